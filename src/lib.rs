@@ -16,4 +16,5 @@
 //! ```
 
 pub mod agent;
+pub mod wire;
 pub mod zmqx;

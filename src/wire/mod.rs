@@ -1,0 +1,375 @@
+//! The market-data frame: `topic · 0x00 · 48-byte header · payload`, one
+//! ZeroMQ frame per message (layout and rationale in `docs/WIRE.md`).
+//!
+//! Decoding is zero-copy: [`decode`] returns a [`FrameView`] that borrows the
+//! topic and payload from the received bytes and never panics; every bad frame
+//! is a [`DecodeError`] whose [`DecodeError::reason`] indexes a drop counter.
+
+pub mod capture;
+
+/// Wire version this build writes and reads.
+pub const VERSION: u8 = 1;
+/// Size of the fixed header that follows the topic's NUL.
+pub const HEADER_LEN: usize = 48;
+/// Longest topic accepted (bytes, excluding the NUL).
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// Header flag: this frame is a value re-sent from a last-value cache.
+pub const FLAG_FROM_CACHE: u16 = 1 << 0;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A market-data message.
+    Data = 1,
+    /// Liveness while the publisher has nothing to send; `stream_seq` is the last data sequence sent.
+    Heartbeat = 2,
+    /// The publisher's stream ends; `stream_seq` is the last data sequence sent
+    /// (= messages sent on this stream, since sequences start at 1).
+    EndOfStream = 3,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Data),
+            2 => Some(Kind::Heartbeat),
+            3 => Some(Kind::EndOfStream),
+            _ => None,
+        }
+    }
+}
+
+/// The fixed header. Little-endian on the wire, see `docs/WIRE.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub flags: u16,
+    /// Which publisher sent this stream.
+    pub publisher_id: u32,
+    /// Chosen afresh each time a publisher starts: a new session with
+    /// `stream_seq` 1 is a restart, not a gap.
+    pub session_id: u64,
+    /// Per-publisher stream sequence, from 1, +1 per data frame.
+    pub stream_seq: u64,
+    /// Per-topic sequence, from 1, +1 per data frame on this topic, so gaps
+    /// show through topic filters.
+    pub topic_seq: u64,
+    /// Intended send time (the pacer's schedule), ns since the Unix epoch (CLOCK_REALTIME).
+    pub send_time_ns: u64,
+}
+
+/// Why a frame was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("no NUL after the topic within {MAX_TOPIC_LEN} bytes")]
+    MissingNul,
+    #[error("empty topic")]
+    EmptyTopic,
+    #[error("topic has a byte outside printable ASCII")]
+    BadTopic,
+    #[error("frame too short for the header ({have} of {HEADER_LEN} bytes)")]
+    Short { have: usize },
+    #[error("unknown wire version {0}")]
+    UnknownVersion(u8),
+    #[error("unknown kind {0}")]
+    UnknownKind(u8),
+    #[error("payload length {declared} in header but {actual} bytes follow")]
+    LengthMismatch { declared: u32, actual: usize },
+}
+
+/// Number of distinct drop reasons (size of a per-reason counter array).
+pub const DROP_REASONS: usize = 7;
+
+/// Names of the drop reasons, indexed by [`DecodeError::reason`].
+pub const DROP_REASON_NAMES: [&str; DROP_REASONS] = [
+    "missing_nul",
+    "empty_topic",
+    "bad_topic",
+    "short",
+    "unknown_version",
+    "unknown_kind",
+    "length_mismatch",
+];
+
+impl DecodeError {
+    /// Index into [`DROP_REASON_NAMES`] / a counter array.
+    pub fn reason(&self) -> usize {
+        match self {
+            DecodeError::MissingNul => 0,
+            DecodeError::EmptyTopic => 1,
+            DecodeError::BadTopic => 2,
+            DecodeError::Short { .. } => 3,
+            DecodeError::UnknownVersion(_) => 4,
+            DecodeError::UnknownKind(_) => 5,
+            DecodeError::LengthMismatch { .. } => 6,
+        }
+    }
+}
+
+/// A decoded frame borrowing from the received bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameView<'a> {
+    pub topic: &'a [u8],
+    pub header: Header,
+    pub payload: &'a [u8],
+}
+
+impl FrameView<'_> {
+    /// The topic as text (topics are printable ASCII, checked at decode).
+    pub fn topic_str(&self) -> &str {
+        std::str::from_utf8(self.topic).unwrap_or("?")
+    }
+}
+
+#[inline]
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(&b[at..at + 2]);
+    u16::from_le_bytes(a)
+}
+#[inline]
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+#[inline]
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Split off the topic: the bytes before the first NUL. Cheap; used for
+/// routing and by proxies that only need the topic.
+#[inline]
+pub fn split_topic(frame: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    let window = &frame[..frame.len().min(MAX_TOPIC_LEN + 1)];
+    let nul = window.iter().position(|&b| b == 0).ok_or(DecodeError::MissingNul)?;
+    Ok((&frame[..nul], &frame[nul + 1..]))
+}
+
+/// Decode one frame. Never panics; never allocates.
+#[inline]
+pub fn decode(frame: &[u8]) -> Result<FrameView<'_>, DecodeError> {
+    let (topic, rest) = split_topic(frame)?;
+    if topic.is_empty() {
+        return Err(DecodeError::EmptyTopic);
+    }
+    if !topic.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+        return Err(DecodeError::BadTopic);
+    }
+    if rest.len() < HEADER_LEN {
+        return Err(DecodeError::Short { have: rest.len() });
+    }
+    let (h, payload) = rest.split_at(HEADER_LEN);
+    if h[0] != VERSION {
+        return Err(DecodeError::UnknownVersion(h[0]));
+    }
+    let kind = Kind::from_u8(h[1]).ok_or(DecodeError::UnknownKind(h[1]))?;
+    let declared = u32_at(h, 40);
+    if declared as usize != payload.len() {
+        return Err(DecodeError::LengthMismatch {
+            declared,
+            actual: payload.len(),
+        });
+    }
+    Ok(FrameView {
+        topic,
+        header: Header {
+            kind,
+            flags: u16_at(h, 2),
+            publisher_id: u32_at(h, 4),
+            session_id: u64_at(h, 8),
+            stream_seq: u64_at(h, 16),
+            topic_seq: u64_at(h, 24),
+            send_time_ns: u64_at(h, 32),
+        },
+        payload,
+    })
+}
+
+/// Encoded length of a frame.
+#[inline]
+pub fn frame_len(topic: &[u8], payload_len: usize) -> usize {
+    topic.len() + 1 + HEADER_LEN + payload_len
+}
+
+/// Encode a frame into `out`, which must be exactly [`frame_len`] bytes.
+/// Panics only on a caller bug (wrong `out` length, over-long or NUL topic,
+/// payload over 4 GiB); never on data.
+#[inline]
+pub fn encode_into(out: &mut [u8], topic: &[u8], h: &Header, payload: &[u8]) {
+    assert!(
+        !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(&0),
+        "bad topic"
+    );
+    assert_eq!(out.len(), frame_len(topic, payload.len()), "output length");
+    let payload_len = u32::try_from(payload.len()).expect("payload under 4 GiB");
+    let (t, rest) = out.split_at_mut(topic.len());
+    t.copy_from_slice(topic);
+    rest[0] = 0;
+    let (hb, p) = rest[1..].split_at_mut(HEADER_LEN);
+    hb[0] = VERSION;
+    hb[1] = h.kind as u8;
+    hb[2..4].copy_from_slice(&h.flags.to_le_bytes());
+    hb[4..8].copy_from_slice(&h.publisher_id.to_le_bytes());
+    hb[8..16].copy_from_slice(&h.session_id.to_le_bytes());
+    hb[16..24].copy_from_slice(&h.stream_seq.to_le_bytes());
+    hb[24..32].copy_from_slice(&h.topic_seq.to_le_bytes());
+    hb[32..40].copy_from_slice(&h.send_time_ns.to_le_bytes());
+    hb[40..44].copy_from_slice(&payload_len.to_le_bytes());
+    hb[44..48].copy_from_slice(&[0; 4]);
+    p.copy_from_slice(payload);
+}
+
+/// Encode a frame into a new `Vec`.
+pub fn encode(topic: &[u8], h: &Header, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; frame_len(topic, payload.len())];
+    encode_into(&mut v, topic, h, payload);
+    v
+}
+
+/// Offset of the flags field within a frame whose topic is `topic_len` bytes
+/// (lets a cache set [`FLAG_FROM_CACHE`] in place).
+pub fn flags_offset(topic_len: usize) -> usize {
+    topic_len + 1 + 2
+}
+
+/// Set [`FLAG_FROM_CACHE`] in an encoded frame in place; returns false (and
+/// leaves the bytes alone) if the frame does not decode.
+pub fn mark_from_cache(frame: &mut [u8]) -> bool {
+    let Ok(view) = decode(frame) else { return false };
+    let at = flags_offset(view.topic.len());
+    let flags = view.header.flags | FLAG_FROM_CACHE;
+    frame[at..at + 2].copy_from_slice(&flags.to_le_bytes());
+    true
+}
+
+/// Nanoseconds since the Unix epoch, CLOCK_REALTIME (the clock of `send_time_ns`).
+#[inline]
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(kind: Kind) -> Header {
+        Header {
+            kind,
+            flags: 0,
+            publisher_id: 7,
+            session_id: 0xdead_beef,
+            stream_seq: 42,
+            topic_seq: 3,
+            send_time_ns: 1_700_000_000_000_000_000,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = encode(b"ESH6", &header(Kind::Data), b"hello");
+        let v = decode(&f).expect("decodes");
+        assert_eq!(v.topic, b"ESH6");
+        assert_eq!(v.header, header(Kind::Data));
+        assert_eq!(v.payload, b"hello");
+        assert_eq!(f.len(), 4 + 1 + HEADER_LEN + 5);
+    }
+
+    #[test]
+    fn topic_prefix_filtering_works_on_encoded_frames() {
+        let f = encode(b"ESH6", &header(Kind::Data), b"");
+        assert!(f.starts_with(b"ES"));
+        assert!(f.starts_with(b"ESH6\0"));
+        assert!(!encode(b"ESH66", &header(Kind::Data), b"").starts_with(b"ESH6\0"));
+    }
+
+    #[test]
+    fn each_malformation_has_its_reason() {
+        let good = encode(b"T", &header(Kind::Data), b"xy");
+        assert_eq!(decode(b"no nul here"), Err(DecodeError::MissingNul));
+        assert_eq!(decode(b"\0rest"), Err(DecodeError::EmptyTopic));
+        assert_eq!(decode(b"a b\0"), Err(DecodeError::BadTopic));
+        assert_eq!(decode(&good[..10]), Err(DecodeError::Short { have: 8 }));
+        let mut v = good.clone();
+        v[2] = 9;
+        assert_eq!(decode(&v), Err(DecodeError::UnknownVersion(9)));
+        let mut k = good.clone();
+        k[3] = 0;
+        assert_eq!(decode(&k), Err(DecodeError::UnknownKind(0)));
+        let mut long = good.clone();
+        long.push(1);
+        assert_eq!(
+            decode(&long),
+            Err(DecodeError::LengthMismatch { declared: 2, actual: 3 })
+        );
+        let mut over = vec![b'A'; MAX_TOPIC_LEN + 1];
+        over.extend_from_slice(&good[1..]);
+        assert_eq!(decode(&over), Err(DecodeError::MissingNul));
+        let reasons: std::collections::HashSet<usize> = [
+            DecodeError::MissingNul,
+            DecodeError::EmptyTopic,
+            DecodeError::BadTopic,
+            DecodeError::Short { have: 0 },
+            DecodeError::UnknownVersion(0),
+            DecodeError::UnknownKind(0),
+            DecodeError::LengthMismatch { declared: 0, actual: 0 },
+        ]
+        .iter()
+        .map(|e| e.reason())
+        .collect();
+        assert_eq!(reasons.len(), DROP_REASONS);
+    }
+
+    #[test]
+    fn mark_from_cache_sets_only_the_flag() {
+        let mut f = encode(b"ESH6", &header(Kind::Data), b"p");
+        assert!(mark_from_cache(&mut f));
+        let v = decode(&f).expect("decodes");
+        assert_eq!(v.header.flags, FLAG_FROM_CACHE);
+        assert_eq!(v.header.stream_seq, 42);
+        assert!(!mark_from_cache(&mut b"junk".to_vec()));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_near_valid(
+            topic in "[A-Z]{1,8}", payload in proptest::collection::vec(any::<u8>(), 0..64),
+            cut in 0usize..200, flip in 0usize..200, byte in any::<u8>())
+        {
+            let mut f = encode(topic.as_bytes(), &header(Kind::Data), &payload);
+            if flip < f.len() { f[flip] = byte; }
+            f.truncate(cut.min(f.len()));
+            let _ = decode(&f);
+        }
+
+        #[test]
+        fn round_trip_any(
+            topic in "[!-~]{1,40}", payload in proptest::collection::vec(any::<u8>(), 0..300),
+            kind in 1u8..=3, flags: u16, publisher_id: u32, session_id: u64,
+            stream_seq: u64, topic_seq: u64, send_time_ns: u64)
+        {
+            let h = Header { kind: Kind::from_u8(kind).expect("kind"), flags, publisher_id, session_id, stream_seq, topic_seq, send_time_ns };
+            let f = encode(topic.as_bytes(), &h, &payload);
+            let v = decode(&f).expect("round trip");
+            prop_assert_eq!(v.topic, topic.as_bytes());
+            prop_assert_eq!(v.header, h);
+            prop_assert_eq!(v.payload, &payload[..]);
+        }
+    }
+}
