@@ -16,5 +16,13 @@
 //! ```
 
 pub mod agent;
+pub mod baseline;
+pub mod cli;
+pub mod engine;
+pub mod feed;
+pub mod metrics;
+pub mod profile;
+pub mod replay;
+pub mod run;
 pub mod wire;
 pub mod zmqx;

@@ -1,0 +1,107 @@
+//! The benchmark baseline: a plain single-thread SUB reader on the same
+//! libzmq and settings as the engine, doing only what any correct subscriber
+//! must (decode, sequence checks, latency timestamp) and no hand-off.
+
+use std::time::{Duration, Instant};
+
+use crate::agent::StopFlag;
+use crate::engine::sequence::SequenceTracker;
+use crate::metrics::{RunReport, StageHistograms};
+use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
+
+/// A baseline subscriber connected and subscribed, ready to run.
+pub struct Baseline {
+    _ctx: zmq::Context,
+    sub: zmq::Socket,
+    expect_eos: usize,
+}
+
+impl Baseline {
+    /// Connect to every endpoint and subscribe to everything.
+    pub fn connect(endpoints: &[String], rcvhwm_msgs: i32) -> zmq::Result<Baseline> {
+        let ctx = zmq::Context::new();
+        let sub = ctx.socket(zmq::SUB)?;
+        sub.set_rcvhwm(rcvhwm_msgs)?;
+        sub.set_linger(0)?;
+        sub.set_rcvtimeo(100)?;
+        sub.set_subscribe(b"")?;
+        for ep in endpoints {
+            sub.connect(ep)?;
+        }
+        Ok(Baseline {
+            _ctx: ctx,
+            sub,
+            expect_eos: endpoints.len(),
+        })
+    }
+
+    /// Read until every publisher's end of stream, `stop`, or `timeout`.
+    pub fn run(self, stop: &StopFlag, timeout: Duration) -> zmq::Result<RunReport> {
+        let start = Instant::now();
+        let mut msg = zmq::Message::new();
+        let mut tracker = SequenceTracker::new(true);
+        let mut stages = StageHistograms::default();
+        let mut bad = [0u64; DROP_REASONS];
+        let (mut delivered, mut bytes, mut eos) = (0u64, 0u64, 0usize);
+        let mut interrupted = false;
+        while eos < self.expect_eos {
+            if stop.is_stopped() || start.elapsed() > timeout {
+                interrupted = true;
+                break;
+            }
+            match self.sub.recv(&mut msg, 0) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            let recv_ns = wire::now_ns();
+            match wire::decode(&msg) {
+                Err(e) => bad[e.reason()] += 1,
+                Ok(v) => match v.header.kind {
+                    Kind::Data => {
+                        if tracker.on_data(&v.header, v.topic).accept {
+                            let lat = recv_ns.saturating_sub(v.header.send_time_ns);
+                            stages.record(lat, 0, lat);
+                            delivered += 1;
+                            bytes += msg.len() as u64;
+                        }
+                    }
+                    Kind::Heartbeat => {}
+                    Kind::EndOfStream => {
+                        let sent = v
+                            .payload
+                            .try_into()
+                            .map(u64::from_le_bytes)
+                            .unwrap_or(v.header.stream_seq);
+                        tracker.on_end_of_stream(&v.header, sent);
+                        eos += 1;
+                    }
+                },
+            }
+        }
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let t = tracker.totals();
+        let (sent, accepted) = tracker.sent_and_accepted();
+        let seen_eos = tracker.ended_sessions() > 0;
+        let mut latency = stages.summary();
+        latency.remove("queue");
+        Ok(RunReport {
+            subscriber: "baseline".into(),
+            duration_s: secs,
+            sent: seen_eos.then_some(sent),
+            delivered,
+            lost: seen_eos.then(|| sent.saturating_sub(accepted)),
+            gaps: t.gaps,
+            duplicates: t.duplicates,
+            restarts: t.restarts,
+            bad_frames: (0..DROP_REASONS)
+                .map(|r| (DROP_REASON_NAMES[r].to_string(), bad[r]))
+                .collect(),
+            msgs_per_sec: delivered as f64 / secs,
+            mb_per_sec: bytes as f64 / secs / 1e6,
+            latency,
+            interrupted,
+            metrics_dropped: 0,
+        })
+    }
+}

@@ -1,0 +1,304 @@
+//! `mdsub bench`: the replay benchmark. The same feed goes to the baseline (a
+//! plain single-thread SUB reader) and to the engine, one after the other in
+//! every repeat; medians of the repeats and engine/baseline ratios are printed
+//! with the machine, commit and settings at the top.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{describe_pacing, load_profile, parse_handoff, FeedArgs, PublisherArgs};
+use crate::agent::StopFlag;
+use crate::engine::reader::HandOff;
+use crate::metrics::{human_ns, RunReport};
+use crate::replay::{PublisherConfig, Source};
+use crate::run::{run_once, RunSpec, Subscriber};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub feed: FeedArgs,
+    #[command(flatten)]
+    pub publisher: PublisherArgs,
+    /// Repeats of every subscriber; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Engine tuning profile: a TOML file, `builtin` or `auto`.
+    #[arg(long, default_value = "builtin")]
+    pub profile: String,
+    /// Engine hand-off(s) to measure: batch, per-message, or both.
+    #[arg(long, default_value = "both")]
+    pub handoff: String,
+    /// Print the whole result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where and what a benchmark ran on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub libzmq: String,
+    pub mdsub_commit: String,
+    pub date_utc: String,
+}
+
+impl Machine {
+    pub fn here() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let (a, b, c) = zmq::version();
+        Machine {
+            cores: crate::profile::host_cores().len(),
+            cpu,
+            libzmq: format!("{a}.{b}.{c}"),
+            mdsub_commit: env!("MDSUB_COMMIT").to_string(),
+            date_utc: utc_now(),
+        }
+    }
+}
+
+fn utc_now() -> String {
+    let secs = (crate::wire::now_ns() / 1_000_000_000) as libc::time_t;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: gmtime_r writes into the tm we own.
+    if unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null() {
+        return "unknown".into();
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// Medians of one subscriber's repeats.
+#[derive(Debug, Clone, Serialize)]
+pub struct Medians {
+    pub subscriber: String,
+    pub msgs_per_sec: f64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub lost_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub machine: Machine,
+    pub settings: serde_json::Value,
+    pub runs: Vec<RunReport>,
+    pub medians: Vec<Medians>,
+    /// engine variant → (throughput, p50, p99, p99.9) as engine / baseline.
+    pub ratios: Vec<(String, [f64; 4])>,
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn median_u(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn medians(name: &str, runs: &[&RunReport]) -> Medians {
+    let total = |r: &RunReport| r.latency.get("total").copied().unwrap_or_default();
+    Medians {
+        subscriber: name.to_string(),
+        msgs_per_sec: median_f(runs.iter().map(|r| r.msgs_per_sec).collect()),
+        p50_ns: median_u(runs.iter().map(|r| total(r).p50_ns).collect()),
+        p99_ns: median_u(runs.iter().map(|r| total(r).p99_ns).collect()),
+        p999_ns: median_u(runs.iter().map(|r| total(r).p999_ns).collect()),
+        max_ns: median_u(runs.iter().map(|r| total(r).max_ns).collect()),
+        lost_total: runs.iter().map(|r| r.lost.unwrap_or(0)).sum(),
+    }
+}
+
+pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
+    let profile = load_profile(&args.profile)?;
+    let handoffs: Vec<HandOff> = match args.handoff.as_str() {
+        "both" => vec![HandOff::Batch, HandOff::PerMessage],
+        h => vec![parse_handoff(h).map_err(anyhow::Error::msg)?],
+    };
+    let pacing = args.feed.pacing(None);
+    let default_count = if args.feed.duration.is_none() && args.feed.count.is_none() {
+        Some(2_000_000)
+    } else {
+        None
+    };
+    let mut limits = args.feed.limits(None);
+    limits.max_msgs = limits.max_msgs.or(default_count);
+    let shards = profile.shards.len();
+    let publisher = PublisherConfig {
+        endpoints: vec!["tcp://127.0.0.1:*".into(); shards],
+        sndhwm_msgs: args.publisher.sndhwm,
+        lossless: !args.publisher.lossy,
+        publisher_id_base: 0,
+    };
+    let machine = Machine::here();
+    let settings = serde_json::json!({
+        "pacing": describe_pacing(pacing),
+        "payload_bytes": args.feed.size,
+        "symbols": args.feed.symbols,
+        "count": limits.max_msgs,
+        "duration_s": limits.duration.map(|d| d.as_secs_f64()),
+        "repeats": args.repeats,
+        "publisher": if publisher.lossless { "XPUB lossless (XPUB_NODROP)" } else { "XPUB lossy (drops at HWM)" },
+        "sndhwm_msgs": publisher.sndhwm_msgs,
+        "rcvhwm_msgs": profile.rcvhwm_msgs,
+        "profile": profile.name,
+        "shards": shards,
+        "workers": profile.workers.len(),
+        "batch_max": profile.batch_max,
+        "handler": profile.handler.to_string(),
+    });
+    if !args.json {
+        println!(
+            "mdsub bench  commit {}  {}  {} cores ({})  libzmq {}",
+            machine.mdsub_commit, machine.date_utc, machine.cores, machine.cpu, machine.libzmq
+        );
+        println!(
+            "feed: {}, {}-byte payloads, {} symbols, {}; publisher {} SNDHWM {}; subscribers RCVHWM {}",
+            describe_pacing(pacing),
+            args.feed.size,
+            args.feed.symbols,
+            match (limits.max_msgs, limits.duration) {
+                (Some(n), _) => format!("{n} messages"),
+                (None, Some(d)) => format!("{:.1}s", d.as_secs_f64()),
+                _ => "unbounded".into(),
+            },
+            settings["publisher"].as_str().unwrap_or(""),
+            publisher.sndhwm_msgs,
+            profile.rcvhwm_msgs
+        );
+        println!(
+            "engine: profile {}, {} shard(s), {} worker(s), batch_max {}, handler {}; {} repeats, median reported",
+            profile.name,
+            shards,
+            profile.workers.len(),
+            profile.batch_max,
+            profile.handler,
+            args.repeats
+        );
+    }
+    let mut variants: Vec<(String, Subscriber)> = vec![(
+        "baseline".into(),
+        Subscriber::Baseline {
+            rcvhwm_msgs: profile.rcvhwm_msgs,
+        },
+    )];
+    for h in &handoffs {
+        let mut cfg = profile.engine_config(None);
+        cfg.handoff = *h;
+        let name = match h {
+            HandOff::Batch => "engine/batch",
+            HandOff::PerMessage => "engine/per-message",
+        };
+        variants.push((name.into(), Subscriber::Engine(Box::new(cfg))));
+    }
+    let mut runs: Vec<RunReport> = Vec::new();
+    for rep in 1..=args.repeats.max(1) {
+        for (name, sub) in &variants {
+            if stop.is_stopped() {
+                anyhow::bail!("interrupted");
+            }
+            let spec = RunSpec {
+                publisher: publisher.clone(),
+                source: Source::Generator(args.feed.generator()),
+                pacing,
+                limits,
+                subscriber: sub.clone(),
+                drain_timeout: Duration::from_secs(60),
+            };
+            let mut out = run_once(&spec, stop, &mut |_| {})?;
+            out.report.subscriber = name.clone();
+            if !args.json {
+                let t = out.report.latency.get("total").copied().unwrap_or_default();
+                println!(
+                    "  run {rep} {:<19} {:>6.3} M msg/s  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                    name,
+                    out.report.msgs_per_sec / 1e6,
+                    out.report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    out.report.lost.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    human_ns(t.p50_ns),
+                    human_ns(t.p99_ns),
+                    human_ns(t.p999_ns),
+                    human_ns(t.max_ns)
+                );
+            }
+            runs.push(out.report);
+        }
+    }
+    let meds: Vec<Medians> = variants
+        .iter()
+        .map(|(name, _)| medians(name, &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>()))
+        .collect();
+    let base = meds[0].clone();
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let ratios: Vec<(String, [f64; 4])> = meds[1..]
+        .iter()
+        .map(|m| {
+            (
+                m.subscriber.clone(),
+                [
+                    ratio(m.msgs_per_sec, base.msgs_per_sec),
+                    ratio(m.p50_ns as f64, base.p50_ns as f64),
+                    ratio(m.p99_ns as f64, base.p99_ns as f64),
+                    ratio(m.p999_ns as f64, base.p999_ns as f64),
+                ],
+            )
+        })
+        .collect();
+    let result = BenchResult {
+        machine,
+        settings,
+        runs,
+        medians: meds,
+        ratios,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!("medians:");
+        for m in &result.medians {
+            println!(
+                "  {:<19} {:>6.3} M msg/s  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                m.subscriber,
+                m.msgs_per_sec / 1e6,
+                m.lost_total,
+                human_ns(m.p50_ns),
+                human_ns(m.p99_ns),
+                human_ns(m.p999_ns),
+                human_ns(m.max_ns)
+            );
+        }
+        println!("ratios engine / baseline (throughput: higher is better; latency: lower is better):");
+        for (name, r) in &result.ratios {
+            println!(
+                "  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
+                name, r[0], r[1], r[2], r[3]
+            );
+        }
+    }
+    Ok(result)
+}

@@ -1,0 +1,211 @@
+//! The worker agent (`workerN`): PULLs batches (or single frames) from the
+//! readers, runs the [`Handler`](super::handler::Handler) on each message and
+//! records per-stage latency; ships its histograms to the metrics collector
+//! once per interval over a crossbeam channel (never blocking on it).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::channel::{Sender, TrySendError};
+use crossbeam::utils::CachePadded;
+
+use super::batch::BatchIter;
+use super::handler::Handler;
+use crate::agent::{Agent, AgentError, Step};
+use crate::metrics::StageHistograms;
+use crate::wire;
+
+/// What a worker sends to the metrics collector.
+pub struct WorkerReport {
+    pub worker: usize,
+    pub stages: StageHistograms,
+}
+
+/// Live counters of one worker.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub handled: CachePadded<AtomicU64>,
+    /// Bytes of the frames handled.
+    pub handled_bytes: AtomicU64,
+    /// Hand-off messages that were not valid batches (a bug if ever non-zero).
+    pub malformed: AtomicU64,
+    /// Metric intervals dropped because the collector queue was full.
+    pub metrics_dropped: AtomicU64,
+}
+
+pub struct WorkerAgent {
+    role: String,
+    index: usize,
+    pull: zmq::Socket,
+    msg: zmq::Message,
+    handler: Box<dyn Handler>,
+    stages: StageHistograms,
+    readers: usize,
+    ends_seen: usize,
+    metrics: Sender<WorkerReport>,
+    interval_ns: u64,
+    last_report_ns: u64,
+    handled: u64,
+    handled_bytes: u64,
+    counters: Arc<WorkerCounters>,
+}
+
+impl WorkerAgent {
+    /// Bind a PULL at `endpoint` in the fan-out context.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: usize,
+        fanout: &zmq::Context,
+        endpoint: &str,
+        pull_hwm: i32,
+        readers: usize,
+        handler: Box<dyn Handler>,
+        metrics: Sender<WorkerReport>,
+        interval: Duration,
+        counters: Arc<WorkerCounters>,
+    ) -> Result<Self, AgentError> {
+        let role = format!("worker{index}");
+        let zerr = |context| {
+            let role = role.clone();
+            move |source| AgentError::Zmq { role, context, source }
+        };
+        let pull = fanout.socket(zmq::PULL).map_err(zerr("creating the PULL"))?;
+        pull.set_rcvhwm(pull_hwm).map_err(zerr("setting RCVHWM"))?;
+        pull.bind(endpoint).map_err(zerr("binding the PULL"))?;
+        Ok(WorkerAgent {
+            role,
+            index,
+            pull,
+            msg: zmq::Message::new(),
+            handler,
+            stages: StageHistograms::default(),
+            readers,
+            ends_seen: 0,
+            metrics,
+            interval_ns: interval.as_nanos() as u64,
+            last_report_ns: wire::now_ns(),
+            handled: 0,
+            handled_bytes: 0,
+            counters,
+        })
+    }
+
+    #[inline]
+    fn handle(
+        handler: &mut dyn Handler,
+        stages: &mut StageHistograms,
+        frame: &[u8],
+        recv_ns: u64,
+        take_ns: u64,
+    ) -> usize {
+        // The reader checked this frame already; the worker counts bytes handled.
+        let Ok(view) = wire::decode(frame) else { return 0 };
+        handler.on_message(&view);
+        let done = wire::now_ns();
+        let sent = view.header.send_time_ns;
+        stages.record(
+            recv_ns.saturating_sub(sent),
+            take_ns.saturating_sub(recv_ns),
+            done.saturating_sub(sent),
+        );
+        frame.len()
+    }
+
+    fn ship(&mut self, blocking: bool) {
+        if self.stages.count() == 0 {
+            return;
+        }
+        let report = WorkerReport {
+            worker: self.index,
+            stages: self.stages.clone(),
+        };
+        let sent = if blocking {
+            self.metrics.send(report).is_ok()
+        } else {
+            match self.metrics.try_send(report) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            }
+        };
+        if !sent {
+            self.counters.metrics_dropped.fetch_add(1, Relaxed);
+        }
+        self.stages.reset();
+    }
+}
+
+impl Agent for WorkerAgent {
+    fn role(&self) -> &str {
+        &self.role
+    }
+
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        let mut n = 0;
+        let mut bytes_done = 0;
+        for _ in 0..64 {
+            match self.pull.recv(&mut self.msg, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EINTR) => continue,
+                Err(source) => {
+                    return Err(AgentError::Zmq {
+                        role: self.role.clone(),
+                        context: "receiving a hand-off",
+                        source,
+                    })
+                }
+            }
+            let take_ns = wire::now_ns();
+            let bytes: &[u8] = &self.msg;
+            if bytes.is_empty() {
+                self.ends_seen += 1;
+                continue;
+            }
+            match BatchIter::new(bytes) {
+                Some(mut it) => {
+                    for (recv_ns, frame) in &mut it {
+                        let b = Self::handle(self.handler.as_mut(), &mut self.stages, frame, recv_ns, take_ns);
+                        n += (b > 0) as usize;
+                        bytes_done += b;
+                    }
+                    if it.malformed() {
+                        self.counters.malformed.fetch_add(1, Relaxed);
+                    }
+                }
+                // A frame handed over as is: the reader's receive time is not
+                // carried, so the wire stage includes the queue stage.
+                None => {
+                    let b = Self::handle(self.handler.as_mut(), &mut self.stages, bytes, take_ns, take_ns);
+                    n += (b > 0) as usize;
+                    bytes_done += b;
+                }
+            }
+        }
+        if n > 0 {
+            self.handled += n as u64;
+            self.handled_bytes += bytes_done as u64;
+            self.counters.handled.store(self.handled, Relaxed);
+            self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
+        }
+        let now = wire::now_ns();
+        if now.saturating_sub(self.last_report_ns) >= self.interval_ns {
+            self.ship(false);
+            self.last_report_ns = now;
+        }
+        if self.ends_seen >= self.readers {
+            return Ok(Step::Finished);
+        }
+        Ok(Step::Worked(n))
+    }
+
+    fn idle_wait(&mut self, timeout: Duration) {
+        let mut items = [self.pull.as_poll_item(zmq::POLLIN)];
+        let _ = zmq::poll(&mut items, timeout.as_millis().max(1) as i64);
+    }
+
+    fn on_close(&mut self) {
+        self.ship(true);
+    }
+}

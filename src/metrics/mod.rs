@@ -1,0 +1,267 @@
+//! Latency histograms per stage and the end-of-run report.
+//!
+//! Workers record into their own [`StageHistograms`] (no sharing on the hot
+//! path) and ship a copy to the collector over a crossbeam channel once per
+//! interval; the collector adds them up. Stages, all from the publisher's
+//! intended send time (so coordinated omission shows as latency):
+//! `wire` = until the reader received the frame, `queue` = from the reader to
+//! the worker taking the batch, `total` = until the handler finished.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Highest latency recorded exactly (60 s); larger values are clamped.
+pub const MAX_TRACKABLE_NS: u64 = 60_000_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts; failure is a build bug.
+    Histogram::new_with_bounds(1, MAX_TRACKABLE_NS, 3).expect("valid histogram bounds")
+}
+
+/// One histogram per stage.
+#[derive(Clone, Debug)]
+pub struct StageHistograms {
+    pub wire: Histogram<u64>,
+    pub queue: Histogram<u64>,
+    pub total: Histogram<u64>,
+}
+
+impl Default for StageHistograms {
+    fn default() -> Self {
+        StageHistograms {
+            wire: new_histogram(),
+            queue: new_histogram(),
+            total: new_histogram(),
+        }
+    }
+}
+
+#[inline]
+fn clamp(ns: u64) -> u64 {
+    ns.clamp(1, MAX_TRACKABLE_NS)
+}
+
+impl StageHistograms {
+    /// Record one message's stage latencies (ns). Never allocates.
+    #[inline]
+    pub fn record(&mut self, wire_ns: u64, queue_ns: u64, total_ns: u64) {
+        // Values are clamped into the bounds, so saturating records cannot fail.
+        self.wire.saturating_record(clamp(wire_ns));
+        self.queue.saturating_record(clamp(queue_ns));
+        self.total.saturating_record(clamp(total_ns));
+    }
+
+    /// Add `other` into `self`.
+    pub fn add(&mut self, other: &StageHistograms) {
+        // Same bounds on both sides, so add cannot fail.
+        let _ = self.wire.add(&other.wire);
+        let _ = self.queue.add(&other.queue);
+        let _ = self.total.add(&other.total);
+    }
+
+    pub fn reset(&mut self) {
+        self.wire.reset();
+        self.queue.reset();
+        self.total.reset();
+    }
+
+    pub fn count(&self) -> u64 {
+        self.total.len()
+    }
+
+    /// Percentiles of each stage, keyed by stage name.
+    pub fn summary(&self) -> BTreeMap<String, Percentiles> {
+        [("wire", &self.wire), ("queue", &self.queue), ("total", &self.total)]
+            .into_iter()
+            .map(|(k, h)| (k.to_string(), Percentiles::of(h)))
+            .collect()
+    }
+}
+
+/// The percentiles mdsub quotes, in ns.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: h.len(),
+            p50_ns: h.value_at_quantile(0.50),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+            mean_ns: h.mean(),
+        }
+    }
+}
+
+/// A duration in ns as a short human string (`812ns`, `41.2µs`, `3.05ms`, `1.20s`).
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns}ns"),
+        1_000..=999_999 => format!("{:.1}µs", ns as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+/// End-of-run report of one subscriber (the engine or the baseline).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunReport {
+    /// `engine` or `baseline`.
+    pub subscriber: String,
+    pub duration_s: f64,
+    /// Data messages the publishers sent (from their end-of-stream frames), if seen.
+    pub sent: Option<u64>,
+    /// Data messages that reached a handler (duplicates excluded).
+    pub delivered: u64,
+    /// `sent - delivered` where every publisher's end of stream was seen.
+    pub lost: Option<u64>,
+    /// Messages missing by sequence number.
+    pub gaps: u64,
+    pub duplicates: u64,
+    /// Publisher restarts seen (new session id).
+    pub restarts: u64,
+    /// Malformed frames dropped, by reason.
+    pub bad_frames: BTreeMap<String, u64>,
+    pub msgs_per_sec: f64,
+    pub mb_per_sec: f64,
+    /// Latency percentiles by stage (`wire`, `queue`, `total`).
+    pub latency: BTreeMap<String, Percentiles>,
+    /// Stopped by Ctrl-C / stop request rather than end of stream.
+    pub interrupted: bool,
+    /// Metric intervals lost because the collector's queue was full (should be 0).
+    pub metrics_dropped: u64,
+}
+
+impl RunReport {
+    /// The human table.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+        let _ = writeln!(s, "== {} ==", self.subscriber);
+        let _ = writeln!(
+            s,
+            "  duration     {:.3} s{}",
+            self.duration_s,
+            if self.interrupted { " (interrupted)" } else { "" }
+        );
+        let _ = writeln!(s, "  sent         {}", opt(self.sent));
+        let _ = writeln!(s, "  delivered    {}", self.delivered);
+        let _ = writeln!(
+            s,
+            "  lost         {}   (gaps by sequence: {}, duplicates dropped: {}, restarts: {})",
+            opt(self.lost),
+            self.gaps,
+            self.duplicates,
+            self.restarts
+        );
+        let bad: u64 = self.bad_frames.values().sum();
+        if bad > 0 {
+            let reasons: Vec<String> = self
+                .bad_frames
+                .iter()
+                .filter(|(_, &v)| v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(s, "  bad frames   {bad}   ({})", reasons.join(", "));
+        } else {
+            let _ = writeln!(s, "  bad frames   0");
+        }
+        let _ = writeln!(
+            s,
+            "  throughput   {:.0} msg/s   {:.1} MB/s",
+            self.msgs_per_sec, self.mb_per_sec
+        );
+        let _ = writeln!(
+            s,
+            "  latency      {:>10} {:>10} {:>10} {:>10}",
+            "p50", "p99", "p99.9", "max"
+        );
+        for stage in ["wire", "queue", "total"] {
+            if let Some(p) = self.latency.get(stage) {
+                if p.count > 0 {
+                    let _ = writeln!(
+                        s,
+                        "    {:<10} {:>10} {:>10} {:>10} {:>10}",
+                        stage,
+                        human_ns(p.p50_ns),
+                        human_ns(p.p99_ns),
+                        human_ns(p.p999_ns),
+                        human_ns(p.max_ns)
+                    );
+                }
+            }
+        }
+        if self.metrics_dropped > 0 {
+            let _ = writeln!(
+                s,
+                "  WARNING: {} metric intervals were dropped; latency counts are incomplete",
+                self.metrics_dropped
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_add_and_summarise() {
+        let mut a = StageHistograms::default();
+        let mut b = StageHistograms::default();
+        for i in 1..=1000u64 {
+            a.record(i, 0, i * 1000);
+        }
+        b.record(0, u64::MAX, 5);
+        a.add(&b);
+        assert_eq!(a.count(), 1001);
+        let s = a.summary();
+        assert!(
+            s["total"].p50_ns >= 499_000 && s["total"].p50_ns <= 501_000,
+            "{:?}",
+            s["total"]
+        );
+        assert_eq!(s["queue"].max_ns, a.queue.highest_equivalent(MAX_TRACKABLE_NS));
+        assert_eq!(s["wire"].count, 1001);
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_ns(812), "812ns");
+        assert_eq!(human_ns(41_200), "41.2µs");
+        assert_eq!(human_ns(3_050_000), "3.05ms");
+        assert_eq!(human_ns(1_200_000_000), "1.20s");
+        assert_eq!(human_ns(2_252_800), "2.25ms");
+    }
+
+    #[test]
+    fn report_renders_loss_and_reasons() {
+        let mut r = RunReport {
+            subscriber: "engine".into(),
+            sent: Some(10),
+            delivered: 9,
+            lost: Some(1),
+            ..Default::default()
+        };
+        r.bad_frames.insert("short".into(), 2);
+        let t = r.render();
+        assert!(t.contains("lost         1"), "{t}");
+        assert!(t.contains("short=2"), "{t}");
+    }
+}

@@ -1,0 +1,426 @@
+//! Tuning profiles (TOML, in `tuning/`): shards, cores, workers, routing,
+//! HWMs. A profile is checked before anything starts, and every mistake is
+//! one error that names the field.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::IdleStrategy;
+use crate::engine::handler::HandlerSpec;
+use crate::engine::reader::{HandOff, Routing};
+use crate::engine::{EngineConfig, ShardConfig};
+
+/// Errors loading or checking a profile.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read profile {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("profile {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("profile field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ProfileError {
+    ProfileError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// One shard of a profile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShardProfile {
+    /// Publisher endpoints to connect (`tcp://host:port`). The demo and bench
+    /// replace them with their own publisher's.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Local interface name (`eth1`) or address to connect from: the shard's NIC.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Topic prefixes to subscribe; empty = everything.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Core of this shard's libzmq I/O thread.
+    #[serde(default)]
+    pub io_core: Option<usize>,
+    /// Core of this shard's SUB reader thread.
+    #[serde(default)]
+    pub reader_core: Option<usize>,
+}
+
+/// One worker of a profile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerProfile {
+    #[serde(default)]
+    pub core: Option<usize>,
+}
+
+fn default_batch_max() -> usize {
+    64
+}
+fn default_rcvhwm() -> i32 {
+    100_000
+}
+fn default_handoff_hwm() -> i32 {
+    1_000
+}
+fn default_interval_ms() -> u64 {
+    1_000
+}
+
+/// A tuning profile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    /// Let two threads share a core (needed on hosts with few cores).
+    #[serde(default)]
+    pub allow_shared_cores: bool,
+    pub shards: Vec<ShardProfile>,
+    pub workers: Vec<WorkerProfile>,
+    #[serde(default = "Profile::default_routing")]
+    pub routing: Routing,
+    #[serde(default = "Profile::default_handoff")]
+    pub handoff: HandOff,
+    /// Most messages a reader drains into one hand-off round (1..=4096).
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    #[serde(default = "default_rcvhwm")]
+    pub rcvhwm_msgs: i32,
+    #[serde(default = "default_handoff_hwm")]
+    pub handoff_hwm: i32,
+    /// `spin`, `yield`, `backoff` or `block`.
+    #[serde(default = "Profile::default_idle")]
+    pub idle: String,
+    #[serde(default = "Profile::default_handler")]
+    pub handler: HandlerSpec,
+    #[serde(default = "default_interval_ms")]
+    pub metrics_interval_ms: u64,
+}
+
+impl Profile {
+    fn default_routing() -> Routing {
+        Routing::ByTopic
+    }
+    fn default_handoff() -> HandOff {
+        HandOff::Batch
+    }
+    fn default_idle() -> String {
+        "backoff".into()
+    }
+    fn default_handler() -> HandlerSpec {
+        HandlerSpec::Latency
+    }
+
+    /// The built-in profile of `mdsub demo`: one shard, one worker, nothing
+    /// pinned. On a 2-core host the publisher, its I/O thread, the engine's
+    /// I/O thread, reader and worker share two cores; pinning them would only
+    /// stop the OS from spreading that load (see benches/README.md).
+    pub fn builtin() -> Profile {
+        Profile {
+            name: "builtin-2core".into(),
+            allow_shared_cores: true,
+            shards: vec![ShardProfile {
+                endpoints: vec![],
+                interface: None,
+                subscribe: vec![],
+                io_core: None,
+                reader_core: None,
+            }],
+            workers: vec![WorkerProfile::default()],
+            routing: Routing::ByTopic,
+            handoff: HandOff::Batch,
+            batch_max: 64,
+            rcvhwm_msgs: default_rcvhwm(),
+            handoff_hwm: default_handoff_hwm(),
+            idle: "backoff".into(),
+            handler: HandlerSpec::Latency,
+            metrics_interval_ms: 1000,
+        }
+    }
+
+    /// Derive a profile from the host's core count: with at least
+    /// `3 * shards + workers` cores every thread gets its own core (I/O and
+    /// reader per shard, one core left for the OS and publisher); with fewer,
+    /// nothing is pinned.
+    pub fn auto(cores: usize, shards: usize, workers: usize) -> Profile {
+        let mut p = Profile::builtin();
+        p.name = format!("auto-{cores}core");
+        let shards = shards.max(1);
+        let workers = workers.max(1);
+        p.shards = (0..shards)
+            .map(|_| ShardProfile {
+                endpoints: vec![],
+                interface: None,
+                subscribe: vec![],
+                io_core: None,
+                reader_core: None,
+            })
+            .collect();
+        p.workers = vec![WorkerProfile::default(); workers];
+        if cores > 2 * shards + workers {
+            p.allow_shared_cores = false;
+            let mut next = 1..cores;
+            for s in &mut p.shards {
+                s.io_core = next.next();
+                s.reader_core = next.next();
+            }
+            for w in &mut p.workers {
+                w.core = next.next();
+            }
+        }
+        p
+    }
+
+    /// Parse TOML; `path` is only for the error message.
+    pub fn from_toml(text: &str, path: &str) -> Result<Profile, ProfileError> {
+        toml::from_str(text).map_err(|e| ProfileError::Parse {
+            path: path.into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    /// Load `path`, or `builtin` / `auto` by name.
+    pub fn load(path: &str) -> Result<Profile, ProfileError> {
+        match path {
+            "builtin" => return Ok(Profile::builtin()),
+            "auto" => return Ok(Profile::auto(host_cores().len(), 1, 1)),
+            _ => {}
+        }
+        let text = std::fs::read_to_string(Path::new(path)).map_err(|source| ProfileError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Profile::from_toml(&text, path)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Check everything that can be checked before starting.
+    pub fn validate(&self, host: &[usize]) -> Result<(), ProfileError> {
+        if self.shards.is_empty() {
+            return Err(invalid("shards", "at least one shard is needed"));
+        }
+        if self.workers.is_empty() {
+            return Err(invalid("workers", "at least one worker is needed"));
+        }
+        if !(1..=4096).contains(&self.batch_max) {
+            return Err(invalid("batch_max", format!("{} is outside 1..=4096", self.batch_max)));
+        }
+        for (f, v) in [("rcvhwm_msgs", self.rcvhwm_msgs), ("handoff_hwm", self.handoff_hwm)] {
+            if v < 0 {
+                return Err(invalid(f, format!("{v} is negative (0 means no limit)")));
+            }
+        }
+        if IdleStrategy::from_name(&self.idle).is_none() {
+            return Err(invalid(
+                "idle",
+                format!("`{}` is not one of spin, yield, backoff, block", self.idle),
+            ));
+        }
+        if self.metrics_interval_ms == 0 {
+            return Err(invalid("metrics_interval_ms", "must be at least 1"));
+        }
+        let mut used: Vec<(usize, String)> = Vec::new();
+        let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
+            let Some(c) = core else { return Ok(()) };
+            if !host.contains(&c) {
+                return Err(invalid(
+                    field,
+                    format!("core {c} does not exist on this host (cores: {host:?})"),
+                ));
+            }
+            if let Some((_, other)) = used.iter().find(|(u, _)| *u == c) {
+                if !self.allow_shared_cores {
+                    return Err(invalid(
+                        field,
+                        format!("core {c} is already given to `{other}` (set allow_shared_cores = true to share)"),
+                    ));
+                }
+            }
+            used.push((c, field));
+            Ok(())
+        };
+        for (i, s) in self.shards.iter().enumerate() {
+            claim(s.io_core, format!("shards[{i}].io_core"))?;
+            claim(s.reader_core, format!("shards[{i}].reader_core"))?;
+            for (j, ep) in s.endpoints.iter().enumerate() {
+                crate::zmqx::check_endpoint(ep).map_err(|m| invalid(format!("shards[{i}].endpoints[{j}]"), m))?;
+                if s.interface.is_some() && !ep.starts_with("tcp://") {
+                    return Err(invalid(
+                        format!("shards[{i}].interface"),
+                        "an interface applies to tcp:// endpoints only",
+                    ));
+                }
+            }
+            if let Some(iface) = &s.interface {
+                if !interface_exists(iface) {
+                    return Err(invalid(
+                        format!("shards[{i}].interface"),
+                        format!("no interface or local address `{iface}` on this host"),
+                    ));
+                }
+            }
+        }
+        for (i, w) in self.workers.iter().enumerate() {
+            claim(w.core, format!("workers[{i}].core"))?;
+        }
+        Ok(())
+    }
+
+    /// Resolve into an engine configuration. `endpoints`, if given, replaces
+    /// each shard's endpoints (one per shard, from an in-process publisher).
+    pub fn engine_config(&self, endpoints: Option<&[String]>) -> EngineConfig {
+        let shards = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let eps: Vec<String> = match endpoints {
+                    Some(e) => e.get(i).cloned().into_iter().collect(),
+                    None => s.endpoints.clone(),
+                };
+                let eps = match &s.interface {
+                    Some(iface) => eps.iter().map(|e| with_source(e, iface)).collect(),
+                    None => eps,
+                };
+                ShardConfig {
+                    endpoints: eps,
+                    subscribe: s.subscribe.clone(),
+                    io_core: s.io_core,
+                    reader_core: s.reader_core,
+                }
+            })
+            .collect();
+        EngineConfig {
+            shards,
+            worker_cores: self.workers.iter().map(|w| w.core).collect(),
+            routing: self.routing,
+            handoff: self.handoff,
+            batch_max: self.batch_max,
+            rcvhwm_msgs: self.rcvhwm_msgs,
+            handoff_hwm: self.handoff_hwm,
+            idle: IdleStrategy::from_name(&self.idle).unwrap_or_default(),
+            handler: self.handler,
+            metrics_interval: std::time::Duration::from_millis(self.metrics_interval_ms),
+            expect_eos_per_shard: 1,
+        }
+    }
+}
+
+/// `tcp://host:port` connected from `iface`: libzmq's `tcp://source;host:port`.
+fn with_source(endpoint: &str, iface: &str) -> String {
+    match endpoint.strip_prefix("tcp://") {
+        Some(rest) if !rest.contains(';') => format!("tcp://{iface};{rest}"),
+        _ => endpoint.to_string(),
+    }
+}
+
+/// The host's core ids.
+pub fn host_cores() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+/// An interface name under /sys/class/net, or an address bound to this host.
+pub fn interface_exists(iface: &str) -> bool {
+    if Path::new("/sys/class/net").join(iface).exists() && !iface.contains('/') && !iface.is_empty() {
+        return true;
+    }
+    match iface.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::TcpListener::bind((ip, 0)).is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_field(p: &Profile, host: &[usize]) -> String {
+        match p.validate(host) {
+            Err(ProfileError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn builtin_and_auto_validate() {
+        Profile::builtin().validate(&[0, 1]).expect("builtin fits 2 cores");
+        Profile::auto(2, 1, 1).validate(&[0, 1]).expect("auto on 2 cores");
+        let big = Profile::auto(8, 2, 2);
+        big.validate(&(0..8).collect::<Vec<_>>()).expect("auto on 8 cores");
+        assert_eq!(big.shards[1].reader_core, Some(4));
+        assert!(!big.allow_shared_cores);
+    }
+
+    #[test]
+    fn mistakes_name_their_field() {
+        let mut p = Profile::builtin();
+        p.shards[0].io_core = Some(7);
+        assert_eq!(err_field(&p, &[0, 1]), "shards[0].io_core");
+
+        let mut p = Profile::builtin();
+        p.allow_shared_cores = false;
+        p.shards[0].reader_core = Some(1);
+        p.workers[0].core = Some(1);
+        assert_eq!(err_field(&p, &[0, 1]), "workers[0].core");
+
+        let mut p = Profile::builtin();
+        p.shards[0].endpoints = vec!["tcp://127.0.0.1".into()];
+        assert_eq!(err_field(&p, &[0, 1]), "shards[0].endpoints[0]");
+
+        let mut p = Profile::builtin();
+        p.shards[0].interface = Some("nosuchnic0".into());
+        assert_eq!(err_field(&p, &[0, 1]), "shards[0].interface");
+
+        let mut p = Profile::builtin();
+        p.idle = "nap".into();
+        assert_eq!(err_field(&p, &[0, 1]), "idle");
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_field() {
+        let p = Profile::builtin();
+        assert_eq!(Profile::from_toml(&p.to_toml(), "x").expect("parses"), p);
+        let bad = p.to_toml().replace("batch_max", "batch_maxx");
+        match Profile::from_toml(&bad, "t.toml") {
+            Err(ProfileError::Parse { message, .. }) => assert!(message.contains("batch_maxx"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn loopback_interface_applies_as_source() {
+        assert!(interface_exists("lo"));
+        assert!(interface_exists("127.0.0.1"));
+        assert_eq!(with_source("tcp://10.0.0.1:5", "lo"), "tcp://lo;10.0.0.1:5");
+    }
+
+    #[test]
+    fn shipped_profiles_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).expect("tuning/ exists") {
+            let path = e.expect("entry").path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                Profile::load(path.to_str().expect("utf8")).expect("shipped profile parses");
+                n += 1;
+            }
+        }
+        assert!(n > 0);
+    }
+}
