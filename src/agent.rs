@@ -150,10 +150,8 @@ impl StopFlag {
 /// Pin the calling thread to `core`. Errors name the core.
 pub fn pin_current_thread(core: usize) -> Result<(), String> {
     let ids = core_affinity::get_core_ids().unwrap_or_default();
-    let id = ids
-        .into_iter()
-        .find(|c| c.id == core)
-        .ok_or_else(|| format!("core {core} does not exist on this host"))?;
+    let id =
+        ids.into_iter().find(|c| c.id == core).ok_or_else(|| format!("core {core} does not exist on this host"))?;
     if core_affinity::set_for_current(id) {
         Ok(())
     } else {
@@ -163,10 +161,7 @@ pub fn pin_current_thread(core: usize) -> Result<(), String> {
 
 /// Drive `agent` on the current thread until it finishes, fails, or `stop` is set.
 pub fn run_agent<A: Agent + ?Sized>(agent: &mut A, idle: IdleStrategy, stop: &StopFlag) -> Result<(), AgentError> {
-    let mut idler = Idler {
-        strategy: idle,
-        idle_rounds: 0,
-    };
+    let mut idler = Idler { strategy: idle, idle_rounds: 0 };
     let result = loop {
         if stop.is_stopped() {
             break Ok(());
@@ -202,10 +197,7 @@ impl Runner {
         let role = name.to_string();
         std::thread::Builder::new().name(role.clone()).spawn(move || {
             if let Some(core) = spec.core {
-                pin_current_thread(core).map_err(|message| AgentError::Fatal {
-                    role: role.clone(),
-                    message,
-                })?;
+                pin_current_thread(core).map_err(|message| AgentError::Fatal { role: role.clone(), message })?;
             }
             let mut agent = make()?;
             run_agent(&mut agent, spec.idle, &stop)

@@ -28,11 +28,7 @@ impl Baseline {
         for ep in endpoints {
             sub.connect(ep)?;
         }
-        Ok(Baseline {
-            _ctx: ctx,
-            sub,
-            expect_eos: endpoints.len(),
-        })
+        Ok(Baseline { _ctx: ctx, sub, expect_eos: endpoints.len() })
     }
 
     /// Read until every publisher's end of stream, `stop`, or `timeout`.
@@ -68,11 +64,7 @@ impl Baseline {
                     }
                     Kind::Heartbeat => {}
                     Kind::EndOfStream => {
-                        let sent = v
-                            .payload
-                            .try_into()
-                            .map(u64::from_le_bytes)
-                            .unwrap_or(v.header.stream_seq);
+                        let sent = v.payload.try_into().map(u64::from_le_bytes).unwrap_or(v.header.stream_seq);
                         tracker.on_end_of_stream(&v.header, sent);
                         eos += 1;
                     }
@@ -94,14 +86,13 @@ impl Baseline {
             gaps: t.gaps,
             duplicates: t.duplicates,
             restarts: t.restarts,
-            bad_frames: (0..DROP_REASONS)
-                .map(|r| (DROP_REASON_NAMES[r].to_string(), bad[r]))
-                .collect(),
+            bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), bad[r])).collect(),
             msgs_per_sec: delivered as f64 / secs,
             mb_per_sec: bytes as f64 / secs / 1e6,
             latency,
             interrupted,
             metrics_dropped: 0,
+            handler: Default::default(),
         })
     }
 }

@@ -27,10 +27,7 @@ pub enum ProfileError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ProfileError {
-    ProfileError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    ProfileError::Invalid { field: field.into(), message: message.into() }
 }
 
 /// One shard of a profile.
@@ -182,10 +179,8 @@ impl Profile {
 
     /// Parse TOML; `path` is only for the error message.
     pub fn from_toml(text: &str, path: &str) -> Result<Profile, ProfileError> {
-        toml::from_str(text).map_err(|e| ProfileError::Parse {
-            path: path.into(),
-            message: e.to_string().trim().replace('\n', " "),
-        })
+        toml::from_str(text)
+            .map_err(|e| ProfileError::Parse { path: path.into(), message: e.to_string().trim().replace('\n', " ") })
     }
 
     /// Load `path`, or `builtin` / `auto` by name.
@@ -195,10 +190,8 @@ impl Profile {
             "auto" => return Ok(Profile::auto(host_cores().len(), 1, 1)),
             _ => {}
         }
-        let text = std::fs::read_to_string(Path::new(path)).map_err(|source| ProfileError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(Path::new(path))
+            .map_err(|source| ProfileError::Read { path: path.into(), source })?;
         Profile::from_toml(&text, path)
     }
 
@@ -223,10 +216,7 @@ impl Profile {
             }
         }
         if IdleStrategy::from_name(&self.idle).is_none() {
-            return Err(invalid(
-                "idle",
-                format!("`{}` is not one of spin, yield, backoff, block", self.idle),
-            ));
+            return Err(invalid("idle", format!("`{}` is not one of spin, yield, backoff, block", self.idle)));
         }
         if self.metrics_interval_ms == 0 {
             return Err(invalid("metrics_interval_ms", "must be at least 1"));
@@ -235,10 +225,7 @@ impl Profile {
         let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
             let Some(c) = core else { return Ok(()) };
             if !host.contains(&c) {
-                return Err(invalid(
-                    field,
-                    format!("core {c} does not exist on this host (cores: {host:?})"),
-                ));
+                return Err(invalid(field, format!("core {c} does not exist on this host (cores: {host:?})")));
             }
             if let Some((_, other)) = used.iter().find(|(u, _)| *u == c) {
                 if !self.allow_shared_cores {
@@ -328,11 +315,7 @@ fn with_source(endpoint: &str, iface: &str) -> String {
 
 /// The host's core ids.
 pub fn host_cores() -> Vec<usize> {
-    core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect()
+    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
 }
 
 /// An interface name under /sys/class/net, or an address bound to this host.

@@ -71,19 +71,14 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             )
         }
     };
-    publisher
-        .wait_for_subscribers(1, Duration::from_secs(10))
-        .context("waiting for the subscriber")?;
+    publisher.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the subscriber")?;
     let replay_start = Instant::now();
-    let replay = publisher
-        .run(&spec.source, spec.pacing, spec.limits, stop, progress)
-        .context("replaying")?;
+    let replay = publisher.run(&spec.source, spec.pacing, spec.limits, stop, progress).context("replaying")?;
     let mut report = match running {
         Running::Engine(e) => e.join(Some(spec.drain_timeout)).context("running the engine")?,
-        Running::Baseline(h) => h
-            .join()
-            .map_err(|_| anyhow::anyhow!("the baseline thread panicked"))?
-            .context("running the baseline")?,
+        Running::Baseline(h) => {
+            h.join().map_err(|_| anyhow::anyhow!("the baseline thread panicked"))?.context("running the baseline")?
+        }
     };
     // Rates over the replay window: from the first message to the subscriber's end.
     let window = replay_start.elapsed().min(started.elapsed()).as_secs_f64().max(1e-9);

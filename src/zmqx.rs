@@ -51,9 +51,7 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
         "tcp" => {
             // tcp://[source;]host:port
             let target = rest.rsplit(';').next().unwrap_or(rest);
-            let (host, port) = target
-                .rsplit_once(':')
-                .ok_or_else(|| format!("endpoint `{endpoint}` has no port"))?;
+            let (host, port) = target.rsplit_once(':').ok_or_else(|| format!("endpoint `{endpoint}` has no port"))?;
             if host.is_empty() {
                 return Err(format!("endpoint `{endpoint}` has no host"));
             }

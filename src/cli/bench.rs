@@ -141,11 +141,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         h => vec![parse_handoff(h).map_err(anyhow::Error::msg)?],
     };
     let pacing = args.feed.pacing(None);
-    let default_count = if args.feed.duration.is_none() && args.feed.count.is_none() {
-        Some(2_000_000)
-    } else {
-        None
-    };
+    let default_count = if args.feed.duration.is_none() && args.feed.count.is_none() { Some(2_000_000) } else { None };
     let mut limits = args.feed.limits(None);
     limits.max_msgs = limits.max_msgs.or(default_count);
     let shards = profile.shards.len();
@@ -201,12 +197,8 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             args.repeats
         );
     }
-    let mut variants: Vec<(String, Subscriber)> = vec![(
-        "baseline".into(),
-        Subscriber::Baseline {
-            rcvhwm_msgs: profile.rcvhwm_msgs,
-        },
-    )];
+    let mut variants: Vec<(String, Subscriber)> =
+        vec![("baseline".into(), Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs })];
     for h in &handoffs {
         let mut cfg = profile.engine_config(None);
         cfg.handoff = *h;
@@ -269,13 +261,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             )
         })
         .collect();
-    let result = BenchResult {
-        machine,
-        settings,
-        runs,
-        medians: meds,
-        ratios,
-    };
+    let result = BenchResult { machine, settings, runs, medians: meds, ratios };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -294,10 +280,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         }
         println!("ratios engine / baseline (throughput: higher is better; latency: lower is better):");
         for (name, r) in &result.ratios {
-            println!(
-                "  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x",
-                name, r[0], r[1], r[2], r[3]
-            );
+            println!("  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x", name, r[0], r[1], r[2], r[3]);
         }
     }
     Ok(result)

@@ -82,32 +82,17 @@ pub struct FeedArgs {
 
 impl FeedArgs {
     fn generator(&self) -> GeneratorConfig {
-        GeneratorConfig {
-            symbols: self.symbols.max(1),
-            zipf_s: self.zipf,
-            payload_bytes: self.size,
-            seed: self.seed,
-        }
+        GeneratorConfig { symbols: self.symbols.max(1), zipf_s: self.zipf, payload_bytes: self.size, seed: self.seed }
     }
     fn pacing(&self, default_rate: Option<u64>) -> Pacing {
         match self.rate.or(default_rate) {
             None | Some(0) => Pacing::FlatOut,
-            Some(r) => Pacing::Rate {
-                msgs_per_sec: r,
-                burst: self.burst.max(1),
-            },
+            Some(r) => Pacing::Rate { msgs_per_sec: r, burst: self.burst.max(1) },
         }
     }
     fn limits(&self, default_duration: Option<Duration>) -> Limits {
-        let duration = if self.count.is_some() {
-            self.duration
-        } else {
-            self.duration.or(default_duration)
-        };
-        Limits {
-            max_msgs: self.count,
-            duration,
-        }
+        let duration = if self.count.is_some() { self.duration } else { self.duration.or(default_duration) };
+        Limits { max_msgs: self.count, duration }
     }
 }
 
@@ -131,11 +116,7 @@ fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
     let style = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} msgs {per_sec} eta {eta}")
         .or_else(|_| indicatif::ProgressStyle::with_template("{prefix} {pos}"))
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    pb.set_style(if total.is_some() {
-        style
-    } else {
-        indicatif::ProgressStyle::default_spinner()
-    });
+    pb.set_style(if total.is_some() { style } else { indicatif::ProgressStyle::default_spinner() });
     pb.set_prefix(what.to_string());
     pb
 }
@@ -189,10 +170,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let pacing = args.feed.pacing(Some(DEMO_RATE));
     let limits = args.feed.limits(Some(DEMO_DURATION));
     let spec = RunSpec {
-        publisher: PublisherConfig {
-            endpoints: vec!["tcp://127.0.0.1:*".into(); shards],
-            ..Default::default()
-        },
+        publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); shards], ..Default::default() },
         source: Source::Generator(args.feed.generator()),
         pacing,
         limits,
@@ -202,10 +180,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     if !args.json {
         println!(
             "mdsub demo: {} of {}-byte payloads over {} symbols, {}, {} shard(s), {} worker(s), profile {}",
-            limits
-                .duration
-                .map(|d| format!("{:.1}s", d.as_secs_f64()))
-                .unwrap_or_else(|| "a run".into()),
+            limits.duration.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "a run".into()),
             args.feed.size,
             args.feed.symbols,
             describe_pacing(pacing),
@@ -213,10 +188,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
             profile.workers.len(),
             profile.name
         );
-        println!(
-            "publisher: XPUB over TCP loopback, lossless (XPUB_NODROP), SNDHWM {}",
-            spec.publisher.sndhwm_msgs
-        );
+        println!("publisher: XPUB over TCP loopback, lossless (XPUB_NODROP), SNDHWM {}", spec.publisher.sndhwm_msgs);
     }
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
     let out = run_once(&spec, stop, &mut |n| pb.set_position(n))?;
@@ -279,22 +251,11 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         publisher.wait_for_subscribers(args.subscribers, args.wait_timeout)?;
     }
     let source = match &args.from {
-        Some(path) => Source::Capture {
-            path: path.clone(),
-            restamp: args.restamp,
-        },
+        Some(path) => Source::Capture { path: path.clone(), restamp: args.restamp },
         None => Source::Generator(args.feed.generator()),
     };
-    let pacing = if args.recorded_timing {
-        Pacing::Recorded
-    } else {
-        args.feed.pacing(None)
-    };
-    let limits = args.feed.limits(if args.from.is_some() {
-        None
-    } else {
-        Some(Duration::from_secs(10))
-    });
+    let pacing = if args.recorded_timing { Pacing::Recorded } else { args.feed.pacing(None) };
+    let limits = args.feed.limits(if args.from.is_some() { None } else { Some(Duration::from_secs(10)) });
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
     let stats = publisher.run(&source, pacing, limits, stop, &mut |n| pb.set_position(n))?;
     pb.finish_and_clear();
@@ -319,8 +280,8 @@ pub struct EngineArgs {
     /// Tuning profile: a TOML file, `builtin` or `auto`.
     #[arg(long, default_value = "builtin")]
     pub profile: String,
-    /// Publisher endpoint to connect (repeatable); replaces the profile's shards
-    /// with one shard per endpoint.
+    /// Publisher endpoint(s) to connect: each use of the flag is one shard
+    /// (replacing the profile's shards); `EP1,EP2` puts two publishers on one shard.
     #[arg(long = "connect")]
     pub connect: Vec<String>,
     /// Topic prefix to subscribe (repeatable; default everything).
@@ -329,7 +290,7 @@ pub struct EngineArgs {
     /// Number of workers (overrides the profile's, unpinned).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Worker handler: latency, book or work:NANOS.
+    /// Worker handler: latency, book, verify (per-topic order check) or work:NANOS.
     #[arg(long)]
     pub handler: Option<HandlerSpec>,
     /// Hand-off: batch or per-message.
@@ -358,18 +319,14 @@ pub fn parse_handoff(s: &str) -> Result<HandOff, String> {
 pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = Profile::load(&args.profile)?;
     if !args.connect.is_empty() {
-        let template = profile
-            .shards
-            .first()
-            .cloned()
-            .unwrap_or_else(|| Profile::builtin().shards[0].clone());
+        let template = profile.shards.first().cloned().unwrap_or_else(|| Profile::builtin().shards[0].clone());
         profile.shards = args
             .connect
             .iter()
             .enumerate()
             .map(|(i, ep)| {
                 let mut s = template.clone();
-                s.endpoints = vec![ep.clone()];
+                s.endpoints = ep.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
                 if i > 0 {
                     s.io_core = None;
                     s.reader_core = None;

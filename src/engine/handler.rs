@@ -11,6 +11,11 @@ use crate::wire::FrameView;
 /// Latency is recorded by the worker around this call.
 pub trait Handler: Send {
     fn on_message(&mut self, msg: &FrameView<'_>);
+
+    /// Named counters the handler keeps; summed over workers into the report.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Which built-in handler to run; parsed from `latency`, `work:NS`, `book`.
@@ -23,6 +28,9 @@ pub enum HandlerSpec {
     Work { ns: u64 },
     /// Keep the last payload of every topic.
     Book,
+    /// Check that every topic's sequence goes up by exactly one (a feed and
+    /// routing check; counts `verified`, `out_of_order`, `skipped`).
+    Verify,
 }
 
 impl std::str::FromStr for HandlerSpec {
@@ -31,9 +39,10 @@ impl std::str::FromStr for HandlerSpec {
         match s {
             "latency" => Ok(HandlerSpec::Latency),
             "book" => Ok(HandlerSpec::Book),
+            "verify" => Ok(HandlerSpec::Verify),
             _ => match s.strip_prefix("work:").map(str::parse::<u64>) {
                 Some(Ok(ns)) => Ok(HandlerSpec::Work { ns }),
-                _ => Err(format!("unknown handler `{s}` (expected latency, book or work:NANOS)")),
+                _ => Err(format!("unknown handler `{s}` (expected latency, book, verify or work:NANOS)")),
             },
         }
     }
@@ -58,6 +67,7 @@ impl std::fmt::Display for HandlerSpec {
             HandlerSpec::Latency => write!(f, "latency"),
             HandlerSpec::Work { ns } => write!(f, "work:{ns}"),
             HandlerSpec::Book => write!(f, "book"),
+            HandlerSpec::Verify => write!(f, "verify"),
         }
     }
 }
@@ -68,6 +78,7 @@ impl HandlerSpec {
             HandlerSpec::Latency => Box::new(LatencyOnly),
             HandlerSpec::Work { ns } => Box::new(SyntheticWork { ns }),
             HandlerSpec::Book => Box::new(LastValueBook::default()),
+            HandlerSpec::Verify => Box::new(VerifyOrder::default()),
         }
     }
 }
@@ -128,6 +139,50 @@ impl Handler for LastValueBook {
     }
 }
 
+/// Per-topic order check: each topic's `topic_seq` must follow the last by one.
+#[derive(Default)]
+pub struct VerifyOrder {
+    last: HashMap<Box<[u8]>, (u64, u64), BuildHasherDefault<FnvHasher>>,
+    verified: u64,
+    out_of_order: u64,
+    skipped: u64,
+}
+
+impl Handler for VerifyOrder {
+    #[inline]
+    fn on_message(&mut self, msg: &FrameView<'_>) {
+        let (session, seq) = (msg.header.session_id, msg.header.topic_seq);
+        match self.last.get_mut(msg.topic) {
+            Some(last) if last.0 == session => {
+                if seq == last.1 + 1 {
+                    self.verified += 1;
+                } else if seq <= last.1 {
+                    self.out_of_order += 1;
+                } else {
+                    self.skipped += 1;
+                }
+                last.1 = last.1.max(seq);
+            }
+            Some(last) => {
+                *last = (session, seq);
+                self.verified += 1;
+            }
+            None => {
+                self.last.insert(msg.topic.into(), (session, seq));
+                if seq == 1 {
+                    self.verified += 1;
+                } else {
+                    self.skipped += 1;
+                }
+            }
+        }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("verified", self.verified), ("out_of_order", self.out_of_order), ("skipped", self.skipped)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,7 +190,7 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print() {
-        for s in ["latency", "book", "work:250"] {
+        for s in ["latency", "book", "verify", "work:250"] {
             assert_eq!(s.parse::<HandlerSpec>().expect("parses").to_string(), s);
         }
         assert!("work:x".parse::<HandlerSpec>().is_err());
@@ -160,6 +215,25 @@ mod tests {
         }
         assert_eq!(book.get(b"ESH6"), Some(&b"two"[..]));
         assert_eq!(book.len(), 1);
+    }
+
+    #[test]
+    fn verify_counts_order() {
+        let mut v = VerifyOrder::default();
+        for seq in [1, 2, 3, 2, 5] {
+            let h = Header {
+                kind: Kind::Data,
+                flags: 0,
+                publisher_id: 0,
+                session_id: 1,
+                stream_seq: seq,
+                topic_seq: seq,
+                send_time_ns: 0,
+            };
+            let f = encode(b"T", &h, b"");
+            v.on_message(&decode(&f).expect("frame"));
+        }
+        assert_eq!(v.counters(), vec![("verified", 3), ("out_of_order", 1), ("skipped", 1)]);
     }
 
     #[test]

@@ -105,17 +105,27 @@ pub struct Engine {
     start: Instant,
     readers: Vec<JoinHandle<Result<(), AgentError>>>,
     workers: Vec<JoinHandle<Result<(), AgentError>>>,
-    collector: Option<JoinHandle<StageHistograms>>,
+    collector: Option<JoinHandle<Collected>>,
     shard_counters: Vec<Arc<ShardCounters>>,
     worker_counters: Vec<Arc<WorkerCounters>>,
     // Contexts last: sockets are closed by their threads before these drop.
     _contexts: Vec<zmq::Context>,
 }
 
-fn collect(rx: Receiver<WorkerReport>) -> StageHistograms {
-    let mut total = StageHistograms::default();
+/// What the collector adds up.
+#[derive(Default)]
+struct Collected {
+    stages: StageHistograms,
+    handler: std::collections::BTreeMap<String, u64>,
+}
+
+fn collect(rx: Receiver<WorkerReport>) -> Collected {
+    let mut total = Collected::default();
     for r in rx.iter() {
-        total.add(&r.stages);
+        total.stages.add(&r.stages);
+        for (k, v) in r.handler_counters {
+            *total.handler.entry(k.to_string()).or_default() += v;
+        }
     }
     total
 }
@@ -139,17 +149,12 @@ impl Engine {
             move |source| EngineError::Zmq { context, source }
         };
         // inproc needs no I/O thread.
-        fanout
-            .set_io_threads(0)
-            .map_err(zerr("configuring the fan-out context"))?;
+        fanout.set_io_threads(0).map_err(zerr("configuring the fan-out context"))?;
         let (tx, rx) = crossbeam::channel::bounded::<WorkerReport>(256);
         let collector = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || collect(rx))
-            .map_err(|source| EngineError::Spawn {
-                name: "metrics".into(),
-                source,
-            })?;
+            .map_err(|source| EngineError::Spawn { name: "metrics".into(), source })?;
 
         let mut workers = Vec::new();
         let mut worker_counters = Vec::new();
@@ -159,44 +164,17 @@ impl Engine {
             worker_endpoints.push(endpoint.clone());
             let counters = Arc::new(WorkerCounters::default());
             worker_counters.push(counters.clone());
-            let (fanout, tx, handler, readers, interval, hwm) = (
-                fanout.clone(),
-                tx.clone(),
-                cfg.handler,
-                cfg.shards.len(),
-                cfg.metrics_interval,
-                cfg.handoff_hwm,
-            );
+            let (fanout, tx, handler, readers, interval, hwm) =
+                (fanout.clone(), tx.clone(), cfg.handler, cfg.shards.len(), cfg.metrics_interval, cfg.handoff_hwm);
             // Bind before any reader connects: wait for the worker to say so.
             let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
             let name = format!("worker{w}");
-            let h = Runner::spawn(
-                &name,
-                RunSpec {
-                    core: *core,
-                    idle: cfg.idle,
-                },
-                stop.clone(),
-                move || {
-                    let a = WorkerAgent::new(
-                        w,
-                        &fanout,
-                        &endpoint,
-                        hwm,
-                        readers,
-                        handler.build(),
-                        tx,
-                        interval,
-                        counters,
-                    );
-                    let _ = ready_tx.send(a.is_ok());
-                    a
-                },
-            )
-            .map_err(|source| EngineError::Spawn {
-                name: name.clone(),
-                source,
-            })?;
+            let h = Runner::spawn(&name, RunSpec { core: *core, idle: cfg.idle }, stop.clone(), move || {
+                let a = WorkerAgent::new(w, &fanout, &endpoint, hwm, readers, handler.build(), tx, interval, counters);
+                let _ = ready_tx.send(a.is_ok());
+                a
+            })
+            .map_err(|source| EngineError::Spawn { name: name.clone(), source })?;
             if ready_rx.recv_timeout(Duration::from_secs(10)) != Ok(true) {
                 stop.stop();
                 let err = h.join().ok().and_then(|r| r.err());
@@ -228,16 +206,11 @@ impl Engine {
             };
             let fanout = fanout.clone();
             let name = format!("shard{k}-reader");
-            let h = Runner::spawn(
-                &name,
-                RunSpec {
-                    core: shard.reader_core,
-                    idle: cfg.idle,
-                },
-                stop.clone(),
-                move || ReaderAgent::new(rc, sub, &fanout, counters),
-            )
-            .map_err(|source| EngineError::Spawn { name, source })?;
+            let h =
+                Runner::spawn(&name, RunSpec { core: shard.reader_core, idle: cfg.idle }, stop.clone(), move || {
+                    ReaderAgent::new(rc, sub, &fanout, counters)
+                })
+                .map_err(|source| EngineError::Spawn { name, source })?;
             readers.push(h);
         }
         Ok(Engine {
@@ -271,8 +244,7 @@ impl Engine {
                 }
                 let zerr = |context: String| move |source| EngineError::Zmq { context, source };
                 let ctx = zmq::Context::new();
-                ctx.set_io_threads(1)
-                    .map_err(zerr("configuring the shard context".into()))?;
+                ctx.set_io_threads(1).map_err(zerr("configuring the shard context".into()))?;
                 let sub = ctx.socket(zmq::SUB).map_err(zerr("creating the SUB".into()))?;
                 sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
                 sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
@@ -281,12 +253,10 @@ impl Engine {
                     sub.set_subscribe(b"").map_err(zerr("subscribing".into()))?;
                 } else {
                     for t in &shard.subscribe {
-                        sub.set_subscribe(t.as_bytes())
-                            .map_err(zerr(format!("subscribing to `{t}`")))?;
+                        sub.set_subscribe(t.as_bytes()).map_err(zerr(format!("subscribing to `{t}`")))?;
                     }
                     if !shard.subscribe.iter().any(|t| control.starts_with(t.as_bytes())) {
-                        sub.set_subscribe(&control)
-                            .map_err(zerr("subscribing to control frames".into()))?;
+                        sub.set_subscribe(&control).map_err(zerr("subscribing to control frames".into()))?;
                     }
                 }
                 for ep in &shard.endpoints {
@@ -294,10 +264,7 @@ impl Engine {
                 }
                 Ok((ctx, sub))
             })
-            .map_err(|source| EngineError::Spawn {
-                name: name.clone(),
-                source,
-            })?;
+            .map_err(|source| EngineError::Spawn { name: name.clone(), source })?;
         h.join().map_err(|_| EngineError::Config(format!("{name} panicked")))?
     }
 
@@ -341,23 +308,21 @@ impl Engine {
                 Err(_) => first_err = first_err.or(Some(EngineError::Config("an engine thread panicked".into()))),
             }
         }
-        let stages = self.collector.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let collected = self.collector.take().and_then(|h| h.join().ok()).unwrap_or_default();
         if let Some(e) = first_err {
             return Err(e);
         }
-        Ok(self.report(stages, duration, interrupted))
+        Ok(self.report(collected, duration, interrupted))
     }
 
-    fn report(&self, stages: StageHistograms, duration: Duration, interrupted: bool) -> RunReport {
+    fn report(&self, collected: Collected, duration: Duration, interrupted: bool) -> RunReport {
+        let stages = collected.stages;
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| self.shard_counters.iter().map(|c| f(c)).sum::<u64>();
         let delivered = self.delivered();
         let eos_seen = sum(&|c| c.eos_seen.load(Relaxed));
         let (sent, lost) = if eos_seen > 0 {
             let sent = sum(&|c| c.eos_sent.load(Relaxed));
-            (
-                Some(sent),
-                Some(sent.saturating_sub(sum(&|c| c.eos_accepted.load(Relaxed)))),
-            )
+            (Some(sent), Some(sent.saturating_sub(sum(&|c| c.eos_accepted.load(Relaxed)))))
         } else {
             (None, None)
         };
@@ -381,11 +346,8 @@ impl Engine {
             mb_per_sec: bytes as f64 / secs / 1e6,
             latency: stages.summary(),
             interrupted,
-            metrics_dropped: self
-                .worker_counters
-                .iter()
-                .map(|c| c.metrics_dropped.load(Relaxed))
-                .sum(),
+            metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
+            handler: collected.handler,
         }
     }
 }

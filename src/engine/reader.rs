@@ -169,11 +169,7 @@ pub struct ReaderAgent {
 }
 
 fn zerr<'a>(role: &'a str, context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError + 'a {
-    move |source| AgentError::Zmq {
-        role: role.to_string(),
-        context,
-        source,
-    }
+    move |source| AgentError::Zmq { role: role.to_string(), context, source }
 }
 
 impl ReaderAgent {
@@ -189,40 +185,23 @@ impl ReaderAgent {
         let mut pushes = Vec::with_capacity(cfg.worker_endpoints.len());
         for ep in &cfg.worker_endpoints {
             let p = fanout.socket(zmq::PUSH).map_err(zerr(&role, "creating a PUSH"))?;
-            p.set_sndhwm(cfg.push_hwm)
-                .map_err(zerr(&role, "setting the hand-off SNDHWM"))?;
+            p.set_sndhwm(cfg.push_hwm).map_err(zerr(&role, "setting the hand-off SNDHWM"))?;
             p.set_linger(-1).map_err(zerr(&role, "setting LINGER"))?;
             p.connect(ep).map_err(zerr(&role, "connecting to a worker"))?;
             pushes.push(p);
         }
         if pushes.is_empty() {
-            return Err(AgentError::Fatal {
-                role,
-                message: "no workers to hand off to".into(),
-            });
+            return Err(AgentError::Fatal { role, message: "no workers to hand off to".into() });
         }
-        let staging = (0..pushes.len())
-            .map(|_| Vec::with_capacity(cfg.batch_max * 256 + 1))
-            .collect();
+        let staging = (0..pushes.len()).map(|_| Vec::with_capacity(cfg.batch_max * 256 + 1)).collect();
         let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription);
-        Ok(ReaderAgent {
-            role,
-            cfg,
-            sub,
-            pushes,
-            staging,
-            msg: zmq::Message::new(),
-            checks,
-            counters,
-        })
+        Ok(ReaderAgent { role, cfg, sub, pushes, staging, msg: zmq::Message::new(), checks, counters })
     }
 
     fn flush(&mut self) -> Result<(), AgentError> {
         for (w, buf) in self.staging.iter_mut().enumerate() {
             if !buf.is_empty() {
-                self.pushes[w]
-                    .send(&buf[..], 0)
-                    .map_err(zerr(&self.role, "handing a batch to a worker"))?;
+                self.pushes[w].send(&buf[..], 0).map_err(zerr(&self.role, "handing a batch to a worker"))?;
                 buf.clear();
             }
         }
@@ -252,9 +231,7 @@ impl Agent for ReaderAgent {
                 HandOff::Batch => batch::push(&mut self.staging[w], recv_ns, frame),
                 HandOff::PerMessage => {
                     let m = std::mem::replace(&mut self.msg, zmq::Message::new());
-                    self.pushes[w]
-                        .send(m, 0)
-                        .map_err(zerr(&self.role, "handing a message to a worker"))?;
+                    self.pushes[w].send(m, 0).map_err(zerr(&self.role, "handing a message to a worker"))?;
                 }
             }
         }

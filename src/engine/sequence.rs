@@ -134,11 +134,7 @@ impl SequenceTracker {
             Some(last) => {
                 if h.topic_seq <= *last {
                     self.totals.duplicates += 1;
-                    return Verdict {
-                        accept: false,
-                        missed: 0,
-                        restart,
-                    };
+                    return Verdict { accept: false, missed: 0, restart };
                 }
                 if !full && !from_cache {
                     missed = h.topic_seq - *last - 1;
@@ -163,11 +159,7 @@ impl SequenceTracker {
         s.accepted += 1;
         self.totals.accepted += 1;
         self.totals.gaps += missed;
-        Verdict {
-            accept: true,
-            missed,
-            restart,
-        }
+        Verdict { accept: true, missed, restart }
     }
 
     /// An end of stream: `sent` data messages in the session. Counts messages
@@ -211,15 +203,7 @@ mod tests {
     use crate::wire::Kind;
 
     fn h(publisher_id: u32, session_id: u64, stream_seq: u64, topic_seq: u64) -> Header {
-        Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id,
-            session_id,
-            stream_seq,
-            topic_seq,
-            send_time_ns: 0,
-        }
+        Header { kind: Kind::Data, flags: 0, publisher_id, session_id, stream_seq, topic_seq, send_time_ns: 0 }
     }
 
     #[test]
@@ -228,24 +212,9 @@ mod tests {
         for i in 1..=100 {
             let topic: &[u8] = if i % 2 == 0 { b"A" } else { b"B" };
             let v = t.on_data(&h(1, 9, i, i.div_ceil(2)), topic);
-            assert_eq!(
-                v,
-                Verdict {
-                    accept: true,
-                    missed: 0,
-                    restart: false
-                }
-            );
+            assert_eq!(v, Verdict { accept: true, missed: 0, restart: false });
         }
-        assert_eq!(
-            t.totals(),
-            SequenceTotals {
-                accepted: 100,
-                gaps: 0,
-                duplicates: 0,
-                restarts: 0
-            }
-        );
+        assert_eq!(t.totals(), SequenceTotals { accepted: 100, gaps: 0, duplicates: 0, restarts: 0 });
     }
 
     #[test]
@@ -280,11 +249,7 @@ mod tests {
         let mut c = h(1, 9, 12, 3);
         c.flags = FLAG_FROM_CACHE;
         assert!(t.on_data(&c, b"B").accept);
-        assert_eq!(
-            t.on_data(&h(1, 9, 50, 8), b"A").missed,
-            0,
-            "first live frame sets the base"
-        );
+        assert_eq!(t.on_data(&h(1, 9, 50, 8), b"A").missed, 0, "first live frame sets the base");
         assert_eq!(t.on_data(&h(1, 9, 51, 4), b"B").missed, 0);
         assert_eq!(t.totals().gaps, 0);
     }
@@ -304,11 +269,7 @@ mod tests {
     fn filtered_subscription_uses_topic_sequences() {
         let mut t = SequenceTracker::new(false);
         t.on_data(&h(1, 9, 1, 1), b"A");
-        assert_eq!(
-            t.on_data(&h(1, 9, 10, 2), b"A").missed,
-            0,
-            "stream jumps are other topics"
-        );
+        assert_eq!(t.on_data(&h(1, 9, 10, 2), b"A").missed, 0, "stream jumps are other topics");
         assert_eq!(t.on_data(&h(1, 9, 20, 5), b"A").missed, 2);
         assert_eq!(t.on_end_of_stream(&h(1, 9, 30, 0), 30), 0);
     }

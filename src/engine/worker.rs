@@ -21,6 +21,8 @@ use crate::wire;
 pub struct WorkerReport {
     pub worker: usize,
     pub stages: StageHistograms,
+    /// The handler's counters (final report only).
+    pub handler_counters: Vec<(&'static str, u64)>,
 }
 
 /// Live counters of one worker.
@@ -105,22 +107,16 @@ impl WorkerAgent {
         handler.on_message(&view);
         let done = wire::now_ns();
         let sent = view.header.send_time_ns;
-        stages.record(
-            recv_ns.saturating_sub(sent),
-            take_ns.saturating_sub(recv_ns),
-            done.saturating_sub(sent),
-        );
+        stages.record(recv_ns.saturating_sub(sent), take_ns.saturating_sub(recv_ns), done.saturating_sub(sent));
         frame.len()
     }
 
     fn ship(&mut self, blocking: bool) {
-        if self.stages.count() == 0 {
+        if self.stages.count() == 0 && !blocking {
             return;
         }
-        let report = WorkerReport {
-            worker: self.index,
-            stages: self.stages.clone(),
-        };
+        let handler_counters = if blocking { self.handler.counters() } else { Vec::new() };
+        let report = WorkerReport { worker: self.index, stages: self.stages.clone(), handler_counters };
         let sent = if blocking {
             self.metrics.send(report).is_ok()
         } else {
@@ -150,11 +146,7 @@ impl Agent for WorkerAgent {
                 Err(zmq::Error::EAGAIN) => break,
                 Err(zmq::Error::EINTR) => continue,
                 Err(source) => {
-                    return Err(AgentError::Zmq {
-                        role: self.role.clone(),
-                        context: "receiving a hand-off",
-                        source,
-                    })
+                    return Err(AgentError::Zmq { role: self.role.clone(), context: "receiving a hand-off", source })
                 }
             }
             let take_ns = wire::now_ns();

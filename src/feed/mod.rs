@@ -79,12 +79,7 @@ pub struct GeneratorConfig {
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        GeneratorConfig {
-            symbols: 100,
-            zipf_s: 1.0,
-            payload_bytes: 100,
-            seed: 42,
-        }
+        GeneratorConfig { symbols: 100, zipf_s: 1.0, payload_bytes: 100, seed: 42 }
     }
 }
 
@@ -111,12 +106,7 @@ impl Generator {
             .collect();
         let mut rng = SplitMix64::new(cfg.seed);
         let payload = (0..cfg.payload_bytes).map(|_| (rng.next_u64() & 0xff) as u8).collect();
-        Generator {
-            topics: symbol_names(n),
-            cdf,
-            rng,
-            payload,
-        }
+        Generator { topics: symbol_names(n), cdf, rng, payload }
     }
 
     /// All topic names, most popular first.
@@ -146,10 +136,7 @@ mod tests {
 
     #[test]
     fn generator_is_seeded_and_skewed() {
-        let cfg = GeneratorConfig {
-            symbols: 50,
-            ..Default::default()
-        };
+        let cfg = GeneratorConfig { symbols: 50, ..Default::default() };
         let mut a = Generator::new(&cfg);
         let mut b = Generator::new(&cfg);
         let draws: Vec<usize> = (0..10_000).map(|_| a.next_topic()).collect();

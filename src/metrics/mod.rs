@@ -30,11 +30,7 @@ pub struct StageHistograms {
 
 impl Default for StageHistograms {
     fn default() -> Self {
-        StageHistograms {
-            wire: new_histogram(),
-            queue: new_histogram(),
-            total: new_histogram(),
-        }
+        StageHistograms { wire: new_histogram(), queue: new_histogram(), total: new_histogram() }
     }
 }
 
@@ -144,6 +140,8 @@ pub struct RunReport {
     pub interrupted: bool,
     /// Metric intervals lost because the collector's queue was full (should be 0).
     pub metrics_dropped: u64,
+    /// Counters kept by the workers' handler (e.g. `verify`), summed.
+    pub handler: BTreeMap<String, u64>,
 }
 
 impl RunReport {
@@ -171,26 +169,14 @@ impl RunReport {
         );
         let bad: u64 = self.bad_frames.values().sum();
         if bad > 0 {
-            let reasons: Vec<String> = self
-                .bad_frames
-                .iter()
-                .filter(|(_, &v)| v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let reasons: Vec<String> =
+                self.bad_frames.iter().filter(|(_, &v)| v > 0).map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  bad frames   {bad}   ({})", reasons.join(", "));
         } else {
             let _ = writeln!(s, "  bad frames   0");
         }
-        let _ = writeln!(
-            s,
-            "  throughput   {:.0} msg/s   {:.1} MB/s",
-            self.msgs_per_sec, self.mb_per_sec
-        );
-        let _ = writeln!(
-            s,
-            "  latency      {:>10} {:>10} {:>10} {:>10}",
-            "p50", "p99", "p99.9", "max"
-        );
+        let _ = writeln!(s, "  throughput   {:.0} msg/s   {:.1} MB/s", self.msgs_per_sec, self.mb_per_sec);
+        let _ = writeln!(s, "  latency      {:>10} {:>10} {:>10} {:>10}", "p50", "p99", "p99.9", "max");
         for stage in ["wire", "queue", "total"] {
             if let Some(p) = self.latency.get(stage) {
                 if p.count > 0 {
@@ -205,6 +191,10 @@ impl RunReport {
                     );
                 }
             }
+        }
+        if !self.handler.is_empty() {
+            let c: Vec<String> = self.handler.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "  handler      {}", c.join(", "));
         }
         if self.metrics_dropped > 0 {
             let _ = writeln!(
@@ -232,11 +222,7 @@ mod tests {
         a.add(&b);
         assert_eq!(a.count(), 1001);
         let s = a.summary();
-        assert!(
-            s["total"].p50_ns >= 499_000 && s["total"].p50_ns <= 501_000,
-            "{:?}",
-            s["total"]
-        );
+        assert!(s["total"].p50_ns >= 499_000 && s["total"].p50_ns <= 501_000, "{:?}", s["total"]);
         assert_eq!(s["queue"].max_ns, a.queue.highest_equivalent(MAX_TRACKABLE_NS));
         assert_eq!(s["wire"].count, 1001);
     }

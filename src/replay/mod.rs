@@ -29,12 +29,7 @@ pub enum ReplayError {
         source: zmq::Error,
     },
     #[error("no subscriber reached {endpoint} within {waited_ms} ms (expected {expected}, saw {seen})")]
-    NoSubscribers {
-        endpoint: String,
-        expected: usize,
-        seen: usize,
-        waited_ms: u64,
-    },
+    NoSubscribers { endpoint: String, expected: usize, seen: usize, waited_ms: u64 },
     #[error("capture file {path}: {source}")]
     Capture {
         path: PathBuf,
@@ -160,10 +155,7 @@ impl Publisher {
                 subscribers: 0,
             });
         }
-        Ok(Publisher {
-            shards,
-            buf: Vec::with_capacity(1024),
-        })
+        Ok(Publisher { shards, buf: Vec::with_capacity(1024) })
     }
 
     /// The bound endpoints, one per shard, ports resolved.
@@ -324,15 +316,18 @@ impl Publisher {
                 }
                 self.run_generator(g, pacing, limits, stop, progress)?
             }
-            Source::Capture { path, restamp } => self
-                .run_capture(path, *restamp, pacing, limits, stop, progress)
-                .map_err(|e| match e {
-                    ReplayError::Capture { source, .. } => ReplayError::Capture {
-                        path: path.clone(),
-                        source,
-                    },
-                    other => other,
-                })?,
+            Source::Capture { path, restamp } => {
+                match self.run_capture(path, *restamp, pacing, limits, stop, progress) {
+                    Ok(i) => i,
+                    // A damaged capture: everything before the damage was
+                    // sent; end the stream so subscribers finish, then report.
+                    Err(e @ ReplayError::Capture { .. }) => {
+                        self.end_of_stream()?;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
         self.end_of_stream()?;
         Ok(self.stats(start, interrupted))
@@ -388,10 +383,7 @@ impl Publisher {
         stop: &crate::agent::StopFlag,
         progress: &mut dyn FnMut(u64),
     ) -> Result<bool, ReplayError> {
-        let cap = |source| ReplayError::Capture {
-            path: path.to_path_buf(),
-            source,
-        };
+        let cap = |source| ReplayError::Capture { path: path.to_path_buf(), source };
         let mut reader = CaptureReader::open(path).map_err(cap)?;
         let shards = self.shards.len();
         let mut topic_seq: std::collections::HashMap<Vec<u8>, u64> = Default::default();
@@ -399,70 +391,60 @@ impl Publisher {
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut first_recv_ns: Option<u64> = None;
         let mut msgs = 0u64;
-        // The shard of the message being sent (fixed by its first frame).
-        let mut current: Option<usize> = None;
-        let mut frame = Vec::new();
-        loop {
-            let (more, recv_ns) = match reader.next_record().map_err(cap)? {
+        // Frames of the message being read; a message is sent only when whole,
+        // so a capture damaged inside a multipart message sends no half of it.
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut used = 0usize;
+        while msgs < max {
+            let recv_ns = match reader.next_record().map_err(cap)? {
                 Some(rec) => {
-                    frame.clear();
-                    frame.extend_from_slice(rec.frame);
-                    (rec.more, rec.recv_ns)
+                    if used == parts.len() {
+                        parts.push(Vec::new());
+                    }
+                    parts[used].clear();
+                    parts[used].extend_from_slice(rec.frame);
+                    used += 1;
+                    if rec.more {
+                        continue;
+                    }
+                    rec.recv_ns
                 }
                 None => break,
             };
-            let k = match current {
-                Some(k) => k,
-                None => {
-                    if msgs >= max {
-                        break;
-                    }
-                    if msgs & 0xffff == 0 {
-                        progress(msgs);
-                        if stop.is_stopped() {
-                            return Ok(true);
-                        }
-                    }
-                    let base = *first_recv_ns.get_or_insert(recv_ns);
-                    let intended = match pacing {
-                        Pacing::Recorded => pacer.wait_until_offset(recv_ns.saturating_sub(base)),
-                        _ => pacer.wait_turn(msgs, |idle| idle.then(|| self.heartbeat(stop)).transpose())?,
-                    };
-                    let Some(intended) = intended else { break };
-                    let topic = wire::split_topic(&frame).map(|(t, _)| t).unwrap_or(&frame);
-                    let k = shard_of(topic, shards);
-                    if restamp && !more {
-                        if let Ok(view) = wire::decode(&frame) {
-                            if view.header.kind == Kind::Data {
-                                let topic = view.topic.to_vec();
-                                let payload = view.payload.to_vec();
-                                let seq = topic_seq.entry(topic.clone()).or_insert(0);
-                                *seq += 1;
-                                let s = *seq;
-                                self.encode_data(k, &topic, s, intended, &payload);
-                                frame.clear();
-                                frame.extend_from_slice(&self.buf);
-                            }
-                        }
-                    }
-                    k
+            if msgs & 0xffff == 0 {
+                progress(msgs);
+                if stop.is_stopped() {
+                    return Ok(true);
                 }
+            }
+            let base = *first_recv_ns.get_or_insert(recv_ns);
+            let intended = match pacing {
+                Pacing::Recorded => pacer.wait_until_offset(recv_ns.saturating_sub(base)),
+                _ => pacer.wait_turn(msgs, |idle| idle.then(|| self.heartbeat(stop)).transpose())?,
             };
-            if !self.send_on(k, Some(&frame), more, stop)? {
-                return Ok(true);
+            let Some(intended) = intended else { break };
+            let first = &parts[0];
+            let topic = wire::split_topic(first).map(|(t, _)| t).unwrap_or(first);
+            let k = shard_of(topic, shards);
+            if restamp && used == 1 {
+                if let Ok(view) = wire::decode(&parts[0]) {
+                    if view.header.kind == Kind::Data {
+                        let (topic, payload) = (view.topic.to_vec(), view.payload.to_vec());
+                        let seq = topic_seq.entry(topic.clone()).or_insert(0);
+                        *seq += 1;
+                        let s = *seq;
+                        self.encode_data(k, &topic, s, intended, &payload);
+                        parts[0].clear();
+                        parts[0].extend_from_slice(&self.buf);
+                    }
+                }
             }
-            if more {
-                current = Some(k);
-            } else {
-                current = None;
-                self.shards[k].sent += 1;
-                msgs += 1;
+            for (n, frame) in parts[..used].iter().enumerate() {
+                if !self.send_on(k, Some(frame), n + 1 < used, stop)? {
+                    return Ok(true);
+                }
             }
-        }
-        if let Some(k) = current {
-            // A capture that ends inside a multipart message: close it so the
-            // peer does not hold a half message; counted as sent.
-            self.send_on(k, Some(b""), false, stop)?;
+            used = 0;
             self.shards[k].sent += 1;
             msgs += 1;
         }
@@ -487,12 +469,7 @@ const HEARTBEAT_AFTER_NS: u64 = 1_000_000_000;
 impl Pacer {
     pub fn new(pacing: Pacing, duration: Option<Duration>) -> Self {
         let start_ns = wire::now_ns();
-        Pacer {
-            pacing,
-            start_ns,
-            end_ns: duration.map(|d| start_ns + d.as_nanos() as u64),
-            last_send_ns: start_ns,
-        }
+        Pacer { pacing, start_ns, end_ns: duration.map(|d| start_ns + d.as_nanos() as u64), last_send_ns: start_ns }
     }
 
     /// Intended send time of message `i`, or None when the duration is over.

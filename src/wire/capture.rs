@@ -92,10 +92,7 @@ impl<W: Write> CaptureWriter<W> {
         let len = u32::try_from(frame.len())
             .ok()
             .filter(|&l| l <= MAX_RECORD_LEN)
-            .ok_or(CaptureError::TooLarge {
-                offset: 0,
-                len: u32::MAX,
-            })?;
+            .ok_or(CaptureError::TooLarge { offset: 0, len: u32::MAX })?;
         let flags = if more { RECORD_MORE } else { 0 };
         let mut h = [0u8; RECORD_HEADER_LEN];
         h[0..4].copy_from_slice(&len.to_le_bytes());
@@ -103,9 +100,7 @@ impl<W: Write> CaptureWriter<W> {
         h[8..16].copy_from_slice(&recv_ns.to_le_bytes());
         h[16..20].copy_from_slice(&checksum(flags, recv_ns, frame).to_le_bytes());
         self.out.write_all(&h).map_err(CaptureError::io("writing a record"))?;
-        self.out
-            .write_all(frame)
-            .map_err(CaptureError::io("writing a record"))?;
+        self.out.write_all(frame).map_err(CaptureError::io("writing a record"))?;
         self.records += 1;
         Ok(())
     }
@@ -178,10 +173,7 @@ impl<R: Read> CaptureReader<R> {
             return Err(CaptureError::BadMagic);
         }
         if got < FILE_HEADER_LEN {
-            return Err(CaptureError::Truncated {
-                offset: got as u64,
-                what: "file header",
-            });
+            return Err(CaptureError::Truncated { offset: got as u64, what: "file header" });
         }
         let version = u16::from_le_bytes([h[8], h[9]]);
         if version != CAPTURE_VERSION {
@@ -220,13 +212,7 @@ impl<R: Read> CaptureReader<R> {
             Err(e)
         };
         if got < RECORD_HEADER_LEN {
-            return fail(
-                self,
-                CaptureError::Truncated {
-                    offset: at,
-                    what: "record header",
-                },
-            );
+            return fail(self, CaptureError::Truncated { offset: at, what: "record header" });
         }
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let flags = h[4];
@@ -243,24 +229,13 @@ impl<R: Read> CaptureReader<R> {
         self.buf.resize(len as usize, 0);
         let got = read_full(&mut self.input, &mut self.buf).map_err(CaptureError::io("reading a record"))?;
         if got < len as usize {
-            return fail(
-                self,
-                CaptureError::Truncated {
-                    offset: at,
-                    what: "record body",
-                },
-            );
+            return fail(self, CaptureError::Truncated { offset: at, what: "record body" });
         }
         if checksum(flags, recv_ns, &self.buf) != crc {
             return fail(self, CaptureError::Checksum { offset: at });
         }
         self.offset = at + RECORD_HEADER_LEN as u64 + len as u64;
-        Ok(Some(Record {
-            frame: &self.buf,
-            more: flags & RECORD_MORE != 0,
-            recv_ns,
-            offset: at,
-        }))
+        Ok(Some(Record { frame: &self.buf, more: flags & RECORD_MORE != 0, recv_ns, offset: at }))
     }
 }
 
@@ -298,11 +273,7 @@ mod tests {
         assert!(err.is_none());
         assert_eq!(
             recs,
-            vec![
-                (b"first".to_vec(), false, 10),
-                (b"topic".to_vec(), true, 11),
-                (b"body".to_vec(), false, 11)
-            ]
+            vec![(b"first".to_vec(), false, 10), (b"topic".to_vec(), true, 11), (b"body".to_vec(), false, 11)]
         );
     }
 
@@ -336,20 +307,11 @@ mod tests {
 
     #[test]
     fn bad_header() {
-        assert!(matches!(
-            CaptureReader::new(&b"NOTACAPTUREFILE........."[..]),
-            Err(CaptureError::BadMagic)
-        ));
-        assert!(matches!(
-            CaptureReader::new(&b"MDSUB"[..]),
-            Err(CaptureError::Truncated { offset: 5, .. })
-        ));
+        assert!(matches!(CaptureReader::new(&b"NOTACAPTUREFILE........."[..]), Err(CaptureError::BadMagic)));
+        assert!(matches!(CaptureReader::new(&b"MDSUB"[..]), Err(CaptureError::Truncated { offset: 5, .. })));
         let mut v = sample();
         v[8] = 2;
-        assert!(matches!(
-            CaptureReader::new(&v[..]),
-            Err(CaptureError::UnsupportedVersion(2))
-        ));
+        assert!(matches!(CaptureReader::new(&v[..]), Err(CaptureError::UnsupportedVersion(2))));
     }
 
     proptest! {

@@ -83,15 +83,8 @@ pub enum DecodeError {
 pub const DROP_REASONS: usize = 7;
 
 /// Names of the drop reasons, indexed by [`DecodeError::reason`].
-pub const DROP_REASON_NAMES: [&str; DROP_REASONS] = [
-    "missing_nul",
-    "empty_topic",
-    "bad_topic",
-    "short",
-    "unknown_version",
-    "unknown_kind",
-    "length_mismatch",
-];
+pub const DROP_REASON_NAMES: [&str; DROP_REASONS] =
+    ["missing_nul", "empty_topic", "bad_topic", "short", "unknown_version", "unknown_kind", "length_mismatch"];
 
 impl DecodeError {
     /// Index into [`DROP_REASON_NAMES`] / a counter array.
@@ -171,10 +164,7 @@ pub fn decode(frame: &[u8]) -> Result<FrameView<'_>, DecodeError> {
     let kind = Kind::from_u8(h[1]).ok_or(DecodeError::UnknownKind(h[1]))?;
     let declared = u32_at(h, 40);
     if declared as usize != payload.len() {
-        return Err(DecodeError::LengthMismatch {
-            declared,
-            actual: payload.len(),
-        });
+        return Err(DecodeError::LengthMismatch { declared, actual: payload.len() });
     }
     Ok(FrameView {
         topic,
@@ -202,10 +192,7 @@ pub fn frame_len(topic: &[u8], payload_len: usize) -> usize {
 /// payload over 4 GiB); never on data.
 #[inline]
 pub fn encode_into(out: &mut [u8], topic: &[u8], h: &Header, payload: &[u8]) {
-    assert!(
-        !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(&0),
-        "bad topic"
-    );
+    assert!(!topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(&0), "bad topic");
     assert_eq!(out.len(), frame_len(topic, payload.len()), "output length");
     let payload_len = u32::try_from(payload.len()).expect("payload under 4 GiB");
     let (t, rest) = out.split_at_mut(topic.len());
@@ -254,9 +241,7 @@ pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
 
 #[cfg(test)]
@@ -309,10 +294,7 @@ mod tests {
         assert_eq!(decode(&k), Err(DecodeError::UnknownKind(0)));
         let mut long = good.clone();
         long.push(1);
-        assert_eq!(
-            decode(&long),
-            Err(DecodeError::LengthMismatch { declared: 2, actual: 3 })
-        );
+        assert_eq!(decode(&long), Err(DecodeError::LengthMismatch { declared: 2, actual: 3 }));
         let mut over = vec![b'A'; MAX_TOPIC_LEN + 1];
         over.extend_from_slice(&good[1..]);
         assert_eq!(decode(&over), Err(DecodeError::MissingNul));

@@ -30,10 +30,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         Proc { child, name: name.to_string() }
     }
 
@@ -88,4 +85,76 @@ pub fn free_port_block(n: u16) -> u16 {
         }
     }
     panic!("no block of {n} free ports found");
+}
+
+/// A child whose stdout lines arrive on a channel (so reads have deadlines).
+pub struct LineProc {
+    pub proc: Proc,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LineProc {
+    /// Spawn with stdout piped into `lines`; stderr goes to the test's stderr.
+    pub fn spawn(name: &str, cmd: &mut Command) -> LineProc {
+        let mut proc = Proc::spawn(name, cmd.stdout(Stdio::piped()));
+        let out = proc.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LineProc { proc, lines: rx }
+    }
+
+    /// The next line that starts with `prefix`, within `deadline`.
+    pub fn line_starting(&self, prefix: &str, deadline: Duration) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => continue,
+                Err(_) => panic!("{}: no line starting with {prefix:?} within {deadline:?}", self.proc.name),
+            }
+        }
+    }
+
+    /// Wait for exit and return everything it printed after what was read.
+    pub fn finish(mut self, deadline: Duration) -> (std::process::ExitStatus, String) {
+        let status = self.proc.wait_exit(deadline);
+        let mut rest = String::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            rest.push_str(&l);
+            rest.push('\n');
+        }
+        (status, rest)
+    }
+}
+
+/// Start `mdsub replay` bound to ephemeral ports; returns it and its endpoints.
+pub fn start_replay(name: &str, shards: usize, extra: &[&str]) -> (LineProc, Vec<String>) {
+    let mut cmd = mdsub();
+    cmd.arg("replay");
+    for _ in 0..shards {
+        cmd.args(["--bind", "tcp://127.0.0.1:*"]);
+    }
+    cmd.args(extra);
+    let p = LineProc::spawn(name, &mut cmd);
+    let eps = (0..shards)
+        .map(|k| {
+            let l = p.line_starting(&format!("bound shard{k} "), Duration::from_secs(20));
+            l.rsplit(' ').next().expect("endpoint").to_string()
+        })
+        .collect();
+    (p, eps)
+}
+
+/// Parse JSON printed by a command.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
