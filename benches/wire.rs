@@ -1,1 +1,87 @@
-fn main() {}
+//! Micro costs of the wire format: frame encode, zero-copy decode, the
+//! reader's checks (decode + sequence tracking + routing), capture records.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use mdsub::engine::reader::{Checks, Routing};
+use mdsub::wire::capture::{CaptureReader, CaptureWriter};
+use mdsub::wire::{self, Header, Kind};
+
+fn header(seq: u64) -> Header {
+    Header {
+        kind: Kind::Data,
+        flags: 0,
+        publisher_id: 1,
+        session_id: 7,
+        stream_seq: seq,
+        topic_seq: seq,
+        send_time_ns: seq,
+    }
+}
+
+fn frames(n: usize) -> Vec<Vec<u8>> {
+    let topics = mdsub::feed::symbol_names(100);
+    (0..n).map(|i| wire::encode(topics[i % 100].as_bytes(), &header(i as u64 / 100 + 1), &[7u8; 100])).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let payload = [7u8; 100];
+    let mut g = c.benchmark_group("frame");
+    g.throughput(Throughput::Elements(1));
+    let mut buf = vec![0u8; wire::frame_len(b"ESH6", payload.len())];
+    g.bench_function("encode_100B", |b| {
+        b.iter(|| wire::encode_into(black_box(&mut buf), b"ESH6", &header(1), &payload))
+    });
+    let f = wire::encode(b"ESH6", &header(1), &payload);
+    g.bench_function("decode_100B", |b| b.iter(|| wire::decode(black_box(&f)).map(|v| v.header.stream_seq)));
+    g.bench_function("decode_garbage", |b| b.iter(|| wire::decode(black_box(b"no nul in this frame at all........"))));
+    g.finish();
+
+    let fs = frames(10_000);
+    let mut g = c.benchmark_group("reader_checks");
+    g.throughput(Throughput::Elements(fs.len() as u64));
+    g.bench_function("decode_track_route_10k", |b| {
+        b.iter_batched(
+            || Checks::new(Routing::ByTopic, 2, true),
+            |mut checks| {
+                let mut n = 0;
+                for f in &fs {
+                    n += checks.check(f).is_some() as usize;
+                }
+                n
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("capture");
+    g.throughput(Throughput::Elements(fs.len() as u64));
+    g.bench_function("write_10k_records", |b| {
+        b.iter(|| {
+            let mut w = CaptureWriter::new(Vec::with_capacity(2 << 20)).expect("header");
+            for f in &fs {
+                w.write_frame(f, false, 1).expect("write");
+            }
+            w.into_inner().expect("flush").len()
+        })
+    });
+    let mut w = CaptureWriter::new(Vec::new()).expect("header");
+    for f in &fs {
+        w.write_frame(f, false, 1).expect("write");
+    }
+    let file = w.into_inner().expect("flush");
+    g.bench_function("read_10k_records", |b| {
+        b.iter(|| {
+            let mut r = CaptureReader::new(&file[..]).expect("header");
+            let mut n = 0;
+            while let Ok(Some(rec)) = r.next_record() {
+                n += rec.frame.len();
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -148,8 +148,17 @@ impl Engine {
             let context = context.to_string();
             move |source| EngineError::Zmq { context, source }
         };
-        // inproc needs no I/O thread.
+        // inproc needs no I/O thread. Its reaper thread starts with the first
+        // socket and inherits the creator's name: make that `fanout-zmq`.
         fanout.set_io_threads(0).map_err(zerr("configuring the fan-out context"))?;
+        let f = fanout.clone();
+        std::thread::Builder::new()
+            .name("fanout-zmq".into())
+            .spawn(move || f.socket(zmq::PUSH).map(drop))
+            .map_err(|source| EngineError::Spawn { name: "fanout-zmq".into(), source })?
+            .join()
+            .map_err(|_| EngineError::Config("fanout-zmq panicked".into()))?
+            .map_err(zerr("starting the fan-out context"))?;
         let (tx, rx) = crossbeam::channel::bounded::<WorkerReport>(256);
         let collector = std::thread::Builder::new()
             .name("metrics".into())
@@ -234,7 +243,9 @@ impl Engine {
         rcvhwm: i32,
     ) -> Result<(zmq::Context, zmq::Socket), EngineError> {
         let shard = shard.clone();
-        let name = format!("shard{k}-setup");
+        // libzmq's threads inherit this thread's name and CPU mask, so the
+        // shard's I/O thread shows as `shardK-io` in `top -H`.
+        let name = format!("shard{k}-io");
         let h = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || -> Result<(zmq::Context, zmq::Socket), EngineError> {
