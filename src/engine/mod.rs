@@ -24,7 +24,7 @@ use crossbeam::channel::Receiver;
 
 use crate::agent::{AgentError, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::metrics::{RunReport, StageHistograms};
-use crate::wire::{DROP_REASONS, DROP_REASON_NAMES};
+use crate::wire::DROP_REASON_NAMES;
 use handler::HandlerSpec;
 use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
 use worker::{WorkerAgent, WorkerCounters, WorkerReport};
@@ -338,8 +338,8 @@ impl Engine {
             (None, None)
         };
         let mut bad_frames = std::collections::BTreeMap::new();
-        for r in 0..DROP_REASONS {
-            bad_frames.insert(DROP_REASON_NAMES[r].to_string(), sum(&|c| c.bad[r].load(Relaxed)));
+        for (r, name) in DROP_REASON_NAMES.iter().enumerate() {
+            bad_frames.insert(name.to_string(), sum(&|c| c.bad[r].load(Relaxed)));
         }
         let secs = duration.as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();

@@ -148,10 +148,8 @@ impl SequenceTracker {
                 s.topics.insert(topic.into(), h.topic_seq);
             }
         }
-        if full && !from_cache {
-            if h.stream_seq > s.last_stream_seq + 1 && (s.last_stream_seq > 0 || s.from_start) {
-                missed = h.stream_seq - s.last_stream_seq - 1;
-            }
+        if full && !from_cache && h.stream_seq > s.last_stream_seq + 1 && (s.last_stream_seq > 0 || s.from_start) {
+            missed = h.stream_seq - s.last_stream_seq - 1;
         }
         if !from_cache {
             s.last_stream_seq = s.last_stream_seq.max(h.stream_seq);

@@ -1,5 +1,5 @@
 //! The worker agent (`workerN`): PULLs batches (or single frames) from the
-//! readers, runs the [`Handler`](super::handler::Handler) on each message and
+//! readers, runs the [`Handler`] on each message and
 //! records per-stage latency; ships its histograms to the metrics collector
 //! once per interval over a crossbeam channel (never blocking on it).
 

@@ -252,7 +252,9 @@ mod tests {
         w.into_inner().expect("flush")
     }
 
-    fn read_all(bytes: &[u8]) -> (Vec<(Vec<u8>, bool, u64)>, Option<CaptureError>) {
+    type Records = Vec<(Vec<u8>, bool, u64)>;
+
+    fn read_all(bytes: &[u8]) -> (Records, Option<CaptureError>) {
         let mut r = match CaptureReader::new(bytes) {
             Ok(r) => r,
             Err(e) => return (vec![], Some(e)),
