@@ -3,10 +3,30 @@
 //! mdsub turns the advanced publish/subscribe patterns of the ZeroMQ guide
 //! (chapter 5) into one measured product. This page is the map.
 //!
+//! ```text
+//!  feed (generator | capture file)
+//!    │  replay: paced or flat out, stamps sequences + intended send time
+//!    ▼
+//!  XPUB per shard ══ TCP ══►  engine: shard k = zmq context (I/O thread pinned) + SUB reader agent
+//!                                       decode → sequence checks → route
+//!                                       └─► inproc PUSH, adaptive batches ──► worker agents (PULL → Handler)
+//!                                                                              └─► histograms → metrics collector → report
+//! ```
+//!
 //! | module | role | guide pattern |
 //! |---|---|---|
+//! | [`wire`] | the market-data frame (zero-copy decode) and the capture file | |
+//! | [`feed`] | synthetic feed generator, topic → shard split | |
+//! | [`replay`] | paced publisher, one XPUB per shard, lossless mode, end of stream | |
+//! | [`engine`] | shards, SUB reader agents, inproc batch hand-off, worker agents, handlers | Black Box (high-speed subscriber) |
+//! | [`engine::sequence`] | gap / duplicate / restart checks per publisher session and topic | (Suicidal Snail's gap half) |
+//! | [`metrics`] | per-stage HdrHistograms and the run report | |
+//! | [`profile`] | TOML tuning profiles, validated before start | |
+//! | [`baseline`] | the plain single-thread SUB reader that benchmarks compare against | |
+//! | [`run`] | one measured run: in-process publisher → subscriber | |
 //! | [`agent`] | every long-running thread is an agent; one runner names, pins and idles them | (Aeron's agent model) |
 //! | [`zmqx`] | the few libzmq options the `zmq` crate does not expose, behind a safe face | |
+//! | [`cli`] | arguments and commands of the `mdsub` binary | |
 //!
 //! ## Quick start
 //!
@@ -14,6 +34,9 @@
 //! cargo run --release -- demo     # generated feed → replay → engine → report
 //! cargo test --release            # the test suite
 //! ```
+//!
+//! Wire formats are specified in `docs/WIRE.md`; measured numbers and how to
+//! reproduce them are in `benches/README.md`.
 
 pub mod agent;
 pub mod baseline;
