@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the benchmark set recorded in benches/README.md and keeps every result
+# as JSON under out/bench-<commit>-<time>/ (each file is stamped inside with
+# machine, commit and settings). Usage: tools/bench.sh [repeats]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats="${1:-5}"
+cargo build --release --quiet
+bin=target/release/mdsub
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+dir="out/bench-${commit}-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$dir"
+echo "results in $dir"
+
+run() { # name, args...
+  local name=$1; shift
+  echo "== $name: mdsub bench $*"
+  "$bin" bench "$@" --repeats "$repeats" | tee "$dir/$name.txt"
+  "$bin" bench "$@" --repeats 1 --json > "$dir/$name.json"
+}
+
+# Lossless throughput, flat out, 100-byte payloads.
+run throughput-100B --count 2M --size 100
+# Latency at a fixed rate well inside capacity.
+run latency-100k --rate 100k --duration 5s --size 100
+echo "done: $dir"
