@@ -15,8 +15,7 @@ echo "results in $dir"
 run() { # name, args...
   local name=$1; shift
   echo "== $name: mdsub bench $*"
-  "$bin" bench "$@" --repeats "$repeats" | tee "$dir/$name.txt"
-  "$bin" bench "$@" --repeats 1 --json > "$dir/$name.json"
+  "$bin" bench "$@" --repeats "$repeats" --save "$dir/$name.json" | tee "$dir/$name.txt"
 }
 
 # Lossless throughput, flat out, 100-byte payloads.

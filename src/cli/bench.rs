@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Print the whole result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the whole result as JSON to this file.
+    #[arg(long)]
+    pub save: Option<std::path::PathBuf>,
 }
 
 /// Where and what a benchmark ran on.
@@ -262,6 +265,10 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         })
         .collect();
     let result = BenchResult { machine, settings, runs, medians: meds, ratios };
+    if let Some(path) = &args.save {
+        use anyhow::Context as _;
+        std::fs::write(path, serde_json::to_string_pretty(&result)?).with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
