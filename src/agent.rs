@@ -183,7 +183,9 @@ pub struct Runner;
 impl Runner {
     /// Spawn `agent` on a new thread named after its role, pinned per `spec`.
     /// The agent is built *on* the new thread by `make`, so sockets it creates
-    /// (and libzmq I/O threads started by them) inherit the pinning.
+    /// (and libzmq I/O threads started by them) inherit the pinning. If the
+    /// agent fails or panics, `stop` is set so the threads that depend on it
+    /// stop too instead of waiting for it forever.
     pub fn spawn<A, F>(
         name: &str,
         spec: RunSpec,
@@ -196,11 +198,18 @@ impl Runner {
     {
         let role = name.to_string();
         std::thread::Builder::new().name(role.clone()).spawn(move || {
-            if let Some(core) = spec.core {
-                pin_current_thread(core).map_err(|message| AgentError::Fatal { role: role.clone(), message })?;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Some(core) = spec.core {
+                    pin_current_thread(core).map_err(|message| AgentError::Fatal { role: role.clone(), message })?;
+                }
+                let mut agent = make()?;
+                run_agent(&mut agent, spec.idle, &stop)
+            }));
+            let result = run.unwrap_or_else(|_| Err(AgentError::Fatal { role, message: "panicked".into() }));
+            if result.is_err() {
+                stop.stop();
             }
-            let mut agent = make()?;
-            run_agent(&mut agent, spec.idle, &stop)
+            result
         })
     }
 }
@@ -251,6 +260,31 @@ mod tests {
     fn pinning_to_missing_core_is_an_error() {
         let err = pin_current_thread(100_000).expect_err("no such core");
         assert!(err.contains("100000"), "{err}");
+    }
+
+    #[test]
+    fn a_failing_agent_stops_the_others() {
+        let stop = StopFlag::new();
+        let h = Runner::spawn("failing", RunSpec { core: None, idle: IdleStrategy::Spin }, stop.clone(), || {
+            Err::<Countdown, _>(AgentError::Fatal { role: "failing".into(), message: "no".into() })
+        })
+        .expect("spawn");
+        assert!(h.join().expect("joined").is_err());
+        assert!(stop.is_stopped());
+        let stop = StopFlag::new();
+        let h = Runner::spawn("panicking", RunSpec { core: None, idle: IdleStrategy::Spin }, stop.clone(), || {
+            if stop_never() {
+                return Ok(Countdown { left: 0, idles: 0 });
+            }
+            panic!("agent construction panicked")
+        })
+        .expect("spawn");
+        assert!(h.join().expect("joined").is_err());
+        assert!(stop.is_stopped());
+    }
+
+    fn stop_never() -> bool {
+        std::env::var_os("MDSUB_NEVER_SET_THIS").is_some()
     }
 
     #[test]

@@ -39,6 +39,7 @@ impl Baseline {
         let mut stages = StageHistograms::default();
         let mut bad = [0u64; DROP_REASONS];
         let (mut delivered, mut bytes, mut eos) = (0u64, 0u64, 0usize);
+        let (mut first_ns, mut last_ns) = (0u64, 0u64);
         let mut interrupted = false;
         while eos < self.expect_eos {
             if stop.is_stopped() || start.elapsed() > timeout {
@@ -51,6 +52,9 @@ impl Baseline {
                 Err(e) => return Err(e),
             }
             let recv_ns = wire::now_ns();
+            if first_ns == 0 {
+                first_ns = recv_ns;
+            }
             match wire::decode(&msg) {
                 Err(e) => bad[e.reason()] += 1,
                 Ok(v) => match v.header.kind {
@@ -58,31 +62,38 @@ impl Baseline {
                         if tracker.on_data(&v.header, v.topic).accept {
                             let lat = recv_ns.saturating_sub(v.header.send_time_ns);
                             stages.record(lat, 0, lat);
+                            last_ns = recv_ns;
                             delivered += 1;
                             bytes += msg.len() as u64;
                         }
                     }
+                    _ if v.header.flags & wire::FLAG_FROM_CACHE != 0 => {}
                     Kind::Heartbeat => {}
                     Kind::EndOfStream => {
                         let sent = v.payload.try_into().map(u64::from_le_bytes).unwrap_or(v.header.stream_seq);
-                        tracker.on_end_of_stream(&v.header, sent);
-                        eos += 1;
+                        eos += tracker.on_end_of_stream(&v.header, sent) as usize;
                     }
                 },
             }
         }
-        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        // From the first frame to the last message, like the engine.
+        let secs = if last_ns > first_ns { (last_ns - first_ns) as f64 / 1e9 } else { start.elapsed().as_secs_f64() };
+        let secs = secs.max(1e-9);
         let t = tracker.totals();
-        let (sent, accepted) = tracker.sent_and_accepted();
-        let seen_eos = tracker.ended_sessions() > 0;
+        // Complete when every publisher's end of stream arrived (the loop's
+        // exit condition); the baseline takes every topic.
+        let complete = !interrupted && t.eos_sessions >= self.expect_eos as u64;
+        let sent = (t.eos_sessions > 0).then_some(t.eos_sent);
+        let lost = complete.then(|| t.eos_sent.saturating_sub(t.accepted));
         let mut latency = stages.summary();
         latency.remove("queue");
         Ok(RunReport {
             subscriber: "baseline".into(),
             duration_s: secs,
-            sent: seen_eos.then_some(sent),
+            sent,
             delivered,
-            lost: seen_eos.then(|| sent.saturating_sub(accepted)),
+            lost,
+            loss_basis: if complete { "end-of-stream counts".into() } else { "unknown: end of stream not seen".into() },
             gaps: t.gaps,
             duplicates: t.duplicates,
             restarts: t.restarts,

@@ -66,6 +66,9 @@ fn default_batch_max() -> usize {
 fn default_rcvhwm() -> i32 {
     100_000
 }
+fn default_max_msg_bytes() -> i64 {
+    1 << 20
+}
 fn default_handoff_hwm() -> i32 {
     1_000
 }
@@ -92,6 +95,9 @@ pub struct Profile {
     pub batch_max: usize,
     #[serde(default = "default_rcvhwm")]
     pub rcvhwm_msgs: i32,
+    /// Largest frame a shard accepts (bytes); larger ones drop the connection.
+    #[serde(default = "default_max_msg_bytes")]
+    pub max_msg_bytes: i64,
     #[serde(default = "default_handoff_hwm")]
     pub handoff_hwm: i32,
     /// `spin`, `yield`, `backoff` or `block`.
@@ -137,6 +143,7 @@ impl Profile {
             handoff: HandOff::Batch,
             batch_max: 64,
             rcvhwm_msgs: default_rcvhwm(),
+            max_msg_bytes: default_max_msg_bytes(),
             handoff_hwm: default_handoff_hwm(),
             idle: "backoff".into(),
             handler: HandlerSpec::Latency,
@@ -144,13 +151,13 @@ impl Profile {
         }
     }
 
-    /// Derive a profile from the host's core count: with at least
-    /// `3 * shards + workers` cores every thread gets its own core (I/O and
-    /// reader per shard, one core left for the OS and publisher); with fewer,
-    /// nothing is pinned.
-    pub fn auto(cores: usize, shards: usize, workers: usize) -> Profile {
+    /// Derive a profile from the host's cores (`host`, their ids): when there
+    /// are more than `2 * shards + workers`, every thread gets a core of its own
+    /// (I/O and reader per shard, then workers), leaving the first core to the
+    /// OS and the publisher; with fewer, nothing is pinned.
+    pub fn auto(host: &[usize], shards: usize, workers: usize) -> Profile {
         let mut p = Profile::builtin();
-        p.name = format!("auto-{cores}core");
+        p.name = format!("auto-{}core", host.len());
         let shards = shards.max(1);
         let workers = workers.max(1);
         p.shards = (0..shards)
@@ -163,9 +170,9 @@ impl Profile {
             })
             .collect();
         p.workers = vec![WorkerProfile::default(); workers];
-        if cores > 2 * shards + workers {
+        if host.len() > 2 * shards + workers {
             p.allow_shared_cores = false;
-            let mut next = 1..cores;
+            let mut next = host.iter().copied().skip(1);
             for s in &mut p.shards {
                 s.io_core = next.next();
                 s.reader_core = next.next();
@@ -187,7 +194,7 @@ impl Profile {
     pub fn load(path: &str) -> Result<Profile, ProfileError> {
         match path {
             "builtin" => return Ok(Profile::builtin()),
-            "auto" => return Ok(Profile::auto(host_cores().len(), 1, 1)),
+            "auto" => return Ok(Profile::auto(&host_cores(), 1, 1)),
             _ => {}
         }
         let text = std::fs::read_to_string(Path::new(path))
@@ -214,6 +221,9 @@ impl Profile {
             if v < 0 {
                 return Err(invalid(f, format!("{v} is negative (0 means no limit)")));
             }
+        }
+        if self.max_msg_bytes < 64 {
+            return Err(invalid("max_msg_bytes", format!("{} is too small for a frame", self.max_msg_bytes)));
         }
         if IdleStrategy::from_name(&self.idle).is_none() {
             return Err(invalid("idle", format!("`{}` is not one of spin, yield, backoff, block", self.idle)));
@@ -296,11 +306,12 @@ impl Profile {
             handoff: self.handoff,
             batch_max: self.batch_max,
             rcvhwm_msgs: self.rcvhwm_msgs,
+            max_msg_bytes: self.max_msg_bytes,
             handoff_hwm: self.handoff_hwm,
             idle: IdleStrategy::from_name(&self.idle).unwrap_or_default(),
             handler: self.handler,
             metrics_interval: std::time::Duration::from_millis(self.metrics_interval_ms),
-            expect_eos_per_shard: 1,
+            expect_eos_per_shard: None,
         }
     }
 }
@@ -343,11 +354,16 @@ mod tests {
     #[test]
     fn builtin_and_auto_validate() {
         Profile::builtin().validate(&[0, 1]).expect("builtin fits 2 cores");
-        Profile::auto(2, 1, 1).validate(&[0, 1]).expect("auto on 2 cores");
-        let big = Profile::auto(8, 2, 2);
+        Profile::auto(&[0, 1], 1, 1).validate(&[0, 1]).expect("auto on 2 cores");
+        let big = Profile::auto(&(0..8).collect::<Vec<_>>(), 2, 2);
         big.validate(&(0..8).collect::<Vec<_>>()).expect("auto on 8 cores");
         assert_eq!(big.shards[1].reader_core, Some(4));
         assert!(!big.allow_shared_cores);
+        // A cpuset with holes: only the ids that exist are used.
+        let holes = [2, 3, 5, 7, 11, 13];
+        let p = Profile::auto(&holes, 1, 2);
+        p.validate(&holes).expect("auto within a cpuset");
+        assert_eq!((p.shards[0].io_core, p.shards[0].reader_core, p.workers[1].core), (Some(3), Some(5), Some(11)));
     }
 
     #[test]

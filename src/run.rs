@@ -1,9 +1,11 @@
 //! One measured run, as `mdsub demo` and `mdsub bench` make them: an
 //! in-process publisher replays a feed into a subscriber (the engine or the
 //! baseline) over TCP loopback, after a subscription handshake, and the
-//! subscriber's report is returned with the replay's numbers.
+//! subscriber's report is returned with the replay's numbers. Both
+//! subscribers time the same window: first frame received to last message
+//! handled.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::agent::StopFlag;
 use crate::baseline::Baseline;
@@ -43,7 +45,6 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     let ctx = zmq::Context::new();
     let mut publisher = Publisher::bind(&ctx, &spec.publisher).context("starting the publisher")?;
     let endpoints = publisher.endpoints();
-    let started = Instant::now();
     // Start the subscriber, then wait for its subscriptions (the handshake).
     enum Running {
         Engine(Engine),
@@ -72,18 +73,12 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
         }
     };
     publisher.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the subscriber")?;
-    let replay_start = Instant::now();
     let replay = publisher.run(&spec.source, spec.pacing, spec.limits, stop, progress).context("replaying")?;
-    let mut report = match running {
+    let report = match running {
         Running::Engine(e) => e.join(Some(spec.drain_timeout)).context("running the engine")?,
         Running::Baseline(h) => {
             h.join().map_err(|_| anyhow::anyhow!("the baseline thread panicked"))?.context("running the baseline")?
         }
     };
-    // Rates over the replay window: from the first message to the subscriber's end.
-    let window = replay_start.elapsed().min(started.elapsed()).as_secs_f64().max(1e-9);
-    report.mb_per_sec *= report.duration_s / window;
-    report.duration_s = window;
-    report.msgs_per_sec = report.delivered as f64 / window;
     Ok(RunOutcome { replay, report })
 }

@@ -41,7 +41,7 @@ fn steady_state_makes_no_allocation_per_message() {
     let cfg = EngineConfig {
         shards: vec![ShardConfig { endpoints: eps, subscribe: vec![], io_core: None, reader_core: None }],
         worker_cores: vec![None, None],
-        expect_eos_per_shard: 0,
+        expect_eos_per_shard: Some(0),
         metrics_interval: Duration::from_secs(3600),
         ..EngineConfig::default()
     };

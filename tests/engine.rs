@@ -101,7 +101,8 @@ fn garbage_in_a_live_feed_is_counted_by_reason_and_the_run_completes() {
     junk.bind("tcp://127.0.0.1:*").expect("bind");
     let junk_ep = junk.get_last_endpoint().expect("endpoint").expect("utf8");
     let (replay, eps) = start_replay("replay", 1, &["--count", "40000", "--rate", "20000"]);
-    let engine = engine_json(&[&format!("{},{}", eps[0], junk_ep)], &["--handler", "verify"]);
+    // The junk publisher never ends its stream: wait for the replay's only.
+    let engine = engine_json(&[&format!("{},{}", eps[0], junk_ep)], &["--handler", "verify", "--expect-eos", "1"]);
     // Handshake: the engine's subscription reaches the junk publisher.
     junk.set_rcvtimeo(20_000).expect("rcvtimeo");
     let sub = junk.recv_bytes(0).expect("engine subscribed to the junk publisher within 20 s");

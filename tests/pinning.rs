@@ -37,7 +37,7 @@ fn reader_worker_and_io_threads_run_where_the_profile_says() {
             reader_core: Some(b),
         }],
         worker_cores: vec![Some(a)],
-        expect_eos_per_shard: 0,
+        expect_eos_per_shard: Some(0),
         ..EngineConfig::default()
     };
     let stop = StopFlag::new();

@@ -221,6 +221,11 @@ pub struct ReplayArgs {
     pub feed: FeedArgs,
     #[command(flatten)]
     pub publisher: PublisherArgs,
+    /// Publisher id of shard 0 (shard k uses ID+k). Give every publisher that
+    /// feeds the same subscriber its own range: sessions of one id are taken
+    /// for restarts of one publisher.
+    #[arg(long, default_value_t = 0)]
+    pub publisher_id: u32,
     /// Subscribers to wait for on every shard before sending (0: do not wait).
     #[arg(long, default_value_t = 1)]
     pub subscribers: usize,
@@ -237,7 +242,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         endpoints: args.bind.clone(),
         sndhwm_msgs: args.publisher.sndhwm,
         lossless: !args.publisher.lossy,
-        publisher_id_base: 0,
+        publisher_id_base: args.publisher_id,
     };
     let ctx = zmq::Context::new();
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
@@ -296,10 +301,11 @@ pub struct EngineArgs {
     /// Hand-off: batch or per-message.
     #[arg(long, value_parser = parse_handoff)]
     pub handoff: Option<HandOff>,
-    /// End-of-stream frames each shard waits for before the engine ends
-    /// (0: run until Ctrl-C).
-    #[arg(long, default_value_t = 1)]
-    pub expect_eos: usize,
+    /// End-of-stream frames (one per publisher session) each shard waits for
+    /// before the engine ends; default one per endpoint it connects to; 0 runs
+    /// until Ctrl-C.
+    #[arg(long)]
+    pub expect_eos: Option<usize>,
     /// Stop anyway after this long.
     #[arg(long, value_parser = parse_duration)]
     pub max_duration: Option<Duration>,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::Receiver;
+use crossbeam::channel::{Receiver, Sender};
 
 use crate::agent::{AgentError, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::metrics::{RunReport, StageHistograms};
@@ -72,13 +72,17 @@ pub struct EngineConfig {
     /// Most messages drained per hand-off round.
     pub batch_max: usize,
     pub rcvhwm_msgs: i32,
+    /// Largest frame accepted (ZMQ_MAXMSGSIZE on the SUB; a larger one drops
+    /// the connection, as libzmq does).
+    pub max_msg_bytes: i64,
     /// Hand-off queue depth per worker, in hand-off messages.
     pub handoff_hwm: i32,
     pub idle: IdleStrategy,
     pub handler: HandlerSpec,
     pub metrics_interval: Duration,
-    /// Each shard ends after this many end-of-stream frames (0: run until stopped).
-    pub expect_eos_per_shard: usize,
+    /// Each shard ends after end of stream from this many publisher sessions
+    /// (0: run until stopped; None: one per endpoint it connects to).
+    pub expect_eos_per_shard: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -90,11 +94,12 @@ impl Default for EngineConfig {
             handoff: HandOff::Batch,
             batch_max: 64,
             rcvhwm_msgs: 100_000,
+            max_msg_bytes: 1 << 20,
             handoff_hwm: 1_000,
             idle: IdleStrategy::default(),
             handler: HandlerSpec::Latency,
             metrics_interval: Duration::from_secs(1),
-            expect_eos_per_shard: 1,
+            expect_eos_per_shard: None,
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct Engine {
     collector: Option<JoinHandle<Collected>>,
     shard_counters: Vec<Arc<ShardCounters>>,
     worker_counters: Vec<Arc<WorkerCounters>>,
+    /// End-of-stream sessions each shard waits for (0: none).
+    expect_eos: Vec<u64>,
     // Contexts last: sockets are closed by their threads before these drop.
     _contexts: Vec<zmq::Context>,
 }
@@ -119,12 +126,17 @@ struct Collected {
     handler: std::collections::BTreeMap<String, u64>,
 }
 
-fn collect(rx: Receiver<WorkerReport>) -> Collected {
+/// Add up every report; hand each emptied histogram set back to its worker.
+fn collect(rx: Receiver<WorkerReport>, spares: Vec<Sender<StageHistograms>>) -> Collected {
     let mut total = Collected::default();
-    for r in rx.iter() {
+    for mut r in rx.iter() {
         total.stages.add(&r.stages);
         for (k, v) in r.handler_counters {
             *total.handler.entry(k.to_string()).or_default() += v;
+        }
+        r.stages.reset();
+        if let Some(back) = spares.get(r.worker) {
+            let _ = back.try_send(r.stages);
         }
     }
     total
@@ -160,26 +172,50 @@ impl Engine {
             .map_err(|_| EngineError::Config("fanout-zmq panicked".into()))?
             .map_err(zerr("starting the fan-out context"))?;
         let (tx, rx) = crossbeam::channel::bounded::<WorkerReport>(256);
+        let (spare_txs, mut spare_rxs): (Vec<_>, Vec<_>) =
+            (0..cfg.worker_cores.len()).map(|_| crossbeam::channel::bounded::<StageHistograms>(2)).unzip();
         let collector = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || collect(rx))
+            .spawn(move || collect(rx, spare_txs))
             .map_err(|source| EngineError::Spawn { name: "metrics".into(), source })?;
-
-        let mut workers = Vec::new();
-        let mut worker_counters = Vec::new();
+        // From here an early return drops `engine`, which stops and joins
+        // whatever was already started.
+        let mut engine = Engine {
+            stop: stop.clone(),
+            start: Instant::now(),
+            readers: Vec::new(),
+            workers: Vec::new(),
+            collector: Some(collector),
+            shard_counters: Vec::new(),
+            worker_counters: Vec::new(),
+            expect_eos: Vec::new(),
+            _contexts: vec![fanout.clone()],
+        };
         let mut worker_endpoints = Vec::new();
         for (w, core) in cfg.worker_cores.iter().enumerate() {
             let endpoint = format!("inproc://mdsub{id}-worker{w}");
             worker_endpoints.push(endpoint.clone());
             let counters = Arc::new(WorkerCounters::default());
-            worker_counters.push(counters.clone());
+            engine.worker_counters.push(counters.clone());
             let (fanout, tx, handler, readers, interval, hwm) =
                 (fanout.clone(), tx.clone(), cfg.handler, cfg.shards.len(), cfg.metrics_interval, cfg.handoff_hwm);
+            let spares = spare_rxs.remove(0);
             // Bind before any reader connects: wait for the worker to say so.
             let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
             let name = format!("worker{w}");
             let h = Runner::spawn(&name, RunSpec { core: *core, idle: cfg.idle }, stop.clone(), move || {
-                let a = WorkerAgent::new(w, &fanout, &endpoint, hwm, readers, handler.build(), tx, interval, counters);
+                let a = WorkerAgent::new(
+                    w,
+                    &fanout,
+                    &endpoint,
+                    hwm,
+                    readers,
+                    handler.build(),
+                    tx,
+                    spares,
+                    interval,
+                    counters,
+                );
                 let _ = ready_tx.send(a.is_ok());
                 a
             })
@@ -191,47 +227,38 @@ impl Engine {
                     .map(EngineError::from)
                     .unwrap_or_else(|| EngineError::Config(format!("{name} did not start"))));
             }
-            workers.push(h);
+            engine.workers.push(h);
         }
         drop(tx);
 
-        let mut readers = Vec::new();
-        let mut shard_counters = Vec::new();
-        let mut contexts = vec![fanout.clone()];
         for (k, shard) in cfg.shards.iter().enumerate() {
-            let (ctx, sub) = Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs)?;
-            contexts.push(ctx);
+            let (ctx, sub) = Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes)?;
+            engine._contexts.push(ctx);
+            let expect_eos = cfg.expect_eos_per_shard.unwrap_or(shard.endpoints.len());
+            engine.expect_eos.push(expect_eos as u64);
             let counters = Arc::new(ShardCounters::default());
-            shard_counters.push(counters.clone());
+            engine.shard_counters.push(counters.clone());
             let rc = ReaderConfig {
                 shard: k,
                 batch_max: cfg.batch_max.max(1),
                 handoff: cfg.handoff,
                 routing: cfg.routing,
                 worker_endpoints: worker_endpoints.clone(),
-                expect_eos: cfg.expect_eos_per_shard,
+                expect_eos,
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 push_hwm: cfg.handoff_hwm,
             };
-            let fanout = fanout.clone();
+            let (fanout, reader_stop) = (fanout.clone(), stop.clone());
             let name = format!("shard{k}-reader");
             let h =
                 Runner::spawn(&name, RunSpec { core: shard.reader_core, idle: cfg.idle }, stop.clone(), move || {
-                    ReaderAgent::new(rc, sub, &fanout, counters)
+                    ReaderAgent::new(rc, sub, &fanout, counters, reader_stop)
                 })
                 .map_err(|source| EngineError::Spawn { name, source })?;
-            readers.push(h);
+            engine.readers.push(h);
         }
-        Ok(Engine {
-            stop,
-            start: Instant::now(),
-            readers,
-            workers,
-            collector: Some(collector),
-            shard_counters,
-            worker_counters,
-            _contexts: contexts,
-        })
+        engine.start = Instant::now();
+        Ok(engine)
     }
 
     /// Make shard `k`'s context and SUB socket on a thread pinned to the
@@ -241,6 +268,7 @@ impl Engine {
         k: usize,
         shard: &ShardConfig,
         rcvhwm: i32,
+        max_msg_bytes: i64,
     ) -> Result<(zmq::Context, zmq::Socket), EngineError> {
         let shard = shard.clone();
         // libzmq's threads inherit this thread's name and CPU mask, so the
@@ -258,6 +286,7 @@ impl Engine {
                 ctx.set_io_threads(1).map_err(zerr("configuring the shard context".into()))?;
                 let sub = ctx.socket(zmq::SUB).map_err(zerr("creating the SUB".into()))?;
                 sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
+                sub.set_maxmsgsize(max_msg_bytes).map_err(zerr("setting MAXMSGSIZE".into()))?;
                 sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
                 let control = [crate::replay::CONTROL_TOPIC, b"\0"].concat();
                 if shard.subscribe.is_empty() {
@@ -307,41 +336,68 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(5));
         }
         let interrupted = self.stop.is_stopped() || timed_out;
-        let duration = self.start.elapsed();
         if timed_out {
             self.stop.stop();
         }
+        // Readers first: one that failed has set the stop flag (the runner
+        // does), so workers waiting for its end marker stop too.
         let mut first_err = None;
-        for h in self.readers.drain(..).chain(self.workers.drain(..)) {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => first_err = first_err.or(Some(EngineError::Agent(e))),
-                Err(_) => first_err = first_err.or(Some(EngineError::Config("an engine thread panicked".into()))),
-            }
+        let mut note = |r: std::thread::Result<Result<(), AgentError>>| match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_err = first_err.take().or(Some(EngineError::Agent(e))),
+            Err(_) => first_err = first_err.take().or(Some(EngineError::Config("an engine thread panicked".into()))),
+        };
+        for h in self.readers.drain(..) {
+            note(h.join());
+        }
+        for h in self.workers.drain(..) {
+            note(h.join());
         }
         let collected = self.collector.take().and_then(|h| h.join().ok()).unwrap_or_default();
         if let Some(e) = first_err {
             return Err(e);
         }
-        Ok(self.report(collected, duration, interrupted))
+        Ok(self.report(collected, interrupted))
     }
 
-    fn report(&self, collected: Collected, duration: Duration, interrupted: bool) -> RunReport {
+    /// From the first frame received to the last message handled; the time
+    /// since start if nothing arrived.
+    fn active_window(&self) -> Duration {
+        let first = self.shard_counters.iter().map(|c| c.first_recv_ns.load(Relaxed)).filter(|&t| t > 0).min();
+        let last = self.worker_counters.iter().map(|c| c.last_done_ns.load(Relaxed)).max();
+        match (first, last) {
+            (Some(f), Some(l)) if l > f => Duration::from_nanos(l - f),
+            _ => self.start.elapsed(),
+        }
+    }
+
+    fn report(&self, collected: Collected, interrupted: bool) -> RunReport {
         let stages = collected.stages;
-        let sum = |f: &dyn Fn(&ShardCounters) -> u64| self.shard_counters.iter().map(|c| f(c)).sum::<u64>();
+        let shards = &self.shard_counters;
+        let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
         let delivered = self.delivered();
-        let eos_seen = sum(&|c| c.eos_seen.load(Relaxed));
-        let (sent, lost) = if eos_seen > 0 {
-            let sent = sum(&|c| c.eos_sent.load(Relaxed));
-            (Some(sent), Some(sent.saturating_sub(sum(&|c| c.eos_accepted.load(Relaxed)))))
-        } else {
-            (None, None)
+        let forwarded = sum(&|c| c.forwarded.load(Relaxed));
+        let complete = shards.iter().zip(&self.expect_eos).all(|(c, &e)| e > 0 && c.eos_sessions.load(Relaxed) >= e);
+        let full = shards.iter().all(|c| c.full_subscription.load(Relaxed));
+        let any_eos = sum(&|c| c.eos_sessions.load(Relaxed)) > 0;
+        let sent = any_eos.then(|| sum(&|c| c.eos_sent.load(Relaxed)));
+        let (lost, loss_basis) = match (complete, full) {
+            (true, true) => {
+                // Per shard: what its publishers said they sent, less what it
+                // accepted; plus anything accepted but not handled.
+                let missing = sum(&|c| c.eos_sent.load(Relaxed).saturating_sub(c.forwarded.load(Relaxed)));
+                (Some(missing + forwarded.saturating_sub(delivered)), "end-of-stream counts".to_string())
+            }
+            (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
+            (false, _) => (None, "unknown: end of stream not seen on every shard".to_string()),
         };
         let mut bad_frames = std::collections::BTreeMap::new();
         for (r, name) in DROP_REASON_NAMES.iter().enumerate() {
             bad_frames.insert(name.to_string(), sum(&|c| c.bad[r].load(Relaxed)));
         }
-        let secs = duration.as_secs_f64().max(1e-9);
+        bad_frames.insert("implausible_sequence".into(), sum(&|c| c.implausible.load(Relaxed)));
+        bad_frames.insert("over_limit".into(), sum(&|c| c.over_limit.load(Relaxed)));
+        let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
         RunReport {
             subscriber: "engine".into(),
@@ -349,6 +405,7 @@ impl Engine {
             sent,
             delivered,
             lost,
+            loss_basis,
             gaps: sum(&|c| c.gaps.load(Relaxed)),
             duplicates: sum(&|c| c.duplicates.load(Relaxed)),
             restarts: sum(&|c| c.restarts.load(Relaxed)),
@@ -360,5 +417,19 @@ impl Engine {
             metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             handler: collected.handler,
         }
+    }
+}
+
+impl Drop for Engine {
+    /// An engine dropped without `join` (an error path) stops its threads.
+    fn drop(&mut self) {
+        if self.readers.is_empty() && self.workers.is_empty() {
+            return;
+        }
+        self.stop.stop();
+        for h in self.readers.drain(..).chain(self.workers.drain(..)) {
+            let _ = h.join();
+        }
+        // The collector ends by itself once every worker's sender is gone.
     }
 }

@@ -12,7 +12,7 @@ use crossbeam::utils::CachePadded;
 
 use super::batch;
 use super::sequence::SequenceTracker;
-use crate::agent::{Agent, AgentError, Step};
+use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::feed::topic_hash;
 use crate::wire::{self, Kind, DROP_REASONS};
 
@@ -41,16 +41,24 @@ pub enum Routing {
 #[derive(Debug, Default)]
 pub struct ShardCounters {
     pub received: CachePadded<AtomicU64>,
+    /// Data frames handed to workers.
     pub forwarded: CachePadded<AtomicU64>,
     pub gaps: AtomicU64,
     pub duplicates: AtomicU64,
     pub restarts: AtomicU64,
+    /// Malformed frames by [`wire::DecodeError::reason`].
     pub bad: [AtomicU64; DROP_REASONS],
-    /// Sum of `sent` of the end-of-stream frames seen, and how many.
+    /// Dropped by the sequence checks as implausible jumps / over state limits.
+    pub implausible: AtomicU64,
+    pub over_limit: AtomicU64,
+    /// Distinct publisher sessions whose end of stream arrived, and the sum of
+    /// the `sent` counts they carried.
+    pub eos_sessions: AtomicU64,
     pub eos_sent: AtomicU64,
-    pub eos_seen: AtomicU64,
-    /// Data accepted from sessions whose end of stream was seen.
-    pub eos_accepted: AtomicU64,
+    /// Receive time of the first frame (0 before any).
+    pub first_recv_ns: AtomicU64,
+    /// The shard takes every topic (loss can be computed from end-of-stream counts).
+    pub full_subscription: std::sync::atomic::AtomicBool,
 }
 
 /// Reader settings.
@@ -79,7 +87,7 @@ pub struct Checks {
     received: u64,
     forwarded: u64,
     bad: [u64; DROP_REASONS],
-    eos_seen: usize,
+    first_recv_ns: u64,
 }
 
 impl Checks {
@@ -92,13 +100,17 @@ impl Checks {
             received: 0,
             forwarded: 0,
             bad: [0; DROP_REASONS],
-            eos_seen: 0,
+            first_recv_ns: 0,
         }
     }
 
-    /// Decode and check one frame; `Some(worker)` if it is data to deliver.
+    /// Decode and check one frame received at `recv_ns`; `Some(worker)` if it
+    /// is data to deliver.
     #[inline]
-    pub fn check(&mut self, frame: &[u8]) -> Option<usize> {
+    pub fn check(&mut self, frame: &[u8], recv_ns: u64) -> Option<usize> {
+        if self.received == 0 {
+            self.first_recv_ns = recv_ns;
+        }
         self.received += 1;
         let view = match wire::decode(frame) {
             Ok(v) => v,
@@ -121,6 +133,8 @@ impl Checks {
                     }
                 })
             }
+            // A cache (LVC) may re-send a publisher's control frames: only live ones count.
+            _ if view.header.flags & wire::FLAG_FROM_CACHE != 0 => None,
             Kind::Heartbeat => None,
             Kind::EndOfStream => {
                 let sent = match view.payload.try_into() {
@@ -128,15 +142,14 @@ impl Checks {
                     Err(_) => view.header.stream_seq,
                 };
                 self.tracker.on_end_of_stream(&view.header, sent);
-                self.eos_seen += 1;
                 None
             }
         }
     }
 
-    /// End-of-stream frames seen.
-    pub fn eos_seen(&self) -> usize {
-        self.eos_seen
+    /// Distinct publisher sessions whose end of stream was seen.
+    pub fn eos_sessions(&self) -> u64 {
+        self.tracker.totals().eos_sessions
     }
 
     /// Store the counters into the shared atomics.
@@ -150,15 +163,18 @@ impl Checks {
         for (a, v) in c.bad.iter().zip(self.bad) {
             a.store(v, Relaxed);
         }
-        let (sent, accepted) = self.tracker.sent_and_accepted();
-        c.eos_sent.store(sent, Relaxed);
-        c.eos_accepted.store(accepted, Relaxed);
-        c.eos_seen.store(self.eos_seen as u64, Relaxed);
+        c.implausible.store(t.implausible, Relaxed);
+        c.over_limit.store(t.over_limit, Relaxed);
+        c.eos_sessions.store(t.eos_sessions, Relaxed);
+        c.eos_sent.store(t.eos_sent, Relaxed);
+        c.first_recv_ns.store(self.first_recv_ns, Relaxed);
+        c.full_subscription.store(self.tracker.full_subscription(), Relaxed);
     }
 }
 
 pub struct ReaderAgent {
     role: String,
+    stop: StopFlag,
     cfg: ReaderConfig,
     sub: zmq::Socket,
     pushes: Vec<zmq::Socket>,
@@ -166,6 +182,8 @@ pub struct ReaderAgent {
     msg: zmq::Message,
     checks: Checks,
     counters: Arc<ShardCounters>,
+    /// Ended by end of stream (not by a stop request or an error).
+    finished: bool,
 }
 
 fn zerr<'a>(role: &'a str, context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError + 'a {
@@ -180,6 +198,7 @@ impl ReaderAgent {
         sub: zmq::Socket,
         fanout: &zmq::Context,
         counters: Arc<ShardCounters>,
+        stop: StopFlag,
     ) -> Result<Self, AgentError> {
         let role = format!("shard{}-reader", cfg.shard);
         let mut pushes = Vec::with_capacity(cfg.worker_endpoints.len());
@@ -195,18 +214,77 @@ impl ReaderAgent {
         }
         let staging = (0..pushes.len()).map(|_| Vec::with_capacity(cfg.batch_max * 256 + 1)).collect();
         let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription);
-        Ok(ReaderAgent { role, cfg, sub, pushes, staging, msg: zmq::Message::new(), checks, counters })
+        Ok(ReaderAgent {
+            role,
+            stop,
+            cfg,
+            sub,
+            pushes,
+            staging,
+            msg: zmq::Message::new(),
+            checks,
+            counters,
+            finished: false,
+        })
     }
 
-    fn flush(&mut self) -> Result<(), AgentError> {
-        for (w, buf) in self.staging.iter_mut().enumerate() {
-            if !buf.is_empty() {
-                self.pushes[w].send(&buf[..], 0).map_err(zerr(&self.role, "handing a batch to a worker"))?;
-                buf.clear();
+    /// Hand `data` to worker `w`. Never blocks for good: a full hand-off
+    /// queue is waited on in short polls, and a stop request (or a worker that
+    /// is gone) ends the wait; returns false then.
+    fn send_to(&self, w: usize, data: Sendable) -> Result<bool, AgentError> {
+        let push = &self.pushes[w];
+        let mut data = Some(data);
+        loop {
+            let r = match data.take() {
+                Some(Sendable::Bytes(b)) => push.send(b, zmq::DONTWAIT).map_err(|e| (e, Some(Sendable::Bytes(b)))),
+                Some(Sendable::Msg(m)) => {
+                    // zmq consumes a message even on EAGAIN, so move it only
+                    // once the PUSH says it can take one (POLLOUT is exact for
+                    // PUSH, and this thread is its only writer).
+                    let writable = push.get_events().map(|e| e.contains(zmq::POLLOUT)).unwrap_or(false);
+                    if writable {
+                        push.send(m, zmq::DONTWAIT).map_err(|e| (e, None))
+                    } else {
+                        Err((zmq::Error::EAGAIN, Some(Sendable::Msg(m))))
+                    }
+                }
+                None => return Ok(true),
+            };
+            match r {
+                Ok(()) => return Ok(true),
+                Err((zmq::Error::EAGAIN, back @ Some(_))) | Err((zmq::Error::EINTR, back @ Some(_))) => {
+                    if self.stop.is_stopped() {
+                        return Ok(false);
+                    }
+                    data = back;
+                    let mut items = [push.as_poll_item(zmq::POLLOUT)];
+                    let _ = zmq::poll(&mut items, 10);
+                }
+                Err((e, _)) => return Err(zerr(&self.role, "handing off to a worker")(e)),
             }
         }
-        Ok(())
     }
+
+    fn flush(&mut self) -> Result<bool, AgentError> {
+        for w in 0..self.staging.len() {
+            if !self.staging[w].is_empty() {
+                let buf = std::mem::take(&mut self.staging[w]);
+                let ok = self.send_to(w, Sendable::Bytes(&buf));
+                self.staging[w] = buf;
+                self.staging[w].clear();
+                if !ok? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// What a reader hands over: a batch buffer or a received message as is.
+enum Sendable<'a> {
+    Bytes(&'a [u8]),
+    Msg(zmq::Message),
 }
 
 impl Agent for ReaderAgent {
@@ -226,20 +304,25 @@ impl Agent for ReaderAgent {
             n += 1;
             let recv_ns = wire::now_ns();
             let frame: &[u8] = &self.msg;
-            let Some(w) = self.checks.check(frame) else { continue };
+            let Some(w) = self.checks.check(frame, recv_ns) else { continue };
             match self.cfg.handoff {
                 HandOff::Batch => batch::push(&mut self.staging[w], recv_ns, frame),
                 HandOff::PerMessage => {
                     let m = std::mem::replace(&mut self.msg, zmq::Message::new());
-                    self.pushes[w].send(m, 0).map_err(zerr(&self.role, "handing a message to a worker"))?;
+                    if !self.send_to(w, Sendable::Msg(m))? {
+                        return Ok(Step::Finished);
+                    }
                 }
             }
         }
         if n > 0 {
-            self.flush()?;
+            if !self.flush()? {
+                return Ok(Step::Finished);
+            }
             self.checks.publish(&self.counters);
         }
-        if self.cfg.expect_eos > 0 && self.checks.eos_seen() >= self.cfg.expect_eos {
+        if self.cfg.expect_eos > 0 && self.checks.eos_sessions() >= self.cfg.expect_eos as u64 {
+            self.finished = true;
             return Ok(Step::Finished);
         }
         Ok(Step::Worked(n))
@@ -253,9 +336,14 @@ impl Agent for ReaderAgent {
     fn on_close(&mut self) {
         let _ = self.flush();
         self.checks.publish(&self.counters);
-        // End markers: an empty message to every worker, after all batches.
-        for p in &self.pushes {
-            let _ = p.send(&b""[..], 0);
+        // End markers (an empty message to every worker, after all batches)
+        // on a normal finish; when stopped, workers stop on the flag.
+        if self.finished {
+            for w in 0..self.pushes.len() {
+                if !matches!(self.send_to(w, Sendable::Bytes(b"")), Ok(true)) {
+                    break;
+                }
+            }
         }
     }
 }

@@ -2,17 +2,29 @@
 //! and duplicates per publisher session and per topic.
 //!
 //! Rules (see docs/WIRE.md): a publisher is `publisher_id`; a new
-//! `session_id` is a restart and resets its state. Per topic, a `topic_seq`
-//! at or below the last accepted is a duplicate (dropped; this is how values
-//! re-sent by a last-value cache are removed) and a jump is a gap. Stream
-//! gaps (`stream_seq`) are counted only when the subscriber takes every topic
-//! (with topic filters the stream sequence jumps by design) and never for
-//! frames flagged `FROM_CACHE`, which keep their old sequences.
+//! `session_id` from it is a restart and resets its state. Per topic, a
+//! `topic_seq` at or below the last accepted is a duplicate (dropped; this is
+//! how values re-sent by a last-value cache are removed) and a jump is a gap.
+//! Stream gaps (`stream_seq`) are counted only when the subscriber takes every
+//! topic (with topic filters the stream sequence jumps by design) and never
+//! for frames flagged `FROM_CACHE`, which keep their old sequences.
+//!
+//! Nothing a publisher sends can overflow the arithmetic or grow the state
+//! without bound: a jump of more than [`MAX_SEQ_JUMP`] is dropped as
+//! implausible, and publishers and topics beyond [`MAX_PUBLISHERS`] and
+//! [`MAX_TOPICS_PER_SESSION`] are dropped as over the limit, each counted.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::wire::{Header, FLAG_FROM_CACHE};
+
+/// Largest believable forward jump of a sequence within one session.
+pub const MAX_SEQ_JUMP: u64 = 1 << 32;
+/// Most publishers one reader tracks.
+pub const MAX_PUBLISHERS: usize = 1024;
+/// Most topics tracked per publisher session.
+pub const MAX_TOPICS_PER_SESSION: usize = 1 << 20;
 
 /// FNV-1a as a `Hasher`: fast for short topic keys.
 #[derive(Default)]
@@ -39,7 +51,7 @@ type TopicMap = HashMap<Box<[u8]>, u64, BuildHasherDefault<FnvHasher>>;
 /// What the checks decided about one data frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Verdict {
-    /// Deliver it (false: a duplicate).
+    /// Deliver it (false: a duplicate, implausible, or over a limit).
     pub accept: bool,
     /// Messages missing just before this one.
     pub missed: u64,
@@ -55,19 +67,26 @@ struct Session {
     last_stream_seq: u64,
     /// The session was seen from its first message.
     from_start: bool,
-    accepted: u64,
     topics: TopicMap,
-    /// `sent` from this session's end of stream, once seen.
-    eos_sent: Option<u64>,
+    eos_seen: bool,
 }
 
 /// Totals across all sessions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SequenceTotals {
+    /// Data frames accepted for delivery.
     pub accepted: u64,
     pub gaps: u64,
     pub duplicates: u64,
     pub restarts: u64,
+    /// Dropped: a sequence jumped further than [`MAX_SEQ_JUMP`].
+    pub implausible: u64,
+    /// Dropped: beyond [`MAX_PUBLISHERS`] or [`MAX_TOPICS_PER_SESSION`].
+    pub over_limit: u64,
+    /// Distinct sessions whose end of stream was seen.
+    pub eos_sessions: u64,
+    /// Sum of the `sent` counts those ends of stream carried.
+    pub eos_sent: u64,
 }
 
 /// Tracks every publisher session a reader sees.
@@ -76,65 +95,71 @@ pub struct SequenceTracker {
     sessions: Vec<Session>,
     full_subscription: bool,
     totals: SequenceTotals,
-    /// Accepted counts of sessions replaced by a restart, with their EOS if seen.
-    retired: Vec<(u64, Option<u64>)>,
 }
 
 impl SequenceTracker {
     /// `full_subscription`: the subscriber takes every topic of its publishers,
     /// so stream sequence gaps are real loss.
     pub fn new(full_subscription: bool) -> Self {
-        SequenceTracker {
-            sessions: Vec::new(),
-            full_subscription,
-            totals: SequenceTotals::default(),
-            retired: Vec::new(),
-        }
+        SequenceTracker { sessions: Vec::new(), full_subscription, totals: SequenceTotals::default() }
     }
 
-    fn session(&mut self, h: &Header) -> (usize, bool) {
+    /// The session of `h`'s publisher: `(index, restarted)`, or None when a
+    /// new publisher would exceed [`MAX_PUBLISHERS`].
+    fn session(&mut self, h: &Header) -> Option<(usize, bool)> {
         match self.sessions.iter().position(|s| s.publisher_id == h.publisher_id) {
-            Some(i) if self.sessions[i].session_id == h.session_id => (i, false),
+            Some(i) if self.sessions[i].session_id == h.session_id => Some((i, false)),
             Some(i) => {
                 let s = &mut self.sessions[i];
-                self.retired.push((s.accepted, s.eos_sent));
                 s.session_id = h.session_id;
                 s.last_stream_seq = 0;
                 s.from_start = h.stream_seq <= 1;
-                s.accepted = 0;
-                s.eos_sent = None;
+                s.eos_seen = false;
                 s.topics.clear();
                 self.totals.restarts += 1;
-                (i, true)
+                Some((i, true))
             }
+            None if self.sessions.len() >= MAX_PUBLISHERS => None,
             None => {
                 self.sessions.push(Session {
                     publisher_id: h.publisher_id,
                     session_id: h.session_id,
                     last_stream_seq: 0,
                     from_start: h.stream_seq <= 1,
-                    accepted: 0,
                     topics: TopicMap::default(),
-                    eos_sent: None,
+                    eos_seen: false,
                 });
-                (self.sessions.len() - 1, false)
+                Some((self.sessions.len() - 1, false))
             }
         }
+    }
+
+    fn reject(&mut self, counter: fn(&mut SequenceTotals) -> &mut u64, restart: bool) -> Verdict {
+        *counter(&mut self.totals) += 1;
+        Verdict { accept: false, missed: 0, restart }
     }
 
     /// Check one data frame. Allocates only for a topic seen for the first time.
     #[inline]
     pub fn on_data(&mut self, h: &Header, topic: &[u8]) -> Verdict {
-        let (i, restart) = self.session(h);
+        let Some((i, restart)) = self.session(h) else {
+            return self.reject(|t| &mut t.over_limit, false);
+        };
         let full = self.full_subscription;
-        let s = &mut self.sessions[i];
         let from_cache = h.flags & FLAG_FROM_CACHE != 0;
+        let s = &mut self.sessions[i];
+        // A live frame's stream sequence must be believable before anything changes.
+        if !from_cache && s.last_stream_seq > 0 && h.stream_seq > s.last_stream_seq.saturating_add(MAX_SEQ_JUMP) {
+            return self.reject(|t| &mut t.implausible, restart);
+        }
         let mut missed = 0;
         match s.topics.get_mut(topic) {
             Some(last) => {
                 if h.topic_seq <= *last {
-                    self.totals.duplicates += 1;
-                    return Verdict { accept: false, missed: 0, restart };
+                    return self.reject(|t| &mut t.duplicates, restart);
+                }
+                if h.topic_seq - *last > MAX_SEQ_JUMP {
+                    return self.reject(|t| &mut t.implausible, restart);
                 }
                 if !full && !from_cache {
                     missed = h.topic_seq - *last - 1;
@@ -142,56 +167,64 @@ impl SequenceTracker {
                 *last = h.topic_seq;
             }
             None => {
+                if h.topic_seq > MAX_SEQ_JUMP && s.from_start {
+                    return self.reject(|t| &mut t.implausible, restart);
+                }
+                if s.topics.len() >= MAX_TOPICS_PER_SESSION {
+                    return self.reject(|t| &mut t.over_limit, restart);
+                }
                 if !full && !from_cache && s.from_start {
                     missed = h.topic_seq.saturating_sub(1);
                 }
                 s.topics.insert(topic.into(), h.topic_seq);
             }
         }
-        if full && !from_cache && h.stream_seq > s.last_stream_seq + 1 && (s.last_stream_seq > 0 || s.from_start) {
-            missed = h.stream_seq - s.last_stream_seq - 1;
-        }
         if !from_cache {
+            let next = s.last_stream_seq.saturating_add(1);
+            if full && h.stream_seq > next && (s.last_stream_seq > 0 || s.from_start) {
+                missed = h.stream_seq - next;
+            }
             s.last_stream_seq = s.last_stream_seq.max(h.stream_seq);
         }
-        s.accepted += 1;
         self.totals.accepted += 1;
-        self.totals.gaps += missed;
+        self.totals.gaps = self.totals.gaps.saturating_add(missed);
         Verdict { accept: true, missed, restart }
     }
 
-    /// An end of stream: `sent` data messages in the session. Counts messages
-    /// lost at the tail (after the last one received) as gaps; returns them.
-    pub fn on_end_of_stream(&mut self, h: &Header, sent: u64) -> u64 {
-        let (i, _) = self.session(h);
+    /// An end of stream from `h`'s session, which sent `sent` data messages.
+    /// Counts messages lost at the tail as gaps. Returns false if this session's
+    /// end was already seen (a repeat changes nothing).
+    pub fn on_end_of_stream(&mut self, h: &Header, sent: u64) -> bool {
+        let Some((i, _)) = self.session(h) else {
+            self.totals.over_limit += 1;
+            return false;
+        };
         let full = self.full_subscription;
         let s = &mut self.sessions[i];
-        s.eos_sent = Some(sent);
-        let tail = if full && (s.from_start || s.last_stream_seq > 0) {
-            h.stream_seq.saturating_sub(s.last_stream_seq)
-        } else {
-            0
-        };
+        if s.eos_seen {
+            return false;
+        }
+        s.eos_seen = true;
+        if full
+            && (s.from_start || s.last_stream_seq > 0)
+            && h.stream_seq <= s.last_stream_seq.saturating_add(MAX_SEQ_JUMP)
+        {
+            let tail = h.stream_seq.saturating_sub(s.last_stream_seq);
+            self.totals.gaps = self.totals.gaps.saturating_add(tail);
+        }
         s.last_stream_seq = s.last_stream_seq.max(h.stream_seq);
-        self.totals.gaps += tail;
-        tail
-    }
-
-    /// Data messages sent by publishers whose end of stream was seen, and how
-    /// many of them were accepted here: `(sent, accepted)`.
-    pub fn sent_and_accepted(&self) -> (u64, u64) {
-        let live = self.sessions.iter().filter_map(|s| s.eos_sent.map(|e| (e, s.accepted)));
-        let old = self.retired.iter().filter_map(|&(acc, eos)| eos.map(|e| (e, acc)));
-        live.chain(old).fold((0, 0), |(a, b), (e, acc)| (a + e, b + acc))
-    }
-
-    /// Number of sessions whose end of stream was seen.
-    pub fn ended_sessions(&self) -> usize {
-        self.sessions.iter().filter(|s| s.eos_sent.is_some()).count()
+        self.totals.eos_sessions += 1;
+        self.totals.eos_sent = self.totals.eos_sent.saturating_add(sent);
+        true
     }
 
     pub fn totals(&self) -> SequenceTotals {
         self.totals
+    }
+
+    /// True when stream gaps count as loss (no topic filter).
+    pub fn full_subscription(&self) -> bool {
+        self.full_subscription
     }
 }
 
@@ -199,6 +232,7 @@ impl SequenceTracker {
 mod tests {
     use super::*;
     use crate::wire::Kind;
+    use proptest::prelude::*;
 
     fn h(publisher_id: u32, session_id: u64, stream_seq: u64, topic_seq: u64) -> Header {
         Header { kind: Kind::Data, flags: 0, publisher_id, session_id, stream_seq, topic_seq, send_time_ns: 0 }
@@ -212,7 +246,8 @@ mod tests {
             let v = t.on_data(&h(1, 9, i, i.div_ceil(2)), topic);
             assert_eq!(v, Verdict { accept: true, missed: 0, restart: false });
         }
-        assert_eq!(t.totals(), SequenceTotals { accepted: 100, gaps: 0, duplicates: 0, restarts: 0 });
+        let tot = t.totals();
+        assert_eq!((tot.accepted, tot.gaps, tot.duplicates, tot.restarts), (100, 0, 0, 0));
     }
 
     #[test]
@@ -220,9 +255,10 @@ mod tests {
         let mut t = SequenceTracker::new(true);
         t.on_data(&h(1, 9, 1, 1), b"A");
         assert_eq!(t.on_data(&h(1, 9, 5, 2), b"A").missed, 3);
-        assert_eq!(t.on_end_of_stream(&h(1, 9, 7, 0), 7), 2);
-        assert_eq!(t.totals().gaps, 5);
-        assert_eq!(t.sent_and_accepted(), (7, 2));
+        assert!(t.on_end_of_stream(&h(1, 9, 7, 0), 7));
+        assert!(!t.on_end_of_stream(&h(1, 9, 7, 0), 7), "a repeated end of stream is not counted twice");
+        let tot = t.totals();
+        assert_eq!((tot.gaps, tot.eos_sessions, tot.eos_sent, tot.accepted), (5, 1, 7, 2));
     }
 
     #[test]
@@ -269,6 +305,45 @@ mod tests {
         t.on_data(&h(1, 9, 1, 1), b"A");
         assert_eq!(t.on_data(&h(1, 9, 10, 2), b"A").missed, 0, "stream jumps are other topics");
         assert_eq!(t.on_data(&h(1, 9, 20, 5), b"A").missed, 2);
-        assert_eq!(t.on_end_of_stream(&h(1, 9, 30, 0), 30), 0);
+        assert!(t.on_end_of_stream(&h(1, 9, 30, 0), 30));
+        assert_eq!(t.totals().gaps, 2, "no tail loss through a filter");
+    }
+
+    #[test]
+    fn hostile_sequences_are_dropped_not_believed() {
+        let mut t = SequenceTracker::new(true);
+        t.on_data(&h(1, 9, 1, 1), b"A");
+        assert!(!t.on_data(&h(1, 9, u64::MAX, 2), b"A").accept);
+        assert!(!t.on_data(&h(1, 9, 2, u64::MAX), b"A").accept);
+        assert_eq!(t.totals().implausible, 2);
+        assert!(t.on_data(&h(1, 9, 2, 2), b"A").accept, "the topic is not poisoned");
+        assert_eq!(t.totals().gaps, 0);
+    }
+
+    #[test]
+    fn publishers_beyond_the_limit_are_dropped() {
+        let mut t = SequenceTracker::new(true);
+        for p in 0..MAX_PUBLISHERS as u32 + 10 {
+            t.on_data(&h(p, 1, 1, 1), b"A");
+        }
+        assert_eq!(t.totals().over_limit, 10);
+        assert_eq!(t.totals().accepted, MAX_PUBLISHERS as u64);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_any_sequence(frames in proptest::collection::vec(
+            (0u32..4, 0u64..3, any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>(), 0u8..3), 0..200),
+            full: bool)
+        {
+            let mut t = SequenceTracker::new(full);
+            for (p, s, ss, ts, cache, eos, topic) in frames {
+                let mut hd = h(p, s, ss, ts);
+                if cache { hd.flags = FLAG_FROM_CACHE; }
+                if eos { t.on_end_of_stream(&hd, ss); } else { t.on_data(&hd, &[b'A' + topic]); }
+            }
+            let tot = t.totals();
+            prop_assert!(tot.accepted <= 200);
+        }
     }
 }

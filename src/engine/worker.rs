@@ -2,13 +2,18 @@
 //! readers, runs the [`Handler`] on each message and
 //! records per-stage latency; ships its histograms to the metrics collector
 //! once per interval over a crossbeam channel (never blocking on it).
+//!
+//! Histograms are double-buffered: the worker sends its filled set and goes
+//! on with an empty spare; the collector adds the set up, resets it and hands
+//! it back. So shipping copies and allocates nothing, and when the collector
+//! is behind the worker keeps accumulating and ships later (nothing is lost).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam::channel::{Sender, TrySendError};
+use crossbeam::channel::{Receiver, Sender, TrySendError};
 use crossbeam::utils::CachePadded;
 
 use super::batch::BatchIter;
@@ -33,8 +38,12 @@ pub struct WorkerCounters {
     pub handled_bytes: AtomicU64,
     /// Hand-off messages that were not valid batches (a bug if ever non-zero).
     pub malformed: AtomicU64,
-    /// Metric intervals dropped because the collector queue was full.
+    /// Metric intervals that could not be shipped (collector gone).
     pub metrics_dropped: AtomicU64,
+    /// Intervals shipped later because the collector was behind.
+    pub metrics_deferred: AtomicU64,
+    /// When the last message was handled (ns since the epoch; 0 before any).
+    pub last_done_ns: AtomicU64,
 }
 
 pub struct WorkerAgent {
@@ -47,7 +56,10 @@ pub struct WorkerAgent {
     readers: usize,
     ends_seen: usize,
     metrics: Sender<WorkerReport>,
+    spare: Option<StageHistograms>,
+    spares: Receiver<StageHistograms>,
     interval_ns: u64,
+    last_done_ns: u64,
     last_report_ns: u64,
     handled: u64,
     handled_bytes: u64,
@@ -65,6 +77,7 @@ impl WorkerAgent {
         readers: usize,
         handler: Box<dyn Handler>,
         metrics: Sender<WorkerReport>,
+        spares: Receiver<StageHistograms>,
         interval: Duration,
         counters: Arc<WorkerCounters>,
     ) -> Result<Self, AgentError> {
@@ -86,7 +99,10 @@ impl WorkerAgent {
             readers,
             ends_seen: 0,
             metrics,
+            spare: Some(StageHistograms::default()),
+            spares,
             interval_ns: interval.as_nanos() as u64,
+            last_done_ns: 0,
             last_report_ns: wire::now_ns(),
             handled: 0,
             handled_bytes: 0,
@@ -98,6 +114,7 @@ impl WorkerAgent {
     fn handle(
         handler: &mut dyn Handler,
         stages: &mut StageHistograms,
+        last_done_ns: &mut u64,
         frame: &[u8],
         recv_ns: u64,
         take_ns: u64,
@@ -106,29 +123,49 @@ impl WorkerAgent {
         let Ok(view) = wire::decode(frame) else { return 0 };
         handler.on_message(&view);
         let done = wire::now_ns();
+        *last_done_ns = done;
         let sent = view.header.send_time_ns;
         stages.record(recv_ns.saturating_sub(sent), take_ns.saturating_sub(recv_ns), done.saturating_sub(sent));
         frame.len()
     }
 
-    fn ship(&mut self, blocking: bool) {
-        if self.stages.count() == 0 && !blocking {
+    /// Ship this interval's histograms. `last`: the final report (blocks,
+    /// carries the handler's counters).
+    fn ship(&mut self, last: bool) {
+        if self.stages.count() == 0 && !last {
             return;
         }
-        let handler_counters = if blocking { self.handler.counters() } else { Vec::new() };
-        let report = WorkerReport { worker: self.index, stages: self.stages.clone(), handler_counters };
-        let sent = if blocking {
-            self.metrics.send(report).is_ok()
-        } else {
-            match self.metrics.try_send(report) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        while let Ok(h) = self.spares.try_recv() {
+            self.spare = Some(h);
+        }
+        let handler_counters = if last { self.handler.counters() } else { Vec::new() };
+        let stages = match self.spare.take() {
+            Some(spare) => std::mem::replace(&mut self.stages, spare),
+            None if last => std::mem::take(&mut self.stages),
+            None => {
+                // The collector has not handed a set back yet: keep counting.
+                self.counters.metrics_deferred.fetch_add(1, Relaxed);
+                return;
             }
         };
-        if !sent {
+        let report = WorkerReport { worker: self.index, stages, handler_counters };
+        let failed = if last {
+            self.metrics.send(report).err().map(|e| e.0)
+        } else {
+            match self.metrics.try_send(report) {
+                Ok(()) => None,
+                Err(TrySendError::Full(r)) => {
+                    // Take the filled set back and ship it next interval.
+                    self.counters.metrics_deferred.fetch_add(1, Relaxed);
+                    self.spare = Some(std::mem::replace(&mut self.stages, r.stages));
+                    return;
+                }
+                Err(TrySendError::Disconnected(r)) => Some(r),
+            }
+        };
+        if failed.is_some() {
             self.counters.metrics_dropped.fetch_add(1, Relaxed);
         }
-        self.stages.reset();
     }
 }
 
@@ -158,7 +195,14 @@ impl Agent for WorkerAgent {
             match BatchIter::new(bytes) {
                 Some(mut it) => {
                     for (recv_ns, frame) in &mut it {
-                        let b = Self::handle(self.handler.as_mut(), &mut self.stages, frame, recv_ns, take_ns);
+                        let b = Self::handle(
+                            self.handler.as_mut(),
+                            &mut self.stages,
+                            &mut self.last_done_ns,
+                            frame,
+                            recv_ns,
+                            take_ns,
+                        );
                         n += (b > 0) as usize;
                         bytes_done += b;
                     }
@@ -169,7 +213,14 @@ impl Agent for WorkerAgent {
                 // A frame handed over as is: the reader's receive time is not
                 // carried, so the wire stage includes the queue stage.
                 None => {
-                    let b = Self::handle(self.handler.as_mut(), &mut self.stages, bytes, take_ns, take_ns);
+                    let b = Self::handle(
+                        self.handler.as_mut(),
+                        &mut self.stages,
+                        &mut self.last_done_ns,
+                        bytes,
+                        take_ns,
+                        take_ns,
+                    );
                     n += (b > 0) as usize;
                     bytes_done += b;
                 }
@@ -180,6 +231,7 @@ impl Agent for WorkerAgent {
             self.handled_bytes += bytes_done as u64;
             self.counters.handled.store(self.handled, Relaxed);
             self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
+            self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
         }
         let now = wire::now_ns();
         if now.saturating_sub(self.last_report_ns) >= self.interval_ns {

@@ -123,8 +123,10 @@ pub struct RunReport {
     pub sent: Option<u64>,
     /// Data messages that reached a handler (duplicates excluded).
     pub delivered: u64,
-    /// `sent - delivered` where every publisher's end of stream was seen.
+    /// Messages sent but not delivered, where that can be known (see `loss_basis`).
     pub lost: Option<u64>,
+    /// How `lost` was established, or why it is unknown.
+    pub loss_basis: String,
     /// Messages missing by sequence number.
     pub gaps: u64,
     pub duplicates: u64,

@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::agent::StopFlag;
 use crate::feed::{shard_of, Generator, GeneratorConfig, SplitMix64};
 use crate::wire::capture::{CaptureError, CaptureReader};
 use crate::wire::{self, Header, Kind};
@@ -116,7 +117,10 @@ struct Shard {
     publisher_id: u32,
     session_id: u64,
     stream_seq: u64,
+    /// Messages sent (any kind).
     sent: u64,
+    /// mdsub data frames sent (what the end of stream reports).
+    data_sent: u64,
     subscribers: usize,
 }
 
@@ -124,6 +128,7 @@ struct Shard {
 pub struct Publisher {
     shards: Vec<Shard>,
     buf: Vec<u8>,
+    lossless: bool,
 }
 
 impl Publisher {
@@ -152,10 +157,11 @@ impl Publisher {
                 session_id: seed.next_u64(),
                 stream_seq: 0,
                 sent: 0,
+                data_sent: 0,
                 subscribers: 0,
             });
         }
-        Ok(Publisher { shards, buf: Vec::with_capacity(1024) })
+        Ok(Publisher { shards, buf: Vec::with_capacity(1024), lossless: cfg.lossless })
     }
 
     /// The bound endpoints, one per shard, ports resolved.
@@ -207,25 +213,26 @@ impl Publisher {
     }
 
     /// Send `self.buf` (or `frame`) on shard `k`, retrying while a lossless
-    /// pipe is full. Returns false if stopped while waiting.
+    /// pipe is full. Returns false if `stop` was set, or `deadline` passed,
+    /// while waiting.
     fn send_on(
         &mut self,
         k: usize,
         frame: Option<&[u8]>,
         more: bool,
-        stop: &crate::agent::StopFlag,
+        stop: &StopFlag,
+        deadline: Option<Instant>,
     ) -> Result<bool, ReplayError> {
         let data: &[u8] = frame.unwrap_or(&self.buf);
         let flags = if more { zmq::SNDMORE } else { 0 };
         loop {
             match self.shards[k].socket.send(data, flags) {
                 Ok(()) => return Ok(true),
-                Err(zmq::Error::EAGAIN) => {
-                    if stop.is_stopped() {
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                    if stop.is_stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(false);
                     }
                 }
-                Err(zmq::Error::EINTR) => {}
                 Err(e) => {
                     return Err(ReplayError::Zmq {
                         context: format!("sending on {}", self.shards[k].endpoint),
@@ -263,29 +270,39 @@ impl Publisher {
             topic_seq: 0,
             send_time_ns: wire::now_ns(),
         };
-        let payload = sh.sent.to_le_bytes();
+        let payload = sh.data_sent.to_le_bytes();
         self.buf.resize(wire::frame_len(CONTROL_TOPIC, 8), 0);
         wire::encode_into(&mut self.buf, CONTROL_TOPIC, &h, &payload);
     }
 
-    /// Send a heartbeat on every shard.
-    pub fn heartbeat(&mut self, stop: &crate::agent::StopFlag) -> Result<(), ReplayError> {
+    /// Send a heartbeat on every shard (skipped on a shard whose pipe is full).
+    pub fn heartbeat(&mut self, stop: &StopFlag) -> Result<(), ReplayError> {
         self.drain_subscriptions()?;
         for k in 0..self.shards.len() {
             self.encode_control(k, Kind::Heartbeat);
-            self.send_on(k, None, false, stop)?;
+            self.send_on(k, None, false, stop, Some(Instant::now()))?;
         }
         Ok(())
     }
 
-    /// Send end of stream on every shard (payload: data frames sent, u64 LE).
-    pub fn end_of_stream(&mut self) -> Result<(), ReplayError> {
-        let never = crate::agent::StopFlag::new();
+    /// Send end of stream on every shard: payload = mdsub data frames sent on
+    /// it (u64 LE). Sent lossless even by a lossy publisher, waiting at most
+    /// `EOS_TIMEOUT` per shard (1 s after a stop request); returns how many
+    /// shards could not take it.
+    pub fn end_of_stream(&mut self, stop: &StopFlag) -> Result<usize, ReplayError> {
+        let wait = if stop.is_stopped() { Duration::from_secs(1) } else { EOS_TIMEOUT };
+        let never = StopFlag::new();
+        let mut missed = 0;
         for k in 0..self.shards.len() {
+            if !self.lossless {
+                crate::zmqx::set_xpub_nodrop(&mut self.shards[k].socket, true).map_err(zerr("setting XPUB_NODROP"))?;
+            }
             self.encode_control(k, Kind::EndOfStream);
-            self.send_on(k, None, false, &never)?;
+            if !self.send_on(k, None, false, &never, Some(Instant::now() + wait))? {
+                missed += 1;
+            }
         }
-        Ok(())
+        Ok(missed)
     }
 
     fn stats(&self, start: Instant, interrupted: bool) -> ReplayStats {
@@ -305,31 +322,27 @@ impl Publisher {
         source: &Source,
         pacing: Pacing,
         limits: Limits,
-        stop: &crate::agent::StopFlag,
+        stop: &StopFlag,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ReplayStats, ReplayError> {
         let start = Instant::now();
-        let interrupted = match source {
-            Source::Generator(g) => {
-                if pacing == Pacing::Recorded {
-                    return Err(ReplayError::Config("recorded timing needs a capture file".into()));
-                }
-                self.run_generator(g, pacing, limits, stop, progress)?
+        let result = match source {
+            Source::Generator(_) if pacing == Pacing::Recorded => {
+                return Err(ReplayError::Config("recorded timing needs a capture file".into()))
             }
-            Source::Capture { path, restamp } => {
-                match self.run_capture(path, *restamp, pacing, limits, stop, progress) {
-                    Ok(i) => i,
-                    // A damaged capture: everything before the damage was
-                    // sent; end the stream so subscribers finish, then report.
-                    Err(e @ ReplayError::Capture { .. }) => {
-                        self.end_of_stream()?;
-                        return Err(e);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            Source::Generator(g) => self.run_generator(g, pacing, limits, stop, progress),
+            Source::Capture { path, restamp } => self.run_capture(path, *restamp, pacing, limits, stop, progress),
         };
-        self.end_of_stream()?;
+        // End the stream in every case, so subscribers finish: after a damaged
+        // capture everything before the damage was sent.
+        let missed = self.end_of_stream(stop)?;
+        let interrupted = result?;
+        if missed > 0 && !interrupted {
+            return Err(ReplayError::Config(format!(
+                "{missed} shard(s) could not take the end of stream within {} s (a subscriber stopped reading)",
+                EOS_TIMEOUT.as_secs()
+            )));
+        }
         Ok(self.stats(start, interrupted))
     }
 
@@ -338,7 +351,7 @@ impl Publisher {
         cfg: &GeneratorConfig,
         pacing: Pacing,
         limits: Limits,
-        stop: &crate::agent::StopFlag,
+        stop: &StopFlag,
         progress: &mut dyn FnMut(u64),
     ) -> Result<bool, ReplayError> {
         let mut gen = Generator::new(cfg);
@@ -346,15 +359,15 @@ impl Publisher {
         let topics: Vec<Vec<u8>> = gen.topics().iter().map(|t| t.as_bytes().to_vec()).collect();
         let shard_of_topic: Vec<usize> = topics.iter().map(|t| shard_of(t, shards)).collect();
         let mut topic_seq = vec![0u64; topics.len()];
-        let mut pacer = Pacer::new(pacing, limits.duration);
+        let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut i = 0u64;
         while i < max {
             if i & 0xffff == 0 {
                 progress(i);
-                if stop.is_stopped() {
-                    return Ok(true);
-                }
+            }
+            if stop.is_stopped() {
+                return Ok(true);
             }
             let Some(send_time_ns) = pacer.wait_turn(i, |idle| idle.then(|| self.heartbeat(stop)).transpose())? else {
                 break;
@@ -364,14 +377,15 @@ impl Publisher {
             topic_seq[t] += 1;
             let payload = gen.payload(i);
             self.encode_data(k, &topics[t], topic_seq[t], send_time_ns, payload);
-            if !self.send_on(k, None, false, stop)? {
+            if !self.send_on(k, None, false, stop, None)? {
                 return Ok(true);
             }
             self.shards[k].sent += 1;
+            self.shards[k].data_sent += 1;
             i += 1;
         }
         progress(i);
-        Ok(false)
+        Ok(stop.is_stopped())
     }
 
     fn run_capture(
@@ -380,14 +394,14 @@ impl Publisher {
         restamp: bool,
         pacing: Pacing,
         limits: Limits,
-        stop: &crate::agent::StopFlag,
+        stop: &StopFlag,
         progress: &mut dyn FnMut(u64),
     ) -> Result<bool, ReplayError> {
         let cap = |source| ReplayError::Capture { path: path.to_path_buf(), source };
         let mut reader = CaptureReader::open(path).map_err(cap)?;
         let shards = self.shards.len();
         let mut topic_seq: std::collections::HashMap<Vec<u8>, u64> = Default::default();
-        let mut pacer = Pacer::new(pacing, limits.duration);
+        let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut first_recv_ns: Option<u64> = None;
         let mut msgs = 0u64;
@@ -411,123 +425,196 @@ impl Publisher {
                 }
                 None => break,
             };
+            let n_parts = std::mem::take(&mut used);
             if msgs & 0xffff == 0 {
                 progress(msgs);
-                if stop.is_stopped() {
-                    return Ok(true);
-                }
             }
+            if stop.is_stopped() {
+                return Ok(true);
+            }
+            // What the message is: an mdsub data frame (verbatim or to restamp),
+            // a recorded control frame (skipped: this replay sends its own), or
+            // foreign traffic.
+            let view = if n_parts == 1 { wire::decode(&parts[0]).ok() } else { None };
+            if view.is_some_and(|v| v.header.kind != Kind::Data) {
+                continue;
+            }
+            let is_data = view.is_some();
             let base = *first_recv_ns.get_or_insert(recv_ns);
             let intended = match pacing {
                 Pacing::Recorded => pacer.wait_until_offset(recv_ns.saturating_sub(base)),
                 _ => pacer.wait_turn(msgs, |idle| idle.then(|| self.heartbeat(stop)).transpose())?,
             };
             let Some(intended) = intended else { break };
-            let first = &parts[0];
-            let topic = wire::split_topic(first).map(|(t, _)| t).unwrap_or(first);
-            let k = shard_of(topic, shards);
-            if restamp && used == 1 {
-                if let Ok(view) = wire::decode(&parts[0]) {
-                    if view.header.kind == Kind::Data {
-                        let (topic, payload) = (view.topic.to_vec(), view.payload.to_vec());
-                        let seq = topic_seq.entry(topic.clone()).or_insert(0);
-                        *seq += 1;
-                        let s = *seq;
-                        self.encode_data(k, &topic, s, intended, &payload);
-                        parts[0].clear();
-                        parts[0].extend_from_slice(&self.buf);
-                    }
+            let k = match view {
+                // Verbatim mdsub frames keep their publisher's stream whole on
+                // one shard (its stream sequence would show false gaps if split).
+                Some(v) if !restamp => {
+                    let mut key = [0u8; 12];
+                    key[..4].copy_from_slice(&v.header.publisher_id.to_le_bytes());
+                    key[4..].copy_from_slice(&v.header.session_id.to_le_bytes());
+                    shard_of(&key, shards)
+                }
+                Some(v) => shard_of(v.topic, shards),
+                None => {
+                    let first = &parts[0];
+                    shard_of(wire::split_topic(first).map(|(t, _)| t).unwrap_or(first), shards)
+                }
+            };
+            if restamp {
+                if let Some(v) = view {
+                    let seq = match topic_seq.get_mut(v.topic) {
+                        Some(s) => s,
+                        None => topic_seq.entry(v.topic.to_vec()).or_insert(0),
+                    };
+                    *seq += 1;
+                    let s = *seq;
+                    let (topic, payload) = (v.topic, v.payload);
+                    // Encode from the borrowed view into self.buf, then swap it in.
+                    let sh = &mut self.shards[k];
+                    sh.stream_seq += 1;
+                    let h = Header {
+                        kind: Kind::Data,
+                        flags: 0,
+                        publisher_id: sh.publisher_id,
+                        session_id: sh.session_id,
+                        stream_seq: sh.stream_seq,
+                        topic_seq: s,
+                        send_time_ns: intended,
+                    };
+                    self.buf.resize(wire::frame_len(topic, payload.len()), 0);
+                    wire::encode_into(&mut self.buf, topic, &h, payload);
+                    std::mem::swap(&mut parts[0], &mut self.buf);
                 }
             }
-            for (n, frame) in parts[..used].iter().enumerate() {
-                if !self.send_on(k, Some(frame), n + 1 < used, stop)? {
+            for n in 0..n_parts {
+                let more = n + 1 < n_parts;
+                let frame = std::mem::take(&mut parts[n]);
+                let ok = self.send_on(k, Some(&frame), more, stop, None);
+                parts[n] = frame;
+                if !ok? {
                     return Ok(true);
                 }
             }
-            used = 0;
             self.shards[k].sent += 1;
+            self.shards[k].data_sent += is_data as u64;
             msgs += 1;
         }
         progress(msgs);
-        Ok(false)
+        Ok(stop.is_stopped())
     }
 }
 
+/// How long a shard may take to accept its end of stream.
+pub const EOS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// CLOCK_MONOTONIC in ns (the pacer's schedule clock).
+#[inline]
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+}
+
 /// Schedules intended send times and waits for them smoothly (PERF-ANCHORS: a
-/// pacer that oversleeps its deadlines bursts and causes loss). The thread's
-/// timer slack is set to 1 ns so short sleeps are accurate; it sleeps until
-/// ~2 µs before each deadline and spins the rest, so a paced publisher leaves
-/// its core to the subscriber instead of spinning through every gap.
+/// pacer that oversleeps its deadlines bursts and causes loss). The schedule
+/// runs on CLOCK_MONOTONIC (a wall-clock step neither stalls nor bursts it);
+/// the stamped time is CLOCK_REALTIME at start plus the monotonic offset. The
+/// thread's timer slack is set to 1 ns so short sleeps are accurate; it sleeps
+/// until ~2 µs before each deadline and spins the rest, so a paced publisher
+/// leaves its core to the subscriber instead of spinning through every gap.
 pub struct Pacer {
     pacing: Pacing,
-    start_ns: u64,
-    end_ns: Option<u64>,
-    last_send_ns: u64,
+    start_mono_ns: u64,
+    start_rt_ns: u64,
+    end_offset_ns: Option<u64>,
+    last_send_offset_ns: u64,
+    stop: StopFlag,
 }
 
 /// Heartbeat when the schedule leaves the publisher idle this long.
 const HEARTBEAT_AFTER_NS: u64 = 1_000_000_000;
 
 impl Pacer {
-    pub fn new(pacing: Pacing, duration: Option<Duration>) -> Self {
+    pub fn new(pacing: Pacing, duration: Option<Duration>, stop: StopFlag) -> Self {
         // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-        let start_ns = wire::now_ns();
-        Pacer { pacing, start_ns, end_ns: duration.map(|d| start_ns + d.as_nanos() as u64), last_send_ns: start_ns }
+        Pacer {
+            pacing,
+            start_mono_ns: mono_ns(),
+            start_rt_ns: wire::now_ns(),
+            end_offset_ns: duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
+            last_send_offset_ns: 0,
+            stop,
+        }
     }
 
-    /// Intended send time of message `i`, or None when the duration is over.
-    /// `on_idle(true)` is called while waiting more than a second (heartbeats).
+    #[inline]
+    fn offset_now(&self) -> u64 {
+        mono_ns().saturating_sub(self.start_mono_ns)
+    }
+
+    /// Intended send time (realtime ns) of message `i`, or None when the
+    /// duration is over or a stop was requested. `on_idle(true)` is called
+    /// while waiting more than a second (heartbeats).
     pub fn wait_turn<E>(
         &mut self,
         i: u64,
         mut on_idle: impl FnMut(bool) -> Result<Option<()>, E>,
     ) -> Result<Option<u64>, E> {
-        let intended = match self.pacing {
-            Pacing::FlatOut | Pacing::Recorded => wire::now_ns(),
+        let offset = match self.pacing {
+            Pacing::FlatOut | Pacing::Recorded => self.offset_now(),
             Pacing::Rate { msgs_per_sec, burst } => {
                 let burst = burst.max(1);
                 let group = i / burst * burst;
-                self.start_ns + (group as u128 * 1_000_000_000u128 / msgs_per_sec.max(1) as u128) as u64
+                (group as u128 * 1_000_000_000u128 / msgs_per_sec.max(1) as u128).min(u64::MAX as u128) as u64
             }
         };
-        if self.end_ns.is_some_and(|end| intended >= end) {
+        if self.end_offset_ns.is_some_and(|end| offset >= end) {
             return Ok(None);
         }
         loop {
-            let now = wire::now_ns();
-            if now >= intended {
+            let now = self.offset_now();
+            if now >= offset {
                 break;
             }
-            if now - self.last_send_ns > HEARTBEAT_AFTER_NS {
-                on_idle(true)?;
-                self.last_send_ns = now;
+            if self.stop.is_stopped() {
+                return Ok(None);
             }
-            Self::nap(intended - now);
+            if now.saturating_sub(self.last_send_offset_ns) > HEARTBEAT_AFTER_NS {
+                on_idle(true)?;
+                self.last_send_offset_ns = now;
+            }
+            Self::nap(offset - now);
         }
-        self.last_send_ns = intended;
-        Ok(Some(intended))
+        self.last_send_offset_ns = offset;
+        Ok(Some(self.start_rt_ns.saturating_add(offset)))
     }
 
-    /// For recorded timing: wait until `offset_ns` after the start.
+    /// For recorded timing: wait until `offset_ns` after the start. None when
+    /// the duration is over or a stop was requested.
     pub fn wait_until_offset(&mut self, offset_ns: u64) -> Option<u64> {
-        let intended = self.start_ns + offset_ns;
-        if self.end_ns.is_some_and(|end| intended >= end) {
+        if self.end_offset_ns.is_some_and(|end| offset_ns >= end) {
             return None;
         }
         loop {
-            let now = wire::now_ns();
-            if now >= intended {
-                return Some(intended);
+            let now = self.offset_now();
+            if now >= offset_ns {
+                return Some(self.start_rt_ns.saturating_add(offset_ns));
             }
-            Self::nap(intended - now);
+            if self.stop.is_stopped() {
+                return None;
+            }
+            Self::nap(offset_ns - now);
         }
     }
 
     #[inline]
     fn nap(left_ns: u64) {
         if left_ns > 4_000 {
-            std::thread::sleep(Duration::from_nanos(left_ns.min(HEARTBEAT_AFTER_NS / 2) - 2_000));
+            // At most 100 ms at a time, so a stop request is seen quickly.
+            std::thread::sleep(Duration::from_nanos(left_ns.min(100_000_000) - 2_000));
         } else {
             std::hint::spin_loop();
         }
