@@ -487,12 +487,8 @@ impl Publisher {
                     std::mem::swap(&mut parts[0], &mut self.buf);
                 }
             }
-            for n in 0..n_parts {
-                let more = n + 1 < n_parts;
-                let frame = std::mem::take(&mut parts[n]);
-                let ok = self.send_on(k, Some(&frame), more, stop, None);
-                parts[n] = frame;
-                if !ok? {
+            for (n, frame) in parts[..n_parts].iter().enumerate() {
+                if !self.send_on(k, Some(frame), n + 1 < n_parts, stop, None)? {
                     return Ok(true);
                 }
             }
