@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
             |mut checks| {
                 let mut n = 0;
                 for f in &fs {
-                    n += checks.check(f).is_some() as usize;
+                    n += checks.check(f, 1).is_some() as usize;
                 }
                 n
             },
