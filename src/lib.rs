@@ -6,6 +6,8 @@
 //! | module | role | guide pattern |
 //! |---|---|---|
 //! | [`agent`] | every long-running thread is an agent; one runner names, pins and idles them | (Aeron's agent model) |
+//! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
+//! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
 //! | [`zmqx`] | the few libzmq options the `zmq` crate does not expose, behind a safe face | |
 //!
 //! ## Quick start
@@ -16,5 +18,7 @@
 //! ```
 
 pub mod agent;
+pub mod lvc;
+pub mod tap;
 pub mod wire;
 pub mod zmqx;

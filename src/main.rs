@@ -1,5 +1,6 @@
 //! The `mdsub` command line: parses arguments and calls the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -17,6 +18,11 @@ struct Cli {
 enum Cmd {
     /// Print what this build and host are: mdsub and libzmq versions, cores.
     Info,
+    /// Last Value Cache proxy: XSUB (publishers) ⇄ XPUB (subscribers), answering
+    /// each new subscription with the cached last value of every matching topic.
+    Lvc(mdsub::lvc::LvcArgs),
+    /// Espresso tap: XSUB ⇄ XPUB proxy that prints, filters, counts or records what passes.
+    Tap(mdsub::tap::TapArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +33,12 @@ fn main() -> anyhow::Result<()> {
             println!("mdsub {}", env!("CARGO_PKG_VERSION"));
             println!("libzmq {maj}.{min}.{pat}");
             println!("cores {}", core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(0));
+        }
+        Cmd::Lvc(args) => {
+            mdsub::lvc::run(args).context("mdsub lvc")?;
+        }
+        Cmd::Tap(args) => {
+            mdsub::tap::run(args).context("mdsub tap")?;
         }
     }
     Ok(())
