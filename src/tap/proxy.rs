@@ -251,6 +251,60 @@ impl Agent for TapProxy {
 mod tests {
     use super::*;
 
+    /// A full sink queue drops copies (counted) and never stops forwarding.
+    #[test]
+    fn full_queue_drops_copies_and_keeps_forwarding() {
+        let ctx = zmq::Context::new();
+        let config = TapConfig {
+            frontend: vec![Attach::Bind("inproc://tap-front".into())],
+            backend: vec![Attach::Bind("inproc://tap-back".into())],
+            filter: Filter::default(),
+            subscribe_all: true,
+            hwm_msgs: 10_000,
+        };
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        let mut proxy = TapProxy::new(&ctx, &config, tx, Arc::default()).expect("proxy");
+        let publisher = ctx.socket(zmq::PUB).expect("pub");
+        publisher.connect("inproc://tap-front").expect("connect");
+        let sub = ctx.socket(zmq::SUB).expect("sub");
+        sub.connect("inproc://tap-back").expect("connect");
+        sub.set_subscribe(b"").expect("subscribe");
+        // Handshake: publish until one message comes through.
+        let mut through = false;
+        for _ in 0..1000 {
+            publisher.send("warm", 0).expect("send");
+            proxy.do_work().expect("work");
+            if sub.recv_bytes(zmq::DONTWAIT).is_ok() {
+                through = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(through, "path came up");
+        while rx.try_recv().is_ok() {}
+        while sub.recv_bytes(zmq::DONTWAIT).is_ok() {}
+        let before = proxy.report;
+        for i in 0..100u32 {
+            publisher.send(&i.to_le_bytes()[..], 0).expect("send");
+        }
+        let mut forwarded = 0;
+        for _ in 0..1000 {
+            proxy.do_work().expect("work");
+            forwarded = proxy.report.forwarded_down - before.forwarded_down;
+            if forwarded >= 100 {
+                break;
+            }
+        }
+        assert!(forwarded >= 100, "all forwarded although the sink never reads");
+        let mut delivered = 0;
+        while sub.recv_bytes(zmq::DONTWAIT).is_ok() {
+            delivered += 1;
+        }
+        assert_eq!(delivered, 100);
+        assert_eq!(proxy.report.captured - before.captured, 1, "queue holds one");
+        assert_eq!(proxy.report.dropped - before.dropped, 99, "the rest dropped, counted");
+    }
+
     #[test]
     fn prefixes_parse_with_escapes() {
         assert_eq!(parse_prefix("ESH6").as_deref(), Ok(&b"ESH6"[..]));
