@@ -5,7 +5,7 @@
 mod common;
 mod proxy_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mdsub::wire::capture::CaptureReader;
@@ -22,7 +22,7 @@ fn temp_file(name: &str) -> PathBuf {
 }
 
 /// Every message in a capture file, as frames, probes left out.
-fn read_capture(path: &PathBuf) -> Vec<Vec<Vec<u8>>> {
+fn read_capture(path: &Path) -> Vec<Vec<Vec<u8>>> {
     let mut r = CaptureReader::open(path).expect("capture file opens");
     let mut out = Vec::new();
     let mut cur: Vec<Vec<u8>> = Vec::new();

@@ -325,7 +325,7 @@ mod tests {
     fn prefix_reaching_into_the_header_is_checked_on_the_frame() {
         let mut c = big();
         let f = frame("ESH6", 1, b"x");
-        c.update(&[f.clone()]);
+        c.update(std::slice::from_ref(&f));
         assert_eq!(c.matching(&f[..7]).count(), 1);
         let mut other = f[..7].to_vec();
         other[6] ^= 0xff;

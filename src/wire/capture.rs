@@ -277,6 +277,7 @@ mod tests {
         w.into_inner().expect("flush")
     }
 
+    #[allow(clippy::type_complexity)]
     fn read_all(bytes: &[u8]) -> (Vec<(Vec<u8>, bool, u64)>, Option<CaptureError>) {
         let mut r = match CaptureReader::new(bytes) {
             Ok(r) => r,
