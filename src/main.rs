@@ -21,6 +21,8 @@ enum Cmd {
     /// Last Value Cache proxy: XSUB (publishers) ⇄ XPUB (subscribers), answering
     /// each new subscription with the cached last value of every matching topic.
     Lvc(mdsub::lvc::LvcArgs),
+    /// Throughput through the LVC vs direct PUB→SUB in the same run (lossless), as a ratio.
+    LvcBench(mdsub::lvc::bench::LvcBenchArgs),
     /// Espresso tap: XSUB ⇄ XPUB proxy that prints, filters, counts or records what passes.
     Tap(mdsub::tap::TapArgs),
 }
@@ -36,6 +38,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Lvc(args) => {
             mdsub::lvc::run(args).context("mdsub lvc")?;
+        }
+        Cmd::LvcBench(args) => {
+            mdsub::lvc::bench::run(args).context("mdsub lvc-bench")?;
         }
         Cmd::Tap(args) => {
             mdsub::tap::run(args).context("mdsub tap")?;
