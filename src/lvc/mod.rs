@@ -47,6 +47,16 @@ pub enum LvcError {
 /// effect is printed on startup as `lvc: frontend bound tcp://127.0.0.1:PORT`.
 /// SIGINT/SIGTERM stop it cleanly and print its counters.
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Endpoints: write each side as bind:ENDPOINT or connect:ENDPOINT, e.g.\n  \
+    mdsub lvc --frontend connect:tcp://10.0.0.5:5556 --backend bind:tcp://*:5557\n\
+    Repeat an option to attach a side to several endpoints. With bind:tcp://127.0.0.1:* the OS picks\n\
+    the port; every endpoint in effect is printed on startup, one line each:\n  \
+    lvc: frontend bound tcp://127.0.0.1:PORT\n\
+    A subscription is a prefix: it is answered at once with the cached last value of every topic\n\
+    that starts with it, in topic order (mdsub frames re-sent from the cache carry FROM_CACHE).\n\
+    SIGINT/SIGTERM stop it cleanly; the counters are printed on exit. See docs/LVC-TAP.md."
+)]
 pub struct LvcArgs {
     /// Publisher side (XSUB): bind:ENDPOINT or connect:ENDPOINT (repeatable).
     #[arg(long, required = true, value_name = "bind|connect:ENDPOINT")]

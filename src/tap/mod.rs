@@ -58,6 +58,14 @@ pub enum TapError {
 /// every (un)subscription is printed, one line each. SIGINT/SIGTERM stop it
 /// and print its counters (drops included) on stderr.
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Endpoints: write each side as bind:ENDPOINT or connect:ENDPOINT, e.g.\n  \
+    mdsub tap --frontend connect:tcp://10.0.0.5:5556 --backend bind:tcp://*:5557 --filter 'ESH6\\0'\n\
+    Every endpoint in effect is printed on startup, one line each: tap: frontend bound tcp://...\n\
+    Copies go to the printer/recorder through a bounded queue (--queue-msgs); when it is full they\n\
+    are dropped and counted, the proxy keeps forwarding. SIGINT/SIGTERM stop it; counters (drops\n\
+    included) go to stderr. See docs/LVC-TAP.md."
+)]
 pub struct TapArgs {
     /// Publisher side (XSUB): bind:ENDPOINT or connect:ENDPOINT (repeatable).
     #[arg(long, required = true, value_name = "bind|connect:ENDPOINT")]
