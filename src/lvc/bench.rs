@@ -1,6 +1,8 @@
-//! `mdsub lvc-bench`: throughput of PUB → LVC (guide's Last Value Cache) →
-//! SUB against PUB → SUB direct, in the same run, lossless (every SNDHWM and
-//! RCVHWM set explicitly to more than the messages sent), as a ratio.
+//! `mdsub lvc-bench`: throughput through the Last Value Cache proxy vs direct PUB→SUB.
+//!
+//! PUB → LVC (the guide's Last Value Cache, chapter 5) → SUB against PUB → SUB
+//! direct, in the same run, lossless (every SNDHWM and RCVHWM set explicitly
+//! to more than the messages sent), reported as a ratio.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

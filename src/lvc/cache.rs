@@ -1,6 +1,7 @@
-//! The Last Value Cache core (guide, chapter 5, "Last Value Caching"): a
-//! socket-free map from topic to the last whole message, with prefix lookups
-//! and hard limits on topics and bytes.
+//! Last Value Cache core (guide, chapter 5): socket-free, bounded, answers prefixes.
+//!
+//! A map from topic to the last whole message, with prefix lookups and hard
+//! limits on topics and bytes.
 //!
 //! A message is a list of frames. Its *key* is what a SUB prefix filter sees:
 //! for a one-frame mdsub frame the topic and its NUL (`ESH6\0`), for foreign

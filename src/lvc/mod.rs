@@ -1,6 +1,8 @@
-//! `mdsub lvc`: the guide's Last Value Cache proxy (chapter 5) — XSUB toward
-//! the publishers, XPUB (verbose) toward the subscribers, answering every new
-//! subscription with the cached last value of each matching topic.
+//! `mdsub lvc`: the guide's Last Value Cache proxy (chapter 5), XSUB ⇄ XPUB with a cache.
+//!
+//! XSUB toward the publishers, XPUB (verbose) toward the subscribers,
+//! answering every new subscription with the cached last value of each
+//! matching topic.
 //!
 //! - [`cache`]: the socket-free cache core (prefix lookups, limits).
 //! - [`proxy`]: the agent that owns the sockets.

@@ -1,5 +1,6 @@
-//! The LVC proxy agent (guide, chapter 5, "Last Value Caching"): XSUB toward
-//! the publishers, XPUB (verbose) toward the subscribers, and a
+//! LVC proxy agent (guide, chapter 5, Last Value Cache): owns the XSUB, the XPUB and the cache.
+//!
+//! XSUB toward the publishers, XPUB (verbose) toward the subscribers, and a
 //! [`LastValueCache`] between them that answers every new subscription.
 
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
-//! `mdsub tap`: the guide's Espresso pattern (chapter 5, "Pub-Sub Tracing") as
-//! an operator's tool — an XSUB ⇄ XPUB proxy whose capture side prints,
-//! filters, counts or records the traffic without ever stalling the flow.
+//! `mdsub tap`: the guide's Espresso pattern (chapter 5, pub-sub tracing) as an operator's tool.
+//!
+//! An XSUB ⇄ XPUB proxy whose capture side prints, filters, counts or records
+//! the traffic without ever stalling the flow.
 //!
 //! - [`proxy`]: the proxy agent; copies go to the sink through a bounded
 //!   crossbeam channel with `try_send`: when it is full the copy is dropped and
@@ -116,7 +117,8 @@ impl std::fmt::Display for TapReport {
         write!(
             f,
             "forwarded_down={} forwarded_up={} captured={} dropped={} send_failures={} \
-             shown_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={}",
+             shown_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
+             record_skipped_too_large={}",
             p.forwarded_down,
             p.forwarded_up,
             p.captured,
@@ -126,7 +128,8 @@ impl std::fmt::Display for TapReport {
             s.subscriptions,
             s.unsubscriptions,
             s.recorded_frames,
-            s.record_errors
+            s.record_errors,
+            s.record_skipped_too_large
         )
     }
 }

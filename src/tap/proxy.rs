@@ -1,6 +1,7 @@
-//! The Espresso tap's proxy agent (guide, chapter 5, "Pub-Sub Tracing
-//! (Espresso Pattern)"): XSUB ⇄ XPUB forwarding, with a capture side that
-//! hands copies to the sink over a bounded channel and never waits for it.
+//! Espresso tap proxy agent (guide, chapter 5): XSUB ⇄ XPUB forwarding plus a capture side.
+//!
+//! Copies go to the sink over a bounded channel with `try_send`; the proxy
+//! never waits for the sink.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,7 @@
-//! The Espresso tap's sink agent (guide, chapter 5, "Pub-Sub Tracing"): takes
-//! captured messages off the bounded channel and prints them decoded, counts
-//! them per topic, and/or records them to a capture file.
+//! Espresso tap sink agent (guide, chapter 5): prints, counts or records what the proxy captured.
+//!
+//! Takes captured messages off the bounded channel and prints them decoded,
+//! counts them per topic, and/or records them to a capture file.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,7 +14,7 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::agent::{Agent, AgentError, Step};
 use crate::tap::proxy::Captured;
-use crate::wire::capture::CaptureWriter;
+use crate::wire::capture::{CaptureWriter, MAX_RECORD_LEN};
 use crate::wire::{decode, now_ns, Kind, FLAG_FROM_CACHE};
 
 /// Bytes of a foreign message shown in hex.
@@ -44,6 +45,8 @@ pub struct TapSinkReport {
     pub unsubscriptions: u64,
     pub recorded_frames: u64,
     pub record_errors: u64,
+    /// Messages not recorded because a frame exceeds the capture format's limit.
+    pub record_skipped_too_large: u64,
 }
 
 /// Write `bytes` as a quoted string, escaping what is not printable ASCII.
@@ -189,7 +192,10 @@ impl TapSink {
             Captured::Subscription { subscribe: false, .. } => self.report.unsubscriptions += 1,
             Captured::Message { frames, recv_ns } => {
                 self.report.messages += 1;
-                if let Some(w) = self.recorder.as_mut() {
+                let fits = frames.iter().all(|f| f.len() <= MAX_RECORD_LEN as usize);
+                if self.recorder.is_some() && !fits {
+                    self.report.record_skipped_too_large += 1;
+                } else if let Some(w) = self.recorder.as_mut() {
                     let n = frames.len();
                     for (i, f) in frames.iter().enumerate() {
                         if let Err(e) = w.write_frame(f, i + 1 < n, *recv_ns) {
