@@ -289,3 +289,38 @@ fn topic_limit_holds() {
         "a log line when the limit is hit: {err:?}"
     );
 }
+
+#[test]
+fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).expect("pub");
+    publisher.set_sndhwm(100_000).expect("sndhwm");
+    let ep = mdsub::zmqx::bind_resolved(&publisher, "tcp://127.0.0.1:*").expect("bind");
+    let mut lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
+    assert_eq!(lvc.frontend, ep, "startup line names the connected endpoint");
+    let probe_sub = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
+    handshake(&publisher, &probe_sub);
+    let value = frame("ESH6", 1, 1, b"last");
+    publisher.send(&value[..], 0).expect("publish");
+    publisher.send(frame(PROBE, 0, 0, b"sent"), 0).expect("probe");
+    until_probe(&probe_sub, ONE_S, Some(b"sent"));
+
+    let t0 = Instant::now();
+    let s = subscriber(&ctx, &lvc.backend, &[b"ESH6\0", b"_probe\0"]);
+    let got = until_probe(&s, ONE_S, None);
+    assert_eq!(got.len(), 1);
+    assert!(t0.elapsed() < ONE_S);
+    let mut plain = got[0][0].clone();
+    plain[mdsub::wire::flags_offset(4)] &= !(FLAG_FROM_CACHE as u8);
+    assert_eq!(plain, value, "the published bytes, only the FROM_CACHE flag added");
+
+    lvc.proc.signal(15);
+    let status = lvc.proc.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let out = rest_lines(&lvc.stdout, Duration::from_secs(5));
+    let last = out
+        .iter()
+        .find(|l| l.starts_with("lvc: stopped:"))
+        .expect("counters on exit");
+    assert_eq!(counter(last, "topics"), 2, "{last}");
+}

@@ -62,32 +62,34 @@ pub fn rest_lines(rx: &Receiver<String>, deadline: Duration) -> Vec<String> {
 
 /// Start `mdsub <tool>` bound to two wildcard ports; reads the endpoints back.
 pub fn start(tool: &str, extra: &[&str]) -> Proxy {
+    start_with(tool, "bind:tcp://127.0.0.1:*", "bind:tcp://127.0.0.1:*", extra)
+}
+
+/// Start `mdsub <tool>` with these `--frontend`/`--backend` values; reads the
+/// endpoints in effect back from its startup lines.
+pub fn start_with(tool: &str, frontend: &str, backend: &str, extra: &[&str]) -> Proxy {
     let mut cmd = mdsub();
     cmd.arg(tool)
-        .args([
-            "--frontend",
-            "bind:tcp://127.0.0.1:*",
-            "--backend",
-            "bind:tcp://127.0.0.1:*",
-        ])
+        .args(["--frontend", frontend, "--backend", backend])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut proc = Proc::spawn(tool, &mut cmd);
     let stdout = pipe_lines(proc.child.stdout.take().expect("stdout piped"));
     let stderr = pipe_lines(proc.child.stderr.take().expect("stderr piped"));
-    let front_tag = format!("{tool}: frontend bound ");
-    let back_tag = format!("{tool}: backend bound ");
-    let f = wait_line(&stdout, Duration::from_secs(10), "the frontend endpoint", |l| {
-        l.starts_with(&front_tag)
-    });
-    let b = wait_line(&stdout, Duration::from_secs(5), "the backend endpoint", |l| {
-        l.starts_with(&back_tag)
-    });
+    let endpoint = |side: &str| {
+        let tag = format!("{tool}: {side} ");
+        let line = wait_line(&stdout, Duration::from_secs(10), &format!("the {side} endpoint"), |l| {
+            l.starts_with(&tag)
+        });
+        line.rsplit(' ').next().unwrap_or_default().to_string()
+    };
+    let frontend = endpoint("frontend");
+    let backend = endpoint("backend");
     Proxy {
         proc,
-        frontend: f[front_tag.len()..].to_string(),
-        backend: b[back_tag.len()..].to_string(),
+        frontend,
+        backend,
         stdout,
         stderr,
     }
