@@ -85,9 +85,13 @@ impl Entry {
         2 * key_len + self.data.capacity() + self.ends.capacity() * std::mem::size_of::<u32>()
     }
 
-    fn fill<F: Deref<Target = [u8]>>(&mut self, frames: &[F]) {
+    /// Copy `frames` in, growing the buffers only to the exact size needed
+    /// (no amortised doubling, so the byte limit is checked on real sizes).
+    fn fill<F: Deref<Target = [u8]>>(&mut self, frames: &[F], need_data: usize) {
         self.data.clear();
         self.ends.clear();
+        self.data.reserve_exact(need_data);
+        self.ends.reserve_exact(frames.len());
         for f in frames {
             self.data.extend_from_slice(f);
             self.ends.push(self.data.len() as u32);
@@ -211,8 +215,16 @@ impl LastValueCache {
                 self.counters.evicted_too_big += 1;
                 return Update::EvictedTooBig;
             }
-            entry.fill(frames);
+            entry.fill(frames, need_data);
             self.bytes = self.bytes - old + entry.footprint(key.len());
+            if self.bytes > self.limits.max_bytes {
+                // The allocator gave more than asked: do not keep it.
+                self.bytes -= entry.footprint(key.len());
+                self.entries.remove(key);
+                self.order.remove(key);
+                self.counters.evicted_too_big += 1;
+                return Update::EvictedTooBig;
+            }
             self.counters.replaced += 1;
             return Update::Replaced;
         }
@@ -221,12 +233,14 @@ impl LastValueCache {
             self.counters.rejected_full += 1;
             return Update::RejectedFull;
         }
-        let mut entry = Entry {
-            data: Vec::with_capacity(need_data),
-            ends: Vec::with_capacity(frames.len()),
-        };
-        entry.fill(frames);
-        self.bytes += entry.footprint(key.len());
+        let mut entry = Entry::default();
+        entry.fill(frames, need_data);
+        let footprint = entry.footprint(key.len());
+        if self.bytes + footprint > self.limits.max_bytes {
+            self.counters.rejected_full += 1;
+            return Update::RejectedFull;
+        }
+        self.bytes += footprint;
         self.entries.insert(key.into(), entry);
         self.order.insert(key.into());
         self.counters.inserted += 1;
@@ -413,6 +427,34 @@ mod tests {
         let after = c.get(b"ESH6\0").and_then(|mut f| f.next()).map(|f| f.as_ptr());
         assert_eq!(ptr, after, "same buffer");
         assert_eq!(before, c.bytes());
+    }
+
+    proptest::proptest! {
+        /// Any traffic: no panic, limits hold, the byte count is exact, the
+        /// ordered key set and the map agree, answers match their prefix.
+        #[test]
+        fn limits_and_invariants_hold_for_any_traffic(
+            msgs in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(0u8..4, 0..12), 0..4), 0..200),
+            prefix in proptest::collection::vec(0u8..4, 0..4),
+            max_topics in 0usize..20, max_bytes in 0usize..600)
+        {
+            let mut c = LastValueCache::new(CacheLimits { max_topics, max_bytes });
+            for m in &msgs {
+                c.update(m);
+                proptest::prop_assert!(c.topics() <= max_topics);
+                proptest::prop_assert!(c.bytes() <= max_bytes);
+                let recount: usize = c.entries.iter().map(|(k, e)| e.footprint(k.len())).sum();
+                proptest::prop_assert_eq!(recount, c.bytes());
+                proptest::prop_assert_eq!(c.order.len(), c.entries.len());
+            }
+            let answers: Vec<Vec<u8>> = c.matching(&prefix).map(|mut f| f.next().unwrap_or_default().to_vec()).collect();
+            for first in &answers {
+                proptest::prop_assert!(first.starts_with(&prefix));
+            }
+            let brute = c.entries.values().filter(|e| e.frames().next().is_some_and(|f| f.starts_with(&prefix))).count();
+            proptest::prop_assert_eq!(answers.len(), brute, "range scan finds every match");
+        }
     }
 
     #[test]
