@@ -15,6 +15,8 @@
 //! ```text
 //! cargo run --release -- demo     # generated feed → replay → engine → report
 //! cargo test --release            # the test suite
+//! mdsub lvc --frontend bind:tcp://*:5556 --backend bind:tcp://*:5557   # last value cache
+//! mdsub tap --frontend bind:tcp://*:5556 --backend bind:tcp://*:5557   # print what passes
 //! ```
 
 pub mod agent;
