@@ -25,6 +25,8 @@
 //! | [`baseline`] | the plain single-thread SUB reader that benchmarks compare against | |
 //! | [`run`] | one measured run: in-process publisher → subscriber | |
 //! | [`agent`] | every long-running thread is an agent; one runner names, pins and idles them | (Aeron's agent model) |
+//! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
+//! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
 //! | [`zmqx`] | the few libzmq options the `zmq` crate does not expose, behind a safe face | |
 //! | [`cli`] | arguments and commands of the `mdsub` binary | |
 //!
@@ -35,6 +37,13 @@
 //! cargo test --release            # the test suite
 //! ```
 //!
+//! and the proxies, for example:
+//!
+//! ```text
+//! mdsub lvc --frontend bind:tcp://*:5556 --backend bind:tcp://*:5557   # last value cache
+//! mdsub tap --frontend bind:tcp://*:5556 --backend bind:tcp://*:5557   # print what passes
+//! ```
+//!
 //! Wire formats are specified in `docs/WIRE.md`; measured numbers and how to
 //! reproduce them are in `benches/README.md`.
 
@@ -43,9 +52,11 @@ pub mod baseline;
 pub mod cli;
 pub mod engine;
 pub mod feed;
+pub mod lvc;
 pub mod metrics;
 pub mod profile;
 pub mod replay;
 pub mod run;
+pub mod tap;
 pub mod wire;
 pub mod zmqx;

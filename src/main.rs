@@ -1,5 +1,6 @@
 //! The `mdsub` command line: parses arguments and calls the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mdsub::agent::StopFlag;
 use mdsub::cli;
@@ -33,6 +34,13 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
     /// Print what this build and host are: mdsub and libzmq versions, cores.
     Info,
+    /// Last Value Cache proxy: XSUB (publishers) ⇄ XPUB (subscribers), answering
+    /// each new subscription with the cached last value of every matching topic.
+    Lvc(mdsub::lvc::LvcArgs),
+    /// Throughput through the LVC vs direct PUB→SUB in the same run (lossless), as a ratio.
+    LvcBench(mdsub::lvc::bench::LvcBenchArgs),
+    /// Espresso tap: XSUB ⇄ XPUB proxy that prints, filters, counts or records what passes.
+    Tap(mdsub::tap::TapArgs),
 }
 
 fn main() {
@@ -47,6 +55,9 @@ fn main() {
         Cmd::Replay(a) => cli::replay(a, &stop),
         Cmd::Engine(a) => cli::engine(a, &stop).map(|_| ()),
         Cmd::Bench(a) => cli::bench::bench(a, &stop).map(|_| ()),
+        Cmd::Lvc(a) => mdsub::lvc::run(a.clone(), &stop).map(|_| ()).context("mdsub lvc"),
+        Cmd::LvcBench(a) => mdsub::lvc::bench::run(a.clone()).map(|_| ()).context("mdsub lvc-bench"),
+        Cmd::Tap(a) => mdsub::tap::run(a.clone(), &stop).map(|_| ()).context("mdsub tap"),
         Cmd::Info => {
             let m = cli::bench::Machine::here();
             println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);

@@ -5,6 +5,7 @@ use std::os::raw::{c_int, c_void};
 
 /// libzmq socket option numbers (zmq.h, 4.3.x) that have no setter in the crate.
 const ZMQ_XPUB_NODROP: c_int = 69;
+const ZMQ_XPUB_VERBOSER: c_int = 78;
 
 fn set_int_option(socket: &mut zmq::Socket, option: c_int, value: c_int) -> zmq::Result<()> {
     // SAFETY: the socket pointer is valid for the socket's lifetime, the option
@@ -29,6 +30,106 @@ fn set_int_option(socket: &mut zmq::Socket, option: c_int, value: c_int) -> zmq:
 /// so a publisher can wait and send again (lossless back-pressure).
 pub fn set_xpub_nodrop(socket: &mut zmq::Socket, on: bool) -> zmq::Result<()> {
     set_int_option(socket, ZMQ_XPUB_NODROP, on as c_int)
+}
+
+/// ZMQ_XPUB_VERBOSER: like ZMQ_XPUB_VERBOSE (every subscribe is passed up,
+/// duplicates included) and also every unsubscribe, so a proxy that forwards
+/// them upstream keeps its XSUB's per-prefix counts balanced.
+pub fn set_xpub_verboser(socket: &mut zmq::Socket, on: bool) -> zmq::Result<()> {
+    set_int_option(socket, ZMQ_XPUB_VERBOSER, on as c_int)
+}
+
+/// How a socket attaches to an endpoint, as written on the command line:
+/// `bind:tcp://127.0.0.1:*` or `connect:tcp://host:5556`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attach {
+    Bind(String),
+    Connect(String),
+}
+
+impl std::str::FromStr for Attach {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (how, endpoint) =
+            s.split_once(':').ok_or_else(|| format!("`{s}`: expected bind:ENDPOINT or connect:ENDPOINT"))?;
+        check_endpoint(endpoint)?;
+        match how {
+            "bind" => Ok(Attach::Bind(endpoint.to_string())),
+            "connect" => Ok(Attach::Connect(endpoint.to_string())),
+            other => Err(format!("`{s}`: `{other}` is neither bind nor connect")),
+        }
+    }
+}
+
+impl std::fmt::Display for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attach::Bind(e) => write!(f, "bind:{e}"),
+            Attach::Connect(e) => write!(f, "connect:{e}"),
+        }
+    }
+}
+
+impl Attach {
+    /// Bind or connect `socket`; returns the endpoint in effect (a bound
+    /// wildcard port comes back resolved).
+    pub fn apply(&self, socket: &zmq::Socket) -> zmq::Result<String> {
+        match self {
+            Attach::Bind(e) => bind_resolved(socket, e),
+            Attach::Connect(e) => socket.connect(e).map(|()| e.clone()),
+        }
+    }
+
+    /// `bound` or `connected`, for startup lines.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Attach::Bind(_) => "bound",
+            Attach::Connect(_) => "connected",
+        }
+    }
+}
+
+/// Receive one whole message (all its frames) into `frames` (cleared first,
+/// capacity kept) without blocking for the first frame. `Ok(false)`: nothing
+/// waiting (EAGAIN) or interrupted by a signal (EINTR).
+pub fn recv_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq::Result<bool> {
+    frames.clear();
+    let mut first = zmq::Message::new();
+    match socket.recv(&mut first, zmq::DONTWAIT) {
+        Ok(()) => {}
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let mut more = first.get_more();
+    frames.push(first);
+    while more {
+        // The frames of one message arrive together: this does not wait.
+        let mut next = zmq::Message::new();
+        loop {
+            match socket.recv(&mut next, 0) {
+                Err(zmq::Error::EINTR) => continue,
+                other => break other?,
+            }
+        }
+        more = next.get_more();
+        frames.push(next);
+    }
+    Ok(true)
+}
+
+/// Send one frame. XPUB, PUB and XSUB sends do not block (they drop at the
+/// HWM unless ZMQ_XPUB_NODROP), so a signal cannot interrupt them in practice.
+pub fn send_frame(socket: &zmq::Socket, frame: zmq::Message, more: bool) -> zmq::Result<()> {
+    socket.send(frame, if more { zmq::SNDMORE } else { 0 })
+}
+
+/// Send all of `frames` as one message (moves them out, capacity kept).
+pub fn send_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq::Result<()> {
+    let n = frames.len();
+    for (i, f) in frames.drain(..).enumerate() {
+        send_frame(socket, f, i + 1 < n)?;
+    }
+    Ok(())
 }
 
 /// Bind `socket` to `endpoint` and return the endpoint actually bound (so
@@ -85,6 +186,22 @@ mod tests {
         let s = ctx.socket(zmq::PUB).expect("pub");
         let ep = bind_resolved(&s, "tcp://127.0.0.1:*").expect("bind");
         assert!(ep.starts_with("tcp://127.0.0.1:") && !ep.ends_with('*'), "{ep}");
+    }
+
+    #[test]
+    fn verboser_sets_on_xpub() {
+        let ctx = zmq::Context::new();
+        let mut xpub = ctx.socket(zmq::XPUB).expect("xpub");
+        set_xpub_verboser(&mut xpub, true).expect("xpub takes VERBOSER");
+    }
+
+    #[test]
+    fn attach_parses() {
+        assert_eq!("bind:tcp://127.0.0.1:*".parse::<Attach>(), Ok(Attach::Bind("tcp://127.0.0.1:*".into())));
+        assert_eq!("connect:ipc:///tmp/x".parse::<Attach>(), Ok(Attach::Connect("ipc:///tmp/x".into())));
+        assert!("tcp://127.0.0.1:5".parse::<Attach>().is_err());
+        assert!("listen:tcp://127.0.0.1:5".parse::<Attach>().is_err());
+        assert!("bind:nope".parse::<Attach>().is_err());
     }
 
     #[test]

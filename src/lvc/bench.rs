@@ -1,0 +1,239 @@
+//! `mdsub lvc-bench`: throughput through the Last Value Cache proxy vs direct PUB→SUB.
+//!
+//! PUB → LVC (the guide's Last Value Cache, chapter 5) → SUB against PUB → SUB
+//! direct, in the same run, lossless (every SNDHWM and RCVHWM set explicitly
+//! to more than the messages sent), reported as a ratio.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::lvc::cache::CacheLimits;
+use crate::lvc::proxy::{LvcConfig, LvcProxy, LvcReport};
+use crate::lvc::LvcError;
+use crate::wire::{encode, frame_len, Header, Kind, HEADER_LEN};
+use crate::zmqx::{bind_resolved, Attach};
+
+/// `mdsub lvc-bench`: messages/s through the LVC vs direct PUB→SUB (TCP loopback).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LvcBenchArgs {
+    /// Messages per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Frame size in bytes (topic + NUL + 48-byte header + payload).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Distinct topics, cycled.
+    #[arg(long, default_value_t = 1000)]
+    pub topics: usize,
+    /// Runs (each measures direct, then through the LVC); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Give up on a measurement after this many seconds (reported as loss).
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+    /// Idle strategy of the LVC thread: spin, yield, backoff or block.
+    #[arg(long, default_value = "backoff")]
+    pub idle: String,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Measurement {
+    pub sent: u64,
+    pub delivered: u64,
+    pub elapsed: Duration,
+}
+
+impl Measurement {
+    pub fn msgs_per_s(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn berr(context: &'static str) -> impl FnOnce(zmq::Error) -> LvcError {
+    move |source| LvcError::Agent(crate::agent::AgentError::Zmq { role: "lvc-bench".into(), context, source })
+}
+
+const PROBE: &[u8] = b"_bench";
+
+fn frames(size: usize, topics: usize) -> Vec<Vec<u8>> {
+    (0..topics.max(1))
+        .map(|i| {
+            let topic = format!("B{i:05}");
+            let payload = size.saturating_sub(frame_len(topic.as_bytes(), 0));
+            let h = Header {
+                kind: Kind::Data,
+                flags: 0,
+                publisher_id: 1,
+                session_id: 1,
+                stream_seq: 0,
+                topic_seq: 0,
+                send_time_ns: 0,
+            };
+            encode(topic.as_bytes(), &h, &vec![0x5a; payload])
+        })
+        .collect()
+}
+
+/// Publish `messages` frames on `publisher` once `ready` is set (after probes),
+/// while a SUB on `sub_endpoint` counts them.
+fn measure(
+    publisher: zmq::Socket,
+    sub_ctx: &zmq::Context,
+    sub_endpoint: &str,
+    hwm: i32,
+    args: &LvcBenchArgs,
+) -> Result<Measurement, LvcError> {
+    let sub = sub_ctx.socket(zmq::SUB).map_err(berr("making the SUB"))?;
+    sub.set_rcvhwm(hwm).map_err(berr("setting RCVHWM"))?;
+    sub.set_rcvtimeo(100).map_err(berr("setting RCVTIMEO"))?;
+    sub.connect(sub_endpoint).map_err(berr("connecting the SUB"))?;
+    sub.set_subscribe(b"").map_err(berr("subscribing"))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let start: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let (ready_p, start_p) = (ready.clone(), start.clone());
+    let fs = frames(args.size, args.topics);
+    let messages = args.messages;
+    let probe = encode(
+        PROBE,
+        &Header {
+            kind: Kind::Heartbeat,
+            flags: 0,
+            publisher_id: 1,
+            session_id: 1,
+            stream_seq: 0,
+            topic_seq: 0,
+            send_time_ns: 0,
+        },
+        b"",
+    );
+    let pub_thread = std::thread::Builder::new()
+        .name("bench-pub".into())
+        .spawn(move || -> zmq::Result<()> {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while !ready_p.load(Ordering::Acquire) && Instant::now() < give_up {
+                publisher.send(&probe[..], 0)?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if let Ok(mut s) = start_p.lock() {
+                *s = Some(Instant::now());
+            }
+            for i in 0..messages {
+                let f = &fs[(i % fs.len() as u64) as usize];
+                publisher.send(&f[..], 0)?;
+            }
+            // Keep the socket open until the subscriber is done (linger default).
+            Ok(())
+        })
+        .map_err(|source| LvcError::Thread { role: "bench-pub", source })?;
+
+    let mut msg = zmq::Message::new();
+    let mut delivered = 0u64;
+    let mut last = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    while delivered < messages && Instant::now() < deadline {
+        match sub.recv(&mut msg, 0) {
+            Ok(()) => {
+                if msg.len() > PROBE.len() && msg.starts_with(PROBE) && msg[PROBE.len()] == 0 {
+                    ready.store(true, Ordering::Release);
+                } else {
+                    delivered += 1;
+                    last = Instant::now();
+                }
+            }
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {}
+            Err(e) => return Err(berr("receiving")(e)),
+        }
+    }
+    ready.store(true, Ordering::Release);
+    let _ = pub_thread.join();
+    let started = start.lock().ok().and_then(|s| *s).unwrap_or(last);
+    Ok(Measurement { sent: messages, delivered, elapsed: last.saturating_duration_since(started) })
+}
+
+fn make_pub(ctx: &zmq::Context, hwm: i32) -> Result<(zmq::Socket, String), LvcError> {
+    let p = ctx.socket(zmq::PUB).map_err(berr("making the PUB"))?;
+    p.set_sndhwm(hwm).map_err(berr("setting SNDHWM"))?;
+    let ep = bind_resolved(&p, "tcp://127.0.0.1:*").map_err(berr("binding the PUB"))?;
+    Ok((p, ep))
+}
+
+fn direct(args: &LvcBenchArgs, hwm: i32) -> Result<Measurement, LvcError> {
+    let (pub_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new());
+    let (p, ep) = make_pub(&pub_ctx, hwm)?;
+    measure(p, &sub_ctx, &ep, hwm, args)
+}
+
+fn via_lvc(args: &LvcBenchArgs, hwm: i32) -> Result<(Measurement, LvcReport), LvcError> {
+    let (pub_ctx, lvc_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
+    let (p, ep) = make_pub(&pub_ctx, hwm)?;
+    let config = LvcConfig {
+        frontend: vec![Attach::Connect(ep)],
+        backend: vec![Attach::Bind("tcp://127.0.0.1:*".into())],
+        limits: CacheLimits::default(),
+        hwm_msgs: hwm,
+    };
+    let shared = Arc::new(Mutex::new(LvcReport::default()));
+    let proxy = LvcProxy::new(&lvc_ctx, &config, shared.clone())?;
+    let back = proxy.endpoints.iter().find(|e| e.0 == "backend").map(|e| e.2.clone()).unwrap_or_default();
+    let stop = StopFlag::new();
+    let idle = IdleStrategy::from_name(&args.idle).ok_or_else(|| LvcError::BadIdle(args.idle.clone()))?;
+    let spec = RunSpec { core: None, idle };
+    let handle = Runner::spawn("lvc-proxy", spec, stop.clone(), move || Ok(proxy))
+        .map_err(|source| LvcError::Thread { role: "lvc-proxy", source })?;
+    let m = measure(p, &sub_ctx, &back, hwm, args);
+    stop.stop();
+    let joined = handle.join().map_err(|_| LvcError::Panicked { role: "lvc-proxy" })?;
+    joined?;
+    let report = *shared.lock().unwrap_or_else(|p| p.into_inner());
+    Ok((m?, report))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Run the comparison and print one line per measurement and the medians.
+pub fn run(args: LvcBenchArgs) -> Result<(), LvcError> {
+    let size = args.size.max(frame_len(b"B00000", 0));
+    let args = LvcBenchArgs { size, ..args };
+    let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
+    println!(
+        "lvc-bench: {} messages of {} bytes ({} topics, header {HEADER_LEN} B), TCP loopback, \
+         SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs",
+        args.messages, args.size, args.topics, args.runs
+    );
+    let (mut d, mut l, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=args.runs.max(1) {
+        let md = direct(&args, hwm)?;
+        let (ml, report) = via_lvc(&args, hwm)?;
+        let ratio = ml.msgs_per_s() / md.msgs_per_s().max(1e-9);
+        println!(
+            "run {run}: direct {:.3} M msg/s ({}/{} delivered), via lvc {:.3} M msg/s ({}/{} delivered, \
+             {} cached topics), ratio {ratio:.2}",
+            md.msgs_per_s() / 1e6,
+            md.delivered,
+            md.sent,
+            ml.msgs_per_s() / 1e6,
+            ml.delivered,
+            ml.sent,
+            report.topics
+        );
+        if md.delivered < md.sent || ml.delivered < ml.sent {
+            println!("run {run}: LOSS — this run is not a result");
+        }
+        d.push(md.msgs_per_s());
+        l.push(ml.msgs_per_s());
+        r.push(ratio);
+    }
+    println!(
+        "median: direct {:.3} M msg/s, via lvc {:.3} M msg/s, ratio {:.2}",
+        median(d) / 1e6,
+        median(l) / 1e6,
+        median(r)
+    );
+    Ok(())
+}

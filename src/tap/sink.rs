@@ -1,0 +1,370 @@
+//! Espresso tap sink agent (guide, chapter 5): prints, counts or records what the proxy captured.
+//!
+//! Takes captured messages off the bounded channel and prints them decoded,
+//! counts them per topic, and/or records them to a capture file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use crate::agent::{Agent, AgentError, Step};
+use crate::tap::proxy::Captured;
+use crate::wire::capture::{CaptureWriter, MAX_RECORD_LEN};
+use crate::wire::{decode, now_ns, Kind, FLAG_FROM_CACHE};
+
+/// Bytes of a foreign message shown in hex.
+pub const HEX_PREVIEW_BYTES: usize = 16;
+/// Most distinct topics counted in `--stats`; the rest count under `(other)`.
+pub const MAX_STATS_TOPICS: usize = 10_000;
+/// Stats refresh interval, ns.
+pub const STATS_INTERVAL_NS: u64 = 1_000_000_000;
+/// Captured items handled per `do_work`.
+pub const BATCH_ITEMS: usize = 1024;
+
+/// What the sink shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// One line per message and per (un)subscription.
+    Lines,
+    /// Counts per topic, refreshed once a second.
+    Stats,
+    /// Nothing (record only).
+    Nothing,
+}
+
+/// Counters of the sink side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapSinkReport {
+    pub messages: u64,
+    pub subscriptions: u64,
+    pub unsubscriptions: u64,
+    pub recorded_frames: u64,
+    pub record_errors: u64,
+    /// Messages not recorded because a frame exceeds the capture format's limit.
+    pub record_skipped_too_large: u64,
+}
+
+/// Write `bytes` as a quoted string, escaping what is not printable ASCII.
+pub fn escape_into(out: &mut String, bytes: &[u8]) {
+    out.push('"');
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out.push('"');
+}
+
+fn hex_into(out: &mut String, bytes: &[u8]) {
+    for (i, b) in bytes.iter().take(HEX_PREVIEW_BYTES).enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let _ = write!(out, "{b:02x}");
+    }
+    if bytes.len() > HEX_PREVIEW_BYTES {
+        out.push_str(" …");
+    }
+}
+
+/// One line for a captured item (no newline).
+pub fn format_line(out: &mut String, item: &Captured) {
+    out.clear();
+    match item {
+        Captured::Subscription { subscribe, prefix, .. } => {
+            out.push_str(if *subscribe { "subscribe prefix=" } else { "unsubscribe prefix=" });
+            escape_into(out, prefix);
+        }
+        Captured::Message { frames, recv_ns } => {
+            let size: usize = frames.iter().map(Vec::len).sum();
+            let decoded = match &frames[..] {
+                [only] => decode(only).ok(),
+                _ => None,
+            };
+            if let Some(v) = decoded {
+                let h = &v.header;
+                let lag_us = (*recv_ns as i128 - h.send_time_ns as i128) / 1000;
+                let kind = match h.kind {
+                    Kind::Data => "data",
+                    Kind::Heartbeat => "heartbeat",
+                    Kind::EndOfStream => "end",
+                };
+                let _ = write!(
+                    out,
+                    "msg topic={} kind={kind} pub={} session={:x} seq={} topic_seq={} lag_us={lag_us} size={size}",
+                    v.topic_str(),
+                    h.publisher_id,
+                    h.session_id,
+                    h.stream_seq,
+                    h.topic_seq
+                );
+                if h.flags & FLAG_FROM_CACHE != 0 {
+                    out.push_str(" from_cache");
+                }
+            } else {
+                let (first, rest) = match &frames[..] {
+                    [first, rest @ ..] => (&first[..], rest),
+                    [] => (&[][..], &[][..]),
+                };
+                out.push_str("msg foreign topic=");
+                escape_into(out, &first[..first.len().min(64)]);
+                let _ = write!(out, " frames={} size={size} hex=", frames.len());
+                match rest.first() {
+                    Some(body) => hex_into(out, body),
+                    None => hex_into(out, first),
+                }
+            }
+        }
+    }
+}
+
+/// The stats key of a message: the mdsub topic, or the foreign first frame (≤ 64 bytes).
+fn stats_key(frames: &[Vec<u8>]) -> Vec<u8> {
+    match frames {
+        [only] => match decode(only) {
+            Ok(v) => v.topic.to_vec(),
+            Err(_) => only[..only.len().min(64)].to_vec(),
+        },
+        [first, ..] => first[..first.len().min(64)].to_vec(),
+        [] => Vec::new(),
+    }
+}
+
+/// The sink agent.
+pub struct TapSink {
+    rx: Receiver<Captured>,
+    show: Show,
+    recorder: Option<CaptureWriter<BufWriter<File>>>,
+    out: BufWriter<std::io::Stdout>,
+    line: String,
+    stats: BTreeMap<Vec<u8>, u64>,
+    stats_other: u64,
+    stats_start_ns: u64,
+    last_stats_ns: u64,
+    pending: Option<Captured>,
+    dirty: bool,
+    report: TapSinkReport,
+    shared: Arc<Mutex<TapSinkReport>>,
+}
+
+impl TapSink {
+    pub fn new(
+        rx: Receiver<Captured>,
+        show: Show,
+        recorder: Option<CaptureWriter<BufWriter<File>>>,
+        shared: Arc<Mutex<TapSinkReport>>,
+    ) -> Self {
+        let now = now_ns();
+        TapSink {
+            rx,
+            show,
+            recorder,
+            out: BufWriter::new(std::io::stdout()),
+            line: String::with_capacity(256),
+            stats: BTreeMap::new(),
+            stats_other: 0,
+            stats_start_ns: now,
+            last_stats_ns: now,
+            pending: None,
+            dirty: false,
+            report: TapSinkReport::default(),
+            shared,
+        }
+    }
+
+    fn handle(&mut self, item: Captured) {
+        match &item {
+            Captured::Subscription { subscribe: true, .. } => self.report.subscriptions += 1,
+            Captured::Subscription { subscribe: false, .. } => self.report.unsubscriptions += 1,
+            Captured::Message { frames, recv_ns } => {
+                self.report.messages += 1;
+                let fits = frames.iter().all(|f| f.len() <= MAX_RECORD_LEN as usize);
+                if self.recorder.is_some() && !fits {
+                    self.report.record_skipped_too_large += 1;
+                } else if let Some(w) = self.recorder.as_mut() {
+                    let n = frames.len();
+                    for (i, f) in frames.iter().enumerate() {
+                        if let Err(e) = w.write_frame(f, i + 1 < n, *recv_ns) {
+                            eprintln!("tap: recording stopped: {e}");
+                            self.report.record_errors += 1;
+                            self.recorder = None;
+                            break;
+                        }
+                        self.report.recorded_frames += 1;
+                    }
+                }
+                if self.show == Show::Stats {
+                    let key = stats_key(frames);
+                    if let Some(c) = self.stats.get_mut(&key) {
+                        *c += 1;
+                    } else if self.stats.len() < MAX_STATS_TOPICS {
+                        self.stats.insert(key, 1);
+                    } else {
+                        self.stats_other += 1;
+                    }
+                }
+            }
+        }
+        if self.show == Show::Lines {
+            format_line(&mut self.line, &item);
+            let _ = writeln!(self.out, "{}", self.line);
+        }
+        self.dirty = true;
+    }
+
+    fn print_stats(&mut self, now_ns: u64) {
+        let elapsed_s = now_ns.saturating_sub(self.stats_start_ns) as f64 / 1e9;
+        let total: u64 = self.stats.values().sum::<u64>() + self.stats_other;
+        let _ = writeln!(
+            self.out,
+            "stats elapsed_s={elapsed_s:.1} topics={} messages={total} subscriptions={} unsubscriptions={}",
+            self.stats.len(),
+            self.report.subscriptions,
+            self.report.unsubscriptions
+        );
+        for (topic, count) in &self.stats {
+            self.line.clear();
+            escape_into(&mut self.line, topic);
+            let _ = writeln!(self.out, "  {} {count}", self.line);
+        }
+        if self.stats_other > 0 {
+            let _ = writeln!(self.out, "  (other) {}", self.stats_other);
+        }
+        let _ = self.out.flush();
+    }
+
+    fn flush(&mut self) {
+        if self.dirty {
+            let _ = self.out.flush();
+            if let Some(w) = self.recorder.as_mut() {
+                if let Err(e) = w.flush() {
+                    eprintln!("tap: recording stopped: {e}");
+                    self.report.record_errors += 1;
+                    self.recorder = None;
+                }
+            }
+            self.dirty = false;
+        }
+        if let Ok(mut s) = self.shared.lock() {
+            *s = self.report;
+        }
+    }
+}
+
+impl Agent for TapSink {
+    fn role(&self) -> &str {
+        "tap-sink"
+    }
+
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        let mut done = 0;
+        if let Some(item) = self.pending.take() {
+            self.handle(item);
+            done += 1;
+        }
+        let mut finished = false;
+        while done < BATCH_ITEMS {
+            match self.rx.try_recv() {
+                Ok(item) => {
+                    self.handle(item);
+                    done += 1;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        if self.show == Show::Stats {
+            let now = now_ns();
+            if now.saturating_sub(self.last_stats_ns) >= STATS_INTERVAL_NS {
+                self.last_stats_ns = now;
+                self.print_stats(now);
+            }
+        }
+        if done < BATCH_ITEMS {
+            self.flush();
+        }
+        if finished {
+            return Ok(Step::Finished);
+        }
+        Ok(Step::Worked(done))
+    }
+
+    fn idle_wait(&mut self, timeout: Duration) {
+        match self.rx.recv_timeout(timeout) {
+            Ok(item) => self.pending = Some(item),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+    }
+
+    fn on_close(&mut self) {
+        while let Ok(item) = self.rx.try_recv() {
+            self.handle(item);
+        }
+        if self.show == Show::Stats {
+            self.print_stats(now_ns());
+        }
+        self.dirty = true;
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{encode, Header};
+
+    #[test]
+    fn lines_for_mdsub_foreign_and_subscriptions() {
+        let h = Header {
+            kind: Kind::Data,
+            flags: FLAG_FROM_CACHE,
+            publisher_id: 3,
+            session_id: 0xab,
+            stream_seq: 42,
+            topic_seq: 7,
+            send_time_ns: 1_000_000,
+        };
+        let mut line = String::new();
+        let m = Captured::Message { frames: vec![encode(b"ESH6", &h, b"xy")], recv_ns: 3_000_000 };
+        format_line(&mut line, &m);
+        assert_eq!(line, "msg topic=ESH6 kind=data pub=3 session=ab seq=42 topic_seq=7 lag_us=2000 size=55 from_cache");
+        let f = Captured::Message { frames: vec![b"001".to_vec(), b"Save Roger".to_vec()], recv_ns: 0 };
+        format_line(&mut line, &f);
+        assert_eq!(line, "msg foreign topic=\"001\" frames=2 size=13 hex=53 61 76 65 20 52 6f 67 65 72");
+        let s = Captured::Subscription { subscribe: true, prefix: b"ESH6\0".to_vec(), recv_ns: 0 };
+        format_line(&mut line, &s);
+        assert_eq!(line, "subscribe prefix=\"ESH6\\x00\"");
+        let empty = Captured::Message { frames: vec![], recv_ns: 0 };
+        format_line(&mut line, &empty);
+        assert!(line.starts_with("msg foreign"), "{line}");
+    }
+
+    #[test]
+    fn stats_keys() {
+        let h = Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 3,
+            session_id: 1,
+            stream_seq: 1,
+            topic_seq: 1,
+            send_time_ns: 0,
+        };
+        assert_eq!(stats_key(&[encode(b"ESH6", &h, b"")]), b"ESH6");
+        assert_eq!(stats_key(&[b"001".to_vec(), b"x".to_vec()]), b"001");
+        assert_eq!(stats_key(&[]), b"");
+    }
+}

@@ -1,0 +1,277 @@
+//! `mdsub lvc` over real sockets with a real process: late joiners get cached
+//! values within 1 s (exact topic, prefix, second subscriber), foreign
+//! multipart traffic, and the topic limit.
+
+mod common;
+mod proxy_support;
+
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mdsub::wire::{decode, FLAG_FROM_CACHE};
+use proxy_support::*;
+
+const ONE_S: Duration = Duration::from_secs(1);
+
+enum Cmd {
+    /// Publish a new value of this topic now.
+    Tick(String),
+    /// Publish a probe with this payload.
+    Probe(Vec<u8>),
+    /// Publish these frames as one message.
+    Raw(Vec<Vec<u8>>),
+}
+
+/// Every frame the publisher sent per topic, oldest first.
+type Sent = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
+
+/// The guide's pathological publisher: every topic once at start, then one
+/// random topic per second; plus commands from the test.
+struct PathoPub {
+    tx: Option<Sender<Cmd>>,
+    thread: Option<JoinHandle<()>>,
+    sent: Sent,
+}
+
+impl PathoPub {
+    fn start(socket: zmq::Socket, topics: Vec<String>) -> PathoPub {
+        let (tx, rx) = channel::<Cmd>();
+        let sent: Sent = Arc::default();
+        let record = sent.clone();
+        let thread = std::thread::spawn(move || {
+            let mut stream_seq = 0u64;
+            let mut topic_seqs: HashMap<String, u64> = HashMap::new();
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let mut publish = |topic: &str| {
+                stream_seq += 1;
+                let ts = topic_seqs.entry(topic.to_string()).or_insert(0);
+                *ts += 1;
+                let f = frame(topic, stream_seq, *ts, format!("value {stream_seq}").as_bytes());
+                record.lock().expect("lock").entry(topic.to_string()).or_default().push(f.clone());
+                socket.send(f, 0).expect("publish");
+            };
+            for t in &topics {
+                publish(t);
+            }
+            loop {
+                match rx.recv_timeout(ONE_S) {
+                    Ok(Cmd::Tick(t)) => publish(&t),
+                    Ok(Cmd::Probe(marker)) => socket.send(frame(PROBE, 0, 0, &marker), 0).expect("probe"),
+                    Ok(Cmd::Raw(frames)) => socket.send_multipart(frames, 0).expect("raw"),
+                    Err(RecvTimeoutError::Timeout) => {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let t = topics[(rng % topics.len() as u64) as usize].clone();
+                        publish(&t);
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        });
+        PathoPub { tx: Some(tx), thread: Some(thread), sent }
+    }
+
+    fn send(&self, cmd: Cmd) {
+        self.tx.as_ref().expect("running").send(cmd).expect("publisher thread alive");
+    }
+
+    /// Whether `cached` (with FROM_CACHE cleared) is a frame that was published for `topic`.
+    fn was_sent(&self, topic: &str, cached: &[u8]) -> bool {
+        let mut plain = cached.to_vec();
+        let at = mdsub::wire::flags_offset(topic.len());
+        plain[at] &= !(FLAG_FROM_CACHE as u8);
+        self.sent.lock().expect("lock").get(topic).is_some_and(|v| v.contains(&plain))
+    }
+}
+
+impl Drop for PathoPub {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn topics(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("P{i:03}")).collect()
+}
+
+/// Start an LVC, a pathological publisher on it, and wait until the LVC has
+/// seen the whole opening burst (a probe sent after it came through).
+fn lvc_with_burst(extra: &[&str]) -> (Proxy, zmq::Context, PathoPub, zmq::Socket) {
+    let lvc = start("lvc", extra);
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &lvc.frontend);
+    let probe_sub = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
+    handshake(&publisher, &probe_sub);
+    let patho = PathoPub::start(publisher, topics(1000));
+    patho.send(Cmd::Probe(b"burst done".to_vec()));
+    until_probe(&probe_sub, Duration::from_secs(10), Some(b"burst done"));
+    (lvc, ctx, patho, probe_sub)
+}
+
+fn topic_of(m: &[Vec<u8>]) -> String {
+    decode(&m[0]).expect("an mdsub frame").topic_str().to_string()
+}
+
+fn assert_from_cache(m: &[Vec<u8>]) {
+    let v = decode(&m[0]).expect("an mdsub frame");
+    assert!(v.header.flags & FLAG_FROM_CACHE != 0, "{} not marked FROM_CACHE", v.topic_str());
+}
+
+/// The value of `name=` in a counters line.
+fn counter(line: &str, name: &str) -> u64 {
+    let tag = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&tag))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name} in {line}"))
+}
+
+#[test]
+fn late_subscribers_get_cached_values_within_1s_exact_prefix_and_second_subscriber() {
+    let (mut lvc, ctx, patho, _probe_sub) = lvc_with_burst(&[]);
+
+    // Exact topic: `P123\0` answers P123 only.
+    let t0 = Instant::now();
+    let a = subscriber(&ctx, &lvc.backend, &[b"P123\0", b"_probe\0"]);
+    let got = until_probe(&a, ONE_S, None);
+    assert_eq!(got.len(), 1, "exactly one cached value for P123");
+    assert_eq!(topic_of(&got[0]), "P123");
+    assert_from_cache(&got[0]);
+    assert!(patho.was_sent("P123", &got[0][0]), "cached value is a published one, sequences kept");
+    assert!(t0.elapsed() < ONE_S, "served in {:?}", t0.elapsed());
+
+    // Prefix: `P12` answers P120..P129, in topic order.
+    let t0 = Instant::now();
+    let b = subscriber(&ctx, &lvc.backend, &[b"P12", b"_probe\0"]);
+    let got = until_probe(&b, ONE_S, None);
+    let names: Vec<String> = got.iter().map(|m| topic_of(m)).collect();
+    let want: Vec<String> = (120..130).map(|i| format!("P{i}")).collect();
+    assert_eq!(names, want);
+    for m in &got {
+        assert_from_cache(m);
+        assert!(patho.was_sent(&topic_of(m), &m[0]));
+    }
+    assert!(t0.elapsed() < ONE_S, "served in {:?}", t0.elapsed());
+    // B's answer went to every matching subscriber (libzmq's XPUB), so A got
+    // P123 again: a duplicate, marked FROM_CACHE, with the sequences it has.
+    let dup = until_probe(&a, ONE_S, None);
+    assert_eq!(dup.len(), 1, "A sees B's answer for P123 once, nothing else");
+    assert_eq!(topic_of(&dup[0]), "P123");
+    assert_from_cache(&dup[0]);
+    assert_eq!(dup[0], got.iter().find(|m| topic_of(m) == "P123").expect("B got P123").clone());
+
+    // A second subscriber to the same topic is served too (XPUB_VERBOSE)...
+    let t0 = Instant::now();
+    let c = subscriber(&ctx, &lvc.backend, &[b"P123\0", b"_probe\0"]);
+    let got = until_probe(&c, ONE_S, None);
+    assert_eq!(got.len(), 1);
+    assert_eq!(topic_of(&got[0]), "P123");
+    assert!(t0.elapsed() < ONE_S, "served in {:?}", t0.elapsed());
+    // ...and libzmq hands the re-sent value to the first one as well: a
+    // duplicate, marked FROM_CACHE, with the sequences it already has.
+    let dup = until_probe(&a, ONE_S, None);
+    assert_eq!(dup.len(), 1, "first subscriber sees the re-sent value once");
+    assert_from_cache(&dup[0]);
+    assert!(patho.was_sent("P123", &dup[0][0]));
+
+    // Then live traffic: a new P123 reaches both, not marked.
+    patho.send(Cmd::Tick("P123".into()));
+    for s in [&a, &c] {
+        let mut m = recv_within(s, ONE_S, "live P123");
+        while is_probe(&m, None) {
+            m = recv_within(s, ONE_S, "live P123");
+        }
+        let v = decode(&m[0]).expect("frame");
+        assert_eq!(v.topic, b"P123");
+        assert_eq!(v.header.flags & FLAG_FROM_CACHE, 0, "live traffic is not marked");
+        assert!(v.header.stream_seq > 1000, "a new value, seq {}", v.header.stream_seq);
+    }
+
+    let (out, _) = stop(&mut lvc);
+    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "topics"), 1001, "{last}");
+    assert_eq!(counter(last, "rejected_full"), 0, "{last}");
+    assert!(counter(last, "cache_answers") >= 12, "{last}");
+}
+
+#[test]
+fn foreign_multipart_traffic_is_cached_whole() {
+    let (mut lvc, ctx, patho, probe_sub) = lvc_with_burst(&[]);
+    let raw = |v: &[&[u8]]| v.iter().map(|f| f.to_vec()).collect::<Vec<_>>();
+    patho.send(Cmd::Raw(raw(&[b"F001", b"Save Roger"])));
+    patho.send(Cmd::Raw(raw(&[b"F002", b"part one", b"part two"])));
+    patho.send(Cmd::Raw(raw(&[b"F001", b"Save Roger again"])));
+    patho.send(Cmd::Raw(raw(&[b"10001 23 45"])));
+    patho.send(Cmd::Probe(b"foreign done".to_vec()));
+    until_probe(&probe_sub, Duration::from_secs(5), Some(b"foreign done"));
+
+    let t0 = Instant::now();
+    let s = subscriber(&ctx, &lvc.backend, &[b"F00", b"_probe\0"]);
+    let got = until_probe(&s, ONE_S, None);
+    assert_eq!(
+        got,
+        vec![raw(&[b"F001", b"Save Roger again"]), raw(&[b"F002", b"part one", b"part two"])],
+        "whole messages, byte for byte, last value per topic, topic order"
+    );
+    assert!(t0.elapsed() < ONE_S);
+
+    let (out, _) = stop(&mut lvc);
+    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "uncacheable"), 1, "one-frame foreign message without NUL: {last}");
+}
+
+#[test]
+fn topic_limit_holds() {
+    let (mut lvc, ctx, _patho, _probe_sub) = lvc_with_burst(&["--max-topics", "10"]);
+    // The probe topic took the first slot; nine P topics fit.
+    let s = subscriber(&ctx, &lvc.backend, &[b"P", b"_probe\0"]);
+    let got = until_probe(&s, ONE_S, None);
+    let names: Vec<String> = got.iter().map(|m| topic_of(m)).collect();
+    assert_eq!(names, topics(9));
+
+    let (out, err) = stop(&mut lvc);
+    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "topics"), 10, "{last}");
+    // 991 P topics did not fit (more if a once-a-second tick hit one of them).
+    assert!(counter(last, "rejected_full") >= 991, "{last}");
+    assert!(err.iter().any(|l| l.contains("cache limit hit")), "a log line when the limit is hit: {err:?}");
+}
+
+#[test]
+fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).expect("pub");
+    publisher.set_sndhwm(100_000).expect("sndhwm");
+    let ep = mdsub::zmqx::bind_resolved(&publisher, "tcp://127.0.0.1:*").expect("bind");
+    let mut lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
+    assert_eq!(lvc.frontend, ep, "startup line names the connected endpoint");
+    let probe_sub = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
+    handshake(&publisher, &probe_sub);
+    let value = frame("ESH6", 1, 1, b"last");
+    publisher.send(&value[..], 0).expect("publish");
+    publisher.send(frame(PROBE, 0, 0, b"sent"), 0).expect("probe");
+    until_probe(&probe_sub, ONE_S, Some(b"sent"));
+
+    let t0 = Instant::now();
+    let s = subscriber(&ctx, &lvc.backend, &[b"ESH6\0", b"_probe\0"]);
+    let got = until_probe(&s, ONE_S, None);
+    assert_eq!(got.len(), 1);
+    assert!(t0.elapsed() < ONE_S);
+    let mut plain = got[0][0].clone();
+    plain[mdsub::wire::flags_offset(4)] &= !(FLAG_FROM_CACHE as u8);
+    assert_eq!(plain, value, "the published bytes, only the FROM_CACHE flag added");
+
+    lvc.proc.signal(15);
+    let status = lvc.proc.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let out = rest_lines(&lvc.stdout, Duration::from_secs(5));
+    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "topics"), 2, "{last}");
+}
