@@ -42,7 +42,8 @@ fn steady_state_makes_no_allocation_per_message() {
         shards: vec![ShardConfig { endpoints: eps, subscribe: vec![], io_core: None, reader_core: None }],
         worker_cores: vec![None, None],
         expect_eos_per_shard: Some(0),
-        metrics_interval: Duration::from_secs(3600),
+        // Ship histograms often, so the window covers many metric intervals.
+        metrics_interval: Duration::from_millis(10),
         ..EngineConfig::default()
     };
     let stop = StopFlag::new();

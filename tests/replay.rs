@@ -117,22 +117,54 @@ fn damaged_capture_sends_the_intact_prefix_and_names_the_offset() {
     assert_eq!(got.len(), records.len() - 2, "all but the damaged last message");
     assert!(got[..] == records[..records.len() - 2]);
     let mut proc = p.proc;
+    let mut stderr = proc.child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
     let status = proc.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1));
-    let mut err = String::new();
-    use std::io::Read;
-    proc.child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+    let err = reader.join().expect("stderr reader");
     assert!(err.contains("truncated at byte offset"), "{err}");
     assert!(err.contains("cut.mdcap"), "error names the file: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn run_err(args: &[&str]) -> (Option<i32>, String) {
-    let out = mdsub().args(args).output().expect("run mdsub");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (code, _, err) = run_within("mdsub", mdsub().args(args), Duration::from_secs(60));
     assert!(!err.contains("panicked"), "mdsub {args:?} panicked: {err}");
     assert_eq!(err.trim().lines().filter(|l| l.contains("error")).count(), 1, "one error line: {err}");
-    (out.status.code(), err)
+    (code, err)
+}
+
+#[test]
+fn verbatim_capture_replay_into_the_engine_accounts_every_message() {
+    let dir = std::env::temp_dir().join(format!("mdsub-capeng-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("in.mdcap");
+    let records = write_capture(&path);
+    let data = records.iter().filter(|(f, _)| wire::decode(f).is_ok()).count() as u64;
+    let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--connect", &eps[0]]);
+    let engine = LineProc::spawn("engine", &mut cmd);
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    // Recorded frames keep their publisher and session; the replay's end of
+    // stream counts the mdsub data frames it sent; foreign frames are bad frames.
+    assert_eq!(r["sent"].as_u64(), Some(data), "{r}");
+    assert_eq!(r["delivered"].as_u64(), Some(data), "{r}");
+    assert_eq!(r["lost"].as_u64(), Some(0), "{r}");
+    assert_eq!(r["gaps"].as_u64(), Some(0));
+    let foreign = (records.len() as u64) - data;
+    let bad: u64 = r["bad_frames"].as_object().expect("bad frames").values().filter_map(|v| v.as_u64()).sum();
+    assert_eq!(bad, foreign, "every foreign frame is counted, none silently: {r}");
+    let (status, _) = replay.finish(Duration::from_secs(20));
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -178,9 +210,13 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
 
 #[test]
 fn demo_reports_zero_loss_as_json() {
-    let out = mdsub().args(["demo", "--duration", "1s", "--rate", "20000", "--json"]).output().expect("demo");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = json(&String::from_utf8_lossy(&out.stdout));
+    let (code, out, err) = run_within(
+        "demo",
+        mdsub().args(["demo", "--duration", "1s", "--rate", "20000", "--json"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
     assert_eq!(r["sent"].as_u64(), Some(20_000), "{r}");
     assert_eq!(r["delivered"].as_u64(), Some(20_000));
     assert_eq!(r["lost"].as_u64(), Some(0));
@@ -189,9 +225,13 @@ fn demo_reports_zero_loss_as_json() {
 
 #[test]
 fn bench_prints_engine_and_baseline_with_ratios() {
-    let out = mdsub().args(["bench", "--count", "20k", "--repeats", "1", "--json"]).output().expect("bench");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = json(&String::from_utf8_lossy(&out.stdout));
+    let (code, out, err) = run_within(
+        "bench",
+        mdsub().args(["bench", "--count", "20k", "--repeats", "1", "--json"]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
     let runs = r["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 3, "baseline, engine/batch, engine/per-message");
     for run in runs {

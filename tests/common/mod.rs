@@ -158,3 +158,24 @@ pub fn start_replay(name: &str, shards: usize, extra: &[&str]) -> (LineProc, Vec
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// Run `cmd` to completion within `deadline` (killed by pid otherwise);
+/// returns (exit code, stdout, stderr).
+pub fn run_within(name: &str, cmd: &mut Command, deadline: Duration) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut p = Proc::spawn(name, cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let mut out = p.child.stdout.take().expect("stdout");
+    let mut err = p.child.stderr.take().expect("stderr");
+    let o = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let e = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = p.wait_exit(deadline);
+    (status.code(), o.join().unwrap_or_default(), e.join().unwrap_or_default())
+}
