@@ -210,8 +210,10 @@ pub struct ReplayArgs {
     /// Replay a capture file (from `mdsub tap --record`) instead of generating.
     #[arg(long = "from")]
     pub from: Option<PathBuf>,
-    /// With --from: give mdsub data frames fresh sequences and send times
-    /// (needed to measure latency); without it frames go out byte for byte.
+    /// With --from: give mdsub data frames this publisher's own sequences and
+    /// fresh intended send times (so latency is measured from now); without it
+    /// frames go out byte for byte, keeping their recorded publisher, session
+    /// and send time.
     #[arg(long, requires = "from")]
     pub restamp: bool,
     /// With --from: keep the recorded gaps between frames instead of --rate.
