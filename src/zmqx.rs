@@ -132,6 +132,45 @@ pub fn send_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq
     Ok(())
 }
 
+/// The two sockets of a pub-sub proxy (the LVC, the tap), attached.
+pub struct ProxySockets {
+    /// XSUB toward the publishers.
+    pub frontend: zmq::Socket,
+    /// XPUB toward the subscribers, VERBOSE and VERBOSER: every subscribe and
+    /// unsubscribe reaches the proxy, so it can answer and forward each.
+    pub backend: zmq::Socket,
+    /// Endpoints in effect, frontend then backend, as `(side, verb, endpoint)`.
+    pub endpoints: Vec<(&'static str, &'static str, String)>,
+}
+
+/// Make and attach a proxy's sockets with SNDHWM = RCVHWM = `hwm_msgs` and
+/// LINGER 0. An error names what was being done.
+pub fn proxy_sockets(
+    ctx: &zmq::Context,
+    frontend: &[Attach],
+    backend: &[Attach],
+    hwm_msgs: i32,
+) -> Result<ProxySockets, (&'static str, zmq::Error)> {
+    let ctxt = |what: &'static str| move |e| (what, e);
+    let front = ctx.socket(zmq::XSUB).map_err(ctxt("making the XSUB"))?;
+    let mut back = ctx.socket(zmq::XPUB).map_err(ctxt("making the XPUB"))?;
+    for s in [&front, &back] {
+        s.set_sndhwm(hwm_msgs).map_err(ctxt("setting SNDHWM"))?;
+        s.set_rcvhwm(hwm_msgs).map_err(ctxt("setting RCVHWM"))?;
+        s.set_linger(0).map_err(ctxt("setting LINGER"))?;
+    }
+    back.set_xpub_verbose(true).map_err(ctxt("setting XPUB_VERBOSE"))?;
+    set_xpub_verboser(&mut back, true).map_err(ctxt("setting XPUB_VERBOSER"))?;
+    let mut endpoints = Vec::new();
+    for a in frontend {
+        endpoints.push(("frontend", a.verb(), a.apply(&front).map_err(ctxt("attaching the frontend"))?));
+    }
+    for a in backend {
+        endpoints.push(("backend", a.verb(), a.apply(&back).map_err(ctxt("attaching the backend"))?));
+    }
+    Ok(ProxySockets { frontend: front, backend: back, endpoints })
+}
+
 /// Bind `socket` to `endpoint` and return the endpoint actually bound (so
 /// `tcp://127.0.0.1:*` comes back with its port).
 pub fn bind_resolved(socket: &zmq::Socket, endpoint: &str) -> zmq::Result<String> {

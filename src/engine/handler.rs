@@ -197,21 +197,25 @@ mod tests {
         assert!("sleep".parse::<HandlerSpec>().is_err());
     }
 
-    #[test]
-    fn book_keeps_last_value() {
+    /// A data frame on `topic` with both sequences `seq`.
+    fn frame(topic: &[u8], seq: u64, payload: &[u8]) -> Vec<u8> {
         let h = Header {
             kind: Kind::Data,
             flags: 0,
             publisher_id: 0,
-            session_id: 0,
-            stream_seq: 1,
-            topic_seq: 1,
+            session_id: 1,
+            stream_seq: seq,
+            topic_seq: seq,
             send_time_ns: 0,
         };
+        encode(topic, &h, payload)
+    }
+
+    #[test]
+    fn book_keeps_last_value() {
         let mut book = LastValueBook::default();
-        for p in [&b"one"[..], b"two"] {
-            let f = encode(b"ESH6", &h, p);
-            book.on_message(&decode(&f).expect("frame"));
+        for (seq, p) in [(1, &b"one"[..]), (2, b"two")] {
+            book.on_message(&decode(&frame(b"ESH6", seq, p)).expect("frame"));
         }
         assert_eq!(book.get(b"ESH6"), Some(&b"two"[..]));
         assert_eq!(book.len(), 1);
@@ -221,33 +225,14 @@ mod tests {
     fn verify_counts_order() {
         let mut v = VerifyOrder::default();
         for seq in [1, 2, 3, 2, 5] {
-            let h = Header {
-                kind: Kind::Data,
-                flags: 0,
-                publisher_id: 0,
-                session_id: 1,
-                stream_seq: seq,
-                topic_seq: seq,
-                send_time_ns: 0,
-            };
-            let f = encode(b"T", &h, b"");
-            v.on_message(&decode(&f).expect("frame"));
+            v.on_message(&decode(&frame(b"T", seq, b"")).expect("frame"));
         }
         assert_eq!(v.counters(), vec![("verified", 3), ("out_of_order", 1), ("skipped", 1)]);
     }
 
     #[test]
     fn synthetic_work_takes_at_least_its_time() {
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: 0,
-            session_id: 0,
-            stream_seq: 1,
-            topic_seq: 1,
-            send_time_ns: 0,
-        };
-        let f = encode(b"T", &h, b"");
+        let f = frame(b"T", 1, b"");
         let mut w = SyntheticWork { ns: 200_000 };
         let t = std::time::Instant::now();
         w.on_message(&decode(&f).expect("frame"));

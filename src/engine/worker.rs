@@ -192,19 +192,16 @@ impl Agent for WorkerAgent {
                 self.ends_seen += 1;
                 continue;
             }
+            let (handler, stages, last_done) = (self.handler.as_mut(), &mut self.stages, &mut self.last_done_ns);
+            let mut handle = |frame: &[u8], recv_ns: u64| {
+                let b = Self::handle(handler, stages, last_done, frame, recv_ns, take_ns);
+                n += (b > 0) as usize;
+                bytes_done += b;
+            };
             match BatchIter::new(bytes) {
                 Some(mut it) => {
                     for (recv_ns, frame) in &mut it {
-                        let b = Self::handle(
-                            self.handler.as_mut(),
-                            &mut self.stages,
-                            &mut self.last_done_ns,
-                            frame,
-                            recv_ns,
-                            take_ns,
-                        );
-                        n += (b > 0) as usize;
-                        bytes_done += b;
+                        handle(frame, recv_ns);
                     }
                     if it.malformed() {
                         self.counters.malformed.fetch_add(1, Relaxed);
@@ -212,18 +209,7 @@ impl Agent for WorkerAgent {
                 }
                 // A frame handed over as is: the reader's receive time is not
                 // carried, so the wire stage includes the queue stage.
-                None => {
-                    let b = Self::handle(
-                        self.handler.as_mut(),
-                        &mut self.stages,
-                        &mut self.last_done_ns,
-                        bytes,
-                        take_ns,
-                        take_ns,
-                    );
-                    n += (b > 0) as usize;
-                    bytes_done += b;
-                }
+                None => handle(bytes, take_ns),
             }
         }
         if n > 0 {

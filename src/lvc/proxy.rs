@@ -95,24 +95,9 @@ impl LvcProxy {
     /// Make the sockets on `ctx`, attach them, and subscribe upstream to
     /// everything (so the cache is warm before the first subscriber).
     pub fn new(ctx: &zmq::Context, config: &LvcConfig, shared: Arc<Mutex<LvcReport>>) -> Result<Self, AgentError> {
-        let frontend = ctx.socket(zmq::XSUB).map_err(zerr("making the XSUB"))?;
-        let mut backend = ctx.socket(zmq::XPUB).map_err(zerr("making the XPUB"))?;
-        for s in [&frontend, &backend] {
-            s.set_sndhwm(config.hwm_msgs).map_err(zerr("setting SNDHWM"))?;
-            s.set_rcvhwm(config.hwm_msgs).map_err(zerr("setting RCVHWM"))?;
-            s.set_linger(0).map_err(zerr("setting LINGER"))?;
-        }
-        backend.set_xpub_verbose(true).map_err(zerr("setting XPUB_VERBOSE"))?;
-        zmqx::set_xpub_verboser(&mut backend, true).map_err(zerr("setting XPUB_VERBOSER"))?;
-        let mut endpoints = Vec::new();
-        for a in &config.frontend {
-            let ep = a.apply(&frontend).map_err(zerr("attaching the frontend"))?;
-            endpoints.push(("frontend", a.verb(), ep));
-        }
-        for a in &config.backend {
-            let ep = a.apply(&backend).map_err(zerr("attaching the backend"))?;
-            endpoints.push(("backend", a.verb(), ep));
-        }
+        let zmqx::ProxySockets { frontend, backend, endpoints } =
+            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs)
+                .map_err(|(context, source)| AgentError::Zmq { role: "lvc".into(), context, source })?;
         frontend.send(&[1u8][..], 0).map_err(zerr("subscribing upstream"))?;
         Ok(LvcProxy {
             frontend,

@@ -244,19 +244,7 @@ impl Publisher {
     }
 
     fn encode_data(&mut self, k: usize, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
-        let sh = &mut self.shards[k];
-        sh.stream_seq += 1;
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: sh.publisher_id,
-            session_id: sh.session_id,
-            stream_seq: sh.stream_seq,
-            topic_seq,
-            send_time_ns,
-        };
-        self.buf.resize(wire::frame_len(topic, payload.len()), 0);
-        wire::encode_into(&mut self.buf, topic, &h, payload);
+        encode_data(&mut self.shards[k], &mut self.buf, topic, topic_seq, send_time_ns, payload);
     }
 
     fn encode_control(&mut self, k: usize, kind: Kind) {
@@ -469,21 +457,8 @@ impl Publisher {
                     };
                     *seq += 1;
                     let s = *seq;
-                    let (topic, payload) = (v.topic, v.payload);
                     // Encode from the borrowed view into self.buf, then swap it in.
-                    let sh = &mut self.shards[k];
-                    sh.stream_seq += 1;
-                    let h = Header {
-                        kind: Kind::Data,
-                        flags: 0,
-                        publisher_id: sh.publisher_id,
-                        session_id: sh.session_id,
-                        stream_seq: sh.stream_seq,
-                        topic_seq: s,
-                        send_time_ns: intended,
-                    };
-                    self.buf.resize(wire::frame_len(topic, payload.len()), 0);
-                    wire::encode_into(&mut self.buf, topic, &h, payload);
+                    encode_data(&mut self.shards[k], &mut self.buf, v.topic, s, intended, v.payload);
                     std::mem::swap(&mut parts[0], &mut self.buf);
                 }
             }
@@ -499,6 +474,22 @@ impl Publisher {
         progress(msgs);
         Ok(stop.is_stopped())
     }
+}
+
+/// Encode the next data frame of shard `sh`'s stream into `buf`.
+fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
+    sh.stream_seq += 1;
+    let h = Header {
+        kind: Kind::Data,
+        flags: 0,
+        publisher_id: sh.publisher_id,
+        session_id: sh.session_id,
+        stream_seq: sh.stream_seq,
+        topic_seq,
+        send_time_ns,
+    };
+    buf.resize(wire::frame_len(topic, payload.len()), 0);
+    wire::encode_into(buf, topic, &h, payload);
 }
 
 /// How long a shard may take to accept its end of stream.
