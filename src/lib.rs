@@ -16,4 +16,5 @@
 //! ```
 
 pub mod agent;
+pub mod clone;
 pub mod zmqx;
