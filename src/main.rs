@@ -17,6 +17,10 @@ struct Cli {
 enum Cmd {
     /// Print what this build and host are: mdsub and libzmq versions, cores.
     Info,
+    /// Serve a clone (CHP) key-value store, alone or as half of a Binary Star pair.
+    CloneServer(mdsub::clone::cli::ServerArgs),
+    /// Set, get, delete, dump or watch keys in a clone store.
+    CloneClient(mdsub::clone::cli::ClientArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +31,13 @@ fn main() -> anyhow::Result<()> {
             println!("mdsub {}", env!("CARGO_PKG_VERSION"));
             println!("libzmq {maj}.{min}.{pat}");
             println!("cores {}", core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(0));
+        }
+        Cmd::CloneServer(args) => mdsub::clone::cli::run_server(&args)?,
+        Cmd::CloneClient(args) => {
+            let code = mdsub::clone::cli::run_client(&args)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
         }
     }
     Ok(())

@@ -14,6 +14,8 @@
 
 
 pub mod bstar;
+pub mod cli;
+pub mod client;
 
 
 pub mod kvmsg;
