@@ -138,6 +138,11 @@ impl BStar {
         Some(self.state)
     }
 
+    /// Make the next heartbeat due at once (after a state change, so the peer learns it quickly).
+    pub fn heartbeat_now(&mut self) {
+        self.next_heartbeat_ns = 0;
+    }
+
     /// Nanoseconds until the next heartbeat is due.
     pub fn ns_to_heartbeat(&self, now_ns: u64) -> u64 {
         self.next_heartbeat_ns.saturating_sub(now_ns)

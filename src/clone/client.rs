@@ -29,6 +29,10 @@ use super::map::mono_now_ns;
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 
 const BATCH_MSGS: usize = 4096;
+/// After a (re-)sync, un-acknowledged sets are re-sent this often ...
+const FAST_RESEND_NS: u64 = 250_000_000;
+/// ... for this long.
+const FAST_RESEND_WINDOW_NS: u64 = 3_000_000_000;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -410,6 +414,7 @@ struct ClientAgent {
     watchers: Vec<(Vec<u8>, Sender<Change>)>,
     status: ClientStatus,
     ever_synced: bool,
+    synced_at_ns: u64,
     frames: Vec<zmq::Message>,
 }
 
@@ -472,6 +477,7 @@ impl ClientAgent {
             watchers: Vec::new(),
             status: ClientStatus::default(),
             ever_synced: false,
+            synced_at_ns: 0,
             frames: Vec::new(),
         })
     }
@@ -695,6 +701,7 @@ impl ClientAgent {
         self.sequence = seq;
         self.last_msg_ns = now_ns;
         self.status.syncs += 1;
+        self.synced_at_ns = now_ns;
         if !self.watchers.is_empty() {
             let kind = if self.ever_synced { ChangeKind::Resync } else { ChangeKind::Initial };
             let mut changes = Vec::new();
@@ -766,8 +773,15 @@ impl ClientAgent {
             self.failover();
             return n;
         }
-        // Re-send sets the server has not published after resend_after_ms.
-        let resend_ns = self.cfg.resend_after_ms * 1_000_000;
+        // Re-send sets the server has not published after resend_after_ms; in the first seconds
+        // after a (re-)sync, every 250 ms (the collector connection may still be forming, and a
+        // PUB drops what it sends before the server's subscription arrives).
+        let fast = now_ns.saturating_sub(self.synced_at_ns) < FAST_RESEND_WINDOW_NS;
+        let resend_ns = if fast {
+            FAST_RESEND_NS.min(self.cfg.resend_after_ms * 1_000_000)
+        } else {
+            self.cfg.resend_after_ms * 1_000_000
+        };
         let mut budget = 1000;
         while budget > 0 {
             let Some(front) = self.unacked.front() else { break };

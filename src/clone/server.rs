@@ -414,6 +414,7 @@ impl Server {
     fn on_transition(&mut self, from: State, to: State, now_ns: u64) {
         log(self.cfg.verbose, format_args!("state {} -> {}", from.name(), to.name()));
         let Some(p) = self.pair.as_mut() else { return };
+        p.bstar.heartbeat_now();
         match to {
             State::Active => {
                 p.sync = None;
