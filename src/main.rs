@@ -21,6 +21,8 @@ enum Cmd {
     CloneServer(mdsub::clone::cli::ServerArgs),
     /// Set, get, delete, dump or watch keys in a clone store.
     CloneClient(mdsub::clone::cli::ClientArgs),
+    /// Measure the clone stack: update throughput, snapshot time, failover time.
+    CloneBench(mdsub::clone::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +35,7 @@ fn main() -> anyhow::Result<()> {
             println!("cores {}", core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(0));
         }
         Cmd::CloneServer(args) => mdsub::clone::cli::run_server(&args)?,
+        Cmd::CloneBench(args) => mdsub::clone::bench::run(&args)?,
         Cmd::CloneClient(args) => {
             let code = mdsub::clone::cli::run_client(&args)?;
             if code != 0 {

@@ -13,6 +13,7 @@
 //! | [`bench`] | the clone benchmarks behind `mdsub clone-bench` |
 
 
+pub mod bench;
 pub mod bstar;
 pub mod cli;
 pub mod client;
