@@ -18,7 +18,10 @@ fn ep(port: u16) -> String {
 
 fn server(name: &str, port: u16, extra: &[&str]) -> Proc {
     let mut cmd = mdsub();
-    cmd.arg("clone-server").arg("--port").arg(port.to_string()).arg("--quiet");
+    cmd.arg("clone-server")
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--quiet");
     cmd.args(extra);
     Proc::spawn(name, &mut cmd)
 }
@@ -95,11 +98,19 @@ fn late_joiner_converges_and_sequences_strictly_increase() {
     }
     a.del("/k/199").expect("del");
     a.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
-    wait_until(Duration::from_secs(5), "late joiner to converge with the writer", || dump(&a) == dump(&b));
+    wait_until(
+        Duration::from_secs(5),
+        "late joiner to converge with the writer",
+        || dump(&a) == dump(&b),
+    );
     assert_eq!(b.get("/k/000").expect("get"), Some(b"w0".to_vec()));
     assert_eq!(b.get("/k/199").expect("get"), None);
     // KVPUB sequences as the writer saw them: strictly increasing, one per update.
-    let live: Vec<u64> = seen.try_iter().filter(|c| c.kind == ChangeKind::Live).map(|c| c.sequence).collect();
+    let live: Vec<u64> = seen
+        .try_iter()
+        .filter(|c| c.kind == ChangeKind::Live)
+        .map(|c| c.sequence)
+        .collect();
     assert!(live.len() >= 250, "saw {} live updates", live.len());
     assert!(live.windows(2).all(|w| w[0] < w[1]), "sequences strictly increase");
 }
@@ -117,9 +128,14 @@ fn subtrees_are_isolated() {
     writer.set("/other/x", "1", None).expect("set");
     let last = writer.set("/md/status/e2", "up", None).expect("set");
     writer.wait_acked(last, Duration::from_secs(5)).expect("acked");
-    wait_until(Duration::from_secs(5), "subtree client to see both /md/ keys", || dump(&md).len() == 2);
+    wait_until(Duration::from_secs(5), "subtree client to see both /md/ keys", || {
+        dump(&md).len() == 2
+    });
     assert!(dump(&md).iter().all(|(k, _)| k.starts_with(b"/md/")));
-    assert!(changes.try_iter().all(|c| c.key.starts_with(b"/md/")), "watch only sees the subtree");
+    assert!(
+        changes.try_iter().all(|c| c.key.starts_with(b"/md/")),
+        "watch only sees the subtree"
+    );
     // A snapshot of a subtree only carries the subtree.
     let late = client(&[p], "/other/");
     late.wait_synced(Duration::from_secs(5)).expect("synced");
@@ -142,11 +158,15 @@ fn ttl_expiry_deletes_on_every_client() {
         b.get("/tmp/session").ok().flatten().is_some()
     });
     let t0 = Instant::now();
-    wait_until(Duration::from_secs(4), "the ephemeral key to expire on both clients", || {
-        a.get("/tmp/session").ok().flatten().is_none() && b.get("/tmp/session").ok().flatten().is_none()
-    });
+    wait_until(
+        Duration::from_secs(4),
+        "the ephemeral key to expire on both clients",
+        || a.get("/tmp/session").ok().flatten().is_none() && b.get("/tmp/session").ok().flatten().is_none(),
+    );
     assert!(t0.elapsed() < Duration::from_millis(2500));
-    assert!(deletes.try_iter().any(|c| c.value.is_none() && c.kind == ChangeKind::Live));
+    assert!(deletes
+        .try_iter()
+        .any(|c| c.value.is_none() && c.kind == ChangeKind::Live));
     assert_eq!(a.get("/keep").expect("get"), Some(b"1".to_vec()));
     assert_eq!(status(p).get("expired").map(String::as_str), Some("1"));
 }
@@ -190,12 +210,16 @@ fn kill_active_while_clients_set_every_client_fails_over_and_all_converge() {
     let counts: Vec<u32> = setters.into_iter().map(|h| h.join().expect("setter")).collect();
     wait_state(bp, "active", Duration::from_secs(5));
     let expected: usize = counts.iter().map(|n| *n as usize).sum();
-    wait_until(Duration::from_secs(15), "every client to fail over and converge", || {
-        clients.iter().all(|c| {
-            let s = c.status().expect("status");
-            s.synced && s.failovers >= 1 && s.unacked == 0 && s.keys == expected
-        })
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "every client to fail over and converge",
+        || {
+            clients.iter().all(|c| {
+                let s = c.status().expect("status");
+                s.synced && s.failovers >= 1 && s.unacked == 0 && s.keys == expected
+            })
+        },
+    );
     let reference = dump(&clients[0]);
     for c in &clients[1..] {
         assert_eq!(dump(c), reference, "clients hold identical maps");
@@ -205,7 +229,10 @@ fn kill_active_while_clients_set_every_client_fails_over_and_all_converge() {
         for i in 0..*n {
             let k = format!("/c{ci}/{i:05}").into_bytes();
             let v = format!("{ci}-{i}").into_bytes();
-            assert!(reference.binary_search(&(k, v)).is_ok(), "update /c{ci}/{i:05} survived");
+            assert!(
+                reference.binary_search(&(k, v)).is_ok(),
+                "update /c{ci}/{i:05} survived"
+            );
         }
     }
     eprintln!(
@@ -242,9 +269,11 @@ fn restarted_primary_rejoins_as_passive_and_can_take_over_again() {
     });
     let u = c.set("/r/late", "z", None).expect("set");
     c.wait_acked(u, Duration::from_secs(5)).expect("acked");
-    wait_until(Duration::from_secs(5), "the passive primary to follow live updates", || {
-        status(pp).get("keys").map(String::as_str) == Some("22")
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the passive primary to follow live updates",
+        || status(pp).get("keys").map(String::as_str) == Some("22"),
+    );
     // Now the backup dies and the primary takes over again, with the whole map.
     back.signal(9);
     back.wait_exit(Duration::from_secs(5));
@@ -321,13 +350,23 @@ fn malformed_input_is_counted_and_answered_with_nothing() {
         vec![b"/k".to_vec(), seq.to_vec(), vec![], b"junk".to_vec(), b"v".to_vec()], // bad props
         vec![vec![b'k'; 17], seq.to_vec(), vec![], vec![], b"v".to_vec()],           // key too long
         vec![b"/k".to_vec(), seq.to_vec(), vec![], vec![], vec![b'v'; 65]],          // value too long
-        vec![b"/k".to_vec(), seq.to_vec(), vec![], b"ttl=soon\n".to_vec(), b"v".to_vec()], // bad ttl
+        vec![
+            b"/k".to_vec(),
+            seq.to_vec(),
+            vec![],
+            b"ttl=soon\n".to_vec(),
+            b"v".to_vec(),
+        ], // bad ttl
     ];
     wait_until(Duration::from_secs(5), "malformed updates to be counted", || {
         for m in &bad {
             coll.send_multipart(m, 0).expect("send");
         }
-        status(p).get("malformed_updates").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) >= 7
+        status(p)
+            .get("malformed_updates")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            >= 7
     });
     let s = status(p);
     assert_eq!(s.get("keys").map(String::as_str), Some("0"));
@@ -371,7 +410,13 @@ fn clone_client_cli_set_get_del_dump() {
 /// Spec: frame 0 key, frame 1 sequence (8 bytes, network order), frame 2 UUID, frame 3 properties,
 /// frame 4 body.
 fn chp_frames(key: &[u8], seq: u64, uuid: &[u8], props: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
-    vec![key.to_vec(), seq.to_be_bytes().to_vec(), uuid.to_vec(), props.to_vec(), body.to_vec()]
+    vec![
+        key.to_vec(),
+        seq.to_be_bytes().to_vec(),
+        uuid.to_vec(),
+        props.to_vec(),
+        body.to_vec(),
+    ]
 }
 
 fn chp_seq(frame: &[u8]) -> u64 {
@@ -397,11 +442,17 @@ fn independent_chp_client_interoperates_with_mdsub_server() {
     }
     subscriber.set_subscribe(b"/spec/").expect("subscribe");
     subscriber.set_subscribe(b"HUGZ").expect("subscribe");
-    subscriber.connect(&format!("tcp://127.0.0.1:{}", p + 1)).expect("connect");
-    publisher.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
+    subscriber
+        .connect(&format!("tcp://127.0.0.1:{}", p + 1))
+        .expect("connect");
+    publisher
+        .connect(&format!("tcp://127.0.0.1:{}", p + 2))
+        .expect("connect");
     snapshot.connect(&format!("tcp://127.0.0.1:{p}")).expect("connect");
     // Spec: ICANHAZ command: frame 0 "ICANHAZ?", frame 1 subtree.
-    snapshot.send_multipart([&b"ICANHAZ?"[..], b"/spec/"], 0).expect("icanhaz");
+    snapshot
+        .send_multipart([&b"ICANHAZ?"[..], b"/spec/"], 0)
+        .expect("icanhaz");
     let mut snap = Vec::new();
     let end = Instant::now() + Duration::from_secs(5);
     let kthxbai_seq = loop {
@@ -423,7 +474,10 @@ fn independent_chp_client_interoperates_with_mdsub_server() {
     assert_eq!(snap[0][4], b"s");
     assert!(kthxbai_seq >= 1);
     let props = String::from_utf8(snap[0][3].clone()).expect("props are text");
-    assert!(props.lines().any(|l| l.starts_with("ttl=")), "ttl is a property: {props}");
+    assert!(
+        props.lines().any(|l| l.starts_with("ttl=")),
+        "ttl is a property: {props}"
+    );
     // Spec: KVSET: key, sequence (ignored), UUID, properties, body. Send until the server
     // publishes it (the PUB→SUB connection may still be forming).
     let uuid = *b"0123456789abcdef";
@@ -461,9 +515,11 @@ fn independent_chp_client_interoperates_with_mdsub_server() {
         }
     }
     // mdsub's own client sees the spec client's update.
-    wait_until(Duration::from_secs(5), "mdsub client to see the spec client's update", || {
-        seeder.get("/spec/mine").ok().flatten() == Some(b"hello".to_vec())
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "mdsub client to see the spec client's update",
+        || seeder.get("/spec/mine").ok().flatten() == Some(b"hello".to_vec()),
+    );
 }
 
 #[test]
@@ -519,11 +575,17 @@ fn mdsub_client_interoperates_with_independent_chp_server() {
         }
         if last_hugz.elapsed() > Duration::from_millis(300) {
             // HUGZ with a sequence frame (tolerated), plus an update outside the subtree.
-            publisher.send_multipart(chp_frames(b"HUGZ", seq, b"", b"", b""), 0).expect("hugz");
+            publisher
+                .send_multipart(chp_frames(b"HUGZ", seq, b"", b"", b""), 0)
+                .expect("hugz");
             last_hugz = Instant::now();
         }
         if served && !sent_initial && c.status().expect("status").synced {
-            assert_eq!(c.get("/s/one").expect("get"), Some(b"1".to_vec()), "snapshot entry stored");
+            assert_eq!(
+                c.get("/s/one").expect("get"),
+                Some(b"1".to_vec()),
+                "snapshot entry stored"
+            );
             c.set("/s/two", "2", Some(5)).expect("set");
             sent_initial = true;
             step = 1;
@@ -531,7 +593,9 @@ fn mdsub_client_interoperates_with_independent_chp_server() {
         if step == 1 && c.get("/s/two").expect("get").is_some() && c.status().expect("status").unacked == 0 {
             // A server-originated update (new sequence) reaches the client.
             seq += 1;
-            publisher.send_multipart(chp_frames(b"/s/three", seq, b"", b"", b"3"), 0).expect("pub");
+            publisher
+                .send_multipart(chp_frames(b"/s/three", seq, b"", b"", b"3"), 0)
+                .expect("pub");
             step = 2;
         }
         if step == 2 && c.get("/s/three").expect("get").is_some() {

@@ -126,66 +126,72 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Updates/s from the collector through the server to (a) a raw CHP subscriber that decodes every
-/// KVPUB and (b) a `clone::Client` that stores them.
-fn throughput_once(n: u64) -> anyhow::Result<(f64, f64)> {
+/// Updates/s from the collector through the server to a raw CHP subscriber that decodes every
+/// KVPUB (`client == false`) or to a `clone::Client` that stores them (`client == true`). The clock
+/// starts at the first update received and stops at the n-th.
+fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
     let server = InProcServer::start()?;
     let ctx = zmq::Context::new();
-    let sub = ctx.socket(zmq::SUB)?;
-    sub.set_rcvhwm(0)?;
-    sub.set_subscribe(b"/t/")?;
-    sub.connect(&format!("tcp://127.0.0.1:{}", server.port + 1))?;
-    let client = Client::start(ClientConfig {
-        servers: vec![server.base()],
-        subtree: "/t/".into(),
-        sub_hwm_msgs: 0,
-        ..ClientConfig::default()
-    })?;
-    client.wait_synced(Duration::from_secs(10))?;
     let feeder_ctx = ctx.clone();
     let port = server.port;
-    let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
-    let mut frames = Vec::new();
-    let mut got = 0u64;
-    let mut raw_done = None;
-    // The clock starts at the first update the raw subscriber receives.
-    let mut start = Instant::now();
-    let deadline = start + Duration::from_secs(120);
-    while got < n {
-        if Instant::now() > deadline {
-            bail!("raw subscriber got {got} of {n} updates within 120 s (loss?)");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let elapsed = if client {
+        let c = Client::start(ClientConfig {
+            servers: vec![server.base()],
+            subtree: "/t/".into(),
+            sub_hwm_msgs: 0,
+            ..ClientConfig::default()
+        })?;
+        c.wait_synced(Duration::from_secs(10))?;
+        let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
+        let mut start = None;
+        loop {
+            let s = c.status()?;
+            if s.live_updates > 0 && start.is_none() {
+                start = Some(Instant::now());
+            }
+            if s.live_updates >= n {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("client got {} of {n} updates within 120 s", s.live_updates);
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        if sub.poll(zmq::POLLIN, 100)? == 0 {
-            continue;
-        }
-        while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
-            if let Ok(m) = KvMsg::decode_messages(&frames[..c.min(frames.len())]) {
-                if m.key != HUGZ {
-                    if got == 0 {
-                        start = Instant::now();
+        feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+        start.map(|t| t.elapsed()).unwrap_or_default()
+    } else {
+        let sub = ctx.socket(zmq::SUB)?;
+        sub.set_rcvhwm(0)?;
+        sub.set_subscribe(b"/t/")?;
+        sub.connect(&format!("tcp://127.0.0.1:{}", server.port + 1))?;
+        let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
+        let mut frames = Vec::new();
+        let mut got = 0u64;
+        let mut start = Instant::now();
+        while got < n {
+            if Instant::now() > deadline {
+                bail!("raw subscriber got {got} of {n} updates within 120 s (loss?)");
+            }
+            if sub.poll(zmq::POLLIN, 100)? == 0 {
+                continue;
+            }
+            while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
+                if let Ok(m) = KvMsg::decode_messages(&frames[..c.min(frames.len())]) {
+                    if m.key != HUGZ {
+                        if got == 0 {
+                            start = Instant::now();
+                        }
+                        got += 1;
                     }
-                    got += 1;
                 }
             }
         }
-        if got >= n {
-            raw_done = Some(start.elapsed());
-        }
-    }
-    let raw = raw_done.unwrap_or(start.elapsed());
-    loop {
-        let s = client.status()?;
-        if s.live_updates >= n {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("client got {} of {n} updates within 120 s", s.live_updates);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let cli = start.elapsed();
-    feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
-    Ok((n as f64 / raw.as_secs_f64(), n as f64 / cli.as_secs_f64()))
+        let t = start.elapsed();
+        feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+        t
+    };
+    Ok(n as f64 / elapsed.as_secs_f64().max(1e-9))
 }
 
 /// Seconds for a `clone::Client` to receive and store a snapshot of `keys` keys.
@@ -305,8 +311,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let (mut raw, mut cli) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        let (r, c) = throughput_once(args.updates)?;
-        println!("  throughput run {i}: raw CHP subscriber {:.0} updates/s, clone::Client {:.0} updates/s", r, c);
+        let r = throughput_once(args.updates, false)?;
+        let c = throughput_once(args.updates, true)?;
+        println!(
+            "  throughput run {i}: raw CHP subscriber {:.0} updates/s, clone::Client {:.0} updates/s",
+            r, c
+        );
         raw.push(r);
         cli.push(c);
     }

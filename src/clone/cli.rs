@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -256,9 +256,10 @@ pub fn run_client(args: &ClientArgs) -> anyhow::Result<i32> {
             let s = stop.clone();
             let _ = ctrlc::set_handler(move || s.stop());
             let mut live = 0u64;
-            let start = Instant::now();
             while !stop.is_stopped() && count.is_none_or(|c| live < c) {
-                let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) else { continue };
+                let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) else {
+                    continue;
+                };
                 let kind = match c.kind {
                     ChangeKind::Initial => "initial",
                     ChangeKind::Live => "live",
@@ -275,7 +276,6 @@ pub fn run_client(args: &ClientArgs) -> anyhow::Result<i32> {
                 }
                 o.flush()?;
             }
-            let _ = start;
         }
         ClientCmd::Status => {}
     }

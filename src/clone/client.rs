@@ -91,6 +91,9 @@ pub enum ClientError {
     BadUpdate(String),
 }
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// How a change came about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -143,7 +146,7 @@ pub struct ClientStatus {
 enum Cmd {
     Set(KvMsg),
     Get(Vec<u8>, Sender<Option<Vec<u8>>>),
-    Dump(Vec<u8>, Sender<Vec<(Vec<u8>, Vec<u8>)>>),
+    Dump(Vec<u8>, Sender<Vec<KeyValue>>),
     Watch(Vec<u8>, Sender<Change>),
     Status(Sender<ClientStatus>),
     Acked(Uuid, Sender<bool>),
@@ -259,7 +262,12 @@ impl Client {
 
     /// Set `key` to `value` (empty deletes), ephemeral when `ttl_s` is given. Returns the update's
     /// UUID (see [`Client::is_acked`]).
-    pub fn set(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, ttl_s: Option<u64>) -> Result<Uuid, ClientError> {
+    pub fn set(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        ttl_s: Option<u64>,
+    ) -> Result<Uuid, ClientError> {
         let mut msg = KvMsg::new(key, 0, value);
         if msg.key.is_empty() {
             return Err(ClientError::BadUpdate("empty key".into()));
@@ -285,7 +293,7 @@ impl Client {
     }
 
     /// Every local key/value under `prefix`, in key order.
-    pub fn dump(&self, prefix: impl Into<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+    pub fn dump(&self, prefix: impl Into<Vec<u8>>) -> Result<Vec<KeyValue>, ClientError> {
         let prefix = prefix.into();
         self.ask(|tx| Cmd::Dump(prefix, tx))
     }
@@ -427,7 +435,13 @@ fn agent_err(context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError {
 }
 
 fn subscribe(sub: &zmq::Socket, subtree: &[u8], on: bool) -> zmq::Result<()> {
-    let f = |p: &[u8]| if on { sub.set_subscribe(p) } else { sub.set_unsubscribe(p) };
+    let f = |p: &[u8]| {
+        if on {
+            sub.set_subscribe(p)
+        } else {
+            sub.set_unsubscribe(p)
+        }
+    };
     f(subtree)?;
     if !subtree.is_empty() && !HUGZ.starts_with(subtree) {
         f(HUGZ)?;
@@ -437,7 +451,9 @@ fn subscribe(sub: &zmq::Socket, subtree: &[u8], on: bool) -> zmq::Result<()> {
 
 impl ClientAgent {
     fn new(cfg: ClientConfig, ctx: zmq::Context, bell: zmq::Socket, rx: Receiver<Cmd>) -> Result<Self, AgentError> {
-        let publisher = ctx.socket(zmq::PUB).map_err(agent_err("creating the update publisher"))?;
+        let publisher = ctx
+            .socket(zmq::PUB)
+            .map_err(agent_err("creating the update publisher"))?;
         publisher.set_sndhwm(100_000).map_err(agent_err("setting HWM"))?;
         publisher.set_linger(200).map_err(agent_err("setting linger"))?;
         let subtree = cfg.subtree.as_bytes().to_vec();
@@ -447,7 +463,9 @@ impl ClientAgent {
                 role: "clone-client".into(),
                 message,
             })?;
-            publisher.connect(&coll).map_err(agent_err("connecting to a collector"))?;
+            publisher
+                .connect(&coll)
+                .map_err(agent_err("connecting to a collector"))?;
             let sub = ctx.socket(zmq::SUB).map_err(agent_err("creating a subscriber"))?;
             sub.set_rcvhwm(cfg.sub_hwm_msgs).map_err(agent_err("setting HWM"))?;
             sub.set_linger(0).map_err(agent_err("setting linger"))?;
@@ -501,20 +519,26 @@ impl ClientAgent {
     }
 
     fn store(&mut self, msg: &KvMsg, kind: ChangeKind) {
+        self.store_owned(msg.clone(), kind);
+    }
+
+    fn store_owned(&mut self, msg: KvMsg, kind: ChangeKind) {
         if msg.body.is_empty() {
             if self.map.remove(&msg.key).is_some() || kind == ChangeKind::Local {
                 self.notify(&msg.key, None, msg.sequence, kind);
             }
         } else {
+            if !self.watchers.is_empty() {
+                self.notify(&msg.key, Some(&msg.body), msg.sequence, kind);
+            }
             self.map.insert(
-                msg.key.clone(),
+                msg.key,
                 CEntry {
                     sequence: msg.sequence,
                     uuid: msg.uuid,
-                    body: msg.body.clone(),
+                    body: msg.body,
                 },
             );
-            self.notify(&msg.key, Some(&msg.body), msg.sequence, kind);
         }
     }
 
@@ -556,7 +580,11 @@ impl ClientAgent {
                 let _ = tx.send(v);
             }
             Cmd::Watch(prefix, tx) => {
-                for (k, e) in self.map.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
+                for (k, e) in self
+                    .map
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                {
                     let _ = tx.send(Change {
                         key: k.clone(),
                         value: Some(e.body.clone()),
@@ -604,7 +632,10 @@ impl ClientAgent {
                 _ => break,
             }
         }
-        let dealer = self.ctx.socket(zmq::DEALER).map_err(agent_err("creating a snapshot socket"))?;
+        let dealer = self
+            .ctx
+            .socket(zmq::DEALER)
+            .map_err(agent_err("creating a snapshot socket"))?;
         dealer.set_linger(0).map_err(agent_err("setting linger"))?;
         dealer.set_rcvhwm(0).map_err(agent_err("setting HWM"))?;
         dealer
@@ -703,7 +734,11 @@ impl ClientAgent {
         self.status.syncs += 1;
         self.synced_at_ns = now_ns;
         if !self.watchers.is_empty() {
-            let kind = if self.ever_synced { ChangeKind::Resync } else { ChangeKind::Initial };
+            let kind = if self.ever_synced {
+                ChangeKind::Resync
+            } else {
+                ChangeKind::Initial
+            };
             let mut changes = Vec::new();
             for (k, e) in &self.map {
                 if old.get(k).map(|o| &o.body) != Some(&e.body) {
@@ -756,7 +791,7 @@ impl ClientAgent {
             self.unacked_ids.remove(&u);
         }
         self.status.live_updates += 1;
-        self.store(&m, ChangeKind::Live);
+        self.store_owned(m, ChangeKind::Live);
     }
 
     fn live_step(&mut self, now_ns: u64) -> usize {

@@ -152,7 +152,11 @@ impl KvMsg {
     /// Send on `socket`, prefixed by `identity` (ROUTER replies). Properties that cannot be encoded
     /// are an error and nothing is sent.
     pub fn send(&self, socket: &zmq::Socket, identity: Option<&[u8]>) -> Result<(), SendError> {
-        let props = encode_props(&self.props)?;
+        let props = if self.props.is_empty() {
+            Vec::new()
+        } else {
+            encode_props(&self.props)?
+        };
         if let Some(id) = identity {
             socket.send(id, zmq::SNDMORE)?;
         }
@@ -215,7 +219,7 @@ pub fn encode_props(props: &[(String, String)]) -> Result<Vec<u8>, EncodeError> 
         if name.is_empty() || name.contains(['=', '\n', '\r']) || value.contains(['\n', '\r']) {
             return Err(EncodeError::BadProperty { name: name.clone() });
         }
-        let _ = write!(out, "{name}={value}\n");
+        let _ = writeln!(out, "{name}={value}");
     }
     Ok(out.into_bytes())
 }
@@ -304,15 +308,29 @@ mod tests {
     #[test]
     fn strict_where_spec_is_strict() {
         let s = 1u64.to_be_bytes();
-        assert_eq!(KvMsg::decode(&[&b"k"[..], b"1", b"", b"", b""]), Err(DecodeError::SequenceLen { got: 1 }));
-        assert_eq!(KvMsg::decode(&[&b"k"[..], &s[..], b"abc", b"", b""]), Err(DecodeError::UuidLen { got: 3 }));
-        assert!(matches!(KvMsg::decode(&[&b"k"[..], &s[..], b"", b"noequals", b""]), Err(DecodeError::Property { .. })));
+        assert_eq!(
+            KvMsg::decode(&[&b"k"[..], b"1", b"", b"", b""]),
+            Err(DecodeError::SequenceLen { got: 1 })
+        );
+        assert_eq!(
+            KvMsg::decode(&[&b"k"[..], &s[..], b"abc", b"", b""]),
+            Err(DecodeError::UuidLen { got: 3 })
+        );
+        assert!(matches!(
+            KvMsg::decode(&[&b"k"[..], &s[..], b"", b"noequals", b""]),
+            Err(DecodeError::Property { .. })
+        ));
         assert_eq!(KvMsg::decode(&[b"k"]), Err(DecodeError::FrameCount { got: 1 }));
     }
 
     #[test]
     fn requests() {
-        assert_eq!(decode_request(&[ICANHAZ, b"/x/"]), Ok(Request::Snapshot { subtree: b"/x/".to_vec() }));
+        assert_eq!(
+            decode_request(&[ICANHAZ, b"/x/"]),
+            Ok(Request::Snapshot {
+                subtree: b"/x/".to_vec()
+            })
+        );
         assert_eq!(decode_request(&[ICANHAZ]), Ok(Request::Snapshot { subtree: vec![] }));
         assert_eq!(decode_request(&[STATUS_REQ]), Ok(Request::Status));
         assert!(decode_request(&[b"GIMME"]).is_err());
@@ -321,7 +339,10 @@ mod tests {
     }
 
     fn prop_strategy() -> impl Strategy<Value = Vec<(String, String)>> {
-        proptest::collection::vec(("[a-z_][a-z0-9_=]{0,8}".prop_map(|s| s.replace('=', "_")), "[ -~]{0,12}"), 0..4)
+        proptest::collection::vec(
+            ("[a-z_][a-z0-9_=]{0,8}".prop_map(|s| s.replace('=', "_")), "[ -~]{0,12}"),
+            0..4,
+        )
     }
 
     proptest! {

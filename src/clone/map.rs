@@ -35,7 +35,10 @@ pub enum MapError {
 /// Parse the `ttl` property (seconds, integer or decimal, relative). `0` or absent: no TTL.
 pub fn ttl_ns(msg: &KvMsg) -> Result<Option<u64>, MapError> {
     let Some(v) = msg.prop(TTL_PROP) else { return Ok(None) };
-    let secs: f64 = v.trim().parse().map_err(|_| MapError::BadTtl { value: v.to_string() })?;
+    let secs: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| MapError::BadTtl { value: v.to_string() })?;
     if !secs.is_finite() || !(0.0..=MAX_TTL_S).contains(&secs) {
         return Err(MapError::BadTtl { value: v.to_string() });
     }
@@ -89,6 +92,46 @@ impl KvMap {
         let ttl = ttl_ns(msg)?;
         let expires_at_ns = ttl.map(|t| now_ns.saturating_add(t));
         Ok(self.put(msg.key.clone(), msg, expires_at_ns))
+    }
+
+    /// Like [`KvMap::apply`] but takes the message, so key and value are moved, not copied.
+    pub fn apply_owned(&mut self, msg: KvMsg, now_ns: u64) -> Result<Applied, MapError> {
+        let expires_at_ns = ttl_ns(&msg)?.map(|t| now_ns.saturating_add(t));
+        let KvMsg {
+            key,
+            sequence,
+            uuid,
+            mut props,
+            body,
+        } = msg;
+        if let Some(old) = self.entries.get(&key) {
+            if let Some(t) = old.expires_at_ns {
+                self.expiry.remove(&(t, key.clone()));
+            }
+        }
+        if body.is_empty() {
+            return Ok(match self.entries.remove(&key) {
+                Some(_) => Applied::Deleted,
+                None => Applied::Absent,
+            });
+        }
+        if let Some(t) = expires_at_ns {
+            self.expiry.insert((t, key.clone()));
+        }
+        if !props.is_empty() {
+            props.retain(|(n, _)| n != TTL_PROP);
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                sequence,
+                uuid,
+                props,
+                body,
+                expires_at_ns,
+            },
+        );
+        Ok(Applied::Stored)
     }
 
     /// Store with an explicit deadline (recovery, replication).
@@ -171,10 +214,31 @@ impl KvMap {
     }
 }
 
+/// Hasher for UUIDs: they are already random (or seed + counter), so folding their bytes with a
+/// multiply is enough and much cheaper than SipHash on the server's hot path.
+#[derive(Default, Clone, Copy)]
+pub struct UuidHasher(u64);
+
+impl std::hash::Hasher for UuidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type UuidSet = HashSet<Uuid, std::hash::BuildHasherDefault<UuidHasher>>;
+
 /// A bounded set of UUIDs seen recently (FIFO eviction), for de-duplication and pending matching.
 #[derive(Debug, Clone)]
 pub struct RecentUuids {
-    set: HashSet<Uuid>,
+    set: UuidSet,
     order: VecDeque<Uuid>,
     cap: usize,
 }
@@ -183,7 +247,7 @@ impl RecentUuids {
     /// Remember up to `cap` UUIDs.
     pub fn new(cap: usize) -> Self {
         RecentUuids {
-            set: HashSet::new(),
+            set: UuidSet::default(),
             order: VecDeque::new(),
             cap: cap.max(1),
         }

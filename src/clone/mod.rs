@@ -10,14 +10,12 @@
 //! | [`server`] | the server agent (snapshot ROUTER, PUB, collector SUB, Binary Star) |
 //! | [`client`] | the client agent and its application API (`Client`) |
 //! | [`cli`] | `mdsub clone-server` / `clone-client` / `clone-bench` arguments and drivers |
-//! | [`bench`] | the clone benchmarks behind `mdsub clone-bench` |
-
+//! | [`bench`](mod@bench) | the clone benchmarks behind `mdsub clone-bench` |
 
 pub mod bench;
 pub mod bstar;
 pub mod cli;
 pub mod client;
-
 
 pub mod kvmsg;
 pub mod map;
@@ -36,5 +34,9 @@ pub fn endpoints(base: &str) -> Result<[String; 3], String> {
     if p > u16::MAX - 3 {
         return Err(format!("server `{base}`: port {p} leaves no room for P+1..P+3"));
     }
-    Ok([format!("{host}:{p}"), format!("{host}:{}", p + 1), format!("{host}:{}", p + 2)])
+    Ok([
+        format!("{host}:{p}"),
+        format!("{host}:{}", p + 1),
+        format!("{host}:{}", p + 2),
+    ])
 }

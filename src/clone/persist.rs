@@ -198,12 +198,20 @@ pub fn decode_records(data: &[u8], base: u64) -> (Vec<Record>, u64, Option<(u64,
         let rest = &data[at..];
         let err = |reason: String| Some((base + at as u64, reason));
         if rest.len() < 8 {
-            return (out, base + at as u64, err(format!("truncated record header ({} bytes)", rest.len())));
+            return (
+                out,
+                base + at as u64,
+                err(format!("truncated record header ({} bytes)", rest.len())),
+            );
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
         if len > MAX_RECORD_BYTES {
-            return (out, base + at as u64, err(format!("record length {len} exceeds the limit")));
+            return (
+                out,
+                base + at as u64,
+                err(format!("record length {len} exceeds the limit")),
+            );
         }
         if rest.len() < 8 + len {
             return (
@@ -302,15 +310,21 @@ impl Store {
             .write(true)
             .open(&log_path)
             .map_err(io_err(&log_path, "opening the log"))?;
-        let len = file.metadata().map_err(io_err(&log_path, "reading the log size"))?.len();
+        let len = file
+            .metadata()
+            .map_err(io_err(&log_path, "reading the log size"))?
+            .len();
         if len < 8 {
             file.set_len(0).map_err(io_err(&log_path, "resetting the log"))?;
-            file.write_all(LOG_MAGIC).map_err(io_err(&log_path, "writing the log header"))?;
+            file.write_all(LOG_MAGIC)
+                .map_err(io_err(&log_path, "writing the log header"))?;
             good_end = 8;
         } else if good_end < len {
-            file.set_len(good_end).map_err(io_err(&log_path, "truncating a bad log tail"))?;
+            file.set_len(good_end)
+                .map_err(io_err(&log_path, "truncating a bad log tail"))?;
         }
-        file.seek(SeekFrom::Start(good_end)).map_err(io_err(&log_path, "seeking the log"))?;
+        file.seek(SeekFrom::Start(good_end))
+            .map_err(io_err(&log_path, "seeking the log"))?;
         let store = Store {
             dir: dir.to_path_buf(),
             log: BufWriter::with_capacity(1 << 16, file),
@@ -388,7 +402,8 @@ impl Store {
         let f = self.log.get_mut();
         f.set_len(0).map_err(io_err(&log_path, "truncating after a snapshot"))?;
         f.seek(SeekFrom::Start(0)).map_err(io_err(&log_path, "seeking"))?;
-        f.write_all(LOG_MAGIC).map_err(io_err(&log_path, "writing the log header"))?;
+        f.write_all(LOG_MAGIC)
+            .map_err(io_err(&log_path, "writing the log header"))?;
         f.sync_data().map_err(io_err(&log_path, "fsyncing"))?;
         self.log_records = 0;
         self.dirty = false;
@@ -412,7 +427,7 @@ mod tests {
         msg.set_prop("src", "a=b");
         Record {
             msg,
-            expires_at_unix_ms: (seq % 2 == 0).then_some(123),
+            expires_at_unix_ms: seq.is_multiple_of(2).then_some(123),
         }
     }
 

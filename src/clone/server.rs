@@ -190,13 +190,19 @@ impl Server {
         let ep = format!("tcp://{host}:{p}");
         snapshot.bind(&ep).map_err(zerr(format!("binding snapshot {ep}")))?;
         let publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the publisher"))?;
-        publisher.set_sndhwm(cfg.pub_hwm_msgs).map_err(zerr("setting publisher HWM"))?;
+        publisher
+            .set_sndhwm(cfg.pub_hwm_msgs)
+            .map_err(zerr("setting publisher HWM"))?;
         publisher.set_linger(100).map_err(zerr("setting linger"))?;
         let ep = format!("tcp://{host}:{}", p + 1);
         publisher.bind(&ep).map_err(zerr(format!("binding publisher {ep}")))?;
         let collector = ctx.socket(zmq::SUB).map_err(zerr("creating the collector"))?;
-        collector.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting collector HWM"))?;
-        collector.set_subscribe(b"").map_err(zerr("subscribing the collector"))?;
+        collector
+            .set_rcvhwm(cfg.collector_hwm_msgs)
+            .map_err(zerr("setting collector HWM"))?;
+        collector
+            .set_subscribe(b"")
+            .map_err(zerr("subscribing the collector"))?;
         collector.set_linger(0).map_err(zerr("setting linger"))?;
         let ep = format!("tcp://{host}:{}", p + 2);
         collector.bind(&ep).map_err(zerr(format!("binding collector {ep}")))?;
@@ -218,7 +224,9 @@ impl Server {
                 let [peer_snapshot, peer_pub, _] = super::endpoints(&pc.peer).map_err(ServerError::Config)?;
                 let peer_sub = ctx.socket(zmq::SUB).map_err(zerr("creating the peer subscriber"))?;
                 peer_sub.set_subscribe(b"").map_err(zerr("subscribing peer"))?;
-                peer_sub.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting HWM"))?;
+                peer_sub
+                    .set_rcvhwm(cfg.collector_hwm_msgs)
+                    .map_err(zerr("setting HWM"))?;
                 peer_sub.set_linger(0).map_err(zerr("setting linger"))?;
                 peer_sub
                     .connect(&peer_pub)
@@ -273,7 +281,12 @@ impl Server {
             }
             log(
                 server.cfg.verbose,
-                format_args!("recovered {} keys at sequence {} from {}", server.map.len(), server.sequence, dir.display()),
+                format_args!(
+                    "recovered {} keys at sequence {} from {}",
+                    server.map.len(),
+                    server.sequence,
+                    dir.display()
+                ),
             );
             server.store = Some(store);
         }
@@ -315,7 +328,10 @@ impl Server {
         let mut m = msg.clone();
         m.remove_prop(kvmsg::TTL_PROP);
         let expires_at_unix_ms = expires_at_ns.map(|t| wall_now_ms() + t.saturating_sub(now_ns) / 1_000_000 + 1);
-        if let Err(e) = store.append(&Record { msg: m, expires_at_unix_ms }) {
+        if let Err(e) = store.append(&Record {
+            msg: m,
+            expires_at_unix_ms,
+        }) {
             eprintln!("clone-server: {e}");
         }
         self.wrote = true;
@@ -338,16 +354,22 @@ impl Server {
             return Err(format!("key of {} bytes > {}", msg.key.len(), self.cfg.max_key_bytes));
         }
         if msg.body.len() > self.cfg.max_value_bytes {
-            return Err(format!("value of {} bytes > {}", msg.body.len(), self.cfg.max_value_bytes));
+            return Err(format!(
+                "value of {} bytes > {}",
+                msg.body.len(),
+                self.cfg.max_value_bytes
+            ));
         }
         if msg.key == HUGZ || msg.key == KTHXBAI {
             return Err("reserved key".into());
         }
         ttl_ns(msg).map_err(|e| e.to_string())?;
+        kvmsg::encode_props(&msg.props).map_err(|e| e.to_string())?;
         Ok(())
     }
 
     /// Active: sequence, store, publish and persist one client update (deduplicated by UUID).
+    /// The update was validated (TTL parses), so storing it cannot fail.
     fn apply_update(&mut self, mut msg: KvMsg, now_ns: u64) {
         if let Some(u) = msg.uuid {
             if !self.recent.insert(u) {
@@ -357,13 +379,14 @@ impl Server {
         }
         self.sequence += 1;
         msg.sequence = self.sequence;
-        if self.map.apply(&msg, now_ns).is_err() {
-            self.counters.malformed_updates += 1;
-            return;
-        }
         self.publish(&msg, now_ns);
-        let exp = self.map.get(&msg.key).and_then(|e| e.expires_at_ns);
-        self.persist(&msg, exp, now_ns);
+        if self.store.is_some() {
+            let exp = ttl_ns(&msg).ok().flatten().map(|t| now_ns.saturating_add(t));
+            self.persist(&msg, exp, now_ns);
+        }
+        if self.map.apply_owned(msg, now_ns).is_err() {
+            self.counters.malformed_updates += 1;
+        }
     }
 
     /// Passive: apply an update the active server published.
@@ -380,18 +403,22 @@ impl Server {
                 }
             }
         }
-        if self.map.apply(&msg, now_ns).is_err() {
-            self.counters.malformed_updates += 1;
-            return;
+        if self.store.is_some() {
+            let exp = ttl_ns(&msg).ok().flatten().map(|t| now_ns.saturating_add(t));
+            self.persist(&msg, exp, now_ns);
         }
-        let exp = self.map.get(&msg.key).and_then(|e| e.expires_at_ns);
-        self.persist(&msg, exp, now_ns);
+        if self.map.apply_owned(msg, now_ns).is_err() {
+            self.counters.malformed_updates += 1;
+        }
     }
 
     fn on_collector(&mut self, msg: KvMsg, now_ns: u64) {
         if let Err(reason) = self.validate(&msg) {
             self.counters.malformed_updates += 1;
-            log(self.cfg.verbose && self.counters.malformed_updates <= 10, format_args!("update refused: {reason}"));
+            log(
+                self.cfg.verbose && self.counters.malformed_updates <= 10,
+                format_args!("update refused: {reason}"),
+            );
             return;
         }
         if self.is_active() {
@@ -423,7 +450,10 @@ impl Server {
                 for m in pending {
                     self.apply_update(m, now_ns);
                 }
-                log(self.cfg.verbose, format_args!("applied {n} pending updates on takeover, sequence {}", self.sequence));
+                log(
+                    self.cfg.verbose,
+                    format_args!("applied {n} pending updates on takeover, sequence {}", self.sequence),
+                );
                 self.last_pub_ns = 0; // HUGZ at once so clients see us
             }
             State::Passive => p.synced = false,
@@ -496,7 +526,7 @@ impl Server {
                 Err(e) => return Err(self.zmq_err("receiving a snapshot request", e)),
             };
             n += 1;
-            if count < 2 || count > kvmsg::MAX_FRAMES {
+            if !(2..=kvmsg::MAX_FRAMES).contains(&count) {
                 self.counters.malformed_requests += 1;
                 continue;
             }
@@ -615,10 +645,11 @@ impl Server {
             return Ok(0);
         }
         if p.sync.is_none() {
-            let dealer = self
-                .ctx
-                .socket(zmq::DEALER)
-                .map_err(|e| AgentError::Zmq { role: "clone-server".into(), context: "creating the sync socket", source: e })?;
+            let dealer = self.ctx.socket(zmq::DEALER).map_err(|e| AgentError::Zmq {
+                role: "clone-server".into(),
+                context: "creating the sync socket",
+                source: e,
+            })?;
             let _ = dealer.set_linger(0);
             let _ = dealer.set_rcvhwm(0);
             if dealer.connect(&p.peer_snapshot).is_err() {
@@ -632,7 +663,10 @@ impl Server {
                 map: KvMap::new(),
                 queued: Vec::new(),
             });
-            log(verbose, format_args!("passive: fetching a snapshot from {}", p.peer_snapshot));
+            log(
+                verbose,
+                format_args!("passive: fetching a snapshot from {}", p.peer_snapshot),
+            );
         }
         let mut n = 0;
         let mut done: Option<u64> = None;
@@ -644,7 +678,9 @@ impl Server {
                 };
                 n += 1;
                 sync.deadline_ns = now_ns + PEER_SYNC_TIMEOUT_NS;
-                let Ok(m) = KvMsg::decode_messages(&self.frames[..count.min(kvmsg::MAX_FRAMES)]) else { continue };
+                let Ok(m) = KvMsg::decode_messages(&self.frames[..count.min(kvmsg::MAX_FRAMES)]) else {
+                    continue;
+                };
                 if m.key == KTHXBAI {
                     done = Some(m.sequence);
                     break;
@@ -675,7 +711,14 @@ impl Server {
                 self.apply_replicated(m, now_ns);
             }
             self.rewrite_store(now_ns);
-            log(verbose, format_args!("passive: in sync with {} keys at sequence {}", self.map.len(), self.sequence));
+            log(
+                verbose,
+                format_args!(
+                    "passive: in sync with {} keys at sequence {}",
+                    self.map.len(),
+                    self.sequence
+                ),
+            );
         }
         Ok(n)
     }
@@ -703,19 +746,22 @@ impl Server {
                 let _ = p.statepub.send(s.to_wire(), zmq::DONTWAIT);
             }
             let alive = !p.bstar.peer_expired(now_ns);
-            while alive && p.pending.front().is_some_and(|(t, _)| now_ns.saturating_sub(*t) > PENDING_MAX_AGE_NS) {
+            while alive
+                && p.pending
+                    .front()
+                    .is_some_and(|(t, _)| now_ns.saturating_sub(*t) > PENDING_MAX_AGE_NS)
+            {
                 p.pending.pop_front();
                 self.counters.pending_dropped += 1;
             }
         }
         if self.is_active() {
             if self.map.next_expiry_ns().is_some_and(|t| t <= now_ns) {
-                for (key, e) in self.map.expire(now_ns) {
+                for (key, _entry) in self.map.expire(now_ns) {
                     self.sequence += 1;
                     let del = KvMsg::new(key, self.sequence, Vec::new());
                     self.publish(&del, now_ns);
                     self.persist(&del, None, now_ns);
-                    let _ = e;
                     self.counters.expired += 1;
                     n += 1;
                 }
@@ -782,6 +828,9 @@ impl Agent for Server {
                 eprintln!("clone-server: {e}");
             }
         }
-        log(self.cfg.verbose, format_args!("stopped at sequence {} with {} keys", self.sequence, self.map.len()));
+        log(
+            self.cfg.verbose,
+            format_args!("stopped at sequence {} with {} keys", self.sequence, self.map.len()),
+        );
     }
 }

@@ -34,7 +34,10 @@ impl Proc {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc { child, name: name.to_string() }
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -43,7 +46,10 @@ impl Proc {
 
     /// Send a signal by pid (e.g. libc SIGINT = 2, SIGKILL = 9).
     pub fn signal(&self, sig: i32) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Wait for exit up to `deadline`; panics naming the process if it does not exit.
