@@ -33,6 +33,9 @@ const BATCH_MSGS: usize = 4096;
 const FAST_RESEND_NS: u64 = 250_000_000;
 /// ... for this long.
 const FAST_RESEND_WINDOW_NS: u64 = 3_000_000_000;
+/// A set still unacknowledged after this long is forgotten (counted as abandoned): the server
+/// drops a re-sent UUID whose key has since been overwritten, so no echo will ever come.
+const GIVE_UP_NS: u64 = 30_000_000_000;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -141,6 +144,8 @@ pub struct ClientStatus {
     pub malformed: u64,
     /// Live updates applied.
     pub live_updates: u64,
+    /// Sets forgotten unacknowledged after 30 s of re-sending (a newer update to the key won).
+    pub abandoned: u64,
 }
 
 enum Cmd {
@@ -376,6 +381,10 @@ struct ServerConn {
     base: String,
     snapshot_ep: String,
     sub: zmq::Socket,
+    /// Socket monitor of `sub` (inproc PAIR): tells when its connection is up.
+    monitor: zmq::Socket,
+    /// `sub` has completed its handshake, so its subscription is on its way to the server.
+    connected: bool,
 }
 
 struct Syncing {
@@ -401,6 +410,7 @@ struct CEntry {
 struct Unacked {
     uuid: Uuid,
     msg: KvMsg,
+    first_sent_ns: u64,
     sent_ns: u64,
 }
 
@@ -423,6 +433,7 @@ struct ClientAgent {
     status: ClientStatus,
     ever_synced: bool,
     synced_at_ns: u64,
+    initial_since_ns: Option<u64>,
     frames: Vec<zmq::Message>,
 }
 
@@ -470,11 +481,26 @@ impl ClientAgent {
             sub.set_rcvhwm(cfg.sub_hwm_msgs).map_err(agent_err("setting HWM"))?;
             sub.set_linger(0).map_err(agent_err("setting linger"))?;
             subscribe(&sub, &subtree, true).map_err(agent_err("subscribing"))?;
+            let mon_ep = format!(
+                "inproc://clone-mon-{}-{}",
+                std::process::id(),
+                CLIENT_IDS.fetch_add(1, Ordering::Relaxed)
+            );
+            let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+            sub.monitor(&mon_ep, events)
+                .map_err(agent_err("monitoring a subscriber"))?;
+            let monitor = ctx.socket(zmq::PAIR).map_err(agent_err("creating a monitor socket"))?;
+            monitor.set_linger(0).map_err(agent_err("setting linger"))?;
+            monitor
+                .connect(&mon_ep)
+                .map_err(agent_err("connecting a monitor socket"))?;
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
             servers.push(ServerConn {
                 base: base.clone(),
                 snapshot_ep: snap,
                 sub,
+                monitor,
+                connected: false,
             });
         }
         Ok(ClientAgent {
@@ -496,6 +522,7 @@ impl ClientAgent {
             status: ClientStatus::default(),
             ever_synced: false,
             synced_at_ns: 0,
+            initial_since_ns: None,
             frames: Vec::new(),
         })
     }
@@ -558,6 +585,7 @@ impl ClientAgent {
                     self.unacked.push_back(Unacked {
                         uuid: u,
                         msg,
+                        first_sent_ns: now_ns,
                         sent_ns: now_ns,
                     });
                     while self.unacked.len() > self.cfg.max_unacked {
@@ -615,6 +643,26 @@ impl ClientAgent {
                 self.phase = Phase::Initial;
             }
         }
+    }
+
+    /// Track each subscriber's connection from its socket monitor.
+    fn drain_monitors(&mut self) -> usize {
+        let mut n = 0;
+        for s in &mut self.servers {
+            while let Ok(frames) = s.monitor.recv_multipart(zmq::DONTWAIT) {
+                n += 1;
+                let Some(f) = frames.first().filter(|f| f.len() >= 2) else {
+                    continue;
+                };
+                let event = u16::from_ne_bytes([f[0], f[1]]);
+                if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
+                    s.connected = true;
+                } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
+                    s.connected = false;
+                }
+            }
+        }
+        n
     }
 
     fn failover(&mut self) {
@@ -828,6 +876,12 @@ impl ClientAgent {
                 break;
             }
             if let Some(mut u) = self.unacked.pop_front() {
+                if now_ns.saturating_sub(u.first_sent_ns) > GIVE_UP_NS {
+                    // A newer update to the key won on the server; ours will never come back.
+                    self.unacked_ids.remove(&u.uuid);
+                    self.status.abandoned += 1;
+                    continue;
+                }
                 self.send_update(&u.msg);
                 u.sent_ns = now_ns;
                 self.unacked.push_back(u);
@@ -857,6 +911,7 @@ impl Agent for ClientAgent {
                 Err(TryRecvError::Disconnected) => return Ok(Step::Finished),
             }
         }
+        n += self.drain_monitors();
         // Drop what the other server publishes (it is passive or we are not using it).
         for i in 0..self.servers.len() {
             if i != self.cur {
@@ -870,8 +925,19 @@ impl Agent for ClientAgent {
         }
         match self.phase {
             Phase::Initial => {
-                self.start_sync(now)?;
-                n += 1;
+                // Ask for the snapshot only once our subscription is on its way, so no update
+                // published after the snapshot can slip past us (the guide's clone has that race).
+                if self.servers[self.cur].connected {
+                    self.initial_since_ns = None;
+                    self.start_sync(now)?;
+                    n += 1;
+                } else {
+                    let since = *self.initial_since_ns.get_or_insert(now);
+                    if now.saturating_sub(since) > self.cfg.snapshot_retry_ms * 1_000_000 {
+                        self.initial_since_ns = None;
+                        self.failover();
+                    }
+                }
             }
             Phase::Syncing(_) => n += self.sync_step(now),
             Phase::Live => n += self.live_step(now),
@@ -884,6 +950,7 @@ impl Agent for ClientAgent {
         let mut items = vec![
             self.bell.as_poll_item(zmq::POLLIN),
             self.servers[self.cur].sub.as_poll_item(zmq::POLLIN),
+            self.servers[self.cur].monitor.as_poll_item(zmq::POLLIN),
         ];
         if let Phase::Syncing(s) = &self.phase {
             items.push(s.dealer.as_poll_item(zmq::POLLIN));

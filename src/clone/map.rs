@@ -134,6 +134,13 @@ impl KvMap {
         Ok(Applied::Stored)
     }
 
+    /// Record that `key`'s current value was re-published under `sequence`.
+    pub fn set_sequence(&mut self, key: &[u8], sequence: u64) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.sequence = sequence;
+        }
+    }
+
     /// Store with an explicit deadline (recovery, replication).
     pub fn put(&mut self, key: Vec<u8>, msg: &KvMsg, expires_at_ns: Option<u64>) -> Applied {
         if let Some(old) = self.entries.get(&key) {
@@ -361,7 +368,11 @@ mod tests {
             u[8..].copy_from_slice(&i.to_be_bytes());
             low_bits.insert(b.hash_one(u) & 0xfff);
         }
-        assert!(low_bits.len() > 2000, "only {} distinct low-bit buckets", low_bits.len());
+        assert!(
+            low_bits.len() > 2000,
+            "only {} distinct low-bit buckets",
+            low_bits.len()
+        );
     }
 
     #[test]

@@ -144,6 +144,9 @@ struct Pair {
     statepub: zmq::Socket,
     statesub: zmq::Socket,
     peer_sub: zmq::Socket,
+    /// Socket monitor of `peer_sub`: a sync starts only once our subscription is on its way.
+    peer_mon: zmq::Socket,
+    peer_connected: bool,
     peer_snapshot: String,
     sync: Option<PeerSync>,
     synced: bool,
@@ -228,6 +231,14 @@ impl Server {
                     .set_rcvhwm(cfg.collector_hwm_msgs)
                     .map_err(zerr("setting HWM"))?;
                 peer_sub.set_linger(0).map_err(zerr("setting linger"))?;
+                let mon_ep = format!("inproc://clone-server-peer-mon-{}", std::process::id());
+                let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+                peer_sub
+                    .monitor(&mon_ep, events)
+                    .map_err(zerr("monitoring the peer subscriber"))?;
+                let peer_mon = ctx.socket(zmq::PAIR).map_err(zerr("creating a monitor socket"))?;
+                peer_mon.set_linger(0).map_err(zerr("setting linger"))?;
+                peer_mon.connect(&mon_ep).map_err(zerr("connecting a monitor socket"))?;
                 peer_sub
                     .connect(&peer_pub)
                     .map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
@@ -236,6 +247,8 @@ impl Server {
                     statepub,
                     statesub,
                     peer_sub,
+                    peer_mon,
+                    peer_connected: false,
                     peer_snapshot,
                     sync: None,
                     synced: false,
@@ -374,6 +387,7 @@ impl Server {
         if let Some(u) = msg.uuid {
             if !self.recent.insert(u) {
                 self.counters.duplicates += 1;
+                self.republish_if_current(&msg, u, now_ns);
                 return;
             }
         }
@@ -386,6 +400,27 @@ impl Server {
         }
         if self.map.apply_owned(msg, now_ns).is_err() {
             self.counters.malformed_updates += 1;
+        }
+    }
+
+    /// A client re-sent an update we already applied (it missed our KVPUB, e.g. because its
+    /// subscription was not in place yet). If the key still holds exactly that update, publish the
+    /// current state again under a new sequence: it changes nothing and acknowledges the client.
+    /// If the key has moved on, a newer update exists and re-publishing would be stale: drop it.
+    fn republish_if_current(&mut self, msg: &KvMsg, u: kvmsg::Uuid, now_ns: u64) {
+        let current = match self.map.get(&msg.key) {
+            Some(e) if e.uuid == Some(u) => Some(KvMap::to_msg(&msg.key, e, now_ns)),
+            None if msg.body.is_empty() => Some(msg.clone()),
+            _ => None,
+        };
+        if let Some(mut m) = current {
+            self.sequence += 1;
+            m.sequence = self.sequence;
+            m.uuid = Some(u);
+            self.publish(&m, now_ns);
+            self.map.set_sequence(&m.key, m.sequence);
+            let exp = self.map.get(&m.key).and_then(|e| e.expires_at_ns);
+            self.persist(&m, exp, now_ns);
         }
     }
 
@@ -623,13 +658,37 @@ impl Server {
                 Some(Ok(m)) => m,
             };
             n += 1;
-            if msg.key == HUGZ || self.is_active() {
+            if self.is_active() {
+                continue;
+            }
+            if msg.key == HUGZ {
+                // HUGZ carries the active's sequence: if it is ahead of us while we think we
+                // are in step, we lost updates.
+                if let Some(p) = self.pair.as_mut() {
+                    if p.synced && p.sync.is_none() && msg.sequence > self.sequence {
+                        log(
+                            self.cfg.verbose,
+                            format_args!("passive: behind ({} < {}), re-syncing", self.sequence, msg.sequence),
+                        );
+                        p.synced = false;
+                    }
+                }
                 continue;
             }
             let Some(p) = self.pair.as_mut() else { break };
             if let Some(sync) = p.sync.as_mut() {
                 sync.queued.push(msg);
             } else if p.synced {
+                if msg.sequence > self.sequence + 1 {
+                    // The active server's sequence is contiguous: we missed updates (HWM, a
+                    // reconnect). Fetch a fresh snapshot rather than drift.
+                    log(
+                        self.cfg.verbose,
+                        format_args!("passive: gap {} -> {}, re-syncing", self.sequence, msg.sequence),
+                    );
+                    p.synced = false;
+                    continue;
+                }
                 self.apply_replicated(msg, now_ns);
             }
         }
@@ -641,7 +700,17 @@ impl Server {
     fn drive_sync(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let verbose = self.cfg.verbose;
         let Some(p) = self.pair.as_mut() else { return Ok(0) };
-        if p.bstar.state() != State::Passive || p.synced {
+        while let Ok(frames) = p.peer_mon.recv_multipart(zmq::DONTWAIT) {
+            if let Some(f) = frames.first().filter(|f| f.len() >= 2) {
+                let event = u16::from_ne_bytes([f[0], f[1]]);
+                if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
+                    p.peer_connected = true;
+                } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
+                    p.peer_connected = false;
+                }
+            }
+        }
+        if p.bstar.state() != State::Passive || p.synced || (p.sync.is_none() && !p.peer_connected) {
             return Ok(0);
         }
         if p.sync.is_none() {
@@ -815,6 +884,7 @@ impl Agent for Server {
         if let Some(p) = &self.pair {
             items.push(p.statesub.as_poll_item(zmq::POLLIN));
             items.push(p.peer_sub.as_poll_item(zmq::POLLIN));
+            items.push(p.peer_mon.as_poll_item(zmq::POLLIN));
             if let Some(s) = &p.sync {
                 items.push(s.dealer.as_poll_item(zmq::POLLIN));
             }
