@@ -610,3 +610,46 @@ fn mdsub_client_interoperates_with_independent_chp_server() {
     assert_eq!(kvset[4], b"2");
     assert_eq!(c.status().expect("status").sequence, seq);
 }
+
+#[test]
+fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
+    use std::io::Read;
+    let dir = std::env::temp_dir().join(format!("mdsub-clone-tail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf8");
+    let p = free_port_block(3);
+    {
+        let mut s = server("server", p, &["--data-dir", d]);
+        let c = client(&[p], "");
+        c.wait_synced(Duration::from_secs(5)).expect("synced");
+        let mut last = None;
+        for i in 0..10 {
+            last = Some(c.set(format!("/t/{i}"), "v", None).expect("set"));
+        }
+        c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+        s.signal(15);
+        s.wait_exit(Duration::from_secs(5));
+    }
+    // A torn write at the end of the log.
+    let log = dir.join("log");
+    let good_len = std::fs::metadata(&log).expect("log exists").len();
+    let mut bytes = std::fs::read(&log).expect("read");
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&log, &bytes).expect("write");
+    let mut cmd = mdsub();
+    cmd.args(["clone-server", "--quiet", "--port", &p.to_string(), "--data-dir", d])
+        .stderr(std::process::Stdio::piped());
+    let mut s = Proc::spawn("server", &mut cmd);
+    wait_until(Duration::from_secs(5), "the restarted server to recover 10 keys", || {
+        status(p).get("keys").map(String::as_str) == Some("10")
+    });
+    s.signal(9);
+    s.wait_exit(Duration::from_secs(5));
+    let mut err = String::new();
+    s.child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+    assert!(
+        err.contains(&format!("offset {good_len}")) && err.contains("truncated"),
+        "stderr names the offset and the reason: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
