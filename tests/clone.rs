@@ -640,13 +640,20 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
     cmd.args(["clone-server", "--quiet", "--port", &p.to_string(), "--data-dir", d])
         .stderr(std::process::Stdio::piped());
     let mut s = Proc::spawn("server", &mut cmd);
-    wait_until(Duration::from_secs(5), "the restarted server to recover 10 keys", || {
-        status(p).get("keys").map(String::as_str) == Some("10")
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the restarted server to recover 10 keys",
+        || status(p).get("keys").map(String::as_str) == Some("10"),
+    );
     s.signal(9);
     s.wait_exit(Duration::from_secs(5));
     let mut err = String::new();
-    s.child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+    s.child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
     assert!(
         err.contains(&format!("offset {good_len}")) && err.contains("truncated"),
         "stderr names the offset and the reason: {err}"

@@ -515,8 +515,14 @@ impl Server {
     fn serve_snapshot(&mut self, identity: &[u8], subtree: &[u8], now_ns: u64) {
         let mut sent_ok = true;
         for (k, e) in self.map.subtree(subtree) {
-            let m = KvMap::to_msg(k, e, now_ns);
-            if m.send(&self.snapshot, Some(identity)).is_err() {
+            let r = if e.expires_at_ns.is_none() && e.props.is_empty() {
+                send_entry_plain(&self.snapshot, identity, k, e)
+            } else {
+                KvMap::to_msg(k, e, now_ns)
+                    .send(&self.snapshot, Some(identity))
+                    .map_err(|_| zmq::Error::EINVAL)
+            };
+            if r.is_err() {
                 sent_ok = false;
                 break;
             }
@@ -859,6 +865,19 @@ impl Server {
         }
         n
     }
+}
+
+/// Send one KVSYNC straight from a stored entry without properties or TTL (no copy of the entry).
+fn send_entry_plain(sock: &zmq::Socket, identity: &[u8], key: &[u8], e: &super::map::Entry) -> zmq::Result<()> {
+    sock.send(identity, zmq::SNDMORE)?;
+    sock.send(key, zmq::SNDMORE)?;
+    sock.send(&e.sequence.to_be_bytes()[..], zmq::SNDMORE)?;
+    match &e.uuid {
+        Some(u) => sock.send(&u[..], zmq::SNDMORE)?,
+        None => sock.send(&b""[..], zmq::SNDMORE)?,
+    }
+    sock.send(&b""[..], zmq::SNDMORE)?;
+    sock.send(&e.body[..], 0)
 }
 
 impl Agent for Server {
