@@ -390,7 +390,8 @@ struct ServerConn {
 struct Syncing {
     dealer: zmq::Socket,
     deadline_ns: u64,
-    map: BTreeMap<Vec<u8>, CEntry>,
+    /// Snapshot entries as they arrive (in key order); bulk-built into a map at KTHXBAI.
+    entries: Vec<(Vec<u8>, CEntry)>,
     queued: Vec<KvMsg>,
 }
 
@@ -694,7 +695,7 @@ impl ClientAgent {
         self.phase = Phase::Syncing(Box::new(Syncing {
             dealer,
             deadline_ns: now_ns + self.cfg.snapshot_retry_ms * 1_000_000,
-            map: BTreeMap::new(),
+            entries: Vec::new(),
             queued: Vec::new(),
         }));
         Ok(())
@@ -755,14 +756,14 @@ impl ClientAgent {
                 break;
             }
             if !m.body.is_empty() && m.key.starts_with(&self.subtree) {
-                s.map.insert(
+                s.entries.push((
                     m.key,
                     CEntry {
                         sequence: m.sequence,
                         uuid: m.uuid,
                         body: m.body,
                     },
-                );
+                ));
             }
         }
         if let Some(seq) = done {
@@ -776,7 +777,8 @@ impl ClientAgent {
     }
 
     fn finish_sync(&mut self, s: Syncing, seq: u64, now_ns: u64) {
-        let old = std::mem::replace(&mut self.map, s.map);
+        // BTreeMap's bulk build (sorted input; on a duplicate key the last entry wins).
+        let old = std::mem::replace(&mut self.map, s.entries.into_iter().collect());
         self.sequence = seq;
         self.last_msg_ns = now_ns;
         self.status.syncs += 1;
