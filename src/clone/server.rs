@@ -279,7 +279,7 @@ impl Server {
             for r in rec.records {
                 let exp = match r.expires_at_unix_ms {
                     Some(t) if t <= wall && !r.msg.body.is_empty() => continue,
-                    Some(t) => Some(now + (t - wall) * 1_000_000),
+                    Some(t) => Some(now.saturating_add((t - wall).saturating_mul(1_000_000))),
                     None => None,
                 };
                 if let Some(u) = r.msg.uuid {
@@ -391,7 +391,7 @@ impl Server {
                 return;
             }
         }
-        self.sequence += 1;
+        self.sequence = self.sequence.saturating_add(1);
         msg.sequence = self.sequence;
         self.publish(&msg, now_ns);
         if self.store.is_some() {
@@ -414,7 +414,7 @@ impl Server {
             _ => None,
         };
         if let Some(mut m) = current {
-            self.sequence += 1;
+            self.sequence = self.sequence.saturating_add(1);
             m.sequence = self.sequence;
             m.uuid = Some(u);
             self.publish(&m, now_ns);
@@ -685,7 +685,7 @@ impl Server {
             if let Some(sync) = p.sync.as_mut() {
                 sync.queued.push(msg);
             } else if p.synced {
-                if msg.sequence > self.sequence + 1 {
+                if msg.sequence > self.sequence.saturating_add(1) {
                     // The active server's sequence is contiguous: we missed updates (HWM, a
                     // reconnect). Fetch a fresh snapshot rather than drift.
                     log(
@@ -833,7 +833,7 @@ impl Server {
         if self.is_active() {
             if self.map.next_expiry_ns().is_some_and(|t| t <= now_ns) {
                 for (key, _entry) in self.map.expire(now_ns) {
-                    self.sequence += 1;
+                    self.sequence = self.sequence.saturating_add(1);
                     let del = KvMsg::new(key, self.sequence, Vec::new());
                     self.publish(&del, now_ns);
                     self.persist(&del, None, now_ns);
