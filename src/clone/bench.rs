@@ -194,6 +194,43 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
     Ok(n as f64 / elapsed.as_secs_f64().max(1e-9))
 }
 
+/// Baseline in the same run: the same five-frame KVSETs from the feeder straight into a raw SUB
+/// that decodes them (one hop, no server). The server path is two such hops plus the server.
+fn baseline_once(n: u64) -> anyhow::Result<f64> {
+    let port = free_port_block(3)?;
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB)?;
+    sub.set_rcvhwm(0)?;
+    sub.set_subscribe(b"")?;
+    // The feeder connects its PUB to port+2, so bind the SUB there.
+    sub.bind(&format!("tcp://127.0.0.1:{}", port + 2))?;
+    let feeder_ctx = ctx.clone();
+    let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
+    let mut frames = Vec::new();
+    let mut got = 0u64;
+    let mut start = Instant::now();
+    let deadline = start + Duration::from_secs(120);
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("baseline subscriber got {got} of {n} within 120 s");
+        }
+        if sub.poll(zmq::POLLIN, 100)? == 0 {
+            continue;
+        }
+        while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
+            if KvMsg::decode_messages(&frames[..c.min(frames.len())]).is_ok() {
+                if got == 0 {
+                    start = Instant::now();
+                }
+                got += 1;
+            }
+        }
+    }
+    let t = start.elapsed();
+    feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+    Ok(n as f64 / t.as_secs_f64().max(1e-9))
+}
+
 /// Seconds for a `clone::Client` to receive and store a snapshot of `keys` keys.
 fn snapshot_once(keys: u64) -> anyhow::Result<f64> {
     let server = InProcServer::start()?;
@@ -309,7 +346,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "clone-bench: {} runs each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
         runs, args.updates, args.keys, args.silence_ms
     );
-    let (mut raw, mut cli) = (Vec::new(), Vec::new());
+    let (mut base, mut raw, mut cli) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let b = baseline_once(args.updates)?;
+        println!("  baseline run {i}: feeder -> raw SUB, no server: {:.0} updates/s", b);
+        base.push(b);
+    }
     for i in 0..runs {
         let r = throughput_once(args.updates, false)?;
         let c = throughput_once(args.updates, true)?;
@@ -334,6 +376,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             fos.push(t);
         }
     }
+    println!("median: baseline (one hop, no server) {:.0} updates/s", median(&mut base));
     println!("median: raw subscriber {:.0} updates/s", median(&mut raw));
     println!("median: clone::Client {:.0} updates/s", median(&mut cli));
     println!("median: snapshot of {} keys {:.3} s", args.keys, median(&mut snaps));

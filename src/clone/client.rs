@@ -16,7 +16,7 @@
 //! UUID they have already applied, so a re-send never applies twice; this is what makes "every
 //! update sent during a failover survives".
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, KTHXBAI, TTL_PROP};
-use super::map::mono_now_ns;
+use super::map::{mono_now_ns, UuidSet};
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 
 const BATCH_MSGS: usize = 4096;
@@ -429,7 +429,7 @@ struct ClientAgent {
     sequence: u64,
     last_msg_ns: u64,
     unacked: VecDeque<Unacked>,
-    unacked_ids: HashSet<Uuid>,
+    unacked_ids: UuidSet,
     watchers: Vec<(Vec<u8>, Sender<Change>)>,
     status: ClientStatus,
     ever_synced: bool,
@@ -518,7 +518,7 @@ impl ClientAgent {
             sequence: 0,
             last_msg_ns: 0,
             unacked: VecDeque::new(),
-            unacked_ids: HashSet::new(),
+            unacked_ids: UuidSet::default(),
             watchers: Vec::new(),
             status: ClientStatus::default(),
             ever_synced: false,

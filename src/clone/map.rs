@@ -246,7 +246,8 @@ impl std::hash::Hasher for UuidHasher {
     }
 }
 
-type UuidSet = HashSet<Uuid, std::hash::BuildHasherDefault<UuidHasher>>;
+/// A set of UUIDs hashed with [`UuidHasher`].
+pub type UuidSet = HashSet<Uuid, std::hash::BuildHasherDefault<UuidHasher>>;
 
 /// A bounded set of UUIDs seen recently (FIFO eviction), for de-duplication and pending matching.
 #[derive(Debug, Clone)]
