@@ -660,3 +660,29 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn clone_client_cli_watch_prints_current_then_live_changes() {
+    use std::io::{BufRead, BufReader};
+    let p = free_port_block(3);
+    let _s = server("server", p, &[]);
+    let srv = ep(p);
+    let c = client(&[p], "");
+    c.wait_synced(Duration::from_secs(5)).expect("synced");
+    let u = c.set("/w/a", "1", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &srv, "watch", "/w/", "--count", "2"])
+        .stdout(std::process::Stdio::piped());
+    let mut w = Proc::spawn("watch", &mut cmd);
+    let mut lines = BufReader::new(w.child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("read");
+    assert_eq!(first, format!("initial {} /w/a=1", 1), "current value first");
+    c.set("/w/b", "2", None).expect("set");
+    c.del("/w/a").expect("del");
+    let rest: Vec<String> = lines.map(|l| l.expect("read")).collect();
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert!(rest[0].starts_with("live ") && rest[0].ends_with(" /w/b=2"), "{rest:?}");
+    assert!(rest[1].starts_with("live ") && rest[1].ends_with(" /w/a deleted"), "{rest:?}");
+    assert!(w.wait_exit(Duration::from_secs(5)).success());
+}
