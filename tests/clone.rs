@@ -683,6 +683,9 @@ fn clone_client_cli_watch_prints_current_then_live_changes() {
     let rest: Vec<String> = lines.map(|l| l.expect("read")).collect();
     assert_eq!(rest.len(), 2, "{rest:?}");
     assert!(rest[0].starts_with("live ") && rest[0].ends_with(" /w/b=2"), "{rest:?}");
-    assert!(rest[1].starts_with("live ") && rest[1].ends_with(" /w/a deleted"), "{rest:?}");
+    assert!(
+        rest[1].starts_with("live ") && rest[1].ends_with(" /w/a deleted"),
+        "{rest:?}"
+    );
     assert!(w.wait_exit(Duration::from_secs(5)).success());
 }

@@ -376,7 +376,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             fos.push(t);
         }
     }
-    println!("median: baseline (one hop, no server) {:.0} updates/s", median(&mut base));
+    println!(
+        "median: baseline (one hop, no server) {:.0} updates/s",
+        median(&mut base)
+    );
     println!("median: raw subscriber {:.0} updates/s", median(&mut raw));
     println!("median: clone::Client {:.0} updates/s", median(&mut cli));
     println!("median: snapshot of {} keys {:.3} s", args.keys, median(&mut snaps));

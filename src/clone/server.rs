@@ -514,7 +514,16 @@ impl Server {
 
     fn serve_snapshot(&mut self, identity: &[u8], subtree: &[u8], now_ns: u64) {
         let mut sent_ok = true;
-        for (k, e) in self.map.subtree(subtree) {
+        for (i, (k, e)) in self.map.subtree(subtree).enumerate() {
+            // A large snapshot takes a while: keep the Binary Star heartbeat going meanwhile so
+            // the peer does not take us for dead.
+            if i % 65_536 == 65_535 {
+                if let Some(p) = self.pair.as_mut() {
+                    if let Some(st) = p.bstar.heartbeat_due(mono_now_ns()) {
+                        let _ = p.statepub.send(st.to_wire(), zmq::DONTWAIT);
+                    }
+                }
+            }
             let r = if e.expires_at_ns.is_none() && e.props.is_empty() {
                 send_entry_plain(&self.snapshot, identity, k, e)
             } else {
@@ -887,9 +896,10 @@ impl Agent for Server {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let now = mono_now_ns();
-        let mut n = self.drain_snapshot(now)?;
+        // Peer heartbeats first: a client vote must be judged on the peer's latest news.
+        let mut n = self.drain_peer(now)?;
+        n += self.drain_snapshot(now)?;
         n += self.drain_collector(now)?;
-        n += self.drain_peer(now)?;
         n += self.timers(now);
         Ok(Step::Worked(n))
     }
