@@ -697,8 +697,12 @@ fn lone_primary_serves_once_its_peer_has_been_silent() {
     let _prim = primary(pp, absent, &["--heartbeat-ms", "300"]);
     let c = client(&[pp], "");
     let t0 = Instant::now();
-    c.wait_synced(Duration::from_secs(5)).expect("a lone primary takes the client's vote");
-    assert!(t0.elapsed() >= Duration::from_millis(500), "not before the peer expired");
+    c.wait_synced(Duration::from_secs(5))
+        .expect("a lone primary takes the client's vote");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "not before the peer expired"
+    );
     let u = c.set("/alone", "1", None).expect("set");
     c.wait_acked(u, Duration::from_secs(5)).expect("published");
     assert_eq!(status(pp).get("state").map(String::as_str), Some("active"));
