@@ -707,3 +707,44 @@ fn lone_primary_serves_once_its_peer_has_been_silent() {
     c.wait_acked(u, Duration::from_secs(5)).expect("published");
     assert_eq!(status(pp).get("state").map(String::as_str), Some("active"));
 }
+
+#[test]
+fn passive_holds_pending_updates_and_publishes_them_on_takeover() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let mut prim = primary(pp, bp, &[]);
+    let _back = backup(bp, pp, &[]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    // A raw CHP client that reaches only the backup's collector (its link to the primary is
+    // "lost"): the passive backup must hold the update, not apply or publish it.
+    let ctx = zmq::Context::new();
+    let only_backup = ctx.socket(zmq::PUB).expect("pub");
+    only_backup.set_linger(0).expect("linger");
+    only_backup
+        .connect(&format!("tcp://127.0.0.1:{}", bp + 2))
+        .expect("connect");
+    let kvset = chp_frames(b"/pending/x", 0, b"pending-uuid-016", b"", b"held");
+    wait_until(
+        Duration::from_secs(5),
+        "the passive backup to hold the update as pending",
+        || {
+            only_backup.send_multipart(&kvset, 0).expect("send");
+            status(bp).get("pending").map(String::as_str) == Some("1")
+        },
+    );
+    assert_eq!(
+        status(bp).get("keys").map(String::as_str),
+        Some("0"),
+        "not applied while passive"
+    );
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    // A client that asks the backup is the vote; the backup takes over and applies the pending list.
+    let c = client(&[bp], "");
+    c.wait_synced(Duration::from_secs(8)).expect("backup takes over");
+    wait_until(Duration::from_secs(5), "the pending update to be published", || {
+        c.get("/pending/x").ok().flatten() == Some(b"held".to_vec())
+    });
+    assert_eq!(status(bp).get("pending").map(String::as_str), Some("0"));
+}

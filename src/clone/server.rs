@@ -465,6 +465,9 @@ impl Server {
             return;
         }
         if let Some(p) = self.pair.as_mut() {
+            if msg.uuid.is_some() && p.pending.iter().any(|(_, m)| m.uuid == msg.uuid) {
+                return; // a re-send of an update we already hold
+            }
             if p.pending.len() >= 1_000_000 {
                 p.pending.pop_front();
                 self.counters.pending_dropped += 1;
