@@ -90,6 +90,11 @@ fn late_joiner_converges_and_sequences_strictly_increase() {
         last = Some(a.set(format!("/k/{i:03}"), format!("v{i}"), None).expect("set"));
     }
     a.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+    // Acknowledging the last set does not acknowledge the others (a PUB drops what it sends
+    // before the collector's subscription arrives; the client re-sends those): wait for all.
+    wait_until(Duration::from_secs(5), "every set to be acknowledged", || {
+        a.status().expect("status").unacked == 0
+    });
     let b = client(&[p], "");
     b.wait_synced(Duration::from_secs(5)).expect("late joiner synced");
     assert_eq!(dump(&b).len(), 200, "snapshot carries every key");
@@ -256,6 +261,9 @@ fn restarted_primary_rejoins_as_passive_and_can_take_over_again() {
         last = Some(c.set(format!("/r/{i}"), "x", None).expect("set"));
     }
     c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(5), "every set to be acknowledged", || {
+        c.status().expect("status").unacked == 0
+    });
     prim.signal(9);
     prim.wait_exit(Duration::from_secs(5));
     // The client notices the silence, votes for the backup, which takes over.
@@ -302,6 +310,9 @@ fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
         c.del("/d/050").expect("del");
         let u = c.set("/d/000", "changed", None).expect("set");
         c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+        wait_until(Duration::from_secs(5), "every set to be acknowledged", || {
+            c.status().expect("status").unacked == 0
+        });
         wait_until(Duration::from_secs(5), "backup to replicate", || {
             status(bp).get("keys").map(String::as_str) == Some("99")
         });
@@ -627,6 +638,9 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
             last = Some(c.set(format!("/t/{i}"), "v", None).expect("set"));
         }
         c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+        wait_until(Duration::from_secs(5), "every set to be acknowledged", || {
+            c.status().expect("status").unacked == 0
+        });
         s.signal(15);
         s.wait_exit(Duration::from_secs(5));
     }
