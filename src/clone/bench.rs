@@ -1,4 +1,6 @@
-//! The clone stack's end-to-end benchmarks behind `mdsub clone-bench`: update throughput from the
+//! Clone stack benchmarks behind `mdsub clone-bench` (Clone pattern, measured).
+//!
+//! Update throughput from the
 //! collector through the server to a subscribed client, snapshot time for a large map, and
 //! failover time from the primary's death to a client receiving live updates again.
 

@@ -1,5 +1,7 @@
-//! Socket-free Binary Star state machine (the guide's bstar): PRIMARY/BACKUP → ACTIVE/PASSIVE,
-//! peer heartbeats and client votes, driven by `(event, now_ns)` so it is tested with a manual clock.
+//! Socket-free Binary Star state machine (the guide's bstar), driven by `(event, now_ns)`.
+//!
+//! PRIMARY/BACKUP → ACTIVE/PASSIVE from peer heartbeats and client votes; no sockets and no
+//! clock of its own, so it is tested exhaustively with a manual clock.
 //!
 //! Rules (the guide's, plus one noted deviation):
 //! - PRIMARY: peer BACKUP → ACTIVE; peer ACTIVE → PASSIVE; a client request is accepted (and

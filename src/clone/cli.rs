@@ -1,4 +1,6 @@
-//! Command-line faces of the clone stack: `mdsub clone-server`, `mdsub clone-client` and
+//! Command-line faces of the clone stack (`clone-server`, `clone-client`, `clone-bench`).
+//!
+//! The `mdsub clone-server`, `mdsub clone-client` and
 //! `mdsub clone-bench` arguments (clap) and the thin drivers that call the library.
 
 use std::io::Write;

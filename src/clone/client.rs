@@ -1,4 +1,6 @@
-//! The clone client agent (the guide's "clone class", model 6): a background agent thread that
+//! The clone client agent and its application API (the guide's "clone class", Clone model 6).
+//!
+//! A background agent thread that
 //! keeps a local copy of the shared map (or one subtree of it) in step with a Binary Star server
 //! pair, and the small application API ([`Client`]) that talks to it through a pipe (a crossbeam
 //! command channel plus an inproc doorbell so the agent's zmq poll wakes at once).

@@ -1,6 +1,8 @@
-//! CHP wire codec (Clone pattern): the five-frame kvmsg `key · sequence · uuid · properties · body`
-//! and the snapshot request, decoded strictly where the spec is strict and tolerantly where real
-//! implementations differ. Decoding never panics.
+//! CHP wire codec (Clone pattern): the five-frame kvmsg and the snapshot request.
+//!
+//! The kvmsg is `key · sequence · uuid · properties · body`. Messages and requests are decoded
+//! strictly where the spec is strict and tolerantly where real implementations differ.
+//! Decoding never panics.
 
 use std::fmt::Write as _;
 

@@ -1,4 +1,6 @@
-//! The clone store's socket-free key-value map with TTLs (Clone pattern): every operation takes
+//! Socket-free key-value map with TTLs and subtrees for the clone store (Clone pattern).
+//!
+//! Every operation takes
 //! `now_ns` from the caller, so expiry is tested with a manual clock. Also the bounded set of
 //! recently applied update UUIDs used to match and de-duplicate updates.
 

@@ -1,4 +1,6 @@
-//! The clone stack (the guide's Clone pattern, model 6, and its Clustered Hashmap Protocol): an
+//! The clone stack: a CHP key-value store served by a Binary Star pair (Clone pattern, model 6).
+//!
+//! The guide's Clone pattern, model 6, and its Clustered Hashmap Protocol: an
 //! eventually consistent key-value store shared by many clients, served by a Binary Star pair.
 //!
 //! | module | role |

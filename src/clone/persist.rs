@@ -1,4 +1,6 @@
-//! Durability for the clone server (beyond the guide): an append-only update log plus periodic
+//! Durability for the clone server's `--data-dir`: update log plus snapshots (beyond the guide).
+//!
+//! An append-only update log plus periodic
 //! snapshots in `--data-dir`, recovered at start. A truncated or corrupt tail is reported with its
 //! offset and reason, and everything before it is recovered.
 //!

@@ -1,4 +1,6 @@
-//! The clone server agent (Clone pattern model 6 + Binary Star): snapshot ROUTER at P, PUB at P+1,
+//! The clone server agent (Clone pattern model 6 + Binary Star).
+//!
+//! Snapshot ROUTER at P, PUB at P+1,
 //! collector SUB at P+2, Binary Star heartbeats at P+3; TTL expiry, HUGZ, pending list, takeover,
 //! and optional durability. The logic it composes ([`KvMap`], [`BStar`]) is socket-free.
 
