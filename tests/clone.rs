@@ -762,3 +762,66 @@ fn passive_holds_pending_updates_and_publishes_them_on_takeover() {
     });
     assert_eq!(status(bp).get("pending").map(String::as_str), Some("0"));
 }
+
+#[test]
+fn random_garbage_on_every_port_never_stops_a_server() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let _prim = primary(pp, bp, &[]);
+    let _back = backup(bp, pp, &[]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    let ctx = zmq::Context::new();
+    let mut socks = Vec::new();
+    for port in [pp, bp] {
+        let d = ctx.socket(zmq::DEALER).expect("dealer");
+        d.connect(&format!("tcp://127.0.0.1:{port}")).expect("connect");
+        socks.push(d);
+        let c = ctx.socket(zmq::PUB).expect("pub");
+        c.connect(&format!("tcp://127.0.0.1:{}", port + 2)).expect("connect");
+        socks.push(c);
+    }
+    // Garbage reaches each server's snapshot port and collector the way clients reach them.
+    // (The heartbeat and peer-update sockets only connect to the peer; their malformed input is
+    // counted the same way and is covered by the unit tests of the decoders.)
+    for s in &socks {
+        s.set_linger(0).expect("linger");
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let end = Instant::now() + Duration::from_millis(1500);
+    let mut sent = 0;
+    while Instant::now() < end {
+        for s in &socks {
+            let frames = (next() % 7) as usize;
+            let msg: Vec<Vec<u8>> = (0..frames.max(1))
+                .map(|_| {
+                    let len = (next() % 40) as usize;
+                    let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                    if next() % 4 == 0 && !v.is_empty() {
+                        v.truncate(8); // sometimes a plausible sequence-sized frame
+                    }
+                    v
+                })
+                .collect();
+            let _ = s.send_multipart(msg, zmq::DONTWAIT);
+            sent += 1;
+        }
+        if sent % 400 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(sent > 100);
+    // Both still serve their roles.
+    assert_eq!(status(pp).get("state").map(String::as_str), Some("active"));
+    assert_eq!(status(bp).get("state").map(String::as_str), Some("passive"));
+    let c = client(&[pp, bp], "");
+    c.wait_synced(Duration::from_secs(5)).expect("synced after the garbage");
+    let u = c.set("/after/garbage", "ok", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+}
