@@ -28,6 +28,15 @@
 //! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
 //! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
 //! | [`zmqx`] | the few libzmq options the `zmq` crate does not expose, behind a safe face | |
+//! | [`clone`] | shared key-value store: `mdsub clone-server`, `clone::Client`, `mdsub clone-client` | Clone (model 6, CHP) + Binary Star |
+//! | [`clone::kvmsg`] | CHP wire codec: five-frame kvmsg and snapshot requests | Clone (kvmsg) |
+//! | [`clone::map`] | socket-free map with TTLs and subtrees, driven by `now_ns` | Clone |
+//! | [`clone::bstar`] | socket-free Binary Star state machine | Binary Star |
+//! | [`clone::persist`] | `--data-dir`: update log + snapshots, corrupt-tail reporting | (beyond the guide) |
+//! | [`clone::server`] | the clone server agent (ROUTER/PUB/SUB, pending list, takeover) | Clone + Binary Star |
+//! | [`clone::client`] | the client agent ("clone class") and its application API | Clone |
+//! | [`clone::cli`] | `clone-server` / `clone-client` arguments and drivers | |
+//! | [`clone::bench`] | `mdsub clone-bench`: throughput, snapshot and failover times | |
 //! | [`cli`] | arguments and commands of the `mdsub` binary | |
 //!
 //! ## Quick start
@@ -50,6 +59,7 @@
 pub mod agent;
 pub mod baseline;
 pub mod cli;
+pub mod clone;
 pub mod engine;
 pub mod feed;
 pub mod lvc;

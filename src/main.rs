@@ -41,6 +41,12 @@ enum Cmd {
     LvcBench(mdsub::lvc::bench::LvcBenchArgs),
     /// Espresso tap: XSUB ⇄ XPUB proxy that prints, filters, counts or records what passes.
     Tap(mdsub::tap::TapArgs),
+    /// Serve a clone (CHP) key-value store, alone or as half of a Binary Star pair.
+    CloneServer(mdsub::clone::cli::ServerArgs),
+    /// Set, get, delete, dump or watch keys in a clone store.
+    CloneClient(mdsub::clone::cli::ClientArgs),
+    /// Measure the clone stack: update throughput, snapshot time, failover time.
+    CloneBench(mdsub::clone::bench::BenchArgs),
 }
 
 fn main() {
@@ -58,6 +64,14 @@ fn main() {
         Cmd::Lvc(a) => mdsub::lvc::run(a.clone(), &stop).map(|_| ()).context("mdsub lvc"),
         Cmd::LvcBench(a) => mdsub::lvc::bench::run(a.clone()).map(|_| ()).context("mdsub lvc-bench"),
         Cmd::Tap(a) => mdsub::tap::run(a.clone(), &stop).map(|_| ()).context("mdsub tap"),
+        Cmd::CloneServer(a) => mdsub::clone::cli::run_server(a, &stop),
+        Cmd::CloneBench(a) => mdsub::clone::bench::run(a),
+        Cmd::CloneClient(a) => match mdsub::clone::cli::run_client(a, &stop) {
+            // A key that is not there (`get`) exits 1 without an error line.
+            Ok(0) => Ok(()),
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
         Cmd::Info => {
             let m = cli::bench::Machine::here();
             println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);

@@ -1,0 +1,375 @@
+//! Clone stack benchmarks behind `mdsub clone-bench` (Clone pattern, measured).
+//!
+//! Update throughput from the
+//! collector through the server to a subscribed client, snapshot time for a large map, and
+//! failover time from the primary's death to a client receiving live updates again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::client::{ChangeKind, Client, ClientConfig};
+use super::kvmsg::{recv_frames, KvMsg, HUGZ};
+use super::server::{Server, ServerConfig};
+use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+
+/// What to measure.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Updates sent through the server for the throughput runs.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub updates: u64,
+    /// Keys in the map for the snapshot runs.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: u64,
+    /// Runs of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Skip the failover runs (they start server processes).
+    #[arg(long)]
+    pub skip_failover: bool,
+    /// Client silence before failover, for the failover runs.
+    #[arg(long, default_value_t = 2000)]
+    pub silence_ms: u64,
+}
+
+fn free_port_block(n: u16) -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let base = l.local_addr()?.port();
+        drop(l);
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no block of {n} free ports")
+}
+
+struct InProcServer {
+    stop: StopFlag,
+    handle: Option<std::thread::JoinHandle<Result<(), crate::agent::AgentError>>>,
+    port: u16,
+}
+
+impl InProcServer {
+    fn start() -> anyhow::Result<Self> {
+        let port = free_port_block(3)?;
+        let stop = StopFlag::new();
+        let cfg = ServerConfig { port, verbose: false, ..ServerConfig::default() };
+        let handle = Runner::spawn(
+            "clone-server",
+            RunSpec { core: None, idle: IdleStrategy::Block { wait_us: 100_000 } },
+            stop.clone(),
+            move || {
+                Server::new(cfg).map_err(|e| crate::agent::AgentError::Fatal {
+                    role: "clone-server".into(),
+                    message: e.to_string(),
+                })
+            },
+        )?;
+        Ok(InProcServer { stop, handle: Some(handle), port })
+    }
+
+    fn base(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for InProcServer {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Send `n` KVSETs (distinct UUIDs, keys cycling over `key_space`) to the collector at `port+2`.
+fn feed(ctx: &zmq::Context, port: u16, n: u64, key_space: u64, prefix: &str) -> anyhow::Result<()> {
+    let s = ctx.socket(zmq::PUB)?;
+    s.set_sndhwm(0)?;
+    s.set_linger(-1)?;
+    s.connect(&format!("tcp://127.0.0.1:{}", port + 2))?;
+    std::thread::sleep(Duration::from_millis(300)); // let the collector's subscription arrive
+    let seq = 0u64.to_be_bytes();
+    let value = [b'v'; 16];
+    let mut key = String::with_capacity(32);
+    for i in 0..n {
+        key.clear();
+        use std::fmt::Write;
+        let _ = write!(key, "{prefix}{:07}", i % key_space);
+        let mut uuid = [0u8; 16];
+        uuid[8..].copy_from_slice(&(i + 1).to_be_bytes());
+        s.send(key.as_bytes(), zmq::SNDMORE)?;
+        s.send(&seq[..], zmq::SNDMORE)?;
+        s.send(&uuid[..], zmq::SNDMORE)?;
+        s.send(&b""[..], zmq::SNDMORE)?;
+        s.send(&value[..], 0)?;
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+/// Updates/s from the collector through the server to a raw CHP subscriber that decodes every
+/// KVPUB (`client == false`) or to a `clone::Client` that stores them (`client == true`). The clock
+/// starts at the first update received and stops at the n-th.
+fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
+    let server = InProcServer::start()?;
+    let ctx = zmq::Context::new();
+    let feeder_ctx = ctx.clone();
+    let port = server.port;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let elapsed = if client {
+        let c = Client::start(ClientConfig {
+            servers: vec![server.base()],
+            subtree: "/t/".into(),
+            sub_hwm_msgs: 0,
+            ..ClientConfig::default()
+        })?;
+        c.wait_synced(Duration::from_secs(10))?;
+        let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
+        let mut start = None;
+        loop {
+            let s = c.status()?;
+            if s.live_updates > 0 && start.is_none() {
+                start = Some(Instant::now());
+            }
+            if s.live_updates >= n {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("client got {} of {n} updates within 120 s", s.live_updates);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+        start.map(|t| t.elapsed()).unwrap_or_default()
+    } else {
+        let sub = ctx.socket(zmq::SUB)?;
+        sub.set_rcvhwm(0)?;
+        sub.set_subscribe(b"/t/")?;
+        sub.connect(&format!("tcp://127.0.0.1:{}", server.port + 1))?;
+        let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
+        let mut frames = Vec::new();
+        let mut got = 0u64;
+        let mut start = Instant::now();
+        while got < n {
+            if Instant::now() > deadline {
+                bail!("raw subscriber got {got} of {n} updates within 120 s (loss?)");
+            }
+            if sub.poll(zmq::POLLIN, 100)? == 0 {
+                continue;
+            }
+            while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
+                if let Ok(m) = KvMsg::decode_messages(&frames[..c.min(frames.len())]) {
+                    if m.key != HUGZ {
+                        if got == 0 {
+                            start = Instant::now();
+                        }
+                        got += 1;
+                    }
+                }
+            }
+        }
+        let t = start.elapsed();
+        feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+        t
+    };
+    Ok(n as f64 / elapsed.as_secs_f64().max(1e-9))
+}
+
+/// Baseline in the same run: the same five-frame KVSETs from the feeder straight into a raw SUB
+/// that decodes them (one hop, no server). The server path is two such hops plus the server.
+fn baseline_once(n: u64) -> anyhow::Result<f64> {
+    let port = free_port_block(3)?;
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB)?;
+    sub.set_rcvhwm(0)?;
+    sub.set_subscribe(b"")?;
+    // The feeder connects its PUB to port+2, so bind the SUB there.
+    sub.bind(&format!("tcp://127.0.0.1:{}", port + 2))?;
+    let feeder_ctx = ctx.clone();
+    let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
+    let mut frames = Vec::new();
+    let mut got = 0u64;
+    let mut start = Instant::now();
+    let deadline = start + Duration::from_secs(120);
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("baseline subscriber got {got} of {n} within 120 s");
+        }
+        if sub.poll(zmq::POLLIN, 100)? == 0 {
+            continue;
+        }
+        while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
+            if KvMsg::decode_messages(&frames[..c.min(frames.len())]).is_ok() {
+                if got == 0 {
+                    start = Instant::now();
+                }
+                got += 1;
+            }
+        }
+    }
+    let t = start.elapsed();
+    feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+    Ok(n as f64 / t.as_secs_f64().max(1e-9))
+}
+
+/// Seconds for a `clone::Client` to receive and store a snapshot of `keys` keys.
+fn snapshot_once(keys: u64) -> anyhow::Result<f64> {
+    let server = InProcServer::start()?;
+    let ctx = zmq::Context::new();
+    feed(&ctx, server.port, keys, keys, "/s/")?;
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = super::cli::server_status(&server.base(), Duration::from_secs(5))?;
+        if st.lines().any(|l| l == format!("keys={keys}")) {
+            break;
+        }
+        if Instant::now() > end {
+            bail!("server did not reach {keys} keys: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let start = Instant::now();
+    let client = Client::start(ClientConfig {
+        servers: vec![server.base()],
+        silence_ms: 10_000,
+        snapshot_retry_ms: 10_000,
+        ..ClientConfig::default()
+    })?;
+    let s = client.wait_synced(Duration::from_secs(60))?;
+    let t = start.elapsed().as_secs_f64();
+    if s.keys as u64 != keys {
+        bail!("snapshot carried {} keys, expected {keys}", s.keys);
+    }
+    Ok(t)
+}
+
+/// Seconds from kill -9 of the active primary to a client receiving a live update from the backup.
+fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe().context("finding the mdsub binary")?;
+    let pp = free_port_block(4)?;
+    let bp = free_port_block(4)?;
+    let spawn = |port: u16, role: &str, peer: u16| {
+        std::process::Command::new(&exe)
+            .args(["clone-server", "--quiet", "--port", &port.to_string(), role, "--peer"])
+            .arg(format!("tcp://127.0.0.1:{peer}"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+    };
+    let mut prim = spawn(pp, "--primary", bp)?;
+    let mut back = spawn(bp, "--backup", pp)?;
+    let result = (|| -> anyhow::Result<f64> {
+        let wait_state = |port: u16, state: &str| -> anyhow::Result<()> {
+            let end = Instant::now() + Duration::from_secs(10);
+            let base = format!("tcp://127.0.0.1:{port}");
+            while Instant::now() < end {
+                if let Ok(s) = super::cli::server_status(&base, Duration::from_millis(300)) {
+                    if s.lines().any(|l| l == format!("state={state}")) {
+                        return Ok(());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            bail!("server :{port} did not become {state}")
+        };
+        wait_state(pp, "active")?;
+        wait_state(bp, "passive")?;
+        let cfg = ClientConfig {
+            servers: vec![format!("tcp://127.0.0.1:{pp}"), format!("tcp://127.0.0.1:{bp}")],
+            silence_ms,
+            ..ClientConfig::default()
+        };
+        let writer = Client::start(cfg.clone())?;
+        let watcher = Client::start(cfg)?;
+        writer.wait_synced(Duration::from_secs(5))?;
+        watcher.wait_synced(Duration::from_secs(5))?;
+        let rx = watcher.watch("/f/")?;
+        let stop = StopFlag::new();
+        let s2 = stop.clone();
+        let setter = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !s2.is_stopped() {
+                let _ = writer.set(format!("/f/{}", i % 100), i.to_string(), None);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = prim.kill();
+        let killed = Instant::now();
+        let _ = prim.wait();
+        while rx.try_recv().is_ok() {}
+        let deadline = killed + Duration::from_secs(20);
+        let mut t = None;
+        while Instant::now() < deadline {
+            if let Ok(c) = rx.recv_timeout(Duration::from_millis(50)) {
+                // Live updates after the kill that the dead primary cannot have sent.
+                if c.kind == ChangeKind::Live && watcher.status()?.failovers >= 1 {
+                    t = Some(killed.elapsed().as_secs_f64());
+                    break;
+                }
+            }
+        }
+        stop.stop();
+        let _ = setter.join();
+        t.context("no live update within 20 s of the kill")
+    })();
+    let _ = prim.kill();
+    let _ = back.kill();
+    let _ = prim.wait();
+    let _ = back.wait();
+    result
+}
+
+/// Run the clone benchmarks and print the medians.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let runs = args.runs.max(1);
+    println!(
+        "clone-bench: {} runs each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
+        runs, args.updates, args.keys, args.silence_ms
+    );
+    let (mut base, mut raw, mut cli) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let b = baseline_once(args.updates)?;
+        println!("  baseline run {i}: feeder -> raw SUB, no server: {:.0} updates/s", b);
+        base.push(b);
+    }
+    for i in 0..runs {
+        let r = throughput_once(args.updates, false)?;
+        let c = throughput_once(args.updates, true)?;
+        println!("  throughput run {i}: raw CHP subscriber {:.0} updates/s, clone::Client {:.0} updates/s", r, c);
+        raw.push(r);
+        cli.push(c);
+    }
+    let mut snaps = Vec::new();
+    for i in 0..runs {
+        let t = snapshot_once(args.keys)?;
+        println!("  snapshot run {i}: {:.3} s for {} keys", t, args.keys);
+        snaps.push(t);
+    }
+    let mut fos = Vec::new();
+    if !args.skip_failover {
+        for i in 0..runs {
+            let t = failover_once(args.silence_ms)?;
+            println!("  failover run {i}: {:.3} s from kill -9 to the next live update", t);
+            fos.push(t);
+        }
+    }
+    println!("median: baseline (one hop, no server) {:.0} updates/s", median(&mut base));
+    println!("median: raw subscriber {:.0} updates/s", median(&mut raw));
+    println!("median: clone::Client {:.0} updates/s", median(&mut cli));
+    println!("median: snapshot of {} keys {:.3} s", args.keys, median(&mut snaps));
+    if !fos.is_empty() {
+        println!("median: failover {:.3} s", median(&mut fos));
+    }
+    Ok(())
+}

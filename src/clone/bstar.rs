@@ -1,0 +1,278 @@
+//! Socket-free Binary Star state machine (the guide's bstar), driven by `(event, now_ns)`.
+//!
+//! PRIMARY/BACKUP → ACTIVE/PASSIVE from peer heartbeats and client votes; no sockets and no
+//! clock of its own, so it is tested exhaustively with a manual clock.
+//!
+//! Rules (the guide's, plus one noted deviation):
+//! - PRIMARY: peer BACKUP → ACTIVE; peer ACTIVE → PASSIVE; a client request is accepted (and
+//!   makes us ACTIVE) only when the peer has been silent past its expiry (*deviation*: the guide's
+//!   primary accepts clients while staying PRIMARY, where clonesrv6 then neither publishes nor
+//!   applies updates; here a lone primary becomes a working ACTIVE server instead).
+//! - BACKUP: peer ACTIVE → PASSIVE; client requests are rejected.
+//! - ACTIVE: peer ACTIVE → fatal (split brain); everything else accepted.
+//! - PASSIVE: peer PRIMARY or BACKUP (a restarting peer) → ACTIVE; peer PASSIVE → fatal; a client
+//!   request → ACTIVE only when the peer is silent past its expiry (failover needs *both* a dead
+//!   peer and a client that asks), otherwise rejected.
+
+/// Which half of the pair this server is configured as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `--primary`.
+    Primary,
+    /// `--backup`.
+    Backup,
+}
+
+/// Server state; the numbers are what goes on the wire (the guide's enum, sent as decimal text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Primary, waiting for the peer.
+    Primary = 1,
+    /// Backup, waiting for the peer.
+    Backup = 2,
+    /// Serving clients.
+    Active = 3,
+    /// Standing by.
+    Passive = 4,
+}
+
+impl State {
+    /// Parse the peer's heartbeat frame (decimal `1`..`4`).
+    pub fn from_wire(frame: &[u8]) -> Option<State> {
+        match frame {
+            b"1" => Some(State::Primary),
+            b"2" => Some(State::Backup),
+            b"3" => Some(State::Active),
+            b"4" => Some(State::Passive),
+            _ => None,
+        }
+    }
+
+    /// The heartbeat frame for this state.
+    pub fn to_wire(self) -> &'static [u8] {
+        match self {
+            State::Primary => b"1",
+            State::Backup => b"2",
+            State::Active => b"3",
+            State::Passive => b"4",
+        }
+    }
+
+    /// Lower-case name for logs and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Primary => "primary",
+            State::Backup => "backup",
+            State::Active => "active",
+            State::Passive => "passive",
+        }
+    }
+}
+
+/// Input to the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A heartbeat from the peer saying its state.
+    Peer(State),
+    /// A client asked for a snapshot (a vote for this server).
+    ClientRequest,
+}
+
+/// What the machine decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// For [`Event::ClientRequest`]: serve it (true) or ignore it (false).
+    pub accepted: bool,
+    /// `Some((from, to))` when the state changed.
+    pub transition: Option<(State, State)>,
+}
+
+/// A fatal condition: both servers claim the same role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BStarError {
+    /// Both servers ACTIVE.
+    #[error("split brain: peer is active while we are active")]
+    DualActive,
+    /// Both servers PASSIVE.
+    #[error("peer is passive while we are passive: nobody would serve")]
+    DualPassive,
+}
+
+/// The Binary Star machine.
+#[derive(Debug, Clone)]
+pub struct BStar {
+    state: State,
+    heartbeat_ns: u64,
+    peer_expiry_ns: u64,
+    next_heartbeat_ns: u64,
+}
+
+impl BStar {
+    /// Start as `role` at `now_ns`; the peer counts as alive until `now_ns + 2 × heartbeat`.
+    pub fn new(role: Role, heartbeat_ns: u64, now_ns: u64) -> Self {
+        BStar {
+            state: match role {
+                Role::Primary => State::Primary,
+                Role::Backup => State::Backup,
+            },
+            heartbeat_ns,
+            peer_expiry_ns: now_ns.saturating_add(2 * heartbeat_ns),
+            next_heartbeat_ns: now_ns,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// True when the peer has been silent past its expiry.
+    pub fn peer_expired(&self, now_ns: u64) -> bool {
+        now_ns >= self.peer_expiry_ns
+    }
+
+    /// If a heartbeat is due at `now_ns`, schedule the next and return the state to send.
+    pub fn heartbeat_due(&mut self, now_ns: u64) -> Option<State> {
+        if now_ns < self.next_heartbeat_ns {
+            return None;
+        }
+        self.next_heartbeat_ns = now_ns.saturating_add(self.heartbeat_ns);
+        Some(self.state)
+    }
+
+    /// Make the next heartbeat due at once (after a state change, so the peer learns it quickly).
+    pub fn heartbeat_now(&mut self) {
+        self.next_heartbeat_ns = 0;
+    }
+
+    /// Nanoseconds until the next heartbeat is due.
+    pub fn ns_to_heartbeat(&self, now_ns: u64) -> u64 {
+        self.next_heartbeat_ns.saturating_sub(now_ns)
+    }
+
+    /// Feed one event at `now_ns`.
+    pub fn on_event(&mut self, event: Event, now_ns: u64) -> Result<Outcome, BStarError> {
+        if let Event::Peer(_) = event {
+            self.peer_expiry_ns = now_ns.saturating_add(2 * self.heartbeat_ns);
+        }
+        let from = self.state;
+        let mut accepted = true;
+        use State::*;
+        match (self.state, event) {
+            (Primary, Event::Peer(Backup)) => self.state = Active,
+            (Primary, Event::Peer(Active)) => self.state = Passive,
+            (Primary, Event::ClientRequest) => {
+                if self.peer_expired(now_ns) {
+                    self.state = Active;
+                } else {
+                    accepted = false;
+                }
+            }
+            (Backup, Event::Peer(Active)) => self.state = Passive,
+            (Backup, Event::ClientRequest) => accepted = false,
+            (Active, Event::Peer(Active)) => return Err(BStarError::DualActive),
+            (Passive, Event::Peer(Primary)) | (Passive, Event::Peer(Backup)) => self.state = Active,
+            (Passive, Event::Peer(Passive)) => return Err(BStarError::DualPassive),
+            (Passive, Event::ClientRequest) => {
+                if self.peer_expired(now_ns) {
+                    self.state = Active;
+                } else {
+                    accepted = false;
+                }
+            }
+            _ => {}
+        }
+        let transition = (from != self.state).then_some((from, self.state));
+        Ok(Outcome { accepted, transition })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use State::*;
+
+    const HB: u64 = 1_000_000_000;
+
+    fn machine_in(state: State, now: u64) -> BStar {
+        let role = if state == Backup { Role::Backup } else { Role::Primary };
+        let mut m = BStar::new(role, HB, now);
+        m.state = state;
+        m
+    }
+
+    /// Expected result for every (state, event, peer alive?) combination.
+    fn expected(state: State, event: Event, peer_alive: bool) -> Result<(bool, State), BStarError> {
+        match (state, event) {
+            (Primary, Event::Peer(Backup)) => Ok((true, Active)),
+            (Primary, Event::Peer(Active)) => Ok((true, Passive)),
+            (Primary, Event::ClientRequest) if peer_alive => Ok((false, Primary)),
+            (Primary, Event::ClientRequest) => Ok((true, Active)),
+            (Backup, Event::Peer(Active)) => Ok((true, Passive)),
+            (Backup, Event::ClientRequest) => Ok((false, Backup)),
+            (Active, Event::Peer(Active)) => Err(BStarError::DualActive),
+            (Passive, Event::Peer(Primary | Backup)) => Ok((true, Active)),
+            (Passive, Event::Peer(Passive)) => Err(BStarError::DualPassive),
+            (Passive, Event::ClientRequest) if peer_alive => Ok((false, Passive)),
+            (Passive, Event::ClientRequest) => Ok((true, Active)),
+            (s, _) => Ok((true, s)),
+        }
+    }
+
+    #[test]
+    fn exhaustive_table() {
+        let states = [Primary, Backup, Active, Passive];
+        let mut events: Vec<Event> = states.iter().map(|s| Event::Peer(*s)).collect();
+        events.push(Event::ClientRequest);
+        let mut checked = 0;
+        for &s in &states {
+            for &e in &events {
+                for peer_alive in [true, false] {
+                    // Peer last heard at t=10 s; "alive" checks at 10.5 s, "silent" at 13 s.
+                    let mut m = machine_in(s, 0);
+                    m.on_event(Event::Peer(Primary), 10 * HB).ok();
+                    m.state = s;
+                    let now = if peer_alive { 10 * HB + HB / 2 } else { 13 * HB };
+                    let got = m.on_event(e, now).map(|o| (o.accepted, m.state()));
+                    let want = expected(s, e, peer_alive || matches!(e, Event::Peer(_)));
+                    assert_eq!(got, want, "state {s:?} event {e:?} peer_alive {peer_alive}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 40);
+    }
+
+    #[test]
+    fn failover_needs_silent_peer_and_a_client_vote() {
+        let mut backup = BStar::new(Role::Backup, HB, 0);
+        assert_eq!(backup.on_event(Event::Peer(Active), HB).expect("ok").transition, Some((Backup, Passive)));
+        // Peer heard at 1 s; at 2.9 s it is still alive: vote rejected.
+        assert!(!backup.on_event(Event::ClientRequest, 2 * HB + 9 * HB / 10).expect("ok").accepted);
+        // Peer silent but nobody asks: stays passive.
+        assert_eq!(backup.state(), Passive);
+        // At 3 s the peer has expired and a client asks: takeover.
+        let o = backup.on_event(Event::ClientRequest, 3 * HB).expect("ok");
+        assert!(o.accepted);
+        assert_eq!(o.transition, Some((Passive, Active)));
+        // The primary restarts and announces PRIMARY; we stay active, it will go passive.
+        assert_eq!(backup.on_event(Event::Peer(Primary), 10 * HB).expect("ok").transition, None);
+        let mut primary = BStar::new(Role::Primary, HB, 10 * HB);
+        assert_eq!(primary.on_event(Event::Peer(Active), 10 * HB).expect("ok").transition, Some((Primary, Passive)));
+    }
+
+    #[test]
+    fn heartbeats_are_scheduled() {
+        let mut m = BStar::new(Role::Primary, HB, 0);
+        assert_eq!(m.heartbeat_due(0), Some(Primary));
+        assert_eq!(m.heartbeat_due(HB - 1), None);
+        assert_eq!(m.ns_to_heartbeat(HB - 1), 1);
+        assert_eq!(m.heartbeat_due(HB), Some(Primary));
+        // A lone primary becomes active on a vote once the (absent) peer has expired.
+        assert!(!m.on_event(Event::ClientRequest, HB).expect("ok").accepted);
+        assert!(m.on_event(Event::ClientRequest, 2 * HB).expect("ok").accepted);
+        assert_eq!(m.state(), Active);
+        assert_eq!(State::from_wire(m.state().to_wire()), Some(Active));
+        assert_eq!(State::from_wire(b"9"), None);
+    }
+}

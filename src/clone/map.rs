@@ -1,0 +1,356 @@
+//! Socket-free key-value map with TTLs and subtrees for the clone store (Clone pattern).
+//!
+//! Every operation takes
+//! `now_ns` from the caller, so expiry is tested with a manual clock. Also the bounded set of
+//! recently applied update UUIDs used to match and de-duplicate updates.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+
+use super::kvmsg::{KvMsg, Uuid, TTL_PROP};
+
+/// Longest TTL accepted (one year); larger values are malformed.
+pub const MAX_TTL_S: f64 = 365.0 * 86_400.0;
+
+/// One stored value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Sequence of the update that wrote it.
+    pub sequence: u64,
+    /// UUID of the update that wrote it.
+    pub uuid: Option<Uuid>,
+    /// Properties other than `ttl`.
+    pub props: Vec<(String, String)>,
+    /// The value (never empty: an empty value deletes).
+    pub body: Vec<u8>,
+    /// Monotonic deadline after which the server deletes the key.
+    pub expires_at_ns: Option<u64>,
+}
+
+/// Map errors (bad TTL property).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// `ttl` is not a non-negative number of seconds up to [`MAX_TTL_S`].
+    #[error("ttl `{value}` is not a number of seconds in 0..={MAX_TTL_S}")]
+    BadTtl { value: String },
+}
+
+/// Parse the `ttl` property (seconds, integer or decimal, relative). `0` or absent: no TTL.
+pub fn ttl_ns(msg: &KvMsg) -> Result<Option<u64>, MapError> {
+    let Some(v) = msg.prop(TTL_PROP) else { return Ok(None) };
+    let secs: f64 = v.trim().parse().map_err(|_| MapError::BadTtl { value: v.to_string() })?;
+    if !secs.is_finite() || !(0.0..=MAX_TTL_S).contains(&secs) {
+        return Err(MapError::BadTtl { value: v.to_string() });
+    }
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some((secs * 1e9) as u64))
+}
+
+/// What [`KvMap::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Key now holds the new value.
+    Stored,
+    /// Key removed.
+    Deleted,
+    /// Delete of a key that was not there.
+    Absent,
+}
+
+/// An ordered map (so a subtree is a range scan) plus an expiry index.
+#[derive(Debug, Default, Clone)]
+pub struct KvMap {
+    entries: BTreeMap<Vec<u8>, Entry>,
+    expiry: BTreeSet<(u64, Vec<u8>)>,
+}
+
+impl KvMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry for `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// Apply an update received at `now_ns`: an empty body deletes; a `ttl` property sets a deadline.
+    pub fn apply(&mut self, msg: &KvMsg, now_ns: u64) -> Result<Applied, MapError> {
+        let ttl = ttl_ns(msg)?;
+        let expires_at_ns = ttl.map(|t| now_ns.saturating_add(t));
+        Ok(self.put(msg.key.clone(), msg, expires_at_ns))
+    }
+
+    /// Like [`KvMap::apply`] but takes the message, so key and value are moved, not copied.
+    pub fn apply_owned(&mut self, msg: KvMsg, now_ns: u64) -> Result<Applied, MapError> {
+        let expires_at_ns = ttl_ns(&msg)?.map(|t| now_ns.saturating_add(t));
+        let KvMsg { key, sequence, uuid, mut props, body } = msg;
+        if let Some(old) = self.entries.get(&key) {
+            if let Some(t) = old.expires_at_ns {
+                self.expiry.remove(&(t, key.clone()));
+            }
+        }
+        if body.is_empty() {
+            return Ok(match self.entries.remove(&key) {
+                Some(_) => Applied::Deleted,
+                None => Applied::Absent,
+            });
+        }
+        if let Some(t) = expires_at_ns {
+            self.expiry.insert((t, key.clone()));
+        }
+        if !props.is_empty() {
+            props.retain(|(n, _)| n != TTL_PROP);
+        }
+        self.entries.insert(key, Entry { sequence, uuid, props, body, expires_at_ns });
+        Ok(Applied::Stored)
+    }
+
+    /// Record that `key`'s current value was re-published under `sequence`.
+    pub fn set_sequence(&mut self, key: &[u8], sequence: u64) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.sequence = sequence;
+        }
+    }
+
+    /// Store with an explicit deadline (recovery, replication).
+    pub fn put(&mut self, key: Vec<u8>, msg: &KvMsg, expires_at_ns: Option<u64>) -> Applied {
+        if let Some(old) = self.entries.get(&key) {
+            if let Some(t) = old.expires_at_ns {
+                self.expiry.remove(&(t, key.clone()));
+            }
+        }
+        if msg.body.is_empty() {
+            return match self.entries.remove(&key) {
+                Some(_) => Applied::Deleted,
+                None => Applied::Absent,
+            };
+        }
+        if let Some(t) = expires_at_ns {
+            self.expiry.insert((t, key.clone()));
+        }
+        let props = msg.props.iter().filter(|(n, _)| n != TTL_PROP).cloned().collect();
+        self.entries.insert(
+            key,
+            Entry { sequence: msg.sequence, uuid: msg.uuid, props, body: msg.body.clone(), expires_at_ns },
+        );
+        Applied::Stored
+    }
+
+    /// Remove and return every key whose deadline is at or before `now_ns`, oldest first.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<(Vec<u8>, Entry)> {
+        let mut out = Vec::new();
+        while let Some((t, _)) = self.expiry.first() {
+            if *t > now_ns {
+                break;
+            }
+            let Some((_, key)) = self.expiry.pop_first() else { break };
+            if let Some(e) = self.entries.remove(&key) {
+                out.push((key, e));
+            }
+        }
+        out
+    }
+
+    /// The earliest deadline, if any key has a TTL.
+    pub fn next_expiry_ns(&self) -> Option<u64> {
+        self.expiry.first().map(|(t, _)| *t)
+    }
+
+    /// Entries whose key starts with `prefix`, in key order.
+    pub fn subtree<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Entry)> + 'a {
+        self.entries
+            .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// All entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// The entry as a message for a snapshot at `now_ns`: the `ttl` property carries the seconds
+    /// left (rounded up, at least 1), relative as on the wire.
+    pub fn to_msg(key: &[u8], e: &Entry, now_ns: u64) -> KvMsg {
+        let mut m = KvMsg {
+            key: key.to_vec(),
+            sequence: e.sequence,
+            uuid: e.uuid,
+            props: e.props.clone(),
+            body: e.body.clone(),
+        };
+        if let Some(t) = e.expires_at_ns {
+            let left_ns = t.saturating_sub(now_ns);
+            m.set_prop(TTL_PROP, left_ns.div_ceil(1_000_000_000).max(1).to_string());
+        }
+        m
+    }
+}
+
+/// Hasher for UUIDs: fold the 16 bytes into a word and finish with murmur3's fmix64 (full
+/// avalanche, so seed + counter UUIDs spread over every bucket); much cheaper than SipHash on the
+/// server's hot path. Not DoS-resistant: the set is bounded and only holds UUIDs.
+#[derive(Default, Clone, Copy)]
+pub struct UuidHasher(u64);
+
+impl std::hash::Hasher for UuidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+/// A set of UUIDs hashed with [`UuidHasher`].
+pub type UuidSet = HashSet<Uuid, std::hash::BuildHasherDefault<UuidHasher>>;
+
+/// A bounded set of UUIDs seen recently (FIFO eviction), for de-duplication and pending matching.
+#[derive(Debug, Clone)]
+pub struct RecentUuids {
+    set: UuidSet,
+    order: VecDeque<Uuid>,
+    cap: usize,
+}
+
+impl RecentUuids {
+    /// Remember up to `cap` UUIDs.
+    pub fn new(cap: usize) -> Self {
+        RecentUuids { set: UuidSet::default(), order: VecDeque::new(), cap: cap.max(1) }
+    }
+
+    /// Remember `u`; returns false if it was already known.
+    pub fn insert(&mut self, u: Uuid) -> bool {
+        if !self.set.insert(u) {
+            return false;
+        }
+        self.order.push_back(u);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Was `u` seen recently?
+    pub fn contains(&self, u: &Uuid) -> bool {
+        self.set.contains(u)
+    }
+}
+
+/// Nanoseconds on a monotonic clock (since the first call in this process).
+pub fn mono_now_ns() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Milliseconds since the Unix epoch (for deadlines that must survive a restart).
+pub fn wall_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn set(key: &str, seq: u64, body: &str, ttl: Option<&str>) -> KvMsg {
+        let mut m = KvMsg::new(key, seq, body);
+        if let Some(t) = ttl {
+            m.set_prop(TTL_PROP, t);
+        }
+        m
+    }
+
+    #[test]
+    fn ttl_expires_with_manual_clock() {
+        let mut m = KvMap::new();
+        m.apply(&set("/a", 1, "x", Some("2")), 10 * S).expect("ok");
+        m.apply(&set("/b", 2, "y", Some("1.5")), 10 * S).expect("ok");
+        m.apply(&set("/c", 3, "z", None), 10 * S).expect("ok");
+        assert_eq!(m.next_expiry_ns(), Some(11 * S + S / 2));
+        assert!(m.expire(11 * S).is_empty());
+        let gone: Vec<_> = m.expire(12 * S).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(gone, vec![b"/b".to_vec(), b"/a".to_vec()]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.next_expiry_ns(), None);
+    }
+
+    #[test]
+    fn overwrite_clears_old_deadline_and_delete_removes() {
+        let mut m = KvMap::new();
+        m.apply(&set("/a", 1, "x", Some("1")), 0).expect("ok");
+        m.apply(&set("/a", 2, "y", None), 0).expect("ok");
+        assert!(m.expire(5 * S).is_empty(), "new value has no ttl");
+        assert_eq!(m.apply(&set("/a", 3, "", None), 0), Ok(Applied::Deleted));
+        assert_eq!(m.apply(&set("/a", 4, "", None), 0), Ok(Applied::Absent));
+        assert!(m.is_empty());
+        assert!(m.apply(&set("/a", 5, "v", Some("soon")), 0).is_err());
+        assert!(m.apply(&set("/a", 5, "v", Some("-1")), 0).is_err());
+        assert_eq!(m.apply(&set("/a", 5, "v", Some("0")), 0), Ok(Applied::Stored));
+        assert_eq!(m.next_expiry_ns(), None, "ttl=0 means no ttl");
+    }
+
+    #[test]
+    fn subtree_and_snapshot_ttl_is_relative() {
+        let mut m = KvMap::new();
+        for k in ["/md/a", "/md/b", "/mx", "/n"] {
+            m.apply(&set(k, 1, "v", Some("10")), 0).expect("ok");
+        }
+        let keys: Vec<_> = m.subtree(b"/md/").map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, vec![b"/md/a".to_vec(), b"/md/b".to_vec()]);
+        assert_eq!(m.subtree(b"").count(), 4);
+        let e = m.get(b"/n").expect("there");
+        assert_eq!(KvMap::to_msg(b"/n", e, 3 * S + 1).prop(TTL_PROP), Some("7"));
+    }
+
+    #[test]
+    fn uuid_hashes_spread_for_counter_uuids() {
+        use std::hash::BuildHasher;
+        let b = std::hash::BuildHasherDefault::<UuidHasher>::default();
+        let mut low_bits = HashSet::new();
+        for i in 0..4096u64 {
+            let mut u = [0u8; 16];
+            u[8..].copy_from_slice(&i.to_be_bytes());
+            low_bits.insert(b.hash_one(u) & 0xfff);
+        }
+        assert!(low_bits.len() > 2000, "only {} distinct low-bit buckets", low_bits.len());
+    }
+
+    #[test]
+    fn recent_uuids_are_bounded() {
+        let mut r = RecentUuids::new(2);
+        assert!(r.insert([1; 16]));
+        assert!(!r.insert([1; 16]));
+        r.insert([2; 16]);
+        r.insert([3; 16]);
+        assert!(!r.contains(&[1; 16]));
+        assert!(r.contains(&[3; 16]));
+    }
+}

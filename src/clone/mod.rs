@@ -1,0 +1,37 @@
+//! The clone stack: a CHP key-value store served by a Binary Star pair (Clone pattern, model 6).
+//!
+//! The guide's Clone pattern, model 6, and its Clustered Hashmap Protocol: an
+//! eventually consistent key-value store shared by many clients, served by a Binary Star pair.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`kvmsg`] | CHP wire codec (five-frame kvmsg, snapshot requests) |
+//! | [`map`] | socket-free map with TTLs and subtrees, recent-UUID set, clocks |
+//! | [`bstar`] | socket-free Binary Star state machine |
+//! | [`persist`] | append-only log + snapshots for `--data-dir` |
+//! | [`server`] | the server agent (snapshot ROUTER, PUB, collector SUB, Binary Star) |
+//! | [`client`] | the client agent and its application API (`Client`) |
+//! | [`cli`] | `mdsub clone-server` / `clone-client` / `clone-bench` arguments and drivers |
+//! | [`bench`](mod@bench) | the clone benchmarks behind `mdsub clone-bench` |
+
+pub mod bench;
+pub mod bstar;
+pub mod cli;
+pub mod client;
+
+pub mod kvmsg;
+pub mod map;
+pub mod persist;
+pub mod server;
+
+/// Derive the three CHP endpoints (snapshot P, publisher P+1, collector P+2) from `tcp://host:P`.
+pub fn endpoints(base: &str) -> Result<[String; 3], String> {
+    crate::zmqx::check_endpoint(base)?;
+    let (host, port) = base.rsplit_once(':').ok_or_else(|| format!("server `{base}` has no port"))?;
+    let p: u16 =
+        port.parse().map_err(|_| format!("server `{base}` needs a numeric port P (P+1 and P+2 are used too)"))?;
+    if p > u16::MAX - 3 {
+        return Err(format!("server `{base}`: port {p} leaves no room for P+1..P+3"));
+    }
+    Ok([format!("{host}:{p}"), format!("{host}:{}", p + 1), format!("{host}:{}", p + 2)])
+}

@@ -1,0 +1,715 @@
+//! Clone stack (CHP + Binary Star): real server processes, ephemeral ports, deadlines on every
+//! wait, processes killed by pid; plus an independent minimal CHP peer written from the spec on
+//! the raw `zmq` crate (it does not use mdsub's codec) to prove interop in both directions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_port_block, mdsub, wait_until, Proc};
+use mdsub::clone::client::{ChangeKind, Client, ClientConfig};
+
+fn ep(port: u16) -> String {
+    format!("tcp://127.0.0.1:{port}")
+}
+
+fn server(name: &str, port: u16, extra: &[&str]) -> Proc {
+    let mut cmd = mdsub();
+    cmd.arg("clone-server").arg("--port").arg(port.to_string()).arg("--quiet");
+    cmd.args(extra);
+    Proc::spawn(name, &mut cmd)
+}
+
+fn primary(port: u16, peer: u16, extra: &[&str]) -> Proc {
+    let peer = ep(peer);
+    let mut args = vec!["--primary", "--peer", peer.as_str()];
+    args.extend_from_slice(extra);
+    server("primary", port, &args)
+}
+
+fn backup(port: u16, peer: u16, extra: &[&str]) -> Proc {
+    let peer = ep(peer);
+    let mut args = vec!["--backup", "--peer", peer.as_str()];
+    args.extend_from_slice(extra);
+    server("backup", port, &args)
+}
+
+/// The server's STATUS? reply as a map, or an empty map when it does not answer.
+fn status(port: u16) -> BTreeMap<String, String> {
+    match mdsub::clone::cli::server_status(&ep(port), Duration::from_millis(300)) {
+        Ok(text) => {
+            text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        }
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+fn wait_state(port: u16, state: &str, deadline: Duration) {
+    wait_until(deadline, &format!("server :{port} to be {state}"), || {
+        status(port).get("state").map(String::as_str) == Some(state)
+    });
+}
+
+fn client(servers: &[u16], subtree: &str) -> Client {
+    Client::start(ClientConfig {
+        servers: servers.iter().map(|p| ep(*p)).collect(),
+        subtree: subtree.into(),
+        ..ClientConfig::default()
+    })
+    .expect("client starts")
+}
+
+fn dump(c: &Client) -> Vec<(Vec<u8>, Vec<u8>)> {
+    c.dump(Vec::new()).expect("dump")
+}
+
+/// A fresh client's view of one server (a snapshot).
+fn snapshot_of(port: u16) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let c = client(&[port], "");
+    c.wait_synced(Duration::from_secs(5)).expect("snapshot from the server");
+    dump(&c)
+}
+
+#[test]
+fn late_joiner_converges_and_sequences_strictly_increase() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &[]);
+    let a = client(&[p], "");
+    a.wait_synced(Duration::from_secs(5)).expect("a synced");
+    let seen = a.watch("/").expect("watch");
+    let mut last = None;
+    for i in 0..200 {
+        last = Some(a.set(format!("/k/{i:03}"), format!("v{i}"), None).expect("set"));
+    }
+    a.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+    // Acknowledging the last set does not acknowledge the others (a PUB drops what it sends
+    // before the collector's subscription arrives; the client re-sends those): wait for all.
+    wait_until(Duration::from_secs(5), "every set to be acknowledged", || a.status().expect("status").unacked == 0);
+    let b = client(&[p], "");
+    b.wait_synced(Duration::from_secs(5)).expect("late joiner synced");
+    assert_eq!(dump(&b).len(), 200, "snapshot carries every key");
+    for i in 0..50 {
+        last = Some(a.set(format!("/k/{i:03}"), format!("w{i}"), None).expect("set"));
+    }
+    a.del("/k/199").expect("del");
+    a.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(5), "late joiner to converge with the writer", || dump(&a) == dump(&b));
+    assert_eq!(b.get("/k/000").expect("get"), Some(b"w0".to_vec()));
+    assert_eq!(b.get("/k/199").expect("get"), None);
+    // KVPUB sequences as the writer saw them: strictly increasing, one per update.
+    let live: Vec<u64> = seen.try_iter().filter(|c| c.kind == ChangeKind::Live).map(|c| c.sequence).collect();
+    assert!(live.len() >= 250, "saw {} live updates", live.len());
+    assert!(live.windows(2).all(|w| w[0] < w[1]), "sequences strictly increase");
+}
+
+#[test]
+fn subtrees_are_isolated() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &[]);
+    let writer = client(&[p], "");
+    let md = client(&[p], "/md/");
+    md.wait_synced(Duration::from_secs(5)).expect("synced");
+    writer.wait_synced(Duration::from_secs(5)).expect("synced");
+    let changes = md.watch("").expect("watch");
+    writer.set("/md/status/e1", "up", None).expect("set");
+    writer.set("/other/x", "1", None).expect("set");
+    let last = writer.set("/md/status/e2", "up", None).expect("set");
+    writer.wait_acked(last, Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(5), "subtree client to see both /md/ keys", || dump(&md).len() == 2);
+    assert!(dump(&md).iter().all(|(k, _)| k.starts_with(b"/md/")));
+    assert!(changes.try_iter().all(|c| c.key.starts_with(b"/md/")), "watch only sees the subtree");
+    // A snapshot of a subtree only carries the subtree.
+    let late = client(&[p], "/other/");
+    late.wait_synced(Duration::from_secs(5)).expect("synced");
+    assert_eq!(dump(&late), vec![(b"/other/x".to_vec(), b"1".to_vec())]);
+}
+
+#[test]
+fn ttl_expiry_deletes_on_every_client() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &[]);
+    let a = client(&[p], "");
+    let b = client(&[p], "");
+    a.wait_synced(Duration::from_secs(5)).expect("synced");
+    b.wait_synced(Duration::from_secs(5)).expect("synced");
+    let deletes = b.watch("/tmp/").expect("watch");
+    let u = a.set("/tmp/session", "alive", Some(1)).expect("set");
+    a.set("/keep", "1", None).expect("set");
+    a.wait_acked(u, Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(3), "b to see the ephemeral key", || b.get("/tmp/session").ok().flatten().is_some());
+    let t0 = Instant::now();
+    wait_until(Duration::from_secs(4), "the ephemeral key to expire on both clients", || {
+        a.get("/tmp/session").ok().flatten().is_none() && b.get("/tmp/session").ok().flatten().is_none()
+    });
+    assert!(t0.elapsed() < Duration::from_millis(2500));
+    assert!(deletes.try_iter().any(|c| c.value.is_none() && c.kind == ChangeKind::Live));
+    assert_eq!(a.get("/keep").expect("get"), Some(b"1".to_vec()));
+    assert_eq!(status(p).get("expired").map(String::as_str), Some("1"));
+}
+
+#[test]
+fn kill_active_while_clients_set_every_client_fails_over_and_all_converge() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let mut prim = primary(pp, bp, &[]);
+    let _back = backup(bp, pp, &[]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    let clients: Vec<Arc<Client>> = (0..3).map(|_| Arc::new(client(&[pp, bp], ""))).collect();
+    for c in &clients {
+        c.wait_synced(Duration::from_secs(5)).expect("synced");
+    }
+    let running = Arc::new(AtomicBool::new(true));
+    let setters: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(ci, c)| {
+            let c = Arc::clone(c);
+            let running = Arc::clone(&running);
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while running.load(Ordering::Relaxed) {
+                    c.set(format!("/c{ci}/{n:05}"), format!("{ci}-{n}"), None).expect("set");
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    let killed_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(3500)); // keep setting through the failover
+    running.store(false, Ordering::Relaxed);
+    let counts: Vec<u32> = setters.into_iter().map(|h| h.join().expect("setter")).collect();
+    wait_state(bp, "active", Duration::from_secs(5));
+    let expected: usize = counts.iter().map(|n| *n as usize).sum();
+    wait_until(Duration::from_secs(15), "every client to fail over and converge", || {
+        clients.iter().all(|c| {
+            let s = c.status().expect("status");
+            s.synced && s.failovers >= 1 && s.unacked == 0 && s.keys == expected
+        })
+    });
+    let reference = dump(&clients[0]);
+    for c in &clients[1..] {
+        assert_eq!(dump(c), reference, "clients hold identical maps");
+    }
+    assert_eq!(snapshot_of(bp), reference, "the surviving server holds the same map");
+    for (ci, n) in counts.iter().enumerate() {
+        for i in 0..*n {
+            let k = format!("/c{ci}/{i:05}").into_bytes();
+            let v = format!("{ci}-{i}").into_bytes();
+            assert!(reference.binary_search(&(k, v)).is_ok(), "update /c{ci}/{i:05} survived");
+        }
+    }
+    eprintln!("failover test: {expected} updates, converged {:?} after the kill", killed_at.elapsed());
+}
+
+#[test]
+fn restarted_primary_rejoins_as_passive_and_can_take_over_again() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let mut prim = primary(pp, bp, &[]);
+    let mut back = backup(bp, pp, &[]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    let c = client(&[pp, bp], "");
+    c.wait_synced(Duration::from_secs(5)).expect("synced");
+    let mut last = None;
+    for i in 0..20 {
+        last = Some(c.set(format!("/r/{i}"), "x", None).expect("set"));
+    }
+    c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    // The client notices the silence, votes for the backup, which takes over.
+    wait_state(bp, "active", Duration::from_secs(8));
+    let u = c.set("/r/after", "y", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(8)).expect("acked by the backup");
+    let _prim2 = primary(pp, bp, &[]);
+    wait_state(pp, "passive", Duration::from_secs(10));
+    wait_until(Duration::from_secs(5), "the rejoined primary to hold the map", || {
+        status(pp).get("keys").map(String::as_str) == Some("21")
+    });
+    let u = c.set("/r/late", "z", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(5), "the passive primary to follow live updates", || {
+        status(pp).get("keys").map(String::as_str) == Some("22")
+    });
+    // Now the backup dies and the primary takes over again, with the whole map.
+    back.signal(9);
+    back.wait_exit(Duration::from_secs(5));
+    wait_state(pp, "active", Duration::from_secs(8));
+    assert_eq!(snapshot_of(pp).len(), 22);
+}
+
+#[test]
+fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
+    let dir = std::env::temp_dir().join(format!("mdsub-clone-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (dp, db) = (dir.join("p"), dir.join("b"));
+    let (dp, db) = (dp.to_str().expect("utf8"), db.to_str().expect("utf8"));
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let expected = {
+        let mut prim = primary(pp, bp, &["--data-dir", dp]);
+        let mut back = backup(bp, pp, &["--data-dir", db]);
+        wait_state(pp, "active", Duration::from_secs(10));
+        wait_state(bp, "passive", Duration::from_secs(10));
+        let c = client(&[pp, bp], "");
+        c.wait_synced(Duration::from_secs(5)).expect("synced");
+        for i in 0..100 {
+            c.set(format!("/d/{i:03}"), format!("{i}"), None).expect("set");
+        }
+        c.del("/d/050").expect("del");
+        let u = c.set("/d/000", "changed", None).expect("set");
+        c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+        wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+        wait_until(Duration::from_secs(5), "backup to replicate", || {
+            status(bp).get("keys").map(String::as_str) == Some("99")
+        });
+        let expected = dump(&c);
+        // One stops cleanly, the other is killed.
+        prim.signal(15);
+        prim.wait_exit(Duration::from_secs(5));
+        back.signal(9);
+        back.wait_exit(Duration::from_secs(5));
+        expected
+    };
+    assert_eq!(expected.len(), 99);
+    let _prim = primary(pp, bp, &["--data-dir", dp]);
+    let _back = backup(bp, pp, &["--data-dir", db]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    assert_eq!(snapshot_of(pp), expected, "primary recovered the map");
+    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_until(Duration::from_secs(5), "backup to hold the map", || {
+        status(bp).get("keys").map(String::as_str) == Some("99")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn malformed_input_is_counted_and_answered_with_nothing() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &["--max-key-bytes", "16", "--max-value-bytes", "64"]);
+    let ctx = zmq::Context::new();
+    let req = ctx.socket(zmq::DEALER).expect("dealer");
+    req.set_linger(0).expect("linger");
+    req.connect(&format!("tcp://127.0.0.1:{p}")).expect("connect");
+    req.send_multipart([&b"GIMME"[..], b"x"], 0).expect("send");
+    req.send_multipart([&b"ICANHAZ?"[..], b"a", b"b"], 0).expect("send");
+    let coll = ctx.socket(zmq::PUB).expect("pub");
+    coll.set_linger(0).expect("linger");
+    coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
+    wait_until(Duration::from_secs(5), "malformed requests to be counted", || {
+        status(p).get("malformed_requests").map(String::as_str) == Some("2")
+    });
+    assert_eq!(req.poll(zmq::POLLIN, 200).expect("poll"), 0, "no reply to garbage");
+    let seq = 0u64.to_be_bytes();
+    let bad: Vec<Vec<Vec<u8>>> = vec![
+        vec![b"/k".to_vec()],                                                              // one frame
+        vec![b"/k".to_vec(), b"123".to_vec(), vec![], vec![], b"v".to_vec()],              // short sequence
+        vec![b"/k".to_vec(), seq.to_vec(), b"xyz".to_vec(), vec![], b"v".to_vec()],        // bad uuid
+        vec![b"/k".to_vec(), seq.to_vec(), vec![], b"junk".to_vec(), b"v".to_vec()],       // bad props
+        vec![vec![b'k'; 17], seq.to_vec(), vec![], vec![], b"v".to_vec()],                 // key too long
+        vec![b"/k".to_vec(), seq.to_vec(), vec![], vec![], vec![b'v'; 65]],                // value too long
+        vec![b"/k".to_vec(), seq.to_vec(), vec![], b"ttl=soon\n".to_vec(), b"v".to_vec()], // bad ttl
+    ];
+    wait_until(Duration::from_secs(5), "malformed updates to be counted", || {
+        for m in &bad {
+            coll.send_multipart(m, 0).expect("send");
+        }
+        status(p).get("malformed_updates").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) >= 7
+    });
+    let s = status(p);
+    assert_eq!(s.get("keys").map(String::as_str), Some("0"));
+    assert_eq!(s.get("state").map(String::as_str), Some("active"), "still serving");
+}
+
+#[test]
+fn clone_client_cli_set_get_del_dump() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &[]);
+    let srv = ep(p);
+    let run = |args: &[&str]| {
+        let out = mdsub().arg("clone-client").arg("--server").arg(&srv).args(args).output().expect("clone-client runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(run(&["set", "/cli/a", "1"]).0, Some(0));
+    assert_eq!(run(&["set", "/cli/b", "x=y"]).0, Some(0));
+    assert_eq!(run(&["set", "/z", "2"]).0, Some(0));
+    assert_eq!(run(&["get", "/cli/b"]), (Some(0), "x=y\n".to_string()));
+    assert_eq!(run(&["dump", "/cli/"]).1, "/cli/a=1\n/cli/b=x=y\n");
+    assert_eq!(run(&["del", "/cli/a"]).0, Some(0));
+    assert_eq!(run(&["get", "/cli/a"]).0, Some(1));
+    let help = mdsub().args(["clone-client", "--help"]).output().expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for word in ["set", "get", "del", "dump", "watch"] {
+        assert!(help.contains(word), "--help explains {word}: {help}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interop: an independent minimal CHP peer written from the spec (rfc.zeromq.org/spec/12) on the
+// raw zmq crate. It builds and parses frames itself; nothing from mdsub::clone is used.
+// ---------------------------------------------------------------------------------------------
+
+/// Spec: frame 0 key, frame 1 sequence (8 bytes, network order), frame 2 UUID, frame 3 properties,
+/// frame 4 body.
+fn chp_frames(key: &[u8], seq: u64, uuid: &[u8], props: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
+    vec![key.to_vec(), seq.to_be_bytes().to_vec(), uuid.to_vec(), props.to_vec(), body.to_vec()]
+}
+
+fn chp_seq(frame: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&frame[..8]);
+    u64::from_be_bytes(b)
+}
+
+#[test]
+fn independent_chp_client_interoperates_with_mdsub_server() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &[]);
+    let seeder = client(&[p], "");
+    let u = seeder.set("/spec/seed", "s", Some(60)).expect("set");
+    seeder.wait_acked(u, Duration::from_secs(5)).expect("acked");
+
+    let ctx = zmq::Context::new();
+    let snapshot = ctx.socket(zmq::DEALER).expect("dealer");
+    let subscriber = ctx.socket(zmq::SUB).expect("sub");
+    let publisher = ctx.socket(zmq::PUB).expect("pub");
+    for s in [&snapshot, &subscriber, &publisher] {
+        s.set_linger(0).expect("linger");
+    }
+    subscriber.set_subscribe(b"/spec/").expect("subscribe");
+    subscriber.set_subscribe(b"HUGZ").expect("subscribe");
+    subscriber.connect(&format!("tcp://127.0.0.1:{}", p + 1)).expect("connect");
+    publisher.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
+    snapshot.connect(&format!("tcp://127.0.0.1:{p}")).expect("connect");
+    // Spec: ICANHAZ command: frame 0 "ICANHAZ?", frame 1 subtree.
+    snapshot.send_multipart([&b"ICANHAZ?"[..], b"/spec/"], 0).expect("icanhaz");
+    let mut snap = Vec::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    let kthxbai_seq = loop {
+        assert!(Instant::now() < end, "snapshot within 5 s");
+        if snapshot.poll(zmq::POLLIN, 100).expect("poll") == 0 {
+            continue;
+        }
+        let f = snapshot.recv_multipart(0).expect("recv");
+        assert_eq!(f.len(), 5, "KVSYNC/KTHXBAI are five frames");
+        assert_eq!(f[1].len(), 8);
+        if f[0] == b"KTHXBAI" {
+            assert_eq!(f[4], b"/spec/", "KTHXBAI carries the subtree");
+            break chp_seq(&f[1]);
+        }
+        snap.push(f);
+    };
+    assert_eq!(snap.len(), 1);
+    assert_eq!(snap[0][0], b"/spec/seed");
+    assert_eq!(snap[0][4], b"s");
+    assert!(kthxbai_seq >= 1);
+    let props = String::from_utf8(snap[0][3].clone()).expect("props are text");
+    assert!(props.lines().any(|l| l.starts_with("ttl=")), "ttl is a property: {props}");
+    // Spec: KVSET: key, sequence (ignored), UUID, properties, body. Send until the server
+    // publishes it (the PUB→SUB connection may still be forming).
+    let uuid = *b"0123456789abcdef";
+    let got = {
+        let mut got = None;
+        let end = Instant::now() + Duration::from_secs(5);
+        while got.is_none() && Instant::now() < end {
+            publisher
+                .send_multipart(chp_frames(b"/spec/mine", 0, &uuid, b"origin=spec\n", b"hello"), 0)
+                .expect("kvset");
+            while subscriber.poll(zmq::POLLIN, 100).expect("poll") > 0 {
+                let f = subscriber.recv_multipart(0).expect("recv");
+                assert_eq!(f.len(), 5);
+                if f[0] == b"/spec/mine" {
+                    got = Some(f);
+                }
+            }
+        }
+        got.expect("KVPUB of our update within 5 s")
+    };
+    assert!(chp_seq(&got[1]) > kthxbai_seq, "KVPUB sequence follows the snapshot");
+    assert_eq!(got[2], uuid.to_vec(), "UUID preserved");
+    assert_eq!(got[3], b"origin=spec\n", "properties preserved");
+    assert_eq!(got[4], b"hello");
+    // HUGZ arrives when idle.
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        assert!(Instant::now() < end, "HUGZ within 3 s");
+        if subscriber.poll(zmq::POLLIN, 100).expect("poll") > 0 {
+            let f = subscriber.recv_multipart(0).expect("recv");
+            if f[0] == b"HUGZ" {
+                assert_eq!(f.len(), 5);
+                break;
+            }
+        }
+    }
+    // mdsub's own client sees the spec client's update.
+    wait_until(Duration::from_secs(5), "mdsub client to see the spec client's update", || {
+        seeder.get("/spec/mine").ok().flatten() == Some(b"hello".to_vec())
+    });
+}
+
+#[test]
+fn mdsub_client_interoperates_with_independent_chp_server() {
+    let p = free_port_block(3);
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).expect("router");
+    let publisher = ctx.socket(zmq::PUB).expect("pub");
+    let collector = ctx.socket(zmq::SUB).expect("sub");
+    for s in [&router, &publisher, &collector] {
+        s.set_linger(0).expect("linger");
+    }
+    router.bind(&format!("tcp://127.0.0.1:{p}")).expect("bind");
+    publisher.bind(&format!("tcp://127.0.0.1:{}", p + 1)).expect("bind");
+    collector.set_subscribe(b"").expect("subscribe");
+    collector.bind(&format!("tcp://127.0.0.1:{}", p + 2)).expect("bind");
+    let mut seq = 41u64;
+    let c = client(&[p], "/s/");
+    let stop = Instant::now() + Duration::from_secs(10);
+    let mut received = Vec::new();
+    let mut sent_initial = false;
+    let mut served = false;
+    let mut last_hugz = Instant::now();
+    let mut step = 0;
+    while Instant::now() < stop && step < 3 {
+        let mut items = [router.as_poll_item(zmq::POLLIN), collector.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, 50).expect("poll");
+        if items[0].is_readable() {
+            let f = router.recv_multipart(0).expect("recv");
+            assert_eq!(f.len(), 3, "identity + ICANHAZ? + subtree");
+            assert_eq!(f[1], b"ICANHAZ?");
+            assert_eq!(f[2], b"/s/");
+            // A spec server answers KVSYNC entries (we add a UUID and a property) then KTHXBAI.
+            let id = f[0].clone();
+            let mut m = vec![id.clone()];
+            m.extend(chp_frames(b"/s/one", 7, b"fedcba9876543210", b"a=b=c\n", b"1"));
+            router.send_multipart(m, 0).expect("send");
+            let mut m = vec![id];
+            m.extend(chp_frames(b"KTHXBAI", seq, b"", b"", b"/s/"));
+            router.send_multipart(m, 0).expect("send");
+            served = true;
+        }
+        if items[1].is_readable() {
+            let f = collector.recv_multipart(0).expect("recv");
+            assert_eq!(f.len(), 5, "KVSET is five frames");
+            assert_eq!(f[2].len(), 16, "every update carries a UUID");
+            seq += 1;
+            // Republish as KVPUB with our sequence, like a spec server.
+            publisher.send_multipart(chp_frames(&f[0], seq, &f[2], &f[3], &f[4]), 0).expect("publish");
+            received.push(f);
+        }
+        if last_hugz.elapsed() > Duration::from_millis(300) {
+            // HUGZ with a sequence frame (tolerated), plus an update outside the subtree.
+            publisher.send_multipart(chp_frames(b"HUGZ", seq, b"", b"", b""), 0).expect("hugz");
+            last_hugz = Instant::now();
+        }
+        if served && !sent_initial && c.status().expect("status").synced {
+            assert_eq!(c.get("/s/one").expect("get"), Some(b"1".to_vec()), "snapshot entry stored");
+            c.set("/s/two", "2", Some(5)).expect("set");
+            sent_initial = true;
+            step = 1;
+        }
+        if step == 1 && c.get("/s/two").expect("get").is_some() && c.status().expect("status").unacked == 0 {
+            // A server-originated update (new sequence) reaches the client.
+            seq += 1;
+            publisher.send_multipart(chp_frames(b"/s/three", seq, b"", b"", b"3"), 0).expect("pub");
+            step = 2;
+        }
+        if step == 2 && c.get("/s/three").expect("get").is_some() {
+            step = 3;
+        }
+    }
+    assert_eq!(step, 3, "client synced, set acknowledged, live update applied");
+    let kvset = &received[0];
+    assert_eq!(kvset[0], b"/s/two");
+    assert_eq!(kvset[1].len(), 8);
+    assert_eq!(kvset[3], b"ttl=5\n");
+    assert_eq!(kvset[4], b"2");
+    assert_eq!(c.status().expect("status").sequence, seq);
+}
+
+#[test]
+fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
+    use std::io::Read;
+    let dir = std::env::temp_dir().join(format!("mdsub-clone-tail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf8");
+    let p = free_port_block(3);
+    {
+        let mut s = server("server", p, &["--data-dir", d]);
+        let c = client(&[p], "");
+        c.wait_synced(Duration::from_secs(5)).expect("synced");
+        let mut last = None;
+        for i in 0..10 {
+            last = Some(c.set(format!("/t/{i}"), "v", None).expect("set"));
+        }
+        c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+        wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+        s.signal(15);
+        s.wait_exit(Duration::from_secs(5));
+    }
+    // A torn write at the end of the log.
+    let log = dir.join("log");
+    let good_len = std::fs::metadata(&log).expect("log exists").len();
+    let mut bytes = std::fs::read(&log).expect("read");
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&log, &bytes).expect("write");
+    let mut cmd = mdsub();
+    cmd.args(["clone-server", "--quiet", "--port", &p.to_string(), "--data-dir", d])
+        .stderr(std::process::Stdio::piped());
+    let mut s = Proc::spawn("server", &mut cmd);
+    wait_until(Duration::from_secs(5), "the restarted server to recover 10 keys", || {
+        status(p).get("keys").map(String::as_str) == Some("10")
+    });
+    s.signal(9);
+    s.wait_exit(Duration::from_secs(5));
+    let mut err = String::new();
+    s.child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+    assert!(
+        err.contains(&format!("offset {good_len}")) && err.contains("truncated"),
+        "stderr names the offset and the reason: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn clone_client_cli_watch_prints_current_then_live_changes() {
+    use std::io::{BufRead, BufReader};
+    let p = free_port_block(3);
+    let _s = server("server", p, &[]);
+    let srv = ep(p);
+    let c = client(&[p], "");
+    c.wait_synced(Duration::from_secs(5)).expect("synced");
+    let u = c.set("/w/a", "1", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &srv, "watch", "/w/", "--count", "2"]).stdout(std::process::Stdio::piped());
+    let mut w = Proc::spawn("watch", &mut cmd);
+    let mut lines = BufReader::new(w.child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("read");
+    assert_eq!(first, format!("initial {} /w/a=1", 1), "current value first");
+    c.set("/w/b", "2", None).expect("set");
+    c.del("/w/a").expect("del");
+    let rest: Vec<String> = lines.map(|l| l.expect("read")).collect();
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert!(rest[0].starts_with("live ") && rest[0].ends_with(" /w/b=2"), "{rest:?}");
+    assert!(rest[1].starts_with("live ") && rest[1].ends_with(" /w/a deleted"), "{rest:?}");
+    assert!(w.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn lone_primary_serves_once_its_peer_has_been_silent() {
+    let pp = free_port_block(4);
+    let absent = free_port_block(4);
+    let _prim = primary(pp, absent, &["--heartbeat-ms", "300"]);
+    let c = client(&[pp], "");
+    let t0 = Instant::now();
+    c.wait_synced(Duration::from_secs(5)).expect("a lone primary takes the client's vote");
+    assert!(t0.elapsed() >= Duration::from_millis(500), "not before the peer expired");
+    let u = c.set("/alone", "1", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(5)).expect("published");
+    assert_eq!(status(pp).get("state").map(String::as_str), Some("active"));
+}
+
+#[test]
+fn passive_holds_pending_updates_and_publishes_them_on_takeover() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let mut prim = primary(pp, bp, &[]);
+    let _back = backup(bp, pp, &[]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    // A raw CHP client that reaches only the backup's collector (its link to the primary is
+    // "lost"): the passive backup must hold the update, not apply or publish it.
+    let ctx = zmq::Context::new();
+    let only_backup = ctx.socket(zmq::PUB).expect("pub");
+    only_backup.set_linger(0).expect("linger");
+    only_backup.connect(&format!("tcp://127.0.0.1:{}", bp + 2)).expect("connect");
+    let kvset = chp_frames(b"/pending/x", 0, b"pending-uuid-016", b"", b"held");
+    wait_until(Duration::from_secs(5), "the passive backup to hold the update as pending", || {
+        only_backup.send_multipart(&kvset, 0).expect("send");
+        status(bp).get("pending").map(String::as_str) == Some("1")
+    });
+    assert_eq!(status(bp).get("keys").map(String::as_str), Some("0"), "not applied while passive");
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    // A client that asks the backup is the vote; the backup takes over and applies the pending list.
+    let c = client(&[bp], "");
+    c.wait_synced(Duration::from_secs(8)).expect("backup takes over");
+    wait_until(Duration::from_secs(5), "the pending update to be published", || {
+        c.get("/pending/x").ok().flatten() == Some(b"held".to_vec())
+    });
+    assert_eq!(status(bp).get("pending").map(String::as_str), Some("0"));
+}
+
+#[test]
+fn random_garbage_on_every_port_never_stops_a_server() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let _prim = primary(pp, bp, &[]);
+    let _back = backup(bp, pp, &[]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    let ctx = zmq::Context::new();
+    let mut socks = Vec::new();
+    for port in [pp, bp] {
+        let d = ctx.socket(zmq::DEALER).expect("dealer");
+        d.connect(&format!("tcp://127.0.0.1:{port}")).expect("connect");
+        socks.push(d);
+        let c = ctx.socket(zmq::PUB).expect("pub");
+        c.connect(&format!("tcp://127.0.0.1:{}", port + 2)).expect("connect");
+        socks.push(c);
+    }
+    // Garbage reaches each server's snapshot port and collector the way clients reach them.
+    // (The heartbeat and peer-update sockets only connect to the peer; their malformed input is
+    // counted the same way and is covered by the unit tests of the decoders.)
+    for s in &socks {
+        s.set_linger(0).expect("linger");
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let end = Instant::now() + Duration::from_millis(1500);
+    let mut sent = 0;
+    while Instant::now() < end {
+        for s in &socks {
+            let frames = (next() % 7) as usize;
+            let msg: Vec<Vec<u8>> = (0..frames.max(1))
+                .map(|_| {
+                    let len = (next() % 40) as usize;
+                    let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                    if next() % 4 == 0 && !v.is_empty() {
+                        v.truncate(8); // sometimes a plausible sequence-sized frame
+                    }
+                    v
+                })
+                .collect();
+            let _ = s.send_multipart(msg, zmq::DONTWAIT);
+            sent += 1;
+        }
+        if sent % 400 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(sent > 100);
+    // Both still serve their roles.
+    assert_eq!(status(pp).get("state").map(String::as_str), Some("active"));
+    assert_eq!(status(bp).get("state").map(String::as_str), Some("passive"));
+    let c = client(&[pp, bp], "");
+    c.wait_synced(Duration::from_secs(5)).expect("synced after the garbage");
+    let u = c.set("/after/garbage", "ok", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+}
