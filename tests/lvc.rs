@@ -275,3 +275,122 @@ fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
     let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "topics"), 2, "{last}");
 }
+
+/// A raw ZMTP 3.0 peer posing as an XSUB: it sends whatever bytes it likes
+/// (libzmq's own XSUB would filter a stray unsubscribe before it left).
+struct RawXsub {
+    tcp: std::net::TcpStream,
+}
+
+impl RawXsub {
+    fn connect(endpoint: &str) -> RawXsub {
+        use std::io::{Read, Write};
+        let addr = endpoint.trim_start_matches("tcp://");
+        let mut tcp = std::net::TcpStream::connect(addr).expect("tcp connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 0];
+        greeting.extend_from_slice(b"NULL");
+        greeting.resize(64, 0);
+        // As libzmq does: the signature first, the rest once the peer's came.
+        let mut theirs = [0u8; 64];
+        tcp.write_all(&greeting[..10]).expect("signature");
+        tcp.read_exact(&mut theirs[..10]).expect("peer's signature");
+        tcp.write_all(&greeting[10..]).expect("greeting");
+        tcp.read_exact(&mut theirs[10..]).expect("peer's greeting");
+        tcp.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let mut ready = vec![5u8];
+        ready.extend_from_slice(b"READY");
+        ready.push(11);
+        ready.extend_from_slice(b"Socket-Type");
+        ready.extend_from_slice(&4u32.to_be_bytes());
+        ready.extend_from_slice(b"XSUB");
+        let mut cmd = vec![0x04, ready.len() as u8];
+        cmd.extend_from_slice(&ready);
+        tcp.write_all(&cmd).expect("ready");
+        RawXsub { tcp }
+    }
+
+    fn send(&mut self, body: &[u8]) {
+        use std::io::Write;
+        let mut f = vec![0x00, body.len() as u8];
+        f.extend_from_slice(body);
+        self.tcp.write_all(&f).expect("frame");
+    }
+
+    /// True once a message frame starting with `prefix` arrives (skips the
+    /// peer's commands), false after `deadline`.
+    fn wait_for(&mut self, prefix: &[u8], deadline: Duration) -> bool {
+        use std::io::Read;
+        let end = Instant::now() + deadline;
+        let mut buf = Vec::new();
+        while Instant::now() < end {
+            let mut chunk = [0u8; 4096];
+            match self.tcp.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => continue,
+            }
+            loop {
+                let Some(&flags) = buf.first() else { break };
+                let (head, len) = if flags & 0x02 != 0 {
+                    if buf.len() < 9 {
+                        break;
+                    }
+                    let mut l = [0u8; 8];
+                    l.copy_from_slice(&buf[1..9]);
+                    (9, u64::from_be_bytes(l) as usize)
+                } else {
+                    if buf.len() < 2 {
+                        break;
+                    }
+                    (2, buf[1] as usize)
+                };
+                if buf.len() < head + len {
+                    break;
+                }
+                let body: Vec<u8> = buf[head..head + len].to_vec();
+                buf.drain(..head + len);
+                if flags & 0x04 == 0 && body.starts_with(prefix) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn a_stray_empty_unsubscribe_never_cuts_the_cache_off() {
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).expect("pub");
+    publisher.set_sndhwm(100_000).expect("sndhwm");
+    let ep = mdsub::zmqx::bind_resolved(&publisher, "tcp://127.0.0.1:*").expect("bind");
+    let mut lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
+    let probe_sub = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
+    handshake(&publisher, &probe_sub);
+    // A raw peer on the subscriber side unsubscribes the empty prefix it never
+    // subscribed, then subscribes a marker topic. Both pass the LVC in order,
+    // so once the marker flows the unsubscribe has been handled.
+    let mut rogue = RawXsub::connect(&lvc.backend);
+    rogue.send(&[0u8]);
+    rogue.send(b"\x01_mark\0");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < end, "the marker subscription did not pass the LVC within 10 s");
+        publisher.send(frame("_mark", 0, 0, b"m"), 0).expect("marker");
+        if rogue.wait_for(b"_mark", Duration::from_millis(200)) {
+            break;
+        }
+    }
+    // A topic published now must still reach the cache.
+    publisher.send(frame("N1", 1, 1, b"fresh"), 0).expect("publish");
+    publisher.send(frame(PROBE, 0, 0, b"after"), 0).expect("probe");
+    until_probe(&probe_sub, ONE_S, Some(b"after"));
+    let late = subscriber(&ctx, &lvc.backend, &[b"N1\0", b"_probe\0"]);
+    let got = until_probe(&late, Duration::from_secs(2), None);
+    assert_eq!(got.len(), 1, "the cache still follows the publisher");
+    assert_eq!(decode(&got[0][0]).map(|v| v.payload.to_vec()).ok(), Some(b"fresh".to_vec()));
+    let (out, _) = stop(&mut lvc);
+    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "not_forwarded"), 1, "{last}");
+}

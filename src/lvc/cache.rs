@@ -166,6 +166,15 @@ impl LastValueCache {
         }
     }
 
+    /// Forget `key`'s value, if held (counted as `evicted_too_big`).
+    fn evict(&mut self, key: &[u8]) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.bytes -= entry.footprint(key.len());
+            self.order.remove(key);
+            self.counters.evicted_too_big += 1;
+        }
+    }
+
     /// Topics held.
     pub fn topics(&self) -> usize {
         self.entries.len()
@@ -187,11 +196,17 @@ impl LastValueCache {
     /// Remember `frames` as the last value of its topic.
     pub fn update<F: Deref<Target = [u8]>>(&mut self, frames: &[F]) -> Update {
         let Some(key) = message_key(frames) else {
+            // A multipart message on a cached topic that cannot be stored (too
+            // many frames) makes the cached value stale: drop it, never serve it.
+            if let [first, _, ..] = frames {
+                self.evict(first);
+            }
             self.counters.uncacheable += 1;
             return Update::Uncacheable;
         };
         let need_data: usize = frames.iter().map(|f| f.len()).sum();
         if need_data > u32::MAX as usize {
+            self.evict(key);
             self.counters.uncacheable += 1;
             return Update::Uncacheable;
         }
@@ -314,6 +329,20 @@ mod tests {
         let got: Vec<&[u8]> = c.get(b"ESH6\0").expect("cached").collect();
         assert_eq!(got, vec![&frame("ESH6", 2, b"b")[..]]);
         assert_eq!(c.topics(), 1);
+    }
+
+    #[test]
+    fn an_uncacheable_message_on_a_cached_topic_drops_the_stale_value() {
+        let mut c = big();
+        let small: Vec<Vec<u8>> = vec![b"F001".to_vec(), b"a".to_vec()];
+        assert_eq!(c.update(&small), Update::Inserted);
+        let huge: Vec<Vec<u8>> =
+            std::iter::once(b"F001".to_vec()).chain((0..MAX_FRAMES).map(|_| b"x".to_vec())).collect();
+        assert_eq!(c.update(&huge), Update::Uncacheable);
+        assert!(c.get(b"F001").is_none(), "the older value must not be served after a newer one passed");
+        assert_eq!(c.counters().evicted_too_big, 1);
+        assert_eq!(c.topics(), 0);
+        assert_eq!(c.bytes(), 0);
     }
 
     #[test]

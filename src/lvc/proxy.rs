@@ -36,8 +36,11 @@ pub struct LvcReport {
     /// Subscribe / unsubscribe messages seen on the XPUB (duplicates included).
     pub subscribes: u64,
     pub unsubscribes: u64,
-    /// Messages from subscribers that were neither: forwarded upstream as is.
+    /// Single-frame messages from subscribers that were neither: forwarded upstream as is.
     pub other_upstream: u64,
+    /// Messages from subscribers not forwarded upstream: multipart ones, and
+    /// unsubscribes of the empty prefix (see `on_subscription`).
+    pub not_forwarded: u64,
     /// Cached messages re-sent in answer to subscriptions.
     pub cache_answers: u64,
     /// Sends that failed (message lost).
@@ -54,7 +57,7 @@ impl std::fmt::Display for LvcReport {
         write!(
             f,
             "messages_in={} frames_in={} bytes_in={} subscribes={} unsubscribes={} other_upstream={} \
-             cache_answers={} send_failures={} topics={} cache_bytes={} inserted={} replaced={} \
+             not_forwarded={} cache_answers={} send_failures={} topics={} cache_bytes={} inserted={} replaced={} \
              rejected_full={} evicted_too_big={} uncacheable={}",
             self.messages_in,
             self.frames_in,
@@ -62,6 +65,7 @@ impl std::fmt::Display for LvcReport {
             self.subscribes,
             self.unsubscribes,
             self.other_upstream,
+            self.not_forwarded,
             self.cache_answers,
             self.send_failures,
             self.topics,
@@ -150,8 +154,20 @@ impl LvcProxy {
                 self.report.cache_answers += 1;
             }
         }
-        if send_message(&self.frontend, &mut self.frames).is_err() {
-            self.report.send_failures += 1;
+        // Upstream gets single-frame (un)subscriptions only: libzmq 4.3.4
+        // treats every frame that starts with 0/1 as one, so a multipart
+        // message would be split or merged on the way. And never an
+        // unsubscribe of the empty prefix: the XSUB counts it against the
+        // LVC's own subscribe-to-everything, and one stray `\x00` from any
+        // peer would cut the cache off from its publishers.
+        let forward = self.frames.len() == 1 && !(self.frames[0].len() == 1 && self.frames[0][0] == 0);
+        if forward {
+            if send_message(&self.frontend, &mut self.frames).is_err() {
+                self.report.send_failures += 1;
+            }
+        } else {
+            self.report.not_forwarded += 1;
+            self.frames.clear();
         }
         Ok(())
     }
