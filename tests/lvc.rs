@@ -330,8 +330,7 @@ impl RawXsub {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(_) => continue,
             }
-            loop {
-                let Some(&flags) = buf.first() else { break };
+            while let Some(&flags) = buf.first() {
                 let (head, len) = if flags & 0x02 != 0 {
                     if buf.len() < 9 {
                         break;
