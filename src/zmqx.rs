@@ -132,6 +132,9 @@ pub fn send_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq
     Ok(())
 }
 
+/// Largest message a proxy takes from its subscribers (they send subscriptions).
+pub const MAX_SUBSCRIPTION_BYTES: i64 = 64 << 10;
+
 /// The two sockets of a pub-sub proxy (the LVC, the tap), attached.
 pub struct ProxySockets {
     /// XSUB toward the publishers.
@@ -143,13 +146,16 @@ pub struct ProxySockets {
     pub endpoints: Vec<(&'static str, &'static str, String)>,
 }
 
-/// Make and attach a proxy's sockets with SNDHWM = RCVHWM = `hwm_msgs` and
-/// LINGER 0. An error names what was being done.
+/// Make and attach a proxy's sockets with SNDHWM = RCVHWM = `hwm_msgs`,
+/// LINGER 0, and ZMQ_MAXMSGSIZE `max_msg_bytes` toward the publishers
+/// ([`MAX_SUBSCRIPTION_BYTES`] toward the subscribers, who only send
+/// subscriptions). An error names what was being done.
 pub fn proxy_sockets(
     ctx: &zmq::Context,
     frontend: &[Attach],
     backend: &[Attach],
     hwm_msgs: i32,
+    max_msg_bytes: i64,
 ) -> Result<ProxySockets, (&'static str, zmq::Error)> {
     let ctxt = |what: &'static str| move |e| (what, e);
     let front = ctx.socket(zmq::XSUB).map_err(ctxt("making the XSUB"))?;
@@ -159,6 +165,8 @@ pub fn proxy_sockets(
         s.set_rcvhwm(hwm_msgs).map_err(ctxt("setting RCVHWM"))?;
         s.set_linger(0).map_err(ctxt("setting LINGER"))?;
     }
+    front.set_maxmsgsize(max_msg_bytes).map_err(ctxt("setting MAXMSGSIZE"))?;
+    back.set_maxmsgsize(MAX_SUBSCRIPTION_BYTES).map_err(ctxt("setting MAXMSGSIZE"))?;
     back.set_xpub_verbose(true).map_err(ctxt("setting XPUB_VERBOSE"))?;
     set_xpub_verboser(&mut back, true).map_err(ctxt("setting XPUB_VERBOSER"))?;
     let mut endpoints = Vec::new();

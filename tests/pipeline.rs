@@ -89,7 +89,11 @@ fn tap_recording_of_a_live_replay_replays_byte_identical() {
         v
     };
     let is_eos = |f: &[u8]| wire::decode(f).is_ok_and(|v| v.header.kind == Kind::EndOfStream);
-    // The recorder flushes on exit; stop the tap once the replay is done.
+    // The recorder flushes at least once a second: wait until the end of
+    // stream is in the file, then stop the tap.
+    wait_until(Duration::from_secs(20), "the end of stream in the recording", || {
+        records().iter().any(|(f, _)| is_eos(f))
+    });
     let (_, err) = stop(&mut tap);
     let recorded = records();
     assert!(recorded.iter().any(|(f, _)| is_eos(f)), "the recording holds the end of stream; tap said {err:?}");

@@ -174,6 +174,7 @@ fn via_lvc(args: &LvcBenchArgs, hwm: i32) -> Result<(Measurement, LvcReport), Lv
         backend: vec![Attach::Bind("tcp://127.0.0.1:*".into())],
         limits: CacheLimits::default(),
         hwm_msgs: hwm,
+        max_msg_bytes: 1 << 20,
     };
     let shared = Arc::new(Mutex::new(LvcReport::default()));
     let proxy = LvcProxy::new(&lvc_ctx, &config, shared.clone())?;

@@ -72,6 +72,10 @@ pub struct LvcArgs {
     /// default so that answering a wide prefix does not drop at the HWM.
     #[arg(long, default_value_t = 100_000)]
     pub hwm_msgs: i32,
+    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
+    /// a larger one drops that publisher's connection, as libzmq does).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_msg_bytes: i64,
     /// Idle strategy of the proxy thread: spin, yield, backoff or block.
     #[arg(long, default_value = "backoff")]
     pub idle: String,
@@ -86,6 +90,7 @@ pub fn run(args: LvcArgs, stop: &StopFlag) -> Result<LvcReport, LvcError> {
         backend: args.backend,
         limits: CacheLimits { max_topics: args.max_topics, max_bytes: args.max_bytes },
         hwm_msgs: args.hwm_msgs,
+        max_msg_bytes: args.max_msg_bytes,
     };
     let ctx = zmq::Context::new();
     let shared = Arc::new(Mutex::new(LvcReport::default()));

@@ -24,6 +24,8 @@ pub struct LvcConfig {
     pub limits: CacheLimits,
     /// SNDHWM and RCVHWM of both sockets, messages (0 = unlimited).
     pub hwm_msgs: i32,
+    /// Largest message accepted from the publishers (ZMQ_MAXMSGSIZE).
+    pub max_msg_bytes: i64,
 }
 
 /// Counters of one LVC run.
@@ -100,7 +102,7 @@ impl LvcProxy {
     /// everything (so the cache is warm before the first subscriber).
     pub fn new(ctx: &zmq::Context, config: &LvcConfig, shared: Arc<Mutex<LvcReport>>) -> Result<Self, AgentError> {
         let zmqx::ProxySockets { frontend, backend, endpoints } =
-            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs)
+            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
                 .map_err(|(context, source)| AgentError::Zmq { role: "lvc".into(), context, source })?;
         frontend.send(&[1u8][..], 0).map_err(zerr("subscribing upstream"))?;
         Ok(LvcProxy {

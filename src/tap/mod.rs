@@ -95,6 +95,10 @@ pub struct TapArgs {
     /// SNDHWM and RCVHWM of both proxy sockets, messages (0 = unlimited).
     #[arg(long, default_value_t = 100_000)]
     pub hwm_msgs: i32,
+    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
+    /// a larger one drops that publisher's connection, as libzmq does).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_msg_bytes: i64,
     /// Idle strategy of both threads: spin, yield, backoff or block.
     #[arg(long, default_value = "backoff")]
     pub idle: String,
@@ -157,6 +161,7 @@ pub fn run(args: TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
         filter: Filter::new(prefixes),
         subscribe_all: args.subscribe_all,
         hwm_msgs: args.hwm_msgs,
+        max_msg_bytes: args.max_msg_bytes,
     };
     let ctx = zmq::Context::new();
     let (tx, rx) = crossbeam::channel::bounded(args.queue_msgs);
@@ -174,8 +179,15 @@ pub fn run(args: TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
     // The sink stops by itself once the proxy is gone and the queue is drained.
     let sink_handle = Runner::spawn("tap-sink", spec.clone(), StopFlag::new(), move || Ok(sink))
         .map_err(|source| TapError::Thread { role: "tap-sink", source })?;
-    let proxy_handle = Runner::spawn("tap-proxy", spec, stop, move || Ok(proxy))
-        .map_err(|source| TapError::Thread { role: "tap-proxy", source })?;
+    let proxy_handle = match Runner::spawn("tap-proxy", spec, stop, move || Ok(proxy)) {
+        Ok(h) => h,
+        Err(source) => {
+            // The proxy (and the queue's sender) is gone: the sink drains,
+            // flushes the recording and ends; wait for it before reporting.
+            let _ = sink_handle.join();
+            return Err(TapError::Thread { role: "tap-proxy", source });
+        }
+    };
     let proxy_result = proxy_handle.join().map_err(|_| TapError::Panicked { role: "tap-proxy" })?;
     let sink_result = sink_handle.join().map_err(|_| TapError::Panicked { role: "tap-sink" })?;
     let report = TapReport {

@@ -102,6 +102,8 @@ pub struct TapConfig {
     pub subscribe_all: bool,
     /// SNDHWM and RCVHWM of both sockets, messages.
     pub hwm_msgs: i32,
+    /// Largest message accepted from the publishers (ZMQ_MAXMSGSIZE).
+    pub max_msg_bytes: i64,
 }
 
 /// The proxy agent.
@@ -129,7 +131,7 @@ impl TapProxy {
         shared: Arc<Mutex<TapProxyReport>>,
     ) -> Result<Self, AgentError> {
         let zmqx::ProxySockets { frontend, backend, endpoints } =
-            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs)
+            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
                 .map_err(|(context, source)| AgentError::Zmq { role: "tap".into(), context, source })?;
         if config.subscribe_all {
             frontend.send(&[1u8][..], 0).map_err(zerr("subscribing upstream"))?;
@@ -230,6 +232,7 @@ mod tests {
             filter: Filter::default(),
             subscribe_all: true,
             hwm_msgs: 10_000,
+            max_msg_bytes: 1 << 20,
         };
         let (tx, rx) = crossbeam::channel::bounded(1);
         let mut proxy = TapProxy::new(&ctx, &config, tx, Arc::default()).expect("proxy");

@@ -245,7 +245,8 @@ impl TapSink {
 
     fn flush(&mut self) {
         if self.dirty {
-            let _ = self.out.flush();
+            // The recording first: a terminal that blocks (a pager, Ctrl-S)
+            // must not hold back what is already captured.
             if let Some(w) = self.recorder.as_mut() {
                 if let Err(e) = w.flush() {
                     eprintln!("tap: recording stopped: {e}");
@@ -253,6 +254,7 @@ impl TapSink {
                     self.recorder = None;
                 }
             }
+            let _ = self.out.flush();
             self.dirty = false;
         }
         if let Ok(mut s) = self.shared.lock() {
