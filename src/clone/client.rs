@@ -16,7 +16,12 @@
 //! the same UUID. After every (re-)sync it re-sends those the snapshot does not already contain,
 //! and while live it re-sends any still unacknowledged after `resend_after_ms`. Servers drop a
 //! UUID they have already applied, so a re-send never applies twice; this is what makes "every
-//! update sent during a failover survives".
+//! update sent during a failover survives" (within the 30 s a set is re-sent; see [`AckState`]).
+//! A set to a key outside the subtree is sent once and not tracked: its echo never arrives.
+//!
+//! **Server restarts** (beyond the guide): a sequence lower than the last one read from the
+//! current server's publisher, or a dropped connection to it, makes the agent fetch a fresh
+//! snapshot from that server (a restarted server may start again below our sequence).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
