@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, mdsub, wait_until, Proc};
-use mdsub::clone::client::{ChangeKind, Client, ClientConfig};
+use common::{free_port_block, mdsub, run_within, wait_until, LineProc, Proc};
+use mdsub::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
 
 fn ep(port: u16) -> String {
     format!("tcp://127.0.0.1:{port}")
@@ -180,11 +180,21 @@ fn kill_active_while_clients_set_every_client_fails_over_and_all_converge() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(700));
+    let live = |c: &Client| c.status().expect("status").live_updates;
+    wait_until(Duration::from_secs(10), "every client to see its first sets published", || {
+        clients.iter().all(|c| live(c) >= 50)
+    });
     prim.signal(9);
     prim.wait_exit(Duration::from_secs(5));
     let killed_at = Instant::now();
-    std::thread::sleep(Duration::from_millis(3500)); // keep setting through the failover
+    // Keep setting through the failover, and a while after it.
+    wait_until(Duration::from_secs(15), "every client to fail over while setting", || {
+        clients.iter().all(|c| c.status().expect("status").failovers >= 1)
+    });
+    let after: Vec<u64> = clients.iter().map(|c| live(c)).collect();
+    wait_until(Duration::from_secs(10), "sets to be published by the new active server", || {
+        clients.iter().zip(&after).all(|(c, n)| c.status().expect("status").synced && live(c) >= n + 50)
+    });
     running.store(false, Ordering::Relaxed);
     let counts: Vec<u32> = setters.into_iter().map(|h| h.join().expect("setter")).collect();
     wait_state(bp, "active", Duration::from_secs(5));
@@ -583,7 +593,6 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
 
 #[test]
 fn clone_client_cli_watch_prints_current_then_live_changes() {
-    use std::io::{BufRead, BufReader};
     let p = free_port_block(3);
     let _s = server("server", p, &[]);
     let srv = ep(p);
@@ -591,19 +600,21 @@ fn clone_client_cli_watch_prints_current_then_live_changes() {
     c.wait_synced(Duration::from_secs(5)).expect("synced");
     let u = c.set("/w/a", "1", None).expect("set");
     c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+    let seq_a = c.status().expect("status").sequence;
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &srv, "watch", "/w/", "--count", "2"]).stdout(std::process::Stdio::piped());
-    let mut w = Proc::spawn("watch", &mut cmd);
-    let mut lines = BufReader::new(w.child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("a line").expect("read");
-    assert_eq!(first, format!("initial {} /w/a=1", 1), "current value first");
+    cmd.args(["clone-client", "--server", &srv, "watch", "/w/", "--count", "2"]);
+    let w = LineProc::spawn("watch", &mut cmd);
+    let first = w.line_starting("", Duration::from_secs(10));
+    assert_eq!(first, format!("initial {seq_a} /w/a=1"), "current value first");
     c.set("/w/b", "2", None).expect("set");
     c.del("/w/a").expect("del");
-    let rest: Vec<String> = lines.map(|l| l.expect("read")).collect();
-    assert_eq!(rest.len(), 2, "{rest:?}");
-    assert!(rest[0].starts_with("live ") && rest[0].ends_with(" /w/b=2"), "{rest:?}");
-    assert!(rest[1].starts_with("live ") && rest[1].ends_with(" /w/a deleted"), "{rest:?}");
-    assert!(w.wait_exit(Duration::from_secs(5)).success());
+    let b = w.line_starting("", Duration::from_secs(10));
+    let a = w.line_starting("", Duration::from_secs(10));
+    assert!(b.starts_with("live ") && b.ends_with(" /w/b=2"), "{b}");
+    assert!(a.starts_with("live ") && a.ends_with(" /w/a deleted"), "{a}");
+    let (exit, rest) = w.finish(Duration::from_secs(5));
+    assert!(exit.success(), "watch --count 2 exits cleanly");
+    assert!(rest.is_empty(), "nothing after the two live changes: {rest}");
 }
 
 #[test]
@@ -705,11 +716,206 @@ fn random_garbage_on_every_port_never_stops_a_server() {
         }
     }
     assert!(sent > 100);
-    // Both still serve their roles.
+    // Both still serve their roles, and counted what they refused.
+    let malformed = |port: u16| {
+        let s = status(port);
+        for k in ["malformed_requests", "malformed_updates", "malformed_heartbeats", "pending_dropped"] {
+            assert!(s.contains_key(k), "STATUS reports {k}: {s:?}");
+        }
+        ["malformed_requests", "malformed_updates"].iter().map(|k| s[*k].parse::<u64>().unwrap_or(0)).sum::<u64>()
+    };
+    wait_until(Duration::from_secs(5), "both servers to count the garbage", || malformed(pp) > 0 && malformed(bp) > 0);
     assert_eq!(status(pp).get("state").map(String::as_str), Some("active"));
     assert_eq!(status(bp).get("state").map(String::as_str), Some("passive"));
     let c = client(&[pp, bp], "");
     c.wait_synced(Duration::from_secs(5)).expect("synced after the garbage");
     let u = c.set("/after/garbage", "ok", None).expect("set");
     c.wait_acked(u, Duration::from_secs(5)).expect("acked");
+}
+
+#[test]
+fn set_outside_the_subtree_is_not_tracked_and_a_resent_uuid_is_republished_once() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &[]);
+    let md = client(&[p], "/md/");
+    md.wait_synced(Duration::from_secs(5)).expect("synced");
+    let u = md.set("/other/x", "1", None).expect("set");
+    assert_eq!(md.ack_state(u).expect("state"), AckState::Untracked);
+    assert!(!md.is_acked(u).expect("is_acked"), "untracked is not acknowledged");
+    assert!(matches!(md.wait_acked(u, Duration::from_secs(5)), Err(ClientError::NotAcked(AckState::Untracked))));
+    assert_eq!(md.status().expect("status").unacked, 0, "not re-sent");
+    assert_eq!(md.ack_state([7; 16]).expect("state"), AckState::Unknown);
+    let inside = md.set("/md/y", "2", None).expect("set");
+    md.wait_acked(inside, Duration::from_secs(5)).expect("a set inside the subtree is acknowledged");
+    assert_eq!(md.ack_state(inside).expect("state"), AckState::Acked);
+    let seq0: u64 = status(p).get("sequence").and_then(|v| v.parse().ok()).expect("sequence");
+    // A raw CHP client re-sends one KVSET (same UUID) many times: the server applies it once and
+    // re-publishes it at most once more, not once per re-send.
+    let ctx = zmq::Context::new();
+    let coll = ctx.socket(zmq::PUB).expect("pub");
+    coll.set_linger(0).expect("linger");
+    coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
+    let kvset = chp_frames(b"/dup/k", 0, b"dup-uuid-0000016", b"", b"v");
+    wait_until(Duration::from_secs(5), "the server to see five re-sends", || {
+        coll.send_multipart(&kvset, 0).expect("send");
+        status(p).get("duplicates").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) >= 5
+    });
+    let seq: u64 = status(p).get("sequence").and_then(|v| v.parse().ok()).expect("sequence");
+    assert_eq!(seq, seq0 + 2, "applied once, re-published once");
+}
+
+#[test]
+fn client_resyncs_after_a_standalone_server_restarts_with_a_lower_sequence() {
+    let p = free_port_block(3);
+    let mut s = server("server", p, &[]);
+    let stays = client(&[p], "");
+    stays.wait_synced(Duration::from_secs(5)).expect("synced");
+    let mut last = None;
+    for i in 0..20 {
+        last = Some(stays.set(format!("/before/{i}"), "x", None).expect("set"));
+    }
+    stays.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
+    assert!(stays.status().expect("status").sequence >= 20);
+    s.signal(9);
+    s.wait_exit(Duration::from_secs(5));
+    // Same port, no data dir: the new server's sequence starts again at 0.
+    let _s2 = server("server-again", p, &[]);
+    let writer = client(&[p], "");
+    writer.wait_synced(Duration::from_secs(5)).expect("synced with the new server");
+    let u = writer.set("/after", "y", None).expect("set");
+    writer.wait_acked(u, Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(10), "the client that stayed up to see the new server's updates", || {
+        stays.get("/after").ok().flatten() == Some(b"y".to_vec())
+    });
+    let st = stays.status().expect("status");
+    assert!(st.resyncs >= 1 || st.failovers >= 1, "{st:?}");
+    assert_eq!(dump(&stays), dump(&writer), "converged on the new server's map");
+}
+
+#[test]
+fn server_refuses_unusable_limits_intervals_and_a_second_primary() {
+    let p = free_port_block(4);
+    let peer = ep(free_port_block(4));
+    let cases: [(&[&str], &str); 4] = [
+        (&["--max-value-bytes", "67108864"], "--max-value-bytes"),
+        (&["--hugz-ms", "0"], "--hugz-ms"),
+        (&["--primary", "--peer", peer.as_str(), "--heartbeat-ms", "0"], "--heartbeat-ms"),
+        (&["--primary", "--peer", peer.as_str(), "--heartbeat-ms", "18446744073709551615"], "--heartbeat-ms"),
+    ];
+    for (args, flag) in cases {
+        let mut cmd = mdsub();
+        cmd.args(["clone-server", "--quiet", "--port", &p.to_string()]).args(args);
+        let (code, _, err) = run_within("server", &mut cmd, Duration::from_secs(10));
+        assert_ne!(code, Some(0), "{args:?} refused");
+        assert!(err.contains(flag), "{args:?}: error names {flag}: {err}");
+    }
+    // Two servers both started with --primary stop with a clear error instead of waiting (the
+    // first to hear the other stops; the other may then be left alone, as a lone primary).
+    let (a, b) = (free_port_block(4), free_port_block(4));
+    let mut procs: Vec<Proc> = [(a, b), (b, a)]
+        .iter()
+        .map(|(port, peer)| {
+            let mut cmd = mdsub();
+            cmd.args(["clone-server", "--quiet", "--port", &port.to_string(), "--primary", "--peer", &ep(*peer)]);
+            cmd.args(["--heartbeat-ms", "100"]).stderr(std::process::Stdio::piped());
+            Proc::spawn("primary", &mut cmd)
+        })
+        .collect();
+    let mut stopped = None;
+    wait_until(Duration::from_secs(10), "one of two --primary servers to stop", || {
+        stopped = procs.iter_mut().position(|p| matches!(p.child.try_wait(), Ok(Some(_))));
+        stopped.is_some()
+    });
+    let p = &mut procs[stopped.expect("stopped")];
+    assert!(!p.wait_exit(Duration::from_secs(1)).success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut p.child.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert!(err.contains("primary too") && err.contains("--backup"), "{err}");
+}
+
+#[test]
+fn oversized_frames_are_refused_by_libzmq_before_they_are_read() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &["--max-key-bytes", "16", "--max-value-bytes", "64"]);
+    let ctx = zmq::Context::new();
+    let coll = ctx.socket(zmq::PUB).expect("pub");
+    coll.set_linger(0).expect("linger");
+    let mon_ep = "inproc://oversized-monitor";
+    let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+    coll.monitor(mon_ep, events).expect("monitor");
+    let mon = ctx.socket(zmq::PAIR).expect("pair");
+    mon.connect(mon_ep).expect("connect monitor");
+    coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
+    let next_event = |deadline: Duration| -> Option<u16> {
+        if mon.poll(zmq::POLLIN, deadline.as_millis() as i64).expect("poll") == 0 {
+            return None;
+        }
+        let f = mon.recv_multipart(0).expect("event");
+        f.first().filter(|f| f.len() >= 2).map(|f| u16::from_ne_bytes([f[0], f[1]]))
+    };
+    assert_eq!(next_event(Duration::from_secs(5)), Some(zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16));
+    // A 1 MiB value: far over --max-value-bytes plus slack, so the server's collector drops the
+    // connection instead of buffering and reading it.
+    let big = chp_frames(b"/big", 0, b"", b"", &vec![b'v'; 1 << 20]);
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut dropped = false;
+    while !dropped && Instant::now() < end {
+        coll.send_multipart(&big, 0).expect("send");
+        dropped = next_event(Duration::from_millis(100)) == Some(zmq::SocketEvent::DISCONNECTED as u16);
+    }
+    assert!(dropped, "the server dropped the connection that sent an oversized frame");
+    let s = status(p);
+    assert_eq!(s.get("state").map(String::as_str), Some("active"), "still serving");
+    assert_eq!(s.get("keys").map(String::as_str), Some("0"));
+}
+
+/// Guards the order append → flush → publish. The window the old order left open (publish, then
+/// flush at the end of the same unit of work) is microseconds, so this does not reliably catch
+/// that order; it catches a KVPUB that goes out with its record still in the user-space buffer.
+#[test]
+fn an_update_is_in_the_log_before_it_is_published() {
+    let dir = std::env::temp_dir().join(format!("mdsub-clone-order-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = free_port_block(3);
+    let _s = server("server", p, &["--data-dir", dir.to_str().expect("utf8")]);
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).expect("sub");
+    let coll = ctx.socket(zmq::PUB).expect("pub");
+    for s in [&sub, &coll] {
+        s.set_linger(0).expect("linger");
+    }
+    sub.set_subscribe(b"/burst/").expect("subscribe");
+    sub.connect(&format!("tcp://127.0.0.1:{}", p + 1)).expect("connect");
+    coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
+    let probe = chp_frames(b"/burst/probe", 0, b"probe-uuid-00016", b"", b"p");
+    wait_until(Duration::from_secs(5), "the probe to be published", || {
+        coll.send_multipart(&probe, 0).expect("send");
+        sub.poll(zmq::POLLIN, 50).expect("poll") > 0
+    });
+    while sub.poll(zmq::POLLIN, 200).expect("poll") > 0 {
+        sub.recv_multipart(0).expect("recv");
+    }
+    // A burst, so the server is still busy with later updates when it publishes earlier ones.
+    let n = 3000u32;
+    for i in 0..n {
+        let mut uuid = [0u8; 16];
+        uuid[..4].copy_from_slice(&i.to_be_bytes());
+        coll.send_multipart(chp_frames(format!("/burst/{i:05}").as_bytes(), 0, &uuid, b"", &[b'v'; 64]), 0)
+            .expect("send");
+    }
+    let log = dir.join("log");
+    for checked in 0..20 {
+        assert!(sub.poll(zmq::POLLIN, 5000).expect("poll") > 0, "KVPUB {checked} within 5 s");
+        let f = sub.recv_multipart(0).expect("recv");
+        // At the moment a client sees the KVPUB (its acknowledgement), the record is in the log
+        // (handed to the OS, so a kill -9 of the server cannot lose it).
+        let data = std::fs::read(&log).expect("log");
+        let (records, _, _) = mdsub::clone::persist::decode_records(&data[8..], 8);
+        assert!(
+            records.iter().any(|r| r.msg.uuid.is_some_and(|u| u[..] == f[2][..])),
+            "KVPUB {} published before its log record was written",
+            String::from_utf8_lossy(&f[0])
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

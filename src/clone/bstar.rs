@@ -9,6 +9,8 @@
 //!   primary accepts clients while staying PRIMARY, where clonesrv6 then neither publishes nor
 //!   applies updates; here a lone primary becomes a working ACTIVE server instead).
 //! - BACKUP: peer ACTIVE → PASSIVE; client requests are rejected.
+//! - PRIMARY hearing PRIMARY, BACKUP hearing BACKUP → fatal (both servers were given the same
+//!   role; *addition*: the guide's pair would wait forever).
 //! - ACTIVE: peer ACTIVE → fatal (split brain); everything else accepted.
 //! - PASSIVE: peer PRIMARY or BACKUP (a restarting peer) → ACTIVE; peer PASSIVE → fatal; a client
 //!   request → ACTIVE only when the peer is silent past its expiry (failover needs *both* a dead
@@ -96,6 +98,9 @@ pub enum BStarError {
     /// Both servers PASSIVE.
     #[error("peer is passive while we are passive: nobody would serve")]
     DualPassive,
+    /// Both servers configured with the same role (two `--primary` or two `--backup`).
+    #[error("the peer announces itself as {0} too: start one server with --primary and the other with --backup")]
+    SameRole(&'static str),
 }
 
 /// The Binary Star machine.
@@ -116,7 +121,7 @@ impl BStar {
                 Role::Backup => State::Backup,
             },
             heartbeat_ns,
-            peer_expiry_ns: now_ns.saturating_add(2 * heartbeat_ns),
+            peer_expiry_ns: now_ns.saturating_add(heartbeat_ns.saturating_mul(2)),
             next_heartbeat_ns: now_ns,
         }
     }
@@ -153,7 +158,7 @@ impl BStar {
     /// Feed one event at `now_ns`.
     pub fn on_event(&mut self, event: Event, now_ns: u64) -> Result<Outcome, BStarError> {
         if let Event::Peer(_) = event {
-            self.peer_expiry_ns = now_ns.saturating_add(2 * self.heartbeat_ns);
+            self.peer_expiry_ns = now_ns.saturating_add(self.heartbeat_ns.saturating_mul(2));
         }
         let from = self.state;
         let mut accepted = true;
@@ -168,6 +173,8 @@ impl BStar {
                     accepted = false;
                 }
             }
+            (Primary, Event::Peer(Primary)) => return Err(BStarError::SameRole("primary")),
+            (Backup, Event::Peer(Backup)) => return Err(BStarError::SameRole("backup")),
             (Backup, Event::Peer(Active)) => self.state = Passive,
             (Backup, Event::ClientRequest) => accepted = false,
             (Active, Event::Peer(Active)) => return Err(BStarError::DualActive),
@@ -208,6 +215,8 @@ mod tests {
             (Primary, Event::Peer(Active)) => Ok((true, Passive)),
             (Primary, Event::ClientRequest) if peer_alive => Ok((false, Primary)),
             (Primary, Event::ClientRequest) => Ok((true, Active)),
+            (Primary, Event::Peer(Primary)) => Err(BStarError::SameRole("primary")),
+            (Backup, Event::Peer(Backup)) => Err(BStarError::SameRole("backup")),
             (Backup, Event::Peer(Active)) => Ok((true, Passive)),
             (Backup, Event::ClientRequest) => Ok((false, Backup)),
             (Active, Event::Peer(Active)) => Err(BStarError::DualActive),

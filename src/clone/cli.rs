@@ -91,7 +91,7 @@ impl ServerArgs {
                 })
             }
         };
-        Ok(ServerConfig {
+        let cfg = ServerConfig {
             bind_host: self.bind.clone(),
             port: self.port,
             pair,
@@ -101,7 +101,9 @@ impl ServerArgs {
             max_value_bytes: self.max_value_bytes,
             verbose: !self.quiet,
             ..ServerConfig::default()
-        })
+        };
+        cfg.check().map_err(anyhow::Error::msg)?;
+        Ok(cfg)
     }
 }
 

@@ -16,7 +16,12 @@
 //! the same UUID. After every (re-)sync it re-sends those the snapshot does not already contain,
 //! and while live it re-sends any still unacknowledged after `resend_after_ms`. Servers drop a
 //! UUID they have already applied, so a re-send never applies twice; this is what makes "every
-//! update sent during a failover survives".
+//! update sent during a failover survives" (within the 30 s a set is re-sent; see [`AckState`]).
+//! A set to a key outside the subtree is sent once and not tracked: its echo never arrives.
+//!
+//! **Server restarts** (beyond the guide): a sequence lower than the last one read from the
+//! current server's publisher, or a dropped connection to it, makes the agent fetch a fresh
+//! snapshot from that server (a restarted server may start again below our sequence).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +32,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, KTHXBAI, TTL_PROP};
-use super::map::{mono_now_ns, UuidSet};
+use super::map::{mono_now_ns, RecentUuids, UuidSet};
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 
 const BATCH_MSGS: usize = 4096;
@@ -38,6 +43,8 @@ const FAST_RESEND_WINDOW_NS: u64 = 3_000_000_000;
 /// A set still unacknowledged after this long is forgotten (counted as abandoned): the server
 /// drops a re-sent UUID whose key has since been overwritten, so no echo will ever come.
 const GIVE_UP_NS: u64 = 30_000_000_000;
+/// Outcomes (acknowledged, abandoned, untracked) remembered per kind for [`Client::ack_state`].
+const REMEMBERED_OUTCOMES: usize = 65_536;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -94,6 +101,27 @@ pub enum ClientError {
     /// A key the store cannot carry.
     #[error("{0}")]
     BadUpdate(String),
+    /// The update will never be acknowledged to this client (see [`AckState`]).
+    #[error("the update will not be acknowledged: it is {0:?}")]
+    NotAcked(AckState),
+}
+
+/// Where a set stands, as far as this client knows (see [`Client::ack_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckState {
+    /// The server published it: seen on the publisher with its UUID, or found in a snapshot.
+    Acked,
+    /// Sent and not yet seen; still being re-sent.
+    Pending,
+    /// Given up unacknowledged: not seen within 30 s of re-sending, or pushed out of the
+    /// un-acknowledged list by `max_unacked`. It may or may not have been applied.
+    Abandoned,
+    /// Sent once to a key outside this client's subtree: the server's echo never reaches this
+    /// client, so the set is neither tracked nor re-sent.
+    Untracked,
+    /// Not a set this client remembers (made elsewhere, or its outcome forgotten: the last
+    /// 65 536 outcomes of each kind are kept).
+    Unknown,
 }
 
 /// A key and its value.
@@ -146,8 +174,13 @@ pub struct ClientStatus {
     pub malformed: u64,
     /// Live updates applied.
     pub live_updates: u64,
-    /// Sets forgotten unacknowledged after 30 s of re-sending (a newer update to the key won).
+    /// Sets given up unacknowledged: after 30 s of re-sending, or evicted by `max_unacked`.
     pub abandoned: u64,
+    /// Sets to keys outside the subtree (sent once, not tracked).
+    pub untracked: u64,
+    /// Re-syncs with the same server after it restarted (its sequence went backwards) or our
+    /// connection to it dropped.
+    pub resyncs: u64,
 }
 
 enum Cmd {
@@ -156,7 +189,7 @@ enum Cmd {
     Dump(Vec<u8>, Sender<Vec<KeyValue>>),
     Watch(Vec<u8>, Sender<Change>),
     Status(Sender<ClientStatus>),
-    Acked(Uuid, Sender<bool>),
+    Acked(Uuid, Sender<AckState>),
     Subtree(Vec<u8>),
 }
 
@@ -310,8 +343,14 @@ impl Client {
         self.ask(Cmd::Status)
     }
 
-    /// Has the update with `uuid` come back from the server?
+    /// Has the update with `uuid` come back from the server? Only a real acknowledgement counts
+    /// (see [`Client::ack_state`] for the other outcomes).
     pub fn is_acked(&self, uuid: Uuid) -> Result<bool, ClientError> {
+        Ok(self.ack_state(uuid)? == AckState::Acked)
+    }
+
+    /// Where the update with `uuid` stands.
+    pub fn ack_state(&self, uuid: Uuid) -> Result<AckState, ClientError> {
         self.ask(|tx| Cmd::Acked(uuid, tx))
     }
 
@@ -330,16 +369,21 @@ impl Client {
         }
     }
 
-    /// Wait until the server has published the update with `uuid`.
+    /// Wait until the server has published the update with `uuid`; fails at once with
+    /// [`ClientError::NotAcked`] when it is abandoned, untracked or unknown.
     pub fn wait_acked(&self, uuid: Uuid, deadline: Duration) -> Result<(), ClientError> {
         let end = Instant::now() + deadline;
-        while !self.is_acked(uuid)? {
+        loop {
+            match self.ack_state(uuid)? {
+                AckState::Acked => return Ok(()),
+                AckState::Pending => {}
+                other => return Err(ClientError::NotAcked(other)),
+            }
             if Instant::now() >= end {
                 return Err(ClientError::Timeout { what: "the server to publish the update", after: deadline });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(())
     }
 
     /// Stop the agent and wait for its thread.
@@ -368,6 +412,11 @@ struct ServerConn {
     monitor: zmq::Socket,
     /// `sub` has completed its handshake, so its subscription is on its way to the server.
     connected: bool,
+    /// `sub` lost its connection since we last synced from this server (updates may be lost).
+    dropped: bool,
+    /// Sequence of the last update or HUGZ read from `sub` since the last sync. A server's
+    /// publisher stream never goes backwards, so a lower one means the server restarted.
+    last_seq: u64,
 }
 
 struct Syncing {
@@ -413,11 +462,16 @@ struct ClientAgent {
     last_msg_ns: u64,
     unacked: VecDeque<Unacked>,
     unacked_ids: UuidSet,
+    acked: RecentUuids,
+    abandoned: RecentUuids,
+    untracked: RecentUuids,
     watchers: Vec<(Vec<u8>, Sender<Change>)>,
     status: ClientStatus,
     ever_synced: bool,
     synced_at_ns: u64,
     initial_since_ns: Option<u64>,
+    /// `read_sub` saw the current server's sequence go backwards.
+    restarted: bool,
     frames: Vec<zmq::Message>,
 }
 
@@ -463,7 +517,15 @@ impl ClientAgent {
             monitor.set_linger(0).map_err(agent_err("setting linger"))?;
             monitor.connect(&mon_ep).map_err(agent_err("connecting a monitor socket"))?;
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
-            servers.push(ServerConn { base: base.clone(), snapshot_ep: snap, sub, monitor, connected: false });
+            servers.push(ServerConn {
+                base: base.clone(),
+                snapshot_ep: snap,
+                sub,
+                monitor,
+                connected: false,
+                dropped: false,
+                last_seq: 0,
+            });
         }
         Ok(ClientAgent {
             cfg,
@@ -480,11 +542,15 @@ impl ClientAgent {
             last_msg_ns: 0,
             unacked: VecDeque::new(),
             unacked_ids: UuidSet::default(),
+            acked: RecentUuids::new(REMEMBERED_OUTCOMES),
+            abandoned: RecentUuids::new(REMEMBERED_OUTCOMES),
+            untracked: RecentUuids::new(REMEMBERED_OUTCOMES),
             watchers: Vec::new(),
             status: ClientStatus::default(),
             ever_synced: false,
             synced_at_ns: 0,
             initial_since_ns: None,
+            restarted: false,
             frames: Vec::new(),
         })
     }
@@ -527,16 +593,19 @@ impl ClientAgent {
         match cmd {
             Cmd::Set(msg) => {
                 self.send_update(&msg);
-                if msg.key.starts_with(&self.subtree) {
-                    self.store(&msg, ChangeKind::Local);
+                let Some(u) = msg.uuid else { return };
+                if !msg.key.starts_with(&self.subtree) {
+                    // Our subscription never delivers its echo: it cannot be acknowledged, so
+                    // re-sending it would only make the server publish it again and again.
+                    self.untrack(u);
+                    return;
                 }
-                if let Some(u) = msg.uuid {
-                    self.unacked_ids.insert(u);
-                    self.unacked.push_back(Unacked { uuid: u, msg, first_sent_ns: now_ns, sent_ns: now_ns });
-                    while self.unacked.len() > self.cfg.max_unacked {
-                        if let Some(old) = self.unacked.pop_front() {
-                            self.unacked_ids.remove(&old.uuid);
-                        }
+                self.store(&msg, ChangeKind::Local);
+                self.unacked_ids.insert(u);
+                self.unacked.push_back(Unacked { uuid: u, msg, first_sent_ns: now_ns, sent_ns: now_ns });
+                while self.unacked.len() > self.cfg.max_unacked {
+                    if let Some(old) = self.unacked.pop_front() {
+                        self.abandon(old.uuid);
                     }
                 }
             }
@@ -573,7 +642,7 @@ impl ClientAgent {
                 let _ = tx.send(s);
             }
             Cmd::Acked(u, tx) => {
-                let _ = tx.send(!self.unacked_ids.contains(&u));
+                let _ = tx.send(self.ack_state(&u));
             }
             Cmd::Subtree(st) => {
                 for s in &self.servers {
@@ -584,6 +653,42 @@ impl ClientAgent {
                 self.phase = Phase::Initial;
             }
         }
+    }
+
+    fn ack_state(&self, u: &Uuid) -> AckState {
+        if self.unacked_ids.contains(u) {
+            AckState::Pending
+        } else if self.acked.contains(u) {
+            AckState::Acked
+        } else if self.abandoned.contains(u) {
+            AckState::Abandoned
+        } else if self.untracked.contains(u) {
+            AckState::Untracked
+        } else {
+            AckState::Unknown
+        }
+    }
+
+    /// The server published (or holds) the set `u`.
+    fn ack(&mut self, u: Uuid) {
+        if self.unacked_ids.remove(&u) {
+            self.acked.insert(u);
+        }
+    }
+
+    /// Stop tracking the pending set `u` (given up or evicted).
+    fn abandon(&mut self, u: Uuid) {
+        if self.unacked_ids.remove(&u) {
+            self.abandoned.insert(u);
+            self.status.abandoned += 1;
+        }
+    }
+
+    /// Record that `u` is outside our subtree and will not be tracked.
+    fn untrack(&mut self, u: Uuid) {
+        self.unacked_ids.remove(&u);
+        self.untracked.insert(u);
+        self.status.untracked += 1;
     }
 
     /// Track each subscriber's connection from its socket monitor.
@@ -600,10 +705,18 @@ impl ClientAgent {
                     s.connected = true;
                 } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
                     s.connected = false;
+                    s.dropped = true;
                 }
             }
         }
         n
+    }
+
+    /// The current server restarted or we lost our connection to it: updates may have been
+    /// missed, or its sequence may have started again lower than ours. Fetch a fresh snapshot.
+    fn resync(&mut self) {
+        self.status.resyncs += 1;
+        self.phase = Phase::Initial;
     }
 
     fn failover(&mut self) {
@@ -613,6 +726,8 @@ impl ClientAgent {
     }
 
     fn start_sync(&mut self, now_ns: u64) -> Result<(), AgentError> {
+        self.servers[self.cur].dropped = false;
+        self.servers[self.cur].last_seq = 0;
         // Discard what queued up on this subscriber while we were not reading it.
         let sub = &self.servers[self.cur].sub;
         for _ in 0..1_000_000 {
@@ -629,20 +744,28 @@ impl ClientAgent {
         let _ = dealer.send(&self.subtree[..], zmq::DONTWAIT);
         self.phase = Phase::Syncing(Box::new(Syncing {
             dealer,
-            deadline_ns: now_ns + self.cfg.snapshot_retry_ms * 1_000_000,
+            deadline_ns: now_ns.saturating_add(self.cfg.snapshot_retry_ms.saturating_mul(1_000_000)),
             entries: Vec::new(),
             queued: Vec::new(),
         }));
         Ok(())
     }
 
-    /// Read the current server's publisher: `Some(msg)` for an update under our subtree.
+    /// Read the current server's publisher: `Some(msg)` for an update under our subtree. Sets
+    /// `restarted` when the server's sequence went backwards.
     fn read_sub(&mut self, now_ns: u64) -> Option<Option<KvMsg>> {
-        let sub = &self.servers[self.cur].sub;
-        match recv_frames(sub, &mut self.frames, zmq::DONTWAIT) {
+        let conn = &mut self.servers[self.cur];
+        match recv_frames(&conn.sub, &mut self.frames, zmq::DONTWAIT) {
             Ok(Some(count)) => {
                 self.last_msg_ns = now_ns;
-                match KvMsg::decode_messages(&self.frames[..count.min(self.frames.len())]) {
+                let decoded = KvMsg::decode_messages(&self.frames[..count.min(self.frames.len())]);
+                if let Ok(m) = &decoded {
+                    if m.sequence < conn.last_seq {
+                        self.restarted = true;
+                    }
+                    conn.last_seq = m.sequence;
+                }
+                match decoded {
                     Ok(m) if m.key == HUGZ => Some(None),
                     Ok(m) if m.key.starts_with(&self.subtree) => Some(Some(m)),
                     Ok(_) => Some(None),
@@ -658,7 +781,7 @@ impl ClientAgent {
 
     fn sync_step(&mut self, now_ns: u64) -> usize {
         let mut n = 0;
-        while n < BATCH_MSGS {
+        while n < BATCH_MSGS && !self.restarted {
             match self.read_sub(now_ns) {
                 None => break,
                 Some(Some(m)) => {
@@ -670,6 +793,10 @@ impl ClientAgent {
             }
             n += 1;
         }
+        if std::mem::take(&mut self.restarted) {
+            self.resync();
+            return n;
+        }
         let Phase::Syncing(s) = &mut self.phase else { return n };
         let mut done = None;
         while n < BATCH_MSGS * 16 {
@@ -678,7 +805,7 @@ impl ClientAgent {
                 _ => break,
             };
             n += 1;
-            s.deadline_ns = now_ns + self.cfg.silence_ms * 1_000_000;
+            s.deadline_ns = now_ns.saturating_add(self.cfg.silence_ms.saturating_mul(1_000_000));
             let m = match KvMsg::decode_messages(&self.frames[..count.min(self.frames.len())]) {
                 Ok(m) => m,
                 Err(_) => {
@@ -738,13 +865,16 @@ impl ClientAgent {
         for m in pending {
             let u = m.uuid.unwrap_or_default();
             if self.map.get(&m.key).is_some_and(|e| e.uuid == Some(u)) {
-                self.unacked_ids.remove(&u);
+                self.ack(u);
+                continue;
+            }
+            if !m.key.starts_with(&self.subtree) {
+                // The subtree changed since the set: it can no longer be acknowledged here.
+                self.untrack(u);
                 continue;
             }
             self.send_update(&m);
-            if m.key.starts_with(&self.subtree) {
-                self.store(&m, ChangeKind::Local);
-            }
+            self.store(&m, ChangeKind::Local);
         }
         for u in self.unacked.iter_mut() {
             u.sent_ns = now_ns;
@@ -758,7 +888,7 @@ impl ClientAgent {
         }
         self.sequence = m.sequence;
         if let Some(u) = m.uuid {
-            self.unacked_ids.remove(&u);
+            self.ack(u);
         }
         self.status.live_updates += 1;
         self.store_owned(m, ChangeKind::Live);
@@ -769,12 +899,17 @@ impl ClientAgent {
         while n < BATCH_MSGS {
             match self.read_sub(now_ns) {
                 None => break,
+                Some(_) if self.restarted => break,
                 Some(Some(m)) => self.apply_live(m),
                 Some(None) => {}
             }
             n += 1;
         }
-        if now_ns.saturating_sub(self.last_msg_ns) > self.cfg.silence_ms * 1_000_000 {
+        if std::mem::take(&mut self.restarted) || self.servers[self.cur].dropped {
+            self.resync();
+            return n;
+        }
+        if now_ns.saturating_sub(self.last_msg_ns) > self.cfg.silence_ms.saturating_mul(1_000_000) {
             self.failover();
             return n;
         }
@@ -783,9 +918,9 @@ impl ClientAgent {
         // PUB drops what it sends before the server's subscription arrives).
         let fast = now_ns.saturating_sub(self.synced_at_ns) < FAST_RESEND_WINDOW_NS;
         let resend_ns = if fast {
-            FAST_RESEND_NS.min(self.cfg.resend_after_ms * 1_000_000)
+            FAST_RESEND_NS.min(self.cfg.resend_after_ms.saturating_mul(1_000_000))
         } else {
-            self.cfg.resend_after_ms * 1_000_000
+            self.cfg.resend_after_ms.saturating_mul(1_000_000)
         };
         let mut budget = 1000;
         while budget > 0 {
@@ -794,14 +929,14 @@ impl ClientAgent {
                 self.unacked.pop_front();
                 continue;
             }
-            if front.sent_ns + resend_ns > now_ns {
+            if front.sent_ns.saturating_add(resend_ns) > now_ns {
                 break;
             }
             if let Some(mut u) = self.unacked.pop_front() {
                 if now_ns.saturating_sub(u.first_sent_ns) > GIVE_UP_NS {
-                    // A newer update to the key won on the server; ours will never come back.
-                    self.unacked_ids.remove(&u.uuid);
-                    self.status.abandoned += 1;
+                    // Most likely a newer update to the key won on the server, so ours will never
+                    // come back; but it may also never have reached a server.
+                    self.abandon(u.uuid);
                     continue;
                 }
                 self.send_update(&u.msg);
@@ -855,7 +990,7 @@ impl Agent for ClientAgent {
                     n += 1;
                 } else {
                     let since = *self.initial_since_ns.get_or_insert(now);
-                    if now.saturating_sub(since) > self.cfg.snapshot_retry_ms * 1_000_000 {
+                    if now.saturating_sub(since) > self.cfg.snapshot_retry_ms.saturating_mul(1_000_000) {
                         self.initial_since_ns = None;
                         self.failover();
                     }

@@ -2,7 +2,8 @@
 //!
 //! An append-only update log plus periodic
 //! snapshots in `--data-dir`, recovered at start. A truncated or corrupt tail is reported with its
-//! offset and reason, and everything before it is recovered.
+//! offset and reason, and everything before it is recovered; before the log is cut there, the
+//! damaged file is copied aside to `log.corrupt-<unix_s>`.
 //!
 //! Files: `snapshot` (written to `snapshot.tmp`, fsynced, renamed, directory fsynced) and `log`
 //! (records appended after the snapshot). Each file starts with an 8-byte magic; each record is
@@ -10,10 +11,11 @@
 //! (0 = none) · uuid_len u8 · uuid · key_len u32 · key · props_len u32 · props · body_len u32 · body`
 //! (integers little-endian; props in CHP `name=value\n` text; an empty body is a delete).
 //!
-//! **fsync choice**: records are written to the OS (flushed from the user-space buffer) at the end
-//! of every unit of server work, and `fsync`ed at most once per `fsync_interval` (1 s by default)
-//! and on clean stop. So a crash of the *process* (kill -9) loses nothing the server had finished
-//! processing; a crash of the *machine* (power, kernel) can lose up to the last second of updates.
+//! **fsync choice**: the server hands records to the OS (flushes the user-space buffer) after each
+//! batch of updates and *before* it publishes them (a KVPUB is the client's acknowledgement), and
+//! `fsync`s at most once per `fsync_interval` (1 s by default) and on clean stop. So a crash of
+//! the *process* (kill -9) loses no acknowledged update; a crash of the *machine* (power, kernel)
+//! can lose up to the last second of updates.
 //! Clients that re-send un-acknowledged updates after a failover cover part of that window.
 
 use std::fs::{File, OpenOptions};
@@ -24,8 +26,13 @@ use super::kvmsg::{decode_props, encode_props, KvMsg};
 
 const LOG_MAGIC: &[u8; 8] = b"MDCLLOG1";
 const SNAP_MAGIC: &[u8; 8] = b"MDCLSNP1";
-/// Largest record accepted when reading (guards against a corrupt length).
+/// Largest record accepted when reading (guards against a corrupt length). The server refuses a
+/// configuration whose key and value limits could produce a larger record (see
+/// [`RECORD_FIXED_BYTES`]).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
+/// Bytes of a record payload besides key, properties and body (sequence, deadline, uuid length,
+/// uuid, three part lengths).
+pub const RECORD_FIXED_BYTES: usize = 8 + 8 + 1 + 16 + 3 * 4;
 
 /// Persistence errors, with the file and what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +85,8 @@ pub struct Recovered {
     pub sequence: u64,
     /// Problems at the tail of the snapshot or the log (the rest was recovered).
     pub tail_errors: Vec<TailError>,
+    /// Where the damaged log was copied before its bad tail was cut (`log.corrupt-<unix_s>`).
+    pub corrupt_log_copy: Option<PathBuf>,
 }
 
 /// The open data directory.
@@ -286,6 +295,18 @@ impl Store {
             file.write_all(LOG_MAGIC).map_err(io_err(&log_path, "writing the log header"))?;
             good_end = 8;
         } else if good_end < len {
+            // Everything from the bad record on is cut, valid records after it too: keep the
+            // damaged file so they can be looked at (or salvaged) by hand.
+            let secs =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let mut copy = dir.join(format!("log.corrupt-{secs}"));
+            let mut k = 1;
+            while copy.exists() {
+                copy = dir.join(format!("log.corrupt-{secs}.{k}"));
+                k += 1;
+            }
+            std::fs::copy(&log_path, &copy).map_err(io_err(&copy, "copying the damaged log aside"))?;
+            rec.corrupt_log_copy = Some(copy);
             file.set_len(good_end).map_err(io_err(&log_path, "truncating a bad log tail"))?;
         }
         file.seek(SeekFrom::Start(good_end)).map_err(io_err(&log_path, "seeking the log"))?;
@@ -441,6 +462,11 @@ mod tests {
         assert_eq!(r.tail_errors[0].offset, 8);
         assert!(r.tail_errors[0].reason.contains("checksum"));
         assert!(third_at > 8);
+        // The damaged log, with the valid records after the bad one, was kept aside.
+        let copy = r.corrupt_log_copy.expect("a copy of the damaged log");
+        assert!(copy.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("log.corrupt-")));
+        assert_eq!(std::fs::read(&copy).expect("copy readable"), bytes);
+        assert_eq!(std::fs::metadata(&log).expect("log").len(), 8, "the log itself was cut");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::bstar::{BStar, BStarError, Event, Role, State};
 use super::kvmsg::{self, decode_request, recv_frames, KvMsg, Request, HUGZ, KTHXBAI, STATUS_REP};
 use super::map::{mono_now_ns, ttl_ns, wall_now_ms, KvMap, RecentUuids};
-use super::persist::{PersistError, Record, Store};
+use super::persist::{self, PersistError, Record, Store};
 use crate::agent::{Agent, AgentError, Step};
 
 /// Messages handled per socket per unit of work (then timers get a turn).
@@ -21,6 +21,17 @@ const BATCH_MSGS: usize = 4096;
 const PENDING_MAX_AGE_NS: u64 = 10_000_000_000;
 /// Silence from the peer's snapshot port after which a passive server retries its sync.
 const PEER_SYNC_TIMEOUT_NS: u64 = 3_000_000_000;
+/// Bytes allowed above the configured limits in one frame received from the network.
+const FRAME_SLACK_BYTES: usize = 4096;
+/// UUIDs remembered as already re-published once (see `republish_if_current`).
+const REPUBLISHED_UUIDS: usize = 65_536;
+
+/// Longest properties frame (`name=value\n` text) accepted in an update.
+pub const MAX_PROPS_BYTES: usize = 64 << 10;
+
+/// Accepted heartbeat, HUGZ and fsync intervals: below 10 ms a peer or client is declared dead
+/// by scheduling noise; above a minute failover is too slow to be of use.
+pub const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
 /// Binary Star settings of one half of a pair.
 #[derive(Debug, Clone)]
@@ -82,6 +93,41 @@ impl Default for ServerConfig {
             recent_uuids: 1 << 18,
             verbose: true,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Check the limits: the reason (naming the `mdsub clone-server` flag) when they are unusable.
+    pub fn check(&self) -> Result<(), String> {
+        let in_range = |flag: &str, ms: u64| {
+            if INTERVAL_RANGE_MS.contains(&ms) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{flag} {ms} is out of range: give {}..={} ms",
+                    INTERVAL_RANGE_MS.start(),
+                    INTERVAL_RANGE_MS.end()
+                ))
+            }
+        };
+        if let Some(p) = &self.pair {
+            in_range("--heartbeat-ms", p.heartbeat_ms)?;
+        }
+        in_range("--hugz-ms", self.hugz_interval_ms)?;
+        in_range("fsync interval (ms)", self.fsync_interval_ms)?;
+        let record = self
+            .max_key_bytes
+            .checked_add(self.max_value_bytes)
+            .and_then(|n| n.checked_add(MAX_PROPS_BYTES + persist::RECORD_FIXED_BYTES));
+        if record.is_none_or(|n| n > persist::MAX_RECORD_BYTES) {
+            let room = persist::MAX_RECORD_BYTES - MAX_PROPS_BYTES - persist::RECORD_FIXED_BYTES;
+            return Err(format!(
+                "--max-key-bytes {} + --max-value-bytes {} exceed what one log record can hold: \
+                 the two together must be at most {room} bytes",
+                self.max_key_bytes, self.max_value_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -166,12 +212,17 @@ pub struct Server {
     map: KvMap,
     sequence: u64,
     recent: RecentUuids,
+    /// Applied UUIDs already re-published once for a re-sending client.
+    republished: RecentUuids,
     store: Option<Store>,
     last_fsync_ns: u64,
     last_pub_ns: u64,
     counters: Counters,
     frames: Vec<zmq::Message>,
     wrote: bool,
+    /// With a data dir: updates applied but not yet published, held until their log records
+    /// have been handed to the OS (see [`Server::flush_outbox`]).
+    outbox: Vec<KvMsg>,
 }
 
 fn log(verbose: bool, msg: std::fmt::Arguments) {
@@ -183,13 +234,20 @@ fn log(verbose: bool, msg: std::fmt::Arguments) {
 impl Server {
     /// Bind the sockets, recover the data directory, and start in PRIMARY/BACKUP (pair) or active.
     pub fn new(cfg: ServerConfig) -> Result<Server, ServerError> {
+        cfg.check().map_err(ServerError::Config)?;
         let ctx = zmq::Context::new();
         let host = cfg.bind_host.clone();
         let p = cfg.port;
         if p > u16::MAX - 3 {
             return Err(ServerError::Config(format!("port {p} leaves no room for P+1..P+3")));
         }
+        // Largest frame accepted from the network (libzmq drops the connection of a peer that
+        // sends more): an update's biggest part plus slack; a request's subtree is a key.
+        let update_frame_bytes = cfg.max_value_bytes.max(cfg.max_key_bytes).max(MAX_PROPS_BYTES);
+        let update_max = i64::try_from(update_frame_bytes.saturating_add(FRAME_SLACK_BYTES)).unwrap_or(i64::MAX);
+        let request_max = i64::try_from(cfg.max_key_bytes.saturating_add(FRAME_SLACK_BYTES)).unwrap_or(i64::MAX);
         let snapshot = ctx.socket(zmq::ROUTER).map_err(zerr("creating the snapshot socket"))?;
+        snapshot.set_maxmsgsize(request_max).map_err(zerr("setting snapshot max message size"))?;
         snapshot.set_sndhwm(0).map_err(zerr("setting snapshot HWM"))?;
         snapshot.set_linger(0).map_err(zerr("setting linger"))?;
         let ep = format!("tcp://{host}:{p}");
@@ -201,6 +259,7 @@ impl Server {
         publisher.bind(&ep).map_err(zerr(format!("binding publisher {ep}")))?;
         let collector = ctx.socket(zmq::SUB).map_err(zerr("creating the collector"))?;
         collector.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting collector HWM"))?;
+        collector.set_maxmsgsize(update_max).map_err(zerr("setting collector max message size"))?;
         collector.set_subscribe(b"").map_err(zerr("subscribing the collector"))?;
         collector.set_linger(0).map_err(zerr("setting linger"))?;
         let ep = format!("tcp://{host}:{}", p + 2);
@@ -214,12 +273,14 @@ impl Server {
                 statepub.bind(&pc.state_bind).map_err(zerr(format!("binding state {}", pc.state_bind)))?;
                 let statesub = ctx.socket(zmq::SUB).map_err(zerr("creating the state subscriber"))?;
                 statesub.set_subscribe(b"").map_err(zerr("subscribing state"))?;
+                statesub.set_maxmsgsize(FRAME_SLACK_BYTES as i64).map_err(zerr("setting state max message size"))?;
                 statesub.set_linger(0).map_err(zerr("setting linger"))?;
                 statesub.connect(&pc.peer_state).map_err(zerr(format!("connecting peer state {}", pc.peer_state)))?;
                 let [peer_snapshot, peer_pub, _] = super::endpoints(&pc.peer).map_err(ServerError::Config)?;
                 let peer_sub = ctx.socket(zmq::SUB).map_err(zerr("creating the peer subscriber"))?;
                 peer_sub.set_subscribe(b"").map_err(zerr("subscribing peer"))?;
                 peer_sub.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting HWM"))?;
+                peer_sub.set_maxmsgsize(update_max).map_err(zerr("setting peer max message size"))?;
                 peer_sub.set_linger(0).map_err(zerr("setting linger"))?;
                 let mon_ep = format!("inproc://clone-server-peer-mon-{}", std::process::id());
                 let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
@@ -229,7 +290,7 @@ impl Server {
                 peer_mon.connect(&mon_ep).map_err(zerr("connecting a monitor socket"))?;
                 peer_sub.connect(&peer_pub).map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
                 Some(Pair {
-                    bstar: BStar::new(pc.role, pc.heartbeat_ms * 1_000_000, now),
+                    bstar: BStar::new(pc.role, pc.heartbeat_ms.saturating_mul(1_000_000), now),
                     statepub,
                     statesub,
                     peer_sub,
@@ -244,6 +305,7 @@ impl Server {
         };
         let mut server = Server {
             recent: RecentUuids::new(cfg.recent_uuids),
+            republished: RecentUuids::new(REPUBLISHED_UUIDS),
             ctx,
             snapshot,
             publisher,
@@ -257,26 +319,21 @@ impl Server {
             counters: Counters::default(),
             frames: Vec::new(),
             wrote: false,
+            outbox: Vec::new(),
             cfg,
         };
         if let Some(dir) = server.cfg.data_dir.clone() {
             let (store, rec) = Store::open(&dir)?;
-            let wall = wall_now_ms();
-            for r in rec.records {
-                let exp = match r.expires_at_unix_ms {
-                    Some(t) if t <= wall && !r.msg.body.is_empty() => continue,
-                    Some(t) => Some(now.saturating_add((t - wall).saturating_mul(1_000_000))),
-                    None => None,
-                };
-                if let Some(u) = r.msg.uuid {
-                    server.recent.insert(u);
-                }
-                let key = r.msg.key.clone();
-                server.map.put(key, &r.msg, exp);
-            }
+            recover_records(&mut server.map, &mut server.recent, rec.records, wall_now_ms(), now);
             server.sequence = rec.sequence;
             for e in &rec.tail_errors {
                 eprintln!("clone-server: data dir: stopped reading at {e}; everything before it was recovered");
+            }
+            if let Some(copy) = &rec.corrupt_log_copy {
+                eprintln!(
+                    "clone-server: data dir: the damaged log was copied to {} before its bad tail was cut",
+                    copy.display()
+                );
             }
             log(
                 server.cfg.verbose,
@@ -333,12 +390,44 @@ impl Server {
         self.wrote = true;
     }
 
+    /// Publish `msg`; with a data dir it waits in the outbox until its log record is written.
     fn publish(&mut self, msg: &KvMsg, now_ns: u64) {
+        self.last_pub_ns = now_ns;
+        if self.store.is_some() {
+            self.outbox.push(msg.clone());
+            return;
+        }
+        self.send_pub(msg);
+    }
+
+    fn send_pub(&mut self, msg: &KvMsg) {
         match msg.send(&self.publisher, None) {
             Ok(()) => self.counters.published += 1,
             Err(e) => log(self.cfg.verbose, format_args!("publish failed: {e}")),
         }
-        self.last_pub_ns = now_ns;
+    }
+
+    /// Hand the log records written so far to the OS, then publish the outbox: a KVPUB is a
+    /// client's acknowledgement, so it goes out only once a process crash can no longer lose
+    /// the update (append → flush → publish, once per batch).
+    fn flush_outbox(&mut self) {
+        if let Some(store) = self.store.as_mut() {
+            if self.wrote {
+                if let Err(e) = store.flush() {
+                    eprintln!("clone-server: {e}");
+                }
+                self.wrote = false;
+            }
+        }
+        if self.outbox.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        for m in &outbox {
+            self.send_pub(m);
+        }
+        self.outbox = outbox;
+        self.outbox.clear();
     }
 
     /// Validate a client update; the reason when it is refused.
@@ -356,7 +445,10 @@ impl Server {
             return Err("reserved key".into());
         }
         ttl_ns(msg).map_err(|e| e.to_string())?;
-        kvmsg::encode_props(&msg.props).map_err(|e| e.to_string())?;
+        let props = kvmsg::encode_props(&msg.props).map_err(|e| e.to_string())?;
+        if props.len() > MAX_PROPS_BYTES {
+            return Err(format!("properties of {} bytes > {MAX_PROPS_BYTES}", props.len()));
+        }
         Ok(())
     }
 
@@ -386,12 +478,18 @@ impl Server {
     /// subscription was not in place yet). If the key still holds exactly that update, publish the
     /// current state again under a new sequence: it changes nothing and acknowledges the client.
     /// If the key has moved on, a newer update exists and re-publishing would be stale: drop it.
+    /// Each UUID is re-published at most once (a client whose subscription cannot see the key
+    /// would otherwise have every re-send published again under a new sequence); a client that
+    /// misses that once finds its UUID in the snapshot of its next re-sync.
     fn republish_if_current(&mut self, msg: &KvMsg, u: kvmsg::Uuid, now_ns: u64) {
         let current = match self.map.get(&msg.key) {
             Some(e) if e.uuid == Some(u) => Some(KvMap::to_msg(&msg.key, e, now_ns)),
             None if msg.body.is_empty() => Some(msg.clone()),
             _ => None,
         };
+        if current.is_some() && !self.republished.insert(u) {
+            return;
+        }
         if let Some(mut m) = current {
             self.sequence = self.sequence.saturating_add(1);
             m.sequence = self.sequence;
@@ -530,17 +628,20 @@ impl Server {
         let pending = self.pair.as_ref().map_or(0, |p| p.pending.len());
         format!(
             "state={}\nrole={role}\nsequence={}\nkeys={}\npending={pending}\nmalformed_requests={}\n\
-             malformed_updates={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\npublished={}\nexpired={}\n",
+             malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
+             published={}\nexpired={}\npending_dropped={}\n",
             self.state_name(),
             self.sequence,
             self.map.len(),
             c.malformed_requests,
             c.malformed_updates,
+            c.malformed_heartbeats,
             c.duplicates,
             c.rejected_votes,
             c.snapshots,
             c.published,
-            c.expired
+            c.expired,
+            c.pending_dropped
         )
     }
 
@@ -571,6 +672,8 @@ impl Server {
                 }
                 Ok(Request::Snapshot { subtree }) => {
                     if self.bstar_event(Event::ClientRequest, now_ns)? {
+                        // A snapshot acknowledges what it holds: write the log first.
+                        self.flush_outbox();
                         self.serve_snapshot(&identity, &subtree, now_ns);
                     } else {
                         self.counters.rejected_votes += 1;
@@ -611,6 +714,7 @@ impl Server {
             }
             n += 1;
         }
+        self.flush_outbox();
         Ok(n)
     }
 
@@ -809,7 +913,7 @@ impl Server {
                     n += 1;
                 }
             }
-            if now_ns.saturating_sub(self.last_pub_ns) >= self.cfg.hugz_interval_ms * 1_000_000 {
+            if now_ns.saturating_sub(self.last_pub_ns) >= self.cfg.hugz_interval_ms.saturating_mul(1_000_000) {
                 let hugz = KvMsg::new(HUGZ, self.sequence, Vec::new());
                 self.publish(&hugz, now_ns);
             }
@@ -821,7 +925,7 @@ impl Server {
                 }
                 self.wrote = false;
             }
-            if now_ns.saturating_sub(self.last_fsync_ns) >= self.cfg.fsync_interval_ms * 1_000_000 {
+            if now_ns.saturating_sub(self.last_fsync_ns) >= self.cfg.fsync_interval_ms.saturating_mul(1_000_000) {
                 if let Err(e) = store.sync() {
                     eprintln!("clone-server: {e}");
                 }
@@ -832,6 +936,28 @@ impl Server {
             }
         }
         n
+    }
+}
+
+/// Replay recovered records (snapshot entries, then log records, in order) into `map` at wall
+/// time `wall_ms` / monotonic `now_ns`. A record whose wall-clock deadline has passed deletes its
+/// key (it expired while the server was down, so any earlier value of the key is gone too).
+fn recover_records(map: &mut KvMap, recent: &mut RecentUuids, records: Vec<Record>, wall_ms: u64, now_ns: u64) {
+    for r in records {
+        if let Some(u) = r.msg.uuid {
+            recent.insert(u);
+        }
+        let mut msg = r.msg;
+        let exp = match r.expires_at_unix_ms {
+            Some(t) if t <= wall_ms => {
+                msg.body.clear(); // expired: a delete
+                None
+            }
+            Some(t) => Some(now_ns.saturating_add(t.saturating_sub(wall_ms).saturating_mul(1_000_000))),
+            None => None,
+        };
+        let key = std::mem::take(&mut msg.key);
+        map.put(key, &msg, exp);
     }
 }
 
@@ -860,6 +986,7 @@ impl Agent for Server {
         n += self.drain_snapshot(now)?;
         n += self.drain_collector(now)?;
         n += self.timers(now);
+        self.flush_outbox();
         Ok(Step::Worked(n))
     }
 
@@ -878,11 +1005,71 @@ impl Agent for Server {
     }
 
     fn on_close(&mut self) {
+        self.flush_outbox();
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.sync() {
                 eprintln!("clone-server: {e}");
             }
         }
         log(self.cfg.verbose, format_args!("stopped at sequence {} with {} keys", self.sequence, self.map.len()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, seq: u64, body: &str, expires_at_unix_ms: Option<u64>) -> Record {
+        Record { msg: KvMsg::new(key, seq, body), expires_at_unix_ms }
+    }
+
+    #[test]
+    fn limits_that_overflow_a_log_record_are_refused() {
+        assert!(ServerConfig::default().check().is_ok());
+        let cfg = ServerConfig { max_value_bytes: persist::MAX_RECORD_BYTES, ..ServerConfig::default() };
+        let err = cfg.check().expect_err("a value as large as a record cannot fit with its key");
+        assert!(err.contains("--max-value-bytes"), "{err}");
+        let cfg = ServerConfig { max_key_bytes: usize::MAX, ..ServerConfig::default() };
+        assert!(cfg.check().expect_err("overflow").contains("--max-key-bytes"));
+        let room = persist::MAX_RECORD_BYTES - MAX_PROPS_BYTES - persist::RECORD_FIXED_BYTES;
+        let cfg = ServerConfig { max_key_bytes: 1024, max_value_bytes: room - 1024, ..ServerConfig::default() };
+        assert!(cfg.check().is_ok(), "the largest limits that fit are accepted");
+    }
+
+    #[test]
+    fn intervals_out_of_range_are_refused_naming_the_flag() {
+        let pair = |heartbeat_ms| PairConfig {
+            role: Role::Primary,
+            peer: "tcp://127.0.0.1:5566".into(),
+            peer_state: "tcp://127.0.0.1:5569".into(),
+            state_bind: "tcp://127.0.0.1:5559".into(),
+            heartbeat_ms,
+        };
+        for ms in [0, 9, 60_001, u64::MAX] {
+            let cfg = ServerConfig { pair: Some(pair(ms)), ..ServerConfig::default() };
+            assert!(cfg.check().expect_err("out of range").contains("--heartbeat-ms"), "{ms}");
+            let cfg = ServerConfig { hugz_interval_ms: ms, ..ServerConfig::default() };
+            assert!(cfg.check().expect_err("out of range").contains("--hugz-ms"), "{ms}");
+        }
+        let cfg = ServerConfig { pair: Some(pair(10)), hugz_interval_ms: 60_000, ..ServerConfig::default() };
+        assert!(cfg.check().is_ok());
+    }
+
+    #[test]
+    fn recovery_treats_an_expired_record_as_a_delete() {
+        let mut map = KvMap::new();
+        let mut recent = RecentUuids::new(16);
+        let wall_ms = 1_000_000;
+        let records = vec![
+            rec("/a", 1, "v1", None),                    // A=v1
+            rec("/a", 2, "v2", Some(wall_ms - 10_000)),  // then A=v2 ttl=10, expired while down
+            rec("/b", 3, "", Some(wall_ms - 5)),         // a delete carrying a past deadline
+            rec("/c", 4, "live", Some(wall_ms + 2_000)), // still 2 s to live
+        ];
+        recover_records(&mut map, &mut recent, records, wall_ms, 7);
+        assert!(map.get(b"/a").is_none(), "the expired v2 must not bring v1 back");
+        assert!(map.get(b"/b").is_none());
+        assert_eq!(map.get(b"/c").and_then(|e| e.expires_at_ns), Some(7 + 2_000_000_000));
+        assert_eq!(map.len(), 1);
     }
 }
