@@ -47,6 +47,18 @@ fn status(port: u16) -> BTreeMap<String, String> {
     }
 }
 
+/// A Binary Star pair on fresh ports, up and settled: the primary ACTIVE and
+/// the backup PASSIVE. Returns `(primary port, primary, backup port, backup)`.
+fn settled_pair() -> (u16, Proc, u16, Proc) {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let prim = primary(pp, bp, &[]);
+    let back = backup(bp, pp, &[]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    (pp, prim, bp, back)
+}
+
 fn wait_state(port: u16, state: &str, deadline: Duration) {
     wait_until(deadline, &format!("server :{port} to be {state}"), || {
         status(port).get("state").map(String::as_str) == Some(state)
@@ -152,12 +164,7 @@ fn ttl_expiry_deletes_on_every_client() {
 
 #[test]
 fn kill_active_while_clients_set_every_client_fails_over_and_all_converge() {
-    let pp = free_port_block(4);
-    let bp = free_port_block(4);
-    let mut prim = primary(pp, bp, &[]);
-    let _back = backup(bp, pp, &[]);
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    let (pp, mut prim, bp, _back) = settled_pair();
     let clients: Vec<Arc<Client>> = (0..3).map(|_| Arc::new(client(&[pp, bp], ""))).collect();
     for c in &clients {
         c.wait_synced(Duration::from_secs(5)).expect("synced");
@@ -222,12 +229,7 @@ fn kill_active_while_clients_set_every_client_fails_over_and_all_converge() {
 
 #[test]
 fn restarted_primary_rejoins_as_passive_and_can_take_over_again() {
-    let pp = free_port_block(4);
-    let bp = free_port_block(4);
-    let mut prim = primary(pp, bp, &[]);
-    let mut back = backup(bp, pp, &[]);
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    let (pp, mut prim, bp, mut back) = settled_pair();
     let c = client(&[pp, bp], "");
     c.wait_synced(Duration::from_secs(5)).expect("synced");
     let mut last = None;
@@ -633,12 +635,7 @@ fn lone_primary_serves_once_its_peer_has_been_silent() {
 
 #[test]
 fn passive_holds_pending_updates_and_publishes_them_on_takeover() {
-    let pp = free_port_block(4);
-    let bp = free_port_block(4);
-    let mut prim = primary(pp, bp, &[]);
-    let _back = backup(bp, pp, &[]);
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    let (_pp, mut prim, bp, _back) = settled_pair();
     // A raw CHP client that reaches only the backup's collector (its link to the primary is
     // "lost"): the passive backup must hold the update, not apply or publish it.
     let ctx = zmq::Context::new();
@@ -664,12 +661,7 @@ fn passive_holds_pending_updates_and_publishes_them_on_takeover() {
 
 #[test]
 fn random_garbage_on_every_port_never_stops_a_server() {
-    let pp = free_port_block(4);
-    let bp = free_port_block(4);
-    let _prim = primary(pp, bp, &[]);
-    let _back = backup(bp, pp, &[]);
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    let (pp, _prim, bp, _back) = settled_pair();
     let ctx = zmq::Context::new();
     let mut socks = Vec::new();
     for port in [pp, bp] {
