@@ -58,21 +58,17 @@ fn berr(context: &'static str) -> impl FnOnce(zmq::Error) -> LvcError {
 
 const PROBE: &[u8] = b"_bench";
 
+/// The header of every benchmark frame (the bench counts, it checks no sequence).
+fn bench_header(kind: Kind) -> Header {
+    Header { kind, flags: 0, publisher_id: 1, session_id: 1, stream_seq: 0, topic_seq: 0, send_time_ns: 0 }
+}
+
 fn frames(size: usize, topics: usize) -> Vec<Vec<u8>> {
     (0..topics.max(1))
         .map(|i| {
             let topic = format!("B{i:05}");
             let payload = size.saturating_sub(frame_len(topic.as_bytes(), 0));
-            let h = Header {
-                kind: Kind::Data,
-                flags: 0,
-                publisher_id: 1,
-                session_id: 1,
-                stream_seq: 0,
-                topic_seq: 0,
-                send_time_ns: 0,
-            };
-            encode(topic.as_bytes(), &h, &vec![0x5a; payload])
+            encode(topic.as_bytes(), &bench_header(Kind::Data), &vec![0x5a; payload])
         })
         .collect()
 }
@@ -96,19 +92,7 @@ fn measure(
     let (ready_p, start_p) = (ready.clone(), start.clone());
     let fs = frames(args.size, args.topics);
     let messages = args.messages;
-    let probe = encode(
-        PROBE,
-        &Header {
-            kind: Kind::Heartbeat,
-            flags: 0,
-            publisher_id: 1,
-            session_id: 1,
-            stream_seq: 0,
-            topic_seq: 0,
-            send_time_ns: 0,
-        },
-        b"",
-    );
+    let probe = encode(PROBE, &bench_header(Kind::Heartbeat), b"");
     let pub_thread = std::thread::Builder::new()
         .name("bench-pub".into())
         .spawn(move || -> zmq::Result<()> {
