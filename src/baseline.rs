@@ -104,6 +104,7 @@ impl Baseline {
             interrupted,
             metrics_dropped: 0,
             handler: Default::default(),
+            agents: Vec::new(),
         })
     }
 }

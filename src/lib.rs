@@ -59,6 +59,7 @@
 pub mod agent;
 pub mod baseline;
 pub mod cli;
+pub mod clock;
 pub mod clone;
 pub mod engine;
 pub mod feed;
