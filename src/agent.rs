@@ -513,6 +513,11 @@ impl Runner {
     }
 }
 
+/// Join a runner thread; a panic that escaped becomes an error naming the role.
+fn join_thread<T>(role: String, join: JoinHandle<Result<T, AgentError>>) -> Result<T, AgentError> {
+    join.join().unwrap_or_else(|p| Err(AgentError::Fatal { role, message: format!("panicked: {}", panic_text(&*p)) }))
+}
+
 /// A running agent.
 pub struct AgentHandle<A> {
     role: String,
@@ -542,10 +547,7 @@ impl<A> AgentHandle<A> {
 
     /// Wait for the agent to end; the agent back, or why it failed.
     pub fn join(self) -> Result<A, AgentError> {
-        let role = self.role;
-        self.join
-            .join()
-            .unwrap_or_else(|p| Err(AgentError::Fatal { role, message: format!("panicked: {}", panic_text(&*p)) }))
+        join_thread(self.role, self.join)
     }
 }
 
@@ -562,10 +564,7 @@ impl<T> TaskHandle<T> {
 
     /// Wait for the job; its result, or why it could not run.
     pub fn join(self) -> Result<T, AgentError> {
-        let role = self.role;
-        self.join
-            .join()
-            .unwrap_or_else(|p| Err(AgentError::Fatal { role, message: format!("panicked: {}", panic_text(&*p)) }))
+        join_thread(self.role, self.join)
     }
 }
 
