@@ -38,15 +38,15 @@ enum Cmd {
     /// each new subscription with the cached last value of every matching topic.
     Lvc(mdsub::lvc::LvcArgs),
     /// Throughput through the LVC vs direct PUB→SUB in the same run (lossless), as a ratio.
-    LvcBench(mdsub::lvc::bench::LvcBenchArgs),
+    LvcBench(mdsub::bench::lvc::LvcBenchArgs),
     /// Espresso tap: XSUB ⇄ XPUB proxy that prints, filters, counts or records what passes.
     Tap(mdsub::tap::TapArgs),
     /// Serve a clone (CHP) key-value store, alone or as half of a Binary Star pair.
-    CloneServer(mdsub::clone::cli::ServerArgs),
+    CloneServer(mdsub::cli::clone::ServerArgs),
     /// Set, get, delete, dump or watch keys in a clone store.
-    CloneClient(mdsub::clone::cli::ClientArgs),
+    CloneClient(mdsub::cli::clone::ClientArgs),
     /// Measure the clone stack: update throughput, snapshot time, failover time.
-    CloneBench(mdsub::clone::bench::BenchArgs),
+    CloneBench(mdsub::bench::clone::BenchArgs),
 }
 
 fn main() {
@@ -62,11 +62,11 @@ fn main() {
         Cmd::Engine(a) => cli::engine(a, &stop).map(|_| ()),
         Cmd::Bench(a) => cli::bench::bench(a, &stop).map(|_| ()),
         Cmd::Lvc(a) => mdsub::lvc::run(a.clone(), &stop).map(|_| ()).context("mdsub lvc"),
-        Cmd::LvcBench(a) => mdsub::lvc::bench::run(a.clone()).map(|_| ()).context("mdsub lvc-bench"),
+        Cmd::LvcBench(a) => mdsub::bench::lvc::run(a.clone()).map(|_| ()).context("mdsub lvc-bench"),
         Cmd::Tap(a) => mdsub::tap::run(a.clone(), &stop).map(|_| ()).context("mdsub tap"),
-        Cmd::CloneServer(a) => mdsub::clone::cli::run_server(a, &stop),
-        Cmd::CloneBench(a) => mdsub::clone::bench::run(a),
-        Cmd::CloneClient(a) => match mdsub::clone::cli::run_client(a, &stop) {
+        Cmd::CloneServer(a) => mdsub::cli::clone::run_server(a, &stop),
+        Cmd::CloneBench(a) => mdsub::bench::clone::run(a),
+        Cmd::CloneClient(a) => match mdsub::cli::clone::run_client(a, &stop) {
             // A key that is not there (`get`) exits 1 without an error line.
             Ok(0) => Ok(()),
             Ok(code) => std::process::exit(code),

@@ -39,7 +39,7 @@ fn backup(port: u16, peer: u16, extra: &[&str]) -> Proc {
 
 /// The server's STATUS? reply as a map, or an empty map when it does not answer.
 fn status(port: u16) -> BTreeMap<String, String> {
-    match mdsub::clone::cli::server_status(&ep(port), Duration::from_millis(300)) {
+    match mdsub::clone::server_status(&ep(port), Duration::from_millis(300)) {
         Ok(text) => {
             text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
         }

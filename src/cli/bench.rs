@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use super::{describe_pacing, load_profile, parse_handoff, FeedArgs, PublisherArgs};
 use crate::agent::StopFlag;
+use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::reader::HandOff;
 use crate::metrics::{human_ns, RunReport};
 use crate::replay::{PublisherConfig, Source};
-use crate::run::{run_once, RunSpec, Subscriber};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {

@@ -2,6 +2,7 @@
 //! engine | bench`. `main.rs` only parses and dispatches.
 
 pub mod bench;
+pub mod clone;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use crate::agent::StopFlag;
+use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::HandOff;
 use crate::engine::Engine;
@@ -17,7 +19,6 @@ use crate::feed::GeneratorConfig;
 use crate::metrics::RunReport;
 use crate::profile::{host_cores, Profile};
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
-use crate::run::{run_once, RunSpec, Subscriber};
 
 /// Parse `3`, `3s`, `500ms`, `2m` into a duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -6,11 +6,9 @@
 //!
 //! - [`cache`]: the socket-free cache core (prefix lookups, limits).
 //! - [`proxy`]: the agent that owns the sockets.
-//! - [`bench`](mod@bench): `mdsub lvc-bench`, throughput through the LVC vs direct PUB→SUB.
 //!
 //! Behaviour notes (duplicates, foreign traffic, limits) are in `docs/LVC-TAP.md`.
 
-pub mod bench;
 pub mod cache;
 pub mod proxy;
 

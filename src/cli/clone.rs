@@ -1,4 +1,4 @@
-//! Command-line faces of the clone stack (`clone-server`, `clone-client`, `clone-bench`).
+//! The `mdsub clone-server`, `clone-client` command lines (Clone pattern faces).
 //!
 //! The `mdsub clone-server`, `mdsub clone-client` and
 //! `mdsub clone-bench` arguments (clap) and the thin drivers that call the library.
@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use super::bstar::Role;
-use super::client::{ChangeKind, Client, ClientConfig};
-use super::kvmsg::show;
-use super::server::{PairConfig, Server, ServerConfig};
 use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::clone::bstar::Role;
+use crate::clone::client::{ChangeKind, Client, ClientConfig};
+use crate::clone::kvmsg::show;
+use crate::clone::server::{PairConfig, Server, ServerConfig};
 
 /// `mdsub clone-server`: serve a CHP key-value store, alone or as half of a Binary Star pair.
 ///
@@ -71,7 +71,7 @@ impl ServerArgs {
             (None, _, _) => bail!("--primary/--backup need --peer tcp://host:P2"),
             (Some(_), false, false) => bail!("--peer needs --primary or --backup"),
             (Some(peer), primary, _) => {
-                let [snap, _, _] = super::endpoints(peer).map_err(anyhow::Error::msg)?;
+                let [snap, _, _] = crate::clone::endpoints(peer).map_err(anyhow::Error::msg)?;
                 let peer_state = match &self.peer_state {
                     Some(s) => s.clone(),
                     None => {
@@ -186,31 +186,13 @@ pub enum ClientCmd {
     Status,
 }
 
-/// Ask one server for its status (mdsub extension; not a Binary Star vote).
-pub fn server_status(base: &str, timeout: Duration) -> anyhow::Result<String> {
-    let [snap, _, _] = super::endpoints(base).map_err(anyhow::Error::msg)?;
-    let ctx = zmq::Context::new();
-    let d = ctx.socket(zmq::DEALER)?;
-    d.set_linger(0)?;
-    d.connect(&snap)?;
-    d.send(super::kvmsg::STATUS_REQ, 0)?;
-    if d.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
-        bail!("{base}: no STATUS reply within {timeout:?}");
-    }
-    let frames = d.recv_multipart(0)?;
-    match frames.as_slice() {
-        [k, text] if k.as_slice() == super::kvmsg::STATUS_REP => Ok(String::from_utf8_lossy(text).into_owned()),
-        _ => bail!("{base}: malformed STATUS reply"),
-    }
-}
-
 /// Run one `clone-client` action.
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = Duration::from_millis(args.timeout_ms);
     if let ClientCmd::Status = args.cmd {
         for s in &args.server {
-            match server_status(s, timeout.min(Duration::from_secs(2))) {
+            match crate::clone::server_status(s, timeout.min(Duration::from_secs(2))) {
                 Ok(text) => println!("# {s}\n{text}"),
                 Err(e) => println!("# {s}\nerror={e}\n"),
             }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::client::{ChangeKind, Client, ClientConfig};
-use super::kvmsg::{recv_frames, KvMsg, HUGZ};
-use super::server::{Server, ServerConfig};
 use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::clone::client::{ChangeKind, Client, ClientConfig};
+use crate::clone::kvmsg::{recv_frames, KvMsg, HUGZ};
+use crate::clone::server::{Server, ServerConfig};
 
 /// What to measure.
 #[derive(clap::Args, Debug, Clone)]
@@ -229,7 +229,7 @@ fn snapshot_once(keys: u64) -> anyhow::Result<f64> {
     feed(&ctx, server.port, keys, keys, "/s/")?;
     let end = Instant::now() + Duration::from_secs(120);
     loop {
-        let st = super::cli::server_status(&server.base(), Duration::from_secs(5))?;
+        let st = crate::clone::server_status(&server.base(), Duration::from_secs(5))?;
         if st.lines().any(|l| l == format!("keys={keys}")) {
             break;
         }
@@ -272,7 +272,7 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
             let end = Instant::now() + Duration::from_secs(10);
             let base = format!("tcp://127.0.0.1:{port}");
             while Instant::now() < end {
-                if let Ok(s) = super::cli::server_status(&base, Duration::from_millis(300)) {
+                if let Ok(s) = crate::clone::server_status(&base, Duration::from_millis(300)) {
                     if s.lines().any(|l| l == format!("state={state}")) {
                         return Ok(());
                     }
