@@ -22,8 +22,7 @@
 //! | [`engine::sequence`] | gap / duplicate / restart checks per publisher session and topic | (Suicidal Snail's gap half) |
 //! | [`metrics`] | per-stage HdrHistograms and the run report | |
 //! | [`profile`] | TOML tuning profiles, validated before start | |
-//! | [`baseline`] | the plain single-thread SUB reader that benchmarks compare against | |
-//! | [`run`] | one measured run: in-process publisher → subscriber | |
+//! | [`bench`] | end-to-end benchmarks (engine vs baseline, LVC, clone), one stamp and result shape | |
 //! | [`agent`] | every long-running thread is an agent; one runner names, pins and idles them | (Aeron's agent model) |
 //! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
 //! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
@@ -35,9 +34,7 @@
 //! | [`clone::persist`] | `--data-dir`: update log + snapshots, corrupt-tail reporting | (beyond the guide) |
 //! | [`clone::server`] | the clone server agent (ROUTER/PUB/SUB, pending list, takeover) | Clone + Binary Star |
 //! | [`clone::client`] | the client agent ("clone class") and its application API | Clone |
-//! | [`clone::cli`] | `clone-server` / `clone-client` arguments and drivers | |
-//! | [`clone::bench`] | `mdsub clone-bench`: throughput, snapshot and failover times | |
-//! | [`cli`] | arguments and commands of the `mdsub` binary | |
+//! | [`cli`] | the `mdsub` command line: every clap definition, one vocabulary, thin drivers | |
 //!
 //! ## Quick start
 //!
@@ -57,7 +54,7 @@
 //! reproduce them are in `benches/README.md`.
 
 pub mod agent;
-pub mod baseline;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod clone;
@@ -67,7 +64,6 @@ pub mod lvc;
 pub mod metrics;
 pub mod profile;
 pub mod replay;
-pub mod run;
 pub mod tap;
 pub mod wire;
 pub mod zmqx;

@@ -23,30 +23,30 @@ struct Cli {
 enum Cmd {
     /// Replay a generated feed into the engine in one process and report
     /// throughput, loss and latency (default: 100k msg/s for 3 s).
-    Demo(cli::DemoArgs),
+    Demo(cli::engine::DemoArgs),
     /// Publish a generated feed or a capture file on one PUB endpoint per
     /// shard, paced or flat out, after waiting for subscribers.
-    Replay(cli::ReplayArgs),
+    Replay(cli::replay::ReplayArgs),
     /// Run the engine against running publishers until end of stream or Ctrl-C.
-    Engine(cli::EngineArgs),
+    Engine(cli::engine::EngineArgs),
     /// Replay benchmark: the engine against a plain single-thread SUB reader
-    /// on the same feed, medians of repeats and ratios.
+    /// on the same feed, medians of runs and ratios.
     Bench(cli::bench::BenchArgs),
     /// Print what this build and host are: mdsub and libzmq versions, cores.
     Info,
     /// Last Value Cache proxy: XSUB (publishers) ⇄ XPUB (subscribers), answering
     /// each new subscription with the cached last value of every matching topic.
-    Lvc(mdsub::lvc::LvcArgs),
+    Lvc(cli::lvc::LvcArgs),
     /// Throughput through the LVC vs direct PUB→SUB in the same run (lossless), as a ratio.
-    LvcBench(mdsub::lvc::bench::LvcBenchArgs),
+    LvcBench(cli::bench::LvcBenchArgs),
     /// Espresso tap: XSUB ⇄ XPUB proxy that prints, filters, counts or records what passes.
-    Tap(mdsub::tap::TapArgs),
+    Tap(cli::tap::TapArgs),
     /// Serve a clone (CHP) key-value store, alone or as half of a Binary Star pair.
-    CloneServer(mdsub::clone::cli::ServerArgs),
+    CloneServer(cli::clone::ServerArgs),
     /// Set, get, delete, dump or watch keys in a clone store.
-    CloneClient(mdsub::clone::cli::ClientArgs),
+    CloneClient(cli::clone::ClientArgs),
     /// Measure the clone stack: update throughput, snapshot time, failover time.
-    CloneBench(mdsub::clone::bench::BenchArgs),
+    CloneBench(cli::bench::CloneBenchArgs),
 }
 
 fn main() {
@@ -57,16 +57,16 @@ fn main() {
         eprintln!("warning: cannot catch Ctrl-C: {e}");
     }
     let result: anyhow::Result<()> = match &cli.cmd {
-        Cmd::Demo(a) => cli::demo(a, &stop).map(|_| ()),
-        Cmd::Replay(a) => cli::replay(a, &stop),
-        Cmd::Engine(a) => cli::engine(a, &stop).map(|_| ()),
+        Cmd::Demo(a) => cli::engine::demo(a, &stop).map(|_| ()),
+        Cmd::Replay(a) => cli::replay::replay(a, &stop),
+        Cmd::Engine(a) => cli::engine::engine(a, &stop).map(|_| ()),
         Cmd::Bench(a) => cli::bench::bench(a, &stop).map(|_| ()),
-        Cmd::Lvc(a) => mdsub::lvc::run(a.clone(), &stop).map(|_| ()).context("mdsub lvc"),
-        Cmd::LvcBench(a) => mdsub::lvc::bench::run(a.clone()).map(|_| ()).context("mdsub lvc-bench"),
-        Cmd::Tap(a) => mdsub::tap::run(a.clone(), &stop).map(|_| ()).context("mdsub tap"),
-        Cmd::CloneServer(a) => mdsub::clone::cli::run_server(a, &stop),
-        Cmd::CloneBench(a) => mdsub::clone::bench::run(a),
-        Cmd::CloneClient(a) => match mdsub::clone::cli::run_client(a, &stop) {
+        Cmd::Lvc(a) => cli::lvc::run(a, &stop).map(|_| ()).context("mdsub lvc"),
+        Cmd::LvcBench(a) => mdsub::bench::lvc::run(a.to_config()).map(|_| ()).context("mdsub lvc-bench"),
+        Cmd::Tap(a) => cli::tap::run(a, &stop).map(|_| ()).context("mdsub tap"),
+        Cmd::CloneServer(a) => cli::clone::run_server(a, &stop),
+        Cmd::CloneBench(a) => mdsub::bench::clone::run(&a.to_config()),
+        Cmd::CloneClient(a) => match cli::clone::run_client(a, &stop) {
             // A key that is not there (`get`) exits 1 without an error line.
             Ok(0) => Ok(()),
             Ok(code) => std::process::exit(code),

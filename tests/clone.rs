@@ -18,7 +18,7 @@ fn ep(port: u16) -> String {
 
 fn server(name: &str, port: u16, extra: &[&str]) -> Proc {
     let mut cmd = mdsub();
-    cmd.arg("clone-server").arg("--port").arg(port.to_string()).arg("--quiet");
+    cmd.arg("clone-server").arg("--endpoint").arg(ep(port)).arg("--quiet");
     cmd.args(extra);
     Proc::spawn(name, &mut cmd)
 }
@@ -39,7 +39,7 @@ fn backup(port: u16, peer: u16, extra: &[&str]) -> Proc {
 
 /// The server's STATUS? reply as a map, or an empty map when it does not answer.
 fn status(port: u16) -> BTreeMap<String, String> {
-    match mdsub::clone::cli::server_status(&ep(port), Duration::from_millis(300)) {
+    match mdsub::clone::server_status(&ep(port), Duration::from_millis(300)) {
         Ok(text) => {
             text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
         }
@@ -576,8 +576,7 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
     std::fs::write(&log, &bytes).expect("write");
     let mut cmd = mdsub();
-    cmd.args(["clone-server", "--quiet", "--port", &p.to_string(), "--data-dir", d])
-        .stderr(std::process::Stdio::piped());
+    cmd.args(["clone-server", "--quiet", "--endpoint", &ep(p), "--data-dir", d]).stderr(std::process::Stdio::piped());
     let mut s = Proc::spawn("server", &mut cmd);
     wait_until(Duration::from_secs(5), "the restarted server to recover 10 keys", || {
         status(p).get("keys").map(String::as_str) == Some("10")
@@ -623,7 +622,7 @@ fn clone_client_cli_watch_prints_current_then_live_changes() {
 fn lone_primary_serves_once_its_peer_has_been_silent() {
     let pp = free_port_block(4);
     let absent = free_port_block(4);
-    let _prim = primary(pp, absent, &["--heartbeat-ms", "300"]);
+    let _prim = primary(pp, absent, &["--heartbeat-interval", "300ms"]);
     let c = client(&[pp], "");
     let t0 = Instant::now();
     c.wait_synced(Duration::from_secs(5)).expect("a lone primary takes the client's vote");
@@ -788,15 +787,21 @@ fn client_resyncs_after_a_standalone_server_restarts_with_a_lower_sequence() {
 fn server_refuses_unusable_limits_intervals_and_a_second_primary() {
     let p = free_port_block(4);
     let peer = ep(free_port_block(4));
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--max-value-bytes", "67108864"], "--max-value-bytes"),
-        (&["--hugz-ms", "0"], "--hugz-ms"),
-        (&["--primary", "--peer", peer.as_str(), "--heartbeat-ms", "0"], "--heartbeat-ms"),
-        (&["--primary", "--peer", peer.as_str(), "--heartbeat-ms", "18446744073709551615"], "--heartbeat-ms"),
+        (&["--hugz-interval", "0ms"], "--hugz-interval"),
+        (&["--hugz-interval", "1000"], "--hugz-interval"),
+        (&["--primary", "--peer", peer.as_str(), "--heartbeat-interval", "0s"], "--heartbeat-interval"),
+        (
+            &["--primary", "--peer", peer.as_str(), "--heartbeat-interval", "18446744073709551615ms"],
+            "--heartbeat-interval",
+        ),
+        (&["--endpoint", "tcp://127.0.0.1:*"], "--endpoint"),
+        (&["--endpoint", "connect:tcp://127.0.0.1:5556"], "--endpoint"),
     ];
     for (args, flag) in cases {
         let mut cmd = mdsub();
-        cmd.args(["clone-server", "--quiet", "--port", &p.to_string()]).args(args);
+        cmd.args(["clone-server", "--quiet", "--endpoint", &ep(p)]).args(args);
         let (code, _, err) = run_within("server", &mut cmd, Duration::from_secs(10));
         assert_ne!(code, Some(0), "{args:?} refused");
         assert!(err.contains(flag), "{args:?}: error names {flag}: {err}");
@@ -808,8 +813,8 @@ fn server_refuses_unusable_limits_intervals_and_a_second_primary() {
         .iter()
         .map(|(port, peer)| {
             let mut cmd = mdsub();
-            cmd.args(["clone-server", "--quiet", "--port", &port.to_string(), "--primary", "--peer", &ep(*peer)]);
-            cmd.args(["--heartbeat-ms", "100"]).stderr(std::process::Stdio::piped());
+            cmd.args(["clone-server", "--quiet", "--endpoint", &ep(*port), "--primary", "--peer", &ep(*peer)]);
+            cmd.args(["--heartbeat-interval", "100ms"]).stderr(std::process::Stdio::piped());
             Proc::spawn("primary", &mut cmd)
         })
         .collect();

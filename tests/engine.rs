@@ -13,7 +13,7 @@ fn engine_json(connect: &[&str], extra: &[&str]) -> LineProc {
     let mut cmd = mdsub();
     cmd.args(["engine", "--json", "--max-duration", "90s"]);
     for c in connect {
-        cmd.args(["--connect", c]);
+        cmd.args(["--endpoint", c]);
     }
     cmd.args(extra);
     LineProc::spawn("engine", &mut cmd)
@@ -191,7 +191,7 @@ fn two_publishers_on_one_shard_are_kept_apart() {
 fn sigint_under_full_load_ends_engine_and_replay_promptly() {
     let (replay, eps) = start_replay("replay", 1, &["--count", "50M", "--rate", "0"]);
     let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--connect", &eps[0], "--handler", "work:2000"]);
+    cmd.args(["engine", "--json", "--endpoint", &eps[0], "--handler", "work:2000"]);
     let engine = LineProc::spawn("engine", &mut cmd);
     // The replay starts once the engine subscribed; the engine (2 µs of work
     // per message) is then under full back-pressure. The condition under

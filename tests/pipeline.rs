@@ -35,7 +35,7 @@ fn engine_behind_the_lvc_drops_cached_duplicates_and_loses_nothing() {
     // The engine subscribes through the LVC; with the LVC's own upstream
     // subscription that makes the replay's two subscribers (the handshake).
     let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "60s", "--handler", "verify", "--connect", &lvc.backend]);
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--handler", "verify", "--endpoint", &lvc.backend]);
     let engine = LineProc::spawn("engine", &mut cmd);
     // Late joiners while the feed is live: each subscription makes the LVC
     // answer with cached values, which libzmq sends to every matching

@@ -107,7 +107,7 @@ fn damaged_capture_sends_the_intact_prefix_and_names_the_offset() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
     f.set_len(len - 3).expect("truncate");
     let mut cmd = mdsub();
-    cmd.args(["replay", "--bind", "tcp://127.0.0.1:*", "--rate", "0", "--from", path.to_str().expect("utf8")]);
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "0", "--from", path.to_str().expect("utf8")]);
     let p = LineProc::spawn("replay", cmd.stderr(std::process::Stdio::piped()));
     let ep = p.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
     let (_ctx, sub) = subscriber(&ep);
@@ -148,7 +148,7 @@ fn verbatim_capture_replay_into_the_engine_accounts_every_message() {
     let data = records.iter().filter(|(f, _)| wire::decode(f).is_ok()).count() as u64;
     let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
     let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "60s", "--connect", &eps[0]]);
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &eps[0]]);
     let engine = LineProc::spawn("engine", &mut cmd);
     let (status, out) = engine.finish(Duration::from_secs(60));
     assert!(status.success(), "{out}");
@@ -173,17 +173,25 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
     assert_eq!(code, Some(2));
     assert!(err.contains("--no-such-flag"), "{err}");
 
-    let (code, err) = run_err(&["replay", "--bind", "tcp://127.0.0.1", "--count", "1"]);
+    let (code, err) = run_err(&["replay", "--endpoint", "tcp://127.0.0.1", "--count", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--endpoint") && err.contains("has no port") && err.contains("bind:EP"), "{err}");
+
+    let (code, err) = run_err(&["replay", "--endpoint", "connect:tcp://127.0.0.1:5556", "--count", "1"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("has no port"), "{err}");
+    assert!(err.contains("--endpoint") && err.contains("can only bind"), "{err}");
+
+    let (code, err) = run_err(&["engine", "--endpoint", "bind:tcp://127.0.0.1:5556"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--endpoint") && err.contains("can only connect"), "{err}");
 
     let (code, err) =
-        run_err(&["replay", "--bind", "tcp://127.0.0.1:*", "--subscribers", "1", "--wait-timeout", "300ms"]);
+        run_err(&["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "1", "--wait-timeout", "300ms"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no subscriber reached"), "{err}");
 
     let (code, err) =
-        run_err(&["replay", "--bind", "tcp://127.0.0.1:*", "--from", "/nonexistent/x.mdcap", "--subscribers", "0"]);
+        run_err(&["replay", "--endpoint", "tcp://127.0.0.1:*", "--from", "/nonexistent/x.mdcap", "--subscribers", "0"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent/x.mdcap") && err.contains("opening"), "{err}");
 
@@ -204,7 +212,13 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
     assert!(err.contains("bad.toml") && err.contains("shards"), "{err}");
     let (code, err) = run_err(&["demo", "--duration", "soon"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("not a duration"), "{err}");
+    assert!(err.contains("--duration") && err.contains("not a duration") && err.contains("500ms"), "{err}");
+    let (code, err) = run_err(&["demo", "--duration", "5"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--duration") && err.contains("no unit"), "{err}");
+    let (code, err) = run_err(&["demo", "--count", "lots"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--count") && err.contains("100k, 2M"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -227,7 +241,7 @@ fn demo_reports_zero_loss_as_json() {
 fn bench_prints_engine_and_baseline_with_ratios() {
     let (code, out, err) = run_within(
         "bench",
-        mdsub().args(["bench", "--count", "20k", "--repeats", "1", "--json"]),
+        mdsub().args(["bench", "--count", "20k", "--runs", "1", "--json"]),
         Duration::from_secs(120),
     );
     assert_eq!(code, Some(0), "{err}");

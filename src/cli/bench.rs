@@ -1,6 +1,6 @@
 //! `mdsub bench`: the replay benchmark. The same feed goes to the baseline (a
 //! plain single-thread SUB reader) and to the engine, one after the other in
-//! every repeat; medians of the repeats and engine/baseline ratios are printed
+//! every run; medians of the runs and engine/baseline ratios are printed
 //! with the machine, commit and settings at the top.
 
 use std::time::Duration;
@@ -8,12 +8,17 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::{describe_pacing, load_profile, parse_handoff, FeedArgs, PublisherArgs};
+use super::args::{parse_count, parse_count_usize, parse_duration, Idle};
+use super::engine::parse_handoff;
+use super::feed::{FeedArgs, PublisherArgs};
+use super::{describe_pacing, load_profile};
 use crate::agent::StopFlag;
+use crate::bench::clone::CloneBenchConfig;
+use crate::bench::lvc::LvcBenchConfig;
+use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::reader::HandOff;
 use crate::metrics::{human_ns, RunReport};
 use crate::replay::{PublisherConfig, Source};
-use crate::run::{run_once, RunSpec, Subscriber};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -21,15 +26,18 @@ pub struct BenchArgs {
     pub feed: FeedArgs,
     #[command(flatten)]
     pub publisher: PublisherArgs,
-    /// Repeats of every subscriber; medians are reported.
+    /// Runs of every subscriber; medians are reported.
     #[arg(long, default_value_t = 5)]
-    pub repeats: usize,
+    pub runs: usize,
     /// Engine tuning profile: a TOML file, `builtin` or `auto`.
     #[arg(long, default_value = "builtin")]
     pub profile: String,
     /// Engine hand-off(s) to measure: batch, per-message, or both.
     #[arg(long, default_value = "both")]
     pub handoff: String,
+    /// Idle strategy of the engine's readers and workers (overrides the profile's).
+    #[arg(long, value_enum)]
+    pub idle: Option<Idle>,
     /// Print the whole result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -88,7 +96,7 @@ fn utc_now() -> String {
     )
 }
 
-/// Medians of one subscriber's repeats.
+/// Medians of one subscriber's runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Medians {
     pub subscriber: String,
@@ -138,7 +146,10 @@ fn medians(name: &str, runs: &[&RunReport]) -> Medians {
 }
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
-    let profile = load_profile(&args.profile)?;
+    let mut profile = load_profile(&args.profile)?;
+    if let Some(idle) = args.idle {
+        profile.idle = idle.name().into();
+    }
     let handoffs: Vec<HandOff> = match args.handoff.as_str() {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
         h => vec![parse_handoff(h).map_err(anyhow::Error::msg)?],
@@ -150,18 +161,19 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let shards = profile.shards.len();
     let publisher = PublisherConfig {
         endpoints: vec!["tcp://127.0.0.1:*".into(); shards],
-        sndhwm_msgs: args.publisher.sndhwm,
+        sndhwm_msgs: args.publisher.sndhwm_msgs,
         lossless: !args.publisher.lossy,
         publisher_id_base: 0,
     };
     let machine = Machine::here();
     let settings = serde_json::json!({
         "pacing": describe_pacing(pacing),
-        "payload_bytes": args.feed.size,
+        "payload_bytes": args.feed.payload_bytes,
         "symbols": args.feed.symbols,
         "count": limits.max_msgs,
         "duration_s": limits.duration.map(|d| d.as_secs_f64()),
-        "repeats": args.repeats,
+        "runs": args.runs,
+        "idle": profile.idle,
         "publisher": if publisher.lossless { "XPUB lossless (XPUB_NODROP)" } else { "XPUB lossy (drops at HWM)" },
         "sndhwm_msgs": publisher.sndhwm_msgs,
         "rcvhwm_msgs": profile.rcvhwm_msgs,
@@ -179,7 +191,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         println!(
             "feed: {}, {}-byte payloads, {} symbols, {}; publisher {} SNDHWM {}; subscribers RCVHWM {}",
             describe_pacing(pacing),
-            args.feed.size,
+            args.feed.payload_bytes,
             args.feed.symbols,
             match (limits.max_msgs, limits.duration) {
                 (Some(n), _) => format!("{n} messages"),
@@ -191,13 +203,13 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             profile.rcvhwm_msgs
         );
         println!(
-            "engine: profile {}, {} shard(s), {} worker(s), batch_max {}, handler {}; {} repeats, median reported",
+            "engine: profile {}, {} shard(s), {} worker(s), batch_max {}, handler {}; {} runs, median reported",
             profile.name,
             shards,
             profile.workers.len(),
             profile.batch_max,
             profile.handler,
-            args.repeats
+            args.runs
         );
     }
     let mut variants: Vec<(String, Subscriber)> =
@@ -212,7 +224,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         variants.push((name.into(), Subscriber::Engine(Box::new(cfg))));
     }
     let mut runs: Vec<RunReport> = Vec::new();
-    for rep in 1..=args.repeats.max(1) {
+    for rep in 1..=args.runs.max(1) {
         for (name, sub) in &variants {
             if stop.is_stopped() {
                 anyhow::bail!("interrupted");
@@ -292,4 +304,74 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         }
     }
     Ok(result)
+}
+
+/// `mdsub lvc-bench`: messages/s through the LVC vs direct PUB→SUB (TCP loopback).
+#[derive(Args, Debug, Clone)]
+pub struct LvcBenchArgs {
+    /// Messages per measurement (e.g. 1M).
+    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    pub count: u64,
+    /// Payload bytes per message (the frame adds the topic, a NUL and the header).
+    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
+    pub payload_bytes: usize,
+    /// Distinct topics, cycled.
+    #[arg(long, value_parser = parse_count_usize, default_value = "1000", value_name = "COUNT")]
+    pub symbols: usize,
+    /// Runs (each measures direct, then through the LVC); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Give up on a measurement after this long (reported as loss).
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Idle strategy of the LVC thread.
+    #[arg(long, value_enum, default_value_t = Idle::Backoff)]
+    pub idle: Idle,
+}
+
+impl LvcBenchArgs {
+    /// The library configuration these arguments describe.
+    pub fn to_config(&self) -> LvcBenchConfig {
+        LvcBenchConfig {
+            messages: self.count,
+            payload_bytes: self.payload_bytes,
+            topics: self.symbols,
+            runs: self.runs,
+            timeout: self.timeout,
+            idle: self.idle.strategy(),
+        }
+    }
+}
+
+/// `mdsub clone-bench`: update throughput, snapshot time and failover time of the clone stack.
+#[derive(Args, Debug, Clone)]
+pub struct CloneBenchArgs {
+    /// Updates sent through the server for the throughput runs (e.g. 1M).
+    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    pub updates: u64,
+    /// Keys in the map for the snapshot runs (e.g. 1M).
+    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    pub keys: u64,
+    /// Runs of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Skip the failover runs (they start server processes).
+    #[arg(long)]
+    pub skip_failover: bool,
+    /// Client silence before failover, for the failover runs (e.g. 2s).
+    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    pub silence: Duration,
+}
+
+impl CloneBenchArgs {
+    /// The library configuration these arguments describe.
+    pub fn to_config(&self) -> CloneBenchConfig {
+        CloneBenchConfig {
+            updates: self.updates,
+            keys: self.keys,
+            runs: self.runs,
+            skip_failover: self.skip_failover,
+            silence_ms: self.silence.as_millis().try_into().unwrap_or(u64::MAX),
+        }
+    }
 }

@@ -11,12 +11,8 @@
 //! | [`persist`] | append-only log + snapshots for `--data-dir` |
 //! | [`server`] | the server agent (snapshot ROUTER, PUB, collector SUB, Binary Star) |
 //! | [`client`] | the client agent and its application API (`Client`) |
-//! | [`cli`] | `mdsub clone-server` / `clone-client` / `clone-bench` arguments and drivers |
-//! | [`bench`](mod@bench) | the clone benchmarks behind `mdsub clone-bench` |
 
-pub mod bench;
 pub mod bstar;
-pub mod cli;
 pub mod client;
 
 pub mod kvmsg;
@@ -34,4 +30,22 @@ pub fn endpoints(base: &str) -> Result<[String; 3], String> {
         return Err(format!("server `{base}`: port {p} leaves no room for P+1..P+3"));
     }
     Ok([format!("{host}:{p}"), format!("{host}:{}", p + 1), format!("{host}:{}", p + 2)])
+}
+
+/// Ask one server for its status (mdsub extension; not a Binary Star vote).
+pub fn server_status(base: &str, timeout: std::time::Duration) -> anyhow::Result<String> {
+    let [snap, _, _] = endpoints(base).map_err(anyhow::Error::msg)?;
+    let ctx = zmq::Context::new();
+    let d = ctx.socket(zmq::DEALER)?;
+    d.set_linger(0)?;
+    d.connect(&snap)?;
+    d.send(kvmsg::STATUS_REQ, 0)?;
+    if d.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+        anyhow::bail!("{base}: no STATUS reply within {timeout:?}");
+    }
+    let frames = d.recv_multipart(0)?;
+    match frames.as_slice() {
+        [k, text] if k.as_slice() == kvmsg::STATUS_REP => Ok(String::from_utf8_lossy(text).into_owned()),
+        _ => anyhow::bail!("{base}: malformed STATUS reply"),
+    }
 }

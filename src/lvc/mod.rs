@@ -6,11 +6,9 @@
 //!
 //! - [`cache`]: the socket-free cache core (prefix lookups, limits).
 //! - [`proxy`]: the agent that owns the sockets.
-//! - [`bench`](mod@bench): `mdsub lvc-bench`, throughput through the LVC vs direct PUB→SUB.
 //!
 //! Behaviour notes (duplicates, foreign traffic, limits) are in `docs/LVC-TAP.md`.
 
-pub mod bench;
 pub mod cache;
 pub mod proxy;
 
@@ -26,8 +24,6 @@ use crate::zmqx::Attach;
 pub enum LvcError {
     #[error(transparent)]
     Agent(#[from] AgentError),
-    #[error("unknown idle strategy `{0}` (expected spin, yield, backoff or block)")]
-    BadIdle(String),
     #[error("could not start the {role} thread: {source}")]
     Thread {
         role: &'static str,
@@ -38,53 +34,29 @@ pub enum LvcError {
     Panicked { role: &'static str },
 }
 
-/// `mdsub lvc`: a last-value-caching proxy between publishers and subscribers.
-///
-/// Each endpoint is written `bind:ENDPOINT` or `connect:ENDPOINT`, for
-/// example `--frontend connect:tcp://10.0.0.5:5556 --backend bind:tcp://*:5557`;
-/// repeat an option to attach a side to several endpoints. With
-/// `bind:tcp://127.0.0.1:*` the port is chosen by the OS; each endpoint in
-/// effect is printed on startup as `lvc: frontend bound tcp://127.0.0.1:PORT`.
-/// SIGINT/SIGTERM stop it cleanly and print its counters.
-#[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Endpoints: write each side as bind:ENDPOINT or connect:ENDPOINT, e.g.\n  \
-    mdsub lvc --frontend connect:tcp://10.0.0.5:5556 --backend bind:tcp://*:5557\n\
-    Repeat an option to attach a side to several endpoints. With bind:tcp://127.0.0.1:* the OS picks\n\
-    the port; every endpoint in effect is printed on startup, one line each:\n  \
-    lvc: frontend bound tcp://127.0.0.1:PORT\n\
-    A subscription is a prefix: it is answered at once with the cached last value of every topic\n\
-    that starts with it, in topic order (mdsub frames re-sent from the cache carry FROM_CACHE).\n\
-    SIGINT/SIGTERM stop it cleanly; the counters are printed on exit. See docs/LVC-TAP.md.")]
-pub struct LvcArgs {
-    /// Publisher side (XSUB): bind:ENDPOINT or connect:ENDPOINT (repeatable).
-    #[arg(long, required = true, value_name = "bind|connect:ENDPOINT")]
+/// What `mdsub lvc` runs: the proxy's endpoints, cache limits and thread settings.
+#[derive(Debug, Clone)]
+pub struct LvcRunConfig {
+    /// Publisher side (XSUB).
     pub frontend: Vec<Attach>,
-    /// Subscriber side (XPUB, verbose): bind:ENDPOINT or connect:ENDPOINT (repeatable).
-    #[arg(long, required = true, value_name = "bind|connect:ENDPOINT")]
+    /// Subscriber side (XPUB, verbose).
     pub backend: Vec<Attach>,
     /// Most topics cached; further new topics pass through uncached (counted, logged).
-    #[arg(long, default_value_t = 100_000)]
     pub max_topics: usize,
     /// Most bytes cached (keys plus message buffers).
-    #[arg(long, default_value_t = 256 << 20)]
     pub max_bytes: usize,
-    /// SNDHWM and RCVHWM of both sockets, in messages (0 = unlimited). High by
-    /// default so that answering a wide prefix does not drop at the HWM.
-    #[arg(long, default_value_t = 100_000)]
+    /// SNDHWM and RCVHWM of both sockets, in messages (0 = unlimited).
     pub hwm_msgs: i32,
-    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
-    /// a larger one drops that publisher's connection, as libzmq does).
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE).
     pub max_msg_bytes: i64,
-    /// Idle strategy of the proxy thread: spin, yield, backoff or block.
-    #[arg(long, default_value = "backoff")]
-    pub idle: String,
+    /// Idle strategy of the proxy thread.
+    pub idle: IdleStrategy,
 }
 
 /// Run the LVC until SIGINT/SIGTERM; prints the endpoints on startup and the
 /// counters on exit, and returns them.
-pub fn run(args: LvcArgs, stop: &StopFlag) -> Result<LvcReport, LvcError> {
-    let idle = IdleStrategy::from_name(&args.idle).ok_or_else(|| LvcError::BadIdle(args.idle.clone()))?;
+pub fn run(args: LvcRunConfig, stop: &StopFlag) -> Result<LvcReport, LvcError> {
+    let idle = args.idle;
     let config = LvcConfig {
         frontend: args.frontend,
         backend: args.backend,

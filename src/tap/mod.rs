@@ -29,8 +29,6 @@ pub enum TapError {
     Agent(#[from] AgentError),
     #[error("bad --filter: {0}")]
     BadFilter(String),
-    #[error("unknown idle strategy `{0}` (expected spin, yield, backoff or block)")]
-    BadIdle(String),
     #[error("--queue-msgs must be at least 1")]
     BadQueue,
     #[error("could not create the capture file {path}: {source}")]
@@ -49,59 +47,30 @@ pub enum TapError {
     Panicked { role: &'static str },
 }
 
-/// `mdsub tap`: a tracing proxy (Espresso) between publishers and subscribers.
-///
-/// Endpoints are written `bind:ENDPOINT` or `connect:ENDPOINT` (repeatable);
-/// each endpoint in effect is printed on startup as
-/// `tap: frontend bound tcp://127.0.0.1:PORT`. By default every message and
-/// every (un)subscription is printed, one line each. SIGINT/SIGTERM stop it
-/// and print its counters (drops included) on stderr.
-#[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Endpoints: write each side as bind:ENDPOINT or connect:ENDPOINT, e.g.\n  \
-    mdsub tap --frontend connect:tcp://10.0.0.5:5556 --backend bind:tcp://*:5557 --filter 'ESH6\\0'\n\
-    Every endpoint in effect is printed on startup, one line each: tap: frontend bound tcp://...\n\
-    Copies go to the printer/recorder through a bounded queue (--queue-msgs); when it is full they\n\
-    are dropped and counted, the proxy keeps forwarding. SIGINT/SIGTERM stop it; counters (drops\n\
-    included) go to stderr. See docs/LVC-TAP.md.")]
-pub struct TapArgs {
-    /// Publisher side (XSUB): bind:ENDPOINT or connect:ENDPOINT (repeatable).
-    #[arg(long, required = true, value_name = "bind|connect:ENDPOINT")]
+/// What `mdsub tap` runs: the proxy's endpoints, the capture side and thread settings.
+#[derive(Debug, Clone)]
+pub struct TapRunConfig {
+    /// Publisher side (XSUB).
     pub frontend: Vec<Attach>,
-    /// Subscriber side (XPUB, verbose): bind:ENDPOINT or connect:ENDPOINT (repeatable).
-    #[arg(long, required = true, value_name = "bind|connect:ENDPOINT")]
+    /// Subscriber side (XPUB, verbose).
     pub backend: Vec<Attach>,
-    /// Show/record only messages whose first frame starts with PREFIX
-    /// (repeatable; escapes \0, \xNN, \\ — `ESH6\0` is exactly topic ESH6).
-    /// Does not change what the proxy forwards.
-    #[arg(long, value_name = "PREFIX")]
+    /// Show/record only messages whose first frame starts with one of these
+    /// (escapes \0, \xNN, \\); does not change what the proxy forwards.
     pub filter: Vec<String>,
-    /// Print only message counts per topic, refreshed once a second.
-    #[arg(long, conflicts_with = "quiet")]
-    pub stats: bool,
-    /// Print nothing per message (useful with --record).
-    #[arg(long)]
-    pub quiet: bool,
-    /// Record the (filtered) messages to this capture file, frames verbatim
-    /// with the MORE flag; `mdsub replay --from FILE` replays it.
-    #[arg(long, value_name = "FILE")]
+    /// What to print per message.
+    pub show: Show,
+    /// Record the (filtered) messages to this capture file.
     pub record: Option<PathBuf>,
-    /// Subscribe upstream to everything, so the tap sees traffic even when no
-    /// subscriber asked for it (subscribers still get only what they subscribe to).
-    #[arg(long)]
+    /// Subscribe upstream to everything, so the tap sees traffic nobody asked for.
     pub subscribe_all: bool,
     /// Capacity of the proxy → sink queue, messages; when full, copies are dropped (counted).
-    #[arg(long, default_value_t = 65_536)]
     pub queue_msgs: usize,
     /// SNDHWM and RCVHWM of both proxy sockets, messages (0 = unlimited).
-    #[arg(long, default_value_t = 100_000)]
     pub hwm_msgs: i32,
-    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
-    /// a larger one drops that publisher's connection, as libzmq does).
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE).
     pub max_msg_bytes: i64,
-    /// Idle strategy of both threads: spin, yield, backoff or block.
-    #[arg(long, default_value = "backoff")]
-    pub idle: String,
+    /// Idle strategy of both threads.
+    pub idle: IdleStrategy,
 }
 
 /// Counters of one tap run.
@@ -135,8 +104,8 @@ impl std::fmt::Display for TapReport {
 }
 
 /// Run the tap until SIGINT/SIGTERM; returns its counters.
-pub fn run(args: TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
-    let idle = IdleStrategy::from_name(&args.idle).ok_or_else(|| TapError::BadIdle(args.idle.clone()))?;
+pub fn run(args: TapRunConfig, stop: &StopFlag) -> Result<TapReport, TapError> {
+    let idle = args.idle;
     if args.queue_msgs == 0 {
         return Err(TapError::BadQueue);
     }
@@ -148,13 +117,7 @@ pub fn run(args: TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
         }
         None => None,
     };
-    let show = if args.stats {
-        Show::Stats
-    } else if args.quiet {
-        Show::Nothing
-    } else {
-        Show::Lines
-    };
+    let show = args.show;
     let config = TapConfig {
         frontend: args.frontend,
         backend: args.backend,

@@ -141,7 +141,7 @@ pub fn start_replay(name: &str, shards: usize, extra: &[&str]) -> (LineProc, Vec
     let mut cmd = mdsub();
     cmd.arg("replay");
     for _ in 0..shards {
-        cmd.args(["--bind", "tcp://127.0.0.1:*"]);
+        cmd.args(["--endpoint", "tcp://127.0.0.1:*"]);
     }
     cmd.args(extra);
     let p = LineProc::spawn(name, &mut cmd);

@@ -1,7 +1,6 @@
-//! Command-line faces of the clone stack (`clone-server`, `clone-client`, `clone-bench`).
+//! The `mdsub clone-server`, `clone-client` command lines (Clone pattern faces).
 //!
-//! The `mdsub clone-server`, `mdsub clone-client` and
-//! `mdsub clone-bench` arguments (clap) and the thin drivers that call the library.
+//! The arguments (clap) and the thin drivers that call the clone library; `clone-bench` is in [`super::bench`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,11 +9,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use super::bstar::Role;
-use super::client::{ChangeKind, Client, ClientConfig};
-use super::kvmsg::show;
-use super::server::{PairConfig, Server, ServerConfig};
-use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, Endpoint, How, Idle};
+use crate::agent::{RunSpec, Runner, StopFlag};
+use crate::clone::bstar::Role;
+use crate::clone::client::{ChangeKind, Client, ClientConfig};
+use crate::clone::kvmsg::show;
+use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 
 /// `mdsub clone-server`: serve a CHP key-value store, alone or as half of a Binary Star pair.
 ///
@@ -22,81 +22,110 @@ use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
 /// KVSET), and in a pair P+3 Binary Star state (PUB).
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// Base port P (P..P+3 are used).
-    #[arg(long, short, default_value_t = 5556)]
-    pub port: u16,
-    /// Interface to bind: 127.0.0.1, * (all), or an address.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind: String,
+    /// Base endpoint to bind, `bind:tcp://HOST:P` or `tcp://HOST:P` (P..P+3 are used; HOST may be *).
+    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]tcp://HOST:P")]
+    pub endpoint: Endpoint,
     /// Run as the primary of a pair (needs --peer).
     #[arg(long, conflicts_with = "backup", requires = "peer")]
     pub primary: bool,
     /// Run as the backup of a pair (needs --peer).
     #[arg(long, requires = "peer")]
     pub backup: bool,
-    /// The other server's base endpoint, tcp://host:P2 (its state endpoint defaults to P2+3).
-    #[arg(long)]
-    pub peer: Option<String>,
-    /// The other server's Binary Star state endpoint (default tcp://host:P2+3).
-    #[arg(long)]
-    pub peer_state: Option<String>,
-    /// Our Binary Star state port to bind (default P+3).
-    #[arg(long)]
-    pub state_port: Option<u16>,
+    /// The other server's base endpoint, `connect:tcp://HOST:P2` or `tcp://HOST:P2`.
+    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]tcp://HOST:P2")]
+    pub peer: Option<Endpoint>,
+    /// The other server's Binary Star state endpoint (default: its P2+3).
+    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]EP")]
+    pub peer_state: Option<Endpoint>,
+    /// Our Binary Star state endpoint to bind (default: HOST:P+3).
+    #[arg(long, value_parser = parse_endpoint, value_name = "[bind:]EP")]
+    pub state_endpoint: Option<Endpoint>,
     /// Keep an update log and snapshots here; the map survives restarts.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Binary Star heartbeat interval; the peer is dead after two missed.
-    #[arg(long, default_value_t = 1000)]
-    pub heartbeat_ms: u64,
-    /// Publish HUGZ when nothing was published for this long.
-    #[arg(long, default_value_t = 1000)]
-    pub hugz_ms: u64,
+    /// Binary Star heartbeat interval (e.g. 1s); the peer is dead after two missed.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub heartbeat_interval: Duration,
+    /// Publish HUGZ when nothing was published for this long (e.g. 1s).
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub hugz_interval: Duration,
     /// Longest key accepted (longer updates are counted and dropped).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, value_parser = parse_count_usize, default_value = "1024", value_name = "BYTES")]
     pub max_key_bytes: usize,
     /// Longest value accepted.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, value_parser = parse_count_usize, default_value = "1048576", value_name = "BYTES")]
     pub max_value_bytes: usize,
+    /// Idle strategy of the server thread.
+    #[arg(long, value_enum, default_value_t = Idle::Block)]
+    pub idle: Idle,
     /// Do not print state changes.
     #[arg(long, short)]
     pub quiet: bool,
 }
 
+/// An interval flag in whole milliseconds, inside the range the server accepts.
+fn interval_ms(flag: &str, d: Duration) -> anyhow::Result<u64> {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if !INTERVAL_RANGE_MS.contains(&ms) {
+        bail!(
+            "{flag} {d:?} is out of range: give {}ms..={}s",
+            INTERVAL_RANGE_MS.start(),
+            INTERVAL_RANGE_MS.end() / 1000
+        );
+    }
+    Ok(ms)
+}
+
 impl ServerArgs {
     /// The library configuration these arguments describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
+        let base = self.endpoint.only(How::Bind, "--endpoint").map_err(anyhow::Error::msg)?;
+        let (host, port) = base
+            .strip_prefix("tcp://")
+            .and_then(|hp| hp.rsplit_once(':'))
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .filter(|(_, p)| *p <= u16::MAX - 3)
+            .with_context(|| {
+                format!(
+                    "--endpoint `{base}`: the clone server needs tcp://HOST:P with a numeric port P (it uses P..P+3)"
+                )
+            })?;
+        let heartbeat_ms = interval_ms("--heartbeat-interval", self.heartbeat_interval)?;
+        let hugz_interval_ms = interval_ms("--hugz-interval", self.hugz_interval)?;
         let pair = match (&self.peer, self.primary, self.backup) {
             (None, false, false) => None,
-            (None, _, _) => bail!("--primary/--backup need --peer tcp://host:P2"),
+            (None, _, _) => bail!("--primary/--backup need --peer tcp://HOST:P2"),
             (Some(_), false, false) => bail!("--peer needs --primary or --backup"),
             (Some(peer), primary, _) => {
-                let [snap, _, _] = super::endpoints(peer).map_err(anyhow::Error::msg)?;
+                let peer = peer.only(How::Connect, "--peer").map_err(anyhow::Error::msg)?;
+                let [snap, _, _] = crate::clone::endpoints(&peer).map_err(anyhow::Error::msg)?;
                 let peer_state = match &self.peer_state {
-                    Some(s) => s.clone(),
+                    Some(s) => s.only(How::Connect, "--peer-state").map_err(anyhow::Error::msg)?,
                     None => {
                         let (host, port) = snap.rsplit_once(':').context("peer endpoint has no port")?;
                         let p: u16 = port.parse().context("peer port")?;
                         format!("{host}:{}", p + 3)
                     }
                 };
-                crate::zmqx::check_endpoint(&peer_state).map_err(anyhow::Error::msg)?;
-                let state_port = self.state_port.unwrap_or(self.port.saturating_add(3));
+                let state_bind = match &self.state_endpoint {
+                    Some(s) => s.only(How::Bind, "--state-endpoint").map_err(anyhow::Error::msg)?,
+                    None => format!("tcp://{host}:{}", port + 3),
+                };
                 Some(PairConfig {
                     role: if primary { Role::Primary } else { Role::Backup },
-                    peer: peer.clone(),
+                    peer,
                     peer_state,
-                    state_bind: format!("tcp://{}:{state_port}", self.bind),
-                    heartbeat_ms: self.heartbeat_ms,
+                    state_bind,
+                    heartbeat_ms,
                 })
             }
         };
         let cfg = ServerConfig {
-            bind_host: self.bind.clone(),
-            port: self.port,
+            bind_host: host.to_string(),
+            port,
             pair,
             data_dir: self.data_dir.clone(),
-            hugz_interval_ms: self.hugz_ms,
+            hugz_interval_ms,
             max_key_bytes: self.max_key_bytes,
             max_value_bytes: self.max_value_bytes,
             verbose: !self.quiet,
@@ -111,15 +140,10 @@ impl ServerArgs {
 pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let cfg = args.to_config()?;
     let stop = stop.clone();
-    let handle = Runner::spawn(
-        "clone-server",
-        RunSpec { core: None, idle: IdleStrategy::Block { wait_us: 100_000 } },
-        stop,
-        move || {
-            Server::new(cfg)
-                .map_err(|e| crate::agent::AgentError::Fatal { role: "clone-server".into(), message: e.to_string() })
-        },
-    )
+    let handle = Runner::spawn("clone-server", RunSpec { core: None, idle: args.idle.strategy() }, stop, move || {
+        Server::new(cfg)
+            .map_err(|e| crate::agent::AgentError::Fatal { role: "clone-server".into(), message: e.to_string() })
+    })
     .context("spawning the clone server thread")?;
     match handle.join() {
         Ok(r) => r.context("clone server stopped"),
@@ -130,15 +154,15 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
 /// `mdsub clone-client`: look into a clone store (a person's tool).
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Server base endpoint tcp://host:P; give it twice for a Binary Star pair.
-    #[arg(long, short, default_value = "tcp://127.0.0.1:5556")]
-    pub server: Vec<String>,
-    /// Fail over after this long without an update or HUGZ.
-    #[arg(long, default_value_t = 2000)]
-    pub silence_ms: u64,
-    /// Give up when no server answers within this.
-    #[arg(long, default_value_t = 10_000)]
-    pub timeout_ms: u64,
+    /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
+    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
+    pub server: Vec<Endpoint>,
+    /// Fail over after this long without an update or HUGZ (e.g. 2s).
+    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    pub silence: Duration,
+    /// Give up when no server answers within this (e.g. 10s).
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub timeout: Duration,
     /// What to do.
     #[command(subcommand)]
     pub cmd: ClientCmd,
@@ -153,8 +177,8 @@ pub enum ClientCmd {
         key: String,
         /// The value (an empty string deletes).
         value: String,
-        /// Make the value ephemeral: the server deletes it after this many seconds.
-        #[arg(long)]
+        /// Make the value ephemeral: the server deletes it after this long (whole seconds, e.g. 10s).
+        #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
         ttl: Option<u64>,
     },
     /// Print the value of KEY (exit status 1 when absent).
@@ -179,38 +203,34 @@ pub enum ClientCmd {
         #[arg(default_value = "")]
         subtree: String,
         /// Stop after this many live changes.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_count, value_name = "COUNT")]
         count: Option<u64>,
     },
     /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters).
     Status,
 }
 
-/// Ask one server for its status (mdsub extension; not a Binary Star vote).
-pub fn server_status(base: &str, timeout: Duration) -> anyhow::Result<String> {
-    let [snap, _, _] = super::endpoints(base).map_err(anyhow::Error::msg)?;
-    let ctx = zmq::Context::new();
-    let d = ctx.socket(zmq::DEALER)?;
-    d.set_linger(0)?;
-    d.connect(&snap)?;
-    d.send(super::kvmsg::STATUS_REQ, 0)?;
-    if d.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
-        bail!("{base}: no STATUS reply within {timeout:?}");
+/// A CHP `ttl` as a duration in whole seconds (the property's unit).
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() != 0 || d.is_zero() {
+        return Err(format!("`{s}`: a ttl is a whole number of seconds, at least 1s (e.g. 10s, 2m)"));
     }
-    let frames = d.recv_multipart(0)?;
-    match frames.as_slice() {
-        [k, text] if k.as_slice() == super::kvmsg::STATUS_REP => Ok(String::from_utf8_lossy(text).into_owned()),
-        _ => bail!("{base}: malformed STATUS reply"),
-    }
+    Ok(d.as_secs())
 }
 
-/// Run one `clone-client` action.
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
-    let timeout = Duration::from_millis(args.timeout_ms);
+    let timeout = args.timeout;
+    let servers = args
+        .server
+        .iter()
+        .map(|e| e.only(How::Connect, "--server"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     if let ClientCmd::Status = args.cmd {
-        for s in &args.server {
-            match server_status(s, timeout.min(Duration::from_secs(2))) {
+        for s in &servers {
+            match crate::clone::server_status(s, timeout.min(Duration::from_secs(2))) {
                 Ok(text) => println!("# {s}\n{text}"),
                 Err(e) => println!("# {s}\nerror={e}\n"),
             }
@@ -222,9 +242,9 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         _ => String::new(),
     };
     let client = Client::start(ClientConfig {
-        servers: args.server.clone(),
+        servers,
         subtree,
-        silence_ms: args.silence_ms,
+        silence_ms: args.silence.as_millis().try_into().unwrap_or(u64::MAX),
         ..ClientConfig::default()
     })?;
     client.wait_synced(timeout).context("connecting to the clone servers")?;

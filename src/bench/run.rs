@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::agent::{AgentHandle, RunSpec as AgentSpec, Runner, StopFlag};
-use crate::baseline::Baseline;
+use crate::bench::baseline::Baseline;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::RunReport;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, ReplayStats, Source};

@@ -15,27 +15,21 @@ use crate::lvc::LvcError;
 use crate::wire::{encode, frame_len, Header, Kind, HEADER_LEN};
 use crate::zmqx::{bind_resolved, Attach};
 
-/// `mdsub lvc-bench`: messages/s through the LVC vs direct PUB→SUB (TCP loopback).
-#[derive(clap::Args, Debug, Clone)]
-pub struct LvcBenchArgs {
+/// What `mdsub lvc-bench` measures.
+#[derive(Debug, Clone)]
+pub struct LvcBenchConfig {
     /// Messages per measurement.
-    #[arg(long, default_value_t = 1_000_000)]
     pub messages: u64,
-    /// Frame size in bytes (topic + NUL + 48-byte header + payload).
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
+    /// Payload bytes per message (the frame adds the topic, a NUL and the header).
+    pub payload_bytes: usize,
     /// Distinct topics, cycled.
-    #[arg(long, default_value_t = 1000)]
     pub topics: usize,
     /// Runs (each measures direct, then through the LVC); medians are reported.
-    #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Give up on a measurement after this many seconds (reported as loss).
-    #[arg(long, default_value_t = 60)]
-    pub timeout_s: u64,
-    /// Idle strategy of the LVC thread: spin, yield, backoff or block.
-    #[arg(long, default_value = "backoff")]
-    pub idle: String,
+    /// Give up on a measurement after this long (reported as loss).
+    pub timeout: Duration,
+    /// Idle strategy of the LVC thread.
+    pub idle: IdleStrategy,
 }
 
 /// One measurement.
@@ -63,12 +57,11 @@ fn bench_header(kind: Kind) -> Header {
     Header { kind, flags: 0, publisher_id: 1, session_id: 1, stream_seq: 0, topic_seq: 0, send_time_ns: 0 }
 }
 
-fn frames(size: usize, topics: usize) -> Vec<Vec<u8>> {
+fn frames(payload_bytes: usize, topics: usize) -> Vec<Vec<u8>> {
     (0..topics.max(1))
         .map(|i| {
             let topic = format!("B{i:05}");
-            let payload = size.saturating_sub(frame_len(topic.as_bytes(), 0));
-            encode(topic.as_bytes(), &bench_header(Kind::Data), &vec![0x5a; payload])
+            encode(topic.as_bytes(), &bench_header(Kind::Data), &vec![0x5a; payload_bytes])
         })
         .collect()
 }
@@ -80,7 +73,7 @@ fn measure(
     sub_ctx: &zmq::Context,
     sub_endpoint: &str,
     hwm: i32,
-    args: &LvcBenchArgs,
+    args: &LvcBenchConfig,
 ) -> Result<Measurement, LvcError> {
     let sub = sub_ctx.socket(zmq::SUB).map_err(berr("making the SUB"))?;
     sub.set_rcvhwm(hwm).map_err(berr("setting RCVHWM"))?;
@@ -90,7 +83,7 @@ fn measure(
     let ready = Arc::new(AtomicBool::new(false));
     let start: Arc<Mutex<Option<Instant>>> = Arc::default();
     let (ready_p, start_p) = (ready.clone(), start.clone());
-    let fs = frames(args.size, args.topics);
+    let fs = frames(args.payload_bytes, args.topics);
     let messages = args.messages;
     let probe = encode(PROBE, &bench_header(Kind::Heartbeat), b"");
     let pub_thread = std::thread::Builder::new()
@@ -116,7 +109,7 @@ fn measure(
     let mut msg = zmq::Message::new();
     let mut delivered = 0u64;
     let mut last = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let deadline = Instant::now() + args.timeout;
     while delivered < messages && Instant::now() < deadline {
         match sub.recv(&mut msg, 0) {
             Ok(()) => {
@@ -144,13 +137,13 @@ fn make_pub(ctx: &zmq::Context, hwm: i32) -> Result<(zmq::Socket, String), LvcEr
     Ok((p, ep))
 }
 
-fn direct(args: &LvcBenchArgs, hwm: i32) -> Result<Measurement, LvcError> {
+fn direct(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, LvcError> {
     let (pub_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
     measure(p, &sub_ctx, &ep, hwm, args)
 }
 
-fn via_lvc(args: &LvcBenchArgs, hwm: i32) -> Result<(Measurement, LvcReport), LvcError> {
+fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport), LvcError> {
     let (pub_ctx, lvc_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
     let config = LvcConfig {
@@ -164,8 +157,7 @@ fn via_lvc(args: &LvcBenchArgs, hwm: i32) -> Result<(Measurement, LvcReport), Lv
     let proxy = LvcProxy::new(&lvc_ctx, &config, shared.clone())?;
     let back = proxy.endpoints.iter().find(|e| e.0 == "backend").map(|e| e.2.clone()).unwrap_or_default();
     let stop = StopFlag::new();
-    let idle = IdleStrategy::from_name(&args.idle).ok_or_else(|| LvcError::BadIdle(args.idle.clone()))?;
-    let spec = RunSpec { core: None, idle };
+    let spec = RunSpec { core: None, idle: args.idle };
     let handle = Runner::spawn("lvc-proxy", spec, stop.clone(), move || Ok(proxy))
         .map_err(|source| LvcError::Thread { role: "lvc-proxy", source })?;
     let m = measure(p, &sub_ctx, &back, hwm, args);
@@ -182,14 +174,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Run the comparison and print one line per measurement and the medians.
-pub fn run(args: LvcBenchArgs) -> Result<(), LvcError> {
-    let size = args.size.max(frame_len(b"B00000", 0));
-    let args = LvcBenchArgs { size, ..args };
+pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
+    let frame_bytes = frame_len(b"B00000", args.payload_bytes);
     let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
     println!(
-        "lvc-bench: {} messages of {} bytes ({} topics, header {HEADER_LEN} B), TCP loopback, \
-         SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs",
-        args.messages, args.size, args.topics, args.runs
+        "lvc-bench: {} messages of {}-byte payloads ({frame_bytes}-byte frames: {} topics, header {HEADER_LEN} B), \
+         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs",
+        args.messages, args.payload_bytes, args.topics, args.runs
     );
     let (mut d, mut l, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=args.runs.max(1) {

@@ -8,28 +8,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::client::{ChangeKind, Client, ClientConfig};
-use super::kvmsg::{recv_frames, KvMsg, HUGZ};
-use super::server::{Server, ServerConfig};
 use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::clone::client::{ChangeKind, Client, ClientConfig};
+use crate::clone::kvmsg::{recv_frames, KvMsg, HUGZ};
+use crate::clone::server::{Server, ServerConfig};
 
-/// What to measure.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
+/// What `mdsub clone-bench` measures.
+#[derive(Debug, Clone)]
+pub struct CloneBenchConfig {
     /// Updates sent through the server for the throughput runs.
-    #[arg(long, default_value_t = 1_000_000)]
     pub updates: u64,
     /// Keys in the map for the snapshot runs.
-    #[arg(long, default_value_t = 1_000_000)]
     pub keys: u64,
     /// Runs of each measurement (the median is reported).
-    #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Skip the failover runs (they start server processes).
-    #[arg(long)]
     pub skip_failover: bool,
     /// Client silence before failover, for the failover runs.
-    #[arg(long, default_value_t = 2000)]
     pub silence_ms: u64,
 }
 
@@ -229,7 +224,7 @@ fn snapshot_once(keys: u64) -> anyhow::Result<f64> {
     feed(&ctx, server.port, keys, keys, "/s/")?;
     let end = Instant::now() + Duration::from_secs(120);
     loop {
-        let st = super::cli::server_status(&server.base(), Duration::from_secs(5))?;
+        let st = crate::clone::server_status(&server.base(), Duration::from_secs(5))?;
         if st.lines().any(|l| l == format!("keys={keys}")) {
             break;
         }
@@ -260,7 +255,7 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
     let bp = free_port_block(4)?;
     let spawn = |port: u16, role: &str, peer: u16| {
         std::process::Command::new(&exe)
-            .args(["clone-server", "--quiet", "--port", &port.to_string(), role, "--peer"])
+            .args(["clone-server", "--quiet", "--endpoint", &format!("tcp://127.0.0.1:{port}"), role, "--peer"])
             .arg(format!("tcp://127.0.0.1:{peer}"))
             .stdin(std::process::Stdio::null())
             .spawn()
@@ -272,7 +267,7 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
             let end = Instant::now() + Duration::from_secs(10);
             let base = format!("tcp://127.0.0.1:{port}");
             while Instant::now() < end {
-                if let Ok(s) = super::cli::server_status(&base, Duration::from_millis(300)) {
+                if let Ok(s) = crate::clone::server_status(&base, Duration::from_millis(300)) {
                     if s.lines().any(|l| l == format!("state={state}")) {
                         return Ok(());
                     }
@@ -331,7 +326,7 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
 }
 
 /// Run the clone benchmarks and print the medians.
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: &CloneBenchConfig) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
     println!(
         "clone-bench: {} runs each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",

@@ -1,0 +1,321 @@
+//! The one vocabulary of the `mdsub` command line: value parsers for endpoints, durations, counts and idle strategies.
+//!
+//! Every command spells these values the same way (STYLE.md item 9):
+//!
+//! - an endpoint is `bind:EP` or `connect:EP`; a bare `EP` takes the
+//!   command's natural default (replay binds, the engine connects, …);
+//! - a duration always carries its unit: `250us`, `500ms`, `5s`, `2m`, `1h`;
+//! - a count may use `_` and the suffixes `k` (thousand) and `M` (million):
+//!   `100k`, `2M`, `1_000_000`;
+//! - an idle strategy is one of `spin`, `yield`, `backoff`, `block`.
+//!
+//! clap puts the flag's name in front of each error these parsers return, so
+//! a bad value reads as one line: the flag, the value, the accepted forms.
+
+use std::time::Duration;
+
+use crate::agent::IdleStrategy;
+use crate::zmqx::{check_endpoint, Attach};
+
+/// The accepted endpoint forms, as every endpoint error states them.
+pub const ENDPOINT_FORMS: &str =
+    "bind:EP, connect:EP or EP, with EP like tcp://127.0.0.1:5556, ipc:///tmp/md or inproc://md";
+/// The accepted duration forms, as every duration error states them.
+pub const DURATION_FORMS: &str = "a number with a unit: us, ms, s, m or h (e.g. 500ms, 5s, 2m)";
+/// The accepted count forms, as every count error states them.
+pub const COUNT_FORMS: &str = "a whole number, optionally with k or M (e.g. 100000, 100k, 2M)";
+
+/// Which way a socket attaches to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    Bind,
+    Connect,
+}
+
+impl How {
+    fn word(self) -> &'static str {
+        match self {
+            How::Bind => "bind",
+            How::Connect => "connect",
+        }
+    }
+}
+
+/// An endpoint as written on the command line: `bind:EP`, `connect:EP` or bare `EP`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `None` for a bare endpoint: the command's default applies.
+    pub how: Option<How>,
+    /// The ZeroMQ endpoint, checked for a known transport and an address.
+    pub endpoint: String,
+}
+
+impl Endpoint {
+    /// Bind or connect, a bare endpoint taking `default`.
+    pub fn attach(&self, default: How) -> Attach {
+        match self.how.unwrap_or(default) {
+            How::Bind => Attach::Bind(self.endpoint.clone()),
+            How::Connect => Attach::Connect(self.endpoint.clone()),
+        }
+    }
+
+    /// The endpoint of a flag whose socket can only attach one way (`only`):
+    /// the other way is refused with a message naming `flag`.
+    pub fn only(&self, only: How, flag: &str) -> Result<String, String> {
+        match self.how {
+            Some(h) if h != only => Err(format!(
+                "{flag} `{}:{}`: this socket can only {}; write {}:EP or EP",
+                h.word(),
+                self.endpoint,
+                only.word(),
+                only.word()
+            )),
+            _ => Ok(self.endpoint.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.how {
+            Some(h) => write!(f, "{}:{}", h.word(), self.endpoint),
+            None => f.write_str(&self.endpoint),
+        }
+    }
+}
+
+/// Parse `bind:EP`, `connect:EP` or a bare `EP`.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let s = s.trim();
+    let (how, endpoint) = if let Some(e) = s.strip_prefix("bind:") {
+        (Some(How::Bind), e)
+    } else if let Some(e) = s.strip_prefix("connect:") {
+        (Some(How::Connect), e)
+    } else {
+        (None, s)
+    };
+    check_endpoint(endpoint).map_err(|why| format!("{why}; accepted: {ENDPOINT_FORMS}"))?;
+    Ok(Endpoint { how, endpoint: endpoint.to_string() })
+}
+
+/// Parse a comma-separated list of endpoints (`connect:EP1,EP2`), each as [`parse_endpoint`].
+pub fn parse_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
+    let list: Vec<Endpoint> =
+        s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(parse_endpoint).collect::<Result<_, _>>()?;
+    if list.is_empty() {
+        return Err(format!("no endpoint given; accepted: {ENDPOINT_FORMS}, several joined by commas"));
+    }
+    Ok(list)
+}
+
+/// Parse a duration with its unit: `250us`, `500ms`, `5s`, `1.5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("`{s}` has no unit; accepted: {DURATION_FORMS}")),
+        _ => return Err(format!("`{s}` has an unknown unit `{unit}`; accepted: {DURATION_FORMS}")),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v >= 0.0 && (v * scale) < 1e12 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}")),
+    }
+}
+
+/// Parse a count: `100000`, `100k`, `2M`, `1.5M`, `1_000_000`.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let t = s.trim().replace('_', "");
+    let (num, scale) = match t.chars().last() {
+        Some('k') | Some('K') => (&t[..t.len() - 1], 1e3),
+        Some('M') => (&t[..t.len() - 1], 1e6),
+        _ => (&t[..], 1.0),
+    };
+    let bad = || format!("`{s}` is not a count; accepted: {COUNT_FORMS}");
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    if scale == 1.0 {
+        return num.parse::<u64>().map_err(|_| bad());
+    }
+    let v = num.parse::<f64>().map_err(|_| bad())? * scale;
+    if v.fract() != 0.0 || v >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+/// [`parse_count`] into a `usize`.
+pub fn parse_count_usize(s: &str) -> Result<usize, String> {
+    let n = parse_count(s)?;
+    usize::try_from(n).map_err(|_| format!("`{s}` is too large; accepted: {COUNT_FORMS}"))
+}
+
+/// [`parse_count`] into a HWM (`i32`, as libzmq takes it; 0 = unlimited).
+pub fn parse_hwm(s: &str) -> Result<i32, String> {
+    let n = parse_count(s)?;
+    i32::try_from(n).map_err(|_| format!("`{s}` is too large: a HWM is at most {} messages", i32::MAX))
+}
+
+/// [`parse_count`] into a byte limit as libzmq's `ZMQ_MAXMSGSIZE` takes it.
+pub fn parse_bytes_i64(s: &str) -> Result<i64, String> {
+    let n = parse_count(s)?;
+    i64::try_from(n).map_err(|_| format!("`{s}` is too large; accepted: {COUNT_FORMS}"))
+}
+
+/// The idle strategy of a command's agents, by name.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Busy-spin (lowest latency; needs a dedicated core).
+    Spin,
+    /// Yield the core between polls.
+    Yield,
+    /// Spin, then yield, then block briefly (right for a shared box).
+    Backoff,
+    /// Block until work arrives (up to 100 ms at a time).
+    Block,
+}
+
+impl Idle {
+    /// The name a tuning profile uses for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Idle::Spin => "spin",
+            Idle::Yield => "yield",
+            Idle::Backoff => "backoff",
+            Idle::Block => "block",
+        }
+    }
+
+    /// The runner's strategy for it.
+    pub fn strategy(self) -> IdleStrategy {
+        IdleStrategy::from_name(self.name()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Probe {
+        #[arg(long, value_parser = parse_endpoint)]
+        endpoint: Option<Endpoint>,
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        #[arg(long, value_parser = parse_count)]
+        count: Option<u64>,
+        #[arg(long, value_parser = parse_hwm)]
+        hwm_msgs: Option<i32>,
+        #[arg(long, value_enum)]
+        idle: Option<Idle>,
+    }
+
+    /// The error clap prints for `--flag value`, as one string.
+    fn error(flag: &str, value: &str) -> String {
+        let e = Probe::try_parse_from(["probe", flag, value]).expect_err("refused");
+        e.to_string()
+    }
+
+    #[test]
+    fn durations_carry_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["5", "", "soon", "5x", "-1s", "s", "1e300s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} refused");
+        }
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_flag_and_the_forms() {
+        let e = error("--timeout", "10");
+        assert!(e.contains("--timeout"), "{e}");
+        assert!(e.contains("500ms, 5s, 2m"), "{e}");
+        assert_eq!(
+            e.trim().lines().next().map(|l| l.contains("--timeout") && l.contains("no unit")),
+            Some(true),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn counts_take_k_and_m() {
+        assert_eq!(parse_count("100000"), Ok(100_000));
+        assert_eq!(parse_count("100k"), Ok(100_000));
+        assert_eq!(parse_count("2M"), Ok(2_000_000));
+        assert_eq!(parse_count("1.5M"), Ok(1_500_000));
+        assert_eq!(parse_count("1_000_000"), Ok(1_000_000));
+        assert_eq!(parse_count("0"), Ok(0));
+        for bad in ["", "k", "-1", "1.5", "0.0001k", "2m", "two", "1e6", "99999999999999999999"] {
+            assert!(parse_count(bad).is_err(), "{bad:?} refused");
+        }
+        assert_eq!(parse_hwm("100k"), Ok(100_000));
+        assert!(parse_hwm("3000M").unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn a_bad_count_names_the_flag_and_the_forms() {
+        let e = error("--count", "lots");
+        assert!(e.contains("--count") && e.contains("100k, 2M"), "{e}");
+        let e = error("--hwm-msgs", "1.5");
+        assert!(e.contains("--hwm-msgs") && e.contains("100k, 2M"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_say_bind_or_connect_or_take_the_default() {
+        let b = parse_endpoint("bind:tcp://127.0.0.1:*").expect("bind");
+        assert_eq!(b.how, Some(How::Bind));
+        assert_eq!(b.attach(How::Connect), Attach::Bind("tcp://127.0.0.1:*".into()));
+        let c = parse_endpoint("connect:ipc:///tmp/x").expect("connect");
+        assert_eq!(c.attach(How::Bind), Attach::Connect("ipc:///tmp/x".into()));
+        let bare = parse_endpoint("tcp://10.0.0.5:5556").expect("bare");
+        assert_eq!(bare.how, None);
+        assert_eq!(bare.attach(How::Connect), Attach::Connect("tcp://10.0.0.5:5556".into()));
+        assert_eq!(bare.attach(How::Bind), Attach::Bind("tcp://10.0.0.5:5556".into()));
+        assert_eq!(bare.to_string(), "tcp://10.0.0.5:5556");
+        assert_eq!(c.to_string(), "connect:ipc:///tmp/x");
+        for bad in ["", "listen:tcp://127.0.0.1:5", "bind:nope", "tcp://127.0.0.1", "127.0.0.1:5556"] {
+            assert!(parse_endpoint(bad).is_err(), "{bad:?} refused");
+        }
+        let list = parse_endpoint_list("connect:tcp://a:1, tcp://b:2").expect("list");
+        assert_eq!(list.len(), 2);
+        assert!(parse_endpoint_list(",").is_err());
+    }
+
+    #[test]
+    fn a_one_way_socket_refuses_the_other_way() {
+        let c = parse_endpoint("connect:tcp://127.0.0.1:5556").expect("connect");
+        let e = c.only(How::Bind, "--endpoint").expect_err("refused");
+        assert!(e.contains("--endpoint") && e.contains("can only bind"), "{e}");
+        assert_eq!(
+            parse_endpoint("tcp://127.0.0.1:5556").expect("bare").only(How::Bind, "--endpoint").as_deref(),
+            Ok("tcp://127.0.0.1:5556")
+        );
+    }
+
+    #[test]
+    fn a_bad_endpoint_names_the_flag_and_the_forms() {
+        let e = error("--endpoint", "127.0.0.1:5556");
+        assert!(e.contains("--endpoint") && e.contains("bind:EP, connect:EP or EP"), "{e}");
+    }
+
+    #[test]
+    fn idle_names_match_the_runner() {
+        assert_eq!(Idle::Spin.strategy(), IdleStrategy::Spin);
+        assert_eq!(Idle::Backoff.strategy(), IdleStrategy::default());
+        let e = error("--idle", "nap");
+        assert!(e.contains("--idle") && e.contains("spin") && e.contains("block"), "{e}");
+    }
+}

@@ -1,0 +1,70 @@
+//! The synthetic feed and publisher flags shared by `mdsub demo`, `replay` and `bench`.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::args::{parse_count, parse_count_usize, parse_duration, parse_hwm};
+use crate::feed::GeneratorConfig;
+use crate::replay::{Limits, Pacing};
+
+/// The synthetic feed and its pacing.
+#[derive(Args, Debug, Clone)]
+pub struct FeedArgs {
+    /// Offered rate in messages per second (e.g. 100k); 0 = flat out.
+    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    pub rate: Option<u64>,
+    /// Stop after this long (e.g. 5s, 500ms).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Stop after this many messages (e.g. 2M).
+    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// Payload bytes per message (the frame adds the topic, a NUL and the header).
+    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
+    pub payload_bytes: usize,
+    /// Number of symbols (topics), Zipf-popular.
+    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "COUNT")]
+    pub symbols: usize,
+    /// Zipf exponent of symbol popularity (0 = uniform).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Send in bursts of this many messages sharing one intended send time.
+    #[arg(long, value_parser = parse_count, default_value = "1", value_name = "COUNT")]
+    pub burst: u64,
+    /// Generator seed (same seed, same feed).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl FeedArgs {
+    pub(crate) fn generator(&self) -> GeneratorConfig {
+        GeneratorConfig {
+            symbols: self.symbols.max(1),
+            zipf_s: self.zipf,
+            payload_bytes: self.payload_bytes,
+            seed: self.seed,
+        }
+    }
+    pub(crate) fn pacing(&self, default_rate: Option<u64>) -> Pacing {
+        match self.rate.or(default_rate) {
+            None | Some(0) => Pacing::FlatOut,
+            Some(r) => Pacing::Rate { msgs_per_sec: r, burst: self.burst.max(1) },
+        }
+    }
+    pub(crate) fn limits(&self, default_duration: Option<Duration>) -> Limits {
+        let duration = if self.count.is_some() { self.duration } else { self.duration.or(default_duration) };
+        Limits { max_msgs: self.count, duration }
+    }
+}
+
+/// The publisher's socket settings.
+#[derive(Args, Debug, Clone)]
+pub struct PublisherArgs {
+    /// Publisher send high-water mark per subscriber, in messages (e.g. 100k).
+    #[arg(long, value_parser = parse_hwm, default_value = "100000", value_name = "COUNT")]
+    pub sndhwm_msgs: i32,
+    /// Drop at the HWM like a plain PUB instead of pushing back (XPUB_NODROP off).
+    #[arg(long)]
+    pub lossy: bool,
+}

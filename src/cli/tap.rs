@@ -1,0 +1,94 @@
+//! `mdsub tap`: the Espresso tracing proxy's command line.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::args::{parse_bytes_i64, parse_count_usize, parse_endpoint, parse_hwm, Endpoint, How, Idle};
+use crate::agent::StopFlag;
+use crate::tap::sink::Show;
+use crate::tap::{TapError, TapReport, TapRunConfig};
+
+/// `mdsub tap`: a tracing proxy (Espresso) between publishers and subscribers.
+///
+/// Endpoints are written `bind:EP`, `connect:EP` or a bare `EP` (which binds),
+/// repeatable; each endpoint in effect is printed on startup as
+/// `tap: frontend bound tcp://127.0.0.1:PORT`. By default every message and
+/// every (un)subscription is printed, one line each. SIGINT/SIGTERM stop it
+/// and print its counters (drops included) on stderr.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Endpoints: write each side as bind:EP, connect:EP or EP (a bare EP binds), e.g.\n  \
+    mdsub tap --frontend connect:tcp://10.0.0.5:5556 --backend tcp://*:5557 --filter 'ESH6\\0'\n\
+    Every endpoint in effect is printed on startup, one line each: tap: frontend bound tcp://...\n\
+    Copies go to the printer/recorder through a bounded queue (--queue-msgs); when it is full they\n\
+    are dropped and counted, the proxy keeps forwarding. SIGINT/SIGTERM stop it; counters (drops\n\
+    included) go to stderr. See docs/LVC-TAP.md.")]
+pub struct TapArgs {
+    /// Publisher side (XSUB): bind:EP, connect:EP or EP (binds); repeatable.
+    #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
+    pub frontend: Vec<Endpoint>,
+    /// Subscriber side (XPUB, verbose): bind:EP, connect:EP or EP (binds); repeatable.
+    #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
+    pub backend: Vec<Endpoint>,
+    /// Show/record only messages whose first frame starts with PREFIX
+    /// (repeatable; escapes \0, \xNN, \\ — `ESH6\0` is exactly topic ESH6).
+    /// Does not change what the proxy forwards.
+    #[arg(long, value_name = "PREFIX")]
+    pub filter: Vec<String>,
+    /// Print only message counts per topic, refreshed once a second.
+    #[arg(long, conflicts_with = "quiet")]
+    pub stats: bool,
+    /// Print nothing per message (useful with --record).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Record the (filtered) messages to this capture file, frames verbatim
+    /// with the MORE flag; `mdsub replay --from FILE` replays it.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Subscribe upstream to everything, so the tap sees traffic even when no
+    /// subscriber asked for it (subscribers still get only what they subscribe to).
+    #[arg(long)]
+    pub subscribe_all: bool,
+    /// Capacity of the proxy → sink queue, messages; when full, copies are dropped (counted).
+    #[arg(long, value_parser = parse_count_usize, default_value = "65536", value_name = "COUNT")]
+    pub queue_msgs: usize,
+    /// SNDHWM and RCVHWM of both proxy sockets, messages (0 = unlimited).
+    #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
+    pub hwm_msgs: i32,
+    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
+    /// a larger one drops that publisher's connection, as libzmq does).
+    #[arg(long, value_parser = parse_bytes_i64, default_value = "1048576", value_name = "BYTES")]
+    pub max_msg_bytes: i64,
+    /// Idle strategy of both threads.
+    #[arg(long, value_enum, default_value_t = Idle::Backoff)]
+    pub idle: Idle,
+}
+
+impl TapArgs {
+    /// The library configuration these arguments describe.
+    pub fn to_config(&self) -> TapRunConfig {
+        TapRunConfig {
+            frontend: self.frontend.iter().map(|e| e.attach(How::Bind)).collect(),
+            backend: self.backend.iter().map(|e| e.attach(How::Bind)).collect(),
+            filter: self.filter.clone(),
+            show: if self.stats {
+                Show::Stats
+            } else if self.quiet {
+                Show::Nothing
+            } else {
+                Show::Lines
+            },
+            record: self.record.clone(),
+            subscribe_all: self.subscribe_all,
+            queue_msgs: self.queue_msgs,
+            hwm_msgs: self.hwm_msgs,
+            max_msg_bytes: self.max_msg_bytes,
+            idle: self.idle.strategy(),
+        }
+    }
+}
+
+/// Run `mdsub tap` until SIGINT/SIGTERM.
+pub fn run(args: &TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
+    crate::tap::run(args.to_config(), stop)
+}
