@@ -884,9 +884,14 @@ fn an_update_is_in_the_log_before_it_is_published() {
     sub.set_subscribe(b"/burst/").expect("subscribe");
     sub.connect(&format!("tcp://127.0.0.1:{}", p + 1)).expect("connect");
     coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
-    let probe = chp_frames(b"/burst/probe", 0, b"probe-uuid-00016", b"", b"p");
-    wait_until(Duration::from_secs(5), "the probe to be published", || {
-        coll.send_multipart(&probe, 0).expect("send");
+    // A fresh UUID per attempt: the server re-publishes a repeated UUID only
+    // once, so a repeated probe could go unseen while the SUB connects.
+    let mut attempt = 0u32;
+    wait_until(Duration::from_secs(10), "the probe to be published", || {
+        attempt += 1;
+        let mut uuid = *b"probe-uuid-00000";
+        uuid[12..].copy_from_slice(&attempt.to_be_bytes());
+        coll.send_multipart(chp_frames(b"/burst/probe", 0, &uuid, b"", b"p"), 0).expect("send");
         sub.poll(zmq::POLLIN, 50).expect("poll") > 0
     });
     while sub.poll(zmq::POLLIN, 200).expect("poll") > 0 {
