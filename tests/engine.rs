@@ -132,7 +132,7 @@ fn engine_stops_cleanly_on_sigint_with_a_report() {
     // Nobody publishes here; the engine runs until interrupted.
     let port = free_port_block(1);
     let mut cmd = mdsub();
-    cmd.args(["engine", "--expect-eos", "0", "--connect", &format!("tcp://127.0.0.1:{port}")]);
+    cmd.args(["engine", "--expect-eos", "0", "--endpoint", &format!("tcp://127.0.0.1:{port}")]);
     let mut engine = LineProc::spawn("engine", cmd.stderr(std::process::Stdio::piped()));
     // Handshake: the engine says it is connected (after installing its handler).
     let stderr = engine.proc.child.stderr.take().expect("piped stderr");

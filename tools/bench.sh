@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark set recorded in benches/README.md and keeps every result
 # as JSON under out/bench-<commit>-<time>/ (each file is stamped inside with
-# machine, commit and settings). Usage: tools/bench.sh [repeats]
+# machine, commit and settings). Usage: tools/bench.sh [runs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats="${1:-5}"
@@ -15,11 +15,11 @@ echo "results in $dir"
 run() { # name, args...
   local name=$1; shift
   echo "== $name: mdsub bench $*"
-  "$bin" bench "$@" --repeats "$repeats" --save "$dir/$name.json" | tee "$dir/$name.txt"
+  "$bin" bench "$@" --runs "$repeats" --save "$dir/$name.json" | tee "$dir/$name.txt"
 }
 
 # Lossless throughput, flat out, 100-byte payloads.
-run throughput-100B --count 2M --size 100
+run throughput-100B --count 2M --payload-bytes 100
 # Latency at a fixed rate well inside capacity.
-run latency-100k --rate 100k --duration 5s --size 100
+run latency-100k --rate 100k --duration 5s --payload-bytes 100
 echo "done: $dir"
