@@ -1,21 +1,37 @@
 //! Agents and their runner: every long-running mdsub thread is an [`Agent`]
-//! (Aeron's agent model). A [`Runner`] owns the thread: it names it, pins it
-//! to a core, loops `do_work`, and applies the [`IdleStrategy`] when an agent
-//! reports no work. Agents never spawn, sleep or pin themselves, so the same
-//! agent can be driven by hand on a test thread.
+//! (Aeron's agent model), and [`Runner`] is the only code that starts
+//! threads. The runner names the thread after [`Agent::role`], pins it, loops
+//! [`Agent::do_work`], applies the [`IdleStrategy`] when the agent reports no
+//! work (with real microsecond waits), waits out back-pressure when the agent
+//! reports [`Step::Blocked`], catches panics, and keeps per-agent
+//! [`AgentCounters`]: work done, idle rounds, time idle, time blocked on
+//! back-pressure, and the thread's own CPU time. Agents never spawn, sleep or
+//! pin themselves, so the same agent can be driven by hand ([`run_agent`]) on
+//! a test thread.
+//!
+//! Short one-shot jobs that must run on a named, pinned thread of their own
+//! (making a shard's ZeroMQ context so its I/O thread inherits the pinning, a
+//! benchmark's load generator) go through [`Runner::task`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crossbeam::utils::CachePadded;
 use serde::{Deserialize, Serialize};
+
+use crate::clock;
 
 /// What one call to [`Agent::do_work`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// Processed this many items (0 means idle: the runner applies its idle strategy).
     Worked(usize),
+    /// Processed this many items, then an output was full (back-pressure):
+    /// the runner waits in [`Agent::blocked_wait`] and counts the time.
+    Blocked(usize),
     /// The agent has finished its job (end of stream, stop request seen).
     Finished,
 }
@@ -31,6 +47,13 @@ pub enum AgentError {
         #[source]
         source: zmq::Error,
     },
+    /// The OS would not start the thread.
+    #[error("{role}: cannot start its thread: {source}")]
+    Spawn {
+        role: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Any other fatal condition, with a message a person can act on.
     #[error("{role}: {message}")]
     Fatal { role: String, message: String },
@@ -44,11 +67,17 @@ pub trait Agent: Send {
     /// Do one bounded unit of work without blocking for long.
     fn do_work(&mut self) -> Result<Step, AgentError>;
 
-    /// Wait up to `timeout` for work to arrive. Agents with a socket override
-    /// this with a poll so that an idle agent wakes at once on traffic; the
-    /// default sleeps.
+    /// Wait up to `timeout` for input to arrive. Agents with a socket override
+    /// this with a wait on it (`zmqx::wait_ready`) so that an idle agent wakes
+    /// at once on traffic; the default sleeps.
     fn idle_wait(&mut self, timeout: Duration) {
         std::thread::sleep(timeout);
+    }
+
+    /// Wait up to `timeout` for a full output to take more (after
+    /// [`Step::Blocked`]); the default is [`Agent::idle_wait`].
+    fn blocked_wait(&mut self, timeout: Duration) {
+        self.idle_wait(timeout);
     }
 
     /// Called once when the runner stops the agent (normal end, stop flag or error).
@@ -77,6 +106,9 @@ impl Default for IdleStrategy {
 }
 
 impl IdleStrategy {
+    /// The names accepted by [`IdleStrategy::from_name`].
+    pub const NAMES: &'static str = "spin, yield, backoff, block";
+
     /// Parse a name as used on the command line: `spin`, `yield`, `backoff`, `block`.
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
@@ -87,6 +119,152 @@ impl IdleStrategy {
             _ => None,
         }
     }
+
+    /// The longest single wait this strategy makes (None: it never blocks).
+    pub fn max_wait(&self) -> Option<Duration> {
+        match *self {
+            IdleStrategy::Spin | IdleStrategy::Yield => None,
+            IdleStrategy::Backoff { max_wait_us } => Some(Duration::from_micros(max_wait_us)),
+            IdleStrategy::Block { wait_us } => Some(Duration::from_micros(wait_us)),
+        }
+    }
+}
+
+/// Live counters of one agent, written by its runner thread only (relaxed
+/// stores), read by anyone (reports, `/metrics`).
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    /// Items processed (the sum of what `do_work` reported).
+    pub work: CachePadded<AtomicU64>,
+    /// Calls to `do_work` that found nothing to do.
+    pub idle_rounds: AtomicU64,
+    /// Time spent waiting in `idle_wait` (spins and yields are not timed).
+    pub idle_ns: AtomicU64,
+    /// Times `do_work` reported back-pressure, and the time spent waiting it out.
+    pub blocked_rounds: AtomicU64,
+    pub blocked_ns: AtomicU64,
+    /// CPU time of the agent's thread (sampled: every 256 working rounds,
+    /// before each wait and at the end).
+    pub cpu_ns: AtomicU64,
+    /// Monotonic start and end of the run loop (end 0 while running).
+    pub started_ns: AtomicU64,
+    pub ended_ns: AtomicU64,
+}
+
+/// A copy of one agent's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    pub role: String,
+    pub work: u64,
+    pub idle_rounds: u64,
+    pub idle_ns: u64,
+    pub blocked_rounds: u64,
+    pub blocked_ns: u64,
+    pub cpu_ns: u64,
+    /// Wall time the run loop has run so far (or ran).
+    pub wall_ns: u64,
+}
+
+impl AgentStats {
+    /// CPU ns per item of work (0 with no work).
+    pub fn cpu_ns_per_item(&self) -> f64 {
+        if self.work == 0 {
+            0.0
+        } else {
+            self.cpu_ns as f64 / self.work as f64
+        }
+    }
+
+    /// Share of the wall time the thread was on a CPU.
+    pub fn busy_fraction(&self) -> f64 {
+        if self.wall_ns == 0 {
+            0.0
+        } else {
+            (self.cpu_ns as f64 / self.wall_ns as f64).min(1.0)
+        }
+    }
+}
+
+impl AgentCounters {
+    /// A consistent-enough copy (each field is read once, relaxed).
+    pub fn snapshot(&self, role: &str) -> AgentStats {
+        let started = self.started_ns.load(Relaxed);
+        let ended = self.ended_ns.load(Relaxed);
+        let end = if ended > 0 { ended } else { clock::monotonic_ns() };
+        AgentStats {
+            role: role.to_string(),
+            work: self.work.load(Relaxed),
+            idle_rounds: self.idle_rounds.load(Relaxed),
+            idle_ns: self.idle_ns.load(Relaxed),
+            blocked_rounds: self.blocked_rounds.load(Relaxed),
+            blocked_ns: self.blocked_ns.load(Relaxed),
+            cpu_ns: self.cpu_ns.load(Relaxed),
+            wall_ns: if started > 0 { end.saturating_sub(started) } else { 0 },
+        }
+    }
+}
+
+/// The runner's side of the counters: plain locals, stored to the shared
+/// atomics as they change (one relaxed store each, on the agent's own lines).
+struct Tally<'a> {
+    shared: &'a AgentCounters,
+    work: u64,
+    idle_rounds: u64,
+    idle_ns: u64,
+    blocked_rounds: u64,
+    blocked_ns: u64,
+    since_cpu_sample: u32,
+}
+
+impl<'a> Tally<'a> {
+    fn new(shared: &'a AgentCounters) -> Self {
+        shared.started_ns.store(clock::monotonic_ns(), Relaxed);
+        shared.ended_ns.store(0, Relaxed);
+        Tally {
+            shared,
+            work: shared.work.load(Relaxed),
+            idle_rounds: shared.idle_rounds.load(Relaxed),
+            idle_ns: shared.idle_ns.load(Relaxed),
+            blocked_rounds: shared.blocked_rounds.load(Relaxed),
+            blocked_ns: shared.blocked_ns.load(Relaxed),
+            since_cpu_sample: 0,
+        }
+    }
+
+    #[inline]
+    fn worked(&mut self, n: usize) {
+        self.work += n as u64;
+        self.shared.work.store(self.work, Relaxed);
+        self.since_cpu_sample += 1;
+        if self.since_cpu_sample >= 256 {
+            self.sample_cpu();
+        }
+    }
+
+    fn sample_cpu(&mut self) {
+        self.since_cpu_sample = 0;
+        self.shared.cpu_ns.store(clock::thread_cpu_ns(), Relaxed);
+    }
+
+    /// Run `wait`, timing it into idle or blocked time.
+    fn timed(&mut self, blocked: bool, wait: impl FnOnce()) {
+        self.sample_cpu();
+        let t0 = clock::monotonic_ns();
+        wait();
+        let dt = clock::monotonic_ns().saturating_sub(t0);
+        if blocked {
+            self.blocked_ns += dt;
+            self.shared.blocked_ns.store(self.blocked_ns, Relaxed);
+        } else {
+            self.idle_ns += dt;
+            self.shared.idle_ns.store(self.idle_ns, Relaxed);
+        }
+    }
+
+    fn end(&mut self) {
+        self.sample_cpu();
+        self.shared.ended_ns.store(clock::monotonic_ns(), Relaxed);
+    }
 }
 
 /// Per-thread idle state for the strategy (how many idle rounds in a row).
@@ -96,11 +274,13 @@ struct Idler {
 }
 
 impl Idler {
-    fn idle<A: Agent + ?Sized>(&mut self, agent: &mut A) {
+    fn idle<A: Agent + ?Sized>(&mut self, agent: &mut A, tally: &mut Tally) {
+        tally.idle_rounds += 1;
+        tally.shared.idle_rounds.store(tally.idle_rounds, Relaxed);
         match self.strategy {
             IdleStrategy::Spin => std::hint::spin_loop(),
             IdleStrategy::Yield => std::thread::yield_now(),
-            IdleStrategy::Block { wait_us } => agent.idle_wait(Duration::from_micros(wait_us)),
+            IdleStrategy::Block { wait_us } => tally.timed(false, || agent.idle_wait(Duration::from_micros(wait_us))),
             IdleStrategy::Backoff { max_wait_us } => {
                 self.idle_rounds = self.idle_rounds.saturating_add(1);
                 if self.idle_rounds <= 10 {
@@ -110,10 +290,21 @@ impl Idler {
                 } else if self.idle_rounds <= 20 {
                     std::thread::yield_now();
                 } else {
-                    agent.idle_wait(Duration::from_micros(max_wait_us));
+                    tally.timed(false, || agent.idle_wait(Duration::from_micros(max_wait_us)));
                 }
             }
         }
+    }
+
+    fn blocked<A: Agent + ?Sized>(&mut self, agent: &mut A, tally: &mut Tally) {
+        tally.blocked_rounds += 1;
+        tally.shared.blocked_rounds.store(tally.blocked_rounds, Relaxed);
+        let strategy = self.strategy;
+        tally.timed(true, || match strategy.max_wait() {
+            None if strategy == IdleStrategy::Spin => std::hint::spin_loop(),
+            None => std::thread::yield_now(),
+            Some(d) => agent.blocked_wait(d),
+        });
     }
 
     fn reset(&mut self) {
@@ -128,6 +319,13 @@ pub struct RunSpec {
     pub core: Option<usize>,
     /// What to do when the agent is idle.
     pub idle: IdleStrategy,
+}
+
+impl RunSpec {
+    /// Unpinned, with `idle`.
+    pub fn unpinned(idle: IdleStrategy) -> Self {
+        RunSpec { core: None, idle }
+    }
 }
 
 /// Shared stop flag: set it and every runner using it stops its agent after the
@@ -159,33 +357,125 @@ pub fn pin_current_thread(core: usize) -> Result<(), String> {
     }
 }
 
-/// Drive `agent` on the current thread until it finishes, fails, or `stop` is set.
-pub fn run_agent<A: Agent + ?Sized>(agent: &mut A, idle: IdleStrategy, stop: &StopFlag) -> Result<(), AgentError> {
+/// Drive `agent` on the current thread until it finishes, fails, or `stop` is
+/// set, keeping `counters`.
+pub fn run_agent<A: Agent + ?Sized>(
+    agent: &mut A,
+    idle: IdleStrategy,
+    stop: &StopFlag,
+    counters: &AgentCounters,
+) -> Result<(), AgentError> {
     let mut idler = Idler { strategy: idle, idle_rounds: 0 };
+    let mut tally = Tally::new(counters);
     let result = loop {
         if stop.is_stopped() {
             break Ok(());
         }
         match agent.do_work() {
-            Ok(Step::Worked(0)) => idler.idle(agent),
-            Ok(Step::Worked(_)) => idler.reset(),
+            Ok(Step::Worked(0)) => idler.idle(agent, &mut tally),
+            Ok(Step::Worked(n)) => {
+                idler.reset();
+                tally.worked(n);
+            }
+            Ok(Step::Blocked(n)) => {
+                idler.reset();
+                if n > 0 {
+                    tally.worked(n);
+                }
+                idler.blocked(agent, &mut tally);
+            }
             Ok(Step::Finished) => break Ok(()),
             Err(e) => break Err(e),
         }
     };
     agent.on_close();
+    tally.end();
     result
 }
 
-/// Spawns, names and pins agent threads.
+/// Every agent started by a [`Runner`] in this process, for reports and
+/// `/metrics` (entries of finished agents are pruned as they are found).
+static REGISTRY: Mutex<Vec<(String, Weak<AgentCounters>)>> = Mutex::new(Vec::new());
+
+fn register(role: &str, counters: &Arc<AgentCounters>) {
+    if let Ok(mut r) = REGISTRY.lock() {
+        r.retain(|(_, w)| w.strong_count() > 0);
+        r.push((role.to_string(), Arc::downgrade(counters)));
+    }
+}
+
+/// What a panic said, for the error message.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// The one place mdsub starts threads.
 pub struct Runner;
 
 impl Runner {
-    /// Spawn `agent` on a new thread named after its role, pinned per `spec`.
-    /// The agent is built *on* the new thread by `make`, so sockets it creates
-    /// (and libzmq I/O threads started by them) inherit the pinning. If the
-    /// agent fails or panics, `stop` is set so the threads that depend on it
-    /// stop too instead of waiting for it forever.
+    /// Start `agent` on a new thread named after its role, pinned per `spec`.
+    /// If the agent fails or panics, `stop` is set so the agents that depend
+    /// on it stop too instead of waiting for it forever. The handle gives the
+    /// agent back when it ends, so its owner can read its final state.
+    pub fn start<A: Agent + 'static>(spec: RunSpec, stop: StopFlag, agent: A) -> Result<AgentHandle<A>, AgentError> {
+        let role = agent.role().to_string();
+        let counters = Arc::new(AgentCounters::default());
+        register(&role, &counters);
+        let (c, r) = (counters.clone(), role.clone());
+        let join = std::thread::Builder::new()
+            .name(role.clone())
+            .spawn(move || {
+                let mut agent = agent;
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Some(core) = spec.core {
+                        pin_current_thread(core).map_err(|message| AgentError::Fatal { role: r.clone(), message })?;
+                    }
+                    run_agent(&mut agent, spec.idle, &stop, &c)
+                }));
+                let result = match run {
+                    Ok(Ok(())) => Ok(agent),
+                    Ok(Err(e)) => Err(e),
+                    Err(p) => Err(AgentError::Fatal { role: r, message: format!("panicked: {}", panic_text(&*p)) }),
+                };
+                if result.is_err() {
+                    stop.stop();
+                }
+                result
+            })
+            .map_err(|source| AgentError::Spawn { role: role.clone(), source })?;
+        Ok(AgentHandle { role, counters, join })
+    }
+
+    /// Run a one-shot job `f` on a new thread named `name`, pinned to `core`:
+    /// for what must happen on a thread of its own (a shard's ZeroMQ context
+    /// is made on a thread pinned to its I/O core, so libzmq's I/O thread
+    /// inherits name and CPU mask) or a benchmark's load generator.
+    pub fn task<T, F>(name: &str, core: Option<usize>, f: F) -> Result<TaskHandle<T>, AgentError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let role = name.to_string();
+        let r = role.clone();
+        let join = std::thread::Builder::new()
+            .name(role.clone())
+            .spawn(move || {
+                if let Some(core) = core {
+                    pin_current_thread(core).map_err(|message| AgentError::Fatal { role: r, message })?;
+                }
+                Ok(f())
+            })
+            .map_err(|source| AgentError::Spawn { role: role.clone(), source })?;
+        Ok(TaskHandle { role, join })
+    }
+
+    /// Transitional (removed once every caller uses [`Runner::start`]): build
+    /// the agent with `make` on a new thread named `name`, pinned per `spec`,
+    /// and run it.
     pub fn spawn<A, F>(
         name: &str,
         spec: RunSpec,
@@ -197,20 +487,84 @@ impl Runner {
         F: FnOnce() -> Result<A, AgentError> + Send + 'static,
     {
         let role = name.to_string();
+        let counters = Arc::new(AgentCounters::default());
+        register(&role, &counters);
         std::thread::Builder::new().name(role.clone()).spawn(move || {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if let Some(core) = spec.core {
                     pin_current_thread(core).map_err(|message| AgentError::Fatal { role: role.clone(), message })?;
                 }
                 let mut agent = make()?;
-                run_agent(&mut agent, spec.idle, &stop)
+                run_agent(&mut agent, spec.idle, &stop, &counters)
             }));
-            let result = run.unwrap_or_else(|_| Err(AgentError::Fatal { role, message: "panicked".into() }));
+            let result = run
+                .unwrap_or_else(|p| Err(AgentError::Fatal { role, message: format!("panicked: {}", panic_text(&*p)) }));
             if result.is_err() {
                 stop.stop();
             }
             result
         })
+    }
+
+    /// Counters of every agent still alive in this process.
+    pub fn agents() -> Vec<AgentStats> {
+        let Ok(r) = REGISTRY.lock() else { return Vec::new() };
+        r.iter().filter_map(|(role, w)| w.upgrade().map(|c| c.snapshot(role))).collect()
+    }
+}
+
+/// Join a runner thread; a panic that escaped becomes an error naming the role.
+fn join_thread<T>(role: String, join: JoinHandle<Result<T, AgentError>>) -> Result<T, AgentError> {
+    join.join().unwrap_or_else(|p| Err(AgentError::Fatal { role, message: format!("panicked: {}", panic_text(&*p)) }))
+}
+
+/// A running agent.
+pub struct AgentHandle<A> {
+    role: String,
+    counters: Arc<AgentCounters>,
+    join: JoinHandle<Result<A, AgentError>>,
+}
+
+impl<A> AgentHandle<A> {
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// The agent's live counters.
+    pub fn counters(&self) -> &Arc<AgentCounters> {
+        &self.counters
+    }
+
+    /// A copy of the counters now.
+    pub fn stats(&self) -> AgentStats {
+        self.counters.snapshot(&self.role)
+    }
+
+    /// The thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// Wait for the agent to end; the agent back, or why it failed.
+    pub fn join(self) -> Result<A, AgentError> {
+        join_thread(self.role, self.join)
+    }
+}
+
+/// A running one-shot job.
+pub struct TaskHandle<T> {
+    role: String,
+    join: JoinHandle<Result<T, AgentError>>,
+}
+
+impl<T> TaskHandle<T> {
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// Wait for the job; its result, or why it could not run.
+    pub fn join(self) -> Result<T, AgentError> {
+        join_thread(self.role, self.join)
     }
 }
 
@@ -221,6 +575,12 @@ mod tests {
     struct Countdown {
         left: usize,
         idles: usize,
+        blocked_every: usize,
+        blocked_waits: usize,
+    }
+
+    fn countdown(left: usize) -> Countdown {
+        Countdown { left, idles: 0, blocked_every: 0, blocked_waits: 0 }
     }
 
     impl Agent for Countdown {
@@ -232,27 +592,50 @@ mod tests {
                 return Ok(Step::Finished);
             }
             self.left -= 1;
+            if self.blocked_every > 0 && self.left % self.blocked_every == 0 {
+                return Ok(Step::Blocked(1));
+            }
             Ok(Step::Worked(self.left % 2))
         }
         fn idle_wait(&mut self, _timeout: Duration) {
             self.idles += 1;
         }
+        fn blocked_wait(&mut self, timeout: Duration) {
+            self.blocked_waits += 1;
+            std::thread::sleep(timeout);
+        }
     }
 
     #[test]
     fn runs_until_finished_and_idles_through_agent() {
-        let mut a = Countdown { left: 100, idles: 0 };
-        run_agent(&mut a, IdleStrategy::Block { wait_us: 1 }, &StopFlag::new()).expect("runs");
+        let mut a = countdown(100);
+        let c = AgentCounters::default();
+        run_agent(&mut a, IdleStrategy::Block { wait_us: 1 }, &StopFlag::new(), &c).expect("runs");
         assert_eq!(a.left, 0);
         assert_eq!(a.idles, 50, "every idle step goes through idle_wait");
+        let s = c.snapshot("countdown");
+        assert_eq!((s.work, s.idle_rounds), (50, 50));
+        assert!(s.cpu_ns > 0 && s.wall_ns > 0, "{s:?}");
+    }
+
+    #[test]
+    fn back_pressure_is_waited_out_and_timed() {
+        let mut a = countdown(10);
+        a.blocked_every = 5;
+        let c = AgentCounters::default();
+        run_agent(&mut a, IdleStrategy::Block { wait_us: 200 }, &StopFlag::new(), &c).expect("runs");
+        assert_eq!(a.blocked_waits, 2);
+        let s = c.snapshot("countdown");
+        assert_eq!(s.blocked_rounds, 2);
+        assert!(s.blocked_ns >= 400_000, "two waits of 200 µs are counted: {s:?}");
     }
 
     #[test]
     fn stop_flag_stops_before_work() {
         let stop = StopFlag::new();
         stop.stop();
-        let mut a = Countdown { left: 10, idles: 0 };
-        run_agent(&mut a, IdleStrategy::Spin, &stop).expect("runs");
+        let mut a = countdown(10);
+        run_agent(&mut a, IdleStrategy::Spin, &stop, &AgentCounters::default()).expect("runs");
         assert_eq!(a.left, 10);
     }
 
@@ -263,28 +646,80 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_agent_stops_the_others() {
-        let stop = StopFlag::new();
-        let h = Runner::spawn("failing", RunSpec { core: None, idle: IdleStrategy::Spin }, stop.clone(), || {
-            Err::<Countdown, _>(AgentError::Fatal { role: "failing".into(), message: "no".into() })
-        })
-        .expect("spawn");
-        assert!(h.join().expect("joined").is_err());
-        assert!(stop.is_stopped());
-        let stop = StopFlag::new();
-        let h = Runner::spawn("panicking", RunSpec { core: None, idle: IdleStrategy::Spin }, stop.clone(), || {
-            if stop_never() {
-                return Ok(Countdown { left: 0, idles: 0 });
+    fn the_thread_is_named_from_the_role_and_the_agent_comes_back() {
+        struct Named;
+        impl Agent for Named {
+            fn role(&self) -> &str {
+                "named-agent"
             }
-            panic!("agent construction panicked")
-        })
-        .expect("spawn");
-        assert!(h.join().expect("joined").is_err());
-        assert!(stop.is_stopped());
+            fn do_work(&mut self) -> Result<Step, AgentError> {
+                assert_eq!(std::thread::current().name(), Some("named-agent"));
+                Ok(Step::Finished)
+            }
+        }
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Spin), StopFlag::new(), Named).expect("start");
+        assert_eq!(h.role(), "named-agent");
+        let back = h.join().expect("joined");
+        assert_eq!(back.role(), "named-agent");
     }
 
-    fn stop_never() -> bool {
-        std::env::var_os("MDSUB_NEVER_SET_THIS").is_some()
+    #[test]
+    fn a_failing_or_panicking_agent_stops_the_others() {
+        struct Failing(bool);
+        impl Agent for Failing {
+            fn role(&self) -> &str {
+                "failing"
+            }
+            fn do_work(&mut self) -> Result<Step, AgentError> {
+                if self.0 {
+                    panic!("do_work panicked on purpose");
+                }
+                Err(AgentError::Fatal { role: "failing".into(), message: "no".into() })
+            }
+        }
+        for panics in [false, true] {
+            let stop = StopFlag::new();
+            let h = Runner::start(RunSpec::unpinned(IdleStrategy::Spin), stop.clone(), Failing(panics)).expect("start");
+            let err = h.join().err().expect("fails");
+            assert!(stop.is_stopped());
+            if panics {
+                assert!(err.to_string().contains("do_work panicked on purpose"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn tasks_run_on_a_named_thread_and_report_panics() {
+        let name = Runner::task("a-task", None, || std::thread::current().name().map(str::to_string))
+            .expect("start")
+            .join()
+            .expect("joined");
+        assert_eq!(name.as_deref(), Some("a-task"));
+        let err = Runner::task("a-task", None, || -> u8 { panic!("boom") }).expect("start").join();
+        assert!(err.err().expect("fails").to_string().contains("boom"));
+    }
+
+    #[test]
+    fn live_agents_are_listed() {
+        struct Waits(StopFlag);
+        impl Agent for Waits {
+            fn role(&self) -> &str {
+                "listed-agent"
+            }
+            fn do_work(&mut self) -> Result<Step, AgentError> {
+                Ok(if self.0.is_stopped() { Step::Finished } else { Step::Worked(0) })
+            }
+        }
+        let stop = StopFlag::new();
+        let h = Runner::start(
+            RunSpec::unpinned(IdleStrategy::Block { wait_us: 100 }),
+            StopFlag::new(),
+            Waits(stop.clone()),
+        )
+        .expect("start");
+        assert!(Runner::agents().iter().any(|a| a.role == "listed-agent"));
+        stop.stop();
+        h.join().expect("joined");
     }
 
     #[test]

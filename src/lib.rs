@@ -56,6 +56,7 @@
 pub mod agent;
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod clone;
 pub mod engine;
 pub mod feed;

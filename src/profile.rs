@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::IdleStrategy;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
-use crate::engine::{EngineConfig, ShardConfig};
+use crate::engine::{defaults, EngineConfig, ShardConfig};
 
 /// Errors loading or checking a profile.
 #[derive(Debug, thiserror::Error)]
@@ -61,19 +61,19 @@ pub struct WorkerProfile {
 }
 
 fn default_batch_max() -> usize {
-    64
+    defaults::BATCH_MAX
 }
 fn default_rcvhwm() -> i32 {
-    100_000
+    defaults::RCVHWM_MSGS
 }
 fn default_max_msg_bytes() -> i64 {
-    1 << 20
+    defaults::MAX_MSG_BYTES
 }
 fn default_handoff_hwm() -> i32 {
-    1_000
+    defaults::HANDOFF_HWM_MSGS
 }
 fn default_interval_ms() -> u64 {
-    1_000
+    defaults::METRICS_INTERVAL_MS
 }
 
 /// A tuning profile.
@@ -98,8 +98,9 @@ pub struct Profile {
     /// Largest frame a shard accepts (bytes); larger ones drop the connection.
     #[serde(default = "default_max_msg_bytes")]
     pub max_msg_bytes: i64,
+    /// Hand-off queue depth per worker, in hand-off messages (batches).
     #[serde(default = "default_handoff_hwm")]
-    pub handoff_hwm: i32,
+    pub handoff_hwm_msgs: i32,
     /// `spin`, `yield`, `backoff` or `block`.
     #[serde(default = "Profile::default_idle")]
     pub idle: String,
@@ -141,13 +142,13 @@ impl Profile {
             workers: vec![WorkerProfile::default()],
             routing: Routing::ByTopic,
             handoff: HandOff::Batch,
-            batch_max: 64,
+            batch_max: default_batch_max(),
             rcvhwm_msgs: default_rcvhwm(),
             max_msg_bytes: default_max_msg_bytes(),
-            handoff_hwm: default_handoff_hwm(),
+            handoff_hwm_msgs: default_handoff_hwm(),
             idle: "backoff".into(),
             handler: HandlerSpec::Latency,
-            metrics_interval_ms: 1000,
+            metrics_interval_ms: default_interval_ms(),
         }
     }
 
@@ -217,7 +218,7 @@ impl Profile {
         if !(1..=4096).contains(&self.batch_max) {
             return Err(invalid("batch_max", format!("{} is outside 1..=4096", self.batch_max)));
         }
-        for (f, v) in [("rcvhwm_msgs", self.rcvhwm_msgs), ("handoff_hwm", self.handoff_hwm)] {
+        for (f, v) in [("rcvhwm_msgs", self.rcvhwm_msgs), ("handoff_hwm_msgs", self.handoff_hwm_msgs)] {
             if v < 0 {
                 return Err(invalid(f, format!("{v} is negative (0 means no limit)")));
             }
@@ -307,7 +308,7 @@ impl Profile {
             batch_max: self.batch_max,
             rcvhwm_msgs: self.rcvhwm_msgs,
             max_msg_bytes: self.max_msg_bytes,
-            handoff_hwm: self.handoff_hwm,
+            handoff_hwm_msgs: self.handoff_hwm_msgs,
             idle: IdleStrategy::from_name(&self.idle).unwrap_or_default(),
             handler: self.handler,
             metrics_interval: std::time::Duration::from_millis(self.metrics_interval_ms),

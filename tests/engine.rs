@@ -194,9 +194,12 @@ fn sigint_under_full_load_ends_engine_and_replay_promptly() {
     cmd.args(["engine", "--json", "--endpoint", &eps[0], "--handler", "work:2000"]);
     let engine = LineProc::spawn("engine", &mut cmd);
     // The replay starts once the engine subscribed; the engine (2 µs of work
-    // per message) is then under full back-pressure. Half a second of that
-    // load is the condition under test; `delivered > 0` below proves it.
-    std::thread::sleep(Duration::from_millis(500));
+    // per message) is then under full back-pressure. The condition under
+    // test: its worker has been busy for a while (its own CPU time says so).
+    let pid = engine.proc.pid();
+    wait_until(Duration::from_secs(20), "worker0 to have done 200 ms of work", || {
+        thread_cpu_ms(pid, "worker0").is_some_and(|ms| ms >= 200)
+    });
     engine.proc.signal(2);
     let (status, out) = engine.finish(Duration::from_secs(15));
     assert!(status.success(), "{out}");

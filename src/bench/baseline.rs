@@ -4,106 +4,156 @@
 
 use std::time::{Duration, Instant};
 
-use crate::agent::StopFlag;
+use crate::agent::{Agent, AgentError, Step};
+use crate::clock;
 use crate::engine::sequence::SequenceTracker;
 use crate::metrics::{RunReport, StageHistograms};
 use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
-/// A baseline subscriber connected and subscribed, ready to run.
+/// The baseline subscriber agent (`baseline`): connected and subscribed;
+/// run it with the [`Runner`](crate::agent::Runner), then [`Baseline::report`].
 pub struct Baseline {
     _ctx: zmq::Context,
     sub: zmq::Socket,
     expect_eos: usize,
+    msg: zmq::Message,
+    tracker: SequenceTracker,
+    stages: StageHistograms,
+    bad: [u64; DROP_REASONS],
+    delivered: u64,
+    bytes: u64,
+    eos: usize,
+    first_ns: u64,
+    last_ns: u64,
+    start: Instant,
+    timeout: Duration,
+    timed_out: bool,
 }
 
 impl Baseline {
-    /// Connect to every endpoint and subscribe to everything.
-    pub fn connect(endpoints: &[String], rcvhwm_msgs: i32) -> zmq::Result<Baseline> {
+    /// Connect to every endpoint and subscribe to everything; the run ends
+    /// after every publisher's end of stream, or after `timeout`.
+    pub fn connect(endpoints: &[String], rcvhwm_msgs: i32, timeout: Duration) -> zmq::Result<Baseline> {
         let ctx = zmq::Context::new();
         let sub = ctx.socket(zmq::SUB)?;
         sub.set_rcvhwm(rcvhwm_msgs)?;
         sub.set_linger(0)?;
-        sub.set_rcvtimeo(100)?;
         sub.set_subscribe(b"")?;
         for ep in endpoints {
             sub.connect(ep)?;
         }
-        Ok(Baseline { _ctx: ctx, sub, expect_eos: endpoints.len() })
+        Ok(Baseline {
+            _ctx: ctx,
+            sub,
+            expect_eos: endpoints.len(),
+            msg: zmq::Message::new(),
+            tracker: SequenceTracker::new(true),
+            stages: StageHistograms::default(),
+            bad: [0; DROP_REASONS],
+            delivered: 0,
+            bytes: 0,
+            eos: 0,
+            first_ns: 0,
+            last_ns: 0,
+            start: Instant::now(),
+            timeout,
+            timed_out: false,
+        })
     }
 
-    /// Read until every publisher's end of stream, `stop`, or `timeout`.
-    pub fn run(self, stop: &StopFlag, timeout: Duration) -> zmq::Result<RunReport> {
-        let start = Instant::now();
-        let mut msg = zmq::Message::new();
-        let mut tracker = SequenceTracker::new(true);
-        let mut stages = StageHistograms::default();
-        let mut bad = [0u64; DROP_REASONS];
-        let (mut delivered, mut bytes, mut eos) = (0u64, 0u64, 0usize);
-        let (mut first_ns, mut last_ns) = (0u64, 0u64);
-        let mut interrupted = false;
-        while eos < self.expect_eos {
-            if stop.is_stopped() || start.elapsed() > timeout {
-                interrupted = true;
-                break;
-            }
-            match self.sub.recv(&mut msg, 0) {
-                Ok(()) => {}
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => continue,
-                Err(e) => return Err(e),
-            }
-            let recv_ns = wire::now_ns();
-            if first_ns == 0 {
-                first_ns = recv_ns;
-            }
-            match wire::decode(&msg) {
-                Err(e) => bad[e.reason()] += 1,
-                Ok(v) => match v.header.kind {
-                    Kind::Data => {
-                        if tracker.on_data(&v.header, v.topic).accept {
-                            let lat = recv_ns.saturating_sub(v.header.send_time_ns);
-                            stages.record(lat, 0, lat);
-                            last_ns = recv_ns;
-                            delivered += 1;
-                            bytes += msg.len() as u64;
-                        }
-                    }
-                    _ if v.header.flags & wire::FLAG_FROM_CACHE != 0 => {}
-                    Kind::Heartbeat => {}
-                    Kind::EndOfStream => {
-                        let sent = v.payload.try_into().map(u64::from_le_bytes).unwrap_or(v.header.stream_seq);
-                        eos += tracker.on_end_of_stream(&v.header, sent) as usize;
-                    }
-                },
-            }
+    #[inline]
+    fn on_frame(&mut self, recv_ns: u64) {
+        if self.first_ns == 0 {
+            self.first_ns = recv_ns;
         }
+        match wire::decode(&self.msg) {
+            Err(e) => self.bad[e.reason()] += 1,
+            Ok(v) => match v.header.kind {
+                Kind::Data => {
+                    if self.tracker.on_data(&v.header, v.topic).accept {
+                        let lat = recv_ns.saturating_sub(v.header.send_time_ns);
+                        self.stages.record(lat, 0, lat);
+                        self.last_ns = recv_ns;
+                        self.delivered += 1;
+                        self.bytes += self.msg.len() as u64;
+                    }
+                }
+                _ if v.header.flags & wire::FLAG_FROM_CACHE != 0 => {}
+                Kind::Heartbeat => {}
+                Kind::EndOfStream => {
+                    let sent = v.payload.try_into().map(u64::from_le_bytes).unwrap_or(v.header.stream_seq);
+                    self.eos += self.tracker.on_end_of_stream(&v.header, sent) as usize;
+                }
+            },
+        }
+    }
+
+    /// The report of the run (call after the agent ended).
+    pub fn report(&self) -> RunReport {
+        let interrupted = self.timed_out || self.eos < self.expect_eos;
+        let (first_ns, last_ns) = (self.first_ns, self.last_ns);
         // From the first frame to the last message, like the engine.
-        let secs = if last_ns > first_ns { (last_ns - first_ns) as f64 / 1e9 } else { start.elapsed().as_secs_f64() };
+        let secs =
+            if last_ns > first_ns { (last_ns - first_ns) as f64 / 1e9 } else { self.start.elapsed().as_secs_f64() };
         let secs = secs.max(1e-9);
-        let t = tracker.totals();
-        // Complete when every publisher's end of stream arrived (the loop's
-        // exit condition); the baseline takes every topic.
+        let t = self.tracker.totals();
+        // Complete when every publisher's end of stream arrived; the baseline
+        // takes every topic.
         let complete = !interrupted && t.eos_sessions >= self.expect_eos as u64;
         let sent = (t.eos_sessions > 0).then_some(t.eos_sent);
         let lost = complete.then(|| t.eos_sent.saturating_sub(t.accepted));
-        let mut latency = stages.summary();
+        let mut latency = self.stages.summary();
         latency.remove("queue");
-        Ok(RunReport {
+        RunReport {
             subscriber: "baseline".into(),
             duration_s: secs,
             sent,
-            delivered,
+            delivered: self.delivered,
             lost,
             loss_basis: if complete { "end-of-stream counts".into() } else { "unknown: end of stream not seen".into() },
             gaps: t.gaps,
             duplicates: t.duplicates,
             restarts: t.restarts,
-            bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), bad[r])).collect(),
-            msgs_per_sec: delivered as f64 / secs,
-            mb_per_sec: bytes as f64 / secs / 1e6,
+            bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), self.bad[r])).collect(),
+            msgs_per_sec: self.delivered as f64 / secs,
+            mb_per_sec: self.bytes as f64 / secs / 1e6,
             latency,
             interrupted,
             metrics_dropped: 0,
             handler: Default::default(),
-        })
+            agents: Vec::new(),
+        }
+    }
+}
+
+impl Agent for Baseline {
+    fn role(&self) -> &str {
+        "baseline"
+    }
+
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        if self.eos >= self.expect_eos {
+            return Ok(Step::Finished);
+        }
+        let mut n = 0;
+        while n < 64 {
+            match self.sub.recv(&mut self.msg, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EINTR) => continue,
+                Err(source) => return Err(AgentError::Zmq { role: "baseline".into(), context: "receiving", source }),
+            }
+            n += 1;
+            self.on_frame(clock::realtime_ns());
+        }
+        if n == 0 && self.start.elapsed() > self.timeout {
+            self.timed_out = true;
+            return Ok(Step::Finished);
+        }
+        Ok(Step::Worked(n))
+    }
+
+    fn idle_wait(&mut self, timeout: Duration) {
+        let _ = crate::zmqx::wait_ready(&self.sub, zmq::POLLIN, timeout);
     }
 }

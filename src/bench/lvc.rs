@@ -1,21 +1,25 @@
-//! `mdsub lvc-bench`: throughput through the Last Value Cache proxy vs direct PUB→SUB.
+//! `mdsub lvc-bench`: throughput through the Last Value Cache proxy vs a plain proxy and direct PUB→SUB.
 //!
-//! PUB → LVC (the guide's Last Value Cache, chapter 5) → SUB against PUB → SUB
-//! direct, in the same run, lossless (every SNDHWM and RCVHWM set explicitly
-//! to more than the messages sent), reported as a ratio.
+//! Three paths in every run, lossless (every SNDHWM and RCVHWM set explicitly
+//! to more than the messages sent): PUB → SUB direct; PUB → plain libzmq
+//! proxy (`zmq_proxy_steerable`, XSUB/XPUB with the LVC's socket options, no
+//! cache) → SUB; and PUB → LVC (the guide's Last Value Cache, chapter 5) →
+//! SUB. The ratios LVC / plain proxy (the cache's own cost) and plain proxy /
+//! direct (the hop's cost) are reported per run and as medians.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::{LvcConfig, LvcProxy, LvcReport};
 use crate::lvc::LvcError;
 use crate::wire::{encode, frame_len, Header, Kind, HEADER_LEN};
-use crate::zmqx::{bind_resolved, Attach};
+use crate::zmqx::{self, bind_resolved, Attach};
 
-/// What `mdsub lvc-bench` measures.
+/// What `mdsub lvc-bench` measures: messages/s through the LVC vs a plain
+/// proxy and direct PUB→SUB (TCP loopback).
 #[derive(Debug, Clone)]
 pub struct LvcBenchConfig {
     /// Messages per measurement.
@@ -24,7 +28,7 @@ pub struct LvcBenchConfig {
     pub payload_bytes: usize,
     /// Distinct topics, cycled.
     pub topics: usize,
-    /// Runs (each measures direct, then through the LVC); medians are reported.
+    /// Runs (each measures direct, then a plain proxy, then the LVC); medians are reported.
     pub runs: usize,
     /// Give up on a measurement after this long (reported as loss).
     pub timeout: Duration,
@@ -86,6 +90,7 @@ fn measure(
     let fs = frames(args.payload_bytes, args.topics);
     let messages = args.messages;
     let probe = encode(PROBE, &bench_header(Kind::Heartbeat), b"");
+    // runner: the publisher is a raw thread until the runner can own it (main converts it).
     let pub_thread = std::thread::Builder::new()
         .name("bench-pub".into())
         .spawn(move || -> zmq::Result<()> {
@@ -168,6 +173,60 @@ fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport), 
     Ok((m?, report))
 }
 
+/// The plain proxy baseline: libzmq's own `zmq_proxy_steerable` between an
+/// XSUB and an XPUB made exactly as the LVC makes its sockets, no cache.
+struct PlainProxy {
+    frontend: zmq::Socket,
+    backend: zmq::Socket,
+    /// PAIR; `TERMINATE` from the bench ends the proxy.
+    control: zmq::Socket,
+}
+
+impl Agent for PlainProxy {
+    fn role(&self) -> &str {
+        "plain-proxy"
+    }
+
+    /// Runs libzmq's proxy loop until `TERMINATE` arrives on the control
+    /// socket: one blocking call by design, it is the baseline.
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        zmq::proxy_steerable(&mut self.frontend, &mut self.backend, &mut self.control).map_err(|source| {
+            AgentError::Zmq { role: "plain-proxy".into(), context: "running zmq_proxy_steerable", source }
+        })?;
+        Ok(Step::Finished)
+    }
+}
+
+fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, LvcError> {
+    let (pub_ctx, proxy_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
+    let (p, ep) = make_pub(&pub_ctx, hwm)?;
+    let zmqx::ProxySockets { frontend, backend, endpoints } = zmqx::proxy_sockets(
+        &proxy_ctx,
+        &[Attach::Connect(ep)],
+        &[Attach::Bind("tcp://127.0.0.1:*".into())],
+        hwm,
+        1 << 20,
+    )
+    .map_err(|(context, source)| berr(context)(source))?;
+    let back = endpoints.iter().find(|e| e.0 == "backend").map(|e| e.2.clone()).unwrap_or_default();
+    let control = proxy_ctx.socket(zmq::PAIR).map_err(berr("making the control PAIR"))?;
+    let steer = proxy_ctx.socket(zmq::PAIR).map_err(berr("making the steering PAIR"))?;
+    let control_ep = format!("inproc://plain-proxy-control-{}", std::process::id());
+    control.bind(&control_ep).map_err(berr("binding the control PAIR"))?;
+    steer.connect(&control_ep).map_err(berr("connecting the steering PAIR"))?;
+    let proxy = PlainProxy { frontend, backend, control };
+    let spec = RunSpec { core: None, idle: IdleStrategy::Block { wait_us: 100_000 } };
+    let handle = Runner::spawn("plain-proxy", spec, StopFlag::new(), move || Ok(proxy))
+        .map_err(|source| LvcError::Thread { role: "plain-proxy", source })?;
+    let m = measure(p, &sub_ctx, &back, hwm, args);
+    // Ends the proxy whether or not the measurement succeeded.
+    let sent = steer.send("TERMINATE", 0).map_err(berr("stopping the plain proxy"));
+    let joined = handle.join().map_err(|_| LvcError::Panicked { role: "plain-proxy" })?;
+    sent?;
+    joined?;
+    m
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -179,37 +238,47 @@ pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
     let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
     println!(
         "lvc-bench: {} messages of {}-byte payloads ({frame_bytes}-byte frames: {} topics, header {HEADER_LEN} B), \
-         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs",
+         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs of direct, plain proxy, lvc",
         args.messages, args.payload_bytes, args.topics, args.runs
     );
-    let (mut d, mut l, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d, mut p, mut l, mut lp, mut pd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=args.runs.max(1) {
         let md = direct(&args, hwm)?;
+        let mp = via_plain_proxy(&args, hwm)?;
         let (ml, report) = via_lvc(&args, hwm)?;
-        let ratio = ml.msgs_per_s() / md.msgs_per_s().max(1e-9);
+        let lvc_plain = ml.msgs_per_s() / mp.msgs_per_s().max(1e-9);
+        let plain_direct = mp.msgs_per_s() / md.msgs_per_s().max(1e-9);
         println!(
-            "run {run}: direct {:.3} M msg/s ({}/{} delivered), via lvc {:.3} M msg/s ({}/{} delivered, \
-             {} cached topics), ratio {ratio:.2}",
+            "run {run}: direct {:.3} M msg/s ({}/{}), plain proxy {:.3} M msg/s ({}/{}), lvc {:.3} M msg/s \
+             ({}/{}, {} cached topics); lvc/plain {lvc_plain:.2}, plain/direct {plain_direct:.2}",
             md.msgs_per_s() / 1e6,
             md.delivered,
             md.sent,
+            mp.msgs_per_s() / 1e6,
+            mp.delivered,
+            mp.sent,
             ml.msgs_per_s() / 1e6,
             ml.delivered,
             ml.sent,
             report.topics
         );
-        if md.delivered < md.sent || ml.delivered < ml.sent {
+        if md.delivered < md.sent || mp.delivered < mp.sent || ml.delivered < ml.sent {
             println!("run {run}: LOSS — this run is not a result");
         }
         d.push(md.msgs_per_s());
+        p.push(mp.msgs_per_s());
         l.push(ml.msgs_per_s());
-        r.push(ratio);
+        lp.push(lvc_plain);
+        pd.push(plain_direct);
     }
     println!(
-        "median: direct {:.3} M msg/s, via lvc {:.3} M msg/s, ratio {:.2}",
+        "median: direct {:.3} M msg/s, plain proxy {:.3} M msg/s, lvc {:.3} M msg/s, \
+         lvc/plain {:.2}, plain/direct {:.2} (medians of per-run ratios)",
         median(d) / 1e6,
+        median(p) / 1e6,
         median(l) / 1e6,
-        median(r)
+        median(lp),
+        median(pd)
     );
     Ok(())
 }

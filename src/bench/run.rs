@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::agent::StopFlag;
+use crate::agent::{AgentHandle, RunSpec as AgentSpec, Runner, StopFlag};
 use crate::bench::baseline::Baseline;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::RunReport;
@@ -48,7 +48,7 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     // Start the subscriber, then wait for its subscriptions (the handshake).
     enum Running {
         Engine(Engine),
-        Baseline(std::thread::JoinHandle<zmq::Result<RunReport>>),
+        Baseline(AgentHandle<Baseline>),
     }
     let sub_stop = stop.clone();
     let running = match &spec.subscriber {
@@ -60,24 +60,38 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             Running::Engine(Engine::start(&cfg, sub_stop).context("starting the engine")?)
         }
         Subscriber::Baseline { rcvhwm_msgs } => {
-            let b = Baseline::connect(&endpoints, *rcvhwm_msgs).context("connecting the baseline subscriber")?;
             let limit = spec.limits.duration.unwrap_or(Duration::from_secs(3600))
                 + spec.drain_timeout
                 + Duration::from_secs(30);
-            Running::Baseline(
-                std::thread::Builder::new()
-                    .name("baseline".into())
-                    .spawn(move || b.run(&sub_stop, limit))
-                    .context("starting the baseline thread")?,
-            )
+            let b = Baseline::connect(&endpoints, *rcvhwm_msgs, limit).context("connecting the baseline subscriber")?;
+            let idle = crate::agent::IdleStrategy::default();
+            Running::Baseline(Runner::start(AgentSpec::unpinned(idle), sub_stop, b).context("starting the baseline")?)
         }
     };
     publisher.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the subscriber")?;
-    let replay = publisher.run(&spec.source, spec.pacing, spec.limits, stop, progress).context("replaying")?;
+    // The publisher runs on a thread of its own (`replay`); this thread
+    // passes its progress on to the caller.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (source, pacing, limits, pub_stop, counter) =
+        (spec.source.clone(), spec.pacing, spec.limits, stop.clone(), sent.clone());
+    let task = Runner::task("replay", None, move || {
+        let mut tell = |n: u64| counter.store(n, std::sync::atomic::Ordering::Relaxed);
+        publisher.run(&source, pacing, limits, &pub_stop, &mut tell)
+    })
+    .context("starting the publisher")?;
+    while !task.is_finished() {
+        progress(sent.load(std::sync::atomic::Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    progress(sent.load(std::sync::atomic::Ordering::Relaxed));
+    let replay = task.join().context("running the publisher")?.context("replaying")?;
     let report = match running {
         Running::Engine(e) => e.join(Some(spec.drain_timeout)).context("running the engine")?,
         Running::Baseline(h) => {
-            h.join().map_err(|_| anyhow::anyhow!("the baseline thread panicked"))?.context("running the baseline")?
+            let (role, counters) = (h.role().to_string(), h.counters().clone());
+            let mut report = h.join().context("running the baseline")?.report();
+            report.agents.push(counters.snapshot(&role));
+            report
         }
     };
     Ok(RunOutcome { replay, report })

@@ -17,17 +17,29 @@ pub mod worker;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{Receiver, Sender};
-
-use crate::agent::{AgentError, IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::agent::{AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::metrics::collector::{Collected, Collector, WorkerReport};
 use crate::metrics::{RunReport, StageHistograms};
 use crate::wire::DROP_REASON_NAMES;
 use handler::HandlerSpec;
 use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
-use worker::{WorkerAgent, WorkerCounters, WorkerReport};
+use worker::{WorkerAgent, WorkerCounters};
+
+/// The engine's defaults, in one place (profiles and `EngineConfig::default`).
+pub mod defaults {
+    /// Most messages a reader drains into one hand-off round.
+    pub const BATCH_MAX: usize = 64;
+    /// SUB receive queue, in messages.
+    pub const RCVHWM_MSGS: i32 = 100_000;
+    /// Largest frame accepted (ZMQ_MAXMSGSIZE).
+    pub const MAX_MSG_BYTES: i64 = 1 << 20;
+    /// Hand-off queue depth per worker, in hand-off messages (batches).
+    pub const HANDOFF_HWM_MSGS: i32 = 1_000;
+    /// How often workers ship their histograms.
+    pub const METRICS_INTERVAL_MS: u64 = 1_000;
+}
 
 /// Errors starting or running the engine.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +49,6 @@ pub enum EngineError {
         context: String,
         #[source]
         source: zmq::Error,
-    },
-    #[error("could not start thread {name}: {source}")]
-    Spawn {
-        name: String,
-        #[source]
-        source: std::io::Error,
     },
     #[error("{0}")]
     Config(String),
@@ -75,8 +81,8 @@ pub struct EngineConfig {
     /// Largest frame accepted (ZMQ_MAXMSGSIZE on the SUB; a larger one drops
     /// the connection, as libzmq does).
     pub max_msg_bytes: i64,
-    /// Hand-off queue depth per worker, in hand-off messages.
-    pub handoff_hwm: i32,
+    /// Hand-off queue depth per worker, in hand-off messages (batches).
+    pub handoff_hwm_msgs: i32,
     pub idle: IdleStrategy,
     pub handler: HandlerSpec,
     pub metrics_interval: Duration,
@@ -92,54 +98,31 @@ impl Default for EngineConfig {
             worker_cores: vec![None],
             routing: Routing::ByTopic,
             handoff: HandOff::Batch,
-            batch_max: 64,
-            rcvhwm_msgs: 100_000,
-            max_msg_bytes: 1 << 20,
-            handoff_hwm: 1_000,
+            batch_max: defaults::BATCH_MAX,
+            rcvhwm_msgs: defaults::RCVHWM_MSGS,
+            max_msg_bytes: defaults::MAX_MSG_BYTES,
+            handoff_hwm_msgs: defaults::HANDOFF_HWM_MSGS,
             idle: IdleStrategy::default(),
             handler: HandlerSpec::Latency,
-            metrics_interval: Duration::from_secs(1),
+            metrics_interval: Duration::from_millis(defaults::METRICS_INTERVAL_MS),
             expect_eos_per_shard: None,
         }
     }
 }
 
-/// Ends of streams of the engine's readers, live.
+/// A running engine: its agents, their counters and the contexts they use.
 pub struct Engine {
     stop: StopFlag,
     start: Instant,
-    readers: Vec<JoinHandle<Result<(), AgentError>>>,
-    workers: Vec<JoinHandle<Result<(), AgentError>>>,
-    collector: Option<JoinHandle<Collected>>,
+    readers: Vec<AgentHandle<ReaderAgent>>,
+    workers: Vec<AgentHandle<WorkerAgent>>,
+    collector: Option<AgentHandle<Collector>>,
     shard_counters: Vec<Arc<ShardCounters>>,
     worker_counters: Vec<Arc<WorkerCounters>>,
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
     // Contexts last: sockets are closed by their threads before these drop.
     _contexts: Vec<zmq::Context>,
-}
-
-/// What the collector adds up.
-#[derive(Default)]
-struct Collected {
-    stages: StageHistograms,
-    handler: std::collections::BTreeMap<String, u64>,
-}
-
-/// Add up every report; hand each emptied histogram set back to its worker.
-fn collect(rx: Receiver<WorkerReport>, spares: Vec<Sender<StageHistograms>>) -> Collected {
-    let mut total = Collected::default();
-    for mut r in rx.iter() {
-        total.stages.add(&r.stages);
-        for (k, v) in r.handler_counters {
-            *total.handler.entry(k.to_string()).or_default() += v;
-        }
-        r.stages.reset();
-        if let Some(back) = spares.get(r.worker) {
-            let _ = back.try_send(r.stages);
-        }
-    }
-    total
 }
 
 static ENGINE_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -164,20 +147,19 @@ impl Engine {
         // socket and inherits the creator's name: make that `fanout-zmq`.
         fanout.set_io_threads(0).map_err(zerr("configuring the fan-out context"))?;
         let f = fanout.clone();
-        std::thread::Builder::new()
-            .name("fanout-zmq".into())
-            .spawn(move || f.socket(zmq::PUSH).map(drop))
-            .map_err(|source| EngineError::Spawn { name: "fanout-zmq".into(), source })?
-            .join()
-            .map_err(|_| EngineError::Config("fanout-zmq panicked".into()))?
+        Runner::task("fanout-zmq", None, move || f.socket(zmq::PUSH).map(drop))?
+            .join()?
             .map_err(zerr("starting the fan-out context"))?;
         let (tx, rx) = crossbeam::channel::bounded::<WorkerReport>(256);
-        let (spare_txs, mut spare_rxs): (Vec<_>, Vec<_>) =
+        let (spare_txs, spare_rxs): (Vec<_>, Vec<_>) =
             (0..cfg.worker_cores.len()).map(|_| crossbeam::channel::bounded::<StageHistograms>(2)).unzip();
-        let collector = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || collect(rx, spare_txs))
-            .map_err(|source| EngineError::Spawn { name: "metrics".into(), source })?;
+        // The collector ends by itself once every worker's sender is gone,
+        // so it does not take the stop flag (the final reports still arrive).
+        let collector = Runner::start(
+            RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }),
+            StopFlag::new(),
+            Collector::new(rx, spare_txs),
+        )?;
         // From here an early return drops `engine`, which stops and joins
         // whatever was already started.
         let mut engine = Engine {
@@ -192,42 +174,25 @@ impl Engine {
             _contexts: vec![fanout.clone()],
         };
         let mut worker_endpoints = Vec::new();
-        for (w, core) in cfg.worker_cores.iter().enumerate() {
+        for ((w, core), spares) in cfg.worker_cores.iter().enumerate().zip(spare_rxs) {
             let endpoint = format!("inproc://mdsub{id}-worker{w}");
-            worker_endpoints.push(endpoint.clone());
             let counters = Arc::new(WorkerCounters::default());
             engine.worker_counters.push(counters.clone());
-            let (fanout, tx, handler, readers, interval, hwm) =
-                (fanout.clone(), tx.clone(), cfg.handler, cfg.shards.len(), cfg.metrics_interval, cfg.handoff_hwm);
-            let spares = spare_rxs.remove(0);
-            // Bind before any reader connects: wait for the worker to say so.
-            let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
-            let name = format!("worker{w}");
-            let h = Runner::spawn(&name, RunSpec { core: *core, idle: cfg.idle }, stop.clone(), move || {
-                let a = WorkerAgent::new(
-                    w,
-                    &fanout,
-                    &endpoint,
-                    hwm,
-                    readers,
-                    handler.build(),
-                    tx,
-                    spares,
-                    interval,
-                    counters,
-                );
-                let _ = ready_tx.send(a.is_ok());
-                a
-            })
-            .map_err(|source| EngineError::Spawn { name: name.clone(), source })?;
-            if ready_rx.recv_timeout(Duration::from_secs(10)) != Ok(true) {
-                stop.stop();
-                let err = h.join().ok().and_then(|r| r.err());
-                return Err(err
-                    .map(EngineError::from)
-                    .unwrap_or_else(|| EngineError::Config(format!("{name} did not start"))));
-            }
-            engine.workers.push(h);
+            // Built here, so its PULL is bound before any reader connects.
+            let agent = WorkerAgent::new(
+                w,
+                &fanout,
+                &endpoint,
+                cfg.handoff_hwm_msgs,
+                cfg.shards.len(),
+                cfg.handler.build(),
+                tx.clone(),
+                spares,
+                cfg.metrics_interval,
+                counters,
+            )?;
+            worker_endpoints.push(endpoint);
+            engine.workers.push(Runner::start(RunSpec { core: *core, idle: cfg.idle }, stop.clone(), agent)?);
         }
         drop(tx);
 
@@ -246,16 +211,11 @@ impl Engine {
                 worker_endpoints: worker_endpoints.clone(),
                 expect_eos,
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
-                push_hwm: cfg.handoff_hwm,
+                handoff_hwm_msgs: cfg.handoff_hwm_msgs,
             };
-            let (fanout, reader_stop) = (fanout.clone(), stop.clone());
-            let name = format!("shard{k}-reader");
-            let h =
-                Runner::spawn(&name, RunSpec { core: shard.reader_core, idle: cfg.idle }, stop.clone(), move || {
-                    ReaderAgent::new(rc, sub, &fanout, counters, reader_stop)
-                })
-                .map_err(|source| EngineError::Spawn { name, source })?;
-            engine.readers.push(h);
+            let agent = ReaderAgent::new(rc, sub, &fanout, counters, stop.clone())?;
+            let spec = RunSpec { core: shard.reader_core, idle: cfg.idle };
+            engine.readers.push(Runner::start(spec, stop.clone(), agent)?);
         }
         engine.start = Instant::now();
         Ok(engine)
@@ -263,7 +223,8 @@ impl Engine {
 
     /// Make shard `k`'s context and SUB socket on a thread pinned to the
     /// shard's I/O core: libzmq starts the context's I/O thread with the first
-    /// socket, and the thread inherits the creator's CPU mask.
+    /// socket, and the thread inherits the creator's CPU mask (and its name,
+    /// so the shard's I/O thread shows as `shardK-io` in `top -H`).
     fn make_shard_socket(
         k: usize,
         shard: &ShardConfig,
@@ -271,46 +232,47 @@ impl Engine {
         max_msg_bytes: i64,
     ) -> Result<(zmq::Context, zmq::Socket), EngineError> {
         let shard = shard.clone();
-        // libzmq's threads inherit this thread's name and CPU mask, so the
-        // shard's I/O thread shows as `shardK-io` in `top -H`.
         let name = format!("shard{k}-io");
-        let h = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || -> Result<(zmq::Context, zmq::Socket), EngineError> {
-                if let Some(core) = shard.io_core {
-                    crate::agent::pin_current_thread(core)
-                        .map_err(|m| EngineError::Config(format!("shard {k} io_core: {m}")))?;
+        let core = shard.io_core;
+        let make = move || -> Result<(zmq::Context, zmq::Socket), EngineError> {
+            let zerr = |context: String| move |source| EngineError::Zmq { context, source };
+            let ctx = zmq::Context::new();
+            ctx.set_io_threads(1).map_err(zerr("configuring the shard context".into()))?;
+            let sub = ctx.socket(zmq::SUB).map_err(zerr("creating the SUB".into()))?;
+            sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
+            sub.set_maxmsgsize(max_msg_bytes).map_err(zerr("setting MAXMSGSIZE".into()))?;
+            sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
+            let control = [crate::wire::CONTROL_TOPIC, b"\0"].concat();
+            if shard.subscribe.is_empty() {
+                sub.set_subscribe(b"").map_err(zerr("subscribing".into()))?;
+            } else {
+                for t in &shard.subscribe {
+                    sub.set_subscribe(t.as_bytes()).map_err(zerr(format!("subscribing to `{t}`")))?;
                 }
-                let zerr = |context: String| move |source| EngineError::Zmq { context, source };
-                let ctx = zmq::Context::new();
-                ctx.set_io_threads(1).map_err(zerr("configuring the shard context".into()))?;
-                let sub = ctx.socket(zmq::SUB).map_err(zerr("creating the SUB".into()))?;
-                sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
-                sub.set_maxmsgsize(max_msg_bytes).map_err(zerr("setting MAXMSGSIZE".into()))?;
-                sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
-                let control = [crate::replay::CONTROL_TOPIC, b"\0"].concat();
-                if shard.subscribe.is_empty() {
-                    sub.set_subscribe(b"").map_err(zerr("subscribing".into()))?;
-                } else {
-                    for t in &shard.subscribe {
-                        sub.set_subscribe(t.as_bytes()).map_err(zerr(format!("subscribing to `{t}`")))?;
-                    }
-                    if !shard.subscribe.iter().any(|t| control.starts_with(t.as_bytes())) {
-                        sub.set_subscribe(&control).map_err(zerr("subscribing to control frames".into()))?;
-                    }
+                if !shard.subscribe.iter().any(|t| control.starts_with(t.as_bytes())) {
+                    sub.set_subscribe(&control).map_err(zerr("subscribing to control frames".into()))?;
                 }
-                for ep in &shard.endpoints {
-                    sub.connect(ep).map_err(zerr(format!("connecting to {ep}")))?;
-                }
-                Ok((ctx, sub))
-            })
-            .map_err(|source| EngineError::Spawn { name: name.clone(), source })?;
-        h.join().map_err(|_| EngineError::Config(format!("{name} panicked")))?
+            }
+            for ep in &shard.endpoints {
+                sub.connect(ep).map_err(zerr(format!("connecting to {ep}")))?;
+            }
+            Ok((ctx, sub))
+        };
+        Runner::task(&name, core, make)
+            .and_then(|t| t.join())
+            .map_err(|e| EngineError::Config(format!("shard {k} io_core: {e}")))?
     }
 
     /// Ask every thread to stop (Ctrl-C); `join` then reports what was done.
     pub fn stop_flag(&self) -> StopFlag {
         self.stop.clone()
+    }
+
+    /// Counters of every agent of this engine, now.
+    pub fn agent_stats(&self) -> Vec<AgentStats> {
+        let readers = self.readers.iter().map(|h| h.stats());
+        let workers = self.workers.iter().map(|h| h.stats());
+        readers.chain(workers).chain(self.collector.iter().map(|h| h.stats())).collect()
     }
 
     /// True once every reader has finished (end of stream on every shard).
@@ -342,22 +304,29 @@ impl Engine {
         // Readers first: one that failed has set the stop flag (the runner
         // does), so workers waiting for its end marker stop too.
         let mut first_err = None;
-        let mut note = |r: std::thread::Result<Result<(), AgentError>>| match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => first_err = first_err.take().or(Some(EngineError::Agent(e))),
-            Err(_) => first_err = first_err.take().or(Some(EngineError::Config("an engine thread panicked".into()))),
-        };
+        let mut agents = Vec::new();
         for h in self.readers.drain(..) {
-            note(h.join());
+            let (role, counters) = (h.role().to_string(), h.counters().clone());
+            if let Err(e) = h.join() {
+                first_err = first_err.or(Some(EngineError::Agent(e)));
+            }
+            agents.push(counters.snapshot(&role));
         }
         for h in self.workers.drain(..) {
-            note(h.join());
+            let (role, counters) = (h.role().to_string(), h.counters().clone());
+            if let Err(e) = h.join() {
+                first_err = first_err.or(Some(EngineError::Agent(e)));
+            }
+            agents.push(counters.snapshot(&role));
         }
-        let collected = self.collector.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let collected = match self.collector.take() {
+            Some(h) => h.join().map(Collector::into_collected).unwrap_or_default(),
+            None => Collected::default(),
+        };
         if let Some(e) = first_err {
             return Err(e);
         }
-        Ok(self.report(collected, interrupted))
+        Ok(self.report(collected, interrupted, agents))
     }
 
     /// From the first frame received to the last message handled; the time
@@ -371,7 +340,7 @@ impl Engine {
         }
     }
 
-    fn report(&self, collected: Collected, interrupted: bool) -> RunReport {
+    fn report(&self, collected: Collected, interrupted: bool, agents: Vec<AgentStats>) -> RunReport {
         let stages = collected.stages;
         let shards = &self.shard_counters;
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
@@ -416,6 +385,7 @@ impl Engine {
             interrupted,
             metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             handler: collected.handler,
+            agents,
         }
     }
 }
@@ -427,7 +397,10 @@ impl Drop for Engine {
             return;
         }
         self.stop.stop();
-        for h in self.readers.drain(..).chain(self.workers.drain(..)) {
+        for h in self.readers.drain(..) {
+            let _ = h.join();
+        }
+        for h in self.workers.drain(..) {
             let _ = h.join();
         }
         // The collector ends by itself once every worker's sender is gone.

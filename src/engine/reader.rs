@@ -13,8 +13,8 @@ use crossbeam::utils::CachePadded;
 use super::batch;
 use super::sequence::SequenceTracker;
 use crate::agent::{Agent, AgentError, Step, StopFlag};
-use crate::feed::topic_hash;
-use crate::wire::{self, Kind, DROP_REASONS};
+use crate::clock;
+use crate::wire::{self, topic_hash, Kind, DROP_REASONS};
 
 /// How data frames are handed to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -74,8 +74,8 @@ pub struct ReaderConfig {
     pub expect_eos: usize,
     /// The shard subscribes to every topic (stream gaps are then real loss).
     pub full_subscription: bool,
-    /// Hand-off SNDHWM, in messages (batches).
-    pub push_hwm: i32,
+    /// Hand-off queue depth per worker, in hand-off messages (batches).
+    pub handoff_hwm_msgs: i32,
 }
 
 /// The per-frame checks and routing of a reader (socket-free).
@@ -180,6 +180,8 @@ pub struct ReaderAgent {
     pushes: Vec<zmq::Socket>,
     staging: Vec<Vec<u8>>,
     msg: zmq::Message,
+    /// A received message waiting for room on its worker's PUSH (per-message hand-off).
+    pending: Option<(usize, zmq::Message)>,
     checks: Checks,
     counters: Arc<ShardCounters>,
     /// Ended by end of stream (not by a stop request or an error).
@@ -192,7 +194,8 @@ fn zerr<'a>(role: &'a str, context: &'static str) -> impl FnOnce(zmq::Error) -> 
 
 impl ReaderAgent {
     /// Wrap a connected, subscribed SUB; connect PUSH sockets (in the fan-out
-    /// context `fanout`) to every worker.
+    /// context `fanout`) to every worker. `stop` bounds the final hand-off of
+    /// end markers in `on_close`.
     pub fn new(
         cfg: ReaderConfig,
         sub: zmq::Socket,
@@ -204,7 +207,7 @@ impl ReaderAgent {
         let mut pushes = Vec::with_capacity(cfg.worker_endpoints.len());
         for ep in &cfg.worker_endpoints {
             let p = fanout.socket(zmq::PUSH).map_err(zerr(&role, "creating a PUSH"))?;
-            p.set_sndhwm(cfg.push_hwm).map_err(zerr(&role, "setting the hand-off SNDHWM"))?;
+            p.set_sndhwm(cfg.handoff_hwm_msgs).map_err(zerr(&role, "setting the hand-off SNDHWM"))?;
             p.set_linger(-1).map_err(zerr(&role, "setting LINGER"))?;
             p.connect(ep).map_err(zerr(&role, "connecting to a worker"))?;
             pushes.push(p);
@@ -222,69 +225,63 @@ impl ReaderAgent {
             pushes,
             staging,
             msg: zmq::Message::new(),
+            pending: None,
             checks,
             counters,
             finished: false,
         })
     }
 
-    /// Hand `data` to worker `w`. Never blocks for good: a full hand-off
-    /// queue is waited on in short polls, and a stop request (or a worker that
-    /// is gone) ends the wait; returns false then.
-    fn send_to(&self, w: usize, data: Sendable) -> Result<bool, AgentError> {
-        let push = &self.pushes[w];
-        let mut data = Some(data);
-        loop {
-            let r = match data.take() {
-                Some(Sendable::Bytes(b)) => push.send(b, zmq::DONTWAIT).map_err(|e| (e, Some(Sendable::Bytes(b)))),
-                Some(Sendable::Msg(m)) => {
-                    // zmq consumes a message even on EAGAIN, so move it only
-                    // once the PUSH says it can take one (POLLOUT is exact for
-                    // PUSH, and this thread is its only writer).
-                    let writable = push.get_events().map(|e| e.contains(zmq::POLLOUT)).unwrap_or(false);
-                    if writable {
-                        push.send(m, zmq::DONTWAIT).map_err(|e| (e, None))
-                    } else {
-                        Err((zmq::Error::EAGAIN, Some(Sendable::Msg(m))))
-                    }
-                }
-                None => return Ok(true),
-            };
-            match r {
-                Ok(()) => return Ok(true),
-                Err((zmq::Error::EAGAIN, back @ Some(_))) | Err((zmq::Error::EINTR, back @ Some(_))) => {
-                    if self.stop.is_stopped() {
-                        return Ok(false);
-                    }
-                    data = back;
-                    let mut items = [push.as_poll_item(zmq::POLLOUT)];
-                    let _ = zmq::poll(&mut items, 10);
-                }
-                Err((e, _)) => return Err(zerr(&self.role, "handing off to a worker")(e)),
+    /// Try to hand everything staged (and a pending message) to the workers
+    /// without blocking. Returns false while some worker's queue is full
+    /// (what could not go stays staged, in order).
+    fn try_flush(&mut self) -> Result<bool, AgentError> {
+        if let Some((w, m)) = self.pending.take() {
+            // zmq consumes a message even on EAGAIN, so move it only once the
+            // PUSH says it can take one (POLLOUT is exact for PUSH, and this
+            // thread is its only writer).
+            let push = &self.pushes[w];
+            if !push.get_events().map_err(zerr(&self.role, "polling a hand-off"))?.contains(zmq::POLLOUT) {
+                self.pending = Some((w, m));
+                return Ok(false);
             }
+            push.send(m, zmq::DONTWAIT).map_err(zerr(&self.role, "handing off to a worker"))?;
         }
-    }
-
-    fn flush(&mut self) -> Result<bool, AgentError> {
         for w in 0..self.staging.len() {
-            if !self.staging[w].is_empty() {
-                let buf = std::mem::take(&mut self.staging[w]);
-                let ok = self.send_to(w, Sendable::Bytes(&buf));
-                self.staging[w] = buf;
-                self.staging[w].clear();
-                if !ok? {
-                    return Ok(false);
-                }
+            if self.staging[w].is_empty() {
+                continue;
+            }
+            match self.pushes[w].send(&self.staging[w][..], zmq::DONTWAIT) {
+                Ok(()) => self.staging[w].clear(),
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
+                Err(e) => return Err(zerr(&self.role, "handing off to a worker")(e)),
             }
         }
         Ok(true)
     }
-}
 
-/// What a reader hands over: a batch buffer or a received message as is.
-enum Sendable<'a> {
-    Bytes(&'a [u8]),
-    Msg(zmq::Message),
+    /// The first hand-off socket that is full, if any.
+    fn blocked_push(&self) -> Option<&zmq::Socket> {
+        if let Some((w, _)) = &self.pending {
+            return Some(&self.pushes[*w]);
+        }
+        self.staging.iter().position(|b| !b.is_empty()).map(|w| &self.pushes[w])
+    }
+
+    /// Flush, waiting while workers are full, until done or `stop` is set.
+    fn flush_blocking(&mut self) -> bool {
+        loop {
+            match self.try_flush() {
+                Ok(true) => return true,
+                Ok(false) if !self.stop.is_stopped() => {
+                    if let Some(p) = self.blocked_push() {
+                        let _ = crate::zmqx::wait_ready(p, zmq::POLLOUT, Duration::from_millis(10));
+                    }
+                }
+                _ => return false,
+            }
+        }
+    }
 }
 
 impl Agent for ReaderAgent {
@@ -293,6 +290,11 @@ impl Agent for ReaderAgent {
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
+        // Back-pressure: nothing more is read until the workers took what is
+        // staged, so the SUB's queue fills and TCP pushes back on the publisher.
+        if (self.pending.is_some() || self.staging.iter().any(|b| !b.is_empty())) && !self.try_flush()? {
+            return Ok(Step::Blocked(0));
+        }
         let mut n = 0;
         while n < self.cfg.batch_max {
             match self.sub.recv(&mut self.msg, zmq::DONTWAIT) {
@@ -302,24 +304,26 @@ impl Agent for ReaderAgent {
                 Err(e) => return Err(zerr(&self.role, "receiving from the SUB")(e)),
             }
             n += 1;
-            let recv_ns = wire::now_ns();
+            let recv_ns = clock::realtime_ns();
             let frame: &[u8] = &self.msg;
             let Some(w) = self.checks.check(frame, recv_ns) else { continue };
             match self.cfg.handoff {
                 HandOff::Batch => batch::push(&mut self.staging[w], recv_ns, frame),
                 HandOff::PerMessage => {
                     let m = std::mem::replace(&mut self.msg, zmq::Message::new());
-                    if !self.send_to(w, Sendable::Msg(m))? {
-                        return Ok(Step::Finished);
+                    self.pending = Some((w, m));
+                    if !self.try_flush()? {
+                        break;
                     }
                 }
             }
         }
+        let flushed = n == 0 || self.try_flush()?;
         if n > 0 {
-            if !self.flush()? {
-                return Ok(Step::Finished);
-            }
             self.checks.publish(&self.counters);
+        }
+        if !flushed {
+            return Ok(Step::Blocked(n));
         }
         if self.cfg.expect_eos > 0 && self.checks.eos_sessions() >= self.cfg.expect_eos as u64 {
             self.finished = true;
@@ -329,19 +333,34 @@ impl Agent for ReaderAgent {
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        let mut items = [self.sub.as_poll_item(zmq::POLLIN)];
-        let _ = zmq::poll(&mut items, timeout.as_millis().max(1) as i64);
+        let _ = crate::zmqx::wait_ready(&self.sub, zmq::POLLIN, timeout);
+    }
+
+    fn blocked_wait(&mut self, timeout: Duration) {
+        if let Some(p) = self.blocked_push() {
+            let _ = crate::zmqx::wait_ready(p, zmq::POLLOUT, timeout);
+        }
     }
 
     fn on_close(&mut self) {
-        let _ = self.flush();
+        let flushed = self.flush_blocking();
         self.checks.publish(&self.counters);
         // End markers (an empty message to every worker, after all batches)
         // on a normal finish; when stopped, workers stop on the flag.
-        if self.finished {
+        if self.finished && flushed {
             for w in 0..self.pushes.len() {
-                if !matches!(self.send_to(w, Sendable::Bytes(b"")), Ok(true)) {
-                    break;
+                self.staging[w].clear();
+                self.pending = None;
+                // An empty staged buffer is not sent by try_flush: send the
+                // marker itself, waiting for room while not stopped.
+                loop {
+                    match self.pushes[w].send(&b""[..], zmq::DONTWAIT) {
+                        Ok(()) => break,
+                        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if !self.stop.is_stopped() => {
+                            let _ = crate::zmqx::wait_ready(&self.pushes[w], zmq::POLLOUT, Duration::from_millis(10));
+                        }
+                        Err(_) => return,
+                    }
                 }
             }
         }

@@ -33,12 +33,8 @@ pub struct FnvHasher(u64);
 impl Hasher for FnvHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
+        let h = if self.0 == 0 { crate::wire::FNV_OFFSET } else { self.0 };
+        self.0 = crate::wire::fnv1a(h, bytes);
     }
     #[inline]
     fn finish(&self) -> u64 {

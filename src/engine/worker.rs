@@ -19,16 +19,10 @@ use crossbeam::utils::CachePadded;
 use super::batch::BatchIter;
 use super::handler::Handler;
 use crate::agent::{Agent, AgentError, Step};
+use crate::clock;
+use crate::metrics::collector::WorkerReport;
 use crate::metrics::StageHistograms;
 use crate::wire;
-
-/// What a worker sends to the metrics collector.
-pub struct WorkerReport {
-    pub worker: usize,
-    pub stages: StageHistograms,
-    /// The handler's counters (final report only).
-    pub handler_counters: Vec<(&'static str, u64)>,
-}
 
 /// Live counters of one worker.
 #[derive(Debug, Default)]
@@ -73,7 +67,7 @@ impl WorkerAgent {
         index: usize,
         fanout: &zmq::Context,
         endpoint: &str,
-        pull_hwm: i32,
+        handoff_hwm_msgs: i32,
         readers: usize,
         handler: Box<dyn Handler>,
         metrics: Sender<WorkerReport>,
@@ -87,7 +81,7 @@ impl WorkerAgent {
             move |source| AgentError::Zmq { role, context, source }
         };
         let pull = fanout.socket(zmq::PULL).map_err(zerr("creating the PULL"))?;
-        pull.set_rcvhwm(pull_hwm).map_err(zerr("setting RCVHWM"))?;
+        pull.set_rcvhwm(handoff_hwm_msgs).map_err(zerr("setting RCVHWM"))?;
         pull.bind(endpoint).map_err(zerr("binding the PULL"))?;
         Ok(WorkerAgent {
             role,
@@ -103,7 +97,7 @@ impl WorkerAgent {
             spares,
             interval_ns: interval.as_nanos() as u64,
             last_done_ns: 0,
-            last_report_ns: wire::now_ns(),
+            last_report_ns: clock::realtime_ns(),
             handled: 0,
             handled_bytes: 0,
             counters,
@@ -122,7 +116,7 @@ impl WorkerAgent {
         // The reader checked this frame already; the worker counts bytes handled.
         let Ok(view) = wire::decode(frame) else { return 0 };
         handler.on_message(&view);
-        let done = wire::now_ns();
+        let done = clock::realtime_ns();
         *last_done_ns = done;
         let sent = view.header.send_time_ns;
         stages.record(recv_ns.saturating_sub(sent), take_ns.saturating_sub(recv_ns), done.saturating_sub(sent));
@@ -186,7 +180,7 @@ impl Agent for WorkerAgent {
                     return Err(AgentError::Zmq { role: self.role.clone(), context: "receiving a hand-off", source })
                 }
             }
-            let take_ns = wire::now_ns();
+            let take_ns = clock::realtime_ns();
             let bytes: &[u8] = &self.msg;
             if bytes.is_empty() {
                 self.ends_seen += 1;
@@ -219,7 +213,7 @@ impl Agent for WorkerAgent {
             self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
             self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
         }
-        let now = wire::now_ns();
+        let now = clock::realtime_ns();
         if now.saturating_sub(self.last_report_ns) >= self.interval_ns {
             self.ship(false);
             self.last_report_ns = now;
@@ -231,8 +225,7 @@ impl Agent for WorkerAgent {
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        let mut items = [self.pull.as_poll_item(zmq::POLLIN)];
-        let _ = zmq::poll(&mut items, timeout.as_millis().max(1) as i64);
+        let _ = crate::zmqx::wait_ready(&self.pull, zmq::POLLIN, timeout);
     }
 
     fn on_close(&mut self) {

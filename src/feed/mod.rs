@@ -25,17 +25,7 @@ impl SplitMix64 {
     }
 }
 
-/// FNV-1a over the topic: the stable topic → shard function (same on every
-/// host and build; documented in docs/WIRE.md's neighbour, the README).
-#[inline]
-pub fn topic_hash(topic: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in topic {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+use crate::wire::topic_hash;
 
 /// Which of `shards` shards carries `topic`.
 #[inline]

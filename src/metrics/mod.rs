@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+pub mod collector;
+
 /// Highest latency recorded exactly (60 s); larger values are clamped.
 pub const MAX_TRACKABLE_NS: u64 = 60_000_000_000;
 
@@ -144,6 +146,9 @@ pub struct RunReport {
     pub metrics_dropped: u64,
     /// Counters kept by the workers' handler (e.g. `verify`), summed.
     pub handler: BTreeMap<String, u64>,
+    /// Every agent thread of the subscriber: work, idle and back-pressure
+    /// time, CPU time.
+    pub agents: Vec<crate::agent::AgentStats>,
 }
 
 impl RunReport {
@@ -197,6 +202,25 @@ impl RunReport {
         if !self.handler.is_empty() {
             let c: Vec<String> = self.handler.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  handler      {}", c.join(", "));
+        }
+        if !self.agents.is_empty() {
+            let _ = writeln!(
+                s,
+                "  threads      {:<14} {:>10} {:>9} {:>8} {:>9} {:>9}",
+                "", "items", "CPU", "ns/item", "busy", "blocked"
+            );
+            for a in &self.agents {
+                let _ = writeln!(
+                    s,
+                    "    {:<24} {:>10} {:>9} {:>8.0} {:>8.0}% {:>9}",
+                    a.role,
+                    a.work,
+                    human_ns(a.cpu_ns),
+                    a.cpu_ns_per_item(),
+                    a.busy_fraction() * 100.0,
+                    human_ns(a.blocked_ns)
+                );
+            }
         }
         if self.metrics_dropped > 0 {
             let _ = writeln!(

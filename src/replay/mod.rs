@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 use crate::agent::StopFlag;
 use crate::feed::{shard_of, Generator, GeneratorConfig, SplitMix64};
 use crate::wire::capture::{CaptureError, CaptureReader};
-use crate::wire::{self, Header, Kind};
-
-/// Topic of heartbeat and end-of-stream frames (see docs/WIRE.md).
-pub const CONTROL_TOPIC: &[u8] = b"_mdsub";
+use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
 
 /// Errors of a replay.
 #[derive(Debug, thiserror::Error)]

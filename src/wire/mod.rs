@@ -235,14 +235,31 @@ pub fn mark_from_cache(frame: &mut [u8]) -> bool {
     true
 }
 
-/// Nanoseconds since the Unix epoch, CLOCK_REALTIME (the clock of `send_time_ns`).
+/// Topic of heartbeat and end-of-stream frames (see docs/WIRE.md).
+pub const CONTROL_TOPIC: &[u8] = b"_mdsub";
+
+/// FNV-1a's offset basis: the starting state of [`fnv1a`].
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a: continue hash state `h` over `bytes`. Fast for short keys.
 #[inline]
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
+
+/// FNV-1a over the topic: the stable topic → shard and topic → worker
+/// function (the same on every host and build).
+#[inline]
+pub fn topic_hash(topic: &[u8]) -> u64 {
+    fnv1a(FNV_OFFSET, topic)
+}
+
+/// Transitional: the realtime clock now lives in [`crate::clock`].
+pub use crate::clock::realtime_ns as now_ns;
 
 #[cfg(test)]
 mod tests {
