@@ -592,7 +592,7 @@ mod tests {
                 return Ok(Step::Finished);
             }
             self.left -= 1;
-            if self.blocked_every > 0 && self.left % self.blocked_every == 0 {
+            if self.blocked_every > 0 && self.left.is_multiple_of(self.blocked_every) {
                 return Ok(Step::Blocked(1));
             }
             Ok(Step::Worked(self.left % 2))
@@ -696,7 +696,7 @@ mod tests {
             .expect("joined");
         assert_eq!(name.as_deref(), Some("a-task"));
         let err = Runner::task("a-task", None, || -> u8 { panic!("boom") }).expect("start").join();
-        assert!(err.err().expect("fails").to_string().contains("boom"));
+        assert!(err.expect_err("fails").to_string().contains("boom"));
     }
 
     #[test]

@@ -214,6 +214,36 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
     }
 }
 
+/// Wait up to `timeout` until `socket` is ready for `events` (POLLIN and/or
+/// POLLOUT), with microsecond resolution: `zmq_poll` rounds its timeout up to
+/// whole milliseconds, which turns a 50 µs back-off into 1 ms. This does what
+/// `zmq_poll` does inside, with `ppoll`'s nanosecond timeout: ask libzmq for
+/// the socket's events (which also processes its pending commands), and if
+/// it is not ready, sleep on its signalling fd (`ZMQ_FD`, readable when a
+/// command such as "the pipe has data" arrives), then ask again. Returns
+/// whether the socket became ready.
+pub fn wait_ready(socket: &zmq::Socket, events: zmq::PollEvents, timeout: std::time::Duration) -> zmq::Result<bool> {
+    let deadline = crate::clock::monotonic_ns().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
+    loop {
+        if socket.get_events()?.intersects(events) {
+            return Ok(true);
+        }
+        let now = crate::clock::monotonic_ns();
+        if now >= deadline {
+            return Ok(false);
+        }
+        let left = deadline - now;
+        let ts =
+            libc::timespec { tv_sec: (left / 1_000_000_000) as libc::time_t, tv_nsec: (left % 1_000_000_000) as _ };
+        let mut pfd = libc::pollfd { fd: socket.get_fd()?, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd we own, a timespec we own, no signal mask.
+        let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(zmq::Error::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,35 +291,5 @@ mod tests {
         assert!(check_endpoint("tcp://127.0.0.1:99999").is_err());
         assert!(check_endpoint("tcp://127.0.0.1").is_err());
         assert!(check_endpoint("udp://x:1").is_err());
-    }
-}
-
-/// Wait up to `timeout` until `socket` is ready for `events` (POLLIN and/or
-/// POLLOUT), with microsecond resolution: `zmq_poll` rounds its timeout up to
-/// whole milliseconds, which turns a 50 µs back-off into 1 ms. This does what
-/// `zmq_poll` does inside, with `ppoll`'s nanosecond timeout: ask libzmq for
-/// the socket's events (which also processes its pending commands), and if
-/// it is not ready, sleep on its signalling fd (`ZMQ_FD`, readable when a
-/// command such as "the pipe has data" arrives), then ask again. Returns
-/// whether the socket became ready.
-pub fn wait_ready(socket: &zmq::Socket, events: zmq::PollEvents, timeout: std::time::Duration) -> zmq::Result<bool> {
-    let deadline = crate::clock::monotonic_ns().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
-    loop {
-        if socket.get_events()?.intersects(events) {
-            return Ok(true);
-        }
-        let now = crate::clock::monotonic_ns();
-        if now >= deadline {
-            return Ok(false);
-        }
-        let left = deadline - now;
-        let ts =
-            libc::timespec { tv_sec: (left / 1_000_000_000) as libc::time_t, tv_nsec: (left % 1_000_000_000) as _ };
-        let mut pfd = libc::pollfd { fd: socket.get_fd()?, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one pollfd we own, a timespec we own, no signal mask.
-        let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return Err(zmq::Error::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)));
-        }
     }
 }
