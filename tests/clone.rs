@@ -916,3 +916,113 @@ fn an_update_is_in_the_log_before_it_is_published() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tmpfs this test mounts (needs root), unmounted and removed on drop, in every path.
+struct TinyTmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl TinyTmpfs {
+    /// Mount a `size` tmpfs, or `Err(reason)` when this process cannot (not root, no mount).
+    fn mount(name: &str, size: &str) -> Result<TinyTmpfs, String> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root, so a tmpfs cannot be mounted".into());
+        }
+        let dir = std::env::temp_dir().join(format!("mdsub-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(TinyTmpfs { dir })
+    }
+
+    /// Write a file until the file system says it is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut f = std::fs::File::create(&path).expect("create the filler");
+        let chunk = [0u8; 4096];
+        let mut full = false;
+        for _ in 0..100_000 {
+            if let Err(e) = f.write_all(&chunk) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "filling the tmpfs: {e}");
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "the tmpfs never filled up");
+        path
+    }
+}
+
+impl Drop for TinyTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// docs/CLONE.md: an acknowledged update survives a crash. So when the log cannot be written
+/// (here: its file system is full) the server must neither acknowledge nor publish the update;
+/// it counts the failure and keeps serving what it has. Once space is back, the client's
+/// re-send goes through.
+#[test]
+fn a_failed_log_write_is_neither_published_nor_acknowledged() {
+    let fs = match TinyTmpfs::mount("clone-diskfull", "64k") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED a_failed_log_write_is_neither_published_nor_acknowledged: {why}");
+            return;
+        }
+    };
+    let data = fs.dir.join("data");
+    let p = free_port_block(3);
+    let _s = server("server", p, &["--data-dir", data.to_str().expect("utf8")]);
+    let writer = client(&[p], "");
+    let watcher = client(&[p], "");
+    writer.wait_synced(Duration::from_secs(5)).expect("writer synced");
+    watcher.wait_synced(Duration::from_secs(5)).expect("watcher synced");
+    let old = writer.set("/old/a", "1", None).expect("set");
+    writer.wait_acked(old, Duration::from_secs(5)).expect("a set is acknowledged while the disk has room");
+    wait_until(Duration::from_secs(5), "the watcher to see /old/a", || watcher.get("/old/a").ok().flatten().is_some());
+    let changes = watcher.watch("/new/").expect("watch");
+    let filler = fs.fill();
+    // Bigger than a page, so it cannot fit in the slack of the log's last page.
+    let big = vec![b'x'; 16 << 10];
+    let u = writer.set("/new/big", big.clone(), None).expect("set");
+    // Through at least one re-send (resend_after_ms is 2 s): never acknowledged, never published.
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        assert_eq!(
+            writer.ack_state(u).expect("ack state"),
+            AckState::Pending,
+            "a set whose log write failed was acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        changes.try_iter().all(|c| c.kind == ChangeKind::Initial),
+        "a set whose log write failed was published to a watcher"
+    );
+    assert_eq!(watcher.get("/new/big").expect("get"), None);
+    let failures = status(p).get("log_failures").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    assert!(failures >= 1, "the failed log writes are counted in the status (log_failures={failures})");
+    // Reads still work: the server is active, older keys are served, the failed one is not.
+    let s = status(p);
+    assert_eq!(s.get("state").map(String::as_str), Some("active"), "still serving: {s:?}");
+    assert_eq!(snapshot_of(p), vec![(b"/old/a".to_vec(), b"1".to_vec())]);
+    assert_eq!(writer.dump("/old/").expect("dump"), vec![(b"/old/a".to_vec(), b"1".to_vec())]);
+    // Room again: the client's next re-send is applied, published and acknowledged.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    writer.wait_acked(u, Duration::from_secs(10)).expect("acknowledged once the log can be written");
+    wait_until(Duration::from_secs(5), "the watcher to see /new/big", || {
+        watcher.get("/new/big").ok().flatten().as_deref() == Some(&big[..])
+    });
+}

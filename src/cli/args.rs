@@ -123,6 +123,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60.0,
         "h" => 3600.0,
         "" => return Err(format!("`{s}` has no unit; accepted: {DURATION_FORMS}")),
+        _ if num.trim().is_empty() => return Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}")),
         _ => return Err(format!("`{s}` has an unknown unit `{unit}`; accepted: {DURATION_FORMS}")),
     };
     if v >= 0.0 && (v * scale) < 1e12 {

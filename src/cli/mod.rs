@@ -11,7 +11,7 @@
 //! | [`feed`] | the synthetic feed and publisher flags of demo, replay and bench |
 //! | [`engine`] | `mdsub demo`, `mdsub engine` |
 //! | [`replay`] | `mdsub replay` |
-//! | [`bench`] | `mdsub bench`, `mdsub lvc-bench`, `mdsub clone-bench` |
+//! | [`bench`](mod@bench) | `mdsub bench`, `mdsub lvc-bench`, `mdsub clone-bench` |
 //! | [`lvc`] | `mdsub lvc` |
 //! | [`tap`] | `mdsub tap` |
 //! | [`clone`] | `mdsub clone-server`, `mdsub clone-client` |

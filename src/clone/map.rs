@@ -255,6 +255,14 @@ impl RecentUuids {
         true
     }
 
+    /// Forget `u` (an update that was refused after all, so its re-send is
+    /// not taken for a duplicate).
+    pub fn remove(&mut self, u: &Uuid) {
+        if self.set.remove(u) {
+            self.order.retain(|o| o != u);
+        }
+    }
+
     /// Was `u` seen recently?
     pub fn contains(&self, u: &Uuid) -> bool {
         self.set.contains(u)

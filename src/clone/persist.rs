@@ -95,6 +95,9 @@ pub struct Store {
     log: BufWriter<File>,
     log_records: u64,
     dirty: bool,
+    /// Length of the log once its last successful flush reached the OS: what
+    /// [`Store::rollback`] cuts back to.
+    good_len: u64,
 }
 
 fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
@@ -315,6 +318,7 @@ impl Store {
             log: BufWriter::with_capacity(1 << 16, file),
             log_records: 0,
             dirty: false,
+            good_len: good_end,
         };
         Ok((store, rec))
     }
@@ -336,7 +340,24 @@ impl Store {
 
     /// Hand buffered records to the OS (survives a process crash).
     pub fn flush(&mut self) -> Result<(), PersistError> {
-        self.log.flush().map_err(io_err(&self.dir.join("log"), "flushing"))
+        let path = self.dir.join("log");
+        self.log.flush().map_err(io_err(&path, "flushing"))?;
+        self.good_len = self.log.get_mut().stream_position().map_err(io_err(&path, "reading the log position"))?;
+        Ok(())
+    }
+
+    /// After a failed append or flush: drop every record not yet flushed (their
+    /// updates were not acknowledged) and cut the log back to its last flushed
+    /// end, so a record torn by the failure cannot hide later ones at recovery.
+    pub fn rollback(&mut self) -> Result<(), PersistError> {
+        let path = self.dir.join("log");
+        let file = self.log.get_ref().try_clone().map_err(io_err(&path, "reopening the log"))?;
+        let old = std::mem::replace(&mut self.log, BufWriter::with_capacity(1 << 16, file));
+        drop(old.into_parts());
+        let f = self.log.get_mut();
+        f.set_len(self.good_len).map_err(io_err(&path, "cutting back a failed write"))?;
+        f.seek(SeekFrom::Start(self.good_len)).map_err(io_err(&path, "seeking the log"))?;
+        Ok(())
     }
 
     /// Flush and fsync the log (survives a machine crash).

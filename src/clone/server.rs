@@ -178,6 +178,17 @@ pub struct Counters {
     pub malformed_heartbeats: u64,
     /// Pending updates dropped (too old or list full).
     pub pending_dropped: u64,
+    /// Update-log appends or flushes that failed (disk full, I/O error): the
+    /// updates they carried were neither applied, published nor acknowledged.
+    pub log_failures: u64,
+}
+
+/// What waits in the outbox for the update log's flush.
+enum Outgoing {
+    /// Publish only (HUGZ, expiry deletes, re-published current values).
+    Publish(KvMsg),
+    /// A client's update: apply to the map at `now_ns`, then publish (its acknowledgement).
+    Update(KvMsg, u64),
 }
 
 struct PeerSync {
@@ -222,7 +233,7 @@ pub struct Server {
     wrote: bool,
     /// With a data dir: updates applied but not yet published, held until their log records
     /// have been handed to the OS (see [`Server::flush_outbox`]).
-    outbox: Vec<KvMsg>,
+    outbox: Vec<Outgoing>,
 }
 
 fn log(verbose: bool, msg: std::fmt::Arguments) {
@@ -379,22 +390,54 @@ impl Server {
         &self.map
     }
 
-    fn persist(&mut self, msg: &KvMsg, expires_at_ns: Option<u64>, now_ns: u64) {
-        let Some(store) = self.store.as_mut() else { return };
+    /// Append `msg` to the update log (no data dir: nothing to do). False when
+    /// the append failed: counted and reported, and the caller must not
+    /// acknowledge the update.
+    fn persist(&mut self, msg: &KvMsg, expires_at_ns: Option<u64>, now_ns: u64) -> bool {
+        let Some(store) = self.store.as_mut() else { return true };
         let mut m = msg.clone();
         m.remove_prop(kvmsg::TTL_PROP);
         let expires_at_unix_ms = expires_at_ns.map(|t| wall_now_ms() + t.saturating_sub(now_ns) / 1_000_000 + 1);
-        if let Err(e) = store.append(&Record { msg: m, expires_at_unix_ms }) {
+        match store.append(&Record { msg: m, expires_at_unix_ms }) {
+            Ok(()) => {
+                self.wrote = true;
+                true
+            }
+            Err(e) => {
+                self.log_failed(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Count a failed log write and say so on stderr (the first ten, then
+    /// every thousandth, so a full disk does not flood the terminal).
+    fn log_failed(&mut self, what: &str) {
+        self.counters.log_failures += 1;
+        self.wrote = false;
+        if let Some(Err(e)) = self.store.as_mut().map(|s| s.rollback()) {
             eprintln!("clone-server: {e}");
         }
-        self.wrote = true;
+        // The rollback dropped every record not yet flushed: what waited on
+        // them is not published, and the clients' re-sends count as new.
+        for o in std::mem::take(&mut self.outbox) {
+            if let Outgoing::Update(m, _) = o {
+                if let Some(u) = m.uuid {
+                    self.recent.remove(&u);
+                }
+            }
+        }
+        let n = self.counters.log_failures;
+        if n <= 10 || n.is_multiple_of(1000) {
+            eprintln!("clone-server: update log write failed ({n} so far), update not acknowledged: {what}");
+        }
     }
 
     /// Publish `msg`; with a data dir it waits in the outbox until its log record is written.
     fn publish(&mut self, msg: &KvMsg, now_ns: u64) {
         self.last_pub_ns = now_ns;
         if self.store.is_some() {
-            self.outbox.push(msg.clone());
+            self.outbox.push(Outgoing::Publish(msg.clone()));
             return;
         }
         self.send_pub(msg);
@@ -410,24 +453,36 @@ impl Server {
     /// Hand the log records written so far to the OS, then publish the outbox: a KVPUB is a
     /// client's acknowledgement, so it goes out only once a process crash can no longer lose
     /// the update (append → flush → publish, once per batch).
+    /// If the flush fails, nothing in the outbox is applied or published: the
+    /// clients' updates stay un-acknowledged (they re-send them), and their
+    /// UUIDs are forgotten so the re-sends are taken as new.
     fn flush_outbox(&mut self) {
         if let Some(store) = self.store.as_mut() {
             if self.wrote {
-                if let Err(e) = store.flush() {
-                    eprintln!("clone-server: {e}");
-                }
+                let flushed = store.flush();
                 self.wrote = false;
+                if let Err(e) = flushed {
+                    self.log_failed(&e.to_string());
+                    return;
+                }
             }
         }
         if self.outbox.is_empty() {
             return;
         }
-        let outbox = std::mem::take(&mut self.outbox);
-        for m in &outbox {
-            self.send_pub(m);
+        let mut outbox = std::mem::take(&mut self.outbox);
+        for o in outbox.drain(..) {
+            match o {
+                Outgoing::Publish(m) => self.send_pub(&m),
+                Outgoing::Update(m, now_ns) => {
+                    self.send_pub(&m);
+                    if self.map.apply_owned(m, now_ns).is_err() {
+                        self.counters.malformed_updates += 1;
+                    }
+                }
+            }
         }
         self.outbox = outbox;
-        self.outbox.clear();
     }
 
     /// Validate a client update; the reason when it is refused.
@@ -464,11 +519,22 @@ impl Server {
         }
         self.sequence = self.sequence.saturating_add(1);
         msg.sequence = self.sequence;
-        self.publish(&msg, now_ns);
         if self.store.is_some() {
+            // Log first; applied and published (the acknowledgement) only once
+            // the log record is flushed (flush_outbox), never if it failed.
             let exp = ttl_ns(&msg).ok().flatten().map(|t| now_ns.saturating_add(t));
-            self.persist(&msg, exp, now_ns);
+            if !self.persist(&msg, exp, now_ns) {
+                self.sequence -= 1;
+                if let Some(u) = msg.uuid {
+                    self.recent.remove(&u);
+                }
+                return;
+            }
+            self.last_pub_ns = now_ns;
+            self.outbox.push(Outgoing::Update(msg, now_ns));
+            return;
         }
+        self.publish(&msg, now_ns);
         if self.map.apply_owned(msg, now_ns).is_err() {
             self.counters.malformed_updates += 1;
         }
@@ -629,7 +695,7 @@ impl Server {
         format!(
             "state={}\nrole={role}\nsequence={}\nkeys={}\npending={pending}\nmalformed_requests={}\n\
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
-             published={}\nexpired={}\npending_dropped={}\n",
+             published={}\nexpired={}\npending_dropped={}\nlog_failures={}\n",
             self.state_name(),
             self.sequence,
             self.map.len(),
@@ -641,7 +707,8 @@ impl Server {
             c.snapshots,
             c.published,
             c.expired,
-            c.pending_dropped
+            c.pending_dropped,
+            c.log_failures
         )
     }
 
