@@ -73,7 +73,7 @@ fn main() {
             Err(e) => Err(e),
         },
         Cmd::Info => {
-            let m = cli::bench::Machine::here();
+            let m = mdsub::bench::stamp::Machine::here();
             println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);
             println!("libzmq {}", m.libzmq);
             println!("cores {} ({})", m.cores, m.cpu);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::bench::median;
 use crate::clone::client::{ChangeKind, Client, ClientConfig};
 use crate::clone::kvmsg::{recv_frames, KvMsg, HUGZ};
 use crate::clone::server::{Server, ServerConfig};
@@ -105,11 +106,6 @@ fn feed(ctx: &zmq::Context, port: u16, n: u64, key_space: u64, prefix: &str) -> 
         s.send(&value[..], 0)?;
     }
     Ok(())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
 }
 
 /// Updates/s from the collector through the server to a raw CHP subscriber that decodes every
@@ -328,6 +324,7 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
 /// Run the clone benchmarks and print the medians.
 pub fn run(args: &CloneBenchConfig) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
+    println!("clone-bench  {}", crate::bench::stamp::Machine::here());
     println!(
         "clone-bench: {} runs each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
         runs, args.updates, args.keys, args.silence_ms
@@ -359,12 +356,12 @@ pub fn run(args: &CloneBenchConfig) -> anyhow::Result<()> {
             fos.push(t);
         }
     }
-    println!("median: baseline (one hop, no server) {:.0} updates/s", median(&mut base));
-    println!("median: raw subscriber {:.0} updates/s", median(&mut raw));
-    println!("median: clone::Client {:.0} updates/s", median(&mut cli));
-    println!("median: snapshot of {} keys {:.3} s", args.keys, median(&mut snaps));
+    println!("median: baseline (one hop, no server) {:.0} updates/s", median(base));
+    println!("median: raw subscriber {:.0} updates/s", median(raw));
+    println!("median: clone::Client {:.0} updates/s", median(cli));
+    println!("median: snapshot of {} keys {:.3} s", args.keys, median(snaps));
     if !fos.is_empty() {
-        println!("median: failover {:.3} s", median(&mut fos));
+        println!("median: failover {:.3} s", median(fos));
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::bench::median;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::{LvcConfig, LvcProxy, LvcReport};
 use crate::lvc::LvcError;
@@ -227,15 +228,11 @@ fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, LvcEr
     m
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Run the comparison and print one line per measurement and the medians.
 pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
     let frame_bytes = frame_len(b"B00000", args.payload_bytes);
     let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
+    println!("lvc-bench  {}", crate::bench::stamp::Machine::here());
     println!(
         "lvc-bench: {} messages of {}-byte payloads ({frame_bytes}-byte frames: {} topics, header {HEADER_LEN} B), \
          TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs of direct, plain proxy, lvc",

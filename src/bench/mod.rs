@@ -5,6 +5,7 @@
 //! | [`run`] | one measured run: in-process publisher → engine or baseline |
 //! | [`baseline`] | the plain single-thread SUB reader the engine is compared against |
 //! | [`lvc`] | `mdsub lvc-bench`: throughput through the LVC vs direct PUB→SUB |
+//! | [`stamp`] | the machine/commit/date stamp on every result |
 //! | [`clone`](mod@clone) | `mdsub clone-bench`: update throughput, snapshot and failover times |
 //!
 //! Criterion micro-benchmarks stay in `benches/`.
@@ -13,3 +14,21 @@ pub mod baseline;
 pub mod clone;
 pub mod lvc;
 pub mod run;
+pub mod stamp;
+
+/// The median of `v` (the upper one of an even count; `T::default()` when empty), the one
+/// median every benchmark reports.
+pub fn median<T: Copy + PartialOrd + Default>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_takes_the_middle_of_the_sorted_runs() {
+        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(vec![4u64, 1, 3, 2]), 3);
+        assert_eq!(super::median(Vec::<f64>::new()), 0.0);
+    }
+}

@@ -113,6 +113,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    let Ok(v) = num.trim().parse::<f64>() else {
+        return Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}"));
+    };
     let scale = match unit {
         "us" => 1e-6,
         "ms" => 1e-3,
@@ -123,9 +126,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ if num.trim().is_empty() => return Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}")),
         _ => return Err(format!("`{s}` has an unknown unit `{unit}`; accepted: {DURATION_FORMS}")),
     };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v >= 0.0 && (v * scale) < 1e12 => Ok(Duration::from_secs_f64(v * scale)),
-        _ => Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}")),
+    if v >= 0.0 && (v * scale) < 1e12 {
+        Ok(Duration::from_secs_f64(v * scale))
+    } else {
+        Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}"))
     }
 }
 
@@ -237,6 +241,8 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} refused");
         }
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5x").unwrap_err().contains("unknown unit `x`"));
     }
 
     #[test]

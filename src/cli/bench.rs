@@ -15,7 +15,9 @@ use super::{describe_pacing, load_profile};
 use crate::agent::StopFlag;
 use crate::bench::clone::CloneBenchConfig;
 use crate::bench::lvc::LvcBenchConfig;
+use crate::bench::median;
 use crate::bench::run::{run_once, RunSpec, Subscriber};
+use crate::bench::stamp::Machine;
 use crate::engine::reader::HandOff;
 use crate::metrics::{human_ns, RunReport};
 use crate::replay::{PublisherConfig, Source};
@@ -46,56 +48,6 @@ pub struct BenchArgs {
     pub save: Option<std::path::PathBuf>,
 }
 
-/// Where and what a benchmark ran on.
-#[derive(Debug, Clone, Serialize)]
-pub struct Machine {
-    pub cores: usize,
-    pub cpu: String,
-    pub libzmq: String,
-    pub mdsub_commit: String,
-    pub date_utc: String,
-}
-
-impl Machine {
-    pub fn here() -> Machine {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split(':').nth(1))
-                    .map(|s| s.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let (a, b, c) = zmq::version();
-        Machine {
-            cores: crate::profile::host_cores().len(),
-            cpu,
-            libzmq: format!("{a}.{b}.{c}"),
-            mdsub_commit: env!("MDSUB_COMMIT").to_string(),
-            date_utc: utc_now(),
-        }
-    }
-}
-
-fn utc_now() -> String {
-    let secs = (crate::wire::now_ns() / 1_000_000_000) as libc::time_t;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: gmtime_r writes into the tm we own.
-    if unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null() {
-        return "unknown".into();
-    }
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
-}
-
 /// Medians of one subscriber's runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Medians {
@@ -118,29 +70,15 @@ pub struct BenchResult {
     pub ratios: Vec<(String, [f64; 4])>,
 }
 
-fn median_f(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-fn median_u(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
-}
-
 fn medians(name: &str, runs: &[&RunReport]) -> Medians {
     let total = |r: &RunReport| r.latency.get("total").copied().unwrap_or_default();
     Medians {
         subscriber: name.to_string(),
-        msgs_per_sec: median_f(runs.iter().map(|r| r.msgs_per_sec).collect()),
-        p50_ns: median_u(runs.iter().map(|r| total(r).p50_ns).collect()),
-        p99_ns: median_u(runs.iter().map(|r| total(r).p99_ns).collect()),
-        p999_ns: median_u(runs.iter().map(|r| total(r).p999_ns).collect()),
-        max_ns: median_u(runs.iter().map(|r| total(r).max_ns).collect()),
+        msgs_per_sec: median(runs.iter().map(|r| r.msgs_per_sec).collect()),
+        p50_ns: median(runs.iter().map(|r| total(r).p50_ns).collect()),
+        p99_ns: median(runs.iter().map(|r| total(r).p99_ns).collect()),
+        p999_ns: median(runs.iter().map(|r| total(r).p999_ns).collect()),
+        max_ns: median(runs.iter().map(|r| total(r).max_ns).collect()),
         lost_total: runs.iter().map(|r| r.lost.unwrap_or(0)).sum(),
     }
 }
@@ -184,10 +122,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         "handler": profile.handler.to_string(),
     });
     if !args.json {
-        println!(
-            "mdsub bench  commit {}  {}  {} cores ({})  libzmq {}",
-            machine.mdsub_commit, machine.date_utc, machine.cores, machine.cpu, machine.libzmq
-        );
+        println!("mdsub bench  {machine}");
         println!(
             "feed: {}, {}-byte payloads, {} symbols, {}; publisher {} SNDHWM {}; subscribers RCVHWM {}",
             describe_pacing(pacing),
