@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain, idempotently:
+# Debian packages and Python packages for independent checks. Called by
+# .ci/run; safe to run by hand (as root) any number of times. Without root it
+# says what it would install and leaves it to the tests to skip (each skip
+# says why).
+set -euo pipefail
+
+# Debian packages: one line per package with the reason.
+DEB_PACKAGES=(
+)
+# Python packages for independent readers/peers: one line per package with the reason.
+PIP_PACKAGES=(
+)
+
+missing_debs=()
+for p in "${DEB_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing_debs+=("$p")
+done
+if ((${#missing_debs[@]})); then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "ci-setup: installing Debian packages: ${missing_debs[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_debs[@]}" >/dev/null
+    else
+        echo "ci-setup: not root; would install: ${missing_debs[*]}"
+    fi
+fi
+
+missing_pips=()
+for p in "${PIP_PACKAGES[@]}"; do
+    python3 -c "import importlib.metadata as m; m.version('${p%%=*}')" >/dev/null 2>&1 || missing_pips+=("$p")
+done
+if ((${#missing_pips[@]})); then
+    echo "ci-setup: installing Python packages: ${missing_pips[*]}"
+    python3 -m pip install -q "${missing_pips[@]}"
+fi
