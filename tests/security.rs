@@ -127,3 +127,15 @@ fn zap_address_allow_list_refuses_an_outsider() {
     assert_eq!(counters.accepted.load(Relaxed), 1);
     stop.stop();
 }
+
+#[test]
+fn info_reports_the_draft_api_and_curve() {
+    let (code, out, err) = run_within("info", mdsub().arg("info"), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("libzmq 4.3.5"), "the pinned libzmq: {out}");
+    for cap in ["draft", "curve"] {
+        let line =
+            out.lines().find(|l| l.trim_start().starts_with(cap)).unwrap_or_else(|| panic!("no {cap} line: {out}"));
+        assert!(line.trim_end().ends_with("yes"), "{cap} built in: {out}");
+    }
+}
