@@ -10,11 +10,12 @@
 //! | [`bstar`] | socket-free Binary Star state machine |
 //! | [`persist`] | append-only log + snapshots for `--data-dir` |
 //! | [`server`] | the server agent (snapshot ROUTER, PUB, collector SUB, Binary Star) |
-//! | [`client`] | the client agent and its application API (`Client`) |
+//! | [`client_core`] | socket-free client core: phases, failover, re-sync, acks and re-sends |
+//! | [`client`] | the client agent (the shell around [`client_core`]) and its application API (`Client`) |
 
 pub mod bstar;
 pub mod client;
-
+pub mod client_core;
 pub mod kvmsg;
 pub mod map;
 pub mod persist;
