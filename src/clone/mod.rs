@@ -6,10 +6,11 @@
 //! | module | role |
 //! |---|---|
 //! | [`kvmsg`] | CHP wire codec (five-frame kvmsg, snapshot requests) |
-//! | [`map`] | socket-free map with TTLs and subtrees, recent-UUID set, clocks |
+//! | [`map`] | socket-free map with TTLs and subtrees, recent-UUID set |
 //! | [`bstar`] | socket-free Binary Star state machine |
 //! | [`persist`] | append-only log + snapshots for `--data-dir` |
-//! | [`server`] | the server agent (snapshot ROUTER, PUB, collector SUB, Binary Star) |
+//! | [`server_core`] | socket-free server core: pending list, takeover, passive re-sync, TTLs, HUGZ, durability |
+//! | [`server`] | the server agent (the shell around [`server_core`]: snapshot ROUTER, PUB, collector SUB, Binary Star sockets, the log) |
 //! | [`client_core`] | socket-free client core: phases, failover, re-sync, acks and re-sends |
 //! | [`client`] | the client agent (the shell around [`client_core`]) and its application API (`Client`) |
 
@@ -20,6 +21,7 @@ pub mod kvmsg;
 pub mod map;
 pub mod persist;
 pub mod server;
+pub mod server_core;
 
 /// Derive the three CHP endpoints (snapshot P, publisher P+1, collector P+2) from `tcp://host:P`.
 pub fn endpoints(base: &str) -> Result<[String; 3], String> {
