@@ -769,3 +769,446 @@ impl ServerCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::clone::server::PairConfig;
+
+    const HEARTBEAT_MS: u64 = 100;
+
+    fn uuid(n: u8) -> Uuid {
+        [n; 16]
+    }
+
+    fn upd(key: &str, body: &str, n: u8) -> KvMsg {
+        let mut m = KvMsg::new(key, 0, body);
+        m.uuid = Some(uuid(n));
+        m
+    }
+
+    fn cfg(role: Option<Role>) -> ServerConfig {
+        ServerConfig {
+            pair: role.map(|role| PairConfig {
+                role,
+                peer: "tcp://127.0.0.1:7000".into(),
+                peer_state: "tcp://127.0.0.1:7003".into(),
+                state_bind: "tcp://127.0.0.1:6003".into(),
+                heartbeat_ms: HEARTBEAT_MS,
+            }),
+            hugz_interval_ms: 1000,
+            fsync_interval_ms: 1000,
+            verbose: false,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// A core on a manual clock with a shell stand-in: it runs the actions the way
+    /// `server::Server` does (published updates handed back, log results fed back at once)
+    /// and records them. `fail_appends` / `fail_flush` make the log fail.
+    struct Rig {
+        core: ServerCore,
+        clock: ManualClock,
+        fail_appends: bool,
+        fail_flush: bool,
+        published: Vec<KvMsg>,
+        appended: Vec<KvMsg>,
+        other: Vec<Action>,
+    }
+
+    impl Rig {
+        fn new(cfg: ServerConfig, durable: bool) -> Self {
+            let clock = ManualClock::new(1_000_000_000);
+            Rig {
+                core: ServerCore::new(&cfg, durable, clock.now_ns()),
+                clock,
+                fail_appends: false,
+                fail_flush: false,
+                published: Vec::new(),
+                appended: Vec::new(),
+                other: Vec::new(),
+            }
+        }
+
+        fn on(&mut self, ev: Event) {
+            let now = self.clock.now_ns();
+            let mut out = Vec::new();
+            self.core.on_event(ev, now, &mut out).expect("no binary star error");
+            self.run(out);
+        }
+
+        fn run(&mut self, actions: Vec<Action>) {
+            let now = self.clock.now_ns();
+            for a in actions {
+                let reply = match a {
+                    Action::Publish { msg, apply_at_ns } => {
+                        self.published.push(msg.clone());
+                        if let Some(at) = apply_at_ns {
+                            self.core.published(msg, at);
+                        }
+                        None
+                    }
+                    Action::Append { token, msg, .. } if self.fail_appends => {
+                        let _ = msg;
+                        Some(Event::LogFailed { token: Some(token), error: "disk full".into() })
+                    }
+                    Action::Append { msg, .. } => {
+                        self.appended.push(msg);
+                        None
+                    }
+                    Action::FlushLog if self.fail_flush => Some(Event::LogFailed { token: None, error: "EIO".into() }),
+                    Action::FlushLog => Some(Event::LogFlushed),
+                    Action::Log(_) => None,
+                    other => {
+                        self.other.push(other);
+                        None
+                    }
+                };
+                if let Some(ev) = reply {
+                    let mut more = Vec::new();
+                    self.core.on_event(ev, now, &mut more).expect("no binary star error");
+                    self.run(more);
+                }
+            }
+        }
+
+        fn keys_published(&mut self) -> Vec<(String, u64)> {
+            std::mem::take(&mut self.published)
+                .into_iter()
+                .map(|m| (String::from_utf8_lossy(&m.key).into_owned(), m.sequence))
+                .collect()
+        }
+
+        fn other(&mut self) -> Vec<Action> {
+            std::mem::take(&mut self.other)
+        }
+
+        fn state(&self) -> &'static str {
+            self.core.state_name()
+        }
+
+        /// A backup that heard an ACTIVE primary: PASSIVE.
+        fn passive_backup() -> Rig {
+            let mut r = Rig::new(cfg(Some(Role::Backup)), false);
+            r.on(Event::PeerState(Some(State::Active)));
+            assert_eq!(r.state(), "passive");
+            r
+        }
+
+        /// Make a passive backup fetch and finish a snapshot with `entries` at `seq`.
+        fn sync_passive(&mut self, entries: &[(&str, u64, &str, Option<u8>)], seq: u64) {
+            self.on(Event::PeerLink(true));
+            self.on(Event::PeerSyncCheck);
+            assert_eq!(self.other(), vec![Action::RequestPeerSnapshot]);
+            for (k, s, v, u) in entries {
+                let mut m = KvMsg::new(*k, *s, *v);
+                m.uuid = u.map(uuid);
+                self.on(Event::PeerSnapshot(Ok(m)));
+            }
+            self.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, seq, ""))));
+            assert_eq!(self.other(), vec![Action::EndPeerSnapshot]);
+            assert!(!self.core.peer_syncing());
+        }
+    }
+
+    #[test]
+    fn standalone_sequences_publishes_and_applies_and_republishes_a_resend_once() {
+        let mut r = Rig::new(cfg(None), false);
+        assert_eq!(r.state(), "active");
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        assert_eq!(r.keys_published(), vec![("/a".into(), 1), ("/b".into(), 2)]);
+        assert_eq!(r.core.map().get(b"/a").map(|e| e.body.clone()), Some(b"1".to_vec()));
+        // A client re-sends /a (it missed the KVPUB): re-published once under a new sequence.
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        assert_eq!(r.keys_published(), vec![("/a".into(), 3)]);
+        assert_eq!(r.core.counters().duplicates, 2);
+        assert_eq!(r.core.map().get(b"/a").map(|e| e.sequence), Some(3));
+        // A re-send of an update since overwritten is stale: dropped.
+        r.on(Event::Update(Ok(upd("/b", "3", 3))));
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        assert_eq!(r.keys_published(), vec![("/b".into(), 4)]);
+        // Refused: empty key, reserved key, bad TTL, undecodable.
+        let mut bad_ttl = upd("/c", "x", 9);
+        bad_ttl.set_prop(kvmsg::TTL_PROP, "soon");
+        for m in [upd("", "x", 5), upd("HUGZ", "x", 6), bad_ttl] {
+            r.on(Event::Update(Ok(m)));
+        }
+        r.on(Event::Update(Err(())));
+        assert_eq!(r.core.counters().malformed_updates, 4);
+        assert!(r.keys_published().is_empty());
+        assert_eq!(r.core.sequence(), 4);
+    }
+
+    #[test]
+    fn ttl_expiry_publishes_a_delete_and_hugz_fills_silence() {
+        let mut r = Rig::new(cfg(None), false);
+        let mut m = upd("/eph", "x", 1);
+        m.set_prop(kvmsg::TTL_PROP, "1");
+        r.on(Event::Update(Ok(m)));
+        r.keys_published();
+        r.clock.advance_ms(999);
+        r.on(Event::Tick);
+        assert!(r.keys_published().is_empty(), "not yet expired, and HUGZ waits a full interval");
+        r.clock.advance_ms(2);
+        r.on(Event::Tick);
+        assert_eq!(r.keys_published(), vec![("/eph".into(), 2)], "the expiry delete, no HUGZ right after it");
+        assert!(r.core.map().get(b"/eph").is_none());
+        assert_eq!(r.core.counters().expired, 1);
+        r.clock.advance_ms(1000);
+        r.on(Event::Tick);
+        assert_eq!(r.keys_published(), vec![("HUGZ".into(), 2)], "HUGZ carries the current sequence");
+    }
+
+    #[test]
+    fn passive_holds_updates_and_replays_the_pending_list_on_takeover() {
+        let mut r = Rig::passive_backup();
+        r.sync_passive(&[], 10);
+        // Clients send to both servers: the passive holds them.
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        r.on(Event::Update(Ok(upd("/c", "3", 3))));
+        r.on(Event::Update(Ok(upd("/b", "2", 2)))); // a re-send: held once
+        assert_eq!(r.core.pending(), 3);
+        assert!(r.keys_published().is_empty(), "a passive server never publishes");
+        // The active publishes /a: it leaves the pending list and is applied here.
+        let mut a = upd("/a", "1", 1);
+        a.sequence = 11;
+        r.on(Event::Replicated(Ok(a)));
+        assert_eq!(r.core.pending(), 2);
+        assert_eq!(r.core.sequence(), 11);
+        // A client vote while the active is alive is refused ...
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "passive");
+        assert_eq!(r.core.counters().rejected_votes, 1);
+        // ... once the active has been silent for two heartbeats, it makes us take over.
+        r.clock.advance_ms(2 * HEARTBEAT_MS + 1);
+        r.on(Event::Tick);
+        r.keys_published();
+        r.other();
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "active");
+        assert_eq!(r.keys_published(), vec![("/b".into(), 12), ("/c".into(), 13)], "pending replayed in order");
+        assert_eq!(r.core.pending(), 0);
+        assert_eq!(r.other(), vec![Action::SendSnapshot { identity: b"c".to_vec(), subtree: Vec::new() }]);
+        assert_eq!(r.core.map().len(), 3);
+        // HUGZ at once so clients see the new active.
+        r.on(Event::Tick);
+        let p = r.keys_published();
+        assert_eq!(p, vec![("HUGZ".into(), 13)]);
+        assert!(r.other().contains(&Action::Heartbeat(State::Active)));
+    }
+
+    #[test]
+    fn passive_resyncs_on_a_gap_a_hugz_ahead_or_a_silent_snapshot() {
+        let mut r = Rig::passive_backup();
+        r.sync_passive(&[("/x", 5, "old", Some(7))], 5);
+        assert_eq!(r.core.map().len(), 1);
+        // A pending update the snapshot already holds is dropped at the sync.
+        r.on(Event::Update(Ok(upd("/y", "1", 8))));
+        // In step: contiguous replication applies.
+        let mut m = KvMsg::new("/y", 6, "1");
+        m.uuid = Some(uuid(8));
+        r.on(Event::Replicated(Ok(m)));
+        assert_eq!((r.core.sequence(), r.core.pending()), (6, 0));
+        // HUGZ at our sequence: nothing to do; ahead of us: re-sync.
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 6, ""))));
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().is_empty());
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 8, ""))));
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+        // Updates during the sync are queued and applied after it.
+        r.on(Event::Replicated(Ok(KvMsg::new("/z", 9, "q"))));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/x", 5, "old"))));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/y", 7, "2"))));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 8, ""))));
+        assert_eq!(r.core.sequence(), 9);
+        assert_eq!(r.core.map().get(b"/y").map(|e| e.body.clone()), Some(b"2".to_vec()));
+        assert!(r.core.map().get(b"/z").is_some());
+        r.other();
+        // A gap in the active's sequence: re-sync.
+        r.on(Event::Replicated(Ok(KvMsg::new("/w", 11, "gap"))));
+        assert!(r.core.map().get(b"/w").is_none());
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+        // The peer does not answer: the request times out and is retried.
+        r.clock.advance_ns(PEER_SYNC_TIMEOUT_NS);
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().is_empty(), "not before the timeout");
+        r.clock.advance_ms(1);
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::EndPeerSnapshot]);
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+    }
+
+    #[test]
+    fn passive_waits_for_its_link_to_the_peer_before_syncing_and_drops_old_pending() {
+        let mut r = Rig::passive_backup();
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().is_empty(), "no snapshot request before the subscription is on its way");
+        r.on(Event::Update(Ok(KvMsg::new("/no-uuid", 0, "x"))));
+        assert_eq!(r.core.pending(), 1);
+        // Ageing applies only while the active is alive (it keeps sending heartbeats).
+        for _ in 0..(PENDING_MAX_AGE_NS / 1_000_000 / HEARTBEAT_MS) {
+            r.clock.advance_ms(HEARTBEAT_MS);
+            r.on(Event::PeerState(Some(State::Active)));
+            r.on(Event::Tick);
+        }
+        assert_eq!(r.core.pending(), 1, "kept until strictly older than the limit");
+        r.clock.advance_ms(1);
+        r.on(Event::Tick);
+        assert_eq!((r.core.pending(), r.core.counters().pending_dropped), (0, 1));
+    }
+
+    #[test]
+    fn durable_update_is_published_only_after_the_log_is_flushed() {
+        let mut r = Rig::new(cfg(None), true);
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::Update(Ok(upd("/a", "1", 1))), now, &mut out).expect("ok");
+        assert!(matches!(&out[..], [Action::Append { token: 1, .. }]), "{out:?}");
+        assert!(r.core.map().get(b"/a").is_none(), "not applied before the flush");
+        out.clear();
+        r.core.on_event(Event::Flush, now, &mut out).expect("ok");
+        assert_eq!(out, vec![Action::FlushLog]);
+        out.clear();
+        r.core.on_event(Event::LogFlushed, now, &mut out).expect("ok");
+        assert!(matches!(&out[..], [Action::Publish { apply_at_ns: Some(_), .. }]), "{out:?}");
+        // A TTL goes to the log as a deadline, not as the property.
+        let mut m = upd("/t", "x", 2);
+        m.set_prop(kvmsg::TTL_PROP, "5");
+        out.clear();
+        r.core.on_event(Event::Update(Ok(m)), now, &mut out).expect("ok");
+        match &out[..] {
+            [Action::Append { msg, expires_in_ms, .. }] => {
+                assert_eq!(msg.prop(kvmsg::TTL_PROP), None);
+                assert_eq!(*expires_in_ms, Some(5001));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_append_or_flush_is_neither_applied_published_nor_acknowledged() {
+        let mut r = Rig::new(cfg(None), true);
+        r.on(Event::Update(Ok(upd("/ok", "1", 1))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/ok".into(), 1)]);
+        // The disk fills: the append fails.
+        r.fail_appends = true;
+        r.on(Event::Update(Ok(upd("/lost", "2", 2))));
+        r.on(Event::Flush);
+        assert!(r.keys_published().is_empty());
+        assert!(r.core.map().get(b"/lost").is_none());
+        assert_eq!(r.core.counters().log_failures, 1);
+        assert_eq!(r.core.sequence(), 1, "the failed update's sequence is reused");
+        // The client's re-send is taken as new once the disk has room again.
+        r.fail_appends = false;
+        r.on(Event::Update(Ok(upd("/lost", "2", 2))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/lost".into(), 2)]);
+        assert_eq!(r.core.counters().duplicates, 0);
+        // A failed flush loses the whole batch.
+        r.fail_flush = true;
+        r.on(Event::Update(Ok(upd("/f1", "x", 3))));
+        r.on(Event::Update(Ok(upd("/f2", "y", 4))));
+        r.on(Event::Flush);
+        assert!(r.keys_published().is_empty());
+        assert!(r.core.map().get(b"/f1").is_none() && r.core.map().get(b"/f2").is_none());
+        assert_eq!(r.core.counters().log_failures, 2);
+        r.fail_flush = false;
+        r.on(Event::Update(Ok(upd("/f1", "x", 3))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published().len(), 1, "the re-send is new, not a duplicate");
+        assert!(r.core.status_text().contains("log_failures=2\n"));
+    }
+
+    #[test]
+    fn a_failed_append_in_a_takeover_batch_loses_only_what_came_before_it() {
+        // Takeover replays the pending list as one batch of appends; the second fails.
+        let mut r = Rig::new(cfg(Some(Role::Backup)), true);
+        r.on(Event::PeerState(Some(State::Active)));
+        for (k, n) in [("/p1", 1), ("/p2", 2), ("/p3", 3)] {
+            r.on(Event::Update(Ok(upd(k, "v", n))));
+        }
+        r.clock.advance_ms(2 * HEARTBEAT_MS + 1);
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core
+            .on_event(
+                Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: vec![] }) },
+                now,
+                &mut out,
+            )
+            .expect("ok");
+        let tokens: Vec<u64> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Append { token, .. } => Some(*token),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tokens, vec![1, 2, 3]);
+        assert!(matches!(out.last(), Some(Action::SendSnapshot { .. })));
+        // The shell: append 1 ok, append 2 fails (rolling back 1 too), append 3 ok, flush ok.
+        let mut more = Vec::new();
+        r.core.on_event(Event::LogFailed { token: Some(2), error: "ENOSPC".into() }, now, &mut more).expect("ok");
+        more.clear();
+        r.core.on_event(Event::LogFlushed, now, &mut more).expect("ok");
+        let keys: Vec<Vec<u8>> = more
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish { msg, .. } => Some(msg.key.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, vec![b"/p3".to_vec()], "/p1 and /p2 lost with the rolled-back records, /p3 kept");
+        assert_eq!(r.core.counters().log_failures, 1);
+    }
+
+    #[test]
+    fn status_counts_requests_and_heartbeats() {
+        let mut r = Rig::new(cfg(Some(Role::Primary)), false);
+        r.on(Event::PeerState(None));
+        r.on(Event::Request { identity: b"x".to_vec(), request: Err(()) });
+        r.on(Event::Request { identity: b"x".to_vec(), request: Ok(Request::Status) });
+        match &r.other()[..] {
+            [Action::Reply { identity, text }] => {
+                assert_eq!(identity, b"x");
+                assert!(text.starts_with("state=primary\nrole=primary\n"), "{text}");
+                assert!(text.contains("malformed_requests=1\n") && text.contains("malformed_heartbeats=1\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Two primaries: fatal.
+        let mut out = Vec::new();
+        assert!(r.core.on_event(Event::PeerState(Some(State::Primary)), r.clock.now_ns(), &mut out).is_err());
+    }
+
+    #[test]
+    fn recovery_treats_an_expired_record_as_a_delete() {
+        let rec = |key: &str, seq, body: &str, expires_at_unix_ms| Record {
+            msg: KvMsg::new(key, seq, body),
+            expires_at_unix_ms,
+        };
+        let mut core = ServerCore::new(&cfg(None), true, 0);
+        let wall_ms = 1_000_000;
+        let records = vec![
+            rec("/a", 1, "v1", None),                    // A=v1
+            rec("/a", 2, "v2", Some(wall_ms - 10_000)),  // then A=v2 ttl=10, expired while down
+            rec("/b", 3, "", Some(wall_ms - 5)),         // a delete carrying a past deadline
+            rec("/c", 4, "live", Some(wall_ms + 2_000)), // still 2 s to live
+        ];
+        core.recover(records, 4, wall_ms, 7);
+        let map = core.map();
+        assert!(map.get(b"/a").is_none(), "the expired v2 must not bring v1 back");
+        assert!(map.get(b"/b").is_none());
+        assert_eq!(map.get(b"/c").and_then(|e| e.expires_at_ns), Some(7 + 2_000_000_000));
+        assert_eq!(map.len(), 1);
+        assert_eq!(core.sequence(), 4);
+    }
+}
