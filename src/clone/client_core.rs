@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crossbeam::channel::{Sender, TrySendError};
 
-use super::client::{AckState, Change, ChangeKind, ClientConfig, ClientStatus, KeyValue};
 use super::kvmsg::{KvMsg, Uuid, HUGZ, KTHXBAI};
 use super::map::{RecentUuids, UuidSet};
 
@@ -28,6 +27,116 @@ pub const GIVE_UP_NS: u64 = 30_000_000_000;
 const REMEMBERED_OUTCOMES: usize = 65_536;
 /// Re-sends per tick at most (the rest wait for the next tick).
 const RESEND_BUDGET: usize = 1000;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Up to two servers as base endpoints `tcp://host:P` (P snapshot, P+1 publisher, P+2 collector).
+    pub servers: Vec<String>,
+    /// Only keys starting with this are kept (empty: all).
+    pub subtree: String,
+    /// Fail over after this long without an update or HUGZ.
+    pub silence_ms: u64,
+    /// Try the next server when a snapshot request gets no first reply within this.
+    pub snapshot_retry_ms: u64,
+    /// Re-send a set not yet seen on the publisher after this long.
+    pub resend_after_ms: u64,
+    /// Most un-acknowledged sets remembered (oldest forgotten first).
+    pub max_unacked: usize,
+    /// Subscriber receive high-water mark.
+    pub sub_hwm_msgs: i32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            servers: Vec::new(),
+            subtree: String::new(),
+            silence_ms: 2000,
+            snapshot_retry_ms: 500,
+            resend_after_ms: 2000,
+            max_unacked: 100_000,
+            sub_hwm_msgs: 1_000_000,
+        }
+    }
+}
+
+/// Where a set stands, as far as this client knows (see [`Client::ack_state`](crate::clone::client::Client::ack_state)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckState {
+    /// The server published it: seen on the publisher with its UUID, or found in a snapshot.
+    Acked,
+    /// Sent and not yet seen; still being re-sent.
+    Pending,
+    /// Given up unacknowledged: not seen within 30 s of re-sending, or pushed out of the
+    /// un-acknowledged list by `max_unacked`. It may or may not have been applied.
+    Abandoned,
+    /// Sent once to a key outside this client's subtree: the server's echo never reaches this
+    /// client, so the set is neither tracked nor re-sent.
+    Untracked,
+    /// Not a set this client remembers (made elsewhere, or its outcome forgotten: the last
+    /// 65 536 outcomes of each kind are kept).
+    Unknown,
+}
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// How a change came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Current content when the watch started.
+    Initial,
+    /// A live update from the server.
+    Live,
+    /// A difference found when a (re-)sync replaced the map.
+    Resync,
+    /// This client's own set, applied locally before the server confirms it.
+    Local,
+}
+
+/// One change to a watched key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Vec<u8>,
+    /// New value, `None` when deleted.
+    pub value: Option<Vec<u8>>,
+    /// Server sequence (0 for local changes).
+    pub sequence: u64,
+    /// Why it changed.
+    pub kind: ChangeKind,
+}
+
+/// What the agent is doing.
+#[derive(Debug, Clone, Default)]
+pub struct ClientStatus {
+    /// In step with a server (snapshot received, live).
+    pub synced: bool,
+    /// The server in use.
+    pub server: Option<String>,
+    /// Highest sequence applied.
+    pub sequence: u64,
+    /// Keys held.
+    pub keys: usize,
+    /// Server switches (silence or unanswered snapshot requests).
+    pub failovers: u64,
+    /// Completed snapshots.
+    pub syncs: u64,
+    /// Sets not yet seen on the publisher.
+    pub unacked: usize,
+    /// Messages that did not decode.
+    pub malformed: u64,
+    /// Live updates applied.
+    pub live_updates: u64,
+    /// Sets given up unacknowledged: after 30 s of re-sending, or evicted by `max_unacked`.
+    pub abandoned: u64,
+    /// Sets to keys outside the subtree (sent once, not tracked).
+    pub untracked: u64,
+    /// Re-syncs with the same server after it restarted (its sequence went backwards) or our
+    /// connection to it dropped.
+    pub resyncs: u64,
+}
 
 /// Input to the core.
 #[derive(Debug, Clone, PartialEq)]

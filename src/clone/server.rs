@@ -5,127 +5,21 @@
 //! between the sockets and [`ServerCore`] (the protocol: pending list, takeover, passive re-sync,
 //! TTL expiry, HUGZ, durability), runs the update log, and reads the clock once per step.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use super::bstar::{BStarError, Role, State};
+use super::bstar::{BStarError, State};
 use super::kvmsg::{self, decode_request, recv_frames, KvMsg, KTHXBAI, STATUS_REP};
 use super::map::KvMap;
-use super::persist::{self, PersistError, Record, Store};
+use super::persist::{PersistError, Record, Store};
 use super::server_core::{Action, Event, ServerCore};
 use crate::agent::{Agent, AgentError, Step};
 
-pub use super::server_core::Counters;
+pub use super::server_core::{Counters, PairConfig, ServerConfig, INTERVAL_RANGE_MS, MAX_PROPS_BYTES};
 
 /// Messages handled per socket per unit of work (then timers get a turn).
 const BATCH_MSGS: usize = 4096;
 /// Bytes allowed above the configured limits in one frame received from the network.
 const FRAME_SLACK_BYTES: usize = 4096;
-
-/// Longest properties frame (`name=value\n` text) accepted in an update.
-pub const MAX_PROPS_BYTES: usize = 64 << 10;
-
-/// Accepted heartbeat, HUGZ and fsync intervals: below 10 ms a peer or client is declared dead
-/// by scheduling noise; above a minute failover is too slow to be of use.
-pub const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
-
-/// Binary Star settings of one half of a pair.
-#[derive(Debug, Clone)]
-pub struct PairConfig {
-    /// `--primary` or `--backup`.
-    pub role: Role,
-    /// The peer's base endpoint `tcp://host:P2` (its snapshot port; PUB at P2+1).
-    pub peer: String,
-    /// The peer's Binary Star state endpoint (default `tcp://host:P2+3`).
-    pub peer_state: String,
-    /// Our state endpoint to bind (default `tcp://<bind>:P+3`).
-    pub state_bind: String,
-    /// Heartbeat interval (the peer is dead after two missed).
-    pub heartbeat_ms: u64,
-}
-
-/// Server settings.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Interface to bind (`127.0.0.1`, `*`, an address).
-    pub bind_host: String,
-    /// Base port P (snapshot); P+1 publisher, P+2 collector.
-    pub port: u16,
-    /// Binary Star pair, or `None` for a standalone server (always active).
-    pub pair: Option<PairConfig>,
-    /// Directory for the update log and snapshots.
-    pub data_dir: Option<PathBuf>,
-    /// HUGZ when nothing was published for this long.
-    pub hugz_interval_ms: u64,
-    /// fsync the log at most this often.
-    pub fsync_interval_ms: u64,
-    /// Longest key accepted.
-    pub max_key_bytes: usize,
-    /// Longest value accepted.
-    pub max_value_bytes: usize,
-    /// Publisher send high-water mark (messages per subscriber).
-    pub pub_hwm_msgs: i32,
-    /// Collector receive high-water mark.
-    pub collector_hwm_msgs: i32,
-    /// UUIDs remembered for de-duplication.
-    pub recent_uuids: usize,
-    /// Print state changes and problems to stderr.
-    pub verbose: bool,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            bind_host: "127.0.0.1".into(),
-            port: 5556,
-            pair: None,
-            data_dir: None,
-            hugz_interval_ms: 1000,
-            fsync_interval_ms: 1000,
-            max_key_bytes: 1024,
-            max_value_bytes: 1 << 20,
-            pub_hwm_msgs: 1_000_000,
-            collector_hwm_msgs: 1_000_000,
-            recent_uuids: 1 << 18,
-            verbose: true,
-        }
-    }
-}
-
-impl ServerConfig {
-    /// Check the limits: the reason (naming the `mdsub clone-server` flag) when they are unusable.
-    pub fn check(&self) -> Result<(), String> {
-        let in_range = |flag: &str, ms: u64| {
-            if INTERVAL_RANGE_MS.contains(&ms) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{flag} {ms} is out of range: give {}..={} ms",
-                    INTERVAL_RANGE_MS.start(),
-                    INTERVAL_RANGE_MS.end()
-                ))
-            }
-        };
-        if let Some(p) = &self.pair {
-            in_range("--heartbeat-ms", p.heartbeat_ms)?;
-        }
-        in_range("--hugz-ms", self.hugz_interval_ms)?;
-        in_range("fsync interval (ms)", self.fsync_interval_ms)?;
-        let record = self
-            .max_key_bytes
-            .checked_add(self.max_value_bytes)
-            .and_then(|n| n.checked_add(MAX_PROPS_BYTES + persist::RECORD_FIXED_BYTES));
-        if record.is_none_or(|n| n > persist::MAX_RECORD_BYTES) {
-            let room = persist::MAX_RECORD_BYTES - MAX_PROPS_BYTES - persist::RECORD_FIXED_BYTES;
-            return Err(format!(
-                "--max-key-bytes {} + --max-value-bytes {} exceed what one log record can hold: \
-                 the two together must be at most {room} bytes",
-                self.max_key_bytes, self.max_value_bytes
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Clone server errors.
 #[derive(Debug, thiserror::Error)]
@@ -659,42 +553,5 @@ impl Agent for Server {
             self.cfg.verbose,
             format_args!("stopped at sequence {} with {} keys", self.core.sequence(), self.core.map().len()),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_that_overflow_a_log_record_are_refused() {
-        assert!(ServerConfig::default().check().is_ok());
-        let cfg = ServerConfig { max_value_bytes: persist::MAX_RECORD_BYTES, ..ServerConfig::default() };
-        let err = cfg.check().expect_err("a value as large as a record cannot fit with its key");
-        assert!(err.contains("--max-value-bytes"), "{err}");
-        let cfg = ServerConfig { max_key_bytes: usize::MAX, ..ServerConfig::default() };
-        assert!(cfg.check().expect_err("overflow").contains("--max-key-bytes"));
-        let room = persist::MAX_RECORD_BYTES - MAX_PROPS_BYTES - persist::RECORD_FIXED_BYTES;
-        let cfg = ServerConfig { max_key_bytes: 1024, max_value_bytes: room - 1024, ..ServerConfig::default() };
-        assert!(cfg.check().is_ok(), "the largest limits that fit are accepted");
-    }
-
-    #[test]
-    fn intervals_out_of_range_are_refused_naming_the_flag() {
-        let pair = |heartbeat_ms| PairConfig {
-            role: Role::Primary,
-            peer: "tcp://127.0.0.1:5566".into(),
-            peer_state: "tcp://127.0.0.1:5569".into(),
-            state_bind: "tcp://127.0.0.1:5559".into(),
-            heartbeat_ms,
-        };
-        for ms in [0, 9, 60_001, u64::MAX] {
-            let cfg = ServerConfig { pair: Some(pair(ms)), ..ServerConfig::default() };
-            assert!(cfg.check().expect_err("out of range").contains("--heartbeat-ms"), "{ms}");
-            let cfg = ServerConfig { hugz_interval_ms: ms, ..ServerConfig::default() };
-            assert!(cfg.check().expect_err("out of range").contains("--hugz-ms"), "{ms}");
-        }
-        let cfg = ServerConfig { pair: Some(pair(10)), hugz_interval_ms: 60_000, ..ServerConfig::default() };
-        assert!(cfg.check().is_ok());
     }
 }
