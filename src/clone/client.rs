@@ -345,13 +345,7 @@ impl ClientAgent {
             sub.set_rcvhwm(cfg.sub_hwm_msgs).map_err(agent_err("setting HWM"))?;
             sub.set_linger(0).map_err(agent_err("setting linger"))?;
             subscribe(&sub, subtree, true).map_err(agent_err("subscribing"))?;
-            let mon_ep =
-                format!("inproc://clone-mon-{}-{}", std::process::id(), CLIENT_IDS.fetch_add(1, Ordering::Relaxed));
-            let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
-            sub.monitor(&mon_ep, events).map_err(agent_err("monitoring a subscriber"))?;
-            let monitor = ctx.socket(zmq::PAIR).map_err(agent_err("creating a monitor socket"))?;
-            monitor.set_linger(0).map_err(agent_err("setting linger"))?;
-            monitor.connect(&mon_ep).map_err(agent_err("connecting a monitor socket"))?;
+            let monitor = super::link_monitor(&ctx, &sub).map_err(agent_err("monitoring a subscriber"))?;
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
             servers.push(ServerConn { snapshot_ep: snap, sub, monitor });
         }
@@ -434,18 +428,11 @@ impl ClientAgent {
     /// Feed each subscriber's connection events (from its socket monitor) to the core.
     fn drain_monitors(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
+        let mut links = Vec::new();
         for i in 0..self.servers.len() {
-            while let Ok(frames) = self.servers[i].monitor.recv_multipart(zmq::DONTWAIT) {
-                n += 1;
-                let Some(f) = frames.first().filter(|f| f.len() >= 2) else {
-                    continue;
-                };
-                let event = u16::from_ne_bytes([f[0], f[1]]);
-                if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
-                    self.step(Event::Link { server: i, up: true }, now_ns)?;
-                } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
-                    self.step(Event::Link { server: i, up: false }, now_ns)?;
-                }
+            n += super::link_events(&self.servers[i].monitor, &mut links);
+            for up in links.drain(..) {
+                self.step(Event::Link { server: i, up }, now_ns)?;
             }
         }
         Ok(n)

@@ -132,12 +132,7 @@ impl Server {
                 peer_sub.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting HWM"))?;
                 peer_sub.set_maxmsgsize(update_max).map_err(zerr("setting peer max message size"))?;
                 peer_sub.set_linger(0).map_err(zerr("setting linger"))?;
-                let mon_ep = format!("inproc://clone-server-peer-mon-{}", std::process::id());
-                let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
-                peer_sub.monitor(&mon_ep, events).map_err(zerr("monitoring the peer subscriber"))?;
-                let peer_mon = ctx.socket(zmq::PAIR).map_err(zerr("creating a monitor socket"))?;
-                peer_mon.set_linger(0).map_err(zerr("setting linger"))?;
-                peer_mon.connect(&mon_ep).map_err(zerr("connecting a monitor socket"))?;
+                let peer_mon = super::link_monitor(&ctx, &peer_sub).map_err(zerr("monitoring the peer subscriber"))?;
                 peer_sub.connect(&peer_pub).map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
                 Some(Pair { statepub, statesub, peer_sub, peer_mon, peer_snapshot, sync: None })
             }
@@ -213,9 +208,7 @@ impl Server {
             Err(e) => Err(fatal(e)),
         };
         actions.clear();
-        if self.actions.capacity() < actions.capacity() {
-            self.actions = actions;
-        }
+        self.actions = actions; // reused: no allocation per message
         ran
     }
 
@@ -443,16 +436,7 @@ impl Server {
         let mut n = 0;
         let mut links = Vec::new();
         if let Some(p) = self.pair.as_ref() {
-            while let Ok(frames) = p.peer_mon.recv_multipart(zmq::DONTWAIT) {
-                if let Some(f) = frames.first().filter(|f| f.len() >= 2) {
-                    let event = u16::from_ne_bytes([f[0], f[1]]);
-                    if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
-                        links.push(true);
-                    } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
-                        links.push(false);
-                    }
-                }
-            }
+            super::link_events(&p.peer_mon, &mut links);
         }
         for up in links {
             self.step(Event::PeerLink(up), now_ns)?;
