@@ -415,36 +415,56 @@ impl ZapCounters {
     }
 }
 
-/// The ZAP handler: a REP socket at [`ZAP_ENDPOINT`] of one context, run by
-/// the runner (role `zap`). Every socket of that context with a ZAP domain
-/// is checked by it.
-pub struct ZapAgent {
+/// The ZAP handler: a REP socket at [`ZAP_ENDPOINT`] of one context that
+/// answers libzmq's questions with a [`ZapPolicy`]. Every socket of that
+/// context with a ZAP domain is checked by it. An agent that already polls
+/// sockets (the clone server) serves it in its own loop; [`ZapAgent`] runs
+/// it on a thread of its own.
+pub struct ZapHandler {
     role: String,
     socket: zmq::Socket,
     policy: ZapPolicy,
     counters: Arc<ZapCounters>,
     frames: Vec<zmq::Message>,
-    /// Refusals said on stderr so far; after the first few, one line per 100.
+    /// Refusals said on stderr so far; after the first ten, one line per 100.
     said: u64,
 }
 
-impl ZapAgent {
-    /// Bind the handler in `ctx` (before any server socket of `ctx` binds).
-    pub fn bind(ctx: &zmq::Context, role: &str, policy: ZapPolicy) -> Result<(ZapAgent, Arc<ZapCounters>), AgentError> {
+impl ZapHandler {
+    /// Bind the handler in `ctx` (before any server socket of `ctx` binds,
+    /// so no peer is let in unasked). `role` names it in logs.
+    pub fn bind(ctx: &zmq::Context, role: &str, policy: ZapPolicy) -> Result<ZapHandler, AgentError> {
         let zmq_err = |context, source| AgentError::Zmq { role: role.to_string(), context, source };
         let socket = ctx.socket(zmq::REP).map_err(|e| zmq_err("making the ZAP socket", e))?;
         socket.set_linger(0).map_err(|e| zmq_err("setting ZAP linger", e))?;
         socket.bind(ZAP_ENDPOINT).map_err(|e| zmq_err("binding inproc://zeromq.zap.01", e))?;
-        let counters = Arc::new(ZapCounters::default());
-        let agent = ZapAgent {
+        Ok(ZapHandler {
             role: role.to_string(),
             socket,
             policy,
-            counters: counters.clone(),
+            counters: Arc::new(ZapCounters::default()),
             frames: Vec::new(),
             said: 0,
-        };
-        Ok((agent, counters))
+        })
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> Arc<ZapCounters> {
+        self.counters.clone()
+    }
+
+    /// The socket, for an owner's poll set.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    /// Answer up to 64 waiting requests without blocking; how many were answered.
+    pub fn serve(&mut self) -> Result<usize, AgentError> {
+        let mut n = 0;
+        while n < 64 && self.answer()? {
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn answer(&mut self) -> Result<bool, AgentError> {
@@ -502,21 +522,30 @@ impl ZapAgent {
     }
 }
 
+/// A [`ZapHandler`] on a thread of its own (role `zap`), for contexts whose
+/// owners do not poll it themselves.
+pub struct ZapAgent(ZapHandler);
+
+impl ZapAgent {
+    /// Bind the handler in `ctx` (before any server socket of `ctx` binds).
+    pub fn bind(ctx: &zmq::Context, role: &str, policy: ZapPolicy) -> Result<(ZapAgent, Arc<ZapCounters>), AgentError> {
+        let handler = ZapHandler::bind(ctx, role, policy)?;
+        let counters = handler.counters();
+        Ok((ZapAgent(handler), counters))
+    }
+}
+
 impl Agent for ZapAgent {
     fn role(&self) -> &str {
-        &self.role
+        &self.0.role
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
-        let mut n = 0;
-        while n < 64 && self.answer()? {
-            n += 1;
-        }
-        Ok(Step::Worked(n))
+        self.0.serve().map(Step::Worked)
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        let _ = crate::zmqx::wait_ready(&self.socket, zmq::POLLIN, timeout);
+        let _ = crate::zmqx::wait_ready(&self.0.socket, zmq::POLLIN, timeout);
     }
 }
 
