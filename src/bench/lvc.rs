@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentError, AgentStats, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::bench::median;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::{LvcConfig, LvcProxy, LvcReport};
@@ -91,10 +91,7 @@ fn measure(
     let fs = frames(args.payload_bytes, args.topics);
     let messages = args.messages;
     let probe = encode(PROBE, &bench_header(Kind::Heartbeat), b"");
-    // runner: the publisher is a raw thread until the runner can own it (main converts it).
-    let pub_thread = std::thread::Builder::new()
-        .name("bench-pub".into())
-        .spawn(move || -> zmq::Result<()> {
+    let pub_thread = Runner::task("bench-pub", None, move || -> zmq::Result<()> {
             let give_up = Instant::now() + Duration::from_secs(10);
             while !ready_p.load(Ordering::Acquire) && Instant::now() < give_up {
                 publisher.send(&probe[..], 0)?;
@@ -109,8 +106,7 @@ fn measure(
             }
             // Keep the socket open until the subscriber is done (linger default).
             Ok(())
-        })
-        .map_err(|source| LvcError::Thread { role: "bench-pub", source })?;
+        })?;
 
     let mut msg = zmq::Message::new();
     let mut delivered = 0u64;
@@ -149,7 +145,7 @@ fn direct(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, LvcError> {
     measure(p, &sub_ctx, &ep, hwm, args)
 }
 
-fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport), LvcError> {
+fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport, AgentStats), LvcError> {
     let (pub_ctx, lvc_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
     let config = LvcConfig {
@@ -164,14 +160,14 @@ fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport), 
     let back = proxy.endpoints.iter().find(|e| e.0 == "backend").map(|e| e.2.clone()).unwrap_or_default();
     let stop = StopFlag::new();
     let spec = RunSpec { core: None, idle: args.idle };
-    let handle = Runner::spawn("lvc-proxy", spec, stop.clone(), move || Ok(proxy))
-        .map_err(|source| LvcError::Thread { role: "lvc-proxy", source })?;
+    let handle = Runner::start(spec, stop.clone(), proxy)?;
+    let counters = handle.counters().clone();
     let m = measure(p, &sub_ctx, &back, hwm, args);
     stop.stop();
-    let joined = handle.join().map_err(|_| LvcError::Panicked { role: "lvc-proxy" })?;
-    joined?;
+    handle.join()?;
+    let stats = counters.snapshot("lvc-proxy");
     let report = *shared.lock().unwrap_or_else(|p| p.into_inner());
-    Ok((m?, report))
+    Ok((m?, report, stats))
 }
 
 /// The plain proxy baseline: libzmq's own `zmq_proxy_steerable` between an
@@ -238,16 +234,18 @@ pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
          TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs of direct, plain proxy, lvc",
         args.messages, args.payload_bytes, args.topics, args.runs
     );
-    let (mut d, mut p, mut l, mut lp, mut pd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut d, mut p, mut l, mut lp, mut pd, mut cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=args.runs.max(1) {
         let md = direct(&args, hwm)?;
         let mp = via_plain_proxy(&args, hwm)?;
-        let (ml, report) = via_lvc(&args, hwm)?;
+        let (ml, report, stats) = via_lvc(&args, hwm)?;
         let lvc_plain = ml.msgs_per_s() / mp.msgs_per_s().max(1e-9);
         let plain_direct = mp.msgs_per_s() / md.msgs_per_s().max(1e-9);
         println!(
             "run {run}: direct {:.3} M msg/s ({}/{}), plain proxy {:.3} M msg/s ({}/{}), lvc {:.3} M msg/s \
-             ({}/{}, {} cached topics); lvc/plain {lvc_plain:.2}, plain/direct {plain_direct:.2}",
+             ({}/{}, {} cached topics, lvc thread {:.0} CPU ns/msg); lvc/plain {lvc_plain:.2}, \
+             plain/direct {plain_direct:.2}",
             md.msgs_per_s() / 1e6,
             md.delivered,
             md.sent,
@@ -257,7 +255,8 @@ pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
             ml.msgs_per_s() / 1e6,
             ml.delivered,
             ml.sent,
-            report.topics
+            report.topics,
+            stats.cpu_ns_per_item()
         );
         if md.delivered < md.sent || mp.delivered < mp.sent || ml.delivered < ml.sent {
             println!("run {run}: LOSS — this run is not a result");
@@ -267,15 +266,17 @@ pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
         l.push(ml.msgs_per_s());
         lp.push(lvc_plain);
         pd.push(plain_direct);
+        cpu.push(stats.cpu_ns_per_item());
     }
     println!(
         "median: direct {:.3} M msg/s, plain proxy {:.3} M msg/s, lvc {:.3} M msg/s, \
-         lvc/plain {:.2}, plain/direct {:.2} (medians of per-run ratios)",
+         lvc/plain {:.2}, plain/direct {:.2} (medians of per-run ratios), lvc thread {:.0} CPU ns/msg",
         median(d) / 1e6,
         median(p) / 1e6,
         median(l) / 1e6,
         median(lp),
-        median(pd)
+        median(pd),
+        median(cpu)
     );
     Ok(())
 }
