@@ -105,6 +105,32 @@ fn feed(ctx: &zmq::Context, port: u16, n: u64, key_space: u64, prefix: &str) -> 
     Ok(())
 }
 
+/// Receive and decode updates (HUGZ aside) on `sub` until `n` have come; the time from the
+/// first to the n-th. Gives up after 120 s (loss), naming `who`.
+fn count_updates(sub: &zmq::Socket, n: u64, who: &str) -> anyhow::Result<Duration> {
+    let mut frames = Vec::new();
+    let mut got = 0u64;
+    let mut start = Instant::now();
+    let deadline = start + Duration::from_secs(120);
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("{who} got {got} of {n} updates within 120 s (loss?)");
+        }
+        if sub.poll(zmq::POLLIN, 100)? == 0 {
+            continue;
+        }
+        while let Some(c) = recv_frames(sub, &mut frames, zmq::DONTWAIT)? {
+            if KvMsg::decode_messages(&frames[..c.min(frames.len())]).is_ok_and(|m| m.key != HUGZ) {
+                if got == 0 {
+                    start = Instant::now();
+                }
+                got += 1;
+            }
+        }
+    }
+    Ok(start.elapsed())
+}
+
 /// Updates/s from the collector through the server to a raw CHP subscriber that decodes every
 /// KVPUB (`client == false`) or to a `clone::Client` that stores them (`client == true`). The clock
 /// starts at the first update received and stops at the n-th.
@@ -143,32 +169,16 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
         let sub = ctx.socket(zmq::SUB)?;
         sub.set_rcvhwm(0)?;
         sub.set_subscribe(b"/t/")?;
+        sub.set_subscribe(HUGZ)?;
         sub.connect(&format!("tcp://127.0.0.1:{}", server.port + 1))?;
-        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
-        let mut frames = Vec::new();
-        let mut got = 0u64;
-        let mut start = Instant::now();
-        while got < n {
-            if Instant::now() > deadline {
-                bail!("raw subscriber got {got} of {n} updates within 120 s (loss?)");
-            }
-            if sub.poll(zmq::POLLIN, 100)? == 0 {
-                continue;
-            }
-            while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
-                if let Ok(m) = KvMsg::decode_messages(&frames[..c.min(frames.len())]) {
-                    if m.key != HUGZ {
-                        if got == 0 {
-                            start = Instant::now();
-                        }
-                        got += 1;
-                    }
-                }
-            }
+        // Handshake: the server's first HUGZ (one a second) proves the subscription is in place.
+        if sub.poll(zmq::POLLIN, 5_000)? == 0 {
+            bail!("no HUGZ from the server within 5 s");
         }
-        let t = start.elapsed();
+        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
+        let t = count_updates(&sub, n, "raw subscriber");
         feeder.join()??;
-        t
+        t?
     };
     Ok(n as f64 / elapsed.as_secs_f64().max(1e-9))
 }
@@ -185,28 +195,9 @@ fn baseline_once(n: u64) -> anyhow::Result<f64> {
     sub.bind(&format!("tcp://127.0.0.1:{}", port + 2))?;
     let feeder_ctx = ctx.clone();
     let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
-    let mut frames = Vec::new();
-    let mut got = 0u64;
-    let mut start = Instant::now();
-    let deadline = start + Duration::from_secs(120);
-    while got < n {
-        if Instant::now() > deadline {
-            bail!("baseline subscriber got {got} of {n} within 120 s");
-        }
-        if sub.poll(zmq::POLLIN, 100)? == 0 {
-            continue;
-        }
-        while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
-            if KvMsg::decode_messages(&frames[..c.min(frames.len())]).is_ok() {
-                if got == 0 {
-                    start = Instant::now();
-                }
-                got += 1;
-            }
-        }
-    }
-    let t = start.elapsed();
+    let t = count_updates(&sub, n, "baseline subscriber");
     feeder.join()??;
+    let t = t?;
     Ok(n as f64 / t.as_secs_f64().max(1e-9))
 }
 
