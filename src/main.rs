@@ -81,7 +81,25 @@ fn main() {
         }
     };
     if let Err(e) = result {
-        eprintln!("mdsub: error: {e:#}");
+        eprintln!("mdsub: error: {}", error_line(&e));
         std::process::exit(1);
     }
+}
+
+/// One line for a person: the error and each cause once. Library errors that
+/// show their source in their own message and also return it as `source()`
+/// would otherwise print the same cause twice (`… No such file …: No such
+/// file …`); a cause whose text the line already carries is skipped.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
