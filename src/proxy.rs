@@ -247,3 +247,39 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(frames: &[&[u8]]) -> Vec<zmq::Message> {
+        frames.iter().map(|f| zmq::Message::from(*f)).collect()
+    }
+
+    #[test]
+    fn subscriber_messages_are_classified() {
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x01ES"])), FromSubscriber::Subscribe(b"ES"));
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x01"])), FromSubscriber::Subscribe(b""));
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x00ES"])), FromSubscriber::Unsubscribe(b"ES"));
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x02ES"])), FromSubscriber::Other);
+        assert_eq!(FromSubscriber::classify(&msg(&[b""])), FromSubscriber::Other);
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x01ES", b"more"])), FromSubscriber::Other, "multipart");
+        assert_eq!(FromSubscriber::classify(&msg(&[])), FromSubscriber::Other);
+    }
+
+    #[test]
+    fn wait_any_returns_when_either_side_is_ready() {
+        let ctx = zmq::Context::new();
+        let (a_in, b_in) = (ctx.socket(zmq::PULL).expect("pull"), ctx.socket(zmq::PULL).expect("pull"));
+        a_in.bind("inproc://wait-any-a").expect("bind");
+        b_in.bind("inproc://wait-any-b").expect("bind");
+        let b_out = ctx.socket(zmq::PUSH).expect("push");
+        b_out.connect("inproc://wait-any-b").expect("connect");
+        let ready = zmqx::wait_any(&[&a_in, &b_in], zmq::POLLIN, Duration::from_micros(300)).expect("wait");
+        assert!(!ready, "nothing sent yet: the wait times out");
+        b_out.send("x", 0).expect("send");
+        let ready = zmqx::wait_any(&[&a_in, &b_in], zmq::POLLIN, Duration::from_secs(5)).expect("wait");
+        assert!(ready, "the second socket's message ends the wait");
+        assert_eq!(b_in.recv_bytes(zmq::DONTWAIT).expect("there"), b"x");
+    }
+}
