@@ -413,6 +413,55 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
+/// A channel as an agent's input: `next` hands out what has arrived, and
+/// `wait` (for [`Agent::idle_wait`]) blocks on the channel itself, so the wait
+/// ends the moment an item arrives; that item is kept for the next `next`.
+pub struct Inbox<T> {
+    rx: crossbeam::channel::Receiver<T>,
+    held: Option<T>,
+    closed: bool,
+}
+
+impl<T> Inbox<T> {
+    pub fn new(rx: crossbeam::channel::Receiver<T>) -> Self {
+        Inbox { rx, held: None, closed: false }
+    }
+
+    /// Every sender is gone and everything sent has been handed out (seen by `next`).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Wait up to `timeout` for an item; a closed channel returns at once
+    /// (the next `next` sees it).
+    pub fn wait(&mut self, timeout: Duration) {
+        if self.held.is_none() {
+            self.held = self.rx.recv_timeout(timeout).ok();
+        }
+    }
+}
+
+/// Never blocks: `None` when nothing is there now (more may come later;
+/// [`Inbox::is_closed`] says when nothing will).
+impl<T> Iterator for Inbox<T> {
+    type Item = T;
+
+    /// The next item if one is there (never blocks).
+    fn next(&mut self) -> Option<T> {
+        if let Some(item) = self.held.take() {
+            return Some(item);
+        }
+        match self.rx.try_recv() {
+            Ok(item) => Some(item),
+            Err(crossbeam::channel::TryRecvError::Empty) => None,
+            Err(crossbeam::channel::TryRecvError::Disconnected) => {
+                self.closed = true;
+                None
+            }
+        }
+    }
+}
+
 /// The one place mdsub starts threads.
 pub struct Runner;
 
@@ -606,6 +655,18 @@ mod tests {
         }
     }
 
+    /// A test agent: a role and what `do_work` does.
+    struct FnAgent<F>(&'static str, F);
+
+    impl<F: FnMut() -> Result<Step, AgentError> + Send> Agent for FnAgent<F> {
+        fn role(&self) -> &str {
+            self.0
+        }
+        fn do_work(&mut self) -> Result<Step, AgentError> {
+            (self.1)()
+        }
+    }
+
     #[test]
     fn runs_until_finished_and_idles_through_agent() {
         let mut a = countdown(100);
@@ -647,17 +708,11 @@ mod tests {
 
     #[test]
     fn the_thread_is_named_from_the_role_and_the_agent_comes_back() {
-        struct Named;
-        impl Agent for Named {
-            fn role(&self) -> &str {
-                "named-agent"
-            }
-            fn do_work(&mut self) -> Result<Step, AgentError> {
-                assert_eq!(std::thread::current().name(), Some("named-agent"));
-                Ok(Step::Finished)
-            }
-        }
-        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Spin), StopFlag::new(), Named).expect("start");
+        let named = FnAgent("named-agent", || {
+            assert_eq!(std::thread::current().name(), Some("named-agent"));
+            Ok(Step::Finished)
+        });
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Spin), StopFlag::new(), named).expect("start");
         assert_eq!(h.role(), "named-agent");
         let back = h.join().expect("joined");
         assert_eq!(back.role(), "named-agent");
@@ -665,21 +720,15 @@ mod tests {
 
     #[test]
     fn a_failing_or_panicking_agent_stops_the_others() {
-        struct Failing(bool);
-        impl Agent for Failing {
-            fn role(&self) -> &str {
-                "failing"
-            }
-            fn do_work(&mut self) -> Result<Step, AgentError> {
-                if self.0 {
+        for panics in [false, true] {
+            let failing = FnAgent("failing", move || {
+                if panics {
                     panic!("do_work panicked on purpose");
                 }
                 Err(AgentError::Fatal { role: "failing".into(), message: "no".into() })
-            }
-        }
-        for panics in [false, true] {
+            });
             let stop = StopFlag::new();
-            let h = Runner::start(RunSpec::unpinned(IdleStrategy::Spin), stop.clone(), Failing(panics)).expect("start");
+            let h = Runner::start(RunSpec::unpinned(IdleStrategy::Spin), stop.clone(), failing).expect("start");
             let err = h.join().err().expect("fails");
             assert!(stop.is_stopped());
             if panics {
@@ -701,25 +750,32 @@ mod tests {
 
     #[test]
     fn live_agents_are_listed() {
-        struct Waits(StopFlag);
-        impl Agent for Waits {
-            fn role(&self) -> &str {
-                "listed-agent"
-            }
-            fn do_work(&mut self) -> Result<Step, AgentError> {
-                Ok(if self.0.is_stopped() { Step::Finished } else { Step::Worked(0) })
-            }
-        }
         let stop = StopFlag::new();
-        let h = Runner::start(
-            RunSpec::unpinned(IdleStrategy::Block { wait_us: 100 }),
-            StopFlag::new(),
-            Waits(stop.clone()),
-        )
-        .expect("start");
+        let s = stop.clone();
+        let waits = FnAgent("listed-agent", move || Ok(if s.is_stopped() { Step::Finished } else { Step::Worked(0) }));
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100 }), StopFlag::new(), waits)
+            .expect("start");
         assert!(Runner::agents().iter().any(|a| a.role == "listed-agent"));
         stop.stop();
         h.join().expect("joined");
+    }
+
+    #[test]
+    fn an_inbox_keeps_what_a_wait_caught_and_closes_when_drained() {
+        let (tx, rx) = crossbeam::channel::bounded(4);
+        let mut inbox = Inbox::new(rx);
+        assert_eq!(inbox.next(), None);
+        inbox.wait(Duration::from_micros(100));
+        assert_eq!(inbox.next(), None, "nothing came");
+        tx.send(1).expect("send");
+        inbox.wait(Duration::from_secs(5));
+        tx.send(2).expect("send");
+        drop(tx);
+        assert_eq!(inbox.next(), Some(1), "the item the wait caught comes first");
+        assert!(!inbox.is_closed(), "not closed while items remain");
+        assert_eq!(inbox.next(), Some(2));
+        assert_eq!(inbox.next(), None);
+        assert!(inbox.is_closed());
     }
 
     #[test]

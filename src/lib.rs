@@ -25,6 +25,7 @@
 //! | [`bench`](mod@bench) | end-to-end benchmarks (engine vs baseline, LVC, clone), one stamp and result shape | |
 //! | [`agent`] | every long-running thread is an agent; one runner names, pins and idles them | (Aeron's agent model) |
 //! | [`clock`] | the one place time is read: realtime (the wire), monotonic (schedules), thread CPU, a manual clock for tests | |
+//! | [`proxy`] | the one XSUB ⇄ XPUB proxy shell; the LVC and the tap are hooks on it | |
 //! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
 //! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
 //! | [`security`] | CURVE key files, server access policies (CURVE key and address allow-lists), the ZAP handler agent | (ZAP, RFC 27) |
@@ -65,6 +66,7 @@ pub mod feed;
 pub mod lvc;
 pub mod metrics;
 pub mod profile;
+pub mod proxy;
 pub mod replay;
 pub mod security;
 pub mod tap;

@@ -223,10 +223,26 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
 /// command such as "the pipe has data" arrives), then ask again. Returns
 /// whether the socket became ready.
 pub fn wait_ready(socket: &zmq::Socket, events: zmq::PollEvents, timeout: std::time::Duration) -> zmq::Result<bool> {
+    wait_any(&[socket], events, timeout)
+}
+
+/// [`wait_ready`] for up to four sockets (a proxy's two sides): returns as
+/// soon as any of them is ready for `events`, or `false` after `timeout`.
+/// Sockets past the fourth are not waited on.
+pub fn wait_any(sockets: &[&zmq::Socket], events: zmq::PollEvents, timeout: std::time::Duration) -> zmq::Result<bool> {
+    const MAX: usize = 4;
+    debug_assert!(sockets.len() <= MAX, "wait_any takes at most {MAX} sockets");
+    let sockets = &sockets[..sockets.len().min(MAX)];
     let deadline = crate::clock::monotonic_ns().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
+    let mut pfds = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; MAX];
+    for (pfd, s) in pfds.iter_mut().zip(sockets) {
+        pfd.fd = s.get_fd()?;
+    }
     loop {
-        if socket.get_events()?.intersects(events) {
-            return Ok(true);
+        for s in sockets {
+            if s.get_events()?.intersects(events) {
+                return Ok(true);
+            }
         }
         let now = crate::clock::monotonic_ns();
         if now >= deadline {
@@ -235,9 +251,8 @@ pub fn wait_ready(socket: &zmq::Socket, events: zmq::PollEvents, timeout: std::t
         let left = deadline - now;
         let ts =
             libc::timespec { tv_sec: (left / 1_000_000_000) as libc::time_t, tv_nsec: (left % 1_000_000_000) as _ };
-        let mut pfd = libc::pollfd { fd: socket.get_fd()?, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one pollfd we own, a timespec we own, no signal mask.
-        let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        // SAFETY: pollfds we own (the first `sockets.len()` are used), a timespec we own, no signal mask.
+        let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), sockets.len() as libc::nfds_t, &ts, std::ptr::null()) };
         if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return Err(zmq::Error::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)));
         }

@@ -3,7 +3,6 @@
 //! multipart traffic, and the topic limit.
 
 mod common;
-mod proxy_support;
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
@@ -11,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::proxy::*;
 use mdsub::wire::{decode, FLAG_FROM_CACHE};
-use proxy_support::*;
 
 const ONE_S: Duration = Duration::from_secs(1);
 
@@ -248,16 +247,24 @@ fn topic_limit_holds() {
     assert!(err.iter().any(|l| l.contains("cache limit hit")), "a log line when the limit is hit: {err:?}");
 }
 
-#[test]
-fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
-    let ctx = zmq::Context::new();
+/// A PUB bound to a wildcard port and an LVC that connects to it; the PUB's
+/// endpoint, the LVC, and a probe subscriber through which the path is up
+/// (probe handshake).
+fn lvc_connected_to_a_bound_publisher(ctx: &zmq::Context) -> (zmq::Socket, String, Proxy, zmq::Socket) {
     let publisher = ctx.socket(zmq::PUB).expect("pub");
     publisher.set_sndhwm(100_000).expect("sndhwm");
     let ep = mdsub::zmqx::bind_resolved(&publisher, "tcp://127.0.0.1:*").expect("bind");
-    let mut lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
-    assert_eq!(lvc.frontend, ep, "startup line names the connected endpoint");
-    let probe_sub = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
+    let lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
+    let probe_sub = subscriber(ctx, &lvc.backend, &[b"_probe\0"]);
     handshake(&publisher, &probe_sub);
+    (publisher, ep, lvc, probe_sub)
+}
+
+#[test]
+fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
+    let ctx = zmq::Context::new();
+    let (publisher, ep, mut lvc, probe_sub) = lvc_connected_to_a_bound_publisher(&ctx);
+    assert_eq!(lvc.frontend, ep, "startup line names the connected endpoint");
     let value = frame("ESH6", 1, 1, b"last");
     publisher.send(&value[..], 0).expect("publish");
     publisher.send(frame(PROBE, 0, 0, b"sent"), 0).expect("probe");
@@ -365,12 +372,7 @@ impl RawXsub {
 #[test]
 fn a_stray_empty_unsubscribe_never_cuts_the_cache_off() {
     let ctx = zmq::Context::new();
-    let publisher = ctx.socket(zmq::PUB).expect("pub");
-    publisher.set_sndhwm(100_000).expect("sndhwm");
-    let ep = mdsub::zmqx::bind_resolved(&publisher, "tcp://127.0.0.1:*").expect("bind");
-    let mut lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
-    let probe_sub = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
-    handshake(&publisher, &probe_sub);
+    let (publisher, _, mut lvc, probe_sub) = lvc_connected_to_a_bound_publisher(&ctx);
     // A raw peer on the subscriber side unsubscribes the empty prefix it never
     // subscribed, then subscribes a marker topic. Both pass the LVC in order,
     // so once the marker flows the unsubscribe has been handled.

@@ -5,14 +5,13 @@
 //! byte-identical.
 
 mod common;
-mod proxy_support;
 
 use std::time::{Duration, Instant};
 
+use common::proxy::{start_with, stop, subscriber};
 use common::*;
 use mdsub::wire::capture::CaptureReader;
 use mdsub::wire::{self, Kind, FLAG_FROM_CACHE};
-use proxy_support::{start_with, stop, subscriber};
 
 /// Wait for the first message on `sub` and tell whether any message within
 /// `window` after it was flagged FROM_CACHE.
@@ -44,7 +43,7 @@ fn engine_behind_the_lvc_drops_cached_duplicates_and_loses_nothing() {
     // that receive its control topic): the engine is sure to be there first.
     let ctx = zmq::Context::new();
     let watcher = subscriber(&ctx, &lvc.backend, &[b"E"]);
-    proxy_support::recv_within(&watcher, Duration::from_secs(20), "the feed to be live");
+    common::proxy::recv_within(&watcher, Duration::from_secs(20), "the feed to be live");
     let mut late = Vec::new();
     for _ in 0..3 {
         let s = subscriber(&ctx, &lvc.backend, &[b"E"]);

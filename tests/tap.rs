@@ -3,13 +3,13 @@
 //! flow, subscription events are shown, `--stats` counts per topic.
 
 mod common;
-mod proxy_support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::proxy::*;
+use common::wait_line;
 use mdsub::wire::capture::CaptureReader;
-use proxy_support::*;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 

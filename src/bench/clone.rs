@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::agent::{AgentHandle, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::bench::median;
 use crate::clone::client::{ChangeKind, Client, ClientConfig};
 use crate::clone::kvmsg::{recv_frames, KvMsg, HUGZ};
@@ -46,7 +46,7 @@ fn free_port_block(n: u16) -> anyhow::Result<u16> {
 
 struct InProcServer {
     stop: StopFlag,
-    handle: Option<std::thread::JoinHandle<Result<(), crate::agent::AgentError>>>,
+    handle: Option<AgentHandle<Server>>,
     port: u16,
 }
 
@@ -55,16 +55,11 @@ impl InProcServer {
         let port = free_port_block(3)?;
         let stop = StopFlag::new();
         let cfg = ServerConfig { port, verbose: false, ..ServerConfig::default() };
-        let handle = Runner::spawn(
-            "clone-server",
+        let server = Server::new(cfg)?;
+        let handle = Runner::start(
             RunSpec { core: None, idle: IdleStrategy::Block { wait_us: 100_000 } },
             stop.clone(),
-            move || {
-                Server::new(cfg).map_err(|e| crate::agent::AgentError::Fatal {
-                    role: "clone-server".into(),
-                    message: e.to_string(),
-                })
-            },
+            server,
         )?;
         Ok(InProcServer { stop, handle: Some(handle), port })
     }
@@ -83,13 +78,15 @@ impl Drop for InProcServer {
     }
 }
 
-/// Send `n` KVSETs (distinct UUIDs, keys cycling over `key_space`) to the collector at `port+2`.
+/// Send `n` KVSETs (distinct UUIDs, keys cycling over `key_space`) to the collector at `port+2`,
+/// once its subscription has arrived (an XPUB sees it: the handshake, no guessed sleep).
 fn feed(ctx: &zmq::Context, port: u16, n: u64, key_space: u64, prefix: &str) -> anyhow::Result<()> {
-    let s = ctx.socket(zmq::PUB)?;
+    let s = ctx.socket(zmq::XPUB)?;
     s.set_sndhwm(0)?;
     s.set_linger(-1)?;
+    s.set_rcvtimeo(10_000)?;
     s.connect(&format!("tcp://127.0.0.1:{}", port + 2))?;
-    std::thread::sleep(Duration::from_millis(300)); // let the collector's subscription arrive
+    s.recv_bytes(0).context("the collector's subscription did not arrive within 10 s")?;
     let seq = 0u64.to_be_bytes();
     let value = [b'v'; 16];
     let mut key = String::with_capacity(32);
@@ -106,6 +103,32 @@ fn feed(ctx: &zmq::Context, port: u16, n: u64, key_space: u64, prefix: &str) -> 
         s.send(&value[..], 0)?;
     }
     Ok(())
+}
+
+/// Receive and decode updates (HUGZ aside) on `sub` until `n` have come; the time from the
+/// first to the n-th. Gives up after 120 s (loss), naming `who`.
+fn count_updates(sub: &zmq::Socket, n: u64, who: &str) -> anyhow::Result<Duration> {
+    let mut frames = Vec::new();
+    let mut got = 0u64;
+    let mut start = Instant::now();
+    let deadline = start + Duration::from_secs(120);
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("{who} got {got} of {n} updates within 120 s (loss?)");
+        }
+        if sub.poll(zmq::POLLIN, 100)? == 0 {
+            continue;
+        }
+        while let Some(c) = recv_frames(sub, &mut frames, zmq::DONTWAIT)? {
+            if KvMsg::decode_messages(&frames[..c.min(frames.len())]).is_ok_and(|m| m.key != HUGZ) {
+                if got == 0 {
+                    start = Instant::now();
+                }
+                got += 1;
+            }
+        }
+    }
+    Ok(start.elapsed())
 }
 
 /// Updates/s from the collector through the server to a raw CHP subscriber that decodes every
@@ -125,7 +148,7 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
             ..ClientConfig::default()
         })?;
         c.wait_synced(Duration::from_secs(10))?;
-        let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
+        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
         let mut start = None;
         loop {
             let s = c.status()?;
@@ -140,38 +163,22 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+        feeder.join()??;
         start.map(|t| t.elapsed()).unwrap_or_default()
     } else {
         let sub = ctx.socket(zmq::SUB)?;
         sub.set_rcvhwm(0)?;
         sub.set_subscribe(b"/t/")?;
+        sub.set_subscribe(HUGZ)?;
         sub.connect(&format!("tcp://127.0.0.1:{}", server.port + 1))?;
-        let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
-        let mut frames = Vec::new();
-        let mut got = 0u64;
-        let mut start = Instant::now();
-        while got < n {
-            if Instant::now() > deadline {
-                bail!("raw subscriber got {got} of {n} updates within 120 s (loss?)");
-            }
-            if sub.poll(zmq::POLLIN, 100)? == 0 {
-                continue;
-            }
-            while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
-                if let Ok(m) = KvMsg::decode_messages(&frames[..c.min(frames.len())]) {
-                    if m.key != HUGZ {
-                        if got == 0 {
-                            start = Instant::now();
-                        }
-                        got += 1;
-                    }
-                }
-            }
+        // Handshake: the server's first HUGZ (one a second) proves the subscription is in place.
+        if sub.poll(zmq::POLLIN, 5_000)? == 0 {
+            bail!("no HUGZ from the server within 5 s");
         }
-        let t = start.elapsed();
-        feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
-        t
+        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
+        let t = count_updates(&sub, n, "raw subscriber");
+        feeder.join()??;
+        t?
     };
     Ok(n as f64 / elapsed.as_secs_f64().max(1e-9))
 }
@@ -187,29 +194,10 @@ fn baseline_once(n: u64) -> anyhow::Result<f64> {
     // The feeder connects its PUB to port+2, so bind the SUB there.
     sub.bind(&format!("tcp://127.0.0.1:{}", port + 2))?;
     let feeder_ctx = ctx.clone();
-    let feeder = std::thread::spawn(move || feed(&feeder_ctx, port, n, 10_000, "/t/"));
-    let mut frames = Vec::new();
-    let mut got = 0u64;
-    let mut start = Instant::now();
-    let deadline = start + Duration::from_secs(120);
-    while got < n {
-        if Instant::now() > deadline {
-            bail!("baseline subscriber got {got} of {n} within 120 s");
-        }
-        if sub.poll(zmq::POLLIN, 100)? == 0 {
-            continue;
-        }
-        while let Some(c) = recv_frames(&sub, &mut frames, zmq::DONTWAIT)? {
-            if KvMsg::decode_messages(&frames[..c.min(frames.len())]).is_ok() {
-                if got == 0 {
-                    start = Instant::now();
-                }
-                got += 1;
-            }
-        }
-    }
-    let t = start.elapsed();
-    feeder.join().map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+    let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
+    let t = count_updates(&sub, n, "baseline subscriber");
+    feeder.join()??;
+    let t = t?;
     Ok(n as f64 / t.as_secs_f64().max(1e-9))
 }
 
@@ -286,15 +274,23 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
         let rx = watcher.watch("/f/")?;
         let stop = StopFlag::new();
         let s2 = stop.clone();
-        let setter = std::thread::spawn(move || {
+        let setter = Runner::task("bench-setter", None, move || {
             let mut i = 0u64;
             while !s2.is_stopped() {
                 let _ = writer.set(format!("/f/{}", i % 100), i.to_string(), None);
                 i += 1;
+                // The setter's pace: one update per 10 ms, so a failover shows as a gap.
                 std::thread::sleep(Duration::from_millis(10));
             }
-        });
-        std::thread::sleep(Duration::from_millis(500));
+        })?;
+        // The path writer → primary → watcher works before the kill.
+        let seen =
+            (0..100).any(|_| rx.recv_timeout(Duration::from_millis(100)).is_ok_and(|c| c.kind == ChangeKind::Live));
+        if !seen {
+            stop.stop();
+            let _ = setter.join();
+            bail!("the watcher saw no live update from the primary within 10 s");
+        }
         let _ = prim.kill();
         let killed = Instant::now();
         let _ = prim.wait();

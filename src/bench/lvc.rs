@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentError, AgentStats, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::bench::median;
 use crate::lvc::cache::CacheLimits;
-use crate::lvc::proxy::{LvcConfig, LvcProxy, LvcReport};
-use crate::lvc::LvcError;
+use crate::lvc::proxy::LvcReport;
+use crate::lvc::LvcConfig;
+use crate::proxy::ProxyConfig;
 use crate::wire::{encode, frame_len, Header, Kind, HEADER_LEN};
 use crate::zmqx::{self, bind_resolved, Attach};
 
@@ -51,8 +52,8 @@ impl Measurement {
     }
 }
 
-fn berr(context: &'static str) -> impl FnOnce(zmq::Error) -> LvcError {
-    move |source| LvcError::Agent(crate::agent::AgentError::Zmq { role: "lvc-bench".into(), context, source })
+fn berr(context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError {
+    move |source| AgentError::Zmq { role: "lvc-bench".into(), context, source }
 }
 
 const PROBE: &[u8] = b"_bench";
@@ -79,7 +80,7 @@ fn measure(
     sub_endpoint: &str,
     hwm: i32,
     args: &LvcBenchConfig,
-) -> Result<Measurement, LvcError> {
+) -> Result<Measurement, AgentError> {
     let sub = sub_ctx.socket(zmq::SUB).map_err(berr("making the SUB"))?;
     sub.set_rcvhwm(hwm).map_err(berr("setting RCVHWM"))?;
     sub.set_rcvtimeo(100).map_err(berr("setting RCVTIMEO"))?;
@@ -91,26 +92,22 @@ fn measure(
     let fs = frames(args.payload_bytes, args.topics);
     let messages = args.messages;
     let probe = encode(PROBE, &bench_header(Kind::Heartbeat), b"");
-    // runner: the publisher is a raw thread until the runner can own it (main converts it).
-    let pub_thread = std::thread::Builder::new()
-        .name("bench-pub".into())
-        .spawn(move || -> zmq::Result<()> {
-            let give_up = Instant::now() + Duration::from_secs(10);
-            while !ready_p.load(Ordering::Acquire) && Instant::now() < give_up {
-                publisher.send(&probe[..], 0)?;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if let Ok(mut s) = start_p.lock() {
-                *s = Some(Instant::now());
-            }
-            for i in 0..messages {
-                let f = &fs[(i % fs.len() as u64) as usize];
-                publisher.send(&f[..], 0)?;
-            }
-            // Keep the socket open until the subscriber is done (linger default).
-            Ok(())
-        })
-        .map_err(|source| LvcError::Thread { role: "bench-pub", source })?;
+    let pub_thread = Runner::task("bench-pub", None, move || -> zmq::Result<()> {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !ready_p.load(Ordering::Acquire) && Instant::now() < give_up {
+            publisher.send(&probe[..], 0)?;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Ok(mut s) = start_p.lock() {
+            *s = Some(Instant::now());
+        }
+        for i in 0..messages {
+            let f = &fs[(i % fs.len() as u64) as usize];
+            publisher.send(&f[..], 0)?;
+        }
+        // Keep the socket open until the subscriber is done (linger default).
+        Ok(())
+    })?;
 
     let mut msg = zmq::Message::new();
     let mut delivered = 0u64;
@@ -136,42 +133,42 @@ fn measure(
     Ok(Measurement { sent: messages, delivered, elapsed: last.saturating_duration_since(started) })
 }
 
-fn make_pub(ctx: &zmq::Context, hwm: i32) -> Result<(zmq::Socket, String), LvcError> {
+fn make_pub(ctx: &zmq::Context, hwm: i32) -> Result<(zmq::Socket, String), AgentError> {
     let p = ctx.socket(zmq::PUB).map_err(berr("making the PUB"))?;
     p.set_sndhwm(hwm).map_err(berr("setting SNDHWM"))?;
     let ep = bind_resolved(&p, "tcp://127.0.0.1:*").map_err(berr("binding the PUB"))?;
     Ok((p, ep))
 }
 
-fn direct(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, LvcError> {
+fn direct(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, AgentError> {
     let (pub_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
     measure(p, &sub_ctx, &ep, hwm, args)
 }
 
-fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport), LvcError> {
+fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport, AgentStats), AgentError> {
     let (pub_ctx, lvc_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
     let config = LvcConfig {
-        frontend: vec![Attach::Connect(ep)],
-        backend: vec![Attach::Bind("tcp://127.0.0.1:*".into())],
+        proxy: ProxyConfig {
+            frontend: vec![Attach::Connect(ep)],
+            backend: vec![Attach::Bind("tcp://127.0.0.1:*".into())],
+            hwm_msgs: hwm,
+            max_msg_bytes: 1 << 20,
+            idle: args.idle,
+        },
         limits: CacheLimits::default(),
-        hwm_msgs: hwm,
-        max_msg_bytes: 1 << 20,
     };
-    let shared = Arc::new(Mutex::new(LvcReport::default()));
-    let proxy = LvcProxy::new(&lvc_ctx, &config, shared.clone())?;
-    let back = proxy.endpoints.iter().find(|e| e.0 == "backend").map(|e| e.2.clone()).unwrap_or_default();
+    let proxy = crate::lvc::new_proxy(&lvc_ctx, &config)?;
+    let back = proxy.endpoint("backend").unwrap_or_default().to_string();
     let stop = StopFlag::new();
-    let spec = RunSpec { core: None, idle: args.idle };
-    let handle = Runner::spawn("lvc-proxy", spec, stop.clone(), move || Ok(proxy))
-        .map_err(|source| LvcError::Thread { role: "lvc-proxy", source })?;
+    let handle = Runner::start(RunSpec { core: None, idle: args.idle }, stop.clone(), proxy)?;
+    let counters = handle.counters().clone();
     let m = measure(p, &sub_ctx, &back, hwm, args);
     stop.stop();
-    let joined = handle.join().map_err(|_| LvcError::Panicked { role: "lvc-proxy" })?;
-    joined?;
-    let report = *shared.lock().unwrap_or_else(|p| p.into_inner());
-    Ok((m?, report))
+    let proxy = handle.join()?;
+    let stats = counters.snapshot("lvc-proxy");
+    Ok((m?, proxy.report(), stats))
 }
 
 /// The plain proxy baseline: libzmq's own `zmq_proxy_steerable` between an
@@ -198,7 +195,7 @@ impl Agent for PlainProxy {
     }
 }
 
-fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, LvcError> {
+fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, AgentError> {
     let (pub_ctx, proxy_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
     let zmqx::ProxySockets { frontend, backend, endpoints } = zmqx::proxy_sockets(
@@ -217,19 +214,18 @@ fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, LvcEr
     steer.connect(&control_ep).map_err(berr("connecting the steering PAIR"))?;
     let proxy = PlainProxy { frontend, backend, control };
     let spec = RunSpec { core: None, idle: IdleStrategy::Block { wait_us: 100_000 } };
-    let handle = Runner::spawn("plain-proxy", spec, StopFlag::new(), move || Ok(proxy))
-        .map_err(|source| LvcError::Thread { role: "plain-proxy", source })?;
+    let handle = Runner::start(spec, StopFlag::new(), proxy)?;
     let m = measure(p, &sub_ctx, &back, hwm, args);
     // Ends the proxy whether or not the measurement succeeded.
     let sent = steer.send("TERMINATE", 0).map_err(berr("stopping the plain proxy"));
-    let joined = handle.join().map_err(|_| LvcError::Panicked { role: "plain-proxy" })?;
+    let joined = handle.join();
     sent?;
     joined?;
     m
 }
 
 /// Run the comparison and print one line per measurement and the medians.
-pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
+pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
     let frame_bytes = frame_len(b"B00000", args.payload_bytes);
     let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
     println!("lvc-bench  {}", crate::bench::stamp::Machine::here());
@@ -238,16 +234,18 @@ pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
          TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs of direct, plain proxy, lvc",
         args.messages, args.payload_bytes, args.topics, args.runs
     );
-    let (mut d, mut p, mut l, mut lp, mut pd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut d, mut p, mut l, mut lp, mut pd, mut cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=args.runs.max(1) {
         let md = direct(&args, hwm)?;
         let mp = via_plain_proxy(&args, hwm)?;
-        let (ml, report) = via_lvc(&args, hwm)?;
+        let (ml, report, stats) = via_lvc(&args, hwm)?;
         let lvc_plain = ml.msgs_per_s() / mp.msgs_per_s().max(1e-9);
         let plain_direct = mp.msgs_per_s() / md.msgs_per_s().max(1e-9);
         println!(
             "run {run}: direct {:.3} M msg/s ({}/{}), plain proxy {:.3} M msg/s ({}/{}), lvc {:.3} M msg/s \
-             ({}/{}, {} cached topics); lvc/plain {lvc_plain:.2}, plain/direct {plain_direct:.2}",
+             ({}/{}, {} cached topics, lvc thread {:.0} CPU ns/msg); lvc/plain {lvc_plain:.2}, \
+             plain/direct {plain_direct:.2}",
             md.msgs_per_s() / 1e6,
             md.delivered,
             md.sent,
@@ -257,7 +255,8 @@ pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
             ml.msgs_per_s() / 1e6,
             ml.delivered,
             ml.sent,
-            report.topics
+            report.topics,
+            stats.cpu_ns_per_item()
         );
         if md.delivered < md.sent || mp.delivered < mp.sent || ml.delivered < ml.sent {
             println!("run {run}: LOSS — this run is not a result");
@@ -267,15 +266,17 @@ pub fn run(args: LvcBenchConfig) -> Result<(), LvcError> {
         l.push(ml.msgs_per_s());
         lp.push(lvc_plain);
         pd.push(plain_direct);
+        cpu.push(stats.cpu_ns_per_item());
     }
     println!(
         "median: direct {:.3} M msg/s, plain proxy {:.3} M msg/s, lvc {:.3} M msg/s, \
-         lvc/plain {:.2}, plain/direct {:.2} (medians of per-run ratios)",
+         lvc/plain {:.2}, plain/direct {:.2} (medians of per-run ratios), lvc thread {:.0} CPU ns/msg",
         median(d) / 1e6,
         median(p) / 1e6,
         median(l) / 1e6,
         median(lp),
-        median(pd)
+        median(pd),
+        median(cpu)
     );
     Ok(())
 }

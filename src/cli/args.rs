@@ -73,6 +73,11 @@ impl Endpoint {
             _ => Ok(self.endpoint.clone()),
         }
     }
+
+    /// [`Endpoint::only`] for every endpoint of a repeatable flag.
+    pub fn all_only(endpoints: &[Endpoint], only: How, flag: &str) -> anyhow::Result<Vec<String>> {
+        endpoints.iter().map(|e| e.only(only, flag)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)
+    }
 }
 
 impl std::fmt::Display for Endpoint {

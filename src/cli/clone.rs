@@ -222,12 +222,7 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
-    let servers = args
-        .server
-        .iter()
-        .map(|e| e.only(How::Connect, "--server"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let servers = Endpoint::all_only(&args.server, How::Connect, "--server")?;
     if let ClientCmd::Status = args.cmd {
         for s in &servers {
             match crate::clone::server_status(s, timeout.min(Duration::from_secs(2))) {

@@ -131,9 +131,8 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let shard_endpoints: Vec<Vec<String>> = args
         .endpoint
         .iter()
-        .map(|list| list.iter().map(|e| e.only(How::Connect, "--endpoint")).collect::<Result<Vec<_>, _>>())
-        .collect::<Result<_, _>>()
-        .map_err(anyhow::Error::msg)?;
+        .map(|list| Endpoint::all_only(list, How::Connect, "--endpoint"))
+        .collect::<anyhow::Result<_>>()?;
     if !shard_endpoints.is_empty() {
         let template = profile.shards.first().cloned().unwrap_or_else(|| Profile::builtin().shards[0].clone());
         profile.shards = shard_endpoints

@@ -2,10 +2,12 @@
 
 use clap::Args;
 
-use super::args::{parse_bytes_i64, parse_count_usize, parse_endpoint, parse_hwm, Endpoint, How, Idle};
-use crate::agent::StopFlag;
+use super::args::parse_count_usize;
+use super::proxy::ProxyArgs;
+use crate::agent::{AgentError, StopFlag};
+use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::LvcReport;
-use crate::lvc::{LvcError, LvcRunConfig};
+use crate::lvc::LvcConfig;
 
 /// `mdsub lvc`: a last-value-caching proxy between publishers and subscribers.
 ///
@@ -25,47 +27,27 @@ use crate::lvc::{LvcError, LvcRunConfig};
     that starts with it, in topic order (mdsub frames re-sent from the cache carry FROM_CACHE).\n\
     SIGINT/SIGTERM stop it cleanly; the counters are printed on exit. See docs/LVC-TAP.md.")]
 pub struct LvcArgs {
-    /// Publisher side (XSUB): bind:EP, connect:EP or EP (binds); repeatable.
-    #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
-    pub frontend: Vec<Endpoint>,
-    /// Subscriber side (XPUB, verbose): bind:EP, connect:EP or EP (binds); repeatable.
-    #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
-    pub backend: Vec<Endpoint>,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
     /// Most topics cached; further new topics pass through uncached (counted, logged).
     #[arg(long, value_parser = parse_count_usize, default_value = "100k", value_name = "COUNT")]
     pub max_topics: usize,
     /// Most bytes cached (keys plus message buffers).
     #[arg(long, value_parser = parse_count_usize, default_value = "268435456", value_name = "BYTES")]
     pub max_bytes: usize,
-    /// SNDHWM and RCVHWM of both sockets, in messages (0 = unlimited). High by
-    /// default so that answering a wide prefix does not drop at the HWM.
-    #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
-    pub hwm_msgs: i32,
-    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
-    /// a larger one drops that publisher's connection, as libzmq does).
-    #[arg(long, value_parser = parse_bytes_i64, default_value = "1048576", value_name = "BYTES")]
-    pub max_msg_bytes: i64,
-    /// Idle strategy of the proxy thread.
-    #[arg(long, value_enum, default_value_t = Idle::Backoff)]
-    pub idle: Idle,
 }
 
 impl LvcArgs {
     /// The library configuration these arguments describe.
-    pub fn to_config(&self) -> LvcRunConfig {
-        LvcRunConfig {
-            frontend: self.frontend.iter().map(|e| e.attach(How::Bind)).collect(),
-            backend: self.backend.iter().map(|e| e.attach(How::Bind)).collect(),
-            max_topics: self.max_topics,
-            max_bytes: self.max_bytes,
-            hwm_msgs: self.hwm_msgs,
-            max_msg_bytes: self.max_msg_bytes,
-            idle: self.idle.strategy(),
+    pub fn to_config(&self) -> LvcConfig {
+        LvcConfig {
+            proxy: self.proxy.to_config(),
+            limits: CacheLimits { max_topics: self.max_topics, max_bytes: self.max_bytes },
         }
     }
 }
 
 /// Run `mdsub lvc` until SIGINT/SIGTERM.
-pub fn run(args: &LvcArgs, stop: &StopFlag) -> Result<LvcReport, LvcError> {
+pub fn run(args: &LvcArgs, stop: &StopFlag) -> Result<LvcReport, AgentError> {
     crate::lvc::run(args.to_config(), stop)
 }

@@ -12,6 +12,7 @@
 //! | [`engine`] | `mdsub demo`, `mdsub engine` |
 //! | [`replay`] | `mdsub replay` |
 //! | [`bench`](mod@bench) | `mdsub bench`, `mdsub lvc-bench`, `mdsub clone-bench` |
+//! | [`proxy`] | the flags `mdsub lvc` and `mdsub tap` share |
 //! | [`lvc`] | `mdsub lvc` |
 //! | [`tap`] | `mdsub tap` |
 //! | [`clone`] | `mdsub clone-server`, `mdsub clone-client` |
@@ -23,6 +24,7 @@ pub mod clone;
 pub mod engine;
 pub mod feed;
 pub mod lvc;
+pub mod proxy;
 pub mod replay;
 pub mod security;
 pub mod tap;

@@ -51,12 +51,7 @@ pub struct ReplayArgs {
 
 /// Run `mdsub replay`: bind, wait for subscribers, publish.
 pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
-    let endpoints = args
-        .endpoint
-        .iter()
-        .map(|e| e.only(How::Bind, "--endpoint"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let endpoints = Endpoint::all_only(&args.endpoint, How::Bind, "--endpoint")?;
     let cfg = PublisherConfig {
         endpoints,
         sndhwm_msgs: args.publisher.sndhwm_msgs,

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::args::{parse_bytes_i64, parse_count_usize, parse_endpoint, parse_hwm, Endpoint, How, Idle};
+use super::args::parse_count_usize;
+use super::proxy::ProxyArgs;
 use crate::agent::StopFlag;
 use crate::tap::sink::Show;
 use crate::tap::{TapError, TapReport, TapRunConfig};
@@ -24,12 +25,8 @@ use crate::tap::{TapError, TapReport, TapRunConfig};
     are dropped and counted, the proxy keeps forwarding. SIGINT/SIGTERM stop it; counters (drops\n\
     included) go to stderr. See docs/LVC-TAP.md.")]
 pub struct TapArgs {
-    /// Publisher side (XSUB): bind:EP, connect:EP or EP (binds); repeatable.
-    #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
-    pub frontend: Vec<Endpoint>,
-    /// Subscriber side (XPUB, verbose): bind:EP, connect:EP or EP (binds); repeatable.
-    #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
-    pub backend: Vec<Endpoint>,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
     /// Show/record only messages whose first frame starts with PREFIX
     /// (repeatable; escapes \0, \xNN, \\ — `ESH6\0` is exactly topic ESH6).
     /// Does not change what the proxy forwards.
@@ -52,24 +49,13 @@ pub struct TapArgs {
     /// Capacity of the proxy → sink queue, messages; when full, copies are dropped (counted).
     #[arg(long, value_parser = parse_count_usize, default_value = "65536", value_name = "COUNT")]
     pub queue_msgs: usize,
-    /// SNDHWM and RCVHWM of both proxy sockets, messages (0 = unlimited).
-    #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
-    pub hwm_msgs: i32,
-    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
-    /// a larger one drops that publisher's connection, as libzmq does).
-    #[arg(long, value_parser = parse_bytes_i64, default_value = "1048576", value_name = "BYTES")]
-    pub max_msg_bytes: i64,
-    /// Idle strategy of both threads.
-    #[arg(long, value_enum, default_value_t = Idle::Backoff)]
-    pub idle: Idle,
 }
 
 impl TapArgs {
     /// The library configuration these arguments describe.
     pub fn to_config(&self) -> TapRunConfig {
         TapRunConfig {
-            frontend: self.frontend.iter().map(|e| e.attach(How::Bind)).collect(),
-            backend: self.backend.iter().map(|e| e.attach(How::Bind)).collect(),
+            proxy: self.proxy.to_config(),
             filter: self.filter.clone(),
             show: if self.stats {
                 Show::Stats
@@ -81,9 +67,6 @@ impl TapArgs {
             record: self.record.clone(),
             subscribe_all: self.subscribe_all,
             queue_msgs: self.queue_msgs,
-            hwm_msgs: self.hwm_msgs,
-            max_msg_bytes: self.max_msg_bytes,
-            idle: self.idle.strategy(),
         }
     }
 }

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam::channel::{Receiver, Sender};
 
 use super::StageHistograms;
-use crate::agent::{Agent, AgentError, Step};
+use crate::agent::{Agent, AgentError, Inbox, Step};
 
 /// What a worker sends to the collector.
 pub struct WorkerReport {
@@ -30,17 +30,15 @@ pub struct Collected {
 
 /// The collector agent; [`Collector::into_collected`] after it ends.
 pub struct Collector {
-    rx: Receiver<WorkerReport>,
+    inbox: Inbox<WorkerReport>,
     spares: Vec<Sender<StageHistograms>>,
     total: Collected,
-    /// A report that arrived during `idle_wait`, taken by the next `do_work`.
-    waiting: Option<WorkerReport>,
 }
 
 impl Collector {
     /// Collect from `rx`; `spares[w]` hands emptied sets back to worker `w`.
     pub fn new(rx: Receiver<WorkerReport>, spares: Vec<Sender<StageHistograms>>) -> Self {
-        Collector { rx, spares, total: Collected::default(), waiting: None }
+        Collector { inbox: Inbox::new(rx), spares, total: Collected::default() }
     }
 
     fn take(&mut self, mut r: WorkerReport) {
@@ -68,28 +66,15 @@ impl Agent for Collector {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let mut n = 0;
-        if let Some(r) = self.waiting.take() {
+        while let Some(r) = self.inbox.next() {
             self.take(r);
             n += 1;
         }
-        loop {
-            match self.rx.try_recv() {
-                Ok(r) => {
-                    self.take(r);
-                    n += 1;
-                }
-                Err(TryRecvError::Empty) => return Ok(Step::Worked(n)),
-                Err(TryRecvError::Disconnected) => return Ok(Step::Finished),
-            }
-        }
+        Ok(if self.inbox.is_closed() { Step::Finished } else { Step::Worked(n) })
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        match self.rx.recv_timeout(timeout) {
-            Ok(r) => self.waiting = Some(r),
-            // Disconnected is seen by the next do_work.
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
-        }
+        self.inbox.wait(timeout);
     }
 }
 

@@ -3,9 +3,10 @@
 //! An XSUB ⇄ XPUB proxy whose capture side prints, filters, counts or records
 //! the traffic without ever stalling the flow.
 //!
-//! - [`proxy`]: the proxy agent; copies go to the sink through a bounded
-//!   crossbeam channel with `try_send`: when it is full the copy is dropped and
-//!   counted, the proxy keeps forwarding.
+//! - [`proxy`]: the tap's hooks on the shared proxy shell ([`crate::proxy`]);
+//!   copies go to the sink through a bounded crossbeam channel with
+//!   `try_send`: when it is full the copy is dropped and counted, the proxy
+//!   keeps forwarding.
 //! - [`sink`]: the printer / stats / recorder agent.
 //!
 //! Exact commands and the drop policy are in `docs/LVC-TAP.md`.
@@ -16,11 +17,11 @@ pub mod sink;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::agent::{AgentError, IdleStrategy, RunSpec, Runner, StopFlag};
-use crate::tap::proxy::{parse_prefix, Filter, TapConfig, TapProxy, TapProxyReport};
+use crate::agent::{AgentError, RunSpec, Runner, StopFlag};
+use crate::proxy::{ProxyConfig, ProxyShell};
+use crate::tap::proxy::{parse_prefix, Filter, TapHooks, TapProxyReport};
 use crate::tap::sink::{Show, TapSink, TapSinkReport};
 use crate::wire::capture::{CaptureError, CaptureWriter};
-use crate::zmqx::Attach;
 
 /// Errors of the tap subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -37,23 +38,12 @@ pub enum TapError {
         #[source]
         source: CaptureError,
     },
-    #[error("could not start the {role} thread: {source}")]
-    Thread {
-        role: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the {role} thread panicked")]
-    Panicked { role: &'static str },
 }
 
-/// What `mdsub tap` runs: the proxy's endpoints, the capture side and thread settings.
+/// What `mdsub tap` runs: the proxy shell's settings and the capture side.
 #[derive(Debug, Clone)]
 pub struct TapRunConfig {
-    /// Publisher side (XSUB).
-    pub frontend: Vec<Attach>,
-    /// Subscriber side (XPUB, verbose).
-    pub backend: Vec<Attach>,
+    pub proxy: ProxyConfig,
     /// Show/record only messages whose first frame starts with one of these
     /// (escapes \0, \xNN, \\); does not change what the proxy forwards.
     pub filter: Vec<String>,
@@ -65,12 +55,6 @@ pub struct TapRunConfig {
     pub subscribe_all: bool,
     /// Capacity of the proxy → sink queue, messages; when full, copies are dropped (counted).
     pub queue_msgs: usize,
-    /// SNDHWM and RCVHWM of both proxy sockets, messages (0 = unlimited).
-    pub hwm_msgs: i32,
-    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE).
-    pub max_msg_bytes: i64,
-    /// Idle strategy of both threads.
-    pub idle: IdleStrategy,
 }
 
 /// Counters of one tap run.
@@ -105,7 +89,6 @@ impl std::fmt::Display for TapReport {
 
 /// Run the tap until SIGINT/SIGTERM; returns its counters.
 pub fn run(args: TapRunConfig, stop: &StopFlag) -> Result<TapReport, TapError> {
-    let idle = args.idle;
     if args.queue_msgs == 0 {
         return Err(TapError::BadQueue);
     }
@@ -117,46 +100,21 @@ pub fn run(args: TapRunConfig, stop: &StopFlag) -> Result<TapReport, TapError> {
         }
         None => None,
     };
-    let show = args.show;
-    let config = TapConfig {
-        frontend: args.frontend,
-        backend: args.backend,
-        filter: Filter::new(prefixes),
-        subscribe_all: args.subscribe_all,
-        hwm_msgs: args.hwm_msgs,
-        max_msg_bytes: args.max_msg_bytes,
-    };
     let ctx = zmq::Context::new();
     let (tx, rx) = crossbeam::channel::bounded(args.queue_msgs);
-    let proxy_report = Arc::new(Mutex::new(TapProxyReport::default()));
+    let proxy = ProxyShell::new(&ctx, &args.proxy, args.subscribe_all, TapHooks::new(Filter::new(prefixes), tx))?;
+    proxy.print_endpoints("tap");
     let sink_report = Arc::new(Mutex::new(TapSinkReport::default()));
-    let proxy = TapProxy::new(&ctx, &config, tx, proxy_report.clone())?;
-    for (side, verb, ep) in &proxy.endpoints {
-        println!("tap: {side} {verb} {ep}");
-    }
-    let sink = TapSink::new(rx, show, recorder, sink_report.clone());
+    let sink = TapSink::new(rx, args.show, recorder, sink_report.clone());
 
-    // `stop` is set by the binary's SIGINT/SIGTERM handler.
-    let stop = stop.clone();
-    let spec = RunSpec { core: None, idle };
     // The sink stops by itself once the proxy is gone and the queue is drained.
-    let sink_handle = Runner::spawn("tap-sink", spec.clone(), StopFlag::new(), move || Ok(sink))
-        .map_err(|source| TapError::Thread { role: "tap-sink", source })?;
-    let proxy_handle = match Runner::spawn("tap-proxy", spec, stop, move || Ok(proxy)) {
-        Ok(h) => h,
-        Err(source) => {
-            // The proxy (and the queue's sender) is gone: the sink drains,
-            // flushes the recording and ends; wait for it before reporting.
-            let _ = sink_handle.join();
-            return Err(TapError::Thread { role: "tap-proxy", source });
-        }
-    };
-    let proxy_result = proxy_handle.join().map_err(|_| TapError::Panicked { role: "tap-proxy" })?;
-    let sink_result = sink_handle.join().map_err(|_| TapError::Panicked { role: "tap-sink" })?;
-    let report = TapReport {
-        proxy: *proxy_report.lock().unwrap_or_else(|p| p.into_inner()),
-        sink: *sink_report.lock().unwrap_or_else(|p| p.into_inner()),
-    };
+    let sink_handle = Runner::start(RunSpec { core: None, idle: args.proxy.idle }, StopFlag::new(), sink)?;
+    // `stop` is set by the binary's SIGINT/SIGTERM handler. If the proxy
+    // fails to start, it (and the queue's sender) is gone all the same: the
+    // sink drains, flushes the recording and ends.
+    let (proxy_report, proxy_result) = proxy.run(args.proxy.idle, stop.clone());
+    let sink_result = sink_handle.join();
+    let report = TapReport { proxy: proxy_report, sink: *sink_report.lock().unwrap_or_else(|p| p.into_inner()) };
     eprintln!("tap: stopped: {report}");
     proxy_result?;
     sink_result?;

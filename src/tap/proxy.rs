@@ -1,19 +1,12 @@
-//! Espresso tap proxy agent (guide, chapter 5): XSUB ⇄ XPUB forwarding plus a capture side.
+//! The Espresso tap's hooks on the proxy shell (guide, chapter 5): forwarding plus a capture side.
 //!
 //! Copies go to the sink over a bounded channel with `try_send`; the proxy
 //! never waits for the sink.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use crossbeam::channel::{Sender, TrySendError};
 
-use crate::agent::{Agent, AgentError, Step};
+use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
 use crate::wire::now_ns;
-use crate::zmqx::{self, recv_message, send_message, Attach};
-
-/// Messages handled per direction in one `do_work`.
-pub const BATCH_MSGS: usize = 256;
 
 /// What the proxy hands to the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,150 +85,85 @@ pub struct TapProxyReport {
     pub send_failures: u64,
 }
 
-/// Proxy configuration.
-#[derive(Debug, Clone)]
-pub struct TapConfig {
-    pub frontend: Vec<Attach>,
-    pub backend: Vec<Attach>,
-    pub filter: Filter,
-    /// Subscribe upstream to everything, so the tap sees traffic no subscriber asked for.
-    pub subscribe_all: bool,
-    /// SNDHWM and RCVHWM of both sockets, messages.
-    pub hwm_msgs: i32,
-    /// Largest message accepted from the publishers (ZMQ_MAXMSGSIZE).
-    pub max_msg_bytes: i64,
-}
-
-/// The proxy agent.
-pub struct TapProxy {
-    frontend: zmq::Socket,
-    backend: zmq::Socket,
+/// The tap on the proxy shell: the filter and the sink's queue.
+pub struct TapHooks {
     filter: Filter,
     tx: Sender<Captured>,
-    frames: Vec<zmq::Message>,
-    report: TapProxyReport,
-    shared: Arc<Mutex<TapProxyReport>>,
-    /// Endpoints in effect as `(side, verb, endpoint)`.
-    pub endpoints: Vec<(&'static str, &'static str, String)>,
+    captured: u64,
+    dropped: u64,
 }
 
-fn zerr(context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError {
-    move |source| AgentError::Zmq { role: "tap".into(), context, source }
-}
-
-impl TapProxy {
-    pub fn new(
-        ctx: &zmq::Context,
-        config: &TapConfig,
-        tx: Sender<Captured>,
-        shared: Arc<Mutex<TapProxyReport>>,
-    ) -> Result<Self, AgentError> {
-        let zmqx::ProxySockets { frontend, backend, endpoints } =
-            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
-                .map_err(|(context, source)| AgentError::Zmq { role: "tap".into(), context, source })?;
-        if config.subscribe_all {
-            frontend.send(&[1u8][..], 0).map_err(zerr("subscribing upstream"))?;
-        }
-        Ok(TapProxy {
-            frontend,
-            backend,
-            filter: config.filter.clone(),
-            tx,
-            frames: Vec::with_capacity(8),
-            report: TapProxyReport::default(),
-            shared,
-            endpoints,
-        })
+impl TapHooks {
+    /// Copies of what passes (filtered, for messages) go to `tx`.
+    pub fn new(filter: Filter, tx: Sender<Captured>) -> Self {
+        TapHooks { filter, tx, captured: 0, dropped: 0 }
     }
 
     fn capture(&mut self, item: Captured) {
         match self.tx.try_send(item) {
-            Ok(()) => self.report.captured += 1,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.report.dropped += 1,
-        }
-    }
-
-    fn publish(&self) {
-        if let Ok(mut s) = self.shared.lock() {
-            *s = self.report;
+            Ok(()) => self.captured += 1,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped += 1,
         }
     }
 }
 
-impl Agent for TapProxy {
-    fn role(&self) -> &str {
+impl ProxyHooks for TapHooks {
+    type Report = TapProxyReport;
+
+    fn role(&self) -> &'static str {
         "tap-proxy"
     }
 
-    fn do_work(&mut self) -> Result<Step, AgentError> {
-        let mut done = 0;
-        for _ in 0..BATCH_MSGS {
-            if !recv_message(&self.backend, &mut self.frames).map_err(zerr("receiving a subscription"))? {
-                break;
-            }
-            if let [only] = &self.frames[..] {
-                if let Some((&kind @ (0 | 1), prefix)) = only.split_first() {
-                    let item =
-                        Captured::Subscription { subscribe: kind == 1, prefix: prefix.to_vec(), recv_ns: now_ns() };
-                    self.capture(item);
-                }
-            }
-            match send_message(&self.frontend, &mut self.frames) {
-                Ok(()) => self.report.forwarded_up += 1,
-                Err(_) => self.report.send_failures += 1,
-            }
-            done += 1;
+    fn on_upstream_message(&mut self, frames: &[zmq::Message]) {
+        if self.filter.matches(frames.first().map_or(&[][..], |f| &f[..])) {
+            let item = Captured::Message { frames: frames.iter().map(|f| f.to_vec()).collect(), recv_ns: now_ns() };
+            self.capture(item);
         }
-        for _ in 0..BATCH_MSGS {
-            if !recv_message(&self.frontend, &mut self.frames).map_err(zerr("receiving from publishers"))? {
-                break;
-            }
-            if self.filter.matches(self.frames.first().map_or(&[][..], |f| &f[..])) {
-                let item =
-                    Captured::Message { frames: self.frames.iter().map(|f| f.to_vec()).collect(), recv_ns: now_ns() };
-                self.capture(item);
-            }
-            match send_message(&self.backend, &mut self.frames) {
-                Ok(()) => self.report.forwarded_down += 1,
-                Err(_) => self.report.send_failures += 1,
-            }
-            done += 1;
-        }
-        if done > 0 {
-            self.publish();
-        }
-        Ok(Step::Worked(done))
     }
 
-    fn idle_wait(&mut self, timeout: Duration) {
-        let ms = timeout.as_millis().clamp(1, i64::MAX as u128) as i64;
-        let mut items = [self.frontend.as_poll_item(zmq::POLLIN), self.backend.as_poll_item(zmq::POLLIN)];
-        let _ = zmq::poll(&mut items, ms);
+    /// Copy (un)subscriptions to the sink; everything is forwarded.
+    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, _: &[zmq::Message], _: &mut Downstream<'_>) -> bool {
+        let (subscribe, prefix) = match msg {
+            FromSubscriber::Subscribe(p) => (true, p),
+            FromSubscriber::Unsubscribe(p) => (false, p),
+            FromSubscriber::Other => return true,
+        };
+        self.capture(Captured::Subscription { subscribe, prefix: prefix.to_vec(), recv_ns: now_ns() });
+        true
     }
 
-    fn on_close(&mut self) {
-        self.publish();
+    fn report(&self, shell: &ShellCounters) -> TapProxyReport {
+        TapProxyReport {
+            forwarded_down: shell.forwarded_down,
+            forwarded_up: shell.forwarded_up,
+            captured: self.captured,
+            dropped: self.dropped,
+            send_failures: shell.send_failures,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::{Agent, IdleStrategy};
+    use crate::proxy::{ProxyConfig, ProxyShell};
+    use crate::zmqx::Attach;
+    use std::time::Duration;
 
     /// A full sink queue drops copies (counted) and never stops forwarding.
     #[test]
     fn full_queue_drops_copies_and_keeps_forwarding() {
         let ctx = zmq::Context::new();
-        let config = TapConfig {
+        let config = ProxyConfig {
             frontend: vec![Attach::Bind("inproc://tap-front".into())],
             backend: vec![Attach::Bind("inproc://tap-back".into())],
-            filter: Filter::default(),
-            subscribe_all: true,
             hwm_msgs: 10_000,
             max_msg_bytes: 1 << 20,
+            idle: IdleStrategy::default(),
         };
         let (tx, rx) = crossbeam::channel::bounded(1);
-        let mut proxy = TapProxy::new(&ctx, &config, tx, Arc::default()).expect("proxy");
+        let mut proxy = ProxyShell::new(&ctx, &config, true, TapHooks::new(Filter::default(), tx)).expect("proxy");
         let publisher = ctx.socket(zmq::PUB).expect("pub");
         publisher.connect("inproc://tap-front").expect("connect");
         let sub = ctx.socket(zmq::SUB).expect("sub");
@@ -255,14 +183,14 @@ mod tests {
         assert!(through, "path came up");
         while rx.try_recv().is_ok() {}
         while sub.recv_bytes(zmq::DONTWAIT).is_ok() {}
-        let before = proxy.report;
+        let before = proxy.report();
         for i in 0..100u32 {
             publisher.send(&i.to_le_bytes()[..], 0).expect("send");
         }
         let mut forwarded = 0;
         for _ in 0..1000 {
             proxy.do_work().expect("work");
-            forwarded = proxy.report.forwarded_down - before.forwarded_down;
+            forwarded = proxy.report().forwarded_down - before.forwarded_down;
             if forwarded >= 100 {
                 break;
             }
@@ -273,8 +201,9 @@ mod tests {
             delivered += 1;
         }
         assert_eq!(delivered, 100);
-        assert_eq!(proxy.report.captured - before.captured, 1, "queue holds one");
-        assert_eq!(proxy.report.dropped - before.dropped, 99, "the rest dropped, counted");
+        let after = proxy.report();
+        assert_eq!(after.captured - before.captured, 1, "queue holds one");
+        assert_eq!(after.dropped - before.dropped, 99, "the rest dropped, counted");
     }
 
     #[test]

@@ -10,9 +10,9 @@ use std::io::{BufWriter, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam::channel::Receiver;
 
-use crate::agent::{Agent, AgentError, Step};
+use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::tap::proxy::Captured;
 use crate::wire::capture::{CaptureWriter, MAX_RECORD_LEN};
 use crate::wire::{decode, now_ns, Kind, FLAG_FROM_CACHE};
@@ -142,7 +142,7 @@ fn stats_key(frames: &[Vec<u8>]) -> Vec<u8> {
 
 /// The sink agent.
 pub struct TapSink {
-    rx: Receiver<Captured>,
+    inbox: Inbox<Captured>,
     show: Show,
     recorder: Option<CaptureWriter<BufWriter<File>>>,
     out: BufWriter<std::io::Stdout>,
@@ -151,7 +151,6 @@ pub struct TapSink {
     stats_other: u64,
     stats_start_ns: u64,
     last_stats_ns: u64,
-    pending: Option<Captured>,
     dirty: bool,
     report: TapSinkReport,
     shared: Arc<Mutex<TapSinkReport>>,
@@ -166,7 +165,7 @@ impl TapSink {
     ) -> Self {
         let now = now_ns();
         TapSink {
-            rx,
+            inbox: Inbox::new(rx),
             show,
             recorder,
             out: BufWriter::new(std::io::stdout()),
@@ -175,7 +174,6 @@ impl TapSink {
             stats_other: 0,
             stats_start_ns: now,
             last_stats_ns: now,
-            pending: None,
             dirty: false,
             report: TapSinkReport::default(),
             shared,
@@ -270,23 +268,10 @@ impl Agent for TapSink {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let mut done = 0;
-        if let Some(item) = self.pending.take() {
+        while done < BATCH_ITEMS {
+            let Some(item) = self.inbox.next() else { break };
             self.handle(item);
             done += 1;
-        }
-        let mut finished = false;
-        while done < BATCH_ITEMS {
-            match self.rx.try_recv() {
-                Ok(item) => {
-                    self.handle(item);
-                    done += 1;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    finished = true;
-                    break;
-                }
-            }
         }
         if self.show == Show::Stats {
             let now = now_ns();
@@ -298,21 +283,18 @@ impl Agent for TapSink {
         if done < BATCH_ITEMS {
             self.flush();
         }
-        if finished {
+        if self.inbox.is_closed() {
             return Ok(Step::Finished);
         }
         Ok(Step::Worked(done))
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        match self.rx.recv_timeout(timeout) {
-            Ok(item) => self.pending = Some(item),
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
-        }
+        self.inbox.wait(timeout);
     }
 
     fn on_close(&mut self) {
-        while let Ok(item) = self.rx.try_recv() {
+        while let Some(item) = self.inbox.next() {
             self.handle(item);
         }
         if self.show == Show::Stats {

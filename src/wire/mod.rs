@@ -116,23 +116,12 @@ impl FrameView<'_> {
     }
 }
 
+/// The `N` bytes at `at` (the caller has checked the length), for `from_le_bytes`.
 #[inline]
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    let mut a = [0u8; 2];
-    a.copy_from_slice(&b[at..at + 2]);
-    u16::from_le_bytes(a)
-}
-#[inline]
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-#[inline]
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[at..at + N]);
+    a
 }
 
 /// Split off the topic: the bytes before the first NUL. Cheap; used for
@@ -162,7 +151,7 @@ pub fn decode(frame: &[u8]) -> Result<FrameView<'_>, DecodeError> {
         return Err(DecodeError::UnknownVersion(h[0]));
     }
     let kind = Kind::from_u8(h[1]).ok_or(DecodeError::UnknownKind(h[1]))?;
-    let declared = u32_at(h, 40);
+    let declared = u32::from_le_bytes(bytes_at(h, 40));
     if declared as usize != payload.len() {
         return Err(DecodeError::LengthMismatch { declared, actual: payload.len() });
     }
@@ -170,12 +159,12 @@ pub fn decode(frame: &[u8]) -> Result<FrameView<'_>, DecodeError> {
         topic,
         header: Header {
             kind,
-            flags: u16_at(h, 2),
-            publisher_id: u32_at(h, 4),
-            session_id: u64_at(h, 8),
-            stream_seq: u64_at(h, 16),
-            topic_seq: u64_at(h, 24),
-            send_time_ns: u64_at(h, 32),
+            flags: u16::from_le_bytes(bytes_at(h, 2)),
+            publisher_id: u32::from_le_bytes(bytes_at(h, 4)),
+            session_id: u64::from_le_bytes(bytes_at(h, 8)),
+            stream_seq: u64::from_le_bytes(bytes_at(h, 16)),
+            topic_seq: u64::from_le_bytes(bytes_at(h, 24)),
+            send_time_ns: u64::from_le_bytes(bytes_at(h, 32)),
         },
         payload,
     })

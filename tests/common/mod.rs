@@ -1,8 +1,13 @@
 //! Shared helpers for integration tests: deadlines, the built binary, child
-//! processes ended by pid.
+//! processes ended by pid, their output as lines with deadlines; [`proxy`]
+//! for the tests of the proxies (LVC, tap).
 #![allow(dead_code)]
 
+pub mod proxy;
+
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 /// Poll `cond` until it is true or `deadline` passes; panics naming `what`.
@@ -87,10 +92,38 @@ pub fn free_port_block(n: u16) -> u16 {
     panic!("no block of {n} free ports found");
 }
 
+/// The lines of `r` (a child's stdout or stderr) on a channel, read by a
+/// thread of their own, so every read can have a deadline.
+pub fn lines_of<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Next line matching `pred` within `deadline`; panics naming `what`.
+pub fn wait_line(rx: &Receiver<String>, deadline: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + deadline;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if pred(&line) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("timed out after {deadline:?} waiting for a line with {what}"),
+        }
+    }
+}
+
 /// A child whose stdout lines arrive on a channel (so reads have deadlines).
 pub struct LineProc {
     pub proc: Proc,
-    pub lines: std::sync::mpsc::Receiver<String>,
+    pub lines: Receiver<String>,
 }
 
 impl LineProc {
@@ -98,30 +131,13 @@ impl LineProc {
     pub fn spawn(name: &str, cmd: &mut Command) -> LineProc {
         let mut proc = Proc::spawn(name, cmd.stdout(Stdio::piped()));
         let out = proc.child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        LineProc { proc, lines: rx }
+        LineProc { proc, lines: lines_of(out) }
     }
 
     /// The next line that starts with `prefix`, within `deadline`.
     pub fn line_starting(&self, prefix: &str, deadline: Duration) -> String {
-        let end = Instant::now() + deadline;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => continue,
-                Err(_) => panic!("{}: no line starting with {prefix:?} within {deadline:?}", self.proc.name),
-            }
-        }
+        let what = format!("{}: a line starting with {prefix:?}", self.proc.name);
+        wait_line(&self.lines, deadline, &what, |l| l.starts_with(prefix))
     }
 
     /// Wait for exit and return everything it printed after what was read.

@@ -1,15 +1,13 @@
-//! Helpers for the LVC and tap tests: start a proxy process and read its
-//! endpoints back, a publisher handshake through the proxy, mdsub frames.
-#![allow(dead_code)]
+//! Helpers for the proxy tests (LVC, tap, pipeline): start a proxy process
+//! and read its endpoints back, a publisher handshake through the proxy, mdsub frames.
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use mdsub::wire::{encode, Header, Kind};
 
-use crate::common::{mdsub, Proc};
+use super::{lines_of, mdsub, wait_line, Proc};
 
 /// A proxy process (`mdsub lvc` / `mdsub tap`) and its output.
 pub struct Proxy {
@@ -18,32 +16,6 @@ pub struct Proxy {
     pub backend: String,
     pub stdout: Receiver<String>,
     pub stderr: Receiver<String>,
-}
-
-fn pipe_lines<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Next line matching `pred` within `deadline`; panics naming `what`.
-pub fn wait_line(rx: &Receiver<String>, deadline: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let end = Instant::now() + deadline;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if pred(&line) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("timed out after {deadline:?} waiting for a line with {what}"),
-        }
-    }
 }
 
 /// Every line still to come until the stream closes (the process exited).
@@ -75,8 +47,8 @@ pub fn start_with(tool: &str, frontend: &str, backend: &str, extra: &[&str]) -> 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut proc = Proc::spawn(tool, &mut cmd);
-    let stdout = pipe_lines(proc.child.stdout.take().expect("stdout piped"));
-    let stderr = pipe_lines(proc.child.stderr.take().expect("stderr piped"));
+    let stdout = lines_of(proc.child.stdout.take().expect("stdout piped"));
+    let stderr = lines_of(proc.child.stderr.take().expect("stderr piped"));
     let endpoint = |side: &str| {
         let tag = format!("{tool}: {side} ");
         let line =

@@ -1,0 +1,41 @@
+//! The flags every XSUB ⇄ XPUB proxy command shares (`mdsub lvc`, `mdsub tap`).
+
+use clap::Args;
+
+use super::args::{parse_bytes_i64, parse_endpoint, parse_hwm, Endpoint, How, Idle};
+use crate::proxy::ProxyConfig;
+
+/// Endpoints, socket limits and idle strategy of a proxy (flattened into its command).
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Publisher side (XSUB): bind:EP, connect:EP or EP (binds); repeatable.
+    #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
+    pub frontend: Vec<Endpoint>,
+    /// Subscriber side (XPUB, verbose): bind:EP, connect:EP or EP (binds); repeatable.
+    #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
+    pub backend: Vec<Endpoint>,
+    /// SNDHWM and RCVHWM of both proxy sockets, in messages (0 = unlimited).
+    /// High by default so that answering a wide LVC prefix does not drop at the HWM.
+    #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
+    pub hwm_msgs: i32,
+    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
+    /// a larger one drops that publisher's connection, as libzmq does).
+    #[arg(long, value_parser = parse_bytes_i64, default_value = "1048576", value_name = "BYTES")]
+    pub max_msg_bytes: i64,
+    /// Idle strategy of the proxy's threads.
+    #[arg(long, value_enum, default_value_t = Idle::Backoff)]
+    pub idle: Idle,
+}
+
+impl ProxyArgs {
+    /// The proxy shell's configuration (a bare endpoint binds).
+    pub fn to_config(&self) -> ProxyConfig {
+        ProxyConfig {
+            frontend: self.frontend.iter().map(|e| e.attach(How::Bind)).collect(),
+            backend: self.backend.iter().map(|e| e.attach(How::Bind)).collect(),
+            hwm_msgs: self.hwm_msgs,
+            max_msg_bytes: self.max_msg_bytes,
+            idle: self.idle.strategy(),
+        }
+    }
+}

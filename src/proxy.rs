@@ -1,0 +1,285 @@
+//! The one XSUB ⇄ XPUB proxy shell (guide, chapter 5); the LVC and the tap are hooks on it.
+//!
+//! [`ProxyShell`] owns the two sockets and moves messages: publishers (XSUB)
+//! → subscribers (XPUB) and subscriptions back the other way, a batch of each
+//! per [`Agent::do_work`], subscriptions first. What a part does on top of
+//! forwarding is a [`ProxyHooks`] value: the LVC caches every message and
+//! answers subscriptions from the cache (`lvc::proxy::LvcHooks`), the tap
+//! copies what passes to its sink (`tap::proxy::TapHooks`). The shell is
+//! generic over its hooks, so each part's hot path is one monomorphised loop
+//! with no dynamic dispatch, as cheap as a hand-written proxy.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::zmqx::{self, recv_message, send_frame, send_message, Attach};
+
+/// Messages handled per direction in one `do_work`.
+pub const BATCH_MSGS: usize = 256;
+
+/// What every proxy is told at start: endpoints, socket limits, idle strategy.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Publisher side (XSUB).
+    pub frontend: Vec<Attach>,
+    /// Subscriber side (XPUB, verbose).
+    pub backend: Vec<Attach>,
+    /// SNDHWM and RCVHWM of both sockets, messages (0 = unlimited).
+    pub hwm_msgs: i32,
+    /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE).
+    pub max_msg_bytes: i64,
+    /// Idle strategy of the proxy's thread(s).
+    pub idle: IdleStrategy,
+}
+
+/// A message from a subscriber (the XPUB side), as libzmq hands it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromSubscriber<'a> {
+    /// One frame `\x01prefix`.
+    Subscribe(&'a [u8]),
+    /// One frame `\x00prefix`.
+    Unsubscribe(&'a [u8]),
+    /// Anything else: multipart, empty, or another first byte.
+    Other,
+}
+
+impl<'a> FromSubscriber<'a> {
+    /// Classify the frames of one message from the XPUB.
+    pub fn classify(frames: &'a [zmq::Message]) -> Self {
+        match frames {
+            [only] => match only.split_first() {
+                Some((1, prefix)) => FromSubscriber::Subscribe(prefix),
+                Some((0, prefix)) => FromSubscriber::Unsubscribe(prefix),
+                _ => FromSubscriber::Other,
+            },
+            _ => FromSubscriber::Other,
+        }
+    }
+}
+
+/// The shell's own counters; the hooks add theirs in their report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShellCounters {
+    /// Messages, frames and bytes received from the publishers.
+    pub messages_in: u64,
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    /// Messages sent on to the subscribers.
+    pub forwarded_down: u64,
+    /// Messages from subscribers sent on to the publishers.
+    pub forwarded_up: u64,
+    /// Messages from subscribers the hooks kept from the publishers.
+    pub not_forwarded: u64,
+    /// Sends that failed (message lost), answers included.
+    pub send_failures: u64,
+}
+
+/// The subscriber side as the hooks see it: send an answer (the LVC's cached values).
+pub struct Downstream<'a> {
+    socket: &'a zmq::Socket,
+    send_failures: &'a mut u64,
+}
+
+impl Downstream<'_> {
+    /// Send one frame to the subscribers (`more`: another frame of the same
+    /// message follows); a failure is counted in `send_failures`.
+    pub fn send_frame(&mut self, frame: zmq::Message, more: bool) {
+        if send_frame(self.socket, frame, more).is_err() {
+            *self.send_failures += 1;
+        }
+    }
+}
+
+/// What a proxy does on top of forwarding. Called on the proxy's thread, once
+/// per message: keep it allocation-free where the part allows.
+pub trait ProxyHooks: Send {
+    /// What the part reports at the end (its counters and the shell's).
+    type Report: Copy + Default + Send + 'static;
+
+    /// Thread role (`lvc-proxy`, `tap-proxy`).
+    fn role(&self) -> &'static str;
+
+    /// A message from the publishers, before the shell forwards it to the subscribers.
+    fn on_upstream_message(&mut self, frames: &[zmq::Message]);
+
+    /// A message from a subscriber (`msg` classifies `frames`), before the
+    /// shell forwards it to the publishers; `down` answers the subscribers.
+    /// Returns whether the shell forwards it (counted in `not_forwarded` if not).
+    fn on_subscriber_message(
+        &mut self,
+        msg: FromSubscriber<'_>,
+        frames: &[zmq::Message],
+        down: &mut Downstream<'_>,
+    ) -> bool;
+
+    /// The part's report, given the shell's counters.
+    fn report(&self, shell: &ShellCounters) -> Self::Report;
+}
+
+/// The proxy agent: two sockets, a frame buffer, the hooks.
+pub struct ProxyShell<H: ProxyHooks> {
+    frontend: zmq::Socket,
+    backend: zmq::Socket,
+    frames: Vec<zmq::Message>,
+    counters: ShellCounters,
+    hooks: H,
+    /// Written when the agent closes, so the report survives a failed run.
+    report: Arc<Mutex<H::Report>>,
+    /// Endpoints in effect, frontend then backend, as `(side, verb, endpoint)`.
+    pub endpoints: Vec<(&'static str, &'static str, String)>,
+}
+
+fn zerr(role: &'static str, context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError {
+    move |source| AgentError::Zmq { role: role.into(), context, source }
+}
+
+impl<H: ProxyHooks> ProxyShell<H> {
+    /// Make the sockets on `ctx` and attach them; with `subscribe_all`,
+    /// subscribe upstream to everything (the LVC, so its cache is warm before
+    /// the first subscriber; the tap with `--subscribe-all`).
+    pub fn new(ctx: &zmq::Context, config: &ProxyConfig, subscribe_all: bool, hooks: H) -> Result<Self, AgentError> {
+        let role = hooks.role();
+        let zmqx::ProxySockets { frontend, backend, endpoints } =
+            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
+                .map_err(|(context, source)| zerr(role, context)(source))?;
+        if subscribe_all {
+            frontend.send(&[1u8][..], 0).map_err(zerr(role, "subscribing upstream"))?;
+        }
+        Ok(ProxyShell {
+            frontend,
+            backend,
+            frames: Vec::with_capacity(8),
+            counters: ShellCounters::default(),
+            hooks,
+            report: Arc::default(),
+            endpoints,
+        })
+    }
+
+    /// Print each endpoint in effect as `{name}: frontend bound tcp://...`.
+    pub fn print_endpoints(&self, name: &str) {
+        for (side, verb, ep) in &self.endpoints {
+            println!("{name}: {side} {verb} {ep}");
+        }
+    }
+
+    /// The endpoint in effect on `side` (`frontend` or `backend`), the first if several.
+    pub fn endpoint(&self, side: &str) -> Option<&str> {
+        self.endpoints.iter().find(|e| e.0 == side).map(|e| e.2.as_str())
+    }
+
+    /// The hooks, for their counters.
+    pub fn hooks(&self) -> &H {
+        &self.hooks
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> H::Report {
+        self.hooks.report(&self.counters)
+    }
+
+    /// Run on its own thread via the [`Runner`] until `stop` is set or it
+    /// fails; the report comes back either way, with the run's outcome.
+    pub fn run(self, idle: IdleStrategy, stop: StopFlag) -> (H::Report, Result<(), AgentError>)
+    where
+        H: 'static,
+    {
+        let slot = self.report.clone();
+        let result = Runner::start(RunSpec { core: None, idle }, stop, self).and_then(|h| h.join()).map(drop);
+        let report = *slot.lock().unwrap_or_else(|p| p.into_inner());
+        (report, result)
+    }
+}
+
+impl<H: ProxyHooks> Agent for ProxyShell<H> {
+    fn role(&self) -> &str {
+        self.hooks.role()
+    }
+
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        let role = self.hooks.role();
+        let mut done = 0;
+        // Subscriptions first: a joining subscriber is answered before more live traffic.
+        for _ in 0..BATCH_MSGS {
+            if !recv_message(&self.backend, &mut self.frames).map_err(zerr(role, "receiving a subscription"))? {
+                break;
+            }
+            let msg = FromSubscriber::classify(&self.frames);
+            let mut down = Downstream { socket: &self.backend, send_failures: &mut self.counters.send_failures };
+            if self.hooks.on_subscriber_message(msg, &self.frames, &mut down) {
+                match send_message(&self.frontend, &mut self.frames) {
+                    Ok(()) => self.counters.forwarded_up += 1,
+                    Err(_) => self.counters.send_failures += 1,
+                }
+            } else {
+                self.counters.not_forwarded += 1;
+                self.frames.clear();
+            }
+            done += 1;
+        }
+        for _ in 0..BATCH_MSGS {
+            if !recv_message(&self.frontend, &mut self.frames).map_err(zerr(role, "receiving from publishers"))? {
+                break;
+            }
+            self.counters.messages_in += 1;
+            self.counters.frames_in += self.frames.len() as u64;
+            self.counters.bytes_in += self.frames.iter().map(|f| f.len() as u64).sum::<u64>();
+            self.hooks.on_upstream_message(&self.frames);
+            match send_message(&self.backend, &mut self.frames) {
+                Ok(()) => self.counters.forwarded_down += 1,
+                Err(_) => self.counters.send_failures += 1,
+            }
+            done += 1;
+        }
+        Ok(Step::Worked(done))
+    }
+
+    fn idle_wait(&mut self, timeout: Duration) {
+        // An error (a signal) just returns: the runner looks at its stop flag.
+        let _ = zmqx::wait_any(&[&self.frontend, &self.backend], zmq::POLLIN, timeout);
+    }
+
+    fn on_close(&mut self) {
+        let r = self.report();
+        if let Ok(mut slot) = self.report.lock() {
+            *slot = r;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(frames: &[&[u8]]) -> Vec<zmq::Message> {
+        frames.iter().map(|f| zmq::Message::from(*f)).collect()
+    }
+
+    #[test]
+    fn subscriber_messages_are_classified() {
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x01ES"])), FromSubscriber::Subscribe(b"ES"));
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x01"])), FromSubscriber::Subscribe(b""));
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x00ES"])), FromSubscriber::Unsubscribe(b"ES"));
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x02ES"])), FromSubscriber::Other);
+        assert_eq!(FromSubscriber::classify(&msg(&[b""])), FromSubscriber::Other);
+        assert_eq!(FromSubscriber::classify(&msg(&[b"\x01ES", b"more"])), FromSubscriber::Other, "multipart");
+        assert_eq!(FromSubscriber::classify(&msg(&[])), FromSubscriber::Other);
+    }
+
+    #[test]
+    fn wait_any_returns_when_either_side_is_ready() {
+        let ctx = zmq::Context::new();
+        let (a_in, b_in) = (ctx.socket(zmq::PULL).expect("pull"), ctx.socket(zmq::PULL).expect("pull"));
+        a_in.bind("inproc://wait-any-a").expect("bind");
+        b_in.bind("inproc://wait-any-b").expect("bind");
+        let b_out = ctx.socket(zmq::PUSH).expect("push");
+        b_out.connect("inproc://wait-any-b").expect("connect");
+        let ready = zmqx::wait_any(&[&a_in, &b_in], zmq::POLLIN, Duration::from_micros(300)).expect("wait");
+        assert!(!ready, "nothing sent yet: the wait times out");
+        b_out.send("x", 0).expect("send");
+        let ready = zmqx::wait_any(&[&a_in, &b_in], zmq::POLLIN, Duration::from_secs(5)).expect("wait");
+        assert!(ready, "the second socket's message ends the wait");
+        assert_eq!(b_in.recv_bytes(zmq::DONTWAIT).expect("there"), b"x");
+    }
+}
