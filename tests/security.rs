@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::{mdsub, run_within, wait_until};
+use std::process::Stdio;
+
+use common::{free_port_block, lines_of, mdsub, run_within, wait_until, LineProc, Proc};
 use mdsub::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
 use mdsub::security::{load_public_keys, ClientKeys, Keypair, ServerAccess, ZapAgent, ZapCounters};
 
@@ -138,4 +140,78 @@ fn info_reports_the_draft_api_and_curve() {
             out.lines().find(|l| l.trim_start().starts_with(cap)).unwrap_or_else(|| panic!("no {cap} line: {out}"));
         assert!(line.trim_end().ends_with("yes"), "{cap} built in: {out}");
     }
+}
+
+fn ep(port: u16) -> String {
+    format!("tcp://127.0.0.1:{port}")
+}
+
+/// `mdsub clone-client` with `args` against `servers`; (exit code, stdout, stderr).
+fn clone_client(servers: &[u16], keys: Option<(&Path, &Path)>, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = mdsub();
+    cmd.arg("clone-client");
+    for p in servers {
+        cmd.arg("--server").arg(ep(*p));
+    }
+    if let Some((key, server)) = keys {
+        cmd.arg("--curve-key").arg(key).arg("--server-key").arg(server);
+    }
+    cmd.args(["--timeout", "3s"]).args(args);
+    run_within("clone-client", &mut cmd, Duration::from_secs(20))
+}
+
+fn status_state(port: u16, keys: &ClientKeys) -> Option<String> {
+    let text = mdsub::clone::server_status_secured(&ep(port), Duration::from_millis(300), Some(keys)).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("state=")).map(str::to_string)
+}
+
+#[test]
+fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
+    let dir = temp_dir("clone");
+    let server_key = keygen(&dir, "server");
+    let alice = keygen(&dir, "alice");
+    keygen(&dir, "mallory");
+    let (pp, bp) = (free_port_block(4), free_port_block(4));
+    let secured = |role: &str, port: u16, peer: u16| {
+        let mut cmd = mdsub();
+        cmd.arg("clone-server").arg("--endpoint").arg(ep(port)).arg(format!("--{role}")).arg("--peer").arg(ep(peer));
+        cmd.arg("--curve-key").arg(dir.join("server.key")).arg("--curve-allow").arg(dir.join("alice.pub"));
+        // Refusals are said on stderr: read those lines.
+        let mut proc = Proc::spawn(role, cmd.stdout(Stdio::null()).stderr(Stdio::piped()));
+        let err = proc.child.stderr.take().expect("piped stderr");
+        LineProc { proc, lines: lines_of(err) }
+    };
+    let prim = secured("primary", pp, bp);
+    let back = secured("backup", bp, pp);
+    let keys = ClientKeys { client: alice, server_public: server_key.public };
+    wait_until(DEADLINE, "the primary to be active (CURVE between the pair)", || {
+        status_state(pp, &keys).as_deref() == Some("active")
+    });
+    wait_until(DEADLINE, "the backup to be passive", || status_state(bp, &keys).as_deref() == Some("passive"));
+
+    let (alice_key, server_pub) = (dir.join("alice.key"), dir.join("server.pub"));
+    let alice_keys = Some((alice_key.as_path(), server_pub.as_path()));
+    let (code, _, err) = clone_client(&[pp, bp], alice_keys, &["set", "/k/one", "v1"]);
+    assert_eq!(code, Some(0), "an allowed client sets: {err}");
+    let (code, out, err) = clone_client(&[pp, bp], alice_keys, &["get", "/k/one"]);
+    assert_eq!((code, out.trim()), (Some(0), "v1"), "an allowed client reads: {err}");
+
+    let mallory_key = dir.join("mallory.key");
+    let (code, out, _) = clone_client(&[pp], Some((mallory_key.as_path(), server_pub.as_path())), &["get", "/k/one"]);
+    assert_ne!(code, Some(0), "a client key off the list cannot read (out: {out})");
+    assert!(!out.contains("v1"));
+    let (code, out, _) = clone_client(&[pp], None, &["set", "/k/one", "evil"]);
+    assert_ne!(code, Some(0), "a client without keys cannot write (out: {out})");
+    prim.line_starting("clone-server: refused 127.0.0.1 (CURVE): client key not allowed", DEADLINE);
+
+    // Failover: the backup takes over and still serves only the allowed key.
+    prim.proc.signal(9);
+    let (code, _, err) = clone_client(&[pp, bp], alice_keys, &["set", "/k/two", "v2"]);
+    assert_eq!(code, Some(0), "set after failover: {err}");
+    let (code, out, err) = clone_client(&[bp], alice_keys, &["get", "/k/one"]);
+    assert_eq!((code, out.trim()), (Some(0), "v1"), "the acknowledged update survived failover: {err}");
+    let (code, _, _) = clone_client(&[bp], None, &["get", "/k/one"]);
+    assert_ne!(code, Some(0), "the new active refuses a client without keys");
+    drop(back);
+    let _ = std::fs::remove_dir_all(&dir);
 }

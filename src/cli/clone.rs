@@ -15,6 +15,7 @@ use crate::clone::bstar::Role;
 use crate::clone::client::{ChangeKind, Client, ClientConfig};
 use crate::clone::kvmsg::show;
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
+use crate::security::{load_public, load_public_keys, AddrBlock, ClientKeys, Keypair, ServerAccess};
 
 /// `mdsub clone-server`: serve a CHP key-value store, alone or as half of a Binary Star pair.
 ///
@@ -58,6 +59,18 @@ pub struct ServerArgs {
     /// Idle strategy of the server thread.
     #[arg(long, value_enum, default_value_t = Idle::Block)]
     pub idle: Idle,
+    /// Demand CURVE: this server's secret key file (`mdsub keygen`'s NAME.key). Both halves of a
+    /// pair use the same key file; clients need its NAME.pub (`--server-key`).
+    #[arg(long, value_name = "FILE")]
+    pub curve_key: Option<PathBuf>,
+    /// With --curve-key: only these clients' public keys (NAME.pub files, or directories of
+    /// them) are let in; repeatable. Without it any client that knows the server key is.
+    #[arg(long, value_name = "FILE|DIR", requires = "curve_key")]
+    pub curve_allow: Vec<PathBuf>,
+    /// Only peers from these addresses are let in (e.g. 127.0.0.1, 10.0.0.0/8); repeatable.
+    /// Refused peers are counted and logged with their address and mechanism.
+    #[arg(long, value_name = "ADDR[/BITS]")]
+    pub allow_addr: Vec<String>,
     /// Do not print state changes.
     #[arg(long, short)]
     pub quiet: bool,
@@ -136,12 +149,29 @@ impl ServerArgs {
     }
 }
 
+impl ServerArgs {
+    /// The access policy these arguments describe (open when no flag is given).
+    pub fn to_access(&self) -> anyhow::Result<ServerAccess> {
+        let curve = match &self.curve_key {
+            None => None,
+            Some(path) => Some((Keypair::load(path)?, load_public_keys(&self.curve_allow)?)),
+        };
+        let allow_addrs = self
+            .allow_addr
+            .iter()
+            .map(|a| a.parse::<AddrBlock>().with_context(|| "--allow-addr".to_string()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ServerAccess { curve, allow_addrs })
+    }
+}
+
 /// Run a server until `stop` is set (the binary's SIGINT/SIGTERM handler).
 pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let cfg = args.to_config()?;
+    let access = args.to_access()?;
     let stop = stop.clone();
     let handle = Runner::spawn("clone-server", RunSpec { core: None, idle: args.idle.strategy() }, stop, move || {
-        Server::new(cfg)
+        Server::new_secured(cfg, access)
             .map_err(|e| crate::agent::AgentError::Fatal { role: "clone-server".into(), message: e.to_string() })
     })
     .context("spawning the clone server thread")?;
@@ -163,6 +193,15 @@ pub struct ClientArgs {
     /// Give up when no server answers within this (e.g. 10s).
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
+    /// For servers that demand CURVE: this client's secret key file (`mdsub keygen`'s NAME.key).
+    #[arg(long, value_name = "FILE", requires = "server_key")]
+    pub curve_key: Option<PathBuf>,
+    /// For servers that demand CURVE: the servers' public key file (NAME.pub).
+    #[arg(long, value_name = "FILE", requires = "curve_key")]
+    pub server_key: Option<PathBuf>,
+    /// Idle strategy of the client's agent thread.
+    #[arg(long, value_enum, default_value_t = Idle::Block)]
+    pub idle: Idle,
     /// What to do.
     #[command(subcommand)]
     pub cmd: ClientCmd,
@@ -223,9 +262,15 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
     let servers = Endpoint::all_only(&args.server, How::Connect, "--server")?;
+    let keys = match (&args.curve_key, &args.server_key) {
+        (Some(key), Some(server)) => {
+            Some(ClientKeys { client: Keypair::load(key)?, server_public: load_public(server)? })
+        }
+        _ => None,
+    };
     if let ClientCmd::Status = args.cmd {
         for s in &servers {
-            match crate::clone::server_status(s, timeout.min(Duration::from_secs(2))) {
+            match crate::clone::server_status_secured(s, timeout.min(Duration::from_secs(2)), keys.as_ref()) {
                 Ok(text) => println!("# {s}\n{text}"),
                 Err(e) => println!("# {s}\nerror={e}\n"),
             }
@@ -236,12 +281,16 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. } => subtree.clone(),
         _ => String::new(),
     };
-    let client = Client::start(ClientConfig {
-        servers,
-        subtree,
-        silence_ms: args.silence.as_millis().try_into().unwrap_or(u64::MAX),
-        ..ClientConfig::default()
-    })?;
+    let client = Client::start_secured(
+        ClientConfig {
+            servers,
+            subtree,
+            silence_ms: args.silence.as_millis().try_into().unwrap_or(u64::MAX),
+            ..ClientConfig::default()
+        },
+        args.idle.strategy(),
+        keys,
+    )?;
     client.wait_synced(timeout).context("connecting to the clone servers")?;
     let out = std::io::stdout();
     match &args.cmd {

@@ -109,6 +109,16 @@ impl Client {
 
     /// [`Client::start`] with the agent thread's idle strategy (`--idle`).
     pub fn start_with(cfg: ClientConfig, idle: IdleStrategy) -> Result<Client, ClientError> {
+        Client::start_secured(cfg, idle, None)
+    }
+
+    /// [`Client::start_with`] for servers that demand CURVE (`docs/SECURITY.md`):
+    /// every socket to a server (snapshot, publisher, collector) presents `keys`.
+    pub fn start_secured(
+        cfg: ClientConfig,
+        idle: IdleStrategy,
+        keys: Option<crate::security::ClientKeys>,
+    ) -> Result<Client, ClientError> {
         if cfg.servers.is_empty() || cfg.servers.len() > 2 {
             return Err(ClientError::Config(format!(
                 "a clone client takes one or two servers, got {}",
@@ -131,7 +141,7 @@ impl Client {
         let stop = StopFlag::new();
         let agent_ctx = ctx.clone();
         let handle = Runner::spawn("clone-client", RunSpec { core: None, idle }, stop.clone(), move || {
-            ClientAgent::new(cfg, agent_ctx, pull, rx)
+            ClientAgent::new(cfg, keys, agent_ctx, pull, rx)
         })
         .map_err(|e| ClientError::Config(format!("spawning the clone agent: {e}")))?;
         Ok(Client {
@@ -301,6 +311,8 @@ struct ServerConn {
 struct ClientAgent {
     core: ClientCore,
     ctx: zmq::Context,
+    /// CURVE keys presented to the servers, if they demand them.
+    keys: Option<crate::security::ClientKeys>,
     servers: Vec<ServerConn>,
     publisher: zmq::Socket,
     bell: zmq::Socket,
@@ -331,8 +343,19 @@ fn subscribe(sub: &zmq::Socket, subtree: &[u8], on: bool) -> zmq::Result<()> {
 }
 
 impl ClientAgent {
-    fn new(cfg: ClientConfig, ctx: zmq::Context, bell: zmq::Socket, rx: Receiver<Cmd>) -> Result<Self, AgentError> {
+    fn new(
+        cfg: ClientConfig,
+        keys: Option<crate::security::ClientKeys>,
+        ctx: zmq::Context,
+        bell: zmq::Socket,
+        rx: Receiver<Cmd>,
+    ) -> Result<Self, AgentError> {
+        let secure = |socket: &zmq::Socket| match &keys {
+            Some(k) => k.apply(socket),
+            None => Ok(()),
+        };
         let publisher = ctx.socket(zmq::PUB).map_err(agent_err("creating the update publisher"))?;
+        secure(&publisher).map_err(agent_err("setting CURVE keys"))?;
         publisher.set_sndhwm(100_000).map_err(agent_err("setting HWM"))?;
         publisher.set_linger(200).map_err(agent_err("setting linger"))?;
         let subtree = cfg.subtree.as_bytes();
@@ -344,6 +367,7 @@ impl ClientAgent {
             let sub = ctx.socket(zmq::SUB).map_err(agent_err("creating a subscriber"))?;
             sub.set_rcvhwm(cfg.sub_hwm_msgs).map_err(agent_err("setting HWM"))?;
             sub.set_linger(0).map_err(agent_err("setting linger"))?;
+            secure(&sub).map_err(agent_err("setting CURVE keys"))?;
             subscribe(&sub, subtree, true).map_err(agent_err("subscribing"))?;
             let monitor = super::link_monitor(&ctx, &sub).map_err(agent_err("monitoring a subscriber"))?;
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
@@ -352,6 +376,7 @@ impl ClientAgent {
         Ok(ClientAgent {
             core: ClientCore::new(cfg),
             ctx,
+            keys,
             servers,
             publisher,
             bell,
@@ -397,6 +422,9 @@ impl ClientAgent {
         let dealer = self.ctx.socket(zmq::DEALER).map_err(agent_err("creating a snapshot socket"))?;
         dealer.set_linger(0).map_err(agent_err("setting linger"))?;
         dealer.set_rcvhwm(0).map_err(agent_err("setting HWM"))?;
+        if let Some(k) = &self.keys {
+            k.apply(&dealer).map_err(agent_err("setting CURVE keys"))?;
+        }
         dealer.connect(&self.servers[server].snapshot_ep).map_err(agent_err("connecting to a snapshot port"))?;
         let _ = dealer.send(ICANHAZ, zmq::SNDMORE | zmq::DONTWAIT);
         let _ = dealer.send(subtree, zmq::DONTWAIT);

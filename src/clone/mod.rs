@@ -69,10 +69,22 @@ pub fn endpoints(base: &str) -> Result<[String; 3], String> {
 
 /// Ask one server for its status (mdsub extension; not a Binary Star vote).
 pub fn server_status(base: &str, timeout: std::time::Duration) -> anyhow::Result<String> {
+    server_status_secured(base, timeout, None)
+}
+
+/// [`server_status`] of a server that demands CURVE: the request presents `keys`.
+pub fn server_status_secured(
+    base: &str,
+    timeout: std::time::Duration,
+    keys: Option<&crate::security::ClientKeys>,
+) -> anyhow::Result<String> {
     let [snap, _, _] = endpoints(base).map_err(anyhow::Error::msg)?;
     let ctx = zmq::Context::new();
     let d = ctx.socket(zmq::DEALER)?;
     d.set_linger(0)?;
+    if let Some(k) = keys {
+        k.apply(&d)?;
+    }
     d.connect(&snap)?;
     d.send(kvmsg::STATUS_REQ, 0)?;
     if d.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {

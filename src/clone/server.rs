@@ -13,6 +13,7 @@ use super::map::KvMap;
 use super::persist::{PersistError, Record, Store};
 use super::server_core::{Action, Event, ServerCore};
 use crate::agent::{Agent, AgentError, Step};
+use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapHandler};
 
 pub use super::server_core::{Counters, PairConfig, ServerConfig, INTERVAL_RANGE_MS, MAX_PROPS_BYTES};
 
@@ -63,6 +64,12 @@ struct Pair {
 pub struct Server {
     cfg: ServerConfig,
     ctx: zmq::Context,
+    /// ZAP handler of this server's context, when access is controlled
+    /// (served in this agent's own loop).
+    zap: Option<ZapHandler>,
+    /// How this server connects to its peer when CURVE is on (the pair
+    /// shares one server key pair).
+    peer_keys: Option<ClientKeys>,
     snapshot: zmq::Socket,
     publisher: zmq::Socket,
     collector: zmq::Socket,
@@ -84,8 +91,36 @@ fn log(verbose: bool, msg: std::fmt::Arguments) {
 impl Server {
     /// Bind the sockets, recover the data directory, and start in PRIMARY/BACKUP (pair) or active.
     pub fn new(cfg: ServerConfig) -> Result<Server, ServerError> {
+        Server::new_secured(cfg, ServerAccess::default())
+    }
+
+    /// [`Server::new`] under an access policy (`docs/SECURITY.md`): every
+    /// port a client or the peer reaches (snapshot, publisher, collector,
+    /// Binary Star state) asks the ZAP handler about each new peer, and with
+    /// CURVE demands the server's key. Both halves of a pair use the same key
+    /// pair, so clients trust one public key and each half trusts its peer.
+    pub fn new_secured(cfg: ServerConfig, mut access: ServerAccess) -> Result<Server, ServerError> {
         cfg.check().map_err(ServerError::Config)?;
         let ctx = zmq::Context::new();
+        let peer_keys = access.curve.as_mut().map(|(pair, allowed)| {
+            if !allowed.is_empty() {
+                allowed.insert(pair.public);
+            }
+            ClientKeys { client: pair.clone(), server_public: pair.public }
+        });
+        let zap = if access.is_open() {
+            None
+        } else {
+            Some(
+                ZapHandler::bind(&ctx, "clone-server", access.policy())
+                    .map_err(|e| ServerError::Config(e.to_string()))?,
+            )
+        };
+        let secure = |socket: &zmq::Socket| access.apply(socket);
+        let as_peer = |socket: &zmq::Socket| match &peer_keys {
+            Some(k) => k.apply(socket),
+            None => Ok(()),
+        };
         let host = cfg.bind_host.clone();
         let p = cfg.port;
         if p > u16::MAX - 3 {
@@ -100,11 +135,13 @@ impl Server {
         snapshot.set_maxmsgsize(request_max).map_err(zerr("setting snapshot max message size"))?;
         snapshot.set_sndhwm(0).map_err(zerr("setting snapshot HWM"))?;
         snapshot.set_linger(0).map_err(zerr("setting linger"))?;
+        secure(&snapshot).map_err(zerr("securing the snapshot socket"))?;
         let ep = format!("tcp://{host}:{p}");
         snapshot.bind(&ep).map_err(zerr(format!("binding snapshot {ep}")))?;
         let publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the publisher"))?;
         publisher.set_sndhwm(cfg.pub_hwm_msgs).map_err(zerr("setting publisher HWM"))?;
         publisher.set_linger(100).map_err(zerr("setting linger"))?;
+        secure(&publisher).map_err(zerr("securing the publisher"))?;
         let ep = format!("tcp://{host}:{}", p + 1);
         publisher.bind(&ep).map_err(zerr(format!("binding publisher {ep}")))?;
         let collector = ctx.socket(zmq::SUB).map_err(zerr("creating the collector"))?;
@@ -112,6 +149,7 @@ impl Server {
         collector.set_maxmsgsize(update_max).map_err(zerr("setting collector max message size"))?;
         collector.set_subscribe(b"").map_err(zerr("subscribing the collector"))?;
         collector.set_linger(0).map_err(zerr("setting linger"))?;
+        secure(&collector).map_err(zerr("securing the collector"))?;
         let ep = format!("tcp://{host}:{}", p + 2);
         collector.bind(&ep).map_err(zerr(format!("binding collector {ep}")))?;
         let now = crate::clock::monotonic_ns();
@@ -120,11 +158,13 @@ impl Server {
             Some(pc) => {
                 let statepub = ctx.socket(zmq::PUB).map_err(zerr("creating the state publisher"))?;
                 statepub.set_linger(0).map_err(zerr("setting linger"))?;
+                secure(&statepub).map_err(zerr("securing the state publisher"))?;
                 statepub.bind(&pc.state_bind).map_err(zerr(format!("binding state {}", pc.state_bind)))?;
                 let statesub = ctx.socket(zmq::SUB).map_err(zerr("creating the state subscriber"))?;
                 statesub.set_subscribe(b"").map_err(zerr("subscribing state"))?;
                 statesub.set_maxmsgsize(FRAME_SLACK_BYTES as i64).map_err(zerr("setting state max message size"))?;
                 statesub.set_linger(0).map_err(zerr("setting linger"))?;
+                as_peer(&statesub).map_err(zerr("setting the peer's keys on the state subscriber"))?;
                 statesub.connect(&pc.peer_state).map_err(zerr(format!("connecting peer state {}", pc.peer_state)))?;
                 let [peer_snapshot, peer_pub, _] = super::endpoints(&pc.peer).map_err(ServerError::Config)?;
                 let peer_sub = ctx.socket(zmq::SUB).map_err(zerr("creating the peer subscriber"))?;
@@ -132,6 +172,7 @@ impl Server {
                 peer_sub.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting HWM"))?;
                 peer_sub.set_maxmsgsize(update_max).map_err(zerr("setting peer max message size"))?;
                 peer_sub.set_linger(0).map_err(zerr("setting linger"))?;
+                as_peer(&peer_sub).map_err(zerr("setting the peer's keys on the peer subscriber"))?;
                 let peer_mon = super::link_monitor(&ctx, &peer_sub).map_err(zerr("monitoring the peer subscriber"))?;
                 peer_sub.connect(&peer_pub).map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
                 Some(Pair { statepub, statesub, peer_sub, peer_mon, peer_snapshot, sync: None })
@@ -140,6 +181,8 @@ impl Server {
         let mut server = Server {
             core: ServerCore::new(&cfg, cfg.data_dir.is_some(), now),
             ctx,
+            zap,
+            peer_keys,
             snapshot,
             publisher,
             collector,
@@ -183,6 +226,11 @@ impl Server {
             ),
         );
         Ok(server)
+    }
+
+    /// The ZAP handler's counts (accepted, refused by reason), when access is controlled.
+    pub fn access_counters(&self) -> Option<std::sync::Arc<ZapCounters>> {
+        self.zap.as_ref().map(|z| z.counters())
     }
 
     /// Current sequence (highest published or replicated).
@@ -301,6 +349,11 @@ impl Server {
         })?;
         let _ = dealer.set_linger(0);
         let _ = dealer.set_rcvhwm(0);
+        if let Some(k) = &self.peer_keys {
+            if k.apply(&dealer).is_err() {
+                return Ok(false);
+            }
+        }
         if dealer.connect(&p.peer_snapshot).is_err() {
             return Ok(false);
         }
@@ -495,8 +548,13 @@ impl Agent for Server {
         if self.store.is_some() {
             self.wall_ms = crate::clock::realtime_ns() / 1_000_000;
         }
+        // Who may connect is settled before anything they send is read.
+        let mut n = match self.zap.as_mut() {
+            Some(z) => z.serve()?,
+            None => 0,
+        };
         // Peer heartbeats first: a client vote must be judged on the peer's latest news.
-        let mut n = self.drain_peer(now)?;
+        n += self.drain_peer(now)?;
         n += self.drain_snapshot(now)?;
         n += self.drain_collector(now)?;
         let expired = self.core.counters().expired;
@@ -512,6 +570,9 @@ impl Agent for Server {
     fn idle_wait(&mut self, timeout: Duration) {
         let ms = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
         let mut items = vec![self.snapshot.as_poll_item(zmq::POLLIN), self.collector.as_poll_item(zmq::POLLIN)];
+        if let Some(z) = &self.zap {
+            items.push(z.socket().as_poll_item(zmq::POLLIN));
+        }
         if let Some(p) = &self.pair {
             items.push(p.statesub.as_poll_item(zmq::POLLIN));
             items.push(p.peer_sub.as_poll_item(zmq::POLLIN));
