@@ -59,7 +59,8 @@ pub(crate) fn describe_pacing(p: Pacing) -> String {
         Pacing::FlatOut => "flat out".into(),
         Pacing::Rate { msgs_per_sec, burst: 1 } => format!("{msgs_per_sec} msg/s"),
         Pacing::Rate { msgs_per_sec, burst } => format!("{msgs_per_sec} msg/s in bursts of {burst}"),
-        Pacing::Recorded => "recorded timing".into(),
+        Pacing::Recorded { speed: 1.0 } => "recorded timing".into(),
+        Pacing::Recorded { speed } => format!("{speed}x recorded timing"),
     }
 }
 
