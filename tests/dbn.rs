@@ -340,3 +340,114 @@ fn truncated_file_replays_its_prefix_and_names_the_offset() {
     let have: Vec<Vec<u8>> = got.iter().map(|g| g.payload.clone()).collect();
     assert_eq!(have, want);
 }
+
+type PxSize = (i64, u64);
+
+/// The book an independent, naive model of Databento's MBO semantics ends
+/// with: per instrument, resting orders, then levels summed at the end.
+struct ModelBook {
+    orders: HashMap<u64, (u8, i64, u32)>,
+}
+
+impl ModelBook {
+    fn apply(&mut self, m: &MboMsg) {
+        let (action, side) = (m.action as u8, m.side as u8);
+        match action {
+            b'A' => {
+                self.orders.insert(m.order_id, (side, m.price, m.size));
+            }
+            b'C' => {
+                if let Some(o) = self.orders.get_mut(&m.order_id) {
+                    o.2 -= m.size.min(o.2);
+                    if o.2 == 0 {
+                        self.orders.remove(&m.order_id);
+                    }
+                }
+            }
+            b'M' => {
+                self.orders.insert(m.order_id, (side, m.price, m.size));
+            }
+            b'R' => self.orders.clear(),
+            _ => {}
+        }
+    }
+
+    /// (best bid, best ask, bid levels, ask levels, orders)
+    fn summary(&self) -> (Option<PxSize>, Option<PxSize>, usize, usize, usize) {
+        let mut bids: std::collections::BTreeMap<i64, u64> = Default::default();
+        let mut asks: std::collections::BTreeMap<i64, u64> = Default::default();
+        for (side, price, size) in self.orders.values() {
+            let book = if *side == b'B' { &mut bids } else { &mut asks };
+            *book.entry(*price).or_default() += *size as u64;
+        }
+        let best_bid = bids.iter().next_back().map(|(p, s)| (*p, *s));
+        let best_ask = asks.iter().next().map(|(p, s)| (*p, *s));
+        (best_bid, best_ask, bids.len(), asks.len(), self.orders.len())
+    }
+}
+
+#[test]
+fn book_handler_ends_with_the_books_an_independent_model_computes() {
+    use mdsub::bench::run::{run_once, RunSpec, Subscriber};
+    use mdsub::engine::handler::HandlerSpec;
+    use mdsub::engine::{EngineConfig, ShardConfig};
+    use mdsub::replay::{Limits, Pacing, PublisherConfig, Source};
+
+    let dir = tmp_dir("book");
+    let path = dir.join("mbo.dbn.zst");
+    let recs = mbo_feed(4, 20_000, 0, 1_000);
+    let symbols = [("AAPL", 101), ("MSFT", 102), ("NVDA", 103), ("TSLA", 104)];
+    write_dbn(&path, &metadata(Schema::Mbo, &symbols), &recs, true);
+    let mut models: HashMap<u32, ModelBook> = HashMap::new();
+    for r in &recs {
+        models.entry(r.hd.instrument_id).or_insert_with(|| ModelBook { orders: HashMap::new() }).apply(r);
+    }
+    let shard = ShardConfig { endpoints: vec![], subscribe: vec![], io_core: None, reader_core: None };
+    let spec = RunSpec {
+        publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); 2], ..Default::default() },
+        source: Source::Dbn { paths: vec![path] },
+        pacing: Pacing::FlatOut,
+        limits: Limits { max_msgs: None, duration: None },
+        subscriber: Subscriber::Engine(Box::new(EngineConfig {
+            shards: vec![shard.clone(), shard],
+            worker_cores: vec![None, None],
+            handler: HandlerSpec::Book,
+            ..Default::default()
+        })),
+        drain_timeout: Duration::from_secs(60),
+    };
+    let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_| {}).expect("run");
+    let report = out.report;
+    assert_eq!(report.delivered, recs.len() as u64, "{}", report.render());
+    let h = &report.handler;
+    assert_eq!(h["instruments"], 4);
+    let count = |a: u8| recs.iter().filter(|r| r.action as u8 == a).count() as u64;
+    assert_eq!(h["mbo_add"], count(b'A'));
+    assert_eq!(h["mbo_cancel"], count(b'C'));
+    assert_eq!(h["mbo_modify"], count(b'M'));
+    assert_eq!(h["mbo_fill"] + h["mbo_trade"], count(b'F') + count(b'T'));
+    let anomalies: u64 = h.iter().filter(|(k, _)| k.starts_with("anomaly_")).map(|(_, v)| v).sum();
+    assert_eq!(anomalies, 0, "a consistent feed has no anomalies: {h:?}");
+    let lvl = |l: Option<(i64, u64)>| match l {
+        Some((p, s)) => format!("{} x {s}", dbn::pretty::fmt_px(p)),
+        None => "-".into(),
+    };
+    let (mut bid_levels, mut ask_levels) = (0, 0);
+    for (sym, id) in symbols {
+        let (bid, ask, nb, na, orders) = models[&id].summary();
+        assert!(
+            nb > 1 && na > 1 && orders > 10,
+            "{sym}: the feed builds real books ({nb}/{na} levels, {orders} orders)"
+        );
+        bid_levels += nb;
+        ask_levels += na;
+        let want = format!("book {sym} id={id} bid={} ask={} levels={nb}/{na} orders={orders}", lvl(bid), lvl(ask));
+        let line = report
+            .handler_summary
+            .iter()
+            .find(|l| l.starts_with(&format!("book {sym} ")))
+            .unwrap_or_else(|| panic!("no summary line for {sym}: {:?}", report.handler_summary));
+        assert!(line.starts_with(&want), "{sym}: engine `{line}`, model `{want}`");
+    }
+    assert_eq!((h["bid_levels"], h["ask_levels"]), (bid_levels as u64, ask_levels as u64));
+}

@@ -121,6 +121,7 @@ impl Baseline {
             interrupted,
             metrics_dropped: 0,
             handler: Default::default(),
+            handler_summary: Vec::new(),
             agents: Vec::new(),
         }
     }
