@@ -451,3 +451,21 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
     }
     assert_eq!((h["bid_levels"], h["ask_levels"]), (bid_levels as u64, ask_levels as u64));
 }
+
+#[test]
+fn corrupt_record_length_is_reported_at_its_offset() {
+    let dir = tmp_dir("corrupt");
+    let path = dir.join("bad.dbn");
+    let recs = mbo_feed(2, 100, 0, 1_000);
+    let len = write_dbn(&path, &metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]), &recs, false);
+    let rec_len = std::mem::size_of::<MboMsg>() as u64;
+    let offset = len - rec_len * recs.len() as u64 + 30 * rec_len;
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[offset as usize] = 0; // record 30's length: shorter than a header
+    std::fs::write(&path, &bytes).expect("write");
+    let (got, status, out) = replay("replay-dbn-corrupt", 1, &["--from", path.to_str().expect("utf8")]);
+    assert!(!status.success(), "a damaged file is an error: {out}");
+    assert!(out.contains(&format!("damaged at byte {offset}: ")), "offset {offset} named: {out}");
+    assert!(out.contains("impossible length"), "reason given: {out}");
+    assert_eq!(got.len(), 30, "everything before the damage was replayed");
+}

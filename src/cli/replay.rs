@@ -152,7 +152,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         pb.set_position(n);
         let ts = market.load(std::sync::atomic::Ordering::Relaxed);
         if ts != 0 {
-            pb.set_message(format!("{n} msgs, market time {}", dbn::pretty::fmt_ts(ts)));
+            pb.set_message(format!("{n} msgs sent, market time {}", dbn::pretty::fmt_ts(ts)));
         }
     })?;
     pb.finish_and_clear();
