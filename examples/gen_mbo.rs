@@ -13,7 +13,8 @@ use std::io::BufWriter;
 
 use dbn::encode::dbn::Encoder;
 use dbn::encode::EncodeRecord;
-use dbn::{rtype, FlagSet, MappingInterval, MboMsg, Metadata, RecordHeader, SType, Schema, SymbolMapping};
+use dbn::{rtype, FlagSet, MboMsg, RecordHeader, Schema};
+use mdsub::feed::dbn_source::symbology_metadata;
 use mdsub::feed::{symbol_names, Generator, GeneratorConfig, SplitMix64};
 
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -30,28 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (records, instruments, span_s) = (num(1, 1_000_000)?, num(2, 100)?.max(1) as usize, num(3, 10)?.max(1));
     let names = symbol_names(instruments);
-    let day = time::Date::from_calendar_date(2023, time::Month::November, 14)?;
-    let meta = Metadata::builder()
-        .dataset("GLBX.MDP3".to_string())
-        .schema(Some(Schema::Mbo))
-        .start(T0)
-        .stype_in(Some(SType::RawSymbol))
-        .stype_out(SType::InstrumentId)
-        .mappings(
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, s)| SymbolMapping {
-                    raw_symbol: s.clone(),
-                    intervals: vec![MappingInterval {
-                        start_date: day,
-                        end_date: day.next_day().unwrap_or(day),
-                        symbol: (1000 + i).to_string(),
-                    }],
-                })
-                .collect(),
-        )
-        .build();
+    let ids: Vec<(&str, u32)> = names.iter().enumerate().map(|(i, s)| (s.as_str(), 1000 + i as u32)).collect();
+    let meta = symbology_metadata("GLBX.MDP3", Schema::Mbo, T0, &ids);
     let file = BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
     let w: Box<dyn std::io::Write> = if out.ends_with(".zst") {
         Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish())

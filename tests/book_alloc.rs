@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use dbn::{rtype, FlagSet, MboMsg, RecordHeader, RecordRef};
+use dbn::{FlagSet, MboMsg, RecordRef};
 use mdsub::engine::handler::{BookHandler, Handler};
 use mdsub::wire::{self, Header, Kind};
 
@@ -44,19 +44,17 @@ fn frame(topic: &str, seq: u64, m: &MboMsg) -> Vec<u8> {
 }
 
 fn mbo(id: u32, order_id: u64, action: u8, side: u8, price: i64, size: u32) -> MboMsg {
-    MboMsg {
-        hd: RecordHeader::new::<MboMsg>(rtype::MBO, 1, id, 0),
+    let mut m = MboMsg {
         order_id,
         price,
         size,
-        flags: FlagSet::new(0x80),
-        channel_id: 0,
         action: action as std::ffi::c_char,
         side: side as std::ffi::c_char,
-        ts_recv: 0,
-        ts_in_delta: 0,
-        sequence: 0,
-    }
+        flags: FlagSet::new(0x80),
+        ..Default::default()
+    };
+    m.hd.instrument_id = id;
+    m
 }
 
 #[test]

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use dbn::encode::dbn::Encoder;
 use dbn::encode::EncodeRecord;
-use dbn::{
-    rtype, FlagSet, MappingInterval, MboMsg, Metadata, RecordHeader, RecordRef, SType, Schema, SymbolMapping, TradeMsg,
-};
+use dbn::{rtype, FlagSet, MboMsg, Metadata, RecordHeader, RecordRef, Schema, TradeMsg};
 use mdsub::wire::{self, Kind};
 
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -30,24 +28,7 @@ fn tmp_dir(name: &str) -> PathBuf {
 /// Metadata mapping `symbols` (raw symbol, instrument id) as Databento does
 /// for `stype_out = instrument_id`.
 fn metadata(schema: Schema, symbols: &[(&str, u32)]) -> Metadata {
-    let day = time::Date::from_calendar_date(2023, time::Month::November, 14).expect("date");
-    let next = day.next_day().expect("date");
-    Metadata::builder()
-        .dataset("XNAS.ITCH".to_string())
-        .schema(Some(schema))
-        .start(T0)
-        .stype_in(Some(SType::RawSymbol))
-        .stype_out(SType::InstrumentId)
-        .mappings(
-            symbols
-                .iter()
-                .map(|(s, id)| SymbolMapping {
-                    raw_symbol: s.to_string(),
-                    intervals: vec![MappingInterval { start_date: day, end_date: next, symbol: id.to_string() }],
-                })
-                .collect(),
-        )
-        .build()
+    mdsub::feed::dbn_source::symbology_metadata("XNAS.ITCH", schema, T0, symbols)
 }
 
 fn mbo(id: u32, ts: u64, order_id: u64, action: u8, side: u8, price: i64, size: u32) -> MboMsg {

@@ -129,6 +129,16 @@ pub struct MboEvent {
 /// `F_LAST`: the last record of an event (the book is consistent after it).
 pub const F_LAST: u8 = 1 << 7;
 
+/// `B` → bid (false), `A` → ask (true), anything else → None.
+#[inline]
+fn is_ask(side: u8) -> Option<bool> {
+    match side {
+        b'B' => Some(false),
+        b'A' => Some(true),
+        _ => None,
+    }
+}
+
 /// An instrument's book from MBO events.
 pub struct OrderBook {
     orders: HashMap<u64, Order, BuildHasherDefault<FnvHasher>>,
@@ -164,13 +174,9 @@ impl OrderBook {
     pub fn apply(&mut self, e: &MboEvent, a: &mut Anomalies) {
         match e.action {
             b'A' => {
-                let ask = match e.side {
-                    b'B' => false,
-                    b'A' => true,
-                    _ => {
-                        a.bad_side += 1;
-                        return;
-                    }
+                let Some(ask) = is_ask(e.side) else {
+                    a.bad_side += 1;
+                    return;
                 };
                 if let Some(old) = self.orders.remove(&e.order_id) {
                     a.duplicate_add += 1;
@@ -200,13 +206,9 @@ impl OrderBook {
                 }
             }
             b'M' => {
-                let ask = match e.side {
-                    b'B' => false,
-                    b'A' => true,
-                    _ => {
-                        a.bad_side += 1;
-                        return;
-                    }
+                let Some(ask) = is_ask(e.side) else {
+                    a.bad_side += 1;
+                    return;
                 };
                 match self.orders.get_mut(&e.order_id) {
                     None => {

@@ -250,6 +250,32 @@ pub struct DbnMerge {
     skipped: BTreeMap<u8, u64>,
 }
 
+/// Metadata for writing a DBN file of `schema` whose records carry the
+/// instrument ids of `symbols` (raw symbol, id), mapped for one day from
+/// `start_ns` as Databento maps `stype_out = instrument_id` (for fixtures
+/// and generated feeds).
+pub fn symbology_metadata(dataset: &str, schema: dbn::Schema, start_ns: u64, symbols: &[(&str, u32)]) -> Metadata {
+    let day =
+        time::OffsetDateTime::from_unix_timestamp_nanos(start_ns as i128).map(|t| t.date()).unwrap_or(time::Date::MIN);
+    let next = day.next_day().unwrap_or(day);
+    Metadata::builder()
+        .dataset(dataset.to_string())
+        .schema(Some(schema))
+        .start(start_ns)
+        .stype_in(Some(dbn::SType::RawSymbol))
+        .stype_out(dbn::SType::InstrumentId)
+        .mappings(
+            symbols
+                .iter()
+                .map(|(s, id)| dbn::SymbolMapping {
+                    raw_symbol: s.to_string(),
+                    intervals: vec![dbn::MappingInterval { start_date: day, end_date: next, symbol: id.to_string() }],
+                })
+                .collect(),
+        )
+        .build()
+}
+
 /// Is `s` usable as an mdsub topic (printable ASCII, no spaces)?
 fn topic_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
