@@ -450,3 +450,18 @@ fn corrupt_record_length_is_reported_at_its_offset() {
     assert!(out.contains("impossible length"), "reason given: {out}");
     assert_eq!(got.len(), 30, "everything before the damage was replayed");
 }
+
+#[test]
+fn two_instrument_ids_of_one_symbol_share_one_topic_sequence() {
+    let dir = tmp_dir("shared-symbol");
+    let path = dir.join("roll.dbn");
+    // The same symbol under two instrument ids (as across days of a multi-day file).
+    let recs: Vec<MboMsg> =
+        (0..40u64).map(|i| mbo(301 + (i % 2) as u32, T0 + i * 1_000, i + 1, b'A', b'B', 1_000_000_000, 1)).collect();
+    write_dbn(&path, &metadata(Schema::Mbo, &[("ESZ3", 301), ("ESZ3", 302)]), &recs, false);
+    let (got, status, out) = replay("replay-dbn-shared", 2, &["--from", path.to_str().expect("utf8")]);
+    assert!(status.success(), "replay failed: {out}");
+    assert!(got.iter().all(|g| g.topic == "ESZ3"), "one topic");
+    let seqs: Vec<u64> = got.iter().map(|g| g.topic_seq).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>(), "one gap-free topic sequence");
+}

@@ -549,8 +549,11 @@ impl Publisher {
     ) -> Result<bool, ReplayError> {
         let mut merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
         let shards = self.shards.len();
-        // instrument id → (topic sequence, shard)
-        let mut per_instrument: HashMap<u32, (u64, usize)> = HashMap::new();
+        // Per topic: (topic sequence, shard). Instruments map to a topic slot
+        // (two ids may share a symbol, e.g. across days of a multi-day file).
+        let mut slots: Vec<(u64, usize)> = Vec::new();
+        let mut slot_of_topic: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut slot_of_id: HashMap<u32, usize> = HashMap::new();
         let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut span: Option<(u64, u64)> = None;
@@ -581,7 +584,13 @@ impl Publisher {
                 interrupted = stop.is_stopped();
                 break;
             };
-            let entry = per_instrument.entry(rec.instrument_id).or_insert_with(|| (0, shard_of(rec.topic, shards)));
+            let slot = *slot_of_id.entry(rec.instrument_id).or_insert_with(|| {
+                *slot_of_topic.entry(rec.topic.to_vec()).or_insert_with(|| {
+                    slots.push((0, shard_of(rec.topic, shards)));
+                    slots.len() - 1
+                })
+            });
+            let entry = &mut slots[slot];
             entry.0 += 1;
             let (seq, k) = *entry;
             encode_data(&mut self.shards[k], &mut self.buf, rec.topic, seq, intended, rec.bytes);
