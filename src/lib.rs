@@ -4,7 +4,7 @@
 //! (chapter 5) into one measured product. This page is the map.
 //!
 //! ```text
-//!  feed (generator | capture file)
+//!  feed (generator | capture file | DBN files)
 //!    │  replay: paced or flat out, stamps sequences + intended send time
 //!    ▼
 //!  XPUB per shard ══ TCP ══►  engine: shard k = zmq context (I/O thread pinned) + SUB reader agent
@@ -16,7 +16,7 @@
 //! | module | role | guide pattern |
 //! |---|---|---|
 //! | [`wire`] | the market-data frame (zero-copy decode) and the capture file | |
-//! | [`feed`] | synthetic feed generator, topic → shard split | |
+//! | [`feed`] | synthetic feed generator, topic → shard split, DBN files merged by receive time | |
 //! | [`replay`] | paced publisher, one XPUB per shard, lossless mode, end of stream | |
 //! | [`engine`] | shards, SUB reader agents, inproc batch hand-off, worker agents, handlers | Black Box (high-speed subscriber) |
 //! | [`engine::sequence`] | gap / duplicate / restart checks per publisher session and topic | (Suicidal Snail's gap half) |

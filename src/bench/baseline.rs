@@ -1,11 +1,13 @@
 //! The benchmark baseline: a plain single-thread SUB reader on the same
 //! libzmq and settings as the engine, doing only what any correct subscriber
-//! must (decode, sequence checks, latency timestamp) and no hand-off.
+//! must (decode, sequence checks, latency timestamp) and no hand-off; with
+//! a handler, it runs the same handler as the engine's workers inline.
 
 use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, AgentError, Step};
 use crate::clock;
+use crate::engine::handler::{Handler, HandlerSpec};
 use crate::engine::sequence::SequenceTracker;
 use crate::metrics::{RunReport, StageHistograms};
 use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
@@ -28,6 +30,7 @@ pub struct Baseline {
     start: Instant,
     timeout: Duration,
     timed_out: bool,
+    handler: Option<Box<dyn Handler>>,
 }
 
 impl Baseline {
@@ -58,7 +61,15 @@ impl Baseline {
             start: Instant::now(),
             timeout,
             timed_out: false,
+            handler: None,
         })
+    }
+
+    /// Run `spec`'s handler on every accepted message, inline (latency then
+    /// ends when it finished, as in the engine's workers).
+    pub fn with_handler(mut self, spec: HandlerSpec) -> Self {
+        self.handler = (spec != HandlerSpec::Latency).then(|| spec.build());
+        self
     }
 
     #[inline]
@@ -72,7 +83,14 @@ impl Baseline {
                 Kind::Data => {
                     if self.tracker.on_data(&v.header, v.topic).accept {
                         let lat = recv_ns.saturating_sub(v.header.send_time_ns);
-                        self.stages.record(lat, 0, lat);
+                        let total = match self.handler.as_mut() {
+                            Some(h) => {
+                                h.on_message(&v);
+                                clock::realtime_ns().saturating_sub(v.header.send_time_ns)
+                            }
+                            None => lat,
+                        };
+                        self.stages.record(lat, 0, total);
                         self.last_ns = recv_ns;
                         self.delivered += 1;
                         self.bytes += self.msg.len() as u64;
@@ -120,7 +138,12 @@ impl Baseline {
             latency,
             interrupted,
             metrics_dropped: 0,
-            handler: Default::default(),
+            handler: self
+                .handler
+                .as_ref()
+                .map(|h| h.counters().into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                .unwrap_or_default(),
+            handler_summary: self.handler.as_ref().map(|h| h.summary()).unwrap_or_default(),
             agents: Vec::new(),
         }
     }

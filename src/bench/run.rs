@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::agent::{AgentHandle, RunSpec as AgentSpec, Runner, StopFlag};
 use crate::bench::baseline::Baseline;
+use crate::engine::handler::HandlerSpec;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::RunReport;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, ReplayStats, Source};
@@ -17,7 +18,11 @@ use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, ReplayStats, Sou
 #[derive(Debug, Clone)]
 pub enum Subscriber {
     Engine(Box<EngineConfig>),
-    Baseline { rcvhwm_msgs: i32 },
+    /// The plain SUB reader, running `handler` inline.
+    Baseline {
+        rcvhwm_msgs: i32,
+        handler: HandlerSpec,
+    },
 }
 
 /// Everything a run needs.
@@ -59,11 +64,13 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             }
             Running::Engine(Engine::start(&cfg, sub_stop).context("starting the engine")?)
         }
-        Subscriber::Baseline { rcvhwm_msgs } => {
+        Subscriber::Baseline { rcvhwm_msgs, handler } => {
             let limit = spec.limits.duration.unwrap_or(Duration::from_secs(3600))
                 + spec.drain_timeout
                 + Duration::from_secs(30);
-            let b = Baseline::connect(&endpoints, *rcvhwm_msgs, limit).context("connecting the baseline subscriber")?;
+            let b = Baseline::connect(&endpoints, *rcvhwm_msgs, limit)
+                .context("connecting the baseline subscriber")?
+                .with_handler(*handler);
             let idle = crate::agent::IdleStrategy::default();
             Running::Baseline(Runner::start(AgentSpec::unpinned(idle), sub_stop, b).context("starting the baseline")?)
         }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::args::{parse_count, parse_count_usize, parse_duration, Idle};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
+use super::replay::{file_source, parse_speed, Speed};
 use super::{describe_pacing, load_profile};
 use crate::agent::StopFlag;
 use crate::bench::clone::CloneBenchConfig;
@@ -26,6 +27,15 @@ use crate::replay::{PublisherConfig, Source};
 pub struct BenchArgs {
     #[command(flatten)]
     pub feed: FeedArgs,
+    /// Replay these files instead of the generated feed: Databento DBN
+    /// (`.dbn`, `.dbn.zst`; several are merged by receive time) or one mdsub
+    /// capture. The whole file is sent unless --count or --duration says less.
+    #[arg(long = "from", num_args = 1.., value_name = "FILE")]
+    pub from: Vec<std::path::PathBuf>,
+    /// With --from: a multiple of the recorded pace (`1x`, `10x`) or `max`
+    /// (flat out, the default).
+    #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
+    pub speed: Option<Speed>,
     #[command(flatten)]
     pub publisher: PublisherArgs,
     /// Runs of every subscriber; medians are reported.
@@ -37,6 +47,11 @@ pub struct BenchArgs {
     /// Engine hand-off(s) to measure: batch, per-message, or both.
     #[arg(long, default_value = "both")]
     pub handoff: String,
+    /// Handler run on every message, by the engine's workers and inline by
+    /// the baseline (overrides the profile's): latency, book (order books
+    /// from DBN records), last, verify or work:NANOS.
+    #[arg(long, value_name = "HANDLER")]
+    pub handler: Option<crate::engine::handler::HandlerSpec>,
     /// Idle strategy of the engine's readers and workers (overrides the profile's).
     #[arg(long, value_enum)]
     pub idle: Option<Idle>,
@@ -58,6 +73,9 @@ pub struct Medians {
     pub p999_ns: u64,
     pub max_ns: u64,
     pub lost_total: u64,
+    /// CPU time of the subscriber's own threads per delivered message (not
+    /// libzmq's I/O thread).
+    pub cpu_ns_per_msg: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,7 +98,14 @@ fn medians(name: &str, runs: &[&RunReport]) -> Medians {
         p999_ns: median(runs.iter().map(|r| total(r).p999_ns).collect()),
         max_ns: median(runs.iter().map(|r| total(r).max_ns).collect()),
         lost_total: runs.iter().map(|r| r.lost.unwrap_or(0)).sum(),
+        cpu_ns_per_msg: median(runs.iter().map(|r| cpu_ns_per_msg(r)).collect()),
     }
+}
+
+/// CPU ns of the subscriber's threads per delivered message.
+fn cpu_ns_per_msg(r: &RunReport) -> f64 {
+    let cpu: u64 = r.agents.iter().map(|a| a.cpu_ns).sum();
+    cpu as f64 / r.delivered.max(1) as f64
 }
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
@@ -88,12 +113,22 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     if let Some(idle) = args.idle {
         profile.idle = idle.name().into();
     }
+    if let Some(h) = args.handler {
+        profile.handler = h;
+    }
     let handoffs: Vec<HandOff> = match args.handoff.as_str() {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
         h => vec![parse_handoff(h).map_err(anyhow::Error::msg)?],
     };
-    let pacing = args.feed.pacing(None);
-    let default_count = if args.feed.duration.is_none() && args.feed.count.is_none() { Some(2_000_000) } else { None };
+    let source =
+        if args.from.is_empty() { Source::Generator(args.feed.generator()) } else { file_source(&args.from, true)? };
+    let pacing = match args.speed {
+        Some(s) => s.pacing(),
+        None => args.feed.pacing(None),
+    };
+    let whole_file = !args.from.is_empty();
+    let default_count =
+        if whole_file || args.feed.duration.is_some() || args.feed.count.is_some() { None } else { Some(2_000_000) };
     let mut limits = args.feed.limits(None);
     limits.max_msgs = limits.max_msgs.or(default_count);
     let shards = profile.shards.len();
@@ -106,8 +141,13 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let machine = Machine::here();
     let settings = serde_json::json!({
         "pacing": describe_pacing(pacing),
-        "payload_bytes": args.feed.payload_bytes,
-        "symbols": args.feed.symbols,
+        "source": if whole_file {
+            args.from.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+        } else {
+            "generated".into()
+        },
+        "payload_bytes": if whole_file { None } else { Some(args.feed.payload_bytes) },
+        "symbols": if whole_file { None } else { Some(args.feed.symbols) },
         "count": limits.max_msgs,
         "duration_s": limits.duration.map(|d| d.as_secs_f64()),
         "runs": args.runs,
@@ -123,14 +163,22 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     });
     if !args.json {
         println!("mdsub bench  {machine}");
+        let what = if whole_file {
+            format!(
+                "{} ({})",
+                settings["source"].as_str().unwrap_or(""),
+                if matches!(source, Source::Dbn { .. }) { "DBN" } else { "capture" }
+            )
+        } else {
+            format!("{}-byte payloads, {} symbols", args.feed.payload_bytes, args.feed.symbols)
+        };
         println!(
-            "feed: {}, {}-byte payloads, {} symbols, {}; publisher {} SNDHWM {}; subscribers RCVHWM {}",
+            "feed: {}, {what}, {}; publisher {} SNDHWM {}; subscribers RCVHWM {}",
             describe_pacing(pacing),
-            args.feed.payload_bytes,
-            args.feed.symbols,
             match (limits.max_msgs, limits.duration) {
                 (Some(n), _) => format!("{n} messages"),
                 (None, Some(d)) => format!("{:.1}s", d.as_secs_f64()),
+                _ if whole_file => "whole file".into(),
                 _ => "unbounded".into(),
             },
             settings["publisher"].as_str().unwrap_or(""),
@@ -148,7 +196,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         );
     }
     let mut variants: Vec<(String, Subscriber)> =
-        vec![("baseline".into(), Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs })];
+        vec![("baseline".into(), Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler })];
     for h in &handoffs {
         let mut cfg = profile.engine_config(None);
         cfg.handoff = *h;
@@ -166,7 +214,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             }
             let spec = RunSpec {
                 publisher: publisher.clone(),
-                source: Source::Generator(args.feed.generator()),
+                source: source.clone(),
                 pacing,
                 limits,
                 subscriber: sub.clone(),
@@ -177,9 +225,10 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             if !args.json {
                 let t = out.report.latency.get("total").copied().unwrap_or_default();
                 println!(
-                    "  run {rep} {:<19} {:>6.3} M msg/s  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                    "  run {rep} {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                     name,
                     out.report.msgs_per_sec / 1e6,
+                    cpu_ns_per_msg(&out.report),
                     out.report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
                     out.report.lost.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
                     human_ns(t.p50_ns),
@@ -223,9 +272,10 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         println!("medians:");
         for m in &result.medians {
             println!(
-                "  {:<19} {:>6.3} M msg/s  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                "  {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                 m.subscriber,
                 m.msgs_per_sec / 1e6,
+                m.cpu_ns_per_msg,
                 m.lost_total,
                 human_ns(m.p50_ns),
                 human_ns(m.p99_ns),

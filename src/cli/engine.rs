@@ -94,7 +94,8 @@ pub struct EngineArgs {
     /// Number of workers (overrides the profile's, unpinned).
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub workers: Option<usize>,
-    /// Worker handler: latency, book, verify (per-topic order check) or work:NANOS.
+    /// Worker handler: latency, book (order books from DBN records), last (last
+    /// value per topic), verify (per-topic order check) or work:NANOS.
     #[arg(long)]
     pub handler: Option<HandlerSpec>,
     /// Hand-off: batch or per-message.

@@ -38,9 +38,10 @@ pub(crate) fn progress_bar(total: Option<u64>, what: &str) -> indicatif::Progres
         None => indicatif::ProgressBar::new_spinner(),
     };
     pb.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
-    let style = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} msgs {per_sec} eta {eta}")
-        .or_else(|_| indicatif::ProgressStyle::with_template("{prefix} {pos}"))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} msgs {per_sec} eta {eta} {msg}")
+            .or_else(|_| indicatif::ProgressStyle::with_template("{prefix} {pos}"))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     pb.set_style(if total.is_some() { style } else { indicatif::ProgressStyle::default_spinner() });
     pb.set_prefix(what.to_string());
     pb
@@ -63,7 +64,8 @@ pub(crate) fn describe_pacing(p: Pacing) -> String {
         Pacing::FlatOut => "flat out".into(),
         Pacing::Rate { msgs_per_sec, burst: 1 } => format!("{msgs_per_sec} msg/s"),
         Pacing::Rate { msgs_per_sec, burst } => format!("{msgs_per_sec} msg/s in bursts of {burst}"),
-        Pacing::Recorded => "recorded timing".into(),
+        Pacing::Recorded { speed: 1.0 } => "recorded timing".into(),
+        Pacing::Recorded { speed } => format!("{speed}x recorded timing"),
     }
 }
 

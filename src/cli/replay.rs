@@ -9,7 +9,56 @@ use super::args::{parse_count_usize, parse_duration, parse_endpoint, Endpoint, H
 use super::feed::{FeedArgs, PublisherArgs};
 use super::{expected_msgs, progress_bar};
 use crate::agent::StopFlag;
+use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
+
+/// A replay speed: a multiple of the recorded pace, or flat out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Speed {
+    Times(f64),
+    Max,
+}
+
+impl Speed {
+    /// The pacing this speed means.
+    pub fn pacing(self) -> Pacing {
+        match self {
+            Speed::Times(speed) => Pacing::Recorded { speed },
+            Speed::Max => Pacing::FlatOut,
+        }
+    }
+}
+
+/// Parse `1x`, `10x`, `0.5x` or `max`.
+pub fn parse_speed(s: &str) -> Result<Speed, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("max") {
+        return Ok(Speed::Max);
+    }
+    match t.strip_suffix(['x', 'X']).map(str::parse::<f64>) {
+        Some(Ok(v)) if v > 0.0 && v.is_finite() => Ok(Speed::Times(v)),
+        _ => Err(format!("`{s}` is not a speed; accepted: 1x, 10x, 0.5x (a multiple of the recorded pace) or max")),
+    }
+}
+
+/// The replay source for `--from` files: one capture, or DBN files to merge.
+pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
+    use anyhow::Context as _;
+    let mut kinds = Vec::with_capacity(from.len());
+    for p in from {
+        match detect(p).with_context(|| format!("opening {}", p.display()))? {
+            Some(k) => kinds.push(k),
+            None => anyhow::bail!("{}: neither an mdsub capture nor DBN data (plain or zstd)", p.display()),
+        }
+    }
+    if kinds.iter().all(|k| *k != FileKind::Capture) {
+        return Ok(Source::Dbn { paths: from.to_vec() });
+    }
+    match from {
+        [one] => Ok(Source::Capture { path: one.clone(), restamp }),
+        _ => anyhow::bail!("only DBN files can be merged: give one capture file at a time"),
+    }
+}
 
 /// `mdsub replay`.
 #[derive(Args, Debug)]
@@ -17,18 +66,30 @@ pub struct ReplayArgs {
     /// Endpoint to bind, `bind:EP` or `EP`, one per shard (repeat the flag for more shards).
     #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]EP")]
     pub endpoint: Vec<Endpoint>,
-    /// Replay a capture file (from `mdsub tap --record`) instead of generating.
-    #[arg(long = "from")]
-    pub from: Option<PathBuf>,
+    /// Replay a file instead of generating: a capture (from `mdsub tap
+    /// --record`), or Databento DBN data (`.dbn` or `.dbn.zst`, DBN versions
+    /// 1-3; detected from the first bytes). Several DBN files (repeat the
+    /// flag, or list them) are merged by receive time. Each DBN record is one
+    /// frame: topic = the instrument's symbol from the file's symbology (its
+    /// id when there is none), payload = the record's bytes. Without --speed
+    /// or --rate a file replays flat out.
+    #[arg(long = "from", num_args = 1.., value_name = "FILE")]
+    pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
     /// fresh intended send times (so latency is measured from now); without it
     /// frames go out byte for byte, keeping their recorded publisher, session
     /// and send time.
     #[arg(long, requires = "from")]
     pub restamp: bool,
-    /// With --from: keep the recorded gaps between frames instead of --rate.
-    #[arg(long, requires = "from")]
+    /// With --from: keep the recorded gaps between frames (same as --speed 1x).
+    #[arg(long, requires = "from", conflicts_with = "speed")]
     pub recorded_timing: bool,
+    /// With --from: replay at a multiple of the recorded pace (`1x` keeps the
+    /// recorded gaps, `10x` is ten times faster, `0.5x` half as fast), or
+    /// `max` (flat out). Intended send times follow the recorded receive times,
+    /// shifted to now and divided by the speed.
+    #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
+    pub speed: Option<Speed>,
     #[command(flatten)]
     pub feed: FeedArgs,
     #[command(flatten)]
@@ -69,14 +130,26 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         eprintln!("waiting for {} subscriber(s) per shard…", args.subscribers);
         publisher.wait_for_subscribers(args.subscribers, args.wait_timeout)?;
     }
-    let source = match &args.from {
-        Some(path) => Source::Capture { path: path.clone(), restamp: args.restamp },
-        None => Source::Generator(args.feed.generator()),
+    let source = if args.from.is_empty() {
+        Source::Generator(args.feed.generator())
+    } else {
+        file_source(&args.from, args.restamp)?
     };
-    let pacing = if args.recorded_timing { Pacing::Recorded } else { args.feed.pacing(None) };
-    let limits = args.feed.limits(if args.from.is_some() { None } else { Some(Duration::from_secs(10)) });
+    let pacing = match (args.speed, args.recorded_timing) {
+        (Some(s), _) => s.pacing(),
+        (None, true) => Pacing::Recorded { speed: 1.0 },
+        (None, false) => args.feed.pacing(None),
+    };
+    let limits = args.feed.limits(if args.from.is_empty() { Some(Duration::from_secs(10)) } else { None });
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
-    let stats = publisher.run(&source, pacing, limits, stop, &mut |n| pb.set_position(n))?;
+    let market = publisher.market_clock();
+    let stats = publisher.run(&source, pacing, limits, stop, &mut |n| {
+        pb.set_position(n);
+        let ts = market.load(std::sync::atomic::Ordering::Relaxed);
+        if ts != 0 {
+            pb.set_message(format!("{n} msgs sent, market time {}", dbn::pretty::fmt_ts(ts)));
+        }
+    })?;
     pb.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -89,6 +162,18 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             if stats.interrupted { " (interrupted)" } else { "" },
             stats.sent_per_shard
         );
+        if let Some((first, last)) = stats.market_span_ns {
+            println!(
+                "market time {} to {} ({:.3} s recorded)",
+                dbn::pretty::fmt_ts(first),
+                dbn::pretty::fmt_ts(last),
+                last.saturating_sub(first) as f64 / 1e9
+            );
+        }
+        if !stats.skipped_by_rtype.is_empty() {
+            let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
+            println!("skipped records of types not replayed: {}", list.join(", "));
+        }
     }
     Ok(())
 }

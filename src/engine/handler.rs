@@ -1,10 +1,15 @@
 //! What a worker does with each message: the [`Handler`] trait and the
-//! built-in handlers (latency only, synthetic work, last-value book).
+//! built-in handlers (latency only, synthetic work, order books from DBN
+//! records, last value per topic, order check).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
+use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
+
+use super::book::{Anomalies, MboEvent, OrderBook};
 use super::sequence::FnvHasher;
+use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::wire::FrameView;
 
 /// Application code run by a worker for every delivered data message.
@@ -16,9 +21,15 @@ pub trait Handler: Send {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+
+    /// A few lines for the end report (e.g. the `book` handler's best bid and
+    /// ask per instrument); called once, after the last message.
+    fn summary(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
-/// Which built-in handler to run; parsed from `latency`, `work:NS`, `book`.
+/// Which built-in handler to run; parsed from `latency`, `work:NS`, `book`, `last`, `verify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum HandlerSpec {
@@ -26,8 +37,11 @@ pub enum HandlerSpec {
     Latency,
     /// Busy work of this many ns per message (models real processing cost).
     Work { ns: u64 },
-    /// Keep the last payload of every topic.
+    /// Order books from DBN payloads: per-instrument books from MBO records,
+    /// top of book from MBP-1/MBP-10 and trades; anomalies counted.
     Book,
+    /// Keep the last payload of every topic.
+    Last,
     /// Check that every topic's sequence goes up by exactly one (a feed and
     /// routing check; counts `verified`, `out_of_order`, `skipped`).
     Verify,
@@ -39,10 +53,11 @@ impl std::str::FromStr for HandlerSpec {
         match s {
             "latency" => Ok(HandlerSpec::Latency),
             "book" => Ok(HandlerSpec::Book),
+            "last" => Ok(HandlerSpec::Last),
             "verify" => Ok(HandlerSpec::Verify),
             _ => match s.strip_prefix("work:").map(str::parse::<u64>) {
                 Some(Ok(ns)) => Ok(HandlerSpec::Work { ns }),
-                _ => Err(format!("unknown handler `{s}` (expected latency, book, verify or work:NANOS)")),
+                _ => Err(format!("unknown handler `{s}` (expected latency, book, last, verify or work:NANOS)")),
             },
         }
     }
@@ -67,6 +82,7 @@ impl std::fmt::Display for HandlerSpec {
             HandlerSpec::Latency => write!(f, "latency"),
             HandlerSpec::Work { ns } => write!(f, "work:{ns}"),
             HandlerSpec::Book => write!(f, "book"),
+            HandlerSpec::Last => write!(f, "last"),
             HandlerSpec::Verify => write!(f, "verify"),
         }
     }
@@ -77,7 +93,8 @@ impl HandlerSpec {
         match *self {
             HandlerSpec::Latency => Box::new(LatencyOnly),
             HandlerSpec::Work { ns } => Box::new(SyntheticWork { ns }),
-            HandlerSpec::Book => Box::new(LastValueBook::default()),
+            HandlerSpec::Book => Box::new(BookHandler::default()),
+            HandlerSpec::Last => Box::new(LastValueBook::default()),
             HandlerSpec::Verify => Box::new(VerifyOrder::default()),
         }
     }
@@ -139,6 +156,270 @@ impl Handler for LastValueBook {
     }
 }
 
+/// Top of book as an MBP-1/MBP-10 feed or trades last reported it.
+#[derive(Debug, Default, Clone, Copy)]
+struct TopOfBook {
+    bid: Option<(i64, u32)>,
+    ask: Option<(i64, u32)>,
+    /// Defined levels per side of the last MBP-10 record.
+    depth: (u8, u8),
+    last_trade: Option<(i64, u32)>,
+}
+
+/// What the book handler keeps per instrument.
+#[derive(Default)]
+struct Instrument {
+    /// The topic (symbol) it arrived on, for the report (set once).
+    topic: Box<[u8]>,
+    book: Option<Box<OrderBook>>,
+    tob: TopOfBook,
+}
+
+/// Events by MBO action, in the order of [`ACTIONS`].
+const ACTIONS: [(u8, &str); 7] = [
+    (b'A', "mbo_add"),
+    (b'C', "mbo_cancel"),
+    (b'M', "mbo_modify"),
+    (b'R', "mbo_clear"),
+    (b'T', "mbo_trade"),
+    (b'F', "mbo_fill"),
+    (b'N', "mbo_none"),
+];
+/// Instruments shown in the end report.
+pub const SUMMARY_INSTRUMENTS: usize = 10;
+
+/// Order books from DBN records: per-instrument books from MBO (add,
+/// cancel, modify, clear, trade, fill), top of book from MBP-1/MBP-10 and
+/// trades. A known instrument costs no allocation per message (its books
+/// keep their capacity); payloads that are not DBN records, or of other
+/// types, are counted.
+pub struct BookHandler {
+    instruments: HashMap<u32, Instrument, BuildHasherDefault<FnvHasher>>,
+    rec: Box<AlignedRecord>,
+    events: [u64; ACTIONS.len()],
+    mbp1: u64,
+    mbp10: u64,
+    trades: u64,
+    other_records: u64,
+    not_dbn: u64,
+    anomalies: Anomalies,
+}
+
+impl Default for BookHandler {
+    fn default() -> Self {
+        BookHandler {
+            instruments: HashMap::with_capacity_and_hasher(1024, Default::default()),
+            rec: Box::default(),
+            events: [0; ACTIONS.len()],
+            mbp1: 0,
+            mbp10: 0,
+            trades: 0,
+            other_records: 0,
+            not_dbn: 0,
+            anomalies: Anomalies::default(),
+        }
+    }
+}
+
+/// A price (units of 1e-9) and a size.
+pub type PxSize = (i64, u64);
+
+fn px(p: i64) -> Option<i64> {
+    (p != UNDEF_PRICE).then_some(p)
+}
+
+fn fmt_level(out: &mut String, l: Option<(i64, u64)>) {
+    use std::fmt::Write as _;
+    match l {
+        Some((p, s)) => {
+            let _ = write!(out, "{} x {s}", dbn::pretty::fmt_px(p));
+        }
+        None => out.push('-'),
+    }
+}
+
+impl BookHandler {
+    /// Best bid and ask (price, size) of an instrument: from its MBO book
+    /// when it has one, else from the last MBP record.
+    pub fn bbo(&self, instrument_id: u32) -> Option<(Option<PxSize>, Option<PxSize>)> {
+        let i = self.instruments.get(&instrument_id)?;
+        Some(match &i.book {
+            Some(b) => (b.bids.best().map(|l| (l.price, l.size)), b.asks.best().map(|l| (l.price, l.size))),
+            None => (i.tob.bid.map(|(p, s)| (p, s as u64)), i.tob.ask.map(|(p, s)| (p, s as u64))),
+        })
+    }
+
+    /// Bid and ask price levels of an instrument's MBO book.
+    pub fn levels(&self, instrument_id: u32) -> Option<(usize, usize)> {
+        let b = self.instruments.get(&instrument_id)?.book.as_ref()?;
+        Some((b.bids.len(), b.asks.len()))
+    }
+
+    /// Anomalies counted so far.
+    pub fn anomalies(&self) -> Anomalies {
+        self.anomalies
+    }
+}
+
+/// The instrument's state, made on first sight (the only allocation for it).
+#[inline]
+fn instrument<'a>(
+    map: &'a mut HashMap<u32, Instrument, BuildHasherDefault<FnvHasher>>,
+    id: u32,
+    topic: &[u8],
+) -> &'a mut Instrument {
+    map.entry(id).or_insert_with(|| Instrument { topic: topic.into(), ..Default::default() })
+}
+
+/// What one record means to the books.
+enum Parsed {
+    Mbo(MboEvent),
+    Top { bid: Option<(i64, u32)>, ask: Option<(i64, u32)>, depth: Option<(u8, u8)>, trade: Option<(i64, u32)> },
+    Trade(i64, u32),
+}
+
+impl Parsed {
+    fn top(levels: &[dbn::BidAskPair], action: u8, price: i64, size: u32, depth: Option<(u8, u8)>) -> Parsed {
+        let l = levels.first();
+        Parsed::Top {
+            bid: l.and_then(|l| px(l.bid_px).map(|p| (p, l.bid_sz))),
+            ask: l.and_then(|l| px(l.ask_px).map(|p| (p, l.ask_sz))),
+            depth,
+            trade: (action == b'T').then_some((price, size)),
+        }
+    }
+}
+
+impl Handler for BookHandler {
+    #[inline]
+    fn on_message(&mut self, msg: &FrameView<'_>) {
+        let Some(rec) = self.rec.load(msg.payload) else {
+            self.not_dbn += 1;
+            return;
+        };
+        let id = rec.header().instrument_id;
+        // Read what is needed out of the record, then update the books.
+        let parsed = if let Some(m) = get::<MboMsg>(&rec) {
+            Parsed::Mbo(MboEvent {
+                order_id: m.order_id,
+                price: m.price,
+                size: m.size,
+                action: m.action as u8,
+                side: m.side as u8,
+                flags: m.flags.raw(),
+            })
+        } else if let Some(m) = get::<Mbp1Msg>(&rec) {
+            self.mbp1 += 1;
+            Parsed::top(&m.levels, m.action as u8, m.price, m.size, None)
+        } else if let Some(m) = get::<Mbp10Msg>(&rec) {
+            self.mbp10 += 1;
+            let depth = (
+                m.levels.iter().filter(|l| l.bid_px != UNDEF_PRICE).count() as u8,
+                m.levels.iter().filter(|l| l.ask_px != UNDEF_PRICE).count() as u8,
+            );
+            Parsed::top(&m.levels, m.action as u8, m.price, m.size, Some(depth))
+        } else if let Some(m) = get::<TradeMsg>(&rec) {
+            self.trades += 1;
+            Parsed::Trade(m.price, m.size)
+        } else {
+            self.other_records += 1;
+            return;
+        };
+        match parsed {
+            Parsed::Mbo(e) => {
+                if let Some(k) = ACTIONS.iter().position(|(a, _)| *a == e.action) {
+                    self.events[k] += 1;
+                }
+                let anomalies = &mut self.anomalies;
+                let inst = instrument(&mut self.instruments, id, msg.topic);
+                if matches!(e.action, b'T' | b'F') {
+                    inst.tob.last_trade = Some((e.price, e.size));
+                }
+                inst.book.get_or_insert_with(Box::default).apply(&e, anomalies);
+            }
+            Parsed::Top { bid, ask, depth, trade } => {
+                let tob = &mut instrument(&mut self.instruments, id, msg.topic).tob;
+                tob.bid = bid;
+                tob.ask = ask;
+                if let Some(d) = depth {
+                    tob.depth = d;
+                }
+                if trade.is_some() {
+                    tob.last_trade = trade;
+                }
+            }
+            Parsed::Trade(p, s) => instrument(&mut self.instruments, id, msg.topic).tob.last_trade = Some((p, s)),
+        }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let books = self.instruments.values().filter_map(|i| i.book.as_deref());
+        let (mut bid_levels, mut ask_levels, mut orders) = (0u64, 0u64, 0u64);
+        for b in books {
+            bid_levels += b.bids.len() as u64;
+            ask_levels += b.asks.len() as u64;
+            orders += b.orders() as u64;
+        }
+        let a = &self.anomalies;
+        let mut c = vec![
+            ("instruments", self.instruments.len() as u64),
+            ("bid_levels", bid_levels),
+            ("ask_levels", ask_levels),
+            ("orders", orders),
+            ("mbp1", self.mbp1),
+            ("mbp10", self.mbp10),
+            ("trades", self.trades),
+            ("other_records", self.other_records),
+            ("not_dbn", self.not_dbn),
+            ("anomaly_unknown_order", a.unknown_order),
+            ("anomaly_over_cancel", a.over_cancel),
+            ("anomaly_duplicate_add", a.duplicate_add),
+            ("anomaly_modify_unknown", a.modify_unknown),
+            ("anomaly_crossed", a.crossed),
+            ("anomaly_bad_side", a.bad_side),
+            ("anomaly_bad_action", a.bad_action),
+            ("anomaly_missing_level", a.missing_level),
+        ];
+        c.extend(ACTIONS.iter().zip(self.events).map(|((_, name), n)| (*name, n)));
+        c
+    }
+
+    /// One line per instrument (the first [`SUMMARY_INSTRUMENTS`] by id):
+    /// `book SYMBOL id=ID bid=PX x SIZE ask=PX x SIZE levels=B/A orders=N last=PX x SIZE`.
+    fn summary(&self) -> Vec<String> {
+        use std::fmt::Write as _;
+        let mut ids: Vec<u32> = self.instruments.keys().copied().collect();
+        ids.sort_unstable();
+        let mut lines = Vec::new();
+        for id in ids.into_iter().take(SUMMARY_INSTRUMENTS) {
+            let i = &self.instruments[&id];
+            let (bid, ask) = self.bbo(id).unwrap_or((None, None));
+            let mut s = format!("book {} id={id} bid=", String::from_utf8_lossy(&i.topic));
+            fmt_level(&mut s, bid);
+            s.push_str(" ask=");
+            fmt_level(&mut s, ask);
+            match &i.book {
+                Some(b) => {
+                    let _ = write!(s, " levels={}/{} orders={}", b.bids.len(), b.asks.len(), b.orders());
+                }
+                None if i.tob.depth != (0, 0) => {
+                    let _ = write!(s, " depth={}/{}", i.tob.depth.0, i.tob.depth.1);
+                }
+                None => {}
+            }
+            if let Some((p, sz)) = i.tob.last_trade {
+                s.push_str(" last=");
+                fmt_level(&mut s, Some((p, sz as u64)));
+            }
+            lines.push(s);
+        }
+        if self.instruments.len() > SUMMARY_INSTRUMENTS {
+            lines.push(format!("book … and {} more instruments", self.instruments.len() - SUMMARY_INSTRUMENTS));
+        }
+        lines
+    }
+}
+
 /// Per-topic order check: each topic's `topic_seq` must follow the last by one.
 #[derive(Default)]
 pub struct VerifyOrder {
@@ -190,7 +471,7 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print() {
-        for s in ["latency", "book", "verify", "work:250"] {
+        for s in ["latency", "book", "last", "verify", "work:250"] {
             assert_eq!(s.parse::<HandlerSpec>().expect("parses").to_string(), s);
         }
         assert!("work:x".parse::<HandlerSpec>().is_err());
@@ -219,6 +500,55 @@ mod tests {
         }
         assert_eq!(book.get(b"ESH6"), Some(&b"two"[..]));
         assert_eq!(book.len(), 1);
+    }
+
+    fn dbn_bytes<T: dbn::HasRType>(r: &T) -> Vec<u8> {
+        dbn::RecordRef::from(r).as_ref().to_vec()
+    }
+
+    fn mbo(id: u32, order_id: u64, action: u8, side: u8, price: i64, size: u32) -> MboMsg {
+        let mut m = MboMsg {
+            order_id,
+            price,
+            size,
+            action: action as std::ffi::c_char,
+            side: side as std::ffi::c_char,
+            flags: dbn::FlagSet::new(0x80),
+            ..Default::default()
+        };
+        m.hd.instrument_id = id;
+        m
+    }
+
+    #[test]
+    fn book_handler_builds_books_and_tops_from_dbn_payloads() {
+        let mut h = BookHandler::default();
+        let mut feed = vec![
+            dbn_bytes(&mbo(7, 1, b'A', b'B', 100_000_000_000, 5)),
+            dbn_bytes(&mbo(7, 2, b'A', b'A', 101_000_000_000, 3)),
+            dbn_bytes(&mbo(7, 3, b'A', b'B', 99_000_000_000, 1)),
+            dbn_bytes(&mbo(7, 1, b'C', b'B', 100_000_000_000, 5)),
+            dbn_bytes(&mbo(7, 9, b'C', b'B', 100_000_000_000, 5)),
+        ];
+        let mut top = Mbp1Msg { action: b'T' as std::ffi::c_char, price: 42, size: 2, ..Default::default() };
+        top.hd.instrument_id = 8;
+        top.levels[0] = dbn::BidAskPair { bid_px: 10, ask_px: 12, bid_sz: 4, ask_sz: 6, bid_ct: 1, ask_ct: 1 };
+        feed.push(dbn_bytes(&top));
+        feed.push(b"not a record".to_vec());
+        for (i, p) in feed.iter().enumerate() {
+            let topic: &[u8] = if i < 5 { b"ESZ3" } else { b"NQZ3" };
+            h.on_message(&decode(&frame(topic, i as u64 + 1, p)).expect("frame"));
+        }
+        assert_eq!(h.bbo(7), Some((Some((99_000_000_000, 1)), Some((101_000_000_000, 3)))));
+        assert_eq!(h.levels(7), Some((1, 1)));
+        assert_eq!(h.bbo(8), Some((Some((10, 4)), Some((12, 6)))));
+        assert_eq!(h.anomalies().unknown_order, 1);
+        let c: HashMap<_, _> = h.counters().into_iter().collect();
+        assert_eq!((c["mbo_add"], c["mbo_cancel"], c["mbp1"], c["not_dbn"], c["instruments"]), (3, 2, 1, 1, 2));
+        let lines = h.summary();
+        assert_eq!(lines[0], "book ESZ3 id=7 bid=99.000000000 x 1 ask=101.000000000 x 3 levels=1/1 orders=2");
+        assert!(lines[1].starts_with("book NQZ3 id=8 bid=0.000000010 x 4"), "{}", lines[1]);
+        assert!(lines[1].ends_with("last=0.000000042 x 2"), "{}", lines[1]);
     }
 
     #[test]

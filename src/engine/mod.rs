@@ -10,6 +10,7 @@
 //! ```
 
 pub mod batch;
+pub mod book;
 pub mod handler;
 pub mod reader;
 pub mod sequence;
@@ -385,6 +386,7 @@ impl Engine {
             interrupted,
             metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             handler: collected.handler,
+            handler_summary: collected.handler_summary,
             agents,
         }
     }

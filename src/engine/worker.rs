@@ -133,6 +133,7 @@ impl WorkerAgent {
             self.spare = Some(h);
         }
         let handler_counters = if last { self.handler.counters() } else { Vec::new() };
+        let handler_summary = if last { self.handler.summary() } else { Vec::new() };
         let stages = match self.spare.take() {
             Some(spare) => std::mem::replace(&mut self.stages, spare),
             None if last => std::mem::take(&mut self.stages),
@@ -142,7 +143,7 @@ impl WorkerAgent {
                 return;
             }
         };
-        let report = WorkerReport { worker: self.index, stages, handler_counters };
+        let report = WorkerReport { worker: self.index, stages, handler_counters, handler_summary };
         let failed = if last {
             self.metrics.send(report).err().map(|e| e.0)
         } else {

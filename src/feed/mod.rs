@@ -25,6 +25,8 @@ impl SplitMix64 {
     }
 }
 
+pub mod dbn_source;
+
 use crate::wire::topic_hash;
 
 /// Which of `shards` shards carries `topic`.

@@ -17,6 +17,8 @@ pub struct WorkerReport {
     pub stages: StageHistograms,
     /// The handler's counters (final report only).
     pub handler_counters: Vec<(&'static str, u64)>,
+    /// The handler's end-report lines (final report only).
+    pub handler_summary: Vec<String>,
 }
 
 /// What the collector has added up.
@@ -24,6 +26,8 @@ pub struct WorkerReport {
 pub struct Collected {
     pub stages: StageHistograms,
     pub handler: BTreeMap<String, u64>,
+    /// The handlers' end-report lines, worker after worker.
+    pub handler_summary: Vec<String>,
     /// Reports received.
     pub reports: u64,
 }
@@ -47,6 +51,7 @@ impl Collector {
         for (k, v) in r.handler_counters.drain(..) {
             *self.total.handler.entry(k.to_string()).or_default() += v;
         }
+        self.total.handler_summary.append(&mut r.handler_summary);
         r.stages.reset();
         if let Some(back) = self.spares.get(r.worker) {
             // Full or gone: the worker allocates nothing more, it keeps counting.
@@ -91,7 +96,13 @@ mod tests {
         for i in 0..3u64 {
             let mut stages = StageHistograms::default();
             stages.record(1_000 + i, 10, 2_000);
-            tx.send(WorkerReport { worker: 0, stages, handler_counters: vec![("seen", 2)] }).expect("send");
+            tx.send(WorkerReport {
+                worker: 0,
+                stages,
+                handler_counters: vec![("seen", 2)],
+                handler_summary: Vec::new(),
+            })
+            .expect("send");
         }
         drop(tx);
         run_agent(&mut c, IdleStrategy::Block { wait_us: 1_000 }, &StopFlag::new(), &AgentCounters::default())

@@ -146,6 +146,9 @@ pub struct RunReport {
     pub metrics_dropped: u64,
     /// Counters kept by the workers' handler (e.g. `verify`), summed.
     pub handler: BTreeMap<String, u64>,
+    /// The handler's end-report lines (e.g. the `book` handler's best bid and ask per instrument).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub handler_summary: Vec<String>,
     /// Every agent thread of the subscriber: work, idle and back-pressure
     /// time, CPU time.
     pub agents: Vec<crate::agent::AgentStats>,
@@ -202,6 +205,9 @@ impl RunReport {
         if !self.handler.is_empty() {
             let c: Vec<String> = self.handler.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  handler      {}", c.join(", "));
+        }
+        for line in &self.handler_summary {
+            let _ = writeln!(s, "    {line}");
         }
         if !self.agents.is_empty() {
             let _ = writeln!(

@@ -1,4 +1,5 @@
-//! `mdsub replay`: publishes a feed (synthetic generator or capture file) on
+//! `mdsub replay`: publishes a feed (synthetic generator, capture file or
+//! Databento DBN files merged by receive time) on
 //! one PUB endpoint per shard, paced at a fixed rate or flat out, stamping
 //! each frame's *intended* send time and sequences, then ends each shard's
 //! stream with an end-of-stream frame.
@@ -9,10 +10,14 @@
 //! of dropping (PERF-ANCHORS: a default-HWM publisher flat out delivers only
 //! ~0.74 M msg/s of 100 B and drops the rest, so benchmarks would measure it).
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::agent::StopFlag;
+use crate::feed::dbn_source::{DbnMerge, DbnSourceError};
 use crate::feed::{shard_of, Generator, GeneratorConfig, SplitMix64};
 use crate::wire::capture::{CaptureError, CaptureReader};
 use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
@@ -34,6 +39,8 @@ pub enum ReplayError {
         #[source]
         source: CaptureError,
     },
+    #[error("DBN input {0}")]
+    Dbn(DbnSourceError),
     #[error("bad replay setting: {0}")]
     Config(String),
 }
@@ -74,8 +81,9 @@ pub enum Pacing {
     FlatOut,
     /// A fixed total rate in messages per second, in bursts of `burst` sharing one intended time.
     Rate { msgs_per_sec: u64, burst: u64 },
-    /// Captures only: keep the recorded gaps between receive times.
-    Recorded,
+    /// Files only: keep the recorded gaps between receive times, divided by
+    /// `speed` (1.0 = recorded pace, 10.0 = ten times faster).
+    Recorded { speed: f64 },
 }
 
 /// What to replay, and for how long.
@@ -87,6 +95,13 @@ pub enum Source {
     Capture {
         path: PathBuf,
         restamp: bool,
+    },
+    /// Databento DBN files (plain or zstd), merged by receive time. Each
+    /// record is one data frame: topic = the instrument's symbol (its id
+    /// when the symbology has none), payload = the record's bytes, fresh
+    /// sequences, intended send time = the receive time shifted to now.
+    Dbn {
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -106,6 +121,12 @@ pub struct ReplayStats {
     pub elapsed_s: f64,
     /// True when stopped by a stop request before its source or limits ended.
     pub interrupted: bool,
+    /// DBN sources: receive time of the first and last record sent (ns since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub market_span_ns: Option<(u64, u64)>,
+    /// DBN sources: records not replayed (control and unknown types), by record type.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_by_rtype: BTreeMap<String, u64>,
 }
 
 struct Shard {
@@ -126,6 +147,11 @@ pub struct Publisher {
     shards: Vec<Shard>,
     buf: Vec<u8>,
     lossless: bool,
+    /// Receive time of the record being sent (DBN sources), for progress displays.
+    market_ns: Arc<AtomicU64>,
+    /// What the last DBN run reports: its market time span and skipped records.
+    market_span_ns: Option<(u64, u64)>,
+    skipped_by_rtype: BTreeMap<String, u64>,
 }
 
 impl Publisher {
@@ -158,7 +184,20 @@ impl Publisher {
                 subscribers: 0,
             });
         }
-        Ok(Publisher { shards, buf: Vec::with_capacity(1024), lossless: cfg.lossless })
+        Ok(Publisher {
+            shards,
+            buf: Vec::with_capacity(1024),
+            lossless: cfg.lossless,
+            market_ns: Arc::new(AtomicU64::new(0)),
+            market_span_ns: None,
+            skipped_by_rtype: BTreeMap::new(),
+        })
+    }
+
+    /// The replayed market time (receive time of the DBN record being sent,
+    /// ns since the epoch; 0 before the first or for other sources).
+    pub fn market_clock(&self) -> Arc<AtomicU64> {
+        self.market_ns.clone()
     }
 
     /// The bound endpoints, one per shard, ports resolved.
@@ -297,11 +336,13 @@ impl Publisher {
             sent_per_shard,
             elapsed_s: start.elapsed().as_secs_f64(),
             interrupted,
+            market_span_ns: self.market_span_ns,
+            skipped_by_rtype: self.skipped_by_rtype.clone(),
         }
     }
 
     /// Replay `source` under `pacing` and `limits`, then send end of stream.
-    /// `progress` is called about every 64 Ki messages with the count so far.
+    /// `progress` is called about every 64 Ki messages (1 Ki for DBN) with the count so far.
     pub fn run(
         &mut self,
         source: &Source,
@@ -312,11 +353,15 @@ impl Publisher {
     ) -> Result<ReplayStats, ReplayError> {
         let start = Instant::now();
         let result = match source {
-            Source::Generator(_) if pacing == Pacing::Recorded => {
-                return Err(ReplayError::Config("recorded timing needs a capture file".into()))
+            Source::Generator(_) if matches!(pacing, Pacing::Recorded { .. }) => {
+                return Err(ReplayError::Config("recorded timing needs a capture or DBN file".into()))
+            }
+            _ if matches!(pacing, Pacing::Recorded { speed } if !(speed > 0.0 && speed.is_finite())) => {
+                return Err(ReplayError::Config("the replay speed must be a positive number".into()))
             }
             Source::Generator(g) => self.run_generator(g, pacing, limits, stop, progress),
             Source::Capture { path, restamp } => self.run_capture(path, *restamp, pacing, limits, stop, progress),
+            Source::Dbn { paths } => self.run_dbn(paths, pacing, limits, stop, progress),
         };
         // End the stream in every case, so subscribers finish: after a damaged
         // capture everything before the damage was sent.
@@ -427,7 +472,7 @@ impl Publisher {
             let is_data = view.is_some();
             let base = *first_recv_ns.get_or_insert(recv_ns);
             let intended = match pacing {
-                Pacing::Recorded => pacer.wait_until_offset(recv_ns.saturating_sub(base)),
+                Pacing::Recorded { speed } => pacer.wait_until_offset(scale_ns(recv_ns.saturating_sub(base), speed)),
                 _ => pacer.wait_turn(msgs, |idle| idle.then(|| self.heartbeat(stop)).transpose())?,
             };
             let Some(intended) = intended else { break };
@@ -470,6 +515,110 @@ impl Publisher {
         }
         progress(msgs);
         Ok(stop.is_stopped())
+    }
+}
+
+impl Publisher {
+    /// Wait until `offset_ns` after the pacer's start, heartbeating through
+    /// long recorded gaps. None when the duration is over or a stop was requested.
+    fn wait_recorded(
+        &mut self,
+        pacer: &mut Pacer,
+        offset_ns: u64,
+        stop: &StopFlag,
+    ) -> Result<Option<u64>, ReplayError> {
+        loop {
+            let step = pacer.offset_now().saturating_add(HEARTBEAT_AFTER_NS);
+            if offset_ns <= step {
+                return Ok(pacer.wait_until_offset(offset_ns));
+            }
+            if pacer.wait_until_offset(step).is_none() {
+                return Ok(None);
+            }
+            self.heartbeat(stop)?;
+        }
+    }
+
+    fn run_dbn(
+        &mut self,
+        paths: &[PathBuf],
+        pacing: Pacing,
+        limits: Limits,
+        stop: &StopFlag,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<bool, ReplayError> {
+        let mut merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
+        let shards = self.shards.len();
+        // Per topic: (topic sequence, shard). Instruments map to a topic slot
+        // (two ids may share a symbol, e.g. across days of a multi-day file).
+        let mut slots: Vec<(u64, usize)> = Vec::new();
+        let mut slot_of_topic: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut slot_of_id: HashMap<u32, usize> = HashMap::new();
+        let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
+        let max = limits.max_msgs.unwrap_or(u64::MAX);
+        let mut span: Option<(u64, u64)> = None;
+        let mut msgs = 0u64;
+        let mut interrupted = false;
+        while msgs < max {
+            if msgs & 0x3ff == 0 {
+                progress(msgs);
+            }
+            if stop.is_stopped() {
+                interrupted = true;
+                break;
+            }
+            let Some(rec) = merge.next_record() else { break };
+            let ts = rec.ts_recv_ns;
+            let base = span.map_or(ts, |s| s.0);
+            self.market_ns.store(ts, Ordering::Relaxed);
+            let intended = match pacing {
+                Pacing::Recorded { speed } => {
+                    let rec_offset = scale_ns(ts.saturating_sub(base), speed);
+                    // The record stays borrowed from `merge`: waiting only
+                    // touches the publisher's sockets.
+                    self.wait_recorded(&mut pacer, rec_offset, stop)?
+                }
+                _ => pacer.wait_turn(msgs, |idle| idle.then(|| self.heartbeat(stop)).transpose())?,
+            };
+            let Some(intended) = intended else {
+                interrupted = stop.is_stopped();
+                break;
+            };
+            let slot = *slot_of_id.entry(rec.instrument_id).or_insert_with(|| {
+                *slot_of_topic.entry(rec.topic.to_vec()).or_insert_with(|| {
+                    slots.push((0, shard_of(rec.topic, shards)));
+                    slots.len() - 1
+                })
+            });
+            let entry = &mut slots[slot];
+            entry.0 += 1;
+            let (seq, k) = *entry;
+            encode_data(&mut self.shards[k], &mut self.buf, rec.topic, seq, intended, rec.bytes);
+            if !self.send_on(k, None, false, stop, None)? {
+                interrupted = true;
+                break;
+            }
+            self.shards[k].sent += 1;
+            self.shards[k].data_sent += 1;
+            span = Some((base, ts.max(span.map_or(ts, |s| s.1))));
+            msgs += 1;
+        }
+        progress(msgs);
+        self.skipped_by_rtype = merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
+        self.market_span_ns = span;
+        match merge.take_damage().into_iter().next() {
+            Some(e) if !interrupted && msgs < max => Err(ReplayError::Dbn(e)),
+            _ => Ok(interrupted || stop.is_stopped()),
+        }
+    }
+}
+
+/// A recorded gap of `ns` at `speed` times the recorded pace.
+fn scale_ns(ns: u64, speed: f64) -> u64 {
+    if speed == 1.0 {
+        ns
+    } else {
+        (ns as f64 / speed) as u64
     }
 }
 
@@ -548,7 +697,7 @@ impl Pacer {
         mut on_idle: impl FnMut(bool) -> Result<Option<()>, E>,
     ) -> Result<Option<u64>, E> {
         let offset = match self.pacing {
-            Pacing::FlatOut | Pacing::Recorded => self.offset_now(),
+            Pacing::FlatOut | Pacing::Recorded { .. } => self.offset_now(),
             Pacing::Rate { msgs_per_sec, burst } => {
                 let burst = burst.max(1);
                 let group = i / burst * burst;

@@ -1,7 +1,8 @@
 //! Espresso tap sink agent (guide, chapter 5): prints, counts or records what the proxy captured.
 //!
-//! Takes captured messages off the bounded channel and prints them decoded,
-//! counts them per topic, and/or records them to a capture file.
+//! Takes captured messages off the bounded channel and prints them decoded
+//! (a payload that is a Databento DBN record is decoded too), counts them per
+//! topic, and/or records them to a capture file.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use crossbeam::channel::Receiver;
 
 use crate::agent::{Agent, AgentError, Inbox, Step};
+use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::tap::proxy::Captured;
 use crate::wire::capture::{CaptureWriter, MAX_RECORD_LEN};
 use crate::wire::{decode, now_ns, Kind, FLAG_FROM_CACHE};
@@ -77,6 +79,58 @@ fn hex_into(out: &mut String, bytes: &[u8]) {
     }
 }
 
+fn px_into(out: &mut String, px: i64) {
+    if px == dbn::UNDEF_PRICE {
+        out.push('-');
+    } else {
+        out.push_str(&dbn::pretty::fmt_px(px));
+    }
+}
+
+fn char_of(c: std::ffi::c_char) -> char {
+    match c as u8 {
+        b @ 0x21..=0x7e => b as char,
+        _ => '?',
+    }
+}
+
+/// Append ` dbn=TYPE instrument=ID …` when `payload` is one DBN record:
+/// action, side, price and size for MBO, MBP-1/MBP-10 (with the top level)
+/// and trades; the type and instrument for any other record.
+pub fn dbn_into(out: &mut String, payload: &[u8]) {
+    let mut buf = AlignedRecord::default();
+    let Some(rec) = buf.load(payload) else { return };
+    let hd = rec.header();
+    let name = dbn::RType::try_from(hd.rtype).map(|r| r.as_str()).unwrap_or("?");
+    let _ = write!(out, " dbn={name} instrument={}", hd.instrument_id);
+    let mut fields = |action, side, price, size| {
+        let _ = write!(out, " action={} side={} price=", char_of(action), char_of(side));
+        px_into(out, price);
+        let _ = write!(out, " size={size}");
+    };
+    if let Some(m) = get::<dbn::MboMsg>(&rec) {
+        fields(m.action, m.side, m.price, m.size);
+        let _ = write!(out, " order={}", m.order_id);
+    } else if let Some(m) = get::<dbn::TradeMsg>(&rec) {
+        fields(m.action, m.side, m.price, m.size);
+    } else {
+        let top = if let Some(m) = get::<dbn::Mbp1Msg>(&rec) {
+            fields(m.action, m.side, m.price, m.size);
+            m.levels[0].clone()
+        } else if let Some(m) = get::<dbn::Mbp10Msg>(&rec) {
+            fields(m.action, m.side, m.price, m.size);
+            m.levels[0].clone()
+        } else {
+            return;
+        };
+        out.push_str(" bid=");
+        px_into(out, top.bid_px);
+        let _ = write!(out, " x {} ask=", top.bid_sz);
+        px_into(out, top.ask_px);
+        let _ = write!(out, " x {}", top.ask_sz);
+    }
+}
+
 /// One line for a captured item (no newline).
 pub fn format_line(out: &mut String, item: &Captured) {
     out.clear();
@@ -110,6 +164,9 @@ pub fn format_line(out: &mut String, item: &Captured) {
                 );
                 if h.flags & FLAG_FROM_CACHE != 0 {
                     out.push_str(" from_cache");
+                }
+                if h.kind == Kind::Data {
+                    dbn_into(out, v.payload);
                 }
             } else {
                 let (first, rest) = match &frames[..] {
@@ -334,6 +391,52 @@ mod tests {
         let empty = Captured::Message { frames: vec![], recv_ns: 0 };
         format_line(&mut line, &empty);
         assert!(line.starts_with("msg foreign"), "{line}");
+    }
+
+    #[test]
+    fn dbn_payloads_are_decoded() {
+        let h = Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 0,
+            session_id: 1,
+            stream_seq: 1,
+            topic_seq: 1,
+            send_time_ns: 0,
+        };
+        let mut mbo = dbn::MboMsg {
+            order_id: 17,
+            price: 4_500_250_000_000,
+            size: 3,
+            action: b'A' as std::ffi::c_char,
+            side: b'B' as std::ffi::c_char,
+            ..Default::default()
+        };
+        mbo.hd.instrument_id = 101;
+        let payload = dbn::RecordRef::from(&mbo).as_ref().to_vec();
+        let mut line = String::new();
+        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0 };
+        format_line(&mut line, &m);
+        assert!(
+            line.ends_with(" dbn=mbo instrument=101 action=A side=B price=4500.250000000 size=3 order=17"),
+            "{line}"
+        );
+        let mut top = dbn::Mbp1Msg { price: dbn::UNDEF_PRICE, ..Default::default() };
+        top.levels[0] = dbn::BidAskPair {
+            bid_px: 1_000_000_000,
+            ask_px: 2_000_000_000,
+            bid_sz: 4,
+            ask_sz: 5,
+            bid_ct: 1,
+            ask_ct: 1,
+        };
+        let payload = dbn::RecordRef::from(&top).as_ref().to_vec();
+        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0 };
+        format_line(&mut line, &m);
+        assert!(line.ends_with("price=- size=0 bid=1.000000000 x 4 ask=2.000000000 x 5"), "{line}");
+        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, b"plain bytes")], recv_ns: 0 };
+        format_line(&mut line, &m);
+        assert!(!line.contains("dbn="), "{line}");
     }
 
     #[test]

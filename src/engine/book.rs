@@ -1,0 +1,326 @@
+//! Per-instrument limit order books built from Databento MBO events (the core
+//! behind the `book` handler): socket-free and clock-free, one event at a time.
+//!
+//! Actions follow Databento's MBO semantics: `A` add, `C` cancel (of the
+//! record's size; partial cancels leave the rest), `M` modify (a new price or
+//! side loses priority; an unknown order is added), `R` clear, `T`/`F`/`N`
+//! leave the book as it is. Price levels are kept in one sorted `Vec` per
+//! side with the best level last, so the busy top of the book is the cheap
+//! end to change, and nothing allocates once the vectors and the order map
+//! have grown to the instrument's working size. Anomalies (cancel of an
+//! unknown order, a cancel larger than the order, a duplicate add, a crossed
+//! book after the last record of an event, a bad side or action) are counted,
+//! never panicked on.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use super::sequence::FnvHasher;
+
+/// One price level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level {
+    /// Price in units of 1e-9.
+    pub price: i64,
+    pub size: u64,
+    pub orders: u32,
+}
+
+/// Levels of one side, best last.
+#[derive(Debug, Default)]
+pub struct SideBook {
+    /// Bids ascending, asks descending by price: the best level is last.
+    levels: Vec<Level>,
+    ask: bool,
+}
+
+impl SideBook {
+    fn new(ask: bool) -> Self {
+        SideBook { levels: Vec::with_capacity(64), ask }
+    }
+
+    #[inline]
+    fn find(&self, price: i64) -> Result<usize, usize> {
+        if self.ask {
+            self.levels.binary_search_by(|l| price.cmp(&l.price))
+        } else {
+            self.levels.binary_search_by(|l| l.price.cmp(&price))
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, price: i64, size: u64) {
+        match self.find(price) {
+            Ok(i) => {
+                self.levels[i].size += size;
+                self.levels[i].orders += 1;
+            }
+            Err(i) => self.levels.insert(i, Level { price, size, orders: 1 }),
+        }
+    }
+
+    /// Take `size` off the level at `price`, and the order itself when
+    /// `whole`; false when there is no such level.
+    #[inline]
+    fn reduce(&mut self, price: i64, size: u64, whole: bool) -> bool {
+        let Ok(i) = self.find(price) else { return false };
+        let l = &mut self.levels[i];
+        l.size = l.size.saturating_sub(size);
+        if whole {
+            l.orders = l.orders.saturating_sub(1);
+            if l.orders == 0 {
+                self.levels.remove(i);
+            }
+        }
+        true
+    }
+
+    /// The best level.
+    pub fn best(&self) -> Option<&Level> {
+        self.levels.last()
+    }
+
+    /// Levels from the best outwards.
+    pub fn levels(&self) -> impl Iterator<Item = &Level> {
+        self.levels.iter().rev()
+    }
+
+    pub fn len(&self) -> usize {
+        self.levels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Order {
+    price: i64,
+    size: u32,
+    ask: bool,
+}
+
+/// Anomalies counted while applying events.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Anomalies {
+    pub unknown_order: u64,
+    pub over_cancel: u64,
+    pub duplicate_add: u64,
+    pub modify_unknown: u64,
+    pub crossed: u64,
+    pub bad_side: u64,
+    pub bad_action: u64,
+    /// A cancel or modify whose order's level was missing (book inconsistent).
+    pub missing_level: u64,
+}
+
+/// One MBO event, as the book needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct MboEvent {
+    pub order_id: u64,
+    pub price: i64,
+    pub size: u32,
+    pub action: u8,
+    pub side: u8,
+    pub flags: u8,
+}
+
+/// `F_LAST`: the last record of an event (the book is consistent after it).
+pub const F_LAST: u8 = 1 << 7;
+
+/// `B` → bid (false), `A` → ask (true), anything else → None.
+#[inline]
+fn is_ask(side: u8) -> Option<bool> {
+    match side {
+        b'B' => Some(false),
+        b'A' => Some(true),
+        _ => None,
+    }
+}
+
+/// An instrument's book from MBO events.
+pub struct OrderBook {
+    orders: HashMap<u64, Order, BuildHasherDefault<FnvHasher>>,
+    pub bids: SideBook,
+    pub asks: SideBook,
+}
+
+impl Default for OrderBook {
+    fn default() -> Self {
+        OrderBook {
+            orders: HashMap::with_capacity_and_hasher(256, Default::default()),
+            bids: SideBook::new(false),
+            asks: SideBook::new(true),
+        }
+    }
+}
+
+impl OrderBook {
+    fn side(&mut self, ask: bool) -> &mut SideBook {
+        if ask {
+            &mut self.asks
+        } else {
+            &mut self.bids
+        }
+    }
+
+    /// Orders resting in the book.
+    pub fn orders(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// Apply one event; anomalies are counted in `a`.
+    pub fn apply(&mut self, e: &MboEvent, a: &mut Anomalies) {
+        match e.action {
+            b'A' => {
+                let Some(ask) = is_ask(e.side) else {
+                    a.bad_side += 1;
+                    return;
+                };
+                if let Some(old) = self.orders.remove(&e.order_id) {
+                    a.duplicate_add += 1;
+                    if !self.side(old.ask).reduce(old.price, old.size as u64, true) {
+                        a.missing_level += 1;
+                    }
+                }
+                self.orders.insert(e.order_id, Order { price: e.price, size: e.size, ask });
+                self.side(ask).add(e.price, e.size as u64);
+            }
+            b'C' => {
+                let Some(o) = self.orders.get_mut(&e.order_id) else {
+                    a.unknown_order += 1;
+                    return;
+                };
+                if e.size > o.size {
+                    a.over_cancel += 1;
+                }
+                let take = e.size.min(o.size);
+                o.size -= take;
+                let (price, ask, whole) = (o.price, o.ask, o.size == 0);
+                if whole {
+                    self.orders.remove(&e.order_id);
+                }
+                if !self.side(ask).reduce(price, take as u64, whole) {
+                    a.missing_level += 1;
+                }
+            }
+            b'M' => {
+                let Some(ask) = is_ask(e.side) else {
+                    a.bad_side += 1;
+                    return;
+                };
+                match self.orders.get_mut(&e.order_id) {
+                    None => {
+                        a.modify_unknown += 1;
+                        self.orders.insert(e.order_id, Order { price: e.price, size: e.size, ask });
+                        self.side(ask).add(e.price, e.size as u64);
+                    }
+                    Some(o) if o.price != e.price || o.ask != ask => {
+                        let old = *o;
+                        *o = Order { price: e.price, size: e.size, ask };
+                        if !self.side(old.ask).reduce(old.price, old.size as u64, true) {
+                            a.missing_level += 1;
+                        }
+                        self.side(ask).add(e.price, e.size as u64);
+                    }
+                    Some(o) => {
+                        let (old, new) = (o.size as u64, e.size as u64);
+                        o.size = e.size;
+                        let side = self.side(ask);
+                        match side.find(e.price) {
+                            Ok(i) => side.levels[i].size = side.levels[i].size.saturating_sub(old) + new,
+                            Err(_) => a.missing_level += 1,
+                        }
+                    }
+                }
+            }
+            b'R' => {
+                self.orders.clear();
+                self.bids.levels.clear();
+                self.asks.levels.clear();
+            }
+            b'T' | b'F' | b'N' => {}
+            _ => {
+                a.bad_action += 1;
+                return;
+            }
+        }
+        if e.flags & F_LAST != 0 {
+            if let (Some(b), Some(s)) = (self.bids.best(), self.asks.best()) {
+                if b.price >= s.price {
+                    a.crossed += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(action: u8, side: u8, order_id: u64, price: i64, size: u32) -> MboEvent {
+        MboEvent { order_id, price, size, action, side, flags: F_LAST }
+    }
+
+    #[test]
+    fn adds_cancels_modifies_and_clears() {
+        let mut b = OrderBook::default();
+        let mut a = Anomalies::default();
+        for e in [
+            ev(b'A', b'B', 1, 100, 5),
+            ev(b'A', b'B', 2, 101, 3),
+            ev(b'A', b'B', 3, 101, 2),
+            ev(b'A', b'A', 4, 103, 7),
+            ev(b'A', b'A', 5, 102, 1),
+        ] {
+            b.apply(&e, &mut a);
+        }
+        assert_eq!(b.bids.best(), Some(&Level { price: 101, size: 5, orders: 2 }));
+        assert_eq!(b.asks.best(), Some(&Level { price: 102, size: 1, orders: 1 }));
+        b.apply(&ev(b'C', b'B', 2, 101, 1), &mut a); // partial
+        assert_eq!(b.bids.best(), Some(&Level { price: 101, size: 4, orders: 2 }));
+        b.apply(&ev(b'C', b'A', 5, 102, 1), &mut a); // whole: level goes
+        assert_eq!(b.asks.best().map(|l| l.price), Some(103));
+        b.apply(&ev(b'M', b'B', 1, 99, 6), &mut a); // price change
+        assert_eq!(b.bids.levels().map(|l| (l.price, l.size)).collect::<Vec<_>>(), vec![(101, 4), (99, 6)]);
+        b.apply(&ev(b'M', b'B', 3, 101, 9), &mut a); // size change in place
+        assert_eq!(b.bids.best().map(|l| l.size), Some(11));
+        b.apply(&ev(b'T', b'N', 0, 101, 1), &mut a);
+        b.apply(&ev(b'F', b'B', 3, 101, 1), &mut a);
+        assert_eq!(b.bids.best().map(|l| l.size), Some(11), "trades and fills leave the book");
+        assert_eq!(a, Anomalies::default());
+        b.apply(&ev(b'R', b'N', 0, 0, 0), &mut a);
+        assert!(b.bids.is_empty() && b.asks.is_empty() && b.orders() == 0);
+    }
+
+    #[test]
+    fn anomalies_are_counted_not_panicked() {
+        let mut b = OrderBook::default();
+        let mut a = Anomalies::default();
+        b.apply(&ev(b'C', b'B', 9, 100, 1), &mut a);
+        b.apply(&ev(b'A', b'B', 1, 100, 1), &mut a);
+        b.apply(&ev(b'A', b'B', 1, 100, 1), &mut a);
+        b.apply(&ev(b'C', b'B', 1, 100, 5), &mut a);
+        b.apply(&ev(b'A', b'X', 2, 100, 1), &mut a);
+        b.apply(&ev(b'Z', b'B', 2, 100, 1), &mut a);
+        b.apply(&ev(b'A', b'B', 3, 105, 1), &mut a);
+        b.apply(&ev(b'A', b'A', 4, 104, 1), &mut a);
+        b.apply(&ev(b'M', b'A', 5, 110, 1), &mut a);
+        assert_eq!(
+            a,
+            Anomalies {
+                unknown_order: 1,
+                over_cancel: 1,
+                duplicate_add: 1,
+                modify_unknown: 1,
+                crossed: 2,
+                bad_side: 1,
+                bad_action: 1,
+                missing_level: 0
+            }
+        );
+        assert_eq!(b.bids.len(), 1, "the duplicate replaced the first add, the over-cancel took it");
+    }
+}
