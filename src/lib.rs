@@ -65,6 +65,7 @@ pub mod lvc;
 pub mod metrics;
 pub mod profile;
 pub mod replay;
+pub mod snail;
 pub mod tap;
 pub mod wire;
 pub mod zmqx;
