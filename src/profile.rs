@@ -492,6 +492,35 @@ mod tests {
     }
 
     #[test]
+    fn snail_section_parses_resolves_and_names_bad_fields() {
+        let text = include_str!("../tuning/default-2core.toml").to_string()
+            + "\n[snail]\npolicy = \"warn\"\nmax_lag_ms = 200\nskew = \"skew-tolerant\"\nmonitor = \"tcp://127.0.0.1:5570\"\n";
+        let p = Profile::from_toml(&text, "s.toml").expect("parses");
+        p.validate(&[0, 1]).expect("valid");
+        let cfg = p.engine_config(None);
+        assert_eq!(
+            (cfg.snail.policy, cfg.snail.max_lag_ns, cfg.snail.skew),
+            (Policy::Warn, 200_000_000, SkewMode::Tolerant)
+        );
+        assert_eq!(cfg.snail.grace_ns, snail::defaults::GRACE_MS * 1_000_000, "unset fields keep their defaults");
+        assert_eq!(cfg.monitor.as_deref(), Some("tcp://127.0.0.1:5570"));
+        assert_eq!(Profile::from_toml(&p.to_toml(), "x").expect("round trip"), p);
+
+        let mut p = Profile::builtin();
+        p.snail.skew = SkewMode::Tolerant;
+        p.snail.skew_window_ms = p.snail.grace_ms;
+        assert_eq!(err_field(&p, &[0, 1]), "snail.skew_window_ms");
+        let mut p = Profile::builtin();
+        p.snail.monitor = Some("tcp://nowhere".into());
+        assert_eq!(err_field(&p, &[0, 1]), "snail.monitor");
+        let mut p = Profile::builtin();
+        p.snail.max_lag_ms = 0;
+        assert_eq!(err_field(&p, &[0, 1]), "snail.max_lag_ms");
+        let bad = include_str!("../tuning/default-2core.toml").to_string() + "\n[snail]\npolicy = \"scream\"\n";
+        assert!(matches!(Profile::from_toml(&bad, "b.toml"), Err(ProfileError::Parse { .. })));
+    }
+
+    #[test]
     fn loopback_interface_applies_as_source() {
         assert!(interface_exists("lo"));
         assert!(interface_exists("127.0.0.1"));
