@@ -20,7 +20,7 @@
 //! | [`replay`] | paced publisher, one XPUB per shard, lossless mode, end of stream | |
 //! | [`engine`] | shards, SUB reader agents, inproc batch hand-off, worker agents, handlers | Black Box (high-speed subscriber) |
 //! | [`engine::sequence`] | gap / duplicate / restart checks per publisher session and topic | (Suicidal Snail's gap half) |
-//! | [`snail`] | lag (OK/WARN/SNAIL) and silence (STOP) verdicts on every message at readers and workers; croak, warn or off; the monitor PUB | Suicidal Snail |
+//! | [`snail`] | lag (OK/WARN/SNAIL) and silence (STOP) verdicts on every message at readers and workers; croak, warn, rest or off; the monitor PUB | Suicidal Snail |
 //! | [`metrics`] | per-stage HdrHistograms and the run report | |
 //! | [`profile`] | TOML tuning profiles, validated before start | |
 //! | [`bench`](mod@bench) | end-to-end benchmarks (engine vs baseline, LVC, clone), one stamp and result shape | |

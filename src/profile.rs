@@ -82,7 +82,7 @@ fn default_interval_ms() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnailProfile {
-    /// `croak` (scream, stop, exit 3), `warn` (log and count) or `off`.
+    /// `croak` (scream, stop, exit 3), `warn` (log and count), `rest` (skip the backlog, rejoin live) or `off`.
     pub policy: Policy,
     /// Lag above which a message is late.
     pub max_lag_ms: u64,
@@ -98,6 +98,8 @@ pub struct SnailProfile {
     pub skew_window_ms: u64,
     /// At most one warn line per reader or worker this often.
     pub warn_every_ms: u64,
+    /// Policy `rest`: how long a snail skips everything before it rejoins live.
+    pub rest_ms: u64,
     /// Endpoint to bind the monitor PUB on (screams and state), e.g. `tcp://*:5570`.
     pub monitor: Option<String>,
 }
@@ -114,6 +116,7 @@ impl Default for SnailProfile {
             skew: SkewMode::Synchronised,
             skew_window_ms: d::SKEW_WINDOW_MS,
             warn_every_ms: d::WARN_EVERY_MS,
+            rest_ms: d::REST_MS,
             monitor: None,
         }
     }
@@ -132,6 +135,7 @@ impl SnailProfile {
             skew: self.skew,
             skew_window_ns: self.skew_window_ms.saturating_mul(MS),
             warn_every_ns: self.warn_every_ms.saturating_mul(MS),
+            rest_ns: self.rest_ms.saturating_mul(MS),
         }
     }
 

@@ -404,3 +404,31 @@ fn a_restart_mid_stream_is_a_restart_not_a_gap() {
     let r = json(&out);
     assert_eq!((u(&r, "delivered"), u(&r, "restarts"), u(&r, "gaps"), u(&r, "duplicates")), (1_500, 1, 0, 0), "{r}");
 }
+
+#[test]
+fn rest_policy_skips_the_backlog_and_recovers() {
+    // A 5 000 msg/s worker under 100 000 msg/s for 2 s: without skipping it
+    // would need 40 s to get through; resting, it drops its backlog and ends
+    // with the feed.
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "100k", "--count", "200k"]);
+    let started = Instant::now();
+    let e = engine(
+        &eps[0],
+        &["--handler", "work:200000", "--snail", "rest", "--max-lag", "100ms", "--grace", "100ms", "--rest", "200ms"],
+    );
+    let (code, out, err) = e.finish(Duration::from_secs(60));
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(took < Duration::from_secs(20), "recovered and finished with the feed, took {took:?}");
+    let r = json(&out);
+    let sites = r["snail"]["sites"].as_array().expect("sites");
+    let rests: u64 = sites.iter().map(|s| u(s, "rests")).sum();
+    let skipped: u64 = sites.iter().map(|s| u(s, "skipped")).sum();
+    assert!(rests >= 1 && skipped > 0, "{r}");
+    assert_eq!(u(&r, "sent"), 200_000);
+    assert_eq!(u(&r, "gaps"), 0, "skipping is not loss on the wire: {r}");
+    assert_eq!(u(&r, "delivered") + skipped, 200_000, "every message was handled or skipped: {r}");
+    assert!(r["snail"]["croaked"].is_null());
+    assert!(err.contains("policy rest"), "the rest is logged: {err}");
+    replay.finish(Duration::from_secs(20));
+}

@@ -42,8 +42,9 @@ pub struct DemoArgs {
 /// The Suicidal Snail's flags (override the profile's `[snail]`), shared by demo and engine.
 #[derive(Args, Debug, Default)]
 pub struct SnailArgs {
-    /// What a bad verdict does: croak (scream, stop, exit 3), warn (log, count, go on) or off.
-    #[arg(long = "snail", value_parser = parse_policy, value_name = "croak|warn|off")]
+    /// What a bad verdict does: croak (scream, stop, exit 3), warn (log, count, go on),
+    /// rest (skip the backlog for --rest, rejoin at the live position) or off.
+    #[arg(long = "snail", value_parser = parse_policy, value_name = "croak|warn|rest|off")]
     pub policy: Option<Policy>,
     /// Lag (now - intended send time) above which a message is late (e.g. 1s, 200ms).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -58,6 +59,9 @@ pub struct SnailArgs {
     /// against the lowest lag seen over --skew-window).
     #[arg(long, value_parser = parse_skew, value_name = "synchronised|skew-tolerant")]
     pub skew: Option<SkewMode>,
+    /// Policy rest: how long a snail skips everything before it rejoins.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub rest: Option<Duration>,
     /// Skew-tolerant mode: how far back the lowest lag is taken from.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub skew_window: Option<Duration>,
@@ -87,6 +91,9 @@ impl SnailArgs {
         if let Some(k) = self.skew {
             s.skew = k;
         }
+        if let Some(d) = self.rest {
+            s.rest_ms = ms(d);
+        }
         if let Some(d) = self.skew_window {
             s.skew_window_ms = ms(d);
         }
@@ -99,7 +106,7 @@ impl SnailArgs {
 
 /// Parse a snail policy name.
 pub fn parse_policy(s: &str) -> Result<Policy, String> {
-    Policy::from_name(s).ok_or_else(|| format!("`{s}` is not a snail policy (croak, warn or off)"))
+    Policy::from_name(s).ok_or_else(|| format!("`{s}` is not a snail policy (croak, warn, rest or off)"))
 }
 
 /// Parse a clock-skew mode.

@@ -156,6 +156,10 @@ impl Checks {
                 if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
                     if let Some(g) = &mut self.guard {
                         self.croaked |= g.on_message(&view.header, view.topic, recv_ns) == Action::Croak;
+                        // Policy `rest`: this shard drops its backlog.
+                        if g.skip(&view.header, recv_ns) {
+                            return None;
+                        }
                     }
                 }
                 self.forwarded += 1;

@@ -128,6 +128,10 @@ impl WorkerAgent {
     ) -> usize {
         // The reader checked this frame already; the worker counts bytes handled.
         let Ok(view) = wire::decode(frame) else { return 0 };
+        // Policy `rest`: a resting worker drops its backlog (judged at the batch's take time).
+        if guard.skip(&view.header, take_ns) {
+            return 0;
+        }
         handler.on_message(&view);
         let done = clock::realtime_ns();
         *last_done_ns = done;
@@ -236,6 +240,8 @@ impl Agent for WorkerAgent {
             self.counters.handled.store(self.handled, Relaxed);
             self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
             self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
+        }
+        if bytes_done > 0 || self.guard.resting() {
             self.guard.publish();
         }
         if self.croaked {
@@ -259,6 +265,7 @@ impl Agent for WorkerAgent {
     }
 
     fn on_close(&mut self) {
+        self.guard.publish();
         self.ship(true);
     }
 }

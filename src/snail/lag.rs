@@ -152,6 +152,14 @@ impl LagDetector {
         self.last_good_seq
     }
 
+    /// Skew-tolerant mode: the lowest raw lag of the window (0 before any, or when synchronised).
+    pub fn floor_ns(&self) -> i64 {
+        match self.min_cur.min(self.min_prev) {
+            i64::MAX => 0,
+            m => m,
+        }
+    }
+
     /// Forget the lag history (after a rest: the subscriber rejoined live).
     pub fn reset(&mut self) {
         self.min_cur = i64::MAX;

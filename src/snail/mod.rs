@@ -2,7 +2,8 @@
 //! lag is judged where it is read (the shard's reader: the wire is behind)
 //! and where it is handled (the worker: the handler is behind), silence is
 //! judged on the reader, and a [`Policy`] decides what a bad verdict does:
-//! croak (scream and stop the engine), warn (log and count), or nothing.
+//! croak (scream and stop the engine), warn (log and count), rest (skip the
+//! backlog and rejoin live), or nothing.
 //!
 //! Layers, as everywhere in mdsub:
 //! - cores, socket-free and clock-free, taking `(header, now_ns)`:
@@ -51,6 +52,8 @@ pub mod defaults {
     pub const SKEW_WINDOW_MS: u64 = 30_000;
     /// At most one warn log line per site this often.
     pub const WARN_EVERY_MS: u64 = 1_000;
+    /// Policy `rest`: how long a snail skips everything before it rejoins (Aeron's resting timeout).
+    pub const REST_MS: u64 = 10_000;
     /// The monitor publishes the state of every site this often.
     pub const STATE_EVERY_MS: u64 = 250;
 }
@@ -67,6 +70,11 @@ pub enum Policy {
     Croak,
     /// Log (rate-limited), count, publish on the monitor, keep going.
     Warn,
+    /// SNAIL: Aeron's untethered subscription. The site drops its backlog:
+    /// it skips every message for `rest_ns`, then skips those still later
+    /// than `max_lag_ns` until one is live, and rejoins there. Skipped
+    /// messages are counted. STOP is logged and counted as under `warn`.
+    Rest,
     /// No checks at all (for measuring what they cost).
     Off,
 }
@@ -76,6 +84,7 @@ impl Policy {
         match self {
             Policy::Croak => "croak",
             Policy::Warn => "warn",
+            Policy::Rest => "rest",
             Policy::Off => "off",
         }
     }
@@ -84,6 +93,7 @@ impl Policy {
         match s {
             "croak" => Some(Policy::Croak),
             "warn" => Some(Policy::Warn),
+            "rest" => Some(Policy::Rest),
             "off" => Some(Policy::Off),
             _ => None,
         }
@@ -149,6 +159,8 @@ pub struct SnailConfig {
     pub skew: SkewMode,
     pub skew_window_ns: u64,
     pub warn_every_ns: u64,
+    /// Policy `rest`: how long to skip everything after a SNAIL.
+    pub rest_ns: u64,
 }
 
 impl Default for SnailConfig {
@@ -162,6 +174,7 @@ impl Default for SnailConfig {
             skew: SkewMode::default(),
             skew_window_ns: defaults::SKEW_WINDOW_MS * MS,
             warn_every_ns: defaults::WARN_EVERY_MS * MS,
+            rest_ns: defaults::REST_MS * MS,
         }
     }
 }
@@ -218,6 +231,9 @@ pub struct SiteState {
     pub warns: AtomicU64,
     pub snails: AtomicU64,
     pub stops: AtomicU64,
+    /// Policy `rest`: rests taken, and messages skipped by them.
+    pub rests: AtomicU64,
+    pub skipped: AtomicU64,
 }
 
 /// Where a site sits: its role name and shard (None: a worker serving several shards).
@@ -285,6 +301,8 @@ impl SnailBoard {
                     warns: s.warns.load(Relaxed),
                     snails: s.snails.load(Relaxed),
                     stops: s.stops.load(Relaxed),
+                    rests: s.rests.load(Relaxed),
+                    skipped: s.skipped.load(Relaxed),
                 })
                 .collect(),
         }
@@ -317,6 +335,8 @@ pub struct SiteReport {
     pub warns: u64,
     pub snails: u64,
     pub stops: u64,
+    pub rests: u64,
+    pub skipped: u64,
 }
 
 impl SnailReport {
@@ -340,14 +360,15 @@ impl SnailReport {
         for site in &self.sites {
             let _ = writeln!(
                 s,
-                "    {:<14} {:<5} lag last {:>9} max {:>9}   warns {} snails {} stops {}",
+                "    {:<14} {:<5} lag last {:>9} max {:>9}   warns {} snails {} stops {}{}",
                 site.role,
                 site.verdict.name(),
                 human_ns(site.last_lag_ns),
                 human_ns(site.max_lag_ns),
                 site.warns,
                 site.snails,
-                site.stops
+                site.stops,
+                if site.rests > 0 { format!(" rests {} skipped {}", site.rests, site.skipped) } else { String::new() }
             );
         }
         if let Some(c) = &self.croaked {
@@ -431,6 +452,12 @@ pub struct Guard {
     warns: u64,
     snails: u64,
     stops: u64,
+    /// Policy `rest`: skip everything before this (0: not resting).
+    rest_until_ns: u64,
+    /// Skew floor when the rest began (skew-tolerant mode judges the backlog against it).
+    rest_floor_ns: i64,
+    rests: u64,
+    skipped: u64,
 }
 
 impl Guard {
@@ -451,7 +478,41 @@ impl Guard {
             warns: 0,
             snails: 0,
             stops: 0,
+            rest_until_ns: 0,
+            rest_floor_ns: 0,
+            rests: 0,
+            skipped: 0,
         }
+    }
+
+    /// Policy `rest`: true if this message is to be skipped (the site is
+    /// resting, or rejoining and the message is still older than `max_lag`).
+    /// One compare when not resting.
+    #[inline]
+    pub fn skip(&mut self, h: &Header, now_ns: u64) -> bool {
+        if self.rest_until_ns == 0 {
+            return false;
+        }
+        self.skip_resting(h, now_ns)
+    }
+
+    /// True while resting or rejoining (policy `rest`).
+    pub fn resting(&self) -> bool {
+        self.rest_until_ns != 0
+    }
+
+    fn skip_resting(&mut self, h: &Header, now_ns: u64) -> bool {
+        let lag = (now_ns as i64).wrapping_sub(h.send_time_ns as i64).saturating_sub(self.rest_floor_ns);
+        if now_ns < self.rest_until_ns || lag > self.cfg.max_lag_ns as i64 {
+            self.skipped += 1;
+            return true;
+        }
+        // Live again: rejoin here with a fresh history.
+        self.rest_until_ns = 0;
+        self.lag.reset();
+        self.verdict = Verdict::Ok;
+        self.publish();
+        false
     }
 
     /// True when the checks are off.
@@ -531,6 +592,15 @@ impl Guard {
             self.board.set_croak(&scream);
             return Action::Croak;
         }
+        if self.cfg.policy == Policy::Rest && v == Verdict::Snail {
+            self.rests += 1;
+            self.rest_until_ns = now_ns.saturating_add(self.cfg.rest_ns).max(1);
+            self.rest_floor_ns = match self.cfg.skew {
+                SkewMode::Synchronised => 0,
+                SkewMode::Tolerant => self.lag.floor_ns(),
+            };
+            self.publish();
+        }
         if v != Verdict::Ok && now_ns >= self.next_log_ns {
             self.next_log_ns = now_ns.saturating_add(self.cfg.warn_every_ns);
             eprintln!("mdsub: snail: {scream}");
@@ -553,6 +623,8 @@ impl Guard {
         s.warns.store(self.warns, Relaxed);
         s.snails.store(self.snails, Relaxed);
         s.stops.store(self.stops, Relaxed);
+        s.rests.store(self.rests, Relaxed);
+        s.skipped.store(self.skipped, Relaxed);
     }
 }
 
@@ -653,6 +725,47 @@ mod tests {
     }
 
     #[test]
+    fn rest_policy_skips_the_backlog_then_rejoins_live() {
+        let b = SnailBoard::new(
+            SnailConfig {
+                policy: Policy::Rest,
+                max_lag_ns: 100 * MS,
+                grace_ns: 200 * MS,
+                rest_ns: 50 * MS,
+                ..Default::default()
+            },
+            vec![Site { role: "worker0".into(), shard: Some(0) }],
+        );
+        let mut g = Guard::new(b.clone(), 0, None);
+        let clock = ManualClock::new(T0);
+        let mut seq = 0;
+        let mut feed = |g: &mut Guard, lag_ms: u64| {
+            let now = clock.advance_ms(1);
+            seq += 1;
+            let h = header(seq, now - lag_ms * MS);
+            let skipped = g.skip(&h, now);
+            if !skipped {
+                assert_eq!(g.on_message(&h, b"A", now), Action::Continue);
+            }
+            skipped
+        };
+        // 201 ms at 300 ms of lag: a snail, and the rest starts.
+        assert!((0..201).all(|_| !feed(&mut g, 300)));
+        assert_eq!(g.verdict(), Verdict::Snail);
+        // Resting: 50 ms of everything skipped, whatever its lag.
+        assert!((0..49).all(|_| feed(&mut g, 1)), "skips while resting");
+        // The rest is over: the backlog still later than max_lag is skipped.
+        assert!((0..30).all(|_| feed(&mut g, 300)));
+        // The first live message rejoins.
+        assert!(!feed(&mut g, 5));
+        assert_eq!(g.verdict(), Verdict::Ok);
+        g.publish();
+        let r = b.report();
+        assert_eq!((r.sites[0].rests, r.sites[0].skipped, r.sites[0].snails), (1, 79, 1));
+        assert!(b.croak().is_none());
+    }
+
+    #[test]
     fn off_policy_judges_nothing() {
         let b = board(Policy::Off);
         let mut g = Guard::new(b.clone(), 0, None);
@@ -669,7 +782,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for p in [Policy::Croak, Policy::Warn, Policy::Off] {
+        for p in [Policy::Croak, Policy::Warn, Policy::Rest, Policy::Off] {
             assert_eq!(Policy::from_name(p.name()), Some(p));
         }
         for v in [Verdict::Ok, Verdict::Warn, Verdict::Snail, Verdict::Stop] {
