@@ -28,6 +28,7 @@
 //! | [`clock`] | the one place time is read: realtime (the wire), monotonic (schedules), thread CPU, a manual clock for tests | |
 //! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
 //! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
+//! | [`security`] | CURVE key files, server access policies (CURVE key and address allow-lists), the ZAP handler agent | (ZAP, RFC 27) |
 //! | [`zmqx`] | the few libzmq options the `zmq` crate does not expose, behind a safe face | |
 //! | [`clone`] | shared key-value store: `mdsub clone-server`, `clone::Client`, `mdsub clone-client` | Clone (model 6, CHP) + Binary Star |
 //! | [`clone::kvmsg`] | CHP wire codec: five-frame kvmsg and snapshot requests | Clone (kvmsg) |
@@ -66,6 +67,7 @@ pub mod lvc;
 pub mod metrics;
 pub mod profile;
 pub mod replay;
+pub mod security;
 pub mod snail;
 pub mod tap;
 pub mod wire;

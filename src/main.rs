@@ -32,7 +32,8 @@ enum Cmd {
     /// Replay benchmark: the engine against a plain single-thread SUB reader
     /// on the same feed, medians of runs and ratios.
     Bench(cli::bench::BenchArgs),
-    /// Print what this build and host are: mdsub and libzmq versions, cores.
+    /// Print what this build and host are: mdsub and libzmq versions, libzmq's
+    /// capabilities (draft API, CURVE, IPC, TIPC, PGM, GSSAPI), cores.
     Info,
     /// Last Value Cache proxy: XSUB (publishers) ⇄ XPUB (subscribers), answering
     /// each new subscription with the cached last value of every matching topic.
@@ -47,6 +48,8 @@ enum Cmd {
     CloneClient(cli::clone::ClientArgs),
     /// Measure the clone stack: update throughput, snapshot time, failover time.
     CloneBench(cli::bench::CloneBenchArgs),
+    /// Write a CURVE key pair (NAME.key, NAME.pub) for a server or a client.
+    Keygen(cli::security::KeygenArgs),
 }
 
 fn main() {
@@ -72,10 +75,14 @@ fn main() {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },
+        Cmd::Keygen(a) => cli::security::keygen(a),
         Cmd::Info => {
             let m = mdsub::bench::stamp::Machine::here();
             println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);
             println!("libzmq {}", m.libzmq);
+            for (name, has) in mdsub::bench::stamp::libzmq_capabilities() {
+                println!("  {name:<7}{}", if has { "yes" } else { "no" });
+            }
             println!("cores {} ({})", m.cores, m.cpu);
             Ok(())
         }
@@ -86,7 +93,25 @@ fn main() {
             eprintln!("mdsub: croak: {}", c.scream);
             std::process::exit(mdsub::snail::EXIT_CODE_CROAK);
         }
-        eprintln!("mdsub: error: {e:#}");
+        eprintln!("mdsub: error: {}", error_line(&e));
         std::process::exit(1);
     }
+}
+
+/// One line for a person: the error and each cause once. Library errors that
+/// show their source in their own message and also return it as `source()`
+/// would otherwise print the same cause twice (`… No such file …: No such
+/// file …`); a cause whose text the line already carries is skipped.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }

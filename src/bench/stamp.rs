@@ -8,6 +8,8 @@ pub struct Machine {
     pub cores: usize,
     pub cpu: String,
     pub libzmq: String,
+    /// Which optional libzmq capabilities this build has (`zmq_has`), e.g. `draft curve ipc`.
+    pub libzmq_has: String,
     pub mdsub_commit: String,
     pub date_utc: String,
 }
@@ -29,10 +31,23 @@ impl Machine {
             cores: crate::profile::host_cores().len(),
             cpu,
             libzmq: format!("{a}.{b}.{c}"),
+            libzmq_has: libzmq_capabilities()
+                .iter()
+                .filter(|(_, has)| *has)
+                .map(|(name, _)| *name)
+                .collect::<Vec<_>>()
+                .join(" "),
             mdsub_commit: env!("MDSUB_COMMIT").to_string(),
             date_utc: utc_now(),
         }
     }
+}
+
+/// The optional capabilities libzmq reports through `zmq_has`, each with
+/// whether this build has it. mdsub's own build (the workspace's `zmq-sys`)
+/// has `draft` and `curve`; `ipc` and `tipc` depend on the platform.
+pub fn libzmq_capabilities() -> [(&'static str, bool); 6] {
+    ["draft", "curve", "ipc", "tipc", "pgm", "gssapi"].map(|name| (name, zmq::has(name).unwrap_or(false)))
 }
 
 fn utc_now() -> String {
@@ -58,8 +73,8 @@ impl std::fmt::Display for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "commit {}  {}  {} cores ({})  libzmq {}",
-            self.mdsub_commit, self.date_utc, self.cores, self.cpu, self.libzmq
+            "commit {}  {}  {} cores ({})  libzmq {} ({})",
+            self.mdsub_commit, self.date_utc, self.cores, self.cpu, self.libzmq, self.libzmq_has
         )
     }
 }

@@ -15,6 +15,7 @@
 //! | [`lvc`] | `mdsub lvc` |
 //! | [`tap`] | `mdsub tap` |
 //! | [`clone`] | `mdsub clone-server`, `mdsub clone-client` |
+//! | [`security`] | `mdsub keygen` |
 
 pub mod args;
 pub mod bench;
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod feed;
 pub mod lvc;
 pub mod replay;
+pub mod security;
 pub mod tap;
 
 use crate::profile::{host_cores, Profile};

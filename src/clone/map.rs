@@ -269,19 +269,6 @@ impl RecentUuids {
     }
 }
 
-/// Nanoseconds on a monotonic clock (since the first call in this process).
-pub fn mono_now_ns() -> u64 {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-/// Milliseconds since the Unix epoch (for deadlines that must survive a restart).
-pub fn wall_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,19 +6,54 @@
 //! | module | role |
 //! |---|---|
 //! | [`kvmsg`] | CHP wire codec (five-frame kvmsg, snapshot requests) |
-//! | [`map`] | socket-free map with TTLs and subtrees, recent-UUID set, clocks |
+//! | [`map`] | socket-free map with TTLs and subtrees, recent-UUID set |
 //! | [`bstar`] | socket-free Binary Star state machine |
 //! | [`persist`] | append-only log + snapshots for `--data-dir` |
-//! | [`server`] | the server agent (snapshot ROUTER, PUB, collector SUB, Binary Star) |
-//! | [`client`] | the client agent and its application API (`Client`) |
+//! | [`server_core`] | socket-free server core: pending list, takeover, passive re-sync, TTLs, HUGZ, durability |
+//! | [`server`] | the server agent (the shell around [`server_core`]: snapshot ROUTER, PUB, collector SUB, Binary Star sockets, the log) |
+//! | [`client_core`] | socket-free client core: phases, failover, re-sync, acks and re-sends |
+//! | [`client`] | the client agent (the shell around [`client_core`]) and its application API (`Client`) |
 
 pub mod bstar;
 pub mod client;
-
+pub mod client_core;
 pub mod kvmsg;
 pub mod map;
 pub mod persist;
 pub mod server;
+pub mod server_core;
+
+static LINK_MONITORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Watch `sock`'s connections (for the cores' link events): an inproc PAIR that receives its
+/// handshake-succeeded and disconnected events. Read it with [`link_events`].
+pub(crate) fn link_monitor(ctx: &zmq::Context, sock: &zmq::Socket) -> zmq::Result<zmq::Socket> {
+    let n = LINK_MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ep = format!("inproc://clone-link-mon-{}-{n}", std::process::id());
+    let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+    sock.monitor(&ep, events)?;
+    let mon = ctx.socket(zmq::PAIR)?;
+    mon.set_linger(0)?;
+    mon.connect(&ep)?;
+    Ok(mon)
+}
+
+/// Read what a [`link_monitor`] has seen: `true` for each completed handshake, `false` for each
+/// lost connection, in order, into `links`. Returns the events read.
+pub(crate) fn link_events(mon: &zmq::Socket, links: &mut Vec<bool>) -> usize {
+    let mut n = 0;
+    while let Ok(frames) = mon.recv_multipart(zmq::DONTWAIT) {
+        n += 1;
+        let Some(f) = frames.first().filter(|f| f.len() >= 2) else { continue };
+        let event = u16::from_ne_bytes([f[0], f[1]]);
+        if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
+            links.push(true);
+        } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
+            links.push(false);
+        }
+    }
+    n
+}
 
 /// Derive the three CHP endpoints (snapshot P, publisher P+1, collector P+2) from `tcp://host:P`.
 pub fn endpoints(base: &str) -> Result<[String; 3], String> {

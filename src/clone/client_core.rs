@@ -1,0 +1,967 @@
+//! Socket-free core of the clone client (Clone model 6's "clone class" plus mdsub's acks):
+//! `(event, now_ns) → actions`, like [`super::bstar::BStar`].
+//!
+//! It owns the local map, the phase (initial → syncing → live), which server is in use, the
+//! un-acknowledged sets and their re-sends, and the silence / restart / dropped-link rules that
+//! make the client re-sync or fail over. It never touches a socket or reads a clock: the shell
+//! ([`super::client`]) turns each frame, link event and application command into an [`Event`],
+//! passes `now_ns`, and carries out the [`Action`]s (send an update to the collectors, ask a
+//! server for a snapshot, change the subscription). Watchers are crossbeam channels the core
+//! writes to directly (memory, not I/O).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crossbeam::channel::{Sender, TrySendError};
+
+use super::kvmsg::{KvMsg, Uuid, HUGZ, KTHXBAI};
+use super::map::{RecentUuids, UuidSet};
+
+/// After a (re-)sync, un-acknowledged sets are re-sent this often ...
+pub const FAST_RESEND_NS: u64 = 250_000_000;
+/// ... for this long.
+pub const FAST_RESEND_WINDOW_NS: u64 = 3_000_000_000;
+/// A set still unacknowledged after this long is forgotten (counted as abandoned): the server
+/// drops a re-sent UUID whose key has since been overwritten, so no echo will ever come.
+pub const GIVE_UP_NS: u64 = 30_000_000_000;
+/// Outcomes (acknowledged, abandoned, untracked) remembered per kind for [`ClientCore::ack_state`].
+const REMEMBERED_OUTCOMES: usize = 65_536;
+/// Re-sends per tick at most (the rest wait for the next tick).
+const RESEND_BUDGET: usize = 1000;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Up to two servers as base endpoints `tcp://host:P` (P snapshot, P+1 publisher, P+2 collector).
+    pub servers: Vec<String>,
+    /// Only keys starting with this are kept (empty: all).
+    pub subtree: String,
+    /// Fail over after this long without an update or HUGZ.
+    pub silence_ms: u64,
+    /// Try the next server when a snapshot request gets no first reply within this.
+    pub snapshot_retry_ms: u64,
+    /// Re-send a set not yet seen on the publisher after this long.
+    pub resend_after_ms: u64,
+    /// Most un-acknowledged sets remembered (oldest forgotten first).
+    pub max_unacked: usize,
+    /// Subscriber receive high-water mark.
+    pub sub_hwm_msgs: i32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            servers: Vec::new(),
+            subtree: String::new(),
+            silence_ms: 2000,
+            snapshot_retry_ms: 500,
+            resend_after_ms: 2000,
+            max_unacked: 100_000,
+            sub_hwm_msgs: 1_000_000,
+        }
+    }
+}
+
+/// Where a set stands, as far as this client knows (see [`Client::ack_state`](crate::clone::client::Client::ack_state)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckState {
+    /// The server published it: seen on the publisher with its UUID, or found in a snapshot.
+    Acked,
+    /// Sent and not yet seen; still being re-sent.
+    Pending,
+    /// Given up unacknowledged: not seen within 30 s of re-sending, or pushed out of the
+    /// un-acknowledged list by `max_unacked`. It may or may not have been applied.
+    Abandoned,
+    /// Sent once to a key outside this client's subtree: the server's echo never reaches this
+    /// client, so the set is neither tracked nor re-sent.
+    Untracked,
+    /// Not a set this client remembers (made elsewhere, or its outcome forgotten: the last
+    /// 65 536 outcomes of each kind are kept).
+    Unknown,
+}
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// How a change came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Current content when the watch started.
+    Initial,
+    /// A live update from the server.
+    Live,
+    /// A difference found when a (re-)sync replaced the map.
+    Resync,
+    /// This client's own set, applied locally before the server confirms it.
+    Local,
+}
+
+/// One change to a watched key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Vec<u8>,
+    /// New value, `None` when deleted.
+    pub value: Option<Vec<u8>>,
+    /// Server sequence (0 for local changes).
+    pub sequence: u64,
+    /// Why it changed.
+    pub kind: ChangeKind,
+}
+
+/// What the agent is doing.
+#[derive(Debug, Clone, Default)]
+pub struct ClientStatus {
+    /// In step with a server (snapshot received, live).
+    pub synced: bool,
+    /// The server in use.
+    pub server: Option<String>,
+    /// Highest sequence applied.
+    pub sequence: u64,
+    /// Keys held.
+    pub keys: usize,
+    /// Server switches (silence or unanswered snapshot requests).
+    pub failovers: u64,
+    /// Completed snapshots.
+    pub syncs: u64,
+    /// Sets not yet seen on the publisher.
+    pub unacked: usize,
+    /// Messages that did not decode.
+    pub malformed: u64,
+    /// Live updates applied.
+    pub live_updates: u64,
+    /// Sets given up unacknowledged: after 30 s of re-sending, or evicted by `max_unacked`.
+    pub abandoned: u64,
+    /// Sets to keys outside the subtree (sent once, not tracked).
+    pub untracked: u64,
+    /// Re-syncs with the same server after it restarted (its sequence went backwards) or our
+    /// connection to it dropped.
+    pub resyncs: u64,
+}
+
+/// Input to the core.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The application sets a key (the update carries its UUID; an empty body deletes).
+    Set(KvMsg),
+    /// The application changes the subtree (re-syncs).
+    Subtree(Vec<u8>),
+    /// The subscriber to `server`'s publisher completed its handshake (`up`) or lost its link.
+    Link {
+        /// Index into the configured servers.
+        server: usize,
+        /// Connected (true) or disconnected (false).
+        up: bool,
+    },
+    /// A message from the current server's publisher (`Err`: it did not decode).
+    Published(Result<KvMsg, ()>),
+    /// A reply to our snapshot request (`Err`: it did not decode).
+    Snapshot(Result<KvMsg, ()>),
+    /// Time passed: check timers (start a sync, silence, snapshot deadline, re-sends).
+    Tick,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send this update to the collectors of every configured server.
+    SendUpdate(KvMsg),
+    /// Drop what queued on `server`'s subscriber, then send it `ICANHAZ? subtree` on a fresh
+    /// snapshot socket (replacing any earlier request).
+    RequestSnapshot {
+        /// Index into the configured servers.
+        server: usize,
+        /// The subtree to ask for.
+        subtree: Vec<u8>,
+    },
+    /// The snapshot request is over (done or abandoned): close its socket.
+    EndSnapshot,
+    /// Unsubscribe every server's subscriber from `old` and subscribe it to `new`.
+    Resubscribe {
+        /// The previous subtree.
+        old: Vec<u8>,
+        /// The new subtree.
+        new: Vec<u8>,
+    },
+}
+
+/// Which phase the client is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseKind {
+    /// Waiting to ask the current server for a snapshot.
+    Initial,
+    /// A snapshot request is under way.
+    Syncing,
+    /// In step with the current server.
+    Live,
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    /// The subscriber has completed its handshake, so its subscription is on its way.
+    connected: bool,
+    /// The subscriber lost its connection since we last synced from this server.
+    dropped: bool,
+    /// Sequence of the last message read from this server's publisher since the last sync. A
+    /// server's publisher stream never goes backwards, so a lower one means it restarted.
+    last_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+struct CEntry {
+    sequence: u64,
+    uuid: Option<Uuid>,
+    body: Vec<u8>,
+}
+
+struct Syncing {
+    deadline_ns: u64,
+    /// Snapshot entries as they arrive (in key order); bulk-built into a map at KTHXBAI.
+    entries: Vec<(Vec<u8>, CEntry)>,
+    queued: Vec<KvMsg>,
+}
+
+enum Phase {
+    Initial,
+    Syncing(Box<Syncing>),
+    Live,
+}
+
+struct Unacked {
+    uuid: Uuid,
+    msg: KvMsg,
+    first_sent_ns: u64,
+    sent_ns: u64,
+}
+
+/// The clone client's protocol logic.
+pub struct ClientCore {
+    cfg: ClientConfig,
+    links: Vec<Link>,
+    cur: usize,
+    phase: Phase,
+    subtree: Vec<u8>,
+    map: BTreeMap<Vec<u8>, CEntry>,
+    sequence: u64,
+    last_msg_ns: u64,
+    unacked: VecDeque<Unacked>,
+    unacked_ids: UuidSet,
+    acked: RecentUuids,
+    abandoned: RecentUuids,
+    untracked: RecentUuids,
+    watchers: Vec<(Vec<u8>, Sender<Change>)>,
+    status: ClientStatus,
+    ever_synced: bool,
+    synced_at_ns: u64,
+    initial_since_ns: Option<u64>,
+}
+
+impl ClientCore {
+    /// A core for `cfg.servers` (the shell has checked there are one or two), starting with the
+    /// first server, nothing synced.
+    pub fn new(cfg: ClientConfig) -> Self {
+        ClientCore {
+            links: cfg.servers.iter().map(|_| Link::default()).collect(),
+            subtree: cfg.subtree.as_bytes().to_vec(),
+            cfg,
+            cur: 0,
+            phase: Phase::Initial,
+            map: BTreeMap::new(),
+            sequence: 0,
+            last_msg_ns: 0,
+            unacked: VecDeque::new(),
+            unacked_ids: UuidSet::default(),
+            acked: RecentUuids::new(REMEMBERED_OUTCOMES),
+            abandoned: RecentUuids::new(REMEMBERED_OUTCOMES),
+            untracked: RecentUuids::new(REMEMBERED_OUTCOMES),
+            watchers: Vec::new(),
+            status: ClientStatus::default(),
+            ever_synced: false,
+            synced_at_ns: 0,
+            initial_since_ns: None,
+        }
+    }
+
+    /// Handle one event at `now_ns`, appending what to do to `out`.
+    pub fn on_event(&mut self, event: Event, now_ns: u64, out: &mut Vec<Action>) {
+        match event {
+            Event::Set(msg) => self.on_set(msg, now_ns, out),
+            Event::Subtree(st) => {
+                let old = std::mem::replace(&mut self.subtree, st.clone());
+                out.push(Action::Resubscribe { old, new: st });
+                self.restart_sync(out);
+            }
+            Event::Link { server, up } => {
+                if let Some(l) = self.links.get_mut(server) {
+                    l.connected = up;
+                    l.dropped |= !up;
+                }
+            }
+            Event::Published(m) => self.on_published(m, now_ns, out),
+            Event::Snapshot(m) => self.on_snapshot(m, now_ns, out),
+            Event::Tick => self.tick(now_ns, out),
+        }
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> PhaseKind {
+        match self.phase {
+            Phase::Initial => PhaseKind::Initial,
+            Phase::Syncing(_) => PhaseKind::Syncing,
+            Phase::Live => PhaseKind::Live,
+        }
+    }
+
+    /// Index of the server in use.
+    pub fn current(&self) -> usize {
+        self.cur
+    }
+
+    /// The subtree kept.
+    pub fn subtree(&self) -> &[u8] {
+        &self.subtree
+    }
+
+    /// The local value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.map.get(key).map(|e| &e.body[..])
+    }
+
+    /// Every local key/value under `prefix`, in key order.
+    pub fn dump(&self, prefix: &[u8]) -> Vec<KeyValue> {
+        self.under(prefix).map(|(k, e)| (k.clone(), e.body.clone())).collect()
+    }
+
+    fn under<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a CEntry)> + 'a {
+        self.map.range(prefix.to_vec()..).take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// Start a watch: the current entries under `prefix` go to `tx` at once
+    /// ([`ChangeKind::Initial`]), then every change.
+    pub fn watch(&mut self, prefix: Vec<u8>, tx: Sender<Change>) {
+        for (k, e) in self.under(&prefix) {
+            let _ = tx.send(Change {
+                key: k.clone(),
+                value: Some(e.body.clone()),
+                sequence: e.sequence,
+                kind: ChangeKind::Initial,
+            });
+        }
+        self.watchers.push((prefix, tx));
+    }
+
+    /// The client's status.
+    pub fn status(&self) -> ClientStatus {
+        let mut s = self.status.clone();
+        s.synced = matches!(self.phase, Phase::Live);
+        s.server = self.cfg.servers.get(self.cur).cloned();
+        s.sequence = self.sequence;
+        s.keys = self.map.len();
+        s.unacked = self.unacked_ids.len();
+        s
+    }
+
+    /// Where the set with UUID `u` stands.
+    pub fn ack_state(&self, u: &Uuid) -> AckState {
+        if self.unacked_ids.contains(u) {
+            AckState::Pending
+        } else if self.acked.contains(u) {
+            AckState::Acked
+        } else if self.abandoned.contains(u) {
+            AckState::Abandoned
+        } else if self.untracked.contains(u) {
+            AckState::Untracked
+        } else {
+            AckState::Unknown
+        }
+    }
+
+    fn on_set(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+        out.push(Action::SendUpdate(msg.clone()));
+        let Some(u) = msg.uuid else { return };
+        if !msg.key.starts_with(&self.subtree) {
+            // Our subscription never delivers its echo: it cannot be acknowledged, so re-sending
+            // it would only make the server publish it again and again.
+            self.untrack(u);
+            return;
+        }
+        self.store(&msg, ChangeKind::Local);
+        self.unacked_ids.insert(u);
+        self.unacked.push_back(Unacked { uuid: u, msg, first_sent_ns: now_ns, sent_ns: now_ns });
+        while self.unacked.len() > self.cfg.max_unacked {
+            if let Some(old) = self.unacked.pop_front() {
+                self.abandon(old.uuid);
+            }
+        }
+    }
+
+    /// A message from the current server's publisher.
+    fn on_published(&mut self, m: Result<KvMsg, ()>, now_ns: u64, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Initial) {
+            return; // not reading: the backlog is dropped when the sync starts
+        }
+        self.last_msg_ns = now_ns;
+        let m = match m {
+            Ok(m) => m,
+            Err(()) => {
+                self.status.malformed += 1;
+                return;
+            }
+        };
+        let link = &mut self.links[self.cur];
+        if m.sequence < link.last_seq {
+            // The server restarted: its sequence may start again lower than ours, and updates
+            // may have been missed. Fetch a fresh snapshot from it.
+            self.status.resyncs += 1;
+            self.restart_sync(out);
+            return;
+        }
+        link.last_seq = m.sequence;
+        if m.key == HUGZ || !m.key.starts_with(&self.subtree) {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Syncing(s) => s.queued.push(m),
+            Phase::Live => self.apply_live(m),
+            Phase::Initial => {}
+        }
+    }
+
+    /// A reply to our snapshot request.
+    fn on_snapshot(&mut self, m: Result<KvMsg, ()>, now_ns: u64, out: &mut Vec<Action>) {
+        let Phase::Syncing(s) = &mut self.phase else { return };
+        s.deadline_ns = now_ns.saturating_add(self.cfg.silence_ms.saturating_mul(1_000_000));
+        let m = match m {
+            Ok(m) => m,
+            Err(()) => {
+                self.status.malformed += 1;
+                return;
+            }
+        };
+        if m.key == KTHXBAI {
+            if let Phase::Syncing(s) = std::mem::replace(&mut self.phase, Phase::Live) {
+                out.push(Action::EndSnapshot);
+                self.finish_sync(*s, m.sequence, now_ns, out);
+            }
+            return;
+        }
+        if !m.body.is_empty() && m.key.starts_with(&self.subtree) {
+            s.entries.push((m.key, CEntry { sequence: m.sequence, uuid: m.uuid, body: m.body }));
+        }
+    }
+
+    fn tick(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        match &self.phase {
+            Phase::Initial => {
+                // Ask for the snapshot only once our subscription is on its way, so no update
+                // published after the snapshot can slip past us (the guide's clone has that race).
+                if self.links[self.cur].connected {
+                    self.initial_since_ns = None;
+                    self.start_sync(now_ns, out);
+                } else {
+                    let since = *self.initial_since_ns.get_or_insert(now_ns);
+                    if now_ns.saturating_sub(since) > self.cfg.snapshot_retry_ms.saturating_mul(1_000_000) {
+                        self.initial_since_ns = None;
+                        self.failover(out);
+                    }
+                }
+            }
+            Phase::Syncing(s) => {
+                if now_ns > s.deadline_ns {
+                    self.failover(out);
+                }
+            }
+            Phase::Live => self.live_timers(now_ns, out),
+        }
+    }
+
+    fn restart_sync(&mut self, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Syncing(_)) {
+            out.push(Action::EndSnapshot);
+        }
+        self.phase = Phase::Initial;
+    }
+
+    fn failover(&mut self, out: &mut Vec<Action>) {
+        self.status.failovers += 1;
+        self.cur = (self.cur + 1) % self.links.len().max(1);
+        self.restart_sync(out);
+    }
+
+    fn start_sync(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        let link = &mut self.links[self.cur];
+        link.dropped = false;
+        link.last_seq = 0;
+        out.push(Action::RequestSnapshot { server: self.cur, subtree: self.subtree.clone() });
+        self.phase = Phase::Syncing(Box::new(Syncing {
+            deadline_ns: now_ns.saturating_add(self.cfg.snapshot_retry_ms.saturating_mul(1_000_000)),
+            entries: Vec::new(),
+            queued: Vec::new(),
+        }));
+    }
+
+    fn finish_sync(&mut self, s: Syncing, seq: u64, now_ns: u64, out: &mut Vec<Action>) {
+        // BTreeMap's bulk build (sorted input; on a duplicate key the last entry wins).
+        let old = std::mem::replace(&mut self.map, s.entries.into_iter().collect());
+        self.sequence = seq;
+        self.last_msg_ns = now_ns;
+        self.status.syncs += 1;
+        self.synced_at_ns = now_ns;
+        if !self.watchers.is_empty() {
+            let kind = if self.ever_synced { ChangeKind::Resync } else { ChangeKind::Initial };
+            let mut changes = Vec::new();
+            for (k, e) in &self.map {
+                if old.get(k).map(|o| &o.body) != Some(&e.body) {
+                    changes.push((k.clone(), Some(e.body.clone()), e.sequence));
+                }
+            }
+            for k in old.keys() {
+                if !self.map.contains_key(k) {
+                    changes.push((k.clone(), None, seq));
+                }
+            }
+            for (k, v, q) in changes {
+                self.notify(&k, v.as_deref(), q, kind);
+            }
+        }
+        self.ever_synced = true;
+        for m in s.queued {
+            self.apply_live(m);
+        }
+        // Re-send what the server has not confirmed; forget what the snapshot already holds.
+        let pending: Vec<KvMsg> =
+            self.unacked.iter().filter(|u| self.unacked_ids.contains(&u.uuid)).map(|u| u.msg.clone()).collect();
+        for m in pending {
+            let u = m.uuid.unwrap_or_default();
+            if self.map.get(&m.key).is_some_and(|e| e.uuid == Some(u)) {
+                self.ack(u);
+                continue;
+            }
+            if !m.key.starts_with(&self.subtree) {
+                // The subtree changed since the set: it can no longer be acknowledged here.
+                self.untrack(u);
+                continue;
+            }
+            self.store(&m, ChangeKind::Local);
+            out.push(Action::SendUpdate(m));
+        }
+        for u in self.unacked.iter_mut() {
+            u.sent_ns = now_ns;
+        }
+        self.unacked.retain(|u| self.unacked_ids.contains(&u.uuid));
+    }
+
+    fn apply_live(&mut self, m: KvMsg) {
+        if m.sequence <= self.sequence {
+            return;
+        }
+        self.sequence = m.sequence;
+        if let Some(u) = m.uuid {
+            self.ack(u);
+        }
+        self.status.live_updates += 1;
+        self.store_owned(m, ChangeKind::Live);
+    }
+
+    fn live_timers(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        if self.links[self.cur].dropped {
+            // Our link to the server dropped: updates may have been missed.
+            self.status.resyncs += 1;
+            self.restart_sync(out);
+            return;
+        }
+        if now_ns.saturating_sub(self.last_msg_ns) > self.cfg.silence_ms.saturating_mul(1_000_000) {
+            self.failover(out);
+            return;
+        }
+        // Re-send sets the server has not published after resend_after_ms; in the first seconds
+        // after a (re-)sync, every 250 ms (the collector connection may still be forming, and a
+        // PUB drops what it sends before the server's subscription arrives).
+        let fast = now_ns.saturating_sub(self.synced_at_ns) < FAST_RESEND_WINDOW_NS;
+        let resend_ns = if fast {
+            FAST_RESEND_NS.min(self.cfg.resend_after_ms.saturating_mul(1_000_000))
+        } else {
+            self.cfg.resend_after_ms.saturating_mul(1_000_000)
+        };
+        let mut budget = RESEND_BUDGET;
+        while budget > 0 {
+            let Some(front) = self.unacked.front() else { break };
+            if !self.unacked_ids.contains(&front.uuid) {
+                self.unacked.pop_front();
+                continue;
+            }
+            if front.sent_ns.saturating_add(resend_ns) > now_ns {
+                break;
+            }
+            if let Some(mut u) = self.unacked.pop_front() {
+                if now_ns.saturating_sub(u.first_sent_ns) > GIVE_UP_NS {
+                    // Most likely a newer update to the key won on the server, so ours will never
+                    // come back; but it may also never have reached a server.
+                    self.abandon(u.uuid);
+                    continue;
+                }
+                out.push(Action::SendUpdate(u.msg.clone()));
+                u.sent_ns = now_ns;
+                self.unacked.push_back(u);
+            }
+            budget -= 1;
+        }
+    }
+
+    /// The server published (or holds) the set `u`.
+    fn ack(&mut self, u: Uuid) {
+        if self.unacked_ids.remove(&u) {
+            self.acked.insert(u);
+        }
+    }
+
+    /// Stop tracking the pending set `u` (given up or evicted).
+    fn abandon(&mut self, u: Uuid) {
+        if self.unacked_ids.remove(&u) {
+            self.abandoned.insert(u);
+            self.status.abandoned += 1;
+        }
+    }
+
+    /// Record that `u` is outside our subtree and will not be tracked.
+    fn untrack(&mut self, u: Uuid) {
+        self.unacked_ids.remove(&u);
+        self.untracked.insert(u);
+        self.status.untracked += 1;
+    }
+
+    fn notify(&mut self, key: &[u8], value: Option<&[u8]>, sequence: u64, kind: ChangeKind) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        self.watchers.retain(|(prefix, tx)| {
+            if !key.starts_with(prefix) {
+                return true;
+            }
+            let c = Change { key: key.to_vec(), value: value.map(|v| v.to_vec()), sequence, kind };
+            !matches!(tx.try_send(c), Err(TrySendError::Disconnected(_)))
+        });
+    }
+
+    fn store(&mut self, msg: &KvMsg, kind: ChangeKind) {
+        self.store_owned(msg.clone(), kind);
+    }
+
+    fn store_owned(&mut self, msg: KvMsg, kind: ChangeKind) {
+        if msg.body.is_empty() {
+            if self.map.remove(&msg.key).is_some() || kind == ChangeKind::Local {
+                self.notify(&msg.key, None, msg.sequence, kind);
+            }
+        } else {
+            if !self.watchers.is_empty() {
+                self.notify(&msg.key, Some(&msg.body), msg.sequence, kind);
+            }
+            self.map.insert(msg.key, CEntry { sequence: msg.sequence, uuid: msg.uuid, body: msg.body });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    const MS: u64 = 1_000_000;
+
+    fn cfg(servers: usize, subtree: &str) -> ClientConfig {
+        ClientConfig {
+            servers: (0..servers).map(|i| format!("tcp://127.0.0.1:{}", 6000 + 10 * i)).collect(),
+            subtree: subtree.into(),
+            silence_ms: 2000,
+            snapshot_retry_ms: 500,
+            resend_after_ms: 2000,
+            ..ClientConfig::default()
+        }
+    }
+
+    fn uuid(n: u8) -> Uuid {
+        [n; 16]
+    }
+
+    fn set(key: &str, body: &str, n: u8) -> KvMsg {
+        let mut m = KvMsg::new(key, 0, body);
+        m.uuid = Some(uuid(n));
+        m
+    }
+
+    fn published(key: &str, seq: u64, body: &str, u: Option<u8>) -> Event {
+        let mut m = KvMsg::new(key, seq, body);
+        m.uuid = u.map(uuid);
+        Event::Published(Ok(m))
+    }
+
+    fn kthxbai(seq: u64) -> Event {
+        Event::Snapshot(Ok(KvMsg::new(KTHXBAI, seq, "")))
+    }
+
+    /// A core driven by a manual clock, collecting its actions.
+    struct Rig {
+        core: ClientCore,
+        clock: ManualClock,
+        out: Vec<Action>,
+    }
+
+    impl Rig {
+        fn new(cfg: ClientConfig) -> Self {
+            Rig { core: ClientCore::new(cfg), clock: ManualClock::new(1_000 * MS), out: Vec::new() }
+        }
+
+        /// Feed `ev` now; the actions it produced.
+        fn on(&mut self, ev: Event) -> Vec<Action> {
+            self.core.on_event(ev, self.clock.now_ns(), &mut self.out);
+            std::mem::take(&mut self.out)
+        }
+
+        fn tick_after_ms(&mut self, ms: u64) -> Vec<Action> {
+            self.clock.advance_ms(ms);
+            self.on(Event::Tick)
+        }
+
+        /// Connect `server`, take its snapshot of `entries`, end at `seq`: live.
+        fn sync(&mut self, server: usize, entries: &[(&str, u64, &str, Option<u8>)], seq: u64) -> Vec<Action> {
+            self.on(Event::Link { server, up: true });
+            let a = self.on(Event::Tick);
+            assert_eq!(
+                a,
+                vec![Action::RequestSnapshot { server, subtree: self.core.subtree().to_vec() }],
+                "a connected server is asked for its snapshot"
+            );
+            for (k, s, v, u) in entries {
+                let mut m = KvMsg::new(*k, *s, *v);
+                m.uuid = u.map(uuid);
+                assert!(self.on(Event::Snapshot(Ok(m))).is_empty());
+            }
+            let a = self.on(kthxbai(seq));
+            assert_eq!(self.core.phase(), PhaseKind::Live);
+            assert_eq!(a.first(), Some(&Action::EndSnapshot));
+            a[1..].to_vec()
+        }
+    }
+
+    fn sent(actions: &[Action]) -> Vec<Vec<u8>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendUpdate(m) => Some(m.key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_waits_for_the_subscription_and_queued_updates_apply_after_it() {
+        let mut r = Rig::new(cfg(1, ""));
+        assert!(r.on(Event::Tick).is_empty(), "no snapshot request before the subscriber is connected");
+        r.on(Event::Link { server: 0, up: true });
+        assert_eq!(r.on(Event::Tick), vec![Action::RequestSnapshot { server: 0, subtree: Vec::new() }]);
+        r.on(Event::Snapshot(Ok(KvMsg::new("/a", 3, "x"))));
+        // Updates during the snapshot are queued; those at or below its sequence dropped.
+        r.on(published("/a", 3, "x", None));
+        r.on(published("/b", 5, "y", None));
+        assert_eq!(r.core.get(b"/b"), None, "queued, not applied, while syncing");
+        r.on(kthxbai(4));
+        assert_eq!(r.core.get(b"/a"), Some(&b"x"[..]));
+        assert_eq!(r.core.get(b"/b"), Some(&b"y"[..]));
+        let s = r.core.status();
+        assert!(s.synced);
+        assert_eq!((s.sequence, s.keys, s.syncs, s.live_updates), (5, 2, 1, 1));
+        r.on(Event::Published(Err(())));
+        assert_eq!(r.core.status().malformed, 1);
+    }
+
+    #[test]
+    fn ack_goes_from_pending_to_acked_when_the_echo_arrives() {
+        let mut r = Rig::new(cfg(1, ""));
+        r.sync(0, &[], 0);
+        let a = r.on(Event::Set(set("/k", "v", 1)));
+        assert_eq!(sent(&a), vec![b"/k".to_vec()]);
+        assert_eq!(r.core.ack_state(&uuid(1)), AckState::Pending);
+        assert_eq!(r.core.get(b"/k"), Some(&b"v"[..]), "applied locally before the server confirms");
+        assert_eq!(r.core.status().unacked, 1);
+        r.on(published("/k", 1, "v", Some(1)));
+        assert_eq!(r.core.ack_state(&uuid(1)), AckState::Acked);
+        assert_eq!(r.core.status().unacked, 0);
+        assert_eq!(r.core.ack_state(&uuid(9)), AckState::Unknown);
+    }
+
+    #[test]
+    fn unacked_sets_are_resent_fast_after_a_sync_then_at_resend_after_then_abandoned() {
+        let mut r = Rig::new(cfg(1, ""));
+        r.sync(0, &[], 0);
+        r.on(Event::Set(set("/k", "v", 1)));
+        assert!(sent(&r.tick_after_ms(200)).is_empty(), "not before 250 ms");
+        assert_eq!(sent(&r.tick_after_ms(60)), vec![b"/k".to_vec()], "every 250 ms in the fast window");
+        // Keep the server talking (HUGZ) so silence does not fail us over.
+        r.clock.advance_ms(3000);
+        r.on(published("HUGZ", 0, "", None));
+        assert_eq!(sent(&r.on(Event::Tick)), vec![b"/k".to_vec()], "past the fast window: after resend_after");
+        assert!(sent(&r.tick_after_ms(1000)).is_empty(), "slow re-sends wait resend_after_ms");
+        for _ in 0..30 {
+            r.clock.advance_ms(1000);
+            r.on(published("HUGZ", 0, "", None));
+            r.on(Event::Tick);
+        }
+        assert_eq!(r.core.ack_state(&uuid(1)), AckState::Abandoned, "given up after 30 s");
+        assert_eq!(r.core.status().abandoned, 1);
+    }
+
+    #[test]
+    fn silence_fails_over_and_pending_sets_are_resent_to_the_new_server() {
+        let mut r = Rig::new(cfg(2, ""));
+        r.sync(0, &[("/old", 1, "o", None)], 1);
+        r.on(Event::Set(set("/a", "1", 1)));
+        r.on(Event::Set(set("/b", "2", 2)));
+        r.on(published("/a", 2, "1", Some(1)));
+        // HUGZ keeps the server alive ...
+        r.clock.advance_ms(1500);
+        r.on(published("HUGZ", 2, "", None));
+        let a = r.tick_after_ms(1500);
+        assert!(!a.iter().any(|a| matches!(a, Action::RequestSnapshot { .. })));
+        assert_eq!(r.core.current(), 0);
+        // ... silence past silence_ms switches to the other server.
+        r.clock.advance_ms(600);
+        r.on(Event::Tick);
+        assert_eq!(r.core.current(), 1, "silent server abandoned");
+        assert_eq!(r.core.status().failovers, 1);
+        assert_eq!(r.core.phase(), PhaseKind::Initial);
+        assert!(!r.core.status().synced);
+        // The backup took over holding /a (acked) but not /b: /b is re-sent, /a is not.
+        let a = r.sync(1, &[("/a", 2, "1", Some(1)), ("/old", 1, "o", None)], 2);
+        assert_eq!(sent(&a), vec![b"/b".to_vec()], "only the set the new server lacks is re-sent");
+        assert_eq!(r.core.ack_state(&uuid(1)), AckState::Acked);
+        assert_eq!(r.core.ack_state(&uuid(2)), AckState::Pending);
+        assert_eq!(r.core.get(b"/b"), Some(&b"2"[..]), "the pending value stays visible locally");
+        r.on(published("/b", 3, "2", Some(2)));
+        assert_eq!(r.core.ack_state(&uuid(2)), AckState::Acked);
+    }
+
+    #[test]
+    fn a_snapshot_found_in_the_new_servers_map_acks_the_set() {
+        let mut r = Rig::new(cfg(2, ""));
+        r.sync(0, &[], 0);
+        r.on(Event::Set(set("/a", "1", 7)));
+        r.tick_after_ms(2001);
+        assert_eq!(r.core.current(), 1);
+        let a = r.sync(1, &[("/a", 1, "1", Some(7))], 1);
+        assert!(sent(&a).is_empty());
+        assert_eq!(r.core.ack_state(&uuid(7)), AckState::Acked);
+    }
+
+    #[test]
+    fn unanswered_snapshot_request_and_unreachable_server_fail_over() {
+        let mut r = Rig::new(cfg(2, ""));
+        r.on(Event::Link { server: 0, up: true });
+        assert!(matches!(r.on(Event::Tick)[..], [Action::RequestSnapshot { server: 0, .. }]));
+        assert!(r.tick_after_ms(500).is_empty(), "deadline is snapshot_retry_ms");
+        assert_eq!(r.tick_after_ms(1), vec![Action::EndSnapshot]);
+        assert_eq!(r.core.current(), 1);
+        // Server 1 never connects: after snapshot_retry_ms back to server 0.
+        assert!(r.on(Event::Tick).is_empty());
+        r.tick_after_ms(501);
+        assert_eq!(r.core.current(), 0);
+        assert_eq!(r.core.status().failovers, 2);
+    }
+
+    #[test]
+    fn a_sequence_going_backwards_or_a_dropped_link_resyncs_with_the_same_server() {
+        let mut r = Rig::new(cfg(1, ""));
+        r.sync(0, &[], 10);
+        r.on(published("/a", 11, "x", None));
+        r.on(Event::Set(set("/mine", "m", 1)));
+        // The server restarted without a data dir: it counts again from 1.
+        assert!(r.on(published("HUGZ", 1, "", None)).is_empty());
+        assert_eq!(r.core.phase(), PhaseKind::Initial);
+        assert_eq!(r.core.status().resyncs, 1);
+        assert_eq!(r.core.status().failovers, 0);
+        r.on(published("/ignored", 99, "x", None));
+        let a = r.sync(0, &[], 1);
+        assert_eq!(r.core.get(b"/a"), None, "the restarted server's map replaces ours");
+        assert_eq!(r.core.get(b"/ignored"), None, "nothing read between the restart and the sync");
+        assert_eq!(sent(&a), vec![b"/mine".to_vec()], "the unacknowledged set goes to the restarted server");
+        assert_eq!(r.core.status().sequence, 1);
+        // A dropped link also resyncs (updates may have been lost while it was down).
+        r.on(Event::Link { server: 0, up: false });
+        r.on(Event::Tick);
+        assert_eq!(r.core.phase(), PhaseKind::Initial);
+        assert_eq!(r.core.status().resyncs, 2);
+    }
+
+    #[test]
+    fn subtree_filters_snapshot_and_live_and_sets_outside_are_untracked() {
+        let mut r = Rig::new(cfg(1, "/x/"));
+        r.on(Event::Link { server: 0, up: true });
+        assert_eq!(r.on(Event::Tick), vec![Action::RequestSnapshot { server: 0, subtree: b"/x/".to_vec() }]);
+        r.on(Event::Snapshot(Ok(KvMsg::new("/x/1", 1, "a"))));
+        r.on(Event::Snapshot(Ok(KvMsg::new("/y/1", 2, "b"))));
+        r.on(kthxbai(2));
+        r.on(published("/y/2", 3, "c", None));
+        r.on(published("/x/2", 4, "d", None));
+        assert_eq!(r.core.dump(b""), vec![(b"/x/1".to_vec(), b"a".to_vec()), (b"/x/2".to_vec(), b"d".to_vec())]);
+        let a = r.on(Event::Set(set("/y/3", "e", 1)));
+        assert_eq!(sent(&a), vec![b"/y/3".to_vec()], "sent once");
+        assert_eq!(r.core.ack_state(&uuid(1)), AckState::Untracked);
+        assert_eq!(r.core.get(b"/y/3"), None);
+        assert!(sent(&r.tick_after_ms(5000)).is_empty(), "never re-sent");
+        // Changing the subtree resubscribes and re-syncs.
+        r.on(published("HUGZ", 4, "", None));
+        let a = r.on(Event::Subtree(b"/y/".to_vec()));
+        assert_eq!(a, vec![Action::Resubscribe { old: b"/x/".to_vec(), new: b"/y/".to_vec() }]);
+        assert_eq!(r.core.phase(), PhaseKind::Initial);
+    }
+
+    #[test]
+    fn a_pending_set_outside_a_new_subtree_becomes_untracked_at_the_resync() {
+        let mut r = Rig::new(cfg(1, "/x/"));
+        r.sync(0, &[], 0);
+        r.on(Event::Set(set("/x/k", "v", 3)));
+        r.on(Event::Subtree(b"/y/".to_vec()));
+        let a = r.sync(0, &[], 0);
+        assert!(sent(&a).is_empty());
+        assert_eq!(r.core.ack_state(&uuid(3)), AckState::Untracked);
+    }
+
+    #[test]
+    fn watchers_see_initial_local_live_and_resync_changes() {
+        let mut r = Rig::new(cfg(1, ""));
+        r.sync(0, &[("/w/a", 1, "1", None), ("/z", 2, "z", None)], 2);
+        let (tx, rx) = crossbeam::channel::unbounded();
+        r.core.watch(b"/w/".to_vec(), tx);
+        r.on(Event::Set(set("/w/b", "2", 1)));
+        r.on(published("/w/a", 3, "1b", None));
+        r.on(published("/z", 4, "zz", None));
+        r.on(published("HUGZ", 0, "", None)); // sequence backwards: re-sync
+        r.sync(0, &[("/w/c", 1, "3", None)], 1);
+        let got: Vec<(Vec<u8>, Option<Vec<u8>>, ChangeKind)> =
+            rx.try_iter().map(|c| (c.key, c.value, c.kind)).collect();
+        let k = |s: &str| s.as_bytes().to_vec();
+        let v = |s: &str| Some(s.as_bytes().to_vec());
+        assert_eq!(
+            got,
+            vec![
+                (k("/w/a"), v("1"), ChangeKind::Initial),
+                (k("/w/b"), v("2"), ChangeKind::Local),
+                (k("/w/a"), v("1b"), ChangeKind::Live),
+                (k("/w/c"), v("3"), ChangeKind::Resync),
+                (k("/w/a"), None, ChangeKind::Resync),
+                (k("/w/b"), None, ChangeKind::Resync),
+                (k("/w/b"), v("2"), ChangeKind::Local),
+            ]
+        );
+    }
+
+    #[test]
+    fn max_unacked_evicts_the_oldest_as_abandoned() {
+        let mut r = Rig::new(ClientConfig { max_unacked: 2, ..cfg(1, "") });
+        r.sync(0, &[], 0);
+        for n in 1..=3 {
+            r.on(Event::Set(set(&format!("/k{n}"), "v", n)));
+        }
+        assert_eq!(r.core.ack_state(&uuid(1)), AckState::Abandoned);
+        assert_eq!(r.core.ack_state(&uuid(3)), AckState::Pending);
+        assert_eq!(r.core.status().unacked, 2);
+    }
+}

@@ -1,0 +1,1350 @@
+//! Socket-free core of the clone server (Clone model 6 + Binary Star): `(event, now_ns) → actions`,
+//! like [`BStar`].
+//!
+//! It owns the map, the sequence, UUID de-duplication and re-publishing, the passive server's
+//! pending list and its re-sync from the active peer, takeover (pending-list replay), TTL
+//! expiry, HUGZ, and the durability rule. It never touches a socket, a file or a clock: the
+//! shell ([`super::server`]) turns each frame into an [`Event`], passes `now_ns`, and carries
+//! out the [`Action`]s in order.
+//!
+//! **Durability** (with a data directory): an update is appended to the log
+//! ([`Action::Append`]); it is applied and published (its acknowledgement) only after the shell
+//! has flushed the log ([`Action::FlushLog`] answered by [`Event::LogFlushed`]). The shell runs
+//! the actions in order and reports a failed append or flush at once ([`Event::LogFailed`],
+//! after rolling the log back): every update waiting on the lost records is then neither
+//! applied, published nor acknowledged, its UUID is forgotten so the client's re-send counts as
+//! new, and the failure is counted in `log_failures`.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use super::bstar::{BStar, BStarError, Event as BEvent, Role, State};
+use super::kvmsg::{self, KvMsg, Request, Uuid, HUGZ, KTHXBAI};
+use super::map::{ttl_ns, KvMap, RecentUuids};
+use super::persist::{self, Record};
+
+/// A passive server drops pending updates older than this while the active peer is alive (the
+/// active peer would have published them long ago; e.g. updates without a UUID cannot be matched).
+pub const PENDING_MAX_AGE_NS: u64 = 10_000_000_000;
+/// Most updates a passive server holds in its pending list (the oldest is dropped first).
+pub const PENDING_MAX: usize = 1_000_000;
+/// Silence from the peer's snapshot port after which a passive server retries its sync.
+pub const PEER_SYNC_TIMEOUT_NS: u64 = 3_000_000_000;
+/// UUIDs remembered as already re-published once (see `republish_if_current`).
+const REPUBLISHED_UUIDS: usize = 65_536;
+
+/// Longest properties frame (`name=value\n` text) accepted in an update.
+pub const MAX_PROPS_BYTES: usize = 64 << 10;
+
+/// Accepted heartbeat, HUGZ and fsync intervals: below 10 ms a peer or client is declared dead
+/// by scheduling noise; above a minute failover is too slow to be of use.
+pub const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
+
+/// Binary Star settings of one half of a pair.
+#[derive(Debug, Clone)]
+pub struct PairConfig {
+    /// `--primary` or `--backup`.
+    pub role: Role,
+    /// The peer's base endpoint `tcp://host:P2` (its snapshot port; PUB at P2+1).
+    pub peer: String,
+    /// The peer's Binary Star state endpoint (default `tcp://host:P2+3`).
+    pub peer_state: String,
+    /// Our state endpoint to bind (default `tcp://<bind>:P+3`).
+    pub state_bind: String,
+    /// Heartbeat interval (the peer is dead after two missed).
+    pub heartbeat_ms: u64,
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Interface to bind (`127.0.0.1`, `*`, an address).
+    pub bind_host: String,
+    /// Base port P (snapshot); P+1 publisher, P+2 collector.
+    pub port: u16,
+    /// Binary Star pair, or `None` for a standalone server (always active).
+    pub pair: Option<PairConfig>,
+    /// Directory for the update log and snapshots.
+    pub data_dir: Option<PathBuf>,
+    /// HUGZ when nothing was published for this long.
+    pub hugz_interval_ms: u64,
+    /// fsync the log at most this often.
+    pub fsync_interval_ms: u64,
+    /// Longest key accepted.
+    pub max_key_bytes: usize,
+    /// Longest value accepted.
+    pub max_value_bytes: usize,
+    /// Publisher send high-water mark (messages per subscriber).
+    pub pub_hwm_msgs: i32,
+    /// Collector receive high-water mark.
+    pub collector_hwm_msgs: i32,
+    /// UUIDs remembered for de-duplication.
+    pub recent_uuids: usize,
+    /// Print state changes and problems to stderr.
+    pub verbose: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind_host: "127.0.0.1".into(),
+            port: 5556,
+            pair: None,
+            data_dir: None,
+            hugz_interval_ms: 1000,
+            fsync_interval_ms: 1000,
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            pub_hwm_msgs: 1_000_000,
+            collector_hwm_msgs: 1_000_000,
+            recent_uuids: 1 << 18,
+            verbose: true,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Check the limits: the reason (naming the `mdsub clone-server` flag) when they are unusable.
+    pub fn check(&self) -> Result<(), String> {
+        let in_range = |flag: &str, ms: u64| {
+            if INTERVAL_RANGE_MS.contains(&ms) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{flag} {ms} is out of range: give {}..={} ms",
+                    INTERVAL_RANGE_MS.start(),
+                    INTERVAL_RANGE_MS.end()
+                ))
+            }
+        };
+        if let Some(p) = &self.pair {
+            in_range("--heartbeat-ms", p.heartbeat_ms)?;
+        }
+        in_range("--hugz-ms", self.hugz_interval_ms)?;
+        in_range("fsync interval (ms)", self.fsync_interval_ms)?;
+        let record = self
+            .max_key_bytes
+            .checked_add(self.max_value_bytes)
+            .and_then(|n| n.checked_add(MAX_PROPS_BYTES + persist::RECORD_FIXED_BYTES));
+        if record.is_none_or(|n| n > persist::MAX_RECORD_BYTES) {
+            let room = persist::MAX_RECORD_BYTES - MAX_PROPS_BYTES - persist::RECORD_FIXED_BYTES;
+            return Err(format!(
+                "--max-key-bytes {} + --max-value-bytes {} exceed what one log record can hold: \
+                 the two together must be at most {room} bytes",
+                self.max_key_bytes, self.max_value_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Input to the core.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A Binary Star heartbeat from the peer (`None`: it did not parse).
+    PeerState(Option<State>),
+    /// A message from the peer's publisher (`Err`: it did not decode).
+    Replicated(Result<KvMsg, ()>),
+    /// Our subscriber to the peer's publisher connected (true) or lost its link (false).
+    PeerLink(bool),
+    /// A reply to our snapshot request to the peer (`Err`: it did not decode).
+    PeerSnapshot(Result<KvMsg, ()>),
+    /// Check the passive re-sync: time out a silent one, start one when needed.
+    PeerSyncCheck,
+    /// The shell could not open the snapshot request to the peer (retried on the next check).
+    PeerSyncFailed,
+    /// A request on the snapshot port from `identity` (`Err`: malformed).
+    Request {
+        /// The ROUTER identity to answer.
+        identity: Vec<u8>,
+        /// What was asked.
+        request: Result<Request, ()>,
+    },
+    /// A snapshot asked for by [`Action::SendSnapshot`] went out completely.
+    SnapshotSent,
+    /// An update from the collector (`Err`: it did not decode).
+    Update(Result<KvMsg, ()>),
+    /// End of a batch: write and publish what waits.
+    Flush,
+    /// Time passed: heartbeats, pending-list ageing, TTL expiry, HUGZ, fsync.
+    Tick,
+    /// The log flush asked for by [`Action::FlushLog`] succeeded.
+    LogFlushed,
+    /// The append with `token` (or, for `None`, the flush) failed; the shell has rolled back
+    /// the log records not yet flushed.
+    LogFailed {
+        /// The failed [`Action::Append`]'s token; `None` for a failed flush.
+        token: Option<u64>,
+        /// What went wrong, for the report.
+        error: String,
+    },
+}
+
+/// What the shell must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send `msg` on the publisher; when `apply_at_ns` is set, then hand it back with
+    /// [`ServerCore::published`] (a client update is applied once published: no copy).
+    Publish {
+        /// The KVPUB.
+        msg: KvMsg,
+        /// Apply it to the map at this time after sending.
+        apply_at_ns: Option<u64>,
+    },
+    /// Send our Binary Star state to the peer.
+    Heartbeat(State),
+    /// Answer `STATUS?` with `text`.
+    Reply {
+        /// The ROUTER identity.
+        identity: Vec<u8>,
+        /// The status text.
+        text: String,
+    },
+    /// Send the snapshot of `subtree` ([`ServerCore::map`], then KTHXBAI with
+    /// [`ServerCore::sequence`]), then report [`Event::SnapshotSent`].
+    SendSnapshot {
+        /// The ROUTER identity.
+        identity: Vec<u8>,
+        /// The subtree asked for.
+        subtree: Vec<u8>,
+    },
+    /// Open a snapshot request (`ICANHAZ?` for everything) to the peer.
+    RequestPeerSnapshot,
+    /// Close the snapshot request to the peer.
+    EndPeerSnapshot,
+    /// Append `msg` (no `ttl` property) to the log; on failure roll the log back and report
+    /// [`Event::LogFailed`] with `token` at once.
+    Append {
+        /// Identifies the append in a failure report.
+        token: u64,
+        /// The update.
+        msg: KvMsg,
+        /// Milliseconds from now until it expires (wall-clock deadline = now + this).
+        expires_in_ms: Option<u64>,
+    },
+    /// Hand the appended records to the OS, then report [`Event::LogFlushed`] or
+    /// [`Event::LogFailed`] (`token: None`).
+    FlushLog,
+    /// fsync the log (failures are reported, not fatal).
+    SyncLog,
+    /// Replace the data directory's snapshot with the map (after a passive re-sync).
+    WriteSnapshot,
+    /// Print this line (prefixed with the role) on stderr.
+    Log(String),
+}
+
+/// Counters reported by `STATUS?`.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Snapshot-port requests that were not ICANHAZ?/STATUS?.
+    pub malformed_requests: u64,
+    /// Updates that failed to decode or validate (size limits, bad TTL, bad frames).
+    pub malformed_updates: u64,
+    /// Updates dropped because their UUID was already applied.
+    pub duplicates: u64,
+    /// Snapshot requests refused by Binary Star.
+    pub rejected_votes: u64,
+    /// Snapshots served.
+    pub snapshots: u64,
+    /// KVPUB messages published (updates and expiry deletes).
+    pub published: u64,
+    /// Keys expired.
+    pub expired: u64,
+    /// Peer heartbeats that did not parse.
+    pub malformed_heartbeats: u64,
+    /// Pending updates dropped (too old or list full).
+    pub pending_dropped: u64,
+    /// Update-log appends or flushes that failed (disk full, I/O error): the
+    /// updates they carried were neither applied, published nor acknowledged.
+    pub log_failures: u64,
+}
+
+/// What waits in the outbox for the update log's flush.
+#[derive(Debug)]
+enum Outgoing {
+    /// Publish only (HUGZ, expiry deletes, re-published current values).
+    Publish(KvMsg),
+    /// A client's update: apply to the map at `now_ns`, then publish (its acknowledgement).
+    Update(KvMsg, u64),
+}
+
+struct PeerSync {
+    deadline_ns: u64,
+    map: KvMap,
+    queued: Vec<KvMsg>,
+}
+
+struct Pair {
+    bstar: BStar,
+    peer_connected: bool,
+    peer_snapshot: String,
+    sync: Option<PeerSync>,
+    synced: bool,
+    pending: VecDeque<(u64, KvMsg)>,
+}
+
+/// The clone server's protocol logic.
+pub struct ServerCore {
+    role: &'static str,
+    hugz_ns: u64,
+    fsync_ns: u64,
+    max_key_bytes: usize,
+    max_value_bytes: usize,
+    verbose: bool,
+    /// With a data directory: updates wait for the log (see the module doc).
+    durable: bool,
+    pair: Option<Pair>,
+    map: KvMap,
+    sequence: u64,
+    recent: RecentUuids,
+    /// Applied UUIDs already re-published once for a re-sending client.
+    republished: RecentUuids,
+    counters: Counters,
+    last_pub_ns: u64,
+    last_fsync_ns: u64,
+    /// Appends issued so far (the last one's token).
+    appends: u64,
+    /// Appended since the last flush.
+    wrote: bool,
+    /// The last client update appended: (token, sequence), to give the sequence back if it fails.
+    last_update_append: Option<(u64, u64)>,
+    /// Waiting for the flush, each tagged with the appends issued when it was queued: a failed
+    /// append `k` loses every record up to `k`, so the entries tagged `<= k` go with it.
+    outbox: Vec<(u64, Outgoing)>,
+}
+
+impl ServerCore {
+    /// A core for `cfg` (checked by the caller) at `now_ns`: PRIMARY/BACKUP in a pair, else
+    /// active. `durable`: a data directory holds the log.
+    pub fn new(cfg: &ServerConfig, durable: bool, now_ns: u64) -> Self {
+        let pair = cfg.pair.as_ref().map(|pc| Pair {
+            bstar: BStar::new(pc.role, pc.heartbeat_ms.saturating_mul(1_000_000), now_ns),
+            peer_connected: false,
+            peer_snapshot: super::endpoints(&pc.peer).map(|[s, _, _]| s).unwrap_or_else(|_| pc.peer.clone()),
+            sync: None,
+            synced: false,
+            pending: VecDeque::new(),
+        });
+        ServerCore {
+            role: match &cfg.pair {
+                None => "standalone",
+                Some(p) if p.role == Role::Primary => "primary",
+                Some(_) => "backup",
+            },
+            hugz_ns: cfg.hugz_interval_ms.saturating_mul(1_000_000),
+            fsync_ns: cfg.fsync_interval_ms.saturating_mul(1_000_000),
+            max_key_bytes: cfg.max_key_bytes,
+            max_value_bytes: cfg.max_value_bytes,
+            verbose: cfg.verbose,
+            durable,
+            pair,
+            map: KvMap::new(),
+            sequence: 0,
+            recent: RecentUuids::new(cfg.recent_uuids),
+            republished: RecentUuids::new(REPUBLISHED_UUIDS),
+            counters: Counters::default(),
+            last_pub_ns: now_ns,
+            last_fsync_ns: now_ns,
+            appends: 0,
+            wrote: false,
+            last_update_append: None,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Load what the data directory recovered (snapshot entries, then log records, in order) at
+    /// wall time `wall_ms` / monotonic `now_ns`. A record whose wall-clock deadline has passed
+    /// deletes its key (it expired while the server was down, so any earlier value is gone too).
+    pub fn recover(&mut self, records: Vec<Record>, sequence: u64, wall_ms: u64, now_ns: u64) {
+        for r in records {
+            if let Some(u) = r.msg.uuid {
+                self.recent.insert(u);
+            }
+            let mut msg = r.msg;
+            let exp = match r.expires_at_unix_ms {
+                Some(t) if t <= wall_ms => {
+                    msg.body.clear(); // expired: a delete
+                    None
+                }
+                Some(t) => Some(now_ns.saturating_add(t.saturating_sub(wall_ms).saturating_mul(1_000_000))),
+                None => None,
+            };
+            let key = std::mem::take(&mut msg.key);
+            self.map.put(key, &msg, exp);
+        }
+        self.sequence = sequence;
+    }
+
+    /// Handle one event at `now_ns`, appending what to do to `out`. An error is fatal (Binary
+    /// Star found both servers in the same state).
+    pub fn on_event(&mut self, event: Event, now_ns: u64, out: &mut Vec<Action>) -> Result<(), BStarError> {
+        match event {
+            Event::PeerState(Some(s)) => {
+                self.bstar_event(BEvent::Peer(s), now_ns, out)?;
+            }
+            Event::PeerState(None) => self.counters.malformed_heartbeats += 1,
+            Event::Replicated(Ok(m)) => self.on_replicated(m, now_ns, out),
+            Event::Replicated(Err(())) => {}
+            Event::PeerLink(up) => {
+                if let Some(p) = self.pair.as_mut() {
+                    p.peer_connected = up;
+                }
+            }
+            Event::PeerSnapshot(m) => self.on_peer_snapshot(m, now_ns, out),
+            Event::PeerSyncCheck => self.peer_sync_check(now_ns, out),
+            Event::PeerSyncFailed => {
+                if let Some(p) = self.pair.as_mut() {
+                    p.sync = None;
+                }
+            }
+            Event::Request { identity, request } => match request {
+                Ok(Request::Status) => out.push(Action::Reply { identity, text: self.status_text() }),
+                Ok(Request::Snapshot { subtree }) => {
+                    if self.bstar_event(BEvent::ClientRequest, now_ns, out)? {
+                        // A snapshot acknowledges what it holds: write the log first.
+                        self.flush(out);
+                        out.push(Action::SendSnapshot { identity, subtree });
+                    } else {
+                        self.counters.rejected_votes += 1;
+                    }
+                }
+                Err(()) => self.counters.malformed_requests += 1,
+            },
+            Event::SnapshotSent => self.counters.snapshots += 1,
+            Event::Update(Ok(m)) => self.on_collector(m, now_ns, out),
+            Event::Update(Err(())) => self.counters.malformed_updates += 1,
+            Event::Flush => self.flush(out),
+            Event::Tick => self.timers(now_ns, out),
+            Event::LogFlushed => {
+                self.wrote = false;
+                self.publish_outbox(out);
+            }
+            Event::LogFailed { token, error } => self.log_failed(token, &error, out),
+        }
+        Ok(())
+    }
+
+    /// A published update handed back by the shell ([`Action::Publish`] with `apply_at_ns`).
+    pub fn published(&mut self, msg: KvMsg, at_ns: u64) {
+        if self.map.apply_owned(msg, at_ns).is_err() {
+            self.counters.malformed_updates += 1;
+        }
+    }
+
+    /// The map and the Binary Star machine apart, so a shell sending a long snapshot from the
+    /// map can keep heartbeats going ([`BStar::heartbeat_due`]) meanwhile.
+    pub fn snapshot_view(&mut self) -> (&KvMap, Option<&mut BStar>) {
+        (&self.map, self.pair.as_mut().map(|p| &mut p.bstar))
+    }
+
+    /// `active`, `passive`, `primary`, `backup` (a standalone server is always `active`).
+    pub fn state_name(&self) -> &'static str {
+        match &self.pair {
+            None => "active",
+            Some(p) => p.bstar.state().name(),
+        }
+    }
+
+    /// Serving clients (standalone, or ACTIVE in a pair).
+    pub fn is_active(&self) -> bool {
+        self.pair.as_ref().is_none_or(|p| p.bstar.state() == State::Active)
+    }
+
+    /// A passive re-sync from the peer is under way.
+    pub fn peer_syncing(&self) -> bool {
+        self.pair.as_ref().is_some_and(|p| p.sync.is_some())
+    }
+
+    /// Current sequence (highest published or replicated).
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The map.
+    pub fn map(&self) -> &KvMap {
+        &self.map
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Updates held in the pending list (passive).
+    pub fn pending(&self) -> usize {
+        self.pair.as_ref().map_or(0, |p| p.pending.len())
+    }
+
+    /// The `STATUS?` reply.
+    pub fn status_text(&self) -> String {
+        let c = &self.counters;
+        format!(
+            "state={}\nrole={}\nsequence={}\nkeys={}\npending={}\nmalformed_requests={}\n\
+             malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
+             published={}\nexpired={}\npending_dropped={}\nlog_failures={}\n",
+            self.state_name(),
+            self.role,
+            self.sequence,
+            self.map.len(),
+            self.pending(),
+            c.malformed_requests,
+            c.malformed_updates,
+            c.malformed_heartbeats,
+            c.duplicates,
+            c.rejected_votes,
+            c.snapshots,
+            c.published,
+            c.expired,
+            c.pending_dropped,
+            c.log_failures
+        )
+    }
+
+    fn log(&self, out: &mut Vec<Action>, msg: std::fmt::Arguments) {
+        if self.verbose {
+            out.push(Action::Log(msg.to_string()));
+        }
+    }
+
+    /// Append `msg` to the update log (no data dir: nothing to do).
+    fn persist(&mut self, msg: &KvMsg, expires_at_ns: Option<u64>, now_ns: u64, out: &mut Vec<Action>) -> u64 {
+        if !self.durable {
+            return 0;
+        }
+        let mut m = msg.clone();
+        m.remove_prop(kvmsg::TTL_PROP);
+        self.appends += 1;
+        self.wrote = true;
+        out.push(Action::Append {
+            token: self.appends,
+            msg: m,
+            expires_in_ms: expires_at_ns.map(|t| t.saturating_sub(now_ns) / 1_000_000 + 1),
+        });
+        self.appends
+    }
+
+    /// A log append or flush failed and the shell rolled back every record not yet flushed:
+    /// what waited on them is not published, and the clients' re-sends count as new.
+    fn log_failed(&mut self, token: Option<u64>, error: &str, out: &mut Vec<Action>) {
+        self.counters.log_failures += 1;
+        let lost_up_to = token.unwrap_or(u64::MAX);
+        self.wrote = token.is_some_and(|k| self.appends > k);
+        if let (Some(k), Some((t, seq))) = (token, self.last_update_append) {
+            if k == t && seq == self.sequence {
+                self.sequence -= 1; // the failed update was the last one sequenced: reuse it
+            }
+        }
+        let mut kept = Vec::with_capacity(self.outbox.len());
+        for (tag, o) in std::mem::take(&mut self.outbox) {
+            if tag > lost_up_to {
+                kept.push((tag, o));
+            } else if let Outgoing::Update(m, _) = o {
+                if let Some(u) = m.uuid {
+                    self.recent.remove(&u);
+                }
+            }
+        }
+        self.outbox = kept;
+        let n = self.counters.log_failures;
+        if n <= 10 || n.is_multiple_of(1000) {
+            out.push(Action::Log(format!("update log write failed ({n} so far), update not acknowledged: {error}")));
+        }
+    }
+
+    /// Publish `msg`; with a data dir it waits in the outbox until its log record is written.
+    fn publish(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+        self.last_pub_ns = now_ns;
+        if self.durable {
+            self.outbox.push((self.appends, Outgoing::Publish(msg)));
+            return;
+        }
+        self.counters.published += 1;
+        out.push(Action::Publish { msg, apply_at_ns: None });
+    }
+
+    /// Hand the log records written so far to the OS, then publish the outbox: a KVPUB is a
+    /// client's acknowledgement, so it goes out only once a process crash can no longer lose
+    /// the update (append → flush → publish, once per batch).
+    fn flush(&mut self, out: &mut Vec<Action>) {
+        if self.durable && self.wrote {
+            out.push(Action::FlushLog); // continues at Event::LogFlushed
+            return;
+        }
+        self.publish_outbox(out);
+    }
+
+    fn publish_outbox(&mut self, out: &mut Vec<Action>) {
+        for (_, o) in self.outbox.drain(..) {
+            self.counters.published += 1;
+            out.push(match o {
+                Outgoing::Publish(msg) => Action::Publish { msg, apply_at_ns: None },
+                Outgoing::Update(msg, at) => Action::Publish { msg, apply_at_ns: Some(at) },
+            });
+        }
+    }
+
+    /// Validate a client update; the reason when it is refused.
+    fn validate(&self, msg: &KvMsg) -> Result<(), String> {
+        if msg.key.is_empty() {
+            return Err("empty key".into());
+        }
+        if msg.key.len() > self.max_key_bytes {
+            return Err(format!("key of {} bytes > {}", msg.key.len(), self.max_key_bytes));
+        }
+        if msg.body.len() > self.max_value_bytes {
+            return Err(format!("value of {} bytes > {}", msg.body.len(), self.max_value_bytes));
+        }
+        if msg.key == HUGZ || msg.key == KTHXBAI {
+            return Err("reserved key".into());
+        }
+        ttl_ns(msg).map_err(|e| e.to_string())?;
+        let props = kvmsg::encode_props(&msg.props).map_err(|e| e.to_string())?;
+        if props.len() > MAX_PROPS_BYTES {
+            return Err(format!("properties of {} bytes > {MAX_PROPS_BYTES}", props.len()));
+        }
+        Ok(())
+    }
+
+    /// Active: sequence, store, publish and persist one client update (deduplicated by UUID).
+    /// The update was validated (TTL parses), so storing it cannot fail.
+    fn apply_update(&mut self, mut msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+        if let Some(u) = msg.uuid {
+            if !self.recent.insert(u) {
+                self.counters.duplicates += 1;
+                self.republish_if_current(&msg, u, now_ns, out);
+                return;
+            }
+        }
+        self.sequence = self.sequence.saturating_add(1);
+        msg.sequence = self.sequence;
+        if self.durable {
+            // Log first; applied and published (the acknowledgement) only once the log record
+            // is flushed, never if it failed.
+            let exp = ttl_ns(&msg).ok().flatten().map(|t| now_ns.saturating_add(t));
+            let token = self.persist(&msg, exp, now_ns, out);
+            self.last_update_append = Some((token, self.sequence));
+            self.last_pub_ns = now_ns;
+            self.outbox.push((token, Outgoing::Update(msg, now_ns)));
+            return;
+        }
+        self.last_pub_ns = now_ns;
+        self.counters.published += 1;
+        out.push(Action::Publish { msg, apply_at_ns: Some(now_ns) });
+    }
+
+    /// A client re-sent an update we already applied (it missed our KVPUB, e.g. because its
+    /// subscription was not in place yet). If the key still holds exactly that update, publish the
+    /// current state again under a new sequence: it changes nothing and acknowledges the client.
+    /// If the key has moved on, a newer update exists and re-publishing would be stale: drop it.
+    /// Each UUID is re-published at most once (a client whose subscription cannot see the key
+    /// would otherwise have every re-send published again under a new sequence); a client that
+    /// misses that once finds its UUID in the snapshot of its next re-sync.
+    fn republish_if_current(&mut self, msg: &KvMsg, u: Uuid, now_ns: u64, out: &mut Vec<Action>) {
+        let current = match self.map.get(&msg.key) {
+            Some(e) if e.uuid == Some(u) => Some(KvMap::to_msg(&msg.key, e, now_ns)),
+            None if msg.body.is_empty() => Some(msg.clone()),
+            _ => None,
+        };
+        if current.is_some() && !self.republished.insert(u) {
+            return;
+        }
+        if let Some(mut m) = current {
+            self.sequence = self.sequence.saturating_add(1);
+            m.sequence = self.sequence;
+            m.uuid = Some(u);
+            self.map.set_sequence(&m.key, m.sequence);
+            let exp = self.map.get(&m.key).and_then(|e| e.expires_at_ns);
+            self.persist(&m, exp, now_ns, out);
+            self.publish(m, now_ns, out);
+        }
+    }
+
+    /// Passive: apply an update the active server published.
+    fn apply_replicated(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+        if msg.sequence <= self.sequence {
+            return;
+        }
+        self.sequence = msg.sequence;
+        if let Some(u) = msg.uuid {
+            self.recent.insert(u);
+            if let Some(p) = self.pair.as_mut() {
+                if let Some(i) = p.pending.iter().position(|(_, m)| m.uuid == Some(u)) {
+                    p.pending.remove(i);
+                }
+            }
+        }
+        if self.durable {
+            let exp = ttl_ns(&msg).ok().flatten().map(|t| now_ns.saturating_add(t));
+            self.persist(&msg, exp, now_ns, out);
+        }
+        if self.map.apply_owned(msg, now_ns).is_err() {
+            self.counters.malformed_updates += 1;
+        }
+    }
+
+    fn on_collector(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+        if let Err(reason) = self.validate(&msg) {
+            self.counters.malformed_updates += 1;
+            if self.counters.malformed_updates <= 10 {
+                self.log(out, format_args!("update refused: {reason}"));
+            }
+            return;
+        }
+        if self.is_active() {
+            self.apply_update(msg, now_ns, out);
+            return;
+        }
+        // Not active: hold it until the active server publishes it (or we take over).
+        if msg.uuid.is_some_and(|u| self.recent.contains(&u)) {
+            return;
+        }
+        if let Some(p) = self.pair.as_mut() {
+            if msg.uuid.is_some() && p.pending.iter().any(|(_, m)| m.uuid == msg.uuid) {
+                return; // a re-send of an update we already hold
+            }
+            if p.pending.len() >= PENDING_MAX {
+                p.pending.pop_front();
+                self.counters.pending_dropped += 1;
+            }
+            p.pending.push_back((now_ns, msg));
+        }
+    }
+
+    /// A message from the active peer's publisher (we are not active).
+    fn on_replicated(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+        if self.is_active() {
+            return;
+        }
+        let sequence = self.sequence;
+        let verbose = self.verbose;
+        let Some(p) = self.pair.as_mut() else { return };
+        if msg.key == HUGZ {
+            // HUGZ carries the active's sequence: if it is ahead of us while we think we are in
+            // step, we lost updates.
+            if p.synced && p.sync.is_none() && msg.sequence > sequence {
+                p.synced = false;
+                if verbose {
+                    out.push(Action::Log(format!("passive: behind ({sequence} < {}), re-syncing", msg.sequence)));
+                }
+            }
+            return;
+        }
+        if let Some(sync) = p.sync.as_mut() {
+            sync.queued.push(msg);
+        } else if p.synced {
+            if msg.sequence > sequence.saturating_add(1) {
+                // The active server's sequence is contiguous: we missed updates (HWM, a
+                // reconnect). Fetch a fresh snapshot rather than drift.
+                p.synced = false;
+                if verbose {
+                    out.push(Action::Log(format!("passive: gap {sequence} -> {}, re-syncing", msg.sequence)));
+                }
+                return;
+            }
+            self.apply_replicated(msg, now_ns, out);
+        }
+    }
+
+    /// Passive and not yet in step with the active server: time out a silent sync, or start one
+    /// once our subscription to the peer is on its way.
+    fn peer_sync_check(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        let verbose = self.verbose;
+        let Some(p) = self.pair.as_mut() else { return };
+        if p.bstar.state() != State::Passive || p.synced || (p.sync.is_none() && !p.peer_connected) {
+            return;
+        }
+        match &p.sync {
+            Some(sync) => {
+                if now_ns > sync.deadline_ns {
+                    p.sync = None;
+                    out.push(Action::EndPeerSnapshot);
+                    if verbose {
+                        out.push(Action::Log("passive: peer snapshot timed out, retrying".into()));
+                    }
+                }
+            }
+            None => {
+                p.sync = Some(PeerSync {
+                    deadline_ns: now_ns.saturating_add(PEER_SYNC_TIMEOUT_NS),
+                    map: KvMap::new(),
+                    queued: Vec::new(),
+                });
+                out.push(Action::RequestPeerSnapshot);
+                if verbose {
+                    out.push(Action::Log(format!("passive: fetching a snapshot from {}", p.peer_snapshot)));
+                }
+            }
+        }
+    }
+
+    fn on_peer_snapshot(&mut self, m: Result<KvMsg, ()>, now_ns: u64, out: &mut Vec<Action>) {
+        let Some(sync) = self.pair.as_mut().and_then(|p| p.sync.as_mut()) else { return };
+        sync.deadline_ns = now_ns.saturating_add(PEER_SYNC_TIMEOUT_NS);
+        let Ok(m) = m else { return };
+        if m.key != KTHXBAI {
+            if !m.body.is_empty() {
+                let _ = sync.map.apply(&m, now_ns);
+            }
+            return;
+        }
+        let Some(p) = self.pair.as_mut() else { return };
+        let Some(sync) = p.sync.take() else { return };
+        out.push(Action::EndPeerSnapshot);
+        p.synced = true;
+        self.map = sync.map;
+        self.sequence = m.sequence;
+        for (_, e) in self.map.iter() {
+            if let Some(u) = e.uuid {
+                self.recent.insert(u);
+            }
+        }
+        let recent = &self.recent;
+        p.pending.retain(|(_, m)| !m.uuid.is_some_and(|u| recent.contains(&u)));
+        for q in sync.queued {
+            self.apply_replicated(q, now_ns, out);
+        }
+        if self.durable {
+            out.push(Action::WriteSnapshot);
+        }
+        self.log(out, format_args!("passive: in sync with {} keys at sequence {}", self.map.len(), self.sequence));
+    }
+
+    fn on_transition(&mut self, from: State, to: State, now_ns: u64, out: &mut Vec<Action>) {
+        self.log(out, format_args!("state {} -> {}", from.name(), to.name()));
+        let Some(p) = self.pair.as_mut() else { return };
+        p.bstar.heartbeat_now();
+        match to {
+            State::Active => {
+                if p.sync.take().is_some() {
+                    out.push(Action::EndPeerSnapshot);
+                }
+                let pending: Vec<KvMsg> = p.pending.drain(..).map(|(_, m)| m).collect();
+                let n = pending.len();
+                for m in pending {
+                    self.apply_update(m, now_ns, out);
+                }
+                self.log(out, format_args!("applied {n} pending updates on takeover, sequence {}", self.sequence));
+                self.last_pub_ns = 0; // HUGZ at once so clients see us
+            }
+            State::Passive => p.synced = false,
+            _ => {}
+        }
+    }
+
+    fn bstar_event(&mut self, ev: BEvent, now_ns: u64, out: &mut Vec<Action>) -> Result<bool, BStarError> {
+        let Some(p) = self.pair.as_mut() else { return Ok(true) };
+        let o = p.bstar.on_event(ev, now_ns)?;
+        if let Some((from, to)) = o.transition {
+            self.on_transition(from, to, now_ns, out);
+        }
+        Ok(o.accepted)
+    }
+
+    fn timers(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        if let Some(p) = self.pair.as_mut() {
+            if let Some(s) = p.bstar.heartbeat_due(now_ns) {
+                out.push(Action::Heartbeat(s));
+            }
+            let alive = !p.bstar.peer_expired(now_ns);
+            while alive && p.pending.front().is_some_and(|(t, _)| now_ns.saturating_sub(*t) > PENDING_MAX_AGE_NS) {
+                p.pending.pop_front();
+                self.counters.pending_dropped += 1;
+            }
+        }
+        if self.is_active() {
+            if self.map.next_expiry_ns().is_some_and(|t| t <= now_ns) {
+                for (key, _entry) in self.map.expire(now_ns) {
+                    self.sequence = self.sequence.saturating_add(1);
+                    let del = KvMsg::new(key, self.sequence, Vec::new());
+                    self.persist(&del, None, now_ns, out);
+                    self.publish(del, now_ns, out);
+                    self.counters.expired += 1;
+                }
+            }
+            if now_ns.saturating_sub(self.last_pub_ns) >= self.hugz_ns {
+                self.publish(KvMsg::new(HUGZ, self.sequence, Vec::new()), now_ns, out);
+            }
+        }
+        if self.durable {
+            self.flush(out);
+            if now_ns.saturating_sub(self.last_fsync_ns) >= self.fsync_ns {
+                out.push(Action::SyncLog);
+                self.last_fsync_ns = now_ns;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    const HEARTBEAT_MS: u64 = 100;
+
+    fn uuid(n: u8) -> Uuid {
+        [n; 16]
+    }
+
+    fn upd(key: &str, body: &str, n: u8) -> KvMsg {
+        let mut m = KvMsg::new(key, 0, body);
+        m.uuid = Some(uuid(n));
+        m
+    }
+
+    fn cfg(role: Option<Role>) -> ServerConfig {
+        ServerConfig {
+            pair: role.map(|role| PairConfig {
+                role,
+                peer: "tcp://127.0.0.1:7000".into(),
+                peer_state: "tcp://127.0.0.1:7003".into(),
+                state_bind: "tcp://127.0.0.1:6003".into(),
+                heartbeat_ms: HEARTBEAT_MS,
+            }),
+            hugz_interval_ms: 1000,
+            fsync_interval_ms: 1000,
+            verbose: false,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// A core on a manual clock with a shell stand-in: it runs the actions the way
+    /// `server::Server` does (published updates handed back, log results fed back at once)
+    /// and records them. `fail_appends` / `fail_flush` make the log fail.
+    struct Rig {
+        core: ServerCore,
+        clock: ManualClock,
+        fail_appends: bool,
+        fail_flush: bool,
+        published: Vec<KvMsg>,
+        appended: Vec<KvMsg>,
+        other: Vec<Action>,
+    }
+
+    impl Rig {
+        fn new(cfg: ServerConfig, durable: bool) -> Self {
+            let clock = ManualClock::new(1_000_000_000);
+            Rig {
+                core: ServerCore::new(&cfg, durable, clock.now_ns()),
+                clock,
+                fail_appends: false,
+                fail_flush: false,
+                published: Vec::new(),
+                appended: Vec::new(),
+                other: Vec::new(),
+            }
+        }
+
+        fn on(&mut self, ev: Event) {
+            let now = self.clock.now_ns();
+            let mut out = Vec::new();
+            self.core.on_event(ev, now, &mut out).expect("no binary star error");
+            self.run(out);
+        }
+
+        fn run(&mut self, actions: Vec<Action>) {
+            let now = self.clock.now_ns();
+            for a in actions {
+                let reply = match a {
+                    Action::Publish { msg, apply_at_ns } => {
+                        self.published.push(msg.clone());
+                        if let Some(at) = apply_at_ns {
+                            self.core.published(msg, at);
+                        }
+                        None
+                    }
+                    Action::Append { token, msg, .. } if self.fail_appends => {
+                        let _ = msg;
+                        Some(Event::LogFailed { token: Some(token), error: "disk full".into() })
+                    }
+                    Action::Append { msg, .. } => {
+                        self.appended.push(msg);
+                        None
+                    }
+                    Action::FlushLog if self.fail_flush => Some(Event::LogFailed { token: None, error: "EIO".into() }),
+                    Action::FlushLog => Some(Event::LogFlushed),
+                    Action::Log(_) => None,
+                    other => {
+                        self.other.push(other);
+                        None
+                    }
+                };
+                if let Some(ev) = reply {
+                    let mut more = Vec::new();
+                    self.core.on_event(ev, now, &mut more).expect("no binary star error");
+                    self.run(more);
+                }
+            }
+        }
+
+        fn keys_published(&mut self) -> Vec<(String, u64)> {
+            std::mem::take(&mut self.published)
+                .into_iter()
+                .map(|m| (String::from_utf8_lossy(&m.key).into_owned(), m.sequence))
+                .collect()
+        }
+
+        fn other(&mut self) -> Vec<Action> {
+            std::mem::take(&mut self.other)
+        }
+
+        fn state(&self) -> &'static str {
+            self.core.state_name()
+        }
+
+        /// A backup that heard an ACTIVE primary: PASSIVE.
+        fn passive_backup() -> Rig {
+            let mut r = Rig::new(cfg(Some(Role::Backup)), false);
+            r.on(Event::PeerState(Some(State::Active)));
+            assert_eq!(r.state(), "passive");
+            r
+        }
+
+        /// Make a passive backup fetch and finish a snapshot with `entries` at `seq`.
+        fn sync_passive(&mut self, entries: &[(&str, u64, &str, Option<u8>)], seq: u64) {
+            self.on(Event::PeerLink(true));
+            self.on(Event::PeerSyncCheck);
+            assert_eq!(self.other(), vec![Action::RequestPeerSnapshot]);
+            for (k, s, v, u) in entries {
+                let mut m = KvMsg::new(*k, *s, *v);
+                m.uuid = u.map(uuid);
+                self.on(Event::PeerSnapshot(Ok(m)));
+            }
+            self.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, seq, ""))));
+            assert_eq!(self.other(), vec![Action::EndPeerSnapshot]);
+            assert!(!self.core.peer_syncing());
+        }
+    }
+
+    #[test]
+    fn standalone_sequences_publishes_and_applies_and_republishes_a_resend_once() {
+        let mut r = Rig::new(cfg(None), false);
+        assert_eq!(r.state(), "active");
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        assert_eq!(r.keys_published(), vec![("/a".into(), 1), ("/b".into(), 2)]);
+        assert_eq!(r.core.map().get(b"/a").map(|e| e.body.clone()), Some(b"1".to_vec()));
+        // A client re-sends /a (it missed the KVPUB): re-published once under a new sequence.
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        assert_eq!(r.keys_published(), vec![("/a".into(), 3)]);
+        assert_eq!(r.core.counters().duplicates, 2);
+        assert_eq!(r.core.map().get(b"/a").map(|e| e.sequence), Some(3));
+        // A re-send of an update since overwritten is stale: dropped.
+        r.on(Event::Update(Ok(upd("/b", "3", 3))));
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        assert_eq!(r.keys_published(), vec![("/b".into(), 4)]);
+        // Refused: empty key, reserved key, bad TTL, undecodable.
+        let mut bad_ttl = upd("/c", "x", 9);
+        bad_ttl.set_prop(kvmsg::TTL_PROP, "soon");
+        for m in [upd("", "x", 5), upd("HUGZ", "x", 6), bad_ttl] {
+            r.on(Event::Update(Ok(m)));
+        }
+        r.on(Event::Update(Err(())));
+        assert_eq!(r.core.counters().malformed_updates, 4);
+        assert!(r.keys_published().is_empty());
+        assert_eq!(r.core.sequence(), 4);
+    }
+
+    #[test]
+    fn ttl_expiry_publishes_a_delete_and_hugz_fills_silence() {
+        let mut r = Rig::new(cfg(None), false);
+        let mut m = upd("/eph", "x", 1);
+        m.set_prop(kvmsg::TTL_PROP, "1");
+        r.on(Event::Update(Ok(m)));
+        r.keys_published();
+        r.clock.advance_ms(999);
+        r.on(Event::Tick);
+        assert!(r.keys_published().is_empty(), "not yet expired, and HUGZ waits a full interval");
+        r.clock.advance_ms(2);
+        r.on(Event::Tick);
+        assert_eq!(r.keys_published(), vec![("/eph".into(), 2)], "the expiry delete, no HUGZ right after it");
+        assert!(r.core.map().get(b"/eph").is_none());
+        assert_eq!(r.core.counters().expired, 1);
+        r.clock.advance_ms(1000);
+        r.on(Event::Tick);
+        assert_eq!(r.keys_published(), vec![("HUGZ".into(), 2)], "HUGZ carries the current sequence");
+    }
+
+    #[test]
+    fn passive_holds_updates_and_replays_the_pending_list_on_takeover() {
+        let mut r = Rig::passive_backup();
+        r.sync_passive(&[], 10);
+        // Clients send to both servers: the passive holds them.
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        r.on(Event::Update(Ok(upd("/c", "3", 3))));
+        r.on(Event::Update(Ok(upd("/b", "2", 2)))); // a re-send: held once
+        assert_eq!(r.core.pending(), 3);
+        assert!(r.keys_published().is_empty(), "a passive server never publishes");
+        // The active publishes /a: it leaves the pending list and is applied here.
+        let mut a = upd("/a", "1", 1);
+        a.sequence = 11;
+        r.on(Event::Replicated(Ok(a)));
+        assert_eq!(r.core.pending(), 2);
+        assert_eq!(r.core.sequence(), 11);
+        // A client vote while the active is alive is refused ...
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "passive");
+        assert_eq!(r.core.counters().rejected_votes, 1);
+        // ... once the active has been silent for two heartbeats, it makes us take over.
+        r.clock.advance_ms(2 * HEARTBEAT_MS + 1);
+        r.on(Event::Tick);
+        r.keys_published();
+        r.other();
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "active");
+        assert_eq!(r.keys_published(), vec![("/b".into(), 12), ("/c".into(), 13)], "pending replayed in order");
+        assert_eq!(r.core.pending(), 0);
+        assert_eq!(r.other(), vec![Action::SendSnapshot { identity: b"c".to_vec(), subtree: Vec::new() }]);
+        assert_eq!(r.core.map().len(), 3);
+        // HUGZ at once so clients see the new active.
+        r.on(Event::Tick);
+        let p = r.keys_published();
+        assert_eq!(p, vec![("HUGZ".into(), 13)]);
+        assert!(r.other().contains(&Action::Heartbeat(State::Active)));
+    }
+
+    #[test]
+    fn passive_resyncs_on_a_gap_a_hugz_ahead_or_a_silent_snapshot() {
+        let mut r = Rig::passive_backup();
+        r.sync_passive(&[("/x", 5, "old", Some(7))], 5);
+        assert_eq!(r.core.map().len(), 1);
+        // A pending update the snapshot already holds is dropped at the sync.
+        r.on(Event::Update(Ok(upd("/y", "1", 8))));
+        // In step: contiguous replication applies.
+        let mut m = KvMsg::new("/y", 6, "1");
+        m.uuid = Some(uuid(8));
+        r.on(Event::Replicated(Ok(m)));
+        assert_eq!((r.core.sequence(), r.core.pending()), (6, 0));
+        // HUGZ at our sequence: nothing to do; ahead of us: re-sync.
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 6, ""))));
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().is_empty());
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 8, ""))));
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+        // Updates during the sync are queued and applied after it.
+        r.on(Event::Replicated(Ok(KvMsg::new("/z", 9, "q"))));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/x", 5, "old"))));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/y", 7, "2"))));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 8, ""))));
+        assert_eq!(r.core.sequence(), 9);
+        assert_eq!(r.core.map().get(b"/y").map(|e| e.body.clone()), Some(b"2".to_vec()));
+        assert!(r.core.map().get(b"/z").is_some());
+        r.other();
+        // A gap in the active's sequence: re-sync.
+        r.on(Event::Replicated(Ok(KvMsg::new("/w", 11, "gap"))));
+        assert!(r.core.map().get(b"/w").is_none());
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+        // The peer does not answer: the request times out and is retried.
+        r.clock.advance_ns(PEER_SYNC_TIMEOUT_NS);
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().is_empty(), "not before the timeout");
+        r.clock.advance_ms(1);
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::EndPeerSnapshot]);
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+    }
+
+    #[test]
+    fn passive_waits_for_its_link_to_the_peer_before_syncing_and_drops_old_pending() {
+        let mut r = Rig::passive_backup();
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().is_empty(), "no snapshot request before the subscription is on its way");
+        r.on(Event::Update(Ok(KvMsg::new("/no-uuid", 0, "x"))));
+        assert_eq!(r.core.pending(), 1);
+        // Ageing applies only while the active is alive (it keeps sending heartbeats).
+        for _ in 0..(PENDING_MAX_AGE_NS / 1_000_000 / HEARTBEAT_MS) {
+            r.clock.advance_ms(HEARTBEAT_MS);
+            r.on(Event::PeerState(Some(State::Active)));
+            r.on(Event::Tick);
+        }
+        assert_eq!(r.core.pending(), 1, "kept until strictly older than the limit");
+        r.clock.advance_ms(1);
+        r.on(Event::Tick);
+        assert_eq!((r.core.pending(), r.core.counters().pending_dropped), (0, 1));
+    }
+
+    #[test]
+    fn durable_update_is_published_only_after_the_log_is_flushed() {
+        let mut r = Rig::new(cfg(None), true);
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::Update(Ok(upd("/a", "1", 1))), now, &mut out).expect("ok");
+        assert!(matches!(&out[..], [Action::Append { token: 1, .. }]), "{out:?}");
+        assert!(r.core.map().get(b"/a").is_none(), "not applied before the flush");
+        out.clear();
+        r.core.on_event(Event::Flush, now, &mut out).expect("ok");
+        assert_eq!(out, vec![Action::FlushLog]);
+        out.clear();
+        r.core.on_event(Event::LogFlushed, now, &mut out).expect("ok");
+        assert!(matches!(&out[..], [Action::Publish { apply_at_ns: Some(_), .. }]), "{out:?}");
+        // A TTL goes to the log as a deadline, not as the property.
+        let mut m = upd("/t", "x", 2);
+        m.set_prop(kvmsg::TTL_PROP, "5");
+        out.clear();
+        r.core.on_event(Event::Update(Ok(m)), now, &mut out).expect("ok");
+        match &out[..] {
+            [Action::Append { msg, expires_in_ms, .. }] => {
+                assert_eq!(msg.prop(kvmsg::TTL_PROP), None);
+                assert_eq!(*expires_in_ms, Some(5001));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_append_or_flush_is_neither_applied_published_nor_acknowledged() {
+        let mut r = Rig::new(cfg(None), true);
+        r.on(Event::Update(Ok(upd("/ok", "1", 1))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/ok".into(), 1)]);
+        // The disk fills: the append fails.
+        r.fail_appends = true;
+        r.on(Event::Update(Ok(upd("/lost", "2", 2))));
+        r.on(Event::Flush);
+        assert!(r.keys_published().is_empty());
+        assert!(r.core.map().get(b"/lost").is_none());
+        assert_eq!(r.core.counters().log_failures, 1);
+        assert_eq!(r.core.sequence(), 1, "the failed update's sequence is reused");
+        // The client's re-send is taken as new once the disk has room again.
+        r.fail_appends = false;
+        r.on(Event::Update(Ok(upd("/lost", "2", 2))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/lost".into(), 2)]);
+        assert_eq!(r.core.counters().duplicates, 0);
+        // A failed flush loses the whole batch.
+        r.fail_flush = true;
+        r.on(Event::Update(Ok(upd("/f1", "x", 3))));
+        r.on(Event::Update(Ok(upd("/f2", "y", 4))));
+        r.on(Event::Flush);
+        assert!(r.keys_published().is_empty());
+        assert!(r.core.map().get(b"/f1").is_none() && r.core.map().get(b"/f2").is_none());
+        assert_eq!(r.core.counters().log_failures, 2);
+        r.fail_flush = false;
+        r.on(Event::Update(Ok(upd("/f1", "x", 3))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published().len(), 1, "the re-send is new, not a duplicate");
+        assert!(r.core.status_text().contains("log_failures=2\n"));
+    }
+
+    #[test]
+    fn a_failed_append_in_a_takeover_batch_loses_only_what_came_before_it() {
+        // Takeover replays the pending list as one batch of appends; the second fails.
+        let mut r = Rig::new(cfg(Some(Role::Backup)), true);
+        r.on(Event::PeerState(Some(State::Active)));
+        for (k, n) in [("/p1", 1), ("/p2", 2), ("/p3", 3)] {
+            r.on(Event::Update(Ok(upd(k, "v", n))));
+        }
+        r.clock.advance_ms(2 * HEARTBEAT_MS + 1);
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core
+            .on_event(
+                Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: vec![] }) },
+                now,
+                &mut out,
+            )
+            .expect("ok");
+        let tokens: Vec<u64> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Append { token, .. } => Some(*token),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tokens, vec![1, 2, 3]);
+        assert!(matches!(out.last(), Some(Action::SendSnapshot { .. })));
+        // The shell: append 1 ok, append 2 fails (rolling back 1 too), append 3 ok, flush ok.
+        let mut more = Vec::new();
+        r.core.on_event(Event::LogFailed { token: Some(2), error: "ENOSPC".into() }, now, &mut more).expect("ok");
+        more.clear();
+        r.core.on_event(Event::LogFlushed, now, &mut more).expect("ok");
+        let keys: Vec<Vec<u8>> = more
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish { msg, .. } => Some(msg.key.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, vec![b"/p3".to_vec()], "/p1 and /p2 lost with the rolled-back records, /p3 kept");
+        assert_eq!(r.core.counters().log_failures, 1);
+    }
+
+    #[test]
+    fn status_counts_requests_and_heartbeats() {
+        let mut r = Rig::new(cfg(Some(Role::Primary)), false);
+        r.on(Event::PeerState(None));
+        r.on(Event::Request { identity: b"x".to_vec(), request: Err(()) });
+        r.on(Event::Request { identity: b"x".to_vec(), request: Ok(Request::Status) });
+        match &r.other()[..] {
+            [Action::Reply { identity, text }] => {
+                assert_eq!(identity, b"x");
+                assert!(text.starts_with("state=primary\nrole=primary\n"), "{text}");
+                assert!(text.contains("malformed_requests=1\n") && text.contains("malformed_heartbeats=1\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Two primaries: fatal.
+        let mut out = Vec::new();
+        assert!(r.core.on_event(Event::PeerState(Some(State::Primary)), r.clock.now_ns(), &mut out).is_err());
+    }
+
+    #[test]
+    fn recovery_treats_an_expired_record_as_a_delete() {
+        let rec = |key: &str, seq, body: &str, expires_at_unix_ms| Record {
+            msg: KvMsg::new(key, seq, body),
+            expires_at_unix_ms,
+        };
+        let mut core = ServerCore::new(&cfg(None), true, 0);
+        let wall_ms = 1_000_000;
+        let records = vec![
+            rec("/a", 1, "v1", None),                    // A=v1
+            rec("/a", 2, "v2", Some(wall_ms - 10_000)),  // then A=v2 ttl=10, expired while down
+            rec("/b", 3, "", Some(wall_ms - 5)),         // a delete carrying a past deadline
+            rec("/c", 4, "live", Some(wall_ms + 2_000)), // still 2 s to live
+        ];
+        core.recover(records, 4, wall_ms, 7);
+        let map = core.map();
+        assert!(map.get(b"/a").is_none(), "the expired v2 must not bring v1 back");
+        assert!(map.get(b"/b").is_none());
+        assert_eq!(map.get(b"/c").and_then(|e| e.expires_at_ns), Some(7 + 2_000_000_000));
+        assert_eq!(map.len(), 1);
+        assert_eq!(core.sequence(), 4);
+    }
+
+    #[test]
+    fn limits_that_overflow_a_log_record_are_refused() {
+        assert!(ServerConfig::default().check().is_ok());
+        let cfg = ServerConfig { max_value_bytes: persist::MAX_RECORD_BYTES, ..ServerConfig::default() };
+        let err = cfg.check().expect_err("a value as large as a record cannot fit with its key");
+        assert!(err.contains("--max-value-bytes"), "{err}");
+        let cfg = ServerConfig { max_key_bytes: usize::MAX, ..ServerConfig::default() };
+        assert!(cfg.check().expect_err("overflow").contains("--max-key-bytes"));
+        let room = persist::MAX_RECORD_BYTES - MAX_PROPS_BYTES - persist::RECORD_FIXED_BYTES;
+        let cfg = ServerConfig { max_key_bytes: 1024, max_value_bytes: room - 1024, ..ServerConfig::default() };
+        assert!(cfg.check().is_ok(), "the largest limits that fit are accepted");
+    }
+
+    #[test]
+    fn intervals_out_of_range_are_refused_naming_the_flag() {
+        let pair = |heartbeat_ms| PairConfig {
+            role: Role::Primary,
+            peer: "tcp://127.0.0.1:5566".into(),
+            peer_state: "tcp://127.0.0.1:5569".into(),
+            state_bind: "tcp://127.0.0.1:5559".into(),
+            heartbeat_ms,
+        };
+        for ms in [0, 9, 60_001, u64::MAX] {
+            let cfg = ServerConfig { pair: Some(pair(ms)), ..ServerConfig::default() };
+            assert!(cfg.check().expect_err("out of range").contains("--heartbeat-ms"), "{ms}");
+            let cfg = ServerConfig { hugz_interval_ms: ms, ..ServerConfig::default() };
+            assert!(cfg.check().expect_err("out of range").contains("--hugz-ms"), "{ms}");
+        }
+        let cfg = ServerConfig { pair: Some(pair(10)), hugz_interval_ms: 60_000, ..ServerConfig::default() };
+        assert!(cfg.check().is_ok());
+    }
+}

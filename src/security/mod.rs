@@ -1,0 +1,589 @@
+//! Access control for mdsub's endpoints: CURVE key pairs and key files
+//! (`mdsub keygen`), a server policy (CURVE with an allow-list of client
+//! public keys, and/or an allow-list of source addresses), and the ZAP
+//! handler agent that enforces it (ZeroMQ's ZAP, RFC 27).
+//!
+//! How it fits together: a server socket that has a [`ServerAccess`] gets
+//! `ZMQ_ZAP_DOMAIN` (and, with CURVE, `ZMQ_CURVE_SERVER` and its secret key);
+//! libzmq then asks the context's ZAP handler (a REP socket bound at
+//! `inproc://zeromq.zap.01`) about every new connection before any message
+//! flows. [`ZapAgent`] is that handler: it answers with [`ZapPolicy::decide`]
+//! (socket-free, unit-tested), counts accepted and refused peers by
+//! mechanism and reason ([`ZapCounters`]), and says each refusal on stderr
+//! with the peer's address and mechanism (rate-limited). Clients carry a
+//! [`ClientKeys`] (their own pair and the server's public key).
+//!
+//! What this protects and what it does not is in `docs/SECURITY.md`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent::{Agent, AgentError, Step};
+
+/// The inproc endpoint where libzmq looks for a context's ZAP handler.
+pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
+/// The ZAP domain mdsub's server sockets use.
+pub const ZAP_DOMAIN: &str = "mdsub";
+
+/// Errors loading keys or policies.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("cannot read key file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write key file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key file {path}: {reason}")]
+    BadKeyFile { path: PathBuf, reason: String },
+    #[error("`{value}` is not an address or CIDR block (e.g. 127.0.0.1, 10.0.0.0/8, ::1)")]
+    BadAddress { value: String },
+    #[error("this libzmq has no CURVE (built without libsodium): `mdsub info` says which capabilities it has")]
+    NoCurve,
+}
+
+/// A CURVE public key: 32 bytes, written as 40 Z85 characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+/// A CURVE secret key (never printed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretKey(pub [u8; 32]);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(…)")
+    }
+}
+
+impl PublicKey {
+    /// The 40-character Z85 text libzmq's `zmq_curve_keypair` produces.
+    pub fn z85(&self) -> String {
+        zmq::z85_encode(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.z85())
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.z85())
+    }
+}
+
+/// Decode 40 Z85 characters into 32 key bytes.
+pub fn decode_z85_key(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    if text.len() != 40 {
+        return Err(format!("a CURVE key is 40 Z85 characters, got {}", text.len()));
+    }
+    let bytes = zmq::z85_decode(text).map_err(|_| "not Z85 text".to_string())?;
+    bytes.try_into().map_err(|_| "does not decode to 32 bytes".to_string())
+}
+
+/// A CURVE key pair.
+#[derive(Debug, Clone)]
+pub struct Keypair {
+    pub public: PublicKey,
+    pub secret: SecretKey,
+}
+
+impl Keypair {
+    /// A fresh pair from libzmq (`zmq_curve_keypair`, libsodium's RNG).
+    pub fn generate() -> Result<Keypair, SecurityError> {
+        if !zmq::has("curve").unwrap_or(false) {
+            return Err(SecurityError::NoCurve);
+        }
+        let pair = zmq::CurveKeyPair::new().map_err(|_| SecurityError::NoCurve)?;
+        Ok(Keypair { public: PublicKey(pair.public_key), secret: SecretKey(pair.secret_key) })
+    }
+
+    /// Write `DIR/NAME.key` (both keys, mode 0600) and `DIR/NAME.pub` (the
+    /// public key only) in the ZPL certificate layout CZMQ's `zcert` uses,
+    /// with the keys as the Z85 text `zmq_curve_keypair` produces. Returns
+    /// the two paths.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), SecurityError> {
+        let secret_path = dir.join(format!("{name}.key"));
+        let public_path = dir.join(format!("{name}.pub"));
+        let secret_z85 = zmq::z85_encode(&self.secret.0).unwrap_or_default();
+        let public_text = format!(
+            "#   ZeroMQ CURVE Public Certificate (mdsub keygen)\n#   Give this file to peers that must trust '{name}'.\nmetadata\ncurve\n    public-key = \"{}\"\n",
+            self.public
+        );
+        let secret_text = format!(
+            "#   ZeroMQ CURVE **Secret** Certificate (mdsub keygen)\n#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\nmetadata\ncurve\n    public-key = \"{}\"\n    secret-key = \"{secret_z85}\"\n",
+            self.public
+        );
+        write_file(&public_path, public_text.as_bytes(), 0o644)?;
+        write_file(&secret_path, secret_text.as_bytes(), 0o600)?;
+        Ok((secret_path, public_path))
+    }
+
+    /// Load a pair from a secret certificate written by [`Keypair::write`]
+    /// (or by CZMQ's `zcert_save_secret`).
+    pub fn load(path: &Path) -> Result<Keypair, SecurityError> {
+        let text = read_file(path)?;
+        let public = cert_field(&text, "public-key").ok_or_else(|| bad(path, "no public-key line"))?;
+        let secret = cert_field(&text, "secret-key")
+            .ok_or_else(|| bad(path, "no secret-key line (is this the .pub file? a server needs its .key file)"))?;
+        Ok(Keypair {
+            public: PublicKey(decode_z85_key(public).map_err(|r| bad(path, &format!("public-key: {r}")))?),
+            secret: SecretKey(decode_z85_key(secret).map_err(|r| bad(path, &format!("secret-key: {r}")))?),
+        })
+    }
+}
+
+/// Load a public key: a certificate (`.pub` or `.key`) or a file holding just
+/// the 40 Z85 characters.
+pub fn load_public(path: &Path) -> Result<PublicKey, SecurityError> {
+    let text = read_file(path)?;
+    let z85 = cert_field(&text, "public-key").unwrap_or_else(|| text.trim());
+    decode_z85_key(z85).map(PublicKey).map_err(|r| bad(path, &r))
+}
+
+/// Load every public key an allow-list names: files, or directories whose
+/// `*.pub` files are read.
+pub fn load_public_keys(paths: &[PathBuf]) -> Result<HashSet<PublicKey>, SecurityError> {
+    let mut keys = HashSet::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries =
+                std::fs::read_dir(path).map_err(|source| SecurityError::Read { path: path.clone(), source })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| SecurityError::Read { path: path.clone(), source })?;
+                let p = entry.path();
+                if p.extension().is_some_and(|e| e == "pub") {
+                    keys.insert(load_public(&p)?);
+                }
+            }
+        } else {
+            keys.insert(load_public(path)?);
+        }
+    }
+    Ok(keys)
+}
+
+fn cert_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.trim().split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+fn bad(path: &Path, reason: &str) -> SecurityError {
+    SecurityError::BadKeyFile { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+fn read_file(path: &Path) -> Result<String, SecurityError> {
+    std::fs::read_to_string(path).map_err(|source| SecurityError::Read { path: path.to_path_buf(), source })
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SecurityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let wrap = |source| SecurityError::Write { path: path.to_path_buf(), source };
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(wrap)?;
+    f.write_all(bytes).map_err(wrap)?;
+    f.sync_all().map_err(wrap)
+}
+
+/// An address block: `10.0.0.0/8`, `127.0.0.1` (a /32), `::1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrBlock {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for AddrBlock {
+    type Err = SecurityError;
+    fn from_str(s: &str) -> Result<Self, SecurityError> {
+        let err = || SecurityError::BadAddress { value: s.to_string() };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().map_err(|_| err())?, Some(p.parse::<u8>().map_err(|_| err())?)),
+            None => (s.parse::<IpAddr>().map_err(|_| err())?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(err());
+        }
+        Ok(AddrBlock { addr, prefix })
+    }
+}
+
+impl AddrBlock {
+    /// Whether `ip` lies in this block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a server socket demands of its peers.
+#[derive(Debug, Clone, Default)]
+pub struct ServerAccess {
+    /// CURVE: the server's pair, and the client keys allowed (empty: any
+    /// client that knows the server's public key).
+    pub curve: Option<(Keypair, HashSet<PublicKey>)>,
+    /// Source addresses allowed (empty: any).
+    pub allow_addrs: Vec<AddrBlock>,
+}
+
+impl ServerAccess {
+    /// No access control at all (the default on loopback).
+    pub fn is_open(&self) -> bool {
+        self.curve.is_none() && self.allow_addrs.is_empty()
+    }
+
+    /// Set `socket` up as a server under this policy: the ZAP domain (so the
+    /// context's ZAP handler is asked about every peer) and, with CURVE, the
+    /// server role and secret key. Call before bind.
+    pub fn apply(&self, socket: &zmq::Socket) -> zmq::Result<()> {
+        if self.is_open() {
+            return Ok(());
+        }
+        socket.set_zap_domain(ZAP_DOMAIN)?;
+        if let Some((pair, _)) = &self.curve {
+            socket.set_curve_server(true)?;
+            socket.set_curve_secretkey(&pair.secret.0)?;
+        }
+        Ok(())
+    }
+
+    /// The socket-free decision rules for this policy.
+    pub fn policy(&self) -> ZapPolicy {
+        ZapPolicy {
+            require_curve: self.curve.is_some(),
+            allowed_keys: self.curve.as_ref().map(|(_, k)| k.clone()).unwrap_or_default(),
+            allow_addrs: self.allow_addrs.clone(),
+        }
+    }
+}
+
+/// What a client presents to a CURVE server.
+#[derive(Debug, Clone)]
+pub struct ClientKeys {
+    pub client: Keypair,
+    pub server_public: PublicKey,
+}
+
+impl ClientKeys {
+    /// Set `socket` up as a CURVE client. Call before connect.
+    pub fn apply(&self, socket: &zmq::Socket) -> zmq::Result<()> {
+        socket.set_curve_serverkey(&self.server_public.0)?;
+        socket.set_curve_publickey(&self.client.public.0)?;
+        socket.set_curve_secretkey(&self.client.secret.0)
+    }
+}
+
+/// One ZAP request, as libzmq sends it (RFC 27, version 1.0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZapRequest {
+    pub request_id: Vec<u8>,
+    pub domain: String,
+    pub address: String,
+    pub mechanism: String,
+    /// CURVE: the client's 32-byte public key; PLAIN: user, password.
+    pub credentials: Vec<Vec<u8>>,
+}
+
+impl ZapRequest {
+    /// Parse the frames of a request; a malformed one is an error with the reason.
+    pub fn parse(frames: &[zmq::Message]) -> Result<ZapRequest, String> {
+        if frames.len() < 6 {
+            return Err(format!("a ZAP request has at least 6 frames, got {}", frames.len()));
+        }
+        if &frames[0][..] != b"1.0" {
+            return Err("ZAP version is not 1.0".into());
+        }
+        let text = |m: &zmq::Message| String::from_utf8_lossy(m).into_owned();
+        Ok(ZapRequest {
+            request_id: frames[1].to_vec(),
+            domain: text(&frames[2]),
+            address: text(&frames[3]),
+            mechanism: text(&frames[5]),
+            credentials: frames[6..].iter().map(|m| m.to_vec()).collect(),
+        })
+    }
+}
+
+/// Why a peer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its source address is outside the allow-list.
+    Address,
+    /// CURVE is required and it came with another mechanism.
+    Mechanism,
+    /// Its CURVE public key is not on the allow-list.
+    Key,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Address => "address not allowed",
+            Refusal::Mechanism => "mechanism not allowed",
+            Refusal::Key => "client key not allowed",
+        }
+    }
+}
+
+/// The socket-free ZAP decision: allow-list of addresses, required
+/// mechanism, allow-list of client keys.
+#[derive(Debug, Clone, Default)]
+pub struct ZapPolicy {
+    pub require_curve: bool,
+    pub allowed_keys: HashSet<PublicKey>,
+    pub allow_addrs: Vec<AddrBlock>,
+}
+
+impl ZapPolicy {
+    /// Accept (Ok) or refuse (the reason) one request.
+    pub fn decide(&self, req: &ZapRequest) -> Result<(), Refusal> {
+        if !self.allow_addrs.is_empty() {
+            let ip = req.address.parse::<IpAddr>().ok();
+            if !ip.is_some_and(|ip| self.allow_addrs.iter().any(|b| b.contains(ip))) {
+                return Err(Refusal::Address);
+            }
+        }
+        if self.require_curve {
+            if req.mechanism != "CURVE" {
+                return Err(Refusal::Mechanism);
+            }
+            if !self.allowed_keys.is_empty() {
+                let key = req.credentials.first().and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok());
+                if !key.is_some_and(|k| self.allowed_keys.contains(&PublicKey(k))) {
+                    return Err(Refusal::Key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the ZAP handler has decided so far (live, readable by anyone).
+#[derive(Debug, Default)]
+pub struct ZapCounters {
+    pub accepted: AtomicU64,
+    pub refused_address: AtomicU64,
+    pub refused_mechanism: AtomicU64,
+    pub refused_key: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+impl ZapCounters {
+    pub fn refused(&self) -> u64 {
+        self.refused_address.load(Relaxed) + self.refused_mechanism.load(Relaxed) + self.refused_key.load(Relaxed)
+    }
+
+    fn count(&self, refusal: Refusal) {
+        match refusal {
+            Refusal::Address => &self.refused_address,
+            Refusal::Mechanism => &self.refused_mechanism,
+            Refusal::Key => &self.refused_key,
+        }
+        .fetch_add(1, Relaxed);
+    }
+}
+
+/// The ZAP handler: a REP socket at [`ZAP_ENDPOINT`] of one context, run by
+/// the runner (role `zap`). Every socket of that context with a ZAP domain
+/// is checked by it.
+pub struct ZapAgent {
+    role: String,
+    socket: zmq::Socket,
+    policy: ZapPolicy,
+    counters: Arc<ZapCounters>,
+    frames: Vec<zmq::Message>,
+    /// Refusals said on stderr so far; after the first few, one line per 100.
+    said: u64,
+}
+
+impl ZapAgent {
+    /// Bind the handler in `ctx` (before any server socket of `ctx` binds).
+    pub fn bind(ctx: &zmq::Context, role: &str, policy: ZapPolicy) -> Result<(ZapAgent, Arc<ZapCounters>), AgentError> {
+        let zmq_err = |context, source| AgentError::Zmq { role: role.to_string(), context, source };
+        let socket = ctx.socket(zmq::REP).map_err(|e| zmq_err("making the ZAP socket", e))?;
+        socket.set_linger(0).map_err(|e| zmq_err("setting ZAP linger", e))?;
+        socket.bind(ZAP_ENDPOINT).map_err(|e| zmq_err("binding inproc://zeromq.zap.01", e))?;
+        let counters = Arc::new(ZapCounters::default());
+        let agent = ZapAgent {
+            role: role.to_string(),
+            socket,
+            policy,
+            counters: counters.clone(),
+            frames: Vec::new(),
+            said: 0,
+        };
+        Ok((agent, counters))
+    }
+
+    fn answer(&mut self) -> Result<bool, AgentError> {
+        let got = crate::zmqx::recv_message(&self.socket, &mut self.frames).map_err(|source| AgentError::Zmq {
+            role: self.role.clone(),
+            context: "receiving a ZAP request",
+            source,
+        })?;
+        if !got {
+            return Ok(false);
+        }
+        let (request_id, verdict, address, mechanism) = match ZapRequest::parse(&self.frames) {
+            Ok(req) => {
+                let verdict = self.policy.decide(&req);
+                (req.request_id, verdict.map_err(Some), req.address, req.mechanism)
+            }
+            Err(reason) => {
+                self.counters.malformed.fetch_add(1, Relaxed);
+                eprintln!("{}: malformed ZAP request refused: {reason}", self.role);
+                let id = self.frames.get(1).map(|m| m.to_vec()).unwrap_or_default();
+                (id, Err(None), String::new(), String::new())
+            }
+        };
+        let (code, text): (&[u8], &str) = match verdict {
+            Ok(()) => {
+                self.counters.accepted.fetch_add(1, Relaxed);
+                (b"200", "OK")
+            }
+            Err(Some(refusal)) => {
+                self.counters.count(refusal);
+                self.said += 1;
+                if self.said <= 10 || self.said.is_multiple_of(100) {
+                    eprintln!(
+                        "{}: refused {address} ({mechanism}): {} [{} refused so far]",
+                        self.role,
+                        refusal.as_str(),
+                        self.counters.refused()
+                    );
+                }
+                (b"400", refusal.as_str())
+            }
+            Err(None) => (b"500", "malformed request"),
+        };
+        let reply: [&[u8]; 6] = [b"1.0", &request_id, code, text.as_bytes(), b"", b""];
+        let last = reply.len() - 1;
+        for (i, frame) in reply.iter().enumerate() {
+            let flags = if i < last { zmq::SNDMORE } else { 0 };
+            self.socket.send(*frame, flags).map_err(|source| AgentError::Zmq {
+                role: self.role.clone(),
+                context: "answering ZAP",
+                source,
+            })?;
+        }
+        Ok(true)
+    }
+}
+
+impl Agent for ZapAgent {
+    fn role(&self) -> &str {
+        &self.role
+    }
+
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        let mut n = 0;
+        while n < 64 && self.answer()? {
+            n += 1;
+        }
+        Ok(Step::Worked(n))
+    }
+
+    fn idle_wait(&mut self, timeout: Duration) {
+        let _ = crate::zmqx::wait_ready(&self.socket, zmq::POLLIN, timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(address: &str, mechanism: &str, key: Option<[u8; 32]>) -> ZapRequest {
+        ZapRequest {
+            request_id: b"1".to_vec(),
+            domain: ZAP_DOMAIN.into(),
+            address: address.into(),
+            mechanism: mechanism.into(),
+            credentials: key.map(|k| vec![k.to_vec()]).unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn address_blocks_match_by_prefix() {
+        let b: AddrBlock = "10.1.0.0/16".parse().unwrap();
+        assert!(b.contains("10.1.200.3".parse().unwrap()));
+        assert!(!b.contains("10.2.0.1".parse().unwrap()));
+        let one: AddrBlock = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(one.contains("::ffff:127.0.0.1".parse().unwrap()), "v4-mapped v6 peer");
+        assert!("10.0.0.0/33".parse::<AddrBlock>().is_err());
+        assert!("not-an-ip".parse::<AddrBlock>().is_err());
+    }
+
+    #[test]
+    fn policy_refuses_by_address_mechanism_and_key_in_that_order() {
+        let allowed = [7u8; 32];
+        let policy = ZapPolicy {
+            require_curve: true,
+            allowed_keys: [PublicKey(allowed)].into_iter().collect(),
+            allow_addrs: vec!["127.0.0.1".parse().unwrap()],
+        };
+        assert_eq!(policy.decide(&req("127.0.0.1", "CURVE", Some(allowed))), Ok(()));
+        assert_eq!(policy.decide(&req("127.0.0.2", "CURVE", Some(allowed))), Err(Refusal::Address));
+        assert_eq!(policy.decide(&req("127.0.0.1", "NULL", None)), Err(Refusal::Mechanism));
+        assert_eq!(policy.decide(&req("127.0.0.1", "CURVE", Some([8; 32]))), Err(Refusal::Key));
+        assert_eq!(policy.decide(&req("garbage", "CURVE", Some(allowed))), Err(Refusal::Address));
+    }
+
+    #[test]
+    fn open_policy_accepts_anyone() {
+        assert_eq!(ZapPolicy::default().decide(&req("192.0.2.9", "NULL", None)), Ok(()));
+    }
+
+    #[test]
+    fn key_files_round_trip_and_bad_ones_say_why() {
+        let dir = std::env::temp_dir().join(format!("mdsub-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = Keypair::generate().expect("this build has CURVE");
+        let (key, public) = pair.write(&dir, "server").unwrap();
+        let back = Keypair::load(&key).unwrap();
+        assert_eq!(back.public, pair.public);
+        assert_eq!(back.secret, pair.secret);
+        assert_eq!(load_public(&public).unwrap(), pair.public);
+        let err = Keypair::load(&public).unwrap_err().to_string();
+        assert!(err.contains("no secret-key"), "{err}");
+        std::fs::write(dir.join("short.pub"), "abc").unwrap();
+        let err = load_public(&dir.join("short.pub")).unwrap_err().to_string();
+        assert!(err.contains("40 Z85 characters"), "{err}");
+        let keys = load_public_keys(std::slice::from_ref(&dir)).unwrap_err().to_string();
+        assert!(keys.contains("short.pub"), "a bad file in a key directory is named: {keys}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
