@@ -8,7 +8,7 @@
 //!    │  replay: paced or flat out, stamps sequences + intended send time
 //!    ▼
 //!  XPUB per shard ══ TCP ══►  engine: shard k = zmq context (I/O thread pinned) + SUB reader agent
-//!                                       decode → sequence checks → route
+//!                                       decode → sequence checks → snail checks → route
 //!                                       └─► inproc PUSH, adaptive batches ──► worker agents (PULL → Handler)
 //!                                                                              └─► histograms → metrics collector → report
 //! ```
@@ -20,6 +20,7 @@
 //! | [`replay`] | paced publisher, one XPUB per shard, lossless mode, end of stream | |
 //! | [`engine`] | shards, SUB reader agents, inproc batch hand-off, worker agents, handlers | Black Box (high-speed subscriber) |
 //! | [`engine::sequence`] | gap / duplicate / restart checks per publisher session and topic | (Suicidal Snail's gap half) |
+//! | [`snail`] | lag (OK/WARN/SNAIL) and silence (STOP) verdicts on every message at readers and workers; croak, warn, rest or off; the monitor PUB | Suicidal Snail |
 //! | [`metrics`] | per-stage HdrHistograms and the run report | |
 //! | [`profile`] | TOML tuning profiles, validated before start | |
 //! | [`bench`](mod@bench) | end-to-end benchmarks (engine vs baseline, LVC, clone), one stamp and result shape | |
@@ -69,6 +70,7 @@ pub mod profile;
 pub mod proxy;
 pub mod replay;
 pub mod security;
+pub mod snail;
 pub mod tap;
 pub mod wire;
 pub mod zmqx;

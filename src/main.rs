@@ -88,6 +88,11 @@ fn main() {
         }
     };
     if let Err(e) = result {
+        // The Suicidal Snail: one scream line, a documented exit code.
+        if let Some(mdsub::engine::EngineError::Croaked(c)) = e.downcast_ref::<mdsub::engine::EngineError>() {
+            eprintln!("mdsub: croak: {}", c.scream);
+            std::process::exit(mdsub::snail::EXIT_CODE_CROAK);
+        }
         eprintln!("mdsub: error: {}", error_line(&e));
         std::process::exit(1);
     }

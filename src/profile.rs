@@ -10,6 +10,7 @@ use crate::agent::IdleStrategy;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{defaults, EngineConfig, ShardConfig};
+use crate::snail::{self, Policy, SkewMode, SnailConfig};
 
 /// Errors loading or checking a profile.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,90 @@ fn default_interval_ms() -> u64 {
     defaults::METRICS_INTERVAL_MS
 }
 
+/// The snail's section of a profile (`[snail]`): lag and silence checks
+/// and what their verdicts do (docs/SNAIL.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnailProfile {
+    /// `croak` (scream, stop, exit 3), `warn` (log and count), `rest` (skip the backlog, rejoin live) or `off`.
+    pub policy: Policy,
+    /// Lag above which a message is late.
+    pub max_lag_ms: u64,
+    /// How long the lag must stay above `max_lag_ms` to be a snail.
+    pub grace_ms: u64,
+    /// Lag rising through this whole window is a warning.
+    pub window_ms: u64,
+    /// No frame and no heartbeat for this long is STOP (0: not judged).
+    pub silence_ms: u64,
+    /// `synchronised` (publisher and subscriber share a clock) or `skew-tolerant`.
+    pub skew: SkewMode,
+    /// Skew-tolerant mode: lag is judged against the lowest seen over this long.
+    pub skew_window_ms: u64,
+    /// At most one warn line per reader or worker this often.
+    pub warn_every_ms: u64,
+    /// Policy `rest`: how long a snail skips everything before it rejoins live.
+    pub rest_ms: u64,
+    /// Endpoint to bind the monitor PUB on (screams and state), e.g. `tcp://*:5570`.
+    pub monitor: Option<String>,
+}
+
+impl Default for SnailProfile {
+    fn default() -> Self {
+        use snail::defaults as d;
+        SnailProfile {
+            policy: Policy::Croak,
+            max_lag_ms: d::MAX_LAG_MS,
+            grace_ms: d::GRACE_MS,
+            window_ms: d::WINDOW_MS,
+            silence_ms: d::SILENCE_MS,
+            skew: SkewMode::Synchronised,
+            skew_window_ms: d::SKEW_WINDOW_MS,
+            warn_every_ms: d::WARN_EVERY_MS,
+            rest_ms: d::REST_MS,
+            monitor: None,
+        }
+    }
+}
+
+impl SnailProfile {
+    /// The engine's snail settings, in ns.
+    pub fn config(&self) -> SnailConfig {
+        const MS: u64 = 1_000_000;
+        SnailConfig {
+            policy: self.policy,
+            max_lag_ns: self.max_lag_ms.saturating_mul(MS),
+            grace_ns: self.grace_ms.saturating_mul(MS),
+            window_ns: self.window_ms.saturating_mul(MS),
+            silence_ns: self.silence_ms.saturating_mul(MS),
+            skew: self.skew,
+            skew_window_ns: self.skew_window_ms.saturating_mul(MS),
+            warn_every_ns: self.warn_every_ms.saturating_mul(MS),
+            rest_ns: self.rest_ms.saturating_mul(MS),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ProfileError> {
+        for (f, v) in [("snail.max_lag_ms", self.max_lag_ms), ("snail.window_ms", self.window_ms)] {
+            if v == 0 {
+                return Err(invalid(f, "must be at least 1"));
+            }
+        }
+        if self.skew == SkewMode::Tolerant && self.skew_window_ms <= self.grace_ms {
+            return Err(invalid(
+                "snail.skew_window_ms",
+                format!(
+                    "{} must be longer than grace_ms ({}) to catch lag that grows",
+                    self.skew_window_ms, self.grace_ms
+                ),
+            ));
+        }
+        if let Some(ep) = &self.monitor {
+            crate::zmqx::check_endpoint(ep).map_err(|m| invalid("snail.monitor", m))?;
+        }
+        Ok(())
+    }
+}
+
 /// A tuning profile.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +193,9 @@ pub struct Profile {
     pub handler: HandlerSpec,
     #[serde(default = "default_interval_ms")]
     pub metrics_interval_ms: u64,
+    /// The snail's thresholds and policy.
+    #[serde(default)]
+    pub snail: SnailProfile,
 }
 
 impl Profile {
@@ -149,6 +237,7 @@ impl Profile {
             idle: "backoff".into(),
             handler: HandlerSpec::Latency,
             metrics_interval_ms: default_interval_ms(),
+            snail: SnailProfile::default(),
         }
     }
 
@@ -232,6 +321,7 @@ impl Profile {
         if self.metrics_interval_ms == 0 {
             return Err(invalid("metrics_interval_ms", "must be at least 1"));
         }
+        self.snail.validate()?;
         let mut used: Vec<(usize, String)> = Vec::new();
         let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
             let Some(c) = core else { return Ok(()) };
@@ -313,6 +403,8 @@ impl Profile {
             handler: self.handler,
             metrics_interval: std::time::Duration::from_millis(self.metrics_interval_ms),
             expect_eos_per_shard: None,
+            snail: self.snail.config(),
+            monitor: self.snail.monitor.clone(),
         }
     }
 }
@@ -401,6 +493,35 @@ mod tests {
             Err(ProfileError::Parse { message, .. }) => assert!(message.contains("batch_maxx"), "{message}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn snail_section_parses_resolves_and_names_bad_fields() {
+        let text = include_str!("../tuning/default-2core.toml").to_string()
+            + "\n[snail]\npolicy = \"warn\"\nmax_lag_ms = 200\nskew = \"skew-tolerant\"\nmonitor = \"tcp://127.0.0.1:5570\"\n";
+        let p = Profile::from_toml(&text, "s.toml").expect("parses");
+        p.validate(&[0, 1]).expect("valid");
+        let cfg = p.engine_config(None);
+        assert_eq!(
+            (cfg.snail.policy, cfg.snail.max_lag_ns, cfg.snail.skew),
+            (Policy::Warn, 200_000_000, SkewMode::Tolerant)
+        );
+        assert_eq!(cfg.snail.grace_ns, snail::defaults::GRACE_MS * 1_000_000, "unset fields keep their defaults");
+        assert_eq!(cfg.monitor.as_deref(), Some("tcp://127.0.0.1:5570"));
+        assert_eq!(Profile::from_toml(&p.to_toml(), "x").expect("round trip"), p);
+
+        let mut p = Profile::builtin();
+        p.snail.skew = SkewMode::Tolerant;
+        p.snail.skew_window_ms = p.snail.grace_ms;
+        assert_eq!(err_field(&p, &[0, 1]), "snail.skew_window_ms");
+        let mut p = Profile::builtin();
+        p.snail.monitor = Some("tcp://nowhere".into());
+        assert_eq!(err_field(&p, &[0, 1]), "snail.monitor");
+        let mut p = Profile::builtin();
+        p.snail.max_lag_ms = 0;
+        assert_eq!(err_field(&p, &[0, 1]), "snail.max_lag_ms");
+        let bad = include_str!("../tuning/default-2core.toml").to_string() + "\n[snail]\npolicy = \"scream\"\n";
+        assert!(matches!(Profile::from_toml(&bad, "b.toml"), Err(ProfileError::Parse { .. })));
     }
 
     #[test]

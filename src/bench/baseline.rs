@@ -145,6 +145,7 @@ impl Baseline {
                 .unwrap_or_default(),
             handler_summary: self.handler.as_ref().map(|h| h.summary()).unwrap_or_default(),
             agents: Vec::new(),
+            snail: None,
         }
     }
 }

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use crate::agent::{AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::metrics::collector::{Collected, Collector, WorkerReport};
 use crate::metrics::{RunReport, StageHistograms};
+use crate::snail::monitor::MonitorAgent;
+use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
 use handler::HandlerSpec;
 use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
@@ -55,6 +57,17 @@ pub enum EngineError {
     Config(String),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// A snail croaked (policy `croak`): the engine stopped; the report of
+    /// what it did up to then comes with the scream.
+    #[error("{}", .0.scream)]
+    Croaked(Box<Croaked>),
+}
+
+/// What a croaking engine leaves: the scream and the report.
+#[derive(Debug)]
+pub struct Croaked {
+    pub scream: Scream,
+    pub report: RunReport,
 }
 
 /// One shard: where to connect and what to subscribe.
@@ -90,6 +103,10 @@ pub struct EngineConfig {
     /// Each shard ends after end of stream from this many publisher sessions
     /// (0: run until stopped; None: one per endpoint it connects to).
     pub expect_eos_per_shard: Option<usize>,
+    /// Lag and silence checks and what their verdicts do.
+    pub snail: SnailConfig,
+    /// Endpoint to bind the monitor PUB on (screams and state; None: no monitor).
+    pub monitor: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -107,6 +124,8 @@ impl Default for EngineConfig {
             handler: HandlerSpec::Latency,
             metrics_interval: Duration::from_millis(defaults::METRICS_INTERVAL_MS),
             expect_eos_per_shard: None,
+            snail: SnailConfig::default(),
+            monitor: None,
         }
     }
 }
@@ -122,6 +141,9 @@ pub struct Engine {
     worker_counters: Vec<Arc<WorkerCounters>>,
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
+    snail: Arc<SnailBoard>,
+    /// The monitor PUB's agent and its bound endpoint.
+    monitor: Option<Box<(AgentHandle<MonitorAgent>, String)>>,
     // Contexts last: sockets are closed by their threads before these drop.
     _contexts: Vec<zmq::Context>,
 }
@@ -139,6 +161,12 @@ impl Engine {
             return Err(EngineError::Config("the engine needs at least one worker".into()));
         }
         let id = ENGINE_ID.fetch_add(1, Relaxed);
+        let one_shard = (cfg.shards.len() == 1).then_some(0);
+        let sites = (0..cfg.shards.len())
+            .map(|k| Site { role: format!("shard{k}-reader"), shard: Some(k) })
+            .chain((0..cfg.worker_cores.len()).map(|w| Site { role: format!("worker{w}"), shard: one_shard }))
+            .collect();
+        let board = SnailBoard::new(cfg.snail, sites);
         let fanout = zmq::Context::new();
         let zerr = |context: &str| {
             let context = context.to_string();
@@ -172,8 +200,26 @@ impl Engine {
             shard_counters: Vec::new(),
             worker_counters: Vec::new(),
             expect_eos: Vec::new(),
+            snail: board.clone(),
+            monitor: None,
             _contexts: vec![fanout.clone()],
         };
+        let screams = match &cfg.monitor {
+            Some(ep) => {
+                let ctx = zmq::Context::new();
+                let (tx, rx) = crossbeam::channel::bounded::<Scream>(1024);
+                let every = Duration::from_millis(crate::snail::defaults::STATE_EVERY_MS);
+                let (agent, bound) = MonitorAgent::bind(&ctx, ep, rx, board.clone(), every)?;
+                engine._contexts.push(ctx);
+                // Like the collector, it ends by itself once every guard's sender is gone.
+                let idle = IdleStrategy::Block { wait_us: 100_000 };
+                let h = Runner::start(RunSpec::unpinned(idle), StopFlag::new(), agent)?;
+                engine.monitor = Some(Box::new((h, bound)));
+                Some(tx)
+            }
+            None => None,
+        };
+        let guard = |site: usize| Guard::new(board.clone(), site, screams.clone());
         let mut worker_endpoints = Vec::new();
         for ((w, core), spares) in cfg.worker_cores.iter().enumerate().zip(spare_rxs) {
             let endpoint = format!("inproc://mdsub{id}-worker{w}");
@@ -191,6 +237,8 @@ impl Engine {
                 spares,
                 cfg.metrics_interval,
                 counters,
+                guard(cfg.shards.len() + w),
+                stop.clone(),
             )?;
             worker_endpoints.push(endpoint);
             engine.workers.push(Runner::start(RunSpec { core: *core, idle: cfg.idle }, stop.clone(), agent)?);
@@ -214,10 +262,11 @@ impl Engine {
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 handoff_hwm_msgs: cfg.handoff_hwm_msgs,
             };
-            let agent = ReaderAgent::new(rc, sub, &fanout, counters, stop.clone())?;
+            let agent = ReaderAgent::new(rc, sub, &fanout, counters, stop.clone())?.with_guard(guard(k));
             let spec = RunSpec { core: shard.reader_core, idle: cfg.idle };
             engine.readers.push(Runner::start(spec, stop.clone(), agent)?);
         }
+        drop(screams);
         engine.start = Instant::now();
         Ok(engine)
     }
@@ -262,6 +311,16 @@ impl Engine {
         Runner::task(&name, core, make)
             .and_then(|t| t.join())
             .map_err(|e| EngineError::Config(format!("shard {k} io_core: {e}")))?
+    }
+
+    /// The monitor PUB's endpoint as bound (port resolved), if there is one.
+    pub fn monitor_endpoint(&self) -> Option<&str> {
+        self.monitor.as_ref().map(|m| m.1.as_str())
+    }
+
+    /// The snail's live verdicts and counters of every reader and worker.
+    pub fn snail(&self) -> &Arc<SnailBoard> {
+        &self.snail
     }
 
     /// Ask every thread to stop (Ctrl-C); `join` then reports what was done.
@@ -324,10 +383,18 @@ impl Engine {
             Some(h) => h.join().map(Collector::into_collected).unwrap_or_default(),
             None => Collected::default(),
         };
+        // Every guard is gone with its agent: the monitor sends the last state and ends.
+        if let Some(m) = self.monitor.take() {
+            let _ = m.0.join();
+        }
         if let Some(e) = first_err {
             return Err(e);
         }
-        Ok(self.report(collected, interrupted, agents))
+        let report = self.report(collected, interrupted, agents);
+        match self.snail.croak() {
+            Some(scream) => Err(EngineError::Croaked(Box::new(Croaked { scream, report }))),
+            None => Ok(report),
+        }
     }
 
     /// From the first frame received to the last message handled; the time
@@ -388,6 +455,7 @@ impl Engine {
             handler: collected.handler,
             handler_summary: collected.handler_summary,
             agents,
+            snail: Some(self.snail.report()),
         }
     }
 }

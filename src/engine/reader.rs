@@ -14,6 +14,7 @@ use super::batch;
 use super::sequence::SequenceTracker;
 use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::clock;
+use crate::snail::{Action, Guard};
 use crate::wire::{self, topic_hash, Kind, DROP_REASONS};
 
 /// How data frames are handed to workers.
@@ -78,8 +79,12 @@ pub struct ReaderConfig {
     pub handoff_hwm_msgs: i32,
 }
 
-/// The per-frame checks and routing of a reader (socket-free).
+/// The per-frame checks and routing of a reader (socket-free): decode,
+/// sequence checks, the snail's lag and silence checks (with a [`Guard`]),
+/// routing.
 pub struct Checks {
+    guard: Option<Guard>,
+    croaked: bool,
     tracker: SequenceTracker,
     routing: Routing,
     workers: usize,
@@ -93,6 +98,8 @@ pub struct Checks {
 impl Checks {
     pub fn new(routing: Routing, workers: usize, full_subscription: bool) -> Self {
         Checks {
+            guard: None,
+            croaked: false,
             tracker: SequenceTracker::new(full_subscription),
             routing,
             workers: workers.max(1),
@@ -101,6 +108,24 @@ impl Checks {
             forwarded: 0,
             bad: [0; DROP_REASONS],
             first_recv_ns: 0,
+        }
+    }
+
+    /// Judge lag and silence with `guard` (the snail's checks for this shard).
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// True once the snail croaked on this shard (the shell stops the engine).
+    pub fn croaked(&self) -> bool {
+        self.croaked
+    }
+
+    /// Check for silence at `now_ns` (when nothing was read, or the hand-off is blocked).
+    pub fn check_silence(&mut self, now_ns: u64) {
+        if let Some(g) = &mut self.guard {
+            self.croaked |= g.check_silence(now_ns) == Action::Croak;
         }
     }
 
@@ -119,10 +144,23 @@ impl Checks {
                 return None;
             }
         };
+        if let Some(g) = &mut self.guard {
+            g.heard(recv_ns);
+        }
         match view.header.kind {
             Kind::Data => {
                 if !self.tracker.on_data(&view.header, view.topic).accept {
                     return None;
+                }
+                // Values re-sent from a cache keep their old send times: not lag.
+                if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
+                    if let Some(g) = &mut self.guard {
+                        self.croaked |= g.on_message(&view.header, view.topic, recv_ns) == Action::Croak;
+                        // Policy `rest`: this shard drops its backlog.
+                        if g.skip(&view.header, recv_ns) {
+                            return None;
+                        }
+                    }
                 }
                 self.forwarded += 1;
                 Some(match self.routing {
@@ -142,6 +180,9 @@ impl Checks {
                     Err(_) => view.header.stream_seq,
                 };
                 self.tracker.on_end_of_stream(&view.header, sent);
+                if let Some(g) = &mut self.guard {
+                    g.ended();
+                }
                 None
             }
         }
@@ -169,6 +210,9 @@ impl Checks {
         c.eos_sent.store(t.eos_sent, Relaxed);
         c.first_recv_ns.store(self.first_recv_ns, Relaxed);
         c.full_subscription.store(self.tracker.full_subscription(), Relaxed);
+        if let Some(g) = &self.guard {
+            g.publish();
+        }
     }
 }
 
@@ -232,6 +276,19 @@ impl ReaderAgent {
         })
     }
 
+    /// Judge this shard's lag and silence with `guard`.
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.checks = std::mem::replace(&mut self.checks, Checks::new(self.cfg.routing, 1, true)).with_guard(guard);
+        self
+    }
+
+    /// The snail croaked: stop the engine (the board holds the scream).
+    fn croak(&mut self, n: usize) -> Result<Step, AgentError> {
+        self.checks.publish(&self.counters);
+        self.stop.stop();
+        Ok(Step::Worked(n.max(1)))
+    }
+
     /// Try to hand everything staged (and a pending message) to the workers
     /// without blocking. Returns false while some worker's queue is full
     /// (what could not go stays staged, in order).
@@ -293,6 +350,11 @@ impl Agent for ReaderAgent {
         // Back-pressure: nothing more is read until the workers took what is
         // staged, so the SUB's queue fills and TCP pushes back on the publisher.
         if (self.pending.is_some() || self.staging.iter().any(|b| !b.is_empty())) && !self.try_flush()? {
+            // Stuck behind the workers: nothing is being read.
+            self.checks.check_silence(clock::realtime_ns());
+            if self.checks.croaked() {
+                return self.croak(0);
+            }
             return Ok(Step::Blocked(0));
         }
         let mut n = 0;
@@ -306,7 +368,15 @@ impl Agent for ReaderAgent {
             n += 1;
             let recv_ns = clock::realtime_ns();
             let frame: &[u8] = &self.msg;
-            let Some(w) = self.checks.check(frame, recv_ns) else { continue };
+            let Some(w) = self.checks.check(frame, recv_ns) else {
+                if self.checks.croaked() {
+                    break;
+                }
+                continue;
+            };
+            if self.checks.croaked() {
+                break;
+            }
             match self.cfg.handoff {
                 HandOff::Batch => batch::push(&mut self.staging[w], recv_ns, frame),
                 HandOff::PerMessage => {
@@ -317,6 +387,12 @@ impl Agent for ReaderAgent {
                     }
                 }
             }
+        }
+        if n == 0 {
+            self.checks.check_silence(clock::realtime_ns());
+        }
+        if self.checks.croaked() {
+            return self.croak(n);
         }
         let flushed = n == 0 || self.try_flush()?;
         if n > 0 {

@@ -18,10 +18,11 @@ use crossbeam::utils::CachePadded;
 
 use super::batch::BatchIter;
 use super::handler::Handler;
-use crate::agent::{Agent, AgentError, Step};
+use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::clock;
 use crate::metrics::collector::WorkerReport;
 use crate::metrics::StageHistograms;
+use crate::snail::{Action, Guard};
 use crate::wire;
 
 /// Live counters of one worker.
@@ -58,6 +59,10 @@ pub struct WorkerAgent {
     handled: u64,
     handled_bytes: u64,
     counters: Arc<WorkerCounters>,
+    /// The snail's lag check where messages are handled (the handler is behind).
+    guard: Guard,
+    croaked: bool,
+    stop: StopFlag,
 }
 
 impl WorkerAgent {
@@ -74,6 +79,8 @@ impl WorkerAgent {
         spares: Receiver<StageHistograms>,
         interval: Duration,
         counters: Arc<WorkerCounters>,
+        guard: Guard,
+        stop: StopFlag,
     ) -> Result<Self, AgentError> {
         let role = format!("worker{index}");
         let zerr = |context| {
@@ -101,23 +108,37 @@ impl WorkerAgent {
             handled: 0,
             handled_bytes: 0,
             counters,
+            guard,
+            croaked: false,
+            stop,
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn handle(
         handler: &mut dyn Handler,
         stages: &mut StageHistograms,
         last_done_ns: &mut u64,
+        guard: &mut Guard,
+        croaked: &mut bool,
         frame: &[u8],
         recv_ns: u64,
         take_ns: u64,
     ) -> usize {
         // The reader checked this frame already; the worker counts bytes handled.
         let Ok(view) = wire::decode(frame) else { return 0 };
+        // Policy `rest`: a resting worker drops its backlog (judged at the batch's take time).
+        if guard.skip(&view.header, take_ns) {
+            return 0;
+        }
         handler.on_message(&view);
         let done = clock::realtime_ns();
         *last_done_ns = done;
+        // The snail judges the lag at the handler's end, with the clock read just made.
+        if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
+            *croaked |= guard.on_message(&view.header, view.topic, done) == Action::Croak;
+        }
         let sent = view.header.send_time_ns;
         stages.record(recv_ns.saturating_sub(sent), take_ns.saturating_sub(recv_ns), done.saturating_sub(sent));
         frame.len()
@@ -188,8 +209,12 @@ impl Agent for WorkerAgent {
                 continue;
             }
             let (handler, stages, last_done) = (self.handler.as_mut(), &mut self.stages, &mut self.last_done_ns);
+            let (guard, croaked) = (&mut self.guard, &mut self.croaked);
             let mut handle = |frame: &[u8], recv_ns: u64| {
-                let b = Self::handle(handler, stages, last_done, frame, recv_ns, take_ns);
+                if *croaked {
+                    return;
+                }
+                let b = Self::handle(handler, stages, last_done, guard, croaked, frame, recv_ns, take_ns);
                 n += (b > 0) as usize;
                 bytes_done += b;
             };
@@ -206,6 +231,9 @@ impl Agent for WorkerAgent {
                 // carried, so the wire stage includes the queue stage.
                 None => handle(bytes, take_ns),
             }
+            if self.croaked {
+                break;
+            }
         }
         if n > 0 {
             self.handled += n as u64;
@@ -213,6 +241,14 @@ impl Agent for WorkerAgent {
             self.counters.handled.store(self.handled, Relaxed);
             self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
             self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
+        }
+        if bytes_done > 0 || self.guard.resting() {
+            self.guard.publish();
+        }
+        if self.croaked {
+            // The board holds the scream; stopping is the engine's way out.
+            self.stop.stop();
+            return Ok(Step::Worked(n.max(1)));
         }
         let now = clock::realtime_ns();
         if now.saturating_sub(self.last_report_ns) >= self.interval_ns {
@@ -230,6 +266,7 @@ impl Agent for WorkerAgent {
     }
 
     fn on_close(&mut self) {
+        self.guard.publish();
         self.ship(true);
     }
 }

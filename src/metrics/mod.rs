@@ -152,6 +152,9 @@ pub struct RunReport {
     /// Every agent thread of the subscriber: work, idle and back-pressure
     /// time, CPU time.
     pub agents: Vec<crate::agent::AgentStats>,
+    /// The snail's verdicts and counters per reader and worker (engine only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snail: Option<crate::snail::SnailReport>,
 }
 
 impl RunReport {
@@ -201,6 +204,9 @@ impl RunReport {
                     );
                 }
             }
+        }
+        if let Some(snail) = &self.snail {
+            s.push_str(&snail.render());
         }
         if !self.handler.is_empty() {
             let c: Vec<String> = self.handler.iter().map(|(k, v)| format!("{k}={v}")).collect();

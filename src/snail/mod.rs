@@ -1,0 +1,792 @@
+//! The Suicidal Snail (the guide's slow-subscriber detection): every message's
+//! lag is judged where it is read (the shard's reader: the wire is behind)
+//! and where it is handled (the worker: the handler is behind), silence is
+//! judged on the reader, and a [`Policy`] decides what a bad verdict does:
+//! croak (scream and stop the engine), warn (log and count), rest (skip the
+//! backlog and rejoin live), or nothing.
+//!
+//! Layers, as everywhere in mdsub:
+//! - cores, socket-free and clock-free, taking `(header, now_ns)`:
+//!   [`lag::LagDetector`] (OK / WARN / SNAIL over a window, Burrow-style, with
+//!   a grace so a short spike is not a snail, and a skew-tolerant mode) and
+//!   [`Silence`] (STOP: no frame and no heartbeat for `silence_ns`);
+//! - [`Guard`]: one per reader or worker, applies the policy, keeps the
+//!   site's counters, builds the [`Scream`] (allocation only on a verdict
+//!   change, never per message);
+//! - [`SnailBoard`]: the shared, readable state of every site (plain atomics,
+//!   for reports and metrics exporters) and the croak slot the engine reads;
+//! - [`monitor`]: the engine's monitor PUB, which publishes every scream and
+//!   a periodic state message (frame format in `docs/SNAIL.md`).
+//!
+//! Sequence gaps, duplicates and restarts (the snail's other half) are judged
+//! by [`crate::engine::sequence`] on the reader and reported beside the verdicts.
+
+pub mod lag;
+pub mod monitor;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::{Arc, Mutex};
+
+use crossbeam::channel::Sender;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::human_ns;
+use crate::wire::Header;
+use lag::LagDetector;
+
+/// Exit code of `mdsub engine` / `mdsub demo` when a snail croaked.
+pub const EXIT_CODE_CROAK: i32 = 3;
+
+/// The snail's defaults, in one place (profiles, CLI and `SnailConfig::default`).
+pub mod defaults {
+    /// Lag above which a message is late (the guide's example: 1 s).
+    pub const MAX_LAG_MS: u64 = 1_000;
+    /// How long the lag must stay above `max_lag` to be a snail.
+    pub const GRACE_MS: u64 = 1_000;
+    /// The warn window: lag rising through all of it is a warning.
+    pub const WINDOW_MS: u64 = 2_000;
+    /// No frame and no heartbeat for this long is STOP (replay heartbeats every second when idle).
+    pub const SILENCE_MS: u64 = 5_000;
+    /// Skew-tolerant mode: lag is judged against the lowest seen over this long.
+    pub const SKEW_WINDOW_MS: u64 = 30_000;
+    /// At most one warn log line per site this often.
+    pub const WARN_EVERY_MS: u64 = 1_000;
+    /// Policy `rest`: how long a snail skips everything before it rejoins (Aeron's resting timeout).
+    pub const REST_MS: u64 = 10_000;
+    /// The monitor publishes the state of every site this often.
+    pub const STATE_EVERY_MS: u64 = 250;
+}
+
+const MS: u64 = 1_000_000;
+
+/// What a verdict does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// SNAIL or STOP: scream on stderr and the monitor, stop the engine,
+    /// exit with [`EXIT_CODE_CROAK`] (the guide's pattern). WARN is logged.
+    #[default]
+    Croak,
+    /// Log (rate-limited), count, publish on the monitor, keep going.
+    Warn,
+    /// SNAIL: Aeron's untethered subscription. The site drops its backlog:
+    /// it skips every message for `rest_ns`, then skips those still later
+    /// than `max_lag_ns` until one is live, and rejoins there. Skipped
+    /// messages are counted. STOP is logged and counted as under `warn`.
+    Rest,
+    /// No checks at all (for measuring what they cost).
+    Off,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Croak => "croak",
+            Policy::Warn => "warn",
+            Policy::Rest => "rest",
+            Policy::Off => "off",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Policy> {
+        match s {
+            "croak" => Some(Policy::Croak),
+            "warn" => Some(Policy::Warn),
+            "rest" => Some(Policy::Rest),
+            "off" => Some(Policy::Off),
+            _ => None,
+        }
+    }
+}
+
+/// How publisher and subscriber clocks relate (see [`lag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkewMode {
+    /// One clock (one host, or PTP/NTP): lag = now − send time.
+    #[default]
+    Synchronised,
+    /// Lag relative to the lowest seen over `skew_window_ns`.
+    #[serde(rename = "skew-tolerant")]
+    Tolerant,
+}
+
+/// A verdict, worst last (so `max` picks the worst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+#[repr(u8)]
+pub enum Verdict {
+    #[default]
+    Ok = 0,
+    /// Lag rose through the whole window.
+    Warn = 1,
+    /// Lag above `max_lag` for longer than the grace.
+    Snail = 2,
+    /// No frame and no heartbeat for `silence` (we are stuck, or the publisher is gone).
+    Stop = 3,
+}
+
+impl Verdict {
+    pub fn from_u8(v: u8) -> Verdict {
+        match v {
+            1 => Verdict::Warn,
+            2 => Verdict::Snail,
+            3 => Verdict::Stop,
+            _ => Verdict::Ok,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Ok => "OK",
+            Verdict::Warn => "WARN",
+            Verdict::Snail => "SNAIL",
+            Verdict::Stop => "STOP",
+        }
+    }
+}
+
+/// The snail's settings (a profile's `[snail]`, resolved to ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnailConfig {
+    pub policy: Policy,
+    pub max_lag_ns: u64,
+    pub grace_ns: u64,
+    pub window_ns: u64,
+    /// 0: silence is not judged.
+    pub silence_ns: u64,
+    pub skew: SkewMode,
+    pub skew_window_ns: u64,
+    pub warn_every_ns: u64,
+    /// Policy `rest`: how long to skip everything after a SNAIL.
+    pub rest_ns: u64,
+}
+
+impl Default for SnailConfig {
+    fn default() -> Self {
+        SnailConfig {
+            policy: Policy::default(),
+            max_lag_ns: defaults::MAX_LAG_MS * MS,
+            grace_ns: defaults::GRACE_MS * MS,
+            window_ns: defaults::WINDOW_MS * MS,
+            silence_ns: defaults::SILENCE_MS * MS,
+            skew: SkewMode::default(),
+            skew_window_ns: defaults::SKEW_WINDOW_MS * MS,
+            warn_every_ns: defaults::WARN_EVERY_MS * MS,
+            rest_ns: defaults::REST_MS * MS,
+        }
+    }
+}
+
+/// The silence detector (a socket-free core): STOP when nothing at all (no
+/// data, no heartbeat) was heard for `silence_ns`. Armed by the first frame,
+/// disarmed by an end of stream (a publisher that said goodbye is quiet by
+/// right) until the next frame.
+#[derive(Debug, Clone)]
+pub struct Silence {
+    silence_ns: u64,
+    last_heard_ns: u64,
+    armed: bool,
+}
+
+impl Silence {
+    pub fn new(silence_ns: u64) -> Self {
+        Silence { silence_ns, last_heard_ns: 0, armed: false }
+    }
+
+    /// Something arrived at `now_ns`.
+    #[inline]
+    pub fn heard(&mut self, now_ns: u64) {
+        self.last_heard_ns = now_ns;
+        self.armed = self.silence_ns > 0;
+    }
+
+    /// An end of stream arrived: quiet from here on is expected.
+    pub fn ended(&mut self) {
+        self.armed = false;
+    }
+
+    /// How long it has been silent at `now_ns`, if that is a STOP.
+    pub fn check(&self, now_ns: u64) -> Option<u64> {
+        let quiet = now_ns.saturating_sub(self.last_heard_ns);
+        (self.armed && quiet >= self.silence_ns).then_some(quiet)
+    }
+}
+
+/// The live state of one site (a reader or a worker): single writer (its
+/// agent, once per round), read by anyone. Plain atomics, so a metrics
+/// exporter can read them without knowing the snail.
+#[derive(Debug, Default)]
+pub struct SiteState {
+    /// The current [`Verdict`] as its `u8`.
+    pub verdict: AtomicU8,
+    /// Messages judged.
+    pub checked: AtomicU64,
+    /// Lag of the last message judged, ns.
+    pub last_lag_ns: AtomicU64,
+    /// Highest lag judged, ns.
+    pub max_lag_ns: AtomicU64,
+    /// Times the verdict turned WARN, SNAIL, STOP.
+    pub warns: AtomicU64,
+    pub snails: AtomicU64,
+    pub stops: AtomicU64,
+    /// Policy `rest`: rests taken, and messages skipped by them.
+    pub rests: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+/// Where a site sits: its role name and shard (None: a worker serving several shards).
+#[derive(Debug, Clone, Serialize)]
+pub struct Site {
+    pub role: String,
+    pub shard: Option<usize>,
+}
+
+/// Every site's state, the settings, and the croak slot.
+#[derive(Debug)]
+pub struct SnailBoard {
+    pub config: SnailConfig,
+    pub sites: Vec<(Site, SiteState)>,
+    croak: Mutex<Option<Scream>>,
+}
+
+impl SnailBoard {
+    pub fn new(config: SnailConfig, sites: Vec<Site>) -> Arc<SnailBoard> {
+        Arc::new(SnailBoard {
+            config,
+            sites: sites.into_iter().map(|s| (s, SiteState::default())).collect(),
+            croak: Mutex::new(None),
+        })
+    }
+
+    /// Record a croak (the first one wins).
+    fn set_croak(&self, s: &Scream) {
+        if let Ok(mut slot) = self.croak.lock() {
+            slot.get_or_insert_with(|| s.clone());
+        }
+    }
+
+    /// The croak, if a site croaked.
+    pub fn croak(&self) -> Option<Scream> {
+        self.croak.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// The worst verdict of any site now.
+    pub fn worst(&self) -> Verdict {
+        self.sites.iter().map(|(_, s)| Verdict::from_u8(s.verdict.load(Relaxed))).max().unwrap_or_default()
+    }
+
+    /// A snapshot for reports and the monitor's state message.
+    pub fn report(&self) -> SnailReport {
+        let c = &self.config;
+        SnailReport {
+            policy: c.policy,
+            skew: c.skew,
+            max_lag_ms: c.max_lag_ns / MS,
+            grace_ms: c.grace_ns / MS,
+            silence_ms: c.silence_ns / MS,
+            verdict: self.worst(),
+            croaked: self.croak(),
+            sites: self
+                .sites
+                .iter()
+                .map(|(site, s)| SiteReport {
+                    role: site.role.clone(),
+                    shard: site.shard,
+                    verdict: Verdict::from_u8(s.verdict.load(Relaxed)),
+                    checked: s.checked.load(Relaxed),
+                    last_lag_ns: s.last_lag_ns.load(Relaxed),
+                    max_lag_ns: s.max_lag_ns.load(Relaxed),
+                    warns: s.warns.load(Relaxed),
+                    snails: s.snails.load(Relaxed),
+                    stops: s.stops.load(Relaxed),
+                    rests: s.rests.load(Relaxed),
+                    skipped: s.skipped.load(Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The snail's part of a run report (and of the monitor's state message).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SnailReport {
+    pub policy: Policy,
+    pub skew: SkewMode,
+    pub max_lag_ms: u64,
+    pub grace_ms: u64,
+    pub silence_ms: u64,
+    /// The worst verdict of any site at the end.
+    pub verdict: Verdict,
+    pub croaked: Option<Scream>,
+    pub sites: Vec<SiteReport>,
+}
+
+/// One site in a [`SnailReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteReport {
+    pub role: String,
+    pub shard: Option<usize>,
+    pub verdict: Verdict,
+    pub checked: u64,
+    pub last_lag_ns: u64,
+    pub max_lag_ns: u64,
+    pub warns: u64,
+    pub snails: u64,
+    pub stops: u64,
+    pub rests: u64,
+    pub skipped: u64,
+}
+
+impl SnailReport {
+    /// Lines for the human report.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "  snail        {}   (policy {}, max lag {}, grace {}, silence {}, {})",
+            self.verdict.name(),
+            self.policy.name(),
+            human_ns(self.max_lag_ms * MS),
+            human_ns(self.grace_ms * MS),
+            human_ns(self.silence_ms * MS),
+            match self.skew {
+                SkewMode::Synchronised => "clocks synchronised",
+                SkewMode::Tolerant => "skew-tolerant",
+            }
+        );
+        for site in &self.sites {
+            let _ = writeln!(
+                s,
+                "    {:<14} {:<5} lag last {:>9} max {:>9}   warns {} snails {} stops {}{}",
+                site.role,
+                site.verdict.name(),
+                human_ns(site.last_lag_ns),
+                human_ns(site.max_lag_ns),
+                site.warns,
+                site.snails,
+                site.stops,
+                if site.rests > 0 { format!(" rests {} skipped {}", site.rests, site.skipped) } else { String::new() }
+            );
+        }
+        if let Some(c) = &self.croaked {
+            let _ = writeln!(s, "  croaked      {c}");
+        }
+        s
+    }
+}
+
+/// What a verdict change said: the scream line (Display) and the monitor's message (JSON).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Scream {
+    pub verdict: Verdict,
+    pub policy: Policy,
+    /// The site that judged: `shard0-reader`, `worker1`.
+    pub site: String,
+    pub shard: Option<usize>,
+    pub publisher_id: Option<u32>,
+    pub topic: Option<String>,
+    /// Lag of the message that tipped the verdict, ns.
+    pub lag_ns: u64,
+    pub max_lag_ns: u64,
+    /// How long the lag had been above `max_lag_ns`, ns.
+    pub above_for_ns: u64,
+    pub grace_ns: u64,
+    /// STOP: how long nothing was heard, ns.
+    pub silent_for_ns: Option<u64>,
+    /// Stream sequence of the last message that arrived within `max_lag_ns`.
+    pub last_good_seq: u64,
+    /// When (ns since the Unix epoch, the site's clock).
+    pub at_ns: u64,
+}
+
+impl std::fmt::Display for Scream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shard = self.shard.map(|k| format!("shard{k}")).unwrap_or_else(|| "a shard".into());
+        write!(f, "{} on {shard} ({})", self.verdict.name(), self.site)?;
+        if let Some(p) = self.publisher_id {
+            write!(f, ": publisher {p}")?;
+        }
+        if let Some(t) = &self.topic {
+            write!(f, " topic {t}")?;
+        }
+        match self.silent_for_ns {
+            Some(q) => write!(f, ": nothing heard for {} (silence {})", human_ns(q), human_ns(self.grace_ns))?,
+            None => write!(
+                f,
+                ": lag {} (max_lag {}, above it for {}, grace {})",
+                human_ns(self.lag_ns),
+                human_ns(self.max_lag_ns),
+                human_ns(self.above_for_ns),
+                human_ns(self.grace_ns)
+            )?,
+        }
+        write!(f, "; last good seq {}; policy {}", self.last_good_seq, self.policy.name())
+    }
+}
+
+/// What the shell must do after a message or an idle check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    /// Stop the engine: a croak was recorded on the board.
+    Croak,
+}
+
+/// The policy shell around the detectors for one site: one per reader or
+/// worker, driven with `(header, now_ns)`; allocation-free except when the
+/// verdict changes (a scream is built then).
+pub struct Guard {
+    index: usize,
+    board: Arc<SnailBoard>,
+    cfg: SnailConfig,
+    lag: LagDetector,
+    silence: Silence,
+    verdict: Verdict,
+    monitor: Option<Sender<Scream>>,
+    next_log_ns: u64,
+    checked: u64,
+    max_lag_ns: u64,
+    warns: u64,
+    snails: u64,
+    stops: u64,
+    /// Policy `rest`: skip everything before this (0: not resting).
+    rest_until_ns: u64,
+    /// Skew floor when the rest began (skew-tolerant mode judges the backlog against it).
+    rest_floor_ns: i64,
+    rests: u64,
+    skipped: u64,
+}
+
+impl Guard {
+    /// The guard of site `index` on `board`; screams also go to `monitor`.
+    pub fn new(board: Arc<SnailBoard>, index: usize, monitor: Option<Sender<Scream>>) -> Guard {
+        let cfg = board.config;
+        Guard {
+            index,
+            lag: LagDetector::new(&cfg),
+            silence: Silence::new(cfg.silence_ns),
+            board,
+            cfg,
+            verdict: Verdict::Ok,
+            monitor,
+            next_log_ns: 0,
+            checked: 0,
+            max_lag_ns: 0,
+            warns: 0,
+            snails: 0,
+            stops: 0,
+            rest_until_ns: 0,
+            rest_floor_ns: 0,
+            rests: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Policy `rest`: true if this message is to be skipped (the site is
+    /// resting, or rejoining and the message is still older than `max_lag`).
+    /// One compare when not resting.
+    #[inline]
+    pub fn skip(&mut self, h: &Header, now_ns: u64) -> bool {
+        if self.rest_until_ns == 0 {
+            return false;
+        }
+        self.skip_resting(h, now_ns)
+    }
+
+    /// True while resting or rejoining (policy `rest`).
+    pub fn resting(&self) -> bool {
+        self.rest_until_ns != 0
+    }
+
+    fn skip_resting(&mut self, h: &Header, now_ns: u64) -> bool {
+        let lag = (now_ns as i64).wrapping_sub(h.send_time_ns as i64).saturating_sub(self.rest_floor_ns);
+        if now_ns < self.rest_until_ns || lag > self.cfg.max_lag_ns as i64 {
+            self.skipped += 1;
+            return true;
+        }
+        // Live again: rejoin here with a fresh history.
+        self.rest_until_ns = 0;
+        self.lag.reset();
+        self.verdict = Verdict::Ok;
+        self.publish();
+        false
+    }
+
+    /// True when the checks are off.
+    #[inline]
+    pub fn off(&self) -> bool {
+        self.cfg.policy == Policy::Off
+    }
+
+    /// Judge one data message (`topic` only used for a scream).
+    #[inline]
+    pub fn on_message(&mut self, h: &Header, topic: &[u8], now_ns: u64) -> Action {
+        if self.off() {
+            return Action::Continue;
+        }
+        self.checked += 1;
+        let v = self.lag.observe(h.send_time_ns, h.stream_seq, now_ns);
+        self.max_lag_ns = self.max_lag_ns.max(self.lag.last_lag_ns());
+        if v == self.verdict {
+            return Action::Continue;
+        }
+        self.change(v, Some((h, topic)), None, now_ns)
+    }
+
+    /// Anything (data, heartbeat, end of stream) arrived at `now_ns`: for the silence check.
+    #[inline]
+    pub fn heard(&mut self, now_ns: u64) {
+        self.silence.heard(now_ns);
+    }
+
+    /// An end of stream arrived: silence from here on is expected.
+    pub fn ended(&mut self) {
+        self.silence.ended();
+    }
+
+    /// Check for silence (the shell calls this when it had nothing to read or was blocked).
+    pub fn check_silence(&mut self, now_ns: u64) -> Action {
+        if self.off() || self.verdict == Verdict::Stop {
+            return Action::Continue;
+        }
+        match self.silence.check(now_ns) {
+            Some(quiet) => self.change(Verdict::Stop, None, Some(quiet), now_ns),
+            None => Action::Continue,
+        }
+    }
+
+    fn change(&mut self, v: Verdict, msg: Option<(&Header, &[u8])>, quiet: Option<u64>, now_ns: u64) -> Action {
+        self.verdict = v;
+        match v {
+            Verdict::Ok => {}
+            Verdict::Warn => self.warns += 1,
+            Verdict::Snail => self.snails += 1,
+            Verdict::Stop => self.stops += 1,
+        }
+        let (site, _) = &self.board.sites[self.index];
+        let scream = Scream {
+            verdict: v,
+            policy: self.cfg.policy,
+            site: site.role.clone(),
+            shard: site.shard,
+            publisher_id: msg.map(|(h, _)| h.publisher_id),
+            topic: msg.map(|(_, t)| String::from_utf8_lossy(t).into_owned()),
+            lag_ns: self.lag.last_lag_ns(),
+            max_lag_ns: self.cfg.max_lag_ns,
+            above_for_ns: self.lag.above_for_ns(now_ns),
+            grace_ns: if quiet.is_some() { self.cfg.silence_ns } else { self.cfg.grace_ns },
+            silent_for_ns: quiet,
+            last_good_seq: self.lag.last_good_seq(),
+            at_ns: now_ns,
+        };
+        if let Some(m) = &self.monitor {
+            // Never blocks; a full monitor queue loses the message (the board keeps the state).
+            let _ = m.try_send(scream.clone());
+        }
+        self.publish();
+        let croak = self.cfg.policy == Policy::Croak && v >= Verdict::Snail;
+        if croak {
+            self.board.set_croak(&scream);
+            return Action::Croak;
+        }
+        if self.cfg.policy == Policy::Rest && v == Verdict::Snail {
+            self.rests += 1;
+            self.rest_until_ns = now_ns.saturating_add(self.cfg.rest_ns).max(1);
+            self.rest_floor_ns = match self.cfg.skew {
+                SkewMode::Synchronised => 0,
+                SkewMode::Tolerant => self.lag.floor_ns(),
+            };
+            self.publish();
+        }
+        if v != Verdict::Ok && now_ns >= self.next_log_ns {
+            self.next_log_ns = now_ns.saturating_add(self.cfg.warn_every_ns);
+            eprintln!("mdsub: snail: {scream}");
+        }
+        Action::Continue
+    }
+
+    /// The verdict now.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    /// Store the counters into the board (the shell calls this once per round).
+    pub fn publish(&self) {
+        let s = &self.board.sites[self.index].1;
+        s.verdict.store(self.verdict as u8, Relaxed);
+        s.checked.store(self.checked, Relaxed);
+        s.last_lag_ns.store(self.lag.last_lag_ns(), Relaxed);
+        s.max_lag_ns.store(self.max_lag_ns, Relaxed);
+        s.warns.store(self.warns, Relaxed);
+        s.snails.store(self.snails, Relaxed);
+        s.stops.store(self.stops, Relaxed);
+        s.rests.store(self.rests, Relaxed);
+        s.skipped.store(self.skipped, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::wire::Kind;
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+
+    fn header(seq: u64, send_time_ns: u64) -> Header {
+        Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 7,
+            session_id: 1,
+            stream_seq: seq,
+            topic_seq: seq,
+            send_time_ns,
+        }
+    }
+
+    fn board(policy: Policy) -> Arc<SnailBoard> {
+        let cfg = SnailConfig {
+            policy,
+            max_lag_ns: 100 * MS,
+            grace_ns: 200 * MS,
+            silence_ns: 1_000 * MS,
+            ..SnailConfig::default()
+        };
+        SnailBoard::new(cfg, vec![Site { role: "shard0-reader".into(), shard: Some(0) }])
+    }
+
+    #[test]
+    fn croak_policy_records_one_scream_naming_the_cause() {
+        let b = board(Policy::Croak);
+        let (tx, rx) = crossbeam::channel::bounded(8);
+        let mut g = Guard::new(b.clone(), 0, Some(tx));
+        let clock = ManualClock::new(T0);
+        let mut action = Action::Continue;
+        let mut seq = 0;
+        for lag_ms in [1u64; 10].into_iter().chain([300; 400]) {
+            let now = clock.advance_ms(1);
+            seq += 1;
+            action = g.on_message(&header(seq, now - lag_ms * MS), b"ESH6", now);
+            if action == Action::Croak {
+                break;
+            }
+        }
+        assert_eq!(action, Action::Croak);
+        let c = b.croak().expect("a croak on the board");
+        assert_eq!((c.verdict, c.publisher_id, c.last_good_seq), (Verdict::Snail, Some(7), 10));
+        let line = c.to_string();
+        for part in ["SNAIL on shard0 (shard0-reader)", "publisher 7", "topic ESH6", "lag 300.00ms", "max_lag 100.00ms"]
+        {
+            assert!(line.contains(part), "{part:?} in {line}");
+        }
+        let on_monitor: Vec<Scream> = rx.try_iter().collect();
+        assert_eq!(on_monitor.last(), Some(&c));
+        assert_eq!(b.report().sites[0].snails, 1);
+        assert_eq!(b.worst(), Verdict::Snail);
+    }
+
+    #[test]
+    fn warn_policy_counts_and_keeps_going() {
+        let b = board(Policy::Warn);
+        let mut g = Guard::new(b.clone(), 0, None);
+        let clock = ManualClock::new(T0);
+        for (i, lag_ms) in [300u64; 300].into_iter().chain([1; 10]).chain([300; 300]).enumerate() {
+            let now = clock.advance_ms(1);
+            assert_eq!(g.on_message(&header(i as u64 + 1, now - lag_ms * MS), b"A", now), Action::Continue);
+        }
+        g.publish();
+        let r = b.report();
+        assert_eq!((r.sites[0].snails, r.sites[0].checked), (2, 610));
+        assert!(b.croak().is_none());
+    }
+
+    #[test]
+    fn silence_is_stop_after_the_first_frame_and_not_after_end_of_stream() {
+        let b = board(Policy::Croak);
+        let mut g = Guard::new(b.clone(), 0, None);
+        let clock = ManualClock::new(T0);
+        assert_eq!(g.check_silence(clock.advance_ms(5_000)), Action::Continue, "not armed before any frame");
+        g.heard(clock.advance_ms(1));
+        assert_eq!(g.check_silence(clock.advance_ms(999)), Action::Continue);
+        assert_eq!(g.check_silence(clock.advance_ms(1)), Action::Croak);
+        let c = b.croak().expect("croaked");
+        assert_eq!((c.verdict, c.silent_for_ns), (Verdict::Stop, Some(1_000 * MS)));
+        assert!(c.to_string().contains("nothing heard for 1.00s"), "{c}");
+
+        let b = board(Policy::Croak);
+        let mut g = Guard::new(b.clone(), 0, None);
+        g.heard(clock.advance_ms(1));
+        g.ended();
+        assert_eq!(g.check_silence(clock.advance_ms(10_000)), Action::Continue);
+    }
+
+    #[test]
+    fn rest_policy_skips_the_backlog_then_rejoins_live() {
+        let b = SnailBoard::new(
+            SnailConfig {
+                policy: Policy::Rest,
+                max_lag_ns: 100 * MS,
+                grace_ns: 200 * MS,
+                rest_ns: 50 * MS,
+                ..Default::default()
+            },
+            vec![Site { role: "worker0".into(), shard: Some(0) }],
+        );
+        let mut g = Guard::new(b.clone(), 0, None);
+        let clock = ManualClock::new(T0);
+        let mut seq = 0;
+        let mut feed = |g: &mut Guard, lag_ms: u64| {
+            let now = clock.advance_ms(1);
+            seq += 1;
+            let h = header(seq, now - lag_ms * MS);
+            let skipped = g.skip(&h, now);
+            if !skipped {
+                assert_eq!(g.on_message(&h, b"A", now), Action::Continue);
+            }
+            skipped
+        };
+        // 201 ms at 300 ms of lag: a snail, and the rest starts.
+        assert!((0..201).all(|_| !feed(&mut g, 300)));
+        assert_eq!(g.verdict(), Verdict::Snail);
+        // Resting: 50 ms of everything skipped, whatever its lag.
+        assert!((0..49).all(|_| feed(&mut g, 1)), "skips while resting");
+        // The rest is over: the backlog still later than max_lag is skipped.
+        assert!((0..30).all(|_| feed(&mut g, 300)));
+        // The first live message rejoins.
+        assert!(!feed(&mut g, 5));
+        assert_eq!(g.verdict(), Verdict::Ok);
+        g.publish();
+        let r = b.report();
+        assert_eq!((r.sites[0].rests, r.sites[0].skipped, r.sites[0].snails), (1, 79, 1));
+        assert!(b.croak().is_none());
+    }
+
+    #[test]
+    fn off_policy_judges_nothing() {
+        let b = board(Policy::Off);
+        let mut g = Guard::new(b.clone(), 0, None);
+        let clock = ManualClock::new(T0);
+        g.heard(clock.now_ns());
+        for i in 1..1000 {
+            let now = clock.advance_ms(1);
+            assert_eq!(g.on_message(&header(i, now - 10_000 * MS), b"A", now), Action::Continue);
+        }
+        assert_eq!(g.check_silence(clock.advance_ms(60_000)), Action::Continue);
+        g.publish();
+        assert_eq!(b.report().sites[0].checked, 0);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in [Policy::Croak, Policy::Warn, Policy::Rest, Policy::Off] {
+            assert_eq!(Policy::from_name(p.name()), Some(p));
+        }
+        for v in [Verdict::Ok, Verdict::Warn, Verdict::Snail, Verdict::Stop] {
+            assert_eq!(Verdict::from_u8(v as u8), v);
+        }
+    }
+}

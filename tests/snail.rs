@@ -1,0 +1,434 @@
+//! The Suicidal Snail end to end, with real processes over TCP loopback: a
+//! slow worker behind a lossless replay croaks (exit code 3, one scream on
+//! stderr, the same scream on the monitor PUB); `warn` keeps going and
+//! counts; a healthy run does not croak; a lag spike shorter than the grace
+//! does not croak and a longer one does; a constant clock offset croaks
+//! unless skew-tolerant; silence without heartbeats is STOP; gaps are
+//! counted exactly with and without a topic filter; a restart is a restart.
+//!
+//! Feeds with a precise shape (spikes, offsets, drops, restarts, silence)
+//! come from a small publisher in this test that writes the wire format itself.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mdsub::wire::{self, Header, Kind, CONTROL_TOPIC};
+
+const CROAK: i32 = mdsub::snail::EXIT_CODE_CROAK;
+const MS: i64 = 1_000_000;
+
+/// A child with stdout and stderr read line by line on threads.
+struct Child2 {
+    proc: Proc,
+    out: Receiver<String>,
+    err: Receiver<String>,
+}
+
+fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Child2 {
+    fn spawn(name: &str, cmd: &mut Command) -> Child2 {
+        let mut proc = Proc::spawn(name, cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+        let out = lines_of(proc.child.stdout.take().expect("stdout"));
+        let err = lines_of(proc.child.stderr.take().expect("stderr"));
+        Child2 { proc, out, err }
+    }
+
+    /// The first stderr line starting with `prefix`, within `deadline`.
+    fn stderr_line(&self, prefix: &str, deadline: Duration) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            match self.err.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => continue,
+                Err(_) => panic!("{}: no stderr line starting with {prefix:?} within {deadline:?}", self.proc.name),
+            }
+        }
+    }
+
+    /// Wait for exit; (exit code, stdout, stderr not read yet).
+    fn finish(mut self, deadline: Duration) -> (Option<i32>, String, String) {
+        let status = self.proc.wait_exit(deadline);
+        let drain = |r: &Receiver<String>| {
+            let mut s = String::new();
+            while let Ok(l) = r.recv_timeout(Duration::from_secs(2)) {
+                s.push_str(&l);
+                s.push('\n');
+            }
+            s
+        };
+        (status.code(), drain(&self.out), drain(&self.err))
+    }
+}
+
+fn engine(endpoint: &str, extra: &[&str]) -> Child2 {
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", endpoint]);
+    cmd.args(extra);
+    Child2::spawn("engine", &mut cmd)
+}
+
+fn u(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("field {k} missing in {v}"))
+}
+
+/// The snail site `role` in a JSON report.
+fn site<'a>(r: &'a serde_json::Value, role: &str) -> &'a serde_json::Value {
+    r["snail"]["sites"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["role"] == role))
+        .unwrap_or_else(|| panic!("no snail site {role} in {r}"))
+}
+
+/// A publisher of hand-made frames with exact sequences and stamps.
+struct TestPub {
+    _ctx: zmq::Context,
+    sock: zmq::Socket,
+    endpoint: String,
+    publisher_id: u32,
+    session_id: u64,
+    stream_seq: u64,
+    topic_seq: HashMap<Vec<u8>, u64>,
+    data_sent: u64,
+}
+
+impl TestPub {
+    fn bind() -> TestPub {
+        let ctx = zmq::Context::new();
+        let mut sock = ctx.socket(zmq::XPUB).expect("xpub");
+        sock.set_sndhwm(0).expect("unlimited sndhwm");
+        mdsub::zmqx::set_xpub_nodrop(&mut sock, true).expect("nodrop");
+        sock.set_linger(5_000).expect("linger");
+        sock.bind("tcp://127.0.0.1:*").expect("bind");
+        let endpoint = sock.get_last_endpoint().expect("endpoint").expect("utf8");
+        TestPub {
+            _ctx: ctx,
+            sock,
+            endpoint,
+            publisher_id: 5,
+            session_id: 1,
+            stream_seq: 0,
+            topic_seq: HashMap::new(),
+            data_sent: 0,
+        }
+    }
+
+    /// Handshake: the engine's first subscription arrives.
+    fn wait_subscribed(&self) {
+        self.sock.set_rcvtimeo(20_000).expect("rcvtimeo");
+        let sub = self.sock.recv_bytes(0).expect("the engine subscribed within 20 s");
+        assert_eq!(sub.first(), Some(&1u8));
+    }
+
+    fn header(&self, kind: Kind, topic_seq: u64, send_time_ns: u64) -> Header {
+        Header {
+            kind,
+            flags: 0,
+            publisher_id: self.publisher_id,
+            session_id: self.session_id,
+            stream_seq: self.stream_seq,
+            topic_seq,
+            send_time_ns,
+        }
+    }
+
+    /// Next data frame on `topic`, stamped `offset_ns` before now; sent
+    /// unless `drop` (then only its sequences are used up).
+    fn data(&mut self, topic: &[u8], offset_ns: i64, drop: bool) {
+        self.stream_seq += 1;
+        let ts = self.topic_seq.entry(topic.to_vec()).or_insert(0);
+        *ts += 1;
+        let ts = *ts;
+        if drop {
+            return;
+        }
+        let send = (mdsub::clock::realtime_ns() as i64 - offset_ns) as u64;
+        let frame = wire::encode(topic, &self.header(Kind::Data, ts, send), b"payload");
+        self.sock.send(frame, 0).expect("send data");
+        self.data_sent += 1;
+    }
+
+    fn control(&mut self, kind: Kind) {
+        let h = self.header(kind, 0, mdsub::clock::realtime_ns());
+        let frame = wire::encode(CONTROL_TOPIC, &h, &self.data_sent.to_le_bytes());
+        self.sock.send(frame, 0).expect("send control");
+    }
+
+    /// One data frame per ms for `d`, each `offset_ns` late.
+    fn stream_for(&mut self, d: Duration, offset_ns: i64) {
+        let end = Instant::now() + d;
+        let mut next = Instant::now();
+        while Instant::now() < end {
+            self.data(b"ESH6", offset_ns, false);
+            next += Duration::from_millis(1);
+            if let Some(w) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+        }
+    }
+
+    /// Start a new session (a publisher restart).
+    fn restart(&mut self) {
+        self.session_id += 1;
+        self.stream_seq = 0;
+        self.topic_seq.clear();
+        self.data_sent = 0;
+    }
+}
+
+#[test]
+fn slow_worker_croaks_with_exit_code_and_scream_on_stderr_and_monitor() {
+    // The replay waits for two subscribers: the engine and, once the monitor
+    // is seen to work, this test (a handshake on both sides, no sleeps).
+    let (replay, eps) = start_replay(
+        "replay",
+        1,
+        &["--rate", "100k", "--duration", "20s", "--subscribers", "2", "--wait-timeout", "20s"],
+    );
+    let e = engine(
+        &eps[0],
+        &["--handler", "work:200000", "--max-lag", "200ms", "--grace", "300ms", "--monitor", "bind:tcp://127.0.0.1:*"],
+    );
+    let monitor_ep = e.stderr_line("monitor: bound ", Duration::from_secs(20)).rsplit(' ').next().unwrap().to_string();
+    let ctx = zmq::Context::new();
+    let mon = ctx.socket(zmq::SUB).expect("sub");
+    mon.set_subscribe(b"snail.").expect("subscribe");
+    mon.set_rcvtimeo(20_000).expect("rcvtimeo");
+    mon.connect(&monitor_ep).expect("connect monitor");
+    let first = mon.recv_multipart(0).expect("a state message from the monitor within 20 s");
+    assert_eq!(first[0], b"snail.state");
+    let state = json(std::str::from_utf8(&first[1]).expect("utf8"));
+    assert_eq!(state["verdict"], "OK", "{state}");
+    // Now let the replay start.
+    let go = ctx.socket(zmq::SUB).expect("sub");
+    go.set_subscribe(&[CONTROL_TOPIC, b"\0"].concat()).expect("subscribe");
+    go.connect(&eps[0]).expect("connect replay");
+
+    let started = Instant::now();
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    let took = started.elapsed();
+    assert_eq!(code, Some(CROAK), "exit code; stderr: {err}");
+    assert!(took < Duration::from_secs(15), "croaked after {took:?}");
+    let scream = err.lines().find(|l| l.starts_with("mdsub: croak: ")).unwrap_or_else(|| panic!("no scream: {err}"));
+    for part in ["SNAIL on shard0", "publisher 0", "lag ", "max_lag 200.00ms", "grace 300.00ms", "last good seq"] {
+        assert!(scream.contains(part), "{part:?} in {scream}");
+    }
+    assert_eq!(err.lines().filter(|l| l.starts_with("mdsub: croak")).count(), 1, "one scream: {err}");
+    // The report still comes out, with the verdict.
+    let r = json(&out);
+    assert_eq!(r["snail"]["verdict"], "SNAIL", "{r}");
+    assert!(r["snail"]["croaked"]["lag_ns"].as_u64().unwrap_or(0) > 200_000_000, "{r}");
+    assert_eq!(r["interrupted"], true);
+    // The same scream on the monitor (state messages may come before it).
+    let end = Instant::now() + Duration::from_secs(10);
+    let on_monitor = loop {
+        assert!(Instant::now() < end, "no snail.snail message on the monitor");
+        let m = mon.recv_multipart(0).expect("monitor message");
+        if m[0] == b"snail.snail" {
+            break json(std::str::from_utf8(&m[1]).expect("utf8"));
+        }
+    };
+    assert_eq!(on_monitor["verdict"], "SNAIL");
+    assert_eq!(on_monitor["policy"], "croak");
+    assert_eq!(on_monitor["shard"], 0);
+    assert_eq!(on_monitor["max_lag_ns"], 200_000_000u64);
+    assert_eq!(on_monitor, r["snail"]["croaked"], "the monitor's scream is the report's");
+    drop(replay);
+}
+
+#[test]
+fn warn_policy_keeps_running_and_counts() {
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "20k", "--count", "6000"]);
+    let e = engine(&eps[0], &["--handler", "work:200000", "--snail", "warn", "--max-lag", "100ms", "--grace", "100ms"]);
+    let (code, out, err) = e.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (6000, 6000, 0), "{r}");
+    let w = site(&r, "worker0");
+    assert!(u(w, "snails") >= 1, "the slow worker was judged a snail: {w}");
+    assert_eq!(u(w, "checked"), 6000);
+    assert!(r["snail"]["croaked"].is_null());
+    assert!(err.contains("mdsub: snail: SNAIL on shard0 (worker0)"), "a warn line: {err}");
+    replay.finish(Duration::from_secs(20));
+}
+
+#[test]
+fn healthy_run_at_the_default_rate_does_not_croak() {
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "100k", "--count", "150k"]);
+    let (code, out, err) = engine(&eps[0], &[]).finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 150_000);
+    for role in ["shard0-reader", "worker0"] {
+        let s = site(&r, role);
+        assert_eq!((u(s, "snails"), u(s, "stops"), u(s, "checked")), (0, 0, 150_000), "{s}");
+    }
+    replay.finish(Duration::from_secs(20));
+}
+
+/// A feed on time, then `spike` of frames 500 ms late, then on time again.
+fn spike_run(spike: Duration) -> (Option<i32>, String, String) {
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, &["--max-lag", "100ms", "--grace", "400ms"]);
+    p.wait_subscribed();
+    p.stream_for(Duration::from_millis(100), 0);
+    p.stream_for(spike, 500 * MS);
+    p.stream_for(Duration::from_millis(100), 0);
+    p.control(Kind::EndOfStream);
+    e.finish(Duration::from_secs(30))
+}
+
+#[test]
+fn a_lag_spike_shorter_than_the_grace_does_not_croak_and_a_longer_one_does() {
+    let (code, out, err) = spike_run(Duration::from_millis(150));
+    assert_eq!(code, Some(0), "150 ms above max lag, grace 400 ms: {err}");
+    let r = json(&out);
+    assert_eq!(r["snail"]["verdict"], "OK", "{r}");
+    assert!(u(site(&r, "shard0-reader"), "max_lag_ns") >= 500_000_000, "the spike was seen: {r}");
+
+    let (code, _, err) = spike_run(Duration::from_millis(1_000));
+    assert_eq!(code, Some(CROAK), "{err}");
+    assert!(err.contains("mdsub: croak: SNAIL on shard0 ("), "{err}");
+    assert!(err.contains("publisher 5 topic ESH6: lag 5"), "{err}");
+}
+
+fn offset_run(extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut p = TestPub::bind();
+    let mut args = vec!["--max-lag", "1s", "--grace", "500ms"];
+    args.extend_from_slice(extra);
+    let e = engine(&p.endpoint, &args);
+    p.wait_subscribed();
+    // The publisher's clock runs 2 s behind the engine's.
+    p.stream_for(Duration::from_millis(1_200), 2_000 * MS);
+    p.control(Kind::EndOfStream);
+    e.finish(Duration::from_secs(30))
+}
+
+#[test]
+fn a_constant_clock_offset_croaks_when_synchronised_but_not_when_skew_tolerant() {
+    let (code, _, err) = offset_run(&[]);
+    assert_eq!(code, Some(CROAK), "{err}");
+    assert!(err.contains("mdsub: croak: SNAIL"), "{err}");
+    let (code, out, err) = offset_run(&["--skew", "skew-tolerant", "--skew-window", "10s"]);
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!(r["snail"]["skew"], "skew-tolerant");
+    assert_eq!(r["snail"]["verdict"], "OK", "{r}");
+}
+
+#[test]
+fn silence_without_heartbeats_is_stop_and_heartbeats_keep_it_alive() {
+    // Heartbeats every 100 ms for 1 s: the publisher is quiet, not gone.
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, &["--silence", "500ms"]);
+    p.wait_subscribed();
+    p.stream_for(Duration::from_millis(50), 0);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        p.control(Kind::Heartbeat);
+    }
+    p.stream_for(Duration::from_millis(50), 0);
+    p.control(Kind::EndOfStream);
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(u(site(&json(&out), "shard0-reader"), "stops"), 0);
+
+    // Nothing at all after a few frames: STOP.
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, &["--silence", "500ms"]);
+    p.wait_subscribed();
+    p.stream_for(Duration::from_millis(50), 0);
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(CROAK), "{err}");
+    assert!(err.contains("mdsub: croak: STOP on shard0 (shard0-reader): nothing heard for"), "{err}");
+    assert_eq!(json(&out)["snail"]["verdict"], "STOP");
+}
+
+/// 100 000 messages over 10 topics with every 100th (stream_seq ≡ 50 mod
+/// 100) dropped at the publisher: exactly 1 000 missing.
+fn gap_run(extra: &[&str]) -> serde_json::Value {
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, extra);
+    p.wait_subscribed();
+    let topics: Vec<Vec<u8>> = (0..10).map(|t| format!("SYM{t}").into_bytes()).collect();
+    for i in 1..=100_000u64 {
+        p.data(&topics[(i % 10) as usize], 0, i % 100 == 50);
+    }
+    p.control(Kind::EndOfStream);
+    let (code, out, err) = e.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    json(&out)
+}
+
+#[test]
+fn every_hundredth_dropped_is_exactly_1000_missing_with_and_without_a_topic_filter() {
+    let r = gap_run(&[]);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "gaps"), u(&r, "lost")), (99_000, 99_000, 1_000, 0), "{r}");
+    // Through a filter (every topic starts with SYM) the per-topic sequences count.
+    let r = gap_run(&["--subscribe", "SYM"]);
+    assert_eq!((u(&r, "delivered"), u(&r, "gaps"), u(&r, "duplicates")), (99_000, 1_000, 0), "{r}");
+}
+
+#[test]
+fn a_restart_mid_stream_is_a_restart_not_a_gap() {
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, &[]);
+    p.wait_subscribed();
+    for _ in 0..1_000 {
+        p.data(b"ESH6", 0, false);
+    }
+    p.restart();
+    for _ in 0..500 {
+        p.data(b"ESH6", 0, false);
+    }
+    p.control(Kind::EndOfStream);
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!((u(&r, "delivered"), u(&r, "restarts"), u(&r, "gaps"), u(&r, "duplicates")), (1_500, 1, 0, 0), "{r}");
+}
+
+#[test]
+fn rest_policy_skips_the_backlog_and_recovers() {
+    // A 5 000 msg/s worker under 100 000 msg/s for 2 s: without skipping it
+    // would need 40 s to get through; resting, it drops its backlog and ends
+    // with the feed.
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "100k", "--count", "200k"]);
+    let started = Instant::now();
+    let e = engine(
+        &eps[0],
+        &["--handler", "work:200000", "--snail", "rest", "--max-lag", "100ms", "--grace", "100ms", "--rest", "200ms"],
+    );
+    let (code, out, err) = e.finish(Duration::from_secs(60));
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(took < Duration::from_secs(20), "recovered and finished with the feed, took {took:?}");
+    let r = json(&out);
+    let sites = r["snail"]["sites"].as_array().expect("sites");
+    let rests: u64 = sites.iter().map(|s| u(s, "rests")).sum();
+    let skipped: u64 = sites.iter().map(|s| u(s, "skipped")).sum();
+    assert!(rests >= 1 && skipped > 0, "{r}");
+    assert_eq!(u(&r, "sent"), 200_000);
+    assert_eq!(u(&r, "gaps"), 0, "skipping is not loss on the wire: {r}");
+    assert_eq!(u(&r, "delivered") + skipped, 200_000, "every message was handled or skipped: {r}");
+    assert!(r["snail"]["croaked"].is_null());
+    assert!(err.contains("policy rest"), "the rest is logged: {err}");
+    replay.finish(Duration::from_secs(20));
+}
