@@ -313,6 +313,7 @@ impl Profile {
             handler: self.handler,
             metrics_interval: std::time::Duration::from_millis(self.metrics_interval_ms),
             expect_eos_per_shard: None,
+            ..EngineConfig::default()
         }
     }
 }

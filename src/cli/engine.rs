@@ -1,5 +1,7 @@
 //! `mdsub demo` and `mdsub engine`: the engine's command lines (Black Box subscriber faces).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -13,7 +15,7 @@ use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::HandOff;
 use crate::engine::Engine;
-use crate::metrics::RunReport;
+use crate::metrics::{OutputsConfig, RunReport};
 use crate::profile::{host_cores, Profile};
 use crate::replay::{PublisherConfig, Source};
 
@@ -111,9 +113,62 @@ pub struct EngineArgs {
     /// Stop anyway after this long (e.g. 90s).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub max_duration: Option<Duration>,
+    #[command(flatten)]
+    pub outputs: OutputArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the engine publishes latency and counters while it runs.
+#[derive(Args, Debug, Default, Clone)]
+pub struct OutputArgs {
+    /// Write an HdrHistogram interval log (V2 compressed, tags shardK.wire,
+    /// shardK.queue, shardK.total; values in ns) every metrics interval.
+    #[arg(long, value_name = "FILE")]
+    pub hlog: Option<PathBuf>,
+    /// Write the whole run's percentile spectrum of the total stage (.hgrm,
+    /// values in ms) at the end.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT
+    /// listens on 127.0.0.1; port 0 picks one, printed on stderr).
+    #[arg(long, value_parser = parse_listen, value_name = "[ADDR:]PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often histograms are collected, logged and published (e.g. 1s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub metrics_interval: Option<Duration>,
+    /// The engine's name in metrics and status (default HOST-PID).
+    #[arg(long, value_name = "NAME")]
+    pub engine_id: Option<String>,
+}
+
+impl OutputArgs {
+    /// Apply to an engine configuration.
+    pub fn apply(&self, cfg: &mut crate::engine::EngineConfig) -> anyhow::Result<()> {
+        if let Some(i) = self.metrics_interval {
+            if i < Duration::from_millis(10) {
+                bail!("--metrics-interval must be at least 10ms");
+            }
+            cfg.metrics_interval = i;
+        }
+        if let Some(id) = &self.engine_id {
+            if id.is_empty() || id.contains(['/', ' ', '"', '\\', '\n']) {
+                bail!("--engine-id `{id}`: use letters, digits, '-', '_' or '.'");
+            }
+            cfg.engine_id = Some(id.clone());
+        }
+        cfg.outputs = OutputsConfig { hlog: self.hlog.clone(), hgrm: self.hgrm.clone(), listen: self.metrics_listen };
+        Ok(())
+    }
+}
+
+/// `PORT` (on 127.0.0.1) or `ADDR:PORT`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| format!("`{s}` is not a listen address (PORT or ADDR:PORT, e.g. 127.0.0.1:9464)"))
 }
 
 /// Parse a hand-off name: `batch` or `per-message`.
@@ -178,9 +233,14 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     }
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
+    args.outputs.apply(&mut cfg)?;
     let engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
     for (k, s) in cfg.shards.iter().enumerate() {
         eprintln!("shard{k}: connected to {}", s.endpoints.join(", "));
+    }
+    eprintln!("engine id: {}", engine.engine_id());
+    if let Some(addr) = engine.metrics_addr() {
+        eprintln!("metrics: http://{addr}/metrics");
     }
     let report = engine.join(args.max_duration)?;
     if args.json {
