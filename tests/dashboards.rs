@@ -241,3 +241,86 @@ fn bad_output_settings_are_one_clear_error() {
     assert!(err.contains("is not a listen address"), "{err}");
     assert!(!Path::new("/nonexistent-dir").exists());
 }
+
+/// A Prometheus query's result, or None while the server is not answering.
+fn promql(base: &str, query: &str) -> Option<Vec<(serde_json::Value, f64)>> {
+    let (code, out, _) =
+        run_within("check.py", Command::new("python3").args([CHECK, "promql", base, query]), Duration::from_secs(30));
+    if code != Some(0) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v.as_array()?.iter().map(|x| Some((x[0].clone(), x[1].as_f64()?))).collect()
+}
+
+#[test]
+fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket() {
+    if Command::new("prometheus").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `prometheus` on PATH (tools/ci-setup.sh installs Debian's package)");
+        return;
+    }
+    if let Some(why) = python_missing(&["json"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempdir("prometheus");
+    let (mport, pport) = (free_port_block(1), free_port_block(1));
+    let (replay, eps) = start_replay("replay", 2, &["--count", "20000", "--rate", "10k", "--symbols", "40"]);
+    let e = engine(
+        &eps,
+        &[
+            "--expect-eos",
+            "0",
+            "--metrics-listen",
+            &format!("127.0.0.1:{mport}"),
+            "--metrics-interval",
+            "250ms",
+            "--engine-id",
+            "prom-test",
+        ],
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/prometheus.sh");
+    let _prom = Proc::spawn(
+        "prometheus",
+        Command::new("bash").args([script, "--target", &format!("127.0.0.1:{mport}")]).args([
+            "--listen",
+            &format!("127.0.0.1:{pport}"),
+            "--dir",
+            dir.to_str().expect("utf8 path"),
+            "--scrape-interval",
+            "250ms",
+        ]),
+    );
+    let base = format!("http://127.0.0.1:{pport}");
+    let delivered = r#"sum(mdsub_shard_delivered_total{engine="prom-test"})"#;
+    wait_until(Duration::from_secs(90), "Prometheus to have scraped every delivered message", || {
+        promql(&base, delivered).is_some_and(|r| r.first().is_some_and(|(_, v)| *v >= 20_000.0))
+    });
+    let _ = replay.finish(Duration::from_secs(30));
+    let mut estimates = Vec::new();
+    for k in 0..2 {
+        let q = format!(
+            r#"histogram_quantile(0.99, mdsub_latency_seconds_bucket{{engine="prom-test",stage="total",shard="{k}"}})"#
+        );
+        let r = promql(&base, &q).expect("Prometheus answers");
+        assert_eq!(r.len(), 1, "one series per shard: {r:?}");
+        estimates.push(r[0].1);
+    }
+    e.proc.signal(2);
+    let (status, out) = e.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 20_000, "{r}");
+    let bounds = mdsub::metrics::prom::BUCKET_BOUNDS_NS;
+    for (k, s) in r["shards"].as_array().expect("per-shard report").iter().take(2).enumerate() {
+        let p99 = u(&s["latency"]["total"], "p99_ns");
+        let i = bounds.partition_point(|&b| b < p99);
+        let lo = if i == 0 { 0.0 } else { bounds[i - 1] as f64 / 1e9 };
+        let hi = bounds.get(i).map(|&b| b as f64 / 1e9).unwrap_or(f64::INFINITY);
+        let est = estimates[k];
+        eprintln!("shard{k}: engine p99 {p99} ns, Prometheus histogram_quantile {est} s, bucket ({lo}, {hi}]");
+        assert!(lo <= est && est <= hi, "shard{k}: Prometheus says {est} s, the engine {p99} ns: not in ({lo}, {hi}]");
+    }
+    drop(_prom);
+    let _ = std::fs::remove_dir_all(&dir);
+}

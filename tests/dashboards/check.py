@@ -4,6 +4,10 @@
   check.py hlog FILE   read an HdrHistogram interval log with the `hdrhistogram`
                        package's HistogramLogReader; print per tag the total
                        count, p99 (ns) and the number of intervals, as JSON.
+  check.py promql BASE QUERY
+                       ask a Prometheus server at BASE (http://HOST:PORT) for
+                       the instant QUERY through its HTTP API; print the
+                       result vector as [[labels, value], …] in JSON.
   check.py scrape URL  GET URL with urllib, parse the body with
                        prometheus_client's text-format parser; print every
                        sample as [name, labels, value] in JSON.
@@ -70,5 +74,17 @@ def scrape(url):
     print(json.dumps({"content_type": ctype, "types": types, "samples": samples}))
 
 
+def promql(base, query):
+    import urllib.parse
+    import urllib.request
+
+    url = base.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        answer = json.load(r)
+    if answer.get("status") != "success":
+        raise SystemExit("query failed: %r" % answer)
+    print(json.dumps([[x["metric"], float(x["value"][1])] for x in answer["data"]["result"]]))
+
+
 if __name__ == "__main__":
-    {"hlog": hlog, "scrape": scrape}[sys.argv[1]](sys.argv[2])
+    {"hlog": hlog, "scrape": scrape, "promql": promql}[sys.argv[1]](*sys.argv[2:])
