@@ -324,3 +324,76 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
     drop(_prom);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_after_kill_9() {
+    use mdsub::clone::client::{Client, ClientConfig};
+    let p = free_port_block(3);
+    let store = format!("tcp://127.0.0.1:{p}");
+    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let (_replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
+    let mut e = engine(
+        &eps,
+        &["--expect-eos", "0", "--store", &store, "--metrics-interval", "300ms", "--engine-id", "store-test"],
+    );
+    let client =
+        Client::start(ClientConfig { servers: vec![store.clone()], subtree: "/mdsub/".into(), ..Default::default() })
+            .expect("a clone client");
+    client.wait_synced(Duration::from_secs(20)).expect("synced with the clone server");
+    let get = |key: &str| -> Option<serde_json::Value> {
+        let v = client.get(format!("/mdsub/status/store-test/{key}")).ok()??;
+        serde_json::from_slice(&v).ok().or_else(|| Some(serde_json::Value::String(String::from_utf8_lossy(&v).into())))
+    };
+    wait_until(Duration::from_secs(30), "the engine's status with both shards delivering", || {
+        get("engine").is_some_and(|s| s["shards"] == 2)
+            && (0..2).all(|k| get(&format!("shard{k}")).is_some_and(|s| s["delivered"].as_u64().is_some_and(|d| d > 0)))
+    });
+    let status = get("engine").expect("engine status");
+    assert_eq!(status["interval_ms"], 300.0, "{status}");
+    assert_eq!(status["settings"]["metrics_interval"], "300ms", "{status}");
+    let shard = get("shard0").expect("shard status");
+    for f in ["msgs_per_s", "p50_ns", "p99_ns", "p999_ns", "max_ns", "gaps"] {
+        assert!(shard[f].is_number(), "shard status has {f}: {shard}");
+    }
+
+    let set = |name: &str, value: &str| {
+        let key = format!("/mdsub/config/store-test/{name}");
+        let (code, _, err) = run_within(
+            "clone-client",
+            mdsub().args(["clone-client", "--server", &store, "set", &key, value]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(0), "clone-client set {key} {value}: {err}");
+    };
+    let intervals = || get("shard0").and_then(|s| s["intervals"].as_u64()).unwrap_or(0);
+    set("metrics_interval", "200ms");
+    let before = intervals();
+    let mut applied_at = 0;
+    wait_until(Duration::from_secs(20), "the new metrics interval in the engine's status", || {
+        let ok =
+            get("engine").is_some_and(|s| s["interval_ms"] == 200.0 && s["settings"]["metrics_interval"] == "200ms");
+        applied_at = intervals();
+        ok
+    });
+    // Counted in the engine's own intervals (not wall time): at most two
+    // passed between the acknowledged set and the status saying it applies.
+    assert!(applied_at <= before + 2, "applied after {} intervals", applied_at - before);
+
+    set("metrics_interval", "fast");
+    wait_until(Duration::from_secs(20), "the refusal's reason in the status", || {
+        get("refused/metrics_interval").is_some_and(|v| v.as_str().is_some_and(|s| s.contains("`fast` refused: ")))
+    });
+    let why = get("refused/metrics_interval").expect("refusal");
+    assert!(why.as_str().is_some_and(|s| s.contains("not a duration")), "says why: {why}");
+    assert_eq!(get("engine").expect("engine status")["interval_ms"], 200.0, "the value in force stays");
+    set("log_level", "debug");
+    wait_until(Duration::from_secs(20), "log_level applied", || {
+        get("engine").is_some_and(|s| s["log_level"] == "debug")
+    });
+
+    e.proc.signal(9);
+    e.proc.wait_exit(Duration::from_secs(10));
+    wait_until(Duration::from_secs(20), "the killed engine's status to expire", || {
+        client.dump("/mdsub/status/store-test/").is_ok_and(|kv| kv.is_empty())
+    });
+}

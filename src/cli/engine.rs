@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use super::args::{parse_count_usize, parse_duration, parse_endpoint_list, Endpoint, How, Idle};
+use super::args::{parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, Endpoint, How, Idle};
 use super::feed::FeedArgs;
 use super::{describe_pacing, expected_msgs, load_profile, progress_bar};
 use crate::agent::StopFlag;
@@ -15,6 +15,7 @@ use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::HandOff;
 use crate::engine::Engine;
+use crate::metrics::settings::{Level, Settings};
 use crate::metrics::{OutputsConfig, RunReport};
 use crate::profile::{host_cores, Profile};
 use crate::replay::{PublisherConfig, Source};
@@ -141,6 +142,15 @@ pub struct OutputArgs {
     /// The engine's name in metrics and status (default HOST-PID).
     #[arg(long, value_name = "NAME")]
     pub engine_id: Option<String>,
+    /// Clone store server (`[connect:]tcp://HOST:P`; twice for a Binary Star
+    /// pair): publish status under /mdsub/status/ENGINE-ID/ every interval and
+    /// take live settings from /mdsub/config/ENGINE-ID/NAME.
+    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]tcp://HOST:P")]
+    pub store: Vec<Endpoint>,
+    /// What the engine says on stderr while it runs: error, warn, info or
+    /// debug (a line per shard per interval); a live setting too.
+    #[arg(long, value_parser = Level::parse, value_name = "LEVEL")]
+    pub log_level: Option<Level>,
 }
 
 impl OutputArgs {
@@ -160,6 +170,69 @@ impl OutputArgs {
         }
         cfg.outputs = OutputsConfig { hlog: self.hlog.clone(), hgrm: self.hgrm.clone(), listen: self.metrics_listen };
         Ok(())
+    }
+}
+
+impl OutputArgs {
+    /// After the engine started: the log level, then the status agent.
+    pub fn start_live(&self, engine: &mut Engine) -> anyhow::Result<()> {
+        if let Some(l) = self.log_level {
+            engine.log_level().set(l);
+        }
+        if self.store.is_empty() {
+            return Ok(());
+        }
+        if self.store.len() > 2 {
+            bail!("--store: one server, or two for a Binary Star pair");
+        }
+        let servers = self
+            .store
+            .iter()
+            .map(|e| e.only(How::Connect, "--store"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        engine.start_store(servers, engine_settings(engine)).context("starting the status agent")?;
+        Ok(())
+    }
+}
+
+/// The settings an engine takes while it runs, from
+/// `/mdsub/config/ENGINE-ID/NAME` in the clone store. Snail thresholds and
+/// policy register here too, the same way (`snail.…`).
+pub fn engine_settings(engine: &Engine) -> Settings {
+    let mut s = Settings::default();
+    let interval = engine.metrics_interval_ns();
+    let now = Duration::from_nanos(interval.load(std::sync::atomic::Ordering::Relaxed));
+    s.register(
+        "metrics_interval",
+        "how often histograms are collected, logged and published (10ms to 1h, e.g. 500ms)",
+        format_duration(now),
+        move |raw| {
+            let d = parse_duration(raw)?;
+            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                return Err("must be from 10ms to 1h".into());
+            }
+            interval.store(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(format_duration(d))
+        },
+    );
+    let log = engine.log_level();
+    s.register("log_level", "error, warn, info or debug", log.get().name().to_string(), move |raw| {
+        let l = Level::parse(raw)?;
+        log.set(l);
+        Ok(l.name().to_string())
+    });
+    s
+}
+
+/// A duration as the shared parser reads it back (`250ms`, `2s`).
+fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
     }
 }
 
@@ -234,7 +307,8 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
     args.outputs.apply(&mut cfg)?;
-    let engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
+    let mut engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
+    args.outputs.start_live(&mut engine)?;
     for (k, s) in cfg.shards.iter().enumerate() {
         eprintln!("shard{k}: connected to {}", s.endpoints.join(", "));
     }

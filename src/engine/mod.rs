@@ -24,6 +24,8 @@ use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrat
 use crate::metrics::collector::{Collected, Collector, CollectorOutputs, SharedLatency, WorkerReport};
 use crate::metrics::http::MetricsServer;
 use crate::metrics::prom::{EngineLive, ShardLive};
+use crate::metrics::settings::{Level, LogLevel, Settings};
+use crate::metrics::store::{StoreAgent, StoreInputs};
 use crate::metrics::{OutputsConfig, RunReport, ShardReport, StageHistograms};
 use crate::wire::DROP_REASON_NAMES;
 use handler::HandlerSpec;
@@ -125,8 +127,28 @@ struct LiveOutputs {
     /// The metrics interval, changeable while running.
     metrics_interval_ns: Arc<AtomicU64>,
     latency: SharedLatency,
+    /// The engine's log level (a live setting).
+    log: Arc<LogLevel>,
     /// The `/metrics` server, stopped by its own flag once the engine is joined.
     metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr)>,
+    /// The status agent (clone store), stopped the same way.
+    store: Option<(AgentHandle<StoreAgent>, StopFlag)>,
+}
+
+impl LiveOutputs {
+    /// Stop and join the `/metrics` server and the status agent.
+    fn stop(&mut self) {
+        if let Some((h, stop, _)) = self.metrics_http.take() {
+            stop.stop();
+            let _ = h.join();
+        }
+        if let Some((h, stop)) = self.store.take() {
+            stop.stop();
+            if let Err(e) = h.join() {
+                self.log.log(Level::Warn, format_args!("status agent: {e}"));
+            }
+        }
+    }
 }
 
 /// A running engine: its agents, their counters and the contexts they use.
@@ -223,7 +245,14 @@ impl Engine {
             readers: Vec::new(),
             workers: Vec::new(),
             collector: Some(collector),
-            live: Box::new(LiveOutputs { engine_id, metrics_interval_ns, latency, metrics_http: None }),
+            live: Box::new(LiveOutputs {
+                engine_id,
+                metrics_interval_ns: metrics_interval_ns.clone(),
+                latency,
+                log: Arc::default(),
+                metrics_http: None,
+                store: None,
+            }),
             shard_counters: Vec::new(),
             worker_counters: Vec::new(),
             expect_eos: Vec::new(),
@@ -244,7 +273,7 @@ impl Engine {
                 cfg.handler.build(),
                 tx.clone(),
                 spares,
-                cfg.metrics_interval,
+                metrics_interval_ns.clone(),
                 counters,
             )?;
             worker_endpoints.push(endpoint);
@@ -298,6 +327,31 @@ impl Engine {
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)?;
         self.live.metrics_http = Some((h, stop, bound));
         Ok(())
+    }
+
+    /// Publish status in the clone store at `servers` (one, or a Binary Star
+    /// pair) every metrics interval and apply `settings` from
+    /// `/mdsub/config/<engine-id>/NAME` (see [`crate::metrics::store`]).
+    pub fn start_store(&mut self, servers: Vec<String>, settings: Settings) -> Result<(), EngineError> {
+        let inputs = StoreInputs {
+            engine_id: self.live.engine_id.clone(),
+            servers,
+            live: Box::new(self.live_source()),
+            latency: self.live.latency.clone(),
+            interval_ns: self.live.metrics_interval_ns.clone(),
+            log: self.live.log.clone(),
+            settings,
+        };
+        let agent = StoreAgent::new(inputs).map_err(EngineError::Config)?;
+        let stop = StopFlag::new();
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
+        self.live.store = Some((h, stop));
+        Ok(())
+    }
+
+    /// The engine's log level (a live setting).
+    pub fn log_level(&self) -> Arc<LogLevel> {
+        self.live.log.clone()
     }
 
     /// The address `/metrics` is served on, if it is.
@@ -440,10 +494,7 @@ impl Engine {
             Some(h) => h.join().map(Collector::into_collected).unwrap_or_default(),
             None => Collected::default(),
         };
-        if let Some((h, stop, _)) = self.live.metrics_http.take() {
-            stop.stop();
-            let _ = h.join();
-        }
+        self.live.stop();
         if let Some(e) = first_err {
             return Err(e);
         }
@@ -569,10 +620,7 @@ fn shard_live(c: &ShardCounters) -> ShardLive {
 impl Drop for Engine {
     /// An engine dropped without `join` (an error path) stops its threads.
     fn drop(&mut self) {
-        if let Some((h, stop, _)) = self.live.metrics_http.take() {
-            stop.stop();
-            let _ = h.join();
-        }
+        self.live.stop();
         if self.readers.is_empty() && self.workers.is_empty() {
             return;
         }

@@ -55,7 +55,8 @@ pub struct WorkerAgent {
     metrics: Sender<WorkerReport>,
     spare: Option<Vec<StageHistograms>>,
     spares: Receiver<Vec<StageHistograms>>,
-    interval_ns: u64,
+    /// The metrics interval, shared with the collector (a live setting).
+    interval_ns: Arc<AtomicU64>,
     last_done_ns: u64,
     last_report_ns: u64,
     handled: u64,
@@ -75,7 +76,7 @@ impl WorkerAgent {
         handler: Box<dyn Handler>,
         metrics: Sender<WorkerReport>,
         spares: Receiver<Vec<StageHistograms>>,
-        interval: Duration,
+        interval_ns: Arc<AtomicU64>,
         counters: Arc<WorkerCounters>,
     ) -> Result<Self, AgentError> {
         let role = format!("worker{index}");
@@ -98,7 +99,7 @@ impl WorkerAgent {
             metrics,
             spare: Some(crate::metrics::shard_sets(readers)),
             spares,
-            interval_ns: interval.as_nanos() as u64,
+            interval_ns,
             last_done_ns: 0,
             last_report_ns: clock::realtime_ns(),
             handled: 0,
@@ -227,7 +228,7 @@ impl Agent for WorkerAgent {
             self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
         }
         let now = clock::realtime_ns();
-        if now.saturating_sub(self.last_report_ns) >= self.interval_ns {
+        if now.saturating_sub(self.last_report_ns) >= self.interval_ns.load(Relaxed) {
             self.ship(false);
             self.last_report_ns = now;
         }

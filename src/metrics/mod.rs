@@ -16,6 +16,8 @@ pub mod collector;
 pub mod hlog;
 pub mod http;
 pub mod prom;
+pub mod settings;
+pub mod store;
 
 /// Highest latency recorded exactly (60 s); larger values are clamped.
 pub const MAX_TRACKABLE_NS: u64 = 60_000_000_000;
