@@ -47,6 +47,9 @@ enum Cmd {
     CloneClient(cli::clone::ClientArgs),
     /// Measure the clone stack: update throughput, snapshot time, failover time.
     CloneBench(cli::bench::CloneBenchArgs),
+    /// Terminal dashboard of every engine publishing status in a clone store
+    /// (msgs/s, p50/p99/p99.9/max per shard, p99 sparkline); --once prints one frame.
+    Top(cli::top::TopArgs),
 }
 
 fn main() {
@@ -72,6 +75,7 @@ fn main() {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },
+        Cmd::Top(a) => cli::top::top(a, &stop).context("mdsub top"),
         Cmd::Info => {
             let m = mdsub::bench::stamp::Machine::here();
             println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);

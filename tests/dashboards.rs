@@ -397,3 +397,87 @@ fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_af
         client.dump("/mdsub/status/store-test/").is_ok_and(|kv| kv.is_empty())
     });
 }
+
+/// A `tmux` of its own (a private server socket), killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]);
+        c
+    }
+
+    fn capture(&self) -> String {
+        self.cmd()
+            .args(["capture-pane", "-p", "-t", "top"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+#[test]
+fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
+    let p = free_port_block(3);
+    let store = format!("tcp://127.0.0.1:{p}");
+    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let (_replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
+    let _e = engine(
+        &eps,
+        &["--expect-eos", "0", "--store", &store, "--metrics-interval", "300ms", "--engine-id", "top-test"],
+    );
+    let mut frame = String::new();
+    wait_until(Duration::from_secs(30), "mdsub top --once to show both shards", || {
+        let (code, out, err) =
+            run_within("top", mdsub().args(["top", "--once", "--store", &store]), Duration::from_secs(30));
+        assert_eq!(code, Some(0), "mdsub top --once failed: {err}");
+        frame = out;
+        // Rows with a rate: an interval with traffic has been published.
+        ["shard0", "shard1"].iter().all(|s| {
+            frame.lines().any(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                c.len() > 2 && c[0] == "top-test" && c[1] == *s && c[2].parse::<f64>().is_ok_and(|r| r > 0.0)
+            })
+        })
+    });
+    assert!(frame.starts_with("ENGINE "), "{frame}");
+    let row = frame.lines().find(|l| l.contains("shard1")).expect("shard1 row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert!(cols[2].parse::<f64>().is_ok_and(|r| r > 0.0), "msgs/s: {row}");
+    assert!(cols[4].ends_with('s'), "p99 with a unit: {row}");
+
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIPPED the interactive view: no tmux (tools/ci-setup.sh installs it)");
+        return;
+    }
+    let tmux = Tmux { socket: format!("mdsub-top-{}", std::process::id()) };
+    let bin = env!("CARGO_BIN_EXE_mdsub");
+    let started = tmux
+        .cmd()
+        .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
+        .arg(format!("{bin} top --store {store}; sleep 30"))
+        .status()
+        .expect("tmux runs");
+    assert!(started.success(), "tmux new-session");
+    let mut pane = String::new();
+    wait_until(Duration::from_secs(30), "the interactive view to show both shards", || {
+        pane = tmux.capture();
+        pane.contains("mdsub top: 1 engine(s)") && pane.contains("shard0") && pane.contains("shard1")
+    });
+    assert!(pane.lines().any(|l| l.contains("top-test") && l.contains("shard1")), "{pane}");
+    assert!(pane.contains("top-test shard0 p99"), "the sparkline's title: {pane}");
+    assert!(pane.lines().count() <= 24 && pane.lines().all(|l| l.chars().count() <= 80), "fits 80×24: {pane}");
+    let _ = tmux.cmd().args(["send-keys", "-t", "top", "s"]).status();
+    wait_until(Duration::from_secs(10), "the sort key to take", || tmux.capture().contains("sorted by msgs/s"));
+    let _ = tmux.cmd().args(["send-keys", "-t", "top", "q"]).status();
+    wait_until(Duration::from_secs(10), "q to quit the view", || !tmux.capture().contains("mdsub top:"));
+}

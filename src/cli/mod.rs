@@ -24,6 +24,7 @@ pub mod feed;
 pub mod lvc;
 pub mod replay;
 pub mod tap;
+pub mod top;
 
 use crate::profile::{host_cores, Profile};
 use crate::replay::{Limits, Pacing};
