@@ -306,6 +306,20 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
         assert_eq!(r.len(), 1, "one series per shard: {r:?}");
         estimates.push(r[0].1);
     }
+    // Every query of the Grafana dashboard in tools/ is valid PromQL that finds series.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/grafana-mdsub.json")).expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr").replace("$engine", ".*").replace("$__rate_interval", "1m");
+            let r = promql(&base, &expr).unwrap_or_else(|| panic!("Prometheus refused the dashboard's {expr}"));
+            if !expr.ends_with("> 0") {
+                assert!(!r.is_empty(), "no series for the dashboard's {expr}");
+            }
+        }
+    }
     e.proc.signal(2);
     let (status, out) = e.finish(Duration::from_secs(30));
     assert!(status.success(), "engine failed: {out}");
