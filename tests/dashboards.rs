@@ -250,7 +250,7 @@ fn promql(base: &str, query: &str) -> Option<Vec<(serde_json::Value, f64)>> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    v.as_array()?.iter().map(|x| Some((x[0].clone(), x[1].as_f64()?))).collect()
+    v.as_array()?.iter().map(|x| Some((x[0].clone(), x[1].as_f64().unwrap_or(f64::NAN)))).collect()
 }
 
 #[test]
@@ -302,8 +302,13 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
         let q = format!(
             r#"histogram_quantile(0.99, mdsub_latency_seconds_bucket{{engine="prom-test",stage="total",shard="{k}"}})"#
         );
-        let r = promql(&base, &q).expect("Prometheus answers");
-        assert_eq!(r.len(), 1, "one series per shard: {r:?}");
+        // One series per shard, once a scrape has succeeded (a scrape that
+        // times out on a loaded box marks the series stale until the next).
+        let mut r = Vec::new();
+        wait_until(Duration::from_secs(30), "one p99 series per shard from Prometheus", || {
+            r = promql(&base, &q).unwrap_or_default();
+            r.len() == 1
+        });
         estimates.push(r[0].1);
     }
     // Every query of the Grafana dashboard in tools/ is valid PromQL that finds series.
@@ -314,10 +319,10 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
     for panel in dashboard["panels"].as_array().expect("panels") {
         for t in panel["targets"].as_array().expect("targets") {
             let expr = t["expr"].as_str().expect("expr").replace("$engine", ".*").replace("$__rate_interval", "1m");
-            let r = promql(&base, &expr).unwrap_or_else(|| panic!("Prometheus refused the dashboard's {expr}"));
-            if !expr.ends_with("> 0") {
-                assert!(!r.is_empty(), "no series for the dashboard's {expr}");
-            }
+            // `> 0` filters may rightly find nothing; the others find series.
+            wait_until(Duration::from_secs(20), &format!("Prometheus to answer the dashboard's {expr}"), || {
+                promql(&base, &expr).is_some_and(|r| !r.is_empty() || expr.ends_with("> 0"))
+            });
         }
     }
     e.proc.signal(2);

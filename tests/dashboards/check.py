@@ -83,7 +83,11 @@ def promql(base, query):
         answer = json.load(r)
     if answer.get("status") != "success":
         raise SystemExit("query failed: %r" % answer)
-    print(json.dumps([[x["metric"], float(x["value"][1])] for x in answer["data"]["result"]]))
+    def num(v):
+        f = float(v)
+        return f if math.isfinite(f) else None  # NaN (e.g. a quantile of zero rates) as null
+
+    print(json.dumps([[x["metric"], num(x["value"][1])] for x in answer["data"]["result"]]))
 
 
 if __name__ == "__main__":
