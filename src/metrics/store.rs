@@ -12,7 +12,7 @@
 //! - `refused/NAME`: why the last value offered for setting NAME was refused
 //!   (the value in force stays); deleted once a good value is applied.
 //!
-//! It uses the clone store through [`crate::clone::Client`]'s public API
+//! It uses the clone store through [`crate::clone::client::Client`]'s public API
 //! only, on its own thread (started by the client), off the data path.
 
 use std::collections::{BTreeMap, BTreeSet};
