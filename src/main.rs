@@ -50,6 +50,9 @@ enum Cmd {
     CloneBench(cli::bench::CloneBenchArgs),
     /// Write a CURVE key pair (NAME.key, NAME.pub) for a server or a client.
     Keygen(cli::security::KeygenArgs),
+    /// Terminal dashboard of every engine publishing status in a clone store
+    /// (msgs/s, p50/p99/p99.9/max per shard, p99 sparkline); --once prints one frame.
+    Top(cli::top::TopArgs),
 }
 
 fn main() {
@@ -76,6 +79,7 @@ fn main() {
             Err(e) => Err(e),
         },
         Cmd::Keygen(a) => cli::security::keygen(a),
+        Cmd::Top(a) => cli::top::top(a, &stop).context("mdsub top"),
         Cmd::Info => {
             let m = mdsub::bench::stamp::Machine::here();
             println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);

@@ -405,6 +405,7 @@ impl Profile {
             expect_eos_per_shard: None,
             snail: self.snail.config(),
             monitor: self.snail.monitor.clone(),
+            ..EngineConfig::default()
         }
     }
 }

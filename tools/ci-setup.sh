@@ -8,9 +8,13 @@ set -euo pipefail
 
 # Debian packages: one line per package with the reason.
 DEB_PACKAGES=(
+    prometheus   # tests/dashboards.rs: a real Prometheus scrapes the engine's /metrics (tools/prometheus-check.sh)
+    tmux         # tests/dashboards.rs: drives `mdsub top`'s interactive view and captures the pane
 )
 # Python packages for independent readers/peers: one line per package with the reason.
 PIP_PACKAGES=(
+    hdrhistogram       # tests/dashboards.rs: reads the engine's .hlog with HdrHistogram's Python log reader
+    prometheus_client  # tests/dashboards.rs: parses /metrics with Prometheus' own text-format parser
 )
 
 missing_debs=()

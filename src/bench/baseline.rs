@@ -146,6 +146,7 @@ impl Baseline {
             handler_summary: self.handler.as_ref().map(|h| h.summary()).unwrap_or_default(),
             agents: Vec::new(),
             snail: None,
+            ..Default::default()
         }
     }
 }

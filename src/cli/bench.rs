@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// Also write the whole result as JSON to this file.
     #[arg(long)]
     pub save: Option<std::path::PathBuf>,
+    /// Also measure `engine/batch+outputs`: the batch engine with --hlog and
+    /// --hgrm (files in DIR) and --metrics-listen (an ephemeral port) on, in
+    /// the same runs.
+    #[arg(long, value_name = "DIR")]
+    pub outputs_dir: Option<std::path::PathBuf>,
 }
 
 /// Medians of one subscriber's runs.
@@ -204,6 +209,15 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             HandOff::Batch => "engine/batch",
             HandOff::PerMessage => "engine/per-message",
         };
+        if let (HandOff::Batch, Some(dir)) = (h, &args.outputs_dir) {
+            let mut with = cfg.clone();
+            with.outputs = crate::metrics::OutputsConfig {
+                hlog: Some(dir.join("bench.hlog")),
+                hgrm: Some(dir.join("bench.hgrm")),
+                listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            };
+            variants.push(("engine/batch+outputs".into(), Subscriber::Engine(Box::new(with))));
+        }
         variants.push((name.into(), Subscriber::Engine(Box::new(cfg))));
     }
     let mut runs: Vec<RunReport> = Vec::new();

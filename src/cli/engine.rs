@@ -1,5 +1,7 @@
 //! `mdsub demo` and `mdsub engine`: the engine's command lines (Black Box subscriber faces).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -13,7 +15,8 @@ use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::HandOff;
 use crate::engine::{Engine, EngineError};
-use crate::metrics::RunReport;
+use crate::metrics::settings::{Level, Settings};
+use crate::metrics::{OutputsConfig, RunReport};
 use crate::profile::{host_cores, Profile};
 use crate::replay::{PublisherConfig, Source};
 use crate::snail::{Policy, SkewMode};
@@ -228,9 +231,134 @@ pub struct EngineArgs {
     pub max_duration: Option<Duration>,
     #[command(flatten)]
     pub snail: SnailArgs,
+    #[command(flatten)]
+    pub outputs: OutputArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the engine publishes latency and counters while it runs.
+#[derive(Args, Debug, Default, Clone)]
+pub struct OutputArgs {
+    /// Write an HdrHistogram interval log (V2 compressed, tags shardK.wire,
+    /// shardK.queue, shardK.total; values in ns) every metrics interval.
+    #[arg(long, value_name = "FILE")]
+    pub hlog: Option<PathBuf>,
+    /// Write the whole run's percentile spectrum of the total stage (.hgrm,
+    /// values in ms) at the end.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT
+    /// listens on 127.0.0.1; port 0 picks one, printed on stderr).
+    #[arg(long, value_parser = parse_listen, value_name = "[ADDR:]PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often histograms are collected, logged and published (e.g. 1s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub metrics_interval: Option<Duration>,
+    /// The engine's name in metrics and status (default HOST-PID).
+    #[arg(long, value_name = "NAME")]
+    pub engine_id: Option<String>,
+    /// Clone store server (`[connect:]tcp://HOST:P`; twice for a Binary Star
+    /// pair): publish status under /mdsub/status/ENGINE-ID/ every interval and
+    /// take live settings from /mdsub/config/ENGINE-ID/NAME.
+    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]tcp://HOST:P")]
+    pub store: Vec<Endpoint>,
+    /// What the engine says on stderr while it runs: error, warn, info or
+    /// debug (a line per shard per interval); a live setting too.
+    #[arg(long, value_parser = Level::parse, value_name = "LEVEL")]
+    pub log_level: Option<Level>,
+}
+
+impl OutputArgs {
+    /// Apply to an engine configuration.
+    pub fn apply(&self, cfg: &mut crate::engine::EngineConfig) -> anyhow::Result<()> {
+        if let Some(i) = self.metrics_interval {
+            if i < Duration::from_millis(10) {
+                bail!("--metrics-interval must be at least 10ms");
+            }
+            cfg.metrics_interval = i;
+        }
+        if let Some(id) = &self.engine_id {
+            if id.is_empty() || id.contains(['/', ' ', '"', '\\', '\n']) {
+                bail!("--engine-id `{id}`: use letters, digits, '-', '_' or '.'");
+            }
+            cfg.engine_id = Some(id.clone());
+        }
+        cfg.outputs = OutputsConfig { hlog: self.hlog.clone(), hgrm: self.hgrm.clone(), listen: self.metrics_listen };
+        Ok(())
+    }
+}
+
+impl OutputArgs {
+    /// After the engine started: the log level, then the status agent.
+    pub fn start_live(&self, engine: &mut Engine) -> anyhow::Result<()> {
+        if let Some(l) = self.log_level {
+            engine.log_level().set(l);
+        }
+        if self.store.is_empty() {
+            return Ok(());
+        }
+        if self.store.len() > 2 {
+            bail!("--store: one server, or two for a Binary Star pair");
+        }
+        let servers = self
+            .store
+            .iter()
+            .map(|e| e.only(How::Connect, "--store"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        engine.start_store(servers, engine_settings(engine)).context("starting the status agent")?;
+        Ok(())
+    }
+}
+
+/// The settings an engine takes while it runs, from
+/// `/mdsub/config/ENGINE-ID/NAME` in the clone store. Snail thresholds and
+/// policy register here too, the same way (`snail.…`).
+pub fn engine_settings(engine: &Engine) -> Settings {
+    let mut s = Settings::default();
+    let interval = engine.metrics_interval_ns();
+    let now = Duration::from_nanos(interval.load(std::sync::atomic::Ordering::Relaxed));
+    s.register(
+        "metrics_interval",
+        "how often histograms are collected, logged and published (10ms to 1h, e.g. 500ms)",
+        format_duration(now),
+        move |raw| {
+            let d = parse_duration(raw)?;
+            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                return Err("must be from 10ms to 1h".into());
+            }
+            interval.store(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(format_duration(d))
+        },
+    );
+    let log = engine.log_level();
+    s.register("log_level", "error, warn, info or debug", log.get().name().to_string(), move |raw| {
+        let l = Level::parse(raw)?;
+        log.set(l);
+        Ok(l.name().to_string())
+    });
+    s
+}
+
+/// A duration as the shared parser reads it back (`250ms`, `2s`).
+fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+/// `PORT` (on 127.0.0.1) or `ADDR:PORT`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| format!("`{s}` is not a listen address (PORT or ADDR:PORT, e.g. 127.0.0.1:9464)"))
 }
 
 /// Parse a hand-off name: `batch` or `per-message`.
@@ -295,12 +423,18 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     }
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
-    let engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
+    args.outputs.apply(&mut cfg)?;
+    let mut engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
+    args.outputs.start_live(&mut engine)?;
     if let Some(ep) = engine.monitor_endpoint() {
         eprintln!("monitor: bound {ep}");
     }
     for (k, s) in cfg.shards.iter().enumerate() {
         eprintln!("shard{k}: connected to {}", s.endpoints.join(", "));
+    }
+    eprintln!("engine id: {}", engine.engine_id());
+    if let Some(addr) = engine.metrics_addr() {
+        eprintln!("metrics: http://{addr}/metrics");
     }
     match engine.join(args.max_duration) {
         Ok(report) => {

@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod replay;
 pub mod security;
 pub mod tap;
+pub mod top;
 
 use crate::profile::{host_cores, Profile};
 use crate::replay::{Limits, Pacing};

@@ -1,6 +1,7 @@
 //! The reader → worker hand-off format: many frames in one inproc message.
 //!
-//! `0x00 · { recv_ns u64 LE · len u32 LE · frame }*`. The leading NUL cannot
+//! `0x00 · shard u16 LE · { recv_ns u64 LE · len u32 LE · frame }*`. The
+//! shard index lets the worker keep latency per shard. The leading NUL cannot
 //! start a market-data frame (topics are non-empty printable ASCII), so a
 //! worker tells a batch from a single frame handed over as is; an empty
 //! message is a reader's end-of-stream marker. Building a batch reuses one
@@ -11,12 +12,16 @@
 pub const BATCH_MARK: u8 = 0;
 /// Per-record overhead in a batch.
 pub const RECORD_OVERHEAD: usize = 12;
+/// The batch header: the mark and the shard index.
+pub const HEADER_BYTES: usize = 3;
 
-/// Append one frame to a staging buffer (starting the batch if empty).
+/// Append one frame from shard `shard` to a staging buffer (starting the
+/// batch if empty).
 #[inline]
-pub fn push(staging: &mut Vec<u8>, recv_ns: u64, frame: &[u8]) {
+pub fn push(staging: &mut Vec<u8>, shard: u16, recv_ns: u64, frame: &[u8]) {
     if staging.is_empty() {
         staging.push(BATCH_MARK);
+        staging.extend_from_slice(&shard.to_le_bytes());
     }
     staging.extend_from_slice(&recv_ns.to_le_bytes());
     staging.extend_from_slice(&(frame.len() as u32).to_le_bytes());
@@ -27,16 +32,26 @@ pub fn push(staging: &mut Vec<u8>, recv_ns: u64, frame: &[u8]) {
 /// malformed record (`malformed()` tells which). Never panics.
 pub struct BatchIter<'a> {
     rest: &'a [u8],
+    shard: u16,
     malformed: bool,
 }
 
 impl<'a> BatchIter<'a> {
-    /// `None` if `msg` is not a batch.
+    /// `None` if `msg` is not a batch. A batch too short for its header is
+    /// an empty batch flagged malformed.
     pub fn new(msg: &'a [u8]) -> Option<Self> {
-        match msg.split_first() {
-            Some((&BATCH_MARK, rest)) => Some(BatchIter { rest, malformed: false }),
+        match msg {
+            [BATCH_MARK, lo, hi, rest @ ..] => {
+                Some(BatchIter { rest, shard: u16::from_le_bytes([*lo, *hi]), malformed: false })
+            }
+            [BATCH_MARK, ..] => Some(BatchIter { rest: &[], shard: 0, malformed: true }),
             _ => None,
         }
+    }
+
+    /// The shard whose reader built this batch.
+    pub fn shard(&self) -> u16 {
+        self.shard
     }
 
     /// True if iteration stopped on a malformed record.
@@ -81,10 +96,11 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut b = Vec::new();
-        push(&mut b, 1, b"abc");
-        push(&mut b, 2, b"");
-        push(&mut b, 3, b"xyz!");
+        push(&mut b, 7, 1, b"abc");
+        push(&mut b, 7, 2, b"");
+        push(&mut b, 7, 3, b"xyz!");
         let it = BatchIter::new(&b).expect("a batch");
+        assert_eq!(it.shard(), 7);
         let got: Vec<(u64, Vec<u8>)> = it.map(|(t, f)| (t, f.to_vec())).collect();
         assert_eq!(got, vec![(1, b"abc".to_vec()), (2, vec![]), (3, b"xyz!".to_vec())]);
         assert!(BatchIter::new(b"ESH6\0...").is_none());
@@ -94,12 +110,15 @@ mod tests {
     #[test]
     fn truncated_batch_is_flagged() {
         let mut b = Vec::new();
-        push(&mut b, 1, b"abc");
-        push(&mut b, 2, b"defg");
+        push(&mut b, 0, 1, b"abc");
+        push(&mut b, 0, 2, b"defg");
         let mut it = BatchIter::new(&b[..b.len() - 1]).expect("a batch");
         assert_eq!(it.next(), Some((1, &b"abc"[..])));
         assert_eq!(it.next(), None);
         assert!(it.malformed());
+        let mut short = BatchIter::new(&[BATCH_MARK, 1]).expect("a batch");
+        assert_eq!(short.next(), None);
+        assert!(short.malformed());
     }
 
     proptest! {

@@ -16,13 +16,18 @@ pub mod reader;
 pub mod sequence;
 pub mod worker;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::agent::{AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
-use crate::metrics::collector::{Collected, Collector, WorkerReport};
-use crate::metrics::{RunReport, StageHistograms};
+use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::metrics::collector::{Collected, Collector, CollectorOutputs, SharedLatency, WorkerReport};
+use crate::metrics::http::MetricsServer;
+use crate::metrics::prom::{EngineLive, ShardLive};
+use crate::metrics::settings::{Level, LogLevel, Settings};
+use crate::metrics::store::{StoreAgent, StoreInputs};
+use crate::metrics::{OutputsConfig, RunReport, ShardReport, StageHistograms};
 use crate::snail::monitor::MonitorAgent;
 use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
@@ -107,6 +112,10 @@ pub struct EngineConfig {
     pub snail: SnailConfig,
     /// Endpoint to bind the monitor PUB on (screams and state; None: no monitor).
     pub monitor: Option<String>,
+    /// The engine's name in its metrics and status (default `HOST-PID`).
+    pub engine_id: Option<String>,
+    /// Interval log, spectrum, `/metrics`.
+    pub outputs: OutputsConfig,
 }
 
 impl Default for EngineConfig {
@@ -126,6 +135,38 @@ impl Default for EngineConfig {
             expect_eos_per_shard: None,
             snail: SnailConfig::default(),
             monitor: None,
+            engine_id: None,
+            outputs: OutputsConfig::default(),
+        }
+    }
+}
+
+/// The engine's live outputs: its id, the shared latency and interval, the `/metrics` server.
+struct LiveOutputs {
+    engine_id: String,
+    /// The metrics interval, changeable while running.
+    metrics_interval_ns: Arc<AtomicU64>,
+    latency: SharedLatency,
+    /// The engine's log level (a live setting).
+    log: Arc<LogLevel>,
+    /// The `/metrics` server, stopped by its own flag once the engine is joined.
+    metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr)>,
+    /// The status agent (clone store), stopped the same way.
+    store: Option<(AgentHandle<StoreAgent>, StopFlag)>,
+}
+
+impl LiveOutputs {
+    /// Stop and join the `/metrics` server and the status agent.
+    fn stop(&mut self) {
+        if let Some((h, stop, _)) = self.metrics_http.take() {
+            stop.stop();
+            let _ = h.join();
+        }
+        if let Some((h, stop)) = self.store.take() {
+            stop.stop();
+            if let Err(e) = h.join() {
+                self.log.log(Level::Warn, format_args!("status agent: {e}"));
+            }
         }
     }
 }
@@ -137,6 +178,8 @@ pub struct Engine {
     readers: Vec<AgentHandle<ReaderAgent>>,
     workers: Vec<AgentHandle<WorkerAgent>>,
     collector: Option<AgentHandle<Collector>>,
+    /// What the engine publishes while it runs (boxed: the engine is moved around).
+    live: Box<LiveOutputs>,
     shard_counters: Vec<Arc<ShardCounters>>,
     worker_counters: Vec<Arc<WorkerCounters>>,
     /// End-of-stream sessions each shard waits for (0: none).
@@ -160,6 +203,39 @@ impl Engine {
         if cfg.worker_cores.is_empty() {
             return Err(EngineError::Config("the engine needs at least one worker".into()));
         }
+        if cfg.shards.len() > usize::from(u16::MAX) {
+            return Err(EngineError::Config(format!(
+                "{} shards: at most {} are supported",
+                cfg.shards.len(),
+                u16::MAX
+            )));
+        }
+        let engine_id = cfg.engine_id.clone().unwrap_or_else(default_engine_id);
+        let hlog = match &cfg.outputs.hlog {
+            Some(path) => {
+                let f = std::fs::File::create(path)
+                    .map_err(|e| EngineError::Config(format!("--hlog {}: {e}", path.display())))?;
+                let comment = format!(
+                    "[mdsub engine {engine_id}: latency in ns per shard and stage, tags shardK.wire|queue|total, \
+                     one histogram per tag every {} ms]",
+                    cfg.metrics_interval.as_millis()
+                );
+                let w = crate::metrics::hlog::HlogWriter::new(
+                    std::io::BufWriter::new(f),
+                    crate::clock::realtime_ns(),
+                    &comment,
+                )
+                .map_err(|e| EngineError::Config(format!("--hlog {}: {e}", path.display())))?;
+                Some(w)
+            }
+            None => None,
+        };
+        if let Some(path) = &cfg.outputs.hgrm {
+            // Fail now, not at the end of the run.
+            std::fs::File::create(path).map_err(|e| EngineError::Config(format!("--hgrm {}: {e}", path.display())))?;
+        }
+        let metrics_interval_ns = Arc::new(AtomicU64::new(cfg.metrics_interval.as_nanos() as u64));
+        let latency = SharedLatency::default();
         let id = ENGINE_ID.fetch_add(1, Relaxed);
         let one_shard = (cfg.shards.len() == 1).then_some(0);
         let sites = (0..cfg.shards.len())
@@ -181,13 +257,14 @@ impl Engine {
             .map_err(zerr("starting the fan-out context"))?;
         let (tx, rx) = crossbeam::channel::bounded::<WorkerReport>(256);
         let (spare_txs, spare_rxs): (Vec<_>, Vec<_>) =
-            (0..cfg.worker_cores.len()).map(|_| crossbeam::channel::bounded::<StageHistograms>(2)).unzip();
+            (0..cfg.worker_cores.len()).map(|_| crossbeam::channel::bounded::<Vec<StageHistograms>>(2)).unzip();
         // The collector ends by itself once every worker's sender is gone,
         // so it does not take the stop flag (the final reports still arrive).
+        let outputs = CollectorOutputs { hlog, hgrm: cfg.outputs.hgrm.clone() };
         let collector = Runner::start(
             RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }),
             StopFlag::new(),
-            Collector::new(rx, spare_txs),
+            Collector::new(rx, spare_txs, cfg.shards.len(), metrics_interval_ns.clone(), latency.clone(), outputs),
         )?;
         // From here an early return drops `engine`, which stops and joins
         // whatever was already started.
@@ -197,6 +274,14 @@ impl Engine {
             readers: Vec::new(),
             workers: Vec::new(),
             collector: Some(collector),
+            live: Box::new(LiveOutputs {
+                engine_id,
+                metrics_interval_ns: metrics_interval_ns.clone(),
+                latency,
+                log: Arc::default(),
+                metrics_http: None,
+                store: None,
+            }),
             shard_counters: Vec::new(),
             worker_counters: Vec::new(),
             expect_eos: Vec::new(),
@@ -235,7 +320,7 @@ impl Engine {
                 cfg.handler.build(),
                 tx.clone(),
                 spares,
-                cfg.metrics_interval,
+                metrics_interval_ns.clone(),
                 counters,
                 guard(cfg.shards.len() + w),
                 stop.clone(),
@@ -267,8 +352,94 @@ impl Engine {
             engine.readers.push(Runner::start(spec, stop.clone(), agent)?);
         }
         drop(screams);
+        if let Some(addr) = cfg.outputs.listen {
+            engine.start_metrics_http(addr)?;
+        }
         engine.start = Instant::now();
         Ok(engine)
+    }
+
+    /// Serve `/metrics` on `addr` from an agent of its own (not on the data path).
+    fn start_metrics_http(&mut self, addr: std::net::SocketAddr) -> Result<(), EngineError> {
+        let live = self.live_source();
+        let latency = self.live.latency.clone();
+        let render = Box::new(move || {
+            let l = live();
+            match latency.lock() {
+                Ok(lat) => crate::metrics::prom::render(&l, &lat),
+                Err(_) => String::new(),
+            }
+        });
+        let server = MetricsServer::bind(addr, render)
+            .map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?;
+        let bound = server.local_addr().map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?;
+        let stop = StopFlag::new();
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)?;
+        self.live.metrics_http = Some((h, stop, bound));
+        Ok(())
+    }
+
+    /// Publish status in the clone store at `servers` (one, or a Binary Star
+    /// pair) every metrics interval and apply `settings` from
+    /// `/mdsub/config/<engine-id>/NAME` (see [`crate::metrics::store`]).
+    pub fn start_store(&mut self, servers: Vec<String>, settings: Settings) -> Result<(), EngineError> {
+        let inputs = StoreInputs {
+            engine_id: self.live.engine_id.clone(),
+            servers,
+            live: Box::new(self.live_source()),
+            latency: self.live.latency.clone(),
+            interval_ns: self.live.metrics_interval_ns.clone(),
+            log: self.live.log.clone(),
+            settings,
+        };
+        let agent = StoreAgent::new(inputs).map_err(EngineError::Config)?;
+        let stop = StopFlag::new();
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
+        self.live.store = Some((h, stop));
+        Ok(())
+    }
+
+    /// The engine's log level (a live setting).
+    pub fn log_level(&self) -> Arc<LogLevel> {
+        self.live.log.clone()
+    }
+
+    /// The address `/metrics` is served on, if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.live.metrics_http.as_ref().map(|(_, _, a)| *a)
+    }
+
+    /// The engine's id in its metrics and status.
+    pub fn engine_id(&self) -> &str {
+        &self.live.engine_id
+    }
+
+    /// The metrics interval, shared with the collector (a live setting).
+    pub fn metrics_interval_ns(&self) -> Arc<AtomicU64> {
+        self.live.metrics_interval_ns.clone()
+    }
+
+    /// The latency the collector shares: cumulative and last interval, per shard.
+    pub fn latency(&self) -> SharedLatency {
+        self.live.latency.clone()
+    }
+
+    /// A function that reads the engine's live counters (for `/metrics` and
+    /// status), cheap enough to call once per scrape or interval.
+    pub fn live_source(&self) -> impl Fn() -> EngineLive + Send + 'static {
+        let shards = self.shard_counters.clone();
+        let workers = self.worker_counters.clone();
+        let mut agents: Vec<(String, Arc<AgentCounters>)> = Vec::new();
+        agents.extend(self.readers.iter().map(|h| (h.role().to_string(), h.counters().clone())));
+        agents.extend(self.workers.iter().map(|h| (h.role().to_string(), h.counters().clone())));
+        agents.extend(self.collector.iter().map(|h| (h.role().to_string(), h.counters().clone())));
+        let engine_id = self.live.engine_id.clone();
+        move || EngineLive {
+            engine_id: engine_id.clone(),
+            shards: shards.iter().map(|c| shard_live(c)).collect(),
+            agents: agents.iter().map(|(r, c)| c.snapshot(r)).collect(),
+            metrics_dropped: workers.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
+        }
     }
 
     /// Make shard `k`'s context and SUB socket on a thread pinned to the
@@ -387,6 +558,7 @@ impl Engine {
         if let Some(m) = self.monitor.take() {
             let _ = m.0.join();
         }
+        self.live.stop();
         if let Some(e) = first_err {
             return Err(e);
         }
@@ -409,6 +581,7 @@ impl Engine {
     }
 
     fn report(&self, collected: Collected, interrupted: bool, agents: Vec<AgentStats>) -> RunReport {
+        let per_shard = self.shard_reports(&collected);
         let stages = collected.stages;
         let shards = &self.shard_counters;
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
@@ -429,11 +602,11 @@ impl Engine {
             (false, _) => (None, "unknown: end of stream not seen on every shard".to_string()),
         };
         let mut bad_frames = std::collections::BTreeMap::new();
-        for (r, name) in DROP_REASON_NAMES.iter().enumerate() {
-            bad_frames.insert(name.to_string(), sum(&|c| c.bad[r].load(Relaxed)));
+        for c in shards {
+            for (reason, n) in shard_live(c).bad_frames {
+                *bad_frames.entry(reason).or_insert(0) += n;
+            }
         }
-        bad_frames.insert("implausible_sequence".into(), sum(&|c| c.implausible.load(Relaxed)));
-        bad_frames.insert("over_limit".into(), sum(&|c| c.over_limit.load(Relaxed)));
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
         RunReport {
@@ -456,13 +629,68 @@ impl Engine {
             handler_summary: collected.handler_summary,
             agents,
             snail: Some(self.snail.report()),
+            metrics_write_errors: collected.write_errors,
+            shards: per_shard,
         }
+    }
+
+    fn shard_reports(&self, collected: &Collected) -> Vec<ShardReport> {
+        let n = self.shard_counters.len();
+        collected
+            .per_shard
+            .iter()
+            .enumerate()
+            .filter(|(k, set)| *k < n || set.count() > 0)
+            .map(|(k, set)| {
+                let c = self.shard_counters.get(k).map(|c| shard_live(c)).unwrap_or_default();
+                ShardReport {
+                    shard: crate::metrics::slot_name(k, n),
+                    received: c.received,
+                    forwarded: c.forwarded,
+                    delivered: set.count(),
+                    delivered_bytes: set.bytes,
+                    gaps: c.gaps,
+                    duplicates: c.duplicates,
+                    restarts: c.restarts,
+                    latency: set.summary(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `HOST-PID`: unique among running engines on a network.
+pub fn default_engine_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// One shard's live counters, read now.
+fn shard_live(c: &ShardCounters) -> ShardLive {
+    let mut bad_frames = std::collections::BTreeMap::new();
+    for (r, name) in DROP_REASON_NAMES.iter().enumerate() {
+        bad_frames.insert(name.to_string(), c.bad[r].load(Relaxed));
+    }
+    bad_frames.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
+    bad_frames.insert("over_limit".into(), c.over_limit.load(Relaxed));
+    ShardLive {
+        received: c.received.load(Relaxed),
+        forwarded: c.forwarded.load(Relaxed),
+        gaps: c.gaps.load(Relaxed),
+        duplicates: c.duplicates.load(Relaxed),
+        restarts: c.restarts.load(Relaxed),
+        bad_frames,
     }
 }
 
 impl Drop for Engine {
     /// An engine dropped without `join` (an error path) stops its threads.
     fn drop(&mut self) {
+        self.live.stop();
         if self.readers.is_empty() && self.workers.is_empty() {
             return;
         }

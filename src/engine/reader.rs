@@ -378,7 +378,7 @@ impl Agent for ReaderAgent {
                 break;
             }
             match self.cfg.handoff {
-                HandOff::Batch => batch::push(&mut self.staging[w], recv_ns, frame),
+                HandOff::Batch => batch::push(&mut self.staging[w], self.cfg.shard as u16, recv_ns, frame),
                 HandOff::PerMessage => {
                     let m = std::mem::replace(&mut self.msg, zmq::Message::new());
                     self.pending = Some((w, m));

@@ -3,7 +3,9 @@
 //! records per-stage latency; ships its histograms to the metrics collector
 //! once per interval over a crossbeam channel (never blocking on it).
 //!
-//! Histograms are double-buffered: the worker sends its filled set and goes
+//! Histograms are kept per shard (the batch says which shard's reader built
+//! it; frames handed over one by one from several shards go to an extra
+//! `unattributed` slot) and double-buffered: the worker sends its filled set and goes
 //! on with an empty spare; the collector adds the set up, resets it and hands
 //! it back. So shipping copies and allocates nothing, and when the collector
 //! is behind the worker keeps accumulating and ships later (nothing is lost).
@@ -47,13 +49,15 @@ pub struct WorkerAgent {
     pull: zmq::Socket,
     msg: zmq::Message,
     handler: Box<dyn Handler>,
-    stages: StageHistograms,
+    /// One set per shard, then the unattributed slot.
+    stages: Vec<StageHistograms>,
     readers: usize,
     ends_seen: usize,
     metrics: Sender<WorkerReport>,
-    spare: Option<StageHistograms>,
-    spares: Receiver<StageHistograms>,
-    interval_ns: u64,
+    spare: Option<Vec<StageHistograms>>,
+    spares: Receiver<Vec<StageHistograms>>,
+    /// The metrics interval, shared with the collector (a live setting).
+    interval_ns: Arc<AtomicU64>,
     last_done_ns: u64,
     last_report_ns: u64,
     handled: u64,
@@ -76,8 +80,8 @@ impl WorkerAgent {
         readers: usize,
         handler: Box<dyn Handler>,
         metrics: Sender<WorkerReport>,
-        spares: Receiver<StageHistograms>,
-        interval: Duration,
+        spares: Receiver<Vec<StageHistograms>>,
+        interval_ns: Arc<AtomicU64>,
         counters: Arc<WorkerCounters>,
         guard: Guard,
         stop: StopFlag,
@@ -96,13 +100,13 @@ impl WorkerAgent {
             pull,
             msg: zmq::Message::new(),
             handler,
-            stages: StageHistograms::default(),
+            stages: crate::metrics::shard_sets(readers),
             readers,
             ends_seen: 0,
             metrics,
-            spare: Some(StageHistograms::default()),
+            spare: Some(crate::metrics::shard_sets(readers)),
             spares,
-            interval_ns: interval.as_nanos() as u64,
+            interval_ns,
             last_done_ns: 0,
             last_report_ns: clock::realtime_ns(),
             handled: 0,
@@ -147,7 +151,7 @@ impl WorkerAgent {
     /// Ship this interval's histograms. `last`: the final report (blocks,
     /// carries the handler's counters).
     fn ship(&mut self, last: bool) {
-        if self.stages.count() == 0 && !last {
+        if self.stages.iter().all(|s| s.count() == 0) && !last {
             return;
         }
         while let Ok(h) = self.spares.try_recv() {
@@ -208,7 +212,16 @@ impl Agent for WorkerAgent {
                 self.ends_seen += 1;
                 continue;
             }
-            let (handler, stages, last_done) = (self.handler.as_mut(), &mut self.stages, &mut self.last_done_ns);
+            let it = BatchIter::new(bytes);
+            // The shard's slot; frames handed over one by one carry no shard:
+            // with one reader it is shard 0, with several the unattributed slot.
+            let slot = match &it {
+                Some(it) => (it.shard() as usize).min(self.readers),
+                None if self.readers == 1 => 0,
+                None => self.readers,
+            };
+            let (handler, last_done) = (self.handler.as_mut(), &mut self.last_done_ns);
+            let stages = &mut self.stages[slot];
             let (guard, croaked) = (&mut self.guard, &mut self.croaked);
             let mut handle = |frame: &[u8], recv_ns: u64| {
                 if *croaked {
@@ -217,8 +230,9 @@ impl Agent for WorkerAgent {
                 let b = Self::handle(handler, stages, last_done, guard, croaked, frame, recv_ns, take_ns);
                 n += (b > 0) as usize;
                 bytes_done += b;
+                stages.bytes += b as u64;
             };
-            match BatchIter::new(bytes) {
+            match it {
                 Some(mut it) => {
                     for (recv_ns, frame) in &mut it {
                         handle(frame, recv_ns);
@@ -251,7 +265,7 @@ impl Agent for WorkerAgent {
             return Ok(Step::Worked(n.max(1)));
         }
         let now = clock::realtime_ns();
-        if now.saturating_sub(self.last_report_ns) >= self.interval_ns {
+        if now.saturating_sub(self.last_report_ns) >= self.interval_ns.load(Relaxed) {
             self.ship(false);
             self.last_report_ns = now;
         }

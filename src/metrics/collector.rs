@@ -4,17 +4,25 @@
 //! per interval). It ends when every worker has dropped its sender.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam::channel::{Receiver, Sender};
 
-use super::StageHistograms;
+use super::hlog::{write_hgrm, HlogWriter};
+use super::{shard_sets, slot_name, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, Step};
+use crate::clock;
 
 /// What a worker sends to the collector.
 pub struct WorkerReport {
     pub worker: usize,
-    pub stages: StageHistograms,
+    /// One set per shard, then the unattributed slot (see [`shard_sets`]).
+    pub stages: Vec<StageHistograms>,
     /// The handler's counters (final report only).
     pub handler_counters: Vec<(&'static str, u64)>,
     /// The handler's end-report lines (final report only).
@@ -24,39 +32,153 @@ pub struct WorkerReport {
 /// What the collector has added up.
 #[derive(Default)]
 pub struct Collected {
+    /// Every shard's histograms added up.
     pub stages: StageHistograms,
+    /// Per shard, then the unattributed slot.
+    pub per_shard: Vec<StageHistograms>,
     pub handler: BTreeMap<String, u64>,
     /// The handlers' end-report lines, worker after worker.
     pub handler_summary: Vec<String>,
     /// Reports received.
     pub reports: u64,
+    /// Interval-log or spectrum writes that failed (each said once on stderr).
+    pub write_errors: u64,
+}
+
+/// Latency the collector shares with the threads that publish it live (the
+/// `/metrics` server, the status publisher); they lock it once per scrape or
+/// interval, never on the data path.
+#[derive(Default)]
+pub struct LiveLatency {
+    /// Since the start, per shard then the unattributed slot.
+    pub cumulative: Vec<StageHistograms>,
+    /// The last complete interval, the same way.
+    pub last_interval: Vec<StageHistograms>,
+    /// Intervals completed so far.
+    pub intervals: u64,
+    /// End of the last complete interval (realtime ns).
+    pub last_interval_end_ns: u64,
+}
+
+/// Shared handle on [`LiveLatency`].
+pub type SharedLatency = Arc<Mutex<LiveLatency>>;
+
+/// Where the collector writes, besides adding up.
+#[derive(Default)]
+pub struct CollectorOutputs {
+    /// The interval log (`--hlog`), already opened with its header written.
+    pub hlog: Option<HlogWriter<BufWriter<File>>>,
+    /// The end-of-run spectrum (`--hgrm`), written when the collector ends.
+    pub hgrm: Option<PathBuf>,
 }
 
 /// The collector agent; [`Collector::into_collected`] after it ends.
 pub struct Collector {
     inbox: Inbox<WorkerReport>,
-    spares: Vec<Sender<StageHistograms>>,
+    spares: Vec<Sender<Vec<StageHistograms>>>,
+    shards: usize,
     total: Collected,
+    interval: Vec<StageHistograms>,
+    interval_start_ns: u64,
+    /// The interval length, changeable live (a setting).
+    interval_ns: Arc<AtomicU64>,
+    live: SharedLatency,
+    outputs: CollectorOutputs,
 }
 
 impl Collector {
-    /// Collect from `rx`; `spares[w]` hands emptied sets back to worker `w`.
-    pub fn new(rx: Receiver<WorkerReport>, spares: Vec<Sender<StageHistograms>>) -> Self {
-        Collector { inbox: Inbox::new(rx), spares, total: Collected::default() }
+    /// Collect from `rx` for an engine of `shards` shards; `spares[w]` hands
+    /// emptied sets back to worker `w`. Every `interval_ns` (read each step,
+    /// so it can change while running) the interval's histograms go to the
+    /// interval log and to `live`.
+    pub fn new(
+        rx: Receiver<WorkerReport>,
+        spares: Vec<Sender<Vec<StageHistograms>>>,
+        shards: usize,
+        interval_ns: Arc<AtomicU64>,
+        live: SharedLatency,
+        outputs: CollectorOutputs,
+    ) -> Self {
+        if let Ok(mut l) = live.lock() {
+            l.cumulative = shard_sets(shards);
+            l.last_interval = shard_sets(shards);
+        }
+        Collector {
+            inbox: Inbox::new(rx),
+            spares,
+            shards,
+            total: Collected { per_shard: shard_sets(shards), ..Default::default() },
+            interval: shard_sets(shards),
+            interval_start_ns: clock::realtime_ns(),
+            interval_ns,
+            live,
+            outputs,
+        }
     }
 
     fn take(&mut self, mut r: WorkerReport) {
-        self.total.stages.add(&r.stages);
+        let mut live = self.live.lock().ok();
+        for (k, s) in r.stages.iter_mut().enumerate() {
+            if let (Some(t), Some(i)) = (self.total.per_shard.get_mut(k), self.interval.get_mut(k)) {
+                t.add(s);
+                i.add(s);
+                self.total.stages.add(s);
+                if let Some(c) = live.as_mut().and_then(|l| l.cumulative.get_mut(k)) {
+                    c.add(s);
+                }
+            }
+            s.reset();
+        }
+        drop(live);
         self.total.reports += 1;
         for (k, v) in r.handler_counters.drain(..) {
             *self.total.handler.entry(k.to_string()).or_default() += v;
         }
         self.total.handler_summary.append(&mut r.handler_summary);
-        r.stages.reset();
         if let Some(back) = self.spares.get(r.worker) {
             // Full or gone: the worker allocates nothing more, it keeps counting.
             let _ = back.try_send(r.stages);
         }
+    }
+
+    fn write_error(&mut self, e: impl std::fmt::Display) {
+        if self.total.write_errors == 0 {
+            eprintln!("metrics: {e} (further write errors are counted, not shown)");
+        }
+        self.total.write_errors += 1;
+    }
+
+    /// Close the interval ending at `now_ns`: log it, share it, start the next.
+    fn end_interval(&mut self, now_ns: u64) {
+        if let Some(w) = self.outputs.hlog.as_mut() {
+            let mut failed = None;
+            for (k, set) in self.interval.iter().enumerate() {
+                if k == self.shards && set.count() == 0 {
+                    continue;
+                }
+                for (stage, h) in set.stages() {
+                    let tag = format!("{}.{stage}", slot_name(k, self.shards));
+                    if let Err(e) = w.write(&tag, self.interval_start_ns, now_ns, h) {
+                        failed = Some(e);
+                    }
+                }
+            }
+            if let Err(e) = w.flush() {
+                failed = Some(e);
+            }
+            if let Some(e) = failed {
+                self.write_error(e);
+            }
+        }
+        if let Ok(mut l) = self.live.lock() {
+            std::mem::swap(&mut l.last_interval, &mut self.interval);
+            l.intervals += 1;
+            l.last_interval_end_ns = now_ns;
+        }
+        for s in &mut self.interval {
+            s.reset();
+        }
+        self.interval_start_ns = now_ns;
     }
 
     pub fn into_collected(self) -> Collected {
@@ -75,11 +197,31 @@ impl Agent for Collector {
             self.take(r);
             n += 1;
         }
-        Ok(if self.inbox.is_closed() { Step::Finished } else { Step::Worked(n) })
+        let finished = self.inbox.is_closed();
+        let now = clock::realtime_ns();
+        if now.saturating_sub(self.interval_start_ns) >= self.interval_ns.load(Relaxed) {
+            self.end_interval(now);
+        }
+        Ok(if finished { Step::Finished } else { Step::Worked(n) })
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        self.inbox.wait(timeout);
+        // Wake for the next interval's end at the latest.
+        let left = (self.interval_start_ns + self.interval_ns.load(Relaxed)).saturating_sub(clock::realtime_ns());
+        self.inbox.wait(timeout.min(Duration::from_nanos(left)));
+    }
+
+    fn on_close(&mut self) {
+        // The last (partial) interval, then the whole run's spectrum.
+        self.end_interval(clock::realtime_ns());
+        if let Some(path) = self.outputs.hgrm.take() {
+            let written = File::create(&path)
+                .map_err(|e| format!("creating {}: {e}", path.display()))
+                .and_then(|f| write_hgrm(BufWriter::new(f), &self.total.stages.total).map_err(|e| e.to_string()));
+            if let Err(e) = written {
+                self.write_error(format_args!("{}: {e}", path.display()));
+            }
+        }
     }
 }
 
@@ -92,10 +234,12 @@ mod tests {
     fn adds_up_hands_sets_back_and_ends_when_workers_are_gone() {
         let (tx, rx) = crossbeam::channel::bounded(4);
         let (back_tx, back_rx) = crossbeam::channel::bounded(2);
-        let mut c = Collector::new(rx, vec![back_tx]);
+        let live = SharedLatency::default();
+        let interval = Arc::new(AtomicU64::new(1_000_000_000));
+        let mut c = Collector::new(rx, vec![back_tx], 2, interval, live.clone(), CollectorOutputs::default());
         for i in 0..3u64 {
-            let mut stages = StageHistograms::default();
-            stages.record(1_000 + i, 10, 2_000);
+            let mut stages = shard_sets(2);
+            stages[(i % 2) as usize].record(1_000 + i, 10, 2_000);
             tx.send(WorkerReport {
                 worker: 0,
                 stages,
@@ -109,8 +253,12 @@ mod tests {
             .expect("runs");
         let total = c.into_collected();
         assert_eq!((total.stages.count(), total.reports), (3, 3));
+        assert_eq!((total.per_shard[0].count(), total.per_shard[1].count(), total.per_shard[2].count()), (2, 1, 0));
         assert_eq!(total.handler.get("seen"), Some(&6));
         let back = back_rx.try_recv().expect("a set came back");
-        assert_eq!(back.count(), 0, "emptied before it goes back");
+        assert!(back.iter().all(|s| s.count() == 0), "emptied before it goes back");
+        let l = live.lock().expect("lock");
+        assert_eq!(l.cumulative[0].count(), 2, "live totals follow");
+        assert_eq!(l.last_interval.iter().map(|s| s.count()).sum::<u64>(), 3, "the closing interval is shared");
     }
 }

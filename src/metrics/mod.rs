@@ -13,6 +13,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 pub mod collector;
+pub mod hlog;
+pub mod http;
+pub mod prom;
+pub mod settings;
+pub mod store;
 
 /// Highest latency recorded exactly (60 s); larger values are clamped.
 pub const MAX_TRACKABLE_NS: u64 = 60_000_000_000;
@@ -22,19 +27,40 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKABLE_NS, 3).expect("valid histogram bounds")
 }
 
-/// One histogram per stage.
+/// One histogram per stage, and the bytes of the frames recorded.
 #[derive(Clone, Debug)]
 pub struct StageHistograms {
     pub wire: Histogram<u64>,
     pub queue: Histogram<u64>,
     pub total: Histogram<u64>,
+    /// Bytes of the frames whose latencies were recorded.
+    pub bytes: u64,
 }
 
 impl Default for StageHistograms {
     fn default() -> Self {
-        StageHistograms { wire: new_histogram(), queue: new_histogram(), total: new_histogram() }
+        StageHistograms { wire: new_histogram(), queue: new_histogram(), total: new_histogram(), bytes: 0 }
     }
 }
+
+/// Histogram sets for an engine of `shards` shards: one per shard, then one
+/// for frames whose shard is not known (handed over one by one from several
+/// shards), named by [`slot_name`].
+pub fn shard_sets(shards: usize) -> Vec<StageHistograms> {
+    vec![StageHistograms::default(); shards + 1]
+}
+
+/// `shardK` for slot `k < shards`, `unattributed` for the last slot.
+pub fn slot_name(k: usize, shards: usize) -> String {
+    if k < shards {
+        format!("shard{k}")
+    } else {
+        "unattributed".to_string()
+    }
+}
+
+/// The stage names, in the order [`StageHistograms::stages`] gives them.
+pub const STAGES: [&str; 3] = ["wire", "queue", "total"];
 
 #[inline]
 fn clamp(ns: u64) -> u64 {
@@ -57,12 +83,19 @@ impl StageHistograms {
         let _ = self.wire.add(&other.wire);
         let _ = self.queue.add(&other.queue);
         let _ = self.total.add(&other.total);
+        self.bytes += other.bytes;
     }
 
     pub fn reset(&mut self) {
         self.wire.reset();
         self.queue.reset();
         self.total.reset();
+        self.bytes = 0;
+    }
+
+    /// `(name, histogram)` for every stage, in [`STAGES`] order.
+    pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 3] {
+        [("wire", &self.wire), ("queue", &self.queue), ("total", &self.total)]
     }
 
     pub fn count(&self) -> u64 {
@@ -71,10 +104,7 @@ impl StageHistograms {
 
     /// Percentiles of each stage, keyed by stage name.
     pub fn summary(&self) -> BTreeMap<String, Percentiles> {
-        [("wire", &self.wire), ("queue", &self.queue), ("total", &self.total)]
-            .into_iter()
-            .map(|(k, h)| (k.to_string(), Percentiles::of(h)))
-            .collect()
+        self.stages().into_iter().map(|(k, h)| (k.to_string(), Percentiles::of(h))).collect()
     }
 }
 
@@ -115,6 +145,35 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
+/// Where the engine publishes its metrics besides the report.
+#[derive(Debug, Clone, Default)]
+pub struct OutputsConfig {
+    /// HdrHistogram interval log (`--hlog`).
+    pub hlog: Option<std::path::PathBuf>,
+    /// End-of-run percentile spectrum of the `total` stage (`--hgrm`).
+    pub hgrm: Option<std::path::PathBuf>,
+    /// Serve `/metrics` here (`--metrics-listen`).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// One shard's part of the report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ShardReport {
+    /// `shard0`, `shard1`, … or `unattributed`.
+    pub shard: String,
+    /// Frames its reader received, and data frames it handed to workers.
+    pub received: u64,
+    pub forwarded: u64,
+    /// Messages handled by workers, and their bytes.
+    pub delivered: u64,
+    pub delivered_bytes: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    pub restarts: u64,
+    /// Latency percentiles by stage.
+    pub latency: BTreeMap<String, Percentiles>,
+}
+
 /// End-of-run report of one subscriber (the engine or the baseline).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunReport {
@@ -144,6 +203,11 @@ pub struct RunReport {
     pub interrupted: bool,
     /// Metric intervals lost because the collector's queue was full (should be 0).
     pub metrics_dropped: u64,
+    /// Interval-log or spectrum writes that failed (see stderr).
+    pub metrics_write_errors: u64,
+    /// Per shard (the engine; empty for the baseline).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardReport>,
     /// Counters kept by the workers' handler (e.g. `verify`), summed.
     pub handler: BTreeMap<String, u64>,
     /// The handler's end-report lines (e.g. the `book` handler's best bid and ask per instrument).

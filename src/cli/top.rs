@@ -1,0 +1,381 @@
+//! `mdsub top`: a terminal dashboard of every engine that publishes status in
+//! the clone store (`/mdsub/status/<engine-id>/…`): per shard msgs/s,
+//! p50/p99/p99.9/max of the last interval, a sparkline of p99, gaps, the snail
+//! verdict and the busiest agent. An engine whose status expired shows as
+//! gone. `--once` prints one plain-text frame for scripts.
+//!
+//! The model ([`Top`]) is socket-free: it takes the store's changes and
+//! renders text or a ratatui frame; the command only feeds it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::Value;
+
+use super::args::{parse_duration, parse_endpoint, Endpoint, How};
+use crate::agent::StopFlag;
+use crate::clone::client::{Change, Client, ClientConfig};
+use crate::metrics::human_ns;
+
+/// Where every engine's status lives.
+pub const STATUS_ROOT: &str = "/mdsub/status/";
+/// p99 values kept per shard for the sparkline.
+pub const HISTORY: usize = 60;
+
+/// `mdsub top`.
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// Clone store server, `[connect:]tcp://HOST:P`; twice for a Binary Star pair.
+    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
+    pub store: Vec<Endpoint>,
+    /// Print one plain-text frame and exit (for scripts).
+    #[arg(long)]
+    pub once: bool,
+    /// Give up when no server answers within this.
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// One shard as the last status said, with its p99 history.
+#[derive(Debug, Default, Clone)]
+pub struct ShardView {
+    pub status: Value,
+    pub p99_history: VecDeque<u64>,
+    last_interval: Option<u64>,
+}
+
+/// One engine.
+#[derive(Debug, Default, Clone)]
+pub struct EngineView {
+    pub status: Value,
+    pub shards: BTreeMap<usize, ShardView>,
+    /// Its status expired (or it exited).
+    pub gone: bool,
+}
+
+/// How rows are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    #[default]
+    Engine,
+    Rate,
+    P99,
+}
+
+impl Sort {
+    fn next(self) -> Sort {
+        match self {
+            Sort::Engine => Sort::Rate,
+            Sort::Rate => Sort::P99,
+            Sort::P99 => Sort::Engine,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Sort::Engine => "engine",
+            Sort::Rate => "msgs/s",
+            Sort::P99 => "p99",
+        }
+    }
+}
+
+/// The dashboard's model.
+#[derive(Debug, Default)]
+pub struct Top {
+    pub engines: BTreeMap<String, EngineView>,
+    pub selected: usize,
+    pub sort: Sort,
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+impl Top {
+    /// Take one change under [`STATUS_ROOT`].
+    pub fn apply(&mut self, c: &Change) {
+        let Some(rest) = c.key.strip_prefix(STATUS_ROOT.as_bytes()) else { return };
+        let rest = String::from_utf8_lossy(rest);
+        let Some((id, what)) = rest.split_once('/') else { return };
+        let e = self.engines.entry(id.to_string()).or_default();
+        let value = c.value.as_ref().and_then(|v| serde_json::from_slice::<Value>(v).ok());
+        match (what, value) {
+            ("engine", Some(v)) => {
+                e.status = v;
+                e.gone = false;
+            }
+            ("engine", None) => e.gone = true,
+            (s, v) if s.starts_with("shard") => {
+                let Ok(k) = s["shard".len()..].parse::<usize>() else { return };
+                match v {
+                    Some(v) => {
+                        let sh = e.shards.entry(k).or_default();
+                        let interval = v["intervals"].as_u64();
+                        if interval != sh.last_interval {
+                            sh.p99_history.push_back(u(&v, "p99_ns"));
+                            if sh.p99_history.len() > HISTORY {
+                                sh.p99_history.pop_front();
+                            }
+                            sh.last_interval = interval;
+                        }
+                        sh.status = v;
+                    }
+                    None => {
+                        e.shards.remove(&k);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Engine ids in display order.
+    pub fn order(&self) -> Vec<&String> {
+        let mut ids: Vec<&String> = self.engines.keys().collect();
+        let rate = |id: &String| -> f64 {
+            self.engines[id].shards.values().map(|s| s.status["msgs_per_s"].as_f64().unwrap_or(0.0)).sum()
+        };
+        let p99 = |id: &String| -> u64 {
+            self.engines[id].shards.values().map(|s| u(&s.status, "p99_ns")).max().unwrap_or(0)
+        };
+        match self.sort {
+            Sort::Engine => {}
+            Sort::Rate => ids.sort_by(|a, b| rate(b).total_cmp(&rate(a))),
+            Sort::P99 => ids.sort_by_key(|id| std::cmp::Reverse(p99(id))),
+        }
+        ids
+    }
+
+    /// The table as plain text lines (the `--once` frame and the rows of the live view).
+    pub fn rows(&self) -> Vec<[String; 10]> {
+        let mut rows = Vec::new();
+        for id in self.order() {
+            let e = &self.engines[id];
+            let busiest = match (e.status["busiest_agent"].as_str(), e.status["busiest_busy"].as_f64()) {
+                (Some(a), Some(b)) => format!("{a} {:.0}%", b * 100.0),
+                _ => "-".into(),
+            };
+            let state = if e.gone { "gone" } else { "up" };
+            let snail = e.status["snail"].as_str().unwrap_or("-").to_string();
+            if e.shards.is_empty() || e.gone {
+                let mut r: [String; 10] = Default::default();
+                r[0] = id.clone();
+                r[1] = "-".into();
+                r[8] = snail;
+                r[9] = if e.gone { state.into() } else { busiest };
+                rows.push(r);
+                continue;
+            }
+            for (k, s) in &e.shards {
+                let st = &s.status;
+                rows.push([
+                    id.clone(),
+                    format!("shard{k}"),
+                    format!("{:.0}", st["msgs_per_s"].as_f64().unwrap_or(0.0)),
+                    human_ns(u(st, "p50_ns")),
+                    human_ns(u(st, "p99_ns")),
+                    human_ns(u(st, "p999_ns")),
+                    human_ns(u(st, "max_ns")),
+                    u(st, "gaps").to_string(),
+                    snail.clone(),
+                    busiest.clone(),
+                ]);
+            }
+        }
+        rows
+    }
+
+    /// One plain-text frame.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let head = ["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "SNAIL", "BUSIEST/STATE"];
+        let line = |r: &[String]| {
+            format!(
+                "{:<16} {:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:<6} {}\n",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]
+            )
+        };
+        s.push_str(&line(&head.map(String::from)));
+        let rows = self.rows();
+        if rows.is_empty() {
+            s.push_str("(no engine publishes status in this store)\n");
+        }
+        for r in rows {
+            s.push_str(&line(&r));
+        }
+        s
+    }
+}
+
+/// Run `mdsub top`.
+pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
+    let servers = args
+        .store
+        .iter()
+        .map(|e| e.only(How::Connect, "--store"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let client = Client::start(ClientConfig { servers, subtree: STATUS_ROOT.into(), ..ClientConfig::default() })?;
+    client.wait_synced(args.timeout).context("connecting to the clone store")?;
+    let changes = client.watch(STATUS_ROOT.as_bytes())?;
+    let mut model = Top::default();
+    // The watch starts with every current key.
+    while let Ok(c) = changes.recv_timeout(Duration::from_millis(200)) {
+        model.apply(&c);
+    }
+    if args.once {
+        print!("{}", model.render_text());
+        std::io::stdout().flush()?;
+        return Ok(());
+    }
+    interactive(&mut model, &changes, stop)
+}
+
+fn interactive(model: &mut Top, changes: &crossbeam::channel::Receiver<Change>, stop: &StopFlag) -> anyhow::Result<()> {
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+    let mut terminal = ratatui::try_init().context("starting the terminal view")?;
+    let result = (|| -> anyhow::Result<()> {
+        let mut last_draw = Instant::now() - Duration::from_secs(1);
+        let mut dirty = true;
+        while !stop.is_stopped() {
+            while let Ok(c) = changes.try_recv() {
+                model.apply(&c);
+                dirty = true;
+            }
+            if dirty || last_draw.elapsed() > Duration::from_secs(1) {
+                terminal.draw(|f| draw(f, model))?;
+                last_draw = Instant::now();
+                dirty = false;
+            }
+            if event::poll(Duration::from_millis(100))? {
+                if let Event::Key(k) = event::read()? {
+                    if k.kind != KeyEventKind::Press {
+                        continue;
+                    }
+                    match k.code {
+                        KeyCode::Char('q') | KeyCode::Esc => break,
+                        KeyCode::Char('c') if k.modifiers.contains(event::KeyModifiers::CONTROL) => break,
+                        KeyCode::Char('s') => model.sort = model.sort.next(),
+                        KeyCode::Down | KeyCode::Char('j') => {
+                            model.selected = (model.selected + 1).min(model.engines.len().saturating_sub(1))
+                        }
+                        KeyCode::Up | KeyCode::Char('k') => model.selected = model.selected.saturating_sub(1),
+                        _ => {}
+                    }
+                    dirty = true;
+                }
+            }
+        }
+        Ok(())
+    })();
+    ratatui::restore();
+    result
+}
+
+fn draw(f: &mut ratatui::Frame, model: &Top) {
+    use ratatui::layout::{Constraint, Layout};
+    use ratatui::style::{Modifier, Style};
+    use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table};
+    let [title, table, spark, help] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(4), Constraint::Length(6), Constraint::Length(1)])
+            .areas(f.area());
+    let order = model.order();
+    let selected_id = order.get(model.selected).cloned();
+    let busiest = selected_id
+        .map(|id| &model.engines[id].status)
+        .and_then(|s| Some(format!(" · {} busiest: {}", s["engine_id"].as_str()?, s["busiest_agent"].as_str()?)))
+        .unwrap_or_default();
+    f.render_widget(
+        Paragraph::new(format!(
+            "mdsub top: {} engine(s), sorted by {}{busiest}",
+            model.engines.len(),
+            model.sort.name()
+        )),
+        title,
+    );
+    let rows = model.rows().into_iter().map(|r| {
+        let style = if Some(&r[0]) == selected_id {
+            Style::default().add_modifier(Modifier::REVERSED)
+        } else {
+            Style::default()
+        };
+        // The busy share only (the agent's name is in the title line): 80 columns.
+        let mut r = r.to_vec();
+        r[9] = r[9].rsplit(' ').next().unwrap_or_default().to_string();
+        Row::new(r).style(style)
+    });
+    let widths = [
+        Constraint::Length(14),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Min(5),
+    ];
+    let head = Row::new(["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "SNAIL", "BUSY"])
+        .style(Style::default().add_modifier(Modifier::BOLD));
+    f.render_widget(Table::new(rows, widths).header(head).column_spacing(1), table);
+    // The selected engine's first shard's p99 over the last intervals.
+    let (label, data): (String, Vec<u64>) = selected_id
+        .and_then(|id| {
+            let e = &model.engines[id];
+            e.shards.iter().next().map(|(k, s)| (format!("{id} shard{k} p99"), s.p99_history.iter().copied().collect()))
+        })
+        .unwrap_or_else(|| ("p99".into(), Vec::new()));
+    f.render_widget(Sparkline::default().block(Block::default().borders(Borders::ALL).title(label)).data(&data), spark);
+    f.render_widget(Paragraph::new("q quit  ↑/↓ engine  s sort"), help);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clone::client::ChangeKind;
+
+    fn change(key: &str, value: Option<&str>) -> Change {
+        Change {
+            key: key.as_bytes().to_vec(),
+            value: value.map(|v| v.as_bytes().to_vec()),
+            sequence: 1,
+            kind: ChangeKind::Live,
+        }
+    }
+
+    #[test]
+    fn shows_shards_keeps_p99_history_and_marks_gone_engines() {
+        let mut t = Top::default();
+        t.apply(&change("/mdsub/status/e1/engine", Some(r#"{"busiest_agent":"worker0","busiest_busy":0.5}"#)));
+        for i in 1..=3u64 {
+            let v = format!(
+                r#"{{"msgs_per_s":1000,"p50_ns":1000,"p99_ns":{},"p999_ns":5000,"max_ns":9000,"gaps":0,"intervals":{i}}}"#,
+                i * 1000
+            );
+            t.apply(&change("/mdsub/status/e1/shard0", Some(&v)));
+            t.apply(&change("/mdsub/status/e1/shard1", Some(&v)));
+        }
+        t.apply(&change("/mdsub/status/e1/shard1", Some(r#"{"p99_ns":1,"intervals":3}"#)));
+        t.apply(&change("/mdsub/status/e2/engine", Some("{}")));
+        t.apply(&change("/mdsub/status/e2/engine", None));
+        t.apply(&change("/elsewhere/x", Some("{}")));
+        let text = t.render_text();
+        assert!(
+            text.contains(
+                "e1               shard0      1000    1.0µs    3.0µs    5.0µs    9.0µs      0 -      worker0 50%"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("e1               shard1"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("e2 ") && l.ends_with("gone")), "{text}");
+        assert_eq!(t.engines["e1"].shards[&0].p99_history, [1000, 2000, 3000]);
+        assert_eq!(t.engines["e1"].shards[&1].p99_history.len(), 3, "same interval: no new point");
+        t.sort = Sort::P99;
+        assert_eq!(t.order()[0], "e1");
+    }
+}

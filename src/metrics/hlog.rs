@@ -1,0 +1,218 @@
+//! HdrHistogram files for other tools: the interval log (`.hlog`, one tagged
+//! histogram per shard and stage per interval) and the end-of-run percentile
+//! spectrum (`.hgrm`).
+//!
+//! Both follow what HdrHistogram's Java `HistogramLogWriter` and
+//! `outputPercentileDistribution` write, because that is what other readers
+//! (HistogramLogAnalyzer, the Python `hdrhistogram` package, the online
+//! plotter) accept: the log's header lines (format version, `StartTime`,
+//! `BaseTime`, the legend), then `Tag=T,start,length,max,HISTF…` lines whose
+//! payload is the V2 deflate-compressed encoding (readers in other languages
+//! accept only compressed histograms), base64. Values are recorded in ns; the
+//! `Interval_Max` column is divided by [`MAX_VALUE_DIVISOR`] (so it reads in
+//! ms, as the Java tools expect) and the log states the divisor.
+
+use std::io::{self, Write};
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+
+/// The `Interval_Max` column is the interval's max in ns divided by this (ms).
+pub const MAX_VALUE_DIVISOR: f64 = 1_000_000.0;
+/// The `.hgrm` values are ns divided by this (ms), as the Java tools print them.
+pub const HGRM_UNIT_RATIO: f64 = 1_000_000.0;
+/// The interval log format version the Java writer states.
+pub const LOG_FORMAT_VERSION: &str = "1.3";
+
+/// Errors writing a histogram file.
+#[derive(Debug, thiserror::Error)]
+pub enum HlogError {
+    #[error("writing {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("encoding a histogram: {0}")]
+    Encode(String),
+    #[error("`{0}` is not a valid tag (no commas, spaces or newlines)")]
+    Tag(String),
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> HlogError {
+    move |source| HlogError::Io { what, source }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for ns since the epoch (UTC, proleptic Gregorian).
+pub fn utc_iso8601(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let ms = (ns / 1_000_000) % 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// An interval log being written.
+pub struct HlogWriter<W: Write> {
+    out: W,
+    serializer: V2DeflateSerializer,
+    buf: Vec<u8>,
+    text: String,
+    base_ns: u64,
+}
+
+impl<W: Write> HlogWriter<W> {
+    /// Write the header: a comment saying what the log holds, the format
+    /// version, `StartTime` and `BaseTime` (both `start_ns`; interval
+    /// timestamps are seconds since it), the divisor and the legend.
+    pub fn new(mut out: W, start_ns: u64, comment: &str) -> Result<Self, HlogError> {
+        let secs = start_ns as f64 / 1e9;
+        let mut head = String::new();
+        for line in comment.lines() {
+            head.push_str(&format!("#{line}\n"));
+        }
+        head.push_str(&format!("#[Histogram log format version {LOG_FORMAT_VERSION}]\n"));
+        head.push_str(&format!("#[StartTime: {secs:.3} (seconds since epoch), {}]\n", utc_iso8601(start_ns)));
+        head.push_str(&format!("#[BaseTime: {secs:.3} (seconds since epoch)]\n"));
+        head.push_str(&format!("#[MaxValueDivisor: {MAX_VALUE_DIVISOR:.3}]\n"));
+        head.push_str("\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n");
+        out.write_all(head.as_bytes()).map_err(io_err("the interval log header"))?;
+        Ok(HlogWriter {
+            out,
+            serializer: V2DeflateSerializer::new(),
+            buf: Vec::new(),
+            text: String::new(),
+            base_ns: start_ns,
+        })
+    }
+
+    /// One interval histogram `[start_ns, end_ns)` tagged `tag`.
+    pub fn write(&mut self, tag: &str, start_ns: u64, end_ns: u64, h: &Histogram<u64>) -> Result<(), HlogError> {
+        if tag.is_empty() || tag.contains([',', ' ', '\n', '\r']) {
+            return Err(HlogError::Tag(tag.to_string()));
+        }
+        self.buf.clear();
+        self.serializer.serialize(h, &mut self.buf).map_err(|e| HlogError::Encode(format!("{e:?}")))?;
+        self.text.clear();
+        let start = start_ns.saturating_sub(self.base_ns) as f64 / 1e9;
+        let length = end_ns.saturating_sub(start_ns) as f64 / 1e9;
+        let max = if h.is_empty() { 0.0 } else { h.max() as f64 / MAX_VALUE_DIVISOR };
+        self.text.push_str(&format!("Tag={tag},{start:.3},{length:.3},{max:.3},"));
+        base64::engine::general_purpose::STANDARD.encode_string(&self.buf, &mut self.text);
+        self.text.push('\n');
+        self.out.write_all(self.text.as_bytes()).map_err(io_err("an interval histogram"))
+    }
+
+    /// Flush what was written to the file.
+    pub fn flush(&mut self) -> Result<(), HlogError> {
+        self.out.flush().map_err(io_err("the interval log"))
+    }
+}
+
+/// Write `h`'s percentile spectrum as HdrHistogram's Java
+/// `outputPercentileDistribution` does (5 ticks per half distance, values
+/// divided by [`HGRM_UNIT_RATIO`]): the column header, one row per step
+/// (`Value Percentile TotalCount 1/(1-Percentile)`), and the footer lines
+/// (`#[Mean …, StdDeviation …]`, `#[Max …, Total count …]`, `#[Buckets …,
+/// SubBuckets …]`) that plotting tools read.
+pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>) -> Result<(), HlogError> {
+    use std::fmt::Write as _;
+    let d = usize::from(h.sigfig());
+    let r = HGRM_UNIT_RATIO;
+    let mut s = String::new();
+    let _ = write!(s, "{:>12} {:>14} {:>10} {:>14}\n\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let mut total = 0u64;
+    if !h.is_empty() {
+        for v in h.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let q = v.quantile_iterated_to();
+            let value = v.value_iterated_to() as f64 / r;
+            if q < 1.0 {
+                let _ = writeln!(s, "{value:>12.d$} {q:>2.12} {total:>10} {:>14.2}", 1.0 / (1.0 - q));
+            } else {
+                let _ = writeln!(s, "{value:>12.d$} {q:>2.12} {total:>10}");
+            }
+        }
+    }
+    let (mean, sd, max) =
+        if h.is_empty() { (0.0, 0.0, 0.0) } else { (h.mean() / r, h.stdev() / r, h.max() as f64 / r) };
+    let sub_buckets = 2u64.pow((2.0 * 10f64.powi(d as i32)).log2().ceil() as u32);
+    let _ = writeln!(s, "#[Mean    = {mean:>12.d$}, StdDeviation   = {sd:>12.d$}]");
+    let _ = writeln!(s, "#[Max     = {max:>12.d$}, Total count    = {:>12}]", h.len());
+    let _ = writeln!(s, "#[Buckets = {:>12}, SubBuckets     = {sub_buckets:>12}]", h.buckets());
+    out.write_all(s.as_bytes()).map_err(io_err("the percentile spectrum"))?;
+    out.flush().map_err(io_err("the percentile spectrum"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::Deserializer;
+
+    fn hist(values: impl IntoIterator<Item = u64>) -> Histogram<u64> {
+        let mut h = Histogram::new_with_bounds(1, super::super::MAX_TRACKABLE_NS, 3).expect("bounds");
+        for v in values {
+            h.record(v).expect("in range");
+        }
+        h
+    }
+
+    #[test]
+    fn dates_in_utc() {
+        assert_eq!(utc_iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_iso8601(1_796_185_377_123_000_000), "2026-12-02T04:22:57.123Z");
+        assert_eq!(utc_iso8601(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn log_has_the_java_header_and_decodable_lines() {
+        let mut out = Vec::new();
+        let start = 1_700_000_000_000_000_000;
+        let mut w = HlogWriter::new(&mut out, start, "mdsub test").expect("header");
+        let h = hist(1..=1000u64);
+        w.write("shard0.total", start, start + 1_000_000_000, &h).expect("line");
+        assert!(matches!(w.write("a b", start, start, &h), Err(HlogError::Tag(_))));
+        w.flush().expect("flush");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "#mdsub test");
+        assert_eq!(lines[1], "#[Histogram log format version 1.3]");
+        assert!(lines[2].starts_with("#[StartTime: 1700000000.000 (seconds since epoch), 2023-11-14T"), "{}", lines[2]);
+        assert_eq!(lines[3], "#[BaseTime: 1700000000.000 (seconds since epoch)]");
+        assert_eq!(lines[4], "#[MaxValueDivisor: 1000000.000]");
+        assert!(lines[5].starts_with("\"StartTimestamp\""));
+        let row = lines[6].strip_prefix("Tag=shard0.total,0.000,1.000,0.001,").expect("row prefix");
+        assert!(row.starts_with("HISTF"), "V2 compressed payloads start HISTF: {row}");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(row).expect("base64");
+        let back: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).expect("decodes");
+        assert_eq!((back.len(), back.value_at_quantile(0.99)), (h.len(), h.value_at_quantile(0.99)));
+    }
+
+    #[test]
+    fn hgrm_has_rows_and_both_footers() {
+        let mut out = Vec::new();
+        write_hgrm(&mut out, &hist((1..=100u64).map(|v| v * 1_000_000))).expect("written");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"), "{text}");
+        // Values print at their bin's highest equivalent (3 significant digits).
+        assert!(text.contains("#[Mean    =       50.499, StdDeviation   =       28.866]"), "{text}");
+        assert!(text.contains("#[Max     =      100.008, Total count    =          100]"), "{text}");
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
+        let last = text.lines().rfind(|l| !l.starts_with('#') && !l.is_empty()).expect("rows");
+        let cols: Vec<&str> = last.split_whitespace().collect();
+        assert_eq!(cols, ["100.008", "1.000000000000", "100"], "the 100% row has no 1/(1-p)");
+        let mut empty = Vec::new();
+        write_hgrm(&mut empty, &hist([])).expect("an empty spectrum is still a file with footers");
+        assert!(String::from_utf8(empty).expect("utf8").contains("Total count    =            0]"));
+    }
+}

@@ -1,0 +1,282 @@
+//! The Prometheus text exposition (format 0.0.4) of a running engine: counters
+//! per shard, per-agent CPU and busy fraction, and latency as classic
+//! histograms built from each shard's HdrHistogram at scrape time (fixed
+//! `le` bounds, so they add up across shards and engines) plus quantile
+//! gauges over the last interval.
+//!
+//! Written by hand: the format is a few lines of text, and the exposition
+//! crates keep their own registry of atomics that would duplicate the
+//! engine's counters (and the HdrHistograms) instead of reading them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+
+use super::collector::LiveLatency;
+use super::{slot_name, StageHistograms};
+use crate::agent::AgentStats;
+
+/// Upper bounds of the latency histogram's buckets, in ns (1-2-5 steps from
+/// 1 µs to 10 s; `+Inf` follows).
+pub const BUCKET_BOUNDS_NS: [u64; 22] = [
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// The quantile gauges: `(label, quantile)`; `1` is the max.
+pub const QUANTILES: [(&str, f64); 4] = [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999), ("1", 1.0)];
+
+/// One shard's live counters.
+#[derive(Debug, Clone, Default)]
+pub struct ShardLive {
+    pub received: u64,
+    pub forwarded: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    pub restarts: u64,
+    /// Malformed or refused frames by reason.
+    pub bad_frames: BTreeMap<String, u64>,
+}
+
+/// What the engine knows now, apart from latency.
+#[derive(Debug, Clone, Default)]
+pub struct EngineLive {
+    pub engine_id: String,
+    pub shards: Vec<ShardLive>,
+    pub agents: Vec<AgentStats>,
+    /// Intervals whose histograms workers could not ship (should stay 0).
+    pub metrics_dropped: u64,
+}
+
+/// Cumulative bucket counts of `h` for [`BUCKET_BOUNDS_NS`], then the total
+/// (`+Inf`). A recorded value counts at its HdrHistogram bin's highest
+/// equivalent value (at most 0.1 % above it).
+pub fn bucket_counts(h: &Histogram<u64>) -> [u64; BUCKET_BOUNDS_NS.len() + 1] {
+    let mut per = [0u64; BUCKET_BOUNDS_NS.len() + 1];
+    for v in h.iter_recorded() {
+        let i = BUCKET_BOUNDS_NS.partition_point(|&b| b < v.value_iterated_to());
+        per[i] += v.count_at_value();
+    }
+    let mut acc = 0;
+    for c in &mut per {
+        acc += *c;
+        *c = acc;
+    }
+    per
+}
+
+fn seconds(ns: f64) -> f64 {
+    ns / 1e9
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Render the exposition.
+pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
+    let mut s = String::with_capacity(16 * 1024);
+    let id = escape(&live.engine_id);
+    let nshards = live.shards.len();
+    let counter = |s: &mut String, name: &str, help: &str, f: &dyn Fn(&ShardLive) -> u64| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (k, sh) in live.shards.iter().enumerate() {
+            let _ = writeln!(s, "{name}{{engine=\"{id}\",shard=\"{k}\"}} {}", f(sh));
+        }
+    };
+    counter(&mut s, "mdsub_shard_received_total", "Frames the shard's SUB reader received.", &|c| c.received);
+    counter(&mut s, "mdsub_shard_forwarded_total", "Data frames the reader handed to workers.", &|c| c.forwarded);
+    counter(&mut s, "mdsub_shard_gaps_total", "Messages missing by sequence number.", &|c| c.gaps);
+    counter(&mut s, "mdsub_shard_duplicates_total", "Duplicate messages dropped.", &|c| c.duplicates);
+    counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", &|c| c.restarts);
+    let _ = writeln!(
+        s,
+        "# HELP mdsub_shard_bad_frames_total Frames dropped as malformed or refused, by reason.\n\
+         # TYPE mdsub_shard_bad_frames_total counter"
+    );
+    for (k, sh) in live.shards.iter().enumerate() {
+        for (reason, n) in &sh.bad_frames {
+            let _ = writeln!(
+                s,
+                "mdsub_shard_bad_frames_total{{engine=\"{id}\",shard=\"{k}\",reason=\"{}\"}} {n}",
+                escape(reason)
+            );
+        }
+    }
+    // Delivered messages and bytes per shard come with the latency sets (as
+    // workers ship them, once per interval).
+    let slots: Vec<(String, &StageHistograms)> = latency
+        .cumulative
+        .iter()
+        .enumerate()
+        .filter(|(k, set)| *k < nshards || set.count() > 0)
+        .map(|(k, set)| (slot_name(k, nshards), set))
+        .collect();
+    let shard_label = |name: &str| name.strip_prefix("shard").unwrap_or(name).to_string();
+    let _ = writeln!(
+        s,
+        "# HELP mdsub_shard_delivered_total Messages handled by workers (shipped once per interval).\n\
+         # TYPE mdsub_shard_delivered_total counter"
+    );
+    for (name, set) in &slots {
+        let _ = writeln!(
+            s,
+            "mdsub_shard_delivered_total{{engine=\"{id}\",shard=\"{}\"}} {}",
+            shard_label(name),
+            set.count()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP mdsub_shard_delivered_bytes_total Bytes of the frames handled by workers.\n\
+         # TYPE mdsub_shard_delivered_bytes_total counter"
+    );
+    for (name, set) in &slots {
+        let _ = writeln!(
+            s,
+            "mdsub_shard_delivered_bytes_total{{engine=\"{id}\",shard=\"{}\"}} {}",
+            shard_label(name),
+            set.bytes
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP mdsub_latency_seconds Latency from the publisher's intended send time, by stage \
+         (wire: to the reader, queue: reader to worker, total: to the handler's end).\n\
+         # TYPE mdsub_latency_seconds histogram"
+    );
+    for (name, set) in &slots {
+        let shard = shard_label(name);
+        for (stage, h) in set.stages() {
+            let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
+            let counts = bucket_counts(h);
+            for (b, c) in BUCKET_BOUNDS_NS.iter().zip(&counts) {
+                let _ = writeln!(s, "mdsub_latency_seconds_bucket{{{labels},le=\"{}\"}} {c}", seconds(*b as f64));
+            }
+            let _ = writeln!(s, "mdsub_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
+            let _ = writeln!(s, "mdsub_latency_seconds_sum{{{labels}}} {}", seconds(h.mean() * h.len() as f64));
+            let _ = writeln!(s, "mdsub_latency_seconds_count{{{labels}}} {}", h.len());
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP mdsub_latency_interval_seconds Latency quantiles over the last metrics interval (quantile 1 is the max).\n\
+         # TYPE mdsub_latency_interval_seconds gauge"
+    );
+    for (k, set) in latency.last_interval.iter().enumerate() {
+        if k >= nshards && set.count() == 0 {
+            continue;
+        }
+        let shard = shard_label(&slot_name(k, nshards));
+        for (stage, h) in set.stages() {
+            for (label, q) in QUANTILES {
+                let v = if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+                let _ = writeln!(
+                    s,
+                    "mdsub_latency_interval_seconds{{engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\",quantile=\"{label}\"}} {}",
+                    seconds(v as f64)
+                );
+            }
+        }
+    }
+    let agent_metric = |s: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&AgentStats) -> f64| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for a in &live.agents {
+            let _ = writeln!(s, "{name}{{engine=\"{id}\",agent=\"{}\"}} {}", escape(&a.role), f(a));
+        }
+    };
+    agent_metric(&mut s, "mdsub_agent_cpu_seconds_total", "counter", "CPU time of the agent's thread.", &|a| {
+        seconds(a.cpu_ns as f64)
+    });
+    agent_metric(
+        &mut s,
+        "mdsub_agent_busy_ratio",
+        "gauge",
+        "Share of its wall time the agent's thread was on a CPU.",
+        &|a| a.busy_fraction(),
+    );
+    agent_metric(&mut s, "mdsub_agent_work_total", "counter", "Items the agent processed.", &|a| a.work as f64);
+    agent_metric(
+        &mut s,
+        "mdsub_agent_blocked_seconds_total",
+        "counter",
+        "Time the agent waited on back-pressure.",
+        &|a| seconds(a.blocked_ns as f64),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP mdsub_metrics_intervals_total Metric intervals completed.\n# TYPE mdsub_metrics_intervals_total counter\n\
+         mdsub_metrics_intervals_total{{engine=\"{id}\"}} {}",
+        latency.intervals
+    );
+    let _ = writeln!(
+        s,
+        "# HELP mdsub_metrics_dropped_total Metric intervals workers could not ship.\n# TYPE mdsub_metrics_dropped_total counter\n\
+         mdsub_metrics_dropped_total{{engine=\"{id}\"}} {}",
+        live.metrics_dropped
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::shard_sets;
+
+    #[test]
+    fn buckets_are_cumulative_and_end_at_the_count() {
+        let mut h = Histogram::new_with_bounds(1, crate::metrics::MAX_TRACKABLE_NS, 3).expect("bounds");
+        for v in [500, 1_000, 1_500, 3_000_000, 20_000_000_000] {
+            h.record(v).expect("in range");
+        }
+        let c = bucket_counts(&h);
+        assert_eq!(c[0], 2, "500 ns and 1 µs are ≤ 1 µs");
+        assert_eq!(c[1], 3);
+        assert_eq!(c[11], 4, "3 ms is ≤ 5 ms");
+        assert_eq!(c[BUCKET_BOUNDS_NS.len() - 1], 4, "20 s is above 10 s");
+        assert_eq!(c[BUCKET_BOUNDS_NS.len()], 5);
+    }
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let mut latency = LiveLatency { cumulative: shard_sets(2), last_interval: shard_sets(2), ..Default::default() };
+        latency.cumulative[1].record(1_000, 2_000, 3_000);
+        latency.cumulative[1].bytes = 120;
+        latency.last_interval[1].record(1_000, 2_000, 3_000);
+        let live = EngineLive {
+            engine_id: "e\"1".into(),
+            shards: vec![ShardLive { received: 7, ..Default::default() }, ShardLive::default()],
+            agents: vec![AgentStats { role: "worker0".into(), cpu_ns: 2_000_000_000, ..Default::default() }],
+            metrics_dropped: 0,
+        };
+        let t = render(&live, &latency);
+        assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");
+        assert!(t.contains("mdsub_shard_delivered_total{engine=\"e\\\"1\",shard=\"1\"} 1"), "{t}");
+        assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");
+        assert!(t.contains("stage=\"total\",le=\"0.000005\"} 1"), "{t}");
+        assert!(t.contains("mdsub_agent_cpu_seconds_total{engine=\"e\\\"1\",agent=\"worker0\"} 2"), "{t}");
+        assert!(!t.contains("unattributed"), "an empty unattributed slot is not shown");
+        assert!(t.contains("quantile=\"0.99\"} 0.000003"), "{t}");
+    }
+}

@@ -1,0 +1,265 @@
+//! The status agent (`store`): publishes the engine's status in the clone
+//! store every metrics interval, with a TTL of a few intervals (so a dead
+//! engine's status disappears by itself), and applies live settings from
+//! `/mdsub/config/<engine-id>/NAME` (see [`super::settings`]).
+//!
+//! Keys, all under `/mdsub/status/<engine-id>/` (values are JSON objects
+//! except `refused/…`):
+//! - `engine`: id, pid, interval, shards, uptime, the busiest agent and its
+//!   busy fraction, log level, the settings in force;
+//! - `shardK`: counters and the last interval's msgs/s and total-stage
+//!   p50/p99/p99.9/max (ns), `mdsub top`'s input;
+//! - `refused/NAME`: why the last value offered for setting NAME was refused
+//!   (the value in force stays); deleted once a good value is applied.
+//!
+//! It uses the clone store through [`crate::clone::client::Client`]'s public API
+//! only, on its own thread (started by the client), off the data path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, RecvTimeoutError};
+use serde_json::json;
+
+use super::collector::SharedLatency;
+use super::prom::EngineLive;
+use super::settings::{Level, LogLevel, Offer, Settings};
+use crate::agent::{Agent, AgentError, Step};
+use crate::clock;
+use crate::clone::client::{Change, Client, ClientConfig};
+
+/// Status keys live this many metric intervals (at least 1 s: the store's TTL unit).
+pub const TTL_INTERVALS: u64 = 3;
+
+/// `/mdsub/status/<id>/`.
+pub fn status_prefix(engine_id: &str) -> String {
+    format!("/mdsub/status/{engine_id}/")
+}
+
+/// `/mdsub/config/<id>/`.
+pub fn config_prefix(engine_id: &str) -> String {
+    format!("/mdsub/config/{engine_id}/")
+}
+
+/// The TTL, in whole seconds, for an interval of `interval_ns`.
+pub fn ttl_s(interval_ns: u64) -> u64 {
+    (TTL_INTERVALS * interval_ns).div_ceil(1_000_000_000).max(1)
+}
+
+/// What the status agent reads and changes.
+pub struct StoreInputs {
+    pub engine_id: String,
+    /// Clone servers (one, or a Binary Star pair), `tcp://HOST:P`.
+    pub servers: Vec<String>,
+    pub live: Box<dyn Fn() -> EngineLive + Send>,
+    pub latency: SharedLatency,
+    pub interval_ns: Arc<AtomicU64>,
+    pub log: Arc<LogLevel>,
+    pub settings: Settings,
+}
+
+/// The status agent.
+pub struct StoreAgent {
+    client: Client,
+    inputs: StoreInputs,
+    status: String,
+    config: String,
+    changes: Receiver<Change>,
+    waiting: Option<Change>,
+    next_publish_ns: u64,
+    started_ns: u64,
+    refused: BTreeMap<String, String>,
+    published: BTreeSet<String>,
+    /// Status rounds published.
+    pub rounds: u64,
+}
+
+impl StoreAgent {
+    /// Connect to the store and watch this engine's config subtree (what is
+    /// already there is applied first, as changes).
+    pub fn new(inputs: StoreInputs) -> Result<Self, String> {
+        let client = Client::start(ClientConfig {
+            servers: inputs.servers.clone(),
+            subtree: "/mdsub/".into(),
+            ..ClientConfig::default()
+        })
+        .map_err(|e| format!("--store: {e}"))?;
+        let config = config_prefix(&inputs.engine_id);
+        let changes = client.watch(config.as_bytes()).map_err(|e| format!("--store: watching {config}: {e}"))?;
+        Ok(StoreAgent {
+            client,
+            status: status_prefix(&inputs.engine_id),
+            config,
+            inputs,
+            changes,
+            waiting: None,
+            next_publish_ns: 0,
+            started_ns: clock::realtime_ns(),
+            refused: BTreeMap::new(),
+            published: BTreeSet::new(),
+            rounds: 0,
+        })
+    }
+
+    fn set(&mut self, key: String, value: String, ttl: u64) -> Result<(), AgentError> {
+        self.client
+            .set(key.as_bytes(), value.as_bytes(), Some(ttl))
+            .map_err(|e| AgentError::Fatal { role: "store".into(), message: format!("setting {key}: {e}") })?;
+        self.published.insert(key);
+        Ok(())
+    }
+
+    fn on_change(&mut self, c: Change) -> Result<(), AgentError> {
+        let Some(name) = c.key.strip_prefix(self.config.as_bytes()) else { return Ok(()) };
+        let name = String::from_utf8_lossy(name).into_owned();
+        // A deleted setting keeps the value in force.
+        let Some(value) = c.value else { return Ok(()) };
+        let log = self.inputs.log.clone();
+        let outcome = match std::str::from_utf8(&value) {
+            Ok(v) => self.inputs.settings.offer(&name, v),
+            Err(_) => Offer::Refused("the value is not UTF-8".into()),
+        };
+        match outcome {
+            Offer::Applied(v) => {
+                log.log(Level::Info, format_args!("setting {name} = {v} applied (from {}{name})", self.config));
+                if self.refused.remove(&name).is_some() {
+                    let key = format!("{}refused/{name}", self.status);
+                    let _ = self.client.del(key.as_bytes());
+                    self.published.remove(&key);
+                }
+                // Say so in the status at once.
+                self.next_publish_ns = 0;
+            }
+            Offer::Unchanged => {}
+            Offer::Refused(why) => {
+                log.log(Level::Warn, format_args!("setting {name}: {why}; the value in force stays"));
+                self.refused.insert(name, why);
+                self.next_publish_ns = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, now_ns: u64) -> Result<(), AgentError> {
+        let interval_ns = self.inputs.interval_ns.load(Relaxed).max(1);
+        let ttl = ttl_s(interval_ns);
+        let live = (self.inputs.live)();
+        let busiest = live
+            .agents
+            .iter()
+            .max_by(|a, b| a.busy_fraction().total_cmp(&b.busy_fraction()))
+            .map(|a| (a.role.clone(), a.busy_fraction()));
+        let engine = json!({
+            "engine_id": self.inputs.engine_id,
+            "pid": std::process::id(),
+            "interval_ms": interval_ns as f64 / 1e6,
+            "shards": live.shards.len(),
+            "uptime_s": now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+            "busiest_agent": busiest.as_ref().map(|b| b.0.clone()),
+            "busiest_busy": busiest.map(|b| b.1),
+            "log_level": self.inputs.log.get().name(),
+            "settings": self.inputs.settings.current(),
+            "metrics_dropped": live.metrics_dropped,
+            "updated_ns": now_ns,
+        });
+        let mut shards = Vec::new();
+        if let Ok(lat) = self.inputs.latency.lock() {
+            for (k, sh) in live.shards.iter().enumerate() {
+                let (Some(cum), Some(last)) = (lat.cumulative.get(k), lat.last_interval.get(k)) else { continue };
+                let p = super::Percentiles::of(&last.total);
+                let bad: u64 = sh.bad_frames.values().sum();
+                shards.push((
+                    k,
+                    json!({
+                        "received": sh.received,
+                        "delivered": cum.count(),
+                        "gaps": sh.gaps,
+                        "duplicates": sh.duplicates,
+                        "restarts": sh.restarts,
+                        "bad_frames": bad,
+                        "interval_msgs": p.count,
+                        "msgs_per_s": p.count as f64 * 1e9 / interval_ns as f64,
+                        "p50_ns": p.p50_ns,
+                        "p99_ns": p.p99_ns,
+                        "p999_ns": p.p999_ns,
+                        "max_ns": p.max_ns,
+                        "intervals": lat.intervals,
+                    }),
+                ));
+            }
+        }
+        let log = self.inputs.log.clone();
+        for (k, s) in shards {
+            log.log(Level::Debug, format_args!("shard{k}: {s}"));
+            self.set(format!("{}shard{k}", self.status), s.to_string(), ttl)?;
+        }
+        self.set(format!("{}engine", self.status), engine.to_string(), ttl)?;
+        let refused: Vec<(String, String)> = self.refused.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (name, why) in refused {
+            self.set(format!("{}refused/{name}", self.status), why, ttl)?;
+        }
+        self.rounds += 1;
+        self.next_publish_ns = now_ns + interval_ns;
+        Ok(())
+    }
+}
+
+impl Agent for StoreAgent {
+    fn role(&self) -> &str {
+        "store"
+    }
+
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        let mut n = 0;
+        if let Some(c) = self.waiting.take() {
+            self.on_change(c)?;
+            n += 1;
+        }
+        while let Ok(c) = self.changes.try_recv() {
+            self.on_change(c)?;
+            n += 1;
+        }
+        let now = clock::realtime_ns();
+        if now >= self.next_publish_ns {
+            self.publish(now)?;
+            n += 1;
+        }
+        Ok(Step::Worked(n))
+    }
+
+    fn idle_wait(&mut self, timeout: Duration) {
+        let left = Duration::from_nanos(self.next_publish_ns.saturating_sub(clock::realtime_ns()));
+        match self.changes.recv_timeout(timeout.min(left)) {
+            Ok(c) => self.waiting = Some(c),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+    }
+
+    fn on_close(&mut self) {
+        // A clean exit removes the status at once (a killed engine's expires).
+        let mut last = None;
+        for key in std::mem::take(&mut self.published) {
+            last = self.client.del(key.as_bytes()).ok().or(last);
+        }
+        if let Some(u) = last {
+            let _ = self.client.wait_acked(u, Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_a_few_intervals_in_whole_seconds() {
+        assert_eq!(ttl_s(1_000_000_000), 3);
+        assert_eq!(ttl_s(250_000_000), 1);
+        assert_eq!(ttl_s(500_000_000), 2);
+        assert_eq!(ttl_s(1), 1);
+        assert_eq!(status_prefix("e1"), "/mdsub/status/e1/");
+        assert_eq!(config_prefix("e1"), "/mdsub/config/e1/");
+    }
+}

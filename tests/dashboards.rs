@@ -1,0 +1,502 @@
+//! Latency dashboards, checked by readers mdsub did not write: the `.hlog`
+//! interval log read back by the Python `hdrhistogram` package, the `.hgrm`
+//! spectrum's footers, `/metrics` fetched by a real HTTP client and parsed by
+//! `prometheus_client`'s text parser. Tests that need Python packages skip,
+//! saying why, where `tools/ci-setup.sh` has not installed them.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboards/check.py");
+
+/// Why a Python check cannot run here, if it cannot.
+fn python_missing(modules: &[&str]) -> Option<String> {
+    for m in modules {
+        match Command::new("python3").args(["-c", &format!("import {m}")]).output() {
+            Err(e) => return Some(format!("python3 not runnable: {e}")),
+            Ok(o) if !o.status.success() => {
+                return Some(format!("python module `{m}` missing (tools/ci-setup.sh installs it)"))
+            }
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+fn python_json(args: &[&str]) -> serde_json::Value {
+    let (code, out, err) =
+        run_within("check.py", Command::new("python3").arg(CHECK).args(args), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "check.py {args:?} failed: {err}");
+    json(&out)
+}
+
+fn u(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("field {k} missing in {v}"))
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mdsub-dash-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn engine(eps: &[String], extra: &[&str]) -> LineProc {
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s"]);
+    for e in eps {
+        cmd.args(["--endpoint", e]);
+    }
+    cmd.args(extra);
+    LineProc::spawn("engine", &mut cmd)
+}
+
+#[test]
+fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers() {
+    let dir = tempdir("hlog");
+    let (hlog, hgrm) = (dir.join("run.hlog"), dir.join("run.hgrm"));
+    let (replay, eps) = start_replay("replay", 2, &["--count", "30000", "--rate", "15k", "--symbols", "40"]);
+    let e = engine(
+        &eps,
+        &[
+            "--hlog",
+            hlog.to_str().expect("utf8 path"),
+            "--hgrm",
+            hgrm.to_str().expect("utf8 path"),
+            "--metrics-interval",
+            "300ms",
+        ],
+    );
+    let (status, out) = e.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let _ = replay.finish(Duration::from_secs(30));
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 30_000, "{r}");
+    assert_eq!(u(&r, "metrics_write_errors"), 0);
+
+    let text = std::fs::read_to_string(&hlog).expect("the interval log exists");
+    for header in
+        ["#[Histogram log format version 1.3]", "#[StartTime: ", "#[BaseTime: ", "#[MaxValueDivisor: 1000000.000]"]
+    {
+        assert!(text.lines().any(|l| l.starts_with(header)), "no {header:?} line in\n{text}");
+    }
+    assert!(
+        text.contains("\n\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n")
+    );
+    assert!(text
+        .lines()
+        .filter(|l| l.starts_with("Tag="))
+        .all(|l| l.split(',').nth(4).is_some_and(|p| p.starts_with("HISTF"))));
+
+    let hgrm_text = std::fs::read_to_string(&hgrm).expect("the spectrum exists");
+    assert!(hgrm_text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"), "{hgrm_text}");
+    assert!(hgrm_text.contains("#[Mean    = "), "{hgrm_text}");
+    assert!(hgrm_text.contains(", Total count    =        30000]"), "{hgrm_text}");
+    assert!(hgrm_text.contains("#[Buckets = "), "{hgrm_text}");
+
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED the independent .hlog read-back: {why}");
+        return;
+    }
+    let read = python_json(&["hlog", hlog.to_str().expect("utf8 path")]);
+    let tags = &read["tags"];
+    assert!(read["start_time_sec"].as_f64().is_some_and(|t| t > 1.5e9), "StartTime read: {read}");
+    let shards = r["shards"].as_array().expect("per-shard report");
+    assert_eq!(shards.len(), 2, "{r}");
+    let mut sum = 0;
+    for (k, s) in shards.iter().enumerate() {
+        assert_eq!(s["shard"], format!("shard{k}"));
+        for stage in ["wire", "queue", "total"] {
+            let tag = &tags[format!("shard{k}.{stage}")];
+            let ours = &s["latency"][stage];
+            assert_eq!(u(tag, "count"), u(ours, "count"), "shard{k}.{stage}: {tag} vs {ours}");
+            assert!(u(tag, "intervals") >= 2, "several intervals were logged: {tag}");
+            // Same rank rule (ceil(0.99 N)) over the decoded counts: the same value.
+            assert_eq!(u(tag, "p99_ceil_rank"), u(ours, "p99_ns"), "shard{k}.{stage}: {tag} vs {ours}");
+            // The package's own percentile rounds the rank half up: never above.
+            assert!(u(tag, "p99") <= u(ours, "p99_ns"), "shard{k}.{stage}: {tag} vs {ours}");
+        }
+        sum += u(&s["latency"]["total"], "count");
+        assert!(u(&s["latency"]["total"], "count") > 1000, "both shards carried part of the feed: {s}");
+    }
+    assert_eq!(sum, 30_000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn sample(scrape: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape["samples"].as_array()?.iter().find_map(|s| {
+        let ok = s[0] == name && labels.iter().all(|(k, v)| s[1][*k] == *v);
+        ok.then(|| s[2].as_f64()).flatten()
+    })
+}
+
+#[test]
+fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
+    if let Some(why) = python_missing(&["prometheus_client"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let port = free_port_block(1);
+    let (replay, eps) = start_replay("replay", 2, &["--count", "20000", "--rate", "20k", "--symbols", "40"]);
+    // Runs until stopped, so the counters can be read still and compared.
+    let e = engine(
+        &eps,
+        &[
+            "--expect-eos",
+            "0",
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-interval",
+            "200ms",
+            "--engine-id",
+            "dash-test",
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let delivered = |s: &serde_json::Value| {
+        (0..2)
+            .map(|k| sample(s, "mdsub_shard_delivered_total", &[("shard", &k.to_string())]).unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let mut last = serde_json::Value::Null;
+    wait_until(Duration::from_secs(60), "every message delivered, as /metrics says", || {
+        last = python_json(&["scrape", &url]);
+        delivered(&last) >= 20_000.0
+    });
+    let _ = replay.finish(Duration::from_secs(30));
+    // Everything has arrived: one more interval, then what is scraped is final.
+    let before = sample(&last, "mdsub_metrics_intervals_total", &[]).unwrap_or(0.0);
+    wait_until(Duration::from_secs(10), "another metrics interval", || {
+        last = python_json(&["scrape", &url]);
+        sample(&last, "mdsub_metrics_intervals_total", &[]).unwrap_or(0.0) > before
+    });
+    let scrape = last;
+    assert!(scrape["content_type"].as_str().is_some_and(|c| c.starts_with("text/plain; version=0.0.4")), "{scrape}");
+    assert_eq!(scrape["types"]["mdsub_latency_seconds"], "histogram");
+    assert_eq!(scrape["types"]["mdsub_shard_received"], "counter");
+    e.proc.signal(2);
+    let (status, out) = e.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 20_000, "{r}");
+    for (k, s) in r["shards"].as_array().expect("per-shard report").iter().enumerate() {
+        let shard = k.to_string();
+        let l = [("engine", "dash-test"), ("shard", shard.as_str())];
+        for (metric, field) in [
+            ("mdsub_shard_received_total", "received"),
+            ("mdsub_shard_forwarded_total", "forwarded"),
+            ("mdsub_shard_delivered_total", "delivered"),
+            ("mdsub_shard_delivered_bytes_total", "delivered_bytes"),
+            ("mdsub_shard_gaps_total", "gaps"),
+            ("mdsub_shard_duplicates_total", "duplicates"),
+            ("mdsub_shard_restarts_total", "restarts"),
+        ] {
+            assert_eq!(sample(&scrape, metric, &l), Some(u(s, field) as f64), "{metric} shard {k}: {s}");
+        }
+        let lt = [("shard", shard.as_str()), ("stage", "total")];
+        let count = sample(&scrape, "mdsub_latency_seconds_count", &lt);
+        assert_eq!(count, Some(u(&s["latency"]["total"], "count") as f64));
+        let inf = sample(&scrape, "mdsub_latency_seconds_bucket", &[lt[0], lt[1], ("le", "+Inf")]);
+        assert_eq!(inf, count, "+Inf bucket is the count");
+        // The bucket whose bound is at or above the engine's p99 holds at least 99 %.
+        let p99_s = u(&s["latency"]["total"], "p99_ns") as f64 / 1e9;
+        let at_or_above: Vec<(f64, f64)> = scrape["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .filter(|x| x[0] == "mdsub_latency_seconds_bucket" && x[1]["shard"] == shard && x[1]["stage"] == "total")
+            .filter_map(|x| Some((x[1]["le"].as_str()?.parse::<f64>().ok()?, x[2].as_f64()?)))
+            .filter(|(le, _)| *le >= p99_s)
+            .collect();
+        let first = at_or_above.iter().cloned().fold(None, |m: Option<(f64, f64)>, b| match m {
+            Some(m) if m.0 <= b.0 => Some(m),
+            _ => Some(b),
+        });
+        let (_, c) = first.expect("a bucket above p99");
+        assert!(c >= 0.99 * count.unwrap_or(0.0), "bucket at/above p99 holds {c} of {count:?}");
+    }
+    let cpu = sample(&scrape, "mdsub_agent_cpu_seconds_total", &[("agent", "shard0-reader")]);
+    assert!(cpu.is_some_and(|c| c > 0.0), "per-agent CPU: {cpu:?}");
+    let busy = sample(&scrape, "mdsub_agent_busy_ratio", &[("agent", "worker0")]);
+    assert!(busy.is_some_and(|b| (0.0..=1.0).contains(&b)), "busy fraction: {busy:?}");
+}
+
+#[test]
+fn bad_output_settings_are_one_clear_error() {
+    let (code, _, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--hlog", "/nonexistent-dir/x.hlog"]),
+        Duration::from_secs(30),
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--hlog /nonexistent-dir/x.hlog"), "{err}");
+    let (code, _, err) =
+        run_within("engine", mdsub().args(["engine", "--metrics-listen", "nowhere"]), Duration::from_secs(30));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("is not a listen address"), "{err}");
+    assert!(!Path::new("/nonexistent-dir").exists());
+}
+
+/// A Prometheus query's result, or None while the server is not answering.
+fn promql(base: &str, query: &str) -> Option<Vec<(serde_json::Value, f64)>> {
+    let (code, out, _) =
+        run_within("check.py", Command::new("python3").args([CHECK, "promql", base, query]), Duration::from_secs(30));
+    if code != Some(0) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v.as_array()?.iter().map(|x| Some((x[0].clone(), x[1].as_f64().unwrap_or(f64::NAN)))).collect()
+}
+
+#[test]
+fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket() {
+    if Command::new("prometheus").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `prometheus` on PATH (tools/ci-setup.sh installs Debian's package)");
+        return;
+    }
+    if let Some(why) = python_missing(&["json"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempdir("prometheus");
+    let (mport, pport) = (free_port_block(1), free_port_block(1));
+    let (replay, eps) = start_replay("replay", 2, &["--count", "20000", "--rate", "10k", "--symbols", "40"]);
+    let e = engine(
+        &eps,
+        &[
+            "--expect-eos",
+            "0",
+            "--metrics-listen",
+            &format!("127.0.0.1:{mport}"),
+            "--metrics-interval",
+            "250ms",
+            "--engine-id",
+            "prom-test",
+        ],
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/prometheus.sh");
+    let _prom = Proc::spawn(
+        "prometheus",
+        Command::new("bash").args([script, "--target", &format!("127.0.0.1:{mport}")]).args([
+            "--listen",
+            &format!("127.0.0.1:{pport}"),
+            "--dir",
+            dir.to_str().expect("utf8 path"),
+            "--scrape-interval",
+            "250ms",
+        ]),
+    );
+    let base = format!("http://127.0.0.1:{pport}");
+    let delivered = r#"sum(mdsub_shard_delivered_total{engine="prom-test"})"#;
+    wait_until(Duration::from_secs(90), "Prometheus to have scraped every delivered message", || {
+        promql(&base, delivered).is_some_and(|r| r.first().is_some_and(|(_, v)| *v >= 20_000.0))
+    });
+    let _ = replay.finish(Duration::from_secs(30));
+    let mut estimates = Vec::new();
+    for k in 0..2 {
+        let q = format!(
+            r#"histogram_quantile(0.99, mdsub_latency_seconds_bucket{{engine="prom-test",stage="total",shard="{k}"}})"#
+        );
+        // One series per shard, once a scrape has succeeded (a scrape that
+        // times out on a loaded box marks the series stale until the next).
+        let mut r = Vec::new();
+        wait_until(Duration::from_secs(30), "one p99 series per shard from Prometheus", || {
+            r = promql(&base, &q).unwrap_or_default();
+            r.len() == 1
+        });
+        estimates.push(r[0].1);
+    }
+    // Every query of the Grafana dashboard in tools/ is valid PromQL that finds series.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/grafana-mdsub.json")).expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr").replace("$engine", ".*").replace("$__rate_interval", "1m");
+            // `> 0` filters may rightly find nothing; the others find series.
+            wait_until(Duration::from_secs(20), &format!("Prometheus to answer the dashboard's {expr}"), || {
+                promql(&base, &expr).is_some_and(|r| !r.is_empty() || expr.ends_with("> 0"))
+            });
+        }
+    }
+    e.proc.signal(2);
+    let (status, out) = e.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 20_000, "{r}");
+    let bounds = mdsub::metrics::prom::BUCKET_BOUNDS_NS;
+    for (k, s) in r["shards"].as_array().expect("per-shard report").iter().take(2).enumerate() {
+        let p99 = u(&s["latency"]["total"], "p99_ns");
+        let i = bounds.partition_point(|&b| b < p99);
+        let lo = if i == 0 { 0.0 } else { bounds[i - 1] as f64 / 1e9 };
+        let hi = bounds.get(i).map(|&b| b as f64 / 1e9).unwrap_or(f64::INFINITY);
+        let est = estimates[k];
+        eprintln!("shard{k}: engine p99 {p99} ns, Prometheus histogram_quantile {est} s, bucket ({lo}, {hi}]");
+        assert!(lo <= est && est <= hi, "shard{k}: Prometheus says {est} s, the engine {p99} ns: not in ({lo}, {hi}]");
+    }
+    drop(_prom);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_after_kill_9() {
+    use mdsub::clone::client::{Client, ClientConfig};
+    let p = free_port_block(3);
+    let store = format!("tcp://127.0.0.1:{p}");
+    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let (_replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
+    let mut e = engine(
+        &eps,
+        &["--expect-eos", "0", "--store", &store, "--metrics-interval", "300ms", "--engine-id", "store-test"],
+    );
+    let client =
+        Client::start(ClientConfig { servers: vec![store.clone()], subtree: "/mdsub/".into(), ..Default::default() })
+            .expect("a clone client");
+    client.wait_synced(Duration::from_secs(20)).expect("synced with the clone server");
+    let get = |key: &str| -> Option<serde_json::Value> {
+        let v = client.get(format!("/mdsub/status/store-test/{key}")).ok()??;
+        serde_json::from_slice(&v).ok().or_else(|| Some(serde_json::Value::String(String::from_utf8_lossy(&v).into())))
+    };
+    wait_until(Duration::from_secs(30), "the engine's status with both shards delivering", || {
+        get("engine").is_some_and(|s| s["shards"] == 2)
+            && (0..2).all(|k| get(&format!("shard{k}")).is_some_and(|s| s["delivered"].as_u64().is_some_and(|d| d > 0)))
+    });
+    let status = get("engine").expect("engine status");
+    assert_eq!(status["interval_ms"], 300.0, "{status}");
+    assert_eq!(status["settings"]["metrics_interval"], "300ms", "{status}");
+    let shard = get("shard0").expect("shard status");
+    for f in ["msgs_per_s", "p50_ns", "p99_ns", "p999_ns", "max_ns", "gaps"] {
+        assert!(shard[f].is_number(), "shard status has {f}: {shard}");
+    }
+
+    let set = |name: &str, value: &str| {
+        let key = format!("/mdsub/config/store-test/{name}");
+        let (code, _, err) = run_within(
+            "clone-client",
+            mdsub().args(["clone-client", "--server", &store, "set", &key, value]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(0), "clone-client set {key} {value}: {err}");
+    };
+    let intervals = || get("shard0").and_then(|s| s["intervals"].as_u64()).unwrap_or(0);
+    set("metrics_interval", "200ms");
+    let before = intervals();
+    let mut applied_at = 0;
+    wait_until(Duration::from_secs(20), "the new metrics interval in the engine's status", || {
+        let ok =
+            get("engine").is_some_and(|s| s["interval_ms"] == 200.0 && s["settings"]["metrics_interval"] == "200ms");
+        applied_at = intervals();
+        ok
+    });
+    // Counted in the engine's own intervals (not wall time): at most two
+    // passed between the acknowledged set and the status saying it applies.
+    assert!(applied_at <= before + 2, "applied after {} intervals", applied_at - before);
+
+    set("metrics_interval", "fast");
+    wait_until(Duration::from_secs(20), "the refusal's reason in the status", || {
+        get("refused/metrics_interval").is_some_and(|v| v.as_str().is_some_and(|s| s.contains("`fast` refused: ")))
+    });
+    let why = get("refused/metrics_interval").expect("refusal");
+    assert!(why.as_str().is_some_and(|s| s.contains("not a duration")), "says why: {why}");
+    assert_eq!(get("engine").expect("engine status")["interval_ms"], 200.0, "the value in force stays");
+    set("log_level", "debug");
+    wait_until(Duration::from_secs(20), "log_level applied", || {
+        get("engine").is_some_and(|s| s["log_level"] == "debug")
+    });
+
+    e.proc.signal(9);
+    e.proc.wait_exit(Duration::from_secs(10));
+    wait_until(Duration::from_secs(20), "the killed engine's status to expire", || {
+        client.dump("/mdsub/status/store-test/").is_ok_and(|kv| kv.is_empty())
+    });
+}
+
+/// A `tmux` of its own (a private server socket), killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]);
+        c
+    }
+
+    fn capture(&self) -> String {
+        self.cmd()
+            .args(["capture-pane", "-p", "-t", "top"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+#[test]
+fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
+    let p = free_port_block(3);
+    let store = format!("tcp://127.0.0.1:{p}");
+    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let (_replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
+    let _e = engine(
+        &eps,
+        &["--expect-eos", "0", "--store", &store, "--metrics-interval", "300ms", "--engine-id", "top-test"],
+    );
+    let mut frame = String::new();
+    wait_until(Duration::from_secs(30), "mdsub top --once to show both shards", || {
+        let (code, out, err) =
+            run_within("top", mdsub().args(["top", "--once", "--store", &store]), Duration::from_secs(30));
+        assert_eq!(code, Some(0), "mdsub top --once failed: {err}");
+        frame = out;
+        // Rows with a rate: an interval with traffic has been published.
+        ["shard0", "shard1"].iter().all(|s| {
+            frame.lines().any(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                c.len() > 2 && c[0] == "top-test" && c[1] == *s && c[2].parse::<f64>().is_ok_and(|r| r > 0.0)
+            })
+        })
+    });
+    assert!(frame.starts_with("ENGINE "), "{frame}");
+    let row = frame.lines().find(|l| l.contains("shard1")).expect("shard1 row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert!(cols[2].parse::<f64>().is_ok_and(|r| r > 0.0), "msgs/s: {row}");
+    assert!(cols[4].ends_with('s'), "p99 with a unit: {row}");
+
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIPPED the interactive view: no tmux (tools/ci-setup.sh installs it)");
+        return;
+    }
+    let tmux = Tmux { socket: format!("mdsub-top-{}", std::process::id()) };
+    let bin = env!("CARGO_BIN_EXE_mdsub");
+    let started = tmux
+        .cmd()
+        .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
+        .arg(format!("{bin} top --store {store}; sleep 30"))
+        .status()
+        .expect("tmux runs");
+    assert!(started.success(), "tmux new-session");
+    let mut pane = String::new();
+    wait_until(Duration::from_secs(30), "the interactive view to show both shards", || {
+        pane = tmux.capture();
+        pane.contains("mdsub top: 1 engine(s)") && pane.contains("shard0") && pane.contains("shard1")
+    });
+    assert!(pane.lines().any(|l| l.contains("top-test") && l.contains("shard1")), "{pane}");
+    assert!(pane.contains("top-test shard0 p99"), "the sparkline's title: {pane}");
+    assert!(pane.lines().count() <= 24 && pane.lines().all(|l| l.chars().count() <= 80), "fits 80×24: {pane}");
+    let _ = tmux.cmd().args(["send-keys", "-t", "top", "s"]).status();
+    wait_until(Duration::from_secs(10), "the sort key to take", || tmux.capture().contains("sorted by msgs/s"));
+    let _ = tmux.cmd().args(["send-keys", "-t", "top", "q"]).status();
+    wait_until(Duration::from_secs(10), "q to quit the view", || !tmux.capture().contains("mdsub top:"));
+}

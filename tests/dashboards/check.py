@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Independent readers for tests/dashboards.rs: mdsub wrote none of this.
+
+  check.py hlog FILE   read an HdrHistogram interval log with the `hdrhistogram`
+                       package's HistogramLogReader; print per tag the total
+                       count, p99 (ns) and the number of intervals, as JSON.
+  check.py promql BASE QUERY
+                       ask a Prometheus server at BASE (http://HOST:PORT) for
+                       the instant QUERY through its HTTP API; print the
+                       result vector as [[labels, value], …] in JSON.
+  check.py scrape URL  GET URL with urllib, parse the body with
+                       prometheus_client's text-format parser; print every
+                       sample as [name, labels, value] in JSON.
+"""
+import json
+import math
+import sys
+
+
+def at_rank(h, rank):
+    """The value (highest equivalent) where the cumulative count reaches
+    `rank`: HdrHistogram's Java and Rust rank ceil(q*N); the Python
+    package's get_value_at_percentile rounds q*N half up instead."""
+    total = 0
+    for item in h.get_recorded_iterator():
+        total += item.count_added_in_this_iter_step
+        if total >= max(rank, 1):
+            return h.get_highest_equivalent_value(item.value_iterated_to)
+    return 0
+
+
+def hlog(path):
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    reference = HdrHistogram(1, 60_000_000_000, 3)
+    reader = HistogramLogReader(path, reference)
+    acc, intervals = {}, {}
+    while True:
+        h = reader.get_next_interval_histogram()
+        if h is None:
+            break
+        tag = h.get_tag()
+        if tag not in acc:
+            acc[tag] = HdrHistogram(1, 60_000_000_000, 3)
+            intervals[tag] = 0
+        acc[tag].add(h)
+        intervals[tag] += 1
+    out = {
+        tag: {
+            "count": h.get_total_count(),
+            "p99": h.get_value_at_percentile(99.0) if h.get_total_count() else 0,
+            "p99_ceil_rank": at_rank(h, math.ceil(0.99 * h.get_total_count())),
+            "intervals": intervals[tag],
+        }
+        for tag, h in acc.items()
+    }
+    print(json.dumps({"start_time_sec": reader.start_time_sec, "base_time_sec": reader.base_time_sec, "tags": out}))
+
+
+def scrape(url):
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        ctype = r.headers.get("Content-Type", "")
+        body = r.read().decode("utf-8")
+    samples = []
+    types = {}
+    for family in text_string_to_metric_families(body):
+        types[family.name] = family.type
+        for s in family.samples:
+            samples.append([s.name, s.labels, s.value])
+    print(json.dumps({"content_type": ctype, "types": types, "samples": samples}))
+
+
+def promql(base, query):
+    import urllib.parse
+    import urllib.request
+
+    url = base.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        answer = json.load(r)
+    if answer.get("status") != "success":
+        raise SystemExit("query failed: %r" % answer)
+    def num(v):
+        f = float(v)
+        return f if math.isfinite(f) else None  # NaN (e.g. a quantile of zero rates) as null
+
+    print(json.dumps([[x["metric"], num(x["value"][1])] for x in answer["data"]["result"]]))
+
+
+if __name__ == "__main__":
+    {"hlog": hlog, "scrape": scrape, "promql": promql}[sys.argv[1]](*sys.argv[2:])
