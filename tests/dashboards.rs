@@ -224,6 +224,18 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
     assert!(cpu.is_some_and(|c| c > 0.0), "per-agent CPU: {cpu:?}");
     let busy = sample(&scrape, "mdsub_agent_busy_ratio", &[("agent", "worker0")]);
     assert!(busy.is_some_and(|b| (0.0..=1.0).contains(&b)), "busy fraction: {busy:?}");
+    // The snail's verdict and counters per site, as the report has them at the end.
+    assert_eq!(scrape["types"]["mdsub_snail_verdict"], "gauge");
+    let sites = r["snail"]["sites"].as_array().expect("snail sites in the report");
+    assert!(!sites.is_empty(), "{r}");
+    for site in sites {
+        let role = site["role"].as_str().expect("role");
+        let verdict = sample(&scrape, "mdsub_snail_verdict", &[("site", role)]);
+        let want = ["OK", "WARN", "SNAIL", "STOP"].iter().position(|v| site["verdict"] == *v).expect("verdict name");
+        assert_eq!(verdict, Some(want as f64), "{role}: {site}");
+        let snails = sample(&scrape, "mdsub_snail_verdicts_total", &[("site", role), ("verdict", "snail")]);
+        assert_eq!(snails, Some(u(site, "snails") as f64), "{role}: {site}");
+    }
 }
 
 #[test]

@@ -67,6 +67,40 @@ pub struct EngineLive {
     pub agents: Vec<AgentStats>,
     /// Intervals whose histograms workers could not ship (should stay 0).
     pub metrics_dropped: u64,
+    /// The snail's state at every site that judges lag (readers, workers).
+    pub snail: Vec<SnailLive>,
+}
+
+/// One snail site's live state (from `snail::SiteState`).
+#[derive(Debug, Clone, Default)]
+pub struct SnailLive {
+    pub role: String,
+    /// None: a worker serving several shards.
+    pub shard: Option<usize>,
+    /// 0 OK, 1 WARN, 2 SNAIL, 3 STOP (`snail::Verdict`).
+    pub verdict: u8,
+    pub last_lag_ns: u64,
+    pub max_lag_ns: u64,
+    pub warns: u64,
+    pub snails: u64,
+    pub stops: u64,
+    pub rests: u64,
+    pub skipped: u64,
+}
+
+impl EngineLive {
+    /// The worst snail verdict of the sites on shard `k` (a site serving
+    /// several shards counts for each), or of all sites with `None`.
+    pub fn snail_verdict(&self, shard: Option<usize>) -> crate::snail::Verdict {
+        let v = self
+            .snail
+            .iter()
+            .filter(|s| shard.is_none() || s.shard.is_none() || s.shard == shard)
+            .map(|s| s.verdict)
+            .max()
+            .unwrap_or(0);
+        crate::snail::Verdict::from_u8(v)
+    }
 }
 
 /// Cumulative bucket counts of `h` for [`BUCKET_BOUNDS_NS`], then the total
@@ -230,6 +264,44 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
          mdsub_metrics_intervals_total{{engine=\"{id}\"}} {}",
         latency.intervals
     );
+    if !live.snail.is_empty() {
+        let site = |x: &SnailLive| match x.shard {
+            Some(k) => format!("engine=\"{id}\",site=\"{}\",shard=\"{k}\"", x.role),
+            None => format!("engine=\"{id}\",site=\"{}\",shard=\"all\"", x.role),
+        };
+        let _ = writeln!(
+            s,
+            "# HELP mdsub_snail_verdict The snail's verdict per site: 0 OK, 1 WARN (lag rising), 2 SNAIL (lag above max_lag past the grace), 3 STOP (silence).\n# TYPE mdsub_snail_verdict gauge"
+        );
+        for x in &live.snail {
+            let _ = writeln!(s, "mdsub_snail_verdict{{{}}} {}", site(x), x.verdict);
+        }
+        let _ = writeln!(
+            s,
+            "# HELP mdsub_snail_lag_seconds Lag (now minus intended send time) of the last message judged, and the highest.\n# TYPE mdsub_snail_lag_seconds gauge"
+        );
+        for x in &live.snail {
+            let _ =
+                writeln!(s, "mdsub_snail_lag_seconds{{{},kind=\"last\"}} {}", site(x), seconds(x.last_lag_ns as f64));
+            let _ = writeln!(s, "mdsub_snail_lag_seconds{{{},kind=\"max\"}} {}", site(x), seconds(x.max_lag_ns as f64));
+        }
+        let _ = writeln!(
+            s,
+            "# HELP mdsub_snail_verdicts_total Times a site's verdict turned WARN, SNAIL or STOP.\n# TYPE mdsub_snail_verdicts_total counter"
+        );
+        for x in &live.snail {
+            for (v, n) in [("warn", x.warns), ("snail", x.snails), ("stop", x.stops)] {
+                let _ = writeln!(s, "mdsub_snail_verdicts_total{{{},verdict=\"{v}\"}} {n}", site(x));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP mdsub_snail_skipped_total Messages skipped while resting (policy rest).\n# TYPE mdsub_snail_skipped_total counter"
+        );
+        for x in &live.snail {
+            let _ = writeln!(s, "mdsub_snail_skipped_total{{{}}} {}", site(x), x.skipped);
+        }
+    }
     let _ = writeln!(
         s,
         "# HELP mdsub_metrics_dropped_total Metric intervals workers could not ship.\n# TYPE mdsub_metrics_dropped_total counter\n\
@@ -269,8 +341,20 @@ mod tests {
             shards: vec![ShardLive { received: 7, ..Default::default() }, ShardLive::default()],
             agents: vec![AgentStats { role: "worker0".into(), cpu_ns: 2_000_000_000, ..Default::default() }],
             metrics_dropped: 0,
+            snail: vec![SnailLive {
+                role: "worker0".into(),
+                shard: Some(1),
+                verdict: 2,
+                max_lag_ns: 1_500_000_000,
+                snails: 1,
+                ..Default::default()
+            }],
         };
         let t = render(&live, &latency);
+        assert!(t.contains("mdsub_snail_verdict{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
+        assert!(t.contains("kind=\"max\"} 1.5"), "{t}");
+        assert_eq!(live.snail_verdict(Some(1)), crate::snail::Verdict::Snail);
+        assert_eq!(live.snail_verdict(Some(0)), crate::snail::Verdict::Ok);
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");
         assert!(t.contains("mdsub_shard_delivered_total{engine=\"e\\\"1\",shard=\"1\"} 1"), "{t}");
         assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");

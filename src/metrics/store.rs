@@ -162,6 +162,7 @@ impl StoreAgent {
             "log_level": self.inputs.log.get().name(),
             "settings": self.inputs.settings.current(),
             "metrics_dropped": live.metrics_dropped,
+            "snail": live.snail_verdict(None).name(),
             "updated_ns": now_ns,
         });
         let mut shards = Vec::new();
@@ -186,6 +187,7 @@ impl StoreAgent {
                         "p999_ns": p.p999_ns,
                         "max_ns": p.max_ns,
                         "intervals": lat.intervals,
+                        "snail": live.snail_verdict(Some(k)).name(),
                     }),
                 ));
             }
