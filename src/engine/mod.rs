@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::metrics::collector::{Collected, Collector, CollectorOutputs, SharedLatency, WorkerReport};
 use crate::metrics::http::MetricsServer;
-use crate::metrics::prom::{EngineLive, ShardLive, SnailLive};
+use crate::metrics::prom::{EngineLive, ShardLive};
 use crate::metrics::settings::{Level, LogLevel, Settings};
 use crate::metrics::store::{StoreAgent, StoreInputs};
 use crate::metrics::{OutputsConfig, RunReport, ShardReport, StageHistograms};
@@ -440,22 +440,7 @@ impl Engine {
             shards: shards.iter().map(|c| shard_live(c)).collect(),
             agents: agents.iter().map(|(r, c)| c.snapshot(r)).collect(),
             metrics_dropped: workers.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
-            snail: board
-                .sites
-                .iter()
-                .map(|(site, st)| SnailLive {
-                    role: site.role.clone(),
-                    shard: site.shard,
-                    verdict: st.verdict.load(Relaxed),
-                    last_lag_ns: st.last_lag_ns.load(Relaxed),
-                    max_lag_ns: st.max_lag_ns.load(Relaxed),
-                    warns: st.warns.load(Relaxed),
-                    snails: st.snails.load(Relaxed),
-                    stops: st.stops.load(Relaxed),
-                    rests: st.rests.load(Relaxed),
-                    skipped: st.skipped.load(Relaxed),
-                })
-                .collect(),
+            snail: board.report().sites,
         }
     }
 

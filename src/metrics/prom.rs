@@ -68,24 +68,7 @@ pub struct EngineLive {
     /// Intervals whose histograms workers could not ship (should stay 0).
     pub metrics_dropped: u64,
     /// The snail's state at every site that judges lag (readers, workers).
-    pub snail: Vec<SnailLive>,
-}
-
-/// One snail site's live state (from `snail::SiteState`).
-#[derive(Debug, Clone, Default)]
-pub struct SnailLive {
-    pub role: String,
-    /// None: a worker serving several shards.
-    pub shard: Option<usize>,
-    /// 0 OK, 1 WARN, 2 SNAIL, 3 STOP (`snail::Verdict`).
-    pub verdict: u8,
-    pub last_lag_ns: u64,
-    pub max_lag_ns: u64,
-    pub warns: u64,
-    pub snails: u64,
-    pub stops: u64,
-    pub rests: u64,
-    pub skipped: u64,
+    pub snail: Vec<crate::snail::SiteReport>,
 }
 
 impl EngineLive {
@@ -96,7 +79,7 @@ impl EngineLive {
             .snail
             .iter()
             .filter(|s| shard.is_none() || s.shard.is_none() || s.shard == shard)
-            .map(|s| s.verdict)
+            .map(|s| s.verdict as u8)
             .max()
             .unwrap_or(0);
         crate::snail::Verdict::from_u8(v)
@@ -265,7 +248,7 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         latency.intervals
     );
     if !live.snail.is_empty() {
-        let site = |x: &SnailLive| match x.shard {
+        let site = |x: &crate::snail::SiteReport| match x.shard {
             Some(k) => format!("engine=\"{id}\",site=\"{}\",shard=\"{k}\"", x.role),
             None => format!("engine=\"{id}\",site=\"{}\",shard=\"all\"", x.role),
         };
@@ -274,7 +257,7 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             "# HELP mdsub_snail_verdict The snail's verdict per site: 0 OK, 1 WARN (lag rising), 2 SNAIL (lag above max_lag past the grace), 3 STOP (silence).\n# TYPE mdsub_snail_verdict gauge"
         );
         for x in &live.snail {
-            let _ = writeln!(s, "mdsub_snail_verdict{{{}}} {}", site(x), x.verdict);
+            let _ = writeln!(s, "mdsub_snail_verdict{{{}}} {}", site(x), x.verdict as u8);
         }
         let _ = writeln!(
             s,
@@ -341,13 +324,18 @@ mod tests {
             shards: vec![ShardLive { received: 7, ..Default::default() }, ShardLive::default()],
             agents: vec![AgentStats { role: "worker0".into(), cpu_ns: 2_000_000_000, ..Default::default() }],
             metrics_dropped: 0,
-            snail: vec![SnailLive {
+            snail: vec![crate::snail::SiteReport {
                 role: "worker0".into(),
                 shard: Some(1),
-                verdict: 2,
+                verdict: crate::snail::Verdict::Snail,
+                checked: 10,
+                last_lag_ns: 0,
                 max_lag_ns: 1_500_000_000,
+                warns: 0,
                 snails: 1,
-                ..Default::default()
+                stops: 0,
+                rests: 0,
+                skipped: 0,
             }],
         };
         let t = render(&live, &latency);
