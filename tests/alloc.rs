@@ -4,8 +4,7 @@
 //! heap allocations. libzmq's own C allocations are outside Rust's allocator
 //! and not counted; the engine's part is one libzmq message per batch.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use mdsub::agent::StopFlag;
@@ -13,22 +12,9 @@ use mdsub::engine::{Engine, EngineConfig, ShardConfig};
 use mdsub::feed::GeneratorConfig;
 use mdsub::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
+mod common;
 
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+use common::alloc::{Counting, ALLOCS};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;

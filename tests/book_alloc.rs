@@ -3,29 +3,15 @@
 //! MBO events (after a clear) grows no book, order map or level vector.
 //! Its own test binary, so no other test's allocations are counted.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use dbn::{FlagSet, MboMsg, RecordRef};
 use mdsub::engine::handler::{BookHandler, Handler};
 use mdsub::wire::{self, Header, Kind};
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
+mod common;
 
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+use common::alloc::{Counting, ALLOCS};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;

@@ -3,6 +3,8 @@
 //! for the tests of the proxies (LVC, tap).
 #![allow(dead_code)]
 
+pub mod alloc;
+
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
