@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use dbn::{FlagSet, MboMsg, RecordRef};
 use mdsub::engine::handler::{BookHandler, Handler};
-use mdsub::wire::{self, Header, Kind};
+use mdsub::wire::{self, Header};
 
 mod common;
 
@@ -17,16 +17,7 @@ use common::alloc::{Counting, ALLOCS};
 static GLOBAL: Counting = Counting;
 
 fn frame(topic: &str, seq: u64, m: &MboMsg) -> Vec<u8> {
-    let h = Header {
-        kind: Kind::Data,
-        flags: 0,
-        publisher_id: 0,
-        session_id: 1,
-        stream_seq: seq,
-        topic_seq: seq,
-        send_time_ns: 0,
-    };
-    wire::encode(topic.as_bytes(), &h, RecordRef::from(m).as_ref())
+    wire::encode(topic.as_bytes(), &Header::data(seq, 0), RecordRef::from(m).as_ref())
 }
 
 fn mbo(id: u32, order_id: u64, action: u8, side: u8, price: i64, size: u32) -> MboMsg {

@@ -467,7 +467,7 @@ impl Handler for VerifyOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{decode, encode, Header, Kind};
+    use crate::wire::{decode, encode, Header};
 
     #[test]
     fn specs_parse_and_print() {
@@ -480,16 +480,7 @@ mod tests {
 
     /// A data frame on `topic` with both sequences `seq`.
     fn frame(topic: &[u8], seq: u64, payload: &[u8]) -> Vec<u8> {
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: 0,
-            session_id: 1,
-            stream_seq: seq,
-            topic_seq: seq,
-            send_time_ns: 0,
-        };
-        encode(topic, &h, payload)
+        encode(topic, &Header::data(seq, 0), payload)
     }
 
     #[test]

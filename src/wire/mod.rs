@@ -60,6 +60,22 @@ pub struct Header {
     pub send_time_ns: u64,
 }
 
+impl Header {
+    /// A data header of publisher 0, session 1, no flags, with both sequences
+    /// `seq`: the frame tests and examples build.
+    pub fn data(seq: u64, send_time_ns: u64) -> Header {
+        Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 0,
+            session_id: 1,
+            stream_seq: seq,
+            topic_seq: seq,
+            send_time_ns,
+        }
+    }
+}
+
 /// Why a frame was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
