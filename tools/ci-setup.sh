@@ -8,6 +8,8 @@ set -euo pipefail
 
 # Debian packages: one line per package with the reason.
 DEB_PACKAGES=(
+    iproute2   # tools/testbed.sh (tests/nic.rs): network namespaces and veth pairs, one NIC per shard
+    nftables   # tools/testbed.sh loss: random packet loss on a path (`numgen random`; no netem in CI's kernel)
 )
 # Python packages for independent readers/peers: one line per package with the reason.
 PIP_PACKAGES=(

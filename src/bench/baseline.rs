@@ -122,6 +122,7 @@ impl Baseline {
             metrics_dropped: 0,
             handler: Default::default(),
             agents: Vec::new(),
+            ..Default::default()
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::metrics::collector::{Collected, Collector, WorkerReport};
-use crate::metrics::{RunReport, StageHistograms};
+use crate::metrics::{Ceiling, RunReport, ShardReport, StageHistograms, ThreadAccount};
 use crate::wire::DROP_REASON_NAMES;
 use handler::HandlerSpec;
 use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
@@ -121,6 +121,8 @@ pub struct Engine {
     worker_counters: Vec<Arc<WorkerCounters>>,
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
+    /// Linux thread id of each shard's libzmq I/O thread (for its CPU time).
+    io_tids: Vec<Option<u32>>,
     // Contexts last: sockets are closed by their threads before these drop.
     _contexts: Vec<zmq::Context>,
 }
@@ -171,6 +173,7 @@ impl Engine {
             shard_counters: Vec::new(),
             worker_counters: Vec::new(),
             expect_eos: Vec::new(),
+            io_tids: Vec::new(),
             _contexts: vec![fanout.clone()],
         };
         let mut worker_endpoints = Vec::new();
@@ -197,8 +200,12 @@ impl Engine {
         drop(tx);
 
         for (k, shard) in cfg.shards.iter().enumerate() {
+            let io_name = format!("shard{k}-io");
+            let before = crate::clock::task_ids_named(&io_name);
             let (ctx, sub) = Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes)?;
             engine._contexts.push(ctx);
+            // The I/O thread libzmq just started, named after its creator.
+            engine.io_tids.push(crate::clock::task_ids_named(&io_name).into_iter().find(|t| !before.contains(t)));
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(shard.endpoints.len());
             engine.expect_eos.push(expect_eos as u64);
             let counters = Arc::new(ShardCounters::default());
@@ -320,7 +327,12 @@ impl Engine {
             agents.push(counters.snapshot(&role));
         }
         let collected = match self.collector.take() {
-            Some(h) => h.join().map(Collector::into_collected).unwrap_or_default(),
+            Some(h) => {
+                let (role, counters) = (h.role().to_string(), h.counters().clone());
+                let c = h.join().map(Collector::into_collected).unwrap_or_default();
+                agents.push(counters.snapshot(&role));
+                c
+            }
             None => Collected::default(),
         };
         if let Some(e) = first_err {
@@ -368,6 +380,7 @@ impl Engine {
         bad_frames.insert("over_limit".into(), sum(&|c| c.over_limit.load(Relaxed)));
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
+        let (shard_reports, threads) = self.accounts(&agents, delivered);
         RunReport {
             subscriber: "engine".into(),
             duration_s: secs,
@@ -386,7 +399,65 @@ impl Engine {
             metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             handler: collected.handler,
             agents,
+            shards: shard_reports,
+            threads,
         }
+    }
+
+    /// Per shard and per thread accounts, and each shard's projected ceiling.
+    fn accounts(&self, agents: &[AgentStats], delivered: u64) -> (Vec<ShardReport>, Vec<ThreadAccount>) {
+        let wall_ns = self.start.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+        let account = |a: &AgentStats, msgs: u64| ThreadAccount::new(&a.role, msgs, a.cpu_ns, a.wall_ns, a.blocked_ns);
+        let mut threads = Vec::new();
+        let mut shard_threads = Vec::new();
+        for (k, c) in self.shard_counters.iter().enumerate() {
+            let received = c.received.load(Relaxed);
+            let io = self.io_tids.get(k).copied().flatten().and_then(crate::clock::task_cpu_ns);
+            let io = io.map(|cpu| ThreadAccount::new(&format!("shard{k}-io"), received, cpu, wall_ns, 0));
+            let reader = agents.iter().find(|a| a.role == format!("shard{k}-reader")).map(|a| account(a, a.work));
+            let mine: Vec<ThreadAccount> = io.into_iter().chain(reader).collect();
+            threads.extend(mine.iter().cloned());
+            shard_threads.push(mine);
+        }
+        let workers: Vec<ThreadAccount> =
+            agents.iter().filter(|a| a.role.starts_with("worker")).map(|a| account(a, a.work)).collect();
+        threads.extend(workers.iter().cloned());
+        threads.extend(agents.iter().filter(|a| a.role == "metrics").map(|a| account(a, delivered)));
+        let shards = self
+            .shard_counters
+            .iter()
+            .zip(&self.expect_eos)
+            .zip(&shard_threads)
+            .enumerate()
+            .map(|(k, ((c, &expect), mine))| {
+                let msgs = c.forwarded.load(Relaxed);
+                let eos = c.eos_sessions.load(Relaxed);
+                let sent = (eos > 0).then(|| c.eos_sent.load(Relaxed));
+                let complete = expect > 0 && eos >= expect && c.full_subscription.load(Relaxed);
+                let mut bad_frames = std::collections::BTreeMap::new();
+                for (r, name) in DROP_REASON_NAMES.iter().enumerate() {
+                    bad_frames.insert(name.to_string(), c.bad[r].load(Relaxed));
+                }
+                bad_frames.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
+                bad_frames.insert("over_limit".into(), c.over_limit.load(Relaxed));
+                ShardReport {
+                    shard: k,
+                    received: c.received.load(Relaxed),
+                    msgs,
+                    bytes: c.forwarded_bytes.load(Relaxed),
+                    sent,
+                    lost: sent.filter(|_| complete).map(|s| s.saturating_sub(msgs)),
+                    gaps: c.gaps.load(Relaxed),
+                    duplicates: c.duplicates.load(Relaxed),
+                    restarts: c.restarts.load(Relaxed),
+                    bad_frames,
+                    silences: c.silences.load(Relaxed),
+                    longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
+                    ceiling: Ceiling::of(mine.iter().chain(&workers)),
+                }
+            })
+            .collect();
+        (shards, threads)
     }
 }
 
