@@ -34,6 +34,8 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
     /// Print what this build and host are: mdsub and libzmq versions, cores.
     Info,
+    /// Check a tuning profile, or show what one (or `auto` on this host) resolves to.
+    Profile(cli::profile::ProfileArgs),
     /// Last Value Cache proxy: XSUB (publishers) ⇄ XPUB (subscribers), answering
     /// each new subscription with the cached last value of every matching topic.
     Lvc(cli::lvc::LvcArgs),
@@ -72,6 +74,7 @@ fn main() {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },
+        Cmd::Profile(a) => cli::profile::run(a).map(|_| ()),
         Cmd::Info => {
             let m = mdsub::bench::stamp::Machine::here();
             println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);

@@ -209,11 +209,18 @@ impl Profile {
 
     /// Check everything that can be checked before starting.
     pub fn validate(&self, host: &[usize]) -> Result<(), ProfileError> {
+        self.validate_for(host, true)
+    }
+
+    /// [`Profile::validate`] against a host with cores `host`; interfaces are
+    /// checked only when `interfaces` (they can be looked up only on the host
+    /// that will run the engine).
+    pub fn validate_for(&self, host: &[usize], interfaces: bool) -> Result<(), ProfileError> {
         if self.shards.is_empty() {
-            return Err(invalid("shards", "at least one shard is needed"));
+            return Err(invalid("shards", "at least one shard is needed; add a [[shards]] table"));
         }
         if self.workers.is_empty() {
-            return Err(invalid("workers", "at least one worker is needed"));
+            return Err(invalid("workers", "at least one worker is needed; add a [[workers]] table"));
         }
         if !(1..=4096).contains(&self.batch_max) {
             return Err(invalid("batch_max", format!("{} is outside 1..=4096", self.batch_max)));
@@ -236,7 +243,10 @@ impl Profile {
         let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
             let Some(c) = core else { return Ok(()) };
             if !host.contains(&c) {
-                return Err(invalid(field, format!("core {c} does not exist on this host (cores: {host:?})")));
+                return Err(invalid(
+                    field,
+                    format!("core {c} does not exist on this host; use one of {} or remove the field", core_list(host)),
+                ));
             }
             if let Some((_, other)) = used.iter().find(|(u, _)| *u == c) {
                 if !self.allow_shared_cores {
@@ -253,7 +263,12 @@ impl Profile {
             claim(s.io_core, format!("shards[{i}].io_core"))?;
             claim(s.reader_core, format!("shards[{i}].reader_core"))?;
             for (j, ep) in s.endpoints.iter().enumerate() {
-                crate::zmqx::check_endpoint(ep).map_err(|m| invalid(format!("shards[{i}].endpoints[{j}]"), m))?;
+                crate::zmqx::check_endpoint(ep).map_err(|m| {
+                    invalid(
+                        format!("shards[{i}].endpoints[{j}]"),
+                        format!("{m}; write tcp://HOST:PORT (the NIC to connect from goes in `interface`)"),
+                    )
+                })?;
                 if s.interface.is_some() && !ep.starts_with("tcp://") {
                     return Err(invalid(
                         format!("shards[{i}].interface"),
@@ -261,7 +276,7 @@ impl Profile {
                     ));
                 }
             }
-            if let Some(iface) = &s.interface {
+            if let Some(iface) = s.interface.as_ref().filter(|_| interfaces) {
                 check_interface(iface).map_err(|m| invalid(format!("shards[{i}].interface"), m))?;
             }
         }
@@ -388,6 +403,28 @@ pub fn interfaces() -> Vec<(String, Option<std::net::IpAddr>)> {
         libc::freeifaddrs(head);
     }
     out
+}
+
+/// Core ids as ranges: `0-3,6`.
+pub fn core_list(cores: &[usize]) -> String {
+    let mut sorted = cores.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        out.push(if j == i { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    if out.is_empty() {
+        "(none)".into()
+    } else {
+        out.join(",")
+    }
 }
 
 /// The host's core ids.

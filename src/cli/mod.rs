@@ -13,6 +13,7 @@
 //! | [`replay`] | `mdsub replay` |
 //! | [`bench`](mod@bench) | `mdsub bench`, `mdsub lvc-bench`, `mdsub clone-bench` |
 //! | [`lvc`] | `mdsub lvc` |
+//! | [`profile`] | `mdsub profile check`, `mdsub profile show` |
 //! | [`tap`] | `mdsub tap` |
 //! | [`clone`] | `mdsub clone-server`, `mdsub clone-client` |
 
@@ -22,6 +23,7 @@ pub mod clone;
 pub mod engine;
 pub mod feed;
 pub mod lvc;
+pub mod profile;
 pub mod replay;
 pub mod tap;
 
