@@ -121,8 +121,9 @@ pub struct Engine {
     worker_counters: Vec<Arc<WorkerCounters>>,
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
-    /// Linux thread id of each shard's libzmq I/O thread (for its CPU time).
-    io_tids: Vec<Option<u32>>,
+    /// Linux thread ids of each shard's libzmq threads (its I/O thread and
+    /// its reaper, both named `shardK-io`), for their CPU time.
+    io_tids: Vec<Vec<u32>>,
     // Contexts last: sockets are closed by their threads before these drop.
     _contexts: Vec<zmq::Context>,
 }
@@ -204,8 +205,10 @@ impl Engine {
             let before = crate::clock::task_ids_named(&io_name);
             let (ctx, sub) = Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes)?;
             engine._contexts.push(ctx);
-            // The I/O thread libzmq just started, named after its creator.
-            engine.io_tids.push(crate::clock::task_ids_named(&io_name).into_iter().find(|t| !before.contains(t)));
+            // The threads libzmq just started, named after their creator.
+            engine
+                .io_tids
+                .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(shard.endpoints.len());
             engine.expect_eos.push(expect_eos as u64);
             let counters = Arc::new(ShardCounters::default());
@@ -412,7 +415,8 @@ impl Engine {
         let mut shard_threads = Vec::new();
         for (k, c) in self.shard_counters.iter().enumerate() {
             let received = c.received.load(Relaxed);
-            let io = self.io_tids.get(k).copied().flatten().and_then(crate::clock::task_cpu_ns);
+            let tids = self.io_tids.get(k).filter(|t| !t.is_empty());
+            let io = tids.map(|t| t.iter().filter_map(|&tid| crate::clock::task_cpu_ns(tid)).sum::<u64>());
             let io = io.map(|cpu| ThreadAccount::new(&format!("shard{k}-io"), received, cpu, wall_ns, 0));
             let reader = agents.iter().find(|a| a.role == format!("shard{k}-reader")).map(|a| account(a, a.work));
             let mine: Vec<ThreadAccount> = io.into_iter().chain(reader).collect();
