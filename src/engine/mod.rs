@@ -418,13 +418,20 @@ impl Engine {
             let tids = self.io_tids.get(k).filter(|t| !t.is_empty());
             let io = tids.map(|t| t.iter().filter_map(|&tid| crate::clock::task_cpu_ns(tid)).sum::<u64>());
             let io = io.map(|cpu| ThreadAccount::new(&format!("shard{k}-io"), received, cpu, wall_ns, 0));
-            let reader = agents.iter().find(|a| a.role == format!("shard{k}-reader")).map(|a| account(a, a.work));
+            // Messages from the shard's own counters: the runner's `work`
+            // misses the last round of an agent that finishes in it.
+            let reader = agents.iter().find(|a| a.role == format!("shard{k}-reader")).map(|a| account(a, received));
             let mine: Vec<ThreadAccount> = io.into_iter().chain(reader).collect();
             threads.extend(mine.iter().cloned());
             shard_threads.push(mine);
         }
-        let workers: Vec<ThreadAccount> =
-            agents.iter().filter(|a| a.role.starts_with("worker")).map(|a| account(a, a.work)).collect();
+        let workers: Vec<ThreadAccount> = agents
+            .iter()
+            .filter_map(|a| {
+                let w: usize = a.role.strip_prefix("worker")?.parse().ok()?;
+                Some(account(a, self.worker_counters.get(w)?.handled.load(Relaxed)))
+            })
+            .collect();
         threads.extend(workers.iter().cloned());
         threads.extend(agents.iter().filter(|a| a.role == "metrics").map(|a| account(a, delivered)));
         let shards = self
