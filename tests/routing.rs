@@ -59,3 +59,45 @@ fn round_robin_spreads_messages_evenly_over_four_workers() {
     // One reader deals messages in turn: every worker gets n/4, give or take one.
     assert!(w.iter().all(|&m| m.abs_diff(n / 4) <= 1), "uneven: {w:?}");
 }
+
+#[test]
+fn bench_compares_shards_and_routing_in_one_run() {
+    let (code, out, err) = run_within(
+        "bench",
+        mdsub().args([
+            "bench",
+            "--count",
+            "20k",
+            "--runs",
+            "1",
+            "--handoff",
+            "batch",
+            "--compare",
+            "shards,routing",
+            "--json",
+        ]),
+        Duration::from_secs(180),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    let names: Vec<&str> =
+        r["runs"].as_array().expect("runs").iter().filter_map(|x| x["subscriber"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["baseline", "engine/batch", "engine/1-shard", "engine/2-shards", "engine/by-topic", "engine/round-robin"]
+    );
+    for run in r["runs"].as_array().expect("runs") {
+        assert_eq!(run["delivered"], 20_000, "{run}");
+        assert_eq!(run["lost"], 0, "{run}");
+    }
+    let two = &r["runs"][3];
+    assert_eq!(two["shards"].as_array().expect("shards").len(), 2, "{two}");
+    assert!(two["shards"].as_array().expect("shards").iter().all(|s| s["msgs"].as_u64() > Some(0)), "{two}");
+    let cmp = r["comparisons"].as_array().expect("comparisons");
+    assert_eq!(cmp[0][0], "2 shards / 1 shard");
+    assert_eq!(cmp[1][0], "round-robin / by-topic");
+    for c in cmp {
+        assert!(c[1][0].as_f64().expect("throughput ratio") > 0.0, "{c}");
+        assert!(c[1][1].as_f64().expect("CPU ratio") > 0.0, "{c}");
+    }
+}
