@@ -376,11 +376,11 @@ impl Engine {
             (false, _) => (None, "unknown: end of stream not seen on every shard".to_string()),
         };
         let mut bad_frames = std::collections::BTreeMap::new();
-        for (r, name) in DROP_REASON_NAMES.iter().enumerate() {
-            bad_frames.insert(name.to_string(), sum(&|c| c.bad[r].load(Relaxed)));
+        for c in shards.iter() {
+            for (reason, n) in bad_frames_of(c) {
+                *bad_frames.entry(reason).or_insert(0) += n;
+            }
         }
-        bad_frames.insert("implausible_sequence".into(), sum(&|c| c.implausible.load(Relaxed)));
-        bad_frames.insert("over_limit".into(), sum(&|c| c.over_limit.load(Relaxed)));
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
         let (shard_reports, threads) = self.accounts(&agents, delivered);
@@ -445,12 +445,6 @@ impl Engine {
                 let eos = c.eos_sessions.load(Relaxed);
                 let sent = (eos > 0).then(|| c.eos_sent.load(Relaxed));
                 let complete = expect > 0 && eos >= expect && c.full_subscription.load(Relaxed);
-                let mut bad_frames = std::collections::BTreeMap::new();
-                for (r, name) in DROP_REASON_NAMES.iter().enumerate() {
-                    bad_frames.insert(name.to_string(), c.bad[r].load(Relaxed));
-                }
-                bad_frames.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
-                bad_frames.insert("over_limit".into(), c.over_limit.load(Relaxed));
                 ShardReport {
                     shard: k,
                     received: c.received.load(Relaxed),
@@ -461,7 +455,7 @@ impl Engine {
                     gaps: c.gaps.load(Relaxed),
                     duplicates: c.duplicates.load(Relaxed),
                     restarts: c.restarts.load(Relaxed),
-                    bad_frames,
+                    bad_frames: bad_frames_of(c),
                     silences: c.silences.load(Relaxed),
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
                     ceiling: Ceiling::of(mine.iter().chain(&workers)),
@@ -470,6 +464,15 @@ impl Engine {
             .collect();
         (shards, threads)
     }
+}
+
+/// A shard's malformed or rejected frames, by reason.
+fn bad_frames_of(c: &ShardCounters) -> std::collections::BTreeMap<String, u64> {
+    let mut m: std::collections::BTreeMap<String, u64> =
+        DROP_REASON_NAMES.iter().enumerate().map(|(r, name)| (name.to_string(), c.bad[r].load(Relaxed))).collect();
+    m.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
+    m.insert("over_limit".into(), c.over_limit.load(Relaxed));
+    m
 }
 
 impl Drop for Engine {
