@@ -231,6 +231,7 @@ fn link_down_two_seconds_is_reported_and_accounted() {
     // and every lost message is a counted gap.
     let s1 = shard(&report, 1);
     let lost = s1["lost"].as_u64().expect("lost is known");
+    eprintln!("lossy shard: {lost} of {n} lost during the flap, gaps {}", s1["gaps"]);
     assert!(lost > 0, "2 s at 10k msg/s overflows a 1000-message HWM: {report}");
     assert_eq!(s1["gaps"], lost, "{report}");
     assert_eq!(report["lost"], lost, "{report}");
