@@ -221,6 +221,8 @@ fn link_down_two_seconds_is_reported_and_accounted() {
     }
     assert!(!err.contains("shard2-reader: silent"), "path B stayed up: {err}");
     assert_eq!(shard(&report, 2)["silences"], 0, "{report}");
+    // The outage shows as lag on path A's shards (they fell ~2 s behind).
+    assert!(shard(&report, 0)["lag_max_ms"].as_f64().expect("lag") >= 1000.0, "{report}");
     // Lossless: the connection survived (TCP retransmits), nothing lost.
     for k in [0, 2] {
         assert_eq!(shard(&report, k)["msgs"], n, "{report}");

@@ -458,6 +458,8 @@ impl Engine {
                     bad_frames: bad_frames_of(c),
                     silences: c.silences.load(Relaxed),
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
+                    lag_last_ms: c.last_lag_ns.load(Relaxed) as f64 / 1e6,
+                    lag_max_ms: c.max_lag_ns.load(Relaxed) as f64 / 1e6,
                     ceiling: Ceiling::of(mine.iter().chain(&workers)),
                 }
             })

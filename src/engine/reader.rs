@@ -65,6 +65,10 @@ pub struct ShardCounters {
     pub longest_silence_ns: AtomicU64,
     /// Data bytes (whole frames) handed to workers.
     pub forwarded_bytes: AtomicU64,
+    /// Lag of the shard: receive time minus the publisher's intended send
+    /// time, of the last data frame and the largest seen (ns).
+    pub last_lag_ns: AtomicU64,
+    pub max_lag_ns: AtomicU64,
 }
 
 /// A shard is silent after this long without any frame: publishers send a
@@ -109,6 +113,8 @@ pub struct Checks {
     first_recv_ns: u64,
     last_recv_ns: u64,
     forwarded_bytes: u64,
+    last_lag_ns: u64,
+    max_lag_ns: u64,
     silent: bool,
     silences: u64,
     longest_silence_ns: u64,
@@ -129,6 +135,8 @@ impl Checks {
             first_recv_ns: 0,
             last_recv_ns: 0,
             forwarded_bytes: 0,
+            last_lag_ns: 0,
+            max_lag_ns: 0,
             silent: false,
             silences: 0,
             longest_silence_ns: 0,
@@ -165,6 +173,8 @@ impl Checks {
                 }
                 self.forwarded += 1;
                 self.forwarded_bytes += frame.len() as u64;
+                self.last_lag_ns = recv_ns.saturating_sub(view.header.send_time_ns);
+                self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
                 Some(match self.routing {
                     Routing::ByTopic => (topic_hash(view.topic) % self.workers as u64) as usize,
                     Routing::RoundRobin => {
@@ -233,6 +243,8 @@ impl Checks {
         c.silences.store(self.silences, Relaxed);
         c.longest_silence_ns.store(self.longest_silence_ns, Relaxed);
         c.forwarded_bytes.store(self.forwarded_bytes, Relaxed);
+        c.last_lag_ns.store(self.last_lag_ns, Relaxed);
+        c.max_lag_ns.store(self.max_lag_ns, Relaxed);
     }
 }
 
@@ -458,8 +470,15 @@ mod tests {
     use crate::wire::Header;
 
     fn frame(seq: u64, kind: Kind) -> Vec<u8> {
-        let h =
-            Header { kind, flags: 0, publisher_id: 1, session_id: 7, stream_seq: seq, topic_seq: seq, send_time_ns: 0 };
+        let h = Header {
+            kind,
+            flags: 0,
+            publisher_id: 1,
+            session_id: 7,
+            stream_seq: seq,
+            topic_seq: seq,
+            send_time_ns: 1000,
+        };
         wire::encode(b"AAPL", &h, &[0u8; 16])
     }
 
@@ -481,5 +500,7 @@ mod tests {
         assert_eq!(counters.silences.load(Relaxed), 1);
         assert_eq!(counters.longest_silence_ns.load(Relaxed), 3 * SILENCE_AFTER_NS);
         assert_eq!(counters.forwarded_bytes.load(Relaxed), frame(1, Kind::Data).len() as u64);
+        assert_eq!(counters.last_lag_ns.load(Relaxed), t0 - 1000, "lag: received minus intended send time");
+        assert_eq!(counters.max_lag_ns.load(Relaxed), t0 - 1000);
     }
 }

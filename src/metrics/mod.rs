@@ -180,6 +180,10 @@ pub struct ShardReport {
     /// Times the shard went silent (no frame, not even a heartbeat, for 1.5 s).
     pub silences: u64,
     pub longest_silence_ms: f64,
+    /// Receive time minus the publisher's intended send time: of the last
+    /// data message, and the largest seen (ms).
+    pub lag_last_ms: f64,
+    pub lag_max_ms: f64,
     /// What the shard could take with each of its threads on a core of its
     /// own; None before any message.
     pub ceiling: Option<Ceiling>,
