@@ -47,8 +47,9 @@ pub fn thread_cpu_ns() -> u64 {
 }
 
 /// CPU time another thread of this process (by Linux thread id) has used,
-/// in ns, from `/proc/self/task/TID/schedstat`; None if the thread is gone or
-/// the kernel keeps no schedstat. For threads mdsub does not start itself
+/// in ns, from `/proc/self/task/TID/schedstat` (brought up to date at
+/// scheduler ticks and switches, so up to a tick behind for a thread that is
+/// running); None if the thread is gone or the kernel keeps no schedstat. For threads mdsub does not start itself
 /// (libzmq's I/O threads), whose clock id it cannot ask for.
 pub fn task_cpu_ns(tid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
@@ -158,12 +159,17 @@ mod tests {
             assert!(task_ids_named(&name).contains(&tid), "{name}");
         }
         let a = task_cpu_ns(tid).expect("schedstat of a live thread");
+        // The kernel folds a running thread's time into schedstat at
+        // scheduler ticks: work until it moves, within a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        while task_cpu_ns(tid).expect("schedstat") <= a {
+            assert!(std::time::Instant::now() < deadline, "schedstat did not move in 5 s of work");
+            for i in 0..200_000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+            }
+            std::hint::black_box(x);
         }
-        std::hint::black_box(x);
-        assert!(task_cpu_ns(tid).expect("schedstat") > a);
         assert_eq!(task_cpu_ns(u32::MAX), None);
     }
 
