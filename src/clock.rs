@@ -46,6 +46,25 @@ pub fn thread_cpu_ns() -> u64 {
     read(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
+/// CPU time another thread of this process (by Linux thread id) has used,
+/// in ns, from `/proc/self/task/TID/schedstat` (brought up to date at
+/// scheduler ticks and switches, so up to a tick behind for a thread that is
+/// running); None if the thread is gone or the kernel keeps no schedstat. For threads mdsub does not start itself
+/// (libzmq's I/O threads), whose clock id it cannot ask for.
+pub fn task_cpu_ns(tid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Linux thread ids of this process's threads named `name` (as `top -H` shows them).
+pub fn task_ids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    dir.flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// A source of `now_ns` that a shell can be given, so a test can swap it.
 pub trait Clock: Send + Sync {
     /// Now, in ns, on this clock's scale.
@@ -129,6 +148,29 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(thread_cpu_ns() > before);
+    }
+
+    #[test]
+    fn another_threads_cpu_time_by_its_name() {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let me = std::thread::current().name().map(|n| n.chars().take(15).collect::<String>());
+        if let Some(name) = me {
+            assert!(task_ids_named(&name).contains(&tid), "{name}");
+        }
+        let a = task_cpu_ns(tid).expect("schedstat of a live thread");
+        // The kernel folds a running thread's time into schedstat at
+        // scheduler ticks: work until it moves, within a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut x = 0u64;
+        while task_cpu_ns(tid).expect("schedstat") <= a {
+            assert!(std::time::Instant::now() < deadline, "schedstat did not move in 5 s of work");
+            for i in 0..200_000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+        }
+        assert_eq!(task_cpu_ns(u32::MAX), None);
     }
 
     #[test]

@@ -35,6 +35,8 @@ enum Cmd {
     /// Print what this build and host are: mdsub and libzmq versions, libzmq's
     /// capabilities (draft API, CURVE, IPC, TIPC, PGM, GSSAPI), cores.
     Info,
+    /// Check a tuning profile, or show what one (or `auto` on this host) resolves to.
+    Profile(cli::profile::ProfileArgs),
     /// Last Value Cache proxy: XSUB (publishers) ⇄ XPUB (subscribers), answering
     /// each new subscription with the cached last value of every matching topic.
     Lvc(cli::lvc::LvcArgs),
@@ -80,6 +82,7 @@ fn main() {
         },
         Cmd::Keygen(a) => cli::security::keygen(a),
         Cmd::Top(a) => cli::top::top(a, &stop).context("mdsub top"),
+        Cmd::Profile(a) => cli::profile::run(a).map(|_| ()),
         Cmd::Info => {
             let m = mdsub::bench::stamp::Machine::here();
             println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);

@@ -298,11 +298,18 @@ impl Profile {
 
     /// Check everything that can be checked before starting.
     pub fn validate(&self, host: &[usize]) -> Result<(), ProfileError> {
+        self.validate_for(host, true)
+    }
+
+    /// [`Profile::validate`] against a host with cores `host`; interfaces are
+    /// checked only when `interfaces` (they can be looked up only on the host
+    /// that will run the engine).
+    pub fn validate_for(&self, host: &[usize], interfaces: bool) -> Result<(), ProfileError> {
         if self.shards.is_empty() {
-            return Err(invalid("shards", "at least one shard is needed"));
+            return Err(invalid("shards", "at least one shard is needed; add a [[shards]] table"));
         }
         if self.workers.is_empty() {
-            return Err(invalid("workers", "at least one worker is needed"));
+            return Err(invalid("workers", "at least one worker is needed; add a [[workers]] table"));
         }
         if !(1..=4096).contains(&self.batch_max) {
             return Err(invalid("batch_max", format!("{} is outside 1..=4096", self.batch_max)));
@@ -326,7 +333,10 @@ impl Profile {
         let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
             let Some(c) = core else { return Ok(()) };
             if !host.contains(&c) {
-                return Err(invalid(field, format!("core {c} does not exist on this host (cores: {host:?})")));
+                return Err(invalid(
+                    field,
+                    format!("core {c} does not exist on this host; use one of {} or remove the field", core_list(host)),
+                ));
             }
             if let Some((_, other)) = used.iter().find(|(u, _)| *u == c) {
                 if !self.allow_shared_cores {
@@ -343,7 +353,12 @@ impl Profile {
             claim(s.io_core, format!("shards[{i}].io_core"))?;
             claim(s.reader_core, format!("shards[{i}].reader_core"))?;
             for (j, ep) in s.endpoints.iter().enumerate() {
-                crate::zmqx::check_endpoint(ep).map_err(|m| invalid(format!("shards[{i}].endpoints[{j}]"), m))?;
+                crate::zmqx::check_endpoint(ep).map_err(|m| {
+                    invalid(
+                        format!("shards[{i}].endpoints[{j}]"),
+                        format!("{m}; write tcp://HOST:PORT (the NIC to connect from goes in `interface`)"),
+                    )
+                })?;
                 if s.interface.is_some() && !ep.starts_with("tcp://") {
                     return Err(invalid(
                         format!("shards[{i}].interface"),
@@ -351,13 +366,8 @@ impl Profile {
                     ));
                 }
             }
-            if let Some(iface) = &s.interface {
-                if !interface_exists(iface) {
-                    return Err(invalid(
-                        format!("shards[{i}].interface"),
-                        format!("no interface or local address `{iface}` on this host"),
-                    ));
-                }
+            if let Some(iface) = s.interface.as_ref().filter(|_| interfaces) {
+                check_interface(iface).map_err(|m| invalid(format!("shards[{i}].interface"), m))?;
             }
         }
         for (i, w) in self.workers.iter().enumerate() {
@@ -410,11 +420,103 @@ impl Profile {
     }
 }
 
-/// `tcp://host:port` connected from `iface`: libzmq's `tcp://source;host:port`.
+/// `tcp://host:port` connected from `iface`: libzmq's `tcp://source:0;host:port`
+/// (the source needs a port, 0 = any; without one libzmq's connect succeeds
+/// and its background resolution fails, so the socket never connects). An
+/// interface name is resolved here to its address: the libzmq that the `zmq`
+/// crate builds cannot resolve NIC names (no `getifaddrs` in its build), and
+/// fails the same silent way.
 fn with_source(endpoint: &str, iface: &str) -> String {
+    let source = match iface.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match interface_address(iface) {
+            Some(ip) => ip,
+            None => return endpoint.to_string(),
+        },
+    };
+    let source = match source {
+        std::net::IpAddr::V4(v4) => format!("{v4}:0"),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:0"),
+    };
     match endpoint.strip_prefix("tcp://") {
-        Some(rest) if !rest.contains(';') => format!("tcp://{iface};{rest}"),
+        Some(rest) if !rest.contains(';') => format!("tcp://{source};{rest}"),
         _ => endpoint.to_string(),
+    }
+}
+
+/// The address a connection from interface `name` takes as its source: its
+/// first IPv4 address, else its first IPv6 address.
+pub fn interface_address(name: &str) -> Option<std::net::IpAddr> {
+    let addrs: Vec<std::net::IpAddr> =
+        interfaces().into_iter().filter(|(n, _)| n == name).filter_map(|(_, a)| a).collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
+}
+
+/// Every (interface name, address) of the calling process's network
+/// namespace, from `getifaddrs` (an interface without an address appears
+/// once with `None`). Unlike `/sys/class/net`, which shows the namespace sysfs
+/// was mounted in, this is always the namespace the engine connects from.
+pub fn interfaces() -> Vec<(String, Option<std::net::IpAddr>)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we only read and then free
+    // with freeifaddrs; every pointer is checked for null before use, and a
+    // sockaddr is cast by its family to the matching type.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+            let addr = if ifa.ifa_addr.is_null() {
+                None
+            } else {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(std::net::IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(std::net::IpAddr::from(sin6.sin6_addr.s6_addr))
+                    }
+                    _ => None,
+                }
+            };
+            if addr.is_some() || !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, addr));
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// Core ids as ranges: `0-3,6`.
+pub fn core_list(cores: &[usize]) -> String {
+    let mut sorted = cores.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        out.push(if j == i { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    if out.is_empty() {
+        "(none)".into()
+    } else {
+        out.join(",")
     }
 }
 
@@ -423,15 +525,34 @@ pub fn host_cores() -> Vec<usize> {
     core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
 }
 
-/// An interface name under /sys/class/net, or an address bound to this host.
+/// What a shard's `interface` names: an interface with an address, or an
+/// address of this host; otherwise the one-line reason and fix.
+pub fn check_interface(iface: &str) -> Result<std::net::IpAddr, String> {
+    if let Ok(ip) = iface.parse::<std::net::IpAddr>() {
+        return match std::net::TcpListener::bind((ip, 0)) {
+            Ok(_) => Ok(ip),
+            Err(e) => {
+                Err(format!("address {ip} is not one of this host's ({e}); name a local address or an interface"))
+            }
+        };
+    }
+    if let Some(ip) = interface_address(iface) {
+        return Ok(ip);
+    }
+    let all = interfaces();
+    if all.iter().any(|(n, _)| n == iface) {
+        return Err(format!(
+            "interface `{iface}` has no IP address to connect from; give it one (ip addr add) or name another"
+        ));
+    }
+    let mut names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    names.dedup();
+    Err(format!("no interface `{iface}` on this host; use one of {} or an address", names.join(", ")))
+}
+
+/// True when `iface` names an interface with an address or a local address.
 pub fn interface_exists(iface: &str) -> bool {
-    if Path::new("/sys/class/net").join(iface).exists() && !iface.contains('/') && !iface.is_empty() {
-        return true;
-    }
-    match iface.parse::<std::net::IpAddr>() {
-        Ok(ip) => std::net::TcpListener::bind((ip, 0)).is_ok(),
-        Err(_) => false,
-    }
+    check_interface(iface).is_ok()
 }
 
 #[cfg(test)]
@@ -529,7 +650,10 @@ mod tests {
     fn loopback_interface_applies_as_source() {
         assert!(interface_exists("lo"));
         assert!(interface_exists("127.0.0.1"));
-        assert_eq!(with_source("tcp://10.0.0.1:5", "lo"), "tcp://lo;10.0.0.1:5");
+        assert_eq!(with_source("tcp://10.0.0.1:5", "lo"), "tcp://127.0.0.1:0;10.0.0.1:5");
+        assert_eq!(with_source("tcp://10.0.0.1:5", "10.0.0.2"), "tcp://10.0.0.2:0;10.0.0.1:5");
+        assert_eq!(with_source("tcp://[::1]:5", "::1"), "tcp://[::1]:0;[::1]:5");
+        assert_eq!(interface_address("lo"), Some("127.0.0.1".parse().expect("ip")));
     }
 
     #[test]

@@ -199,6 +199,16 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
         "tcp" => {
             // tcp://[source;]host:port
             let target = rest.rsplit(';').next().unwrap_or(rest);
+            // libzmq wants the source with a port too (`0` = any); without
+            // one its connect succeeds and silently never connects.
+            if let Some((source, _)) = rest.rsplit_once(';') {
+                match source.rsplit_once(':') {
+                    Some((h, p)) if !h.is_empty() && (p == "*" || p.parse::<u16>().is_ok()) => {}
+                    _ => {
+                        return Err(format!("endpoint `{endpoint}`: the source `{source}` needs a port (`{source}:0`)"))
+                    }
+                }
+            }
             let (host, port) = target.rsplit_once(':').ok_or_else(|| format!("endpoint `{endpoint}` has no port"))?;
             if host.is_empty() {
                 return Err(format!("endpoint `{endpoint}` has no host"));
@@ -299,7 +309,8 @@ mod tests {
     #[test]
     fn endpoint_shapes() {
         assert!(check_endpoint("tcp://127.0.0.1:5556").is_ok());
-        assert!(check_endpoint("tcp://eth0;10.0.0.1:5556").is_ok());
+        assert!(check_endpoint("tcp://eth0:0;10.0.0.1:5556").is_ok());
+        assert!(check_endpoint("tcp://eth0;10.0.0.1:5556").is_err_and(|m| m.contains("`eth0:0`")));
         assert!(check_endpoint("tcp://127.0.0.1:*").is_ok());
         assert!(check_endpoint("inproc://x").is_ok());
         assert!(check_endpoint("127.0.0.1:5556").is_err());

@@ -19,7 +19,7 @@ use crate::bench::lvc::LvcBenchConfig;
 use crate::bench::median;
 use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::bench::stamp::Machine;
-use crate::engine::reader::HandOff;
+use crate::engine::reader::{HandOff, Routing};
 use crate::metrics::{human_ns, RunReport};
 use crate::replay::{PublisherConfig, Source};
 
@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// Idle strategy of the engine's readers and workers (overrides the profile's).
     #[arg(long, value_enum)]
     pub idle: Option<Idle>,
+    /// Also compare engine layouts on the same feed in the same runs:
+    /// `shards` (1 vs 2 shards), `routing` (by-topic vs round-robin, at
+    /// least 2 workers); comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = ["shards", "routing"], value_name = "WHAT")]
+    pub compare: Vec<String>,
     /// Print the whole result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -78,8 +83,10 @@ pub struct Medians {
     pub p999_ns: u64,
     pub max_ns: u64,
     pub lost_total: u64,
-    /// CPU time of the subscriber's own threads per delivered message (not
-    /// libzmq's I/O thread).
+    /// CPU ns per delivered message of the subscriber's own threads (the
+    /// baseline's one thread; the engine's readers, workers and collector),
+    /// not libzmq's I/O threads, so both sides count the same kind of work;
+    /// the engine's I/O threads are in its report's `threads`.
     pub cpu_ns_per_msg: f64,
 }
 
@@ -91,6 +98,9 @@ pub struct BenchResult {
     pub medians: Vec<Medians>,
     /// engine variant → (throughput, p50, p99, p99.9) as engine / baseline.
     pub ratios: Vec<(String, [f64; 4])>,
+    /// `--compare`: (what, B / A) for throughput and CPU ns per message,
+    /// e.g. ("2 shards / 1 shard", [1.1, 0.97]).
+    pub comparisons: Vec<(String, [f64; 2])>,
 }
 
 fn medians(name: &str, runs: &[&RunReport]) -> Medians {
@@ -200,8 +210,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             args.runs
         );
     }
-    let mut variants: Vec<(String, Subscriber)> =
-        vec![("baseline".into(), Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler })];
+    let mut variants: Vec<(String, Subscriber, PublisherConfig)> = vec![(
+        "baseline".into(),
+        Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler },
+        publisher.clone(),
+    )];
     for h in &handoffs {
         let mut cfg = profile.engine_config(None);
         cfg.handoff = *h;
@@ -216,13 +229,44 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 hgrm: Some(dir.join("bench.hgrm")),
                 listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             };
-            variants.push(("engine/batch+outputs".into(), Subscriber::Engine(Box::new(with))));
+            variants.push(("engine/batch+outputs".into(), Subscriber::Engine(Box::new(with)), publisher.clone()));
         }
-        variants.push((name.into(), Subscriber::Engine(Box::new(cfg))));
+        variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
+    }
+    let mut pairs: Vec<(String, String, String)> = Vec::new();
+    let with_shards = |n: usize| {
+        let mut p = profile.clone();
+        let template = p.shards[0].clone();
+        p.shards = vec![template; n];
+        for s in p.shards.iter_mut().skip(1) {
+            (s.io_core, s.reader_core) = (None, None);
+        }
+        let mut pc = publisher.clone();
+        pc.endpoints = vec!["tcp://127.0.0.1:*".into(); n];
+        (Subscriber::Engine(Box::new(p.engine_config(None))), pc)
+    };
+    if args.compare.iter().any(|c| c == "shards") {
+        for (n, name) in [(1, "engine/1-shard"), (2, "engine/2-shards")] {
+            let (sub, pc) = with_shards(n);
+            variants.push((name.into(), sub, pc));
+        }
+        pairs.push(("2 shards / 1 shard".into(), "engine/1-shard".into(), "engine/2-shards".into()));
+    }
+    if args.compare.iter().any(|c| c == "routing") {
+        let mut p = profile.clone();
+        if p.workers.len() < 2 {
+            p.workers = vec![Default::default(); 2];
+        }
+        for (r, name) in [(Routing::ByTopic, "engine/by-topic"), (Routing::RoundRobin, "engine/round-robin")] {
+            let mut cfg = p.engine_config(None);
+            cfg.routing = r;
+            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
+        }
+        pairs.push(("round-robin / by-topic".into(), "engine/by-topic".into(), "engine/round-robin".into()));
     }
     let mut runs: Vec<RunReport> = Vec::new();
     for rep in 1..=args.runs.max(1) {
-        for (name, sub) in &variants {
+        for (name, sub, publisher) in &variants {
             if stop.is_stopped() {
                 anyhow::bail!("interrupted");
             }
@@ -256,7 +300,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     }
     let meds: Vec<Medians> = variants
         .iter()
-        .map(|(name, _)| medians(name, &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>()))
+        .map(|(name, _, _)| medians(name, &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>()))
         .collect();
     let base = meds[0].clone();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
@@ -274,7 +318,15 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             )
         })
         .collect();
-    let result = BenchResult { machine, settings, runs, medians: meds, ratios };
+    let find = |n: &str| meds.iter().find(|m| m.subscriber == n);
+    let comparisons: Vec<(String, [f64; 2])> = pairs
+        .iter()
+        .filter_map(|(what, a, b)| {
+            let (a, b) = (find(a)?, find(b)?);
+            Some((what.clone(), [ratio(b.msgs_per_sec, a.msgs_per_sec), ratio(b.cpu_ns_per_msg, a.cpu_ns_per_msg)]))
+        })
+        .collect();
+    let result = BenchResult { machine, settings, runs, medians: meds, ratios, comparisons };
     if let Some(path) = &args.save {
         use anyhow::Context as _;
         std::fs::write(path, serde_json::to_string_pretty(&result)?)
@@ -294,12 +346,18 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 human_ns(m.p50_ns),
                 human_ns(m.p99_ns),
                 human_ns(m.p999_ns),
-                human_ns(m.max_ns)
+                human_ns(m.max_ns),
             );
         }
         println!("ratios engine / baseline (throughput: higher is better; latency: lower is better):");
         for (name, r) in &result.ratios {
             println!("  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x", name, r[0], r[1], r[2], r[3]);
+        }
+        if !result.comparisons.is_empty() {
+            println!("layouts (same feed, same runs; on a shared box only the CPU ratio is meaningful):");
+            for (what, r) in &result.comparisons {
+                println!("  {:<24} throughput {:.2}x  CPU ns/msg {:.2}x", what, r[0], r[1]);
+            }
         }
     }
     Ok(result)

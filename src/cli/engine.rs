@@ -13,7 +13,7 @@ use super::{describe_pacing, expected_msgs, load_profile, progress_bar};
 use crate::agent::StopFlag;
 use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::handler::HandlerSpec;
-use crate::engine::reader::HandOff;
+use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::{OutputsConfig, RunReport};
@@ -218,6 +218,10 @@ pub struct EngineArgs {
     /// Hand-off: batch or per-message.
     #[arg(long, value_parser = parse_handoff)]
     pub handoff: Option<HandOff>,
+    /// Routing to workers: by-topic (each topic's order kept) or round-robin
+    /// (even load, no per-topic order across workers).
+    #[arg(long, value_parser = parse_routing)]
+    pub routing: Option<Routing>,
     /// Idle strategy of the engine's readers and workers (overrides the profile's).
     #[arg(long, value_enum)]
     pub idle: Option<Idle>,
@@ -370,6 +374,15 @@ pub fn parse_handoff(s: &str) -> Result<HandOff, String> {
     }
 }
 
+/// Parse a routing name: `by-topic` or `round-robin`.
+pub fn parse_routing(s: &str) -> Result<Routing, String> {
+    match s {
+        "by-topic" => Ok(Routing::ByTopic),
+        "round-robin" => Ok(Routing::RoundRobin),
+        _ => Err(format!("`{s}` is not a routing (by-topic or round-robin)")),
+    }
+}
+
 /// Run `mdsub engine` against running publishers.
 pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = Profile::load(&args.profile)?;
@@ -410,6 +423,9 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     }
     if let Some(h) = args.handoff {
         profile.handoff = h;
+    }
+    if let Some(r) = args.routing {
+        profile.routing = r;
     }
     if let Some(idle) = args.idle {
         profile.idle = idle.name().into();

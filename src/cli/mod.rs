@@ -14,6 +14,7 @@
 //! | [`bench`](mod@bench) | `mdsub bench`, `mdsub lvc-bench`, `mdsub clone-bench` |
 //! | [`proxy`] | the flags `mdsub lvc` and `mdsub tap` share |
 //! | [`lvc`] | `mdsub lvc` |
+//! | [`profile`] | `mdsub profile check`, `mdsub profile show` |
 //! | [`tap`] | `mdsub tap` |
 //! | [`clone`] | `mdsub clone-server`, `mdsub clone-client` |
 //! | [`security`] | `mdsub keygen` |
@@ -24,6 +25,7 @@ pub mod clone;
 pub mod engine;
 pub mod feed;
 pub mod lvc;
+pub mod profile;
 pub mod proxy;
 pub mod replay;
 pub mod security;

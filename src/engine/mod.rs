@@ -27,7 +27,7 @@ use crate::metrics::http::MetricsServer;
 use crate::metrics::prom::{EngineLive, ShardLive};
 use crate::metrics::settings::{Level, LogLevel, Settings};
 use crate::metrics::store::{StoreAgent, StoreInputs};
-use crate::metrics::{OutputsConfig, RunReport, ShardReport, StageHistograms};
+use crate::metrics::{Ceiling, OutputsConfig, RunReport, ShardReport, StageHistograms, ThreadAccount};
 use crate::snail::monitor::MonitorAgent;
 use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
@@ -187,6 +187,9 @@ pub struct Engine {
     snail: Arc<SnailBoard>,
     /// The monitor PUB's agent and its bound endpoint.
     monitor: Option<Box<(AgentHandle<MonitorAgent>, String)>>,
+    /// Linux thread ids of each shard's libzmq threads (its I/O thread and
+    /// its reaper, both named `shardK-io`), for their CPU time.
+    io_tids: Vec<Vec<u32>>,
     // Contexts last: sockets are closed by their threads before these drop.
     _contexts: Vec<zmq::Context>,
 }
@@ -287,6 +290,7 @@ impl Engine {
             expect_eos: Vec::new(),
             snail: board.clone(),
             monitor: None,
+            io_tids: Vec::new(),
             _contexts: vec![fanout.clone()],
         };
         let screams = match &cfg.monitor {
@@ -331,8 +335,14 @@ impl Engine {
         drop(tx);
 
         for (k, shard) in cfg.shards.iter().enumerate() {
+            let io_name = format!("shard{k}-io");
+            let before = crate::clock::task_ids_named(&io_name);
             let (ctx, sub) = Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes)?;
             engine._contexts.push(ctx);
+            // The threads libzmq just started, named after their creator.
+            engine
+                .io_tids
+                .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(shard.endpoints.len());
             engine.expect_eos.push(expect_eos as u64);
             let counters = Arc::new(ShardCounters::default());
@@ -553,7 +563,12 @@ impl Engine {
             agents.push(counters.snapshot(&role));
         }
         let collected = match self.collector.take() {
-            Some(h) => h.join().map(Collector::into_collected).unwrap_or_default(),
+            Some(h) => {
+                let (role, counters) = (h.role().to_string(), h.counters().clone());
+                let c = h.join().map(Collector::into_collected).unwrap_or_default();
+                agents.push(counters.snapshot(&role));
+                c
+            }
             None => Collected::default(),
         };
         // Every guard is gone with its agent: the monitor sends the last state and ends.
@@ -583,8 +598,7 @@ impl Engine {
     }
 
     fn report(&self, collected: Collected, interrupted: bool, agents: Vec<AgentStats>) -> RunReport {
-        let per_shard = self.shard_reports(&collected);
-        let stages = collected.stages;
+        let stages = &collected.stages;
         let shards = &self.shard_counters;
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
         let delivered = self.delivered();
@@ -604,13 +618,14 @@ impl Engine {
             (false, _) => (None, "unknown: end of stream not seen on every shard".to_string()),
         };
         let mut bad_frames = std::collections::BTreeMap::new();
-        for c in shards {
-            for (reason, n) in shard_live(c).bad_frames {
+        for c in shards.iter() {
+            for (reason, n) in bad_frames_of(c) {
                 *bad_frames.entry(reason).or_insert(0) += n;
             }
         }
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
+        let (shard_reports, threads) = self.accounts(&agents, delivered, &collected);
         RunReport {
             subscriber: "engine".into(),
             duration_s: secs,
@@ -632,32 +647,9 @@ impl Engine {
             agents,
             snail: Some(self.snail.report()),
             metrics_write_errors: collected.write_errors,
-            shards: per_shard,
+            shards: shard_reports,
+            threads,
         }
-    }
-
-    fn shard_reports(&self, collected: &Collected) -> Vec<ShardReport> {
-        let n = self.shard_counters.len();
-        collected
-            .per_shard
-            .iter()
-            .enumerate()
-            .filter(|(k, set)| *k < n || set.count() > 0)
-            .map(|(k, set)| {
-                let c = self.shard_counters.get(k).map(|c| shard_live(c)).unwrap_or_default();
-                ShardReport {
-                    shard: crate::metrics::slot_name(k, n),
-                    received: c.received,
-                    forwarded: c.forwarded,
-                    delivered: set.count(),
-                    delivered_bytes: set.bytes,
-                    gaps: c.gaps,
-                    duplicates: c.duplicates,
-                    restarts: c.restarts,
-                    latency: set.summary(),
-                }
-            })
-            .collect()
     }
 }
 
@@ -673,20 +665,107 @@ pub fn default_engine_id() -> String {
 
 /// One shard's live counters, read now.
 fn shard_live(c: &ShardCounters) -> ShardLive {
-    let mut bad_frames = std::collections::BTreeMap::new();
-    for (r, name) in DROP_REASON_NAMES.iter().enumerate() {
-        bad_frames.insert(name.to_string(), c.bad[r].load(Relaxed));
-    }
-    bad_frames.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
-    bad_frames.insert("over_limit".into(), c.over_limit.load(Relaxed));
     ShardLive {
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
         gaps: c.gaps.load(Relaxed),
         duplicates: c.duplicates.load(Relaxed),
         restarts: c.restarts.load(Relaxed),
-        bad_frames,
+        bad_frames: bad_frames_of(c),
     }
+}
+
+impl Engine {
+    /// Per shard and per thread accounts, and each shard's projected ceiling.
+    /// `collected.per_shard` gives each shard's delivered messages and latency.
+    fn accounts(
+        &self,
+        agents: &[AgentStats],
+        delivered: u64,
+        collected: &Collected,
+    ) -> (Vec<ShardReport>, Vec<ThreadAccount>) {
+        let wall_ns = self.start.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+        let account = |a: &AgentStats, msgs: u64| ThreadAccount::new(&a.role, msgs, a.cpu_ns, a.wall_ns, a.blocked_ns);
+        let mut threads = Vec::new();
+        let mut shard_threads = Vec::new();
+        for (k, c) in self.shard_counters.iter().enumerate() {
+            let received = c.received.load(Relaxed);
+            let tids = self.io_tids.get(k).filter(|t| !t.is_empty());
+            let io = tids.map(|t| t.iter().filter_map(|&tid| crate::clock::task_cpu_ns(tid)).sum::<u64>());
+            let io = io.map(|cpu| ThreadAccount::new(&format!("shard{k}-io"), received, cpu, wall_ns, 0));
+            // Messages from the shard's own counters: the runner's `work`
+            // misses the last round of an agent that finishes in it.
+            let reader = agents.iter().find(|a| a.role == format!("shard{k}-reader")).map(|a| account(a, received));
+            let mine: Vec<ThreadAccount> = io.into_iter().chain(reader).collect();
+            threads.extend(mine.iter().cloned());
+            shard_threads.push(mine);
+        }
+        let workers: Vec<ThreadAccount> = agents
+            .iter()
+            .filter_map(|a| {
+                let w: usize = a.role.strip_prefix("worker")?.parse().ok()?;
+                Some(account(a, self.worker_counters.get(w)?.handled.load(Relaxed)))
+            })
+            .collect();
+        threads.extend(workers.iter().cloned());
+        threads.extend(agents.iter().filter(|a| a.role == "metrics").map(|a| account(a, delivered)));
+        let n = self.shard_counters.len();
+        let empty = StageHistograms::default();
+        let handled = |k: usize| collected.per_shard.get(k).unwrap_or(&empty);
+        let mut shards: Vec<ShardReport> = self
+            .shard_counters
+            .iter()
+            .zip(&self.expect_eos)
+            .zip(&shard_threads)
+            .enumerate()
+            .map(|(k, ((c, &expect), mine))| {
+                let msgs = c.forwarded.load(Relaxed);
+                let eos = c.eos_sessions.load(Relaxed);
+                let sent = (eos > 0).then(|| c.eos_sent.load(Relaxed));
+                let complete = expect > 0 && eos >= expect && c.full_subscription.load(Relaxed);
+                ShardReport {
+                    shard: crate::metrics::slot_name(k, n),
+                    received: c.received.load(Relaxed),
+                    msgs,
+                    bytes: c.forwarded_bytes.load(Relaxed),
+                    sent,
+                    lost: sent.filter(|_| complete).map(|s| s.saturating_sub(msgs)),
+                    gaps: c.gaps.load(Relaxed),
+                    duplicates: c.duplicates.load(Relaxed),
+                    restarts: c.restarts.load(Relaxed),
+                    bad_frames: bad_frames_of(c),
+                    silences: c.silences.load(Relaxed),
+                    longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
+                    lag_last_ms: c.last_lag_ns.load(Relaxed) as f64 / 1e6,
+                    lag_max_ms: c.max_lag_ns.load(Relaxed) as f64 / 1e6,
+                    ceiling: Ceiling::of(mine.iter().chain(&workers)),
+                    delivered: handled(k).count(),
+                    delivered_bytes: handled(k).bytes,
+                    latency: handled(k).summary(),
+                }
+            })
+            .collect();
+        // Messages no worker could attribute to a shard (per-message hand-off, several shards).
+        if let Some(set) = collected.per_shard.get(n).filter(|s| s.count() > 0) {
+            shards.push(ShardReport {
+                shard: crate::metrics::slot_name(n, n),
+                delivered: set.count(),
+                delivered_bytes: set.bytes,
+                latency: set.summary(),
+                ..ShardReport::default()
+            });
+        }
+        (shards, threads)
+    }
+}
+
+/// A shard's malformed or rejected frames, by reason.
+fn bad_frames_of(c: &ShardCounters) -> std::collections::BTreeMap<String, u64> {
+    let mut m: std::collections::BTreeMap<String, u64> =
+        DROP_REASON_NAMES.iter().enumerate().map(|(r, name)| (name.to_string(), c.bad[r].load(Relaxed))).collect();
+    m.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
+    m.insert("over_limit".into(), c.over_limit.load(Relaxed));
+    m
 }
 
 impl Drop for Engine {

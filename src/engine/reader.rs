@@ -60,6 +60,29 @@ pub struct ShardCounters {
     pub first_recv_ns: AtomicU64,
     /// The shard takes every topic (loss can be computed from end-of-stream counts).
     pub full_subscription: std::sync::atomic::AtomicBool,
+    /// Silences: no frame at all (not even a heartbeat) for [`SILENCE_AFTER_NS`]
+    /// after the first frame; the longest one so far (ns, including one in progress).
+    pub silences: AtomicU64,
+    pub longest_silence_ns: AtomicU64,
+    /// Data bytes (whole frames) handed to workers.
+    pub forwarded_bytes: AtomicU64,
+    /// Lag of the shard: receive time minus the publisher's intended send
+    /// time, of the last data frame and the largest seen (ns).
+    pub last_lag_ns: AtomicU64,
+    pub max_lag_ns: AtomicU64,
+}
+
+/// A shard is silent after this long without any frame: publishers send a
+/// heartbeat after 1 s without data, so a live path never goes 1.5 s quiet.
+pub const SILENCE_AFTER_NS: u64 = 1_500_000_000;
+
+/// A change in a shard's silence, for the reader to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// No frame since `since_ns` (the last frame's receive time).
+    Began { since_ns: u64 },
+    /// Frames again after `lasted_ns` of silence.
+    Ended { lasted_ns: u64 },
 }
 
 /// Reader settings.
@@ -93,6 +116,15 @@ pub struct Checks {
     forwarded: u64,
     bad: [u64; DROP_REASONS],
     first_recv_ns: u64,
+    last_recv_ns: u64,
+    forwarded_bytes: u64,
+    last_lag_ns: u64,
+    max_lag_ns: u64,
+    silent: bool,
+    silences: u64,
+    longest_silence_ns: u64,
+    /// A silence that ended in `check`, not yet said by [`Checks::silence`].
+    ended_silence_ns: Option<u64>,
 }
 
 impl Checks {
@@ -108,6 +140,14 @@ impl Checks {
             forwarded: 0,
             bad: [0; DROP_REASONS],
             first_recv_ns: 0,
+            last_recv_ns: 0,
+            forwarded_bytes: 0,
+            last_lag_ns: 0,
+            max_lag_ns: 0,
+            silent: false,
+            silences: 0,
+            longest_silence_ns: 0,
+            ended_silence_ns: None,
         }
     }
 
@@ -136,6 +176,13 @@ impl Checks {
         if self.received == 0 {
             self.first_recv_ns = recv_ns;
         }
+        if self.silent {
+            self.silent = false;
+            let lasted = recv_ns.saturating_sub(self.last_recv_ns);
+            self.longest_silence_ns = self.longest_silence_ns.max(lasted);
+            self.ended_silence_ns = Some(lasted);
+        }
+        self.last_recv_ns = recv_ns;
         self.received += 1;
         let view = match wire::decode(frame) {
             Ok(v) => v,
@@ -163,6 +210,9 @@ impl Checks {
                     }
                 }
                 self.forwarded += 1;
+                self.forwarded_bytes += frame.len() as u64;
+                self.last_lag_ns = recv_ns.saturating_sub(view.header.send_time_ns);
+                self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
                 Some(match self.routing {
                     Routing::ByTopic => (topic_hash(view.topic) % self.workers as u64) as usize,
                     Routing::RoundRobin => {
@@ -186,6 +236,27 @@ impl Checks {
                 None
             }
         }
+    }
+
+    /// Whether the shard's silence began (nothing for [`SILENCE_AFTER_NS`]
+    /// since the last frame, as of `now_ns`) or ended (in a `check` since the
+    /// last call); each change is returned once.
+    pub fn silence(&mut self, now_ns: u64) -> Option<Silence> {
+        if let Some(lasted_ns) = self.ended_silence_ns.take() {
+            return Some(Silence::Ended { lasted_ns });
+        }
+        if self.silent || self.received == 0 {
+            if self.silent {
+                self.longest_silence_ns = self.longest_silence_ns.max(now_ns.saturating_sub(self.last_recv_ns));
+            }
+            return None;
+        }
+        if now_ns.saturating_sub(self.last_recv_ns) >= SILENCE_AFTER_NS {
+            self.silent = true;
+            self.silences += 1;
+            return Some(Silence::Began { since_ns: self.last_recv_ns });
+        }
+        None
     }
 
     /// Distinct publisher sessions whose end of stream was seen.
@@ -213,6 +284,11 @@ impl Checks {
         if let Some(g) = &self.guard {
             g.publish();
         }
+        c.silences.store(self.silences, Relaxed);
+        c.longest_silence_ns.store(self.longest_silence_ns, Relaxed);
+        c.forwarded_bytes.store(self.forwarded_bytes, Relaxed);
+        c.last_lag_ns.store(self.last_lag_ns, Relaxed);
+        c.max_lag_ns.store(self.max_lag_ns, Relaxed);
     }
 }
 
@@ -395,6 +471,27 @@ impl Agent for ReaderAgent {
             return self.croak(n);
         }
         let flushed = n == 0 || self.try_flush()?;
+        // Silence is looked at only when the SUB is empty or a round ends
+        // (one clock read), and said on stderr as it begins and ends.
+        if n == 0 || self.checks.ended_silence_ns.is_some() {
+            if let Some(change) = self.checks.silence(clock::realtime_ns()) {
+                match change {
+                    Silence::Began { .. } => eprintln!(
+                        "{}: silent: no frame for {} (heartbeats stopped: path or publisher down)",
+                        self.role,
+                        crate::metrics::human_ns(SILENCE_AFTER_NS)
+                    ),
+                    Silence::Ended { lasted_ns } => {
+                        eprintln!(
+                            "{}: frames again after {} of silence",
+                            self.role,
+                            crate::metrics::human_ns(lasted_ns)
+                        )
+                    }
+                }
+                self.checks.publish(&self.counters);
+            }
+        }
         if n > 0 {
             self.checks.publish(&self.counters);
         }
@@ -440,5 +537,46 @@ impl Agent for ReaderAgent {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Header;
+
+    fn frame(seq: u64, kind: Kind) -> Vec<u8> {
+        let h = Header {
+            kind,
+            flags: 0,
+            publisher_id: 1,
+            session_id: 7,
+            stream_seq: seq,
+            topic_seq: seq,
+            send_time_ns: 1000,
+        };
+        wire::encode(b"AAPL", &h, &[0u8; 16])
+    }
+
+    #[test]
+    fn silence_begins_after_the_limit_and_ends_with_the_next_frame() {
+        let mut c = Checks::new(Routing::ByTopic, 2, true);
+        assert_eq!(c.silence(10 * SILENCE_AFTER_NS), None, "no silence before the first frame");
+        let t0 = 1_000_000_000;
+        assert!(c.check(&frame(1, Kind::Data), t0).is_some());
+        assert_eq!(c.silence(t0 + SILENCE_AFTER_NS - 1), None);
+        assert_eq!(c.silence(t0 + SILENCE_AFTER_NS), Some(Silence::Began { since_ns: t0 }));
+        assert_eq!(c.silence(t0 + 2 * SILENCE_AFTER_NS), None, "said once");
+        // A heartbeat ends it too: any frame is a sign of life.
+        assert!(c.check(&frame(1, Kind::Heartbeat), t0 + 3 * SILENCE_AFTER_NS).is_none());
+        assert_eq!(c.silence(t0 + 3 * SILENCE_AFTER_NS), Some(Silence::Ended { lasted_ns: 3 * SILENCE_AFTER_NS }));
+        assert_eq!(c.silence(t0 + 3 * SILENCE_AFTER_NS + 1), None);
+        let counters = ShardCounters::default();
+        c.publish(&counters);
+        assert_eq!(counters.silences.load(Relaxed), 1);
+        assert_eq!(counters.longest_silence_ns.load(Relaxed), 3 * SILENCE_AFTER_NS);
+        assert_eq!(counters.forwarded_bytes.load(Relaxed), frame(1, Kind::Data).len() as u64);
+        assert_eq!(counters.last_lag_ns.load(Relaxed), t0 - 1000, "lag: received minus intended send time");
+        assert_eq!(counters.max_lag_ns.load(Relaxed), t0 - 1000);
     }
 }

@@ -156,24 +156,6 @@ pub struct OutputsConfig {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-/// One shard's part of the report.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ShardReport {
-    /// `shard0`, `shard1`, … or `unattributed`.
-    pub shard: String,
-    /// Frames its reader received, and data frames it handed to workers.
-    pub received: u64,
-    pub forwarded: u64,
-    /// Messages handled by workers, and their bytes.
-    pub delivered: u64,
-    pub delivered_bytes: u64,
-    pub gaps: u64,
-    pub duplicates: u64,
-    pub restarts: u64,
-    /// Latency percentiles by stage.
-    pub latency: BTreeMap<String, Percentiles>,
-}
-
 /// End-of-run report of one subscriber (the engine or the baseline).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunReport {
@@ -219,6 +201,108 @@ pub struct RunReport {
     /// The snail's verdicts and counters per reader and worker (engine only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snail: Option<crate::snail::SnailReport>,
+    /// Per thread, per message: the readers, the shards' libzmq I/O threads,
+    /// the workers and the collector (empty for the baseline).
+    pub threads: Vec<ThreadAccount>,
+}
+
+/// One shard's account: what arrived, what was wrong with it, its latency and
+/// its projected ceiling. The last entry may be `unattributed`: messages a
+/// worker handled without knowing their shard (per-message hand-off with
+/// several shards).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ShardReport {
+    /// `shard0`, `shard1`, … or `unattributed`.
+    pub shard: String,
+    /// Frames received on the shard's SUB (data, control, bad).
+    pub received: u64,
+    /// Data messages accepted and handed to workers.
+    pub msgs: u64,
+    /// Bytes of those messages (whole frames: topic, header, payload).
+    pub bytes: u64,
+    /// What the shard's publishers said they sent (their end-of-stream frames), if seen.
+    pub sent: Option<u64>,
+    /// `sent - msgs` when every publisher's end of stream arrived and the
+    /// shard takes every topic.
+    pub lost: Option<u64>,
+    pub gaps: u64,
+    pub duplicates: u64,
+    pub restarts: u64,
+    /// Malformed or rejected frames by reason.
+    pub bad_frames: BTreeMap<String, u64>,
+    /// Times the shard went silent (no frame, not even a heartbeat, for 1.5 s).
+    pub silences: u64,
+    pub longest_silence_ms: f64,
+    /// Receive time minus the publisher's intended send time: of the last
+    /// data message, and the largest seen (ms).
+    pub lag_last_ms: f64,
+    pub lag_max_ms: f64,
+    /// What the shard could take with each of its threads on a core of its
+    /// own; None before any message.
+    pub ceiling: Option<Ceiling>,
+    /// Messages its workers handled (duplicates excluded), and their bytes.
+    pub delivered: u64,
+    pub delivered_bytes: u64,
+    /// Latency percentiles by stage, of this shard's messages.
+    pub latency: BTreeMap<String, Percentiles>,
+}
+
+/// A shard's projected ceiling: 1e9 ÷ the CPU ns per message of the busiest
+/// thread on its path (its I/O thread, its reader, the busiest worker).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Ceiling {
+    pub msgs_per_sec: f64,
+    /// The thread that sets it (`shard0-io`, `shard0-reader`, `worker1`).
+    pub thread: String,
+    pub cpu_ns_per_msg: f64,
+}
+
+/// One thread's cost per message.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ThreadAccount {
+    /// Thread name (`shard0-io`, `shard0-reader`, `worker0`, `metrics`).
+    pub thread: String,
+    /// Messages that passed through it (frames for a shard's threads,
+    /// handled messages for a worker, delivered ones for the collector).
+    pub msgs: u64,
+    pub cpu_ns: u64,
+    pub cpu_ns_per_msg: f64,
+    /// Share of the run's wall time it was on a CPU.
+    pub busy_fraction: f64,
+    /// Time it waited on a full output (back-pressure), ms, and as a share of its wall time.
+    pub blocked_ms: f64,
+    pub blocked_fraction: f64,
+}
+
+impl ThreadAccount {
+    /// The account of `msgs` messages that cost `cpu_ns` over `wall_ns`, blocked `blocked_ns`.
+    pub fn new(thread: &str, msgs: u64, cpu_ns: u64, wall_ns: u64, blocked_ns: u64) -> ThreadAccount {
+        let frac = |v: u64| if wall_ns == 0 { 0.0 } else { (v as f64 / wall_ns as f64).min(1.0) };
+        ThreadAccount {
+            thread: thread.to_string(),
+            msgs,
+            cpu_ns,
+            cpu_ns_per_msg: if msgs == 0 { 0.0 } else { cpu_ns as f64 / msgs as f64 },
+            busy_fraction: frac(cpu_ns),
+            blocked_ms: blocked_ns as f64 / 1e6,
+            blocked_fraction: frac(blocked_ns),
+        }
+    }
+}
+
+impl Ceiling {
+    /// The ceiling set by the costliest of `threads` (those with messages).
+    pub fn of<'a>(threads: impl IntoIterator<Item = &'a ThreadAccount>) -> Option<Ceiling> {
+        let busiest = threads
+            .into_iter()
+            .filter(|t| t.msgs > 0 && t.cpu_ns_per_msg > 0.0)
+            .max_by(|a, b| a.cpu_ns_per_msg.total_cmp(&b.cpu_ns_per_msg))?;
+        Some(Ceiling {
+            msgs_per_sec: 1e9 / busiest.cpu_ns_per_msg,
+            thread: busiest.thread.clone(),
+            cpu_ns_per_msg: busiest.cpu_ns_per_msg,
+        })
+    }
 }
 
 impl RunReport {
@@ -298,6 +382,52 @@ impl RunReport {
                 );
             }
         }
+        if !self.shards.is_empty() {
+            let _ = writeln!(
+                s,
+                "  shards       {:>10} {:>10} {:>6} {:>5} {:>8} {:>4} {:>8}   ceiling (1 core per thread)",
+                "msgs", "MB", "gaps", "dups", "restarts", "bad", "silences"
+            );
+            for sh in &self.shards {
+                let ceiling = match &sh.ceiling {
+                    Some(c) => format!(
+                        "{:.2} M msg/s, set by {} at {:.0} ns/msg",
+                        c.msgs_per_sec / 1e6,
+                        c.thread,
+                        c.cpu_ns_per_msg
+                    ),
+                    None => "unknown (no messages)".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "    shard{:<6} {:>10} {:>10.1} {:>6} {:>5} {:>8} {:>4} {:>8}   {}",
+                    sh.shard,
+                    sh.msgs,
+                    sh.bytes as f64 / 1e6,
+                    sh.gaps,
+                    sh.duplicates,
+                    sh.restarts,
+                    sh.bad_frames.values().sum::<u64>(),
+                    sh.silences,
+                    ceiling
+                );
+            }
+        }
+        if !self.threads.is_empty() {
+            let _ =
+                writeln!(s, "  per message  {:<14} {:>10} {:>8} {:>6} {:>8}", "", "msgs", "CPU ns", "busy", "blocked");
+            for t in &self.threads {
+                let _ = writeln!(
+                    s,
+                    "    {:<24} {:>10} {:>8.0} {:>5.0}% {:>7.1}%",
+                    t.thread,
+                    t.msgs,
+                    t.cpu_ns_per_msg,
+                    t.busy_fraction * 100.0,
+                    t.blocked_fraction * 100.0
+                );
+            }
+        }
         if self.metrics_dropped > 0 {
             let _ = writeln!(
                 s,
@@ -351,5 +481,29 @@ mod tests {
         let t = r.render();
         assert!(t.contains("lost         1"), "{t}");
         assert!(t.contains("short=2"), "{t}");
+    }
+
+    #[test]
+    fn ceiling_is_set_by_the_costliest_thread_and_named() {
+        let threads = [
+            ThreadAccount::new("shard0-io", 1000, 240_000, 1_000_000, 0),
+            ThreadAccount::new("shard0-reader", 1000, 244_000, 2_000_000, 500_000),
+            ThreadAccount::new("worker0", 1000, 96_000, 1_000_000, 0),
+            ThreadAccount::new("worker1", 0, 5_000, 1_000_000, 0),
+        ];
+        assert_eq!(threads[1].cpu_ns_per_msg, 244.0);
+        assert_eq!(threads[1].busy_fraction, 0.122);
+        assert_eq!(threads[1].blocked_fraction, 0.25);
+        let c = Ceiling::of(&threads).expect("a ceiling");
+        assert_eq!(c.thread, "shard0-reader");
+        assert!((c.msgs_per_sec - 1e9 / 244.0).abs() < 1e-6);
+        assert_eq!(Ceiling::of(&threads[3..]), None, "no messages, no ceiling");
+        let r = RunReport {
+            shards: vec![ShardReport { msgs: 1000, ceiling: Some(c), ..Default::default() }],
+            threads: threads.to_vec(),
+            ..Default::default()
+        };
+        let t = r.render();
+        assert!(t.contains("4.10 M msg/s, set by shard0-reader at 244 ns/msg"), "{t}");
     }
 }

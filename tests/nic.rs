@@ -1,0 +1,301 @@
+//! A NIC per shard, proven on two real network paths (tools/testbed.sh:
+//! network namespaces joined by veth pairs), and faults on those paths: a
+//! link taken down and up, random packet loss (nftables), a publisher
+//! restarted mid-stream. Needs root (CI runs as root); without it, or without
+//! `ip`/`nft`, each test says why it skipped.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{json, run_within, wait_until, LineProc, Proc};
+
+const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/testbed.sh");
+const PAYLOAD: u64 = 100;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// One testbed (two namespaces), removed when dropped.
+struct Testbed {
+    name: String,
+    sub_ns: String,
+    pub_ns: String,
+    dir: std::path::PathBuf,
+}
+
+fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Testbed {
+    /// Build a testbed with a name unique to this process and test, or say
+    /// why not (and return None).
+    fn up(test: &str) -> Option<Testbed> {
+        // SAFETY: geteuid only reads the process's credentials.
+        if unsafe { libc::geteuid() } != 0 {
+            skip(test, "needs root for network namespaces (CI runs as root)");
+            return None;
+        }
+        if !have("ip") {
+            skip(test, "needs `ip` (Debian package iproute2; tools/ci-setup.sh installs it)");
+            return None;
+        }
+        let name = format!("mdsnic{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let out = Command::new(TESTBED).args(["up", &name]).output().expect("running tools/testbed.sh");
+        if !out.status.success() {
+            skip(test, &format!("tools/testbed.sh up failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            return None;
+        }
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Some(Testbed { sub_ns: format!("{name}-s"), pub_ns: format!("{name}-p"), name, dir })
+    }
+
+    /// `mdsub ARGS` inside namespace `ns` (`ip netns exec` execs it: the pid is mdsub's).
+    fn mdsub(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_mdsub")]).args(args);
+        c
+    }
+
+    /// A replay publisher in the publisher namespace on the feed address; returns once bound.
+    fn replay(&self, port: u16, args: &[&str]) -> LineProc {
+        let ep = format!("tcp://10.91.9.1:{port}");
+        let mut all = vec!["replay", "--endpoint", &ep, "--json"];
+        all.extend_from_slice(args);
+        let p = LineProc::spawn(&format!("replay:{port}"), &mut self.mdsub(&self.pub_ns.clone(), &all));
+        p.line_starting("bound shard0 ", Duration::from_secs(20));
+        p
+    }
+
+    /// A profile with one shard per (port, interface), written to the temp dir.
+    fn profile(&self, shards: &[(u16, &str)], extra: &str) -> String {
+        let mut t = format!("name = \"testbed\"\nallow_shared_cores = true\nhandler = \"verify\"\n{extra}\n");
+        for (port, nic) in shards {
+            t += &format!("[[shards]]\nendpoints = [\"tcp://10.91.9.1:{port}\"]\ninterface = \"{nic}\"\n");
+        }
+        t += "[[workers]]\n";
+        let path = self.dir.join("profile.toml");
+        std::fs::write(&path, t).expect("writing the profile");
+        path.to_string_lossy().into_owned()
+    }
+
+    /// Run the engine in the subscriber namespace to its end; (JSON report, stderr).
+    fn engine_to_end(&self, profile: &str, deadline: Duration) -> (serde_json::Value, String) {
+        let (code, out, err) =
+            run_within("engine", &mut self.mdsub(&self.sub_ns, &["engine", "--profile", profile, "--json"]), deadline);
+        assert_eq!(code, Some(0), "engine failed: {err}");
+        (json(&out), err)
+    }
+
+    /// Start the engine in the subscriber namespace (ended by the caller).
+    fn engine(&self, profile: &str) -> Proc {
+        Proc::spawn(
+            "engine",
+            self.mdsub(&self.sub_ns, &["engine", "--profile", profile, "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+    }
+
+    /// Bytes received on the subscriber's nicA and nicB.
+    fn rx_bytes(&self) -> (u64, u64) {
+        let read = |nic: &str| -> u64 {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.sub_ns, "cat", &format!("/sys/class/net/{nic}/statistics/rx_bytes")])
+                .output()
+                .expect("reading counters");
+            String::from_utf8_lossy(&out.stdout).trim().parse().expect("a byte count")
+        };
+        (read("nicA"), read("nicB"))
+    }
+
+    fn tool(&self, args: &[&str]) {
+        let out = Command::new(TESTBED).args(args).output().expect("running tools/testbed.sh");
+        assert!(out.status.success(), "testbed.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Packets the nftables loss rule on `path` dropped so far.
+    fn dropped(&self, path: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.pub_ns, "nft", "list", "table", "inet", &format!("mdsub_loss-{path}")])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let after = text.split("counter packets ").nth(1).unwrap_or("0");
+        after.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = Command::new(TESTBED).args(["down", &self.name]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The replay's end-of-run JSON (the last lines it printed).
+fn replay_stats(p: LineProc) -> serde_json::Value {
+    let (status, rest) = p.finish(Duration::from_secs(60));
+    assert!(status.success(), "replay failed");
+    json(&rest)
+}
+
+fn shard(report: &serde_json::Value, k: usize) -> &serde_json::Value {
+    &report["shards"][k]
+}
+
+#[test]
+fn each_shard_crosses_its_own_nic() {
+    let Some(tb) = Testbed::up("each_shard_crosses_its_own_nic") else { return };
+    // Shard 1 carries three times shard 0's bytes, so either shard's traffic
+    // on the other's NIC would push that NIC past its bound.
+    let (n0, n1) = (20_000u64, 60_000u64);
+    let p0 = tb.replay(5601, &["--count", &n0.to_string(), "--rate", "0"]);
+    let p1 = tb.replay(5602, &["--count", &n1.to_string(), "--rate", "0", "--publisher-id", "100"]);
+    let profile = tb.profile(&[(5601, "nicA"), (5602, "nicB")], "");
+    let (a0, b0) = tb.rx_bytes();
+    let (report, err) = tb.engine_to_end(&profile, Duration::from_secs(90));
+    let (a1, b1) = tb.rx_bytes();
+    replay_stats(p0);
+    replay_stats(p1);
+    assert!(err.contains("tcp://10.91.1.2:0;10.91.9.1:5601"), "shard 0 connects from nicA's address: {err}");
+    assert!(err.contains("tcp://10.91.2.2:0;10.91.9.1:5602"), "shard 1 connects from nicB's address: {err}");
+    assert_eq!(report["delivered"], n0 + n1, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(shard(&report, 0)["msgs"], n0, "{report}");
+    assert_eq!(shard(&report, 1)["msgs"], n1, "{report}");
+    let (a, b) = (a1 - a0, b1 - b0);
+    eprintln!("nicA received {a} bytes for shard 0's {n0} msgs; nicB {b} bytes for shard 1's {n1}");
+    assert!(a >= n0 * PAYLOAD && a < n1 * PAYLOAD, "nicA carried {a} bytes: not shard 0's alone");
+    assert!(b >= n1 * PAYLOAD, "nicB carried {b} bytes: less than shard 1's payloads");
+    // The per-shard byte count in the report is what crossed each NIC, less
+    // TCP/IP framing.
+    let bytes0 = shard(&report, 0)["bytes"].as_u64().expect("shard bytes");
+    assert!(bytes0 >= n0 * PAYLOAD && bytes0 <= a, "shard 0 bytes {bytes0} vs nicA {a}");
+}
+
+#[test]
+fn link_down_two_seconds_is_reported_and_accounted() {
+    let Some(tb) = Testbed::up("link_down_two_seconds_is_reported_and_accounted") else { return };
+    let n = 50_000u64;
+    // 10k msg/s for 5 s per shard: shard 0 lossless and shard 1 lossy (HWM
+    // 1000) both over path A, shard 2 lossless over path B.
+    let p0 = tb.replay(5611, &["--count", &n.to_string(), "--rate", "10k"]);
+    let p1 = tb.replay(
+        5612,
+        &["--count", &n.to_string(), "--rate", "10k", "--lossy", "--sndhwm-msgs", "1000", "--publisher-id", "100"],
+    );
+    let p2 = tb.replay(5613, &["--count", &n.to_string(), "--rate", "10k", "--publisher-id", "200"]);
+    let profile = tb.profile(&[(5611, "nicA"), (5612, "nicA"), (5613, "nicB")], "");
+    let (a0, _) = tb.rx_bytes();
+    let mut engine = tb.engine(&profile);
+    // Take path A down for 2 s once traffic flows on it (the wait inside
+    // `flap` is the fault itself, not a handshake).
+    wait_until(Duration::from_secs(30), "traffic on nicA", || tb.rx_bytes().0 > a0 + 500_000);
+    tb.tool(&["flap", &tb.name, "A", "2"]);
+    engine.wait_exit(Duration::from_secs(90));
+    let (out, err) = read_all(&mut engine);
+    for p in [p0, p1, p2] {
+        replay_stats(p);
+    }
+    let report = json(&out);
+    for k in [0, 1] {
+        assert!(err.contains(&format!("shard{k}-reader: silent")), "shard {k}'s silence is said: {err}");
+        assert!(err.contains(&format!("shard{k}-reader: frames again after")), "and its end: {err}");
+        let s = shard(&report, k);
+        assert_eq!(s["silences"], 1, "{report}");
+        assert!(s["longest_silence_ms"].as_f64().expect("ms") >= 1500.0, "{report}");
+        assert_eq!(s["restarts"], 0, "a link flap is not a publisher restart: {report}");
+        assert_eq!(s["sent"], n, "{report}");
+    }
+    assert!(!err.contains("shard2-reader: silent"), "path B stayed up: {err}");
+    assert_eq!(shard(&report, 2)["silences"], 0, "{report}");
+    // The outage shows as lag on path A's shards (they fell ~2 s behind).
+    assert!(shard(&report, 0)["lag_max_ms"].as_f64().expect("lag") >= 1000.0, "{report}");
+    // Lossless: the connection survived (TCP retransmits), nothing lost.
+    for k in [0, 2] {
+        assert_eq!(shard(&report, k)["msgs"], n, "{report}");
+        assert_eq!(shard(&report, k)["lost"], 0, "{report}");
+        assert_eq!(shard(&report, k)["gaps"], 0, "{report}");
+    }
+    // Lossy: what the publisher dropped at its HWM during the 2 s is lost,
+    // and every lost message is a counted gap.
+    let s1 = shard(&report, 1);
+    let lost = s1["lost"].as_u64().expect("lost is known");
+    eprintln!("lossy shard: {lost} of {n} lost during the flap, gaps {}", s1["gaps"]);
+    assert!(lost > 0, "2 s at 10k msg/s overflows a 1000-message HWM: {report}");
+    assert_eq!(s1["gaps"], lost, "{report}");
+    assert_eq!(report["lost"], lost, "{report}");
+}
+
+fn read_all(p: &mut Proc) -> (String, String) {
+    use std::io::Read;
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = p.child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = p.child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (out, err)
+}
+
+#[test]
+fn random_loss_on_the_path_loses_nothing_lossless() {
+    let test = "random_loss_on_the_path_loses_nothing_lossless";
+    let Some(tb) = Testbed::up(test) else { return };
+    if !have("nft") {
+        skip(test, "needs `nft` (Debian package nftables; tools/ci-setup.sh installs it)");
+        return;
+    }
+    // 5 % of the publisher's packets on path A vanish (nftables `numgen
+    // random`; this kernel has no netem). TCP retransmits them: a lossless
+    // publisher loses nothing, and the counts say so exactly.
+    tb.tool(&["loss", &tb.name, "A", "5"]);
+    let n = 50_000u64;
+    let p0 = tb.replay(5621, &["--count", &n.to_string(), "--rate", "0"]);
+    let profile = tb.profile(&[(5621, "nicA")], "");
+    let (report, _) = tb.engine_to_end(&profile, Duration::from_secs(120));
+    replay_stats(p0);
+    let dropped = tb.dropped("A");
+    eprintln!("nftables dropped {dropped} packets");
+    assert!(dropped > 0, "the loss rule dropped nothing");
+    let s0 = shard(&report, 0);
+    assert_eq!(s0["sent"], n, "{report}");
+    assert_eq!(s0["msgs"], n, "{report}");
+    assert_eq!(s0["lost"], 0, "{report}");
+    assert_eq!(s0["gaps"], 0, "{report}");
+    assert_eq!(s0["duplicates"], 0, "{report}");
+}
+
+#[test]
+fn publisher_restart_mid_stream_is_a_restart() {
+    let Some(tb) = Testbed::up("publisher_restart_mid_stream_is_a_restart") else { return };
+    // A long paced stream, killed (SIGKILL) once data flows, then the same
+    // publisher id started again on the same endpoint: a new session.
+    let first = tb.replay(5631, &["--count", "10M", "--rate", "20k"]);
+    let profile = tb.profile(&[(5631, "nicA")], "");
+    let (a0, _) = tb.rx_bytes();
+    let mut engine = tb.engine(&profile);
+    wait_until(Duration::from_secs(30), "traffic on nicA", || tb.rx_bytes().0 > a0 + 500_000);
+    first.proc.signal(9);
+    let second = tb.replay(5631, &["--count", "20000", "--rate", "50k"]);
+    engine.wait_exit(Duration::from_secs(90));
+    let (out, err) = read_all(&mut engine);
+    replay_stats(second);
+    let report = json(&out);
+    assert_eq!(report["restarts"], 1, "{report} {err}");
+    assert_eq!(shard(&report, 0)["restarts"], 1, "{report}");
+}

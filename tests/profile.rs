@@ -1,0 +1,99 @@
+//! `mdsub profile check` / `show`: a good profile prints resolved; each kind
+//! of mistake is one line naming the field and the fix, exit status 1.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{mdsub, run_within};
+
+const TWO_NIC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/two-nic-8-core.toml");
+
+fn check(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = mdsub();
+    c.arg("profile").args(args);
+    run_within("mdsub profile", &mut c, Duration::from_secs(30))
+}
+
+#[test]
+fn the_two_nic_profile_checks_for_an_8_core_host_and_resolves() {
+    let (code, out, err) = check(&["check", TWO_NIC, "--cores", "0-7"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok for cores 0-7"), "{out}");
+    assert!(out.contains("interfaces not checked"), "{out}");
+    for line in ["shard0-io       core 1", "shard1-reader   core 4", "worker2         core 7"] {
+        assert!(out.contains(line), "missing `{line}`: {out}");
+    }
+}
+
+/// A profile with `body` replacing the default shard and worker tables.
+fn write_profile(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("name = \"{name}\"\nallow_shared_cores = false\n{body}")).expect("write");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn each_mistake_is_one_line_naming_the_field_and_the_fix() {
+    let dir = std::env::temp_dir().join(format!("mdsub-profile-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ep = "endpoints = [\"tcp://127.0.0.1:5556\"]";
+    let cases = [
+        ("no-such-core", format!("[[shards]]\n{ep}\nio_core = 4096\n[[workers]]\n"), "shards[0].io_core", "use one of"),
+        (
+            "core-twice",
+            format!("[[shards]]\n{ep}\nreader_core = 0\n[[workers]]\ncore = 0\n"),
+            "workers[0].core",
+            "allow_shared_cores = true",
+        ),
+        (
+            "no-such-nic",
+            format!("[[shards]]\n{ep}\ninterface = \"nosuchnic9\"\n[[workers]]\n"),
+            "shards[0].interface",
+            "use one of",
+        ),
+        (
+            "bad-endpoint",
+            "[[shards]]\nendpoints = [\"tcp://127.0.0.1\"]\n[[workers]]\n".to_string(),
+            "shards[0].endpoints[0]",
+            "write tcp://HOST:PORT",
+        ),
+        ("zero-workers", format!("workers = []\n[[shards]]\n{ep}\n"), "workers", "add a [[workers]] table"),
+    ];
+    for (name, body, field, fix) in cases {
+        let path = write_profile(&dir, name, &body);
+        let (code, out, err) = check(&["check", &path]);
+        assert_eq!(code, Some(1), "{name}: {out}{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: one line: {err}");
+        assert!(lines[0].contains(&format!("`{field}`")), "{name}: names {field}: {err}");
+        assert!(lines[0].contains(fix), "{name}: says the fix ({fix}): {err}");
+        assert!(out.is_empty(), "{name}: nothing printed as resolved: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_interface_resolves_to_its_address_as_the_source() {
+    let dir = std::env::temp_dir().join(format!("mdsub-profile-nic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = write_profile(
+        &dir,
+        "lo",
+        "[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\ninterface = \"lo\"\n[[workers]]\n",
+    );
+    let (code, out, err) = check(&["check", &path]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("shard0  tcp://127.0.0.1:0;127.0.0.1:5556"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn show_auto_says_what_it_derived_and_why() {
+    let (code, out, err) = check(&["show", "auto", "--shards", "2", "--workers", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("# host cores: "), "{out}");
+    assert!(out.contains("2 shard(s) x (I/O thread + reader) + 2 worker(s) = 6 engine threads"), "{out}");
+    assert!(out.contains("nothing is pinned") || out.contains("a core of its own"), "{out}");
+    assert!(out.contains("name = \"auto-"), "{out}");
+}
