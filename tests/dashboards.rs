@@ -189,7 +189,7 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
         let l = [("engine", "dash-test"), ("shard", shard.as_str())];
         for (metric, field) in [
             ("mdsub_shard_received_total", "received"),
-            ("mdsub_shard_forwarded_total", "forwarded"),
+            ("mdsub_shard_forwarded_total", "msgs"),
             ("mdsub_shard_delivered_total", "delivered"),
             ("mdsub_shard_delivered_bytes_total", "delivered_bytes"),
             ("mdsub_shard_gaps_total", "gaps"),
