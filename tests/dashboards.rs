@@ -421,6 +421,20 @@ fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_af
     wait_until(Duration::from_secs(20), "log_level applied", || {
         get("engine").is_some_and(|s| s["log_level"] == "debug")
     });
+    // The snail's thresholds and policy are live too (policy first: a 1 ms
+    // max lag under the default croak could end the engine).
+    set("snail_policy", "warn");
+    wait_until(Duration::from_secs(20), "snail_policy applied", || {
+        get("engine").is_some_and(|s| s["settings"]["snail_policy"] == "warn")
+    });
+    set("snail_max_lag", "1ms");
+    wait_until(Duration::from_secs(20), "snail_max_lag applied", || {
+        get("engine").is_some_and(|s| s["settings"]["snail_max_lag"] == "1ms")
+    });
+    set("snail_policy", "sideways");
+    wait_until(Duration::from_secs(20), "the bad policy refused with its reason", || {
+        get("refused/snail_policy").is_some_and(|v| v.as_str().is_some_and(|s| s.contains("not one of croak")))
+    });
 
     e.proc.signal(9);
     e.proc.wait_exit(Duration::from_secs(10));

@@ -337,6 +337,42 @@ pub fn engine_settings(engine: &Engine) -> Settings {
             Ok(format_duration(d))
         },
     );
+    let snail = engine.snail().clone();
+    let now = snail.current();
+    let board = snail.clone();
+    s.register(
+        "snail_max_lag",
+        "the snail's max lag: above it for longer than snail_grace is a SNAIL (1ms to 1h, e.g. 500ms)",
+        format_duration(Duration::from_nanos(now.max_lag_ns)),
+        move |raw| {
+            let d = parse_duration(raw)?;
+            if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
+                return Err("must be from 1ms to 1h".into());
+            }
+            board.set_max_lag_ns(d.as_nanos() as u64);
+            Ok(format_duration(d))
+        },
+    );
+    let board = snail.clone();
+    s.register(
+        "snail_grace",
+        "how long lag may stay above snail_max_lag before it is a SNAIL (0s to 1h, e.g. 300ms)",
+        format_duration(Duration::from_nanos(now.grace_ns)),
+        move |raw| {
+            let d = parse_duration(raw)?;
+            if d > Duration::from_secs(3600) {
+                return Err("must be at most 1h".into());
+            }
+            board.set_grace_ns(d.as_nanos() as u64);
+            Ok(format_duration(d))
+        },
+    );
+    let board = snail;
+    s.register("snail_policy", "croak, warn, rest or off", now.policy.name().to_string(), move |raw| {
+        let p = Policy::from_name(raw.trim()).ok_or_else(|| "not one of croak, warn, rest, off".to_string())?;
+        board.set_policy(p);
+        Ok(p.name().to_string())
+    });
     let log = engine.log_level();
     s.register("log_level", "error, warn, info or debug", log.get().name().to_string(), move |raw| {
         let l = Level::parse(raw)?;

@@ -265,7 +265,7 @@ impl Checks {
     }
 
     /// Store the counters into the shared atomics.
-    pub fn publish(&self, c: &ShardCounters) {
+    pub fn publish(&mut self, c: &ShardCounters) {
         let t = self.tracker.totals();
         c.received.store(self.received, Relaxed);
         c.forwarded.store(self.forwarded, Relaxed);
@@ -281,7 +281,9 @@ impl Checks {
         c.eos_sent.store(t.eos_sent, Relaxed);
         c.first_recv_ns.store(self.first_recv_ns, Relaxed);
         c.full_subscription.store(self.tracker.full_subscription(), Relaxed);
-        if let Some(g) = &self.guard {
+        if let Some(g) = &mut self.guard {
+            // Live settings are taken up here, once per batch or idle round.
+            g.refresh();
             g.publish();
         }
         c.silences.store(self.silences, Relaxed);

@@ -256,6 +256,7 @@ impl Agent for WorkerAgent {
             self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
             self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
         }
+        self.guard.refresh();
         if bytes_done > 0 || self.guard.resting() {
             self.guard.publish();
         }

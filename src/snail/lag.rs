@@ -48,6 +48,13 @@ pub struct LagDetector {
 }
 
 impl LagDetector {
+    /// New thresholds (a live setting). The rising-lag history is kept; the
+    /// grace under a lowered `max_lag` starts at the next message above it.
+    pub fn set_limits(&mut self, max_lag_ns: u64, grace_ns: u64) {
+        self.max_lag_ns = max_lag_ns;
+        self.grace_ns = grace_ns;
+    }
+
     pub fn new(cfg: &SnailConfig) -> Self {
         let window = cfg.window_ns.max(WARN_SAMPLES as u64);
         LagDetector {

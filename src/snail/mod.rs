@@ -24,7 +24,7 @@
 pub mod lag;
 pub mod monitor;
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
 
@@ -86,6 +86,16 @@ impl Policy {
             Policy::Warn => "warn",
             Policy::Rest => "rest",
             Policy::Off => "off",
+        }
+    }
+
+    /// The policy stored as `p as u8` (unknown values: croak, the default).
+    pub fn from_u8(v: u8) -> Policy {
+        match v {
+            1 => Policy::Warn,
+            2 => Policy::Rest,
+            3 => Policy::Off,
+            _ => Policy::Croak,
         }
     }
 
@@ -243,21 +253,72 @@ pub struct Site {
     pub shard: Option<usize>,
 }
 
+/// The settings that can change while the engine runs (live settings from
+/// the clone store): each site's guard takes them up at its next publish
+/// (once per batch or idle round), never per message.
+#[derive(Debug, Default)]
+pub struct LiveSnail {
+    /// Bumped on every change; a guard compares it with what it last took.
+    version: AtomicU64,
+    max_lag_ns: AtomicU64,
+    grace_ns: AtomicU64,
+    policy: AtomicU8,
+}
+
 /// Every site's state, the settings, and the croak slot.
 #[derive(Debug)]
 pub struct SnailBoard {
+    /// The settings at start; [`SnailBoard::current`] has the live ones.
     pub config: SnailConfig,
     pub sites: Vec<(Site, SiteState)>,
+    live: LiveSnail,
     croak: Mutex<Option<Scream>>,
 }
 
 impl SnailBoard {
     pub fn new(config: SnailConfig, sites: Vec<Site>) -> Arc<SnailBoard> {
+        let live = LiveSnail::default();
+        live.max_lag_ns.store(config.max_lag_ns, Relaxed);
+        live.grace_ns.store(config.grace_ns, Relaxed);
+        live.policy.store(config.policy as u8, Relaxed);
         Arc::new(SnailBoard {
             config,
             sites: sites.into_iter().map(|s| (s, SiteState::default())).collect(),
+            live,
             croak: Mutex::new(None),
         })
+    }
+
+    /// The settings in force now (the start settings with the live ones applied).
+    pub fn current(&self) -> SnailConfig {
+        SnailConfig {
+            max_lag_ns: self.live.max_lag_ns.load(Relaxed),
+            grace_ns: self.live.grace_ns.load(Relaxed),
+            policy: Policy::from_u8(self.live.policy.load(Relaxed)),
+            ..self.config
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.live.version.load(Acquire)
+    }
+
+    /// Change `max_lag` while running (a live setting).
+    pub fn set_max_lag_ns(&self, ns: u64) {
+        self.live.max_lag_ns.store(ns, Relaxed);
+        self.live.version.fetch_add(1, Release);
+    }
+
+    /// Change `grace` while running.
+    pub fn set_grace_ns(&self, ns: u64) {
+        self.live.grace_ns.store(ns, Relaxed);
+        self.live.version.fetch_add(1, Release);
+    }
+
+    /// Change the policy while running.
+    pub fn set_policy(&self, p: Policy) {
+        self.live.policy.store(p as u8, Relaxed);
+        self.live.version.fetch_add(1, Release);
     }
 
     /// Record a croak (the first one wins).
@@ -279,7 +340,7 @@ impl SnailBoard {
 
     /// A snapshot for reports and the monitor's state message.
     pub fn report(&self) -> SnailReport {
-        let c = &self.config;
+        let c = &self.current();
         SnailReport {
             policy: c.policy,
             skew: c.skew,
@@ -458,6 +519,8 @@ pub struct Guard {
     rest_floor_ns: i64,
     rests: u64,
     skipped: u64,
+    /// The board's live-settings version this guard last took up.
+    seen_version: u64,
 }
 
 impl Guard {
@@ -482,7 +545,24 @@ impl Guard {
             rest_floor_ns: 0,
             rests: 0,
             skipped: 0,
+            seen_version: 0,
         }
+    }
+
+    /// Take up live settings changed on the board since the last call (the
+    /// shells call this with [`Guard::publish`]: once per batch or idle
+    /// round). One atomic load when nothing changed.
+    pub fn refresh(&mut self) {
+        let v = self.board.version();
+        if v == self.seen_version {
+            return;
+        }
+        self.seen_version = v;
+        let now = self.board.current();
+        self.cfg.max_lag_ns = now.max_lag_ns;
+        self.cfg.grace_ns = now.grace_ns;
+        self.cfg.policy = now.policy;
+        self.lag.set_limits(now.max_lag_ns, now.grace_ns);
     }
 
     /// Policy `rest`: true if this message is to be skipped (the site is
@@ -687,6 +767,42 @@ mod tests {
         assert_eq!(on_monitor.last(), Some(&c));
         assert_eq!(b.report().sites[0].snails, 1);
         assert_eq!(b.worst(), Verdict::Snail);
+    }
+
+    #[test]
+    fn live_settings_are_taken_up_at_the_next_refresh_not_before() {
+        let b = board(Policy::Warn);
+        let mut g = Guard::new(b.clone(), 0, None);
+        let clock = ManualClock::new(T0);
+        let mut seq = 0;
+        let mut feed = |g: &mut Guard, n: usize, lag_ms: u64| {
+            for _ in 0..n {
+                let now = clock.advance_ms(1);
+                seq += 1;
+                g.on_message(&header(seq, now - lag_ms * MS), b"A", now);
+            }
+        };
+        // 50 ms of lag is healthy under max_lag 100 ms.
+        feed(&mut g, 300, 50);
+        g.publish();
+        assert_eq!(b.report().sites[0].snails, 0);
+        // Lower max_lag to 10 ms: nothing changes until the guard refreshes.
+        b.set_max_lag_ns(10 * MS);
+        b.set_grace_ns(20 * MS);
+        assert_eq!(b.current().max_lag_ns, 10 * MS);
+        feed(&mut g, 100, 50);
+        g.publish();
+        assert_eq!(b.report().sites[0].snails, 0, "not taken up before refresh");
+        g.refresh();
+        feed(&mut g, 100, 50);
+        g.publish();
+        let r = b.report();
+        assert_eq!((r.sites[0].snails, r.max_lag_ms, r.grace_ms), (1, 10, 20), "taken up: 50 ms is now a snail");
+        // The policy is live too: off stops judging.
+        b.set_policy(Policy::Off);
+        g.refresh();
+        assert!(g.off());
+        assert_eq!(b.report().policy, Policy::Off);
     }
 
     #[test]
