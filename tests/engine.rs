@@ -139,10 +139,12 @@ fn engine_stops_cleanly_on_sigint_with_a_report() {
     let mut first = String::new();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        use std::io::BufRead;
+        use std::io::{BufRead, Read};
         let mut r = std::io::BufReader::new(stderr);
         let _ = r.read_line(&mut first);
         let _ = tx.send(first);
+        // Keep draining: a closed pipe would fail the engine's later stderr lines.
+        let _ = r.read_to_end(&mut Vec::new());
     });
     let line = rx.recv_timeout(Duration::from_secs(20)).expect("engine started within 20 s");
     assert!(line.starts_with("shard0: connected"), "{line}");
