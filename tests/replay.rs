@@ -70,8 +70,7 @@ fn subscriber(ep: &str) -> (zmq::Context, zmq::Socket) {
 
 #[test]
 fn capture_replays_byte_identical_and_records_back_identical() {
-    let dir = std::env::temp_dir().join(format!("mdsub-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = temp_dir("replay");
     let path = dir.join("in.mdcap");
     let records = write_capture(&path);
     let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
@@ -99,8 +98,7 @@ fn capture_replays_byte_identical_and_records_back_identical() {
 
 #[test]
 fn damaged_capture_sends_the_intact_prefix_and_names_the_offset() {
-    let dir = std::env::temp_dir().join(format!("mdsub-trunc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = temp_dir("trunc");
     let path = dir.join("cut.mdcap");
     let records = write_capture(&path);
     let len = std::fs::metadata(&path).expect("meta").len();
@@ -141,15 +139,12 @@ fn run_err(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn verbatim_capture_replay_into_the_engine_accounts_every_message() {
-    let dir = std::env::temp_dir().join(format!("mdsub-capeng-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = temp_dir("capeng");
     let path = dir.join("in.mdcap");
     let records = write_capture(&path);
     let data = records.iter().filter(|(f, _)| wire::decode(f).is_ok()).count() as u64;
     let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
-    let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &eps[0]]);
-    let engine = LineProc::spawn("engine", &mut cmd);
+    let engine = engine_json(&eps, &[]);
     let (status, out) = engine.finish(Duration::from_secs(60));
     assert!(status.success(), "{out}");
     let r = json(&out);
@@ -195,8 +190,7 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent/x.mdcap") && err.contains("opening"), "{err}");
 
-    let dir = std::env::temp_dir().join(format!("mdsub-prof-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let dir = temp_dir("prof");
     let prof = dir.join("bad.toml");
     std::fs::write(
         &prof,
