@@ -52,7 +52,7 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     let endpoints = publisher.endpoints();
     // Start the subscriber, then wait for its subscriptions (the handshake).
     enum Running {
-        Engine(Engine),
+        Engine(Box<Engine>),
         Baseline(AgentHandle<Baseline>),
     }
     let sub_stop = stop.clone();
@@ -62,7 +62,7 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             for (shard, ep) in cfg.shards.iter_mut().zip(&endpoints) {
                 shard.endpoints = vec![ep.clone()];
             }
-            Running::Engine(Engine::start(&cfg, sub_stop).context("starting the engine")?)
+            Running::Engine(Box::new(Engine::start(&cfg, sub_stop).context("starting the engine")?))
         }
         Subscriber::Baseline { rcvhwm_msgs, handler } => {
             let limit = spec.limits.duration.unwrap_or(Duration::from_secs(3600))
