@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port_block, mdsub, run_within, wait_until, LineProc, Proc};
 use mdsub::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
+use mdsub::clone::kvmsg::Uuid;
 
 fn ep(port: u16) -> String {
     format!("tcp://127.0.0.1:{port}")
@@ -81,6 +82,15 @@ fn synced(servers: &[u16], subtree: &str) -> Client {
     c
 }
 
+/// Wait until `last` and every set before it are acknowledged (5 s each at
+/// most): acknowledging the last set does not acknowledge the others (a PUB
+/// drops what it sends before the collector's subscription arrives; the client
+/// re-sends those).
+fn wait_all_acked(c: &Client, last: Uuid) {
+    c.wait_acked(last, Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+}
+
 fn dump(c: &Client) -> Vec<(Vec<u8>, Vec<u8>)> {
     c.dump(Vec::new()).expect("dump")
 }
@@ -101,10 +111,7 @@ fn late_joiner_converges_and_sequences_strictly_increase() {
     for i in 0..200 {
         last = Some(a.set(format!("/k/{i:03}"), format!("v{i}"), None).expect("set"));
     }
-    a.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
-    // Acknowledging the last set does not acknowledge the others (a PUB drops what it sends
-    // before the collector's subscription arrives; the client re-sends those): wait for all.
-    wait_until(Duration::from_secs(5), "every set to be acknowledged", || a.status().expect("status").unacked == 0);
+    wait_all_acked(&a, last.expect("set"));
     let b = synced(&[p], "");
     assert_eq!(dump(&b).len(), 200, "snapshot carries every key");
     for i in 0..50 {
@@ -234,8 +241,7 @@ fn restarted_primary_rejoins_as_passive_and_can_take_over_again() {
     for i in 0..20 {
         last = Some(c.set(format!("/r/{i}"), "x", None).expect("set"));
     }
-    c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
-    wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+    wait_all_acked(&c, last.expect("set"));
     prim.signal(9);
     prim.wait_exit(Duration::from_secs(5));
     // The client notices the silence, votes for the backup, which takes over.
@@ -278,8 +284,7 @@ fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
         }
         c.del("/d/050").expect("del");
         let u = c.set("/d/000", "changed", None).expect("set");
-        c.wait_acked(u, Duration::from_secs(5)).expect("acked");
-        wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+        wait_all_acked(&c, u);
         wait_until(Duration::from_secs(5), "backup to replicate", || {
             status(bp).get("keys").map(String::as_str) == Some("99")
         });
@@ -560,8 +565,7 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
         for i in 0..10 {
             last = Some(c.set(format!("/t/{i}"), "v", None).expect("set"));
         }
-        c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
-        wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+        wait_all_acked(&c, last.expect("set"));
         s.signal(15);
         s.wait_exit(Duration::from_secs(5));
     }
