@@ -24,6 +24,12 @@ fn server(name: &str, port: u16, extra: &[&str]) -> Proc {
     Proc::spawn(name, &mut cmd)
 }
 
+/// A standalone server on a fresh port block: its base port and process.
+fn standalone() -> (u16, Proc) {
+    let p = free_port_block(3);
+    (p, server("server", p, &[]))
+}
+
 fn primary(port: u16, peer: u16, extra: &[&str]) -> Proc {
     let peer = ep(peer);
     let mut args = vec!["--primary", "--peer", peer.as_str()];
@@ -103,8 +109,7 @@ fn snapshot_of(port: u16) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 #[test]
 fn late_joiner_converges_and_sequences_strictly_increase() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let a = synced(&[p], "");
     let seen = a.watch("/").expect("watch");
     let mut last = None;
@@ -130,8 +135,7 @@ fn late_joiner_converges_and_sequences_strictly_increase() {
 
 #[test]
 fn subtrees_are_isolated() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let writer = synced(&[p], "");
     let md = synced(&[p], "/md/");
     let changes = md.watch("").expect("watch");
@@ -149,8 +153,7 @@ fn subtrees_are_isolated() {
 
 #[test]
 fn ttl_expiry_deletes_on_every_client() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let a = synced(&[p], "");
     let b = synced(&[p], "");
     let deletes = b.watch("/tmp/").expect("watch");
@@ -348,8 +351,7 @@ fn malformed_input_is_counted_and_answered_with_nothing() {
 
 #[test]
 fn clone_client_cli_set_get_del_dump() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let srv = ep(p);
     let run = |args: &[&str]| {
         let out = mdsub().arg("clone-client").arg("--server").arg(&srv).args(args).output().expect("clone-client runs");
@@ -388,8 +390,7 @@ fn chp_seq(frame: &[u8]) -> u64 {
 
 #[test]
 fn independent_chp_client_interoperates_with_mdsub_server() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let seeder = client(&[p], "");
     let u = seeder.set("/spec/seed", "s", Some(60)).expect("set");
     seeder.wait_acked(u, Duration::from_secs(5)).expect("acked");
@@ -594,8 +595,7 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
 
 #[test]
 fn clone_client_cli_watch_prints_current_then_live_changes() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let srv = ep(p);
     let c = synced(&[p], "");
     let u = c.set("/w/a", "1", None).expect("set");
@@ -724,8 +724,7 @@ fn random_garbage_on_every_port_never_stops_a_server() {
 
 #[test]
 fn set_outside_the_subtree_is_not_tracked_and_a_resent_uuid_is_republished_once() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let md = synced(&[p], "/md/");
     let u = md.set("/other/x", "1", None).expect("set");
     assert_eq!(md.ack_state(u).expect("state"), AckState::Untracked);
@@ -754,8 +753,7 @@ fn set_outside_the_subtree_is_not_tracked_and_a_resent_uuid_is_republished_once(
 
 #[test]
 fn client_resyncs_after_a_standalone_server_restarts_with_a_lower_sequence() {
-    let p = free_port_block(3);
-    let mut s = server("server", p, &[]);
+    let (p, mut s) = standalone();
     let stays = synced(&[p], "");
     let mut last = None;
     for i in 0..20 {
