@@ -319,13 +319,20 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A clone server on a fresh port block and a two-shard replay (2k msg/s for
+/// up to 120 s) for an engine to publish status from: the store's endpoint,
+/// the server, the replay and its endpoints.
+fn store_and_feed() -> (String, Proc, LineProc, Vec<String>) {
+    let store = format!("tcp://127.0.0.1:{}", free_port_block(3));
+    let server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let (replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
+    (store, server, replay, eps)
+}
+
 #[test]
 fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_after_kill_9() {
     use mdsub::clone::client::{Client, ClientConfig};
-    let p = free_port_block(3);
-    let store = format!("tcp://127.0.0.1:{p}");
-    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
-    let (_replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
+    let (store, _server, _replay, eps) = store_and_feed();
     let mut e = engine_json(
         &eps,
         &["--expect-eos", "0", "--store", &store, "--metrics-interval", "300ms", "--engine-id", "store-test"],
@@ -421,10 +428,7 @@ impl Drop for Tmux {
 
 #[test]
 fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
-    let p = free_port_block(3);
-    let store = format!("tcp://127.0.0.1:{p}");
-    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
-    let (_replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
+    let (store, _server, _replay, eps) = store_and_feed();
     let _e = engine_json(
         &eps,
         &["--expect-eos", "0", "--store", &store, "--metrics-interval", "300ms", "--engine-id", "top-test"],
