@@ -97,6 +97,12 @@ fn wait_all_acked(c: &Client, last: Uuid) {
     wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
 }
 
+/// Set `{prefix}0` … `{prefix}{n-1}` to `value` and wait until every set is acknowledged.
+fn set_all_acked(c: &Client, prefix: &str, n: usize, value: &str) {
+    let last = (0..n).map(|i| c.set(format!("{prefix}{i}"), value, None).expect("set")).last();
+    wait_all_acked(c, last.expect("n > 0"));
+}
+
 fn dump(c: &Client) -> Vec<(Vec<u8>, Vec<u8>)> {
     c.dump(Vec::new()).expect("dump")
 }
@@ -240,11 +246,7 @@ fn kill_active_while_clients_set_every_client_fails_over_and_all_converge() {
 fn restarted_primary_rejoins_as_passive_and_can_take_over_again() {
     let (pp, mut prim, bp, mut back) = settled_pair();
     let c = synced(&[pp, bp], "");
-    let mut last = None;
-    for i in 0..20 {
-        last = Some(c.set(format!("/r/{i}"), "x", None).expect("set"));
-    }
-    wait_all_acked(&c, last.expect("set"));
+    set_all_acked(&c, "/r/", 20, "x");
     prim.signal(9);
     prim.wait_exit(Duration::from_secs(5));
     // The client notices the silence, votes for the backup, which takes over.
@@ -562,11 +564,7 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
     {
         let mut s = server("server", p, &["--data-dir", d]);
         let c = synced(&[p], "");
-        let mut last = None;
-        for i in 0..10 {
-            last = Some(c.set(format!("/t/{i}"), "v", None).expect("set"));
-        }
-        wait_all_acked(&c, last.expect("set"));
+        set_all_acked(&c, "/t/", 10, "v");
         s.signal(15);
         s.wait_exit(Duration::from_secs(5));
     }

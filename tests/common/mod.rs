@@ -197,6 +197,13 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// Run `mdsub ARGS` to success within `deadline` and parse the JSON it prints.
+pub fn mdsub_json(args: &[&str], deadline: Duration) -> serde_json::Value {
+    let (code, out, err) = run_within(args[0], mdsub().args(args), deadline);
+    assert_eq!(code, Some(0), "mdsub {args:?} failed: {err}");
+    json(&out)
+}
+
 /// Parse JSON printed by a command.
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
