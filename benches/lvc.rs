@@ -4,20 +4,12 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mdsub::lvc::cache::{CacheLimits, LastValueCache};
-use mdsub::wire::{encode, Header, Kind};
+use mdsub::wire::{encode, Header};
 
 fn frames(topics: usize) -> Vec<Vec<u8>> {
     (0..topics)
         .map(|i| {
-            let h = Header {
-                kind: Kind::Data,
-                flags: 0,
-                publisher_id: 1,
-                session_id: 7,
-                stream_seq: i as u64 + 1,
-                topic_seq: 1,
-                send_time_ns: 0,
-            };
+            let h = Header { publisher_id: 1, session_id: 7, topic_seq: 1, ..Header::data(i as u64 + 1, 0) };
             // 100-byte frames, as in PERF-ANCHORS.md: 6-byte topic + NUL + 48 + 45.
             encode(format!("T{i:05}").as_bytes(), &h, &[0x5a; 45])
         })

@@ -9,7 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use mdsub::engine::reader::{Checks, Routing};
 use mdsub::snail::lag::LagDetector;
 use mdsub::snail::{Guard, Site, SnailBoard, SnailConfig};
-use mdsub::wire::{self, Header, Kind};
+use mdsub::wire::{self, Header};
 
 const N: usize = 10_000;
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -21,13 +21,10 @@ fn feed() -> Vec<(Vec<u8>, u64)> {
         .map(|i| {
             let send = T0 + i as u64 * 10_000;
             let h = Header {
-                kind: Kind::Data,
-                flags: 0,
                 publisher_id: 1,
                 session_id: 7,
-                stream_seq: i as u64 + 1,
                 topic_seq: i as u64 / 100 + 1,
-                send_time_ns: send,
+                ..Header::data(i as u64 + 1, send)
             };
             (wire::encode(topics[i % 100].as_bytes(), &h, &[7u8; 100]), send + 50_000 + (i as u64 * 7919) % 30_000)
         })

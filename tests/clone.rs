@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port_block, mdsub, run_within, wait_until, LineProc, Proc};
 use mdsub::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
+use mdsub::clone::kvmsg::Uuid;
 
 fn ep(port: u16) -> String {
     format!("tcp://127.0.0.1:{port}")
@@ -21,6 +22,12 @@ fn server(name: &str, port: u16, extra: &[&str]) -> Proc {
     cmd.arg("clone-server").arg("--endpoint").arg(ep(port)).arg("--quiet");
     cmd.args(extra);
     Proc::spawn(name, &mut cmd)
+}
+
+/// A standalone server on a fresh port block: its base port and process.
+fn standalone() -> (u16, Proc) {
+    let p = free_port_block(3);
+    (p, server("server", p, &[]))
 }
 
 fn primary(port: u16, peer: u16, extra: &[&str]) -> Proc {
@@ -74,34 +81,49 @@ fn client(servers: &[u16], subtree: &str) -> Client {
     .expect("client starts")
 }
 
+/// A client of `servers` for `subtree` that has its snapshot (5 s at most).
+fn synced(servers: &[u16], subtree: &str) -> Client {
+    let c = client(servers, subtree);
+    c.wait_synced(Duration::from_secs(5)).expect("client synced");
+    c
+}
+
+/// Wait until `last` and every set before it are acknowledged (5 s each at
+/// most): acknowledging the last set does not acknowledge the others (a PUB
+/// drops what it sends before the collector's subscription arrives; the client
+/// re-sends those).
+fn wait_all_acked(c: &Client, last: Uuid) {
+    c.wait_acked(last, Duration::from_secs(5)).expect("acked");
+    wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+}
+
+/// Set `{prefix}0` … `{prefix}{n-1}` to `value` and wait until every set is acknowledged.
+fn set_all_acked(c: &Client, prefix: &str, n: usize, value: &str) {
+    let last = (0..n).map(|i| c.set(format!("{prefix}{i}"), value, None).expect("set")).last();
+    wait_all_acked(c, last.expect("n > 0"));
+}
+
 fn dump(c: &Client) -> Vec<(Vec<u8>, Vec<u8>)> {
     c.dump(Vec::new()).expect("dump")
 }
 
 /// A fresh client's view of one server (a snapshot).
 fn snapshot_of(port: u16) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let c = client(&[port], "");
-    c.wait_synced(Duration::from_secs(5)).expect("snapshot from the server");
+    let c = synced(&[port], "");
     dump(&c)
 }
 
 #[test]
 fn late_joiner_converges_and_sequences_strictly_increase() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
-    let a = client(&[p], "");
-    a.wait_synced(Duration::from_secs(5)).expect("a synced");
+    let (p, _s) = standalone();
+    let a = synced(&[p], "");
     let seen = a.watch("/").expect("watch");
     let mut last = None;
     for i in 0..200 {
         last = Some(a.set(format!("/k/{i:03}"), format!("v{i}"), None).expect("set"));
     }
-    a.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
-    // Acknowledging the last set does not acknowledge the others (a PUB drops what it sends
-    // before the collector's subscription arrives; the client re-sends those): wait for all.
-    wait_until(Duration::from_secs(5), "every set to be acknowledged", || a.status().expect("status").unacked == 0);
-    let b = client(&[p], "");
-    b.wait_synced(Duration::from_secs(5)).expect("late joiner synced");
+    wait_all_acked(&a, last.expect("set"));
+    let b = synced(&[p], "");
     assert_eq!(dump(&b).len(), 200, "snapshot carries every key");
     for i in 0..50 {
         last = Some(a.set(format!("/k/{i:03}"), format!("w{i}"), None).expect("set"));
@@ -119,12 +141,9 @@ fn late_joiner_converges_and_sequences_strictly_increase() {
 
 #[test]
 fn subtrees_are_isolated() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
-    let writer = client(&[p], "");
-    let md = client(&[p], "/md/");
-    md.wait_synced(Duration::from_secs(5)).expect("synced");
-    writer.wait_synced(Duration::from_secs(5)).expect("synced");
+    let (p, _s) = standalone();
+    let writer = synced(&[p], "");
+    let md = synced(&[p], "/md/");
     let changes = md.watch("").expect("watch");
     writer.set("/md/status/e1", "up", None).expect("set");
     writer.set("/other/x", "1", None).expect("set");
@@ -134,19 +153,15 @@ fn subtrees_are_isolated() {
     assert!(dump(&md).iter().all(|(k, _)| k.starts_with(b"/md/")));
     assert!(changes.try_iter().all(|c| c.key.starts_with(b"/md/")), "watch only sees the subtree");
     // A snapshot of a subtree only carries the subtree.
-    let late = client(&[p], "/other/");
-    late.wait_synced(Duration::from_secs(5)).expect("synced");
+    let late = synced(&[p], "/other/");
     assert_eq!(dump(&late), vec![(b"/other/x".to_vec(), b"1".to_vec())]);
 }
 
 #[test]
 fn ttl_expiry_deletes_on_every_client() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
-    let a = client(&[p], "");
-    let b = client(&[p], "");
-    a.wait_synced(Duration::from_secs(5)).expect("synced");
-    b.wait_synced(Duration::from_secs(5)).expect("synced");
+    let (p, _s) = standalone();
+    let a = synced(&[p], "");
+    let b = synced(&[p], "");
     let deletes = b.watch("/tmp/").expect("watch");
     let u = a.set("/tmp/session", "alive", Some(1)).expect("set");
     a.set("/keep", "1", None).expect("set");
@@ -230,14 +245,8 @@ fn kill_active_while_clients_set_every_client_fails_over_and_all_converge() {
 #[test]
 fn restarted_primary_rejoins_as_passive_and_can_take_over_again() {
     let (pp, mut prim, bp, mut back) = settled_pair();
-    let c = client(&[pp, bp], "");
-    c.wait_synced(Duration::from_secs(5)).expect("synced");
-    let mut last = None;
-    for i in 0..20 {
-        last = Some(c.set(format!("/r/{i}"), "x", None).expect("set"));
-    }
-    c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
-    wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+    let c = synced(&[pp, bp], "");
+    set_all_acked(&c, "/r/", 20, "x");
     prim.signal(9);
     prim.wait_exit(Duration::from_secs(5));
     // The client notices the silence, votes for the backup, which takes over.
@@ -274,15 +283,13 @@ fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
         let mut back = backup(bp, pp, &["--data-dir", db]);
         wait_state(pp, "active", Duration::from_secs(10));
         wait_state(bp, "passive", Duration::from_secs(10));
-        let c = client(&[pp, bp], "");
-        c.wait_synced(Duration::from_secs(5)).expect("synced");
+        let c = synced(&[pp, bp], "");
         for i in 0..100 {
             c.set(format!("/d/{i:03}"), format!("{i}"), None).expect("set");
         }
         c.del("/d/050").expect("del");
         let u = c.set("/d/000", "changed", None).expect("set");
-        c.wait_acked(u, Duration::from_secs(5)).expect("acked");
-        wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+        wait_all_acked(&c, u);
         wait_until(Duration::from_secs(5), "backup to replicate", || {
             status(bp).get("keys").map(String::as_str) == Some("99")
         });
@@ -346,8 +353,7 @@ fn malformed_input_is_counted_and_answered_with_nothing() {
 
 #[test]
 fn clone_client_cli_set_get_del_dump() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let srv = ep(p);
     let run = |args: &[&str]| {
         let out = mdsub().arg("clone-client").arg("--server").arg(&srv).args(args).output().expect("clone-client runs");
@@ -386,8 +392,7 @@ fn chp_seq(frame: &[u8]) -> u64 {
 
 #[test]
 fn independent_chp_client_interoperates_with_mdsub_server() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let seeder = client(&[p], "");
     let u = seeder.set("/spec/seed", "s", Some(60)).expect("set");
     seeder.wait_acked(u, Duration::from_secs(5)).expect("acked");
@@ -558,14 +563,8 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
     let p = free_port_block(3);
     {
         let mut s = server("server", p, &["--data-dir", d]);
-        let c = client(&[p], "");
-        c.wait_synced(Duration::from_secs(5)).expect("synced");
-        let mut last = None;
-        for i in 0..10 {
-            last = Some(c.set(format!("/t/{i}"), "v", None).expect("set"));
-        }
-        c.wait_acked(last.expect("set"), Duration::from_secs(5)).expect("acked");
-        wait_until(Duration::from_secs(5), "every set to be acknowledged", || c.status().expect("status").unacked == 0);
+        let c = synced(&[p], "");
+        set_all_acked(&c, "/t/", 10, "v");
         s.signal(15);
         s.wait_exit(Duration::from_secs(5));
     }
@@ -594,11 +593,9 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
 
 #[test]
 fn clone_client_cli_watch_prints_current_then_live_changes() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
+    let (p, _s) = standalone();
     let srv = ep(p);
-    let c = client(&[p], "");
-    c.wait_synced(Duration::from_secs(5)).expect("synced");
+    let c = synced(&[p], "");
     let u = c.set("/w/a", "1", None).expect("set");
     c.wait_acked(u, Duration::from_secs(5)).expect("acked");
     let seq_a = c.status().expect("status").sequence;
@@ -718,18 +715,15 @@ fn random_garbage_on_every_port_never_stops_a_server() {
     wait_until(Duration::from_secs(5), "both servers to count the garbage", || malformed(pp) > 0 && malformed(bp) > 0);
     assert_eq!(status(pp).get("state").map(String::as_str), Some("active"));
     assert_eq!(status(bp).get("state").map(String::as_str), Some("passive"));
-    let c = client(&[pp, bp], "");
-    c.wait_synced(Duration::from_secs(5)).expect("synced after the garbage");
+    let c = synced(&[pp, bp], "");
     let u = c.set("/after/garbage", "ok", None).expect("set");
     c.wait_acked(u, Duration::from_secs(5)).expect("acked");
 }
 
 #[test]
 fn set_outside_the_subtree_is_not_tracked_and_a_resent_uuid_is_republished_once() {
-    let p = free_port_block(3);
-    let _s = server("server", p, &[]);
-    let md = client(&[p], "/md/");
-    md.wait_synced(Duration::from_secs(5)).expect("synced");
+    let (p, _s) = standalone();
+    let md = synced(&[p], "/md/");
     let u = md.set("/other/x", "1", None).expect("set");
     assert_eq!(md.ack_state(u).expect("state"), AckState::Untracked);
     assert!(!md.is_acked(u).expect("is_acked"), "untracked is not acknowledged");
@@ -757,10 +751,8 @@ fn set_outside_the_subtree_is_not_tracked_and_a_resent_uuid_is_republished_once(
 
 #[test]
 fn client_resyncs_after_a_standalone_server_restarts_with_a_lower_sequence() {
-    let p = free_port_block(3);
-    let mut s = server("server", p, &[]);
-    let stays = client(&[p], "");
-    stays.wait_synced(Duration::from_secs(5)).expect("synced");
+    let (p, mut s) = standalone();
+    let stays = synced(&[p], "");
     let mut last = None;
     for i in 0..20 {
         last = Some(stays.set(format!("/before/{i}"), "x", None).expect("set"));
@@ -771,8 +763,7 @@ fn client_resyncs_after_a_standalone_server_restarts_with_a_lower_sequence() {
     s.wait_exit(Duration::from_secs(5));
     // Same port, no data dir: the new server's sequence starts again at 0.
     let _s2 = server("server-again", p, &[]);
-    let writer = client(&[p], "");
-    writer.wait_synced(Duration::from_secs(5)).expect("synced with the new server");
+    let writer = synced(&[p], "");
     let u = writer.set("/after", "y", None).expect("set");
     writer.wait_acked(u, Duration::from_secs(5)).expect("acked");
     wait_until(Duration::from_secs(10), "the client that stayed up to see the new server's updates", || {
@@ -990,10 +981,8 @@ fn a_failed_log_write_is_neither_published_nor_acknowledged() {
     let data = fs.dir.join("data");
     let p = free_port_block(3);
     let _s = server("server", p, &["--data-dir", data.to_str().expect("utf8")]);
-    let writer = client(&[p], "");
-    let watcher = client(&[p], "");
-    writer.wait_synced(Duration::from_secs(5)).expect("writer synced");
-    watcher.wait_synced(Duration::from_secs(5)).expect("watcher synced");
+    let writer = synced(&[p], "");
+    let watcher = synced(&[p], "");
     let old = writer.set("/old/a", "1", None).expect("set");
     writer.wait_acked(old, Duration::from_secs(5)).expect("a set is acknowledged while the disk has room");
     wait_until(Duration::from_secs(5), "the watcher to see /old/a", || watcher.get("/old/a").ok().flatten().is_some());

@@ -35,33 +35,12 @@ fn python_json(args: &[&str]) -> serde_json::Value {
     json(&out)
 }
 
-fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("field {k} missing in {v}"))
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("mdsub-dash-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn engine(eps: &[String], extra: &[&str]) -> LineProc {
-    let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "90s"]);
-    for e in eps {
-        cmd.args(["--endpoint", e]);
-    }
-    cmd.args(extra);
-    LineProc::spawn("engine", &mut cmd)
-}
-
 #[test]
 fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers() {
-    let dir = tempdir("hlog");
+    let dir = temp_dir("dash-hlog");
     let (hlog, hgrm) = (dir.join("run.hlog"), dir.join("run.hgrm"));
     let (replay, eps) = start_replay("replay", 2, &["--count", "30000", "--rate", "15k", "--symbols", "40"]);
-    let e = engine(
+    let e = engine_json(
         &eps,
         &[
             "--hlog",
@@ -128,6 +107,15 @@ fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An engine on `eps` serving `/metrics` on 127.0.0.1:`port` every
+/// `interval`, running until stopped (no end of stream expected), so the
+/// counters can be read still and compared.
+fn metrics_engine(eps: &[String], port: u16, interval: &str, id: &str) -> LineProc {
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--expect-eos", "0", "--metrics-listen", &listen, "--metrics-interval", interval, "--engine-id", id];
+    engine_json(eps, &args)
+}
+
 fn sample(scrape: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape["samples"].as_array()?.iter().find_map(|s| {
         let ok = s[0] == name && labels.iter().all(|(k, v)| s[1][*k] == *v);
@@ -143,20 +131,7 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
     }
     let port = free_port_block(1);
     let (replay, eps) = start_replay("replay", 2, &["--count", "20000", "--rate", "20k", "--symbols", "40"]);
-    // Runs until stopped, so the counters can be read still and compared.
-    let e = engine(
-        &eps,
-        &[
-            "--expect-eos",
-            "0",
-            "--metrics-listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-interval",
-            "200ms",
-            "--engine-id",
-            "dash-test",
-        ],
-    );
+    let e = metrics_engine(&eps, port, "200ms", "dash-test");
     let url = format!("http://127.0.0.1:{port}/metrics");
     let delivered = |s: &serde_json::Value| {
         (0..2)
@@ -275,22 +250,10 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let dir = tempdir("prometheus");
+    let dir = temp_dir("dash-prometheus");
     let (mport, pport) = (free_port_block(1), free_port_block(1));
     let (replay, eps) = start_replay("replay", 2, &["--count", "20000", "--rate", "10k", "--symbols", "40"]);
-    let e = engine(
-        &eps,
-        &[
-            "--expect-eos",
-            "0",
-            "--metrics-listen",
-            &format!("127.0.0.1:{mport}"),
-            "--metrics-interval",
-            "250ms",
-            "--engine-id",
-            "prom-test",
-        ],
-    );
+    let e = metrics_engine(&eps, mport, "250ms", "prom-test");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/prometheus.sh");
     let _prom = Proc::spawn(
         "prometheus",
@@ -356,14 +319,21 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A clone server on a fresh port block and a two-shard replay (2k msg/s for
+/// up to 120 s) for an engine to publish status from: the store's endpoint,
+/// the server, the replay and its endpoints.
+fn store_and_feed() -> (String, Proc, LineProc, Vec<String>) {
+    let store = format!("tcp://127.0.0.1:{}", free_port_block(3));
+    let server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let (replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
+    (store, server, replay, eps)
+}
+
 #[test]
 fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_after_kill_9() {
     use mdsub::clone::client::{Client, ClientConfig};
-    let p = free_port_block(3);
-    let store = format!("tcp://127.0.0.1:{p}");
-    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
-    let (_replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
-    let mut e = engine(
+    let (store, _server, _replay, eps) = store_and_feed();
+    let mut e = engine_json(
         &eps,
         &["--expect-eos", "0", "--store", &store, "--metrics-interval", "300ms", "--engine-id", "store-test"],
     );
@@ -472,11 +442,8 @@ impl Drop for Tmux {
 
 #[test]
 fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
-    let p = free_port_block(3);
-    let store = format!("tcp://127.0.0.1:{p}");
-    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
-    let (_replay, eps) = start_replay("replay", 2, &["--rate", "2k", "--duration", "120s", "--symbols", "20"]);
-    let _e = engine(
+    let (store, _server, _replay, eps) = store_and_feed();
+    let _e = engine_json(
         &eps,
         &["--expect-eos", "0", "--store", &store, "--metrics-interval", "300ms", "--engine-id", "top-test"],
     );

@@ -9,20 +9,6 @@ use std::time::Duration;
 use common::*;
 use mdsub::wire::{self, Header, Kind};
 
-fn engine_json(connect: &[&str], extra: &[&str]) -> LineProc {
-    let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "90s"]);
-    for c in connect {
-        cmd.args(["--endpoint", c]);
-    }
-    cmd.args(extra);
-    LineProc::spawn("engine", &mut cmd)
-}
-
-fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("field {k} missing in {v}"))
-}
-
 #[test]
 fn replay_to_engine_delivers_every_message_once_in_topic_order() {
     let (replay, eps) = start_replay("replay", 1, &["--count", "60000", "--rate", "0", "--symbols", "50"]);

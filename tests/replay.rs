@@ -11,9 +11,12 @@ use common::*;
 use mdsub::wire::capture::{CaptureReader, CaptureWriter};
 use mdsub::wire::{self, Header, Kind};
 
+/// One frame of a message and whether more frames of it follow.
+type Part = (Vec<u8>, bool);
+
 /// A capture of 200 mdsub frames, 5 foreign `[topic][body]` messages and 3
 /// foreign single frames; returns it as (frame, more) records.
-fn write_capture(path: &std::path::Path) -> Vec<(Vec<u8>, bool)> {
+fn write_capture(path: &std::path::Path) -> Vec<Part> {
     let mut records = Vec::new();
     for i in 1..=200u64 {
         let h = Header {
@@ -43,7 +46,7 @@ fn write_capture(path: &std::path::Path) -> Vec<(Vec<u8>, bool)> {
 }
 
 /// Receive every frame until an end-of-stream frame, with deadline.
-fn receive_until_eos(sub: &zmq::Socket) -> Vec<(Vec<u8>, bool)> {
+fn receive_until_eos(sub: &zmq::Socket) -> Vec<Part> {
     let mut got = Vec::new();
     let end = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -68,13 +71,20 @@ fn subscriber(ep: &str) -> (zmq::Context, zmq::Socket) {
     (ctx, sub)
 }
 
-#[test]
-fn capture_replays_byte_identical_and_records_back_identical() {
-    let dir = std::env::temp_dir().join(format!("mdsub-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+/// Write the test capture to `in.mdcap` in a fresh temp dir `name` and
+/// replay it flat out on one shard: the dir, the records written, the replay
+/// and its endpoints.
+fn replay_a_capture(name: &str) -> (std::path::PathBuf, Vec<Part>, LineProc, Vec<String>) {
+    let dir = temp_dir(name);
     let path = dir.join("in.mdcap");
     let records = write_capture(&path);
     let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
+    (dir, records, replay, eps)
+}
+
+#[test]
+fn capture_replays_byte_identical_and_records_back_identical() {
+    let (dir, records, replay, eps) = replay_a_capture("replay");
     let (_ctx, sub) = subscriber(&eps[0]);
     let got = receive_until_eos(&sub);
     assert_eq!(got.len(), records.len());
@@ -99,8 +109,7 @@ fn capture_replays_byte_identical_and_records_back_identical() {
 
 #[test]
 fn damaged_capture_sends_the_intact_prefix_and_names_the_offset() {
-    let dir = std::env::temp_dir().join(format!("mdsub-trunc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = temp_dir("trunc");
     let path = dir.join("cut.mdcap");
     let records = write_capture(&path);
     let len = std::fs::metadata(&path).expect("meta").len();
@@ -141,15 +150,9 @@ fn run_err(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn verbatim_capture_replay_into_the_engine_accounts_every_message() {
-    let dir = std::env::temp_dir().join(format!("mdsub-capeng-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let path = dir.join("in.mdcap");
-    let records = write_capture(&path);
+    let (dir, records, replay, eps) = replay_a_capture("capeng");
     let data = records.iter().filter(|(f, _)| wire::decode(f).is_ok()).count() as u64;
-    let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
-    let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &eps[0]]);
-    let engine = LineProc::spawn("engine", &mut cmd);
+    let engine = engine_json(&eps, &[]);
     let (status, out) = engine.finish(Duration::from_secs(60));
     assert!(status.success(), "{out}");
     let r = json(&out);
@@ -195,8 +198,7 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent/x.mdcap") && err.contains("opening"), "{err}");
 
-    let dir = std::env::temp_dir().join(format!("mdsub-prof-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let dir = temp_dir("prof");
     let prof = dir.join("bad.toml");
     std::fs::write(
         &prof,
@@ -224,13 +226,7 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
 
 #[test]
 fn demo_reports_zero_loss_as_json() {
-    let (code, out, err) = run_within(
-        "demo",
-        mdsub().args(["demo", "--duration", "1s", "--rate", "20000", "--json"]),
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let r = json(&out);
+    let r = mdsub_json(&["demo", "--duration", "1s", "--rate", "20000", "--json"], Duration::from_secs(60));
     assert_eq!(r["sent"].as_u64(), Some(20_000), "{r}");
     assert_eq!(r["delivered"].as_u64(), Some(20_000));
     assert_eq!(r["lost"].as_u64(), Some(0));
@@ -239,13 +235,7 @@ fn demo_reports_zero_loss_as_json() {
 
 #[test]
 fn bench_prints_engine_and_baseline_with_ratios() {
-    let (code, out, err) = run_within(
-        "bench",
-        mdsub().args(["bench", "--count", "20k", "--runs", "1", "--json"]),
-        Duration::from_secs(120),
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let r = json(&out);
+    let r = mdsub_json(&["bench", "--count", "20k", "--runs", "1", "--json"], Duration::from_secs(120));
     let runs = r["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 3, "baseline, engine/batch, engine/per-message");
     for run in runs {

@@ -62,24 +62,9 @@ fn round_robin_spreads_messages_evenly_over_four_workers() {
 
 #[test]
 fn bench_compares_shards_and_routing_in_one_run() {
-    let (code, out, err) = run_within(
-        "bench",
-        mdsub().args([
-            "bench",
-            "--count",
-            "20k",
-            "--runs",
-            "1",
-            "--handoff",
-            "batch",
-            "--compare",
-            "shards,routing",
-            "--json",
-        ]),
-        Duration::from_secs(180),
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let r = json(&out);
+    let args =
+        ["bench", "--count", "20k", "--runs", "1", "--handoff", "batch", "--compare", "shards,routing", "--json"];
+    let r = mdsub_json(&args, Duration::from_secs(180));
     let names: Vec<&str> =
         r["runs"].as_array().expect("runs").iter().filter_map(|x| x["subscriber"].as_str()).collect();
     assert_eq!(

@@ -4,24 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use std::process::Stdio;
 
-use common::{free_port_block, lines_of, mdsub, run_within, wait_until, LineProc, Proc};
+use common::{free_port_block, lines_of, mdsub, run_within, temp_dir, wait_until, LineProc, Proc};
 use mdsub::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
 use mdsub::security::{load_public_keys, ClientKeys, Keypair, ServerAccess, ZapAgent, ZapCounters};
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mdsub-sec-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 fn keygen(dir: &Path, name: &str) -> Keypair {
     let (code, out, err) = run_within("keygen", mdsub().arg("keygen").arg(name).arg("--dir").arg(dir), DEADLINE);
@@ -73,7 +66,7 @@ fn ping(endpoint: &str, keys: Option<&ClientKeys>, server: &zmq::Socket, wait: D
 
 #[test]
 fn keygen_writes_libzmq_z85_keys_and_refuses_to_overwrite() {
-    let dir = temp_dir("keygen");
+    let dir = temp_dir("sec-keygen");
     let pair = keygen(&dir, "node");
     let public = std::fs::read_to_string(dir.join("node.pub")).unwrap();
     let z85 = public.lines().find_map(|l| l.trim().strip_prefix("public-key = ")).expect("public-key line");
@@ -92,7 +85,7 @@ fn keygen_writes_libzmq_z85_keys_and_refuses_to_overwrite() {
 
 #[test]
 fn curve_server_serves_allowed_keys_and_counts_refused_ones() {
-    let dir = temp_dir("curve");
+    let dir = temp_dir("sec-curve");
     let server = keygen(&dir, "server");
     let alice = keygen(&dir, "alice");
     let mallory = keygen(&dir, "mallory");
@@ -167,7 +160,7 @@ fn status_state(port: u16, keys: &ClientKeys) -> Option<String> {
 
 #[test]
 fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
-    let dir = temp_dir("clone");
+    let dir = temp_dir("sec-clone");
     let server_key = keygen(&dir, "server");
     let alice = keygen(&dir, "alice");
     keygen(&dir, "mallory");

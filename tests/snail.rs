@@ -85,10 +85,6 @@ fn engine(endpoint: &str, extra: &[&str]) -> Child2 {
     Child2::spawn("engine", &mut cmd)
 }
 
-fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("field {k} missing in {v}"))
-}
-
 /// The snail site `role` in a JSON report.
 fn site<'a>(r: &'a serde_json::Value, role: &str) -> &'a serde_json::Value {
     r["snail"]["sites"]

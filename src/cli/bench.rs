@@ -12,7 +12,7 @@ use super::args::{parse_count, parse_count_usize, parse_duration, Idle};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
 use super::replay::{file_source, parse_speed, Speed};
-use super::{describe_pacing, load_profile};
+use super::{describe_pacing, load_profile, override_idle_handler};
 use crate::agent::StopFlag;
 use crate::bench::clone::CloneBenchConfig;
 use crate::bench::lvc::LvcBenchConfig;
@@ -125,12 +125,7 @@ fn cpu_ns_per_msg(r: &RunReport) -> f64 {
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let mut profile = load_profile(&args.profile)?;
-    if let Some(idle) = args.idle {
-        profile.idle = idle.name().into();
-    }
-    if let Some(h) = args.handler {
-        profile.handler = h;
-    }
+    override_idle_handler(&mut profile, args.idle, args.handler);
     let handoffs: Vec<HandOff> = match args.handoff.as_str() {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
         h => vec![parse_handoff(h).map_err(anyhow::Error::msg)?],

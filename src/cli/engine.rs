@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::args::{parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, Endpoint, How, Idle};
 use super::feed::FeedArgs;
-use super::{describe_pacing, expected_msgs, load_profile, progress_bar};
+use super::{describe_pacing, expected_msgs, load_profile, override_idle_handler, progress_bar, store_servers};
 use crate::agent::StopFlag;
 use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::handler::HandlerSpec;
@@ -144,12 +144,7 @@ pub const DEMO_DURATION: Duration = Duration::from_secs(3);
 /// Run `mdsub demo`: a generated feed replayed into the engine in one process.
 pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = load_profile(&args.profile)?;
-    if let Some(idle) = args.idle {
-        profile.idle = idle.name().into();
-    }
-    if let Some(h) = args.handler {
-        profile.handler = h;
-    }
+    override_idle_handler(&mut profile, args.idle, args.handler);
     args.snail.apply(&mut profile)?;
     profile.validate(&host_cores())?;
     let shards = profile.shards.len();
@@ -306,12 +301,7 @@ impl OutputArgs {
         if self.store.len() > 2 {
             bail!("--store: one server, or two for a Binary Star pair");
         }
-        let servers = self
-            .store
-            .iter()
-            .map(|e| e.only(How::Connect, "--store"))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(anyhow::Error::msg)?;
+        let servers = store_servers(&self.store)?;
         engine.start_store(servers, engine_settings(engine)).context("starting the status agent")?;
         Ok(())
     }
@@ -454,17 +444,12 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         }
         profile.workers = vec![Default::default(); w];
     }
-    if let Some(h) = args.handler {
-        profile.handler = h;
-    }
+    override_idle_handler(&mut profile, args.idle, args.handler);
     if let Some(h) = args.handoff {
         profile.handoff = h;
     }
     if let Some(r) = args.routing {
         profile.routing = r;
-    }
-    if let Some(idle) = args.idle {
-        profile.idle = idle.name().into();
     }
     args.snail.apply(&mut profile)?;
     profile.validate(&host_cores())?;

@@ -32,6 +32,7 @@ pub mod security;
 pub mod tap;
 pub mod top;
 
+use crate::engine::handler::HandlerSpec;
 use crate::profile::{host_cores, Profile};
 use crate::replay::{Limits, Pacing};
 
@@ -70,6 +71,25 @@ pub(crate) fn describe_pacing(p: Pacing) -> String {
         Pacing::Recorded { speed: 1.0 } => "recorded timing".into(),
         Pacing::Recorded { speed } => format!("{speed}x recorded timing"),
     }
+}
+
+/// `--idle` and `--handler` (demo, engine, bench) over the profile's own.
+pub(crate) fn override_idle_handler(profile: &mut Profile, idle: Option<args::Idle>, handler: Option<HandlerSpec>) {
+    if let Some(idle) = idle {
+        profile.idle = idle.name().into();
+    }
+    if let Some(h) = handler {
+        profile.handler = h;
+    }
+}
+
+/// The `--store` servers (engine, top): connect endpoints only.
+pub(crate) fn store_servers(store: &[args::Endpoint]) -> anyhow::Result<Vec<String>> {
+    store
+        .iter()
+        .map(|e| e.only(args::How::Connect, "--store"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)
 }
 
 pub(crate) fn load_profile(spec: &str) -> anyhow::Result<Profile> {

@@ -15,7 +15,8 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
 
-use super::args::{parse_duration, parse_endpoint, Endpoint, How};
+use super::args::{parse_duration, parse_endpoint, Endpoint};
+use super::store_servers;
 use crate::agent::StopFlag;
 use crate::clone::client::{Change, Client, ClientConfig};
 use crate::metrics::human_ns;
@@ -213,12 +214,7 @@ impl Top {
 
 /// Run `mdsub top`.
 pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
-    let servers = args
-        .store
-        .iter()
-        .map(|e| e.only(How::Connect, "--store"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let servers = store_servers(&args.store)?;
     let client = Client::start(ClientConfig { servers, subtree: STATUS_ROOT.into(), ..ClientConfig::default() })?;
     client.wait_synced(args.timeout).context("connecting to the clone store")?;
     let changes = client.watch(STATUS_ROOT.as_bytes())?;

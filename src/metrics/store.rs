@@ -20,13 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, RecvTimeoutError};
 use serde_json::json;
 
 use super::collector::SharedLatency;
 use super::prom::EngineLive;
 use super::settings::{Level, LogLevel, Offer, Settings};
-use crate::agent::{Agent, AgentError, Step};
+use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 use crate::clone::client::{Change, Client, ClientConfig};
 
@@ -66,8 +65,7 @@ pub struct StoreAgent {
     inputs: StoreInputs,
     status: String,
     config: String,
-    changes: Receiver<Change>,
-    waiting: Option<Change>,
+    changes: Inbox<Change>,
     next_publish_ns: u64,
     started_ns: u64,
     refused: BTreeMap<String, String>,
@@ -93,8 +91,7 @@ impl StoreAgent {
             status: status_prefix(&inputs.engine_id),
             config,
             inputs,
-            changes,
-            waiting: None,
+            changes: Inbox::new(changes),
             next_publish_ns: 0,
             started_ns: clock::realtime_ns(),
             refused: BTreeMap::new(),
@@ -215,11 +212,7 @@ impl Agent for StoreAgent {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let mut n = 0;
-        if let Some(c) = self.waiting.take() {
-            self.on_change(c)?;
-            n += 1;
-        }
-        while let Ok(c) = self.changes.try_recv() {
+        while let Some(c) = self.changes.next() {
             self.on_change(c)?;
             n += 1;
         }
@@ -233,10 +226,7 @@ impl Agent for StoreAgent {
 
     fn idle_wait(&mut self, timeout: Duration) {
         let left = Duration::from_nanos(self.next_publish_ns.saturating_sub(clock::realtime_ns()));
-        match self.changes.recv_timeout(timeout.min(left)) {
-            Ok(c) => self.waiting = Some(c),
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
-        }
+        self.changes.wait(timeout.min(left));
     }
 
     fn on_close(&mut self) {

@@ -105,6 +105,15 @@ pub enum Source {
     },
 }
 
+/// What one source's run is paced, bounded, stopped and reported by (the
+/// parameters of [`Publisher::run`] the generator, capture and DBN loops share).
+struct Run<'a> {
+    pacing: Pacing,
+    limits: Limits,
+    stop: &'a StopFlag,
+    progress: &'a mut dyn FnMut(u64),
+}
+
 /// Limits of one replay run (the first reached ends it).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -359,9 +368,11 @@ impl Publisher {
             _ if matches!(pacing, Pacing::Recorded { speed } if !(speed > 0.0 && speed.is_finite())) => {
                 return Err(ReplayError::Config("the replay speed must be a positive number".into()))
             }
-            Source::Generator(g) => self.run_generator(g, pacing, limits, stop, progress),
-            Source::Capture { path, restamp } => self.run_capture(path, *restamp, pacing, limits, stop, progress),
-            Source::Dbn { paths } => self.run_dbn(paths, pacing, limits, stop, progress),
+            Source::Generator(g) => self.run_generator(g, Run { pacing, limits, stop, progress }),
+            Source::Capture { path, restamp } => {
+                self.run_capture(path, *restamp, Run { pacing, limits, stop, progress })
+            }
+            Source::Dbn { paths } => self.run_dbn(paths, Run { pacing, limits, stop, progress }),
         };
         // End the stream in every case, so subscribers finish: after a damaged
         // capture everything before the damage was sent.
@@ -376,14 +387,8 @@ impl Publisher {
         Ok(self.stats(start, interrupted))
     }
 
-    fn run_generator(
-        &mut self,
-        cfg: &GeneratorConfig,
-        pacing: Pacing,
-        limits: Limits,
-        stop: &StopFlag,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<bool, ReplayError> {
+    fn run_generator(&mut self, cfg: &GeneratorConfig, run: Run<'_>) -> Result<bool, ReplayError> {
+        let Run { pacing, limits, stop, progress } = run;
         let mut gen = Generator::new(cfg);
         let shards = self.shards.len();
         let topics: Vec<Vec<u8>> = gen.topics().iter().map(|t| t.as_bytes().to_vec()).collect();
@@ -418,15 +423,8 @@ impl Publisher {
         Ok(stop.is_stopped())
     }
 
-    fn run_capture(
-        &mut self,
-        path: &std::path::Path,
-        restamp: bool,
-        pacing: Pacing,
-        limits: Limits,
-        stop: &StopFlag,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<bool, ReplayError> {
+    fn run_capture(&mut self, path: &std::path::Path, restamp: bool, run: Run<'_>) -> Result<bool, ReplayError> {
+        let Run { pacing, limits, stop, progress } = run;
         let cap = |source| ReplayError::Capture { path: path.to_path_buf(), source };
         let mut reader = CaptureReader::open(path).map_err(cap)?;
         let shards = self.shards.len();
@@ -539,14 +537,8 @@ impl Publisher {
         }
     }
 
-    fn run_dbn(
-        &mut self,
-        paths: &[PathBuf],
-        pacing: Pacing,
-        limits: Limits,
-        stop: &StopFlag,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<bool, ReplayError> {
+    fn run_dbn(&mut self, paths: &[PathBuf], run: Run<'_>) -> Result<bool, ReplayError> {
+        let Run { pacing, limits, stop, progress } = run;
         let mut merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
         let shards = self.shards.len();
         // Per topic: (topic sequence, shard). Instruments map to a topic slot

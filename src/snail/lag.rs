@@ -192,67 +192,72 @@ mod tests {
         SnailConfig { max_lag_ns: 100 * MS, grace_ns: 200 * MS, window_ns: 800 * MS, ..SnailConfig::default() }
     }
 
-    /// Feed one message every `step_ms` for `for_ms`, each `lag_ms` late;
-    /// returns the worst verdict seen.
-    fn run(d: &mut LagDetector, clock: &ManualClock, seq: &mut u64, step_ms: u64, for_ms: u64, lag_ms: u64) -> Verdict {
-        let mut worst = Verdict::Ok;
-        for _ in 0..for_ms / step_ms {
-            let now = clock.advance_ms(step_ms);
-            *seq += 1;
-            worst = worst.max(d.observe(now - lag_ms * MS, *seq, now));
+    /// A detector fed by a test clock, one message a millisecond.
+    struct Feed {
+        d: LagDetector,
+        clock: ManualClock,
+        seq: u64,
+    }
+
+    impl Feed {
+        fn new(cfg: &SnailConfig) -> Feed {
+            Feed { d: LagDetector::new(cfg), clock: ManualClock::new(T0), seq: 0 }
         }
-        worst
+
+        /// Feed one message every ms for `for_ms`, each `lag_ms` late;
+        /// returns the worst verdict seen.
+        fn run(&mut self, for_ms: u64, lag_ms: u64) -> Verdict {
+            let mut worst = Verdict::Ok;
+            for _ in 0..for_ms {
+                let now = self.clock.advance_ms(1);
+                self.seq += 1;
+                worst = worst.max(self.d.observe(now - lag_ms * MS, self.seq, now));
+            }
+            worst
+        }
     }
 
     #[test]
     fn healthy_feed_is_ok() {
-        let clock = ManualClock::new(T0);
-        let mut d = LagDetector::new(&cfg());
-        let mut seq = 0;
-        assert_eq!(run(&mut d, &clock, &mut seq, 1, 3_000, 2), Verdict::Ok);
-        assert_eq!(d.last_good_seq(), seq);
+        let mut f = Feed::new(&cfg());
+        assert_eq!(f.run(3_000, 2), Verdict::Ok);
+        assert_eq!(f.d.last_good_seq(), f.seq);
     }
 
     #[test]
     fn a_spike_shorter_than_the_grace_is_not_a_snail() {
-        let clock = ManualClock::new(T0);
-        let mut d = LagDetector::new(&cfg());
-        let mut seq = 0;
-        run(&mut d, &clock, &mut seq, 1, 500, 1);
-        assert!(run(&mut d, &clock, &mut seq, 1, 150, 500) < Verdict::Snail, "150 ms above, grace 200 ms");
-        assert_eq!(run(&mut d, &clock, &mut seq, 1, 500, 1), Verdict::Ok);
+        let mut f = Feed::new(&cfg());
+        f.run(500, 1);
+        assert!(f.run(150, 500) < Verdict::Snail, "150 ms above, grace 200 ms");
+        assert_eq!(f.run(500, 1), Verdict::Ok);
     }
 
     #[test]
     fn lag_above_the_threshold_for_the_grace_is_a_snail_and_names_the_last_good_seq() {
-        let clock = ManualClock::new(T0);
-        let mut d = LagDetector::new(&cfg());
-        let mut seq = 0;
-        run(&mut d, &clock, &mut seq, 1, 100, 1);
-        let good = seq;
+        let mut f = Feed::new(&cfg());
+        f.run(100, 1);
+        let good = f.seq;
         let mut first_snail = None;
         for i in 1..=300u64 {
-            let now = clock.advance_ms(1);
-            seq += 1;
-            if d.observe(now - 150 * MS, seq, now) == Verdict::Snail && first_snail.is_none() {
+            let now = f.clock.advance_ms(1);
+            f.seq += 1;
+            if f.d.observe(now - 150 * MS, f.seq, now) == Verdict::Snail && first_snail.is_none() {
                 first_snail = Some(i);
             }
         }
         // Above from the first message on; the grace (200 ms) has passed at the 201st.
         assert_eq!(first_snail, Some(201));
-        assert_eq!(d.last_good_seq(), good);
-        assert_eq!(d.last_lag_ns(), 150 * MS);
-        assert_eq!(d.above_for_ns(clock.now_ns()), 299 * MS);
+        assert_eq!(f.d.last_good_seq(), good);
+        assert_eq!(f.d.last_lag_ns(), 150 * MS);
+        assert_eq!(f.d.above_for_ns(f.clock.now_ns()), 299 * MS);
     }
 
     #[test]
     fn a_dip_below_the_threshold_restarts_the_grace() {
-        let clock = ManualClock::new(T0);
-        let mut d = LagDetector::new(&cfg());
-        let mut seq = 0;
-        assert!(run(&mut d, &clock, &mut seq, 1, 150, 150) < Verdict::Snail);
-        run(&mut d, &clock, &mut seq, 1, 1, 10);
-        assert!(run(&mut d, &clock, &mut seq, 1, 150, 150) < Verdict::Snail);
+        let mut f = Feed::new(&cfg());
+        assert!(f.run(150, 150) < Verdict::Snail);
+        f.run(1, 10);
+        assert!(f.run(150, 150) < Verdict::Snail);
     }
 
     #[test]
@@ -285,11 +290,9 @@ mod tests {
     #[test]
     fn constant_clock_offset_croaks_when_synchronised_but_not_when_skew_tolerant() {
         for (skew, want) in [(SkewMode::Synchronised, Verdict::Snail), (SkewMode::Tolerant, Verdict::Ok)] {
-            let clock = ManualClock::new(T0);
-            let mut d = LagDetector::new(&SnailConfig { skew, skew_window_ns: 2_000 * MS, ..cfg() });
-            let mut seq = 0;
+            let mut f = Feed::new(&SnailConfig { skew, skew_window_ns: 2_000 * MS, ..cfg() });
             // The publisher's clock is 2 s behind ours.
-            assert_eq!(run(&mut d, &clock, &mut seq, 1, 5_000, 2_000), want, "{skew:?}");
+            assert_eq!(f.run(5_000, 2_000), want, "{skew:?}");
         }
         // A publisher clock ahead of ours (negative raw lag) is no lag either way.
         let clock = ManualClock::new(T0);
@@ -300,20 +303,16 @@ mod tests {
 
     #[test]
     fn skew_tolerant_still_catches_lag_that_grows() {
-        let clock = ManualClock::new(T0);
-        let mut d = LagDetector::new(&SnailConfig { skew: SkewMode::Tolerant, skew_window_ns: 10_000 * MS, ..cfg() });
-        let mut seq = 0;
-        run(&mut d, &clock, &mut seq, 1, 500, 2_000);
-        assert_eq!(run(&mut d, &clock, &mut seq, 1, 500, 2_300), Verdict::Snail, "300 ms more than the floor");
+        let mut f = Feed::new(&SnailConfig { skew: SkewMode::Tolerant, skew_window_ns: 10_000 * MS, ..cfg() });
+        f.run(500, 2_000);
+        assert_eq!(f.run(500, 2_300), Verdict::Snail, "300 ms more than the floor");
     }
 
     #[test]
     fn reset_forgets_the_history() {
-        let clock = ManualClock::new(T0);
-        let mut d = LagDetector::new(&cfg());
-        let mut seq = 0;
-        assert_eq!(run(&mut d, &clock, &mut seq, 1, 500, 500), Verdict::Snail);
-        d.reset();
-        assert_eq!(run(&mut d, &clock, &mut seq, 1, 100, 1), Verdict::Ok);
+        let mut f = Feed::new(&cfg());
+        assert_eq!(f.run(500, 500), Verdict::Snail);
+        f.d.reset();
+        assert_eq!(f.run(100, 1), Verdict::Ok);
     }
 }

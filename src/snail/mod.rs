@@ -739,6 +739,12 @@ mod tests {
         SnailBoard::new(cfg, vec![Site { role: "shard0-reader".into(), shard: Some(0) }])
     }
 
+    /// A board under `policy`, the guard of its one site and a test clock at T0.
+    fn guarded(policy: Policy) -> (Arc<SnailBoard>, Guard, ManualClock) {
+        let b = board(policy);
+        (b.clone(), Guard::new(b, 0, None), ManualClock::new(T0))
+    }
+
     #[test]
     fn croak_policy_records_one_scream_naming_the_cause() {
         let b = board(Policy::Croak);
@@ -807,9 +813,7 @@ mod tests {
 
     #[test]
     fn warn_policy_counts_and_keeps_going() {
-        let b = board(Policy::Warn);
-        let mut g = Guard::new(b.clone(), 0, None);
-        let clock = ManualClock::new(T0);
+        let (b, mut g, clock) = guarded(Policy::Warn);
         for (i, lag_ms) in [300u64; 300].into_iter().chain([1; 10]).chain([300; 300]).enumerate() {
             let now = clock.advance_ms(1);
             assert_eq!(g.on_message(&header(i as u64 + 1, now - lag_ms * MS), b"A", now), Action::Continue);
@@ -822,9 +826,7 @@ mod tests {
 
     #[test]
     fn silence_is_stop_after_the_first_frame_and_not_after_end_of_stream() {
-        let b = board(Policy::Croak);
-        let mut g = Guard::new(b.clone(), 0, None);
-        let clock = ManualClock::new(T0);
+        let (b, mut g, clock) = guarded(Policy::Croak);
         assert_eq!(g.check_silence(clock.advance_ms(5_000)), Action::Continue, "not armed before any frame");
         g.heard(clock.advance_ms(1));
         assert_eq!(g.check_silence(clock.advance_ms(999)), Action::Continue);
@@ -883,9 +885,7 @@ mod tests {
 
     #[test]
     fn off_policy_judges_nothing() {
-        let b = board(Policy::Off);
-        let mut g = Guard::new(b.clone(), 0, None);
-        let clock = ManualClock::new(T0);
+        let (b, mut g, clock) = guarded(Policy::Off);
         g.heard(clock.now_ns());
         for i in 1..1000 {
             let now = clock.advance_ms(1);

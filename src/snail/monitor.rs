@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam::channel::Receiver;
 
 use super::{Scream, SnailBoard};
-use crate::agent::{Agent, AgentError, Step};
+use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 
 /// Topic prefix of every monitor message.
@@ -26,8 +26,7 @@ pub const STATE_TOPIC: &str = "snail.state";
 /// The monitor agent: screams from a channel, state from the board, out on a PUB.
 pub struct MonitorAgent {
     publisher: zmq::Socket,
-    screams: Receiver<Scream>,
-    pending: Option<Scream>,
+    screams: Inbox<Scream>,
     board: Arc<SnailBoard>,
     state_every_ns: u64,
     next_state_ns: u64,
@@ -52,8 +51,7 @@ impl MonitorAgent {
         let bound = crate::zmqx::bind_resolved(&publisher, endpoint).map_err(zerr("binding the monitor PUB"))?;
         let agent = MonitorAgent {
             publisher,
-            screams,
-            pending: None,
+            screams: Inbox::new(screams),
             board,
             state_every_ns: state_every.as_nanos().max(1) as u64,
             next_state_ns: 0,
@@ -93,24 +91,11 @@ impl Agent for MonitorAgent {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let mut n = 0;
-        if let Some(s) = self.pending.take() {
+        while let Some(s) = self.screams.next() {
             self.send_scream(&s);
             n += 1;
         }
-        let mut gone = false;
-        loop {
-            match self.screams.try_recv() {
-                Ok(s) => {
-                    self.send_scream(&s);
-                    n += 1;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    gone = true;
-                    break;
-                }
-            }
-        }
+        let gone = self.screams.is_closed();
         let now = clock::monotonic_ns();
         if now >= self.next_state_ns || gone {
             self.next_state_ns = now.saturating_add(self.state_every_ns);
@@ -127,9 +112,6 @@ impl Agent for MonitorAgent {
 
     fn idle_wait(&mut self, timeout: Duration) {
         let left = self.next_state_ns.saturating_sub(clock::monotonic_ns());
-        match self.screams.recv_timeout(timeout.min(Duration::from_nanos(left))) {
-            Ok(s) => self.pending = Some(s),
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
-        }
+        self.screams.wait(timeout.min(Duration::from_nanos(left)));
     }
 }

@@ -172,6 +172,38 @@ pub fn start_replay(name: &str, shards: usize, extra: &[&str]) -> (LineProc, Vec
     (p, eps)
 }
 
+/// Start `mdsub engine --json` (90 s at most) on `endpoints`, one
+/// `--endpoint` each, with `extra` flags after them.
+pub fn engine_json<S: AsRef<str>>(endpoints: &[S], extra: &[&str]) -> LineProc {
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s"]);
+    for e in endpoints {
+        cmd.args(["--endpoint", e.as_ref()]);
+    }
+    cmd.args(extra);
+    LineProc::spawn("engine", &mut cmd)
+}
+
+/// The unsigned field `k` of a JSON object; panics naming it when missing.
+pub fn u(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("field {k} missing in {v}"))
+}
+
+/// A fresh, empty directory `mdsub-{name}-{pid}` under the system temp dir.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mdsub-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Run `mdsub ARGS` to success within `deadline` and parse the JSON it prints.
+pub fn mdsub_json(args: &[&str], deadline: Duration) -> serde_json::Value {
+    let (code, out, err) = run_within(args[0], mdsub().args(args), deadline);
+    assert_eq!(code, Some(0), "mdsub {args:?} failed: {err}");
+    json(&out)
+}
+
 /// Parse JSON printed by a command.
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
