@@ -314,48 +314,33 @@ pub fn engine_settings(engine: &Engine) -> Settings {
     let mut s = Settings::default();
     let interval = engine.metrics_interval_ns();
     let now = Duration::from_nanos(interval.load(std::sync::atomic::Ordering::Relaxed));
-    s.register(
+    register_duration(
+        &mut s,
         "metrics_interval",
         "how often histograms are collected, logged and published (10ms to 1h, e.g. 500ms)",
-        format_duration(now),
-        move |raw| {
-            let d = parse_duration(raw)?;
-            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
-                return Err("must be from 10ms to 1h".into());
-            }
-            interval.store(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-            Ok(format_duration(d))
-        },
+        now,
+        (Duration::from_millis(10), "must be from 10ms to 1h"),
+        move |d| interval.store(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed),
     );
     let snail = engine.snail().clone();
     let now = snail.current();
     let board = snail.clone();
-    s.register(
+    register_duration(
+        &mut s,
         "snail_max_lag",
         "the snail's max lag: above it for longer than snail_grace is a SNAIL (1ms to 1h, e.g. 500ms)",
-        format_duration(Duration::from_nanos(now.max_lag_ns)),
-        move |raw| {
-            let d = parse_duration(raw)?;
-            if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
-                return Err("must be from 1ms to 1h".into());
-            }
-            board.set_max_lag_ns(d.as_nanos() as u64);
-            Ok(format_duration(d))
-        },
+        Duration::from_nanos(now.max_lag_ns),
+        (Duration::from_millis(1), "must be from 1ms to 1h"),
+        move |d| board.set_max_lag_ns(d.as_nanos() as u64),
     );
     let board = snail.clone();
-    s.register(
+    register_duration(
+        &mut s,
         "snail_grace",
         "how long lag may stay above snail_max_lag before it is a SNAIL (0s to 1h, e.g. 300ms)",
-        format_duration(Duration::from_nanos(now.grace_ns)),
-        move |raw| {
-            let d = parse_duration(raw)?;
-            if d > Duration::from_secs(3600) {
-                return Err("must be at most 1h".into());
-            }
-            board.set_grace_ns(d.as_nanos() as u64);
-            Ok(format_duration(d))
-        },
+        Duration::from_nanos(now.grace_ns),
+        (Duration::ZERO, "must be at most 1h"),
+        move |d| board.set_grace_ns(d.as_nanos() as u64),
     );
     let board = snail;
     s.register("snail_policy", "croak, warn, rest or off", now.policy.name().to_string(), move |raw| {
@@ -370,6 +355,26 @@ pub fn engine_settings(engine: &Engine) -> Settings {
         Ok(l.name().to_string())
     });
     s
+}
+
+/// Register a live duration setting from `min` (with the refusal text
+/// `why`) up to 1h; `apply` puts an accepted value in force.
+fn register_duration(
+    s: &mut Settings,
+    name: &str,
+    help: &'static str,
+    now: Duration,
+    (min, why): (Duration, &'static str),
+    apply: impl Fn(Duration) + Send + 'static,
+) {
+    s.register(name, help, format_duration(now), move |raw| {
+        let d = parse_duration(raw)?;
+        if d < min || d > Duration::from_secs(3600) {
+            return Err(why.into());
+        }
+        apply(d);
+        Ok(format_duration(d))
+    });
 }
 
 /// A duration as the shared parser reads it back (`250ms`, `2s`).
