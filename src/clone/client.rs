@@ -34,6 +34,7 @@ pub use super::client_core::{AckState, Change, ChangeKind, ClientConfig, ClientS
 use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::security::ClientKeys;
 
 /// Messages read from one socket per unit of work (then timers get a turn).
 const BATCH_MSGS: usize = 4096;
@@ -117,7 +118,7 @@ impl Client {
     pub fn start_secured(
         cfg: ClientConfig,
         idle: IdleStrategy,
-        keys: Option<crate::security::ClientKeys>,
+        keys: Option<ClientKeys>,
     ) -> Result<Client, ClientError> {
         if cfg.servers.is_empty() || cfg.servers.len() > 2 {
             return Err(ClientError::Config(format!(
@@ -312,7 +313,7 @@ struct ClientAgent {
     core: ClientCore,
     ctx: zmq::Context,
     /// CURVE keys presented to the servers, if they demand them.
-    keys: Option<crate::security::ClientKeys>,
+    keys: Option<ClientKeys>,
     servers: Vec<ServerConn>,
     publisher: zmq::Socket,
     bell: zmq::Socket,
@@ -345,15 +346,12 @@ fn subscribe(sub: &zmq::Socket, subtree: &[u8], on: bool) -> zmq::Result<()> {
 impl ClientAgent {
     fn new(
         cfg: ClientConfig,
-        keys: Option<crate::security::ClientKeys>,
+        keys: Option<ClientKeys>,
         ctx: zmq::Context,
         bell: zmq::Socket,
         rx: Receiver<Cmd>,
     ) -> Result<Self, AgentError> {
-        let secure = |socket: &zmq::Socket| match &keys {
-            Some(k) => k.apply(socket),
-            None => Ok(()),
-        };
+        let secure = |socket: &zmq::Socket| ClientKeys::apply_if(keys.as_ref(), socket);
         let publisher = ctx.socket(zmq::PUB).map_err(agent_err("creating the update publisher"))?;
         secure(&publisher).map_err(agent_err("setting CURVE keys"))?;
         publisher.set_sndhwm(100_000).map_err(agent_err("setting HWM"))?;
@@ -422,9 +420,7 @@ impl ClientAgent {
         let dealer = self.ctx.socket(zmq::DEALER).map_err(agent_err("creating a snapshot socket"))?;
         dealer.set_linger(0).map_err(agent_err("setting linger"))?;
         dealer.set_rcvhwm(0).map_err(agent_err("setting HWM"))?;
-        if let Some(k) = &self.keys {
-            k.apply(&dealer).map_err(agent_err("setting CURVE keys"))?;
-        }
+        ClientKeys::apply_if(self.keys.as_ref(), &dealer).map_err(agent_err("setting CURVE keys"))?;
         dealer.connect(&self.servers[server].snapshot_ep).map_err(agent_err("connecting to a snapshot port"))?;
         let _ = dealer.send(ICANHAZ, zmq::SNDMORE | zmq::DONTWAIT);
         let _ = dealer.send(subtree, zmq::DONTWAIT);

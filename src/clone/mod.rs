@@ -82,9 +82,7 @@ pub fn server_status_secured(
     let ctx = zmq::Context::new();
     let d = ctx.socket(zmq::DEALER)?;
     d.set_linger(0)?;
-    if let Some(k) = keys {
-        k.apply(&d)?;
-    }
+    crate::security::ClientKeys::apply_if(keys, &d)?;
     d.connect(&snap)?;
     d.send(kvmsg::STATUS_REQ, 0)?;
     if d.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {

@@ -117,10 +117,7 @@ impl Server {
             )
         };
         let secure = |socket: &zmq::Socket| access.apply(socket);
-        let as_peer = |socket: &zmq::Socket| match &peer_keys {
-            Some(k) => k.apply(socket),
-            None => Ok(()),
-        };
+        let as_peer = |socket: &zmq::Socket| ClientKeys::apply_if(peer_keys.as_ref(), socket);
         let host = cfg.bind_host.clone();
         let p = cfg.port;
         if p > u16::MAX - 3 {
@@ -349,10 +346,8 @@ impl Server {
         })?;
         let _ = dealer.set_linger(0);
         let _ = dealer.set_rcvhwm(0);
-        if let Some(k) = &self.peer_keys {
-            if k.apply(&dealer).is_err() {
-                return Ok(false);
-            }
+        if ClientKeys::apply_if(self.peer_keys.as_ref(), &dealer).is_err() {
+            return Ok(false);
         }
         if dealer.connect(&p.peer_snapshot).is_err() {
             return Ok(false);

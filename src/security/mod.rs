@@ -303,6 +303,11 @@ impl ClientKeys {
         socket.set_curve_publickey(&self.client.public.0)?;
         socket.set_curve_secretkey(&self.client.secret.0)
     }
+
+    /// [`ClientKeys::apply`] when there are keys; a plain (NULL) client otherwise.
+    pub fn apply_if(keys: Option<&ClientKeys>, socket: &zmq::Socket) -> zmq::Result<()> {
+        keys.map_or(Ok(()), |k| k.apply(socket))
+    }
 }
 
 /// One ZAP request, as libzmq sends it (RFC 27, version 1.0).
