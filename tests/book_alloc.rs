@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use dbn::{FlagSet, MboMsg, RecordRef};
+use dbn::{MboMsg, RecordRef};
 use mdsub::engine::handler::{BookHandler, Handler};
 use mdsub::wire::{self, Header};
 
@@ -21,17 +21,7 @@ fn frame(topic: &str, seq: u64, m: &MboMsg) -> Vec<u8> {
 }
 
 fn mbo(id: u32, order_id: u64, action: u8, side: u8, price: i64, size: u32) -> MboMsg {
-    let mut m = MboMsg {
-        order_id,
-        price,
-        size,
-        action: action as std::ffi::c_char,
-        side: side as std::ffi::c_char,
-        flags: FlagSet::new(0x80),
-        ..Default::default()
-    };
-    m.hd.instrument_id = id;
-    m
+    mdsub::feed::mbo_synth::mbo(id, 0, order_id, action, side, price, size)
 }
 
 #[test]

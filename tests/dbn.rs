@@ -15,6 +15,7 @@ use common::*;
 use dbn::encode::dbn::Encoder;
 use dbn::encode::EncodeRecord;
 use dbn::{rtype, FlagSet, MboMsg, Metadata, RecordHeader, RecordRef, Schema, TradeMsg};
+use mdsub::feed::mbo_synth::{mbo, MboBooks};
 use mdsub::wire::{self, Kind};
 
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -31,72 +32,10 @@ fn metadata(schema: Schema, symbols: &[(&str, u32)]) -> Metadata {
     mdsub::feed::dbn_source::symbology_metadata("XNAS.ITCH", schema, T0, symbols)
 }
 
-fn mbo(id: u32, ts: u64, order_id: u64, action: u8, side: u8, price: i64, size: u32) -> MboMsg {
-    MboMsg {
-        hd: RecordHeader::new::<MboMsg>(rtype::MBO, 1, id, ts - 1_000),
-        order_id,
-        price,
-        size,
-        flags: FlagSet::new(0x80),
-        channel_id: 0,
-        action: action as std::ffi::c_char,
-        side: side as std::ffi::c_char,
-        ts_recv: ts,
-        ts_in_delta: 0,
-        sequence: order_id as u32,
-    }
-}
-
-/// A deterministic MBO feed over `instruments` (ids 101..): adds on both
-/// sides, partial and full cancels, modifies, fills and trades; receive
-/// times start at `T0 + offset` and step by `step` ns.
+/// A deterministic MBO feed over `instruments` (ids 101..): the library's
+/// synthetic books; receive times start at `T0 + offset` and step by `step` ns.
 fn mbo_feed(instruments: u32, n: usize, offset: u64, step: u64) -> Vec<MboMsg> {
-    let mut out = Vec::with_capacity(n);
-    let mut live: Vec<Vec<(u64, u8, i64, u32)>> = vec![Vec::new(); instruments as usize];
-    let mut next_order = 1u64;
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    for i in 0..n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let k = (x % instruments as u64) as usize;
-        let id = 101 + k as u32;
-        let ts = T0 + offset + i as u64 * step;
-        let book = &mut live[k];
-        let r = (x >> 8) % 10;
-        let m = if book.len() < 4 || r < 4 {
-            let side = if (x >> 20) & 1 == 0 { b'B' } else { b'A' };
-            let mid = 100_000_000_000i64 + k as i64 * 1_000_000_000;
-            let tick = 10_000_000i64 * (1 + ((x >> 24) % 8) as i64);
-            let price = if side == b'B' { mid - tick } else { mid + tick };
-            let size = 1 + ((x >> 32) % 50) as u32;
-            book.push((next_order, side, price, size));
-            next_order += 1;
-            mbo(id, ts, next_order - 1, b'A', side, price, size)
-        } else {
-            let j = ((x >> 36) as usize) % book.len();
-            let (oid, side, price, size) = book[j];
-            match r {
-                4..=5 => {
-                    book.swap_remove(j);
-                    mbo(id, ts, oid, b'C', side, price, size)
-                }
-                6 if size > 1 => {
-                    book[j].3 = size - 1;
-                    mbo(id, ts, oid, b'C', side, price, 1)
-                }
-                7 => {
-                    let np = if side == b'B' { price - 10_000_000 } else { price + 10_000_000 };
-                    book[j] = (oid, side, np, size + 1);
-                    mbo(id, ts, oid, b'M', side, np, size + 1)
-                }
-                8 => mbo(id, ts, oid, b'F', side, price, 1),
-                _ => mbo(id, ts, 0, b'T', b'N', price, 1),
-            }
-        };
-        out.push(m);
-    }
-    out
+    MboBooks::new(instruments as usize, 101, 0x2545_F491_4F6C_DD1D).feed(n, T0 + offset, step)
 }
 
 fn bytes_of<T: dbn::HasRType>(r: &T) -> Vec<u8> {

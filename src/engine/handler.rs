@@ -498,17 +498,7 @@ mod tests {
     }
 
     fn mbo(id: u32, order_id: u64, action: u8, side: u8, price: i64, size: u32) -> MboMsg {
-        let mut m = MboMsg {
-            order_id,
-            price,
-            size,
-            action: action as std::ffi::c_char,
-            side: side as std::ffi::c_char,
-            flags: dbn::FlagSet::new(0x80),
-            ..Default::default()
-        };
-        m.hd.instrument_id = id;
-        m
+        crate::feed::mbo_synth::mbo(id, 0, order_id, action, side, price, size)
     }
 
     #[test]

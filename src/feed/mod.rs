@@ -26,6 +26,7 @@ impl SplitMix64 {
 }
 
 pub mod dbn_source;
+pub mod mbo_synth;
 
 use crate::wire::topic_hash;
 
