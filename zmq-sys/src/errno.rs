@@ -1,7 +1,4 @@
-#[cfg(unix)]
 use libc as errno;
-#[cfg(windows)]
-use windows::errno;
 
 const ZMQ_HAUSNUMERO: i32 = 156_384_712;
 
