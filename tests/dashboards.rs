@@ -492,4 +492,27 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
     wait_until(Duration::from_secs(10), "the sort key to take", || tmux.capture().contains("sorted by msgs/s"));
     let _ = tmux.cmd().args(["send-keys", "-t", "top", "q"]).status();
     wait_until(Duration::from_secs(10), "q to quit the view", || !tmux.capture().contains("mdsub top:"));
+
+    // A view whose terminal goes away (tmux or ssh killed) ends instead of
+    // spinning on the dead terminal (crossterm alone would loop forever).
+    let gone = Tmux { socket: format!("mdsub-top-gone-{}", std::process::id()) };
+    let started = gone
+        .cmd()
+        .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
+        .arg(format!("exec {bin} top --store {store}"))
+        .status()
+        .expect("tmux runs");
+    assert!(started.success(), "tmux new-session");
+    wait_until(Duration::from_secs(30), "the second view to draw", || gone.capture().contains("mdsub top:"));
+    let pid = gone.cmd().args(["display-message", "-p", "-t", "top", "#{pane_pid}"]).output().expect("pane pid");
+    let pid: u32 = String::from_utf8_lossy(&pid.stdout).trim().parse().expect("a pane pid");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("top")),
+        "pane {pid} runs top"
+    );
+    let _ = gone.cmd().arg("kill-server").output();
+    wait_until(Duration::from_secs(10), "top to end when its terminal hangs up", || {
+        // Gone, or a zombie nobody has reaped yet.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z "))
+    });
 }

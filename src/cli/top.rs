@@ -233,6 +233,7 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
 
 fn interactive(model: &mut Top, changes: &crossbeam::channel::Receiver<Change>, stop: &StopFlag) -> anyhow::Result<()> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+    let tty = Tty::open().context("opening the terminal")?;
     let mut terminal = ratatui::try_init().context("starting the terminal view")?;
     let result = (|| -> anyhow::Result<()> {
         let mut last_draw = Instant::now() - Duration::from_secs(1);
@@ -247,7 +248,13 @@ fn interactive(model: &mut Top, changes: &crossbeam::channel::Receiver<Change>, 
                 last_draw = Instant::now();
                 dirty = false;
             }
-            if event::poll(Duration::from_millis(100))? {
+            let input = match tty.wait_input(Duration::from_millis(100)) {
+                Ok(input) => input,
+                // Nobody is watching any more: end quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                Err(e) => return Err(e.into()),
+            };
+            if input && event::poll(Duration::ZERO)? {
                 if let Event::Key(k) = event::read()? {
                     if k.kind != KeyEventKind::Press {
                         continue;
@@ -268,8 +275,47 @@ fn interactive(model: &mut Top, changes: &crossbeam::channel::Receiver<Change>, 
         }
         Ok(())
     })();
-    ratatui::restore();
+    // A hung-up terminal cannot be restored; that is no error of the view's.
+    let _ = ratatui::try_restore();
     result
+}
+
+/// The terminal the view reads keys from, watched for a hang-up: crossterm
+/// 0.28 reads a hung-up terminal in an endless loop (its `read() == 0` is not
+/// an end), so a `top` whose tmux or ssh went away would spin at full CPU and
+/// never see SIGTERM. Waiting on the terminal here first ends the view instead.
+struct Tty {
+    fd: std::os::fd::RawFd,
+    _owned: Option<std::fs::File>,
+}
+
+impl Tty {
+    /// The same terminal crossterm reads: stdin when it is one, else `/dev/tty`.
+    fn open() -> std::io::Result<Tty> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(0) } == 1 {
+            return Ok(Tty { fd: 0, _owned: None });
+        }
+        let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+        Ok(Tty { fd: f.as_raw_fd(), _owned: Some(f) })
+    }
+
+    /// Wait up to `timeout` for input: `Ok(true)` when there is some, an
+    /// error when the terminal has hung up.
+    fn wait_input(&self, timeout: Duration) -> std::io::Result<bool> {
+        let mut p = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+        }
+        if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the terminal hung up"));
+        }
+        Ok(p.revents & libc::POLLIN != 0)
+    }
 }
 
 fn draw(f: &mut ratatui::Frame, model: &Top) {
