@@ -695,6 +695,25 @@ mod tests {
     }
 
     #[test]
+    fn security_section_parses_and_names_bad_fields() {
+        let text = include_str!("../tuning/default-2core.toml").to_string()
+            + "\n[security]\ncurve_key = \"k/e.key\"\nserver_key = \"k/f.pub\"\nmetrics_allow_addr = [\"10.0.0.0/8\"]\n";
+        let p = Profile::from_toml(&text, "s.toml").expect("parses");
+        p.validate(&[0, 1]).expect("valid");
+        assert_eq!(p.security.server_key.as_deref(), Some(Path::new("k/f.pub")));
+        assert_eq!(Profile::from_toml(&p.to_toml(), "x").expect("round trip"), p);
+        let mut p = Profile::builtin();
+        p.security.monitor_allow_addr = vec!["10.0.0.0/40".into()];
+        assert_eq!(err_field(&p, &[0, 1]), "security.monitor_allow_addr");
+        let mut p = Profile::builtin();
+        p.security.curve_key = Some("k/e.key".into());
+        assert_eq!(err_field(&p, &[0, 1]), "security.curve_key", "a client key without the server's");
+        let mut p = Profile::builtin();
+        p.security.monitor_curve_allow = vec!["k/ops".into()];
+        assert_eq!(err_field(&p, &[0, 1]), "security.monitor_curve_allow");
+    }
+
+    #[test]
     fn loopback_interface_applies_as_source() {
         assert!(interface_exists("lo"));
         assert!(interface_exists("127.0.0.1"));

@@ -468,3 +468,59 @@ fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() 
     drop(replay);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// GET `path_and_query` from the HTTP server at `addr`; the body, or None
+/// while it does not answer 200.
+fn http_body(addr: &str, path_and_query: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(DEADLINE)).ok()?;
+    c.write_all(format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.1 200").then(|| out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())).flatten()
+}
+
+#[test]
+fn real_prometheus_scrapes_metrics_with_its_credentials_file() {
+    if std::process::Command::new("prometheus").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `prometheus` on PATH (tools/ci-setup.sh installs Debian's package)");
+        return;
+    }
+    let dir = temp_dir("sec-prometheus");
+    let token = dir.join("token");
+    std::fs::write(&token, "prom-s3cret\n").expect("token file");
+    let (mport, pport) = (free_port_block(1), free_port_block(1));
+    let nowhere = format!("tcp://127.0.0.1:{}", free_port_block(1));
+    let listen = format!("127.0.0.1:{mport}");
+    let tok = token.to_str().expect("utf8");
+    let e = engine(
+        &nowhere,
+        &["--expect-eos", "0", "--snail", "off", "--metrics-listen", &listen, "--metrics-token-file", tok],
+    );
+    e.err_line("metrics: http://");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/prometheus.sh");
+    let prom_listen = format!("127.0.0.1:{pport}");
+    let _prom = Proc::spawn(
+        "prometheus",
+        std::process::Command::new("bash").args([script, "--target", &listen, "--listen", &prom_listen]).args([
+            "--dir",
+            dir.to_str().expect("utf8"),
+            "--scrape-interval",
+            "250ms",
+            "--credentials-file",
+            tok,
+        ]),
+    );
+    // `up` is 1 only after a scrape that got 200; and the samples are mdsub's.
+    wait_until(Duration::from_secs(60), "Prometheus to scrape /metrics with the bearer token", || {
+        http_body(&prom_listen, "/api/v1/query?query=mdsub_agent_work_total")
+            .is_some_and(|b| b.contains(r#""status":"success""#) && b.contains(r#""job":"mdsub""#))
+    });
+    let up = http_body(&prom_listen, "/api/v1/query?query=up").expect("Prometheus answers");
+    assert!(up.contains(r#""1"]"#), "up is 1: {up}");
+    drop(_prom);
+    let _ = e.report();
+    let _ = std::fs::remove_dir_all(&dir);
+}

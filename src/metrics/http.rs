@@ -230,4 +230,23 @@ mod tests {
         let s = h.join().expect("joins");
         assert_eq!((s.served, s.refused), (1, 3));
     }
+
+    #[test]
+    fn a_token_is_demanded_and_refusals_are_counted() {
+        let access = HttpAccess { allow_addrs: vec![], token: Some(b"tok".to_vec()) };
+        let server = MetricsServer::bind("127.0.0.1:0".parse().expect("addr"), Box::new(|| "m 1\n".to_string()))
+            .expect("bind")
+            .with_access(access);
+        let (addr, counters) = (server.local_addr().expect("addr"), server.access_counters());
+        let stop = StopFlag::new();
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 50_000 }), stop.clone(), server)
+            .expect("start");
+        let no = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(no.starts_with("HTTP/1.1 401") && no.contains("WWW-Authenticate: Bearer"), "{no}");
+        assert!(get(addr, b"GET /metrics HTTP/1.1\r\nauthorization: Bearer tok\r\n\r\n").ends_with("m 1\n"));
+        assert!(get(addr, b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer tak\r\n\r\n").starts_with("HTTP/1.1 401"));
+        stop.stop();
+        let s = h.join().expect("joins");
+        assert_eq!((s.served, counters.refused_token.load(Relaxed), counters.refused_address.load(Relaxed)), (1, 2, 0));
+    }
 }
