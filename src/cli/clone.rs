@@ -22,6 +22,8 @@ use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 /// Ports: P snapshot (ROUTER, ICANHAZ?), P+1 updates (PUB, KVPUB/HUGZ), P+2 collector (SUB,
 /// KVSET), and in a pair P+3 Binary Star state (PUB).
 #[derive(Args, Debug, Clone)]
+#[command(after_help = "With --curve-key, both halves of a Binary Star pair use the same key file (each \
+connects to the other as a CURVE client with it); clients give its NAME.pub as --server-key. See docs/SECURITY.md.")]
 pub struct ServerArgs {
     /// Base endpoint to bind, `bind:tcp://HOST:P` or `tcp://HOST:P` (P..P+3 are used; HOST may be *).
     #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]tcp://HOST:P")]
@@ -59,8 +61,8 @@ pub struct ServerArgs {
     /// Idle strategy of the server thread.
     #[arg(long, value_enum, default_value_t = Idle::Block)]
     pub idle: Idle,
-    /// CURVE and address allow-lists. Both halves of a pair use the same
-    /// --curve-key file (each is the other's client).
+    // CURVE and address allow-lists. Both halves of a pair use the same
+    // --curve-key file (each is the other's client): said in the after-help.
     #[command(flatten)]
     pub access: ServerAccessArgs,
     /// Do not print state changes.

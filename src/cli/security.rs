@@ -123,13 +123,10 @@ pub fn parse_addrs(addrs: &[String], flag: &str) -> anyhow::Result<Vec<AddrBlock
 /// keys for the feed, who may subscribe to the monitor, who may scrape `/metrics`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct EngineAccessArgs {
-    /// Every shard's SUB presents this CURVE key file (NAME.key) to publishers
-    /// that demand CURVE (`mdsub replay --curve-key`); needs --server-key.
-    #[arg(long, value_name = "FILE", requires = "server_key")]
-    pub curve_key: Option<PathBuf>,
-    /// The publishers' public key file (NAME.pub); needs --curve-key.
-    #[arg(long, value_name = "FILE", requires = "curve_key")]
-    pub server_key: Option<PathBuf>,
+    /// Every shard's SUB presents these to publishers that demand CURVE
+    /// (`mdsub replay --curve-key`).
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
     /// The monitor PUB demands CURVE: its secret key file (NAME.key); subscribers need its NAME.pub.
     #[arg(long, value_name = "FILE")]
     pub monitor_curve_key: Option<PathBuf>,
@@ -152,9 +149,9 @@ pub struct EngineAccessArgs {
 impl EngineAccessArgs {
     /// Put the flags given over the profile's `[security]`.
     pub fn apply(&self, p: &mut SecurityProfile) {
-        if self.curve_key.is_some() {
-            p.curve_key.clone_from(&self.curve_key);
-            p.server_key.clone_from(&self.server_key);
+        if self.keys.curve_key.is_some() {
+            p.curve_key.clone_from(&self.keys.curve_key);
+            p.server_key.clone_from(&self.keys.server_key);
         }
         if self.monitor_curve_key.is_some() {
             p.monitor_curve_key.clone_from(&self.monitor_curve_key);
