@@ -28,7 +28,7 @@ enum Cmd {
     /// shard, paced or flat out, after waiting for subscribers.
     Replay(cli::replay::ReplayArgs),
     /// Run the engine against running publishers until end of stream or Ctrl-C.
-    Engine(cli::engine::EngineArgs),
+    Engine(Box<cli::engine::EngineArgs>),
     /// Replay benchmark: the engine against a plain single-thread SUB reader
     /// on the same feed, medians of runs and ratios.
     Bench(cli::bench::BenchArgs),

@@ -2,7 +2,7 @@
 //! HWMs. A profile is checked before anything starts, and every mistake is
 //! one error that names the field.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -196,6 +196,52 @@ pub struct Profile {
     /// The snail's thresholds and policy.
     #[serde(default)]
     pub snail: SnailProfile,
+    /// Keys and allow-lists (docs/SECURITY.md); nothing by default.
+    #[serde(default)]
+    pub security: SecurityProfile,
+}
+
+/// The engine's access settings (`[security]`): CURVE keys for the feed,
+/// who may subscribe to the monitor PUB, who may scrape `/metrics`. Paths
+/// are read when the engine starts; the same-named flags override each field.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityProfile {
+    /// This engine's key file (`mdsub keygen`'s NAME.key), presented by every
+    /// shard's SUB to publishers that demand CURVE (with `server_key`).
+    pub curve_key: Option<PathBuf>,
+    /// The publishers' public key file (NAME.pub).
+    pub server_key: Option<PathBuf>,
+    /// The monitor PUB demands CURVE with this secret key file.
+    pub monitor_curve_key: Option<PathBuf>,
+    /// With `monitor_curve_key`: only these client public keys (files or directories of `.pub`).
+    pub monitor_curve_allow: Vec<PathBuf>,
+    /// Only these source addresses may subscribe to the monitor (`10.0.0.0/8`, `127.0.0.1`).
+    pub monitor_allow_addr: Vec<String>,
+    /// Only these source addresses may scrape `/metrics`.
+    pub metrics_allow_addr: Vec<String>,
+    /// `/metrics` demands `Authorization: Bearer TOKEN`, TOKEN being this file's content.
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+impl SecurityProfile {
+    fn validate(&self) -> Result<(), ProfileError> {
+        if self.curve_key.is_some() != self.server_key.is_some() {
+            return Err(invalid("security.curve_key", "curve_key and server_key go together (the feed's CURVE)"));
+        }
+        if self.monitor_curve_key.is_none() && !self.monitor_curve_allow.is_empty() {
+            return Err(invalid("security.monitor_curve_allow", "needs monitor_curve_key"));
+        }
+        for (field, addrs) in [
+            ("security.monitor_allow_addr", &self.monitor_allow_addr),
+            ("security.metrics_allow_addr", &self.metrics_allow_addr),
+        ] {
+            for a in addrs {
+                a.parse::<crate::security::AddrBlock>().map_err(|e| invalid(field, e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Profile {
@@ -238,6 +284,7 @@ impl Profile {
             handler: HandlerSpec::Latency,
             metrics_interval_ms: default_interval_ms(),
             snail: SnailProfile::default(),
+            security: SecurityProfile::default(),
         }
     }
 
@@ -329,6 +376,7 @@ impl Profile {
             return Err(invalid("metrics_interval_ms", "must be at least 1"));
         }
         self.snail.validate()?;
+        self.security.validate()?;
         let mut used: Vec<(usize, String)> = Vec::new();
         let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
             let Some(c) = core else { return Ok(()) };
@@ -644,6 +692,25 @@ mod tests {
         assert_eq!(err_field(&p, &[0, 1]), "snail.max_lag_ms");
         let bad = include_str!("../tuning/default-2core.toml").to_string() + "\n[snail]\npolicy = \"scream\"\n";
         assert!(matches!(Profile::from_toml(&bad, "b.toml"), Err(ProfileError::Parse { .. })));
+    }
+
+    #[test]
+    fn security_section_parses_and_names_bad_fields() {
+        let text = include_str!("../tuning/default-2core.toml").to_string()
+            + "\n[security]\ncurve_key = \"k/e.key\"\nserver_key = \"k/f.pub\"\nmetrics_allow_addr = [\"10.0.0.0/8\"]\n";
+        let p = Profile::from_toml(&text, "s.toml").expect("parses");
+        p.validate(&[0, 1]).expect("valid");
+        assert_eq!(p.security.server_key.as_deref(), Some(Path::new("k/f.pub")));
+        assert_eq!(Profile::from_toml(&p.to_toml(), "x").expect("round trip"), p);
+        let mut p = Profile::builtin();
+        p.security.monitor_allow_addr = vec!["10.0.0.0/40".into()];
+        assert_eq!(err_field(&p, &[0, 1]), "security.monitor_allow_addr");
+        let mut p = Profile::builtin();
+        p.security.curve_key = Some("k/e.key".into());
+        assert_eq!(err_field(&p, &[0, 1]), "security.curve_key", "a client key without the server's");
+        let mut p = Profile::builtin();
+        p.security.monitor_curve_allow = vec!["k/ops".into()];
+        assert_eq!(err_field(&p, &[0, 1]), "security.monitor_curve_allow");
     }
 
     #[test]

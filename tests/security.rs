@@ -1,6 +1,8 @@
 //! Access control: CURVE key files from `mdsub keygen`, a CURVE server with
 //! an allow-list of client keys, and a ZAP address allow-list, on real
-//! sockets over loopback. Refusals are counted by the ZAP handler.
+//! sockets over loopback. Refusals are counted by the ZAP handler. The same
+//! on the engine's monitor PUB, `/metrics` (address allow-list, bearer
+//! token) and the data path (a CURVE replay into the engine).
 
 mod common;
 
@@ -10,7 +12,9 @@ use std::time::Duration;
 
 use std::process::Stdio;
 
-use common::{free_port_block, lines_of, mdsub, run_within, temp_dir, wait_until, LineProc, Proc};
+use common::{
+    free_port_block, lines_of, mdsub, run_within, start_replay, temp_dir, u, wait_line, wait_until, LineProc, Proc,
+};
 use mdsub::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
 use mdsub::security::{load_public_keys, ClientKeys, Keypair, ServerAccess, ZapAgent, ZapCounters};
 
@@ -206,5 +210,317 @@ fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
     let (code, _, _) = clone_client(&[bp], None, &["get", "/k/one"]);
     assert_ne!(code, Some(0), "the new active refuses a client without keys");
     drop(back);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child with stdout and stderr both read line by line (stderr carries
+/// the refusal lines, stdout the JSON report or the bound endpoints).
+struct Both {
+    proc: Proc,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+}
+
+impl Both {
+    fn spawn(name: &str, cmd: &mut std::process::Command) -> Both {
+        let mut proc = Proc::spawn(name, cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+        let out = lines_of(proc.child.stdout.take().expect("piped stdout"));
+        let err = lines_of(proc.child.stderr.take().expect("piped stderr"));
+        Both { proc, out, err }
+    }
+
+    fn err_line(&self, what: &str) -> String {
+        wait_line(&self.err, DEADLINE, &format!("{}: {what}", self.proc.name), |l| l.contains(what))
+    }
+
+    /// SIGINT, wait, and the JSON report it printed.
+    fn report(mut self) -> serde_json::Value {
+        self.proc.signal(2);
+        let status = self.proc.wait_exit(DEADLINE);
+        assert!(status.success(), "{} failed: {status}", self.proc.name);
+        let text: String = self.out.try_iter().collect::<Vec<_>>().join("\n");
+        common::json(&text)
+    }
+}
+
+/// `mdsub engine --json` on `endpoint` (runs until SIGINT) with `extra`.
+fn engine(endpoint: &str, extra: &[&str]) -> Both {
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", endpoint]).args(extra);
+    Both::spawn("engine", &mut cmd)
+}
+
+/// A SUB to the monitor at `ep` from `source` (None: the default address),
+/// presenting `keys`, subscribed to every `snail.` topic.
+fn monitor_sub(ctx: &zmq::Context, ep: &str, source: Option<&str>, keys: Option<&ClientKeys>) -> zmq::Socket {
+    let sub = ctx.socket(zmq::SUB).expect("sub");
+    sub.set_linger(0).expect("linger");
+    ClientKeys::apply_if(keys, &sub).expect("keys");
+    sub.set_subscribe(b"snail.").expect("subscribe");
+    let ep = match source {
+        Some(src) => format!("tcp://{src}:0;{}", ep.trim_start_matches("tcp://")),
+        None => ep.to_string(),
+    };
+    sub.connect(&ep).expect("connect");
+    sub
+}
+
+/// The next message on `sub` whose topic is `topic`, within `wait`.
+fn next_topic(sub: &zmq::Socket, topic: &[u8], wait: Duration) -> Option<serde_json::Value> {
+    let end = std::time::Instant::now() + wait;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        sub.set_rcvtimeo(left.as_millis().max(1) as i32).expect("rcvtimeo");
+        let m = sub.recv_multipart(0).ok()?;
+        if m.first().is_some_and(|t| t == topic) {
+            return m.get(1).map(|b| common::json(&String::from_utf8_lossy(b)));
+        }
+    }
+}
+
+/// Nothing at all arrived on `sub` (it was connected long enough to get state messages).
+fn got_nothing(sub: &zmq::Socket) -> bool {
+    sub.recv_multipart(zmq::DONTWAIT).is_err()
+}
+
+#[test]
+fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
+    let dir = temp_dir("sec-monitor");
+    let mon = keygen(&dir, "monitor");
+    let ops = keygen(&dir, "ops");
+    let mallory = keygen(&dir, "mallory");
+    // A feed that runs until killed, so the scream (silence: STOP) comes
+    // after the subscribers are known to be connected.
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "2k", "--duration", "60s"]);
+    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
+    let (key, allow) = (path("monitor.key"), path("ops.pub"));
+    let e = engine(
+        &eps[0],
+        &["--snail", "warn", "--silence", "400ms", "--monitor", "tcp://127.0.0.1:*", "--monitor-curve-key", &key]
+            .into_iter()
+            .chain(["--monitor-curve-allow", &allow])
+            .collect::<Vec<_>>(),
+    );
+    let ep = e.err_line("monitor: bound ").rsplit(' ').next().expect("endpoint").to_string();
+    let ctx = zmq::Context::new();
+    let plain = monitor_sub(&ctx, &ep, None, None);
+    let wrong = ClientKeys { client: mallory, server_public: mon.public };
+    let outsider = monitor_sub(&ctx, &ep, None, Some(&wrong));
+    e.err_line("snail-monitor-zap: refused 127.0.0.1 (CURVE): client key not allowed");
+    let right = ClientKeys { client: ops, server_public: mon.public };
+    let insider = monitor_sub(&ctx, &ep, None, Some(&right));
+    let state = next_topic(&insider, b"snail.state", DEADLINE).expect("the allowed key gets the monitor's state");
+    assert_eq!(state["verdict"], "OK", "{state}");
+    // Silence the feed: the engine screams STOP on the monitor.
+    replay.proc.signal(9);
+    let scream = next_topic(&insider, b"snail.stop", DEADLINE).expect("the allowed key gets the scream");
+    assert_eq!(scream["verdict"], "STOP", "{scream}");
+    assert!(got_nothing(&plain), "a subscriber without CURVE gets nothing");
+    assert!(got_nothing(&outsider), "a key off the allow-list gets nothing");
+    let r = e.report();
+    assert!(u(&r, "delivered") > 0, "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP connection to `to` from the loopback source address `from`.
+fn tcp_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(to) = to else { panic!("IPv4 target expected: {to}") };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket; the addresses live across the calls; the fd is
+    // handed to TcpStream, which owns and closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let src = sin(from, 0);
+        assert_eq!(libc::bind(fd, &src as *const _ as *const libc::sockaddr, len), 0, "bind {from}");
+        let dst = sin(*to.ip(), to.port());
+        assert_eq!(libc::connect(fd, &dst as *const _ as *const libc::sockaddr, len), 0, "connect {to}");
+        stream
+    }
+}
+
+/// GET /metrics over `conn` with `headers`; the whole response.
+fn scrape(mut conn: std::net::TcpStream, headers: &str) -> String {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes()).expect("send");
+    let mut out = String::new();
+    conn.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[test]
+fn monitor_zap_allow_list_and_metrics_access_refuse_the_outsider() {
+    let dir = temp_dir("sec-outsider");
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("token file");
+    // Nothing publishes here: the engine runs until SIGINT.
+    let nowhere = format!("tcp://127.0.0.1:{}", free_port_block(1));
+    let e = engine(
+        &nowhere,
+        &[
+            "--expect-eos",
+            "0",
+            "--snail",
+            "off",
+            "--monitor",
+            "tcp://127.0.0.1:*",
+            "--monitor-allow-addr",
+            "127.0.0.1",
+            "--metrics-listen",
+            "0",
+            "--metrics-allow-addr",
+            "127.0.0.1/32",
+            "--metrics-token-file",
+            token.to_str().expect("utf8"),
+        ],
+    );
+    let ep = e.err_line("monitor: bound ").rsplit(' ').next().expect("endpoint").to_string();
+    let url = e.err_line("metrics: http://");
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("metrics: http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap_or_else(|_| panic!("metrics address in {url}"));
+
+    // The monitor: 127.0.0.2 is refused by ZAP, 127.0.0.1 is served.
+    let ctx = zmq::Context::new();
+    let outsider = monitor_sub(&ctx, &ep, Some("127.0.0.2"), None);
+    e.err_line("snail-monitor-zap: refused 127.0.0.2 (NULL): address not allowed");
+    let insider = monitor_sub(&ctx, &ep, Some("127.0.0.1"), None);
+    next_topic(&insider, b"snail.state", DEADLINE).expect("127.0.0.1 gets the monitor's state");
+    next_topic(&insider, b"snail.state", DEADLINE).expect("and the next one");
+    assert!(got_nothing(&outsider), "127.0.0.2 gets nothing");
+
+    // /metrics: the token from the allowed address is served; the rest is not.
+    let local = std::net::Ipv4Addr::LOCALHOST;
+    let outside = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let bearer = "Authorization: Bearer s3cret-token\r\n";
+    let ok = scrape(tcp_from(local, addr), bearer);
+    assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.contains("mdsub_"), "{ok}");
+    let r = scrape(tcp_from(outside, addr), bearer);
+    assert!(r.starts_with("HTTP/1.1 403") && !r.contains("mdsub_"), "{r}");
+    e.err_line("metrics-http: refused 127.0.0.2 (http): address not allowed");
+    let r = scrape(tcp_from(local, addr), "Authorization: Bearer s3cret-tokem\r\n");
+    assert!(r.starts_with("HTTP/1.1 401") && r.contains("WWW-Authenticate: Bearer") && !r.contains("mdsub_"), "{r}");
+    e.err_line("metrics-http: refused 127.0.0.1 (http bearer): wrong bearer token");
+    let r = scrape(tcp_from(local, addr), "");
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    e.err_line("metrics-http: refused 127.0.0.1 (http bearer): no bearer token");
+    let _ = e.report();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() {
+    let dir = temp_dir("sec-feed");
+    keygen(&dir, "feed");
+    keygen(&dir, "engine1");
+    keygen(&dir, "mallory");
+    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--count", "3000", "--rate", "20k"]);
+    cmd.args(["--curve-key", &path("feed.key"), "--curve-allow", &path("engine1.pub")]);
+    let replay = Both::spawn("replay", &mut cmd);
+    let bound = wait_line(&replay.out, DEADLINE, "replay: bound shard0", |l| l.starts_with("bound shard0 "));
+    let ep = bound.rsplit(' ').next().expect("endpoint").to_string();
+    // Two that must get nothing: no keys (fails the CURVE handshake) and a
+    // key off the allow-list (refused by the replay's ZAP handler).
+    let plain = engine(&ep, &["--expect-eos", "0", "--snail", "off"]);
+    let mallory = engine(
+        &ep,
+        &[
+            "--expect-eos",
+            "0",
+            "--snail",
+            "off",
+            "--curve-key",
+            &path("mallory.key"),
+            "--server-key",
+            &path("feed.pub"),
+        ],
+    );
+    replay.err_line("replay-zap: refused 127.0.0.1 (CURVE): client key not allowed");
+    plain.err_line("shard0: connected to");
+    // The replay waits for one subscriber: the engine with the allowed key.
+    let good = engine(&ep, &["--curve-key", &path("engine1.key"), "--server-key", &path("feed.pub")]);
+    let mut good_proc = good.proc;
+    let status = good_proc.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "the CURVE engine failed: {status}");
+    let r = common::json(&good.out.try_iter().collect::<Vec<_>>().join("\n"));
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (3000, 3000, 0), "{r}");
+    for (name, e) in [("no keys", plain), ("a key off the list", mallory)] {
+        let r = e.report();
+        assert_eq!(u(&r, "delivered"), 0, "an engine with {name} got data: {r}");
+        assert_eq!(r["sent"], serde_json::Value::Null, "an engine with {name} saw no end of stream: {r}");
+    }
+    drop(replay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// GET `path_and_query` from the HTTP server at `addr`; the body, or None
+/// while it does not answer 200.
+fn http_body(addr: &str, path_and_query: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(DEADLINE)).ok()?;
+    c.write_all(format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.1 200").then(|| out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())).flatten()
+}
+
+#[test]
+fn real_prometheus_scrapes_metrics_with_its_credentials_file() {
+    if std::process::Command::new("prometheus").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `prometheus` on PATH (tools/ci-setup.sh installs Debian's package)");
+        return;
+    }
+    let dir = temp_dir("sec-prometheus");
+    let token = dir.join("token");
+    std::fs::write(&token, "prom-s3cret\n").expect("token file");
+    let (mport, pport) = (free_port_block(1), free_port_block(1));
+    let nowhere = format!("tcp://127.0.0.1:{}", free_port_block(1));
+    let listen = format!("127.0.0.1:{mport}");
+    let tok = token.to_str().expect("utf8");
+    let e = engine(
+        &nowhere,
+        &["--expect-eos", "0", "--snail", "off", "--metrics-listen", &listen, "--metrics-token-file", tok],
+    );
+    e.err_line("metrics: http://");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/prometheus.sh");
+    let prom_listen = format!("127.0.0.1:{pport}");
+    let _prom = Proc::spawn(
+        "prometheus",
+        std::process::Command::new("bash").args([script, "--target", &listen, "--listen", &prom_listen]).args([
+            "--dir",
+            dir.to_str().expect("utf8"),
+            "--scrape-interval",
+            "250ms",
+            "--credentials-file",
+            tok,
+        ]),
+    );
+    // `up` is 1 only after a scrape that got 200; and the samples are mdsub's.
+    wait_until(Duration::from_secs(60), "Prometheus to scrape /metrics with the bearer token", || {
+        http_body(&prom_listen, "/api/v1/query?query=mdsub_agent_work_total")
+            .is_some_and(|b| b.contains(r#""status":"success""#) && b.contains(r#""job":"mdsub""#))
+    });
+    let up = http_body(&prom_listen, "/api/v1/query?query=up").expect("Prometheus answers");
+    assert!(up.contains(r#""1"]"#), "up is 1: {up}");
+    drop(_prom);
+    let _ = e.report();
     let _ = std::fs::remove_dir_all(&dir);
 }

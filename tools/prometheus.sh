@@ -3,11 +3,13 @@
 # tools/ci-setup.sh) that scrapes mdsub engines' /metrics.
 #
 #   tools/prometheus.sh --target HOST:PORT [--target …] [--listen 127.0.0.1:9090]
-#                       [--dir DIR] [--scrape-interval 1s]
+#                       [--dir DIR] [--scrape-interval 1s] [--credentials-file FILE]
 #
 # Writes DIR/prometheus.yml (job `mdsub`) and keeps its database in DIR/data
 # (DIR defaults to a new temporary directory), then execs Prometheus in the
 # foreground, so its pid is this script's pid: stop it with kill PID or Ctrl-C.
+# --credentials-file sends `Authorization: Bearer <the file's content>` with
+# every scrape (for engines run with --metrics-token-file; docs/SECURITY.md).
 # Query it at http://LISTEN/ (e.g. histogram_quantile(0.99,
 # sum by (shard, le) (rate(mdsub_latency_seconds_bucket{stage="total"}[1m])))).
 # tests/dashboards.rs uses this script; tools/grafana-mdsub.json is a dashboard
@@ -18,13 +20,15 @@ targets=()
 listen=127.0.0.1:9090
 dir=
 interval=1s
+credentials=
 while (($#)); do
     case $1 in
         --target) targets+=("$2"); shift 2 ;;
         --listen) listen=$2; shift 2 ;;
         --dir) dir=$2; shift 2 ;;
         --scrape-interval) interval=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --credentials-file) credentials=$(realpath "$2"); shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "prometheus.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -46,6 +50,10 @@ mkdir -p "$dir/data"
     echo "  - job_name: mdsub"
     echo "    scrape_interval: $interval"
     echo "    scrape_timeout: $interval"
+    if [[ -n $credentials ]]; then
+        echo "    authorization:"
+        echo "      credentials_file: '$credentials'"
+    fi
     echo "    static_configs:"
     echo "      - targets:"
     for t in "${targets[@]}"; do

@@ -10,6 +10,7 @@ use crate::clock;
 use crate::engine::handler::{Handler, HandlerSpec};
 use crate::engine::sequence::SequenceTracker;
 use crate::metrics::{RunReport, StageHistograms};
+use crate::security::ClientKeys;
 use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
 /// The baseline subscriber agent (`baseline`): connected and subscribed;
@@ -34,13 +35,20 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    /// Connect to every endpoint and subscribe to everything; the run ends
-    /// after every publisher's end of stream, or after `timeout`.
-    pub fn connect(endpoints: &[String], rcvhwm_msgs: i32, timeout: Duration) -> zmq::Result<Baseline> {
+    /// Connect to every endpoint (presenting `keys` to publishers that demand
+    /// CURVE) and subscribe to everything; the run ends after every
+    /// publisher's end of stream, or after `timeout`.
+    pub fn connect(
+        endpoints: &[String],
+        rcvhwm_msgs: i32,
+        keys: Option<&ClientKeys>,
+        timeout: Duration,
+    ) -> zmq::Result<Baseline> {
         let ctx = zmq::Context::new();
         let sub = ctx.socket(zmq::SUB)?;
         sub.set_rcvhwm(rcvhwm_msgs)?;
         sub.set_linger(0)?;
+        ClientKeys::apply_if(keys, &sub)?;
         sub.set_subscribe(b"")?;
         for ep in endpoints {
             sub.connect(ep)?;

@@ -13,6 +13,7 @@ use crate::engine::handler::HandlerSpec;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::RunReport;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, ReplayStats, Source};
+use crate::security::ClientKeys;
 
 /// Which subscriber a run measures.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub enum Subscriber {
     Baseline {
         rcvhwm_msgs: i32,
         handler: HandlerSpec,
+        /// CURVE keys its SUB presents (None: plain).
+        keys: Option<ClientKeys>,
     },
 }
 
@@ -64,11 +67,11 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             }
             Running::Engine(Box::new(Engine::start(&cfg, sub_stop).context("starting the engine")?))
         }
-        Subscriber::Baseline { rcvhwm_msgs, handler } => {
+        Subscriber::Baseline { rcvhwm_msgs, handler, keys } => {
             let limit = spec.limits.duration.unwrap_or(Duration::from_secs(3600))
                 + spec.drain_timeout
                 + Duration::from_secs(30);
-            let b = Baseline::connect(&endpoints, *rcvhwm_msgs, limit)
+            let b = Baseline::connect(&endpoints, *rcvhwm_msgs, keys.as_ref(), limit)
                 .context("connecting the baseline subscriber")?
                 .with_handler(*handler);
             let idle = crate::agent::IdleStrategy::default();

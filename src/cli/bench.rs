@@ -71,6 +71,13 @@ pub struct BenchArgs {
     /// the same runs.
     #[arg(long, value_name = "DIR")]
     pub outputs_dir: Option<std::path::PathBuf>,
+    /// Also measure with CURVE on both sides, in the same runs: the publisher
+    /// demands CURVE (fresh keys, an allow-list of the subscriber's key, the
+    /// ZAP handler on) and the baseline's and engine's SUBs present keys.
+    /// Adds `baseline+curve` and `engine/…+curve`, their ratio, and what CURVE
+    /// costs each subscriber (curve / plain).
+    #[arg(long)]
+    pub curve: bool,
 }
 
 /// Medians of one subscriber's runs.
@@ -123,6 +130,20 @@ fn cpu_ns_per_msg(r: &RunReport) -> f64 {
     cpu as f64 / r.delivered.max(1) as f64
 }
 
+/// The `--curve` baseline's name.
+const BASELINE_CURVE: &str = "baseline+curve";
+
+/// `--curve`: a fresh server pair with the subscriber's fresh key on its
+/// allow-list (so the ZAP handler is asked, as in a real deployment), and
+/// the keys the subscriber presents.
+fn curve_pair() -> anyhow::Result<(crate::security::ServerAccess, crate::security::ClientKeys)> {
+    use crate::security::{ClientKeys, Keypair, ServerAccess};
+    let (server, client) = (Keypair::generate()?, Keypair::generate()?);
+    let keys = ClientKeys { server_public: server.public, client: client.clone() };
+    let access = ServerAccess { curve: Some((server, [client.public].into_iter().collect())), allow_addrs: vec![] };
+    Ok((access, keys))
+}
+
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
@@ -147,6 +168,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         sndhwm_msgs: args.publisher.sndhwm_msgs,
         lossless: !args.publisher.lossy,
         publisher_id_base: 0,
+        access: Default::default(),
     };
     let machine = Machine::here();
     let settings = serde_json::json!({
@@ -170,6 +192,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         "workers": profile.workers.len(),
         "batch_max": profile.batch_max,
         "handler": profile.handler.to_string(),
+        "curve": args.curve,
     });
     if !args.json {
         println!("mdsub bench  {machine}");
@@ -207,9 +230,17 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     }
     let mut variants: Vec<(String, Subscriber, PublisherConfig)> = vec![(
         "baseline".into(),
-        Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler },
+        Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler, keys: None },
         publisher.clone(),
     )];
+    let curve = if args.curve { Some(curve_pair()?) } else { None };
+    if let Some((access, keys)) = &curve {
+        let mut pc = publisher.clone();
+        pc.access = access.clone();
+        let handler = profile.handler;
+        let sub = Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler, keys: Some(keys.clone()) };
+        variants.push((BASELINE_CURVE.into(), sub, pc));
+    }
     for h in &handoffs {
         let mut cfg = profile.engine_config(None);
         cfg.handoff = *h;
@@ -223,12 +254,26 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 hlog: Some(dir.join("bench.hlog")),
                 hgrm: Some(dir.join("bench.hgrm")),
                 listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                ..Default::default()
             };
             variants.push(("engine/batch+outputs".into(), Subscriber::Engine(Box::new(with)), publisher.clone()));
+        }
+        if let Some((access, keys)) = &curve {
+            let (mut with, mut pc) = (cfg.clone(), publisher.clone());
+            with.feed_keys = Some(keys.clone());
+            pc.access = access.clone();
+            variants.push((format!("{name}+curve"), Subscriber::Engine(Box::new(with)), pc));
         }
         variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
     }
     let mut pairs: Vec<(String, String, String)> = Vec::new();
+    if curve.is_some() {
+        pairs.push(("baseline: curve / plain".into(), "baseline".into(), BASELINE_CURVE.into()));
+        for h in &handoffs {
+            let name = if *h == HandOff::Batch { "engine/batch" } else { "engine/per-message" };
+            pairs.push((format!("{name}: curve / plain"), name.into(), format!("{name}+curve")));
+        }
+    }
     let with_shards = |n: usize| {
         let mut p = profile.clone();
         let template = p.shards[0].clone();
@@ -298,10 +343,17 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         .map(|(name, _, _)| medians(name, &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>()))
         .collect();
     let base = meds[0].clone();
+    let curve_base = meds.iter().find(|m| m.subscriber == BASELINE_CURVE).cloned();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    // Engines with CURVE are compared with the baseline with CURVE.
     let ratios: Vec<(String, [f64; 4])> = meds[1..]
         .iter()
+        .filter(|m| m.subscriber != BASELINE_CURVE)
         .map(|m| {
+            let base = match (&curve_base, m.subscriber.ends_with("+curve")) {
+                (Some(b), true) => b,
+                _ => &base,
+            };
             (
                 m.subscriber.clone(),
                 [
@@ -344,12 +396,12 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 human_ns(m.max_ns),
             );
         }
-        println!("ratios engine / baseline (throughput: higher is better; latency: lower is better):");
+        println!("ratios engine / baseline (throughput: higher is better; latency: lower is better; +curve against baseline+curve):");
         for (name, r) in &result.ratios {
             println!("  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x", name, r[0], r[1], r[2], r[3]);
         }
         if !result.comparisons.is_empty() {
-            println!("layouts (same feed, same runs; on a shared box only the CPU ratio is meaningful):");
+            println!("comparisons (same feed, same runs; on a shared box only the CPU ratio is meaningful):");
             for (what, r) in &result.comparisons {
                 println!("  {:<24} throughput {:.2}x  CPU ns/msg {:.2}x", what, r[0], r[1]);
             }

@@ -10,18 +10,20 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, Endpoint, How, Idle};
+use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
 use crate::clone::bstar::Role;
 use crate::clone::client::{ChangeKind, Client, ClientConfig};
 use crate::clone::kvmsg::show;
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
-use crate::security::{load_public, load_public_keys, AddrBlock, ClientKeys, Keypair, ServerAccess};
 
 /// `mdsub clone-server`: serve a CHP key-value store, alone or as half of a Binary Star pair.
 ///
 /// Ports: P snapshot (ROUTER, ICANHAZ?), P+1 updates (PUB, KVPUB/HUGZ), P+2 collector (SUB,
 /// KVSET), and in a pair P+3 Binary Star state (PUB).
 #[derive(Args, Debug, Clone)]
+#[command(after_help = "With --curve-key, both halves of a Binary Star pair use the same key file (each \
+connects to the other as a CURVE client with it); clients give its NAME.pub as --server-key. See docs/SECURITY.md.")]
 pub struct ServerArgs {
     /// Base endpoint to bind, `bind:tcp://HOST:P` or `tcp://HOST:P` (P..P+3 are used; HOST may be *).
     #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]tcp://HOST:P")]
@@ -59,18 +61,10 @@ pub struct ServerArgs {
     /// Idle strategy of the server thread.
     #[arg(long, value_enum, default_value_t = Idle::Block)]
     pub idle: Idle,
-    /// Demand CURVE: this server's secret key file (`mdsub keygen`'s NAME.key). Both halves of a
-    /// pair use the same key file; clients need its NAME.pub (`--server-key`).
-    #[arg(long, value_name = "FILE")]
-    pub curve_key: Option<PathBuf>,
-    /// With --curve-key: only these clients' public keys (NAME.pub files, or directories of
-    /// them) are let in; repeatable. Without it any client that knows the server key is.
-    #[arg(long, value_name = "FILE|DIR", requires = "curve_key")]
-    pub curve_allow: Vec<PathBuf>,
-    /// Only peers from these addresses are let in (e.g. 127.0.0.1, 10.0.0.0/8); repeatable.
-    /// Refused peers are counted and logged with their address and mechanism.
-    #[arg(long, value_name = "ADDR[/BITS]")]
-    pub allow_addr: Vec<String>,
+    // CURVE and address allow-lists. Both halves of a pair use the same
+    // --curve-key file (each is the other's client): said in the after-help.
+    #[command(flatten)]
+    pub access: ServerAccessArgs,
     /// Do not print state changes.
     #[arg(long, short)]
     pub quiet: bool,
@@ -149,26 +143,10 @@ impl ServerArgs {
     }
 }
 
-impl ServerArgs {
-    /// The access policy these arguments describe (open when no flag is given).
-    pub fn to_access(&self) -> anyhow::Result<ServerAccess> {
-        let curve = match &self.curve_key {
-            None => None,
-            Some(path) => Some((Keypair::load(path)?, load_public_keys(&self.curve_allow)?)),
-        };
-        let allow_addrs = self
-            .allow_addr
-            .iter()
-            .map(|a| a.parse::<AddrBlock>().with_context(|| "--allow-addr".to_string()))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(ServerAccess { curve, allow_addrs })
-    }
-}
-
 /// Run a server until `stop` is set (the binary's SIGINT/SIGTERM handler).
 pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let cfg = args.to_config()?;
-    let access = args.to_access()?;
+    let access = args.access.to_access()?;
     let stop = stop.clone();
     let handle = Runner::spawn("clone-server", RunSpec { core: None, idle: args.idle.strategy() }, stop, move || {
         Server::new_secured(cfg, access)
@@ -193,12 +171,8 @@ pub struct ClientArgs {
     /// Give up when no server answers within this (e.g. 10s).
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
-    /// For servers that demand CURVE: this client's secret key file (`mdsub keygen`'s NAME.key).
-    #[arg(long, value_name = "FILE", requires = "server_key")]
-    pub curve_key: Option<PathBuf>,
-    /// For servers that demand CURVE: the servers' public key file (NAME.pub).
-    #[arg(long, value_name = "FILE", requires = "curve_key")]
-    pub server_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
     /// Idle strategy of the client's agent thread.
     #[arg(long, value_enum, default_value_t = Idle::Block)]
     pub idle: Idle,
@@ -262,12 +236,7 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
     let servers = Endpoint::all_only(&args.server, How::Connect, "--server")?;
-    let keys = match (&args.curve_key, &args.server_key) {
-        (Some(key), Some(server)) => {
-            Some(ClientKeys { client: Keypair::load(key)?, server_public: load_public(server)? })
-        }
-        _ => None,
-    };
+    let keys = args.keys.to_keys()?;
     if let ClientCmd::Status = args.cmd {
         for s in &servers {
             match crate::clone::server_status_secured(s, timeout.min(Duration::from_secs(2)), keys.as_ref()) {

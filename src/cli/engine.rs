@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::args::{parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, Endpoint, How, Idle};
 use super::feed::FeedArgs;
+use super::security::{apply_security, EngineAccessArgs};
 use super::{describe_pacing, expected_msgs, load_profile, override_idle_handler, progress_bar, store_servers};
 use crate::agent::StopFlag;
 use crate::bench::run::{run_once, RunSpec, Subscriber};
@@ -16,7 +17,7 @@ use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::settings::{Level, Settings};
-use crate::metrics::{OutputsConfig, RunReport};
+use crate::metrics::RunReport;
 use crate::profile::{host_cores, Profile};
 use crate::replay::{PublisherConfig, Source};
 use crate::snail::{Policy, SkewMode};
@@ -232,6 +233,8 @@ pub struct EngineArgs {
     pub snail: SnailArgs,
     #[command(flatten)]
     pub outputs: OutputArgs,
+    #[command(flatten)]
+    pub access: EngineAccessArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -284,7 +287,9 @@ impl OutputArgs {
             }
             cfg.engine_id = Some(id.clone());
         }
-        cfg.outputs = OutputsConfig { hlog: self.hlog.clone(), hgrm: self.hgrm.clone(), listen: self.metrics_listen };
+        cfg.outputs.hlog.clone_from(&self.hlog);
+        cfg.outputs.hgrm.clone_from(&self.hgrm);
+        cfg.outputs.listen = self.metrics_listen;
         Ok(())
     }
 }
@@ -457,6 +462,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         profile.routing = r;
     }
     args.snail.apply(&mut profile)?;
+    args.access.apply(&mut profile.security);
     profile.validate(&host_cores())?;
     if profile.shards.iter().any(|s| s.endpoints.is_empty()) {
         bail!(
@@ -466,6 +472,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
     args.outputs.apply(&mut cfg)?;
+    apply_security(&profile.security, &mut cfg)?;
     let mut engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
     args.outputs.start_live(&mut engine)?;
     if let Some(ep) = engine.monitor_endpoint() {

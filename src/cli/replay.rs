@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::args::{parse_count_usize, parse_duration, parse_endpoint, Endpoint, How};
 use super::feed::{FeedArgs, PublisherArgs};
+use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
 use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
@@ -94,6 +95,8 @@ pub struct ReplayArgs {
     pub feed: FeedArgs,
     #[command(flatten)]
     pub publisher: PublisherArgs,
+    #[command(flatten)]
+    pub access: ServerAccessArgs,
     /// Publisher id of shard 0 (shard k uses ID+k). Give every publisher that
     /// feeds the same subscriber its own range: sessions of one id are taken
     /// for restarts of one publisher.
@@ -118,6 +121,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         sndhwm_msgs: args.publisher.sndhwm_msgs,
         lossless: !args.publisher.lossy,
         publisher_id_base: args.publisher_id,
+        access: args.access.to_access()?,
     };
     let ctx = zmq::Context::new();
     let mut publisher = Publisher::bind(&ctx, &cfg)?;

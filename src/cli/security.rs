@@ -1,11 +1,14 @@
-//! `mdsub keygen`: write a CURVE key pair for a server or a client.
+//! `mdsub keygen` (write a CURVE key pair for a server or a client) and the
+//! access flags every server and client command shares.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
 
-use crate::security::Keypair;
+use crate::engine::EngineConfig;
+use crate::profile::SecurityProfile;
+use crate::security::{load_public, load_public_keys, AddrBlock, ClientKeys, HttpAccess, Keypair, ServerAccess};
 
 /// `mdsub keygen` arguments.
 #[derive(Debug, Args)]
@@ -35,5 +38,151 @@ pub fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
     println!("secret {}", secret.display());
     println!("public {}", public.display());
     println!("public-key {}", pair.public);
+    Ok(())
+}
+
+/// A server's access flags (`clone-server`, `replay`): CURVE with an
+/// allow-list of client keys, and/or a ZAP address allow-list.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerAccessArgs {
+    /// Demand CURVE: this server's secret key file (`mdsub keygen`'s NAME.key);
+    /// clients need its NAME.pub (their `--server-key`).
+    #[arg(long, value_name = "FILE")]
+    pub curve_key: Option<PathBuf>,
+    /// With --curve-key: only these clients' public keys (NAME.pub files, or directories of
+    /// them) are let in; repeatable. Without it any client that knows the server key is.
+    #[arg(long, value_name = "FILE|DIR", requires = "curve_key")]
+    pub curve_allow: Vec<PathBuf>,
+    /// Only peers from these addresses are let in (e.g. 127.0.0.1, 10.0.0.0/8); repeatable.
+    /// Refused peers are counted and logged with their address and mechanism.
+    #[arg(long, value_name = "ADDR[/BITS]")]
+    pub allow_addr: Vec<String>,
+}
+
+impl ServerAccessArgs {
+    /// The access policy these flags describe (open when none is given).
+    pub fn to_access(&self) -> anyhow::Result<ServerAccess> {
+        server_access(self.curve_key.as_deref(), &self.curve_allow, &self.allow_addr, "")
+    }
+}
+
+/// A CURVE client's flags (`clone-client`, `engine`): its pair and the server's public key.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClientKeyArgs {
+    /// For servers that demand CURVE: this client's secret key file (`mdsub keygen`'s NAME.key).
+    #[arg(long, value_name = "FILE", requires = "server_key")]
+    pub curve_key: Option<PathBuf>,
+    /// For servers that demand CURVE: the servers' public key file (NAME.pub).
+    #[arg(long, value_name = "FILE", requires = "curve_key")]
+    pub server_key: Option<PathBuf>,
+}
+
+impl ClientKeyArgs {
+    /// The keys these flags name (None when neither is given).
+    pub fn to_keys(&self) -> anyhow::Result<Option<ClientKeys>> {
+        client_keys(self.curve_key.as_deref(), self.server_key.as_deref())
+    }
+}
+
+/// Load a client's pair and its server's public key; None when neither is given.
+pub fn client_keys(key: Option<&Path>, server: Option<&Path>) -> anyhow::Result<Option<ClientKeys>> {
+    match (key, server) {
+        (Some(key), Some(server)) => {
+            Ok(Some(ClientKeys { client: Keypair::load(key)?, server_public: load_public(server)? }))
+        }
+        (None, None) => Ok(None),
+        _ => {
+            anyhow::bail!("a CURVE client needs both its key file (curve_key) and the server's public key (server_key)")
+        }
+    }
+}
+
+/// Load a server policy: `key` (its secret key file) with the `allow`ed
+/// client keys, and the `addrs` allowed; `prefix` names the flags in errors.
+pub fn server_access(
+    key: Option<&Path>,
+    allow: &[PathBuf],
+    addrs: &[String],
+    prefix: &str,
+) -> anyhow::Result<ServerAccess> {
+    let curve = match key {
+        None if !allow.is_empty() => anyhow::bail!("--{prefix}curve-allow needs --{prefix}curve-key"),
+        None => None,
+        Some(path) => Some((Keypair::load(path)?, load_public_keys(allow)?)),
+    };
+    let allow_addrs = parse_addrs(addrs, &format!("--{prefix}allow-addr"))?;
+    Ok(ServerAccess { curve, allow_addrs })
+}
+
+/// Parse address blocks; `flag` names them in the error.
+pub fn parse_addrs(addrs: &[String], flag: &str) -> anyhow::Result<Vec<AddrBlock>> {
+    addrs.iter().map(|a| a.parse::<AddrBlock>().with_context(|| flag.to_string())).collect()
+}
+
+/// The engine's access flags (override the profile's `[security]`): CURVE
+/// keys for the feed, who may subscribe to the monitor, who may scrape `/metrics`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct EngineAccessArgs {
+    /// Every shard's SUB presents these to publishers that demand CURVE
+    /// (`mdsub replay --curve-key`).
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
+    /// The monitor PUB demands CURVE: its secret key file (NAME.key); subscribers need its NAME.pub.
+    #[arg(long, value_name = "FILE")]
+    pub monitor_curve_key: Option<PathBuf>,
+    /// With --monitor-curve-key: only these subscribers' public keys (files or
+    /// directories of NAME.pub); repeatable.
+    #[arg(long, value_name = "FILE|DIR", requires = "monitor_curve_key")]
+    pub monitor_curve_allow: Vec<PathBuf>,
+    /// Only subscribers from these addresses reach the monitor (ZAP); repeatable.
+    #[arg(long, value_name = "ADDR[/BITS]")]
+    pub monitor_allow_addr: Vec<String>,
+    /// Only scrapers from these addresses get /metrics (others: 403); repeatable.
+    #[arg(long, value_name = "ADDR[/BITS]")]
+    pub metrics_allow_addr: Vec<String>,
+    /// /metrics demands `Authorization: Bearer TOKEN`, TOKEN being this file's
+    /// content (Prometheus: `authorization: {credentials_file: FILE}`; others: 401).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+impl EngineAccessArgs {
+    /// Put the flags given over the profile's `[security]`.
+    pub fn apply(&self, p: &mut SecurityProfile) {
+        if self.keys.curve_key.is_some() {
+            p.curve_key.clone_from(&self.keys.curve_key);
+            p.server_key.clone_from(&self.keys.server_key);
+        }
+        if self.monitor_curve_key.is_some() {
+            p.monitor_curve_key.clone_from(&self.monitor_curve_key);
+            p.monitor_curve_allow.clone_from(&self.monitor_curve_allow);
+        }
+        let replace = |to: &mut Vec<String>, from: &Vec<String>| {
+            if !from.is_empty() {
+                to.clone_from(from);
+            }
+        };
+        replace(&mut p.monitor_allow_addr, &self.monitor_allow_addr);
+        replace(&mut p.metrics_allow_addr, &self.metrics_allow_addr);
+        if self.metrics_token_file.is_some() {
+            p.metrics_token_file.clone_from(&self.metrics_token_file);
+        }
+    }
+}
+
+/// Read the keys and token `p` names into `cfg` (after its outputs are set).
+pub fn apply_security(p: &SecurityProfile, cfg: &mut EngineConfig) -> anyhow::Result<()> {
+    cfg.feed_keys = client_keys(p.curve_key.as_deref(), p.server_key.as_deref())?;
+    cfg.monitor_access =
+        server_access(p.monitor_curve_key.as_deref(), &p.monitor_curve_allow, &p.monitor_allow_addr, "monitor-")?;
+    let token = p.metrics_token_file.as_deref().map(HttpAccess::read_token).transpose()?;
+    let allow_addrs = parse_addrs(&p.metrics_allow_addr, "--metrics-allow-addr")?;
+    cfg.outputs.metrics_access = HttpAccess { allow_addrs, token };
+    if cfg.monitor.is_none() && !cfg.monitor_access.is_open() {
+        anyhow::bail!("--monitor-curve-key/--monitor-allow-addr protect the monitor PUB: give --monitor EP too");
+    }
+    if cfg.outputs.listen.is_none() && !cfg.outputs.metrics_access.is_open() {
+        anyhow::bail!("--metrics-allow-addr/--metrics-token-file protect /metrics: give --metrics-listen too");
+    }
     Ok(())
 }

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::metrics::collector::{Collected, Collector, CollectorOutputs, SharedLatency, WorkerReport};
-use crate::metrics::http::MetricsServer;
+use crate::metrics::http::{HttpAccessCounters, MetricsServer};
 use crate::metrics::prom::{EngineLive, ShardLive};
 use crate::metrics::settings::{Level, LogLevel, Settings};
 use crate::metrics::store::{StoreAgent, StoreInputs};
 use crate::metrics::{Ceiling, OutputsConfig, RunReport, ShardReport, StageHistograms, ThreadAccount};
+use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapService};
 use crate::snail::monitor::MonitorAgent;
 use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
@@ -112,6 +113,10 @@ pub struct EngineConfig {
     pub snail: SnailConfig,
     /// Endpoint to bind the monitor PUB on (screams and state; None: no monitor).
     pub monitor: Option<String>,
+    /// Who may subscribe to the monitor PUB (open by default).
+    pub monitor_access: ServerAccess,
+    /// CURVE keys every shard's SUB presents to its publishers (None: plain).
+    pub feed_keys: Option<ClientKeys>,
     /// The engine's name in its metrics and status (default `HOST-PID`).
     pub engine_id: Option<String>,
     /// Interval log, spectrum, `/metrics`.
@@ -135,6 +140,8 @@ impl Default for EngineConfig {
             expect_eos_per_shard: None,
             snail: SnailConfig::default(),
             monitor: None,
+            monitor_access: ServerAccess::default(),
+            feed_keys: None,
             engine_id: None,
             outputs: OutputsConfig::default(),
         }
@@ -150,7 +157,7 @@ struct LiveOutputs {
     /// The engine's log level (a live setting).
     log: Arc<LogLevel>,
     /// The `/metrics` server, stopped by its own flag once the engine is joined.
-    metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr)>,
+    metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr, Arc<HttpAccessCounters>)>,
     /// The status agent (clone store), stopped the same way.
     store: Option<(AgentHandle<StoreAgent>, StopFlag)>,
 }
@@ -158,7 +165,7 @@ struct LiveOutputs {
 impl LiveOutputs {
     /// Stop and join the `/metrics` server and the status agent.
     fn stop(&mut self) {
-        if let Some((h, stop, _)) = self.metrics_http.take() {
+        if let Some((h, stop, _, _)) = self.metrics_http.take() {
             stop.stop();
             let _ = h.join();
         }
@@ -187,6 +194,9 @@ pub struct Engine {
     snail: Arc<SnailBoard>,
     /// The monitor PUB's agent and its bound endpoint.
     monitor: Option<Box<(AgentHandle<MonitorAgent>, String)>>,
+    /// The monitor context's ZAP handler, when the monitor has access control
+    /// (dropped before the contexts).
+    monitor_zap: Option<ZapService>,
     /// Linux thread ids of each shard's libzmq threads (its I/O thread and
     /// its reaper, both named `shardK-io`), for their CPU time.
     io_tids: Vec<Vec<u32>>,
@@ -290,6 +300,7 @@ impl Engine {
             expect_eos: Vec::new(),
             snail: board.clone(),
             monitor: None,
+            monitor_zap: None,
             io_tids: Vec::new(),
             _contexts: vec![fanout.clone()],
         };
@@ -298,7 +309,8 @@ impl Engine {
                 let ctx = zmq::Context::new();
                 let (tx, rx) = crossbeam::channel::bounded::<Scream>(1024);
                 let every = Duration::from_millis(crate::snail::defaults::STATE_EVERY_MS);
-                let (agent, bound) = MonitorAgent::bind(&ctx, ep, rx, board.clone(), every)?;
+                engine.monitor_zap = ZapService::start(&ctx, "snail-monitor", &cfg.monitor_access)?;
+                let (agent, bound) = MonitorAgent::bind(&ctx, ep, &cfg.monitor_access, rx, board.clone(), every)?;
                 engine._contexts.push(ctx);
                 // Like the collector, it ends by itself once every guard's sender is gone.
                 let idle = IdleStrategy::Block { wait_us: 100_000 };
@@ -337,7 +349,8 @@ impl Engine {
         for (k, shard) in cfg.shards.iter().enumerate() {
             let io_name = format!("shard{k}-io");
             let before = crate::clock::task_ids_named(&io_name);
-            let (ctx, sub) = Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes)?;
+            let (ctx, sub) =
+                Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes, cfg.feed_keys.clone())?;
             engine._contexts.push(ctx);
             // The threads libzmq just started, named after their creator.
             engine
@@ -363,14 +376,18 @@ impl Engine {
         }
         drop(screams);
         if let Some(addr) = cfg.outputs.listen {
-            engine.start_metrics_http(addr)?;
+            engine.start_metrics_http(addr, cfg.outputs.metrics_access.clone())?;
         }
         engine.start = Instant::now();
         Ok(engine)
     }
 
     /// Serve `/metrics` on `addr` from an agent of its own (not on the data path).
-    fn start_metrics_http(&mut self, addr: std::net::SocketAddr) -> Result<(), EngineError> {
+    fn start_metrics_http(
+        &mut self,
+        addr: std::net::SocketAddr,
+        access: crate::security::HttpAccess,
+    ) -> Result<(), EngineError> {
         let live = self.live_source();
         let latency = self.live.latency.clone();
         let render = Box::new(move || {
@@ -381,11 +398,13 @@ impl Engine {
             }
         });
         let server = MetricsServer::bind(addr, render)
-            .map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?;
+            .map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?
+            .with_access(access);
+        let counters = server.access_counters();
         let bound = server.local_addr().map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?;
         let stop = StopFlag::new();
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)?;
-        self.live.metrics_http = Some((h, stop, bound));
+        self.live.metrics_http = Some((h, stop, bound, counters));
         Ok(())
     }
 
@@ -416,7 +435,12 @@ impl Engine {
 
     /// The address `/metrics` is served on, if it is.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.live.metrics_http.as_ref().map(|(_, _, a)| *a)
+        self.live.metrics_http.as_ref().map(|(_, _, a, _)| *a)
+    }
+
+    /// How many scrapes `/metrics`' access policy refused, if it is served.
+    pub fn metrics_access_counters(&self) -> Option<Arc<HttpAccessCounters>> {
+        self.live.metrics_http.as_ref().map(|(_, _, _, c)| c.clone())
     }
 
     /// The engine's id in its metrics and status.
@@ -463,6 +487,7 @@ impl Engine {
         shard: &ShardConfig,
         rcvhwm: i32,
         max_msg_bytes: i64,
+        keys: Option<ClientKeys>,
     ) -> Result<(zmq::Context, zmq::Socket), EngineError> {
         let shard = shard.clone();
         let name = format!("shard{k}-io");
@@ -475,6 +500,7 @@ impl Engine {
             sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
             sub.set_maxmsgsize(max_msg_bytes).map_err(zerr("setting MAXMSGSIZE".into()))?;
             sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
+            ClientKeys::apply_if(keys.as_ref(), &sub).map_err(zerr("setting CURVE keys".into()))?;
             let control = [crate::wire::CONTROL_TOPIC, b"\0"].concat();
             if shard.subscribe.is_empty() {
                 sub.set_subscribe(b"").map_err(zerr("subscribing".into()))?;
@@ -499,6 +525,12 @@ impl Engine {
     /// The monitor PUB's endpoint as bound (port resolved), if there is one.
     pub fn monitor_endpoint(&self) -> Option<&str> {
         self.monitor.as_ref().map(|m| m.1.as_str())
+    }
+
+    /// What the monitor PUB's ZAP handler has decided (None: no monitor, or
+    /// an open one).
+    pub fn monitor_access_counters(&self) -> Option<Arc<ZapCounters>> {
+        self.monitor_zap.as_ref().map(ZapService::counters)
     }
 
     /// The snail's live verdicts and counters of every reader and worker.

@@ -154,6 +154,8 @@ pub struct OutputsConfig {
     pub hgrm: Option<std::path::PathBuf>,
     /// Serve `/metrics` here (`--metrics-listen`).
     pub listen: Option<std::net::SocketAddr>,
+    /// Who may scrape it (`--metrics-allow-addr`, `--metrics-token-file`; open by default).
+    pub metrics_access: crate::security::HttpAccess,
 }
 
 /// End-of-run report of one subscriber (the engine or the baseline).

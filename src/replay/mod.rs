@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::agent::StopFlag;
 use crate::feed::dbn_source::{DbnMerge, DbnSourceError};
 use crate::feed::{shard_of, Generator, GeneratorConfig, SplitMix64};
+use crate::security::{ServerAccess, ZapCounters, ZapService};
 use crate::wire::capture::{CaptureError, CaptureReader};
 use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
 
@@ -61,6 +62,8 @@ pub struct PublisherConfig {
     pub lossless: bool,
     /// Added to the shard index to make each shard's publisher id.
     pub publisher_id_base: u32,
+    /// Who may subscribe (CURVE and/or an address allow-list; open by default).
+    pub access: ServerAccess,
 }
 
 impl Default for PublisherConfig {
@@ -70,6 +73,7 @@ impl Default for PublisherConfig {
             sndhwm_msgs: 100_000,
             lossless: true,
             publisher_id_base: 0,
+            access: ServerAccess::default(),
         }
     }
 }
@@ -161,6 +165,9 @@ pub struct Publisher {
     /// What the last DBN run reports: its market time span and skipped records.
     market_span_ns: Option<(u64, u64)>,
     skipped_by_rtype: BTreeMap<String, u64>,
+    /// The context's ZAP handler when `access` needs one (dropped with the
+    /// publisher, before its caller drops the context).
+    zap: Option<ZapService>,
 }
 
 impl Publisher {
@@ -170,6 +177,7 @@ impl Publisher {
             return Err(ReplayError::Config("at least one endpoint is needed".into()));
         }
         let mut seed = SplitMix64::new(wire::now_ns() ^ (std::process::id() as u64) << 32);
+        let zap = ZapService::start(ctx, "replay", &cfg.access).map_err(|e| ReplayError::Config(e.to_string()))?;
         let mut shards = Vec::with_capacity(cfg.endpoints.len());
         for (i, ep) in cfg.endpoints.iter().enumerate() {
             crate::zmqx::check_endpoint(ep).map_err(ReplayError::Config)?;
@@ -181,6 +189,7 @@ impl Publisher {
             }
             s.set_sndtimeo(100).map_err(zerr("setting SNDTIMEO"))?;
             s.set_linger(2000).map_err(zerr("setting LINGER"))?;
+            cfg.access.apply(&s).map_err(zerr("setting the access options"))?;
             let endpoint = crate::zmqx::bind_resolved(&s, ep).map_err(zerr(format!("binding {ep}")))?;
             shards.push(Shard {
                 socket: s,
@@ -200,7 +209,13 @@ impl Publisher {
             market_ns: Arc::new(AtomicU64::new(0)),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
+            zap,
         })
+    }
+
+    /// What the ZAP handler has decided about subscribers (None: open access).
+    pub fn access_counters(&self) -> Option<Arc<ZapCounters>> {
+        self.zap.as_ref().map(ZapService::counters)
     }
 
     /// The replayed market time (receive time of the DBN record being sent,

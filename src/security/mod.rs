@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, AgentError, Step};
+use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 
 /// The inproc endpoint where libzmq looks for a context's ZAP handler.
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -286,6 +286,86 @@ impl ServerAccess {
             allowed_keys: self.curve.as_ref().map(|(_, k)| k.clone()).unwrap_or_default(),
             allow_addrs: self.allow_addrs.clone(),
         }
+    }
+}
+
+/// Who may scrape an HTTP endpoint (`/metrics`), where CURVE does not
+/// apply: an allow-list of source addresses and/or a bearer token (the
+/// `Authorization: Bearer TOKEN` header Prometheus sends with
+/// `authorization: { credentials_file: FILE }` in its scrape config).
+#[derive(Clone, Default)]
+pub struct HttpAccess {
+    /// Source addresses allowed (empty: any).
+    pub allow_addrs: Vec<AddrBlock>,
+    /// The token a request must carry (None: no token needed).
+    pub token: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for HttpAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpAccess")
+            .field("allow_addrs", &self.allow_addrs)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// Why an HTTP request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// Its source address is outside the allow-list (403).
+    Address,
+    /// A token is required and it carried none (401).
+    NoToken,
+    /// It carried another token (401).
+    WrongToken,
+}
+
+impl HttpRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpRefusal::Address => "address not allowed",
+            HttpRefusal::NoToken => "no bearer token",
+            HttpRefusal::WrongToken => "wrong bearer token",
+        }
+    }
+}
+
+impl HttpAccess {
+    /// No access control at all (the default: `/metrics` binds loopback).
+    pub fn is_open(&self) -> bool {
+        self.allow_addrs.is_empty() && self.token.is_none()
+    }
+
+    /// Read the token from `path`: the file's content without surrounding
+    /// whitespace (as Prometheus reads `credentials_file`); empty is an error.
+    pub fn read_token(path: &Path) -> Result<Vec<u8>, SecurityError> {
+        let text = read_file(path)?;
+        let token = text.trim();
+        if token.is_empty() || token.chars().any(char::is_whitespace) {
+            return Err(bad(path, "a bearer token file holds one token (no spaces), and it is empty or has spaces"));
+        }
+        Ok(token.as_bytes().to_vec())
+    }
+
+    /// Accept (Ok) or refuse one request from `peer` whose `Authorization`
+    /// header value is `authorization`. The token is compared in constant time.
+    pub fn decide(&self, peer: IpAddr, authorization: Option<&str>) -> Result<(), HttpRefusal> {
+        if !self.allow_addrs.is_empty() && !self.allow_addrs.iter().any(|b| b.contains(peer)) {
+            return Err(HttpRefusal::Address);
+        }
+        if let Some(token) = &self.token {
+            let given = authorization
+                .and_then(|v| v.trim().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim().as_bytes())
+                .ok_or(HttpRefusal::NoToken)?;
+            let same = given.len() == token.len() && given.iter().zip(token).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+            if !same {
+                return Err(HttpRefusal::WrongToken);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -554,6 +634,45 @@ impl Agent for ZapAgent {
     }
 }
 
+/// A context's ZAP handler on its own thread ([`ZapAgent`], role `ROLE-zap`),
+/// for server sockets whose owners do not poll ZAP themselves (the engine's
+/// monitor PUB, the replay publisher). Stopped and joined on drop, which must
+/// come before the context is dropped (libzmq's termination waits for the
+/// handler's socket).
+pub struct ZapService {
+    handle: Option<AgentHandle<ZapAgent>>,
+    stop: StopFlag,
+    counters: Arc<ZapCounters>,
+}
+
+impl ZapService {
+    /// Bind and run the handler for `access` in `ctx`, before any server
+    /// socket of `ctx` binds; `None` when `access` is open (nothing to ask).
+    pub fn start(ctx: &zmq::Context, role: &str, access: &ServerAccess) -> Result<Option<ZapService>, AgentError> {
+        if access.is_open() {
+            return Ok(None);
+        }
+        let (agent, counters) = ZapAgent::bind(ctx, &format!("{role}-zap"), access.policy())?;
+        let stop = StopFlag::new();
+        let handle = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
+        Ok(Some(ZapService { handle: Some(handle), stop, counters }))
+    }
+
+    /// What the handler has decided so far.
+    pub fn counters(&self) -> Arc<ZapCounters> {
+        self.counters.clone()
+    }
+}
+
+impl Drop for ZapService {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +713,21 @@ mod tests {
         assert_eq!(policy.decide(&req("127.0.0.1", "NULL", None)), Err(Refusal::Mechanism));
         assert_eq!(policy.decide(&req("127.0.0.1", "CURVE", Some([8; 32]))), Err(Refusal::Key));
         assert_eq!(policy.decide(&req("garbage", "CURVE", Some(allowed))), Err(Refusal::Address));
+    }
+
+    #[test]
+    fn http_access_checks_address_then_bearer_token() {
+        let a = HttpAccess { allow_addrs: vec!["127.0.0.1".parse().unwrap()], token: Some(b"s3cret".to_vec()) };
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(a.decide(local, Some("Bearer s3cret")), Ok(()));
+        assert_eq!(a.decide(local, Some("bearer  s3cret ")), Ok(()), "scheme is case-insensitive");
+        assert_eq!(a.decide("127.0.0.2".parse().unwrap(), Some("Bearer s3cret")), Err(HttpRefusal::Address));
+        assert_eq!(a.decide(local, None), Err(HttpRefusal::NoToken));
+        assert_eq!(a.decide(local, Some("Basic czNjcmV0")), Err(HttpRefusal::NoToken));
+        assert_eq!(a.decide(local, Some("Bearer s3cre")), Err(HttpRefusal::WrongToken));
+        assert_eq!(a.decide(local, Some("Bearer s3cretX")), Err(HttpRefusal::WrongToken));
+        assert!(HttpAccess::default().decide("192.0.2.1".parse().unwrap(), None).is_ok());
+        assert!(!format!("{a:?}").contains("s3cret"), "the token is never printed");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crossbeam::channel::Receiver;
 use super::{Scream, SnailBoard};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
+use crate::security::ServerAccess;
 
 /// Topic prefix of every monitor message.
 pub const TOPIC_PREFIX: &str = "snail.";
@@ -35,11 +36,14 @@ pub struct MonitorAgent {
 }
 
 impl MonitorAgent {
-    /// Bind a PUB at `endpoint` in `ctx`; returns the agent and the endpoint
-    /// as bound (`tcp://127.0.0.1:*` resolved to its port).
+    /// Bind a PUB at `endpoint` in `ctx` under `access` (whose ZAP handler,
+    /// if it needs one, is already bound in `ctx`: [`crate::security::ZapService`]);
+    /// returns the agent and the endpoint as bound (`tcp://127.0.0.1:*`
+    /// resolved to its port).
     pub fn bind(
         ctx: &zmq::Context,
         endpoint: &str,
+        access: &ServerAccess,
         screams: Receiver<Scream>,
         board: Arc<SnailBoard>,
         state_every: Duration,
@@ -48,6 +52,7 @@ impl MonitorAgent {
         let publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the monitor PUB"))?;
         // A croak is the last thing the engine says: give it a second to leave.
         publisher.set_linger(1_000).map_err(zerr("setting LINGER"))?;
+        access.apply(&publisher).map_err(zerr("setting the access options"))?;
         let bound = crate::zmqx::bind_resolved(&publisher, endpoint).map_err(zerr("binding the monitor PUB"))?;
         let agent = MonitorAgent {
             publisher,
