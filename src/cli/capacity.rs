@@ -215,7 +215,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
                     }
                     v => v.word().to_string(),
                 };
-                pb.println(format!(
+                let line = format!(
                     "  {config:<28} {:>9} msg/s  achieved {:>9.0}  lost {:>5}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  {verdict}",
                     summary.offered,
                     summary.achieved,
@@ -224,7 +224,13 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
                     at(0.99),
                     at(0.999),
                     at(1.0),
-                ));
+                );
+                // A hidden bar (not a terminal) prints nothing: print plainly then.
+                if pb.is_hidden() {
+                    println!("{line}");
+                } else {
+                    pb.println(line);
+                }
             }
         }
         Event::ConfigDone { .. } => {}
