@@ -96,8 +96,12 @@ fn finds_a_known_limit_and_writes_every_output() {
     let svg = std::fs::read_to_string(folder.join("capacity.svg")).expect("svg");
     let doc = roxmltree::Document::parse(&svg).expect("capacity.svg is well-formed XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
-    let texts: Vec<String> =
-        doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(str::to_string).collect();
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(|t| t.trim().to_string())
+        .collect();
     let lines = doc.descendants().filter(|n| n.has_tag_name("polyline")).count();
     for c in ["builtin-2core handler=work:20000", "builtin-2core handler=latency"] {
         for p in ["p50", "p99", "p99.9", "max"] {
