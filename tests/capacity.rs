@@ -51,12 +51,9 @@ fn finds_a_known_limit_and_writes_every_output() {
     );
     let work = config(&v, "builtin-2core handler=work:20000");
     let none = config(&v, "builtin-2core handler=latency");
-    let (k_work, k_none) = (knee(work), knee(none));
-    assert!((25_000..50_000).contains(&k_work), "knee with 20 µs of work: {k_work} msg/s: {work}");
-    assert!(k_none > k_work, "no work: knee {k_none} should be above {k_work}");
     // The knee passed its own confirmation at 0.95x.
     let confirmed = work["outcome"]["confirmed_at"].as_u64().expect("a confirmation passed");
-    assert_eq!(confirmed, (k_work as f64 * 0.95) as u64);
+    assert_eq!(confirmed, (knee(work) as f64 * 0.95) as u64);
     assert!(trials(work)
         .iter()
         .any(|t| t["purpose"] == "confirm" && t["offered"] == confirmed && t["verdict"]["result"] == "pass"));
@@ -88,7 +85,8 @@ fn finds_a_known_limit_and_writes_every_output() {
         }
     }
     let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
-    assert!(md.contains("| builtin-2core handler=latency (winner) |"), "{md}");
+    let best = v["winner"].as_str().expect("a winner");
+    assert!(md.contains(&format!("| {best} (winner) |")), "{md}");
     let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
     assert_eq!(saved["winner"], v["winner"]);
 
@@ -131,6 +129,12 @@ fn finds_a_known_limit_and_writes_every_output() {
     assert_eq!((report["delivered"].as_u64(), report["lost"].as_u64()), (Some(2000), Some(0)), "{report}");
     let _ = replay.finish(Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&dir);
+    // The limit, last: every output above is checked whatever the box's load
+    // did to the knees (on a 2-core host shared with busy builds the worker
+    // gets a fraction of a core, and its ceiling falls with it).
+    let (k_work, k_none) = (knee(work), knee(none));
+    assert!((25_000..50_000).contains(&k_work), "knee with 20 µs of work: {k_work} msg/s: {work}");
+    assert!(k_none > k_work, "no work: knee {k_none} should be above {k_work}");
 }
 
 #[test]
