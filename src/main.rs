@@ -32,6 +32,11 @@ enum Cmd {
     /// Replay benchmark: the engine against a plain single-thread SUB reader
     /// on the same feed, medians of runs and ratios.
     Bench(cli::bench::BenchArgs),
+    /// Capacity search: the highest rate this host sustains inside a latency
+    /// budget (--sla), per configuration (--profile, --vary); writes a results
+    /// folder with summaries, per-trial .hlog/.hgrm, capacity.svg and the
+    /// winning profile.
+    Capacity(cli::capacity::CapacityArgs),
     /// Print what this build and host are: mdsub and libzmq versions, libzmq's
     /// capabilities (draft API, CURVE, IPC, TIPC, PGM, GSSAPI), cores.
     Info,
@@ -69,6 +74,7 @@ fn main() {
         Cmd::Replay(a) => cli::replay::replay(a, &stop),
         Cmd::Engine(a) => cli::engine::engine(a, &stop).map(|_| ()),
         Cmd::Bench(a) => cli::bench::bench(a, &stop).map(|_| ()),
+        Cmd::Capacity(a) => cli::capacity::capacity(a, &stop).map(|_| ()).context("mdsub capacity"),
         Cmd::Lvc(a) => cli::lvc::run(a, &stop).map(|_| ()).context("mdsub lvc"),
         Cmd::LvcBench(a) => mdsub::bench::lvc::run(a.to_config()).map(|_| ()).context("mdsub lvc-bench"),
         Cmd::Tap(a) => cli::tap::run(a, &stop).map(|_| ()).context("mdsub tap"),

@@ -7,10 +7,12 @@
 //! | [`lvc`] | `mdsub lvc-bench`: throughput through the LVC vs direct PUB→SUB |
 //! | [`stamp`] | the machine/commit/date stamp on every result |
 //! | [`clone`](mod@clone) | `mdsub clone-bench`: update throughput, snapshot and failover times |
+//! | [`capacity`] | `mdsub capacity`: the highest rate inside a latency budget, per configuration |
 //!
 //! Criterion micro-benchmarks stay in `benches/`.
 
 pub mod baseline;
+pub mod capacity;
 pub mod clone;
 pub mod lvc;
 pub mod run;

@@ -12,6 +12,7 @@
 //! | [`engine`] | `mdsub demo`, `mdsub engine` |
 //! | [`replay`] | `mdsub replay` |
 //! | [`bench`](mod@bench) | `mdsub bench`, `mdsub lvc-bench`, `mdsub clone-bench` |
+//! | [`capacity`] | `mdsub capacity` |
 //! | [`proxy`] | the flags `mdsub lvc` and `mdsub tap` share |
 //! | [`lvc`] | `mdsub lvc` |
 //! | [`profile`] | `mdsub profile check`, `mdsub profile show` |
@@ -21,6 +22,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod capacity;
 pub mod clone;
 pub mod engine;
 pub mod feed;

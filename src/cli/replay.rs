@@ -111,11 +111,29 @@ pub struct ReplayArgs {
     /// Print the replay's numbers as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Serve `mdsub capacity --publisher connect:EP` instead of replaying
+    /// once: bind this control endpoint (`bind:tcp://*:5599`) and publish each
+    /// trial's rate for its duration on --endpoint (generated feed), until
+    /// the capacity run ends. With --rate, never send faster than that (a
+    /// load generator that cannot keep up: its trials are "rate not achieved").
+    #[arg(long, value_parser = parse_endpoint, value_name = "bind:EP")]
+    pub serve_trials: Option<Endpoint>,
 }
 
 /// Run `mdsub replay`: bind, wait for subscribers, publish.
 pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let endpoints = Endpoint::all_only(&args.endpoint, How::Bind, "--endpoint")?;
+    if let Some(control) = &args.serve_trials {
+        let cfg = crate::bench::capacity::remote::ServeConfig {
+            control: control.only(How::Bind, "--serve-trials").map_err(anyhow::Error::msg)?,
+            endpoints,
+            sndhwm_msgs: args.publisher.sndhwm_msgs,
+            max_rate: args.feed.rate.filter(|r| *r > 0),
+        };
+        let n = crate::bench::capacity::remote::serve(&cfg, stop, &mut |line| println!("{line}"))?;
+        println!("served {n} trial(s)");
+        return Ok(());
+    }
     let cfg = PublisherConfig {
         endpoints,
         sndhwm_msgs: args.publisher.sndhwm_msgs,

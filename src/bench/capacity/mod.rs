@@ -1,0 +1,533 @@
+//! `mdsub capacity`: the highest rate this host sustains inside a latency
+//! budget, per configuration, with the winner written as a profile and a plot.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`search`] | socket-free core: the pass rule and the rate finder (bracket, bisect, confirm, reopen) |
+//! | [`trial`] | the shell: one run of a trial, publisher → fresh engine, warm-up then hold |
+//! | [`remote`] | the publisher in another process or host, over a control socket |
+//! | [`plot`] | `capacity.svg`: latency against offered rate, per configuration and percentile |
+//!
+//! Each configuration is searched in turn; every run leaves an `.hlog` (the
+//! engine's interval log, warm-up included) and an `.hgrm` (the hold's
+//! spectrum) named with the rate, the run and a hash of the profile; then
+//! `summary.json`, `summary.md`, `capacity.svg` and `winner.toml`.
+
+pub mod plot;
+pub mod remote;
+pub mod search;
+pub mod trial;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use self::search::{judge, quantile_name, Contradiction, Ending, Next, Outcome, Purpose, Search, SearchConfig, Sla};
+use self::search::{TrialSummary, Verdict};
+use self::trial::{run_trial, PublisherSide, TrialSpec};
+use crate::agent::StopFlag;
+use crate::bench::stamp::Machine;
+use crate::feed::GeneratorConfig;
+use crate::profile::Profile;
+
+/// The percentiles every trial reports and the plot draws (1.0 = max).
+pub const REPORTED: [f64; 4] = [0.5, 0.99, 0.999, 1.0];
+
+/// One configuration to search: a name and the profile the engine runs.
+#[derive(Debug, Clone)]
+pub struct Configuration {
+    pub name: String,
+    pub profile: Profile,
+}
+
+impl Configuration {
+    /// The first 8 hex digits of FNV-1a over the profile's TOML: which profile a file belongs to.
+    pub fn hash(&self) -> String {
+        format!("{:08x}", crate::wire::fnv1a(crate::wire::FNV_OFFSET, self.profile.to_toml().as_bytes()) >> 32)
+    }
+    /// The name with only `[A-Za-z0-9._-]`, for file names.
+    pub fn slug(&self) -> String {
+        slug(&self.name)
+    }
+}
+
+fn slug(s: &str) -> String {
+    let mut out: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    while out.contains("--") {
+        out = out.replace("--", "-");
+    }
+    out.trim_matches('-').to_string()
+}
+
+/// Settings a `--vary` grid may change, and how each applies to a profile.
+pub const VARY_KEYS: [&str; 9] =
+    ["workers", "shards", "batch_max", "idle", "handoff", "routing", "rcvhwm_msgs", "handoff_hwm_msgs", "handler"];
+
+fn apply(p: &mut Profile, key: &str, value: &str) -> Result<(), String> {
+    let count = || value.parse::<usize>().map_err(|_| format!("{key}={value}: not a whole number"));
+    match key {
+        "workers" => p.workers = vec![Default::default(); count()?.max(1)],
+        "shards" => {
+            let first = p.shards.first().cloned().ok_or("the profile has no shard")?;
+            p.shards = vec![first; count()?.max(1)];
+            for s in p.shards.iter_mut().skip(1) {
+                (s.io_core, s.reader_core) = (None, None);
+            }
+        }
+        _ if VARY_KEYS.contains(&key) => {
+            // Through the profile's own TOML form, so each value is read as the
+            // profile file would read it (and refused with the same words).
+            let mut t = toml::Value::try_from(&*p).map_err(|e| e.to_string())?;
+            let v = match value.parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => toml::Value::String(value.to_string()),
+            };
+            if let Some(table) = t.as_table_mut() {
+                table.insert(key.to_string(), v);
+            }
+            *p = t.try_into().map_err(|e: toml::de::Error| format!("{key}={value}: {}", e.message()))?;
+        }
+        _ => return Err(format!("`{key}` cannot be varied; use one of {}", VARY_KEYS.join(", "))),
+    }
+    Ok(())
+}
+
+/// Every base profile crossed with every combination of the `(key, values)`
+/// grid; each one is named `BASE key=value …` and validated against `host`.
+pub fn expand_grid(
+    bases: &[Profile],
+    grid: &[(String, Vec<String>)],
+    host: &[usize],
+) -> Result<Vec<Configuration>, String> {
+    let mut out: Vec<Configuration> =
+        bases.iter().map(|p| Configuration { name: p.name.clone(), profile: p.clone() }).collect();
+    for (key, values) in grid {
+        if values.is_empty() {
+            return Err(format!("--vary {key}= needs at least one value"));
+        }
+        let mut next = Vec::with_capacity(out.len() * values.len());
+        for c in &out {
+            for v in values {
+                let mut p = c.profile.clone();
+                apply(&mut p, key, v)?;
+                next.push(Configuration { name: format!("{} {key}={v}", c.name), profile: p });
+            }
+        }
+        out = next;
+    }
+    for c in &out {
+        c.profile.validate(host).map_err(|e| format!("configuration `{}`: {e}", c.name))?;
+    }
+    let mut names: Vec<&str> = out.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("two configurations are both named `{}`: give the profiles different names", w[0]));
+    }
+    Ok(out)
+}
+
+/// Everything a capacity run needs.
+#[derive(Debug, Clone)]
+pub struct CapacityConfig {
+    pub configurations: Vec<Configuration>,
+    pub sla: Sla,
+    pub search: SearchConfig,
+    pub warmup: Duration,
+    pub hold: Duration,
+    pub runs: usize,
+    pub feed: GeneratorConfig,
+    /// The whole search stops (every configuration capped) after this long.
+    pub time_cap: Duration,
+    /// The results folder is made inside this directory.
+    pub out_dir: PathBuf,
+    pub publisher: PublisherSide,
+}
+
+/// What the run tells its caller as it goes (for a progress display).
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    /// A trial starts: `index` of the configuration, the rate and why, trials
+    /// done so far over all configurations, and the estimated seconds left.
+    TrialStarted { config: &'a str, rate: u64, purpose: Purpose, done: usize, estimate_left: usize, eta_s: f64 },
+    /// A trial ended.
+    TrialDone { config: &'a str, summary: &'a TrialSummary },
+    /// A configuration's search ended.
+    ConfigDone { result: &'a ConfigResult },
+}
+
+/// One trial, for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialRecord {
+    pub purpose: Purpose,
+    #[serde(flatten)]
+    pub summary: TrialSummary,
+    /// The runs' files, relative to the results folder.
+    pub files: Vec<String>,
+}
+
+/// A configuration's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigResult {
+    pub name: String,
+    pub profile_hash: String,
+    pub outcome: Outcome,
+    /// p50/p99/p99.9/max at the knee (medians over its runs), ns.
+    pub at_knee: Option<KneeLatency>,
+    pub trials: Vec<TrialRecord>,
+}
+
+/// Latency at the knee.
+#[derive(Debug, Clone, Serialize)]
+pub struct KneeLatency {
+    pub rate: u64,
+    /// (percentile name, median ns, lowest ns, highest ns over the runs).
+    pub percentiles: Vec<(String, u64, u64, u64)>,
+    pub runs: usize,
+}
+
+/// The whole run's result (`summary.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityResult {
+    pub machine: Machine,
+    pub folder: PathBuf,
+    /// Where the load came from, and whether it shared the host.
+    pub publisher: String,
+    pub settings: serde_json::Value,
+    pub configurations: Vec<ConfigResult>,
+    /// The configuration with the highest knee (confirmed ones first).
+    pub winner: Option<String>,
+    pub winner_profile: Option<PathBuf>,
+    pub elapsed_s: f64,
+}
+
+/// The host name, for the results folder.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| slug(s.trim()))
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// `--sla` as text: `p99 <= 2.00ms, p99.9 <= 10.0ms, zero loss`.
+pub fn describe_sla(sla: &Sla) -> String {
+    let mut parts: Vec<String> =
+        sla.points.iter().map(|p| format!("{} <= {}", p.name(), crate::metrics::human_ns(p.budget_ns))).collect();
+    parts.push(if sla.loss_budget_msgs == 0 {
+        "zero loss".into()
+    } else {
+        format!("at most {} msgs lost", sla.loss_budget_msgs)
+    });
+    parts.push(format!("publisher >= {:.0}% of the offered rate", sla.min_achieved_ratio * 100.0));
+    parts.join(", ")
+}
+
+/// Run the search for every configuration and write the results folder.
+pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>)) -> anyhow::Result<CapacityResult> {
+    let machine = Machine::here();
+    let started = Instant::now();
+    let date = machine.date_utc.replace(['-', ':'], "").replace(' ', "T");
+    let folder = cfg.out_dir.join(format!("{date}Z-{}-{}", hostname(), slug(&machine.mdsub_commit)));
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let mut quantiles: Vec<f64> = REPORTED.to_vec();
+    quantiles.extend(cfg.sla.points.iter().map(|p| p.quantile));
+    quantiles.sort_by(|a, b| a.total_cmp(b));
+    quantiles.dedup();
+    let publisher = match &cfg.publisher {
+        PublisherSide::Local { max_rate, .. } => format!(
+            "in-process, sharing this host ({} cores) with the engine: the knee is this box's with its own load \
+             generator on it{}; drive it from another host with --publisher connect:EP",
+            machine.cores,
+            max_rate.map(|m| format!(", which never sends faster than {m} msg/s")).unwrap_or_default()
+        ),
+        PublisherSide::Remote { control } => format!("another process, driven at {control}"),
+    };
+    let per_run_s = (cfg.warmup + cfg.hold).as_secs_f64() + 0.3;
+    let per_trial_s = per_run_s * cfg.runs.max(1) as f64;
+    let mut results: Vec<ConfigResult> = Vec::new();
+    let mut done = 0usize;
+    let mut capped = false;
+    for (ci, c) in cfg.configurations.iter().enumerate() {
+        let hash = c.hash();
+        let mut search = Search::new(cfg.search.clone());
+        let mut trials: Vec<TrialRecord> = Vec::new();
+        while let Next::Trial { rate, purpose } = search.next() {
+            let left_here = search.trials_left_estimate();
+            let left_after = (cfg.configurations.len() - ci - 1) * (left_here + 4);
+            let elapsed = started.elapsed().as_secs_f64();
+            if capped || stop.is_stopped() || elapsed + per_trial_s > cfg.time_cap.as_secs_f64() {
+                capped = true;
+                search.cap();
+                break;
+            }
+            let estimate_left = left_here + left_after;
+            let eta_s = (estimate_left as f64 * per_trial_s).min(cfg.time_cap.as_secs_f64() - elapsed);
+            on(Event::TrialStarted { config: &c.name, rate, purpose, done, estimate_left, eta_s });
+            let mut runs = Vec::new();
+            let mut files = Vec::new();
+            for r in 1..=cfg.runs.max(1) {
+                let stem = format!("{}-{rate}mps-run{r}-{hash}", c.slug());
+                let spec = TrialSpec {
+                    rate,
+                    warmup: cfg.warmup,
+                    hold: cfg.hold,
+                    feed: cfg.feed.clone(),
+                    engine: c.profile.engine_config(None),
+                    quantiles: quantiles.clone(),
+                    hlog: folder.join(format!("{stem}.hlog")),
+                    hgrm: folder.join(format!("{stem}.hgrm")),
+                };
+                let m = run_trial(&spec, &cfg.publisher, stop)
+                    .with_context(|| format!("configuration `{}`, {rate} msg/s, run {r}", c.name))?;
+                runs.push(m);
+                files.push(format!("{stem}.hlog"));
+                files.push(format!("{stem}.hgrm"));
+            }
+            let summary = judge(&runs, &cfg.sla);
+            done += 1;
+            on(Event::TrialDone { config: &c.name, summary: &summary });
+            if stop.is_stopped() {
+                search.cap();
+                capped = true;
+                break;
+            }
+            search.on_result(rate, summary.verdict.clone());
+            trials.push(TrialRecord { purpose, summary, files });
+        }
+        let outcome = search.outcome();
+        let at_knee = outcome.knee.and_then(|k| {
+            let t = trials.iter().rev().find(|t| t.summary.offered == k && t.summary.verdict.is_pass())?;
+            Some(KneeLatency {
+                rate: k,
+                percentiles: t
+                    .summary
+                    .spread_ns
+                    .iter()
+                    .filter(|s| REPORTED.contains(&s.0))
+                    .map(|&(q, lo, hi)| (quantile_name(q), t.summary.at(q).unwrap_or(0), lo, hi))
+                    .collect(),
+                runs: t.summary.runs,
+            })
+        });
+        let result = ConfigResult { name: c.name.clone(), profile_hash: hash, outcome, at_knee, trials };
+        on(Event::ConfigDone { result: &result });
+        results.push(result);
+    }
+    if let PublisherSide::Remote { control } = &cfg.publisher {
+        // The search is over: the serving publisher can end.
+        let ctx = zmq::Context::new();
+        if let Ok(mut r) = remote::RemotePublisher::connect(&ctx, control) {
+            r.bye();
+        }
+    }
+    let rank = |r: &ConfigResult| {
+        let confirmed = matches!(r.outcome.ending, Ending::Confirmed | Ending::AboveMaxRate | Ending::PublisherLimited);
+        (confirmed, r.outcome.knee.unwrap_or(0))
+    };
+    let winner = results.iter().filter(|r| r.outcome.knee.is_some()).max_by_key(|r| rank(r)).map(|r| r.name.clone());
+    let settings = serde_json::json!({
+        "sla": describe_sla(&cfg.sla),
+        "warmup_s": cfg.warmup.as_secs_f64(),
+        "hold_s": cfg.hold.as_secs_f64(),
+        "runs": cfg.runs,
+        "payload_bytes": cfg.feed.payload_bytes,
+        "symbols": cfg.feed.symbols,
+        "start_rate": cfg.search.start_rate,
+        "tolerance": cfg.search.tolerance,
+        "max_rate": cfg.search.max_rate,
+        "time_cap_s": cfg.time_cap.as_secs_f64(),
+        "capped": capped,
+    });
+    let mut result = CapacityResult {
+        machine,
+        folder: folder.clone(),
+        publisher,
+        settings,
+        configurations: results,
+        winner: winner.clone(),
+        winner_profile: None,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    if let Some(w) = &winner {
+        let (c, r) = cfg
+            .configurations
+            .iter()
+            .zip(&result.configurations)
+            .find(|(c, _)| &c.name == w)
+            .context("the winner is one of the configurations")?;
+        let path = folder.join("winner.toml");
+        std::fs::write(&path, winner_toml(c, r, &cfg.sla, &result.machine))
+            .with_context(|| format!("writing {}", path.display()))?;
+        result.winner_profile = Some(path);
+    }
+    write_file(&folder.join("summary.json"), &serde_json::to_string_pretty(&result)?)?;
+    write_file(&folder.join("summary.md"), &summary_md(&result))?;
+    let svg = plot::svg(&result.configurations, &cfg.sla, &format!("mdsub capacity  {}", result.machine))
+        .map_err(|e| anyhow::anyhow!("drawing capacity.svg: {e}"))?;
+    write_file(&folder.join("capacity.svg"), &svg)?;
+    Ok(result)
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The winner as a profile for `mdsub engine --profile`, its header saying
+/// the knee, the SLA, the machine and the commit.
+pub fn winner_toml(c: &Configuration, r: &ConfigResult, sla: &Sla, m: &Machine) -> String {
+    let knee = r.outcome.knee.map(|k| format!("{k} msg/s")).unwrap_or_else(|| "none".into());
+    let mut s = String::new();
+    s.push_str(&format!(
+        "# The winner of an `mdsub capacity` run: configuration `{}` (profile {}).\n",
+        c.name, r.profile_hash
+    ));
+    s.push_str(&format!(
+        "# Knee: {knee} ({}{}).\n",
+        ending_text(r.outcome.ending),
+        r.outcome.confirmed_at.map(|c| format!(", confirmed at {c} msg/s")).unwrap_or_default()
+    ));
+    s.push_str(&format!("# SLA: {}.\n", describe_sla(sla)));
+    s.push_str(&format!("# Machine: {} cores ({}), libzmq {}.\n", m.cores, m.cpu, m.libzmq));
+    s.push_str(&format!("# Commit: {}; measured {} UTC.\n", m.mdsub_commit, m.date_utc));
+    s.push_str("# Run it: mdsub engine --profile winner.toml --endpoint connect:tcp://HOST:PORT\n\n");
+    let mut p = c.profile.clone();
+    p.name = slug(&format!("capacity-{}", c.name));
+    s.push_str(&p.to_toml());
+    s
+}
+
+/// How a search ended, in words.
+pub fn ending_text(e: Ending) -> &'static str {
+    match e {
+        Ending::Confirmed => "confirmed",
+        Ending::Unconfirmed => "UNCONFIRMED: its 0.95x confirmation kept failing",
+        Ending::NoPass => "no rate passed",
+        Ending::PublisherLimited => "publisher-limited: the engine's limit is higher than the publisher could offer",
+        Ending::AboveMaxRate => "the maximum rate passed: the knee is above it",
+        Ending::Capped => "capped: the time cap ended the search",
+    }
+}
+
+fn contradictions_text(cs: &[Contradiction]) -> String {
+    cs.iter().map(|c| format!("passed {} but failed {}", c.passed_at, c.failed_at)).collect::<Vec<_>>().join("; ")
+}
+
+/// `summary.md`: the stamp, the pass rule and a row per configuration, then every trial.
+pub fn summary_md(r: &CapacityResult) -> String {
+    use std::fmt::Write as _;
+    let h = crate::metrics::human_ns;
+    let mut s = String::new();
+    let _ = writeln!(s, "# mdsub capacity\n\n{}\n", r.machine);
+    let _ = writeln!(s, "- publisher: {}", r.publisher);
+    let _ = writeln!(s, "- pass rule: {}", r.settings["sla"].as_str().unwrap_or(""));
+    let _ = writeln!(
+        s,
+        "- trials: {} s warm-up + {} s hold, {} run(s) each, {}-byte payloads, {} symbols\n",
+        r.settings["warmup_s"],
+        r.settings["hold_s"],
+        r.settings["runs"],
+        r.settings["payload_bytes"],
+        r.settings["symbols"]
+    );
+    let _ = writeln!(s, "| configuration | knee msg/s | p50 | p99 | p99.9 | max | p99 spread | trials | ending |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for c in &r.configurations {
+        let pct = |n: &str| {
+            c.at_knee
+                .as_ref()
+                .and_then(|k| k.percentiles.iter().find(|p| p.0 == n))
+                .map(|p| h(p.1))
+                .unwrap_or_else(|| "-".into())
+        };
+        let spread = c
+            .at_knee
+            .as_ref()
+            .and_then(|k| k.percentiles.iter().find(|p| p.0 == "p99"))
+            .map(|p| format!("{}–{}", h(p.2), h(p.3)))
+            .unwrap_or_else(|| "-".into());
+        let mut ending = ending_text(c.outcome.ending).to_string();
+        if !c.outcome.contradictions.is_empty() {
+            ending += &format!("; NON-MONOTONIC: {}", contradictions_text(&c.outcome.contradictions));
+        }
+        if let Some(r) = c.outcome.rate_not_achieved_at {
+            ending += &format!("; rate not achieved at {r}");
+        }
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.name,
+            if r.winner.as_deref() == Some(&c.name) { " (winner)" } else { "" },
+            c.outcome.knee.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            pct("p50"),
+            pct("p99"),
+            pct("p99.9"),
+            pct("max"),
+            spread,
+            c.outcome.trials,
+            ending
+        );
+    }
+    let _ = writeln!(s, "\n## Trials\n\n| configuration | rate msg/s | why | achieved msg/s | lost | p50 | p99 | p99.9 | max | verdict |");
+    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
+    for c in &r.configurations {
+        for t in &c.trials {
+            let v = &t.summary;
+            let at = |q: f64| v.at(q).map(h).unwrap_or_else(|| "-".into());
+            let verdict = match &v.verdict {
+                Verdict::Fail { reasons } => format!("FAIL: {}", reasons.join(", ")),
+                other => other.word().to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:?} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                c.name,
+                v.offered,
+                t.purpose,
+                v.achieved,
+                v.lost.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+                at(0.5),
+                at(0.99),
+                at(0.999),
+                at(1.0),
+                verdict
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_crosses_every_base_with_every_value() {
+        let grid = vec![
+            ("workers".to_string(), vec!["1".to_string(), "2".to_string()]),
+            ("idle".to_string(), vec!["block".to_string(), "backoff".to_string()]),
+        ];
+        let cs = expand_grid(&[Profile::builtin()], &grid, &[0, 1]).expect("valid");
+        let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "builtin-2core workers=1 idle=block",
+                "builtin-2core workers=1 idle=backoff",
+                "builtin-2core workers=2 idle=block",
+                "builtin-2core workers=2 idle=backoff"
+            ]
+        );
+        assert_eq!((cs[3].profile.workers.len(), cs[3].profile.idle.as_str()), (2, "backoff"));
+        assert_ne!(cs[0].hash(), cs[1].hash(), "different profiles, different hashes");
+        assert_eq!(cs[0].slug(), "builtin-2core-workers-1-idle-block");
+        let bad = expand_grid(&[Profile::builtin()], &[("idle".into(), vec!["nap".into()])], &[0, 1]);
+        assert!(bad.is_err_and(|e| e.contains("idle")));
+        let unknown = expand_grid(&[Profile::builtin()], &[("colour".into(), vec!["red".into()])], &[0, 1]);
+        assert!(unknown.is_err_and(|e| e.contains("cannot be varied")));
+        let twice = expand_grid(&[Profile::builtin(), Profile::builtin()], &[], &[0, 1]);
+        assert!(twice.is_err_and(|e| e.contains("both named")));
+    }
+}

@@ -1,0 +1,219 @@
+//! The capacity publisher in another process (`mdsub replay --serve-trials
+//! bind:EP`), maybe on another host, driven by `mdsub capacity --publisher
+//! connect:EP` over a REQ/REP control socket; one JSON request per step:
+//!
+//! 1. `{"op":"prepare", "rate", "duration_ms", "payload_bytes", "symbols", "zipf", "seed", "shards"}`
+//!    → the server binds its data endpoints and answers `{"endpoints":[…]}`;
+//! 2. the engine connects; `{"op":"go"}` → the server waits for the
+//!    subscription, publishes the schedule, sends end of stream and answers
+//!    `{"sent", "send_s"}` (the send time ends with the schedule, before the
+//!    end of stream);
+//! 3. `{"op":"bye"}` ends the server.
+//!
+//! Any failure is answered `{"error": "…"}`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+
+use crate::agent::StopFlag;
+use crate::feed::GeneratorConfig;
+use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
+
+/// The capacity side of the control socket.
+pub struct RemotePublisher {
+    req: zmq::Socket,
+    control: String,
+}
+
+fn recv_json(sock: &zmq::Socket, what: &str) -> anyhow::Result<Value> {
+    let bytes = sock.recv_bytes(0).with_context(|| format!("waiting for the publisher's answer to {what}"))?;
+    let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("the publisher's answer to {what}"))?;
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        anyhow::bail!("the publisher could not {what}: {e}");
+    }
+    Ok(v)
+}
+
+/// `tcp://0.0.0.0:P` or `tcp://*:P` as the engine must connect it: at the control endpoint's host.
+fn reachable(ep: &str, control: &str) -> String {
+    let host = control.strip_prefix("tcp://").and_then(|r| r.rsplit_once(':')).map(|(h, _)| h);
+    match (ep.strip_prefix("tcp://").and_then(|r| r.rsplit_once(':')), host) {
+        (Some((bound, port)), Some(host)) if bound == "0.0.0.0" || bound == "*" || bound == "[::]" => {
+            format!("tcp://{host}:{port}")
+        }
+        _ => ep.to_string(),
+    }
+}
+
+impl RemotePublisher {
+    pub fn connect(ctx: &zmq::Context, control: &str) -> anyhow::Result<RemotePublisher> {
+        crate::zmqx::check_endpoint(control).map_err(anyhow::Error::msg)?;
+        let req = ctx.socket(zmq::REQ).context("creating the control socket")?;
+        req.set_linger(0).context("setting LINGER")?;
+        req.set_rcvtimeo(30_000).context("setting RCVTIMEO")?;
+        req.set_sndtimeo(30_000).context("setting SNDTIMEO")?;
+        req.connect(control).with_context(|| format!("connecting to the publisher at {control}"))?;
+        Ok(RemotePublisher { req, control: control.to_string() })
+    }
+
+    /// Have the publisher bind for a trial; returns the endpoints to connect.
+    pub fn prepare(
+        &mut self,
+        rate: u64,
+        duration: Duration,
+        feed: &GeneratorConfig,
+        shards: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let req = json!({
+            "op": "prepare", "rate": rate, "duration_ms": duration.as_millis() as u64,
+            "payload_bytes": feed.payload_bytes, "symbols": feed.symbols, "zipf": feed.zipf_s,
+            "seed": feed.seed, "shards": shards,
+        });
+        self.req.send(req.to_string().as_bytes(), 0).context("sending a trial to the publisher")?;
+        let v = recv_json(&self.req, "prepare a trial")?;
+        let eps: Vec<String> = v
+            .get("endpoints")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(|e| reachable(e, &self.control)).collect())
+            .unwrap_or_default();
+        if eps.len() != shards {
+            anyhow::bail!("the publisher bound {} endpoint(s) for {shards} shard(s)", eps.len());
+        }
+        Ok(eps)
+    }
+
+    /// Start the schedule (the answer comes with [`RemotePublisher::finish`]).
+    pub fn go(&mut self) -> anyhow::Result<()> {
+        self.req.send(&b"{\"op\":\"go\"}"[..], 0).context("starting the publisher")
+    }
+
+    /// Wait for the schedule's end: (messages sent, seconds it took).
+    pub fn finish(&mut self, timeout: Duration) -> anyhow::Result<(u64, f64)> {
+        self.req.set_rcvtimeo(timeout.as_millis().min(i32::MAX as u128) as i32).context("setting RCVTIMEO")?;
+        let v = recv_json(&self.req, "publish")?;
+        let sent = v.get("sent").and_then(Value::as_u64).context("the publisher's answer has no `sent`")?;
+        let secs = v.get("send_s").and_then(Value::as_f64).context("the publisher's answer has no `send_s`")?;
+        Ok((sent, secs))
+    }
+
+    /// Tell the server to end.
+    pub fn bye(&mut self) {
+        if self.req.send(&b"{\"op\":\"bye\"}"[..], 0).is_ok() {
+            let _ = self.req.recv_bytes(0);
+        }
+    }
+}
+
+/// What the server publishes from.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The control endpoint to bind (`tcp://*:5599`).
+    pub control: String,
+    /// The data endpoints to bind, one per shard (more shards than given: ephemeral ports on the first's host).
+    pub endpoints: Vec<String>,
+    pub sndhwm_msgs: i32,
+    /// Never send faster than this (msg/s).
+    pub max_rate: Option<u64>,
+}
+
+/// Serve trials until `bye` or a stop; prints one line per trial with `say`.
+pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> anyhow::Result<u64> {
+    let ctx = zmq::Context::new();
+    let rep = ctx.socket(zmq::REP).context("creating the control socket")?;
+    rep.set_linger(0).context("setting LINGER")?;
+    let bound = crate::zmqx::bind_resolved(&rep, &cfg.control).with_context(|| format!("binding {}", cfg.control))?;
+    say(&format!("serving capacity trials on {bound}"));
+    let mut trials = 0u64;
+    let mut prepared: Option<(zmq::Context, Publisher, Pacing, Limits, Source)> = None;
+    while !stop.is_stopped() {
+        if rep.poll(zmq::POLLIN, 100).context("waiting for a request")? == 0 {
+            continue;
+        }
+        let bytes = rep.recv_bytes(0).context("receiving a request")?;
+        let answer = match serde_json::from_slice::<Value>(&bytes) {
+            Err(e) => json!({ "error": format!("not a JSON request: {e}") }),
+            Ok(v) => match v.get("op").and_then(Value::as_str) {
+                Some("prepare") => match prepare(cfg, &v) {
+                    Ok((c, p, pacing, limits, source)) => {
+                        let eps = p.endpoints();
+                        prepared = Some((c, p, pacing, limits, source));
+                        json!({ "endpoints": eps })
+                    }
+                    Err(e) => json!({ "error": format!("{e:#}") }),
+                },
+                Some("go") => match prepared.take() {
+                    None => json!({ "error": "go before prepare" }),
+                    Some((c, mut p, pacing, limits, source)) => {
+                        let a = run(&mut p, pacing, limits, &source, stop);
+                        drop(p);
+                        drop(c);
+                        trials += 1;
+                        match a {
+                            Ok((sent, secs)) => {
+                                say(&format!(
+                                    "trial {trials}: sent {sent} msgs in {secs:.3} s ({:.0} msg/s)",
+                                    sent as f64 / secs.max(1e-9)
+                                ));
+                                json!({ "sent": sent, "send_s": secs })
+                            }
+                            Err(e) => json!({ "error": format!("{e:#}") }),
+                        }
+                    }
+                },
+                Some("bye") => {
+                    rep.send(&b"{}"[..], 0).context("answering bye")?;
+                    break;
+                }
+                _ => json!({ "error": "unknown op (prepare, go, bye)" }),
+            },
+        };
+        rep.send(answer.to_string().as_bytes(), 0).context("answering")?;
+    }
+    Ok(trials)
+}
+
+type Prepared = (zmq::Context, Publisher, Pacing, Limits, Source);
+
+fn prepare(cfg: &ServeConfig, v: &Value) -> anyhow::Result<Prepared> {
+    let num = |k: &str| v.get(k).and_then(Value::as_u64).with_context(|| format!("the request has no `{k}`"));
+    let rate = num("rate")?.max(1);
+    let shards = (num("shards")? as usize).clamp(1, 64);
+    let feed = GeneratorConfig {
+        symbols: (num("symbols")? as usize).max(1),
+        payload_bytes: num("payload_bytes")? as usize,
+        zipf_s: v.get("zipf").and_then(Value::as_f64).unwrap_or(1.0),
+        seed: num("seed")?,
+    };
+    let first = cfg.endpoints.first().cloned().unwrap_or_else(|| "tcp://0.0.0.0:*".into());
+    let any_port = match first.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:*"),
+        None => first.clone(),
+    };
+    let endpoints = (0..shards).map(|k| cfg.endpoints.get(k).cloned().unwrap_or_else(|| any_port.clone())).collect();
+    let ctx = zmq::Context::new();
+    let pc = PublisherConfig { endpoints, sndhwm_msgs: cfg.sndhwm_msgs, lossless: false, publisher_id_base: 0 };
+    let p = Publisher::bind(&ctx, &pc).context("binding the data endpoints")?;
+    let sent_rate = cfg.max_rate.map_or(rate, |m| rate.min(m.max(1)));
+    let limits = Limits { max_msgs: None, duration: Some(Duration::from_millis(num("duration_ms")?)) };
+    Ok((ctx, p, Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 }, limits, Source::Generator(feed)))
+}
+
+fn run(
+    p: &mut Publisher,
+    pacing: Pacing,
+    limits: Limits,
+    source: &Source,
+    stop: &StopFlag,
+) -> anyhow::Result<(u64, f64)> {
+    p.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the engine to subscribe")?;
+    let t0 = Instant::now();
+    let (mut sent, mut secs) = (0u64, 0f64);
+    // The last progress call comes when the schedule is done, before the end of stream.
+    let stats = p.run(source, pacing, limits, stop, &mut |n| {
+        sent = n;
+        secs = t0.elapsed().as_secs_f64();
+    })?;
+    Ok((sent.max(stats.sent_total), if secs > 0.0 { secs } else { stats.elapsed_s }))
+}

@@ -1,0 +1,695 @@
+//! The capacity search, socket-free: the pass rule and the rate finder
+//! (bracket by doubling, bisect to a tolerance, confirm below the knee,
+//! reopen on a failed confirmation) as a state machine fed with trial
+//! results.
+//!
+//! The method is the one load-testing tools share (RFC 2544's binary search,
+//! wrk2 and Aeron's LoadTestRig's open-loop schedule, JLBH's warm-up, the
+//! OpenMessaging benchmark's rate finder): a trial offers a fixed rate on an
+//! open-loop schedule (latency from the intended send time), it passes when
+//! the publisher achieved the rate, nothing was lost and every SLA
+//! percentile is within budget. A trial whose publisher fell short is
+//! "rate not achieved": it bounds what this load generator can test, never
+//! the engine. [`Search`] asks for rates ([`Search::next`]) and takes each
+//! trial's [`Verdict`] ([`Search::on_result`]); the shell runs the trials.
+
+use serde::Serialize;
+
+/// A latency budget: the `quantile` (0.99 = p99; 1.0 = max) must stay at or below `budget_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SlaPoint {
+    pub quantile: f64,
+    pub budget_ns: u64,
+}
+
+impl SlaPoint {
+    /// `p99`, `p99.9`, `p50`, `max`.
+    pub fn name(&self) -> String {
+        quantile_name(self.quantile)
+    }
+}
+
+/// `p50`, `p99`, `p99.9`, `max` for 0.5, 0.99, 0.999, 1.0.
+pub fn quantile_name(q: f64) -> String {
+    if q >= 1.0 {
+        return "max".into();
+    }
+    let pct = format!("{:.4}", q * 100.0);
+    format!("p{}", pct.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// Parse `p99`, `p99.9`, `p50`, `max` into a quantile.
+pub fn parse_quantile(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("max") || t.eq_ignore_ascii_case("p100") {
+        return Ok(1.0);
+    }
+    match t.strip_prefix(['p', 'P']).map(str::parse::<f64>) {
+        // Rounded, so `p99.9` is exactly the 0.999 the reports use.
+        Some(Ok(v)) if v > 0.0 && v < 100.0 => Ok((v * 1e8).round() / 1e10),
+        _ => Err(format!("`{s}` is not a percentile; write p50, p99, p99.9 or max")),
+    }
+}
+
+/// The pass rule: the SLA percentiles, the loss allowed and the share of the
+/// offered rate the publisher must achieve.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sla {
+    pub points: Vec<SlaPoint>,
+    /// Messages a trial may lose (0 by default: nothing lost).
+    pub loss_budget_msgs: u64,
+    /// Achieved / offered below this is "rate not achieved" (0.95).
+    pub min_achieved_ratio: f64,
+}
+
+impl Default for Sla {
+    fn default() -> Self {
+        Sla { points: Vec::new(), loss_budget_msgs: 0, min_achieved_ratio: 0.95 }
+    }
+}
+
+/// What one run of a trial measured (the hold only, warm-up excluded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunMeasure {
+    /// The rate offered (msg/s).
+    pub offered: u64,
+    /// What the publisher achieved (msg/s).
+    pub achieved: f64,
+    /// Messages lost (sent minus delivered by the end-of-stream counts); None when unknown
+    /// (end of stream not seen, the engine did not drain).
+    pub lost: Option<u64>,
+    /// Sequence gaps seen.
+    pub gaps: u64,
+    /// Latency at each quantile asked for (quantile, ns), ascending; 1.0 is the max.
+    pub latency_ns: Vec<(f64, u64)>,
+    /// Messages in the held histogram.
+    pub count: u64,
+    /// Why the run could not be judged at all (engine error, croak), if so.
+    pub error: Option<String>,
+}
+
+impl RunMeasure {
+    /// The latency at `q` (the nearest quantile measured at or above it).
+    pub fn at(&self, q: f64) -> Option<u64> {
+        self.latency_ns.iter().find(|(k, _)| *k >= q - 1e-12).map(|&(_, v)| v)
+    }
+}
+
+/// A trial's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Verdict {
+    Pass,
+    /// The engine failed the rule: each reason (loss, a percentile over budget, an error).
+    Fail {
+        reasons: Vec<String>,
+    },
+    /// The publisher achieved less than the rule's share of the offered rate:
+    /// the trial says nothing about the engine at this rate.
+    RateNotAchieved {
+        achieved: f64,
+    },
+}
+
+impl Verdict {
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Verdict::Pass)
+    }
+    /// One word for tables.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail { .. } => "FAIL",
+            Verdict::RateNotAchieved { .. } => "rate not achieved",
+        }
+    }
+}
+
+/// A trial: its runs summarised (medians) and judged.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialSummary {
+    pub offered: u64,
+    /// Median achieved rate over the runs.
+    pub achieved: f64,
+    /// Lost messages summed over the runs (None if any run's loss is unknown).
+    pub lost: Option<u64>,
+    pub gaps: u64,
+    /// Median latency per quantile over the runs.
+    pub latency_ns: Vec<(f64, u64)>,
+    /// Per quantile: (lowest, highest) over the runs — the spread.
+    pub spread_ns: Vec<(f64, u64, u64)>,
+    pub runs: usize,
+    pub verdict: Verdict,
+}
+
+impl TrialSummary {
+    /// Median latency at `q`.
+    pub fn at(&self, q: f64) -> Option<u64> {
+        self.latency_ns.iter().find(|(k, _)| *k >= q - 1e-12).map(|&(_, v)| v)
+    }
+}
+
+/// Summarise a trial's runs and judge it. The publisher's shortfall is
+/// judged first: when it did not achieve the rate, the engine was not
+/// offered it and nothing else about the trial counts.
+pub fn judge(runs: &[RunMeasure], sla: &Sla) -> TrialSummary {
+    let offered = runs.first().map_or(0, |r| r.offered);
+    let achieved = super::super::median(runs.iter().map(|r| r.achieved).collect());
+    let lost = runs.iter().try_fold(0u64, |acc, r| r.lost.map(|l| acc + l));
+    let gaps = runs.iter().map(|r| r.gaps).sum();
+    let mut quantiles: Vec<f64> = runs.iter().flat_map(|r| r.latency_ns.iter().map(|(q, _)| *q)).collect();
+    quantiles.sort_by(|a, b| a.total_cmp(b));
+    quantiles.dedup();
+    let mut latency_ns = Vec::new();
+    let mut spread_ns = Vec::new();
+    for &q in &quantiles {
+        let vals: Vec<u64> = runs.iter().filter_map(|r| r.at(q)).collect();
+        if vals.is_empty() {
+            continue;
+        }
+        latency_ns.push((q, super::super::median(vals.clone())));
+        spread_ns.push((q, *vals.iter().min().unwrap_or(&0), *vals.iter().max().unwrap_or(&0)));
+    }
+    let mut reasons: Vec<String> = runs.iter().filter_map(|r| r.error.clone()).collect();
+    let verdict = if reasons.is_empty() && offered > 0 && achieved < sla.min_achieved_ratio * offered as f64 {
+        Verdict::RateNotAchieved { achieved }
+    } else {
+        match lost {
+            None => reasons.push("loss unknown (end of stream not seen)".into()),
+            Some(l) if l > sla.loss_budget_msgs => reasons.push(format!("lost {l} msgs")),
+            Some(_) => {}
+        }
+        if gaps > 0 && sla.loss_budget_msgs == 0 {
+            reasons.push(format!("{gaps} sequence gaps"));
+        }
+        for p in &sla.points {
+            match latency_ns.iter().find(|(k, _)| (*k - p.quantile).abs() < 1e-12) {
+                Some(&(_, v)) if v <= p.budget_ns => {}
+                Some(&(_, v)) => reasons.push(format!(
+                    "{} {} over {}",
+                    p.name(),
+                    crate::metrics::human_ns(v),
+                    crate::metrics::human_ns(p.budget_ns)
+                )),
+                None => reasons.push(format!("{} not measured", p.name())),
+            }
+        }
+        if reasons.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail { reasons }
+        }
+    };
+    TrialSummary { offered, achieved, lost, gaps, latency_ns, spread_ns, runs: runs.len(), verdict }
+}
+
+/// Search settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchConfig {
+    /// The first rate tried (msg/s).
+    pub start_rate: u64,
+    /// Stop bisecting when (fail − pass) ≤ tolerance × pass (0.05).
+    pub tolerance: f64,
+    /// The confirmation trial runs at this share of the knee (0.95).
+    pub confirm_factor: f64,
+    /// Never offer more than this (msg/s).
+    pub max_rate: Option<u64>,
+    /// Halve at most down to this when even the start rate fails.
+    pub min_rate: u64,
+    /// Reopenings after failed confirmations before giving up on confirming.
+    pub max_reopens: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            start_rate: 10_000,
+            tolerance: 0.05,
+            confirm_factor: 0.95,
+            max_rate: None,
+            min_rate: 100,
+            max_reopens: 2,
+        }
+    }
+}
+
+/// Why a trial is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Purpose {
+    /// Doubling up (or halving down) to bracket the knee.
+    Bracket,
+    /// Between the highest pass and the lowest fail.
+    Bisect,
+    /// At `confirm_factor` × the knee.
+    Confirm,
+}
+
+/// What the search wants next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Trial { rate: u64, purpose: Purpose },
+    Done,
+}
+
+/// Two results that contradict a monotonic engine: a pass above a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Contradiction {
+    pub passed_at: u64,
+    pub failed_at: u64,
+}
+
+/// How a search ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ending {
+    /// Bracketed, bisected to the tolerance and confirmed.
+    Confirmed,
+    /// The confirmation kept failing after every reopening: the knee is unconfirmed.
+    Unconfirmed,
+    /// Even the lowest rate tried failed: no knee.
+    NoPass,
+    /// The publisher could not offer more: the knee is at least the highest pass
+    /// (a bound of the load generator, not the engine's limit).
+    PublisherLimited,
+    /// The maximum rate passed: the knee is above it.
+    AboveMaxRate,
+    /// The time cap (or a stop) ended the search early.
+    Capped,
+}
+
+/// The search's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The highest rate that passed and (with [`Ending::Confirmed`]) whose
+    /// 0.95× confirmation passed too.
+    pub knee: Option<u64>,
+    pub ending: Ending,
+    /// The lowest rate that failed the engine's rule.
+    pub lowest_fail: Option<u64>,
+    /// The lowest rate the publisher did not achieve.
+    pub rate_not_achieved_at: Option<u64>,
+    /// The confirmation trial's rate, if it passed.
+    pub confirmed_at: Option<u64>,
+    pub contradictions: Vec<Contradiction>,
+    pub trials: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Up,
+    Down,
+    Bisect,
+    Confirm,
+    Done(Ending),
+}
+
+/// The rate finder: call [`Search::next`], run that trial, give its verdict
+/// to [`Search::on_result`], until `next` says [`Next::Done`].
+#[derive(Debug, Clone)]
+pub struct Search {
+    cfg: SearchConfig,
+    phase: Phase,
+    /// Highest pass (below the lowest fail while bisecting).
+    lo: Option<u64>,
+    /// Lowest fail or rate-not-achieved (the upper end of the bracket).
+    hi: Option<u64>,
+    next_rate: u64,
+    history: Vec<(u64, Purpose, Verdict)>,
+    reopens: usize,
+    contradictions: Vec<Contradiction>,
+    confirmed_at: Option<u64>,
+}
+
+impl Search {
+    pub fn new(cfg: SearchConfig) -> Search {
+        let start = cfg.start_rate.max(cfg.min_rate).max(1);
+        let start = cfg.max_rate.map_or(start, |m| start.min(m));
+        Search {
+            cfg,
+            phase: Phase::Up,
+            lo: None,
+            hi: None,
+            next_rate: start,
+            history: Vec::new(),
+            reopens: 0,
+            contradictions: Vec::new(),
+            confirmed_at: None,
+        }
+    }
+
+    /// The trial to run next, or done.
+    pub fn next(&self) -> Next {
+        let purpose = match self.phase {
+            Phase::Done(_) => return Next::Done,
+            Phase::Up | Phase::Down => Purpose::Bracket,
+            Phase::Bisect => Purpose::Bisect,
+            Phase::Confirm => Purpose::Confirm,
+        };
+        Next::Trial { rate: self.next_rate, purpose }
+    }
+
+    /// Every trial so far: rate, purpose, verdict.
+    pub fn history(&self) -> &[(u64, Purpose, Verdict)] {
+        &self.history
+    }
+
+    /// Stop where the search is (time cap, Ctrl-C).
+    pub fn cap(&mut self) {
+        if !matches!(self.phase, Phase::Done(_)) {
+            self.phase = Phase::Done(Ending::Capped);
+        }
+    }
+
+    /// Take the verdict of the trial [`Search::next`] asked for.
+    pub fn on_result(&mut self, rate: u64, verdict: Verdict) {
+        let purpose = match self.next() {
+            Next::Trial { purpose, .. } => purpose,
+            Next::Done => return,
+        };
+        self.note_contradictions(rate, &verdict);
+        self.history.push((rate, purpose, verdict.clone()));
+        match (self.phase, &verdict) {
+            (Phase::Up, Verdict::Pass) => {
+                self.lo = Some(rate);
+                match self.cfg.max_rate {
+                    Some(m) if rate >= m => self.phase = Phase::Done(Ending::AboveMaxRate),
+                    Some(m) => self.next_rate = rate.saturating_mul(2).min(m),
+                    None => self.next_rate = rate.saturating_mul(2),
+                }
+            }
+            (Phase::Up, _) => {
+                self.hi = Some(rate);
+                if self.lo.is_some() {
+                    self.bisect_or_confirm();
+                } else {
+                    self.phase = Phase::Down;
+                    self.halve(rate);
+                }
+            }
+            (Phase::Down, Verdict::Pass) => {
+                self.lo = Some(rate);
+                self.bisect_or_confirm();
+            }
+            (Phase::Down, _) => {
+                self.hi = Some(rate);
+                self.halve(rate);
+            }
+            (Phase::Bisect, Verdict::Pass) => {
+                self.lo = Some(rate);
+                self.bisect_or_confirm();
+            }
+            (Phase::Bisect, _) => {
+                self.hi = Some(rate);
+                self.bisect_or_confirm();
+            }
+            (Phase::Confirm, Verdict::Pass) => {
+                self.confirmed_at = Some(rate);
+                self.phase = Phase::Done(Ending::Confirmed);
+            }
+            (Phase::Confirm, _) => {
+                // The knee's own confirmation failed: the knee is not where the
+                // search put it. Reopen below the failure.
+                self.hi = Some(rate);
+                self.lo = self.highest_pass_below(rate);
+                if self.reopens >= self.cfg.max_reopens {
+                    self.phase = Phase::Done(Ending::Unconfirmed);
+                    return;
+                }
+                self.reopens += 1;
+                match self.lo {
+                    Some(_) => self.bisect_or_confirm(),
+                    None => {
+                        self.phase = Phase::Down;
+                        self.halve(rate);
+                    }
+                }
+            }
+            (Phase::Done(_), _) => {}
+        }
+    }
+
+    fn halve(&mut self, rate: u64) {
+        let half = rate / 2;
+        if half < self.cfg.min_rate.max(1) {
+            self.phase = Phase::Done(Ending::NoPass);
+        } else {
+            self.next_rate = half;
+        }
+    }
+
+    fn bisect_or_confirm(&mut self) {
+        let (Some(lo), Some(hi)) = (self.lo, self.hi) else {
+            return;
+        };
+        if hi.saturating_sub(lo) as f64 > self.cfg.tolerance * lo as f64 && hi > lo + 1 {
+            self.phase = Phase::Bisect;
+            self.next_rate = lo + (hi - lo) / 2;
+        } else {
+            self.phase = Phase::Confirm;
+            self.next_rate = ((lo as f64 * self.cfg.confirm_factor) as u64).max(1);
+        }
+    }
+
+    fn highest_pass_below(&self, rate: u64) -> Option<u64> {
+        self.history.iter().filter(|(r, _, v)| v.is_pass() && *r < rate).map(|(r, _, _)| *r).max()
+    }
+
+    /// A pass above an engine failure, or a failure below a pass, contradicts
+    /// a monotonic engine: record it (rate-not-achieved trials say nothing).
+    fn note_contradictions(&mut self, rate: u64, verdict: &Verdict) {
+        for (r, _, v) in &self.history {
+            let c = match (verdict, v) {
+                (Verdict::Pass, Verdict::Fail { .. }) if *r < rate => Contradiction { passed_at: rate, failed_at: *r },
+                (Verdict::Fail { .. }, Verdict::Pass) if *r > rate => Contradiction { passed_at: *r, failed_at: rate },
+                _ => continue,
+            };
+            if !self.contradictions.contains(&c) {
+                self.contradictions.push(c);
+            }
+        }
+    }
+
+    /// The result (meaningful once [`Search::next`] says done; before, it
+    /// describes the search so far).
+    pub fn outcome(&self) -> Outcome {
+        let rna = self
+            .history
+            .iter()
+            .filter(|(_, _, v)| matches!(v, Verdict::RateNotAchieved { .. }))
+            .map(|(r, _, _)| *r)
+            .min();
+        let lowest_fail =
+            self.history.iter().filter(|(_, _, v)| matches!(v, Verdict::Fail { .. })).map(|(r, _, _)| *r).min();
+        let mut ending = match self.phase {
+            Phase::Done(e) => e,
+            _ => Ending::Capped,
+        };
+        let knee = match ending {
+            Ending::NoPass => None,
+            // The knee passed and was confirmed; only a pass below every
+            // failure counts (a contradicting pass above one is flagged, not taken).
+            _ => self.lo.or_else(|| self.highest_pass_below(u64::MAX)),
+        };
+        // The bracket's upper end was the publisher's shortfall, not an engine
+        // failure: the knee is only a lower bound of the engine's limit.
+        if ending == Ending::Confirmed && rna.is_some() && lowest_fail.is_none_or(|f| rna.is_some_and(|r| r < f)) {
+            ending = Ending::PublisherLimited;
+        }
+        Outcome {
+            knee,
+            ending,
+            lowest_fail,
+            rate_not_achieved_at: rna,
+            confirmed_at: self.confirmed_at,
+            contradictions: self.contradictions.clone(),
+            trials: self.history.len(),
+        }
+    }
+
+    /// A rough count of the trials still to come (for a progress estimate).
+    pub fn trials_left_estimate(&self) -> usize {
+        match self.phase {
+            Phase::Done(_) => 0,
+            Phase::Confirm => 1,
+            Phase::Up | Phase::Down => 2 + self.bisect_steps(self.next_rate / 2, self.next_rate),
+            Phase::Bisect => {
+                1 + self.bisect_steps(self.lo.unwrap_or(self.next_rate / 2), self.hi.unwrap_or(self.next_rate))
+            }
+        }
+    }
+
+    fn bisect_steps(&self, lo: u64, hi: u64) -> usize {
+        let (mut lo, hi) = (lo.max(1) as f64, hi as f64);
+        let mut n = 0;
+        while hi - lo > self.cfg.tolerance * lo && n < 64 {
+            lo = (lo + hi) / 2.0;
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail() -> Verdict {
+        Verdict::Fail { reasons: vec!["p99 over".into()] }
+    }
+
+    /// Drive a search against an engine that passes below `limit` and a
+    /// publisher that tops out at `pub_limit`.
+    fn drive(cfg: SearchConfig, limit: u64, pub_limit: u64) -> Search {
+        let mut s = Search::new(cfg);
+        for _ in 0..100 {
+            let Next::Trial { rate, .. } = s.next() else { break };
+            let v = if rate > pub_limit {
+                Verdict::RateNotAchieved { achieved: pub_limit as f64 }
+            } else if rate <= limit {
+                Verdict::Pass
+            } else {
+                fail()
+            };
+            s.on_result(rate, v);
+        }
+        assert_eq!(s.next(), Next::Done, "the search ends");
+        s
+    }
+
+    #[test]
+    fn brackets_bisects_and_confirms_a_known_limit() {
+        let s = drive(SearchConfig::default(), 37_000, u64::MAX);
+        let o = s.outcome();
+        assert_eq!(o.ending, Ending::Confirmed);
+        let knee = o.knee.expect("a knee");
+        assert!(knee <= 37_000 && knee as f64 >= 37_000.0 / 1.05, "knee {knee} within 5% below 37k");
+        assert_eq!(o.confirmed_at, Some((knee as f64 * 0.95) as u64));
+        // 10k, 20k, 40k bracket it; the last trial is the confirmation.
+        let rates: Vec<u64> = s.history().iter().map(|h| h.0).collect();
+        assert_eq!(&rates[..3], &[10_000, 20_000, 40_000]);
+        assert_eq!(s.history().last().map(|h| h.1), Some(Purpose::Confirm));
+        assert!(o.contradictions.is_empty());
+        assert_eq!(o.lowest_fail, Some(rates.iter().copied().filter(|r| *r > 37_000).min().expect("a fail")));
+    }
+
+    #[test]
+    fn halves_when_the_start_fails_and_reports_no_pass() {
+        let o = drive(SearchConfig { start_rate: 8_000, ..Default::default() }, 1_500, u64::MAX).outcome();
+        assert_eq!(o.ending, Ending::Confirmed);
+        assert!(o.knee.is_some_and(|k| (1_429..=1_500).contains(&k)), "{o:?}");
+        let none = drive(SearchConfig { start_rate: 800, min_rate: 100, ..Default::default() }, 50, u64::MAX);
+        assert_eq!((none.outcome().ending, none.outcome().knee), (Ending::NoPass, None));
+    }
+
+    #[test]
+    fn publisher_shortfall_is_never_the_knee() {
+        let o = drive(SearchConfig::default(), 1_000_000, 30_000).outcome();
+        assert_eq!(o.ending, Ending::PublisherLimited, "{o:?}");
+        assert_eq!(o.lowest_fail, None, "no engine failure was seen");
+        assert!(o.rate_not_achieved_at.is_some_and(|r| r > 30_000));
+        assert!(o.knee.is_some_and(|k| k <= 30_000));
+    }
+
+    #[test]
+    fn max_rate_caps_the_bracket() {
+        let o = drive(SearchConfig { max_rate: Some(25_000), ..Default::default() }, u64::MAX, u64::MAX).outcome();
+        assert_eq!((o.ending, o.knee), (Ending::AboveMaxRate, Some(25_000)));
+    }
+
+    #[test]
+    fn a_failed_confirmation_reopens_and_is_flagged() {
+        // Passes at 40k and at 20k, fails at 80k and — noisily — at 0.95x the knee once.
+        let mut s = Search::new(SearchConfig::default());
+        let mut failed_confirm_once = false;
+        for _ in 0..100 {
+            let Next::Trial { rate, purpose } = s.next() else { break };
+            let v = if purpose == Purpose::Confirm && !failed_confirm_once {
+                failed_confirm_once = true;
+                fail()
+            } else if rate <= 41_000 {
+                Verdict::Pass
+            } else {
+                fail()
+            };
+            s.on_result(rate, v);
+        }
+        let o = s.outcome();
+        assert!(failed_confirm_once);
+        assert!(!o.contradictions.is_empty(), "a fail below a pass is flagged: {o:?}");
+        let c = o.contradictions[0];
+        assert!(c.failed_at < c.passed_at);
+        assert_eq!(o.ending, Ending::Confirmed, "the reopened search confirmed a lower knee: {o:?}");
+        assert!(o.knee.is_some_and(|k| k < c.failed_at), "the knee lies below the failed confirmation: {o:?}");
+        let confirms = s.history().iter().filter(|h| h.1 == Purpose::Confirm).count();
+        assert_eq!(confirms, 2, "one failed, one passed");
+    }
+
+    #[test]
+    fn confirmation_that_always_fails_ends_unconfirmed() {
+        let mut s = Search::new(SearchConfig { max_reopens: 1, ..Default::default() });
+        for _ in 0..100 {
+            let Next::Trial { rate, purpose } = s.next() else { break };
+            let v = if purpose == Purpose::Confirm || rate > 30_000 { fail() } else { Verdict::Pass };
+            s.on_result(rate, v);
+        }
+        assert_eq!(s.outcome().ending, Ending::Unconfirmed);
+    }
+
+    #[test]
+    fn cap_stops_where_it_is() {
+        let mut s = Search::new(SearchConfig::default());
+        s.on_result(10_000, Verdict::Pass);
+        s.cap();
+        assert_eq!(s.next(), Next::Done);
+        let o = s.outcome();
+        assert_eq!((o.ending, o.knee, o.trials), (Ending::Capped, Some(10_000), 1));
+    }
+
+    fn run(offered: u64, achieved: f64, lost: Option<u64>, p99_us: u64) -> RunMeasure {
+        RunMeasure {
+            offered,
+            achieved,
+            lost,
+            gaps: 0,
+            latency_ns: vec![(0.5, 10_000), (0.99, p99_us * 1000), (1.0, p99_us * 2000)],
+            count: 1000,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_pass_rule() {
+        let sla = Sla { points: vec![SlaPoint { quantile: 0.99, budget_ns: 2_000_000 }], ..Default::default() };
+        assert_eq!(judge(&[run(1000, 990.0, Some(0), 1500)], &sla).verdict, Verdict::Pass);
+        let over = judge(&[run(1000, 990.0, Some(0), 2500)], &sla).verdict;
+        assert!(
+            matches!(&over, Verdict::Fail { reasons } if reasons[0].starts_with("p99 2.50ms over 2.00ms")),
+            "{over:?}"
+        );
+        assert!(matches!(judge(&[run(1000, 990.0, Some(3), 10)], &sla).verdict, Verdict::Fail { .. }));
+        assert!(matches!(judge(&[run(1000, 990.0, None, 10)], &sla).verdict, Verdict::Fail { .. }));
+        // Short of 95 %: not the engine's failure, whatever else happened.
+        assert_eq!(
+            judge(&[run(1000, 900.0, Some(5), 9000)], &sla).verdict,
+            Verdict::RateNotAchieved { achieved: 900.0 }
+        );
+        // Medians over runs, with the spread kept.
+        let t = judge(
+            &[run(1000, 1000.0, Some(0), 1000), run(1000, 999.0, Some(0), 3000), run(1000, 998.0, Some(0), 1200)],
+            &sla,
+        );
+        assert_eq!(t.verdict, Verdict::Pass);
+        assert_eq!(t.at(0.99), Some(1_200_000));
+        assert_eq!(t.spread_ns.iter().find(|s| s.0 == 0.99).map(|s| (s.1, s.2)), Some((1_000_000, 3_000_000)));
+    }
+
+    #[test]
+    fn quantile_names_round_trip() {
+        for (s, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("p99.99", 0.9999), ("max", 1.0)] {
+            assert_eq!(parse_quantile(s), Ok(q));
+            assert_eq!(quantile_name(q), s);
+        }
+        assert!(parse_quantile("p100.5").is_err() && parse_quantile("99").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! One run of a capacity trial (the shell around [`search`](super::search)):
+//! a publisher offers a fixed rate on an open-loop schedule to a fresh
+//! engine for the warm-up plus the hold; the warm-up's latency is
+//! subtracted, the hold's is judged. The publisher is in-process (a
+//! `replay` task of [`Runner`]) or another process driven over a control
+//! socket ([`remote`](super::remote)).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+
+use super::remote::RemotePublisher;
+use super::search::RunMeasure;
+use crate::agent::{Runner, StopFlag};
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::feed::GeneratorConfig;
+use crate::metrics::collector::SharedLatency;
+use crate::metrics::OutputsConfig;
+use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
+
+/// Where the load comes from.
+#[derive(Debug, Clone)]
+pub enum PublisherSide {
+    /// In this process, on its own `replay` thread, sharing the host.
+    Local {
+        /// Never send faster than this (msg/s): a load generator that cannot
+        /// keep up, for checking that such trials are not taken for the engine's limit.
+        max_rate: Option<u64>,
+        sndhwm_msgs: i32,
+    },
+    /// Another process (maybe on another host) serving trials on a control endpoint.
+    Remote { control: String },
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct TrialSpec {
+    pub rate: u64,
+    pub warmup: Duration,
+    pub hold: Duration,
+    pub feed: GeneratorConfig,
+    /// The engine (shards' endpoints are filled in from the publisher's).
+    pub engine: EngineConfig,
+    /// The quantiles to measure (ascending; 1.0 = max).
+    pub quantiles: Vec<f64>,
+    /// Where the engine writes this run's interval log, and where the hold's spectrum goes.
+    pub hlog: PathBuf,
+    pub hgrm: PathBuf,
+}
+
+/// Run once; errors are failures of the harness (a socket, a file), not of the trial.
+pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> anyhow::Result<RunMeasure> {
+    let shards = spec.engine.shards.len().max(1);
+    let offered = spec.rate;
+    let duration = spec.warmup + spec.hold;
+    let ctx = zmq::Context::new();
+    // Bind (or have the remote bind) the publisher, then start the engine on its endpoints.
+    enum Pub {
+        Local(Box<Publisher>, u64),
+        Remote(RemotePublisher),
+    }
+    let (publisher, endpoints) = match side {
+        PublisherSide::Local { max_rate, sndhwm_msgs } => {
+            let cfg = PublisherConfig {
+                endpoints: vec!["tcp://127.0.0.1:*".into(); shards],
+                sndhwm_msgs: *sndhwm_msgs,
+                // Lossy: a publisher that never waits on the engine, so a
+                // shortfall in its rate is its own; an engine that falls
+                // behind shows as latency and, past the HWMs, as loss.
+                lossless: false,
+                publisher_id_base: 0,
+            };
+            let p = Publisher::bind(&ctx, &cfg).context("starting the publisher")?;
+            let eps = p.endpoints();
+            let sent_rate = max_rate.map_or(offered, |m| offered.min(m.max(1)));
+            (Pub::Local(Box::new(p), sent_rate), eps)
+        }
+        PublisherSide::Remote { control } => {
+            let mut r = RemotePublisher::connect(&ctx, control)?;
+            let eps = r.prepare(offered, duration, &spec.feed, shards)?;
+            (Pub::Remote(r), eps)
+        }
+    };
+    let mut cfg = spec.engine.clone();
+    for (shard, ep) in cfg.shards.iter_mut().zip(&endpoints) {
+        shard.endpoints = vec![ep.clone()];
+    }
+    cfg.outputs = OutputsConfig { hlog: Some(spec.hlog.clone()), hgrm: None, listen: None };
+    // Intervals short enough that the warm-up's end falls near one.
+    let interval = (spec.warmup / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    cfg.metrics_interval = cfg.metrics_interval.min(interval);
+    let engine_stop = StopFlag::new();
+    let engine = Engine::start(&cfg, engine_stop.clone()).context("starting the engine")?;
+    let live = engine.latency();
+    let sent_at_end = Arc::new(AtomicU64::new(0));
+    let send_ns = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    // The publisher runs on a thread of its own (`replay`); this thread takes
+    // the warm-up snapshot.
+    let (task, mut remote) = match publisher {
+        Pub::Local(mut p, sent_rate) => {
+            p.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the engine to subscribe")?;
+            let pacing = Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 };
+            let source = Source::Generator(spec.feed.clone());
+            let limits = Limits { max_msgs: None, duration: Some(duration) };
+            let (pub_stop, sent, ns) = (stop.clone(), sent_at_end.clone(), send_ns.clone());
+            let task = Runner::task("replay", None, move || {
+                let t0 = Instant::now();
+                // `run` reports its count once more when the schedule is
+                // done, before the end of stream: the send time ends there.
+                let mut tell = |n: u64| {
+                    sent.store(n, Relaxed);
+                    ns.store(t0.elapsed().as_nanos() as u64, Relaxed);
+                };
+                p.run(&source, pacing, limits, &pub_stop, &mut tell)
+            })
+            .context("starting the publisher")?;
+            (Some(task), None)
+        }
+        Pub::Remote(mut r) => {
+            r.go()?;
+            (None, Some(r))
+        }
+    };
+    // Warm-up: wait it out, then take what the collector has so far.
+    while start.elapsed() < spec.warmup && !stop.is_stopped() {
+        std::thread::sleep(Duration::from_millis(5).min(spec.warmup.saturating_sub(start.elapsed())));
+    }
+    let warm = total_of(&live);
+    let (sent, send_s) = match (task, remote.as_mut()) {
+        (Some(task), _) => {
+            let stats = task.join().context("running the publisher")?.context("publishing")?;
+            let n = sent_at_end.load(Relaxed).max(stats.sent_total);
+            let ns = send_ns.load(Relaxed);
+            (n, if ns > 0 { ns as f64 / 1e9 } else { stats.elapsed_s })
+        }
+        (None, Some(r)) => r.finish(duration + Duration::from_secs(30))?,
+        (None, None) => anyhow::bail!("no publisher ran"),
+    };
+    let drain = Duration::from_secs(5).max(spec.hold);
+    let (report, error) = match engine.join(Some(drain)) {
+        Ok(r) => (r, None),
+        Err(EngineError::Croaked(c)) => (
+            c.report.clone(),
+            Some(format!("the snail croaked at {} (lag {})", c.scream.site, crate::metrics::human_ns(c.scream.lag_ns))),
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context("running the engine")),
+    };
+    let mut hold = total_of(&live);
+    // Both come from one cumulative histogram, so the subtraction cannot underflow.
+    if hold.subtract(&warm).is_err() {
+        hold = total_of(&live);
+    }
+    let hgrm = std::fs::File::create(&spec.hgrm).with_context(|| format!("creating {}", spec.hgrm.display()))?;
+    crate::metrics::hlog::write_hgrm(std::io::BufWriter::new(hgrm), &hold)
+        .with_context(|| format!("writing {}", spec.hgrm.display()))?;
+    let latency_ns = spec
+        .quantiles
+        .iter()
+        .map(|&q| {
+            (
+                q,
+                if hold.is_empty() {
+                    0
+                } else if q >= 1.0 {
+                    hold.max()
+                } else {
+                    hold.value_at_quantile(q)
+                },
+            )
+        })
+        .collect();
+    let error = error.or_else(|| report.interrupted.then(|| "the engine did not drain in time".to_string()));
+    Ok(RunMeasure {
+        offered,
+        achieved: sent as f64 / send_s.max(1e-9),
+        lost: report.lost,
+        gaps: report.gaps,
+        latency_ns,
+        count: hold.len(),
+        error,
+    })
+}
+
+/// Every shard's `total` stage, added up.
+fn total_of(live: &SharedLatency) -> Histogram<u64> {
+    let mut h = crate::metrics::StageHistograms::default().total;
+    if let Ok(l) = live.lock() {
+        for s in &l.cumulative {
+            let _ = h.add(&s.total);
+        }
+    }
+    h
+}

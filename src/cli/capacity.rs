@@ -1,0 +1,294 @@
+//! `mdsub capacity`: find the highest rate this host sustains inside a
+//! latency budget, per configuration; write the results folder and the
+//! winning profile.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, Endpoint, How};
+use super::load_profile;
+use crate::agent::StopFlag;
+use crate::bench::capacity::search::{parse_quantile, SearchConfig, Sla, SlaPoint, Verdict};
+use crate::bench::capacity::trial::PublisherSide;
+use crate::bench::capacity::{self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event};
+use crate::engine::handler::HandlerSpec;
+use crate::feed::GeneratorConfig;
+use crate::metrics::human_ns;
+
+/// `mdsub capacity`.
+#[derive(Args, Debug)]
+pub struct CapacityArgs {
+    /// A latency budget, `PERCENTILE=DURATION` (p50, p99, p99.9, p99.99, max);
+    /// repeat for more. Measured from each message's intended send time, over
+    /// the hold. Default: p99=2ms and p99.9=10ms.
+    #[arg(long = "sla", value_parser = parse_sla_point, value_name = "pNN=DURATION")]
+    pub sla: Vec<SlaPoint>,
+    /// Messages a trial may lose and still pass (by end-of-stream counts and sequence gaps).
+    #[arg(long, value_parser = parse_count, default_value = "0", value_name = "COUNT")]
+    pub loss_budget_msgs: u64,
+    /// A configuration to compare: a profile TOML, `builtin` or `auto`; repeat
+    /// for more. Default: builtin.
+    #[arg(long = "profile", value_name = "FILE|builtin|auto")]
+    pub profiles: Vec<String>,
+    /// Cross every profile with these values of a setting, `KEY=V1,V2,…`;
+    /// repeat for a grid. Keys: workers, shards, batch_max, idle, handoff,
+    /// routing, rcvhwm_msgs, handoff_hwm_msgs, handler (e.g. handler=latency,work:20000).
+    #[arg(long = "vary", value_parser = parse_vary, value_name = "KEY=V1,V2")]
+    pub vary: Vec<(String, Vec<String>)>,
+    /// Handler every configuration's workers run (overrides the profiles'):
+    /// latency, book, last, verify or work:NANOS.
+    #[arg(long, value_name = "HANDLER")]
+    pub handler: Option<HandlerSpec>,
+    /// Payload bytes per message.
+    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
+    pub payload_bytes: usize,
+    /// Number of symbols (topics), Zipf-popular.
+    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "COUNT")]
+    pub symbols: usize,
+    /// Each trial first offers its rate this long, unmeasured.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
+    pub warmup: Duration,
+    /// Then holds it this long: the measured part of a trial.
+    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    pub hold: Duration,
+    /// Runs per trial, each with a fresh engine; medians are judged, the spread is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// The first rate offered (msg/s); the search doubles from there until a trial fails.
+    #[arg(long, value_parser = parse_count, default_value = "10k", value_name = "COUNT")]
+    pub start_rate: u64,
+    /// Never offer more than this (msg/s).
+    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    pub max_rate: Option<u64>,
+    /// Bisect until the failing and passing rates are this close, e.g. `5%`.
+    #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
+    pub tolerance: f64,
+    /// Stop the whole search after this long (results so far are written, marked capped).
+    #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
+    pub time_cap: Duration,
+    /// The results folder (named DATE-HOST-COMMIT) is made in this directory.
+    #[arg(long, default_value = "capacity-results", value_name = "DIR")]
+    pub out: PathBuf,
+    /// An external publisher driving the engine: `connect:EP`, the control
+    /// endpoint of `mdsub replay --serve-trials bind:EP`, maybe on another host.
+    /// Default: a publisher in this process, sharing this host with the engine.
+    #[arg(long, value_parser = parse_endpoint, value_name = "connect:EP")]
+    pub publisher: Option<Endpoint>,
+    /// The in-process publisher never sends faster than this (msg/s): a load
+    /// generator that cannot keep up. Trials above it are "rate not achieved".
+    #[arg(long, value_parser = parse_count, value_name = "COUNT", conflicts_with = "publisher")]
+    pub publisher_max_rate: Option<u64>,
+    /// The in-process publisher's send high-water mark per subscriber, in messages.
+    #[arg(long, value_parser = parse_hwm, default_value = "100000", value_name = "COUNT")]
+    pub sndhwm_msgs: i32,
+    /// Print the summary as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `p99=2ms`.
+pub fn parse_sla_point(s: &str) -> Result<SlaPoint, String> {
+    let (q, d) = s.split_once('=').ok_or_else(|| format!("`{s}` is not PERCENTILE=DURATION, e.g. p99=2ms"))?;
+    let quantile = parse_quantile(q)?;
+    let budget = parse_duration(d)?;
+    Ok(SlaPoint { quantile, budget_ns: budget.as_nanos().min(u64::MAX as u128) as u64 })
+}
+
+/// `workers=1,2`.
+pub fn parse_vary(s: &str) -> Result<(String, Vec<String>), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not KEY=V1,V2, e.g. workers=1,2"))?;
+    let values: Vec<String> = v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+    if values.is_empty() {
+        return Err(format!("`{s}` gives no values"));
+    }
+    Ok((k.trim().to_string(), values))
+}
+
+/// `5%` or `0.05`.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    };
+    match v {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage between 0 and 100, e.g. 5%")),
+    }
+}
+
+/// Run `mdsub capacity`.
+pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<CapacityResult> {
+    let names = if args.profiles.is_empty() { vec!["builtin".to_string()] } else { args.profiles.clone() };
+    let mut bases = Vec::with_capacity(names.len());
+    for n in &names {
+        let mut p = load_profile(n)?;
+        if let Some(h) = args.handler {
+            p.handler = h;
+        }
+        bases.push(p);
+    }
+    let host = crate::profile::host_cores();
+    let configurations = expand_grid(&bases, &args.vary, &host).map_err(anyhow::Error::msg)?;
+    let mut points = args.sla.clone();
+    if points.is_empty() {
+        points = vec![
+            SlaPoint { quantile: 0.99, budget_ns: 2_000_000 },
+            SlaPoint { quantile: 0.999, budget_ns: 10_000_000 },
+        ];
+    }
+    let publisher = match &args.publisher {
+        Some(ep) => {
+            PublisherSide::Remote { control: ep.only(How::Connect, "--publisher").map_err(anyhow::Error::msg)? }
+        }
+        None => PublisherSide::Local { max_rate: args.publisher_max_rate, sndhwm_msgs: args.sndhwm_msgs },
+    };
+    let cfg = CapacityConfig {
+        configurations,
+        sla: Sla { points, loss_budget_msgs: args.loss_budget_msgs, ..Default::default() },
+        search: SearchConfig {
+            start_rate: args.start_rate,
+            tolerance: args.tolerance,
+            max_rate: args.max_rate,
+            ..Default::default()
+        },
+        warmup: args.warmup,
+        hold: args.hold,
+        runs: args.runs.max(1),
+        feed: GeneratorConfig { symbols: args.symbols.max(1), payload_bytes: args.payload_bytes, ..Default::default() },
+        time_cap: args.time_cap,
+        out_dir: args.out.clone(),
+        publisher,
+    };
+    let machine = crate::bench::stamp::Machine::here();
+    if !args.json {
+        println!("mdsub capacity  {machine}");
+        println!("pass rule: {}", capacity::describe_sla(&cfg.sla));
+        println!(
+            "configurations: {}",
+            cfg.configurations.iter().map(|c| format!("`{}`", c.name)).collect::<Vec<_>>().join(", ")
+        );
+        match &cfg.publisher {
+            PublisherSide::Local { .. } => println!(
+                "publisher: in this process, SHARING THIS HOST ({} cores) with the engine; the knees below are \
+                 this box's with its own load generator on it (use --publisher connect:EP to drive it from another host)",
+                machine.cores
+            ),
+            PublisherSide::Remote { control } => println!("publisher: another process, driven at {control}"),
+        }
+        println!(
+            "trials: {:?} warm-up + {:?} hold, {} run(s) each, from {} msg/s, tolerance {:.0}%, time cap {:?}",
+            cfg.warmup,
+            cfg.hold,
+            cfg.runs,
+            cfg.search.start_rate,
+            cfg.search.tolerance * 100.0,
+            cfg.time_cap
+        );
+    }
+    let pb = indicatif::ProgressBar::new(1);
+    pb.set_draw_target(if args.json {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr_with_hz(4)
+    });
+    if let Ok(style) = indicatif::ProgressStyle::with_template("capacity [{bar:30}] {pos}/{len} trials  {msg}") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    let quiet = args.json;
+    let result = capacity::run(&cfg, stop, &mut |ev| match ev {
+        Event::TrialStarted { config, rate, purpose, done, estimate_left, eta_s } => {
+            pb.set_length((done + estimate_left) as u64);
+            pb.set_position(done as u64);
+            pb.set_message(format!("`{config}` {rate} msg/s ({purpose:?}), about {:.0} s left", eta_s.max(0.0)));
+        }
+        Event::TrialDone { config, summary } => {
+            pb.inc(1);
+            if !quiet {
+                let at = |q: f64| summary.at(q).map(human_ns).unwrap_or_else(|| "-".into());
+                let verdict = match &summary.verdict {
+                    Verdict::Fail { reasons } => format!("FAIL ({})", reasons.join(", ")),
+                    Verdict::RateNotAchieved { achieved } => {
+                        format!("RATE NOT ACHIEVED (publisher sent {achieved:.0} msg/s; not the engine's limit)")
+                    }
+                    v => v.word().to_string(),
+                };
+                let line = format!(
+                    "  {config:<28} {:>9} msg/s  achieved {:>9.0}  lost {:>5}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  {verdict}",
+                    summary.offered,
+                    summary.achieved,
+                    summary.lost.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+                    at(0.5),
+                    at(0.99),
+                    at(0.999),
+                    at(1.0),
+                );
+                // A hidden bar (not a terminal) prints nothing: print plainly then.
+                if pb.is_hidden() {
+                    println!("{line}");
+                } else {
+                    pb.println(line);
+                }
+            }
+        }
+        Event::ConfigDone { .. } => {}
+    });
+    pb.finish_and_clear();
+    let result = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(result);
+    }
+    println!("knees:");
+    for c in &result.configurations {
+        let at = |n: &str| {
+            c.at_knee
+                .as_ref()
+                .and_then(|k| k.percentiles.iter().find(|p| p.0 == n))
+                .map(|p| format!("{} [{}–{}]", human_ns(p.1), human_ns(p.2), human_ns(p.3)))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "  {:<28} {:>9} msg/s  p50 {}  p99 {}  p99.9 {}  max {}  ({} trials; {})",
+            c.name,
+            c.outcome.knee.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
+            at("p50"),
+            at("p99"),
+            at("p99.9"),
+            at("max"),
+            c.outcome.trials,
+            ending_text(c.outcome.ending)
+        );
+        for x in &c.outcome.contradictions {
+            println!("    NON-MONOTONIC: passed at {} msg/s but failed at {} msg/s", x.passed_at, x.failed_at);
+        }
+        if let Some(r) = c.outcome.rate_not_achieved_at {
+            println!("    rate not achieved at {r} msg/s: the publisher could not offer it (not the engine's limit)");
+        }
+    }
+    println!("publisher: {}", result.publisher);
+    match (&result.winner, &result.winner_profile) {
+        (Some(w), Some(p)) => println!("winner: `{w}`, written to {}", p.display()),
+        _ => println!("winner: none (no configuration passed)"),
+    }
+    println!("results: {} (summary.md, summary.json, capacity.svg, per-trial .hlog/.hgrm)", result.folder.display());
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_values() {
+        assert_eq!(parse_sla_point("p99.9=10ms"), Ok(SlaPoint { quantile: 0.999, budget_ns: 10_000_000 }));
+        assert!(parse_sla_point("p99").is_err() && parse_sla_point("q99=1ms").is_err());
+        assert_eq!(parse_vary("workers=1, 2"), Ok(("workers".into(), vec!["1".into(), "2".into()])));
+        assert!(parse_vary("workers=").is_err());
+        assert_eq!(parse_percent("5%"), Ok(0.05));
+        assert_eq!(parse_percent("0.1"), Ok(0.1));
+        assert!(parse_percent("150%").is_err());
+    }
+}
