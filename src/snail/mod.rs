@@ -501,6 +501,9 @@ pub enum Action {
 /// verdict changes (a scream is built then).
 pub struct Guard {
     index: usize,
+    /// The shard of the messages being judged: the site's own, or for a
+    /// worker serving several shards the one its current batch came from.
+    shard: Option<usize>,
     board: Arc<SnailBoard>,
     cfg: SnailConfig,
     lag: LagDetector,
@@ -529,6 +532,7 @@ impl Guard {
         let cfg = board.config;
         Guard {
             index,
+            shard: board.sites[index].0.shard,
             lag: LagDetector::new(&cfg),
             silence: Silence::new(cfg.silence_ns),
             board,
@@ -595,6 +599,14 @@ impl Guard {
         false
     }
 
+    /// A worker serving several shards: the messages judged next came from
+    /// `shard` (None: not known, a frame handed over on its own). Once per
+    /// hand-off, so a scream names the shard.
+    #[inline]
+    pub fn serving(&mut self, shard: Option<usize>) {
+        self.shard = shard;
+    }
+
     /// True when the checks are off.
     #[inline]
     pub fn off(&self) -> bool {
@@ -651,7 +663,7 @@ impl Guard {
             verdict: v,
             policy: self.cfg.policy,
             site: site.role.clone(),
-            shard: site.shard,
+            shard: self.shard,
             publisher_id: msg.map(|(h, _)| h.publisher_id),
             topic: msg.map(|(_, t)| String::from_utf8_lossy(t).into_owned()),
             lag_ns: self.lag.last_lag_ns(),
@@ -840,6 +852,28 @@ mod tests {
         g.heard(clock.advance_ms(1));
         g.ended();
         assert_eq!(g.check_silence(clock.advance_ms(10_000)), Action::Continue);
+    }
+
+    #[test]
+    fn a_worker_serving_several_shards_names_the_shard_of_its_batch() {
+        let b = SnailBoard::new(
+            SnailConfig { max_lag_ns: 100 * MS, grace_ns: 0, ..Default::default() },
+            vec![Site { role: "worker0".into(), shard: None }],
+        );
+        let clock = ManualClock::new(T0);
+        let now = clock.advance_ms(1);
+        let mut g = Guard::new(b.clone(), 0, None);
+        g.serving(Some(1));
+        assert_eq!(g.on_message(&header(1, now - 500 * MS), b"A", now), Action::Croak);
+        let c = b.croak().expect("croaked");
+        assert_eq!(c.shard, Some(1));
+        assert!(c.to_string().starts_with("SNAIL on shard1 (worker0): "), "{c}");
+        // A frame handed over on its own carries no shard.
+        let b = SnailBoard::new(b.config, vec![Site { role: "worker0".into(), shard: None }]);
+        let mut g = Guard::new(b.clone(), 0, None);
+        g.serving(None);
+        assert_eq!(g.on_message(&header(1, now - 500 * MS), b"A", now), Action::Croak);
+        assert!(b.croak().expect("croaked").to_string().starts_with("SNAIL on a shard (worker0)"));
     }
 
     #[test]
