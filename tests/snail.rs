@@ -519,3 +519,21 @@ fn a_worker_serving_two_shards_names_the_shard_in_its_scream() {
     assert!(croaked["shard"].as_u64().is_some_and(|k| k < 2), "{croaked}");
     drop(replay);
 }
+
+#[test]
+fn demo_reports_the_snails_verdict_per_shard_as_text_and_json() {
+    let (code, out, err) =
+        run_within("demo", mdsub().args(["demo", "--count", "20k", "--rate", "20k"]), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("    per shard      shard0 OK"), "{out}");
+    // The README's snail: the demo croaks, and says which shard.
+    let (code, out, err) = run_within(
+        "demo",
+        mdsub().args(["demo", "--json", "--handler", "work:200000", "--max-lag", "200ms", "--grace", "300ms"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(CROAK), "{err}");
+    let r = json(&out);
+    assert_eq!(r["snail"]["shards"], serde_json::json!([{"shard": 0, "verdict": "SNAIL"}]), "{r}");
+    assert!(err.contains("mdsub: croak: SNAIL on shard0 ("), "{err}");
+}
