@@ -119,7 +119,10 @@ fn bench(c: &mut Criterion) {
                 let mut n = 0;
                 for batch in hs.chunks(64) {
                     let now = mdsub::clock::realtime_ns();
-                    n += batch.iter().filter(|h| g.on_message(h, b"ESH6", now) != mdsub::snail::Action::Continue).count();
+                    n += batch
+                        .iter()
+                        .filter(|h| g.on_message(h, b"ESH6", now) != mdsub::snail::Action::Continue)
+                        .count();
                 }
                 n
             },

@@ -480,7 +480,8 @@ fn replay_drop_every_hundredth_of_100_000_is_exactly_1000_missing_with_and_witho
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "gaps"), u(&r, "lost")), (99_000, 99_000, 1_000, 0), "{r}");
     assert_eq!((u(&r, "duplicates"), u(&r, "reordered"), u(&r, "restarts")), (0, 0, 0), "{r}");
 
-    let filter = ["--subscribe", "ES", "--subscribe", "NQ", "--subscribe", "YM", "--subscribe", "RTY", "--subscribe", "ZN"];
+    let filter =
+        ["--subscribe", "ES", "--subscribe", "NQ", "--subscribe", "YM", "--subscribe", "RTY", "--subscribe", "ZN"];
     let (code, out, err, _) = replay_run(&feed, &filter);
     assert_eq!(code, Some(0), "{err}");
     let r = json(&out);

@@ -141,11 +141,7 @@ pub struct FaultArgs {
 impl FaultArgs {
     /// The plan these flags give.
     pub fn plan(&self) -> FaultPlan {
-        FaultPlan {
-            pause: self.pause_at.zip(self.pause_for),
-            drop_every: self.drop_every,
-            restart_at: self.restart_at,
-        }
+        FaultPlan { pause: self.pause_at.zip(self.pause_for), drop_every: self.drop_every, restart_at: self.restart_at }
     }
 }
 

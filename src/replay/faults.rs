@@ -154,8 +154,7 @@ mod tests {
 
     #[test]
     fn pause_and_restart_fire_once_at_their_index() {
-        let plan =
-            FaultPlan { pause: Some((500, Duration::from_millis(20))), restart_at: Some(700), drop_every: None };
+        let plan = FaultPlan { pause: Some((500, Duration::from_millis(20))), restart_at: Some(700), drop_every: None };
         let due = run(plan, 10_000);
         assert_eq!(
             due,

@@ -276,7 +276,8 @@ mod tests {
     fn a_stall_counts_from_when_the_messages_became_overdue() {
         // On time, then nothing for `stall` ms, then the backlog: the first
         // message after the stall is `stall` ms late.
-        for (stall_ms, want) in [(250, Verdict::Ok), (299, Verdict::Ok), (300, Verdict::Snail), (2_000, Verdict::Snail)] {
+        for (stall_ms, want) in [(250, Verdict::Ok), (299, Verdict::Ok), (300, Verdict::Snail), (2_000, Verdict::Snail)]
+        {
             let mut f = Feed::new(&cfg());
             f.run(100, 1);
             let now = f.clock.advance_ms(stall_ms);

@@ -445,7 +445,8 @@ impl SnailReport {
             }
         );
         if !self.shards.is_empty() {
-            let per: Vec<String> = self.shards.iter().map(|v| format!("shard{} {}", v.shard, v.verdict.name())).collect();
+            let per: Vec<String> =
+                self.shards.iter().map(|v| format!("shard{} {}", v.shard, v.verdict.name())).collect();
             let _ = writeln!(s, "    per shard      {}", per.join(", "));
         }
         for site in &self.sites {
