@@ -3,7 +3,9 @@
 //! whole per-frame path (decode + sequence checks + routing) with and without
 //! the guard, on the same 10 000 frames; and one clock read, for comparison
 //! (the checks add none: they use the receive / handler-end time the reader
-//! and worker read anyway).
+//! and worker read anyway). `snail_clock` prices the alternative the issue
+//! names: the guard with a clock read of its own per message, or one per
+//! batch of 64 (a worker's drain round).
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mdsub::engine::reader::{Checks, Routing};
@@ -82,6 +84,51 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    g.finish();
+
+    // The guard judging at a clock read of its own: per message, or per batch
+    // of 64. Stamps are rebased on the real clock at each setup (max lag 1 h,
+    // so the verdict stays OK and the path is the one a healthy feed takes).
+    let mut g = c.benchmark_group("snail_clock");
+    g.throughput(Throughput::Elements(N as u64));
+    let live = || {
+        let cfg = SnailConfig { max_lag_ns: 3_600_000_000_000, ..SnailConfig::default() };
+        let board = SnailBoard::new(cfg, vec![Site { role: "worker0".into(), shard: Some(0) }]);
+        let base = mdsub::clock::realtime_ns() - 1_000_000;
+        let hs: Vec<Header> = headers
+            .iter()
+            .map(|(h, _)| Header { send_time_ns: h.send_time_ns - T0 + base - N as u64 * 10_000, ..*h })
+            .collect();
+        (Guard::new(board, 0, None), hs)
+    };
+    g.bench_function("guard_clock_per_message_10k", |b| {
+        b.iter_batched_ref(
+            live,
+            |(g, hs)| {
+                hs.iter()
+                    .filter(|h| g.on_message(h, b"ESH6", mdsub::clock::realtime_ns()) != mdsub::snail::Action::Continue)
+                    .count()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("guard_clock_per_batch64_10k", |b| {
+        b.iter_batched_ref(
+            live,
+            |(g, hs)| {
+                let mut n = 0;
+                for batch in hs.chunks(64) {
+                    let now = mdsub::clock::realtime_ns();
+                    n += batch
+                        .iter()
+                        .filter(|h| g.on_message(h, b"ESH6", now) != mdsub::snail::Action::Continue)
+                        .count();
+                }
+                n
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 
     let mut g = c.benchmark_group("clock");

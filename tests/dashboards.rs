@@ -169,6 +169,7 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
             ("mdsub_shard_delivered_bytes_total", "delivered_bytes"),
             ("mdsub_shard_gaps_total", "gaps"),
             ("mdsub_shard_duplicates_total", "duplicates"),
+            ("mdsub_shard_reordered_total", "reordered"),
             ("mdsub_shard_restarts_total", "restarts"),
         ] {
             assert_eq!(sample(&scrape, metric, &l), Some(u(s, field) as f64), "{metric} shard {k}: {s}");

@@ -428,3 +428,113 @@ fn rest_policy_skips_the_backlog_and_recovers() {
     assert!(err.contains("policy rest"), "the rest is logged: {err}");
     replay.finish(Duration::from_secs(20));
 }
+
+// Snails on purpose from `mdsub replay` itself (--pause-at/--pause-for,
+// --drop-every, --restart-at): the same verdicts from the real publisher.
+
+/// Run `mdsub replay --json` with `replay` into an engine with `engine_args`;
+/// (engine exit code, engine report or stdout, engine stderr, replay JSON or None).
+fn replay_run(replay: &[&str], engine_args: &[&str]) -> (Option<i32>, String, String, Option<serde_json::Value>) {
+    let mut args = vec!["--json", "--payload-bytes", "32"];
+    args.extend_from_slice(replay);
+    let (rp, eps) = start_replay("replay", 1, &args);
+    let e = engine(&eps[0], engine_args);
+    let (code, out, err) = e.finish(Duration::from_secs(60));
+    let (status, rest) = rp.finish(Duration::from_secs(20));
+    let stats = status.success().then(|| json(&rest));
+    (code, out, err, stats)
+}
+
+#[test]
+fn a_replay_pause_shorter_than_the_grace_does_not_croak_and_a_longer_one_does() {
+    // 10 k msg/s, stalled after 5 000 for the pause; max lag 100 ms, grace
+    // 400 ms: the messages due in the pause are overdue for (pause − 100 ms).
+    let snail = ["--max-lag", "100ms", "--grace", "400ms"];
+    let rate = ["--rate", "10k", "--count", "15k", "--pause-at", "5k"];
+    let (code, out, err, stats) = replay_run(&[&rate[..], &["--pause-for", "250ms"]].concat(), &snail);
+    assert_eq!(code, Some(0), "a 250 ms pause: {err}");
+    let r = json(&out);
+    assert_eq!(r["snail"]["verdict"], "OK", "{r}");
+    assert_eq!(u(&r, "delivered"), 15_000);
+    assert!(u(site(&r, "shard0-reader"), "max_lag_ns") >= 200_000_000, "the pause was seen as lag: {r}");
+    let stats = stats.expect("the replay finished");
+    assert!(stats["paused_s"].as_f64().unwrap_or(0.0) >= 0.25, "{stats}");
+
+    let (code, _, err, _) = replay_run(&[&rate[..], &["--pause-for", "1500ms"]].concat(), &snail);
+    assert_eq!(code, Some(CROAK), "a 1.5 s pause: {err}");
+    let scream = err.lines().find(|l| l.starts_with("mdsub: croak: ")).unwrap_or_else(|| panic!("no scream: {err}"));
+    assert!(scream.contains("SNAIL on shard0 ("), "{scream}");
+    assert!(scream.contains("last good seq 5000;"), "the last message before the pause: {scream}");
+}
+
+#[test]
+fn replay_drop_every_hundredth_of_100_000_is_exactly_1000_missing_with_and_without_a_topic_filter() {
+    // Five topics, uniform, flat out; the filter takes each by prefix, so the
+    // engine counts by topic sequence instead of stream sequence.
+    let feed = ["--count", "100k", "--drop-every", "100", "--symbols", "5", "--zipf", "0"];
+    let (code, out, err, stats) = replay_run(&feed, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let stats = stats.expect("the replay finished");
+    assert_eq!((u(&stats, "sent_total"), u(&stats, "dropped")), (99_000, 1_000), "{stats}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "gaps"), u(&r, "lost")), (99_000, 99_000, 1_000, 0), "{r}");
+    assert_eq!((u(&r, "duplicates"), u(&r, "reordered"), u(&r, "restarts")), (0, 0, 0), "{r}");
+
+    let filter =
+        ["--subscribe", "ES", "--subscribe", "NQ", "--subscribe", "YM", "--subscribe", "RTY", "--subscribe", "ZN"];
+    let (code, out, err, _) = replay_run(&feed, &filter);
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert!(r["loss_basis"].as_str().unwrap_or("").contains("filtered"), "counted by topic: {r}");
+    assert_eq!((u(&r, "delivered"), u(&r, "gaps"), u(&r, "duplicates")), (99_000, 1_000, 0), "{r}");
+}
+
+#[test]
+fn a_replay_restart_mid_stream_is_reported_as_a_restart_never_as_a_gap() {
+    let (code, out, err, stats) = replay_run(&["--count", "30k", "--restart-at", "10k", "--symbols", "5"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(u(&stats.expect("the replay finished"), "restarts"), 1);
+    let r = json(&out);
+    assert_eq!(
+        (u(&r, "delivered"), u(&r, "restarts"), u(&r, "gaps"), u(&r, "duplicates"), u(&r, "reordered")),
+        (30_000, 1, 0, 0, 0),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_worker_serving_two_shards_names_the_shard_in_its_scream() {
+    let (replay, eps) = start_replay("replay", 2, &["--rate", "100k", "--duration", "20s"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &eps[0], "--endpoint", &eps[1]]);
+    cmd.args(["--workers", "1", "--handler", "work:200000", "--max-lag", "200ms", "--grace", "300ms"]);
+    let (code, out, err) = Child2::spawn("engine", &mut cmd).finish(Duration::from_secs(30));
+    assert_eq!(code, Some(CROAK), "{err}");
+    let scream = err.lines().find(|l| l.starts_with("mdsub: croak: ")).unwrap_or_else(|| panic!("no scream: {err}"));
+    assert!(
+        scream.starts_with("mdsub: croak: SNAIL on shard0 (worker0)")
+            || scream.starts_with("mdsub: croak: SNAIL on shard1 (worker0)"),
+        "{scream}"
+    );
+    let croaked = &json(&out)["snail"]["croaked"];
+    assert!(croaked["shard"].as_u64().is_some_and(|k| k < 2), "{croaked}");
+    drop(replay);
+}
+
+#[test]
+fn demo_reports_the_snails_verdict_per_shard_as_text_and_json() {
+    let (code, out, err) =
+        run_within("demo", mdsub().args(["demo", "--count", "20k", "--rate", "20k"]), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("    per shard      shard0 OK"), "{out}");
+    // The README's snail: the demo croaks, and says which shard.
+    let (code, out, err) = run_within(
+        "demo",
+        mdsub().args(["demo", "--json", "--handler", "work:200000", "--max-lag", "200ms", "--grace", "300ms"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(CROAK), "{err}");
+    let r = json(&out);
+    assert_eq!(r["snail"]["shards"], serde_json::json!([{"shard": 0, "verdict": "SNAIL"}]), "{r}");
+    assert!(err.contains("mdsub: croak: SNAIL on shard0 ("), "{err}");
+}

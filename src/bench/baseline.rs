@@ -139,6 +139,7 @@ impl Baseline {
             loss_basis: if complete { "end-of-stream counts".into() } else { "unknown: end of stream not seen".into() },
             gaps: t.gaps,
             duplicates: t.duplicates,
+            reordered: t.reordered,
             restarts: t.restarts,
             bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), self.bad[r])).collect(),
             msgs_per_sec: self.delivered as f64 / secs,

@@ -22,6 +22,7 @@ use crate::bench::stamp::Machine;
 use crate::engine::reader::{HandOff, Routing};
 use crate::metrics::{human_ns, RunReport};
 use crate::replay::{PublisherConfig, Source};
+use crate::snail::Policy;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -57,8 +58,9 @@ pub struct BenchArgs {
     pub idle: Option<Idle>,
     /// Also compare engine layouts on the same feed in the same runs:
     /// `shards` (1 vs 2 shards), `routing` (by-topic vs round-robin, at
-    /// least 2 workers); comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = ["shards", "routing"], value_name = "WHAT")]
+    /// least 2 workers), `snail` (the batch engine with the snail's checks
+    /// on, policy croak, vs off); comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = ["shards", "routing", "snail"], value_name = "WHAT")]
     pub compare: Vec<String>,
     /// Print the whole result as JSON.
     #[arg(long)]
@@ -303,6 +305,15 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
         }
         pairs.push(("round-robin / by-topic".into(), "engine/by-topic".into(), "engine/round-robin".into()));
+    }
+    if args.compare.iter().any(|c| c == "snail") {
+        for (policy, name) in [(Policy::Croak, "engine/snail-on"), (Policy::Off, "engine/snail-off")] {
+            let mut cfg = profile.engine_config(None);
+            cfg.handoff = HandOff::Batch;
+            cfg.snail.policy = policy;
+            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
+        }
+        pairs.push(("snail on / off".into(), "engine/snail-off".into(), "engine/snail-on".into()));
     }
     let mut runs: Vec<RunReport> = Vec::new();
     for rep in 1..=args.runs.max(1) {

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_count_usize, parse_duration, parse_endpoint, Endpoint, How};
+use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, Endpoint, How};
 use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
 use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
+use crate::replay::faults::FaultPlan;
 use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
 
 /// A replay speed: a multiple of the recorded pace, or flat out.
@@ -108,6 +109,8 @@ pub struct ReplayArgs {
     /// Give up if the subscribers have not connected by then (e.g. 30s).
     #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub wait_timeout: Duration,
+    #[command(flatten)]
+    pub faults: FaultArgs,
     /// Print the replay's numbers as JSON.
     #[arg(long)]
     pub json: bool,
@@ -118,6 +121,38 @@ pub struct ReplayArgs {
     /// load generator that cannot keep up: its trials are "rate not achieved").
     #[arg(long, value_parser = parse_endpoint, value_name = "bind:EP")]
     pub serve_trials: Option<Endpoint>,
+}
+
+/// Snails on purpose: faults put into the stream, so the subscriber's
+/// Suicidal Snail checks can be shown and tested (docs/SNAIL.md).
+#[derive(Args, Debug, Default)]
+pub struct FaultArgs {
+    /// Stall once this many messages have been scheduled: send nothing, not
+    /// even heartbeats, for --pause-for. At a fixed --rate the schedule runs
+    /// on, so the messages due meanwhile go out late (a stalled publisher:
+    /// the subscriber sees their lag); flat out only the silence shows.
+    #[arg(long, value_parser = parse_count, value_name = "COUNT", requires = "pause_for")]
+    pub pause_at: Option<u64>,
+    /// How long the --pause-at stall lasts (e.g. 2s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "pause_at")]
+    pub pause_for: Option<Duration>,
+    /// Leave out one message in every N (N >= 2; the middle one of each block
+    /// of N): its sequences are used up, so subscribers count a gap. 100 over
+    /// --count 100k leaves out exactly 1000, none first or last.
+    #[arg(long, value_parser = parse_count, value_name = "N")]
+    pub drop_every: Option<u64>,
+    /// Start a new session on every shard once this many messages have been
+    /// scheduled (new session id, sequences from 1, no end of stream for the
+    /// old one: a restarted publisher). Subscribers count a restart, not a gap.
+    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    pub restart_at: Option<u64>,
+}
+
+impl FaultArgs {
+    /// The plan these flags give.
+    pub fn plan(&self) -> FaultPlan {
+        FaultPlan { pause: self.pause_at.zip(self.pause_for), drop_every: self.drop_every, restart_at: self.restart_at }
+    }
 }
 
 /// Run `mdsub replay`: bind, wait for subscribers, publish.
@@ -143,6 +178,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     };
     let ctx = zmq::Context::new();
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
+    publisher.set_faults(args.faults.plan())?;
     for (k, ep) in publisher.endpoints().iter().enumerate() {
         println!("bound shard{k} {ep}");
     }
@@ -184,6 +220,12 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             if stats.interrupted { " (interrupted)" } else { "" },
             stats.sent_per_shard
         );
+        if stats.dropped + stats.restarts > 0 || stats.paused_s > 0.0 {
+            println!(
+                "on purpose: dropped {}, restarts {}, paused {:.3} s",
+                stats.dropped, stats.restarts, stats.paused_s
+            );
+        }
         if let Some((first, last)) = stats.market_span_ns {
             println!(
                 "market time {} to {} ({:.3} s recorded)",

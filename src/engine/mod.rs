@@ -667,6 +667,7 @@ impl Engine {
             loss_basis,
             gaps: sum(&|c| c.gaps.load(Relaxed)),
             duplicates: sum(&|c| c.duplicates.load(Relaxed)),
+            reordered: sum(&|c| c.reordered.load(Relaxed)),
             restarts: sum(&|c| c.restarts.load(Relaxed)),
             bad_frames,
             msgs_per_sec: delivered as f64 / secs,
@@ -702,6 +703,7 @@ fn shard_live(c: &ShardCounters) -> ShardLive {
         forwarded: c.forwarded.load(Relaxed),
         gaps: c.gaps.load(Relaxed),
         duplicates: c.duplicates.load(Relaxed),
+        reordered: c.reordered.load(Relaxed),
         restarts: c.restarts.load(Relaxed),
         bad_frames: bad_frames_of(c),
     }
@@ -764,6 +766,7 @@ impl Engine {
                     lost: sent.filter(|_| complete).map(|s| s.saturating_sub(msgs)),
                     gaps: c.gaps.load(Relaxed),
                     duplicates: c.duplicates.load(Relaxed),
+                    reordered: c.reordered.load(Relaxed),
                     restarts: c.restarts.load(Relaxed),
                     bad_frames: bad_frames_of(c),
                     silences: c.silences.load(Relaxed),

@@ -46,6 +46,8 @@ pub struct ShardCounters {
     pub forwarded: CachePadded<AtomicU64>,
     pub gaps: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Frames that arrived after a later one of their topic (dropped, not lost).
+    pub reordered: AtomicU64,
     pub restarts: AtomicU64,
     /// Malformed frames by [`wire::DecodeError::reason`].
     pub bad: [AtomicU64; DROP_REASONS],
@@ -271,6 +273,7 @@ impl Checks {
         c.forwarded.store(self.forwarded, Relaxed);
         c.gaps.store(t.gaps, Relaxed);
         c.duplicates.store(t.duplicates, Relaxed);
+        c.reordered.store(t.reordered, Relaxed);
         c.restarts.store(t.restarts, Relaxed);
         for (a, v) in c.bad.iter().zip(self.bad) {
             a.store(v, Relaxed);

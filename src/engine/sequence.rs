@@ -2,9 +2,12 @@
 //! and duplicates per publisher session and per topic.
 //!
 //! Rules (see docs/WIRE.md): a publisher is `publisher_id`; a new
-//! `session_id` from it is a restart and resets its state. Per topic, a
-//! `topic_seq` at or below the last accepted is a duplicate (dropped; this is
-//! how values re-sent by a last-value cache are removed) and a jump is a gap.
+//! `session_id` from it is a restart and resets its state. Per topic, a jump
+//! of `topic_seq` is a gap, and a `topic_seq` at or below the last accepted is
+//! dropped: as *reordered* when it is one of the last [`REORDER_WINDOW`]
+//! sequences that had not arrived (it was counted missing, so the gap count
+//! goes down by one: it came late, it was not lost), otherwise as a
+//! *duplicate* (this is how values re-sent by a last-value cache are removed).
 //! Stream gaps (`stream_seq`) are counted only when the subscriber takes every
 //! topic (with topic filters the stream sequence jumps by design) and never
 //! for frames flagged `FROM_CACHE`, which keep their old sequences.
@@ -26,6 +29,10 @@ pub const MAX_PUBLISHERS: usize = 1024;
 /// Most topics tracked per publisher session.
 pub const MAX_TOPICS_PER_SESSION: usize = 1 << 20;
 
+/// How far back (in topic sequences) a late frame is still told apart from a
+/// duplicate: one bit per sequence in a `u64`.
+pub const REORDER_WINDOW: u64 = 64;
+
 /// FNV-1a as a `Hasher`: fast for short topic keys.
 #[derive(Default)]
 pub struct FnvHasher(u64);
@@ -42,7 +49,30 @@ impl Hasher for FnvHasher {
     }
 }
 
-type TopicMap = HashMap<Box<[u8]>, u64, BuildHasherDefault<FnvHasher>>;
+/// Per topic: the last accepted sequence, and which of the [`REORDER_WINDOW`]
+/// sequences up to it have arrived (bit k: `last − k`), or were never counted
+/// missing (before a late join, or skipped by a cached value).
+#[derive(Debug, Clone, Copy)]
+struct TopicSeq {
+    last: u64,
+    seen: u64,
+}
+
+impl TopicSeq {
+    /// Move to `seq` (> last); `counted`: the sequences skipped were counted missing.
+    #[inline]
+    fn advance(&mut self, seq: u64, counted: bool) {
+        let skipped_seen = if counted { 0 } else { u64::MAX };
+        self.seen = match seq.saturating_sub(self.last) {
+            0 => self.seen | 1,
+            d if d >= REORDER_WINDOW => skipped_seen | 1,
+            d => (self.seen << d) | (skipped_seen >> (64 - d)) | 1,
+        };
+        self.last = seq;
+    }
+}
+
+type TopicMap = HashMap<Box<[u8]>, TopicSeq, BuildHasherDefault<FnvHasher>>;
 
 /// What the checks decided about one data frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,8 +102,13 @@ struct Session {
 pub struct SequenceTotals {
     /// Data frames accepted for delivery.
     pub accepted: u64,
+    /// Messages missing (not arrived, or not yet: a reordered frame takes one off).
     pub gaps: u64,
+    /// Dropped: a topic sequence already delivered.
     pub duplicates: u64,
+    /// Dropped: arrived after a later frame of its topic (it was counted in `gaps`
+    /// when the later one came, and is taken off again).
+    pub reordered: u64,
     pub restarts: u64,
     /// Dropped: a sequence jumped further than [`MAX_SEQ_JUMP`].
     pub implausible: u64,
@@ -149,18 +184,26 @@ impl SequenceTracker {
             return self.reject(|t| &mut t.implausible, restart);
         }
         let mut missed = 0;
+        // Whether the stream sequence counts this session's gaps (full subscription).
+        let stream_counts = s.last_stream_seq > 0 || s.from_start;
         match s.topics.get_mut(topic) {
-            Some(last) => {
-                if h.topic_seq <= *last {
+            Some(ts) => {
+                if h.topic_seq <= ts.last {
+                    let back = ts.last - h.topic_seq;
+                    if back < REORDER_WINDOW && ts.seen & (1 << back) == 0 {
+                        ts.seen |= 1 << back;
+                        self.totals.gaps = self.totals.gaps.saturating_sub(1);
+                        return self.reject(|t| &mut t.reordered, restart);
+                    }
                     return self.reject(|t| &mut t.duplicates, restart);
                 }
-                if h.topic_seq - *last > MAX_SEQ_JUMP {
+                if h.topic_seq - ts.last > MAX_SEQ_JUMP {
                     return self.reject(|t| &mut t.implausible, restart);
                 }
                 if !full && !from_cache {
-                    missed = h.topic_seq - *last - 1;
+                    missed = h.topic_seq - ts.last - 1;
                 }
-                *last = h.topic_seq;
+                ts.advance(h.topic_seq, !from_cache && (!full || stream_counts));
             }
             None => {
                 if h.topic_seq > MAX_SEQ_JUMP && s.from_start {
@@ -172,7 +215,10 @@ impl SequenceTracker {
                 if !full && !from_cache && s.from_start {
                     missed = h.topic_seq.saturating_sub(1);
                 }
-                s.topics.insert(topic.into(), h.topic_seq);
+                // Bit 0 stands for sequence 0, which no publisher sends.
+                let mut ts = TopicSeq { last: 0, seen: 1 };
+                ts.advance(h.topic_seq, !from_cache && s.from_start);
+                s.topics.insert(topic.into(), ts);
             }
         }
         if !from_cache {
@@ -268,6 +314,58 @@ mod tests {
         assert!(!t.on_data(&h(1, 9, 2, 2), b"A").accept);
         assert_eq!(t.totals().duplicates, 2);
         assert_eq!(t.totals().gaps, 0);
+    }
+
+    #[test]
+    fn reordered_frames_are_counted_apart_from_duplicates_and_taken_off_the_gaps() {
+        for full in [true, false] {
+            let mut t = SequenceTracker::new(full);
+            // Topic A: 1 2 4 5 3 (3 late), then 3 again (now a duplicate), 5 again.
+            for (ss, ts) in [(1, 1), (2, 2), (4, 4), (5, 5)] {
+                assert!(t.on_data(&h(1, 9, ss, ts), b"A").accept);
+            }
+            assert_eq!(t.totals().gaps, 1, "full={full}: 3 is missing so far");
+            assert!(!t.on_data(&h(1, 9, 3, 3), b"A").accept, "a late frame is dropped");
+            assert!(!t.on_data(&h(1, 9, 3, 3), b"A").accept);
+            assert!(!t.on_data(&h(1, 9, 5, 5), b"A").accept);
+            // Topic B: 10 frames, 1..=10 with 2, 3 and 7 late (after 10), 9 lost.
+            for ts in [1, 4, 5, 6, 8, 10] {
+                assert!(t.on_data(&h(1, 9, 5 + ts, ts), b"B").accept);
+            }
+            for ts in [7, 2, 3] {
+                assert!(!t.on_data(&h(1, 9, 5 + ts, ts), b"B").accept);
+            }
+            let tot = t.totals();
+            assert_eq!((tot.reordered, tot.duplicates, tot.gaps), (4, 2, 1), "full={full}: {tot:?}");
+        }
+    }
+
+    #[test]
+    fn a_frame_later_than_the_reorder_window_is_a_duplicate() {
+        let mut t = SequenceTracker::new(false);
+        t.on_data(&h(1, 9, 1, 1), b"A");
+        t.on_data(&h(1, 9, 2 + REORDER_WINDOW, 2 + REORDER_WINDOW), b"A");
+        assert_eq!(t.totals().gaps, REORDER_WINDOW);
+        assert!(!t.on_data(&h(1, 9, 2, 2), b"A").accept, "64 behind: outside the window");
+        assert!(!t.on_data(&h(1, 9, 3, 3), b"A").accept, "63 behind: inside");
+        let tot = t.totals();
+        assert_eq!((tot.duplicates, tot.reordered, tot.gaps), (1, 1, REORDER_WINDOW - 1));
+    }
+
+    #[test]
+    fn frames_before_a_late_join_or_a_cached_value_are_not_reordered() {
+        // Joined at stream 50: earlier frames were never counted missing.
+        let mut t = SequenceTracker::new(false);
+        t.on_data(&h(1, 9, 50, 20), b"A");
+        assert!(!t.on_data(&h(1, 9, 49, 19), b"A").accept);
+        // A cached value at 30, then live 31: 21..29 were not counted either.
+        let mut c = h(1, 9, 60, 30);
+        c.flags = FLAG_FROM_CACHE;
+        t.on_data(&c, b"A");
+        t.on_data(&h(1, 9, 61, 31), b"A");
+        assert!(!t.on_data(&h(1, 9, 55, 25), b"A").accept);
+        let tot = t.totals();
+        assert_eq!((tot.duplicates, tot.reordered, tot.gaps), (2, 0, 0), "{tot:?}");
     }
 
     #[test]

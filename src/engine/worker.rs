@@ -220,6 +220,10 @@ impl Agent for WorkerAgent {
                 None if self.readers == 1 => 0,
                 None => self.readers,
             };
+            if self.readers > 1 {
+                // Name the shard in a scream (the unattributed slot: not known).
+                self.guard.serving((slot < self.readers).then_some(slot));
+            }
             let (handler, last_done) = (self.handler.as_mut(), &mut self.last_done_ns);
             let stages = &mut self.stages[slot];
             let (guard, croaked) = (&mut self.guard, &mut self.croaked);

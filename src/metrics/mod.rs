@@ -175,6 +175,8 @@ pub struct RunReport {
     /// Messages missing by sequence number.
     pub gaps: u64,
     pub duplicates: u64,
+    /// Messages dropped for arriving after a later one of their topic (not in `gaps`).
+    pub reordered: u64,
     /// Publisher restarts seen (new session id).
     pub restarts: u64,
     /// Malformed frames dropped, by reason.
@@ -229,6 +231,7 @@ pub struct ShardReport {
     pub lost: Option<u64>,
     pub gaps: u64,
     pub duplicates: u64,
+    pub reordered: u64,
     pub restarts: u64,
     /// Malformed or rejected frames by reason.
     pub bad_frames: BTreeMap<String, u64>,
@@ -324,10 +327,11 @@ impl RunReport {
         let _ = writeln!(s, "  delivered    {}", self.delivered);
         let _ = writeln!(
             s,
-            "  lost         {}   (gaps by sequence: {}, duplicates dropped: {}, restarts: {})",
+            "  lost         {}   (gaps by sequence: {}, duplicates dropped: {}, reordered dropped: {}, restarts: {})",
             opt(self.lost),
             self.gaps,
             self.duplicates,
+            self.reordered,
             self.restarts
         );
         let bad: u64 = self.bad_frames.values().sum();

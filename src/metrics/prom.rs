@@ -54,6 +54,7 @@ pub struct ShardLive {
     pub forwarded: u64,
     pub gaps: u64,
     pub duplicates: u64,
+    pub reordered: u64,
     pub restarts: u64,
     /// Malformed or refused frames by reason.
     pub bad_frames: BTreeMap<String, u64>,
@@ -126,6 +127,12 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     counter(&mut s, "mdsub_shard_forwarded_total", "Data frames the reader handed to workers.", &|c| c.forwarded);
     counter(&mut s, "mdsub_shard_gaps_total", "Messages missing by sequence number.", &|c| c.gaps);
     counter(&mut s, "mdsub_shard_duplicates_total", "Duplicate messages dropped.", &|c| c.duplicates);
+    counter(
+        &mut s,
+        "mdsub_shard_reordered_total",
+        "Messages dropped for arriving after a later one of their topic.",
+        &|c| c.reordered,
+    );
     counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", &|c| c.restarts);
     let _ = writeln!(
         s,

@@ -23,6 +23,9 @@ use crate::security::{ServerAccess, ZapCounters, ZapService};
 use crate::wire::capture::{CaptureError, CaptureReader};
 use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
 
+pub mod faults;
+use faults::{FaultPlan, Faults};
+
 /// Errors of a replay.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -140,6 +143,11 @@ pub struct ReplayStats {
     /// DBN sources: records not replayed (control and unknown types), by record type.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_by_rtype: BTreeMap<String, u64>,
+    /// Snails on purpose ([`FaultPlan`]): messages left out (their sequences
+    /// used up), new sessions started, and time spent stalled.
+    pub dropped: u64,
+    pub restarts: u64,
+    pub paused_s: f64,
 }
 
 struct Shard {
@@ -168,6 +176,11 @@ pub struct Publisher {
     /// The context's ZAP handler when `access` needs one (dropped with the
     /// publisher, before its caller drops the context).
     zap: Option<ZapService>,
+    /// Snails on purpose, and what they did in the last run.
+    faults: FaultPlan,
+    dropped: u64,
+    restarts: u64,
+    paused: Duration,
 }
 
 impl Publisher {
@@ -210,12 +223,50 @@ impl Publisher {
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
             zap,
+            faults: FaultPlan::default(),
+            dropped: 0,
+            restarts: 0,
+            paused: Duration::ZERO,
         })
     }
 
     /// What the ZAP handler has decided about subscribers (None: open access).
     pub fn access_counters(&self) -> Option<Arc<ZapCounters>> {
         self.zap.as_ref().map(ZapService::counters)
+    }
+
+    /// Put snails on purpose into the next runs: a pause, dropped messages,
+    /// a restart mid-stream ([`FaultPlan`]).
+    pub fn set_faults(&mut self, plan: FaultPlan) -> Result<(), ReplayError> {
+        plan.check().map_err(ReplayError::Config)?;
+        self.faults = plan;
+        Ok(())
+    }
+
+    /// Apply what `due` says before a message: stall (the schedule runs on),
+    /// then start new sessions. False if a stop was requested while stalled.
+    fn apply_due(&mut self, due: faults::Due, pacer: &Pacer) -> bool {
+        if let Some(d) = due.pause {
+            let t = Instant::now();
+            let stalled = pacer.stall(d);
+            self.paused += t.elapsed();
+            if !stalled {
+                return false;
+            }
+        }
+        if due.restart {
+            self.restarts += 1;
+            let mut seed = SplitMix64::new(wire::now_ns() ^ self.restarts.rotate_left(32));
+            for sh in &mut self.shards {
+                let old = sh.session_id;
+                while sh.session_id == old {
+                    sh.session_id = seed.next_u64();
+                }
+                sh.stream_seq = 0;
+                sh.data_sent = 0;
+            }
+        }
+        true
     }
 
     /// The replayed market time (receive time of the DBN record being sent,
@@ -362,6 +413,9 @@ impl Publisher {
             interrupted,
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
+            dropped: self.dropped,
+            restarts: self.restarts,
+            paused_s: self.paused.as_secs_f64(),
         }
     }
 
@@ -376,6 +430,12 @@ impl Publisher {
         progress: &mut dyn FnMut(u64),
     ) -> Result<ReplayStats, ReplayError> {
         let start = Instant::now();
+        (self.dropped, self.restarts, self.paused) = (0, 0, Duration::ZERO);
+        if self.faults.restart_at.is_some() && matches!(source, Source::Capture { restamp: false, .. }) {
+            return Err(ReplayError::Config(
+                "a restart mid-stream needs fresh sequences: add --restamp to replay a capture".into(),
+            ));
+        }
         let result = match source {
             Source::Generator(_) if matches!(pacing, Pacing::Recorded { .. }) => {
                 return Err(ReplayError::Config("recorded timing needs a capture or DBN file".into()))
@@ -410,6 +470,7 @@ impl Publisher {
         let shard_of_topic: Vec<usize> = topics.iter().map(|t| shard_of(t, shards)).collect();
         let mut topic_seq = vec![0u64; topics.len()];
         let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
+        let mut faults = Faults::new(self.faults);
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut i = 0u64;
         while i < max {
@@ -419,6 +480,13 @@ impl Publisher {
             if stop.is_stopped() {
                 return Ok(true);
             }
+            let due = faults.due(i).unwrap_or_default();
+            if !self.apply_due(due, &pacer) {
+                return Ok(true);
+            }
+            if due.restart {
+                topic_seq.fill(0);
+            }
             let Some(send_time_ns) = pacer.wait_turn(i, |idle| idle.then(|| self.heartbeat(stop)).transpose())? else {
                 break;
             };
@@ -427,6 +495,11 @@ impl Publisher {
             topic_seq[t] += 1;
             let payload = gen.payload(i);
             self.encode_data(k, &topics[t], topic_seq[t], send_time_ns, payload);
+            if due.drop {
+                self.dropped += 1;
+                i += 1;
+                continue;
+            }
             if !self.send_on(k, None, false, stop, None)? {
                 return Ok(true);
             }
@@ -445,6 +518,7 @@ impl Publisher {
         let shards = self.shards.len();
         let mut topic_seq: std::collections::HashMap<Vec<u8>, u64> = Default::default();
         let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
+        let mut faults = Faults::new(self.faults);
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut first_recv_ns: Option<u64> = None;
         let mut msgs = 0u64;
@@ -483,6 +557,13 @@ impl Publisher {
                 continue;
             }
             let is_data = view.is_some();
+            let due = faults.due(msgs).unwrap_or_default();
+            if !self.apply_due(due, &pacer) {
+                return Ok(true);
+            }
+            if due.restart {
+                topic_seq.clear();
+            }
             let base = *first_recv_ns.get_or_insert(recv_ns);
             let intended = match pacing {
                 Pacing::Recorded { speed } => pacer.wait_until_offset(scale_ns(recv_ns.saturating_sub(base), speed)),
@@ -516,6 +597,11 @@ impl Publisher {
                     encode_data(&mut self.shards[k], &mut self.buf, v.topic, s, intended, v.payload);
                     std::mem::swap(&mut parts[0], &mut self.buf);
                 }
+            }
+            if due.drop {
+                self.dropped += 1;
+                msgs += 1;
+                continue;
             }
             for (n, frame) in parts[..n_parts].iter().enumerate() {
                 if !self.send_on(k, Some(frame), n + 1 < n_parts, stop, None)? {
@@ -562,6 +648,7 @@ impl Publisher {
         let mut slot_of_topic: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut slot_of_id: HashMap<u32, usize> = HashMap::new();
         let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
+        let mut faults = Faults::new(self.faults);
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut span: Option<(u64, u64)> = None;
         let mut msgs = 0u64;
@@ -573,6 +660,14 @@ impl Publisher {
             if stop.is_stopped() {
                 interrupted = true;
                 break;
+            }
+            let due = faults.due(msgs).unwrap_or_default();
+            if !self.apply_due(due, &pacer) {
+                interrupted = true;
+                break;
+            }
+            if due.restart {
+                slots.iter_mut().for_each(|s| s.0 = 0);
             }
             let Some(rec) = merge.next_record() else { break };
             let ts = rec.ts_recv_ns;
@@ -601,6 +696,12 @@ impl Publisher {
             entry.0 += 1;
             let (seq, k) = *entry;
             encode_data(&mut self.shards[k], &mut self.buf, rec.topic, seq, intended, rec.bytes);
+            if due.drop {
+                self.dropped += 1;
+                span = Some((base, ts.max(span.map_or(ts, |s| s.1))));
+                msgs += 1;
+                continue;
+            }
             if !self.send_on(k, None, false, stop, None)? {
                 interrupted = true;
                 break;
@@ -747,6 +848,22 @@ impl Pacer {
                 return None;
             }
             Self::nap(offset_ns - now);
+        }
+    }
+
+    /// Stall for `d` (snails on purpose): send nothing, not even heartbeats,
+    /// while the schedule runs on. False if a stop was requested meanwhile.
+    pub fn stall(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            if self.stop.is_stopped() {
+                return false;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
         }
     }
 

@@ -35,6 +35,8 @@ pub struct LagDetector {
     bucket_end_ns: u64,
     /// When the lag went above `max_lag_ns` and stayed there (0: it is not above).
     above_since_ns: u64,
+    /// When the message before the last one was judged (0: none yet).
+    last_seen_ns: u64,
     sample_every_ns: u64,
     next_sample_ns: u64,
     samples: [u64; WARN_SAMPLES],
@@ -66,6 +68,7 @@ impl LagDetector {
             min_prev: i64::MAX,
             bucket_end_ns: 0,
             above_since_ns: 0,
+            last_seen_ns: 0,
             sample_every_ns: window / WARN_SAMPLES as u64,
             next_sample_ns: 0,
             samples: [0; WARN_SAMPLES],
@@ -89,12 +92,13 @@ impl LagDetector {
         self.last_lag_ns = lag;
         if lag > self.max_lag_ns {
             if self.above_since_ns == 0 {
-                self.above_since_ns = now_ns.max(1);
+                self.above_since_ns = self.overdue_since(lag, now_ns);
             }
         } else {
             self.above_since_ns = 0;
             self.last_good_seq = seq;
         }
+        self.last_seen_ns = now_ns;
         if now_ns >= self.next_sample_ns {
             self.sample(lag, now_ns);
         }
@@ -106,6 +110,20 @@ impl LagDetector {
             Verdict::Ok
         };
         self.verdict
+    }
+
+    /// Since when the lag has been above `max_lag_ns`, judged at the first
+    /// message above it: since that message became overdue (`now − (lag −
+    /// max_lag)`), but not before the message judged before it, which was
+    /// within `max_lag`. So a stall of the wire (nothing, then messages long
+    /// overdue) counts from when it began, while a lone late message in a
+    /// busy stream counts from the message before it.
+    #[inline]
+    fn overdue_since(&self, lag: u64, now_ns: u64) -> u64 {
+        if self.last_seen_ns == 0 {
+            return now_ns.max(1);
+        }
+        now_ns.saturating_sub(lag - self.max_lag_ns).max(self.last_seen_ns).max(1)
     }
 
     #[inline]
@@ -173,6 +191,7 @@ impl LagDetector {
         self.min_prev = i64::MAX;
         self.bucket_end_ns = 0;
         self.above_since_ns = 0;
+        self.last_seen_ns = 0;
         self.next_sample_ns = 0;
         self.n_samples = 0;
         self.rising = false;
@@ -245,11 +264,34 @@ mod tests {
                 first_snail = Some(i);
             }
         }
-        // Above from the first message on; the grace (200 ms) has passed at the 201st.
-        assert_eq!(first_snail, Some(201));
+        // Above since the message before the first late one (1 ms earlier):
+        // the grace (200 ms) has passed at the 200th.
+        assert_eq!(first_snail, Some(200));
         assert_eq!(f.d.last_good_seq(), good);
         assert_eq!(f.d.last_lag_ns(), 150 * MS);
-        assert_eq!(f.d.above_for_ns(f.clock.now_ns()), 299 * MS);
+        assert_eq!(f.d.above_for_ns(f.clock.now_ns()), 300 * MS);
+    }
+
+    #[test]
+    fn a_stall_counts_from_when_the_messages_became_overdue() {
+        // On time, then nothing for `stall` ms, then the backlog: the first
+        // message after the stall is `stall` ms late.
+        for (stall_ms, want) in [(250, Verdict::Ok), (299, Verdict::Ok), (300, Verdict::Snail), (2_000, Verdict::Snail)]
+        {
+            let mut f = Feed::new(&cfg());
+            f.run(100, 1);
+            let now = f.clock.advance_ms(stall_ms);
+            // Overdue (above 100 ms) for stall − 100 ms; the grace is 200 ms.
+            let v = f.d.observe(now - stall_ms * MS, f.seq + 1, now);
+            assert_eq!(v, want, "a {stall_ms} ms stall");
+            assert_eq!(f.d.above_for_ns(now), (stall_ms - 100) * MS);
+        }
+        // A lone late message in a busy stream counts from the message before it.
+        let mut f = Feed::new(&cfg());
+        f.run(100, 1);
+        let now = f.clock.advance_ms(1);
+        assert_eq!(f.d.observe(now - 2_000 * MS, f.seq + 1, now), Verdict::Ok);
+        assert_eq!(f.d.above_for_ns(now), MS);
     }
 
     #[test]

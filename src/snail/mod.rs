@@ -341,7 +341,7 @@ impl SnailBoard {
     /// A snapshot for reports and the monitor's state message.
     pub fn report(&self) -> SnailReport {
         let c = &self.current();
-        SnailReport {
+        let mut r = SnailReport {
             policy: c.policy,
             skew: c.skew,
             max_lag_ms: c.max_lag_ns / MS,
@@ -349,6 +349,7 @@ impl SnailBoard {
             silence_ms: c.silence_ns / MS,
             verdict: self.worst(),
             croaked: self.croak(),
+            shards: Vec::new(),
             sites: self
                 .sites
                 .iter()
@@ -366,7 +367,9 @@ impl SnailBoard {
                     skipped: s.skipped.load(Relaxed),
                 })
                 .collect(),
-        }
+        };
+        r.shards = shard_verdicts(&r.sites, r.croaked.as_ref());
+        r
     }
 }
 
@@ -381,7 +384,30 @@ pub struct SnailReport {
     /// The worst verdict of any site at the end.
     pub verdict: Verdict,
     pub croaked: Option<Scream>,
+    /// The verdict per shard: the worst of its reader and of the workers that
+    /// serve only it, and of the croak when it named the shard.
+    pub shards: Vec<ShardVerdict>,
     pub sites: Vec<SiteReport>,
+}
+
+/// One shard's verdict in a [`SnailReport`].
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ShardVerdict {
+    pub shard: usize,
+    pub verdict: Verdict,
+}
+
+/// The verdict per shard from the sites' verdicts and the croak.
+fn shard_verdicts(sites: &[SiteReport], croaked: Option<&Scream>) -> Vec<ShardVerdict> {
+    let n = sites.iter().filter_map(|s| s.shard).map(|k| k + 1).max().unwrap_or(0);
+    let mut v = vec![Verdict::Ok; n];
+    for (k, s) in sites.iter().filter_map(|s| s.shard.map(|k| (k, s))) {
+        v[k] = v[k].max(s.verdict);
+    }
+    if let Some((k, c)) = croaked.and_then(|c| c.shard.map(|k| (k, c))).filter(|(k, _)| *k < n) {
+        v[k] = v[k].max(c.verdict);
+    }
+    v.into_iter().enumerate().map(|(shard, verdict)| ShardVerdict { shard, verdict }).collect()
 }
 
 /// One site in a [`SnailReport`].
@@ -418,6 +444,11 @@ impl SnailReport {
                 SkewMode::Tolerant => "skew-tolerant",
             }
         );
+        if !self.shards.is_empty() {
+            let per: Vec<String> =
+                self.shards.iter().map(|v| format!("shard{} {}", v.shard, v.verdict.name())).collect();
+            let _ = writeln!(s, "    per shard      {}", per.join(", "));
+        }
         for site in &self.sites {
             let _ = writeln!(
                 s,
@@ -501,6 +532,9 @@ pub enum Action {
 /// verdict changes (a scream is built then).
 pub struct Guard {
     index: usize,
+    /// The shard of the messages being judged: the site's own, or for a
+    /// worker serving several shards the one its current batch came from.
+    shard: Option<usize>,
     board: Arc<SnailBoard>,
     cfg: SnailConfig,
     lag: LagDetector,
@@ -529,6 +563,7 @@ impl Guard {
         let cfg = board.config;
         Guard {
             index,
+            shard: board.sites[index].0.shard,
             lag: LagDetector::new(&cfg),
             silence: Silence::new(cfg.silence_ns),
             board,
@@ -595,6 +630,14 @@ impl Guard {
         false
     }
 
+    /// A worker serving several shards: the messages judged next came from
+    /// `shard` (None: not known, a frame handed over on its own). Once per
+    /// hand-off, so a scream names the shard.
+    #[inline]
+    pub fn serving(&mut self, shard: Option<usize>) {
+        self.shard = shard;
+    }
+
     /// True when the checks are off.
     #[inline]
     pub fn off(&self) -> bool {
@@ -651,7 +694,7 @@ impl Guard {
             verdict: v,
             policy: self.cfg.policy,
             site: site.role.clone(),
-            shard: site.shard,
+            shard: self.shard,
             publisher_id: msg.map(|(h, _)| h.publisher_id),
             topic: msg.map(|(_, t)| String::from_utf8_lossy(t).into_owned()),
             lag_ns: self.lag.last_lag_ns(),
@@ -840,6 +883,63 @@ mod tests {
         g.heard(clock.advance_ms(1));
         g.ended();
         assert_eq!(g.check_silence(clock.advance_ms(10_000)), Action::Continue);
+    }
+
+    #[test]
+    fn the_verdict_per_shard_is_the_worst_of_its_sites_and_of_a_croak_naming_it() {
+        let site = |role: &str, shard, verdict| SiteReport {
+            role: role.into(),
+            shard,
+            verdict,
+            checked: 0,
+            last_lag_ns: 0,
+            max_lag_ns: 0,
+            warns: 0,
+            snails: 0,
+            stops: 0,
+            rests: 0,
+            skipped: 0,
+        };
+        let sites = [
+            site("shard0-reader", Some(0), Verdict::Ok),
+            site("shard1-reader", Some(1), Verdict::Warn),
+            site("shard2-reader", Some(2), Verdict::Ok),
+            site("worker0", Some(0), Verdict::Stop),
+            site("worker1", None, Verdict::Snail),
+        ];
+        let v = |vs: Vec<ShardVerdict>| vs.into_iter().map(|v| v.verdict).collect::<Vec<_>>();
+        assert_eq!(v(shard_verdicts(&sites, None)), [Verdict::Stop, Verdict::Warn, Verdict::Ok]);
+        let (b, mut g, clock) = guarded(Policy::Croak);
+        let now = clock.advance_ms(1);
+        g.serving(Some(2));
+        g.on_message(&header(1, now), b"A", now);
+        // A stall of 1 s: overdue for 900 ms, grace 200 ms.
+        let now = clock.advance_ms(1_000);
+        assert_eq!(g.on_message(&header(2, now - 1_000 * MS), b"A", now), Action::Croak);
+        let c = b.croak().expect("croaked");
+        assert_eq!(v(shard_verdicts(&sites, Some(&c))), [Verdict::Stop, Verdict::Warn, Verdict::Snail]);
+    }
+
+    #[test]
+    fn a_worker_serving_several_shards_names_the_shard_of_its_batch() {
+        let b = SnailBoard::new(
+            SnailConfig { max_lag_ns: 100 * MS, grace_ns: 0, ..Default::default() },
+            vec![Site { role: "worker0".into(), shard: None }],
+        );
+        let clock = ManualClock::new(T0);
+        let now = clock.advance_ms(1);
+        let mut g = Guard::new(b.clone(), 0, None);
+        g.serving(Some(1));
+        assert_eq!(g.on_message(&header(1, now - 500 * MS), b"A", now), Action::Croak);
+        let c = b.croak().expect("croaked");
+        assert_eq!(c.shard, Some(1));
+        assert!(c.to_string().starts_with("SNAIL on shard1 (worker0): "), "{c}");
+        // A frame handed over on its own carries no shard.
+        let b = SnailBoard::new(b.config, vec![Site { role: "worker0".into(), shard: None }]);
+        let mut g = Guard::new(b.clone(), 0, None);
+        g.serving(None);
+        assert_eq!(g.on_message(&header(1, now - 500 * MS), b"A", now), Action::Croak);
+        assert!(b.croak().expect("croaked").to_string().starts_with("SNAIL on a shard (worker0)"));
     }
 
     #[test]
