@@ -19,8 +19,9 @@ use crate::zmqx::{self, Attach};
 /// Messages handled per direction in one `do_work`.
 pub const BATCH_MSGS: usize = 256;
 
-/// Cached messages answered per `do_work` before live traffic gets its batch:
-/// subscriptions are read until the answers of the round reach this (an
+/// Cached messages looked at for answers per `do_work` before live traffic
+/// gets its batch (answered, coalesced or suppressed alike: each costs a
+/// look-up): subscriptions are read until the round's count reaches this (an
 /// answer is never split), so a flood of subscriptions interleaves with live data.
 pub const ANSWER_MSGS_PER_ROUND: u64 = 4_096;
 
@@ -114,8 +115,8 @@ pub struct ShellCounters {
 pub struct Downstream<'a> {
     socket: &'a mut zmq::Socket,
     send_failures: &'a mut u64,
-    /// Cached messages answered this round (the shell's interleaving bound).
-    answered_msgs: &'a mut u64,
+    /// Cached messages looked at this round (the shell's interleaving bound).
+    round_msgs: &'a mut u64,
 }
 
 impl Downstream<'_> {
@@ -129,12 +130,16 @@ impl Downstream<'_> {
         }
     }
 
+    /// Count `msgs` cached messages looked at for an answer (sent or not)
+    /// toward the round's bound, [`ANSWER_MSGS_PER_ROUND`].
+    pub fn count_work(&mut self, msgs: u64) {
+        *self.round_msgs += msgs;
+    }
+
     /// Send `frames` as one message to the subscriber whose subscription was
-    /// just read, and to nobody else (`zmqx::send_to_last_subscriber`); it
-    /// carries `msgs` cached messages. Returns false (counted in
-    /// `send_failures`) if it could not be queued.
-    pub fn answer(&mut self, frames: &mut [Frame], msgs: u64) -> bool {
-        *self.answered_msgs += msgs;
+    /// just read, and to nobody else (`zmqx::send_to_last_subscriber`).
+    /// Returns false (counted in `send_failures`) if it could not be queued.
+    pub fn answer(&mut self, frames: &mut [Frame]) -> bool {
         if zmqx::send_to_last_subscriber(self.socket, frames).is_err() {
             *self.send_failures += 1;
             return false;
@@ -318,9 +323,9 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
         let mut done = 0;
         // Subscriptions first: a joining subscriber is answered before more
         // live traffic, up to ANSWER_MSGS_PER_ROUND cached messages a round.
-        let mut answered_msgs = 0u64;
+        let mut round_msgs = 0u64;
         for _ in 0..BATCH_MSGS {
-            if answered_msgs >= ANSWER_MSGS_PER_ROUND {
+            if round_msgs >= ANSWER_MSGS_PER_ROUND {
                 break;
             }
             if !recv_frames(&mut self.backend, &mut self.frames).map_err(zerr(role, "receiving a subscription"))? {
@@ -330,7 +335,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
             let mut down = Downstream {
                 socket: &mut self.backend,
                 send_failures: &mut self.counters.send_failures,
-                answered_msgs: &mut answered_msgs,
+                round_msgs: &mut round_msgs,
             };
             if self.hooks.on_subscriber_message(msg, &self.frames, &mut down) {
                 let mut next = 0;

@@ -122,11 +122,13 @@ impl LvcHooks {
         if self.gate.on_subscribe(prefix, now) == Admit::Coalesced {
             let n = self.cache.matching(prefix).count() as u64;
             self.gate.coalesced_msgs(n);
+            down.count_work(n);
             return;
         }
         self.answer.clear();
-        let (mut msgs, mut bytes) = (0u64, 0u64);
+        let (mut msgs, mut bytes, mut looked) = (0u64, 0u64, 0u64);
         for cached in self.cache.matching(prefix) {
+            looked += 1;
             let size: u64 = cached.clone().map(|f| f.len() as u64).sum();
             if !self.gate.take(size) {
                 continue;
@@ -144,10 +146,11 @@ impl LvcHooks {
             bytes += size;
         }
         self.gate.end_answer();
+        down.count_work(looked);
         if msgs == 0 {
             return;
         }
-        if down.answer(&mut self.answer, msgs) {
+        if down.answer(&mut self.answer) {
             self.cache_answers += msgs;
         } else {
             self.gate.unsend(msgs, bytes);
