@@ -170,12 +170,7 @@ pub trait ProxyHooks: Send {
     /// A message from a subscriber (`msg` classifies `frames`), before the
     /// shell forwards it to the publishers; `down` answers the subscribers.
     /// Returns whether the shell forwards it (counted in `not_forwarded` if not).
-    fn on_subscriber_message(
-        &mut self,
-        msg: FromSubscriber<'_>,
-        frames: &[Frame],
-        down: &mut Downstream<'_>,
-    ) -> bool;
+    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, frames: &[Frame], down: &mut Downstream<'_>) -> bool;
 
     /// The part's report, given the shell's counters.
     fn report(&self, shell: &ShellCounters) -> Self::Report;

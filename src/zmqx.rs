@@ -73,9 +73,10 @@ pub fn send_to_last_subscriber(socket: &mut zmq::Socket, frames: &mut [frame::Fr
         // first frame is queued the rest fit. Were it to happen, finish the
         // message (a blocking send) rather than leave it open for the next.
         let n = frames.len();
-        sent = frames[next..].iter_mut().enumerate().try_for_each(|(i, f)| {
-            f.send(socket, if next + i + 1 < n { zmq::SNDMORE } else { 0 })
-        });
+        sent = frames[next..]
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(i, f)| f.send(socket, if next + i + 1 < n { zmq::SNDMORE } else { 0 }));
     }
     let off = set_int_option(socket, ZMQ_XPUB_MANUAL_LAST_VALUE, 0);
     let manual = set_int_option(socket, ZMQ_XPUB_MANUAL, 1);

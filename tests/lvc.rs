@@ -539,8 +539,13 @@ fn churn_flood(extra: &[&str]) -> Flood {
     let after = live_count();
     common::wait_until(Duration::from_secs(10), "live samples after the flood", || live_count() >= after + 20);
     done.store(true, std::sync::atomic::Ordering::Release);
-    let mut live_ns: Vec<u64> =
-        live.join().expect("live thread").into_iter().filter(|(sent, _)| *sent >= flood_start_ns).map(|(_, l)| l).collect();
+    let mut live_ns: Vec<u64> = live
+        .join()
+        .expect("live thread")
+        .into_iter()
+        .filter(|(sent, _)| *sent >= flood_start_ns)
+        .map(|(_, l)| l)
+        .collect();
     live_ns.sort_unstable();
     assert!(live_ns.len() >= 20, "live traffic flowed during and after the flood: {} samples", live_ns.len());
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::{frame, start, stop, subscriber, Proxy, PROBE};
+use common::proxy::{frame, start, stop, Proxy, PROBE};
 use mdsub::wire::decode;
 
 const PAYLOAD: [u8; 512] = [7; 512];

@@ -415,6 +415,17 @@ mod tests {
         let empty = Captured::Message { frames: vec![], recv_ns: 0 };
         format_line(&mut line, &empty);
         assert!(line.starts_with("msg foreign"), "{line}");
+        // An LVC answer: cached mdsub frames back to back, one line each.
+        let two = vec![encode(b"ESH6", &h, b"xy"), encode(b"ESM6", &h, b"xy")];
+        assert!(is_lvc_answer(&two));
+        format_line(&mut line, &Captured::Message { frames: two, recv_ns: 3_000_000 });
+        let lines: Vec<&str> = line.lines().collect();
+        assert_eq!(lines.len(), 2, "{line}");
+        assert!(lines[0].starts_with("msg topic=ESH6 ") && lines[0].ends_with("from_cache answer=1/2"), "{line}");
+        assert!(lines[1].starts_with("msg topic=ESM6 ") && lines[1].ends_with("from_cache answer=2/2"), "{line}");
+        // Live mdsub frames (not FROM_CACHE) in one message are not an answer.
+        let live = Header { flags: 0, ..h };
+        assert!(!is_lvc_answer(&[encode(b"ESH6", &live, b"xy"), encode(b"ESM6", &live, b"xy")]));
     }
 
     #[test]
