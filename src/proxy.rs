@@ -238,11 +238,17 @@ impl<H: ProxyHooks> ProxyShell<H> {
         })
     }
 
-    /// Print each endpoint in effect as `{name}: frontend bound tcp://...`.
+    /// Print each endpoint in effect as `{name}: frontend bound tcp://...`,
+    /// then the delivery mode as `{name}: delivery lossless (…)`.
     pub fn print_endpoints(&self, name: &str) {
         for (side, verb, ep) in &self.endpoints {
             println!("{name}: {side} {verb} {ep}");
         }
+        let what = match self.delivery {
+            Delivery::Lossless => "a full subscriber queue pushes back on the publishers, nothing is dropped",
+            Delivery::Lossy => "a message a full subscriber queue cannot take is dropped and counted (dropped_full)",
+        };
+        println!("{name}: delivery {} ({what})", self.delivery.name());
     }
 
     /// The endpoint in effect on `side` (`frontend` or `backend`), the first if several.

@@ -129,15 +129,6 @@ fn assert_from_cache(m: &[Vec<u8>]) {
     assert!(v.header.flags & FLAG_FROM_CACHE != 0, "{} not marked FROM_CACHE", v.topic_str());
 }
 
-/// The value of `name=` in a counters line.
-fn counter(line: &str, name: &str) -> u64 {
-    let tag = format!("{name}=");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&tag))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no counter {name} in {line}"))
-}
-
 /// The cached values in the answers among `got`: an answer is one message
 /// whose frames are whole mdsub frames, back to back.
 fn values(got: &[Vec<Vec<u8>>]) -> Vec<Vec<u8>> {

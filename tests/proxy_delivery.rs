@@ -14,22 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::{frame, start, stop, Proxy, PROBE};
+use common::proxy::{counter, frame, start, stop, Proxy, PROBE};
 use mdsub::wire::decode;
 
 const PAYLOAD: [u8; 512] = [7; 512];
 
 fn messages() -> u64 {
     std::env::var("MDSUB_DELIVERY_MSGS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
-}
-
-/// The value of `name=` in a counters line.
-fn counter(line: &str, name: &str) -> u64 {
-    let tag = format!("{name}=");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&tag))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no counter {name} in {line}"))
 }
 
 /// What the slow subscriber saw.
