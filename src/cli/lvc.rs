@@ -40,7 +40,7 @@ pub struct LvcArgs {
     #[arg(long, value_parser = parse_count_usize, default_value = "268435456", value_name = "BYTES")]
     pub max_bytes: usize,
     /// A subscribe to a prefix unsubscribed less than this long ago gets no answer
-    /// (subscription churn; counted as coalesced). 0 turns coalescing off.
+    /// (subscription churn; counted as coalesced). 0s turns coalescing off.
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub coalesce_window: std::time::Duration,
     /// Answer budget: most cached messages sent in answers per second (burst: one second's
