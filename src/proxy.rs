@@ -13,10 +13,39 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
-use crate::zmqx::{self, recv_message, send_frame, send_message, Attach};
+use crate::zmqx::frame::{recv_frames, send_frames_from, Frame};
+use crate::zmqx::{self, Attach};
 
 /// Messages handled per direction in one `do_work`.
 pub const BATCH_MSGS: usize = 256;
+
+/// Cached messages looked at for answers per `do_work` before live traffic
+/// gets its batch (answered, coalesced or suppressed alike: each costs a
+/// look-up): subscriptions are read until the round's count reaches this (an
+/// answer is never split), so a flood of subscriptions interleaves with live data.
+pub const ANSWER_MSGS_PER_ROUND: u64 = 4_096;
+
+/// What the proxy does when a subscriber's queue is full (its XPUB runs
+/// with ZMQ_XPUB_NODROP either way, so a full queue is seen, never hidden).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Wait: stop reading the publishers until the message is taken
+    /// (back-pressure upstream, like a lossless replay). Nothing is lost.
+    #[default]
+    Lossless,
+    /// Drop the message (for every subscriber it was meant for) and count it
+    /// in `dropped_full`; live traffic never waits for a slow subscriber.
+    Lossy,
+}
+
+impl Delivery {
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Lossless => "lossless",
+            Delivery::Lossy => "lossy",
+        }
+    }
+}
 
 /// What every proxy is told at start: endpoints, socket limits, idle strategy.
 #[derive(Debug, Clone)]
@@ -31,6 +60,8 @@ pub struct ProxyConfig {
     pub max_msg_bytes: i64,
     /// Idle strategy of the proxy's thread(s).
     pub idle: IdleStrategy,
+    /// Lossless (back-pressure) or lossy (counted drops) toward the subscribers.
+    pub delivery: Delivery,
 }
 
 /// A message from a subscriber (the XPUB side), as libzmq hands it up.
@@ -46,7 +77,7 @@ pub enum FromSubscriber<'a> {
 
 impl<'a> FromSubscriber<'a> {
     /// Classify the frames of one message from the XPUB.
-    pub fn classify(frames: &'a [zmq::Message]) -> Self {
+    pub fn classify<F: std::ops::Deref<Target = [u8]>>(frames: &'a [F]) -> Self {
         match frames {
             [only] => match only.split_first() {
                 Some((1, prefix)) => FromSubscriber::Subscribe(prefix),
@@ -71,23 +102,49 @@ pub struct ShellCounters {
     pub forwarded_up: u64,
     /// Messages from subscribers the hooks kept from the publishers.
     pub not_forwarded: u64,
-    /// Sends that failed (message lost), answers included.
+    /// Live messages dropped because a subscriber's queue was full (lossy delivery).
+    pub dropped_full: u64,
+    /// Times live forwarding waited for a full subscriber queue (lossless delivery).
+    pub blocked: u64,
+    /// Sends that failed for another reason (message lost), answers included.
     pub send_failures: u64,
 }
 
-/// The subscriber side as the hooks see it: send an answer (the LVC's cached values).
+/// The subscriber side as the hooks see it, while they handle one message
+/// from a subscriber: apply its subscription (manual XPUB), answer it alone.
 pub struct Downstream<'a> {
-    socket: &'a zmq::Socket,
+    socket: &'a mut zmq::Socket,
     send_failures: &'a mut u64,
+    /// Cached messages looked at this round (the shell's interleaving bound).
+    round_msgs: &'a mut u64,
 }
 
 impl Downstream<'_> {
-    /// Send one frame to the subscribers (`more`: another frame of the same
-    /// message follows); a failure is counted in `send_failures`.
-    pub fn send_frame(&mut self, frame: zmq::Message, more: bool) {
-        if send_frame(self.socket, frame, more).is_err() {
+    /// Apply a subscription just read, for the subscriber it came from (an
+    /// XPUB in manual mode, see [`ProxyHooks::manual_subscriptions`]).
+    /// A failure is counted in `send_failures`.
+    pub fn apply(&mut self, subscribe: bool, prefix: &[u8]) {
+        let r = if subscribe { self.socket.set_subscribe(prefix) } else { self.socket.set_unsubscribe(prefix) };
+        if r.is_err() {
             *self.send_failures += 1;
         }
+    }
+
+    /// Count `msgs` cached messages looked at for an answer (sent or not)
+    /// toward the round's bound, [`ANSWER_MSGS_PER_ROUND`].
+    pub fn count_work(&mut self, msgs: u64) {
+        *self.round_msgs += msgs;
+    }
+
+    /// Send `frames` as one message to the subscriber whose subscription was
+    /// just read, and to nobody else (`zmqx::send_to_last_subscriber`).
+    /// Returns false (counted in `send_failures`) if it could not be queued.
+    pub fn answer(&mut self, frames: &mut [Frame]) -> bool {
+        if zmqx::send_to_last_subscriber(self.socket, frames).is_err() {
+            *self.send_failures += 1;
+            return false;
+        }
+        true
     }
 }
 
@@ -100,18 +157,20 @@ pub trait ProxyHooks: Send {
     /// Thread role (`lvc-proxy`, `tap-proxy`).
     fn role(&self) -> &'static str;
 
+    /// Whether the XPUB runs in manual mode (ZMQ_XPUB_MANUAL): the hooks
+    /// apply every (un)subscription with [`Downstream::apply`] and may answer
+    /// the subscriber alone with [`Downstream::answer`] (the LVC).
+    fn manual_subscriptions(&self) -> bool {
+        false
+    }
+
     /// A message from the publishers, before the shell forwards it to the subscribers.
-    fn on_upstream_message(&mut self, frames: &[zmq::Message]);
+    fn on_upstream_message(&mut self, frames: &[Frame]);
 
     /// A message from a subscriber (`msg` classifies `frames`), before the
     /// shell forwards it to the publishers; `down` answers the subscribers.
     /// Returns whether the shell forwards it (counted in `not_forwarded` if not).
-    fn on_subscriber_message(
-        &mut self,
-        msg: FromSubscriber<'_>,
-        frames: &[zmq::Message],
-        down: &mut Downstream<'_>,
-    ) -> bool;
+    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, frames: &[Frame], down: &mut Downstream<'_>) -> bool;
 
     /// The part's report, given the shell's counters.
     fn report(&self, shell: &ShellCounters) -> Self::Report;
@@ -121,13 +180,31 @@ pub trait ProxyHooks: Send {
 pub struct ProxyShell<H: ProxyHooks> {
     frontend: zmq::Socket,
     backend: zmq::Socket,
-    frames: Vec<zmq::Message>,
+    frames: Vec<Frame>,
+    /// A live message not yet (fully) taken by the XPUB: frames from `next` on
+    /// are still to send (lossless delivery, or the rest of a started message).
+    pending: Vec<Frame>,
+    pending_next: usize,
+    delivery: Delivery,
     counters: ShellCounters,
     hooks: H,
     /// Written when the agent closes, so the report survives a failed run.
     report: Arc<Mutex<H::Report>>,
     /// Endpoints in effect, frontend then backend, as `(side, verb, endpoint)`.
     pub endpoints: Vec<(&'static str, &'static str, String)>,
+}
+
+/// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`]:
+/// ZMQ_XPUB_NODROP always (a full subscriber queue is EAGAIN, which the shell
+/// waits on or counts, never a silent drop) and ZMQ_XPUB_MANUAL for hooks
+/// that apply subscriptions themselves (the LVC). Before any subscriber has
+/// been read: options take effect for subscriptions read after them.
+fn set_delivery_options(backend: &mut zmq::Socket, manual: bool) -> Result<(), (&'static str, zmq::Error)> {
+    zmqx::set_xpub_nodrop(backend, true).map_err(|e| ("setting XPUB_NODROP", e))?;
+    if manual {
+        zmqx::set_xpub_manual(backend).map_err(|e| ("setting XPUB_MANUAL (libzmq's draft API)", e))?;
+    }
+    Ok(())
 }
 
 fn zerr(role: &'static str, context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError {
@@ -140,9 +217,10 @@ impl<H: ProxyHooks> ProxyShell<H> {
     /// the first subscriber; the tap with `--subscribe-all`).
     pub fn new(ctx: &zmq::Context, config: &ProxyConfig, subscribe_all: bool, hooks: H) -> Result<Self, AgentError> {
         let role = hooks.role();
-        let zmqx::ProxySockets { frontend, backend, endpoints } =
+        let zmqx::ProxySockets { frontend, mut backend, endpoints } =
             zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
                 .map_err(|(context, source)| zerr(role, context)(source))?;
+        set_delivery_options(&mut backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
         if subscribe_all {
             frontend.send(&[1u8][..], 0).map_err(zerr(role, "subscribing upstream"))?;
         }
@@ -150,6 +228,9 @@ impl<H: ProxyHooks> ProxyShell<H> {
             frontend,
             backend,
             frames: Vec::with_capacity(8),
+            pending: Vec::with_capacity(8),
+            pending_next: 0,
+            delivery: config.delivery,
             counters: ShellCounters::default(),
             hooks,
             report: Arc::default(),
@@ -157,16 +238,51 @@ impl<H: ProxyHooks> ProxyShell<H> {
         })
     }
 
-    /// Print each endpoint in effect as `{name}: frontend bound tcp://...`.
+    /// Print each endpoint in effect as `{name}: frontend bound tcp://...`,
+    /// then the delivery mode as `{name}: delivery lossless (…)`.
     pub fn print_endpoints(&self, name: &str) {
         for (side, verb, ep) in &self.endpoints {
             println!("{name}: {side} {verb} {ep}");
         }
+        let what = match self.delivery {
+            Delivery::Lossless => "a full subscriber queue pushes back on the publishers, nothing is dropped",
+            Delivery::Lossy => "a message a full subscriber queue cannot take is dropped and counted (dropped_full)",
+        };
+        println!("{name}: delivery {} ({what})", self.delivery.name());
     }
 
     /// The endpoint in effect on `side` (`frontend` or `backend`), the first if several.
     pub fn endpoint(&self, side: &str) -> Option<&str> {
         self.endpoints.iter().find(|e| e.0 == side).map(|e| e.2.as_str())
+    }
+
+    /// Send what is pending of the current live message. `Ok(true)` when it
+    /// is all sent or dropped (lossy, counted), `Ok(false)` when the XPUB is
+    /// full and delivery is lossless (or the message is half sent): try again later.
+    fn flush_pending(&mut self) -> Result<bool, AgentError> {
+        match send_frames_from(&mut self.backend, &mut self.pending, &mut self.pending_next) {
+            Ok(()) => {
+                self.counters.forwarded_down += 1;
+                self.pending.clear();
+                Ok(true)
+            }
+            Err(zmq::Error::EAGAIN) if self.delivery == Delivery::Lossy && self.pending_next == 0 => {
+                self.counters.dropped_full += 1;
+                self.pending.clear();
+                Ok(true)
+            }
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                if self.pending_next == 0 {
+                    self.counters.blocked += 1;
+                }
+                Ok(false)
+            }
+            Err(_) => {
+                self.counters.send_failures += 1;
+                self.pending.clear();
+                Ok(true)
+            }
+        }
     }
 
     /// The hooks, for their counters.
@@ -199,40 +315,63 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let role = self.hooks.role();
+        // A live message the XPUB has not taken yet goes first: nothing else
+        // is read until it is (back-pressure: the XSUB's queue fills, TCP
+        // pushes back on the publishers).
+        if !self.pending.is_empty() && !self.flush_pending()? {
+            return Ok(Step::Blocked(0));
+        }
         let mut done = 0;
-        // Subscriptions first: a joining subscriber is answered before more live traffic.
+        // Subscriptions first: a joining subscriber is answered before more
+        // live traffic, up to ANSWER_MSGS_PER_ROUND cached messages a round.
+        let mut round_msgs = 0u64;
         for _ in 0..BATCH_MSGS {
-            if !recv_message(&self.backend, &mut self.frames).map_err(zerr(role, "receiving a subscription"))? {
+            if round_msgs >= ANSWER_MSGS_PER_ROUND {
+                break;
+            }
+            if !recv_frames(&mut self.backend, &mut self.frames).map_err(zerr(role, "receiving a subscription"))? {
                 break;
             }
             let msg = FromSubscriber::classify(&self.frames);
-            let mut down = Downstream { socket: &self.backend, send_failures: &mut self.counters.send_failures };
+            let mut down = Downstream {
+                socket: &mut self.backend,
+                send_failures: &mut self.counters.send_failures,
+                round_msgs: &mut round_msgs,
+            };
             if self.hooks.on_subscriber_message(msg, &self.frames, &mut down) {
-                match send_message(&self.frontend, &mut self.frames) {
+                let mut next = 0;
+                match send_frames_from(&mut self.frontend, &mut self.frames, &mut next) {
                     Ok(()) => self.counters.forwarded_up += 1,
                     Err(_) => self.counters.send_failures += 1,
                 }
             } else {
                 self.counters.not_forwarded += 1;
-                self.frames.clear();
             }
+            self.frames.clear();
             done += 1;
         }
         for _ in 0..BATCH_MSGS {
-            if !recv_message(&self.frontend, &mut self.frames).map_err(zerr(role, "receiving from publishers"))? {
+            if !recv_frames(&mut self.frontend, &mut self.frames).map_err(zerr(role, "receiving from publishers"))? {
                 break;
             }
             self.counters.messages_in += 1;
             self.counters.frames_in += self.frames.len() as u64;
             self.counters.bytes_in += self.frames.iter().map(|f| f.len() as u64).sum::<u64>();
             self.hooks.on_upstream_message(&self.frames);
-            match send_message(&self.backend, &mut self.frames) {
-                Ok(()) => self.counters.forwarded_down += 1,
-                Err(_) => self.counters.send_failures += 1,
-            }
+            std::mem::swap(&mut self.frames, &mut self.pending);
+            self.pending_next = 0;
             done += 1;
+            if !self.flush_pending()? {
+                return Ok(Step::Blocked(done));
+            }
         }
         Ok(Step::Worked(done))
+    }
+
+    fn blocked_wait(&mut self, timeout: Duration) {
+        // An XPUB is always "writable" to poll (libzmq's dist has_out), so
+        // wait for a subscription (or the timeout) and try again.
+        let _ = zmqx::wait_ready(&self.backend, zmq::POLLIN, timeout);
     }
 
     fn idle_wait(&mut self, timeout: Duration) {

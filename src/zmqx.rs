@@ -3,9 +3,14 @@
 
 use std::os::raw::{c_int, c_void};
 
+pub mod frame;
+
 /// libzmq socket option numbers (zmq.h, 4.3.x) that have no setter in the crate.
 const ZMQ_XPUB_NODROP: c_int = 69;
 const ZMQ_XPUB_VERBOSER: c_int = 78;
+const ZMQ_XPUB_MANUAL: c_int = 71;
+/// Draft API (libzmq built with it: the workspace's zmq-sys).
+const ZMQ_XPUB_MANUAL_LAST_VALUE: c_int = 98;
 
 fn set_int_option(socket: &mut zmq::Socket, option: c_int, value: c_int) -> zmq::Result<()> {
     // SAFETY: the socket pointer is valid for the socket's lifetime, the option
@@ -37,6 +42,45 @@ pub fn set_xpub_nodrop(socket: &mut zmq::Socket, on: bool) -> zmq::Result<()> {
 /// them upstream keeps its XSUB's per-prefix counts balanced.
 pub fn set_xpub_verboser(socket: &mut zmq::Socket, on: bool) -> zmq::Result<()> {
     set_int_option(socket, ZMQ_XPUB_VERBOSER, on as c_int)
+}
+
+/// ZMQ_XPUB_MANUAL on an XPUB: subscriptions reach the owner (every one,
+/// duplicates included) and are applied only when it calls `set_subscribe` /
+/// `set_unsubscribe` right after reading them; libzmq applies them to the
+/// subscriber they came from (its `_last_pipe`, set by the read).
+pub fn set_xpub_manual(socket: &mut zmq::Socket) -> zmq::Result<()> {
+    set_int_option(socket, ZMQ_XPUB_MANUAL, 1)
+}
+
+/// Send `frames` as one message to the subscriber whose (un)subscription was
+/// read last, and to nobody else, without blocking (an XPUB in manual mode,
+/// [`set_xpub_manual`]). Frames are copied into the message.
+///
+/// How, in libzmq 4.3.5 (`src/xpub.cpp`): with ZMQ_XPUB_MANUAL_LAST_VALUE on,
+/// the first message sent after a read is matched against the last reader's
+/// pipe only, and that send clears it. So this switches last-value on, sends
+/// the one message, and switches it off again (`MANUAL_LAST_VALUE` 0 turns
+/// manual off too, so `MANUAL` 1 turns it back on): live traffic sent later
+/// always goes to every matching subscriber, even when a read was not
+/// followed by an answer. `setsockopt` does not process the socket's
+/// commands, so no subscription is read between the three calls.
+pub fn send_to_last_subscriber(socket: &mut zmq::Socket, frames: &mut [frame::Frame]) -> zmq::Result<()> {
+    set_int_option(socket, ZMQ_XPUB_MANUAL_LAST_VALUE, 1)?;
+    let mut next = 0;
+    let mut sent = frame::send_frames_from(socket, frames, &mut next);
+    if sent.is_err() && next > 0 {
+        // Never seen: the HWM counts whole messages (pipe.cpp), so once the
+        // first frame is queued the rest fit. Were it to happen, finish the
+        // message (a blocking send) rather than leave it open for the next.
+        let n = frames.len();
+        sent = frames[next..]
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(i, f)| f.send(socket, if next + i + 1 < n { zmq::SNDMORE } else { 0 }));
+    }
+    let off = set_int_option(socket, ZMQ_XPUB_MANUAL_LAST_VALUE, 0);
+    let manual = set_int_option(socket, ZMQ_XPUB_MANUAL, 1);
+    sent.and(off).and(manual)
 }
 
 /// How a socket attaches to an endpoint, as written on the command line:

@@ -156,8 +156,10 @@ fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport, A
             hwm_msgs: hwm,
             max_msg_bytes: 1 << 20,
             idle: args.idle,
+            delivery: crate::proxy::Delivery::Lossless,
         },
         limits: CacheLimits::default(),
+        answers: crate::lvc::answer::AnswerLimits::default(),
     };
     let proxy = crate::lvc::new_proxy(&lvc_ctx, &config)?;
     let back = proxy.endpoint("backend").unwrap_or_default().to_string();

@@ -2,9 +2,10 @@
 
 use clap::Args;
 
-use super::args::parse_count_usize;
+use super::args::{parse_count, parse_count_usize, parse_duration};
 use super::proxy::ProxyArgs;
 use crate::agent::{AgentError, StopFlag};
+use crate::lvc::answer::AnswerLimits;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::LvcReport;
 use crate::lvc::LvcConfig;
@@ -23,8 +24,11 @@ use crate::lvc::LvcConfig;
     Repeat an option to attach a side to several endpoints. With tcp://127.0.0.1:* the OS picks\n\
     the port; every endpoint in effect is printed on startup, one line each:\n  \
     lvc: frontend bound tcp://127.0.0.1:PORT\n\
-    A subscription is a prefix: it is answered at once with the cached last value of every topic\n\
-    that starts with it, in topic order (mdsub frames re-sent from the cache carry FROM_CACHE).\n\
+    A subscription is a prefix: it is answered at once, to that subscriber only, with the cached\n\
+    last value of every topic that starts with it, in topic order, as ONE multipart message (the\n\
+    cached messages' frames back to back; mdsub frames re-sent from the cache carry FROM_CACHE).\n\
+    Answers are bounded: a re-subscription within --coalesce-window gets none (coalesced=), and\n\
+    --answer-msgs / --answer-bytes per second cap them (truncated=, suppressed_msgs=).\n\
     SIGINT/SIGTERM stop it cleanly; the counters are printed on exit. See docs/LVC-TAP.md.")]
 pub struct LvcArgs {
     #[command(flatten)]
@@ -35,6 +39,17 @@ pub struct LvcArgs {
     /// Most bytes cached (keys plus message buffers).
     #[arg(long, value_parser = parse_count_usize, default_value = "268435456", value_name = "BYTES")]
     pub max_bytes: usize,
+    /// A subscribe to a prefix unsubscribed less than this long ago gets no answer
+    /// (subscription churn; counted as coalesced). 0s turns coalescing off.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
+    pub coalesce_window: std::time::Duration,
+    /// Answer budget: most cached messages sent in answers per second (burst: one second's
+    /// worth); the rest of an answer is left out and counted (suppressed_msgs=). 0 = no limit.
+    #[arg(long, value_parser = parse_count, default_value = "200k", value_name = "COUNT")]
+    pub answer_msgs: u64,
+    /// Answer budget: most bytes sent in answers per second (as --answer-msgs). 0 = no limit.
+    #[arg(long, value_parser = parse_count, default_value = "67108864", value_name = "BYTES")]
+    pub answer_bytes: u64,
 }
 
 impl LvcArgs {
@@ -43,6 +58,11 @@ impl LvcArgs {
         LvcConfig {
             proxy: self.proxy.to_config(),
             limits: CacheLimits { max_topics: self.max_topics, max_bytes: self.max_bytes },
+            answers: AnswerLimits {
+                coalesce_window_ns: u64::try_from(self.coalesce_window.as_nanos()).unwrap_or(u64::MAX),
+                msgs_per_s: self.answer_msgs,
+                bytes_per_s: self.answer_bytes,
+            },
         }
     }
 }

@@ -3,7 +3,27 @@
 use clap::Args;
 
 use super::args::{parse_bytes_i64, parse_endpoint, parse_hwm, Endpoint, How, Idle};
-use crate::proxy::ProxyConfig;
+use crate::proxy::{Delivery, ProxyConfig};
+
+/// `--delivery`: what the proxy does when a subscriber's queue is full.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryArg {
+    /// Wait for the subscriber (back-pressure to the publishers, ZMQ_XPUB_NODROP): nothing is lost;
+    /// right when every subscriber is your own and keeps up on average.
+    Lossless,
+    /// Drop the message for the subscribers it was meant for and count it (dropped_full=):
+    /// a slow subscriber never holds back the others or the publishers.
+    Lossy,
+}
+
+impl DeliveryArg {
+    pub fn delivery(self) -> Delivery {
+        match self {
+            DeliveryArg::Lossless => Delivery::Lossless,
+            DeliveryArg::Lossy => Delivery::Lossy,
+        }
+    }
+}
 
 /// Endpoints, socket limits and idle strategy of a proxy (flattened into its command).
 #[derive(Args, Debug, Clone)]
@@ -25,6 +45,11 @@ pub struct ProxyArgs {
     /// Idle strategy of the proxy's threads.
     #[arg(long, value_enum, default_value_t = Idle::Backoff)]
     pub idle: Idle,
+    /// When a subscriber's queue (--hwm-msgs) is full: `lossless` waits and pushes back on the
+    /// publishers (blocked= counts the waits); `lossy` drops the message and counts it
+    /// (dropped_full=). Both counters are in the exit line.
+    #[arg(long, value_enum, default_value_t = DeliveryArg::Lossless)]
+    pub delivery: DeliveryArg,
 }
 
 impl ProxyArgs {
@@ -36,6 +61,7 @@ impl ProxyArgs {
             hwm_msgs: self.hwm_msgs,
             max_msg_bytes: self.max_msg_bytes,
             idle: self.idle.strategy(),
+            delivery: self.delivery.delivery(),
         }
     }
 }

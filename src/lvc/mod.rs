@@ -5,14 +5,17 @@
 //! matching topic.
 //!
 //! - [`cache`]: the socket-free cache core (prefix lookups, limits).
+//! - [`answer`]: the socket-free answer policy (coalescing, budget).
 //! - [`proxy`]: the LVC's hooks on the shared proxy shell ([`crate::proxy`]).
 //!
 //! Behaviour notes (duplicates, foreign traffic, limits) are in `docs/LVC-TAP.md`.
 
+pub mod answer;
 pub mod cache;
 pub mod proxy;
 
 use crate::agent::{AgentError, StopFlag};
+use crate::lvc::answer::AnswerLimits;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::{LvcHooks, LvcReport};
 use crate::proxy::{ProxyConfig, ProxyShell};
@@ -23,12 +26,14 @@ pub struct LvcConfig {
     pub proxy: ProxyConfig,
     /// Most topics and bytes cached; further new topics pass through uncached (counted, logged).
     pub limits: CacheLimits,
+    /// How answers to subscriptions are bounded (coalescing, budget).
+    pub answers: AnswerLimits,
 }
 
 /// The LVC agent: the proxy shell with the LVC's hooks, subscribed upstream
 /// to everything so the cache is warm before the first subscriber.
 pub fn new_proxy(ctx: &zmq::Context, config: &LvcConfig) -> Result<ProxyShell<LvcHooks>, AgentError> {
-    ProxyShell::new(ctx, &config.proxy, true, LvcHooks::new(config.limits))
+    ProxyShell::new(ctx, &config.proxy, true, LvcHooks::new(config.limits, config.answers))
 }
 
 /// Run the LVC until SIGINT/SIGTERM; prints the endpoints on startup and the

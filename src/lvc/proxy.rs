@@ -2,11 +2,20 @@
 //!
 //! [`LvcHooks`] put a [`LastValueCache`] between the shell's XSUB and XPUB:
 //! every message from the publishers updates it, every new subscription is
-//! answered from it before it is forwarded upstream.
+//! answered from it, to the subscriber that sent it only, before it is
+//! forwarded upstream. The XPUB runs in manual mode: the hooks apply each
+//! (un)subscription themselves, then send the answer as ONE multipart
+//! message (every matching cached message's frames, back to back), because
+//! libzmq sends only the first message after a subscription to its
+//! subscriber alone (docs/LVC-TAP.md, "Answers go to the joiner only").
+//! What is answered is bounded by an [`AnswerGate`].
 
+use crate::clock;
+use crate::lvc::answer::{Admit, AnswerCounters, AnswerGate, AnswerLimits};
 use crate::lvc::cache::{CacheCounters, CacheLimits, LastValueCache, Update};
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
 use crate::wire::{mark_from_cache, now_ns};
+use crate::zmqx::frame::Frame;
 
 /// Counters of one LVC run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,8 +34,14 @@ pub struct LvcReport {
     pub not_forwarded: u64,
     /// Cached messages re-sent in answer to subscriptions.
     pub cache_answers: u64,
+    /// Live messages dropped at a full subscriber queue (lossy delivery only).
+    pub dropped_full: u64,
+    /// Times live forwarding waited for a full subscriber queue (lossless delivery).
+    pub blocked: u64,
     /// Sends that failed (message lost).
     pub send_failures: u64,
+    /// How answers were bounded (coalesced, truncated, suppressed).
+    pub answers: AnswerCounters,
     /// Topics and bytes held at the end.
     pub topics: u64,
     pub cache_bytes: u64,
@@ -36,11 +51,14 @@ pub struct LvcReport {
 impl std::fmt::Display for LvcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.cache;
+        let a = &self.answers;
         write!(
             f,
             "messages_in={} frames_in={} bytes_in={} subscribes={} unsubscribes={} other_upstream={} \
-             not_forwarded={} cache_answers={} send_failures={} topics={} cache_bytes={} inserted={} replaced={} \
-             rejected_full={} evicted_too_big={} uncacheable={}",
+             not_forwarded={} cache_answers={} dropped_full={} blocked={} send_failures={} answered={} \
+             answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} truncated={} suppressed_msgs={} \
+             suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
+             evicted_too_big={} uncacheable={}",
             self.messages_in,
             self.frames_in,
             self.bytes_in,
@@ -49,7 +67,17 @@ impl std::fmt::Display for LvcReport {
             self.other_upstream,
             self.not_forwarded,
             self.cache_answers,
+            self.dropped_full,
+            self.blocked,
             self.send_failures,
+            a.answered,
+            a.answer_msgs,
+            a.answer_bytes,
+            a.coalesced,
+            a.coalesced_msgs,
+            a.truncated,
+            a.suppressed_msgs,
+            a.suppressed_bytes,
             self.topics,
             self.cache_bytes,
             c.inserted,
@@ -64,21 +92,70 @@ impl std::fmt::Display for LvcReport {
 /// The LVC on the proxy shell: the cache and the LVC's own counters.
 pub struct LvcHooks {
     cache: LastValueCache,
+    gate: AnswerGate,
+    /// The answer being built (reused).
+    answer: Vec<Frame>,
     subscribes: u64,
     unsubscribes: u64,
     other_upstream: u64,
     cache_answers: u64,
+    other_logged: bool,
 }
 
 impl LvcHooks {
-    pub fn new(limits: CacheLimits) -> Self {
+    pub fn new(limits: CacheLimits, answers: AnswerLimits) -> Self {
         LvcHooks {
             cache: LastValueCache::new(limits),
+            gate: AnswerGate::new(answers),
+            answer: Vec::new(),
             subscribes: 0,
             unsubscribes: 0,
             other_upstream: 0,
             cache_answers: 0,
+            other_logged: false,
         }
+    }
+
+    /// Answer a subscribe to `prefix` (already applied) within the gate's bounds.
+    fn answer(&mut self, prefix: &[u8], down: &mut Downstream<'_>) {
+        let now = clock::monotonic_ns();
+        if self.gate.on_subscribe(prefix, now) == Admit::Coalesced {
+            let n = self.cache.matching(prefix).count() as u64;
+            self.gate.coalesced_msgs(n);
+            down.count_work(n);
+            return;
+        }
+        self.answer.clear();
+        let (mut msgs, mut bytes, mut looked) = (0u64, 0u64, 0u64);
+        for cached in self.cache.matching(prefix) {
+            looked += 1;
+            let size: u64 = cached.clone().map(|f| f.len() as u64).sum();
+            if !self.gate.take(size) {
+                continue;
+            }
+            let n = cached.frame_count();
+            for frame in cached {
+                let mut f = Frame::copy_of(frame);
+                if n == 1 {
+                    // Only mdsub frames decode; foreign frames are sent as they are.
+                    mark_from_cache(f.bytes_mut());
+                }
+                self.answer.push(f);
+            }
+            msgs += 1;
+            bytes += size;
+        }
+        self.gate.end_answer();
+        down.count_work(looked);
+        if msgs == 0 {
+            return;
+        }
+        if down.answer(&mut self.answer) {
+            self.cache_answers += msgs;
+        } else {
+            self.gate.unsend(msgs, bytes);
+        }
+        self.answer.clear();
     }
 
     fn log_limit(&self) {
@@ -105,7 +182,12 @@ impl ProxyHooks for LvcHooks {
     }
 
     /// Cache it (the shell forwards it).
-    fn on_upstream_message(&mut self, frames: &[zmq::Message]) {
+    /// The LVC applies subscriptions itself, to answer the joiner alone.
+    fn manual_subscriptions(&self) -> bool {
+        true
+    }
+
+    fn on_upstream_message(&mut self, frames: &[Frame]) {
         match self.cache.update(frames) {
             Update::RejectedFull | Update::EvictedTooBig => {
                 if self.cache.should_log_limit(now_ns()) {
@@ -116,31 +198,32 @@ impl ProxyHooks for LvcHooks {
         }
     }
 
-    /// Answer a subscription from the cache, then let the shell forward it upstream.
-    fn on_subscriber_message(
-        &mut self,
-        msg: FromSubscriber<'_>,
-        frames: &[zmq::Message],
-        down: &mut Downstream<'_>,
-    ) -> bool {
+    /// Apply a subscription, answer it from the cache (the joiner only),
+    /// then let the shell forward it upstream.
+    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, frames: &[Frame], down: &mut Downstream<'_>) -> bool {
         match msg {
             FromSubscriber::Subscribe(prefix) => {
                 self.subscribes += 1;
-                for cached in self.cache.matching(prefix) {
-                    let n = cached.frame_count();
-                    for (i, frame) in cached.enumerate() {
-                        let mut m = zmq::Message::from(frame);
-                        if n == 1 {
-                            // Only mdsub frames decode; foreign frames are sent as they are.
-                            mark_from_cache(&mut m);
-                        }
-                        down.send_frame(m, i + 1 < n);
-                    }
-                    self.cache_answers += 1;
+                down.apply(true, prefix);
+                self.answer(prefix, down);
+            }
+            FromSubscriber::Unsubscribe(prefix) => {
+                self.unsubscribes += 1;
+                down.apply(false, prefix);
+                self.gate.on_unsubscribe(prefix, clock::monotonic_ns());
+            }
+            FromSubscriber::Other => {
+                self.other_upstream += 1;
+                if !self.other_logged {
+                    self.other_logged = true;
+                    eprintln!(
+                        "lvc: a subscriber sent a message that is not a subscription ({} frame(s)); libzmq's \
+                         manual XPUB does not track its sender, so later subscriptions may be applied to the \
+                         wrong subscriber (counted in other_upstream; logged once)",
+                        frames.len()
+                    );
                 }
             }
-            FromSubscriber::Unsubscribe(_) => self.unsubscribes += 1,
-            FromSubscriber::Other => self.other_upstream += 1,
         }
         // Upstream gets single-frame (un)subscriptions only: libzmq 4.3.4
         // treats every frame that starts with 0/1 as one, so a multipart
@@ -161,7 +244,10 @@ impl ProxyHooks for LvcHooks {
             other_upstream: self.other_upstream,
             not_forwarded: shell.not_forwarded,
             cache_answers: self.cache_answers,
+            dropped_full: shell.dropped_full,
+            blocked: shell.blocked,
             send_failures: shell.send_failures,
+            answers: self.gate.counters(),
             topics: self.cache.topics() as u64,
             cache_bytes: self.cache.bytes() as u64,
             cache: self.cache.counters(),

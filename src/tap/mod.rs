@@ -69,13 +69,15 @@ impl std::fmt::Display for TapReport {
         let (p, s) = (&self.proxy, &self.sink);
         write!(
             f,
-            "forwarded_down={} forwarded_up={} captured={} dropped={} send_failures={} \
+            "forwarded_down={} forwarded_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
              shown_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
              record_skipped_too_large={}",
             p.forwarded_down,
             p.forwarded_up,
             p.captured,
             p.dropped,
+            p.dropped_full,
+            p.blocked,
             p.send_failures,
             s.messages,
             s.subscriptions,

@@ -7,6 +7,7 @@ use crossbeam::channel::{Sender, TrySendError};
 
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
 use crate::wire::now_ns;
+use crate::zmqx::frame::Frame;
 
 /// What the proxy hands to the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +82,10 @@ pub struct TapProxyReport {
     pub captured: u64,
     /// Copies dropped because the sink's queue was full (or the sink had stopped).
     pub dropped: u64,
+    /// Messages dropped at a full subscriber queue (lossy delivery only).
+    pub dropped_full: u64,
+    /// Times forwarding waited for a full subscriber queue (lossless delivery).
+    pub blocked: u64,
     /// Sends that failed (message lost in the proxy).
     pub send_failures: u64,
 }
@@ -114,7 +119,7 @@ impl ProxyHooks for TapHooks {
         "tap-proxy"
     }
 
-    fn on_upstream_message(&mut self, frames: &[zmq::Message]) {
+    fn on_upstream_message(&mut self, frames: &[Frame]) {
         if self.filter.matches(frames.first().map_or(&[][..], |f| &f[..])) {
             let item = Captured::Message { frames: frames.iter().map(|f| f.to_vec()).collect(), recv_ns: now_ns() };
             self.capture(item);
@@ -122,7 +127,7 @@ impl ProxyHooks for TapHooks {
     }
 
     /// Copy (un)subscriptions to the sink; everything is forwarded.
-    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, _: &[zmq::Message], _: &mut Downstream<'_>) -> bool {
+    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, _: &[Frame], _: &mut Downstream<'_>) -> bool {
         let (subscribe, prefix) = match msg {
             FromSubscriber::Subscribe(p) => (true, p),
             FromSubscriber::Unsubscribe(p) => (false, p),
@@ -138,6 +143,8 @@ impl ProxyHooks for TapHooks {
             forwarded_up: shell.forwarded_up,
             captured: self.captured,
             dropped: self.dropped,
+            dropped_full: shell.dropped_full,
+            blocked: shell.blocked,
             send_failures: shell.send_failures,
         }
     }
@@ -161,6 +168,7 @@ mod tests {
             hwm_msgs: 10_000,
             max_msg_bytes: 1 << 20,
             idle: IdleStrategy::default(),
+            delivery: crate::proxy::Delivery::Lossy,
         };
         let (tx, rx) = crossbeam::channel::bounded(1);
         let mut proxy = ProxyShell::new(&ctx, &config, true, TapHooks::new(Filter::default(), tx)).expect("proxy");

@@ -146,27 +146,19 @@ pub fn format_line(out: &mut String, item: &Captured) {
                 _ => None,
             };
             if let Some(v) = decoded {
-                let h = &v.header;
-                let lag_us = (*recv_ns as i128 - h.send_time_ns as i128) / 1000;
-                let kind = match h.kind {
-                    Kind::Data => "data",
-                    Kind::Heartbeat => "heartbeat",
-                    Kind::EndOfStream => "end",
-                };
-                let _ = write!(
-                    out,
-                    "msg topic={} kind={kind} pub={} session={:x} seq={} topic_seq={} lag_us={lag_us} size={size}",
-                    v.topic_str(),
-                    h.publisher_id,
-                    h.session_id,
-                    h.stream_seq,
-                    h.topic_seq
-                );
-                if h.flags & FLAG_FROM_CACHE != 0 {
-                    out.push_str(" from_cache");
-                }
-                if h.kind == Kind::Data {
-                    dbn_into(out, v.payload);
+                mdsub_line_into(out, &v, *recv_ns, size);
+            } else if is_lvc_answer(frames) {
+                // An LVC answer: cached mdsub frames back to back in one
+                // message (docs/LVC-TAP.md); one line per cached value.
+                let n = frames.len();
+                for (i, f) in frames.iter().enumerate() {
+                    if let Ok(v) = decode(f) {
+                        if i > 0 {
+                            out.push('\n');
+                        }
+                        mdsub_line_into(out, &v, *recv_ns, f.len());
+                        let _ = write!(out, " answer={}/{n}", i + 1);
+                    }
                 }
             } else {
                 let (first, rest) = match &frames[..] {
@@ -183,6 +175,38 @@ pub fn format_line(out: &mut String, item: &Captured) {
             }
         }
     }
+}
+
+/// One `msg topic=…` line for a decoded mdsub frame.
+fn mdsub_line_into(out: &mut String, v: &crate::wire::FrameView<'_>, recv_ns: u64, size: usize) {
+    let h = &v.header;
+    let lag_us = (recv_ns as i128 - h.send_time_ns as i128) / 1000;
+    let kind = match h.kind {
+        Kind::Data => "data",
+        Kind::Heartbeat => "heartbeat",
+        Kind::EndOfStream => "end",
+    };
+    let _ = write!(
+        out,
+        "msg topic={} kind={kind} pub={} session={:x} seq={} topic_seq={} lag_us={lag_us} size={size}",
+        v.topic_str(),
+        h.publisher_id,
+        h.session_id,
+        h.stream_seq,
+        h.topic_seq
+    );
+    if h.flags & FLAG_FROM_CACHE != 0 {
+        out.push_str(" from_cache");
+    }
+    if h.kind == Kind::Data {
+        dbn_into(out, v.payload);
+    }
+}
+
+/// Whether a multipart message is an LVC answer: two or more frames, each a
+/// whole mdsub frame marked FROM_CACHE.
+pub fn is_lvc_answer(frames: &[Vec<u8>]) -> bool {
+    frames.len() > 1 && frames.iter().all(|f| decode(f).is_ok_and(|v| v.header.flags & FLAG_FROM_CACHE != 0))
 }
 
 /// The stats key of a message: the mdsub topic, or the foreign first frame (≤ 64 bytes).
@@ -391,6 +415,17 @@ mod tests {
         let empty = Captured::Message { frames: vec![], recv_ns: 0 };
         format_line(&mut line, &empty);
         assert!(line.starts_with("msg foreign"), "{line}");
+        // An LVC answer: cached mdsub frames back to back, one line each.
+        let two = vec![encode(b"ESH6", &h, b"xy"), encode(b"ESM6", &h, b"xy")];
+        assert!(is_lvc_answer(&two));
+        format_line(&mut line, &Captured::Message { frames: two, recv_ns: 3_000_000 });
+        let lines: Vec<&str> = line.lines().collect();
+        assert_eq!(lines.len(), 2, "{line}");
+        assert!(lines[0].starts_with("msg topic=ESH6 ") && lines[0].ends_with("from_cache answer=1/2"), "{line}");
+        assert!(lines[1].starts_with("msg topic=ESM6 ") && lines[1].ends_with("from_cache answer=2/2"), "{line}");
+        // Live mdsub frames (not FROM_CACHE) in one message are not an answer.
+        let live = Header { flags: 0, ..h };
+        assert!(!is_lvc_answer(&[encode(b"ESH6", &live, b"xy"), encode(b"ESM6", &live, b"xy")]));
     }
 
     #[test]

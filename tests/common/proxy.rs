@@ -162,3 +162,12 @@ pub fn until_probe(sub: &zmq::Socket, deadline: Duration, marker: Option<&[u8]>)
         }
     }
 }
+
+/// The value of `name=` in a counters line.
+pub fn counter(line: &str, name: &str) -> u64 {
+    let tag = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&tag))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name} in {line}"))
+}
