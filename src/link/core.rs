@@ -120,9 +120,15 @@ enum State {
     /// Disconnected (down since `since_ns`), waiting to see whether libzmq
     /// retries; `counted`: this outage was already counted (a failed attempt
     /// to come back).
-    Down { since_ns: u64, failure: Option<Failure>, counted: bool },
+    Down {
+        since_ns: u64,
+        failure: Option<Failure>,
+        counted: bool,
+    },
     /// Lost for `reason` since `since_ns`; libzmq or mdsub is reconnecting.
-    Lost { since_ns: u64 },
+    Lost {
+        since_ns: u64,
+    },
 }
 
 /// One watched endpoint's counters, as reported.

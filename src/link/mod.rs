@@ -85,8 +85,7 @@ impl LinkWatch {
         if endpoints.is_empty() {
             return Ok(None);
         }
-        let inproc =
-            format!("inproc://mdsub-links-{}-{}", std::process::id(), WATCHES.fetch_add(1, Ordering::Relaxed));
+        let inproc = format!("inproc://mdsub-links-{}-{}", std::process::id(), WATCHES.fetch_add(1, Ordering::Relaxed));
         socket.monitor(&inproc, EVENTS)?;
         let monitor = ctx.socket(zmq::PAIR)?;
         monitor.set_linger(0)?;
