@@ -136,6 +136,9 @@ pub struct ClientStatus {
     /// Re-syncs with the same server after it restarted (its sequence went backwards) or our
     /// connection to it dropped.
     pub resyncs: u64,
+    /// The agent's watched links (its subscribers and its update publisher),
+    /// filled in by the shell: losses by reason, reconnects.
+    pub links: Vec<crate::link::LinkStats>,
 }
 
 /// Input to the core.

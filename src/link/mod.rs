@@ -68,6 +68,9 @@ pub struct LinkWatch {
     frames: Vec<zmq::Message>,
     out: Vec<Decision>,
     rounds: u32,
+    /// Raw up (handshake done) / down (disconnected) events since the last
+    /// [`LinkWatch::take_updowns`], for an owner whose core follows them.
+    updowns: Vec<bool>,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -111,6 +114,7 @@ impl LinkWatch {
             frames: Vec::with_capacity(2),
             out: Vec::new(),
             rounds: 0,
+            updowns: Vec::new(),
         }))
     }
 
@@ -139,8 +143,8 @@ impl LinkWatch {
 
     /// Take the monitor's events, act on the decisions (log, re-establish
     /// `socket`'s link) and publish the counters. Never blocks. Returns
-    /// whether anything happened.
-    pub fn service(&mut self, socket: &zmq::Socket) -> bool {
+    /// how many events it read.
+    pub fn service(&mut self, socket: &zmq::Socket) -> usize {
         self.rounds = 0;
         let now = crate::clock::monotonic_ns();
         let mut seen = 0;
@@ -151,18 +155,29 @@ impl LinkWatch {
             }
             seen += 1;
             if let Some((event, endpoint)) = parse_event(&self.frames) {
+                match event {
+                    Event::HandshakeSucceeded => self.updowns.push(true),
+                    Event::Disconnected => self.updowns.push(false),
+                    _ => {}
+                }
                 self.links.on_event(event, endpoint, now, &mut self.out);
             }
         }
         if seen == 0 && !self.links.pending() {
-            return false;
+            return 0;
         }
         self.links.tick(now, &mut self.out);
         for d in std::mem::take(&mut self.out) {
             self.act(socket, d);
         }
         self.board.set(self.links.stats());
-        true
+        seen
+    }
+
+    /// Every up (`true`: a handshake completed) and down (`false`: a
+    /// connection lost) seen by [`LinkWatch::service`] since the last call, in order.
+    pub fn take_updowns(&mut self, out: &mut Vec<bool>) {
+        out.append(&mut self.updowns);
     }
 
     fn act(&mut self, socket: &zmq::Socket, decision: Decision) {
