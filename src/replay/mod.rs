@@ -159,7 +159,7 @@ struct Shard {
 }
 
 /// What became of one data message.
-enum Sent {
+enum Outcome {
     Sent,
     /// Lossy and the pipe was full: dropped (counted).
     Dropped,
@@ -311,18 +311,18 @@ impl Publisher {
     /// Send a data message's first (or only) frame: lossless waits for room;
     /// lossy tries once without waiting and, if the pipe is full, drops the
     /// message and counts it.
-    fn send_data(&mut self, k: usize, frame: Option<&[u8]>, more: bool, stop: &StopFlag) -> Result<Sent, ReplayError> {
+    fn send_data(&mut self, k: usize, frame: Option<&[u8]>, more: bool, stop: &StopFlag) -> Result<Outcome, ReplayError> {
         if self.lossless {
-            return Ok(if self.send_on(k, frame, more, stop, None)? { Sent::Sent } else { Sent::Stopped });
+            return Ok(if self.send_on(k, frame, more, stop, None)? { Outcome::Sent } else { Outcome::Stopped });
         }
         let data: &[u8] = frame.unwrap_or(&self.buf);
         let flags = zmq::DONTWAIT | if more { zmq::SNDMORE } else { 0 };
         loop {
             match self.shards[k].socket.send(data, flags) {
-                Ok(()) => return Ok(Sent::Sent),
+                Ok(()) => return Ok(Outcome::Sent),
                 Err(zmq::Error::EAGAIN) => {
                     self.shards[k].dropped += 1;
-                    return Ok(Sent::Dropped);
+                    return Ok(Outcome::Dropped);
                 }
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => {
@@ -459,7 +459,7 @@ impl Publisher {
             topic_seq[t] += 1;
             let payload = gen.payload(i);
             self.encode_data(k, &topics[t], topic_seq[t], send_time_ns, payload);
-            if let Sent::Stopped = self.send_data(k, None, false, stop)? {
+            if let Outcome::Stopped = self.send_data(k, None, false, stop)? {
                 return Ok(true);
             }
             self.shards[k].sent += 1;
@@ -551,9 +551,9 @@ impl Publisher {
             }
             // Lossy drops a message whole: only its first frame may be refused.
             match self.send_data(k, Some(&parts[0]), n_parts > 1, stop)? {
-                Sent::Stopped => return Ok(true),
-                Sent::Dropped => {}
-                Sent::Sent => {
+                Outcome::Stopped => return Ok(true),
+                Outcome::Dropped => {}
+                Outcome::Sent => {
                     for (n, frame) in parts[..n_parts].iter().enumerate().skip(1) {
                         if !self.send_on(k, Some(frame), n + 1 < n_parts, stop, None)? {
                             return Ok(true);
@@ -640,7 +640,7 @@ impl Publisher {
             entry.0 += 1;
             let (seq, k) = *entry;
             encode_data(&mut self.shards[k], &mut self.buf, rec.topic, seq, intended, rec.bytes);
-            if let Sent::Stopped = self.send_data(k, None, false, stop)? {
+            if let Outcome::Stopped = self.send_data(k, None, false, stop)? {
                 interrupted = true;
                 break;
             }
