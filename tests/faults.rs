@@ -23,7 +23,7 @@ fn addr_of(endpoint: &str) -> SocketAddr {
 
 #[test]
 fn relay_plans_are_a_function_of_the_seed() {
-    let f = Faults { seed: SEED, cut: Some((1_000..2_000, 1)), corrupt: Some(10..20), ..Faults::default() };
+    let f = Faults { seed: SEED, cut: Some((1_000..2_000, 1)), corrupt: Some((10..20, 1)), ..Faults::default() };
     assert_eq!(f.plan(0), f.plan(0));
     let p = f.plan(0);
     assert!(p.cut_at.is_some_and(|c| (1_000..2_000).contains(&c)), "{p:?}");
@@ -120,4 +120,54 @@ fn clone_client_cut_from_its_server_resyncs_and_loses_nothing() {
     drop((relayed, writer));
     server.signal(15);
     server.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
+    const COUNT: u64 = 50_000;
+    let (replay, eps) = start_replay("replay", 1, &["--count", "50000", "--rate", "50000"]);
+    // A 400 ms stall somewhere in the first 1–3 MB (of ~5 MB), and up to
+    // 200 µs before every chunk: the stream is late, not broken.
+    let faults = Faults {
+        seed: SEED,
+        delay_max_us: 200,
+        stall: Some((1_000_000..3_000_000, Duration::from_millis(400))),
+        ..Faults::default()
+    };
+    let relay = Relay::start(addr_of(&eps[0]), faults);
+    let engine = common::engine_json(&[&relay.endpoint()], &["--handler", "verify"]);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (COUNT, COUNT, 0), "seed {SEED:#x}: {r}");
+    assert_eq!(u(&r["handler"], "verified"), COUNT, "{r}");
+    let link = &r["shards"][0]["links"][0];
+    assert_eq!((u(link, "connects"), u(link, "reconnects")), (1, 0), "a stall is not a loss: {link}");
+    let s = relay.stats();
+    assert_eq!((s.stalls, s.cuts, s.connections), (1, 0, 1), "{s:?}");
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+}
+
+/// A byte of the ZMTP greeting's mechanism name (offsets 12..16, `NULL`)
+/// flipped on the first connection: libzmq fails the handshake as a protocol
+/// error and would never retry; the link watch counts it by its reason and
+/// connects again, and the stream arrives whole.
+#[test]
+fn replay_to_engine_with_a_corrupted_handshake_is_reestablished_and_loses_nothing() {
+    const COUNT: u64 = 20_000;
+    let (replay, eps) = start_replay("replay", 1, &["--count", "20000", "--rate", "50000"]);
+    let faults = Faults { seed: SEED, corrupt: Some((12..16, 1)), ..Faults::default() };
+    let relay = Relay::start(addr_of(&eps[0]), faults);
+    let engine = common::engine_json(&[&relay.endpoint()], &[]);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (COUNT, COUNT, 0), "seed {SEED:#x}: {r}");
+    let link = &r["shards"][0]["links"][0];
+    assert_eq!(u(&link["lost"], "handshake_failed_protocol"), 1, "{link}");
+    assert_eq!((u(link, "reestablished"), u(link, "reconnects")), (1, 1), "{link}");
+    assert_eq!(relay.stats().corrupted, 1);
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
 }

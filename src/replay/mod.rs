@@ -311,7 +311,13 @@ impl Publisher {
     /// Send a data message's first (or only) frame: lossless waits for room;
     /// lossy tries once without waiting and, if the pipe is full, drops the
     /// message and counts it.
-    fn send_data(&mut self, k: usize, frame: Option<&[u8]>, more: bool, stop: &StopFlag) -> Result<Outcome, ReplayError> {
+    fn send_data(
+        &mut self,
+        k: usize,
+        frame: Option<&[u8]>,
+        more: bool,
+        stop: &StopFlag,
+    ) -> Result<Outcome, ReplayError> {
         if self.lossless {
             return Ok(if self.send_on(k, frame, more, stop, None)? { Outcome::Sent } else { Outcome::Stopped });
         }

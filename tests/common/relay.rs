@@ -23,8 +23,8 @@ pub struct Faults {
     pub stall: Option<(std::ops::Range<u64>, Duration)>,
     /// Cut the first `cuts` connections at a seeded offset in `range` bytes.
     pub cut: Option<(std::ops::Range<u64>, u64)>,
-    /// Flip one byte at a seeded offset in `range`, once per connection.
-    pub corrupt: Option<std::ops::Range<u64>>,
+    /// Flip one byte at a seeded offset in `range` on each of the first `n` connections.
+    pub corrupt: Option<(std::ops::Range<u64>, u64)>,
 }
 
 /// What the relay did.
@@ -91,7 +91,10 @@ impl Faults {
             (i < *cuts).then_some(at)
         });
         let stall_at = self.stall.as_ref().map(|(r, _)| rng.in_range(r));
-        let corrupt_at = self.corrupt.as_ref().map(|r| rng.in_range(r));
+        let corrupt_at = self.corrupt.as_ref().and_then(|(r, n)| {
+            let at = rng.in_range(r);
+            (i < *n).then_some(at)
+        });
         Plan { cut_at, stall_at, corrupt_at }
     }
 }
@@ -192,8 +195,8 @@ fn connect_pair(client: TcpStream, server: TcpStream, i: u64, faults: &Faults, s
     std::thread::spawn(move || pump(c_read, s_write, none, &untouched, &sh, false));
     // Down: server → client, with the faults.
     let sh = shared.clone();
-    let faults = Faults { seed: faults.seed ^ i, ..faults.clone() };
     let plan = faults.plan(i);
+    let faults = Faults { seed: faults.seed ^ i, ..faults.clone() };
     std::thread::spawn(move || pump(server, client, plan, &faults, &sh, true));
 }
 
