@@ -364,8 +364,10 @@ impl ClientAgent {
         let mut servers = Vec::new();
         let collectors: Vec<String> =
             cfg.servers.iter().filter_map(|b| super::endpoints(b).ok()).map(|[_, _, coll]| coll).collect();
+        let quiet = !cfg.log_links;
         let publisher_links = LinkWatch::attach(&ctx, &publisher, "clone-client collectors", &collectors)
-            .map_err(agent_err("monitoring the update publisher"))?;
+            .map_err(agent_err("monitoring the update publisher"))?
+            .map(|w| w.quiet(quiet));
         for base in &cfg.servers {
             let [snap, pubep, coll] =
                 super::endpoints(base).map_err(|message| AgentError::Fatal { role: "clone-client".into(), message })?;
@@ -380,7 +382,8 @@ impl ClientAgent {
                 .ok_or_else(|| AgentError::Fatal {
                     role: "clone-client".into(),
                     message: "no endpoint to watch".into(),
-                })?;
+                })?
+                .quiet(quiet);
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
             servers.push(ServerConn { snapshot_ep: snap, sub, links });
         }

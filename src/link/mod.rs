@@ -71,6 +71,8 @@ pub struct LinkWatch {
     /// Raw up (handshake done) / down (disconnected) events since the last
     /// [`LinkWatch::take_updowns`], for an owner whose core follows them.
     updowns: Vec<bool>,
+    /// Say losses and returns on stderr (the counters are kept either way).
+    log: bool,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -115,7 +117,14 @@ impl LinkWatch {
             out: Vec::new(),
             rounds: 0,
             updowns: Vec::new(),
+            log: true,
         }))
+    }
+
+    /// Keep quiet on stderr (a full-screen owner); the counters still count.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.log = !quiet;
+        self
     }
 
     /// The counters, shared.
@@ -182,6 +191,7 @@ impl LinkWatch {
 
     fn act(&mut self, socket: &zmq::Socket, decision: Decision) {
         match decision {
+            Decision::Lost { .. } | Decision::Up { .. } if !self.log => {}
             Decision::Lost { link, reason } => {
                 eprintln!(
                     "{}: link {} lost ({}): {}",
@@ -196,7 +206,10 @@ impl LinkWatch {
                 // ENOENT when libzmq already forgot it: connect is what matters.
                 let _ = socket.disconnect(&ep);
                 match socket.connect(&ep) {
-                    Ok(()) => eprintln!("{}: link {ep} re-established (disconnected and connected again)", self.name),
+                    Ok(()) if self.log => {
+                        eprintln!("{}: link {ep} re-established (disconnected and connected again)", self.name)
+                    }
+                    Ok(()) => {}
                     Err(e) => eprintln!("{}: link {ep}: connecting again failed: {e}", self.name),
                 }
             }
