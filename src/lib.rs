@@ -27,6 +27,7 @@
 //! | [`agent`] | every long-running thread is an agent; one runner names, pins and idles them | (Aeron's agent model) |
 //! | [`clock`] | the one place time is read: realtime (the wire), monotonic (schedules), thread CPU, a manual clock for tests | |
 //! | [`proxy`] | the one XSUB ⇄ XPUB proxy shell; the LVC and the tap are hooks on it | |
+//! | [`link`] | watched links: a socket monitor on every connect-out socket; losses counted and logged, links libzmq gives up on re-established | |
 //! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
 //! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
 //! | [`security`] | CURVE key files, server access policies (CURVE key and address allow-lists), the ZAP handler agent | (ZAP, RFC 27) |
@@ -64,6 +65,7 @@ pub mod clock;
 pub mod clone;
 pub mod engine;
 pub mod feed;
+pub mod link;
 pub mod lvc;
 pub mod metrics;
 pub mod profile;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::link::{LinkBoard, LinkStats, LinkWatch};
 use crate::zmqx::frame::{recv_frames, send_frames_from, Frame};
 use crate::zmqx::{self, Attach};
 
@@ -192,6 +193,52 @@ pub struct ProxyShell<H: ProxyHooks> {
     report: Arc<Mutex<H::Report>>,
     /// Endpoints in effect, frontend then backend, as `(side, verb, endpoint)`.
     pub endpoints: Vec<(&'static str, &'static str, String)>,
+    /// The watched links of each side that connects (frontend, backend).
+    links: [Option<LinkWatch>; 2],
+}
+
+/// A proxy's watched links, by side, for its exit line.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyLinks(Vec<(&'static str, LinkBoard)>);
+
+impl ProxyLinks {
+    /// `(side, link)` for every watched endpoint, now.
+    pub fn snapshot(&self) -> Vec<(&'static str, LinkStats)> {
+        self.0.iter().flat_map(|(side, b)| b.snapshot().into_iter().map(move |l| (*side, l))).collect()
+    }
+
+    /// One line for the exit counters (`frontend tcp://… up connects=1 …; …`), None with no links.
+    pub fn summary(&self) -> Option<String> {
+        let all = self.snapshot();
+        (!all.is_empty()).then(|| all.iter().map(|(side, l)| format!("{side} {l}")).collect::<Vec<_>>().join("; "))
+    }
+}
+
+/// Watch each side's connect endpoints (the sockets are made and attached).
+fn watch_links(
+    ctx: &zmq::Context,
+    role: &'static str,
+    config: &ProxyConfig,
+    frontend: &zmq::Socket,
+    backend: &zmq::Socket,
+) -> Result<[Option<LinkWatch>; 2], AgentError> {
+    let connects = |a: &[Attach]| -> Vec<String> {
+        a.iter()
+            .filter_map(|a| match a {
+                Attach::Connect(e) => Some(e.clone()),
+                Attach::Bind(_) => None,
+            })
+            .collect()
+    };
+    let part = role.strip_suffix("-proxy").unwrap_or(role);
+    let name = |side: &str| format!("{part} {side}");
+    let watch = |s: &zmq::Socket, side: &str, eps: Vec<String>| {
+        LinkWatch::attach(ctx, s, &name(side), &eps).map_err(zerr(role, "starting the link monitor"))
+    };
+    Ok([
+        watch(frontend, "frontend", connects(&config.frontend))?,
+        watch(backend, "backend", connects(&config.backend))?,
+    ])
 }
 
 /// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`]:
@@ -221,6 +268,7 @@ impl<H: ProxyHooks> ProxyShell<H> {
             zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
                 .map_err(|(context, source)| zerr(role, context)(source))?;
         set_delivery_options(&mut backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
+        let links = watch_links(ctx, role, config, &frontend, &backend)?;
         if subscribe_all {
             frontend.send(&[1u8][..], 0).map_err(zerr(role, "subscribing upstream"))?;
         }
@@ -235,7 +283,26 @@ impl<H: ProxyHooks> ProxyShell<H> {
             hooks,
             report: Arc::default(),
             endpoints,
+            links,
         })
+    }
+
+    /// The watched links (sides that connect), to read after the run.
+    pub fn links(&self) -> ProxyLinks {
+        let sides = ["frontend", "backend"];
+        ProxyLinks(sides.iter().zip(&self.links).filter_map(|(s, w)| Some((*s, w.as_ref()?.board()))).collect())
+    }
+
+    /// Look at the links when due (every so many rounds; `now`: at once).
+    fn service_links(&mut self, now: bool) {
+        let [front, back] = &mut self.links;
+        for (w, socket) in [(front, &self.frontend), (back, &self.backend)] {
+            if let Some(w) = w {
+                if now || w.due() {
+                    w.service(socket);
+                }
+            }
+        }
     }
 
     /// Print each endpoint in effect as `{name}: frontend bound tcp://...`,
@@ -315,6 +382,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let role = self.hooks.role();
+        self.service_links(false);
         // A live message the XPUB has not taken yet goes first: nothing else
         // is read until it is (back-pressure: the XSUB's queue fills, TCP
         // pushes back on the publishers).
@@ -375,11 +443,13 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
+        self.service_links(true);
         // An error (a signal) just returns: the runner looks at its stop flag.
         let _ = zmqx::wait_any(&[&self.frontend, &self.backend], zmq::POLLIN, timeout);
     }
 
     fn on_close(&mut self) {
+        self.service_links(true);
         let r = self.report();
         if let Ok(mut slot) = self.report.lock() {
             *slot = r;

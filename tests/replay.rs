@@ -247,3 +247,29 @@ fn bench_prints_engine_and_baseline_with_ratios() {
     assert!(ratios[0][1][0].as_f64().expect("throughput ratio") > 0.0);
     assert_eq!(r["machine"]["cores"].as_u64(), Some(mdsub::profile::host_cores().len() as u64));
 }
+
+/// `--lossy` drops at the HWM, counts every drop, and still delivers its end
+/// of stream (it used to be lost after the pipe hit the HWM, and the engine
+/// waited forever): the engine's loss is exactly the replay's drop count.
+#[test]
+fn lossy_replay_counts_its_drops_and_always_ends_the_stream() {
+    let (replay, eps) =
+        start_replay("replay", 1, &["--count", "300000", "--rate", "0", "--lossy", "--sndhwm-msgs", "100", "--json"]);
+    // A slow handler: the engine's queues fill and the replay drops.
+    let engine = engine_json(&eps, &["--handler", "work:5000", "--snail", "off"]);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert!(!r["interrupted"].as_bool().unwrap_or(true), "ended by the end of stream, not the deadline: {r}");
+    let (status, rest) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+    let json_start = rest.find('{').unwrap_or_else(|| panic!("no JSON from the replay: {rest}"));
+    let s = json(&rest[json_start..]);
+    let dropped = u(&s, "dropped_total");
+    assert_eq!(u(&s, "sent_total"), 300_000);
+    assert!(dropped > 0, "a 5 µs handler behind a flat-out replay makes it drop: {s}");
+    assert_eq!(u(&r, "sent"), 300_000, "{r}");
+    assert_eq!(u(&r, "lost"), dropped, "the engine's loss is the replay's drop count: {r}");
+    assert_eq!(u(&r, "gaps"), dropped, "{r}");
+    assert_eq!(u(&r, "delivered"), 300_000 - dropped, "{r}");
+}

@@ -198,7 +198,9 @@ pub struct EngineArgs {
     pub profile: String,
     /// Publisher endpoint(s) to connect, `connect:EP` or `EP`: each use of the
     /// flag is one shard (replacing the profile's shards); `EP1,EP2` puts two
-    /// publishers on one shard.
+    /// publishers on one shard. Each link is watched: a loss is logged with
+    /// its reason and counted (the report's `links`), one libzmq will not
+    /// reconnect (a frame over max_msg_bytes) is connected again.
     #[arg(long, value_parser = parse_endpoint_list, value_name = "[connect:]EP[,EP…]")]
     pub endpoint: Vec<Vec<Endpoint>>,
     /// Topic prefix to subscribe (repeatable; default everything).

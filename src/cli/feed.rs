@@ -64,7 +64,9 @@ pub struct PublisherArgs {
     /// Publisher send high-water mark per subscriber, in messages (e.g. 100k).
     #[arg(long, value_parser = parse_hwm, default_value = "100000", value_name = "COUNT")]
     pub sndhwm_msgs: i32,
-    /// Drop at the HWM like a plain PUB instead of pushing back (XPUB_NODROP off).
+    /// Drop a message when a subscriber's queue is at the HWM instead of
+    /// pushing back; each drop is counted (`dropped` in the replay's numbers)
+    /// and the end of stream is always delivered (sent waiting for room).
     #[arg(long)]
     pub lossy: bool,
 }

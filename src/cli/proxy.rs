@@ -39,7 +39,9 @@ pub struct ProxyArgs {
     #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
     pub hwm_msgs: i32,
     /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
-    /// a larger one drops that publisher's connection, as libzmq does).
+    /// a larger one drops that publisher's connection, as libzmq does; on a
+    /// side that connects, libzmq would not reconnect: mdsub logs it, counts
+    /// it in the exit line's `links` and connects again).
     #[arg(long, value_parser = parse_bytes_i64, default_value = "1048576", value_name = "BYTES")]
     pub max_msg_bytes: i64,
     /// Idle strategy of the proxy's threads.

@@ -226,6 +226,12 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
                 stats.dropped, stats.restarts, stats.paused_s
             );
         }
+        if args.publisher.lossy {
+            println!(
+                "dropped {} of them at the SNDHWM (--lossy; the subscriber counts them as lost); per shard {:?}",
+                stats.dropped_total, stats.dropped_per_shard
+            );
+        }
         if let Some((first, last)) = stats.market_span_ns {
             println!(
                 "market time {} to {} ({:.3} s recorded)",

@@ -215,7 +215,12 @@ impl Top {
 /// Run `mdsub top`.
 pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let servers = store_servers(&args.store)?;
-    let client = Client::start(ClientConfig { servers, subtree: STATUS_ROOT.into(), ..ClientConfig::default() })?;
+    let client = Client::start(ClientConfig {
+        servers,
+        subtree: STATUS_ROOT.into(),
+        log_links: false,
+        ..ClientConfig::default()
+    })?;
     client.wait_synced(args.timeout).context("connecting to the clone store")?;
     let changes = client.watch(STATUS_ROOT.as_bytes())?;
     let mut model = Top::default();

@@ -34,6 +34,7 @@ pub use super::client_core::{AckState, Change, ChangeKind, ClientConfig, ClientS
 use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::link::LinkWatch;
 use crate::security::ClientKeys;
 
 /// Messages read from one socket per unit of work (then timers get a turn).
@@ -303,8 +304,9 @@ impl Drop for Client {
 struct ServerConn {
     snapshot_ep: String,
     sub: zmq::Socket,
-    /// Socket monitor of `sub` (inproc PAIR): tells when its connection is up.
-    monitor: zmq::Socket,
+    /// The watch on `sub`'s link: tells the core when its connection is up
+    /// or lost, counts and logs losses, re-establishes what libzmq drops.
+    links: LinkWatch,
 }
 
 /// The shell around [`ClientCore`]: moves frames between the sockets and the core, reads the
@@ -316,6 +318,8 @@ struct ClientAgent {
     keys: Option<ClientKeys>,
     servers: Vec<ServerConn>,
     publisher: zmq::Socket,
+    /// The watch on the publisher's links to the collectors.
+    publisher_links: Option<LinkWatch>,
     bell: zmq::Socket,
     rx: Receiver<Cmd>,
     /// The snapshot request under way (`Action::RequestSnapshot` .. `Action::EndSnapshot`).
@@ -358,6 +362,12 @@ impl ClientAgent {
         publisher.set_linger(200).map_err(agent_err("setting linger"))?;
         let subtree = cfg.subtree.as_bytes();
         let mut servers = Vec::new();
+        let collectors: Vec<String> =
+            cfg.servers.iter().filter_map(|b| super::endpoints(b).ok()).map(|[_, _, coll]| coll).collect();
+        let quiet = !cfg.log_links;
+        let publisher_links = LinkWatch::attach(&ctx, &publisher, "clone-client collectors", &collectors)
+            .map_err(agent_err("monitoring the update publisher"))?
+            .map(|w| w.quiet(quiet));
         for base in &cfg.servers {
             let [snap, pubep, coll] =
                 super::endpoints(base).map_err(|message| AgentError::Fatal { role: "clone-client".into(), message })?;
@@ -367,9 +377,15 @@ impl ClientAgent {
             sub.set_linger(0).map_err(agent_err("setting linger"))?;
             secure(&sub).map_err(agent_err("setting CURVE keys"))?;
             subscribe(&sub, subtree, true).map_err(agent_err("subscribing"))?;
-            let monitor = super::link_monitor(&ctx, &sub).map_err(agent_err("monitoring a subscriber"))?;
+            let links = LinkWatch::attach(&ctx, &sub, "clone-client", std::slice::from_ref(&pubep))
+                .map_err(agent_err("monitoring a subscriber"))?
+                .ok_or_else(|| AgentError::Fatal {
+                    role: "clone-client".into(),
+                    message: "no endpoint to watch".into(),
+                })?
+                .quiet(quiet);
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
-            servers.push(ServerConn { snapshot_ep: snap, sub, monitor });
+            servers.push(ServerConn { snapshot_ep: snap, sub, links });
         }
         Ok(ClientAgent {
             core: ClientCore::new(cfg),
@@ -377,6 +393,7 @@ impl ClientAgent {
             keys,
             servers,
             publisher,
+            publisher_links,
             bell,
             rx,
             dealer: None,
@@ -440,7 +457,10 @@ impl ClientAgent {
             }
             Cmd::Watch(prefix, tx) => self.core.watch(prefix, tx),
             Cmd::Status(tx) => {
-                let _ = tx.send(self.core.status());
+                let mut status = self.core.status();
+                let watches = self.servers.iter().map(|s| &s.links).chain(self.publisher_links.as_ref());
+                status.links = watches.flat_map(|w| w.board().snapshot()).collect();
+                let _ = tx.send(status);
             }
             Cmd::Acked(u, tx) => {
                 let _ = tx.send(self.core.ack_state(&u));
@@ -453,8 +473,13 @@ impl ClientAgent {
     fn drain_monitors(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
         let mut links = Vec::new();
+        if let Some(w) = &mut self.publisher_links {
+            w.service(&self.publisher);
+        }
         for i in 0..self.servers.len() {
-            n += super::link_events(&self.servers[i].monitor, &mut links);
+            let s = &mut self.servers[i];
+            n += s.links.service(&s.sub);
+            s.links.take_updowns(&mut links);
             for up in links.drain(..) {
                 self.step(Event::Link { server: i, up }, now_ns)?;
             }
@@ -553,7 +578,7 @@ impl Agent for ClientAgent {
         let mut items = vec![
             self.bell.as_poll_item(zmq::POLLIN),
             self.servers[cur].sub.as_poll_item(zmq::POLLIN),
-            self.servers[cur].monitor.as_poll_item(zmq::POLLIN),
+            self.servers[cur].links.socket().as_poll_item(zmq::POLLIN),
         ];
         if let Some(d) = &self.dealer {
             items.push(d.as_poll_item(zmq::POLLIN));

@@ -45,6 +45,9 @@ pub struct ClientConfig {
     pub max_unacked: usize,
     /// Subscriber receive high-water mark.
     pub sub_hwm_msgs: i32,
+    /// Say lost and returning links on stderr (off for a full-screen user
+    /// such as `mdsub top`; they are counted in the status either way).
+    pub log_links: bool,
 }
 
 impl Default for ClientConfig {
@@ -57,6 +60,7 @@ impl Default for ClientConfig {
             resend_after_ms: 2000,
             max_unacked: 100_000,
             sub_hwm_msgs: 1_000_000,
+            log_links: true,
         }
     }
 }
@@ -136,6 +140,9 @@ pub struct ClientStatus {
     /// Re-syncs with the same server after it restarted (its sequence went backwards) or our
     /// connection to it dropped.
     pub resyncs: u64,
+    /// The agent's watched links (its subscribers and its update publisher),
+    /// filled in by the shell: losses by reason, reconnects.
+    pub links: Vec<crate::link::LinkStats>,
 }
 
 /// Input to the core.

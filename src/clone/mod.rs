@@ -23,38 +23,6 @@ pub mod persist;
 pub mod server;
 pub mod server_core;
 
-static LINK_MONITORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Watch `sock`'s connections (for the cores' link events): an inproc PAIR that receives its
-/// handshake-succeeded and disconnected events. Read it with [`link_events`].
-pub(crate) fn link_monitor(ctx: &zmq::Context, sock: &zmq::Socket) -> zmq::Result<zmq::Socket> {
-    let n = LINK_MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let ep = format!("inproc://clone-link-mon-{}-{n}", std::process::id());
-    let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
-    sock.monitor(&ep, events)?;
-    let mon = ctx.socket(zmq::PAIR)?;
-    mon.set_linger(0)?;
-    mon.connect(&ep)?;
-    Ok(mon)
-}
-
-/// Read what a [`link_monitor`] has seen: `true` for each completed handshake, `false` for each
-/// lost connection, in order, into `links`. Returns the events read.
-pub(crate) fn link_events(mon: &zmq::Socket, links: &mut Vec<bool>) -> usize {
-    let mut n = 0;
-    while let Ok(frames) = mon.recv_multipart(zmq::DONTWAIT) {
-        n += 1;
-        let Some(f) = frames.first().filter(|f| f.len() >= 2) else { continue };
-        let event = u16::from_ne_bytes([f[0], f[1]]);
-        if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
-            links.push(true);
-        } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
-            links.push(false);
-        }
-    }
-    n
-}
-
 /// Derive the three CHP endpoints (snapshot P, publisher P+1, collector P+2) from `tcp://host:P`.
 pub fn endpoints(base: &str) -> Result<[String; 3], String> {
     crate::zmqx::check_endpoint(base)?;

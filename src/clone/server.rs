@@ -53,8 +53,9 @@ struct Pair {
     statepub: zmq::Socket,
     statesub: zmq::Socket,
     peer_sub: zmq::Socket,
-    /// Socket monitor of `peer_sub`: a sync starts only once our subscription is on its way.
-    peer_mon: zmq::Socket,
+    /// The watch on `peer_sub`'s link: a sync starts only once our subscription is on its way;
+    /// a loss is logged and counted, a link libzmq gave up on connected again.
+    peer_links: crate::link::LinkWatch,
     peer_snapshot: String,
     /// The passive re-sync's snapshot request to the peer.
     sync: Option<zmq::Socket>,
@@ -170,9 +171,16 @@ impl Server {
                 peer_sub.set_maxmsgsize(update_max).map_err(zerr("setting peer max message size"))?;
                 peer_sub.set_linger(0).map_err(zerr("setting linger"))?;
                 as_peer(&peer_sub).map_err(zerr("setting the peer's keys on the peer subscriber"))?;
-                let peer_mon = super::link_monitor(&ctx, &peer_sub).map_err(zerr("monitoring the peer subscriber"))?;
+                let peer_links = crate::link::LinkWatch::attach(
+                    &ctx,
+                    &peer_sub,
+                    "clone-server peer",
+                    std::slice::from_ref(&peer_pub),
+                )
+                .map_err(zerr("monitoring the peer subscriber"))?
+                .ok_or_else(|| ServerError::Config("no peer endpoint to watch".into()))?;
                 peer_sub.connect(&peer_pub).map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
-                Some(Pair { statepub, statesub, peer_sub, peer_mon, peer_snapshot, sync: None })
+                Some(Pair { statepub, statesub, peer_sub, peer_links, peer_snapshot, sync: None })
             }
         };
         let mut server = Server {
@@ -483,8 +491,9 @@ impl Server {
     fn drive_sync(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
         let mut links = Vec::new();
-        if let Some(p) = self.pair.as_ref() {
-            super::link_events(&p.peer_mon, &mut links);
+        if let Some(p) = self.pair.as_mut() {
+            p.peer_links.service(&p.peer_sub);
+            p.peer_links.take_updowns(&mut links);
         }
         for up in links {
             self.step(Event::PeerLink(up), now_ns)?;
@@ -571,7 +580,7 @@ impl Agent for Server {
         if let Some(p) = &self.pair {
             items.push(p.statesub.as_poll_item(zmq::POLLIN));
             items.push(p.peer_sub.as_poll_item(zmq::POLLIN));
-            items.push(p.peer_mon.as_poll_item(zmq::POLLIN));
+            items.push(p.peer_links.socket().as_poll_item(zmq::POLLIN));
             if let Some(s) = &p.sync {
                 items.push(s.as_poll_item(zmq::POLLIN));
             }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::link::{LinkBoard, LinkWatch};
 use crate::metrics::collector::{Collected, Collector, CollectorOutputs, SharedLatency, WorkerReport};
 use crate::metrics::http::{HttpAccessCounters, MetricsServer};
 use crate::metrics::prom::{EngineLive, ShardLive};
@@ -188,6 +189,8 @@ pub struct Engine {
     /// What the engine publishes while it runs (boxed: the engine is moved around).
     live: Box<LiveOutputs>,
     shard_counters: Vec<Arc<ShardCounters>>,
+    /// Each shard's watched links (its SUB's connect endpoints).
+    link_boards: Vec<LinkBoard>,
     worker_counters: Vec<Arc<WorkerCounters>>,
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
@@ -296,6 +299,7 @@ impl Engine {
                 store: None,
             }),
             shard_counters: Vec::new(),
+            link_boards: Vec::new(),
             worker_counters: Vec::new(),
             expect_eos: Vec::new(),
             snail: board.clone(),
@@ -349,8 +353,9 @@ impl Engine {
         for (k, shard) in cfg.shards.iter().enumerate() {
             let io_name = format!("shard{k}-io");
             let before = crate::clock::task_ids_named(&io_name);
-            let (ctx, sub) =
+            let (ctx, sub, links) =
                 Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes, cfg.feed_keys.clone())?;
+            engine.link_boards.push(links.as_ref().map(|w| w.board()).unwrap_or_default());
             engine._contexts.push(ctx);
             // The threads libzmq just started, named after their creator.
             engine
@@ -370,7 +375,8 @@ impl Engine {
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 handoff_hwm_msgs: cfg.handoff_hwm_msgs,
             };
-            let agent = ReaderAgent::new(rc, sub, &fanout, counters, stop.clone())?.with_guard(guard(k));
+            let agent =
+                ReaderAgent::new(rc, sub, &fanout, counters, stop.clone())?.with_guard(guard(k)).with_links(links);
             let spec = RunSpec { core: shard.reader_core, idle: cfg.idle };
             engine.readers.push(Runner::start(spec, stop.clone(), agent)?);
         }
@@ -462,6 +468,7 @@ impl Engine {
     /// status), cheap enough to call once per scrape or interval.
     pub fn live_source(&self) -> impl Fn() -> EngineLive + Send + 'static {
         let shards = self.shard_counters.clone();
+        let links = self.link_boards.clone();
         let workers = self.worker_counters.clone();
         let mut agents: Vec<(String, Arc<AgentCounters>)> = Vec::new();
         agents.extend(self.readers.iter().map(|h| (h.role().to_string(), h.counters().clone())));
@@ -471,7 +478,7 @@ impl Engine {
         let board = self.snail.clone();
         move || EngineLive {
             engine_id: engine_id.clone(),
-            shards: shards.iter().map(|c| shard_live(c)).collect(),
+            shards: shards.iter().zip(&links).map(|(c, l)| shard_live(c, l)).collect(),
             agents: agents.iter().map(|(r, c)| c.snapshot(r)).collect(),
             metrics_dropped: workers.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             snail: board.report().sites,
@@ -488,11 +495,11 @@ impl Engine {
         rcvhwm: i32,
         max_msg_bytes: i64,
         keys: Option<ClientKeys>,
-    ) -> Result<(zmq::Context, zmq::Socket), EngineError> {
+    ) -> Result<(zmq::Context, zmq::Socket, Option<LinkWatch>), EngineError> {
         let shard = shard.clone();
         let name = format!("shard{k}-io");
         let core = shard.io_core;
-        let make = move || -> Result<(zmq::Context, zmq::Socket), EngineError> {
+        let make = move || -> Result<(zmq::Context, zmq::Socket, Option<LinkWatch>), EngineError> {
             let zerr = |context: String| move |source| EngineError::Zmq { context, source };
             let ctx = zmq::Context::new();
             ctx.set_io_threads(1).map_err(zerr("configuring the shard context".into()))?;
@@ -512,10 +519,13 @@ impl Engine {
                     sub.set_subscribe(&control).map_err(zerr("subscribing to control frames".into()))?;
                 }
             }
+            // Watched before connecting, so the first connect is seen too.
+            let links = LinkWatch::attach(&ctx, &sub, &format!("shard{k}"), &shard.endpoints)
+                .map_err(zerr("starting the link monitor".into()))?;
             for ep in &shard.endpoints {
                 sub.connect(ep).map_err(zerr(format!("connecting to {ep}")))?;
             }
-            Ok((ctx, sub))
+            Ok((ctx, sub, links))
         };
         Runner::task(&name, core, make)
             .and_then(|t| t.join())
@@ -697,8 +707,9 @@ pub fn default_engine_id() -> String {
 }
 
 /// One shard's live counters, read now.
-fn shard_live(c: &ShardCounters) -> ShardLive {
+fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
     ShardLive {
+        links: links.snapshot(),
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
         gaps: c.gaps.load(Relaxed),
@@ -769,6 +780,7 @@ impl Engine {
                     reordered: c.reordered.load(Relaxed),
                     restarts: c.restarts.load(Relaxed),
                     bad_frames: bad_frames_of(c),
+                    links: self.link_boards.get(k).map(|b| b.snapshot()).unwrap_or_default(),
                     silences: c.silences.load(Relaxed),
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
                     lag_last_ms: c.last_lag_ns.load(Relaxed) as f64 / 1e6,

@@ -311,6 +311,8 @@ pub struct ReaderAgent {
     counters: Arc<ShardCounters>,
     /// Ended by end of stream (not by a stop request or an error).
     finished: bool,
+    /// The SUB's watched links, serviced between rounds, never per message.
+    links: Option<crate::link::LinkWatch>,
 }
 
 fn zerr<'a>(role: &'a str, context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError + 'a {
@@ -354,7 +356,23 @@ impl ReaderAgent {
             checks,
             counters,
             finished: false,
+            links: None,
         })
+    }
+
+    /// Service `links` (the SUB's monitor) from this agent's loop.
+    pub fn with_links(mut self, links: Option<crate::link::LinkWatch>) -> Self {
+        self.links = links;
+        self
+    }
+
+    /// Look at the SUB's links when due (every so many rounds, and on every wait).
+    fn service_links(&mut self, now: bool) {
+        if let Some(w) = &mut self.links {
+            if now || w.due() {
+                w.service(&self.sub);
+            }
+        }
     }
 
     /// Judge this shard's lag and silence with `guard`.
@@ -428,6 +446,7 @@ impl Agent for ReaderAgent {
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
+        self.service_links(false);
         // Back-pressure: nothing more is read until the workers took what is
         // staged, so the SUB's queue fills and TCP pushes back on the publisher.
         if (self.pending.is_some() || self.staging.iter().any(|b| !b.is_empty())) && !self.try_flush()? {
@@ -511,6 +530,7 @@ impl Agent for ReaderAgent {
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
+        self.service_links(true);
         let _ = crate::zmqx::wait_ready(&self.sub, zmq::POLLIN, timeout);
     }
 
@@ -521,6 +541,8 @@ impl Agent for ReaderAgent {
     }
 
     fn on_close(&mut self) {
+        // The last events (a reconnect just before the end) reach the report.
+        self.service_links(true);
         let flushed = self.flush_blocking();
         self.checks.publish(&self.counters);
         // End markers (an empty message to every worker, after all batches)

@@ -42,8 +42,12 @@ pub fn run(config: LvcConfig, stop: &StopFlag) -> Result<LvcReport, AgentError> 
     let ctx = zmq::Context::new();
     let proxy = new_proxy(&ctx, &config)?;
     proxy.print_endpoints("lvc");
+    let links = proxy.links();
     // `stop` is set by the binary's SIGINT/SIGTERM handler.
     let (report, result) = proxy.run(config.proxy.idle, stop.clone());
     println!("lvc: stopped: {report}");
+    if let Some(l) = links.summary() {
+        eprintln!("lvc: links: {l}");
+    }
     result.map(|()| report)
 }

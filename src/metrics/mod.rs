@@ -235,6 +235,10 @@ pub struct ShardReport {
     pub restarts: u64,
     /// Malformed or rejected frames by reason.
     pub bad_frames: BTreeMap<String, u64>,
+    /// Its SUB's connect endpoints: state, connects, reconnects, losses by
+    /// reason, links mdsub re-established (libzmq would not).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<crate::link::LinkStats>,
     /// Times the shard went silent (no frame, not even a heartbeat, for 1.5 s).
     pub silences: u64,
     pub longest_silence_ms: f64,
@@ -417,6 +421,11 @@ impl RunReport {
                     sh.silences,
                     ceiling
                 );
+            }
+            for sh in &self.shards {
+                for l in &sh.links {
+                    let _ = writeln!(s, "    {:<11} link {l}", sh.shard);
+                }
             }
         }
         if !self.threads.is_empty() {

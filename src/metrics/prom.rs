@@ -58,6 +58,8 @@ pub struct ShardLive {
     pub restarts: u64,
     /// Malformed or refused frames by reason.
     pub bad_frames: BTreeMap<String, u64>,
+    /// The shard's watched links (losses by reason, reconnects).
+    pub links: Vec<crate::link::LinkStats>,
 }
 
 /// What the engine knows now, apart from latency.
@@ -112,6 +114,51 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// The shards' watched links: losses by reason, reconnects, re-establishments, up or not.
+fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
+    let _ = writeln!(
+        s,
+        "# HELP mdsub_link_lost_total Connections of a shard's SUB lost, by endpoint and reason.\n\
+         # TYPE mdsub_link_lost_total counter"
+    );
+    for (k, sh) in live.shards.iter().enumerate() {
+        for l in &sh.links {
+            for (reason, n) in &l.lost {
+                let _ = writeln!(
+                    s,
+                    "mdsub_link_lost_total{{engine=\"{id}\",shard=\"{k}\",endpoint=\"{}\",reason=\"{}\"}} {n}",
+                    escape(&l.endpoint),
+                    escape(reason)
+                );
+            }
+        }
+    }
+    let per_link = |s: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&crate::link::LinkStats) -> u64| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (k, sh) in live.shards.iter().enumerate() {
+            for l in &sh.links {
+                let _ = writeln!(
+                    s,
+                    "{name}{{engine=\"{id}\",shard=\"{k}\",endpoint=\"{}\"}} {}",
+                    escape(&l.endpoint),
+                    f(l)
+                );
+            }
+        }
+    };
+    per_link(s, "mdsub_link_reconnects_total", "counter", "Times a shard's link came back after being lost.", &|l| {
+        l.reconnects
+    });
+    per_link(
+        s,
+        "mdsub_link_reestablished_total",
+        "counter",
+        "Times mdsub disconnected and connected a link libzmq would not reconnect.",
+        &|l| l.reestablished,
+    );
+    per_link(s, "mdsub_link_up", "gauge", "1 while the link is up.", &|l| u64::from(l.state == "up"));
+}
+
 /// Render the exposition.
 pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     let mut s = String::with_capacity(16 * 1024);
@@ -139,6 +186,7 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "# HELP mdsub_shard_bad_frames_total Frames dropped as malformed or refused, by reason.\n\
          # TYPE mdsub_shard_bad_frames_total counter"
     );
+    link_metrics(&mut s, &id, live);
     for (k, sh) in live.shards.iter().enumerate() {
         for (reason, n) in &sh.bad_frames {
             let _ = writeln!(

@@ -185,6 +185,7 @@ impl StoreAgent {
                         "max_ns": p.max_ns,
                         "intervals": lat.intervals,
                         "snail": live.snail_verdict(Some(k)).name(),
+                        "links": sh.links,
                     }),
                 ));
             }

@@ -135,6 +135,11 @@ pub struct ReplayStats {
     pub sent_per_shard: Vec<u64>,
     pub sent_total: u64,
     pub elapsed_s: f64,
+    /// Of the messages sent, those a lossy publisher (`--lossy`) dropped at
+    /// its SNDHWM, per shard: they never left this process (the engine counts
+    /// them as lost, by sequence and from the end-of-stream count).
+    pub dropped_per_shard: Vec<u64>,
+    pub dropped_total: u64,
     /// True when stopped by a stop request before its source or limits ended.
     pub interrupted: bool,
     /// DBN sources: receive time of the first and last record sent (ns since the epoch).
@@ -160,7 +165,18 @@ struct Shard {
     sent: u64,
     /// mdsub data frames sent (what the end of stream reports).
     data_sent: u64,
+    /// Data messages dropped at the SNDHWM (lossy).
+    dropped: u64,
     subscribers: usize,
+}
+
+/// What became of one data message.
+enum Outcome {
+    Sent,
+    /// Lossy and the pipe was full: dropped (counted).
+    Dropped,
+    /// A stop request came while waiting for room.
+    Stopped,
 }
 
 /// One XPUB per shard, bound and ready to publish.
@@ -197,9 +213,12 @@ impl Publisher {
             let mut s = ctx.socket(zmq::XPUB).map_err(zerr("creating the XPUB"))?;
             s.set_sndhwm(cfg.sndhwm_msgs).map_err(zerr("setting SNDHWM"))?;
             s.set_xpub_verbose(true).map_err(zerr("setting XPUB_VERBOSE"))?;
-            if cfg.lossless {
-                crate::zmqx::set_xpub_nodrop(&mut s, true).map_err(zerr("setting XPUB_NODROP"))?;
-            }
+            // Lossy too: a lossy XPUB would drop at the HWM in silence and
+            // take the pipe out of its active set until the reader drains it,
+            // so a control frame sent then (the end of stream) is dropped
+            // although the send says it went. With NODROP a full pipe says
+            // EAGAIN: lossless waits, lossy drops that message and counts it.
+            crate::zmqx::set_xpub_nodrop(&mut s, true).map_err(zerr("setting XPUB_NODROP"))?;
             s.set_sndtimeo(100).map_err(zerr("setting SNDTIMEO"))?;
             s.set_linger(2000).map_err(zerr("setting LINGER"))?;
             cfg.access.apply(&s).map_err(zerr("setting the access options"))?;
@@ -212,6 +231,7 @@ impl Publisher {
                 stream_seq: 0,
                 sent: 0,
                 data_sent: 0,
+                dropped: 0,
                 subscribers: 0,
             });
         }
@@ -354,6 +374,39 @@ impl Publisher {
         }
     }
 
+    /// Send a data message's first (or only) frame: lossless waits for room;
+    /// lossy tries once without waiting and, if the pipe is full, drops the
+    /// message and counts it.
+    fn send_data(
+        &mut self,
+        k: usize,
+        frame: Option<&[u8]>,
+        more: bool,
+        stop: &StopFlag,
+    ) -> Result<Outcome, ReplayError> {
+        if self.lossless {
+            return Ok(if self.send_on(k, frame, more, stop, None)? { Outcome::Sent } else { Outcome::Stopped });
+        }
+        let data: &[u8] = frame.unwrap_or(&self.buf);
+        let flags = zmq::DONTWAIT | if more { zmq::SNDMORE } else { 0 };
+        loop {
+            match self.shards[k].socket.send(data, flags) {
+                Ok(()) => return Ok(Outcome::Sent),
+                Err(zmq::Error::EAGAIN) => {
+                    self.shards[k].dropped += 1;
+                    return Ok(Outcome::Dropped);
+                }
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => {
+                    return Err(ReplayError::Zmq {
+                        context: format!("sending on {}", self.shards[k].endpoint),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
     fn encode_data(&mut self, k: usize, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
         encode_data(&mut self.shards[k], &mut self.buf, topic, topic_seq, send_time_ns, payload);
     }
@@ -393,9 +446,6 @@ impl Publisher {
         let never = StopFlag::new();
         let mut missed = 0;
         for k in 0..self.shards.len() {
-            if !self.lossless {
-                crate::zmqx::set_xpub_nodrop(&mut self.shards[k].socket, true).map_err(zerr("setting XPUB_NODROP"))?;
-            }
             self.encode_control(k, Kind::EndOfStream);
             if !self.send_on(k, None, false, &never, Some(Instant::now() + wait))? {
                 missed += 1;
@@ -406,9 +456,12 @@ impl Publisher {
 
     fn stats(&self, start: Instant, interrupted: bool) -> ReplayStats {
         let sent_per_shard: Vec<u64> = self.shards.iter().map(|s| s.sent).collect();
+        let dropped_per_shard: Vec<u64> = self.shards.iter().map(|s| s.dropped).collect();
         ReplayStats {
             sent_total: sent_per_shard.iter().sum(),
             sent_per_shard,
+            dropped_total: dropped_per_shard.iter().sum(),
+            dropped_per_shard,
             elapsed_s: start.elapsed().as_secs_f64(),
             interrupted,
             market_span_ns: self.market_span_ns,
@@ -500,7 +553,7 @@ impl Publisher {
                 i += 1;
                 continue;
             }
-            if !self.send_on(k, None, false, stop, None)? {
+            if let Outcome::Stopped = self.send_data(k, None, false, stop)? {
                 return Ok(true);
             }
             self.shards[k].sent += 1;
@@ -603,9 +656,16 @@ impl Publisher {
                 msgs += 1;
                 continue;
             }
-            for (n, frame) in parts[..n_parts].iter().enumerate() {
-                if !self.send_on(k, Some(frame), n + 1 < n_parts, stop, None)? {
-                    return Ok(true);
+            // Lossy drops a message whole: only its first frame may be refused.
+            match self.send_data(k, Some(&parts[0]), n_parts > 1, stop)? {
+                Outcome::Stopped => return Ok(true),
+                Outcome::Dropped => {}
+                Outcome::Sent => {
+                    for (n, frame) in parts[..n_parts].iter().enumerate().skip(1) {
+                        if !self.send_on(k, Some(frame), n + 1 < n_parts, stop, None)? {
+                            return Ok(true);
+                        }
+                    }
                 }
             }
             self.shards[k].sent += 1;
@@ -702,7 +762,7 @@ impl Publisher {
                 msgs += 1;
                 continue;
             }
-            if !self.send_on(k, None, false, stop, None)? {
+            if let Outcome::Stopped = self.send_data(k, None, false, stop)? {
                 interrupted = true;
                 break;
             }

@@ -114,10 +114,14 @@ pub fn run(args: TapRunConfig, stop: &StopFlag) -> Result<TapReport, TapError> {
     // `stop` is set by the binary's SIGINT/SIGTERM handler. If the proxy
     // fails to start, it (and the queue's sender) is gone all the same: the
     // sink drains, flushes the recording and ends.
+    let links = proxy.links();
     let (proxy_report, proxy_result) = proxy.run(args.proxy.idle, stop.clone());
     let sink_result = sink_handle.join();
     let report = TapReport { proxy: proxy_report, sink: *sink_report.lock().unwrap_or_else(|p| p.into_inner()) };
     eprintln!("tap: stopped: {report}");
+    if let Some(l) = links.summary() {
+        eprintln!("tap: links: {l}");
+    }
     proxy_result?;
     sink_result?;
     Ok(report)

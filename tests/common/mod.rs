@@ -7,6 +7,8 @@ pub mod alloc;
 
 pub mod proxy;
 
+pub mod relay;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};

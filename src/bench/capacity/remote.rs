@@ -193,7 +193,13 @@ fn prepare(cfg: &ServeConfig, v: &Value) -> anyhow::Result<Prepared> {
     };
     let endpoints = (0..shards).map(|k| cfg.endpoints.get(k).cloned().unwrap_or_else(|| any_port.clone())).collect();
     let ctx = zmq::Context::new();
-    let pc = PublisherConfig { endpoints, sndhwm_msgs: cfg.sndhwm_msgs, lossless: false, publisher_id_base: 0 };
+    let pc = PublisherConfig {
+        endpoints,
+        sndhwm_msgs: cfg.sndhwm_msgs,
+        lossless: false,
+        publisher_id_base: 0,
+        access: Default::default(),
+    };
     let p = Publisher::bind(&ctx, &pc).context("binding the data endpoints")?;
     let sent_rate = cfg.max_rate.map_or(rate, |m| rate.min(m.max(1)));
     let limits = Limits { max_msgs: None, duration: Some(Duration::from_millis(num("duration_ms")?)) };

@@ -73,6 +73,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
                 // behind shows as latency and, past the HWMs, as loss.
                 lossless: false,
                 publisher_id_base: 0,
+                access: Default::default(),
             };
             let p = Publisher::bind(&ctx, &cfg).context("starting the publisher")?;
             let eps = p.endpoints();
@@ -89,7 +90,8 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     for (shard, ep) in cfg.shards.iter_mut().zip(&endpoints) {
         shard.endpoints = vec![ep.clone()];
     }
-    cfg.outputs = OutputsConfig { hlog: Some(spec.hlog.clone()), hgrm: None, listen: None };
+    cfg.outputs =
+        OutputsConfig { hlog: Some(spec.hlog.clone()), hgrm: None, listen: None, metrics_access: Default::default() };
     // Intervals short enough that the warm-up's end falls near one.
     let interval = (spec.warmup / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     cfg.metrics_interval = cfg.metrics_interval.min(interval);

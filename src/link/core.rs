@@ -1,0 +1,496 @@
+//! The socket-free half of link watching: libzmq socket-monitor events in,
+//! decisions and counters out, driven by `now_ns`.
+//!
+//! What libzmq 4.3.5 does on a connecting socket, and what this core reads
+//! from it (`session_base.cpp`, `stream_engine_base.cpp`):
+//!
+//! - a connection error or timeout (the peer went away, the path broke):
+//!   `DISCONNECTED`, then the session reconnects by itself and the connecter
+//!   announces `CONNECT_RETRIED` at once (the retry timer is armed as the
+//!   session restarts). The link is [`Reason::Disconnected`]; nothing to do.
+//! - a protocol error (a message over `ZMQ_MAXMSGSIZE`, a malformed ZMTP
+//!   stream, a failed security handshake): `DISCONNECTED` (after
+//!   `HANDSHAKE_FAILED_PROTOCOL`/`_AUTH` for handshake failures) and then
+//!   nothing: the session terminates and the socket never reconnects. No
+//!   event names the oversized message; the missing retry is the sign.
+//!   After [`RETRY_GRACE_NS`] without a `CONNECT_RETRIED` the core decides
+//!   [`Decision::Reestablish`] (the shell disconnects and connects again)
+//!   and the link is counted as [`Reason::ProtocolError`] (or the handshake
+//!   failure that preceded it).
+//!
+//! Each loss is counted once per endpoint and reason, with one
+//! [`Decision::Lost`] for the log; the next `HANDSHAKE_SUCCEEDED` is a
+//! [`Decision::Up`] (a reconnect, with how long the link was down).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How long after a `DISCONNECTED` libzmq has to show it reconnects (its
+/// `CONNECT_RETRIED` follows within microseconds on the same I/O thread).
+pub const RETRY_GRACE_NS: u64 = 250_000_000;
+
+/// One socket-monitor event, as far as links care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// TCP connection made (the ZMTP handshake follows).
+    Connected,
+    /// libzmq armed its reconnect timer (a connect failed or a link was lost).
+    ConnectRetried,
+    /// The connection is gone.
+    Disconnected,
+    /// ZMTP handshake done: messages flow.
+    HandshakeSucceeded,
+    /// The handshake failed: no detail (the connection broke during it),
+    /// a protocol error, or authentication refused.
+    HandshakeFailed(Failure),
+    /// Anything else (closed, delayed, accepted on a bound endpoint...).
+    Other,
+}
+
+/// Kinds of handshake failure libzmq reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    NoDetail,
+    Protocol,
+    Auth,
+}
+
+/// Why a link was lost, as counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// Connection lost; libzmq reconnects by itself.
+    Disconnected,
+    /// Dropped by libzmq for a protocol error (an oversized message or a
+    /// malformed stream) with no reconnect: mdsub re-established it.
+    ProtocolError,
+    /// The handshake broke off (libzmq retries).
+    HandshakeFailed,
+    /// The peer spoke bad ZMTP during the handshake (no libzmq retry).
+    HandshakeFailedProtocol,
+    /// Security handshake refused (no libzmq retry).
+    HandshakeFailedAuth,
+}
+
+impl Reason {
+    /// Counter name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Disconnected => "disconnected",
+            Reason::ProtocolError => "protocol_error",
+            Reason::HandshakeFailed => "handshake_failed",
+            Reason::HandshakeFailedProtocol => "handshake_failed_protocol",
+            Reason::HandshakeFailedAuth => "handshake_failed_auth",
+        }
+    }
+
+    /// What it means, for the log line.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Reason::Disconnected => "connection lost; libzmq reconnects",
+            Reason::ProtocolError => {
+                "dropped by libzmq for a protocol error (a message over the maximum message size, \
+                 or a malformed stream) and not reconnected by it; mdsub re-establishes the link"
+            }
+            Reason::HandshakeFailed => "handshake broke off; libzmq retries",
+            Reason::HandshakeFailedProtocol => {
+                "the peer broke the ZMTP handshake; libzmq gives up, mdsub re-establishes the link"
+            }
+            Reason::HandshakeFailedAuth => "authentication refused; mdsub re-establishes the link",
+        }
+    }
+}
+
+/// What the shell should do or say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Link `link` was lost for `reason` (log once).
+    Lost { link: usize, reason: Reason },
+    /// Disconnect and connect `link` again: libzmq will not.
+    Reestablish { link: usize },
+    /// Link `link` is up again after `down_ns` (its `reconnects`-th reconnect).
+    Up { link: usize, down_ns: u64, reconnects: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Connecting (first time, or retrying): not yet up.
+    Connecting,
+    Up,
+    /// Disconnected (down since `since_ns`), waiting to see whether libzmq
+    /// retries; `counted`: this outage was already counted (a failed attempt
+    /// to come back).
+    Down {
+        since_ns: u64,
+        failure: Option<Failure>,
+        counted: bool,
+    },
+    /// Lost for `reason` since `since_ns`; libzmq or mdsub is reconnecting.
+    Lost {
+        since_ns: u64,
+    },
+}
+
+/// One watched endpoint's counters, as reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStats {
+    /// The endpoint as configured.
+    pub endpoint: String,
+    /// `up`, `connecting` or `down`.
+    pub state: String,
+    /// Handshakes completed (the first connect included).
+    pub connects: u64,
+    /// Times the link came back after being lost.
+    pub reconnects: u64,
+    /// Times mdsub disconnected and connected it again (libzmq would not).
+    pub reestablished: u64,
+    /// Reconnect attempts libzmq announced (every retry interval while the peer is away).
+    pub retries: u64,
+    /// Losses by reason (`disconnected`, `protocol_error`, `handshake_failed*`).
+    pub lost: BTreeMap<String, u64>,
+}
+
+impl LinkStats {
+    /// All losses, every reason.
+    pub fn lost_total(&self) -> u64 {
+        self.lost.values().sum()
+    }
+}
+
+impl std::fmt::Display for LinkStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} connects={} reconnects={} reestablished={} retries={}",
+            self.endpoint, self.state, self.connects, self.reconnects, self.reestablished, self.retries
+        )?;
+        for (reason, n) in &self.lost {
+            write!(f, " {reason}={n}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Link {
+    /// As configured.
+    endpoint: String,
+    /// The forms libzmq may name it by in events (`tcp://IP:PORT`).
+    aliases: Vec<String>,
+    state: State,
+    stats: LinkStats,
+}
+
+/// The links of one socket: events in, decisions out.
+pub struct Links {
+    links: Vec<Link>,
+    grace_ns: u64,
+}
+
+impl Links {
+    /// Watch `endpoints` (each with the names libzmq may use for it in events,
+    /// see [`aliases`]), all connecting as of now.
+    pub fn new(endpoints: Vec<(String, Vec<String>)>, grace_ns: u64) -> Self {
+        let links = endpoints
+            .into_iter()
+            .map(|(endpoint, aliases)| Link {
+                stats: LinkStats { endpoint: endpoint.clone(), state: "connecting".into(), ..LinkStats::default() },
+                endpoint,
+                aliases,
+                state: State::Connecting,
+            })
+            .collect();
+        Links { links, grace_ns }
+    }
+
+    /// Which link an event's endpoint names (None: not one of ours, e.g. a
+    /// connection accepted on an endpoint the same socket binds).
+    pub fn find(&self, endpoint: &str) -> Option<usize> {
+        self.links.iter().position(|l| l.endpoint == endpoint || l.aliases.iter().any(|a| a == endpoint))
+    }
+
+    /// The endpoint of link `link` as configured.
+    pub fn endpoint(&self, link: usize) -> &str {
+        &self.links[link].endpoint
+    }
+
+    /// Take one event for `endpoint` at `now_ns`; decisions go to `out`.
+    pub fn on_event(&mut self, event: Event, endpoint: &str, now_ns: u64, out: &mut Vec<Decision>) {
+        let Some(i) = self.find(endpoint) else { return };
+        let l = &mut self.links[i];
+        match event {
+            Event::HandshakeSucceeded => {
+                l.stats.connects += 1;
+                if let State::Lost { since_ns } = l.state {
+                    l.stats.reconnects += 1;
+                    out.push(Decision::Up {
+                        link: i,
+                        down_ns: now_ns.saturating_sub(since_ns),
+                        reconnects: l.stats.reconnects,
+                    });
+                }
+                l.state = State::Up;
+            }
+            Event::HandshakeFailed(kind) => {
+                // DISCONNECTED follows; keep the detail for it.
+                l.state = Self::down(l.state, Some(kind), now_ns);
+            }
+            Event::Disconnected => {
+                let failure = match l.state {
+                    State::Down { failure, .. } => failure,
+                    _ => None,
+                };
+                l.state = Self::down(l.state, failure, now_ns);
+            }
+            Event::ConnectRetried => {
+                l.stats.retries += 1;
+                match l.state {
+                    State::Down { since_ns, counted: true, .. } => l.state = State::Lost { since_ns },
+                    State::Down { since_ns, failure, counted: false } => {
+                        let reason = match failure {
+                            None => Reason::Disconnected,
+                            Some(_) => Reason::HandshakeFailed,
+                        };
+                        Self::lose(l, i, reason, since_ns, out);
+                    }
+                    _ => {}
+                }
+            }
+            Event::Connected | Event::Other => {}
+        }
+        Self::publish_state(l);
+    }
+
+    /// Look at the time: a link down for longer than the grace with no retry
+    /// from libzmq is counted and re-established.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
+        for (i, l) in self.links.iter_mut().enumerate() {
+            if let State::Down { since_ns, failure, .. } = l.state {
+                if now_ns.saturating_sub(since_ns) >= self.grace_ns {
+                    let reason = match failure {
+                        Some(Failure::Protocol) => Reason::HandshakeFailedProtocol,
+                        Some(Failure::Auth) => Reason::HandshakeFailedAuth,
+                        Some(Failure::NoDetail) | None => Reason::ProtocolError,
+                    };
+                    Self::lose(l, i, reason, since_ns, out);
+                    l.stats.reestablished += 1;
+                    out.push(Decision::Reestablish { link: i });
+                    Self::publish_state(l);
+                }
+            }
+        }
+    }
+
+    /// True while some link waits for the grace to pass (the shell then
+    /// calls [`Links::tick`] soon, even without events).
+    pub fn pending(&self) -> bool {
+        self.links.iter().any(|l| matches!(l.state, State::Down { .. }))
+    }
+
+    /// The state after a disconnect or failed handshake in state `was`: an
+    /// outage already counted stays counted, with its start.
+    fn down(was: State, failure: Option<Failure>, now_ns: u64) -> State {
+        match was {
+            State::Lost { since_ns } => State::Down { since_ns, failure, counted: true },
+            State::Down { since_ns, counted, .. } => State::Down { since_ns, failure, counted },
+            State::Up | State::Connecting => State::Down { since_ns: now_ns, failure, counted: false },
+        }
+    }
+
+    fn lose(l: &mut Link, i: usize, reason: Reason, since_ns: u64, out: &mut Vec<Decision>) {
+        *l.stats.lost.entry(reason.name().to_string()).or_insert(0) += 1;
+        l.state = State::Lost { since_ns };
+        out.push(Decision::Lost { link: i, reason });
+    }
+
+    fn publish_state(l: &mut Link) {
+        let s = match l.state {
+            State::Up => "up",
+            State::Connecting => "connecting",
+            State::Down { .. } | State::Lost { .. } => "down",
+        };
+        if l.stats.state != s {
+            l.stats.state = s.to_string();
+        }
+    }
+
+    /// Every link's counters now.
+    pub fn stats(&self) -> Vec<LinkStats> {
+        self.links.iter().map(|l| l.stats.clone()).collect()
+    }
+}
+
+/// The names libzmq may give a connect endpoint in its events: the endpoint
+/// itself, and for `tcp://[SRC;]HOST:PORT` the `tcp://IP:PORT` of each
+/// address `resolved` gives for `HOST:PORT` (the shell passes the resolver's
+/// answer, so this stays I/O-free).
+pub fn aliases(endpoint: &str, resolved: &[std::net::SocketAddr]) -> Vec<String> {
+    let mut out = vec![endpoint.to_string()];
+    if let Some(rest) = endpoint.strip_prefix("tcp://") {
+        let target = rest.rsplit(';').next().unwrap_or(rest);
+        out.push(format!("tcp://{target}"));
+        for a in resolved {
+            out.push(format!("tcp://{a}"));
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// The `HOST:PORT` part of a tcp endpoint, for the shell to resolve.
+pub fn tcp_target(endpoint: &str) -> Option<&str> {
+    let rest = endpoint.strip_prefix("tcp://")?;
+    Some(rest.rsplit(';').next().unwrap_or(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EP: &str = "tcp://localhost:5556";
+    const SEEN: &str = "tcp://127.0.0.1:5556";
+
+    fn links() -> Links {
+        let resolved: Vec<std::net::SocketAddr> = vec!["127.0.0.1:5556".parse().expect("addr")];
+        Links::new(vec![(EP.to_string(), aliases(EP, &resolved))], RETRY_GRACE_NS)
+    }
+
+    fn run(l: &mut Links, events: &[(Event, u64)]) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for &(e, t) in events {
+            l.on_event(e, SEEN, t, &mut out);
+            l.tick(t, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn first_connect_is_not_a_reconnect() {
+        let mut l = links();
+        let out = run(&mut l, &[(Event::ConnectRetried, 1), (Event::Connected, 2), (Event::HandshakeSucceeded, 3)]);
+        assert!(out.is_empty(), "{out:?}");
+        let s = &l.stats()[0];
+        assert_eq!((s.state.as_str(), s.connects, s.reconnects, s.retries), ("up", 1, 0, 1));
+        assert_eq!(s.lost_total(), 0);
+    }
+
+    #[test]
+    fn a_lost_connection_that_libzmq_retries_is_counted_and_not_reestablished() {
+        let mut l = links();
+        let out = run(
+            &mut l,
+            &[
+                (Event::HandshakeSucceeded, 0),
+                (Event::Disconnected, 1_000),
+                (Event::ConnectRetried, 1_010),
+                (Event::ConnectRetried, 100_000_000),
+            ],
+        );
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::Disconnected }]);
+        let mut out = Vec::new();
+        l.tick(10 * RETRY_GRACE_NS, &mut out);
+        assert!(out.is_empty(), "libzmq retries: nothing to do, {out:?}");
+        assert_eq!(l.stats()[0].state, "down");
+        l.on_event(Event::HandshakeSucceeded, SEEN, 2_000_001_000, &mut out);
+        assert_eq!(out, vec![Decision::Up { link: 0, down_ns: 2_000_000_000, reconnects: 1 }]);
+        let s = &l.stats()[0];
+        assert_eq!((s.connects, s.reconnects, s.reestablished, s.retries), (2, 1, 0, 2));
+        assert_eq!(s.lost.get("disconnected"), Some(&1));
+        assert_eq!(s.state, "up");
+    }
+
+    #[test]
+    fn a_disconnect_without_retry_is_a_protocol_error_and_reestablished_once() {
+        let mut l = links();
+        let mut out = run(&mut l, &[(Event::HandshakeSucceeded, 0), (Event::Disconnected, 1_000)]);
+        assert!(out.is_empty(), "too early to tell: {out:?}");
+        assert!(l.pending());
+        l.tick(1_000 + RETRY_GRACE_NS - 1, &mut out);
+        assert!(out.is_empty(), "still inside the grace: {out:?}");
+        l.tick(1_000 + RETRY_GRACE_NS, &mut out);
+        assert_eq!(
+            out,
+            vec![Decision::Lost { link: 0, reason: Reason::ProtocolError }, Decision::Reestablish { link: 0 }]
+        );
+        assert!(!l.pending());
+        out.clear();
+        l.tick(10 * RETRY_GRACE_NS, &mut out);
+        assert!(out.is_empty(), "decided once: {out:?}");
+        // The re-created connection comes up.
+        l.on_event(Event::Connected, SEEN, 2 * RETRY_GRACE_NS, &mut out);
+        l.on_event(Event::HandshakeSucceeded, SEEN, 2 * RETRY_GRACE_NS + 1_000, &mut out);
+        assert_eq!(out, vec![Decision::Up { link: 0, down_ns: 2 * RETRY_GRACE_NS, reconnects: 1 }]);
+        let s = &l.stats()[0];
+        assert_eq!((s.reestablished, s.reconnects, s.lost_total()), (1, 1, 1));
+        assert_eq!(s.lost.get("protocol_error"), Some(&1));
+    }
+
+    #[test]
+    fn handshake_failures_keep_their_reason() {
+        let mut l = links();
+        let out = run(
+            &mut l,
+            &[(Event::HandshakeFailed(Failure::Auth), 0), (Event::Disconnected, 0), (Event::Other, RETRY_GRACE_NS)],
+        );
+        assert_eq!(
+            out,
+            vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailedAuth }, Decision::Reestablish { link: 0 }]
+        );
+        let mut l = links();
+        let out = run(
+            &mut l,
+            &[(Event::HandshakeFailed(Failure::NoDetail), 0), (Event::Disconnected, 0), (Event::ConnectRetried, 5)],
+        );
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
+        assert_eq!(l.stats()[0].lost.get("handshake_failed"), Some(&1));
+    }
+
+    #[test]
+    fn failed_attempts_to_come_back_count_one_outage() {
+        let mut l = links();
+        let out = run(
+            &mut l,
+            &[
+                (Event::HandshakeSucceeded, 0),
+                (Event::Disconnected, 10),
+                (Event::ConnectRetried, 11),
+                // The path accepts TCP but the peer is still away: each attempt fails.
+                (Event::Connected, 100),
+                (Event::HandshakeFailed(Failure::NoDetail), 101),
+                (Event::Disconnected, 101),
+                (Event::ConnectRetried, 102),
+                (Event::Connected, 200),
+                (Event::HandshakeSucceeded, 1_010),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Decision::Lost { link: 0, reason: Reason::Disconnected },
+                Decision::Up { link: 0, down_ns: 1_000, reconnects: 1 }
+            ]
+        );
+        let s = &l.stats()[0];
+        assert_eq!((s.lost_total(), s.reconnects, s.retries), (1, 1, 2));
+    }
+
+    #[test]
+    fn events_for_other_endpoints_are_ignored() {
+        let mut l = links();
+        let mut out = Vec::new();
+        l.on_event(Event::Disconnected, "tcp://127.0.0.1:9999", 0, &mut out);
+        l.tick(10 * RETRY_GRACE_NS, &mut out);
+        assert!(out.is_empty() && !l.pending());
+        assert_eq!(l.find(EP), Some(0));
+        assert_eq!(l.find("tcp://localhost:5556"), Some(0));
+    }
+
+    #[test]
+    fn aliases_cover_source_syntax_and_resolution() {
+        let r: Vec<std::net::SocketAddr> = vec!["10.0.0.1:5556".parse().expect("addr")];
+        let a = aliases("tcp://eth0:0;host:5556", &r);
+        assert_eq!(a, vec!["tcp://eth0:0;host:5556", "tcp://host:5556", "tcp://10.0.0.1:5556"]);
+        assert_eq!(tcp_target("tcp://eth0:0;host:5556"), Some("host:5556"));
+        assert_eq!(tcp_target("ipc:///tmp/x"), None);
+        assert_eq!(aliases("ipc:///tmp/x", &[]), vec!["ipc:///tmp/x"]);
+    }
+}

@@ -1,0 +1,312 @@
+//! Watched links: no connection mdsub makes dies silently (issue 13).
+//!
+//! Every socket that connects out (the engine shards' SUBs, the LVC's and
+//! the tap's frontends and backends when they connect, the clone client's
+//! sockets) gets a [`LinkWatch`]: libzmq's socket monitor
+//! (`zmq_socket_monitor`, over inproc to a PAIR the watch owns), read by the
+//! agent that owns the socket ([`LinkWatch::service`], cheap enough to call
+//! from its loop; [`LinkWatch::due`] rations it). The events go to the
+//! socket-free [`core::Links`]; its decisions are acted on here: each loss is
+//! logged once on stderr with the endpoint and the reason, a link libzmq will
+//! not reconnect (a protocol error such as a message over the maximum size)
+//! is disconnected and connected again, and the counters are published on a
+//! [`LinkBoard`] for the report, `--json` and status.
+
+pub mod core;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use self::core::{Decision, Event, Failure, LinkStats, Links, Reason, RETRY_GRACE_NS};
+
+/// The monitor events a watch asks for.
+const EVENTS: i32 = (zmq_sys::ZMQ_EVENT_CONNECTED
+    | zmq_sys::ZMQ_EVENT_CONNECT_RETRIED
+    | zmq_sys::ZMQ_EVENT_DISCONNECTED
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) as i32;
+
+/// Calls to [`LinkWatch::due`] between two services (a busy owner looks at
+/// its links every this many rounds; an idle one on every wait).
+pub const SERVICE_EVERY_ROUNDS: u32 = 1024;
+
+/// Most events taken per service.
+const EVENTS_PER_SERVICE: usize = 64;
+
+/// A socket's link counters, shared with whoever reports them.
+#[derive(Debug, Clone, Default)]
+pub struct LinkBoard(Arc<Mutex<Vec<LinkStats>>>);
+
+impl LinkBoard {
+    /// Every watched endpoint's counters now.
+    pub fn snapshot(&self) -> Vec<LinkStats> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn set(&self, stats: Vec<LinkStats>) {
+        match self.0.lock() {
+            Ok(mut v) => *v = stats,
+            Err(p) => *p.into_inner() = stats,
+        }
+    }
+}
+
+/// One line per link, for exit summaries: `ENDPOINT up connects=1 ...`.
+pub fn summary(links: &[LinkStats]) -> String {
+    links.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+/// The watch on one socket's connect endpoints.
+pub struct LinkWatch {
+    /// Who owns the socket, for log lines (`shard0`, `lvc frontend`).
+    name: String,
+    monitor: zmq::Socket,
+    links: Links,
+    board: LinkBoard,
+    frames: Vec<zmq::Message>,
+    out: Vec<Decision>,
+    rounds: u32,
+    /// Raw up (handshake done) / down (disconnected) events since the last
+    /// [`LinkWatch::take_updowns`], for an owner whose core follows them.
+    updowns: Vec<bool>,
+    /// Say losses and returns on stderr (the counters are kept either way).
+    log: bool,
+}
+
+static WATCHES: AtomicUsize = AtomicUsize::new(0);
+
+impl LinkWatch {
+    /// Start monitoring `socket` (made on `ctx`) for `endpoints`, the ones
+    /// it connects to; call before connecting so no event is missed. None
+    /// when there is nothing to watch.
+    pub fn attach(
+        ctx: &zmq::Context,
+        socket: &zmq::Socket,
+        name: &str,
+        endpoints: &[String],
+    ) -> zmq::Result<Option<LinkWatch>> {
+        if endpoints.is_empty() {
+            return Ok(None);
+        }
+        let inproc = format!("inproc://mdsub-links-{}-{}", std::process::id(), WATCHES.fetch_add(1, Ordering::Relaxed));
+        socket.monitor(&inproc, EVENTS)?;
+        let monitor = ctx.socket(zmq::PAIR)?;
+        monitor.set_linger(0)?;
+        monitor.connect(&inproc)?;
+        let watched = endpoints
+            .iter()
+            .map(|ep| {
+                let resolved: Vec<std::net::SocketAddr> = core::tcp_target(ep)
+                    .and_then(|t| std::net::ToSocketAddrs::to_socket_addrs(t).ok())
+                    .map(|a| a.collect())
+                    .unwrap_or_default();
+                (ep.clone(), core::aliases(ep, &resolved))
+            })
+            .collect();
+        let links = Links::new(watched, RETRY_GRACE_NS);
+        let board = LinkBoard::default();
+        board.set(links.stats());
+        Ok(Some(LinkWatch {
+            name: name.to_string(),
+            monitor,
+            links,
+            board,
+            frames: Vec::with_capacity(2),
+            out: Vec::new(),
+            rounds: 0,
+            updowns: Vec::new(),
+            log: true,
+        }))
+    }
+
+    /// Keep quiet on stderr (a full-screen owner); the counters still count.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.log = !quiet;
+        self
+    }
+
+    /// The counters, shared.
+    pub fn board(&self) -> LinkBoard {
+        self.board.clone()
+    }
+
+    /// The monitor socket (readable when an event waits), for an owner's wait.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.monitor
+    }
+
+    /// True once every [`SERVICE_EVERY_ROUNDS`] calls: a busy owner calls this
+    /// each round and [`LinkWatch::service`] when it says so.
+    #[inline]
+    pub fn due(&mut self) -> bool {
+        self.rounds += 1;
+        if self.rounds >= SERVICE_EVERY_ROUNDS {
+            self.rounds = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Take the monitor's events, act on the decisions (log, re-establish
+    /// `socket`'s link) and publish the counters. Never blocks. Returns
+    /// how many events it read.
+    pub fn service(&mut self, socket: &zmq::Socket) -> usize {
+        self.rounds = 0;
+        let now = crate::clock::monotonic_ns();
+        let mut seen = 0;
+        while seen < EVENTS_PER_SERVICE {
+            match crate::zmqx::recv_message(&self.monitor, &mut self.frames) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => break,
+            }
+            seen += 1;
+            if let Some((event, endpoint)) = parse_event(&self.frames) {
+                match event {
+                    Event::HandshakeSucceeded => self.updowns.push(true),
+                    Event::Disconnected => self.updowns.push(false),
+                    _ => {}
+                }
+                self.links.on_event(event, endpoint, now, &mut self.out);
+            }
+        }
+        if seen == 0 && !self.links.pending() {
+            return 0;
+        }
+        self.links.tick(now, &mut self.out);
+        for d in std::mem::take(&mut self.out) {
+            self.act(socket, d);
+        }
+        self.board.set(self.links.stats());
+        seen
+    }
+
+    /// Every up (`true`: a handshake completed) and down (`false`: a
+    /// connection lost) seen by [`LinkWatch::service`] since the last call, in order.
+    pub fn take_updowns(&mut self, out: &mut Vec<bool>) {
+        out.append(&mut self.updowns);
+    }
+
+    fn act(&mut self, socket: &zmq::Socket, decision: Decision) {
+        match decision {
+            Decision::Lost { .. } | Decision::Up { .. } if !self.log => {}
+            Decision::Lost { link, reason } => {
+                eprintln!(
+                    "{}: link {} lost ({}): {}",
+                    self.name,
+                    self.links.endpoint(link),
+                    reason.name(),
+                    reason.explain()
+                );
+            }
+            Decision::Reestablish { link } => {
+                let ep = self.links.endpoint(link).to_string();
+                // ENOENT when libzmq already forgot it: connect is what matters.
+                let _ = socket.disconnect(&ep);
+                match socket.connect(&ep) {
+                    Ok(()) if self.log => {
+                        eprintln!("{}: link {ep} re-established (disconnected and connected again)", self.name)
+                    }
+                    Ok(()) => {}
+                    Err(e) => eprintln!("{}: link {ep}: connecting again failed: {e}", self.name),
+                }
+            }
+            Decision::Up { link, down_ns, reconnects } => {
+                eprintln!(
+                    "{}: link {} up again after {:.1} ms down (reconnect {reconnects})",
+                    self.name,
+                    self.links.endpoint(link),
+                    down_ns as f64 / 1e6
+                );
+            }
+        }
+    }
+}
+
+/// One monitor message: `[u16 event, u32 value]` (native order) and the endpoint.
+fn parse_event(frames: &[zmq::Message]) -> Option<(Event, &str)> {
+    let [head, endpoint] = frames else { return None };
+    let id = u16::from_ne_bytes(head.get(..2)?.try_into().ok()?);
+    let endpoint = std::str::from_utf8(endpoint).ok()?;
+    let event = match u32::from(id) {
+        zmq_sys::ZMQ_EVENT_CONNECTED => Event::Connected,
+        zmq_sys::ZMQ_EVENT_CONNECT_RETRIED => Event::ConnectRetried,
+        zmq_sys::ZMQ_EVENT_DISCONNECTED => Event::Disconnected,
+        zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED => Event::HandshakeSucceeded,
+        zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL => Event::HandshakeFailed(Failure::NoDetail),
+        zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL => Event::HandshakeFailed(Failure::Protocol),
+        zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH => Event::HandshakeFailed(Failure::Auth),
+        _ => Event::Other,
+    };
+    Some((event, endpoint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Service `watch` until `what` holds of its counters, at most 10 s.
+    fn serve_until(watch: &mut LinkWatch, sub: &zmq::Socket, what: impl Fn(&LinkStats) -> bool) -> LinkStats {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            watch.service(sub);
+            let s = watch.board().snapshot().remove(0);
+            if what(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out; links now: {s}");
+            let _ = crate::zmqx::wait_ready(watch.socket(), zmq::POLLIN, Duration::from_millis(20));
+        }
+    }
+
+    /// A real SUB with a 1 KiB limit, a PUB sending 2 KiB: libzmq drops the
+    /// link and does not reconnect; the watch sees it, re-establishes it and
+    /// the next message arrives.
+    #[test]
+    fn an_oversized_message_is_seen_and_the_link_comes_back() {
+        let ctx = zmq::Context::new();
+        let publ = ctx.socket(zmq::XPUB).expect("xpub");
+        publ.set_xpub_verbose(true).expect("verbose");
+        let ep = crate::zmqx::bind_resolved(&publ, "tcp://127.0.0.1:*").expect("bind");
+        let sub = ctx.socket(zmq::SUB).expect("sub");
+        sub.set_maxmsgsize(1024).expect("maxmsgsize");
+        sub.set_subscribe(b"").expect("subscribe");
+        let mut watch = LinkWatch::attach(&ctx, &sub, "test", std::slice::from_ref(&ep)).expect("watch").expect("some");
+        sub.connect(&ep).expect("connect");
+        publ.set_rcvtimeo(10_000).expect("rcvtimeo");
+        assert_eq!(publ.recv_bytes(0).expect("subscription"), b"\x01");
+        serve_until(&mut watch, &sub, |s| s.state == "up");
+        publ.send(vec![0u8; 2048], 0).expect("send oversized");
+        let s = serve_until(&mut watch, &sub, |s| s.reconnects == 1);
+        assert_eq!(s.lost.get("protocol_error"), Some(&1), "{s}");
+        assert_eq!((s.reestablished, s.connects), (1, 2), "{s}");
+        // The re-created connection subscribed again.
+        assert_eq!(publ.recv_bytes(0).expect("subscription again"), b"\x01");
+        publ.send(&b"after"[..], 0).expect("send");
+        sub.set_rcvtimeo(10_000).expect("rcvtimeo");
+        assert_eq!(sub.recv_bytes(0).expect("after"), b"after");
+    }
+
+    /// The peer closes its end: libzmq retries by itself and the watch only counts.
+    #[test]
+    fn a_peer_that_goes_away_and_comes_back_is_a_reconnect() {
+        let ctx = zmq::Context::new();
+        let publ = ctx.socket(zmq::PUB).expect("pub");
+        let ep = crate::zmqx::bind_resolved(&publ, "tcp://127.0.0.1:*").expect("bind");
+        let sub = ctx.socket(zmq::SUB).expect("sub");
+        sub.set_reconnect_ivl(20).expect("ivl");
+        let mut watch = LinkWatch::attach(&ctx, &sub, "test", std::slice::from_ref(&ep)).expect("watch").expect("some");
+        sub.connect(&ep).expect("connect");
+        serve_until(&mut watch, &sub, |s| s.state == "up");
+        drop(publ);
+        let s = serve_until(&mut watch, &sub, |s| s.lost_total() == 1);
+        assert_eq!(s.lost.get("disconnected"), Some(&1), "{s}");
+        let publ = ctx.socket(zmq::PUB).expect("pub");
+        publ.bind(&ep).expect("bind the same port again");
+        let s = serve_until(&mut watch, &sub, |s| s.reconnects == 1);
+        assert_eq!((s.reestablished, s.state.as_str()), (0, "up"), "{s}");
+    }
+}

@@ -1,0 +1,247 @@
+//! A seeded TCP relay for fault injection (issue 13): it sits between two
+//! mdsub parts (`A ──► relay ──► B`) and can delay, stall, cut or corrupt the
+//! byte stream. Where a fault strikes is drawn from the seed per connection
+//! (connection `i` uses `seed ^ i`), so a failing run is replayed exactly by
+//! its seed; only the timing of the OS is not. Plain std threads: this is
+//! test support, outside the library's one-runner rule.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What to do to the stream from the target back to the client ("down",
+/// the direction market data and updates flow when the client subscribes).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub seed: u64,
+    /// Sleep up to this long before forwarding each chunk (0: none).
+    pub delay_max_us: u64,
+    /// Stall the stream once, for this long, at a seeded offset in `range` bytes.
+    pub stall: Option<(std::ops::Range<u64>, Duration)>,
+    /// Cut the first `cuts` connections at a seeded offset in `range` bytes.
+    pub cut: Option<(std::ops::Range<u64>, u64)>,
+    /// Flip one byte at a seeded offset in `range` on each of the first `n` connections.
+    pub corrupt: Option<(std::ops::Range<u64>, u64)>,
+}
+
+/// What the relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    pub connections: u64,
+    pub cuts: u64,
+    pub stalls: u64,
+    pub corrupted: u64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    connections: AtomicU64,
+    cuts: AtomicU64,
+    stalls: AtomicU64,
+    corrupted: AtomicU64,
+    bytes_down: AtomicU64,
+    bytes_up: AtomicU64,
+    live: Mutex<Vec<TcpStream>>,
+}
+
+/// A running relay; stops (and drops every connection) when dropped.
+pub struct Relay {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// SplitMix64: the seeded choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn in_range(&mut self, r: &std::ops::Range<u64>) -> u64 {
+        r.start + self.next() % (r.end - r.start).max(1)
+    }
+}
+
+/// Where the faults strike on connection `i` (byte offsets of the down stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub cut_at: Option<u64>,
+    pub stall_at: Option<u64>,
+    pub corrupt_at: Option<u64>,
+}
+
+impl Faults {
+    /// The plan for connection `i`: a pure function of the seed and `i`.
+    pub fn plan(&self, i: u64) -> Plan {
+        let mut rng = Rng(self.seed ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let cut_at = self.cut.as_ref().and_then(|(r, cuts)| {
+            let at = rng.in_range(r);
+            (i < *cuts).then_some(at)
+        });
+        let stall_at = self.stall.as_ref().map(|(r, _)| rng.in_range(r));
+        let corrupt_at = self.corrupt.as_ref().and_then(|(r, n)| {
+            let at = rng.in_range(r);
+            (i < *n).then_some(at)
+        });
+        Plan { cut_at, stall_at, corrupt_at }
+    }
+}
+
+impl Relay {
+    /// Listen on an ephemeral port of 127.0.0.1 and relay to `target`.
+    pub fn start(target: SocketAddr, faults: Faults) -> Relay {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), target, faults)
+    }
+
+    /// Listen on `listen` and relay to `target`.
+    pub fn start_on(listen: SocketAddr, target: SocketAddr, faults: Faults) -> Relay {
+        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("relay: binding {listen}: {e}"));
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let addr = listener.local_addr().expect("relay addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared::default());
+        let (s, sh) = (stop.clone(), shared.clone());
+        let acceptor = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !s.load(Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = TcpStream::connect(target) else {
+                            let _ = client.shutdown(Shutdown::Both);
+                            continue;
+                        };
+                        let _ = client.set_nonblocking(false);
+                        let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                        sh.connections.fetch_add(1, Relaxed);
+                        connect_pair(client, server, i, &faults, &sh);
+                        i += 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Relay { addr, stop, shared, acceptor: Some(acceptor) }
+    }
+
+    /// `tcp://127.0.0.1:PORT`, for a connect endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+
+    /// Cut every live connection now (the clients see the link go down).
+    pub fn cut_all(&self) {
+        if let Ok(mut live) = self.shared.live.lock() {
+            for s in live.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        self.shared.cuts.fetch_add(1, Relaxed);
+    }
+
+    pub fn stats(&self) -> RelayStats {
+        let s = &self.shared;
+        RelayStats {
+            connections: s.connections.load(Relaxed),
+            cuts: s.cuts.load(Relaxed),
+            stalls: s.stalls.load(Relaxed),
+            corrupted: s.corrupted.load(Relaxed),
+            bytes_down: s.bytes_down.load(Relaxed),
+            bytes_up: s.bytes_up.load(Relaxed),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Ok(mut live) = self.shared.live.lock() {
+            for s in live.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+/// Start the two pumps of one relayed connection.
+fn connect_pair(client: TcpStream, server: TcpStream, i: u64, faults: &Faults, shared: &Arc<Shared>) {
+    let clones = (client.try_clone(), server.try_clone(), client.try_clone(), server.try_clone());
+    let (Ok(c_read), Ok(s_write), Ok(c_keep), Ok(s_keep)) = clones else { return };
+    if let Ok(mut live) = shared.live.lock() {
+        live.push(c_keep);
+        live.push(s_keep);
+    }
+    // Up: client → server, untouched.
+    let sh = shared.clone();
+    let none = Plan { cut_at: None, stall_at: None, corrupt_at: None };
+    let untouched = Faults::default();
+    std::thread::spawn(move || pump(c_read, s_write, none, &untouched, &sh, false));
+    // Down: server → client, with the faults.
+    let sh = shared.clone();
+    let plan = faults.plan(i);
+    let faults = Faults { seed: faults.seed ^ i, ..faults.clone() };
+    std::thread::spawn(move || pump(server, client, plan, &faults, &sh, true));
+}
+
+/// Copy `from` to `to` until either side closes, applying `plan` (down only).
+fn pump(mut from: TcpStream, mut to: TcpStream, plan: Plan, faults: &Faults, shared: &Shared, down: bool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut offset = 0u64;
+    let mut rng = Rng(faults.seed);
+    let delay_max_us = if down { faults.delay_max_us } else { 0 };
+    let stall = faults.stall.as_ref().map(|s| s.1);
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let (start, end) = (offset, offset + n as u64);
+        let within = |at: Option<u64>| at.filter(|&a| a >= start && a < end).map(|a| (a - start) as usize);
+        if delay_max_us > 0 {
+            std::thread::sleep(Duration::from_micros(rng.next() % delay_max_us));
+        }
+        if let Some(i) = within(plan.corrupt_at) {
+            buf[i] ^= 0xff;
+            shared.corrupted.fetch_add(1, Relaxed);
+        }
+        let mut chunk = &buf[..n];
+        if let Some(i) = within(plan.cut_at) {
+            let _ = to.write_all(&chunk[..i]);
+            shared.cuts.fetch_add(1, Relaxed);
+            let _ = (from.shutdown(Shutdown::Both), to.shutdown(Shutdown::Both));
+            break;
+        }
+        if let (Some(i), Some(d)) = (within(plan.stall_at), stall) {
+            if to.write_all(&chunk[..i]).is_err() {
+                break;
+            }
+            shared.stalls.fetch_add(1, Relaxed);
+            std::thread::sleep(d);
+            chunk = &chunk[i..];
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+        let counter = if down { &shared.bytes_down } else { &shared.bytes_up };
+        counter.fetch_add(n as u64, Relaxed);
+        offset = end;
+    }
+    let _ = (from.shutdown(Shutdown::Both), to.shutdown(Shutdown::Both));
+}

@@ -1,0 +1,173 @@
+//! Seeded fault injection (issue 13): a TCP relay (`common::relay`) between
+//! two mdsub parts cuts the link mid-stream; the parts reconnect and account
+//! exactly for what the cut cost. Replay → engine: the engine reports the
+//! loss and the reconnect, and its loss is exactly what never arrived.
+//! Clone server → client: the client re-syncs and ends with every key.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::relay::{Faults, Relay};
+use common::{json, lines_of, mdsub, start_replay, u, wait_line, wait_until, LineProc, Proc};
+use mdsub::clone::client::{Client, ClientConfig};
+
+/// The seed every relay here uses; a failure names it (change it to explore).
+const SEED: u64 = 0x13_2026;
+
+fn addr_of(endpoint: &str) -> SocketAddr {
+    endpoint.trim_start_matches("tcp://").parse().unwrap_or_else(|e| panic!("{endpoint}: {e}"))
+}
+
+#[test]
+fn relay_plans_are_a_function_of_the_seed() {
+    let f = Faults { seed: SEED, cut: Some((1_000..2_000, 1)), corrupt: Some((10..20, 1)), ..Faults::default() };
+    assert_eq!(f.plan(0), f.plan(0));
+    let p = f.plan(0);
+    assert!(p.cut_at.is_some_and(|c| (1_000..2_000).contains(&c)), "{p:?}");
+    assert!(p.corrupt_at.is_some_and(|c| (10..20).contains(&c)), "{p:?}");
+    assert_eq!(f.plan(1).cut_at, None, "only the first connection is cut");
+    let other = Faults { seed: SEED + 1, ..f.clone() };
+    assert_ne!(other.plan(0), p, "another seed, another plan");
+}
+
+#[test]
+fn replay_to_engine_cut_mid_stream_reconnects_with_exact_accounting() {
+    const COUNT: u64 = 200_000;
+    let (replay, eps) = start_replay("replay", 1, &["--count", "200000", "--rate", "100000"]);
+    // Cut the first connection somewhere in its first 2–6 MB (of ~20 MB).
+    let faults = Faults { seed: SEED, cut: Some((2_000_000..6_000_000, 1)), ..Faults::default() };
+    let relay = Relay::start(addr_of(&eps[0]), faults);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", &relay.endpoint(), "--expect-eos", "1"]);
+    let mut engine = LineProc::spawn("engine", cmd.stderr(Stdio::piped()));
+    let err = lines_of(engine.proc.child.stderr.take().unwrap_or_else(|| panic!("stderr piped")));
+    let lost = wait_line(&err, Duration::from_secs(30), "the engine's loss line", |l| l.contains(" lost ("));
+    assert!(lost.contains(&relay.endpoint()) && lost.contains("(disconnected)"), "seed {SEED:#x}: {lost}");
+    let up = wait_line(&err, Duration::from_secs(30), "the engine's reconnect line", |l| l.contains(" up again after"));
+    assert!(up.contains("(reconnect 1)"), "{up}");
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let (delivered, lost) = (u(&r, "delivered"), u(&r, "lost"));
+    assert_eq!(u(&r, "sent"), COUNT, "{r}");
+    assert!(lost > 0 && delivered > 0, "the cut cost something and traffic went on: seed {SEED:#x}: {r}");
+    assert_eq!(delivered + lost, COUNT, "exact accounting: {r}");
+    assert_eq!(u(&r, "gaps"), lost, "every lost message is a gap by sequence: {r}");
+    assert_eq!(u(&r, "duplicates"), 0, "{r}");
+    let link = &r["shards"][0]["links"][0];
+    // The cut; and the replay leaving after its end of stream when that
+    // happened before the engine's reader closed (the link then ends down).
+    let left_at_end = u64::from(link["state"] == "down");
+    assert_eq!(u(&link["lost"], "disconnected"), 1 + left_at_end, "{link}");
+    assert_eq!((u(link, "reconnects"), u(link, "reestablished")), (1, 0), "libzmq reconnects by itself: {link}");
+    assert_eq!(relay.stats().cuts, 1);
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+}
+
+#[test]
+fn clone_client_cut_from_its_server_resyncs_and_loses_nothing() {
+    const KEYS: usize = 3_000;
+    let p = common::free_port_block(3);
+    let mut server = Proc::spawn(
+        "clone-server",
+        mdsub().args(["clone-server", "--quiet", "--endpoint", &format!("tcp://127.0.0.1:{p}")]),
+    );
+    wait_until(Duration::from_secs(10), "the clone server to answer", || {
+        mdsub::clone::server_status(&format!("tcp://127.0.0.1:{p}"), Duration::from_millis(300)).is_ok()
+    });
+    // Three relays on Q..Q+2 for the server's P..P+2; the publisher link
+    // (Q+1) is cut once, somewhere in the updates.
+    let q = common::free_port_block(3);
+    let relays: Vec<Relay> = (0..3u16)
+        .map(|i| {
+            let cut = (i == 1).then_some((20_000..60_000, 1));
+            let faults = Faults { seed: SEED, cut, ..Faults::default() };
+            let listen: SocketAddr = format!("127.0.0.1:{}", q + i).parse().expect("addr");
+            Relay::start_on(listen, format!("127.0.0.1:{}", p + i).parse().expect("addr"), faults)
+        })
+        .collect();
+    let relayed =
+        Client::start(ClientConfig { servers: vec![format!("tcp://127.0.0.1:{q}")], ..ClientConfig::default() })
+            .expect("relayed client starts");
+    relayed.wait_synced(Duration::from_secs(10)).expect("relayed client synced");
+    let writer =
+        Client::start(ClientConfig { servers: vec![format!("tcp://127.0.0.1:{p}")], ..ClientConfig::default() })
+            .expect("writer starts");
+    writer.wait_synced(Duration::from_secs(10)).expect("writer synced");
+    let mut last = None;
+    for i in 0..KEYS {
+        last = Some(writer.set(format!("/k/{i:05}"), format!("value {i} {}", "x".repeat(40)), None).expect("set"));
+    }
+    writer.wait_acked(last.expect("a set"), Duration::from_secs(20)).expect("last set acknowledged");
+    wait_until(Duration::from_secs(20), "the writer's sets to be acknowledged", || {
+        writer.status().map(|s| s.unacked == 0).unwrap_or(false)
+    });
+    wait_until(Duration::from_secs(30), "the relayed client to hold every key again", || {
+        relayed.status().map(|s| s.synced && s.keys == KEYS).unwrap_or(false)
+    });
+    assert_eq!(relays[1].stats().cuts, 1, "seed {SEED:#x}: the publisher link was cut");
+    assert_eq!(relayed.dump("").expect("dump"), writer.dump("").expect("dump"), "nothing lost");
+    let s = relayed.status().expect("status");
+    assert!(s.resyncs >= 1, "the dropped link made it re-sync: {s:?}");
+    let sub_link = s.links.iter().find(|l| l.endpoint == format!("tcp://127.0.0.1:{}", q + 1)).expect("sub link");
+    assert_eq!(sub_link.lost.get("disconnected"), Some(&1), "{sub_link}");
+    assert_eq!(sub_link.lost_total(), 1, "one loss: {sub_link}");
+    assert_eq!(sub_link.reconnects, 1, "{sub_link}");
+    drop((relayed, writer));
+    server.signal(15);
+    server.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
+    const COUNT: u64 = 50_000;
+    let (replay, eps) = start_replay("replay", 1, &["--count", "50000", "--rate", "50000"]);
+    // A 400 ms stall somewhere in the first 1–3 MB (of ~5 MB), and up to
+    // 200 µs before every chunk: the stream is late, not broken.
+    let faults = Faults {
+        seed: SEED,
+        delay_max_us: 200,
+        stall: Some((1_000_000..3_000_000, Duration::from_millis(400))),
+        ..Faults::default()
+    };
+    let relay = Relay::start(addr_of(&eps[0]), faults);
+    let engine = common::engine_json(&[&relay.endpoint()], &["--handler", "verify"]);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (COUNT, COUNT, 0), "seed {SEED:#x}: {r}");
+    assert_eq!(u(&r["handler"], "verified"), COUNT, "{r}");
+    let link = &r["shards"][0]["links"][0];
+    assert_eq!((u(link, "connects"), u(link, "reconnects")), (1, 0), "a stall is not a loss: {link}");
+    let s = relay.stats();
+    assert_eq!((s.stalls, s.cuts, s.connections), (1, 0, 1), "{s:?}");
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+}
+
+/// A byte of the ZMTP greeting's mechanism name (offsets 12..16, `NULL`)
+/// flipped on the first connection: libzmq fails the handshake as a protocol
+/// error and would never retry; the link watch counts it by its reason and
+/// connects again, and the stream arrives whole.
+#[test]
+fn replay_to_engine_with_a_corrupted_handshake_is_reestablished_and_loses_nothing() {
+    const COUNT: u64 = 20_000;
+    let (replay, eps) = start_replay("replay", 1, &["--count", "20000", "--rate", "50000"]);
+    let faults = Faults { seed: SEED, corrupt: Some((12..16, 1)), ..Faults::default() };
+    let relay = Relay::start(addr_of(&eps[0]), faults);
+    let engine = common::engine_json(&[&relay.endpoint()], &[]);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (COUNT, COUNT, 0), "seed {SEED:#x}: {r}");
+    let link = &r["shards"][0]["links"][0];
+    assert_eq!(u(&link["lost"], "handshake_failed_protocol"), 1, "{link}");
+    assert_eq!((u(link, "reestablished"), u(link, "reconnects")), (1, 1), "{link}");
+    assert_eq!(relay.stats().corrupted, 1);
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+}

@@ -1,0 +1,161 @@
+//! No link dies silently (issue 13): a peer that sends one message over the
+//! maximum size mid-stream makes libzmq drop the connection of a socket that
+//! connects out, and libzmq does not reconnect it. The engine, the LVC and
+//! the tap see it (socket monitor), count it per endpoint and reason, log it,
+//! and re-establish the link: the traffic after it arrives.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use std::process::Stdio;
+
+use common::proxy::{frame, handshake, subscriber, until_probe};
+use common::{json, lines_of, u, wait_line, LineProc};
+use mdsub::wire::{encode, Header, Kind, CONTROL_TOPIC};
+
+/// One frame over the 1 MiB default limit of every connect-out socket.
+const OVERSIZED_BYTES: usize = 2 << 20;
+
+/// A bound XPUB (verbose: every subscription, repeated ones included, comes
+/// up), standing in for a hostile publisher that mdsub connects to.
+fn peer(ctx: &zmq::Context) -> (zmq::Socket, String) {
+    let s = ctx.socket(zmq::XPUB).expect("xpub");
+    s.set_xpub_verbose(true).expect("verbose");
+    s.set_sndhwm(0).expect("sndhwm");
+    s.set_linger(0).expect("linger");
+    s.bind("tcp://127.0.0.1:*").expect("bind");
+    let ep = s.get_last_endpoint().expect("endpoint").expect("utf8");
+    (s, ep)
+}
+
+/// Wait until the peer sees a subscription (a connection's handshake is done
+/// and its subscriptions sent): the first one, or the one a re-established
+/// link sends again.
+fn subscribed(peer: &zmq::Socket, what: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    peer.set_rcvtimeo(200).expect("rcvtimeo");
+    loop {
+        match peer.recv_bytes(0) {
+            Ok(m) if m.first() == Some(&1) => return,
+            Ok(_) => {}
+            Err(zmq::Error::EAGAIN) => {}
+            Err(e) => panic!("peer: {e}"),
+        }
+        assert!(Instant::now() < end, "no subscription within 20 s: {what}");
+    }
+}
+
+fn data(seq: u64) -> Vec<u8> {
+    let h = Header {
+        kind: Kind::Data,
+        flags: 0,
+        publisher_id: 9,
+        session_id: 77,
+        stream_seq: seq,
+        topic_seq: seq,
+        send_time_ns: mdsub::wire::now_ns(),
+    };
+    encode(b"ESH6", &h, &[0u8; 32])
+}
+
+fn end_of_stream(last_seq: u64, sent: u64) -> Vec<u8> {
+    let h = Header {
+        kind: Kind::EndOfStream,
+        flags: 0,
+        publisher_id: 9,
+        session_id: 77,
+        stream_seq: last_seq,
+        topic_seq: 0,
+        send_time_ns: mdsub::wire::now_ns(),
+    };
+    encode(CONTROL_TOPIC, &h, &sent.to_le_bytes())
+}
+
+#[test]
+fn engine_link_cut_by_an_oversized_frame_is_counted_and_reestablished() {
+    let ctx = zmq::Context::new();
+    let (publ, ep) = peer(&ctx);
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", &ep, "--handler", "verify"]);
+    let mut engine = LineProc::spawn("engine", cmd.stderr(Stdio::piped()));
+    let err = lines_of(engine.proc.child.stderr.take().unwrap_or_else(|| panic!("stderr not piped")));
+    subscribed(&publ, "the engine's first connection");
+    const BEFORE: u64 = 500;
+    const AFTER: u64 = 500;
+    for seq in 1..=BEFORE {
+        publ.send(data(seq), 0).expect("send");
+    }
+    publ.send(vec![0u8; OVERSIZED_BYTES], 0).expect("send oversized");
+    let lost =
+        wait_line(&err, Duration::from_secs(20), "the engine's loss line", |l| l.contains("lost (protocol_error)"));
+    assert!(lost.contains(&ep), "the line names the endpoint: {lost}");
+    subscribed(&publ, "the engine's re-established connection");
+    for seq in BEFORE + 1..=BEFORE + AFTER {
+        publ.send(data(seq), 0).expect("send");
+    }
+    publ.send(end_of_stream(BEFORE + AFTER, BEFORE + AFTER), 0).expect("send eos");
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let delivered = u(&r, "delivered");
+    // Traffic after the cut arrives; what the cut took (frames in flight
+    // when libzmq dropped the connection) is counted exactly.
+    assert!(delivered >= AFTER, "the traffic after the oversized frame arrives: {r}");
+    assert_eq!(u(&r, "sent"), BEFORE + AFTER);
+    assert_eq!(delivered + u(&r, "lost"), BEFORE + AFTER, "{r}");
+    assert_eq!(u(&r, "gaps"), u(&r, "lost"), "the loss shows as a gap: {r}");
+    let links = &r["shards"][0]["links"];
+    let link = &links[0];
+    assert_eq!(link["endpoint"], ep.as_str(), "{links}");
+    assert_eq!(u(&link["lost"], "protocol_error"), 1, "{links}");
+    assert_eq!(link["lost"].as_object().map(|m| m.len()), Some(1), "one loss, one reason: {links}");
+    assert_eq!((u(link, "reestablished"), u(link, "reconnects"), u(link, "connects")), (1, 1, 2), "{links}");
+    assert_eq!(link["state"], "up", "{links}");
+}
+
+/// The LVC or the tap with its frontend connecting to a hostile peer.
+fn proxy_link_cut_by_an_oversized_frame(tool: &str) {
+    let ctx = zmq::Context::new();
+    let (publ, ep) = peer(&ctx);
+    let mut p = common::proxy::start_with(tool, &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
+    let sub = subscriber(&ctx, &p.backend, &[b""]);
+    handshake(&publ, &sub);
+    for seq in 1..=100 {
+        publ.send(frame("ESH6", seq, seq, b"before"), 0).expect("send");
+    }
+    publ.send(vec![0u8; OVERSIZED_BYTES], 0).expect("send oversized");
+    let lost = wait_line(&p.stderr, Duration::from_secs(20), "the loss line", |l| l.contains("lost (protocol_error)"));
+    assert!(lost.contains(&ep) && lost.starts_with(&format!("{tool} frontend: link")), "{lost}");
+    // The re-established XSUB subscribes again; probes until one comes through.
+    subscribed(&publ, "the re-established frontend");
+    handshake(&publ, &sub);
+    for seq in 101..=200 {
+        publ.send(frame("ESH6", seq, seq, b"after"), 0).expect("send");
+    }
+    publ.send(frame(common::proxy::PROBE, 0, 0, b"end"), 0).expect("end probe");
+    let got = until_probe(&sub, Duration::from_secs(20), Some(b"end"));
+    let after: Vec<u64> = got
+        .iter()
+        .filter_map(|m| mdsub::wire::decode(m.first()?).ok())
+        .filter(|v| v.payload == b"after")
+        .map(|v| v.header.stream_seq)
+        .collect();
+    assert_eq!(after, (101..=200).collect::<Vec<_>>(), "every frame after the cut arrives, in order");
+    let (_, err) = common::proxy::stop(&mut p);
+    let links = err.iter().find(|l| l.starts_with(&format!("{tool}: links: "))).unwrap_or_else(|| panic!("{err:?}"));
+    for want in ["frontend ", &ep, " up ", "reconnects=1", "reestablished=1", "protocol_error=1"] {
+        assert!(links.contains(want), "{want:?} in {links}");
+    }
+    assert!(!links.contains("disconnected="), "no other loss: {links}");
+}
+
+#[test]
+fn lvc_frontend_cut_by_an_oversized_frame_is_counted_and_reestablished() {
+    proxy_link_cut_by_an_oversized_frame("lvc");
+}
+
+#[test]
+fn tap_frontend_cut_by_an_oversized_frame_is_counted_and_reestablished() {
+    proxy_link_cut_by_an_oversized_frame("tap");
+}
