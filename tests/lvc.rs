@@ -197,8 +197,8 @@ fn late_subscribers_get_cached_values_within_1s_exact_prefix_and_second_subscrib
         assert!(v.header.stream_seq > 1000, "a new value, seq {}", v.header.stream_seq);
     }
 
-    let (out, _) = stop(&mut lvc);
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "topics"), 1001, "{last}");
     assert_eq!(counter(last, "rejected_full"), 0, "{last}");
     assert!(counter(last, "cache_answers") >= 12, "{last}");
@@ -225,8 +225,8 @@ fn foreign_multipart_traffic_is_cached_whole() {
     );
     assert!(t0.elapsed() < ONE_S);
 
-    let (out, _) = stop(&mut lvc);
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "uncacheable"), 1, "one-frame foreign message without NUL: {last}");
 }
 
@@ -239,8 +239,8 @@ fn topic_limit_holds() {
     let names: Vec<String> = got.iter().map(|m| topic_of(m)).collect();
     assert_eq!(names, topics(9));
 
-    let (out, err) = stop(&mut lvc);
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "topics"), 10, "{last}");
     // 991 P topics did not fit (more if a once-a-second tick hit one of them).
     assert!(counter(last, "rejected_full") >= 991, "{last}");
@@ -283,7 +283,7 @@ fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
     let status = lvc.proc.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     let out = rest_lines(&lvc.stdout, Duration::from_secs(5));
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "topics"), 2, "{last}");
 }
 
@@ -395,7 +395,7 @@ fn a_stray_empty_unsubscribe_never_cuts_the_cache_off() {
     let got = until_probe(&late, Duration::from_secs(2), None);
     assert_eq!(got.len(), 1, "the cache still follows the publisher");
     assert_eq!(decode(&got[0][0]).map(|v| v.payload.to_vec()).ok(), Some(b"fresh".to_vec()));
-    let (out, _) = stop(&mut lvc);
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "not_forwarded"), 1, "{last}");
 }

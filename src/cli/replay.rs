@@ -127,7 +127,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     if args.subscribers > 0 {
-        eprintln!("waiting for {} subscriber(s) per shard…", args.subscribers);
+        crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         publisher.wait_for_subscribers(args.subscribers, args.wait_timeout)?;
     }
     let source = if args.from.is_empty() {

@@ -84,7 +84,7 @@ pub struct Server {
 
 fn log(verbose: bool, msg: std::fmt::Arguments) {
     if verbose {
-        eprintln!("clone-server: {msg}");
+        crate::diag!("clone-server: {msg}");
     }
 }
 
@@ -194,10 +194,10 @@ impl Server {
             let (store, rec) = Store::open(&dir)?;
             server.core.recover(rec.records, rec.sequence, crate::clock::realtime_ns() / 1_000_000, now);
             for e in &rec.tail_errors {
-                eprintln!("clone-server: data dir: stopped reading at {e}; everything before it was recovered");
+                crate::diag!("clone-server: data dir: stopped reading at {e}; everything before it was recovered");
             }
             if let Some(copy) = &rec.corrupt_log_copy {
-                eprintln!(
+                crate::diag!(
                     "clone-server: data dir: the damaged log was copied to {} before its bad tail was cut",
                     copy.display()
                 );
@@ -304,7 +304,7 @@ impl Server {
                 }
                 Action::SyncLog => {
                     if let Some(Err(e)) = self.store.as_mut().map(|s| s.sync()) {
-                        eprintln!("clone-server: {e}");
+                        crate::diag!("clone-server: {e}");
                     }
                     None
                 }
@@ -313,7 +313,7 @@ impl Server {
                     None
                 }
                 Action::Log(text) => {
-                    eprintln!("clone-server: {text}");
+                    crate::diag!("clone-server: {text}");
                     None
                 }
             };
@@ -331,7 +331,7 @@ impl Server {
     fn log_result(&mut self, r: Option<Result<(), PersistError>>, token: Option<u64>) -> Option<Event> {
         let Some(Err(e)) = r else { return None };
         if let Some(Err(e)) = self.store.as_mut().map(|s| s.rollback()) {
-            eprintln!("clone-server: {e}");
+            crate::diag!("clone-server: {e}");
         }
         Some(Event::LogFailed { token, error: e.to_string() })
     }
@@ -371,7 +371,7 @@ impl Server {
             }
         });
         if let Err(e) = store.write_snapshot(self.core.sequence(), recs) {
-            eprintln!("clone-server: {e}");
+            crate::diag!("clone-server: {e}");
         }
     }
 
@@ -582,11 +582,11 @@ impl Agent for Server {
     fn on_close(&mut self) {
         let now = crate::clock::monotonic_ns();
         if let Err(e) = self.step(Event::Flush, now) {
-            eprintln!("clone-server: {e}");
+            crate::diag!("clone-server: {e}");
         }
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.sync() {
-                eprintln!("clone-server: {e}");
+                crate::diag!("clone-server: {e}");
             }
         }
         log(

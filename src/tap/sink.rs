@@ -250,7 +250,7 @@ impl TapSink {
                     let n = frames.len();
                     for (i, f) in frames.iter().enumerate() {
                         if let Err(e) = w.write_frame(f, i + 1 < n, *recv_ns) {
-                            eprintln!("tap: recording stopped: {e}");
+                            crate::diag!("tap: recording stopped: {e}");
                             self.report.record_errors += 1;
                             self.recorder = None;
                             break;
@@ -304,7 +304,7 @@ impl TapSink {
             // must not hold back what is already captured.
             if let Some(w) = self.recorder.as_mut() {
                 if let Err(e) = w.flush() {
-                    eprintln!("tap: recording stopped: {e}");
+                    crate::diag!("tap: recording stopped: {e}");
                     self.report.record_errors += 1;
                     self.recorder = None;
                 }
