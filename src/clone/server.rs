@@ -540,9 +540,9 @@ impl Agent for Server {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let now = crate::clock::monotonic_ns();
-        if self.store.is_some() {
-            self.wall_ms = crate::clock::realtime_ns() / 1_000_000;
-        }
+        // The wall clock: the log's TTL deadlines, and peers' absolute `ttl`s.
+        self.wall_ms = crate::clock::realtime_ns() / 1_000_000;
+        self.core.set_wall_ms(self.wall_ms);
         // Who may connect is settled before anything they send is read.
         let mut n = match self.zap.as_mut() {
             Some(z) => z.serve()?,

@@ -89,8 +89,13 @@ impl LvcHooks {
     fn refuse(&mut self, update: Update) {
         let (reason, what) = match update {
             Update::RejectedFull => ("cache_full", "new topics pass uncached"),
-            Update::EvictedTooBig => ("too_big", "a value too big for the cache passes uncached (the old one is dropped)"),
-            _ => ("uncacheable", "a message with no cache key (one frame without a topic NUL, or too many frames) passes uncached"),
+            Update::EvictedTooBig => {
+                ("too_big", "a value too big for the cache passes uncached (the old one is dropped)")
+            }
+            _ => (
+                "uncacheable",
+                "a message with no cache key (one frame without a topic NUL, or too many frames) passes uncached",
+            ),
         };
         let l = self.cache.limits();
         let detail = format_args!(
