@@ -1151,3 +1151,29 @@ fn a_failed_log_write_is_neither_published_nor_acknowledged() {
         watcher.get("/new/big").ok().flatten().as_deref() == Some(&big[..])
     });
 }
+
+#[test]
+fn a_client_that_does_not_read_its_snapshot_is_bounded_and_counted() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &["--snapshot-hwm-msgs", "10", "--max-value-bytes", "70000"]);
+    // 800 values of 64 KiB: 50 MiB, far more than the socket buffers between us hold.
+    let c = synced(&[p], "");
+    let big = vec![b'x'; 64 * 1024];
+    let last = (0..800).map(|i| c.set(format!("/big/{i:04}"), big.clone(), None).expect("set")).last();
+    wait_all_acked(&c, last.expect("uuid"));
+    let ctx = zmq::Context::new();
+    let stuck = ctx.socket(zmq::DEALER).expect("dealer");
+    stuck.set_linger(0).expect("linger");
+    stuck.set_rcvhwm(1).expect("rcvhwm");
+    stuck.set_rcvbuf(4096).expect("rcvbuf");
+    stuck.connect(&ep(p)).expect("connect");
+    stuck.send_multipart([&b"ICANHAZ?"[..], b""], 0).expect("icanhaz");
+    // It never reads: the server's queue to it reaches the bound and the snapshot is abandoned.
+    wait_until(Duration::from_secs(20), "the stuck snapshot to be abandoned", || {
+        status(p).get("snapshots_abandoned").is_some_and(|n| n != "0")
+    });
+    // Everyone else is served in full.
+    let other = synced(&[p], "/big/");
+    assert_eq!(other.dump(Vec::new()).expect("dump").len(), 800);
+    assert_eq!(status(p).get("state").map(String::as_str), Some("active"));
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, Endpoint, How, Idle};
+use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, Endpoint, How, Idle};
 use crate::agent::{RunSpec, Runner, StopFlag};
 use crate::clone::bstar::Role;
 use crate::clone::client::{ChangeKind, Client, ClientConfig};
@@ -56,6 +56,11 @@ pub struct ServerArgs {
     /// Longest value accepted.
     #[arg(long, value_parser = parse_count_usize, default_value = "1048576", value_name = "BYTES")]
     pub max_value_bytes: usize,
+    /// Snapshot messages queued to one client at most (memory bound of the snapshot port); a
+    /// client that stops reading at the bound for 100 ms has its snapshot abandoned (counted in
+    /// STATUS as snapshots_abandoned; it asks again).
+    #[arg(long, value_parser = parse_hwm, default_value = "1M", value_name = "COUNT")]
+    pub snapshot_hwm_msgs: i32,
     /// Idle strategy of the server thread.
     #[arg(long, value_enum, default_value_t = Idle::Block)]
     pub idle: Idle,
@@ -141,6 +146,7 @@ impl ServerArgs {
             hugz_interval_ms,
             max_key_bytes: self.max_key_bytes,
             max_value_bytes: self.max_value_bytes,
+            snapshot_hwm_msgs: self.snapshot_hwm_msgs,
             verbose: !self.quiet,
             ..ServerConfig::default()
         };

@@ -11,7 +11,7 @@ use super::bstar::{BStarError, State};
 use super::kvmsg::{self, decode_request, recv_frames, KvMsg, KTHXBAI, STATUS_REP};
 use super::map::KvMap;
 use super::persist::{PersistError, Record, Store};
-use super::server_core::{Action, Event, ServerCore};
+use super::server_core::{Action, Event, ServerCore, SNAPSHOT_STALL_MS};
 use crate::agent::{Agent, AgentError, Step};
 use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapHandler};
 
@@ -130,7 +130,11 @@ impl Server {
         let request_max = i64::try_from(cfg.max_key_bytes.saturating_add(FRAME_SLACK_BYTES)).unwrap_or(i64::MAX);
         let snapshot = ctx.socket(zmq::ROUTER).map_err(zerr("creating the snapshot socket"))?;
         snapshot.set_maxmsgsize(request_max).map_err(zerr("setting snapshot max message size"))?;
-        snapshot.set_sndhwm(0).map_err(zerr("setting snapshot HWM"))?;
+        // Bounded: a client that does not read its snapshot holds at most this many messages
+        // here; at the bound a send waits SNAPSHOT_STALL_MS, then the snapshot is abandoned.
+        snapshot.set_sndhwm(cfg.snapshot_hwm_msgs).map_err(zerr("setting snapshot HWM"))?;
+        snapshot.set_router_mandatory(true).map_err(zerr("setting ROUTER_MANDATORY"))?;
+        snapshot.set_sndtimeo(SNAPSHOT_STALL_MS).map_err(zerr("setting the snapshot send timeout"))?;
         snapshot.set_linger(0).map_err(zerr("setting linger"))?;
         secure(&snapshot).map_err(zerr("securing the snapshot socket"))?;
         let ep = format!("tcp://{host}:{p}");
@@ -284,7 +288,11 @@ impl Server {
                     None
                 }
                 Action::SendSnapshot { identity, subtree } => {
-                    self.serve_snapshot(&identity, &subtree, now_ns).then_some(Event::SnapshotSent)
+                    Some(if self.serve_snapshot(&identity, &subtree, now_ns) {
+                        Event::SnapshotSent
+                    } else {
+                        Event::SnapshotAbandoned
+                    })
                 }
                 Action::RequestPeerSnapshot => (!self.open_peer_sync()?).then_some(Event::PeerSyncFailed),
                 Action::EndPeerSnapshot => {

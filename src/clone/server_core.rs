@@ -31,6 +31,10 @@ use super::map::{normalize_peer_ttl, ttl_ns, KvMap, RecentUuids};
 use super::persist::{self, Record};
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 
+/// How long sending a snapshot may wait on a client whose queue is at the snapshot HWM before
+/// the snapshot is abandoned.
+pub const SNAPSHOT_STALL_MS: i32 = 100;
+
 /// A passive server drops pending updates older than this while the active peer is alive (the
 /// active peer would have published them long ago; e.g. updates without a UUID cannot be matched).
 pub const PENDING_MAX_AGE_NS: u64 = 10_000_000_000;
@@ -86,6 +90,11 @@ pub struct ServerConfig {
     pub pub_hwm_msgs: i32,
     /// Collector receive high-water mark.
     pub collector_hwm_msgs: i32,
+    /// Snapshot messages queued to one client at most (the snapshot ROUTER's SNDHWM, with
+    /// ROUTER_MANDATORY): a client that does not read while this many wait, for
+    /// [`SNAPSHOT_STALL_MS`], has its snapshot abandoned (counted in `snapshots_abandoned`,
+    /// logged); it asks again after its snapshot timeout, like after a lost reply.
+    pub snapshot_hwm_msgs: i32,
     /// UUIDs remembered for de-duplication.
     pub recent_uuids: usize,
     /// Print state changes and problems to stderr.
@@ -105,6 +114,7 @@ impl Default for ServerConfig {
             max_value_bytes: 1 << 20,
             pub_hwm_msgs: 1_000_000,
             collector_hwm_msgs: 1_000_000,
+            snapshot_hwm_msgs: 1_000_000,
             recent_uuids: 1 << 18,
             verbose: true,
         }
@@ -170,6 +180,9 @@ pub enum Event {
     },
     /// A snapshot asked for by [`Action::SendSnapshot`] went out completely.
     SnapshotSent,
+    /// A snapshot asked for by [`Action::SendSnapshot`] was abandoned: the client's queue stayed
+    /// at the snapshot HWM (or it went away).
+    SnapshotAbandoned,
     /// An update from the collector (`Err`: it did not decode).
     Update(Result<KvMsg, ()>),
     /// End of a batch: write and publish what waits.
@@ -254,6 +267,8 @@ pub struct Counters {
     pub rejected_votes: u64,
     /// Snapshots served.
     pub snapshots: u64,
+    /// Snapshots abandoned: the client did not read while its queue was at the snapshot HWM.
+    pub snapshots_abandoned: u64,
     /// KVPUB messages published (updates and expiry deletes).
     pub published: u64,
     /// Keys expired.
@@ -489,6 +504,16 @@ impl ServerCore {
                 }
             },
             Event::SnapshotSent => self.counters.snapshots += 1,
+            Event::SnapshotAbandoned => {
+                self.counters.snapshots_abandoned += 1;
+                let n = self.counters.snapshots_abandoned;
+                if n.is_power_of_two() {
+                    out.push(Action::Log(format!(
+                        "snapshot abandoned: a client did not read it while its queue was full \
+                         (snapshots_abandoned={n}; it will ask again)"
+                    )));
+                }
+            }
             Event::Update(Ok(m)) => self.on_collector(m, now_ns, out),
             Event::Update(Err(())) => {
                 self.counters.malformed_updates += 1;
@@ -563,7 +588,7 @@ impl ServerCore {
             "state={}\nrole={}\nsequence={}\nkeys={}\npending={}\nmalformed_requests={}\n\
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
              published={}\nexpired={}\npending_dropped={}\nlog_failures={}\npeer_entries_refused={}\n\
-             absolute_ttls={}\n{}",
+             absolute_ttls={}\nsnapshots_abandoned={}\n{}",
             self.state_name(),
             self.role,
             self.sequence,
@@ -581,6 +606,7 @@ impl ServerCore {
             c.log_failures,
             c.peer_entries_refused,
             c.absolute_ttls,
+            c.snapshots_abandoned,
             self.refusals.counts().map(|(r, n)| format!("refused_{r}={n}\n")).collect::<String>()
         )
     }
