@@ -170,10 +170,10 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
                 last.saturating_sub(first) as f64 / 1e9
             );
         }
-        if !stats.skipped_by_rtype.is_empty() {
-            let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
-            println!("skipped records of types not replayed: {}", list.join(", "));
-        }
+    }
+    if !stats.skipped_by_rtype.is_empty() {
+        let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
+        crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
     }
     Ok(())
 }

@@ -551,6 +551,8 @@ impl Publisher {
         let mut span: Option<(u64, u64)> = None;
         let mut msgs = 0u64;
         let mut interrupted = false;
+        // What was refused (record types not replayed, damage) is said as it is first met.
+        let (mut said_rtypes, mut said_damage) = (Vec::new(), 0);
         while msgs < max {
             if msgs & 0x3ff == 0 {
                 progress(msgs);
@@ -558,6 +560,9 @@ impl Publisher {
             if stop.is_stopped() {
                 interrupted = true;
                 break;
+            }
+            if merge.skipped().len() != said_rtypes.len() || merge.damage().len() != said_damage {
+                say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
             }
             let Some(rec) = merge.next_record() else { break };
             let ts = rec.ts_recv_ns;
@@ -596,6 +601,7 @@ impl Publisher {
             msgs += 1;
         }
         progress(msgs);
+        say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
         self.skipped_by_rtype = merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
         self.market_span_ns = span;
         match merge.take_damage().into_iter().next() {
@@ -603,6 +609,21 @@ impl Publisher {
             _ => Ok(interrupted || stop.is_stopped()),
         }
     }
+}
+
+/// Say (stderr) each record type not replayed and each damaged file the first time they are
+/// met; the counts per type are in the run's stats (`skipped_by_rtype`) and its summary line.
+fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
+    for rt in merge.skipped().keys() {
+        if !said_rtypes.contains(rt) {
+            said_rtypes.push(*rt);
+            crate::diag!("replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)");
+        }
+    }
+    for e in merge.damage().iter().skip(*said_damage) {
+        crate::diag!("replay: refused (damaged_file): {e}; the other files go on");
+    }
+    *said_damage = merge.damage().len();
 }
 
 /// A recorded gap of `ns` at `speed` times the recorded pace.
