@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Soak-run helper for tools/soak.sh: sample a running engine, and plot the samples.
 
-  soak.py sample --pid PID --metrics URL --interval S --path NAME --out FILE [--extra-pid NAME=PID]
+  soak.py sample --pid PID --metrics URL --interval S --path NAME --out FILE [--lvc-pid PID]
       Every S seconds until PID exits, append one tab-separated line to FILE:
       path, t_s, rss_kib (engine), cpu_pct (engine, of one core, over the interval),
       msgs_per_s (received by the engine over the interval), p99_ms (total stage, last
-      metrics interval, worst shard), gaps (cumulative), and the RSS (KiB) of every
-      --extra-pid (e.g. the LVC) as NAME_rss_kib columns.
+      metrics interval, worst shard), gaps (cumulative), lvc_rss_kib (the LVC's RSS, 0
+      on the direct path).
 
   soak.py plot --in FILE --out SVG [--title TEXT]
       Write a small SVG: RSS, CPU, p99 and gaps against time, one line per path.
@@ -72,15 +72,11 @@ def scrape(url):
 
 
 def sample(a):
-    extras = []
-    for e in a.extra_pid:
-        name, pid = e.split("=", 1)
-        extras.append((name, int(pid)))
     new = not os.path.exists(a.out) or os.path.getsize(a.out) == 0
     with open(a.out, "a") as out:
         if new:
-            cols = ["path", "t_s", "rss_kib", "cpu_pct", "msgs_per_s", "p99_ms", "gaps"]
-            out.write("\t".join(cols + [f"{n}_rss_kib" for n, _ in extras]) + "\n")
+            cols = ["path", "t_s", "rss_kib", "cpu_pct", "msgs_per_s", "p99_ms", "gaps", "lvc_rss_kib"]
+            out.write("\t".join(cols) + "\n")
         t0 = time.monotonic()
         last_t, last_cpu, last_rx = t0, cpu_s(a.pid), None
         while True:
@@ -96,7 +92,7 @@ def sample(a):
             cpu_pct = 100.0 * (cpu - last_cpu) / dt if last_cpu is not None else 0.0
             rate = (rx - last_rx) / dt if last_rx is not None else 0.0
             row = [a.path, f"{now - t0:.1f}", str(rss), f"{cpu_pct:.1f}", f"{rate:.0f}", f"{p99 * 1e3:.3f}", str(gaps)]
-            row += [str(rss_kib(pid) or 0) for _, pid in extras]
+            row.append(str(rss_kib(a.lvc_pid) or 0) if a.lvc_pid else "0")
             out.write("\t".join(row) + "\n")
             out.flush()
             last_t, last_cpu, last_rx = now, cpu, rx
@@ -167,7 +163,7 @@ def main():
     s.add_argument("--interval", type=float, default=10.0)
     s.add_argument("--path", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--extra-pid", action="append", default=[])
+    s.add_argument("--lvc-pid", type=int, default=0)
     p = sub.add_parser("plot")
     p.add_argument("--in", dest="inp", required=True)
     p.add_argument("--out", required=True)

@@ -55,7 +55,7 @@ for p in "${paths[@]}"; do
         back=$(port)
         "$bin" lvc --frontend "connect:tcp://127.0.0.1:$pub" --backend "bind:tcp://127.0.0.1:$back" \
             >"$out/$p-lvc.out" 2>"$out/$p-lvc.err" &
-        lvc_pid=$!; pids+=("$lvc_pid"); extra=(--extra-pid "lvc=$lvc_pid")
+        lvc_pid=$!; pids+=("$lvc_pid"); extra=(--lvc-pid "$lvc_pid")
         engine_ep=$back subs=2
     fi
     # The engine ends at the publisher's end of stream; --max-duration is the safety net.
