@@ -140,7 +140,7 @@ impl Refusals {
 
 /// `10s`, `2.5s`: a duration in seconds for the lines.
 fn secs(ns: u64) -> String {
-    if ns % 1_000_000_000 == 0 {
+    if ns.is_multiple_of(1_000_000_000) {
         format!("{}s", ns / 1_000_000_000)
     } else {
         format!("{:.1}s", ns as f64 / 1e9)

@@ -282,7 +282,7 @@ fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
     lvc.proc.signal(15);
     let status = lvc.proc.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "clean exit on SIGTERM: {status}");
-    let out = rest_lines(&lvc.stdout, Duration::from_secs(5));
+    let err = rest_lines(&lvc.stderr, Duration::from_secs(5));
     let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "topics"), 2, "{last}");
 }

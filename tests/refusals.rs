@@ -23,14 +23,14 @@ fn feed() -> Vec<Vec<u8>> {
     let mut long = good(1);
     long.push(0);
     let mut frames = vec![
-        b"no nul at all".to_vec(),   // missing_nul
-        b"\0empty topic".to_vec(),   // empty_topic
-        b"a b\0".to_vec(),           // bad_topic
-        b"T\0short".to_vec(),        // short
-        bad_version,                 // unknown_version
-        bad_kind,                    // unknown_kind
-        long,                        // length_mismatch
-        b"no nul again".to_vec(),    // missing_nul again: counted, not said again
+        b"no nul at all".to_vec(), // missing_nul
+        b"\0empty topic".to_vec(), // empty_topic
+        b"a b\0".to_vec(),         // bad_topic
+        b"T\0short".to_vec(),      // short
+        bad_version,               // unknown_version
+        bad_kind,                  // unknown_kind
+        long,                      // length_mismatch
+        b"no nul again".to_vec(),  // missing_nul again: counted, not said again
     ];
     frames.push(good(1));
     frames.push(good(2));
