@@ -1,7 +1,7 @@
 //! Diagnostics: lines on stderr that can never stop the process, refusals counted by reason
 //! and said at a bounded rate, and the one place exit counters are printed.
 //!
-//! - [`line`] (and the [`diag!`](crate::diag!) macro) writes one line to stderr and ignores
+//! - [`line()`] (and the [`diag!`](crate::diag!) macro) writes one line to stderr and ignores
 //!   a closed or broken stderr: `eprintln!` panics when the write fails (a reader of the pipe
 //!   that went away), and a diagnostic must never be what kills the engine.
 //! - [`Refusals`] is a socket-free, clock-free core: every refusal of input (a malformed
@@ -9,7 +9,7 @@
 //!   record in a file) is counted under its reason; the first of each reason is said at once
 //!   with its detail, later ones are summarised (counts per reason) at most once per
 //!   interval. It takes `now_ns`, so it is tested with [`crate::clock::ManualClock`].
-//!   [`RefusalLog`] is the same with the lines going to [`line`].
+//!   [`RefusalLog`] is the same with the lines going to [`line()`].
 //! - [`ExitCounters`] is the one convention for the counters a command prints when it stops:
 //!   a `NAME: stopped: k=v …` line on stderr, like every other diagnostic, or with `--json`
 //!   one JSON object on stdout.
@@ -24,7 +24,7 @@ pub fn line(args: fmt::Arguments<'_>) {
     let _ = e.write_all(b"\n");
 }
 
-/// `eprintln!` that never panics: formats like `format!` and writes through [`diag::line`](line).
+/// `eprintln!` that never panics: formats like `format!` and writes through [`diag::line`](line()).
 #[macro_export]
 macro_rules! diag {
     ($($arg:tt)*) => {
@@ -147,7 +147,7 @@ fn secs(ns: u64) -> String {
     }
 }
 
-/// [`Refusals`] whose lines go to stderr through [`line`].
+/// [`Refusals`] whose lines go to stderr through [`line()`].
 #[derive(Debug, Clone)]
 pub struct RefusalLog {
     core: Refusals,
