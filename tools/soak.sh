@@ -44,7 +44,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 tsv="$out/soak.tsv"
 : > "$tsv"
-echo "soak: $("$bin" --version) commit $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo ?) on $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "soak: $("$bin" info 2>/dev/null | sed -n 1p) on $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "soak: paths ${paths[*]}, $duration each at $rate msg/s, ${payload}-byte payloads, sampled every $interval -> $out"
 for p in "${paths[@]}"; do
     pub=$(port) met=$(port)
