@@ -65,18 +65,19 @@ fn send_when_subscribed(xpub: &zmq::Socket) {
     }
 }
 
-fn engine(ep: &str) -> std::process::Command {
+/// An engine (JSON report, stdout and stderr piped) on a fresh XPUB it connects to.
+fn engine_on_xpub(ctx: &zmq::Context) -> (zmq::Socket, Proc) {
+    let (xpub, ep) = publish(ctx);
     let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "30s", "--endpoint", ep]);
-    cmd
+    cmd.args(["engine", "--json", "--max-duration", "30s", "--endpoint", &ep]);
+    let p = Proc::spawn("engine", cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    (xpub, p)
 }
 
 #[test]
 fn every_refused_frame_is_counted_by_reason_and_the_first_of_each_is_said() {
     let ctx = zmq::Context::new();
-    let (xpub, ep) = publish(&ctx);
-    let mut cmd = engine(&ep);
-    let mut p = Proc::spawn("engine", cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let (xpub, mut p) = engine_on_xpub(&ctx);
     let (mut out, mut err) = (p.child.stdout.take().expect("stdout"), p.child.stderr.take().expect("stderr"));
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -113,9 +114,7 @@ fn every_refused_frame_is_counted_by_reason_and_the_first_of_each_is_said() {
 #[test]
 fn a_closed_stderr_does_not_stop_the_engine() {
     let ctx = zmq::Context::new();
-    let (xpub, ep) = publish(&ctx);
-    let mut cmd = engine(&ep);
-    let mut p = Proc::spawn("engine", cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let (xpub, mut p) = engine_on_xpub(&ctx);
     // Close the read end at once: every write to stderr now fails (EPIPE).
     drop(p.child.stderr.take());
     let mut out = p.child.stdout.take().expect("stdout");

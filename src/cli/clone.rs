@@ -322,8 +322,13 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
             let rx = client.watch(subtree.as_bytes())?;
             let mut live = 0u64;
             while !stop.is_stopped() && count.is_none_or(|c| live < c) {
-                let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) else {
-                    continue;
+                let c = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(c) => c,
+                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam::channel::RecvTimeoutError::Disconnected) => anyhow::bail!(
+                        "the watch was cut off: it fell behind by the watch queue's bound (or the agent stopped); \
+                         watch again to start from the current entries"
+                    ),
                 };
                 let kind = match c.kind {
                     ChangeKind::Initial => "initial",
