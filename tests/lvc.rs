@@ -228,6 +228,7 @@ fn foreign_multipart_traffic_is_cached_whole() {
     let (_, err) = stop(&mut lvc);
     let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "uncacheable"), 1, "one-frame foreign message without NUL: {last}");
+    assert!(err.iter().any(|l| l.starts_with("lvc: refused (uncacheable): ")), "the refusal is said: {err:?}");
 }
 
 #[test]
