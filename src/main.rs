@@ -67,7 +67,7 @@ fn main() {
     let stop = StopFlag::new();
     let on_signal = stop.clone();
     if let Err(e) = ctrlc::set_handler(move || on_signal.stop()) {
-        eprintln!("warning: cannot catch Ctrl-C: {e}");
+        mdsub::diag!("warning: cannot catch Ctrl-C: {e}");
     }
     let result: anyhow::Result<()> = match &cli.cmd {
         Cmd::Demo(a) => cli::engine::demo(a, &stop).map(|_| ()),
@@ -103,10 +103,10 @@ fn main() {
     if let Err(e) = result {
         // The Suicidal Snail: one scream line, a documented exit code.
         if let Some(mdsub::engine::EngineError::Croaked(c)) = e.downcast_ref::<mdsub::engine::EngineError>() {
-            eprintln!("mdsub: croak: {}", c.scream);
+            mdsub::diag!("mdsub: croak: {}", c.scream);
             std::process::exit(mdsub::snail::EXIT_CODE_CROAK);
         }
-        eprintln!("mdsub: error: {}", error_line(&e));
+        mdsub::diag!("mdsub: error: {}", error_line(&e));
         std::process::exit(1);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, mdsub, run_within, wait_until, LineProc, Proc};
+use common::{free_port_block, lines_of, mdsub, run_within, wait_line, wait_until, LineProc, Proc};
 use mdsub::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
 use mdsub::clone::kvmsg::Uuid;
 
@@ -22,6 +22,15 @@ fn server(name: &str, port: u16, extra: &[&str]) -> Proc {
     cmd.arg("clone-server").arg("--endpoint").arg(ep(port)).arg("--quiet");
     cmd.args(extra);
     Proc::spawn(name, &mut cmd)
+}
+
+/// [`server`] with its stderr lines on a channel (the refusal lines are read from it).
+fn server_said(name: &str, port: u16, extra: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = mdsub();
+    cmd.arg("clone-server").arg("--endpoint").arg(ep(port)).arg("--quiet").args(extra);
+    let mut p = Proc::spawn(name, cmd.stderr(std::process::Stdio::piped()));
+    let err = lines_of(p.child.stderr.take().expect("stderr piped"));
+    (p, err)
 }
 
 /// A standalone server on a fresh port block: its base port and process.
@@ -316,7 +325,7 @@ fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
 #[test]
 fn malformed_input_is_counted_and_answered_with_nothing() {
     let p = free_port_block(3);
-    let _s = server("server", p, &["--max-key-bytes", "16", "--max-value-bytes", "64"]);
+    let (_s, said) = server_said("server", p, &["--max-key-bytes", "16", "--max-value-bytes", "64"]);
     let ctx = zmq::Context::new();
     let req = ctx.socket(zmq::DEALER).expect("dealer");
     req.set_linger(0).expect("linger");
@@ -349,6 +358,128 @@ fn malformed_input_is_counted_and_answered_with_nothing() {
     let s = status(p);
     assert_eq!(s.get("keys").map(String::as_str), Some("0"));
     assert_eq!(s.get("state").map(String::as_str), Some("active"), "still serving");
+    // Every reason is said on stderr (the first of each at once), even with --quiet, and counted.
+    let mut reasons = vec!["malformed_request", "malformed_update", "key_too_long", "value_too_long", "bad_ttl"];
+    while !reasons.is_empty() {
+        let l = wait_line(&said, Duration::from_secs(5), &format!("refusal lines for {reasons:?}"), |l| {
+            l.starts_with("clone-server: standalone: refused (")
+        });
+        reasons.retain(|r| !l.contains(&format!("refused ({r})")));
+    }
+    for r in ["malformed_request", "key_too_long", "value_too_long", "bad_ttl"] {
+        assert!(s.get(&format!("refused_{r}")).is_some_and(|n| n != "0"), "refused_{r} in STATUS: {s:?}");
+    }
+}
+
+/// An independent primary written from the guide (Binary Star heartbeats as the state digit,
+/// CHP snapshot on a ROUTER) that answers the backup's snapshot request like clonesrv6 does: a
+/// client's `ttl` stored as an absolute deadline in ms since the epoch. It heartbeats ACTIVE
+/// until `stop` is set, then goes silent (dies).
+fn reference_primary(
+    pp: u16,
+    bp: u16,
+    entries: Vec<Vec<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let ctx = zmq::Context::new();
+        let router = ctx.socket(zmq::ROUTER).expect("router");
+        let publisher = ctx.socket(zmq::PUB).expect("pub");
+        let collector = ctx.socket(zmq::SUB).expect("sub");
+        let statepub = ctx.socket(zmq::PUB).expect("statepub");
+        let statesub = ctx.socket(zmq::SUB).expect("statesub");
+        for s in [&router, &publisher, &collector, &statepub, &statesub] {
+            s.set_linger(0).expect("linger");
+        }
+        router.bind(&ep(pp)).expect("bind snapshot");
+        publisher.bind(&ep(pp + 1)).expect("bind publisher");
+        collector.set_subscribe(b"").expect("subscribe");
+        collector.bind(&ep(pp + 2)).expect("bind collector");
+        statepub.bind(&ep(pp + 3)).expect("bind state");
+        statesub.set_subscribe(b"").expect("subscribe");
+        statesub.connect(&ep(bp + 3)).expect("connect peer state");
+        let mut served = 0u32;
+        let mut last_beat = Instant::now() - Duration::from_secs(1);
+        let end = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            if last_beat.elapsed() >= Duration::from_millis(100) {
+                statepub.send(&b"3"[..], 0).expect("heartbeat ACTIVE"); // STATE_ACTIVE
+                last_beat = Instant::now();
+            }
+            while statesub.recv_bytes(zmq::DONTWAIT).is_ok() {}
+            if router.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+                continue;
+            }
+            let f = router.recv_multipart(0).expect("recv");
+            if f.len() != 3 || f[1] != b"ICANHAZ?" {
+                continue;
+            }
+            for e in &entries {
+                let mut m = vec![f[0].clone()];
+                m.extend(e.iter().cloned());
+                router.send_multipart(m, 0).expect("kvsync");
+            }
+            let mut m = vec![f[0].clone()];
+            m.extend(chp_frames(b"KTHXBAI", 3, b"", b"", &f[2]));
+            router.send_multipart(m, 0).expect("kthxbai");
+            served += 1;
+        }
+        served
+    })
+}
+
+#[test]
+fn a_peer_snapshot_entry_in_the_reference_absolute_ttl_form_survives_failover() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let wall_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let abs = format!("ttl={}\n", wall_ms + 60_000); // clonesrv6: zclock_time() + ttl * 1000
+    let entries = vec![
+        chp_frames(b"/ref/abs", 1, b"", abs.as_bytes(), b"kept"),
+        chp_frames(b"/ref/plain", 2, b"", b"", b"plain"),
+        chp_frames(b"/ref/bad", 3, b"", b"ttl=whenever\n", b"lost"),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let prim = reference_primary(pp, bp, entries, stop.clone());
+    let peer = ep(pp);
+    let (_back, said) = server_said("backup", bp, &["--backup", "--peer", &peer, "--heartbeat-interval", "200ms"]);
+    wait_until(Duration::from_secs(10), "the backup to sync from the reference primary", || {
+        let s = status(bp);
+        s.get("state").map(String::as_str) == Some("passive") && s.get("keys").map(String::as_str) == Some("2")
+    });
+    let s = status(bp);
+    assert_eq!(s.get("peer_entries_refused").map(String::as_str), Some("1"), "{s:?}");
+    assert_eq!(s.get("absolute_ttls").map(String::as_str), Some("1"), "{s:?}");
+    let l =
+        wait_line(&said, Duration::from_secs(5), "the refusal line", |l| l.contains("refused (peer_snapshot_bad_ttl)"));
+    assert!(l.contains("/ref/bad") && l.contains("whenever"), "says which key and why: {l}");
+
+    // The primary dies; a client's vote makes the backup take over, and its snapshot still
+    // holds the entry, with the time it had left (not gone, not forever).
+    stop.store(true, Ordering::Relaxed);
+    assert!(prim.join().expect("reference primary") >= 1, "the backup asked for a snapshot");
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).expect("dealer");
+    dealer.set_linger(0).expect("linger");
+    dealer.connect(&ep(bp)).expect("connect");
+    let mut snap = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    'vote: while Instant::now() < end {
+        dealer.send_multipart([&b"ICANHAZ?"[..], b"/ref/"], 0).expect("icanhaz");
+        while dealer.poll(zmq::POLLIN, 300).expect("poll") > 0 {
+            let f = dealer.recv_multipart(0).expect("recv");
+            if f[0] == b"KTHXBAI" {
+                break 'vote;
+            }
+            snap.push(f);
+        }
+    }
+    assert_eq!(status(bp).get("state").map(String::as_str), Some("active"), "the backup took over");
+    let keys: Vec<&[u8]> = snap.iter().map(|f| f[0].as_slice()).collect();
+    assert_eq!(keys, vec![&b"/ref/abs"[..], b"/ref/plain"], "the absolute-ttl entry survived, the bad one was refused");
+    let props = String::from_utf8(snap[0][3].clone()).expect("props");
+    let ttl: u64 = props.lines().find_map(|l| l.strip_prefix("ttl=")).and_then(|v| v.parse().ok()).expect("a ttl");
+    assert!((45..=60).contains(&ttl), "about 60 s left, relative: ttl={ttl}");
 }
 
 #[test]
@@ -1019,4 +1150,30 @@ fn a_failed_log_write_is_neither_published_nor_acknowledged() {
     wait_until(Duration::from_secs(5), "the watcher to see /new/big", || {
         watcher.get("/new/big").ok().flatten().as_deref() == Some(&big[..])
     });
+}
+
+#[test]
+fn a_client_that_does_not_read_its_snapshot_is_bounded_and_counted() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &["--snapshot-hwm-msgs", "10", "--max-value-bytes", "70000"]);
+    // 800 values of 64 KiB: 50 MiB, far more than the socket buffers between us hold.
+    let c = synced(&[p], "");
+    let big = vec![b'x'; 64 * 1024];
+    let last = (0..800).map(|i| c.set(format!("/big/{i:04}"), big.clone(), None).expect("set")).last();
+    wait_all_acked(&c, last.expect("uuid"));
+    let ctx = zmq::Context::new();
+    let stuck = ctx.socket(zmq::DEALER).expect("dealer");
+    stuck.set_linger(0).expect("linger");
+    stuck.set_rcvhwm(1).expect("rcvhwm");
+    stuck.set_rcvbuf(4096).expect("rcvbuf");
+    stuck.connect(&ep(p)).expect("connect");
+    stuck.send_multipart([&b"ICANHAZ?"[..], b""], 0).expect("icanhaz");
+    // It never reads: the server's queue to it reaches the bound and the snapshot is abandoned.
+    wait_until(Duration::from_secs(20), "the stuck snapshot to be abandoned", || {
+        status(p).get("snapshots_abandoned").is_some_and(|n| n != "0")
+    });
+    // Everyone else is served in full.
+    let other = synced(&[p], "/big/");
+    assert_eq!(other.dump(Vec::new()).expect("dump").len(), 800);
+    assert_eq!(status(p).get("state").map(String::as_str), Some("active"));
 }

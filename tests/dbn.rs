@@ -161,6 +161,10 @@ fn every_record_once_in_per_instrument_order_over_two_shards() {
     assert!(status.success(), "replay failed: {out}");
     assert_eq!(got.len(), recs.len(), "every record once: {out}");
     assert!(out.contains("rtype 0x17: 1"), "the system record is counted as skipped: {out}");
+    assert!(
+        out.contains("replay: refused (unreplayed_rtype): records of rtype 0x17"),
+        "the skipped type is said when first met: {out}"
+    );
     let names: HashMap<u32, &str> =
         [(101, "AAPL"), (102, "MSFT"), (103, "NVDA"), (104, "TSLA"), (105, "105")].into_iter().collect();
     let mut want: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
@@ -255,6 +259,7 @@ fn truncated_file_replays_its_prefix_and_names_the_offset() {
     let offset = meta_len + 60 * rec_len;
     assert!(out.contains(&format!("damaged at byte {offset}")), "offset {offset} named: {out}");
     assert!(out.contains("truncated"), "reason given: {out}");
+    assert!(out.contains("replay: refused (damaged_file): "), "the damage is said when met: {out}");
     assert_eq!(got.len(), 60, "everything before the damage was replayed");
     let want: Vec<Vec<u8>> = recs[..60].iter().map(bytes_of).collect();
     let have: Vec<Vec<u8>> = got.iter().map(|g| g.payload.clone()).collect();

@@ -199,8 +199,8 @@ fn late_subscribers_get_cached_values_within_1s_exact_prefix_and_second_subscrib
         assert!(v.header.stream_seq > 1000, "a new value, seq {}", v.header.stream_seq);
     }
 
-    let (out, _) = stop(&mut lvc);
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "topics"), 1001, "{last}");
     assert_eq!(counter(last, "rejected_full"), 0, "{last}");
     assert!(counter(last, "cache_answers") >= 12, "{last}");
@@ -252,9 +252,10 @@ fn foreign_multipart_traffic_is_cached_whole() {
     let seen = raw_until(&early, Some(b"after the late joiner"), Duration::from_secs(5));
     assert_eq!(seen, Vec::<Vec<Vec<u8>>>::new(), "no duplicate for the existing foreign subscriber");
 
-    let (out, _) = stop(&mut lvc);
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "uncacheable"), 1, "one-frame foreign message without NUL: {last}");
+    assert!(err.iter().any(|l| l.starts_with("lvc: refused (uncacheable): ")), "the refusal is said: {err:?}");
 }
 
 #[test]
@@ -266,8 +267,8 @@ fn topic_limit_holds() {
     let names: Vec<String> = values(&got).iter().map(|f| name(f)).collect();
     assert_eq!(names, topics(9));
 
-    let (out, err) = stop(&mut lvc);
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "topics"), 10, "{last}");
     // 991 P topics did not fit (more if a once-a-second tick hit one of them).
     assert!(counter(last, "rejected_full") >= 991, "{last}");
@@ -309,8 +310,8 @@ fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
     lvc.proc.signal(15);
     let status = lvc.proc.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "clean exit on SIGTERM: {status}");
-    let out = rest_lines(&lvc.stdout, Duration::from_secs(5));
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let err = rest_lines(&lvc.stderr, Duration::from_secs(5));
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "topics"), 2, "{last}");
 }
 
@@ -422,8 +423,8 @@ fn a_stray_empty_unsubscribe_never_cuts_the_cache_off() {
     let got = until_probe(&late, Duration::from_secs(2), None);
     assert_eq!(got.len(), 1, "the cache still follows the publisher");
     assert_eq!(decode(&got[0][0]).map(|v| v.payload.to_vec()).ok(), Some(b"fresh".to_vec()));
-    let (out, _) = stop(&mut lvc);
-    let last = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
     assert_eq!(counter(last, "not_forwarded"), 1, "{last}");
 }
 

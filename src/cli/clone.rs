@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, Endpoint, How, Idle};
+use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, Endpoint, How, Idle};
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
 use crate::clone::bstar::Role;
@@ -58,6 +58,11 @@ pub struct ServerArgs {
     /// Longest value accepted.
     #[arg(long, value_parser = parse_count_usize, default_value = "1048576", value_name = "BYTES")]
     pub max_value_bytes: usize,
+    /// Snapshot messages queued to one client at most (memory bound of the snapshot port); a
+    /// client that stops reading at the bound for 100 ms has its snapshot abandoned (counted in
+    /// STATUS as snapshots_abandoned; it asks again).
+    #[arg(long, value_parser = parse_hwm, default_value = "1M", value_name = "COUNT")]
+    pub snapshot_hwm_msgs: i32,
     /// Idle strategy of the server thread.
     #[arg(long, value_enum, default_value_t = Idle::Block)]
     pub idle: Idle,
@@ -135,6 +140,7 @@ impl ServerArgs {
             hugz_interval_ms,
             max_key_bytes: self.max_key_bytes,
             max_value_bytes: self.max_value_bytes,
+            snapshot_hwm_msgs: self.snapshot_hwm_msgs,
             verbose: !self.quiet,
             ..ServerConfig::default()
         };
@@ -285,8 +291,13 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
             let rx = client.watch(subtree.as_bytes())?;
             let mut live = 0u64;
             while !stop.is_stopped() && count.is_none_or(|c| live < c) {
-                let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) else {
-                    continue;
+                let c = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(c) => c,
+                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam::channel::RecvTimeoutError::Disconnected) => anyhow::bail!(
+                        "the watch was cut off: it fell behind by the watch queue's bound (or the agent stopped); \
+                         watch again to start from the current entries"
+                    ),
                 };
                 let kind = match c.kind {
                     ChangeKind::Initial => "initial",

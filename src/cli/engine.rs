@@ -478,14 +478,14 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
     args.outputs.start_live(&mut engine)?;
     if let Some(ep) = engine.monitor_endpoint() {
-        eprintln!("monitor: bound {ep}");
+        crate::diag!("monitor: bound {ep}");
     }
     for (k, s) in cfg.shards.iter().enumerate() {
-        eprintln!("shard{k}: connected to {}", s.endpoints.join(", "));
+        crate::diag!("shard{k}: connected to {}", s.endpoints.join(", "));
     }
-    eprintln!("engine id: {}", engine.engine_id());
+    crate::diag!("engine id: {}", engine.engine_id());
     if let Some(addr) = engine.metrics_addr() {
-        eprintln!("metrics: http://{addr}/metrics");
+        crate::diag!("metrics: http://{addr}/metrics");
     }
     match engine.join(args.max_duration) {
         Ok(report) => {

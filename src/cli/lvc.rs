@@ -6,6 +6,7 @@ use super::args::{parse_count, parse_count_usize, parse_duration};
 use super::proxy::ProxyArgs;
 use crate::agent::{AgentError, StopFlag};
 use crate::lvc::answer::AnswerLimits;
+use crate::diag::ExitCounters;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::LvcReport;
 use crate::lvc::LvcConfig;
@@ -17,7 +18,7 @@ use crate::lvc::LvcConfig;
 /// tcp://*:5557`; repeat an option to attach a side to several endpoints.
 /// With `tcp://127.0.0.1:*` the port is chosen by the OS; each endpoint in
 /// effect is printed on startup as `lvc: frontend bound tcp://127.0.0.1:PORT`.
-/// SIGINT/SIGTERM stop it cleanly and print its counters.
+/// SIGINT/SIGTERM stop it cleanly and print its counters (stderr; `--json`: stdout).
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Endpoints: write each side as bind:EP, connect:EP or EP (a bare EP binds), e.g.\n  \
     mdsub lvc --frontend connect:tcp://10.0.0.5:5556 --backend tcp://*:5557\n\
@@ -29,7 +30,10 @@ use crate::lvc::LvcConfig;
     cached messages' frames back to back; mdsub frames re-sent from the cache carry FROM_CACHE).\n\
     Answers are bounded: a re-subscription within --coalesce-window gets none (coalesced=), and\n\
     --answer-msgs / --answer-bytes per second cap them (truncated=, suppressed_msgs=).\n\
-    SIGINT/SIGTERM stop it cleanly; the counters are printed on exit. See docs/LVC-TAP.md.")]
+    SIGINT/SIGTERM stop it cleanly; the counters are printed on exit, on stderr as\n  \
+    lvc: stopped: messages_in=N ...\n\
+    like every diagnostic (refusals: the first of each reason at once, then a summary every 10 s),\n\
+    or with --json as one JSON object on stdout. See docs/LVC-TAP.md.")]
 pub struct LvcArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -50,6 +54,9 @@ pub struct LvcArgs {
     /// Answer budget: most bytes sent in answers per second (as --answer-msgs). 0 = no limit.
     #[arg(long, value_parser = parse_count, default_value = "67108864", value_name = "BYTES")]
     pub answer_bytes: u64,
+    /// Print the exit counters as one JSON object on stdout (default: a line on stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl LvcArgs {
@@ -69,5 +76,5 @@ impl LvcArgs {
 
 /// Run `mdsub lvc` until SIGINT/SIGTERM.
 pub fn run(args: &LvcArgs, stop: &StopFlag) -> Result<LvcReport, AgentError> {
-    crate::lvc::run(args.to_config(), stop)
+    crate::lvc::run(args.to_config(), stop, ExitCounters::json(args.json))
 }

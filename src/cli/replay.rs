@@ -185,7 +185,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     if args.subscribers > 0 {
-        eprintln!("waiting for {} subscriber(s) per shard…", args.subscribers);
+        crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         publisher.wait_for_subscribers(args.subscribers, args.wait_timeout)?;
     }
     let source = if args.from.is_empty() {
@@ -240,10 +240,10 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
                 last.saturating_sub(first) as f64 / 1e9
             );
         }
-        if !stats.skipped_by_rtype.is_empty() {
-            let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
-            println!("skipped records of types not replayed: {}", list.join(", "));
-        }
+    }
+    if !stats.skipped_by_rtype.is_empty() {
+        let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
+        crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
     }
     Ok(())
 }

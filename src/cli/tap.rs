@@ -7,6 +7,7 @@ use clap::Args;
 use super::args::parse_count_usize;
 use super::proxy::ProxyArgs;
 use crate::agent::StopFlag;
+use crate::diag::ExitCounters;
 use crate::tap::sink::Show;
 use crate::tap::{TapError, TapReport, TapRunConfig};
 
@@ -23,7 +24,8 @@ use crate::tap::{TapError, TapReport, TapRunConfig};
     Every endpoint in effect is printed on startup, one line each: tap: frontend bound tcp://...\n\
     Copies go to the printer/recorder through a bounded queue (--queue-msgs); when it is full they\n\
     are dropped and counted, the proxy keeps forwarding. SIGINT/SIGTERM stop it; counters (drops\n\
-    included) go to stderr. See docs/LVC-TAP.md.")]
+    included) go to stderr as tap: stopped: k=v ..., or with --json as one JSON object on stdout.\n\
+    See docs/LVC-TAP.md.")]
 pub struct TapArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -49,6 +51,9 @@ pub struct TapArgs {
     /// Capacity of the proxy → sink queue, messages; when full, copies are dropped (counted).
     #[arg(long, value_parser = parse_count_usize, default_value = "65536", value_name = "COUNT")]
     pub queue_msgs: usize,
+    /// Print the exit counters as one JSON object on stdout (default: a line on stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl TapArgs {
@@ -73,5 +78,5 @@ impl TapArgs {
 
 /// Run `mdsub tap` until SIGINT/SIGTERM.
 pub fn run(args: &TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
-    crate::tap::run(args.to_config(), stop)
+    crate::tap::run(args.to_config(), stop, ExitCounters::json(args.json))
 }

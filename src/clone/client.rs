@@ -28,13 +28,14 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, Sender, TryRecvError};
+use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 
 pub use super::client_core::{AckState, Change, ChangeKind, ClientConfig, ClientStatus, KeyValue};
 use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::link::LinkWatch;
+use crate::diag::RefusalLog;
 use crate::security::ClientKeys;
 
 /// Messages read from one socket per unit of work (then timers get a turn).
@@ -65,6 +66,10 @@ pub enum ClientError {
     /// The update will never be acknowledged to this client (see [`AckState`]).
     #[error("the update will not be acknowledged: it is {0:?}")]
     NotAcked(AckState),
+    /// The command queue to the agent is full (`command_queue_msgs`): the call was refused,
+    /// not queued (counted in [`Client::commands_refused`]); the agent is behind, try later.
+    #[error("the clone agent is {queued} commands behind (the command queue is full)")]
+    Busy { queued: usize },
 }
 
 enum Cmd {
@@ -85,6 +90,9 @@ pub struct Client {
     handle: Option<JoinHandle<Result<(), AgentError>>>,
     seed: u64,
     counter: AtomicU64,
+    /// Calls refused because the command queue was full.
+    refused: AtomicU64,
+    watch_queue_msgs: usize,
     _ctx: zmq::Context,
 }
 
@@ -139,7 +147,8 @@ impl Client {
         push.set_linger(0).map_err(zerr("setting linger"))?;
         push.set_sndhwm(16).map_err(zerr("setting doorbell HWM"))?;
         push.connect(&name).map_err(zerr("connecting the doorbell"))?;
-        let (tx, rx) = channel::unbounded();
+        let (tx, rx) = channel::bounded(cfg.command_queue_msgs.max(1));
+        let watch_queue_msgs = cfg.watch_queue_msgs.max(1);
         let stop = StopFlag::new();
         let agent_ctx = ctx.clone();
         let handle = Runner::spawn("clone-client", RunSpec { core: None, idle }, stop.clone(), move || {
@@ -153,12 +162,19 @@ impl Client {
             handle: Some(handle),
             seed: random_seed(),
             counter: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            watch_queue_msgs,
             _ctx: ctx,
         })
     }
 
+    /// Calls refused with [`ClientError::Busy`] so far (the command queue was full).
+    pub fn commands_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     fn send(&self, cmd: Cmd) -> Result<(), ClientError> {
-        self.tx.send(cmd).map_err(|_| ClientError::Stopped)?;
+        offer(&self.tx, cmd, &self.refused)?;
         if let Ok(bell) = self.bell.lock() {
             let _ = bell.send(&b""[..], zmq::DONTWAIT);
         }
@@ -224,8 +240,10 @@ impl Client {
 
     /// A stream of changes under `prefix`: first the current entries ([`ChangeKind::Initial`]),
     /// then every change. Drop the receiver to stop watching.
+    /// The receiver holds at most `watch_queue_msgs` changes: a watcher that falls that far behind
+    /// is cut off (the receiver ends after what it holds; `ClientStatus::watchers_cut` counts it).
     pub fn watch(&self, prefix: impl Into<Vec<u8>>) -> Result<Receiver<Change>, ClientError> {
-        let (tx, rx) = channel::unbounded();
+        let (tx, rx) = channel::bounded(self.watch_queue_msgs);
         self.send(Cmd::Watch(prefix.into(), tx))?;
         Ok(rx)
     }
@@ -311,6 +329,18 @@ struct ServerConn {
 
 /// The shell around [`ClientCore`]: moves frames between the sockets and the core, reads the
 /// clock once per step, and answers the application's commands.
+/// Queue `cmd` for the agent without waiting: a full queue refuses it (counted in `refused`).
+fn offer(tx: &Sender<Cmd>, cmd: Cmd, refused: &AtomicU64) -> Result<(), ClientError> {
+    match tx.try_send(cmd) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            refused.fetch_add(1, Ordering::Relaxed);
+            Err(ClientError::Busy { queued: tx.len() })
+        }
+        Err(TrySendError::Disconnected(_)) => Err(ClientError::Stopped),
+    }
+}
+
 struct ClientAgent {
     core: ClientCore,
     ctx: zmq::Context,
@@ -326,6 +356,8 @@ struct ClientAgent {
     dealer: Option<zmq::Socket>,
     actions: Vec<Action>,
     frames: Vec<zmq::Message>,
+    /// Messages from a server that do not decode: counted (`ClientStatus::malformed`) and said.
+    refusals: RefusalLog,
 }
 
 fn agent_err(context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError {
@@ -399,6 +431,7 @@ impl ClientAgent {
             dealer: None,
             actions: Vec::new(),
             frames: Vec::new(),
+            refusals: RefusalLog::new("clone-client"),
         })
     }
 
@@ -505,7 +538,10 @@ impl ClientAgent {
                 _ => break,
             };
             n += 1;
-            let m = KvMsg::decode_messages(&self.frames[..count.min(self.frames.len())]).map_err(|_| ());
+            let m = KvMsg::decode_messages(&self.frames[..count.min(self.frames.len())]).map_err(|e| {
+                let from = if from_dealer { "snapshot" } else { "publisher" };
+                self.refusals.refuse("malformed_kvmsg", &format_args!("from the {from}: {e}"), now_ns);
+            });
             let ev = if from_dealer { Event::Snapshot(m) } else { Event::Published(m) };
             self.step(ev, now_ns)?;
         }
@@ -584,5 +620,25 @@ impl Agent for ClientAgent {
             items.push(d.as_poll_item(zmq::POLLIN));
         }
         let _ = zmq::poll(&mut items, ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_command_queue_refuses_and_counts_and_a_gone_agent_is_stopped() {
+        let (tx, rx) = channel::bounded(2);
+        let refused = AtomicU64::new(0);
+        let set = || Cmd::Set(KvMsg::new("/k", 0, "v"));
+        assert!(offer(&tx, set(), &refused).is_ok());
+        assert!(offer(&tx, set(), &refused).is_ok());
+        assert!(matches!(offer(&tx, set(), &refused), Err(ClientError::Busy { queued: 2 })));
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.len(), 2, "what was queued stays queued; nothing silently lost");
+        drop(rx);
+        assert!(matches!(offer(&tx, set(), &refused), Err(ClientError::Stopped)));
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
     }
 }

@@ -48,6 +48,13 @@ pub struct ClientConfig {
     /// Say lost and returning links on stderr (off for a full-screen user
     /// such as `mdsub top`; they are counted in the status either way).
     pub log_links: bool,
+    /// Commands (sets, gets, …) queued from the application to the agent at most; at the bound
+    /// a call fails at once with `ClientError::Busy` (counted in `Client::commands_refused`).
+    pub command_queue_msgs: usize,
+    /// Changes queued to one watcher at most; a watcher that falls this far behind (or whose
+    /// initial entries do not fit) is cut off: its receiver ends after what it holds, and
+    /// `watchers_cut` counts it (watch again to start from the current state).
+    pub watch_queue_msgs: usize,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +68,8 @@ impl Default for ClientConfig {
             max_unacked: 100_000,
             sub_hwm_msgs: 1_000_000,
             log_links: true,
+            command_queue_msgs: 65_536,
+            watch_queue_msgs: 1_000_000,
         }
     }
 }
@@ -143,6 +152,8 @@ pub struct ClientStatus {
     /// The agent's watched links (its subscribers and its update publisher),
     /// filled in by the shell: losses by reason, reconnects.
     pub links: Vec<crate::link::LinkStats>,
+    /// Watchers cut off because their queue was full (`watch_queue_msgs`).
+    pub watchers_cut: u64,
 }
 
 /// Input to the core.
@@ -344,16 +355,26 @@ impl ClientCore {
 
     /// Start a watch: the current entries under `prefix` go to `tx` at once
     /// ([`ChangeKind::Initial`]), then every change.
+    /// A bounded `tx` whose room runs out cuts the watcher off ([`ClientStatus::watchers_cut`]).
     pub fn watch(&mut self, prefix: Vec<u8>, tx: Sender<Change>) {
+        let mut fits = true;
         for (k, e) in self.under(&prefix) {
-            let _ = tx.send(Change {
-                key: k.clone(),
-                value: Some(e.body.clone()),
-                sequence: e.sequence,
-                kind: ChangeKind::Initial,
-            });
+            let c =
+                Change { key: k.clone(), value: Some(e.body.clone()), sequence: e.sequence, kind: ChangeKind::Initial };
+            match tx.try_send(c) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    fits = false;
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
         }
-        self.watchers.push((prefix, tx));
+        if fits {
+            self.watchers.push((prefix, tx));
+        } else {
+            self.status.watchers_cut += 1;
+        }
     }
 
     /// The client's status.
@@ -640,13 +661,23 @@ impl ClientCore {
         if self.watchers.is_empty() {
             return;
         }
+        let mut cut = 0;
         self.watchers.retain(|(prefix, tx)| {
             if !key.starts_with(prefix) {
                 return true;
             }
             let c = Change { key: key.to_vec(), value: value.map(|v| v.to_vec()), sequence, kind };
-            !matches!(tx.try_send(c), Err(TrySendError::Disconnected(_)))
+            match tx.try_send(c) {
+                Ok(()) => true,
+                // A watcher that missed a change would hold a wrong view: cut it off (counted).
+                Err(TrySendError::Full(_)) => {
+                    cut += 1;
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
         });
+        self.status.watchers_cut += cut;
     }
 
     fn store(&mut self, msg: &KvMsg, kind: ChangeKind) {
@@ -929,6 +960,29 @@ mod tests {
         let a = r.sync(0, &[], 0);
         assert!(sent(&a).is_empty());
         assert_eq!(r.core.ack_state(&uuid(3)), AckState::Untracked);
+    }
+
+    #[test]
+    fn a_watcher_whose_bounded_queue_fills_is_cut_off_and_counted() {
+        let mut r = Rig::new(cfg(1, ""));
+        r.sync(0, &[("/w/a", 1, "1", None)], 1);
+        let (tx, rx) = crossbeam::channel::bounded(3);
+        r.core.watch(b"/w/".to_vec(), tx);
+        r.on(published("/w/b", 2, "2", None));
+        r.on(published("/w/c", 3, "3", None)); // the queue is now full (a, b, c)
+        assert_eq!(r.core.status().watchers_cut, 0);
+        r.on(published("/w/d", 4, "4", None)); // no room: cut off, never a silent gap
+        assert_eq!(r.core.status().watchers_cut, 1);
+        r.on(published("/w/e", 5, "5", None));
+        let keys: Vec<Vec<u8>> = rx.try_iter().map(|c| c.key).collect();
+        assert_eq!(keys, vec![b"/w/a".to_vec(), b"/w/b".to_vec(), b"/w/c".to_vec()]);
+        assert!(rx.recv().is_err(), "the receiver ends after what it holds");
+        // Initial entries that do not fit: cut off at once.
+        let (tx, rx) = crossbeam::channel::bounded(2);
+        r.core.watch(b"/w/".to_vec(), tx);
+        assert_eq!(r.core.status().watchers_cut, 2);
+        assert_eq!(rx.try_iter().count(), 2);
+        assert!(rx.recv().is_err());
     }
 
     #[test]

@@ -47,6 +47,28 @@ pub fn ttl_ns(msg: &KvMsg) -> Result<Option<u64>, MapError> {
     Ok(Some((secs * 1e9) as u64))
 }
 
+/// How far from the wall clock an absolute `ttl` may lie (one year, in ms): see [`normalize_peer_ttl`].
+pub const ABSOLUTE_TTL_WINDOW_MS: u64 = MAX_TTL_S as u64 * 1000;
+
+/// Make a `ttl` from a peer server relative. The guide's reference servers (clonesrv5/6) store a
+/// client's `ttl` as an absolute deadline, `zclock_time() + ttl * 1000` (ms since the Unix
+/// epoch), and send it so in snapshots and updates. A `ttl` that does not parse as relative
+/// seconds but is an integer lying within [`ABSOLUTE_TTL_WINDOW_MS`] of `wall_ms` (so it cannot
+/// be a relative one, which are at most [`MAX_TTL_S`]) is read as that deadline and rewritten in
+/// place to the seconds left (at least 1 ms: a deadline already past expires at once).
+/// Returns whether it was rewritten; anything else that does not parse is [`MapError::BadTtl`].
+pub fn normalize_peer_ttl(msg: &mut KvMsg, wall_ms: u64) -> Result<bool, MapError> {
+    let Err(bad) = ttl_ns(msg) else { return Ok(false) };
+    let Some(v) = msg.prop(TTL_PROP) else { return Err(bad) };
+    let Ok(deadline_ms) = v.trim().parse::<u64>() else { return Err(bad) };
+    if deadline_ms.abs_diff(wall_ms) > ABSOLUTE_TTL_WINDOW_MS {
+        return Err(bad);
+    }
+    let left_ms = deadline_ms.saturating_sub(wall_ms).max(1);
+    msg.set_prop(TTL_PROP, format!("{}.{:03}", left_ms / 1000, left_ms % 1000));
+    Ok(true)
+}
+
 /// What [`KvMap::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -347,5 +369,34 @@ mod tests {
         r.insert([3; 16]);
         assert!(!r.contains(&[1; 16]));
         assert!(r.contains(&[3; 16]));
+    }
+
+    #[test]
+    fn a_peer_ttl_in_the_reference_absolute_form_becomes_relative() {
+        let wall_ms = 1_796_000_000_000; // December 2026
+        let with = |ttl: &str| {
+            let mut m = KvMsg::new("/k", 1, "v");
+            m.set_prop(TTL_PROP, ttl);
+            m
+        };
+        // Relative seconds are left alone.
+        let mut m = with("60");
+        assert_eq!(normalize_peer_ttl(&mut m, wall_ms), Ok(false));
+        assert_eq!(m.prop(TTL_PROP), Some("60"));
+        // clonesrv6: zclock_time() + 60 * 1000.
+        let mut m = with(&(wall_ms + 60_000).to_string());
+        assert_eq!(normalize_peer_ttl(&mut m, wall_ms), Ok(true));
+        assert_eq!(m.prop(TTL_PROP), Some("60.000"));
+        assert_eq!(ttl_ns(&m), Ok(Some(60_000_000_000)));
+        // A deadline already past expires at once.
+        let mut m = with(&(wall_ms - 5_000).to_string());
+        assert_eq!(normalize_peer_ttl(&mut m, wall_ms), Ok(true));
+        assert_eq!(ttl_ns(&m), Ok(Some(1_000_000)));
+        // Not recognisable: words, negative, far from the wall clock, too long to be relative.
+        for bad in ["soon", "-5", "99999999999999999", "40000000", &(wall_ms * 2).to_string()] {
+            let mut m = with(bad);
+            assert!(normalize_peer_ttl(&mut m, wall_ms).is_err(), "{bad}");
+            assert_eq!(m.prop(TTL_PROP), Some(bad), "left as it was");
+        }
     }
 }

@@ -11,7 +11,7 @@ use super::bstar::{BStarError, State};
 use super::kvmsg::{self, decode_request, recv_frames, KvMsg, KTHXBAI, STATUS_REP};
 use super::map::KvMap;
 use super::persist::{PersistError, Record, Store};
-use super::server_core::{Action, Event, ServerCore};
+use super::server_core::{Action, Event, ServerCore, SNAPSHOT_STALL_MS};
 use crate::agent::{Agent, AgentError, Step};
 use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapHandler};
 
@@ -85,7 +85,7 @@ pub struct Server {
 
 fn log(verbose: bool, msg: std::fmt::Arguments) {
     if verbose {
-        eprintln!("clone-server: {msg}");
+        crate::diag!("clone-server: {msg}");
     }
 }
 
@@ -131,7 +131,11 @@ impl Server {
         let request_max = i64::try_from(cfg.max_key_bytes.saturating_add(FRAME_SLACK_BYTES)).unwrap_or(i64::MAX);
         let snapshot = ctx.socket(zmq::ROUTER).map_err(zerr("creating the snapshot socket"))?;
         snapshot.set_maxmsgsize(request_max).map_err(zerr("setting snapshot max message size"))?;
-        snapshot.set_sndhwm(0).map_err(zerr("setting snapshot HWM"))?;
+        // Bounded: a client that does not read its snapshot holds at most this many messages
+        // here; at the bound a send waits SNAPSHOT_STALL_MS, then the snapshot is abandoned.
+        snapshot.set_sndhwm(cfg.snapshot_hwm_msgs).map_err(zerr("setting snapshot HWM"))?;
+        snapshot.set_router_mandatory(true).map_err(zerr("setting ROUTER_MANDATORY"))?;
+        snapshot.set_sndtimeo(SNAPSHOT_STALL_MS).map_err(zerr("setting the snapshot send timeout"))?;
         snapshot.set_linger(0).map_err(zerr("setting linger"))?;
         secure(&snapshot).map_err(zerr("securing the snapshot socket"))?;
         let ep = format!("tcp://{host}:{p}");
@@ -202,10 +206,10 @@ impl Server {
             let (store, rec) = Store::open(&dir)?;
             server.core.recover(rec.records, rec.sequence, crate::clock::realtime_ns() / 1_000_000, now);
             for e in &rec.tail_errors {
-                eprintln!("clone-server: data dir: stopped reading at {e}; everything before it was recovered");
+                crate::diag!("clone-server: data dir: stopped reading at {e}; everything before it was recovered");
             }
             if let Some(copy) = &rec.corrupt_log_copy {
-                eprintln!(
+                crate::diag!(
                     "clone-server: data dir: the damaged log was copied to {} before its bad tail was cut",
                     copy.display()
                 );
@@ -292,7 +296,11 @@ impl Server {
                     None
                 }
                 Action::SendSnapshot { identity, subtree } => {
-                    self.serve_snapshot(&identity, &subtree, now_ns).then_some(Event::SnapshotSent)
+                    Some(if self.serve_snapshot(&identity, &subtree, now_ns) {
+                        Event::SnapshotSent
+                    } else {
+                        Event::SnapshotAbandoned
+                    })
                 }
                 Action::RequestPeerSnapshot => (!self.open_peer_sync()?).then_some(Event::PeerSyncFailed),
                 Action::EndPeerSnapshot => {
@@ -312,7 +320,7 @@ impl Server {
                 }
                 Action::SyncLog => {
                     if let Some(Err(e)) = self.store.as_mut().map(|s| s.sync()) {
-                        eprintln!("clone-server: {e}");
+                        crate::diag!("clone-server: {e}");
                     }
                     None
                 }
@@ -321,7 +329,7 @@ impl Server {
                     None
                 }
                 Action::Log(text) => {
-                    eprintln!("clone-server: {text}");
+                    crate::diag!("clone-server: {text}");
                     None
                 }
             };
@@ -339,7 +347,7 @@ impl Server {
     fn log_result(&mut self, r: Option<Result<(), PersistError>>, token: Option<u64>) -> Option<Event> {
         let Some(Err(e)) = r else { return None };
         if let Some(Err(e)) = self.store.as_mut().map(|s| s.rollback()) {
-            eprintln!("clone-server: {e}");
+            crate::diag!("clone-server: {e}");
         }
         Some(Event::LogFailed { token, error: e.to_string() })
     }
@@ -379,7 +387,7 @@ impl Server {
             }
         });
         if let Err(e) = store.write_snapshot(self.core.sequence(), recs) {
-            eprintln!("clone-server: {e}");
+            crate::diag!("clone-server: {e}");
         }
     }
 
@@ -549,9 +557,9 @@ impl Agent for Server {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let now = crate::clock::monotonic_ns();
-        if self.store.is_some() {
-            self.wall_ms = crate::clock::realtime_ns() / 1_000_000;
-        }
+        // The wall clock: the log's TTL deadlines, and peers' absolute `ttl`s.
+        self.wall_ms = crate::clock::realtime_ns() / 1_000_000;
+        self.core.set_wall_ms(self.wall_ms);
         // Who may connect is settled before anything they send is read.
         let mut n = match self.zap.as_mut() {
             Some(z) => z.serve()?,
@@ -591,11 +599,11 @@ impl Agent for Server {
     fn on_close(&mut self) {
         let now = crate::clock::monotonic_ns();
         if let Err(e) = self.step(Event::Flush, now) {
-            eprintln!("clone-server: {e}");
+            crate::diag!("clone-server: {e}");
         }
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.sync() {
-                eprintln!("clone-server: {e}");
+                crate::diag!("clone-server: {e}");
             }
         }
         log(

@@ -14,14 +14,26 @@
 //! after rolling the log back): every update waiting on the lost records is then neither
 //! applied, published nor acknowledged, its UUID is forgotten so the client's re-send counts as
 //! new, and the failure is counted in `log_failures`.
+//!
+//! **Refusals**: every input the core drops (an update, request, heartbeat or peer message that
+//! does not decode or validate, a peer snapshot entry it cannot apply) is counted by reason in a
+//! [`Refusals`] and said through [`Action::Log`] (the first of each reason at once, then a summary
+//! per interval, whatever `verbose` says); `STATUS?` shows the counts as `refused_REASON=N`.
+//! A peer's `ttl` in the guide's reference servers' absolute form is made relative
+//! ([`normalize_peer_ttl`]) using the wall clock the shell gives ([`ServerCore::set_wall_ms`]).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use super::bstar::{BStar, BStarError, Event as BEvent, Role, State};
 use super::kvmsg::{self, KvMsg, Request, Uuid, HUGZ, KTHXBAI};
-use super::map::{ttl_ns, KvMap, RecentUuids};
+use super::map::{normalize_peer_ttl, ttl_ns, KvMap, RecentUuids};
 use super::persist::{self, Record};
+use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
+
+/// How long sending a snapshot may wait on a client whose queue is at the snapshot HWM before
+/// the snapshot is abandoned.
+pub const SNAPSHOT_STALL_MS: i32 = 100;
 
 /// A passive server drops pending updates older than this while the active peer is alive (the
 /// active peer would have published them long ago; e.g. updates without a UUID cannot be matched).
@@ -78,6 +90,11 @@ pub struct ServerConfig {
     pub pub_hwm_msgs: i32,
     /// Collector receive high-water mark.
     pub collector_hwm_msgs: i32,
+    /// Snapshot messages queued to one client at most (the snapshot ROUTER's SNDHWM, with
+    /// ROUTER_MANDATORY): a client that does not read while this many wait, for
+    /// [`SNAPSHOT_STALL_MS`], has its snapshot abandoned (counted in `snapshots_abandoned`,
+    /// logged); it asks again after its snapshot timeout, like after a lost reply.
+    pub snapshot_hwm_msgs: i32,
     /// UUIDs remembered for de-duplication.
     pub recent_uuids: usize,
     /// Print state changes and problems to stderr.
@@ -97,6 +114,7 @@ impl Default for ServerConfig {
             max_value_bytes: 1 << 20,
             pub_hwm_msgs: 1_000_000,
             collector_hwm_msgs: 1_000_000,
+            snapshot_hwm_msgs: 1_000_000,
             recent_uuids: 1 << 18,
             verbose: true,
         }
@@ -162,6 +180,9 @@ pub enum Event {
     },
     /// A snapshot asked for by [`Action::SendSnapshot`] went out completely.
     SnapshotSent,
+    /// A snapshot asked for by [`Action::SendSnapshot`] was abandoned: the client's queue stayed
+    /// at the snapshot HWM (or it went away).
+    SnapshotAbandoned,
     /// An update from the collector (`Err`: it did not decode).
     Update(Result<KvMsg, ()>),
     /// End of a batch: write and publish what waits.
@@ -246,6 +267,8 @@ pub struct Counters {
     pub rejected_votes: u64,
     /// Snapshots served.
     pub snapshots: u64,
+    /// Snapshots abandoned: the client did not read while its queue was at the snapshot HWM.
+    pub snapshots_abandoned: u64,
     /// KVPUB messages published (updates and expiry deletes).
     pub published: u64,
     /// Keys expired.
@@ -257,6 +280,10 @@ pub struct Counters {
     /// Update-log appends or flushes that failed (disk full, I/O error): the
     /// updates they carried were neither applied, published nor acknowledged.
     pub log_failures: u64,
+    /// Entries of the peer's snapshot that could not be applied (counted and logged, not stored).
+    pub peer_entries_refused: u64,
+    /// Peer `ttl`s in the reference servers' absolute form, made relative.
+    pub absolute_ttls: u64,
 }
 
 /// What waits in the outbox for the update log's flush.
@@ -311,6 +338,9 @@ pub struct ServerCore {
     /// Waiting for the flush, each tagged with the appends issued when it was queued: a failed
     /// append `k` loses every record up to `k`, so the entries tagged `<= k` go with it.
     outbox: Vec<(u64, Outgoing)>,
+    /// Wall clock (ms since the epoch) of this step, given by the shell: for peers' absolute `ttl`s.
+    wall_ms: u64,
+    refusals: Refusals,
 }
 
 impl ServerCore {
@@ -349,6 +379,50 @@ impl ServerCore {
             wrote: false,
             last_update_append: None,
             outbox: Vec::new(),
+            wall_ms: 0,
+            refusals: Refusals::new(
+                match &cfg.pair {
+                    None => "standalone",
+                    Some(p) if p.role == Role::Primary => "primary",
+                    Some(_) => "backup",
+                },
+                SUMMARY_INTERVAL_NS,
+            ),
+        }
+    }
+
+    /// The wall clock now (ms since the Unix epoch), read by the shell once per step: a peer's
+    /// absolute `ttl` is measured against it.
+    pub fn set_wall_ms(&mut self, wall_ms: u64) {
+        self.wall_ms = wall_ms;
+    }
+
+    /// Refusals by reason so far.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
+    /// Count a refused input under `reason` and say what is due.
+    #[cold]
+    fn refuse(&mut self, reason: &'static str, detail: &dyn std::fmt::Display, now_ns: u64, out: &mut Vec<Action>) {
+        if let Some(l) = self.refusals.refuse(reason, detail, now_ns) {
+            out.push(Action::Log(l));
+        }
+    }
+
+    /// Make a peer's `ttl` relative (the reference servers' absolute form); `false`: refused
+    /// (counted and said under `reason`).
+    fn peer_ttl(&mut self, msg: &mut KvMsg, reason: &'static str, now_ns: u64, out: &mut Vec<Action>) -> bool {
+        match normalize_peer_ttl(msg, self.wall_ms) {
+            Ok(rewritten) => {
+                self.counters.absolute_ttls += rewritten as u64;
+                true
+            }
+            Err(e) => {
+                let key = String::from_utf8_lossy(&msg.key).into_owned();
+                self.refuse(reason, &format_args!("key {key}: {e}"), now_ns, out);
+                false
+            }
         }
     }
 
@@ -382,9 +456,20 @@ impl ServerCore {
             Event::PeerState(Some(s)) => {
                 self.bstar_event(BEvent::Peer(s), now_ns, out)?;
             }
-            Event::PeerState(None) => self.counters.malformed_heartbeats += 1,
+            Event::PeerState(None) => {
+                self.counters.malformed_heartbeats += 1;
+                self.refuse("malformed_heartbeat", &"a Binary Star state that is not 1-4", now_ns, out);
+            }
             Event::Replicated(Ok(m)) => self.on_replicated(m, now_ns, out),
-            Event::Replicated(Err(())) => {}
+            Event::Replicated(Err(())) => {
+                self.counters.malformed_updates += 1;
+                self.refuse(
+                    "malformed_peer_update",
+                    &"a message from the peer's publisher that is not a kvmsg",
+                    now_ns,
+                    out,
+                );
+            }
             Event::PeerLink(up) => {
                 if let Some(p) = self.pair.as_mut() {
                     p.peer_connected = up;
@@ -408,11 +493,32 @@ impl ServerCore {
                         self.counters.rejected_votes += 1;
                     }
                 }
-                Err(()) => self.counters.malformed_requests += 1,
+                Err(()) => {
+                    self.counters.malformed_requests += 1;
+                    self.refuse(
+                        "malformed_request",
+                        &"a snapshot-port request that is not ICANHAZ?/STATUS?",
+                        now_ns,
+                        out,
+                    );
+                }
             },
             Event::SnapshotSent => self.counters.snapshots += 1,
+            Event::SnapshotAbandoned => {
+                self.counters.snapshots_abandoned += 1;
+                let n = self.counters.snapshots_abandoned;
+                if n.is_power_of_two() {
+                    out.push(Action::Log(format!(
+                        "snapshot abandoned: a client did not read it while its queue was full \
+                         (snapshots_abandoned={n}; it will ask again)"
+                    )));
+                }
+            }
             Event::Update(Ok(m)) => self.on_collector(m, now_ns, out),
-            Event::Update(Err(())) => self.counters.malformed_updates += 1,
+            Event::Update(Err(())) => {
+                self.counters.malformed_updates += 1;
+                self.refuse("malformed_update", &"a collector message that is not a kvmsg", now_ns, out);
+            }
             Event::Flush => self.flush(out),
             Event::Tick => self.timers(now_ns, out),
             Event::LogFlushed => {
@@ -481,7 +587,8 @@ impl ServerCore {
         format!(
             "state={}\nrole={}\nsequence={}\nkeys={}\npending={}\nmalformed_requests={}\n\
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
-             published={}\nexpired={}\npending_dropped={}\nlog_failures={}\n",
+             published={}\nexpired={}\npending_dropped={}\nlog_failures={}\npeer_entries_refused={}\n\
+             absolute_ttls={}\nsnapshots_abandoned={}\n{}",
             self.state_name(),
             self.role,
             self.sequence,
@@ -496,7 +603,11 @@ impl ServerCore {
             c.published,
             c.expired,
             c.pending_dropped,
-            c.log_failures
+            c.log_failures,
+            c.peer_entries_refused,
+            c.absolute_ttls,
+            c.snapshots_abandoned,
+            self.refusals.counts().map(|(r, n)| format!("refused_{r}={n}\n")).collect::<String>()
         )
     }
 
@@ -583,24 +694,24 @@ impl ServerCore {
         }
     }
 
-    /// Validate a client update; the reason when it is refused.
-    fn validate(&self, msg: &KvMsg) -> Result<(), String> {
+    /// Validate a client update; the reason (a counter name, and the words) when it is refused.
+    fn validate(&self, msg: &KvMsg) -> Result<(), (&'static str, String)> {
         if msg.key.is_empty() {
-            return Err("empty key".into());
+            return Err(("empty_key", "empty key".into()));
         }
         if msg.key.len() > self.max_key_bytes {
-            return Err(format!("key of {} bytes > {}", msg.key.len(), self.max_key_bytes));
+            return Err(("key_too_long", format!("key of {} bytes > {}", msg.key.len(), self.max_key_bytes)));
         }
         if msg.body.len() > self.max_value_bytes {
-            return Err(format!("value of {} bytes > {}", msg.body.len(), self.max_value_bytes));
+            return Err(("value_too_long", format!("value of {} bytes > {}", msg.body.len(), self.max_value_bytes)));
         }
         if msg.key == HUGZ || msg.key == KTHXBAI {
-            return Err("reserved key".into());
+            return Err(("reserved_key", "reserved key".into()));
         }
-        ttl_ns(msg).map_err(|e| e.to_string())?;
-        let props = kvmsg::encode_props(&msg.props).map_err(|e| e.to_string())?;
+        ttl_ns(msg).map_err(|e| ("bad_ttl", e.to_string()))?;
+        let props = kvmsg::encode_props(&msg.props).map_err(|e| ("bad_properties", e.to_string()))?;
         if props.len() > MAX_PROPS_BYTES {
-            return Err(format!("properties of {} bytes > {MAX_PROPS_BYTES}", props.len()));
+            return Err(("bad_properties", format!("properties of {} bytes > {MAX_PROPS_BYTES}", props.len())));
         }
         Ok(())
     }
@@ -660,8 +771,14 @@ impl ServerCore {
     }
 
     /// Passive: apply an update the active server published.
-    fn apply_replicated(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+    fn apply_replicated(&mut self, mut msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
         if msg.sequence <= self.sequence {
+            return;
+        }
+        if !self.peer_ttl(&mut msg, "peer_update_bad_ttl", now_ns, out) {
+            // Not stored; the sequence still moves on, so the passive does not re-sync for it.
+            self.counters.malformed_updates += 1;
+            self.sequence = msg.sequence;
             return;
         }
         self.sequence = msg.sequence;
@@ -683,11 +800,9 @@ impl ServerCore {
     }
 
     fn on_collector(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
-        if let Err(reason) = self.validate(&msg) {
+        if let Err((reason, words)) = self.validate(&msg) {
             self.counters.malformed_updates += 1;
-            if self.counters.malformed_updates <= 10 {
-                self.log(out, format_args!("update refused: {reason}"));
-            }
+            self.refuse(reason, &format_args!("update refused: {words}"), now_ns, out);
             return;
         }
         if self.is_active() {
@@ -780,10 +895,24 @@ impl ServerCore {
     fn on_peer_snapshot(&mut self, m: Result<KvMsg, ()>, now_ns: u64, out: &mut Vec<Action>) {
         let Some(sync) = self.pair.as_mut().and_then(|p| p.sync.as_mut()) else { return };
         sync.deadline_ns = now_ns.saturating_add(PEER_SYNC_TIMEOUT_NS);
-        let Ok(m) = m else { return };
+        let Ok(mut m) = m else {
+            self.counters.peer_entries_refused += 1;
+            self.refuse("peer_snapshot_malformed", &"a peer snapshot message that is not a kvmsg", now_ns, out);
+            return;
+        };
         if m.key != KTHXBAI {
-            if !m.body.is_empty() {
-                let _ = sync.map.apply(&m, now_ns);
+            if m.body.is_empty() {
+                return;
+            }
+            // An entry we cannot apply is counted and said, never dropped silently.
+            if !self.peer_ttl(&mut m, "peer_snapshot_bad_ttl", now_ns, out) {
+                self.counters.peer_entries_refused += 1;
+                return;
+            }
+            let Some(sync) = self.pair.as_mut().and_then(|p| p.sync.as_mut()) else { return };
+            if let Err(e) = sync.map.apply_owned(m, now_ns) {
+                self.counters.peer_entries_refused += 1;
+                self.refuse("peer_snapshot_bad_ttl", &e, now_ns, out);
             }
             return;
         }
@@ -841,6 +970,9 @@ impl ServerCore {
     }
 
     fn timers(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        if let Some(l) = self.refusals.due(now_ns) {
+            out.push(Action::Log(l));
+        }
         if let Some(p) = self.pair.as_mut() {
             if let Some(s) = p.bstar.heartbeat_due(now_ns) {
                 out.push(Action::Heartbeat(s));
@@ -919,6 +1051,7 @@ mod tests {
         published: Vec<KvMsg>,
         appended: Vec<KvMsg>,
         other: Vec<Action>,
+        logs: Vec<String>,
     }
 
     impl Rig {
@@ -932,6 +1065,7 @@ mod tests {
                 published: Vec::new(),
                 appended: Vec::new(),
                 other: Vec::new(),
+                logs: Vec::new(),
             }
         }
 
@@ -963,7 +1097,10 @@ mod tests {
                     }
                     Action::FlushLog if self.fail_flush => Some(Event::LogFailed { token: None, error: "EIO".into() }),
                     Action::FlushLog => Some(Event::LogFlushed),
-                    Action::Log(_) => None,
+                    Action::Log(l) => {
+                        self.logs.push(l);
+                        None
+                    }
                     other => {
                         self.other.push(other);
                         None
@@ -1064,6 +1201,47 @@ mod tests {
         r.clock.advance_ms(1000);
         r.on(Event::Tick);
         assert_eq!(r.keys_published(), vec![("HUGZ".into(), 2)], "HUGZ carries the current sequence");
+    }
+
+    #[test]
+    fn peer_snapshot_entries_in_the_absolute_ttl_form_are_kept_and_unparsable_ones_counted() {
+        let mut r = Rig::passive_backup();
+        let wall_ms = 1_796_000_000_000;
+        r.core.set_wall_ms(wall_ms);
+        r.on(Event::PeerLink(true));
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+        let entry = |k: &str, ttl: &str| {
+            let mut m = KvMsg::new(k, 3, "v");
+            m.set_prop(kvmsg::TTL_PROP, ttl);
+            m
+        };
+        // clonesrv6 stores `ttl` as zclock_time() + ttl * 1000 and sends it so in snapshots.
+        r.on(Event::PeerSnapshot(Ok(entry("/abs", &(wall_ms + 60_000).to_string()))));
+        r.on(Event::PeerSnapshot(Ok(entry("/rel", "30"))));
+        r.on(Event::PeerSnapshot(Ok(entry("/bad", "soon"))));
+        r.on(Event::PeerSnapshot(Err(())));
+        let said = std::mem::take(&mut r.logs);
+        assert!(
+            said.iter().any(|l| l.contains("refused (peer_snapshot_bad_ttl)") && l.contains("/bad")),
+            "the first refusal is said: {said:?}"
+        );
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
+        assert_eq!(r.other(), vec![Action::EndPeerSnapshot]);
+        let now = r.clock.now_ns();
+        let left = |k: &str| r.core.map().get(k.as_bytes()).and_then(|e| e.expires_at_ns).map(|t| t - now);
+        assert_eq!(left("/abs"), Some(60_000_000_000), "absolute deadline made relative");
+        assert_eq!(left("/rel"), Some(30_000_000_000));
+        assert!(r.core.map().get(b"/bad").is_none());
+        let c = r.core.counters();
+        assert_eq!((c.peer_entries_refused, c.absolute_ttls), (2, 1));
+        assert_eq!(r.core.refusals().count("peer_snapshot_bad_ttl"), 1);
+        assert_eq!(r.core.refusals().count("peer_snapshot_malformed"), 1);
+        let status = r.core.status_text();
+        assert!(
+            status.contains("peer_entries_refused=2\n") && status.contains("refused_peer_snapshot_bad_ttl=1\n"),
+            "{status}"
+        );
     }
 
     #[test]

@@ -14,8 +14,9 @@ use super::batch;
 use super::sequence::SequenceTracker;
 use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::clock;
+use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 use crate::snail::{Action, Guard};
-use crate::wire::{self, topic_hash, Kind, DROP_REASONS};
+use crate::wire::{self, topic_hash, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
 /// How data frames are handed to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -127,6 +128,12 @@ pub struct Checks {
     longest_silence_ns: u64,
     /// A silence that ended in `check`, not yet said by [`Checks::silence`].
     ended_silence_ns: Option<u64>,
+    /// Refused frames by reason, and the line due to be said ([`Checks::take_refusal_line`]).
+    refusals: Refusals,
+    refusal_line: Option<String>,
+    /// The tracker's implausible / over-limit drops already counted as refusals.
+    refused_implausible: u64,
+    refused_over_limit: u64,
 }
 
 impl Checks {
@@ -150,7 +157,61 @@ impl Checks {
             silences: 0,
             longest_silence_ns: 0,
             ended_silence_ns: None,
+            refusals: Refusals::new("reader", SUMMARY_INTERVAL_NS),
+            refusal_line: None,
+            refused_implausible: 0,
+            refused_over_limit: 0,
         }
+    }
+
+    /// Name the site in refusal lines (the reader's role, e.g. `shard0-reader`).
+    pub fn with_site(mut self, site: &str) -> Self {
+        self.refusals = Refusals::new(site, SUMMARY_INTERVAL_NS);
+        self
+    }
+
+    /// A frame was refused: count it under `reason`; the first of a reason (and then a summary
+    /// per interval) becomes a line to say. Off the hot path: only refused frames get here.
+    #[cold]
+    fn refused(&mut self, reason: &'static str, detail: &dyn std::fmt::Display, now_ns: u64) {
+        if let Some(l) = self.refusals.refuse(reason, detail, now_ns) {
+            self.refusal_line = Some(l);
+        }
+    }
+
+    /// A data frame the sequence checks did not accept: a duplicate (not a refusal), or an
+    /// implausible jump / over a state limit (refusals, counted by the tracker too).
+    #[cold]
+    fn not_accepted(&mut self, now_ns: u64) {
+        let t = self.tracker.totals();
+        if t.implausible > self.refused_implausible {
+            self.refused_implausible = t.implausible;
+            self.refused("implausible_sequence", &"a stream or topic sequence jumped implausibly far", now_ns);
+        }
+        if t.over_limit > self.refused_over_limit {
+            self.refused_over_limit = t.over_limit;
+            self.refused("over_limit", &"more publishers or topics than the sequence tracker holds", now_ns);
+        }
+    }
+
+    /// The refusal line due to be said (the first of a reason, or a summary), once.
+    pub fn take_refusal_line(&mut self) -> Option<String> {
+        self.refusal_line.take()
+    }
+
+    /// The refusal summary line due at `now_ns` (refusals went unsaid for an interval), if any;
+    /// at the end of a run (`end`), whatever went unsaid.
+    pub fn refusal_summary(&mut self, now_ns: u64, end: bool) -> Option<String> {
+        if end {
+            self.refusals.flush()
+        } else {
+            self.refusals.due(now_ns)
+        }
+    }
+
+    /// Refusals by reason so far.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// Judge lag and silence with `guard` (the snail's checks for this shard).
@@ -190,6 +251,7 @@ impl Checks {
             Ok(v) => v,
             Err(e) => {
                 self.bad[e.reason()] += 1;
+                self.refused(DROP_REASON_NAMES[e.reason()], &e, recv_ns);
                 return None;
             }
         };
@@ -199,6 +261,7 @@ impl Checks {
         match view.header.kind {
             Kind::Data => {
                 if !self.tracker.on_data(&view.header, view.topic).accept {
+                    self.not_accepted(recv_ns);
                     return None;
                 }
                 // Values re-sent from a cache keep their old send times: not lag.
@@ -343,7 +406,7 @@ impl ReaderAgent {
             return Err(AgentError::Fatal { role, message: "no workers to hand off to".into() });
         }
         let staging = (0..pushes.len()).map(|_| Vec::with_capacity(cfg.batch_max * 256 + 1)).collect();
-        let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription);
+        let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription).with_site(&role);
         Ok(ReaderAgent {
             role,
             stop,
@@ -469,6 +532,9 @@ impl Agent for ReaderAgent {
             let recv_ns = clock::realtime_ns();
             let frame: &[u8] = &self.msg;
             let Some(w) = self.checks.check(frame, recv_ns) else {
+                if let Some(l) = self.checks.take_refusal_line() {
+                    crate::diag!("{l}");
+                }
                 if self.checks.croaked() {
                     break;
                 }
@@ -489,7 +555,11 @@ impl Agent for ReaderAgent {
             }
         }
         if n == 0 {
-            self.checks.check_silence(clock::realtime_ns());
+            let now = clock::realtime_ns();
+            self.checks.check_silence(now);
+            if let Some(l) = self.checks.refusal_summary(now, false) {
+                crate::diag!("{l}");
+            }
         }
         if self.checks.croaked() {
             return self.croak(n);
@@ -500,13 +570,13 @@ impl Agent for ReaderAgent {
         if n == 0 || self.checks.ended_silence_ns.is_some() {
             if let Some(change) = self.checks.silence(clock::realtime_ns()) {
                 match change {
-                    Silence::Began { .. } => eprintln!(
+                    Silence::Began { .. } => crate::diag!(
                         "{}: silent: no frame for {} (heartbeats stopped: path or publisher down)",
                         self.role,
                         crate::metrics::human_ns(SILENCE_AFTER_NS)
                     ),
                     Silence::Ended { lasted_ns } => {
-                        eprintln!(
+                        crate::diag!(
                             "{}: frames again after {} of silence",
                             self.role,
                             crate::metrics::human_ns(lasted_ns)
@@ -543,6 +613,9 @@ impl Agent for ReaderAgent {
     fn on_close(&mut self) {
         // The last events (a reconnect just before the end) reach the report.
         self.service_links(true);
+        if let Some(l) = self.checks.refusal_summary(0, true) {
+            crate::diag!("{l}");
+        }
         let flushed = self.flush_blocking();
         self.checks.publish(&self.counters);
         // End markers (an empty message to every worker, after all batches)
@@ -605,5 +678,26 @@ mod tests {
         assert_eq!(counters.forwarded_bytes.load(Relaxed), frame(1, Kind::Data).len() as u64);
         assert_eq!(counters.last_lag_ns.load(Relaxed), t0 - 1000, "lag: received minus intended send time");
         assert_eq!(counters.max_lag_ns.load(Relaxed), t0 - 1000);
+    }
+
+    #[test]
+    fn refused_frames_are_counted_by_reason_and_the_first_of_each_is_said() {
+        let mut c = Checks::new(Routing::ByTopic, 1, true).with_site("shard0-reader");
+        let t0 = 1_000_000_000;
+        assert!(c.check(b"no nul", t0).is_none());
+        let l = c.take_refusal_line().expect("the first is said");
+        assert!(l.starts_with("shard0-reader: refused (missing_nul): no NUL"), "{l}");
+        assert!(c.check(b"still no nul", t0 + 1).is_none());
+        assert_eq!(c.take_refusal_line(), None, "counted, said later in a summary");
+        assert!(c.check(b"T\0short", t0 + 2).is_none());
+        assert!(c.take_refusal_line().expect("another reason").contains("(short)"));
+        // A sequence that jumps implausibly far is refused too.
+        assert!(c.check(&frame(1, Kind::Data), t0 + 3).is_some());
+        assert!(c.check(&frame(u64::MAX / 2, Kind::Data), t0 + 4).is_none());
+        assert!(c.take_refusal_line().expect("implausible").contains("(implausible_sequence)"));
+        assert_eq!(c.refusal_summary(t0 + 5, false), None, "no interval yet");
+        let s = c.refusal_summary(t0 + SUMMARY_INTERVAL_NS, false).expect("summary due");
+        assert!(s.contains("missing_nul=1 (totals: missing_nul=2 short=1 implausible_sequence=1)"), "{s}");
+        assert_eq!((c.refusals().count("missing_nul"), c.refusals().total()), (2, 4));
     }
 }

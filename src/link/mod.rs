@@ -193,7 +193,7 @@ impl LinkWatch {
         match decision {
             Decision::Lost { .. } | Decision::Up { .. } if !self.log => {}
             Decision::Lost { link, reason } => {
-                eprintln!(
+                crate::diag!(
                     "{}: link {} lost ({}): {}",
                     self.name,
                     self.links.endpoint(link),
@@ -207,14 +207,14 @@ impl LinkWatch {
                 let _ = socket.disconnect(&ep);
                 match socket.connect(&ep) {
                     Ok(()) if self.log => {
-                        eprintln!("{}: link {ep} re-established (disconnected and connected again)", self.name)
+                        crate::diag!("{}: link {ep} re-established (disconnected and connected again)", self.name)
                     }
                     Ok(()) => {}
-                    Err(e) => eprintln!("{}: link {ep}: connecting again failed: {e}", self.name),
+                    Err(e) => crate::diag!("{}: link {ep}: connecting again failed: {e}", self.name),
                 }
             }
             Decision::Up { link, down_ns, reconnects } => {
-                eprintln!(
+                crate::diag!(
                     "{}: link {} up again after {:.1} ms down (reconnect {reconnects})",
                     self.name,
                     self.links.endpoint(link),

@@ -24,9 +24,6 @@ use crate::wire::{split_topic, MAX_TOPIC_LEN};
 /// Most frames a cached message may have; longer messages pass but are not cached.
 pub const MAX_FRAMES: usize = 64;
 
-/// Minimum time between two log lines about a limit, ns.
-pub const LIMIT_LOG_INTERVAL_NS: u64 = 10_000_000_000;
-
 /// Limits on what the cache holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
@@ -151,7 +148,6 @@ pub struct LastValueCache {
     limits: CacheLimits,
     bytes: usize,
     counters: CacheCounters,
-    last_limit_log_ns: Option<u64>,
 }
 
 impl LastValueCache {
@@ -162,7 +158,6 @@ impl LastValueCache {
             limits,
             bytes: 0,
             counters: CacheCounters::default(),
-            last_limit_log_ns: None,
         }
     }
 
@@ -272,18 +267,6 @@ impl LastValueCache {
     /// The cached message under exactly `key` (see [`message_key`]).
     pub fn get(&self, key: &[u8]) -> Option<CachedFrames<'_>> {
         self.entries.get(key).map(Entry::frames)
-    }
-
-    /// Whether a limit event at `now_ns` should be logged: the first one, then
-    /// at most one per [`LIMIT_LOG_INTERVAL_NS`].
-    pub fn should_log_limit(&mut self, now_ns: u64) -> bool {
-        match self.last_limit_log_ns {
-            Some(last) if now_ns.saturating_sub(last) < LIMIT_LOG_INTERVAL_NS => false,
-            _ => {
-                self.last_limit_log_ns = Some(now_ns);
-                true
-            }
-        }
     }
 }
 
@@ -459,13 +442,5 @@ mod tests {
             let brute = c.entries.values().filter(|e| e.frames().next().is_some_and(|f| f.starts_with(&prefix))).count();
             proptest::prop_assert_eq!(answers.len(), brute, "range scan finds every match");
         }
-    }
-
-    #[test]
-    fn limit_log_is_rate_limited() {
-        let mut c = big();
-        assert!(c.should_log_limit(5));
-        assert!(!c.should_log_limit(6));
-        assert!(c.should_log_limit(5 + LIMIT_LOG_INTERVAL_NS));
     }
 }

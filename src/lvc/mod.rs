@@ -16,6 +16,7 @@ pub mod proxy;
 
 use crate::agent::{AgentError, StopFlag};
 use crate::lvc::answer::AnswerLimits;
+use crate::diag::ExitCounters;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::{LvcHooks, LvcReport};
 use crate::proxy::{ProxyConfig, ProxyShell};
@@ -37,17 +38,17 @@ pub fn new_proxy(ctx: &zmq::Context, config: &LvcConfig) -> Result<ProxyShell<Lv
 }
 
 /// Run the LVC until SIGINT/SIGTERM; prints the endpoints on startup and the
-/// counters on exit, and returns them.
-pub fn run(config: LvcConfig, stop: &StopFlag) -> Result<LvcReport, AgentError> {
+/// counters on exit (the way `exit` says), and returns them.
+pub fn run(config: LvcConfig, stop: &StopFlag, exit: ExitCounters) -> Result<LvcReport, AgentError> {
     let ctx = zmq::Context::new();
     let proxy = new_proxy(&ctx, &config)?;
     proxy.print_endpoints("lvc");
     let links = proxy.links();
     // `stop` is set by the binary's SIGINT/SIGTERM handler.
     let (report, result) = proxy.run(config.proxy.idle, stop.clone());
-    println!("lvc: stopped: {report}");
+    exit.print("lvc", &report);
     if let Some(l) = links.summary() {
-        eprintln!("lvc: links: {l}");
+        crate::diag!("lvc: links: {l}");
     }
     result.map(|()| report)
 }

@@ -12,6 +12,7 @@
 
 use crate::clock;
 use crate::lvc::answer::{Admit, AnswerCounters, AnswerGate, AnswerLimits};
+use crate::diag::RefusalLog;
 use crate::lvc::cache::{CacheCounters, CacheLimits, LastValueCache, Update};
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
 use crate::wire::{mark_from_cache, now_ns};
@@ -100,6 +101,8 @@ pub struct LvcHooks {
     other_upstream: u64,
     cache_answers: u64,
     other_logged: bool,
+    /// Messages the cache would not hold, counted by reason and said (rate-limited).
+    refusals: RefusalLog,
 }
 
 impl LvcHooks {
@@ -113,6 +116,7 @@ impl LvcHooks {
             other_upstream: 0,
             cache_answers: 0,
             other_logged: false,
+            refusals: RefusalLog::new("lvc"),
         }
     }
 
@@ -158,19 +162,29 @@ impl LvcHooks {
         self.answer.clear();
     }
 
-    fn log_limit(&self) {
-        let c = self.cache.counters();
+
+    /// Count and say (rate-limited) a message the cache would not hold; it is forwarded all the same.
+    fn refuse(&mut self, update: Update) {
+        let (reason, what) = match update {
+            Update::RejectedFull => ("cache_full", "new topics pass uncached"),
+            Update::EvictedTooBig => {
+                ("too_big", "a value too big for the cache passes uncached (the old one is dropped)")
+            }
+            _ => (
+                "uncacheable",
+                "a message with no cache key (one frame without a topic NUL, or too many frames) passes uncached",
+            ),
+        };
         let l = self.cache.limits();
-        eprintln!(
-            "lvc: cache limit hit (topics {}/{}, bytes {}/{}); new topics pass uncached \
-             (rejected_full={} evicted_too_big={})",
+        let detail = format_args!(
+            "cache limit hit (topics {}/{}, bytes {}/{}): {what}",
             self.cache.topics(),
             l.max_topics,
             self.cache.bytes(),
-            l.max_bytes,
-            c.rejected_full,
-            c.evicted_too_big
+            l.max_bytes
         );
+        let detail: &dyn std::fmt::Display = if reason == "uncacheable" { &what } else { &detail };
+        self.refusals.refuse(reason, detail, now_ns());
     }
 }
 
@@ -189,12 +203,8 @@ impl ProxyHooks for LvcHooks {
 
     fn on_upstream_message(&mut self, frames: &[Frame]) {
         match self.cache.update(frames) {
-            Update::RejectedFull | Update::EvictedTooBig => {
-                if self.cache.should_log_limit(now_ns()) {
-                    self.log_limit();
-                }
-            }
-            Update::Inserted | Update::Replaced | Update::Uncacheable => {}
+            Update::Inserted | Update::Replaced => {}
+            refused => self.refuse(refused),
         }
     }
 
@@ -216,7 +226,7 @@ impl ProxyHooks for LvcHooks {
                 self.other_upstream += 1;
                 if !self.other_logged {
                     self.other_logged = true;
-                    eprintln!(
+                    crate::diag!(
                         "lvc: a subscriber sent a message that is not a subscription ({} frame(s)); libzmq's \
                          manual XPUB does not track its sender, so later subscriptions may be applied to the \
                          wrong subscriber (counted in other_upstream; logged once)",

@@ -143,7 +143,7 @@ impl Collector {
 
     fn write_error(&mut self, e: impl std::fmt::Display) {
         if self.total.write_errors == 0 {
-            eprintln!("metrics: {e} (further write errors are counted, not shown)");
+            crate::diag!("metrics: {e} (further write errors are counted, not shown)");
         }
         self.total.write_errors += 1;
     }

@@ -95,7 +95,7 @@ impl MetricsServer {
         let n = c.refused();
         if n <= 10 || n.is_multiple_of(100) {
             let mechanism = if why == HttpRefusal::Address { "http" } else { "http bearer" };
-            eprintln!("metrics-http: refused {} ({mechanism}): {} [{n} refused so far]", peer.ip(), why.as_str());
+            crate::diag!("metrics-http: refused {} ({mechanism}): {} [{n} refused so far]", peer.ip(), why.as_str());
         }
     }
 

@@ -143,7 +143,7 @@ impl LogLevel {
     /// Say `msg` on stderr if `level` is enabled.
     pub fn log(&self, level: Level, msg: impl std::fmt::Display) {
         if level <= self.get() {
-            eprintln!("{}: {msg}", level.name());
+            crate::diag!("{}: {msg}", level.name());
         }
     }
 }

@@ -101,9 +101,15 @@ impl StoreAgent {
     }
 
     fn set(&mut self, key: String, value: String, ttl: u64) -> Result<(), AgentError> {
-        self.client
-            .set(key.as_bytes(), value.as_bytes(), Some(ttl))
-            .map_err(|e| AgentError::Fatal { role: "store".into(), message: format!("setting {key}: {e}") })?;
+        match self.client.set(key.as_bytes(), value.as_bytes(), Some(ttl)) {
+            Ok(_) => {}
+            // The clone agent is behind (its command queue is full): this round's value is
+            // skipped (the client counts it); the next interval publishes again.
+            Err(crate::clone::client::ClientError::Busy { .. }) => return Ok(()),
+            Err(e) => {
+                return Err(AgentError::Fatal { role: "store".into(), message: format!("setting {key}: {e}") });
+            }
+        }
         self.published.insert(key);
         Ok(())
     }
@@ -216,6 +222,16 @@ impl Agent for StoreAgent {
         while let Some(c) = self.changes.next() {
             self.on_change(c)?;
             n += 1;
+        }
+        if self.changes.is_closed() {
+            // The clone agent cut this watcher off (it fell `watch_queue_msgs` behind): watch
+            // again, which starts from the current entries, so no setting is missed.
+            crate::diag!("store: the config watch fell behind and was cut off; watching {} again", self.config);
+            let rx = self.client.watch(self.config.as_bytes()).map_err(|e| AgentError::Fatal {
+                role: "store".into(),
+                message: format!("watching {} again: {e}", self.config),
+            })?;
+            self.changes = Inbox::new(rx);
         }
         let now = clock::realtime_ns();
         if now >= self.next_publish_ns {

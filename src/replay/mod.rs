@@ -713,6 +713,8 @@ impl Publisher {
         let mut span: Option<(u64, u64)> = None;
         let mut msgs = 0u64;
         let mut interrupted = false;
+        // What was refused (record types not replayed, damage) is said as it is first met.
+        let (mut said_rtypes, mut said_damage) = (Vec::new(), 0);
         while msgs < max {
             if msgs & 0x3ff == 0 {
                 progress(msgs);
@@ -720,6 +722,9 @@ impl Publisher {
             if stop.is_stopped() {
                 interrupted = true;
                 break;
+            }
+            if merge.skipped().len() != said_rtypes.len() || merge.damage().len() != said_damage {
+                say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
             }
             let due = faults.due(msgs).unwrap_or_default();
             if !self.apply_due(due, &pacer) {
@@ -772,6 +777,7 @@ impl Publisher {
             msgs += 1;
         }
         progress(msgs);
+        say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
         self.skipped_by_rtype = merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
         self.market_span_ns = span;
         match merge.take_damage().into_iter().next() {
@@ -779,6 +785,21 @@ impl Publisher {
             _ => Ok(interrupted || stop.is_stopped()),
         }
     }
+}
+
+/// Say (stderr) each record type not replayed and each damaged file the first time they are
+/// met; the counts per type are in the run's stats (`skipped_by_rtype`) and its summary line.
+fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
+    for rt in merge.skipped().keys() {
+        if !said_rtypes.contains(rt) {
+            said_rtypes.push(*rt);
+            crate::diag!("replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)");
+        }
+    }
+    for e in merge.damage().iter().skip(*said_damage) {
+        crate::diag!("replay: refused (damaged_file): {e}; the other files go on");
+    }
+    *said_damage = merge.damage().len();
 }
 
 /// A recorded gap of `ns` at `speed` times the recorded pace.

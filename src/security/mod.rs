@@ -568,7 +568,7 @@ impl ZapHandler {
             }
             Err(reason) => {
                 self.counters.malformed.fetch_add(1, Relaxed);
-                eprintln!("{}: malformed ZAP request refused: {reason}", self.role);
+                crate::diag!("{}: malformed ZAP request refused: {reason}", self.role);
                 let id = self.frames.get(1).map(|m| m.to_vec()).unwrap_or_default();
                 (id, Err(None), String::new(), String::new())
             }
@@ -582,7 +582,7 @@ impl ZapHandler {
                 self.counters.count(refusal);
                 self.said += 1;
                 if self.said <= 10 || self.said.is_multiple_of(100) {
-                    eprintln!(
+                    crate::diag!(
                         "{}: refused {address} ({mechanism}): {} [{} refused so far]",
                         self.role,
                         refusal.as_str(),

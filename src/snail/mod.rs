@@ -726,7 +726,7 @@ impl Guard {
         }
         if v != Verdict::Ok && now_ns >= self.next_log_ns {
             self.next_log_ns = now_ns.saturating_add(self.cfg.warn_every_ns);
-            eprintln!("mdsub: snail: {scream}");
+            crate::diag!("mdsub: snail: {scream}");
         }
         Action::Continue
     }

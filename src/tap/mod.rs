@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::agent::{AgentError, RunSpec, Runner, StopFlag};
+use crate::diag::ExitCounters;
 use crate::proxy::{ProxyConfig, ProxyShell};
 use crate::tap::proxy::{parse_prefix, Filter, TapHooks, TapProxyReport};
 use crate::tap::sink::{Show, TapSink, TapSinkReport};
@@ -89,8 +90,9 @@ impl std::fmt::Display for TapReport {
     }
 }
 
-/// Run the tap until SIGINT/SIGTERM; returns its counters.
-pub fn run(args: TapRunConfig, stop: &StopFlag) -> Result<TapReport, TapError> {
+/// Run the tap until SIGINT/SIGTERM; prints its counters on exit (the way `exit`
+/// says) and returns them.
+pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<TapReport, TapError> {
     if args.queue_msgs == 0 {
         return Err(TapError::BadQueue);
     }
@@ -118,9 +120,9 @@ pub fn run(args: TapRunConfig, stop: &StopFlag) -> Result<TapReport, TapError> {
     let (proxy_report, proxy_result) = proxy.run(args.proxy.idle, stop.clone());
     let sink_result = sink_handle.join();
     let report = TapReport { proxy: proxy_report, sink: *sink_report.lock().unwrap_or_else(|p| p.into_inner()) };
-    eprintln!("tap: stopped: {report}");
+    exit.print("tap", &report);
     if let Some(l) = links.summary() {
-        eprintln!("tap: links: {l}");
+        crate::diag!("tap: links: {l}");
     }
     proxy_result?;
     sink_result?;

@@ -5,6 +5,7 @@
 
 use crossbeam::channel::{Sender, TrySendError};
 
+use crate::diag::RefusalLog;
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
 use crate::wire::now_ns;
 use crate::zmqx::frame::Frame;
@@ -96,18 +97,32 @@ pub struct TapHooks {
     tx: Sender<Captured>,
     captured: u64,
     dropped: u64,
+    /// Copies dropped, by reason, said at a bounded rate (the proxy never waits for the sink).
+    refusals: RefusalLog,
 }
 
 impl TapHooks {
     /// Copies of what passes (filtered, for messages) go to `tx`.
     pub fn new(filter: Filter, tx: Sender<Captured>) -> Self {
-        TapHooks { filter, tx, captured: 0, dropped: 0 }
+        TapHooks { filter, tx, captured: 0, dropped: 0, refusals: RefusalLog::new("tap") }
     }
 
     fn capture(&mut self, item: Captured) {
         match self.tx.try_send(item) {
             Ok(()) => self.captured += 1,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped += 1,
+            Err(TrySendError::Full(_)) => {
+                self.dropped += 1;
+                let detail = "the printer/recorder is behind: the copy is dropped (the proxy keeps forwarding)";
+                self.refusals.refuse("queue_full", &detail, now_ns());
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.dropped += 1;
+                self.refusals.refuse(
+                    "sink_stopped",
+                    &"the printer/recorder has stopped: the copy is dropped",
+                    now_ns(),
+                );
+            }
         }
     }
 }

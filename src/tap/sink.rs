@@ -14,6 +14,7 @@ use std::time::Duration;
 use crossbeam::channel::Receiver;
 
 use crate::agent::{Agent, AgentError, Inbox, Step};
+use crate::diag::RefusalLog;
 use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::tap::proxy::Captured;
 use crate::wire::capture::{CaptureWriter, MAX_RECORD_LEN};
@@ -234,6 +235,8 @@ pub struct TapSink {
     last_stats_ns: u64,
     dirty: bool,
     report: TapSinkReport,
+    /// Messages not recorded, counted by reason and said (rate-limited).
+    refusals: RefusalLog,
     shared: Arc<Mutex<TapSinkReport>>,
 }
 
@@ -257,6 +260,7 @@ impl TapSink {
             last_stats_ns: now,
             dirty: false,
             report: TapSinkReport::default(),
+            refusals: RefusalLog::new("tap"),
             shared,
         }
     }
@@ -270,11 +274,15 @@ impl TapSink {
                 let fits = frames.iter().all(|f| f.len() <= MAX_RECORD_LEN as usize);
                 if self.recorder.is_some() && !fits {
                     self.report.record_skipped_too_large += 1;
+                    let detail = format_args!(
+                        "a frame over the capture format's {MAX_RECORD_LEN}-byte record limit is not recorded"
+                    );
+                    self.refusals.refuse("too_large_to_record", &detail, *recv_ns);
                 } else if let Some(w) = self.recorder.as_mut() {
                     let n = frames.len();
                     for (i, f) in frames.iter().enumerate() {
                         if let Err(e) = w.write_frame(f, i + 1 < n, *recv_ns) {
-                            eprintln!("tap: recording stopped: {e}");
+                            crate::diag!("tap: recording stopped: {e}");
                             self.report.record_errors += 1;
                             self.recorder = None;
                             break;
@@ -328,7 +336,7 @@ impl TapSink {
             // must not hold back what is already captured.
             if let Some(w) = self.recorder.as_mut() {
                 if let Err(e) = w.flush() {
-                    eprintln!("tap: recording stopped: {e}");
+                    crate::diag!("tap: recording stopped: {e}");
                     self.report.record_errors += 1;
                     self.recorder = None;
                 }

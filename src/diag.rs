@@ -1,0 +1,319 @@
+//! Diagnostics: lines on stderr that can never stop the process, refusals counted by reason
+//! and said at a bounded rate, and the one place exit counters are printed.
+//!
+//! - [`line()`] (and the [`diag!`](crate::diag!) macro) writes one line to stderr and ignores
+//!   a closed or broken stderr: `eprintln!` panics when the write fails (a reader of the pipe
+//!   that went away), and a diagnostic must never be what kills the engine.
+//! - [`Refusals`] is a socket-free, clock-free core: every refusal of input (a malformed
+//!   frame, an update that does not decode, a snapshot entry that cannot be applied, a bad
+//!   record in a file) is counted under its reason; the first of each reason is said at once
+//!   with its detail, later ones are summarised (counts per reason) at most once per
+//!   interval. It takes `now_ns`, so it is tested with [`crate::clock::ManualClock`].
+//!   [`RefusalLog`] is the same with the lines going to [`line()`].
+//! - [`ExitCounters`] is the one convention for the counters a command prints when it stops:
+//!   a `NAME: stopped: k=v …` line on stderr, like every other diagnostic, or with `--json`
+//!   one JSON object on stdout.
+
+use std::fmt::{self, Display, Write as _};
+use std::io::Write;
+
+/// Write one line to stderr; a closed or broken stderr is ignored.
+pub fn line(args: fmt::Arguments<'_>) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_fmt(args);
+    let _ = e.write_all(b"\n");
+}
+
+/// `eprintln!` that never panics: formats like `format!` and writes through [`diag::line`](line()).
+#[macro_export]
+macro_rules! diag {
+    ($($arg:tt)*) => {
+        $crate::diag::line(format_args!($($arg)*))
+    };
+}
+
+/// How often refusals after the first of their reason are summarised.
+pub const SUMMARY_INTERVAL_NS: u64 = 10_000_000_000;
+
+#[derive(Debug, Clone)]
+struct Reason {
+    name: &'static str,
+    total: u64,
+    /// Counted since the last line that covered this reason.
+    unsaid: u64,
+}
+
+/// Refusals of one input site counted by reason, with the rule for what to say when
+/// (the first of each reason at once, then one summary per interval). No I/O: the methods
+/// return the line to say, if any.
+#[derive(Debug, Clone)]
+pub struct Refusals {
+    site: String,
+    interval_ns: u64,
+    last_summary_ns: Option<u64>,
+    reasons: Vec<Reason>,
+}
+
+impl Refusals {
+    /// Refusals of `site` (the prefix of every line, e.g. `shard0-reader`), summarised at
+    /// most once per `interval_ns`.
+    pub fn new(site: impl Into<String>, interval_ns: u64) -> Self {
+        Refusals { site: site.into(), interval_ns, last_summary_ns: None, reasons: Vec::new() }
+    }
+
+    /// The site's name.
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    /// Count one refusal for `reason` at `now_ns`. Returns the line to say: the first of a
+    /// reason (with `detail`), or a summary when one is due; `None` otherwise (no allocation).
+    pub fn refuse(&mut self, reason: &'static str, detail: &dyn Display, now_ns: u64) -> Option<String> {
+        match self.reasons.iter_mut().find(|r| r.name == reason) {
+            Some(r) => {
+                r.total += 1;
+                r.unsaid += 1;
+                self.due(now_ns)
+            }
+            None => {
+                self.reasons.push(Reason { name: reason, total: 1, unsaid: 0 });
+                self.last_summary_ns.get_or_insert(now_ns);
+                Some(format!(
+                    "{}: refused ({reason}): {detail} (the first; more are counted and summarised every {})",
+                    self.site,
+                    secs(self.interval_ns)
+                ))
+            }
+        }
+    }
+
+    /// The summary line when refusals went unsaid and an interval has passed since the last one.
+    pub fn due(&mut self, now_ns: u64) -> Option<String> {
+        let last = self.last_summary_ns?;
+        if now_ns.saturating_sub(last) < self.interval_ns || self.reasons.iter().all(|r| r.unsaid == 0) {
+            return None;
+        }
+        let since = now_ns.saturating_sub(last);
+        self.last_summary_ns = Some(now_ns);
+        Some(self.summary(&format!("in the last {}", secs(since))))
+    }
+
+    /// The summary of what went unsaid, however recent (for the end of a run); `None` if nothing did.
+    pub fn flush(&mut self) -> Option<String> {
+        if self.reasons.iter().all(|r| r.unsaid == 0) {
+            return None;
+        }
+        Some(self.summary("since the last line"))
+    }
+
+    fn summary(&mut self, when: &str) -> String {
+        let mut s = format!("{}: refused {when}:", self.site);
+        for r in &mut self.reasons {
+            if r.unsaid > 0 {
+                let _ = write!(s, " {}={}", r.name, r.unsaid);
+            }
+            r.unsaid = 0;
+        }
+        s.push_str(" (totals:");
+        for r in &self.reasons {
+            let _ = write!(s, " {}={}", r.name, r.total);
+        }
+        s.push(')');
+        s
+    }
+
+    /// Refusals counted for `reason` so far.
+    pub fn count(&self, reason: &str) -> u64 {
+        self.reasons.iter().find(|r| r.name == reason).map_or(0, |r| r.total)
+    }
+
+    /// Refusals counted so far, all reasons.
+    pub fn total(&self) -> u64 {
+        self.reasons.iter().map(|r| r.total).sum()
+    }
+
+    /// `(reason, count)` in the order the reasons first occurred.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.reasons.iter().map(|r| (r.name, r.total))
+    }
+}
+
+/// `10s`, `2.5s`: a duration in seconds for the lines.
+fn secs(ns: u64) -> String {
+    if ns.is_multiple_of(1_000_000_000) {
+        format!("{}s", ns / 1_000_000_000)
+    } else {
+        format!("{:.1}s", ns as f64 / 1e9)
+    }
+}
+
+/// [`Refusals`] whose lines go to stderr through [`line()`].
+#[derive(Debug, Clone)]
+pub struct RefusalLog {
+    core: Refusals,
+}
+
+impl RefusalLog {
+    /// A log for `site`, summarising every [`SUMMARY_INTERVAL_NS`].
+    pub fn new(site: impl Into<String>) -> Self {
+        RefusalLog { core: Refusals::new(site, SUMMARY_INTERVAL_NS) }
+    }
+
+    /// Count one refusal and say what is due.
+    pub fn refuse(&mut self, reason: &'static str, detail: &dyn Display, now_ns: u64) {
+        if let Some(l) = self.core.refuse(reason, detail, now_ns) {
+            line(format_args!("{l}"));
+        }
+    }
+
+    /// Say the summary if one is due (call when idle, so a burst is summarised without more input).
+    pub fn tick(&mut self, now_ns: u64) {
+        if let Some(l) = self.core.due(now_ns) {
+            line(format_args!("{l}"));
+        }
+    }
+
+    /// Say what went unsaid (at the end of a run).
+    pub fn flush(&mut self) {
+        if let Some(l) = self.core.flush() {
+            line(format_args!("{l}"));
+        }
+    }
+
+    /// The counts.
+    pub fn counts(&self) -> &Refusals {
+        &self.core
+    }
+}
+
+impl Drop for RefusalLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Where a command's exit counters go (`--json` or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExitCounters {
+    /// `NAME: stopped: k=v …` on stderr.
+    #[default]
+    Text,
+    /// One JSON object on stdout: `{"stopped": NAME, k: v, …}` (numbers where the value is one).
+    Json,
+}
+
+impl ExitCounters {
+    /// `--json` given or not.
+    pub fn json(json: bool) -> Self {
+        if json {
+            ExitCounters::Json
+        } else {
+            ExitCounters::Text
+        }
+    }
+
+    /// Print `counters` (a `k=v k=v …` report) the chosen way. A closed stdout or stderr is ignored.
+    pub fn print(self, name: &str, counters: &dyn Display) {
+        match self {
+            ExitCounters::Text => line(format_args!("{name}: stopped: {counters}")),
+            ExitCounters::Json => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", counters_json(name, &counters.to_string()));
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
+/// A `k=v k=v …` report as a JSON object led by `"stopped": name`; integer values become
+/// numbers, anything else a string; words without `=` are kept under `"notes"`.
+pub fn counters_json(name: &str, text: &str) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("stopped".into(), name.into());
+    let mut notes = Vec::new();
+    for word in text.split_whitespace() {
+        match word.split_once('=') {
+            Some((k, v)) => {
+                let v = match v.parse::<u64>() {
+                    Ok(n) => serde_json::Value::from(n),
+                    Err(_) => serde_json::Value::from(v),
+                };
+                m.insert(k.to_string(), v);
+            }
+            None => notes.push(serde_json::Value::from(word)),
+        }
+    }
+    if !notes.is_empty() {
+        m.insert("notes".into(), notes.into());
+    }
+    serde_json::Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn first_of_each_reason_at_once_then_one_summary_per_interval() {
+        let clock = ManualClock::new(100 * S);
+        let mut r = Refusals::new("site", 10 * S);
+        let first = r.refuse("short", &"3 bytes", clock.now_ns()).expect("the first is said");
+        assert!(first.starts_with("site: refused (short): 3 bytes"), "{first}");
+        let other = r.refuse("bad_ttl", &"ttl `x`", clock.now_ns()).expect("the first of another reason too");
+        assert!(other.contains("(bad_ttl): ttl `x`"), "{other}");
+        // Within the interval: counted, not said.
+        for _ in 0..5 {
+            clock.advance_ns(S);
+            assert_eq!(r.refuse("short", &"again", clock.now_ns()), None);
+        }
+        assert_eq!(r.due(clock.now_ns()), None, "the interval has not passed");
+        clock.advance_ns(5 * S);
+        let sum = r.due(clock.now_ns()).expect("a summary is due");
+        assert_eq!(sum, "site: refused in the last 10s: short=5 (totals: short=6 bad_ttl=1)");
+        assert_eq!(r.due(clock.now_ns()), None, "said once");
+        clock.advance_ns(20 * S);
+        assert_eq!(r.due(clock.now_ns()), None, "nothing unsaid, nothing to say");
+        // The next refusal after a quiet interval is summarised at once.
+        let l = r.refuse("bad_ttl", &"y", clock.now_ns()).expect("a summary is due");
+        assert!(l.contains("bad_ttl=1 (totals: short=6 bad_ttl=2)"), "{l}");
+        assert_eq!((r.count("short"), r.count("bad_ttl"), r.count("none"), r.total()), (6, 2, 0, 8));
+        assert_eq!(r.counts().collect::<Vec<_>>(), vec![("short", 6), ("bad_ttl", 2)]);
+    }
+
+    #[test]
+    fn flush_says_what_went_unsaid_however_recent() {
+        let mut r = Refusals::new("s", 10 * S);
+        assert_eq!(r.flush(), None);
+        assert!(r.refuse("a", &"x", 0).is_some());
+        assert_eq!(r.flush(), None, "the first was said");
+        assert_eq!(r.refuse("a", &"x", 1), None);
+        assert_eq!(r.flush().as_deref(), Some("s: refused since the last line: a=1 (totals: a=2)"));
+        assert_eq!(r.flush(), None);
+    }
+
+    #[test]
+    fn a_flood_costs_one_line_per_interval() {
+        let clock = ManualClock::new(0);
+        let mut r = Refusals::new("s", 10 * S);
+        let mut lines = 0;
+        for _ in 0..1_000_000 {
+            clock.advance_ns(100_000); // 10 k refusals a second for 100 s
+            lines += r.refuse("short", &"x", clock.now_ns()).is_some() as u32;
+        }
+        assert!((10..=11).contains(&lines), "{lines} lines for 100 s of refusals");
+        assert_eq!(r.count("short"), 1_000_000);
+    }
+
+    #[test]
+    fn exit_counters_as_json() {
+        let v = counters_json("lvc", "messages_in=3 mode=lossless dropped=0 odd");
+        assert_eq!(v["stopped"], "lvc");
+        assert_eq!(v["messages_in"], 3);
+        assert_eq!(v["mode"], "lossless");
+        assert_eq!(v["dropped"], 0);
+        assert_eq!(v["notes"][0], "odd");
+    }
+}
