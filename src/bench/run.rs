@@ -96,8 +96,11 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
         Running::Engine(e) => e.join(Some(spec.drain_timeout)).context("running the engine")?,
         Running::Baseline(h) => {
             let (role, counters) = (h.role().to_string(), h.counters().clone());
-            let mut report = h.join().context("running the baseline")?.report();
-            report.agents.push(counters.snapshot(&role));
+            let baseline = h.join().context("running the baseline")?;
+            let mut report = baseline.report();
+            let agent = counters.snapshot(&role);
+            report.threads = baseline.threads(&agent);
+            report.agents.push(agent);
             report
         }
     };

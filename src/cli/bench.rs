@@ -83,11 +83,15 @@ pub struct Medians {
     pub p999_ns: u64,
     pub max_ns: u64,
     pub lost_total: u64,
-    /// CPU ns per delivered message of the subscriber's own threads (the
-    /// baseline's one thread; the engine's readers, workers and collector),
-    /// not libzmq's I/O threads, so both sides count the same kind of work;
-    /// the engine's I/O threads are in its report's `threads`.
+    /// CPU ns per delivered message of every thread of the subscriber,
+    /// libzmq's I/O threads included: the baseline's one thread and its
+    /// I/O thread; the engine's I/O threads, readers, workers and collector.
+    /// This is the figure the engine/baseline CPU ratio compares.
     pub cpu_ns_per_msg: f64,
+    /// The same without libzmq's I/O threads (the subscriber's own threads only).
+    pub app_cpu_ns_per_msg: f64,
+    /// Per thread, CPU ns per delivered message (so they add up to `cpu_ns_per_msg`).
+    pub threads: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,8 +100,9 @@ pub struct BenchResult {
     pub settings: serde_json::Value,
     pub runs: Vec<RunReport>,
     pub medians: Vec<Medians>,
-    /// engine variant → (throughput, p50, p99, p99.9) as engine / baseline.
-    pub ratios: Vec<(String, [f64; 4])>,
+    /// engine variant → (throughput, p50, p99, p99.9, CPU ns per message) as
+    /// engine / baseline, each from the medians of the same runs.
+    pub ratios: Vec<(String, [f64; 5])>,
     /// `--compare`: (what, B / A) for throughput and CPU ns per message,
     /// e.g. ("2 shards / 1 shard", [1.1, 0.97]).
     pub comparisons: Vec<(String, [f64; 2])>,
@@ -105,6 +110,12 @@ pub struct BenchResult {
 
 fn medians(name: &str, runs: &[&RunReport]) -> Medians {
     let total = |r: &RunReport| r.latency.get("total").copied().unwrap_or_default();
+    let mut names: Vec<&str> = runs.iter().flat_map(|r| r.threads.iter().map(|t| t.thread.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    let per_thread = |r: &RunReport, n: &str| {
+        r.threads.iter().filter(|t| t.thread == n).map(|t| t.cpu_ns).sum::<u64>() as f64 / r.delivered.max(1) as f64
+    };
     Medians {
         subscriber: name.to_string(),
         msgs_per_sec: median(runs.iter().map(|r| r.msgs_per_sec).collect()),
@@ -114,11 +125,23 @@ fn medians(name: &str, runs: &[&RunReport]) -> Medians {
         max_ns: median(runs.iter().map(|r| total(r).max_ns).collect()),
         lost_total: runs.iter().map(|r| r.lost.unwrap_or(0)).sum(),
         cpu_ns_per_msg: median(runs.iter().map(|r| cpu_ns_per_msg(r)).collect()),
+        app_cpu_ns_per_msg: median(runs.iter().map(|r| app_cpu_ns_per_msg(r)).collect()),
+        threads: names
+            .into_iter()
+            .map(|n| (n.to_string(), median(runs.iter().map(|r| per_thread(r, n)).collect())))
+            .collect(),
     }
 }
 
-/// CPU ns of the subscriber's threads per delivered message.
+/// CPU ns of every thread of the subscriber (libzmq's I/O threads
+/// included) per delivered message.
 fn cpu_ns_per_msg(r: &RunReport) -> f64 {
+    let cpu: u64 = r.threads.iter().map(|t| t.cpu_ns).sum();
+    cpu as f64 / r.delivered.max(1) as f64
+}
+
+/// CPU ns of the subscriber's own agent threads per delivered message.
+fn app_cpu_ns_per_msg(r: &RunReport) -> f64 {
     let cpu: u64 = r.agents.iter().map(|a| a.cpu_ns).sum();
     cpu as f64 / r.delivered.max(1) as f64
 }
@@ -278,10 +301,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             if !args.json {
                 let t = out.report.latency.get("total").copied().unwrap_or_default();
                 println!(
-                    "  run {rep} {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                    "  run {rep} {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                     name,
                     out.report.msgs_per_sec / 1e6,
                     cpu_ns_per_msg(&out.report),
+                    app_cpu_ns_per_msg(&out.report),
                     out.report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
                     out.report.lost.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
                     human_ns(t.p50_ns),
@@ -299,7 +323,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         .collect();
     let base = meds[0].clone();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    let ratios: Vec<(String, [f64; 4])> = meds[1..]
+    let ratios: Vec<(String, [f64; 5])> = meds[1..]
         .iter()
         .map(|m| {
             (
@@ -309,6 +333,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                     ratio(m.p50_ns as f64, base.p50_ns as f64),
                     ratio(m.p99_ns as f64, base.p99_ns as f64),
                     ratio(m.p999_ns as f64, base.p999_ns as f64),
+                    ratio(m.cpu_ns_per_msg, base.cpu_ns_per_msg),
                 ],
             )
         })
@@ -330,23 +355,29 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        println!("medians:");
+        println!("medians (cpu: every thread of the subscriber incl. libzmq's I/O threads, per delivered message):");
         for m in &result.medians {
             println!(
-                "  {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                "  {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                 m.subscriber,
                 m.msgs_per_sec / 1e6,
                 m.cpu_ns_per_msg,
+                m.app_cpu_ns_per_msg,
                 m.lost_total,
                 human_ns(m.p50_ns),
                 human_ns(m.p99_ns),
                 human_ns(m.p999_ns),
                 human_ns(m.max_ns),
             );
+            let threads: Vec<String> = m.threads.iter().map(|(t, ns)| format!("{t} {ns:.0}")).collect();
+            println!("  {:<19} per thread, ns/msg: {}", "", threads.join(", "));
         }
-        println!("ratios engine / baseline (throughput: higher is better; latency: lower is better):");
+        println!("ratios engine / baseline (throughput: higher is better; latency and CPU: lower is better):");
         for (name, r) in &result.ratios {
-            println!("  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x", name, r[0], r[1], r[2], r[3]);
+            println!(
+                "  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  CPU ns/msg {:.2}x",
+                name, r[0], r[1], r[2], r[3], r[4]
+            );
         }
         if !result.comparisons.is_empty() {
             println!("layouts (same feed, same runs; on a shared box only the CPU ratio is meaningful):");

@@ -202,7 +202,8 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snail: Option<crate::snail::SnailReport>,
     /// Per thread, per message: the readers, the shards' libzmq I/O threads,
-    /// the workers and the collector (empty for the baseline).
+    /// the workers and the collector; for the baseline its thread and its
+    /// libzmq I/O thread.
     pub threads: Vec<ThreadAccount>,
 }
 
