@@ -21,7 +21,7 @@ use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::bench::stamp::Machine;
 use crate::engine::reader::{HandOff, Routing};
 use crate::metrics::{human_ns, RunReport};
-use crate::replay::{PublisherConfig, Source};
+use crate::replay::{Pacing, PublisherConfig, Source};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -57,8 +57,11 @@ pub struct BenchArgs {
     pub idle: Option<Idle>,
     /// Also compare engine layouts on the same feed in the same runs:
     /// `shards` (1 vs 2 shards), `routing` (by-topic vs round-robin, at
-    /// least 2 workers); comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = ["shards", "routing"], value_name = "WHAT")]
+    /// least 2 workers); and publishers: `publishers` (flat out into the
+    /// baseline: the replay vs a reference publisher sending prebuilt frames
+    /// on the same socket settings, and the replay with one thread per shard
+    /// over 2 shards); comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = ["shards", "routing", "publishers"], value_name = "WHAT")]
     pub compare: Vec<String>,
     /// Print the whole result as JSON.
     #[arg(long)]
@@ -92,6 +95,22 @@ pub struct Medians {
     pub app_cpu_ns_per_msg: f64,
     /// Per thread, CPU ns per delivered message (so they add up to `cpu_ns_per_msg`).
     pub threads: std::collections::BTreeMap<String, f64>,
+    /// The publisher feeding this variant: messages sent per second (its
+    /// own clock, send start to end of stream) and CPU ns per message sent
+    /// (its sending threads and its libzmq I/O threads).
+    pub publisher_msgs_per_sec: f64,
+    pub publisher_cpu_ns_per_msg: f64,
+}
+
+/// The publisher's side of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublisherRun {
+    pub variant: String,
+    pub sent: u64,
+    pub msgs_per_sec: f64,
+    /// CPU ns per message sent of the sending thread(s) and of the I/O thread(s).
+    pub send_cpu_ns_per_msg: f64,
+    pub io_cpu_ns_per_msg: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +118,8 @@ pub struct BenchResult {
     pub machine: Machine,
     pub settings: serde_json::Value,
     pub runs: Vec<RunReport>,
+    /// The publisher's side of each run, in the order of `runs`.
+    pub publisher_runs: Vec<PublisherRun>,
     pub medians: Vec<Medians>,
     /// engine variant → (throughput, p50, p99, p99.9, CPU ns per message) as
     /// engine / baseline, each from the medians of the same runs.
@@ -106,9 +127,12 @@ pub struct BenchResult {
     /// `--compare`: (what, B / A) for throughput and CPU ns per message,
     /// e.g. ("2 shards / 1 shard", [1.1, 0.97]).
     pub comparisons: Vec<(String, [f64; 2])>,
+    /// `--compare publishers`: (what, B / A) for throughput at the subscriber
+    /// and the publisher's CPU ns per message.
+    pub publisher_comparisons: Vec<(String, [f64; 2])>,
 }
 
-fn medians(name: &str, runs: &[&RunReport]) -> Medians {
+fn medians(name: &str, runs: &[&RunReport], pubs: &[&PublisherRun]) -> Medians {
     let total = |r: &RunReport| r.latency.get("total").copied().unwrap_or_default();
     let mut names: Vec<&str> = runs.iter().flat_map(|r| r.threads.iter().map(|t| t.thread.as_str())).collect();
     names.sort_unstable();
@@ -130,6 +154,8 @@ fn medians(name: &str, runs: &[&RunReport]) -> Medians {
             .into_iter()
             .map(|n| (n.to_string(), median(runs.iter().map(|r| per_thread(r, n)).collect())))
             .collect(),
+        publisher_msgs_per_sec: median(pubs.iter().map(|p| p.msgs_per_sec).collect()),
+        publisher_cpu_ns_per_msg: median(pubs.iter().map(|p| p.send_cpu_ns_per_msg + p.io_cpu_ns_per_msg).collect()),
     }
 }
 
@@ -169,6 +195,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         endpoints: vec!["tcp://127.0.0.1:*".into(); shards],
         sndhwm_msgs: args.publisher.sndhwm_msgs,
         lossless: !args.publisher.lossy,
+        thread_per_shard: args.publisher.thread_per_shard,
         publisher_id_base: 0,
     };
     let machine = Machine::here();
@@ -228,11 +255,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             args.runs
         );
     }
-    let mut variants: Vec<(String, Subscriber, PublisherConfig)> = vec![(
-        "baseline".into(),
-        Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler },
-        publisher.clone(),
-    )];
+    let baseline = Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler };
+    let mut variants: Vec<(String, Subscriber, PublisherConfig, Source)> =
+        vec![("baseline".into(), baseline.clone(), publisher.clone(), source.clone())];
     for h in &handoffs {
         let mut cfg = profile.engine_config(None);
         cfg.handoff = *h;
@@ -247,9 +272,14 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 hgrm: Some(dir.join("bench.hgrm")),
                 listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             };
-            variants.push(("engine/batch+outputs".into(), Subscriber::Engine(Box::new(with)), publisher.clone()));
+            variants.push((
+                "engine/batch+outputs".into(),
+                Subscriber::Engine(Box::new(with)),
+                publisher.clone(),
+                source.clone(),
+            ));
         }
-        variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
+        variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
     }
     let mut pairs: Vec<(String, String, String)> = Vec::new();
     let with_shards = |n: usize| {
@@ -266,7 +296,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     if args.compare.iter().any(|c| c == "shards") {
         for (n, name) in [(1, "engine/1-shard"), (2, "engine/2-shards")] {
             let (sub, pc) = with_shards(n);
-            variants.push((name.into(), sub, pc));
+            variants.push((name.into(), sub, pc, source.clone()));
         }
         pairs.push(("2 shards / 1 shard".into(), "engine/1-shard".into(), "engine/2-shards".into()));
     }
@@ -278,13 +308,34 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         for (r, name) in [(Routing::ByTopic, "engine/by-topic"), (Routing::RoundRobin, "engine/round-robin")] {
             let mut cfg = p.engine_config(None);
             cfg.routing = r;
-            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
+            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
         }
         pairs.push(("round-robin / by-topic".into(), "engine/by-topic".into(), "engine/round-robin".into()));
     }
+    // Publishers, each into the baseline subscriber: the replay (the
+    // `baseline` variant), the prebuilt reference publisher on the same
+    // socket settings, and the replay with one thread per shard over 2 shards.
+    let mut pub_pairs: Vec<(String, String, String)> = Vec::new();
+    if args.compare.iter().any(|c| c == "publishers") {
+        let Source::Generator(gen) = &source else {
+            anyhow::bail!("--compare publishers needs the generated feed, not --from files");
+        };
+        if pacing != Pacing::FlatOut {
+            anyhow::bail!("--compare publishers measures publishers flat out: leave out --rate");
+        }
+        let prebuilt = Source::Prebuilt(gen.clone());
+        variants.push(("baseline/prebuilt-pub".into(), baseline.clone(), publisher.clone(), prebuilt));
+        let mut two = publisher.clone();
+        two.endpoints = vec!["tcp://127.0.0.1:*".into(); 2];
+        two.thread_per_shard = true;
+        variants.push(("baseline/2-pub-threads".into(), baseline.clone(), two, source.clone()));
+        pub_pairs.push(("replay / prebuilt publisher".into(), "baseline/prebuilt-pub".into(), "baseline".into()));
+        pub_pairs.push(("2 replay threads / 1".into(), "baseline".into(), "baseline/2-pub-threads".into()));
+    }
     let mut runs: Vec<RunReport> = Vec::new();
+    let mut publisher_runs: Vec<PublisherRun> = Vec::new();
     for rep in 1..=args.runs.max(1) {
-        for (name, sub, publisher) in &variants {
+        for (name, sub, publisher, source) in &variants {
             if stop.is_stopped() {
                 anyhow::bail!("interrupted");
             }
@@ -301,7 +352,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             if !args.json {
                 let t = out.report.latency.get("total").copied().unwrap_or_default();
                 println!(
-                    "  run {rep} {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                    "  run {rep} {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                     name,
                     out.report.msgs_per_sec / 1e6,
                     cpu_ns_per_msg(&out.report),
@@ -314,17 +365,33 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                     human_ns(t.max_ns)
                 );
             }
+            let sent = out.replay.sent_total.max(1) as f64;
+            publisher_runs.push(PublisherRun {
+                variant: name.clone(),
+                sent: out.replay.sent_total,
+                msgs_per_sec: out.replay.sent_total as f64 / out.replay.elapsed_s.max(1e-9),
+                send_cpu_ns_per_msg: out.replay.cpu_ns as f64 / sent,
+                io_cpu_ns_per_msg: out.publisher_io_cpu_ns as f64 / sent,
+            });
             runs.push(out.report);
         }
     }
     let meds: Vec<Medians> = variants
         .iter()
-        .map(|(name, _, _)| medians(name, &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>()))
+        .map(|(name, _, _, _)| {
+            let mine = |r: &&PublisherRun| &r.variant == name;
+            medians(
+                name,
+                &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>(),
+                &publisher_runs.iter().filter(mine).collect::<Vec<_>>(),
+            )
+        })
         .collect();
     let base = meds[0].clone();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     let ratios: Vec<(String, [f64; 5])> = meds[1..]
         .iter()
+        .filter(|m| m.subscriber.starts_with("engine"))
         .map(|m| {
             (
                 m.subscriber.clone(),
@@ -346,7 +413,26 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             Some((what.clone(), [ratio(b.msgs_per_sec, a.msgs_per_sec), ratio(b.cpu_ns_per_msg, a.cpu_ns_per_msg)]))
         })
         .collect();
-    let result = BenchResult { machine, settings, runs, medians: meds, ratios, comparisons };
+    let publisher_comparisons: Vec<(String, [f64; 2])> = pub_pairs
+        .iter()
+        .filter_map(|(what, a, b)| {
+            let (a, b) = (find(a)?, find(b)?);
+            Some((
+                what.clone(),
+                [ratio(b.msgs_per_sec, a.msgs_per_sec), ratio(b.publisher_cpu_ns_per_msg, a.publisher_cpu_ns_per_msg)],
+            ))
+        })
+        .collect();
+    let result = BenchResult {
+        machine,
+        settings,
+        runs,
+        publisher_runs,
+        medians: meds,
+        ratios,
+        comparisons,
+        publisher_comparisons,
+    };
     if let Some(path) = &args.save {
         use anyhow::Context as _;
         std::fs::write(path, serde_json::to_string_pretty(&result)?)
@@ -358,7 +444,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         println!("medians (cpu: every thread of the subscriber incl. libzmq's I/O threads, per delivered message):");
         for m in &result.medians {
             println!(
-                "  {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                "  {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                 m.subscriber,
                 m.msgs_per_sec / 1e6,
                 m.cpu_ns_per_msg,
@@ -370,7 +456,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 human_ns(m.max_ns),
             );
             let threads: Vec<String> = m.threads.iter().map(|(t, ns)| format!("{t} {ns:.0}")).collect();
-            println!("  {:<19} per thread, ns/msg: {}", "", threads.join(", "));
+            println!("  {:<22} per thread, ns/msg: {}", "", threads.join(", "));
         }
         println!("ratios engine / baseline (throughput: higher is better; latency and CPU: lower is better):");
         for (name, r) in &result.ratios {
@@ -383,6 +469,20 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             println!("layouts (same feed, same runs; on a shared box only the CPU ratio is meaningful):");
             for (what, r) in &result.comparisons {
                 println!("  {:<24} throughput {:.2}x  CPU ns/msg {:.2}x", what, r[0], r[1]);
+            }
+        }
+        if !result.publisher_comparisons.is_empty() {
+            println!("publishers (into the baseline; throughput at the subscriber, CPU of the publisher's threads incl. its I/O threads):");
+            for m in result.medians.iter().filter(|m| m.subscriber.starts_with("baseline")) {
+                println!(
+                    "  {:<24} sends {:>6.3} M msg/s  publisher cpu {:>5.0} ns/msg",
+                    m.subscriber,
+                    m.publisher_msgs_per_sec / 1e6,
+                    m.publisher_cpu_ns_per_msg
+                );
+            }
+            for (what, r) in &result.publisher_comparisons {
+                println!("  {:<24} throughput {:.2}x  publisher CPU ns/msg {:.2}x", what, r[0], r[1]);
             }
         }
     }

@@ -67,4 +67,9 @@ pub struct PublisherArgs {
     /// Drop at the HWM like a plain PUB instead of pushing back (XPUB_NODROP off).
     #[arg(long)]
     pub lossy: bool,
+    /// With several shards (endpoints), send each shard's part of the
+    /// generated feed from a thread of its own, with a libzmq I/O thread per
+    /// shard (not with --from files).
+    #[arg(long)]
+    pub thread_per_shard: bool,
 }
