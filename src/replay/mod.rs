@@ -308,8 +308,42 @@ impl Publisher {
         }
     }
 
-    fn encode_data(&mut self, k: usize, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
-        encode_data(&mut self.shards[k], &mut self.buf, topic, topic_seq, send_time_ns, payload);
+    /// Encode the next data frame of shard `k` straight into a libzmq
+    /// message and send it (one pass over the bytes, no copy from a staging
+    /// buffer), retrying while a lossless pipe is full. False if `stop` was
+    /// set while waiting.
+    fn send_data(
+        &mut self,
+        k: usize,
+        topic: &[u8],
+        topic_seq: u64,
+        send_time_ns: u64,
+        payload: &[u8],
+        stop: &StopFlag,
+    ) -> Result<bool, ReplayError> {
+        let sh = &mut self.shards[k];
+        sh.stream_seq += 1;
+        let h = Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: sh.publisher_id,
+            session_id: sh.session_id,
+            stream_seq: sh.stream_seq,
+            topic_seq,
+            send_time_ns,
+        };
+        let len = wire::frame_len(topic, payload.len());
+        loop {
+            // libzmq consumes the message even when the send fails: a retry encodes again.
+            let mut msg = zmq::Message::with_size(len);
+            wire::encode_into(&mut msg, topic, &h, payload);
+            match sh.socket.send(msg, 0) {
+                Ok(()) => return Ok(true),
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if !stop.is_stopped() => {}
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
+                Err(e) => return Err(ReplayError::Zmq { context: format!("sending on {}", sh.endpoint), source: e }),
+            }
+        }
     }
 
     fn encode_control(&mut self, k: usize, kind: Kind) {
@@ -529,8 +563,7 @@ impl Publisher {
             let k = shard_of_topic[t];
             topic_seq[t] += 1;
             let payload = gen.payload(i);
-            self.encode_data(k, &topics[t], topic_seq[t], send_time_ns, payload);
-            if !self.send_on(k, None, false, stop, None)? {
+            if !self.send_data(k, &topics[t], topic_seq[t], send_time_ns, payload, stop)? {
                 return Ok(true);
             }
             self.shards[k].sent += 1;
