@@ -322,28 +322,14 @@ impl Publisher {
         stop: &StopFlag,
     ) -> Result<bool, ReplayError> {
         let sh = &mut self.shards[k];
-        sh.stream_seq += 1;
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: sh.publisher_id,
-            session_id: sh.session_id,
-            stream_seq: sh.stream_seq,
-            topic_seq,
-            send_time_ns,
-        };
+        let h = next_data_header(sh, topic_seq, send_time_ns);
         let len = wire::frame_len(topic, payload.len());
-        loop {
-            // libzmq consumes the message even when the send fails: a retry encodes again.
+        // libzmq consumes the message even when the send fails: a retry encodes again.
+        send_retrying(sh, stop, || {
             let mut msg = zmq::Message::with_size(len);
             wire::encode_into(&mut msg, topic, &h, payload);
-            match sh.socket.send(msg, 0) {
-                Ok(()) => return Ok(true),
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if !stop.is_stopped() => {}
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
-                Err(e) => return Err(ReplayError::Zmq { context: format!("sending on {}", sh.endpoint), source: e }),
-            }
-        }
+            msg
+        })
     }
 
     fn encode_control(&mut self, k: usize, kind: Kind) {
@@ -626,7 +612,7 @@ impl Publisher {
             *topic_seq += 1;
             wire::patch_sequences(frame, *topic_len, sh.stream_seq, *topic_seq, now_ns);
             let k = *k;
-            if !send_frame(&self.shards[k], frame, stop)? {
+            if !send_retrying(&self.shards[k], stop, || &frame[..])? {
                 return Ok(true);
             }
             self.shards[k].sent += 1;
@@ -819,12 +805,16 @@ impl Publisher {
     }
 }
 
-/// Send `frame` on `sh`, retrying while a lossless pipe is full; false if
-/// `stop` was set while waiting.
+/// Send what `make` makes on `sh`, making it again and retrying while a
+/// lossless pipe is full; false if `stop` was set while waiting.
 #[inline]
-fn send_frame(sh: &Shard, frame: &[u8], stop: &StopFlag) -> Result<bool, ReplayError> {
+fn send_retrying<T: zmq::Sendable>(
+    sh: &Shard,
+    stop: &StopFlag,
+    mut make: impl FnMut() -> T,
+) -> Result<bool, ReplayError> {
     loop {
-        match sh.socket.send(frame, 0) {
+        match sh.socket.send(make(), 0) {
             Ok(()) => return Ok(true),
             Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if !stop.is_stopped() => {}
             Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
@@ -842,10 +832,11 @@ fn scale_ns(ns: u64, speed: f64) -> u64 {
     }
 }
 
-/// Encode the next data frame of shard `sh`'s stream into `buf`.
-fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
+/// The header of the next data frame of shard `sh`'s stream.
+#[inline]
+fn next_data_header(sh: &mut Shard, topic_seq: u64, send_time_ns: u64) -> Header {
     sh.stream_seq += 1;
-    let h = Header {
+    Header {
         kind: Kind::Data,
         flags: 0,
         publisher_id: sh.publisher_id,
@@ -853,7 +844,12 @@ fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, 
         stream_seq: sh.stream_seq,
         topic_seq,
         send_time_ns,
-    };
+    }
+}
+
+/// Encode the next data frame of shard `sh`'s stream into `buf`.
+fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
+    let h = next_data_header(sh, topic_seq, send_time_ns);
     buf.resize(wire::frame_len(topic, payload.len()), 0);
     wire::encode_into(buf, topic, &h, payload);
 }
