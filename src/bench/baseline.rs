@@ -13,7 +13,7 @@ use crate::metrics::{RunReport, StageHistograms, ThreadAccount};
 use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
 /// The baseline subscriber agent (`baseline`): connected and subscribed;
-/// run it with the [`Runner`](crate::agent::Runner), then [`Baseline::report`].
+/// run it with the [`Runner`], then [`Baseline::report`].
 pub struct Baseline {
     _ctx: zmq::Context,
     sub: zmq::Socket,
