@@ -246,6 +246,39 @@ fn bench_prints_engine_and_baseline_with_ratios() {
     assert_eq!(ratios.len(), 2);
     assert!(ratios[0][1][0].as_f64().expect("throughput ratio") > 0.0);
     assert_eq!(r["machine"]["cores"].as_u64(), Some(mdsub::profile::host_cores().len() as u64));
+    // CPU per message counts libzmq's I/O threads on both sides, and the
+    // engine/baseline CPU ratio is reported.
+    let meds = r["medians"].as_array().expect("medians");
+    for m in meds {
+        let io = m["threads"].as_object().expect("threads").keys().filter(|k| k.ends_with("-io")).count();
+        assert!(io >= 1, "an I/O thread is counted: {m}");
+        assert!(m["cpu_ns_per_msg"].as_f64() > m["app_cpu_ns_per_msg"].as_f64(), "{m}");
+    }
+    assert!(ratios[0][1][4].as_f64().expect("CPU ratio") > 0.0);
+}
+
+#[test]
+fn bench_compares_the_replay_with_a_prebuilt_publisher_and_a_thread_per_shard() {
+    let args = ["bench", "--count", "20k", "--runs", "1", "--handoff", "batch", "--compare", "publishers", "--json"];
+    let r = mdsub_json(&args, Duration::from_secs(120));
+    let runs = r["runs"].as_array().expect("runs");
+    let names: Vec<&str> = runs.iter().filter_map(|x| x["subscriber"].as_str()).collect();
+    assert_eq!(names, ["baseline", "engine/batch", "baseline/prebuilt-pub", "baseline/2-pub-threads"]);
+    // Every publisher's frames pass the baseline's sequence checks whole:
+    // the prebuilt frames' patched sequences and the per-shard threads'
+    // streams (two publisher ids, each ended by its own end of stream).
+    for run in runs {
+        assert_eq!(run["delivered"].as_u64(), Some(20_000), "{run}");
+        assert_eq!(run["lost"].as_u64(), Some(0), "{run}");
+        assert_eq!(run["gaps"].as_u64(), Some(0), "{run}");
+        assert_eq!(run["duplicates"].as_u64(), Some(0), "{run}");
+    }
+    let pubs = r["publisher_runs"].as_array().expect("publisher_runs");
+    assert_eq!(pubs.len(), 4);
+    assert!(pubs.iter().all(|p| p["send_cpu_ns_per_msg"].as_f64() > Some(0.0)), "{pubs:?}");
+    let cmp = r["publisher_comparisons"].as_array().expect("publisher_comparisons");
+    let what: Vec<&str> = cmp.iter().filter_map(|c| c[0].as_str()).collect();
+    assert_eq!(what, ["replay / prebuilt publisher", "2 replay threads / 1"]);
 }
 
 /// `--lossy` drops at the HWM, counts every drop, and still delivers its end

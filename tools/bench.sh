@@ -20,6 +20,9 @@ run() { # name, args...
 
 # Lossless throughput, flat out, 100-byte payloads.
 run throughput-100B --count 2M --payload-bytes 100
+# CPU per message (every thread, libzmq's I/O threads included), layouts and
+# publishers, each against its baseline in the same runs (issue 9).
+run layouts-publishers --count 500k --handoff batch --compare publishers,shards,routing
 # Latency at a fixed rate well inside capacity.
 run latency-100k --rate 100k --duration 5s --payload-bytes 100
 echo "done: $dir"

@@ -5,16 +5,16 @@
 
 use std::time::{Duration, Instant};
 
-use crate::agent::{Agent, AgentError, Step};
+use crate::agent::{Agent, AgentError, AgentStats, Runner, Step};
 use crate::clock;
 use crate::engine::handler::{Handler, HandlerSpec};
 use crate::engine::sequence::SequenceTracker;
-use crate::metrics::{RunReport, StageHistograms};
+use crate::metrics::{RunReport, StageHistograms, ThreadAccount};
 use crate::security::ClientKeys;
 use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
 /// The baseline subscriber agent (`baseline`): connected and subscribed;
-/// run it with the [`Runner`](crate::agent::Runner), then [`Baseline::report`].
+/// run it with the [`Runner`], then [`Baseline::report`].
 pub struct Baseline {
     _ctx: zmq::Context,
     sub: zmq::Socket,
@@ -32,27 +32,43 @@ pub struct Baseline {
     timeout: Duration,
     timed_out: bool,
     handler: Option<Box<dyn Handler>>,
+    /// Linux thread ids of its context's libzmq threads (named `baseline-io`).
+    io_tids: Vec<u32>,
 }
+
+/// The name of the baseline's libzmq I/O thread (and its reaper).
+pub const IO_THREAD: &str = "baseline-io";
 
 impl Baseline {
     /// Connect to every endpoint (presenting `keys` to publishers that demand
     /// CURVE) and subscribe to everything; the run ends after every
     /// publisher's end of stream, or after `timeout`.
+    /// Its context is made on a thread named [`IO_THREAD`], so libzmq's
+    /// I/O thread carries that name and its CPU time can be counted: a plain
+    /// SUB costs its own thread plus that one, like the engine's shards.
     pub fn connect(
         endpoints: &[String],
         rcvhwm_msgs: i32,
         keys: Option<&ClientKeys>,
         timeout: Duration,
-    ) -> zmq::Result<Baseline> {
-        let ctx = zmq::Context::new();
-        let sub = ctx.socket(zmq::SUB)?;
-        sub.set_rcvhwm(rcvhwm_msgs)?;
-        sub.set_linger(0)?;
-        ClientKeys::apply_if(keys, &sub)?;
-        sub.set_subscribe(b"")?;
-        for ep in endpoints {
-            sub.connect(ep)?;
-        }
+    ) -> anyhow::Result<Baseline> {
+        let before = clock::task_ids_named(IO_THREAD);
+        let eps = endpoints.to_vec();
+        let keys = keys.cloned();
+        let (ctx, sub) = Runner::task(IO_THREAD, None, move || -> zmq::Result<(zmq::Context, zmq::Socket)> {
+            let ctx = zmq::Context::new();
+            let sub = ctx.socket(zmq::SUB)?;
+            sub.set_rcvhwm(rcvhwm_msgs)?;
+            sub.set_linger(0)?;
+            ClientKeys::apply_if(keys.as_ref(), &sub)?;
+            sub.set_subscribe(b"")?;
+            for ep in &eps {
+                sub.connect(ep)?;
+            }
+            Ok((ctx, sub))
+        })?
+        .join()??;
+        let io_tids = clock::task_ids_named(IO_THREAD).into_iter().filter(|t| !before.contains(t)).collect();
         Ok(Baseline {
             _ctx: ctx,
             sub,
@@ -70,6 +86,7 @@ impl Baseline {
             timeout,
             timed_out: false,
             handler: None,
+            io_tids,
         })
     }
 
@@ -112,6 +129,17 @@ impl Baseline {
                 }
             },
         }
+    }
+
+    /// Per-thread accounts of the run: the baseline's own thread (from its
+    /// runner's counters, `agent`) and its libzmq I/O thread, per delivered
+    /// message. Call before the baseline is dropped (its I/O thread ends with it).
+    pub fn threads(&self, agent: &AgentStats) -> Vec<ThreadAccount> {
+        let io: u64 = self.io_tids.iter().filter_map(|&t| clock::task_cpu_ns(t)).sum();
+        vec![
+            ThreadAccount::new(&agent.role, self.delivered, agent.cpu_ns, agent.wall_ns, agent.blocked_ns),
+            ThreadAccount::new(IO_THREAD, self.delivered, io, agent.wall_ns, 0),
+        ]
     }
 
     /// The report of the run (call after the agent ended).

@@ -45,13 +45,34 @@ pub struct RunSpec {
 pub struct RunOutcome {
     pub replay: ReplayStats,
     pub report: RunReport,
+    /// CPU time of the publisher's libzmq I/O thread(s) (named `replay-io`), ns;
+    /// its sending threads' is `replay.cpu_ns`.
+    pub publisher_io_cpu_ns: u64,
 }
+
+/// The name of the in-process publisher's libzmq I/O thread(s).
+pub const PUBLISHER_IO_THREAD: &str = "replay-io";
 
 /// Run once. `progress(sent)` is called during the replay.
 pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) -> anyhow::Result<RunOutcome> {
     use anyhow::Context as _;
-    let ctx = zmq::Context::new();
-    let mut publisher = Publisher::bind(&ctx, &spec.publisher).context("starting the publisher")?;
+    // The publisher's context and sockets are made on a thread named
+    // `replay-io`, so libzmq's I/O threads carry that name and their CPU
+    // time can be read (one I/O thread per shard with a thread per shard).
+    let before = crate::clock::task_ids_named(PUBLISHER_IO_THREAD);
+    let cfg = spec.publisher.clone();
+    let (ctx, mut publisher) = Runner::task(PUBLISHER_IO_THREAD, None, move || -> anyhow::Result<_> {
+        let ctx = zmq::Context::new();
+        if cfg.thread_per_shard {
+            ctx.set_io_threads(cfg.endpoints.len().max(1) as i32)?;
+        }
+        let publisher = Publisher::bind(&ctx, &cfg)?;
+        Ok((ctx, publisher))
+    })?
+    .join()?
+    .context("starting the publisher")?;
+    let io_tids: Vec<u32> =
+        crate::clock::task_ids_named(PUBLISHER_IO_THREAD).into_iter().filter(|t| !before.contains(t)).collect();
     let endpoints = publisher.endpoints();
     // Start the subscriber, then wait for its subscriptions (the handshake).
     enum Running {
@@ -95,14 +116,19 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     }
     progress(sent.load(std::sync::atomic::Ordering::Relaxed));
     let replay = task.join().context("running the publisher")?.context("replaying")?;
+    let publisher_io_cpu_ns = io_tids.iter().filter_map(|&t| crate::clock::task_cpu_ns(t)).sum();
     let report = match running {
         Running::Engine(e) => e.join(Some(spec.drain_timeout)).context("running the engine")?,
         Running::Baseline(h) => {
             let (role, counters) = (h.role().to_string(), h.counters().clone());
-            let mut report = h.join().context("running the baseline")?.report();
-            report.agents.push(counters.snapshot(&role));
+            let baseline = h.join().context("running the baseline")?;
+            let mut report = baseline.report();
+            let agent = counters.snapshot(&role);
+            report.threads = baseline.threads(&agent);
+            report.agents.push(agent);
             report
         }
     };
-    Ok(RunOutcome { replay, report })
+    drop(ctx);
+    Ok(RunOutcome { replay, report, publisher_io_cpu_ns })
 }

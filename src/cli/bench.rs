@@ -21,7 +21,7 @@ use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::bench::stamp::Machine;
 use crate::engine::reader::{HandOff, Routing};
 use crate::metrics::{human_ns, RunReport};
-use crate::replay::{PublisherConfig, Source};
+use crate::replay::{Pacing, PublisherConfig, Source};
 use crate::snail::Policy;
 
 #[derive(Args, Debug)]
@@ -59,8 +59,11 @@ pub struct BenchArgs {
     /// Also compare engine layouts on the same feed in the same runs:
     /// `shards` (1 vs 2 shards), `routing` (by-topic vs round-robin, at
     /// least 2 workers), `snail` (the batch engine with the snail's checks
-    /// on, policy croak, vs off); comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = ["shards", "routing", "snail"], value_name = "WHAT")]
+    /// on, policy croak, vs off); and publishers: `publishers` (flat out into
+    /// the baseline: the replay vs a reference publisher sending prebuilt
+    /// frames on the same socket settings, and the replay with one thread per
+    /// shard over 2 shards); comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = ["shards", "routing", "snail", "publishers"], value_name = "WHAT")]
     pub compare: Vec<String>,
     /// Print the whole result as JSON.
     #[arg(long)]
@@ -92,11 +95,31 @@ pub struct Medians {
     pub p999_ns: u64,
     pub max_ns: u64,
     pub lost_total: u64,
-    /// CPU ns per delivered message of the subscriber's own threads (the
-    /// baseline's one thread; the engine's readers, workers and collector),
-    /// not libzmq's I/O threads, so both sides count the same kind of work;
-    /// the engine's I/O threads are in its report's `threads`.
+    /// CPU ns per delivered message of every thread of the subscriber,
+    /// libzmq's I/O threads included: the baseline's one thread and its
+    /// I/O thread; the engine's I/O threads, readers, workers and collector.
+    /// This is the figure the engine/baseline CPU ratio compares.
     pub cpu_ns_per_msg: f64,
+    /// The same without libzmq's I/O threads (the subscriber's own threads only).
+    pub app_cpu_ns_per_msg: f64,
+    /// Per thread, CPU ns per delivered message (so they add up to `cpu_ns_per_msg`).
+    pub threads: std::collections::BTreeMap<String, f64>,
+    /// The publisher feeding this variant: messages sent per second (its
+    /// own clock, send start to end of stream) and CPU ns per message sent
+    /// (its sending threads and its libzmq I/O threads).
+    pub publisher_msgs_per_sec: f64,
+    pub publisher_cpu_ns_per_msg: f64,
+}
+
+/// The publisher's side of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublisherRun {
+    pub variant: String,
+    pub sent: u64,
+    pub msgs_per_sec: f64,
+    /// CPU ns per message sent of the sending thread(s) and of the I/O thread(s).
+    pub send_cpu_ns_per_msg: f64,
+    pub io_cpu_ns_per_msg: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,16 +127,28 @@ pub struct BenchResult {
     pub machine: Machine,
     pub settings: serde_json::Value,
     pub runs: Vec<RunReport>,
+    /// The publisher's side of each run, in the order of `runs`.
+    pub publisher_runs: Vec<PublisherRun>,
     pub medians: Vec<Medians>,
-    /// engine variant → (throughput, p50, p99, p99.9) as engine / baseline.
-    pub ratios: Vec<(String, [f64; 4])>,
+    /// engine variant → (throughput, p50, p99, p99.9, CPU ns per message) as
+    /// engine / baseline, each from the medians of the same runs.
+    pub ratios: Vec<(String, [f64; 5])>,
     /// `--compare`: (what, B / A) for throughput and CPU ns per message,
     /// e.g. ("2 shards / 1 shard", [1.1, 0.97]).
     pub comparisons: Vec<(String, [f64; 2])>,
+    /// `--compare publishers`: (what, B / A) for throughput at the subscriber
+    /// and the publisher's CPU ns per message.
+    pub publisher_comparisons: Vec<(String, [f64; 2])>,
 }
 
-fn medians(name: &str, runs: &[&RunReport]) -> Medians {
+fn medians(name: &str, runs: &[&RunReport], pubs: &[&PublisherRun]) -> Medians {
     let total = |r: &RunReport| r.latency.get("total").copied().unwrap_or_default();
+    let mut names: Vec<&str> = runs.iter().flat_map(|r| r.threads.iter().map(|t| t.thread.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    let per_thread = |r: &RunReport, n: &str| {
+        r.threads.iter().filter(|t| t.thread == n).map(|t| t.cpu_ns).sum::<u64>() as f64 / r.delivered.max(1) as f64
+    };
     Medians {
         subscriber: name.to_string(),
         msgs_per_sec: median(runs.iter().map(|r| r.msgs_per_sec).collect()),
@@ -123,11 +158,25 @@ fn medians(name: &str, runs: &[&RunReport]) -> Medians {
         max_ns: median(runs.iter().map(|r| total(r).max_ns).collect()),
         lost_total: runs.iter().map(|r| r.lost.unwrap_or(0)).sum(),
         cpu_ns_per_msg: median(runs.iter().map(|r| cpu_ns_per_msg(r)).collect()),
+        app_cpu_ns_per_msg: median(runs.iter().map(|r| app_cpu_ns_per_msg(r)).collect()),
+        threads: names
+            .into_iter()
+            .map(|n| (n.to_string(), median(runs.iter().map(|r| per_thread(r, n)).collect())))
+            .collect(),
+        publisher_msgs_per_sec: median(pubs.iter().map(|p| p.msgs_per_sec).collect()),
+        publisher_cpu_ns_per_msg: median(pubs.iter().map(|p| p.send_cpu_ns_per_msg + p.io_cpu_ns_per_msg).collect()),
     }
 }
 
-/// CPU ns of the subscriber's threads per delivered message.
+/// CPU ns of every thread of the subscriber (libzmq's I/O threads
+/// included) per delivered message.
 fn cpu_ns_per_msg(r: &RunReport) -> f64 {
+    let cpu: u64 = r.threads.iter().map(|t| t.cpu_ns).sum();
+    cpu as f64 / r.delivered.max(1) as f64
+}
+
+/// CPU ns of the subscriber's own agent threads per delivered message.
+fn app_cpu_ns_per_msg(r: &RunReport) -> f64 {
     let cpu: u64 = r.agents.iter().map(|a| a.cpu_ns).sum();
     cpu as f64 / r.delivered.max(1) as f64
 }
@@ -169,6 +218,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         endpoints: vec!["tcp://127.0.0.1:*".into(); shards],
         sndhwm_msgs: args.publisher.sndhwm_msgs,
         lossless: !args.publisher.lossy,
+        thread_per_shard: args.publisher.thread_per_shard,
         publisher_id_base: 0,
         access: Default::default(),
     };
@@ -230,18 +280,16 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             args.runs
         );
     }
-    let mut variants: Vec<(String, Subscriber, PublisherConfig)> = vec![(
-        "baseline".into(),
-        Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler, keys: None },
-        publisher.clone(),
-    )];
+    let baseline = Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler, keys: None };
+    let mut variants: Vec<(String, Subscriber, PublisherConfig, Source)> =
+        vec![("baseline".into(), baseline.clone(), publisher.clone(), source.clone())];
     let curve = if args.curve { Some(curve_pair()?) } else { None };
     if let Some((access, keys)) = &curve {
         let mut pc = publisher.clone();
         pc.access = access.clone();
         let handler = profile.handler;
         let sub = Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler, keys: Some(keys.clone()) };
-        variants.push((BASELINE_CURVE.into(), sub, pc));
+        variants.push((BASELINE_CURVE.into(), sub, pc, source.clone()));
     }
     for h in &handoffs {
         let mut cfg = profile.engine_config(None);
@@ -258,15 +306,20 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
                 ..Default::default()
             };
-            variants.push(("engine/batch+outputs".into(), Subscriber::Engine(Box::new(with)), publisher.clone()));
+            variants.push((
+                "engine/batch+outputs".into(),
+                Subscriber::Engine(Box::new(with)),
+                publisher.clone(),
+                source.clone(),
+            ));
         }
         if let Some((access, keys)) = &curve {
             let (mut with, mut pc) = (cfg.clone(), publisher.clone());
             with.feed_keys = Some(keys.clone());
             pc.access = access.clone();
-            variants.push((format!("{name}+curve"), Subscriber::Engine(Box::new(with)), pc));
+            variants.push((format!("{name}+curve"), Subscriber::Engine(Box::new(with)), pc, source.clone()));
         }
-        variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
+        variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
     }
     let mut pairs: Vec<(String, String, String)> = Vec::new();
     if curve.is_some() {
@@ -290,7 +343,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     if args.compare.iter().any(|c| c == "shards") {
         for (n, name) in [(1, "engine/1-shard"), (2, "engine/2-shards")] {
             let (sub, pc) = with_shards(n);
-            variants.push((name.into(), sub, pc));
+            variants.push((name.into(), sub, pc, source.clone()));
         }
         pairs.push(("2 shards / 1 shard".into(), "engine/1-shard".into(), "engine/2-shards".into()));
     }
@@ -302,7 +355,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         for (r, name) in [(Routing::ByTopic, "engine/by-topic"), (Routing::RoundRobin, "engine/round-robin")] {
             let mut cfg = p.engine_config(None);
             cfg.routing = r;
-            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
+            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
         }
         pairs.push(("round-robin / by-topic".into(), "engine/by-topic".into(), "engine/round-robin".into()));
     }
@@ -311,13 +364,34 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             let mut cfg = profile.engine_config(None);
             cfg.handoff = HandOff::Batch;
             cfg.snail.policy = policy;
-            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone()));
+            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
         }
         pairs.push(("snail on / off".into(), "engine/snail-off".into(), "engine/snail-on".into()));
     }
+    // Publishers, each into the baseline subscriber: the replay (the
+    // `baseline` variant), the prebuilt reference publisher on the same
+    // socket settings, and the replay with one thread per shard over 2 shards.
+    let mut pub_pairs: Vec<(String, String, String)> = Vec::new();
+    if args.compare.iter().any(|c| c == "publishers") {
+        let Source::Generator(gen) = &source else {
+            anyhow::bail!("--compare publishers needs the generated feed, not --from files");
+        };
+        if pacing != Pacing::FlatOut {
+            anyhow::bail!("--compare publishers measures publishers flat out: leave out --rate");
+        }
+        let prebuilt = Source::Prebuilt(gen.clone());
+        variants.push(("baseline/prebuilt-pub".into(), baseline.clone(), publisher.clone(), prebuilt));
+        let mut two = publisher.clone();
+        two.endpoints = vec!["tcp://127.0.0.1:*".into(); 2];
+        two.thread_per_shard = true;
+        variants.push(("baseline/2-pub-threads".into(), baseline.clone(), two, source.clone()));
+        pub_pairs.push(("replay / prebuilt publisher".into(), "baseline/prebuilt-pub".into(), "baseline".into()));
+        pub_pairs.push(("2 replay threads / 1".into(), "baseline".into(), "baseline/2-pub-threads".into()));
+    }
     let mut runs: Vec<RunReport> = Vec::new();
+    let mut publisher_runs: Vec<PublisherRun> = Vec::new();
     for rep in 1..=args.runs.max(1) {
-        for (name, sub, publisher) in &variants {
+        for (name, sub, publisher, source) in &variants {
             if stop.is_stopped() {
                 anyhow::bail!("interrupted");
             }
@@ -334,10 +408,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             if !args.json {
                 let t = out.report.latency.get("total").copied().unwrap_or_default();
                 println!(
-                    "  run {rep} {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                    "  run {rep} {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                     name,
                     out.report.msgs_per_sec / 1e6,
                     cpu_ns_per_msg(&out.report),
+                    app_cpu_ns_per_msg(&out.report),
                     out.report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
                     out.report.lost.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
                     human_ns(t.p50_ns),
@@ -346,20 +421,35 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                     human_ns(t.max_ns)
                 );
             }
+            let sent = out.replay.sent_total.max(1) as f64;
+            publisher_runs.push(PublisherRun {
+                variant: name.clone(),
+                sent: out.replay.sent_total,
+                msgs_per_sec: out.replay.sent_total as f64 / out.replay.elapsed_s.max(1e-9),
+                send_cpu_ns_per_msg: out.replay.cpu_ns as f64 / sent,
+                io_cpu_ns_per_msg: out.publisher_io_cpu_ns as f64 / sent,
+            });
             runs.push(out.report);
         }
     }
     let meds: Vec<Medians> = variants
         .iter()
-        .map(|(name, _, _)| medians(name, &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>()))
+        .map(|(name, _, _, _)| {
+            let mine = |r: &&PublisherRun| &r.variant == name;
+            medians(
+                name,
+                &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>(),
+                &publisher_runs.iter().filter(mine).collect::<Vec<_>>(),
+            )
+        })
         .collect();
     let base = meds[0].clone();
     let curve_base = meds.iter().find(|m| m.subscriber == BASELINE_CURVE).cloned();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     // Engines with CURVE are compared with the baseline with CURVE.
-    let ratios: Vec<(String, [f64; 4])> = meds[1..]
+    let ratios: Vec<(String, [f64; 5])> = meds[1..]
         .iter()
-        .filter(|m| m.subscriber != BASELINE_CURVE)
+        .filter(|m| m.subscriber.starts_with("engine"))
         .map(|m| {
             let base = match (&curve_base, m.subscriber.ends_with("+curve")) {
                 (Some(b), true) => b,
@@ -372,6 +462,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                     ratio(m.p50_ns as f64, base.p50_ns as f64),
                     ratio(m.p99_ns as f64, base.p99_ns as f64),
                     ratio(m.p999_ns as f64, base.p999_ns as f64),
+                    ratio(m.cpu_ns_per_msg, base.cpu_ns_per_msg),
                 ],
             )
         })
@@ -384,7 +475,26 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             Some((what.clone(), [ratio(b.msgs_per_sec, a.msgs_per_sec), ratio(b.cpu_ns_per_msg, a.cpu_ns_per_msg)]))
         })
         .collect();
-    let result = BenchResult { machine, settings, runs, medians: meds, ratios, comparisons };
+    let publisher_comparisons: Vec<(String, [f64; 2])> = pub_pairs
+        .iter()
+        .filter_map(|(what, a, b)| {
+            let (a, b) = (find(a)?, find(b)?);
+            Some((
+                what.clone(),
+                [ratio(b.msgs_per_sec, a.msgs_per_sec), ratio(b.publisher_cpu_ns_per_msg, a.publisher_cpu_ns_per_msg)],
+            ))
+        })
+        .collect();
+    let result = BenchResult {
+        machine,
+        settings,
+        runs,
+        publisher_runs,
+        medians: meds,
+        ratios,
+        comparisons,
+        publisher_comparisons,
+    };
     if let Some(path) = &args.save {
         use anyhow::Context as _;
         std::fs::write(path, serde_json::to_string_pretty(&result)?)
@@ -393,28 +503,48 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        println!("medians:");
+        println!("medians (cpu: every thread of the subscriber incl. libzmq's I/O threads, per delivered message):");
         for m in &result.medians {
             println!(
-                "  {:<19} {:>6.3} M msg/s  cpu {:>5.0} ns/msg  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                "  {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                 m.subscriber,
                 m.msgs_per_sec / 1e6,
                 m.cpu_ns_per_msg,
+                m.app_cpu_ns_per_msg,
                 m.lost_total,
                 human_ns(m.p50_ns),
                 human_ns(m.p99_ns),
                 human_ns(m.p999_ns),
                 human_ns(m.max_ns),
             );
+            let threads: Vec<String> = m.threads.iter().map(|(t, ns)| format!("{t} {ns:.0}")).collect();
+            println!("  {:<22} per thread, ns/msg: {}", "", threads.join(", "));
         }
-        println!("ratios engine / baseline (throughput: higher is better; latency: lower is better; +curve against baseline+curve):");
+        println!("ratios engine / baseline (throughput: higher is better; latency and CPU: lower is better; +curve against baseline+curve):");
         for (name, r) in &result.ratios {
-            println!("  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x", name, r[0], r[1], r[2], r[3]);
+            println!(
+                "  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  CPU ns/msg {:.2}x",
+                name, r[0], r[1], r[2], r[3], r[4]
+            );
         }
         if !result.comparisons.is_empty() {
             println!("comparisons (same feed, same runs; on a shared box only the CPU ratio is meaningful):");
             for (what, r) in &result.comparisons {
                 println!("  {:<24} throughput {:.2}x  CPU ns/msg {:.2}x", what, r[0], r[1]);
+            }
+        }
+        if !result.publisher_comparisons.is_empty() {
+            println!("publishers (into the baseline; throughput at the subscriber, CPU of the publisher's threads incl. its I/O threads):");
+            for m in result.medians.iter().filter(|m| m.subscriber.starts_with("baseline")) {
+                println!(
+                    "  {:<24} sends {:>6.3} M msg/s  publisher cpu {:>5.0} ns/msg",
+                    m.subscriber,
+                    m.publisher_msgs_per_sec / 1e6,
+                    m.publisher_cpu_ns_per_msg
+                );
+            }
+            for (what, r) in &result.publisher_comparisons {
+                println!("  {:<24} throughput {:.2}x  publisher CPU ns/msg {:.2}x", what, r[0], r[1]);
             }
         }
     }

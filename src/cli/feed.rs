@@ -69,4 +69,9 @@ pub struct PublisherArgs {
     /// and the end of stream is always delivered (sent waiting for room).
     #[arg(long)]
     pub lossy: bool,
+    /// With several shards (endpoints), send each shard's part of the
+    /// generated feed from a thread of its own, with a libzmq I/O thread per
+    /// shard (not with --from files).
+    #[arg(long)]
+    pub thread_per_shard: bool,
 }

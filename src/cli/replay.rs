@@ -173,10 +173,17 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         endpoints,
         sndhwm_msgs: args.publisher.sndhwm_msgs,
         lossless: !args.publisher.lossy,
+        thread_per_shard: args.publisher.thread_per_shard,
         publisher_id_base: args.publisher_id,
         access: args.access.to_access()?,
     };
     let ctx = zmq::Context::new();
+    if cfg.thread_per_shard {
+        if !args.from.is_empty() {
+            anyhow::bail!("--thread-per-shard needs the generated feed, not --from files");
+        }
+        ctx.set_io_threads(cfg.endpoints.len() as i32)?;
+    }
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     for (k, ep) in publisher.endpoints().iter().enumerate() {

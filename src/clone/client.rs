@@ -34,8 +34,8 @@ pub use super::client_core::{AckState, Change, ChangeKind, ClientConfig, ClientS
 use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
-use crate::link::LinkWatch;
 use crate::diag::RefusalLog;
+use crate::link::LinkWatch;
 use crate::security::ClientKeys;
 
 /// Messages read from one socket per unit of work (then timers get a turn).

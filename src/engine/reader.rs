@@ -1,7 +1,8 @@
 //! The shard's SUB reader agent (`shardK-reader`): drains the SUB socket,
 //! decodes and checks every frame, and hands data to workers over inproc
 //! PUSH, batched adaptively (whatever the SUB already holds, up to
-//! `batch_max`; it never waits to fill a batch).
+//! `batch_max`; it never waits to fill a batch). The clock is read once per
+//! drain round: the frames of one round share their receive time.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -521,6 +522,11 @@ impl Agent for ReaderAgent {
             return Ok(Step::Blocked(0));
         }
         let mut n = 0;
+        // One clock read per drain round, not per frame: every frame of the
+        // round is stamped with the time its first frame was taken (a round
+        // is at most `batch_max` frames, a few µs; the clock read was ~10 %
+        // of the reader's CPU per message).
+        let mut recv_ns = 0;
         while n < self.cfg.batch_max {
             match self.sub.recv(&mut self.msg, zmq::DONTWAIT) {
                 Ok(()) => {}
@@ -529,7 +535,9 @@ impl Agent for ReaderAgent {
                 Err(e) => return Err(zerr(&self.role, "receiving from the SUB")(e)),
             }
             n += 1;
-            let recv_ns = clock::realtime_ns();
+            if recv_ns == 0 {
+                recv_ns = clock::realtime_ns();
+            }
             let frame: &[u8] = &self.msg;
             let Some(w) = self.checks.check(frame, recv_ns) else {
                 if let Some(l) = self.checks.take_refusal_line() {

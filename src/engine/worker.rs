@@ -1,6 +1,7 @@
 //! The worker agent (`workerN`): PULLs batches (or single frames) from the
 //! readers, runs the [`Handler`] on each message and
-//! records per-stage latency; ships its histograms to the metrics collector
+//! records per-stage latency (the end time is read after each message, or,
+//! for a handler that does nothing per message, is the batch's take time); ships its histograms to the metrics collector
 //! once per interval over a crossbeam channel (never blocking on it).
 //!
 //! Histograms are kept per shard (the batch says which shard's reader built
@@ -129,6 +130,7 @@ impl WorkerAgent {
         frame: &[u8],
         recv_ns: u64,
         take_ns: u64,
+        timed: bool,
     ) -> usize {
         // The reader checked this frame already; the worker counts bytes handled.
         let Ok(view) = wire::decode(frame) else { return 0 };
@@ -137,7 +139,8 @@ impl WorkerAgent {
             return 0;
         }
         handler.on_message(&view);
-        let done = clock::realtime_ns();
+        // A handler that does nothing ends when its message was taken.
+        let done = if timed { clock::realtime_ns() } else { take_ns };
         *last_done_ns = done;
         // The snail judges the lag at the handler's end, with the clock read just made.
         if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
@@ -225,13 +228,14 @@ impl Agent for WorkerAgent {
                 self.guard.serving((slot < self.readers).then_some(slot));
             }
             let (handler, last_done) = (self.handler.as_mut(), &mut self.last_done_ns);
+            let timed = handler.takes_time();
             let stages = &mut self.stages[slot];
             let (guard, croaked) = (&mut self.guard, &mut self.croaked);
             let mut handle = |frame: &[u8], recv_ns: u64| {
                 if *croaked {
                     return;
                 }
-                let b = Self::handle(handler, stages, last_done, guard, croaked, frame, recv_ns, take_ns);
+                let b = Self::handle(handler, stages, last_done, guard, croaked, frame, recv_ns, take_ns, timed);
                 n += (b > 0) as usize;
                 bytes_done += b;
                 stages.bytes += b as u64;

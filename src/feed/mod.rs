@@ -77,29 +77,52 @@ impl Default for GeneratorConfig {
 }
 
 /// Draws topics with Zipf-like popularity and fills payloads deterministically.
+///
+/// A draw is O(1) (Walker's alias method, Vose's construction: one random
+/// number picks a column and a threshold in it), so a flat-out publisher
+/// does not pay a search over the popularity table per message.
 pub struct Generator {
     topics: Vec<String>,
-    cdf: Vec<f64>,
+    /// Alias table: column `i` is topic `i` below `prob[i]`, else `alias[i]`.
+    prob: Vec<f64>,
+    alias: Vec<u32>,
     rng: SplitMix64,
     payload: Vec<u8>,
 }
 
 impl Generator {
     pub fn new(cfg: &GeneratorConfig) -> Self {
-        let n = cfg.symbols.max(1);
-        let weights: Vec<f64> = (0..n).map(|k| 1.0 / ((k + 1) as f64).powf(cfg.zipf_s)).collect();
-        let total: f64 = weights.iter().sum();
-        let mut acc = 0.0;
-        let cdf = weights
-            .iter()
-            .map(|w| {
-                acc += w / total;
-                acc
-            })
-            .collect();
-        let mut rng = SplitMix64::new(cfg.seed);
+        Self::for_shard(cfg, 0, 1)
+    }
+
+    /// The part of `cfg`'s feed that shard `shard` of `shards` carries (by
+    /// [`shard_of`]): its topics only, with the popularity they have in the
+    /// whole feed. Several of these, one per shard, make the same feed as
+    /// one generator split by topic (what one publisher thread per shard sends).
+    pub fn for_shard(cfg: &GeneratorConfig, shard: usize, shards: usize) -> Self {
+        let names = symbol_names(cfg.symbols.max(1));
+        let (topics, weights): (Vec<String>, Vec<f64>) = names
+            .into_iter()
+            .enumerate()
+            .filter(|(_, t)| shard_of(t.as_bytes(), shards) == shard)
+            .map(|(k, t)| (t, 1.0 / ((k + 1) as f64).powf(cfg.zipf_s)))
+            .unzip();
+        let (prob, alias) = alias_table(&weights);
+        let mut rng = SplitMix64::new(cfg.seed ^ (shard as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let payload = (0..cfg.payload_bytes).map(|_| (rng.next_u64() & 0xff) as u8).collect();
-        Generator { topics: symbol_names(n), cdf, rng, payload }
+        Generator { topics, prob, alias, rng, payload }
+    }
+
+    /// The share of `cfg`'s whole feed (by popularity) that shard `shard` of
+    /// `shards` carries.
+    pub fn share(cfg: &GeneratorConfig, shard: usize, shards: usize) -> f64 {
+        let w: Vec<(bool, f64)> = symbol_names(cfg.symbols.max(1))
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (shard_of(t.as_bytes(), shards) == shard, 1.0 / ((k + 1) as f64).powf(cfg.zipf_s)))
+            .collect();
+        let total: f64 = w.iter().map(|x| x.1).sum();
+        w.iter().filter(|x| x.0).map(|x| x.1).sum::<f64>() / total
     }
 
     /// All topic names, most popular first.
@@ -107,11 +130,21 @@ impl Generator {
         &self.topics
     }
 
-    /// Index of the next topic to send.
+    /// Index of the next topic to send (into [`Generator::topics`]); 0 when
+    /// this generator has no topics.
     #[inline]
     pub fn next_topic(&mut self) -> usize {
-        let u = self.rng.next_f64();
-        self.cdf.partition_point(|&c| c < u).min(self.topics.len() - 1)
+        let n = self.prob.len();
+        if n == 0 {
+            return 0;
+        }
+        let x = self.rng.next_f64() * n as f64;
+        let col = (x as usize).min(n - 1);
+        if x - (col as f64) < self.prob[col] {
+            col
+        } else {
+            self.alias[col] as usize
+        }
     }
 
     /// The payload for the next message: fixed size; its first 8 bytes vary.
@@ -123,9 +156,64 @@ impl Generator {
     }
 }
 
+/// Vose's alias table for `weights` (any positive scale): `(prob, alias)`.
+fn alias_table(weights: &[f64]) -> (Vec<f64>, Vec<u32>) {
+    let n = weights.len();
+    let total: f64 = weights.iter().sum();
+    let mut scaled: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
+    let mut prob = vec![1.0; n];
+    let mut alias: Vec<u32> = (0..n as u32).collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < 1.0);
+    while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        prob[s] = scaled[s];
+        alias[s] = l as u32;
+        scaled[l] -= 1.0 - scaled[s];
+        if scaled[l] < 1.0 {
+            large.pop();
+            small.push(l);
+        }
+    }
+    (prob, alias)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn draws_follow_the_popularity() {
+        let cfg = GeneratorConfig { symbols: 10, ..Default::default() };
+        let mut g = Generator::new(&cfg);
+        let mut counts = [0u32; 10];
+        let n = 200_000;
+        for _ in 0..n {
+            counts[g.next_topic()] += 1;
+        }
+        let total: f64 = (1..=10).map(|k| 1.0 / k as f64).sum();
+        for (k, &c) in counts.iter().enumerate() {
+            let want = n as f64 / (k + 1) as f64 / total;
+            assert!((c as f64 - want).abs() < 0.05 * want + 50.0, "topic {k}: {c} draws, expected ~{want:.0}");
+        }
+    }
+
+    #[test]
+    fn shard_generators_split_the_feed_by_topic() {
+        let cfg = GeneratorConfig { symbols: 100, ..Default::default() };
+        let mut seen = std::collections::HashSet::new();
+        let mut share = 0.0;
+        for k in 0..3 {
+            let mut g = Generator::for_shard(&cfg, k, 3);
+            assert!(g.topics().iter().all(|t| shard_of(t.as_bytes(), 3) == k));
+            for _ in 0..1000 {
+                let t = g.next_topic();
+                assert!(t < g.topics().len());
+            }
+            seen.extend(g.topics().iter().cloned());
+            share += Generator::share(&cfg, k, 3);
+        }
+        assert_eq!(seen.len(), 100, "every topic is on exactly one shard");
+        assert!((share - 1.0).abs() < 1e-9, "shares add up to the whole feed: {share}");
+    }
 
     #[test]
     fn generator_is_seeded_and_skewed() {

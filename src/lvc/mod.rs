@@ -15,8 +15,8 @@ pub mod cache;
 pub mod proxy;
 
 use crate::agent::{AgentError, StopFlag};
-use crate::lvc::answer::AnswerLimits;
 use crate::diag::ExitCounters;
+use crate::lvc::answer::AnswerLimits;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::{LvcHooks, LvcReport};
 use crate::proxy::{ProxyConfig, ProxyShell};

@@ -11,8 +11,8 @@
 //! What is answered is bounded by an [`AnswerGate`].
 
 use crate::clock;
-use crate::lvc::answer::{Admit, AnswerCounters, AnswerGate, AnswerLimits};
 use crate::diag::RefusalLog;
+use crate::lvc::answer::{Admit, AnswerCounters, AnswerGate, AnswerLimits};
 use crate::lvc::cache::{CacheCounters, CacheLimits, LastValueCache, Update};
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
 use crate::wire::{mark_from_cache, now_ns};
@@ -161,7 +161,6 @@ impl LvcHooks {
         }
         self.answer.clear();
     }
-
 
     /// Count and say (rate-limited) a message the cache would not hold; it is forwarded all the same.
     fn refuse(&mut self, update: Update) {

@@ -4,8 +4,11 @@
 //! path) and ship a copy to the collector over a crossbeam channel once per
 //! interval; the collector adds them up. Stages, all from the publisher's
 //! intended send time (so coordinated omission shows as latency):
-//! `wire` = until the reader received the frame, `queue` = from the reader to
-//! the worker taking the batch, `total` = until the handler finished.
+//! `wire` = until the reader received the frame (the clock is read once per
+//! drain round, so the frames of one round share it), `queue` = from the
+//! reader to the worker taking the batch, `total` = until the handler
+//! finished (for the `latency` handler, which does nothing per message: until
+//! the worker took the batch, as the baseline counts it).
 
 use std::collections::BTreeMap;
 
@@ -206,7 +209,8 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snail: Option<crate::snail::SnailReport>,
     /// Per thread, per message: the readers, the shards' libzmq I/O threads,
-    /// the workers and the collector (empty for the baseline).
+    /// the workers and the collector; for the baseline its thread and its
+    /// libzmq I/O thread.
     pub threads: Vec<ThreadAccount>,
 }
 

@@ -67,6 +67,9 @@ pub struct PublisherConfig {
     pub publisher_id_base: u32,
     /// Who may subscribe (CURVE and/or an address allow-list; open by default).
     pub access: ServerAccess,
+    /// One sending thread per shard (generated feeds only), each sending its
+    /// shard's topics; give the context one I/O thread per shard too.
+    pub thread_per_shard: bool,
 }
 
 impl Default for PublisherConfig {
@@ -77,6 +80,7 @@ impl Default for PublisherConfig {
             lossless: true,
             publisher_id_base: 0,
             access: ServerAccess::default(),
+            thread_per_shard: false,
         }
     }
 }
@@ -110,6 +114,13 @@ pub enum Source {
     Dbn {
         paths: Vec<PathBuf>,
     },
+    /// The reference publisher of `mdsub bench --compare publishers`: the
+    /// generator's topics and payload built into frames once, sent flat out
+    /// round-robin over the topics with only the sequences and the send time
+    /// patched in place (the clock read every 64 messages), like the plain C
+    /// publisher of `shared/anchors/cpub.c`. What a publisher that does
+    /// nothing else costs on the same socket.
+    Prebuilt(GeneratorConfig),
 }
 
 /// What one source's run is paced, bounded, stopped and reported by (the
@@ -142,6 +153,8 @@ pub struct ReplayStats {
     pub dropped_total: u64,
     /// True when stopped by a stop request before its source or limits ended.
     pub interrupted: bool,
+    /// CPU time of the sending thread(s) (not libzmq's I/O threads), ns.
+    pub cpu_ns: u64,
     /// DBN sources: receive time of the first and last record sent (ns since the epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub market_span_ns: Option<(u64, u64)>,
@@ -197,6 +210,11 @@ pub struct Publisher {
     dropped: u64,
     restarts: u64,
     paused: Duration,
+    /// One sending thread per shard.
+    thread_per_shard: bool,
+    /// The part of the generated feed this publisher sends: shard `.0` of `.1`
+    /// (`(0, 1)`: all of it; a per-shard thread sends one part).
+    part: (usize, usize),
 }
 
 impl Publisher {
@@ -247,6 +265,8 @@ impl Publisher {
             dropped: 0,
             restarts: 0,
             paused: Duration::ZERO,
+            thread_per_shard: cfg.thread_per_shard,
+            part: (0, 1),
         })
     }
 
@@ -407,8 +427,33 @@ impl Publisher {
         }
     }
 
-    fn encode_data(&mut self, k: usize, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
-        encode_data(&mut self.shards[k], &mut self.buf, topic, topic_seq, send_time_ns, payload);
+    /// Encode the next data frame of shard `k` straight into a libzmq
+    /// message and send it (one pass over the bytes, no copy from a staging
+    /// buffer): lossless retries while the pipe is full, lossy tries once and
+    /// counts a refused message as dropped.
+    fn send_generated(
+        &mut self,
+        k: usize,
+        topic: &[u8],
+        topic_seq: u64,
+        send_time_ns: u64,
+        payload: &[u8],
+        stop: &StopFlag,
+    ) -> Result<Outcome, ReplayError> {
+        let lossless = self.lossless;
+        let sh = &mut self.shards[k];
+        let h = next_data_header(sh, topic_seq, send_time_ns);
+        let len = wire::frame_len(topic, payload.len());
+        let make = || {
+            let mut msg = zmq::Message::with_size(len);
+            wire::encode_into(&mut msg, topic, &h, payload);
+            msg
+        };
+        if !lossless {
+            return try_once(sh, make());
+        }
+        // libzmq consumes the message even when the send fails: a retry encodes again.
+        Ok(if send_retrying(sh, stop, make)? { Outcome::Sent } else { Outcome::Stopped })
     }
 
     fn encode_control(&mut self, k: usize, kind: Kind) {
@@ -464,6 +509,7 @@ impl Publisher {
             dropped_per_shard,
             elapsed_s: start.elapsed().as_secs_f64(),
             interrupted,
+            cpu_ns: 0,
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
             dropped: self.dropped,
@@ -482,6 +528,9 @@ impl Publisher {
         stop: &StopFlag,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ReplayStats, ReplayError> {
+        if self.thread_per_shard && self.shards.len() > 1 {
+            return self.run_threaded(source, pacing, limits, stop, progress);
+        }
         let start = Instant::now();
         (self.dropped, self.restarts, self.paused) = (0, 0, Duration::ZERO);
         if self.faults.restart_at.is_some() && matches!(source, Source::Capture { restamp: false, .. }) {
@@ -489,6 +538,7 @@ impl Publisher {
                 "a restart mid-stream needs fresh sequences: add --restamp to replay a capture".into(),
             ));
         }
+        let cpu0 = crate::clock::thread_cpu_ns();
         let result = match source {
             Source::Generator(_) if matches!(pacing, Pacing::Recorded { .. }) => {
                 return Err(ReplayError::Config("recorded timing needs a capture or DBN file".into()))
@@ -501,6 +551,10 @@ impl Publisher {
                 self.run_capture(path, *restamp, Run { pacing, limits, stop, progress })
             }
             Source::Dbn { paths } => self.run_dbn(paths, Run { pacing, limits, stop, progress }),
+            Source::Prebuilt(_) if pacing != Pacing::FlatOut => {
+                return Err(ReplayError::Config("the prebuilt reference publisher only runs flat out".into()))
+            }
+            Source::Prebuilt(g) => self.run_prebuilt(g, Run { pacing, limits, stop, progress }),
         };
         // End the stream in every case, so subscribers finish: after a damaged
         // capture everything before the damage was sent.
@@ -512,12 +566,111 @@ impl Publisher {
                 EOS_TIMEOUT.as_secs()
             )));
         }
-        Ok(self.stats(start, interrupted))
+        let mut stats = self.stats(start, interrupted);
+        stats.cpu_ns = crate::clock::thread_cpu_ns().saturating_sub(cpu0);
+        Ok(stats)
+    }
+
+    /// [`Publisher::run`] with one thread per shard (`replayK`, started by the
+    /// runner), each sending its shard's part of the generated feed (its
+    /// topics, their share of `limits.max_msgs`) and its end of stream.
+    fn run_threaded(
+        &mut self,
+        source: &Source,
+        pacing: Pacing,
+        limits: Limits,
+        stop: &StopFlag,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ReplayStats, ReplayError> {
+        if self.faults != FaultPlan::default() {
+            return Err(ReplayError::Config(
+                "snails on purpose (--pause-at, --drop-every, --restart-at) need one sending thread: leave out --thread-per-shard".into(),
+            ));
+        }
+        let gen = match source {
+            Source::Generator(g) | Source::Prebuilt(g) => g,
+            _ => {
+                return Err(ReplayError::Config(
+                    "one thread per shard needs the generated feed (a file is read in order by one thread)".into(),
+                ))
+            }
+        };
+        let start = Instant::now();
+        let n = self.shards.len();
+        let mut left = limits.max_msgs;
+        let mut tasks = Vec::with_capacity(n);
+        for (k, shard) in std::mem::take(&mut self.shards).into_iter().enumerate() {
+            let max_msgs = match left {
+                Some(m) if k + 1 == n => Some(m),
+                Some(m) => {
+                    let mine =
+                        ((limits.max_msgs.unwrap_or(0) as f64 * Generator::share(gen, k, n)).round() as u64).min(m);
+                    left = Some(m - mine);
+                    Some(mine)
+                }
+                None => None,
+            };
+            let mut one = Publisher {
+                shards: vec![shard],
+                buf: Vec::with_capacity(1024),
+                lossless: self.lossless,
+                market_ns: Arc::new(AtomicU64::new(0)),
+                market_span_ns: None,
+                skipped_by_rtype: BTreeMap::new(),
+                zap: None,
+                faults: FaultPlan::default(),
+                dropped: 0,
+                restarts: 0,
+                paused: Duration::ZERO,
+                thread_per_shard: false,
+                part: (k, n),
+            };
+            let sent = Arc::new(AtomicU64::new(0));
+            let (source, stop, counter) = (source.clone(), stop.clone(), sent.clone());
+            let lim = Limits { max_msgs, duration: limits.duration };
+            let task = crate::agent::Runner::task(&format!("replay{k}"), None, move || {
+                let r = one.run(&source, pacing, lim, &stop, &mut |i| counter.store(i, Ordering::Relaxed));
+                (one, r)
+            })
+            .map_err(|e| ReplayError::Config(e.to_string()))?;
+            tasks.push((task, sent));
+        }
+        while !tasks.iter().all(|(t, _)| t.is_finished()) {
+            progress(tasks.iter().map(|(_, c)| c.load(Ordering::Relaxed)).sum());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut first_err = None;
+        let (mut interrupted, mut cpu_ns) = (false, 0);
+        for (task, _) in tasks {
+            match task.join() {
+                Ok((one, r)) => {
+                    self.shards.extend(one.shards);
+                    match r {
+                        Ok(st) => {
+                            interrupted |= st.interrupted;
+                            cpu_ns += st.cpu_ns;
+                        }
+                        Err(e) => first_err = first_err.or(Some(e)),
+                    }
+                }
+                Err(e) => first_err = first_err.or(Some(ReplayError::Config(e.to_string()))),
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let mut stats = self.stats(start, interrupted);
+        stats.cpu_ns = cpu_ns;
+        progress(stats.sent_total);
+        Ok(stats)
     }
 
     fn run_generator(&mut self, cfg: &GeneratorConfig, run: Run<'_>) -> Result<bool, ReplayError> {
         let Run { pacing, limits, stop, progress } = run;
-        let mut gen = Generator::new(cfg);
+        let mut gen = Generator::for_shard(cfg, self.part.0, self.part.1);
+        if gen.topics().is_empty() {
+            return Ok(stop.is_stopped());
+        }
         let shards = self.shards.len();
         let topics: Vec<Vec<u8>> = gen.topics().iter().map(|t| t.as_bytes().to_vec()).collect();
         let shard_of_topic: Vec<usize> = topics.iter().map(|t| shard_of(t, shards)).collect();
@@ -547,13 +700,77 @@ impl Publisher {
             let k = shard_of_topic[t];
             topic_seq[t] += 1;
             let payload = gen.payload(i);
-            self.encode_data(k, &topics[t], topic_seq[t], send_time_ns, payload);
             if due.drop {
+                // The message's sequence numbers are used up: the gap is the drop.
+                next_data_header(&mut self.shards[k], topic_seq[t], send_time_ns);
                 self.dropped += 1;
                 i += 1;
                 continue;
             }
-            if let Outcome::Stopped = self.send_data(k, None, false, stop)? {
+            if let Outcome::Stopped = self.send_generated(k, &topics[t], topic_seq[t], send_time_ns, payload, stop)? {
+                return Ok(true);
+            }
+            self.shards[k].sent += 1;
+            self.shards[k].data_sent += 1;
+            i += 1;
+        }
+        progress(i);
+        Ok(stop.is_stopped())
+    }
+
+    fn run_prebuilt(&mut self, cfg: &GeneratorConfig, run: Run<'_>) -> Result<bool, ReplayError> {
+        let Run { limits, stop, progress, .. } = run;
+        let gen = Generator::for_shard(cfg, self.part.0, self.part.1);
+        if gen.topics().is_empty() {
+            return Ok(stop.is_stopped());
+        }
+        let shards = self.shards.len();
+        // One frame per topic, built once; per message only the stream and
+        // topic sequences and the send time are written into it.
+        let payload = vec![b'x'; cfg.payload_bytes];
+        let mut frames: Vec<(usize, usize, Vec<u8>, u64)> = gen
+            .topics()
+            .iter()
+            .map(|t| {
+                let t = t.as_bytes();
+                let k = shard_of(t, shards);
+                let sh = &self.shards[k];
+                let h = Header {
+                    kind: Kind::Data,
+                    flags: 0,
+                    publisher_id: sh.publisher_id,
+                    session_id: sh.session_id,
+                    stream_seq: 0,
+                    topic_seq: 0,
+                    send_time_ns: 0,
+                };
+                (k, t.len(), wire::encode(t, &h, &payload), 0u64)
+            })
+            .collect();
+        let start = Instant::now();
+        let max = limits.max_msgs.unwrap_or(u64::MAX);
+        let (mut now_ns, mut i) = (wire::now_ns(), 0u64);
+        while i < max {
+            if i & 63 == 0 {
+                if i & 0xffff == 0 {
+                    progress(i);
+                }
+                if stop.is_stopped() {
+                    return Ok(true);
+                }
+                if limits.duration.is_some_and(|d| start.elapsed() >= d) {
+                    break;
+                }
+                now_ns = wire::now_ns();
+            }
+            let slot = (i % frames.len() as u64) as usize;
+            let (k, topic_len, frame, topic_seq) = &mut frames[slot];
+            let sh = &mut self.shards[*k];
+            sh.stream_seq += 1;
+            *topic_seq += 1;
+            wire::patch_sequences(frame, *topic_len, sh.stream_seq, *topic_seq, now_ns);
+            let k = *k;
+            if !send_retrying(&self.shards[k], stop, || &frame[..])? {
                 return Ok(true);
             }
             self.shards[k].sent += 1;
@@ -802,6 +1019,37 @@ fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &m
     *said_damage = merge.damage().len();
 }
 
+/// Send `msg` on `sh` once without waiting (lossy): a full pipe drops it,
+/// counted in the shard's `dropped`.
+fn try_once(sh: &mut Shard, msg: zmq::Message) -> Result<Outcome, ReplayError> {
+    match sh.socket.send(msg, zmq::DONTWAIT) {
+        Ok(()) => Ok(Outcome::Sent),
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+            sh.dropped += 1;
+            Ok(Outcome::Dropped)
+        }
+        Err(e) => Err(ReplayError::Zmq { context: format!("sending on {}", sh.endpoint), source: e }),
+    }
+}
+
+/// Send what `make` makes on `sh`, making it again and retrying while a
+/// lossless pipe is full; false if `stop` was set while waiting.
+#[inline]
+fn send_retrying<T: zmq::Sendable>(
+    sh: &Shard,
+    stop: &StopFlag,
+    mut make: impl FnMut() -> T,
+) -> Result<bool, ReplayError> {
+    loop {
+        match sh.socket.send(make(), 0) {
+            Ok(()) => return Ok(true),
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if !stop.is_stopped() => {}
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
+            Err(e) => return Err(ReplayError::Zmq { context: format!("sending on {}", sh.endpoint), source: e }),
+        }
+    }
+}
+
 /// A recorded gap of `ns` at `speed` times the recorded pace.
 fn scale_ns(ns: u64, speed: f64) -> u64 {
     if speed == 1.0 {
@@ -811,10 +1059,11 @@ fn scale_ns(ns: u64, speed: f64) -> u64 {
     }
 }
 
-/// Encode the next data frame of shard `sh`'s stream into `buf`.
-fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
+/// The header of the next data frame of shard `sh`'s stream.
+#[inline]
+fn next_data_header(sh: &mut Shard, topic_seq: u64, send_time_ns: u64) -> Header {
     sh.stream_seq += 1;
-    let h = Header {
+    Header {
         kind: Kind::Data,
         flags: 0,
         publisher_id: sh.publisher_id,
@@ -822,7 +1071,12 @@ fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, 
         stream_seq: sh.stream_seq,
         topic_seq,
         send_time_ns,
-    };
+    }
+}
+
+/// Encode the next data frame of shard `sh`'s stream into `buf`.
+fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, send_time_ns: u64, payload: &[u8]) {
+    let h = next_data_header(sh, topic_seq, send_time_ns);
     buf.resize(wire::frame_len(topic, payload.len()), 0);
     wire::encode_into(buf, topic, &h, payload);
 }
@@ -852,6 +1106,8 @@ pub struct Pacer {
     start_rt_ns: u64,
     end_offset_ns: Option<u64>,
     last_send_offset_ns: u64,
+    /// Flat out: the last clock reading (offset from the start; 0 before any).
+    flat_offset_ns: u64,
     stop: StopFlag,
 }
 
@@ -868,6 +1124,7 @@ impl Pacer {
             start_rt_ns: wire::now_ns(),
             end_offset_ns: duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
             last_send_offset_ns: 0,
+            flat_offset_ns: 0,
             stop,
         }
     }
@@ -886,7 +1143,24 @@ impl Pacer {
         mut on_idle: impl FnMut(bool) -> Result<Option<()>, E>,
     ) -> Result<Option<u64>, E> {
         let offset = match self.pacing {
-            Pacing::FlatOut | Pacing::Recorded { .. } => self.offset_now(),
+            // Flat out: the clock is read every 64 messages (a read costs
+            // about as much as encoding a frame); the messages in between
+            // carry the last reading as their send time.
+            Pacing::FlatOut => {
+                if i & 63 == 0 || self.flat_offset_ns == 0 {
+                    self.flat_offset_ns = self.offset_now().max(1);
+                }
+                let offset = self.flat_offset_ns;
+                if self.end_offset_ns.is_some_and(|end| offset >= end) {
+                    return Ok(None);
+                }
+                if i & 63 == 0 && self.stop.is_stopped() {
+                    return Ok(None);
+                }
+                self.last_send_offset_ns = offset;
+                return Ok(Some(self.start_rt_ns.saturating_add(offset)));
+            }
+            Pacing::Recorded { .. } => self.offset_now(),
             Pacing::Rate { msgs_per_sec, burst } => {
                 let burst = burst.max(1);
                 let group = i / burst * burst;

@@ -224,6 +224,19 @@ pub fn encode(topic: &[u8], h: &Header, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Rewrite the stream sequence, topic sequence and intended send time of an
+/// encoded frame whose topic is `topic_len` bytes, in place (a publisher that
+/// sends frames it built once). A frame too short to hold a header is left alone.
+#[inline]
+pub fn patch_sequences(frame: &mut [u8], topic_len: usize, stream_seq: u64, topic_seq: u64, send_time_ns: u64) {
+    let at = topic_len + 1;
+    if let Some(h) = frame.get_mut(at..at + HEADER_LEN) {
+        h[16..24].copy_from_slice(&stream_seq.to_le_bytes());
+        h[24..32].copy_from_slice(&topic_seq.to_le_bytes());
+        h[32..40].copy_from_slice(&send_time_ns.to_le_bytes());
+    }
+}
+
 /// Offset of the flags field within a frame whose topic is `topic_len` bytes
 /// (lets a cache set [`FLAG_FROM_CACHE`] in place).
 pub fn flags_offset(topic_len: usize) -> usize {

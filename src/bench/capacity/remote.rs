@@ -199,6 +199,7 @@ fn prepare(cfg: &ServeConfig, v: &Value) -> anyhow::Result<Prepared> {
         lossless: false,
         publisher_id_base: 0,
         access: Default::default(),
+        thread_per_shard: false,
     };
     let p = Publisher::bind(&ctx, &pc).context("binding the data endpoints")?;
     let sent_rate = cfg.max_rate.map_or(rate, |m| rate.min(m.max(1)));

@@ -74,6 +74,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
                 lossless: false,
                 publisher_id_base: 0,
                 access: Default::default(),
+                thread_per_shard: false,
             };
             let p = Publisher::bind(&ctx, &cfg).context("starting the publisher")?;
             let eps = p.endpoints();
