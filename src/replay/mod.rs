@@ -183,6 +183,16 @@ struct Shard {
     subscribers: usize,
 }
 
+impl Shard {
+    /// One message sent (or dropped by a lossy publisher: its sequences are
+    /// spent), `data` of them data messages (the end-of-stream count).
+    #[inline]
+    fn count_sent(&mut self, data: u64) {
+        self.sent += 1;
+        self.data_sent += data;
+    }
+}
+
 /// What became of one data message.
 enum Outcome {
     Sent,
@@ -408,23 +418,7 @@ impl Publisher {
             return Ok(if self.send_on(k, frame, more, stop, None)? { Outcome::Sent } else { Outcome::Stopped });
         }
         let data: &[u8] = frame.unwrap_or(&self.buf);
-        let flags = zmq::DONTWAIT | if more { zmq::SNDMORE } else { 0 };
-        loop {
-            match self.shards[k].socket.send(data, flags) {
-                Ok(()) => return Ok(Outcome::Sent),
-                Err(zmq::Error::EAGAIN) => {
-                    self.shards[k].dropped += 1;
-                    return Ok(Outcome::Dropped);
-                }
-                Err(zmq::Error::EINTR) => continue,
-                Err(e) => {
-                    return Err(ReplayError::Zmq {
-                        context: format!("sending on {}", self.shards[k].endpoint),
-                        source: e,
-                    })
-                }
-            }
-        }
+        try_once(&mut self.shards[k], more, || data)
     }
 
     /// Encode the next data frame of shard `k` straight into a libzmq
@@ -450,7 +444,7 @@ impl Publisher {
             msg
         };
         if !lossless {
-            return try_once(sh, make());
+            return try_once(sh, false, make);
         }
         // libzmq consumes the message even when the send fails: a retry encodes again.
         Ok(if send_retrying(sh, stop, make)? { Outcome::Sent } else { Outcome::Stopped })
@@ -710,8 +704,7 @@ impl Publisher {
             if let Outcome::Stopped = self.send_generated(k, &topics[t], topic_seq[t], send_time_ns, payload, stop)? {
                 return Ok(true);
             }
-            self.shards[k].sent += 1;
-            self.shards[k].data_sent += 1;
+            self.shards[k].count_sent(1);
             i += 1;
         }
         progress(i);
@@ -773,8 +766,7 @@ impl Publisher {
             if !send_retrying(&self.shards[k], stop, || &frame[..])? {
                 return Ok(true);
             }
-            self.shards[k].sent += 1;
-            self.shards[k].data_sent += 1;
+            self.shards[k].count_sent(1);
             i += 1;
         }
         progress(i);
@@ -885,8 +877,7 @@ impl Publisher {
                     }
                 }
             }
-            self.shards[k].sent += 1;
-            self.shards[k].data_sent += is_data as u64;
+            self.shards[k].count_sent(is_data as u64);
             msgs += 1;
         }
         progress(msgs);
@@ -988,8 +979,7 @@ impl Publisher {
                 interrupted = true;
                 break;
             }
-            self.shards[k].sent += 1;
-            self.shards[k].data_sent += 1;
+            self.shards[k].count_sent(1);
             span = Some((base, ts.max(span.map_or(ts, |s| s.1))));
             msgs += 1;
         }
@@ -1019,16 +1009,20 @@ fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &m
     *said_damage = merge.damage().len();
 }
 
-/// Send `msg` on `sh` once without waiting (lossy): a full pipe drops it,
-/// counted in the shard's `dropped`.
-fn try_once(sh: &mut Shard, msg: zmq::Message) -> Result<Outcome, ReplayError> {
-    match sh.socket.send(msg, zmq::DONTWAIT) {
-        Ok(()) => Ok(Outcome::Sent),
-        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
-            sh.dropped += 1;
-            Ok(Outcome::Dropped)
+/// Send what `make` makes on `sh` without waiting (lossy): a full pipe drops
+/// the message, counted in the shard's `dropped`.
+fn try_once<T: zmq::Sendable>(sh: &mut Shard, more: bool, mut make: impl FnMut() -> T) -> Result<Outcome, ReplayError> {
+    let flags = zmq::DONTWAIT | if more { zmq::SNDMORE } else { 0 };
+    loop {
+        match sh.socket.send(make(), flags) {
+            Ok(()) => return Ok(Outcome::Sent),
+            Err(zmq::Error::EAGAIN) => {
+                sh.dropped += 1;
+                return Ok(Outcome::Dropped);
+            }
+            Err(zmq::Error::EINTR) => {}
+            Err(e) => return Err(ReplayError::Zmq { context: format!("sending on {}", sh.endpoint), source: e }),
         }
-        Err(e) => Err(ReplayError::Zmq { context: format!("sending on {}", sh.endpoint), source: e }),
     }
 }
 
