@@ -541,8 +541,8 @@ fn churn_flood(extra: &[&str]) -> Flood {
     live_ns.sort_unstable();
     assert!(live_ns.len() >= 20, "live traffic flowed during and after the flood: {} samples", live_ns.len());
 
-    let (out, _) = stop(&mut lvc);
-    let counters = out.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit").clone();
+    let (_, err) = stop(&mut lvc);
+    let counters = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit").clone();
     Flood {
         counters,
         churner_values: answers.iter().map(|m| m.len() as u64).sum(),
