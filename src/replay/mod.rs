@@ -191,6 +191,10 @@ impl Shard {
         self.sent += 1;
         self.data_sent += data;
     }
+
+    fn send_error(&self, source: zmq::Error) -> ReplayError {
+        ReplayError::Zmq { context: format!("sending on {}", self.endpoint), source }
+    }
 }
 
 /// What became of one data message.
@@ -385,23 +389,7 @@ impl Publisher {
         deadline: Option<Instant>,
     ) -> Result<bool, ReplayError> {
         let data: &[u8] = frame.unwrap_or(&self.buf);
-        let flags = if more { zmq::SNDMORE } else { 0 };
-        loop {
-            match self.shards[k].socket.send(data, flags) {
-                Ok(()) => return Ok(true),
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
-                    if stop.is_stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(false);
-                    }
-                }
-                Err(e) => {
-                    return Err(ReplayError::Zmq {
-                        context: format!("sending on {}", self.shards[k].endpoint),
-                        source: e,
-                    })
-                }
-            }
-        }
+        send_retrying(&self.shards[k], more, stop, deadline, || data)
     }
 
     /// Send a data message's first (or only) frame: lossless waits for room;
@@ -447,7 +435,7 @@ impl Publisher {
             return try_once(sh, false, make);
         }
         // libzmq consumes the message even when the send fails: a retry encodes again.
-        Ok(if send_retrying(sh, stop, make)? { Outcome::Sent } else { Outcome::Stopped })
+        Ok(if send_retrying(sh, false, stop, None, make)? { Outcome::Sent } else { Outcome::Stopped })
     }
 
     fn encode_control(&mut self, k: usize, kind: Kind) {
@@ -763,7 +751,7 @@ impl Publisher {
             *topic_seq += 1;
             wire::patch_sequences(frame, *topic_len, sh.stream_seq, *topic_seq, now_ns);
             let k = *k;
-            if !send_retrying(&self.shards[k], stop, || &frame[..])? {
+            if !send_retrying(&self.shards[k], false, stop, None, || &frame[..])? {
                 return Ok(true);
             }
             self.shards[k].count_sent(1);
@@ -1021,25 +1009,32 @@ fn try_once<T: zmq::Sendable>(sh: &mut Shard, more: bool, mut make: impl FnMut()
                 return Ok(Outcome::Dropped);
             }
             Err(zmq::Error::EINTR) => {}
-            Err(e) => return Err(ReplayError::Zmq { context: format!("sending on {}", sh.endpoint), source: e }),
+            Err(e) => return Err(sh.send_error(e)),
         }
     }
 }
 
 /// Send what `make` makes on `sh`, making it again and retrying while a
-/// lossless pipe is full; false if `stop` was set while waiting.
+/// lossless pipe is full; false if `stop` was set, or `deadline` passed,
+/// while waiting.
 #[inline]
 fn send_retrying<T: zmq::Sendable>(
     sh: &Shard,
+    more: bool,
     stop: &StopFlag,
+    deadline: Option<Instant>,
     mut make: impl FnMut() -> T,
 ) -> Result<bool, ReplayError> {
+    let flags = if more { zmq::SNDMORE } else { 0 };
     loop {
-        match sh.socket.send(make(), 0) {
+        match sh.socket.send(make(), flags) {
             Ok(()) => return Ok(true),
-            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if !stop.is_stopped() => {}
-            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
-            Err(e) => return Err(ReplayError::Zmq { context: format!("sending on {}", sh.endpoint), source: e }),
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                if stop.is_stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(sh.send_error(e)),
         }
     }
 }
