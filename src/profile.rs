@@ -568,6 +568,11 @@ pub fn core_list(cores: &[usize]) -> String {
     }
 }
 
+/// This host's name (the kernel's), if it has one.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
+}
+
 /// The host's core ids.
 pub fn host_cores() -> Vec<usize> {
     core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()

@@ -698,11 +698,7 @@ impl Engine {
 
 /// `HOST-PID`: unique among running engines on a network.
 pub fn default_engine_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
+    let host = crate::profile::host_name().unwrap_or_else(|| "localhost".into());
     format!("{host}-{}", std::process::id())
 }
 

@@ -205,11 +205,7 @@ pub struct CapacityResult {
 
 /// The host name, for the results folder.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| slug(s.trim()))
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "host".into())
+    crate::profile::host_name().map(|h| slug(&h)).filter(|s| !s.is_empty()).unwrap_or_else(|| "host".into())
 }
 
 /// `--sla` as text: `p99 <= 2.00ms, p99.9 <= 10.0ms, zero loss`.
