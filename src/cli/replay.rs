@@ -165,8 +165,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             sndhwm_msgs: args.publisher.sndhwm_msgs,
             max_rate: args.feed.rate.filter(|r| *r > 0),
         };
-        let n = crate::bench::capacity::remote::serve(&cfg, stop, &mut |line| println!("{line}"))?;
-        println!("served {n} trial(s)");
+        let n = crate::bench::capacity::remote::serve(&cfg, stop, &mut |line| crate::outln!("{line}"))?;
+        crate::outln!("served {n} trial(s)");
         return Ok(());
     }
     let cfg = PublisherConfig {
@@ -187,7 +187,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     for (k, ep) in publisher.endpoints().iter().enumerate() {
-        println!("bound shard{k} {ep}");
+        crate::outln!("bound shard{k} {ep}");
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
@@ -217,9 +217,9 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     })?;
     pb.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
-        println!(
+        crate::outln!(
             "sent {} messages in {:.3} s ({:.0} msg/s){}; per shard {:?}",
             stats.sent_total,
             stats.elapsed_s,
@@ -228,19 +228,22 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             stats.sent_per_shard
         );
         if stats.dropped + stats.restarts > 0 || stats.paused_s > 0.0 {
-            println!(
+            crate::outln!(
                 "on purpose: dropped {}, restarts {}, paused {:.3} s",
-                stats.dropped, stats.restarts, stats.paused_s
+                stats.dropped,
+                stats.restarts,
+                stats.paused_s
             );
         }
         if args.publisher.lossy {
-            println!(
+            crate::outln!(
                 "dropped {} of them at the SNDHWM (--lossy; the subscriber counts them as lost); per shard {:?}",
-                stats.dropped_total, stats.dropped_per_shard
+                stats.dropped_total,
+                stats.dropped_per_shard
             );
         }
         if let Some((first, last)) = stats.market_span_ns {
-            println!(
+            crate::outln!(
                 "market time {} to {} ({:.3} s recorded)",
                 dbn::pretty::fmt_ts(first),
                 dbn::pretty::fmt_ts(last),
