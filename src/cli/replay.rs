@@ -48,16 +48,26 @@ pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
     use anyhow::Context as _;
     let mut kinds = Vec::with_capacity(from.len());
     for p in from {
+        if std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            anyhow::bail!("{}: empty file (0 bytes): nothing to replay", p.display());
+        }
         match detect(p).with_context(|| format!("opening {}", p.display()))? {
             Some(k) => kinds.push(k),
             None => anyhow::bail!("{}: neither an mdsub capture nor DBN data (plain or zstd)", p.display()),
         }
     }
     if kinds.iter().all(|k| *k != FileKind::Capture) {
+        // Each file's metadata is checked now, before anything binds or waits for subscribers.
+        crate::feed::dbn_source::DbnMerge::open(from).map_err(|e| anyhow::anyhow!("DBN input {e}"))?;
         return Ok(Source::Dbn { paths: from.to_vec() });
     }
     match from {
-        [one] => Ok(Source::Capture { path: one.clone(), restamp }),
+        [one] => {
+            // The file header is checked now, before anything binds or waits for subscribers.
+            crate::wire::capture::CaptureReader::open(one)
+                .map_err(|e| anyhow::anyhow!("capture file {}: {e}", one.display()))?;
+            Ok(Source::Capture { path: one.clone(), restamp })
+        }
         _ => anyhow::bail!("only DBN files can be merged: give one capture file at a time"),
     }
 }
@@ -184,6 +194,11 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         }
         ctx.set_io_threads(cfg.endpoints.len() as i32)?;
     }
+    let source = if args.from.is_empty() {
+        Source::Generator(args.feed.generator())
+    } else {
+        file_source(&args.from, args.restamp)?
+    };
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     for (k, ep) in publisher.endpoints().iter().enumerate() {
@@ -195,11 +210,6 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         publisher.wait_for_subscribers(args.subscribers, args.wait_timeout)?;
     }
-    let source = if args.from.is_empty() {
-        Source::Generator(args.feed.generator())
-    } else {
-        file_source(&args.from, args.restamp)?
-    };
     let pacing = match (args.speed, args.recorded_timing) {
         (Some(s), _) => s.pacing(),
         (None, true) => Pacing::Recorded { speed: 1.0 },
@@ -254,6 +264,12 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     if !stats.skipped_by_rtype.is_empty() {
         let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
         crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
+    }
+    if !stats.refused.is_empty() {
+        // Damaged input: what came before the damage was replayed and the stream ended, and the
+        // exit status says the input was not whole.
+        let list: Vec<String> = stats.refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        anyhow::bail!("replay: damaged input (refused: {}); what came before the damage was replayed", list.join(" "));
     }
     Ok(())
 }
