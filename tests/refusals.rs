@@ -8,8 +8,11 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use common::proxy::{start, stop};
-use common::{mdsub, Proc};
+use common::{free_port_block, lines_of, mdsub, wait_line, Proc};
 use mdsub::wire::{encode, Header, Kind, HEADER_LEN, VERSION};
 
 /// One malformed frame per drop reason of the wire format, then two good data frames and the
@@ -44,6 +47,7 @@ fn feed() -> Vec<Vec<u8>> {
 fn publish(ctx: &zmq::Context) -> (zmq::Socket, String) {
     let xpub = ctx.socket(zmq::XPUB).expect("xpub");
     xpub.set_linger(1000).expect("linger");
+    xpub.set_sndhwm(0).expect("sndhwm"); // no drops: a test sends bursts past the default 1000
     xpub.bind("tcp://127.0.0.1:*").expect("bind");
     let ep = xpub.get_last_endpoint().expect("endpoint").expect("utf8");
     (xpub, ep)
@@ -149,4 +153,206 @@ fn exit_counters_go_to_stderr_or_with_json_to_stdout() {
         assert_eq!(v["stopped"], tool);
         assert!(v["forwarded_down"].is_u64() || v["messages_in"].is_u64(), "{tool}: counters are numbers: {v}");
     }
+}
+
+/// Spawn `cmd` with stderr piped, its lines on a channel.
+fn spawn_said(name: &str, cmd: &mut std::process::Command) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    let mut p = Proc::spawn(name, cmd.stderr(Stdio::piped()));
+    let err = lines_of(p.child.stderr.take().expect("stderr piped"));
+    (p, err)
+}
+
+#[test]
+fn implausible_sequences_and_publishers_over_the_limit_are_refused() {
+    use mdsub::engine::sequence::{MAX_PUBLISHERS, MAX_SEQ_JUMP};
+    let ctx = zmq::Context::new();
+    let (xpub, mut p) = engine_on_xpub(&ctx);
+    let mut out = p.child.stdout.take().expect("stdout");
+    let err = lines_of(p.child.stderr.take().expect("stderr"));
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < end, "the engine did not subscribe within 20 s");
+        if xpub.poll(zmq::POLLIN, 100).expect("poll") > 0 && xpub.recv_bytes(0).expect("sub").first() == Some(&1) {
+            break;
+        }
+    }
+    let now = mdsub::wire::now_ns;
+    let send = |h: &Header| xpub.send(encode(b"T", h, b"x"), 0).expect("send");
+    send(&Header::data(1, now()));
+    send(&Header::data(2 + MAX_SEQ_JUMP, now())); // implausible: a jump past MAX_SEQ_JUMP
+                                                  // One frame from each of MAX_PUBLISHERS + 3 publishers: the session above holds one slot,
+                                                  // so four are over the limit.
+    for id in 1..=MAX_PUBLISHERS as u32 + 3 {
+        send(&Header { publisher_id: id, ..Header::data(1, now()) });
+    }
+    send(&Header::data(2, now()));
+    let eos = Header { kind: Kind::EndOfStream, ..Header::data(2, now()) };
+    xpub.send(encode(b"T", &eos, &2u64.to_le_bytes()), 0).expect("eos");
+    let status = p.wait_exit(Duration::from_secs(30));
+    let mut report = String::new();
+    out.read_to_string(&mut report).expect("stdout");
+    let said = common::proxy::rest_lines(&err, Duration::from_secs(5));
+    assert!(status.success(), "{said:?}");
+    let v: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
+    assert_eq!(v["bad_frames"]["implausible_sequence"], 1, "{report}");
+    assert_eq!(v["bad_frames"]["over_limit"], 4, "{report}");
+    for reason in ["implausible_sequence", "over_limit"] {
+        let n = said.iter().filter(|l| l.starts_with(&format!("shard0-reader: refused ({reason}): "))).count();
+        assert_eq!(n, 1, "the first {reason} said once: {said:?}");
+    }
+}
+
+/// A standalone clone server on a fresh port block, its stderr lines on a channel.
+fn clone_server(extra: &[&str]) -> (u16, Proc, std::sync::mpsc::Receiver<String>) {
+    let port = free_port_block(4);
+    let mut cmd = mdsub();
+    cmd.args(["clone-server", "--endpoint", &format!("tcp://127.0.0.1:{port}"), "--quiet"]).args(extra);
+    let (p, err) = spawn_said("clone-server", &mut cmd);
+    (port, p, err)
+}
+
+/// The server's STATUS? reply as `key=value` lines (empty when it does not answer in time).
+fn clone_status(port: u16) -> String {
+    mdsub::clone::server_status(&format!("tcp://127.0.0.1:{port}"), Duration::from_secs(1)).unwrap_or_default()
+}
+
+/// `refused_REASON` from a STATUS? reply.
+fn refused(status: &str, reason: &str) -> u64 {
+    let tag = format!("refused_{reason}=");
+    status.lines().find_map(|l| l.strip_prefix(&tag)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Wait (deadline) until STATUS? counts every reason in `reasons`; then each reason's line.
+fn assert_refused(
+    port: u16,
+    said: &std::sync::mpsc::Receiver<String>,
+    site: &str,
+    reasons: &[&str],
+    mut poke: impl FnMut(),
+) {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut status = String::new();
+    while Instant::now() < end {
+        poke();
+        status = clone_status(port);
+        if reasons.iter().all(|r| refused(&status, r) > 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for r in reasons {
+        assert!(refused(&status, r) > 0, "refused_{r} counted in STATUS?: {status}");
+    }
+    let mut unsaid: Vec<&str> = reasons.to_vec();
+    while !unsaid.is_empty() {
+        let l = wait_line(said, Duration::from_secs(5), &format!("refusal lines for {unsaid:?}"), |l| {
+            l.starts_with(&format!("{site}: refused ("))
+        });
+        unsaid.retain(|r| !l.contains(&format!("refused ({r}): ")));
+    }
+}
+
+fn kvmsg(key: &[u8], seq: u64, props: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
+    vec![key.to_vec(), seq.to_be_bytes().to_vec(), vec![], props.to_vec(), body.to_vec()]
+}
+
+#[test]
+fn clone_server_refuses_updates_it_cannot_store_by_reason() {
+    // Values up to 200 kB, so a 70 kB properties frame reaches the check (not the size limit).
+    let (port, _server, said) = clone_server(&["--max-value-bytes", "200000"]);
+    let ctx = zmq::Context::new();
+    let coll = ctx.socket(zmq::PUB).expect("pub");
+    coll.set_linger(0).expect("linger");
+    coll.connect(&format!("tcp://127.0.0.1:{}", port + 2)).expect("connect");
+    let big_props = format!("x={}\n", "p".repeat(70_000)).into_bytes();
+    let bad = [
+        kvmsg(b"", 0, b"", b"v"),          // empty_key
+        kvmsg(b"HUGZ", 0, b"", b"v"),      // reserved_key
+        kvmsg(b"KTHXBAI", 0, b"", b"v"),   // reserved_key
+        kvmsg(b"/k", 0, &big_props, b"v"), // bad_properties
+    ];
+    assert_refused(port, &said, "clone-server: standalone", &["empty_key", "reserved_key", "bad_properties"], || {
+        for m in &bad {
+            coll.send_multipart(m, 0).expect("send");
+        }
+    });
+    assert!(clone_status(port).contains("keys=0\n"), "nothing stored");
+}
+
+/// A hostile primary (the guide's Binary Star and CHP on raw sockets) for a backup at `bp`: its
+/// heartbeats say ACTIVE and once carry a state that is not 1-4; its snapshot holds one message
+/// that is not a kvmsg; once the backup follows its publisher it publishes one message that is
+/// not a kvmsg and one update whose `ttl` is neither relative nor absolute. Runs until `stop`.
+fn hostile_primary(pp: u16, bp: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let ep = |p: u16| format!("tcp://127.0.0.1:{p}");
+        let ctx = zmq::Context::new();
+        let router = ctx.socket(zmq::ROUTER).expect("router");
+        let publisher = ctx.socket(zmq::XPUB).expect("xpub");
+        let statepub = ctx.socket(zmq::PUB).expect("statepub");
+        let statesub = ctx.socket(zmq::SUB).expect("statesub");
+        for s in [&router, &publisher, &statepub, &statesub] {
+            s.set_linger(0).expect("linger");
+        }
+        router.bind(&ep(pp)).expect("bind snapshot");
+        publisher.bind(&ep(pp + 1)).expect("bind publisher");
+        statepub.bind(&ep(pp + 3)).expect("bind state");
+        statesub.set_subscribe(b"").expect("subscribe");
+        statesub.connect(&ep(bp + 3)).expect("connect peer state");
+        let (mut beats, mut last_beat) = (0u32, Instant::now() - Duration::from_secs(1));
+        let (mut subscribed, mut served, mut next, mut last_live) = (false, false, 2u64, Instant::now());
+        let end = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            if last_beat.elapsed() >= Duration::from_millis(100) {
+                beats += 1;
+                let state: &[u8] = if beats == 3 { b"9" } else { b"3" }; // 9: not a Binary Star state
+                statepub.send(state, 0).expect("heartbeat");
+                last_beat = Instant::now();
+            }
+            while statesub.recv_bytes(zmq::DONTWAIT).is_ok() {}
+            if publisher.recv_bytes(zmq::DONTWAIT).is_ok_and(|s| s.first() == Some(&1)) {
+                subscribed = true;
+            }
+            if served && subscribed && last_live.elapsed() >= Duration::from_millis(50) {
+                // Live traffic the passive backup follows, with contiguous sequences.
+                publisher.send(&b"garbage"[..], 0).expect("malformed update");
+                publisher.send_multipart(kvmsg(b"/h/bad", next, b"ttl=whenever\n", b"v"), 0).expect("bad ttl");
+                next += 1;
+                last_live = Instant::now();
+            }
+            if router.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+                continue;
+            }
+            let f = router.recv_multipart(0).expect("recv");
+            if f.len() != 3 || f[1] != b"ICANHAZ?" {
+                continue;
+            }
+            let id = f[0].clone();
+            router.send_multipart([id.clone(), b"not a kvmsg".to_vec()], 0).expect("malformed entry");
+            let mut kv = vec![id.clone()];
+            kv.extend(kvmsg(b"/h/ok", 1, b"", b"ok"));
+            router.send_multipart(kv, 0).expect("kvsync");
+            let mut bye = vec![id];
+            bye.extend(kvmsg(b"KTHXBAI", next - 1, b"", &f[2]));
+            router.send_multipart(bye, 0).expect("kthxbai");
+            served = true;
+        }
+    })
+}
+
+#[test]
+fn clone_backup_refuses_what_its_peer_sends_wrong_by_reason() {
+    let (pp, bp) = (free_port_block(4), free_port_block(4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let primary = hostile_primary(pp, bp, stop.clone());
+    let mut cmd = mdsub();
+    let peer = format!("tcp://127.0.0.1:{pp}");
+    cmd.args(["clone-server", "--endpoint", &format!("tcp://127.0.0.1:{bp}"), "--quiet", "--backup", "--peer", &peer]);
+    let (_backup, said) = spawn_said("backup", &mut cmd);
+    let reasons = ["malformed_heartbeat", "peer_snapshot_malformed", "malformed_peer_update", "peer_update_bad_ttl"];
+    assert_refused(bp, &said, "clone-server: backup", &reasons, || {});
+    let s = clone_status(bp);
+    stop.store(true, Ordering::Relaxed);
+    primary.join().expect("hostile primary");
+    assert!(s.contains("state=passive\n") && s.contains("keys=1\n"), "still following, the good entry kept: {s}");
 }
