@@ -356,3 +356,105 @@ fn clone_backup_refuses_what_its_peer_sends_wrong_by_reason() {
     primary.join().expect("hostile primary");
     assert!(s.contains("state=passive\n") && s.contains("keys=1\n"), "still following, the good entry kept: {s}");
 }
+
+#[test]
+fn lvc_refuses_to_cache_past_its_limits_by_reason() {
+    use common::proxy::{counter, frame, handshake, publisher, subscriber, PROBE};
+    // Two topics at most (the probe takes one), and 2 kB of cache.
+    let mut lvc = start("lvc", &["--max-topics", "2", "--max-bytes", "2048"]);
+    let ctx = zmq::Context::new();
+    let publ = publisher(&ctx, &lvc.frontend);
+    let probe = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
+    handshake(&publ, &probe);
+    publ.send(frame("A", 1, 1, b"fits"), 0).expect("send");
+    publ.send(frame("B", 2, 1, b"no room for a third topic"), 0).expect("send"); // cache_full
+    publ.send(frame("A", 3, 2, &[7u8; 4096]), 0).expect("send"); // too_big for 2 kB
+    publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
+    common::proxy::until_probe(&probe, Duration::from_secs(5), Some(b"done"));
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "rejected_full"), 1, "{last}");
+    assert_eq!(counter(last, "evicted_too_big"), 1, "{last}");
+    for reason in ["cache_full", "too_big"] {
+        let n = err.iter().filter(|l| l.starts_with(&format!("lvc: refused ({reason}): "))).count();
+        assert_eq!(n, 1, "{reason} said once: {err:?}");
+    }
+}
+
+/// A tap whose printer cannot keep up (nobody reads its stdout, so the pipe fills and the
+/// printer blocks): the proxy keeps forwarding and drops the copies it cannot queue.
+#[test]
+fn tap_drops_copies_its_printer_cannot_take_as_queue_full() {
+    use common::proxy::{counter, frame, handshake, publisher, rest_lines, subscriber, PROBE};
+    use std::io::BufRead;
+    let mut cmd = mdsub();
+    cmd.args(["tap", "--frontend", "bind:tcp://127.0.0.1:*", "--backend", "bind:tcp://127.0.0.1:*"])
+        .args(["--queue-msgs", "16", "--subscribe-all"])
+        .stdout(Stdio::piped());
+    let (mut p, said) = spawn_said("tap", &mut cmd);
+    let mut out = std::io::BufReader::new(p.child.stdout.take().expect("stdout"));
+    let mut endpoint = |side: &str| loop {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).expect("stdout") > 0, "tap ended before naming its {side}");
+        if l.starts_with(&format!("tap: {side} ")) {
+            return l.trim().rsplit(' ').next().unwrap_or_default().to_string();
+        }
+    };
+    let (front, back) = (endpoint("frontend"), endpoint("backend"));
+    let ctx = zmq::Context::new();
+    let publ = publisher(&ctx, &front);
+    let probe = subscriber(&ctx, &back, &[b"_probe\0"]);
+    handshake(&publ, &probe);
+    // Far more lines than a pipe holds (64 KiB): the printer blocks, the queue fills.
+    let n = 20_000u64;
+    for i in 0..n {
+        publ.send(frame("T", i + 1, i + 1, &[b'x'; 64]), 0).expect("send");
+    }
+    publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
+    common::proxy::until_probe(&probe, Duration::from_secs(20), Some(b"done"));
+    p.signal(2);
+    // Now read stdout, so the blocked printer can finish and the tap can stop.
+    let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let status = p.wait_exit(Duration::from_secs(20));
+    let _ = drain.join();
+    let err = rest_lines(&said, Duration::from_secs(5));
+    assert!(status.success(), "{err:?}");
+    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    assert!(counter(last, "dropped") > 0, "copies dropped at the full queue: {last}");
+    assert!(counter(last, "forwarded_down") > n, "the proxy forwarded everything: {last}");
+    let n = err.iter().filter(|l| l.starts_with("tap: refused (queue_full): ")).count();
+    assert_eq!(n, 1, "the first said at once: {err:?}");
+}
+
+/// A frame over the capture format's 64 MiB record limit passes the tap but is not recorded:
+/// counted (`record_skipped_too_large`) and said; the recording goes on.
+#[test]
+fn tap_refuses_to_record_a_frame_over_the_record_limit() {
+    use common::proxy::{counter, frame, handshake, publisher, subscriber, PROBE};
+    use mdsub::wire::capture::MAX_RECORD_LEN;
+    let dir = common::temp_dir("refusals-tap-record");
+    let file = dir.join("big.mdcap");
+    let cap = file.to_str().expect("utf8");
+    let mut tap = start("tap", &["--quiet", "--subscribe-all", "--record", cap, "--max-msg-bytes", "80000000"]);
+    let ctx = zmq::Context::new();
+    let publ = publisher(&ctx, &tap.frontend);
+    let probe = subscriber(&ctx, &tap.backend, &[b"_probe\0"]);
+    handshake(&publ, &probe);
+    publ.send(frame("BIG", 1, 1, &vec![0u8; MAX_RECORD_LEN as usize + 1]), 0).expect("send");
+    publ.send(frame("SMALL", 2, 1, b"kept"), 0).expect("send");
+    publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
+    common::proxy::until_probe(&probe, Duration::from_secs(20), Some(b"done"));
+    let (_, err) = stop(&mut tap);
+    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "record_skipped_too_large"), 1, "{last}");
+    let n = err.iter().filter(|l| l.starts_with("tap: refused (too_large_to_record): ")).count();
+    assert_eq!(n, 1, "said: {err:?}");
+    // The recording holds the rest, the small frame included.
+    let mut r = mdsub::wire::capture::CaptureReader::open(&file).expect("capture");
+    let mut topics = Vec::new();
+    while let Some(rec) = r.next_record().expect("intact") {
+        topics.push(mdsub::wire::decode(rec.frame).map(|v| v.topic.to_vec()).unwrap_or_default());
+    }
+    assert!(topics.contains(&b"SMALL".to_vec()) && !topics.contains(&b"BIG".to_vec()), "{topics:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
