@@ -458,3 +458,62 @@ fn tap_refuses_to_record_a_frame_over_the_record_limit() {
     assert!(topics.contains(&b"SMALL".to_vec()) && !topics.contains(&b"BIG".to_vec()), "{topics:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A hostile clone server (CHP on raw sockets): its snapshot holds one message that is not a
+/// kvmsg, and its publisher sends one before each good update. `mdsub clone-client watch`
+/// counts and says them (`malformed_kvmsg`) and still applies the good ones.
+#[test]
+fn clone_client_refuses_messages_that_are_not_kvmsgs() {
+    let port = free_port_block(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let ctx = zmq::Context::new();
+            let router = ctx.socket(zmq::ROUTER).expect("router");
+            let publisher = ctx.socket(zmq::XPUB).expect("xpub");
+            for s in [&router, &publisher] {
+                s.set_linger(0).expect("linger");
+            }
+            router.bind(&format!("tcp://127.0.0.1:{port}")).expect("bind snapshot");
+            publisher.bind(&format!("tcp://127.0.0.1:{}", port + 1)).expect("bind publisher");
+            let (mut subscribed, mut served, mut next, mut last) = (false, false, 1u64, Instant::now());
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                if publisher.recv_bytes(zmq::DONTWAIT).is_ok_and(|s| s.first() == Some(&1)) {
+                    subscribed = true;
+                }
+                if served && subscribed && last.elapsed() >= Duration::from_millis(50) {
+                    publisher.send(&b"garbage"[..], 0).expect("malformed");
+                    publisher.send_multipart(kvmsg(b"/c/k", next, b"", b"v"), 0).expect("update");
+                    next += 1;
+                    last = Instant::now();
+                }
+                if router.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+                    continue;
+                }
+                let f = router.recv_multipart(0).expect("recv");
+                if f.len() < 2 || f[1] != b"ICANHAZ?" {
+                    continue;
+                }
+                let id = f[0].clone();
+                router.send_multipart([id.clone(), b"not a kvmsg".to_vec()], 0).expect("malformed entry");
+                let mut bye = vec![id];
+                bye.extend(kvmsg(b"KTHXBAI", next - 1, b"", f.get(2).map_or(&b""[..], |v| v)));
+                router.send_multipart(bye, 0).expect("kthxbai");
+                served = true;
+            }
+        })
+    };
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &format!("tcp://127.0.0.1:{port}"), "watch", "--count", "3"]);
+    let (code, out, err) = common::run_within("clone-client", &mut cmd, Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    server.join().expect("hostile server");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("live ")).count(), 3, "the good updates applied: {out}");
+    let last = err.lines().find(|l| l.starts_with("clone-client: stopped: ")).expect("exit counters");
+    assert!(common::proxy::counter(last, "malformed") >= 3, "the snapshot's and the publisher's: {last}");
+    let said: Vec<&str> = err.lines().filter(|l| l.starts_with("clone-client: refused (malformed_kvmsg): ")).collect();
+    assert_eq!(said.len(), 1, "the first said at once, the rest counted: {err}");
+}

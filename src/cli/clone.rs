@@ -215,7 +215,8 @@ pub enum ClientCmd {
         #[arg(default_value = "")]
         subtree: String,
     },
-    /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C.
+    /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C (or
+    /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…`).
     Watch {
         /// Key prefix, e.g. /md/status/.
         #[arg(default_value = "")]
@@ -310,6 +311,15 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
                     None => crate::outln!("{kind} {} {} deleted", c.sequence, show(&c.key)),
                 }
             }
+            // The exit counters (stderr, like every diagnostic): what came in and what was refused.
+            let st = client.status()?;
+            crate::diag::ExitCounters::Text.print(
+                "clone-client",
+                &format_args!(
+                    "live={live} malformed={} failovers={} resyncs={} watchers_cut={}",
+                    st.malformed, st.failovers, st.resyncs, st.watchers_cut
+                ),
+            );
         }
         ClientCmd::Status => {}
     }
