@@ -1,6 +1,8 @@
-//! Refusals and diagnostics, on real processes: every malformed frame the engine refuses is
-//! counted by reason and said on stderr (the first of each reason at once); a closed stderr
-//! does not stop the engine; exit counters go to stderr, or with `--json` to stdout.
+//! Refusals and diagnostics, on real processes: every refusal reason in the code is provoked
+//! by a hostile peer written here (raw `zmq` sockets) and checked twice, the count (report,
+//! `--json`, STATUS?, exit counters) and the line on stderr (the first of each reason at once);
+//! docs/REFUSALS.md maps each reason to its test. A closed stderr does not stop the engine;
+//! exit counters go to stderr, or with `--json` to stdout.
 
 mod common;
 
@@ -279,28 +281,94 @@ fn clone_server_refuses_updates_it_cannot_store_by_reason() {
     assert!(clone_status(port).contains("keys=0\n"), "nothing stored");
 }
 
-/// A hostile primary (the guide's Binary Star and CHP on raw sockets) for a backup at `bp`: its
-/// heartbeats say ACTIVE and once carry a state that is not 1-4; its snapshot holds one message
-/// that is not a kvmsg; once the backup follows its publisher it publishes one message that is
-/// not a kvmsg and one update whose `ttl` is neither relative nor absolute. Runs until `stop`.
-fn hostile_primary(pp: u16, bp: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let ep = |p: u16| format!("tcp://127.0.0.1:{p}");
-        let ctx = zmq::Context::new();
+/// The CHP half of a hostile server: a snapshot ROUTER at `port` and a publisher (XPUB) at
+/// `port + 1`. Each snapshot is one message that is not a kvmsg, then the good `entries`
+/// (sequences 1, 2, …) and `KTHXBAI`; once a snapshot was served and someone subscribed, every
+/// 50 ms it publishes one message that is not a kvmsg and one update of `live_key` with
+/// `live_props`, with contiguous sequences.
+struct HostileChp {
+    router: zmq::Socket,
+    publisher: zmq::Socket,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    live: (Vec<u8>, Vec<u8>),
+    subscribed: bool,
+    served: bool,
+    next: u64,
+    last_live: Instant,
+}
+
+impl HostileChp {
+    fn bind(ctx: &zmq::Context, port: u16, entries: Vec<(Vec<u8>, Vec<u8>)>, live: (Vec<u8>, Vec<u8>)) -> Self {
         let router = ctx.socket(zmq::ROUTER).expect("router");
         let publisher = ctx.socket(zmq::XPUB).expect("xpub");
-        let statepub = ctx.socket(zmq::PUB).expect("statepub");
-        let statesub = ctx.socket(zmq::SUB).expect("statesub");
-        for s in [&router, &publisher, &statepub, &statesub] {
+        for s in [&router, &publisher] {
             s.set_linger(0).expect("linger");
         }
-        router.bind(&ep(pp)).expect("bind snapshot");
-        publisher.bind(&ep(pp + 1)).expect("bind publisher");
-        statepub.bind(&ep(pp + 3)).expect("bind state");
+        router.bind(&format!("tcp://127.0.0.1:{port}")).expect("bind snapshot");
+        publisher.bind(&format!("tcp://127.0.0.1:{}", port + 1)).expect("bind publisher");
+        let next = entries.len() as u64 + 1;
+        HostileChp {
+            router,
+            publisher,
+            entries,
+            live,
+            subscribed: false,
+            served: false,
+            next,
+            last_live: Instant::now(),
+        }
+    }
+
+    /// One round: subscriptions, live traffic when due, a snapshot request if one comes within 20 ms.
+    fn step(&mut self) {
+        if self.publisher.recv_bytes(zmq::DONTWAIT).is_ok_and(|s| s.first() == Some(&1)) {
+            self.subscribed = true;
+        }
+        if self.served && self.subscribed && self.last_live.elapsed() >= Duration::from_millis(50) {
+            self.publisher.send(&b"garbage"[..], 0).expect("malformed update");
+            let (key, props) = &self.live;
+            self.publisher.send_multipart(kvmsg(key, self.next, props, b"v"), 0).expect("update");
+            self.next += 1;
+            self.last_live = Instant::now();
+        }
+        if self.router.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+            return;
+        }
+        let f = self.router.recv_multipart(0).expect("recv");
+        if f.len() < 2 || f[1] != b"ICANHAZ?" {
+            return;
+        }
+        let id = f[0].clone();
+        self.router.send_multipart([id.clone(), b"not a kvmsg".to_vec()], 0).expect("malformed entry");
+        for (i, (key, body)) in self.entries.iter().enumerate() {
+            let mut kv = vec![id.clone()];
+            kv.extend(kvmsg(key, i as u64 + 1, b"", body));
+            self.router.send_multipart(kv, 0).expect("kvsync");
+        }
+        let mut bye = vec![id];
+        bye.extend(kvmsg(b"KTHXBAI", self.next - 1, b"", f.get(2).map_or(&b""[..], |v| v)));
+        self.router.send_multipart(bye, 0).expect("kthxbai");
+        self.served = true;
+    }
+}
+
+/// A hostile primary (the guide's Binary Star on raw sockets and [`HostileChp`]) for a backup
+/// at `bp`: its heartbeats say ACTIVE and once carry a state that is not 1-4; its live updates
+/// carry a `ttl` that is neither relative nor absolute. Runs until `stop`.
+fn hostile_primary(pp: u16, bp: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let ctx = zmq::Context::new();
+        let live = (b"/h/bad".to_vec(), b"ttl=whenever\n".to_vec());
+        let mut chp = HostileChp::bind(&ctx, pp, vec![(b"/h/ok".to_vec(), b"ok".to_vec())], live);
+        let statepub = ctx.socket(zmq::PUB).expect("statepub");
+        let statesub = ctx.socket(zmq::SUB).expect("statesub");
+        for s in [&statepub, &statesub] {
+            s.set_linger(0).expect("linger");
+        }
+        statepub.bind(&format!("tcp://127.0.0.1:{}", pp + 3)).expect("bind state");
         statesub.set_subscribe(b"").expect("subscribe");
-        statesub.connect(&ep(bp + 3)).expect("connect peer state");
+        statesub.connect(&format!("tcp://127.0.0.1:{}", bp + 3)).expect("connect peer state");
         let (mut beats, mut last_beat) = (0u32, Instant::now() - Duration::from_secs(1));
-        let (mut subscribed, mut served, mut next, mut last_live) = (false, false, 2u64, Instant::now());
         let end = Instant::now() + Duration::from_secs(60);
         while !stop.load(Ordering::Relaxed) && Instant::now() < end {
             if last_beat.elapsed() >= Duration::from_millis(100) {
@@ -310,32 +378,7 @@ fn hostile_primary(pp: u16, bp: u16, stop: Arc<AtomicBool>) -> std::thread::Join
                 last_beat = Instant::now();
             }
             while statesub.recv_bytes(zmq::DONTWAIT).is_ok() {}
-            if publisher.recv_bytes(zmq::DONTWAIT).is_ok_and(|s| s.first() == Some(&1)) {
-                subscribed = true;
-            }
-            if served && subscribed && last_live.elapsed() >= Duration::from_millis(50) {
-                // Live traffic the passive backup follows, with contiguous sequences.
-                publisher.send(&b"garbage"[..], 0).expect("malformed update");
-                publisher.send_multipart(kvmsg(b"/h/bad", next, b"ttl=whenever\n", b"v"), 0).expect("bad ttl");
-                next += 1;
-                last_live = Instant::now();
-            }
-            if router.poll(zmq::POLLIN, 20).expect("poll") == 0 {
-                continue;
-            }
-            let f = router.recv_multipart(0).expect("recv");
-            if f.len() != 3 || f[1] != b"ICANHAZ?" {
-                continue;
-            }
-            let id = f[0].clone();
-            router.send_multipart([id.clone(), b"not a kvmsg".to_vec()], 0).expect("malformed entry");
-            let mut kv = vec![id.clone()];
-            kv.extend(kvmsg(b"/h/ok", 1, b"", b"ok"));
-            router.send_multipart(kv, 0).expect("kvsync");
-            let mut bye = vec![id];
-            bye.extend(kvmsg(b"KTHXBAI", next - 1, b"", &f[2]));
-            router.send_multipart(bye, 0).expect("kthxbai");
-            served = true;
+            chp.step();
         }
     })
 }
@@ -470,38 +513,10 @@ fn clone_client_refuses_messages_that_are_not_kvmsgs() {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let ctx = zmq::Context::new();
-            let router = ctx.socket(zmq::ROUTER).expect("router");
-            let publisher = ctx.socket(zmq::XPUB).expect("xpub");
-            for s in [&router, &publisher] {
-                s.set_linger(0).expect("linger");
-            }
-            router.bind(&format!("tcp://127.0.0.1:{port}")).expect("bind snapshot");
-            publisher.bind(&format!("tcp://127.0.0.1:{}", port + 1)).expect("bind publisher");
-            let (mut subscribed, mut served, mut next, mut last) = (false, false, 1u64, Instant::now());
+            let mut chp = HostileChp::bind(&ctx, port, Vec::new(), (b"/c/k".to_vec(), Vec::new()));
             let end = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                if publisher.recv_bytes(zmq::DONTWAIT).is_ok_and(|s| s.first() == Some(&1)) {
-                    subscribed = true;
-                }
-                if served && subscribed && last.elapsed() >= Duration::from_millis(50) {
-                    publisher.send(&b"garbage"[..], 0).expect("malformed");
-                    publisher.send_multipart(kvmsg(b"/c/k", next, b"", b"v"), 0).expect("update");
-                    next += 1;
-                    last = Instant::now();
-                }
-                if router.poll(zmq::POLLIN, 20).expect("poll") == 0 {
-                    continue;
-                }
-                let f = router.recv_multipart(0).expect("recv");
-                if f.len() < 2 || f[1] != b"ICANHAZ?" {
-                    continue;
-                }
-                let id = f[0].clone();
-                router.send_multipart([id.clone(), b"not a kvmsg".to_vec()], 0).expect("malformed entry");
-                let mut bye = vec![id];
-                bye.extend(kvmsg(b"KTHXBAI", next - 1, b"", f.get(2).map_or(&b""[..], |v| v)));
-                router.send_multipart(bye, 0).expect("kthxbai");
-                served = true;
+                chp.step();
             }
         })
     };
