@@ -84,7 +84,9 @@ pub struct ReplayArgs {
     /// flag, or list them) are merged by receive time. Each DBN record is one
     /// frame: topic = the instrument's symbol from the file's symbology (its
     /// id when there is none), payload = the record's bytes. Without --speed
-    /// or --rate a file replays flat out.
+    /// or --rate a file replays flat out. A damaged file is replayed up to the
+    /// damage, which is said with its byte offset and record number and counted
+    /// (`refused`: truncated_tail, bad_record); the exit status is then 1.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
