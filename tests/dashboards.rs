@@ -95,6 +95,19 @@ fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers
             let ours = &s["latency"][stage];
             assert_eq!(u(tag, "count"), u(ours, "count"), "shard{k}.{stage}: {tag} vs {ours}");
             assert!(u(tag, "intervals") >= 2, "several intervals were logged: {tag}");
+            // A paced feed fills every interval between the first and the last: the
+            // workers report several times per interval, so none is left empty by the
+            // collector's and the workers' clocks sliding past each other.
+            let counts: Vec<u64> = tag["interval_counts"]
+                .as_array()
+                .expect("per-interval counts")
+                .iter()
+                .map(|c| c.as_u64().expect("a count"))
+                .collect();
+            if counts.len() > 2 {
+                let inner = &counts[1..counts.len() - 1];
+                assert!(inner.iter().all(|&c| c > 0), "shard{k}.{stage}: an empty interval mid-feed: {counts:?}");
+            }
             // Same rank rule (ceil(0.99 N)) over the decoded counts: the same value.
             assert_eq!(u(tag, "p99_ceil_rank"), u(ours, "p99_ns"), "shard{k}.{stage}: {tag} vs {ours}");
             // The package's own percentile rounds the rank half up: never above.
