@@ -433,6 +433,19 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A tmux server of its own (socket `NAME-PID`) with one 80×24 session `top` running `shell`.
+    fn start(name: &str, shell: &str) -> Tmux {
+        let tmux = Tmux { socket: format!("{name}-{}", std::process::id()) };
+        let started = tmux
+            .cmd()
+            .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
+            .arg(shell)
+            .status()
+            .expect("tmux runs");
+        assert!(started.success(), "tmux new-session");
+        tmux
+    }
+
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
         c.args(["-L", &self.socket]);
@@ -485,15 +498,8 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
         eprintln!("SKIPPED the interactive view: no tmux (tools/ci-setup.sh installs it)");
         return;
     }
-    let tmux = Tmux { socket: format!("mdsub-top-{}", std::process::id()) };
     let bin = env!("CARGO_BIN_EXE_mdsub");
-    let started = tmux
-        .cmd()
-        .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
-        .arg(format!("{bin} top --store {store}; sleep 30"))
-        .status()
-        .expect("tmux runs");
-    assert!(started.success(), "tmux new-session");
+    let tmux = Tmux::start("mdsub-top", &format!("{bin} top --store {store}; sleep 30"));
     let mut pane = String::new();
     wait_until(Duration::from_secs(30), "the interactive view to show both shards", || {
         pane = tmux.capture();
@@ -509,14 +515,7 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
 
     // A view whose terminal goes away (tmux or ssh killed) ends instead of
     // spinning on the dead terminal (crossterm alone would loop forever).
-    let gone = Tmux { socket: format!("mdsub-top-gone-{}", std::process::id()) };
-    let started = gone
-        .cmd()
-        .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
-        .arg(format!("exec {bin} top --store {store}"))
-        .status()
-        .expect("tmux runs");
-    assert!(started.success(), "tmux new-session");
+    let gone = Tmux::start("mdsub-top-gone", &format!("exec {bin} top --store {store}"));
     wait_until(Duration::from_secs(30), "the second view to draw", || gone.capture().contains("mdsub top:"));
     let pid = gone.cmd().args(["display-message", "-p", "-t", "top", "#{pane_pid}"]).output().expect("pane pid");
     let pid: u32 = String::from_utf8_lossy(&pid.stdout).trim().parse().expect("a pane pid");
