@@ -10,6 +10,11 @@
 //!   with its detail, later ones are summarised (counts per reason) at most once per
 //!   interval. It takes `now_ns`, so it is tested with [`crate::clock::ManualClock`].
 //!   [`RefusalLog`] is the same with the lines going to [`line()`].
+//! - [`out()`] (and the [`outln!`](crate::outln!) / [`out!`](crate::out!) macros) is the one
+//!   path to stdout: `println!` panics when the reader of the pipe went away
+//!   (`mdsub info | head -1`); here a closed stdout (EPIPE) ends the process quietly with
+//!   status 0, as a pipe's writer should, and any other write error is said once on stderr
+//!   (exit status 1).
 //! - [`ExitCounters`] is the one convention for the counters a command prints when it stops:
 //!   a `NAME: stopped: k=v …` line on stderr, like every other diagnostic, or with `--json`
 //!   one JSON object on stdout.
@@ -29,6 +34,46 @@ pub fn line(args: fmt::Arguments<'_>) {
 macro_rules! diag {
     ($($arg:tt)*) => {
         $crate::diag::line(format_args!($($arg)*))
+    };
+}
+
+/// Write to stdout (flushed). A reader that went away (EPIPE) ends the process quietly with
+/// status 0: what it wanted it has, and there is nobody left to tell. Any other failure
+/// (a full disk under a redirect) is said on stderr and ends the process with status 1.
+pub fn out(args: fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.flush()) {
+        stdout_failed(&e);
+    }
+}
+
+/// What to do when stdout cannot be written: see [`out()`]. Also for errors that reach
+/// `main` from code that writes stdout itself (a `writeln!` on a locked stdout).
+pub fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    line(format_args!("mdsub: error: writing to stdout: {e}"));
+    std::process::exit(1);
+}
+
+/// `println!` that never panics: writes through [`diag::out`](out()) (a closed stdout ends
+/// the process quietly).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::diag::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::diag::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that never panics: writes through [`diag::out`](out()).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::diag::out(format_args!($($arg)*))
     };
 }
 
@@ -212,15 +257,12 @@ impl ExitCounters {
         }
     }
 
-    /// Print `counters` (a `k=v k=v …` report) the chosen way. A closed stdout or stderr is ignored.
+    /// Print `counters` (a `k=v k=v …` report) the chosen way. A closed stderr is ignored;
+    /// a closed stdout ends the process quietly ([`out()`]).
     pub fn print(self, name: &str, counters: &dyn Display) {
         match self {
             ExitCounters::Text => line(format_args!("{name}: stopped: {counters}")),
-            ExitCounters::Json => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", counters_json(name, &counters.to_string()));
-                let _ = out.flush();
-            }
+            ExitCounters::Json => out(format_args!("{}\n", counters_json(name, &counters.to_string()))),
         }
     }
 }

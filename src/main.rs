@@ -91,12 +91,12 @@ fn main() {
         Cmd::Profile(a) => cli::profile::run(a).map(|_| ()),
         Cmd::Info => {
             let m = mdsub::bench::stamp::Machine::here();
-            println!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);
-            println!("libzmq {}", m.libzmq);
+            mdsub::outln!("mdsub {} (commit {})", env!("CARGO_PKG_VERSION"), m.mdsub_commit);
+            mdsub::outln!("libzmq {}", m.libzmq);
             for (name, has) in mdsub::bench::stamp::libzmq_capabilities() {
-                println!("  {name:<7}{}", if has { "yes" } else { "no" });
+                mdsub::outln!("  {name:<7}{}", if has { "yes" } else { "no" });
             }
-            println!("cores {} ({})", m.cores, m.cpu);
+            mdsub::outln!("cores {} ({})", m.cores, m.cpu);
             Ok(())
         }
     };

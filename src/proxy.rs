@@ -309,13 +309,13 @@ impl<H: ProxyHooks> ProxyShell<H> {
     /// then the delivery mode as `{name}: delivery lossless (…)`.
     pub fn print_endpoints(&self, name: &str) {
         for (side, verb, ep) in &self.endpoints {
-            println!("{name}: {side} {verb} {ep}");
+            crate::outln!("{name}: {side} {verb} {ep}");
         }
         let what = match self.delivery {
             Delivery::Lossless => "a full subscriber queue pushes back on the publishers, nothing is dropped",
             Delivery::Lossy => "a message a full subscriber queue cannot take is dropped and counted (dropped_full)",
         };
-        println!("{name}: delivery {} ({what})", self.delivery.name());
+        crate::outln!("{name}: delivery {} ({what})", self.delivery.name());
     }
 
     /// The endpoint in effect on `side` (`frontend` or `backend`), the first if several.

@@ -1,11 +1,14 @@
 //! The command line as a person meets it: errors say their cause once, bad
-//! flags and values get one clear line and a non-zero exit.
+//! flags and values get one clear line and a non-zero exit; a reader of stdout that goes
+//! away (`mdsub info | head -1`) ends the command quietly, never with a panic.
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{mdsub, run_within};
+use common::{mdsub, run_within, Proc};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -32,4 +35,62 @@ fn a_duration_without_a_unit_is_refused_naming_the_value() {
     let (code, _out, err) = run_within("demo", mdsub().args(["demo", "--duration", "5"]), DEADLINE);
     assert_eq!(code, Some(2), "stderr: {err}");
     assert!(err.contains("'5'"), "names the value: {err}");
+}
+
+/// Run `args` with stdout a pipe whose reader reads `keep` lines and then goes away; returns
+/// the exit code and stderr.
+fn with_stdout_closed_after(args: &[&str], keep: usize) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut reader = Some(reader);
+    if keep == 0 {
+        reader = None; // closed before the command starts: its first write fails (EPIPE)
+    }
+    let mut cmd = mdsub();
+    cmd.args(args).stdout(Stdio::from(writer)).stderr(Stdio::piped());
+    let mut p = Proc::spawn(args[0], &mut cmd);
+    drop(cmd); // the parent's copy of the write end
+    let mut err = p.child.stderr.take().expect("stderr");
+    let e = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    if let Some(r) = reader {
+        let mut lines = BufReader::new(r);
+        for _ in 0..keep {
+            let mut l = String::new();
+            assert!(lines.read_line(&mut l).expect("read") > 0, "{args:?} printed fewer than {keep} lines");
+        }
+    } // the reader goes away here
+    let status = p.wait_exit(DEADLINE);
+    (status.code(), e.join().unwrap_or_default())
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    // Closed before the first line (`mdsub info | true`), and after one (`| head -1`).
+    for keep in [0, 1] {
+        let (code, err) = with_stdout_closed_after(&["info"], keep);
+        assert_eq!(code, Some(0), "info, stdout closed after {keep} lines: quiet exit 0; stderr: {err}");
+        assert!(err.trim().is_empty(), "nothing said, no panic: {err}");
+    }
+    // A replay whose reader leaves after the `bound` line: the run completes and its --json
+    // numbers meet the closed pipe.
+    let (code, err) = with_stdout_closed_after(
+        &[
+            "replay",
+            "--endpoint",
+            "tcp://127.0.0.1:*",
+            "--subscribers",
+            "0",
+            "--rate",
+            "10k",
+            "--count",
+            "3k",
+            "--json",
+        ],
+        1,
+    );
+    assert_eq!(code, Some(0), "replay --json into a closed pipe: quiet exit 0; stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -259,7 +259,9 @@ fn truncated_file_replays_its_prefix_and_names_the_offset() {
     let offset = meta_len + 60 * rec_len;
     assert!(out.contains(&format!("damaged at byte {offset}")), "offset {offset} named: {out}");
     assert!(out.contains("truncated"), "reason given: {out}");
-    assert!(out.contains("replay: refused (damaged_file): "), "the damage is said when met: {out}");
+    assert!(out.contains("replay: refused (truncated_tail): "), "the damage is said when met: {out}");
+    assert!(out.contains("record 61;"), "the record is named: {out}");
+    assert!(out.contains("damaged input (refused: truncated_tail=1)"), "counted under its reason: {out}");
     assert_eq!(got.len(), 60, "everything before the damage was replayed");
     let want: Vec<Vec<u8>> = recs[..60].iter().map(bytes_of).collect();
     let have: Vec<Vec<u8>> = got.iter().map(|g| g.payload.clone()).collect();
@@ -392,6 +394,8 @@ fn corrupt_record_length_is_reported_at_its_offset() {
     assert!(!status.success(), "a damaged file is an error: {out}");
     assert!(out.contains(&format!("damaged at byte {offset}: ")), "offset {offset} named: {out}");
     assert!(out.contains("impossible length"), "reason given: {out}");
+    assert!(out.contains("replay: refused (bad_record): "), "said under its reason: {out}");
+    assert!(out.contains("damaged input (refused: bad_record=1)"), "counted under its reason: {out}");
     assert_eq!(got.len(), 30, "everything before the damage was replayed");
 }
 

@@ -287,12 +287,15 @@ fn publisher_restart_mid_stream_is_a_restart() {
     let Some(tb) = Testbed::up("publisher_restart_mid_stream_is_a_restart") else { return };
     // A long paced stream, killed (SIGKILL) once data flows, then the same
     // publisher id started again on the same endpoint: a new session.
-    let first = tb.replay(5631, &["--count", "10M", "--rate", "20k"]);
+    let mut first = tb.replay(5631, &["--count", "10M", "--rate", "20k"]);
     let profile = tb.profile(&[(5631, "nicA")], "");
     let (a0, _) = tb.rx_bytes();
     let mut engine = tb.engine(&profile);
     wait_until(Duration::from_secs(30), "traffic on nicA", || tb.rx_bytes().0 > a0 + 500_000);
     first.proc.signal(9);
+    // Reaped before its port is bound again (a second replay racing the dying first one failed
+    // to bind once under load).
+    first.proc.wait_exit(Duration::from_secs(10));
     let second = tb.replay(5631, &["--count", "20000", "--rate", "50k"]);
     engine.wait_exit(Duration::from_secs(90));
     let (out, err) = read_all(&mut engine);

@@ -1,6 +1,8 @@
-//! Refusals and diagnostics, on real processes: every malformed frame the engine refuses is
-//! counted by reason and said on stderr (the first of each reason at once); a closed stderr
-//! does not stop the engine; exit counters go to stderr, or with `--json` to stdout.
+//! Refusals and diagnostics, on real processes: every refusal reason in the code is provoked
+//! by a hostile peer written here (raw `zmq` sockets) and checked twice, the count (report,
+//! `--json`, STATUS?, exit counters) and the line on stderr (the first of each reason at once);
+//! docs/REFUSALS.md maps each reason to its test. A closed stderr does not stop the engine;
+//! exit counters go to stderr, or with `--json` to stdout.
 
 mod common;
 
@@ -8,8 +10,11 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use common::proxy::{start, stop};
-use common::{mdsub, Proc};
+use common::{free_port_block, lines_of, mdsub, wait_line, Proc};
 use mdsub::wire::{encode, Header, Kind, HEADER_LEN, VERSION};
 
 /// One malformed frame per drop reason of the wire format, then two good data frames and the
@@ -44,6 +49,7 @@ fn feed() -> Vec<Vec<u8>> {
 fn publish(ctx: &zmq::Context) -> (zmq::Socket, String) {
     let xpub = ctx.socket(zmq::XPUB).expect("xpub");
     xpub.set_linger(1000).expect("linger");
+    xpub.set_sndhwm(0).expect("sndhwm"); // no drops: a test sends bursts past the default 1000
     xpub.bind("tcp://127.0.0.1:*").expect("bind");
     let ep = xpub.get_last_endpoint().expect("endpoint").expect("utf8");
     (xpub, ep)
@@ -149,4 +155,380 @@ fn exit_counters_go_to_stderr_or_with_json_to_stdout() {
         assert_eq!(v["stopped"], tool);
         assert!(v["forwarded_down"].is_u64() || v["messages_in"].is_u64(), "{tool}: counters are numbers: {v}");
     }
+}
+
+/// Spawn `cmd` with stderr piped, its lines on a channel.
+fn spawn_said(name: &str, cmd: &mut std::process::Command) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    let mut p = Proc::spawn(name, cmd.stderr(Stdio::piped()));
+    let err = lines_of(p.child.stderr.take().expect("stderr piped"));
+    (p, err)
+}
+
+#[test]
+fn implausible_sequences_and_publishers_over_the_limit_are_refused() {
+    use mdsub::engine::sequence::{MAX_PUBLISHERS, MAX_SEQ_JUMP};
+    let ctx = zmq::Context::new();
+    let (xpub, mut p) = engine_on_xpub(&ctx);
+    let mut out = p.child.stdout.take().expect("stdout");
+    let err = lines_of(p.child.stderr.take().expect("stderr"));
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < end, "the engine did not subscribe within 20 s");
+        if xpub.poll(zmq::POLLIN, 100).expect("poll") > 0 && xpub.recv_bytes(0).expect("sub").first() == Some(&1) {
+            break;
+        }
+    }
+    let now = mdsub::wire::now_ns;
+    let send = |h: &Header| xpub.send(encode(b"T", h, b"x"), 0).expect("send");
+    send(&Header::data(1, now()));
+    send(&Header::data(2 + MAX_SEQ_JUMP, now())); // implausible: a jump past MAX_SEQ_JUMP
+                                                  // One frame from each of MAX_PUBLISHERS + 3 publishers: the session above holds one slot,
+                                                  // so four are over the limit.
+    for id in 1..=MAX_PUBLISHERS as u32 + 3 {
+        send(&Header { publisher_id: id, ..Header::data(1, now()) });
+    }
+    send(&Header::data(2, now()));
+    let eos = Header { kind: Kind::EndOfStream, ..Header::data(2, now()) };
+    xpub.send(encode(b"T", &eos, &2u64.to_le_bytes()), 0).expect("eos");
+    let status = p.wait_exit(Duration::from_secs(30));
+    let mut report = String::new();
+    out.read_to_string(&mut report).expect("stdout");
+    let said = common::proxy::rest_lines(&err, Duration::from_secs(5));
+    assert!(status.success(), "{said:?}");
+    let v: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
+    assert_eq!(v["bad_frames"]["implausible_sequence"], 1, "{report}");
+    assert_eq!(v["bad_frames"]["over_limit"], 4, "{report}");
+    for reason in ["implausible_sequence", "over_limit"] {
+        let n = said.iter().filter(|l| l.starts_with(&format!("shard0-reader: refused ({reason}): "))).count();
+        assert_eq!(n, 1, "the first {reason} said once: {said:?}");
+    }
+}
+
+/// A standalone clone server on a fresh port block, its stderr lines on a channel.
+fn clone_server(extra: &[&str]) -> (u16, Proc, std::sync::mpsc::Receiver<String>) {
+    let port = free_port_block(4);
+    let mut cmd = mdsub();
+    cmd.args(["clone-server", "--endpoint", &format!("tcp://127.0.0.1:{port}"), "--quiet"]).args(extra);
+    let (p, err) = spawn_said("clone-server", &mut cmd);
+    (port, p, err)
+}
+
+/// The server's STATUS? reply as `key=value` lines (empty when it does not answer in time).
+fn clone_status(port: u16) -> String {
+    mdsub::clone::server_status(&format!("tcp://127.0.0.1:{port}"), Duration::from_secs(1)).unwrap_or_default()
+}
+
+/// `refused_REASON` from a STATUS? reply.
+fn refused(status: &str, reason: &str) -> u64 {
+    let tag = format!("refused_{reason}=");
+    status.lines().find_map(|l| l.strip_prefix(&tag)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Wait (deadline) until STATUS? counts every reason in `reasons`; then each reason's line.
+fn assert_refused(
+    port: u16,
+    said: &std::sync::mpsc::Receiver<String>,
+    site: &str,
+    reasons: &[&str],
+    mut poke: impl FnMut(),
+) {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut status = String::new();
+    while Instant::now() < end {
+        poke();
+        status = clone_status(port);
+        if reasons.iter().all(|r| refused(&status, r) > 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for r in reasons {
+        assert!(refused(&status, r) > 0, "refused_{r} counted in STATUS?: {status}");
+    }
+    let mut unsaid: Vec<&str> = reasons.to_vec();
+    while !unsaid.is_empty() {
+        let l = wait_line(said, Duration::from_secs(5), &format!("refusal lines for {unsaid:?}"), |l| {
+            l.starts_with(&format!("{site}: refused ("))
+        });
+        unsaid.retain(|r| !l.contains(&format!("refused ({r}): ")));
+    }
+}
+
+fn kvmsg(key: &[u8], seq: u64, props: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
+    vec![key.to_vec(), seq.to_be_bytes().to_vec(), vec![], props.to_vec(), body.to_vec()]
+}
+
+#[test]
+fn clone_server_refuses_updates_it_cannot_store_by_reason() {
+    // Values up to 200 kB, so a 70 kB properties frame reaches the check (not the size limit).
+    let (port, _server, said) = clone_server(&["--max-value-bytes", "200000"]);
+    let ctx = zmq::Context::new();
+    let coll = ctx.socket(zmq::PUB).expect("pub");
+    coll.set_linger(0).expect("linger");
+    coll.connect(&format!("tcp://127.0.0.1:{}", port + 2)).expect("connect");
+    let big_props = format!("x={}\n", "p".repeat(70_000)).into_bytes();
+    let bad = [
+        kvmsg(b"", 0, b"", b"v"),          // empty_key
+        kvmsg(b"HUGZ", 0, b"", b"v"),      // reserved_key
+        kvmsg(b"KTHXBAI", 0, b"", b"v"),   // reserved_key
+        kvmsg(b"/k", 0, &big_props, b"v"), // bad_properties
+    ];
+    assert_refused(port, &said, "clone-server: standalone", &["empty_key", "reserved_key", "bad_properties"], || {
+        for m in &bad {
+            coll.send_multipart(m, 0).expect("send");
+        }
+    });
+    assert!(clone_status(port).contains("keys=0\n"), "nothing stored");
+}
+
+/// The CHP half of a hostile server: a snapshot ROUTER at `port` and a publisher (XPUB) at
+/// `port + 1`. Each snapshot is one message that is not a kvmsg, then the good `entries`
+/// (sequences 1, 2, …) and `KTHXBAI`; once a snapshot was served and someone subscribed, every
+/// 50 ms it publishes one message that is not a kvmsg and one update of `live_key` with
+/// `live_props`, with contiguous sequences.
+struct HostileChp {
+    router: zmq::Socket,
+    publisher: zmq::Socket,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    live: (Vec<u8>, Vec<u8>),
+    subscribed: bool,
+    served: bool,
+    next: u64,
+    last_live: Instant,
+}
+
+impl HostileChp {
+    fn bind(ctx: &zmq::Context, port: u16, entries: Vec<(Vec<u8>, Vec<u8>)>, live: (Vec<u8>, Vec<u8>)) -> Self {
+        let router = ctx.socket(zmq::ROUTER).expect("router");
+        let publisher = ctx.socket(zmq::XPUB).expect("xpub");
+        for s in [&router, &publisher] {
+            s.set_linger(0).expect("linger");
+        }
+        router.bind(&format!("tcp://127.0.0.1:{port}")).expect("bind snapshot");
+        publisher.bind(&format!("tcp://127.0.0.1:{}", port + 1)).expect("bind publisher");
+        let next = entries.len() as u64 + 1;
+        HostileChp {
+            router,
+            publisher,
+            entries,
+            live,
+            subscribed: false,
+            served: false,
+            next,
+            last_live: Instant::now(),
+        }
+    }
+
+    /// One round: subscriptions, live traffic when due, a snapshot request if one comes within 20 ms.
+    fn step(&mut self) {
+        if self.publisher.recv_bytes(zmq::DONTWAIT).is_ok_and(|s| s.first() == Some(&1)) {
+            self.subscribed = true;
+        }
+        if self.served && self.subscribed && self.last_live.elapsed() >= Duration::from_millis(50) {
+            self.publisher.send(&b"garbage"[..], 0).expect("malformed update");
+            let (key, props) = &self.live;
+            self.publisher.send_multipart(kvmsg(key, self.next, props, b"v"), 0).expect("update");
+            self.next += 1;
+            self.last_live = Instant::now();
+        }
+        if self.router.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+            return;
+        }
+        let f = self.router.recv_multipart(0).expect("recv");
+        if f.len() < 2 || f[1] != b"ICANHAZ?" {
+            return;
+        }
+        let id = f[0].clone();
+        self.router.send_multipart([id.clone(), b"not a kvmsg".to_vec()], 0).expect("malformed entry");
+        for (i, (key, body)) in self.entries.iter().enumerate() {
+            let mut kv = vec![id.clone()];
+            kv.extend(kvmsg(key, i as u64 + 1, b"", body));
+            self.router.send_multipart(kv, 0).expect("kvsync");
+        }
+        let mut bye = vec![id];
+        bye.extend(kvmsg(b"KTHXBAI", self.next - 1, b"", f.get(2).map_or(&b""[..], |v| v)));
+        self.router.send_multipart(bye, 0).expect("kthxbai");
+        self.served = true;
+    }
+}
+
+/// A hostile primary (the guide's Binary Star on raw sockets and [`HostileChp`]) for a backup
+/// at `bp`: its heartbeats say ACTIVE and once carry a state that is not 1-4; its live updates
+/// carry a `ttl` that is neither relative nor absolute. Runs until `stop`.
+fn hostile_primary(pp: u16, bp: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let ctx = zmq::Context::new();
+        let live = (b"/h/bad".to_vec(), b"ttl=whenever\n".to_vec());
+        let mut chp = HostileChp::bind(&ctx, pp, vec![(b"/h/ok".to_vec(), b"ok".to_vec())], live);
+        let statepub = ctx.socket(zmq::PUB).expect("statepub");
+        let statesub = ctx.socket(zmq::SUB).expect("statesub");
+        for s in [&statepub, &statesub] {
+            s.set_linger(0).expect("linger");
+        }
+        statepub.bind(&format!("tcp://127.0.0.1:{}", pp + 3)).expect("bind state");
+        statesub.set_subscribe(b"").expect("subscribe");
+        statesub.connect(&format!("tcp://127.0.0.1:{}", bp + 3)).expect("connect peer state");
+        let (mut beats, mut last_beat) = (0u32, Instant::now() - Duration::from_secs(1));
+        let end = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            if last_beat.elapsed() >= Duration::from_millis(100) {
+                beats += 1;
+                let state: &[u8] = if beats == 3 { b"9" } else { b"3" }; // 9: not a Binary Star state
+                statepub.send(state, 0).expect("heartbeat");
+                last_beat = Instant::now();
+            }
+            while statesub.recv_bytes(zmq::DONTWAIT).is_ok() {}
+            chp.step();
+        }
+    })
+}
+
+#[test]
+fn clone_backup_refuses_what_its_peer_sends_wrong_by_reason() {
+    let (pp, bp) = (free_port_block(4), free_port_block(4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let primary = hostile_primary(pp, bp, stop.clone());
+    let mut cmd = mdsub();
+    let peer = format!("tcp://127.0.0.1:{pp}");
+    cmd.args(["clone-server", "--endpoint", &format!("tcp://127.0.0.1:{bp}"), "--quiet", "--backup", "--peer", &peer]);
+    let (_backup, said) = spawn_said("backup", &mut cmd);
+    let reasons = ["malformed_heartbeat", "peer_snapshot_malformed", "malformed_peer_update", "peer_update_bad_ttl"];
+    assert_refused(bp, &said, "clone-server: backup", &reasons, || {});
+    let s = clone_status(bp);
+    stop.store(true, Ordering::Relaxed);
+    primary.join().expect("hostile primary");
+    assert!(s.contains("state=passive\n") && s.contains("keys=1\n"), "still following, the good entry kept: {s}");
+}
+
+#[test]
+fn lvc_refuses_to_cache_past_its_limits_by_reason() {
+    use common::proxy::{counter, frame, handshake, publisher, subscriber, PROBE};
+    // Two topics at most (the probe takes one), and 2 kB of cache.
+    let mut lvc = start("lvc", &["--max-topics", "2", "--max-bytes", "2048"]);
+    let ctx = zmq::Context::new();
+    let publ = publisher(&ctx, &lvc.frontend);
+    let probe = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
+    handshake(&publ, &probe);
+    publ.send(frame("A", 1, 1, b"fits"), 0).expect("send");
+    publ.send(frame("B", 2, 1, b"no room for a third topic"), 0).expect("send"); // cache_full
+    publ.send(frame("A", 3, 2, &[7u8; 4096]), 0).expect("send"); // too_big for 2 kB
+    publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
+    common::proxy::until_probe(&probe, Duration::from_secs(5), Some(b"done"));
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "rejected_full"), 1, "{last}");
+    assert_eq!(counter(last, "evicted_too_big"), 1, "{last}");
+    for reason in ["cache_full", "too_big"] {
+        let n = err.iter().filter(|l| l.starts_with(&format!("lvc: refused ({reason}): "))).count();
+        assert_eq!(n, 1, "{reason} said once: {err:?}");
+    }
+}
+
+/// A tap whose printer cannot keep up (nobody reads its stdout, so the pipe fills and the
+/// printer blocks): the proxy keeps forwarding and drops the copies it cannot queue.
+#[test]
+fn tap_drops_copies_its_printer_cannot_take_as_queue_full() {
+    use common::proxy::{counter, frame, handshake, publisher, rest_lines, subscriber, PROBE};
+    use std::io::BufRead;
+    let mut cmd = mdsub();
+    cmd.args(["tap", "--frontend", "bind:tcp://127.0.0.1:*", "--backend", "bind:tcp://127.0.0.1:*"])
+        .args(["--queue-msgs", "16", "--subscribe-all"])
+        .stdout(Stdio::piped());
+    let (mut p, said) = spawn_said("tap", &mut cmd);
+    let mut out = std::io::BufReader::new(p.child.stdout.take().expect("stdout"));
+    let mut endpoint = |side: &str| loop {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).expect("stdout") > 0, "tap ended before naming its {side}");
+        if l.starts_with(&format!("tap: {side} ")) {
+            return l.trim().rsplit(' ').next().unwrap_or_default().to_string();
+        }
+    };
+    let (front, back) = (endpoint("frontend"), endpoint("backend"));
+    let ctx = zmq::Context::new();
+    let publ = publisher(&ctx, &front);
+    let probe = subscriber(&ctx, &back, &[b"_probe\0"]);
+    handshake(&publ, &probe);
+    // Far more lines than a pipe holds (64 KiB): the printer blocks, the queue fills.
+    let n = 20_000u64;
+    for i in 0..n {
+        publ.send(frame("T", i + 1, i + 1, &[b'x'; 64]), 0).expect("send");
+    }
+    publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
+    common::proxy::until_probe(&probe, Duration::from_secs(20), Some(b"done"));
+    p.signal(2);
+    // Now read stdout, so the blocked printer can finish and the tap can stop.
+    let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let status = p.wait_exit(Duration::from_secs(20));
+    let _ = drain.join();
+    let err = rest_lines(&said, Duration::from_secs(5));
+    assert!(status.success(), "{err:?}");
+    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    assert!(counter(last, "dropped") > 0, "copies dropped at the full queue: {last}");
+    assert!(counter(last, "forwarded_down") > n, "the proxy forwarded everything: {last}");
+    let n = err.iter().filter(|l| l.starts_with("tap: refused (queue_full): ")).count();
+    assert_eq!(n, 1, "the first said at once: {err:?}");
+}
+
+/// A frame over the capture format's 64 MiB record limit passes the tap but is not recorded:
+/// counted (`record_skipped_too_large`) and said; the recording goes on.
+#[test]
+fn tap_refuses_to_record_a_frame_over_the_record_limit() {
+    use common::proxy::{counter, frame, handshake, publisher, subscriber, PROBE};
+    use mdsub::wire::capture::MAX_RECORD_LEN;
+    let dir = common::temp_dir("refusals-tap-record");
+    let file = dir.join("big.mdcap");
+    let cap = file.to_str().expect("utf8");
+    let mut tap = start("tap", &["--quiet", "--subscribe-all", "--record", cap, "--max-msg-bytes", "80000000"]);
+    let ctx = zmq::Context::new();
+    let publ = publisher(&ctx, &tap.frontend);
+    let probe = subscriber(&ctx, &tap.backend, &[b"_probe\0"]);
+    handshake(&publ, &probe);
+    publ.send(frame("BIG", 1, 1, &vec![0u8; MAX_RECORD_LEN as usize + 1]), 0).expect("send");
+    publ.send(frame("SMALL", 2, 1, b"kept"), 0).expect("send");
+    publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
+    common::proxy::until_probe(&probe, Duration::from_secs(20), Some(b"done"));
+    let (_, err) = stop(&mut tap);
+    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "record_skipped_too_large"), 1, "{last}");
+    let n = err.iter().filter(|l| l.starts_with("tap: refused (too_large_to_record): ")).count();
+    assert_eq!(n, 1, "said: {err:?}");
+    // The recording holds the rest, the small frame included.
+    let mut r = mdsub::wire::capture::CaptureReader::open(&file).expect("capture");
+    let mut topics = Vec::new();
+    while let Some(rec) = r.next_record().expect("intact") {
+        topics.push(mdsub::wire::decode(rec.frame).map(|v| v.topic.to_vec()).unwrap_or_default());
+    }
+    assert!(topics.contains(&b"SMALL".to_vec()) && !topics.contains(&b"BIG".to_vec()), "{topics:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A hostile clone server (CHP on raw sockets): its snapshot holds one message that is not a
+/// kvmsg, and its publisher sends one before each good update. `mdsub clone-client watch`
+/// counts and says them (`malformed_kvmsg`) and still applies the good ones.
+#[test]
+fn clone_client_refuses_messages_that_are_not_kvmsgs() {
+    let port = free_port_block(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let ctx = zmq::Context::new();
+            let mut chp = HostileChp::bind(&ctx, port, Vec::new(), (b"/c/k".to_vec(), Vec::new()));
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                chp.step();
+            }
+        })
+    };
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &format!("tcp://127.0.0.1:{port}"), "watch", "--count", "3"]);
+    let (code, out, err) = common::run_within("clone-client", &mut cmd, Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    server.join().expect("hostile server");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("live ")).count(), 3, "the good updates applied: {out}");
+    let last = err.lines().find(|l| l.starts_with("clone-client: stopped: ")).expect("exit counters");
+    assert!(common::proxy::counter(last, "malformed") >= 3, "the snapshot's and the publisher's: {last}");
+    let said: Vec<&str> = err.lines().filter(|l| l.starts_with("clone-client: refused (malformed_kvmsg): ")).collect();
+    assert_eq!(said.len(), 1, "the first said at once, the rest counted: {err}");
 }

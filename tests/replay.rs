@@ -1,7 +1,8 @@
 //! Replay from capture files and the CLI's handling of bad input, with real
 //! processes: a capture replays byte for byte (multipart foreign traffic
 //! included); a damaged capture sends its intact prefix and names the
-//! offset; bad flags, profiles and endpoints give one clear error.
+//! offset, the record and the reason, counted in the replay's numbers; bad
+//! flags, profiles and endpoints give one clear error.
 
 mod common;
 
@@ -138,6 +139,82 @@ fn damaged_capture_sends_the_intact_prefix_and_names_the_offset() {
     let err = reader.join().expect("stderr reader");
     assert!(err.contains("truncated at byte offset"), "{err}");
     assert!(err.contains("cut.mdcap"), "error names the file: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Replay `path` (no subscriber awaited) with `--json`: exit code, the JSON numbers (Null when
+/// none were printed) and stderr.
+fn replay_json(path: &std::path::Path) -> (Option<i32>, serde_json::Value, String) {
+    let p = path.to_str().expect("utf8");
+    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--json", "--from", p];
+    let (code, out, err) = run_within("replay", mdsub().args(args), Duration::from_secs(60));
+    assert!(!err.contains("panicked"), "{err}");
+    let v = out.find('{').map_or(serde_json::Value::Null, |i| json(&out[i..]));
+    (code, v, err)
+}
+
+/// Damage after the header ends the file at the damage: what came before is replayed, the
+/// damage is said once with its reason, byte offset and record number, counted under the reason
+/// in the numbers (`--json`: `refused`), and the exit status is 1. A file that is not a capture
+/// at all (empty, wrong magic, unknown version) is refused before anything binds.
+#[test]
+fn damaged_captures_are_refused_by_reason_with_the_place() {
+    use mdsub::wire::capture::{FILE_HEADER_LEN, RECORD_HEADER_LEN};
+    let dir = temp_dir("damage");
+    let whole = dir.join("whole.mdcap");
+    let records = write_capture(&whole);
+    let bytes = std::fs::read(&whole).expect("read");
+    let offset_of =
+        |i: usize| FILE_HEADER_LEN + records[..i].iter().map(|(f, _)| RECORD_HEADER_LEN + f.len()).sum::<usize>();
+    // Messages (data and foreign) whose last frame is before record `i`.
+    let msgs_before = |i: usize| records[..i].iter().filter(|(_, more)| !more).count() as u64;
+
+    // A bad record in the middle: one byte of record 101's frame flipped (its checksum fails).
+    let mid = 100;
+    assert!(!records[mid - 1].1, "record 100 ends a message");
+    let mut bad = bytes.clone();
+    bad[offset_of(mid) + RECORD_HEADER_LEN + 2] ^= 0x40;
+    let path = dir.join("middle.mdcap");
+    std::fs::write(&path, &bad).expect("write");
+    let (code, v, err) = replay_json(&path);
+    assert_eq!(code, Some(1), "damaged input: exit 1; {err}");
+    assert_eq!(v["refused"]["bad_record"], 1, "counted under its reason: {v}");
+    assert_eq!(v["sent_total"].as_u64(), Some(msgs_before(mid)), "everything before the damage: {v}");
+    let said: Vec<&str> = err.lines().filter(|l| l.starts_with("replay: refused (bad_record): ")).collect();
+    assert_eq!(said.len(), 1, "said once: {err}");
+    let want = format!("corrupt record at byte offset {}: checksum mismatch (record {}", offset_of(mid), mid + 1);
+    assert!(said[0].contains(&want) && said[0].contains("middle.mdcap"), "file, offset, record, reason: {err}");
+
+    // A truncated tail: the last record cut short.
+    let last = records.len() - 1;
+    let path = dir.join("tail.mdcap");
+    std::fs::write(&path, &bytes[..bytes.len() - 2]).expect("write");
+    let (code, v, err) = replay_json(&path);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(v["refused"]["truncated_tail"], 1, "{v}");
+    assert_eq!(v["sent_total"].as_u64(), Some(msgs_before(last - 1)), "all but the cut message [topic][body]: {v}");
+    let want = format!("truncated at byte offset {}: record body (record {}", offset_of(last), last + 1);
+    assert!(err.lines().any(|l| l.starts_with("replay: refused (truncated_tail): ") && l.contains(&want)), "{err}");
+
+    // Not a capture at all: one error line, refused before anything binds.
+    let mut wrong_magic = bytes.clone();
+    wrong_magic[..8].copy_from_slice(b"NOTACAPT");
+    let mut bad_version = bytes.clone();
+    bad_version[8] = 7;
+    for (name, content, says) in [
+        ("empty.mdcap", Vec::new(), "empty file (0 bytes)"),
+        ("magic.mdcap", wrong_magic, "neither an mdsub capture nor DBN data"),
+        ("version.mdcap", bad_version, "capture format version 7 is not supported"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, &content).expect("write");
+        let (code, v, err) = replay_json(&path);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert_eq!(v, serde_json::Value::Null, "{name}: nothing replayed, no numbers");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{name}: one line: {err}");
+        assert!(lines[0].contains(name) && lines[0].contains(says), "{name}: says `{says}`: {err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -320,44 +320,47 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
 /// Run the clone benchmarks and print the medians.
 pub fn run(args: &CloneBenchConfig) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
-    println!("clone-bench  {}", crate::bench::stamp::Machine::here());
-    println!(
+    crate::outln!("clone-bench  {}", crate::bench::stamp::Machine::here());
+    crate::outln!(
         "clone-bench: {} runs each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
-        runs, args.updates, args.keys, args.silence_ms
+        runs,
+        args.updates,
+        args.keys,
+        args.silence_ms
     );
     let (mut base, mut raw, mut cli) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let b = baseline_once(args.updates)?;
-        println!("  baseline run {i}: feeder -> raw SUB, no server: {:.0} updates/s", b);
+        crate::outln!("  baseline run {i}: feeder -> raw SUB, no server: {:.0} updates/s", b);
         base.push(b);
     }
     for i in 0..runs {
         let r = throughput_once(args.updates, false)?;
         let c = throughput_once(args.updates, true)?;
-        println!("  throughput run {i}: raw CHP subscriber {:.0} updates/s, clone::Client {:.0} updates/s", r, c);
+        crate::outln!("  throughput run {i}: raw CHP subscriber {:.0} updates/s, clone::Client {:.0} updates/s", r, c);
         raw.push(r);
         cli.push(c);
     }
     let mut snaps = Vec::new();
     for i in 0..runs {
         let t = snapshot_once(args.keys)?;
-        println!("  snapshot run {i}: {:.3} s for {} keys", t, args.keys);
+        crate::outln!("  snapshot run {i}: {:.3} s for {} keys", t, args.keys);
         snaps.push(t);
     }
     let mut fos = Vec::new();
     if !args.skip_failover {
         for i in 0..runs {
             let t = failover_once(args.silence_ms)?;
-            println!("  failover run {i}: {:.3} s from kill -9 to the next live update", t);
+            crate::outln!("  failover run {i}: {:.3} s from kill -9 to the next live update", t);
             fos.push(t);
         }
     }
-    println!("median: baseline (one hop, no server) {:.0} updates/s", median(base));
-    println!("median: raw subscriber {:.0} updates/s", median(raw));
-    println!("median: clone::Client {:.0} updates/s", median(cli));
-    println!("median: snapshot of {} keys {:.3} s", args.keys, median(snaps));
+    crate::outln!("median: baseline (one hop, no server) {:.0} updates/s", median(base));
+    crate::outln!("median: raw subscriber {:.0} updates/s", median(raw));
+    crate::outln!("median: clone::Client {:.0} updates/s", median(cli));
+    crate::outln!("median: snapshot of {} keys {:.3} s", args.keys, median(snaps));
     if !fos.is_empty() {
-        println!("median: failover {:.3} s", median(fos));
+        crate::outln!("median: failover {:.3} s", median(fos));
     }
     Ok(())
 }

@@ -230,11 +230,14 @@ fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, Agent
 pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
     let frame_bytes = frame_len(b"B00000", args.payload_bytes);
     let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
-    println!("lvc-bench  {}", crate::bench::stamp::Machine::here());
-    println!(
+    crate::outln!("lvc-bench  {}", crate::bench::stamp::Machine::here());
+    crate::outln!(
         "lvc-bench: {} messages of {}-byte payloads ({frame_bytes}-byte frames: {} topics, header {HEADER_LEN} B), \
          TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs of direct, plain proxy, lvc",
-        args.messages, args.payload_bytes, args.topics, args.runs
+        args.messages,
+        args.payload_bytes,
+        args.topics,
+        args.runs
     );
     let (mut d, mut p, mut l, mut lp, mut pd, mut cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -244,7 +247,7 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
         let (ml, report, stats) = via_lvc(&args, hwm)?;
         let lvc_plain = ml.msgs_per_s() / mp.msgs_per_s().max(1e-9);
         let plain_direct = mp.msgs_per_s() / md.msgs_per_s().max(1e-9);
-        println!(
+        crate::outln!(
             "run {run}: direct {:.3} M msg/s ({}/{}), plain proxy {:.3} M msg/s ({}/{}), lvc {:.3} M msg/s \
              ({}/{}, {} cached topics, lvc thread {:.0} CPU ns/msg); lvc/plain {lvc_plain:.2}, \
              plain/direct {plain_direct:.2}",
@@ -261,7 +264,7 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
             stats.cpu_ns_per_item()
         );
         if md.delivered < md.sent || mp.delivered < mp.sent || ml.delivered < ml.sent {
-            println!("run {run}: LOSS — this run is not a result");
+            crate::outln!("run {run}: LOSS — this run is not a result");
         }
         d.push(md.msgs_per_s());
         p.push(mp.msgs_per_s());
@@ -270,7 +273,7 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
         pd.push(plain_direct);
         cpu.push(stats.cpu_ns_per_item());
     }
-    println!(
+    crate::outln!(
         "median: direct {:.3} M msg/s, plain proxy {:.3} M msg/s, lvc {:.3} M msg/s, \
          lvc/plain {:.2}, plain/direct {:.2} (medians of per-run ratios), lvc thread {:.0} CPU ns/msg",
         median(d) / 1e6,

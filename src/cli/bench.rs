@@ -247,7 +247,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         "curve": args.curve,
     });
     if !args.json {
-        println!("mdsub bench  {machine}");
+        crate::outln!("mdsub bench  {machine}");
         let what = if whole_file {
             format!(
                 "{} ({})",
@@ -257,7 +257,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         } else {
             format!("{}-byte payloads, {} symbols", args.feed.payload_bytes, args.feed.symbols)
         };
-        println!(
+        crate::outln!(
             "feed: {}, {what}, {}; publisher {} SNDHWM {}; subscribers RCVHWM {}",
             describe_pacing(pacing),
             match (limits.max_msgs, limits.duration) {
@@ -270,7 +270,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             publisher.sndhwm_msgs,
             profile.rcvhwm_msgs
         );
-        println!(
+        crate::outln!(
             "engine: profile {}, {} shard(s), {} worker(s), batch_max {}, handler {}; {} runs, median reported",
             profile.name,
             shards,
@@ -407,7 +407,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             out.report.subscriber = name.clone();
             if !args.json {
                 let t = out.report.latency.get("total").copied().unwrap_or_default();
-                println!(
+                crate::outln!(
                     "  run {rep} {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                     name,
                     out.report.msgs_per_sec / 1e6,
@@ -501,11 +501,13 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        println!("medians (cpu: every thread of the subscriber incl. libzmq's I/O threads, per delivered message):");
+        crate::outln!(
+            "medians (cpu: every thread of the subscriber incl. libzmq's I/O threads, per delivered message):"
+        );
         for m in &result.medians {
-            println!(
+            crate::outln!(
                 "  {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                 m.subscriber,
                 m.msgs_per_sec / 1e6,
@@ -518,25 +520,30 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 human_ns(m.max_ns),
             );
             let threads: Vec<String> = m.threads.iter().map(|(t, ns)| format!("{t} {ns:.0}")).collect();
-            println!("  {:<22} per thread, ns/msg: {}", "", threads.join(", "));
+            crate::outln!("  {:<22} per thread, ns/msg: {}", "", threads.join(", "));
         }
-        println!("ratios engine / baseline (throughput: higher is better; latency and CPU: lower is better; +curve against baseline+curve):");
+        crate::outln!("ratios engine / baseline (throughput: higher is better; latency and CPU: lower is better; +curve against baseline+curve):");
         for (name, r) in &result.ratios {
-            println!(
+            crate::outln!(
                 "  {:<19} throughput {:.2}x  p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  CPU ns/msg {:.2}x",
-                name, r[0], r[1], r[2], r[3], r[4]
+                name,
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4]
             );
         }
         if !result.comparisons.is_empty() {
-            println!("comparisons (same feed, same runs; on a shared box only the CPU ratio is meaningful):");
+            crate::outln!("comparisons (same feed, same runs; on a shared box only the CPU ratio is meaningful):");
             for (what, r) in &result.comparisons {
-                println!("  {:<24} throughput {:.2}x  CPU ns/msg {:.2}x", what, r[0], r[1]);
+                crate::outln!("  {:<24} throughput {:.2}x  CPU ns/msg {:.2}x", what, r[0], r[1]);
             }
         }
         if !result.publisher_comparisons.is_empty() {
-            println!("publishers (into the baseline; throughput at the subscriber, CPU of the publisher's threads incl. its I/O threads):");
+            crate::outln!("publishers (into the baseline; throughput at the subscriber, CPU of the publisher's threads incl. its I/O threads):");
             for m in result.medians.iter().filter(|m| m.subscriber.starts_with("baseline")) {
-                println!(
+                crate::outln!(
                     "  {:<24} sends {:>6.3} M msg/s  publisher cpu {:>5.0} ns/msg",
                     m.subscriber,
                     m.publisher_msgs_per_sec / 1e6,
@@ -544,7 +551,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 );
             }
             for (what, r) in &result.publisher_comparisons {
-                println!("  {:<24} throughput {:.2}x  publisher CPU ns/msg {:.2}x", what, r[0], r[1]);
+                crate::outln!("  {:<24} throughput {:.2}x  publisher CPU ns/msg {:.2}x", what, r[0], r[1]);
             }
         }
     }

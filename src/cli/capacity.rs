@@ -164,21 +164,21 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     };
     let machine = crate::bench::stamp::Machine::here();
     if !args.json {
-        println!("mdsub capacity  {machine}");
-        println!("pass rule: {}", capacity::describe_sla(&cfg.sla));
-        println!(
+        crate::outln!("mdsub capacity  {machine}");
+        crate::outln!("pass rule: {}", capacity::describe_sla(&cfg.sla));
+        crate::outln!(
             "configurations: {}",
             cfg.configurations.iter().map(|c| format!("`{}`", c.name)).collect::<Vec<_>>().join(", ")
         );
         match &cfg.publisher {
-            PublisherSide::Local { .. } => println!(
+            PublisherSide::Local { .. } => crate::outln!(
                 "publisher: in this process, SHARING THIS HOST ({} cores) with the engine; the knees below are \
                  this box's with its own load generator on it (use --publisher connect:EP to drive it from another host)",
                 machine.cores
             ),
-            PublisherSide::Remote { control } => println!("publisher: another process, driven at {control}"),
+            PublisherSide::Remote { control } => crate::outln!("publisher: another process, driven at {control}"),
         }
-        println!(
+        crate::outln!(
             "trials: {:?} warm-up + {:?} hold, {} run(s) each, from {} msg/s, tolerance {:.0}%, time cap {:?}",
             cfg.warmup,
             cfg.hold,
@@ -227,7 +227,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
                 );
                 // A hidden bar (not a terminal) prints nothing: print plainly then.
                 if pb.is_hidden() {
-                    println!("{line}");
+                    crate::outln!("{line}");
                 } else {
                     pb.println(line);
                 }
@@ -238,10 +238,10 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     pb.finish_and_clear();
     let result = result?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(result);
     }
-    println!("knees:");
+    crate::outln!("knees:");
     for c in &result.configurations {
         let at = |n: &str| {
             c.at_knee
@@ -250,7 +250,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
                 .map(|p| format!("{} [{}–{}]", human_ns(p.1), human_ns(p.2), human_ns(p.3)))
                 .unwrap_or_else(|| "-".into())
         };
-        println!(
+        crate::outln!(
             "  {:<28} {:>9} msg/s  p50 {}  p99 {}  p99.9 {}  max {}  ({} trials; {})",
             c.name,
             c.outcome.knee.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
@@ -262,18 +262,23 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             ending_text(c.outcome.ending)
         );
         for x in &c.outcome.contradictions {
-            println!("    NON-MONOTONIC: passed at {} msg/s but failed at {} msg/s", x.passed_at, x.failed_at);
+            crate::outln!("    NON-MONOTONIC: passed at {} msg/s but failed at {} msg/s", x.passed_at, x.failed_at);
         }
         if let Some(r) = c.outcome.rate_not_achieved_at {
-            println!("    rate not achieved at {r} msg/s: the publisher could not offer it (not the engine's limit)");
+            crate::outln!(
+                "    rate not achieved at {r} msg/s: the publisher could not offer it (not the engine's limit)"
+            );
         }
     }
-    println!("publisher: {}", result.publisher);
+    crate::outln!("publisher: {}", result.publisher);
     match (&result.winner, &result.winner_profile) {
-        (Some(w), Some(p)) => println!("winner: `{w}`, written to {}", p.display()),
-        _ => println!("winner: none (no configuration passed)"),
+        (Some(w), Some(p)) => crate::outln!("winner: `{w}`, written to {}", p.display()),
+        _ => crate::outln!("winner: none (no configuration passed)"),
     }
-    println!("results: {} (summary.md, summary.json, capacity.svg, per-trial .hlog/.hgrm)", result.folder.display());
+    crate::outln!(
+        "results: {} (summary.md, summary.json, capacity.svg, per-trial .hlog/.hgrm)",
+        result.folder.display()
+    );
     Ok(result)
 }
 

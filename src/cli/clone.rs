@@ -2,7 +2,6 @@
 //!
 //! The arguments (clap) and the thin drivers that call the clone library; `clone-bench` is in [`super::bench`].
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -216,7 +215,8 @@ pub enum ClientCmd {
         #[arg(default_value = "")]
         subtree: String,
     },
-    /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C.
+    /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C (or
+    /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…`).
     Watch {
         /// Key prefix, e.g. /md/status/.
         #[arg(default_value = "")]
@@ -246,8 +246,8 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     if let ClientCmd::Status = args.cmd {
         for s in &servers {
             match crate::clone::server_status_secured(s, timeout.min(Duration::from_secs(2)), keys.as_ref()) {
-                Ok(text) => println!("# {s}\n{text}"),
-                Err(e) => println!("# {s}\nerror={e}\n"),
+                Ok(text) => crate::outln!("# {s}\n{text}"),
+                Err(e) => crate::outln!("# {s}\nerror={e}\n"),
             }
         }
         return Ok(0);
@@ -267,7 +267,6 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         keys,
     )?;
     client.wait_synced(timeout).context("connecting to the clone servers")?;
-    let out = std::io::stdout();
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
             let u = client.set(key.as_bytes(), value.as_bytes(), *ttl)?;
@@ -278,13 +277,12 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
             client.wait_acked(u, timeout)?;
         }
         ClientCmd::Get { key } => match client.get(key.as_bytes())? {
-            Some(v) => println!("{}", show(&v)),
+            Some(v) => crate::outln!("{}", show(&v)),
             None => return Ok(1),
         },
         ClientCmd::Dump { subtree } => {
-            let mut o = out.lock();
             for (k, v) in client.dump(subtree.as_bytes())? {
-                writeln!(o, "{}={}", show(&k), show(&v))?;
+                crate::outln!("{}={}", show(&k), show(&v));
             }
         }
         ClientCmd::Watch { subtree, count } => {
@@ -308,13 +306,20 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
                 if c.kind != ChangeKind::Initial {
                     live += 1;
                 }
-                let mut o = out.lock();
                 match c.value {
-                    Some(v) => writeln!(o, "{kind} {} {}={}", c.sequence, show(&c.key), show(&v))?,
-                    None => writeln!(o, "{kind} {} {} deleted", c.sequence, show(&c.key))?,
+                    Some(v) => crate::outln!("{kind} {} {}={}", c.sequence, show(&c.key), show(&v)),
+                    None => crate::outln!("{kind} {} {} deleted", c.sequence, show(&c.key)),
                 }
-                o.flush()?;
             }
+            // The exit counters (stderr, like every diagnostic): what came in and what was refused.
+            let st = client.status()?;
+            crate::diag::ExitCounters::Text.print(
+                "clone-client",
+                &format_args!(
+                    "live={live} malformed={} failovers={} resyncs={} watchers_cut={}",
+                    st.malformed, st.failovers, st.resyncs, st.watchers_cut
+                ),
+            );
         }
         ClientCmd::Status => {}
     }

@@ -132,9 +132,9 @@ fn croak_report(e: &anyhow::Error) -> Option<&RunReport> {
 
 fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", report.render());
+        crate::out!("{}", report.render());
     }
     Ok(())
 }
@@ -160,7 +160,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         drain_timeout: Duration::from_secs(30),
     };
     if !args.json {
-        println!(
+        crate::outln!(
             "mdsub demo: {} of {}-byte payloads over {} symbols, {}, {} shard(s), {} worker(s), profile {}",
             limits.duration.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "a run".into()),
             args.feed.payload_bytes,
@@ -170,7 +170,10 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
             profile.workers.len(),
             profile.name
         );
-        println!("publisher: XPUB over TCP loopback, lossless (XPUB_NODROP), SNDHWM {}", spec.publisher.sndhwm_msgs);
+        crate::outln!(
+            "publisher: XPUB over TCP loopback, lossless (XPUB_NODROP), SNDHWM {}",
+            spec.publisher.sndhwm_msgs
+        );
     }
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
     let out = run_once(&spec, stop, &mut |n| pb.set_position(n));

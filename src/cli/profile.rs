@@ -97,7 +97,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
             }
         }
     };
-    print!("{text}");
+    crate::out!("{text}");
     Ok(text)
 }
 

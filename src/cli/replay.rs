@@ -48,16 +48,26 @@ pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
     use anyhow::Context as _;
     let mut kinds = Vec::with_capacity(from.len());
     for p in from {
+        if std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            anyhow::bail!("{}: empty file (0 bytes): nothing to replay", p.display());
+        }
         match detect(p).with_context(|| format!("opening {}", p.display()))? {
             Some(k) => kinds.push(k),
             None => anyhow::bail!("{}: neither an mdsub capture nor DBN data (plain or zstd)", p.display()),
         }
     }
     if kinds.iter().all(|k| *k != FileKind::Capture) {
+        // Each file's metadata is checked now, before anything binds or waits for subscribers.
+        crate::feed::dbn_source::DbnMerge::open(from).map_err(|e| anyhow::anyhow!("DBN input {e}"))?;
         return Ok(Source::Dbn { paths: from.to_vec() });
     }
     match from {
-        [one] => Ok(Source::Capture { path: one.clone(), restamp }),
+        [one] => {
+            // The file header is checked now, before anything binds or waits for subscribers.
+            crate::wire::capture::CaptureReader::open(one)
+                .map_err(|e| anyhow::anyhow!("capture file {}: {e}", one.display()))?;
+            Ok(Source::Capture { path: one.clone(), restamp })
+        }
         _ => anyhow::bail!("only DBN files can be merged: give one capture file at a time"),
     }
 }
@@ -74,7 +84,9 @@ pub struct ReplayArgs {
     /// flag, or list them) are merged by receive time. Each DBN record is one
     /// frame: topic = the instrument's symbol from the file's symbology (its
     /// id when there is none), payload = the record's bytes. Without --speed
-    /// or --rate a file replays flat out.
+    /// or --rate a file replays flat out. A damaged file is replayed up to the
+    /// damage, which is said with its byte offset and record number and counted
+    /// (`refused`: truncated_tail, bad_record); the exit status is then 1.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
@@ -165,8 +177,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             sndhwm_msgs: args.publisher.sndhwm_msgs,
             max_rate: args.feed.rate.filter(|r| *r > 0),
         };
-        let n = crate::bench::capacity::remote::serve(&cfg, stop, &mut |line| println!("{line}"))?;
-        println!("served {n} trial(s)");
+        let n = crate::bench::capacity::remote::serve(&cfg, stop, &mut |line| crate::outln!("{line}"))?;
+        crate::outln!("served {n} trial(s)");
         return Ok(());
     }
     let cfg = PublisherConfig {
@@ -184,10 +196,15 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         }
         ctx.set_io_threads(cfg.endpoints.len() as i32)?;
     }
+    let source = if args.from.is_empty() {
+        Source::Generator(args.feed.generator())
+    } else {
+        file_source(&args.from, args.restamp)?
+    };
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     for (k, ep) in publisher.endpoints().iter().enumerate() {
-        println!("bound shard{k} {ep}");
+        crate::outln!("bound shard{k} {ep}");
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
@@ -195,11 +212,6 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         publisher.wait_for_subscribers(args.subscribers, args.wait_timeout)?;
     }
-    let source = if args.from.is_empty() {
-        Source::Generator(args.feed.generator())
-    } else {
-        file_source(&args.from, args.restamp)?
-    };
     let pacing = match (args.speed, args.recorded_timing) {
         (Some(s), _) => s.pacing(),
         (None, true) => Pacing::Recorded { speed: 1.0 },
@@ -217,9 +229,9 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     })?;
     pb.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
-        println!(
+        crate::outln!(
             "sent {} messages in {:.3} s ({:.0} msg/s){}; per shard {:?}",
             stats.sent_total,
             stats.elapsed_s,
@@ -228,19 +240,22 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             stats.sent_per_shard
         );
         if stats.dropped + stats.restarts > 0 || stats.paused_s > 0.0 {
-            println!(
+            crate::outln!(
                 "on purpose: dropped {}, restarts {}, paused {:.3} s",
-                stats.dropped, stats.restarts, stats.paused_s
+                stats.dropped,
+                stats.restarts,
+                stats.paused_s
             );
         }
         if args.publisher.lossy {
-            println!(
+            crate::outln!(
                 "dropped {} of them at the SNDHWM (--lossy; the subscriber counts them as lost); per shard {:?}",
-                stats.dropped_total, stats.dropped_per_shard
+                stats.dropped_total,
+                stats.dropped_per_shard
             );
         }
         if let Some((first, last)) = stats.market_span_ns {
-            println!(
+            crate::outln!(
                 "market time {} to {} ({:.3} s recorded)",
                 dbn::pretty::fmt_ts(first),
                 dbn::pretty::fmt_ts(last),
@@ -251,6 +266,12 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     if !stats.skipped_by_rtype.is_empty() {
         let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
         crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
+    }
+    if !stats.refused.is_empty() {
+        // Damaged input: what came before the damage was replayed and the stream ended, and the
+        // exit status says the input was not whole.
+        let list: Vec<String> = stats.refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        anyhow::bail!("replay: damaged input (refused: {}); what came before the damage was replayed", list.join(" "));
     }
     Ok(())
 }

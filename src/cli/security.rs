@@ -35,9 +35,9 @@ pub fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
     }
     let pair = Keypair::generate()?;
     let (secret, public) = pair.write(&a.dir, &a.name)?;
-    println!("secret {}", secret.display());
-    println!("public {}", public.display());
-    println!("public-key {}", pair.public);
+    crate::outln!("secret {}", secret.display());
+    crate::outln!("public {}", public.display());
+    crate::outln!("public-key {}", pair.public);
     Ok(())
 }
 

@@ -8,7 +8,6 @@
 //! renders text or a ratatui frame; the command only feeds it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -229,8 +228,7 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
         model.apply(&c);
     }
     if args.once {
-        print!("{}", model.render_text());
-        std::io::stdout().flush()?;
+        crate::out!("{}", model.render_text());
         return Ok(());
     }
     interactive(&mut model, &changes, stop)

@@ -602,6 +602,10 @@ impl Agent for ReaderAgent {
         }
         if self.cfg.expect_eos > 0 && self.checks.eos_sessions() >= self.cfg.expect_eos as u64 {
             self.finished = true;
+            // The publishers close after their ends of stream: that is not a lost link.
+            if let Some(w) = &mut self.links {
+                w.end_of_stream();
+            }
             return Ok(Step::Finished);
         }
         Ok(Step::Worked(n))

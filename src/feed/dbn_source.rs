@@ -63,14 +63,26 @@ pub fn detect(path: &Path) -> io::Result<Option<FileKind>> {
     })
 }
 
+impl DbnSourceError {
+    /// The refusal reason damage is counted under: `truncated_tail` (the file ends inside a
+    /// record) or `bad_record` (a record the decoder cannot read); `None` for other errors.
+    pub fn damage_reason(&self) -> Option<&'static str> {
+        match self {
+            DbnSourceError::Damaged { reason, .. } if reason.starts_with("truncated") => Some("truncated_tail"),
+            DbnSourceError::Damaged { .. } => Some("bad_record"),
+            _ => None,
+        }
+    }
+}
+
 /// Errors of a DBN source. Each names the file; damage also names the byte
 /// offset (of the decompressed stream for zstd files) and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum DbnSourceError {
     #[error("{path}: {cause}")]
     Open { path: PathBuf, cause: String },
-    #[error("{path}: damaged at byte {offset}{}: {reason} (the {records} records before it were read)",
-        if *.compressed { " of the decompressed stream" } else { "" })]
+    #[error("{path}: damaged at byte {offset}{}: {reason} (record {}; the {records} records before it were read)",
+        if *.compressed { " of the decompressed stream" } else { "" }, *.records + 1)]
     Damaged { path: PathBuf, offset: u64, compressed: bool, reason: String, records: u64 },
 }
 

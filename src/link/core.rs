@@ -21,6 +21,14 @@
 //! Each loss is counted once per endpoint and reason, with one
 //! [`Decision::Lost`] for the log; the next `HANDSHAKE_SUCCEEDED` is a
 //! [`Decision::Up`] (a reconnect, with how long the link was down).
+//!
+//! **The end of a stream is not a loss.** A publisher closes its end right after its end of
+//! stream; the owner calls [`Links::end_of_stream`] once it has every end of stream it waits
+//! for. From then on a disconnect is the stream's end (state `closed`, nothing counted or
+//! said), and a plain disconnect counted within the grace before it (the monitor event can be
+//! read before the end-of-stream message it follows) is taken back: [`Links::end_of_stream`]
+//! returns those links, so a shell that holds its `disconnected` lines for the grace
+//! ([`Decision::Lost`] says which) drops them unsaid.
 
 use std::collections::BTreeMap;
 
@@ -129,6 +137,8 @@ enum State {
     Lost {
         since_ns: u64,
     },
+    /// Gone after the end of the stream: the publisher closed, nothing was lost.
+    Closed,
 }
 
 /// One watched endpoint's counters, as reported.
@@ -136,7 +146,7 @@ enum State {
 pub struct LinkStats {
     /// The endpoint as configured.
     pub endpoint: String,
-    /// `up`, `connecting` or `down`.
+    /// `up`, `connecting`, `down`, or `closed` (the peer went away after the end of stream).
     pub state: String,
     /// Handshakes completed (the first connect included).
     pub connects: u64,
@@ -177,6 +187,8 @@ struct Link {
     /// The forms libzmq may name it by in events (`tcp://IP:PORT`).
     aliases: Vec<String>,
     state: State,
+    /// The reason of the last loss counted.
+    last_reason: Option<Reason>,
     stats: LinkStats,
 }
 
@@ -184,6 +196,8 @@ struct Link {
 pub struct Links {
     links: Vec<Link>,
     grace_ns: u64,
+    /// Every end of stream the owner waits for has arrived: a disconnect is the stream's end.
+    ended: bool,
 }
 
 impl Links {
@@ -197,9 +211,46 @@ impl Links {
                 endpoint,
                 aliases,
                 state: State::Connecting,
+                last_reason: None,
             })
             .collect();
-        Links { links, grace_ns }
+        Links { links, grace_ns, ended: false }
+    }
+
+    /// The grace a loss waits for a retry (and a held `disconnected` line for an end of stream).
+    pub fn grace_ns(&self) -> u64 {
+        self.grace_ns
+    }
+
+    /// Every end of stream the owner waits for arrived at `now_ns`: from now on a disconnect
+    /// closes its link (state `closed`, not a loss, nothing to say or re-establish). A link
+    /// counted `disconnected` within the grace before now and not back since is taken back
+    /// (closed, the count undone): those links are returned, so their held lines go unsaid.
+    pub fn end_of_stream(&mut self, now_ns: u64) -> Vec<usize> {
+        self.ended = true;
+        let mut taken_back = Vec::new();
+        for (i, l) in self.links.iter_mut().enumerate() {
+            match l.state {
+                State::Down { counted: false, .. } => l.state = State::Closed,
+                State::Lost { since_ns }
+                    if l.last_reason == Some(Reason::Disconnected)
+                        && now_ns.saturating_sub(since_ns) <= self.grace_ns =>
+                {
+                    if let Some(n) = l.stats.lost.get_mut(Reason::Disconnected.name()) {
+                        *n -= 1;
+                        if *n == 0 {
+                            l.stats.lost.remove(Reason::Disconnected.name());
+                        }
+                    }
+                    l.last_reason = None;
+                    l.state = State::Closed;
+                    taken_back.push(i);
+                }
+                _ => {}
+            }
+            Self::publish_state(l);
+        }
+        taken_back
     }
 
     /// Which link an event's endpoint names (None: not one of ours, e.g. a
@@ -217,6 +268,20 @@ impl Links {
     pub fn on_event(&mut self, event: Event, endpoint: &str, now_ns: u64, out: &mut Vec<Decision>) {
         let Some(i) = self.find(endpoint) else { return };
         let l = &mut self.links[i];
+        if self.ended && event != Event::HandshakeSucceeded {
+            // After the end of stream: the peer closing (and libzmq retrying) is not a loss.
+            if matches!(event, Event::Disconnected | Event::HandshakeFailed(_)) && l.state == State::Up {
+                l.state = State::Closed;
+            }
+            if let State::Down { counted: false, .. } = l.state {
+                l.state = State::Closed;
+            }
+            if event == Event::ConnectRetried {
+                l.stats.retries += 1;
+            }
+            Self::publish_state(l);
+            return;
+        }
         match event {
             Event::HandshakeSucceeded => {
                 l.stats.connects += 1;
@@ -292,12 +357,13 @@ impl Links {
         match was {
             State::Lost { since_ns } => State::Down { since_ns, failure, counted: true },
             State::Down { since_ns, counted, .. } => State::Down { since_ns, failure, counted },
-            State::Up | State::Connecting => State::Down { since_ns: now_ns, failure, counted: false },
+            State::Up | State::Connecting | State::Closed => State::Down { since_ns: now_ns, failure, counted: false },
         }
     }
 
     fn lose(l: &mut Link, i: usize, reason: Reason, since_ns: u64, out: &mut Vec<Decision>) {
         *l.stats.lost.entry(reason.name().to_string()).or_insert(0) += 1;
+        l.last_reason = Some(reason);
         l.state = State::Lost { since_ns };
         out.push(Decision::Lost { link: i, reason });
     }
@@ -307,6 +373,7 @@ impl Links {
             State::Up => "up",
             State::Connecting => "connecting",
             State::Down { .. } | State::Lost { .. } => "down",
+            State::Closed => "closed",
         };
         if l.stats.state != s {
             l.stats.state = s.to_string();
@@ -396,6 +463,38 @@ mod tests {
         assert_eq!((s.connects, s.reconnects, s.reestablished, s.retries), (2, 1, 0, 2));
         assert_eq!(s.lost.get("disconnected"), Some(&1));
         assert_eq!(s.state, "up");
+    }
+
+    #[test]
+    fn a_close_after_the_end_of_stream_is_not_a_loss() {
+        // The end of stream first, then the publisher closes: closed, nothing counted or decided.
+        let mut l = links();
+        let mut out = run(&mut l, &[(Event::HandshakeSucceeded, 0)]);
+        assert!(l.end_of_stream(1_000).is_empty());
+        for (e, t) in [(Event::Disconnected, 2_000), (Event::ConnectRetried, 2_010)] {
+            l.on_event(e, SEEN, t, &mut out);
+        }
+        l.tick(10 * RETRY_GRACE_NS, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let s = &l.stats()[0];
+        assert_eq!((s.state.as_str(), s.lost_total(), s.reestablished), ("closed", 0, 0), "{s}");
+
+        // The monitor's disconnect read just before the end of stream: taken back within the grace.
+        let mut l = links();
+        let out = run(
+            &mut l,
+            &[(Event::HandshakeSucceeded, 0), (Event::Disconnected, 1_000), (Event::ConnectRetried, 1_010)],
+        );
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::Disconnected }]);
+        assert_eq!(l.end_of_stream(1_000 + RETRY_GRACE_NS), vec![0], "taken back");
+        let s = &l.stats()[0];
+        assert_eq!((s.state.as_str(), s.lost_total()), ("closed", 0), "{s}");
+
+        // A loss longer ago than the grace was a loss: it stays counted.
+        let mut l = links();
+        run(&mut l, &[(Event::HandshakeSucceeded, 0), (Event::Disconnected, 1_000), (Event::ConnectRetried, 1_010)]);
+        assert!(l.end_of_stream(2_000 + RETRY_GRACE_NS).is_empty());
+        assert_eq!(l.stats()[0].lost.get("disconnected"), Some(&1));
     }
 
     #[test]

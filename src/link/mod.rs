@@ -11,6 +11,12 @@
 //! not reconnect (a protocol error such as a message over the maximum size)
 //! is disconnected and connected again, and the counters are published on a
 //! [`LinkBoard`] for the report, `--json` and status.
+//!
+//! A plain `disconnected` loss is said after the grace ([`core::RETRY_GRACE_NS`]), or at once
+//! when the link comes back or the watch is dropped: an owner that reaches its end of stream
+//! meanwhile ([`LinkWatch::end_of_stream`]) takes it back unsaid, since a publisher closing
+//! after its end of stream is not a loss (its monitor event can be read before the
+//! end-of-stream message it follows).
 
 pub mod core;
 
@@ -73,6 +79,8 @@ pub struct LinkWatch {
     updowns: Vec<bool>,
     /// Say losses and returns on stderr (the counters are kept either way).
     log: bool,
+    /// `disconnected` lines held for the grace: (say at, link).
+    held: Vec<(u64, usize)>,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -118,6 +126,7 @@ impl LinkWatch {
             rounds: 0,
             updowns: Vec::new(),
             log: true,
+            held: Vec::new(),
         }))
     }
 
@@ -172,15 +181,33 @@ impl LinkWatch {
                 self.links.on_event(event, endpoint, now, &mut self.out);
             }
         }
-        if seen == 0 && !self.links.pending() {
+        if seen == 0 && !self.links.pending() && self.held.is_empty() {
             return 0;
         }
         self.links.tick(now, &mut self.out);
         for d in std::mem::take(&mut self.out) {
-            self.act(socket, d);
+            self.act(socket, d, now);
+        }
+        while let Some(&(at, link)) = self.held.first() {
+            if at > now {
+                break;
+            }
+            self.held.remove(0);
+            self.say_lost(link, Reason::Disconnected);
         }
         self.board.set(self.links.stats());
         seen
+    }
+
+    /// Every end of stream the owner waits for has arrived: from now on a disconnect is the
+    /// stream's end (the link shows `closed`; nothing is counted or said), and a
+    /// `disconnected` loss within the grace before it is taken back unsaid.
+    pub fn end_of_stream(&mut self) {
+        let now = crate::clock::monotonic_ns();
+        for link in self.links.end_of_stream(now) {
+            self.held.retain(|&(_, l)| l != link);
+        }
+        self.board.set(self.links.stats());
     }
 
     /// Every up (`true`: a handshake completed) and down (`false`: a
@@ -189,18 +216,31 @@ impl LinkWatch {
         out.append(&mut self.updowns);
     }
 
-    fn act(&mut self, socket: &zmq::Socket, decision: Decision) {
+    fn say_lost(&self, link: usize, reason: Reason) {
+        if self.log {
+            crate::diag!(
+                "{}: link {} lost ({}): {}",
+                self.name,
+                self.links.endpoint(link),
+                reason.name(),
+                reason.explain()
+            );
+        }
+    }
+
+    fn act(&mut self, socket: &zmq::Socket, decision: Decision, now: u64) {
         match decision {
-            Decision::Lost { .. } | Decision::Up { .. } if !self.log => {}
-            Decision::Lost { link, reason } => {
-                crate::diag!(
-                    "{}: link {} lost ({}): {}",
-                    self.name,
-                    self.links.endpoint(link),
-                    reason.name(),
-                    reason.explain()
-                );
+            Decision::Lost { link, reason: Reason::Disconnected } => {
+                self.held.push((now.saturating_add(self.links.grace_ns()), link));
             }
+            Decision::Up { link, .. } if self.held.iter().any(|&(_, l)| l == link) => {
+                // Back before the held line was due: say the loss first, then the return.
+                self.held.retain(|&(_, l)| l != link);
+                self.say_lost(link, Reason::Disconnected);
+                self.act(socket, decision, now);
+            }
+            Decision::Lost { .. } | Decision::Up { .. } if !self.log => {}
+            Decision::Lost { link, reason } => self.say_lost(link, reason),
             Decision::Reestablish { link } => {
                 let ep = self.links.endpoint(link).to_string();
                 // ENOENT when libzmq already forgot it: connect is what matters.
@@ -221,6 +261,15 @@ impl LinkWatch {
                     down_ns as f64 / 1e6
                 );
             }
+        }
+    }
+}
+
+impl Drop for LinkWatch {
+    /// Held `disconnected` lines are said when the owner stops before they were due.
+    fn drop(&mut self) {
+        for (_, link) in std::mem::take(&mut self.held) {
+            self.say_lost(link, Reason::Disconnected);
         }
     }
 }

@@ -161,6 +161,10 @@ pub struct ReplayStats {
     /// DBN sources: records not replayed (control and unknown types), by record type.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_by_rtype: BTreeMap<String, u64>,
+    /// Damaged input files, by reason (`truncated_tail`, `bad_record`): a file is replayed up
+    /// to its first damage and ends there (the damage was said on stderr when met).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<String, u64>,
     /// Snails on purpose ([`FaultPlan`]): messages left out (their sequences
     /// used up), new sessions started, and time spent stalled.
     pub dropped: u64,
@@ -216,6 +220,8 @@ pub struct Publisher {
     /// What the last DBN run reports: its market time span and skipped records.
     market_span_ns: Option<(u64, u64)>,
     skipped_by_rtype: BTreeMap<String, u64>,
+    /// Damaged input files of the last run, by reason.
+    refused: BTreeMap<String, u64>,
     /// The context's ZAP handler when `access` needs one (dropped with the
     /// publisher, before its caller drops the context).
     zap: Option<ZapService>,
@@ -274,6 +280,7 @@ impl Publisher {
             market_ns: Arc::new(AtomicU64::new(0)),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
+            refused: BTreeMap::new(),
             zap,
             faults: FaultPlan::default(),
             dropped: 0,
@@ -494,6 +501,7 @@ impl Publisher {
             cpu_ns: 0,
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
+            refused: self.refused.clone(),
             dropped: self.dropped,
             restarts: self.restarts,
             paused_s: self.paused.as_secs_f64(),
@@ -539,7 +547,7 @@ impl Publisher {
             Source::Prebuilt(g) => self.run_prebuilt(g, Run { pacing, limits, stop, progress }),
         };
         // End the stream in every case, so subscribers finish: after a damaged
-        // capture everything before the damage was sent.
+        // file everything before the damage was sent (the damage is in `refused`).
         let missed = self.end_of_stream(stop)?;
         let interrupted = result?;
         if missed > 0 && !interrupted {
@@ -593,6 +601,7 @@ impl Publisher {
                 market_ns: Arc::new(AtomicU64::new(0)),
                 market_span_ns: None,
                 skipped_by_rtype: BTreeMap::new(),
+                refused: BTreeMap::new(),
                 zap: None,
                 faults: FaultPlan::default(),
                 dropped: 0,
@@ -759,6 +768,7 @@ impl Publisher {
         let Run { pacing, limits, stop, progress } = run;
         let cap = |source| ReplayError::Capture { path: path.to_path_buf(), source };
         let mut reader = CaptureReader::open(path).map_err(cap)?;
+        self.refused.clear();
         let shards = self.shards.len();
         let mut topic_seq: std::collections::HashMap<Vec<u8>, u64> = Default::default();
         let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
@@ -771,7 +781,26 @@ impl Publisher {
         let mut parts: Vec<Vec<u8>> = Vec::new();
         let mut used = 0usize;
         while msgs < max {
-            let recv_ns = match reader.next_record().map_err(cap)? {
+            let next = match reader.next_record() {
+                Err(e) => match e.damage_reason() {
+                    // Damage ends the file: what came before it was sent; counted and said.
+                    Some(reason) => {
+                        crate::diag!(
+                            "replay: refused ({reason}): capture file {}: {e} (record {}; the {} records before it \
+                             were replayed{}, the file ends here)",
+                            path.display(),
+                            reader.records() + 1,
+                            reader.records(),
+                            if used > 0 { ", except the first frames of the message it is part of" } else { "" }
+                        );
+                        *self.refused.entry(reason.to_string()).or_default() += 1;
+                        break;
+                    }
+                    None => return Err(cap(e)),
+                },
+                Ok(r) => r,
+            };
+            let recv_ns = match next {
                 Some(rec) => {
                     if used == parts.len() {
                         parts.push(Vec::new());
@@ -891,6 +920,7 @@ impl Publisher {
     fn run_dbn(&mut self, paths: &[PathBuf], run: Run<'_>) -> Result<bool, ReplayError> {
         let Run { pacing, limits, stop, progress } = run;
         let mut merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
+        self.refused.clear();
         let shards = self.shards.len();
         // Per topic: (topic sequence, shard). Instruments map to a topic slot
         // (two ids may share a symbol, e.g. across days of a multi-day file).
@@ -969,10 +999,12 @@ impl Publisher {
         say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
         self.skipped_by_rtype = merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
         self.market_span_ns = span;
-        match merge.take_damage().into_iter().next() {
-            Some(e) if !interrupted && msgs < max => Err(ReplayError::Dbn(e)),
-            _ => Ok(interrupted || stop.is_stopped()),
+        for e in merge.take_damage() {
+            if let Some(reason) = e.damage_reason() {
+                *self.refused.entry(reason.to_string()).or_default() += 1;
+            }
         }
+        Ok(interrupted || stop.is_stopped())
     }
 }
 
@@ -986,7 +1018,8 @@ fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &m
         }
     }
     for e in merge.damage().iter().skip(*said_damage) {
-        crate::diag!("replay: refused (damaged_file): {e}; the other files go on");
+        let reason = e.damage_reason().unwrap_or("bad_record");
+        crate::diag!("replay: refused ({reason}): {e}; the file ends here, the other files go on");
     }
     *said_damage = merge.damage().len();
 }

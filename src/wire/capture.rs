@@ -49,6 +49,19 @@ pub enum CaptureError {
 }
 
 impl CaptureError {
+    /// The refusal reason a reader's damage is counted under: `truncated_tail` (the file ends
+    /// inside a record) or `bad_record` (a record whose length, flags or checksum are wrong);
+    /// `None` for errors that are not damage after the header (I/O, the file header).
+    pub fn damage_reason(&self) -> Option<&'static str> {
+        match self {
+            CaptureError::Truncated { what, .. } if *what != "file header" => Some("truncated_tail"),
+            CaptureError::TooLarge { .. } | CaptureError::Checksum { .. } | CaptureError::BadFlags { .. } => {
+                Some("bad_record")
+            }
+            _ => None,
+        }
+    }
+
     fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> CaptureError {
         move |source| CaptureError::Io { context, source }
     }
@@ -138,6 +151,8 @@ pub struct CaptureReader<R: Read> {
     offset: u64,
     buf: Vec<u8>,
     failed: bool,
+    /// Intact records read so far.
+    records: u64,
     /// File creation time from the header.
     pub created_ns: u64,
 }
@@ -186,6 +201,7 @@ impl<R: Read> CaptureReader<R> {
             offset: FILE_HEADER_LEN as u64,
             buf: Vec::with_capacity(4096),
             failed: false,
+            records: 0,
             created_ns: u64::from_le_bytes(created),
         })
     }
@@ -193,6 +209,11 @@ impl<R: Read> CaptureReader<R> {
     /// Byte offset of the next record.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Intact records read so far (the damaged one, if any, is record `records() + 1`).
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     /// The next record, `Ok(None)` at a clean end of file, or the damage that
@@ -235,6 +256,7 @@ impl<R: Read> CaptureReader<R> {
             return fail(self, CaptureError::Checksum { offset: at });
         }
         self.offset = at + RECORD_HEADER_LEN as u64 + len as u64;
+        self.records += 1;
         Ok(Some(Record { frame: &self.buf, more: flags & RECORD_MORE != 0, recv_ns, offset: at }))
     }
 }
