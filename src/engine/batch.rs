@@ -15,16 +15,31 @@ pub const RECORD_OVERHEAD: usize = 12;
 /// The batch header: the mark and the shard index.
 pub const HEADER_BYTES: usize = 3;
 
+/// The batch header of shard `shard`'s batches.
+#[inline]
+pub fn header(shard: u16) -> [u8; HEADER_BYTES] {
+    let [lo, hi] = shard.to_le_bytes();
+    [BATCH_MARK, lo, hi]
+}
+
+/// The head of one record: the frame's receive time and length (the frame follows).
+#[inline]
+pub fn record_head(recv_ns: u64, frame_len: usize) -> [u8; RECORD_OVERHEAD] {
+    let mut h = [0u8; RECORD_OVERHEAD];
+    h[..8].copy_from_slice(&recv_ns.to_le_bytes());
+    h[8..].copy_from_slice(&(frame_len as u32).to_le_bytes());
+    h
+}
+
 /// Append one frame from shard `shard` to a staging buffer (starting the
-/// batch if empty).
+/// batch if empty). The reader writes its batches straight into the hand-off
+/// message instead ([`header`], [`record_head`]); this is the same layout.
 #[inline]
 pub fn push(staging: &mut Vec<u8>, shard: u16, recv_ns: u64, frame: &[u8]) {
     if staging.is_empty() {
-        staging.push(BATCH_MARK);
-        staging.extend_from_slice(&shard.to_le_bytes());
+        staging.extend_from_slice(&header(shard));
     }
-    staging.extend_from_slice(&recv_ns.to_le_bytes());
-    staging.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    staging.extend_from_slice(&record_head(recv_ns, frame.len()));
     staging.extend_from_slice(frame);
 }
 
