@@ -612,6 +612,18 @@ pub fn interface_exists(iface: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The shipped 2-core profile's TOML with `section` added at the end.
+    fn default_2core_with(section: &str) -> String {
+        include_str!("../tuning/default-2core.toml").to_string() + "\n" + section
+    }
+
+    /// [`default_2core_with`] parsed and valid on a 2-core host.
+    fn valid_2core_with(section: &str) -> Profile {
+        let p = Profile::from_toml(&default_2core_with(section), "s.toml").expect("parses");
+        p.validate(&[0, 1]).expect("valid");
+        p
+    }
+
     fn err_field(p: &Profile, host: &[usize]) -> String {
         match p.validate(host) {
             Err(ProfileError::Invalid { field, .. }) => field,
@@ -672,10 +684,9 @@ mod tests {
 
     #[test]
     fn snail_section_parses_resolves_and_names_bad_fields() {
-        let text = include_str!("../tuning/default-2core.toml").to_string()
-            + "\n[snail]\npolicy = \"warn\"\nmax_lag_ms = 200\nskew = \"skew-tolerant\"\nmonitor = \"tcp://127.0.0.1:5570\"\n";
-        let p = Profile::from_toml(&text, "s.toml").expect("parses");
-        p.validate(&[0, 1]).expect("valid");
+        let p = valid_2core_with(
+            "[snail]\npolicy = \"warn\"\nmax_lag_ms = 200\nskew = \"skew-tolerant\"\nmonitor = \"tcp://127.0.0.1:5570\"\n",
+        );
         let cfg = p.engine_config(None);
         assert_eq!(
             (cfg.snail.policy, cfg.snail.max_lag_ns, cfg.snail.skew),
@@ -695,16 +706,15 @@ mod tests {
         let mut p = Profile::builtin();
         p.snail.max_lag_ms = 0;
         assert_eq!(err_field(&p, &[0, 1]), "snail.max_lag_ms");
-        let bad = include_str!("../tuning/default-2core.toml").to_string() + "\n[snail]\npolicy = \"scream\"\n";
+        let bad = default_2core_with("[snail]\npolicy = \"scream\"\n");
         assert!(matches!(Profile::from_toml(&bad, "b.toml"), Err(ProfileError::Parse { .. })));
     }
 
     #[test]
     fn security_section_parses_and_names_bad_fields() {
-        let text = include_str!("../tuning/default-2core.toml").to_string()
-            + "\n[security]\ncurve_key = \"k/e.key\"\nserver_key = \"k/f.pub\"\nmetrics_allow_addr = [\"10.0.0.0/8\"]\n";
-        let p = Profile::from_toml(&text, "s.toml").expect("parses");
-        p.validate(&[0, 1]).expect("valid");
+        let p = valid_2core_with(
+            "[security]\ncurve_key = \"k/e.key\"\nserver_key = \"k/f.pub\"\nmetrics_allow_addr = [\"10.0.0.0/8\"]\n",
+        );
         assert_eq!(p.security.server_key.as_deref(), Some(Path::new("k/f.pub")));
         assert_eq!(Profile::from_toml(&p.to_toml(), "x").expect("round trip"), p);
         let mut p = Profile::builtin();

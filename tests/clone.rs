@@ -332,9 +332,7 @@ fn malformed_input_is_counted_and_answered_with_nothing() {
     req.connect(&format!("tcp://127.0.0.1:{p}")).expect("connect");
     req.send_multipart([&b"GIMME"[..], b"x"], 0).expect("send");
     req.send_multipart([&b"ICANHAZ?"[..], b"a", b"b"], 0).expect("send");
-    let coll = ctx.socket(zmq::PUB).expect("pub");
-    coll.set_linger(0).expect("linger");
-    coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
+    let coll = raw_collector(&ctx, p);
     wait_until(Duration::from_secs(5), "malformed requests to be counted", || {
         status(p).get("malformed_requests").map(String::as_str) == Some("2")
     });
@@ -511,6 +509,25 @@ fn clone_client_cli_set_get_del_dump() {
 
 /// Spec: frame 0 key, frame 1 sequence (8 bytes, network order), frame 2 UUID, frame 3 properties,
 /// frame 4 body.
+/// A raw CHP client's PUB, connected to the collector of the server at base port `port` (P+2).
+fn raw_collector(ctx: &zmq::Context, port: u16) -> zmq::Socket {
+    let coll = ctx.socket(zmq::PUB).expect("pub");
+    coll.set_linger(0).expect("linger");
+    coll.connect(&format!("tcp://127.0.0.1:{}", port + 2)).expect("connect");
+    coll
+}
+
+/// Send `frames` to the collector of the server at `port` from a raw CHP client, again and
+/// again (the PUB drops what it sends before the connection is up), until `done`.
+fn resend_until(port: u16, frames: &[Vec<u8>], what: &str, mut done: impl FnMut() -> bool) {
+    let ctx = zmq::Context::new();
+    let coll = raw_collector(&ctx, port);
+    wait_until(Duration::from_secs(5), what, || {
+        coll.send_multipart(frames, 0).expect("send");
+        done()
+    });
+}
+
 fn chp_frames(key: &[u8], seq: u64, uuid: &[u8], props: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
     vec![key.to_vec(), seq.to_be_bytes().to_vec(), uuid.to_vec(), props.to_vec(), body.to_vec()]
 }
@@ -765,13 +782,8 @@ fn passive_holds_pending_updates_and_publishes_them_on_takeover() {
     let (_pp, mut prim, bp, _back) = settled_pair();
     // A raw CHP client that reaches only the backup's collector (its link to the primary is
     // "lost"): the passive backup must hold the update, not apply or publish it.
-    let ctx = zmq::Context::new();
-    let only_backup = ctx.socket(zmq::PUB).expect("pub");
-    only_backup.set_linger(0).expect("linger");
-    only_backup.connect(&format!("tcp://127.0.0.1:{}", bp + 2)).expect("connect");
     let kvset = chp_frames(b"/pending/x", 0, b"pending-uuid-016", b"", b"held");
-    wait_until(Duration::from_secs(5), "the passive backup to hold the update as pending", || {
-        only_backup.send_multipart(&kvset, 0).expect("send");
+    resend_until(bp, &kvset, "the passive backup to hold the update as pending", || {
         status(bp).get("pending").map(String::as_str) == Some("1")
     });
     assert_eq!(status(bp).get("keys").map(String::as_str), Some("0"), "not applied while passive");
@@ -867,13 +879,8 @@ fn set_outside_the_subtree_is_not_tracked_and_a_resent_uuid_is_republished_once(
     let seq0: u64 = status(p).get("sequence").and_then(|v| v.parse().ok()).expect("sequence");
     // A raw CHP client re-sends one KVSET (same UUID) many times: the server applies it once and
     // re-publishes it at most once more, not once per re-send.
-    let ctx = zmq::Context::new();
-    let coll = ctx.socket(zmq::PUB).expect("pub");
-    coll.set_linger(0).expect("linger");
-    coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
     let kvset = chp_frames(b"/dup/k", 0, b"dup-uuid-0000016", b"", b"v");
-    wait_until(Duration::from_secs(5), "the server to see five re-sends", || {
-        coll.send_multipart(&kvset, 0).expect("send");
+    resend_until(p, &kvset, "the server to see five re-sends", || {
         status(p).get("duplicates").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) >= 5
     });
     let seq: u64 = status(p).get("sequence").and_then(|v| v.parse().ok()).expect("sequence");

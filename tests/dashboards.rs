@@ -95,6 +95,19 @@ fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers
             let ours = &s["latency"][stage];
             assert_eq!(u(tag, "count"), u(ours, "count"), "shard{k}.{stage}: {tag} vs {ours}");
             assert!(u(tag, "intervals") >= 2, "several intervals were logged: {tag}");
+            // A paced feed fills every interval between the first and the last: the
+            // workers report several times per interval, so none is left empty by the
+            // collector's and the workers' clocks sliding past each other.
+            let counts: Vec<u64> = tag["interval_counts"]
+                .as_array()
+                .expect("per-interval counts")
+                .iter()
+                .map(|c| c.as_u64().expect("a count"))
+                .collect();
+            if counts.len() > 2 {
+                let inner = &counts[1..counts.len() - 1];
+                assert!(inner.iter().all(|&c| c > 0), "shard{k}.{stage}: an empty interval mid-feed: {counts:?}");
+            }
             // Same rank rule (ceil(0.99 N)) over the decoded counts: the same value.
             assert_eq!(u(tag, "p99_ceil_rank"), u(ours, "p99_ns"), "shard{k}.{stage}: {tag} vs {ours}");
             // The package's own percentile rounds the rank half up: never above.
@@ -420,6 +433,19 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A tmux server of its own (socket `NAME-PID`) with one 80×24 session `top` running `shell`.
+    fn start(name: &str, shell: &str) -> Tmux {
+        let tmux = Tmux { socket: format!("{name}-{}", std::process::id()) };
+        let started = tmux
+            .cmd()
+            .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
+            .arg(shell)
+            .status()
+            .expect("tmux runs");
+        assert!(started.success(), "tmux new-session");
+        tmux
+    }
+
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
         c.args(["-L", &self.socket]);
@@ -472,15 +498,8 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
         eprintln!("SKIPPED the interactive view: no tmux (tools/ci-setup.sh installs it)");
         return;
     }
-    let tmux = Tmux { socket: format!("mdsub-top-{}", std::process::id()) };
     let bin = env!("CARGO_BIN_EXE_mdsub");
-    let started = tmux
-        .cmd()
-        .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
-        .arg(format!("{bin} top --store {store}; sleep 30"))
-        .status()
-        .expect("tmux runs");
-    assert!(started.success(), "tmux new-session");
+    let tmux = Tmux::start("mdsub-top", &format!("{bin} top --store {store}; sleep 30"));
     let mut pane = String::new();
     wait_until(Duration::from_secs(30), "the interactive view to show both shards", || {
         pane = tmux.capture();
@@ -496,14 +515,7 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
 
     // A view whose terminal goes away (tmux or ssh killed) ends instead of
     // spinning on the dead terminal (crossterm alone would loop forever).
-    let gone = Tmux { socket: format!("mdsub-top-gone-{}", std::process::id()) };
-    let started = gone
-        .cmd()
-        .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
-        .arg(format!("exec {bin} top --store {store}"))
-        .status()
-        .expect("tmux runs");
-    assert!(started.success(), "tmux new-session");
+    let gone = Tmux::start("mdsub-top-gone", &format!("exec {bin} top --store {store}"));
     wait_until(Duration::from_secs(30), "the second view to draw", || gone.capture().contains("mdsub top:"));
     let pid = gone.cmd().args(["display-message", "-p", "-t", "top", "#{pane_pid}"]).output().expect("pane pid");
     let pid: u32 = String::from_utf8_lossy(&pid.stdout).trim().parse().expect("a pane pid");

@@ -21,6 +21,15 @@ fn addr_of(endpoint: &str) -> SocketAddr {
     endpoint.trim_start_matches("tcp://").parse().unwrap_or_else(|e| panic!("{endpoint}: {e}"))
 }
 
+/// A one-shard replay of `count` messages at `rate` msg/s, and a relay with
+/// `faults` in front of it (subscribers connect to `relay.endpoint()`).
+fn replay_through(count: u64, rate: u64, faults: Faults) -> (LineProc, Relay) {
+    let (count, rate) = (count.to_string(), rate.to_string());
+    let (replay, eps) = start_replay("replay", 1, &["--count", &count, "--rate", &rate]);
+    let relay = Relay::start(addr_of(&eps[0]), faults);
+    (replay, relay)
+}
+
 #[test]
 fn relay_plans_are_a_function_of_the_seed() {
     let f = Faults { seed: SEED, cut: Some((1_000..2_000, 1)), corrupt: Some((10..20, 1)), ..Faults::default() };
@@ -36,10 +45,9 @@ fn relay_plans_are_a_function_of_the_seed() {
 #[test]
 fn replay_to_engine_cut_mid_stream_reconnects_with_exact_accounting() {
     const COUNT: u64 = 200_000;
-    let (replay, eps) = start_replay("replay", 1, &["--count", "200000", "--rate", "100000"]);
     // Cut the first connection somewhere in its first 2–6 MB (of ~20 MB).
     let faults = Faults { seed: SEED, cut: Some((2_000_000..6_000_000, 1)), ..Faults::default() };
-    let relay = Relay::start(addr_of(&eps[0]), faults);
+    let (replay, relay) = replay_through(COUNT, 100_000, faults);
     let mut cmd = mdsub();
     cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", &relay.endpoint(), "--expect-eos", "1"]);
     let mut engine = LineProc::spawn("engine", cmd.stderr(Stdio::piped()));
@@ -125,7 +133,6 @@ fn clone_client_cut_from_its_server_resyncs_and_loses_nothing() {
 #[test]
 fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
     const COUNT: u64 = 50_000;
-    let (replay, eps) = start_replay("replay", 1, &["--count", "50000", "--rate", "50000"]);
     // A 400 ms stall somewhere in the first 1–3 MB (of ~5 MB), and up to
     // 200 µs before every chunk: the stream is late, not broken.
     let faults = Faults {
@@ -134,7 +141,7 @@ fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
         stall: Some((1_000_000..3_000_000, Duration::from_millis(400))),
         ..Faults::default()
     };
-    let relay = Relay::start(addr_of(&eps[0]), faults);
+    let (replay, relay) = replay_through(COUNT, 50_000, faults);
     let engine = common::engine_json(&[&relay.endpoint()], &["--handler", "verify"]);
     let (status, out) = engine.finish(Duration::from_secs(90));
     assert!(status.success(), "engine failed: {out}");
@@ -156,9 +163,8 @@ fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
 #[test]
 fn replay_to_engine_with_a_corrupted_handshake_is_reestablished_and_loses_nothing() {
     const COUNT: u64 = 20_000;
-    let (replay, eps) = start_replay("replay", 1, &["--count", "20000", "--rate", "50000"]);
     let faults = Faults { seed: SEED, corrupt: Some((12..16, 1)), ..Faults::default() };
-    let relay = Relay::start(addr_of(&eps[0]), faults);
+    let (replay, relay) = replay_through(COUNT, 50_000, faults);
     let engine = common::engine_json(&[&relay.endpoint()], &[]);
     let (status, out) = engine.finish(Duration::from_secs(90));
     assert!(status.success(), "engine failed: {out}");

@@ -748,6 +748,13 @@ mod tests {
             Rig { core: ClientCore::new(cfg), clock: ManualClock::new(1_000 * MS), out: Vec::new() }
         }
 
+        /// A rig already live on server 0, from an empty snapshot.
+        fn live(cfg: ClientConfig) -> Self {
+            let mut r = Rig::new(cfg);
+            r.sync(0, &[], 0);
+            r
+        }
+
         /// Feed `ev` now; the actions it produced.
         fn on(&mut self, ev: Event) -> Vec<Action> {
             self.core.on_event(ev, self.clock.now_ns(), &mut self.out);
@@ -813,8 +820,7 @@ mod tests {
 
     #[test]
     fn ack_goes_from_pending_to_acked_when_the_echo_arrives() {
-        let mut r = Rig::new(cfg(1, ""));
-        r.sync(0, &[], 0);
+        let mut r = Rig::live(cfg(1, ""));
         let a = r.on(Event::Set(set("/k", "v", 1)));
         assert_eq!(sent(&a), vec![b"/k".to_vec()]);
         assert_eq!(r.core.ack_state(&uuid(1)), AckState::Pending);
@@ -828,8 +834,7 @@ mod tests {
 
     #[test]
     fn unacked_sets_are_resent_fast_after_a_sync_then_at_resend_after_then_abandoned() {
-        let mut r = Rig::new(cfg(1, ""));
-        r.sync(0, &[], 0);
+        let mut r = Rig::live(cfg(1, ""));
         r.on(Event::Set(set("/k", "v", 1)));
         assert!(sent(&r.tick_after_ms(200)).is_empty(), "not before 250 ms");
         assert_eq!(sent(&r.tick_after_ms(60)), vec![b"/k".to_vec()], "every 250 ms in the fast window");
@@ -879,8 +884,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_found_in_the_new_servers_map_acks_the_set() {
-        let mut r = Rig::new(cfg(2, ""));
-        r.sync(0, &[], 0);
+        let mut r = Rig::live(cfg(2, ""));
         r.on(Event::Set(set("/a", "1", 7)));
         r.tick_after_ms(2001);
         assert_eq!(r.core.current(), 1);
@@ -953,8 +957,7 @@ mod tests {
 
     #[test]
     fn a_pending_set_outside_a_new_subtree_becomes_untracked_at_the_resync() {
-        let mut r = Rig::new(cfg(1, "/x/"));
-        r.sync(0, &[], 0);
+        let mut r = Rig::live(cfg(1, "/x/"));
         r.on(Event::Set(set("/x/k", "v", 3)));
         r.on(Event::Subtree(b"/y/".to_vec()));
         let a = r.sync(0, &[], 0);
@@ -1016,8 +1019,7 @@ mod tests {
 
     #[test]
     fn max_unacked_evicts_the_oldest_as_abandoned() {
-        let mut r = Rig::new(ClientConfig { max_unacked: 2, ..cfg(1, "") });
-        r.sync(0, &[], 0);
+        let mut r = Rig::live(ClientConfig { max_unacked: 2, ..cfg(1, "") });
         for n in 1..=3 {
             r.on(Event::Set(set(&format!("/k{n}"), "v", n)));
         }

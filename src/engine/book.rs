@@ -115,6 +115,22 @@ pub struct Anomalies {
     pub missing_level: u64,
 }
 
+impl Anomalies {
+    /// Each count under its report name (`anomaly_*`).
+    pub fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("anomaly_unknown_order", self.unknown_order),
+            ("anomaly_over_cancel", self.over_cancel),
+            ("anomaly_duplicate_add", self.duplicate_add),
+            ("anomaly_modify_unknown", self.modify_unknown),
+            ("anomaly_crossed", self.crossed),
+            ("anomaly_bad_side", self.bad_side),
+            ("anomaly_bad_action", self.bad_action),
+            ("anomaly_missing_level", self.missing_level),
+        ]
+    }
+}
+
 /// One MBO event, as the book needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct MboEvent {

@@ -371,7 +371,6 @@ impl Handler for BookHandler {
             ask_levels += b.asks.len() as u64;
             orders += b.orders() as u64;
         }
-        let a = &self.anomalies;
         let mut c = vec![
             ("instruments", self.instruments.len() as u64),
             ("bid_levels", bid_levels),
@@ -382,15 +381,8 @@ impl Handler for BookHandler {
             ("trades", self.trades),
             ("other_records", self.other_records),
             ("not_dbn", self.not_dbn),
-            ("anomaly_unknown_order", a.unknown_order),
-            ("anomaly_over_cancel", a.over_cancel),
-            ("anomaly_duplicate_add", a.duplicate_add),
-            ("anomaly_modify_unknown", a.modify_unknown),
-            ("anomaly_crossed", a.crossed),
-            ("anomaly_bad_side", a.bad_side),
-            ("anomaly_bad_action", a.bad_action),
-            ("anomaly_missing_level", a.missing_level),
         ];
+        c.extend(self.anomalies.named());
         c.extend(ACTIONS.iter().zip(self.events).map(|((_, name), n)| (*name, n)));
         c
     }

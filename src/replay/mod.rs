@@ -511,7 +511,7 @@ impl Publisher {
         progress: &mut dyn FnMut(u64),
     ) -> Result<ReplayStats, ReplayError> {
         if self.thread_per_shard && self.shards.len() > 1 {
-            return self.run_threaded(source, pacing, limits, stop, progress);
+            return self.run_threaded(source, Run { pacing, limits, stop, progress });
         }
         let start = Instant::now();
         (self.dropped, self.restarts, self.paused) = (0, 0, Duration::ZERO);
@@ -556,14 +556,8 @@ impl Publisher {
     /// [`Publisher::run`] with one thread per shard (`replayK`, started by the
     /// runner), each sending its shard's part of the generated feed (its
     /// topics, their share of `limits.max_msgs`) and its end of stream.
-    fn run_threaded(
-        &mut self,
-        source: &Source,
-        pacing: Pacing,
-        limits: Limits,
-        stop: &StopFlag,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<ReplayStats, ReplayError> {
+    fn run_threaded(&mut self, source: &Source, run: Run<'_>) -> Result<ReplayStats, ReplayError> {
+        let Run { pacing, limits, stop, progress } = run;
         if self.faults != FaultPlan::default() {
             return Err(ReplayError::Config(
                 "snails on purpose (--pause-at, --drop-every, --restart-at) need one sending thread: leave out --thread-per-shard".into(),

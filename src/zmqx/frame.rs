@@ -21,9 +21,14 @@ pub struct Frame {
 // it has no thread affinity, and `Frame` gives no shared mutable access.
 unsafe impl Send for Frame {}
 
-fn last_error() -> zmq::Error {
-    // SAFETY: zmq_errno only reads thread-local errno.
-    zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() })
+/// A libzmq return code as a result: below zero, the error in errno.
+fn check(rc: c_int) -> zmq::Result<()> {
+    if rc < 0 {
+        // SAFETY: zmq_errno only reads thread-local errno.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    } else {
+        Ok(())
+    }
 }
 
 impl Frame {
@@ -105,12 +110,7 @@ impl Frame {
     /// for `zmq_msg_recv` (`zmq::DONTWAIT`).
     pub fn recv(&mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
         // SAFETY: both pointers are valid; on failure the frame stays valid.
-        let rc = unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.as_mut_ptr(), flags as c_int) };
-        if rc < 0 {
-            Err(last_error())
-        } else {
-            Ok(())
-        }
+        check(unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.as_mut_ptr(), flags as c_int) })
     }
 
     /// Send this frame. On success libzmq takes the content and the frame is
@@ -118,12 +118,7 @@ impl Frame {
     pub fn send(&mut self, socket: &mut zmq::Socket, flags: i32) -> zmq::Result<()> {
         // SAFETY: both pointers are valid; libzmq re-initialises the message
         // on success and leaves it untouched on failure.
-        let rc = unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.as_mut_ptr(), flags as c_int) };
-        if rc < 0 {
-            Err(last_error())
-        } else {
-            Ok(())
-        }
+        check(unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.as_mut_ptr(), flags as c_int) })
     }
 }
 

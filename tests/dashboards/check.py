@@ -35,7 +35,7 @@ def hlog(path):
 
     reference = HdrHistogram(1, 60_000_000_000, 3)
     reader = HistogramLogReader(path, reference)
-    acc, intervals = {}, {}
+    acc, intervals, counts = {}, {}, {}
     while True:
         h = reader.get_next_interval_histogram()
         if h is None:
@@ -44,14 +44,17 @@ def hlog(path):
         if tag not in acc:
             acc[tag] = HdrHistogram(1, 60_000_000_000, 3)
             intervals[tag] = 0
+            counts[tag] = []
         acc[tag].add(h)
         intervals[tag] += 1
+        counts[tag].append(h.get_total_count())
     out = {
         tag: {
             "count": h.get_total_count(),
             "p99": h.get_value_at_percentile(99.0) if h.get_total_count() else 0,
             "p99_ceil_rank": at_rank(h, math.ceil(0.99 * h.get_total_count())),
             "intervals": intervals[tag],
+            "interval_counts": counts[tag],
         }
         for tag, h in acc.items()
     }

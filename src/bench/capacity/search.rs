@@ -88,10 +88,16 @@ pub struct RunMeasure {
     pub error: Option<String>,
 }
 
+/// The latency at `q` in `latency_ns` (quantile, ns) ascending: the nearest
+/// quantile measured at or above it.
+fn latency_at(latency_ns: &[(f64, u64)], q: f64) -> Option<u64> {
+    latency_ns.iter().find(|(k, _)| *k >= q - 1e-12).map(|&(_, v)| v)
+}
+
 impl RunMeasure {
     /// The latency at `q` (the nearest quantile measured at or above it).
     pub fn at(&self, q: f64) -> Option<u64> {
-        self.latency_ns.iter().find(|(k, _)| *k >= q - 1e-12).map(|&(_, v)| v)
+        latency_at(&self.latency_ns, q)
     }
 }
 
@@ -145,7 +151,7 @@ pub struct TrialSummary {
 impl TrialSummary {
     /// Median latency at `q`.
     pub fn at(&self, q: f64) -> Option<u64> {
-        self.latency_ns.iter().find(|(k, _)| *k >= q - 1e-12).map(|&(_, v)| v)
+        latency_at(&self.latency_ns, q)
     }
 }
 
