@@ -4,9 +4,10 @@
 //! shard index lets the worker keep latency per shard. The leading NUL cannot
 //! start a market-data frame (topics are non-empty printable ASCII), so a
 //! worker tells a batch from a single frame handed over as is; an empty
-//! message is a reader's end-of-stream marker. Building a batch reuses one
-//! staging buffer per worker, so the steady state allocates nothing per
-//! message (one libzmq message per batch).
+//! message is a reader's end-of-stream marker. The reader writes a round's
+//! batch straight into one exactly sized libzmq message per worker
+//! ([`header`], [`record_head`], then the frame: one copy of each frame), so
+//! the steady state makes no Rust allocation (one libzmq message per batch).
 
 /// First byte of a batch message.
 pub const BATCH_MARK: u8 = 0;
