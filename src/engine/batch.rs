@@ -4,10 +4,9 @@
 //! shard index lets the worker keep latency per shard. The leading NUL cannot
 //! start a market-data frame (topics are non-empty printable ASCII), so a
 //! worker tells a batch from a single frame handed over as is; an empty
-//! message is a reader's end-of-stream marker. The reader writes a round's
-//! batch straight into one exactly sized libzmq message per worker
-//! ([`header`], [`record_head`], then the frame: one copy of each frame), so
-//! the steady state makes no Rust allocation (one libzmq message per batch).
+//! message is a reader's end-of-stream marker. Building a batch reuses one
+//! staging buffer per worker, so the steady state allocates nothing per
+//! message (one libzmq message per batch).
 
 /// First byte of a batch message.
 pub const BATCH_MARK: u8 = 0;
@@ -16,31 +15,16 @@ pub const RECORD_OVERHEAD: usize = 12;
 /// The batch header: the mark and the shard index.
 pub const HEADER_BYTES: usize = 3;
 
-/// The batch header of shard `shard`'s batches.
-#[inline]
-pub fn header(shard: u16) -> [u8; HEADER_BYTES] {
-    let [lo, hi] = shard.to_le_bytes();
-    [BATCH_MARK, lo, hi]
-}
-
-/// The head of one record: the frame's receive time and length (the frame follows).
-#[inline]
-pub fn record_head(recv_ns: u64, frame_len: usize) -> [u8; RECORD_OVERHEAD] {
-    let mut h = [0u8; RECORD_OVERHEAD];
-    h[..8].copy_from_slice(&recv_ns.to_le_bytes());
-    h[8..].copy_from_slice(&(frame_len as u32).to_le_bytes());
-    h
-}
-
 /// Append one frame from shard `shard` to a staging buffer (starting the
-/// batch if empty). The reader writes its batches straight into the hand-off
-/// message instead ([`header`], [`record_head`]); this is the same layout.
+/// batch if empty).
 #[inline]
 pub fn push(staging: &mut Vec<u8>, shard: u16, recv_ns: u64, frame: &[u8]) {
     if staging.is_empty() {
-        staging.extend_from_slice(&header(shard));
+        staging.push(BATCH_MARK);
+        staging.extend_from_slice(&shard.to_le_bytes());
     }
-    staging.extend_from_slice(&record_head(recv_ns, frame.len()));
+    staging.extend_from_slice(&recv_ns.to_le_bytes());
+    staging.extend_from_slice(&(frame.len() as u32).to_le_bytes());
     staging.extend_from_slice(frame);
 }
 

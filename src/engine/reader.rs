@@ -2,9 +2,7 @@
 //! decodes and checks every frame, and hands data to workers over inproc
 //! PUSH, batched adaptively (whatever the SUB already holds, up to
 //! `batch_max`; it never waits to fill a batch). The clock is read once per
-//! drain round: the frames of one round share their receive time. A round's
-//! frames are held as received and copied once, at the end of the round,
-//! straight into one exactly sized hand-off message per worker.
+//! drain round: the frames of one round share their receive time.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,10 +18,6 @@ use crate::clock;
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 use crate::snail::{Action, Guard};
 use crate::wire::{self, topic_hash, Kind, DROP_REASONS, DROP_REASON_NAMES};
-use crate::zmqx::frame::Frame;
-
-/// A held frame that goes to no worker (refused, a control frame, or skipped).
-const NOT_HANDED: u32 = u32::MAX;
 
 /// How data frames are handed to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -375,16 +369,10 @@ pub struct ReaderAgent {
     cfg: ReaderConfig,
     sub: zmq::Socket,
     pushes: Vec<zmq::Socket>,
-    /// This round's received frames (up to `batch_max`), and for each its
-    /// worker ([`NOT_HANDED`]: none) and length.
-    held: Vec<Frame>,
-    routes: Vec<(u32, u32)>,
-    /// Per worker: this round's batch bytes, then the batch built from them,
-    /// waiting for room on the worker's PUSH (empty: nothing waiting).
-    sizes: Vec<usize>,
-    built: Vec<Frame>,
+    staging: Vec<Vec<u8>>,
+    msg: zmq::Message,
     /// A received message waiting for room on its worker's PUSH (per-message hand-off).
-    pending: Option<(usize, Frame)>,
+    pending: Option<(usize, zmq::Message)>,
     checks: Checks,
     counters: Arc<ShardCounters>,
     /// Ended by end of stream (not by a stop request or an error).
@@ -420,11 +408,7 @@ impl ReaderAgent {
         if pushes.is_empty() {
             return Err(AgentError::Fatal { role, message: "no workers to hand off to".into() });
         }
-        let rounds = cfg.batch_max.max(1);
-        let held = (0..rounds).map(|_| Frame::new()).collect();
-        let routes = vec![(NOT_HANDED, 0); rounds];
-        let sizes = vec![0; pushes.len()];
-        let built = (0..pushes.len()).map(|_| Frame::new()).collect();
+        let staging = (0..pushes.len()).map(|_| Vec::with_capacity(cfg.batch_max * 256 + 1)).collect();
         let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription).with_site(&role);
         Ok(ReaderAgent {
             role,
@@ -432,10 +416,8 @@ impl ReaderAgent {
             cfg,
             sub,
             pushes,
-            held,
-            routes,
-            sizes,
-            built,
+            staging,
+            msg: zmq::Message::new(),
             pending: None,
             checks,
             counters,
@@ -472,62 +454,27 @@ impl ReaderAgent {
         Ok(Step::Worked(n.max(1)))
     }
 
-    /// Build this round's batches from the first `n` held frames, received
-    /// at `recv_ns`: one message per worker that has frames, of exactly their
-    /// size, each frame copied once (from libzmq's receive buffer into it).
-    fn build_batches(&mut self, n: usize, recv_ns: u64) {
-        self.sizes.fill(0);
-        for &(w, len) in &self.routes[..n] {
-            if w != NOT_HANDED {
-                self.sizes[w as usize] += batch::RECORD_OVERHEAD + len as usize;
-            }
-        }
-        let shard = self.cfg.shard as u16;
-        let (held, routes) = (&self.held[..n], &self.routes[..n]);
-        for (w, &size) in self.sizes.iter().enumerate() {
-            if size == 0 {
-                continue;
-            }
-            // Reading stops while a batch waits, so nothing is built over one.
-            debug_assert!(self.built[w].is_empty());
-            self.built[w] = Frame::build(batch::HEADER_BYTES + size, |f| {
-                f.put(&batch::header(shard));
-                for (frame, &(to, len)) in held.iter().zip(routes) {
-                    if to == w as u32 {
-                        f.put(&batch::record_head(recv_ns, len as usize));
-                        f.put(frame);
-                    }
-                }
-            });
-        }
-    }
-
-    /// Whether anything waits to be handed off.
-    fn waiting(&self) -> bool {
-        self.pending.is_some() || self.built.iter().any(|b| !b.is_empty())
-    }
-
-    /// Try to hand every built batch (and a pending message) to the workers
+    /// Try to hand everything staged (and a pending message) to the workers
     /// without blocking. Returns false while some worker's queue is full
-    /// (what could not go waits, in order: libzmq leaves a message it could
-    /// not queue with its sender).
+    /// (what could not go stays staged, in order).
     fn try_flush(&mut self) -> Result<bool, AgentError> {
-        if let Some((w, mut m)) = self.pending.take() {
-            match m.send(&mut self.pushes[w], zmq::DONTWAIT) {
-                Ok(()) => {}
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
-                    self.pending = Some((w, m));
-                    return Ok(false);
-                }
-                Err(e) => return Err(zerr(&self.role, "handing off to a worker")(e)),
+        if let Some((w, m)) = self.pending.take() {
+            // zmq consumes a message even on EAGAIN, so move it only once the
+            // PUSH says it can take one (POLLOUT is exact for PUSH, and this
+            // thread is its only writer).
+            let push = &self.pushes[w];
+            if !push.get_events().map_err(zerr(&self.role, "polling a hand-off"))?.contains(zmq::POLLOUT) {
+                self.pending = Some((w, m));
+                return Ok(false);
             }
+            push.send(m, zmq::DONTWAIT).map_err(zerr(&self.role, "handing off to a worker"))?;
         }
-        for w in 0..self.built.len() {
-            if self.built[w].is_empty() {
+        for w in 0..self.staging.len() {
+            if self.staging[w].is_empty() {
                 continue;
             }
-            match self.built[w].send(&mut self.pushes[w], zmq::DONTWAIT) {
-                Ok(()) => {}
+            match self.pushes[w].send(&self.staging[w][..], zmq::DONTWAIT) {
+                Ok(()) => self.staging[w].clear(),
                 Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
                 Err(e) => return Err(zerr(&self.role, "handing off to a worker")(e)),
             }
@@ -540,7 +487,7 @@ impl ReaderAgent {
         if let Some((w, _)) = &self.pending {
             return Some(&self.pushes[*w]);
         }
-        self.built.iter().position(|b| !b.is_empty()).map(|w| &self.pushes[w])
+        self.staging.iter().position(|b| !b.is_empty()).map(|w| &self.pushes[w])
     }
 
     /// Flush, waiting while workers are full, until done or `stop` is set.
@@ -568,7 +515,7 @@ impl Agent for ReaderAgent {
         self.service_links(false);
         // Back-pressure: nothing more is read until the workers took what is
         // staged, so the SUB's queue fills and TCP pushes back on the publisher.
-        if self.waiting() && !self.try_flush()? {
+        if (self.pending.is_some() || self.staging.iter().any(|b| !b.is_empty())) && !self.try_flush()? {
             // Stuck behind the workers: nothing is being read.
             self.checks.check_silence(clock::realtime_ns());
             if self.checks.croaked() {
@@ -582,20 +529,18 @@ impl Agent for ReaderAgent {
         // is at most `batch_max` frames, a few µs; the clock read was ~10 %
         // of the reader's CPU per message).
         let mut recv_ns = 0;
-        while n < self.held.len() {
-            match self.held[n].recv(&mut self.sub, zmq::DONTWAIT) {
+        while n < self.cfg.batch_max {
+            match self.sub.recv(&mut self.msg, zmq::DONTWAIT) {
                 Ok(()) => {}
                 Err(zmq::Error::EAGAIN) => break,
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(zerr(&self.role, "receiving from the SUB")(e)),
             }
-            let at = n;
             n += 1;
-            self.routes[at].0 = NOT_HANDED;
             if recv_ns == 0 {
                 recv_ns = clock::realtime_ns();
             }
-            let frame: &[u8] = &self.held[at];
+            let frame: &[u8] = &self.msg;
             let Some(w) = self.checks.check(frame, recv_ns) else {
                 if let Some(l) = self.checks.take_refusal_line() {
                     crate::diag!("{l}");
@@ -609,20 +554,15 @@ impl Agent for ReaderAgent {
                 break;
             }
             match self.cfg.handoff {
-                // A record's length is a u32, as in `batch::push` (a decoded
-                // frame's payload length is a u32 header field).
-                HandOff::Batch => self.routes[at] = (w as u32, frame.len() as u32),
+                HandOff::Batch => batch::push(&mut self.staging[w], self.cfg.shard as u16, recv_ns, frame),
                 HandOff::PerMessage => {
-                    // Per message: the received frame itself goes (its slot is emptied).
-                    self.pending = Some((w, std::mem::take(&mut self.held[at])));
+                    let m = std::mem::replace(&mut self.msg, zmq::Message::new());
+                    self.pending = Some((w, m));
                     if !self.try_flush()? {
                         break;
                     }
                 }
             }
-        }
-        if self.cfg.handoff == HandOff::Batch && n > 0 {
-            self.build_batches(n, recv_ns);
         }
         if n == 0 {
             let now = clock::realtime_ns();
@@ -692,7 +632,7 @@ impl Agent for ReaderAgent {
         // on a normal finish; when stopped, workers stop on the flag.
         if self.finished && flushed {
             for w in 0..self.pushes.len() {
-                self.built[w] = Frame::new();
+                self.staging[w].clear();
                 self.pending = None;
                 // An empty staged buffer is not sent by try_flush: send the
                 // marker itself, waiting for room while not stopped.

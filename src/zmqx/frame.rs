@@ -60,33 +60,6 @@ impl Frame {
         }
     }
 
-    /// A frame of exactly `len` bytes written by `fill` front to back (one
-    /// copy into libzmq's own buffer, no zeroing first). Bytes `fill` leaves
-    /// unwritten (a caller bug) are zeroed, so the frame never exposes
-    /// uninitialised memory; `fill` writing past `len` panics.
-    pub fn build(len: usize, fill: impl FnOnce(&mut Fill<'_>)) -> Frame {
-        let mut msg = MaybeUninit::<zmq_sys::zmq_msg_t>::uninit();
-        // SAFETY: as in `copy_of`; the `len` bytes of storage are handed to
-        // `fill` as `MaybeUninit` and every byte it did not write is zeroed
-        // before the frame can be read.
-        unsafe {
-            if zmq_sys::zmq_msg_init_size(msg.as_mut_ptr(), len) != 0 {
-                zmq_sys::zmq_msg_init(msg.as_mut_ptr());
-                return Frame { msg: msg.assume_init() };
-            }
-            let mut f = Frame { msg: msg.assume_init() };
-            if len == 0 {
-                return f;
-            }
-            let dst = zmq_sys::zmq_msg_data(&mut f.msg) as *mut MaybeUninit<u8>;
-            let mut w = Fill { buf: std::slice::from_raw_parts_mut(dst, len), at: 0 };
-            fill(&mut w);
-            let at = w.at;
-            std::ptr::write_bytes(dst.add(at), 0, len - at);
-            f
-        }
-    }
-
     /// The frame's bytes, writable (the frame owns them: made by
     /// [`Frame::copy_of`] or received; this crate never shares a message).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
@@ -119,33 +92,6 @@ impl Frame {
         // SAFETY: both pointers are valid; libzmq re-initialises the message
         // on success and leaves it untouched on failure.
         check(unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.as_mut_ptr(), flags as c_int) })
-    }
-}
-
-/// The writer [`Frame::build`] hands its filler: appends bytes in order.
-pub struct Fill<'a> {
-    buf: &'a mut [MaybeUninit<u8>],
-    at: usize,
-}
-
-impl Fill<'_> {
-    /// Append `bytes`. Panics if they do not fit (the length given to
-    /// [`Frame::build`] was wrong: a caller bug, never data).
-    #[inline]
-    pub fn put(&mut self, bytes: &[u8]) {
-        let end = self.at + bytes.len();
-        assert!(end <= self.buf.len(), "Frame::build: {end} bytes written into {}", self.buf.len());
-        // SAFETY: `at..end` is inside `buf` (checked above); `bytes` cannot
-        // overlap a buffer this writer holds exclusively.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.buf.as_mut_ptr().add(self.at) as *mut u8, bytes.len());
-        }
-        self.at = end;
-    }
-
-    /// Bytes written so far.
-    pub fn written(&self) -> usize {
-        self.at
     }
 }
 
@@ -230,20 +176,6 @@ pub fn send_frames_from(socket: &mut zmq::Socket, frames: &mut [Frame], next: &m
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_built_frame_holds_what_was_put_and_zeroes_the_rest() {
-        let f = Frame::build(9, |w| {
-            w.put(b"abc");
-            w.put(b"");
-            w.put(b"defg");
-            assert_eq!(w.written(), 7);
-        });
-        assert_eq!(&f[..], b"abcdefg\0\0", "bytes left unwritten are zeroed");
-        assert!(Frame::build(0, |_| {}).is_empty());
-        let over = std::panic::catch_unwind(|| Frame::build(2, |w| w.put(b"abc")));
-        assert!(over.is_err(), "writing past the length is a caller bug, not an overrun");
-    }
 
     #[test]
     fn frames_keep_their_bytes_and_survive_a_failed_send() {
