@@ -261,9 +261,7 @@ impl Checks {
         }
         match view.header.kind {
             Kind::Data => {
-                // One hash per frame: the sequence table's probe and the routing.
-                let hash = topic_hash(view.topic);
-                if !self.tracker.on_data_hashed(&view.header, view.topic, hash).accept {
+                if !self.tracker.on_data(&view.header, view.topic).accept {
                     self.not_accepted(recv_ns);
                     return None;
                 }
@@ -282,7 +280,7 @@ impl Checks {
                 self.last_lag_ns = recv_ns.saturating_sub(view.header.send_time_ns);
                 self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
                 Some(match self.routing {
-                    Routing::ByTopic => (hash % self.workers as u64) as usize,
+                    Routing::ByTopic => (topic_hash(view.topic) % self.workers as u64) as usize,
                     Routing::RoundRobin => {
                         self.rr = (self.rr + 1) % self.workers;
                         self.rr

@@ -17,11 +17,10 @@
 //! implausible, and publishers and topics beyond [`MAX_PUBLISHERS`] and
 //! [`MAX_TOPICS_PER_SESSION`] are dropped as over the limit, each counted.
 
-use std::hash::Hasher;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
-use hashbrown::HashTable;
-
-use crate::wire::{topic_hash, Header, FLAG_FROM_CACHE};
+use crate::wire::{Header, FLAG_FROM_CACHE};
 
 /// Largest believable forward jump of a sequence within one session.
 pub const MAX_SEQ_JUMP: u64 = 1 << 32;
@@ -73,25 +72,7 @@ impl TopicSeq {
     }
 }
 
-/// One topic's state in a session's table, with its hash ([`topic_hash`]),
-/// compared before the bytes.
-#[derive(Debug)]
-struct TopicEntry {
-    hash: u64,
-    topic: Box<[u8]>,
-    seq: TopicSeq,
-}
-
-/// Whether two topics are the same bytes: inline, byte by byte (topics are a
-/// few bytes and the hashes already matched, so a `bcmp` call costs more).
-#[inline]
-fn same_topic(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
-}
-
-/// A session's topics, probed with the topic hash the caller already has
-/// (the reader computes it once per frame, for routing too).
-type TopicMap = HashTable<TopicEntry>;
+type TopicMap = HashMap<Box<[u8]>, TopicSeq, BuildHasherDefault<FnvHasher>>;
 
 /// What the checks decided about one data frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,7 +157,7 @@ impl SequenceTracker {
                     session_id: h.session_id,
                     last_stream_seq: 0,
                     from_start: h.stream_seq <= 1,
-                    topics: TopicMap::new(),
+                    topics: TopicMap::default(),
                     eos_seen: false,
                 });
                 Some((self.sessions.len() - 1, false))
@@ -192,14 +173,6 @@ impl SequenceTracker {
     /// Check one data frame. Allocates only for a topic seen for the first time.
     #[inline]
     pub fn on_data(&mut self, h: &Header, topic: &[u8]) -> Verdict {
-        self.on_data_hashed(h, topic, topic_hash(topic))
-    }
-
-    /// [`SequenceTracker::on_data`] with the topic's [`topic_hash`] already computed
-    /// (`hash` must be `topic_hash(topic)`).
-    #[inline]
-    pub fn on_data_hashed(&mut self, h: &Header, topic: &[u8], hash: u64) -> Verdict {
-        debug_assert_eq!(hash, topic_hash(topic));
         let Some((i, restart)) = self.session(h) else {
             return self.reject(|t| &mut t.over_limit, false);
         };
@@ -213,7 +186,7 @@ impl SequenceTracker {
         let mut missed = 0;
         // Whether the stream sequence counts this session's gaps (full subscription).
         let stream_counts = s.last_stream_seq > 0 || s.from_start;
-        match s.topics.find_mut(hash, |e| e.hash == hash && same_topic(&e.topic, topic)).map(|e| &mut e.seq) {
+        match s.topics.get_mut(topic) {
             Some(ts) => {
                 if h.topic_seq <= ts.last {
                     let back = ts.last - h.topic_seq;
@@ -245,7 +218,7 @@ impl SequenceTracker {
                 // Bit 0 stands for sequence 0, which no publisher sends.
                 let mut ts = TopicSeq { last: 0, seen: 1 };
                 ts.advance(h.topic_seq, !from_cache && s.from_start);
-                s.topics.insert_unique(hash, TopicEntry { hash, topic: topic.into(), seq: ts }, |e| e.hash);
+                s.topics.insert(topic.into(), ts);
             }
         }
         if !from_cache {
