@@ -146,8 +146,9 @@ impl WorkerAgent {
         if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
             *croaked |= guard.on_message(&view.header, view.topic, done) == Action::Croak;
         }
+        // The queue stage (take − receive) is recorded by the caller, once per run of equal values.
         let sent = view.header.send_time_ns;
-        stages.record(recv_ns.saturating_sub(sent), take_ns.saturating_sub(recv_ns), done.saturating_sub(sent));
+        stages.record_wire_total(recv_ns.saturating_sub(sent), done.saturating_sub(sent));
         frame.len()
     }
 
@@ -244,11 +245,22 @@ impl Agent for WorkerAgent {
             let timed = handler.takes_time();
             let stages = &mut self.stages[slot];
             let (guard, croaked) = (&mut self.guard, &mut self.croaked);
+            // Frames of one reader round share their receive time, so the queue
+            // stage is one value per batch: recorded per run of equal values.
+            let mut queue_run = (0u64, 0u64);
             let mut handle = |frame: &[u8], recv_ns: u64| {
                 if *croaked {
                     return;
                 }
                 let b = Self::handle(handler, stages, last_done, guard, croaked, frame, recv_ns, take_ns, timed);
+                if b > 0 {
+                    let queue_ns = take_ns.saturating_sub(recv_ns);
+                    if queue_ns != queue_run.0 {
+                        stages.record_queue_n(queue_run.0, queue_run.1);
+                        queue_run = (queue_ns, 0);
+                    }
+                    queue_run.1 += 1;
+                }
                 n += (b > 0) as usize;
                 bytes_done += b;
                 stages.bytes += b as u64;
@@ -266,6 +278,7 @@ impl Agent for WorkerAgent {
                 // carried, so the wire stage includes the queue stage.
                 None => handle(bytes, take_ns),
             }
+            stages.record_queue_n(queue_run.0, queue_run.1);
             if self.croaked {
                 break;
             }

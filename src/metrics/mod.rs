@@ -80,6 +80,24 @@ impl StageHistograms {
         self.total.saturating_record(clamp(total_ns));
     }
 
+    /// Record one message's wire and total latencies (ns); its queue stage
+    /// goes in with [`StageHistograms::record_queue_n`]. Never allocates.
+    #[inline]
+    pub fn record_wire_total(&mut self, wire_ns: u64, total_ns: u64) {
+        self.wire.saturating_record(clamp(wire_ns));
+        self.total.saturating_record(clamp(total_ns));
+    }
+
+    /// Record the queue stage of `n` messages that all waited `queue_ns` (the
+    /// frames of one hand-off batch share their receive and take times, so a
+    /// worker records them once). Never allocates.
+    #[inline]
+    pub fn record_queue_n(&mut self, queue_ns: u64, n: u64) {
+        if n > 0 {
+            self.queue.saturating_record_n(clamp(queue_ns), n);
+        }
+    }
+
     /// Add `other` into `self`.
     pub fn add(&mut self, other: &StageHistograms) {
         // Same bounds on both sides, so add cannot fail.

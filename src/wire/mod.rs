@@ -149,16 +149,72 @@ pub fn split_topic(frame: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
     Ok((&frame[..nul], &frame[nul + 1..]))
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of every zero byte of `w` (little-endian byte order); the
+/// lowest flag marks the first zero byte exactly (flags above it may be false).
+#[inline]
+fn zero_bytes(w: u64) -> u64 {
+    w.wrapping_sub(ONES) & !w & HIGHS
+}
+
+/// The high bit of every byte of `w` outside printable ASCII (`0x21..=0x7e`).
+#[inline]
+fn unprintable_bytes(w: u64) -> u64 {
+    // Per byte, on its low 7 bits (no carry crosses a byte): + 0x5f sets the
+    // high bit from 0x21 up, + 0x01 from 0x7f up; bytes from 0x80 have it already.
+    let low = w & !HIGHS;
+    let from_21 = low.wrapping_add(0x5f * ONES) & HIGHS;
+    let from_7f = low.wrapping_add(ONES) & HIGHS;
+    (w & HIGHS) | from_7f | (!from_21 & HIGHS)
+}
+
+/// Split off the topic and check it: `(topic, rest)` when a NUL ends a
+/// non-empty topic of printable ASCII within [`MAX_TOPIC_LEN`] bytes. One
+/// pass, eight bytes at a time (topics are short: usually one step).
+#[inline]
+fn split_checked_topic(frame: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    let window = &frame[..frame.len().min(MAX_TOPIC_LEN + 1)];
+    let mut bad = 0u64;
+    let mut at = 0;
+    let mut nul = None;
+    while let Some(word) = window.get(at..at + 8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(word);
+        let w = u64::from_le_bytes(b);
+        let z = zero_bytes(w);
+        if z != 0 {
+            // Bytes before the first zero: the low 8 × index bits.
+            let before = (1u64 << (z.trailing_zeros() - 7)) - 1;
+            bad |= unprintable_bytes(w) & before;
+            nul = Some(at + (z.trailing_zeros() / 8) as usize);
+            break;
+        }
+        bad |= unprintable_bytes(w);
+        at += 8;
+    }
+    let nul = match nul {
+        Some(n) => n,
+        None => {
+            let tail = window[at..].iter().position(|&b| b == 0).ok_or(DecodeError::MissingNul)?;
+            bad |= window[at..at + tail].iter().any(|&b| !(0x21..=0x7e).contains(&b)) as u64;
+            at + tail
+        }
+    };
+    if nul == 0 {
+        return Err(DecodeError::EmptyTopic);
+    }
+    if bad != 0 {
+        return Err(DecodeError::BadTopic);
+    }
+    Ok((&frame[..nul], &frame[nul + 1..]))
+}
+
 /// Decode one frame. Never panics; never allocates.
 #[inline]
 pub fn decode(frame: &[u8]) -> Result<FrameView<'_>, DecodeError> {
-    let (topic, rest) = split_topic(frame)?;
-    if topic.is_empty() {
-        return Err(DecodeError::EmptyTopic);
-    }
-    if !topic.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
-        return Err(DecodeError::BadTopic);
-    }
+    let (topic, rest) = split_checked_topic(frame)?;
     if rest.len() < HEADER_LEN {
         return Err(DecodeError::Short { have: rest.len() });
     }
@@ -358,7 +414,50 @@ mod tests {
         assert!(!mark_from_cache(&mut b"junk".to_vec()));
     }
 
+    /// The topic rules as first written: find the NUL, then check every byte.
+    fn split_checked_topic_reference(frame: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+        let (topic, rest) = split_topic(frame)?;
+        if topic.is_empty() {
+            return Err(DecodeError::EmptyTopic);
+        }
+        if !topic.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+            return Err(DecodeError::BadTopic);
+        }
+        Ok((topic, rest))
+    }
+
+    #[test]
+    fn the_word_at_a_time_topic_check_matches_the_byte_rules() {
+        // Every byte value in every position of a word, before and after the NUL.
+        for len in 0..20 {
+            for at in 0..len.max(1) {
+                for v in 0..=255u8 {
+                    let mut f = vec![b'A'; len];
+                    if at < len {
+                        f[at] = v;
+                    }
+                    f.push(0);
+                    f.extend_from_slice(b"rest\x01\xff");
+                    assert_eq!(split_checked_topic(&f), split_checked_topic_reference(&f), "{f:?}");
+                }
+            }
+        }
+        for n in [MAX_TOPIC_LEN - 1, MAX_TOPIC_LEN, MAX_TOPIC_LEN + 1, MAX_TOPIC_LEN + 9] {
+            let mut f = vec![b'Z'; n];
+            f.push(0);
+            assert_eq!(split_checked_topic(&f), split_checked_topic_reference(&f), "topic of {n}");
+            assert_eq!(split_checked_topic(&f[..n]), Err(DecodeError::MissingNul));
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_topic_check_matches_the_byte_rules_on_any_bytes(
+            bytes in proptest::collection::vec(prop_oneof![Just(0u8), 0x1fu8..0x23, 0x7du8..0x82, any::<u8>()], 0..300))
+        {
+            prop_assert_eq!(split_checked_topic(&bytes), split_checked_topic_reference(&bytes));
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode(&bytes);
