@@ -469,6 +469,48 @@ fn tap_drops_copies_its_printer_cannot_take_as_queue_full() {
     assert_eq!(n, 1, "the first said at once: {err:?}");
 }
 
+/// A tap whose stdout is closed by its reader (`mdsub tap | head`): printing stops, said once
+/// and counted (`unprinted=`); the proxy keeps forwarding, and the tap ends cleanly on Ctrl-C.
+#[test]
+fn tap_whose_stdout_is_closed_stops_printing_and_keeps_forwarding() {
+    use common::proxy::{counter, frame, handshake, publisher, rest_lines, subscriber, PROBE};
+    use std::io::BufRead;
+    let mut cmd = mdsub();
+    cmd.args(["tap", "--frontend", "bind:tcp://127.0.0.1:*", "--backend", "bind:tcp://127.0.0.1:*"])
+        .arg("--subscribe-all")
+        .stdout(Stdio::piped());
+    let (mut p, said) = spawn_said("tap", &mut cmd);
+    let mut out = std::io::BufReader::new(p.child.stdout.take().expect("stdout"));
+    let mut endpoint = |side: &str| loop {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).expect("stdout") > 0, "tap ended before naming its {side}");
+        if l.starts_with(&format!("tap: {side} ")) {
+            return l.trim().rsplit(' ').next().unwrap_or_default().to_string();
+        }
+    };
+    let (front, back) = (endpoint("frontend"), endpoint("backend"));
+    drop(out); // the reader goes away, as `head` does
+    let ctx = zmq::Context::new();
+    let publ = publisher(&ctx, &front);
+    let probe = subscriber(&ctx, &back, &[b"_probe\0"]);
+    handshake(&publ, &probe);
+    let n = 1_000u64;
+    for i in 0..n {
+        publ.send(frame("T", i + 1, i + 1, b"x"), 0).expect("send");
+    }
+    publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
+    common::proxy::until_probe(&probe, Duration::from_secs(20), Some(b"done"));
+    p.signal(2);
+    let status = p.wait_exit(Duration::from_secs(20));
+    let err = rest_lines(&said, Duration::from_secs(5));
+    assert!(status.success(), "{err:?}");
+    let n_said = err.iter().filter(|l| l.starts_with("tap: printing stopped: stdout: ")).count();
+    assert_eq!(n_said, 1, "said once: {err:?}");
+    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    assert!(counter(last, "unprinted") > 0, "what was not printed is counted: {last}");
+    assert!(counter(last, "forwarded_down") > n, "the proxy forwarded everything: {last}");
+}
+
 /// A frame over the capture format's 64 MiB record limit passes the tap but is not recorded:
 /// counted (`record_skipped_too_large`) and said; the recording goes on.
 #[test]

@@ -72,7 +72,7 @@ impl std::fmt::Display for TapReport {
             f,
             "forwarded_down={} forwarded_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
              shown_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
-             record_skipped_too_large={}",
+             record_skipped_too_large={} unprinted={}",
             p.forwarded_down,
             p.forwarded_up,
             p.captured,
@@ -85,7 +85,8 @@ impl std::fmt::Display for TapReport {
             s.unsubscriptions,
             s.recorded_frames,
             s.record_errors,
-            s.record_skipped_too_large
+            s.record_skipped_too_large,
+            s.unprinted
         )
     }
 }

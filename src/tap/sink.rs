@@ -50,6 +50,9 @@ pub struct TapSinkReport {
     pub record_errors: u64,
     /// Messages not recorded because a frame exceeds the capture format's limit.
     pub record_skipped_too_large: u64,
+    /// Lines and stats not printed because stdout was closed (`mdsub tap | head`):
+    /// printing stops, forwarding and recording go on.
+    pub unprinted: u64,
 }
 
 /// Write `bytes` as a quoted string, escaping what is not printable ASCII.
@@ -237,6 +240,8 @@ pub struct TapSink {
     report: TapSinkReport,
     /// Messages not recorded, counted by reason and said (rate-limited).
     refusals: RefusalLog,
+    /// Stdout failed: nothing more is printed (see `check_out`).
+    printing_stopped: bool,
     shared: Arc<Mutex<TapSinkReport>>,
 }
 
@@ -261,6 +266,7 @@ impl TapSink {
             dirty: false,
             report: TapSinkReport::default(),
             refusals: RefusalLog::new("tap"),
+            printing_stopped: false,
             shared,
         }
     }
@@ -302,14 +308,33 @@ impl TapSink {
                 }
             }
         }
-        if self.show == Show::Lines {
+        if self.printing_stopped {
+            self.report.unprinted += 1;
+        } else if self.show == Show::Lines {
             format_line(&mut self.line, &item);
-            let _ = writeln!(self.out, "{}", self.line);
+            let r = writeln!(self.out, "{}", self.line);
+            self.check_out(r);
         }
         self.dirty = true;
     }
 
+    /// After a failed write to stdout (closed by its reader, or full disk):
+    /// say it once and stop printing; the proxy and the recording go on.
+    fn check_out(&mut self, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            if !self.printing_stopped {
+                self.printing_stopped = true;
+                crate::diag!(
+                    "tap: printing stopped: stdout: {e}; forwarding and recording go on (Ctrl-C ends the tap)"
+                );
+            }
+        }
+    }
+
     fn print_stats(&mut self, now_ns: u64) {
+        if self.printing_stopped {
+            return;
+        }
         let elapsed_s = now_ns.saturating_sub(self.stats_start_ns) as f64 / 1e9;
         let total: u64 = self.stats.values().sum::<u64>() + self.stats_other;
         let _ = writeln!(
@@ -327,7 +352,8 @@ impl TapSink {
         if self.stats_other > 0 {
             let _ = writeln!(self.out, "  (other) {}", self.stats_other);
         }
-        let _ = self.out.flush();
+        let r = self.out.flush();
+        self.check_out(r);
     }
 
     fn flush(&mut self) {
@@ -341,7 +367,10 @@ impl TapSink {
                     self.recorder = None;
                 }
             }
-            let _ = self.out.flush();
+            if !self.printing_stopped {
+                let r = self.out.flush();
+                self.check_out(r);
+            }
             self.dirty = false;
         }
         if let Ok(mut s) = self.shared.lock() {
