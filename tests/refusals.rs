@@ -424,15 +424,15 @@ fn lvc_refuses_to_cache_past_its_limits_by_reason() {
     }
 }
 
-/// A tap whose printer cannot keep up (nobody reads its stdout, so the pipe fills and the
-/// printer blocks): the proxy keeps forwarding and drops the copies it cannot queue.
-#[test]
-fn tap_drops_copies_its_printer_cannot_take_as_queue_full() {
-    use common::proxy::{counter, frame, handshake, publisher, rest_lines, subscriber, PROBE};
+/// A tap on ephemeral ports with `extra` flags and its stdout piped to the test: the process,
+/// its stderr lines, its stdout (past the two lines naming the endpoints), frontend, backend.
+fn tap_with_piped_stdout(
+    extra: &[&str],
+) -> (Proc, std::sync::mpsc::Receiver<String>, std::io::BufReader<std::process::ChildStdout>, String, String) {
     use std::io::BufRead;
     let mut cmd = mdsub();
     cmd.args(["tap", "--frontend", "bind:tcp://127.0.0.1:*", "--backend", "bind:tcp://127.0.0.1:*"])
-        .args(["--queue-msgs", "16", "--subscribe-all"])
+        .args(extra)
         .stdout(Stdio::piped());
     let (mut p, said) = spawn_said("tap", &mut cmd);
     let mut out = std::io::BufReader::new(p.child.stdout.take().expect("stdout"));
@@ -444,17 +444,33 @@ fn tap_drops_copies_its_printer_cannot_take_as_queue_full() {
         }
     };
     let (front, back) = (endpoint("frontend"), endpoint("backend"));
+    (p, said, out, front, back)
+}
+
+/// Publish `n` frames of topic `T` with `payload` into the tap's frontend and wait until a
+/// probe sent after them comes out of its backend: everything was forwarded.
+fn through_tap(front: &str, back: &str, n: u64, payload: &[u8]) {
+    use common::proxy::{frame, handshake, publisher, subscriber, PROBE};
     let ctx = zmq::Context::new();
-    let publ = publisher(&ctx, &front);
-    let probe = subscriber(&ctx, &back, &[b"_probe\0"]);
+    let publ = publisher(&ctx, front);
+    let probe = subscriber(&ctx, back, &[b"_probe\0"]);
     handshake(&publ, &probe);
-    // Far more lines than a pipe holds (64 KiB): the printer blocks, the queue fills.
-    let n = 20_000u64;
     for i in 0..n {
-        publ.send(frame("T", i + 1, i + 1, &[b'x'; 64]), 0).expect("send");
+        publ.send(frame("T", i + 1, i + 1, payload), 0).expect("send");
     }
     publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
     common::proxy::until_probe(&probe, Duration::from_secs(20), Some(b"done"));
+}
+
+/// A tap whose printer cannot keep up (nobody reads its stdout, so the pipe fills and the
+/// printer blocks): the proxy keeps forwarding and drops the copies it cannot queue.
+#[test]
+fn tap_drops_copies_its_printer_cannot_take_as_queue_full() {
+    use common::proxy::{counter, rest_lines};
+    let (mut p, said, mut out, front, back) = tap_with_piped_stdout(&["--queue-msgs", "16", "--subscribe-all"]);
+    // Far more lines than a pipe holds (64 KiB): the printer blocks, the queue fills.
+    let n = 20_000u64;
+    through_tap(&front, &back, n, &[b'x'; 64]);
     p.signal(2);
     // Now read stdout, so the blocked printer can finish and the tap can stop.
     let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
@@ -473,33 +489,11 @@ fn tap_drops_copies_its_printer_cannot_take_as_queue_full() {
 /// and counted (`unprinted=`); the proxy keeps forwarding, and the tap ends cleanly on Ctrl-C.
 #[test]
 fn tap_whose_stdout_is_closed_stops_printing_and_keeps_forwarding() {
-    use common::proxy::{counter, frame, handshake, publisher, rest_lines, subscriber, PROBE};
-    use std::io::BufRead;
-    let mut cmd = mdsub();
-    cmd.args(["tap", "--frontend", "bind:tcp://127.0.0.1:*", "--backend", "bind:tcp://127.0.0.1:*"])
-        .arg("--subscribe-all")
-        .stdout(Stdio::piped());
-    let (mut p, said) = spawn_said("tap", &mut cmd);
-    let mut out = std::io::BufReader::new(p.child.stdout.take().expect("stdout"));
-    let mut endpoint = |side: &str| loop {
-        let mut l = String::new();
-        assert!(out.read_line(&mut l).expect("stdout") > 0, "tap ended before naming its {side}");
-        if l.starts_with(&format!("tap: {side} ")) {
-            return l.trim().rsplit(' ').next().unwrap_or_default().to_string();
-        }
-    };
-    let (front, back) = (endpoint("frontend"), endpoint("backend"));
+    use common::proxy::{counter, rest_lines};
+    let (mut p, said, out, front, back) = tap_with_piped_stdout(&["--subscribe-all"]);
     drop(out); // the reader goes away, as `head` does
-    let ctx = zmq::Context::new();
-    let publ = publisher(&ctx, &front);
-    let probe = subscriber(&ctx, &back, &[b"_probe\0"]);
-    handshake(&publ, &probe);
     let n = 1_000u64;
-    for i in 0..n {
-        publ.send(frame("T", i + 1, i + 1, b"x"), 0).expect("send");
-    }
-    publ.send(frame(PROBE, 0, 0, b"done"), 0).expect("probe");
-    common::proxy::until_probe(&probe, Duration::from_secs(20), Some(b"done"));
+    through_tap(&front, &back, n, b"x");
     p.signal(2);
     let status = p.wait_exit(Duration::from_secs(20));
     let err = rest_lines(&said, Duration::from_secs(5));
