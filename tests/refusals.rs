@@ -425,7 +425,8 @@ fn lvc_refuses_to_cache_past_its_limits_by_reason() {
 }
 
 /// A tap on ephemeral ports with `extra` flags and its stdout piped to the test: the process,
-/// its stderr lines, its stdout (past the two lines naming the endpoints), frontend, backend.
+/// its stderr lines, its stdout (past the lines naming the endpoints and the delivery), frontend,
+/// backend.
 fn tap_with_piped_stdout(
     extra: &[&str],
 ) -> (Proc, std::sync::mpsc::Receiver<String>, std::io::BufReader<std::process::ChildStdout>, String, String) {
@@ -444,6 +445,7 @@ fn tap_with_piped_stdout(
         }
     };
     let (front, back) = (endpoint("frontend"), endpoint("backend"));
+    endpoint("delivery"); // the last line of the start: the rest of stdout is the sink's
     (p, said, out, front, back)
 }
 
