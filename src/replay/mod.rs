@@ -420,29 +420,28 @@ impl Publisher {
     /// message and send it (one pass over the bytes, no copy from a staging
     /// buffer): lossless retries while the pipe is full, lossy tries once and
     /// counts a refused message as dropped.
-    fn send_generated(
-        &mut self,
-        k: usize,
-        topic: &[u8],
-        topic_seq: u64,
-        send_time_ns: u64,
-        payload: &[u8],
-        stop: &StopFlag,
-    ) -> Result<Outcome, ReplayError> {
-        let lossless = self.lossless;
-        let sh = &mut self.shards[k];
-        let h = next_data_header(sh, topic_seq, send_time_ns);
-        let len = wire::frame_len(topic, payload.len());
-        let make = || {
-            let mut msg = zmq::Message::with_size(len);
-            wire::encode_into(&mut msg, topic, &h, payload);
-            msg
-        };
-        if !lossless {
-            return try_once(sh, false, make);
-        }
-        // libzmq consumes the message even when the send fails: a retry encodes again.
-        Ok(if send_retrying(sh, false, stop, None, make)? { Outcome::Sent } else { Outcome::Stopped })
+    /// One encoded data frame per generated topic, carrying its shard's publisher and current
+    /// session and `payload`: the generated feed's messages differ from them only in the
+    /// sequences, the send time and the payload's counter, which [`patch_generated`] writes
+    /// per message (as a publisher of prebuilt frames does).
+    fn generated_templates(&self, topics: &[Vec<u8>], shard_of_topic: &[usize], payload: &[u8]) -> Vec<Vec<u8>> {
+        topics
+            .iter()
+            .zip(shard_of_topic)
+            .map(|(t, &k)| {
+                let sh = &self.shards[k];
+                let h = Header {
+                    kind: Kind::Data,
+                    flags: 0,
+                    publisher_id: sh.publisher_id,
+                    session_id: sh.session_id,
+                    stream_seq: 0,
+                    topic_seq: 0,
+                    send_time_ns: 0,
+                };
+                wire::encode(t, &h, payload)
+            })
+            .collect()
     }
 
     fn encode_control(&mut self, k: usize, kind: Kind) {
@@ -660,6 +659,9 @@ impl Publisher {
         let topics: Vec<Vec<u8>> = gen.topics().iter().map(|t| t.as_bytes().to_vec()).collect();
         let shard_of_topic: Vec<usize> = topics.iter().map(|t| shard_of(t, shards)).collect();
         let mut topic_seq = vec![0u64; topics.len()];
+        let payload = gen.payload(0).to_vec();
+        let mut frames = self.generated_templates(&topics, &shard_of_topic, &payload);
+        let lossless = self.lossless;
         let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
         let mut faults = Faults::new(self.faults);
         let max = limits.max_msgs.unwrap_or(u64::MAX);
@@ -677,6 +679,7 @@ impl Publisher {
             }
             if due.restart {
                 topic_seq.fill(0);
+                frames = self.generated_templates(&topics, &shard_of_topic, &payload);
             }
             let Some(send_time_ns) = pacer.wait_turn(i, |idle| idle.then(|| self.heartbeat(stop)).transpose())? else {
                 break;
@@ -684,18 +687,29 @@ impl Publisher {
             let t = gen.next_topic();
             let k = shard_of_topic[t];
             topic_seq[t] += 1;
-            let payload = gen.payload(i);
+            let sh = &mut self.shards[k];
+            sh.stream_seq += 1;
             if due.drop {
                 // The message's sequence numbers are used up: the gap is the drop.
-                next_data_header(&mut self.shards[k], topic_seq[t], send_time_ns);
                 self.dropped += 1;
                 i += 1;
                 continue;
             }
-            if let Outcome::Stopped = self.send_generated(k, &topics[t], topic_seq[t], send_time_ns, payload, stop)? {
+            let frame = &mut frames[t];
+            patch_generated(frame, topics[t].len(), sh.stream_seq, topic_seq[t], send_time_ns, i);
+            let outcome = if lossless {
+                if send_retrying(sh, false, stop, None, || &frame[..])? {
+                    Outcome::Sent
+                } else {
+                    Outcome::Stopped
+                }
+            } else {
+                try_once(sh, false, || &frame[..])?
+            };
+            if let Outcome::Stopped = outcome {
                 return Ok(true);
             }
-            self.shards[k].count_sent(1);
+            sh.count_sent(1);
             i += 1;
         }
         progress(i);
@@ -1075,6 +1089,26 @@ fn scale_ns(ns: u64, speed: f64) -> u64 {
     }
 }
 
+/// Make a generated topic's frame (from [`Publisher::generated_templates`]) the message
+/// numbered `counter`: its sequences, its send time, and the counter in the payload's first
+/// bytes ([`Generator::payload`]'s rule).
+#[inline]
+fn patch_generated(
+    frame: &mut [u8],
+    topic_len: usize,
+    stream_seq: u64,
+    topic_seq: u64,
+    send_time_ns: u64,
+    counter: u64,
+) {
+    wire::patch_sequences(frame, topic_len, stream_seq, topic_seq, send_time_ns);
+    let at = topic_len + 1 + wire::HEADER_LEN;
+    if let Some(p) = frame.get_mut(at..) {
+        let n = p.len().min(8);
+        p[..n].copy_from_slice(&counter.to_le_bytes()[..n]);
+    }
+}
+
 /// The header of the next data frame of shard `sh`'s stream.
 #[inline]
 fn next_data_header(sh: &mut Shard, topic_seq: u64, send_time_ns: u64) -> Header {
@@ -1245,6 +1279,38 @@ impl Pacer {
             std::thread::sleep(Duration::from_nanos(left_ns.min(100_000_000) - 2_000));
         } else {
             std::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A template patched per message is the frame encoding that message from scratch would
+    /// give, byte for byte, for payloads shorter and longer than the 8-byte counter.
+    #[test]
+    fn a_patched_template_is_the_frame_encoded_from_scratch() {
+        for payload_bytes in [0, 3, 8, 100] {
+            let mut gen = Generator::new(&GeneratorConfig { payload_bytes, ..Default::default() });
+            let h = |stream_seq, topic_seq, send_time_ns| Header {
+                kind: Kind::Data,
+                flags: 0,
+                publisher_id: 7,
+                session_id: 0xfeed,
+                stream_seq,
+                topic_seq,
+                send_time_ns,
+            };
+            let mut template = wire::encode(b"ESH6", &h(0, 0, 0), gen.payload(0));
+            for (i, (s, t, ns)) in
+                [(1u64, 1u64, 5u64), (2, 9, 1 << 40), (u64::MAX, 3, u64::MAX)].into_iter().enumerate()
+            {
+                let counter = 0x0102_0304_0506_0708u64.wrapping_mul(i as u64 + 1);
+                patch_generated(&mut template, 4, s, t, ns, counter);
+                let fresh = wire::encode(b"ESH6", &h(s, t, ns), gen.payload(counter));
+                assert_eq!(template, fresh, "payload {payload_bytes} B, message {i}");
+            }
         }
     }
 }
