@@ -726,24 +726,13 @@ impl Publisher {
         // One frame per topic, built once; per message only the stream and
         // topic sequences and the send time are written into it.
         let payload = vec![b'x'; cfg.payload_bytes];
-        let mut frames: Vec<(usize, usize, Vec<u8>, u64)> = gen
-            .topics()
-            .iter()
-            .map(|t| {
-                let t = t.as_bytes();
-                let k = shard_of(t, shards);
-                let sh = &self.shards[k];
-                let h = Header {
-                    kind: Kind::Data,
-                    flags: 0,
-                    publisher_id: sh.publisher_id,
-                    session_id: sh.session_id,
-                    stream_seq: 0,
-                    topic_seq: 0,
-                    send_time_ns: 0,
-                };
-                (k, t.len(), wire::encode(t, &h, &payload), 0u64)
-            })
+        let topics: Vec<Vec<u8>> = gen.topics().iter().map(|t| t.as_bytes().to_vec()).collect();
+        let shard_of_topic: Vec<usize> = topics.iter().map(|t| shard_of(t, shards)).collect();
+        let templates = self.generated_templates(&topics, &shard_of_topic, &payload);
+        let mut frames: Vec<(usize, usize, Vec<u8>, u64)> = templates
+            .into_iter()
+            .zip(topics.iter().zip(&shard_of_topic))
+            .map(|(frame, (t, &k))| (k, t.len(), frame, 0u64))
             .collect();
         let start = Instant::now();
         let max = limits.max_msgs.unwrap_or(u64::MAX);
