@@ -23,9 +23,24 @@ fn main() {
     let curve = sodium.is_some();
     // libzmq's sources warn a lot under -Wextra; cargo shows a path
     // dependency's compiler warnings on every fresh build, so quiet them.
-    if env::var_os("CXXFLAGS").is_none() {
-        env::set_var("CXXFLAGS", "-w");
+    let mut cxxflags = env::var("CXXFLAGS").unwrap_or_else(|_| "-w".into());
+    // zeromq-src writes an empty platform.hpp and defines only a few
+    // features itself; on Linux it leaves out what libzmq's own CMake build
+    // detects there. Without them libzmq signals between its threads through
+    // a Unix socket pair instead of an eventfd (a heavier wake-up on every
+    // hand-over between an application thread and an I/O thread), and
+    // silently ignores ZMQ_TCP_KEEPALIVE*, ZMQ_TCP_MAXRT, ZMQ_BINDTODEVICE,
+    // ZMQ_PRIORITY and ZMQ_BUSY_POLL. Thread naming stays off on purpose: a
+    // libzmq I/O thread keeps the name of the mdsub thread that made its
+    // context (`shard0-io`), which the per-thread CPU accounting reads.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        for feature in LINUX_FEATURES {
+            cxxflags.push_str(" -D");
+            cxxflags.push_str(feature);
+            cxxflags.push_str("=1");
+        }
     }
+    env::set_var("CXXFLAGS", cxxflags);
     if env::var_os("CFLAGS").is_none() {
         env::set_var("CFLAGS", "-w");
     }
@@ -34,3 +49,21 @@ fn main() {
     println!("cargo:draft=1");
     println!("cargo:curve={}", if curve { 1 } else { 0 });
 }
+
+/// What libzmq's CMake build defines on Linux (glibc 2.9+, kernel 2.6.37+)
+/// and zeromq-src does not.
+const LINUX_FEATURES: &[&str] = &[
+    "ZMQ_HAVE_EVENTFD",
+    "ZMQ_HAVE_EVENTFD_CLOEXEC",
+    "ZMQ_HAVE_SOCK_CLOEXEC",
+    "ZMQ_HAVE_SO_KEEPALIVE",
+    "ZMQ_HAVE_TCP_KEEPCNT",
+    "ZMQ_HAVE_TCP_KEEPIDLE",
+    "ZMQ_HAVE_TCP_KEEPINTVL",
+    "ZMQ_HAVE_TCP_USER_TIMEOUT",
+    "ZMQ_HAVE_SO_PEERCRED",
+    "ZMQ_HAVE_SO_PRIORITY",
+    "ZMQ_HAVE_SO_BINDTODEVICE",
+    "ZMQ_HAVE_BUSY_POLL",
+    "ZMQ_HAVE_PTHREAD_SET_AFFINITY",
+];
