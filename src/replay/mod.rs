@@ -22,6 +22,7 @@ use crate::feed::{shard_of, Generator, GeneratorConfig, SplitMix64};
 use crate::security::{ServerAccess, ZapCounters, ZapService};
 use crate::wire::capture::{CaptureError, CaptureReader};
 use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
+use crate::zmqx::frame::send_bytes;
 
 pub mod faults;
 use faults::{FaultPlan, Faults};
@@ -396,7 +397,7 @@ impl Publisher {
         deadline: Option<Instant>,
     ) -> Result<bool, ReplayError> {
         let data: &[u8] = frame.unwrap_or(&self.buf);
-        send_retrying(&self.shards[k], more, stop, deadline, || data)
+        send_retrying(&mut self.shards[k], data, more, stop, deadline)
     }
 
     /// Send a data message's first (or only) frame: lossless waits for room;
@@ -413,7 +414,7 @@ impl Publisher {
             return Ok(if self.send_on(k, frame, more, stop, None)? { Outcome::Sent } else { Outcome::Stopped });
         }
         let data: &[u8] = frame.unwrap_or(&self.buf);
-        try_once(&mut self.shards[k], more, || data)
+        try_once(&mut self.shards[k], data, more)
     }
 
     /// Encode the next data frame of shard `k` straight into a libzmq
@@ -667,11 +668,15 @@ impl Publisher {
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut i = 0u64;
         while i < max {
-            if i & 0xffff == 0 {
-                progress(i);
-            }
-            if stop.is_stopped() {
-                return Ok(true);
+            // Every 64th message: a blocked send and a paced wait look at
+            // `stop` themselves.
+            if i & 63 == 0 {
+                if i & 0xffff == 0 {
+                    progress(i);
+                }
+                if stop.is_stopped() {
+                    return Ok(true);
+                }
             }
             let due = faults.due(i).unwrap_or_default();
             if !self.apply_due(due, &pacer) {
@@ -698,13 +703,13 @@ impl Publisher {
             let frame = &mut frames[t];
             patch_generated(frame, topics[t].len(), sh.stream_seq, topic_seq[t], send_time_ns, i);
             let outcome = if lossless {
-                if send_retrying(sh, false, stop, None, || &frame[..])? {
+                if send_retrying(sh, frame, false, stop, None)? {
                     Outcome::Sent
                 } else {
                     Outcome::Stopped
                 }
             } else {
-                try_once(sh, false, || &frame[..])?
+                try_once(sh, frame, false)?
             };
             if let Outcome::Stopped = outcome {
                 return Ok(true);
@@ -757,7 +762,7 @@ impl Publisher {
             *topic_seq += 1;
             wire::patch_sequences(frame, *topic_len, sh.stream_seq, *topic_seq, now_ns);
             let k = *k;
-            if !send_retrying(&self.shards[k], false, stop, None, || &frame[..])? {
+            if !send_retrying(&mut self.shards[k], frame, false, stop, None)? {
                 return Ok(true);
             }
             self.shards[k].count_sent(1);
@@ -1027,12 +1032,12 @@ fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &m
     *said_damage = merge.damage().len();
 }
 
-/// Send what `make` makes on `sh` without waiting (lossy): a full pipe drops
-/// the message, counted in the shard's `dropped`.
-fn try_once<T: zmq::Sendable>(sh: &mut Shard, more: bool, mut make: impl FnMut() -> T) -> Result<Outcome, ReplayError> {
+/// Send `data` on `sh` without waiting (lossy): a full pipe drops the
+/// message, counted in the shard's `dropped`.
+fn try_once(sh: &mut Shard, data: &[u8], more: bool) -> Result<Outcome, ReplayError> {
     let flags = zmq::DONTWAIT | if more { zmq::SNDMORE } else { 0 };
     loop {
-        match sh.socket.send(make(), flags) {
+        match send_bytes(&mut sh.socket, data, flags) {
             Ok(()) => return Ok(Outcome::Sent),
             Err(zmq::Error::EAGAIN) => {
                 sh.dropped += 1;
@@ -1044,20 +1049,19 @@ fn try_once<T: zmq::Sendable>(sh: &mut Shard, more: bool, mut make: impl FnMut()
     }
 }
 
-/// Send what `make` makes on `sh`, making it again and retrying while a
-/// lossless pipe is full; false if `stop` was set, or `deadline` passed,
-/// while waiting.
+/// Send `data` on `sh`, retrying while a lossless pipe is full; false if
+/// `stop` was set, or `deadline` passed, while waiting.
 #[inline]
-fn send_retrying<T: zmq::Sendable>(
-    sh: &Shard,
+fn send_retrying(
+    sh: &mut Shard,
+    data: &[u8],
     more: bool,
     stop: &StopFlag,
     deadline: Option<Instant>,
-    mut make: impl FnMut() -> T,
 ) -> Result<bool, ReplayError> {
     let flags = if more { zmq::SNDMORE } else { 0 };
     loop {
-        match sh.socket.send(make(), flags) {
+        match send_bytes(&mut sh.socket, data, flags) {
             Ok(()) => return Ok(true),
             Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
                 if stop.is_stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1092,9 +1096,15 @@ fn patch_generated(
 ) {
     wire::patch_sequences(frame, topic_len, stream_seq, topic_seq, send_time_ns);
     let at = topic_len + 1 + wire::HEADER_LEN;
-    if let Some(p) = frame.get_mut(at..) {
-        let n = p.len().min(8);
-        p[..n].copy_from_slice(&counter.to_le_bytes()[..n]);
+    match frame.get_mut(at..at + 8) {
+        // The usual case, a fixed 8-byte store (no call to memcpy).
+        Some(p) => p.copy_from_slice(&counter.to_le_bytes()),
+        None => {
+            if let Some(p) = frame.get_mut(at..) {
+                let n = p.len();
+                p.copy_from_slice(&counter.to_le_bytes()[..n]);
+            }
+        }
     }
 }
 

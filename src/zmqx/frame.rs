@@ -95,6 +95,18 @@ impl Frame {
     }
 }
 
+/// Send `data` as one message (copied into a libzmq message by `zmq_send`).
+/// The `zmq` crate's `Socket::send(&[u8])` builds a `zmq::Message` first and
+/// closes the emptied one after: two calls into libzmq per message more than
+/// this, which a flat-out publisher pays on every frame.
+#[inline]
+pub fn send_bytes(socket: &mut zmq::Socket, data: &[u8], flags: i32) -> zmq::Result<()> {
+    // SAFETY: the socket pointer is valid for the call; libzmq copies `data`
+    // (pointer and length from one slice) before returning.
+    let rc = unsafe { zmq_sys::zmq_send(socket.as_mut_ptr(), data.as_ptr().cast(), data.len(), flags as c_int) };
+    check(rc)
+}
+
 impl Default for Frame {
     fn default() -> Self {
         Frame::new()
