@@ -500,6 +500,13 @@ fn a_replay_restart_mid_stream_is_reported_as_a_restart_never_as_a_gap() {
         (30_000, 1, 0, 0, 0),
         "{r}"
     );
+    // The old session never sent its end of stream: it counts by its last
+    // sequence, so `sent` covers both sessions and nothing is called lost.
+    assert_eq!(
+        (u(&r, "sent"), u(&r, "lost"), u(&r, "unended_sessions"), u(&r, "unended_sent")),
+        (30_000, 0, 1, 10_000),
+        "{r}"
+    );
 }
 
 #[test]

@@ -154,14 +154,16 @@ impl Baseline {
         // Complete when every publisher's end of stream arrived; the baseline
         // takes every topic.
         let complete = !interrupted && t.eos_sessions >= self.expect_eos as u64;
-        let sent = (t.eos_sessions > 0).then_some(t.eos_sent);
-        let lost = complete.then(|| t.eos_sent.saturating_sub(t.accepted));
+        let sent = (t.eos_sessions > 0).then_some(t.sent());
+        let lost = complete.then(|| t.sent().saturating_sub(t.accepted));
         let mut latency = self.stages.summary();
         latency.remove("queue");
         RunReport {
             subscriber: "baseline".into(),
             duration_s: secs,
             sent,
+            unended_sessions: t.unended_sessions,
+            unended_sent: t.unended_sent,
             delivered: self.delivered,
             lost,
             loss_basis: if complete { "end-of-stream counts".into() } else { "unknown: end of stream not seen".into() },

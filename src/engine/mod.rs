@@ -648,12 +648,13 @@ impl Engine {
         let complete = shards.iter().zip(&self.expect_eos).all(|(c, &e)| e > 0 && c.eos_sessions.load(Relaxed) >= e);
         let full = shards.iter().all(|c| c.full_subscription.load(Relaxed));
         let any_eos = sum(&|c| c.eos_sessions.load(Relaxed)) > 0;
-        let sent = any_eos.then(|| sum(&|c| c.eos_sent.load(Relaxed)));
+        let sent = any_eos.then(|| sum(&|c| c.sent()));
+        let unended = (sum(&|c| c.unended_sessions.load(Relaxed)), sum(&|c| c.unended_sent.load(Relaxed)));
         let (lost, loss_basis) = match (complete, full) {
             (true, true) => {
                 // Per shard: what its publishers said they sent, less what it
                 // accepted; plus anything accepted but not handled.
-                let missing = sum(&|c| c.eos_sent.load(Relaxed).saturating_sub(c.forwarded.load(Relaxed)));
+                let missing = sum(&|c| c.sent().saturating_sub(c.forwarded.load(Relaxed)));
                 (Some(missing + forwarded.saturating_sub(delivered)), "end-of-stream counts".to_string())
             }
             (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
@@ -672,6 +673,8 @@ impl Engine {
             subscriber: "engine".into(),
             duration_s: secs,
             sent,
+            unended_sessions: unended.0,
+            unended_sent: unended.1,
             delivered,
             lost,
             loss_basis,
@@ -762,7 +765,7 @@ impl Engine {
             .map(|(k, ((c, &expect), mine))| {
                 let msgs = c.forwarded.load(Relaxed);
                 let eos = c.eos_sessions.load(Relaxed);
-                let sent = (eos > 0).then(|| c.eos_sent.load(Relaxed));
+                let sent = (eos > 0).then(|| c.sent());
                 let complete = expect > 0 && eos >= expect && c.full_subscription.load(Relaxed);
                 ShardReport {
                     shard: crate::metrics::slot_name(k, n),

@@ -60,6 +60,11 @@ pub struct ShardCounters {
     /// the `sent` counts they carried.
     pub eos_sessions: AtomicU64,
     pub eos_sent: AtomicU64,
+    /// Sessions without an end of stream (ended by a restart, or still
+    /// open), and what they sent by their last arrived stream sequence
+    /// ([`super::sequence::SequenceTotals::unended_sent`]).
+    pub unended_sessions: AtomicU64,
+    pub unended_sent: AtomicU64,
     /// Receive time of the first frame (0 before any).
     pub first_recv_ns: AtomicU64,
     /// The shard takes every topic (loss can be computed from end-of-stream counts).
@@ -74,6 +79,14 @@ pub struct ShardCounters {
     /// time, of the last data frame and the largest seen (ns).
     pub last_lag_ns: AtomicU64,
     pub max_lag_ns: AtomicU64,
+}
+
+impl ShardCounters {
+    /// Data messages this shard's publishers sent, as far as is known
+    /// ([`super::sequence::SequenceTotals::sent`]).
+    pub fn sent(&self) -> u64 {
+        self.eos_sent.load(Relaxed).saturating_add(self.unended_sent.load(Relaxed))
+    }
 }
 
 /// A shard is silent after this long without any frame: publishers send a
@@ -346,6 +359,8 @@ impl Checks {
         c.over_limit.store(t.over_limit, Relaxed);
         c.eos_sessions.store(t.eos_sessions, Relaxed);
         c.eos_sent.store(t.eos_sent, Relaxed);
+        c.unended_sessions.store(t.unended_sessions, Relaxed);
+        c.unended_sent.store(t.unended_sent, Relaxed);
         c.first_recv_ns.store(self.first_recv_ns, Relaxed);
         c.full_subscription.store(self.tracker.full_subscription(), Relaxed);
         if let Some(g) = &mut self.guard {

@@ -118,6 +118,22 @@ pub struct SequenceTotals {
     pub eos_sessions: u64,
     /// Sum of the `sent` counts those ends of stream carried.
     pub eos_sent: u64,
+    /// Sessions that ended without an end of stream (a publisher restarted:
+    /// a new session of the same publisher arrived), or have none yet.
+    pub unended_sessions: u64,
+    /// What those sessions sent, by the highest stream sequence that arrived
+    /// from each: a floor, since what one sent after its last arrived message
+    /// is not known.
+    pub unended_sent: u64,
+}
+
+impl SequenceTotals {
+    /// Data messages the publishers sent, as far as is known: the counts of
+    /// their ends of stream, plus the sessions without one by their last
+    /// arrived sequence.
+    pub fn sent(&self) -> u64 {
+        self.eos_sent.saturating_add(self.unended_sent)
+    }
 }
 
 /// Tracks every publisher session a reader sees.
@@ -125,6 +141,8 @@ pub struct SequenceTotals {
 pub struct SequenceTracker {
     sessions: Vec<Session>,
     full_subscription: bool,
+    /// Everything but the unended counts of the sessions still open, which
+    /// [`SequenceTracker::totals`] adds.
     totals: SequenceTotals,
 }
 
@@ -142,6 +160,10 @@ impl SequenceTracker {
             Some(i) if self.sessions[i].session_id == h.session_id => Some((i, false)),
             Some(i) => {
                 let s = &mut self.sessions[i];
+                if !s.eos_seen {
+                    self.totals.unended_sessions += 1;
+                    self.totals.unended_sent = self.totals.unended_sent.saturating_add(s.last_stream_seq);
+                }
                 s.session_id = h.session_id;
                 s.last_stream_seq = 0;
                 s.from_start = h.stream_seq <= 1;
@@ -261,7 +283,12 @@ impl SequenceTracker {
     }
 
     pub fn totals(&self) -> SequenceTotals {
-        self.totals
+        let mut t = self.totals;
+        for s in self.sessions.iter().filter(|s| !s.eos_seen) {
+            t.unended_sessions += 1;
+            t.unended_sent = t.unended_sent.saturating_add(s.last_stream_seq);
+        }
+        t
     }
 
     /// True when stream gaps count as loss (no topic filter).
@@ -301,6 +328,26 @@ mod tests {
         assert!(!t.on_end_of_stream(&h(1, 9, 7, 0), 7), "a repeated end of stream is not counted twice");
         let tot = t.totals();
         assert_eq!((tot.gaps, tot.eos_sessions, tot.eos_sent, tot.accepted), (5, 1, 7, 2));
+    }
+
+    /// A restarted publisher's old session never sends its end of stream:
+    /// what it sent counts by its last arrived sequence, so `sent` covers
+    /// both sessions and loss before that sequence stays visible.
+    #[test]
+    fn a_session_ended_by_a_restart_counts_by_its_last_sequence() {
+        let mut t = SequenceTracker::new(true);
+        for (s, ts) in [(1, 1), (2, 2), (4, 3), (5, 4)] {
+            t.on_data(&h(1, 9, s, ts), b"A");
+        }
+        let open = t.totals();
+        assert_eq!((open.unended_sessions, open.unended_sent, open.sent()), (1, 5, 5), "open, no end yet");
+        for s in 1..=3 {
+            assert_eq!(t.on_data(&h(1, 10, s, s), b"A").restart, s == 1);
+        }
+        assert!(t.on_end_of_stream(&h(1, 10, 3, 0), 3));
+        let tot = t.totals();
+        assert_eq!((tot.eos_sessions, tot.eos_sent, tot.unended_sessions, tot.unended_sent), (1, 3, 1, 5));
+        assert_eq!((tot.sent(), tot.accepted, tot.gaps, tot.restarts), (8, 7, 1, 1));
     }
 
     #[test]

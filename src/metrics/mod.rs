@@ -185,8 +185,16 @@ pub struct RunReport {
     /// `engine` or `baseline`.
     pub subscriber: String,
     pub duration_s: f64,
-    /// Data messages the publishers sent (from their end-of-stream frames), if seen.
+    /// Data messages the publishers sent (from their end-of-stream frames), if
+    /// any was seen; sessions without one (a restarted publisher's old session)
+    /// count by the last stream sequence that arrived (`unended_*`).
     pub sent: Option<u64>,
+    /// Publisher sessions without an end of stream (ended by a restart, or
+    /// still open at the end) and the messages in `sent` counted for them by
+    /// their last arrived sequence: a floor, since what such a session sent
+    /// after its last arrived message is not known.
+    pub unended_sessions: u64,
+    pub unended_sent: u64,
     /// Data messages that reached a handler (duplicates excluded).
     pub delivered: u64,
     /// Messages sent but not delivered, where that can be known (see `loss_basis`).
@@ -349,7 +357,15 @@ impl RunReport {
             self.duration_s,
             if self.interrupted { " (interrupted)" } else { "" }
         );
-        let _ = writeln!(s, "  sent         {}", opt(self.sent));
+        let unended = if self.sent.is_some() && self.unended_sessions > 0 {
+            format!(
+                "   ({} of them by the last sequence that arrived from {} session(s) without an end of stream: what a session sent after that is not known)",
+                self.unended_sent, self.unended_sessions
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(s, "  sent         {}{unended}", opt(self.sent));
         let _ = writeln!(s, "  delivered    {}", self.delivered);
         let _ = writeln!(
             s,
@@ -518,6 +534,11 @@ mod tests {
         let t = r.render();
         assert!(t.contains("lost         1"), "{t}");
         assert!(t.contains("short=2"), "{t}");
+        assert!(t.contains("sent         10\n"), "no unended sessions, no note: {t}");
+        r.unended_sessions = 1;
+        r.unended_sent = 4;
+        let t = r.render();
+        assert!(t.contains("sent         10   (4 of them by the last sequence that arrived from 1 session(s)"), "{t}");
     }
 
     #[test]
