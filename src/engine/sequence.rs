@@ -97,6 +97,15 @@ struct Session {
     eos_seen: bool,
 }
 
+impl Session {
+    /// Without an end of stream, and seen live from its first message (what
+    /// a session sent before a subscriber joined, or a session known only
+    /// from a cache, is not this subscriber's to count).
+    fn counts_unended(&self) -> bool {
+        !self.eos_seen && self.from_start && self.last_stream_seq > 0
+    }
+}
+
 /// Totals across all sessions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SequenceTotals {
@@ -118,8 +127,9 @@ pub struct SequenceTotals {
     pub eos_sessions: u64,
     /// Sum of the `sent` counts those ends of stream carried.
     pub eos_sent: u64,
-    /// Sessions that ended without an end of stream (a publisher restarted:
-    /// a new session of the same publisher arrived), or have none yet.
+    /// Sessions seen from their first message that ended without an end of
+    /// stream (a publisher restarted: a new session of the same publisher
+    /// arrived), or have none yet.
     pub unended_sessions: u64,
     /// What those sessions sent, by the highest stream sequence that arrived
     /// from each: a floor, since what one sent after its last arrived message
@@ -160,7 +170,7 @@ impl SequenceTracker {
             Some(i) if self.sessions[i].session_id == h.session_id => Some((i, false)),
             Some(i) => {
                 let s = &mut self.sessions[i];
-                if !s.eos_seen {
+                if s.counts_unended() {
                     self.totals.unended_sessions += 1;
                     self.totals.unended_sent = self.totals.unended_sent.saturating_add(s.last_stream_seq);
                 }
@@ -284,7 +294,7 @@ impl SequenceTracker {
 
     pub fn totals(&self) -> SequenceTotals {
         let mut t = self.totals;
-        for s in self.sessions.iter().filter(|s| !s.eos_seen) {
+        for s in self.sessions.iter().filter(|s| s.counts_unended()) {
             t.unended_sessions += 1;
             t.unended_sent = t.unended_sent.saturating_add(s.last_stream_seq);
         }
