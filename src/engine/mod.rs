@@ -2,11 +2,14 @@
 //! ZeroMQ context whose I/O thread is pinned to the shard's I/O core and a
 //! SUB reader agent pinned to its reader core; readers fan out over inproc
 //! PUSH/PULL to pinned worker agents; workers ship latency histograms to a
-//! metrics collector over a crossbeam channel.
+//! metrics collector over a crossbeam channel. With the `inline` hand-off
+//! (one worker per shard; Aeron's shared threading mode) each reader runs its
+//! shard's [`worker::WorkerCore`] itself and there are no worker threads.
 //!
 //! ```text
 //! shard k: ctx k (I/O thread on io_core) ── SUB ── shardK-reader ──┐ inproc PUSH (batches)
-//!                                                                   ├──► workerN: PULL → Handler → histograms ──► metrics
+//!                                                                   ├──► workerN: PULL → WorkerCore (Handler → histograms) ──► metrics
+//! inline:  ctx k (I/O thread on io_core) ── SUB ── shardK-reader: checks → WorkerCore (Handler → histograms) ──────────────► metrics
 //! ```
 
 pub mod batch;

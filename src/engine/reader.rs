@@ -1,8 +1,10 @@
 //! The shard's SUB reader agent (`shardK-reader`): drains the SUB socket,
 //! decodes and checks every frame, and hands data to workers over inproc
 //! PUSH, batched adaptively (whatever the SUB already holds, up to
-//! `batch_max`; it never waits to fill a batch). The clock is read once per
-//! drain round: the frames of one round share their receive time.
+//! `batch_max`; it never waits to fill a batch), or with the `inline`
+//! hand-off runs the shard's [`WorkerCore`] on each accepted frame itself.
+//! The clock is read once per drain round: the frames of one round share
+//! their receive time.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
