@@ -10,23 +10,26 @@ use std::time::Duration;
 use common::*;
 use mdsub::wire::{self, Header, Kind};
 
+/// The report `r` of a complete `--handler verify` run of `n` messages:
+/// each delivered once, every topic in order, each with its latency.
+fn every_message_once_in_topic_order(r: &serde_json::Value, n: u64) {
+    assert_eq!(u(r, "sent"), n, "{r}");
+    assert_eq!(u(r, "delivered"), n, "{r}");
+    assert_eq!(u(r, "lost"), 0, "{r}");
+    assert_eq!((u(r, "gaps"), u(r, "duplicates")), (0, 0), "{r}");
+    assert_eq!(r["interrupted"], false, "{r}");
+    assert_eq!(u(&r["handler"], "verified"), n, "every topic in order: {r}");
+    assert_eq!((u(&r["handler"], "out_of_order"), u(&r["handler"], "skipped")), (0, 0), "{r}");
+    assert_eq!(u(&r["latency"]["total"], "count"), n, "{r}");
+}
+
 #[test]
 fn replay_to_engine_delivers_every_message_once_in_topic_order() {
     let (replay, eps) = start_replay("replay", 1, &["--count", "60000", "--rate", "0", "--symbols", "50"]);
     let engine = engine_json(&[&eps[0]], &["--workers", "2", "--handler", "verify"]);
     let (status, out) = engine.finish(Duration::from_secs(90));
     assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
-    assert_eq!(u(&r, "sent"), 60_000, "{r}");
-    assert_eq!(u(&r, "delivered"), 60_000, "{r}");
-    assert_eq!(u(&r, "lost"), 0, "{r}");
-    assert_eq!(u(&r, "gaps"), 0);
-    assert_eq!(u(&r, "duplicates"), 0);
-    assert_eq!(r["interrupted"], false);
-    assert_eq!(u(&r["handler"], "verified"), 60_000, "every topic in order: {r}");
-    assert_eq!(u(&r["handler"], "out_of_order"), 0);
-    assert_eq!(u(&r["handler"], "skipped"), 0);
-    assert_eq!(u(&r["latency"]["total"], "count"), 60_000);
+    every_message_once_in_topic_order(&json(&out), 60_000);
     let (status, out) = replay.finish(Duration::from_secs(30));
     assert!(status.success());
     assert!(out.contains("sent 60000 messages"), "{out}");
@@ -39,13 +42,7 @@ fn inline_readers_run_the_handler_and_deliver_every_message_once_in_topic_order(
     let (status, out) = engine.finish(Duration::from_secs(90));
     assert!(status.success(), "engine failed: {out}");
     let r = json(&out);
-    assert_eq!(u(&r, "sent"), 60_000, "{r}");
-    assert_eq!(u(&r, "delivered"), 60_000, "{r}");
-    assert_eq!(u(&r, "lost"), 0, "{r}");
-    assert_eq!((u(&r, "gaps"), u(&r, "duplicates")), (0, 0), "{r}");
-    assert_eq!(u(&r["handler"], "verified"), 60_000, "every topic in order: {r}");
-    assert_eq!(u(&r["handler"], "out_of_order"), 0);
-    assert_eq!(u(&r["latency"]["total"], "count"), 60_000, "{r}");
+    every_message_once_in_topic_order(&r, 60_000);
     assert!(u(&r["latency"]["wire"], "p50_ns") > 0, "{r}");
     // Per shard: what it accepted is what its reader handled, with its latency.
     for k in 0..2 {

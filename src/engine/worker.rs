@@ -404,7 +404,7 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::engine::handler::HandlerSpec;
     use crate::snail::{Policy, Site, SnailBoard, SnailConfig, Verdict};
-    use crate::wire::{Header, Kind};
+    use crate::wire::Header;
     use crossbeam::channel::{bounded, Receiver, Sender};
 
     const T0: u64 = 1_700_000_000_000_000_000;
@@ -412,16 +412,7 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn frame(seq: u64, send_time_ns: u64) -> Vec<u8> {
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: 1,
-            session_id: 7,
-            stream_seq: seq,
-            topic_seq: seq,
-            send_time_ns,
-        };
-        wire::encode(b"AAPL", &h, &[0u8; 16])
+        wire::encode(b"AAPL", &Header::data(seq, send_time_ns), &[0u8; 16])
     }
 
     /// A handler that takes `each_ns` of the manual clock per message.
