@@ -49,7 +49,7 @@ pub struct BenchArgs {
     /// and per-message) or all three. `inline` (each shard's reader runs the
     /// handler, no worker thread) runs one handler per shard whatever the
     /// profile's worker count.
-    #[arg(long, default_value = "both", value_name = "batch|per-message|inline|both|all")]
+    #[arg(long, default_value = "both", value_parser = ["batch", "per-message", "inline", "both", "all"])]
     pub handoff: String,
     /// Handler run on every message, by the engine's workers and inline by
     /// the baseline (overrides the profile's): latency, book (order books
