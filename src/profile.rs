@@ -358,6 +358,9 @@ impl Profile {
         if self.workers.is_empty() {
             return Err(invalid("workers", "at least one worker is needed; add a [[workers]] table"));
         }
+        if self.handoff == HandOff::Inline && self.workers.len() != self.shards.len() {
+            return Err(invalid("handoff", crate::engine::inline_layout_error(self.shards.len(), self.workers.len())));
+        }
         if !(1..=4096).contains(&self.batch_max) {
             return Err(invalid("batch_max", format!("{} is outside 1..=4096", self.batch_max)));
         }

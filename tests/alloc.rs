@@ -1,13 +1,15 @@
 //! The hot path does not allocate: with a counting global allocator, a
 //! steady-state window of many messages through the engine (reader, batch
-//! hand-off, worker, histograms) and the publisher makes (almost) no Rust
-//! heap allocations. libzmq's own C allocations are outside Rust's allocator
-//! and not counted; the engine's part is one libzmq message per batch.
+//! hand-off, worker, histograms; and inline, the reader running the
+//! worker's core itself) and the publisher makes (almost) no Rust heap
+//! allocations. libzmq's own C allocations are outside Rust's allocator and
+//! not counted; the engine's part is one libzmq message per batch.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use mdsub::agent::StopFlag;
+use mdsub::engine::reader::HandOff;
 use mdsub::engine::{Engine, EngineConfig, ShardConfig};
 use mdsub::feed::GeneratorConfig;
 use mdsub::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
@@ -21,12 +23,19 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_state_makes_no_allocation_per_message() {
+    // One after the other in this one binary: batch to two workers, then inline.
+    steady_state(HandOff::Batch, 2);
+    steady_state(HandOff::Inline, 1);
+}
+
+fn steady_state(handoff: HandOff, workers: usize) {
     let ctx = zmq::Context::new();
     let mut publisher = Publisher::bind(&ctx, &PublisherConfig::default()).expect("publisher");
     let eps = publisher.endpoints();
     let cfg = EngineConfig {
         shards: vec![ShardConfig { endpoints: eps, subscribe: vec![], io_core: None, reader_core: None }],
-        worker_cores: vec![None, None],
+        worker_cores: vec![None; workers],
+        handoff,
         expect_eos_per_shard: Some(0),
         // Ship histograms often, so the window covers many metric intervals.
         metrics_interval: Duration::from_millis(10),
@@ -65,12 +74,12 @@ fn steady_state_makes_no_allocation_per_message() {
     let msgs = total - warm_n;
     let allocs = after_delivery - warm_allocs;
     eprintln!(
-        "{allocs} allocations over {msgs} messages (publisher end-of-run bookkeeping included: {})",
+        "{handoff:?}: {allocs} allocations over {msgs} messages (publisher end-of-run bookkeeping included: {})",
         after_delivery - at_end
     );
     assert!(msgs >= 250_000);
     // Zero per message: a handful of fixed costs, not one per message or batch.
-    assert!(allocs < 64, "{allocs} Rust heap allocations over {msgs} steady-state messages");
+    assert!(allocs < 64, "{handoff:?}: {allocs} Rust heap allocations over {msgs} steady-state messages");
     stop.stop();
     let _ = engine.join(Some(Duration::from_secs(10)));
 }

@@ -1,6 +1,7 @@
 //! The end-to-end path with real processes over TCP loopback: replay →
-//! engine delivers a known feed exactly once and in per-topic order; bad
-//! frames in a live feed are counted by reason; shards split the feed.
+//! engine delivers a known feed exactly once and in per-topic order (with a
+//! hand-off to workers, and inline on the readers); bad frames in a live feed
+//! are counted by reason; shards split the feed.
 
 mod common;
 
@@ -9,26 +10,98 @@ use std::time::Duration;
 use common::*;
 use mdsub::wire::{self, Header, Kind};
 
+/// The report `r` of a complete `--handler verify` run of `n` messages:
+/// each delivered once, every topic in order, each with its latency.
+fn every_message_once_in_topic_order(r: &serde_json::Value, n: u64) {
+    assert_eq!(u(r, "sent"), n, "{r}");
+    assert_eq!(u(r, "delivered"), n, "{r}");
+    assert_eq!(u(r, "lost"), 0, "{r}");
+    assert_eq!((u(r, "gaps"), u(r, "duplicates")), (0, 0), "{r}");
+    assert_eq!(r["interrupted"], false, "{r}");
+    assert_eq!(u(&r["handler"], "verified"), n, "every topic in order: {r}");
+    assert_eq!((u(&r["handler"], "out_of_order"), u(&r["handler"], "skipped")), (0, 0), "{r}");
+    assert_eq!(u(&r["latency"]["total"], "count"), n, "{r}");
+}
+
 #[test]
 fn replay_to_engine_delivers_every_message_once_in_topic_order() {
     let (replay, eps) = start_replay("replay", 1, &["--count", "60000", "--rate", "0", "--symbols", "50"]);
     let engine = engine_json(&[&eps[0]], &["--workers", "2", "--handler", "verify"]);
     let (status, out) = engine.finish(Duration::from_secs(90));
     assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
-    assert_eq!(u(&r, "sent"), 60_000, "{r}");
-    assert_eq!(u(&r, "delivered"), 60_000, "{r}");
-    assert_eq!(u(&r, "lost"), 0, "{r}");
-    assert_eq!(u(&r, "gaps"), 0);
-    assert_eq!(u(&r, "duplicates"), 0);
-    assert_eq!(r["interrupted"], false);
-    assert_eq!(u(&r["handler"], "verified"), 60_000, "every topic in order: {r}");
-    assert_eq!(u(&r["handler"], "out_of_order"), 0);
-    assert_eq!(u(&r["handler"], "skipped"), 0);
-    assert_eq!(u(&r["latency"]["total"], "count"), 60_000);
+    every_message_once_in_topic_order(&json(&out), 60_000);
     let (status, out) = replay.finish(Duration::from_secs(30));
     assert!(status.success());
     assert!(out.contains("sent 60000 messages"), "{out}");
+}
+
+#[test]
+fn inline_readers_run_the_handler_and_deliver_every_message_once_in_topic_order() {
+    let (replay, eps) = start_replay("replay", 2, &["--count", "60000", "--rate", "0", "--symbols", "50"]);
+    let engine = engine_json(&[&eps[0], &eps[1]], &["--handoff", "inline", "--workers", "2", "--handler", "verify"]);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    every_message_once_in_topic_order(&r, 60_000);
+    assert!(u(&r["latency"]["wire"], "p50_ns") > 0, "{r}");
+    // Per shard: what it accepted is what its reader handled, with its latency.
+    for k in 0..2 {
+        let s = &r["shards"][k];
+        assert_eq!(s["shard"], format!("shard{k}"), "{r}");
+        assert!(u(s, "msgs") > 0 && u(s, "msgs") == u(s, "delivered"), "{s}");
+        assert_eq!(u(&s["latency"]["total"], "count"), u(s, "delivered"), "{s}");
+        // The shard's own threads set its ceiling: no worker is in its path.
+        let by = s["ceiling"]["thread"].as_str().unwrap_or("");
+        assert!(by.starts_with(&format!("shard{k}-")), "{s}");
+    }
+    // No worker threads: each reader carries its handler's CPU.
+    let threads: Vec<&str> =
+        r["threads"].as_array().expect("threads").iter().filter_map(|t| t["thread"].as_str()).collect();
+    assert!(threads.contains(&"shard0-reader") && threads.contains(&"shard1-reader"), "{threads:?}");
+    assert!(!threads.iter().any(|t| t.starts_with("worker")), "{threads:?}");
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+}
+
+#[test]
+fn inline_with_more_workers_than_shards_fails_fast_in_one_line() {
+    // Nothing listens there: the layout is refused before anything connects.
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--handoff", "inline", "--workers", "2"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    for part in ["`handoff`", "one worker per shard", "(1 shard(s), 2 worker(s))", "--workers 1", "handoff = \"batch\""]
+    {
+        assert!(lines[0].contains(part), "{part:?} in {err}");
+    }
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn bench_measures_the_inline_engine_beside_the_others_against_the_same_baseline() {
+    let args = ["bench", "--count", "100k", "--runs", "1", "--handoff", "all", "--json"];
+    let r = mdsub_json(&args, Duration::from_secs(180));
+    let runs = r["runs"].as_array().expect("runs");
+    let names: Vec<&str> = runs.iter().filter_map(|x| x["subscriber"].as_str()).collect();
+    assert_eq!(names, ["baseline", "engine/batch", "engine/per-message", "engine/inline"], "{r}");
+    for run in runs {
+        assert_eq!(run["delivered"].as_u64(), Some(100_000), "{run}");
+        assert_eq!(run["lost"].as_u64(), Some(0), "{run}");
+    }
+    let inline = r["medians"].as_array().expect("medians").iter().find(|m| m["subscriber"] == "engine/inline");
+    let inline = inline.unwrap_or_else(|| panic!("no engine/inline medians: {r}"));
+    let threads = inline["threads"].as_object().expect("threads");
+    assert!(threads.contains_key("shard0-reader") && !threads.keys().any(|t| t.starts_with("worker")), "{inline}");
+    assert!(inline["cpu_ns_per_msg"].as_f64() > Some(0.0), "{inline}");
+    let ratio = r["ratios"].as_array().expect("ratios").iter().find(|x| x[0] == "engine/inline");
+    let ratio = ratio.unwrap_or_else(|| panic!("no engine/inline ratio: {r}"));
+    assert!(ratio[1][4].as_f64() > Some(0.0), "a CPU ratio against the baseline: {ratio}");
 }
 
 #[test]

@@ -59,6 +59,12 @@ fn each_mistake_is_one_line_naming_the_field_and_the_fix() {
             "write tcp://HOST:PORT",
         ),
         ("zero-workers", format!("workers = []\n[[shards]]\n{ep}\n"), "workers", "add a [[workers]] table"),
+        (
+            "inline-two-workers",
+            format!("handoff = \"inline\"\n[[shards]]\n{ep}\n[[workers]]\n[[workers]]\n"),
+            "handoff",
+            "one worker per shard (1 shard(s), 2 worker(s)): give 1 [[workers]] table(s)",
+        ),
     ];
     for (name, body, field, fix) in cases {
         let path = write_profile(&dir, name, &body);

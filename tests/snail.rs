@@ -529,6 +529,34 @@ fn a_worker_serving_two_shards_names_the_shard_in_its_scream() {
 }
 
 #[test]
+fn a_slow_handler_run_inline_makes_its_reader_lag_and_the_reader_screams() {
+    // Inline, the handler runs on the reader: a slow one stalls the SUB read,
+    // the lag at receive grows, and the reader (the shard's only site) croaks.
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "100k", "--duration", "20s"]);
+    let e =
+        engine(&eps[0], &["--handoff", "inline", "--handler", "work:200000", "--max-lag", "200ms", "--grace", "300ms"]);
+    let started = Instant::now();
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(CROAK), "exit code; stderr: {err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "croaked after {:?}", started.elapsed());
+    let scream = err.lines().find(|l| l.starts_with("mdsub: croak: ")).unwrap_or_else(|| panic!("no scream: {err}"));
+    assert!(scream.starts_with("mdsub: croak: SNAIL on shard0 (shard0-reader): publisher 0"), "{scream}");
+    let r = json(&out);
+    assert_eq!(r["snail"]["croaked"]["site"], "shard0-reader", "{r}");
+    assert!(site(&r, "shard0-reader")["max_lag_ns"].as_u64().unwrap_or(0) > 200_000_000, "{r}");
+    let sites: Vec<&str> =
+        r["snail"]["sites"].as_array().expect("sites").iter().filter_map(|s| s["role"].as_str()).collect();
+    assert_eq!(sites, ["shard0-reader"], "no worker site inline: {r}");
+    // The handler ran on the reader: its CPU is the reader's, and no worker thread exists.
+    let threads: Vec<&str> =
+        r["threads"].as_array().expect("threads").iter().filter_map(|t| t["thread"].as_str()).collect();
+    assert!(threads.contains(&"shard0-reader"), "{threads:?}");
+    assert!(!threads.iter().any(|t| t.starts_with("worker")), "{threads:?}");
+    assert!(u(&r, "delivered") > 0, "{r}");
+    drop(replay);
+}
+
+#[test]
 fn demo_reports_the_snails_verdict_per_shard_as_text_and_json() {
     let (code, out, err) =
         run_within("demo", mdsub().args(["demo", "--count", "20k", "--rate", "20k"]), Duration::from_secs(60));

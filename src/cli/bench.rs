@@ -45,8 +45,11 @@ pub struct BenchArgs {
     /// Engine tuning profile: a TOML file, `builtin` or `auto`.
     #[arg(long, default_value = "builtin")]
     pub profile: String,
-    /// Engine hand-off(s) to measure: batch, per-message, or both.
-    #[arg(long, default_value = "both")]
+    /// Engine hand-off(s) to measure: batch, per-message, inline, both (batch
+    /// and per-message) or all three. `inline` (each shard's reader runs the
+    /// handler, no worker thread) runs one handler per shard whatever the
+    /// profile's worker count.
+    #[arg(long, default_value = "both", value_parser = ["batch", "per-message", "inline", "both", "all"])]
     pub handoff: String,
     /// Handler run on every message, by the engine's workers and inline by
     /// the baseline (overrides the profile's): latency, book (order books
@@ -195,11 +198,17 @@ fn curve_pair() -> anyhow::Result<(crate::security::ServerAccess, crate::securit
     Ok((access, keys))
 }
 
+/// The bench variant of the engine with hand-off `h`: `engine/batch`, `engine/inline`, ….
+fn engine_variant(h: HandOff) -> String {
+    format!("engine/{}", h.name())
+}
+
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
     let handoffs: Vec<HandOff> = match args.handoff.as_str() {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
+        "all" => vec![HandOff::Batch, HandOff::PerMessage, HandOff::Inline],
         h => vec![parse_handoff(h).map_err(anyhow::Error::msg)?],
     };
     let source =
@@ -294,10 +303,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     for h in &handoffs {
         let mut cfg = profile.engine_config(None);
         cfg.handoff = *h;
-        let name = match h {
-            HandOff::Batch => "engine/batch",
-            HandOff::PerMessage => "engine/per-message",
-        };
+        if *h == HandOff::Inline {
+            // One core per shard, run by its reader: workers' cores are not used.
+            cfg.worker_cores = vec![None; cfg.shards.len()];
+        }
+        let name = &engine_variant(*h);
         if let (HandOff::Batch, Some(dir)) = (h, &args.outputs_dir) {
             let mut with = cfg.clone();
             with.outputs = crate::metrics::OutputsConfig {
@@ -325,14 +335,17 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     if curve.is_some() {
         pairs.push(("baseline: curve / plain".into(), "baseline".into(), BASELINE_CURVE.into()));
         for h in &handoffs {
-            let name = if *h == HandOff::Batch { "engine/batch" } else { "engine/per-message" };
-            pairs.push((format!("{name}: curve / plain"), name.into(), format!("{name}+curve")));
+            let name = engine_variant(*h);
+            pairs.push((format!("{name}: curve / plain"), name.clone(), format!("{name}+curve")));
         }
     }
     let with_shards = |n: usize| {
         let mut p = profile.clone();
         let template = p.shards[0].clone();
         p.shards = vec![template; n];
+        if p.handoff == HandOff::Inline {
+            p.workers = vec![Default::default(); n];
+        }
         for s in p.shards.iter_mut().skip(1) {
             (s.io_core, s.reader_core) = (None, None);
         }
@@ -355,6 +368,10 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         for (r, name) in [(Routing::ByTopic, "engine/by-topic"), (Routing::RoundRobin, "engine/round-robin")] {
             let mut cfg = p.engine_config(None);
             cfg.routing = r;
+            if cfg.handoff == HandOff::Inline {
+                // Routing is between workers: only a hand-off has any.
+                cfg.handoff = HandOff::Batch;
+            }
             variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
         }
         pairs.push(("round-robin / by-topic".into(), "engine/by-topic".into(), "engine/round-robin".into()));

@@ -216,7 +216,10 @@ pub struct EngineArgs {
     /// value per topic), verify (per-topic order check) or work:NANOS.
     #[arg(long)]
     pub handler: Option<HandlerSpec>,
-    /// Hand-off: batch or per-message.
+    /// Hand-off from readers to workers: batch (one message per worker per
+    /// drain round), per-message, or inline (no hand-off: each shard's reader
+    /// runs the handler itself; needs one worker per shard, e.g. --workers 1
+    /// with one shard).
     #[arg(long, value_parser = parse_handoff)]
     pub handoff: Option<HandOff>,
     /// Routing to workers: by-topic (each topic's order kept) or round-robin
@@ -406,13 +409,12 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| format!("`{s}` is not a listen address (PORT or ADDR:PORT, e.g. 127.0.0.1:9464)"))
 }
 
-/// Parse a hand-off name: `batch` or `per-message`.
+/// Parse a hand-off name: `batch`, `per-message` or `inline`.
 pub fn parse_handoff(s: &str) -> Result<HandOff, String> {
-    match s {
-        "batch" => Ok(HandOff::Batch),
-        "per-message" => Ok(HandOff::PerMessage),
-        _ => Err(format!("`{s}` is not a hand-off (batch or per-message)")),
-    }
+    [HandOff::Batch, HandOff::PerMessage, HandOff::Inline]
+        .into_iter()
+        .find(|h| h.name() == s)
+        .ok_or_else(|| format!("`{s}` is not a hand-off (batch, per-message or inline)"))
 }
 
 /// Parse a routing name: `by-topic` or `round-robin`.

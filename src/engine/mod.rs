@@ -2,11 +2,14 @@
 //! ZeroMQ context whose I/O thread is pinned to the shard's I/O core and a
 //! SUB reader agent pinned to its reader core; readers fan out over inproc
 //! PUSH/PULL to pinned worker agents; workers ship latency histograms to a
-//! metrics collector over a crossbeam channel.
+//! metrics collector over a crossbeam channel. With the `inline` hand-off
+//! (one worker per shard; Aeron's shared threading mode) each reader runs its
+//! shard's [`worker::WorkerCore`] itself and there are no worker threads.
 //!
 //! ```text
 //! shard k: ctx k (I/O thread on io_core) ── SUB ── shardK-reader ──┐ inproc PUSH (batches)
-//!                                                                   ├──► workerN: PULL → Handler → histograms ──► metrics
+//!                                                                   ├──► workerN: PULL → WorkerCore (Handler → histograms) ──► metrics
+//! inline:  ctx k (I/O thread on io_core) ── SUB ── shardK-reader: checks → WorkerCore (Handler → histograms) ──────────────► metrics
 //! ```
 
 pub mod batch;
@@ -35,7 +38,7 @@ use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
 use handler::HandlerSpec;
 use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
-use worker::{WorkerAgent, WorkerCounters};
+use worker::{MetricsLink, WorkerAgent, WorkerCore, WorkerCounters};
 
 /// The engine's defaults, in one place (profiles and `EngineConfig::default`).
 pub mod defaults {
@@ -226,6 +229,11 @@ impl Engine {
                 u16::MAX
             )));
         }
+        let inline = cfg.handoff == HandOff::Inline;
+        if inline && cfg.worker_cores.len() != cfg.shards.len() {
+            let why = inline_layout_error(cfg.shards.len(), cfg.worker_cores.len());
+            return Err(EngineError::Config(format!("handoff: {why}")));
+        }
         let engine_id = cfg.engine_id.clone().unwrap_or_else(default_engine_id);
         let hlog = match &cfg.outputs.hlog {
             Some(path) => {
@@ -256,7 +264,12 @@ impl Engine {
         let one_shard = (cfg.shards.len() == 1).then_some(0);
         let sites = (0..cfg.shards.len())
             .map(|k| Site { role: format!("shard{k}-reader"), shard: Some(k) })
-            .chain((0..cfg.worker_cores.len()).map(|w| Site { role: format!("worker{w}"), shard: one_shard }))
+            // Inline, each reader is its shard's only site: it judges lag as it receives.
+            .chain(
+                (0..cfg.worker_cores.len())
+                    .filter(|_| !inline)
+                    .map(|w| Site { role: format!("worker{w}"), shard: one_shard }),
+            )
             .collect();
         let board = SnailBoard::new(cfg.snail, sites);
         let fanout = zmq::Context::new();
@@ -326,25 +339,22 @@ impl Engine {
         };
         let guard = |site: usize| Guard::new(board.clone(), site, screams.clone());
         let mut worker_endpoints = Vec::new();
+        // Inline, worker w's core is run by shard w's reader (its configured core unused).
+        let mut inline_cores = Vec::new();
         for ((w, core), spares) in cfg.worker_cores.iter().enumerate().zip(spare_rxs) {
-            let endpoint = format!("inproc://mdsub{id}-worker{w}");
             let counters = Arc::new(WorkerCounters::default());
             engine.worker_counters.push(counters.clone());
+            let link = MetricsLink { reports: tx.clone(), spares, interval_ns: metrics_interval_ns.clone() };
+            let n = cfg.shards.len();
+            let guard = (!inline).then(|| guard(n + w));
+            let wc = WorkerCore::new(w, n, cfg.handler.build(), link, counters, guard, crate::clock::Realtime);
+            if inline {
+                inline_cores.push(Some(wc));
+                continue;
+            }
+            let endpoint = format!("inproc://mdsub{id}-worker{w}");
             // Built here, so its PULL is bound before any reader connects.
-            let agent = WorkerAgent::new(
-                w,
-                &fanout,
-                &endpoint,
-                cfg.handoff_hwm_msgs,
-                cfg.shards.len(),
-                cfg.handler.build(),
-                tx.clone(),
-                spares,
-                metrics_interval_ns.clone(),
-                counters,
-                guard(cfg.shards.len() + w),
-                stop.clone(),
-            )?;
+            let agent = WorkerAgent::new(&fanout, &endpoint, cfg.handoff_hwm_msgs, n, wc, stop.clone())?;
             worker_endpoints.push(endpoint);
             engine.workers.push(Runner::start(RunSpec { core: *core, idle: cfg.idle }, stop.clone(), agent)?);
         }
@@ -375,8 +385,12 @@ impl Engine {
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 handoff_hwm_msgs: cfg.handoff_hwm_msgs,
             };
+            let mut wc = inline_cores.get_mut(k).and_then(Option::take);
+            if let Some(wc) = &mut wc {
+                wc.serving(Some(k));
+            }
             let agent =
-                ReaderAgent::new(rc, sub, &fanout, counters, stop.clone())?.with_guard(guard(k)).with_links(links);
+                ReaderAgent::new(rc, sub, &fanout, wc, counters, stop.clone())?.with_guard(guard(k)).with_links(links);
             let spec = RunSpec { core: shard.reader_core, idle: cfg.idle };
             engine.readers.push(Runner::start(spec, stop.clone(), agent)?);
         }
@@ -697,6 +711,15 @@ impl Engine {
             threads,
         }
     }
+}
+
+/// Why a layout cannot run `handoff = "inline"`, in one line naming the fix.
+pub fn inline_layout_error(shards: usize, workers: usize) -> String {
+    format!(
+        "`inline` runs each shard's handler on its reader, so it needs exactly one worker per shard \
+         ({shards} shard(s), {workers} worker(s)): give {shards} [[workers]] table(s) (--workers {shards}) \
+         or use handoff = \"batch\""
+    )
 }
 
 /// `HOST-PID`: unique among running engines on a network.

@@ -1,8 +1,10 @@
 //! The shard's SUB reader agent (`shardK-reader`): drains the SUB socket,
 //! decodes and checks every frame, and hands data to workers over inproc
 //! PUSH, batched adaptively (whatever the SUB already holds, up to
-//! `batch_max`; it never waits to fill a batch). The clock is read once per
-//! drain round: the frames of one round share their receive time.
+//! `batch_max`; it never waits to fill a batch), or with the `inline`
+//! hand-off runs the shard's [`WorkerCore`] on each accepted frame itself.
+//! The clock is read once per drain round: the frames of one round share
+//! their receive time.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,11 +15,12 @@ use crossbeam::utils::CachePadded;
 
 use super::batch;
 use super::sequence::SequenceTracker;
+use super::worker::WorkerCore;
 use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::clock;
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 use crate::snail::{Action, Guard};
-use crate::wire::{self, topic_hash, Kind, DROP_REASONS, DROP_REASON_NAMES};
+use crate::wire::{self, topic_hash, FrameView, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
 /// How data frames are handed to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,6 +30,20 @@ pub enum HandOff {
     Batch,
     /// Each received `zmq::Message` is moved to its worker as is.
     PerMessage,
+    /// No hand-off: the shard's reader runs the handler itself (Aeron's
+    /// shared threading mode); needs one worker per shard.
+    Inline,
+}
+
+impl HandOff {
+    /// The name in profiles and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandOff::Batch => "batch",
+            HandOff::PerMessage => "per-message",
+            HandOff::Inline => "inline",
+        }
+    }
 }
 
 /// How a data frame picks its worker.
@@ -250,6 +267,12 @@ impl Checks {
     /// is data to deliver.
     #[inline]
     pub fn check(&mut self, frame: &[u8], recv_ns: u64) -> Option<usize> {
+        self.check_view(frame, recv_ns).map(|(w, _)| w)
+    }
+
+    /// [`Checks::check`], also giving the decoded frame to deliver.
+    #[inline]
+    pub fn check_view<'a>(&mut self, frame: &'a [u8], recv_ns: u64) -> Option<(usize, FrameView<'a>)> {
         if self.received == 0 {
             self.first_recv_ns = recv_ns;
         }
@@ -292,13 +315,15 @@ impl Checks {
                 self.forwarded_bytes += frame.len() as u64;
                 self.last_lag_ns = recv_ns.saturating_sub(view.header.send_time_ns);
                 self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
-                Some(match self.routing {
+                let w = match self.routing {
+                    _ if self.workers == 1 => 0,
                     Routing::ByTopic => (topic_hash(view.topic) % self.workers as u64) as usize,
                     Routing::RoundRobin => {
                         self.rr = (self.rr + 1) % self.workers;
                         self.rr
                     }
-                })
+                };
+                Some((w, view))
             }
             // A cache (LVC) may re-send a publisher's control frames: only live ones count.
             _ if view.header.flags & wire::FLAG_FROM_CACHE != 0 => None,
@@ -387,6 +412,8 @@ pub struct ReaderAgent {
     /// A received message waiting for room on its worker's PUSH (per-message hand-off).
     pending: Option<(usize, zmq::Message)>,
     checks: Checks,
+    /// `handoff = "inline"`: the core this reader runs the handler with.
+    inline: Option<WorkerCore>,
     counters: Arc<ShardCounters>,
     /// Ended by end of stream (not by a stop request or an error).
     finished: bool,
@@ -400,25 +427,31 @@ fn zerr<'a>(role: &'a str, context: &'static str) -> impl FnOnce(zmq::Error) -> 
 
 impl ReaderAgent {
     /// Wrap a connected, subscribed SUB; connect PUSH sockets (in the fan-out
-    /// context `fanout`) to every worker. `stop` bounds the final hand-off of
-    /// end markers in `on_close`.
+    /// context `fanout`) to every worker, or with `handoff = "inline"` run
+    /// `inline`, the shard's worker core, on this thread. `stop` bounds the
+    /// final hand-off of end markers in `on_close`.
     pub fn new(
         cfg: ReaderConfig,
         sub: zmq::Socket,
         fanout: &zmq::Context,
+        inline: Option<WorkerCore>,
         counters: Arc<ShardCounters>,
         stop: StopFlag,
     ) -> Result<Self, AgentError> {
         let role = format!("shard{}-reader", cfg.shard);
+        if (cfg.handoff == HandOff::Inline) != inline.is_some() {
+            let message = "an inline hand-off needs the shard's worker core (and only it does)".into();
+            return Err(AgentError::Fatal { role, message });
+        }
         let mut pushes = Vec::with_capacity(cfg.worker_endpoints.len());
-        for ep in &cfg.worker_endpoints {
+        for ep in cfg.worker_endpoints.iter().filter(|_| inline.is_none()) {
             let p = fanout.socket(zmq::PUSH).map_err(zerr(&role, "creating a PUSH"))?;
             p.set_sndhwm(cfg.handoff_hwm_msgs).map_err(zerr(&role, "setting the hand-off SNDHWM"))?;
             p.set_linger(-1).map_err(zerr(&role, "setting LINGER"))?;
             p.connect(ep).map_err(zerr(&role, "connecting to a worker"))?;
             pushes.push(p);
         }
-        if pushes.is_empty() {
+        if pushes.is_empty() && inline.is_none() {
             return Err(AgentError::Fatal { role, message: "no workers to hand off to".into() });
         }
         let staging = (0..pushes.len()).map(|_| Vec::with_capacity(cfg.batch_max * 256 + 1)).collect();
@@ -433,6 +466,7 @@ impl ReaderAgent {
             msg: zmq::Message::new(),
             pending: None,
             checks,
+            inline,
             counters,
             finished: false,
             links: None,
@@ -554,7 +588,7 @@ impl Agent for ReaderAgent {
                 recv_ns = clock::realtime_ns();
             }
             let frame: &[u8] = &self.msg;
-            let Some(w) = self.checks.check(frame, recv_ns) else {
+            let Some((w, view)) = self.checks.check_view(frame, recv_ns) else {
                 if let Some(l) = self.checks.take_refusal_line() {
                     crate::diag!("{l}");
                 }
@@ -567,6 +601,12 @@ impl Agent for ReaderAgent {
                 break;
             }
             match self.cfg.handoff {
+                // Handled here and now: nothing queued, so the queue stage is 0.
+                HandOff::Inline => {
+                    if let Some(core) = &mut self.inline {
+                        core.handle_view(&view, frame.len(), recv_ns, recv_ns);
+                    }
+                }
                 HandOff::Batch => batch::push(&mut self.staging[w], self.cfg.shard as u16, recv_ns, frame),
                 HandOff::PerMessage => {
                     let m = std::mem::replace(&mut self.msg, zmq::Message::new());
@@ -583,6 +623,12 @@ impl Agent for ReaderAgent {
             if let Some(l) = self.checks.refusal_summary(now, false) {
                 crate::diag!("{l}");
             }
+            recv_ns = now;
+        }
+        if let Some(core) = &mut self.inline {
+            // The round's time (its first frame's, or now when idle) is close
+            // enough for the report period (≥ 1 ms).
+            core.end_round(recv_ns);
         }
         if self.checks.croaked() {
             return self.croak(n);
@@ -645,6 +691,9 @@ impl Agent for ReaderAgent {
         }
         let flushed = self.flush_blocking();
         self.checks.publish(&self.counters);
+        if let Some(core) = &mut self.inline {
+            core.close();
+        }
         // End markers (an empty message to every worker, after all batches)
         // on a normal finish; when stopped, workers stop on the flag.
         if self.finished && flushed {

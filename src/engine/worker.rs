@@ -1,15 +1,19 @@
 //! The worker agent (`workerN`): PULLs batches (or single frames) from the
-//! readers, runs the [`Handler`] on each message and
-//! records per-stage latency (the end time is read after each message, or,
-//! for a handler that does nothing per message, is the batch's take time); ships its histograms to the metrics collector
-//! once per interval over a crossbeam channel (never blocking on it).
+//! readers and runs a [`WorkerCore`] on each message. The core is the
+//! per-message logic without sockets: it runs the [`Handler`], records
+//! per-stage latency (the end time is read after each message, or, for a
+//! handler that does nothing per message, is the batch's take time), applies
+//! the snail's guard where messages are handled, and ships its histograms to
+//! the metrics collector once per report period over a crossbeam channel
+//! (never blocking on it). With `handoff = "inline"` a shard's reader owns a
+//! core and runs it itself (no worker thread, no inproc hop).
 //!
 //! Histograms are kept per shard (the batch says which shard's reader built
 //! it; frames handed over one by one from several shards go to an extra
-//! `unattributed` slot) and double-buffered: the worker sends its filled set and goes
+//! `unattributed` slot) and double-buffered: the core sends its filled set and goes
 //! on with an empty spare; the collector adds the set up, resets it and hands
 //! it back. So shipping copies and allocates nothing, and when the collector
-//! is behind the worker keeps accumulating and ships later (nothing is lost).
+//! is behind the core keeps accumulating and ships later (nothing is lost).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -22,13 +26,13 @@ use crossbeam::utils::CachePadded;
 use super::batch::BatchIter;
 use super::handler::Handler;
 use crate::agent::{Agent, AgentError, Step, StopFlag};
-use crate::clock;
+use crate::clock::{self, Clock, Realtime};
 use crate::metrics::collector::WorkerReport;
 use crate::metrics::StageHistograms;
 use crate::snail::{Action, Guard};
-use crate::wire;
+use crate::wire::{self, FrameView};
 
-/// Live counters of one worker.
+/// Live counters of one worker (or of a reader's inline core).
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
     pub handled: CachePadded<AtomicU64>,
@@ -44,112 +48,204 @@ pub struct WorkerCounters {
     pub last_done_ns: AtomicU64,
 }
 
-pub struct WorkerAgent {
-    role: String,
+/// Where a core's histograms go: the collector's channel, the channel that
+/// hands emptied sets back, and the metrics interval (a live setting).
+pub struct MetricsLink {
+    pub reports: Sender<WorkerReport>,
+    pub spares: Receiver<Vec<StageHistograms>>,
+    pub interval_ns: Arc<AtomicU64>,
+}
+
+/// The per-message logic of a worker, without sockets: handler, latency
+/// stages, the snail's guard (optional: an inline core's shard is judged by
+/// its reader's checks) and the double-buffered shipping of histograms.
+/// Driven with `(frame, recv_ns, take_ns)` per message and `now_ns` per
+/// round; it reads its clock `C` only for a handler's end time.
+pub struct WorkerCore<C: Clock = Realtime> {
     index: usize,
-    pull: zmq::Socket,
-    msg: zmq::Message,
+    clock: C,
     handler: Box<dyn Handler>,
+    /// The handler takes time per message (its end time is read after it).
+    timed: bool,
     /// One set per shard, then the unattributed slot.
     stages: Vec<StageHistograms>,
-    readers: usize,
-    ends_seen: usize,
-    metrics: Sender<WorkerReport>,
+    shards: usize,
+    /// The slot of the messages being handled.
+    slot: usize,
+    /// Messages of one round share their queue time: recorded per run of equal values.
+    queue_run: (u64, u64),
+    link: MetricsLink,
     spare: Option<Vec<StageHistograms>>,
-    spares: Receiver<Vec<StageHistograms>>,
-    /// The metrics interval, shared with the collector (a live setting).
-    interval_ns: Arc<AtomicU64>,
     last_done_ns: u64,
     last_report_ns: u64,
     handled: u64,
     handled_bytes: u64,
+    /// Handled since the last [`WorkerCore::end_round`].
+    round_msgs: u64,
     counters: Arc<WorkerCounters>,
     /// The snail's lag check where messages are handled (the handler is behind).
-    guard: Guard,
+    guard: Option<Guard>,
     croaked: bool,
-    stop: StopFlag,
 }
 
-impl WorkerAgent {
-    /// Bind a PULL at `endpoint` in the fan-out context.
-    #[allow(clippy::too_many_arguments)]
+impl<C: Clock> WorkerCore<C> {
+    /// Core number `index` (its histograms go back to it by that number) of an
+    /// engine of `shards` shards; `now_ns` starts its report period.
     pub fn new(
         index: usize,
-        fanout: &zmq::Context,
-        endpoint: &str,
-        handoff_hwm_msgs: i32,
-        readers: usize,
+        shards: usize,
         handler: Box<dyn Handler>,
-        metrics: Sender<WorkerReport>,
-        spares: Receiver<Vec<StageHistograms>>,
-        interval_ns: Arc<AtomicU64>,
+        link: MetricsLink,
         counters: Arc<WorkerCounters>,
-        guard: Guard,
-        stop: StopFlag,
-    ) -> Result<Self, AgentError> {
-        let role = format!("worker{index}");
-        let zerr = |context| {
-            let role = role.clone();
-            move |source| AgentError::Zmq { role, context, source }
-        };
-        let pull = fanout.socket(zmq::PULL).map_err(zerr("creating the PULL"))?;
-        pull.set_rcvhwm(handoff_hwm_msgs).map_err(zerr("setting RCVHWM"))?;
-        pull.bind(endpoint).map_err(zerr("binding the PULL"))?;
-        Ok(WorkerAgent {
-            role,
+        guard: Option<Guard>,
+        clock: C,
+    ) -> Self {
+        let now_ns = clock.now_ns();
+        WorkerCore {
             index,
-            pull,
-            msg: zmq::Message::new(),
+            timed: handler.takes_time(),
             handler,
-            stages: crate::metrics::shard_sets(readers),
-            readers,
-            ends_seen: 0,
-            metrics,
-            spare: Some(crate::metrics::shard_sets(readers)),
-            spares,
-            interval_ns,
+            clock,
+            stages: crate::metrics::shard_sets(shards),
+            shards,
+            slot: 0,
+            queue_run: (0, 0),
+            link,
+            spare: Some(crate::metrics::shard_sets(shards)),
             last_done_ns: 0,
-            last_report_ns: clock::realtime_ns(),
+            last_report_ns: now_ns,
             handled: 0,
             handled_bytes: 0,
+            round_msgs: 0,
             counters,
             guard,
             croaked: false,
-            stop,
-        })
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The messages handled next came from shard `shard` (None: not known, a
+    /// frame handed over on its own; with one shard that is shard 0, with
+    /// several the unattributed slot). Once per hand-off, so histograms and a
+    /// scream name the shard.
     #[inline]
-    fn handle(
-        handler: &mut dyn Handler,
-        stages: &mut StageHistograms,
-        last_done_ns: &mut u64,
-        guard: &mut Guard,
-        croaked: &mut bool,
-        frame: &[u8],
-        recv_ns: u64,
-        take_ns: u64,
-        timed: bool,
-    ) -> usize {
-        // The reader checked this frame already; the worker counts bytes handled.
-        let Ok(view) = wire::decode(frame) else { return 0 };
-        // Policy `rest`: a resting worker drops its backlog (judged at the batch's take time).
-        if guard.skip(&view.header, take_ns) {
+    pub fn serving(&mut self, shard: Option<usize>) {
+        self.end_batch();
+        self.slot = match shard {
+            Some(k) => k.min(self.shards),
+            None if self.shards == 1 => 0,
+            None => self.shards,
+        };
+        if self.shards > 1 {
+            if let Some(g) = &mut self.guard {
+                g.serving((self.slot < self.shards).then_some(self.slot));
+            }
+        }
+    }
+
+    /// Handle one frame received at `recv_ns` and taken from the hand-off at
+    /// `take_ns`: its bytes, or 0 if it was not handled (not a frame, skipped
+    /// by a resting guard, or the core croaked).
+    #[inline]
+    pub fn handle(&mut self, frame: &[u8], recv_ns: u64, take_ns: u64) -> usize {
+        // The reader checked this frame already.
+        match wire::decode(frame) {
+            Ok(view) => self.handle_view(&view, frame.len(), recv_ns, take_ns),
+            Err(_) => 0,
+        }
+    }
+
+    /// [`WorkerCore::handle`] for a frame of `len` bytes decoded already.
+    #[inline]
+    pub fn handle_view(&mut self, view: &FrameView<'_>, len: usize, recv_ns: u64, take_ns: u64) -> usize {
+        if self.croaked {
             return 0;
         }
-        handler.on_message(&view);
+        // Policy `rest`: a resting worker drops its backlog (judged at the take time).
+        if let Some(g) = &mut self.guard {
+            if g.skip(&view.header, take_ns) {
+                return 0;
+            }
+        }
+        self.handler.on_message(view);
         // A handler that does nothing ends when its message was taken.
-        let done = if timed { clock::realtime_ns() } else { take_ns };
-        *last_done_ns = done;
+        let done = if self.timed { self.clock.now_ns() } else { take_ns };
+        self.last_done_ns = done;
         // The snail judges the lag at the handler's end, with the clock read just made.
         if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
-            *croaked |= guard.on_message(&view.header, view.topic, done) == Action::Croak;
+            if let Some(g) = &mut self.guard {
+                self.croaked |= g.on_message(&view.header, view.topic, done) == Action::Croak;
+            }
         }
-        // The queue stage (take − receive) is recorded by the caller, once per run of equal values.
+        let stages = &mut self.stages[self.slot];
         let sent = view.header.send_time_ns;
         stages.record_wire_total(recv_ns.saturating_sub(sent), done.saturating_sub(sent));
-        frame.len()
+        stages.bytes += len as u64;
+        let queue_ns = take_ns.saturating_sub(recv_ns);
+        if queue_ns != self.queue_run.0 {
+            stages.record_queue_n(self.queue_run.0, self.queue_run.1);
+            self.queue_run = (queue_ns, 0);
+        }
+        self.queue_run.1 += 1;
+        self.round_msgs += 1;
+        self.handled_bytes += len as u64;
+        len
+    }
+
+    /// Record the queue stage of the messages handled since the last call.
+    #[inline]
+    pub fn end_batch(&mut self) {
+        let (queue_ns, n) = std::mem::take(&mut self.queue_run);
+        if let Some(stages) = self.stages.get_mut(self.slot) {
+            stages.record_queue_n(queue_ns, n);
+        }
+    }
+
+    /// True once the guard croaked (the shell stops the engine).
+    pub fn croaked(&self) -> bool {
+        self.croaked
+    }
+
+    /// Messages handled since the last [`WorkerCore::end_round`].
+    pub fn round_msgs(&self) -> u64 {
+        self.round_msgs
+    }
+
+    /// End a round of the shell at `now_ns`: store the counters, take up live
+    /// settings and publish the guard's state, and ship the histograms when a
+    /// report period has passed. Returns the messages handled in the round.
+    pub fn end_round(&mut self, now_ns: u64) -> u64 {
+        self.end_batch();
+        let n = std::mem::take(&mut self.round_msgs);
+        if n > 0 {
+            self.handled += n;
+            self.counters.handled.store(self.handled, Relaxed);
+            self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
+            self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
+        }
+        if let Some(g) = &mut self.guard {
+            g.refresh();
+            if n > 0 || g.resting() {
+                g.publish();
+            }
+        }
+        if self.croaked {
+            return n;
+        }
+        if now_ns.saturating_sub(self.last_report_ns) >= report_period_ns(self.link.interval_ns.load(Relaxed)) {
+            self.ship(false);
+            self.last_report_ns = now_ns;
+        }
+        n
+    }
+
+    /// The final report: counters, the guard's state, and the histograms with
+    /// the handler's counters and summary (blocks until the collector takes it).
+    pub fn close(&mut self) {
+        self.end_round(0);
+        if let Some(g) = &self.guard {
+            g.publish();
+        }
+        self.ship(true);
     }
 
     /// Ship the histograms recorded since the last report. `last`: the final report (blocks,
@@ -158,7 +254,7 @@ impl WorkerAgent {
         if self.stages.iter().all(|s| s.count() == 0) && !last {
             return;
         }
-        while let Ok(h) = self.spares.try_recv() {
+        while let Ok(h) = self.link.spares.try_recv() {
             self.spare = Some(h);
         }
         let handler_counters = if last { self.handler.counters() } else { Vec::new() };
@@ -174,9 +270,9 @@ impl WorkerAgent {
         };
         let report = WorkerReport { worker: self.index, stages, handler_counters, handler_summary };
         let failed = if last {
-            self.metrics.send(report).err().map(|e| e.0)
+            self.link.reports.send(report).err().map(|e| e.0)
         } else {
-            match self.metrics.try_send(report) {
+            match self.link.reports.try_send(report) {
                 Ok(()) => None,
                 Err(TrySendError::Full(r)) => {
                     // Take the filled set back and ship it next interval.
@@ -193,7 +289,7 @@ impl WorkerAgent {
     }
 }
 
-/// How often a worker ships its histograms to the collector, for a metrics
+/// How often a core ships its histograms to the collector, for a metrics
 /// interval of `interval_ns`: a tenth of it, between 1 ms and 100 ms.
 ///
 /// The collector closes its intervals on its own clock. Were the workers to
@@ -206,14 +302,45 @@ pub fn report_period_ns(interval_ns: u64) -> u64 {
     (interval_ns / 10).clamp(1_000_000, 100_000_000)
 }
 
+/// The worker thread: a PULL from every reader around a [`WorkerCore`].
+pub struct WorkerAgent {
+    role: String,
+    pull: zmq::Socket,
+    msg: zmq::Message,
+    core: WorkerCore,
+    readers: usize,
+    ends_seen: usize,
+    stop: StopFlag,
+}
+
+impl WorkerAgent {
+    /// Bind a PULL at `endpoint` in the fan-out context, for `readers` readers.
+    pub fn new(
+        fanout: &zmq::Context,
+        endpoint: &str,
+        handoff_hwm_msgs: i32,
+        readers: usize,
+        core: WorkerCore,
+        stop: StopFlag,
+    ) -> Result<Self, AgentError> {
+        let role = format!("worker{}", core.index);
+        let zerr = |context| {
+            let role = role.clone();
+            move |source| AgentError::Zmq { role, context, source }
+        };
+        let pull = fanout.socket(zmq::PULL).map_err(zerr("creating the PULL"))?;
+        pull.set_rcvhwm(handoff_hwm_msgs).map_err(zerr("setting RCVHWM"))?;
+        pull.bind(endpoint).map_err(zerr("binding the PULL"))?;
+        Ok(WorkerAgent { role, pull, msg: zmq::Message::new(), core, readers, ends_seen: 0, stop })
+    }
+}
+
 impl Agent for WorkerAgent {
     fn role(&self) -> &str {
         &self.role
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
-        let mut n = 0;
-        let mut bytes_done = 0;
         for _ in 0..64 {
             match self.pull.recv(&mut self.msg, zmq::DONTWAIT) {
                 Ok(()) => {}
@@ -229,80 +356,32 @@ impl Agent for WorkerAgent {
                 self.ends_seen += 1;
                 continue;
             }
-            let it = BatchIter::new(bytes);
-            // The shard's slot; frames handed over one by one carry no shard:
-            // with one reader it is shard 0, with several the unattributed slot.
-            let slot = match &it {
-                Some(it) => (it.shard() as usize).min(self.readers),
-                None if self.readers == 1 => 0,
-                None => self.readers,
-            };
-            if self.readers > 1 {
-                // Name the shard in a scream (the unattributed slot: not known).
-                self.guard.serving((slot < self.readers).then_some(slot));
-            }
-            let (handler, last_done) = (self.handler.as_mut(), &mut self.last_done_ns);
-            let timed = handler.takes_time();
-            let stages = &mut self.stages[slot];
-            let (guard, croaked) = (&mut self.guard, &mut self.croaked);
-            // Frames of one reader round share their receive time, so the queue
-            // stage is one value per batch: recorded per run of equal values.
-            let mut queue_run = (0u64, 0u64);
-            let mut handle = |frame: &[u8], recv_ns: u64| {
-                if *croaked {
-                    return;
-                }
-                let b = Self::handle(handler, stages, last_done, guard, croaked, frame, recv_ns, take_ns, timed);
-                if b > 0 {
-                    let queue_ns = take_ns.saturating_sub(recv_ns);
-                    if queue_ns != queue_run.0 {
-                        stages.record_queue_n(queue_run.0, queue_run.1);
-                        queue_run = (queue_ns, 0);
-                    }
-                    queue_run.1 += 1;
-                }
-                n += (b > 0) as usize;
-                bytes_done += b;
-                stages.bytes += b as u64;
-            };
-            match it {
+            match BatchIter::new(bytes) {
                 Some(mut it) => {
+                    self.core.serving(Some(it.shard() as usize));
                     for (recv_ns, frame) in &mut it {
-                        handle(frame, recv_ns);
+                        self.core.handle(frame, recv_ns, take_ns);
                     }
                     if it.malformed() {
-                        self.counters.malformed.fetch_add(1, Relaxed);
+                        self.core.counters.malformed.fetch_add(1, Relaxed);
                     }
                 }
                 // A frame handed over as is: the reader's receive time is not
                 // carried, so the wire stage includes the queue stage.
-                None => handle(bytes, take_ns),
+                None => {
+                    self.core.serving(None);
+                    self.core.handle(bytes, take_ns, take_ns);
+                }
             }
-            stages.record_queue_n(queue_run.0, queue_run.1);
-            if self.croaked {
+            if self.core.croaked() {
                 break;
             }
         }
-        if n > 0 {
-            self.handled += n as u64;
-            self.handled_bytes += bytes_done as u64;
-            self.counters.handled.store(self.handled, Relaxed);
-            self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
-            self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
-        }
-        self.guard.refresh();
-        if bytes_done > 0 || self.guard.resting() {
-            self.guard.publish();
-        }
-        if self.croaked {
+        let n = self.core.end_round(clock::realtime_ns()) as usize;
+        if self.core.croaked() {
             // The board holds the scream; stopping is the engine's way out.
             self.stop.stop();
             return Ok(Step::Worked(n.max(1)));
-        }
-        let now = clock::realtime_ns();
-        if now.saturating_sub(self.last_report_ns) >= report_period_ns(self.interval_ns.load(Relaxed)) {
-            self.ship(false);
-            self.last_report_ns = now;
         }
         if self.ends_seen >= self.readers {
             return Ok(Step::Finished);
@@ -315,7 +394,165 @@ impl Agent for WorkerAgent {
     }
 
     fn on_close(&mut self) {
-        self.guard.publish();
-        self.ship(true);
+        self.core.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::engine::handler::HandlerSpec;
+    use crate::snail::{Policy, Site, SnailBoard, SnailConfig, Verdict};
+    use crate::wire::Header;
+    use crossbeam::channel::{bounded, Receiver, Sender};
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+    const US: u64 = 1_000;
+    const MS: u64 = 1_000_000;
+
+    fn frame(seq: u64, send_time_ns: u64) -> Vec<u8> {
+        wire::encode(b"AAPL", &Header::data(seq, send_time_ns), &[0u8; 16])
+    }
+
+    /// A handler that takes `each_ns` of the manual clock per message.
+    struct Slow(ManualClock, u64);
+
+    impl Handler for Slow {
+        fn on_message(&mut self, _: &FrameView<'_>) {
+            self.0.advance_ns(self.1);
+        }
+    }
+
+    struct Harness {
+        clock: ManualClock,
+        reports: Receiver<WorkerReport>,
+        spares: Sender<Vec<StageHistograms>>,
+        counters: Arc<WorkerCounters>,
+    }
+
+    /// A core of index 3 in a 2-shard engine with `handler`, a metrics interval
+    /// of 100 ms (a report every 10 ms) and `guard`.
+    fn core(handler: Option<Box<dyn Handler>>, guard: Option<Guard>) -> (WorkerCore<ManualClock>, Harness) {
+        let clock = ManualClock::new(T0);
+        let (tx, reports) = bounded(1);
+        let (spares, spare_rx) = bounded(2);
+        let link = MetricsLink { reports: tx, spares: spare_rx, interval_ns: Arc::new(AtomicU64::new(100 * MS)) };
+        let counters = Arc::new(WorkerCounters::default());
+        let handler = handler.unwrap_or_else(|| Box::new(Slow(clock.clone(), 5 * US)));
+        let c = WorkerCore::new(3, 2, handler, link, counters.clone(), guard, clock.clone());
+        (c, Harness { clock, reports, spares, counters })
+    }
+
+    #[test]
+    fn stages_are_receive_take_and_handler_end_per_shard() {
+        let (mut c, h) = core(None, None);
+        c.serving(Some(1));
+        let (sent, recv, take) = (T0 - 30 * US, T0 - 20 * US, T0);
+        for seq in 1..=3 {
+            assert_eq!(c.handle(&frame(seq, sent), recv, take), frame(seq, sent).len());
+        }
+        assert_eq!(c.handle(b"not a frame", recv, take), 0, "refused, not handled");
+        assert_eq!(c.end_round(h.clock.now_ns()), 3);
+        assert_eq!(h.counters.handled.load(Relaxed), 3);
+        assert_eq!(h.counters.last_done_ns.load(Relaxed), T0 + 15 * US, "the third ends 15 µs after the take");
+        let s = &c.stages[1];
+        assert_eq!((s.wire.len(), s.queue.len(), s.total.len()), (3, 3, 3));
+        assert_eq!(s.bytes, 3 * frame(1, sent).len() as u64);
+        assert!(s.wire.equivalent(s.wire.max(), 10 * US), "wire = receive − send");
+        assert!(s.queue.equivalent(s.queue.max(), 20 * US), "queue = take − receive");
+        assert!(s.total.equivalent(s.total.min(), 35 * US) && s.total.equivalent(s.total.max(), 45 * US));
+        assert_eq!(c.stages[0].count() + c.stages[2].count(), 0, "only shard 1's slot");
+        // A frame handed over on its own, with two shards: the unattributed slot.
+        c.serving(None);
+        c.handle(&frame(4, sent), take, take);
+        c.end_batch();
+        assert_eq!(c.stages[2].count(), 1);
+    }
+
+    #[test]
+    fn a_handler_that_takes_no_time_ends_at_the_take_and_reads_no_clock() {
+        let (mut c, h) = core(Some(HandlerSpec::Latency.build()), None);
+        c.serving(Some(0));
+        c.handle(&frame(1, T0 - 30 * US), T0 - 20 * US, T0 - 10 * US);
+        c.end_round(T0);
+        assert_eq!(h.clock.now_ns(), T0);
+        assert_eq!(h.counters.last_done_ns.load(Relaxed), T0 - 10 * US);
+        assert!(c.stages[0].total.equivalent(c.stages[0].total.max(), 20 * US));
+    }
+
+    #[test]
+    fn histograms_ship_once_a_period_double_buffered_and_nothing_is_lost_when_the_collector_lags() {
+        let (mut c, h) = core(None, None);
+        c.serving(Some(0));
+        c.handle(&frame(1, T0), T0, T0);
+        c.end_round(h.clock.now_ns());
+        assert!(h.reports.try_recv().is_err(), "not before a report period (10 ms)");
+        let t = h.clock.advance_ms(10);
+        c.end_round(t);
+        let first = h.reports.try_recv().expect("shipped after a period");
+        assert_eq!((first.worker, first.stages[0].count()), (3, 1));
+        assert!(first.handler_counters.is_empty(), "handler counters only in the final report");
+        // The spare went out with the report and none came back: keep counting.
+        c.handle(&frame(2, T0), T0, T0);
+        let t = h.clock.advance_ms(10);
+        c.end_round(t);
+        assert!(h.reports.try_recv().is_err());
+        assert_eq!(h.counters.metrics_deferred.load(Relaxed), 1);
+        c.handle(&frame(3, T0), T0, T0);
+        // The collector hands the emptied set back: both messages go in the next report.
+        let mut back = first.stages;
+        back.iter_mut().for_each(StageHistograms::reset);
+        h.spares.send(back).expect("spare");
+        let t = h.clock.advance_ms(10);
+        c.end_round(t);
+        assert_eq!(h.reports.try_recv().expect("shipped").stages[0].count(), 2);
+        c.close();
+        assert_eq!(h.reports.try_recv().expect("final report").stages[0].count(), 0);
+        assert_eq!(h.counters.metrics_dropped.load(Relaxed), 0);
+        assert_eq!(h.counters.handled.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn the_final_report_carries_the_handlers_counters() {
+        let (mut c, h) = core(Some(HandlerSpec::Verify.build()), None);
+        c.serving(Some(0));
+        for seq in 1..=5 {
+            c.handle(&frame(seq, T0), T0, T0);
+        }
+        c.close();
+        let last = h.reports.try_recv().expect("final report");
+        assert!(last.handler_counters.contains(&("verified", 5)), "{:?}", last.handler_counters);
+        assert_eq!(last.stages[0].count(), 5);
+    }
+
+    #[test]
+    fn a_guard_judges_lag_at_the_handlers_end_and_a_croak_stops_handling() {
+        let cfg =
+            SnailConfig { policy: Policy::Croak, max_lag_ns: 100 * MS, grace_ns: 200 * MS, ..SnailConfig::default() };
+        let board = SnailBoard::new(cfg, vec![Site { role: "worker3".into(), shard: Some(0) }]);
+        // The handler takes 1 ms of every message: lag grows 1 ms per message
+        // from a feed whose send times stand still.
+        let guard = Guard::new(board.clone(), 0, None);
+        let (mut c, h) = core(None, Some(guard));
+        c.handler = Box::new(Slow(h.clock.clone(), MS));
+        c.serving(Some(0));
+        let mut handled = 0;
+        for seq in 1..=1_000 {
+            if c.handle(&frame(seq, T0), T0, T0) > 0 {
+                handled += 1;
+            }
+            if c.croaked() {
+                break;
+            }
+        }
+        assert!(c.croaked(), "a handler falling behind croaks");
+        // Lag passes 100 ms at message 100, then 200 ms of grace: ~300 messages.
+        assert!((290..=310).contains(&handled), "croaked after {handled}");
+        assert_eq!(c.handle(&frame(5_000, T0), T0, T0), 0, "nothing is handled after a croak");
+        c.end_round(h.clock.now_ns());
+        let scream = board.croak().expect("the scream is on the board");
+        assert_eq!((scream.site.as_str(), scream.verdict), ("worker3", Verdict::Snail));
+        assert_eq!(board.report().sites[0].checked, handled);
     }
 }
