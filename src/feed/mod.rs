@@ -80,12 +80,14 @@ impl Default for GeneratorConfig {
 ///
 /// A draw is O(1) (Walker's alias method, Vose's construction: one random
 /// number picks a column and a threshold in it), so a flat-out publisher
-/// does not pay a search over the popularity table per message.
+/// does not pay a search over the popularity table per message. The draw
+/// is in integers: the random number's high half picks the column
+/// (multiply-shift), its low half is compared with the column's threshold.
 pub struct Generator {
     topics: Vec<String>,
-    /// Alias table: column `i` is topic `i` below `prob[i]`, else `alias[i]`.
-    prob: Vec<f64>,
-    alias: Vec<u32>,
+    /// Alias table: column `i` is topic `i` when the draw is below its
+    /// threshold, else its alias.
+    columns: Vec<Column>,
     rng: SplitMix64,
     payload: Vec<u8>,
 }
@@ -108,9 +110,14 @@ impl Generator {
             .map(|(k, t)| (t, 1.0 / ((k + 1) as f64).powf(cfg.zipf_s)))
             .unzip();
         let (prob, alias) = alias_table(&weights);
+        let columns = prob
+            .iter()
+            .zip(alias)
+            .map(|(&p, alias)| Column { threshold: (p.clamp(0.0, 1.0) * (1u64 << 32) as f64) as u64, alias })
+            .collect();
         let mut rng = SplitMix64::new(cfg.seed ^ (shard as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let payload = (0..cfg.payload_bytes).map(|_| (rng.next_u64() & 0xff) as u8).collect();
-        Generator { topics, prob, alias, rng, payload }
+        Generator { topics, columns, rng, payload }
     }
 
     /// The share of `cfg`'s whole feed (by popularity) that shard `shard` of
@@ -134,16 +141,14 @@ impl Generator {
     /// this generator has no topics.
     #[inline]
     pub fn next_topic(&mut self) -> usize {
-        let n = self.prob.len();
-        if n == 0 {
-            return 0;
-        }
-        let x = self.rng.next_f64() * n as f64;
-        let col = (x as usize).min(n - 1);
-        if x - (col as f64) < self.prob[col] {
-            col
-        } else {
-            self.alias[col] as usize
+        let n = self.columns.len() as u64;
+        let r = self.rng.next_u64();
+        // (high half × n) >> 32 is below n; no column when there is none.
+        let col = (((r >> 32) * n) >> 32) as usize;
+        match self.columns.get(col) {
+            Some(c) if (r & 0xffff_ffff) < c.threshold => col,
+            Some(c) => c.alias as usize,
+            None => 0,
         }
     }
 
@@ -154,6 +159,14 @@ impl Generator {
         self.payload[..n].copy_from_slice(&counter.to_le_bytes()[..n]);
         &self.payload
     }
+}
+
+/// One column of the alias table: its own topic below `threshold` (of
+/// 2^32), else `alias`.
+#[derive(Debug, Clone, Copy)]
+struct Column {
+    threshold: u64,
+    alias: u32,
 }
 
 /// Vose's alias table for `weights` (any positive scale): `(prob, alias)`.

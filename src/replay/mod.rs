@@ -202,6 +202,16 @@ impl Shard {
     }
 }
 
+/// One topic's frame of the generated feed, patched per message: built by
+/// [`Publisher::generated_templates`].
+struct TopicFrame {
+    shard: usize,
+    topic_len: usize,
+    frame: Vec<u8>,
+    /// The topic's last sequence sent in this session.
+    topic_seq: u64,
+}
+
 /// What became of one data message.
 enum Outcome {
     Sent,
@@ -417,19 +427,17 @@ impl Publisher {
         try_once(&mut self.shards[k], data, more)
     }
 
-    /// Encode the next data frame of shard `k` straight into a libzmq
-    /// message and send it (one pass over the bytes, no copy from a staging
-    /// buffer): lossless retries while the pipe is full, lossy tries once and
-    /// counts a refused message as dropped.
     /// One encoded data frame per generated topic, carrying its shard's publisher and current
     /// session and `payload`: the generated feed's messages differ from them only in the
     /// sequences, the send time and the payload's counter, which [`patch_generated`] writes
     /// per message (as a publisher of prebuilt frames does).
-    fn generated_templates(&self, topics: &[Vec<u8>], shard_of_topic: &[usize], payload: &[u8]) -> Vec<Vec<u8>> {
-        topics
+    fn generated_templates(&self, gen: &Generator, payload: &[u8]) -> Vec<TopicFrame> {
+        let shards = self.shards.len();
+        gen.topics()
             .iter()
-            .zip(shard_of_topic)
-            .map(|(t, &k)| {
+            .map(|t| {
+                let t = t.as_bytes();
+                let k = shard_of(t, shards);
                 let sh = &self.shards[k];
                 let h = Header {
                     kind: Kind::Data,
@@ -440,7 +448,7 @@ impl Publisher {
                     topic_seq: 0,
                     send_time_ns: 0,
                 };
-                wire::encode(t, &h, payload)
+                TopicFrame { shard: k, topic_len: t.len(), frame: wire::encode(t, &h, payload), topic_seq: 0 }
             })
             .collect()
     }
@@ -656,12 +664,8 @@ impl Publisher {
         if gen.topics().is_empty() {
             return Ok(stop.is_stopped());
         }
-        let shards = self.shards.len();
-        let topics: Vec<Vec<u8>> = gen.topics().iter().map(|t| t.as_bytes().to_vec()).collect();
-        let shard_of_topic: Vec<usize> = topics.iter().map(|t| shard_of(t, shards)).collect();
-        let mut topic_seq = vec![0u64; topics.len()];
         let payload = gen.payload(0).to_vec();
-        let mut frames = self.generated_templates(&topics, &shard_of_topic, &payload);
+        let mut frames = self.generated_templates(&gen, &payload);
         let lossless = self.lossless;
         let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
         let mut faults = Faults::new(self.faults);
@@ -683,16 +687,14 @@ impl Publisher {
                 return Ok(true);
             }
             if due.restart {
-                topic_seq.fill(0);
-                frames = self.generated_templates(&topics, &shard_of_topic, &payload);
+                frames = self.generated_templates(&gen, &payload);
             }
             let Some(send_time_ns) = pacer.wait_turn(i, |idle| idle.then(|| self.heartbeat(stop)).transpose())? else {
                 break;
             };
-            let t = gen.next_topic();
-            let k = shard_of_topic[t];
-            topic_seq[t] += 1;
-            let sh = &mut self.shards[k];
+            let Some(tf) = frames.get_mut(gen.next_topic()) else { break };
+            tf.topic_seq += 1;
+            let sh = &mut self.shards[tf.shard];
             sh.stream_seq += 1;
             if due.drop {
                 // The message's sequence numbers are used up: the gap is the drop.
@@ -700,8 +702,8 @@ impl Publisher {
                 i += 1;
                 continue;
             }
-            let frame = &mut frames[t];
-            patch_generated(frame, topics[t].len(), sh.stream_seq, topic_seq[t], send_time_ns, i);
+            let frame = &mut tf.frame;
+            patch_generated(frame, tf.topic_len, sh.stream_seq, tf.topic_seq, send_time_ns, i);
             let outcome = if lossless {
                 if send_retrying(sh, frame, false, stop, None)? {
                     Outcome::Sent
@@ -727,18 +729,10 @@ impl Publisher {
         if gen.topics().is_empty() {
             return Ok(stop.is_stopped());
         }
-        let shards = self.shards.len();
         // One frame per topic, built once; per message only the stream and
         // topic sequences and the send time are written into it.
         let payload = vec![b'x'; cfg.payload_bytes];
-        let topics: Vec<Vec<u8>> = gen.topics().iter().map(|t| t.as_bytes().to_vec()).collect();
-        let shard_of_topic: Vec<usize> = topics.iter().map(|t| shard_of(t, shards)).collect();
-        let templates = self.generated_templates(&topics, &shard_of_topic, &payload);
-        let mut frames: Vec<(usize, usize, Vec<u8>, u64)> = templates
-            .into_iter()
-            .zip(topics.iter().zip(&shard_of_topic))
-            .map(|(frame, (t, &k))| (k, t.len(), frame, 0u64))
-            .collect();
+        let mut frames = self.generated_templates(&gen, &payload);
         let start = Instant::now();
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let (mut now_ns, mut i) = (wire::now_ns(), 0u64);
@@ -756,16 +750,15 @@ impl Publisher {
                 now_ns = wire::now_ns();
             }
             let slot = (i % frames.len() as u64) as usize;
-            let (k, topic_len, frame, topic_seq) = &mut frames[slot];
-            let sh = &mut self.shards[*k];
+            let tf = &mut frames[slot];
+            let sh = &mut self.shards[tf.shard];
             sh.stream_seq += 1;
-            *topic_seq += 1;
-            wire::patch_sequences(frame, *topic_len, sh.stream_seq, *topic_seq, now_ns);
-            let k = *k;
-            if !send_retrying(&mut self.shards[k], frame, false, stop, None)? {
+            tf.topic_seq += 1;
+            wire::patch_sequences(&mut tf.frame, tf.topic_len, sh.stream_seq, tf.topic_seq, now_ns);
+            if !send_retrying(sh, &tf.frame, false, stop, None)? {
                 return Ok(true);
             }
-            self.shards[k].count_sent(1);
+            sh.count_sent(1);
             i += 1;
         }
         progress(i);
