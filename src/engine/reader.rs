@@ -77,8 +77,8 @@ pub struct ShardCounters {
     /// the `sent` counts they carried.
     pub eos_sessions: AtomicU64,
     pub eos_sent: AtomicU64,
-    /// Sessions without an end of stream (ended by a restart, or still
-    /// open), and what they sent by their last arrived stream sequence
+    /// Sessions ended by a restart without an end of stream, and what they
+    /// sent by their last arrived stream sequence
     /// ([`super::sequence::SequenceTotals::unended_sent`]).
     pub unended_sessions: AtomicU64,
     pub unended_sent: AtomicU64,
@@ -373,19 +373,21 @@ impl Checks {
         let t = self.tracker.totals();
         c.received.store(self.received, Relaxed);
         c.forwarded.store(self.forwarded, Relaxed);
-        c.gaps.store(t.gaps, Relaxed);
-        c.duplicates.store(t.duplicates, Relaxed);
-        c.reordered.store(t.reordered, Relaxed);
-        c.restarts.store(t.restarts, Relaxed);
-        for (a, v) in c.bad.iter().zip(self.bad) {
+        let totals = [
+            (&c.gaps, t.gaps),
+            (&c.duplicates, t.duplicates),
+            (&c.reordered, t.reordered),
+            (&c.restarts, t.restarts),
+            (&c.implausible, t.implausible),
+            (&c.over_limit, t.over_limit),
+            (&c.eos_sessions, t.eos_sessions),
+            (&c.eos_sent, t.eos_sent),
+            (&c.unended_sessions, t.unended_sessions),
+            (&c.unended_sent, t.unended_sent),
+        ];
+        for (a, v) in totals.into_iter().chain(c.bad.iter().zip(self.bad)) {
             a.store(v, Relaxed);
         }
-        c.implausible.store(t.implausible, Relaxed);
-        c.over_limit.store(t.over_limit, Relaxed);
-        c.eos_sessions.store(t.eos_sessions, Relaxed);
-        c.eos_sent.store(t.eos_sent, Relaxed);
-        c.unended_sessions.store(t.unended_sessions, Relaxed);
-        c.unended_sent.store(t.unended_sent, Relaxed);
         c.first_recv_ns.store(self.first_recv_ns, Relaxed);
         c.full_subscription.store(self.tracker.full_subscription(), Relaxed);
         if let Some(g) = &mut self.guard {

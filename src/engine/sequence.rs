@@ -128,8 +128,9 @@ pub struct SequenceTotals {
     /// Sum of the `sent` counts those ends of stream carried.
     pub eos_sent: u64,
     /// Sessions seen from their first message that ended without an end of
-    /// stream (a publisher restarted: a new session of the same publisher
-    /// arrived), or have none yet.
+    /// stream: a new session of the same publisher arrived (it restarted).
+    /// A session still open is not counted: another session's end of stream
+    /// may speak for its frames (a verbatim capture replay's does).
     pub unended_sessions: u64,
     /// What those sessions sent, by the highest stream sequence that arrived
     /// from each: a floor, since what one sent after its last arrived message
@@ -151,8 +152,6 @@ impl SequenceTotals {
 pub struct SequenceTracker {
     sessions: Vec<Session>,
     full_subscription: bool,
-    /// Everything but the unended counts of the sessions still open, which
-    /// [`SequenceTracker::totals`] adds.
     totals: SequenceTotals,
 }
 
@@ -293,12 +292,7 @@ impl SequenceTracker {
     }
 
     pub fn totals(&self) -> SequenceTotals {
-        let mut t = self.totals;
-        for s in self.sessions.iter().filter(|s| s.counts_unended()) {
-            t.unended_sessions += 1;
-            t.unended_sent = t.unended_sent.saturating_add(s.last_stream_seq);
-        }
-        t
+        self.totals
     }
 
     /// True when stream gaps count as loss (no topic filter).
@@ -350,7 +344,7 @@ mod tests {
             t.on_data(&h(1, 9, s, ts), b"A");
         }
         let open = t.totals();
-        assert_eq!((open.unended_sessions, open.unended_sent, open.sent()), (1, 5, 5), "open, no end yet");
+        assert_eq!((open.unended_sessions, open.sent()), (0, 0), "open, not ended: not counted");
         for s in 1..=3 {
             assert_eq!(t.on_data(&h(1, 10, s, s), b"A").restart, s == 1);
         }

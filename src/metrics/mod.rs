@@ -189,8 +189,8 @@ pub struct RunReport {
     /// any was seen; sessions without one (a restarted publisher's old session)
     /// count by the last stream sequence that arrived (`unended_*`).
     pub sent: Option<u64>,
-    /// Publisher sessions without an end of stream (ended by a restart, or
-    /// still open at the end) and the messages in `sent` counted for them by
+    /// Publisher sessions that ended without an end of stream (the publisher
+    /// restarted) and the messages in `sent` counted for them by
     /// their last arrived sequence: a floor, since what such a session sent
     /// after its last arrived message is not known.
     pub unended_sessions: u64,

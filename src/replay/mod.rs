@@ -672,15 +672,9 @@ impl Publisher {
         let max = limits.max_msgs.unwrap_or(u64::MAX);
         let mut i = 0u64;
         while i < max {
-            // Every 64th message: a blocked send and a paced wait look at
-            // `stop` themselves.
-            if i & 63 == 0 {
-                if i & 0xffff == 0 {
-                    progress(i);
-                }
-                if stop.is_stopped() {
-                    return Ok(true);
-                }
+            // A blocked send and a paced wait look at `stop` themselves.
+            if i & 63 == 0 && checkpoint(i, stop, progress) {
+                return Ok(true);
             }
             let due = faults.due(i).unwrap_or_default();
             if !self.apply_due(due, &pacer) {
@@ -738,10 +732,7 @@ impl Publisher {
         let (mut now_ns, mut i) = (wire::now_ns(), 0u64);
         while i < max {
             if i & 63 == 0 {
-                if i & 0xffff == 0 {
-                    progress(i);
-                }
-                if stop.is_stopped() {
+                if checkpoint(i, stop, progress) {
                     return Ok(true);
                 }
                 if limits.duration.is_some_and(|d| start.elapsed() >= d) {
@@ -1023,6 +1014,16 @@ fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &m
         crate::diag!("replay: refused ({reason}): {e}; the file ends here, the other files go on");
     }
     *said_damage = merge.damage().len();
+}
+
+/// What a generated loop does every 64th message `i`: report progress every
+/// 65 536, and say whether `stop` was set.
+#[inline]
+fn checkpoint(i: u64, stop: &StopFlag, progress: &mut dyn FnMut(u64)) -> bool {
+    if i & 0xffff == 0 {
+        progress(i);
+    }
+    stop.is_stopped()
 }
 
 /// Send `data` on `sh` without waiting (lossy): a full pipe drops the
