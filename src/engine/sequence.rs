@@ -95,6 +95,13 @@ struct Session {
     from_start: bool,
     topics: TopicMap,
     eos_seen: bool,
+    /// Earlier sessions of this publisher that a live frame of a later one
+    /// ended without an end of stream: how many, and what they sent by their
+    /// last arrived sequence. Counted in the totals only when this publisher
+    /// itself then ends a session it sent data in with an end of stream, so
+    /// that an end of stream that speaks for frames of other sessions (a
+    /// verbatim capture replay's) never counts them twice.
+    pending_unended: (u64, u64),
 }
 
 impl Session {
@@ -128,9 +135,11 @@ pub struct SequenceTotals {
     /// Sum of the `sent` counts those ends of stream carried.
     pub eos_sent: u64,
     /// Sessions seen from their first message that ended without an end of
-    /// stream: a new session of the same publisher arrived (it restarted).
-    /// A session still open is not counted: another session's end of stream
-    /// may speak for its frames (a verbatim capture replay's does).
+    /// stream (a live frame of a new session of the same publisher arrived:
+    /// it restarted), once that publisher ended a later session with its own
+    /// end of stream. Not counted: a session still open, or one whose
+    /// publisher never sent its own end of stream, since another publisher's
+    /// end of stream may speak for its frames (a verbatim capture replay's does).
     pub unended_sessions: u64,
     /// What those sessions sent, by the highest stream sequence that arrived
     /// from each: a floor, since what one sent after its last arrived message
@@ -163,15 +172,17 @@ impl SequenceTracker {
     }
 
     /// The session of `h`'s publisher: `(index, restarted)`, or None when a
-    /// new publisher would exceed [`MAX_PUBLISHERS`].
-    fn session(&mut self, h: &Header) -> Option<(usize, bool)> {
+    /// new publisher would exceed [`MAX_PUBLISHERS`]. `live`: `h` is a live
+    /// data frame (not from a cache, not an end of stream), so a session it
+    /// replaces has really ended.
+    fn session(&mut self, h: &Header, live: bool) -> Option<(usize, bool)> {
         match self.sessions.iter().position(|s| s.publisher_id == h.publisher_id) {
             Some(i) if self.sessions[i].session_id == h.session_id => Some((i, false)),
             Some(i) => {
                 let s = &mut self.sessions[i];
-                if s.counts_unended() {
-                    self.totals.unended_sessions += 1;
-                    self.totals.unended_sent = self.totals.unended_sent.saturating_add(s.last_stream_seq);
+                if live && s.counts_unended() {
+                    s.pending_unended.0 += 1;
+                    s.pending_unended.1 = s.pending_unended.1.saturating_add(s.last_stream_seq);
                 }
                 s.session_id = h.session_id;
                 s.last_stream_seq = 0;
@@ -190,6 +201,7 @@ impl SequenceTracker {
                     from_start: h.stream_seq <= 1,
                     topics: TopicMap::default(),
                     eos_seen: false,
+                    pending_unended: (0, 0),
                 });
                 Some((self.sessions.len() - 1, false))
             }
@@ -204,7 +216,7 @@ impl SequenceTracker {
     /// Check one data frame. Allocates only for a topic seen for the first time.
     #[inline]
     pub fn on_data(&mut self, h: &Header, topic: &[u8]) -> Verdict {
-        let Some((i, restart)) = self.session(h) else {
+        let Some((i, restart)) = self.session(h, h.flags & FLAG_FROM_CACHE == 0) else {
             return self.reject(|t| &mut t.over_limit, false);
         };
         let full = self.full_subscription;
@@ -268,7 +280,7 @@ impl SequenceTracker {
     /// Counts messages lost at the tail as gaps. Returns false if this session's
     /// end was already seen (a repeat changes nothing).
     pub fn on_end_of_stream(&mut self, h: &Header, sent: u64) -> bool {
-        let Some((i, _)) = self.session(h) else {
+        let Some((i, _)) = self.session(h, false) else {
             self.totals.over_limit += 1;
             return false;
         };
@@ -278,6 +290,13 @@ impl SequenceTracker {
             return false;
         }
         s.eos_seen = true;
+        // This publisher's own end, of a session it sent data in: its earlier
+        // sessions that ended without one are its to count.
+        if s.last_stream_seq > 0 {
+            let (n, sent) = std::mem::take(&mut s.pending_unended);
+            self.totals.unended_sessions += n;
+            self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
+        }
         if full
             && (s.from_start || s.last_stream_seq > 0)
             && h.stream_seq <= s.last_stream_seq.saturating_add(MAX_SEQ_JUMP)
@@ -348,10 +367,40 @@ mod tests {
         for s in 1..=3 {
             assert_eq!(t.on_data(&h(1, 10, s, s), b"A").restart, s == 1);
         }
+        assert_eq!(t.totals().unended_sessions, 0, "counted at the publisher's own end of stream");
         assert!(t.on_end_of_stream(&h(1, 10, 3, 0), 3));
         let tot = t.totals();
         assert_eq!((tot.eos_sessions, tot.eos_sent, tot.unended_sessions, tot.unended_sent), (1, 3, 1, 5));
         assert_eq!((tot.sent(), tot.accepted, tot.gaps, tot.restarts), (8, 7, 1, 1));
+    }
+
+    /// A verbatim capture replay: the recorded publisher restarted, and the
+    /// replay's own end of stream (another publisher) counts every frame.
+    /// The recorded sessions are not counted on top of it; nor is a session
+    /// replaced by a cached frame of an older one.
+    #[test]
+    fn another_publishers_end_of_stream_or_a_cached_frame_never_counts_a_session_twice() {
+        let mut t = SequenceTracker::new(true);
+        for s in 1..=5 {
+            t.on_data(&h(1, 9, s, s), b"A");
+        }
+        for s in 1..=3 {
+            t.on_data(&h(1, 10, s, s), b"A");
+        }
+        assert!(t.on_end_of_stream(&h(2, 77, 8, 0), 8));
+        let tot = t.totals();
+        assert_eq!((tot.sent(), tot.unended_sessions, tot.accepted), (8, 0, 8), "{tot:?}");
+
+        let mut t = SequenceTracker::new(true);
+        for s in 1..=4 {
+            t.on_data(&h(1, 10, s, s), b"A");
+        }
+        let mut cached = h(1, 9, 7, 7);
+        cached.flags = FLAG_FROM_CACHE;
+        t.on_data(&cached, b"B");
+        t.on_data(&h(1, 10, 5, 5), b"A");
+        assert!(t.on_end_of_stream(&h(1, 10, 5, 0), 5));
+        assert_eq!((t.totals().sent(), t.totals().unended_sessions), (5, 0), "{:?}", t.totals());
     }
 
     #[test]

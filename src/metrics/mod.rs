@@ -190,7 +190,8 @@ pub struct RunReport {
     /// count by the last stream sequence that arrived (`unended_*`).
     pub sent: Option<u64>,
     /// Publisher sessions that ended without an end of stream (the publisher
-    /// restarted) and the messages in `sent` counted for them by
+    /// restarted, and later ended a new session with its own end of stream)
+    /// and the messages in `sent` counted for them by
     /// their last arrived sequence: a floor, since what such a session sent
     /// after its last arrived message is not known.
     pub unended_sessions: u64,
