@@ -17,7 +17,8 @@ count="${2:-2000000}"
 mdsub="${MDSUB:-target/release/mdsub}"
 anchors="$(dirname "$(readlink -f "$0")")/../../shared/anchors"
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# The publisher of the run in flight (run writes its pid here), ended on any exit.
+trap 'kill "$(cat "$tmp/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 bin="${BIN:-}"
 if [ -z "$bin" ]; then
   [ -x "$anchors/build.sh" ] || { echo "pub-vs-c: no anchors at $anchors (set BIN to built cpub/csub)" >&2; exit 2; }
@@ -28,29 +29,32 @@ fi
 port() { echo $((30000 + RANDOM % 20000)); }
 results="$tmp/results"
 
-# One publisher run: the C SUB's rate and the publisher's CPU ns/msg.
+# One publisher run: the C SUB's rate and the publisher's CPU ns/msg, appended
+# to $results as "who rate cpu" (not run in a subshell, so a failure ends the script).
 run() {
-  local who="$1" p t out cpu
+  local who="$1" p t out cpu err="$tmp/$1.err"
   p=$(port)
   t="$tmp/time"
   if [ "$who" = c ]; then
-    /usr/bin/time -o "$t" -f "%U %S" "$bin/cpub" "tcp://127.0.0.1:$p" "$count" 2>/dev/null &
+    /usr/bin/time -o "$t" -f "%U %S" "$bin/cpub" "tcp://127.0.0.1:$p" "$count" >/dev/null 2>"$err" &
   else
     # shellcheck disable=SC2086
     /usr/bin/time -o "$t" -f "%U %S" "$mdsub" replay --endpoint "tcp://127.0.0.1:$p" --rate 0 \
-      --count "$count" --wait-timeout 10s ${REPLAY_ARGS:-} >/dev/null 2>"$tmp/replay.err" &
+      --count "$count" --wait-timeout 10s ${REPLAY_ARGS:-} >/dev/null 2>"$err" &
   fi
   local pid=$!
-  out=$(timeout 60 "$bin/csub" "tcp://127.0.0.1:$p")
-  wait "$pid" || { echo "pub-vs-c: $who exited with an error:" >&2; cat "$tmp/replay.err" >&2 2>/dev/null; exit 1; }
+  echo "$pid" >"$tmp/pid"
+  out=$(timeout 60 "$bin/csub" "tcp://127.0.0.1:$p") || { echo "pub-vs-c: the C SUB failed behind $who:" >&2; cat "$err" >&2; exit 1; }
+  wait "$pid" || { echo "pub-vs-c: $who exited with an error:" >&2; cat "$err" >&2; exit 1; }
+  rm -f "$tmp/pid"
   cpu=$(awk -v n="$count" '{ printf "%.0f", ($1 + $2) * 1e9 / n }' "$t")
-  echo "$out" | python3 -c '
+  rate=$(echo "$out" | python3 -c '
 import json, sys
 d = json.loads(sys.stdin.read())
 if d["received"] != int(sys.argv[1]):
     sys.exit("pub-vs-c: the C SUB received %d of %s" % (d["received"], sys.argv[1]))
-print(d["rate"])' "$count" | tr -d '\n'
-  echo " $cpu"
+print(d["rate"])' "$count")
+  echo "$who $rate $cpu" >> "$results"
 }
 
 for r in $(seq 1 "$rounds"); do
@@ -58,8 +62,8 @@ for r in $(seq 1 "$rounds"); do
   # Alternate who goes first.
   if [ $((r % 2)) -eq 1 ]; then order="c replay"; else order="replay c"; fi
   for who in $order; do
-    read -r rate cpu < <(run "$who")
-    echo "$who $rate $cpu" >> "$results"
+    run "$who"
+    read -r _ rate cpu < <(tail -1 "$results")
     printf 'round %2d  load %5s  %-6s  %9s msg/s  cpu %4s ns/msg\n' "$r" "$load" "$who" "$rate" "$cpu"
   done
 done

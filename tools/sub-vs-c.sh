@@ -19,8 +19,8 @@ mdsub="${MDSUB:-target/release/mdsub}"
 handoffs="${HANDOFFS:-batch inline}"
 anchors="$(dirname "$(readlink -f "$0")")/../../shared/anchors"
 tmp=$(mktemp -d)
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
+# The publisher of the run in flight (run writes its pid here), ended on any exit.
+trap 'kill "$(cat "$tmp/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 bin="${BIN:-}"
 if [ -z "$bin" ]; then
   [ -x "$anchors/build.sh" ] || { echo "sub-vs-c: no anchors at $anchors (set BIN to built cpub/csub)" >&2; exit 2; }
@@ -31,36 +31,38 @@ fi
 port() { echo $((30000 + RANDOM % 20000)); }
 results="$tmp/results"
 
-# One subscriber run: "who rate cpu_ns_per_msg".
+# One subscriber run, appended to $results as "who rate cpu_ns_per_msg" (not run
+# in a subshell, so a failure ends the script and the trap ends the publisher).
 run() {
   local who="$1" p t out
   p=$(port)
   t="$tmp/time"
   "$bin/cpub" "tcp://127.0.0.1:$p" "$count" 2>/dev/null &
   local pub=$!
-  pids=("$pub")
+  echo "$pub" >"$tmp/pid"
   if [ "$who" = c ]; then
     out=$(/usr/bin/time -o "$t" -f "%U %S" timeout 60 "$bin/csub" "tcp://127.0.0.1:$p" |
-      python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["received"], d["rate"])')
+      python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["received"], d["rate"])') ||
+      { echo "sub-vs-c: the C SUB failed" >&2; exit 1; }
   else
     out=$(/usr/bin/time -o "$t" -f "%U %S" timeout 60 "$mdsub" engine --endpoint "connect:tcp://127.0.0.1:$p" \
       --handoff "$who" --json 2>"$tmp/engine.err" |
-      python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["delivered"], int(d["msgs_per_sec"]))') ||
+      python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["delivered"], int(d["msgs_per_sec"]))' 2>/dev/null) ||
       { echo "sub-vs-c: engine --handoff $who failed:" >&2; cat "$tmp/engine.err" >&2; exit 1; }
   fi
-  wait "$pub"
+  wait "$pub" || { echo "sub-vs-c: the C publisher failed" >&2; exit 1; }
+  rm -f "$tmp/pid"
   read -r got rate <<<"$out"
   [ "$got" = "$count" ] || { echo "sub-vs-c: $who received $got of $count" >&2; exit 1; }
-  echo "$who $rate $(awk -v n="$count" '{ printf "%.0f", ($1 + $2) * 1e9 / n }' "$t")"
+  echo "$who $rate $(awk -v n="$count" '{ printf "%.0f", ($1 + $2) * 1e9 / n }' "$t")" >> "$results"
 }
 
 for r in $(seq 1 "$rounds"); do
   load=$(cut -d' ' -f1 /proc/loadavg)
   for who in c $handoffs; do
-    line=$(run "$who")
-    echo "$line" >> "$results"
-    # shellcheck disable=SC2086
-    printf 'round %2d  load %5s  %-7s %9s msg/s  cpu %4s ns/msg\n' "$r" "$load" $line
+    run "$who"
+    read -r _ rate cpu < <(tail -1 "$results")
+    printf 'round %2d  load %5s  %-7s %9s msg/s  cpu %4s ns/msg\n' "$r" "$load" "$who" "$rate" "$cpu"
   done
 done
 python3 - "$results" <<'EOF'
