@@ -421,8 +421,11 @@ impl Profile {
                 check_interface(iface).map_err(|m| invalid(format!("shards[{i}].interface"), m))?;
             }
         }
-        for (i, w) in self.workers.iter().enumerate() {
-            claim(w.core, format!("workers[{i}].core"))?;
+        // Inline: the shard's reader runs the handler, so a worker's core is unused.
+        if self.handoff != HandOff::Inline {
+            for (i, w) in self.workers.iter().enumerate() {
+                claim(w.core, format!("workers[{i}].core"))?;
+            }
         }
         Ok(())
     }
@@ -660,6 +663,9 @@ mod tests {
         p.shards[0].reader_core = Some(1);
         p.workers[0].core = Some(1);
         assert_eq!(err_field(&p, &[0, 1]), "workers[0].core");
+        // Inline runs the handler on the reader: the worker's core is unused, not a clash.
+        p.handoff = HandOff::Inline;
+        p.validate(&[0, 1]).expect("an inline worker's core is not claimed");
 
         let mut p = Profile::builtin();
         p.shards[0].endpoints = vec!["tcp://127.0.0.1".into()];

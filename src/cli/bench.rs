@@ -250,7 +250,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         "rcvhwm_msgs": profile.rcvhwm_msgs,
         "profile": profile.name,
         "shards": shards,
+        // Of the batch and per-message engines; `engine/inline` runs one handler per shard.
         "workers": profile.workers.len(),
+        "inline_handlers": handoffs.contains(&HandOff::Inline).then_some(shards),
         "batch_max": profile.batch_max,
         "handler": profile.handler.to_string(),
         "curve": args.curve,

@@ -28,9 +28,9 @@ fn main() {
     // features itself; on Linux it leaves out what libzmq's own CMake build
     // detects there. Without them libzmq signals between its threads through
     // a Unix socket pair instead of an eventfd (a heavier wake-up on every
-    // hand-over between an application thread and an I/O thread), and
-    // silently ignores ZMQ_TCP_KEEPALIVE*, ZMQ_TCP_MAXRT, ZMQ_BINDTODEVICE,
-    // ZMQ_PRIORITY and ZMQ_BUSY_POLL. Thread naming stays off on purpose: a
+    // hand-over between an application thread and an I/O thread), silently
+    // ignores ZMQ_TCP_KEEPALIVE*, ZMQ_PRIORITY and ZMQ_BUSY_POLL, and fails
+    // every socket given ZMQ_BINDTODEVICE (ENOTSUP). Thread naming stays off on purpose: a
     // libzmq I/O thread keeps the name of the mdsub thread that made its
     // context (`shard0-io`), which the per-thread CPU accounting reads.
     if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
@@ -60,7 +60,6 @@ const LINUX_FEATURES: &[&str] = &[
     "ZMQ_HAVE_TCP_KEEPCNT",
     "ZMQ_HAVE_TCP_KEEPIDLE",
     "ZMQ_HAVE_TCP_KEEPINTVL",
-    "ZMQ_HAVE_TCP_USER_TIMEOUT",
     "ZMQ_HAVE_SO_PEERCRED",
     "ZMQ_HAVE_SO_PRIORITY",
     "ZMQ_HAVE_SO_BINDTODEVICE",
