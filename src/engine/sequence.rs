@@ -102,6 +102,8 @@ struct Session {
     /// that an end of stream that speaks for frames of other sessions (a
     /// verbatim capture replay's) never counts them twice.
     pending_unended: (u64, u64),
+    /// A live frame (not from a cache) of this session arrived.
+    live_seen: bool,
 }
 
 impl Session {
@@ -180,6 +182,9 @@ impl SequenceTracker {
             Some(i) if self.sessions[i].session_id == h.session_id => Some((i, false)),
             Some(i) => {
                 let s = &mut self.sessions[i];
+                // A session known only from cached values did not restart
+                // when the live one shows up.
+                let restarted = s.live_seen;
                 if live && s.counts_unended() {
                     s.pending_unended.0 += 1;
                     s.pending_unended.1 = s.pending_unended.1.saturating_add(s.last_stream_seq);
@@ -188,9 +193,10 @@ impl SequenceTracker {
                 s.last_stream_seq = 0;
                 s.from_start = h.stream_seq <= 1;
                 s.eos_seen = false;
+                s.live_seen = live;
                 s.topics.clear();
-                self.totals.restarts += 1;
-                Some((i, true))
+                self.totals.restarts += restarted as u64;
+                Some((i, restarted))
             }
             None if self.sessions.len() >= MAX_PUBLISHERS => None,
             None => {
@@ -202,6 +208,7 @@ impl SequenceTracker {
                     topics: TopicMap::default(),
                     eos_seen: false,
                     pending_unended: (0, 0),
+                    live_seen: live,
                 });
                 Some((self.sessions.len() - 1, false))
             }
@@ -216,12 +223,26 @@ impl SequenceTracker {
     /// Check one data frame. Allocates only for a topic seen for the first time.
     #[inline]
     pub fn on_data(&mut self, h: &Header, topic: &[u8]) -> Verdict {
-        let Some((i, restart)) = self.session(h, h.flags & FLAG_FROM_CACHE == 0) else {
+        let from_cache = h.flags & FLAG_FROM_CACHE != 0;
+        if from_cache
+            && self
+                .sessions
+                .iter()
+                .any(|s| s.publisher_id == h.publisher_id && s.session_id != h.session_id && s.live_seen)
+        {
+            // A cached value from another session of a publisher that is live
+            // in this one (a topic not updated since the publisher restarted):
+            // it is the topic's last value, so it is delivered, and it leaves
+            // the live session's state alone (no restart, no sequence change).
+            self.totals.accepted += 1;
+            return Verdict { accept: true, missed: 0, restart: false };
+        }
+        let Some((i, restart)) = self.session(h, !from_cache) else {
             return self.reject(|t| &mut t.over_limit, false);
         };
         let full = self.full_subscription;
-        let from_cache = h.flags & FLAG_FROM_CACHE != 0;
         let s = &mut self.sessions[i];
+        s.live_seen |= !from_cache;
         // A live frame's stream sequence must be believable before anything changes.
         if !from_cache && s.last_stream_seq > 0 && h.stream_seq > s.last_stream_seq.saturating_add(MAX_SEQ_JUMP) {
             return self.reject(|t| &mut t.implausible, restart);
@@ -397,10 +418,25 @@ mod tests {
         }
         let mut cached = h(1, 9, 7, 7);
         cached.flags = FLAG_FROM_CACHE;
-        t.on_data(&cached, b"B");
-        t.on_data(&h(1, 10, 5, 5), b"A");
+        assert!(t.on_data(&cached, b"B").accept, "an older session's cached value is delivered");
+        assert_eq!(t.on_data(&h(1, 10, 5, 5), b"A").missed, 0, "the live session went on untouched");
         assert!(t.on_end_of_stream(&h(1, 10, 5, 0), 5));
-        assert_eq!((t.totals().sent(), t.totals().unended_sessions), (5, 0), "{:?}", t.totals());
+        let tot = t.totals();
+        assert_eq!(
+            (tot.sent(), tot.unended_sessions, tot.restarts, tot.gaps, tot.accepted),
+            (5, 0, 0, 0, 6),
+            "{tot:?}"
+        );
+
+        // Joining through a cache: values of the old session, then the live
+        // new one. Not a restart this subscriber saw.
+        let mut t = SequenceTracker::new(true);
+        let mut cached = h(1, 9, 40, 7);
+        cached.flags = FLAG_FROM_CACHE;
+        assert!(t.on_data(&cached, b"B").accept);
+        let v = t.on_data(&h(1, 10, 1, 1), b"A");
+        assert!(v.accept && !v.restart, "{v:?}");
+        assert_eq!(t.totals().restarts, 0);
     }
 
     #[test]
