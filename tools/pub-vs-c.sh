@@ -14,20 +14,9 @@
 set -euo pipefail
 rounds="${1:-10}"
 count="${2:-2000000}"
-mdsub="${MDSUB:-target/release/mdsub}"
-anchors="$(dirname "$(readlink -f "$0")")/../../shared/anchors"
-tmp=$(mktemp -d)
-# The publisher of the run in flight (run writes its pid here), ended on any exit.
-trap 'kill "$(cat "$tmp/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-bin="${BIN:-}"
-if [ -z "$bin" ]; then
-  [ -x "$anchors/build.sh" ] || { echo "pub-vs-c: no anchors at $anchors (set BIN to built cpub/csub)" >&2; exit 2; }
-  bin="$tmp/bin"
-  "$anchors/build.sh" "$bin" >/dev/null
-fi
-[ -x "$mdsub" ] || { echo "pub-vs-c: no mdsub binary at $mdsub (cargo build --release, or set MDSUB)" >&2; exit 2; }
-port() { echo $((30000 + RANDOM % 20000)); }
-results="$tmp/results"
+NAME=pub-vs-c
+# shellcheck source=tools/anchors-common.sh
+. "$(dirname "$(readlink -f "$0")")/anchors-common.sh"
 
 # One publisher run: the C SUB's rate and the publisher's CPU ns/msg, appended
 # to $results as "who rate cpu" (not run in a subshell, so a failure ends the script).
@@ -58,14 +47,8 @@ print(d["rate"])' "$count")
 }
 
 for r in $(seq 1 "$rounds"); do
-  load=$(cut -d' ' -f1 /proc/loadavg)
   # Alternate who goes first.
-  if [ $((r % 2)) -eq 1 ]; then order="c replay"; else order="replay c"; fi
-  for who in $order; do
-    run "$who"
-    read -r _ rate cpu < <(tail -1 "$results")
-    printf 'round %2d  load %5s  %-6s  %9s msg/s  cpu %4s ns/msg\n' "$r" "$load" "$who" "$rate" "$cpu"
-  done
+  if [ $((r % 2)) -eq 1 ]; then round_runs "$r" c replay; else round_runs "$r" replay c; fi
 done
 python3 - "$results" <<'EOF'
 import statistics, sys

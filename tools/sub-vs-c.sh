@@ -15,21 +15,10 @@
 set -euo pipefail
 rounds="${1:-5}"
 count="${2:-2000000}"
-mdsub="${MDSUB:-target/release/mdsub}"
 handoffs="${HANDOFFS:-batch inline}"
-anchors="$(dirname "$(readlink -f "$0")")/../../shared/anchors"
-tmp=$(mktemp -d)
-# The publisher of the run in flight (run writes its pid here), ended on any exit.
-trap 'kill "$(cat "$tmp/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-bin="${BIN:-}"
-if [ -z "$bin" ]; then
-  [ -x "$anchors/build.sh" ] || { echo "sub-vs-c: no anchors at $anchors (set BIN to built cpub/csub)" >&2; exit 2; }
-  bin="$tmp/bin"
-  "$anchors/build.sh" "$bin" >/dev/null
-fi
-[ -x "$mdsub" ] || { echo "sub-vs-c: no mdsub binary at $mdsub (cargo build --release, or set MDSUB)" >&2; exit 2; }
-port() { echo $((30000 + RANDOM % 20000)); }
-results="$tmp/results"
+NAME=sub-vs-c
+# shellcheck source=tools/anchors-common.sh
+. "$(dirname "$(readlink -f "$0")")/anchors-common.sh"
 
 # One subscriber run, appended to $results as "who rate cpu_ns_per_msg" (not run
 # in a subshell, so a failure ends the script and the trap ends the publisher).
@@ -58,12 +47,8 @@ run() {
 }
 
 for r in $(seq 1 "$rounds"); do
-  load=$(cut -d' ' -f1 /proc/loadavg)
-  for who in c $handoffs; do
-    run "$who"
-    read -r _ rate cpu < <(tail -1 "$results")
-    printf 'round %2d  load %5s  %-7s %9s msg/s  cpu %4s ns/msg\n' "$r" "$load" "$who" "$rate" "$cpu"
-  done
+  # shellcheck disable=SC2086
+  round_runs "$r" c $handoffs
 done
 python3 - "$results" <<'EOF'
 import statistics, sys
