@@ -205,11 +205,6 @@ impl<C: Clock> WorkerCore<C> {
         self.croaked
     }
 
-    /// Messages handled since the last [`WorkerCore::end_round`].
-    pub fn round_msgs(&self) -> u64 {
-        self.round_msgs
-    }
-
     /// End a round of the shell at `now_ns`: store the counters, take up live
     /// settings and publish the guard's state, and ship the histograms when a
     /// report period has passed. Returns the messages handled in the round.
