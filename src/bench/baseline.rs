@@ -115,7 +115,8 @@ impl Baseline {
                             }
                             None => lat,
                         };
-                        self.stages.record(lat, 0, total);
+                        // No queue stage: the baseline has no hand-off.
+                        self.stages.record_wire_total(lat, total);
                         self.last_ns = recv_ns;
                         self.delivered += 1;
                         self.bytes += self.msg.len() as u64;
@@ -200,7 +201,10 @@ impl Agent for Baseline {
             return Ok(Step::Finished);
         }
         let mut n = 0;
-        while n < 64 {
+        // One clock read per drain round, as the engine's reader does: the
+        // baseline pays what the engine pays for its timestamps, no more.
+        let mut recv_ns = 0;
+        while n < crate::engine::defaults::BATCH_MAX {
             match self.sub.recv(&mut self.msg, zmq::DONTWAIT) {
                 Ok(()) => {}
                 Err(zmq::Error::EAGAIN) => break,
@@ -208,7 +212,10 @@ impl Agent for Baseline {
                 Err(source) => return Err(AgentError::Zmq { role: "baseline".into(), context: "receiving", source }),
             }
             n += 1;
-            self.on_frame(clock::realtime_ns());
+            if recv_ns == 0 {
+                recv_ns = clock::realtime_ns();
+            }
+            self.on_frame(recv_ns);
         }
         if n == 0 && self.start.elapsed() > self.timeout {
             self.timed_out = true;
