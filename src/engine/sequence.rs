@@ -351,6 +351,11 @@ mod tests {
         Header { kind: Kind::Data, flags: 0, publisher_id, session_id, stream_seq, topic_seq, send_time_ns: 0 }
     }
 
+    /// [`h`] as a last-value cache re-sends it (`FLAG_FROM_CACHE`).
+    fn cached(publisher_id: u32, session_id: u64, stream_seq: u64, topic_seq: u64) -> Header {
+        Header { flags: FLAG_FROM_CACHE, ..h(publisher_id, session_id, stream_seq, topic_seq) }
+    }
+
     #[test]
     fn in_order_stream_has_no_gaps() {
         let mut t = SequenceTracker::new(true);
@@ -416,9 +421,7 @@ mod tests {
         for s in 1..=4 {
             t.on_data(&h(1, 10, s, s), b"A");
         }
-        let mut cached = h(1, 9, 7, 7);
-        cached.flags = FLAG_FROM_CACHE;
-        assert!(t.on_data(&cached, b"B").accept, "an older session's cached value is delivered");
+        assert!(t.on_data(&cached(1, 9, 7, 7), b"B").accept, "an older session's cached value is delivered");
         assert_eq!(t.on_data(&h(1, 10, 5, 5), b"A").missed, 0, "the live session went on untouched");
         assert!(t.on_end_of_stream(&h(1, 10, 5, 0), 5));
         let tot = t.totals();
@@ -431,9 +434,7 @@ mod tests {
         // Joining through a cache: values of the old session, then the live
         // new one. Not a restart this subscriber saw.
         let mut t = SequenceTracker::new(true);
-        let mut cached = h(1, 9, 40, 7);
-        cached.flags = FLAG_FROM_CACHE;
-        assert!(t.on_data(&cached, b"B").accept);
+        assert!(t.on_data(&cached(1, 9, 40, 7), b"B").accept);
         let v = t.on_data(&h(1, 10, 1, 1), b"A");
         assert!(v.accept && !v.restart, "{v:?}");
         assert_eq!(t.totals().restarts, 0);
@@ -444,9 +445,7 @@ mod tests {
         let mut t = SequenceTracker::new(true);
         t.on_data(&h(1, 9, 1, 1), b"A");
         t.on_data(&h(1, 9, 2, 2), b"A");
-        let mut cached = h(1, 9, 1, 1);
-        cached.flags = FLAG_FROM_CACHE;
-        assert!(!t.on_data(&cached, b"A").accept);
+        assert!(!t.on_data(&cached(1, 9, 1, 1), b"A").accept);
         assert!(!t.on_data(&h(1, 9, 2, 2), b"A").accept);
         assert_eq!(t.totals().duplicates, 2);
         assert_eq!(t.totals().gaps, 0);
@@ -495,9 +494,7 @@ mod tests {
         t.on_data(&h(1, 9, 50, 20), b"A");
         assert!(!t.on_data(&h(1, 9, 49, 19), b"A").accept);
         // A cached value at 30, then live 31: 21..29 were not counted either.
-        let mut c = h(1, 9, 60, 30);
-        c.flags = FLAG_FROM_CACHE;
-        t.on_data(&c, b"A");
+        t.on_data(&cached(1, 9, 60, 30), b"A");
         t.on_data(&h(1, 9, 61, 31), b"A");
         assert!(!t.on_data(&h(1, 9, 55, 25), b"A").accept);
         let tot = t.totals();
@@ -507,12 +504,8 @@ mod tests {
     #[test]
     fn late_joiner_with_cached_values_counts_no_gap() {
         let mut t = SequenceTracker::new(true);
-        let mut c = h(1, 9, 40, 7);
-        c.flags = FLAG_FROM_CACHE;
-        assert!(t.on_data(&c, b"A").accept);
-        let mut c = h(1, 9, 12, 3);
-        c.flags = FLAG_FROM_CACHE;
-        assert!(t.on_data(&c, b"B").accept);
+        assert!(t.on_data(&cached(1, 9, 40, 7), b"A").accept);
+        assert!(t.on_data(&cached(1, 9, 12, 3), b"B").accept);
         assert_eq!(t.on_data(&h(1, 9, 50, 8), b"A").missed, 0, "first live frame sets the base");
         assert_eq!(t.on_data(&h(1, 9, 51, 4), b"B").missed, 0);
         assert_eq!(t.totals().gaps, 0);
