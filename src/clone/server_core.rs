@@ -794,8 +794,10 @@ impl ServerCore {
             let exp = ttl_ns(&msg).ok().flatten().map(|t| now_ns.saturating_add(t));
             self.persist(&msg, exp, now_ns, out);
         }
-        if self.map.apply_owned(msg, now_ns).is_err() {
+        // peer_ttl checked the TTL, the only thing apply can refuse; should it still, it is said.
+        if let Err(e) = self.map.apply_owned(msg, now_ns) {
             self.counters.malformed_updates += 1;
+            self.refuse("peer_update_bad_ttl", &e, now_ns, out);
         }
     }
 
