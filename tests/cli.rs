@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{mdsub, run_within, Proc};
+use common::{free_port_block, lines_of, mdsub, run_within, start_replay, thread_cpu_ms, wait_until, LineProc, Proc};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -93,4 +93,46 @@ fn a_closed_stdout_ends_the_command_quietly() {
     );
     assert_eq!(code, Some(0), "replay --json into a closed pipe: quiet exit 0; stderr: {err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// SIGINT (2) to `p`, then its exit status within a few seconds and what it said on stderr.
+fn interrupt(mut p: Proc) -> (Option<i32>, String) {
+    let err = p.child.stderr.take().map(lines_of);
+    p.signal(2);
+    let status = p.wait_exit(Duration::from_secs(5));
+    let said = err.map(|rx| std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(2)).ok()).collect::<Vec<_>>());
+    (status.code(), said.unwrap_or_default().join("\n"))
+}
+
+#[test]
+fn ctrl_c_ends_a_wait_for_a_peer_nobody_serves() {
+    // A clone store nobody serves: the client waits up to --timeout for a snapshot, and
+    // Ctrl-C ends that wait at once, saying so, with the interrupted status.
+    let port = free_port_block(3);
+    let server = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &server, "--timeout", "60s", "get", "/k"]).stderr(Stdio::piped());
+    let p = Proc::spawn("clone-client", &mut cmd);
+    // Its agent thread exists once the signal handler is in place.
+    wait_until(DEADLINE, "the clone-client agent thread", || thread_cpu_ms(p.pid(), "clone-client").is_some());
+    let (code, err) = interrupt(p);
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert_eq!(err.trim(), "mdsub: interrupted", "one line saying so: {err}");
+
+    // A replay waiting for its subscribers.
+    let (replay, _eps) = start_replay("replay", 1, &["--count", "10", "--wait-timeout", "60s"]);
+    let (code, _) = interrupt(replay.proc);
+    assert_eq!(code, Some(130), "replay interrupted while waiting for subscribers");
+}
+
+#[test]
+fn ctrl_c_ends_a_command_that_has_no_clean_stop() {
+    // lvc-bench runs for minutes and has no partial result to show: Ctrl-C ends it at once.
+    let mut cmd = mdsub();
+    cmd.args(["lvc-bench", "--count", "50M"]).stderr(Stdio::piped());
+    let p = LineProc::spawn("lvc-bench", &mut cmd);
+    p.line_starting("lvc-bench", DEADLINE);
+    let (code, err) = interrupt(p.proc);
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert!(err.contains("mdsub: interrupted"), "{err}");
 }

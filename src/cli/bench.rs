@@ -412,7 +412,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     for rep in 1..=args.runs.max(1) {
         for (name, sub, publisher, source) in &variants {
             if stop.is_stopped() {
-                anyhow::bail!("interrupted");
+                return Err(super::Interrupted.into());
             }
             let spec = RunSpec {
                 publisher: publisher.clone(),

@@ -238,6 +238,16 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
     Ok(d.as_secs())
 }
 
+/// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
+/// ([`super::Interrupted`]).
+pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -> anyhow::Result<()> {
+    match client.wait_synced_or_stop(timeout, stop) {
+        Ok(_) => Ok(()),
+        Err(crate::clone::client::ClientError::Interrupted) => Err(super::Interrupted.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
@@ -266,7 +276,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         args.idle.strategy(),
         keys,
     )?;
-    client.wait_synced(timeout).context("connecting to the clone servers")?;
+    wait_synced(&client, timeout, stop).context("connecting to the clone servers")?;
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
             let u = client.set(key.as_bytes(), value.as_bytes(), *ttl)?;

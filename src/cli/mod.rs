@@ -34,6 +34,18 @@ pub mod security;
 pub mod tap;
 pub mod top;
 
+/// A command stopped by Ctrl-C or SIGTERM before it had a result to show: `main` says
+/// `mdsub: interrupted` and exits with [`EXIT_INTERRUPTED`]. (A command that has a result,
+/// such as the engine's report or the replay's numbers, prints it, marked interrupted, and
+/// exits 0.)
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// The exit status of an interrupted command: 128 + SIGINT, as a shell reports a command
+/// that Ctrl-C ended.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
 use crate::engine::handler::HandlerSpec;
 use crate::profile::{host_cores, Profile};
 use crate::replay::{Limits, Pacing};

@@ -220,7 +220,7 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
         log_links: false,
         ..ClientConfig::default()
     })?;
-    client.wait_synced(args.timeout).context("connecting to the clone store")?;
+    super::clone::wait_synced(&client, args.timeout, stop).context("connecting to the clone store")?;
     let changes = client.watch(STATUS_ROOT.as_bytes())?;
     let mut model = Top::default();
     // The watch starts with every current key.

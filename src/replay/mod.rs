@@ -48,6 +48,9 @@ pub enum ReplayError {
     Dbn(DbnSourceError),
     #[error("bad replay setting: {0}")]
     Config(String),
+    /// Stopped (Ctrl-C, SIGTERM) before the replay began.
+    #[error("interrupted while waiting for subscribers")]
+    Interrupted,
 }
 
 fn zerr(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> ReplayError {
@@ -374,10 +377,24 @@ impl Publisher {
 
     /// Wait until every shard has `per_shard` subscribers (the handshake).
     pub fn wait_for_subscribers(&mut self, per_shard: usize, timeout: Duration) -> Result<(), ReplayError> {
+        self.wait_for_subscribers_or_stop(per_shard, timeout, &StopFlag::new())
+    }
+
+    /// [`Publisher::wait_for_subscribers`] that gives up with [`ReplayError::Interrupted`]
+    /// as soon as `stop` is set (Ctrl-C while nobody has subscribed yet).
+    pub fn wait_for_subscribers_or_stop(
+        &mut self,
+        per_shard: usize,
+        timeout: Duration,
+        stop: &StopFlag,
+    ) -> Result<(), ReplayError> {
         let start = Instant::now();
         loop {
             self.drain_subscriptions()?;
             if let Some(sh) = self.shards.iter().find(|s| s.subscribers < per_shard) {
+                if stop.is_stopped() {
+                    return Err(ReplayError::Interrupted);
+                }
                 if start.elapsed() >= timeout {
                     return Err(ReplayError::NoSubscribers {
                         endpoint: sh.endpoint.clone(),
@@ -388,7 +405,11 @@ impl Publisher {
                 }
                 let mut items: Vec<zmq::PollItem> =
                     self.shards.iter().map(|s| s.socket.as_poll_item(zmq::POLLIN)).collect();
-                zmq::poll(&mut items, 20).map_err(zerr("waiting for subscribers"))?;
+                match zmq::poll(&mut items, 20) {
+                    // A signal (Ctrl-C) landed on this thread: look at `stop` and go on.
+                    Ok(_) | Err(zmq::Error::EINTR) => {}
+                    Err(e) => return Err(zerr("waiting for subscribers")(e)),
+                }
             } else {
                 return Ok(());
             }
