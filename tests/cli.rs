@@ -136,3 +136,21 @@ fn ctrl_c_ends_a_command_that_has_no_clean_stop() {
     assert_eq!(code, Some(130), "stderr: {err}");
     assert!(err.contains("mdsub: interrupted"), "{err}");
 }
+
+#[test]
+fn zero_runs_or_messages_are_refused_not_run_as_something_else() {
+    // `bench --runs 0` ran one run under a "0 runs" heading; `bench --count 0` printed NaN
+    // ratios; `lvc-bench --symbols 0` ran with topics it was not given.
+    for args in [
+        &["bench", "--runs", "0"][..],
+        &["bench", "--count", "0"],
+        &["replay", "--symbols", "0"],
+        &["lvc-bench", "--symbols", "0"],
+        &["capacity", "--runs", "0"],
+        &["clone-bench", "--runs", "0"],
+    ] {
+        let (code, _out, err) = run_within(args[0], mdsub().args(args), DEADLINE);
+        assert_eq!(code, Some(2), "{args:?}: stderr: {err}");
+        assert!(err.contains(args[1]) && err.contains("at least 1"), "{args:?} names the flag and the rule: {err}");
+    }
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, Idle};
+use super::args::{
+    parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, Idle,
+};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
 use super::replay::{file_source, parse_speed, Speed};
@@ -40,7 +42,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub publisher: PublisherArgs,
     /// Runs of every subscriber; medians are reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "5", value_name = "RUNS")]
     pub runs: usize,
     /// Engine tuning profile: a TOML file, `builtin` or `auto`.
     #[arg(long, default_value = "builtin")]
@@ -581,16 +583,16 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
 #[derive(Args, Debug, Clone)]
 pub struct LvcBenchArgs {
     /// Messages per measurement (e.g. 1M).
-    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub count: u64,
     /// Payload bytes per message (the frame adds the topic, a NUL and the header).
     #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Distinct topics, cycled.
-    #[arg(long, value_parser = parse_count_usize, default_value = "1000", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1000", value_name = "COUNT")]
     pub symbols: usize,
     /// Runs (each measures direct, then through the LVC); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
     pub runs: usize,
     /// Give up on a measurement after this long (reported as loss).
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
@@ -618,13 +620,13 @@ impl LvcBenchArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CloneBenchArgs {
     /// Updates sent through the server for the throughput runs (e.g. 1M).
-    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub updates: u64,
     /// Keys in the map for the snapshot runs (e.g. 1M).
-    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub keys: u64,
     /// Runs of each measurement (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
     pub runs: usize,
     /// Skip the failover runs (they start server processes).
     #[arg(long)]

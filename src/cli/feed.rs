@@ -4,33 +4,37 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_hwm};
+use super::args::{
+    parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_hwm,
+};
 use crate::feed::GeneratorConfig;
 use crate::replay::{Limits, Pacing};
 
 /// The synthetic feed and its pacing.
 #[derive(Args, Debug, Clone)]
 pub struct FeedArgs {
-    /// Offered rate in messages per second (e.g. 100k); 0 = flat out.
+    /// Offered rate in messages per second (e.g. 100k); 0 = flat out. Default: 100k for demo,
+    /// flat out for replay and bench.
     #[arg(long, value_parser = parse_count, value_name = "COUNT")]
     pub rate: Option<u64>,
-    /// Stop after this long (e.g. 5s, 500ms).
+    /// Stop after this long (e.g. 5s, 500ms). Default without --count: 3s for demo, 10s for a
+    /// replay of the generated feed.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
-    /// Stop after this many messages (e.g. 2M).
-    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    /// Stop after this many messages (e.g. 2M; at least 1).
+    #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT")]
     pub count: Option<u64>,
     /// Payload bytes per message (the frame adds the topic, a NUL and the header).
     #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Number of symbols (topics), Zipf-popular.
-    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "100", value_name = "COUNT")]
     pub symbols: usize,
     /// Zipf exponent of symbol popularity (0 = uniform).
     #[arg(long, default_value_t = 1.0)]
     pub zipf: f64,
     /// Send in bursts of this many messages sharing one intended send time.
-    #[arg(long, value_parser = parse_count, default_value = "1", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, default_value = "1", value_name = "COUNT")]
     pub burst: u64,
     /// Generator seed (same seed, same feed).
     #[arg(long, default_value_t = 42)]
