@@ -8,9 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::args::{
-    parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, Idle,
-};
+use super::args::{parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, Idle};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
 use super::replay::{file_source, parse_speed, Speed};

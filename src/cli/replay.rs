@@ -214,6 +214,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             Err(crate::replay::ReplayError::Interrupted) => return Err(super::Interrupted.into()),
             r => r?,
         }
+        crate::diag!("subscribed: sending");
     }
     let pacing = match (args.speed, args.recorded_timing) {
         (Some(s), _) => s.pacing(),
