@@ -452,7 +452,7 @@ fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() 
         ],
     );
     replay.err_line("replay-zap: refused 127.0.0.1 (CURVE): client key not allowed");
-    plain.err_line("shard0: connected to");
+    plain.err_line("shard0: connecting to");
     // The replay waits for one subscriber: the engine with the allowed key.
     let good = engine(&ep, &["--curve-key", &path("engine1.key"), "--server-key", &path("feed.pub")]);
     let mut good_proc = good.proc;

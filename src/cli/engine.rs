@@ -486,7 +486,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         crate::diag!("monitor: bound {ep}");
     }
     for (k, s) in cfg.shards.iter().enumerate() {
-        crate::diag!("shard{k}: connected to {}", s.endpoints.join(", "));
+        crate::diag!("shard{k}: connecting to {}", s.endpoints.join(", "));
     }
     crate::diag!("engine id: {}", engine.engine_id());
     if let Some(addr) = engine.metrics_addr() {
