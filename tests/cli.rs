@@ -154,3 +154,13 @@ fn zero_runs_or_messages_are_refused_not_run_as_something_else() {
         assert!(err.contains(args[1]) && err.contains("at least 1"), "{args:?} names the flag and the rule: {err}");
     }
 }
+
+#[test]
+fn a_payload_over_the_engines_message_limit_is_refused_up_front() {
+    // Before, each frame dropped the engine's link: a 1-second demo delivered nothing and never ended.
+    let (code, _out, err) =
+        run_within("demo", mdsub().args(["demo", "--payload-bytes", "2M", "--duration", "1s"]), DEADLINE);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("--payload-bytes 2000000") && err.contains("max_msg_bytes (1048576)"), "{err}");
+}

@@ -204,8 +204,12 @@ fn engine_variant(h: HandOff) -> String {
 }
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
+    use anyhow::Context as _;
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
+    if args.from.is_empty() {
+        args.feed.check_fits(profile.max_msg_bytes)?;
+    }
     let handoffs: Vec<HandOff> = match args.handoff.as_str() {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
         "all" => vec![HandOff::Batch, HandOff::PerMessage, HandOff::Inline],
@@ -515,7 +519,6 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         publisher_comparisons,
     };
     if let Some(path) = &args.save {
-        use anyhow::Context as _;
         std::fs::write(path, serde_json::to_string_pretty(&result)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

@@ -7,8 +7,9 @@ use clap::Args;
 use super::args::{
     parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_hwm,
 };
-use crate::feed::GeneratorConfig;
+use crate::feed::{Generator, GeneratorConfig};
 use crate::replay::{Limits, Pacing};
+use crate::wire;
 
 /// The synthetic feed and its pacing.
 #[derive(Args, Debug, Clone)]
@@ -50,6 +51,25 @@ impl FeedArgs {
             seed: self.seed,
         }
     }
+    /// Refuse a feed whose frames the engine would refuse: a frame over the engine's
+    /// `max_msg_bytes` (libzmq's ZMQ_MAXMSGSIZE) drops the link instead of arriving, so the
+    /// run would deliver nothing and never end.
+    pub(crate) fn check_fits(&self, max_msg_bytes: i64) -> anyhow::Result<()> {
+        let gen = Generator::new(&self.generator());
+        let topic = gen.topics().iter().map(String::len).max().unwrap_or(0);
+        let frame = wire::frame_len(&vec![b'x'; topic], self.payload_bytes);
+        if max_msg_bytes >= 0 && frame as u64 > max_msg_bytes as u64 {
+            anyhow::bail!(
+                "--payload-bytes {}: frames of up to {frame} bytes (topic, NUL, {}-byte header, payload) are over \
+                 the engine's max_msg_bytes ({max_msg_bytes}), which would drop the link at each one; send less \
+                 or raise max_msg_bytes in a profile",
+                self.payload_bytes,
+                wire::HEADER_LEN
+            );
+        }
+        Ok(())
+    }
+
     pub(crate) fn pacing(&self, default_rate: Option<u64>) -> Pacing {
         match self.rate.or(default_rate) {
             None | Some(0) => Pacing::FlatOut,
