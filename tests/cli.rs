@@ -164,3 +164,15 @@ fn a_payload_over_the_engines_message_limit_is_refused_up_front() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.contains("--payload-bytes 2000000") && err.contains("max_msg_bytes (1048576)"), "{err}");
 }
+
+#[test]
+fn bench_refuses_a_save_path_it_cannot_write_before_running() {
+    // Before, the whole benchmark ran first and the error came at the end.
+    let dir = common::temp_dir("cli-save");
+    let path = dir.join("no-such-dir").join("bench.json");
+    let (code, out, err) = run_within("bench", mdsub().arg("bench").arg("--save").arg(&path), DEADLINE);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert!(err.contains("creating") && err.contains("bench.json"), "{err}");
+    assert!(out.is_empty(), "nothing run: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

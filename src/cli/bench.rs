@@ -210,6 +210,13 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     if args.from.is_empty() {
         args.feed.check_fits(profile.max_msg_bytes)?;
     }
+    // The --save file is made before the runs, so a bad path fails now, not after them.
+    let save = match &args.save {
+        Some(path) => {
+            Some((path, std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
+        }
+        None => None,
+    };
     let handoffs: Vec<HandOff> = match args.handoff.as_str() {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
         "all" => vec![HandOff::Batch, HandOff::PerMessage, HandOff::Inline],
@@ -518,8 +525,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         comparisons,
         publisher_comparisons,
     };
-    if let Some(path) = &args.save {
-        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+    if let Some((path, mut file)) = save {
+        use std::io::Write as _;
+        file.write_all(serde_json::to_string_pretty(&result)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
