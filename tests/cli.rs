@@ -31,6 +31,16 @@ fn an_unknown_flag_is_refused_with_usage() {
 }
 
 #[test]
+fn a_negative_rate_count_or_duration_is_refused_naming_the_value() {
+    // Before, clap took `-1` for a flag: "unexpected argument '-1' found".
+    for (flag, value) in [("--rate", "-1"), ("--count", "-5"), ("--duration", "-1s")] {
+        let (code, _out, err) = run_within("demo", mdsub().args(["demo", flag, value]), DEADLINE);
+        assert_eq!(code, Some(2), "stderr: {err}");
+        assert!(err.contains(&format!("invalid value '{value}' for '{flag}")), "{err}");
+    }
+}
+
+#[test]
 fn a_duration_without_a_unit_is_refused_naming_the_value() {
     let (code, _out, err) = run_within("demo", mdsub().args(["demo", "--duration", "5"]), DEADLINE);
     assert_eq!(code, Some(2), "stderr: {err}");

@@ -16,14 +16,14 @@ use crate::wire;
 pub struct FeedArgs {
     /// Offered rate in messages per second (e.g. 100k); 0 = flat out. Default: 100k for demo,
     /// flat out for replay and bench.
-    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count, value_name = "COUNT", allow_negative_numbers = true)]
     pub rate: Option<u64>,
     /// Stop after this long (e.g. 5s, 500ms). Default without --count: 3s for demo, 10s for a
     /// replay of the generated feed.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Stop after this many messages (e.g. 2M; at least 1).
-    #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT", allow_negative_numbers = true)]
     pub count: Option<u64>,
     /// Payload bytes per message (the frame adds the topic, a NUL and the header).
     #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
