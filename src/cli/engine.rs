@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use super::args::{parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, Endpoint, How, Idle};
+use super::args::{
+    parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, Endpoint, How,
+    Idle,
+};
 use super::feed::FeedArgs;
 use super::security::{apply_security, EngineAccessArgs};
 use super::{describe_pacing, expected_msgs, load_profile, override_idle_handler, progress_bar, store_servers};
@@ -210,8 +213,8 @@ pub struct EngineArgs {
     /// Topic prefix to subscribe (repeatable; default everything).
     #[arg(long = "subscribe")]
     pub subscribe: Vec<String>,
-    /// Number of workers (overrides the profile's, unpinned).
-    #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
+    /// Number of workers (overrides the profile's, unpinned; at least 1).
+    #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
     pub workers: Option<usize>,
     /// Worker handler: latency, book (order books from DBN records), last (last
     /// value per topic), verify (per-topic order check) or work:NANOS.
@@ -457,9 +460,6 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         }
     }
     if let Some(w) = args.workers {
-        if w == 0 {
-            bail!("--workers must be at least 1");
-        }
         profile.workers = vec![Default::default(); w];
     }
     override_idle_handler(&mut profile, args.idle, args.handler);
