@@ -82,27 +82,38 @@ impl SnailArgs {
     /// Apply the flags given to `profile`'s `[snail]`.
     pub fn apply(&self, profile: &mut Profile) -> anyhow::Result<()> {
         let s = &mut profile.snail;
-        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        // The snail's settings are whole milliseconds: a finer duration is refused, not cut
+        // (`--max-lag 500us` became 0 ms, then "profile field `snail.max_lag_ms`: must be at least 1").
+        let ms = |flag: &str, d: Duration| -> anyhow::Result<u64> {
+            if d.as_nanos() % 1_000_000 != 0 {
+                let given_ms = d.as_secs_f64() * 1e3;
+                bail!("{flag} {given_ms}ms: the snail's settings are whole milliseconds (e.g. 1ms, 250ms, 2s)");
+            }
+            Ok(d.as_millis().min(u64::MAX as u128) as u64)
+        };
         if let Some(p) = self.policy {
             s.policy = p;
         }
         if let Some(d) = self.max_lag {
-            s.max_lag_ms = ms(d);
+            s.max_lag_ms = ms("--max-lag", d)?;
+            if s.max_lag_ms == 0 {
+                bail!("--max-lag must be at least 1ms");
+            }
         }
         if let Some(d) = self.grace {
-            s.grace_ms = ms(d);
+            s.grace_ms = ms("--grace", d)?;
         }
         if let Some(d) = self.silence {
-            s.silence_ms = ms(d);
+            s.silence_ms = ms("--silence", d)?;
         }
         if let Some(k) = self.skew {
             s.skew = k;
         }
         if let Some(d) = self.rest {
-            s.rest_ms = ms(d);
+            s.rest_ms = ms("--rest", d)?;
         }
         if let Some(d) = self.skew_window {
-            s.skew_window_ms = ms(d);
+            s.skew_window_ms = ms("--skew-window", d)?;
         }
         if let Some(ep) = &self.monitor {
             s.monitor = Some(ep.only(How::Bind, "--monitor").map_err(anyhow::Error::msg)?);
