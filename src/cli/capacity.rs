@@ -164,6 +164,10 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         out_dir: args.out.clone(),
         publisher,
     };
+    for c in &cfg.configurations {
+        super::feed::check_frames_fit(&cfg.feed, c.profile.max_msg_bytes)
+            .map_err(|e| e.context(format!("configuration `{}`", c.name)))?;
+    }
     let machine = crate::bench::stamp::Machine::here();
     if !args.json {
         crate::outln!("mdsub capacity  {machine}");

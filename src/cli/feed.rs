@@ -51,23 +51,9 @@ impl FeedArgs {
             seed: self.seed,
         }
     }
-    /// Refuse a feed whose frames the engine would refuse: a frame over the engine's
-    /// `max_msg_bytes` (libzmq's ZMQ_MAXMSGSIZE) drops the link instead of arriving, so the
-    /// run would deliver nothing and never end.
+    /// [`check_frames_fit`] for this feed.
     pub(crate) fn check_fits(&self, max_msg_bytes: i64) -> anyhow::Result<()> {
-        let gen = Generator::new(&self.generator());
-        let topic = gen.topics().iter().map(String::len).max().unwrap_or(0);
-        let frame = wire::frame_len(&vec![b'x'; topic], self.payload_bytes);
-        if max_msg_bytes >= 0 && frame as u64 > max_msg_bytes as u64 {
-            anyhow::bail!(
-                "--payload-bytes {}: frames of up to {frame} bytes (topic, NUL, {}-byte header, payload) are over \
-                 the engine's max_msg_bytes ({max_msg_bytes}), which would drop the link at each one; send less \
-                 or raise max_msg_bytes in a profile",
-                self.payload_bytes,
-                wire::HEADER_LEN
-            );
-        }
-        Ok(())
+        check_frames_fit(&self.generator(), max_msg_bytes)
     }
 
     pub(crate) fn pacing(&self, default_rate: Option<u64>) -> Pacing {
@@ -80,6 +66,25 @@ impl FeedArgs {
         let duration = if self.count.is_some() { self.duration } else { self.duration.or(default_duration) };
         Limits { max_msgs: self.count, duration }
     }
+}
+
+/// Refuse a generated feed whose frames an engine with `max_msg_bytes` (libzmq's
+/// ZMQ_MAXMSGSIZE) would refuse: each such frame drops the link instead of arriving, so a
+/// run would deliver nothing and never end (demo, bench, capacity).
+pub(crate) fn check_frames_fit(feed: &GeneratorConfig, max_msg_bytes: i64) -> anyhow::Result<()> {
+    let gen = Generator::new(feed);
+    let topic = gen.topics().iter().map(String::len).max().unwrap_or(0);
+    let frame = wire::frame_len(&vec![b'x'; topic], feed.payload_bytes);
+    if max_msg_bytes >= 0 && frame as u64 > max_msg_bytes as u64 {
+        anyhow::bail!(
+            "--payload-bytes {}: frames of up to {frame} bytes (topic, NUL, {}-byte header, payload) are over \
+             the engine's max_msg_bytes ({max_msg_bytes}), which would drop the link at each one; send less \
+             or raise max_msg_bytes in a profile",
+            feed.payload_bytes,
+            wire::HEADER_LEN
+        );
+    }
+    Ok(())
 }
 
 /// The publisher's socket settings.
