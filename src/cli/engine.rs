@@ -85,7 +85,7 @@ impl SnailArgs {
         // The snail's settings are whole milliseconds: a finer duration is refused, not cut
         // (`--max-lag 500us` became 0 ms, then "profile field `snail.max_lag_ms`: must be at least 1").
         let ms = |flag: &str, d: Duration| -> anyhow::Result<u64> {
-            if d.as_nanos() % 1_000_000 != 0 {
+            if !d.as_nanos().is_multiple_of(1_000_000) {
                 let given_ms = d.as_secs_f64() * 1e3;
                 bail!("{flag} {given_ms}ms: the snail's settings are whole milliseconds (e.g. 1ms, 250ms, 2s)");
             }
