@@ -332,7 +332,10 @@ impl Profile {
                     let before = &text.as_bytes()[..span.start.min(text.len())];
                     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
                     let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
-                    format!("line {line}, column {column}: {reason}")
+                    // The line itself names the key a type error is about.
+                    let said: String = text.lines().nth(line - 1).unwrap_or("").trim().chars().take(80).collect();
+                    let said = if said.is_empty() { String::new() } else { format!(" (`{said}`)") };
+                    format!("line {line}, column {column}{said}: {reason}")
                 }
                 None => reason,
             };

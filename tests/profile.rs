@@ -115,7 +115,7 @@ fn a_file_that_is_not_toml_says_the_line_and_column_in_one_line() {
     assert_eq!(code, Some(1), "{err}");
     let line = err.trim();
     assert_eq!(line.lines().count(), 1, "{err}");
-    assert!(line.contains("broken.toml is not valid: line 2, column 9: expected"), "{line}");
+    assert!(line.contains("broken.toml is not valid: line 2, column 9 (`garbage [[[`): expected"), "{line}");
     assert!(!line.contains('|') && !line.contains('^'), "no flattened excerpt: {line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
