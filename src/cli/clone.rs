@@ -225,7 +225,8 @@ pub enum ClientCmd {
         #[arg(long, value_parser = parse_count, value_name = "COUNT")]
         count: Option<u64>,
     },
-    /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters).
+    /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters); exit
+    /// status 1 when one does not answer.
     Status,
 }
 
@@ -254,11 +255,19 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let servers = Endpoint::all_only(&args.server, How::Connect, "--server")?;
     let keys = args.keys.to_keys()?;
     if let ClientCmd::Status = args.cmd {
+        let mut silent = 0;
         for s in &servers {
             match crate::clone::server_status_secured(s, timeout.min(Duration::from_secs(2)), keys.as_ref()) {
                 Ok(text) => crate::outln!("# {s}\n{text}"),
-                Err(e) => crate::outln!("# {s}\nerror={e}\n"),
+                Err(e) => {
+                    silent += 1;
+                    crate::outln!("# {s}\nerror={e}\n");
+                }
             }
+        }
+        // A script asking for the status learns from the exit code that a server is down.
+        if silent > 0 {
+            anyhow::bail!("{silent} of {} clone server(s) did not answer STATUS", servers.len());
         }
         return Ok(0);
     }
