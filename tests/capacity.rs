@@ -228,3 +228,20 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     assert_eq!(v["settings"]["capped"], false, "{}", v["settings"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_trial_server_stops_quietly_on_ctrl_c() {
+    // Before: `mdsub: error: waiting for a request: Interrupted system call`, exit 1.
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
+    cmd.stderr(std::process::Stdio::piped());
+    let mut server = LineProc::spawn("replay --serve-trials", &mut cmd);
+    let err = common::lines_of(server.proc.child.stderr.take().expect("stderr"));
+    server.line_starting("serving capacity trials on ", Duration::from_secs(20));
+    server.proc.signal(2);
+    let (status, rest) = server.finish(Duration::from_secs(20));
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    assert_eq!(status.code(), Some(0), "stderr: {said:?}");
+    assert!(rest.contains("served 0 trial(s)"), "{rest}");
+    assert!(said.iter().all(|l| !l.contains("error")), "{said:?}");
+}
