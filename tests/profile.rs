@@ -119,3 +119,23 @@ fn a_file_that_is_not_toml_says_the_line_and_column_in_one_line() {
     assert!(!line.contains('|') && !line.contains('^'), "no flattened excerpt: {line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn engine_and_demo_name_the_profile_a_mistake_is_in() {
+    // Before: `profile field `shards[0].io_core`: …` without saying which --profile.
+    let dir = common::temp_dir("profile-named");
+    let p = write_profile(
+        &dir,
+        "wrong-core",
+        "[[shards]]\nendpoints = [\"tcp://127.0.0.1:1\"]\nio_core = 999\n[[workers]]\n",
+    );
+    for cmd in ["engine", "demo"] {
+        let (code, _out, err) = run_within(cmd, mdsub().args([cmd, "--profile", &p]), Duration::from_secs(30));
+        assert_eq!(code, Some(1), "{cmd}: {err}");
+        assert!(
+            err.trim().starts_with(&format!("mdsub: error: --profile {p}: profile field `shards[0].io_core`")),
+            "{cmd}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,7 +21,7 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::RunReport;
-use crate::profile::{host_cores, Profile};
+use crate::profile::Profile;
 use crate::replay::{PublisherConfig, Source};
 use crate::snail::{Policy, SkewMode};
 
@@ -161,7 +161,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
     args.snail.apply(&mut profile)?;
-    profile.validate(&host_cores())?;
+    super::check_profile(&profile, &args.profile)?;
     args.feed.check_fits(profile.max_msg_bytes)?;
     let shards = profile.shards.len();
     let pacing = args.feed.pacing(Some(DEMO_RATE));
@@ -482,7 +482,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     }
     args.snail.apply(&mut profile)?;
     args.access.apply(&mut profile.security);
-    profile.validate(&host_cores())?;
+    super::check_profile(&profile, &args.profile)?;
     if profile.shards.iter().any(|s| s.endpoints.is_empty()) {
         bail!(
             "every shard needs an endpoint: give --endpoint tcp://HOST:PORT or set shards[].endpoints in the profile"

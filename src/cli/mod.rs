@@ -108,6 +108,12 @@ pub(crate) fn store_servers(store: &[args::Endpoint]) -> anyhow::Result<Vec<Stri
 
 pub(crate) fn load_profile(spec: &str) -> anyhow::Result<Profile> {
     let p = Profile::load(spec)?;
-    p.validate(&host_cores())?;
+    check_profile(&p, spec)?;
     Ok(p)
+}
+
+/// Validate `p` for this host; a mistake names the profile it came from (`--profile
+/// FILE: profile field …`), as `mdsub profile check` does.
+pub(crate) fn check_profile(p: &Profile, spec: &str) -> anyhow::Result<()> {
+    p.validate(&host_cores()).map_err(|e| anyhow::Error::new(e).context(format!("--profile {spec}")))
 }
