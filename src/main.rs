@@ -62,11 +62,29 @@ enum Cmd {
     Top(cli::top::TopArgs),
 }
 
+impl Cmd {
+    /// True when the command watches the stop flag (stops cleanly on Ctrl-C or SIGTERM,
+    /// showing what it has); the others end at once on the signal.
+    fn watches_stop(&self) -> bool {
+        !matches!(self, Cmd::LvcBench(_) | Cmd::CloneBench(_) | Cmd::Info | Cmd::Profile(_) | Cmd::Keygen(_))
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let stop = StopFlag::new();
     let on_signal = stop.clone();
-    if let Err(e) = ctrlc::set_handler(move || on_signal.stop()) {
+    let watches_stop = cli.cmd.watches_stop();
+    let handler = move || {
+        // A command that does not watch the flag, or a second signal while the first one's
+        // clean stop is under way: end now rather than leave Ctrl-C without effect.
+        if !watches_stop || on_signal.is_stopped() {
+            mdsub::diag!("mdsub: interrupted");
+            std::process::exit(cli::EXIT_INTERRUPTED);
+        }
+        on_signal.stop();
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
         mdsub::diag!("warning: cannot catch Ctrl-C: {e}");
     }
     let result: anyhow::Result<()> = match &cli.cmd {
@@ -105,6 +123,10 @@ fn main() {
         if let Some(mdsub::engine::EngineError::Croaked(c)) = e.downcast_ref::<mdsub::engine::EngineError>() {
             mdsub::diag!("mdsub: croak: {}", c.scream);
             std::process::exit(mdsub::snail::EXIT_CODE_CROAK);
+        }
+        if e.downcast_ref::<cli::Interrupted>().is_some() {
+            mdsub::diag!("mdsub: interrupted");
+            std::process::exit(cli::EXIT_INTERRUPTED);
         }
         mdsub::diag!("mdsub: error: {}", error_line(&e));
         std::process::exit(1);

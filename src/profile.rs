@@ -323,8 +323,24 @@ impl Profile {
 
     /// Parse TOML; `path` is only for the error message.
     pub fn from_toml(text: &str, path: &str) -> Result<Profile, ProfileError> {
-        toml::from_str(text)
-            .map_err(|e| ProfileError::Parse { path: path.into(), message: e.to_string().trim().replace('\n', " ") })
+        toml::from_str(text).map_err(|e| {
+            // The parser's own text is a multi-line excerpt with a caret; one line says the place
+            // and the reason.
+            let reason = e.message().trim().replace('\n', "; ");
+            let message = match e.span() {
+                Some(span) => {
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                    // The line itself names the key a type error is about.
+                    let said: String = text.lines().nth(line - 1).unwrap_or("").trim().chars().take(80).collect();
+                    let said = if said.is_empty() { String::new() } else { format!(" (`{said}`)") };
+                    format!("line {line}, column {column}{said}: {reason}")
+                }
+                None => reason,
+            };
+            ProfileError::Parse { path: path.into(), message }
+        })
     }
 
     /// Load `path`, or `builtin` / `auto` by name.

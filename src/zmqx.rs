@@ -124,11 +124,11 @@ impl Attach {
         }
     }
 
-    /// `bound` or `connected`, for startup lines.
+    /// `bound` or `connecting to` (libzmq connects in the background), for startup lines.
     pub fn verb(&self) -> &'static str {
         match self {
             Attach::Bind(_) => "bound",
-            Attach::Connect(_) => "connected",
+            Attach::Connect(_) => "connecting to",
         }
     }
 }

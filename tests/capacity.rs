@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{json, mdsub, run_within, start_replay, LineProc};
+use common::{json, mdsub, run_within, start_replay, wait_until, LineProc, Proc};
 use serde_json::Value;
 
 /// The flags every test's search shares: tiny trials, one run each, a cap.
@@ -192,4 +192,56 @@ fn an_external_publisher_drives_the_trials() {
     let (status, rest) = server.finish(Duration::from_secs(20));
     assert!(status.success() && rest.contains("served 2 trial(s)"), "{rest}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-int");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(SHORT);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut p = Proc::spawn("capacity", &mut cmd);
+    let mut out = p.child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    // A trial is under way once its interval log exists.
+    let hlog = || {
+        std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|run| {
+            std::fs::read_dir(run.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|f| f.path().extension().is_some_and(|e| e == "hlog"))
+        })
+    };
+    wait_until(Duration::from_secs(60), "the first trial's .hlog", hlog);
+    p.signal(2);
+    assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0), "results so far are written");
+    let v = json(&reader.join().unwrap_or_default());
+    let c = config(&v, "builtin-2core");
+    assert_eq!(c["outcome"]["ending"], "interrupted", "not the time cap: {c}");
+    assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
+    assert_eq!(v["settings"]["capped"], false, "{}", v["settings"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_trial_server_stops_quietly_on_ctrl_c() {
+    // Before: `mdsub: error: waiting for a request: Interrupted system call`, exit 1.
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
+    cmd.stderr(std::process::Stdio::piped());
+    let mut server = LineProc::spawn("replay --serve-trials", &mut cmd);
+    let err = common::lines_of(server.proc.child.stderr.take().expect("stderr"));
+    server.line_starting("serving capacity trials on ", Duration::from_secs(20));
+    server.proc.signal(2);
+    let (status, rest) = server.finish(Duration::from_secs(20));
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    assert_eq!(status.code(), Some(0), "stderr: {said:?}");
+    assert!(rest.contains("served 0 trial(s)"), "{rest}");
+    assert!(said.iter().all(|l| !l.contains("error")), "{said:?}");
 }

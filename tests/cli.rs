@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{mdsub, run_within, Proc};
+use common::{free_port_block, lines_of, mdsub, run_within, start_replay, thread_cpu_ms, wait_until, LineProc, Proc};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -28,6 +28,16 @@ fn an_unknown_flag_is_refused_with_usage() {
     let (code, _out, err) = run_within("engine", mdsub().args(["engine", "--no-such-flag"]), DEADLINE);
     assert_eq!(code, Some(2), "clap's usage error code; stderr: {err}");
     assert!(err.contains("--no-such-flag"), "names the flag: {err}");
+}
+
+#[test]
+fn a_negative_rate_count_or_duration_is_refused_naming_the_value() {
+    // Before, clap took `-1` for a flag: "unexpected argument '-1' found".
+    for (flag, value) in [("--rate", "-1"), ("--count", "-5"), ("--duration", "-1s")] {
+        let (code, _out, err) = run_within("demo", mdsub().args(["demo", flag, value]), DEADLINE);
+        assert_eq!(code, Some(2), "stderr: {err}");
+        assert!(err.contains(&format!("invalid value '{value}' for '{flag}")), "{err}");
+    }
 }
 
 #[test]
@@ -93,4 +103,97 @@ fn a_closed_stdout_ends_the_command_quietly() {
     );
     assert_eq!(code, Some(0), "replay --json into a closed pipe: quiet exit 0; stderr: {err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// SIGINT (2) to `p`, then its exit status within a few seconds and what it said on stderr.
+fn interrupt(mut p: Proc) -> (Option<i32>, String) {
+    let err = p.child.stderr.take().map(lines_of);
+    p.signal(2);
+    let status = p.wait_exit(Duration::from_secs(5));
+    let said = err.map(|rx| std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(2)).ok()).collect::<Vec<_>>());
+    (status.code(), said.unwrap_or_default().join("\n"))
+}
+
+#[test]
+fn ctrl_c_ends_a_wait_for_a_peer_nobody_serves() {
+    // A clone store nobody serves: the client waits up to --timeout for a snapshot, and
+    // Ctrl-C ends that wait at once, saying so, with the interrupted status.
+    let port = free_port_block(3);
+    let server = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &server, "--timeout", "60s", "get", "/k"]).stderr(Stdio::piped());
+    let p = Proc::spawn("clone-client", &mut cmd);
+    // Its agent thread exists once the signal handler is in place.
+    wait_until(DEADLINE, "the clone-client agent thread", || thread_cpu_ms(p.pid(), "clone-client").is_some());
+    let (code, err) = interrupt(p);
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert_eq!(err.trim(), "mdsub: interrupted", "one line saying so: {err}");
+
+    // A replay waiting for its subscribers.
+    let (replay, _eps) = start_replay("replay", 1, &["--count", "10", "--wait-timeout", "60s"]);
+    let (code, _) = interrupt(replay.proc);
+    assert_eq!(code, Some(130), "replay interrupted while waiting for subscribers");
+}
+
+#[test]
+fn ctrl_c_ends_a_command_that_has_no_clean_stop() {
+    // lvc-bench runs for minutes and has no partial result to show: Ctrl-C ends it at once.
+    let mut cmd = mdsub();
+    cmd.args(["lvc-bench", "--count", "50M"]).stderr(Stdio::piped());
+    let p = LineProc::spawn("lvc-bench", &mut cmd);
+    p.line_starting("lvc-bench", DEADLINE);
+    let (code, err) = interrupt(p.proc);
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert!(err.contains("mdsub: interrupted"), "{err}");
+}
+
+#[test]
+fn zero_runs_or_messages_are_refused_not_run_as_something_else() {
+    // `bench --runs 0` ran one run under a "0 runs" heading; `bench --count 0` printed NaN
+    // ratios; `lvc-bench --symbols 0` ran with topics it was not given.
+    for args in [
+        &["bench", "--runs", "0"][..],
+        &["bench", "--count", "0"],
+        &["replay", "--symbols", "0"],
+        &["lvc-bench", "--symbols", "0"],
+        &["capacity", "--runs", "0"],
+        &["clone-bench", "--runs", "0"],
+        &["engine", "--workers", "0"],
+        &["profile", "show", "auto", "--shards", "0"],
+    ] {
+        let (code, _out, err) = run_within(args[0], mdsub().args(args), DEADLINE);
+        assert_eq!(code, Some(2), "{args:?}: stderr: {err}");
+        let flag = args[args.len() - 2];
+        assert!(err.contains(flag) && err.contains("at least 1"), "{args:?} names the flag and the rule: {err}");
+    }
+}
+
+#[test]
+fn a_payload_over_the_engines_message_limit_is_refused_up_front() {
+    // Before, each frame dropped the engine's link: a 1-second demo delivered nothing and never ended.
+    let (code, _out, err) =
+        run_within("demo", mdsub().args(["demo", "--payload-bytes", "2M", "--duration", "1s"]), DEADLINE);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("--payload-bytes 2000000") && err.contains("max_msg_bytes (1048576)"), "{err}");
+    // capacity: every trial would have failed on a dead link.
+    let out_dir = common::temp_dir("cli-capacity-payload");
+    let (code, _out, err) =
+        run_within("capacity", mdsub().args(["capacity", "--payload-bytes", "2M", "--out"]).arg(&out_dir), DEADLINE);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert!(err.contains("configuration `builtin-2core`: --payload-bytes 2000000"), "{err}");
+    assert_eq!(std::fs::read_dir(&out_dir).map(|d| d.count()).unwrap_or(0), 0, "no results folder made");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn bench_refuses_a_save_path_it_cannot_write_before_running() {
+    // Before, the whole benchmark ran first and the error came at the end.
+    let dir = common::temp_dir("cli-save");
+    let path = dir.join("no-such-dir").join("bench.json");
+    let (code, out, err) = run_within("bench", mdsub().arg("bench").arg("--save").arg(&path), DEADLINE);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert!(err.contains("creating") && err.contains("bench.json"), "{err}");
+    assert!(out.is_empty(), "nothing run: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -502,6 +502,23 @@ fn clone_client_cli_set_get_del_dump() {
     }
 }
 
+#[test]
+fn clone_client_status_exits_non_zero_when_a_server_does_not_answer() {
+    // Before: `error=… no STATUS reply` on stdout, and exit status 0.
+    let (p, _s) = standalone();
+    let dead = format!("tcp://127.0.0.1:{}", free_port_block(3));
+    let out = mdsub()
+        .args(["clone-client", "--server", &ep(p), "--server", &dead, "status"])
+        .output()
+        .expect("clone-client runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("state=") && stdout.contains(&format!("error={dead}")), "both servers shown: {stdout}");
+    assert_eq!(stderr.trim(), "mdsub: error: 1 of 2 clone server(s) did not answer STATUS", "{stderr}");
+    let live = mdsub().args(["clone-client", "--server", &ep(p), "status"]).output().expect("runs");
+    assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stderr));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Interop: an independent minimal CHP peer written from the spec (rfc.zeromq.org/spec/12) on the
 // raw zmq crate. It builds and parses frames itself; nothing from mdsub::clone is used.

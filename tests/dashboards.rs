@@ -529,3 +529,23 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z "))
     });
 }
+
+#[test]
+fn top_without_a_terminal_says_so_at_once() {
+    // Before: it waited for the store (up to --timeout), then said `opening the terminal: No
+    // such device or address`. setsid leaves the child without a controlling terminal.
+    use std::os::unix::process::CommandExt;
+    let port = free_port_block(3);
+    let mut cmd = mdsub();
+    cmd.args(["top", "--timeout", "60s", "--store", &format!("tcp://127.0.0.1:{port}")]);
+    // SAFETY: setsid is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let (code, _out, err) = run_within("top", &mut cmd, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no terminal to draw the dashboard on") && err.contains("--once"), "{err}");
+}

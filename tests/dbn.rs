@@ -413,3 +413,24 @@ fn two_instrument_ids_of_one_symbol_share_one_topic_sequence() {
     let seqs: Vec<u64> = got.iter().map(|g| g.topic_seq).collect();
     assert_eq!(seqs, (1..=40).collect::<Vec<u64>>(), "one gap-free topic sequence");
 }
+
+#[test]
+fn a_file_cut_inside_its_metadata_is_said_in_words() {
+    // Before: `not a readable DBN file: IO error: Kind(UnexpectedEof) while decoding metadata`.
+    let dir = tmp_dir("dbn-cut-meta");
+    let path = dir.join("cut.dbn");
+    let meta = metadata(Schema::Mbo, &[("ESH6", 1)]);
+    write_dbn::<MboMsg>(&path, &meta, &[], false);
+    let whole = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &whole[..whole.len() / 2]).expect("cut");
+    let p = path.to_str().expect("utf8");
+    let (code, _out, err) = run_within(
+        "replay",
+        mdsub().args(["replay", "--from", p, "--subscribers", "0", "--endpoint", "tcp://127.0.0.1:*"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a readable DBN file: the file ends early while"), "{err}");
+    assert!(!err.contains("Kind("), "no Debug text: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

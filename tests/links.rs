@@ -198,3 +198,27 @@ fn a_clean_run_says_no_link_was_lost() {
         assert_no_loss_after_a_clean_end(&format!("engine run {run}"), &out, &err);
     }
 }
+
+/// A port nothing listens on, outside the kernel's ephemeral range (so libzmq's retries
+/// cannot connect the socket to itself).
+fn unserved_port() -> u16 {
+    (20_000..30_000)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port in 20000-29999")
+}
+
+#[test]
+fn an_endpoint_nobody_serves_is_said_not_silently_waited_on() {
+    // Before, `shard0: connected to …` and then silence for as long as the engine ran.
+    let ep = format!("tcp://127.0.0.1:{}", unserved_port());
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--max-duration", "60s", "--endpoint", &ep]).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut engine = common::Proc::spawn("engine", &mut cmd);
+    let err = lines_of(engine.child.stderr.take().expect("stderr"));
+    let start = wait_line(&err, Duration::from_secs(20), "the startup line", |l| l.starts_with("shard0: "));
+    assert_eq!(start, format!("shard0: connecting to {ep}"), "no claim to be connected");
+    let said = wait_line(&err, Duration::from_secs(20), "the link said not up", |l| l.contains("not up after"));
+    assert!(said.contains(&ep) && said.contains("nothing answers there"), "{said}");
+    engine.signal(2);
+    assert!(engine.wait_exit(Duration::from_secs(20)).success());
+}

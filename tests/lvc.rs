@@ -595,3 +595,17 @@ fn without_coalescing_the_answer_budget_bounds_the_flood_exactly() {
     let max = report_latency("budgeted", &f);
     assert!(max < LIVE_MAX_NS, "live latency {max} ns during the flood");
 }
+
+#[test]
+fn lvc_bench_runs_clean_and_says_no_link_was_lost() {
+    // Before, every run's publisher closed before the LVC stopped, and the bench said
+    // `lvc frontend: link … lost (disconnected)` after each run it had measured fine.
+    let (code, out, err) = common::run_within(
+        "lvc-bench",
+        common::mdsub().args(["lvc-bench", "--count", "20k", "--runs", "2"]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("median:"), "{out}");
+    assert!(!err.contains("lost"), "no link lost in a clean run: {err}");
+}

@@ -103,3 +103,39 @@ fn show_auto_says_what_it_derived_and_why() {
     assert!(out.contains("nothing is pinned") || out.contains("a core of its own"), "{out}");
     assert!(out.contains("name = \"auto-"), "{out}");
 }
+
+#[test]
+fn a_file_that_is_not_toml_says_the_line_and_column_in_one_line() {
+    // Before: the parser's multi-line excerpt flattened, `TOML parse error at line 1, column 9
+    // | 1 | garbage [[[ |         ^ expected …`.
+    let dir = common::temp_dir("profile-syntax");
+    let path = dir.join("broken.toml");
+    std::fs::write(&path, "name = \"x\"\ngarbage [[[\n").expect("write");
+    let (code, _out, err) = check(&["check", path.to_str().expect("utf8")]);
+    assert_eq!(code, Some(1), "{err}");
+    let line = err.trim();
+    assert_eq!(line.lines().count(), 1, "{err}");
+    assert!(line.contains("broken.toml is not valid: line 2, column 9 (`garbage [[[`): expected"), "{line}");
+    assert!(!line.contains('|') && !line.contains('^'), "no flattened excerpt: {line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn engine_and_demo_name_the_profile_a_mistake_is_in() {
+    // Before: `profile field `shards[0].io_core`: …` without saying which --profile.
+    let dir = common::temp_dir("profile-named");
+    let p = write_profile(
+        &dir,
+        "wrong-core",
+        "[[shards]]\nendpoints = [\"tcp://127.0.0.1:1\"]\nio_core = 999\n[[workers]]\n",
+    );
+    for cmd in ["engine", "demo"] {
+        let (code, _out, err) = run_within(cmd, mdsub().args([cmd, "--profile", &p]), Duration::from_secs(30));
+        assert_eq!(code, Some(1), "{cmd}: {err}");
+        assert!(
+            err.trim().starts_with(&format!("mdsub: error: --profile {p}: profile field `shards[0].io_core`")),
+            "{cmd}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -383,3 +383,23 @@ fn lossy_replay_counts_its_drops_and_always_ends_the_stream() {
     assert_eq!(u(&r, "gaps"), dropped, "{r}");
     assert_eq!(u(&r, "delivered"), 300_000 - dropped, "{r}");
 }
+
+#[test]
+fn a_subscriber_that_leaves_mid_run_is_said() {
+    // Before, the replay went on sending to no one and said nothing.
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--duration", "60s"]);
+    cmd.stderr(std::process::Stdio::piped());
+    let mut replay = LineProc::spawn("replay", &mut cmd);
+    let err = lines_of(replay.proc.child.stderr.take().expect("stderr"));
+    let ep = replay.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
+    let (ctx, sub) = subscriber(&ep);
+    wait_line(&err, Duration::from_secs(20), "the replay sending", |l| l.contains("subscribed: sending"));
+    drop(sub);
+    drop(ctx);
+    let left = wait_line(&err, Duration::from_secs(20), "the leave said", |l| l.contains("subscriber left"));
+    assert!(left.contains("shard0") && left.contains("0 remain") && left.contains("reaches no one"), "{left}");
+    replay.proc.signal(2);
+    let (status, _) = replay.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+}

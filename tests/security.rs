@@ -69,6 +69,20 @@ fn ping(endpoint: &str, keys: Option<&ClientKeys>, server: &zmq::Socket, wait: D
 }
 
 #[test]
+fn keygen_refuses_a_name_that_is_not_a_plain_file_name() {
+    // `mdsub keygen ""` wrote the hidden files `.key` and `.pub`; `../x` wrote outside --dir.
+    let dir = temp_dir("sec-keygen-name");
+    for name in ["", ".hidden", "../outside"] {
+        let (code, _, err) = run_within("keygen", mdsub().args(["keygen", name, "--dir"]).arg(&dir), DEADLINE);
+        assert_eq!(code, Some(2), "{name:?}: {err}");
+        assert!(err.contains("is not a key name"), "{name:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0, "nothing written");
+    assert!(!dir.parent().expect("parent").join("outside.key").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn keygen_writes_libzmq_z85_keys_and_refuses_to_overwrite() {
     let dir = temp_dir("sec-keygen");
     let pair = keygen(&dir, "node");
@@ -452,7 +466,7 @@ fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() 
         ],
     );
     replay.err_line("replay-zap: refused 127.0.0.1 (CURVE): client key not allowed");
-    plain.err_line("shard0: connected to");
+    plain.err_line("shard0: connecting to");
     // The replay waits for one subscriber: the engine with the allowed key.
     let good = engine(&ep, &["--curve-key", &path("engine1.key"), "--server-key", &path("feed.pub")]);
     let mut good_proc = good.proc;

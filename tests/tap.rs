@@ -128,3 +128,27 @@ fn stats_counts_per_topic() {
     let (out, _) = stop(&mut tap);
     assert!(!out.iter().any(|l| l.starts_with("msg ")), "--stats prints no per-message lines");
 }
+
+#[test]
+fn a_record_file_it_cannot_create_is_one_line_naming_the_flag() {
+    // Before: `could not create the capture file X: i/o error while creating the capture file: …`.
+    let (code, _out, err) = common::run_within(
+        "tap",
+        common::mdsub().args([
+            "tap",
+            "--frontend",
+            "connect:tcp://127.0.0.1:1",
+            "--backend",
+            "bind:tcp://127.0.0.1:*",
+            "--record",
+            "/nonexistent-dir/x.mdcap",
+        ]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let line = err.trim();
+    assert_eq!(line.lines().count(), 1, "{err}");
+    assert!(line.contains("--record /nonexistent-dir/x.mdcap"), "{line}");
+    assert_eq!(line.matches("capture file").count(), 1, "said once: {line}");
+    assert_eq!(line.matches("No such file or directory").count(), 1, "{line}");
+}

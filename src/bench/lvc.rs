@@ -73,14 +73,16 @@ fn frames(payload_bytes: usize, topics: usize) -> Vec<Vec<u8>> {
 }
 
 /// Publish `messages` frames on `publisher` once `ready` is set (after probes),
-/// while a SUB on `sub_endpoint` counts them.
+/// while a SUB on `sub_endpoint` counts them. The publisher comes back (None if its
+/// thread failed), so a proxy in between can stop before it closes: a publisher gone
+/// first is a lost link in the proxy's log.
 fn measure(
     publisher: zmq::Socket,
     sub_ctx: &zmq::Context,
     sub_endpoint: &str,
     hwm: i32,
     args: &LvcBenchConfig,
-) -> Result<Measurement, AgentError> {
+) -> Result<(Measurement, Option<zmq::Socket>), AgentError> {
     let sub = sub_ctx.socket(zmq::SUB).map_err(berr("making the SUB"))?;
     sub.set_rcvhwm(hwm).map_err(berr("setting RCVHWM"))?;
     sub.set_rcvtimeo(100).map_err(berr("setting RCVTIMEO"))?;
@@ -92,7 +94,7 @@ fn measure(
     let fs = frames(args.payload_bytes, args.topics);
     let messages = args.messages;
     let probe = encode(PROBE, &bench_header(Kind::Heartbeat), b"");
-    let pub_thread = Runner::task("bench-pub", None, move || -> zmq::Result<()> {
+    let pub_thread = Runner::task("bench-pub", None, move || -> zmq::Result<zmq::Socket> {
         let give_up = Instant::now() + Duration::from_secs(10);
         while !ready_p.load(Ordering::Acquire) && Instant::now() < give_up {
             publisher.send(&probe[..], 0)?;
@@ -106,7 +108,7 @@ fn measure(
             publisher.send(&f[..], 0)?;
         }
         // Keep the socket open until the subscriber is done (linger default).
-        Ok(())
+        Ok(publisher)
     })?;
 
     let mut msg = zmq::Message::new();
@@ -128,9 +130,9 @@ fn measure(
         }
     }
     ready.store(true, Ordering::Release);
-    let _ = pub_thread.join();
+    let publisher = pub_thread.join().ok().and_then(Result::ok);
     let started = start.lock().ok().and_then(|s| *s).unwrap_or(last);
-    Ok(Measurement { sent: messages, delivered, elapsed: last.saturating_duration_since(started) })
+    Ok((Measurement { sent: messages, delivered, elapsed: last.saturating_duration_since(started) }, publisher))
 }
 
 fn make_pub(ctx: &zmq::Context, hwm: i32) -> Result<(zmq::Socket, String), AgentError> {
@@ -143,7 +145,7 @@ fn make_pub(ctx: &zmq::Context, hwm: i32) -> Result<(zmq::Socket, String), Agent
 fn direct(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, AgentError> {
     let (pub_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
-    measure(p, &sub_ctx, &ep, hwm, args)
+    measure(p, &sub_ctx, &ep, hwm, args).map(|(m, _)| m)
 }
 
 fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport, AgentStats), AgentError> {
@@ -170,7 +172,8 @@ fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport, A
     stop.stop();
     let proxy = handle.join()?;
     let stats = counters.snapshot("lvc-proxy");
-    Ok((m?, proxy.report(), stats))
+    let (m, _publisher) = m?; // closed only now, after the proxy
+    Ok((m, proxy.report(), stats))
 }
 
 /// The plain proxy baseline: libzmq's own `zmq_proxy_steerable` between an
@@ -223,7 +226,7 @@ fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, Agent
     let joined = handle.join();
     sent?;
     joined?;
-    m
+    m.map(|(m, _publisher)| m)
 }
 
 /// Run the comparison and print one line per measurement and the medians.

@@ -166,6 +166,21 @@ pub fn parse_count_usize(s: &str) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("`{s}` is too large; accepted: {COUNT_FORMS}"))
 }
 
+/// [`parse_count`] of something that must happen at least once (`--runs`, `--count`,
+/// `--symbols`, `--burst`): 0 is refused rather than taken as 1 or run as nothing.
+pub fn parse_count_nonzero(s: &str) -> Result<u64, String> {
+    match parse_count(s)? {
+        0 => Err(format!("`{s}`: must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// [`parse_count_nonzero`] into a `usize`.
+pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
+    let n = parse_count_nonzero(s)?;
+    usize::try_from(n).map_err(|_| format!("`{s}` is too large; accepted: {COUNT_FORMS}"))
+}
+
 /// [`parse_count`] into a HWM (`i32`, as libzmq takes it; 0 = unlimited).
 pub fn parse_hwm(s: &str) -> Result<i32, String> {
     let n = parse_count(s)?;
@@ -273,6 +288,9 @@ mod tests {
         for bad in ["", "k", "-1", "1.5", "0.0001k", "2m", "two", "1e6", "99999999999999999999"] {
             assert!(parse_count(bad).is_err(), "{bad:?} refused");
         }
+        assert_eq!(parse_count_nonzero("2"), Ok(2));
+        assert!(parse_count_nonzero("0").unwrap_err().contains("at least 1"));
+        assert!(parse_count_nonzero_usize("0k").is_err());
         assert_eq!(parse_hwm("100k"), Ok(100_000));
         assert!(parse_hwm("3000M").unwrap_err().contains("at most"));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, Idle};
+use super::args::{parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, Idle};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
 use super::replay::{file_source, parse_speed, Speed};
@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub publisher: PublisherArgs,
     /// Runs of every subscriber; medians are reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "5", value_name = "RUNS")]
     pub runs: usize,
     /// Engine tuning profile: a TOML file, `builtin` or `auto`.
     #[arg(long, default_value = "builtin")]
@@ -204,8 +204,19 @@ fn engine_variant(h: HandOff) -> String {
 }
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
+    use anyhow::Context as _;
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
+    if args.from.is_empty() {
+        args.feed.check_fits(profile.max_msg_bytes)?;
+    }
+    // The --save file is made before the runs, so a bad path fails now, not after them.
+    let save = match &args.save {
+        Some(path) => {
+            Some((path, std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
+        }
+        None => None,
+    };
     let handoffs: Vec<HandOff> = match args.handoff.as_str() {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
         "all" => vec![HandOff::Batch, HandOff::PerMessage, HandOff::Inline],
@@ -412,7 +423,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     for rep in 1..=args.runs.max(1) {
         for (name, sub, publisher, source) in &variants {
             if stop.is_stopped() {
-                anyhow::bail!("interrupted");
+                return Err(super::Interrupted.into());
             }
             let spec = RunSpec {
                 publisher: publisher.clone(),
@@ -514,9 +525,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         comparisons,
         publisher_comparisons,
     };
-    if let Some(path) = &args.save {
-        use anyhow::Context as _;
-        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+    if let Some((path, mut file)) = save {
+        use std::io::Write as _;
+        file.write_all(serde_json::to_string_pretty(&result)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
@@ -581,16 +592,16 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
 #[derive(Args, Debug, Clone)]
 pub struct LvcBenchArgs {
     /// Messages per measurement (e.g. 1M).
-    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub count: u64,
     /// Payload bytes per message (the frame adds the topic, a NUL and the header).
     #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Distinct topics, cycled.
-    #[arg(long, value_parser = parse_count_usize, default_value = "1000", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1000", value_name = "COUNT")]
     pub symbols: usize,
     /// Runs (each measures direct, then through the LVC); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
     pub runs: usize,
     /// Give up on a measurement after this long (reported as loss).
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
@@ -618,13 +629,13 @@ impl LvcBenchArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CloneBenchArgs {
     /// Updates sent through the server for the throughput runs (e.g. 1M).
-    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub updates: u64,
     /// Keys in the map for the snapshot runs (e.g. 1M).
-    #[arg(long, value_parser = parse_count, default_value = "1M", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub keys: u64,
     /// Runs of each measurement (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
     pub runs: usize,
     /// Skip the failover runs (they start server processes).
     #[arg(long)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, Endpoint, How};
+use super::args::{
+    parse_count, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, Endpoint, How,
+};
 use super::load_profile;
 use crate::agent::StopFlag;
 use crate::bench::capacity::search::{parse_quantile, SearchConfig, Sla, SlaPoint, Verdict};
@@ -45,7 +47,7 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Number of symbols (topics), Zipf-popular.
-    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "100", value_name = "COUNT")]
     pub symbols: usize,
     /// Each trial first offers its rate this long, unmeasured.
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
@@ -54,7 +56,7 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
     pub hold: Duration,
     /// Runs per trial, each with a fresh engine; medians are judged, the spread is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
     pub runs: usize,
     /// The first rate offered (msg/s); the search doubles from there until a trial fails.
     #[arg(long, value_parser = parse_count, default_value = "10k", value_name = "COUNT")]
@@ -162,6 +164,10 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         out_dir: args.out.clone(),
         publisher,
     };
+    for c in &cfg.configurations {
+        super::feed::check_frames_fit(&cfg.feed, c.profile.max_msg_bytes)
+            .map_err(|e| e.context(format!("configuration `{}`", c.name)))?;
+    }
     let machine = crate::bench::stamp::Machine::here();
     if !args.json {
         crate::outln!("mdsub capacity  {machine}");

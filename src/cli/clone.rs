@@ -225,7 +225,8 @@ pub enum ClientCmd {
         #[arg(long, value_parser = parse_count, value_name = "COUNT")]
         count: Option<u64>,
     },
-    /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters).
+    /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters); exit
+    /// status 1 when one does not answer.
     Status,
 }
 
@@ -238,17 +239,35 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
     Ok(d.as_secs())
 }
 
+/// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
+/// ([`super::Interrupted`]).
+pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -> anyhow::Result<()> {
+    match client.wait_synced_or_stop(timeout, stop) {
+        Ok(_) => Ok(()),
+        Err(crate::clone::client::ClientError::Interrupted) => Err(super::Interrupted.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
     let servers = Endpoint::all_only(&args.server, How::Connect, "--server")?;
     let keys = args.keys.to_keys()?;
     if let ClientCmd::Status = args.cmd {
+        let mut silent = 0;
         for s in &servers {
             match crate::clone::server_status_secured(s, timeout.min(Duration::from_secs(2)), keys.as_ref()) {
                 Ok(text) => crate::outln!("# {s}\n{text}"),
-                Err(e) => crate::outln!("# {s}\nerror={e}\n"),
+                Err(e) => {
+                    silent += 1;
+                    crate::outln!("# {s}\nerror={e}\n");
+                }
             }
+        }
+        // A script asking for the status learns from the exit code that a server is down.
+        if silent > 0 {
+            anyhow::bail!("{silent} of {} clone server(s) did not answer STATUS", servers.len());
         }
         return Ok(0);
     }
@@ -266,7 +285,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         args.idle.strategy(),
         keys,
     )?;
-    client.wait_synced(timeout).context("connecting to the clone servers")?;
+    wait_synced(&client, timeout, stop).context("connecting to the clone servers")?;
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
             let u = client.set(key.as_bytes(), value.as_bytes(), *ttl)?;

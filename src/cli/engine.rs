@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use super::args::{parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, Endpoint, How, Idle};
+use super::args::{
+    parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, Endpoint, How,
+    Idle,
+};
 use super::feed::FeedArgs;
 use super::security::{apply_security, EngineAccessArgs};
 use super::{describe_pacing, expected_msgs, load_profile, override_idle_handler, progress_bar, store_servers};
@@ -18,7 +21,7 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::RunReport;
-use crate::profile::{host_cores, Profile};
+use crate::profile::Profile;
 use crate::replay::{PublisherConfig, Source};
 use crate::snail::{Policy, SkewMode};
 
@@ -79,27 +82,38 @@ impl SnailArgs {
     /// Apply the flags given to `profile`'s `[snail]`.
     pub fn apply(&self, profile: &mut Profile) -> anyhow::Result<()> {
         let s = &mut profile.snail;
-        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        // The snail's settings are whole milliseconds: a finer duration is refused, not cut
+        // (`--max-lag 500us` became 0 ms, then "profile field `snail.max_lag_ms`: must be at least 1").
+        let ms = |flag: &str, d: Duration| -> anyhow::Result<u64> {
+            if !d.as_nanos().is_multiple_of(1_000_000) {
+                let given_ms = d.as_secs_f64() * 1e3;
+                bail!("{flag} {given_ms}ms: the snail's settings are whole milliseconds (e.g. 1ms, 250ms, 2s)");
+            }
+            Ok(d.as_millis().min(u64::MAX as u128) as u64)
+        };
         if let Some(p) = self.policy {
             s.policy = p;
         }
         if let Some(d) = self.max_lag {
-            s.max_lag_ms = ms(d);
+            s.max_lag_ms = ms("--max-lag", d)?;
+            if s.max_lag_ms == 0 {
+                bail!("--max-lag must be at least 1ms");
+            }
         }
         if let Some(d) = self.grace {
-            s.grace_ms = ms(d);
+            s.grace_ms = ms("--grace", d)?;
         }
         if let Some(d) = self.silence {
-            s.silence_ms = ms(d);
+            s.silence_ms = ms("--silence", d)?;
         }
         if let Some(k) = self.skew {
             s.skew = k;
         }
         if let Some(d) = self.rest {
-            s.rest_ms = ms(d);
+            s.rest_ms = ms("--rest", d)?;
         }
         if let Some(d) = self.skew_window {
-            s.skew_window_ms = ms(d);
+            s.skew_window_ms = ms("--skew-window", d)?;
         }
         if let Some(ep) = &self.monitor {
             s.monitor = Some(ep.only(How::Bind, "--monitor").map_err(anyhow::Error::msg)?);
@@ -147,7 +161,8 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
     args.snail.apply(&mut profile)?;
-    profile.validate(&host_cores())?;
+    super::check_profile(&profile, &args.profile)?;
+    args.feed.check_fits(profile.max_msg_bytes)?;
     let shards = profile.shards.len();
     let pacing = args.feed.pacing(Some(DEMO_RATE));
     let limits = args.feed.limits(Some(DEMO_DURATION));
@@ -209,8 +224,8 @@ pub struct EngineArgs {
     /// Topic prefix to subscribe (repeatable; default everything).
     #[arg(long = "subscribe")]
     pub subscribe: Vec<String>,
-    /// Number of workers (overrides the profile's, unpinned).
-    #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
+    /// Number of workers (overrides the profile's, unpinned; at least 1).
+    #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
     pub workers: Option<usize>,
     /// Worker handler: latency, book (order books from DBN records), last (last
     /// value per topic), verify (per-topic order check) or work:NANOS.
@@ -456,9 +471,6 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         }
     }
     if let Some(w) = args.workers {
-        if w == 0 {
-            bail!("--workers must be at least 1");
-        }
         profile.workers = vec![Default::default(); w];
     }
     override_idle_handler(&mut profile, args.idle, args.handler);
@@ -470,7 +482,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     }
     args.snail.apply(&mut profile)?;
     args.access.apply(&mut profile.security);
-    profile.validate(&host_cores())?;
+    super::check_profile(&profile, &args.profile)?;
     if profile.shards.iter().any(|s| s.endpoints.is_empty()) {
         bail!(
             "every shard needs an endpoint: give --endpoint tcp://HOST:PORT or set shards[].endpoints in the profile"
@@ -486,7 +498,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         crate::diag!("monitor: bound {ep}");
     }
     for (k, s) in cfg.shards.iter().enumerate() {
-        crate::diag!("shard{k}: connected to {}", s.endpoints.join(", "));
+        crate::diag!("shard{k}: connecting to {}", s.endpoints.join(", "));
     }
     crate::diag!("engine id: {}", engine.engine_id());
     if let Some(addr) = engine.metrics_addr() {

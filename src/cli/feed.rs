@@ -4,33 +4,38 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_hwm};
-use crate::feed::GeneratorConfig;
+use super::args::{
+    parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_hwm,
+};
+use crate::feed::{Generator, GeneratorConfig};
 use crate::replay::{Limits, Pacing};
+use crate::wire;
 
 /// The synthetic feed and its pacing.
 #[derive(Args, Debug, Clone)]
 pub struct FeedArgs {
-    /// Offered rate in messages per second (e.g. 100k); 0 = flat out.
-    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    /// Offered rate in messages per second (e.g. 100k); 0 = flat out. Default: 100k for demo,
+    /// flat out for replay and bench.
+    #[arg(long, value_parser = parse_count, value_name = "COUNT", allow_negative_numbers = true)]
     pub rate: Option<u64>,
-    /// Stop after this long (e.g. 5s, 500ms).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// Stop after this long (e.g. 5s, 500ms). Default without --count: 3s for demo, 10s for a
+    /// replay of the generated feed.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub duration: Option<Duration>,
-    /// Stop after this many messages (e.g. 2M).
-    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    /// Stop after this many messages (e.g. 2M; at least 1).
+    #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT", allow_negative_numbers = true)]
     pub count: Option<u64>,
     /// Payload bytes per message (the frame adds the topic, a NUL and the header).
     #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Number of symbols (topics), Zipf-popular.
-    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "100", value_name = "COUNT")]
     pub symbols: usize,
     /// Zipf exponent of symbol popularity (0 = uniform).
     #[arg(long, default_value_t = 1.0)]
     pub zipf: f64,
     /// Send in bursts of this many messages sharing one intended send time.
-    #[arg(long, value_parser = parse_count, default_value = "1", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero, default_value = "1", value_name = "COUNT")]
     pub burst: u64,
     /// Generator seed (same seed, same feed).
     #[arg(long, default_value_t = 42)]
@@ -46,6 +51,11 @@ impl FeedArgs {
             seed: self.seed,
         }
     }
+    /// [`check_frames_fit`] for this feed.
+    pub(crate) fn check_fits(&self, max_msg_bytes: i64) -> anyhow::Result<()> {
+        check_frames_fit(&self.generator(), max_msg_bytes)
+    }
+
     pub(crate) fn pacing(&self, default_rate: Option<u64>) -> Pacing {
         match self.rate.or(default_rate) {
             None | Some(0) => Pacing::FlatOut,
@@ -56,6 +66,25 @@ impl FeedArgs {
         let duration = if self.count.is_some() { self.duration } else { self.duration.or(default_duration) };
         Limits { max_msgs: self.count, duration }
     }
+}
+
+/// Refuse a generated feed whose frames an engine with `max_msg_bytes` (libzmq's
+/// ZMQ_MAXMSGSIZE) would refuse: each such frame drops the link instead of arriving, so a
+/// run would deliver nothing and never end (demo, bench, capacity).
+pub(crate) fn check_frames_fit(feed: &GeneratorConfig, max_msg_bytes: i64) -> anyhow::Result<()> {
+    let gen = Generator::new(feed);
+    let topic = gen.topics().iter().map(String::len).max().unwrap_or(0);
+    let frame = wire::frame_len(&vec![b'x'; topic], feed.payload_bytes);
+    if max_msg_bytes >= 0 && frame as u64 > max_msg_bytes as u64 {
+        anyhow::bail!(
+            "--payload-bytes {}: frames of up to {frame} bytes (topic, NUL, {}-byte header, payload) are over \
+             the engine's max_msg_bytes ({max_msg_bytes}), which would drop the link at each one; send less \
+             or raise max_msg_bytes in a profile",
+            feed.payload_bytes,
+            wire::HEADER_LEN
+        );
+    }
+    Ok(())
 }
 
 /// The publisher's socket settings.

@@ -34,6 +34,18 @@ pub mod security;
 pub mod tap;
 pub mod top;
 
+/// A command stopped by Ctrl-C or SIGTERM before it had a result to show: `main` says
+/// `mdsub: interrupted` and exits with [`EXIT_INTERRUPTED`]. (A command that has a result,
+/// such as the engine's report or the replay's numbers, prints it, marked interrupted, and
+/// exits 0.)
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// The exit status of an interrupted command: 128 + SIGINT, as a shell reports a command
+/// that Ctrl-C ended.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
 use crate::engine::handler::HandlerSpec;
 use crate::profile::{host_cores, Profile};
 use crate::replay::{Limits, Pacing};
@@ -96,6 +108,12 @@ pub(crate) fn store_servers(store: &[args::Endpoint]) -> anyhow::Result<Vec<Stri
 
 pub(crate) fn load_profile(spec: &str) -> anyhow::Result<Profile> {
     let p = Profile::load(spec)?;
-    p.validate(&host_cores())?;
+    check_profile(&p, spec)?;
     Ok(p)
+}
+
+/// Validate `p` for this host; a mistake names the profile it came from (`--profile
+/// FILE: profile field …`), as `mdsub profile check` does.
+pub(crate) fn check_profile(p: &Profile, spec: &str) -> anyhow::Result<()> {
+    p.validate(&host_cores()).map_err(|e| anyhow::Error::new(e).context(format!("--profile {spec}")))
 }

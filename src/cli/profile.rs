@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use clap::{Args, Subcommand};
 
-use super::args::parse_count_usize;
+use super::args::parse_count_nonzero_usize;
 use crate::profile::{core_list, host_cores, Profile};
 
 /// `mdsub profile`.
@@ -37,10 +37,10 @@ pub enum ProfileCmd {
         /// `auto`, `builtin` or a TOML file.
         profile: String,
         /// Shards for `auto`.
-        #[arg(long, value_parser = parse_count_usize, default_value = "1", value_name = "COUNT")]
+        #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1", value_name = "COUNT")]
         shards: usize,
         /// Workers for `auto`.
-        #[arg(long, value_parser = parse_count_usize, default_value = "1", value_name = "COUNT")]
+        #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1", value_name = "COUNT")]
         workers: usize,
     },
 }

@@ -210,7 +210,11 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     if args.subscribers > 0 {
         crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
-        publisher.wait_for_subscribers(args.subscribers, args.wait_timeout)?;
+        match publisher.wait_for_subscribers_or_stop(args.subscribers, args.wait_timeout, stop) {
+            Err(crate::replay::ReplayError::Interrupted) => return Err(super::Interrupted.into()),
+            r => r?,
+        }
+        crate::diag!("subscribed: sending");
     }
     let pacing = match (args.speed, args.recorded_timing) {
         (Some(s), _) => s.pacing(),

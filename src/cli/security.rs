@@ -17,6 +17,7 @@ uses it) and DIR/NAME.pub (public key only: give it to peers). Keys are the 40-c
 libzmq's zmq_curve_keypair produces, in CZMQ's certificate layout. See docs/SECURITY.md.")]
 pub struct KeygenArgs {
     /// Name of the pair: the files are NAME.key and NAME.pub.
+    #[arg(value_parser = parse_key_name)]
     pub name: String,
     /// Directory to write them in (made if missing).
     #[arg(long, default_value = ".")]
@@ -24,6 +25,15 @@ pub struct KeygenArgs {
     /// Replace existing files of that name.
     #[arg(long)]
     pub force: bool,
+}
+
+/// A key pair's name: a plain file name (the pair goes in --dir), not empty, no `/`, not
+/// starting with `.` (`mdsub keygen ""` wrote the hidden files `.key` and `.pub`).
+fn parse_key_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.starts_with('.') || s.contains('/') || s.contains('\0') {
+        return Err(format!("`{s}` is not a key name: a plain file name such as `server` (the pair goes in --dir)"));
+    }
+    Ok(s.to_string())
 }
 
 /// Generate and write the pair; prints the two paths and the public key.

@@ -214,29 +214,43 @@ impl Top {
 /// Run `mdsub top`.
 pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let servers = store_servers(&args.store)?;
+    // The dashboard needs a terminal: without one, say so now, not after reaching the store.
+    let tty = if args.once {
+        None
+    } else {
+        Some(Tty::open().map_err(|e| {
+            anyhow::anyhow!("no terminal to draw the dashboard on (/dev/tty: {e}); --once prints one plain-text frame")
+        })?)
+    };
     let client = Client::start(ClientConfig {
         servers,
         subtree: STATUS_ROOT.into(),
         log_links: false,
         ..ClientConfig::default()
     })?;
-    client.wait_synced(args.timeout).context("connecting to the clone store")?;
+    super::clone::wait_synced(&client, args.timeout, stop).context("connecting to the clone store")?;
     let changes = client.watch(STATUS_ROOT.as_bytes())?;
     let mut model = Top::default();
     // The watch starts with every current key.
     while let Ok(c) = changes.recv_timeout(Duration::from_millis(200)) {
         model.apply(&c);
     }
-    if args.once {
-        crate::out!("{}", model.render_text());
-        return Ok(());
+    match tty {
+        Some(tty) => interactive(&mut model, &changes, stop, tty),
+        None => {
+            crate::out!("{}", model.render_text());
+            Ok(())
+        }
     }
-    interactive(&mut model, &changes, stop)
 }
 
-fn interactive(model: &mut Top, changes: &crossbeam::channel::Receiver<Change>, stop: &StopFlag) -> anyhow::Result<()> {
+fn interactive(
+    model: &mut Top,
+    changes: &crossbeam::channel::Receiver<Change>,
+    stop: &StopFlag,
+    tty: Tty,
+) -> anyhow::Result<()> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
-    let tty = Tty::open().context("opening the terminal")?;
     let mut terminal = ratatui::try_init().context("starting the terminal view")?;
     let result = (|| -> anyhow::Result<()> {
         let mut last_draw = Instant::now() - Duration::from_secs(1);

@@ -57,6 +57,9 @@ pub enum ClientError {
     /// The agent thread has stopped.
     #[error("the clone agent has stopped")]
     Stopped,
+    /// A wait was given up because the caller was asked to stop.
+    #[error("interrupted")]
+    Interrupted,
     /// A wait ran out.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout { what: &'static str, after: Duration },
@@ -271,11 +274,20 @@ impl Client {
 
     /// Wait until the agent is synced with a server.
     pub fn wait_synced(&self, deadline: Duration) -> Result<ClientStatus, ClientError> {
+        self.wait_synced_or_stop(deadline, &StopFlag::new())
+    }
+
+    /// [`Client::wait_synced`] that gives up with [`ClientError::Interrupted`] as soon as
+    /// `stop` is set (Ctrl-C while no server answers).
+    pub fn wait_synced_or_stop(&self, deadline: Duration, stop: &StopFlag) -> Result<ClientStatus, ClientError> {
         let end = Instant::now() + deadline;
         loop {
             let s = self.status()?;
             if s.synced {
                 return Ok(s);
+            }
+            if stop.is_stopped() {
+                return Err(ClientError::Interrupted);
             }
             if Instant::now() >= end {
                 return Err(ClientError::Timeout { what: "a snapshot from a clone server", after: deadline });

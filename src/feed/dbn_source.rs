@@ -175,7 +175,7 @@ impl DbnFile {
         };
         let reader = Counting { inner, read: 0, head: [0; 8], error: None };
         let decoder = Decoder::with_upgrade_policy(reader, VersionUpgradePolicy::AsIs)
-            .map_err(|e| open_err(format!("not a readable DBN file: {e}")))?;
+            .map_err(|e| open_err(format!("not a readable DBN file: {}", dbn_error_text(&e))))?;
         let metadata = decoder.metadata().clone();
         let head = decoder.get_ref().head;
         let consumed = 8 + u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
@@ -220,7 +220,7 @@ impl DbnFile {
                     }
                     return Ok(());
                 }
-                Err(e) => return Err(self.damaged(e.to_string())),
+                Err(e) => return Err(self.damaged(dbn_error_text(&e))),
             };
             let bytes: &[u8] = rec.as_ref();
             self.consumed += bytes.len() as u64;
@@ -419,6 +419,18 @@ pub fn get<'a, T: HasRType<Header = RecordHeader>>(rec: &RecordRef<'a>) -> Optio
         rec.get::<T>()
     } else {
         None
+    }
+}
+
+/// A `dbn::Error` for a person: the crate prints its I/O errors Debug-formatted
+/// (`IO error: Kind(UnexpectedEof) while decoding metadata`); this says them in words.
+fn dbn_error_text(e: &dbn::Error) -> String {
+    match e {
+        dbn::Error::Io { source, context } if source.kind() == io::ErrorKind::UnexpectedEof => {
+            format!("the file ends early while {context}")
+        }
+        dbn::Error::Io { source, context } => format!("{source} while {context}"),
+        other => other.to_string(),
     }
 }
 

@@ -38,6 +38,10 @@ use serde::{Deserialize, Serialize};
 /// `CONNECT_RETRIED` follows within microseconds on the same I/O thread).
 pub const RETRY_GRACE_NS: u64 = 250_000_000;
 
+/// How long a link may stay unreached (libzmq retrying a connect nobody answers) before
+/// [`Decision::NotUp`] says so, once.
+pub const NOT_UP_AFTER_NS: u64 = 5_000_000_000;
+
 /// One socket-monitor event, as far as links care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -118,6 +122,9 @@ pub enum Decision {
     Reestablish { link: usize },
     /// Link `link` is up again after `down_ns` (its `reconnects`-th reconnect).
     Up { link: usize, down_ns: u64, reconnects: u64 },
+    /// Link `link` was never up: libzmq has retried its connect for `for_ns` (said once, after
+    /// [`NOT_UP_AFTER_NS`]; nobody serves the endpoint, or a firewall drops the attempts).
+    NotUp { link: usize, for_ns: u64, attempts: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +196,9 @@ struct Link {
     state: State,
     /// The reason of the last loss counted.
     last_reason: Option<Reason>,
+    /// When libzmq first retried a connect that never came up, and whether that was said.
+    first_retry_ns: Option<u64>,
+    said_not_up: bool,
     stats: LinkStats,
 }
 
@@ -212,6 +222,8 @@ impl Links {
                 aliases,
                 state: State::Connecting,
                 last_reason: None,
+                first_retry_ns: None,
+                said_not_up: false,
             })
             .collect();
         Links { links, grace_ns, ended: false }
@@ -309,6 +321,17 @@ impl Links {
             Event::ConnectRetried => {
                 l.stats.retries += 1;
                 match l.state {
+                    State::Connecting if !l.said_not_up => {
+                        let first = *l.first_retry_ns.get_or_insert(now_ns);
+                        if now_ns.saturating_sub(first) >= NOT_UP_AFTER_NS {
+                            l.said_not_up = true;
+                            out.push(Decision::NotUp {
+                                link: i,
+                                for_ns: now_ns.saturating_sub(first),
+                                attempts: l.stats.retries,
+                            });
+                        }
+                    }
                     State::Down { since_ns, counted: true, .. } => l.state = State::Lost { since_ns },
                     State::Down { since_ns, failure, counted: false } => {
                         let reason = match failure {
@@ -428,6 +451,20 @@ mod tests {
             l.tick(t, &mut out);
         }
         out
+    }
+
+    #[test]
+    fn a_link_never_up_is_said_once_after_a_while() {
+        let mut l = links();
+        let s = 1_000_000_000;
+        let retries: Vec<(Event, u64)> = (0..=80).map(|k| (Event::ConnectRetried, k * s / 10)).collect();
+        let d = run(&mut l, &retries);
+        assert_eq!(d, vec![Decision::NotUp { link: 0, for_ns: NOT_UP_AFTER_NS, attempts: 51 }]);
+        // Up at last, then lost and retried for long: a loss, not "never up".
+        let d = run(&mut l, &[(Event::HandshakeSucceeded, 9 * s), (Event::Disconnected, 10 * s)]);
+        assert!(d.is_empty(), "{d:?}");
+        let d = run(&mut l, &[(Event::ConnectRetried, 10 * s), (Event::ConnectRetried, 20 * s)]);
+        assert!(d.iter().all(|d| !matches!(d, Decision::NotUp { .. })), "{d:?}");
     }
 
     #[test]

@@ -239,7 +239,14 @@ impl LinkWatch {
                 self.say_lost(link, Reason::Disconnected);
                 self.act(socket, decision, now);
             }
-            Decision::Lost { .. } | Decision::Up { .. } if !self.log => {}
+            Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } if !self.log => {}
+            Decision::NotUp { link, for_ns, attempts } => crate::diag!(
+                "{}: link {} not up after {:.0} s ({attempts} connection attempts): nothing answers there; \
+                 libzmq keeps trying",
+                self.name,
+                self.links.endpoint(link),
+                for_ns as f64 / 1e9
+            ),
             Decision::Lost { link, reason } => self.say_lost(link, reason),
             Decision::Reestablish { link } => {
                 let ep = self.links.endpoint(link).to_string();

@@ -48,6 +48,9 @@ pub enum ReplayError {
     Dbn(DbnSourceError),
     #[error("bad replay setting: {0}")]
     Config(String),
+    /// Stopped (Ctrl-C, SIGTERM) before the replay began.
+    #[error("interrupted while waiting for subscribers")]
+    Interrupted,
 }
 
 fn zerr(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> ReplayError {
@@ -224,6 +227,8 @@ enum Outcome {
 /// One XPUB per shard, bound and ready to publish.
 pub struct Publisher {
     shards: Vec<Shard>,
+    /// A run is under way: subscribers joining or leaving are said.
+    sending: bool,
     buf: Vec<u8>,
     lossless: bool,
     /// Receive time of the record being sent (DBN sources), for progress displays.
@@ -286,6 +291,7 @@ impl Publisher {
         }
         Ok(Publisher {
             shards,
+            sending: false,
             buf: Vec::with_capacity(1024),
             lossless: cfg.lossless,
             market_ns: Arc::new(AtomicU64::new(0)),
@@ -354,16 +360,26 @@ impl Publisher {
 
     /// Read pending subscription events; count subscriptions that receive the
     /// control topic (each mdsub subscriber makes exactly one such).
+    /// While a run is under way (`self.sending`), a subscriber that leaves or joins is said
+    /// on stderr: what is sent while a shard has none reaches no one.
     fn drain_subscriptions(&mut self) -> Result<(), ReplayError> {
-        for sh in &mut self.shards {
+        let say = self.sending;
+        for (k, sh) in self.shards.iter_mut().enumerate() {
             while let Ok(ev) = sh.socket.recv_bytes(zmq::DONTWAIT) {
                 if let Some((&kind, topic)) = ev.split_first() {
                     let ctl = [CONTROL_TOPIC, b"\0"].concat();
                     if ctl.starts_with(topic) {
                         if kind == 1 {
                             sh.subscribers += 1;
+                            if say {
+                                crate::diag!("replay: shard{k}: a subscriber joined ({} now)", sh.subscribers);
+                            }
                         } else if kind == 0 {
                             sh.subscribers = sh.subscribers.saturating_sub(1);
+                            if say {
+                                let none = if sh.subscribers == 0 { ": what it sends now reaches no one" } else { "" };
+                                crate::diag!("replay: shard{k}: a subscriber left ({} remain){none}", sh.subscribers);
+                            }
                         }
                     }
                 }
@@ -374,10 +390,24 @@ impl Publisher {
 
     /// Wait until every shard has `per_shard` subscribers (the handshake).
     pub fn wait_for_subscribers(&mut self, per_shard: usize, timeout: Duration) -> Result<(), ReplayError> {
+        self.wait_for_subscribers_or_stop(per_shard, timeout, &StopFlag::new())
+    }
+
+    /// [`Publisher::wait_for_subscribers`] that gives up with [`ReplayError::Interrupted`]
+    /// as soon as `stop` is set (Ctrl-C while nobody has subscribed yet).
+    pub fn wait_for_subscribers_or_stop(
+        &mut self,
+        per_shard: usize,
+        timeout: Duration,
+        stop: &StopFlag,
+    ) -> Result<(), ReplayError> {
         let start = Instant::now();
         loop {
             self.drain_subscriptions()?;
             if let Some(sh) = self.shards.iter().find(|s| s.subscribers < per_shard) {
+                if stop.is_stopped() {
+                    return Err(ReplayError::Interrupted);
+                }
                 if start.elapsed() >= timeout {
                     return Err(ReplayError::NoSubscribers {
                         endpoint: sh.endpoint.clone(),
@@ -388,7 +418,11 @@ impl Publisher {
                 }
                 let mut items: Vec<zmq::PollItem> =
                     self.shards.iter().map(|s| s.socket.as_poll_item(zmq::POLLIN)).collect();
-                zmq::poll(&mut items, 20).map_err(zerr("waiting for subscribers"))?;
+                match zmq::poll(&mut items, 20) {
+                    // A signal (Ctrl-C) landed on this thread: look at `stop` and go on.
+                    Ok(_) | Err(zmq::Error::EINTR) => {}
+                    Err(e) => return Err(zerr("waiting for subscribers")(e)),
+                }
             } else {
                 return Ok(());
             }
@@ -537,6 +571,7 @@ impl Publisher {
             ));
         }
         let cpu0 = crate::clock::thread_cpu_ns();
+        self.sending = true;
         let result = match source {
             Source::Generator(_) if matches!(pacing, Pacing::Recorded { .. }) => {
                 return Err(ReplayError::Config("recorded timing needs a capture or DBN file".into()))
@@ -554,6 +589,10 @@ impl Publisher {
             }
             Source::Prebuilt(g) => self.run_prebuilt(g, Run { pacing, limits, stop, progress }),
         };
+        // A subscriber that left during a flat-out run (no idle turn drained the
+        // subscriptions) is said now.
+        self.drain_subscriptions()?;
+        self.sending = false;
         // End the stream in every case, so subscribers finish: after a damaged
         // file everything before the damage was sent (the damage is in `refused`).
         let missed = self.end_of_stream(stop)?;
@@ -604,6 +643,7 @@ impl Publisher {
             };
             let mut one = Publisher {
                 shards: vec![shard],
+                sending: false,
                 buf: Vec::with_capacity(1024),
                 lossless: self.lossless,
                 market_ns: Arc::new(AtomicU64::new(0)),
@@ -673,8 +713,14 @@ impl Publisher {
         let mut i = 0u64;
         while i < max {
             // A blocked send and a paced wait look at `stop` themselves.
-            if i & 63 == 0 && checkpoint(i, stop, progress) {
-                return Ok(true);
+            if i & 63 == 0 {
+                if checkpoint(i, stop, progress) {
+                    return Ok(true);
+                }
+                // Every 1 Ki messages: a subscriber that left is said while the run goes on.
+                if i & 0x3ff == 0 {
+                    self.drain_subscriptions()?;
+                }
             }
             let due = faults.due(i).unwrap_or_default();
             if !self.apply_due(due, &pacer) {

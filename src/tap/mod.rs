@@ -33,7 +33,7 @@ pub enum TapError {
     BadFilter(String),
     #[error("--queue-msgs must be at least 1")]
     BadQueue,
-    #[error("could not create the capture file {path}: {source}")]
+    #[error("--record {path}: {source}")]
     Record {
         path: PathBuf,
         #[source]

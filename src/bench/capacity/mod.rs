@@ -254,7 +254,11 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             let left_here = search.trials_left_estimate();
             let left_after = (cfg.configurations.len() - ci - 1) * (left_here + 4);
             let elapsed = started.elapsed().as_secs_f64();
-            if capped || stop.is_stopped() || elapsed + per_trial_s > cfg.time_cap.as_secs_f64() {
+            if stop.is_stopped() {
+                search.interrupt();
+                break;
+            }
+            if capped || elapsed + per_trial_s > cfg.time_cap.as_secs_f64() {
                 capped = true;
                 search.cap();
                 break;
@@ -286,8 +290,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             done += 1;
             on(Event::TrialDone { config: &c.name, summary: &summary });
             if stop.is_stopped() {
-                search.cap();
-                capped = true;
+                search.interrupt();
                 break;
             }
             search.on_result(rate, summary.verdict.clone());
@@ -336,6 +339,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "max_rate": cfg.search.max_rate,
         "time_cap_s": cfg.time_cap.as_secs_f64(),
         "capped": capped,
+        "interrupted": stop.is_stopped(),
     });
     let mut result = CapacityResult {
         machine,
@@ -404,6 +408,7 @@ pub fn ending_text(e: Ending) -> &'static str {
         Ending::PublisherLimited => "publisher-limited: the engine's limit is higher than the publisher could offer",
         Ending::AboveMaxRate => "the maximum rate passed: the knee is above it",
         Ending::Capped => "capped: the time cap ended the search",
+        Ending::Interrupted => "interrupted: Ctrl-C (or SIGTERM) ended the search",
     }
 }
 

@@ -28,7 +28,18 @@ pub struct RemotePublisher {
 }
 
 fn recv_json(sock: &zmq::Socket, what: &str) -> anyhow::Result<Value> {
-    let bytes = sock.recv_bytes(0).with_context(|| format!("waiting for the publisher's answer to {what}"))?;
+    let bytes = match sock.recv_bytes(0) {
+        Ok(b) => b,
+        // RCVTIMEO ran out: libzmq's EAGAIN text ("Resource temporarily unavailable") says nothing.
+        Err(zmq::Error::EAGAIN) => {
+            let after_ms = sock.get_rcvtimeo().unwrap_or(-1);
+            anyhow::bail!(
+                "no answer from the publisher to {what} within {after_ms} ms (is `mdsub replay --serve-trials` \
+                 running there, and reachable?)"
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("waiting for the publisher's answer to {what}")),
+    };
     let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("the publisher's answer to {what}"))?;
     if let Some(e) = v.get("error").and_then(Value::as_str) {
         anyhow::bail!("the publisher could not {what}: {e}");
@@ -128,8 +139,10 @@ pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> a
     let mut trials = 0u64;
     let mut prepared: Option<(zmq::Context, Publisher, Pacing, Limits, Source)> = None;
     while !stop.is_stopped() {
-        if rep.poll(zmq::POLLIN, 100).context("waiting for a request")? == 0 {
-            continue;
+        match rep.poll(zmq::POLLIN, 100) {
+            Ok(0) | Err(zmq::Error::EINTR) => continue, // EINTR: a signal (Ctrl-C); `stop` says whether to end
+            Ok(_) => {}
+            Err(e) => return Err(e).context("waiting for a request"),
         }
         let bytes = rep.recv_bytes(0).context("receiving a request")?;
         let answer = match serde_json::from_slice::<Value>(&bytes) {

@@ -280,8 +280,10 @@ pub enum Ending {
     PublisherLimited,
     /// The maximum rate passed: the knee is above it.
     AboveMaxRate,
-    /// The time cap (or a stop) ended the search early.
+    /// The time cap ended the search early.
     Capped,
+    /// A stop (Ctrl-C, SIGTERM) ended the search early.
+    Interrupted,
 }
 
 /// The search's result.
@@ -360,10 +362,19 @@ impl Search {
         &self.history
     }
 
-    /// Stop where the search is (time cap, Ctrl-C).
+    /// Stop where the search is: the time cap.
     pub fn cap(&mut self) {
+        self.end_early(Ending::Capped);
+    }
+
+    /// Stop where the search is: Ctrl-C.
+    pub fn interrupt(&mut self) {
+        self.end_early(Ending::Interrupted);
+    }
+
+    fn end_early(&mut self, ending: Ending) {
         if !matches!(self.phase, Phase::Done(_)) {
-            self.phase = Phase::Done(Ending::Capped);
+            self.phase = Phase::Done(ending);
         }
     }
 
