@@ -193,7 +193,7 @@ fn engine_stops_cleanly_on_sigint_with_a_report() {
     let mut cmd = mdsub();
     cmd.args(["engine", "--expect-eos", "0", "--endpoint", &format!("tcp://127.0.0.1:{port}")]);
     let mut engine = LineProc::spawn("engine", cmd.stderr(std::process::Stdio::piped()));
-    // Handshake: the engine says it is connected (after installing its handler).
+    // Handshake: the engine says it is connecting (after installing its handler).
     let stderr = engine.proc.child.stderr.take().expect("piped stderr");
     let mut first = String::new();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -206,7 +206,7 @@ fn engine_stops_cleanly_on_sigint_with_a_report() {
         let _ = r.read_to_end(&mut Vec::new());
     });
     let line = rx.recv_timeout(Duration::from_secs(20)).expect("engine started within 20 s");
-    assert!(line.starts_with("shard0: connected"), "{line}");
+    assert!(line.starts_with("shard0: connecting to"), "{line}");
     engine.proc.signal(2);
     let (status, out) = engine.finish(Duration::from_secs(20));
     assert!(status.success(), "{out}");
