@@ -3,7 +3,9 @@
 //! the `links = "zmq"` metadata and rustc cfgs) what the build has.
 
 use std::env;
-use std::path::PathBuf;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build/main.rs");
@@ -39,7 +41,8 @@ fn main() {
     // stays off on purpose: a libzmq I/O thread keeps the name of the mdsub
     // thread that made its context (`shard0-io`), which the per-thread CPU
     // accounting reads. See LINUX_FEATURES and LINUX_CODEGEN.
-    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+    let linux = env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
+    if linux {
         for flag in LINUX_CODEGEN {
             cxxflags.push(' ');
             cxxflags.push_str(flag);
@@ -49,18 +52,83 @@ fn main() {
             cxxflags.push_str(feature);
         }
     }
-    if let Ok(user) = env::var("CXXFLAGS") {
-        cxxflags.push(' ');
-        cxxflags.push_str(&user);
-    }
-    env::set_var("CXXFLAGS", cxxflags);
+    let user = env::var("CXXFLAGS").ok();
     if env::var_os("CFLAGS").is_none() {
         env::set_var("CFLAGS", "-w");
     }
-    zeromq_src::Build::new().enable_draft(true).with_libsodium(sodium).build();
+    let build = |flags: &str| {
+        let mut all = format!("{cxxflags}{flags}");
+        if let Some(user) = &user {
+            all.push(' ');
+            all.push_str(user);
+        }
+        env::set_var("CXXFLAGS", all);
+        zeromq_src::Build::new().enable_draft(true).with_libsodium(sodium.clone()).build();
+    };
+    // Link-time optimisation inside libzmq, for optimised builds with gcc on
+    // Linux: the sources are compiled to GCC's intermediate form, then one
+    // relocatable link (`-r`) optimises them as a whole into a single plain
+    // object, which becomes libzmq.a. libzmq's per-message path crosses its
+    // files constantly (socket_base → xpub → dist → pipe → msg, encoder →
+    // msg), and without this every msg_t::size(), data() or flags() is a
+    // call; with it the anchors' C publisher and subscriber run ~200 fewer
+    // instructions per message each (benches/README.md, "libzmq build").
+    // Rust's own LTO cannot do this (it sees only LLVM code), and the final
+    // link stays an ordinary one: the archive holds no GCC intermediate code.
+    // ZMQ_SYS_NO_LTO=1 turns it off; if the whole-library link fails, the
+    // library is rebuilt without it (with a warning), never left half-made.
+    println!("cargo:rerun-if-env-changed=ZMQ_SYS_NO_LTO");
+    let lto = linux
+        && env::var("OPT_LEVEL").map_or(false, |level| level != "0")
+        && env::var_os("ZMQ_SYS_NO_LTO").is_none()
+        && cc::Build::new().cpp(true).get_compiler().is_like_gnu();
+    if lto {
+        build(" -flto");
+        let lib_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("lib");
+        if let Err(why) = link_whole(&lib_dir) {
+            println!("cargo:warning=libzmq without link-time optimisation: {why}");
+            build("");
+        }
+    } else {
+        build("");
+    }
     // Build metadata for dependents (DEP_ZMQ_DRAFT / DEP_ZMQ_CURVE).
     println!("cargo:draft=1");
     println!("cargo:curve={}", if curve { 1 } else { 0 });
+}
+
+/// Replaces `lib_dir/libzmq.a` (members compiled with `-flto`) by an archive
+/// of one object: the members linked with `-r` and optimised as a whole.
+fn link_whole(lib_dir: &Path) -> Result<(), String> {
+    let archive = lib_dir.join("libzmq.a");
+    let run = |mut cmd: Command| -> Result<Vec<u8>, String> {
+        let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    };
+    let archiver = || cc::Build::new().cpp(true).get_archiver();
+    let mut list = archiver();
+    list.arg("t").arg(&archive);
+    let members = String::from_utf8(run(list)?).map_err(|e| format!("ar t: {e}"))?;
+    let whole = lib_dir.join("libzmq-whole.o");
+    let mut link = cc::Build::new().cpp(true).get_compiler().to_command();
+    // One partition: gcc 12 stops with an internal error partitioning
+    // libzmq for a relocatable link (lto-partition.cc:215); one partition
+    // also gives the optimiser the whole library at once.
+    link.args(["-r", "-nostdlib", "-flto", "-flto-partition=one", "-flinker-output=nolto-rel"])
+        .arg("-o")
+        .arg(&whole)
+        .current_dir(lib_dir);
+    link.args(members.lines().filter(|m| !m.is_empty()));
+    run(link)?;
+    fs::remove_file(&archive).map_err(|e| format!("remove {}: {e}", archive.display()))?;
+    let mut pack = archiver();
+    pack.arg("crs").arg(&archive).arg(&whole);
+    run(pack)?;
+    Ok(())
 }
 
 /// Code generation for libzmq's C++ on Linux (gcc or clang), on top of what
