@@ -9,10 +9,12 @@
 # including libzmq's I/O thread) per message, and the rate the SUB saw.
 #
 # Usage: tools/zmq-ab.sh ROUNDS COUNT DIR...
-#   each DIR holds a cpub and a csub; its name is the build's label.
+#   each DIR holds a cpub and a csub (same arguments as the anchors'; a
+#   wrapper that execs e.g. `mdsub replay` or `mdsub engine` works too); its
+#   name is the build's label.
 # Link the anchors against mdsub's libzmq with tools/zmq-anchors-link.sh.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
 rounds="$1"
 count="$2"
 shift 2
@@ -37,6 +39,7 @@ run() {
   pub=$(awk -v n="$count" '{ printf "%.0f", ($1 + $2) * 1e9 / n }' "$tmp/pt")
   sub=$(awk -v n="$count" '{ printf "%.0f", ($1 + $2) * 1e9 / n }' "$tmp/st")
   rate=$(echo "$out" | sed -n 's/.*"rate":\([0-9]*\).*/\1/p')
+  rate=${rate:-0} # a SUB that prints no "rate" (e.g. mdsub engine)
   echo "$label $pub $sub $rate" >>"$tmp/results"
   printf 'round %2d  load %5s  %-14s pub %4s ns/msg  sub %4s ns/msg  %9s msg/s\n' \
     "$r" "$(cut -d' ' -f1 /proc/loadavg)" "$label" "$pub" "$sub" "$rate"
