@@ -1,6 +1,10 @@
 //! Builds libzmq from source with the draft API and CURVE (linked against the
 //! libsodium that `libsodium-sys-stable` built), and tells `mdsub` (through
-//! the `links = "zmq"` metadata and rustc cfgs) what the build has.
+//! the `links = "zmq"` metadata and rustc cfgs) what the build has. On Linux
+//! it adds what zeromq-src leaves out: the platform features libzmq's CMake
+//! build detects (`LINUX_FEATURES`) and code generation as cheap per message
+//! as Debian's libzmq or cheaper (`LINUX_CODEGEN`, and with gcc in optimised
+//! builds, link-time optimisation across the whole library).
 
 use std::env;
 use std::fs;
@@ -75,7 +79,7 @@ fn main() {
     // instructions per message each (benches/README.md, "libzmq build").
     // Rust's own LTO cannot do this (it sees only LLVM code), and the final
     // link stays an ordinary one: the archive holds no GCC intermediate code.
-    // ZMQ_SYS_NO_LTO=1 turns it off; if the whole-library link fails, the
+    // ZMQ_SYS_NO_LTO (any value) turns it off; if the whole-library link fails, the
     // library is rebuilt without it (with a warning), never left half-made.
     println!("cargo:rerun-if-env-changed=ZMQ_SYS_NO_LTO");
     let lto = linux
