@@ -12,15 +12,24 @@
 #   each DIR holds a cpub and a csub (same arguments as the anchors'; a
 #   wrapper that execs e.g. `mdsub replay` or `mdsub engine` works too); its
 #   name is the build's label.
+# PIN="P S" runs the publisher on CPU P and the subscriber on CPU S (taskset):
+# fewer migrations, steadier figures on a shared box.
 # Link the anchors against mdsub's libzmq with tools/zmq-anchors-link.sh.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,17p' "$0" >&2; exit 2; }
 rounds="$1"
 count="$2"
 shift 2
 for d in "$@"; do
   [ -x "$d/cpub" ] && [ -x "$d/csub" ] || { echo "zmq-ab: no cpub/csub in $d" >&2; exit 2; }
 done
+pin_pub=()
+pin_sub=()
+if [ -n "${PIN:-}" ]; then
+  read -r pub_cpu sub_cpu <<<"$PIN"
+  pin_pub=(taskset -c "$pub_cpu")
+  pin_sub=(taskset -c "$sub_cpu")
+fi
 tmp=$(mktemp -d)
 trap 'kill "$(cat "$tmp/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
@@ -28,11 +37,13 @@ trap 'kill "$(cat "$tmp/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$tmp"' E
 run() {
   local d="$1" r="$2" p label out pid pub sub rate
   label=$(basename "$d")
+  # A port nothing listens on (the box is shared with other benchmarks).
   p=$((30000 + RANDOM % 20000))
-  /usr/bin/time -o "$tmp/pt" -f "%U %S" "$d/cpub" "tcp://127.0.0.1:$p" "$count" >/dev/null 2>"$tmp/perr" &
+  while ss -Htln "sport = :$p" | grep -q .; do p=$((30000 + RANDOM % 20000)); done
+  /usr/bin/time -o "$tmp/pt" -f "%U %S" "${pin_pub[@]}" "$d/cpub" "tcp://127.0.0.1:$p" "$count" >/dev/null 2>"$tmp/perr" &
   pid=$!
   echo "$pid" >"$tmp/pid"
-  out=$(timeout 120 /usr/bin/time -o "$tmp/st" -f "%U %S" "$d/csub" "tcp://127.0.0.1:$p") ||
+  out=$(timeout 120 /usr/bin/time -o "$tmp/st" -f "%U %S" "${pin_sub[@]}" "$d/csub" "tcp://127.0.0.1:$p") ||
     { echo "zmq-ab: csub failed under $label:" >&2; cat "$tmp/perr" >&2; exit 1; }
   wait "$pid" || { echo "zmq-ab: cpub failed under $label:" >&2; cat "$tmp/perr" >&2; exit 1; }
   rm -f "$tmp/pid"
