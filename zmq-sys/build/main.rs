@@ -79,8 +79,9 @@ fn main() {
     // instructions per message each (benches/README.md, "libzmq build").
     // Rust's own LTO cannot do this (it sees only LLVM code), and the final
     // link stays an ordinary one: the archive holds no GCC intermediate code.
-    // ZMQ_SYS_NO_LTO (any value) turns it off; if the whole-library link fails, the
-    // library is rebuilt without it (with a warning), never left half-made.
+    // ZMQ_SYS_NO_LTO (any value) turns it off; if the whole-library link
+    // fails, the library is rebuilt without it (with a warning), never left
+    // half-made.
     println!("cargo:rerun-if-env-changed=ZMQ_SYS_NO_LTO");
     let lto = linux
         && env::var("OPT_LEVEL").map_or(false, |level| level != "0")
