@@ -493,9 +493,9 @@ impl Profile {
 /// `tcp://host:port` connected from `iface`: libzmq's `tcp://source:0;host:port`
 /// (the source needs a port, 0 = any; without one libzmq's connect succeeds
 /// and its background resolution fails, so the socket never connects). An
-/// interface name is resolved here to its address: the libzmq that the `zmq`
-/// crate builds cannot resolve NIC names (no `getifaddrs` in its build), and
-/// fails the same silent way.
+/// interface name is resolved here to its address: libzmq would resolve it
+/// only in that background connect, where a missing interface fails the same
+/// silent way; here it fails before anything starts.
 fn with_source(endpoint: &str, iface: &str) -> String {
     let source = match iface.parse::<std::net::IpAddr>() {
         Ok(ip) => ip,
