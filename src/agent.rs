@@ -32,8 +32,9 @@ pub enum Step {
     /// Processed this many items, then an output was full (back-pressure):
     /// the runner waits in [`Agent::blocked_wait`] and counts the time.
     Blocked(usize),
-    /// The agent has finished its job (end of stream, stop request seen).
-    Finished,
+    /// Processed this many items in its last round, then finished its job
+    /// (end of stream, stop request seen).
+    Finished(usize),
 }
 
 /// Errors an agent can stop with.
@@ -384,7 +385,12 @@ pub fn run_agent<A: Agent + ?Sized>(
                 }
                 idler.blocked(agent, &mut tally);
             }
-            Ok(Step::Finished) => break Ok(()),
+            Ok(Step::Finished(n)) => {
+                if n > 0 {
+                    tally.worked(n);
+                }
+                break Ok(());
+            }
             Err(e) => break Err(e),
         }
     };
@@ -638,7 +644,7 @@ mod tests {
         }
         fn do_work(&mut self) -> Result<Step, AgentError> {
             if self.left == 0 {
-                return Ok(Step::Finished);
+                return Ok(Step::Finished(0));
             }
             self.left -= 1;
             if self.blocked_every > 0 && self.left.is_multiple_of(self.blocked_every) {
@@ -680,6 +686,20 @@ mod tests {
     }
 
     #[test]
+    fn the_items_of_the_finishing_round_are_counted() {
+        // An agent whose last round both works and finishes (a reader draining the end of
+        // stream): its items count, as a Worked round's do.
+        let mut rounds = 0;
+        let mut a = FnAgent("finisher", move || {
+            rounds += 1;
+            Ok(if rounds < 3 { Step::Worked(10) } else { Step::Finished(7) })
+        });
+        let c = AgentCounters::default();
+        run_agent(&mut a, IdleStrategy::Spin, &StopFlag::new(), &c).expect("runs");
+        assert_eq!(c.snapshot("finisher").work, 27);
+    }
+
+    #[test]
     fn back_pressure_is_waited_out_and_timed() {
         let mut a = countdown(10);
         a.blocked_every = 5;
@@ -710,7 +730,7 @@ mod tests {
     fn the_thread_is_named_from_the_role_and_the_agent_comes_back() {
         let named = FnAgent("named-agent", || {
             assert_eq!(std::thread::current().name(), Some("named-agent"));
-            Ok(Step::Finished)
+            Ok(Step::Finished(0))
         });
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Spin), StopFlag::new(), named).expect("start");
         assert_eq!(h.role(), "named-agent");
@@ -752,7 +772,8 @@ mod tests {
     fn live_agents_are_listed() {
         let stop = StopFlag::new();
         let s = stop.clone();
-        let waits = FnAgent("listed-agent", move || Ok(if s.is_stopped() { Step::Finished } else { Step::Worked(0) }));
+        let waits =
+            FnAgent("listed-agent", move || Ok(if s.is_stopped() { Step::Finished(0) } else { Step::Worked(0) }));
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100 }), StopFlag::new(), waits)
             .expect("start");
         assert!(Runner::agents().iter().any(|a| a.role == "listed-agent"));

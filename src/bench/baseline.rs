@@ -198,7 +198,7 @@ impl Agent for Baseline {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         if self.eos >= self.expect_eos {
-            return Ok(Step::Finished);
+            return Ok(Step::Finished(0));
         }
         let mut n = 0;
         // One clock read per drain round, as the engine's reader does: the
@@ -219,7 +219,7 @@ impl Agent for Baseline {
         }
         if n == 0 && self.start.elapsed() > self.timeout {
             self.timed_out = true;
-            return Ok(Step::Finished);
+            return Ok(Step::Finished(0));
         }
         Ok(Step::Worked(n))
     }

@@ -196,7 +196,7 @@ impl Agent for PlainProxy {
         zmq::proxy_steerable(&mut self.frontend, &mut self.backend, &mut self.control).map_err(|source| {
             AgentError::Zmq { role: "plain-proxy".into(), context: "running zmq_proxy_steerable", source }
         })?;
-        Ok(Step::Finished)
+        Ok(Step::Finished(0))
     }
 }
 

@@ -299,12 +299,21 @@ impl Client {
     /// Wait until the server has published the update with `uuid`; fails at once with
     /// [`ClientError::NotAcked`] when it is abandoned, untracked or unknown.
     pub fn wait_acked(&self, uuid: Uuid, deadline: Duration) -> Result<(), ClientError> {
+        self.wait_acked_or_stop(uuid, deadline, &StopFlag::new())
+    }
+
+    /// [`Client::wait_acked`] that gives up with [`ClientError::Interrupted`] as soon as
+    /// `stop` is set (Ctrl-C while the server has not published the update).
+    pub fn wait_acked_or_stop(&self, uuid: Uuid, deadline: Duration, stop: &StopFlag) -> Result<(), ClientError> {
         let end = Instant::now() + deadline;
         loop {
             match self.ack_state(uuid)? {
                 AckState::Acked => return Ok(()),
                 AckState::Pending => {}
                 other => return Err(ClientError::NotAcked(other)),
+            }
+            if stop.is_stopped() {
+                return Err(ClientError::Interrupted);
             }
             if Instant::now() >= end {
                 return Err(ClientError::Timeout { what: "the server to publish the update", after: deadline });
@@ -577,7 +586,7 @@ impl Agent for ClientAgent {
                     n += 1;
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Ok(Step::Finished),
+                Err(TryRecvError::Disconnected) => return Ok(Step::Finished(0)),
             }
         }
         n += self.drain_monitors(now)?;

@@ -669,7 +669,7 @@ impl Agent for ReaderAgent {
             if let Some(w) = &mut self.links {
                 w.end_of_stream();
             }
-            return Ok(Step::Finished);
+            return Ok(Step::Finished(n));
         }
         Ok(Step::Worked(n))
     }

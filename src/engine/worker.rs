@@ -379,7 +379,7 @@ impl Agent for WorkerAgent {
             return Ok(Step::Worked(n.max(1)));
         }
         if self.ends_seen >= self.readers {
-            return Ok(Step::Finished);
+            return Ok(Step::Finished(n));
         }
         Ok(Step::Worked(n))
     }

@@ -202,7 +202,7 @@ impl Agent for Collector {
         if now.saturating_sub(self.interval_start_ns) >= self.interval_ns.load(Relaxed) {
             self.end_interval(now);
         }
-        Ok(if finished { Step::Finished } else { Step::Worked(n) })
+        Ok(if finished { Step::Finished(n) } else { Step::Worked(n) })
     }
 
     fn idle_wait(&mut self, timeout: Duration) {

@@ -110,7 +110,7 @@ impl Agent for MonitorAgent {
         // Every site's guard is gone (the engine's readers and workers ended):
         // the last state went out above.
         if gone {
-            return Ok(Step::Finished);
+            return Ok(Step::Finished(n));
         }
         Ok(Step::Worked(n))
     }

@@ -402,7 +402,7 @@ impl Agent for TapSink {
             self.flush();
         }
         if self.inbox.is_closed() {
-            return Ok(Step::Finished);
+            return Ok(Step::Finished(done));
         }
         Ok(Step::Worked(done))
     }
