@@ -1221,3 +1221,82 @@ fn a_client_that_does_not_read_its_snapshot_is_bounded_and_counted() {
     assert_eq!(other.dump(Vec::new()).expect("dump").len(), 800);
     assert_eq!(status(p).get("state").map(String::as_str), Some("active"));
 }
+
+#[test]
+fn ctrl_c_ends_a_set_the_server_never_acknowledges() {
+    // A raw CHP server (not mdsub's) that serves an empty snapshot and takes updates on its
+    // collector but never publishes them: `clone-client set` waits for the acknowledgement up to
+    // --timeout. Ctrl-C ends that wait at once (before, the first one was ignored until --timeout).
+    let p = free_port_block(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let ctx = zmq::Context::new();
+            let router = ctx.socket(zmq::ROUTER).expect("router");
+            let publisher = ctx.socket(zmq::PUB).expect("pub");
+            let collector = ctx.socket(zmq::SUB).expect("sub");
+            for s in [&router, &publisher, &collector] {
+                s.set_linger(0).expect("linger");
+            }
+            router.bind(&ep(p)).expect("bind snapshot");
+            publisher.bind(&ep(p + 1)).expect("bind publisher");
+            collector.set_subscribe(b"").expect("subscribe");
+            collector.bind(&ep(p + 2)).expect("bind collector");
+            let end = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                let mut items = [router.as_poll_item(zmq::POLLIN), collector.as_poll_item(zmq::POLLIN)];
+                zmq::poll(&mut items, 20).expect("poll");
+                if items[0].is_readable() {
+                    let f = router.recv_multipart(0).expect("recv");
+                    if f.len() == 3 && f[1] == b"ICANHAZ?" {
+                        let mut m = vec![f[0].clone()];
+                        m.extend(chp_frames(b"KTHXBAI", 0, b"", b"", &f[2]));
+                        router.send_multipart(m, 0).expect("kthxbai");
+                    }
+                }
+                if items[1].is_readable() {
+                    let f = collector.recv_multipart(0).expect("recv");
+                    let _ = got_tx.send(f[0].clone());
+                }
+            }
+        })
+    };
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &ep(p), "--timeout", "60s", "set", "/k", "v"])
+        .stderr(std::process::Stdio::piped());
+    let mut client = Proc::spawn("clone-client", &mut cmd);
+    let err = lines_of(client.child.stderr.take().expect("stderr piped"));
+    // The update reached the collector: the client is now waiting for its acknowledgement.
+    let key = got_rx.recv_timeout(Duration::from_secs(20)).expect("the update reached the collector within 20 s");
+    assert_eq!(key, b"/k");
+    client.signal(2);
+    let status = client.wait_exit(Duration::from_secs(5));
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    stop.store(true, Ordering::Relaxed);
+    server.join().expect("raw server");
+    assert_eq!(status.code(), Some(130), "stderr: {said:?}");
+    assert!(said.iter().any(|l| l == "mdsub: interrupted"), "says it was interrupted: {said:?}");
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_refused_in_one_line() {
+    // Before: `clone server stopped: clone-server: FILE: File exists (os error 17) while creating
+    // the data directory`.
+    let dir = common::temp_dir("clone-datadir-file");
+    let file = dir.join("not-a-dir");
+    std::fs::write(&file, b"x").expect("write file");
+    let p = free_port_block(3);
+    let file_arg = file.to_str().expect("utf-8 path");
+    let (code, _out, err) = run_within(
+        "clone-server",
+        mdsub().args(["clone-server", "--endpoint", &ep(p), "--data-dir", file_arg]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a directory"), "{err}");
+    assert_eq!(err.matches("clone-server").count(), 1, "the role said once: {err}");
+    assert!(!err.contains("os error"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

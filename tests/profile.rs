@@ -139,3 +139,11 @@ fn engine_and_demo_name_the_profile_a_mistake_is_in() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn profile_show_of_a_word_that_is_no_file_says_what_show_takes() {
+    let (code, _out, err) = run_within("profile", mdsub().args(["profile", "show", "nosuch"]), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("auto, builtin or a TOML file"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "the cause said once: {err}");
+}

@@ -12,8 +12,8 @@ use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
 use crate::clone::bstar::Role;
-use crate::clone::client::{ChangeKind, Client, ClientConfig};
-use crate::clone::kvmsg::show;
+use crate::clone::client::{ChangeKind, Client, ClientConfig, ClientError};
+use crate::clone::kvmsg::{show, Uuid};
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 
 /// `mdsub clone-server`: serve a CHP key-value store, alone or as half of a Binary Star pair.
@@ -159,7 +159,8 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
     })
     .context("spawning the clone server thread")?;
     match handle.join() {
-        Ok(r) => r.context("clone server stopped"),
+        // The error names the role (`clone-server: …`) already.
+        Ok(r) => r.map_err(|e| anyhow::anyhow!("{e}; the server stopped")),
         Err(_) => bail!("clone server thread panicked"),
     }
 }
@@ -242,10 +243,19 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 /// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
 /// ([`super::Interrupted`]).
 pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -> anyhow::Result<()> {
-    match client.wait_synced_or_stop(timeout, stop) {
-        Ok(_) => Ok(()),
-        Err(crate::clone::client::ClientError::Interrupted) => Err(super::Interrupted.into()),
-        Err(e) => Err(e.into()),
+    interrupted(client.wait_synced_or_stop(timeout, stop).map(|_| ()))
+}
+
+/// Wait up to `timeout` for the server to publish update `u`; Ctrl-C ends the wait at once.
+fn wait_acked(client: &Client, u: Uuid, timeout: Duration, stop: &StopFlag) -> anyhow::Result<()> {
+    interrupted(client.wait_acked_or_stop(u, timeout, stop))
+}
+
+/// A client wait's result, [`ClientError::Interrupted`] as [`super::Interrupted`] (exit 130).
+fn interrupted(r: Result<(), ClientError>) -> anyhow::Result<()> {
+    match r {
+        Err(ClientError::Interrupted) => Err(super::Interrupted.into()),
+        r => Ok(r?),
     }
 }
 
@@ -289,11 +299,11 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
             let u = client.set(key.as_bytes(), value.as_bytes(), *ttl)?;
-            client.wait_acked(u, timeout)?;
+            wait_acked(&client, u, timeout, stop)?;
         }
         ClientCmd::Del { key } => {
             let u = client.del(key.as_bytes())?;
-            client.wait_acked(u, timeout)?;
+            wait_acked(&client, u, timeout, stop)?;
         }
         ClientCmd::Get { key } => match client.get(key.as_bytes())? {
             Some(v) => crate::outln!("{}", show(&v)),

@@ -92,7 +92,15 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
             if profile == "auto" {
                 show_auto(&host_cores(), *shards, *workers)
             } else {
-                let p = Profile::load(profile)?;
+                let p = Profile::load(profile).map_err(|e| match e {
+                    // A word that is no file: say what `show` takes.
+                    crate::profile::ProfileError::Read { ref source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        anyhow::anyhow!("{e} (profile show takes auto, builtin or a TOML file)")
+                    }
+                    e => e.into(),
+                })?;
                 resolved(&p, true)
             }
         }

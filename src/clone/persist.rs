@@ -48,6 +48,9 @@ pub enum PersistError {
     /// A file that is not ours (wrong magic).
     #[error("{path}: not an mdsub clone {what} file (bad magic)")]
     BadMagic { path: PathBuf, what: &'static str },
+    /// The data directory named is something else (a file).
+    #[error("{path}: not a directory (--data-dir names the directory for the update log and snapshots)")]
+    NotADirectory { path: PathBuf },
 }
 
 /// Where reading a file stopped early, and why.
@@ -253,6 +256,9 @@ impl Store {
     /// Open (creating) `dir`, recover its contents, and truncate a bad log tail so new records
     /// follow the last good one.
     pub fn open(dir: &Path) -> Result<(Store, Recovered), PersistError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(PersistError::NotADirectory { path: dir.to_path_buf() });
+        }
         std::fs::create_dir_all(dir).map_err(io_err(dir, "creating the data directory"))?;
         let snap_path = dir.join("snapshot");
         let log_path = dir.join("log");
