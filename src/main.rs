@@ -75,10 +75,13 @@ fn main() {
     let stop = StopFlag::new();
     let on_signal = stop.clone();
     let watches_stop = cli.cmd.watches_stop();
+    // Signals seen, apart from the stop flag: the command sets that flag itself too (a
+    // --max-duration, a snail's croak, an agent's failure), and that is no first Ctrl-C.
+    static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let handler = move || {
         // A command that does not watch the flag, or a second signal while the first one's
         // clean stop is under way: end now rather than leave Ctrl-C without effect.
-        if !watches_stop || on_signal.is_stopped() {
+        if !watches_stop || SIGNALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
             mdsub::diag!("mdsub: interrupted");
             std::process::exit(cli::EXIT_INTERRUPTED);
         }

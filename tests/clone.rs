@@ -1300,3 +1300,41 @@ fn a_data_dir_that_is_a_file_is_refused_in_one_line() {
     assert!(!err.contains("os error"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Pids of the processes whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid …: the fields after the last ')'.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(parent)
+        })
+        .collect()
+}
+
+#[test]
+fn clone_bench_ended_by_sigterm_leaves_no_server_behind() {
+    // clone-bench starts a Binary Star pair of clone-server processes for each failover run.
+    // SIGTERM ends clone-bench at once; before, its servers lived on (parent 1, ports held).
+    let mut cmd = mdsub();
+    cmd.args(["clone-bench", "--updates", "1k", "--keys", "1k", "--runs", "1", "--silence", "30s"]);
+    let mut bench = Proc::spawn("clone-bench", cmd.stdout(std::process::Stdio::null()));
+    let pid = bench.pid();
+    let mut servers = Vec::new();
+    wait_until(Duration::from_secs(60), "clone-bench to start its two servers", || {
+        servers = children_of(pid);
+        servers.len() >= 2
+    });
+    bench.signal(15);
+    let status = bench.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+    wait_until(Duration::from_secs(10), "the servers to end with clone-bench", || {
+        servers.iter().all(|s| {
+            let state = std::fs::read_to_string(format!("/proc/{s}/stat")).unwrap_or_default();
+            // Gone, or a zombie nobody reaps yet (its parent is init now).
+            state.is_empty() || state.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    });
+}

@@ -238,11 +238,28 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
     let pp = free_port_block(4)?;
     let bp = free_port_block(4)?;
     let spawn = |port: u16, role: &str, peer: u16| {
-        std::process::Command::new(&exe)
-            .args(["clone-server", "--quiet", "--endpoint", &format!("tcp://127.0.0.1:{port}"), role, "--peer"])
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["clone-server", "--quiet", "--endpoint", &format!("tcp://127.0.0.1:{port}"), role, "--peer"])
             .arg(format!("tcp://127.0.0.1:{peer}"))
-            .stdin(std::process::Stdio::null())
-            .spawn()
+            .stdin(std::process::Stdio::null());
+        // The servers end with this process however it ends (Ctrl-C or SIGTERM ends
+        // clone-bench at once, before it could kill them): the kernel sends them SIGTERM
+        // when the thread that started them exits.
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, _exit).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have gone before the prctl took effect.
+                if libc::getppid() == 1 {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
     };
     let mut prim = spawn(pp, "--primary", bp)?;
     let mut back = spawn(bp, "--backup", pp)?;
