@@ -388,16 +388,23 @@ fn lossy_replay_counts_its_drops_and_always_ends_the_stream() {
 fn a_subscriber_that_leaves_mid_run_is_said() {
     // Before, the replay went on sending to no one and said nothing.
     let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--duration", "60s"]);
+    // Two subscribers: each leave is said with the right count (libzmq passes only a topic's
+    // last unsubscription unless the XPUB is VERBOSER).
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--duration", "60s", "--subscribers", "2"]);
     cmd.stderr(std::process::Stdio::piped());
     let mut replay = LineProc::spawn("replay", &mut cmd);
     let err = lines_of(replay.proc.child.stderr.take().expect("stderr"));
     let ep = replay.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
-    let (ctx, sub) = subscriber(&ep);
+    let (ctx1, sub1) = subscriber(&ep);
+    let (ctx2, sub2) = subscriber(&ep);
     wait_line(&err, Duration::from_secs(20), "the replay sending", |l| l.contains("subscribed: sending"));
-    drop(sub);
-    drop(ctx);
-    let left = wait_line(&err, Duration::from_secs(20), "the leave said", |l| l.contains("subscriber left"));
+    drop(sub1);
+    drop(ctx1);
+    let left = wait_line(&err, Duration::from_secs(20), "the first leave said", |l| l.contains("subscriber left"));
+    assert!(left.contains("shard0") && left.contains("(1 remain)") && !left.contains("reaches no one"), "{left}");
+    drop(sub2);
+    drop(ctx2);
+    let left = wait_line(&err, Duration::from_secs(20), "the second leave said", |l| l.contains("subscriber left"));
     assert!(left.contains("shard0") && left.contains("0 remain") && left.contains("reaches no one"), "{left}");
     replay.proc.signal(2);
     let (status, _) = replay.finish(Duration::from_secs(20));

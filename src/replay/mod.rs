@@ -267,6 +267,9 @@ impl Publisher {
             let mut s = ctx.socket(zmq::XPUB).map_err(zerr("creating the XPUB"))?;
             s.set_sndhwm(cfg.sndhwm_msgs).map_err(zerr("setting SNDHWM"))?;
             s.set_xpub_verbose(true).map_err(zerr("setting XPUB_VERBOSE"))?;
+            // Every unsubscription too, not only a topic's last: the subscriber count (and the
+            // "a subscriber left" line) stays true with several subscribers on a shard.
+            crate::zmqx::set_xpub_verboser(&mut s, true).map_err(zerr("setting XPUB_VERBOSER"))?;
             // Lossy too: a lossy XPUB would drop at the HWM in silence and
             // take the pipe out of its active set until the reader drains it,
             // so a control frame sent then (the end of stream) is dropped
@@ -364,7 +367,10 @@ impl Publisher {
     /// on stderr: what is sent while a shard has none reaches no one.
     fn drain_subscriptions(&mut self) -> Result<(), ReplayError> {
         let say = self.sending;
+        // A shard's own thread (--thread-per-shard) holds one shard: its number is its part's.
+        let first = self.part.0;
         for (k, sh) in self.shards.iter_mut().enumerate() {
+            let k = first + k;
             while let Ok(ev) = sh.socket.recv_bytes(zmq::DONTWAIT) {
                 if let Some((&kind, topic)) = ev.split_first() {
                     let ctl = [CONTROL_TOPIC, b"\0"].concat();
