@@ -33,12 +33,9 @@ pub enum TapError {
     BadFilter(String),
     #[error("--queue-msgs must be at least 1")]
     BadQueue,
-    #[error("--record {path}: {source}")]
-    Record {
-        path: PathBuf,
-        #[source]
-        source: CaptureError,
-    },
+    /// The cause is said in the message and not returned as `source()` (said once).
+    #[error("--record {path}: {error}")]
+    Record { path: PathBuf, error: CaptureError },
 }
 
 /// What `mdsub tap` runs: the proxy shell's settings and the capture side.
@@ -101,7 +98,7 @@ pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<Ta
         args.filter.iter().map(|f| parse_prefix(f)).collect::<Result<Vec<_>, _>>().map_err(TapError::BadFilter)?;
     let recorder = match &args.record {
         Some(path) => {
-            Some(CaptureWriter::create(path).map_err(|source| TapError::Record { path: path.clone(), source })?)
+            Some(CaptureWriter::create(path).map_err(|error| TapError::Record { path: path.clone(), error })?)
         }
         None => None,
     };
