@@ -460,11 +460,21 @@ mod tests {
         let retries: Vec<(Event, u64)> = (0..=80).map(|k| (Event::ConnectRetried, k * s / 10)).collect();
         let d = run(&mut l, &retries);
         assert_eq!(d, vec![Decision::NotUp { link: 0, for_ns: NOT_UP_AFTER_NS, attempts: 51 }]);
-        // Up at last, then lost and retried for long: a loss, not "never up".
-        let d = run(&mut l, &[(Event::HandshakeSucceeded, 9 * s), (Event::Disconnected, 10 * s)]);
+    }
+
+    #[test]
+    fn a_link_that_was_up_is_lost_not_never_up() {
+        // A fresh link (nothing said yet) that comes up within the grace of its first retry,
+        // then is lost and retried for far longer than NOT_UP_AFTER_NS: a loss, never "not up".
+        let mut l = links();
+        let s = 1_000_000_000;
+        let d =
+            run(&mut l, &[(Event::ConnectRetried, 0), (Event::HandshakeSucceeded, s), (Event::Disconnected, 2 * s)]);
         assert!(d.is_empty(), "{d:?}");
-        let d = run(&mut l, &[(Event::ConnectRetried, 10 * s), (Event::ConnectRetried, 20 * s)]);
+        let retries: Vec<(Event, u64)> = (0..=100).map(|k| (Event::ConnectRetried, 2 * s + k * s / 10)).collect();
+        let d = run(&mut l, &retries);
         assert!(d.iter().all(|d| !matches!(d, Decision::NotUp { .. })), "{d:?}");
+        assert!(d.iter().any(|d| matches!(d, Decision::Lost { .. })), "the loss is said: {d:?}");
     }
 
     #[test]
