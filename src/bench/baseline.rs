@@ -32,6 +32,8 @@ pub struct Baseline {
     timeout: Duration,
     timed_out: bool,
     handler: Option<Box<dyn Handler>>,
+    /// Most frames per drain round (one clock read each).
+    batch_max: usize,
     /// Linux thread ids of its context's libzmq threads (named `baseline-io`).
     io_tids: Vec<u32>,
 }
@@ -86,8 +88,15 @@ impl Baseline {
             timeout,
             timed_out: false,
             handler: None,
+            batch_max: crate::engine::defaults::BATCH_MAX,
             io_tids,
         })
+    }
+
+    /// Drain at most `batch_max` frames per round (the engine's setting), reading the clock once each.
+    pub fn with_batch_max(mut self, batch_max: usize) -> Self {
+        self.batch_max = batch_max.max(1);
+        self
     }
 
     /// Run `spec`'s handler on every accepted message, inline (latency then
@@ -204,7 +213,7 @@ impl Agent for Baseline {
         // One clock read per drain round, as the engine's reader does: the
         // baseline pays what the engine pays for its timestamps, no more.
         let mut recv_ns = 0;
-        while n < crate::engine::defaults::BATCH_MAX {
+        while n < self.batch_max {
             match self.sub.recv(&mut self.msg, zmq::DONTWAIT) {
                 Ok(()) => {}
                 Err(zmq::Error::EAGAIN) => break,

@@ -22,6 +22,8 @@ pub enum Subscriber {
     /// The plain SUB reader, running `handler` inline.
     Baseline {
         rcvhwm_msgs: i32,
+        /// Most frames per drain round (the engine's `batch_max`, so both read the clock as often).
+        batch_max: usize,
         handler: HandlerSpec,
         /// CURVE keys its SUB presents (None: plain).
         keys: Option<ClientKeys>,
@@ -88,13 +90,14 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             }
             Running::Engine(Box::new(Engine::start(&cfg, sub_stop).context("starting the engine")?))
         }
-        Subscriber::Baseline { rcvhwm_msgs, handler, keys } => {
+        Subscriber::Baseline { rcvhwm_msgs, batch_max, handler, keys } => {
             let limit = spec.limits.duration.unwrap_or(Duration::from_secs(3600))
                 + spec.drain_timeout
                 + Duration::from_secs(30);
             let b = Baseline::connect(&endpoints, *rcvhwm_msgs, keys.as_ref(), limit)
                 .context("connecting the baseline subscriber")?
-                .with_handler(*handler);
+                .with_handler(*handler)
+                .with_batch_max(*batch_max);
             let idle = crate::agent::IdleStrategy::default();
             Running::Baseline(Runner::start(AgentSpec::unpinned(idle), sub_stop, b).context("starting the baseline")?)
         }

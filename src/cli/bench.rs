@@ -302,7 +302,12 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             args.runs
         );
     }
-    let baseline = Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler: profile.handler, keys: None };
+    let baseline = Subscriber::Baseline {
+        rcvhwm_msgs: profile.rcvhwm_msgs,
+        batch_max: profile.batch_max,
+        handler: profile.handler,
+        keys: None,
+    };
     let mut variants: Vec<(String, Subscriber, PublisherConfig, Source)> =
         vec![("baseline".into(), baseline.clone(), publisher.clone(), source.clone())];
     let curve = if args.curve { Some(curve_pair()?) } else { None };
@@ -310,7 +315,12 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         let mut pc = publisher.clone();
         pc.access = access.clone();
         let handler = profile.handler;
-        let sub = Subscriber::Baseline { rcvhwm_msgs: profile.rcvhwm_msgs, handler, keys: Some(keys.clone()) };
+        let sub = Subscriber::Baseline {
+            rcvhwm_msgs: profile.rcvhwm_msgs,
+            batch_max: profile.batch_max,
+            handler,
+            keys: Some(keys.clone()),
+        };
         variants.push((BASELINE_CURVE.into(), sub, pc, source.clone()));
     }
     for h in &handoffs {
