@@ -187,6 +187,25 @@ fn a_payload_over_the_engines_message_limit_is_refused_up_front() {
 }
 
 #[test]
+fn an_interrupted_bench_leaves_an_earlier_save_file_as_it_was() {
+    // `--save` is written beside the file and renamed at the end: Ctrl-C mid-run leaves the
+    // earlier results whole (before, the file was emptied before the runs).
+    let dir = common::temp_dir("cli-save-keep");
+    let path = dir.join("bench.json");
+    std::fs::write(&path, b"{\"earlier\": true}").expect("earlier results");
+    let mut cmd = mdsub();
+    cmd.arg("bench").arg("--save").arg(&path).args(["--count", "50M"]).stderr(Stdio::piped());
+    let p = LineProc::spawn("bench", &mut cmd);
+    p.line_starting("mdsub bench", DEADLINE);
+    let (code, err) = interrupt(p.proc);
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert_eq!(std::fs::read(&path).expect("still there"), b"{\"earlier\": true}");
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("bench.json")], "no partial file left");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bench_refuses_a_save_path_it_cannot_write_before_running() {
     // Before, the whole benchmark ran first and the error came at the end.
     let dir = common::temp_dir("cli-save");

@@ -203,20 +203,55 @@ fn engine_variant(h: HandOff) -> String {
     format!("engine/{}", h.name())
 }
 
+/// `bench --save PATH`: written as `PATH.partial`, made before the runs (a bad path fails at
+/// once) and renamed over PATH at the end, so an interrupted or failed bench leaves an earlier
+/// PATH as it was (the partial file is removed).
+struct SaveFile {
+    path: std::path::PathBuf,
+    partial: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl SaveFile {
+    fn create(path: &std::path::Path) -> anyhow::Result<SaveFile> {
+        use anyhow::Context as _;
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        Ok(SaveFile { path: path.to_path_buf(), partial, file: Some(file) })
+    }
+
+    fn commit(mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        use std::io::Write as _;
+        let mut file = self.file.take().context("the --save file was closed already")?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", self.partial.display()))?;
+        std::fs::rename(&self.partial, &self.path)
+            .with_context(|| format!("renaming {} to {}", self.partial.display(), self.path.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for SaveFile {
+    fn drop(&mut self) {
+        // Not committed (an error or an interrupt ended the bench): leave no partial file.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
-    use anyhow::Context as _;
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
     if args.from.is_empty() {
         args.feed.check_fits(profile.max_msg_bytes)?;
     }
     // The --save file is made before the runs, so a bad path fails now, not after them.
-    let save = match &args.save {
-        Some(path) => {
-            Some((path, std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
-        }
-        None => None,
-    };
+    let save = args.save.as_deref().map(SaveFile::create).transpose()?;
     let handoffs: Vec<HandOff> = match args.handoff.as_str() {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
         "all" => vec![HandOff::Batch, HandOff::PerMessage, HandOff::Inline],
@@ -535,10 +570,8 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         comparisons,
         publisher_comparisons,
     };
-    if let Some((path, mut file)) = save {
-        use std::io::Write as _;
-        file.write_all(serde_json::to_string_pretty(&result)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(save) = save {
+        save.commit(serde_json::to_string_pretty(&result)?.as_bytes())?;
     }
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&result)?);
