@@ -79,18 +79,25 @@ fn main() {
     // instructions per message each (benches/README.md, "libzmq build").
     // Rust's own LTO cannot do this (it sees only LLVM code), and the final
     // link stays an ordinary one: the archive holds no GCC intermediate code.
-    // ZMQ_SYS_NO_LTO (any value) turns it off; if the whole-library link
-    // fails, the library is rebuilt without it (with a warning), never left
-    // half-made.
+    // ZMQ_SYS_NO_LTO (any value) turns it off; if compiling with -flto or
+    // the whole-library link fails, the library is rebuilt without it (with
+    // a warning), never left half-made. The cost: the one-partition link is
+    // serial, ~25-45 s of one core on each fresh build of zmq-sys here.
     println!("cargo:rerun-if-env-changed=ZMQ_SYS_NO_LTO");
     let lto = linux
         && env::var("OPT_LEVEL").map_or(false, |level| level != "0")
         && env::var_os("ZMQ_SYS_NO_LTO").is_none()
         && cc::Build::new().cpp(true).get_compiler().is_like_gnu();
     if lto {
-        build(" -flto");
+        // cc panics when a compile fails (a gcc without LTO support): catch
+        // that, and build plain.
+        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(" -flto")));
         let lib_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("lib");
-        if let Err(why) = link_whole(&lib_dir) {
+        let whole = match compiled {
+            Ok(()) => link_whole(&lib_dir),
+            Err(_) => Err("compiling with -flto failed (see above)".to_string()),
+        };
+        if let Err(why) = whole {
             println!("cargo:warning=libzmq without link-time optimisation: {why}");
             build("");
         }
@@ -130,9 +137,15 @@ fn link_whole(lib_dir: &Path) -> Result<(), String> {
     link.args(members.lines().filter(|m| !m.is_empty()));
     run(link)?;
     fs::remove_file(&archive).map_err(|e| format!("remove {}: {e}", archive.display()))?;
+    // Deterministic (zero dates and ids) where the archiver knows `D`, as cc's
+    // own archives are; plain `crs` elsewhere.
     let mut pack = archiver();
-    pack.arg("crs").arg(&archive).arg(&whole);
-    run(pack)?;
+    pack.arg("crsD").arg(&archive).arg(&whole);
+    if run(pack).is_err() {
+        let mut pack = archiver();
+        pack.arg("crs").arg(&archive).arg(&whole);
+        run(pack)?;
+    }
     Ok(())
 }
 
@@ -204,6 +217,8 @@ const LINUX_FEATURES: &[&str] = &[
     // 64-byte cache lines (posix_memalign), so the writer's and the reader's
     // ends of a pipe do not share a line between the two threads.
     "HAVE_POSIX_MEMALIGN",
+    // CMake measures the line size; 64 is right on x86-64 and most aarch64
+    // (ppc64 and s390x have larger lines: still correct there, less apart).
     "ZMQ_CACHELINE_SIZE=64",
     // zmq_ppoll (draft API): poll with a signal mask.
     "ZMQ_HAVE_PPOLL",
