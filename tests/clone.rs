@@ -545,6 +545,22 @@ fn resend_until(port: u16, frames: &[Vec<u8>], what: &str, mut done: impl FnMut(
     });
 }
 
+/// A raw CHP server's sockets at base port `port`: the snapshot ROUTER (P), the publisher PUB
+/// (P+1) and the collector SUB (P+2), subscribed to everything.
+fn raw_server(ctx: &zmq::Context, port: u16) -> (zmq::Socket, zmq::Socket, zmq::Socket) {
+    let router = ctx.socket(zmq::ROUTER).expect("router");
+    let publisher = ctx.socket(zmq::PUB).expect("pub");
+    let collector = ctx.socket(zmq::SUB).expect("sub");
+    for s in [&router, &publisher, &collector] {
+        s.set_linger(0).expect("linger");
+    }
+    router.bind(&ep(port)).expect("bind snapshot");
+    publisher.bind(&ep(port + 1)).expect("bind publisher");
+    collector.set_subscribe(b"").expect("subscribe");
+    collector.bind(&ep(port + 2)).expect("bind collector");
+    (router, publisher, collector)
+}
+
 fn chp_frames(key: &[u8], seq: u64, uuid: &[u8], props: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
     vec![key.to_vec(), seq.to_be_bytes().to_vec(), uuid.to_vec(), props.to_vec(), body.to_vec()]
 }
@@ -644,16 +660,7 @@ fn independent_chp_client_interoperates_with_mdsub_server() {
 fn mdsub_client_interoperates_with_independent_chp_server() {
     let p = free_port_block(3);
     let ctx = zmq::Context::new();
-    let router = ctx.socket(zmq::ROUTER).expect("router");
-    let publisher = ctx.socket(zmq::PUB).expect("pub");
-    let collector = ctx.socket(zmq::SUB).expect("sub");
-    for s in [&router, &publisher, &collector] {
-        s.set_linger(0).expect("linger");
-    }
-    router.bind(&format!("tcp://127.0.0.1:{p}")).expect("bind");
-    publisher.bind(&format!("tcp://127.0.0.1:{}", p + 1)).expect("bind");
-    collector.set_subscribe(b"").expect("subscribe");
-    collector.bind(&format!("tcp://127.0.0.1:{}", p + 2)).expect("bind");
+    let (router, publisher, collector) = raw_server(&ctx, p);
     let mut seq = 41u64;
     let c = client(&[p], "/s/");
     let stop = Instant::now() + Duration::from_secs(10);
@@ -1234,16 +1241,7 @@ fn ctrl_c_ends_a_set_the_server_never_acknowledges() {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let ctx = zmq::Context::new();
-            let router = ctx.socket(zmq::ROUTER).expect("router");
-            let publisher = ctx.socket(zmq::PUB).expect("pub");
-            let collector = ctx.socket(zmq::SUB).expect("sub");
-            for s in [&router, &publisher, &collector] {
-                s.set_linger(0).expect("linger");
-            }
-            router.bind(&ep(p)).expect("bind snapshot");
-            publisher.bind(&ep(p + 1)).expect("bind publisher");
-            collector.set_subscribe(b"").expect("subscribe");
-            collector.bind(&ep(p + 2)).expect("bind collector");
+            let (router, _publisher, collector) = raw_server(&ctx, p);
             let end = Instant::now() + Duration::from_secs(30);
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
                 let mut items = [router.as_poll_item(zmq::POLLIN), collector.as_poll_item(zmq::POLLIN)];
