@@ -162,7 +162,11 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
 
 /// [`parse_count`] into a `usize`.
 pub fn parse_count_usize(s: &str) -> Result<usize, String> {
-    let n = parse_count(s)?;
+    count_to_usize(s, parse_count(s)?)
+}
+
+/// `n`, parsed from `s`, as a `usize`.
+fn count_to_usize(s: &str, n: u64) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("`{s}` is too large; accepted: {COUNT_FORMS}"))
 }
 
@@ -177,8 +181,7 @@ pub fn parse_count_nonzero(s: &str) -> Result<u64, String> {
 
 /// [`parse_count_nonzero`] into a `usize`.
 pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
-    let n = parse_count_nonzero(s)?;
-    usize::try_from(n).map_err(|_| format!("`{s}` is too large; accepted: {COUNT_FORMS}"))
+    count_to_usize(s, parse_count_nonzero(s)?)
 }
 
 /// [`parse_count`] into a HWM (`i32`, as libzmq takes it; 0 = unlimited).
