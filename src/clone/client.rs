@@ -280,20 +280,11 @@ impl Client {
     /// [`Client::wait_synced`] that gives up with [`ClientError::Interrupted`] as soon as
     /// `stop` is set (Ctrl-C while no server answers).
     pub fn wait_synced_or_stop(&self, deadline: Duration, stop: &StopFlag) -> Result<ClientStatus, ClientError> {
-        let end = Instant::now() + deadline;
-        loop {
+        let every = Duration::from_millis(10);
+        poll_until(deadline, every, stop, "a snapshot from a clone server", || {
             let s = self.status()?;
-            if s.synced {
-                return Ok(s);
-            }
-            if stop.is_stopped() {
-                return Err(ClientError::Interrupted);
-            }
-            if Instant::now() >= end {
-                return Err(ClientError::Timeout { what: "a snapshot from a clone server", after: deadline });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            Ok(s.synced.then_some(s))
+        })
     }
 
     /// Wait until the server has published the update with `uuid`; fails at once with
@@ -305,21 +296,13 @@ impl Client {
     /// [`Client::wait_acked`] that gives up with [`ClientError::Interrupted`] as soon as
     /// `stop` is set (Ctrl-C while the server has not published the update).
     pub fn wait_acked_or_stop(&self, uuid: Uuid, deadline: Duration, stop: &StopFlag) -> Result<(), ClientError> {
-        let end = Instant::now() + deadline;
-        loop {
+        poll_until(deadline, Duration::from_millis(5), stop, "the server to publish the update", || {
             match self.ack_state(uuid)? {
-                AckState::Acked => return Ok(()),
-                AckState::Pending => {}
-                other => return Err(ClientError::NotAcked(other)),
+                AckState::Acked => Ok(Some(())),
+                AckState::Pending => Ok(None),
+                other => Err(ClientError::NotAcked(other)),
             }
-            if stop.is_stopped() {
-                return Err(ClientError::Interrupted);
-            }
-            if Instant::now() >= end {
-                return Err(ClientError::Timeout { what: "the server to publish the update", after: deadline });
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        })
     }
 
     /// Stop the agent and wait for its thread.
@@ -641,6 +624,30 @@ impl Agent for ClientAgent {
             items.push(d.as_poll_item(zmq::POLLIN));
         }
         let _ = zmq::poll(&mut items, ms);
+    }
+}
+
+/// Ask `check` every `every` until it gives a value or fails; [`ClientError::Interrupted`] as
+/// soon as `stop` is set, [`ClientError::Timeout`] (waiting for `what`) after `deadline`.
+fn poll_until<T>(
+    deadline: Duration,
+    every: Duration,
+    stop: &StopFlag,
+    what: &'static str,
+    mut check: impl FnMut() -> Result<Option<T>, ClientError>,
+) -> Result<T, ClientError> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if stop.is_stopped() {
+            return Err(ClientError::Interrupted);
+        }
+        if Instant::now() >= end {
+            return Err(ClientError::Timeout { what, after: deadline });
+        }
+        std::thread::sleep(every);
     }
 }
 
