@@ -245,3 +245,33 @@ fn a_trial_server_stops_quietly_on_ctrl_c() {
     assert!(rest.contains("served 0 trial(s)"), "{rest}");
     assert!(said.iter().all(|l| !l.contains("error")), "{said:?}");
 }
+
+#[test]
+fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
+    // Before, a trial server told to go waited out its 10 s for the engine's subscription
+    // whatever the signal.
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
+    let mut server = LineProc::spawn("replay --serve-trials", cmd.stderr(std::process::Stdio::null()));
+    let line = server.line_starting("serving capacity trials on ", Duration::from_secs(20));
+    let control = line.rsplit(' ').next().expect("endpoint").to_string();
+    // This test is the capacity side, and its engine never subscribes.
+    let ctx = zmq::Context::new();
+    let req = ctx.socket(zmq::REQ).expect("req");
+    req.set_linger(0).expect("linger");
+    req.set_rcvtimeo(20_000).expect("rcvtimeo");
+    req.connect(&control).expect("connect");
+    let prepare =
+        r#"{"op":"prepare","rate":1000,"duration_ms":1000,"payload_bytes":100,"symbols":10,"seed":1,"shards":1}"#;
+    req.send(prepare, 0).expect("prepare");
+    let answer = json(&req.recv_string(0).expect("an answer").expect("utf-8"));
+    assert!(answer["endpoints"].is_array(), "{answer}");
+    req.send(r#"{"op":"go"}"#, 0).expect("go");
+    // It answers `go` only when the trial is over: it is waiting for the subscription now,
+    // or about to.
+    let started = std::time::Instant::now();
+    server.proc.signal(2);
+    let status = server.proc.wait_exit(Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5), "not the 10 s wait");
+    assert_eq!(status.code(), Some(0));
+}

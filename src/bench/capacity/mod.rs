@@ -222,6 +222,11 @@ pub fn describe_sla(sla: &Sla) -> String {
 }
 
 /// Run the search for every configuration and write the results folder.
+/// A trial's wait that Ctrl-C ended ([`ReplayError::Interrupted`](crate::replay::ReplayError::Interrupted)).
+fn interrupted(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<crate::replay::ReplayError>(), Some(crate::replay::ReplayError::Interrupted))
+}
+
 pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>)) -> anyhow::Result<CapacityResult> {
     let machine = Machine::here();
     let started = Instant::now();
@@ -268,6 +273,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             on(Event::TrialStarted { config: &c.name, rate, purpose, done, estimate_left, eta_s });
             let mut runs = Vec::new();
             let mut files = Vec::new();
+            let mut cut_short = false;
             for r in 1..=cfg.runs.max(1) {
                 let stem = format!("{}-{rate}mps-run{r}-{hash}", c.slug());
                 let spec = TrialSpec {
@@ -280,11 +286,23 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                     hlog: folder.join(format!("{stem}.hlog")),
                     hgrm: folder.join(format!("{stem}.hgrm")),
                 };
-                let m = run_trial(&spec, &cfg.publisher, stop)
-                    .with_context(|| format!("configuration `{}`, {rate} msg/s, run {r}", c.name))?;
+                let m = match run_trial(&spec, &cfg.publisher, stop) {
+                    Ok(m) => m,
+                    // Ctrl-C while the trial waited (the engine's subscription, the remote
+                    // publisher's answer): the search ends as interrupted, as between trials.
+                    Err(e) if stop.is_stopped() && interrupted(&e) => {
+                        cut_short = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.context(format!("configuration `{}`, {rate} msg/s, run {r}", c.name))),
+                };
                 runs.push(m);
                 files.push(format!("{stem}.hlog"));
                 files.push(format!("{stem}.hgrm"));
+            }
+            if cut_short {
+                search.interrupt();
+                break;
             }
             let summary = judge(&runs, &cfg.sla);
             done += 1;

@@ -227,7 +227,7 @@ fn run(
     source: &Source,
     stop: &StopFlag,
 ) -> anyhow::Result<(u64, f64)> {
-    p.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the engine to subscribe")?;
+    p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop).context("waiting for the engine to subscribe")?;
     let t0 = Instant::now();
     let (mut sent, mut secs) = (0u64, 0f64);
     // The last progress call comes when the schedule is done, before the end of stream.

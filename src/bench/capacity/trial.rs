@@ -106,7 +106,8 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     // the warm-up snapshot.
     let (task, mut remote) = match publisher {
         Pub::Local(mut p, sent_rate) => {
-            p.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the engine to subscribe")?;
+            p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop)
+                .context("waiting for the engine to subscribe")?;
             let pacing = Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 };
             let source = Source::Generator(spec.feed.clone());
             let limits = Limits { max_msgs: None, duration: Some(duration) };
