@@ -275,3 +275,25 @@ fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
     assert!(started.elapsed() < Duration::from_secs(5), "not the 10 s wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_publisher_nobody_serves_is_said_early_and_ctrl_c_ends_the_wait() {
+    // Before, `--publisher connect:EP` with nothing at EP said nothing for 30 s and ignored Ctrl-C.
+    let port = common::free_port_block(1);
+    let dir = common::temp_dir("capacity-nobody");
+    let control = format!("connect:tcp://127.0.0.1:{port}");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(SHORT).args(["--publisher", &control]);
+    let mut p = LineProc::spawn("capacity", cmd.stderr(std::process::Stdio::piped()));
+    let err = common::lines_of(p.proc.child.stderr.take().expect("stderr"));
+    let said = common::wait_line(&err, Duration::from_secs(15), "not up", |l| l.contains("not up after"));
+    assert!(said.contains(&format!("tcp://127.0.0.1:{port}")) && said.contains("nothing answers there"), "{said}");
+    let started = std::time::Instant::now();
+    p.proc.signal(2);
+    let (status, out) = p.finish(Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5), "not the 30 s wait");
+    assert_eq!(status.code(), Some(0), "the (empty) results are written");
+    let v = json(&out);
+    assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -222,9 +222,11 @@ pub fn describe_sla(sla: &Sla) -> String {
 }
 
 /// Run the search for every configuration and write the results folder.
-/// A trial's wait that Ctrl-C ended ([`ReplayError::Interrupted`](crate::replay::ReplayError::Interrupted)).
+/// A trial's wait that Ctrl-C ended: the engine's subscription
+/// ([`ReplayError::Interrupted`](crate::replay::ReplayError::Interrupted)) or the remote publisher's answer.
 fn interrupted(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<crate::replay::ReplayError>(), Some(crate::replay::ReplayError::Interrupted))
+        || e.downcast_ref::<remote::Interrupted>().is_some()
 }
 
 pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>)) -> anyhow::Result<CapacityResult> {
@@ -336,7 +338,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     if let PublisherSide::Remote { control } = &cfg.publisher {
         // The search is over: the serving publisher can end.
         let ctx = zmq::Context::new();
-        if let Ok(mut r) = remote::RemotePublisher::connect(&ctx, control) {
+        if let Ok(mut r) = remote::RemotePublisher::connect(&ctx, control, &StopFlag::new()) {
             r.bye();
         }
     }

@@ -61,7 +61,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     // Bind (or have the remote bind) the publisher, then start the engine on its endpoints.
     enum Pub {
         Local(Box<Publisher>, u64),
-        Remote(RemotePublisher),
+        Remote(Box<RemotePublisher>),
     }
     let (publisher, endpoints) = match side {
         PublisherSide::Local { max_rate, sndhwm_msgs } => {
@@ -82,9 +82,9 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
             (Pub::Local(Box::new(p), sent_rate), eps)
         }
         PublisherSide::Remote { control } => {
-            let mut r = RemotePublisher::connect(&ctx, control)?;
+            let mut r = RemotePublisher::connect(&ctx, control, stop)?;
             let eps = r.prepare(offered, duration, &spec.feed, shards)?;
-            (Pub::Remote(r), eps)
+            (Pub::Remote(Box::new(r)), eps)
         }
     };
     let mut cfg = spec.engine.clone();
