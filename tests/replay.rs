@@ -410,3 +410,42 @@ fn a_subscriber_that_leaves_mid_run_is_said() {
     let (status, _) = replay.finish(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_subscriber_that_leaves_a_file_replay_is_said_while_it_runs() {
+    // Before, a file's replay drained the subscription events only on an idle turn (1 s
+    // without a send) or at its end: at 1 k msg/s a leave was said 30 s late.
+    let dir = temp_dir("replay-file-leave");
+    let path = dir.join("long.mdcap");
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    for i in 1..=30_000u64 {
+        let h = Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 3,
+            session_id: 77,
+            stream_seq: i,
+            topic_seq: i,
+            send_time_ns: i,
+        };
+        w.write_frame(&wire::encode(b"LONG", &h, &i.to_le_bytes()), false, i).expect("write");
+    }
+    w.flush().expect("flush");
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--subscribers", "1", "--from"]).arg(&path);
+    cmd.stderr(std::process::Stdio::piped());
+    let mut replay = LineProc::spawn("replay", &mut cmd);
+    let err = lines_of(replay.proc.child.stderr.take().expect("stderr"));
+    let ep = replay.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
+    let (ctx, sub) = subscriber(&ep);
+    wait_line(&err, Duration::from_secs(20), "the replay sending", |l| l.contains("subscribed: sending"));
+    drop(sub);
+    drop(ctx);
+    // 1 Ki messages at 1 k msg/s: about a second.
+    let left = wait_line(&err, Duration::from_secs(10), "the leave said", |l| l.contains("subscriber left"));
+    assert!(left.contains("shard0") && left.contains("reaches no one"), "{left}");
+    replay.proc.signal(2);
+    let (status, _) = replay.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
