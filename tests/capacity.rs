@@ -279,7 +279,7 @@ fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
 #[test]
 fn a_publisher_nobody_serves_is_said_early_and_ctrl_c_ends_the_wait() {
     // Before, `--publisher connect:EP` with nothing at EP said nothing for 30 s and ignored Ctrl-C.
-    let port = common::free_port_block(1);
+    let port = common::unserved_port_block(1);
     let dir = common::temp_dir("capacity-nobody");
     let control = format!("connect:tcp://127.0.0.1:{port}");
     let mut cmd = mdsub();

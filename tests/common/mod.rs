@@ -96,6 +96,14 @@ pub fn free_port_block(n: u16) -> u16 {
     panic!("no block of {n} free ports found");
 }
 
+/// The first of `n` consecutive ports nothing listens on, outside the kernel's ephemeral range
+/// (so libzmq's retries cannot connect a socket to itself), for endpoints nobody serves.
+pub fn unserved_port_block(n: u16) -> u16 {
+    (20_000..30_000)
+        .find(|&p| (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+        .expect("free ports in 20000-29999")
+}
+
 /// The lines of `r` (a child's stdout or stderr) on a channel, read by a
 /// thread of their own, so every read can have a deadline.
 pub fn lines_of<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
