@@ -209,15 +209,7 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
         s
     });
     // A trial is under way once its interval log exists.
-    let hlog = || {
-        std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|run| {
-            std::fs::read_dir(run.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|f| f.path().extension().is_some_and(|e| e == "hlog"))
-        })
-    };
+    let hlog = || common::has_trial_hlog(&dir);
     wait_until(Duration::from_secs(60), "the first trial's .hlog", hlog);
     p.signal(2);
     assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0), "results so far are written");

@@ -269,15 +269,7 @@ fn ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once() {
     };
     let p = LineProc::spawn("capacity", cmd.stderr(Stdio::null()));
     // The first trial's engine is up (its interval log exists): the handshake is under way.
-    let hlog = || {
-        std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|run| {
-            std::fs::read_dir(run.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|f| f.path().extension().is_some_and(|e| e == "hlog"))
-        })
-    };
+    let hlog = || common::has_trial_hlog(&dir);
     wait_until(DEADLINE, "the first trial's .hlog", hlog);
     let started = std::time::Instant::now();
     p.proc.signal(2);

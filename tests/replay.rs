@@ -20,15 +20,7 @@ type Part = (Vec<u8>, bool);
 fn write_capture(path: &std::path::Path) -> Vec<Part> {
     let mut records = Vec::new();
     for i in 1..=200u64 {
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: 3,
-            session_id: 77,
-            stream_seq: i,
-            topic_seq: i,
-            send_time_ns: 1_000 + i,
-        };
+        let h = data_header(i, 1_000 + i);
         records.push((wire::encode(format!("CAP{}", i % 7).as_bytes(), &h, &i.to_le_bytes()), false));
         if i % 40 == 0 {
             records.push((format!("guide.topic.{i}").into_bytes(), true));
@@ -44,6 +36,11 @@ fn write_capture(path: &std::path::Path) -> Vec<Part> {
     }
     w.flush().expect("flush");
     records
+}
+
+/// The `i`-th data frame's header of the test captures' one publisher (one topic's view).
+fn data_header(i: u64, send_time_ns: u64) -> Header {
+    Header { kind: Kind::Data, flags: 0, publisher_id: 3, session_id: 77, stream_seq: i, topic_seq: i, send_time_ns }
 }
 
 /// Receive every frame until an end-of-stream frame, with deadline.
@@ -419,16 +416,7 @@ fn a_subscriber_that_leaves_a_file_replay_is_said_while_it_runs() {
     let path = dir.join("long.mdcap");
     let mut w = CaptureWriter::create(&path).expect("create capture");
     for i in 1..=30_000u64 {
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: 3,
-            session_id: 77,
-            stream_seq: i,
-            topic_seq: i,
-            send_time_ns: i,
-        };
-        w.write_frame(&wire::encode(b"LONG", &h, &i.to_le_bytes()), false, i).expect("write");
+        w.write_frame(&wire::encode(b"LONG", &data_header(i, i), &i.to_le_bytes()), false, i).expect("write");
     }
     w.flush().expect("flush");
     let mut cmd = mdsub();

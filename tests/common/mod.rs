@@ -104,6 +104,18 @@ pub fn unserved_port_block(n: u16) -> u16 {
         .expect("free ports in 20000-29999")
 }
 
+/// True once a `mdsub capacity --out dir` results folder holds an interval log: a trial's
+/// engine is up.
+pub fn has_trial_hlog(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|run| {
+        std::fs::read_dir(run.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| f.path().extension().is_some_and(|e| e == "hlog"))
+    })
+}
+
 /// The lines of `r` (a child's stdout or stderr) on a channel, read by a
 /// thread of their own, so every read can have a deadline.
 pub fn lines_of<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
