@@ -221,7 +221,6 @@ pub fn describe_sla(sla: &Sla) -> String {
     parts.join(", ")
 }
 
-/// Run the search for every configuration and write the results folder.
 /// A trial's wait that Ctrl-C ended: the engine's subscription
 /// ([`ReplayError::Interrupted`](crate::replay::ReplayError::Interrupted)) or the remote publisher's answer.
 fn interrupted(e: &anyhow::Error) -> bool {
@@ -229,6 +228,7 @@ fn interrupted(e: &anyhow::Error) -> bool {
         || e.downcast_ref::<remote::Interrupted>().is_some()
 }
 
+/// Run the search for every configuration and write the results folder.
 pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>)) -> anyhow::Result<CapacityResult> {
     let machine = Machine::here();
     let started = Instant::now();
