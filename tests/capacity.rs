@@ -212,15 +212,7 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
         s
     });
     // A trial is under way once its interval log exists.
-    let hlog = || {
-        std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|run| {
-            std::fs::read_dir(run.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|f| f.path().extension().is_some_and(|e| e == "hlog"))
-        })
-    };
+    let hlog = || common::has_trial_hlog(&dir);
     wait_until(Duration::from_secs(60), "the first trial's .hlog", hlog);
     p.signal(2);
     assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0), "results so far are written");
@@ -247,4 +239,56 @@ fn a_trial_server_stops_quietly_on_ctrl_c() {
     assert_eq!(status.code(), Some(0), "stderr: {said:?}");
     assert!(rest.contains("served 0 trial(s)"), "{rest}");
     assert!(said.iter().all(|l| !l.contains("error")), "{said:?}");
+}
+
+#[test]
+fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
+    // Before, a trial server told to go waited out its 10 s for the engine's subscription
+    // whatever the signal.
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
+    let mut server = LineProc::spawn("replay --serve-trials", cmd.stderr(std::process::Stdio::null()));
+    let line = server.line_starting("serving capacity trials on ", Duration::from_secs(20));
+    let control = line.rsplit(' ').next().expect("endpoint").to_string();
+    // This test is the capacity side, and its engine never subscribes.
+    let ctx = zmq::Context::new();
+    let req = ctx.socket(zmq::REQ).expect("req");
+    req.set_linger(0).expect("linger");
+    req.set_rcvtimeo(20_000).expect("rcvtimeo");
+    req.connect(&control).expect("connect");
+    let prepare =
+        r#"{"op":"prepare","rate":1000,"duration_ms":1000,"payload_bytes":100,"symbols":10,"seed":1,"shards":1}"#;
+    req.send(prepare, 0).expect("prepare");
+    let answer = json(&req.recv_string(0).expect("an answer").expect("utf-8"));
+    assert!(answer["endpoints"].is_array(), "{answer}");
+    req.send(r#"{"op":"go"}"#, 0).expect("go");
+    // It answers `go` only when the trial is over: it is waiting for the subscription now,
+    // or about to.
+    let started = std::time::Instant::now();
+    server.proc.signal(2);
+    let status = server.proc.wait_exit(Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5), "not the 10 s wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_publisher_nobody_serves_is_said_early_and_ctrl_c_ends_the_wait() {
+    // Before, `--publisher connect:EP` with nothing at EP said nothing for 30 s and ignored Ctrl-C.
+    let port = common::unserved_port_block(1);
+    let dir = common::temp_dir("capacity-nobody");
+    let control = format!("connect:tcp://127.0.0.1:{port}");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(SHORT).args(["--publisher", &control]);
+    let mut p = LineProc::spawn("capacity", cmd.stderr(std::process::Stdio::piped()));
+    let err = common::lines_of(p.proc.child.stderr.take().expect("stderr"));
+    let said = common::wait_line(&err, Duration::from_secs(15), "not up", |l| l.contains("not up after"));
+    assert!(said.contains(&format!("tcp://127.0.0.1:{port}")) && said.contains("nothing answers there"), "{said}");
+    let started = std::time::Instant::now();
+    p.proc.signal(2);
+    let (status, out) = p.finish(Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5), "not the 30 s wait");
+    assert_eq!(status.code(), Some(0), "the (empty) results are written");
+    let v = json(&out);
+    assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
