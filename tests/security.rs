@@ -549,3 +549,35 @@ fn real_prometheus_scrapes_metrics_with_its_credentials_file() {
     let _ = e.report();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_applies_a_profiles_monitor_access_and_says_what_it_cannot_apply() {
+    // Before, demo dropped a profile's [security] silently: its --monitor served anyone.
+    let dir = temp_dir("sec-demo");
+    let (_, builtin, _) =
+        run_within("profile show", mdsub().args(["profile", "show", "builtin"]), Duration::from_secs(20));
+    let before_security = builtin.split("[security]").next().expect("the builtin profile");
+    let profile = dir.join("demo.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "{before_security}[security]\nmonitor_allow_addr = [\"127.0.0.1\"]\n\
+             curve_key = \"/nonexistent/engine.key\"\nserver_key = \"/nonexistent/feed.pub\"\n"
+        ),
+    )
+    .expect("profile");
+    let ep = format!("tcp://127.0.0.1:{}", free_port_block(1));
+    let mut cmd = mdsub();
+    cmd.args(["demo", "--json", "--duration", "60s", "--rate", "1k", "--monitor", &ep, "--profile"]).arg(&profile);
+    let demo = Both::spawn("demo", &mut cmd);
+    demo.err_line("security.curve_key, security.server_key not applied: demo runs its own plain publisher");
+    let ctx = zmq::Context::new();
+    let outsider = monitor_sub(&ctx, &ep, Some("127.0.0.2"), None);
+    demo.err_line("snail-monitor-zap: refused (address_not_allowed): 127.0.0.2 (NULL): address not allowed");
+    let insider = monitor_sub(&ctx, &ep, Some("127.0.0.1"), None);
+    next_topic(&insider, b"snail.state", DEADLINE).expect("127.0.0.1 gets the monitor's state");
+    assert!(got_nothing(&outsider), "127.0.0.2 gets nothing");
+    let report = demo.report();
+    assert!(report["delivered"].as_u64().is_some_and(|n| n > 0), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
