@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{free_port_block, lines_of, mdsub, run_within, start_replay, thread_cpu_ms, wait_until, LineProc, Proc};
+use common::{
+    lines_of, mdsub, run_within, start_replay, thread_cpu_ms, unserved_port_block, wait_until, LineProc, Proc,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -118,7 +120,7 @@ fn interrupt(mut p: Proc) -> (Option<i32>, String) {
 fn ctrl_c_ends_a_wait_for_a_peer_nobody_serves() {
     // A clone store nobody serves: the client waits up to --timeout for a snapshot, and
     // Ctrl-C ends that wait at once, saying so, with the interrupted status.
-    let port = free_port_block(3);
+    let port = unserved_port_block(3);
     let server = format!("tcp://127.0.0.1:{port}");
     let mut cmd = mdsub();
     cmd.args(["clone-client", "--server", &server, "--timeout", "60s", "get", "/k"]).stderr(Stdio::piped());
