@@ -61,7 +61,7 @@ pub fn task_cpu_ns(tid: u32) -> Option<u64> {
 /// A walk of `/proc/self/task` is not a snapshot: when a thread listed
 /// before the walk's position exits mid-walk, the kernel resumes by index and
 /// can skip a live thread. So the walk is repeated until one adds nothing new
-/// (at least twice, at most `TASK_WALKS` times) and the ids found are merged.
+/// (at least twice, at most four times) and the ids found are merged.
 pub fn task_ids_named(name: &str) -> Vec<u32> {
     let mut ids: Vec<u32> = Vec::new();
     for walk in 0..TASK_WALKS {

@@ -127,7 +127,7 @@ fn main() {
             mdsub::diag!("mdsub: croak: {}", c.scream);
             std::process::exit(mdsub::snail::EXIT_CODE_CROAK);
         }
-        if e.downcast_ref::<cli::Interrupted>().is_some() {
+        if cli::is_interrupted(&e) {
             mdsub::diag!("mdsub: interrupted");
             std::process::exit(cli::EXIT_INTERRUPTED);
         }

@@ -142,10 +142,13 @@ fn finds_a_known_limit_and_writes_every_output() {
     let _ = replay.finish(Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&dir);
     // The limit, last: every output above is checked whatever the box's load
-    // did to the knees (on a 2-core host shared with busy builds the worker
-    // gets a fraction of a core, and its ceiling falls with it).
+    // did to the knees. 20 µs a message caps the worker at 50k msg/s: a knee
+    // at or above that is a wrong search. How far below it the knee falls is
+    // the box's speed (on a 2-core host shared with busy builds the worker
+    // gets a fraction of a core: 23k was seen), which is a benchmark's
+    // business, not a test's; the floor only says a limit was found, not 0.
     let (k_work, k_none) = (knee(work), knee(none));
-    assert!((25_000..50_000).contains(&k_work), "knee with 20 µs of work: {k_work} msg/s: {work}");
+    assert!((5_000..50_000).contains(&k_work), "knee with 20 µs of work: {k_work} msg/s: {work}");
     assert!(k_none > k_work, "no work: knee {k_none} should be above {k_work}");
 }
 
@@ -209,15 +212,7 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
         s
     });
     // A trial is under way once its interval log exists.
-    let hlog = || {
-        std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|run| {
-            std::fs::read_dir(run.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|f| f.path().extension().is_some_and(|e| e == "hlog"))
-        })
-    };
+    let hlog = || common::has_trial_hlog(&dir);
     wait_until(Duration::from_secs(60), "the first trial's .hlog", hlog);
     p.signal(2);
     assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0), "results so far are written");
@@ -244,4 +239,56 @@ fn a_trial_server_stops_quietly_on_ctrl_c() {
     assert_eq!(status.code(), Some(0), "stderr: {said:?}");
     assert!(rest.contains("served 0 trial(s)"), "{rest}");
     assert!(said.iter().all(|l| !l.contains("error")), "{said:?}");
+}
+
+#[test]
+fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
+    // Before, a trial server told to go waited out its 10 s for the engine's subscription
+    // whatever the signal.
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
+    let mut server = LineProc::spawn("replay --serve-trials", cmd.stderr(std::process::Stdio::null()));
+    let line = server.line_starting("serving capacity trials on ", Duration::from_secs(20));
+    let control = line.rsplit(' ').next().expect("endpoint").to_string();
+    // This test is the capacity side, and its engine never subscribes.
+    let ctx = zmq::Context::new();
+    let req = ctx.socket(zmq::REQ).expect("req");
+    req.set_linger(0).expect("linger");
+    req.set_rcvtimeo(20_000).expect("rcvtimeo");
+    req.connect(&control).expect("connect");
+    let prepare =
+        r#"{"op":"prepare","rate":1000,"duration_ms":1000,"payload_bytes":100,"symbols":10,"seed":1,"shards":1}"#;
+    req.send(prepare, 0).expect("prepare");
+    let answer = json(&req.recv_string(0).expect("an answer").expect("utf-8"));
+    assert!(answer["endpoints"].is_array(), "{answer}");
+    req.send(r#"{"op":"go"}"#, 0).expect("go");
+    // It answers `go` only when the trial is over: it is waiting for the subscription now,
+    // or about to.
+    let started = std::time::Instant::now();
+    server.proc.signal(2);
+    let status = server.proc.wait_exit(Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5), "not the 10 s wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_publisher_nobody_serves_is_said_early_and_ctrl_c_ends_the_wait() {
+    // Before, `--publisher connect:EP` with nothing at EP said nothing for 30 s and ignored Ctrl-C.
+    let port = common::unserved_port_block(1);
+    let dir = common::temp_dir("capacity-nobody");
+    let control = format!("connect:tcp://127.0.0.1:{port}");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(SHORT).args(["--publisher", &control]);
+    let mut p = LineProc::spawn("capacity", cmd.stderr(std::process::Stdio::piped()));
+    let err = common::lines_of(p.proc.child.stderr.take().expect("stderr"));
+    let said = common::wait_line(&err, Duration::from_secs(15), "not up", |l| l.contains("not up after"));
+    assert!(said.contains(&format!("tcp://127.0.0.1:{port}")) && said.contains("nothing answers there"), "{said}");
+    let started = std::time::Instant::now();
+    p.proc.signal(2);
+    let (status, out) = p.finish(Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5), "not the 30 s wait");
+    assert_eq!(status.code(), Some(0), "the (empty) results are written");
+    let v = json(&out);
+    assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{free_port_block, lines_of, mdsub, run_within, start_replay, thread_cpu_ms, wait_until, LineProc, Proc};
+use common::{
+    lines_of, mdsub, run_within, start_replay, thread_cpu_ms, unserved_port_block, wait_until, LineProc, Proc,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -118,7 +120,7 @@ fn interrupt(mut p: Proc) -> (Option<i32>, String) {
 fn ctrl_c_ends_a_wait_for_a_peer_nobody_serves() {
     // A clone store nobody serves: the client waits up to --timeout for a snapshot, and
     // Ctrl-C ends that wait at once, saying so, with the interrupted status.
-    let port = free_port_block(3);
+    let port = unserved_port_block(3);
     let server = format!("tcp://127.0.0.1:{port}");
     let mut cmd = mdsub();
     cmd.args(["clone-client", "--server", &server, "--timeout", "60s", "get", "/k"]).stderr(Stdio::piped());
@@ -214,5 +216,80 @@ fn bench_refuses_a_save_path_it_cannot_write_before_running() {
     assert_eq!(code, Some(1), "stderr: {err}");
     assert!(err.contains("creating") && err.contains("bench.json"), "{err}");
     assert!(out.is_empty(), "nothing run: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mdsub ARGS` in a network namespace of its own whose loopback drops every TCP SYN: its
+/// publisher binds, but nothing ever connects to it, so the subscriber handshake of `bench`,
+/// `demo` and `capacity` hangs for its whole 10 s. None (the test skips, saying why) without
+/// root, `unshare` or `nft`.
+fn where_nothing_connects(test: &str, args: &[&str]) -> Option<std::process::Command> {
+    let have = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !have("unshare") || !have("nft") || !have("ip") {
+        eprintln!("SKIPPED {test}: needs root, unshare (util-linux), ip (iproute2) and nft (nftables)");
+        return None;
+    }
+    let script = "ip link set lo up && nft add table inet t && \
+                  nft add chain inet t out '{ type filter hook output priority 0; }' && \
+                  nft add rule inet t out tcp flags syn drop && exec \"$@\"";
+    // The kernel may lack nf_tables, or deny namespaces: try the setup alone first.
+    let tried = std::process::Command::new("unshare").args(["-n", "sh", "-c", script, "sh", "true"]).output();
+    if let Some(why) = match &tried {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Some(e.to_string()),
+    } {
+        eprintln!("SKIPPED {test}: a network namespace whose loopback drops SYNs could not be made: {why}");
+        return None;
+    }
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-n", "sh", "-c", script, "sh", env!("CARGO_BIN_EXE_mdsub")]).args(args);
+    Some(cmd)
+}
+
+#[test]
+fn ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once() {
+    // Before, the handshake waited out its 10 s whatever the signal, then said
+    // `mdsub: error: waiting for the subscriber: no subscriber reached …`.
+    let test = "ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once";
+    for (args, first_line) in [
+        (&["demo", "--duration", "1s"][..], "publisher: XPUB"),
+        (&["bench", "--runs", "1", "--count", "10k"], "mdsub bench"),
+    ] {
+        let Some(mut cmd) = where_nothing_connects(test, args) else { return };
+        let p = LineProc::spawn(args[0], cmd.stderr(Stdio::piped()));
+        // Printed just before the run starts, with the signal handler in place.
+        p.line_starting(first_line, DEADLINE);
+        let started = std::time::Instant::now();
+        let (code, err) = interrupt(p.proc);
+        assert_eq!(code, Some(130), "{}: stderr: {err}", args[0]);
+        assert!(started.elapsed() < Duration::from_secs(5), "{}: not the 10 s handshake: {err}", args[0]);
+        assert_eq!(err.trim(), "mdsub: interrupted", "{}: one line saying so: {err}", args[0]);
+    }
+    // capacity keeps its rule for Ctrl-C: the results so far (none here), marked interrupted.
+    let dir = common::temp_dir("cli-capacity-handshake");
+    let out = dir.display().to_string();
+    let Some(mut cmd) = where_nothing_connects(test, &["capacity", "--json", "--runs", "1", "--out", &out]) else {
+        return;
+    };
+    let p = LineProc::spawn("capacity", cmd.stderr(Stdio::null()));
+    // The first trial's engine is up (its interval log exists): the handshake is under way.
+    let hlog = || common::has_trial_hlog(&dir);
+    wait_until(DEADLINE, "the first trial's .hlog", hlog);
+    let started = std::time::Instant::now();
+    p.proc.signal(2);
+    let (status, out) = p.finish(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "the (empty) results are written");
+    assert!(started.elapsed() < Duration::from_secs(5), "not the 10 s handshake");
+    let v = common::json(&out);
+    assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
+    assert_eq!(v["configurations"][0]["outcome"]["ending"], "interrupted", "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1336,3 +1336,23 @@ fn clone_bench_ended_by_sigterm_leaves_no_server_behind() {
         })
     });
 }
+
+#[test]
+fn a_dead_clone_server_is_said_not_up_once_naming_both_its_ports() {
+    // Before: one "not up" line for the client's subscriber (P+1) and another for its
+    // collector link (P+2), for one server that is not running.
+    let p = common::unserved_port_block(3);
+    let srv = format!("tcp://127.0.0.1:{p}");
+    let (code, _out, err) = run_within(
+        "clone-client",
+        mdsub().args(["clone-client", "--server", &srv, "--timeout", "7s", "get", "/k"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("not up after")).collect();
+    assert_eq!(said.len(), 1, "one line for one server: {err}");
+    for port in [p, p + 1, p + 2] {
+        assert!(said[0].contains(&format!("127.0.0.1:{port}")), "names {port}: {}", said[0]);
+    }
+    assert!(said[0].contains("nothing answers there"), "{}", said[0]);
+}

@@ -199,18 +199,10 @@ fn a_clean_run_says_no_link_was_lost() {
     }
 }
 
-/// A port nothing listens on, outside the kernel's ephemeral range (so libzmq's retries
-/// cannot connect the socket to itself).
-fn unserved_port() -> u16 {
-    (20_000..30_000)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port in 20000-29999")
-}
-
 #[test]
 fn an_endpoint_nobody_serves_is_said_not_silently_waited_on() {
     // Before, `shard0: connected to …` and then silence for as long as the engine ran.
-    let ep = format!("tcp://127.0.0.1:{}", unserved_port());
+    let ep = format!("tcp://127.0.0.1:{}", common::unserved_port_block(1));
     let mut cmd = mdsub();
     cmd.args(["engine", "--max-duration", "60s", "--endpoint", &ep]).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut engine = common::Proc::spawn("engine", &mut cmd);

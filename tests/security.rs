@@ -213,7 +213,7 @@ fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
     assert!(!out.contains("v1"));
     let (code, out, _) = clone_client(&[pp], None, &["set", "/k/one", "evil"]);
     assert_ne!(code, Some(0), "a client without keys cannot write (out: {out})");
-    prim.line_starting("clone-server: refused 127.0.0.1 (CURVE): client key not allowed", DEADLINE);
+    prim.line_starting("clone-server: refused (key_not_allowed): 127.0.0.1 (CURVE): client key not allowed", DEADLINE);
 
     // Failover: the backup takes over and still serves only the allowed key.
     prim.proc.signal(9);
@@ -323,7 +323,7 @@ fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
     let plain = monitor_sub(&ctx, &ep, None, None);
     let wrong = ClientKeys { client: mallory, server_public: mon.public };
     let outsider = monitor_sub(&ctx, &ep, None, Some(&wrong));
-    e.err_line("snail-monitor-zap: refused 127.0.0.1 (CURVE): client key not allowed");
+    e.err_line("snail-monitor-zap: refused (key_not_allowed): 127.0.0.1 (CURVE): client key not allowed");
     let right = ClientKeys { client: ops, server_public: mon.public };
     let insider = monitor_sub(&ctx, &ep, None, Some(&right));
     let state = next_topic(&insider, b"snail.state", DEADLINE).expect("the allowed key gets the monitor's state");
@@ -381,7 +381,7 @@ fn monitor_zap_allow_list_and_metrics_access_refuse_the_outsider() {
     std::fs::write(&token, "s3cret-token\n").expect("token file");
     // Nothing publishes here: the engine runs until SIGINT.
     let nowhere = format!("tcp://127.0.0.1:{}", free_port_block(1));
-    let e = engine(
+    let mut e = engine(
         &nowhere,
         &[
             "--expect-eos",
@@ -411,7 +411,7 @@ fn monitor_zap_allow_list_and_metrics_access_refuse_the_outsider() {
     // The monitor: 127.0.0.2 is refused by ZAP, 127.0.0.1 is served.
     let ctx = zmq::Context::new();
     let outsider = monitor_sub(&ctx, &ep, Some("127.0.0.2"), None);
-    e.err_line("snail-monitor-zap: refused 127.0.0.2 (NULL): address not allowed");
+    e.err_line("snail-monitor-zap: refused (address_not_allowed): 127.0.0.2 (NULL): address not allowed");
     let insider = monitor_sub(&ctx, &ep, Some("127.0.0.1"), None);
     next_topic(&insider, b"snail.state", DEADLINE).expect("127.0.0.1 gets the monitor's state");
     next_topic(&insider, b"snail.state", DEADLINE).expect("and the next one");
@@ -425,14 +425,25 @@ fn monitor_zap_allow_list_and_metrics_access_refuse_the_outsider() {
     assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.contains("mdsub_"), "{ok}");
     let r = scrape(tcp_from(outside, addr), bearer);
     assert!(r.starts_with("HTTP/1.1 403") && !r.contains("mdsub_"), "{r}");
-    e.err_line("metrics-http: refused 127.0.0.2 (http): address not allowed");
+    e.err_line("metrics-http: refused (address_not_allowed): 127.0.0.2 (http): address not allowed");
     let r = scrape(tcp_from(local, addr), "Authorization: Bearer s3cret-tokem\r\n");
     assert!(r.starts_with("HTTP/1.1 401") && r.contains("WWW-Authenticate: Bearer") && !r.contains("mdsub_"), "{r}");
-    e.err_line("metrics-http: refused 127.0.0.1 (http bearer): wrong bearer token");
+    e.err_line("metrics-http: refused (wrong_bearer_token): 127.0.0.1 (http bearer): wrong bearer token");
     let r = scrape(tcp_from(local, addr), "");
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
-    e.err_line("metrics-http: refused 127.0.0.1 (http bearer): no bearer token");
+    e.err_line("metrics-http: refused (no_bearer_token): 127.0.0.1 (http bearer): no bearer token");
+    // More of the same reason: counted, not said one by one, and summarised (by the rule every
+    // refusal follows, diag::Refusals); before, the first ten refusals each had a line.
+    for _ in 0..11 {
+        assert!(scrape(tcp_from(local, addr), "").starts_with("HTTP/1.1 401"));
+    }
+    let err = std::mem::replace(&mut e.err, std::sync::mpsc::channel().1);
     let _ = e.report();
+    let rest: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    let said = rest.iter().filter(|l| l.starts_with("metrics-http: refused (")).count();
+    assert_eq!(said, 0, "no line per refusal after the first: {rest:?}");
+    let summary = rest.iter().rfind(|l| l.starts_with("metrics-http: refused ")).expect("a summary line");
+    assert!(summary.contains("(totals: ") && summary.contains("no_bearer_token=12)"), "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -465,7 +476,7 @@ fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() 
             &path("feed.pub"),
         ],
     );
-    replay.err_line("replay-zap: refused 127.0.0.1 (CURVE): client key not allowed");
+    replay.err_line("replay-zap: refused (key_not_allowed): 127.0.0.1 (CURVE): client key not allowed");
     plain.err_line("shard0: connecting to");
     // The replay waits for one subscriber: the engine with the allowed key.
     let good = engine(&ep, &["--curve-key", &path("engine1.key"), "--server-key", &path("feed.pub")]);
@@ -536,5 +547,37 @@ fn real_prometheus_scrapes_metrics_with_its_credentials_file() {
     assert!(up.contains(r#""1"]"#), "up is 1: {up}");
     drop(_prom);
     let _ = e.report();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_applies_a_profiles_monitor_access_and_says_what_it_cannot_apply() {
+    // Before, demo dropped a profile's [security] silently: its --monitor served anyone.
+    let dir = temp_dir("sec-demo");
+    let (_, builtin, _) =
+        run_within("profile show", mdsub().args(["profile", "show", "builtin"]), Duration::from_secs(20));
+    let before_security = builtin.split("[security]").next().expect("the builtin profile");
+    let profile = dir.join("demo.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "{before_security}[security]\nmonitor_allow_addr = [\"127.0.0.1\"]\n\
+             curve_key = \"/nonexistent/engine.key\"\nserver_key = \"/nonexistent/feed.pub\"\n"
+        ),
+    )
+    .expect("profile");
+    let ep = format!("tcp://127.0.0.1:{}", free_port_block(1));
+    let mut cmd = mdsub();
+    cmd.args(["demo", "--json", "--duration", "60s", "--rate", "1k", "--monitor", &ep, "--profile"]).arg(&profile);
+    let demo = Both::spawn("demo", &mut cmd);
+    demo.err_line("security.curve_key, security.server_key not applied: demo runs its own plain publisher");
+    let ctx = zmq::Context::new();
+    let outsider = monitor_sub(&ctx, &ep, Some("127.0.0.2"), None);
+    demo.err_line("snail-monitor-zap: refused (address_not_allowed): 127.0.0.2 (NULL): address not allowed");
+    let insider = monitor_sub(&ctx, &ep, Some("127.0.0.1"), None);
+    next_topic(&insider, b"snail.state", DEADLINE).expect("127.0.0.1 gets the monitor's state");
+    assert!(got_nothing(&outsider), "127.0.0.2 gets nothing");
+    let report = demo.report();
+    assert!(report["delivered"].as_u64().is_some_and(|n| n > 0), "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }

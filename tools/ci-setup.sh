@@ -11,7 +11,7 @@ DEB_PACKAGES=(
     prometheus   # tests/dashboards.rs: a real Prometheus scrapes the engine's /metrics (tools/prometheus-check.sh)
     tmux         # tests/dashboards.rs: drives `mdsub top`'s interactive view and captures the pane
     iproute2   # tools/testbed.sh (tests/nic.rs): network namespaces and veth pairs, one NIC per shard
-    nftables   # tools/testbed.sh loss: random packet loss on a path (`numgen random`; no netem in CI's kernel)
+    nftables   # tools/testbed.sh loss: random packet loss on a path (`numgen random`; no netem in CI's kernel); tests/cli.rs: a namespace whose loopback drops SYNs
     python3    # tools/soak.sh + tools/soak.py (tests/soak.rs): samples RSS/CPU/p99 and draws the SVG (standard library only)
 )
 # Python packages for independent readers/peers: one line per package with the reason.

@@ -102,7 +102,8 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             Running::Baseline(Runner::start(AgentSpec::unpinned(idle), sub_stop, b).context("starting the baseline")?)
         }
     };
-    publisher.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the subscriber")?;
+    // Ctrl-C (or SIGTERM) ends the wait at once with `ReplayError::Interrupted`.
+    publisher.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop).context("waiting for the subscriber")?;
     // The publisher runs on a thread of its own (`replay`); this thread
     // passes its progress on to the caller.
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -246,6 +246,7 @@ impl Drop for SaveFile {
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let mut profile = load_profile(&args.profile)?;
+    super::security::apply_what_a_local_run_can("bench", &args.profile, &profile.security, None)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
     if args.from.is_empty() {
         args.feed.check_fits(profile.max_msg_bytes)?;

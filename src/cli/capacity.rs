@@ -127,6 +127,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     let mut bases = Vec::with_capacity(names.len());
     for n in &names {
         let mut p = load_profile(n)?;
+        super::security::apply_what_a_local_run_can("capacity", n, &p.security, None)?;
         if let Some(h) = args.handler {
             p.handler = h;
         }

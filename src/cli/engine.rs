@@ -12,7 +12,7 @@ use super::args::{
     Idle,
 };
 use super::feed::FeedArgs;
-use super::security::{apply_security, EngineAccessArgs};
+use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
 use super::{describe_pacing, expected_msgs, load_profile, override_idle_handler, progress_bar, store_servers};
 use crate::agent::StopFlag;
 use crate::bench::run::{run_once, RunSpec, Subscriber};
@@ -166,12 +166,14 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let shards = profile.shards.len();
     let pacing = args.feed.pacing(Some(DEMO_RATE));
     let limits = args.feed.limits(Some(DEMO_DURATION));
+    let mut engine = profile.engine_config(None);
+    apply_what_a_local_run_can("demo", &args.profile, &profile.security, Some(&mut engine))?;
     let spec = RunSpec {
         publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); shards], ..Default::default() },
         source: Source::Generator(args.feed.generator()),
         pacing,
         limits,
-        subscriber: Subscriber::Engine(Box::new(profile.engine_config(None))),
+        subscriber: Subscriber::Engine(Box::new(engine)),
         drain_timeout: Duration::from_secs(30),
     };
     if !args.json {

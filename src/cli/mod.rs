@@ -46,6 +46,14 @@ pub struct Interrupted;
 /// that Ctrl-C ended.
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// True when `e` says the command was stopped before it had a result: [`Interrupted`], or a
+/// library wait that Ctrl-C ended under any context, such as the subscriber handshake of
+/// `bench` and `demo` ([`ReplayError::Interrupted`](crate::replay::ReplayError::Interrupted)).
+pub fn is_interrupted(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Interrupted>().is_some()
+        || matches!(e.downcast_ref::<crate::replay::ReplayError>(), Some(crate::replay::ReplayError::Interrupted))
+}
+
 use crate::engine::handler::HandlerSpec;
 use crate::profile::{host_cores, Profile};
 use crate::replay::{Limits, Pacing};
@@ -116,4 +124,20 @@ pub(crate) fn load_profile(spec: &str) -> anyhow::Result<Profile> {
 /// FILE: profile field …`), as `mdsub profile check` does.
 pub(crate) fn check_profile(p: &Profile, spec: &str) -> anyhow::Result<()> {
     p.validate(&host_cores()).map_err(|e| anyhow::Error::new(e).context(format!("--profile {spec}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_library_wait_is_an_interruption_under_any_context() {
+        use anyhow::Context as _;
+        let wait: Result<(), _> = Err(crate::replay::ReplayError::Interrupted);
+        let e = wait.context("waiting for the subscriber").context("run 1").unwrap_err();
+        assert!(is_interrupted(&e), "{e:#}");
+        assert!(is_interrupted(&anyhow::Error::new(Interrupted).context("mdsub capacity")));
+        let other: Result<(), _> = Err(crate::replay::ReplayError::Config("bad".into()));
+        assert!(!is_interrupted(&other.context("waiting for the subscriber").unwrap_err()));
+    }
 }

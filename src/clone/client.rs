@@ -35,7 +35,7 @@ use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::diag::RefusalLog;
-use crate::link::LinkWatch;
+use crate::link::{LinkWatch, NotUp};
 use crate::security::ClientKeys;
 
 /// Messages read from one socket per unit of work (then timers get a turn).
@@ -324,6 +324,10 @@ impl Drop for Client {
 }
 
 struct ServerConn {
+    /// The server's base endpoint (`tcp://host:P`) and its publisher (P+1) and collector (P+2).
+    base: String,
+    publisher_ep: String,
+    collector_ep: String,
     snapshot_ep: String,
     sub: zmq::Socket,
     /// The watch on `sub`'s link: tells the core when its connection is up
@@ -354,6 +358,11 @@ struct ClientAgent {
     publisher: zmq::Socket,
     /// The watch on the publisher's links to the collectors.
     publisher_links: Option<LinkWatch>,
+    /// Per server: "not up" said for it (its publisher and collector in one line).
+    said_not_up: Vec<bool>,
+    /// Collectors found not up while their server's publisher link was not up yet either:
+    /// said with the server's line, or alone if that link comes up.
+    held_collectors: Vec<(usize, NotUp)>,
     bell: zmq::Socket,
     rx: Receiver<Cmd>,
     /// The snapshot request under way (`Action::RequestSnapshot` .. `Action::EndSnapshot`).
@@ -401,9 +410,10 @@ impl ClientAgent {
         let collectors: Vec<String> =
             cfg.servers.iter().filter_map(|b| super::endpoints(b).ok()).map(|[_, _, coll]| coll).collect();
         let quiet = !cfg.log_links;
+        // "Not up" is said by the agent, once per server for both of its links.
         let publisher_links = LinkWatch::attach(&ctx, &publisher, "clone-client collectors", &collectors)
             .map_err(agent_err("monitoring the update publisher"))?
-            .map(|w| w.quiet(quiet));
+            .map(|w| w.quiet(quiet).hold_not_up());
         for base in &cfg.servers {
             let [snap, pubep, coll] =
                 super::endpoints(base).map_err(|message| AgentError::Fatal { role: "clone-client".into(), message })?;
@@ -419,10 +429,19 @@ impl ClientAgent {
                     role: "clone-client".into(),
                     message: "no endpoint to watch".into(),
                 })?
-                .quiet(quiet);
+                .quiet(quiet)
+                .hold_not_up();
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
-            servers.push(ServerConn { snapshot_ep: snap, sub, links });
+            servers.push(ServerConn {
+                base: base.clone(),
+                publisher_ep: pubep,
+                collector_ep: coll,
+                snapshot_ep: snap,
+                sub,
+                links,
+            });
         }
+        let said_not_up = vec![false; servers.len()];
         Ok(ClientAgent {
             core: ClientCore::new(cfg),
             ctx,
@@ -430,6 +449,8 @@ impl ClientAgent {
             servers,
             publisher,
             publisher_links,
+            said_not_up,
+            held_collectors: Vec::new(),
             bell,
             rx,
             dealer: None,
@@ -510,18 +531,74 @@ impl ClientAgent {
     fn drain_monitors(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
         let mut links = Vec::new();
+        let mut not_ups = Vec::new();
         if let Some(w) = &mut self.publisher_links {
             w.service(&self.publisher);
+            w.take_not_ups(&mut not_ups);
+        }
+        for c in not_ups.drain(..) {
+            self.collector_not_up(c);
         }
         for i in 0..self.servers.len() {
             let s = &mut self.servers[i];
             n += s.links.service(&s.sub);
             s.links.take_updowns(&mut links);
+            s.links.take_not_ups(&mut not_ups);
+            for p in not_ups.drain(..) {
+                self.server_not_up(i, p);
+            }
             for up in links.drain(..) {
+                if up {
+                    // Its publisher answers: a collector held for its line is said alone.
+                    let (alone, rest) = std::mem::take(&mut self.held_collectors).into_iter().partition(|h| h.0 == i);
+                    self.held_collectors = rest;
+                    for (_, c) in alone {
+                        crate::diag!("{}", c.line("clone-client collectors"));
+                    }
+                }
                 self.step(Event::Link { server: i, up }, now_ns)?;
             }
         }
         Ok(n)
+    }
+
+    /// Server `i`'s publisher link is not up: one line for the server, naming its collector
+    /// too when that is not up either (one dead server, one line).
+    fn server_not_up(&mut self, i: usize, p: NotUp) {
+        let held = self.held_collectors.iter().position(|h| h.0 == i).map(|k| self.held_collectors.remove(k));
+        let s = &self.servers[i];
+        let collector_up = self.publisher_links.as_ref().is_some_and(|w| w.has_been_up(&s.collector_ep));
+        if held.is_none() && collector_up {
+            crate::diag!("{}", p.line("clone-client"));
+            return;
+        }
+        self.said_not_up[i] = true;
+        crate::diag!(
+            "clone-client: server {} not up after {:.0} s ({} connection attempts): nothing answers there \
+             (its publisher {}, its collector {}); libzmq keeps trying",
+            s.base,
+            p.for_ns as f64 / 1e9,
+            p.attempts,
+            s.publisher_ep,
+            s.collector_ep
+        );
+    }
+
+    /// A collector link is not up: said with its server's line (held until then) unless that
+    /// server's publisher link is up, then alone.
+    fn collector_not_up(&mut self, c: NotUp) {
+        let Some(i) = self.servers.iter().position(|s| s.collector_ep == c.endpoint) else {
+            crate::diag!("{}", c.line("clone-client collectors"));
+            return;
+        };
+        if self.said_not_up[i] {
+            return;
+        }
+        if self.servers[i].links.has_been_up(&self.servers[i].publisher_ep) {
+            crate::diag!("{}", c.line("clone-client collectors"));
+        } else {
+            self.held_collectors.push((i, c));
+        }
     }
 
     /// Read up to `max` messages from `sock` (the current subscriber or the snapshot socket)

@@ -64,6 +64,27 @@ pub fn summary(links: &[LinkStats]) -> String {
     links.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; ")
 }
 
+/// A link that did not come up within [`core::NOT_UP_AFTER_NS`], held for an owner that says
+/// it itself ([`LinkWatch::hold_not_up`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotUp {
+    pub endpoint: String,
+    pub for_ns: u64,
+    pub attempts: u64,
+}
+
+impl NotUp {
+    /// The line a watch says for it: `NAME: link EP not up after 5 s (N connection attempts): …`.
+    pub fn line(&self, name: &str) -> String {
+        format!(
+            "{name}: link {} not up after {:.0} s ({} connection attempts): nothing answers there; libzmq keeps trying",
+            self.endpoint,
+            self.for_ns as f64 / 1e9,
+            self.attempts
+        )
+    }
+}
+
 /// The watch on one socket's connect endpoints.
 pub struct LinkWatch {
     /// Who owns the socket, for log lines (`shard0`, `lvc frontend`).
@@ -81,6 +102,8 @@ pub struct LinkWatch {
     log: bool,
     /// `disconnected` lines held for the grace: (say at, link).
     held: Vec<(u64, usize)>,
+    /// Links not up, held for the owner to say ([`LinkWatch::hold_not_up`]); None: said here.
+    not_ups: Option<Vec<NotUp>>,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -127,6 +150,7 @@ impl LinkWatch {
             updowns: Vec::new(),
             log: true,
             held: Vec::new(),
+            not_ups: None,
         }))
     }
 
@@ -134,6 +158,25 @@ impl LinkWatch {
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.log = !quiet;
         self
+    }
+
+    /// Leave "not up" to the owner: [`LinkWatch::take_not_ups`] hands each over instead of the
+    /// watch saying it (an owner with several sockets to one peer says it once for the peer).
+    pub fn hold_not_up(mut self) -> Self {
+        self.not_ups = Some(Vec::new());
+        self
+    }
+
+    /// The links found not up since the last call, when [`LinkWatch::hold_not_up`] (and not quiet).
+    pub fn take_not_ups(&mut self, out: &mut Vec<NotUp>) {
+        if let Some(held) = self.not_ups.as_mut() {
+            out.append(held);
+        }
+    }
+
+    /// True once `endpoint`'s link has completed a handshake.
+    pub fn has_been_up(&self, endpoint: &str) -> bool {
+        self.links.stats().iter().any(|l| l.endpoint == endpoint && l.connects > 0)
     }
 
     /// The counters, shared.
@@ -240,13 +283,13 @@ impl LinkWatch {
                 self.act(socket, decision, now);
             }
             Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } if !self.log => {}
-            Decision::NotUp { link, for_ns, attempts } => crate::diag!(
-                "{}: link {} not up after {:.0} s ({attempts} connection attempts): nothing answers there; \
-                 libzmq keeps trying",
-                self.name,
-                self.links.endpoint(link),
-                for_ns as f64 / 1e9
-            ),
+            Decision::NotUp { link, for_ns, attempts } => {
+                let not_up = NotUp { endpoint: self.links.endpoint(link).to_string(), for_ns, attempts };
+                match self.not_ups.as_mut() {
+                    Some(held) => held.push(not_up),
+                    None => crate::diag!("{}", not_up.line(&self.name)),
+                }
+            }
             Decision::Lost { link, reason } => self.say_lost(link, reason),
             Decision::Reestablish { link } => {
                 let ep = self.links.endpoint(link).to_string();

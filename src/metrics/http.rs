@@ -11,7 +11,7 @@
 //! a request from outside the address allow-list is answered 403 and one
 //! without the bearer token 401; each refusal is counted
 //! ([`HttpAccessCounters`]) and said on stderr with the peer's address and
-//! mechanism (the first ten, then one line per hundred).
+//! mechanism by a [`RefusalLog`] (the first of each reason at once, then a summary per 10 s).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, Step};
+use crate::diag::RefusalLog;
 use crate::security::{HttpAccess, HttpRefusal};
 
 /// Longest a request may take to arrive, or a response to be taken.
@@ -52,6 +53,8 @@ pub struct MetricsServer {
     render: Render,
     access: HttpAccess,
     access_counters: Arc<HttpAccessCounters>,
+    /// The access policy's refusals, said by reason.
+    refusals: RefusalLog,
     /// Requests answered, and requests refused (malformed, wrong path or
     /// method, or by the access policy).
     pub served: u64,
@@ -68,6 +71,7 @@ impl MetricsServer {
             render,
             access: HttpAccess::default(),
             access_counters: Arc::default(),
+            refusals: RefusalLog::new("metrics-http"),
             served: 0,
             refused: 0,
         })
@@ -85,18 +89,16 @@ impl MetricsServer {
     }
 
     /// Count and (rate-limited) say a refusal.
-    fn refuse(&self, peer: SocketAddr, why: HttpRefusal) {
+    fn refuse(&mut self, peer: SocketAddr, why: HttpRefusal) {
         let c = &self.access_counters;
         match why {
             HttpRefusal::Address => &c.refused_address,
             HttpRefusal::NoToken | HttpRefusal::WrongToken => &c.refused_token,
         }
         .fetch_add(1, Relaxed);
-        let n = c.refused();
-        if n <= 10 || n.is_multiple_of(100) {
-            let mechanism = if why == HttpRefusal::Address { "http" } else { "http bearer" };
-            crate::diag!("metrics-http: refused {} ({mechanism}): {} [{n} refused so far]", peer.ip(), why.as_str());
-        }
+        let mechanism = if why == HttpRefusal::Address { "http" } else { "http bearer" };
+        let detail = format_args!("{} ({mechanism}): {}", peer.ip(), why.as_str());
+        self.refusals.refuse(why.reason(), &detail, crate::clock::monotonic_ns());
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -178,7 +180,11 @@ impl Agent for MetricsServer {
                     self.answer(conn, peer);
                     n += 1;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Step::Worked(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // A burst of refusals is summarised without waiting for the next request.
+                    self.refusals.tick(crate::clock::monotonic_ns());
+                    return Ok(Step::Worked(n));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // A connection that failed before it was taken (reset) or a
                 // short lack of descriptors: not fatal to the server.

@@ -860,8 +860,13 @@ impl Publisher {
                 None => break,
             };
             let n_parts = std::mem::take(&mut used);
-            if msgs & 0xffff == 0 {
-                progress(msgs);
+            if msgs & 0x3ff == 0 {
+                if msgs & 0xffff == 0 {
+                    progress(msgs);
+                }
+                // Every 1 Ki messages, as for the generated feed: a subscriber that left is said
+                // while the run goes on, not only on an idle turn or at the end.
+                self.drain_subscriptions()?;
             }
             if stop.is_stopped() {
                 return Ok(true);
@@ -982,6 +987,8 @@ impl Publisher {
         while msgs < max {
             if msgs & 0x3ff == 0 {
                 progress(msgs);
+                // A subscriber that left is said while the run goes on (as for the generated feed).
+                self.drain_subscriptions()?;
             }
             if stop.is_stopped() {
                 interrupted = true;

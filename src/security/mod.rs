@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::diag::RefusalLog;
 
 /// The inproc endpoint where libzmq looks for a context's ZAP handler.
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -322,6 +323,15 @@ pub enum HttpRefusal {
 }
 
 impl HttpRefusal {
+    /// The reason it is counted and said under ([`crate::diag::Refusals`]).
+    pub fn reason(self) -> &'static str {
+        match self {
+            HttpRefusal::Address => "address_not_allowed",
+            HttpRefusal::NoToken => "no_bearer_token",
+            HttpRefusal::WrongToken => "wrong_bearer_token",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             HttpRefusal::Address => "address not allowed",
@@ -433,6 +443,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The reason it is counted and said under ([`crate::diag::Refusals`]).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Address => "address_not_allowed",
+            Refusal::Mechanism => "mechanism_not_allowed",
+            Refusal::Key => "key_not_allowed",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Address => "address not allowed",
@@ -511,8 +530,8 @@ pub struct ZapHandler {
     policy: ZapPolicy,
     counters: Arc<ZapCounters>,
     frames: Vec<zmq::Message>,
-    /// Refusals said on stderr so far; after the first ten, one line per 100.
-    said: u64,
+    /// Refusals said on stderr by reason: the first of each at once, then a summary per 10 s.
+    refusals: RefusalLog,
 }
 
 impl ZapHandler {
@@ -529,7 +548,7 @@ impl ZapHandler {
             policy,
             counters: Arc::new(ZapCounters::default()),
             frames: Vec::new(),
-            said: 0,
+            refusals: RefusalLog::new(role),
         })
     }
 
@@ -549,6 +568,8 @@ impl ZapHandler {
         while n < 64 && self.answer()? {
             n += 1;
         }
+        // A burst of refusals is summarised without waiting for the next one.
+        self.refusals.tick(crate::clock::monotonic_ns());
         Ok(n)
     }
 
@@ -568,7 +589,7 @@ impl ZapHandler {
             }
             Err(reason) => {
                 self.counters.malformed.fetch_add(1, Relaxed);
-                crate::diag!("{}: malformed ZAP request refused: {reason}", self.role);
+                self.refusals.refuse("malformed_zap_request", &reason, crate::clock::monotonic_ns());
                 let id = self.frames.get(1).map(|m| m.to_vec()).unwrap_or_default();
                 (id, Err(None), String::new(), String::new())
             }
@@ -580,15 +601,9 @@ impl ZapHandler {
             }
             Err(Some(refusal)) => {
                 self.counters.count(refusal);
-                self.said += 1;
-                if self.said <= 10 || self.said.is_multiple_of(100) {
-                    crate::diag!(
-                        "{}: refused {address} ({mechanism}): {} [{} refused so far]",
-                        self.role,
-                        refusal.as_str(),
-                        self.counters.refused()
-                    );
-                }
+                let now_ns = crate::clock::monotonic_ns();
+                let detail = format_args!("{address} ({mechanism}): {}", refusal.as_str());
+                self.refusals.refuse(refusal.reason(), &detail, now_ns);
                 (b"400", refusal.as_str())
             }
             Err(None) => (b"500", "malformed request"),

@@ -96,6 +96,26 @@ pub fn free_port_block(n: u16) -> u16 {
     panic!("no block of {n} free ports found");
 }
 
+/// The first of `n` consecutive ports nothing listens on, outside the kernel's ephemeral range
+/// (so libzmq's retries cannot connect a socket to itself), for endpoints nobody serves.
+pub fn unserved_port_block(n: u16) -> u16 {
+    (20_000..30_000)
+        .find(|&p| (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+        .expect("free ports in 20000-29999")
+}
+
+/// True once a `mdsub capacity --out dir` results folder holds an interval log: a trial's
+/// engine is up.
+pub fn has_trial_hlog(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|run| {
+        std::fs::read_dir(run.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| f.path().extension().is_some_and(|e| e == "hlog"))
+    })
+}
+
 /// The lines of `r` (a child's stdout or stderr) on a channel, read by a
 /// thread of their own, so every read can have a deadline.
 pub fn lines_of<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {

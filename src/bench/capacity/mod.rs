@@ -221,6 +221,13 @@ pub fn describe_sla(sla: &Sla) -> String {
     parts.join(", ")
 }
 
+/// A trial's wait that Ctrl-C ended: the engine's subscription
+/// ([`ReplayError::Interrupted`](crate::replay::ReplayError::Interrupted)) or the remote publisher's answer.
+fn interrupted(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<crate::replay::ReplayError>(), Some(crate::replay::ReplayError::Interrupted))
+        || e.downcast_ref::<remote::Interrupted>().is_some()
+}
+
 /// Run the search for every configuration and write the results folder.
 pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>)) -> anyhow::Result<CapacityResult> {
     let machine = Machine::here();
@@ -268,6 +275,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             on(Event::TrialStarted { config: &c.name, rate, purpose, done, estimate_left, eta_s });
             let mut runs = Vec::new();
             let mut files = Vec::new();
+            let mut cut_short = false;
             for r in 1..=cfg.runs.max(1) {
                 let stem = format!("{}-{rate}mps-run{r}-{hash}", c.slug());
                 let spec = TrialSpec {
@@ -280,11 +288,23 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                     hlog: folder.join(format!("{stem}.hlog")),
                     hgrm: folder.join(format!("{stem}.hgrm")),
                 };
-                let m = run_trial(&spec, &cfg.publisher, stop)
-                    .with_context(|| format!("configuration `{}`, {rate} msg/s, run {r}", c.name))?;
+                let m = match run_trial(&spec, &cfg.publisher, stop) {
+                    Ok(m) => m,
+                    // Ctrl-C while the trial waited (the engine's subscription, the remote
+                    // publisher's answer): the search ends as interrupted, as between trials.
+                    Err(e) if stop.is_stopped() && interrupted(&e) => {
+                        cut_short = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.context(format!("configuration `{}`, {rate} msg/s, run {r}", c.name))),
+                };
                 runs.push(m);
                 files.push(format!("{stem}.hlog"));
                 files.push(format!("{stem}.hgrm"));
+            }
+            if cut_short {
+                search.interrupt();
+                break;
             }
             let summary = judge(&runs, &cfg.sla);
             done += 1;
@@ -318,7 +338,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     if let PublisherSide::Remote { control } = &cfg.publisher {
         // The search is over: the serving publisher can end.
         let ctx = zmq::Context::new();
-        if let Ok(mut r) = remote::RemotePublisher::connect(&ctx, control) {
+        if let Ok(mut r) = remote::RemotePublisher::connect(&ctx, control, &StopFlag::new()) {
             r.bye();
         }
     }

@@ -19,33 +19,25 @@ use serde_json::{json, Value};
 
 use crate::agent::StopFlag;
 use crate::feed::GeneratorConfig;
+use crate::link::LinkWatch;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
 
 /// The capacity side of the control socket.
 pub struct RemotePublisher {
     req: zmq::Socket,
     control: String,
+    /// The control link's watch: "not up after 5 s" when nothing answers at `control`.
+    watch: Option<LinkWatch>,
+    stop: StopFlag,
 }
 
-fn recv_json(sock: &zmq::Socket, what: &str) -> anyhow::Result<Value> {
-    let bytes = match sock.recv_bytes(0) {
-        Ok(b) => b,
-        // RCVTIMEO ran out: libzmq's EAGAIN text ("Resource temporarily unavailable") says nothing.
-        Err(zmq::Error::EAGAIN) => {
-            let after_ms = sock.get_rcvtimeo().unwrap_or(-1);
-            anyhow::bail!(
-                "no answer from the publisher to {what} within {after_ms} ms (is `mdsub replay --serve-trials` \
-                 running there, and reachable?)"
-            )
-        }
-        Err(e) => return Err(e).with_context(|| format!("waiting for the publisher's answer to {what}")),
-    };
-    let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("the publisher's answer to {what}"))?;
-    if let Some(e) = v.get("error").and_then(Value::as_str) {
-        anyhow::bail!("the publisher could not {what}: {e}");
-    }
-    Ok(v)
-}
+/// How long the publisher has to answer `prepare` (binding its endpoints).
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Ctrl-C (or SIGTERM) while waiting for the publisher's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted while waiting for the publisher's answer to {0}")]
+pub struct Interrupted(String);
 
 /// `tcp://0.0.0.0:P` or `tcp://*:P` as the engine must connect it: at the control endpoint's host.
 fn reachable(ep: &str, control: &str) -> String {
@@ -59,14 +51,49 @@ fn reachable(ep: &str, control: &str) -> String {
 }
 
 impl RemotePublisher {
-    pub fn connect(ctx: &zmq::Context, control: &str) -> anyhow::Result<RemotePublisher> {
+    /// Connect to the publisher's control endpoint; its waits end at once when `stop` is set.
+    pub fn connect(ctx: &zmq::Context, control: &str, stop: &StopFlag) -> anyhow::Result<RemotePublisher> {
         crate::zmqx::check_endpoint(control).map_err(anyhow::Error::msg)?;
         let req = ctx.socket(zmq::REQ).context("creating the control socket")?;
         req.set_linger(0).context("setting LINGER")?;
-        req.set_rcvtimeo(30_000).context("setting RCVTIMEO")?;
         req.set_sndtimeo(30_000).context("setting SNDTIMEO")?;
+        let watch = LinkWatch::attach(ctx, &req, "capacity publisher control", &[control.to_string()])
+            .context("watching the control socket")?;
         req.connect(control).with_context(|| format!("connecting to the publisher at {control}"))?;
-        Ok(RemotePublisher { req, control: control.to_string() })
+        Ok(RemotePublisher { req, control: control.to_string(), watch, stop: stop.clone() })
+    }
+
+    /// The publisher's answer to `what` within `timeout`, watching the link (said once when
+    /// nothing answers there) and the stop flag (between 100 ms polls).
+    fn recv_json(&mut self, what: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(w) = self.watch.as_mut() {
+                w.service(&self.req);
+            }
+            if self.stop.is_stopped() {
+                return Err(Interrupted(what.to_string()).into());
+            }
+            let left_ms = deadline.saturating_duration_since(Instant::now()).as_millis().min(100) as i64;
+            if left_ms == 0 {
+                anyhow::bail!(
+                    "no answer from the publisher to {what} within {} ms (is `mdsub replay --serve-trials` \
+                     running there, and reachable?)",
+                    timeout.as_millis()
+                )
+            }
+            match self.req.poll(zmq::POLLIN, left_ms) {
+                Ok(0) | Err(zmq::Error::EINTR) => {} // EINTR: a signal (Ctrl-C); `stop` says whether to end
+                Ok(_) => break,
+                Err(e) => return Err(e).with_context(|| format!("waiting for the publisher's answer to {what}")),
+            }
+        }
+        let bytes = self.req.recv_bytes(0).with_context(|| format!("receiving the publisher's answer to {what}"))?;
+        let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("the publisher's answer to {what}"))?;
+        if let Some(e) = v.get("error").and_then(Value::as_str) {
+            anyhow::bail!("the publisher could not {what}: {e}");
+        }
+        Ok(v)
     }
 
     /// Have the publisher bind for a trial; returns the endpoints to connect.
@@ -83,7 +110,7 @@ impl RemotePublisher {
             "seed": feed.seed, "shards": shards,
         });
         self.req.send(req.to_string().as_bytes(), 0).context("sending a trial to the publisher")?;
-        let v = recv_json(&self.req, "prepare a trial")?;
+        let v = self.recv_json("prepare a trial", PREPARE_TIMEOUT)?;
         let eps: Vec<String> = v
             .get("endpoints")
             .and_then(Value::as_array)
@@ -102,16 +129,15 @@ impl RemotePublisher {
 
     /// Wait for the schedule's end: (messages sent, seconds it took).
     pub fn finish(&mut self, timeout: Duration) -> anyhow::Result<(u64, f64)> {
-        self.req.set_rcvtimeo(timeout.as_millis().min(i32::MAX as u128) as i32).context("setting RCVTIMEO")?;
-        let v = recv_json(&self.req, "publish")?;
+        let v = self.recv_json("publish", timeout)?;
         let sent = v.get("sent").and_then(Value::as_u64).context("the publisher's answer has no `sent`")?;
         let secs = v.get("send_s").and_then(Value::as_f64).context("the publisher's answer has no `send_s`")?;
         Ok((sent, secs))
     }
 
-    /// Tell the server to end.
+    /// Tell the server to end, waiting up to a second for its answer.
     pub fn bye(&mut self) {
-        if self.req.send(&b"{\"op\":\"bye\"}"[..], 0).is_ok() {
+        if self.req.send(&b"{\"op\":\"bye\"}"[..], 0).is_ok() && self.req.poll(zmq::POLLIN, 1000).is_ok_and(|n| n > 0) {
             let _ = self.req.recv_bytes(0);
         }
     }
@@ -227,7 +253,7 @@ fn run(
     source: &Source,
     stop: &StopFlag,
 ) -> anyhow::Result<(u64, f64)> {
-    p.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the engine to subscribe")?;
+    p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop).context("waiting for the engine to subscribe")?;
     let t0 = Instant::now();
     let (mut sent, mut secs) = (0u64, 0f64);
     // The last progress call comes when the schedule is done, before the end of stream.

@@ -61,7 +61,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     // Bind (or have the remote bind) the publisher, then start the engine on its endpoints.
     enum Pub {
         Local(Box<Publisher>, u64),
-        Remote(RemotePublisher),
+        Remote(Box<RemotePublisher>),
     }
     let (publisher, endpoints) = match side {
         PublisherSide::Local { max_rate, sndhwm_msgs } => {
@@ -82,9 +82,9 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
             (Pub::Local(Box::new(p), sent_rate), eps)
         }
         PublisherSide::Remote { control } => {
-            let mut r = RemotePublisher::connect(&ctx, control)?;
+            let mut r = RemotePublisher::connect(&ctx, control, stop)?;
             let eps = r.prepare(offered, duration, &spec.feed, shards)?;
-            (Pub::Remote(r), eps)
+            (Pub::Remote(Box::new(r)), eps)
         }
     };
     let mut cfg = spec.engine.clone();
@@ -106,7 +106,8 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     // the warm-up snapshot.
     let (task, mut remote) = match publisher {
         Pub::Local(mut p, sent_rate) => {
-            p.wait_for_subscribers(1, Duration::from_secs(10)).context("waiting for the engine to subscribe")?;
+            p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop)
+                .context("waiting for the engine to subscribe")?;
             let pacing = Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 };
             let source = Source::Generator(spec.feed.clone());
             let limits = Limits { max_msgs: None, duration: Some(duration) };
