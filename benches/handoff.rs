@@ -49,7 +49,7 @@ fn hand_off(ctx: &zmq::Context, endpoint: &str, batch: usize) -> Duration {
         if batch == 1 {
             push.send(&f[..], 0).expect("send");
         } else {
-            batch::push(&mut staging, 0, i as u64, &f);
+            batch::push(&mut staging, 0, 0, &f);
             if (i + 1) % batch == 0 || i + 1 == MSGS {
                 push.send(&staging[..], 0).expect("send");
                 staging.clear();

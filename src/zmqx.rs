@@ -4,6 +4,7 @@
 use std::os::raw::{c_int, c_void};
 
 pub mod frame;
+pub mod pool;
 
 /// libzmq socket option numbers (zmq.h, 4.3.x) that have no setter in the crate.
 const ZMQ_XPUB_NODROP: c_int = 69;

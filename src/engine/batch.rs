@@ -1,29 +1,36 @@
 //! The reader → worker hand-off format: many frames in one inproc message.
 //!
-//! `0x00 · shard u16 LE · { recv_ns u64 LE · len u32 LE · frame }*`. The
-//! shard index lets the worker keep latency per shard. The leading NUL cannot
-//! start a market-data frame (topics are non-empty printable ASCII), so a
-//! worker tells a batch from a single frame handed over as is; an empty
-//! message is a reader's end-of-stream marker. Building a batch reuses one
-//! staging buffer per worker, so the steady state allocates nothing per
-//! message (one libzmq message per batch).
+//! `0x00 · shard u16 LE · recv_ns u64 LE · { len u32 LE · frame }*`. The
+//! shard index lets the worker keep latency per shard. Every frame of a batch
+//! shares its receive time: a reader stamps one drain round with one clock
+//! read, and a batch never spans rounds (a reader reads no more while a batch
+//! is still staged), so the time goes once per batch instead of once per
+//! frame. The leading NUL cannot start a market-data frame (topics are
+//! non-empty printable ASCII), so a worker tells a batch from a single frame
+//! handed over as is; an empty message is a reader's end-of-stream marker.
+//! The reader builds each batch in a pooled buffer that becomes the libzmq
+//! message without a copy ([`crate::zmqx::pool`]), so the steady state
+//! allocates nothing per message or per batch.
 
 /// First byte of a batch message.
 pub const BATCH_MARK: u8 = 0;
-/// Per-record overhead in a batch.
-pub const RECORD_OVERHEAD: usize = 12;
-/// The batch header: the mark and the shard index.
-pub const HEADER_BYTES: usize = 3;
+/// Per-record overhead in a batch (the frame's length).
+pub const RECORD_OVERHEAD: usize = 4;
+/// The batch header: the mark, the shard index and the receive time.
+pub const HEADER_BYTES: usize = 11;
 
-/// Append one frame from shard `shard` to a staging buffer (starting the
-/// batch if empty).
+/// Append one frame from shard `shard`, received at `recv_ns`, to a staging
+/// buffer, starting the batch if the buffer is empty. The batch keeps the
+/// receive time of its first frame: every frame of one batch must share it
+/// (checked in debug builds).
 #[inline]
 pub fn push(staging: &mut Vec<u8>, shard: u16, recv_ns: u64, frame: &[u8]) {
     if staging.is_empty() {
         staging.push(BATCH_MARK);
         staging.extend_from_slice(&shard.to_le_bytes());
+        staging.extend_from_slice(&recv_ns.to_le_bytes());
     }
-    staging.extend_from_slice(&recv_ns.to_le_bytes());
+    debug_assert_eq!(staging.get(3..HEADER_BYTES), Some(&recv_ns.to_le_bytes()[..]), "one receive time per batch");
     staging.extend_from_slice(&(frame.len() as u32).to_le_bytes());
     staging.extend_from_slice(frame);
 }
@@ -33,6 +40,7 @@ pub fn push(staging: &mut Vec<u8>, shard: u16, recv_ns: u64, frame: &[u8]) {
 pub struct BatchIter<'a> {
     rest: &'a [u8],
     shard: u16,
+    recv_ns: u64,
     malformed: bool,
 }
 
@@ -41,10 +49,13 @@ impl<'a> BatchIter<'a> {
     /// an empty batch flagged malformed.
     pub fn new(msg: &'a [u8]) -> Option<Self> {
         match msg {
-            [BATCH_MARK, lo, hi, rest @ ..] => {
-                Some(BatchIter { rest, shard: u16::from_le_bytes([*lo, *hi]), malformed: false })
-            }
-            [BATCH_MARK, ..] => Some(BatchIter { rest: &[], shard: 0, malformed: true }),
+            [BATCH_MARK, lo, hi, t0, t1, t2, t3, t4, t5, t6, t7, rest @ ..] => Some(BatchIter {
+                rest,
+                shard: u16::from_le_bytes([*lo, *hi]),
+                recv_ns: u64::from_le_bytes([*t0, *t1, *t2, *t3, *t4, *t5, *t6, *t7]),
+                malformed: false,
+            }),
+            [BATCH_MARK, ..] => Some(BatchIter { rest: &[], shard: 0, recv_ns: 0, malformed: true }),
             _ => None,
         }
     }
@@ -52,6 +63,11 @@ impl<'a> BatchIter<'a> {
     /// The shard whose reader built this batch.
     pub fn shard(&self) -> u16 {
         self.shard
+    }
+
+    /// When the batch's frames were received (ns since the epoch).
+    pub fn recv_ns(&self) -> u64 {
+        self.recv_ns
     }
 
     /// True if iteration stopped on a malformed record.
@@ -74,9 +90,7 @@ impl<'a> Iterator for BatchIter<'a> {
             return None;
         }
         let (head, tail) = self.rest.split_at(RECORD_OVERHEAD);
-        let mut ns = [0u8; 8];
-        ns.copy_from_slice(&head[..8]);
-        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if tail.len() < len {
             self.malformed = true;
             self.rest = &[];
@@ -84,7 +98,7 @@ impl<'a> Iterator for BatchIter<'a> {
         }
         let (frame, rest) = tail.split_at(len);
         self.rest = rest;
-        Some((u64::from_le_bytes(ns), frame))
+        Some((self.recv_ns, frame))
     }
 }
 
@@ -96,13 +110,14 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut b = Vec::new();
-        push(&mut b, 7, 1, b"abc");
-        push(&mut b, 7, 2, b"");
-        push(&mut b, 7, 3, b"xyz!");
+        push(&mut b, 7, 42, b"abc");
+        push(&mut b, 7, 42, b"");
+        push(&mut b, 7, 42, b"xyz!");
+        assert_eq!(b.len(), HEADER_BYTES + 3 * RECORD_OVERHEAD + 7, "the time once, a length per frame");
         let it = BatchIter::new(&b).expect("a batch");
-        assert_eq!(it.shard(), 7);
+        assert_eq!((it.shard(), it.recv_ns()), (7, 42));
         let got: Vec<(u64, Vec<u8>)> = it.map(|(t, f)| (t, f.to_vec())).collect();
-        assert_eq!(got, vec![(1, b"abc".to_vec()), (2, vec![]), (3, b"xyz!".to_vec())]);
+        assert_eq!(got, vec![(42, b"abc".to_vec()), (42, vec![]), (42, b"xyz!".to_vec())]);
         assert!(BatchIter::new(b"ESH6\0...").is_none());
         assert!(BatchIter::new(b"").is_none());
     }
@@ -111,14 +126,21 @@ mod tests {
     fn truncated_batch_is_flagged() {
         let mut b = Vec::new();
         push(&mut b, 0, 1, b"abc");
-        push(&mut b, 0, 2, b"defg");
+        push(&mut b, 0, 1, b"defg");
         let mut it = BatchIter::new(&b[..b.len() - 1]).expect("a batch");
         assert_eq!(it.next(), Some((1, &b"abc"[..])));
         assert_eq!(it.next(), None);
         assert!(it.malformed());
-        let mut short = BatchIter::new(&[BATCH_MARK, 1]).expect("a batch");
-        assert_eq!(short.next(), None);
-        assert!(short.malformed());
+        // A header cut short (mark and shard, part of the time): an empty, malformed batch.
+        for cut in 1..HEADER_BYTES {
+            let mut short = BatchIter::new(&b[..cut]).expect("a batch");
+            assert_eq!(short.next(), None);
+            assert!(short.malformed(), "cut at {cut}");
+        }
+        // A record cut inside its length.
+        let mut it = BatchIter::new(&b[..HEADER_BYTES + 2]).expect("a batch");
+        assert_eq!(it.next(), None);
+        assert!(it.malformed());
     }
 
     proptest! {

@@ -579,6 +579,12 @@ impl Engine {
         self.readers.iter().all(|h| h.is_finished())
     }
 
+    /// Hand-off buffers the shards' readers made so far (the batches they
+    /// had in flight at most; see [`reader::ShardCounters::handoff_buffers`]).
+    pub fn handoff_buffers(&self) -> u64 {
+        self.shard_counters.iter().map(|c| c.handoff_buffers.load(Relaxed)).sum()
+    }
+
     /// Messages delivered to handlers so far.
     pub fn delivered(&self) -> u64 {
         self.worker_counters.iter().map(|c| c.handled.load(Relaxed)).sum()

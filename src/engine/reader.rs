@@ -21,6 +21,11 @@ use crate::clock;
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 use crate::snail::{Action, Guard};
 use crate::wire::{self, topic_hash, FrameView, Kind, DROP_REASONS, DROP_REASON_NAMES};
+use crate::zmqx::frame::Frame;
+use crate::zmqx::pool::{BufferPool, Lease};
+
+/// Most idle hand-off buffers a reader keeps (each about `batch_max` × 256 bytes).
+const MAX_IDLE_BUFFERS: usize = 1024;
 
 /// How data frames are handed to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -96,6 +101,9 @@ pub struct ShardCounters {
     /// time, of the last data frame and the largest seen (ns).
     pub last_lag_ns: AtomicU64,
     pub max_lag_ns: AtomicU64,
+    /// Hand-off buffers the reader made ([`crate::zmqx::pool::BufferPool::made`]):
+    /// the most batches it ever had in flight at once, not a count per message.
+    pub handoff_buffers: AtomicU64,
 }
 
 impl ShardCounters {
@@ -409,7 +417,15 @@ pub struct ReaderAgent {
     cfg: ReaderConfig,
     sub: zmq::Socket,
     pushes: Vec<zmq::Socket>,
-    staging: Vec<Vec<u8>>,
+    /// Each worker's batch being built, in a buffer of `pool` (boxed: a lease
+    /// travels as its box through libzmq and back, never re-allocated).
+    #[allow(clippy::vec_box)]
+    staging: Vec<Box<Lease>>,
+    /// Each worker's batch that met a full queue, kept to send again first.
+    unsent: Vec<Option<Frame>>,
+    /// The hand-off buffers: a batch goes out without a copy and its buffer
+    /// comes back when the worker is done with it.
+    pool: BufferPool,
     msg: zmq::Message,
     /// A received message waiting for room on its worker's PUSH (per-message hand-off).
     pending: Option<(usize, zmq::Message)>,
@@ -456,7 +472,13 @@ impl ReaderAgent {
         if pushes.is_empty() && inline.is_none() {
             return Err(AgentError::Fatal { role, message: "no workers to hand off to".into() });
         }
-        let staging = (0..pushes.len()).map(|_| Vec::with_capacity(cfg.batch_max * 256 + 1)).collect();
+        // Idle buffers kept: as many as could be in flight (both ends of every
+        // worker's queue), within reason; beyond that they are freed on return.
+        let hwm = usize::try_from(cfg.handoff_hwm_msgs).unwrap_or(1000).max(1);
+        let slots = (pushes.len() * (2 * hwm + 2)).min(MAX_IDLE_BUFFERS);
+        let pool = BufferPool::new(slots, cfg.batch_max * 256 + batch::HEADER_BYTES);
+        let staging = (0..pushes.len()).map(|_| pool.take()).collect();
+        let unsent = (0..pushes.len()).map(|_| None).collect();
         let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription).with_site(&role);
         Ok(ReaderAgent {
             role,
@@ -465,6 +487,8 @@ impl ReaderAgent {
             sub,
             pushes,
             staging,
+            unsent,
+            pool,
             msg: zmq::Message::new(),
             pending: None,
             checks,
@@ -519,11 +543,18 @@ impl ReaderAgent {
             push.send(m, zmq::DONTWAIT).map_err(zerr(&self.role, "handing off to a worker"))?;
         }
         for w in 0..self.staging.len() {
-            if self.staging[w].is_empty() {
-                continue;
+            if self.unsent[w].is_none() {
+                if self.staging[w].is_empty() {
+                    continue;
+                }
+                let batch = std::mem::replace(&mut self.staging[w], self.pool.take());
+                self.counters.handoff_buffers.store(self.pool.made(), Relaxed);
+                self.unsent[w] = Some(BufferPool::message(batch));
             }
-            match self.pushes[w].send(&self.staging[w][..], zmq::DONTWAIT) {
-                Ok(()) => self.staging[w].clear(),
+            let Some(frame) = &mut self.unsent[w] else { continue };
+            // A failed send leaves the frame (and its buffer) as it was.
+            match frame.send(&mut self.pushes[w], zmq::DONTWAIT) {
+                Ok(()) => self.unsent[w] = None,
                 Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
                 Err(e) => return Err(zerr(&self.role, "handing off to a worker")(e)),
             }
@@ -531,12 +562,19 @@ impl ReaderAgent {
         Ok(true)
     }
 
+    /// Something is staged or unsent for a worker.
+    fn staged(&self) -> bool {
+        self.pending.is_some() || self.unsent.iter().any(Option::is_some) || self.staging.iter().any(|b| !b.is_empty())
+    }
+
     /// The first hand-off socket that is full, if any.
     fn blocked_push(&self) -> Option<&zmq::Socket> {
         if let Some((w, _)) = &self.pending {
             return Some(&self.pushes[*w]);
         }
-        self.staging.iter().position(|b| !b.is_empty()).map(|w| &self.pushes[w])
+        (0..self.pushes.len())
+            .find(|&w| self.unsent[w].is_some() || !self.staging[w].is_empty())
+            .map(|w| &self.pushes[w])
     }
 
     /// Flush, waiting while workers are full, until done or `stop` is set.
@@ -564,7 +602,7 @@ impl Agent for ReaderAgent {
         self.service_links(false);
         // Back-pressure: nothing more is read until the workers took what is
         // staged, so the SUB's queue fills and TCP pushes back on the publisher.
-        if (self.pending.is_some() || self.staging.iter().any(|b| !b.is_empty())) && !self.try_flush()? {
+        if self.staged() && !self.try_flush()? {
             // Stuck behind the workers: nothing is being read.
             self.checks.check_silence(clock::realtime_ns());
             if self.checks.croaked() {
@@ -701,6 +739,7 @@ impl Agent for ReaderAgent {
         if self.finished && flushed {
             for w in 0..self.pushes.len() {
                 self.staging[w].clear();
+                self.unsent[w] = None;
                 self.pending = None;
                 // An empty staged buffer is not sent by try_flush: send the
                 // marker itself, waiting for room while not stopped.

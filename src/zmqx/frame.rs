@@ -60,6 +60,34 @@ impl Frame {
         }
     }
 
+    /// A frame whose content is `size` bytes at `data`, not copied: libzmq
+    /// calls `ffn(data, hint)` once when it closes the message.
+    ///
+    /// # Safety
+    /// `data` must be valid for `size` bytes (non-null) and stay valid and
+    /// untouched until `ffn` is called, and `ffn` must be safe to call with
+    /// `(data, hint)` on any thread.
+    pub(crate) unsafe fn from_data(
+        data: *mut std::os::raw::c_void,
+        size: usize,
+        ffn: zmq_sys::zmq_free_fn,
+        hint: *mut std::os::raw::c_void,
+    ) -> Frame {
+        let mut msg = MaybeUninit::<zmq_sys::zmq_msg_t>::uninit();
+        // SAFETY: the caller vouches for data, size, ffn and hint. libzmq
+        // fails only when it cannot allocate its header: the frame is then
+        // empty and `ffn` is called here, so it still runs exactly once.
+        unsafe {
+            if zmq_sys::zmq_msg_init_data(msg.as_mut_ptr(), data, size, ffn, hint) != 0 {
+                zmq_sys::zmq_msg_init(msg.as_mut_ptr());
+                if let Some(f) = ffn {
+                    f(data, hint);
+                }
+            }
+            Frame { msg: msg.assume_init() }
+        }
+    }
+
     /// The frame's bytes, writable (the frame owns them: made by
     /// [`Frame::copy_of`] or received; this crate never shares a message).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
