@@ -149,6 +149,11 @@ fn finds_a_known_limit_and_writes_every_output() {
     // business, not a test's; the floor only says a limit was found, not 0.
     let (k_work, k_none) = (knee(work), knee(none));
     assert!((5_000..50_000).contains(&k_work), "knee with 20 µs of work: {k_work} msg/s: {work}");
+    // The knee is the engine's: a trial above it failed the SLA (not a publisher short of the rate).
+    assert!(
+        trials(work).iter().any(|t| t["offered"].as_u64() > Some(k_work) && t["verdict"]["result"] == "fail"),
+        "a trial above the knee failed for the engine: {work}"
+    );
     assert!(k_none > k_work, "no work: knee {k_none} should be above {k_work}");
 }
 
@@ -247,7 +252,7 @@ fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
     // whatever the signal.
     let mut cmd = mdsub();
     cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
-    let mut server = LineProc::spawn("replay --serve-trials", cmd.stderr(std::process::Stdio::null()));
+    let server = LineProc::spawn("replay --serve-trials", cmd.stderr(std::process::Stdio::null()));
     let line = server.line_starting("serving capacity trials on ", Duration::from_secs(20));
     let control = line.rsplit(' ').next().expect("endpoint").to_string();
     // This test is the capacity side, and its engine never subscribes.
@@ -262,13 +267,14 @@ fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
     let answer = json(&req.recv_string(0).expect("an answer").expect("utf-8"));
     assert!(answer["endpoints"].is_array(), "{answer}");
     req.send(r#"{"op":"go"}"#, 0).expect("go");
-    // It answers `go` only when the trial is over: it is waiting for the subscription now,
-    // or about to.
+    // It answers `go` only when the trial is over; it says when it starts waiting.
+    server.line_starting("trial 1: waiting for the engine to subscribe", Duration::from_secs(20));
     let started = std::time::Instant::now();
     server.proc.signal(2);
-    let status = server.proc.wait_exit(Duration::from_secs(5));
+    let (status, out) = server.finish(Duration::from_secs(5));
     assert!(started.elapsed() < Duration::from_secs(5), "not the 10 s wait");
     assert_eq!(status.code(), Some(0));
+    assert!(out.contains("served 1 trial(s)"), "the trial it was waiting for, ended: {out}");
 }
 
 #[test]

@@ -291,5 +291,7 @@ fn ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once() {
     let v = common::json(&out);
     assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
     assert_eq!(v["configurations"][0]["outcome"]["ending"], "interrupted", "{v}");
+    // The interrupted trial is not in the summary, and its files are not left behind either.
+    assert!(!common::has_trial_hlog(&dir), "the interrupted trial's .hlog is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }

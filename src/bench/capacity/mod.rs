@@ -278,6 +278,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             let mut cut_short = false;
             for r in 1..=cfg.runs.max(1) {
                 let stem = format!("{}-{rate}mps-run{r}-{hash}", c.slug());
+                // Listed before the run: an interrupted run's files go with the trial's.
+                files.push(format!("{stem}.hlog"));
+                files.push(format!("{stem}.hgrm"));
                 let spec = TrialSpec {
                     rate,
                     warmup: cfg.warmup,
@@ -299,10 +302,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                     Err(e) => return Err(e.context(format!("configuration `{}`, {rate} msg/s, run {r}", c.name))),
                 };
                 runs.push(m);
-                files.push(format!("{stem}.hlog"));
-                files.push(format!("{stem}.hgrm"));
             }
             if cut_short {
+                forget_trial_files(&folder, &files);
                 search.interrupt();
                 break;
             }
@@ -310,6 +312,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             done += 1;
             on(Event::TrialDone { config: &c.name, summary: &summary });
             if stop.is_stopped() {
+                forget_trial_files(&folder, &files);
                 search.interrupt();
                 break;
             }
@@ -518,6 +521,15 @@ pub fn summary_md(r: &CapacityResult) -> String {
         }
     }
     s
+}
+
+/// An interrupted trial is left out of the summary: its runs' files go too, so the results
+/// folder holds only what summary.json lists. A file that is not there (the run had not
+/// written it yet) is no error.
+fn forget_trial_files(folder: &Path, files: &[String]) {
+    for f in files {
+        let _ = std::fs::remove_file(folder.join(f));
+    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,10 @@ impl RemotePublisher {
         let req = ctx.socket(zmq::REQ).context("creating the control socket")?;
         req.set_linger(0).context("setting LINGER")?;
         req.set_sndtimeo(30_000).context("setting SNDTIMEO")?;
+        // A path that drops SYNs (a firewall, a host that is down) would hold libzmq's first
+        // connect for the kernel's SYN timeout (~2 min), and "not up" is said on a retry: give
+        // each attempt 1 s, so the link watch says it after 5 s there too.
+        req.set_connect_timeout(1000).context("setting CONNECT_TIMEOUT")?;
         let watch = LinkWatch::attach(ctx, &req, "capacity publisher control", &[control.to_string()])
             .context("watching the control socket")?;
         req.connect(control).with_context(|| format!("connecting to the publisher at {control}"))?;
@@ -185,6 +189,7 @@ pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> a
                 Some("go") => match prepared.take() {
                     None => json!({ "error": "go before prepare" }),
                     Some((c, mut p, pacing, limits, source)) => {
+                        say(&format!("trial {}: waiting for the engine to subscribe", trials + 1));
                         let a = run(&mut p, pacing, limits, &source, stop);
                         drop(p);
                         drop(c);
