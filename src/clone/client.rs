@@ -360,9 +360,10 @@ struct ClientAgent {
     publisher_links: Option<LinkWatch>,
     /// Per server: "not up" said for it (its publisher and collector in one line).
     said_not_up: Vec<bool>,
-    /// Collectors found not up while their server's publisher link was not up yet either:
-    /// said with the server's line, or alone if that link comes up.
-    held_collectors: Vec<(usize, NotUp)>,
+    /// Collectors found not up while their server's publisher link was not up yet either
+    /// (server, line, held since ns): said with the server's line, or alone if that link comes
+    /// up, after [`HOLD_NOT_UP_NS`] or when the agent stops.
+    held_collectors: Vec<(usize, NotUp, u64)>,
     bell: zmq::Socket,
     rx: Receiver<Cmd>,
     /// The snapshot request under way (`Action::RequestSnapshot` .. `Action::EndSnapshot`).
@@ -537,7 +538,7 @@ impl ClientAgent {
             w.take_not_ups(&mut not_ups);
         }
         for c in not_ups.drain(..) {
-            self.collector_not_up(c);
+            self.collector_not_up(c, now_ns);
         }
         for i in 0..self.servers.len() {
             let s = &mut self.servers[i];
@@ -552,13 +553,18 @@ impl ClientAgent {
                     // Its publisher answers: a collector held for its line is said alone.
                     let (alone, rest) = std::mem::take(&mut self.held_collectors).into_iter().partition(|h| h.0 == i);
                     self.held_collectors = rest;
-                    for (_, c) in alone {
-                        crate::diag!("{}", c.line("clone-client collectors"));
-                    }
+                    say_collectors_alone(alone);
                 }
                 self.step(Event::Link { server: i, up }, now_ns)?;
             }
         }
+        // A server whose publisher link neither comes up nor is found not up (it fails its
+        // handshake instead): its collector is said alone, not held for ever.
+        let (due, rest) = std::mem::take(&mut self.held_collectors)
+            .into_iter()
+            .partition(|h| now_ns.saturating_sub(h.2) >= HOLD_NOT_UP_NS);
+        self.held_collectors = rest;
+        say_collectors_alone(due);
         Ok(n)
     }
 
@@ -586,7 +592,7 @@ impl ClientAgent {
 
     /// A collector link is not up: said with its server's line (held until then) unless that
     /// server's publisher link is up, then alone.
-    fn collector_not_up(&mut self, c: NotUp) {
+    fn collector_not_up(&mut self, c: NotUp, now_ns: u64) {
         let Some(i) = self.servers.iter().position(|s| s.collector_ep == c.endpoint) else {
             crate::diag!("{}", c.line("clone-client collectors"));
             return;
@@ -597,7 +603,7 @@ impl ClientAgent {
         if self.servers[i].links.has_been_up(&self.servers[i].publisher_ep) {
             crate::diag!("{}", c.line("clone-client collectors"));
         } else {
-            self.held_collectors.push((i, c));
+            self.held_collectors.push((i, c, now_ns));
         }
     }
 
@@ -627,6 +633,15 @@ impl ClientAgent {
             self.step(ev, now_ns)?;
         }
         Ok(n)
+    }
+}
+
+/// How long a collector's "not up" waits for its server's line before it is said alone.
+const HOLD_NOT_UP_NS: u64 = 1_000_000_000;
+
+fn say_collectors_alone(held: Vec<(usize, NotUp, u64)>) {
+    for (_, c, _) in held {
+        crate::diag!("{}", c.line("clone-client collectors"));
     }
 }
 
@@ -684,6 +699,11 @@ impl Agent for ClientAgent {
             }
         }
         Ok(Step::Worked(n))
+    }
+
+    /// A collector still held for its server's line is said alone: nothing is left unsaid.
+    fn on_close(&mut self) {
+        say_collectors_alone(std::mem::take(&mut self.held_collectors));
     }
 
     /// Wait on the doorbell, the current server's subscriber and monitor and any snapshot
