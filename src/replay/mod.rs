@@ -860,14 +860,6 @@ impl Publisher {
                 None => break,
             };
             let n_parts = std::mem::take(&mut used);
-            if msgs & 0x3ff == 0 {
-                if msgs & 0xffff == 0 {
-                    progress(msgs);
-                }
-                // Every 1 Ki messages, as for the generated feed: a subscriber that left is said
-                // while the run goes on, not only on an idle turn or at the end.
-                self.drain_subscriptions()?;
-            }
             if stop.is_stopped() {
                 return Ok(true);
             }
@@ -877,6 +869,15 @@ impl Publisher {
             let view = if n_parts == 1 { wire::decode(&parts[0]).ok() } else { None };
             if view.is_some_and(|v| v.header.kind != Kind::Data) {
                 continue;
+            }
+            // Below the control-frame skip, which leaves `msgs` as it is: once per 1 Ki messages.
+            if msgs & 0x3ff == 0 {
+                if msgs & 0xffff == 0 {
+                    progress(msgs);
+                }
+                // Every 1 Ki messages, as for the generated feed: a subscriber that left is said
+                // while the run goes on, not only on an idle turn or at the end.
+                self.drain_subscriptions()?;
             }
             let is_data = view.is_some();
             let due = faults.due(msgs).unwrap_or_default();
