@@ -570,7 +570,7 @@ fn demo_applies_a_profiles_monitor_access_and_says_what_it_cannot_apply() {
     let mut cmd = mdsub();
     cmd.args(["demo", "--json", "--duration", "60s", "--rate", "1k", "--monitor", &ep, "--profile"]).arg(&profile);
     let demo = Both::spawn("demo", &mut cmd);
-    demo.err_line("security.curve_key, security.server_key not applied: demo runs its own plain publisher");
+    demo.err_line("not applied: security.curve_key, security.server_key (the feed comes from demo's own publisher)");
     let ctx = zmq::Context::new();
     let outsider = monitor_sub(&ctx, &ep, Some("127.0.0.2"), None);
     demo.err_line("snail-monitor-zap: refused (address_not_allowed): 127.0.0.2 (NULL): address not allowed");

@@ -180,41 +180,55 @@ impl EngineAccessArgs {
     }
 }
 
-/// `demo`, `bench` and `capacity` run their own plain publisher in-process and serve no
+/// `demo`, `bench` and `capacity` feed their engine from a publisher of their own and serve no
 /// `/metrics`, so a profile's `[security]` cannot apply there as `mdsub engine` applies it. The
 /// monitor's access does apply to `demo --monitor` (given the engine's `cfg`); every other field
-/// set is said once, not dropped silently.
+/// set is said once, with why, not dropped silently.
 pub fn apply_what_a_local_run_can(
     cmd: &str,
     spec: &str,
     p: &SecurityProfile,
     cfg: Option<&mut EngineConfig>,
 ) -> anyhow::Result<()> {
-    let set = [
-        ("curve_key", p.curve_key.is_some(), false),
-        ("server_key", p.server_key.is_some(), false),
-        ("metrics_allow_addr", !p.metrics_allow_addr.is_empty(), false),
-        ("metrics_token_file", p.metrics_token_file.is_some(), false),
-        ("monitor_curve_key", p.monitor_curve_key.is_some(), true),
-        ("monitor_curve_allow", !p.monitor_curve_allow.is_empty(), true),
-        ("monitor_allow_addr", !p.monitor_allow_addr.is_empty(), true),
-    ];
+    let feed = format!("the feed comes from {cmd}'s own publisher");
+    let metrics = format!("{cmd} serves no /metrics");
+    let monitor = format!("{cmd} has no --monitor");
     let applies_monitor = cfg.is_some();
     if let Some(cfg) = cfg {
         cfg.monitor_access =
             server_access(p.monitor_curve_key.as_deref(), &p.monitor_curve_allow, &p.monitor_allow_addr, "monitor-")?;
     }
-    let unused: Vec<&str> = set
+    let groups = [
+        (vec![("curve_key", p.curve_key.is_some()), ("server_key", p.server_key.is_some())], &feed),
+        (
+            vec![
+                ("metrics_allow_addr", !p.metrics_allow_addr.is_empty()),
+                ("metrics_token_file", p.metrics_token_file.is_some()),
+            ],
+            &metrics,
+        ),
+        (
+            if applies_monitor {
+                Vec::new()
+            } else {
+                vec![
+                    ("monitor_curve_key", p.monitor_curve_key.is_some()),
+                    ("monitor_curve_allow", !p.monitor_curve_allow.is_empty()),
+                    ("monitor_allow_addr", !p.monitor_allow_addr.is_empty()),
+                ]
+            },
+            &monitor,
+        ),
+    ];
+    let said: Vec<String> = groups
         .iter()
-        .filter(|(_, is_set, monitor)| *is_set && !(*monitor && applies_monitor))
-        .map(|(field, ..)| *field)
+        .filter_map(|(fields, why)| {
+            let set: Vec<String> = fields.iter().filter(|f| f.1).map(|f| format!("security.{}", f.0)).collect();
+            (!set.is_empty()).then(|| format!("{} ({why})", set.join(", ")))
+        })
         .collect();
-    if !unused.is_empty() {
-        crate::diag!(
-            "{cmd}: --profile {spec}: security.{} not applied: {cmd} runs its own plain publisher on loopback and \
-             serves no /metrics (mdsub engine applies them)",
-            unused.join(", security.")
-        );
+    if !said.is_empty() {
+        crate::diag!("{cmd}: --profile {spec}: not applied: {}; mdsub engine applies them", said.join("; "));
     }
     Ok(())
 }
