@@ -564,10 +564,11 @@ impl ReaderAgent {
 
     /// Something is staged or unsent for a worker.
     fn staged(&self) -> bool {
-        self.pending.is_some() || self.unsent.iter().any(Option::is_some) || self.staging.iter().any(|b| !b.is_empty())
+        self.blocked_push().is_some()
     }
 
-    /// The first hand-off socket that is full, if any.
+    /// The first hand-off socket with something staged or unsent for it (full, when a flush
+    /// has just failed), if any.
     fn blocked_push(&self) -> Option<&zmq::Socket> {
         if let Some((w, _)) = &self.pending {
             return Some(&self.pushes[*w]);
