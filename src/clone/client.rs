@@ -551,21 +551,26 @@ impl ClientAgent {
             for up in links.drain(..) {
                 if up {
                     // Its publisher answers: a collector held for its line is said alone.
-                    let (alone, rest) = std::mem::take(&mut self.held_collectors).into_iter().partition(|h| h.0 == i);
-                    self.held_collectors = rest;
-                    say_collectors_alone(alone);
+                    self.say_held_alone(|&(server, ..)| server == i);
                 }
                 self.step(Event::Link { server: i, up }, now_ns)?;
             }
         }
         // A server whose publisher link neither comes up nor is found not up (it fails its
         // handshake instead): its collector is said alone, not held for ever.
-        let (due, rest) = std::mem::take(&mut self.held_collectors)
-            .into_iter()
-            .partition(|h| now_ns.saturating_sub(h.2) >= HOLD_NOT_UP_NS);
-        self.held_collectors = rest;
-        say_collectors_alone(due);
+        self.say_held_alone(|&(_, _, since_ns)| now_ns.saturating_sub(since_ns) >= HOLD_NOT_UP_NS);
         Ok(n)
+    }
+
+    /// Say alone, and stop holding, the held collectors that `due` picks.
+    fn say_held_alone(&mut self, due: impl Fn(&(usize, NotUp, u64)) -> bool) {
+        self.held_collectors.retain(|held| {
+            let say = due(held);
+            if say {
+                crate::diag!("{}", held.1.line("clone-client collectors"));
+            }
+            !say
+        });
     }
 
     /// Server `i`'s publisher link is not up: one line for the server, naming its collector
@@ -639,12 +644,6 @@ impl ClientAgent {
 /// How long a collector's "not up" waits for its server's line before it is said alone.
 const HOLD_NOT_UP_NS: u64 = 1_000_000_000;
 
-fn say_collectors_alone(held: Vec<(usize, NotUp, u64)>) {
-    for (_, c, _) in held {
-        crate::diag!("{}", c.line("clone-client collectors"));
-    }
-}
-
 impl Agent for ClientAgent {
     fn role(&self) -> &str {
         "clone-client"
@@ -703,7 +702,7 @@ impl Agent for ClientAgent {
 
     /// A collector still held for its server's line is said alone: nothing is left unsaid.
     fn on_close(&mut self) {
-        say_collectors_alone(std::mem::take(&mut self.held_collectors));
+        self.say_held_alone(|_| true);
     }
 
     /// Wait on the doorbell, the current server's subscriber and monitor and any snapshot
