@@ -50,8 +50,7 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// library wait that Ctrl-C ended under any context, such as the subscriber handshake of
 /// `bench` and `demo` ([`ReplayError::Interrupted`](crate::replay::ReplayError::Interrupted)).
 pub fn is_interrupted(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Interrupted>().is_some()
-        || matches!(e.downcast_ref::<crate::replay::ReplayError>(), Some(crate::replay::ReplayError::Interrupted))
+    e.downcast_ref::<Interrupted>().is_some() || crate::replay::ReplayError::is_interrupted(e)
 }
 
 use crate::engine::handler::HandlerSpec;

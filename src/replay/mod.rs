@@ -53,6 +53,14 @@ pub enum ReplayError {
     Interrupted,
 }
 
+impl ReplayError {
+    /// True when `e`, under any context, is a wait that Ctrl-C (or SIGTERM) ended
+    /// ([`ReplayError::Interrupted`]).
+    pub fn is_interrupted(e: &anyhow::Error) -> bool {
+        matches!(e.downcast_ref::<ReplayError>(), Some(ReplayError::Interrupted))
+    }
+}
+
 fn zerr(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> ReplayError {
     let context = context.into();
     move |source| ReplayError::Zmq { context, source }

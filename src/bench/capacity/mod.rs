@@ -224,8 +224,7 @@ pub fn describe_sla(sla: &Sla) -> String {
 /// A trial's wait that Ctrl-C ended: the engine's subscription
 /// ([`ReplayError::Interrupted`](crate::replay::ReplayError::Interrupted)) or the remote publisher's answer.
 fn interrupted(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<crate::replay::ReplayError>(), Some(crate::replay::ReplayError::Interrupted))
-        || e.downcast_ref::<remote::Interrupted>().is_some()
+    crate::replay::ReplayError::is_interrupted(e) || e.downcast_ref::<remote::Interrupted>().is_some()
 }
 
 /// Run the search for every configuration and write the results folder.
