@@ -190,7 +190,7 @@ fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
         // Refusals are said on stderr: read those lines.
         let mut proc = Proc::spawn(role, cmd.stdout(Stdio::null()).stderr(Stdio::piped()));
         let err = proc.child.stderr.take().expect("piped stderr");
-        LineProc { proc, lines: lines_of(err) }
+        LineProc { proc, lines: lines_of(err), stderr: None }
     };
     let prim = secured("primary", pp, bp);
     let back = secured("backup", bp, pp);
