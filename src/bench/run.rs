@@ -111,7 +111,11 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
         (spec.source.clone(), spec.pacing, spec.limits, stop.clone(), sent.clone());
     let task = Runner::task("replay", None, move || {
         let mut tell = |n: u64| counter.store(n, std::sync::atomic::Ordering::Relaxed);
-        publisher.run(&source, pacing, limits, &pub_stop, &mut tell)
+        let r = publisher.run(&source, pacing, limits, &pub_stop, &mut tell);
+        // The publisher (its sockets) goes back to the caller, which keeps it until the
+        // subscriber is done: closed here, its connections would end while the subscriber still
+        // has a backlog to read, which the engine would report as a lost link.
+        (publisher, r)
     })
     .context("starting the publisher")?;
     while !task.is_finished() {
@@ -119,7 +123,8 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
         std::thread::sleep(Duration::from_millis(50));
     }
     progress(sent.load(std::sync::atomic::Ordering::Relaxed));
-    let replay = task.join().context("running the publisher")?.context("replaying")?;
+    let (publisher, replay) = task.join().context("running the publisher")?;
+    let replay = replay.context("replaying")?;
     let publisher_io_cpu_ns = io_tids.iter().filter_map(|&t| crate::clock::task_cpu_ns(t)).sum();
     let report = match running {
         Running::Engine(e) => e.join(Some(spec.drain_timeout)).context("running the engine")?,
@@ -133,6 +138,7 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             report
         }
     };
+    drop(publisher);
     drop(ctx);
     Ok(RunOutcome { replay, report, publisher_io_cpu_ns })
 }

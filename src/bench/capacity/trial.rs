@@ -120,7 +120,10 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
                     sent.store(n, Relaxed);
                     ns.store(t0.elapsed().as_nanos() as u64, Relaxed);
                 };
-                p.run(&source, pacing, limits, &pub_stop, &mut tell)
+                // `p` goes back with the result, kept open until the engine is done (see
+                // bench::run::run_once: closed now, its disconnect would read as a lost link).
+                let r = p.run(&source, pacing, limits, &pub_stop, &mut tell);
+                (p, r)
             })
             .context("starting the publisher")?;
             (Some(task), None)
@@ -135,9 +138,12 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         std::thread::sleep(Duration::from_millis(5).min(spec.warmup.saturating_sub(start.elapsed())));
     }
     let warm = total_of(&live);
+    let mut local_publisher = None;
     let (sent, send_s) = match (task, remote.as_mut()) {
         (Some(task), _) => {
-            let stats = task.join().context("running the publisher")?.context("publishing")?;
+            let (p, stats) = task.join().context("running the publisher")?;
+            local_publisher = Some(p);
+            let stats = stats.context("publishing")?;
             let n = sent_at_end.load(Relaxed).max(stats.sent_total);
             let ns = send_ns.load(Relaxed);
             (n, if ns > 0 { ns as f64 / 1e9 } else { stats.elapsed_s })
@@ -146,7 +152,9 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         (None, None) => anyhow::bail!("no publisher ran"),
     };
     let drain = Duration::from_secs(5).max(spec.hold);
-    let (report, error) = match engine.join(Some(drain)) {
+    let joined = engine.join(Some(drain));
+    drop(local_publisher);
+    let (report, error) = match joined {
         Ok(r) => (r, None),
         Err(EngineError::Croaked(c)) => (
             c.report.clone(),
