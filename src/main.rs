@@ -101,10 +101,10 @@ fn main() {
         Cmd::Replay(a) => cli::replay::replay(a, &stop),
         Cmd::Engine(a) => cli::engine::engine(a, &stop).map(|_| ()),
         Cmd::Bench(a) => cli::bench::bench(a, &stop).map(|_| ()),
-        Cmd::Capacity(a) => cli::capacity::capacity(a, &stop).map(|_| ()).context("mdsub capacity"),
-        Cmd::Lvc(a) => cli::lvc::run(a, &stop).map(|_| ()).context("mdsub lvc"),
-        Cmd::LvcBench(a) => mdsub::bench::lvc::run(a.to_config()).map(|_| ()).context("mdsub lvc-bench"),
-        Cmd::Tap(a) => cli::tap::run(a, &stop).map(|_| ()).context("mdsub tap"),
+        Cmd::Capacity(a) => cli::capacity::capacity(a, &stop).map(|_| ()).context("capacity"),
+        Cmd::Lvc(a) => cli::lvc::run(a, &stop).map(|_| ()).context("lvc"),
+        Cmd::LvcBench(a) => mdsub::bench::lvc::run(a.to_config()).map(|_| ()).context("lvc-bench"),
+        Cmd::Tap(a) => cli::tap::run(a, &stop).map(|_| ()).context("tap"),
         Cmd::CloneServer(a) => cli::clone::run_server(a, &stop),
         Cmd::CloneBench(a) => mdsub::bench::clone::run(&a.to_config()),
         Cmd::CloneClient(a) => match cli::clone::run_client(a, &stop) {
@@ -114,7 +114,7 @@ fn main() {
             Err(e) => Err(e),
         },
         Cmd::Keygen(a) => cli::security::keygen(a),
-        Cmd::Top(a) => cli::top::top(a, &stop).context("mdsub top"),
+        Cmd::Top(a) => cli::top::top(a, &stop).context("top"),
         Cmd::Profile(a) => cli::profile::run(a).map(|_| ()),
         Cmd::Info => {
             let m = mdsub::bench::stamp::Machine::here();

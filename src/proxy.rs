@@ -267,7 +267,10 @@ impl<H: ProxyHooks> ProxyShell<H> {
         let role = hooks.role();
         let zmqx::ProxySockets { frontend, mut backend, endpoints } =
             zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
-                .map_err(|(context, source)| zerr(role, context)(source))?;
+                .map_err(|(context, source)| AgentError::Fatal {
+                    role: role.into(),
+                    message: format!("zmq error while {context}: {source}"),
+                })?;
         set_delivery_options(&mut backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
         let links = watch_links(ctx, role, config, &frontend, &backend)?;
         if subscribe_all {

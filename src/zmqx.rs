@@ -201,8 +201,11 @@ pub fn proxy_sockets(
     backend: &[Attach],
     hwm_msgs: i32,
     max_msg_bytes: i64,
-) -> Result<ProxySockets, (&'static str, zmq::Error)> {
-    let ctxt = |what: &'static str| move |e| (what, e);
+) -> Result<ProxySockets, (String, zmq::Error)> {
+    let ctxt = |what: &str| {
+        let what = what.to_string();
+        move |e| (what, e)
+    };
     let front = ctx.socket(zmq::XSUB).map_err(ctxt("making the XSUB"))?;
     let mut back = ctx.socket(zmq::XPUB).map_err(ctxt("making the XPUB"))?;
     for s in [&front, &back] {
@@ -216,12 +219,24 @@ pub fn proxy_sockets(
     set_xpub_verboser(&mut back, true).map_err(ctxt("setting XPUB_VERBOSER"))?;
     let mut endpoints = Vec::new();
     for a in frontend {
-        endpoints.push(("frontend", a.verb(), a.apply(&front).map_err(ctxt("attaching the frontend"))?));
+        let attached = a.apply(&front).map_err(|e| (format!("attaching the frontend to {a}{}", bind_hint(e)), e))?;
+        endpoints.push(("frontend", a.verb(), attached));
     }
     for a in backend {
-        endpoints.push(("backend", a.verb(), a.apply(&back).map_err(ctxt("attaching the backend"))?));
+        let attached = a.apply(&back).map_err(|e| (format!("attaching the backend to {a}{}", bind_hint(e)), e))?;
+        endpoints.push(("backend", a.verb(), attached));
     }
     Ok(ProxySockets { frontend: front, backend: back, endpoints })
+}
+
+/// What a bind's error means when libzmq's words mislead: `ENODEV` ("No such device") is an
+/// address no interface of this host has (or a name that does not resolve to one). Empty
+/// otherwise; meant to follow the endpoint in a message.
+pub fn bind_hint(e: zmq::Error) -> &'static str {
+    match e {
+        zmq::Error::ENODEV => " (no interface of this host has that address: bind takes one of this host's addresses, an interface name or *)",
+        _ => "",
+    }
 }
 
 /// Bind `socket` to `endpoint` and return the endpoint actually bound (so

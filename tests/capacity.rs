@@ -99,6 +99,8 @@ fn finds_a_known_limit_and_writes_every_output() {
     let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
     let best = v["winner"].as_str().expect("a winner");
     assert!(md.contains(&format!("| {best} (winner) |")), "{md}");
+    // Trials by purpose in words, as the JSON has them (not Rust's `Bracket`).
+    assert!(md.contains(" | bracket | ") && !md.contains("Bracket"), "{md}");
     let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
     assert_eq!(saved["winner"], v["winner"]);
 

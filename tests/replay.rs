@@ -299,6 +299,33 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A bind that fails says which endpoint, for which socket, and what libzmq's error means
+/// where its words mislead (`No such device` for an address this host does not have).
+#[test]
+fn a_failed_bind_names_the_endpoint_and_what_the_error_means() {
+    let (code, err) = run_err(&["replay", "--endpoint", "tcp://256.1.1.1:5000", "--count", "1"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("tcp://256.1.1.1:5000") && err.contains("no interface of this host has that address"),
+        "{err}"
+    );
+    // A port in use, on a proxy side and on the engine's monitor PUB: the endpoint is named.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to take");
+    let ep = format!("tcp://127.0.0.1:{}", taken.local_addr().expect("addr").port());
+    let front = format!("bind:{ep}");
+    let (code, err) = run_err(&["tap", "--frontend", &front, "--backend", "bind:tcp://127.0.0.1:*"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("attaching the frontend to {front}")) && err.contains("in use"), "{err}");
+    assert_eq!(err.matches("mdsub").count(), 1, "the program's name once: {err}");
+    let (code, err) = run_err(&["engine", "--endpoint", "tcp://127.0.0.1:1", "--monitor", &ep, "--max-duration", "5s"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("binding the monitor PUB to {ep}")) && err.contains("in use"), "{err}");
+    // The clone server takes P..P+3: a P near the top is refused as such, not as "not numeric".
+    let (code, err) = run_err(&["clone-server", "--endpoint", "tcp://127.0.0.1:65534"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("P can be at most 65532") && !err.contains("numeric"), "{err}");
+}
+
 #[test]
 fn demo_reports_zero_loss_as_json() {
     let r = mdsub_json(&["demo", "--duration", "1s", "--rate", "20000", "--json"], Duration::from_secs(60));

@@ -375,6 +375,23 @@ fn scrape(mut conn: std::net::TcpStream, headers: &str) -> String {
 }
 
 #[test]
+fn a_bad_bearer_token_file_is_called_a_token_file() {
+    // Before: `cannot read key file …` / `key file …: a bearer token file holds …`.
+    let dir = temp_dir("sec-token");
+    let empty = dir.join("empty.tok");
+    std::fs::write(&empty, "\n").expect("token file");
+    let missing = dir.join("missing.tok");
+    for (file, says) in [(&empty, "bearer token file"), (&missing, "cannot read the bearer token file")] {
+        let args = ["engine", "--endpoint", "tcp://127.0.0.1:1", "--metrics-listen", "0", "--metrics-token-file"];
+        let (code, _, err) = run_within("engine", mdsub().args(args).arg(file), DEADLINE);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(says) && !err.contains("key file"), "{err}");
+        assert_eq!(err.matches("No such file").count(), usize::from(file == &missing), "the cause once: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn monitor_zap_allow_list_and_metrics_access_refuse_the_outsider() {
     let dir = temp_dir("sec-outsider");
     let token = dir.join("token");

@@ -210,7 +210,10 @@ fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, Agent
         hwm,
         1 << 20,
     )
-    .map_err(|(context, source)| berr(context)(source))?;
+    .map_err(|(context, source)| AgentError::Fatal {
+        role: "lvc-bench".into(),
+        message: format!("zmq error while {context}: {source}"),
+    })?;
     let back = endpoints.iter().find(|e| e.0 == "backend").map(|e| e.2.clone()).unwrap_or_default();
     let control = proxy_ctx.socket(zmq::PAIR).map_err(berr("making the control PAIR"))?;
     let steer = proxy_ctx.socket(zmq::PAIR).map_err(berr("making the steering PAIR"))?;

@@ -209,7 +209,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         Event::TrialStarted { config, rate, purpose, done, estimate_left, eta_s } => {
             pb.set_length((done + estimate_left) as u64);
             pb.set_position(done as u64);
-            pb.set_message(format!("`{config}` {rate} msg/s ({purpose:?}), about {:.0} s left", eta_s.max(0.0)));
+            pb.set_message(format!("`{config}` {rate} msg/s ({}), about {:.0} s left", purpose.name(), eta_s.max(0.0)));
         }
         Event::TrialDone { config, summary } => {
             pb.inc(1);

@@ -95,12 +95,16 @@ impl ServerArgs {
             .strip_prefix("tcp://")
             .and_then(|hp| hp.rsplit_once(':'))
             .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            .filter(|(_, p)| *p <= u16::MAX - 3)
             .with_context(|| {
                 format!(
                     "--endpoint `{base}`: the clone server needs tcp://HOST:P with a numeric port P (it uses P..P+3)"
                 )
             })?;
+        anyhow::ensure!(
+            port <= u16::MAX - 3,
+            "--endpoint `{base}`: the clone server uses ports P..P+3, so P can be at most {}",
+            u16::MAX - 3
+        );
         let heartbeat_ms = interval_ms("--heartbeat-interval", self.heartbeat_interval)?;
         let hugz_interval_ms = interval_ms("--hugz-interval", self.hugz_interval)?;
         let pair = match (&self.peer, self.primary, self.backup) {

@@ -61,13 +61,13 @@ pub enum ClientError {
     #[error("interrupted")]
     Interrupted,
     /// A wait ran out.
-    #[error("timed out after {after:?} waiting for {what}")]
+    #[error("timed out after {} s waiting for {what}", after.as_secs_f64())]
     Timeout { what: &'static str, after: Duration },
     /// A key the store cannot carry.
     #[error("{0}")]
     BadUpdate(String),
     /// The update will never be acknowledged to this client (see [`AckState`]).
-    #[error("the update will not be acknowledged: it is {0:?}")]
+    #[error("the update will not be acknowledged: it is {}", .0.describe())]
     NotAcked(AckState),
     /// The command queue to the agent is full (`command_queue_msgs`): the call was refused,
     /// not queued (counted in [`Client::commands_refused`]); the agent is behind, try later.
@@ -750,6 +750,14 @@ fn poll_until<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_read_as_words_not_debug_output() {
+        let t = ClientError::Timeout { what: "the snapshot", after: Duration::from_millis(500) };
+        assert_eq!(t.to_string(), "timed out after 0.5 s waiting for the snapshot");
+        let n = ClientError::NotAcked(AckState::Untracked).to_string();
+        assert!(n.starts_with("the update will not be acknowledged: it is untracked ("), "{n}");
+    }
 
     #[test]
     fn a_full_command_queue_refuses_and_counts_and_a_gone_agent_is_stopped() {

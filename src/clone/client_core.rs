@@ -92,6 +92,23 @@ pub enum AckState {
     Unknown,
 }
 
+impl AckState {
+    /// The state in words: `acknowledged`, `pending`, `abandoned (…)`, …
+    pub fn describe(self) -> &'static str {
+        match self {
+            AckState::Acked => "acknowledged",
+            AckState::Pending => "pending",
+            AckState::Abandoned => {
+                "abandoned (not seen on the publisher within 30 s of re-sending, or pushed out by max_unacked)"
+            }
+            AckState::Untracked => {
+                "untracked (a key outside this client's subtree: its echo never reaches this client)"
+            }
+            AckState::Unknown => "unknown to this client",
+        }
+    }
+}
+
 /// A key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 

@@ -54,7 +54,7 @@ pub fn server_status_secured(
     d.connect(&snap)?;
     d.send(kvmsg::STATUS_REQ, 0)?;
     if d.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
-        anyhow::bail!("{base}: no STATUS reply within {timeout:?}");
+        anyhow::bail!("{base}: no STATUS reply within {} s", timeout.as_secs_f64());
     }
     let frames = d.recv_multipart(0)?;
     match frames.as_slice() {

@@ -287,7 +287,8 @@ impl Publisher {
             s.set_sndtimeo(100).map_err(zerr("setting SNDTIMEO"))?;
             s.set_linger(2000).map_err(zerr("setting LINGER"))?;
             cfg.access.apply(&s).map_err(zerr("setting the access options"))?;
-            let endpoint = crate::zmqx::bind_resolved(&s, ep).map_err(zerr(format!("binding {ep}")))?;
+            let endpoint = crate::zmqx::bind_resolved(&s, ep)
+                .map_err(|e| zerr(format!("binding {ep}{}", crate::zmqx::bind_hint(e)))(e))?;
             shards.push(Shard {
                 socket: s,
                 endpoint,

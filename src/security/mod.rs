@@ -48,6 +48,14 @@ pub enum SecurityError {
     },
     #[error("key file {path}: {reason}")]
     BadKeyFile { path: PathBuf, reason: String },
+    #[error("cannot read the bearer token file {path}")]
+    ReadToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bearer token file {path}: {reason}")]
+    BadTokenFile { path: PathBuf, reason: String },
     #[error("`{value}` is not an address or CIDR block (e.g. 127.0.0.1, 10.0.0.0/8, ::1)")]
     BadAddress { value: String },
     #[error("this libzmq has no CURVE (built without libsodium): `mdsub info` says which capabilities it has")]
@@ -350,10 +358,14 @@ impl HttpAccess {
     /// Read the token from `path`: the file's content without surrounding
     /// whitespace (as Prometheus reads `credentials_file`); empty is an error.
     pub fn read_token(path: &Path) -> Result<Vec<u8>, SecurityError> {
-        let text = read_file(path)?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SecurityError::ReadToken { path: path.to_path_buf(), source })?;
         let token = text.trim();
         if token.is_empty() || token.chars().any(char::is_whitespace) {
-            return Err(bad(path, "a bearer token file holds one token (no spaces), and it is empty or has spaces"));
+            return Err(SecurityError::BadTokenFile {
+                path: path.to_path_buf(),
+                reason: "it must hold one token (no spaces), and it is empty or has spaces".into(),
+            });
         }
         Ok(token.as_bytes().to_vec())
     }

@@ -53,7 +53,10 @@ impl MonitorAgent {
         // A croak is the last thing the engine says: give it a second to leave.
         publisher.set_linger(1_000).map_err(zerr("setting LINGER"))?;
         access.apply(&publisher).map_err(zerr("setting the access options"))?;
-        let bound = crate::zmqx::bind_resolved(&publisher, endpoint).map_err(zerr("binding the monitor PUB"))?;
+        let bound = crate::zmqx::bind_resolved(&publisher, endpoint).map_err(|e| AgentError::Fatal {
+            role: "snail-monitor".into(),
+            message: format!("binding the monitor PUB to {endpoint}{}: {e}", crate::zmqx::bind_hint(e)),
+        })?;
         let agent = MonitorAgent {
             publisher,
             screams: Inbox::new(screams),

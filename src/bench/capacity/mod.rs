@@ -505,10 +505,10 @@ pub fn summary_md(r: &CapacityResult) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {:?} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
                 c.name,
                 v.offered,
-                t.purpose,
+                t.purpose.name(),
                 v.achieved,
                 v.lost.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
                 at(0.5),

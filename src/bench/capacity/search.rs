@@ -251,6 +251,17 @@ pub enum Purpose {
     Confirm,
 }
 
+impl Purpose {
+    /// The name a person reads (and the JSON's): `bracket`, `bisect`, `confirm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::Bracket => "bracket",
+            Purpose::Bisect => "bisect",
+            Purpose::Confirm => "confirm",
+        }
+    }
+}
+
 /// What the search wants next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
