@@ -12,9 +12,11 @@ use common::*;
 
 /// The engine binary end to end: 3M messages flat out through a shard whose
 /// queue holds 20 000 (the high-water mark of what the I/O thread's arena
-/// holds: ~2 100 pages). Under glibc's defaults the I/O thread took 4–17k
-/// faults per 2M messages here, growing with the run; kept, ~2 100 whatever
-/// the count. The bound is per message, far from both.
+/// holds: ~2 100 pages). Under glibc's defaults the I/O thread took 13–30k
+/// faults per 3M messages here (release), growing with the run; kept, ~2 100
+/// whatever the count. The bound is per message, about 2× from both. (A debug
+/// build's slower reader drains less in bursts: its defaults stay under the
+/// bound too, so the release suite is where this test bites.)
 #[test]
 fn engine_io_thread_faults_stay_at_its_high_water_mark() {
     const MSGS: u64 = 3_000_000;
@@ -38,7 +40,7 @@ fn engine_io_thread_faults_stay_at_its_high_water_mark() {
     let io = threads.iter().find(|t| t["thread"] == "shard0-io").unwrap_or_else(|| panic!("no shard0-io: {r}"));
     let faults = u(io, "minor_faults");
     assert!(faults > 0, "the I/O thread touched memory: {io}");
-    // ~0.7 per 1000 messages kept; 2–8 per 1000 under glibc's defaults.
+    // ~0.7 per 1000 messages kept; 4–10 per 1000 under glibc's defaults (release).
     assert!(faults * 1000 < MSGS * 3 / 2, "{faults} minor faults on the I/O thread for {MSGS} messages: {io}");
     // Readers and workers have no /proc count in the report.
     let reader = threads.iter().find(|t| t["thread"] == "shard0-reader").expect("reader");

@@ -7,12 +7,12 @@
 //! into ~18 KiB decoder buffers (`in_batch_size` 8 KiB of data plus the
 //! reference counts of the zero-copy messages cut from it) taken from its own
 //! glibc arena, and the thread that receives the last message of a buffer frees
-//! it, into that arena. With glibc's defaults (trim threshold 128 KiB, top pad
-//! 128 KiB, both moved by the dynamic mmap threshold), when a backlog drains
+//! it, into that arena. With glibc's defaults (trim threshold 128 KiB, raised
+//! with the dynamic mmap threshold; top pad 128 KiB), when a backlog drains
 //! the freeing thread trims the arena's top (`madvise(MADV_DONTNEED)`), and when
 //! the next backlog builds the I/O thread grows it again (`mprotect`) and takes
 //! a minor page fault on every 4 KiB page it touches, 1–2 µs each on a VM:
-//! 11–20k faults per 2M messages flat out, more the longer the run
+//! 6–21k faults per 2M messages flat out, more the longer the run
 //! (benches/README.md, "libzmq's heap").
 //!
 //! [`keep_freed_memory`] sets glibc's `M_TRIM_THRESHOLD` and `M_TOP_PAD` with
