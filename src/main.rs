@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mdsub::agent::StopFlag;
 use mdsub::cli;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -80,17 +82,21 @@ fn main() {
     let stop = StopFlag::new();
     let on_signal = stop.clone();
     let watches_stop = cli.cmd.watches_stop();
-    // Signals seen, apart from the stop flag: the command sets that flag itself too (a
-    // --max-duration, a snail's croak, an agent's failure), and that is no first Ctrl-C.
-    static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // When the first signal came (monotonic ns, 0 = none), apart from the stop flag: the
+    // command sets that flag itself too (a --max-duration, a snail's croak, an agent's
+    // failure), and that is no first Ctrl-C.
+    static FIRST_SIGNAL_NS: AtomicU64 = AtomicU64::new(0);
     let handler = move || {
-        // A command that does not watch the flag, or a second signal while the first one's
-        // clean stop is under way: end now rather than leave Ctrl-C without effect.
-        if !watches_stop || SIGNALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            mdsub::diag!("mdsub: interrupted");
-            std::process::exit(cli::EXIT_INTERRUPTED);
+        let now = mdsub::clock::monotonic_ns().max(1);
+        let first = FIRST_SIGNAL_NS.compare_exchange(0, now, SeqCst, SeqCst).err();
+        match cli::on_signal(first, now, watches_stop) {
+            cli::OnSignal::Stop => on_signal.stop(),
+            cli::OnSignal::Same => {}
+            cli::OnSignal::EndNow => {
+                mdsub::diag!("mdsub: interrupted");
+                std::process::exit(cli::EXIT_INTERRUPTED);
+            }
         }
-        on_signal.stop();
     };
     if let Err(e) = ctrlc::set_handler(handler) {
         mdsub::diag!("warning: cannot catch Ctrl-C: {e}");

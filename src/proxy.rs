@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::diag::ExitCounters;
 use crate::link::{LinkBoard, LinkStats, LinkWatch};
 use crate::zmqx::frame::{recv_frames, send_frames_from, Frame};
 use crate::zmqx::{self, Attach};
@@ -306,16 +307,21 @@ impl<H: ProxyHooks> ProxyShell<H> {
     }
 
     /// Print each endpoint in effect as `{name}: frontend bound tcp://...`,
-    /// then the delivery mode as `{name}: delivery lossless (…)`.
-    pub fn print_endpoints(&self, name: &str) {
+    /// then the delivery mode as `{name}: delivery lossless (…)`: on stdout, or on stderr when
+    /// stdout is kept for the one JSON object of `exit` ([`ExitCounters::Json`]).
+    pub fn print_endpoints(&self, name: &str, exit: ExitCounters) {
+        let say = |line: std::fmt::Arguments<'_>| match exit {
+            ExitCounters::Text => crate::diag::out(format_args!("{line}\n")),
+            ExitCounters::Json => crate::diag::line(line),
+        };
         for (side, verb, ep) in &self.endpoints {
-            crate::outln!("{name}: {side} {verb} {ep}");
+            say(format_args!("{name}: {side} {verb} {ep}"));
         }
         let what = match self.delivery {
             Delivery::Lossless => "a full subscriber queue pushes back on the publishers, nothing is dropped",
             Delivery::Lossy => "a message a full subscriber queue cannot take is dropped and counted (dropped_full)",
         };
-        crate::outln!("{name}: delivery {} ({what})", self.delivery.name());
+        say(format_args!("{name}: delivery {} ({what})", self.delivery.name()));
     }
 
     /// The endpoint in effect on `side` (`frontend` or `backend`), the first if several.

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -136,6 +136,40 @@ fn sample(scrape: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> Op
     })
 }
 
+/// Prometheus' own linter (`promtool check metrics`, Debian's prometheus package) on the text
+/// the engine serves on `port`: every metric family must pass (a gauge with a `quantile`
+/// label, for one, does not).
+fn promtool_accepts(port: u16) {
+    use std::io::{Read, Write};
+    if Command::new("promtool").arg("--version").output().is_err() {
+        eprintln!(
+            "SKIPPED promtool check metrics: no `promtool` on PATH (tools/ci-setup.sh installs Debian's prometheus)"
+        );
+        return;
+    }
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect /metrics");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read /metrics");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).expect("an HTTP body");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool's verdict");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
     if let Some(why) = python_missing(&["prometheus_client"]) {
@@ -167,6 +201,8 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
     assert!(scrape["content_type"].as_str().is_some_and(|c| c.starts_with("text/plain; version=0.0.4")), "{scrape}");
     assert_eq!(scrape["types"]["mdsub_latency_seconds"], "histogram");
     assert_eq!(scrape["types"]["mdsub_shard_received"], "counter");
+    assert_eq!(scrape["types"]["mdsub_latency_interval_seconds"], "summary");
+    promtool_accepts(port);
     e.proc.signal(2);
     let (status, out) = e.finish(Duration::from_secs(30));
     assert!(status.success(), "engine failed: {out}");
@@ -192,6 +228,8 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
         assert_eq!(count, Some(u(&s["latency"]["total"], "count") as f64));
         let inf = sample(&scrape, "mdsub_latency_seconds_bucket", &[lt[0], lt[1], ("le", "+Inf")]);
         assert_eq!(inf, count, "+Inf bucket is the count");
+        let summary_count = sample(&scrape, "mdsub_latency_interval_seconds_count", &lt);
+        assert_eq!(summary_count, count, "the interval summary's _count is the whole run's, as the histogram's");
         // The bucket whose bound is at or above the engine's p99 holds at least 99 %.
         let p99_s = u(&s["latency"]["total"], "p99_ns") as f64 / 1e9;
         let at_or_above: Vec<(f64, f64)> = scrape["samples"]
@@ -528,6 +566,26 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
         // Gone, or a zombie nobody has reaped yet.
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z "))
     });
+}
+
+#[test]
+fn an_unreachable_store_does_not_lengthen_the_stop() {
+    // Before: the status agent waited 2 s for a store it never reached to acknowledge the
+    // removal of its keys, on every stop (Ctrl-C took 2 s to take effect).
+    let port = unserved_port_block(3);
+    let store = format!("tcp://127.0.0.1:{port}");
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "1k", "--duration", "60s"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--endpoint", &eps[0], "--expect-eos", "0", "--max-duration", "500ms"]);
+    let started = std::time::Instant::now();
+    let engine = LineProc::spawn("engine", cmd.args(["--store", &store]));
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(status.success(), "{out}");
+    json(&out);
+    // 0.5 s of run and a start; the 2 s wait made it 2.5 s and more.
+    assert!(took < Duration::from_millis(2300), "the engine took {took:?} for --max-duration 500ms");
+    drop(replay);
 }
 
 #[test]

@@ -73,8 +73,8 @@ impl Testbed {
         let ep = format!("tcp://10.91.9.1:{port}");
         let mut all = vec!["replay", "--endpoint", &ep, "--json"];
         all.extend_from_slice(args);
-        let p = LineProc::spawn(&format!("replay:{port}"), &mut self.mdsub(&self.pub_ns.clone(), &all));
-        p.line_starting("bound shard0 ", Duration::from_secs(20));
+        let p = LineProc::spawn_with_stderr(&format!("replay:{port}"), &mut self.mdsub(&self.pub_ns.clone(), &all));
+        common::bound_endpoints(&p, 1);
         p
     }
 

@@ -150,8 +150,9 @@ fn exit_counters_go_to_stderr_or_with_json_to_stdout() {
         let mut p = start(tool, &args);
         let (out, err) = stop(&mut p);
         assert!(!err.iter().any(|l| l.starts_with(&prefix)), "{tool} --json: not on stderr: {err:?}");
-        let json = out.iter().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{tool}: JSON on stdout: {out:?}"));
-        let v: serde_json::Value = serde_json::from_str(json).expect("one JSON object");
+        // The whole of stdout is the one JSON object (the endpoints went to stderr).
+        let v: serde_json::Value = serde_json::from_str(&out.join("\n"))
+            .unwrap_or_else(|e| panic!("{tool} --json: stdout is not one JSON object ({e}): {out:?}"));
         assert_eq!(v["stopped"], tool);
         assert!(v["forwarded_down"].is_u64() || v["messages_in"].is_u64(), "{tool}: counters are numbers: {v}");
     }

@@ -190,7 +190,7 @@ fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
         // Refusals are said on stderr: read those lines.
         let mut proc = Proc::spawn(role, cmd.stdout(Stdio::null()).stderr(Stdio::piped()));
         let err = proc.child.stderr.take().expect("piped stderr");
-        LineProc { proc, lines: lines_of(err) }
+        LineProc { proc, lines: lines_of(err), stderr: None }
     };
     let prim = secured("primary", pp, bp);
     let back = secured("backup", bp, pp);
@@ -580,4 +580,61 @@ fn demo_applies_a_profiles_monitor_access_and_says_what_it_cannot_apply() {
     let report = demo.report();
     assert!(report["delivered"].as_u64().is_some_and(|n| n > 0), "{report}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A SUB from `from` to `ep` that does not reconnect, once ZAP has refused its handshake
+/// (seen on the SUB's own socket monitor: HANDSHAKE_FAILED_AUTH), within `DEADLINE`.
+fn refused_sub(ctx: &zmq::Context, ep: &str, from: &str) -> zmq::Socket {
+    let sub = ctx.socket(zmq::SUB).expect("sub");
+    sub.set_linger(0).expect("linger");
+    sub.set_reconnect_ivl(-1).expect("one connection, one refusal");
+    let events = format!("inproc://refused-{from}-{}", ep.rsplit(':').next().unwrap_or(""));
+    sub.monitor(&events, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32).expect("monitor");
+    let mon = ctx.socket(zmq::PAIR).expect("pair");
+    mon.connect(&events).expect("monitor connect");
+    sub.connect(&format!("tcp://{from}:0;{}", ep.trim_start_matches("tcp://"))).expect("connect");
+    mon.set_rcvtimeo(DEADLINE.as_millis() as i32).expect("rcvtimeo");
+    let ev = mon.recv_multipart(0).unwrap_or_else(|e| panic!("no refusal of {from} at {ep}: {e}"));
+    let code = ev.first().and_then(|f| f.get(..2)).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    assert_eq!(code, Some(zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16), "{ev:?}");
+    sub
+}
+
+/// Refuse `peers` (one reason, one connection each) at `ep`, stop `server` with SIGINT and
+/// return its stderr: the first refusal was said at once, the rest only by the summary.
+fn refuse_then_stop(mut server: Both, ep: &str, site: &str, peers: &[&str]) -> Vec<String> {
+    let ctx = zmq::Context::new();
+    let first = refused_sub(&ctx, ep, peers[0]);
+    server.err_line(&format!("{site}: refused (address_not_allowed): {} (NULL): address not allowed", peers[0]));
+    let rest: Vec<zmq::Socket> = peers[1..].iter().map(|p| refused_sub(&ctx, ep, p)).collect();
+    drop((first, rest));
+    server.proc.signal(2);
+    let status = server.proc.wait_exit(DEADLINE);
+    // The engine stops cleanly (0); a replay cut short says so (130, interrupted).
+    assert!(matches!(status.code(), Some(0 | 130)), "{} failed: {status}", server.proc.name);
+    let err = std::mem::replace(&mut server.err, std::sync::mpsc::channel().1);
+    std::iter::from_fn(|| err.recv_timeout(DEADLINE).ok()).collect()
+}
+
+#[test]
+fn zap_refusals_left_unsaid_are_summarised_once_at_exit() {
+    let peers = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    let summary = ": refused since the last line: address_not_allowed=4 (totals: address_not_allowed=5)";
+    let check = |site: &str, lines: &[String]| {
+        let said: Vec<&String> = lines.iter().filter(|l| l.starts_with(&format!("{site}: refused"))).collect();
+        assert_eq!(said, [&format!("{site}{summary}")], "one summary line at exit, nothing else: {lines:?}");
+    };
+    // The engine's monitor PUB (--monitor-allow-addr); nothing publishes to the engine.
+    let nowhere = format!("tcp://127.0.0.1:{}", free_port_block(1));
+    let args = ["--expect-eos", "0", "--snail", "off", "--monitor", "tcp://127.0.0.1:*"];
+    let e = engine(&nowhere, &[&args[..], &["--monitor-allow-addr", "127.0.0.1"]].concat());
+    let ep = e.err_line("monitor: bound ").rsplit(' ').next().expect("endpoint").to_string();
+    check("snail-monitor-zap", &refuse_then_stop(e, &ep, "snail-monitor-zap", &peers));
+    // The replay publisher (--allow-addr).
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--duration", "60s"]);
+    let r = Both::spawn("replay", cmd.args(["--allow-addr", "127.0.0.1"]));
+    let ep = wait_line(&r.out, DEADLINE, "replay's endpoint", |l| l.starts_with("bound shard0 "));
+    let ep = ep.rsplit(' ').next().expect("endpoint").to_string();
+    check("replay-zap", &refuse_then_stop(r, &ep, "replay-zap", &peers));
 }

@@ -53,6 +53,32 @@ pub fn is_interrupted(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Interrupted>().is_some() || crate::replay::ReplayError::is_interrupted(e)
 }
 
+/// What a Ctrl-C or SIGTERM does, given when the first one came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSignal {
+    /// The first signal to a command that watches the stop flag: a clean stop, showing what
+    /// it has.
+    Stop,
+    /// The same request delivered again: GNU `timeout` signals the process and then its
+    /// process group, microseconds apart.
+    Same,
+    /// A command that does not watch the flag, or a later signal while the clean stop is
+    /// under way: `mdsub: interrupted`, exit [`EXIT_INTERRUPTED`].
+    EndNow,
+}
+
+/// Signals closer together than this are one request to stop.
+pub const SAME_SIGNAL_NS: u64 = 500_000_000;
+
+/// The signal rule (a core: the handler in `main` keeps `first_ns` and reads the clock).
+pub fn on_signal(first_ns: Option<u64>, now_ns: u64, watches_stop: bool) -> OnSignal {
+    match first_ns {
+        None if watches_stop => OnSignal::Stop,
+        Some(first) if watches_stop && now_ns.saturating_sub(first) < SAME_SIGNAL_NS => OnSignal::Same,
+        _ => OnSignal::EndNow,
+    }
+}
+
 use crate::engine::handler::HandlerSpec;
 use crate::profile::{host_cores, Profile};
 use crate::replay::{Limits, Pacing};
@@ -127,6 +153,19 @@ pub(crate) fn check_profile(p: &Profile, spec: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_second_signal_is_the_same_request_only_within_half_a_second() {
+        assert_eq!(on_signal(None, 1_000, true), OnSignal::Stop);
+        // timeout(1): SIGTERM to the process, then to its group.
+        assert_eq!(on_signal(Some(1_000), 1_000 + 5_000, true), OnSignal::Same);
+        assert_eq!(on_signal(Some(1_000), 1_000 + SAME_SIGNAL_NS - 1, true), OnSignal::Same);
+        // A person pressing Ctrl-C again because the stop takes too long.
+        assert_eq!(on_signal(Some(1_000), 1_000 + SAME_SIGNAL_NS, true), OnSignal::EndNow);
+        // A command that does not watch the stop flag ends at once, every time.
+        assert_eq!(on_signal(None, 1_000, false), OnSignal::EndNow);
+        assert_eq!(on_signal(Some(1_000), 1_001, false), OnSignal::EndNow);
+    }
+
     use super::*;
 
     #[test]

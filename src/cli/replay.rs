@@ -204,7 +204,12 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     for (k, ep) in publisher.endpoints().iter().enumerate() {
-        crate::outln!("bound shard{k} {ep}");
+        // With --json, stdout is the one JSON object at the end: the endpoints go to stderr.
+        if args.json {
+            crate::diag!("bound shard{k} {ep}");
+        } else {
+            crate::outln!("bound shard{k} {ep}");
+        }
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

@@ -546,7 +546,8 @@ impl ClientAgent {
             s.links.take_updowns(&mut links);
             s.links.take_not_ups(&mut not_ups);
             for p in not_ups.drain(..) {
-                self.server_not_up(i, p);
+                let line = self.server_not_up(i, p);
+                crate::diag!("{line}");
             }
             for up in links.drain(..) {
                 if up {
@@ -573,18 +574,17 @@ impl ClientAgent {
         });
     }
 
-    /// Server `i`'s publisher link is not up: one line for the server, naming its collector
-    /// too when that is not up either (one dead server, one line).
-    fn server_not_up(&mut self, i: usize, p: NotUp) {
-        let held = self.held_collectors.iter().position(|h| h.0 == i).map(|k| self.held_collectors.remove(k));
+    /// Server `i`'s publisher link is not up: the line for the server, naming its collector
+    /// too when that is not up either (one dead server, one line). A collector held for this
+    /// line that has come up since is not said at all.
+    fn server_not_up(&mut self, i: usize, p: NotUp) -> String {
+        self.held_collectors.retain(|h| h.0 != i);
         let s = &self.servers[i];
-        let collector_up = self.publisher_links.as_ref().is_some_and(|w| w.has_been_up(&s.collector_ep));
-        if held.is_none() && collector_up {
-            crate::diag!("{}", p.line("clone-client"));
-            return;
+        if self.publisher_links.as_ref().is_some_and(|w| w.has_been_up(&s.collector_ep)) {
+            return p.line("clone-client");
         }
         self.said_not_up[i] = true;
-        crate::diag!(
+        format!(
             "clone-client: server {} not up after {:.0} s ({} connection attempts): nothing answers there \
              (its publisher {}, its collector {}); libzmq keeps trying",
             s.base,
@@ -592,7 +592,7 @@ impl ClientAgent {
             p.attempts,
             s.publisher_ep,
             s.collector_ep
-        );
+        )
     }
 
     /// A collector link is not up: said with its server's line (held until then) unless that
@@ -764,5 +764,43 @@ mod tests {
         drop(rx);
         assert!(matches!(offer(&tx, set(), &refused), Err(ClientError::Stopped)));
         assert_eq!(refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_server_not_up_line_names_its_collector_only_while_that_is_not_up() {
+        let ctx = zmq::Context::new();
+        // The server's collector (P+2) is a SUB bound to a free port; nothing at P (snapshot)
+        // or P+1 (publisher).
+        let collector = ctx.socket(zmq::SUB).expect("sub");
+        collector.set_linger(0).expect("linger");
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let coll_port = probe.local_addr().expect("addr").port();
+        drop(probe);
+        let base = format!("tcp://127.0.0.1:{}", coll_port - 2);
+        let [_, pub_ep, coll_ep] = crate::clone::endpoints(&base).expect("endpoints");
+        let bell = ctx.socket(zmq::PULL).expect("pull");
+        let (_tx, rx) = channel::bounded(1);
+        let cfg = ClientConfig { servers: vec![base.clone()], ..ClientConfig::default() };
+        let mut agent = ClientAgent::new(cfg, None, ctx.clone(), bell, rx).expect("agent");
+        let not_up = |ep: &str| NotUp { endpoint: ep.to_string(), for_ns: 5_000_000_000, attempts: 3 };
+        // Neither link up: one line for the server, naming both, and the held collector is in it.
+        agent.held_collectors.push((0, not_up(&coll_ep), 0));
+        let line = agent.server_not_up(0, not_up(&pub_ep));
+        assert!(line.contains(&format!("server {base} not up")) && line.contains(&coll_ep), "{line}");
+        assert!(agent.held_collectors.is_empty());
+        // The collector was found not up and held, then came up before the publisher's line.
+        agent.held_collectors.push((0, not_up(&coll_ep), 0));
+        collector.bind(&coll_ep).expect("bind the collector");
+        let end = Instant::now() + Duration::from_secs(10);
+        let links = agent.publisher_links.as_mut().expect("the collectors are watched");
+        while !links.has_been_up(&coll_ep) {
+            assert!(Instant::now() < end, "the client's publisher never reached the collector");
+            links.service(&agent.publisher);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let line = agent.server_not_up(0, not_up(&pub_ep));
+        assert!(line.contains(&format!("link {pub_ep} not up")), "{line}");
+        assert!(!line.contains(&coll_ep), "the collector is up: not named: {line}");
+        assert!(agent.held_collectors.is_empty(), "its held line is not said later either");
     }
 }

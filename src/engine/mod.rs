@@ -585,6 +585,12 @@ impl Engine {
         self.shard_counters.iter().map(|c| c.handoff_buffers.load(Relaxed)).sum()
     }
 
+    /// Of those, idle ones the readers freed again (none was needed for
+    /// [`reader::IDLE_BUFFERS_WINDOW_NS`]; see [`reader::ShardCounters::handoff_buffers_freed`]).
+    pub fn handoff_buffers_freed(&self) -> u64 {
+        self.shard_counters.iter().map(|c| c.handoff_buffers_freed.load(Relaxed)).sum()
+    }
+
     /// Messages delivered to handlers so far.
     pub fn delivered(&self) -> u64 {
         self.worker_counters.iter().map(|c| c.handled.load(Relaxed)).sum()

@@ -22,10 +22,24 @@ use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 use crate::snail::{Action, Guard};
 use crate::wire::{self, topic_hash, FrameView, Kind, DROP_REASONS, DROP_REASON_NAMES};
 use crate::zmqx::frame::Frame;
-use crate::zmqx::pool::{BufferPool, Lease};
+use crate::zmqx::pool::{BufferPool, IdleTrim, Lease};
 
 /// Most idle hand-off buffers a reader keeps (each about `batch_max` × 256 bytes).
 const MAX_IDLE_BUFFERS: usize = 1024;
+
+/// Idle hand-off buffers none of which was needed for this long are freed (all but
+/// [`IDLE_BUFFERS_SPARE_PER_WORKER`] a worker): a deep back-pressure episode does not keep
+/// its buffers (up to 1024, ~16 MB a reader) for the rest of the run, and
+/// episodes closer together than this keep theirs rather than make them again each time.
+pub const IDLE_BUFFERS_WINDOW_NS: u64 = 30_000_000_000;
+
+/// Idle hand-off buffers kept spare a worker when the rest are freed.
+pub const IDLE_BUFFERS_SPARE_PER_WORKER: usize = 2;
+
+/// The pool's idle count is sampled once every this many busy rounds, and when idle at most
+/// once every [`IDLE_SAMPLE_NS`].
+const IDLE_SAMPLE_ROUNDS: u32 = 1024;
+const IDLE_SAMPLE_NS: u64 = 1_000_000;
 
 /// How data frames are handed to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -102,8 +116,12 @@ pub struct ShardCounters {
     pub last_lag_ns: AtomicU64,
     pub max_lag_ns: AtomicU64,
     /// Hand-off buffers the reader made ([`crate::zmqx::pool::BufferPool::made`]):
-    /// the most batches it ever had in flight at once, not a count per message.
+    /// the most batches it ever had in flight at once (and those made again after idle ones
+    /// were freed), not a count per message.
     pub handoff_buffers: AtomicU64,
+    /// Of those, idle ones it freed again ([`crate::zmqx::pool::BufferPool::freed`]): none of
+    /// them was needed for [`IDLE_BUFFERS_WINDOW_NS`]. Made minus freed is what it holds.
+    pub handoff_buffers_freed: AtomicU64,
 }
 
 impl ShardCounters {
@@ -426,6 +444,12 @@ pub struct ReaderAgent {
     /// The hand-off buffers: a batch goes out without a copy and its buffer
     /// comes back when the worker is done with it.
     pool: BufferPool,
+    /// Buffers `pool` had made at the last look (a change: the pool grew).
+    pool_made: u64,
+    /// When `pool`'s idle buffers are freed, and busy rounds since it last sampled.
+    idle_trim: IdleTrim,
+    rounds_unsampled: u32,
+    last_sample_ns: u64,
     msg: zmq::Message,
     /// A received message waiting for room on its worker's PUSH (per-message hand-off).
     pending: Option<(usize, zmq::Message)>,
@@ -478,6 +502,8 @@ impl ReaderAgent {
         let slots = (pushes.len() * (2 * hwm + 2)).min(MAX_IDLE_BUFFERS);
         let pool = BufferPool::new(slots, cfg.batch_max * 256 + batch::HEADER_BYTES);
         let staging = (0..pushes.len()).map(|_| pool.take()).collect();
+        counters.handoff_buffers.store(pool.made(), Relaxed);
+        let idle_trim = IdleTrim::new(IDLE_BUFFERS_WINDOW_NS, IDLE_BUFFERS_SPARE_PER_WORKER * pushes.len());
         let unsent = (0..pushes.len()).map(|_| None).collect();
         let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription).with_site(&role);
         Ok(ReaderAgent {
@@ -488,6 +514,10 @@ impl ReaderAgent {
             pushes,
             staging,
             unsent,
+            pool_made: pool.made(),
+            idle_trim,
+            rounds_unsampled: 0,
+            last_sample_ns: 0,
             pool,
             msg: zmq::Message::new(),
             pending: None,
@@ -548,7 +578,12 @@ impl ReaderAgent {
                     continue;
                 }
                 let batch = std::mem::replace(&mut self.staging[w], self.pool.take());
-                self.counters.handoff_buffers.store(self.pool.made(), Relaxed);
+                let made = self.pool.made();
+                if made != self.pool_made {
+                    self.pool_made = made;
+                    self.idle_trim.grew();
+                    self.counters.handoff_buffers.store(made, Relaxed);
+                }
                 self.unsent[w] = Some(BufferPool::message(batch));
             }
             let Some(frame) = &mut self.unsent[w] else { continue };
@@ -560,6 +595,17 @@ impl ReaderAgent {
             }
         }
         Ok(true)
+    }
+
+    /// Sample the pool's idle buffers at `now_ns` and free those [`IdleTrim`] says were not
+    /// needed (between rounds: once every [`IDLE_SAMPLE_ROUNDS`] busy ones, and when idle).
+    fn trim_idle_buffers(&mut self, now_ns: u64) {
+        self.rounds_unsampled = 0;
+        self.last_sample_ns = now_ns;
+        let n = self.idle_trim.observe(self.pool.idle(), now_ns);
+        if n > 0 && self.pool.trim(n) > 0 {
+            self.counters.handoff_buffers_freed.store(self.pool.freed(), Relaxed);
+        }
     }
 
     /// Something is staged or unsent for a worker.
@@ -664,7 +710,15 @@ impl Agent for ReaderAgent {
             if let Some(l) = self.checks.refusal_summary(now, false) {
                 crate::diag!("{l}");
             }
+            if now.saturating_sub(self.last_sample_ns) >= IDLE_SAMPLE_NS {
+                self.trim_idle_buffers(now);
+            }
             recv_ns = now;
+        } else {
+            self.rounds_unsampled += 1;
+            if self.rounds_unsampled >= IDLE_SAMPLE_ROUNDS {
+                self.trim_idle_buffers(recv_ns);
+            }
         }
         if let Some(core) = &mut self.inline {
             // The round's time (its first frame's, or now when idle) is close
@@ -817,5 +871,80 @@ mod tests {
         let s = c.refusal_summary(t0 + SUMMARY_INTERVAL_NS, false).expect("summary due");
         assert!(s.contains("missing_nul=1 (totals: missing_nul=2 short=1 implausible_sequence=1)"), "{s}");
         assert_eq!((c.refusals().count("missing_nul"), c.refusals().total()), (2, 4));
+    }
+
+    #[test]
+    fn a_reader_frees_the_idle_buffers_a_back_pressure_episode_left() {
+        let ctx = zmq::Context::new();
+        let feed = ctx.socket(zmq::PUB).expect("pub");
+        feed.bind("inproc://reader-trim-feed").expect("bind");
+        let sub = ctx.socket(zmq::SUB).expect("sub");
+        sub.connect("inproc://reader-trim-feed").expect("connect");
+        sub.set_subscribe(b"").expect("subscribe");
+        let worker = ctx.socket(zmq::PULL).expect("pull");
+        worker.set_rcvhwm(2).expect("hwm");
+        worker.bind("inproc://reader-trim-worker").expect("bind");
+        let cfg = ReaderConfig {
+            shard: 0,
+            batch_max: 1,
+            handoff: HandOff::Batch,
+            routing: Routing::ByTopic,
+            worker_endpoints: vec!["inproc://reader-trim-worker".into()],
+            expect_eos: 0,
+            full_subscription: true,
+            handoff_hwm_msgs: 4,
+        };
+        let counters = Arc::new(ShardCounters::default());
+        let mut r = ReaderAgent::new(cfg, sub, &ctx, None, counters.clone(), StopFlag::new()).expect("reader");
+        // Every sample ends a window (the reader's own is 30 s), 2 kept spare.
+        r.idle_trim = IdleTrim::new(0, 2);
+        // The episode: one frame a batch, and the worker takes none, until the reader is blocked.
+        let made = |c: &ShardCounters| c.handoff_buffers.load(Relaxed);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seq = 1;
+        while !matches!(r.do_work().expect("work"), Step::Blocked(_)) {
+            assert!(std::time::Instant::now() < end, "never blocked");
+            feed.send(frame(seq, Kind::Data), 0).expect("send");
+            seq += 1;
+            r.idle_wait(Duration::from_millis(10));
+        }
+        let grown = made(&counters);
+        assert!(grown >= 4, "the pool grew with the queue: {grown} buffers");
+        // The worker catches up: every batch received, every buffer back in the pool.
+        let mut msg = zmq::Message::new();
+        loop {
+            while worker.recv(&mut msg, zmq::DONTWAIT).is_ok() {}
+            // Nothing read, nothing left to send (a flush at the round's start sends one more).
+            if matches!(r.do_work().expect("work"), Step::Worked(0)) && !r.staged() {
+                if worker.recv(&mut msg, zmq::DONTWAIT).is_err() {
+                    break;
+                }
+                continue;
+            }
+            assert!(std::time::Instant::now() < end, "the reader never caught up");
+            let _ = crate::zmqx::wait_ready(&worker, zmq::POLLIN, Duration::from_millis(10));
+        }
+        drop(msg);
+        let in_use = 1; // the batch being built
+        wait_idle(&r, grown as usize - in_use);
+        // Idle rounds (a sample at most once a millisecond): the first sample's window saw the
+        // pool grow and frees nothing, a later one all idle buffers but 2.
+        let freed = |c: &ShardCounters| c.handoff_buffers_freed.load(Relaxed);
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_nanos(IDLE_SAMPLE_NS + 100_000));
+            assert!(matches!(r.do_work().expect("work"), Step::Worked(0)));
+        }
+        assert_eq!(freed(&counters), grown - in_use as u64 - 2);
+        assert_eq!(r.pool.idle(), 2);
+        assert_eq!(made(&counters), grown, "nothing made meanwhile");
+    }
+
+    /// Wait (bounded) for `n` buffers idle in `r`'s pool.
+    fn wait_idle(r: &ReaderAgent, n: usize) {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while r.pool.idle() < n {
+            assert!(std::time::Instant::now() < end, "{} of {n} buffers back", r.pool.idle());
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }

@@ -42,7 +42,7 @@ pub fn new_proxy(ctx: &zmq::Context, config: &LvcConfig) -> Result<ProxyShell<Lv
 pub fn run(config: LvcConfig, stop: &StopFlag, exit: ExitCounters) -> Result<LvcReport, AgentError> {
     let ctx = zmq::Context::new();
     let proxy = new_proxy(&ctx, &config)?;
-    proxy.print_endpoints("lvc");
+    proxy.print_endpoints("lvc", exit);
     let links = proxy.links();
     // `stop` is set by the binary's SIGINT/SIGTERM handler.
     let (report, result) = proxy.run(config.proxy.idle, stop.clone());

@@ -253,23 +253,29 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     }
     let _ = writeln!(
         s,
-        "# HELP mdsub_latency_interval_seconds Latency quantiles over the last metrics interval (quantile 1 is the max).\n\
-         # TYPE mdsub_latency_interval_seconds gauge"
+        "# HELP mdsub_latency_interval_seconds Latency quantiles over the last metrics interval (quantile 1 is the max); \
+         _sum and _count over the whole run, as a Prometheus summary's are.\n\
+         # TYPE mdsub_latency_interval_seconds summary"
     );
     for (k, set) in latency.last_interval.iter().enumerate() {
         if k >= nshards && set.count() == 0 {
             continue;
         }
         let shard = shard_label(&slot_name(k, nshards));
-        for (stage, h) in set.stages() {
+        let whole = latency.cumulative.get(k).map(|w| w.stages());
+        for (i, (stage, h)) in set.stages().into_iter().enumerate() {
+            let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
             for (label, q) in QUANTILES {
                 let v = if h.is_empty() { 0 } else { h.value_at_quantile(q) };
                 let _ = writeln!(
                     s,
-                    "mdsub_latency_interval_seconds{{engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\",quantile=\"{label}\"}} {}",
+                    "mdsub_latency_interval_seconds{{{labels},quantile=\"{label}\"}} {}",
                     seconds(v as f64)
                 );
             }
+            let (sum, count) = whole.map_or((0.0, 0), |w| (w[i].1.mean() * w[i].1.len() as f64, w[i].1.len()));
+            let _ = writeln!(s, "mdsub_latency_interval_seconds_sum{{{labels}}} {}", seconds(sum));
+            let _ = writeln!(s, "mdsub_latency_interval_seconds_count{{{labels}}} {count}");
         }
     }
     let agent_metric = |s: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&AgentStats) -> f64| {

@@ -645,15 +645,22 @@ impl Publisher {
         let mut left = limits.max_msgs;
         let mut tasks = Vec::with_capacity(n);
         for (k, shard) in std::mem::take(&mut self.shards).into_iter().enumerate() {
+            let share = Generator::share(gen, k, n);
             let max_msgs = match left {
                 Some(m) if k + 1 == n => Some(m),
                 Some(m) => {
-                    let mine =
-                        ((limits.max_msgs.unwrap_or(0) as f64 * Generator::share(gen, k, n)).round() as u64).min(m);
+                    let mine = ((limits.max_msgs.unwrap_or(0) as f64 * share).round() as u64).min(m);
                     left = Some(m - mine);
                     Some(mine)
                 }
                 None => None,
+            };
+            // `--rate` is the total: each thread sends its shard's share of it.
+            let pacing = match pacing {
+                Pacing::Rate { msgs_per_sec, burst } => {
+                    Pacing::Rate { msgs_per_sec: ((msgs_per_sec as f64 * share).round() as u64).max(1), burst }
+                }
+                other => other,
             };
             let mut one = Publisher {
                 shards: vec![shard],

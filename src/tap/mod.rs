@@ -105,7 +105,7 @@ pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<Ta
     let ctx = zmq::Context::new();
     let (tx, rx) = crossbeam::channel::bounded(args.queue_msgs);
     let proxy = ProxyShell::new(&ctx, &args.proxy, args.subscribe_all, TapHooks::new(Filter::new(prefixes), tx))?;
-    proxy.print_endpoints("tap");
+    proxy.print_endpoints("tap", exit);
     let sink_report = Arc::new(Mutex::new(TapSinkReport::default()));
     let sink = TapSink::new(rx, args.show, recorder, sink_report.clone());
 

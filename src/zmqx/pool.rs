@@ -16,6 +16,11 @@
 //! buffer holds only a [`Weak`] reference to its pool, so a buffer that comes
 //! back after its pool was dropped (a message closed at context termination)
 //! is freed, and so is one that finds the free list full.
+//!
+//! Idle buffers are given back over time: [`IdleTrim`] is the socket-free rule
+//! (the fewest buffers that stayed idle over a window were not needed in it:
+//! free them, keeping a few spare), and [`BufferPool::trim`] frees them. The
+//! owner samples the pool between rounds, never per message.
 
 use std::ops::{Deref, DerefMut};
 use std::os::raw::c_void;
@@ -39,6 +44,8 @@ struct Shared {
     buf_bytes: usize,
     /// Buffers made because the free list was empty.
     made: AtomicU64,
+    /// Idle buffers freed by [`BufferPool::trim`].
+    freed: AtomicU64,
 }
 
 /// A buffer taken from a [`BufferPool`]: derefs to its `Vec<u8>` (cleared
@@ -54,7 +61,12 @@ impl BufferPool {
     /// its capacity when it comes back).
     pub fn new(slots: usize, buf_bytes: usize) -> Self {
         BufferPool {
-            shared: Arc::new(Shared { free: ArrayQueue::new(slots.max(1)), buf_bytes, made: AtomicU64::new(0) }),
+            shared: Arc::new(Shared {
+                free: ArrayQueue::new(slots.max(1)),
+                buf_bytes,
+                made: AtomicU64::new(0),
+                freed: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -79,6 +91,19 @@ impl BufferPool {
         self.shared.free.len()
     }
 
+    /// Free up to `n` idle buffers (what [`IdleTrim::observe`] said was not needed); how many
+    /// were freed.
+    pub fn trim(&self, n: usize) -> usize {
+        let freed = (0..n).map_while(|_| self.shared.free.pop()).count();
+        self.shared.freed.fetch_add(freed as u64, Relaxed);
+        freed
+    }
+
+    /// Idle buffers freed by [`BufferPool::trim`] so far.
+    pub fn freed(&self) -> u64 {
+        self.shared.freed.load(Relaxed)
+    }
+
     /// A frame whose content is `lease`'s bytes, not copied. The buffer comes
     /// back to its pool (emptied) when libzmq closes the message: after the
     /// receiver received it and received again or dropped it, or when the
@@ -97,6 +122,50 @@ impl BufferPool {
     /// Give a buffer back without sending it (the same path a closed message takes).
     pub fn give(lease: Box<Lease>) {
         home(lease);
+    }
+}
+
+/// When to give idle buffers back: a socket-free rule on samples of a pool's idle count.
+///
+/// The fewest buffers that were idle at any sample of a window (its low-water mark) were not
+/// needed in that window; at the first sample after the window ends, all of them but `keep`
+/// are freed and a new window starts. A buffer made in a window ([`IdleTrim::grew`]: the pool
+/// was empty) makes its low-water mark 0, so a window with a back-pressure episode frees
+/// nothing, and a pattern of episodes closer together than the window keeps its buffers.
+/// Samples are taken between rounds (when idle, and once every so many rounds), so a dip
+/// between two samples may be missed: then a buffer freed is made again when needed (and
+/// counted as made), which `keep` makes rare.
+#[derive(Debug, Clone)]
+pub struct IdleTrim {
+    window_ns: u64,
+    keep: usize,
+    window_start_ns: Option<u64>,
+    lowest_idle: usize,
+}
+
+impl IdleTrim {
+    /// Free what stayed idle for a whole `window_ns`, keeping `keep` idle buffers spare.
+    pub fn new(window_ns: u64, keep: usize) -> Self {
+        IdleTrim { window_ns, keep, window_start_ns: None, lowest_idle: usize::MAX }
+    }
+
+    /// The pool was found empty (it made a buffer) in this window: nothing in it was spare.
+    pub fn grew(&mut self) {
+        self.lowest_idle = 0;
+    }
+
+    /// A sample: `idle` buffers at `now_ns`. Returns how many to free now (0 until a window
+    /// has ended).
+    pub fn observe(&mut self, idle: usize, now_ns: u64) -> usize {
+        let start = *self.window_start_ns.get_or_insert(now_ns);
+        self.lowest_idle = self.lowest_idle.min(idle);
+        if now_ns.saturating_sub(start) < self.window_ns {
+            return 0;
+        }
+        let free = self.lowest_idle.saturating_sub(self.keep);
+        self.window_start_ns = Some(now_ns);
+        self.lowest_idle = idle - free;
+        free
     }
 }
 
@@ -166,6 +235,63 @@ mod tests {
         drop(pool);
         // The message outlives its pool (closed at context termination): freed, no crash.
         drop(frame);
+    }
+
+    #[test]
+    fn trim_frees_idle_buffers_and_counts_them() {
+        let pool = BufferPool::new(8, 8);
+        let leases: Vec<_> = (0..5).map(|_| pool.take()).collect();
+        leases.into_iter().for_each(BufferPool::give);
+        assert_eq!((pool.made(), pool.idle()), (5, 5));
+        assert_eq!(pool.trim(3), 3);
+        assert_eq!((pool.idle(), pool.freed()), (2, 3));
+        assert_eq!(pool.trim(10), 2, "no more than are idle");
+        assert_eq!((pool.idle(), pool.freed()), (0, 5));
+        let _ = pool.take();
+        assert_eq!(pool.made(), 6, "made again when needed");
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn idle_trim_frees_what_stayed_idle_for_a_window_keeping_a_spare() {
+        use crate::clock::{Clock, ManualClock};
+        let clock = ManualClock::new(1_000 * S);
+        let mut t = IdleTrim::new(30 * S, 2);
+        // After a back-pressure episode: 1000 buffers idle, 3 to 6 in use at a time.
+        for idle in [1000, 997, 995, 998] {
+            assert_eq!(t.observe(idle, clock.now_ns()), 0, "within the first window");
+            clock.advance_ns(5 * S);
+        }
+        clock.advance_ns(15 * S);
+        // 30 s on: the low-water mark was 995, so 993 go and 2 stay spare.
+        assert_eq!(t.observe(999, clock.now_ns()), 993);
+        // The next window starts from what is left (6): in use again, down to 3 idle.
+        clock.advance_ns(10 * S);
+        assert_eq!(t.observe(3, clock.now_ns()), 0);
+        clock.advance_ns(20 * S);
+        assert_eq!(t.observe(6, clock.now_ns()), 1, "3 stayed idle, 2 kept");
+        clock.advance_ns(30 * S);
+        assert_eq!(t.observe(5, clock.now_ns()), 3, "5 idle all along (the window's start), 2 kept");
+        clock.advance_ns(30 * S);
+        assert_eq!(t.observe(2, clock.now_ns()), 0, "never below the spare");
+    }
+
+    #[test]
+    fn idle_trim_frees_nothing_from_a_window_in_which_the_pool_grew() {
+        use crate::clock::{Clock, ManualClock};
+        let clock = ManualClock::new(0);
+        let mut t = IdleTrim::new(30 * S, 2);
+        assert_eq!(t.observe(500, clock.now_ns()), 0);
+        // An episode: the pool ran dry and made buffers; the samples missed the dip.
+        t.grew();
+        clock.advance_ns(31 * S);
+        assert_eq!(t.observe(800, clock.now_ns()), 0, "every buffer was needed in that window");
+        // A quiet window after it: the excess goes.
+        clock.advance_ns(31 * S);
+        assert_eq!(t.observe(800, clock.now_ns()), 798);
+        // A clock that steps back does not end a window.
+        assert_eq!(t.observe(2, 0), 0);
     }
 
     #[test]

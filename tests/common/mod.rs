@@ -148,6 +148,8 @@ pub fn wait_line(rx: &Receiver<String>, deadline: Duration, what: &str, pred: im
 pub struct LineProc {
     pub proc: Proc,
     pub lines: Receiver<String>,
+    /// Stderr's lines, when spawned by [`LineProc::spawn_with_stderr`].
+    pub stderr: Option<Receiver<String>>,
 }
 
 impl LineProc {
@@ -155,7 +157,14 @@ impl LineProc {
     pub fn spawn(name: &str, cmd: &mut Command) -> LineProc {
         let mut proc = Proc::spawn(name, cmd.stdout(Stdio::piped()));
         let out = proc.child.stdout.take().expect("piped stdout");
-        LineProc { proc, lines: lines_of(out) }
+        LineProc { proc, lines: lines_of(out), stderr: None }
+    }
+
+    /// [`LineProc::spawn`] with stderr's lines on `stderr` too.
+    pub fn spawn_with_stderr(name: &str, cmd: &mut Command) -> LineProc {
+        let mut p = LineProc::spawn(name, cmd.stderr(Stdio::piped()));
+        p.stderr = p.proc.child.stderr.take().map(lines_of);
+        p
     }
 
     /// The next line that starts with `prefix`, within `deadline`.
@@ -184,14 +193,30 @@ pub fn start_replay(name: &str, shards: usize, extra: &[&str]) -> (LineProc, Vec
         cmd.args(["--endpoint", "tcp://127.0.0.1:*"]);
     }
     cmd.args(extra);
-    let p = LineProc::spawn(name, &mut cmd);
-    let eps = (0..shards)
-        .map(|k| {
-            let l = p.line_starting(&format!("bound shard{k} "), Duration::from_secs(20));
-            l.rsplit(' ').next().expect("endpoint").to_string()
-        })
-        .collect();
+    let p = if extra.contains(&"--json") {
+        LineProc::spawn_with_stderr(name, &mut cmd)
+    } else {
+        LineProc::spawn(name, &mut cmd)
+    };
+    let eps = bound_endpoints(&p, shards);
     (p, eps)
+}
+
+/// The `bound shardK EP` lines of a replay: on stdout, or on stderr with `--json` (whose
+/// stdout is the one JSON object at the end; `p` then has `stderr` lines).
+pub fn bound_endpoints(p: &LineProc, shards: usize) -> Vec<String> {
+    let rx = p.stderr.as_ref().unwrap_or(&p.lines);
+    (0..shards)
+        .map(|k| {
+            let prefix = format!("bound shard{k} ");
+            let what = format!("{}: a line starting with {prefix:?}", p.proc.name);
+            wait_line(rx, Duration::from_secs(20), &what, |l| l.starts_with(&prefix))
+                .rsplit(' ')
+                .next()
+                .expect("endpoint")
+                .to_string()
+        })
+        .collect()
 }
 
 /// Start `mdsub engine --json` (90 s at most) on `endpoints`, one

@@ -51,8 +51,9 @@ pub fn start_with(tool: &str, frontend: &str, backend: &str, extra: &[&str]) -> 
     let stderr = lines_of(proc.child.stderr.take().expect("stderr piped"));
     let endpoint = |side: &str| {
         let tag = format!("{tool}: {side} ");
-        let line =
-            wait_line(&stdout, Duration::from_secs(10), &format!("the {side} endpoint"), |l| l.starts_with(&tag));
+        // With --json, stdout is kept for the one JSON object at the end.
+        let rx = if extra.contains(&"--json") { &stderr } else { &stdout };
+        let line = wait_line(rx, Duration::from_secs(10), &format!("the {side} endpoint"), |l| l.starts_with(&tag));
         line.rsplit(' ').next().unwrap_or_default().to_string()
     };
     let frontend = endpoint("frontend");

@@ -276,10 +276,10 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             let mut files = Vec::new();
             let mut cut_short = false;
             for r in 1..=cfg.runs.max(1) {
-                let stem = format!("{}-{rate}mps-run{r}-{hash}", c.slug());
+                let names = run_files(&c.slug(), &hash, rate, r);
+                let [hlog, hgrm] = names.clone().map(|f| folder.join(f));
                 // Listed before the run: an interrupted run's files go with the trial's.
-                files.push(format!("{stem}.hlog"));
-                files.push(format!("{stem}.hgrm"));
+                files.extend(names);
                 let spec = TrialSpec {
                     rate,
                     warmup: cfg.warmup,
@@ -287,8 +287,8 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                     feed: cfg.feed.clone(),
                     engine: c.profile.engine_config(None),
                     quantiles: quantiles.clone(),
-                    hlog: folder.join(format!("{stem}.hlog")),
-                    hgrm: folder.join(format!("{stem}.hgrm")),
+                    hlog,
+                    hgrm,
                 };
                 let m = match run_trial(&spec, &cfg.publisher, stop) {
                     Ok(m) => m,
@@ -522,6 +522,13 @@ pub fn summary_md(r: &CapacityResult) -> String {
     s
 }
 
+/// The files of run `run` of a trial at `rate` of the configuration with `slug` and `hash`
+/// (relative to the results folder): its interval log and its hold's spectrum.
+fn run_files(slug: &str, hash: &str, rate: u64, run: usize) -> [String; 2] {
+    let stem = format!("{slug}-{rate}mps-run{run}-{hash}");
+    [format!("{stem}.hlog"), format!("{stem}.hgrm")]
+}
+
 /// An interrupted trial is left out of the summary: its runs' files go too, so the results
 /// folder holds only what summary.json lists. A file that is not there (the run had not
 /// written it yet) is no error.
@@ -534,6 +541,12 @@ fn forget_trial_files(folder: &Path, files: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_files_share_one_stem_naming_configuration_rate_run_and_profile() {
+        let files = run_files("base-workers-2", "0123abcd", 5000, 3);
+        assert_eq!(files, ["base-workers-2-5000mps-run3-0123abcd.hlog", "base-workers-2-5000mps-run3-0123abcd.hgrm"]);
+    }
 
     #[test]
     fn grid_crosses_every_base_with_every_value() {
