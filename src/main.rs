@@ -73,6 +73,11 @@ impl Cmd {
 }
 
 fn main() {
+    // Before any libzmq thread allocates: glibc keeps what libzmq's I/O threads free
+    // (src/zmqx/heap.rs; benches/README.md, "libzmq's heap").
+    if let Err(e) = mdsub::zmqx::heap::keep_freed_memory() {
+        mdsub::diag!("warning: {e}: libzmq's I/O threads may page-fault on freed memory");
+    }
     let cli = Cli::parse();
     let stop = StopFlag::new();
     let on_signal = stop.clone();

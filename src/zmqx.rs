@@ -4,6 +4,7 @@
 use std::os::raw::{c_int, c_void};
 
 pub mod frame;
+pub mod heap;
 pub mod pool;
 
 /// libzmq socket option numbers (zmq.h, 4.3.x) that have no setter in the crate.

@@ -771,7 +771,12 @@ impl Engine {
             let received = c.received.load(Relaxed);
             let tids = self.io_tids.get(k).filter(|t| !t.is_empty());
             let io = tids.map(|t| t.iter().filter_map(|&tid| crate::clock::task_cpu_ns(tid)).sum::<u64>());
-            let io = io.map(|cpu| ThreadAccount::new(&format!("shard{k}-io"), received, cpu, wall_ns, 0));
+            let faults =
+                tids.map(|t| t.iter().filter_map(|&tid| crate::zmqx::heap::task_minor_faults(tid)).sum::<u64>());
+            let io = io.map(|cpu| ThreadAccount {
+                minor_faults: faults,
+                ..ThreadAccount::new(&format!("shard{k}-io"), received, cpu, wall_ns, 0)
+            });
             // Messages from the shard's own counters: the runner's `work`
             // misses the last round of an agent that finishes in it.
             let reader = agents.iter().find(|a| a.role == format!("shard{k}-reader")).map(|a| account(a, received));

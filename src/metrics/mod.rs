@@ -312,6 +312,10 @@ pub struct ThreadAccount {
     /// Time it waited on a full output (back-pressure), ms, and as a share of its wall time.
     pub blocked_ms: f64,
     pub blocked_fraction: f64,
+    /// Minor page faults the thread took over the run, where mdsub reads them from
+    /// /proc (libzmq's I/O threads: see zmqx::heap); absent for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minor_faults: Option<u64>,
 }
 
 impl ThreadAccount {
@@ -326,6 +330,7 @@ impl ThreadAccount {
             busy_fraction: frac(cpu_ns),
             blocked_ms: blocked_ns as f64 / 1e6,
             blocked_fraction: frac(blocked_ns),
+            minor_faults: None,
         }
     }
 }
