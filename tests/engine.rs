@@ -245,6 +245,35 @@ fn two_sigterms_close_together_are_one_clean_stop() {
 }
 
 #[test]
+fn a_late_join_is_said_as_such_in_the_loss() {
+    // The replay's first subscriber is this test's SUB; the engine comes after 1 000 messages,
+    // so what was sent before it joined is part of `lost` and said as `before_first`.
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "5k", "--count", "10k", "--subscribers", "1"]);
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).expect("sub");
+    sub.set_subscribe(b"").expect("subscribe");
+    sub.set_rcvtimeo(20_000).expect("timeout");
+    sub.connect(&eps[0]).expect("connect");
+    let mut seen = 0;
+    while seen < 1_000 {
+        sub.recv_bytes(0).expect("the replay sends within 20 s");
+        seen += 1;
+    }
+    let engine = engine_json(&eps, &["--handler", "verify"]);
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "sent"), 10_000, "{r}");
+    let (lost, before) = (u(&r, "lost"), u(&r, "before_first"));
+    assert!(before >= 1_000, "at least the 1 000 the test read went before the engine joined: {r}");
+    assert_eq!(lost, before, "on loopback all the loss is the late join: {r}");
+    assert_eq!(u(&r, "gaps"), 0, "{r}");
+    assert_eq!(u(&r["shards"][0], "before_first"), before, "{r}");
+    drop(sub);
+    replay.finish(Duration::from_secs(20));
+}
+
+#[test]
 fn filtered_subscription_delivers_its_topics_and_says_loss_is_unknown() {
     let (replay, eps) = start_replay("replay", 1, &["--count", "20000", "--rate", "0", "--symbols", "80"]);
     let engine = engine_json(&[&eps[0]], &["--subscribe", "ES", "--subscribe", "CL", "--handler", "verify"]);

@@ -177,6 +177,7 @@ impl Baseline {
             delivered: self.delivered,
             lost,
             loss_basis: if complete { "end-of-stream counts".into() } else { "unknown: end of stream not seen".into() },
+            before_first: t.before_first,
             gaps: t.gaps,
             duplicates: t.duplicates,
             reordered: t.reordered,

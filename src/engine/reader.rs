@@ -101,6 +101,9 @@ pub struct ShardCounters {
     /// ([`super::sequence::SequenceTotals::unended_sent`]).
     pub unended_sessions: AtomicU64,
     pub unended_sent: AtomicU64,
+    /// Messages sent before the first live frame of each session this shard saw
+    /// ([`super::sequence::SequenceTotals::before_first`]).
+    pub before_first: AtomicU64,
     /// Receive time of the first frame (0 before any).
     pub first_recv_ns: AtomicU64,
     /// The shard takes every topic (loss can be computed from end-of-stream counts).
@@ -408,6 +411,7 @@ impl Checks {
             (&c.over_limit, t.over_limit),
             (&c.eos_sessions, t.eos_sessions),
             (&c.eos_sent, t.eos_sent),
+            (&c.before_first, t.before_first),
             (&c.unended_sessions, t.unended_sessions),
             (&c.unended_sent, t.unended_sent),
         ];

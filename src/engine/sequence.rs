@@ -147,6 +147,11 @@ pub struct SequenceTotals {
     /// from each: a floor, since what one sent after its last arrived message
     /// is not known.
     pub unended_sent: u64,
+    /// Messages sessions sent before the first of their live frames this subscriber saw: a
+    /// session first seen live at stream sequence N > 1 sent N − 1 before it. A late join (the
+    /// subscriber came after the publisher began), or loss at the very start: sequence numbers
+    /// cannot tell the two apart, so `lost` keeps them and the report says how many they are.
+    pub before_first: u64,
 }
 
 impl SequenceTotals {
@@ -193,7 +198,8 @@ impl SequenceTracker {
                 s.last_stream_seq = 0;
                 s.from_start = h.stream_seq <= 1;
                 s.eos_seen = false;
-                s.live_seen = live;
+                // `on_data` marks it live (and counts what came before it).
+                s.live_seen = false;
                 s.topics.clear();
                 self.totals.restarts += restarted as u64;
                 Some((i, restarted))
@@ -208,7 +214,7 @@ impl SequenceTracker {
                     topics: TopicMap::default(),
                     eos_seen: false,
                     pending_unended: (0, 0),
-                    live_seen: live,
+                    live_seen: false,
                 });
                 Some((self.sessions.len() - 1, false))
             }
@@ -242,6 +248,9 @@ impl SequenceTracker {
         };
         let full = self.full_subscription;
         let s = &mut self.sessions[i];
+        if !from_cache && !s.live_seen {
+            self.totals.before_first = self.totals.before_first.saturating_add(h.stream_seq.saturating_sub(1));
+        }
         s.live_seen |= !from_cache;
         // A live frame's stream sequence must be believable before anything changes.
         if !from_cache && s.last_stream_seq > 0 && h.stream_seq > s.last_stream_seq.saturating_add(MAX_SEQ_JUMP) {
@@ -354,6 +363,25 @@ mod tests {
     /// [`h`] as a last-value cache re-sends it (`FLAG_FROM_CACHE`).
     fn cached(publisher_id: u32, session_id: u64, stream_seq: u64, topic_seq: u64) -> Header {
         Header { flags: FLAG_FROM_CACHE, ..h(publisher_id, session_id, stream_seq, topic_seq) }
+    }
+
+    #[test]
+    fn what_a_session_sent_before_its_first_live_frame_is_counted_once() {
+        let mut t = SequenceTracker::new(true);
+        // Publisher 1 seen from its start; publisher 2 first seen at stream sequence 101.
+        t.on_data(&h(1, 10, 1, 1), b"A");
+        t.on_data(&h(2, 20, 101, 1), b"B");
+        t.on_data(&h(2, 20, 102, 2), b"B");
+        assert_eq!(t.totals().before_first, 100);
+        assert_eq!(t.totals().gaps, 0, "not a gap: nothing before was this subscriber's to see");
+        // Publisher 3 first known from a cache, then live at 50: 49 before its first live frame.
+        t.on_data(&cached(3, 30, 7, 7), b"C");
+        t.on_data(&h(3, 30, 50, 8), b"C");
+        assert_eq!(t.totals().before_first, 149);
+        // A restart of publisher 1 from its start adds nothing; one that joins at 5 adds 4.
+        t.on_data(&h(1, 11, 1, 1), b"A");
+        t.on_data(&h(2, 21, 5, 1), b"B");
+        assert_eq!(t.totals().before_first, 153);
     }
 
     #[test]

@@ -202,6 +202,9 @@ pub struct RunReport {
     pub lost: Option<u64>,
     /// How `lost` was established, or why it is unknown.
     pub loss_basis: String,
+    /// Of `lost`: messages sent before the first one seen of their publisher's session (a late
+    /// join, or loss at the very start: sequence numbers cannot tell them apart).
+    pub before_first: u64,
     /// Messages missing by sequence number.
     pub gaps: u64,
     pub duplicates: u64,
@@ -260,6 +263,8 @@ pub struct ShardReport {
     /// `sent - msgs` when every publisher's end of stream arrived and the
     /// shard takes every topic.
     pub lost: Option<u64>,
+    /// Of `lost`: sent before the first message seen of their session (see [`RunReport::before_first`]).
+    pub before_first: u64,
     pub gaps: u64,
     pub duplicates: u64,
     pub reordered: u64,
@@ -382,6 +387,14 @@ impl RunReport {
             self.reordered,
             self.restarts
         );
+        if self.lost.is_some_and(|l| l > 0) && self.before_first > 0 {
+            let _ = writeln!(
+                s,
+                "               of them {} sent before the first message seen of their publisher's session: \
+                 this subscriber joined late, or they were lost at the very start",
+                self.before_first
+            );
+        }
         let bad: u64 = self.bad_frames.values().sum();
         if bad > 0 {
             let reasons: Vec<String> =
