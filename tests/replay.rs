@@ -255,11 +255,11 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
     assert!(err.contains("--endpoint") && err.contains("has no port") && err.contains("bind:EP"), "{err}");
 
     let (code, err) = run_err(&["replay", "--endpoint", "connect:tcp://127.0.0.1:5556", "--count", "1"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(err.contains("--endpoint") && err.contains("can only bind"), "{err}");
 
     let (code, err) = run_err(&["engine", "--endpoint", "bind:tcp://127.0.0.1:5556"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(err.contains("--endpoint") && err.contains("can only connect"), "{err}");
 
     let (code, err) =

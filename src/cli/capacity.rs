@@ -105,7 +105,11 @@ pub fn parse_vary(s: &str) -> Result<(String, Vec<String>), String> {
     if values.is_empty() {
         return Err(format!("`{s}` gives no values"));
     }
-    Ok((k.trim().to_string(), values))
+    let key = k.trim();
+    if !capacity::VARY_KEYS.contains(&key) {
+        return Err(format!("`{key}` cannot be varied; use one of {}", capacity::VARY_KEYS.join(", ")));
+    }
+    Ok((key.to_string(), values))
 }
 
 /// `5%` or `0.05`.
@@ -134,7 +138,8 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         bases.push(p);
     }
     let host = crate::profile::host_cores();
-    let configurations = expand_grid(&bases, &args.vary, &host).map_err(anyhow::Error::msg)?;
+    // What the grid refuses is a --vary value (the base profiles were checked as they loaded).
+    let configurations = expand_grid(&bases, &args.vary, &host).map_err(super::UsageError)?;
     let mut points = args.sla.clone();
     if points.is_empty() {
         points = vec![
@@ -143,9 +148,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         ];
     }
     let publisher = match &args.publisher {
-        Some(ep) => {
-            PublisherSide::Remote { control: ep.only(How::Connect, "--publisher").map_err(anyhow::Error::msg)? }
-        }
+        Some(ep) => PublisherSide::Remote { control: ep.only(How::Connect, "--publisher")? },
         None => PublisherSide::Local { max_rate: args.publisher_max_rate, sndhwm_msgs: args.sndhwm_msgs },
     };
     let cfg = CapacityConfig {

@@ -9,6 +9,14 @@ use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint
 use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
+
+/// `--drop-every N`: a count of at least 2 (1 would leave out everything).
+fn parse_drop_every(s: &str) -> Result<u64, String> {
+    match parse_count(s)? {
+        n if n < 2 => Err(format!("`{s}`: N must be at least 2")),
+        n => Ok(n),
+    }
+}
 use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::faults::FaultPlan;
@@ -151,7 +159,7 @@ pub struct FaultArgs {
     /// Leave out one message in every N (N >= 2; the middle one of each block
     /// of N): its sequences are used up, so subscribers count a gap. 100 over
     /// --count 100k leaves out exactly 1000, none first or last.
-    #[arg(long, value_parser = parse_count, value_name = "N")]
+    #[arg(long, value_parser = parse_drop_every, value_name = "N")]
     pub drop_every: Option<u64>,
     /// Start a new session on every shard once this many messages have been
     /// scheduled (new session id, sequences from 1, no end of stream for the
@@ -172,7 +180,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let endpoints = Endpoint::all_only(&args.endpoint, How::Bind, "--endpoint")?;
     if let Some(control) = &args.serve_trials {
         let cfg = crate::bench::capacity::remote::ServeConfig {
-            control: control.only(How::Bind, "--serve-trials").map_err(anyhow::Error::msg)?,
+            control: control.only(How::Bind, "--serve-trials")?,
             endpoints,
             sndhwm_msgs: args.publisher.sndhwm_msgs,
             max_rate: args.feed.rate.filter(|r| *r > 0),
