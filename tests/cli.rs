@@ -218,6 +218,33 @@ fn every_refused_flag_value_exits_2_with_one_line() {
 }
 
 #[test]
+fn meaningless_values_are_refused_not_run_or_quietly_changed() {
+    // Each of these ran (`--vary workers=0` with 1 worker labelled 0, `--zipf nan`, a 0s demo
+    // that reported 0 messages) or met clap's "unexpected argument '-1' found" (audit).
+    assert_refused_with_usage(&[
+        (&["capacity", "--vary", "workers=0"], "workers=0: must be at least 1"),
+        (&["capacity", "--vary", "shards=1,0"], "shards=0: must be at least 1"),
+        (&["demo", "--zipf", "nan"], "is not a Zipf exponent"),
+        (&["demo", "--zipf", "-1"], "invalid value '-1' for '--zipf"),
+        (&["demo", "--seed", "-1"], "invalid value '-1' for '--seed"),
+        (&["replay", "--publisher-id", "-1"], "invalid value '-1' for '--publisher-id"),
+        (&["replay", "--from", "x.mdcap", "--speed", "-1x"], "invalid value '-1x' for '--speed"),
+        (&["demo", "--duration", "0s"], "must be more than 0"),
+        (&["capacity", "--hold", "0s"], "must be more than 0"),
+        (&["clone-client", "--server", "tcp://127.0.0.1:1", "--timeout", "0s", "get", "k"], "must be more than 0"),
+    ]);
+    // Every run lost messages (a timeout nothing can meet): no median, exit 1, one clear line.
+    let (code, out, err) = run_within(
+        "lvc-bench",
+        mdsub().args(["lvc-bench", "--timeout", "0s", "--count", "1k", "--runs", "2"]),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(1), "stdout: {out} stderr: {err}");
+    assert!(!out.contains("median:"), "no median of runs that are not results: {out}");
+    assert!(err.trim().lines().count() == 1 && err.contains("none of the 2 run(s) is a result"), "{err}");
+}
+
+#[test]
 fn a_payload_over_the_engines_message_limit_is_refused_up_front() {
     // Before, each frame dropped the engine's link: a 1-second demo delivered nothing and never ended.
     let (code, _out, err) =

@@ -268,6 +268,7 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
         );
         if md.delivered < md.sent || mp.delivered < mp.sent || ml.delivered < ml.sent {
             crate::outln!("run {run}: LOSS — this run is not a result");
+            continue;
         }
         d.push(md.msgs_per_s());
         p.push(mp.msgs_per_s());
@@ -275,6 +276,21 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
         lp.push(lvc_plain);
         pd.push(plain_direct);
         cpu.push(stats.cpu_ns_per_item());
+    }
+    // The median is of the runs that are results; with none there is no result to give.
+    if d.is_empty() {
+        return Err(AgentError::Fatal {
+            role: "medians".into(),
+            message: format!(
+                "none of the {} run(s) is a result: every one lost messages (see the LOSS lines); \
+                 no median is given (a --timeout too short for --count gives up on measurements)",
+                args.runs.max(1)
+            ),
+        });
+    }
+    let left_out = args.runs.max(1) - d.len();
+    if left_out > 0 {
+        crate::outln!("{left_out} run(s) with loss left out of the medians");
     }
     crate::outln!(
         "median: direct {:.3} M msg/s, plain proxy {:.3} M msg/s, lvc {:.3} M msg/s, \

@@ -179,6 +179,14 @@ pub fn parse_count_nonzero(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A duration of something that must take time (`--hold`, `--timeout`): 0 is refused.
+pub fn parse_duration_nonzero(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("`{s}`: must be more than 0")),
+        d => Ok(d),
+    }
+}
+
 /// A duration in whole milliseconds (settings kept in ms): a finer one is refused, not cut.
 pub fn parse_whole_ms(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
@@ -222,6 +230,16 @@ fn format_ms(ms: u64) -> String {
 /// [`parse_count_nonzero`] into a `usize`.
 pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
     count_to_usize(s, parse_count_nonzero(s)?)
+}
+
+/// A whole number from 0 to `max`, written plainly (`--seed`, `--publisher-id`): a negative
+/// one (`-1`, with `allow_negative_numbers` on the flag) is refused with the accepted range
+/// instead of being taken for a flag.
+pub fn parse_whole_up_to(s: &str, max: u64) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number from 0 to {max}")),
+    }
 }
 
 /// [`parse_count`] into a HWM (`i32`, as libzmq takes it; 0 = unlimited).

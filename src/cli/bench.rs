@@ -35,7 +35,14 @@ pub struct BenchArgs {
     pub from: Vec<std::path::PathBuf>,
     /// With --from: a multiple of the recorded pace (`1x`, `10x`) or `max`
     /// (flat out, the default).
-    #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
+    #[arg(
+        long,
+        requires = "from",
+        conflicts_with = "rate",
+        value_parser = parse_speed,
+        value_name = "Nx|max",
+        allow_hyphen_values = true
+    )]
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub publisher: PublisherArgs,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    parse_count, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, Endpoint, How,
+    parse_count, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint,
+    parse_hwm, Endpoint, How,
 };
 use super::load_profile;
 use crate::agent::StopFlag;
@@ -53,7 +54,7 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub warmup: Duration,
     /// Then holds it this long: the measured part of a trial.
-    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_nonzero, default_value = "2s", value_name = "DURATION")]
     pub hold: Duration,
     /// Runs per trial, each with a fresh engine; medians are judged, the spread is reported.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]

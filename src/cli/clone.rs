@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::args::{
-    parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, parse_ms_in, Endpoint, How, Idle,
+    parse_count, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm, parse_ms_in,
+    Endpoint, How, Idle,
 };
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
@@ -174,7 +175,7 @@ pub struct ClientArgs {
     #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
     pub silence: Duration,
     /// Give up when no server answers within this (e.g. 10s).
-    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_nonzero, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
     #[command(flatten)]
     pub keys: ClientKeyArgs,

@@ -5,10 +5,15 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, Endpoint, How};
+use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_whole_up_to, Endpoint, How};
 use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
+
+/// `--publisher-id`: a 32-bit unsigned id.
+fn parse_publisher_id(s: &str) -> Result<u32, String> {
+    parse_whole_up_to(s, u32::MAX.into()).map(|n| n as u32)
+}
 
 /// `--drop-every N`: a count of at least 2 (1 would leave out everything).
 fn parse_drop_every(s: &str) -> Result<u64, String> {
@@ -110,7 +115,14 @@ pub struct ReplayArgs {
     /// recorded gaps, `10x` is ten times faster, `0.5x` half as fast), or
     /// `max` (flat out). Intended send times follow the recorded receive times,
     /// shifted to now and divided by the speed.
-    #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
+    #[arg(
+        long,
+        requires = "from",
+        conflicts_with = "rate",
+        value_parser = parse_speed,
+        value_name = "Nx|max",
+        allow_hyphen_values = true
+    )]
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub feed: FeedArgs,
@@ -121,7 +133,7 @@ pub struct ReplayArgs {
     /// Publisher id of shard 0 (shard k uses ID+k). Give every publisher that
     /// feeds the same subscriber its own range: sessions of one id are taken
     /// for restarts of one publisher.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = parse_publisher_id, default_value = "0", value_name = "ID", allow_negative_numbers = true)]
     pub publisher_id: u32,
     /// Subscribers to wait for on every shard before sending (0: do not wait).
     #[arg(long, value_parser = parse_count_usize, default_value = "1", value_name = "COUNT")]
