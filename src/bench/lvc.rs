@@ -131,6 +131,12 @@ fn measure(
     }
     ready.store(true, Ordering::Release);
     let publisher = pub_thread.join().ok().and_then(Result::ok);
+    // The measurement is over: what did not arrive is counted lost. A publisher left with
+    // frames for a connection still in its handshake (a measurement given up at once) would
+    // otherwise hold its context's end for libzmq's 30 s handshake timeout.
+    if let Some(p) = &publisher {
+        let _ = p.set_linger(0);
+    }
     let started = start.lock().ok().and_then(|s| *s).unwrap_or(last);
     Ok((Measurement { sent: messages, delivered, elapsed: last.saturating_duration_since(started) }, publisher))
 }

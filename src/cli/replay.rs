@@ -115,14 +115,8 @@ pub struct ReplayArgs {
     /// recorded gaps, `10x` is ten times faster, `0.5x` half as fast), or
     /// `max` (flat out). Intended send times follow the recorded receive times,
     /// shifted to now and divided by the speed.
-    #[arg(
-        long,
-        requires = "from",
-        conflicts_with = "rate",
-        value_parser = parse_speed,
-        value_name = "Nx|max",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
+    #[arg(allow_hyphen_values = true)] // `-1x` is a refused value, not a flag
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub feed: FeedArgs,
