@@ -94,6 +94,8 @@ struct Reason {
 #[derive(Debug, Clone)]
 pub struct Refusals {
     site: String,
+    /// What every line starts with: `SITE: refused`, or as set by [`Refusals::said_as`].
+    head: String,
     interval_ns: u64,
     last_summary_ns: Option<u64>,
     reasons: Vec<Reason>,
@@ -103,7 +105,20 @@ impl Refusals {
     /// Refusals of `site` (the prefix of every line, e.g. `shard0-reader`), summarised at
     /// most once per `interval_ns`.
     pub fn new(site: impl Into<String>, interval_ns: u64) -> Self {
-        Refusals { site: site.into(), interval_ns, last_summary_ns: None, reasons: Vec::new() }
+        let site = site.into();
+        Refusals { head: format!("{site}: refused"), site, interval_ns, last_summary_ns: None, reasons: Vec::new() }
+    }
+
+    /// Start every line with `head` instead of `SITE: refused` (the same rule for repeated
+    /// lines that are not refusals: `shard0: link EP lost (reason): …`).
+    pub fn said_as(mut self, head: impl Into<String>) -> Self {
+        self.head = head.into();
+        self
+    }
+
+    /// True when something was counted that no line has said yet.
+    pub fn unsaid(&self) -> bool {
+        self.reasons.iter().any(|r| r.unsaid > 0)
     }
 
     /// The site's name.
@@ -124,8 +139,8 @@ impl Refusals {
                 self.reasons.push(Reason { name: reason, total: 1, unsaid: 0 });
                 self.last_summary_ns.get_or_insert(now_ns);
                 Some(format!(
-                    "{}: refused ({reason}): {detail} (the first; more are counted and summarised every {})",
-                    self.site,
+                    "{} ({reason}): {detail} (the first; more are counted and summarised every {})",
+                    self.head,
                     secs(self.interval_ns)
                 ))
             }
@@ -152,7 +167,7 @@ impl Refusals {
     }
 
     fn summary(&mut self, when: &str) -> String {
-        let mut s = format!("{}: refused {when}:", self.site);
+        let mut s = format!("{} {when}:", self.head);
         for r in &mut self.reasons {
             if r.unsaid > 0 {
                 let _ = write!(s, " {}={}", r.name, r.unsaid);
@@ -334,6 +349,14 @@ mod tests {
         assert_eq!(r.refuse("a", &"x", 1), None);
         assert_eq!(r.flush().as_deref(), Some("s: refused since the last line: a=1 (totals: a=2)"));
         assert_eq!(r.flush(), None);
+        let mut r = Refusals::new("s", 10 * S).said_as("s: link EP lost");
+        assert_eq!(
+            r.refuse("a", &"x", 0).as_deref(),
+            Some("s: link EP lost (a): x (the first; more are counted and summarised every 10s)")
+        );
+        assert!(r.refuse("a", &"x", 1).is_none() && r.unsaid());
+        assert_eq!(r.flush().as_deref(), Some("s: link EP lost since the last line: a=1 (totals: a=2)"));
+        assert!(!r.unsaid());
     }
 
     #[test]

@@ -391,8 +391,13 @@ impl Profile {
         if IdleStrategy::from_name(&self.idle).is_none() {
             return Err(invalid("idle", format!("`{}` is not one of spin, yield, backoff, block", self.idle)));
         }
-        if self.metrics_interval_ms == 0 {
-            return Err(invalid("metrics_interval_ms", "must be at least 1"));
+        // The same range as --metrics-interval and the live setting.
+        let range = crate::engine::defaults::METRICS_INTERVAL_RANGE_MS;
+        if !range.contains(&self.metrics_interval_ms) {
+            return Err(invalid(
+                "metrics_interval_ms",
+                format!("{} is out of range: give {} to {}", self.metrics_interval_ms, range.start(), range.end()),
+            ));
         }
         self.snail.validate()?;
         self.security.validate()?;

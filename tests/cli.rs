@@ -170,6 +170,80 @@ fn zero_runs_or_messages_are_refused_not_run_as_something_else() {
     }
 }
 
+/// Run each `(args, cause)`: refused like clap refuses a flag (exit 2, the cause on one
+/// `error:` line, then the usage), never as a run-time error (exit 1, `mdsub: error:`).
+fn assert_refused_with_usage(cases: &[(&[&str], &str)]) {
+    for (args, cause) in cases {
+        let (code, out, err) = run_within(args[0], mdsub().args(*args), DEADLINE);
+        assert_eq!(code, Some(2), "{args:?}: exit 2 expected; stdout: {out} stderr: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        let first = lines.first().copied().unwrap_or_default();
+        assert!(first.starts_with("error: ") && first.contains(cause), "{args:?}: one line with {cause:?}: {err}");
+        assert!(
+            lines[1..].iter().all(|l| l.starts_with("Usage: mdsub ") || l.starts_with("For more information")),
+            "{args:?}: the cause once, then the usage: {err}"
+        );
+    }
+}
+
+#[test]
+fn every_refused_flag_value_exits_2_with_one_line() {
+    // Each of these exited 1 with `mdsub: error: …` (audit), while clap's own refusals exit 2.
+    assert_refused_with_usage(&[
+        (&["demo", "--max-lag", "0s"], "at least 1ms"),
+        (&["demo", "--grace", "1.5ms"], "whole milliseconds"),
+        (&["engine", "--endpoint", "tcp://127.0.0.1:1", "--metrics-interval", "0s"], "10ms to 1h"),
+        (&["replay", "--drop-every", "1"], "at least 2"),
+        (&["replay", "--allow-addr", "garbage"], "not an address"),
+        (&["replay", "--endpoint", "connect:tcp://127.0.0.1:1"], "can only bind"),
+        (&["engine", "--endpoint", "bind:tcp://127.0.0.1:1"], "can only connect"),
+        (&["tap", "--frontend", "tcp://127.0.0.1:1", "--backend", "tcp://127.0.0.1:2", "--filter", "bad\\x4"], "\\x"),
+        (&["capacity", "--vary", "bogus=1"], "cannot be varied"),
+        (&["clone-server", "--heartbeat-interval", "0s"], "10ms to 60s"),
+        (
+            &[
+                "clone-client",
+                "--server",
+                "tcp://127.0.0.1:1",
+                "--server",
+                "tcp://127.0.0.1:2",
+                "--server",
+                "tcp://127.0.0.1:3",
+                "get",
+                "k",
+            ],
+            "--server given 3 times",
+        ),
+    ]);
+}
+
+#[test]
+fn meaningless_values_are_refused_not_run_or_quietly_changed() {
+    // Each of these ran (`--vary workers=0` with 1 worker labelled 0, `--zipf nan`, a 0s demo
+    // that reported 0 messages) or met clap's "unexpected argument '-1' found" (audit).
+    assert_refused_with_usage(&[
+        (&["capacity", "--vary", "workers=0"], "workers=0: must be at least 1"),
+        (&["capacity", "--vary", "shards=1,0"], "shards=0: must be at least 1"),
+        (&["demo", "--zipf", "nan"], "is not a Zipf exponent"),
+        (&["demo", "--zipf", "-1"], "invalid value '-1' for '--zipf"),
+        (&["demo", "--seed", "-1"], "invalid value '-1' for '--seed"),
+        (&["replay", "--publisher-id", "-1"], "invalid value '-1' for '--publisher-id"),
+        (&["replay", "--from", "x.mdcap", "--speed", "-1x"], "invalid value '-1x' for '--speed"),
+        (&["demo", "--duration", "0s"], "must be more than 0"),
+        (&["capacity", "--hold", "0s"], "must be more than 0"),
+        (&["clone-client", "--server", "tcp://127.0.0.1:1", "--timeout", "0s", "get", "k"], "must be more than 0"),
+    ]);
+    // Every run lost messages (a timeout nothing can meet): no median, exit 1, one clear line.
+    let (code, out, err) = run_within(
+        "lvc-bench",
+        mdsub().args(["lvc-bench", "--timeout", "0s", "--count", "1k", "--runs", "2"]),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(1), "stdout: {out} stderr: {err}");
+    assert!(!out.contains("median:"), "no median of runs that are not results: {out}");
+    assert!(err.trim().lines().count() == 1 && err.contains("none of the 2 run(s) is a result"), "{err}");
+}
+
 #[test]
 fn a_payload_over_the_engines_message_limit_is_refused_up_front() {
     // Before, each frame dropped the engine's link: a 1-second demo delivered nothing and never ended.

@@ -224,3 +224,56 @@ fn an_endpoint_nobody_serves_is_said_not_silently_waited_on() {
     engine.signal(2);
     assert!(engine.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// A CURVE feed and an engine whose key the feed does not allow: the handshake fails at every
+/// attempt and libzmq gives up each time. mdsub re-establishes the link with a back-off, says
+/// the refusal once as what it is, and counts every loss. Before, ~125 re-establishments and
+/// two lines each per second.
+#[test]
+fn a_key_the_server_refuses_is_said_once_and_retried_with_a_back_off() {
+    let dir = common::temp_dir("links-auth");
+    for name in ["feed", "engine1", "other"] {
+        let (code, _, err) =
+            run_within("keygen", mdsub().arg("keygen").arg(name).arg("--dir").arg(&dir), Duration::from_secs(20));
+        assert_eq!(code, Some(0), "keygen {name}: {err}");
+    }
+    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
+    let (replay, eps) = start_replay(
+        "replay",
+        1,
+        &["--rate", "1k", "--duration", "60s", "--curve-key", &path("feed.key"), "--curve-allow", &path("engine1.pub")],
+    );
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--expect-eos", "0", "--snail", "off", "--endpoint"]);
+    cmd.args([&eps[0], "--curve-key", &path("other.key"), "--server-key", &path("feed.pub")]);
+    let mut engine = LineProc::spawn("engine", cmd.stderr(Stdio::piped()));
+    let err = lines_of(engine.proc.child.stderr.take().unwrap_or_else(|| panic!("stderr not piped")));
+    let first = wait_line(&err, Duration::from_secs(20), "the refusal", |l| l.contains(" lost ("));
+    assert!(first.contains("lost (handshake_failed_auth)") && first.contains(&eps[0]), "{first}");
+    assert!(first.contains("will not fix itself"), "said as what it is: {first}");
+    // A few seconds of refused attempts (the back-off's first steps: 0.1 + 0.2 + … + 1.6 s).
+    std::thread::sleep(Duration::from_secs(4));
+    engine.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(20));
+    assert!(status.success(), "engine: {status}");
+    let lines: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    let about_link: Vec<&String> = lines.iter().filter(|l| l.contains(&format!("link {}", eps[0]))).collect();
+    // Before: ~1000 lines. Now: the re-established line after the first, a summary, the rest at exit.
+    assert!(about_link.len() <= 4, "{} lines about the link: {about_link:#?}", about_link.len());
+    assert!(about_link.iter().all(|l| !l.contains("lost (")), "one first line only: {about_link:#?}");
+    let r = json(&out);
+    let link = &r["shards"][0]["links"][0];
+    let (reestablished, lost) = (u(link, "reestablished"), u(&link["lost"], "handshake_failed_auth"));
+    assert!((2..=10).contains(&reestablished), "re-established {reestablished} times in ~4 s: {link}");
+    assert!(lost == reestablished || lost == reestablished + 1, "every refused attempt counted: {link}");
+    assert_eq!(u(link, "connects"), 0, "{link}");
+    let said: u64 = lines
+        .iter()
+        .filter_map(|l| l.split("(totals: handshake_failed_auth=").nth(1))
+        .filter_map(|n| n.trim_end_matches(')').parse().ok())
+        .max()
+        .unwrap_or(1);
+    assert_eq!(said, lost, "the lines' totals are the report's: {lines:#?}");
+    drop(replay);
+    let _ = std::fs::remove_dir_all(&dir);
+}

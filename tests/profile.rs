@@ -65,6 +65,13 @@ fn each_mistake_is_one_line_naming_the_field_and_the_fix() {
             "handoff",
             "one worker per shard (1 shard(s), 2 worker(s)): give 1 [[workers]] table(s)",
         ),
+        (
+            // Passed with 1 while --metrics-interval refused anything under 10ms (audit).
+            "metrics-interval-1ms",
+            format!("metrics_interval_ms = 1\n[[shards]]\n{ep}\n[[workers]]\n"),
+            "metrics_interval_ms",
+            "1 is out of range: give 10 to 3600000",
+        ),
     ];
     for (name, body, field, fix) in cases {
         let path = write_profile(&dir, name, &body);

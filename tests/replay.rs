@@ -256,11 +256,11 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
     assert!(err.contains("--endpoint") && err.contains("has no port") && err.contains("bind:EP"), "{err}");
 
     let (code, err) = run_err(&["replay", "--endpoint", "connect:tcp://127.0.0.1:5556", "--count", "1"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(err.contains("--endpoint") && err.contains("can only bind"), "{err}");
 
     let (code, err) = run_err(&["engine", "--endpoint", "bind:tcp://127.0.0.1:5556"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(err.contains("--endpoint") && err.contains("can only connect"), "{err}");
 
     let (code, err) =
@@ -322,7 +322,7 @@ fn a_failed_bind_names_the_endpoint_and_what_the_error_means() {
     assert!(err.contains(&format!("binding the monitor PUB to {ep}")) && err.contains("in use"), "{err}");
     // The clone server takes P..P+3: a P near the top is refused as such, not as "not numeric".
     let (code, err) = run_err(&["clone-server", "--endpoint", "tcp://127.0.0.1:65534"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2), "a refused flag value: {err}");
     assert!(err.contains("P can be at most 65532") && !err.contains("numeric"), "{err}");
 }
 

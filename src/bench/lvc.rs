@@ -131,6 +131,12 @@ fn measure(
     }
     ready.store(true, Ordering::Release);
     let publisher = pub_thread.join().ok().and_then(Result::ok);
+    // The measurement is over: what did not arrive is counted lost. A publisher left with
+    // frames for a connection still in its handshake (a measurement given up at once) would
+    // otherwise hold its context's end for libzmq's 30 s handshake timeout.
+    if let Some(p) = &publisher {
+        let _ = p.set_linger(0);
+    }
     let started = start.lock().ok().and_then(|s| *s).unwrap_or(last);
     Ok((Measurement { sent: messages, delivered, elapsed: last.saturating_duration_since(started) }, publisher))
 }
@@ -271,6 +277,7 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
         );
         if md.delivered < md.sent || mp.delivered < mp.sent || ml.delivered < ml.sent {
             crate::outln!("run {run}: LOSS — this run is not a result");
+            continue;
         }
         d.push(md.msgs_per_s());
         p.push(mp.msgs_per_s());
@@ -278,6 +285,21 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
         lp.push(lvc_plain);
         pd.push(plain_direct);
         cpu.push(stats.cpu_ns_per_item());
+    }
+    // The median is of the runs that are results; with none there is no result to give.
+    if d.is_empty() {
+        return Err(AgentError::Fatal {
+            role: "medians".into(),
+            message: format!(
+                "none of the {} run(s) is a result: every one lost messages (see the LOSS lines); \
+                 no median is given (a --timeout too short for --count gives up on measurements)",
+                args.runs.max(1)
+            ),
+        });
+    }
+    let left_out = args.runs.max(1) - d.len();
+    if left_out > 0 {
+        crate::outln!("{left_out} run(s) with loss left out of the medians");
     }
     crate::outln!(
         "median: direct {:.3} M msg/s, plain proxy {:.3} M msg/s, lvc {:.3} M msg/s, \

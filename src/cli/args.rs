@@ -61,22 +61,22 @@ impl Endpoint {
 
     /// The endpoint of a flag whose socket can only attach one way (`only`):
     /// the other way is refused with a message naming `flag`.
-    pub fn only(&self, only: How, flag: &str) -> Result<String, String> {
+    pub fn only(&self, only: How, flag: &str) -> Result<String, super::UsageError> {
         match self.how {
-            Some(h) if h != only => Err(format!(
+            Some(h) if h != only => Err(super::UsageError(format!(
                 "{flag} `{}:{}`: this socket can only {}; write {}:EP or EP",
                 h.word(),
                 self.endpoint,
                 only.word(),
                 only.word()
-            )),
+            ))),
             _ => Ok(self.endpoint.clone()),
         }
     }
 
     /// [`Endpoint::only`] for every endpoint of a repeatable flag.
     pub fn all_only(endpoints: &[Endpoint], only: How, flag: &str) -> anyhow::Result<Vec<String>> {
-        endpoints.iter().map(|e| e.only(only, flag)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)
+        Ok(endpoints.iter().map(|e| e.only(only, flag)).collect::<Result<_, _>>()?)
     }
 }
 
@@ -179,9 +179,67 @@ pub fn parse_count_nonzero(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A duration of something that must take time (`--hold`, `--timeout`): 0 is refused.
+pub fn parse_duration_nonzero(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("`{s}`: must be more than 0")),
+        d => Ok(d),
+    }
+}
+
+/// A duration in whole milliseconds (settings kept in ms): a finer one is refused, not cut.
+pub fn parse_whole_ms(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !d.as_nanos().is_multiple_of(1_000_000) {
+        return Err(format!("`{s}`: this setting is whole milliseconds (e.g. 1ms, 250ms, 2s)"));
+    }
+    Ok(d)
+}
+
+/// [`parse_whole_ms`] of at least 1ms.
+pub fn parse_whole_ms_nonzero(s: &str) -> Result<Duration, String> {
+    match parse_whole_ms(s)? {
+        d if d.is_zero() => Err(format!("`{s}`: must be at least 1ms")),
+        d => Ok(d),
+    }
+}
+
+/// A duration inside `range_ms` (milliseconds, both ends included), whole milliseconds.
+pub fn parse_ms_in(s: &str, range_ms: std::ops::RangeInclusive<u64>) -> Result<Duration, String> {
+    let d = parse_whole_ms(s)?;
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if !range_ms.contains(&ms) {
+        return Err(format!(
+            "`{s}` is out of range: give {} to {}",
+            format_ms(*range_ms.start()),
+            format_ms(*range_ms.end())
+        ));
+    }
+    Ok(d)
+}
+
+/// `10ms`, `60s`, `1h`: milliseconds as the duration parser reads them.
+fn format_ms(ms: u64) -> String {
+    match ms {
+        m if m >= 3_600_000 && m.is_multiple_of(3_600_000) => format!("{}h", m / 3_600_000),
+        m if m >= 1_000 && m.is_multiple_of(1_000) => format!("{}s", m / 1_000),
+        m => format!("{m}ms"),
+    }
+}
+
 /// [`parse_count_nonzero`] into a `usize`.
 pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
     count_to_usize(s, parse_count_nonzero(s)?)
+}
+
+/// A whole number from 0 to `max`, written plainly (`--seed`, `--publisher-id`): a negative
+/// one (`-1`, with `allow_negative_numbers` on the flag) is refused with the accepted range
+/// instead of being taken for a flag.
+pub fn parse_whole_up_to(s: &str, max: u64) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number from 0 to {max}")),
+    }
 }
 
 /// [`parse_count`] into a HWM (`i32`, as libzmq takes it; 0 = unlimited).
@@ -328,13 +386,25 @@ mod tests {
     }
 
     #[test]
+    fn whole_millisecond_durations_and_ranges() {
+        assert_eq!(parse_whole_ms("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_whole_ms("1.5ms").is_err_and(|e| e.contains("whole milliseconds")));
+        assert!(parse_whole_ms_nonzero("0s").is_err_and(|e| e.contains("at least 1ms")));
+        assert_eq!(parse_ms_in("10ms", 10..=3_600_000), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_ms_in("1h", 10..=3_600_000), Ok(Duration::from_secs(3600)));
+        let e = parse_ms_in("9ms", 10..=60_000).expect_err("below");
+        assert_eq!(e, "`9ms` is out of range: give 10ms to 60s");
+        assert!(parse_ms_in("2h", 10..=3_600_000).is_err_and(|e| e.ends_with("10ms to 1h")));
+    }
+
+    #[test]
     fn a_one_way_socket_refuses_the_other_way() {
         let c = parse_endpoint("connect:tcp://127.0.0.1:5556").expect("connect");
-        let e = c.only(How::Bind, "--endpoint").expect_err("refused");
+        let e = c.only(How::Bind, "--endpoint").expect_err("refused").0;
         assert!(e.contains("--endpoint") && e.contains("can only bind"), "{e}");
         assert_eq!(
-            parse_endpoint("tcp://127.0.0.1:5556").expect("bare").only(How::Bind, "--endpoint").as_deref(),
-            Ok("tcp://127.0.0.1:5556")
+            parse_endpoint("tcp://127.0.0.1:5556").expect("bare").only(How::Bind, "--endpoint").ok().as_deref(),
+            Some("tcp://127.0.0.1:5556")
         );
     }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    parse_count, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, Endpoint, How,
+    parse_count, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint,
+    parse_hwm, Endpoint, How,
 };
 use super::load_profile;
 use crate::agent::StopFlag;
@@ -53,7 +54,7 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub warmup: Duration,
     /// Then holds it this long: the measured part of a trial.
-    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_nonzero, default_value = "2s", value_name = "DURATION")]
     pub hold: Duration,
     /// Runs per trial, each with a fresh engine; medians are judged, the spread is reported.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
@@ -105,7 +106,11 @@ pub fn parse_vary(s: &str) -> Result<(String, Vec<String>), String> {
     if values.is_empty() {
         return Err(format!("`{s}` gives no values"));
     }
-    Ok((k.trim().to_string(), values))
+    let key = k.trim();
+    if !capacity::VARY_KEYS.contains(&key) {
+        return Err(format!("`{key}` cannot be varied; use one of {}", capacity::VARY_KEYS.join(", ")));
+    }
+    Ok((key.to_string(), values))
 }
 
 /// `5%` or `0.05`.
@@ -134,7 +139,8 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         bases.push(p);
     }
     let host = crate::profile::host_cores();
-    let configurations = expand_grid(&bases, &args.vary, &host).map_err(anyhow::Error::msg)?;
+    // What the grid refuses is a --vary value (the base profiles were checked as they loaded).
+    let configurations = expand_grid(&bases, &args.vary, &host).map_err(super::UsageError)?;
     let mut points = args.sla.clone();
     if points.is_empty() {
         points = vec![
@@ -143,9 +149,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         ];
     }
     let publisher = match &args.publisher {
-        Some(ep) => {
-            PublisherSide::Remote { control: ep.only(How::Connect, "--publisher").map_err(anyhow::Error::msg)? }
-        }
+        Some(ep) => PublisherSide::Remote { control: ep.only(How::Connect, "--publisher")? },
         None => PublisherSide::Local { max_rate: args.publisher_max_rate, sndhwm_msgs: args.sndhwm_msgs },
     };
     let cfg = CapacityConfig {

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_hwm, Endpoint, How, Idle};
+use super::args::{
+    parse_count, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm, parse_ms_in,
+    Endpoint, How, Idle,
+};
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
 use crate::clone::bstar::Role;
@@ -46,10 +49,10 @@ pub struct ServerArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Binary Star heartbeat interval (e.g. 1s); the peer is dead after two missed.
-    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_interval, default_value = "1s", value_name = "DURATION")]
     pub heartbeat_interval: Duration,
     /// Publish HUGZ when nothing was published for this long (e.g. 1s).
-    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_interval, default_value = "1s", value_name = "DURATION")]
     pub hugz_interval: Duration,
     /// Longest key accepted (longer updates are counted and dropped).
     #[arg(long, value_parser = parse_count_usize, default_value = "1024", value_name = "BYTES")]
@@ -74,23 +77,20 @@ pub struct ServerArgs {
     pub quiet: bool,
 }
 
-/// An interval flag in whole milliseconds, inside the range the server accepts.
-fn interval_ms(flag: &str, d: Duration) -> anyhow::Result<u64> {
-    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    if !INTERVAL_RANGE_MS.contains(&ms) {
-        bail!(
-            "{flag} {d:?} is out of range: give {}ms..={}s",
-            INTERVAL_RANGE_MS.start(),
-            INTERVAL_RANGE_MS.end() / 1000
-        );
-    }
-    Ok(ms)
+/// An interval flag: whole milliseconds inside the range the server accepts.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    parse_ms_in(s, INTERVAL_RANGE_MS)
+}
+
+/// An interval flag (checked by [`parse_interval`]) in milliseconds.
+fn interval_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl ServerArgs {
     /// The library configuration these arguments describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
-        let base = self.endpoint.only(How::Bind, "--endpoint").map_err(anyhow::Error::msg)?;
+        let base = self.endpoint.only(How::Bind, "--endpoint")?;
         let (host, port) = base
             .strip_prefix("tcp://")
             .and_then(|hp| hp.rsplit_once(':'))
@@ -100,22 +100,23 @@ impl ServerArgs {
                     "--endpoint `{base}`: the clone server needs tcp://HOST:P with a numeric port P (it uses P..P+3)"
                 )
             })?;
-        anyhow::ensure!(
-            port <= u16::MAX - 3,
-            "--endpoint `{base}`: the clone server uses ports P..P+3, so P can be at most {}",
-            u16::MAX - 3
-        );
-        let heartbeat_ms = interval_ms("--heartbeat-interval", self.heartbeat_interval)?;
-        let hugz_interval_ms = interval_ms("--hugz-interval", self.hugz_interval)?;
+        if port > u16::MAX - 3 {
+            bail!(super::UsageError(format!(
+                "--endpoint `{base}`: the clone server uses ports P..P+3, so P can be at most {}",
+                u16::MAX - 3
+            )));
+        }
+        let heartbeat_ms = interval_ms(self.heartbeat_interval);
+        let hugz_interval_ms = interval_ms(self.hugz_interval);
         let pair = match (&self.peer, self.primary, self.backup) {
             (None, false, false) => None,
             (None, _, _) => bail!("--primary/--backup need --peer tcp://HOST:P2"),
             (Some(_), false, false) => bail!("--peer needs --primary or --backup"),
             (Some(peer), primary, _) => {
-                let peer = peer.only(How::Connect, "--peer").map_err(anyhow::Error::msg)?;
+                let peer = peer.only(How::Connect, "--peer")?;
                 let [snap, _, _] = crate::clone::endpoints(&peer).map_err(anyhow::Error::msg)?;
                 let peer_state = match &self.peer_state {
-                    Some(s) => s.only(How::Connect, "--peer-state").map_err(anyhow::Error::msg)?,
+                    Some(s) => s.only(How::Connect, "--peer-state")?,
                     None => {
                         let (host, port) = snap.rsplit_once(':').context("peer endpoint has no port")?;
                         let p: u16 = port.parse().context("peer port")?;
@@ -123,7 +124,7 @@ impl ServerArgs {
                     }
                 };
                 let state_bind = match &self.state_endpoint {
-                    Some(s) => s.only(How::Bind, "--state-endpoint").map_err(anyhow::Error::msg)?,
+                    Some(s) => s.only(How::Bind, "--state-endpoint")?,
                     None => format!("tcp://{host}:{}", port + 3),
                 };
                 Some(PairConfig {
@@ -179,7 +180,7 @@ pub struct ClientArgs {
     #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
     pub silence: Duration,
     /// Give up when no server answers within this (e.g. 10s).
-    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_nonzero, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
     #[command(flatten)]
     pub keys: ClientKeyArgs,
@@ -266,6 +267,12 @@ fn interrupted(r: Result<(), ClientError>) -> anyhow::Result<()> {
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
+    if args.server.len() > 2 {
+        bail!(super::UsageError(format!(
+            "--server given {} times: a clone client takes one server, or two (a Binary Star pair)",
+            args.server.len()
+        )));
+    }
     let servers = Endpoint::all_only(&args.server, How::Connect, "--server")?;
     let keys = args.keys.to_keys()?;
     if let ClientCmd::Status = args.cmd {

@@ -8,14 +8,15 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::args::{
-    parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, Endpoint, How,
-    Idle,
+    parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, parse_ms_in,
+    parse_whole_ms, parse_whole_ms_nonzero, Endpoint, How, Idle,
 };
 use super::feed::FeedArgs;
 use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
 use super::{describe_pacing, expected_msgs, load_profile, override_idle_handler, progress_bar, store_servers};
 use crate::agent::StopFlag;
 use crate::bench::run::{run_once, RunSpec, Subscriber};
+use crate::engine::defaults::METRICS_INTERVAL_RANGE_MS;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
@@ -54,23 +55,23 @@ pub struct SnailArgs {
     #[arg(long = "snail", value_parser = parse_policy, value_name = "croak|warn|rest|off")]
     pub policy: Option<Policy>,
     /// Lag (now - intended send time) above which a message is late (e.g. 1s, 200ms).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_whole_ms_nonzero, value_name = "DURATION")]
     pub max_lag: Option<Duration>,
     /// How long the lag must stay above --max-lag to be a snail.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub grace: Option<Duration>,
     /// Nothing heard (no data, no heartbeat) for this long is STOP; 0s: not judged.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub silence: Option<Duration>,
     /// Clocks: synchronised (one host, PTP/NTP) or skew-tolerant (judge lag
     /// against the lowest lag seen over --skew-window).
     #[arg(long, value_parser = parse_skew, value_name = "synchronised|skew-tolerant")]
     pub skew: Option<SkewMode>,
     /// Policy rest: how long a snail skips everything before it rejoins.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub rest: Option<Duration>,
     /// Skew-tolerant mode: how far back the lowest lag is taken from.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub skew_window: Option<Duration>,
     /// Bind the monitor PUB here (`bind:EP` or `EP`): every scream and the
     /// state of every reader and worker (docs/SNAIL.md).
@@ -82,23 +83,14 @@ impl SnailArgs {
     /// Apply the flags given to `profile`'s `[snail]`.
     pub fn apply(&self, profile: &mut Profile) -> anyhow::Result<()> {
         let s = &mut profile.snail;
-        // The snail's settings are whole milliseconds: a finer duration is refused, not cut
-        // (`--max-lag 500us` became 0 ms, then "profile field `snail.max_lag_ms`: must be at least 1").
-        let ms = |flag: &str, d: Duration| -> anyhow::Result<u64> {
-            if !d.as_nanos().is_multiple_of(1_000_000) {
-                let given_ms = d.as_secs_f64() * 1e3;
-                bail!("{flag} {given_ms}ms: the snail's settings are whole milliseconds (e.g. 1ms, 250ms, 2s)");
-            }
-            Ok(d.as_millis().min(u64::MAX as u128) as u64)
-        };
+        // The snail's settings are whole milliseconds: the flags' parsers refuse a finer
+        // duration (`--max-lag 500us` became 0 ms, then "profile field `snail.max_lag_ms`: must be at least 1").
+        let ms = |_flag: &str, d: Duration| -> anyhow::Result<u64> { Ok(d.as_millis().min(u64::MAX as u128) as u64) };
         if let Some(p) = self.policy {
             s.policy = p;
         }
         if let Some(d) = self.max_lag {
             s.max_lag_ms = ms("--max-lag", d)?;
-            if s.max_lag_ms == 0 {
-                bail!("--max-lag must be at least 1ms");
-            }
         }
         if let Some(d) = self.grace {
             s.grace_ms = ms("--grace", d)?;
@@ -116,10 +108,15 @@ impl SnailArgs {
             s.skew_window_ms = ms("--skew-window", d)?;
         }
         if let Some(ep) = &self.monitor {
-            s.monitor = Some(ep.only(How::Bind, "--monitor").map_err(anyhow::Error::msg)?);
+            s.monitor = Some(ep.only(How::Bind, "--monitor")?);
         }
         Ok(())
     }
+}
+
+/// A metrics interval: whole milliseconds inside [`METRICS_INTERVAL_RANGE_MS`].
+pub fn parse_metrics_interval(s: &str) -> Result<Duration, String> {
+    parse_ms_in(s, METRICS_INTERVAL_RANGE_MS)
 }
 
 /// Parse a snail policy name.
@@ -281,7 +278,7 @@ pub struct OutputArgs {
     #[arg(long, value_parser = parse_listen, value_name = "[ADDR:]PORT")]
     pub metrics_listen: Option<SocketAddr>,
     /// How often histograms are collected, logged and published (e.g. 1s).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_metrics_interval, value_name = "DURATION")]
     pub metrics_interval: Option<Duration>,
     /// The engine's name in metrics and status (default HOST-PID).
     #[arg(long, value_name = "NAME")]
@@ -301,9 +298,6 @@ impl OutputArgs {
     /// Apply to an engine configuration.
     pub fn apply(&self, cfg: &mut crate::engine::EngineConfig) -> anyhow::Result<()> {
         if let Some(i) = self.metrics_interval {
-            if i < Duration::from_millis(10) {
-                bail!("--metrics-interval must be at least 10ms");
-            }
             cfg.metrics_interval = i;
         }
         if let Some(id) = &self.engine_id {
@@ -349,7 +343,7 @@ pub fn engine_settings(engine: &Engine) -> Settings {
         "metrics_interval",
         "how often histograms are collected, logged and published (10ms to 1h, e.g. 500ms)",
         now,
-        (Duration::from_millis(10), "must be from 10ms to 1h"),
+        (Duration::from_millis(*METRICS_INTERVAL_RANGE_MS.start()), "must be from 10ms to 1h"),
         move |d| interval.store(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed),
     );
     let snail = engine.snail().clone();

@@ -5,7 +5,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_hwm,
+    parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration_nonzero, parse_hwm,
+    parse_whole_up_to,
 };
 use crate::feed::{Generator, GeneratorConfig};
 use crate::replay::{Limits, Pacing};
@@ -20,7 +21,7 @@ pub struct FeedArgs {
     pub rate: Option<u64>,
     /// Stop after this long (e.g. 5s, 500ms). Default without --count: 3s for demo, 10s for a
     /// replay of the generated feed.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION", allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Stop after this many messages (e.g. 2M; at least 1).
     #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT", allow_negative_numbers = true)]
@@ -32,14 +33,27 @@ pub struct FeedArgs {
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "100", value_name = "COUNT")]
     pub symbols: usize,
     /// Zipf exponent of symbol popularity (0 = uniform).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = parse_zipf, default_value = "1", value_name = "EXPONENT", allow_negative_numbers = true)]
     pub zipf: f64,
     /// Send in bursts of this many messages sharing one intended send time.
     #[arg(long, value_parser = parse_count_nonzero, default_value = "1", value_name = "COUNT")]
     pub burst: u64,
     /// Generator seed (same seed, same feed).
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, value_parser = parse_seed, default_value = "42", value_name = "SEED", allow_negative_numbers = true)]
     pub seed: u64,
+}
+
+/// `--zipf`: a finite exponent, 0 or more (`nan` and `-1` are refused, not fed to the generator).
+fn parse_zipf(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a Zipf exponent: a number, 0 or more (0 = uniform, 1 = classic Zipf)")),
+    }
+}
+
+/// `--seed`: any 64-bit unsigned number.
+fn parse_seed(s: &str) -> Result<u64, String> {
+    parse_whole_up_to(s, u64::MAX)
 }
 
 impl FeedArgs {

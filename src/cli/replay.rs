@@ -5,10 +5,23 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, Endpoint, How};
+use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_whole_up_to, Endpoint, How};
 use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
+
+/// `--publisher-id`: a 32-bit unsigned id.
+fn parse_publisher_id(s: &str) -> Result<u32, String> {
+    parse_whole_up_to(s, u32::MAX.into()).map(|n| n as u32)
+}
+
+/// `--drop-every N`: a count of at least 2 (1 would leave out everything).
+fn parse_drop_every(s: &str) -> Result<u64, String> {
+    match parse_count(s)? {
+        n if n < 2 => Err(format!("`{s}`: N must be at least 2")),
+        n => Ok(n),
+    }
+}
 use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::faults::FaultPlan;
@@ -103,6 +116,7 @@ pub struct ReplayArgs {
     /// `max` (flat out). Intended send times follow the recorded receive times,
     /// shifted to now and divided by the speed.
     #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
+    #[arg(allow_hyphen_values = true)] // `-1x` is a refused value, not a flag
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub feed: FeedArgs,
@@ -113,7 +127,7 @@ pub struct ReplayArgs {
     /// Publisher id of shard 0 (shard k uses ID+k). Give every publisher that
     /// feeds the same subscriber its own range: sessions of one id are taken
     /// for restarts of one publisher.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = parse_publisher_id, default_value = "0", value_name = "ID", allow_negative_numbers = true)]
     pub publisher_id: u32,
     /// Subscribers to wait for on every shard before sending (0: do not wait).
     #[arg(long, value_parser = parse_count_usize, default_value = "1", value_name = "COUNT")]
@@ -151,7 +165,7 @@ pub struct FaultArgs {
     /// Leave out one message in every N (N >= 2; the middle one of each block
     /// of N): its sequences are used up, so subscribers count a gap. 100 over
     /// --count 100k leaves out exactly 1000, none first or last.
-    #[arg(long, value_parser = parse_count, value_name = "N")]
+    #[arg(long, value_parser = parse_drop_every, value_name = "N")]
     pub drop_every: Option<u64>,
     /// Start a new session on every shard once this many messages have been
     /// scheduled (new session id, sequences from 1, no end of stream for the
@@ -172,7 +186,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let endpoints = Endpoint::all_only(&args.endpoint, How::Bind, "--endpoint")?;
     if let Some(control) = &args.serve_trials {
         let cfg = crate::bench::capacity::remote::ServeConfig {
-            control: control.only(How::Bind, "--serve-trials").map_err(anyhow::Error::msg)?,
+            control: control.only(How::Bind, "--serve-trials")?,
             endpoints,
             sndhwm_msgs: args.publisher.sndhwm_msgs,
             max_rate: args.feed.rate.filter(|r| *r > 0),

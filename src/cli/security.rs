@@ -65,7 +65,7 @@ pub struct ServerAccessArgs {
     pub curve_allow: Vec<PathBuf>,
     /// Only peers from these addresses are let in (e.g. 127.0.0.1, 10.0.0.0/8); repeatable.
     /// Refused peers are counted and logged with their address and mechanism.
-    #[arg(long, value_name = "ADDR[/BITS]")]
+    #[arg(long, value_parser = parse_addr, value_name = "ADDR[/BITS]")]
     pub allow_addr: Vec<String>,
 }
 
@@ -125,6 +125,12 @@ pub fn server_access(
 }
 
 /// Parse address blocks; `flag` names them in the error.
+/// An address or CIDR block flag: checked as it is parsed, kept as written (a profile's
+/// lists are strings too, merged with the flags').
+pub fn parse_addr(s: &str) -> Result<String, String> {
+    s.parse::<AddrBlock>().map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
 pub fn parse_addrs(addrs: &[String], flag: &str) -> anyhow::Result<Vec<AddrBlock>> {
     addrs.iter().map(|a| a.parse::<AddrBlock>().with_context(|| flag.to_string())).collect()
 }
@@ -145,10 +151,10 @@ pub struct EngineAccessArgs {
     #[arg(long, value_name = "FILE|DIR", requires = "monitor_curve_key")]
     pub monitor_curve_allow: Vec<PathBuf>,
     /// Only subscribers from these addresses reach the monitor (ZAP); repeatable.
-    #[arg(long, value_name = "ADDR[/BITS]")]
+    #[arg(long, value_parser = parse_addr, value_name = "ADDR[/BITS]")]
     pub monitor_allow_addr: Vec<String>,
     /// Only scrapers from these addresses get /metrics (others: 403); repeatable.
-    #[arg(long, value_name = "ADDR[/BITS]")]
+    #[arg(long, value_parser = parse_addr, value_name = "ADDR[/BITS]")]
     pub metrics_allow_addr: Vec<String>,
     /// /metrics demands `Authorization: Bearer TOKEN`, TOKEN being this file's
     /// content (Prometheus: `authorization: {credentials_file: FILE}`; others: 401).

@@ -11,6 +11,11 @@ use crate::diag::ExitCounters;
 use crate::tap::sink::Show;
 use crate::tap::{TapError, TapReport, TapRunConfig};
 
+/// A `--filter` prefix: its escapes are checked as it is parsed, kept as written.
+fn parse_filter(s: &str) -> Result<String, String> {
+    crate::tap::proxy::parse_prefix(s).map(|_| s.to_string())
+}
+
 /// `mdsub tap`: a tracing proxy (Espresso) between publishers and subscribers.
 ///
 /// Endpoints are written `bind:EP`, `connect:EP` or a bare `EP` (which binds),
@@ -32,7 +37,7 @@ pub struct TapArgs {
     /// Show/record only messages whose first frame starts with PREFIX
     /// (repeatable; escapes \0, \xNN, \\ — `ESH6\0` is exactly topic ESH6).
     /// Does not change what the proxy forwards.
-    #[arg(long, value_name = "PREFIX")]
+    #[arg(long, value_parser = parse_filter, value_name = "PREFIX")]
     pub filter: Vec<String>,
     /// Print only message counts per topic, refreshed once a second.
     #[arg(long, conflicts_with = "quiet")]

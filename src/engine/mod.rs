@@ -52,6 +52,8 @@ pub mod defaults {
     pub const HANDOFF_HWM_MSGS: i32 = 1_000;
     /// How often workers ship their histograms.
     pub const METRICS_INTERVAL_MS: u64 = 1_000;
+    /// The shortest and longest metrics interval (flag, profile and live setting alike).
+    pub const METRICS_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
 }
 
 /// Errors starting or running the engine.

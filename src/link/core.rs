@@ -18,6 +18,13 @@
 //!   and the link is counted as [`Reason::ProtocolError`] (or the handshake
 //!   failure that preceded it).
 //!
+//! **Re-establishing backs off.** A link that libzmq gives up on again and again (a key the
+//! server does not allow, a peer that sends oversized frames all the time) would otherwise be
+//! re-established a few times a second forever. The first re-establishment after a link was
+//! up for [`STABLE_AFTER_NS`] (or the first ever) is at once; each further one waits twice as
+//! long as the one before, from [`BACKOFF_MIN_NS`] up to [`BACKOFF_MAX_NS`]. Every loss is
+//! still counted.
+//!
 //! Each loss is counted once per endpoint and reason, with one
 //! [`Decision::Lost`] for the log; the next `HANDSHAKE_SUCCEEDED` is a
 //! [`Decision::Up`] (a reconnect, with how long the link was down).
@@ -41,6 +48,15 @@ pub const RETRY_GRACE_NS: u64 = 250_000_000;
 /// How long a link may stay unreached (libzmq retrying a connect nobody answers) before
 /// [`Decision::NotUp`] says so, once.
 pub const NOT_UP_AFTER_NS: u64 = 5_000_000_000;
+
+/// The wait before the second re-establishment in a row; it doubles with each further one.
+pub const BACKOFF_MIN_NS: u64 = 100_000_000;
+
+/// The longest wait between two re-establishments of one link.
+pub const BACKOFF_MAX_NS: u64 = 30_000_000_000;
+
+/// A link up for this long before it is lost again starts the back-off over (re-established at once).
+pub const STABLE_AFTER_NS: u64 = 10_000_000_000;
 
 /// One socket-monitor event, as far as links care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,13 +118,19 @@ impl Reason {
             Reason::Disconnected => "connection lost; libzmq reconnects",
             Reason::ProtocolError => {
                 "dropped by libzmq for a protocol error (a message over the maximum message size, \
-                 or a malformed stream) and not reconnected by it; mdsub re-establishes the link"
+                 or a malformed stream) and not reconnected by it; mdsub re-establishes the link \
+                 (backing off to once every 30 s while it keeps failing)"
             }
             Reason::HandshakeFailed => "handshake broke off; libzmq retries",
             Reason::HandshakeFailedProtocol => {
-                "the peer broke the ZMTP handshake; libzmq gives up, mdsub re-establishes the link"
+                "the peer broke the ZMTP handshake; libzmq gives up, mdsub re-establishes the link \
+                 (backing off to once every 30 s while it keeps failing)"
             }
-            Reason::HandshakeFailedAuth => "authentication refused; mdsub re-establishes the link",
+            Reason::HandshakeFailedAuth => {
+                "authentication refused: the server does not allow this client's key (or the server key \
+                 given is not the server's). That will not fix itself: give a key the server allows. mdsub \
+                 keeps re-establishing the link, backing off to once every 30 s"
+            }
         }
     }
 }
@@ -199,6 +221,12 @@ struct Link {
     /// When libzmq first retried a connect that never came up, and whether that was said.
     first_retry_ns: Option<u64>,
     said_not_up: bool,
+    /// The wait before the next re-establishment (0: at once).
+    backoff_ns: u64,
+    /// A re-establishment waiting for its back-off: when it is due.
+    reestablish_at: Option<u64>,
+    /// When the link last came up (its handshake), while it is up.
+    up_since_ns: Option<u64>,
     stats: LinkStats,
 }
 
@@ -224,6 +252,9 @@ impl Links {
                 last_reason: None,
                 first_retry_ns: None,
                 said_not_up: false,
+                backoff_ns: 0,
+                reestablish_at: None,
+                up_since_ns: None,
             })
             .collect();
         Links { links, grace_ns, ended: false }
@@ -294,9 +325,19 @@ impl Links {
             Self::publish_state(l);
             return;
         }
+        if matches!(event, Event::Disconnected | Event::HandshakeFailed(_)) {
+            // A link that stayed up a while starts the back-off over.
+            if let Some(up) = l.up_since_ns.take() {
+                if now_ns.saturating_sub(up) >= STABLE_AFTER_NS {
+                    l.backoff_ns = 0;
+                }
+            }
+        }
         match event {
             Event::HandshakeSucceeded => {
                 l.stats.connects += 1;
+                l.up_since_ns = Some(now_ns);
+                l.reestablish_at = None;
                 if let State::Lost { since_ns } = l.state {
                     l.stats.reconnects += 1;
                     out.push(Decision::Up {
@@ -349,7 +390,7 @@ impl Links {
     }
 
     /// Look at the time: a link down for longer than the grace with no retry
-    /// from libzmq is counted and re-established.
+    /// from libzmq is counted and re-established (at once, or when its back-off is over).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
         for (i, l) in self.links.iter_mut().enumerate() {
             if let State::Down { since_ns, failure, .. } = l.state {
@@ -360,18 +401,30 @@ impl Links {
                         Some(Failure::NoDetail) | None => Reason::ProtocolError,
                     };
                     Self::lose(l, i, reason, since_ns, out);
-                    l.stats.reestablished += 1;
-                    out.push(Decision::Reestablish { link: i });
+                    l.reestablish_at = Some(now_ns.saturating_add(l.backoff_ns));
                     Self::publish_state(l);
+                }
+            }
+            if let Some(at) = l.reestablish_at {
+                match l.state {
+                    State::Lost { .. } if now_ns >= at => {
+                        l.reestablish_at = None;
+                        l.stats.reestablished += 1;
+                        l.backoff_ns = l.backoff_ns.saturating_mul(2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
+                        out.push(Decision::Reestablish { link: i });
+                    }
+                    State::Lost { .. } | State::Down { .. } => {}
+                    // Up again or closed: nothing left to re-establish.
+                    State::Up | State::Connecting | State::Closed => l.reestablish_at = None,
                 }
             }
         }
     }
 
-    /// True while some link waits for the grace to pass (the shell then
+    /// True while some link waits for the grace to pass or for its back-off (the shell then
     /// calls [`Links::tick`] soon, even without events).
     pub fn pending(&self) -> bool {
-        self.links.iter().any(|l| matches!(l.state, State::Down { .. }))
+        self.links.iter().any(|l| matches!(l.state, State::Down { .. }) || l.reestablish_at.is_some())
     }
 
     /// The state after a disconnect or failed handshake in state `was`: an
@@ -617,6 +670,90 @@ mod tests {
         );
         let s = &l.stats()[0];
         assert_eq!((s.lost_total(), s.reconnects, s.retries), (1, 1, 2));
+    }
+
+    /// Drive a link that libzmq gives up on at every attempt (`fail`: the events of one failed
+    /// attempt, 1 ms after the connect) for `for_ns` from `start_ns`, ticking every 10 ms on a
+    /// manual clock; the times of the re-establishments.
+    fn failing_for(l: &mut Links, fail: &[Event], start_ns: u64, for_ns: u64) -> Vec<u64> {
+        let clock = crate::clock::ManualClock::new(start_ns);
+        use crate::clock::Clock;
+        let mut at = Vec::new();
+        let mut out = Vec::new();
+        let mut next_fail = Some(start_ns);
+        while clock.now_ns() < start_ns + for_ns {
+            let now = clock.now_ns();
+            if next_fail.is_some_and(|t| now >= t) {
+                next_fail = None;
+                for &e in fail {
+                    l.on_event(e, SEEN, now, &mut out);
+                }
+            }
+            l.tick(now, &mut out);
+            for d in out.drain(..) {
+                if let Decision::Reestablish { .. } = d {
+                    at.push(now);
+                    next_fail = Some(now + 1_000_000);
+                }
+            }
+            clock.advance_ns(10_000_000);
+        }
+        at
+    }
+
+    #[test]
+    fn repeated_reestablishment_backs_off_and_every_loss_is_counted() {
+        // A key the server does not allow: every attempt fails its handshake, libzmq gives up.
+        let mut l = links();
+        let auth = [Event::Connected, Event::HandshakeFailed(Failure::Auth), Event::Disconnected];
+        let s = 1_000_000_000;
+        let at = failing_for(&mut l, &auth, 0, 120 * s);
+        // The first at once (after the grace), then 100 ms, 200 ms, … doubling, capped at 30 s
+        // (a failed attempt is part of the outage already counted: no second grace).
+        let waits: Vec<u64> = at.windows(2).map(|w| w[1] - w[0] - 10_000_000).collect();
+        let want: Vec<u64> = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
+            .iter()
+            .map(|w| (w * 1e9) as u64)
+            .take(waits.len())
+            .collect();
+        assert!(waits.len() >= 10, "{at:?}");
+        // Each wait is rounded up to the 10 ms tick.
+        for (got, want) in waits.iter().zip(&want) {
+            assert!((*want..*want + 10_000_000).contains(got), "waits {waits:?}, want {want:?}");
+        }
+        let st = &l.stats()[0];
+        assert_eq!(st.reestablished, at.len() as u64, "{st}");
+        // Every failed attempt is a loss; the last waits for its back-off.
+        assert_eq!(st.lost.get("handshake_failed_auth"), Some(&(at.len() as u64 + 1)), "every loss counted: {st}");
+        assert!(l.pending(), "a re-establishment waits");
+        assert!(at.len() < 15, "{} re-establishments in 120 s", at.len());
+
+        // Up for a short while and cut again (oversized frames all the time): backs off too.
+        let mut l = links();
+        let cut = [Event::Connected, Event::HandshakeSucceeded, Event::Disconnected];
+        let n = failing_for(&mut l, &cut, 0, 10 * s).len();
+        assert!((5..=8).contains(&n), "{n} re-establishments in 10 s");
+        // Up for longer than STABLE_AFTER_NS: the next loss is re-established at once again.
+        let mut out = Vec::new();
+        let t = 20 * s;
+        l.on_event(Event::HandshakeSucceeded, SEEN, t, &mut out);
+        l.on_event(Event::Disconnected, SEEN, t + STABLE_AFTER_NS, &mut out);
+        l.tick(t + STABLE_AFTER_NS + RETRY_GRACE_NS, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Decision::Up { link: 0, down_ns: out_down(&out), reconnects: l.stats()[0].reconnects },
+                Decision::Lost { link: 0, reason: Reason::ProtocolError },
+                Decision::Reestablish { link: 0 }
+            ]
+        );
+    }
+
+    fn out_down(out: &[Decision]) -> u64 {
+        match out.first() {
+            Some(Decision::Up { down_ns, .. }) => *down_ns,
+            _ => 0,
+        }
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //! is disconnected and connected again, and the counters are published on a
 //! [`LinkBoard`] for the report, `--json` and status.
 //!
+//! Losses follow the rule for repeated lines ([`crate::diag::Refusals`], one per link): the
+//! first of each reason is said at once with what it means, later ones are counted and
+//! summarised every 10 s (and what is left at the end when the watch is dropped); the
+//! `re-established` and `up again` lines of a loss are said only when the loss itself was.
+//! A link that libzmq gives up on again and again is re-established with a back-off
+//! ([`core`]), so neither the peer nor the log is flooded.
+//!
 //! A plain `disconnected` loss is said after the grace ([`core::RETRY_GRACE_NS`]), or at once
 //! when the link comes back or the watch is dropped: an owner that reaches its end of stream
 //! meanwhile ([`LinkWatch::end_of_stream`]) takes it back unsaid, since a publisher closing
@@ -22,6 +29,8 @@ pub mod core;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 
 pub use self::core::{Decision, Event, Failure, LinkStats, Links, Reason, RETRY_GRACE_NS};
 
@@ -104,6 +113,10 @@ pub struct LinkWatch {
     held: Vec<(u64, usize)>,
     /// Links not up, held for the owner to say ([`LinkWatch::hold_not_up`]); None: said here.
     not_ups: Option<Vec<NotUp>>,
+    /// Per link: its losses, said by the rule for repeated lines.
+    losses: Vec<Refusals>,
+    /// Per link: the last loss was said in a line (its `re-established`/`up again` lines follow).
+    said: Vec<bool>,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -136,6 +149,10 @@ impl LinkWatch {
                 (ep.clone(), core::aliases(ep, &resolved))
             })
             .collect();
+        let losses = endpoints
+            .iter()
+            .map(|ep| Refusals::new(name, SUMMARY_INTERVAL_NS).said_as(format!("{name}: link {ep} lost")))
+            .collect();
         let links = Links::new(watched, RETRY_GRACE_NS);
         let board = LinkBoard::default();
         board.set(links.stats());
@@ -151,6 +168,8 @@ impl LinkWatch {
             log: true,
             held: Vec::new(),
             not_ups: None,
+            losses,
+            said: vec![false; endpoints.len()],
         }))
     }
 
@@ -224,7 +243,7 @@ impl LinkWatch {
                 self.links.on_event(event, endpoint, now, &mut self.out);
             }
         }
-        if seen == 0 && !self.links.pending() && self.held.is_empty() {
+        if seen == 0 && !self.links.pending() && self.held.is_empty() && !self.losses.iter().any(Refusals::unsaid) {
             return 0;
         }
         self.links.tick(now, &mut self.out);
@@ -236,7 +255,12 @@ impl LinkWatch {
                 break;
             }
             self.held.remove(0);
-            self.say_lost(link, Reason::Disconnected);
+            self.say_lost(link, Reason::Disconnected, now);
+        }
+        for losses in &mut self.losses {
+            if let Some(line) = losses.due(now) {
+                crate::diag!("{line}");
+            }
         }
         self.board.set(self.links.stats());
         seen
@@ -259,15 +283,14 @@ impl LinkWatch {
         out.append(&mut self.updowns);
     }
 
-    fn say_lost(&self, link: usize, reason: Reason) {
+    /// Count a loss for the log; say it when the rule for repeated lines says so.
+    fn say_lost(&mut self, link: usize, reason: Reason, now: u64) {
         if self.log {
-            crate::diag!(
-                "{}: link {} lost ({}): {}",
-                self.name,
-                self.links.endpoint(link),
-                reason.name(),
-                reason.explain()
-            );
+            let line = self.losses[link].refuse(reason.name(), &reason.explain(), now);
+            self.said[link] = line.is_some();
+            if let Some(line) = line {
+                crate::diag!("{line}");
+            }
         }
     }
 
@@ -279,7 +302,7 @@ impl LinkWatch {
             Decision::Up { link, .. } if self.held.iter().any(|&(_, l)| l == link) => {
                 // Back before the held line was due: say the loss first, then the return.
                 self.held.retain(|&(_, l)| l != link);
-                self.say_lost(link, Reason::Disconnected);
+                self.say_lost(link, Reason::Disconnected, now);
                 self.act(socket, decision, now);
             }
             Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } if !self.log => {}
@@ -290,19 +313,20 @@ impl LinkWatch {
                     None => crate::diag!("{}", not_up.line(&self.name)),
                 }
             }
-            Decision::Lost { link, reason } => self.say_lost(link, reason),
+            Decision::Lost { link, reason } => self.say_lost(link, reason, now),
             Decision::Reestablish { link } => {
                 let ep = self.links.endpoint(link).to_string();
                 // ENOENT when libzmq already forgot it: connect is what matters.
                 let _ = socket.disconnect(&ep);
                 match socket.connect(&ep) {
-                    Ok(()) if self.log => {
+                    Ok(()) if self.log && self.said[link] => {
                         crate::diag!("{}: link {ep} re-established (disconnected and connected again)", self.name)
                     }
                     Ok(()) => {}
                     Err(e) => crate::diag!("{}: link {ep}: connecting again failed: {e}", self.name),
                 }
             }
+            Decision::Up { link, .. } if !self.said[link] => {}
             Decision::Up { link, down_ns, reconnects } => {
                 crate::diag!(
                     "{}: link {} up again after {:.1} ms down (reconnect {reconnects})",
@@ -317,9 +341,16 @@ impl LinkWatch {
 
 impl Drop for LinkWatch {
     /// Held `disconnected` lines are said when the owner stops before they were due.
+    /// So are the losses a summary has not covered yet.
     fn drop(&mut self) {
+        let now = crate::clock::monotonic_ns();
         for (_, link) in std::mem::take(&mut self.held) {
-            self.say_lost(link, Reason::Disconnected);
+            self.say_lost(link, Reason::Disconnected, now);
+        }
+        for losses in &mut self.losses {
+            if let Some(line) = losses.flush() {
+                crate::diag!("{line}");
+            }
         }
     }
 }

@@ -67,12 +67,17 @@ pub const VARY_KEYS: [&str; 9] =
     ["workers", "shards", "batch_max", "idle", "handoff", "routing", "rcvhwm_msgs", "handoff_hwm_msgs", "handler"];
 
 fn apply(p: &mut Profile, key: &str, value: &str) -> Result<(), String> {
-    let count = || value.parse::<usize>().map_err(|_| format!("{key}={value}: not a whole number"));
+    // 0 workers or shards is refused: it used to run with 1 and be labelled 0.
+    let count = || match value.parse::<usize>() {
+        Ok(0) => Err(format!("{key}={value}: must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{key}={value}: not a whole number")),
+    };
     match key {
-        "workers" => p.workers = vec![Default::default(); count()?.max(1)],
+        "workers" => p.workers = vec![Default::default(); count()?],
         "shards" => {
             let first = p.shards.first().cloned().ok_or("the profile has no shard")?;
-            p.shards = vec![first; count()?.max(1)];
+            p.shards = vec![first; count()?];
             for s in p.shards.iter_mut().skip(1) {
                 (s.io_core, s.reader_core) = (None, None);
             }
@@ -572,6 +577,11 @@ mod tests {
         assert!(bad.is_err_and(|e| e.contains("idle")));
         let unknown = expand_grid(&[Profile::builtin()], &[("colour".into(), vec!["red".into()])], &[0, 1]);
         assert!(unknown.is_err_and(|e| e.contains("cannot be varied")));
+        // 0 workers or shards ran with 1 under a `workers=0` label.
+        for key in ["workers", "shards"] {
+            let zero = expand_grid(&[Profile::builtin()], &[(key.into(), vec!["0".into()])], &[0, 1]);
+            assert!(zero.is_err_and(|e| e == format!("{key}=0: must be at least 1")), "{key}=0");
+        }
         let twice = expand_grid(&[Profile::builtin(), Profile::builtin()], &[], &[0, 1]);
         assert!(twice.is_err_and(|e| e.contains("both named")));
     }
