@@ -186,27 +186,22 @@ fn garbage_in_a_live_feed_is_counted_by_reason_and_the_run_completes() {
     assert!(status.success());
 }
 
-#[test]
-fn engine_stops_cleanly_on_sigint_with_a_report() {
-    // Nobody publishes here; the engine runs until interrupted.
+/// `mdsub engine` on a port nobody publishes on (it runs until a signal), once it says it is
+/// connecting (its signal handler is in place by then); its stderr lines keep coming on `stderr`.
+fn idle_engine() -> LineProc {
     let port = free_port_block(1);
     let mut cmd = mdsub();
     cmd.args(["engine", "--expect-eos", "0", "--endpoint", &format!("tcp://127.0.0.1:{port}")]);
-    let mut engine = LineProc::spawn("engine", cmd.stderr(std::process::Stdio::piped()));
-    // Handshake: the engine says it is connecting (after installing its handler).
-    let stderr = engine.proc.child.stderr.take().expect("piped stderr");
-    let mut first = String::new();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, Read};
-        let mut r = std::io::BufReader::new(stderr);
-        let _ = r.read_line(&mut first);
-        let _ = tx.send(first);
-        // Keep draining: a closed pipe would fail the engine's later stderr lines.
-        let _ = r.read_to_end(&mut Vec::new());
-    });
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("engine started within 20 s");
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr lines");
+    let line = err.recv_timeout(Duration::from_secs(20)).expect("engine started within 20 s");
     assert!(line.starts_with("shard0: connecting to"), "{line}");
+    engine
+}
+
+#[test]
+fn engine_stops_cleanly_on_sigint_with_a_report() {
+    let engine = idle_engine();
     engine.proc.signal(2);
     let (status, out) = engine.finish(Duration::from_secs(20));
     assert!(status.success(), "{out}");
@@ -218,27 +213,15 @@ fn engine_stops_cleanly_on_sigint_with_a_report() {
 fn two_sigterms_close_together_are_one_clean_stop() {
     // GNU `timeout` sends SIGTERM to the process and then to its process group: two
     // signals microseconds apart. They are one request to stop, not "stop, then end now".
-    let port = free_port_block(1);
-    let mut cmd = mdsub();
-    cmd.args(["engine", "--expect-eos", "0", "--endpoint", &format!("tcp://127.0.0.1:{port}")]);
-    let mut engine = LineProc::spawn("engine", cmd.stderr(std::process::Stdio::piped()));
-    let stderr = engine.proc.child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("engine started within 20 s");
-    assert!(line.starts_with("shard0: connecting to"), "{line}");
+    let mut engine = idle_engine();
+    let err = engine.stderr.take().expect("stderr lines");
     // One `kill` sends both, back to back, as `timeout` does. (The rule itself is unit-tested:
     // cli::on_signal; here the process must come out of it with its report.)
     let pid = engine.proc.pid().to_string();
     let sent = std::process::Command::new("kill").args(["-TERM", &pid, &pid]).status().expect("kill");
     assert!(sent.success());
     let (status, out) = engine.finish(Duration::from_secs(20));
-    let err: Vec<String> = rx.try_iter().collect();
+    let err: Vec<String> = err.try_iter().collect();
     assert!(status.success(), "exit {status:?}; stderr: {err:?}; stdout: {out}");
     assert!(out.contains("(interrupted)"), "the report, marked interrupted: {out}");
     assert!(!err.iter().any(|l| l.contains("mdsub: interrupted")), "{err:?}");
