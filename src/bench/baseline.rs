@@ -9,7 +9,7 @@ use crate::agent::{Agent, AgentError, AgentStats, Runner, Step};
 use crate::clock;
 use crate::engine::handler::{Handler, HandlerSpec};
 use crate::engine::sequence::SequenceTracker;
-use crate::metrics::{RunReport, StageHistograms, ThreadAccount};
+use crate::metrics::{RunReport, SequenceCounts, StageHistograms, ThreadAccount};
 use crate::security::ClientKeys;
 use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
@@ -177,12 +177,14 @@ impl Baseline {
             delivered: self.delivered,
             lost,
             loss_basis: if complete { "end-of-stream counts".into() } else { "unknown: end of stream not seen".into() },
-            before_first: t.before_first,
-            gaps: t.gaps,
-            duplicates: t.duplicates,
-            reordered: t.reordered,
-            restarts: t.restarts,
-            bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), self.bad[r])).collect(),
+            counts: SequenceCounts {
+                before_first: t.before_first,
+                gaps: t.gaps,
+                duplicates: t.duplicates,
+                reordered: t.reordered,
+                restarts: t.restarts,
+                bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), self.bad[r])).collect(),
+            },
             msgs_per_sec: self.delivered as f64 / secs,
             mb_per_sec: self.bytes as f64 / secs / 1e6,
             latency,

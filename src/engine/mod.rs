@@ -31,7 +31,7 @@ use crate::metrics::http::{HttpAccessCounters, MetricsServer};
 use crate::metrics::prom::{EngineLive, ShardLive};
 use crate::metrics::settings::{Level, LogLevel, Settings};
 use crate::metrics::store::{StoreAgent, StoreInputs};
-use crate::metrics::{Ceiling, OutputsConfig, RunReport, ShardReport, StageHistograms, ThreadAccount};
+use crate::metrics::{Ceiling, OutputsConfig, RunReport, SequenceCounts, ShardReport, StageHistograms, ThreadAccount};
 use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapService};
 use crate::snail::monitor::MonitorAgent;
 use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
@@ -688,11 +688,9 @@ impl Engine {
             (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
             (false, _) => (None, "unknown: end of stream not seen on every shard".to_string()),
         };
-        let mut bad_frames = std::collections::BTreeMap::new();
+        let mut counts = SequenceCounts::default();
         for c in shards.iter() {
-            for (reason, n) in bad_frames_of(c) {
-                *bad_frames.entry(reason).or_insert(0) += n;
-            }
+            counts.add(&counts_of(c));
         }
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
@@ -706,12 +704,7 @@ impl Engine {
             delivered,
             lost,
             loss_basis,
-            before_first: sum(&|c| c.before_first.load(Relaxed)),
-            gaps: sum(&|c| c.gaps.load(Relaxed)),
-            duplicates: sum(&|c| c.duplicates.load(Relaxed)),
-            reordered: sum(&|c| c.reordered.load(Relaxed)),
-            restarts: sum(&|c| c.restarts.load(Relaxed)),
-            bad_frames,
+            counts,
             msgs_per_sec: delivered as f64 / secs,
             mb_per_sec: bytes as f64 / secs / 1e6,
             latency: stages.summary(),
@@ -749,11 +742,7 @@ fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
         links: links.snapshot(),
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
-        gaps: c.gaps.load(Relaxed),
-        duplicates: c.duplicates.load(Relaxed),
-        reordered: c.reordered.load(Relaxed),
-        restarts: c.restarts.load(Relaxed),
-        bad_frames: bad_frames_of(c),
+        counts: counts_of(c),
     }
 }
 
@@ -817,12 +806,7 @@ impl Engine {
                     bytes: c.forwarded_bytes.load(Relaxed),
                     sent,
                     lost: sent.filter(|_| complete).map(|s| s.saturating_sub(msgs)),
-                    before_first: c.before_first.load(Relaxed),
-                    gaps: c.gaps.load(Relaxed),
-                    duplicates: c.duplicates.load(Relaxed),
-                    reordered: c.reordered.load(Relaxed),
-                    restarts: c.restarts.load(Relaxed),
-                    bad_frames: bad_frames_of(c),
+                    counts: counts_of(c),
                     links: self.link_boards.get(k).map(|b| b.snapshot()).unwrap_or_default(),
                     silences: c.silences.load(Relaxed),
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
@@ -850,12 +834,20 @@ impl Engine {
 }
 
 /// A shard's malformed or rejected frames, by reason.
-fn bad_frames_of(c: &ShardCounters) -> std::collections::BTreeMap<String, u64> {
-    let mut m: std::collections::BTreeMap<String, u64> =
+/// A shard's sequence and frame counts, as its reader last published them.
+fn counts_of(c: &ShardCounters) -> SequenceCounts {
+    let mut bad_frames: std::collections::BTreeMap<String, u64> =
         DROP_REASON_NAMES.iter().enumerate().map(|(r, name)| (name.to_string(), c.bad[r].load(Relaxed))).collect();
-    m.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
-    m.insert("over_limit".into(), c.over_limit.load(Relaxed));
-    m
+    bad_frames.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
+    bad_frames.insert("over_limit".into(), c.over_limit.load(Relaxed));
+    SequenceCounts {
+        before_first: c.before_first.load(Relaxed),
+        gaps: c.gaps.load(Relaxed),
+        duplicates: c.duplicates.load(Relaxed),
+        reordered: c.reordered.load(Relaxed),
+        restarts: c.restarts.load(Relaxed),
+        bad_frames,
+    }
 }
 
 impl Drop for Engine {

@@ -179,6 +179,39 @@ pub struct OutputsConfig {
     pub metrics_access: crate::security::HttpAccess,
 }
 
+/// What the sequence checks and the frame decoder counted: a run's totals ([`RunReport`]) or
+/// one shard's ([`ShardReport`]).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SequenceCounts {
+    /// Of `lost`: messages sent before the first one seen of their publisher's session (a late
+    /// join, or loss at the very start: sequence numbers cannot tell them apart).
+    pub before_first: u64,
+    /// Messages missing by sequence number.
+    pub gaps: u64,
+    /// Dropped: a topic sequence already delivered.
+    pub duplicates: u64,
+    /// Messages dropped for arriving after a later one of their topic (not in `gaps`).
+    pub reordered: u64,
+    /// Publisher restarts seen (new session id).
+    pub restarts: u64,
+    /// Malformed or rejected frames dropped, by reason.
+    pub bad_frames: BTreeMap<String, u64>,
+}
+
+impl SequenceCounts {
+    /// Add `other`'s counts to these (a run's totals from its shards').
+    pub fn add(&mut self, other: &SequenceCounts) {
+        self.before_first += other.before_first;
+        self.gaps += other.gaps;
+        self.duplicates += other.duplicates;
+        self.reordered += other.reordered;
+        self.restarts += other.restarts;
+        for (reason, n) in &other.bad_frames {
+            *self.bad_frames.entry(reason.clone()).or_insert(0) += n;
+        }
+    }
+}
+
 /// End-of-run report of one subscriber (the engine or the baseline).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunReport {
@@ -202,18 +235,9 @@ pub struct RunReport {
     pub lost: Option<u64>,
     /// How `lost` was established, or why it is unknown.
     pub loss_basis: String,
-    /// Of `lost`: messages sent before the first one seen of their publisher's session (a late
-    /// join, or loss at the very start: sequence numbers cannot tell them apart).
-    pub before_first: u64,
-    /// Messages missing by sequence number.
-    pub gaps: u64,
-    pub duplicates: u64,
-    /// Messages dropped for arriving after a later one of their topic (not in `gaps`).
-    pub reordered: u64,
-    /// Publisher restarts seen (new session id).
-    pub restarts: u64,
-    /// Malformed frames dropped, by reason.
-    pub bad_frames: BTreeMap<String, u64>,
+    /// What the sequence checks and the frame decoder counted (flattened into the JSON).
+    #[serde(flatten)]
+    pub counts: SequenceCounts,
     pub msgs_per_sec: f64,
     pub mb_per_sec: f64,
     /// Latency percentiles by stage (`wire`, `queue`, `total`).
@@ -263,14 +287,9 @@ pub struct ShardReport {
     /// `sent - msgs` when every publisher's end of stream arrived and the
     /// shard takes every topic.
     pub lost: Option<u64>,
-    /// Of `lost`: sent before the first message seen of their session (see [`RunReport::before_first`]).
-    pub before_first: u64,
-    pub gaps: u64,
-    pub duplicates: u64,
-    pub reordered: u64,
-    pub restarts: u64,
-    /// Malformed or rejected frames by reason.
-    pub bad_frames: BTreeMap<String, u64>,
+    /// The shard's sequence and frame counts (flattened into the JSON).
+    #[serde(flatten)]
+    pub counts: SequenceCounts,
     /// Its SUB's connect endpoints: state, connects, reconnects, losses by
     /// reason, links mdsub re-established (libzmq would not).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -382,23 +401,23 @@ impl RunReport {
             s,
             "  lost         {}   (gaps by sequence: {}, duplicates dropped: {}, reordered dropped: {}, restarts: {})",
             opt(self.lost),
-            self.gaps,
-            self.duplicates,
-            self.reordered,
-            self.restarts
+            self.counts.gaps,
+            self.counts.duplicates,
+            self.counts.reordered,
+            self.counts.restarts
         );
-        if self.lost.is_some_and(|l| l > 0) && self.before_first > 0 {
+        if self.lost.is_some_and(|l| l > 0) && self.counts.before_first > 0 {
             let _ = writeln!(
                 s,
                 "               of them {} sent before the first message seen of their publisher's session: \
                  this subscriber joined late, or they were lost at the very start",
-                self.before_first
+                self.counts.before_first
             );
         }
-        let bad: u64 = self.bad_frames.values().sum();
+        let bad: u64 = self.counts.bad_frames.values().sum();
         if bad > 0 {
             let reasons: Vec<String> =
-                self.bad_frames.iter().filter(|(_, &v)| v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+                self.counts.bad_frames.iter().filter(|(_, &v)| v > 0).map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(s, "  bad frames   {bad}   ({})", reasons.join(", "));
         } else {
             let _ = writeln!(s, "  bad frames   0");
@@ -471,10 +490,10 @@ impl RunReport {
                     sh.shard,
                     sh.msgs,
                     sh.bytes as f64 / 1e6,
-                    sh.gaps,
-                    sh.duplicates,
-                    sh.restarts,
-                    sh.bad_frames.values().sum::<u64>(),
+                    sh.counts.gaps,
+                    sh.counts.duplicates,
+                    sh.counts.restarts,
+                    sh.counts.bad_frames.values().sum::<u64>(),
                     sh.silences,
                     ceiling
                 );
@@ -549,7 +568,7 @@ mod tests {
             lost: Some(1),
             ..Default::default()
         };
-        r.bad_frames.insert("short".into(), 2);
+        r.counts.bad_frames.insert("short".into(), 2);
         let t = r.render();
         assert!(t.contains("lost         1"), "{t}");
         assert!(t.contains("short=2"), "{t}");

@@ -8,7 +8,6 @@
 //! crates keep their own registry of atomics that would duplicate the
 //! engine's counters (and the HdrHistograms) instead of reading them.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use hdrhistogram::Histogram;
@@ -52,12 +51,8 @@ pub const QUANTILES: [(&str, f64); 4] = [("0.5", 0.5), ("0.99", 0.99), ("0.999",
 pub struct ShardLive {
     pub received: u64,
     pub forwarded: u64,
-    pub gaps: u64,
-    pub duplicates: u64,
-    pub reordered: u64,
-    pub restarts: u64,
-    /// Malformed or refused frames by reason.
-    pub bad_frames: BTreeMap<String, u64>,
+    /// Sequence checks and refused frames, as the report has them at the end.
+    pub counts: super::SequenceCounts,
     /// The shard's watched links (losses by reason, reconnects).
     pub links: Vec<crate::link::LinkStats>,
 }
@@ -172,15 +167,15 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     };
     counter(&mut s, "mdsub_shard_received_total", "Frames the shard's SUB reader received.", &|c| c.received);
     counter(&mut s, "mdsub_shard_forwarded_total", "Data frames the reader handed to workers.", &|c| c.forwarded);
-    counter(&mut s, "mdsub_shard_gaps_total", "Messages missing by sequence number.", &|c| c.gaps);
-    counter(&mut s, "mdsub_shard_duplicates_total", "Duplicate messages dropped.", &|c| c.duplicates);
+    counter(&mut s, "mdsub_shard_gaps_total", "Messages missing by sequence number.", &|c| c.counts.gaps);
+    counter(&mut s, "mdsub_shard_duplicates_total", "Duplicate messages dropped.", &|c| c.counts.duplicates);
     counter(
         &mut s,
         "mdsub_shard_reordered_total",
         "Messages dropped for arriving after a later one of their topic.",
-        &|c| c.reordered,
+        &|c| c.counts.reordered,
     );
-    counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", &|c| c.restarts);
+    counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", &|c| c.counts.restarts);
     let _ = writeln!(
         s,
         "# HELP mdsub_shard_bad_frames_total Frames dropped as malformed or refused, by reason.\n\
@@ -188,7 +183,7 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     );
     link_metrics(&mut s, &id, live);
     for (k, sh) in live.shards.iter().enumerate() {
-        for (reason, n) in &sh.bad_frames {
+        for (reason, n) in &sh.counts.bad_frames {
             let _ = writeln!(
                 s,
                 "mdsub_shard_bad_frames_total{{engine=\"{id}\",shard=\"{k}\",reason=\"{}\"}} {n}",

@@ -173,15 +173,15 @@ impl StoreAgent {
             for (k, sh) in live.shards.iter().enumerate() {
                 let (Some(cum), Some(last)) = (lat.cumulative.get(k), lat.last_interval.get(k)) else { continue };
                 let p = super::Percentiles::of(&last.total);
-                let bad: u64 = sh.bad_frames.values().sum();
+                let bad: u64 = sh.counts.bad_frames.values().sum();
                 shards.push((
                     k,
                     json!({
                         "received": sh.received,
                         "delivered": cum.count(),
-                        "gaps": sh.gaps,
-                        "duplicates": sh.duplicates,
-                        "restarts": sh.restarts,
+                        "gaps": sh.counts.gaps,
+                        "duplicates": sh.counts.duplicates,
+                        "restarts": sh.counts.restarts,
                         "bad_frames": bad,
                         "interval_msgs": p.count,
                         "msgs_per_s": p.count as f64 * 1e9 / interval_ns as f64,

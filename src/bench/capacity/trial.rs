@@ -191,7 +191,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         offered,
         achieved: sent as f64 / send_s.max(1e-9),
         lost: report.lost,
-        gaps: report.gaps,
+        gaps: report.counts.gaps,
         latency_ns,
         count: hold.len(),
         error,
