@@ -55,8 +55,11 @@ pub const BACKOFF_MIN_NS: u64 = 100_000_000;
 /// The longest wait between two re-establishments of one link.
 pub const BACKOFF_MAX_NS: u64 = 30_000_000_000;
 
-/// A link up for this long before it is lost again starts the back-off over (re-established at once).
-pub const STABLE_AFTER_NS: u64 = 10_000_000_000;
+/// A link up for this long before it is lost again starts the back-off over (re-established at
+/// once). Short: the back-off is for links that fail their handshake or are cut as soon as they
+/// are up; a feed that carries data for a second and then sends one bad frame is re-established
+/// at once each time, as before there was a back-off.
+pub const STABLE_AFTER_NS: u64 = 1_000_000_000;
 
 /// One socket-monitor event, as far as links care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +424,15 @@ impl Links {
         }
     }
 
+    /// The owner could not connect `link` again (its `connect` failed): try again after the
+    /// link's next back-off step, rather than leave it lost with nothing scheduled.
+    pub fn retry_later(&mut self, link: usize, now_ns: u64) {
+        let l = &mut self.links[link];
+        if let State::Lost { .. } = l.state {
+            l.reestablish_at = Some(now_ns.saturating_add(l.backoff_ns.max(BACKOFF_MIN_NS)));
+        }
+    }
+
     /// True while some link waits for the grace to pass or for its back-off (the shell then
     /// calls [`Links::tick`] soon, even without events).
     pub fn pending(&self) -> bool {
@@ -735,7 +747,7 @@ mod tests {
         assert!((5..=8).contains(&n), "{n} re-establishments in 10 s");
         // Up for longer than STABLE_AFTER_NS: the next loss is re-established at once again.
         let mut out = Vec::new();
-        let t = 20 * s;
+        let t = 40 * s;
         l.on_event(Event::HandshakeSucceeded, SEEN, t, &mut out);
         l.on_event(Event::Disconnected, SEEN, t + STABLE_AFTER_NS, &mut out);
         l.tick(t + STABLE_AFTER_NS + RETRY_GRACE_NS, &mut out);
@@ -747,6 +759,46 @@ mod tests {
                 Decision::Reestablish { link: 0 }
             ]
         );
+    }
+
+    #[test]
+    fn a_link_cut_every_few_seconds_is_re_established_at_once_every_time() {
+        // A feed that sends an oversized frame every 3 s and is fine in between: up 3 s, cut,
+        // again and again. Each loss comes after the link was up for longer than
+        // STABLE_AFTER_NS, so none waits for a back-off.
+        let mut l = links();
+        let s = 1_000_000_000;
+        let mut out = Vec::new();
+        let mut t = 0;
+        l.on_event(Event::Connected, SEEN, t, &mut out);
+        l.on_event(Event::HandshakeSucceeded, SEEN, t, &mut out);
+        for _ in 0..10 {
+            t += 3 * s;
+            out.clear();
+            l.on_event(Event::Disconnected, SEEN, t, &mut out);
+            t += RETRY_GRACE_NS;
+            l.tick(t, &mut out);
+            assert!(out.contains(&Decision::Reestablish { link: 0 }), "re-established at once: {out:?}");
+            l.on_event(Event::Connected, SEEN, t + 1_000_000, &mut out);
+            l.on_event(Event::HandshakeSucceeded, SEEN, t + 1_000_000, &mut out);
+        }
+        assert_eq!(l.stats()[0].reestablished, 10);
+    }
+
+    #[test]
+    fn a_failed_connect_again_is_tried_again_later() {
+        let mut l = links();
+        let mut out = Vec::new();
+        l.on_event(Event::HandshakeSucceeded, SEEN, 0, &mut out);
+        l.on_event(Event::Disconnected, SEEN, 10, &mut out);
+        l.tick(10 + RETRY_GRACE_NS, &mut out);
+        assert!(out.contains(&Decision::Reestablish { link: 0 }), "{out:?}");
+        // The owner's connect failed: another attempt is scheduled, one back-off step on.
+        l.retry_later(0, 10 + RETRY_GRACE_NS);
+        assert!(l.pending());
+        out.clear();
+        l.tick(10 + RETRY_GRACE_NS + BACKOFF_MIN_NS, &mut out);
+        assert_eq!(out, vec![Decision::Reestablish { link: 0 }]);
     }
 
     fn out_down(out: &[Decision]) -> u64 {

@@ -323,7 +323,10 @@ impl LinkWatch {
                         crate::diag!("{}: link {ep} re-established (disconnected and connected again)", self.name)
                     }
                     Ok(()) => {}
-                    Err(e) => crate::diag!("{}: link {ep}: connecting again failed: {e}", self.name),
+                    Err(e) => {
+                        crate::diag!("{}: link {ep}: connecting again failed: {e}; trying again later", self.name);
+                        self.links.retry_later(link, now);
+                    }
                 }
             }
             Decision::Up { link, .. } if !self.said[link] => {}
