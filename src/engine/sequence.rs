@@ -151,6 +151,7 @@ pub struct SequenceTotals {
     /// session first seen live at stream sequence N > 1 sent N − 1 before it. A late join (the
     /// subscriber came after the publisher began), or loss at the very start: sequence numbers
     /// cannot tell the two apart, so `lost` keeps them and the report says how many they are.
+    /// Counted for a full subscription only, and for a first position within [`MAX_SEQ_JUMP`].
     pub before_first: u64,
 }
 
@@ -248,7 +249,10 @@ impl SequenceTracker {
         };
         let full = self.full_subscription;
         let s = &mut self.sessions[i];
-        if !from_cache && !s.live_seen {
+        // What the session sent before its first live frame here: only where every topic is
+        // taken (through a filter the stream sequence jumps by design), and only a believable
+        // position (a first frame claiming 2^60 sent is not counted as 2^60 messages).
+        if !from_cache && !s.live_seen && full && h.stream_seq <= MAX_SEQ_JUMP {
             self.totals.before_first = self.totals.before_first.saturating_add(h.stream_seq.saturating_sub(1));
         }
         s.live_seen |= !from_cache;
@@ -382,6 +386,13 @@ mod tests {
         t.on_data(&h(1, 11, 1, 1), b"A");
         t.on_data(&h(2, 21, 5, 1), b"B");
         assert_eq!(t.totals().before_first, 153);
+        // A first position past MAX_SEQ_JUMP is not believed as a count.
+        t.on_data(&h(4, 40, u64::MAX, 1), b"D");
+        assert_eq!(t.totals().before_first, 153);
+        // Through a topic filter the stream sequence jumps by design: nothing counted.
+        let mut f = SequenceTracker::new(false);
+        f.on_data(&h(1, 10, 500, 1), b"A");
+        assert_eq!(f.totals().before_first, 0);
     }
 
     #[test]

@@ -201,13 +201,15 @@ pub struct SequenceCounts {
 impl SequenceCounts {
     /// Add `other`'s counts to these (a run's totals from its shards').
     pub fn add(&mut self, other: &SequenceCounts) {
-        self.before_first += other.before_first;
-        self.gaps += other.gaps;
-        self.duplicates += other.duplicates;
-        self.reordered += other.reordered;
-        self.restarts += other.restarts;
+        // Saturating: the counts come from peers' sequence numbers.
+        self.before_first = self.before_first.saturating_add(other.before_first);
+        self.gaps = self.gaps.saturating_add(other.gaps);
+        self.duplicates = self.duplicates.saturating_add(other.duplicates);
+        self.reordered = self.reordered.saturating_add(other.reordered);
+        self.restarts = self.restarts.saturating_add(other.restarts);
         for (reason, n) in &other.bad_frames {
-            *self.bad_frames.entry(reason.clone()).or_insert(0) += n;
+            let total = self.bad_frames.entry(reason.clone()).or_insert(0);
+            *total = total.saturating_add(*n);
         }
     }
 }
@@ -406,12 +408,12 @@ impl RunReport {
             self.counts.reordered,
             self.counts.restarts
         );
-        if self.lost.is_some_and(|l| l > 0) && self.counts.before_first > 0 {
+        if let Some(lost) = self.lost.filter(|&l| l > 0 && self.counts.before_first > 0) {
             let _ = writeln!(
                 s,
                 "               of them {} sent before the first message seen of their publisher's session: \
                  this subscriber joined late, or they were lost at the very start",
-                self.counts.before_first
+                self.counts.before_first.min(lost)
             );
         }
         let bad: u64 = self.counts.bad_frames.values().sum();
