@@ -1,9 +1,10 @@
 //! docs/ARCHITECTURE.md's import rules, checked on the source: each rule here is one the page
 //! states, so a change that breaks it fails here instead of quietly making the page untrue.
 //!
-//! The scan reads `src/` as text. It skips comment lines and `#[cfg(test)] mod …` blocks
+//! The scan reads `src/` as text. It skips comment lines and `#[cfg(test)] mod … {` blocks
 //! (rustfmt closes a top-level module with a `}` in column 0), so test code may use
-//! whatever it needs.
+//! whatever it needs. It is a text scan, not a compiler: an import renamed away from the
+//! names below would pass it (a reviewer's job).
 
 use std::path::{Path, PathBuf};
 
@@ -35,7 +36,8 @@ fn code_lines(text: &str) -> Vec<(usize, String)> {
         if t.starts_with("//") {
             continue;
         }
-        if t == "#[cfg(test)]" && lines.peek().is_some_and(|(_, next)| next.starts_with("mod ")) {
+        if t == "#[cfg(test)]" && lines.peek().is_some_and(|(_, next)| next.starts_with("mod ") && next.ends_with('{'))
+        {
             // Skip the test module: up to its closing brace in column 0.
             for (_, l) in lines.by_ref() {
                 if l == "}" {
@@ -82,7 +84,17 @@ fn offenders(needles: &[&str], allowed: impl Fn(&str) -> bool) -> Vec<String> {
 
 #[test]
 fn only_the_runner_starts_threads() {
-    let found = offenders(&["thread::spawn", "thread::Builder", "thread::scope"], |p| p == "src/agent.rs");
+    let found = offenders(
+        &[
+            "thread::spawn",
+            "thread::Builder",
+            "thread::scope",
+            "use std::thread::{",
+            "thread::{spawn",
+            "thread::{Builder",
+        ],
+        |p| p == "src/agent.rs",
+    );
     assert!(found.is_empty(), "threads started outside agent::Runner:\n{}", found.join("\n"));
 }
 
@@ -108,7 +120,7 @@ fn nothing_below_the_cli_imports_it() {
 #[test]
 fn output_goes_through_diag() {
     // eprintln! panics on a closed stderr and println! on a closed stdout: diag! and outln! do not.
-    let found = offenders(&["println!(", "eprintln!(", "print!(", "eprint!("], |p| p == "src/diag.rs");
+    let found = offenders(&["println!(", "eprintln!(", "print!(", "eprint!(", "io::stderr()"], |p| p == "src/diag.rs");
     assert!(found.is_empty(), "printing outside diag (use crate::diag! / crate::outln!):\n{}", found.join("\n"));
 }
 

@@ -215,8 +215,10 @@ fn two_sigterms_close_together_are_one_clean_stop() {
     // signals microseconds apart. They are one request to stop, not "stop, then end now".
     let mut engine = idle_engine();
     let err = engine.stderr.take().expect("stderr lines");
-    // One `kill` sends both, back to back, as `timeout` does. (The rule itself is unit-tested:
-    // cli::on_signal; here the process must come out of it with its report.)
+    // One `kill` sends both, back to back, as `timeout` does. Two signals that close often merge
+    // into one delivery, and an idle engine's clean stop is quicker than any spacing a test could
+    // rely on, so this checks the binary's wiring (one clean stop, the report, exit 0); the rule
+    // itself, which the old code lacked, is cli::on_signal's unit test.
     let pid = engine.proc.pid().to_string();
     let sent = std::process::Command::new("kill").args(["-TERM", &pid, &pid]).status().expect("kill");
     assert!(sent.success());
@@ -231,7 +233,8 @@ fn two_sigterms_close_together_are_one_clean_stop() {
 fn a_late_join_is_said_as_such_in_the_loss() {
     // The replay's first subscriber is this test's SUB; the engine comes after 1 000 messages,
     // so what was sent before it joined is part of `lost` and said as `before_first`.
-    let (replay, eps) = start_replay("replay", 1, &["--rate", "5k", "--count", "10k", "--subscribers", "1"]);
+    // 4 s of feed: room for a debug engine on a loaded box to start and join well before the end.
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "5k", "--count", "20k", "--subscribers", "1"]);
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).expect("sub");
     sub.set_subscribe(b"").expect("subscribe");
@@ -246,7 +249,7 @@ fn a_late_join_is_said_as_such_in_the_loss() {
     let (status, out) = engine.finish(Duration::from_secs(60));
     assert!(status.success(), "{out}");
     let r = json(&out);
-    assert_eq!(u(&r, "sent"), 10_000, "{r}");
+    assert_eq!(u(&r, "sent"), 20_000, "{r}");
     let (lost, before) = (u(&r, "lost"), u(&r, "before_first"));
     assert!(before >= 1_000, "at least the 1 000 the test read went before the engine joined: {r}");
     assert_eq!(lost, before, "on loopback all the loss is the late join: {r}");

@@ -19,6 +19,13 @@ use common::*;
 /// bound too, so the release suite is where this test bites.)
 #[test]
 fn engine_io_thread_faults_stay_at_its_high_water_mark() {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "SKIPPED engine_io_thread_faults_stay_at_its_high_water_mark: a debug build stays under the bound \
+             with glibc's defaults too, so only the release suite (the README's test command) can catch a regression"
+        );
+        return;
+    }
     const MSGS: u64 = 3_000_000;
     let dir = temp_dir("heap");
     let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/default-2core.toml"))
