@@ -238,7 +238,9 @@ fn speed_10x_replays_a_2s_span_in_about_0_2s() {
     );
     let took = last.recv - first.recv;
     // The pacer never sends early; a loaded box may make it late, hence the generous upper bound.
-    assert!(took >= Duration::from_millis(190), "sent too fast: {took:?}");
+    // The span is measured at the receiver, so a first message read late shortens it (CI saw
+    // 187 ms on a loaded box): the lower bound only has to tell 10x from 20x (100 ms) and flat out.
+    assert!(took >= Duration::from_millis(150), "sent too fast: {took:?}");
     assert!(took < Duration::from_millis(1500), "far slower than 10x: {took:?}");
 }
 
