@@ -485,11 +485,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     args.snail.apply(&mut profile)?;
     args.access.apply(&mut profile.security);
     super::check_profile(&profile, &args.profile)?;
-    if profile.shards.iter().any(|s| s.endpoints.is_empty()) {
-        bail!(
-            "every shard needs an endpoint: give --endpoint tcp://HOST:PORT or set shards[].endpoints in the profile"
-        );
-    }
+    profile.check_endpoints().map_err(|e| anyhow::Error::new(e).context(format!("--profile {}", args.profile)))?;
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
     args.outputs.apply(&mut cfg)?;
