@@ -1,7 +1,7 @@
 //! The `mdsub` command line: parses arguments and calls the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mdsub::agent::StopFlag;
 use mdsub::cli;
 use std::sync::atomic::AtomicU64;
@@ -78,7 +78,9 @@ fn main() {
     if let Err(e) = mdsub::zmqx::heap::keep_freed_memory() {
         mdsub::diag!("warning: {e}: libzmq's I/O threads may page-fault on freed memory");
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches.subcommand_name().unwrap_or_default().to_string();
     let stop = StopFlag::new();
     let on_signal = stop.clone();
     let watches_stop = cli.cmd.watches_stop();
@@ -137,6 +139,19 @@ fn main() {
         if let Some(mdsub::engine::EngineError::Croaked(c)) = e.downcast_ref::<mdsub::engine::EngineError>() {
             mdsub::diag!("mdsub: croak: {}", c.scream);
             std::process::exit(mdsub::snail::EXIT_CODE_CROAK);
+        }
+        // A flag or value refused after parsing: said like clap's own refusals (with the
+        // command's usage), exit 2.
+        if let Some(u) = e.downcast_ref::<cli::UsageError>() {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let kind = clap::error::ErrorKind::ValueValidation;
+            let err = match cmd.find_subcommand_mut(&sub) {
+                Some(s) => s.error(kind, u),
+                None => cmd.error(kind, u),
+            };
+            let _ = err.print();
+            std::process::exit(cli::EXIT_USAGE);
         }
         if cli::is_interrupted(&e) {
             mdsub::diag!("mdsub: interrupted");

@@ -123,6 +123,7 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
 
 /// Run `mdsub capacity`.
 pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<CapacityResult> {
+    capacity::check_time_cap(args.time_cap, args.warmup, args.hold, args.runs).map_err(super::UsageError)?;
     let names = if args.profiles.is_empty() { vec!["builtin".to_string()] } else { args.profiles.clone() };
     let mut bases = Vec::with_capacity(names.len());
     for n in &names {

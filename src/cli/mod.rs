@@ -42,6 +42,17 @@ pub mod top;
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// A flag or value the command line refuses after clap parsed it (a check that needs other
+/// flags, or the command's context): `main` says it the way clap says its own refusals, with
+/// the command's usage, and exits 2 ([`EXIT_USAGE`]). Checks of one value belong in the
+/// flag's `value_parser` ([`args`]); this is for the rest.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit status of a refused flag or value (clap's).
+pub const EXIT_USAGE: i32 = 2;
+
 /// The exit status of an interrupted command: 128 + SIGINT, as a shell reports a command
 /// that Ctrl-C ended.
 pub const EXIT_INTERRUPTED: i32 = 130;
