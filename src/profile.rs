@@ -449,14 +449,24 @@ impl Profile {
     /// What `mdsub engine` refuses when no `--endpoint` replaces the
     /// profile's endpoints: a shard with none (`profile check` says the same).
     pub fn check_endpoints(&self) -> Result<(), ProfileError> {
-        match self.shards.iter().position(|s| s.endpoints.is_empty()) {
-            Some(i) => Err(invalid(
-                format!("shards[{i}].endpoints"),
-                "empty: every shard needs an endpoint; list the publisher's tcp://HOST:PORT here \
-                 or give the engine --endpoint (it replaces every shard's)",
-            )),
-            None => Ok(()),
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.endpoints.is_empty() {
+                return Err(invalid(
+                    format!("shards[{i}].endpoints"),
+                    "empty: every shard needs an endpoint; list the publisher's tcp://HOST:PORT here \
+                     or give the engine --endpoint (it replaces every shard's)",
+                ));
+            }
+            // The engine's process binds no data endpoint: an inproc one would never come up.
+            if let Some(j) = s.endpoints.iter().position(|e| e.starts_with("inproc://")) {
+                return Err(invalid(
+                    format!("shards[{i}].endpoints[{j}]"),
+                    "an inproc endpoint reaches only sockets inside the engine's process, and the \
+                     publisher is another process; use ipc:///tmp/NAME or tcp://HOST:PORT",
+                ));
+            }
         }
+        Ok(())
     }
 
     /// Resolve into an engine configuration. `endpoints`, if given, replaces

@@ -295,3 +295,26 @@ fn ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once() {
     assert!(!common::has_trial_hlog(&dir), "the interrupted trial's .hlog is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_inproc_endpoint_is_refused_where_another_process_would_serve_it() {
+    // Before: `engine --endpoint inproc://x` ran silently, its link never up (only sockets of
+    // one process meet on inproc, and nothing in the engine's process binds it).
+    for args in [
+        &["engine", "--endpoint", "inproc://x", "--max-duration", "5s"][..],
+        &["clone-client", "--server", "inproc://x", "--timeout", "5s"],
+        &["top", "--store", "connect:inproc://x"],
+        &["replay", "--endpoint", "bind:inproc://x", "--count", "10"],
+        &["lvc", "--frontend", "connect:inproc://x", "--backend", "bind:tcp://127.0.0.1:0"],
+    ] {
+        let (code, out, err) = run_within(args[0], mdsub().args(args), DEADLINE);
+        assert_eq!(code, Some(2), "{args:?}: a refused value: {out}{err}");
+        assert!(
+            err.contains(
+                "`inproc://x`: an inproc endpoint reaches only sockets inside this process, and the peer \
+                 of this socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
+            ),
+            "{args:?}: says why: {err}"
+        );
+    }
+}

@@ -194,3 +194,23 @@ fn an_unknown_interface_names_each_interface_once() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_inproc_endpoint_in_a_profile_is_refused_by_the_engine_and_profile_check_says_so() {
+    // Before: `mdsub engine --profile` with an inproc shard endpoint ran silently, never linked.
+    let dir = common::temp_dir("profile-inproc");
+    let p = write_profile(&dir, "inproc", "[[shards]]\nendpoints = [\"inproc://x\"]\n[[workers]]\n");
+    let said = "profile field `shards[0].endpoints[0]`: an inproc endpoint reaches only sockets inside the \
+                engine's process, and the publisher is another process; use ipc:///tmp/NAME or tcp://HOST:PORT";
+    let (code, out, err) = check(&["check", &p]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.lines().next().unwrap_or_default().contains(said), "{out}");
+    let (code, _out, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--profile", &p, "--max-duration", "5s"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim(), format!("mdsub: error: --profile {p}: {said}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,8 +18,7 @@ use crate::agent::IdleStrategy;
 use crate::zmqx::{check_endpoint, Attach};
 
 /// The accepted endpoint forms, as every endpoint error states them.
-pub const ENDPOINT_FORMS: &str =
-    "bind:EP, connect:EP or EP, with EP like tcp://127.0.0.1:5556, ipc:///tmp/md or inproc://md";
+pub const ENDPOINT_FORMS: &str = "bind:EP, connect:EP or EP, with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
 /// The accepted duration forms, as every duration error states them.
 pub const DURATION_FORMS: &str = "a number with a unit: us, ms, s, m or h (e.g. 500ms, 5s, 2m)";
 /// The accepted count forms, as every count error states them.
@@ -100,6 +99,14 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
         (None, s)
     };
     check_endpoint(endpoint).map_err(|why| format!("{why}; accepted: {ENDPOINT_FORMS}"))?;
+    // Only sockets of one process meet on inproc, and no command binds and connects the
+    // same endpoint: its peer would be another process, and the link would never come up.
+    if endpoint.starts_with("inproc://") {
+        return Err(format!(
+            "`{endpoint}`: an inproc endpoint reaches only sockets inside this process, and the peer of \
+             this socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
+        ));
+    }
     Ok(Endpoint { how, endpoint: endpoint.to_string() })
 }
 
