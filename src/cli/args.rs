@@ -343,17 +343,23 @@ mod tests {
 
     #[test]
     fn sizes_take_counts_and_binary_units() {
-        assert_eq!(parse_bytes("100"), Ok(100));
-        assert_eq!(parse_bytes("64k"), Ok(64_000));
-        assert_eq!(parse_bytes("2M"), Ok(2_000_000));
-        assert_eq!(parse_bytes("1Ki"), Ok(1_024));
-        assert_eq!(parse_bytes("1Mi"), Ok(1_048_576));
-        assert_eq!(parse_bytes("64Mi"), Ok(67_108_864));
-        assert_eq!(parse_bytes("256Mi"), Ok(268_435_456));
-        assert_eq!(parse_bytes("1.5Ki"), Ok(1_536));
-        assert_eq!(parse_bytes("2Gi"), Ok(2 << 30));
-        assert_eq!(parse_bytes_i64("1Mi"), Ok(1_048_576));
-        assert_eq!(parse_bytes_usize("1_024Ki"), Ok(1_048_576));
+        let sizes = [
+            ("100", 100),
+            ("64k", 64_000),
+            ("2M", 2_000_000),
+            ("1Ki", 1_024),
+            ("1Mi", 1_048_576),
+            ("64Mi", 67_108_864),
+            ("256Mi", 268_435_456),
+            ("1.5Ki", 1_536),
+            ("1_024Ki", 1_048_576),
+            ("2Gi", 2 << 30),
+        ];
+        for (given, bytes) in sizes {
+            assert_eq!(parse_bytes(given), Ok(bytes), "{given}");
+            assert_eq!(parse_bytes_usize(given).map(|b| b as u64), Ok(bytes), "{given}");
+            assert_eq!(parse_bytes_i64(given).map(|b| b as u64), Ok(bytes), "{given}");
+        }
         for bad in ["", "Mi", "1MiB", "1mi", "0.3Ki", "-1Ki", "lots"] {
             let e = parse_bytes(bad).expect_err(bad);
             assert!(e.contains("not a size in bytes") && e.contains("Ki, Mi or Gi"), "{bad}: {e}");
