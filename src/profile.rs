@@ -451,6 +451,29 @@ impl Profile {
         Ok(())
     }
 
+    /// What `mdsub engine` refuses when no `--endpoint` replaces the
+    /// profile's endpoints: a shard with none (`profile check` says the same).
+    pub fn check_endpoints(&self) -> Result<(), ProfileError> {
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.endpoints.is_empty() {
+                return Err(invalid(
+                    format!("shards[{i}].endpoints"),
+                    "empty: every shard needs an endpoint; list the publisher's tcp://HOST:PORT here \
+                     or give the engine --endpoint (it replaces every shard's)",
+                ));
+            }
+            // The engine's process binds no data endpoint: an inproc one would never come up.
+            if let Some(j) = s.endpoints.iter().position(|e| e.starts_with("inproc://")) {
+                return Err(invalid(
+                    format!("shards[{i}].endpoints[{j}]"),
+                    "an inproc endpoint reaches only sockets inside the engine's process, and the \
+                     publisher is another process; use ipc:///tmp/NAME or tcp://HOST:PORT",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Resolve into an engine configuration. `endpoints`, if given, replaces
     /// each shard's endpoints (one per shard, from an in-process publisher).
     pub fn engine_config(&self, endpoints: Option<&[String]>) -> EngineConfig {
@@ -625,8 +648,13 @@ pub fn check_interface(iface: &str) -> Result<std::net::IpAddr, String> {
             "interface `{iface}` has no IP address to connect from; give it one (ip addr add) or name another"
         ));
     }
-    let mut names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
-    names.dedup();
+    // getifaddrs lists an interface once per address family: name each once, in its order.
+    let mut names: Vec<&str> = Vec::new();
+    for (n, _) in &all {
+        if !names.contains(&n.as_str()) {
+            names.push(n);
+        }
+    }
     Err(format!("no interface `{iface}` on this host; use one of {} or an address", names.join(", ")))
 }
 

@@ -300,3 +300,25 @@ fn a_publisher_nobody_serves_is_said_early_and_ctrl_c_ends_the_wait() {
     assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_time_cap_shorter_than_one_trial_is_refused_up_front() {
+    // Before: 0 trials, exit 0 at once, `capped: the time cap ended the search`.
+    let dir = common::temp_dir("capacity-short-cap");
+    let out = dir.to_str().expect("utf8 path");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--time-cap", "3s", "--runs", "3", "--warmup", "500ms", "--hold", "2s", "--out", out]);
+    let (code, stdout, err) = run_within("capacity", &mut cmd, Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{stdout}{err}");
+    assert!(
+        err.contains(
+            "--time-cap 3s is shorter than one trial: 3 run(s) x (500ms warm-up + 2s hold + 300ms to start) = 8.4s; \
+             give --time-cap 9s or more"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("Usage: mdsub capacity"), "said like clap's refusals: {err}");
+    assert!(stdout.is_empty(), "nothing run: {stdout}");
+    assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0, "no results folder");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -369,3 +369,98 @@ fn ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once() {
     assert!(!common::has_trial_hlog(&dir), "the interrupted trial's .hlog is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_inproc_endpoint_is_refused_where_another_process_would_serve_it() {
+    // Before: `engine --endpoint inproc://x` ran silently, its link never up (only sockets of
+    // one process meet on inproc, and nothing in the engine's process binds it).
+    for args in [
+        &["engine", "--endpoint", "inproc://x", "--max-duration", "5s"][..],
+        &["clone-client", "--server", "inproc://x", "--timeout", "5s"],
+        &["top", "--store", "connect:inproc://x"],
+        &["replay", "--endpoint", "bind:inproc://x", "--count", "10"],
+        &["lvc", "--frontend", "connect:inproc://x", "--backend", "bind:tcp://127.0.0.1:0"],
+    ] {
+        let (code, out, err) = run_within(args[0], mdsub().args(args), DEADLINE);
+        assert_eq!(code, Some(2), "{args:?}: a refused value: {out}{err}");
+        assert!(
+            err.contains(
+                "`inproc://x`: an inproc endpoint reaches only sockets inside this process, and the peer \
+                 of this socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
+            ),
+            "{args:?}: says why: {err}"
+        );
+    }
+}
+
+/// `mdsub CMD --help`.
+fn help(cmd: &str) -> String {
+    let (code, out, err) = run_within(cmd, mdsub().args([cmd, "--help"]), DEADLINE);
+    assert_eq!(code, Some(0), "{cmd} --help: {err}");
+    out
+}
+
+/// The help of `--flag` in `text` (its line and the lines up to the next flag), on one line.
+fn flag_help(text: &str, flag: &str) -> String {
+    let head = format!("{flag} ");
+    let mut lines = text.lines().skip_while(|l| !l.trim_start().starts_with(&head));
+    let first = lines.next().unwrap_or_else(|| panic!("{flag} in: {text}")).trim();
+    let rest = lines.take_while(|l| !l.trim_start().starts_with('-')).map(str::trim);
+    std::iter::once(first).chain(rest).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn help_says_defaults_in_forms_the_parser_takes_and_names_values_in_the_vocabulary() {
+    // Before: `[default: 1048576]` for flags whose `M` is 10^6, `100000` beside `100k`, no
+    // default for the snail's thresholds or --metrics-interval, `<RUNS>`, `<SAVE>`, `<DATA_DIR>`,
+    // `<SUBSCRIBE>` beside `COUNT`, `FILE`, `DIR`, `PREFIX`.
+    let cmds = ["engine", "demo", "bench", "capacity", "replay", "lvc", "tap", "clone-server", "clone-bench"];
+    let helps: Vec<(&str, String)> = cmds.iter().map(|c| (*c, help(c))).collect();
+    for (cmd, text) in &helps {
+        for raw in ["[default: 1048576]", "[default: 268435456]", "[default: 67108864]", "[default: 100000]"] {
+            assert!(!text.contains(raw), "{cmd}: {raw} in: {text}");
+        }
+        for unstyled in ["<RUNS>", "<SAVE>", "<DATA_DIR>", "<SUBSCRIBE>"] {
+            assert!(!text.contains(unstyled), "{cmd}: {unstyled} in: {text}");
+        }
+    }
+    let of = |cmd: &str| helps.iter().find(|(c, _)| *c == cmd).map(|(_, t)| t.as_str()).expect(cmd);
+    for (cmd, flag, default) in [
+        ("clone-server", "--max-value-bytes", "1Mi"),
+        ("clone-server", "--max-key-bytes", "1Ki"),
+        ("lvc", "--max-bytes", "256Mi"),
+        ("lvc", "--answer-bytes", "64Mi"),
+        ("tap", "--max-msg-bytes", "1Mi"),
+        ("capacity", "--sndhwm-msgs", "100k"),
+        ("replay", "--sndhwm-msgs", "100k"),
+        ("lvc", "--hwm-msgs", "100k"),
+    ] {
+        let h = flag_help(of(cmd), flag);
+        assert!(h.ends_with(&format!("[default: {default}]")), "{cmd} {flag}: {h}");
+    }
+    // The snail's and the metrics interval's defaults are the builtin profile's.
+    let (code, builtin, err) = run_within("profile", mdsub().args(["profile", "show", "builtin"]), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let ms = |key: &str| -> String {
+        let line = builtin.lines().find(|l| l.starts_with(&format!("{key} = "))).expect(key);
+        let v: u64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect(line);
+        if v.is_multiple_of(1000) {
+            format!("{}s", v / 1000)
+        } else {
+            format!("{v}ms")
+        }
+    };
+    for (flag, key) in [
+        ("--max-lag", "max_lag_ms"),
+        ("--grace", "grace_ms"),
+        ("--silence", "silence_ms"),
+        ("--rest", "rest_ms"),
+        ("--skew-window", "skew_window_ms"),
+    ] {
+        let h = flag_help(of("engine"), flag);
+        assert!(h.ends_with(&format!("[default: the profile's `[snail]`, else {}]", ms(key))), "{flag}: {h}");
+    }
+    let h = flag_help(of("engine"), "--metrics-interval");
+    let want = format!("[default: the profile's `metrics_interval_ms`, else {}]", ms("metrics_interval_ms"));
+    assert!(h.ends_with(&want), "{h}");
+}

@@ -397,6 +397,8 @@ fn corrupt_record_length_is_reported_at_its_offset() {
     assert!(out.contains(&format!("damaged at byte {offset}: ")), "offset {offset} named: {out}");
     assert!(out.contains("impossible length"), "reason given: {out}");
     assert!(out.contains("replay: refused (bad_record): "), "said under its reason: {out}");
+    // Not truncation: bytes follow the damaged record (before: `the file ends here`).
+    assert!(out.contains("; replay of this file stops here: nothing after a damaged record can be trusted"), "{out}");
     assert!(out.contains("damaged input (refused: bad_record=1)"), "counted under its reason: {out}");
     assert_eq!(got.len(), 30, "everything before the damage was replayed");
 }

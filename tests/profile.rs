@@ -154,3 +154,71 @@ fn profile_show_of_a_word_that_is_no_file_says_what_show_takes() {
     assert!(err.contains("auto, builtin or a TOML file"), "{err}");
     assert_eq!(err.matches("No such file").count(), 1, "the cause said once: {err}");
 }
+
+/// A profile named `name` with `body`, in a fresh temporary folder: (the folder, the file).
+fn temp_profile(name: &str, body: &str) -> (std::path::PathBuf, String) {
+    let dir = common::temp_dir(&format!("profile-{name}"));
+    let path = write_profile(&dir, name, body);
+    (dir, path)
+}
+
+#[test]
+fn a_shard_without_endpoints_is_ok_only_with_endpoint_and_the_engine_says_why() {
+    // Before: `ok for cores …` while `mdsub engine --profile` refused the same file.
+    let (dir, p) = temp_profile("no-endpoints", "[[shards]]\nendpoints = []\n[[workers]]\n");
+    let (code, out, err) = check(&["check", &p]);
+    assert_eq!(code, Some(0), "{err}");
+    let first = out.lines().next().unwrap_or_default();
+    let said =
+        "only with --endpoint: without it the engine refuses the profile (profile field `shards[0].endpoints`: empty";
+    assert!(first.contains(said), "{first}");
+    let (code, _out, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--profile", &p, "--max-duration", "5s"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "mdsub: error: --profile {p}: profile field `shards[0].endpoints`: empty: every shard needs an endpoint; \
+             list the publisher's tcp://HOST:PORT here or give the engine --endpoint (it replaces every shard's)"
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unknown_interface_names_each_interface_once() {
+    // Before: `use one of lo, ifb0, ifb1, eth0, lo, eth0, lo, eth0` (once per address family).
+    let nic = "[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\ninterface = \"nosuchnic9\"\n[[workers]]\n";
+    let (dir, p) = temp_profile("nic-names", nic);
+    let (code, _out, err) = check(&["check", &p]);
+    assert_eq!(code, Some(1), "{err}");
+    let names = err.split("use one of ").nth(1).and_then(|t| t.split(" or an address").next()).expect(&err);
+    let names: Vec<&str> = names.split(", ").collect();
+    assert!(names.contains(&"lo"), "{err}");
+    for (i, n) in names.iter().enumerate() {
+        assert!(!names[..i].contains(n), "`{n}` named twice: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_inproc_endpoint_in_a_profile_is_refused_by_the_engine_and_profile_check_says_so() {
+    // Before: `mdsub engine --profile` with an inproc shard endpoint ran silently, never linked.
+    let (dir, p) = temp_profile("inproc", "[[shards]]\nendpoints = [\"inproc://x\"]\n[[workers]]\n");
+    let said = "profile field `shards[0].endpoints[0]`: an inproc endpoint reaches only sockets inside the \
+                engine's process, and the publisher is another process; use ipc:///tmp/NAME or tcp://HOST:PORT";
+    let (code, out, err) = check(&["check", &p]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.lines().next().unwrap_or_default().contains(said), "{out}");
+    let (code, _out, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--profile", &p, "--max-duration", "5s"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim(), format!("mdsub: error: --profile {p}: {said}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

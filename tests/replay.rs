@@ -180,8 +180,14 @@ fn damaged_captures_are_refused_by_reason_with_the_place() {
     assert_eq!(v["sent_total"].as_u64(), Some(msgs_before(mid)), "everything before the damage: {v}");
     let said: Vec<&str> = err.lines().filter(|l| l.starts_with("replay: refused (bad_record): ")).collect();
     assert_eq!(said.len(), 1, "said once: {err}");
-    let want = format!("corrupt record at byte offset {}: checksum mismatch (record {}", offset_of(mid), mid + 1);
+    let want =
+        format!("damaged record at byte offset {}: its checksum does not match (record {}", offset_of(mid), mid + 1);
     assert!(said[0].contains(&want) && said[0].contains("middle.mdcap"), "file, offset, record, reason: {err}");
+    // Not truncation: bytes follow the damaged record (before: `…, the file ends here)`).
+    assert!(
+        said[0].ends_with("replay of this file stops here: nothing after a damaged record can be trusted)"),
+        "{err}"
+    );
 
     // A truncated tail: the last record cut short.
     let last = records.len() - 1;
@@ -192,7 +198,8 @@ fn damaged_captures_are_refused_by_reason_with_the_place() {
     assert_eq!(v["refused"]["truncated_tail"], 1, "{v}");
     assert_eq!(v["sent_total"].as_u64(), Some(msgs_before(last - 1)), "all but the cut message [topic][body]: {v}");
     let want = format!("truncated at byte offset {}: record body (record {}", offset_of(last), last + 1);
-    assert!(err.lines().any(|l| l.starts_with("replay: refused (truncated_tail): ") && l.contains(&want)), "{err}");
+    let said = |l: &str| l.starts_with("replay: refused (truncated_tail): ") && l.contains(&want);
+    assert!(err.lines().any(|l| said(l) && l.ends_with(", the file ends here)")), "{err}");
 
     // Not a capture at all: one error line, refused before anything binds.
     let mut wrong_magic = bytes.clone();

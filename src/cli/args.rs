@@ -7,6 +7,8 @@
 //! - a duration always carries its unit: `250us`, `500ms`, `5s`, `2m`, `1h`;
 //! - a count may use `_` and the suffixes `k` (thousand) and `M` (million):
 //!   `100k`, `2M`, `1_000_000`;
+//! - a size in bytes is a count or takes the binary suffixes `Ki`, `Mi`, `Gi`:
+//!   `64k` (64 000), `1Mi` (1 048 576);
 //! - an idle strategy is one of `spin`, `yield`, `backoff`, `block`.
 //!
 //! clap puts the flag's name in front of each error these parsers return, so
@@ -18,10 +20,12 @@ use crate::agent::IdleStrategy;
 use crate::zmqx::{check_endpoint, Attach};
 
 /// The accepted endpoint forms, as every endpoint error states them.
-pub const ENDPOINT_FORMS: &str =
-    "bind:EP, connect:EP or EP, with EP like tcp://127.0.0.1:5556, ipc:///tmp/md or inproc://md";
+pub const ENDPOINT_FORMS: &str = "bind:EP, connect:EP or EP, with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
 /// The accepted duration forms, as every duration error states them.
 pub const DURATION_FORMS: &str = "a number with a unit: us, ms, s, m or h (e.g. 500ms, 5s, 2m)";
+/// The accepted size forms, as every `--*-bytes` error states them.
+pub const BYTES_FORMS: &str =
+    "a whole number of bytes, optionally with k or M (10^3, 10^6) or Ki, Mi or Gi (2^10, 2^20, 2^30), e.g. 64k, 1Mi";
 /// The accepted count forms, as every count error states them.
 pub const COUNT_FORMS: &str = "a whole number, optionally with k or M (e.g. 100000, 100k, 2M)";
 
@@ -100,6 +104,14 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
         (None, s)
     };
     check_endpoint(endpoint).map_err(|why| format!("{why}; accepted: {ENDPOINT_FORMS}"))?;
+    // Only sockets of one process meet on inproc, and no command binds and connects the
+    // same endpoint: its peer would be another process, and the link would never come up.
+    if endpoint.starts_with("inproc://") {
+        return Err(format!(
+            "`{endpoint}`: an inproc endpoint reaches only sockets inside this process, and the peer of \
+             this socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
+        ));
+    }
     Ok(Endpoint { how, endpoint: endpoint.to_string() })
 }
 
@@ -248,10 +260,33 @@ pub fn parse_hwm(s: &str) -> Result<i32, String> {
     i32::try_from(n).map_err(|_| format!("`{s}` is too large: a HWM is at most {} messages", i32::MAX))
 }
 
-/// [`parse_count`] into a byte limit as libzmq's `ZMQ_MAXMSGSIZE` takes it.
+/// Parse a size in bytes (every `--*-bytes` flag): a count (`100`, `64k`, `2M`: powers of ten)
+/// or binary units `Ki`, `Mi`, `Gi` (`1Mi` = 1 048 576), so a power-of-two default reads as one.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size in bytes; accepted: {BYTES_FORMS}");
+    let t = s.trim().replace('_', "");
+    let binary = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)];
+    let Some((num, unit)) = binary.iter().find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n, *unit))) else {
+        return parse_count(&t).map_err(|_| bad());
+    };
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    let v = num.parse::<f64>().map_err(|_| bad())? * unit as f64;
+    if v.fract() != 0.0 || v >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+/// [`parse_bytes`] into a `usize`.
+pub fn parse_bytes_usize(s: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(s)?).map_err(|_| format!("`{s}` is too large; accepted: {BYTES_FORMS}"))
+}
+
+/// [`parse_bytes`] into a byte limit as libzmq's `ZMQ_MAXMSGSIZE` takes it.
 pub fn parse_bytes_i64(s: &str) -> Result<i64, String> {
-    let n = parse_count(s)?;
-    i64::try_from(n).map_err(|_| format!("`{s}` is too large; accepted: {COUNT_FORMS}"))
+    i64::try_from(parse_bytes(s)?).map_err(|_| format!("`{s}` is too large; accepted: {BYTES_FORMS}"))
 }
 
 /// The idle strategy of a command's agents, by name.
@@ -362,6 +397,31 @@ mod tests {
         assert!(e.contains("--count") && e.contains("100k, 2M"), "{e}");
         let e = error("--hwm-msgs", "1.5");
         assert!(e.contains("--hwm-msgs") && e.contains("100k, 2M"), "{e}");
+    }
+
+    #[test]
+    fn sizes_take_counts_and_binary_units() {
+        let sizes = [
+            ("100", 100),
+            ("64k", 64_000),
+            ("2M", 2_000_000),
+            ("1Ki", 1_024),
+            ("1Mi", 1_048_576),
+            ("64Mi", 67_108_864),
+            ("256Mi", 268_435_456),
+            ("1.5Ki", 1_536),
+            ("1_024Ki", 1_048_576),
+            ("2Gi", 2 << 30),
+        ];
+        for (given, bytes) in sizes {
+            assert_eq!(parse_bytes(given), Ok(bytes), "{given}");
+            assert_eq!(parse_bytes_usize(given).map(|b| b as u64), Ok(bytes), "{given}");
+            assert_eq!(parse_bytes_i64(given).map(|b| b as u64), Ok(bytes), "{given}");
+        }
+        for bad in ["", "Mi", "1MiB", "1mi", "0.3Ki", "-1Ki", "lots"] {
+            let e = parse_bytes(bad).expect_err(bad);
+            assert!(e.contains("not a size in bytes") && e.contains("Ki, Mi or Gi"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::args::{parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration, Idle};
+use super::args::{parse_bytes_usize, parse_count_nonzero, parse_count_nonzero_usize, parse_duration, Idle};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
 use super::replay::{file_source, parse_speed, Speed};
@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub publisher: PublisherArgs,
     /// Runs of every subscriber; medians are reported.
-    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "5", value_name = "RUNS")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "5", value_name = "COUNT")]
     pub runs: usize,
     /// Engine tuning profile: a TOML file, `builtin` or `auto`.
     #[arg(long, default_value = "builtin")]
@@ -73,7 +73,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Also write the whole result as JSON to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub save: Option<std::path::PathBuf>,
     /// Also measure `engine/batch+outputs`: the batch engine with --hlog and
     /// --hgrm (files in DIR) and --metrics-listen (an ephemeral port) on, in
@@ -640,13 +640,13 @@ pub struct LvcBenchArgs {
     #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub count: u64,
     /// Payload bytes per message (the frame adds the topic, a NUL and the header).
-    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_bytes_usize, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Distinct topics, cycled.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1000", value_name = "COUNT")]
     pub symbols: usize,
     /// Runs (each measures direct, then through the LVC); medians are reported.
-    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// Give up on a measurement after this long (reported as loss).
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
@@ -680,7 +680,7 @@ pub struct CloneBenchArgs {
     #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub keys: u64,
     /// Runs of each measurement (the median is reported).
-    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// Skip the failover runs (they start server processes).
     #[arg(long)]

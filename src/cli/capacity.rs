@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    parse_count, parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint,
+    parse_bytes_usize, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero, parse_endpoint,
     parse_hwm, Endpoint, How,
 };
 use super::load_profile;
@@ -45,7 +45,7 @@ pub struct CapacityArgs {
     #[arg(long, value_name = "HANDLER")]
     pub handler: Option<HandlerSpec>,
     /// Payload bytes per message.
-    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_bytes_usize, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Number of symbols (topics), Zipf-popular.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "100", value_name = "COUNT")]
@@ -57,7 +57,7 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_duration_nonzero, default_value = "2s", value_name = "DURATION")]
     pub hold: Duration,
     /// Runs per trial, each with a fresh engine; medians are judged, the spread is reported.
-    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "RUNS")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// The first rate offered (msg/s); the search doubles from there until a trial fails.
     #[arg(long, value_parser = parse_count, default_value = "10k", value_name = "COUNT")]
@@ -84,7 +84,7 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_count, value_name = "COUNT", conflicts_with = "publisher")]
     pub publisher_max_rate: Option<u64>,
     /// The in-process publisher's send high-water mark per subscriber, in messages.
-    #[arg(long, value_parser = parse_hwm, default_value = "100000", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
     pub sndhwm_msgs: i32,
     /// Print the summary as JSON instead of tables.
     #[arg(long)]
@@ -128,6 +128,7 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
 
 /// Run `mdsub capacity`.
 pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<CapacityResult> {
+    capacity::check_time_cap(args.time_cap, args.warmup, args.hold, args.runs).map_err(super::UsageError)?;
     let names = if args.profiles.is_empty() { vec!["builtin".to_string()] } else { args.profiles.clone() };
     let mut bases = Vec::with_capacity(names.len());
     for n in &names {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::args::{
-    parse_count, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm, parse_ms_in,
+    parse_bytes_usize, parse_count, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm, parse_ms_in,
     Endpoint, How, Idle,
 };
 use super::security::{ClientKeyArgs, ServerAccessArgs};
@@ -46,7 +46,7 @@ pub struct ServerArgs {
     #[arg(long, value_parser = parse_endpoint, value_name = "[bind:]EP")]
     pub state_endpoint: Option<Endpoint>,
     /// Keep an update log and snapshots here; the map survives restarts.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Binary Star heartbeat interval (e.g. 1s); the peer is dead after two missed.
     #[arg(long, value_parser = parse_interval, default_value = "1s", value_name = "DURATION")]
@@ -55,10 +55,10 @@ pub struct ServerArgs {
     #[arg(long, value_parser = parse_interval, default_value = "1s", value_name = "DURATION")]
     pub hugz_interval: Duration,
     /// Longest key accepted (longer updates are counted and dropped).
-    #[arg(long, value_parser = parse_count_usize, default_value = "1024", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_bytes_usize, default_value = "1Ki", value_name = "BYTES")]
     pub max_key_bytes: usize,
     /// Longest value accepted.
-    #[arg(long, value_parser = parse_count_usize, default_value = "1048576", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_bytes_usize, default_value = "1Mi", value_name = "BYTES")]
     pub max_value_bytes: usize,
     /// Snapshot messages queued to one client at most (memory bound of the snapshot port); a
     /// client that stops reading at the bound for 100 ms has its snapshot abandoned (counted in

@@ -51,26 +51,29 @@ pub struct DemoArgs {
 #[derive(Args, Debug, Default)]
 pub struct SnailArgs {
     /// What a bad verdict does: croak (scream, stop, exit 3), warn (log, count, go on),
-    /// rest (skip the backlog for --rest, rejoin at the live position) or off.
+    /// rest (skip the backlog for --rest, rejoin at the live position) or off
+    /// [default: the profile's `[snail]`, else croak].
     #[arg(long = "snail", value_parser = parse_policy, value_name = "croak|warn|rest|off")]
     pub policy: Option<Policy>,
-    /// Lag (now - intended send time) above which a message is late (e.g. 1s, 200ms).
+    /// Lag (now - intended send time) above which a message is late (e.g. 1s, 200ms)
+    /// [default: the profile's `[snail]`, else 1s].
     #[arg(long, value_parser = parse_whole_ms_nonzero, value_name = "DURATION")]
     pub max_lag: Option<Duration>,
-    /// How long the lag must stay above --max-lag to be a snail.
+    /// How long the lag must stay above --max-lag to be a snail [default: the profile's `[snail]`, else 1s].
     #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub grace: Option<Duration>,
-    /// Nothing heard (no data, no heartbeat) for this long is STOP; 0s: not judged.
+    /// Nothing heard (no data, no heartbeat) for this long is STOP; 0s: not judged
+    /// [default: the profile's `[snail]`, else 5s].
     #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub silence: Option<Duration>,
     /// Clocks: synchronised (one host, PTP/NTP) or skew-tolerant (judge lag
-    /// against the lowest lag seen over --skew-window).
+    /// against the lowest lag seen over --skew-window) [default: the profile's `[snail]`, else synchronised].
     #[arg(long, value_parser = parse_skew, value_name = "synchronised|skew-tolerant")]
     pub skew: Option<SkewMode>,
-    /// Policy rest: how long a snail skips everything before it rejoins.
+    /// Policy rest: how long a snail skips everything before it rejoins [default: the profile's `[snail]`, else 10s].
     #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub rest: Option<Duration>,
-    /// Skew-tolerant mode: how far back the lowest lag is taken from.
+    /// Skew-tolerant mode: how far back the lowest lag is taken from [default: the profile's `[snail]`, else 30s].
     #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub skew_window: Option<Duration>,
     /// Bind the monitor PUB here (`bind:EP` or `EP`): every scream and the
@@ -221,7 +224,7 @@ pub struct EngineArgs {
     #[arg(long, value_parser = parse_endpoint_list, value_name = "[connect:]EP[,EP…]")]
     pub endpoint: Vec<Vec<Endpoint>>,
     /// Topic prefix to subscribe (repeatable; default everything).
-    #[arg(long = "subscribe")]
+    #[arg(long = "subscribe", value_name = "PREFIX")]
     pub subscribe: Vec<String>,
     /// Number of workers (overrides the profile's, unpinned; at least 1).
     #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
@@ -277,7 +280,8 @@ pub struct OutputArgs {
     /// listens on 127.0.0.1; port 0 picks one, printed on stderr).
     #[arg(long, value_parser = parse_listen, value_name = "[ADDR:]PORT")]
     pub metrics_listen: Option<SocketAddr>,
-    /// How often histograms are collected, logged and published (e.g. 1s).
+    /// How often histograms are collected, logged and published (e.g. 1s)
+    /// [default: the profile's `metrics_interval_ms`, else 1s].
     #[arg(long, value_parser = parse_metrics_interval, value_name = "DURATION")]
     pub metrics_interval: Option<Duration>,
     /// The engine's name in metrics and status (default HOST-PID).
@@ -479,11 +483,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     args.snail.apply(&mut profile)?;
     args.access.apply(&mut profile.security);
     super::check_profile(&profile, &args.profile)?;
-    if profile.shards.iter().any(|s| s.endpoints.is_empty()) {
-        bail!(
-            "every shard needs an endpoint: give --endpoint tcp://HOST:PORT or set shards[].endpoints in the profile"
-        );
-    }
+    profile.check_endpoints().map_err(|e| anyhow::Error::new(e).context(format!("--profile {}", args.profile)))?;
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
     args.outputs.apply(&mut cfg)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_count_usize, parse_duration_nonzero, parse_hwm,
+    parse_bytes_usize, parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_duration_nonzero, parse_hwm,
     parse_whole_up_to,
 };
 use crate::feed::{Generator, GeneratorConfig};
@@ -27,7 +27,7 @@ pub struct FeedArgs {
     #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT", allow_negative_numbers = true)]
     pub count: Option<u64>,
     /// Payload bytes per message (the frame adds the topic, a NUL and the header).
-    #[arg(long, value_parser = parse_count_usize, default_value = "100", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_bytes_usize, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Number of symbols (topics), Zipf-popular.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "100", value_name = "COUNT")]
@@ -105,7 +105,7 @@ pub(crate) fn check_frames_fit(feed: &GeneratorConfig, max_msg_bytes: i64) -> an
 #[derive(Args, Debug, Clone)]
 pub struct PublisherArgs {
     /// Publisher send high-water mark per subscriber, in messages (e.g. 100k).
-    #[arg(long, value_parser = parse_hwm, default_value = "100000", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
     pub sndhwm_msgs: i32,
     /// Drop a message when a subscriber's queue is at the HWM instead of
     /// pushing back; each drop is counted (`dropped` in the replay's numbers)

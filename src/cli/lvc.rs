@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::args::{parse_count, parse_count_usize, parse_duration};
+use super::args::{parse_bytes, parse_bytes_usize, parse_count, parse_count_usize, parse_duration};
 use super::proxy::ProxyArgs;
 use crate::agent::{AgentError, StopFlag};
 use crate::diag::ExitCounters;
@@ -41,7 +41,7 @@ pub struct LvcArgs {
     #[arg(long, value_parser = parse_count_usize, default_value = "100k", value_name = "COUNT")]
     pub max_topics: usize,
     /// Most bytes cached (keys plus message buffers).
-    #[arg(long, value_parser = parse_count_usize, default_value = "268435456", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_bytes_usize, default_value = "256Mi", value_name = "BYTES")]
     pub max_bytes: usize,
     /// A subscribe to a prefix unsubscribed less than this long ago gets no answer
     /// (subscription churn; counted as coalesced). 0s turns coalescing off.
@@ -52,7 +52,7 @@ pub struct LvcArgs {
     #[arg(long, value_parser = parse_count, default_value = "200k", value_name = "COUNT")]
     pub answer_msgs: u64,
     /// Answer budget: most bytes sent in answers per second (as --answer-msgs). 0 = no limit.
-    #[arg(long, value_parser = parse_count, default_value = "67108864", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_bytes, default_value = "64Mi", value_name = "BYTES")]
     pub answer_bytes: u64,
     /// Print the exit counters as one JSON object on stdout (default: a line on stderr).
     #[arg(long)]

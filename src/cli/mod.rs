@@ -100,13 +100,35 @@ pub(crate) fn progress_bar(total: Option<u64>, what: &str) -> indicatif::Progres
         None => indicatif::ProgressBar::new_spinner(),
     };
     pb.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
-    let style =
-        indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} msgs {per_sec} eta {eta} {msg}")
-            .or_else(|_| indicatif::ProgressStyle::with_template("{prefix} {pos}"))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} msgs{rate} {msg}")
+        .map(|s| {
+            s.with_key("rate", |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&rate_and_eta(st.pos(), st.per_sec(), st.eta(), st.is_finished()));
+            })
+        })
+        .or_else(|_| indicatif::ProgressStyle::with_template("{prefix} {pos}"))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     pb.set_style(if total.is_some() { style } else { indicatif::ProgressStyle::default_spinner() });
     pb.set_prefix(what.to_string());
     pb
+}
+
+/// The progress bar's rate and time left: whole messages per second, and nothing before a
+/// rate is known (no `0/s eta 0s` at the start); no time left once finished or none is left.
+fn rate_and_eta(pos: u64, per_sec: f64, eta: std::time::Duration, finished: bool) -> String {
+    if pos == 0 || !per_sec.is_finite() || per_sec < 1.0 {
+        return String::new();
+    }
+    let rate = format!(" {per_sec:.0}/s");
+    if finished || eta.is_zero() {
+        return rate;
+    }
+    let secs = eta.as_secs() + u64::from(eta.subsec_nanos() > 0);
+    match secs {
+        s if s >= 3600 => format!("{rate} eta {}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{rate} eta {}m{:02}s", s / 60, s % 60),
+        s => format!("{rate} eta {s}s"),
+    }
 }
 
 /// Expected messages for a progress bar, when knowable.
@@ -160,6 +182,19 @@ pub(crate) fn check_profile(p: &Profile, spec: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_progress_rate_is_whole_and_waits_for_a_rate() {
+        // Before: `0/10000 msgs 0/s eta 0s` at the start, `4,999.2797/s` at the end.
+        assert_eq!(rate_and_eta(0, 0.0, std::time::Duration::ZERO, false), "");
+        assert_eq!(rate_and_eta(0, 5_000.0, std::time::Duration::ZERO, false), "");
+        assert_eq!(rate_and_eta(10, f64::NAN, std::time::Duration::ZERO, false), "");
+        assert_eq!(rate_and_eta(2_500, 4_999.279_7, std::time::Duration::from_millis(1_500), false), " 4999/s eta 2s");
+        assert_eq!(rate_and_eta(10_000, 4_999.279_7, std::time::Duration::ZERO, true), " 4999/s");
+        assert_eq!(rate_and_eta(10_000, 4_999.279_7, std::time::Duration::ZERO, false), " 4999/s");
+        assert_eq!(rate_and_eta(1, 10.0, std::time::Duration::from_secs(3_725), false), " 10/s eta 1h02m");
+        assert_eq!(rate_and_eta(1, 10.0, std::time::Duration::from_secs(125), false), " 10/s eta 2m05s");
+    }
+
     #[test]
     fn a_second_signal_is_the_same_request_only_within_half_a_second() {
         assert_eq!(on_signal(None, 1_000, true), OnSignal::Stop);

@@ -85,6 +85,10 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
             if !interfaces {
                 s += " (interfaces not checked: they are looked up on the host that runs the engine)";
             }
+            // The engine's own check: a shard with no endpoint runs only with --endpoint.
+            if let Err(e) = p.check_endpoints() {
+                s += &format!("; only with --endpoint: without it the engine refuses the profile ({e})");
+            }
             s.push('\n');
             s + &resolved(&p, interfaces)
         }

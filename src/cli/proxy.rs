@@ -42,7 +42,7 @@ pub struct ProxyArgs {
     /// a larger one drops that publisher's connection, as libzmq does; on a
     /// side that connects, libzmq would not reconnect: mdsub logs it, counts
     /// it in the exit line's `links` and connects again).
-    #[arg(long, value_parser = parse_bytes_i64, default_value = "1048576", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_bytes_i64, default_value = "1Mi", value_name = "BYTES")]
     pub max_msg_bytes: i64,
     /// Idle strategy of the proxy's threads.
     #[arg(long, value_enum, default_value_t = Idle::Backoff)]

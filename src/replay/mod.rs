@@ -847,11 +847,12 @@ impl Publisher {
                     Some(reason) => {
                         crate::diag!(
                             "replay: refused ({reason}): capture file {}: {e} (record {}; the {} records before it \
-                             were replayed{}, the file ends here)",
+                             were replayed{}, {})",
                             path.display(),
                             reader.records() + 1,
                             reader.records(),
-                            if used > 0 { ", except the first frames of the message it is part of" } else { "" }
+                            if used > 0 { ", except the first frames of the message it is part of" } else { "" },
+                            stops_here(reason)
                         );
                         *self.refused.entry(reason.to_string()).or_default() += 1;
                         break;
@@ -1087,9 +1088,19 @@ fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &m
     }
     for e in merge.damage().iter().skip(*said_damage) {
         let reason = e.damage_reason().unwrap_or("bad_record");
-        crate::diag!("replay: refused ({reason}): {e}; the file ends here, the other files go on");
+        crate::diag!("replay: refused ({reason}): {e}; {}, the other files go on", stops_here(reason));
     }
     *said_damage = merge.damage().len();
+}
+
+/// Where a damaged file's replay ends, by the damage's reason: a cut-off file ends there; after
+/// a damaged record (length, flags, checksum) nothing can be trusted, though bytes follow.
+fn stops_here(reason: &str) -> &'static str {
+    if reason == "truncated_tail" {
+        "the file ends here"
+    } else {
+        "replay of this file stops here: nothing after a damaged record can be trusted"
+    }
 }
 
 /// What a generated loop does every 64th message `i`: report progress every

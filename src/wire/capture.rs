@@ -40,11 +40,11 @@ pub enum CaptureError {
     UnsupportedVersion(u16),
     #[error("truncated at byte offset {offset}: {what}")]
     Truncated { offset: u64, what: &'static str },
-    #[error("corrupt record at byte offset {offset}: length {len} exceeds {MAX_RECORD_LEN}")]
+    #[error("damaged record at byte offset {offset}: length {len} exceeds {MAX_RECORD_LEN}")]
     TooLarge { offset: u64, len: u32 },
-    #[error("corrupt record at byte offset {offset}: checksum mismatch")]
+    #[error("damaged record at byte offset {offset}: its checksum does not match")]
     Checksum { offset: u64 },
-    #[error("corrupt record at byte offset {offset}: unknown flags {flags:#x}")]
+    #[error("damaged record at byte offset {offset}: unknown flags {flags:#x}")]
     BadFlags { offset: u64, flags: u8 },
 }
 

@@ -252,8 +252,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         ),
         PublisherSide::Remote { control } => format!("another process, driven at {control}"),
     };
-    let per_run_s = (cfg.warmup + cfg.hold).as_secs_f64() + 0.3;
-    let per_trial_s = per_run_s * cfg.runs.max(1) as f64;
+    let per_trial_s = trial_duration(cfg.warmup, cfg.hold, cfg.runs).as_secs_f64();
     let mut results: Vec<ConfigResult> = Vec::new();
     let mut done = 0usize;
     let mut capped = false;
@@ -424,6 +423,31 @@ pub fn winner_toml(c: &Configuration, r: &ConfigResult, sla: &Sla, m: &Machine) 
     p.name = slug(&format!("capacity-{}", c.name));
     s.push_str(&p.to_toml());
     s
+}
+
+/// What a run takes beyond its warm-up and hold (a fresh engine, the publisher's bind), as the
+/// time cap counts it.
+pub const RUN_START: Duration = Duration::from_millis(300);
+
+/// How long one trial (its `runs` runs) takes, as the time cap counts it: a search whose
+/// time left is shorter does not start the trial.
+pub fn trial_duration(warmup: Duration, hold: Duration, runs: usize) -> Duration {
+    (warmup + hold + RUN_START) * u32::try_from(runs.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Refuse a time cap that ends the search before its first trial (it ran 0 trials and said
+/// `capped`).
+pub fn check_time_cap(time_cap: Duration, warmup: Duration, hold: Duration, runs: usize) -> Result<(), String> {
+    let trial = trial_duration(warmup, hold, runs);
+    if time_cap >= trial {
+        return Ok(());
+    }
+    Err(format!(
+        "--time-cap {time_cap:?} is shorter than one trial: {} run(s) x ({warmup:?} warm-up + {hold:?} hold \
+         + {RUN_START:?} to start) = {trial:?}; give --time-cap {}s or more, or fewer --runs, or a shorter --hold",
+        runs.max(1),
+        trial.as_secs_f64().ceil() as u64
+    ))
 }
 
 /// How a search ended, in words.
