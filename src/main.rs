@@ -142,13 +142,15 @@ fn main() {
         }
         // A flag or value refused after parsing: said like clap's own refusals (with the
         // command's usage), exit 2.
-        if let Some(u) = e.downcast_ref::<cli::UsageError>() {
+        if e.downcast_ref::<cli::UsageError>().is_some() {
             let mut cmd = Cli::command();
             cmd.build();
             let kind = clap::error::ErrorKind::ValueValidation;
+            // The whole chain, so a context (capacity's configuration) is kept.
+            let line = error_line(&e);
             let err = match cmd.find_subcommand_mut(&sub) {
-                Some(s) => s.error(kind, u),
-                None => cmd.error(kind, u),
+                Some(s) => s.error(kind, line),
+                None => cmd.error(kind, line),
             };
             let _ = err.print();
             std::process::exit(cli::EXIT_USAGE);

@@ -90,13 +90,13 @@ pub(crate) fn check_frames_fit(feed: &GeneratorConfig, max_msg_bytes: i64) -> an
     let topic = gen.topics().iter().map(String::len).max().unwrap_or(0);
     let frame = wire::frame_len(&vec![b'x'; topic], feed.payload_bytes);
     if max_msg_bytes >= 0 && frame as u64 > max_msg_bytes as u64 {
-        anyhow::bail!(
+        anyhow::bail!(super::UsageError(format!(
             "--payload-bytes {}: frames of up to {frame} bytes (topic, NUL, {}-byte header, payload) are over \
              the engine's max_msg_bytes ({max_msg_bytes}), which would drop the link at each one; send less \
              or raise max_msg_bytes in a profile",
             feed.payload_bytes,
             wire::HEADER_LEN
-        );
+        )));
     }
     Ok(())
 }
