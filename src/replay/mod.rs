@@ -335,7 +335,7 @@ impl Publisher {
 
     /// Apply what `due` says before a message: stall (the schedule runs on),
     /// then start new sessions. False if a stop was requested while stalled.
-    fn apply_due(&mut self, due: faults::Due, pacer: &Pacer) -> bool {
+    fn apply_due(&mut self, due: faults::Due, pacer: &mut Pacer) -> bool {
         if let Some(d) = due.pause {
             let t = Instant::now();
             let stalled = pacer.stall(d);
@@ -745,7 +745,7 @@ impl Publisher {
                 }
             }
             let due = faults.due(i).unwrap_or_default();
-            if !self.apply_due(due, &pacer) {
+            if !self.apply_due(due, &mut pacer) {
                 return Ok(true);
             }
             if due.restart {
@@ -898,7 +898,7 @@ impl Publisher {
             }
             let is_data = view.is_some();
             let due = faults.due(msgs).unwrap_or_default();
-            if !self.apply_due(due, &pacer) {
+            if !self.apply_due(due, &mut pacer) {
                 return Ok(true);
             }
             if due.restart {
@@ -1016,7 +1016,7 @@ impl Publisher {
                 say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
             }
             let due = faults.due(msgs).unwrap_or_default();
-            if !self.apply_due(due, &pacer) {
+            if !self.apply_due(due, &mut pacer) {
                 interrupted = true;
                 break;
             }
@@ -1338,8 +1338,11 @@ impl Pacer {
 
     /// Stall for `d` (snails on purpose): send nothing, not even heartbeats,
     /// while the schedule runs on. False if a stop was requested meanwhile.
-    pub fn stall(&self, d: Duration) -> bool {
+    pub fn stall(&mut self, d: Duration) -> bool {
         let end = Instant::now() + d;
+        // Flat out, the next message reads the clock again: a reading from before the stall would
+        // stamp up to 63 messages after it with a send time `d` in the past (a false lag).
+        self.flat_offset_ns = 0;
         loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -1366,6 +1369,19 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Flat out, a stall (`--pause-at`) makes the next message read the clock: before, up to 63
+    /// messages after a pause carried the time from before it, a false lag of the pause's length.
+    #[test]
+    fn a_flat_out_stall_restamps_the_next_message() {
+        let noop = |_: bool| -> Result<Option<()>, ()> { Ok(Some(())) };
+        let mut p = Pacer::new(Pacing::FlatOut, None, StopFlag::new());
+        let first = p.wait_turn(0, noop).expect("ok").expect("a time");
+        assert_eq!(p.wait_turn(1, noop).expect("ok"), Some(first), "between readings: the last one");
+        assert!(p.stall(Duration::from_millis(30)));
+        let after = p.wait_turn(2, noop).expect("ok").expect("a time");
+        assert!(after >= first + 30_000_000, "stamped {} ns after the first, not 30 ms", after - first);
+    }
 
     /// A template patched per message is the frame encoding that message from scratch would
     /// give, byte for byte, for payloads shorter and longer than the 8-byte counter.
