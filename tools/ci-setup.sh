@@ -8,7 +8,7 @@ set -euo pipefail
 
 # Debian packages: one line per package with the reason.
 DEB_PACKAGES=(
-    prometheus   # tests/dashboards.rs: a real Prometheus scrapes the engine's /metrics (tools/prometheus-check.sh)
+    prometheus   # tests/dashboards.rs: a real Prometheus scrapes the engine's /metrics (tools/prometheus.sh); promtool checks the page
     tmux         # tests/dashboards.rs: drives `mdsub top`'s interactive view and captures the pane
     iproute2   # tools/testbed.sh (tests/nic.rs): network namespaces and veth pairs, one NIC per shard
     nftables   # tools/testbed.sh loss: random packet loss on a path (`numgen random`; no netem in CI's kernel); tests/cli.rs: a namespace whose loopback drops SYNs
