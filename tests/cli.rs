@@ -214,6 +214,14 @@ fn every_refused_flag_value_exits_2_with_one_line() {
             ],
             "--server given 3 times",
         ),
+        // A clone store is tcp only, checked before anything starts (second audit).
+        (&["clone-client", "--server", "ipc:///tmp/x", "get", "k"], "a clone server is tcp://HOST:P"),
+        (&["clone-server", "--endpoint", "ipc:///tmp/x"], "needs tcp://HOST:P"),
+        (&["top", "--once", "--store", "ipc:///tmp/x"], "a clone server is tcp://HOST:P"),
+        (&["engine", "--endpoint", "tcp://127.0.0.1:1", "--store", "ipc:///x"], "a clone server is tcp://HOST:P"),
+        // Keys the server refuses are refused here, not waited on until --timeout.
+        (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "", "v"], "an empty key"),
+        (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "HUGZ", "v"], "reserved by the protocol"),
     ]);
 }
 

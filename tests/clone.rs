@@ -508,12 +508,14 @@ fn clone_client_status_exits_non_zero_when_a_server_does_not_answer() {
     let (p, _s) = standalone();
     let dead = format!("tcp://127.0.0.1:{}", free_port_block(3));
     let out = mdsub()
-        .args(["clone-client", "--server", &ep(p), "--server", &dead, "status"])
+        .args(["clone-client", "--server", &ep(p), "--server", &dead, "--timeout", "1s", "status"])
         .output()
         .expect("clone-client runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("state=") && stdout.contains(&format!("error={dead}")), "both servers shown: {stdout}");
+    // --timeout is each server's wait (it was capped at 2 s whatever --timeout said).
+    assert!(stdout.contains("no STATUS reply within 1 s"), "{stdout}");
     assert_eq!(stderr.trim(), "mdsub: error: 1 of 2 clone server(s) did not answer STATUS", "{stderr}");
     let live = mdsub().args(["clone-client", "--server", &ep(p), "status"]).output().expect("runs");
     assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stderr));

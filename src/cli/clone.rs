@@ -95,10 +95,10 @@ impl ServerArgs {
             .strip_prefix("tcp://")
             .and_then(|hp| hp.rsplit_once(':'))
             .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            .with_context(|| {
-                format!(
+            .ok_or_else(|| {
+                super::UsageError(format!(
                     "--endpoint `{base}`: the clone server needs tcp://HOST:P with a numeric port P (it uses P..P+3)"
-                )
+                ))
             })?;
         if port > u16::MAX - 3 {
             bail!(super::UsageError(format!(
@@ -198,6 +198,7 @@ pub enum ClientCmd {
     /// Set KEY to VALUE and wait until the server has published it.
     Set {
         /// The key, e.g. /md/status/engine1.
+        #[arg(value_parser = parse_key)]
         key: String,
         /// The value (an empty string deletes).
         value: String,
@@ -213,6 +214,7 @@ pub enum ClientCmd {
     /// Delete KEY and wait until the server has published the delete.
     Del {
         /// The key.
+        #[arg(value_parser = parse_key)]
         key: String,
     },
     /// Print every key=value under SUBTREE (default: all), sorted by key.
@@ -264,21 +266,28 @@ fn interrupted(r: Result<(), ClientError>) -> anyhow::Result<()> {
     }
 }
 
+/// A key a server would accept: not empty, not one of CHP's reserved keys (refused here, at
+/// once, rather than waited on until `--timeout` while the server drops it).
+fn parse_key(s: &str) -> Result<String, String> {
+    let reserved = [crate::clone::kvmsg::HUGZ, crate::clone::kvmsg::KTHXBAI];
+    if s.is_empty() {
+        Err("an empty key: the server refuses it".into())
+    } else if reserved.iter().any(|r| r == &s.as_bytes()) {
+        Err(format!("`{s}` is reserved by the protocol (CHP's heartbeat and end of snapshot): the server refuses it"))
+    } else {
+        Ok(s.to_string())
+    }
+}
+
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
-    if args.server.len() > 2 {
-        bail!(super::UsageError(format!(
-            "--server given {} times: a clone client takes one server, or two (a Binary Star pair)",
-            args.server.len()
-        )));
-    }
-    let servers = Endpoint::all_only(&args.server, How::Connect, "--server")?;
+    let servers = super::store_servers(&args.server, "--server")?;
     let keys = args.keys.to_keys()?;
     if let ClientCmd::Status = args.cmd {
         let mut silent = 0;
         for s in &servers {
-            match crate::clone::server_status_secured(s, timeout.min(Duration::from_secs(2)), keys.as_ref()) {
+            match crate::clone::server_status_secured(s, timeout, keys.as_ref()) {
                 Ok(text) => crate::outln!("# {s}\n{text}"),
                 Err(e) => {
                     silent += 1;

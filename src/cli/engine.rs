@@ -301,6 +301,8 @@ pub struct OutputArgs {
 impl OutputArgs {
     /// Apply to an engine configuration.
     pub fn apply(&self, cfg: &mut crate::engine::EngineConfig) -> anyhow::Result<()> {
+        // Checked before anything starts (the store is reached after the engine started).
+        store_servers(&self.store, "--store")?;
         if let Some(i) = self.metrics_interval {
             cfg.metrics_interval = i;
         }
@@ -326,10 +328,7 @@ impl OutputArgs {
         if self.store.is_empty() {
             return Ok(());
         }
-        if self.store.len() > 2 {
-            bail!("--store: one server, or two for a Binary Star pair");
-        }
-        let servers = store_servers(&self.store)?;
+        let servers = store_servers(&self.store, "--store")?;
         engine.start_store(servers, engine_settings(engine)).context("starting the status agent")?;
         Ok(())
     }

@@ -164,8 +164,24 @@ pub(crate) fn override_idle_handler(profile: &mut Profile, idle: Option<args::Id
 }
 
 /// The `--store` servers (engine, top): connect endpoints only.
-pub(crate) fn store_servers(store: &[args::Endpoint]) -> anyhow::Result<Vec<String>> {
-    Ok(store.iter().map(|e| e.only(args::How::Connect, "--store")).collect::<Result<Vec<_>, _>>()?)
+/// A clone store's servers from `flag` (`--store`, `--server`): one, or two for a Binary Star
+/// pair, each `[connect:]tcp://HOST:P` with room for P+1 and P+2. Anything else is refused as a
+/// flag value (exit 2) before anything starts.
+pub(crate) fn store_servers(store: &[args::Endpoint], flag: &str) -> anyhow::Result<Vec<String>> {
+    if store.len() > 2 {
+        anyhow::bail!(UsageError(format!(
+            "{flag} given {} times: a clone store is one server, or two (a Binary Star pair)",
+            store.len()
+        )));
+    }
+    let servers = store.iter().map(|e| e.only(args::How::Connect, flag)).collect::<Result<Vec<_>, _>>()?;
+    for s in &servers {
+        let tcp = s.starts_with("tcp://");
+        crate::clone::endpoints(s).ok().filter(|_| tcp).ok_or_else(|| {
+            UsageError(format!("{flag} `{s}`: a clone server is tcp://HOST:P (it uses ports P, P+1 and P+2)"))
+        })?;
+    }
+    Ok(servers)
 }
 
 pub(crate) fn load_profile(spec: &str) -> anyhow::Result<Profile> {

@@ -213,7 +213,7 @@ impl Top {
 
 /// Run `mdsub top`.
 pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
-    let servers = store_servers(&args.store)?;
+    let servers = store_servers(&args.store, "--store")?;
     // The dashboard needs a terminal: without one, say so now, not after reaching the store.
     let tty = if args.once {
         None
