@@ -101,6 +101,9 @@ pub enum Reason {
     HandshakeFailedProtocol,
     /// Security handshake refused (no libzmq retry).
     HandshakeFailedAuth,
+    /// The handshake failed without a reason from libzmq, and libzmq gave up (with CURVE: a
+    /// server key that is not the server's, or a server that does not speak CURVE).
+    HandshakeFailedNoDetail,
 }
 
 impl Reason {
@@ -112,6 +115,7 @@ impl Reason {
             Reason::HandshakeFailed => "handshake_failed",
             Reason::HandshakeFailedProtocol => "handshake_failed_protocol",
             Reason::HandshakeFailedAuth => "handshake_failed_auth",
+            Reason::HandshakeFailedNoDetail => "handshake_failed_no_detail",
         }
     }
 
@@ -133,6 +137,11 @@ impl Reason {
                 "authentication refused: the server does not allow this client's key (or the server key \
                  given is not the server's). That will not fix itself: give a key the server allows. mdsub \
                  keeps re-establishing the link, backing off to once every 30 s"
+            }
+            Reason::HandshakeFailedNoDetail => {
+                "the handshake failed and libzmq gave no reason and gave up (with CURVE, most often a \
+                 --server-key that is not the server's public key, or a server without CURVE); mdsub \
+                 re-establishes the link, backing off to once every 30 s while it keeps failing"
             }
         }
     }
@@ -401,7 +410,8 @@ impl Links {
                     let reason = match failure {
                         Some(Failure::Protocol) => Reason::HandshakeFailedProtocol,
                         Some(Failure::Auth) => Reason::HandshakeFailedAuth,
-                        Some(Failure::NoDetail) | None => Reason::ProtocolError,
+                        Some(Failure::NoDetail) => Reason::HandshakeFailedNoDetail,
+                        None => Reason::ProtocolError,
                     };
                     Self::lose(l, i, reason, since_ns, out);
                     l.reestablish_at = Some(now_ns.saturating_add(l.backoff_ns));
@@ -653,6 +663,21 @@ mod tests {
         );
         assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
         assert_eq!(l.stats()[0].lost.get("handshake_failed"), Some(&1));
+        // A handshake failure without detail that libzmq does not retry (a CURVE client given a
+        // server key that is not the server's) is said as that, not as an oversized message.
+        let mut l = links();
+        let out = run(
+            &mut l,
+            &[(Event::HandshakeFailed(Failure::NoDetail), 0), (Event::Disconnected, 0), (Event::Other, RETRY_GRACE_NS)],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Decision::Lost { link: 0, reason: Reason::HandshakeFailedNoDetail },
+                Decision::Reestablish { link: 0 }
+            ]
+        );
+        assert!(Reason::HandshakeFailedNoDetail.explain().contains("--server-key"));
     }
 
     #[test]
