@@ -140,7 +140,10 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
     let feeder_ctx = ctx.clone();
     let port = server.port;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let elapsed = if client {
+    // (updates timed, time): a clone::Client is polled for its count, so its clock starts at the
+    // first poll that sees updates and only those counted after it are timed; the raw SUB times
+    // from its first update.
+    let (timed, elapsed) = if client {
         let c = Client::start(ClientConfig {
             servers: vec![server.base()],
             subtree: "/t/".into(),
@@ -153,7 +156,7 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
         loop {
             let s = c.status()?;
             if s.live_updates > 0 && start.is_none() {
-                start = Some(Instant::now());
+                start = Some((Instant::now(), s.live_updates));
             }
             if s.live_updates >= n {
                 break;
@@ -164,7 +167,15 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
             std::thread::sleep(Duration::from_millis(1));
         }
         feeder.join()??;
-        start.map(|t| t.elapsed()).unwrap_or_default()
+        let (t0, before) = start.unwrap_or((Instant::now(), n));
+        let timed = n - before.min(n);
+        if timed < n / 2 {
+            bail!(
+                "clone::Client: {before} of {n} updates had arrived before the first poll, too few left to \
+                 time; give --updates more"
+            );
+        }
+        (timed, t0.elapsed())
     } else {
         let sub = ctx.socket(zmq::SUB)?;
         sub.set_rcvhwm(0)?;
@@ -178,9 +189,9 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
         let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
         let t = count_updates(&sub, n, "raw subscriber");
         feeder.join()??;
-        t?
+        (n, t?)
     };
-    Ok(n as f64 / elapsed.as_secs_f64().max(1e-9))
+    Ok(timed as f64 / elapsed.as_secs_f64().max(1e-9))
 }
 
 /// Baseline in the same run: the same five-frame KVSETs from the feeder straight into a raw SUB
