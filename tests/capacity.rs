@@ -21,6 +21,8 @@ fn capacity(out: &Path, extra: &[&str]) -> Value {
     cmd.args(["capacity", "--json", "--out"]).arg(out).args(SHORT).args(extra);
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(150));
     assert_eq!(code, Some(0), "mdsub capacity failed: {stderr}");
+    // With --json the trials show on stderr (progress without a terminal), stdout is the object.
+    assert!(stderr.contains(" msg/s  achieved "), "a line per trial on stderr: {stderr}");
     json(&stdout)
 }
 

@@ -209,7 +209,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     if let Ok(style) = indicatif::ProgressStyle::with_template("capacity [{bar:30}] {pos}/{len} trials  {msg}") {
         pb.set_style(style.progress_chars("=> "));
     }
-    let quiet = args.json;
+    let json = args.json;
     let result = capacity::run(&cfg, stop, &mut |ev| match ev {
         Event::TrialStarted { config, rate, purpose, done, estimate_left, eta_s } => {
             pb.set_length((done + estimate_left) as u64);
@@ -218,7 +218,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         }
         Event::TrialDone { config, summary } => {
             pb.inc(1);
-            if !quiet {
+            {
                 let at = |q: f64| summary.at(q).map(human_ns).unwrap_or_else(|| "-".into());
                 let verdict = match &summary.verdict {
                     Verdict::Fail { reasons } => format!("FAIL ({})", reasons.join(", ")),
@@ -237,8 +237,12 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
                     at(0.999),
                     at(1.0),
                 );
-                // A hidden bar (not a terminal) prints nothing: print plainly then.
-                if pb.is_hidden() {
+                // With --json, stdout is the one JSON object: the trials go to stderr, so a long
+                // search still shows progress. A hidden bar (not a terminal) prints nothing: print
+                // plainly then.
+                if json {
+                    crate::diag!("{line}");
+                } else if pb.is_hidden() {
                     crate::outln!("{line}");
                 } else {
                     pb.println(line);
