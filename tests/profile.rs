@@ -222,3 +222,20 @@ fn an_inproc_endpoint_in_a_profile_is_refused_by_the_engine_and_profile_check_sa
     assert_eq!(err.trim(), format!("mdsub: error: --profile {p}: {said}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn profile_show_says_when_this_host_could_not_run_the_profile() {
+    // Before: shown as if fine (cores this host lacks, an interface it lacks dropped without a
+    // word), while `profile check` refused it; and `--shards` on a file was ignored.
+    let body = "[[shards]]\nendpoints = [\"tcp://10.9.9.9:5601\"]\ninterface = \"nosuchnic0\"\n\
+                io_core = 4095\n[[workers]]\n";
+    let (dir, path) = temp_profile("far", body);
+    let (code, out, err) = check(&["show", &path]);
+    assert_eq!(code, Some(0), "shown all the same: {err}");
+    assert!(out.starts_with("# not runnable on this host: ") && out.contains("4095"), "{out}");
+    assert!(out.contains("interface `nosuchnic0` is not on this host"), "{out}");
+    let (code, _out, err) = check(&["show", "builtin", "--shards", "3"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--shards and --workers shape `auto` only"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

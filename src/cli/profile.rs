@@ -36,12 +36,12 @@ pub enum ProfileCmd {
     Show {
         /// `auto`, `builtin` or a TOML file.
         profile: String,
-        /// Shards for `auto`.
-        #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1", value_name = "COUNT")]
-        shards: usize,
-        /// Workers for `auto`.
-        #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1", value_name = "COUNT")]
-        workers: usize,
+        /// Shards for `auto` [default: 1].
+        #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
+        shards: Option<usize>,
+        /// Workers for `auto` [default: 1].
+        #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
+        workers: Option<usize>,
     },
 }
 
@@ -94,7 +94,11 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
         }
         ProfileCmd::Show { profile, shards, workers } => {
             if profile == "auto" {
-                show_auto(&host_cores(), *shards, *workers)
+                show_auto(&host_cores(), shards.unwrap_or(1), workers.unwrap_or(1))
+            } else if shards.is_some() || workers.is_some() {
+                anyhow::bail!(super::UsageError(format!(
+                    "--shards and --workers shape `auto` only; `{profile}` has its own shards and workers"
+                )));
             } else {
                 let p = Profile::load(profile).map_err(|e| match e {
                     // A word that is no file: say what `show` takes.
@@ -105,7 +109,15 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
                     }
                     e => e.into(),
                 })?;
-                resolved(&p, true)
+                // Shown as it is, and said when this host could not run it.
+                let here = match p.validate_for(&host_cores(), true) {
+                    Ok(()) => String::new(),
+                    Err(e) => format!(
+                        "# not runnable on this host: {e} (`mdsub profile check {profile} --cores LIST` checks it \
+                         for another host)\n"
+                    ),
+                };
+                here + &resolved(&p, true)
             }
         }
     };
@@ -159,6 +171,10 @@ fn resolved(p: &Profile, interfaces: bool) -> String {
         let eps = if sh.endpoints.is_empty() { "(none: give --endpoint)".to_string() } else { sh.endpoints.join(", ") };
         let note = match (&p.shards[k].interface, interfaces) {
             (Some(i), false) => format!("   (from `{i}`, resolved on the engine's host)"),
+            // The interface is not on this host: nothing to bind the source to here.
+            (Some(i), true) if !sh.endpoints.iter().any(|e| e.contains(';')) => {
+                format!("   (interface `{i}` is not on this host: shown without its source address)")
+            }
             _ => String::new(),
         };
         let _ = writeln!(s, "#   shard{k}  {eps}{note}");
