@@ -83,6 +83,18 @@ fn keygen_refuses_a_name_that_is_not_a_plain_file_name() {
 }
 
 #[test]
+fn keygen_into_a_file_says_it_is_not_a_directory() {
+    // Before: `cannot make FILE: File exists (os error 17)`.
+    let dir = temp_dir("sec-keygen-file");
+    let file = dir.join("plain");
+    std::fs::write(&file, "x").expect("a file");
+    let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "node", "--dir"]).arg(&file), DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a directory") && !err.contains("File exists"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn keygen_writes_libzmq_z85_keys_and_refuses_to_overwrite() {
     let dir = temp_dir("sec-keygen");
     let pair = keygen(&dir, "node");

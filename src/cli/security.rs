@@ -38,7 +38,13 @@ fn parse_key_name(s: &str) -> Result<String, String> {
 
 /// Generate and write the pair; prints the two paths and the public key.
 pub fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot make {}", a.dir.display()))?;
+    if a.dir.exists() && !a.dir.is_dir() {
+        anyhow::bail!(
+            "--dir {}: not a directory (keygen writes NAME.key and NAME.pub into a directory)",
+            a.dir.display()
+        );
+    }
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot make the directory {}", a.dir.display()))?;
     let secret_path = a.dir.join(format!("{}.key", a.name));
     if secret_path.exists() && !a.force {
         anyhow::bail!("{} exists: refusing to overwrite a secret key (--force replaces it)", secret_path.display());
