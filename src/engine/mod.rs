@@ -688,13 +688,14 @@ impl Engine {
             (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
             (false, _) => (None, "unknown: end of stream not seen on every shard".to_string()),
         };
-        let mut counts = SequenceCounts::default();
-        for c in shards.iter() {
-            counts.add(&counts_of(c));
-        }
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
         let (shard_reports, threads) = self.accounts(&agents, delivered, &collected);
+        // The run's counts are its shards' (the unattributed row adds none).
+        let mut counts = SequenceCounts::default();
+        for sh in &shard_reports {
+            counts.add(&sh.counts);
+        }
         RunReport {
             subscriber: "engine".into(),
             duration_s: secs,
@@ -833,7 +834,6 @@ impl Engine {
     }
 }
 
-/// A shard's malformed or rejected frames, by reason.
 /// A shard's sequence and frame counts, as its reader last published them.
 fn counts_of(c: &ShardCounters) -> SequenceCounts {
     let mut bad_frames: std::collections::BTreeMap<String, u64> =
