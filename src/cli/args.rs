@@ -216,11 +216,16 @@ pub fn parse_whole_ms_nonzero(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The milliseconds of `d` (a duration [`parse_whole_ms`] or [`parse_ms_in`] accepted, so
+/// nothing is cut), for settings kept in milliseconds.
+pub fn whole_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A duration inside `range_ms` (milliseconds, both ends included), whole milliseconds.
 pub fn parse_ms_in(s: &str, range_ms: std::ops::RangeInclusive<u64>) -> Result<Duration, String> {
     let d = parse_whole_ms(s)?;
-    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    if !range_ms.contains(&ms) {
+    if !range_ms.contains(&whole_ms(d)) {
         return Err(format!(
             "`{s}` is out of range: give {} to {}",
             format_ms(*range_ms.start()),

@@ -218,35 +218,33 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         }
         Event::TrialDone { config, summary } => {
             pb.inc(1);
-            {
-                let at = |q: f64| summary.at(q).map(human_ns).unwrap_or_else(|| "-".into());
-                let verdict = match &summary.verdict {
-                    Verdict::Fail { reasons } => format!("FAIL ({})", reasons.join(", ")),
-                    Verdict::RateNotAchieved { achieved } => {
-                        format!("RATE NOT ACHIEVED (publisher sent {achieved:.0} msg/s; not the engine's limit)")
-                    }
-                    v => v.word().to_string(),
-                };
-                let line = format!(
-                    "  {config:<28} {:>9} msg/s  achieved {:>9.0}  lost {:>5}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  {verdict}",
-                    summary.offered,
-                    summary.achieved,
-                    summary.lost.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
-                    at(0.5),
-                    at(0.99),
-                    at(0.999),
-                    at(1.0),
-                );
-                // With --json, stdout is the one JSON object: the trials go to stderr, so a long
-                // search still shows progress. A hidden bar (not a terminal) prints nothing: print
-                // plainly then.
-                if json {
-                    crate::diag!("{line}");
-                } else if pb.is_hidden() {
-                    crate::outln!("{line}");
-                } else {
-                    pb.println(line);
+            let at = |q: f64| summary.at(q).map(human_ns).unwrap_or_else(|| "-".into());
+            let verdict = match &summary.verdict {
+                Verdict::Fail { reasons } => format!("FAIL ({})", reasons.join(", ")),
+                Verdict::RateNotAchieved { achieved } => {
+                    format!("RATE NOT ACHIEVED (publisher sent {achieved:.0} msg/s; not the engine's limit)")
                 }
+                v => v.word().to_string(),
+            };
+            let line = format!(
+                "  {config:<28} {:>9} msg/s  achieved {:>9.0}  lost {:>5}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  {verdict}",
+                summary.offered,
+                summary.achieved,
+                summary.lost.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+                at(0.5),
+                at(0.99),
+                at(0.999),
+                at(1.0),
+            );
+            // With --json, stdout is the one JSON object: the trials go to stderr, so a long
+            // search still shows progress. A hidden bar (not a terminal) prints nothing: print
+            // plainly then.
+            if json {
+                crate::diag!("{line}");
+            } else if pb.is_hidden() {
+                crate::outln!("{line}");
+            } else {
+                pb.println(line);
             }
         }
         Event::ConfigDone { .. } => {}

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::args::{
     parse_bytes_usize, parse_count, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm, parse_ms_in,
-    Endpoint, How, Idle,
+    whole_ms, Endpoint, How, Idle,
 };
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
@@ -82,11 +82,6 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     parse_ms_in(s, INTERVAL_RANGE_MS)
 }
 
-/// An interval flag (checked by [`parse_interval`]) in milliseconds.
-fn interval_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl ServerArgs {
     /// The library configuration these arguments describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
@@ -106,8 +101,8 @@ impl ServerArgs {
                 u16::MAX - 3
             )));
         }
-        let heartbeat_ms = interval_ms(self.heartbeat_interval);
-        let hugz_interval_ms = interval_ms(self.hugz_interval);
+        let heartbeat_ms = whole_ms(self.heartbeat_interval);
+        let hugz_interval_ms = whole_ms(self.hugz_interval);
         let pair = match (&self.peer, self.primary, self.backup) {
             (None, false, false) => None,
             (None, _, _) => bail!("--primary/--backup need --peer tcp://HOST:P2"),

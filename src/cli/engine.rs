@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::args::{
     parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, parse_ms_in,
-    parse_whole_ms, parse_whole_ms_nonzero, Endpoint, How, Idle,
+    parse_whole_ms, parse_whole_ms_nonzero, whole_ms, Endpoint, How, Idle,
 };
 use super::feed::FeedArgs;
 use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
@@ -88,27 +88,26 @@ impl SnailArgs {
         let s = &mut profile.snail;
         // The snail's settings are whole milliseconds: the flags' parsers refuse a finer
         // duration (`--max-lag 500us` became 0 ms, then "profile field `snail.max_lag_ms`: must be at least 1").
-        let ms = |_flag: &str, d: Duration| -> anyhow::Result<u64> { Ok(d.as_millis().min(u64::MAX as u128) as u64) };
         if let Some(p) = self.policy {
             s.policy = p;
         }
         if let Some(d) = self.max_lag {
-            s.max_lag_ms = ms("--max-lag", d)?;
+            s.max_lag_ms = whole_ms(d);
         }
         if let Some(d) = self.grace {
-            s.grace_ms = ms("--grace", d)?;
+            s.grace_ms = whole_ms(d);
         }
         if let Some(d) = self.silence {
-            s.silence_ms = ms("--silence", d)?;
+            s.silence_ms = whole_ms(d);
         }
         if let Some(k) = self.skew {
             s.skew = k;
         }
         if let Some(d) = self.rest {
-            s.rest_ms = ms("--rest", d)?;
+            s.rest_ms = whole_ms(d);
         }
         if let Some(d) = self.skew_window {
-            s.skew_window_ms = ms("--skew-window", d)?;
+            s.skew_window_ms = whole_ms(d);
         }
         if let Some(ep) = &self.monitor {
             s.monitor = Some(ep.only(How::Bind, "--monitor")?);

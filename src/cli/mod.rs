@@ -163,7 +163,6 @@ pub(crate) fn override_idle_handler(profile: &mut Profile, idle: Option<args::Id
     }
 }
 
-/// The `--store` servers (engine, top): connect endpoints only.
 /// A clone store's servers from `flag` (`--store`, `--server`): one, or two for a Binary Star
 /// pair, each `[connect:]tcp://HOST:P` with room for P+1 and P+2. Anything else is refused as a
 /// flag value (exit 2) before anything starts.
@@ -176,10 +175,11 @@ pub(crate) fn store_servers(store: &[args::Endpoint], flag: &str) -> anyhow::Res
     }
     let servers = store.iter().map(|e| e.only(args::How::Connect, flag)).collect::<Result<Vec<_>, _>>()?;
     for s in &servers {
-        let tcp = s.starts_with("tcp://");
-        crate::clone::endpoints(s).ok().filter(|_| tcp).ok_or_else(|| {
-            UsageError(format!("{flag} `{s}`: a clone server is tcp://HOST:P (it uses ports P, P+1 and P+2)"))
-        })?;
+        if !s.starts_with("tcp://") || crate::clone::endpoints(s).is_err() {
+            anyhow::bail!(UsageError(format!(
+                "{flag} `{s}`: a clone server is tcp://HOST:P (it uses ports P, P+1 and P+2)"
+            )));
+        }
     }
     Ok(servers)
 }
@@ -198,6 +198,8 @@ pub(crate) fn check_profile(p: &Profile, spec: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_progress_rate_is_whole_and_waits_for_a_rate() {
         // Before: `0/10000 msgs 0/s eta 0s` at the start, `4,999.2797/s` at the end.
@@ -223,8 +225,6 @@ mod tests {
         assert_eq!(on_signal(None, 1_000, false), OnSignal::EndNow);
         assert_eq!(on_signal(Some(1_000), 1_001, false), OnSignal::EndNow);
     }
-
-    use super::*;
 
     #[test]
     fn an_interrupted_library_wait_is_an_interruption_under_any_context() {

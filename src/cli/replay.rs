@@ -10,6 +10,11 @@ use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
 
+use crate::agent::StopFlag;
+use crate::feed::dbn_source::{detect, FileKind};
+use crate::replay::faults::FaultPlan;
+use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
+
 /// `--publisher-id`: a 32-bit unsigned id.
 fn parse_publisher_id(s: &str) -> Result<u32, String> {
     parse_whole_up_to(s, u32::MAX.into()).map(|n| n as u32)
@@ -22,10 +27,6 @@ fn parse_drop_every(s: &str) -> Result<u64, String> {
         n => Ok(n),
     }
 }
-use crate::agent::StopFlag;
-use crate::feed::dbn_source::{detect, FileKind};
-use crate::replay::faults::FaultPlan;
-use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
 
 /// A replay speed: a multiple of the recorded pace, or flat out.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -130,13 +130,13 @@ pub fn server_access(
     Ok(ServerAccess { curve, allow_addrs })
 }
 
-/// Parse address blocks; `flag` names them in the error.
 /// An address or CIDR block flag: checked as it is parsed, kept as written (a profile's
 /// lists are strings too, merged with the flags').
 pub fn parse_addr(s: &str) -> Result<String, String> {
     s.parse::<AddrBlock>().map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 
+/// Parse address blocks; `flag` names them in the error.
 pub fn parse_addrs(addrs: &[String], flag: &str) -> anyhow::Result<Vec<AddrBlock>> {
     addrs.iter().map(|a| a.parse::<AddrBlock>().with_context(|| flag.to_string())).collect()
 }
