@@ -15,7 +15,7 @@ use super::args::{
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
 use crate::clone::bstar::Role;
-use crate::clone::client::{ChangeKind, Client, ClientConfig, ClientError};
+use crate::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
 use crate::clone::kvmsg::{show, Uuid};
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 
@@ -190,7 +190,9 @@ pub struct ClientArgs {
 /// `mdsub clone-client` actions.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ClientCmd {
-    /// Set KEY to VALUE and wait until the server has published it.
+    /// Set KEY to VALUE and wait until the server has published it. A key or value longer than
+    /// the server accepts (its --max-key-bytes / --max-value-bytes, stated in its snapshot) is
+    /// refused at once, exit status 2.
     Set {
         /// The key, e.g. /md/status/engine1.
         #[arg(value_parser = parse_key)]
@@ -248,9 +250,28 @@ pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -
     interrupted(client.wait_synced_or_stop(timeout, stop).map(|_| ()))
 }
 
-/// Wait up to `timeout` for the server to publish update `u`; Ctrl-C ends the wait at once.
-fn wait_acked(client: &Client, u: Uuid, timeout: Duration, stop: &StopFlag) -> anyhow::Result<()> {
-    interrupted(client.wait_acked_or_stop(u, timeout, stop))
+/// Wait up to `timeout` for the server to publish update `u` (of `key` and `value`); Ctrl-C
+/// ends the wait at once. An update longer than the server accepts (the limits its snapshot
+/// stated) was refused by the client before sending: a refused value (exit 2), said at once.
+fn wait_acked(
+    client: &Client,
+    u: Uuid,
+    (key, value): (&[u8], &[u8]),
+    timeout: Duration,
+    stop: &StopFlag,
+) -> anyhow::Result<()> {
+    match client.wait_acked_or_stop(u, timeout, stop) {
+        Err(ClientError::NotAcked(AckState::Refused)) => {
+            let st = client.status()?;
+            let why = st.limits.and_then(|l| l.check(key, value).err()).map(|(_, why)| why);
+            bail!(super::UsageError(format!(
+                "{}: the server {} does not accept it (its --max-key-bytes / --max-value-bytes); nothing was sent",
+                why.as_deref().unwrap_or("longer than the server accepts"),
+                st.server.as_deref().unwrap_or("in use")
+            )))
+        }
+        r => interrupted(r),
+    }
 }
 
 /// A client wait's result, [`ClientError::Interrupted`] as [`super::Interrupted`] (exit 130).
@@ -314,11 +335,11 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
             let u = client.set(key.as_bytes(), value.as_bytes(), *ttl)?;
-            wait_acked(&client, u, timeout, stop)?;
+            wait_acked(&client, u, (key.as_bytes(), value.as_bytes()), timeout, stop)?;
         }
         ClientCmd::Del { key } => {
             let u = client.del(key.as_bytes())?;
-            wait_acked(&client, u, timeout, stop)?;
+            wait_acked(&client, u, (key.as_bytes(), b""), timeout, stop)?;
         }
         ClientCmd::Get { key } => match client.get(key.as_bytes())? {
             Some(v) => crate::outln!("{}", show(&v)),

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crossbeam::channel::{Sender, TrySendError};
 
-use super::kvmsg::{KvMsg, Uuid, HUGZ, KTHXBAI};
+use super::kvmsg::{KvMsg, Limits, Uuid, HUGZ, KTHXBAI};
 use super::map::{RecentUuids, UuidSet};
 
 /// After a (re-)sync, un-acknowledged sets are re-sent this often ...
@@ -90,6 +90,9 @@ pub enum AckState {
     /// Not a set this client remembers (made elsewhere, or its outcome forgotten: the last
     /// 65 536 outcomes of each kind are kept).
     Unknown,
+    /// Never sent: its key or value is longer than the server in use accepts (the limits it
+    /// states on its snapshot's KTHXBAI), so the server would drop it and never publish it.
+    Refused,
 }
 
 impl AckState {
@@ -105,6 +108,9 @@ impl AckState {
                 "untracked (a key outside this client's subtree: its echo never reaches this client)"
             }
             AckState::Unknown => "unknown to this client",
+            AckState::Refused => {
+                "refused (its key or value is longer than the server accepts: never sent; see ClientStatus::limits)"
+            }
         }
     }
 }
@@ -171,6 +177,11 @@ pub struct ClientStatus {
     pub links: Vec<crate::link::LinkStats>,
     /// Watchers cut off because their queue was full (`watch_queue_msgs`).
     pub watchers_cut: u64,
+    /// Sets refused before sending ([`AckState::Refused`]): longer than [`ClientStatus::limits`].
+    pub refused: u64,
+    /// The longest key and value the server in use accepts, as its last snapshot stated them
+    /// (`None` before the first snapshot, or from a server that does not state them).
+    pub limits: Option<Limits>,
 }
 
 /// Input to the core.
@@ -283,6 +294,9 @@ pub struct ClientCore {
     acked: RecentUuids,
     abandoned: RecentUuids,
     untracked: RecentUuids,
+    refused: RecentUuids,
+    /// What the server in use accepts, from its last KTHXBAI.
+    limits: Option<Limits>,
     watchers: Vec<(Vec<u8>, Sender<Change>)>,
     status: ClientStatus,
     ever_synced: bool,
@@ -308,6 +322,8 @@ impl ClientCore {
             acked: RecentUuids::new(REMEMBERED_OUTCOMES),
             abandoned: RecentUuids::new(REMEMBERED_OUTCOMES),
             untracked: RecentUuids::new(REMEMBERED_OUTCOMES),
+            refused: RecentUuids::new(REMEMBERED_OUTCOMES),
+            limits: None,
             watchers: Vec::new(),
             status: ClientStatus::default(),
             ever_synced: false,
@@ -402,6 +418,7 @@ impl ClientCore {
         s.sequence = self.sequence;
         s.keys = self.map.len();
         s.unacked = self.unacked_ids.len();
+        s.limits = self.limits;
         s
     }
 
@@ -415,12 +432,20 @@ impl ClientCore {
             AckState::Abandoned
         } else if self.untracked.contains(u) {
             AckState::Untracked
+        } else if self.refused.contains(u) {
+            AckState::Refused
         } else {
             AckState::Unknown
         }
     }
 
     fn on_set(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+        if !self.fits(&msg) {
+            // The server would drop it (counted there) and never publish it: refused here, at
+            // once, instead of waited on and re-sent for 30 s.
+            self.refuse(msg.uuid);
+            return;
+        }
         out.push(Action::SendUpdate(msg.clone()));
         let Some(u) = msg.uuid else { return };
         if !msg.key.starts_with(&self.subtree) {
@@ -483,6 +508,9 @@ impl ClientCore {
             }
         };
         if m.key == KTHXBAI {
+            // The server's limits come with its snapshot (a server that does not state them
+            // leaves nothing to check).
+            self.limits = Limits::stated_by(&m);
             if let Phase::Syncing(s) = std::mem::replace(&mut self.phase, Phase::Live) {
                 out.push(Action::EndSnapshot);
                 self.finish_sync(*s, m.sequence, now_ns, out);
@@ -586,6 +614,11 @@ impl ClientCore {
                 self.untrack(u);
                 continue;
             }
+            if !self.fits(&m) {
+                // Made before we knew the limits (or this server's are tighter): never published.
+                self.refuse(Some(u));
+                continue;
+            }
             self.store(&m, ChangeKind::Local);
             out.push(Action::SendUpdate(m));
         }
@@ -664,6 +697,20 @@ impl ClientCore {
         if self.unacked_ids.remove(&u) {
             self.abandoned.insert(u);
             self.status.abandoned += 1;
+        }
+    }
+
+    /// True when the server in use accepts `msg`'s key and value (or has not said what it accepts).
+    fn fits(&self, msg: &KvMsg) -> bool {
+        self.limits.is_none_or(|l| l.check(&msg.key, &msg.body).is_ok())
+    }
+
+    /// Record that the set `u` was refused before sending ([`AckState::Refused`]).
+    fn refuse(&mut self, u: Option<Uuid>) {
+        self.status.refused += 1;
+        if let Some(u) = u {
+            self.unacked_ids.remove(&u);
+            self.refused.insert(u);
         }
     }
 
@@ -1032,6 +1079,36 @@ mod tests {
                 (k("/w/b"), v("2"), ChangeKind::Local),
             ]
         );
+    }
+
+    #[test]
+    fn a_set_longer_than_the_servers_stated_limits_is_refused_at_once_and_never_sent() {
+        let mut r = Rig::new(cfg(1, ""));
+        // Made before the first snapshot: the limits are not known yet, so it waits for it.
+        assert_eq!(sent(&r.on(Event::Set(set("/a-long-key", "v", 1)))), vec![b"/a-long-key".to_vec()]);
+        r.on(Event::Link { server: 0, up: true });
+        assert!(matches!(r.on(Event::Tick)[..], [Action::RequestSnapshot { server: 0, .. }]));
+        let limits = Limits { max_key_bytes: 8, max_value_bytes: 4 };
+        let mut end = KvMsg::new(KTHXBAI, 0, "");
+        limits.stamp(&mut end);
+        let a = r.on(Event::Snapshot(Ok(end)));
+        assert!(sent(&a).is_empty(), "not re-sent to a server that would drop it: {a:?}");
+        assert_eq!(r.core.ack_state(&uuid(1)), AckState::Refused);
+        assert_eq!(r.core.get(b"/a-long-key"), None, "nor kept locally");
+        // Live: a key or value over the limits is refused at once, never sent; one that fits is.
+        assert!(sent(&r.on(Event::Set(set("/123456789", "v", 2)))).is_empty());
+        assert!(sent(&r.on(Event::Set(set("/k", "12345", 3)))).is_empty());
+        assert_eq!(sent(&r.on(Event::Set(set("/1234567", "1234", 4)))), vec![b"/1234567".to_vec()]);
+        assert_eq!((r.core.ack_state(&uuid(2)), r.core.ack_state(&uuid(3))), (AckState::Refused, AckState::Refused));
+        assert_eq!(r.core.ack_state(&uuid(4)), AckState::Pending);
+        let st = r.core.status();
+        assert_eq!((st.refused, st.unacked, st.limits), (3, 1, Some(limits)));
+        assert!(sent(&r.tick_after_ms(300)).iter().all(|k| k == b"/1234567"), "refused sets are not re-sent");
+        // A server that states no limits (another CHP implementation) leaves nothing to check.
+        let mut r = Rig::live(cfg(1, ""));
+        assert_eq!(r.core.status().limits, None);
+        let long = "/k".repeat(2000);
+        assert_eq!(sent(&r.on(Event::Set(set(&long, "v", 5)))), vec![long.into_bytes()]);
     }
 
     #[test]
