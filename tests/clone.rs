@@ -531,6 +531,34 @@ fn clone_client_set_over_the_servers_limits_is_refused_at_once() {
 }
 
 #[test]
+fn clone_client_exit_codes_tell_an_absent_key_from_no_server() {
+    // Before: `get` exited 1 both for a key that is not there and for no server answering.
+    let (p, _s) = standalone();
+    let (live, dead) = (ep(p), ep(common::unserved_port_block(3)));
+    let table: [(&str, &[&str], i32, &str, &str); 7] = [
+        // server, command, exit status, stdout, stderr holds
+        (&live, &["set", "/here", "v"], 0, "", ""),
+        (&live, &["get", "/here"], 0, "v\n", ""),
+        (&live, &["get", "/absent"], 1, "", ""),
+        (&dead, &["get", "/here"], 4, "", "mdsub: error: no clone server answered (tcp://"),
+        (&dead, &["set", "/here", "w"], 4, "", "no clone server answered"),
+        (&dead, &["status"], 4, "error=", "no clone server answered"),
+        (&live, &["status"], 0, "state=active", ""),
+    ];
+    for (srv, args, code, out, err) in table {
+        let mut cmd = mdsub();
+        cmd.args(["clone-client", "--server", srv, "--timeout", "1s"]).args(args);
+        let (got, stdout, stderr) = run_within("clone-client", &mut cmd, Duration::from_secs(30));
+        assert_eq!(got, Some(code), "{args:?} at {srv}: {stdout}{stderr}");
+        assert!(if out.is_empty() { stdout.is_empty() } else { stdout.contains(out) }, "{args:?}: {stdout}");
+        assert!(if err.is_empty() { stderr.is_empty() } else { stderr.contains(err) }, "{args:?}: {stderr}");
+    }
+    let help = mdsub().args(["clone-client", "--help"]).output().expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("4 no server answered within --timeout"), "--help says the exit statuses: {help}");
+}
+
+#[test]
 fn clone_client_status_exits_non_zero_when_a_server_does_not_answer() {
     // Before: `error=… no STATUS reply` on stdout, and exit status 0.
     let (p, _s) = standalone();

@@ -167,6 +167,11 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
 
 /// `mdsub clone-client`: look into a clone store (a person's tool).
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Exit status: 0 done; 1 `get`: the key is absent (no error line), `status`: one of two servers \
+did not answer, or any other error; 2 a refused flag or value (a key or value longer than the server accepts); \
+4 no server answered within --timeout; 130 interrupted (Ctrl-C)."
+)]
 pub struct ClientArgs {
     /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
     #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
@@ -203,7 +208,7 @@ pub enum ClientCmd {
         #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
         ttl: Option<u64>,
     },
-    /// Print the value of KEY (exit status 1 when absent).
+    /// Print the value of KEY (exit status 1 when absent, 4 when no server answers).
     Get {
         /// The key.
         key: String,
@@ -231,7 +236,7 @@ pub enum ClientCmd {
         count: Option<u64>,
     },
     /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters); exit
-    /// status 1 when one does not answer.
+    /// status 1 when one of two does not answer, 4 when none does.
     Status,
 }
 
@@ -243,6 +248,12 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
     }
     Ok(d.as_secs())
 }
+
+/// No clone server answered within `--timeout`: an error of its own kind (`main` exits
+/// [`super::EXIT_NO_SERVER`]), apart from a normal "absent" (`get`, exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("no clone server answered ({0})")]
+pub struct NoServer(pub String);
 
 /// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
 /// ([`super::Interrupted`]).
@@ -312,6 +323,9 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
             }
         }
         // A script asking for the status learns from the exit code that a server is down.
+        if silent == servers.len() {
+            anyhow::bail!(NoServer(servers.join(", ")));
+        }
         if silent > 0 {
             anyhow::bail!("{silent} of {} clone server(s) did not answer STATUS", servers.len());
         }
@@ -321,6 +335,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. } => subtree.clone(),
         _ => String::new(),
     };
+    let names = servers.join(", ");
     let client = Client::start_secured(
         ClientConfig {
             servers,
@@ -331,7 +346,13 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         args.idle.strategy(),
         keys,
     )?;
-    wait_synced(&client, timeout, stop).context("connecting to the clone servers")?;
+    wait_synced(&client, timeout, stop).map_err(|e| {
+        if super::is_interrupted(&e) {
+            e
+        } else {
+            e.context(NoServer(names))
+        }
+    })?;
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
             let u = client.set(key.as_bytes(), value.as_bytes(), *ttl)?;
