@@ -226,7 +226,8 @@ pub enum ClientCmd {
         subtree: String,
     },
     /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C (or
-    /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…`).
+    /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…
+    /// failovers=… hops=…`).
     Watch {
         /// Key prefix, e.g. /md/status/.
         #[arg(default_value = "")]
@@ -402,8 +403,8 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
             crate::diag::ExitCounters::Text.print(
                 "clone-client",
                 &format_args!(
-                    "live={live} malformed={} failovers={} resyncs={} watchers_cut={}",
-                    st.malformed, st.failovers, st.resyncs, st.watchers_cut
+                    "live={live} malformed={} failovers={} hops={} resyncs={} watchers_cut={}",
+                    st.malformed, st.failovers, st.hops, st.resyncs, st.watchers_cut
                 ),
             );
         }

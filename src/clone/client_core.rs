@@ -155,8 +155,16 @@ pub struct ClientStatus {
     pub sequence: u64,
     /// Keys held.
     pub keys: usize,
-    /// Server switches (silence or unanswered snapshot requests).
+    /// Failovers: syncs with another server than the one that served this client last (a
+    /// change of the server it is served by). Hunting for a server that answers is [`hops`].
+    ///
+    /// [`hops`]: ClientStatus::hops
     pub failovers: u64,
+    /// Moves to the next configured server while looking for one that answers: the one in use
+    /// fell silent, did not answer a snapshot request, or its subscriber did not connect (with
+    /// one server, a retry of it). Hops without a failover: no server answered, or the same
+    /// one came back.
+    pub hops: u64,
     /// Completed snapshots.
     pub syncs: u64,
     /// Sets not yet seen on the publisher.
@@ -300,6 +308,8 @@ pub struct ClientCore {
     watchers: Vec<(Vec<u8>, Sender<Change>)>,
     status: ClientStatus,
     ever_synced: bool,
+    /// The server whose snapshot we took last (a failover is a sync with another).
+    served_by: Option<usize>,
     synced_at_ns: u64,
     initial_since_ns: Option<u64>,
 }
@@ -327,6 +337,7 @@ impl ClientCore {
             watchers: Vec::new(),
             status: ClientStatus::default(),
             ever_synced: false,
+            served_by: None,
             synced_at_ns: 0,
             initial_since_ns: None,
         }
@@ -534,13 +545,13 @@ impl ClientCore {
                     let since = *self.initial_since_ns.get_or_insert(now_ns);
                     if now_ns.saturating_sub(since) > self.cfg.snapshot_retry_ms.saturating_mul(1_000_000) {
                         self.initial_since_ns = None;
-                        self.failover(out);
+                        self.hop(out);
                     }
                 }
             }
             Phase::Syncing(s) => {
                 if now_ns > s.deadline_ns {
-                    self.failover(out);
+                    self.hop(out);
                 }
             }
             Phase::Live => self.live_timers(now_ns, out),
@@ -554,8 +565,10 @@ impl ClientCore {
         self.phase = Phase::Initial;
     }
 
-    fn failover(&mut self, out: &mut Vec<Action>) {
-        self.status.failovers += 1;
+    /// Move to the next server (hunting for one that answers); a failover only once another
+    /// server than the last one serves us ([`Self::finish_sync`]).
+    fn hop(&mut self, out: &mut Vec<Action>) {
+        self.status.hops += 1;
         self.cur = (self.cur + 1) % self.links.len().max(1);
         self.restart_sync(out);
     }
@@ -578,6 +591,10 @@ impl ClientCore {
         self.sequence = seq;
         self.last_msg_ns = now_ns;
         self.status.syncs += 1;
+        if self.served_by.is_some_and(|s| s != self.cur) {
+            self.status.failovers += 1;
+        }
+        self.served_by = Some(self.cur);
         self.synced_at_ns = now_ns;
         if !self.watchers.is_empty() {
             let kind = if self.ever_synced { ChangeKind::Resync } else { ChangeKind::Initial };
@@ -648,7 +665,7 @@ impl ClientCore {
             return;
         }
         if now_ns.saturating_sub(self.last_msg_ns) > self.cfg.silence_ms.saturating_mul(1_000_000) {
-            self.failover(out);
+            self.hop(out);
             return;
         }
         // Re-send sets the server has not published after resend_after_ms; in the first seconds
@@ -933,11 +950,12 @@ mod tests {
         r.clock.advance_ms(600);
         r.on(Event::Tick);
         assert_eq!(r.core.current(), 1, "silent server abandoned");
-        assert_eq!(r.core.status().failovers, 1);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (1, 0), "not served by 1 yet");
         assert_eq!(r.core.phase(), PhaseKind::Initial);
         assert!(!r.core.status().synced);
         // The backup took over holding /a (acked) but not /b: /b is re-sent, /a is not.
         let a = r.sync(1, &[("/a", 2, "1", Some(1)), ("/old", 1, "o", None)], 2);
+        assert_eq!(r.core.status().failovers, 1, "served by another server now");
         assert_eq!(sent(&a), vec![b"/b".to_vec()], "only the set the new server lacks is re-sent");
         assert_eq!(r.core.ack_state(&uuid(1)), AckState::Acked);
         assert_eq!(r.core.ack_state(&uuid(2)), AckState::Pending);
@@ -969,7 +987,41 @@ mod tests {
         assert!(r.on(Event::Tick).is_empty());
         r.tick_after_ms(501);
         assert_eq!(r.core.current(), 0);
-        assert_eq!(r.core.status().failovers, 2);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (2, 0), "hunting, never served");
+    }
+
+    #[test]
+    fn failovers_count_changes_of_the_serving_server_and_hops_count_the_hunt() {
+        // Before: every hop while hunting was a failover (a dead lone server made hundreds).
+        let mut r = Rig::new(cfg(2, ""));
+        // The first server found is no failover, however long the hunt.
+        r.on(Event::Link { server: 0, up: true });
+        r.on(Event::Tick);
+        r.tick_after_ms(501); // snapshot unanswered: on to server 1, which never connects
+        r.tick_after_ms(1);
+        r.tick_after_ms(501); // back to 0
+        assert_eq!(r.core.current(), 0);
+        r.sync(0, &[], 0);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (2, 0));
+        // Server 0 falls silent; the hunt passes server 1 (silent too) and comes back to 0:
+        // still served by the same server, no failover.
+        r.tick_after_ms(2001);
+        r.tick_after_ms(1);
+        r.tick_after_ms(501);
+        assert_eq!(r.core.current(), 0);
+        r.sync(0, &[], 0);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (4, 0));
+        // Silent again, and server 1 serves: one failover, one hop.
+        r.tick_after_ms(2001);
+        r.sync(1, &[], 0);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (5, 1));
+        // One server, never answering: hops without end, never a failover.
+        let mut r = Rig::new(cfg(1, ""));
+        for _ in 0..10 {
+            r.tick_after_ms(1);
+            r.tick_after_ms(501);
+        }
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (10, 0));
     }
 
     #[test]
