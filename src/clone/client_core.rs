@@ -48,6 +48,9 @@ pub struct ClientConfig {
     /// Say lost and returning links on stderr (off for a full-screen user
     /// such as `mdsub top`; they are counted in the status either way).
     pub log_links: bool,
+    /// Who the agent's stderr lines say they are from (`clone-client`; the engine's status
+    /// agent says `store`, so a line about its store reads as the engine's).
+    pub name: String,
     /// Commands (sets, gets, …) queued from the application to the agent at most; at the bound
     /// a call fails at once with `ClientError::Busy` (counted in `Client::commands_refused`).
     pub command_queue_msgs: usize,
@@ -68,6 +71,7 @@ impl Default for ClientConfig {
             max_unacked: 100_000,
             sub_hwm_msgs: 1_000_000,
             log_links: true,
+            name: "clone-client".into(),
             command_queue_msgs: 65_536,
             watch_queue_msgs: 1_000_000,
         }
