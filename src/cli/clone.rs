@@ -347,13 +347,11 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         args.idle.strategy(),
         keys,
     )?;
-    wait_synced(&client, timeout, stop).map_err(|e| {
-        if super::is_interrupted(&e) {
-            e
-        } else {
-            e.context(NoServer(names))
-        }
-    })?;
+    match client.wait_synced_or_stop(timeout, stop) {
+        Ok(_) => {}
+        Err(e @ ClientError::Timeout { .. }) => return Err(anyhow::Error::new(e).context(NoServer(names))),
+        Err(e) => interrupted(Err(e)).context("connecting to the clone servers")?,
+    }
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
             let u = client.set(key.as_bytes(), value.as_bytes(), *ttl)?;
