@@ -170,7 +170,7 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
 #[command(
     after_help = "Exit status: 0 done; 1 `get`: the key is absent (no error line), `status`: one of two servers \
 did not answer, or any other error; 2 a refused flag or value (a key or value longer than the server accepts); \
-4 no server answered within --timeout; 130 interrupted (Ctrl-C)."
+4 no server answered within --timeout (none running there, or none accepting this client's keys); 130 interrupted (Ctrl-C)."
 )]
 pub struct ClientArgs {
     /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
