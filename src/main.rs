@@ -165,7 +165,7 @@ fn main() {
             std::process::exit(cli::EXIT_INTERRUPTED);
         }
         mdsub::diag!("mdsub: error: {}", error_line(&e));
-        std::process::exit(1);
+        std::process::exit(cli::exit_code(&e));
     }
 }
 
