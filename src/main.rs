@@ -77,8 +77,13 @@ impl Cmd {
 fn main() {
     // Before any libzmq thread allocates: glibc keeps what libzmq's I/O threads free
     // (src/zmqx/heap.rs; benches/README.md, "libzmq's heap").
-    if let Err(e) = mdsub::zmqx::heap::keep_freed_memory() {
-        mdsub::diag!("warning: {e}: libzmq's I/O threads may page-fault on freed memory");
+    // A parameter the operator set in the environment is left as set (said on stderr).
+    match mdsub::zmqx::heap::keep_freed_memory() {
+        Ok(left) if !left.is_empty() => {
+            mdsub::diag!("note: glibc malloc's {} left as the environment set it (src/zmqx/heap.rs)", left.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => mdsub::diag!("warning: {e}: libzmq's I/O threads may page-fault on freed memory"),
     }
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

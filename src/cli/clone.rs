@@ -237,7 +237,7 @@ pub enum ClientCmd {
 fn parse_ttl(s: &str) -> Result<u64, String> {
     let d = parse_duration(s)?;
     if d.subsec_nanos() != 0 || d.is_zero() {
-        return Err(format!("`{s}`: a ttl is a whole number of seconds, at least 1s (e.g. 10s, 2m)"));
+        return Err("a ttl is a whole number of seconds, at least 1s (e.g. 10s, 2m)".into());
     }
     Ok(d.as_secs())
 }
@@ -268,7 +268,7 @@ fn parse_key(s: &str) -> Result<String, String> {
     if s.is_empty() {
         Err("an empty key: the server refuses it".into())
     } else if reserved.iter().any(|r| r == &s.as_bytes()) {
-        Err(format!("`{s}` is reserved by the protocol (CHP's heartbeat and end of snapshot): the server refuses it"))
+        Err("reserved by the protocol (CHP's heartbeat and end of snapshot): the server refuses it".into())
     } else {
         Ok(s.to_string())
     }
