@@ -265,6 +265,28 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
     assert_eq!(code, Some(1), "stdout: {out} stderr: {err}");
     assert!(!out.contains("median:"), "no median of runs that are not results: {out}");
     assert!(err.trim().lines().count() == 1 && err.contains("none of the 2 run(s) is a result"), "{err}");
+    // With --json the runs that are not results are in the object, marked, with no medians, and
+    // the exit is still 1; --save keeps an earlier file (a failed run is no result to save).
+    let dir = common::temp_dir("cli-lvc-bench-loss");
+    let save = dir.join("lvc.json");
+    std::fs::write(&save, b"{\"earlier\": true}").expect("earlier results");
+    let mut cmd = mdsub();
+    cmd.args(["lvc-bench", "--timeout", "0s", "--count", "1k", "--runs", "2", "--json", "--save"]).arg(&save);
+    let (code, out, err) = run_within("lvc-bench", &mut cmd, DEADLINE);
+    assert_eq!(code, Some(1), "stdout: {out} stderr: {err}");
+    let r = common::bench_result("lvc-bench", &out);
+    assert!(r["error"].as_str().is_some_and(|e| e.contains("none of the 2 run(s) is a result")), "{r}");
+    let runs = r["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 6, "two runs of three paths: {r}");
+    assert!(runs.iter().all(|x| x["in_medians"] == false && x["lost"].as_u64() > Some(0)), "{r}");
+    assert_eq!(
+        (r["medians"].as_array().map(Vec::len), r["ratios"].as_array().map(Vec::len)),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert!(err.contains("LOSS") && err.contains("mdsub: error: lvc-bench: none of the 2"), "{err}");
+    assert_eq!(std::fs::read(&save).expect("still there"), b"{\"earlier\": true}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1428,3 +1428,28 @@ fn a_dead_clone_server_is_said_not_up_once_naming_both_its_ports() {
     }
     assert!(said[0].contains("nothing answers there"), "{}", said[0]);
 }
+
+#[test]
+fn clone_bench_json_is_one_stamped_object_with_the_update_rates_and_snapshot_time() {
+    // Before, clone-bench had no --json: its result was only text lines, unstamped for a plot.
+    let args = ["clone-bench", "--updates", "2k", "--keys", "2k", "--runs", "1", "--skip-failover", "--json"];
+    let (code, out, err) = run_within("clone-bench", mdsub().args(args), Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let r = common::bench_result("clone-bench", &out);
+    assert_eq!((r["settings"]["updates"].as_u64(), r["settings"]["snapshot_keys"].as_u64()), (Some(2000), Some(2000)));
+    assert_eq!(r["settings"]["failover"], false, "{r}");
+    let names: Vec<&str> =
+        r["runs"].as_array().expect("runs").iter().filter_map(|x| x["subscriber"].as_str()).collect();
+    assert_eq!(names, ["baseline", "raw-subscriber", "clone-client", "clone-client/snapshot"], "{r}");
+    assert!(r["runs"].as_array().expect("runs").iter().all(|x| x.get("error").is_none()), "{r}");
+    let rate = |s: &str| common::medians_of(&r, s)["msgs_per_sec"].as_f64().unwrap_or_else(|| panic!("{s}: {r}"));
+    let (base, raw, client) = (rate("baseline"), rate("raw-subscriber"), rate("clone-client"));
+    assert!(base > 0.0 && raw > 0.0 && client > 0.0, "{r}");
+    let snapshot_s = common::medians_of(&r, "clone-client/snapshot")["seconds"].as_f64();
+    assert!(snapshot_s.is_some_and(|s| s > 0.0 && s < 60.0), "{r}");
+    assert!((common::ratio(&r, "clone-client / baseline") - client / base).abs() < 1e-9, "{r}");
+    assert!((common::ratio(&r, "raw-subscriber / baseline") - raw / base).abs() < 1e-9, "{r}");
+    assert!(r.get("error").is_none(), "{r}");
+    // The human lines went to stderr.
+    assert!(err.contains("median: snapshot of 2000 keys"), "{err}");
+}

@@ -263,10 +263,10 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             if stats.interrupted { " (interrupted)" } else { "" },
             stats.sent_per_shard
         );
-        if stats.dropped + stats.restarts > 0 || stats.paused_s > 0.0 {
+        if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
                 "on purpose: dropped {}, restarts {}, paused {:.3} s",
-                stats.dropped,
+                stats.dropped_on_purpose,
                 stats.restarts,
                 stats.paused_s
             );
@@ -274,8 +274,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         if args.publisher.lossy {
             crate::outln!(
                 "dropped {} of them at the SNDHWM (--lossy; the subscriber counts them as lost); per shard {:?}",
-                stats.dropped_total,
-                stats.dropped_per_shard
+                stats.dropped_at_hwm,
+                stats.dropped_at_hwm_per_shard
             );
         }
         if let Some((first, last)) = stats.market_span_ns {
