@@ -293,6 +293,33 @@ fn two_publishers_on_one_shard_are_kept_apart() {
     b.finish(Duration::from_secs(20));
 }
 
+/// Two publishers sharing one publisher id (the default) on one shard: not
+/// thousands of restarts and a false loss, but one id conflict, said once on
+/// stderr, with loss still counted exactly (each session by itself).
+#[test]
+fn two_publishers_sharing_one_id_are_said_once_and_counted_exactly() {
+    let paced = ["--rate", "20k", "--symbols", "20"];
+    let (a, ea) = start_replay("replay-a", 1, &[&["--count", "10000"][..], &paced].concat());
+    let (b, eb) = start_replay("replay-b", 1, &[&["--count", "15000"][..], &paced].concat());
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &format!("{},{}", ea[0], eb[0])]);
+    let mut engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let stderr = engine.stderr.take().expect("stderr lines");
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (25_000, 25_000, 0), "{r}");
+    assert_eq!((u(&r, "gaps"), u(&r, "duplicates"), u(&r, "restarts"), u(&r, "before_first")), (0, 0, 0, 0), "{r}");
+    assert_eq!(u(&r, "id_conflicts"), 1, "{r}");
+    let said: Vec<String> = std::iter::from_fn(|| stderr.recv_timeout(Duration::from_secs(2)).ok())
+        .filter(|l| l.contains("alternates between sessions"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {said:?}");
+    assert!(said[0].contains("publisher 0 ") && said[0].contains("--publisher-id"), "{said:?}");
+    a.finish(Duration::from_secs(20));
+    b.finish(Duration::from_secs(20));
+}
+
 #[test]
 fn sigint_under_full_load_ends_engine_and_replay_promptly() {
     let (replay, eps) = start_replay("replay", 1, &["--count", "50M", "--rate", "0"]);

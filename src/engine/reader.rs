@@ -87,6 +87,8 @@ pub struct ShardCounters {
     /// Frames that arrived after a later one of their topic (dropped, not lost).
     pub reordered: AtomicU64,
     pub restarts: AtomicU64,
+    /// Publisher ids two publishers share ([`super::sequence::SequenceTotals::id_conflicts`]).
+    pub id_conflicts: AtomicU64,
     /// Malformed frames by [`wire::DecodeError::reason`].
     pub bad: [AtomicU64; DROP_REASONS],
     /// Dropped by the sequence checks as implausible jumps / over state limits.
@@ -392,6 +394,11 @@ impl Checks {
         None
     }
 
+    /// A publisher id found shared by two publishers since the last call (said once per id).
+    pub fn take_id_conflict(&mut self) -> Option<super::sequence::IdConflict> {
+        self.tracker.take_id_conflict()
+    }
+
     /// Distinct publisher sessions whose end of stream was seen.
     pub fn eos_sessions(&self) -> u64 {
         self.tracker.totals().eos_sessions
@@ -407,6 +414,7 @@ impl Checks {
             (&c.duplicates, t.duplicates),
             (&c.reordered, t.reordered),
             (&c.restarts, t.restarts),
+            (&c.id_conflicts, t.id_conflicts),
             (&c.implausible, t.implausible),
             (&c.over_limit, t.over_limit),
             (&c.eos_sessions, t.eos_sessions),
@@ -707,6 +715,9 @@ impl Agent for ReaderAgent {
                     }
                 }
             }
+        }
+        if let Some(c) = self.checks.take_id_conflict() {
+            crate::diag!("{}: {c}", self.role);
         }
         if n == 0 {
             let now = clock::realtime_ns();
