@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use mdsub::wire::capture::CaptureWriter;
 use mdsub::wire::{self, Header, Kind};
 
 /// The report `r` of a complete `--handler verify` run of `n` messages:
@@ -318,6 +319,38 @@ fn two_publishers_sharing_one_id_are_said_once_and_counted_exactly() {
     assert!(said[0].contains("publisher 0 ") && said[0].contains("--publisher-id"), "{said:?}");
     a.finish(Duration::from_secs(20));
     b.finish(Duration::from_secs(20));
+}
+
+/// A capture replayed verbatim: the recorded publisher 0 session's frames,
+/// then the replay's own end of stream (publisher 0, a session of its own,
+/// never seen live). That end is no restart of the recorded session.
+#[test]
+fn a_verbatim_capture_replay_is_no_restart() {
+    let dir = temp_dir("engine-verbatim");
+    let path = dir.join("cap.mdcap");
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    for i in 1..=500u64 {
+        let h = Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 0,
+            session_id: 77,
+            stream_seq: i,
+            topic_seq: i,
+            send_time_ns: i,
+        };
+        w.write_frame(&wire::encode(b"CAP", &h, &i.to_le_bytes()), false, i).expect("write");
+    }
+    w.flush().expect("flush");
+    let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
+    let engine = engine_json(&[&eps[0]], &[]);
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (500, 500, 0), "{r}");
+    assert_eq!((u(&r, "restarts"), u(&r, "gaps"), u(&r, "id_conflicts")), (0, 0, 0), "{r}");
+    replay.finish(Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -312,6 +312,12 @@ impl SequenceTracker {
     fn admit(&mut self, h: &Header, live: bool) -> Option<(usize, bool)> {
         let p = self.publisher(h.publisher_id)?;
         let restarted = !self.publishers[p].shared && self.replace_current(p, live);
+        Some((self.push_session(h, true), restarted))
+    }
+
+    /// Add a session for `h`, making room among its publisher's
+    /// ([`MAX_SESSIONS_PER_ID`]); returns its index.
+    fn push_session(&mut self, h: &Header, current: bool) -> usize {
         let mine = self.sessions.iter().filter(|s| s.publisher_id == h.publisher_id).count();
         if mine >= MAX_SESSIONS_PER_ID {
             // Room: the least recently heard, a replaced one before a current one.
@@ -322,8 +328,8 @@ impl SequenceTracker {
                 self.sessions.swap_remove(i);
             }
         }
-        self.sessions.push(Session::new(h, self.tick));
-        Some((self.sessions.len() - 1, restarted))
+        self.sessions.push(Session { current, ..Session::new(h, self.tick) });
+        self.sessions.len() - 1
     }
 
     /// A frame (live data or an end of stream) of session `i`, which is not
@@ -379,6 +385,33 @@ impl SequenceTracker {
             self.sessions[i].heard = self.tick;
         }
         found
+    }
+
+    /// The session of an end of stream `h`, or None over [`MAX_PUBLISHERS`].
+    /// The end of a session never seen live replaces no session of its
+    /// publisher (no restart: a verbatim capture replay ends its stream of
+    /// recorded frames with one of its own, under the recorded publisher id);
+    /// it is kept beside them, so that a repeat counts once. The end of a
+    /// session that a later one replaced says it was alive after all (as
+    /// [`SequenceTracker::revive`] says).
+    fn end_session(&mut self, h: &Header) -> Option<usize> {
+        match self.find(h) {
+            Some(i) if self.sessions[i].replaced.is_none() => {
+                self.tick += 1;
+                self.sessions[i].heard = self.tick;
+                return Some(i);
+            }
+            Some(_) => return self.session(h, false).map(|(i, _)| i),
+            None if !self.sessions.iter().any(|s| s.publisher_id == h.publisher_id && s.current && s.live_seen) => {
+                return self.session(h, false).map(|(i, _)| i)
+            }
+            None => {}
+        }
+        // Beside the current session, which stays current (a live frame of
+        // this one would take over, as [`SequenceTracker::revive`] says).
+        self.tick += 1;
+        self.publisher(h.publisher_id)?;
+        Some(self.push_session(h, false))
     }
 
     /// Publisher id found shared by two publishers since the last call (said once per id).
@@ -476,7 +509,7 @@ impl SequenceTracker {
     /// Counts messages lost at the tail as gaps. Returns false if this session's
     /// end was already seen (a repeat changes nothing).
     pub fn on_end_of_stream(&mut self, h: &Header, sent: u64) -> bool {
-        let Some((i, _)) = self.session(h, false) else {
+        let Some(i) = self.end_session(h) else {
             self.totals.over_limit += 1;
             return false;
         };
@@ -698,6 +731,29 @@ mod tests {
         assert_eq!((tot.accepted, tot.gaps, tot.duplicates, tot.restarts), (300, 0, 0, 0), "{tot:?}");
         assert_eq!(tot.id_conflicts, 1);
         assert!(t.take_id_conflict().is_some());
+    }
+
+    /// A verbatim capture replay ends the recorded frames (publisher 1,
+    /// session 9) with its own end of stream under the same publisher id and
+    /// a session of its own, never seen live: that is no restart of the
+    /// recorded session, and it counts every frame once.
+    #[test]
+    fn an_end_of_stream_of_a_session_never_seen_live_is_no_restart() {
+        let mut t = SequenceTracker::new(true);
+        for s in 1..=5 {
+            t.on_data(&h(1, 9, s, s), b"A");
+        }
+        assert!(t.on_end_of_stream(&h(1, 77, 6, 0), 5));
+        assert!(!t.on_end_of_stream(&h(1, 77, 6, 0), 5), "a repeat counts once");
+        let tot = t.totals();
+        assert_eq!((tot.restarts, tot.sent(), tot.accepted, tot.gaps, tot.eos_sessions), (0, 5, 5, 0, 1), "{tot:?}");
+        // The recorded session goes on as it was: no restart, no gap.
+        let v = t.on_data(&h(1, 9, 6, 6), b"A");
+        assert_eq!(v, Verdict { accept: true, missed: 0, restart: false });
+        // A recorded restart is still one.
+        assert!(t.on_data(&h(1, 10, 1, 1), b"A").restart);
+        assert_eq!(t.totals().restarts, 1);
+        assert_eq!(t.take_id_conflict(), None);
     }
 
     #[test]
