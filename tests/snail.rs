@@ -357,6 +357,36 @@ fn silence_without_heartbeats_is_stop_and_heartbeats_keep_it_alive() {
     assert_eq!(json(&out)["snail"]["verdict"], "STOP");
 }
 
+/// An end of stream disarms the reader's silence line and count, as it
+/// disarms STOP: an engine that runs on after it (`--expect-eos 0`) says no
+/// silence in the quiet that follows; the next frame arms it again.
+#[test]
+fn quiet_after_an_end_of_stream_is_no_silence_until_a_frame_arrives() {
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, &["--expect-eos", "0"]);
+    p.wait_subscribed();
+    p.stream_for(Duration::from_millis(50), 0);
+    p.control(Kind::EndOfStream);
+    // Quiet for longer than the reader's silence limit (1.5 s), by right.
+    let end = Instant::now() + Duration::from_millis(2_500);
+    let mut said = Vec::new();
+    while let Ok(l) = e.err.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        said.push(l);
+    }
+    assert!(!said.iter().any(|l| l.contains("silent")), "no silence after an end of stream: {said:?}");
+    // The publisher back (a new session), then quiet without an end: a silence.
+    p.restart();
+    p.stream_for(Duration::from_millis(50), 0);
+    let l = e.stderr_line("shard0-reader: silent: no frame for", Duration::from_secs(10));
+    assert!(l.contains("heartbeats stopped"), "{l}");
+    e.proc.signal(2);
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    let shard = &r["shards"][0];
+    assert_eq!(u(shard, "silences"), 1, "only the quiet without an end of stream: {shard}");
+}
+
 /// 100 000 messages over 10 topics with every 100th (stream_seq ≡ 50 mod
 /// 100) dropped at the publisher: exactly 1 000 missing.
 fn gap_run(extra: &[&str]) -> serde_json::Value {

@@ -190,6 +190,9 @@ pub struct Checks {
     longest_silence_ns: u64,
     /// A silence that ended in `check`, not yet said by [`Checks::silence`].
     ended_silence_ns: Option<u64>,
+    /// The last frame was an end of stream: quiet from here on is expected, not a
+    /// silence (as the snail's STOP is disarmed), until another frame arrives.
+    quiet_by_right: bool,
     /// Refused frames by reason, and the line due to be said ([`Checks::take_refusal_line`]).
     refusals: Refusals,
     refusal_line: Option<String>,
@@ -219,6 +222,7 @@ impl Checks {
             silences: 0,
             longest_silence_ns: 0,
             ended_silence_ns: None,
+            quiet_by_right: false,
             refusals: Refusals::new("reader", SUMMARY_INTERVAL_NS),
             refusal_line: None,
             refused_implausible: 0,
@@ -314,6 +318,7 @@ impl Checks {
             self.ended_silence_ns = Some(lasted);
         }
         self.last_recv_ns = recv_ns;
+        self.quiet_by_right = false;
         self.received += 1;
         let view = match wire::decode(frame) {
             Ok(v) => v,
@@ -365,6 +370,7 @@ impl Checks {
                     Err(_) => view.header.stream_seq,
                 };
                 self.tracker.on_end_of_stream(&view.header, sent);
+                self.quiet_by_right = true;
                 if let Some(g) = &mut self.guard {
                     g.ended();
                 }
@@ -375,12 +381,13 @@ impl Checks {
 
     /// Whether the shard's silence began (nothing for [`SILENCE_AFTER_NS`]
     /// since the last frame, as of `now_ns`) or ended (in a `check` since the
-    /// last call); each change is returned once.
+    /// last call); each change is returned once. Quiet after an end of stream
+    /// is no silence (until the next frame).
     pub fn silence(&mut self, now_ns: u64) -> Option<Silence> {
         if let Some(lasted_ns) = self.ended_silence_ns.take() {
             return Some(Silence::Ended { lasted_ns });
         }
-        if self.silent || self.received == 0 {
+        if self.silent || self.received == 0 || self.quiet_by_right {
             if self.silent {
                 self.longest_silence_ns = self.longest_silence_ns.max(now_ns.saturating_sub(self.last_recv_ns));
             }
@@ -865,6 +872,28 @@ mod tests {
         assert_eq!(counters.forwarded_bytes.load(Relaxed), frame(1, Kind::Data).len() as u64);
         assert_eq!(counters.last_lag_ns.load(Relaxed), t0 - 1000, "lag: received minus intended send time");
         assert_eq!(counters.max_lag_ns.load(Relaxed), t0 - 1000);
+    }
+
+    #[test]
+    fn quiet_after_an_end_of_stream_is_no_silence_until_the_next_frame() {
+        let mut c = Checks::new(Routing::ByTopic, 1, true);
+        let t0 = 1_000_000_000;
+        assert!(c.check(&frame(1, Kind::Data), t0).is_some());
+        assert!(c.check(&frame(1, Kind::EndOfStream), t0 + 1).is_none());
+        assert_eq!(c.silence(t0 + 10 * SILENCE_AFTER_NS), None, "a publisher that said goodbye is quiet by right");
+        // A new frame (a publisher back) arms it again.
+        let t1 = t0 + 20 * SILENCE_AFTER_NS;
+        assert!(c.check(&frame(1, Kind::Heartbeat), t1).is_none());
+        assert_eq!(c.silence(t1 + SILENCE_AFTER_NS), Some(Silence::Began { since_ns: t1 }));
+        assert_eq!(c.silence(t1 + 2 * SILENCE_AFTER_NS), None);
+        let counters = ShardCounters::default();
+        c.publish(&counters);
+        assert_eq!(counters.silences.load(Relaxed), 1);
+        assert_eq!(
+            counters.longest_silence_ns.load(Relaxed),
+            2 * SILENCE_AFTER_NS,
+            "the quiet after the end is not in it"
+        );
     }
 
     #[test]
