@@ -497,6 +497,32 @@ fn a_replay_pause_shorter_than_the_grace_does_not_croak_and_a_longer_one_does() 
     assert!(scream.contains("last good seq 5000;"), "the last message before the pause: {scream}");
 }
 
+/// Under `warn`, a site said to be a SNAIL is said to be OK again when it
+/// is, once, after its SNAIL line: stderr ends with the truth.
+#[test]
+fn a_snail_under_warn_is_said_ok_again_when_it_recovers() {
+    let (code, out, err, _) = replay_run(
+        &["--rate", "2k", "--count", "5k", "--pause-at", "1k", "--pause-for", "1500ms"],
+        &["--snail", "warn", "--max-lag", "100ms", "--grace", "400ms"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!(r["snail"]["verdict"], "OK", "{r}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("mdsub: snail: ")).collect();
+    let snails: Vec<&str> = lines.iter().copied().filter(|l| l.contains("SNAIL on shard0 (")).collect();
+    assert!(!snails.is_empty(), "the pause was a snail: {err}");
+    for role in ["shard0-reader", "worker0"] {
+        let mine: Vec<&str> = lines.iter().copied().filter(|l| l.contains(&format!("shard0 ({role})"))).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let last = mine.last().expect("a line");
+        assert!(last.starts_with(&format!("mdsub: snail: OK again on shard0 ({role}) after ")), "{role}: {mine:?}");
+        assert_eq!(mine.iter().filter(|l| l.contains("OK again")).count(), 1, "once: {mine:?}");
+        assert!(u(site(&r, role), "snails") >= 1, "{r}");
+    }
+}
+
 #[test]
 fn replay_drop_every_hundredth_of_100_000_is_exactly_1000_missing_with_and_without_a_topic_filter() {
     // Five topics, uniform, flat out; the filter takes each by prefix, so the
