@@ -340,7 +340,15 @@ impl Checks {
                 // Values re-sent from a cache keep their old send times: not lag.
                 if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
                     if let Some(g) = &mut self.guard {
-                        self.croaked |= g.on_message(&view.header, view.topic, recv_ns) == Action::Croak;
+                        if g.on_message(&view.header, view.topic, recv_ns) == Action::Croak {
+                            // The engine stops at this frame: it is not handed on (so not
+                            // counted as forwarded, nor in the workers' latency figures),
+                            // but its lag is the shard's, as the scream says.
+                            self.croaked = true;
+                            self.last_lag_ns = recv_ns.saturating_sub(view.header.send_time_ns);
+                            self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
+                            return None;
+                        }
                         // Policy `rest`: this shard drops its backlog.
                         if g.skip(&view.header, recv_ns) {
                             return None;
@@ -894,6 +902,41 @@ mod tests {
             2 * SILENCE_AFTER_NS,
             "the quiet after the end is not in it"
         );
+    }
+
+    /// The frame a reader's snail croaks on is not handed on (the engine stops
+    /// there): not counted as forwarded, so `msgs` stays what the workers got,
+    /// while its lag is the shard's (`lag_max_ms`), as in the scream.
+    #[test]
+    fn the_frame_a_reader_croaks_on_is_not_forwarded_but_its_lag_is_the_shards() {
+        use crate::snail::{Policy, Site, SnailBoard, SnailConfig};
+        let ms = 1_000_000;
+        let cfg = SnailConfig { policy: Policy::Croak, max_lag_ns: 100 * ms, grace_ns: 200 * ms, ..Default::default() };
+        let board = SnailBoard::new(cfg, vec![Site { role: "shard0-reader".into(), shard: Some(0) }]);
+        let mut c = Checks::new(Routing::ByTopic, 1, true).with_guard(Guard::new(board.clone(), 0, None));
+        let t0 = 1_700_000_000_000_000_000;
+        let data = |seq: u64, send_time_ns: u64| {
+            let h = Header {
+                kind: Kind::Data,
+                flags: 0,
+                publisher_id: 1,
+                session_id: 7,
+                stream_seq: seq,
+                topic_seq: seq,
+                send_time_ns,
+            };
+            wire::encode(b"AAPL", &h, &[0u8; 16])
+        };
+        assert!(c.check(&data(1, t0 - ms), t0).is_some());
+        // Stopped for 3 s: the next frame is 3 s late, above the limit for 2.9 s.
+        let t1 = t0 + 3_000 * ms;
+        assert!(c.check(&data(2, t0), t1).is_none(), "the engine stops here");
+        assert!(c.croaked());
+        assert!(board.croak().is_some_and(|s| s.lag_ns == 3_000 * ms));
+        let counters = ShardCounters::default();
+        c.publish(&counters);
+        assert_eq!(counters.forwarded.load(Relaxed), 1, "only what was handed on");
+        assert_eq!(counters.max_lag_ns.load(Relaxed), 3_000 * ms, "the shard's lag, as the scream says");
     }
 
     #[test]
