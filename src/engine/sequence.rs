@@ -429,13 +429,17 @@ impl SequenceTracker {
     pub fn on_data(&mut self, h: &Header, topic: &[u8]) -> Verdict {
         let from_cache = h.flags & FLAG_FROM_CACHE != 0;
         if from_cache
-            && self.find(h).is_none_or(|i| !self.sessions[i].current)
-            && self.sessions.iter().any(|s| s.publisher_id == h.publisher_id && s.current && s.live_seen)
+            && match self.find(h) {
+                // A session a later one replaced (a cache holds values of both).
+                Some(i) => !self.sessions[i].current,
+                None => self.sessions.iter().any(|s| s.publisher_id == h.publisher_id && s.current && s.live_seen),
+            }
         {
             // A cached value from another session of a publisher that is live
-            // in this one (a topic not updated since the publisher restarted):
-            // it is the topic's last value, so it is delivered, and it leaves
-            // the live session's state alone (no restart, no sequence change).
+            // in this one (a topic not updated since the publisher restarted),
+            // or of a session a later one replaced: it is the topic's last
+            // value, so it is delivered, and it leaves the sessions' state
+            // alone (no restart, no sequence change, no id conflict).
             self.totals.accepted += 1;
             return Verdict { accept: true, missed: 0, restart: false };
         }
@@ -671,6 +675,16 @@ mod tests {
             (5, 0, 0, 0, 6),
             "{tot:?}"
         );
+
+        // A cache holding values of two sessions, in any order, then the
+        // live one: no restart, no id conflict.
+        let mut t = SequenceTracker::new(true);
+        assert!(t.on_data(&cached(1, 9, 40, 7), b"B").accept);
+        assert!(t.on_data(&cached(1, 10, 3, 3), b"A").accept);
+        assert!(t.on_data(&cached(1, 9, 41, 8), b"C").accept);
+        assert!(t.on_data(&h(1, 10, 4, 4), b"A").accept);
+        let tot = t.totals();
+        assert_eq!((tot.restarts, tot.id_conflicts, tot.accepted, tot.gaps), (0, 0, 4, 0), "{tot:?}");
 
         // Joining through a cache: values of the old session, then the live
         // new one. Not a restart this subscriber saw.
