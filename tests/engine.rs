@@ -124,18 +124,15 @@ fn two_shards_split_the_feed_and_deliver_all() {
     assert!(counts.iter().all(|&c| c > 1000), "{counts:?}");
 }
 
+/// A data frame's header: `publisher_id`'s `session_id` at stream and topic
+/// sequence `seq`, stamped `seq` ns.
+fn data_header(publisher_id: u32, session_id: u64, seq: u64) -> Header {
+    Header { kind: Kind::Data, flags: 0, publisher_id, session_id, stream_seq: seq, topic_seq: seq, send_time_ns: seq }
+}
+
 /// One example of every malformation, as a publisher would send it.
 fn garbage() -> Vec<(&'static str, Vec<u8>)> {
-    let h = Header {
-        kind: Kind::Data,
-        flags: 0,
-        publisher_id: 99,
-        session_id: 1,
-        stream_seq: 1,
-        topic_seq: 1,
-        send_time_ns: 0,
-    };
-    let good = wire::encode(b"JUNK", &h, b"payload");
+    let good = wire::encode(b"JUNK", &data_header(99, 1, 1), b"payload");
     let mut version = good.clone();
     version[5] = 77;
     let mut kind = good.clone();
@@ -326,20 +323,10 @@ fn two_publishers_sharing_one_id_are_said_once_and_counted_exactly() {
 /// never seen live). That end is no restart of the recorded session.
 #[test]
 fn a_verbatim_capture_replay_is_no_restart() {
-    let dir = temp_dir("engine-verbatim");
-    let path = dir.join("cap.mdcap");
+    let path = temp_dir("engine-verbatim").join("cap.mdcap");
     let mut w = CaptureWriter::create(&path).expect("create capture");
     for i in 1..=500u64 {
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: 0,
-            session_id: 77,
-            stream_seq: i,
-            topic_seq: i,
-            send_time_ns: i,
-        };
-        w.write_frame(&wire::encode(b"CAP", &h, &i.to_le_bytes()), false, i).expect("write");
+        w.write_frame(&wire::encode(b"CAP", &data_header(0, 77, i), &[]), false, i).expect("write");
     }
     w.flush().expect("flush");
     let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
@@ -350,7 +337,7 @@ fn a_verbatim_capture_replay_is_no_restart() {
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (500, 500, 0), "{r}");
     assert_eq!((u(&r, "restarts"), u(&r, "gaps"), u(&r, "id_conflicts")), (0, 0, 0), "{r}");
     replay.finish(Duration::from_secs(20));
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(path.parent().expect("the temp dir"));
 }
 
 #[test]

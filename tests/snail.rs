@@ -329,13 +329,20 @@ fn a_constant_clock_offset_croaks_when_synchronised_but_not_when_skew_tolerant()
     assert_eq!(r["snail"]["verdict"], "OK", "{r}");
 }
 
+/// A [`TestPub`] and an engine with `extra` flags on it, fed one frame per
+/// ms for 50 ms.
+fn engine_fed_50ms(extra: &[&str]) -> (TestPub, Child2) {
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, extra);
+    p.wait_subscribed();
+    p.stream_for(Duration::from_millis(50), 0);
+    (p, e)
+}
+
 #[test]
 fn silence_without_heartbeats_is_stop_and_heartbeats_keep_it_alive() {
     // Heartbeats every 100 ms for 1 s: the publisher is quiet, not gone.
-    let mut p = TestPub::bind();
-    let e = engine(&p.endpoint, &["--silence", "500ms"]);
-    p.wait_subscribed();
-    p.stream_for(Duration::from_millis(50), 0);
+    let (mut p, e) = engine_fed_50ms(&["--silence", "500ms"]);
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(100));
         p.control(Kind::Heartbeat);
@@ -347,10 +354,7 @@ fn silence_without_heartbeats_is_stop_and_heartbeats_keep_it_alive() {
     assert_eq!(u(site(&json(&out), "shard0-reader"), "stops"), 0);
 
     // Nothing at all after a few frames: STOP.
-    let mut p = TestPub::bind();
-    let e = engine(&p.endpoint, &["--silence", "500ms"]);
-    p.wait_subscribed();
-    p.stream_for(Duration::from_millis(50), 0);
+    let (_p, e) = engine_fed_50ms(&["--silence", "500ms"]);
     let (code, out, err) = e.finish(Duration::from_secs(30));
     assert_eq!(code, Some(CROAK), "{err}");
     assert!(err.contains("mdsub: croak: STOP on shard0 (shard0-reader): nothing heard for"), "{err}");
@@ -362,10 +366,7 @@ fn silence_without_heartbeats_is_stop_and_heartbeats_keep_it_alive() {
 /// silence in the quiet that follows; the next frame arms it again.
 #[test]
 fn quiet_after_an_end_of_stream_is_no_silence_until_a_frame_arrives() {
-    let mut p = TestPub::bind();
-    let e = engine(&p.endpoint, &["--expect-eos", "0"]);
-    p.wait_subscribed();
-    p.stream_for(Duration::from_millis(50), 0);
+    let (mut p, e) = engine_fed_50ms(&["--expect-eos", "0"]);
     p.control(Kind::EndOfStream);
     // Quiet for longer than the reader's silence limit (1.5 s), by right.
     let end = Instant::now() + Duration::from_millis(2_500);

@@ -848,15 +848,13 @@ mod tests {
     use crate::wire::Header;
 
     fn frame(seq: u64, kind: Kind) -> Vec<u8> {
-        let h = Header {
-            kind,
-            flags: 0,
-            publisher_id: 1,
-            session_id: 7,
-            stream_seq: seq,
-            topic_seq: seq,
-            send_time_ns: 1000,
-        };
+        frame_sent_at(seq, kind, 1000)
+    }
+
+    /// [`frame`] with its intended send time.
+    fn frame_sent_at(seq: u64, kind: Kind, send_time_ns: u64) -> Vec<u8> {
+        let h =
+            Header { kind, flags: 0, publisher_id: 1, session_id: 7, stream_seq: seq, topic_seq: seq, send_time_ns };
         wire::encode(b"AAPL", &h, &[0u8; 16])
     }
 
@@ -915,18 +913,7 @@ mod tests {
         let board = SnailBoard::new(cfg, vec![Site { role: "shard0-reader".into(), shard: Some(0) }]);
         let mut c = Checks::new(Routing::ByTopic, 1, true).with_guard(Guard::new(board.clone(), 0, None));
         let t0 = 1_700_000_000_000_000_000;
-        let data = |seq: u64, send_time_ns: u64| {
-            let h = Header {
-                kind: Kind::Data,
-                flags: 0,
-                publisher_id: 1,
-                session_id: 7,
-                stream_seq: seq,
-                topic_seq: seq,
-                send_time_ns,
-            };
-            wire::encode(b"AAPL", &h, &[0u8; 16])
-        };
+        let data = |seq: u64, send_time_ns: u64| frame_sent_at(seq, Kind::Data, send_time_ns);
         assert!(c.check(&data(1, t0 - ms), t0).is_some());
         // Stopped for 3 s: the next frame is 3 s late, above the limit for 2.9 s.
         let t1 = t0 + 3_000 * ms;
