@@ -139,7 +139,7 @@ struct PublisherState {
 /// Sessions of one publisher id kept at once: its current one and those it
 /// replaced (so one that comes back is recognised), or, for an id two or
 /// more publishers share, their live sessions side by side.
-pub const MAX_SESSIONS_PER_ID: usize = 8;
+pub const MAX_SESSIONS_PER_ID: usize = 4;
 
 /// Two (or more) publishers send under one publisher id: a session it had
 /// replaced came back. Said once per id.
@@ -185,6 +185,7 @@ impl Session {
         !self.eos_seen && self.from_start && self.last_stream_seq > 0
     }
 }
+
 /// Totals across all sessions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SequenceTotals {
@@ -301,6 +302,10 @@ impl SequenceTracker {
             }
             s.replaced = Some(Replaced { restart: s.live_seen, unended_sent, unended_in_totals: false });
             restarted |= s.live_seen;
+            if s.eos_seen {
+                // Ended: no frame of it is to come, so its topics are not needed.
+                s.topics = TopicMap::default();
+            }
         }
         self.totals.restarts += restarted as u64;
         restarted
