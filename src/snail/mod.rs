@@ -803,6 +803,8 @@ impl Guard {
         self.publish();
         let croak = self.cfg.policy == Policy::Croak && v >= Verdict::Snail;
         if croak {
+            // The shell says the croak's scream.
+            self.said = v;
             self.board.set_croak(&scream);
             return Action::Croak;
         }
