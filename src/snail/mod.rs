@@ -578,6 +578,9 @@ pub struct Guard {
     episode_max_lag_ns: u64,
     /// Where lines go: stderr ([`crate::diag::line`]); a test collects them.
     say: fn(std::fmt::Arguments<'_>),
+    /// Not OK, or not said as it is: messages judged without a change are
+    /// looked at more closely ([`Guard::watch`]).
+    watching: bool,
 }
 
 impl Guard {
@@ -609,6 +612,7 @@ impl Guard {
             left_ok_ns: 0,
             episode_max_lag_ns: 0,
             say: crate::diag::line,
+            watching: false,
         }
     }
 
@@ -654,6 +658,8 @@ impl Guard {
         self.rest_until_ns = 0;
         self.lag.reset();
         self.verdict = Verdict::Ok;
+        // Said OK again at a message once the line limit allows.
+        self.watching = self.said != Verdict::Ok;
         self.publish();
         false
     }
@@ -682,17 +688,27 @@ impl Guard {
         let v = self.lag.observe(h.send_time_ns, h.stream_seq, now_ns);
         let lag = self.lag.last_lag_ns();
         self.max_lag_ns = self.max_lag_ns.max(lag);
-        self.episode_max_lag_ns = self.episode_max_lag_ns.max(lag);
         if v == self.verdict {
-            // A change held back by the line rate limit is said once it may be,
-            // so that the last line never says OK of a site that is not.
-            if v != self.said && now_ns >= self.next_log_ns {
-                let scream = self.scream(v, Some((h, topic)), None, now_ns);
-                self.log(&scream, now_ns);
+            // One test while OK and said so: the common case.
+            if self.watching {
+                self.watch(v, h, topic, now_ns);
             }
             return Action::Continue;
         }
         self.change(v, Some((h, topic)), None, now_ns)
+    }
+
+    /// A message judged with no change of verdict while not OK, or not said
+    /// as it is: the episode's highest lag, and a change held back by the
+    /// line rate limit said once it may be (so stderr does not stay on OK of
+    /// a site that is not).
+    #[cold]
+    fn watch(&mut self, v: Verdict, h: &Header, topic: &[u8], now_ns: u64) {
+        self.episode_max_lag_ns = self.episode_max_lag_ns.max(self.lag.last_lag_ns());
+        if v != self.said && now_ns >= self.next_log_ns {
+            let scream = self.scream(v, Some((h, topic)), None, now_ns);
+            self.log(&scream, now_ns);
+        }
     }
 
     /// Anything (data, heartbeat, end of stream) arrived at `now_ns`: for the silence check.
@@ -729,8 +745,9 @@ impl Guard {
         if self.verdict == Verdict::Ok {
             // Since the lag went above the limit (a rising-lag WARN: now).
             self.left_ok_ns = now_ns.saturating_sub(self.lag.above_for_ns(now_ns));
-            self.episode_max_lag_ns = self.lag.last_lag_ns();
+            self.episode_max_lag_ns = 0;
         }
+        self.episode_max_lag_ns = self.episode_max_lag_ns.max(self.lag.last_lag_ns());
         self.verdict = v;
         match v {
             Verdict::Ok => {}
@@ -739,7 +756,9 @@ impl Guard {
             Verdict::Stop => self.stops += 1,
         }
         let scream = self.scream(v, msg, quiet, now_ns);
-        self.changed(scream, now_ns)
+        let action = self.changed(scream, now_ns);
+        self.watching = self.verdict != Verdict::Ok || self.said != self.verdict;
+        action
     }
 
     /// What verdict `v` says now (`msg`: the message judged; `quiet`: a silence).
@@ -767,6 +786,11 @@ impl Guard {
     /// line). OK again: once after each line that said otherwise, so each
     /// episode said has its end said too and the last line is the truth.
     fn log(&mut self, scream: &Scream, now_ns: u64) {
+        self.say_line(scream, now_ns);
+        self.watching = self.verdict != Verdict::Ok || self.said != self.verdict;
+    }
+
+    fn say_line(&mut self, scream: &Scream, now_ns: u64) {
         if scream.verdict == Verdict::Ok {
             if self.said != Verdict::Ok {
                 self.said = Verdict::Ok;
