@@ -290,7 +290,7 @@ pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> 
     lines.say(format_args!("lvc-bench  {machine}"));
     lines.say(format_args!(
         "lvc-bench: {} messages of {}-byte payloads ({frame_bytes}-byte frames: {} topics, header {HEADER_LEN} B), \
-         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {runs} runs of direct, plain proxy, lvc",
+         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {runs} run(s) of direct, plain proxy, lvc",
         args.messages, args.payload_bytes, args.topics,
     ));
     let settings = serde_json::json!({
