@@ -215,7 +215,7 @@ impl ProxyLinks {
     }
 }
 
-/// Watch each side's connect endpoints (the sockets are made and attached).
+/// Watch each side's connect endpoints (the sockets are made, not attached yet).
 fn watch_links(
     ctx: &zmq::Context,
     role: &'static str,
@@ -242,7 +242,7 @@ fn watch_links(
     ])
 }
 
-/// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`]:
+/// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`] (before it is attached):
 /// ZMQ_XPUB_NODROP always (a full subscriber queue is EAGAIN, which the shell
 /// waits on or counts, never a silent drop) and ZMQ_XPUB_MANUAL for hooks
 /// that apply subscriptions themselves (the LVC). Before any subscriber has
@@ -265,14 +265,17 @@ impl<H: ProxyHooks> ProxyShell<H> {
     /// the first subscriber; the tap with `--subscribe-all`).
     pub fn new(ctx: &zmq::Context, config: &ProxyConfig, subscribe_all: bool, hooks: H) -> Result<Self, AgentError> {
         let role = hooks.role();
-        let zmqx::ProxySockets { frontend, mut backend, endpoints } =
-            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
-                .map_err(|(context, source)| AgentError::Fatal {
-                    role: role.into(),
-                    message: format!("zmq error while {context}: {source}"),
-                })?;
-        set_delivery_options(&mut backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
-        let links = watch_links(ctx, role, config, &frontend, &backend)?;
+        let fatal = |(context, source): (String, zmq::Error)| AgentError::Fatal {
+            role: role.into(),
+            message: format!("zmq error while {context}: {source}"),
+        };
+        let mut sockets = zmqx::proxy_sockets(ctx, config.hwm_msgs, config.max_msg_bytes).map_err(fatal)?;
+        set_delivery_options(&mut sockets.backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
+        // Watched before connecting: a peer already listening completes the handshake within
+        // microseconds, and a monitor attached after it would never see the link come up.
+        let links = watch_links(ctx, role, config, &sockets.frontend, &sockets.backend)?;
+        sockets.attach(&config.frontend, &config.backend).map_err(fatal)?;
+        let zmqx::ProxySockets { frontend, backend, endpoints } = sockets;
         if subscribe_all {
             frontend.send(&[1u8][..], 0).map_err(zerr(role, "subscribing upstream"))?;
         }
@@ -483,6 +486,63 @@ mod tests {
         assert_eq!(FromSubscriber::classify(&msg(&[b""])), FromSubscriber::Other);
         assert_eq!(FromSubscriber::classify(&msg(&[b"\x01ES", b"more"])), FromSubscriber::Other, "multipart");
         assert_eq!(FromSubscriber::classify(&msg(&[])), FromSubscriber::Other);
+    }
+
+    /// Forwards everything, adds nothing: the shell alone.
+    struct Plain;
+
+    impl ProxyHooks for Plain {
+        type Report = ShellCounters;
+        fn role(&self) -> &'static str {
+            "plain-proxy"
+        }
+        fn on_upstream_message(&mut self, _: &[Frame]) {}
+        fn on_subscriber_message(&mut self, _: FromSubscriber<'_>, _: &[Frame], _: &mut Downstream<'_>) -> bool {
+            true
+        }
+        fn report(&self, shell: &ShellCounters) -> ShellCounters {
+            *shell
+        }
+    }
+
+    /// A side that connects to a peer already listening finishes its handshake within
+    /// microseconds, on libzmq's I/O thread: the link must be watched from before the connect,
+    /// or that handshake is never seen and the link shows `connecting connects=0` for the whole
+    /// run (the tap in an lvc → tap → engine chain, 2 runs in 40). The peer receiving the
+    /// proxy's subscription proves the handshake is done, and the monitor's event, sent before
+    /// the subscription goes out, is then waiting: one service must see the link up.
+    #[test]
+    fn a_connecting_side_is_up_from_its_first_handshake() {
+        let ctx = zmq::Context::new();
+        let upstream = ctx.socket(zmq::XPUB).expect("xpub");
+        upstream.set_xpub_verbose(true).expect("verbose");
+        upstream.set_rcvtimeo(10_000).expect("rcvtimeo");
+        let ep = zmqx::bind_resolved(&upstream, "tcp://127.0.0.1:*").expect("bind");
+        for round in 0..10 {
+            let config = ProxyConfig {
+                frontend: vec![Attach::Connect(ep.clone())],
+                // Many subscriber endpoints: binding them takes a few ms, far longer than the
+                // frontend's handshake (the old order, connect first and watch after the binds,
+                // then missed it in every round, not only under load).
+                backend: (0..40).map(|_| Attach::Bind("tcp://127.0.0.1:*".into())).collect(),
+                hwm_msgs: 1_000,
+                max_msg_bytes: 1 << 20,
+                idle: IdleStrategy::default(),
+                delivery: Delivery::Lossless,
+            };
+            let mut shell = ProxyShell::new(&ctx, &config, true, Plain).expect("proxy");
+            // (An unsubscribe of the previous round's proxy may come first.)
+            while upstream.recv_bytes(0).expect("the proxy's subscription") != b"\x01" {}
+            shell.service_links(true);
+            let links = shell.links().snapshot();
+            let (side, link) = &links[0];
+            assert_eq!(
+                (*side, link.state.as_str(), link.connects, link.lost_total()),
+                ("frontend", "up", 1, 0),
+                "round {round}: {link}"
+            );
+            drop(shell);
+        }
     }
 
     #[test]
