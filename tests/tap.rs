@@ -152,3 +152,70 @@ fn a_record_file_it_cannot_create_is_one_line_naming_the_flag() {
     assert_eq!(line.matches("capture file").count(), 1, "said once: {line}");
     assert_eq!(line.matches("No such file or directory").count(), 1, "{line}");
 }
+
+#[test]
+fn json_makes_stdout_json_lines_ending_with_the_counters() {
+    // Without --quiet: every message and subscription is a record, the counters the last line.
+    let mut tap = start("tap", &["--json"]);
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &tap.frontend);
+    let sub = subscriber(&ctx, &tap.backend, &[b""]);
+    handshake(&publisher, &sub);
+    let sent = traffic();
+    for m in &sent {
+        publisher.send_multipart(m.clone(), 0).expect("publish");
+    }
+    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
+    assert_eq!(until_probe(&sub, DEADLINE, Some(b"end")), sent);
+
+    // (`start` read the endpoint lines from stderr: with --json they are not on stdout.)
+    let (out, _) = stop(&mut tap);
+    let records: Vec<serde_json::Value> = out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+        .collect();
+    let (last, records) = records.split_last().expect("some output");
+    assert_eq!(last["stopped"], "tap", "the counters come last: {last}");
+    assert_eq!(last["dropped"], 0, "{last}");
+    let msgs: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "msg").collect();
+    assert_eq!(last["shown_messages"], msgs.len(), "one record per message shown: {last}");
+    assert!(records.iter().all(|r| ["msg", "subscribe"].contains(&r["type"].as_str().unwrap_or("?"))), "{records:?}");
+    assert!(records.iter().any(|r| r["type"] == "subscribe" && r["prefix"] == ""), "{records:?}");
+    let ours: Vec<&&serde_json::Value> = msgs.iter().filter(|r| r["topic"] != PROBE).collect();
+    let topics: Vec<&str> = ours.iter().map(|r| r["topic"].as_str().unwrap_or("?")).collect();
+    assert_eq!(topics, ["ESH6", "F001", "ESH66", "F002", "NQZ5", "CLF6", "NQ1"]);
+    let esh6 = ours[0];
+    assert_eq!(
+        (&esh6["format"], &esh6["kind"], &esh6["pub"], &esh6["session"], &esh6["seq"], &esh6["size"]),
+        (&"mdsub".into(), &"data".into(), &7.into(), &"5eed".into(), &1.into(), &64.into()),
+        "{esh6}"
+    );
+    let f001 = ours[1];
+    assert_eq!(
+        (&f001["format"], &f001["frames"], &f001["hex"]),
+        (&"foreign".into(), &2.into(), &"53 61 76 65 20 52 6f 67 65 72".into()),
+        "{f001}"
+    );
+}
+
+#[test]
+fn json_with_stats_is_one_record_per_refresh() {
+    let mut tap = start("tap", &["--stats", "--json", "--subscribe-all"]);
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &tap.frontend);
+    let sub = subscriber(&ctx, &tap.backend, &[b""]);
+    handshake(&publisher, &sub);
+    for i in 0..5 {
+        publisher.send(frame("ESH6", i + 1, i + 1, b""), 0).expect("publish");
+    }
+    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
+    until_probe(&sub, DEADLINE, Some(b"end"));
+    let (out, _) = stop(&mut tap);
+    let records: Vec<serde_json::Value> =
+        out.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let (last, stats) = records.split_last().expect("some output");
+    assert_eq!(last["stopped"], "tap", "{last}");
+    assert!(!stats.is_empty() && stats.iter().all(|r| r["type"] == "stats"), "{stats:?}");
+    // The last refresh (printed at exit) counts everything.
+    assert_eq!(stats[stats.len() - 1]["counts"]["ESH6"], 5, "{stats:?}");
+}
