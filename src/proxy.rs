@@ -166,6 +166,18 @@ pub trait ProxyHooks: Send {
         false
     }
 
+    /// Whether the hooks follow subscriber connections ([`ProxyHooks::on_subscriber_joined`]):
+    /// the shell then monitors the subscriber side even where it only binds.
+    fn follows_joins(&self) -> bool {
+        false
+    }
+
+    /// A subscriber connection completed its handshake (its subscriptions follow). With
+    /// [`ProxyHooks::follows_joins`], called for every one seen before a subscription is
+    /// handed to [`ProxyHooks::on_subscriber_message`] (libzmq reports the handshake before it
+    /// reads that connection's subscriptions).
+    fn on_subscriber_joined(&mut self) {}
+
     /// A message from the publishers, before the shell forwards it to the subscribers.
     fn on_upstream_message(&mut self, frames: &[Frame]);
 
@@ -194,8 +206,11 @@ pub struct ProxyShell<H: ProxyHooks> {
     report: Arc<Mutex<H::Report>>,
     /// Endpoints in effect, frontend then backend, as `(side, verb, endpoint)`.
     pub endpoints: Vec<(&'static str, &'static str, String)>,
-    /// The watched links of each side that connects (frontend, backend).
+    /// The watched links of each side that connects (frontend, backend); the backend's also
+    /// when the hooks follow subscriber joins.
     links: [Option<LinkWatch>; 2],
+    /// Handshakes read from the watches, taken after each service (reused).
+    updowns: Vec<bool>,
 }
 
 /// A proxy's watched links, by side, for its exit line.
@@ -222,6 +237,7 @@ fn watch_links(
     config: &ProxyConfig,
     frontend: &zmq::Socket,
     backend: &zmq::Socket,
+    follow_joins: bool,
 ) -> Result<[Option<LinkWatch>; 2], AgentError> {
     let connects = |a: &[Attach]| -> Vec<String> {
         a.iter()
@@ -236,10 +252,14 @@ fn watch_links(
     let watch = |s: &zmq::Socket, side: &str, eps: Vec<String>| {
         LinkWatch::attach(ctx, s, &name(side), &eps).map_err(zerr(role, "starting the link monitor"))
     };
-    Ok([
-        watch(frontend, "frontend", connects(&config.frontend))?,
-        watch(backend, "backend", connects(&config.backend))?,
-    ])
+    let back = if follow_joins {
+        LinkWatch::attach_always(ctx, backend, &name("backend"), &connects(&config.backend))
+            .map(Some)
+            .map_err(zerr(role, "starting the link monitor"))?
+    } else {
+        watch(backend, "backend", connects(&config.backend))?
+    };
+    Ok([watch(frontend, "frontend", connects(&config.frontend))?, back])
 }
 
 /// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`] (before it is attached):
@@ -273,7 +293,7 @@ impl<H: ProxyHooks> ProxyShell<H> {
         set_delivery_options(&mut sockets.backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
         // Watched before connecting: a peer already listening completes the handshake within
         // microseconds, and a monitor attached after it would never see the link come up.
-        let links = watch_links(ctx, role, config, &sockets.frontend, &sockets.backend)?;
+        let links = watch_links(ctx, role, config, &sockets.frontend, &sockets.backend, hooks.follows_joins())?;
         sockets.attach(&config.frontend, &config.backend).map_err(fatal)?;
         let zmqx::ProxySockets { frontend, backend, endpoints } = sockets;
         if subscribe_all {
@@ -291,6 +311,7 @@ impl<H: ProxyHooks> ProxyShell<H> {
             report: Arc::default(),
             endpoints,
             links,
+            updowns: Vec::new(),
         })
     }
 
@@ -309,6 +330,31 @@ impl<H: ProxyHooks> ProxyShell<H> {
                     w.service(socket);
                 }
             }
+        }
+        self.take_joins();
+    }
+
+    /// Hand the subscriber side's handshakes to the hooks (and drop the publisher side's ups
+    /// and downs, which nobody follows).
+    fn take_joins(&mut self) {
+        let [front, back] = &mut self.links;
+        if let Some(w) = front {
+            w.take_updowns(&mut self.updowns);
+            self.updowns.clear();
+        }
+        if let Some(w) = back {
+            w.take_updowns(&mut self.updowns);
+            for _ in self.updowns.drain(..).filter(|&up| up) {
+                self.hooks.on_subscriber_joined();
+            }
+        }
+    }
+
+    /// Before a subscription is handled: every subscriber handshake so far to the hooks.
+    fn catch_up_joins(&mut self) {
+        if let Some(w) = &mut self.links[1] {
+            w.drain(&self.backend);
+            self.take_joins();
         }
     }
 
@@ -405,12 +451,17 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
         // Subscriptions first: a joining subscriber is answered before more
         // live traffic, up to ANSWER_MSGS_PER_ROUND cached messages a round.
         let mut round_msgs = 0u64;
+        let follow_joins = self.hooks.follows_joins();
         for _ in 0..BATCH_MSGS {
             if round_msgs >= ANSWER_MSGS_PER_ROUND {
                 break;
             }
             if !recv_frames(&mut self.backend, &mut self.frames).map_err(zerr(role, "receiving a subscription"))? {
                 break;
+            }
+            if follow_joins {
+                // The handshake of the connection this came from was reported before it.
+                self.catch_up_joins();
             }
             let msg = FromSubscriber::classify(&self.frames);
             let mut down = Downstream {

@@ -134,6 +134,18 @@ impl LinkWatch {
         if endpoints.is_empty() {
             return Ok(None);
         }
+        Self::attach_always(ctx, socket, name, endpoints).map(Some)
+    }
+
+    /// [`LinkWatch::attach`], even with no endpoint to watch: for an owner that follows the
+    /// socket's handshakes (every connection accepted on a bound endpoint included) through
+    /// [`LinkWatch::take_updowns`].
+    pub fn attach_always(
+        ctx: &zmq::Context,
+        socket: &zmq::Socket,
+        name: &str,
+        endpoints: &[String],
+    ) -> zmq::Result<LinkWatch> {
         let inproc = format!("inproc://mdsub-links-{}-{}", std::process::id(), WATCHES.fetch_add(1, Ordering::Relaxed));
         socket.monitor(&inproc, EVENTS)?;
         let monitor = ctx.socket(zmq::PAIR)?;
@@ -156,7 +168,7 @@ impl LinkWatch {
         let links = Links::new(watched, RETRY_GRACE_NS);
         let board = LinkBoard::default();
         board.set(links.stats());
-        Ok(Some(LinkWatch {
+        Ok(LinkWatch {
             name: name.to_string(),
             monitor,
             links,
@@ -170,7 +182,7 @@ impl LinkWatch {
             not_ups: None,
             losses,
             said: vec![false; endpoints.len()],
-        }))
+        })
     }
 
     /// Keep quiet on stderr (a full-screen owner); the counters still count.
@@ -264,6 +276,12 @@ impl LinkWatch {
         }
         self.board.set(self.links.stats());
         seen
+    }
+
+    /// [`LinkWatch::service`] until every event waiting has been read (a service reads at most
+    /// 64): for an owner that must have seen every handshake so far.
+    pub fn drain(&mut self, socket: &zmq::Socket) {
+        while self.service(socket) == EVENTS_PER_SERVICE {}
     }
 
     /// Every end of stream the owner waits for has arrived: from now on a disconnect is the
