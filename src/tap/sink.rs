@@ -612,9 +612,9 @@ mod tests {
     use super::*;
     use crate::wire::{encode, Header};
 
-    #[test]
-    fn lines_for_mdsub_foreign_and_subscriptions() {
-        let h = Header {
+    /// A data frame's header as an LVC re-sends it (FROM_CACHE), sent at 1 ms.
+    fn cached_header() -> Header {
+        Header {
             kind: Kind::Data,
             flags: FLAG_FROM_CACHE,
             publisher_id: 3,
@@ -622,7 +622,12 @@ mod tests {
             stream_seq: 42,
             topic_seq: 7,
             send_time_ns: 1_000_000,
-        };
+        }
+    }
+
+    #[test]
+    fn lines_for_mdsub_foreign_and_subscriptions() {
+        let h = cached_header();
         let mut line = String::new();
         let m = Captured::Message { frames: vec![encode(b"ESH6", &h, b"xy")], recv_ns: 3_000_000 };
         format_line(&mut line, &m);
@@ -651,15 +656,7 @@ mod tests {
 
     #[test]
     fn json_records_carry_the_fields_of_the_lines() {
-        let h = Header {
-            kind: Kind::Data,
-            flags: FLAG_FROM_CACHE,
-            publisher_id: 3,
-            session_id: 0xab,
-            stream_seq: 42,
-            topic_seq: 7,
-            send_time_ns: 1_000_000,
-        };
+        let h = cached_header();
         let mut mbo = dbn::MboMsg { order_id: 17, price: 4_500_250_000_000, size: 3, ..Default::default() };
         mbo.action = b'A' as std::ffi::c_char;
         mbo.side = b'B' as std::ffi::c_char;
