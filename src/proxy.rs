@@ -513,6 +513,9 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
 
     fn on_close(&mut self) {
         self.service_links(true);
+        for w in self.links.iter_mut().flatten() {
+            w.finish();
+        }
         let r = self.report();
         if let Ok(mut slot) = self.report.lock() {
             *slot = r;
