@@ -256,11 +256,16 @@ pub fn bind_resolved(socket: &zmq::Socket, endpoint: &str) -> zmq::Result<String
 }
 
 /// Check the shape of a ZeroMQ endpoint (`tcp://host:port`, `ipc://path`,
-/// `inproc://name`); returns a human reason when it is malformed.
+/// `inproc://name`); returns a human reason, naming the endpoint, when it is malformed.
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let (scheme, rest) = endpoint.split_once("://").ok_or_else(|| {
-        format!("endpoint `{endpoint}` has no transport (expected tcp://host:port, ipc://path or inproc://name)")
-    })?;
+    endpoint_problem(endpoint).map_err(|why| format!("endpoint `{endpoint}`: {why}"))
+}
+
+/// What is wrong with an endpoint's shape, without naming it (for a caller that
+/// already shows the value, such as a command-line parser).
+pub fn endpoint_problem(endpoint: &str) -> Result<(), String> {
+    let (scheme, rest) =
+        endpoint.split_once("://").ok_or("no transport (expected tcp://host:port, ipc://path or inproc://name)")?;
     match scheme {
         "tcp" => {
             // tcp://[source;]host:port
@@ -270,23 +275,21 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
             if let Some((source, _)) = rest.rsplit_once(';') {
                 match source.rsplit_once(':') {
                     Some((h, p)) if !h.is_empty() && (p == "*" || p.parse::<u16>().is_ok()) => {}
-                    _ => {
-                        return Err(format!("endpoint `{endpoint}`: the source `{source}` needs a port (`{source}:0`)"))
-                    }
+                    _ => return Err(format!("the source `{source}` needs a port (`{source}:0`)")),
                 }
             }
-            let (host, port) = target.rsplit_once(':').ok_or_else(|| format!("endpoint `{endpoint}` has no port"))?;
+            let (host, port) = target.rsplit_once(':').ok_or("no port")?;
             if host.is_empty() {
-                return Err(format!("endpoint `{endpoint}` has no host"));
+                return Err("no host".into());
             }
             if port != "*" && port.parse::<u16>().is_err() {
-                return Err(format!("endpoint `{endpoint}` has a bad port `{port}`"));
+                return Err(format!("a bad port `{port}`"));
             }
             Ok(())
         }
         "ipc" | "inproc" if !rest.is_empty() => Ok(()),
-        "ipc" | "inproc" => Err(format!("endpoint `{endpoint}` has an empty name")),
-        other => Err(format!("endpoint `{endpoint}` uses unsupported transport `{other}`")),
+        "ipc" | "inproc" => Err("an empty name".into()),
+        other => Err(format!("the transport `{other}` is not supported")),
     }
 }
 

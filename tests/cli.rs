@@ -179,6 +179,16 @@ fn assert_refused_with_usage(cases: &[(&[&str], &str)]) {
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         let first = lines.first().copied().unwrap_or_default();
         assert!(first.starts_with("error: ") && first.contains(cause), "{args:?}: one line with {cause:?}: {err}");
+        // clap quotes the value (`invalid value '0s' for '--max-lag …'`); the cause after it
+        // says what is wrong without quoting it again.
+        if let Some(rest) = first.strip_prefix("error: invalid value '") {
+            let value = rest.split("' for '").next().unwrap_or_default();
+            let cause_part = rest.split_once("': ").map_or("", |(_, c)| c);
+            assert!(
+                value.len() < 2 || !cause_part.contains(&format!("`{value}`")),
+                "{args:?}: the value said twice: {first}"
+            );
+        }
         assert!(
             lines[1..].iter().all(|l| l.starts_with("Usage: mdsub ") || l.starts_with("For more information")),
             "{args:?}: the cause once, then the usage: {err}"
@@ -232,7 +242,7 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
     assert_refused_with_usage(&[
         (&["capacity", "--vary", "workers=0"], "workers=0: must be at least 1"),
         (&["capacity", "--vary", "shards=1,0"], "shards=0: must be at least 1"),
-        (&["demo", "--zipf", "nan"], "is not a Zipf exponent"),
+        (&["demo", "--zipf", "nan"], "not a Zipf exponent"),
         (&["demo", "--zipf", "-1"], "invalid value '-1' for '--zipf"),
         (&["demo", "--seed", "-1"], "invalid value '-1' for '--seed"),
         (&["replay", "--publisher-id", "-1"], "invalid value '-1' for '--publisher-id"),
@@ -240,6 +250,11 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
         (&["demo", "--duration", "0s"], "must be more than 0"),
         (&["capacity", "--hold", "0s"], "must be more than 0"),
         (&["clone-client", "--server", "tcp://127.0.0.1:1", "--timeout", "0s", "get", "k"], "must be more than 0"),
+        // The value is said once, by clap; a part of it is named when it is not the whole.
+        (&["replay", "--rate", "abc"], "'abc' for '--rate <COUNT>': not a count"),
+        (&["replay", "--endpoint", "foo://x"], "the transport `foo` is not supported"),
+        (&["capacity", "--sla", "p99=abc"], "`abc`: not a duration"),
+        (&["profile", "check", "x.toml", "--cores", "0,x"], "`x`: not a core"),
     ]);
     // Every run lost messages (a timeout nothing can meet): no median, exit 1, one clear line.
     let (code, out, err) = run_within(
@@ -250,6 +265,28 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
     assert_eq!(code, Some(1), "stdout: {out} stderr: {err}");
     assert!(!out.contains("median:"), "no median of runs that are not results: {out}");
     assert!(err.trim().lines().count() == 1 && err.contains("none of the 2 run(s) is a result"), "{err}");
+    // With --json the runs that are not results are in the object, marked, with no medians, and
+    // the exit is still 1; --save keeps an earlier file (a failed run is no result to save).
+    let dir = common::temp_dir("cli-lvc-bench-loss");
+    let save = dir.join("lvc.json");
+    std::fs::write(&save, b"{\"earlier\": true}").expect("earlier results");
+    let mut cmd = mdsub();
+    cmd.args(["lvc-bench", "--timeout", "0s", "--count", "1k", "--runs", "2", "--json", "--save"]).arg(&save);
+    let (code, out, err) = run_within("lvc-bench", &mut cmd, DEADLINE);
+    assert_eq!(code, Some(1), "stdout: {out} stderr: {err}");
+    let r = common::bench_result("lvc-bench", &out);
+    assert!(r["error"].as_str().is_some_and(|e| e.contains("none of the 2 run(s) is a result")), "{r}");
+    let runs = r["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 6, "two runs of three paths: {r}");
+    assert!(runs.iter().all(|x| x["in_medians"] == false && x["lost"].as_u64() > Some(0)), "{r}");
+    assert_eq!(
+        (r["medians"].as_array().map(Vec::len), r["ratios"].as_array().map(Vec::len)),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert!(err.contains("LOSS") && err.contains("mdsub: error: lvc-bench: none of the 2"), "{err}");
+    assert_eq!(std::fs::read(&save).expect("still there"), b"{\"earlier\": true}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -392,8 +429,9 @@ fn an_inproc_endpoint_is_refused_where_another_process_would_serve_it() {
         let (code, out, err) = run_within(args[0], mdsub().args(args), DEADLINE);
         assert_eq!(code, Some(2), "{args:?}: a refused value: {out}{err}");
         assert!(
-            err.contains(
-                "`inproc://x`: an inproc endpoint reaches only sockets inside this process, and the peer \
+            err.contains("inproc://x' for '--") // clap names the value and the flag, then the reason
+                && err.contains(
+                "an inproc endpoint reaches only sockets inside this process, and the peer \
                  of this socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
             ),
             "{args:?}: says why: {err}"

@@ -277,7 +277,7 @@ fn bad_output_settings_are_one_clear_error() {
     let (code, _, err) =
         run_within("engine", mdsub().args(["engine", "--metrics-listen", "nowhere"]), Duration::from_secs(30));
     assert_ne!(code, Some(0));
-    assert!(err.contains("is not a listen address"), "{err}");
+    assert!(err.contains("not a listen address"), "{err}");
     assert!(!Path::new("/nonexistent-dir").exists());
 }
 
@@ -592,6 +592,45 @@ fn an_unreachable_store_does_not_lengthen_the_stop() {
     // The 2 s wait made it 2 s longer at least.
     assert!(with < without + Duration::from_millis(1500), "with the store {with:?}, without {without:?}");
     drop(replay);
+}
+
+#[test]
+fn the_engines_lines_about_its_store_say_store() {
+    // Before: `clone-client: server … not up …` and `clone-client: link … lost`, as if another
+    // program had written them into the engine's stderr.
+    use mdsub::clone::client::{Client, ClientConfig};
+    // P..P+2 for the store, P+3 for the engine's feed, a port nobody serves: only the store
+    // matters here.
+    let port = unserved_port_block(4);
+    let store = format!("tcp://127.0.0.1:{port}");
+    let ours = |l: &str| (port..port + 3).any(|p| l.contains(&format!("127.0.0.1:{p}")));
+    let feed = format!("tcp://127.0.0.1:{}", port + 3);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", &feed, "--expect-eos", "0", "--max-duration", "90s", "--store", &store]);
+    cmd.args(["--metrics-interval", "300ms", "--engine-id", "prefix-test"]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    // It cannot reach its store (said 5 s after the first attempt) ...
+    let not_up = wait_line(err, Duration::from_secs(30), "a 'not up' line about the store", |l| {
+        ours(l) && l.contains("not up after")
+    });
+    assert!(not_up.starts_with(&format!("store: server {store} not up")), "{not_up}");
+    // ... then reaches it, and loses it.
+    let mut server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    // The test's own client says nothing (its lines would say `clone-client` rightly).
+    let cfg = ClientConfig { servers: vec![store.clone()], log_links: false, ..Default::default() };
+    let client = Client::start(cfg).expect("a clone client");
+    wait_until(Duration::from_secs(30), "the engine's status in the store", || {
+        client.get("/mdsub/status/prefix-test/engine").ok().flatten().is_some()
+    });
+    server.signal(9);
+    server.wait_exit(Duration::from_secs(10));
+    let lost =
+        wait_line(err, Duration::from_secs(30), "a 'lost' line about the store", |l| ours(l) && l.contains("lost"));
+    assert!(lost.starts_with("store: link ") || lost.starts_with("store collectors: link "), "{lost}");
+    engine.proc.signal(2);
+    let (status, report) = engine.finish(Duration::from_secs(30));
+    assert!(status.success(), "the engine stops cleanly: {report}");
 }
 
 #[test]

@@ -647,3 +647,39 @@ fn lvc_bench_runs_clean_and_says_no_link_was_lost() {
     assert!(out.contains("median:"), "{out}");
     assert!(!err.contains("lost"), "no link lost in a clean run: {err}");
 }
+
+#[test]
+fn lvc_bench_json_is_one_stamped_object_with_the_three_rates_and_their_ratios() {
+    // Before, lvc-bench had no --json: its result was only text lines, unstamped for a plot.
+    let dir = common::temp_dir("lvc-bench-json");
+    let save = dir.join("lvc.json");
+    let mut cmd = common::mdsub();
+    cmd.args(["lvc-bench", "--count", "20k", "--runs", "1", "--json", "--save"]).arg(&save);
+    let (code, out, err) = common::run_within("lvc-bench", &mut cmd, Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let r = common::bench_result("lvc-bench", &out);
+    assert_eq!(r["settings"]["count"], 20_000, "{r}");
+    assert_eq!(r["settings"]["runs"], 1, "{r}");
+    let runs = r["runs"].as_array().expect("runs");
+    let paths: Vec<&str> = runs.iter().filter_map(|x| x["subscriber"].as_str()).collect();
+    assert_eq!(paths, ["direct", "plain-proxy", "lvc"], "{r}");
+    for run in runs {
+        assert_eq!(
+            (run["sent"].as_u64(), run["delivered"].as_u64(), run["lost"].as_u64()),
+            (Some(20_000), Some(20_000), Some(0)),
+            "{run}"
+        );
+        assert_eq!(run["in_medians"], true, "{run}");
+    }
+    let rate = |p: &str| common::medians_of(&r, p)["msgs_per_sec"].as_f64().unwrap_or_else(|| panic!("{p}: {r}"));
+    let (direct, plain, lvc) = (rate("direct"), rate("plain-proxy"), rate("lvc"));
+    assert!(direct > 0.0 && plain > 0.0 && lvc > 0.0, "{r}");
+    // One run: the medians are that run's, and the ratios its ratios.
+    assert!((common::ratio(&r, "lvc / plain-proxy") - lvc / plain).abs() < 1e-9, "{r}");
+    assert!((common::ratio(&r, "plain-proxy / direct") - plain / direct).abs() < 1e-9, "{r}");
+    assert!(common::medians_of(&r, "lvc")["cpu_ns_per_msg"].as_f64() > Some(0.0), "{r}");
+    // The human lines went to stderr; --save holds the same object.
+    assert!(err.contains("median: direct"), "{err}");
+    assert_eq!(common::json(&std::fs::read_to_string(&save).expect("saved")), r);
+    let _ = std::fs::remove_dir_all(&dir);
+}

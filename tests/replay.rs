@@ -260,7 +260,7 @@ fn bad_input_gets_one_clear_error_not_a_panic() {
 
     let (code, err) = run_err(&["replay", "--endpoint", "tcp://127.0.0.1", "--count", "1"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("--endpoint") && err.contains("has no port") && err.contains("bind:EP"), "{err}");
+    assert!(err.contains("--endpoint") && err.contains("no port") && err.contains("bind:EP"), "{err}");
 
     let (code, err) = run_err(&["replay", "--endpoint", "connect:tcp://127.0.0.1:5556", "--count", "1"]);
     assert_eq!(code, Some(2));
@@ -418,6 +418,24 @@ fn thread_per_shard_sends_the_total_rate_not_the_rate_per_shard() {
     assert!(elapsed >= 0.4, "2k messages at 4k msg/s in total took {elapsed:.3} s: {s}");
 }
 
+#[test]
+fn replay_json_names_its_two_kinds_of_drop_apart() {
+    // Before, the object had `dropped` (--drop-every, on purpose) beside `dropped_total` (a
+    // lossy publisher's drops at the SNDHWM): two counts a reader could not tell apart.
+    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--json"];
+    let feed = ["--count", "2k", "--rate", "0", "--drop-every", "100"];
+    let (code, out, err) = run_within("replay", mdsub().args(args).args(feed), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let s = json(&out);
+    // Dropped on purpose are never sent; nothing met a full pipe (lossless, and no subscriber).
+    assert_eq!((u(&s, "sent_total"), u(&s, "dropped_on_purpose")), (1_980, 20), "{s}");
+    assert_eq!(u(&s, "dropped_at_hwm"), 0, "{s}");
+    assert_eq!(s["dropped_at_hwm_per_shard"], serde_json::json!([0]), "{s}");
+    for gone in ["dropped", "dropped_total", "dropped_per_shard"] {
+        assert!(s.get(gone).is_none(), "{gone} is gone: {s}");
+    }
+}
+
 /// `--lossy` drops at the HWM, counts every drop, and still delivers its end
 /// of stream (it used to be lost after the pipe hit the HWM, and the engine
 /// waited forever): the engine's loss is exactly the replay's drop count.
@@ -434,7 +452,9 @@ fn lossy_replay_counts_its_drops_and_always_ends_the_stream() {
     let (status, rest) = replay.finish(Duration::from_secs(30));
     assert!(status.success());
     let s = json(&rest);
-    let dropped = u(&s, "dropped_total");
+    let dropped = u(&s, "dropped_at_hwm");
+    assert_eq!(s["dropped_at_hwm_per_shard"], serde_json::json!([dropped]), "{s}");
+    assert_eq!(u(&s, "dropped_on_purpose"), 0, "no --drop-every: {s}");
     assert_eq!(u(&s, "sent_total"), 300_000);
     assert!(dropped > 0, "a 5 µs handler behind a flat-out replay makes it drop: {s}");
     assert_eq!(u(&r, "sent"), 300_000, "{r}");

@@ -7,9 +7,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde::Serialize;
 
 use crate::agent::{AgentHandle, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::bench::median;
+use crate::bench::result::{Lines, Results};
+use crate::bench::stamp::Machine;
 use crate::clone::client::{ChangeKind, Client, ClientConfig};
 use crate::clone::kvmsg::{recv_frames, KvMsg, HUGZ};
 use crate::clone::server::{Server, ServerConfig};
@@ -347,50 +350,208 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
     result
 }
 
-/// Run the clone benchmarks and print the medians.
-pub fn run(args: &CloneBenchConfig) -> anyhow::Result<()> {
+/// One measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneRun {
+    /// The run it belongs to, from 1.
+    pub run: usize,
+    /// What was measured: `baseline` (feeder → raw SUB, no server), `raw-subscriber` (through
+    /// the server to a SUB that decodes every KVPUB), `clone-client` (to a `clone::Client` that
+    /// stores them), `clone-client/snapshot`, `clone-client/failover`.
+    pub subscriber: &'static str,
+    /// The throughput variants: updates per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgs_per_sec: Option<f64>,
+    /// Snapshot and failover: seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// Why this measurement gave no figure (loss, a timeout, a server that did not come up):
+    /// the benchmark stops there and the result carries `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One variant's median over its runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneMedians {
+    pub subscriber: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgs_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+/// `mdsub clone-bench`'s result: the common envelope with one run entry per measurement, medians
+/// per variant and the throughput ratios `raw-subscriber / baseline` and `clone-client / baseline`
+/// (from the medians).
+pub type CloneResult = Results<CloneRun, CloneMedians, f64>;
+
+/// The variants, in the order measured: (name, figure is a rate (else seconds)).
+const VARIANTS: [(&str, bool); 5] = [
+    ("baseline", true),
+    ("raw-subscriber", true),
+    ("clone-client", true),
+    ("clone-client/snapshot", false),
+    ("clone-client/failover", false),
+];
+
+impl CloneResult {
+    /// Keep one measurement of `subscriber` in run `run`: its figure, or why it has none (then
+    /// also the result's `error`). The figure comes back, so the benchmark stops at a failure.
+    fn record(&mut self, subscriber: &'static str, run: usize, m: anyhow::Result<f64>) -> Option<f64> {
+        let rate = VARIANTS.iter().any(|(v, rate)| *v == subscriber && *rate);
+        let (figure, error) = match m {
+            Ok(x) => (Some(x), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        if let Some(e) = &error {
+            self.error = Some(format!("{subscriber} run {run}: {e}"));
+        }
+        self.runs.push(CloneRun {
+            run,
+            subscriber,
+            msgs_per_sec: figure.filter(|_| rate),
+            seconds: figure.filter(|_| !rate),
+            error,
+        });
+        figure
+    }
+}
+
+/// Run the clone benchmarks: one line per measurement and the medians said through `lines`, the
+/// whole as the result. A measurement that fails ends the benchmark; the result then carries its
+/// run with the error, and `error`.
+pub fn run(args: &CloneBenchConfig, lines: Lines) -> anyhow::Result<CloneResult> {
     let runs = args.runs.max(1);
-    crate::outln!("clone-bench  {}", crate::bench::stamp::Machine::here());
-    crate::outln!(
-        "clone-bench: {} runs each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
-        runs,
-        args.updates,
-        args.keys,
-        args.silence_ms
-    );
-    let (mut base, mut raw, mut cli) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs {
-        let b = baseline_once(args.updates)?;
-        crate::outln!("  baseline run {i}: feeder -> raw SUB, no server: {:.0} updates/s", b);
-        base.push(b);
-    }
-    for i in 0..runs {
-        let r = throughput_once(args.updates, false)?;
-        let c = throughput_once(args.updates, true)?;
-        crate::outln!("  throughput run {i}: raw CHP subscriber {:.0} updates/s, clone::Client {:.0} updates/s", r, c);
-        raw.push(r);
-        cli.push(c);
-    }
-    let mut snaps = Vec::new();
-    for i in 0..runs {
-        let t = snapshot_once(args.keys)?;
-        crate::outln!("  snapshot run {i}: {:.3} s for {} keys", t, args.keys);
-        snaps.push(t);
-    }
-    let mut fos = Vec::new();
-    if !args.skip_failover {
-        for i in 0..runs {
-            let t = failover_once(args.silence_ms)?;
-            crate::outln!("  failover run {i}: {:.3} s from kill -9 to the next live update", t);
-            fos.push(t);
+    let machine = Machine::here();
+    lines.say(format_args!("clone-bench  {machine}"));
+    lines.say(format_args!(
+        "clone-bench: {runs} runs each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
+        args.updates, args.keys, args.silence_ms
+    ));
+    let settings = serde_json::json!({
+        "runs": runs,
+        "updates": args.updates,
+        "value_bytes": 16,
+        "update_keys": 10_000,
+        "snapshot_keys": args.keys,
+        "failover": !args.skip_failover,
+        "silence_ms": args.silence_ms,
+        "transport": "tcp loopback",
+    });
+    let mut result = CloneResult {
+        kind: "clone-bench",
+        machine,
+        settings,
+        runs: Vec::new(),
+        medians: Vec::new(),
+        ratios: Vec::new(),
+        extra: (),
+        error: None,
+    };
+    'runs: {
+        for i in 1..=runs {
+            let Some(b) = result.record("baseline", i, baseline_once(args.updates)) else { break 'runs };
+            lines.say(format_args!("  baseline run {i}: feeder -> raw SUB, no server: {b:.0} updates/s"));
+        }
+        for i in 1..=runs {
+            let Some(r) = result.record("raw-subscriber", i, throughput_once(args.updates, false)) else { break 'runs };
+            let Some(c) = result.record("clone-client", i, throughput_once(args.updates, true)) else { break 'runs };
+            lines.say(format_args!(
+                "  throughput run {i}: raw CHP subscriber {r:.0} updates/s, clone::Client {c:.0} updates/s"
+            ));
+        }
+        for i in 1..=runs {
+            let Some(t) = result.record("clone-client/snapshot", i, snapshot_once(args.keys)) else { break 'runs };
+            lines.say(format_args!("  snapshot run {i}: {t:.3} s for {} keys", args.keys));
+        }
+        if !args.skip_failover {
+            for i in 1..=runs {
+                let Some(t) = result.record("clone-client/failover", i, failover_once(args.silence_ms)) else {
+                    break 'runs;
+                };
+                lines.say(format_args!("  failover run {i}: {t:.3} s from kill -9 to the next live update"));
+            }
         }
     }
-    crate::outln!("median: baseline (one hop, no server) {:.0} updates/s", median(base));
-    crate::outln!("median: raw subscriber {:.0} updates/s", median(raw));
-    crate::outln!("median: clone::Client {:.0} updates/s", median(cli));
-    crate::outln!("median: snapshot of {} keys {:.3} s", args.keys, median(snaps));
-    if !fos.is_empty() {
-        crate::outln!("median: failover {:.3} s", median(fos));
+    if result.error.is_some() {
+        return Ok(result);
     }
-    Ok(())
+    for (subscriber, rate) in VARIANTS {
+        let of = |r: &CloneRun| if rate { r.msgs_per_sec } else { r.seconds };
+        let figures: Vec<f64> = result.runs.iter().filter(|r| r.subscriber == subscriber).filter_map(of).collect();
+        if figures.is_empty() {
+            continue; // failover with --skip-failover
+        }
+        let m = median(figures);
+        result.medians.push(CloneMedians {
+            subscriber,
+            msgs_per_sec: rate.then_some(m),
+            seconds: (!rate).then_some(m),
+        });
+    }
+    let med = |v: &str| result.medians.iter().find(|m| m.subscriber == v).and_then(|m| m.msgs_per_sec.or(m.seconds));
+    let (base, raw, cli) =
+        (med("baseline").unwrap_or(0.0), med("raw-subscriber").unwrap_or(0.0), med("clone-client").unwrap_or(0.0));
+    lines.say(format_args!("median: baseline (one hop, no server) {base:.0} updates/s"));
+    lines.say(format_args!("median: raw subscriber {raw:.0} updates/s"));
+    lines.say(format_args!("median: clone::Client {cli:.0} updates/s"));
+    if let Some(t) = med("clone-client/snapshot") {
+        lines.say(format_args!("median: snapshot of {} keys {t:.3} s", args.keys));
+    }
+    if let Some(t) = med("clone-client/failover") {
+        lines.say(format_args!("median: failover {t:.3} s"));
+    }
+    let ratio = |a: f64| if base > 0.0 { a / base } else { f64::NAN };
+    result.ratios =
+        vec![("raw-subscriber / baseline".into(), ratio(raw)), ("clone-client / baseline".into(), ratio(cli))];
+    lines.say(format_args!(
+        "ratios to the baseline: raw subscriber {:.2}, clone::Client {:.2}",
+        ratio(raw),
+        ratio(cli)
+    ));
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_measurement_is_a_run_with_its_error_and_no_result() {
+        let mut r = CloneResult {
+            kind: "clone-bench",
+            machine: Machine::here(),
+            settings: serde_json::json!({}),
+            runs: Vec::new(),
+            medians: Vec::new(),
+            ratios: Vec::new(),
+            extra: (),
+            error: None,
+        };
+        assert_eq!(r.record("baseline", 1, Ok(5.0)), Some(5.0));
+        assert_eq!(r.record("clone-client/snapshot", 1, Ok(0.5)), Some(0.5));
+        let lost = Err(anyhow::anyhow!("raw subscriber got 7 of 10 updates within 120 s (loss?)"));
+        assert_eq!(r.record("raw-subscriber", 1, lost), None);
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["runs"][0], serde_json::json!({"run": 1, "subscriber": "baseline", "msgs_per_sec": 5.0}));
+        assert_eq!(v["runs"][1], serde_json::json!({"run": 1, "subscriber": "clone-client/snapshot", "seconds": 0.5}));
+        assert_eq!(
+            v["runs"][2],
+            serde_json::json!({"run": 1, "subscriber": "raw-subscriber",
+                "error": "raw subscriber got 7 of 10 updates within 120 s (loss?)"})
+        );
+        assert_eq!(v["error"], "raw-subscriber run 1: raw subscriber got 7 of 10 updates within 120 s (loss?)");
+        // Not a result: the command's error, and an earlier --save file is left as it was.
+        let dir = std::env::temp_dir().join(format!("mdsub-clone-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("clone.json");
+        std::fs::write(&path, b"earlier").expect("earlier");
+        let save = crate::bench::result::SaveFile::create(&path).expect("save");
+        let e = r.finish(false, Some(save)).expect_err("no result");
+        assert!(e.to_string().starts_with("raw-subscriber run 1: raw subscriber got 7"), "{e}");
+        assert_eq!(std::fs::read(&path).expect("kept"), b"earlier");
+        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 1, "no partial file");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

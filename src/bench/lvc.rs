@@ -12,7 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, AgentError, AgentStats, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use serde::Serialize;
+
 use crate::bench::median;
+use crate::bench::result::{Lines, Results};
+use crate::bench::stamp::Machine;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::LvcReport;
 use crate::lvc::LvcConfig;
@@ -233,28 +237,79 @@ fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, Agent
     m.map(|(m, _publisher)| m)
 }
 
-/// Run the comparison and print one line per measurement and the medians.
-pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
+/// One path's measurement in one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LvcRun {
+    /// The run it belongs to, from 1.
+    pub run: usize,
+    /// The path measured: `direct`, `plain-proxy` or `lvc`.
+    pub subscriber: &'static str,
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub msgs_per_sec: f64,
+    pub elapsed_s: f64,
+    /// `lvc`: CPU ns per message of the LVC's thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ns_per_msg: Option<f64>,
+    /// `lvc`: topics in its cache at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_topics: Option<u64>,
+    /// False when any path of this run lost messages (or timed out): the run is then no
+    /// result, and none of its paths is in the medians.
+    pub in_medians: bool,
+}
+
+/// One path's medians over the runs that are results.
+#[derive(Debug, Clone, Serialize)]
+pub struct LvcMedians {
+    pub subscriber: &'static str,
+    pub msgs_per_sec: f64,
+    /// `lvc`: CPU ns per message of the LVC's thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ns_per_msg: Option<f64>,
+}
+
+/// `mdsub lvc-bench`'s result: the common envelope with one run entry per path and run, medians
+/// per path, and the ratios `lvc / plain-proxy` (the cache's own cost) and `plain-proxy / direct`
+/// (the hop's), each the median of the per-run ratios.
+pub type LvcResult = Results<LvcRun, LvcMedians, f64>;
+
+/// Run the comparison: one line per run and the medians said through `lines`, the whole as
+/// the result. With no run that is a result, the result carries `error` and no medians.
+pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> {
     let frame_bytes = frame_len(b"B00000", args.payload_bytes);
     let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
-    crate::outln!("lvc-bench  {}", crate::bench::stamp::Machine::here());
-    crate::outln!(
+    let machine = Machine::here();
+    let runs = args.runs.max(1);
+    lines.say(format_args!("lvc-bench  {machine}"));
+    lines.say(format_args!(
         "lvc-bench: {} messages of {}-byte payloads ({frame_bytes}-byte frames: {} topics, header {HEADER_LEN} B), \
-         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {} runs of direct, plain proxy, lvc",
-        args.messages,
-        args.payload_bytes,
-        args.topics,
-        args.runs
-    );
+         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {runs} runs of direct, plain proxy, lvc",
+        args.messages, args.payload_bytes, args.topics,
+    ));
+    let settings = serde_json::json!({
+        "count": args.messages,
+        "payload_bytes": args.payload_bytes,
+        "frame_bytes": frame_bytes,
+        "symbols": args.topics,
+        "runs": runs,
+        "timeout_s": args.timeout.as_secs_f64(),
+        "idle": args.idle,
+        "transport": "tcp loopback",
+        "hwm_msgs": hwm,
+        "publisher": "PUB, SNDHWM above the count (lossless)",
+    });
+    let mut all: Vec<LvcRun> = Vec::new();
     let (mut d, mut p, mut l, mut lp, mut pd, mut cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for run in 1..=args.runs.max(1) {
+    for run in 1..=runs {
         let md = direct(&args, hwm)?;
         let mp = via_plain_proxy(&args, hwm)?;
         let (ml, report, stats) = via_lvc(&args, hwm)?;
         let lvc_plain = ml.msgs_per_s() / mp.msgs_per_s().max(1e-9);
         let plain_direct = mp.msgs_per_s() / md.msgs_per_s().max(1e-9);
-        crate::outln!(
+        lines.say(format_args!(
             "run {run}: direct {:.3} M msg/s ({}/{}), plain proxy {:.3} M msg/s ({}/{}), lvc {:.3} M msg/s \
              ({}/{}, {} cached topics, lvc thread {:.0} CPU ns/msg); lvc/plain {lvc_plain:.2}, \
              plain/direct {plain_direct:.2}",
@@ -269,9 +324,25 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
             ml.sent,
             report.topics,
             stats.cpu_ns_per_item()
-        );
-        if md.delivered < md.sent || mp.delivered < mp.sent || ml.delivered < ml.sent {
-            crate::outln!("run {run}: LOSS — this run is not a result");
+        ));
+        let whole = [md, mp, ml].iter().all(|m| m.delivered >= m.sent);
+        for (subscriber, m) in [("direct", md), ("plain-proxy", mp), ("lvc", ml)] {
+            let lvc = subscriber == "lvc";
+            all.push(LvcRun {
+                run,
+                subscriber,
+                sent: m.sent,
+                delivered: m.delivered,
+                lost: m.sent.saturating_sub(m.delivered),
+                msgs_per_sec: m.msgs_per_s(),
+                elapsed_s: m.elapsed.as_secs_f64(),
+                cpu_ns_per_msg: lvc.then(|| stats.cpu_ns_per_item()),
+                cached_topics: lvc.then_some(report.topics),
+                in_medians: whole,
+            });
+        }
+        if !whole {
+            lines.say(format_args!("run {run}: LOSS — this run is not a result"));
             continue;
         }
         d.push(md.msgs_per_s());
@@ -281,30 +352,41 @@ pub fn run(args: LvcBenchConfig) -> Result<(), AgentError> {
         pd.push(plain_direct);
         cpu.push(stats.cpu_ns_per_item());
     }
+    let mut result = LvcResult {
+        kind: "lvc-bench",
+        machine,
+        settings,
+        runs: all,
+        medians: Vec::new(),
+        ratios: Vec::new(),
+        extra: (),
+        error: None,
+    };
     // The median is of the runs that are results; with none there is no result to give.
     if d.is_empty() {
-        return Err(AgentError::Fatal {
-            role: "medians".into(),
-            message: format!(
-                "none of the {} run(s) is a result: every one lost messages (see the LOSS lines); \
-                 no median is given (a --timeout too short for --count gives up on measurements)",
-                args.runs.max(1)
-            ),
-        });
+        result.error = Some(format!(
+            "none of the {runs} run(s) is a result: every one lost messages (see the LOSS lines); \
+             no median is given (a --timeout too short for --count gives up on measurements)"
+        ));
+        return Ok(result);
     }
-    let left_out = args.runs.max(1) - d.len();
+    let left_out = runs - d.len();
     if left_out > 0 {
-        crate::outln!("{left_out} run(s) with loss left out of the medians");
+        lines.say(format_args!("{left_out} run(s) with loss left out of the medians"));
     }
-    crate::outln!(
+    let (d, p, l, lp, pd, cpu) = (median(d), median(p), median(l), median(lp), median(pd), median(cpu));
+    lines.say(format_args!(
         "median: direct {:.3} M msg/s, plain proxy {:.3} M msg/s, lvc {:.3} M msg/s, \
-         lvc/plain {:.2}, plain/direct {:.2} (medians of per-run ratios), lvc thread {:.0} CPU ns/msg",
-        median(d) / 1e6,
-        median(p) / 1e6,
-        median(l) / 1e6,
-        median(lp),
-        median(pd),
-        median(cpu)
-    );
-    Ok(())
+         lvc/plain {lp:.2}, plain/direct {pd:.2} (medians of per-run ratios), lvc thread {cpu:.0} CPU ns/msg",
+        d / 1e6,
+        p / 1e6,
+        l / 1e6,
+    ));
+    result.medians = vec![
+        LvcMedians { subscriber: "direct", msgs_per_sec: d, cpu_ns_per_msg: None },
+        LvcMedians { subscriber: "plain-proxy", msgs_per_sec: p, cpu_ns_per_msg: None },
+        LvcMedians { subscriber: "lvc", msgs_per_sec: l, cpu_ns_per_msg: Some(cpu) },
+    ];
+    result.ratios = vec![("lvc / plain-proxy".into(), lp), ("plain-proxy / direct".into(), pd)];
+    Ok(result)
 }

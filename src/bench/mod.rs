@@ -4,8 +4,9 @@
 //! |---|---|
 //! | [`run`] | one measured run: in-process publisher → engine or baseline |
 //! | [`baseline`] | the plain single-thread SUB reader the engine is compared against |
-//! | [`lvc`] | `mdsub lvc-bench`: throughput through the LVC vs direct PUB→SUB |
+//! | [`lvc`] | `mdsub lvc-bench`: throughput through the LVC vs a plain proxy and direct PUB→SUB |
 //! | [`stamp`] | the machine/commit/date stamp on every result |
+//! | [`result`] | the one result shape (`--json`, `--save`) every benchmark above prints |
 //! | [`clone`](mod@clone) | `mdsub clone-bench`: update throughput, snapshot and failover times |
 //! | [`capacity`] | `mdsub capacity`: the highest rate inside a latency budget, per configuration |
 //!
@@ -15,6 +16,7 @@ pub mod baseline;
 pub mod capacity;
 pub mod clone;
 pub mod lvc;
+pub mod result;
 pub mod run;
 pub mod stamp;
 

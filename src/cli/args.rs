@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use crate::agent::IdleStrategy;
-use crate::zmqx::{check_endpoint, Attach};
+use crate::zmqx::{endpoint_problem, Attach};
 
 /// The accepted endpoint forms, as every endpoint error states them.
 pub const ENDPOINT_FORMS: &str = "bind:EP, connect:EP or EP, with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
@@ -103,22 +103,32 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     } else {
         (None, s)
     };
-    check_endpoint(endpoint).map_err(|why| format!("{why}; accepted: {ENDPOINT_FORMS}"))?;
+    endpoint_problem(endpoint).map_err(|why| format!("{why}; accepted: {ENDPOINT_FORMS}"))?;
     // Only sockets of one process meet on inproc, and no command binds and connects the
     // same endpoint: its peer would be another process, and the link would never come up.
     if endpoint.starts_with("inproc://") {
-        return Err(format!(
-            "`{endpoint}`: an inproc endpoint reaches only sockets inside this process, and the peer of \
-             this socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
-        ));
+        return Err("an inproc endpoint reaches only sockets inside this process, and the peer of this \
+                    socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
+            .into());
     }
     Ok(Endpoint { how, endpoint: endpoint.to_string() })
 }
 
+/// `parse` applied to `part` of the flag value `whole` (one item of a list, one side of
+/// `KEY=VALUE`): clap shows the whole value, so an error names the part only when it is not
+/// the whole.
+pub fn in_part<T>(whole: &str, part: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, String> {
+    parse(part).map_err(|e| if part.trim() == whole.trim() { e } else { format!("`{}`: {e}", part.trim()) })
+}
+
 /// Parse a comma-separated list of endpoints (`connect:EP1,EP2`), each as [`parse_endpoint`].
 pub fn parse_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
-    let list: Vec<Endpoint> =
-        s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(parse_endpoint).collect::<Result<_, _>>()?;
+    let list: Vec<Endpoint> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| in_part(s, e, parse_endpoint))
+        .collect::<Result<_, _>>()?;
     if list.is_empty() {
         return Err(format!("no endpoint given; accepted: {ENDPOINT_FORMS}, several joined by commas"));
     }
@@ -131,7 +141,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let Ok(v) = num.trim().parse::<f64>() else {
-        return Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}"));
+        return Err(format!("not a duration; accepted: {DURATION_FORMS}"));
     };
     let scale = match unit {
         "us" => 1e-6,
@@ -139,14 +149,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        "" => return Err(format!("`{s}` has no unit; accepted: {DURATION_FORMS}")),
-        _ if num.trim().is_empty() => return Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}")),
-        _ => return Err(format!("`{s}` has an unknown unit `{unit}`; accepted: {DURATION_FORMS}")),
+        "" => return Err(format!("no unit; accepted: {DURATION_FORMS}")),
+        _ if num.trim().is_empty() => return Err(format!("not a duration; accepted: {DURATION_FORMS}")),
+        _ => return Err(format!("unknown unit `{unit}`; accepted: {DURATION_FORMS}")),
     };
     if v >= 0.0 && (v * scale) < 1e12 {
         Ok(Duration::from_secs_f64(v * scale))
     } else {
-        Err(format!("`{s}` is not a duration; accepted: {DURATION_FORMS}"))
+        Err(format!("not a duration; accepted: {DURATION_FORMS}"))
     }
 }
 
@@ -158,7 +168,7 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
         Some('M') => (&t[..t.len() - 1], 1e6),
         _ => (&t[..], 1.0),
     };
-    let bad = || format!("`{s}` is not a count; accepted: {COUNT_FORMS}");
+    let bad = || format!("not a count; accepted: {COUNT_FORMS}");
     if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(bad());
     }
@@ -174,19 +184,19 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
 
 /// [`parse_count`] into a `usize`.
 pub fn parse_count_usize(s: &str) -> Result<usize, String> {
-    count_to_usize(s, parse_count(s)?)
+    count_to_usize(parse_count(s)?)
 }
 
-/// `n`, parsed from `s`, as a `usize`.
-fn count_to_usize(s: &str, n: u64) -> Result<usize, String> {
-    usize::try_from(n).map_err(|_| format!("`{s}` is too large; accepted: {COUNT_FORMS}"))
+/// A parsed count as a `usize`.
+fn count_to_usize(n: u64) -> Result<usize, String> {
+    usize::try_from(n).map_err(|_| format!("too large; accepted: {COUNT_FORMS}"))
 }
 
 /// [`parse_count`] of something that must happen at least once (`--runs`, `--count`,
 /// `--symbols`, `--burst`): 0 is refused rather than taken as 1 or run as nothing.
 pub fn parse_count_nonzero(s: &str) -> Result<u64, String> {
     match parse_count(s)? {
-        0 => Err(format!("`{s}`: must be at least 1")),
+        0 => Err("must be at least 1".into()),
         n => Ok(n),
     }
 }
@@ -194,7 +204,7 @@ pub fn parse_count_nonzero(s: &str) -> Result<u64, String> {
 /// A duration of something that must take time (`--hold`, `--timeout`): 0 is refused.
 pub fn parse_duration_nonzero(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
-        d if d.is_zero() => Err(format!("`{s}`: must be more than 0")),
+        d if d.is_zero() => Err("must be more than 0".into()),
         d => Ok(d),
     }
 }
@@ -203,7 +213,7 @@ pub fn parse_duration_nonzero(s: &str) -> Result<Duration, String> {
 pub fn parse_whole_ms(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if !d.as_nanos().is_multiple_of(1_000_000) {
-        return Err(format!("`{s}`: this setting is whole milliseconds (e.g. 1ms, 250ms, 2s)"));
+        return Err("this setting is whole milliseconds (e.g. 1ms, 250ms, 2s)".into());
     }
     Ok(d)
 }
@@ -211,7 +221,7 @@ pub fn parse_whole_ms(s: &str) -> Result<Duration, String> {
 /// [`parse_whole_ms`] of at least 1ms.
 pub fn parse_whole_ms_nonzero(s: &str) -> Result<Duration, String> {
     match parse_whole_ms(s)? {
-        d if d.is_zero() => Err(format!("`{s}`: must be at least 1ms")),
+        d if d.is_zero() => Err("must be at least 1ms".into()),
         d => Ok(d),
     }
 }
@@ -226,11 +236,7 @@ pub fn whole_ms(d: Duration) -> u64 {
 pub fn parse_ms_in(s: &str, range_ms: std::ops::RangeInclusive<u64>) -> Result<Duration, String> {
     let d = parse_whole_ms(s)?;
     if !range_ms.contains(&whole_ms(d)) {
-        return Err(format!(
-            "`{s}` is out of range: give {} to {}",
-            format_ms(*range_ms.start()),
-            format_ms(*range_ms.end())
-        ));
+        return Err(format!("out of range: give {} to {}", format_ms(*range_ms.start()), format_ms(*range_ms.end())));
     }
     Ok(d)
 }
@@ -246,7 +252,7 @@ fn format_ms(ms: u64) -> String {
 
 /// [`parse_count_nonzero`] into a `usize`.
 pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
-    count_to_usize(s, parse_count_nonzero(s)?)
+    count_to_usize(parse_count_nonzero(s)?)
 }
 
 /// A whole number from 0 to `max`, written plainly (`--seed`, `--publisher-id`): a negative
@@ -255,20 +261,20 @@ pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
 pub fn parse_whole_up_to(s: &str, max: u64) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n <= max => Ok(n),
-        _ => Err(format!("`{s}` is not a whole number from 0 to {max}")),
+        _ => Err(format!("not a whole number from 0 to {max}")),
     }
 }
 
 /// [`parse_count`] into a HWM (`i32`, as libzmq takes it; 0 = unlimited).
 pub fn parse_hwm(s: &str) -> Result<i32, String> {
     let n = parse_count(s)?;
-    i32::try_from(n).map_err(|_| format!("`{s}` is too large: a HWM is at most {} messages", i32::MAX))
+    i32::try_from(n).map_err(|_| format!("too large: a HWM is at most {} messages", i32::MAX))
 }
 
 /// Parse a size in bytes (every `--*-bytes` flag): a count (`100`, `64k`, `2M`: powers of ten)
 /// or binary units `Ki`, `Mi`, `Gi` (`1Mi` = 1 048 576), so a power-of-two default reads as one.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let bad = || format!("`{s}` is not a size in bytes; accepted: {BYTES_FORMS}");
+    let bad = || format!("not a size in bytes; accepted: {BYTES_FORMS}");
     let t = s.trim().replace('_', "");
     let binary = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)];
     let Some((num, unit)) = binary.iter().find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n, *unit))) else {
@@ -286,12 +292,12 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 /// [`parse_bytes`] into a `usize`.
 pub fn parse_bytes_usize(s: &str) -> Result<usize, String> {
-    usize::try_from(parse_bytes(s)?).map_err(|_| format!("`{s}` is too large; accepted: {BYTES_FORMS}"))
+    usize::try_from(parse_bytes(s)?).map_err(|_| format!("too large; accepted: {BYTES_FORMS}"))
 }
 
 /// [`parse_bytes`] into a byte limit as libzmq's `ZMQ_MAXMSGSIZE` takes it.
 pub fn parse_bytes_i64(s: &str) -> Result<i64, String> {
-    i64::try_from(parse_bytes(s)?).map_err(|_| format!("`{s}` is too large; accepted: {BYTES_FORMS}"))
+    i64::try_from(parse_bytes(s)?).map_err(|_| format!("too large; accepted: {BYTES_FORMS}"))
 }
 
 /// The idle strategy of a command's agents, by name.
@@ -458,7 +464,7 @@ mod tests {
         assert_eq!(parse_ms_in("10ms", 10..=3_600_000), Ok(Duration::from_millis(10)));
         assert_eq!(parse_ms_in("1h", 10..=3_600_000), Ok(Duration::from_secs(3600)));
         let e = parse_ms_in("9ms", 10..=60_000).expect_err("below");
-        assert_eq!(e, "`9ms` is out of range: give 10ms to 60s");
+        assert_eq!(e, "out of range: give 10ms to 60s");
         assert!(parse_ms_in("2h", 10..=3_600_000).is_err_and(|e| e.ends_with("10ms to 1h")));
     }
 

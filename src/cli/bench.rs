@@ -14,9 +14,10 @@ use super::feed::{FeedArgs, PublisherArgs};
 use super::replay::{file_source, parse_speed, Speed};
 use super::{describe_pacing, load_profile, override_idle_handler};
 use crate::agent::StopFlag;
-use crate::bench::clone::CloneBenchConfig;
-use crate::bench::lvc::LvcBenchConfig;
+use crate::bench::clone::{CloneBenchConfig, CloneResult};
+use crate::bench::lvc::{LvcBenchConfig, LvcResult};
 use crate::bench::median;
+use crate::bench::result::{Lines, Results, SaveFile};
 use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::bench::stamp::Machine;
 use crate::engine::reader::{HandOff, Routing};
@@ -126,17 +127,16 @@ pub struct PublisherRun {
     pub io_cpu_ns_per_msg: f64,
 }
 
+/// `mdsub bench`'s result: the common envelope ([`Results`]) with the engine runs
+/// ([`RunReport`]), the medians per subscriber and, per engine variant, (throughput, p50, p99,
+/// p99.9, CPU ns per message) as engine / baseline, each from the medians of the same runs.
+pub type BenchResult = Results<RunReport, Medians, [f64; 5], BenchExtra>;
+
+/// What `mdsub bench` reports beyond the common envelope.
 #[derive(Debug, Clone, Serialize)]
-pub struct BenchResult {
-    pub machine: Machine,
-    pub settings: serde_json::Value,
-    pub runs: Vec<RunReport>,
+pub struct BenchExtra {
     /// The publisher's side of each run, in the order of `runs`.
     pub publisher_runs: Vec<PublisherRun>,
-    pub medians: Vec<Medians>,
-    /// engine variant → (throughput, p50, p99, p99.9, CPU ns per message) as
-    /// engine / baseline, each from the medians of the same runs.
-    pub ratios: Vec<(String, [f64; 5])>,
     /// `--compare`: (what, B / A) for throughput and CPU ns per message,
     /// e.g. ("2 shards / 1 shard", [1.1, 0.97]).
     pub comparisons: Vec<(String, [f64; 2])>,
@@ -202,47 +202,6 @@ fn curve_pair() -> anyhow::Result<(crate::security::ServerAccess, crate::securit
 /// The bench variant of the engine with hand-off `h`: `engine/batch`, `engine/inline`, ….
 fn engine_variant(h: HandOff) -> String {
     format!("engine/{}", h.name())
-}
-
-/// `bench --save PATH`: written as `PATH.partial`, made before the runs (a bad path fails at
-/// once) and renamed over PATH at the end, so an interrupted or failed bench leaves an earlier
-/// PATH as it was (the partial file is removed).
-struct SaveFile {
-    path: std::path::PathBuf,
-    partial: std::path::PathBuf,
-    file: Option<std::fs::File>,
-}
-
-impl SaveFile {
-    fn create(path: &std::path::Path) -> anyhow::Result<SaveFile> {
-        use anyhow::Context as _;
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = std::path::PathBuf::from(partial);
-        let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
-        Ok(SaveFile { path: path.to_path_buf(), partial, file: Some(file) })
-    }
-
-    fn commit(mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        use anyhow::Context as _;
-        use std::io::Write as _;
-        let mut file = self.file.take().context("the --save file was closed already")?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", self.partial.display()))?;
-        std::fs::rename(&self.partial, &self.path)
-            .with_context(|| format!("renaming {} to {}", self.partial.display(), self.path.display()))?;
-        Ok(())
-    }
-}
-
-impl Drop for SaveFile {
-    fn drop(&mut self) {
-        // Not committed (an error or an interrupt ended the bench): leave no partial file.
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.partial);
-        }
-    }
 }
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
@@ -563,21 +522,17 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         })
         .collect();
     let result = BenchResult {
+        kind: "bench",
         machine,
         settings,
         runs,
-        publisher_runs,
         medians: meds,
         ratios,
-        comparisons,
-        publisher_comparisons,
-    };
-    if let Some(save) = save {
-        save.commit(serde_json::to_string_pretty(&result)?.as_bytes())?;
+        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons },
+        error: None,
     }
-    if args.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
+    .finish(args.json, save)?;
+    if !args.json {
         crate::outln!(
             "medians (cpu: every thread of the subscriber incl. libzmq's I/O threads, per delivered message):"
         );
@@ -609,13 +564,13 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 r[4]
             );
         }
-        if !result.comparisons.is_empty() {
+        if !result.extra.comparisons.is_empty() {
             crate::outln!("comparisons (same feed, same runs; on a shared box only the CPU ratio is meaningful):");
-            for (what, r) in &result.comparisons {
+            for (what, r) in &result.extra.comparisons {
                 crate::outln!("  {:<24} throughput {:.2}x  CPU ns/msg {:.2}x", what, r[0], r[1]);
             }
         }
-        if !result.publisher_comparisons.is_empty() {
+        if !result.extra.publisher_comparisons.is_empty() {
             crate::outln!("publishers (into the baseline; throughput at the subscriber, CPU of the publisher's threads incl. its I/O threads):");
             for m in result.medians.iter().filter(|m| m.subscriber.starts_with("baseline")) {
                 crate::outln!(
@@ -625,7 +580,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                     m.publisher_cpu_ns_per_msg
                 );
             }
-            for (what, r) in &result.publisher_comparisons {
+            for (what, r) in &result.extra.publisher_comparisons {
                 crate::outln!("  {:<24} throughput {:.2}x  publisher CPU ns/msg {:.2}x", what, r[0], r[1]);
             }
         }
@@ -633,7 +588,19 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     Ok(result)
 }
 
-/// `mdsub lvc-bench`: messages/s through the LVC vs direct PUB→SUB (TCP loopback).
+/// `mdsub lvc-bench`: the comparison, its lines, and the result printed (`--json`) and saved (`--save`).
+pub fn lvc_bench(args: &LvcBenchArgs) -> anyhow::Result<LvcResult> {
+    let save = args.save.as_deref().map(SaveFile::create).transpose()?;
+    crate::bench::lvc::run(args.to_config(), Lines { json: args.json })?.finish(args.json, save)
+}
+
+/// `mdsub clone-bench`: the measurements, their lines, and the result printed (`--json`) and saved (`--save`).
+pub fn clone_bench(args: &CloneBenchArgs) -> anyhow::Result<CloneResult> {
+    let save = args.save.as_deref().map(SaveFile::create).transpose()?;
+    crate::bench::clone::run(&args.to_config(), Lines { json: args.json })?.finish(args.json, save)
+}
+
+/// `mdsub lvc-bench`: messages/s through the LVC vs a plain proxy and direct PUB→SUB (TCP loopback).
 #[derive(Args, Debug, Clone)]
 pub struct LvcBenchArgs {
     /// Messages per measurement (e.g. 1M).
@@ -645,7 +612,7 @@ pub struct LvcBenchArgs {
     /// Distinct topics, cycled.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1000", value_name = "COUNT")]
     pub symbols: usize,
-    /// Runs (each measures direct, then through the LVC); medians are reported.
+    /// Runs (each measures direct, then a plain proxy, then the LVC); medians are reported.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// Give up on a measurement after this long (reported as loss).
@@ -654,6 +621,12 @@ pub struct LvcBenchArgs {
     /// Idle strategy of the LVC thread.
     #[arg(long, value_enum, default_value_t = Idle::Backoff)]
     pub idle: Idle,
+    /// Print the whole result as one JSON object on stdout (the run lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the whole result as JSON to this file (replaced only when the run is a result).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<std::path::PathBuf>,
 }
 
 impl LvcBenchArgs {
@@ -688,6 +661,12 @@ pub struct CloneBenchArgs {
     /// Client silence before failover, for the failover runs (e.g. 2s).
     #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
     pub silence: Duration,
+    /// Print the whole result as one JSON object on stdout (the run lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the whole result as JSON to this file (replaced only when the run is a result).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<std::path::PathBuf>,
 }
 
 impl CloneBenchArgs {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    parse_bytes_usize, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero, parse_endpoint,
-    parse_hwm, Endpoint, How,
+    in_part, parse_bytes_usize, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero,
+    parse_endpoint, parse_hwm, Endpoint, How,
 };
 use super::load_profile;
 use crate::agent::StopFlag;
@@ -93,18 +93,18 @@ pub struct CapacityArgs {
 
 /// `p99=2ms`.
 pub fn parse_sla_point(s: &str) -> Result<SlaPoint, String> {
-    let (q, d) = s.split_once('=').ok_or_else(|| format!("`{s}` is not PERCENTILE=DURATION, e.g. p99=2ms"))?;
-    let quantile = parse_quantile(q)?;
-    let budget = parse_duration(d)?;
+    let (q, d) = s.split_once('=').ok_or_else(|| "not PERCENTILE=DURATION, e.g. p99=2ms".to_string())?;
+    let quantile = in_part(s, q, parse_quantile)?;
+    let budget = in_part(s, d, parse_duration)?;
     Ok(SlaPoint { quantile, budget_ns: budget.as_nanos().min(u64::MAX as u128) as u64 })
 }
 
 /// `workers=1,2`.
 pub fn parse_vary(s: &str) -> Result<(String, Vec<String>), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not KEY=V1,V2, e.g. workers=1,2"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| "not KEY=V1,V2, e.g. workers=1,2".to_string())?;
     let values: Vec<String> = v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
     if values.is_empty() {
-        return Err(format!("`{s}` gives no values"));
+        return Err("no values given".into());
     }
     let key = k.trim();
     if !capacity::VARY_KEYS.contains(&key) {
@@ -122,7 +122,7 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
     };
     match v {
         Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a percentage between 0 and 100, e.g. 5%")),
+        _ => Err("not a percentage between 0 and 100, e.g. 5%".into()),
     }
 }
 

@@ -15,7 +15,7 @@ use super::args::{
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
 use crate::clone::bstar::Role;
-use crate::clone::client::{ChangeKind, Client, ClientConfig, ClientError};
+use crate::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
 use crate::clone::kvmsg::{show, Uuid};
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 
@@ -167,6 +167,11 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
 
 /// `mdsub clone-client`: look into a clone store (a person's tool).
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Exit status: 0 done; 1 `get`: the key is absent (no error line), `status`: one of two servers \
+did not answer, or any other error; 2 a refused flag or value (a key or value longer than the server accepts); \
+4 no server answered within --timeout (none running there, or none accepting this client's keys); 130 interrupted (Ctrl-C)."
+)]
 pub struct ClientArgs {
     /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
     #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
@@ -190,7 +195,9 @@ pub struct ClientArgs {
 /// `mdsub clone-client` actions.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ClientCmd {
-    /// Set KEY to VALUE and wait until the server has published it.
+    /// Set KEY to VALUE and wait until the server has published it. A key or value longer than
+    /// the server accepts (its --max-key-bytes / --max-value-bytes, stated in its snapshot) is
+    /// refused at once, exit status 2.
     Set {
         /// The key, e.g. /md/status/engine1.
         #[arg(value_parser = parse_key)]
@@ -201,7 +208,7 @@ pub enum ClientCmd {
         #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
         ttl: Option<u64>,
     },
-    /// Print the value of KEY (exit status 1 when absent).
+    /// Print the value of KEY (exit status 1 when absent, 4 when no server answers).
     Get {
         /// The key.
         key: String,
@@ -219,7 +226,8 @@ pub enum ClientCmd {
         subtree: String,
     },
     /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C (or
-    /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…`).
+    /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…
+    /// failovers=… hops=…`).
     Watch {
         /// Key prefix, e.g. /md/status/.
         #[arg(default_value = "")]
@@ -229,7 +237,7 @@ pub enum ClientCmd {
         count: Option<u64>,
     },
     /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters); exit
-    /// status 1 when one does not answer.
+    /// status 1 when one of two does not answer, 4 when none does.
     Status,
 }
 
@@ -237,10 +245,16 @@ pub enum ClientCmd {
 fn parse_ttl(s: &str) -> Result<u64, String> {
     let d = parse_duration(s)?;
     if d.subsec_nanos() != 0 || d.is_zero() {
-        return Err(format!("`{s}`: a ttl is a whole number of seconds, at least 1s (e.g. 10s, 2m)"));
+        return Err("a ttl is a whole number of seconds, at least 1s (e.g. 10s, 2m)".into());
     }
     Ok(d.as_secs())
 }
+
+/// No clone server answered within `--timeout`: an error of its own kind (`main` exits
+/// [`super::EXIT_NO_SERVER`]), apart from a normal "absent" (`get`, exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("no clone server answered ({0})")]
+pub struct NoServer(pub String);
 
 /// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
 /// ([`super::Interrupted`]).
@@ -248,9 +262,28 @@ pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -
     interrupted(client.wait_synced_or_stop(timeout, stop).map(|_| ()))
 }
 
-/// Wait up to `timeout` for the server to publish update `u`; Ctrl-C ends the wait at once.
-fn wait_acked(client: &Client, u: Uuid, timeout: Duration, stop: &StopFlag) -> anyhow::Result<()> {
-    interrupted(client.wait_acked_or_stop(u, timeout, stop))
+/// Wait up to `timeout` for the server to publish update `u` (of `key` and `value`); Ctrl-C
+/// ends the wait at once. An update longer than the server accepts (the limits its snapshot
+/// stated) was refused by the client before sending: a refused value (exit 2), said at once.
+fn wait_acked(
+    client: &Client,
+    u: Uuid,
+    (key, value): (&[u8], &[u8]),
+    timeout: Duration,
+    stop: &StopFlag,
+) -> anyhow::Result<()> {
+    match client.wait_acked_or_stop(u, timeout, stop) {
+        Err(ClientError::NotAcked(AckState::Refused)) => {
+            let st = client.status()?;
+            let why = st.limits.and_then(|l| l.check(key, value).err()).map(|(_, why)| why);
+            bail!(super::UsageError(format!(
+                "{}: the server {} does not accept it (its --max-key-bytes / --max-value-bytes); nothing was sent",
+                why.as_deref().unwrap_or("longer than the server accepts"),
+                st.server.as_deref().unwrap_or("in use")
+            )))
+        }
+        r => interrupted(r),
+    }
 }
 
 /// A client wait's result, [`ClientError::Interrupted`] as [`super::Interrupted`] (exit 130).
@@ -268,7 +301,7 @@ fn parse_key(s: &str) -> Result<String, String> {
     if s.is_empty() {
         Err("an empty key: the server refuses it".into())
     } else if reserved.iter().any(|r| r == &s.as_bytes()) {
-        Err(format!("`{s}` is reserved by the protocol (CHP's heartbeat and end of snapshot): the server refuses it"))
+        Err("reserved by the protocol (CHP's heartbeat and end of snapshot): the server refuses it".into())
     } else {
         Ok(s.to_string())
     }
@@ -291,6 +324,9 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
             }
         }
         // A script asking for the status learns from the exit code that a server is down.
+        if silent == servers.len() {
+            anyhow::bail!(NoServer(servers.join(", ")));
+        }
         if silent > 0 {
             anyhow::bail!("{silent} of {} clone server(s) did not answer STATUS", servers.len());
         }
@@ -300,6 +336,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. } => subtree.clone(),
         _ => String::new(),
     };
+    let names = servers.join(", ");
     let client = Client::start_secured(
         ClientConfig {
             servers,
@@ -310,15 +347,19 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         args.idle.strategy(),
         keys,
     )?;
-    wait_synced(&client, timeout, stop).context("connecting to the clone servers")?;
+    match client.wait_synced_or_stop(timeout, stop) {
+        Ok(_) => {}
+        Err(e @ ClientError::Timeout { .. }) => return Err(anyhow::Error::new(e).context(NoServer(names))),
+        Err(e) => interrupted(Err(e)).context("connecting to the clone servers")?,
+    }
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
             let u = client.set(key.as_bytes(), value.as_bytes(), *ttl)?;
-            wait_acked(&client, u, timeout, stop)?;
+            wait_acked(&client, u, (key.as_bytes(), value.as_bytes()), timeout, stop)?;
         }
         ClientCmd::Del { key } => {
             let u = client.del(key.as_bytes())?;
-            wait_acked(&client, u, timeout, stop)?;
+            wait_acked(&client, u, (key.as_bytes(), b""), timeout, stop)?;
         }
         ClientCmd::Get { key } => match client.get(key.as_bytes())? {
             Some(v) => crate::outln!("{}", show(&v)),
@@ -360,8 +401,8 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
             crate::diag::ExitCounters::Text.print(
                 "clone-client",
                 &format_args!(
-                    "live={live} malformed={} failovers={} resyncs={} watchers_cut={}",
-                    st.malformed, st.failovers, st.resyncs, st.watchers_cut
+                    "live={live} malformed={} failovers={} hops={} resyncs={} watchers_cut={}",
+                    st.malformed, st.failovers, st.hops, st.resyncs, st.watchers_cut
                 ),
             );
         }

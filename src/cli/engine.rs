@@ -123,7 +123,7 @@ pub fn parse_metrics_interval(s: &str) -> Result<Duration, String> {
 
 /// Parse a snail policy name.
 pub fn parse_policy(s: &str) -> Result<Policy, String> {
-    Policy::from_name(s).ok_or_else(|| format!("`{s}` is not a snail policy (croak, warn, rest or off)"))
+    Policy::from_name(s).ok_or_else(|| "not a snail policy (croak, warn, rest or off)".to_string())
 }
 
 /// Parse a clock-skew mode.
@@ -131,7 +131,7 @@ pub fn parse_skew(s: &str) -> Result<SkewMode, String> {
     match s {
         "synchronised" | "synchronized" => Ok(SkewMode::Synchronised),
         "skew-tolerant" => Ok(SkewMode::Tolerant),
-        _ => Err(format!("`{s}` is not a clock mode (synchronised or skew-tolerant)")),
+        _ => Err("not a clock mode (synchronised or skew-tolerant)".into()),
     }
 }
 
@@ -247,7 +247,7 @@ pub struct EngineArgs {
     pub idle: Option<Idle>,
     /// End-of-stream frames (one per publisher session) each shard waits for
     /// before the engine ends; default one per endpoint it connects to; 0 runs
-    /// until Ctrl-C.
+    /// until Ctrl-C (loss is then counted when every shard heard at least one).
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
     /// Stop anyway after this long (e.g. 90s).
@@ -419,7 +419,7 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    s.parse().map_err(|_| format!("`{s}` is not a listen address (PORT or ADDR:PORT, e.g. 127.0.0.1:9464)"))
+    s.parse().map_err(|_| "not a listen address (PORT or ADDR:PORT, e.g. 127.0.0.1:9464)".to_string())
 }
 
 /// Parse a hand-off name: `batch`, `per-message` or `inline`.
@@ -427,7 +427,7 @@ pub fn parse_handoff(s: &str) -> Result<HandOff, String> {
     [HandOff::Batch, HandOff::PerMessage, HandOff::Inline]
         .into_iter()
         .find(|h| h.name() == s)
-        .ok_or_else(|| format!("`{s}` is not a hand-off (batch, per-message or inline)"))
+        .ok_or_else(|| "not a hand-off (batch, per-message or inline)".to_string())
 }
 
 /// Parse a routing name: `by-topic` or `round-robin`.
@@ -435,7 +435,7 @@ pub fn parse_routing(s: &str) -> Result<Routing, String> {
     match s {
         "by-topic" => Ok(Routing::ByTopic),
         "round-robin" => Ok(Routing::RoundRobin),
-        _ => Err(format!("`{s}` is not a routing (by-topic or round-robin)")),
+        _ => Err("not a routing (by-topic or round-robin)".into()),
     }
 }
 

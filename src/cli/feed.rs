@@ -47,7 +47,7 @@ pub struct FeedArgs {
 fn parse_zipf(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a Zipf exponent: a number, 0 or more (0 = uniform, 1 = classic Zipf)")),
+        _ => Err("not a Zipf exponent: a number, 0 or more (0 = uniform, 1 = classic Zipf)".into()),
     }
 }
 

@@ -53,6 +53,19 @@ pub struct UsageError(pub String);
 /// The exit status of a refused flag or value (clap's).
 pub const EXIT_USAGE: i32 = 2;
 
+/// The exit status of `clone-client` when no clone server answered within `--timeout` (apart
+/// from 1, which `get` gives for an absent key).
+pub const EXIT_NO_SERVER: i32 = 4;
+
+/// The exit status of an error reaching `main`: [`EXIT_NO_SERVER`] for [`clone::NoServer`], else 1.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<clone::NoServer>().is_some() {
+        EXIT_NO_SERVER
+    } else {
+        1
+    }
+}
+
 /// The exit status of an interrupted command: 128 + SIGINT, as a shell reports a command
 /// that Ctrl-C ended.
 pub const EXIT_INTERRUPTED: i32 = 130;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use clap::{Args, Subcommand};
 
-use super::args::parse_count_nonzero_usize;
+use super::args::{in_part, parse_count_nonzero_usize};
 use crate::profile::{core_list, host_cores, Profile};
 
 /// `mdsub profile`.
@@ -51,19 +51,22 @@ pub struct CoreList(pub Vec<usize>);
 
 /// Parse a core list: `0-7`, `0,2,4-7`.
 pub fn parse_core_list(s: &str) -> Result<CoreList, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim) {
-        let bad = || format!("`{part}` is not a core or a range of cores (e.g. 0-7 or 0,2,4-7)");
+    let one = |part: &str| {
+        let bad = || "not a core or a range of cores (e.g. 0-7 or 0,2,4-7)".to_string();
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b || b - a > 4096 {
                     return Err(bad());
                 }
-                out.extend(a..=b);
+                Ok(a..=b)
             }
-            None => out.push(part.parse().map_err(|_| bad())?),
+            None => part.parse().map(|c| c..=c).map_err(|_| bad()),
         }
+    };
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        out.extend(in_part(s, part, one)?);
     }
     out.sort_unstable();
     out.dedup();
@@ -190,7 +193,8 @@ mod tests {
     fn core_lists() {
         assert_eq!(parse_core_list("0-3,6,2").expect("ok").0, vec![0, 1, 2, 3, 6]);
         assert!(parse_core_list("3-1").is_err());
-        assert!(parse_core_list("x").is_err_and(|m| m.contains("`x`")));
+        assert!(parse_core_list("x").is_err_and(|m| m.starts_with("not a core")));
+        assert!(parse_core_list("0,x").is_err_and(|m| m.starts_with("`x`: not a core")));
     }
 
     #[test]

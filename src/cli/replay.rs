@@ -23,7 +23,7 @@ fn parse_publisher_id(s: &str) -> Result<u32, String> {
 /// `--drop-every N`: a count of at least 2 (1 would leave out everything).
 fn parse_drop_every(s: &str) -> Result<u64, String> {
     match parse_count(s)? {
-        n if n < 2 => Err(format!("`{s}`: N must be at least 2")),
+        n if n < 2 => Err("N must be at least 2".into()),
         n => Ok(n),
     }
 }
@@ -53,7 +53,7 @@ pub fn parse_speed(s: &str) -> Result<Speed, String> {
     }
     match t.strip_suffix(['x', 'X']).map(str::parse::<f64>) {
         Some(Ok(v)) if v > 0.0 && v.is_finite() => Ok(Speed::Times(v)),
-        _ => Err(format!("`{s}` is not a speed; accepted: 1x, 10x, 0.5x (a multiple of the recorded pace) or max")),
+        _ => Err("not a speed; accepted: 1x, 10x, 0.5x (a multiple of the recorded pace) or max".into()),
     }
 }
 
@@ -263,10 +263,10 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             if stats.interrupted { " (interrupted)" } else { "" },
             stats.sent_per_shard
         );
-        if stats.dropped + stats.restarts > 0 || stats.paused_s > 0.0 {
+        if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
                 "on purpose: dropped {}, restarts {}, paused {:.3} s",
-                stats.dropped,
+                stats.dropped_on_purpose,
                 stats.restarts,
                 stats.paused_s
             );
@@ -274,8 +274,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         if args.publisher.lossy {
             crate::outln!(
                 "dropped {} of them at the SNDHWM (--lossy; the subscriber counts them as lost); per shard {:?}",
-                stats.dropped_total,
-                stats.dropped_per_shard
+                stats.dropped_at_hwm,
+                stats.dropped_at_hwm_per_shard
             );
         }
         if let Some((first, last)) = stats.market_span_ns {

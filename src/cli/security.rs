@@ -31,7 +31,7 @@ pub struct KeygenArgs {
 /// starting with `.` (`mdsub keygen ""` wrote the hidden files `.key` and `.pub`).
 fn parse_key_name(s: &str) -> Result<String, String> {
     if s.is_empty() || s.starts_with('.') || s.contains('/') || s.contains('\0') {
-        return Err(format!("`{s}` is not a key name: a plain file name such as `server` (the pair goes in --dir)"));
+        return Err("not a key name: a plain file name such as `server` (the pair goes in --dir)".into());
     }
     Ok(s.to_string())
 }
@@ -133,7 +133,9 @@ pub fn server_access(
 /// An address or CIDR block flag: checked as it is parsed, kept as written (a profile's
 /// lists are strings too, merged with the flags').
 pub fn parse_addr(s: &str) -> Result<String, String> {
-    s.parse::<AddrBlock>().map(|_| s.to_string()).map_err(|e| e.to_string())
+    s.parse::<AddrBlock>()
+        .map(|_| s.to_string())
+        .map_err(|_| "not an address or CIDR block (e.g. 127.0.0.1, 10.0.0.0/8, ::1)".to_string())
 }
 
 /// Parse address blocks; `flag` names them in the error.

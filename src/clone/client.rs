@@ -351,6 +351,8 @@ fn offer(tx: &Sender<Cmd>, cmd: Cmd, refused: &AtomicU64) -> Result<(), ClientEr
 
 struct ClientAgent {
     core: ClientCore,
+    /// Who its stderr lines are from ([`ClientConfig::name`]).
+    name: String,
     ctx: zmq::Context,
     /// CURVE keys presented to the servers, if they demand them.
     keys: Option<ClientKeys>,
@@ -412,7 +414,7 @@ impl ClientAgent {
             cfg.servers.iter().filter_map(|b| super::endpoints(b).ok()).map(|[_, _, coll]| coll).collect();
         let quiet = !cfg.log_links;
         // "Not up" is said by the agent, once per server for both of its links.
-        let publisher_links = LinkWatch::attach(&ctx, &publisher, "clone-client collectors", &collectors)
+        let publisher_links = LinkWatch::attach(&ctx, &publisher, &format!("{} collectors", cfg.name), &collectors)
             .map_err(agent_err("monitoring the update publisher"))?
             .map(|w| w.quiet(quiet).hold_not_up());
         for base in &cfg.servers {
@@ -424,7 +426,7 @@ impl ClientAgent {
             sub.set_linger(0).map_err(agent_err("setting linger"))?;
             secure(&sub).map_err(agent_err("setting CURVE keys"))?;
             subscribe(&sub, subtree, true).map_err(agent_err("subscribing"))?;
-            let links = LinkWatch::attach(&ctx, &sub, "clone-client", std::slice::from_ref(&pubep))
+            let links = LinkWatch::attach(&ctx, &sub, &cfg.name, std::slice::from_ref(&pubep))
                 .map_err(agent_err("monitoring a subscriber"))?
                 .ok_or_else(|| AgentError::Fatal {
                     role: "clone-client".into(),
@@ -444,6 +446,8 @@ impl ClientAgent {
         }
         let said_not_up = vec![false; servers.len()];
         Ok(ClientAgent {
+            refusals: RefusalLog::new(&cfg.name),
+            name: cfg.name.clone(),
             core: ClientCore::new(cfg),
             ctx,
             keys,
@@ -457,7 +461,6 @@ impl ClientAgent {
             dealer: None,
             actions: Vec::new(),
             frames: Vec::new(),
-            refusals: RefusalLog::new("clone-client"),
         })
     }
 
@@ -565,10 +568,11 @@ impl ClientAgent {
 
     /// Say alone, and stop holding, the held collectors that `due` picks.
     fn say_held_alone(&mut self, due: impl Fn(&(usize, NotUp, u64)) -> bool) {
+        let name = &self.name;
         self.held_collectors.retain(|held| {
             let say = due(held);
             if say {
-                crate::diag!("{}", held.1.line("clone-client collectors"));
+                crate::diag!("{}", held.1.line(&format!("{name} collectors")));
             }
             !say
         });
@@ -581,12 +585,13 @@ impl ClientAgent {
         self.held_collectors.retain(|h| h.0 != i);
         let s = &self.servers[i];
         if self.publisher_links.as_ref().is_some_and(|w| w.has_been_up(&s.collector_ep)) {
-            return p.line("clone-client");
+            return p.line(&self.name);
         }
         self.said_not_up[i] = true;
         format!(
-            "clone-client: server {} not up after {:.0} s ({} connection attempts): nothing answers there \
+            "{}: server {} not up after {:.0} s ({} connection attempts): nothing answers there \
              (its publisher {}, its collector {}); libzmq keeps trying",
+            self.name,
             s.base,
             p.for_ns as f64 / 1e9,
             p.attempts,
@@ -599,14 +604,14 @@ impl ClientAgent {
     /// server's publisher link is up, then alone.
     fn collector_not_up(&mut self, c: NotUp, now_ns: u64) {
         let Some(i) = self.servers.iter().position(|s| s.collector_ep == c.endpoint) else {
-            crate::diag!("{}", c.line("clone-client collectors"));
+            crate::diag!("{}", c.line(&format!("{} collectors", self.name)));
             return;
         };
         if self.said_not_up[i] {
             return;
         }
         if self.servers[i].links.has_been_up(&self.servers[i].publisher_ep) {
-            crate::diag!("{}", c.line("clone-client collectors"));
+            crate::diag!("{}", c.line(&format!("{} collectors", self.name)));
         } else {
             self.held_collectors.push((i, c, now_ns));
         }

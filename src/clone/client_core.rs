@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crossbeam::channel::{Sender, TrySendError};
 
-use super::kvmsg::{KvMsg, Uuid, HUGZ, KTHXBAI};
+use super::kvmsg::{KvMsg, Limits, Uuid, HUGZ, KTHXBAI};
 use super::map::{RecentUuids, UuidSet};
 
 /// After a (re-)sync, un-acknowledged sets are re-sent this often ...
@@ -48,6 +48,9 @@ pub struct ClientConfig {
     /// Say lost and returning links on stderr (off for a full-screen user
     /// such as `mdsub top`; they are counted in the status either way).
     pub log_links: bool,
+    /// Who the agent's stderr lines say they are from (`clone-client`; the engine's status
+    /// agent says `store`, so a line about its store reads as the engine's).
+    pub name: String,
     /// Commands (sets, gets, …) queued from the application to the agent at most; at the bound
     /// a call fails at once with `ClientError::Busy` (counted in `Client::commands_refused`).
     pub command_queue_msgs: usize,
@@ -68,6 +71,7 @@ impl Default for ClientConfig {
             max_unacked: 100_000,
             sub_hwm_msgs: 1_000_000,
             log_links: true,
+            name: "clone-client".into(),
             command_queue_msgs: 65_536,
             watch_queue_msgs: 1_000_000,
         }
@@ -90,6 +94,9 @@ pub enum AckState {
     /// Not a set this client remembers (made elsewhere, or its outcome forgotten: the last
     /// 65 536 outcomes of each kind are kept).
     Unknown,
+    /// Never sent: its key or value is longer than the server in use accepts (the limits it
+    /// states on its snapshot's KTHXBAI), so the server would drop it and never publish it.
+    Refused,
 }
 
 impl AckState {
@@ -105,6 +112,9 @@ impl AckState {
                 "untracked (a key outside this client's subtree: its echo never reaches this client)"
             }
             AckState::Unknown => "unknown to this client",
+            AckState::Refused => {
+                "refused (its key or value is longer than the server accepts: never sent; see ClientStatus::limits)"
+            }
         }
     }
 }
@@ -149,8 +159,16 @@ pub struct ClientStatus {
     pub sequence: u64,
     /// Keys held.
     pub keys: usize,
-    /// Server switches (silence or unanswered snapshot requests).
+    /// Failovers: syncs with another server than the one that served this client last (a
+    /// change of the server it is served by). Hunting for a server that answers is [`hops`].
+    ///
+    /// [`hops`]: ClientStatus::hops
     pub failovers: u64,
+    /// Moves to the next configured server while looking for one that answers: the one in use
+    /// fell silent, did not answer a snapshot request, or its subscriber did not connect (with
+    /// one server, a retry of it). Hops without a failover: no server answered, or the same
+    /// one came back.
+    pub hops: u64,
     /// Completed snapshots.
     pub syncs: u64,
     /// Sets not yet seen on the publisher.
@@ -171,6 +189,11 @@ pub struct ClientStatus {
     pub links: Vec<crate::link::LinkStats>,
     /// Watchers cut off because their queue was full (`watch_queue_msgs`).
     pub watchers_cut: u64,
+    /// Sets refused before sending ([`AckState::Refused`]): longer than [`ClientStatus::limits`].
+    pub refused: u64,
+    /// The longest key and value the server in use accepts, as its last snapshot stated them
+    /// (`None` before the first snapshot, or from a server that does not state them).
+    pub limits: Option<Limits>,
 }
 
 /// Input to the core.
@@ -283,9 +306,14 @@ pub struct ClientCore {
     acked: RecentUuids,
     abandoned: RecentUuids,
     untracked: RecentUuids,
+    refused: RecentUuids,
+    /// What the server in use accepts, from its last KTHXBAI.
+    limits: Option<Limits>,
     watchers: Vec<(Vec<u8>, Sender<Change>)>,
     status: ClientStatus,
     ever_synced: bool,
+    /// The server whose snapshot we took last (a failover is a sync with another).
+    served_by: Option<usize>,
     synced_at_ns: u64,
     initial_since_ns: Option<u64>,
 }
@@ -308,9 +336,12 @@ impl ClientCore {
             acked: RecentUuids::new(REMEMBERED_OUTCOMES),
             abandoned: RecentUuids::new(REMEMBERED_OUTCOMES),
             untracked: RecentUuids::new(REMEMBERED_OUTCOMES),
+            refused: RecentUuids::new(REMEMBERED_OUTCOMES),
+            limits: None,
             watchers: Vec::new(),
             status: ClientStatus::default(),
             ever_synced: false,
+            served_by: None,
             synced_at_ns: 0,
             initial_since_ns: None,
         }
@@ -402,6 +433,7 @@ impl ClientCore {
         s.sequence = self.sequence;
         s.keys = self.map.len();
         s.unacked = self.unacked_ids.len();
+        s.limits = self.limits;
         s
     }
 
@@ -415,12 +447,20 @@ impl ClientCore {
             AckState::Abandoned
         } else if self.untracked.contains(u) {
             AckState::Untracked
+        } else if self.refused.contains(u) {
+            AckState::Refused
         } else {
             AckState::Unknown
         }
     }
 
     fn on_set(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+        if !self.fits(&msg) {
+            // The server would drop it (counted there) and never publish it: refused here, at
+            // once, instead of waited on and re-sent for 30 s.
+            self.refuse(msg.uuid);
+            return;
+        }
         out.push(Action::SendUpdate(msg.clone()));
         let Some(u) = msg.uuid else { return };
         if !msg.key.starts_with(&self.subtree) {
@@ -483,6 +523,9 @@ impl ClientCore {
             }
         };
         if m.key == KTHXBAI {
+            // The server's limits come with its snapshot (a server that does not state them
+            // leaves nothing to check).
+            self.limits = Limits::stated_by(&m);
             if let Phase::Syncing(s) = std::mem::replace(&mut self.phase, Phase::Live) {
                 out.push(Action::EndSnapshot);
                 self.finish_sync(*s, m.sequence, now_ns, out);
@@ -506,13 +549,13 @@ impl ClientCore {
                     let since = *self.initial_since_ns.get_or_insert(now_ns);
                     if now_ns.saturating_sub(since) > self.cfg.snapshot_retry_ms.saturating_mul(1_000_000) {
                         self.initial_since_ns = None;
-                        self.failover(out);
+                        self.hop(out);
                     }
                 }
             }
             Phase::Syncing(s) => {
                 if now_ns > s.deadline_ns {
-                    self.failover(out);
+                    self.hop(out);
                 }
             }
             Phase::Live => self.live_timers(now_ns, out),
@@ -526,8 +569,10 @@ impl ClientCore {
         self.phase = Phase::Initial;
     }
 
-    fn failover(&mut self, out: &mut Vec<Action>) {
-        self.status.failovers += 1;
+    /// Move to the next server (hunting for one that answers); a failover only once another
+    /// server than the last one serves us ([`Self::finish_sync`]).
+    fn hop(&mut self, out: &mut Vec<Action>) {
+        self.status.hops += 1;
         self.cur = (self.cur + 1) % self.links.len().max(1);
         self.restart_sync(out);
     }
@@ -550,6 +595,10 @@ impl ClientCore {
         self.sequence = seq;
         self.last_msg_ns = now_ns;
         self.status.syncs += 1;
+        if self.served_by.is_some_and(|s| s != self.cur) {
+            self.status.failovers += 1;
+        }
+        self.served_by = Some(self.cur);
         self.synced_at_ns = now_ns;
         if !self.watchers.is_empty() {
             let kind = if self.ever_synced { ChangeKind::Resync } else { ChangeKind::Initial };
@@ -586,6 +635,11 @@ impl ClientCore {
                 self.untrack(u);
                 continue;
             }
+            if !self.fits(&m) {
+                // Made before we knew the limits (or this server's are tighter): never published.
+                self.refuse(Some(u));
+                continue;
+            }
             self.store(&m, ChangeKind::Local);
             out.push(Action::SendUpdate(m));
         }
@@ -615,7 +669,7 @@ impl ClientCore {
             return;
         }
         if now_ns.saturating_sub(self.last_msg_ns) > self.cfg.silence_ms.saturating_mul(1_000_000) {
-            self.failover(out);
+            self.hop(out);
             return;
         }
         // Re-send sets the server has not published after resend_after_ms; in the first seconds
@@ -664,6 +718,20 @@ impl ClientCore {
         if self.unacked_ids.remove(&u) {
             self.abandoned.insert(u);
             self.status.abandoned += 1;
+        }
+    }
+
+    /// True when the server in use accepts `msg`'s key and value (or has not said what it accepts).
+    fn fits(&self, msg: &KvMsg) -> bool {
+        self.limits.is_none_or(|l| l.check(&msg.key, &msg.body).is_ok())
+    }
+
+    /// Record that the set `u` was refused before sending ([`AckState::Refused`]).
+    fn refuse(&mut self, u: Option<Uuid>) {
+        self.status.refused += 1;
+        if let Some(u) = u {
+            self.unacked_ids.remove(&u);
+            self.refused.insert(u);
         }
     }
 
@@ -886,11 +954,12 @@ mod tests {
         r.clock.advance_ms(600);
         r.on(Event::Tick);
         assert_eq!(r.core.current(), 1, "silent server abandoned");
-        assert_eq!(r.core.status().failovers, 1);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (1, 0), "not served by 1 yet");
         assert_eq!(r.core.phase(), PhaseKind::Initial);
         assert!(!r.core.status().synced);
         // The backup took over holding /a (acked) but not /b: /b is re-sent, /a is not.
         let a = r.sync(1, &[("/a", 2, "1", Some(1)), ("/old", 1, "o", None)], 2);
+        assert_eq!(r.core.status().failovers, 1, "served by another server now");
         assert_eq!(sent(&a), vec![b"/b".to_vec()], "only the set the new server lacks is re-sent");
         assert_eq!(r.core.ack_state(&uuid(1)), AckState::Acked);
         assert_eq!(r.core.ack_state(&uuid(2)), AckState::Pending);
@@ -922,7 +991,41 @@ mod tests {
         assert!(r.on(Event::Tick).is_empty());
         r.tick_after_ms(501);
         assert_eq!(r.core.current(), 0);
-        assert_eq!(r.core.status().failovers, 2);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (2, 0), "hunting, never served");
+    }
+
+    #[test]
+    fn failovers_count_changes_of_the_serving_server_and_hops_count_the_hunt() {
+        // Before: every hop while hunting was a failover (a dead lone server made hundreds).
+        let mut r = Rig::new(cfg(2, ""));
+        // The first server found is no failover, however long the hunt.
+        r.on(Event::Link { server: 0, up: true });
+        r.on(Event::Tick);
+        r.tick_after_ms(501); // snapshot unanswered: on to server 1, which never connects
+        r.tick_after_ms(1);
+        r.tick_after_ms(501); // back to 0
+        assert_eq!(r.core.current(), 0);
+        r.sync(0, &[], 0);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (2, 0));
+        // Server 0 falls silent; the hunt passes server 1 (silent too) and comes back to 0:
+        // still served by the same server, no failover.
+        r.tick_after_ms(2001);
+        r.tick_after_ms(1);
+        r.tick_after_ms(501);
+        assert_eq!(r.core.current(), 0);
+        r.sync(0, &[], 0);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (4, 0));
+        // Silent again, and server 1 serves: one failover, one hop.
+        r.tick_after_ms(2001);
+        r.sync(1, &[], 0);
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (5, 1));
+        // One server, never answering: hops without end, never a failover.
+        let mut r = Rig::new(cfg(1, ""));
+        for _ in 0..10 {
+            r.tick_after_ms(1);
+            r.tick_after_ms(501);
+        }
+        assert_eq!((r.core.status().hops, r.core.status().failovers), (10, 0));
     }
 
     #[test]
@@ -1032,6 +1135,36 @@ mod tests {
                 (k("/w/b"), v("2"), ChangeKind::Local),
             ]
         );
+    }
+
+    #[test]
+    fn a_set_longer_than_the_servers_stated_limits_is_refused_at_once_and_never_sent() {
+        let mut r = Rig::new(cfg(1, ""));
+        // Made before the first snapshot: the limits are not known yet, so it waits for it.
+        assert_eq!(sent(&r.on(Event::Set(set("/a-long-key", "v", 1)))), vec![b"/a-long-key".to_vec()]);
+        r.on(Event::Link { server: 0, up: true });
+        assert!(matches!(r.on(Event::Tick)[..], [Action::RequestSnapshot { server: 0, .. }]));
+        let limits = Limits { max_key_bytes: 8, max_value_bytes: 4 };
+        let mut end = KvMsg::new(KTHXBAI, 0, "");
+        limits.stamp(&mut end);
+        let a = r.on(Event::Snapshot(Ok(end)));
+        assert!(sent(&a).is_empty(), "not re-sent to a server that would drop it: {a:?}");
+        assert_eq!(r.core.ack_state(&uuid(1)), AckState::Refused);
+        assert_eq!(r.core.get(b"/a-long-key"), None, "nor kept locally");
+        // Live: a key or value over the limits is refused at once, never sent; one that fits is.
+        assert!(sent(&r.on(Event::Set(set("/123456789", "v", 2)))).is_empty());
+        assert!(sent(&r.on(Event::Set(set("/k", "12345", 3)))).is_empty());
+        assert_eq!(sent(&r.on(Event::Set(set("/1234567", "1234", 4)))), vec![b"/1234567".to_vec()]);
+        assert_eq!((r.core.ack_state(&uuid(2)), r.core.ack_state(&uuid(3))), (AckState::Refused, AckState::Refused));
+        assert_eq!(r.core.ack_state(&uuid(4)), AckState::Pending);
+        let st = r.core.status();
+        assert_eq!((st.refused, st.unacked, st.limits), (3, 1, Some(limits)));
+        assert!(sent(&r.tick_after_ms(300)).iter().all(|k| k == b"/1234567"), "refused sets are not re-sent");
+        // A server that states no limits (another CHP implementation) leaves nothing to check.
+        let mut r = Rig::live(cfg(1, ""));
+        assert_eq!(r.core.status().limits, None);
+        let long = "/k".repeat(2000);
+        assert_eq!(sent(&r.on(Event::Set(set(&long, "v", 5)))), vec![long.into_bytes()]);
     }
 
     #[test]

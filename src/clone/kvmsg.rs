@@ -20,6 +20,53 @@ pub const STATUS_REP: &[u8] = b"STATUS";
 pub const TTL_PROP: &str = "ttl";
 /// A message with more frames than this is malformed; the rest is drained, never stored.
 pub const MAX_FRAMES: usize = 8;
+/// mdsub extension on KTHXBAI: the longest key the server accepts (`--max-key-bytes`).
+pub const MAX_KEY_BYTES_PROP: &str = "max-key-bytes";
+/// mdsub extension on KTHXBAI: the longest value the server accepts (`--max-value-bytes`).
+pub const MAX_VALUE_BYTES_PROP: &str = "max-value-bytes";
+
+/// The longest key and value a server accepts: checked by the server on every update, and
+/// stated as properties on each snapshot's KTHXBAI ([`Limits::stamp`]) so that mdsub's client
+/// refuses an update at once rather than waiting for an acknowledgement that cannot come.
+/// Properties are CHP's place for extensions (the guide's kvmsg carries them on every message);
+/// a peer that does not know these ignores them, and a server that does not state them
+/// leaves its clients checking nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Longest value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Limits {
+    /// Why an update with this key and value is refused (a counter name, and the words), if it is.
+    pub fn check(&self, key: &[u8], body: &[u8]) -> Result<(), (&'static str, String)> {
+        if key.len() > self.max_key_bytes {
+            return Err(("key_too_long", format!("key of {} bytes > max-key-bytes {}", key.len(), self.max_key_bytes)));
+        }
+        if body.len() > self.max_value_bytes {
+            return Err((
+                "value_too_long",
+                format!("value of {} bytes > max-value-bytes {}", body.len(), self.max_value_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// State the limits on `msg` (a KTHXBAI) as properties.
+    pub fn stamp(&self, msg: &mut KvMsg) {
+        msg.set_prop(MAX_KEY_BYTES_PROP, self.max_key_bytes.to_string());
+        msg.set_prop(MAX_VALUE_BYTES_PROP, self.max_value_bytes.to_string());
+    }
+
+    /// The limits `msg` states: both properties present and numbers, or `None` (a server that
+    /// does not say, such as another CHP implementation).
+    pub fn stated_by(msg: &KvMsg) -> Option<Limits> {
+        let n = |name| msg.prop(name).and_then(|v| v.parse::<usize>().ok());
+        Some(Limits { max_key_bytes: n(MAX_KEY_BYTES_PROP)?, max_value_bytes: n(MAX_VALUE_BYTES_PROP)? })
+    }
+}
 
 /// A UUID as carried in frame 2 (16 raw bytes).
 pub type Uuid = [u8; 16];

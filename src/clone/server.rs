@@ -416,7 +416,8 @@ impl Server {
             }
         }
         let mut end = KvMsg::new(KTHXBAI, self.core.sequence(), subtree.to_vec());
-        end.uuid = None;
+        // Our limits, so that mdsub's clients refuse an update we would drop at once.
+        self.core.limits().stamp(&mut end);
         sent_ok && end.send(&self.snapshot, Some(identity)).is_ok()
     }
 

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use super::bstar::{BStar, BStarError, Event as BEvent, Role, State};
-use super::kvmsg::{self, KvMsg, Request, Uuid, HUGZ, KTHXBAI};
+use super::kvmsg::{self, KvMsg, Limits, Request, Uuid, HUGZ, KTHXBAI};
 use super::map::{normalize_peer_ttl, ttl_ns, KvMap, RecentUuids};
 use super::persist::{self, Record};
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
@@ -315,8 +315,7 @@ pub struct ServerCore {
     role: &'static str,
     hugz_ns: u64,
     fsync_ns: u64,
-    max_key_bytes: usize,
-    max_value_bytes: usize,
+    limits: Limits,
     verbose: bool,
     /// With a data directory: updates wait for the log (see the module doc).
     durable: bool,
@@ -363,8 +362,7 @@ impl ServerCore {
             },
             hugz_ns: cfg.hugz_interval_ms.saturating_mul(1_000_000),
             fsync_ns: cfg.fsync_interval_ms.saturating_mul(1_000_000),
-            max_key_bytes: cfg.max_key_bytes,
-            max_value_bytes: cfg.max_value_bytes,
+            limits: Limits { max_key_bytes: cfg.max_key_bytes, max_value_bytes: cfg.max_value_bytes },
             verbose: cfg.verbose,
             durable,
             pair,
@@ -561,6 +559,11 @@ impl ServerCore {
         self.pair.as_ref().is_some_and(|p| p.sync.is_some())
     }
 
+    /// The longest key and value accepted, stated on every snapshot's KTHXBAI.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Current sequence (highest published or replicated).
     pub fn sequence(&self) -> u64 {
         self.sequence
@@ -699,12 +702,7 @@ impl ServerCore {
         if msg.key.is_empty() {
             return Err(("empty_key", "empty key".into()));
         }
-        if msg.key.len() > self.max_key_bytes {
-            return Err(("key_too_long", format!("key of {} bytes > {}", msg.key.len(), self.max_key_bytes)));
-        }
-        if msg.body.len() > self.max_value_bytes {
-            return Err(("value_too_long", format!("value of {} bytes > {}", msg.body.len(), self.max_value_bytes)));
-        }
+        self.limits.check(&msg.key, &msg.body)?;
         if msg.key == HUGZ || msg.key == KTHXBAI {
             return Err(("reserved_key", "reserved key".into()));
         }

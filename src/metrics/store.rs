@@ -81,6 +81,8 @@ impl StoreAgent {
         let client = Client::start(ClientConfig {
             servers: inputs.servers.clone(),
             subtree: "/mdsub/".into(),
+            // Its lines about the store say so (`store: server … not up …`), like this agent's own.
+            name: "store".into(),
             ..ClientConfig::default()
         })
         .map_err(|e| format!("--store: {e}"))?;

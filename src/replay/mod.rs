@@ -159,10 +159,11 @@ pub struct ReplayStats {
     pub sent_total: u64,
     pub elapsed_s: f64,
     /// Of the messages sent, those a lossy publisher (`--lossy`) dropped at
-    /// its SNDHWM, per shard: they never left this process (the engine counts
-    /// them as lost, by sequence and from the end-of-stream count).
-    pub dropped_per_shard: Vec<u64>,
-    pub dropped_total: u64,
+    /// its SNDHWM, per shard and in all: they never left this process (the
+    /// engine counts them as lost, by sequence and from the end-of-stream
+    /// count). Not [`dropped_on_purpose`](Self::dropped_on_purpose).
+    pub dropped_at_hwm_per_shard: Vec<u64>,
+    pub dropped_at_hwm: u64,
     /// True when stopped by a stop request before its source or limits ended.
     pub interrupted: bool,
     /// CPU time of the sending thread(s) (not libzmq's I/O threads), ns.
@@ -177,9 +178,10 @@ pub struct ReplayStats {
     /// to its first damage and ends there (the damage was said on stderr when met).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub refused: BTreeMap<String, u64>,
-    /// Snails on purpose ([`FaultPlan`]): messages left out (their sequences
-    /// used up), new sessions started, and time spent stalled.
-    pub dropped: u64,
+    /// Snails on purpose ([`FaultPlan`]): messages left out (`--drop-every`:
+    /// never sent, their sequences used up, so not in `sent_total`), new
+    /// sessions started, and time spent stalled.
+    pub dropped_on_purpose: u64,
     pub restarts: u64,
     pub paused_s: f64,
 }
@@ -195,7 +197,7 @@ struct Shard {
     /// mdsub data frames sent (what the end of stream reports).
     data_sent: u64,
     /// Data messages dropped at the SNDHWM (lossy).
-    dropped: u64,
+    dropped_at_hwm: u64,
     subscribers: usize,
 }
 
@@ -251,7 +253,7 @@ pub struct Publisher {
     zap: Option<ZapService>,
     /// Snails on purpose, and what they did in the last run.
     faults: FaultPlan,
-    dropped: u64,
+    dropped_on_purpose: u64,
     restarts: u64,
     paused: Duration,
     /// One sending thread per shard.
@@ -297,7 +299,7 @@ impl Publisher {
                 stream_seq: 0,
                 sent: 0,
                 data_sent: 0,
-                dropped: 0,
+                dropped_at_hwm: 0,
                 subscribers: 0,
             });
         }
@@ -312,7 +314,7 @@ impl Publisher {
             refused: BTreeMap::new(),
             zap,
             faults: FaultPlan::default(),
-            dropped: 0,
+            dropped_on_purpose: 0,
             restarts: 0,
             paused: Duration::ZERO,
             thread_per_shard: cfg.thread_per_shard,
@@ -547,19 +549,19 @@ impl Publisher {
 
     fn stats(&self, start: Instant, interrupted: bool) -> ReplayStats {
         let sent_per_shard: Vec<u64> = self.shards.iter().map(|s| s.sent).collect();
-        let dropped_per_shard: Vec<u64> = self.shards.iter().map(|s| s.dropped).collect();
+        let dropped_at_hwm_per_shard: Vec<u64> = self.shards.iter().map(|s| s.dropped_at_hwm).collect();
         ReplayStats {
             sent_total: sent_per_shard.iter().sum(),
             sent_per_shard,
-            dropped_total: dropped_per_shard.iter().sum(),
-            dropped_per_shard,
+            dropped_at_hwm: dropped_at_hwm_per_shard.iter().sum(),
+            dropped_at_hwm_per_shard,
             elapsed_s: start.elapsed().as_secs_f64(),
             interrupted,
             cpu_ns: 0,
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
             refused: self.refused.clone(),
-            dropped: self.dropped,
+            dropped_on_purpose: self.dropped_on_purpose,
             restarts: self.restarts,
             paused_s: self.paused.as_secs_f64(),
         }
@@ -579,7 +581,7 @@ impl Publisher {
             return self.run_threaded(source, Run { pacing, limits, stop, progress });
         }
         let start = Instant::now();
-        (self.dropped, self.restarts, self.paused) = (0, 0, Duration::ZERO);
+        (self.dropped_on_purpose, self.restarts, self.paused) = (0, 0, Duration::ZERO);
         if self.faults.restart_at.is_some() && matches!(source, Source::Capture { restamp: false, .. }) {
             return Err(ReplayError::Config(
                 "a restart mid-stream needs fresh sequences: add --restamp to replay a capture".into(),
@@ -674,7 +676,7 @@ impl Publisher {
                 refused: BTreeMap::new(),
                 zap: None,
                 faults: FaultPlan::default(),
-                dropped: 0,
+                dropped_on_purpose: 0,
                 restarts: 0,
                 paused: Duration::ZERO,
                 thread_per_shard: false,
@@ -760,7 +762,7 @@ impl Publisher {
             sh.stream_seq += 1;
             if due.drop {
                 // The message's sequence numbers are used up: the gap is the drop.
-                self.dropped += 1;
+                self.dropped_on_purpose += 1;
                 i += 1;
                 continue;
             }
@@ -939,7 +941,7 @@ impl Publisher {
                 }
             }
             if due.drop {
-                self.dropped += 1;
+                self.dropped_on_purpose += 1;
                 msgs += 1;
                 continue;
             }
@@ -1051,7 +1053,7 @@ impl Publisher {
             let (seq, k) = *entry;
             encode_data(&mut self.shards[k], &mut self.buf, rec.topic, seq, intended, rec.bytes);
             if due.drop {
-                self.dropped += 1;
+                self.dropped_on_purpose += 1;
                 span = Some((base, ts.max(span.map_or(ts, |s| s.1))));
                 msgs += 1;
                 continue;
@@ -1114,14 +1116,14 @@ fn checkpoint(i: u64, stop: &StopFlag, progress: &mut dyn FnMut(u64)) -> bool {
 }
 
 /// Send `data` on `sh` without waiting (lossy): a full pipe drops the
-/// message, counted in the shard's `dropped`.
+/// message, counted in the shard's `dropped_at_hwm`.
 fn try_once(sh: &mut Shard, data: &[u8], more: bool) -> Result<Outcome, ReplayError> {
     let flags = zmq::DONTWAIT | if more { zmq::SNDMORE } else { 0 };
     loop {
         match send_bytes(&mut sh.socket, data, flags) {
             Ok(()) => return Ok(Outcome::Sent),
             Err(zmq::Error::EAGAIN) => {
-                sh.dropped += 1;
+                sh.dropped_at_hwm += 1;
                 return Ok(Outcome::Dropped);
             }
             Err(zmq::Error::EINTR) => {}

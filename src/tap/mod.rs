@@ -94,8 +94,11 @@ pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<Ta
     if args.queue_msgs == 0 {
         return Err(TapError::BadQueue);
     }
-    let prefixes =
-        args.filter.iter().map(|f| parse_prefix(f)).collect::<Result<Vec<_>, _>>().map_err(TapError::BadFilter)?;
+    let prefixes = args
+        .filter
+        .iter()
+        .map(|f| parse_prefix(f).map_err(|e| TapError::BadFilter(format!("`{f}`: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     let recorder = match &args.record {
         Some(path) => {
             Some(CaptureWriter::create(path).map_err(|error| TapError::Record { path: path.clone(), error })?)

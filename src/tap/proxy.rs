@@ -62,11 +62,11 @@ pub fn parse_prefix(text: &str) -> Result<Vec<u8>, String> {
                     .get(i + 2..i + 4)
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("`{text}`: \\x needs two hex digits"))?;
+                    .ok_or("\\x needs two hex digits")?;
                 out.push(hex);
                 i += 4;
             }
-            _ => return Err(format!("`{text}`: unknown escape (use \\0, \\xNN or \\\\)")),
+            _ => return Err("unknown escape (use \\0, \\xNN or \\\\)".into()),
         }
     }
     Ok(out)

@@ -24,6 +24,11 @@
 //! also stops glibc's dynamic mmap threshold: allocations of
 //! [`MMAP_THRESHOLD_BYTES`] or more (set too, to say it) keep their own mapping,
 //! returned when freed, so a rare large message does not grow an arena.
+//!
+//! An operator's own choice wins: a parameter set in the environment
+//! (`GLIBC_TUNABLES=glibc.malloc.trim_threshold=…`, or the older
+//! `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, `MALLOC_MMAP_THRESHOLD_`) is
+//! left as glibc read it at start; [`keep_freed_memory`] sets only the others.
 
 use std::os::raw::c_int;
 
@@ -42,10 +47,41 @@ pub struct MalloptRefused {
     pub value: usize,
 }
 
-/// Tells glibc malloc to keep freed memory for reuse (see the module doc).
-/// Call once at process start, before libzmq's threads allocate; later calls
-/// set the same values again.
-pub fn keep_freed_memory() -> Result<(), MalloptRefused> {
+/// The three parameters, as `mallopt` names them, with their tunable and
+/// their older environment variable.
+const PARAMS: [(c_int, &str, &str, &str, usize); 3] = [
+    (
+        libc::M_MMAP_THRESHOLD,
+        "M_MMAP_THRESHOLD",
+        "glibc.malloc.mmap_threshold",
+        "MALLOC_MMAP_THRESHOLD_",
+        MMAP_THRESHOLD_BYTES,
+    ),
+    (libc::M_TOP_PAD, "M_TOP_PAD", "glibc.malloc.top_pad", "MALLOC_TOP_PAD_", TOP_PAD_BYTES),
+    (
+        libc::M_TRIM_THRESHOLD,
+        "M_TRIM_THRESHOLD",
+        "glibc.malloc.trim_threshold",
+        "MALLOC_TRIM_THRESHOLD_",
+        TRIM_THRESHOLD_BYTES,
+    ),
+];
+
+/// Whether the operator set `tunable` (in `GLIBC_TUNABLES`'s colon-separated
+/// `name=value` list) or the older variable `env_var` (looked up with `var`).
+fn set_by_operator(tunables: Option<&str>, var: impl Fn(&str) -> bool, tunable: &str, env_var: &str) -> bool {
+    let in_tunables =
+        tunables.is_some_and(|t| t.split(':').any(|kv| kv.split_once('=').is_some_and(|(k, _)| k == tunable)));
+    in_tunables || var(env_var)
+}
+
+/// Tells glibc malloc to keep freed memory for reuse (see the module doc),
+/// leaving alone each parameter the operator set in the environment; returns
+/// the names of those left alone. Call once at process start, before libzmq's
+/// threads allocate; later calls set the same values again.
+pub fn keep_freed_memory() -> Result<Vec<&'static str>, MalloptRefused> {
+    let tunables = std::env::var("GLIBC_TUNABLES").ok();
+    let mut left = Vec::new();
     let set = |param: c_int, name: &'static str, value: usize| {
         let v = c_int::try_from(value).map_err(|_| MalloptRefused { param: name, value })?;
         // SAFETY: mallopt only sets glibc malloc's tunables (under its own lock);
@@ -56,9 +92,14 @@ pub fn keep_freed_memory() -> Result<(), MalloptRefused> {
             Err(MalloptRefused { param: name, value })
         }
     };
-    set(libc::M_MMAP_THRESHOLD, "M_MMAP_THRESHOLD", MMAP_THRESHOLD_BYTES)?;
-    set(libc::M_TOP_PAD, "M_TOP_PAD", TOP_PAD_BYTES)?;
-    set(libc::M_TRIM_THRESHOLD, "M_TRIM_THRESHOLD", TRIM_THRESHOLD_BYTES)
+    for (param, name, tunable, env_var, value) in PARAMS {
+        if set_by_operator(tunables.as_deref(), |v| std::env::var_os(v).is_some(), tunable, env_var) {
+            left.push(name);
+        } else {
+            set(param, name, value)?;
+        }
+    }
+    Ok(left)
 }
 
 /// Minor page faults a thread of this process (by Linux thread id) has taken,
@@ -121,7 +162,19 @@ mod tests {
 
     #[test]
     fn glibc_takes_the_settings() {
-        assert_eq!(keep_freed_memory(), Ok(()));
-        assert_eq!(keep_freed_memory(), Ok(()), "a second call sets the same values");
+        let left = keep_freed_memory().expect("glibc takes them");
+        assert_eq!(keep_freed_memory(), Ok(left), "a second call sets the same values");
+    }
+
+    #[test]
+    fn an_operators_own_setting_is_left_alone() {
+        let none = |_: &str| false;
+        let (t, e) = ("glibc.malloc.trim_threshold", "MALLOC_TRIM_THRESHOLD_");
+        assert!(!set_by_operator(None, none, t, e));
+        assert!(set_by_operator(Some("glibc.malloc.trim_threshold=1000"), none, t, e));
+        assert!(set_by_operator(Some("glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0"), none, t, e));
+        assert!(!set_by_operator(Some("glibc.malloc.trim_threshold_x=1:glibc.malloc.top_pad=1"), none, t, e));
+        assert!(!set_by_operator(Some("garbage"), none, t, e));
+        assert!(set_by_operator(None, |v| v == "MALLOC_TRIM_THRESHOLD_", t, e));
     }
 }

@@ -251,6 +251,35 @@ pub fn mdsub_json(args: &[&str], deadline: Duration) -> serde_json::Value {
     json(&out)
 }
 
+/// A benchmark's `--json` result, all of stdout: one object of `kind`, stamped with the machine
+/// (cores, libzmq, commit, date), its settings and the envelope every benchmark shares.
+pub fn bench_result(kind: &str, stdout: &str) -> serde_json::Value {
+    let r = json(stdout);
+    assert_eq!(r["kind"], kind, "{r}");
+    let m = &r["machine"];
+    assert!(m["cores"].as_u64() > Some(0), "{m}");
+    assert!(m["libzmq"].as_str().is_some_and(|v| v.starts_with("4.")), "{m}");
+    assert!(m["mdsub_commit"].as_str().is_some_and(|c| !c.is_empty()), "{m}");
+    assert!(m["date_utc"].as_str().is_some_and(|d| d.len() == 19 && d.starts_with("20")), "{m}");
+    assert!(r["settings"].is_object(), "{r}");
+    for list in ["runs", "medians", "ratios"] {
+        assert!(r[list].is_array(), "{list}: {r}");
+    }
+    r
+}
+
+/// A `[what, value]` ratio of a benchmark result, by name.
+pub fn ratio(r: &serde_json::Value, what: &str) -> f64 {
+    let found = r["ratios"].as_array().and_then(|a| a.iter().find(|x| x[0] == what));
+    found.and_then(|x| x[1].as_f64()).unwrap_or_else(|| panic!("no ratio {what:?}: {r}"))
+}
+
+/// The medians entry of a benchmark result for `subscriber`.
+pub fn medians_of<'a>(r: &'a serde_json::Value, subscriber: &str) -> &'a serde_json::Value {
+    let found = r["medians"].as_array().and_then(|a| a.iter().find(|m| m["subscriber"] == subscriber));
+    found.unwrap_or_else(|| panic!("no medians for {subscriber:?}: {r}"))
+}
+
 /// Parse JSON printed by a command.
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

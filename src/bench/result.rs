@@ -1,0 +1,110 @@
+//! The one result shape of every end-to-end benchmark (`mdsub bench`, `lvc-bench`, `clone-bench`):
+//! the envelope their `--json` prints and their `--save FILE` writes, the atomic save file, and
+//! where their human lines go.
+//!
+//! Every result is one JSON object: `kind` (which benchmark), `machine` (the [stamp](super::stamp):
+//! cores, CPU, libzmq, commit, date), `settings`, `runs` (every measurement, those that are not
+//! results included and marked), `medians` (per variant, each entry named by `subscriber`),
+//! `ratios` (`[what, value]` pairs from the same runs), then what the benchmark adds, and `error`
+//! when the whole is not a result (the command then exits non-zero).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::stamp::Machine;
+
+/// A benchmark's result: the common envelope around its own run, median and ratio types.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results<Run, Med, Ratio, Extra = ()> {
+    /// Which benchmark made it: `bench`, `lvc-bench`, `clone-bench`.
+    pub kind: &'static str,
+    pub machine: Machine,
+    pub settings: serde_json::Value,
+    /// Every measurement, in the order made.
+    pub runs: Vec<Run>,
+    /// Per variant, medians of the runs that are results.
+    pub medians: Vec<Med>,
+    /// `(what, value)`: `B / A` from the same runs (each benchmark says which).
+    pub ratios: Vec<(String, Ratio)>,
+    /// What this benchmark reports beyond the envelope.
+    #[serde(flatten)]
+    pub extra: Extra,
+    /// Why this is not a result (every run lost messages, a measurement failed); the command
+    /// exits non-zero after printing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl<Run: Serialize, Med: Serialize, Ratio: Serialize, Extra: Serialize> Results<Run, Med, Ratio, Extra> {
+    /// Write the result to `save` when it is a result (a failed run leaves an earlier file as
+    /// it was) and print it as JSON on stdout (`json`), then give `error` back as the command's.
+    pub fn finish(self, json: bool, save: Option<SaveFile>) -> anyhow::Result<Self> {
+        let text = serde_json::to_string_pretty(&self)?;
+        if let (None, Some(save)) = (&self.error, save) {
+            save.commit(text.as_bytes())?;
+        }
+        if json {
+            crate::outln!("{text}");
+        }
+        match &self.error {
+            Some(e) => anyhow::bail!("{e}"),
+            None => Ok(self),
+        }
+    }
+}
+
+/// Where a benchmark's human lines go: stdout, or stderr with `--json` (whose stdout is the one
+/// JSON object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lines {
+    pub json: bool,
+}
+
+impl Lines {
+    /// Say one line.
+    pub fn say(self, args: std::fmt::Arguments<'_>) {
+        if self.json {
+            crate::diag::line(args);
+        } else {
+            crate::diag::out(format_args!("{args}\n"));
+        }
+    }
+}
+
+/// `--save PATH`: tried before the runs (a bad path fails at once: `PATH.partial` is made and
+/// removed), then written as `PATH.partial` and renamed over PATH at the end, so an interrupted or
+/// failed benchmark leaves an earlier PATH as it was. Nothing stays open during the runs, so the
+/// benchmarks that end at once on Ctrl-C (lvc-bench, clone-bench) leave no partial file either.
+#[derive(Debug)]
+pub struct SaveFile {
+    path: PathBuf,
+    partial: PathBuf,
+}
+
+impl SaveFile {
+    pub fn create(path: &Path) -> anyhow::Result<SaveFile> {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        let _ = std::fs::remove_file(&partial);
+        Ok(SaveFile { path: path.to_path_buf(), partial })
+    }
+
+    pub fn commit(self, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let written = std::fs::File::create(&self.partial)
+            .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+            .with_context(|| format!("writing {}", self.partial.display()))
+            .and_then(|()| {
+                std::fs::rename(&self.partial, &self.path)
+                    .with_context(|| format!("renaming {} to {}", self.partial.display(), self.path.display()))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+        written
+    }
+}
