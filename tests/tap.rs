@@ -189,7 +189,7 @@ fn json_makes_stdout_json_lines_ending_with_the_counters() {
     let (last, records) = json_lines(&out);
     assert_eq!(last["dropped"], 0, "{last}");
     let msgs: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "msg").collect();
-    assert_eq!(last["shown_messages"], msgs.len(), "one record per message shown: {last}");
+    assert_eq!(last["matched_messages"], msgs.len(), "one record per message shown: {last}");
     assert!(records.iter().all(|r| ["msg", "subscribe"].contains(&r["type"].as_str().unwrap_or("?"))), "{records:?}");
     assert!(records.iter().any(|r| r["type"] == "subscribe" && r["prefix"] == ""), "{records:?}");
     let ours: Vec<&&serde_json::Value> = msgs.iter().filter(|r| r["topic"] != PROBE).collect();

@@ -68,7 +68,7 @@ impl std::fmt::Display for TapReport {
         write!(
             f,
             "forwarded_down={} forwarded_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
-             shown_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
+             matched_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
              record_skipped_too_large={} unprinted={}",
             p.forwarded_down,
             p.forwarded_up,

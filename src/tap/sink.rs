@@ -44,6 +44,8 @@ pub enum Show {
 /// Counters of the sink side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TapSinkReport {
+    /// Messages that passed `--filter` (all without one): shown unless `--quiet`/`--stats`,
+    /// recorded with `--record`.
     pub messages: u64,
     pub subscriptions: u64,
     pub unsubscriptions: u64,
