@@ -72,7 +72,7 @@ fn subscriber(ep: &str) -> (zmq::Context, zmq::Socket) {
 /// Write the test capture to `in.mdcap` in a fresh temp dir `name` and
 /// replay it flat out on one shard: the dir, the records written, the replay
 /// and its endpoints.
-fn replay_a_capture(name: &str) -> (std::path::PathBuf, Vec<Part>, LineProc, Vec<String>) {
+fn replay_a_capture(name: &str) -> (common::TempDir, Vec<Part>, LineProc, Vec<String>) {
     let dir = temp_dir(name);
     let path = dir.join("in.mdcap");
     let records = write_capture(&path);

@@ -13,12 +13,11 @@ use mdsub::wire::capture::CaptureReader;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
-fn temp_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mdsub-tap-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+/// `name` in a fresh scratch directory of its own (removed when the test is done).
+fn temp_file(name: &str) -> (common::TempDir, PathBuf) {
+    let dir = common::temp_dir(&format!("tap-{name}"));
     let p = dir.join(name);
-    let _ = std::fs::remove_file(&p);
-    p
+    (dir, p)
 }
 
 /// Every message in a capture file, as frames, probes left out.
@@ -69,7 +68,7 @@ fn traffic_through(tap: &Proxy) -> (Vec<Vec<Vec<u8>>>, [zmq::Socket; 2]) {
 
 #[test]
 fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
-    let path = temp_file("live.cap");
+    let (_dir, path) = temp_file("live.cap");
     let mut tap = start("tap", &["--record", path.to_str().expect("utf-8 path")]);
     let ctx = zmq::Context::new();
     let publisher = publisher(&ctx, &tap.frontend);
@@ -101,7 +100,7 @@ fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
 
 #[test]
 fn filters_choose_what_is_shown_and_recorded_not_what_passes() {
-    let path = temp_file("filtered.cap");
+    let (_dir, path) = temp_file("filtered.cap");
     let mut tap = start(
         "tap",
         &["--subscribe-all", "--filter", "ESH6\\0", "--filter", "NQ", "--record", path.to_str().expect("utf-8 path")],
