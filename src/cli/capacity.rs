@@ -199,6 +199,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             cfg.search.tolerance * 100.0,
             cfg.time_cap
         );
+        if let Some(note) = capacity::thin_percentile_note(&cfg.sla, cfg.search.start_rate as f64, cfg.hold) {
+            crate::outln!("note: {note}");
+        }
     }
     let pb = indicatif::ProgressBar::new(1);
     pb.set_draw_target(if args.json {
@@ -277,6 +280,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         );
         for x in &c.outcome.contradictions {
             crate::outln!("    NON-MONOTONIC: passed at {} msg/s but failed at {} msg/s", x.passed_at, x.failed_at);
+        }
+        if let Some(note) = &c.thin_percentile {
+            crate::outln!("    note: {note}");
         }
         if let Some(r) = c.outcome.rate_not_achieved_at {
             crate::outln!(

@@ -181,6 +181,10 @@ pub struct ConfigResult {
     pub outcome: Outcome,
     /// p50/p99/p99.9/max at the knee (medians over its runs), ns.
     pub at_knee: Option<KneeLatency>,
+    /// Said when the knee's runs measured too few messages for the highest percentile to be
+    /// more than the largest few values ([`thin_percentile_note`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thin_percentile: Option<String>,
     pub trials: Vec<TrialRecord>,
 }
 
@@ -227,6 +231,25 @@ pub fn describe_sla(sla: &Sla) -> String {
     });
     parts.push(format!("publisher >= {:.0}% of the offered rate", sla.min_achieved_ratio * 100.0));
     parts.join(", ")
+}
+
+/// A note when a run at `rate` msg/s held for `hold` measures too few messages for the highest
+/// percentile the pass rule or the tables use (below max) to mean more than the largest few
+/// values: fewer than 10 values above it. The search's later trials run faster, so this is said
+/// for the start rate and for each knee.
+pub fn thin_percentile_note(sla: &Sla, rate: f64, hold: Duration) -> Option<String> {
+    let q = sla.points.iter().map(|p| p.quantile).chain(REPORTED).filter(|&q| q < 1.0).fold(0.0, f64::max);
+    let samples = rate * hold.as_secs_f64();
+    let above = samples * (1.0 - q);
+    (above < 10.0).then(|| {
+        format!(
+            "at {rate:.0} msg/s a {hold:?} hold measures ~{samples:.0} messages a run, so {} is the {} of them \
+             (10 or more above it take a hold of {:.1}s or more)",
+            quantile_name(q),
+            if above < 1.5 { "largest".to_string() } else { format!("~{above:.0}th largest") },
+            10.0 / ((1.0 - q) * rate.max(1.0))
+        )
+    })
 }
 
 /// A trial's wait that Ctrl-C ended: the engine's subscription
@@ -341,7 +364,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                 runs: t.summary.runs,
             })
         });
-        let result = ConfigResult { name: c.name.clone(), profile_hash: hash, outcome, at_knee, trials };
+        let thin_percentile = at_knee.as_ref().and_then(|k| thin_percentile_note(&cfg.sla, k.achieved, cfg.hold));
+        let result =
+            ConfigResult { name: c.name.clone(), profile_hash: hash, outcome, at_knee, thin_percentile, trials };
         on(Event::ConfigDone { result: &result });
         results.push(result);
     }
@@ -494,6 +519,11 @@ pub fn summary_md(r: &CapacityResult) -> String {
     let _ = writeln!(s, "# mdsub capacity\n\n{}\n", r.machine);
     let _ = writeln!(s, "- publisher: {}", r.publisher);
     let _ = writeln!(s, "- pass rule: {}", r.settings["sla"].as_str().unwrap_or(""));
+    for c in &r.configurations {
+        if let Some(note) = &c.thin_percentile {
+            let _ = writeln!(s, "- note, `{}` at its knee: {note}", c.name);
+        }
+    }
     let _ = writeln!(
         s,
         "- trials: {} s warm-up + {} s hold, {} run(s) each, {}-byte payloads, {} symbols\n",
@@ -588,6 +618,7 @@ fn forget_trial_files(folder: &Path, files: &[String]) {
 
 #[cfg(test)]
 mod tests {
+    use super::search::SlaPoint;
     use super::*;
 
     #[test]
@@ -615,6 +646,7 @@ mod tests {
             profile_hash: "0123abcd".into(),
             outcome: outcome(knee),
             at_knee: knee.map(|_| at(achieved)),
+            thin_percentile: None,
             trials: Vec::new(),
         };
         assert_eq!(knee_text(&result(Some(3125), 3001.0)), "3125 msg/s offered, 3001 achieved");
@@ -624,6 +656,20 @@ mod tests {
         let toml = winner_toml(&c, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
         assert!(toml.contains("# Knee: 3125 msg/s offered, 3001 achieved (confirmed at 2969 msg/s).\n"), "{toml}");
         assert!(toml.contains("# NON-MONOTONIC: passed 4000 but failed 3500.\n"), "{toml}");
+    }
+
+    #[test]
+    fn a_percentile_resting_on_the_few_largest_values_is_said() {
+        // The audit's capacity run judged p99.9 on ~1 000 messages a run: the largest one.
+        let sla = Sla { points: vec![SlaPoint { quantile: 0.99, budget_ns: 1 }], ..Sla::default() };
+        let note = thin_percentile_note(&sla, 2000.0, Duration::from_millis(500)).expect("thin");
+        assert!(note.contains("~1000 messages a run, so p99.9 is the largest of them"), "{note}");
+        assert!(note.contains("a hold of 5.0s or more"), "{note}");
+        let some = thin_percentile_note(&sla, 10_000.0, Duration::from_millis(500)).expect("thin");
+        assert!(some.contains("p99.9 is the ~5th largest"), "{some}");
+        assert_eq!(thin_percentile_note(&sla, 10_000.0, Duration::from_secs(2)), None, "20 above p99.9");
+        let deeper = Sla { points: vec![SlaPoint { quantile: 0.9999, budget_ns: 1 }], ..Sla::default() };
+        assert!(thin_percentile_note(&deeper, 10_000.0, Duration::from_secs(2)).is_some_and(|n| n.contains("p99.99")));
     }
 
     #[test]
