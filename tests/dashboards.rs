@@ -136,6 +136,22 @@ fn sample(scrape: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> Op
     })
 }
 
+/// The whole page as prometheus_client reads it: every sample belongs to a family with a TYPE
+/// (a sample separated from its family's HELP/TYPE lines reads as an untyped family of its own,
+/// and its family as one without samples), and each family appears once.
+fn whole_page_in_typed_families(scrape: &serde_json::Value) {
+    let families = scrape["families"].as_array().expect("families read");
+    let mut seen = std::collections::BTreeSet::new();
+    for f in families {
+        let (name, kind) = (f[0].as_str().expect("name"), f[1].as_str().expect("type"));
+        assert!(kind != "unknown" && kind != "untyped", "family {name} has no TYPE: {families:?}");
+        assert!(seen.insert(name.to_string()), "family {name} appears twice: {families:?}");
+    }
+    // The bad-frame counters (one per reason per shard, zero here) are in their family.
+    let bad = families.iter().find(|f| f[0] == "mdsub_shard_bad_frames").expect("the bad-frames family");
+    assert!(bad[2].as_u64().is_some_and(|n| n >= 2), "{bad:?}");
+}
+
 /// Prometheus' own linter (`promtool check metrics`, Debian's prometheus package) on the text
 /// the engine serves on `port`: every metric family must pass (a gauge with a `quantile`
 /// label, for one, does not).
@@ -202,6 +218,7 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
     assert_eq!(scrape["types"]["mdsub_latency_seconds"], "histogram");
     assert_eq!(scrape["types"]["mdsub_shard_received"], "counter");
     assert_eq!(scrape["types"]["mdsub_latency_interval_seconds"], "summary");
+    whole_page_in_typed_families(&scrape);
     promtool_accepts(port);
     e.proc.signal(2);
     let (status, out) = e.finish(Duration::from_secs(30));

@@ -10,7 +10,8 @@
                        result vector as [[labels, value], …] in JSON.
   check.py scrape URL  GET URL with urllib, parse the body with
                        prometheus_client's text-format parser; print every
-                       sample as [name, labels, value] in JSON.
+                       sample as [name, labels, value] and every family as
+                       [name, type, samples] in the order read, in JSON.
 """
 import json
 import math
@@ -70,11 +71,13 @@ def scrape(url):
         body = r.read().decode("utf-8")
     samples = []
     types = {}
+    families = []
     for family in text_string_to_metric_families(body):
         types[family.name] = family.type
+        families.append([family.name, family.type, len(family.samples)])
         for s in family.samples:
             samples.append([s.name, s.labels, s.value])
-    print(json.dumps({"content_type": ctype, "types": types, "samples": samples}))
+    print(json.dumps({"content_type": ctype, "types": types, "families": families, "samples": samples}))
 
 
 def promql(base, query):
