@@ -283,6 +283,65 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
 }
 
 #[test]
+fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
+    // Before: a capture replayed verbatim, 10 minutes old, gave `wire 60.03s …` and nothing said
+    // that every one of its latencies was above what the histograms hold.
+    use mdsub::wire::capture::CaptureWriter;
+    use mdsub::wire::{self, Header, Kind};
+    if let Some(why) = python_missing(&["prometheus_client"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-old");
+    let path = dir.join("old.mdcap");
+    let sent_ns = mdsub::clock::realtime_ns() - 600_000_000_000;
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    for i in 1..=300u64 {
+        let h = Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 9,
+            session_id: 1,
+            stream_seq: i,
+            topic_seq: i,
+            send_time_ns: sent_ns + i,
+        };
+        w.write_frame(&wire::encode(b"OLD", &h, &i.to_le_bytes()), false, sent_ns + i).expect("write");
+    }
+    w.flush().expect("flush");
+    let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
+    let port = free_port_block(1);
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--expect-eos", "0", "--snail", "off", "--metrics-listen", &listen, "--metrics-interval", "200ms"];
+    let e = engine_json(&eps, &args);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let clamped = |s: &serde_json::Value, stage: &str| {
+        sample(s, "mdsub_latency_clamped_total", &[("shard", "0"), ("stage", stage)])
+    };
+    let mut scrape = serde_json::Value::Null;
+    wait_until(Duration::from_secs(60), "every latency counted as clamped on /metrics", || {
+        scrape = python_json(&["scrape", &url]);
+        clamped(&scrape, "total") == Some(300.0)
+    });
+    assert_eq!(scrape["types"]["mdsub_latency_clamped"], "counter");
+    assert_eq!(clamped(&scrape, "wire"), Some(300.0), "{scrape}");
+    assert_eq!(clamped(&scrape, "queue"), Some(0.0), "{scrape}");
+    let _ = replay.finish(Duration::from_secs(30));
+    e.proc.signal(2);
+    let (status, out) = e.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 300, "{r}");
+    for latency in [&r["latency"], &r["shards"][0]["latency"]] {
+        assert_eq!(u(&latency["wire"], "clamped"), 300, "{latency}");
+        assert_eq!(u(&latency["total"], "clamped"), 300, "{latency}");
+        assert_eq!(u(&latency["queue"], "clamped"), 0, "{latency}");
+        assert!(u(&latency["wire"], "max_ns") >= mdsub::metrics::MAX_TRACKABLE_NS, "{latency}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_output_settings_are_one_clear_error() {
     let (code, _, err) = run_within(
         "engine",

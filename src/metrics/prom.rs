@@ -256,6 +256,20 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     );
     family(
         &mut s,
+        "mdsub_latency_clamped_total",
+        "counter",
+        "Latencies above 60 s, by stage: recorded as 60 s in mdsub_latency_seconds and the quantiles.",
+        |f| {
+            for (name, set) in &slots {
+                let shard = shard_label(name);
+                for (stage, n) in super::STAGES.iter().zip(set.clamped) {
+                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), n);
+                }
+            }
+        },
+    );
+    family(
+        &mut s,
         "mdsub_latency_interval_seconds",
         "summary",
         "Latency quantiles over the last metrics interval (quantile 1 is the max); \
@@ -452,5 +466,6 @@ mod tests {
         assert!(t.contains("mdsub_agent_cpu_seconds_total{engine=\"e\\\"1\",agent=\"worker0\"} 2"), "{t}");
         assert!(!t.contains("unattributed"), "an empty unattributed slot is not shown");
         assert!(t.contains("quantile=\"0.99\"} 0.000003"), "{t}");
+        assert!(t.contains("mdsub_latency_clamped_total{engine=\"e\\\"1\",shard=\"1\",stage=\"wire\"} 0"), "{t}");
     }
 }

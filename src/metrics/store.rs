@@ -8,7 +8,8 @@
 //! - `engine`: id, pid, interval, shards, uptime, the busiest agent and its
 //!   busy fraction, log level, the settings in force;
 //! - `shardK`: counters and the last interval's msgs/s and total-stage
-//!   p50/p99/p99.9/max (ns), `mdsub top`'s input;
+//!   p50/p99/p99.9/max (ns) and how many of its latencies were above 60 s
+//!   (`clamped`, recorded as 60 s), `mdsub top`'s input;
 //! - `refused/NAME`: why the last value offered for setting NAME was refused
 //!   (the value in force stays); deleted once a good value is applied.
 //!
@@ -191,6 +192,8 @@ impl StoreAgent {
                         "p99_ns": p.p99_ns,
                         "p999_ns": p.p999_ns,
                         "max_ns": p.max_ns,
+                        // Of the interval's total-stage latencies, those above 60 s (recorded as 60 s).
+                        "clamped": last.clamped[2],
                         "intervals": lat.intervals,
                         "snail": live.snail_verdict(Some(k)).name(),
                         "links": sh.links,
