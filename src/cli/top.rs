@@ -1,7 +1,7 @@
 //! `mdsub top`: a terminal dashboard of every engine that publishes status in
 //! the clone store (`/mdsub/status/<engine-id>/…`): per shard msgs/s,
-//! p50/p99/p99.9/max of the last interval (`≥60s` where latencies above 60 s were
-//! recorded as 60 s), a sparkline of p99, gaps, the snail
+//! p50/p99/p99.9/max of the last interval (`-` for an interval without messages, `≥60s`
+//! where latencies above 60 s were recorded as 60 s), a sparkline of p99, gaps, the snail
 //! verdict and the busiest agent. An engine whose status expired shows as
 //! gone. `--once` prints one plain-text frame for scripts.
 //!
@@ -96,6 +96,12 @@ fn u(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
 
+/// A percentile of the status `v` for people: `-` when the interval had no message (the
+/// status says `null`), `≥60s` for latencies recorded as 60 s.
+fn latency(v: &Value, k: &str) -> String {
+    v[k].as_u64().map_or_else(|| "-".to_string(), human_latency)
+}
+
 impl Top {
     /// Take one change under [`STATUS_ROOT`].
     pub fn apply(&mut self, c: &Change) {
@@ -177,10 +183,10 @@ impl Top {
                     id.clone(),
                     format!("shard{k}"),
                     format!("{:.0}", st["msgs_per_s"].as_f64().unwrap_or(0.0)),
-                    human_latency(u(st, "p50_ns")),
-                    human_latency(u(st, "p99_ns")),
-                    human_latency(u(st, "p999_ns")),
-                    human_latency(u(st, "max_ns")),
+                    latency(st, "p50_ns"),
+                    latency(st, "p99_ns"),
+                    latency(st, "p999_ns"),
+                    latency(st, "max_ns"),
                     u(st, "gaps").to_string(),
                     snail.clone(),
                     busiest.clone(),
@@ -441,6 +447,12 @@ mod tests {
         t.apply(&change("/mdsub/status/e3/shard0", Some(old)));
         let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
         assert!(row.contains("   1.0µs     ≥60s     ≥60s     ≥60s "), "{row}");
+        // An idle interval: no latency, not 0ns.
+        let idle =
+            r#"{"msgs_per_s":0,"p50_ns":null,"p99_ns":null,"p999_ns":null,"max_ns":null,"gaps":0,"intervals":5}"#;
+        t.apply(&change("/mdsub/status/e3/shard0", Some(idle)));
+        let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
+        assert!(row.contains("        0        -        -        -        - "), "{row}");
         assert_eq!(t.engines["e1"].shards[&1].p99_history.len(), 3, "same interval: no new point");
     }
 }

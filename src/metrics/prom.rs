@@ -43,7 +43,8 @@ pub const BUCKET_BOUNDS_NS: [u64; 22] = [
     10_000_000_000,
 ];
 
-/// The quantile gauges: `(label, quantile)`; `1` is the max.
+/// The summary's quantiles: `(label, quantile)`; `1` is the max. Each is `NaN` for an
+/// interval without observations.
 pub const QUANTILES: [(&str, f64); 4] = [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999), ("1", 1.0)];
 
 /// One shard's live counters.
@@ -284,8 +285,10 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
                 for (i, (stage, h)) in set.stages().into_iter().enumerate() {
                     let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
                     for (label, q) in QUANTILES {
-                        let v = if h.is_empty() { 0 } else { h.value_at_quantile(q) };
-                        f.sample("", &format!("{labels},quantile=\"{label}\""), seconds(v as f64));
+                        // An interval without observations has no quantiles: NaN, as Prometheus'
+                        // own summaries say it (0 would draw an idle feed as a fast one).
+                        let v = if h.is_empty() { f64::NAN } else { seconds(h.value_at_quantile(q) as f64) };
+                        f.sample("", &format!("{labels},quantile=\"{label}\""), v);
                     }
                     let (sum, count) = whole.map_or((0.0, 0), |w| (w[i].1.mean() * w[i].1.len() as f64, w[i].1.len()));
                     f.sample("_sum", &labels, seconds(sum));
@@ -466,6 +469,13 @@ mod tests {
         assert!(t.contains("mdsub_agent_cpu_seconds_total{engine=\"e\\\"1\",agent=\"worker0\"} 2"), "{t}");
         assert!(!t.contains("unattributed"), "an empty unattributed slot is not shown");
         assert!(t.contains("quantile=\"0.99\"} 0.000003"), "{t}");
+        // Shard 0's interval was idle: no quantile, not 0 (before: `0`, a p99 panel fell to 0 s).
+        for q in ["0.5", "0.99", "0.999", "1"] {
+            let line = format!(
+                "mdsub_latency_interval_seconds{{engine=\"e\\\"1\",shard=\"0\",stage=\"total\",quantile=\"{q}\"}} NaN\n"
+            );
+            assert!(t.contains(&line), "{line} in {t}");
+        }
         assert!(t.contains("mdsub_latency_clamped_total{engine=\"e\\\"1\",shard=\"1\",stage=\"wire\"} 0"), "{t}");
     }
 }

@@ -10,7 +10,8 @@
                        result vector as [[labels, value], …] in JSON.
   check.py scrape URL  GET URL with urllib, parse the body with
                        prometheus_client's text-format parser; print every
-                       sample as [name, labels, value] and every family as
+                       sample as [name, labels, value] (value null for NaN)
+                       and every family as
                        [name, type, samples] in the order read, in JSON.
 """
 import json
@@ -76,7 +77,9 @@ def scrape(url):
         types[family.name] = family.type
         families.append([family.name, family.type, len(family.samples)])
         for s in family.samples:
-            samples.append([s.name, s.labels, s.value])
+            # NaN (a quantile of an interval without observations) as null: JSON has no NaN.
+            value = s.value if math.isfinite(s.value) else None
+            samples.append([s.name, s.labels, value])
     print(json.dumps({"content_type": ctype, "types": types, "families": families, "samples": samples}))
 
 
