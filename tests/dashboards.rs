@@ -359,6 +359,48 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
 }
 
 #[test]
+fn log_level_debug_says_a_line_per_shard_per_interval_without_a_store() {
+    // Before: the only debug line was the status agent's, so without --store debug said nothing.
+    let (replay, eps) = start_replay("replay", 2, &["--count", "3000", "--rate", "3k", "--symbols", "20"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--expect-eos", "0", "--log-level", "debug"]);
+    cmd.args(["--metrics-interval", "200ms", "--endpoint", &eps[0], "--endpoint", &eps[1]]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    // `debug: shardK: R msg/s, p50 X p99 Y, gaps G (+N)`, shard0 then shard1 every interval.
+    let line = |l: &str| {
+        let rest = l.strip_prefix("debug: shard")?;
+        let (k, rest) = rest.split_once(": ")?;
+        let (rate, rest) = rest.split_once(" msg/s, p50 ")?;
+        let (p50, rest) = rest.split_once(" p99 ")?;
+        let (p99, gaps) = rest.split_once(", gaps ")?;
+        gaps.ends_with(')').then_some(())?;
+        Some((k.parse::<usize>().ok()?, rate.parse::<f64>().ok()?, p50.to_string(), p99.to_string()))
+    };
+    let mut busy = 0;
+    let mut next = 0;
+    let mut idle_after_busy = false;
+    while !idle_after_busy {
+        let l = wait_line(err, Duration::from_secs(60), "a debug line per shard", |l| l.starts_with("debug: "));
+        let (k, rate, p50, p99) = line(&l).unwrap_or_else(|| panic!("not a shard's interval line: {l}"));
+        assert_eq!(k, next, "one line per shard per interval, in shard order: {l}");
+        next = (next + 1) % 2;
+        if rate > 0.0 {
+            assert!(p50.ends_with('s') && p99.ends_with('s'), "latencies with units: {l}");
+            busy += 1;
+        } else {
+            assert_eq!((p50.as_str(), p99.as_str()), ("-", "-"), "an idle interval has no latency: {l}");
+            idle_after_busy = busy >= 2 && k == 1;
+        }
+    }
+    let _ = replay.finish(Duration::from_secs(30));
+    engine.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+    assert_eq!(u(&json(&out), "delivered"), 3000);
+}
+
+#[test]
 fn bad_output_settings_are_one_clear_error() {
     let (code, _, err) = run_within(
         "engine",

@@ -212,9 +212,7 @@ impl StoreAgent {
                 shards.push((k, status));
             }
         }
-        let log = self.inputs.log.clone();
         for (k, s) in shards {
-            log.log(Level::Debug, format_args!("shard{k}: {s}"));
             self.set(format!("{}shard{k}", self.status), s.to_string(), ttl)?;
         }
         self.set(format!("{}engine", self.status), engine.to_string(), ttl)?;
