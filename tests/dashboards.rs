@@ -355,7 +355,6 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
         assert_eq!(u(&latency["queue"], "clamped"), 0, "{latency}");
         assert!(u(&latency["wire"], "max_ns") >= mdsub::metrics::MAX_TRACKABLE_NS, "{latency}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

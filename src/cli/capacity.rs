@@ -265,9 +265,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
                 .unwrap_or_else(|| "-".into())
         };
         crate::outln!(
-            "  {:<28} {:>9} msg/s  p50 {}  p99 {}  p99.9 {}  max {}  ({} trials; {})",
+            "  {:<28} {:>9}  p50 {}  p99 {}  p99.9 {}  max {}  ({} trials; {})",
             c.name,
-            c.outcome.knee.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
+            capacity::knee_text(c),
             at("p50"),
             at("p99"),
             at("p99.9"),

@@ -684,7 +684,8 @@ impl Engine {
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
         let delivered = self.delivered();
         let forwarded = sum(&|c| c.forwarded.load(Relaxed));
-        let complete = shards.iter().zip(&self.expect_eos).all(|(c, &e)| e > 0 && c.eos_sessions.load(Relaxed) >= e);
+        let eos: Vec<u64> = shards.iter().map(|c| c.eos_sessions.load(Relaxed)).collect();
+        let complete = ends_heard(&eos, &self.expect_eos);
         let full = shards.iter().all(|c| c.full_subscription.load(Relaxed));
         let any_eos = sum(&|c| c.eos_sessions.load(Relaxed)) > 0;
         let sent = any_eos.then(|| sum(&|c| c.sent()));
@@ -876,5 +877,26 @@ impl Drop for Engine {
             let _ = h.join();
         }
         // The collector ends by itself once every worker's sender is gone.
+    }
+}
+
+/// Whether every shard heard the ends of stream its loss is counted from: the `expect` it
+/// waits for (`--expect-eos N`), and with 0 (run until stopped) at least one. `eos` is the
+/// end-of-stream count per shard.
+fn ends_heard(eos: &[u64], expect: &[u64]) -> bool {
+    eos.iter().zip(expect).all(|(&heard, &e)| heard >= e.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_heard;
+
+    #[test]
+    fn run_until_stopped_counts_loss_once_every_shard_heard_an_end_of_stream() {
+        // `--expect-eos 0` took no end of stream as enough, so loss was always "unknown".
+        assert!(ends_heard(&[1, 2], &[0, 0]));
+        assert!(!ends_heard(&[1, 0], &[0, 0]), "a shard that heard none");
+        assert!(ends_heard(&[2, 2], &[2, 1]));
+        assert!(!ends_heard(&[1, 2], &[2, 1]), "a shard short of its --expect-eos");
     }
 }

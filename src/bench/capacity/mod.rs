@@ -188,6 +188,9 @@ pub struct ConfigResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct KneeLatency {
     pub rate: u64,
+    /// What the publisher achieved at the knee (median over its runs), msg/s: a pass needs only
+    /// `min_achieved_ratio` of the offered rate, so it may be up to 5 % below `rate`.
+    pub achieved: f64,
     /// (percentile name, median ns, lowest ns, highest ns over the runs).
     pub percentiles: Vec<(String, u64, u64, u64)>,
     pub runs: usize,
@@ -327,6 +330,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             let t = trials.iter().rev().find(|t| t.summary.offered == k && t.summary.verdict.is_pass())?;
             Some(KneeLatency {
                 rate: k,
+                achieved: t.summary.achieved,
                 percentiles: t
                     .summary
                     .spread_ns
@@ -404,17 +408,20 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 /// The winner as a profile for `mdsub engine --profile`, its header saying
 /// the knee, the SLA, the machine and the commit.
 pub fn winner_toml(c: &Configuration, r: &ConfigResult, sla: &Sla, m: &Machine) -> String {
-    let knee = r.outcome.knee.map(|k| format!("{k} msg/s")).unwrap_or_else(|| "none".into());
+    let knee = knee_text(r);
     let mut s = String::new();
     s.push_str(&format!(
         "# The winner of an `mdsub capacity` run: configuration `{}` (profile {}).\n",
         c.name, r.profile_hash
     ));
-    s.push_str(&format!(
-        "# Knee: {knee} ({}{}).\n",
-        ending_text(r.outcome.ending),
-        r.outcome.confirmed_at.map(|c| format!(", confirmed at {c} msg/s")).unwrap_or_default()
-    ));
+    let ending = match (r.outcome.ending, r.outcome.confirmed_at) {
+        (Ending::Confirmed, Some(c)) => format!("confirmed at {c} msg/s"),
+        (e, _) => ending_text(e).to_string(),
+    };
+    s.push_str(&format!("# Knee: {knee} ({ending}).\n"));
+    if !r.outcome.contradictions.is_empty() {
+        s.push_str(&format!("# NON-MONOTONIC: {}.\n", contradictions_text(&r.outcome.contradictions)));
+    }
     s.push_str(&format!("# SLA: {}.\n", describe_sla(sla)));
     s.push_str(&format!("# Machine: {} cores ({}), libzmq {}.\n", m.cores, m.cpu, m.libzmq));
     s.push_str(&format!("# Commit: {}; measured {} UTC.\n", m.mdsub_commit, m.date_utc));
@@ -460,6 +467,18 @@ pub fn ending_text(e: Ending) -> &'static str {
         Ending::AboveMaxRate => "the maximum rate passed: the knee is above it",
         Ending::Capped => "capped: the time cap ended the search",
         Ending::Interrupted => "interrupted: Ctrl-C (or SIGTERM) ended the search",
+    }
+}
+
+/// The knee as said everywhere: `3125 msg/s`, with what the publisher achieved there when that
+/// is visibly less (`3125 msg/s offered, 3001 achieved`), or `none`.
+pub fn knee_text(r: &ConfigResult) -> String {
+    match (r.outcome.knee, &r.at_knee) {
+        (None, _) => "none".into(),
+        (Some(k), Some(at)) if at.achieved < 0.99 * k as f64 => {
+            format!("{k} msg/s offered, {:.0} achieved", at.achieved)
+        }
+        (Some(k), _) => format!("{k} msg/s"),
     }
 }
 
@@ -512,7 +531,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.name,
             if r.winner.as_deref() == Some(&c.name) { " (winner)" } else { "" },
-            c.outcome.knee.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            c.outcome.knee.map(|_| knee_text(c).replace(" msg/s", "")).unwrap_or_else(|| "-".into()),
             pct("p50"),
             pct("p99"),
             pct("p99.9"),
@@ -575,6 +594,36 @@ mod tests {
     fn a_runs_files_share_one_stem_naming_configuration_rate_run_and_profile() {
         let files = run_files("base-workers-2", "0123abcd", 5000, 3);
         assert_eq!(files, ["base-workers-2-5000mps-run3-0123abcd.hlog", "base-workers-2-5000mps-run3-0123abcd.hgrm"]);
+    }
+
+    #[test]
+    fn the_knee_says_what_was_achieved_and_the_winner_header_reads_once() {
+        // The audit's run: 3125 msg/s offered passed with 3001 achieved (a pass needs 95 %), and
+        // the header said `confirmed, confirmed at 2077 msg/s`, without the contradictions.
+        let outcome = |knee| Outcome {
+            knee,
+            ending: Ending::Confirmed,
+            lowest_fail: None,
+            rate_not_achieved_at: None,
+            confirmed_at: Some(2969),
+            contradictions: vec![Contradiction { passed_at: 4000, failed_at: 3500 }],
+            trials: 9,
+        };
+        let at = |achieved| KneeLatency { rate: 3125, achieved, percentiles: Vec::new(), runs: 1 };
+        let result = |knee, achieved| ConfigResult {
+            name: "builtin-2core".into(),
+            profile_hash: "0123abcd".into(),
+            outcome: outcome(knee),
+            at_knee: knee.map(|_| at(achieved)),
+            trials: Vec::new(),
+        };
+        assert_eq!(knee_text(&result(Some(3125), 3001.0)), "3125 msg/s offered, 3001 achieved");
+        assert_eq!(knee_text(&result(Some(3125), 3120.0)), "3125 msg/s");
+        assert_eq!(knee_text(&result(None, 0.0)), "none");
+        let c = Configuration { name: "builtin-2core".into(), profile: Profile::builtin() };
+        let toml = winner_toml(&c, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
+        assert!(toml.contains("# Knee: 3125 msg/s offered, 3001 achieved (confirmed at 2969 msg/s).\n"), "{toml}");
+        assert!(toml.contains("# NON-MONOTONIC: passed 4000 but failed 3500.\n"), "{toml}");
     }
 
     #[test]
