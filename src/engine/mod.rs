@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::link::{LinkBoard, LinkWatch};
-use crate::metrics::collector::{Collected, Collector, CollectorOutputs, SharedLatency, WorkerReport};
+use crate::metrics::collector::{Collected, Collector, CollectorOutputs, IntervalLog, SharedLatency, WorkerReport};
 use crate::metrics::http::{HttpAccessCounters, MetricsServer};
 use crate::metrics::prom::{EngineLive, ShardLive};
 use crate::metrics::settings::{Level, LogLevel, Settings};
@@ -292,10 +292,21 @@ impl Engine {
         // The collector ends by itself once every worker's sender is gone,
         // so it does not take the stop flag (the final reports still arrive).
         let outputs = CollectorOutputs { hlog, hgrm: cfg.outputs.hgrm.clone() };
+        // Made before the readers, so the collector's debug lines can read their gaps.
+        let shard_counters: Vec<Arc<ShardCounters>> = cfg.shards.iter().map(|_| Arc::default()).collect();
+        let log = Arc::<LogLevel>::default();
+        let interval_log = IntervalLog {
+            log: log.clone(),
+            gaps: Box::new({
+                let shards = shard_counters.clone();
+                move || shards.iter().map(|c| c.gaps.load(Relaxed)).collect()
+            }),
+        };
         let collector = Runner::start(
             RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }),
             StopFlag::new(),
-            Collector::new(rx, spare_txs, cfg.shards.len(), metrics_interval_ns.clone(), latency.clone(), outputs),
+            Collector::new(rx, spare_txs, cfg.shards.len(), metrics_interval_ns.clone(), latency.clone(), outputs)
+                .with_interval_log(interval_log),
         )?;
         // From here an early return drops `engine`, which stops and joins
         // whatever was already started.
@@ -309,7 +320,7 @@ impl Engine {
                 engine_id,
                 metrics_interval_ns: metrics_interval_ns.clone(),
                 latency,
-                log: Arc::default(),
+                log,
                 metrics_http: None,
                 store: None,
             }),
@@ -375,7 +386,7 @@ impl Engine {
                 .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(shard.endpoints.len());
             engine.expect_eos.push(expect_eos as u64);
-            let counters = Arc::new(ShardCounters::default());
+            let counters = shard_counters[k].clone();
             engine.shard_counters.push(counters.clone());
             let rc = ReaderConfig {
                 shard: k,
