@@ -166,6 +166,18 @@ pub trait ProxyHooks: Send {
         false
     }
 
+    /// Whether the hooks follow subscriber connections ([`ProxyHooks::on_subscriber_joined`]):
+    /// the shell then monitors the subscriber side even where it only binds.
+    fn follows_joins(&self) -> bool {
+        false
+    }
+
+    /// A subscriber connection completed its handshake (its subscriptions follow). With
+    /// [`ProxyHooks::follows_joins`], called for every one seen before a subscription is
+    /// handed to [`ProxyHooks::on_subscriber_message`] (libzmq reports the handshake before it
+    /// reads that connection's subscriptions).
+    fn on_subscriber_joined(&mut self) {}
+
     /// A message from the publishers, before the shell forwards it to the subscribers.
     fn on_upstream_message(&mut self, frames: &[Frame]);
 
@@ -194,8 +206,11 @@ pub struct ProxyShell<H: ProxyHooks> {
     report: Arc<Mutex<H::Report>>,
     /// Endpoints in effect, frontend then backend, as `(side, verb, endpoint)`.
     pub endpoints: Vec<(&'static str, &'static str, String)>,
-    /// The watched links of each side that connects (frontend, backend).
+    /// The watched links of each side that connects (frontend, backend); the backend's also
+    /// when the hooks follow subscriber joins.
     links: [Option<LinkWatch>; 2],
+    /// Handshakes read from the watches, taken after each service (reused).
+    updowns: Vec<bool>,
 }
 
 /// A proxy's watched links, by side, for its exit line.
@@ -215,13 +230,14 @@ impl ProxyLinks {
     }
 }
 
-/// Watch each side's connect endpoints (the sockets are made and attached).
+/// Watch each side's connect endpoints (the sockets are made, not attached yet).
 fn watch_links(
     ctx: &zmq::Context,
     role: &'static str,
     config: &ProxyConfig,
     frontend: &zmq::Socket,
     backend: &zmq::Socket,
+    follow_joins: bool,
 ) -> Result<[Option<LinkWatch>; 2], AgentError> {
     let connects = |a: &[Attach]| -> Vec<String> {
         a.iter()
@@ -236,13 +252,17 @@ fn watch_links(
     let watch = |s: &zmq::Socket, side: &str, eps: Vec<String>| {
         LinkWatch::attach(ctx, s, &name(side), &eps).map_err(zerr(role, "starting the link monitor"))
     };
-    Ok([
-        watch(frontend, "frontend", connects(&config.frontend))?,
-        watch(backend, "backend", connects(&config.backend))?,
-    ])
+    let back = if follow_joins {
+        LinkWatch::attach_always(ctx, backend, &name("backend"), &connects(&config.backend))
+            .map(Some)
+            .map_err(zerr(role, "starting the link monitor"))?
+    } else {
+        watch(backend, "backend", connects(&config.backend))?
+    };
+    Ok([watch(frontend, "frontend", connects(&config.frontend))?, back])
 }
 
-/// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`]:
+/// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`] (before it is attached):
 /// ZMQ_XPUB_NODROP always (a full subscriber queue is EAGAIN, which the shell
 /// waits on or counts, never a silent drop) and ZMQ_XPUB_MANUAL for hooks
 /// that apply subscriptions themselves (the LVC). Before any subscriber has
@@ -265,14 +285,17 @@ impl<H: ProxyHooks> ProxyShell<H> {
     /// the first subscriber; the tap with `--subscribe-all`).
     pub fn new(ctx: &zmq::Context, config: &ProxyConfig, subscribe_all: bool, hooks: H) -> Result<Self, AgentError> {
         let role = hooks.role();
-        let zmqx::ProxySockets { frontend, mut backend, endpoints } =
-            zmqx::proxy_sockets(ctx, &config.frontend, &config.backend, config.hwm_msgs, config.max_msg_bytes)
-                .map_err(|(context, source)| AgentError::Fatal {
-                    role: role.into(),
-                    message: format!("zmq error while {context}: {source}"),
-                })?;
-        set_delivery_options(&mut backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
-        let links = watch_links(ctx, role, config, &frontend, &backend)?;
+        let fatal = |(context, source): (String, zmq::Error)| AgentError::Fatal {
+            role: role.into(),
+            message: format!("zmq error while {context}: {source}"),
+        };
+        let mut sockets = zmqx::proxy_sockets(ctx, config.hwm_msgs, config.max_msg_bytes).map_err(fatal)?;
+        set_delivery_options(&mut sockets.backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
+        // Watched before connecting: a peer already listening completes the handshake within
+        // microseconds, and a monitor attached after it would never see the link come up.
+        let links = watch_links(ctx, role, config, &sockets.frontend, &sockets.backend, hooks.follows_joins())?;
+        sockets.attach(&config.frontend, &config.backend).map_err(fatal)?;
+        let zmqx::ProxySockets { frontend, backend, endpoints } = sockets;
         if subscribe_all {
             frontend.send(&[1u8][..], 0).map_err(zerr(role, "subscribing upstream"))?;
         }
@@ -288,6 +311,7 @@ impl<H: ProxyHooks> ProxyShell<H> {
             report: Arc::default(),
             endpoints,
             links,
+            updowns: Vec::new(),
         })
     }
 
@@ -306,6 +330,31 @@ impl<H: ProxyHooks> ProxyShell<H> {
                     w.service(socket);
                 }
             }
+        }
+        self.take_joins();
+    }
+
+    /// Hand the subscriber side's handshakes to the hooks (and drop the publisher side's ups
+    /// and downs, which nobody follows).
+    fn take_joins(&mut self) {
+        let [front, back] = &mut self.links;
+        if let Some(w) = front {
+            w.take_updowns(&mut self.updowns);
+            self.updowns.clear();
+        }
+        if let Some(w) = back {
+            w.take_updowns(&mut self.updowns);
+            for _ in self.updowns.drain(..).filter(|&up| up) {
+                self.hooks.on_subscriber_joined();
+            }
+        }
+    }
+
+    /// Before a subscription is handled: every subscriber handshake so far to the hooks.
+    fn catch_up_joins(&mut self) {
+        if let Some(w) = &mut self.links[1] {
+            w.drain(&self.backend);
+            self.take_joins();
         }
     }
 
@@ -402,12 +451,17 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
         // Subscriptions first: a joining subscriber is answered before more
         // live traffic, up to ANSWER_MSGS_PER_ROUND cached messages a round.
         let mut round_msgs = 0u64;
+        let follow_joins = self.hooks.follows_joins();
         for _ in 0..BATCH_MSGS {
             if round_msgs >= ANSWER_MSGS_PER_ROUND {
                 break;
             }
             if !recv_frames(&mut self.backend, &mut self.frames).map_err(zerr(role, "receiving a subscription"))? {
                 break;
+            }
+            if follow_joins {
+                // The handshake of the connection this came from was reported before it.
+                self.catch_up_joins();
             }
             let msg = FromSubscriber::classify(&self.frames);
             let mut down = Downstream {
@@ -459,6 +513,9 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
 
     fn on_close(&mut self) {
         self.service_links(true);
+        for w in self.links.iter_mut().flatten() {
+            w.finish();
+        }
         let r = self.report();
         if let Ok(mut slot) = self.report.lock() {
             *slot = r;
@@ -483,6 +540,63 @@ mod tests {
         assert_eq!(FromSubscriber::classify(&msg(&[b""])), FromSubscriber::Other);
         assert_eq!(FromSubscriber::classify(&msg(&[b"\x01ES", b"more"])), FromSubscriber::Other, "multipart");
         assert_eq!(FromSubscriber::classify(&msg(&[])), FromSubscriber::Other);
+    }
+
+    /// Forwards everything, adds nothing: the shell alone.
+    struct Plain;
+
+    impl ProxyHooks for Plain {
+        type Report = ShellCounters;
+        fn role(&self) -> &'static str {
+            "plain-proxy"
+        }
+        fn on_upstream_message(&mut self, _: &[Frame]) {}
+        fn on_subscriber_message(&mut self, _: FromSubscriber<'_>, _: &[Frame], _: &mut Downstream<'_>) -> bool {
+            true
+        }
+        fn report(&self, shell: &ShellCounters) -> ShellCounters {
+            *shell
+        }
+    }
+
+    /// A side that connects to a peer already listening finishes its handshake within
+    /// microseconds, on libzmq's I/O thread: the link must be watched from before the connect,
+    /// or that handshake is never seen and the link shows `connecting connects=0` for the whole
+    /// run (the tap in an lvc → tap → engine chain, 2 runs in 40). The peer receiving the
+    /// proxy's subscription proves the handshake is done, and the monitor's event, sent before
+    /// the subscription goes out, is then waiting: one service must see the link up.
+    #[test]
+    fn a_connecting_side_is_up_from_its_first_handshake() {
+        let ctx = zmq::Context::new();
+        let upstream = ctx.socket(zmq::XPUB).expect("xpub");
+        upstream.set_xpub_verbose(true).expect("verbose");
+        upstream.set_rcvtimeo(10_000).expect("rcvtimeo");
+        let ep = zmqx::bind_resolved(&upstream, "tcp://127.0.0.1:*").expect("bind");
+        for round in 0..10 {
+            let config = ProxyConfig {
+                frontend: vec![Attach::Connect(ep.clone())],
+                // Many subscriber endpoints: binding them takes a few ms, far longer than the
+                // frontend's handshake (the old order, connect first and watch after the binds,
+                // then missed it in every round, not only under load).
+                backend: (0..40).map(|_| Attach::Bind("tcp://127.0.0.1:*".into())).collect(),
+                hwm_msgs: 1_000,
+                max_msg_bytes: 1 << 20,
+                idle: IdleStrategy::default(),
+                delivery: Delivery::Lossless,
+            };
+            let mut shell = ProxyShell::new(&ctx, &config, true, Plain).expect("proxy");
+            // (An unsubscribe of the previous round's proxy may come first.)
+            while upstream.recv_bytes(0).expect("the proxy's subscription") != b"\x01" {}
+            shell.service_links(true);
+            let links = shell.links().snapshot();
+            let (side, link) = &links[0];
+            assert_eq!(
+                (*side, link.state.as_str(), link.connects, link.lost_total()),
+                ("frontend", "up", 1, 0),
+                "round {round}: {link}"
+            );
+            drop(shell);
+        }
     }
 
     #[test]

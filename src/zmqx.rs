@@ -181,25 +181,25 @@ pub fn send_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq
 /// Largest message a proxy takes from its subscribers (they send subscriptions).
 pub const MAX_SUBSCRIPTION_BYTES: i64 = 64 << 10;
 
-/// The two sockets of a pub-sub proxy (the LVC, the tap), attached.
+/// The two sockets of a pub-sub proxy (the LVC, the tap).
 pub struct ProxySockets {
     /// XSUB toward the publishers.
     pub frontend: zmq::Socket,
     /// XPUB toward the subscribers, VERBOSE and VERBOSER: every subscribe and
     /// unsubscribe reaches the proxy, so it can answer and forward each.
     pub backend: zmq::Socket,
-    /// Endpoints in effect, frontend then backend, as `(side, verb, endpoint)`.
+    /// Endpoints in effect, frontend then backend, as `(side, verb, endpoint)`
+    /// (empty until [`ProxySockets::attach`]).
     pub endpoints: Vec<(&'static str, &'static str, String)>,
 }
 
-/// Make and attach a proxy's sockets with SNDHWM = RCVHWM = `hwm_msgs`,
-/// LINGER 0, and ZMQ_MAXMSGSIZE `max_msg_bytes` toward the publishers
+/// Make a proxy's sockets with SNDHWM = RCVHWM = `hwm_msgs`, LINGER 0, and
+/// ZMQ_MAXMSGSIZE `max_msg_bytes` toward the publishers
 /// ([`MAX_SUBSCRIPTION_BYTES`] toward the subscribers, who only send
-/// subscriptions). An error names what was being done.
+/// subscriptions); not attached yet, so a link monitor can be put on a side
+/// before it connects ([`ProxySockets::attach`] then). An error names what was being done.
 pub fn proxy_sockets(
     ctx: &zmq::Context,
-    frontend: &[Attach],
-    backend: &[Attach],
     hwm_msgs: i32,
     max_msg_bytes: i64,
 ) -> Result<ProxySockets, (String, zmq::Error)> {
@@ -218,16 +218,21 @@ pub fn proxy_sockets(
     back.set_maxmsgsize(MAX_SUBSCRIPTION_BYTES).map_err(ctxt("setting MAXMSGSIZE"))?;
     back.set_xpub_verbose(true).map_err(ctxt("setting XPUB_VERBOSE"))?;
     set_xpub_verboser(&mut back, true).map_err(ctxt("setting XPUB_VERBOSER"))?;
-    let mut endpoints = Vec::new();
-    for a in frontend {
-        let attached = a.apply(&front).map_err(|e| (format!("attaching the frontend to {a}{}", bind_hint(e)), e))?;
-        endpoints.push(("frontend", a.verb(), attached));
+    Ok(ProxySockets { frontend: front, backend: back, endpoints: Vec::new() })
+}
+
+impl ProxySockets {
+    /// Bind or connect each side to its endpoints, recording each in effect in `endpoints`.
+    pub fn attach(&mut self, frontend: &[Attach], backend: &[Attach]) -> Result<(), (String, zmq::Error)> {
+        for (side, socket, attaches) in [("frontend", &self.frontend, frontend), ("backend", &self.backend, backend)] {
+            for a in attaches {
+                let attached =
+                    a.apply(socket).map_err(|e| (format!("attaching the {side} to {a}{}", bind_hint(e)), e))?;
+                self.endpoints.push((side, a.verb(), attached));
+            }
+        }
+        Ok(())
     }
-    for a in backend {
-        let attached = a.apply(&back).map_err(|e| (format!("attaching the backend to {a}{}", bind_hint(e)), e))?;
-        endpoints.push(("backend", a.verb(), attached));
-    }
-    Ok(ProxySockets { frontend: front, backend: back, endpoints })
 }
 
 /// What a bind's error means when libzmq's words mislead: `ENODEV` ("No such device") is an

@@ -281,8 +281,7 @@ fn restarted_primary_rejoins_as_passive_and_can_take_over_again() {
 
 #[test]
 fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
-    let dir = std::env::temp_dir().join(format!("mdsub-clone-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::temp_dir("clone-test");
     let (dp, db) = (dir.join("p"), dir.join("b"));
     let (dp, db) = (dp.to_str().expect("utf8"), db.to_str().expect("utf8"));
     let pp = free_port_block(4);
@@ -791,8 +790,7 @@ fn mdsub_client_interoperates_with_independent_chp_server() {
 #[test]
 fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
     use std::io::Read;
-    let dir = std::env::temp_dir().join(format!("mdsub-clone-tail-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::temp_dir("clone-tail");
     let d = dir.to_str().expect("utf8");
     let p = free_port_block(3);
     {
@@ -1109,8 +1107,7 @@ fn oversized_frames_are_refused_by_libzmq_before_they_are_read() {
 /// that order; it catches a KVPUB that goes out with its record still in the user-space buffer.
 #[test]
 fn an_update_is_in_the_log_before_it_is_published() {
-    let dir = std::env::temp_dir().join(format!("mdsub-clone-order-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::temp_dir("clone-order");
     let p = free_port_block(3);
     let _s = server("server", p, &["--data-dir", dir.to_str().expect("utf8")]);
     let ctx = zmq::Context::new();

@@ -136,6 +136,22 @@ fn sample(scrape: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> Op
     })
 }
 
+/// The whole page as prometheus_client reads it: every sample belongs to a family with a TYPE
+/// (a sample separated from its family's HELP/TYPE lines reads as an untyped family of its own,
+/// and its family as one without samples), and each family appears once.
+fn whole_page_in_typed_families(scrape: &serde_json::Value) {
+    let families = scrape["families"].as_array().expect("families read");
+    let mut seen = std::collections::BTreeSet::new();
+    for f in families {
+        let (name, kind) = (f[0].as_str().expect("name"), f[1].as_str().expect("type"));
+        assert!(kind != "unknown" && kind != "untyped", "family {name} has no TYPE: {families:?}");
+        assert!(seen.insert(name.to_string()), "family {name} appears twice: {families:?}");
+    }
+    // The bad-frame counters (one per reason per shard, zero here) are in their family.
+    let bad = families.iter().find(|f| f[0] == "mdsub_shard_bad_frames").expect("the bad-frames family");
+    assert!(bad[2].as_u64().is_some_and(|n| n >= 2), "{bad:?}");
+}
+
 /// Prometheus' own linter (`promtool check metrics`, Debian's prometheus package) on the text
 /// the engine serves on `port`: every metric family must pass (a gauge with a `quantile`
 /// label, for one, does not).
@@ -197,11 +213,29 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
         last = python_json(&["scrape", &url]);
         sample(&last, "mdsub_metrics_intervals_total", &[]).unwrap_or(0.0) > before
     });
+    // Then the feed is quiet: an interval without observations has no quantiles (NaN, read
+    // as null here), not 0 s (before: `quantile="0.99"} 0`, and a p99 panel fell to 0 s).
+    let quantile = |s: &serde_json::Value, shard: &str, q: &str| {
+        let labels = [("shard", shard), ("stage", "total"), ("quantile", q)];
+        s["samples"].as_array().and_then(|all| {
+            all.iter()
+                .find(|x| x[0] == "mdsub_latency_interval_seconds" && labels.iter().all(|(k, v)| x[1][*k] == *v))
+                .map(|x| x[2].clone())
+        })
+    };
+    wait_until(Duration::from_secs(10), "an idle interval's quantiles", || {
+        last = python_json(&["scrape", &url]);
+        quantile(&last, "0", "0.99").is_some_and(|v| v.is_null())
+    });
+    for (shard, q) in [("0", "0.5"), ("0", "1"), ("1", "0.99")] {
+        assert_eq!(quantile(&last, shard, q), Some(serde_json::Value::Null), "shard {shard} quantile {q}");
+    }
     let scrape = last;
     assert!(scrape["content_type"].as_str().is_some_and(|c| c.starts_with("text/plain; version=0.0.4")), "{scrape}");
     assert_eq!(scrape["types"]["mdsub_latency_seconds"], "histogram");
     assert_eq!(scrape["types"]["mdsub_shard_received"], "counter");
     assert_eq!(scrape["types"]["mdsub_latency_interval_seconds"], "summary");
+    whole_page_in_typed_families(&scrape);
     promtool_accepts(port);
     e.proc.signal(2);
     let (status, out) = e.finish(Duration::from_secs(30));
@@ -263,6 +297,106 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
         let snails = sample(&scrape, "mdsub_snail_verdicts_total", &[("site", role), ("verdict", "snail")]);
         assert_eq!(snails, Some(u(site, "snails") as f64), "{role}: {site}");
     }
+}
+
+#[test]
+fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
+    // Before: a capture replayed verbatim, 10 minutes old, gave `wire 60.03s …` and nothing said
+    // that every one of its latencies was above what the histograms hold.
+    use mdsub::wire::capture::CaptureWriter;
+    use mdsub::wire::{self, Header, Kind};
+    if let Some(why) = python_missing(&["prometheus_client"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-old");
+    let path = dir.join("old.mdcap");
+    let sent_ns = mdsub::clock::realtime_ns() - 600_000_000_000;
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    for i in 1..=300u64 {
+        let h = Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 9,
+            session_id: 1,
+            stream_seq: i,
+            topic_seq: i,
+            send_time_ns: sent_ns + i,
+        };
+        w.write_frame(&wire::encode(b"OLD", &h, &i.to_le_bytes()), false, sent_ns + i).expect("write");
+    }
+    w.flush().expect("flush");
+    let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
+    let port = free_port_block(1);
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--expect-eos", "0", "--snail", "off", "--metrics-listen", &listen, "--metrics-interval", "200ms"];
+    let e = engine_json(&eps, &args);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let clamped = |s: &serde_json::Value, stage: &str| {
+        sample(s, "mdsub_latency_clamped_total", &[("shard", "0"), ("stage", stage)])
+    };
+    let mut scrape = serde_json::Value::Null;
+    wait_until(Duration::from_secs(60), "every latency counted as clamped on /metrics", || {
+        scrape = python_json(&["scrape", &url]);
+        clamped(&scrape, "total") == Some(300.0)
+    });
+    assert_eq!(scrape["types"]["mdsub_latency_clamped"], "counter");
+    assert_eq!(clamped(&scrape, "wire"), Some(300.0), "{scrape}");
+    assert_eq!(clamped(&scrape, "queue"), Some(0.0), "{scrape}");
+    let _ = replay.finish(Duration::from_secs(30));
+    e.proc.signal(2);
+    let (status, out) = e.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 300, "{r}");
+    for latency in [&r["latency"], &r["shards"][0]["latency"]] {
+        assert_eq!(u(&latency["wire"], "clamped"), 300, "{latency}");
+        assert_eq!(u(&latency["total"], "clamped"), 300, "{latency}");
+        assert_eq!(u(&latency["queue"], "clamped"), 0, "{latency}");
+        assert!(u(&latency["wire"], "max_ns") >= mdsub::metrics::MAX_TRACKABLE_NS, "{latency}");
+    }
+}
+
+#[test]
+fn log_level_debug_says_a_line_per_shard_per_interval_without_a_store() {
+    // Before: the only debug line was the status agent's, so without --store debug said nothing.
+    let (replay, eps) = start_replay("replay", 2, &["--count", "3000", "--rate", "3k", "--symbols", "20"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--expect-eos", "0", "--log-level", "debug"]);
+    cmd.args(["--metrics-interval", "200ms", "--endpoint", &eps[0], "--endpoint", &eps[1]]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    // `debug: shardK: R msg/s, p50 X p99 Y, gaps G (+N)`, shard0 then shard1 every interval.
+    let line = |l: &str| {
+        let rest = l.strip_prefix("debug: shard")?;
+        let (k, rest) = rest.split_once(": ")?;
+        let (rate, rest) = rest.split_once(" msg/s, p50 ")?;
+        let (p50, rest) = rest.split_once(" p99 ")?;
+        let (p99, gaps) = rest.split_once(", gaps ")?;
+        gaps.ends_with(')').then_some(())?;
+        Some((k.parse::<usize>().ok()?, rate.parse::<f64>().ok()?, p50.to_string(), p99.to_string()))
+    };
+    let mut busy = 0;
+    let mut next = 0;
+    let mut idle_after_busy = false;
+    while !idle_after_busy {
+        let l = wait_line(err, Duration::from_secs(60), "a debug line per shard", |l| l.starts_with("debug: "));
+        let (k, rate, p50, p99) = line(&l).unwrap_or_else(|| panic!("not a shard's interval line: {l}"));
+        assert_eq!(k, next, "one line per shard per interval, in shard order: {l}");
+        next = (next + 1) % 2;
+        if rate > 0.0 {
+            assert!(p50.ends_with('s') && p99.ends_with('s'), "latencies with units: {l}");
+            busy += 1;
+        } else {
+            assert_eq!((p50.as_str(), p99.as_str()), ("-", "-"), "an idle interval has no latency: {l}");
+            idle_after_busy = busy >= 2 && k == 1;
+        }
+    }
+    let _ = replay.finish(Duration::from_secs(30));
+    engine.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+    assert_eq!(u(&json(&out), "delivered"), 3000);
 }
 
 #[test]
@@ -404,8 +538,13 @@ fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_af
     let status = get("engine").expect("engine status");
     assert_eq!(status["interval_ms"], 300.0, "{status}");
     assert_eq!(status["settings"]["metrics_interval"], "300ms", "{status}");
-    let shard = get("shard0").expect("shard status");
-    for f in ["msgs_per_s", "p50_ns", "p99_ns", "p999_ns", "max_ns", "gaps"] {
+    // An interval with messages has percentiles (one without has null: see interval_status).
+    let mut shard = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "a shard status of an interval with messages", || {
+        shard = get("shard0").unwrap_or_default();
+        shard["interval_msgs"].as_u64().is_some_and(|n| n > 0)
+    });
+    for f in ["msgs_per_s", "p50_ns", "p99_ns", "p999_ns", "max_ns", "gaps", "clamped"] {
         assert!(shard[f].is_number(), "shard status has {f}: {shard}");
     }
 

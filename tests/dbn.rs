@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,10 +20,8 @@ use mdsub::wire::{self, Kind};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mdsub-dbn-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d
+fn tmp_dir(name: &str) -> TempDir {
+    temp_dir(&format!("dbn-{name}"))
 }
 
 /// Metadata mapping `symbols` (raw symbol, instrument id) as Databento does

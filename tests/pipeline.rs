@@ -66,8 +66,7 @@ fn engine_behind_the_lvc_sees_no_duplicate_from_late_joiners_and_loses_nothing()
 
 #[test]
 fn tap_recording_of_a_live_replay_replays_byte_identical() {
-    let dir = std::env::temp_dir().join(format!("mdsub-pipeline-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = temp_dir("pipeline");
     let file = dir.join("live.mdcap");
     let (replay, eps) = start_replay("replay", 1, &["--count", "5000", "--rate", "0", "--symbols", "30"]);
     let mut tap = start_with(

@@ -35,8 +35,7 @@ fn write_profile(dir: &std::path::Path, name: &str, body: &str) -> String {
 
 #[test]
 fn each_mistake_is_one_line_naming_the_field_and_the_fix() {
-    let dir = std::env::temp_dir().join(format!("mdsub-profile-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = common::temp_dir("profile-test");
     let ep = "endpoints = [\"tcp://127.0.0.1:5556\"]";
     let cases = [
         ("no-such-core", format!("[[shards]]\n{ep}\nio_core = 4096\n[[workers]]\n"), "shards[0].io_core", "use one of"),
@@ -88,8 +87,7 @@ fn each_mistake_is_one_line_naming_the_field_and_the_fix() {
 
 #[test]
 fn an_interface_resolves_to_its_address_as_the_source() {
-    let dir = std::env::temp_dir().join(format!("mdsub-profile-nic-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = common::temp_dir("profile-nic");
     let path = write_profile(
         &dir,
         "lo",
@@ -156,7 +154,7 @@ fn profile_show_of_a_word_that_is_no_file_says_what_show_takes() {
 }
 
 /// A profile named `name` with `body`, in a fresh temporary folder: (the folder, the file).
-fn temp_profile(name: &str, body: &str) -> (std::path::PathBuf, String) {
+fn temp_profile(name: &str, body: &str) -> (common::TempDir, String) {
     let dir = common::temp_dir(&format!("profile-{name}"));
     let path = write_profile(&dir, name, body);
     (dir, path)

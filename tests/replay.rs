@@ -72,7 +72,7 @@ fn subscriber(ep: &str) -> (zmq::Context, zmq::Socket) {
 /// Write the test capture to `in.mdcap` in a fresh temp dir `name` and
 /// replay it flat out on one shard: the dir, the records written, the replay
 /// and its endpoints.
-fn replay_a_capture(name: &str) -> (std::path::PathBuf, Vec<Part>, LineProc, Vec<String>) {
+fn replay_a_capture(name: &str) -> (common::TempDir, Vec<Part>, LineProc, Vec<String>) {
     let dir = temp_dir(name);
     let path = dir.join("in.mdcap");
     let records = write_capture(&path);
@@ -136,6 +136,9 @@ fn damaged_capture_sends_the_intact_prefix_and_names_the_offset() {
     let err = reader.join().expect("stderr reader");
     assert!(err.contains("truncated at byte offset"), "{err}");
     assert!(err.contains("cut.mdcap"), "error names the file: {err}");
+    // Byte for byte, the frames keep their recorded send times: said once, with the way out.
+    let note = "with their recorded send times, so a subscriber's lag includes the capture's age; --restamp";
+    assert_eq!(err.matches(note).count(), 1, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

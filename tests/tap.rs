@@ -13,12 +13,11 @@ use mdsub::wire::capture::CaptureReader;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
-fn temp_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mdsub-tap-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+/// `name` in a fresh scratch directory of its own (removed when the test is done).
+fn temp_file(name: &str) -> (common::TempDir, PathBuf) {
+    let dir = common::temp_dir(&format!("tap-{name}"));
     let p = dir.join(name);
-    let _ = std::fs::remove_file(&p);
-    p
+    (dir, p)
 }
 
 /// Every message in a capture file, as frames, probes left out.
@@ -51,9 +50,25 @@ fn traffic() -> Vec<Vec<Vec<u8>>> {
     ]
 }
 
+/// Publish [`traffic`] through `tap` to a subscriber of everything and check it all came
+/// through; returns what was sent and the two sockets (alive until the caller drops them).
+fn traffic_through(tap: &Proxy) -> (Vec<Vec<Vec<u8>>>, [zmq::Socket; 2]) {
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &tap.frontend);
+    let sub = subscriber(&ctx, &tap.backend, &[b""]);
+    handshake(&publisher, &sub);
+    let sent = traffic();
+    for m in &sent {
+        publisher.send_multipart(m.clone(), 0).expect("publish");
+    }
+    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
+    assert_eq!(until_probe(&sub, DEADLINE, Some(b"end")), sent, "the subscriber gets everything through the tap");
+    (sent, [publisher, sub])
+}
+
 #[test]
 fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
-    let path = temp_file("live.cap");
+    let (_dir, path) = temp_file("live.cap");
     let mut tap = start("tap", &["--record", path.to_str().expect("utf-8 path")]);
     let ctx = zmq::Context::new();
     let publisher = publisher(&ctx, &tap.frontend);
@@ -85,22 +100,13 @@ fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
 
 #[test]
 fn filters_choose_what_is_shown_and_recorded_not_what_passes() {
-    let path = temp_file("filtered.cap");
+    let (_dir, path) = temp_file("filtered.cap");
     let mut tap = start(
         "tap",
         &["--subscribe-all", "--filter", "ESH6\\0", "--filter", "NQ", "--record", path.to_str().expect("utf-8 path")],
     );
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &tap.frontend);
-    let sub = subscriber(&ctx, &tap.backend, &[b""]);
-    handshake(&publisher, &sub);
-
-    let sent = traffic();
-    for m in &sent {
-        publisher.send_multipart(m.clone(), 0).expect("publish");
-    }
-    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
-    assert_eq!(until_probe(&sub, DEADLINE, Some(b"end")), sent, "forwarding is not filtered");
+    // Forwarding is not filtered: everything comes through.
+    let (sent, _sockets) = traffic_through(&tap);
 
     let (out, _) = stop(&mut tap);
     let want: Vec<Vec<Vec<u8>>> = vec![sent[0].clone(), sent[4].clone(), sent[6].clone()];
@@ -112,9 +118,8 @@ fn filters_choose_what_is_shown_and_recorded_not_what_passes() {
     assert!(shown[2].starts_with("msg foreign topic=\"NQ1\""), "{shown:?}");
 }
 
-#[test]
-fn stats_counts_per_topic() {
-    let mut tap = start("tap", &["--stats", "--subscribe-all"]);
+/// Publish five ESH6 frames through `tap` and see them through; returns the sockets.
+fn five_esh6_through(tap: &Proxy) -> [zmq::Socket; 2] {
     let ctx = zmq::Context::new();
     let publisher = publisher(&ctx, &tap.frontend);
     let sub = subscriber(&ctx, &tap.backend, &[b""]);
@@ -124,6 +129,25 @@ fn stats_counts_per_topic() {
     }
     publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
     until_probe(&sub, DEADLINE, Some(b"end"));
+    [publisher, sub]
+}
+
+/// Every stdout line parsed as JSON (a line that is not is a failure), split into the records
+/// and the last line, which must be the exit counters.
+fn json_lines(out: &[String]) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let mut records: Vec<serde_json::Value> = out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+        .collect();
+    let last = records.pop().expect("some output");
+    assert_eq!(last["stopped"], "tap", "the counters come last: {last}");
+    (last, records)
+}
+
+#[test]
+fn stats_counts_per_topic() {
+    let mut tap = start("tap", &["--stats", "--subscribe-all"]);
+    let _sockets = five_esh6_through(&tap);
     wait_line(&tap.stdout, Duration::from_secs(3), "a stats line counting ESH6", |l| l == "  \"ESH6\" 5");
     let (out, _) = stop(&mut tap);
     assert!(!out.iter().any(|l| l.starts_with("msg ")), "--stats prints no per-message lines");
@@ -151,4 +175,46 @@ fn a_record_file_it_cannot_create_is_one_line_naming_the_flag() {
     assert!(line.contains("--record /nonexistent-dir/x.mdcap"), "{line}");
     assert_eq!(line.matches("capture file").count(), 1, "said once: {line}");
     assert_eq!(line.matches("No such file or directory").count(), 1, "{line}");
+}
+
+#[test]
+fn json_makes_stdout_json_lines_ending_with_the_counters() {
+    // Without --quiet: every message and subscription is a record, the counters the last line.
+    let mut tap = start("tap", &["--json"]);
+    let _sockets = traffic_through(&tap);
+
+    // (`start` read the endpoint lines from stderr: with --json they are not on stdout.)
+    let (out, _) = stop(&mut tap);
+    let (last, records) = json_lines(&out);
+    assert_eq!(last["dropped"], 0, "{last}");
+    let msgs: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "msg").collect();
+    assert_eq!(last["matched_messages"], msgs.len(), "one record per message shown: {last}");
+    assert!(records.iter().all(|r| ["msg", "subscribe"].contains(&r["type"].as_str().unwrap_or("?"))), "{records:?}");
+    assert!(records.iter().any(|r| r["type"] == "subscribe" && r["prefix"] == ""), "{records:?}");
+    let ours: Vec<&&serde_json::Value> = msgs.iter().filter(|r| r["topic"] != PROBE).collect();
+    let topics: Vec<&str> = ours.iter().map(|r| r["topic"].as_str().unwrap_or("?")).collect();
+    assert_eq!(topics, ["ESH6", "F001", "ESH66", "F002", "NQZ5", "CLF6", "NQ1"]);
+    let esh6 = ours[0];
+    assert_eq!(
+        (&esh6["format"], &esh6["kind"], &esh6["pub"], &esh6["session"], &esh6["seq"], &esh6["size"]),
+        (&"mdsub".into(), &"data".into(), &7.into(), &"5eed".into(), &1.into(), &64.into()),
+        "{esh6}"
+    );
+    let f001 = ours[1];
+    assert_eq!(
+        (&f001["format"], &f001["frames"], &f001["hex"]),
+        (&"foreign".into(), &2.into(), &"53 61 76 65 20 52 6f 67 65 72".into()),
+        "{f001}"
+    );
+}
+
+#[test]
+fn json_with_stats_is_one_record_per_refresh() {
+    let mut tap = start("tap", &["--stats", "--json", "--subscribe-all"]);
+    let _sockets = five_esh6_through(&tap);
+    let (out, _) = stop(&mut tap);
+    let (_, stats) = json_lines(&out);
+    assert!(!stats.is_empty() && stats.iter().all(|r| r["type"] == "stats"), "{stats:?}");
+    // The last refresh (printed at exit) counts everything.
+    assert_eq!(stats[stats.len() - 1]["counts"]["ESH6"], 5, "{stats:?}");
 }

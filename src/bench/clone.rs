@@ -426,7 +426,7 @@ pub fn run(args: &CloneBenchConfig, lines: Lines) -> anyhow::Result<CloneResult>
     let machine = Machine::here();
     lines.say(format_args!("clone-bench  {machine}"));
     lines.say(format_args!(
-        "clone-bench: {runs} runs each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
+        "clone-bench: {runs} run(s) each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
         args.updates, args.keys, args.silence_ms
     ));
     let settings = serde_json::json!({

@@ -213,17 +213,12 @@ impl Agent for PlainProxy {
 fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, AgentError> {
     let (pub_ctx, proxy_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
-    let zmqx::ProxySockets { frontend, backend, endpoints } = zmqx::proxy_sockets(
-        &proxy_ctx,
-        &[Attach::Connect(ep)],
-        &[Attach::Bind("tcp://127.0.0.1:*".into())],
-        hwm,
-        1 << 20,
-    )
-    .map_err(|(context, source)| AgentError::Fatal {
-        role: "lvc-bench".into(),
-        message: format!("zmq error while {context}: {source}"),
-    })?;
+    let zmqx::ProxySockets { frontend, backend, endpoints } = zmqx::proxy_sockets(&proxy_ctx, hwm, 1 << 20)
+        .and_then(|mut s| s.attach(&[Attach::Connect(ep)], &[Attach::Bind("tcp://127.0.0.1:*".into())]).map(|()| s))
+        .map_err(|(context, source)| AgentError::Fatal {
+            role: "lvc-bench".into(),
+            message: format!("zmq error while {context}: {source}"),
+        })?;
     let back = endpoints.iter().find(|e| e.0 == "backend").map(|e| e.2.clone()).unwrap_or_default();
     let control = proxy_ctx.socket(zmq::PAIR).map_err(berr("making the control PAIR"))?;
     let steer = proxy_ctx.socket(zmq::PAIR).map_err(berr("making the steering PAIR"))?;
@@ -290,7 +285,7 @@ pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> 
     lines.say(format_args!("lvc-bench  {machine}"));
     lines.say(format_args!(
         "lvc-bench: {} messages of {}-byte payloads ({frame_bytes}-byte frames: {} topics, header {HEADER_LEN} B), \
-         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {runs} runs of direct, plain proxy, lvc",
+         TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {runs} run(s) of direct, plain proxy, lvc",
         args.messages, args.payload_bytes, args.topics,
     ));
     let settings = serde_json::json!({

@@ -289,7 +289,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             profile.rcvhwm_msgs
         );
         crate::outln!(
-            "engine: profile {}, {} shard(s), {} worker(s), batch_max {}, handler {}; {} runs, median reported",
+            "engine: profile {}, {} shard(s), {} worker(s), batch_max {}, handler {}; {} run(s), median reported",
             profile.name,
             shards,
             profile.workers.len(),

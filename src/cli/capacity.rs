@@ -199,6 +199,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             cfg.search.tolerance * 100.0,
             cfg.time_cap
         );
+        if let Some(note) = capacity::thin_percentile_note(&cfg.sla, cfg.search.start_rate as f64, cfg.hold) {
+            crate::outln!("note: {note}");
+        }
     }
     let pb = indicatif::ProgressBar::new(1);
     pb.set_draw_target(if args.json {
@@ -265,9 +268,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
                 .unwrap_or_else(|| "-".into())
         };
         crate::outln!(
-            "  {:<28} {:>9} msg/s  p50 {}  p99 {}  p99.9 {}  max {}  ({} trials; {})",
+            "  {:<28} {:>9}  p50 {}  p99 {}  p99.9 {}  max {}  ({} trials; {})",
             c.name,
-            c.outcome.knee.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
+            capacity::knee_text(c),
             at("p50"),
             at("p99"),
             at("p99.9"),
@@ -277,6 +280,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         );
         for x in &c.outcome.contradictions {
             crate::outln!("    NON-MONOTONIC: passed at {} msg/s but failed at {} msg/s", x.passed_at, x.failed_at);
+        }
+        if let Some(note) = &c.thin_percentile {
+            crate::outln!("    note: {note}");
         }
         if let Some(r) = c.outcome.rate_not_achieved_at {
             crate::outln!(

@@ -28,7 +28,8 @@ use crate::lvc::LvcConfig;
     A subscription is a prefix: it is answered at once, to that subscriber only, with the cached\n\
     last value of every topic that starts with it, in topic order, as ONE multipart message (the\n\
     cached messages' frames back to back; mdsub frames re-sent from the cache carry FROM_CACHE).\n\
-    Answers are bounded: a re-subscription within --coalesce-window gets none (coalesced=), and\n\
+    Answers are bounded: a re-subscription within --coalesce-window gets none (coalesced=),\n\
+    except one per prefix for each subscriber connection made within it (joiner_answers=), and\n\
     --answer-msgs / --answer-bytes per second cap them (truncated=, suppressed_msgs=).\n\
     SIGINT/SIGTERM stop it cleanly; the counters are printed on exit, on stderr as\n  \
     lvc: stopped: messages_in=N ...\n\
@@ -44,7 +45,9 @@ pub struct LvcArgs {
     #[arg(long, value_parser = parse_bytes_usize, default_value = "256Mi", value_name = "BYTES")]
     pub max_bytes: usize,
     /// A subscribe to a prefix unsubscribed less than this long ago gets no answer
-    /// (subscription churn; counted as coalesced). 0s turns coalescing off.
+    /// (subscription churn; counted as coalesced), unless a subscriber connection made within
+    /// it has not had that prefix answered yet (a new joiner: counted as joiner_answers).
+    /// 0s turns coalescing off.
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub coalesce_window: std::time::Duration,
     /// Answer budget: most cached messages sent in answers per second (burst: one second's

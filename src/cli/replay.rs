@@ -114,8 +114,9 @@ pub struct ReplayArgs {
     pub recorded_timing: bool,
     /// With --from: replay at a multiple of the recorded pace (`1x` keeps the
     /// recorded gaps, `10x` is ten times faster, `0.5x` half as fast), or
-    /// `max` (flat out). Intended send times follow the recorded receive times,
-    /// shifted to now and divided by the speed.
+    /// `max` (flat out). Frames go out on the recorded receive times, shifted to
+    /// now and divided by the speed; a capture's frames keep their recorded send
+    /// times unless --restamp (DBN records are always timed from now).
     #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
     #[arg(allow_hyphen_values = true)] // `-1x` is a refused value, not a flag
     pub speed: Option<Speed>,
@@ -216,6 +217,14 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     } else {
         file_source(&args.from, args.restamp)?
     };
+    if let Source::Capture { restamp: false, .. } = source {
+        // A subscriber judges lag by the frames' send times: a capture's are as old as it is,
+        // and an engine measuring a replay benchmark from them sees (and croaks on) that age.
+        crate::diag!(
+            "note: the capture's mdsub frames go out byte for byte with their recorded send times, so a \
+             subscriber's lag includes the capture's age; --restamp times them from now"
+        );
+    }
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     for (k, ep) in publisher.endpoints().iter().enumerate() {

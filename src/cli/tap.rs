@@ -21,16 +21,20 @@ fn parse_filter(s: &str) -> Result<String, String> {
 /// Endpoints are written `bind:EP`, `connect:EP` or a bare `EP` (which binds),
 /// repeatable; each endpoint in effect is printed on startup as
 /// `tap: frontend bound tcp://127.0.0.1:PORT`. By default every message and
-/// every (un)subscription is printed, one line each. SIGINT/SIGTERM stop it
-/// and print its counters (drops included) on stderr.
+/// every (un)subscription is printed, one line each (with `--json`, one JSON
+/// record each). SIGINT/SIGTERM stop it and print its counters (drops
+/// included) on stderr (with `--json`, as the last record on stdout).
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Endpoints: write each side as bind:EP, connect:EP or EP (a bare EP binds), e.g.\n  \
     mdsub tap --frontend connect:tcp://10.0.0.5:5556 --backend tcp://*:5557 --filter 'ESH6\\0'\n\
     Every endpoint in effect is printed on startup, one line each: tap: frontend bound tcp://...\n\
     Copies go to the printer/recorder through a bounded queue (--queue-msgs); when it is full they\n\
     are dropped and counted, the proxy keeps forwarding. SIGINT/SIGTERM stop it; counters (drops\n\
-    included) go to stderr as tap: stopped: k=v ..., or with --json as one JSON object on stdout.\n\
-    See docs/LVC-TAP.md.")]
+    included) go to stderr as tap: stopped: k=v ...\n\
+    With --json stdout is JSON Lines, one object a line and nothing else: a record per message\n\
+    ({...,\"seq\":1,...,\"topic\":\"ESH6\",\"type\":\"msg\"}) and per (un)subscription, or per --stats\n\
+    refresh, then the counters as the last line ({\"stopped\":\"tap\",...}); the endpoint lines go to\n\
+    stderr. See docs/LVC-TAP.md.")]
 pub struct TapArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -56,7 +60,9 @@ pub struct TapArgs {
     /// Capacity of the proxy → sink queue, messages; when full, copies are dropped (counted).
     #[arg(long, value_parser = parse_count_usize, default_value = "65536", value_name = "COUNT")]
     pub queue_msgs: usize,
-    /// Print the exit counters as one JSON object on stdout (default: a line on stderr).
+    /// Make stdout JSON Lines: one JSON record per message and (un)subscription (per refresh
+    /// with --stats, none with --quiet), then the exit counters as the last line (default:
+    /// text lines, and the counters on stderr). Endpoint lines go to stderr.
     #[arg(long)]
     pub json: bool,
 }

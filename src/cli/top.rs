@@ -1,6 +1,7 @@
 //! `mdsub top`: a terminal dashboard of every engine that publishes status in
 //! the clone store (`/mdsub/status/<engine-id>/…`): per shard msgs/s,
-//! p50/p99/p99.9/max of the last interval, a sparkline of p99, gaps, the snail
+//! p50/p99/p99.9/max of the last interval (`-` for an interval without messages, `≥60s`
+//! where latencies above 60 s were recorded as 60 s), a sparkline of p99, gaps, the snail
 //! verdict and the busiest agent. An engine whose status expired shows as
 //! gone. `--once` prints one plain-text frame for scripts.
 //!
@@ -18,7 +19,7 @@ use super::args::{parse_duration, parse_endpoint, Endpoint};
 use super::store_servers;
 use crate::agent::StopFlag;
 use crate::clone::client::{Change, Client, ClientConfig};
-use crate::metrics::human_ns;
+use crate::metrics::human_latency;
 
 /// Where every engine's status lives.
 pub const STATUS_ROOT: &str = "/mdsub/status/";
@@ -93,6 +94,12 @@ pub struct Top {
 
 fn u(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
+}
+
+/// A percentile of the status `v` for people: `-` when the interval had no message (the
+/// status says `null`), `≥60s` for latencies recorded as 60 s.
+fn latency(v: &Value, k: &str) -> String {
+    v[k].as_u64().map_or_else(|| "-".to_string(), human_latency)
 }
 
 impl Top {
@@ -176,10 +183,10 @@ impl Top {
                     id.clone(),
                     format!("shard{k}"),
                     format!("{:.0}", st["msgs_per_s"].as_f64().unwrap_or(0.0)),
-                    human_ns(u(st, "p50_ns")),
-                    human_ns(u(st, "p99_ns")),
-                    human_ns(u(st, "p999_ns")),
-                    human_ns(u(st, "max_ns")),
+                    latency(st, "p50_ns"),
+                    latency(st, "p99_ns"),
+                    latency(st, "p999_ns"),
+                    latency(st, "max_ns"),
                     u(st, "gaps").to_string(),
                     snail.clone(),
                     busiest.clone(),
@@ -433,8 +440,19 @@ mod tests {
         assert!(text.contains("e1               shard1"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("e2 ") && l.ends_with("gone")), "{text}");
         assert_eq!(t.engines["e1"].shards[&0].p99_history, [1000, 2000, 3000]);
-        assert_eq!(t.engines["e1"].shards[&1].p99_history.len(), 3, "same interval: no new point");
         t.sort = Sort::P99;
         assert_eq!(t.order()[0], "e1");
+        // Latencies above 60 s are recorded as 60 s: their percentiles are floors.
+        let old = r#"{"msgs_per_s":10,"p50_ns":1000,"p99_ns":60030000000,"p999_ns":60030000000,"max_ns":60030000000,"gaps":0,"intervals":4,"clamped":2}"#;
+        t.apply(&change("/mdsub/status/e3/shard0", Some(old)));
+        let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
+        assert!(row.contains("   1.0µs     ≥60s     ≥60s     ≥60s "), "{row}");
+        // An idle interval: no latency, not 0ns.
+        let idle =
+            r#"{"msgs_per_s":0,"p50_ns":null,"p99_ns":null,"p999_ns":null,"max_ns":null,"gaps":0,"intervals":5}"#;
+        t.apply(&change("/mdsub/status/e3/shard0", Some(idle)));
+        let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
+        assert!(row.contains("        0        -        -        -        - "), "{row}");
+        assert_eq!(t.engines["e1"].shards[&1].p99_history.len(), 3, "same interval: no new point");
     }
 }

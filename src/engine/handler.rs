@@ -378,7 +378,7 @@ impl Handler for BookHandler {
             ("orders", orders),
             ("mbp1", self.mbp1),
             ("mbp10", self.mbp10),
-            ("trades", self.trades),
+            ("trade_records", self.trades),
             ("other_records", self.other_records),
             ("not_dbn", self.not_dbn),
         ];

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::link::{LinkBoard, LinkWatch};
-use crate::metrics::collector::{Collected, Collector, CollectorOutputs, SharedLatency, WorkerReport};
+use crate::metrics::collector::{Collected, Collector, CollectorOutputs, IntervalLog, SharedLatency, WorkerReport};
 use crate::metrics::http::{HttpAccessCounters, MetricsServer};
 use crate::metrics::prom::{EngineLive, ShardLive};
 use crate::metrics::settings::{Level, LogLevel, Settings};
@@ -292,10 +292,21 @@ impl Engine {
         // The collector ends by itself once every worker's sender is gone,
         // so it does not take the stop flag (the final reports still arrive).
         let outputs = CollectorOutputs { hlog, hgrm: cfg.outputs.hgrm.clone() };
+        // Made before the readers, so the collector's debug lines can read their gaps.
+        let shard_counters: Vec<Arc<ShardCounters>> = cfg.shards.iter().map(|_| Arc::default()).collect();
+        let log = Arc::<LogLevel>::default();
+        let interval_log = IntervalLog {
+            log: log.clone(),
+            gaps: Box::new({
+                let shards = shard_counters.clone();
+                move || shards.iter().map(|c| c.gaps.load(Relaxed)).collect()
+            }),
+        };
         let collector = Runner::start(
             RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }),
             StopFlag::new(),
-            Collector::new(rx, spare_txs, cfg.shards.len(), metrics_interval_ns.clone(), latency.clone(), outputs),
+            Collector::new(rx, spare_txs, cfg.shards.len(), metrics_interval_ns.clone(), latency.clone(), outputs)
+                .with_interval_log(interval_log),
         )?;
         // From here an early return drops `engine`, which stops and joins
         // whatever was already started.
@@ -309,7 +320,7 @@ impl Engine {
                 engine_id,
                 metrics_interval_ns: metrics_interval_ns.clone(),
                 latency,
-                log: Arc::default(),
+                log,
                 metrics_http: None,
                 store: None,
             }),
@@ -375,7 +386,7 @@ impl Engine {
                 .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(shard.endpoints.len());
             engine.expect_eos.push(expect_eos as u64);
-            let counters = Arc::new(ShardCounters::default());
+            let counters = shard_counters[k].clone();
             engine.shard_counters.push(counters.clone());
             let rc = ReaderConfig {
                 shard: k,
@@ -673,7 +684,8 @@ impl Engine {
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
         let delivered = self.delivered();
         let forwarded = sum(&|c| c.forwarded.load(Relaxed));
-        let complete = shards.iter().zip(&self.expect_eos).all(|(c, &e)| e > 0 && c.eos_sessions.load(Relaxed) >= e);
+        let eos: Vec<u64> = shards.iter().map(|c| c.eos_sessions.load(Relaxed)).collect();
+        let complete = ends_heard(&eos, &self.expect_eos);
         let full = shards.iter().all(|c| c.full_subscription.load(Relaxed));
         let any_eos = sum(&|c| c.eos_sessions.load(Relaxed)) > 0;
         let sent = any_eos.then(|| sum(&|c| c.sent()));
@@ -866,5 +878,26 @@ impl Drop for Engine {
             let _ = h.join();
         }
         // The collector ends by itself once every worker's sender is gone.
+    }
+}
+
+/// Whether every shard heard the ends of stream its loss is counted from: the `expect` it
+/// waits for (`--expect-eos N`), and with 0 (run until stopped) at least one. `eos` is the
+/// end-of-stream count per shard.
+fn ends_heard(eos: &[u64], expect: &[u64]) -> bool {
+    eos.iter().zip(expect).all(|(&heard, &e)| heard >= e.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_heard;
+
+    #[test]
+    fn run_until_stopped_counts_loss_once_every_shard_heard_an_end_of_stream() {
+        // `--expect-eos 0` took no end of stream as enough, so loss was always "unknown".
+        assert!(ends_heard(&[1, 2], &[0, 0]));
+        assert!(!ends_heard(&[1, 0], &[0, 0]), "a shard that heard none");
+        assert!(ends_heard(&[2, 2], &[2, 1]));
+        assert!(!ends_heard(&[1, 2], &[2, 1]), "a shard short of its --expect-eos");
     }
 }

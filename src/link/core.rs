@@ -434,6 +434,27 @@ impl Links {
         }
     }
 
+    /// The owner stops: a link that went down within the grace and is not counted yet (libzmq
+    /// had not shown whether it retries) is counted now, so no summary says `down` with no
+    /// loss: a plain disconnect as `disconnected` (whether libzmq would have reconnected no
+    /// longer matters), a failed handshake under its kind (`handshake_failed` when libzmq gave
+    /// no detail). Its [`Decision::Lost`] goes to `out`, to be said.
+    pub fn finish(&mut self, out: &mut Vec<Decision>) {
+        for (i, l) in self.links.iter_mut().enumerate() {
+            if let State::Down { since_ns, failure, counted: false } = l.state {
+                let reason = match failure {
+                    None => Reason::Disconnected,
+                    Some(Failure::NoDetail) => Reason::HandshakeFailed,
+                    Some(Failure::Protocol) => Reason::HandshakeFailedProtocol,
+                    Some(Failure::Auth) => Reason::HandshakeFailedAuth,
+                };
+                Self::lose(l, i, reason, since_ns, out);
+                l.reestablish_at = None;
+                Self::publish_state(l);
+            }
+        }
+    }
+
     /// The owner could not connect `link` again (its `connect` failed): try again after the
     /// link's next back-off step, rather than leave it lost with nothing scheduled.
     pub fn retry_later(&mut self, link: usize, now_ns: u64) {
@@ -617,6 +638,51 @@ mod tests {
         run(&mut l, &[(Event::HandshakeSucceeded, 0), (Event::Disconnected, 1_000), (Event::ConnectRetried, 1_010)]);
         assert!(l.end_of_stream(2_000 + RETRY_GRACE_NS).is_empty());
         assert_eq!(l.stats()[0].lost.get("disconnected"), Some(&1));
+    }
+
+    #[test]
+    fn a_link_down_when_the_owner_stops_is_counted_not_left_down_with_no_loss() {
+        // The chain lvc → tap: the LVC stops, the tap's last service reads DISCONNECTED 1 ms
+        // before the tap stops too, libzmq's CONNECT_RETRIED not read yet. The summary said
+        // `down connects=1 … ` with no loss.
+        let clock = crate::clock::ManualClock::new(0);
+        use crate::clock::Clock;
+        let mut l = links();
+        let mut out = Vec::new();
+        l.on_event(Event::HandshakeSucceeded, SEEN, clock.now_ns(), &mut out);
+        clock.advance_ms(2_000);
+        l.on_event(Event::Disconnected, SEEN, clock.now_ns(), &mut out);
+        clock.advance_ms(1);
+        l.tick(clock.now_ns(), &mut out);
+        assert!(out.is_empty(), "inside the grace: {out:?}");
+        l.finish(&mut out);
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::Disconnected }]);
+        let s = &l.stats()[0];
+        assert_eq!((s.state.as_str(), s.lost.get("disconnected")), ("down", Some(&1)), "{s}");
+        // Once only, and nothing left to decide.
+        out.clear();
+        l.finish(&mut out);
+        l.tick(clock.now_ns() + 10 * RETRY_GRACE_NS, &mut out);
+        assert!(out.is_empty() && !l.pending(), "{out:?}");
+        assert_eq!(l.stats()[0].lost_total(), 1);
+
+        // A failed handshake keeps its kind; a link up, or already counted, is left as it is.
+        let mut l = links();
+        run(&mut l, &[(Event::HandshakeFailed(Failure::Auth), 0), (Event::Disconnected, 0)]);
+        l.finish(&mut out);
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailedAuth }]);
+        for events in [
+            &[(Event::HandshakeSucceeded, 0)][..],
+            &[(Event::HandshakeSucceeded, 0), (Event::Disconnected, 1), (Event::ConnectRetried, 2)],
+        ] {
+            let mut l = links();
+            run(&mut l, events);
+            let before = l.stats();
+            out.clear();
+            l.finish(&mut out);
+            assert!(out.is_empty(), "{out:?}");
+            assert_eq!(l.stats(), before);
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@
 //! meanwhile ([`LinkWatch::end_of_stream`]) takes it back unsaid, since a publisher closing
 //! after its end of stream is not a loss (its monitor event can be read before the
 //! end-of-stream message it follows).
+//!
+//! A link that went down too recently for the grace to have decided anything when its owner
+//! stops ([`LinkWatch::finish`], or the drop) is counted then, so a summary never says `down`
+//! with no loss.
 
 pub mod core;
 
@@ -134,6 +138,18 @@ impl LinkWatch {
         if endpoints.is_empty() {
             return Ok(None);
         }
+        Self::attach_always(ctx, socket, name, endpoints).map(Some)
+    }
+
+    /// [`LinkWatch::attach`], even with no endpoint to watch: for an owner that follows the
+    /// socket's handshakes (every connection accepted on a bound endpoint included) through
+    /// [`LinkWatch::take_updowns`].
+    pub fn attach_always(
+        ctx: &zmq::Context,
+        socket: &zmq::Socket,
+        name: &str,
+        endpoints: &[String],
+    ) -> zmq::Result<LinkWatch> {
         let inproc = format!("inproc://mdsub-links-{}-{}", std::process::id(), WATCHES.fetch_add(1, Ordering::Relaxed));
         socket.monitor(&inproc, EVENTS)?;
         let monitor = ctx.socket(zmq::PAIR)?;
@@ -156,7 +172,7 @@ impl LinkWatch {
         let links = Links::new(watched, RETRY_GRACE_NS);
         let board = LinkBoard::default();
         board.set(links.stats());
-        Ok(Some(LinkWatch {
+        Ok(LinkWatch {
             name: name.to_string(),
             monitor,
             links,
@@ -170,7 +186,7 @@ impl LinkWatch {
             not_ups: None,
             losses,
             said: vec![false; endpoints.len()],
-        }))
+        })
     }
 
     /// Keep quiet on stderr (a full-screen owner); the counters still count.
@@ -266,6 +282,26 @@ impl LinkWatch {
         seen
     }
 
+    /// [`LinkWatch::service`] until every event waiting has been read (a service reads at most
+    /// 64): for an owner that must have seen every handshake so far.
+    pub fn drain(&mut self, socket: &zmq::Socket) {
+        while self.service(socket) == EVENTS_PER_SERVICE {}
+    }
+
+    /// The owner stops: a link that went down too recently for libzmq to have shown whether it
+    /// retries is counted and said now ([`Links::finish`]) and the board shows it, so the
+    /// summary never says `down` with no loss. Also done when the watch is dropped.
+    pub fn finish(&mut self) {
+        let now = crate::clock::monotonic_ns();
+        self.links.finish(&mut self.out);
+        for d in std::mem::take(&mut self.out) {
+            if let Decision::Lost { link, reason } = d {
+                self.say_lost(link, reason, now);
+            }
+        }
+        self.board.set(self.links.stats());
+    }
+
     /// Every end of stream the owner waits for has arrived: from now on a disconnect is the
     /// stream's end (the link shows `closed`; nothing is counted or said), and a
     /// `disconnected` loss within the grace before it is taken back unsaid.
@@ -344,8 +380,10 @@ impl LinkWatch {
 
 impl Drop for LinkWatch {
     /// Held `disconnected` lines are said when the owner stops before they were due.
-    /// So are the losses a summary has not covered yet.
+    /// So are the losses a summary has not covered yet, and a link down but not counted
+    /// yet is counted ([`LinkWatch::finish`]).
     fn drop(&mut self) {
+        self.finish();
         let now = crate::clock::monotonic_ns();
         for (_, link) in std::mem::take(&mut self.held) {
             self.say_lost(link, Reason::Disconnected, now);

@@ -8,7 +8,16 @@
 //!   `coalesce_window_ns` ago is a re-subscription (churn, or a quick
 //!   reconnect) and gets no answer of its own; what that answer would have
 //!   sent is counted in `coalesced_msgs`. A different subscriber joining the
-//!   same prefix is still answered (no unsubscribe came in between).
+//!   same prefix is still answered (no unsubscribe came in between). So is a
+//!   **new subscriber connection** inside the window: libzmq's XPUB does not say
+//!   which subscriber a subscription came from, but the proxy sees each
+//!   subscriber connection's handshake ([`AnswerGate::on_join`]) before that
+//!   connection's subscriptions (libzmq emits the monitor event before it reads
+//!   them). Each connection that joined within the window lets one subscribe of
+//!   a coalescing prefix through (`joiner_answers`): a client churning on its
+//!   connection opens none, a brand-new joiner (or a subscriber that reconnected
+//!   and may have missed values) gets its snapshot at once. A client that churns
+//!   by reconnecting is answered each time and bounded by the budget alone.
 //! - **Budget**: a token bucket in messages and bytes per second (burst: one
 //!   second's worth); a cached message is sent only while both have tokens,
 //!   the rest of that answer is counted in `suppressed_msgs` /
@@ -17,11 +26,15 @@
 //! Accounting is exact: for every subscribe, the matching cached messages
 //! are either sent (`answer_msgs`), coalesced or suppressed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-/// Most prefixes whose last unsubscribe time is remembered for coalescing;
-/// past it (after dropping expired ones), a new prefix is not remembered.
+/// Most prefixes remembered for coalescing (unsubscribed or answered within the
+/// window); past it (after dropping expired ones), a new prefix is not remembered.
 pub const MAX_TRACKED_PREFIXES: usize = 65_536;
+
+/// Most subscriber connections remembered as joined within the window (a
+/// connect storm beyond it lets no more subscribes through, it never grows memory).
+pub const MAX_TRACKED_JOINS: usize = 65_536;
 
 /// How answers are bounded (0 turns a bound off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +73,9 @@ pub struct AnswerCounters {
     /// Subscribes not answered as re-subscriptions, and the messages they would have had.
     pub coalesced: u64,
     pub coalesced_msgs: u64,
+    /// Subscribes inside the window answered all the same, each for a subscriber
+    /// connection that joined within the window.
+    pub joiner_answers: u64,
     /// Answers cut short by the budget, and the messages and bytes left out.
     pub truncated: u64,
     pub suppressed_msgs: u64,
@@ -97,11 +113,42 @@ impl Bucket {
     }
 }
 
+/// What coalescing remembers of a prefix.
+#[derive(Debug, Default)]
+struct PrefixSeen {
+    /// Its last unsubscribe.
+    unsubscribed_ns: Option<u64>,
+    /// When its subscribes were answered, the last window's worth, oldest first.
+    answered_ns: Vec<u64>,
+}
+
+impl PrefixSeen {
+    fn fresh(&self, since_ns: u64) -> bool {
+        self.unsubscribed_ns.is_some_and(|t| t >= since_ns) || self.answered_ns.last().is_some_and(|&t| t >= since_ns)
+    }
+}
+
+/// How many of `joins` (ascending) no answered subscribe (`answered`, ascending) accounts for:
+/// each answered subscribe claims the earliest join before it not claimed yet (a connection's
+/// subscriptions follow its handshake; a subscribe with no join before it is an older
+/// connection's and claims none).
+fn unclaimed_joins(joins: &VecDeque<u64>, answered: &[u64]) -> usize {
+    let mut next = 0;
+    for &t in answered {
+        if next < joins.len() && joins[next] <= t {
+            next += 1;
+        }
+    }
+    joins.len() - next
+}
+
 /// The answer policy: coalescing and the budget. Socket-free.
 #[derive(Debug)]
 pub struct AnswerGate {
     limits: AnswerLimits,
-    last_unsubscribe_ns: HashMap<Box<[u8]>, u64>,
+    prefixes: HashMap<Box<[u8]>, PrefixSeen>,
+    /// When subscriber connections joined, the last window's worth, oldest first.
+    joins_ns: VecDeque<u64>,
     msgs: Bucket,
     bytes: Bucket,
     last_refill_ns: Option<u64>,
@@ -115,7 +162,8 @@ impl AnswerGate {
     pub fn new(limits: AnswerLimits) -> Self {
         AnswerGate {
             limits,
-            last_unsubscribe_ns: HashMap::new(),
+            prefixes: HashMap::new(),
+            joins_ns: VecDeque::new(),
             msgs: Bucket::full(limits.msgs_per_s),
             bytes: Bucket::full(limits.bytes_per_s),
             last_refill_ns: None,
@@ -138,27 +186,72 @@ impl AnswerGate {
         if self.limits.coalesce_window_ns == 0 {
             return;
         }
-        if let Some(t) = self.last_unsubscribe_ns.get_mut(prefix) {
-            *t = now_ns;
+        if let Some(p) = self.prefix(prefix, now_ns) {
+            p.unsubscribed_ns = Some(now_ns);
+        }
+    }
+
+    /// What is remembered of `prefix`, made room for (None: [`MAX_TRACKED_PREFIXES`] are
+    /// remembered within the window; this one is not).
+    fn prefix(&mut self, prefix: &[u8], now_ns: u64) -> Option<&mut PrefixSeen> {
+        if !self.prefixes.contains_key(prefix) {
+            if self.prefixes.len() >= MAX_TRACKED_PREFIXES {
+                let since = now_ns.saturating_sub(self.limits.coalesce_window_ns);
+                self.prefixes.retain(|_, p| p.fresh(since));
+                if self.prefixes.len() >= MAX_TRACKED_PREFIXES {
+                    return None;
+                }
+            }
+            self.prefixes.insert(prefix.into(), PrefixSeen::default());
+        }
+        self.prefixes.get_mut(prefix)
+    }
+
+    /// A subscriber connection completed its handshake at `now_ns` (its subscriptions follow).
+    pub fn on_join(&mut self, now_ns: u64) {
+        let window = self.limits.coalesce_window_ns;
+        if window == 0 {
             return;
         }
-        if self.last_unsubscribe_ns.len() >= MAX_TRACKED_PREFIXES {
-            let window = self.limits.coalesce_window_ns;
-            self.last_unsubscribe_ns.retain(|_, t| now_ns.saturating_sub(*t) < window);
-            if self.last_unsubscribe_ns.len() >= MAX_TRACKED_PREFIXES {
-                return;
-            }
+        self.forget_joins_before(now_ns.saturating_sub(window));
+        if self.joins_ns.len() < MAX_TRACKED_JOINS {
+            self.joins_ns.push_back(now_ns);
         }
-        self.last_unsubscribe_ns.insert(prefix.into(), now_ns);
+    }
+
+    /// Forget the joins before `since_ns`.
+    fn forget_joins_before(&mut self, since_ns: u64) {
+        while self.joins_ns.front().is_some_and(|&t| t < since_ns) {
+            self.joins_ns.pop_front();
+        }
     }
 
     /// A subscribe of `prefix` at `now_ns`: answer it, or not (coalesced;
     /// then report the messages it would have had with [`AnswerGate::coalesced_msgs`]).
     pub fn on_subscribe(&mut self, prefix: &[u8], now_ns: u64) -> Admit {
         let window = self.limits.coalesce_window_ns;
-        if window > 0 && self.last_unsubscribe_ns.get(prefix).is_some_and(|t| now_ns.saturating_sub(*t) < window) {
-            self.counters.coalesced += 1;
-            return Admit::Coalesced;
+        if window > 0 {
+            // `since` is the start of the window: a subscribe after an unsubscribe of the same
+            // prefix since then is coalesced unless a connection that joined in the window has
+            // not had a subscribe of this prefix answered yet.
+            let since = now_ns.saturating_sub(window).saturating_add(1);
+            self.forget_joins_before(since);
+            let joins = &self.joins_ns;
+            if let Some(p) = self.prefixes.get_mut(prefix) {
+                p.answered_ns.retain(|&t| t >= since);
+                if p.unsubscribed_ns.is_some_and(|t| t >= since) {
+                    if unclaimed_joins(joins, &p.answered_ns) == 0 {
+                        self.counters.coalesced += 1;
+                        return Admit::Coalesced;
+                    }
+                    self.counters.joiner_answers += 1;
+                }
+            }
+            if let Some(p) = self.prefix(prefix, now_ns) {
+                if p.answered_ns.len() < MAX_TRACKED_JOINS {
+                    p.answered_ns.push(now_ns);
+                }
+            }
         }
         if let Some(last) = self.last_refill_ns {
             let elapsed = now_ns.saturating_sub(last);
@@ -266,6 +359,76 @@ mod tests {
     }
 
     #[test]
+    fn a_new_joiner_inside_the_window_is_answered_and_churn_still_is_not() {
+        let clock = ManualClock::new(1_000 * MS);
+        let mut g = AnswerGate::new(AnswerLimits { coalesce_window_ns: 500 * MS, ..AnswerLimits::default() });
+        let sizes = vec![64; 50];
+        // A churns on its connection: answered once, then coalesced.
+        g.on_join(clock.now_ns());
+        assert_eq!(answer(&mut g, b"R", &sizes, clock.now_ns()), Some(50));
+        clock.advance_ms(600); // A's join is older than the window now.
+        for _ in 0..10 {
+            clock.advance_ms(1);
+            g.on_unsubscribe(b"R", clock.now_ns());
+            assert_eq!(answer(&mut g, b"R", &sizes, clock.now_ns()), None, "churn without a join");
+        }
+        // B connects 100 ms after A's last unsubscribe and subscribes: a brand-new joiner, answered.
+        clock.advance_ms(100);
+        g.on_join(clock.now_ns());
+        assert_eq!(answer(&mut g, b"R", &sizes, clock.now_ns()), Some(50), "the joiner gets its snapshot");
+        // Its join lets one subscribe of R through, not the churn that follows.
+        g.on_unsubscribe(b"R", clock.now_ns());
+        assert_eq!(answer(&mut g, b"R", &sizes, clock.now_ns()), None);
+        // ... but each prefix once: B's subscribe of S (unsubscribed by A just before) is answered too.
+        g.on_unsubscribe(b"S", clock.now_ns());
+        clock.advance_ms(1);
+        assert_eq!(answer(&mut g, b"S", &sizes, clock.now_ns()), Some(50));
+
+        // C's handshake is read before A's unsubscribe, C's subscribe after it: still C's.
+        clock.advance_ms(1_000);
+        g.on_join(clock.now_ns());
+        clock.advance_ms(1);
+        g.on_unsubscribe(b"R", clock.now_ns());
+        clock.advance_ms(1);
+        assert_eq!(answer(&mut g, b"R", &sizes, clock.now_ns()), Some(50));
+        // Three connections join at once: three subscribes of R answered, the fourth coalesced.
+        clock.advance_ms(1_000);
+        g.on_unsubscribe(b"R", clock.now_ns());
+        for _ in 0..3 {
+            g.on_join(clock.now_ns());
+        }
+        let got: Vec<Option<usize>> = (0..4).map(|_| answer(&mut g, b"R", &sizes, clock.now_ns())).collect();
+        assert_eq!(got, [Some(50), Some(50), Some(50), None]);
+        let c = g.counters();
+        assert_eq!((c.joiner_answers, c.coalesced, c.coalesced_msgs), (6, 12, 600));
+        assert_eq!(c.answered, 7);
+
+        // D, a new connection, churns at once: its join is claimed by its first subscribe.
+        clock.advance_ms(1_000);
+        g.on_join(clock.now_ns());
+        assert_eq!(answer(&mut g, b"R", &sizes, clock.now_ns()), Some(50));
+        g.on_unsubscribe(b"R", clock.now_ns());
+        assert_eq!(answer(&mut g, b"R", &sizes, clock.now_ns()), None, "D's churn");
+        // E, connected long ago, subscribes and leaves; F joins and subscribes: E's subscribe
+        // (no join before it) claims nothing, F is answered.
+        clock.advance_ms(1_000);
+        assert_eq!(answer(&mut g, b"T", &sizes, clock.now_ns()), Some(50));
+        clock.advance_ms(100);
+        g.on_unsubscribe(b"T", clock.now_ns());
+        clock.advance_ms(100);
+        g.on_join(clock.now_ns());
+        assert_eq!(answer(&mut g, b"T", &sizes, clock.now_ns()), Some(50), "F");
+        assert_eq!((g.counters().joiner_answers, g.counters().coalesced), (7, 13));
+
+        // A join older than the window lets nothing through.
+        clock.advance_ms(1_000);
+        g.on_join(clock.now_ns());
+        clock.advance_ms(600);
+        g.on_unsubscribe(b"R", clock.now_ns());
+        assert_eq!(answer(&mut g, b"R", &sizes, clock.now_ns()), None);
+    }
+
+    #[test]
     fn budget_truncates_answers_and_refills_with_time() {
         let clock = ManualClock::new(0);
         let mut g = AnswerGate::new(AnswerLimits { coalesce_window_ns: 0, msgs_per_s: 1_000, bytes_per_s: 1 << 30 });
@@ -315,10 +478,10 @@ mod tests {
         for i in 0..(MAX_TRACKED_PREFIXES as u64 + 10) {
             g.on_unsubscribe(&i.to_le_bytes(), 0);
         }
-        assert_eq!(g.last_unsubscribe_ns.len(), MAX_TRACKED_PREFIXES);
+        assert_eq!(g.prefixes.len(), MAX_TRACKED_PREFIXES);
         // Later, the expired ones make room.
         g.on_unsubscribe(b"new", 100);
-        assert_eq!(g.last_unsubscribe_ns.len(), 1);
+        assert_eq!(g.prefixes.len(), 1);
         assert_eq!(g.on_subscribe(b"new", 105), Admit::Coalesced);
     }
 }

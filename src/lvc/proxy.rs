@@ -57,7 +57,7 @@ impl std::fmt::Display for LvcReport {
             f,
             "messages_in={} frames_in={} bytes_in={} subscribes={} unsubscribes={} other_upstream={} \
              not_forwarded={} cache_answers={} dropped_full={} blocked={} send_failures={} answered={} \
-             answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} truncated={} suppressed_msgs={} \
+             answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} joiner_answers={} truncated={} suppressed_msgs={} \
              suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
              evicted_too_big={} uncacheable={}",
             self.messages_in,
@@ -76,6 +76,7 @@ impl std::fmt::Display for LvcReport {
             a.answer_bytes,
             a.coalesced,
             a.coalesced_msgs,
+            a.joiner_answers,
             a.truncated,
             a.suppressed_msgs,
             a.suppressed_bytes,
@@ -198,6 +199,16 @@ impl ProxyHooks for LvcHooks {
     /// The LVC applies subscriptions itself, to answer the joiner alone.
     fn manual_subscriptions(&self) -> bool {
         true
+    }
+
+    /// Subscriber connections let a subscribe inside the coalescing window through (the gate's
+    /// joiners); nothing to follow when coalescing is off.
+    fn follows_joins(&self) -> bool {
+        self.gate.limits().coalesce_window_ns > 0
+    }
+
+    fn on_subscriber_joined(&mut self) {
+        self.gate.on_join(clock::monotonic_ns());
     }
 
     fn on_upstream_message(&mut self, frames: &[Frame]) {

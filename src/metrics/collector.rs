@@ -1,7 +1,8 @@
 //! The metrics collector agent (`metrics`): adds up the per-interval
 //! histograms workers ship over a crossbeam channel and hands each emptied
 //! set back to its worker (the double buffer: nothing is copied or allocated
-//! per interval). It ends when every worker has dropped its sender.
+//! per interval). It ends when every worker has dropped its sender. At log level
+//! `debug` it says a line per shard per interval ([`IntervalLog`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +15,8 @@ use std::time::Duration;
 use crossbeam::channel::{Receiver, Sender};
 
 use super::hlog::{write_hgrm, HlogWriter};
-use super::{shard_sets, slot_name, StageHistograms};
+use super::settings::{Level, LogLevel};
+use super::{human_latency, shard_sets, slot_name, Percentiles, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 
@@ -72,6 +74,15 @@ pub struct CollectorOutputs {
     pub hgrm: Option<PathBuf>,
 }
 
+/// What the collector says at log level `debug`, once per interval: a line per shard (rate,
+/// total-stage p50 and p99, gaps), on stderr through [`LogLevel::log`].
+pub struct IntervalLog {
+    /// The engine's log level (a live setting).
+    pub log: Arc<LogLevel>,
+    /// Each shard's gaps so far, read once per interval while `debug` is on.
+    pub gaps: Box<dyn Fn() -> Vec<u64> + Send>,
+}
+
 /// The collector agent; [`Collector::into_collected`] after it ends.
 pub struct Collector {
     inbox: Inbox<WorkerReport>,
@@ -84,6 +95,9 @@ pub struct Collector {
     interval_ns: Arc<AtomicU64>,
     live: SharedLatency,
     outputs: CollectorOutputs,
+    interval_log: Option<IntervalLog>,
+    /// Each shard's gaps at the last debug line (for the interval's own).
+    gaps_before: Vec<u64>,
 }
 
 impl Collector {
@@ -113,7 +127,46 @@ impl Collector {
             interval_ns,
             live,
             outputs,
+            interval_log: None,
+            gaps_before: Vec::new(),
         }
+    }
+
+    /// Say a line per shard per interval at log level `debug`.
+    pub fn with_interval_log(mut self, log: IntervalLog) -> Self {
+        self.interval_log = Some(log);
+        self
+    }
+
+    /// The interval's line for each shard (and for unattributed messages, if any), at `debug`.
+    fn log_interval(&mut self, now_ns: u64) {
+        let Some(l) = self.interval_log.as_ref().filter(|l| l.log.get() >= Level::Debug) else { return };
+        let gaps = (l.gaps)();
+        let secs = now_ns.saturating_sub(self.interval_start_ns).max(1) as f64 / 1e9;
+        for (k, set) in self.interval.iter().enumerate() {
+            if k == self.shards && set.count() == 0 {
+                continue;
+            }
+            let p = Percentiles::of(&set.total);
+            let q = |v: u64| if p.count == 0 { "-".to_string() } else { human_latency(v) };
+            let g = gaps.get(k).copied();
+            let new = g.map(|g| g.saturating_sub(self.gaps_before.get(k).copied().unwrap_or(0)));
+            let gaps = match (g, new) {
+                (Some(g), Some(new)) => format!(", gaps {g} (+{new})"),
+                _ => String::new(),
+            };
+            l.log.log(
+                Level::Debug,
+                format_args!(
+                    "{}: {:.0} msg/s, p50 {} p99 {}{gaps}",
+                    slot_name(k, self.shards),
+                    p.count as f64 / secs,
+                    q(p.p50_ns),
+                    q(p.p99_ns)
+                ),
+            );
+        }
+        self.gaps_before = gaps;
     }
 
     fn take(&mut self, mut r: WorkerReport) {
@@ -150,6 +203,7 @@ impl Collector {
 
     /// Close the interval ending at `now_ns`: log it, share it, start the next.
     fn end_interval(&mut self, now_ns: u64) {
+        self.log_interval(now_ns);
         if let Some(w) = self.outputs.hlog.as_mut() {
             let mut failed = None;
             for (k, set) in self.interval.iter().enumerate() {

@@ -22,8 +22,17 @@ pub mod prom;
 pub mod settings;
 pub mod store;
 
-/// Highest latency recorded exactly (60 s); larger values are clamped.
+/// Highest latency recorded (60 s). A larger one is recorded as 60 s and counted per stage
+/// ([`StageHistograms::clamped`]), and every output says so: the report (`≥60s` and a line
+/// per stage), the JSON (`clamped` per stage), `/metrics` (`mdsub_latency_clamped_total`),
+/// the status (`clamped`) and `mdsub top` (`≥60s`). Counting rather than raising the bound:
+/// any bound can be passed (a capture replayed verbatim lags by its age), and each
+/// histogram at 3 significant digits is 216 KiB up to 60 s, 264 KiB up to 1 h, 304 KiB up to a
+/// day, times 57 to 75 histograms in a 2-shard, 2-worker engine.
 pub const MAX_TRACKABLE_NS: u64 = 60_000_000_000;
+
+/// [`MAX_TRACKABLE_NS`] as people read it.
+pub const MAX_TRACKABLE_HUMAN: &str = "60 s";
 
 fn new_histogram() -> Histogram<u64> {
     // Bounds are constants that hdrhistogram accepts; failure is a build bug.
@@ -38,11 +47,19 @@ pub struct StageHistograms {
     pub total: Histogram<u64>,
     /// Bytes of the frames whose latencies were recorded.
     pub bytes: u64,
+    /// Latencies above [`MAX_TRACKABLE_NS`] (recorded as it), per stage in [`STAGES`] order.
+    pub clamped: [u64; 3],
 }
 
 impl Default for StageHistograms {
     fn default() -> Self {
-        StageHistograms { wire: new_histogram(), queue: new_histogram(), total: new_histogram(), bytes: 0 }
+        StageHistograms {
+            wire: new_histogram(),
+            queue: new_histogram(),
+            total: new_histogram(),
+            bytes: 0,
+            clamped: [0; 3],
+        }
     }
 }
 
@@ -65,27 +82,33 @@ pub fn slot_name(k: usize, shards: usize) -> String {
 /// The stage names, in the order [`StageHistograms::stages`] gives them.
 pub const STAGES: [&str; 3] = ["wire", "queue", "total"];
 
+/// `ns` within the histograms' bounds; `n` more in `clamped` when it was above them.
 #[inline]
-fn clamp(ns: u64) -> u64 {
-    ns.clamp(1, MAX_TRACKABLE_NS)
+fn clamp(ns: u64, n: u64, clamped: &mut u64) -> u64 {
+    if ns > MAX_TRACKABLE_NS {
+        *clamped += n;
+        MAX_TRACKABLE_NS
+    } else {
+        ns.max(1)
+    }
 }
 
 impl StageHistograms {
     /// Record one message's stage latencies (ns). Never allocates.
     #[inline]
     pub fn record(&mut self, wire_ns: u64, queue_ns: u64, total_ns: u64) {
-        // Values are clamped into the bounds, so saturating records cannot fail.
-        self.wire.saturating_record(clamp(wire_ns));
-        self.queue.saturating_record(clamp(queue_ns));
-        self.total.saturating_record(clamp(total_ns));
+        // Values are clamped into the bounds (and counted), so saturating records cannot fail.
+        self.wire.saturating_record(clamp(wire_ns, 1, &mut self.clamped[0]));
+        self.queue.saturating_record(clamp(queue_ns, 1, &mut self.clamped[1]));
+        self.total.saturating_record(clamp(total_ns, 1, &mut self.clamped[2]));
     }
 
     /// Record one message's wire and total latencies (ns); its queue stage
     /// goes in with [`StageHistograms::record_queue_n`]. Never allocates.
     #[inline]
     pub fn record_wire_total(&mut self, wire_ns: u64, total_ns: u64) {
-        self.wire.saturating_record(clamp(wire_ns));
-        self.total.saturating_record(clamp(total_ns));
+        self.wire.saturating_record(clamp(wire_ns, 1, &mut self.clamped[0]));
+        self.total.saturating_record(clamp(total_ns, 1, &mut self.clamped[2]));
     }
 
     /// Record the queue stage of `n` messages that all waited `queue_ns` (the
@@ -94,7 +117,7 @@ impl StageHistograms {
     #[inline]
     pub fn record_queue_n(&mut self, queue_ns: u64, n: u64) {
         if n > 0 {
-            self.queue.saturating_record_n(clamp(queue_ns), n);
+            self.queue.saturating_record_n(clamp(queue_ns, n, &mut self.clamped[1]), n);
         }
     }
 
@@ -105,6 +128,9 @@ impl StageHistograms {
         let _ = self.queue.add(&other.queue);
         let _ = self.total.add(&other.total);
         self.bytes += other.bytes;
+        for (c, o) in self.clamped.iter_mut().zip(other.clamped) {
+            *c += o;
+        }
     }
 
     pub fn reset(&mut self) {
@@ -112,6 +138,7 @@ impl StageHistograms {
         self.queue.reset();
         self.total.reset();
         self.bytes = 0;
+        self.clamped = [0; 3];
     }
 
     /// `(name, histogram)` for every stage, in [`STAGES`] order.
@@ -123,9 +150,13 @@ impl StageHistograms {
         self.total.len()
     }
 
-    /// Percentiles of each stage, keyed by stage name.
+    /// Percentiles of each stage (with its clamped count), keyed by stage name.
     pub fn summary(&self) -> BTreeMap<String, Percentiles> {
-        self.stages().into_iter().map(|(k, h)| (k.to_string(), Percentiles::of(h))).collect()
+        self.stages()
+            .into_iter()
+            .zip(self.clamped)
+            .map(|((k, h), clamped)| (k.to_string(), Percentiles { clamped, ..Percentiles::of(h) }))
+            .collect()
     }
 }
 
@@ -138,6 +169,9 @@ pub struct Percentiles {
     pub p999_ns: u64,
     pub max_ns: u64,
     pub mean_ns: f64,
+    /// Latencies above [`MAX_TRACKABLE_NS`], recorded as it (a percentile at or above it is
+    /// then a floor: `≥60s`).
+    pub clamped: u64,
 }
 
 impl Percentiles {
@@ -152,6 +186,7 @@ impl Percentiles {
             p999_ns: h.value_at_quantile(0.999),
             max_ns: h.max(),
             mean_ns: h.mean(),
+            clamped: 0,
         }
     }
 }
@@ -163,6 +198,16 @@ pub fn human_ns(ns: u64) -> String {
         1_000..=999_999 => format!("{:.1}µs", ns as f64 / 1e3),
         1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
         _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+/// A latency as [`human_ns`] says it, or `≥60s` for one in the histograms' top bin, where
+/// latencies above [`MAX_TRACKABLE_NS`] are recorded.
+pub fn human_latency(ns: u64) -> String {
+    if ns >= MAX_TRACKABLE_NS {
+        format!("≥{}s", MAX_TRACKABLE_NS / 1_000_000_000)
+    } else {
+        human_ns(ns)
     }
 }
 
@@ -444,12 +489,21 @@ impl RunReport {
                         s,
                         "    {:<10} {:>10} {:>10} {:>10} {:>10}",
                         stage,
-                        human_ns(p.p50_ns),
-                        human_ns(p.p99_ns),
-                        human_ns(p.p999_ns),
-                        human_ns(p.max_ns)
+                        human_latency(p.p50_ns),
+                        human_latency(p.p99_ns),
+                        human_latency(p.p999_ns),
+                        human_latency(p.max_ns)
                     );
                 }
+            }
+        }
+        for stage in ["wire", "queue", "total"] {
+            if let Some(p) = self.latency.get(stage).filter(|p| p.clamped > 0) {
+                let _ = writeln!(
+                    s,
+                    "    {stage}: {} latencies above {MAX_TRACKABLE_HUMAN} recorded as {MAX_TRACKABLE_HUMAN}",
+                    p.clamped
+                );
             }
         }
         if let Some(snail) = &self.snail {
@@ -555,9 +609,13 @@ mod tests {
             a.record(i, 0, i * 1000);
         }
         b.record(0, u64::MAX, 5);
+        b.record_queue_n(MAX_TRACKABLE_NS + 1, 4);
+        b.record_queue_n(MAX_TRACKABLE_NS, 2);
         a.add(&b);
         assert_eq!(a.count(), 1001);
+        assert_eq!(a.clamped, [0, 5, 0], "above 60 s counted (60 s itself is not), n at a time");
         let s = a.summary();
+        assert_eq!((s["wire"].clamped, s["queue"].clamped), (0, 5));
         assert!(s["total"].p50_ns >= 499_000 && s["total"].p50_ns <= 501_000, "{:?}", s["total"]);
         assert_eq!(s["queue"].max_ns, a.queue.highest_equivalent(MAX_TRACKABLE_NS));
         assert_eq!(s["wire"].count, 1001);
@@ -570,6 +628,28 @@ mod tests {
         assert_eq!(human_ns(3_050_000), "3.05ms");
         assert_eq!(human_ns(1_200_000_000), "1.20s");
         assert_eq!(human_ns(2_252_800), "2.25ms");
+        assert_eq!(human_latency(59_990_000_000), "59.99s");
+        assert_eq!(human_latency(60_030_000_000), "≥60s");
+    }
+
+    #[test]
+    fn latencies_above_60s_are_marked_and_counted_in_the_report() {
+        // Before: `wire 60.03s 60.03s 60.03s 60.03s` for a capture whose lag was 589 s.
+        let mut h = StageHistograms::default();
+        for _ in 0..3 {
+            h.record(589_210_000_000, 1_000, 589_210_001_000);
+        }
+        h.record(1_000, 1_000, 2_000);
+        let r = RunReport { latency: h.summary(), ..Default::default() };
+        let t = r.render();
+        let row = format!("    {:<10} {:>10} {:>10} {:>10} {:>10}\n", "wire", "≥60s", "≥60s", "≥60s", "≥60s");
+        assert!(t.contains(&row), "{t}");
+        assert!(t.contains("    wire: 3 latencies above 60 s recorded as 60 s\n"), "{t}");
+        assert!(t.contains("    total: 3 latencies above 60 s recorded as 60 s\n"), "{t}");
+        assert!(!t.contains("queue:"), "{t}");
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["latency"]["wire"]["clamped"], 3, "{json}");
+        assert_eq!(json["latency"]["queue"]["clamped"], 0, "{json}");
     }
 
     #[test]

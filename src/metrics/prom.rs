@@ -43,7 +43,8 @@ pub const BUCKET_BOUNDS_NS: [u64; 22] = [
     10_000_000_000,
 ];
 
-/// The quantile gauges: `(label, quantile)`; `1` is the max.
+/// The summary's quantiles: `(label, quantile)`; `1` is the max. Each is `NaN` for an
+/// interval without observations.
 pub const QUANTILES: [(&str, f64); 4] = [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999), ("1", 1.0)];
 
 /// One shard's live counters.
@@ -109,37 +110,54 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// A metric family being written: [`family`] has written its HELP and TYPE lines, and this
+/// writes its samples only. The page is a string borrowed by the family while it is written,
+/// so nothing (another family's header, say) can come between a family's header and its
+/// samples: a parser that reads families in order (prometheus_client) would otherwise take
+/// the separated samples for untyped families of their own.
+struct Family<'a> {
+    s: &'a mut String,
+    name: &'a str,
+}
+
+impl Family<'_> {
+    /// The sample `NAME{suffix}{labels} value` (`suffix`: `""`, `_bucket`, `_sum`, `_count`).
+    fn sample(&mut self, suffix: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.s, "{}{suffix}{{{labels}}} {value}", self.name);
+    }
+}
+
+/// Write the family `name` of `kind` (counter, gauge, histogram, summary): its HELP and
+/// TYPE lines, then every sample `samples` writes.
+fn family(s: &mut String, name: &str, kind: &str, help: &str, samples: impl FnOnce(&mut Family)) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    samples(&mut Family { s, name });
+}
+
 /// The shards' watched links: losses by reason, reconnects, re-establishments, up or not.
 fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
-    let _ = writeln!(
-        s,
-        "# HELP mdsub_link_lost_total Connections of a shard's SUB lost, by endpoint and reason.\n\
-         # TYPE mdsub_link_lost_total counter"
-    );
-    for (k, sh) in live.shards.iter().enumerate() {
-        for l in &sh.links {
-            for (reason, n) in &l.lost {
-                let _ = writeln!(
-                    s,
-                    "mdsub_link_lost_total{{engine=\"{id}\",shard=\"{k}\",endpoint=\"{}\",reason=\"{}\"}} {n}",
-                    escape(&l.endpoint),
-                    escape(reason)
-                );
-            }
-        }
-    }
-    let per_link = |s: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&crate::link::LinkStats) -> u64| {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    family(s, "mdsub_link_lost_total", "counter", "Connections of a shard's SUB lost, by endpoint and reason.", |f| {
         for (k, sh) in live.shards.iter().enumerate() {
             for l in &sh.links {
-                let _ = writeln!(
-                    s,
-                    "{name}{{engine=\"{id}\",shard=\"{k}\",endpoint=\"{}\"}} {}",
-                    escape(&l.endpoint),
-                    f(l)
-                );
+                for (reason, n) in &l.lost {
+                    let labels = format!(
+                        "engine=\"{id}\",shard=\"{k}\",endpoint=\"{}\",reason=\"{}\"",
+                        escape(&l.endpoint),
+                        escape(reason)
+                    );
+                    f.sample("", &labels, n);
+                }
             }
         }
+    });
+    let per_link = |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&crate::link::LinkStats) -> u64| {
+        family(s, name, kind, help, |f| {
+            for (k, sh) in live.shards.iter().enumerate() {
+                for l in &sh.links {
+                    f.sample("", &format!("engine=\"{id}\",shard=\"{k}\",endpoint=\"{}\"", escape(&l.endpoint)), v(l));
+                }
+            }
+        });
     };
     per_link(s, "mdsub_link_reconnects_total", "counter", "Times a shard's link came back after being lost.", &|l| {
         l.reconnects
@@ -159,11 +177,12 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     let mut s = String::with_capacity(16 * 1024);
     let id = escape(&live.engine_id);
     let nshards = live.shards.len();
-    let counter = |s: &mut String, name: &str, help: &str, f: &dyn Fn(&ShardLive) -> u64| {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (k, sh) in live.shards.iter().enumerate() {
-            let _ = writeln!(s, "{name}{{engine=\"{id}\",shard=\"{k}\"}} {}", f(sh));
-        }
+    let counter = |s: &mut String, name: &str, help: &str, v: &dyn Fn(&ShardLive) -> u64| {
+        family(s, name, "counter", help, |f| {
+            for (k, sh) in live.shards.iter().enumerate() {
+                f.sample("", &format!("engine=\"{id}\",shard=\"{k}\""), v(sh));
+            }
+        });
     };
     counter(&mut s, "mdsub_shard_received_total", "Frames the shard's SUB reader received.", &|c| c.received);
     counter(&mut s, "mdsub_shard_forwarded_total", "Data frames the reader handed to workers.", &|c| c.forwarded);
@@ -176,21 +195,20 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         &|c| c.counts.reordered,
     );
     counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", &|c| c.counts.restarts);
-    let _ = writeln!(
-        s,
-        "# HELP mdsub_shard_bad_frames_total Frames dropped as malformed or refused, by reason.\n\
-         # TYPE mdsub_shard_bad_frames_total counter"
+    family(
+        &mut s,
+        "mdsub_shard_bad_frames_total",
+        "counter",
+        "Frames dropped as malformed or refused, by reason.",
+        |f| {
+            for (k, sh) in live.shards.iter().enumerate() {
+                for (reason, n) in &sh.counts.bad_frames {
+                    f.sample("", &format!("engine=\"{id}\",shard=\"{k}\",reason=\"{}\"", escape(reason)), n);
+                }
+            }
+        },
     );
     link_metrics(&mut s, &id, live);
-    for (k, sh) in live.shards.iter().enumerate() {
-        for (reason, n) in &sh.counts.bad_frames {
-            let _ = writeln!(
-                s,
-                "mdsub_shard_bad_frames_total{{engine=\"{id}\",shard=\"{k}\",reason=\"{}\"}} {n}",
-                escape(reason)
-            );
-        }
-    }
     // Delivered messages and bytes per shard come with the latency sets (as
     // workers ship them, once per interval).
     let slots: Vec<(String, &StageHistograms)> = latency
@@ -201,83 +219,90 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         .map(|(k, set)| (slot_name(k, nshards), set))
         .collect();
     let shard_label = |name: &str| name.strip_prefix("shard").unwrap_or(name).to_string();
-    let _ = writeln!(
-        s,
-        "# HELP mdsub_shard_delivered_total Messages handled by workers (shipped once per interval).\n\
-         # TYPE mdsub_shard_delivered_total counter"
-    );
-    for (name, set) in &slots {
-        let _ = writeln!(
-            s,
-            "mdsub_shard_delivered_total{{engine=\"{id}\",shard=\"{}\"}} {}",
-            shard_label(name),
-            set.count()
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP mdsub_shard_delivered_bytes_total Bytes of the frames handled by workers.\n\
-         # TYPE mdsub_shard_delivered_bytes_total counter"
-    );
-    for (name, set) in &slots {
-        let _ = writeln!(
-            s,
-            "mdsub_shard_delivered_bytes_total{{engine=\"{id}\",shard=\"{}\"}} {}",
-            shard_label(name),
-            set.bytes
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP mdsub_latency_seconds Latency from the publisher's intended send time, by stage \
-         (wire: to the reader, queue: reader to worker, total: to the handler's end).\n\
-         # TYPE mdsub_latency_seconds histogram"
-    );
-    for (name, set) in &slots {
-        let shard = shard_label(name);
-        for (stage, h) in set.stages() {
-            let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
-            let counts = bucket_counts(h);
-            for (b, c) in BUCKET_BOUNDS_NS.iter().zip(&counts) {
-                let _ = writeln!(s, "mdsub_latency_seconds_bucket{{{labels},le=\"{}\"}} {c}", seconds(*b as f64));
+    let per_slot = |s: &mut String, name: &str, help: &str, v: &dyn Fn(&StageHistograms) -> u64| {
+        family(s, name, "counter", help, |f| {
+            for (slot, set) in &slots {
+                f.sample("", &format!("engine=\"{id}\",shard=\"{}\"", shard_label(slot)), v(set));
             }
-            let _ = writeln!(s, "mdsub_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
-            let _ = writeln!(s, "mdsub_latency_seconds_sum{{{labels}}} {}", seconds(h.mean() * h.len() as f64));
-            let _ = writeln!(s, "mdsub_latency_seconds_count{{{labels}}} {}", h.len());
-        }
-    }
-    let _ = writeln!(
-        s,
-        "# HELP mdsub_latency_interval_seconds Latency quantiles over the last metrics interval (quantile 1 is the max); \
-         _sum and _count over the whole run, as a Prometheus summary's are.\n\
-         # TYPE mdsub_latency_interval_seconds summary"
+        });
+    };
+    per_slot(
+        &mut s,
+        "mdsub_shard_delivered_total",
+        "Messages handled by workers (shipped once per interval).",
+        &|set| set.count(),
     );
-    for (k, set) in latency.last_interval.iter().enumerate() {
-        if k >= nshards && set.count() == 0 {
-            continue;
-        }
-        let shard = shard_label(&slot_name(k, nshards));
-        let whole = latency.cumulative.get(k).map(|w| w.stages());
-        for (i, (stage, h)) in set.stages().into_iter().enumerate() {
-            let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
-            for (label, q) in QUANTILES {
-                let v = if h.is_empty() { 0 } else { h.value_at_quantile(q) };
-                let _ = writeln!(
-                    s,
-                    "mdsub_latency_interval_seconds{{{labels},quantile=\"{label}\"}} {}",
-                    seconds(v as f64)
-                );
+    per_slot(&mut s, "mdsub_shard_delivered_bytes_total", "Bytes of the frames handled by workers.", &|set| set.bytes);
+    family(
+        &mut s,
+        "mdsub_latency_seconds",
+        "histogram",
+        "Latency from the publisher's intended send time, by stage \
+         (wire: to the reader, queue: reader to worker, total: to the handler's end).",
+        |f| {
+            for (name, set) in &slots {
+                let shard = shard_label(name);
+                for (stage, h) in set.stages() {
+                    let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
+                    let counts = bucket_counts(h);
+                    for (b, c) in BUCKET_BOUNDS_NS.iter().zip(&counts) {
+                        f.sample("_bucket", &format!("{labels},le=\"{}\"", seconds(*b as f64)), c);
+                    }
+                    f.sample("_bucket", &format!("{labels},le=\"+Inf\""), h.len());
+                    f.sample("_sum", &labels, seconds(h.mean() * h.len() as f64));
+                    f.sample("_count", &labels, h.len());
+                }
             }
-            let (sum, count) = whole.map_or((0.0, 0), |w| (w[i].1.mean() * w[i].1.len() as f64, w[i].1.len()));
-            let _ = writeln!(s, "mdsub_latency_interval_seconds_sum{{{labels}}} {}", seconds(sum));
-            let _ = writeln!(s, "mdsub_latency_interval_seconds_count{{{labels}}} {count}");
-        }
-    }
-    let agent_metric = |s: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&AgentStats) -> f64| {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for a in &live.agents {
-            let _ = writeln!(s, "{name}{{engine=\"{id}\",agent=\"{}\"}} {}", escape(&a.role), f(a));
-        }
+        },
+    );
+    family(
+        &mut s,
+        "mdsub_latency_clamped_total",
+        "counter",
+        "Latencies above 60 s, by stage: recorded as 60 s in mdsub_latency_seconds and the quantiles.",
+        |f| {
+            for (name, set) in &slots {
+                let shard = shard_label(name);
+                for (stage, n) in super::STAGES.iter().zip(set.clamped) {
+                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), n);
+                }
+            }
+        },
+    );
+    family(
+        &mut s,
+        "mdsub_latency_interval_seconds",
+        "summary",
+        "Latency quantiles over the last metrics interval (quantile 1 is the max); \
+         _sum and _count over the whole run, as a Prometheus summary's are.",
+        |f| {
+            for (k, set) in latency.last_interval.iter().enumerate() {
+                if k >= nshards && set.count() == 0 {
+                    continue;
+                }
+                let shard = shard_label(&slot_name(k, nshards));
+                let whole = latency.cumulative.get(k).map(|w| w.stages());
+                for (i, (stage, h)) in set.stages().into_iter().enumerate() {
+                    let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
+                    for (label, q) in QUANTILES {
+                        // An interval without observations has no quantiles: NaN, as Prometheus'
+                        // own summaries say it (0 would draw an idle feed as a fast one).
+                        let v = if h.is_empty() { f64::NAN } else { seconds(h.value_at_quantile(q) as f64) };
+                        f.sample("", &format!("{labels},quantile=\"{label}\""), v);
+                    }
+                    let (sum, count) = whole.map_or((0.0, 0), |w| (w[i].1.mean() * w[i].1.len() as f64, w[i].1.len()));
+                    f.sample("_sum", &labels, seconds(sum));
+                    f.sample("_count", &labels, count);
+                }
+            }
+        },
+    );
+    let agent_metric = |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&AgentStats) -> f64| {
+        family(s, name, kind, help, |f| {
+            for a in &live.agents {
+                f.sample("", &format!("engine=\"{id}\",agent=\"{}\"", escape(&a.role)), v(a));
+            }
+        });
     };
     agent_metric(&mut s, "mdsub_agent_cpu_seconds_total", "counter", "CPU time of the agent's thread.", &|a| {
         seconds(a.cpu_ns as f64)
@@ -297,56 +322,59 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "Time the agent waited on back-pressure.",
         &|a| seconds(a.blocked_ns as f64),
     );
-    let _ = writeln!(
-        s,
-        "# HELP mdsub_metrics_intervals_total Metric intervals completed.\n# TYPE mdsub_metrics_intervals_total counter\n\
-         mdsub_metrics_intervals_total{{engine=\"{id}\"}} {}",
-        latency.intervals
-    );
+    family(&mut s, "mdsub_metrics_intervals_total", "counter", "Metric intervals completed.", |f| {
+        f.sample("", &format!("engine=\"{id}\""), latency.intervals)
+    });
     if !live.snail.is_empty() {
         let site = |x: &crate::snail::SiteReport| match x.shard {
             Some(k) => format!("engine=\"{id}\",site=\"{}\",shard=\"{k}\"", x.role),
             None => format!("engine=\"{id}\",site=\"{}\",shard=\"all\"", x.role),
         };
-        let _ = writeln!(
-            s,
-            "# HELP mdsub_snail_verdict The snail's verdict per site: 0 OK, 1 WARN (lag rising), 2 SNAIL (lag above max_lag past the grace), 3 STOP (silence).\n# TYPE mdsub_snail_verdict gauge"
+        family(
+            &mut s,
+            "mdsub_snail_verdict",
+            "gauge",
+            "The snail's verdict per site: 0 OK, 1 WARN (lag rising), 2 SNAIL (lag above max_lag past the grace), 3 STOP (silence).",
+            |f| {
+                for x in &live.snail {
+                    f.sample("", &site(x), x.verdict as u8);
+                }
+            },
         );
-        for x in &live.snail {
-            let _ = writeln!(s, "mdsub_snail_verdict{{{}}} {}", site(x), x.verdict as u8);
-        }
-        let _ = writeln!(
-            s,
-            "# HELP mdsub_snail_lag_seconds Lag (now minus intended send time) of the last message judged, and the highest.\n# TYPE mdsub_snail_lag_seconds gauge"
+        family(
+            &mut s,
+            "mdsub_snail_lag_seconds",
+            "gauge",
+            "Lag (now minus intended send time) of the last message judged, and the highest.",
+            |f| {
+                for x in &live.snail {
+                    f.sample("", &format!("{},kind=\"last\"", site(x)), seconds(x.last_lag_ns as f64));
+                    f.sample("", &format!("{},kind=\"max\"", site(x)), seconds(x.max_lag_ns as f64));
+                }
+            },
         );
-        for x in &live.snail {
-            let _ =
-                writeln!(s, "mdsub_snail_lag_seconds{{{},kind=\"last\"}} {}", site(x), seconds(x.last_lag_ns as f64));
-            let _ = writeln!(s, "mdsub_snail_lag_seconds{{{},kind=\"max\"}} {}", site(x), seconds(x.max_lag_ns as f64));
-        }
-        let _ = writeln!(
-            s,
-            "# HELP mdsub_snail_verdicts_total Times a site's verdict turned WARN, SNAIL or STOP.\n# TYPE mdsub_snail_verdicts_total counter"
+        family(
+            &mut s,
+            "mdsub_snail_verdicts_total",
+            "counter",
+            "Times a site's verdict turned WARN, SNAIL or STOP.",
+            |f| {
+                for x in &live.snail {
+                    for (v, n) in [("warn", x.warns), ("snail", x.snails), ("stop", x.stops)] {
+                        f.sample("", &format!("{},verdict=\"{v}\"", site(x)), n);
+                    }
+                }
+            },
         );
-        for x in &live.snail {
-            for (v, n) in [("warn", x.warns), ("snail", x.snails), ("stop", x.stops)] {
-                let _ = writeln!(s, "mdsub_snail_verdicts_total{{{},verdict=\"{v}\"}} {n}", site(x));
+        family(&mut s, "mdsub_snail_skipped_total", "counter", "Messages skipped while resting (policy rest).", |f| {
+            for x in &live.snail {
+                f.sample("", &site(x), x.skipped);
             }
-        }
-        let _ = writeln!(
-            s,
-            "# HELP mdsub_snail_skipped_total Messages skipped while resting (policy rest).\n# TYPE mdsub_snail_skipped_total counter"
-        );
-        for x in &live.snail {
-            let _ = writeln!(s, "mdsub_snail_skipped_total{{{}}} {}", site(x), x.skipped);
-        }
+        });
     }
-    let _ = writeln!(
-        s,
-        "# HELP mdsub_metrics_dropped_total Metric intervals workers could not ship.\n# TYPE mdsub_metrics_dropped_total counter\n\
-         mdsub_metrics_dropped_total{{engine=\"{id}\"}} {}",
-        live.metrics_dropped
-    );
+    family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
+        f.sample("", &format!("engine=\"{id}\""), live.metrics_dropped)
+    });
     s
 }
 
@@ -367,6 +395,41 @@ mod tests {
         assert_eq!(c[11], 4, "3 ms is ≤ 5 ms");
         assert_eq!(c[BUCKET_BOUNDS_NS.len() - 1], 4, "20 s is above 10 s");
         assert_eq!(c[BUCKET_BOUNDS_NS.len()], 5);
+    }
+
+    #[test]
+    fn every_sample_follows_its_own_familys_header() {
+        // Before: the bad-frame samples came after the link families' headers.
+        let mut counts = crate::metrics::SequenceCounts::default();
+        counts.bad_frames.insert("short".into(), 3);
+        let link = crate::link::LinkStats {
+            endpoint: "tcp://127.0.0.1:1".into(),
+            state: "up".into(),
+            lost: [("disconnected".to_string(), 1)].into(),
+            ..Default::default()
+        };
+        let live = EngineLive {
+            engine_id: "e".into(),
+            shards: vec![ShardLive { counts, links: vec![link], ..Default::default() }],
+            ..Default::default()
+        };
+        let latency = LiveLatency { cumulative: shard_sets(1), last_interval: shard_sets(1), ..Default::default() };
+        let t = render(&live, &latency);
+        let mut family = "";
+        let mut seen = std::collections::BTreeSet::new();
+        for line in t.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().expect("a name");
+                assert!(seen.insert(family), "{family} twice:\n{t}");
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().expect("a name");
+                let ok =
+                    name == family || ["_bucket", "_sum", "_count"].iter().any(|x| *name == format!("{family}{x}"));
+                assert!(ok, "{name} under the header of {family}:\n{t}");
+            }
+        }
+        assert!(t.contains("mdsub_shard_bad_frames_total{engine=\"e\",shard=\"0\",reason=\"short\"} 3"), "{t}");
+        assert!(t.contains("reason=\"disconnected\"} 1"), "{t}");
     }
 
     #[test]
@@ -406,5 +469,13 @@ mod tests {
         assert!(t.contains("mdsub_agent_cpu_seconds_total{engine=\"e\\\"1\",agent=\"worker0\"} 2"), "{t}");
         assert!(!t.contains("unattributed"), "an empty unattributed slot is not shown");
         assert!(t.contains("quantile=\"0.99\"} 0.000003"), "{t}");
+        // Shard 0's interval was idle: no quantile, not 0 (before: `0`, a p99 panel fell to 0 s).
+        for q in ["0.5", "0.99", "0.999", "1"] {
+            let line = format!(
+                "mdsub_latency_interval_seconds{{engine=\"e\\\"1\",shard=\"0\",stage=\"total\",quantile=\"{q}\"}} NaN\n"
+            );
+            assert!(t.contains(&line), "{line} in {t}");
+        }
+        assert!(t.contains("mdsub_latency_clamped_total{engine=\"e\\\"1\",shard=\"1\",stage=\"wire\"} 0"), "{t}");
     }
 }

@@ -8,7 +8,8 @@
 //! - `engine`: id, pid, interval, shards, uptime, the busiest agent and its
 //!   busy fraction, log level, the settings in force;
 //! - `shardK`: counters and the last interval's msgs/s and total-stage
-//!   p50/p99/p99.9/max (ns), `mdsub top`'s input;
+//!   p50/p99/p99.9/max (ns) and how many of its latencies were above 60 s
+//!   (`clamped`, recorded as 60 s), `mdsub top`'s input;
 //! - `refused/NAME`: why the last value offered for setting NAME was refused
 //!   (the value in force stays); deleted once a good value is applied.
 //!
@@ -45,6 +46,24 @@ pub fn config_prefix(engine_id: &str) -> String {
 /// The TTL, in whole seconds, for an interval of `interval_ns`.
 pub fn ttl_s(interval_ns: u64) -> u64 {
     (TTL_INTERVALS * interval_ns).div_ceil(1_000_000_000).max(1)
+}
+
+/// A shard's last interval in its status: message count and rate, the total stage's
+/// percentiles (ns; each `null` when the interval had no message: an idle feed has no
+/// latency, and 0 would say a fast one) and its latencies above 60 s (`clamped`, recorded as
+/// 60 s).
+pub fn interval_status(last: &super::StageHistograms, interval_ns: u64) -> serde_json::Value {
+    let p = super::Percentiles::of(&last.total);
+    let ns = |v: u64| if p.count == 0 { serde_json::Value::Null } else { json!(v) };
+    json!({
+        "interval_msgs": p.count,
+        "msgs_per_s": p.count as f64 * 1e9 / interval_ns.max(1) as f64,
+        "p50_ns": ns(p.p50_ns),
+        "p99_ns": ns(p.p99_ns),
+        "p999_ns": ns(p.p999_ns),
+        "max_ns": ns(p.max_ns),
+        "clamped": last.clamped[2],
+    })
 }
 
 /// What the status agent reads and changes.
@@ -174,33 +193,26 @@ impl StoreAgent {
         if let Ok(lat) = self.inputs.latency.lock() {
             for (k, sh) in live.shards.iter().enumerate() {
                 let (Some(cum), Some(last)) = (lat.cumulative.get(k), lat.last_interval.get(k)) else { continue };
-                let p = super::Percentiles::of(&last.total);
+                let mut status = interval_status(last, interval_ns);
                 let bad: u64 = sh.counts.bad_frames.values().sum();
-                shards.push((
-                    k,
-                    json!({
-                        "received": sh.received,
-                        "delivered": cum.count(),
-                        "gaps": sh.counts.gaps,
-                        "duplicates": sh.counts.duplicates,
-                        "restarts": sh.counts.restarts,
-                        "bad_frames": bad,
-                        "interval_msgs": p.count,
-                        "msgs_per_s": p.count as f64 * 1e9 / interval_ns as f64,
-                        "p50_ns": p.p50_ns,
-                        "p99_ns": p.p99_ns,
-                        "p999_ns": p.p999_ns,
-                        "max_ns": p.max_ns,
-                        "intervals": lat.intervals,
-                        "snail": live.snail_verdict(Some(k)).name(),
-                        "links": sh.links,
-                    }),
-                ));
+                let more = json!({
+                    "received": sh.received,
+                    "delivered": cum.count(),
+                    "gaps": sh.counts.gaps,
+                    "duplicates": sh.counts.duplicates,
+                    "restarts": sh.counts.restarts,
+                    "bad_frames": bad,
+                    "intervals": lat.intervals,
+                    "snail": live.snail_verdict(Some(k)).name(),
+                    "links": sh.links,
+                });
+                if let (Some(status), serde_json::Value::Object(more)) = (status.as_object_mut(), more) {
+                    status.extend(more);
+                }
+                shards.push((k, status));
             }
         }
-        let log = self.inputs.log.clone();
         for (k, s) in shards {
-            log.log(Level::Debug, format_args!("shard{k}: {s}"));
             self.set(format!("{}shard{k}", self.status), s.to_string(), ttl)?;
         }
         self.set(format!("{}engine", self.status), engine.to_string(), ttl)?;
@@ -268,6 +280,21 @@ impl Agent for StoreAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_interval_has_no_percentiles() {
+        let mut set = super::super::StageHistograms::default();
+        let idle = interval_status(&set, 1_000_000_000);
+        for k in ["p50_ns", "p99_ns", "p999_ns", "max_ns"] {
+            assert!(idle[k].is_null(), "{k}: {idle}");
+        }
+        assert_eq!((idle["interval_msgs"].as_u64(), idle["msgs_per_s"].as_f64()), (Some(0), Some(0.0)));
+        set.record(1_000, 1_000, 2_000);
+        set.record(1_000, 1_000, 61_000_000_000);
+        let busy = interval_status(&set, 500_000_000);
+        assert_eq!((busy["p50_ns"].as_u64(), busy["msgs_per_s"].as_f64()), (Some(2_000), Some(4.0)), "{busy}");
+        assert_eq!(busy["clamped"], 1, "{busy}");
+    }
 
     #[test]
     fn ttl_is_a_few_intervals_in_whole_seconds() {

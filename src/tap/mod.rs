@@ -68,7 +68,7 @@ impl std::fmt::Display for TapReport {
         write!(
             f,
             "forwarded_down={} forwarded_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
-             shown_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
+             matched_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
              record_skipped_too_large={} unprinted={}",
             p.forwarded_down,
             p.forwarded_up,
@@ -110,7 +110,7 @@ pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<Ta
     let proxy = ProxyShell::new(&ctx, &args.proxy, args.subscribe_all, TapHooks::new(Filter::new(prefixes), tx))?;
     proxy.print_endpoints("tap", exit);
     let sink_report = Arc::new(Mutex::new(TapSinkReport::default()));
-    let sink = TapSink::new(rx, args.show, recorder, sink_report.clone());
+    let sink = TapSink::new(rx, args.show, exit == ExitCounters::Json, recorder, sink_report.clone());
 
     // The sink stops by itself once the proxy is gone and the queue is drained.
     let sink_handle = Runner::start(RunSpec { core: None, idle: args.proxy.idle }, StopFlag::new(), sink)?;

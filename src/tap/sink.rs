@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam::channel::Receiver;
+use serde_json::{json, Map, Value};
 
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::diag::RefusalLog;
@@ -43,6 +44,8 @@ pub enum Show {
 /// Counters of the sink side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TapSinkReport {
+    /// Messages that passed `--filter` (all without one): shown unless `--quiet`/`--stats`,
+    /// recorded with `--record`.
     pub messages: u64,
     pub subscriptions: u64,
     pub unsubscriptions: u64,
@@ -98,41 +101,192 @@ fn char_of(c: std::ffi::c_char) -> char {
     }
 }
 
+/// What the tap shows of one DBN record: its type and instrument; action, side, price and size
+/// for MBO, MBP-1/MBP-10 and trades; the order id for MBO; the top level for MBP-1/MBP-10.
+struct DbnFields {
+    rtype: &'static str,
+    instrument: u32,
+    /// action, side, price, size
+    order_fields: Option<(char, char, i64, u32)>,
+    order_id: Option<u64>,
+    /// bid price, bid size, ask price, ask size
+    top: Option<(i64, u32, i64, u32)>,
+}
+
+fn dbn_fields(payload: &[u8]) -> Option<DbnFields> {
+    let mut buf = AlignedRecord::default();
+    let rec = buf.load(payload)?;
+    let hd = rec.header();
+    let mut f = DbnFields {
+        rtype: dbn::RType::try_from(hd.rtype).map(|r| r.as_str()).unwrap_or("?"),
+        instrument: hd.instrument_id,
+        order_fields: None,
+        order_id: None,
+        top: None,
+    };
+    let fields = |action, side, price, size| Some((char_of(action), char_of(side), price, size));
+    let top = |l: &dbn::BidAskPair| Some((l.bid_px, l.bid_sz, l.ask_px, l.ask_sz));
+    if let Some(m) = get::<dbn::MboMsg>(&rec) {
+        f.order_fields = fields(m.action, m.side, m.price, m.size);
+        f.order_id = Some(m.order_id);
+    } else if let Some(m) = get::<dbn::TradeMsg>(&rec) {
+        f.order_fields = fields(m.action, m.side, m.price, m.size);
+    } else if let Some(m) = get::<dbn::Mbp1Msg>(&rec) {
+        f.order_fields = fields(m.action, m.side, m.price, m.size);
+        f.top = top(&m.levels[0]);
+    } else if let Some(m) = get::<dbn::Mbp10Msg>(&rec) {
+        f.order_fields = fields(m.action, m.side, m.price, m.size);
+        f.top = top(&m.levels[0]);
+    }
+    Some(f)
+}
+
 /// Append ` dbn=TYPE instrument=ID …` when `payload` is one DBN record:
 /// action, side, price and size for MBO, MBP-1/MBP-10 (with the top level)
 /// and trades; the type and instrument for any other record.
 pub fn dbn_into(out: &mut String, payload: &[u8]) {
-    let mut buf = AlignedRecord::default();
-    let Some(rec) = buf.load(payload) else { return };
-    let hd = rec.header();
-    let name = dbn::RType::try_from(hd.rtype).map(|r| r.as_str()).unwrap_or("?");
-    let _ = write!(out, " dbn={name} instrument={}", hd.instrument_id);
-    let mut fields = |action, side, price, size| {
-        let _ = write!(out, " action={} side={} price=", char_of(action), char_of(side));
+    let Some(f) = dbn_fields(payload) else { return };
+    let _ = write!(out, " dbn={} instrument={}", f.rtype, f.instrument);
+    if let Some((action, side, price, size)) = f.order_fields {
+        let _ = write!(out, " action={action} side={side} price=");
         px_into(out, price);
         let _ = write!(out, " size={size}");
-    };
-    if let Some(m) = get::<dbn::MboMsg>(&rec) {
-        fields(m.action, m.side, m.price, m.size);
-        let _ = write!(out, " order={}", m.order_id);
-    } else if let Some(m) = get::<dbn::TradeMsg>(&rec) {
-        fields(m.action, m.side, m.price, m.size);
-    } else {
-        let top = if let Some(m) = get::<dbn::Mbp1Msg>(&rec) {
-            fields(m.action, m.side, m.price, m.size);
-            m.levels[0].clone()
-        } else if let Some(m) = get::<dbn::Mbp10Msg>(&rec) {
-            fields(m.action, m.side, m.price, m.size);
-            m.levels[0].clone()
-        } else {
-            return;
-        };
-        out.push_str(" bid=");
-        px_into(out, top.bid_px);
-        let _ = write!(out, " x {} ask=", top.bid_sz);
-        px_into(out, top.ask_px);
-        let _ = write!(out, " x {}", top.ask_sz);
     }
+    if let Some(order) = f.order_id {
+        let _ = write!(out, " order={order}");
+    }
+    if let Some((bid_px, bid_sz, ask_px, ask_sz)) = f.top {
+        out.push_str(" bid=");
+        px_into(out, bid_px);
+        let _ = write!(out, " x {bid_sz} ask=");
+        px_into(out, ask_px);
+        let _ = write!(out, " x {ask_sz}");
+    }
+}
+
+/// A DBN price for JSON: the decimal text (exact, 9 places), null when undefined.
+fn px_json(px: i64) -> Value {
+    if px == dbn::UNDEF_PRICE {
+        Value::Null
+    } else {
+        dbn::pretty::fmt_px(px).into()
+    }
+}
+
+/// The `dbn` object of a JSON record, when `payload` is one DBN record (the fields of [`dbn_into`]).
+fn dbn_json(payload: &[u8]) -> Option<Value> {
+    let f = dbn_fields(payload)?;
+    let mut m = Map::new();
+    m.insert("rtype".into(), f.rtype.into());
+    m.insert("instrument".into(), f.instrument.into());
+    if let Some((action, side, price, size)) = f.order_fields {
+        m.insert("action".into(), action.to_string().into());
+        m.insert("side".into(), side.to_string().into());
+        m.insert("price".into(), px_json(price));
+        m.insert("size".into(), size.into());
+    }
+    if let Some(order) = f.order_id {
+        m.insert("order".into(), order.into());
+    }
+    if let Some((bid_px, bid_sz, ask_px, ask_sz)) = f.top {
+        m.insert("bid".into(), px_json(bid_px));
+        m.insert("bid_size".into(), bid_sz.into());
+        m.insert("ask".into(), px_json(ask_px));
+        m.insert("ask_size".into(), ask_sz.into());
+    }
+    Some(Value::Object(m))
+}
+
+/// Bytes as text the way `--filter` takes them: printable ASCII as it is, `\\` for a
+/// backslash, `\xNN` for any other byte (so a topic or prefix read from a record can be
+/// given back to `--filter`).
+pub fn filter_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out
+}
+
+/// The JSON records of a captured item (`--json`): one per line, as [`format_line`] gives
+/// lines (an LVC answer is one record per cached value).
+pub fn json_records(item: &Captured) -> Vec<Value> {
+    match item {
+        Captured::Subscription { subscribe, prefix, .. } => {
+            vec![json!({"type": if *subscribe { "subscribe" } else { "unsubscribe" }, "prefix": filter_text(prefix)})]
+        }
+        Captured::Message { frames, recv_ns } => {
+            let size: usize = frames.iter().map(Vec::len).sum();
+            if let [only] = &frames[..] {
+                if let Ok(v) = decode(only) {
+                    return vec![mdsub_json(&v, *recv_ns, size)];
+                }
+            }
+            if is_lvc_answer(frames) {
+                let n = frames.len();
+                return frames
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, f)| {
+                        let mut r = mdsub_json(&decode(f).ok()?, *recv_ns, f.len());
+                        r["answer"] = (i + 1).into();
+                        r["answer_of"] = n.into();
+                        Some(r)
+                    })
+                    .collect();
+            }
+            let (first, body) = match &frames[..] {
+                [first, body, ..] => (&first[..], &body[..]),
+                [only] => (&only[..], &only[..]),
+                [] => (&[][..], &[][..]),
+            };
+            let mut hex = String::new();
+            hex_into(&mut hex, body);
+            vec![json!({
+                "type": "msg",
+                "format": "foreign",
+                "topic": filter_text(&first[..first.len().min(64)]),
+                "frames": frames.len(),
+                "size": size,
+                "hex": hex,
+            })]
+        }
+    }
+}
+
+/// The JSON record of a decoded mdsub frame (the fields of a `msg topic=…` line).
+fn mdsub_json(v: &crate::wire::FrameView<'_>, recv_ns: u64, size: usize) -> Value {
+    let h = &v.header;
+    let kind = match h.kind {
+        Kind::Data => "data",
+        Kind::Heartbeat => "heartbeat",
+        Kind::EndOfStream => "end",
+    };
+    let mut r = json!({
+        "type": "msg",
+        "format": "mdsub",
+        "topic": filter_text(v.topic),
+        "kind": kind,
+        "pub": h.publisher_id,
+        "session": format!("{:x}", h.session_id),
+        "seq": h.stream_seq,
+        "topic_seq": h.topic_seq,
+        "lag_us": ((recv_ns as i128 - h.send_time_ns as i128) / 1000) as i64,
+        "size": size,
+        "from_cache": h.flags & FLAG_FROM_CACHE != 0,
+    });
+    if h.kind == Kind::Data {
+        if let Some(d) = dbn_json(v.payload) {
+            r["dbn"] = d;
+        }
+    }
+    r
 }
 
 /// One line for a captured item (no newline).
@@ -229,6 +383,8 @@ fn stats_key(frames: &[Vec<u8>]) -> Vec<u8> {
 pub struct TapSink {
     inbox: Inbox<Captured>,
     show: Show,
+    /// `--json`: what is shown goes out as JSON records, one a line (JSON Lines).
+    json: bool,
     recorder: Option<CaptureWriter<BufWriter<File>>>,
     out: BufWriter<std::io::Stdout>,
     line: String,
@@ -246,9 +402,11 @@ pub struct TapSink {
 }
 
 impl TapSink {
+    /// With `json`, what `show` says is written as JSON records, one a line.
     pub fn new(
         rx: Receiver<Captured>,
         show: Show,
+        json: bool,
         recorder: Option<CaptureWriter<BufWriter<File>>>,
         shared: Arc<Mutex<TapSinkReport>>,
     ) -> Self {
@@ -256,6 +414,7 @@ impl TapSink {
         TapSink {
             inbox: Inbox::new(rx),
             show,
+            json,
             recorder,
             out: BufWriter::new(std::io::stdout()),
             line: String::with_capacity(256),
@@ -310,6 +469,13 @@ impl TapSink {
         }
         if self.printing_stopped {
             self.report.unprinted += 1;
+        } else if self.show == Show::Lines && self.json {
+            let mut r = Ok(());
+            for record in json_records(&item) {
+                r = r.and_then(|()| serde_json::to_writer(&mut self.out, &record).map_err(std::io::Error::from));
+                r = r.and_then(|()| self.out.write_all(b"\n"));
+            }
+            self.check_out(r);
         } else if self.show == Show::Lines {
             format_line(&mut self.line, &item);
             let r = writeln!(self.out, "{}", self.line);
@@ -337,6 +503,26 @@ impl TapSink {
         }
         let elapsed_s = now_ns.saturating_sub(self.stats_start_ns) as f64 / 1e9;
         let total: u64 = self.stats.values().sum::<u64>() + self.stats_other;
+        if self.json {
+            let counts: Map<String, Value> =
+                self.stats.iter().map(|(topic, count)| (filter_text(topic), Value::from(*count))).collect();
+            let record = json!({
+                "type": "stats",
+                "elapsed_s": (elapsed_s * 10.0).round() / 10.0,
+                "topics": self.stats.len(),
+                "messages": total,
+                "subscriptions": self.report.subscriptions,
+                "unsubscriptions": self.report.unsubscriptions,
+                "counts": counts,
+                "other": self.stats_other,
+            });
+            let r = serde_json::to_writer(&mut self.out, &record)
+                .map_err(std::io::Error::from)
+                .and_then(|()| self.out.write_all(b"\n"))
+                .and_then(|()| self.out.flush());
+            self.check_out(r);
+            return;
+        }
         let _ = writeln!(
             self.out,
             "stats elapsed_s={elapsed_s:.1} topics={} messages={total} subscriptions={} unsubscriptions={}",
@@ -428,9 +614,9 @@ mod tests {
     use super::*;
     use crate::wire::{encode, Header};
 
-    #[test]
-    fn lines_for_mdsub_foreign_and_subscriptions() {
-        let h = Header {
+    /// A data frame's header as an LVC re-sends it (FROM_CACHE), sent at 1 ms.
+    fn cached_header() -> Header {
+        Header {
             kind: Kind::Data,
             flags: FLAG_FROM_CACHE,
             publisher_id: 3,
@@ -438,7 +624,12 @@ mod tests {
             stream_seq: 42,
             topic_seq: 7,
             send_time_ns: 1_000_000,
-        };
+        }
+    }
+
+    #[test]
+    fn lines_for_mdsub_foreign_and_subscriptions() {
+        let h = cached_header();
         let mut line = String::new();
         let m = Captured::Message { frames: vec![encode(b"ESH6", &h, b"xy")], recv_ns: 3_000_000 };
         format_line(&mut line, &m);
@@ -463,6 +654,41 @@ mod tests {
         // Live mdsub frames (not FROM_CACHE) in one message are not an answer.
         let live = Header { flags: 0, ..h };
         assert!(!is_lvc_answer(&[encode(b"ESH6", &live, b"xy"), encode(b"ESM6", &live, b"xy")]));
+    }
+
+    #[test]
+    fn json_records_carry_the_fields_of_the_lines() {
+        let h = cached_header();
+        let mut mbo = dbn::MboMsg { order_id: 17, price: 4_500_250_000_000, size: 3, ..Default::default() };
+        mbo.action = b'A' as std::ffi::c_char;
+        mbo.side = b'B' as std::ffi::c_char;
+        mbo.hd.instrument_id = 101;
+        let payload = dbn::RecordRef::from(&mbo).as_ref().to_vec();
+        let answer = vec![encode(b"ESH6", &h, &payload), encode(b"ESM6", &h, b"xy")];
+        let r = json_records(&Captured::Message { frames: answer, recv_ns: 3_000_000 });
+        assert_eq!(r.len(), 2, "an LVC answer: one record per value");
+        assert_eq!(
+            r[0],
+            json!({"type": "msg", "format": "mdsub", "topic": "ESH6", "kind": "data", "pub": 3, "session": "ab",
+                   "seq": 42, "topic_seq": 7, "lag_us": 2000, "size": 109, "from_cache": true,
+                   "answer": 1, "answer_of": 2,
+                   "dbn": {"rtype": "mbo", "instrument": 101, "action": "A", "side": "B",
+                           "price": "4500.250000000", "size": 3, "order": 17}})
+        );
+        assert_eq!((&r[1]["topic"], &r[1]["answer"], r[1].get("dbn")), (&json!("ESM6"), &json!(2), None));
+        // Prefixes and foreign topics as --filter takes them: they parse back to the bytes.
+        let prefix = b"ES\\H6\0\xff\"".to_vec();
+        let r = json_records(&Captured::Subscription { subscribe: false, prefix: prefix.clone(), recv_ns: 0 });
+        assert_eq!(r, vec![json!({"type": "unsubscribe", "prefix": "ES\\\\H6\\x00\\xff\""})]);
+        let text = r[0]["prefix"].as_str().expect("text");
+        assert_eq!(crate::tap::proxy::parse_prefix(text).as_deref(), Ok(&prefix[..]));
+        let f = json_records(&Captured::Message { frames: vec![b"001".to_vec(), b"Save".to_vec()], recv_ns: 0 });
+        assert_eq!(
+            f,
+            vec![
+                json!({"type": "msg", "format": "foreign", "topic": "001", "frames": 2, "size": 7, "hex": "53 61 76 65"})
+            ]
+        );
     }
 
     #[test]

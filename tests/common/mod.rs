@@ -237,11 +237,41 @@ pub fn u(v: &serde_json::Value, k: &str) -> u64 {
 }
 
 /// A fresh, empty directory `mdsub-{name}-{pid}` under the system temp dir.
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
+pub fn temp_dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("mdsub-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
-    d
+    TempDir(d)
+}
+
+/// A test's scratch directory, removed with everything in it when the test is done with it
+/// (also when it panics, so a failed run does not leave its files in /tmp either).
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Run `mdsub ARGS` to success within `deadline` and parse the JSON it prints.

@@ -10,7 +10,9 @@
                        result vector as [[labels, value], …] in JSON.
   check.py scrape URL  GET URL with urllib, parse the body with
                        prometheus_client's text-format parser; print every
-                       sample as [name, labels, value] in JSON.
+                       sample as [name, labels, value] (value null for NaN)
+                       and every family as
+                       [name, type, samples] in the order read, in JSON.
 """
 import json
 import math
@@ -70,11 +72,15 @@ def scrape(url):
         body = r.read().decode("utf-8")
     samples = []
     types = {}
+    families = []
     for family in text_string_to_metric_families(body):
         types[family.name] = family.type
+        families.append([family.name, family.type, len(family.samples)])
         for s in family.samples:
-            samples.append([s.name, s.labels, s.value])
-    print(json.dumps({"content_type": ctype, "types": types, "samples": samples}))
+            # NaN (a quantile of an interval without observations) as null: JSON has no NaN.
+            value = s.value if math.isfinite(s.value) else None
+            samples.append([s.name, s.labels, value])
+    print(json.dumps({"content_type": ctype, "types": types, "families": families, "samples": samples}))
 
 
 def promql(base, query):

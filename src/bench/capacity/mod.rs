@@ -181,6 +181,10 @@ pub struct ConfigResult {
     pub outcome: Outcome,
     /// p50/p99/p99.9/max at the knee (medians over its runs), ns.
     pub at_knee: Option<KneeLatency>,
+    /// Said when the knee's runs measured too few messages for the highest percentile to be
+    /// more than the largest few values ([`thin_percentile_note`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thin_percentile: Option<String>,
     pub trials: Vec<TrialRecord>,
 }
 
@@ -188,6 +192,9 @@ pub struct ConfigResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct KneeLatency {
     pub rate: u64,
+    /// What the publisher achieved at the knee (median over its runs), msg/s: a pass needs only
+    /// `min_achieved_ratio` of the offered rate, so it may be up to 5 % below `rate`.
+    pub achieved: f64,
     /// (percentile name, median ns, lowest ns, highest ns over the runs).
     pub percentiles: Vec<(String, u64, u64, u64)>,
     pub runs: usize,
@@ -224,6 +231,25 @@ pub fn describe_sla(sla: &Sla) -> String {
     });
     parts.push(format!("publisher >= {:.0}% of the offered rate", sla.min_achieved_ratio * 100.0));
     parts.join(", ")
+}
+
+/// A note when a run at `rate` msg/s held for `hold` measures too few messages for the highest
+/// percentile the pass rule or the tables use (below max) to mean more than the largest few
+/// values: fewer than 10 values above it. The search's later trials run faster, so this is said
+/// for the start rate and for each knee.
+pub fn thin_percentile_note(sla: &Sla, rate: f64, hold: Duration) -> Option<String> {
+    let q = sla.points.iter().map(|p| p.quantile).chain(REPORTED).filter(|&q| q < 1.0).fold(0.0, f64::max);
+    let samples = rate * hold.as_secs_f64();
+    let above = samples * (1.0 - q);
+    (above < 10.0).then(|| {
+        format!(
+            "at {rate:.0} msg/s a {hold:?} hold measures ~{samples:.0} messages a run, so {} is the {} of them \
+             (10 or more above it take a hold of {:.1}s or more)",
+            quantile_name(q),
+            if above < 1.5 { "largest".to_string() } else { format!("~{above:.0}th largest") },
+            10.0 / ((1.0 - q) * rate.max(1.0))
+        )
+    })
 }
 
 /// A trial's wait that Ctrl-C ended: the engine's subscription
@@ -327,6 +353,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             let t = trials.iter().rev().find(|t| t.summary.offered == k && t.summary.verdict.is_pass())?;
             Some(KneeLatency {
                 rate: k,
+                achieved: t.summary.achieved,
                 percentiles: t
                     .summary
                     .spread_ns
@@ -337,7 +364,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                 runs: t.summary.runs,
             })
         });
-        let result = ConfigResult { name: c.name.clone(), profile_hash: hash, outcome, at_knee, trials };
+        let thin_percentile = at_knee.as_ref().and_then(|k| thin_percentile_note(&cfg.sla, k.achieved, cfg.hold));
+        let result =
+            ConfigResult { name: c.name.clone(), profile_hash: hash, outcome, at_knee, thin_percentile, trials };
         on(Event::ConfigDone { result: &result });
         results.push(result);
     }
@@ -404,17 +433,20 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 /// The winner as a profile for `mdsub engine --profile`, its header saying
 /// the knee, the SLA, the machine and the commit.
 pub fn winner_toml(c: &Configuration, r: &ConfigResult, sla: &Sla, m: &Machine) -> String {
-    let knee = r.outcome.knee.map(|k| format!("{k} msg/s")).unwrap_or_else(|| "none".into());
+    let knee = knee_text(r);
     let mut s = String::new();
     s.push_str(&format!(
         "# The winner of an `mdsub capacity` run: configuration `{}` (profile {}).\n",
         c.name, r.profile_hash
     ));
-    s.push_str(&format!(
-        "# Knee: {knee} ({}{}).\n",
-        ending_text(r.outcome.ending),
-        r.outcome.confirmed_at.map(|c| format!(", confirmed at {c} msg/s")).unwrap_or_default()
-    ));
+    let ending = match (r.outcome.ending, r.outcome.confirmed_at) {
+        (Ending::Confirmed, Some(c)) => format!("confirmed at {c} msg/s"),
+        (e, _) => ending_text(e).to_string(),
+    };
+    s.push_str(&format!("# Knee: {knee} ({ending}).\n"));
+    if !r.outcome.contradictions.is_empty() {
+        s.push_str(&format!("# NON-MONOTONIC: {}.\n", contradictions_text(&r.outcome.contradictions)));
+    }
     s.push_str(&format!("# SLA: {}.\n", describe_sla(sla)));
     s.push_str(&format!("# Machine: {} cores ({}), libzmq {}.\n", m.cores, m.cpu, m.libzmq));
     s.push_str(&format!("# Commit: {}; measured {} UTC.\n", m.mdsub_commit, m.date_utc));
@@ -463,6 +495,18 @@ pub fn ending_text(e: Ending) -> &'static str {
     }
 }
 
+/// The knee as said everywhere: `3125 msg/s`, with what the publisher achieved there when that
+/// is visibly less (`3125 msg/s offered, 3001 achieved`), or `none`.
+pub fn knee_text(r: &ConfigResult) -> String {
+    match (r.outcome.knee, &r.at_knee) {
+        (None, _) => "none".into(),
+        (Some(k), Some(at)) if at.achieved < 0.99 * k as f64 => {
+            format!("{k} msg/s offered, {:.0} achieved", at.achieved)
+        }
+        (Some(k), _) => format!("{k} msg/s"),
+    }
+}
+
 fn contradictions_text(cs: &[Contradiction]) -> String {
     cs.iter().map(|c| format!("passed {} but failed {}", c.passed_at, c.failed_at)).collect::<Vec<_>>().join("; ")
 }
@@ -475,6 +519,11 @@ pub fn summary_md(r: &CapacityResult) -> String {
     let _ = writeln!(s, "# mdsub capacity\n\n{}\n", r.machine);
     let _ = writeln!(s, "- publisher: {}", r.publisher);
     let _ = writeln!(s, "- pass rule: {}", r.settings["sla"].as_str().unwrap_or(""));
+    for c in &r.configurations {
+        if let Some(note) = &c.thin_percentile {
+            let _ = writeln!(s, "- note, `{}` at its knee: {note}", c.name);
+        }
+    }
     let _ = writeln!(
         s,
         "- trials: {} s warm-up + {} s hold, {} run(s) each, {}-byte payloads, {} symbols\n",
@@ -512,7 +561,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.name,
             if r.winner.as_deref() == Some(&c.name) { " (winner)" } else { "" },
-            c.outcome.knee.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            c.outcome.knee.map(|_| knee_text(c).replace(" msg/s", "")).unwrap_or_else(|| "-".into()),
             pct("p50"),
             pct("p99"),
             pct("p99.9"),
@@ -569,12 +618,58 @@ fn forget_trial_files(folder: &Path, files: &[String]) {
 
 #[cfg(test)]
 mod tests {
+    use super::search::SlaPoint;
     use super::*;
 
     #[test]
     fn a_runs_files_share_one_stem_naming_configuration_rate_run_and_profile() {
         let files = run_files("base-workers-2", "0123abcd", 5000, 3);
         assert_eq!(files, ["base-workers-2-5000mps-run3-0123abcd.hlog", "base-workers-2-5000mps-run3-0123abcd.hgrm"]);
+    }
+
+    #[test]
+    fn the_knee_says_what_was_achieved_and_the_winner_header_reads_once() {
+        // The audit's run: 3125 msg/s offered passed with 3001 achieved (a pass needs 95 %), and
+        // the header said `confirmed, confirmed at 2077 msg/s`, without the contradictions.
+        let outcome = |knee| Outcome {
+            knee,
+            ending: Ending::Confirmed,
+            lowest_fail: None,
+            rate_not_achieved_at: None,
+            confirmed_at: Some(2969),
+            contradictions: vec![Contradiction { passed_at: 4000, failed_at: 3500 }],
+            trials: 9,
+        };
+        let at = |achieved| KneeLatency { rate: 3125, achieved, percentiles: Vec::new(), runs: 1 };
+        let result = |knee, achieved| ConfigResult {
+            name: "builtin-2core".into(),
+            profile_hash: "0123abcd".into(),
+            outcome: outcome(knee),
+            at_knee: knee.map(|_| at(achieved)),
+            thin_percentile: None,
+            trials: Vec::new(),
+        };
+        assert_eq!(knee_text(&result(Some(3125), 3001.0)), "3125 msg/s offered, 3001 achieved");
+        assert_eq!(knee_text(&result(Some(3125), 3120.0)), "3125 msg/s");
+        assert_eq!(knee_text(&result(None, 0.0)), "none");
+        let c = Configuration { name: "builtin-2core".into(), profile: Profile::builtin() };
+        let toml = winner_toml(&c, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
+        assert!(toml.contains("# Knee: 3125 msg/s offered, 3001 achieved (confirmed at 2969 msg/s).\n"), "{toml}");
+        assert!(toml.contains("# NON-MONOTONIC: passed 4000 but failed 3500.\n"), "{toml}");
+    }
+
+    #[test]
+    fn a_percentile_resting_on_the_few_largest_values_is_said() {
+        // The audit's capacity run judged p99.9 on ~1 000 messages a run: the largest one.
+        let sla = Sla { points: vec![SlaPoint { quantile: 0.99, budget_ns: 1 }], ..Sla::default() };
+        let note = thin_percentile_note(&sla, 2000.0, Duration::from_millis(500)).expect("thin");
+        assert!(note.contains("~1000 messages a run, so p99.9 is the largest of them"), "{note}");
+        assert!(note.contains("a hold of 5.0s or more"), "{note}");
+        let some = thin_percentile_note(&sla, 10_000.0, Duration::from_millis(500)).expect("thin");
+        assert!(some.contains("p99.9 is the ~5th largest"), "{some}");
+        assert_eq!(thin_percentile_note(&sla, 10_000.0, Duration::from_secs(2)), None, "20 above p99.9");
+        let deeper = Sla { points: vec![SlaPoint { quantile: 0.9999, budget_ns: 1 }], ..Sla::default() };
+        assert!(thin_percentile_note(&deeper, 10_000.0, Duration::from_secs(2)).is_some_and(|n| n.contains("p99.99")));
     }
 
     #[test]
