@@ -323,11 +323,11 @@ fn two_publishers_sharing_one_id_are_said_once_and_counted_exactly() {
 /// never seen live). That end is no restart of the recorded session.
 #[test]
 fn a_verbatim_capture_replay_is_no_restart() {
-    let path = temp_dir("engine-verbatim").join("cap.mdcap");
+    let dir = temp_dir("engine-verbatim"); // removed when the test ends
+    let path = dir.join("cap.mdcap");
+    let recorded = (1..=500u64).map(|i| wire::encode(b"CAP", &data_header(0, 77, i), &[]));
     let mut w = CaptureWriter::create(&path).expect("create capture");
-    for i in 1..=500u64 {
-        w.write_frame(&wire::encode(b"CAP", &data_header(0, 77, i), &[]), false, i).expect("write");
-    }
+    recorded.enumerate().for_each(|(i, f)| w.write_frame(&f, false, i as u64).expect("write"));
     w.flush().expect("flush");
     let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
     let engine = engine_json(&[&eps[0]], &[]);
@@ -337,7 +337,6 @@ fn a_verbatim_capture_replay_is_no_restart() {
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (500, 500, 0), "{r}");
     assert_eq!((u(&r, "restarts"), u(&r, "gaps"), u(&r, "id_conflicts")), (0, 0, 0), "{r}");
     replay.finish(Duration::from_secs(20));
-    let _ = std::fs::remove_dir_all(path.parent().expect("the temp dir"));
 }
 
 #[test]
