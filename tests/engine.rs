@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use mdsub::wire::capture::CaptureWriter;
 use mdsub::wire::{self, Header, Kind};
 
 /// The report `r` of a complete `--handler verify` run of `n` messages:
@@ -123,18 +124,15 @@ fn two_shards_split_the_feed_and_deliver_all() {
     assert!(counts.iter().all(|&c| c > 1000), "{counts:?}");
 }
 
+/// A data frame's header: `publisher_id`'s `session_id` at stream and topic
+/// sequence `seq`, stamped `seq` ns.
+fn data_header(publisher_id: u32, session_id: u64, seq: u64) -> Header {
+    Header { kind: Kind::Data, flags: 0, publisher_id, session_id, stream_seq: seq, topic_seq: seq, send_time_ns: seq }
+}
+
 /// One example of every malformation, as a publisher would send it.
 fn garbage() -> Vec<(&'static str, Vec<u8>)> {
-    let h = Header {
-        kind: Kind::Data,
-        flags: 0,
-        publisher_id: 99,
-        session_id: 1,
-        stream_seq: 1,
-        topic_seq: 1,
-        send_time_ns: 0,
-    };
-    let good = wire::encode(b"JUNK", &h, b"payload");
+    let good = wire::encode(b"JUNK", &data_header(99, 1, 1), b"payload");
     let mut version = good.clone();
     version[5] = 77;
     let mut kind = good.clone();
@@ -291,6 +289,54 @@ fn two_publishers_on_one_shard_are_kept_apart() {
     assert_eq!(u(&r, "duplicates"), 0);
     a.finish(Duration::from_secs(20));
     b.finish(Duration::from_secs(20));
+}
+
+/// Two publishers sharing one publisher id (the default) on one shard: not
+/// thousands of restarts and a false loss, but one id conflict, said once on
+/// stderr, with loss still counted exactly (each session by itself).
+#[test]
+fn two_publishers_sharing_one_id_are_said_once_and_counted_exactly() {
+    let paced = ["--rate", "20k", "--symbols", "20"];
+    let (a, ea) = start_replay("replay-a", 1, &[&["--count", "10000"][..], &paced].concat());
+    let (b, eb) = start_replay("replay-b", 1, &[&["--count", "15000"][..], &paced].concat());
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &format!("{},{}", ea[0], eb[0])]);
+    let mut engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let stderr = engine.stderr.take().expect("stderr lines");
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (25_000, 25_000, 0), "{r}");
+    assert_eq!((u(&r, "gaps"), u(&r, "duplicates"), u(&r, "restarts"), u(&r, "before_first")), (0, 0, 0, 0), "{r}");
+    assert_eq!(u(&r, "id_conflicts"), 1, "{r}");
+    let said: Vec<String> = std::iter::from_fn(|| stderr.recv_timeout(Duration::from_secs(2)).ok())
+        .filter(|l| l.contains("alternates between sessions"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {said:?}");
+    assert!(said[0].contains("publisher 0 ") && said[0].contains("--publisher-id"), "{said:?}");
+    a.finish(Duration::from_secs(20));
+    b.finish(Duration::from_secs(20));
+}
+
+/// A capture replayed verbatim: the recorded publisher 0 session's frames,
+/// then the replay's own end of stream (publisher 0, a session of its own,
+/// never seen live). That end is no restart of the recorded session.
+#[test]
+fn a_verbatim_capture_replay_is_no_restart() {
+    let dir = temp_dir("engine-verbatim"); // removed when the test ends
+    let path = dir.join("cap.mdcap");
+    let recorded = (1..=500u64).map(|i| wire::encode(b"CAP", &data_header(0, 77, i), &[]));
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    recorded.enumerate().for_each(|(i, f)| w.write_frame(&f, false, i as u64).expect("write"));
+    w.flush().expect("flush");
+    let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
+    let engine = engine_json(&[&eps[0]], &[]);
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (500, 500, 0), "{r}");
+    assert_eq!((u(&r, "restarts"), u(&r, "gaps"), u(&r, "id_conflicts")), (0, 0, 0), "{r}");
+    replay.finish(Duration::from_secs(20));
 }
 
 #[test]

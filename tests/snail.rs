@@ -329,13 +329,20 @@ fn a_constant_clock_offset_croaks_when_synchronised_but_not_when_skew_tolerant()
     assert_eq!(r["snail"]["verdict"], "OK", "{r}");
 }
 
+/// A [`TestPub`] and an engine with `extra` flags on it, fed one frame per
+/// ms for 50 ms.
+fn engine_fed_50ms(extra: &[&str]) -> (TestPub, Child2) {
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, extra);
+    p.wait_subscribed();
+    p.stream_for(Duration::from_millis(50), 0);
+    (p, e)
+}
+
 #[test]
 fn silence_without_heartbeats_is_stop_and_heartbeats_keep_it_alive() {
     // Heartbeats every 100 ms for 1 s: the publisher is quiet, not gone.
-    let mut p = TestPub::bind();
-    let e = engine(&p.endpoint, &["--silence", "500ms"]);
-    p.wait_subscribed();
-    p.stream_for(Duration::from_millis(50), 0);
+    let (mut p, e) = engine_fed_50ms(&["--silence", "500ms"]);
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(100));
         p.control(Kind::Heartbeat);
@@ -347,14 +354,38 @@ fn silence_without_heartbeats_is_stop_and_heartbeats_keep_it_alive() {
     assert_eq!(u(site(&json(&out), "shard0-reader"), "stops"), 0);
 
     // Nothing at all after a few frames: STOP.
-    let mut p = TestPub::bind();
-    let e = engine(&p.endpoint, &["--silence", "500ms"]);
-    p.wait_subscribed();
-    p.stream_for(Duration::from_millis(50), 0);
+    let (_p, e) = engine_fed_50ms(&["--silence", "500ms"]);
     let (code, out, err) = e.finish(Duration::from_secs(30));
     assert_eq!(code, Some(CROAK), "{err}");
     assert!(err.contains("mdsub: croak: STOP on shard0 (shard0-reader): nothing heard for"), "{err}");
     assert_eq!(json(&out)["snail"]["verdict"], "STOP");
+}
+
+/// An end of stream disarms the reader's silence line and count, as it
+/// disarms STOP: an engine that runs on after it (`--expect-eos 0`) says no
+/// silence in the quiet that follows; the next frame arms it again.
+#[test]
+fn quiet_after_an_end_of_stream_is_no_silence_until_a_frame_arrives() {
+    let (mut p, e) = engine_fed_50ms(&["--expect-eos", "0"]);
+    p.control(Kind::EndOfStream);
+    // Quiet for longer than the reader's silence limit (1.5 s), by right.
+    let end = Instant::now() + Duration::from_millis(2_500);
+    let mut said = Vec::new();
+    while let Ok(l) = e.err.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        said.push(l);
+    }
+    assert!(!said.iter().any(|l| l.contains("silent")), "no silence after an end of stream: {said:?}");
+    // The publisher back (a new session), then quiet without an end: a silence.
+    p.restart();
+    p.stream_for(Duration::from_millis(50), 0);
+    let l = e.stderr_line("shard0-reader: silent: no frame for", Duration::from_secs(10));
+    assert!(l.contains("heartbeats stopped"), "{l}");
+    e.proc.signal(2);
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    let shard = &r["shards"][0];
+    assert_eq!(u(shard, "silences"), 1, "only the quiet without an end of stream: {shard}");
 }
 
 /// 100 000 messages over 10 topics with every 100th (stream_seq ≡ 50 mod
@@ -465,6 +496,32 @@ fn a_replay_pause_shorter_than_the_grace_does_not_croak_and_a_longer_one_does() 
     let scream = err.lines().find(|l| l.starts_with("mdsub: croak: ")).unwrap_or_else(|| panic!("no scream: {err}"));
     assert!(scream.contains("SNAIL on shard0 ("), "{scream}");
     assert!(scream.contains("last good seq 5000;"), "the last message before the pause: {scream}");
+}
+
+/// Under `warn`, a site said to be a SNAIL is said to be OK again when it
+/// is, once, after its SNAIL line: stderr ends with the truth.
+#[test]
+fn a_snail_under_warn_is_said_ok_again_when_it_recovers() {
+    let (code, out, err, _) = replay_run(
+        &["--rate", "2k", "--count", "5k", "--pause-at", "1k", "--pause-for", "1500ms"],
+        &["--snail", "warn", "--max-lag", "100ms", "--grace", "400ms"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!(r["snail"]["verdict"], "OK", "{r}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("mdsub: snail: ")).collect();
+    let snails: Vec<&str> = lines.iter().copied().filter(|l| l.contains("SNAIL on shard0 (")).collect();
+    assert!(!snails.is_empty(), "the pause was a snail: {err}");
+    for role in ["shard0-reader", "worker0"] {
+        let mine: Vec<&str> = lines.iter().copied().filter(|l| l.contains(&format!("shard0 ({role})"))).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let last = mine.last().expect("a line");
+        assert!(last.starts_with(&format!("mdsub: snail: OK again on shard0 ({role}) after ")), "{role}: {mine:?}");
+        assert_eq!(mine.iter().filter(|l| l.contains("OK again")).count(), 1, "once: {mine:?}");
+        assert!(u(site(&r, role), "snails") >= 1, "{r}");
+    }
 }
 
 #[test]

@@ -183,6 +183,7 @@ impl Baseline {
                 duplicates: t.duplicates,
                 reordered: t.reordered,
                 restarts: t.restarts,
+                id_conflicts: t.id_conflicts,
                 bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), self.bad[r])).collect(),
             },
             msgs_per_sec: self.delivered as f64 / secs,

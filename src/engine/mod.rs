@@ -858,6 +858,7 @@ fn counts_of(c: &ShardCounters) -> SequenceCounts {
         duplicates: c.duplicates.load(Relaxed),
         reordered: c.reordered.load(Relaxed),
         restarts: c.restarts.load(Relaxed),
+        id_conflicts: c.id_conflicts.load(Relaxed),
         bad_frames,
     }
 }

@@ -87,6 +87,8 @@ pub struct ShardCounters {
     /// Frames that arrived after a later one of their topic (dropped, not lost).
     pub reordered: AtomicU64,
     pub restarts: AtomicU64,
+    /// Publisher ids two publishers share ([`super::sequence::SequenceTotals::id_conflicts`]).
+    pub id_conflicts: AtomicU64,
     /// Malformed frames by [`wire::DecodeError::reason`].
     pub bad: [AtomicU64; DROP_REASONS],
     /// Dropped by the sequence checks as implausible jumps / over state limits.
@@ -188,6 +190,9 @@ pub struct Checks {
     longest_silence_ns: u64,
     /// A silence that ended in `check`, not yet said by [`Checks::silence`].
     ended_silence_ns: Option<u64>,
+    /// The last frame was an end of stream: quiet from here on is expected, not a
+    /// silence (as the snail's STOP is disarmed), until another frame arrives.
+    quiet_by_right: bool,
     /// Refused frames by reason, and the line due to be said ([`Checks::take_refusal_line`]).
     refusals: Refusals,
     refusal_line: Option<String>,
@@ -217,6 +222,7 @@ impl Checks {
             silences: 0,
             longest_silence_ns: 0,
             ended_silence_ns: None,
+            quiet_by_right: false,
             refusals: Refusals::new("reader", SUMMARY_INTERVAL_NS),
             refusal_line: None,
             refused_implausible: 0,
@@ -312,6 +318,7 @@ impl Checks {
             self.ended_silence_ns = Some(lasted);
         }
         self.last_recv_ns = recv_ns;
+        self.quiet_by_right = false;
         self.received += 1;
         let view = match wire::decode(frame) {
             Ok(v) => v,
@@ -333,7 +340,15 @@ impl Checks {
                 // Values re-sent from a cache keep their old send times: not lag.
                 if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
                     if let Some(g) = &mut self.guard {
-                        self.croaked |= g.on_message(&view.header, view.topic, recv_ns) == Action::Croak;
+                        if g.on_message(&view.header, view.topic, recv_ns) == Action::Croak {
+                            // The engine stops at this frame: it is not handed on (so not
+                            // counted as forwarded, nor in the workers' latency figures),
+                            // but its lag is the shard's, as the scream says.
+                            self.croaked = true;
+                            self.last_lag_ns = recv_ns.saturating_sub(view.header.send_time_ns);
+                            self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
+                            return None;
+                        }
                         // Policy `rest`: this shard drops its backlog.
                         if g.skip(&view.header, recv_ns) {
                             return None;
@@ -363,6 +378,7 @@ impl Checks {
                     Err(_) => view.header.stream_seq,
                 };
                 self.tracker.on_end_of_stream(&view.header, sent);
+                self.quiet_by_right = true;
                 if let Some(g) = &mut self.guard {
                     g.ended();
                 }
@@ -373,12 +389,13 @@ impl Checks {
 
     /// Whether the shard's silence began (nothing for [`SILENCE_AFTER_NS`]
     /// since the last frame, as of `now_ns`) or ended (in a `check` since the
-    /// last call); each change is returned once.
+    /// last call); each change is returned once. Quiet after an end of stream
+    /// is no silence (until the next frame).
     pub fn silence(&mut self, now_ns: u64) -> Option<Silence> {
         if let Some(lasted_ns) = self.ended_silence_ns.take() {
             return Some(Silence::Ended { lasted_ns });
         }
-        if self.silent || self.received == 0 {
+        if self.silent || self.received == 0 || self.quiet_by_right {
             if self.silent {
                 self.longest_silence_ns = self.longest_silence_ns.max(now_ns.saturating_sub(self.last_recv_ns));
             }
@@ -390,6 +407,11 @@ impl Checks {
             return Some(Silence::Began { since_ns: self.last_recv_ns });
         }
         None
+    }
+
+    /// A publisher id found shared by two publishers since the last call (said once per id).
+    pub fn take_id_conflict(&mut self) -> Option<super::sequence::IdConflict> {
+        self.tracker.take_id_conflict()
     }
 
     /// Distinct publisher sessions whose end of stream was seen.
@@ -407,6 +429,7 @@ impl Checks {
             (&c.duplicates, t.duplicates),
             (&c.reordered, t.reordered),
             (&c.restarts, t.restarts),
+            (&c.id_conflicts, t.id_conflicts),
             (&c.implausible, t.implausible),
             (&c.over_limit, t.over_limit),
             (&c.eos_sessions, t.eos_sessions),
@@ -708,6 +731,9 @@ impl Agent for ReaderAgent {
                 }
             }
         }
+        if let Some(c) = self.checks.take_id_conflict() {
+            crate::diag!("{}: {c}", self.role);
+        }
         if n == 0 {
             let now = clock::realtime_ns();
             self.checks.check_silence(now);
@@ -822,15 +848,13 @@ mod tests {
     use crate::wire::Header;
 
     fn frame(seq: u64, kind: Kind) -> Vec<u8> {
-        let h = Header {
-            kind,
-            flags: 0,
-            publisher_id: 1,
-            session_id: 7,
-            stream_seq: seq,
-            topic_seq: seq,
-            send_time_ns: 1000,
-        };
+        frame_sent_at(seq, kind, 1000)
+    }
+
+    /// [`frame`] with its intended send time.
+    fn frame_sent_at(seq: u64, kind: Kind, send_time_ns: u64) -> Vec<u8> {
+        let h =
+            Header { kind, flags: 0, publisher_id: 1, session_id: 7, stream_seq: seq, topic_seq: seq, send_time_ns };
         wire::encode(b"AAPL", &h, &[0u8; 16])
     }
 
@@ -854,6 +878,52 @@ mod tests {
         assert_eq!(counters.forwarded_bytes.load(Relaxed), frame(1, Kind::Data).len() as u64);
         assert_eq!(counters.last_lag_ns.load(Relaxed), t0 - 1000, "lag: received minus intended send time");
         assert_eq!(counters.max_lag_ns.load(Relaxed), t0 - 1000);
+    }
+
+    #[test]
+    fn quiet_after_an_end_of_stream_is_no_silence_until_the_next_frame() {
+        let mut c = Checks::new(Routing::ByTopic, 1, true);
+        let t0 = 1_000_000_000;
+        assert!(c.check(&frame(1, Kind::Data), t0).is_some());
+        assert!(c.check(&frame(1, Kind::EndOfStream), t0 + 1).is_none());
+        assert_eq!(c.silence(t0 + 10 * SILENCE_AFTER_NS), None, "a publisher that said goodbye is quiet by right");
+        // A new frame (a publisher back) arms it again.
+        let t1 = t0 + 20 * SILENCE_AFTER_NS;
+        assert!(c.check(&frame(1, Kind::Heartbeat), t1).is_none());
+        assert_eq!(c.silence(t1 + SILENCE_AFTER_NS), Some(Silence::Began { since_ns: t1 }));
+        assert_eq!(c.silence(t1 + 2 * SILENCE_AFTER_NS), None);
+        let counters = ShardCounters::default();
+        c.publish(&counters);
+        assert_eq!(counters.silences.load(Relaxed), 1);
+        assert_eq!(
+            counters.longest_silence_ns.load(Relaxed),
+            2 * SILENCE_AFTER_NS,
+            "the quiet after the end is not in it"
+        );
+    }
+
+    /// The frame a reader's snail croaks on is not handed on (the engine stops
+    /// there): not counted as forwarded, so `msgs` stays what the workers got,
+    /// while its lag is the shard's (`lag_max_ms`), as in the scream.
+    #[test]
+    fn the_frame_a_reader_croaks_on_is_not_forwarded_but_its_lag_is_the_shards() {
+        use crate::snail::{Policy, Site, SnailBoard, SnailConfig};
+        let ms = 1_000_000;
+        let cfg = SnailConfig { policy: Policy::Croak, max_lag_ns: 100 * ms, grace_ns: 200 * ms, ..Default::default() };
+        let board = SnailBoard::new(cfg, vec![Site { role: "shard0-reader".into(), shard: Some(0) }]);
+        let mut c = Checks::new(Routing::ByTopic, 1, true).with_guard(Guard::new(board.clone(), 0, None));
+        let t0 = 1_700_000_000_000_000_000;
+        let data = |seq: u64, send_time_ns: u64| frame_sent_at(seq, Kind::Data, send_time_ns);
+        assert!(c.check(&data(1, t0 - ms), t0).is_some());
+        // Stopped for 3 s: the next frame is 3 s late, above the limit for 2.9 s.
+        let t1 = t0 + 3_000 * ms;
+        assert!(c.check(&data(2, t0), t1).is_none(), "the engine stops here");
+        assert!(c.croaked());
+        assert!(board.croak().is_some_and(|s| s.lag_ns == 3_000 * ms));
+        let counters = ShardCounters::default();
+        c.publish(&counters);
+        assert_eq!(counters.forwarded.load(Relaxed), 1, "only what was handed on");
+        assert_eq!(counters.max_lag_ns.load(Relaxed), 3_000 * ms, "the shard's lag, as the scream says");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::wire::{Header, FLAG_FROM_CACHE};
 
 /// Largest believable forward jump of a sequence within one session.
 pub const MAX_SEQ_JUMP: u64 = 1 << 32;
-/// Most publishers one reader tracks.
+/// Most publisher ids one reader tracks (each with up to [`MAX_SESSIONS_PER_ID`] sessions).
 pub const MAX_PUBLISHERS: usize = 1024;
 /// Most topics tracked per publisher session.
 pub const MAX_TOPICS_PER_SESSION: usize = 1 << 20;
@@ -95,6 +95,35 @@ struct Session {
     from_start: bool,
     topics: TopicMap,
     eos_seen: bool,
+    /// A live frame (not from a cache) of this session arrived.
+    live_seen: bool,
+    /// Frames of it are judged as they come: it is its publisher's current
+    /// session (or, for an id two publishers share, one of its live ones).
+    /// False: a later session replaced it.
+    current: bool,
+    /// What replacing it counted, taken back if it turns out alive.
+    replaced: Option<Replaced>,
+    /// When a frame of it last came ([`SequenceTracker::tick`]): the least
+    /// recently heard session of a publisher makes room for a new one.
+    heard: u64,
+}
+
+/// What a session's replacement by a later one counted.
+#[derive(Debug, Clone, Copy)]
+struct Replaced {
+    /// A restart (it had been live).
+    restart: bool,
+    /// It ended without an end of stream and was counted as unended with
+    /// this many messages sent.
+    unended_sent: Option<u64>,
+    /// That count already went into the totals (see [`PublisherState::pending_unended`]).
+    unended_in_totals: bool,
+}
+
+/// Per publisher id.
+#[derive(Debug)]
+struct PublisherState {
+    publisher_id: u32,
     /// Earlier sessions of this publisher that a live frame of a later one
     /// ended without an end of stream: how many, and what they sent by their
     /// last arrived sequence. Counted in the totals only when this publisher
@@ -102,11 +131,53 @@ struct Session {
     /// that an end of stream that speaks for frames of other sessions (a
     /// verbatim capture replay's) never counts them twice.
     pending_unended: (u64, u64),
-    /// A live frame (not from a cache) of this session arrived.
-    live_seen: bool,
+    /// A session it had replaced came back: two publishers send under this
+    /// id. Its sessions are then tracked side by side, none replacing another.
+    shared: bool,
+}
+
+/// Sessions of one publisher id kept at once: its current one and those it
+/// replaced (so one that comes back is recognised), or, for an id two or
+/// more publishers share, their live sessions side by side.
+pub const MAX_SESSIONS_PER_ID: usize = 4;
+
+/// Two (or more) publishers send under one publisher id: a session it had
+/// replaced came back. Said once per id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdConflict {
+    pub publisher_id: u32,
+    /// The session that came back, and the one that had replaced it.
+    pub sessions: (u64, u64),
+}
+
+impl std::fmt::Display for IdConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "publisher {} alternates between sessions {:016x} and {:016x}: two publishers share one id? \
+             give each its own --publisher-id; their sessions are tracked side by side from now on, \
+             and new sessions of this id are not counted as restarts",
+            self.publisher_id, self.sessions.0, self.sessions.1
+        )
+    }
 }
 
 impl Session {
+    fn new(h: &Header, heard: u64) -> Self {
+        Session {
+            publisher_id: h.publisher_id,
+            session_id: h.session_id,
+            last_stream_seq: 0,
+            from_start: h.stream_seq <= 1,
+            topics: TopicMap::default(),
+            eos_seen: false,
+            live_seen: false,
+            current: true,
+            replaced: None,
+            heard,
+        }
+    }
+
     /// Without an end of stream, and seen live from its first message (what
     /// a session sent before a subscriber joined, or a session known only
     /// from a cache, is not this subscriber's to count).
@@ -153,6 +224,11 @@ pub struct SequenceTotals {
     /// cannot tell the two apart, so `lost` keeps them and the report says how many they are.
     /// Counted for a full subscription only, and for a first position within [`MAX_SEQ_JUMP`].
     pub before_first: u64,
+    /// Publisher ids two (or more) publishers were found to share: a session
+    /// the id had replaced came back. Their sessions are then tracked side
+    /// by side (gaps, duplicates and ends of stream per session, so loss stays
+    /// exact), and a new session of such an id is not counted as a restart.
+    pub id_conflicts: u64,
 }
 
 impl SequenceTotals {
@@ -168,58 +244,184 @@ impl SequenceTotals {
 #[derive(Debug)]
 pub struct SequenceTracker {
     sessions: Vec<Session>,
+    publishers: Vec<PublisherState>,
     full_subscription: bool,
     totals: SequenceTotals,
+    /// Frames judged so far: the clock of [`Session::heard`].
+    tick: u64,
+    /// An id found shared, not yet taken by [`SequenceTracker::take_id_conflict`].
+    conflict: Option<IdConflict>,
 }
 
 impl SequenceTracker {
     /// `full_subscription`: the subscriber takes every topic of its publishers,
     /// so stream sequence gaps are real loss.
     pub fn new(full_subscription: bool) -> Self {
-        SequenceTracker { sessions: Vec::new(), full_subscription, totals: SequenceTotals::default() }
+        SequenceTracker {
+            sessions: Vec::new(),
+            publishers: Vec::new(),
+            full_subscription,
+            totals: SequenceTotals::default(),
+            tick: 0,
+            conflict: None,
+        }
     }
 
-    /// The session of `h`'s publisher: `(index, restarted)`, or None when a
-    /// new publisher would exceed [`MAX_PUBLISHERS`]. `live`: `h` is a live
-    /// data frame (not from a cache, not an end of stream), so a session it
-    /// replaces has really ended.
-    fn session(&mut self, h: &Header, live: bool) -> Option<(usize, bool)> {
-        match self.sessions.iter().position(|s| s.publisher_id == h.publisher_id) {
-            Some(i) if self.sessions[i].session_id == h.session_id => Some((i, false)),
-            Some(i) => {
-                let s = &mut self.sessions[i];
-                // A session known only from cached values did not restart
-                // when the live one shows up.
-                let restarted = s.live_seen;
-                if live && s.counts_unended() {
-                    s.pending_unended.0 += 1;
-                    s.pending_unended.1 = s.pending_unended.1.saturating_add(s.last_stream_seq);
-                }
-                s.session_id = h.session_id;
-                s.last_stream_seq = 0;
-                s.from_start = h.stream_seq <= 1;
-                s.eos_seen = false;
-                // `on_data` marks it live (and counts what came before it).
-                s.live_seen = false;
-                s.topics.clear();
-                self.totals.restarts += restarted as u64;
-                Some((i, restarted))
-            }
-            None if self.sessions.len() >= MAX_PUBLISHERS => None,
+    /// The index of `h`'s own session, if known.
+    #[inline]
+    fn find(&self, h: &Header) -> Option<usize> {
+        self.sessions.iter().position(|s| s.publisher_id == h.publisher_id && s.session_id == h.session_id)
+    }
+
+    /// The state of publisher `id`, made on first sight; None when a new one
+    /// would exceed [`MAX_PUBLISHERS`].
+    fn publisher(&mut self, id: u32) -> Option<usize> {
+        match self.publishers.iter().position(|p| p.publisher_id == id) {
+            Some(p) => Some(p),
+            None if self.publishers.len() >= MAX_PUBLISHERS => None,
             None => {
-                self.sessions.push(Session {
-                    publisher_id: h.publisher_id,
-                    session_id: h.session_id,
-                    last_stream_seq: 0,
-                    from_start: h.stream_seq <= 1,
-                    topics: TopicMap::default(),
-                    eos_seen: false,
-                    pending_unended: (0, 0),
-                    live_seen: false,
-                });
-                Some((self.sessions.len() - 1, false))
+                self.publishers.push(PublisherState { publisher_id: id, pending_unended: (0, 0), shared: false });
+                Some(self.publishers.len() - 1)
             }
         }
+    }
+
+    /// A session of publisher `p` takes over: its current one is replaced.
+    /// Returns whether that was a restart (the replaced session had been
+    /// live; one known only from cached values did not restart). `live`: a
+    /// live data frame takes over, so the replaced session has really ended.
+    fn replace_current(&mut self, p: usize, live: bool) -> bool {
+        let id = self.publishers[p].publisher_id;
+        let mut restarted = false;
+        for s in self.sessions.iter_mut().filter(|s| s.publisher_id == id && s.current) {
+            s.current = false;
+            let unended_sent = (live && s.counts_unended()).then_some(s.last_stream_seq);
+            if let Some(n) = unended_sent {
+                let pending = &mut self.publishers[p].pending_unended;
+                *pending = (pending.0 + 1, pending.1.saturating_add(n));
+            }
+            s.replaced = Some(Replaced { restart: s.live_seen, unended_sent, unended_in_totals: false });
+            restarted |= s.live_seen;
+            if s.eos_seen {
+                // Ended: no frame of it is to come, so its topics are not needed.
+                s.topics = TopicMap::default();
+            }
+        }
+        self.totals.restarts += restarted as u64;
+        restarted
+    }
+
+    /// A new session of `h`'s publisher: `(index, restarted)`, or None when a
+    /// new publisher would exceed [`MAX_PUBLISHERS`]. `live` as for
+    /// [`SequenceTracker::replace_current`].
+    fn admit(&mut self, h: &Header, live: bool) -> Option<(usize, bool)> {
+        let p = self.publisher(h.publisher_id)?;
+        let restarted = !self.publishers[p].shared && self.replace_current(p, live);
+        Some((self.push_session(h, true), restarted))
+    }
+
+    /// Add a session for `h`, making room among its publisher's
+    /// ([`MAX_SESSIONS_PER_ID`]); returns its index.
+    fn push_session(&mut self, h: &Header, current: bool) -> usize {
+        let mine = self.sessions.iter().filter(|s| s.publisher_id == h.publisher_id).count();
+        if mine >= MAX_SESSIONS_PER_ID {
+            // Room: the least recently heard, a replaced one before a current one.
+            let oldest = (0..self.sessions.len())
+                .filter(|&i| self.sessions[i].publisher_id == h.publisher_id)
+                .min_by_key(|&i| (self.sessions[i].current, self.sessions[i].heard));
+            if let Some(i) = oldest {
+                self.sessions.swap_remove(i);
+            }
+        }
+        self.sessions.push(Session { current, ..Session::new(h, self.tick) });
+        self.sessions.len() - 1
+    }
+
+    /// A frame (live data or an end of stream) of session `i`, which is not
+    /// current: `(i, restarted)`. One that a later session replaced is alive
+    /// after all: two publishers share its id. Its replacement is taken back
+    /// (no restart, not unended), the id is said once, and from now on its
+    /// sessions are tracked side by side. One that never was current takes over.
+    fn revive(&mut self, i: usize, live: bool) -> (usize, bool) {
+        let id = self.sessions[i].publisher_id;
+        let Some(p) = self.publishers.iter().position(|p| p.publisher_id == id) else {
+            return (i, false);
+        };
+        let restarted = match self.sessions[i].replaced.take() {
+            Some(r) => {
+                self.totals.restarts = self.totals.restarts.saturating_sub(r.restart as u64);
+                if let Some(n) = r.unended_sent {
+                    if r.unended_in_totals {
+                        self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
+                        self.totals.unended_sent = self.totals.unended_sent.saturating_sub(n);
+                    } else {
+                        let pending = &mut self.publishers[p].pending_unended;
+                        *pending = (pending.0.saturating_sub(1), pending.1.saturating_sub(n));
+                    }
+                }
+                if !self.publishers[p].shared {
+                    self.publishers[p].shared = true;
+                    self.totals.id_conflicts += 1;
+                    let other = self.sessions.iter().find(|s| s.publisher_id == id && s.current);
+                    self.conflict = Some(IdConflict {
+                        publisher_id: id,
+                        sessions: (self.sessions[i].session_id, other.map_or(0, |s| s.session_id)),
+                    });
+                }
+                false
+            }
+            None => !self.publishers[p].shared && self.replace_current(p, live),
+        };
+        self.sessions[i].current = true;
+        (i, restarted)
+    }
+
+    /// The session of `h`: `(index, restarted)`, or None when a new publisher
+    /// would exceed [`MAX_PUBLISHERS`]. `live`: `h` is a live data frame.
+    #[inline]
+    fn session(&mut self, h: &Header, live: bool) -> Option<(usize, bool)> {
+        self.tick += 1;
+        let found = match self.find(h) {
+            Some(i) if self.sessions[i].current => Some((i, false)),
+            Some(i) => Some(self.revive(i, live)),
+            None => self.admit(h, live),
+        };
+        if let Some((i, _)) = found {
+            self.sessions[i].heard = self.tick;
+        }
+        found
+    }
+
+    /// The session of an end of stream `h`, or None over [`MAX_PUBLISHERS`].
+    /// The end of a session never seen live replaces no session of its
+    /// publisher (no restart: a verbatim capture replay ends its stream of
+    /// recorded frames with one of its own, under the recorded publisher id);
+    /// it is kept beside them, so that a repeat counts once. The end of a
+    /// session that a later one replaced says it was alive after all (as
+    /// [`SequenceTracker::revive`] says).
+    fn end_session(&mut self, h: &Header) -> Option<usize> {
+        match self.find(h) {
+            Some(i) if self.sessions[i].replaced.is_none() => {
+                self.tick += 1;
+                self.sessions[i].heard = self.tick;
+                return Some(i);
+            }
+            Some(_) => return self.session(h, false).map(|(i, _)| i),
+            None if !self.sessions.iter().any(|s| s.publisher_id == h.publisher_id && s.current && s.live_seen) => {
+                return self.session(h, false).map(|(i, _)| i)
+            }
+            None => {}
+        }
+        // Beside the current session, which stays current (a live frame of
+        // this one would take over, as [`SequenceTracker::revive`] says).
+        self.tick += 1;
+        self.publisher(h.publisher_id)?;
+        Some(self.push_session(h, false))
+    }
+
+    /// Publisher id found shared by two publishers since the last call (said once per id).
+    pub fn take_id_conflict(&mut self) -> Option<IdConflict> {
+        self.conflict.take()
     }
 
     fn reject(&mut self, counter: fn(&mut SequenceTotals) -> &mut u64, restart: bool) -> Verdict {
@@ -232,15 +434,17 @@ impl SequenceTracker {
     pub fn on_data(&mut self, h: &Header, topic: &[u8]) -> Verdict {
         let from_cache = h.flags & FLAG_FROM_CACHE != 0;
         if from_cache
-            && self
-                .sessions
-                .iter()
-                .any(|s| s.publisher_id == h.publisher_id && s.session_id != h.session_id && s.live_seen)
+            && match self.find(h) {
+                // A session a later one replaced (a cache holds values of both).
+                Some(i) => !self.sessions[i].current,
+                None => self.sessions.iter().any(|s| s.publisher_id == h.publisher_id && s.current && s.live_seen),
+            }
         {
             // A cached value from another session of a publisher that is live
-            // in this one (a topic not updated since the publisher restarted):
-            // it is the topic's last value, so it is delivered, and it leaves
-            // the live session's state alone (no restart, no sequence change).
+            // in this one (a topic not updated since the publisher restarted),
+            // or of a session a later one replaced: it is the topic's last
+            // value, so it is delivered, and it leaves the sessions' state
+            // alone (no restart, no sequence change, no id conflict).
             self.totals.accepted += 1;
             return Verdict { accept: true, missed: 0, restart: false };
         }
@@ -314,7 +518,7 @@ impl SequenceTracker {
     /// Counts messages lost at the tail as gaps. Returns false if this session's
     /// end was already seen (a repeat changes nothing).
     pub fn on_end_of_stream(&mut self, h: &Header, sent: u64) -> bool {
-        let Some((i, _)) = self.session(h, false) else {
+        let Some(i) = self.end_session(h) else {
             self.totals.over_limit += 1;
             return false;
         };
@@ -327,10 +531,17 @@ impl SequenceTracker {
         // This publisher's own end, of a session it sent data in: its earlier
         // sessions that ended without one are its to count.
         if s.last_stream_seq > 0 {
-            let (n, sent) = std::mem::take(&mut s.pending_unended);
-            self.totals.unended_sessions += n;
-            self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
+            let id = h.publisher_id;
+            if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == id) {
+                let (n, sent) = std::mem::take(&mut p.pending_unended);
+                self.totals.unended_sessions += n;
+                self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
+            }
+            for r in self.sessions.iter_mut().filter(|s| s.publisher_id == id).filter_map(|s| s.replaced.as_mut()) {
+                r.unended_in_totals = true;
+            }
         }
+        let s = &mut self.sessions[i];
         if full
             && (s.from_start || s.last_stream_seq > 0)
             && h.stream_seq <= s.last_stream_seq.saturating_add(MAX_SEQ_JUMP)
@@ -470,6 +681,16 @@ mod tests {
             "{tot:?}"
         );
 
+        // A cache holding values of two sessions, in any order, then the
+        // live one: no restart, no id conflict.
+        let mut t = SequenceTracker::new(true);
+        assert!(t.on_data(&cached(1, 9, 40, 7), b"B").accept);
+        assert!(t.on_data(&cached(1, 10, 3, 3), b"A").accept);
+        assert!(t.on_data(&cached(1, 9, 41, 8), b"C").accept);
+        assert!(t.on_data(&h(1, 10, 4, 4), b"A").accept);
+        let tot = t.totals();
+        assert_eq!((tot.restarts, tot.id_conflicts, tot.accepted, tot.gaps), (0, 0, 4, 0), "{tot:?}");
+
         // Joining through a cache: values of the old session, then the live
         // new one. Not a restart this subscriber saw.
         let mut t = SequenceTracker::new(true);
@@ -477,6 +698,81 @@ mod tests {
         let v = t.on_data(&h(1, 10, 1, 1), b"A");
         assert!(v.accept && !v.restart, "{v:?}");
         assert_eq!(t.totals().restarts, 0);
+    }
+
+    /// Two (then three) publishers under one id, interleaved: not thousands
+    /// of restarts and a false loss, but one id conflict, said once, and
+    /// their sessions tracked side by side so that every count stays exact.
+    #[test]
+    fn publishers_sharing_an_id_are_tracked_side_by_side_and_said_once() {
+        for full in [true, false] {
+            let mut t = SequenceTracker::new(full);
+            // A (session 7) sends 1..=200, B (session 8) 1..=300, interleaved
+            // 1:1 and then B alone; B joins when A is at 50.
+            let (mut a, mut b) = (0u64, 0u64);
+            while a < 200 || b < 300 {
+                if a < 200 {
+                    a += 1;
+                    assert!(t.on_data(&h(0, 7, a, a), b"A").accept);
+                }
+                if a > 50 && b < 300 {
+                    b += 1;
+                    assert!(t.on_data(&h(0, 8, b, b), b"B").accept);
+                }
+            }
+            assert!(t.on_end_of_stream(&h(0, 7, 200, 0), 200));
+            assert!(t.on_end_of_stream(&h(0, 8, 300, 0), 300));
+            assert!(!t.on_end_of_stream(&h(0, 7, 200, 0), 200), "a repeated end of stream counts once");
+            let tot = t.totals();
+            assert_eq!(
+                (tot.accepted, tot.gaps, tot.duplicates, tot.restarts, tot.before_first),
+                (500, 0, 0, 0, 0),
+                "full={full}: {tot:?}"
+            );
+            assert_eq!((tot.id_conflicts, tot.sent(), tot.unended_sessions), (1, 500, 0), "full={full}: {tot:?}");
+            assert_eq!(t.take_id_conflict(), Some(IdConflict { publisher_id: 0, sessions: (7, 8) }));
+            assert_eq!(t.take_id_conflict(), None, "said once");
+            // Loss is still seen, per session.
+            t.on_data(&h(0, 9, 1, 1), b"C");
+            t.on_data(&h(0, 7, 202, 201), b"A");
+            assert_eq!(t.totals().restarts, 0, "a new session of a shared id is not a restart");
+            assert_eq!(t.take_id_conflict(), None);
+        }
+
+        // Three publishers rotating under one id.
+        let mut t = SequenceTracker::new(true);
+        for seq in 1..=100 {
+            for session in [1, 2, 3] {
+                assert!(t.on_data(&h(5, session, seq, seq), b"A").accept);
+            }
+        }
+        let tot = t.totals();
+        assert_eq!((tot.accepted, tot.gaps, tot.duplicates, tot.restarts), (300, 0, 0, 0), "{tot:?}");
+        assert_eq!(tot.id_conflicts, 1);
+        assert!(t.take_id_conflict().is_some());
+    }
+
+    /// A verbatim capture replay ends the recorded frames (publisher 1,
+    /// session 9) with its own end of stream under the same publisher id and
+    /// a session of its own, never seen live: that is no restart of the
+    /// recorded session, and it counts every frame once.
+    #[test]
+    fn an_end_of_stream_of_a_session_never_seen_live_is_no_restart() {
+        let mut t = SequenceTracker::new(true);
+        for s in 1..=5 {
+            t.on_data(&h(1, 9, s, s), b"A");
+        }
+        assert!(t.on_end_of_stream(&h(1, 77, 6, 0), 5));
+        assert!(!t.on_end_of_stream(&h(1, 77, 6, 0), 5), "a repeat counts once");
+        let tot = t.totals();
+        assert_eq!((tot.restarts, tot.sent(), tot.accepted, tot.gaps, tot.eos_sessions), (0, 5, 5, 0, 1), "{tot:?}");
+        // The recorded session goes on as it was: no restart, no gap.
+        let v = t.on_data(&h(1, 9, 6, 6), b"A");
+        assert_eq!(v, Verdict { accept: true, missed: 0, restart: false });
+        // A recorded restart is still one.
+        assert!(t.on_data(&h(1, 10, 1, 1), b"A").restart);
+        assert_eq!(t.totals().restarts, 1);
+        assert_eq!(t.take_id_conflict(), None);
     }
 
     #[test]

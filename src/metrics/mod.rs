@@ -239,6 +239,9 @@ pub struct SequenceCounts {
     pub reordered: u64,
     /// Publisher restarts seen (new session id).
     pub restarts: u64,
+    /// Publisher ids two or more publishers were found to share (their sessions are then
+    /// tracked side by side, and new sessions of the id are not counted as restarts).
+    pub id_conflicts: u64,
     /// Malformed or rejected frames dropped, by reason.
     pub bad_frames: BTreeMap<String, u64>,
 }
@@ -252,6 +255,7 @@ impl SequenceCounts {
         self.duplicates = self.duplicates.saturating_add(other.duplicates);
         self.reordered = self.reordered.saturating_add(other.reordered);
         self.restarts = self.restarts.saturating_add(other.restarts);
+        self.id_conflicts = self.id_conflicts.saturating_add(other.id_conflicts);
         for (reason, n) in &other.bad_frames {
             let total = self.bad_frames.entry(reason.clone()).or_insert(0);
             *total = total.saturating_add(*n);
@@ -459,6 +463,13 @@ impl RunReport {
                 "               of them {} sent before the first message seen of their publisher's session: \
                  this subscriber joined late, or they were lost at the very start",
                 self.counts.before_first.min(lost)
+            );
+        }
+        if self.counts.id_conflicts > 0 {
+            let _ = writeln!(
+                s,
+                "  id conflicts {}   (publisher ids two publishers share: each needs its own --publisher-id)",
+                self.counts.id_conflicts
             );
         }
         let bad: u64 = self.counts.bad_frames.values().sum();

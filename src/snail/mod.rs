@@ -519,6 +519,18 @@ impl std::fmt::Display for Scream {
     }
 }
 
+/// ` (N verdict changes not said since the last line)` when N > 0.
+struct Unsaid(u64);
+
+impl std::fmt::Display for Unsaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, " ({n} verdict change(s) not said since the last line)"),
+        }
+    }
+}
+
 /// What the shell must do after a message or an idle check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -555,6 +567,20 @@ pub struct Guard {
     skipped: u64,
     /// The board's live-settings version this guard last took up.
     seen_version: u64,
+    /// The verdict the last line on stderr said (OK before any): a site said
+    /// to be a snail is said to be OK again, once, when it is.
+    said: Verdict,
+    /// Verdict changes not said since the last line (the line rate limit).
+    unsaid_changes: u64,
+    /// When the last episode that was not OK began (the lag went above the
+    /// limit, or the verdict left OK), and the highest lag judged since.
+    left_ok_ns: u64,
+    episode_max_lag_ns: u64,
+    /// Where lines go: stderr ([`crate::diag::line`]); a test collects them.
+    say: fn(std::fmt::Arguments<'_>),
+    /// Not OK, or not said as it is: messages judged without a change are
+    /// looked at more closely ([`Guard::watch`]).
+    watching: bool,
 }
 
 impl Guard {
@@ -581,6 +607,12 @@ impl Guard {
             rests: 0,
             skipped: 0,
             seen_version: 0,
+            said: Verdict::Ok,
+            unsaid_changes: 0,
+            left_ok_ns: 0,
+            episode_max_lag_ns: 0,
+            say: crate::diag::line,
+            watching: false,
         }
     }
 
@@ -626,6 +658,8 @@ impl Guard {
         self.rest_until_ns = 0;
         self.lag.reset();
         self.verdict = Verdict::Ok;
+        // Said OK again at a message once the line limit allows.
+        self.watching = self.said != Verdict::Ok;
         self.publish();
         false
     }
@@ -652,11 +686,29 @@ impl Guard {
         }
         self.checked += 1;
         let v = self.lag.observe(h.send_time_ns, h.stream_seq, now_ns);
-        self.max_lag_ns = self.max_lag_ns.max(self.lag.last_lag_ns());
+        let lag = self.lag.last_lag_ns();
+        self.max_lag_ns = self.max_lag_ns.max(lag);
         if v == self.verdict {
+            // One test while OK and said so: the common case.
+            if self.watching {
+                self.watch(v, h, topic, now_ns);
+            }
             return Action::Continue;
         }
         self.change(v, Some((h, topic)), None, now_ns)
+    }
+
+    /// A message judged with no change of verdict while not OK, or not said
+    /// as it is: the episode's highest lag, and a change held back by the
+    /// line rate limit said once it may be (so stderr does not stay on OK of
+    /// a site that is not).
+    #[cold]
+    fn watch(&mut self, v: Verdict, h: &Header, topic: &[u8], now_ns: u64) {
+        self.episode_max_lag_ns = self.episode_max_lag_ns.max(self.lag.last_lag_ns());
+        if v != self.said && now_ns >= self.next_log_ns {
+            let scream = self.scream(v, Some((h, topic)), None, now_ns);
+            self.log(&scream, now_ns);
+        }
     }
 
     /// Anything (data, heartbeat, end of stream) arrived at `now_ns`: for the silence check.
@@ -672,7 +724,15 @@ impl Guard {
 
     /// Check for silence (the shell calls this when it had nothing to read or was blocked).
     pub fn check_silence(&mut self, now_ns: u64) -> Action {
-        if self.off() || self.verdict == Verdict::Stop {
+        if self.off() {
+            return Action::Continue;
+        }
+        if self.verdict == Verdict::Stop {
+            // A STOP held back by the line rate limit is said once it may be.
+            if self.said != Verdict::Stop && now_ns >= self.next_log_ns {
+                let scream = self.scream(Verdict::Stop, None, self.silence.check(now_ns), now_ns);
+                self.log(&scream, now_ns);
+            }
             return Action::Continue;
         }
         match self.silence.check(now_ns) {
@@ -682,6 +742,12 @@ impl Guard {
     }
 
     fn change(&mut self, v: Verdict, msg: Option<(&Header, &[u8])>, quiet: Option<u64>, now_ns: u64) -> Action {
+        if self.verdict == Verdict::Ok {
+            // Since the lag went above the limit (a rising-lag WARN: now).
+            self.left_ok_ns = now_ns.saturating_sub(self.lag.above_for_ns(now_ns));
+            self.episode_max_lag_ns = 0;
+        }
+        self.episode_max_lag_ns = self.episode_max_lag_ns.max(self.lag.last_lag_ns());
         self.verdict = v;
         match v {
             Verdict::Ok => {}
@@ -689,8 +755,16 @@ impl Guard {
             Verdict::Snail => self.snails += 1,
             Verdict::Stop => self.stops += 1,
         }
+        let scream = self.scream(v, msg, quiet, now_ns);
+        let action = self.changed(scream, now_ns);
+        self.watching = self.verdict != Verdict::Ok || self.said != self.verdict;
+        action
+    }
+
+    /// What verdict `v` says now (`msg`: the message judged; `quiet`: a silence).
+    fn scream(&self, v: Verdict, msg: Option<(&Header, &[u8])>, quiet: Option<u64>, now_ns: u64) -> Scream {
         let (site, _) = &self.board.sites[self.index];
-        let scream = Scream {
+        Scream {
             verdict: v,
             policy: self.cfg.policy,
             site: site.role.clone(),
@@ -704,7 +778,48 @@ impl Guard {
             silent_for_ns: quiet,
             last_good_seq: self.lag.last_good_seq(),
             at_ns: now_ns,
-        };
+        }
+    }
+
+    /// Say a verdict change on stderr. Lines that are not OK: at most one per
+    /// `warn_every_ns` (changes in between are counted, and said in the next
+    /// line). OK again: once after each line that said otherwise, so each
+    /// episode said has its end said too and the last line is the truth.
+    fn log(&mut self, scream: &Scream, now_ns: u64) {
+        self.say_line(scream, now_ns);
+        self.watching = self.verdict != Verdict::Ok || self.said != self.verdict;
+    }
+
+    fn say_line(&mut self, scream: &Scream, now_ns: u64) {
+        if scream.verdict == Verdict::Ok {
+            if self.said != Verdict::Ok {
+                self.said = Verdict::Ok;
+                let shard = scream.shard.map(|k| format!("shard{k}")).unwrap_or_else(|| "a shard".into());
+                (self.say)(format_args!(
+                    "mdsub: snail: OK again on {shard} ({}) after {} (lag {}, max lag {} since it left OK){}",
+                    scream.site,
+                    human_ns(now_ns.saturating_sub(self.left_ok_ns)),
+                    human_ns(scream.lag_ns),
+                    human_ns(self.episode_max_lag_ns),
+                    Unsaid(std::mem::take(&mut self.unsaid_changes))
+                ));
+            } else {
+                self.unsaid_changes += 1;
+            }
+            return;
+        }
+        if now_ns < self.next_log_ns {
+            self.unsaid_changes += 1;
+            return;
+        }
+        self.next_log_ns = now_ns.saturating_add(self.cfg.warn_every_ns);
+        self.said = scream.verdict;
+        (self.say)(format_args!("mdsub: snail: {scream}{}", Unsaid(std::mem::take(&mut self.unsaid_changes))));
+    }
+
+    /// Record a verdict change: the monitor, the board, the policy's action, stderr.
+    fn changed(&mut self, scream: Scream, now_ns: u64) -> Action {
+        let v = scream.verdict;
         if let Some(m) = &self.monitor {
             // Never blocks; a full monitor queue loses the message (the board keeps the state).
             let _ = m.try_send(scream.clone());
@@ -712,6 +827,8 @@ impl Guard {
         self.publish();
         let croak = self.cfg.policy == Policy::Croak && v >= Verdict::Snail;
         if croak {
+            // The shell says the croak's scream.
+            self.said = v;
             self.board.set_croak(&scream);
             return Action::Croak;
         }
@@ -724,10 +841,7 @@ impl Guard {
             };
             self.publish();
         }
-        if v != Verdict::Ok && now_ns >= self.next_log_ns {
-            self.next_log_ns = now_ns.saturating_add(self.cfg.warn_every_ns);
-            crate::diag!("mdsub: snail: {scream}");
-        }
+        self.log(&scream, now_ns);
         Action::Continue
     }
 
@@ -865,6 +979,62 @@ mod tests {
         let r = b.report();
         assert_eq!((r.sites[0].snails, r.sites[0].checked), (2, 610));
         assert!(b.croak().is_none());
+    }
+
+    thread_local! {
+        static SAID: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A guard's lines, collected on this test's thread instead of stderr.
+    fn collect(args: std::fmt::Arguments<'_>) {
+        SAID.with(|s| s.borrow_mut().push(args.to_string()));
+    }
+
+    fn said() -> Vec<String> {
+        SAID.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    }
+
+    #[test]
+    fn a_snail_said_under_warn_is_said_ok_again_once_and_a_flapping_one_within_the_rate_limit() {
+        let (_b, mut g, clock) = guarded(Policy::Warn);
+        g.say = collect;
+        let mut seq = 0;
+        let mut feed = |g: &mut Guard, lags_ms: &[(u64, usize)]| {
+            for &(lag_ms, n) in lags_ms {
+                for _ in 0..n {
+                    seq += 1;
+                    let now = clock.advance_ms(1);
+                    g.on_message(&header(seq, now - lag_ms * MS), b"A", now);
+                }
+            }
+        };
+        // Max lag 100 ms, grace 200 ms: 400 ms at 300 ms lag is a snail, then OK.
+        feed(&mut g, &[(1, 10), (300, 400), (1, 10)]);
+        let lines = said();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("mdsub: snail: SNAIL on shard0 (shard0-reader)"), "{lines:?}");
+        assert!(
+            lines[1].starts_with("mdsub: snail: OK again on shard0 (shard0-reader) after 401.00ms")
+                && lines[1].contains("max lag 300.00ms since it left OK"),
+            "{lines:?}"
+        );
+        assert_eq!(g.verdict(), Verdict::Ok);
+        // Flapping faster than the line rate limit (1 s): the first SNAIL
+        // within it is held back and said when it may be (the last line is
+        // the truth); what went unsaid is counted in the next line.
+        feed(&mut g, &[(300, 250), (1, 5)]);
+        feed(&mut g, &[(300, 250), (1, 5)]);
+        assert_eq!(said(), Vec::<String>::new(), "within a second of the last SNAIL line: held back");
+        feed(&mut g, &[(300, 600)]);
+        let lines = said();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("mdsub: snail: SNAIL on shard0") && lines[0].contains("not said since"),
+            "{lines:?}"
+        );
+        feed(&mut g, &[(1, 5)]);
+        let lines = said();
+        assert!(lines.len() == 1 && lines[0].contains("OK again"), "{lines:?}");
     }
 
     #[test]
