@@ -515,7 +515,11 @@ impl std::fmt::Display for Scream {
                 human_ns(self.grace_ns)
             )?,
         }
-        write!(f, "; last good seq {}; policy {}", self.last_good_seq, self.policy.name())
+        // 0: no message of this site was within max_lag (a stall from the first message on).
+        match self.last_good_seq {
+            0 => write!(f, "; no message was within max_lag; policy {}", self.policy.name()),
+            seq => write!(f, "; last good seq {seq}; policy {}", self.policy.name()),
+        }
     }
 }
 
@@ -900,6 +904,23 @@ mod tests {
     fn guarded(policy: Policy) -> (Arc<SnailBoard>, Guard, ManualClock) {
         let b = board(policy);
         (b.clone(), Guard::new(b, 0, None), ManualClock::new(T0))
+    }
+
+    #[test]
+    fn a_croak_with_no_message_in_time_says_so_not_seq_0() {
+        // Late from the first message: there is no last good sequence (it read `last good seq 0`).
+        let (b, mut g, clock) = guarded(Policy::Croak);
+        let mut seq = 0;
+        while seq < 1_000 {
+            let now = clock.advance_ms(1);
+            seq += 1;
+            if g.on_message(&header(seq, now - 300 * MS), b"ESH6", now) == Action::Croak {
+                break;
+            }
+        }
+        let line = b.croak().expect("a croak").to_string();
+        assert!(line.contains("; no message was within max_lag; policy croak"), "{line}");
+        assert!(!line.contains("last good seq"), "{line}");
     }
 
     #[test]
