@@ -247,7 +247,7 @@ pub struct EngineArgs {
     pub idle: Option<Idle>,
     /// End-of-stream frames (one per publisher session) each shard waits for
     /// before the engine ends; default one per endpoint it connects to; 0 runs
-    /// until Ctrl-C (loss is then counted when every shard heard at least one).
+    /// until Ctrl-C (loss is then counted when every shard heard one per endpoint).
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
     /// Stop anyway after this long (e.g. 90s).

@@ -199,6 +199,9 @@ pub struct Engine {
     worker_counters: Vec<Arc<WorkerCounters>>,
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
+    /// Each shard's endpoint count: with `--expect-eos 0`, the ends of stream its loss is counted
+    /// from (a publisher still sending has no count to take from).
+    endpoints_per_shard: Vec<u64>,
     snail: Arc<SnailBoard>,
     /// The monitor PUB's agent and its bound endpoint.
     monitor: Option<Box<(AgentHandle<MonitorAgent>, String)>>,
@@ -328,6 +331,7 @@ impl Engine {
             link_boards: Vec::new(),
             worker_counters: Vec::new(),
             expect_eos: Vec::new(),
+            endpoints_per_shard: Vec::new(),
             snail: board.clone(),
             monitor: None,
             monitor_zap: None,
@@ -386,6 +390,7 @@ impl Engine {
                 .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(shard.endpoints.len());
             engine.expect_eos.push(expect_eos as u64);
+            engine.endpoints_per_shard.push(shard.endpoints.len() as u64);
             let counters = shard_counters[k].clone();
             engine.shard_counters.push(counters.clone());
             let rc = ReaderConfig {
@@ -685,7 +690,7 @@ impl Engine {
         let delivered = self.delivered();
         let forwarded = sum(&|c| c.forwarded.load(Relaxed));
         let eos: Vec<u64> = shards.iter().map(|c| c.eos_sessions.load(Relaxed)).collect();
-        let complete = ends_heard(&eos, &self.expect_eos);
+        let complete = ends_heard(&eos, &self.expect_eos, &self.endpoints_per_shard);
         let full = shards.iter().all(|c| c.full_subscription.load(Relaxed));
         let any_eos = sum(&|c| c.eos_sessions.load(Relaxed)) > 0;
         let sent = any_eos.then(|| sum(&|c| c.sent()));
@@ -882,10 +887,11 @@ impl Drop for Engine {
 }
 
 /// Whether every shard heard the ends of stream its loss is counted from: the `expect` it
-/// waits for (`--expect-eos N`), and with 0 (run until stopped) at least one. `eos` is the
-/// end-of-stream count per shard.
-fn ends_heard(eos: &[u64], expect: &[u64]) -> bool {
-    eos.iter().zip(expect).all(|(&heard, &e)| heard >= e.max(1))
+/// waits for (`--expect-eos N`), and with 0 (run until stopped) one per endpoint it connects to
+/// (at least one): a publisher still sending has said no count, and its messages would hide
+/// another's loss. `eos` is the end-of-stream count per shard.
+fn ends_heard(eos: &[u64], expect: &[u64], endpoints: &[u64]) -> bool {
+    eos.iter().zip(expect).zip(endpoints).all(|((&heard, &e), &eps)| heard >= if e > 0 { e } else { eps.max(1) })
 }
 
 #[cfg(test)]
@@ -895,9 +901,12 @@ mod tests {
     #[test]
     fn run_until_stopped_counts_loss_once_every_shard_heard_an_end_of_stream() {
         // `--expect-eos 0` took no end of stream as enough, so loss was always "unknown".
-        assert!(ends_heard(&[1, 2], &[0, 0]));
-        assert!(!ends_heard(&[1, 0], &[0, 0]), "a shard that heard none");
-        assert!(ends_heard(&[2, 2], &[2, 1]));
-        assert!(!ends_heard(&[1, 2], &[2, 1]), "a shard short of its --expect-eos");
+        assert!(ends_heard(&[1, 2], &[0, 0], &[1, 1]));
+        assert!(!ends_heard(&[1, 0], &[0, 0], &[1, 1]), "a shard that heard none");
+        // Two publishers on one shard (`--endpoint EP1,EP2`): one still sending has no count.
+        assert!(!ends_heard(&[1], &[0], &[2]), "one of two publishers ended");
+        assert!(ends_heard(&[2], &[0], &[2]));
+        assert!(ends_heard(&[2, 2], &[2, 1], &[1, 1]));
+        assert!(!ends_heard(&[1, 2], &[2, 1], &[1, 1]), "a shard short of its --expect-eos");
     }
 }
