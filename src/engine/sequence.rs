@@ -111,8 +111,6 @@ struct Session {
 /// What a session's replacement by a later one counted.
 #[derive(Debug, Clone, Copy)]
 struct Replaced {
-    /// A restart (it had been live).
-    restart: bool,
     /// It ended without an end of stream and was counted as unended with
     /// this many messages sent.
     unended_sent: Option<u64>,
@@ -300,7 +298,7 @@ impl SequenceTracker {
                 let pending = &mut self.publishers[p].pending_unended;
                 *pending = (pending.0 + 1, pending.1.saturating_add(n));
             }
-            s.replaced = Some(Replaced { restart: s.live_seen, unended_sent, unended_in_totals: false });
+            s.replaced = Some(Replaced { unended_sent, unended_in_totals: false });
             restarted |= s.live_seen;
             if s.eos_seen {
                 // Ended: no frame of it is to come, so its topics are not needed.
@@ -339,9 +337,12 @@ impl SequenceTracker {
 
     /// A frame (live data or an end of stream) of session `i`, which is not
     /// current: `(i, restarted)`. One that a later session replaced is alive
-    /// after all: two publishers share its id. Its replacement is taken back
-    /// (no restart, not unended), the id is said once, and from now on its
-    /// sessions are tracked side by side. One that never was current takes over.
+    /// after all: two publishers share its id. Its replacement's unended count is
+    /// taken back, the id is said once, and from now on its sessions are tracked
+    /// side by side. The restart the replacement counted stays counted: `restarts`
+    /// is a counter, live on /metrics, and a counter that went back would read as
+    /// a reset there; `id_conflicts` says what it was. One that never was current
+    /// takes over.
     fn revive(&mut self, i: usize, live: bool) -> (usize, bool) {
         let id = self.sessions[i].publisher_id;
         let Some(p) = self.publishers.iter().position(|p| p.publisher_id == id) else {
@@ -349,7 +350,6 @@ impl SequenceTracker {
         };
         let restarted = match self.sessions[i].replaced.take() {
             Some(r) => {
-                self.totals.restarts = self.totals.restarts.saturating_sub(r.restart as u64);
                 if let Some(n) = r.unended_sent {
                     if r.unended_in_totals {
                         self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
@@ -726,8 +726,8 @@ mod tests {
             let tot = t.totals();
             assert_eq!(
                 (tot.accepted, tot.gaps, tot.duplicates, tot.restarts, tot.before_first),
-                (500, 0, 0, 0, 0),
-                "full={full}: {tot:?}"
+                (500, 0, 0, 1, 0),
+                "full={full}: B's first frame was a restart until A came back; a counter does not go back: {tot:?}"
             );
             assert_eq!((tot.id_conflicts, tot.sent(), tot.unended_sessions), (1, 500, 0), "full={full}: {tot:?}");
             assert_eq!(t.take_id_conflict(), Some(IdConflict { publisher_id: 0, sessions: (7, 8) }));
@@ -735,7 +735,7 @@ mod tests {
             // Loss is still seen, per session.
             t.on_data(&h(0, 9, 1, 1), b"C");
             t.on_data(&h(0, 7, 202, 201), b"A");
-            assert_eq!(t.totals().restarts, 0, "a new session of a shared id is not a restart");
+            assert_eq!(t.totals().restarts, 1, "a new session of a shared id is not a restart");
             assert_eq!(t.take_id_conflict(), None);
         }
 
@@ -747,7 +747,8 @@ mod tests {
             }
         }
         let tot = t.totals();
-        assert_eq!((tot.accepted, tot.gaps, tot.duplicates, tot.restarts), (300, 0, 0, 0), "{tot:?}");
+        // Sessions 2 and 3 each replaced the one before (2 restarts) until session 1 came back.
+        assert_eq!((tot.accepted, tot.gaps, tot.duplicates, tot.restarts), (300, 0, 0, 2), "{tot:?}");
         assert_eq!(tot.id_conflicts, 1);
         assert!(t.take_id_conflict().is_some());
     }
