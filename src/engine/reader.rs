@@ -190,8 +190,9 @@ pub struct Checks {
     longest_silence_ns: u64,
     /// A silence that ended in `check`, not yet said by [`Checks::silence`].
     ended_silence_ns: Option<u64>,
-    /// The last frame was an end of stream: quiet from here on is expected, not a
-    /// silence (as the snail's STOP is disarmed), until another frame arrives.
+    /// The last frame was an end of stream and no other session is open: quiet from
+    /// here on is expected, not a silence (as the snail's STOP is disarmed), until
+    /// another frame arrives.
     quiet_by_right: bool,
     /// Refused frames by reason, and the line due to be said ([`Checks::take_refusal_line`]).
     refusals: Refusals,
@@ -378,8 +379,10 @@ impl Checks {
                     Err(_) => view.header.stream_seq,
                 };
                 self.tracker.on_end_of_stream(&view.header, sent);
-                self.quiet_by_right = true;
-                if let Some(g) = &mut self.guard {
+                // Quiet is expected only when no other publisher of the shard is still open
+                // (`--endpoint EP1,EP2`: one's end says nothing of the other's stall).
+                self.quiet_by_right = !self.tracker.any_open();
+                if let (Some(g), true) = (&mut self.guard, self.quiet_by_right) {
                     g.ended();
                 }
                 None
@@ -900,6 +903,38 @@ mod tests {
             2 * SILENCE_AFTER_NS,
             "the quiet after the end is not in it"
         );
+    }
+
+    /// Two publishers on one shard (`--endpoint EP1,EP2`): one's end of stream says nothing of
+    /// the other, whose stall is a silence.
+    #[test]
+    fn one_publishers_end_of_stream_leaves_the_others_silence_said() {
+        let mut c = Checks::new(Routing::ByTopic, 1, true);
+        let other = |seq, kind| {
+            let h = Header {
+                kind,
+                flags: 0,
+                publisher_id: 2,
+                session_id: 9,
+                stream_seq: seq,
+                topic_seq: seq,
+                send_time_ns: 1000,
+            };
+            wire::encode(b"MSFT", &h, &[0u8; 16])
+        };
+        let t0 = 1_000_000_000;
+        assert!(c.check(&frame(1, Kind::Data), t0).is_some());
+        assert!(c.check(&other(1, Kind::Data), t0 + 1).is_some());
+        assert!(c.check(&frame(1, Kind::EndOfStream), t0 + 2).is_none());
+        assert_eq!(
+            c.silence(t0 + 2 + SILENCE_AFTER_NS),
+            Some(Silence::Began { since_ns: t0 + 2 }),
+            "the other is open"
+        );
+        // The other's end ends that silence; with both ended, quiet is by right.
+        assert!(c.check(&other(1, Kind::EndOfStream), t0 + 3 * SILENCE_AFTER_NS).is_none());
+        assert!(matches!(c.silence(t0 + 3 * SILENCE_AFTER_NS), Some(Silence::Ended { .. })));
+        assert_eq!(c.silence(t0 + 10 * SILENCE_AFTER_NS), None);
     }
 
     /// The frame a reader's snail croaks on is not handed on (the engine stops

@@ -419,6 +419,18 @@ impl SequenceTracker {
         Some(self.push_session(h, false))
     }
 
+    /// Whether a session heard live has not ended: no end of stream of it, nor one of its
+    /// publisher id heard after its last frame (a verbatim capture replay ends the recorded
+    /// sessions with an end of stream of its own). Another publisher of the shard may still be
+    /// sending after one's end of stream. A scan of the kept sessions, for an end of stream,
+    /// not per message.
+    pub fn any_open(&self) -> bool {
+        let ended_after = |s: &Session| {
+            self.sessions.iter().any(|e| e.publisher_id == s.publisher_id && e.eos_seen && e.heard > s.heard)
+        };
+        self.sessions.iter().any(|s| s.current && s.live_seen && !s.eos_seen && !ended_after(s))
+    }
+
     /// Publisher id found shared by two publishers since the last call (said once per id).
     pub fn take_id_conflict(&mut self) -> Option<IdConflict> {
         self.conflict.take()
@@ -763,13 +775,16 @@ mod tests {
         for s in 1..=5 {
             t.on_data(&h(1, 9, s, s), b"A");
         }
+        assert!(t.any_open(), "session 9 sends");
         assert!(t.on_end_of_stream(&h(1, 77, 6, 0), 5));
+        assert!(!t.any_open(), "the replay's end of stream ends what it replayed: quiet is by right");
         assert!(!t.on_end_of_stream(&h(1, 77, 6, 0), 5), "a repeat counts once");
         let tot = t.totals();
         assert_eq!((tot.restarts, tot.sent(), tot.accepted, tot.gaps, tot.eos_sessions), (0, 5, 5, 0, 1), "{tot:?}");
         // The recorded session goes on as it was: no restart, no gap.
         let v = t.on_data(&h(1, 9, 6, 6), b"A");
         assert_eq!(v, Verdict { accept: true, missed: 0, restart: false });
+        assert!(t.any_open(), "heard again after that end of stream");
         // A recorded restart is still one.
         assert!(t.on_data(&h(1, 10, 1, 1), b"A").restart);
         assert_eq!(t.totals().restarts, 1);
