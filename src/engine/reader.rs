@@ -734,7 +734,7 @@ impl Agent for ReaderAgent {
                 }
             }
         }
-        if let Some(c) = self.checks.take_id_conflict() {
+        while let Some(c) = self.checks.take_id_conflict() {
             crate::diag!("{}: {c}", self.role);
         }
         if n == 0 {

@@ -132,7 +132,14 @@ struct PublisherState {
     /// A session it had replaced came back: two publishers send under this
     /// id. Its sessions are then tracked side by side, none replacing another.
     shared: bool,
+    /// Sessions of this id that made room for later ones (the last [`EVICTED_KEPT`]):
+    /// one of them heard live again is a publisher that never went away, so the
+    /// id is shared even when more publishers share it than sessions are kept.
+    evicted: Vec<u64>,
 }
+
+/// Session ids remembered per publisher id after they made room ([`PublisherState::evicted`]).
+const EVICTED_KEPT: usize = 16;
 
 /// Sessions of one publisher id kept at once: its current one and those it
 /// replaced (so one that comes back is recognised), or, for an id two or
@@ -247,8 +254,9 @@ pub struct SequenceTracker {
     totals: SequenceTotals,
     /// Frames judged so far: the clock of [`Session::heard`].
     tick: u64,
-    /// An id found shared, not yet taken by [`SequenceTracker::take_id_conflict`].
-    conflict: Option<IdConflict>,
+    /// Ids found shared, not yet taken by [`SequenceTracker::take_id_conflict`] (at most
+    /// one per publisher id, so bounded by [`MAX_PUBLISHERS`]).
+    conflicts: Vec<IdConflict>,
 }
 
 impl SequenceTracker {
@@ -261,7 +269,7 @@ impl SequenceTracker {
             full_subscription,
             totals: SequenceTotals::default(),
             tick: 0,
-            conflict: None,
+            conflicts: Vec::new(),
         }
     }
 
@@ -278,7 +286,12 @@ impl SequenceTracker {
             Some(p) => Some(p),
             None if self.publishers.len() >= MAX_PUBLISHERS => None,
             None => {
-                self.publishers.push(PublisherState { publisher_id: id, pending_unended: (0, 0), shared: false });
+                self.publishers.push(PublisherState {
+                    publisher_id: id,
+                    pending_unended: (0, 0),
+                    shared: false,
+                    evicted: Vec::new(),
+                });
                 Some(self.publishers.len() - 1)
             }
         }
@@ -314,6 +327,11 @@ impl SequenceTracker {
     /// [`SequenceTracker::replace_current`].
     fn admit(&mut self, h: &Header, live: bool) -> Option<(usize, bool)> {
         let p = self.publisher(h.publisher_id)?;
+        if live && self.publishers[p].evicted.contains(&h.session_id) {
+            let other = self.sessions.iter().find(|s| s.publisher_id == h.publisher_id && s.current);
+            let other = other.map_or(0, |s| s.session_id);
+            self.mark_shared(p, h.session_id, other);
+        }
         let restarted = !self.publishers[p].shared && self.replace_current(p, live);
         Some((self.push_session(h, true), restarted))
     }
@@ -328,7 +346,13 @@ impl SequenceTracker {
                 .filter(|&i| self.sessions[i].publisher_id == h.publisher_id)
                 .min_by_key(|&i| (self.sessions[i].current, self.sessions[i].heard));
             if let Some(i) = oldest {
-                self.sessions.swap_remove(i);
+                let gone = self.sessions.swap_remove(i).session_id;
+                if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == h.publisher_id) {
+                    if p.evicted.len() == EVICTED_KEPT {
+                        p.evicted.remove(0);
+                    }
+                    p.evicted.push(gone);
+                }
             }
         }
         self.sessions.push(Session { current, ..Session::new(h, self.tick) });
@@ -359,21 +383,26 @@ impl SequenceTracker {
                         *pending = (pending.0.saturating_sub(1), pending.1.saturating_sub(n));
                     }
                 }
-                if !self.publishers[p].shared {
-                    self.publishers[p].shared = true;
-                    self.totals.id_conflicts += 1;
-                    let other = self.sessions.iter().find(|s| s.publisher_id == id && s.current);
-                    self.conflict = Some(IdConflict {
-                        publisher_id: id,
-                        sessions: (self.sessions[i].session_id, other.map_or(0, |s| s.session_id)),
-                    });
-                }
+                let other = self.sessions.iter().find(|s| s.publisher_id == id && s.current);
+                let other = other.map_or(0, |s| s.session_id);
+                self.mark_shared(p, self.sessions[i].session_id, other);
                 false
             }
             None => !self.publishers[p].shared && self.replace_current(p, live),
         };
         self.sessions[i].current = true;
         (i, restarted)
+    }
+
+    /// Publisher `p`'s id is shared (`back` came back beside `current`): counted and said
+    /// once per id.
+    fn mark_shared(&mut self, p: usize, back: u64, current: u64) {
+        if !self.publishers[p].shared {
+            self.publishers[p].shared = true;
+            self.totals.id_conflicts += 1;
+            self.conflicts
+                .push(IdConflict { publisher_id: self.publishers[p].publisher_id, sessions: (back, current) });
+        }
     }
 
     /// The session of `h`: `(index, restarted)`, or None when a new publisher
@@ -433,7 +462,7 @@ impl SequenceTracker {
 
     /// Publisher id found shared by two publishers since the last call (said once per id).
     pub fn take_id_conflict(&mut self) -> Option<IdConflict> {
-        self.conflict.take()
+        (!self.conflicts.is_empty()).then(|| self.conflicts.remove(0))
     }
 
     fn reject(&mut self, counter: fn(&mut SequenceTotals) -> &mut u64, restart: bool) -> Verdict {
@@ -467,9 +496,14 @@ impl SequenceTracker {
         let s = &mut self.sessions[i];
         // What the session sent before its first live frame here: only where every topic is
         // taken (through a filter the stream sequence jumps by design), and only a believable
-        // position (a first frame claiming 2^60 sent is not counted as 2^60 messages).
+        // position (a first frame claiming 2^60 sent is not counted as 2^60 messages). Not for
+        // an id seen shared: more publishers than it keeps sessions for push each other out,
+        // and each coming back would count its whole stream again.
         if !from_cache && !s.live_seen && full && h.stream_seq <= MAX_SEQ_JUMP {
-            self.totals.before_first = self.totals.before_first.saturating_add(h.stream_seq.saturating_sub(1));
+            let id = h.publisher_id;
+            if !self.publishers.iter().any(|p| p.publisher_id == id && p.shared) {
+                self.totals.before_first = self.totals.before_first.saturating_add(h.stream_seq.saturating_sub(1));
+            }
         }
         s.live_seen |= !from_cache;
         // A live frame's stream sequence must be believable before anything changes.
@@ -751,6 +785,18 @@ mod tests {
             assert_eq!(t.take_id_conflict(), None);
         }
 
+        // More publishers under one id than it keeps sessions for: they push each other out,
+        // but what each sent before is not counted again every time it comes back.
+        let mut t = SequenceTracker::new(true);
+        for seq in 1..=50 {
+            for session in 1..=(MAX_SESSIONS_PER_ID as u64 + 2) {
+                t.on_data(&h(6, session, seq, seq), b"A");
+            }
+        }
+        let tot = t.totals();
+        assert_eq!((tot.before_first, tot.id_conflicts, tot.gaps), (0, 1, 0), "{tot:?}");
+        assert!(tot.restarts < MAX_SESSIONS_PER_ID as u64 + 2, "the restarts before the id was seen shared: {tot:?}");
+
         // Three publishers rotating under one id.
         let mut t = SequenceTracker::new(true);
         for seq in 1..=100 {
@@ -763,6 +809,16 @@ mod tests {
         assert_eq!((tot.accepted, tot.gaps, tot.duplicates, tot.restarts), (300, 0, 0, 2), "{tot:?}");
         assert_eq!(tot.id_conflicts, 1);
         assert!(t.take_id_conflict().is_some());
+
+        // Two ids found shared before anyone asks (one reader round): both are said.
+        let mut t = SequenceTracker::new(true);
+        for id in [1, 2] {
+            for (session, seq) in [(10, 1), (11, 1), (10, 2)] {
+                t.on_data(&h(id, session, seq, seq), b"A");
+            }
+        }
+        let said: Vec<u32> = std::iter::from_fn(|| t.take_id_conflict()).map(|c| c.publisher_id).collect();
+        assert_eq!(said, [1, 2]);
     }
 
     /// A verbatim capture replay ends the recorded frames (publisher 1,
