@@ -77,20 +77,27 @@ impl Cmd {
 fn main() {
     // Before any libzmq thread allocates: glibc keeps what libzmq's I/O threads free
     // (src/zmqx/heap.rs; benches/README.md, "libzmq's heap").
-    // A parameter the operator set in the environment is left as set (said on stderr).
-    match mdsub::zmqx::heap::keep_freed_memory() {
-        Ok(left) if !left.is_empty() => {
-            mdsub::diag!("note: glibc malloc's {} left as the environment set it (src/zmqx/heap.rs)", left.join(", "))
-        }
-        Ok(_) => {}
-        Err(e) => mdsub::diag!("warning: {e}: libzmq's I/O threads may page-fault on freed memory"),
-    }
+    // A parameter the operator set in the environment is left as set.
+    let heap = mdsub::zmqx::heap::keep_freed_memory();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sub = matches.subcommand_name().unwrap_or_default().to_string();
     let stop = StopFlag::new();
     let on_signal = stop.clone();
     let watches_stop = cli.cmd.watches_stop();
+    // Said for the commands that move market data (where libzmq's heap matters), not for every
+    // `clone-client get` of a script.
+    let data_path = matches!(
+        cli.cmd,
+        Cmd::Demo(_) | Cmd::Replay(_) | Cmd::Engine(_) | Cmd::Bench(_) | Cmd::Capacity(_) | Cmd::Lvc(_) | Cmd::Tap(_)
+    );
+    match heap {
+        Ok(left) if !left.is_empty() && data_path => {
+            mdsub::diag!("note: glibc malloc's {} left as the environment set it (src/zmqx/heap.rs)", left.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => mdsub::diag!("warning: {e}: libzmq's I/O threads may page-fault on freed memory"),
+    }
     // When the first signal came (monotonic ns, 0 = none), apart from the stop flag: the
     // command sets that flag itself too (a --max-duration, a snail's croak, an agent's
     // failure), and that is no first Ctrl-C.

@@ -99,7 +99,8 @@ fn u(v: &Value, k: &str) -> u64 {
 /// A percentile of the status `v` for people: `-` when the interval had no message (the
 /// status says `null`), `≥60s` for latencies recorded as 60 s.
 fn latency(v: &Value, k: &str) -> String {
-    v[k].as_u64().map_or_else(|| "-".to_string(), human_latency)
+    let clamped = v["clamped"].as_u64().unwrap_or(0);
+    v[k].as_u64().map_or_else(|| "-".to_string(), |ns| human_latency(ns, clamped))
 }
 
 impl Top {

@@ -148,7 +148,8 @@ impl Collector {
                 continue;
             }
             let p = Percentiles::of(&set.total);
-            let q = |v: u64| if p.count == 0 { "-".to_string() } else { human_latency(v) };
+            let clamped = set.clamped[2];
+            let q = |v: u64| if p.count == 0 { "-".to_string() } else { human_latency(v, clamped) };
             let g = gaps.get(k).copied();
             let new = g.map(|g| g.saturating_sub(self.gaps_before.get(k).copied().unwrap_or(0)));
             let gaps = match (g, new) {

@@ -201,10 +201,11 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
-/// A latency as [`human_ns`] says it, or `≥60s` for one in the histograms' top bin, where
-/// latencies above [`MAX_TRACKABLE_NS`] are recorded.
-pub fn human_latency(ns: u64) -> String {
-    if ns >= MAX_TRACKABLE_NS {
+/// A latency as [`human_ns`] says it, or `≥60s` for one in the histograms' top bin when
+/// latencies above [`MAX_TRACKABLE_NS`] were recorded there (`clamped` of them): the bin also
+/// holds latencies a little under 60 s, which read back as 60.03 s and are not clamped.
+pub fn human_latency(ns: u64, clamped: u64) -> String {
+    if clamped > 0 && ns >= MAX_TRACKABLE_NS {
         format!("≥{}s", MAX_TRACKABLE_NS / 1_000_000_000)
     } else {
         human_ns(ns)
@@ -489,10 +490,10 @@ impl RunReport {
                         s,
                         "    {:<10} {:>10} {:>10} {:>10} {:>10}",
                         stage,
-                        human_latency(p.p50_ns),
-                        human_latency(p.p99_ns),
-                        human_latency(p.p999_ns),
-                        human_latency(p.max_ns)
+                        human_latency(p.p50_ns, p.clamped),
+                        human_latency(p.p99_ns, p.clamped),
+                        human_latency(p.p999_ns, p.clamped),
+                        human_latency(p.max_ns, p.clamped)
                     );
                 }
             }
@@ -628,8 +629,10 @@ mod tests {
         assert_eq!(human_ns(3_050_000), "3.05ms");
         assert_eq!(human_ns(1_200_000_000), "1.20s");
         assert_eq!(human_ns(2_252_800), "2.25ms");
-        assert_eq!(human_latency(59_990_000_000), "59.99s");
-        assert_eq!(human_latency(60_030_000_000), "≥60s");
+        assert_eq!(human_latency(59_990_000_000, 1), "59.99s");
+        assert_eq!(human_latency(60_030_000_000, 1), "≥60s");
+        // The top bin with nothing clamped: a latency a little under 60 s read back.
+        assert_eq!(human_latency(60_030_000_000, 0), "60.03s");
     }
 
     #[test]

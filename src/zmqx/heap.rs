@@ -93,7 +93,12 @@ pub fn keep_freed_memory() -> Result<Vec<&'static str>, MalloptRefused> {
         }
     };
     for (param, name, tunable, env_var, value) in PARAMS {
-        if set_by_operator(tunables.as_deref(), |v| std::env::var_os(v).is_some(), tunable, env_var) {
+        if set_by_operator(
+            tunables.as_deref(),
+            |v| std::env::var_os(v).is_some_and(|x| !x.is_empty()),
+            tunable,
+            env_var,
+        ) {
             left.push(name);
         } else {
             set(param, name, value)?;
