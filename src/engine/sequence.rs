@@ -328,17 +328,15 @@ impl SequenceTracker {
     fn admit(&mut self, h: &Header, live: bool) -> Option<(usize, bool)> {
         let p = self.publisher(h.publisher_id)?;
         if live && self.publishers[p].evicted.contains(&h.session_id) {
-            let other = self.sessions.iter().find(|s| s.publisher_id == h.publisher_id && s.current);
-            let other = other.map_or(0, |s| s.session_id);
-            self.mark_shared(p, h.session_id, other);
+            self.mark_shared(p, h.session_id);
         }
         let restarted = !self.publishers[p].shared && self.replace_current(p, live);
-        Some((self.push_session(h, true), restarted))
+        Some((self.push_session(p, h, true), restarted))
     }
 
-    /// Add a session for `h`, making room among its publisher's
-    /// ([`MAX_SESSIONS_PER_ID`]); returns its index.
-    fn push_session(&mut self, h: &Header, current: bool) -> usize {
+    /// Add a session for `h` (of publisher `p`), making room among its
+    /// publisher's ([`MAX_SESSIONS_PER_ID`]); returns its index.
+    fn push_session(&mut self, p: usize, h: &Header, current: bool) -> usize {
         let mine = self.sessions.iter().filter(|s| s.publisher_id == h.publisher_id).count();
         if mine >= MAX_SESSIONS_PER_ID {
             // Room: the least recently heard, a replaced one before a current one.
@@ -347,12 +345,11 @@ impl SequenceTracker {
                 .min_by_key(|&i| (self.sessions[i].current, self.sessions[i].heard));
             if let Some(i) = oldest {
                 let gone = self.sessions.swap_remove(i).session_id;
-                if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == h.publisher_id) {
-                    if p.evicted.len() == EVICTED_KEPT {
-                        p.evicted.remove(0);
-                    }
-                    p.evicted.push(gone);
+                let evicted = &mut self.publishers[p].evicted;
+                if evicted.len() == EVICTED_KEPT {
+                    evicted.remove(0);
                 }
+                evicted.push(gone);
             }
         }
         self.sessions.push(Session { current, ..Session::new(h, self.tick) });
@@ -383,9 +380,7 @@ impl SequenceTracker {
                         *pending = (pending.0.saturating_sub(1), pending.1.saturating_sub(n));
                     }
                 }
-                let other = self.sessions.iter().find(|s| s.publisher_id == id && s.current);
-                let other = other.map_or(0, |s| s.session_id);
-                self.mark_shared(p, self.sessions[i].session_id, other);
+                self.mark_shared(p, self.sessions[i].session_id);
                 false
             }
             None => !self.publishers[p].shared && self.replace_current(p, live),
@@ -394,14 +389,15 @@ impl SequenceTracker {
         (i, restarted)
     }
 
-    /// Publisher `p`'s id is shared (`back` came back beside `current`): counted and said
-    /// once per id.
-    fn mark_shared(&mut self, p: usize, back: u64, current: u64) {
+    /// Publisher `p`'s id is shared (session `back` came back beside its current one):
+    /// counted and said once per id.
+    fn mark_shared(&mut self, p: usize, back: u64) {
         if !self.publishers[p].shared {
+            let id = self.publishers[p].publisher_id;
             self.publishers[p].shared = true;
             self.totals.id_conflicts += 1;
-            self.conflicts
-                .push(IdConflict { publisher_id: self.publishers[p].publisher_id, sessions: (back, current) });
+            let current = self.sessions.iter().find(|s| s.publisher_id == id && s.current).map_or(0, |s| s.session_id);
+            self.conflicts.push(IdConflict { publisher_id: id, sessions: (back, current) });
         }
     }
 
@@ -444,8 +440,8 @@ impl SequenceTracker {
         // Beside the current session, which stays current (a live frame of
         // this one would take over, as [`SequenceTracker::revive`] says).
         self.tick += 1;
-        self.publisher(h.publisher_id)?;
-        Some(self.push_session(h, false))
+        let p = self.publisher(h.publisher_id)?;
+        Some(self.push_session(p, h, false))
     }
 
     /// Whether a session heard live has not ended: no end of stream of it, nor one of its
@@ -454,10 +450,16 @@ impl SequenceTracker {
     /// sending after one's end of stream. A scan of the kept sessions, for an end of stream,
     /// not per message.
     pub fn any_open(&self) -> bool {
-        let ended_after = |s: &Session| {
-            self.sessions.iter().any(|e| e.publisher_id == s.publisher_id && e.eos_seen && e.heard > s.heard)
-        };
-        self.sessions.iter().any(|s| s.current && s.live_seen && !s.eos_seen && !ended_after(s))
+        // Per id, when its last end of stream was heard: one pass, not one per session (up to
+        // MAX_PUBLISHERS x MAX_SESSIONS_PER_ID of them).
+        let mut last_end: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        for e in self.sessions.iter().filter(|e| e.eos_seen) {
+            let t = last_end.entry(e.publisher_id).or_insert(0);
+            *t = (*t).max(e.heard);
+        }
+        self.sessions.iter().any(|s| {
+            s.current && s.live_seen && !s.eos_seen && last_end.get(&s.publisher_id).is_none_or(|&t| t <= s.heard)
+        })
     }
 
     /// Publisher id found shared by two publishers since the last call (said once per id).
