@@ -346,8 +346,7 @@ impl Checks {
                             // counted as forwarded, nor in the workers' latency figures),
                             // but its lag is the shard's, as the scream says.
                             self.croaked = true;
-                            self.last_lag_ns = recv_ns.saturating_sub(view.header.send_time_ns);
-                            self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
+                            self.note_lag(recv_ns, view.header.send_time_ns);
                             return None;
                         }
                         // Policy `rest`: this shard drops its backlog.
@@ -358,8 +357,7 @@ impl Checks {
                 }
                 self.forwarded += 1;
                 self.forwarded_bytes += frame.len() as u64;
-                self.last_lag_ns = recv_ns.saturating_sub(view.header.send_time_ns);
-                self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
+                self.note_lag(recv_ns, view.header.send_time_ns);
                 let w = match self.routing {
                     _ if self.workers == 1 => 0,
                     Routing::ByTopic => (topic_hash(view.topic) % self.workers as u64) as usize,
@@ -388,6 +386,13 @@ impl Checks {
                 None
             }
         }
+    }
+
+    /// The shard's lag: receive time minus the intended send time.
+    #[inline]
+    fn note_lag(&mut self, recv_ns: u64, send_time_ns: u64) {
+        self.last_lag_ns = recv_ns.saturating_sub(send_time_ns);
+        self.max_lag_ns = self.max_lag_ns.max(self.last_lag_ns);
     }
 
     /// Whether the shard's silence began (nothing for [`SILENCE_AFTER_NS`]
