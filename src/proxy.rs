@@ -254,7 +254,7 @@ fn watch_links(
     };
     let back = if follow_joins {
         LinkWatch::attach_always(ctx, backend, &name("backend"), &connects(&config.backend))
-            .map(Some)
+            .map(|w| Some(w.following_updowns()))
             .map_err(zerr(role, "starting the link monitor"))?
     } else {
         watch(backend, "backend", connects(&config.backend))?
@@ -334,15 +334,10 @@ impl<H: ProxyHooks> ProxyShell<H> {
         self.take_joins();
     }
 
-    /// Hand the subscriber side's handshakes to the hooks (and drop the publisher side's ups
-    /// and downs, which nobody follows).
+    /// Hand the subscriber side's handshakes to the hooks (a watch keeps them only when the
+    /// hooks follow joins: [`LinkWatch::following_updowns`]).
     fn take_joins(&mut self) {
-        let [front, back] = &mut self.links;
-        if let Some(w) = front {
-            w.take_updowns(&mut self.updowns);
-            self.updowns.clear();
-        }
-        if let Some(w) = back {
+        if let Some(w) = &mut self.links[1] {
             w.take_updowns(&mut self.updowns);
             for _ in self.updowns.drain(..).filter(|&up| up) {
                 self.hooks.on_subscriber_joined();

@@ -432,6 +432,7 @@ impl ClientAgent {
                     role: "clone-client".into(),
                     message: "no endpoint to watch".into(),
                 })?
+                .following_updowns()
                 .quiet(quiet)
                 .hold_not_up();
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;

@@ -182,7 +182,8 @@ impl Server {
                     std::slice::from_ref(&peer_pub),
                 )
                 .map_err(zerr("monitoring the peer subscriber"))?
-                .ok_or_else(|| ServerError::Config("no peer endpoint to watch".into()))?;
+                .ok_or_else(|| ServerError::Config("no peer endpoint to watch".into()))?
+                .following_updowns();
                 peer_sub.connect(&peer_pub).map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
                 Some(Pair { statepub, statesub, peer_sub, peer_links, peer_snapshot, sync: None })
             }

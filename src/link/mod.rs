@@ -109,8 +109,10 @@ pub struct LinkWatch {
     out: Vec<Decision>,
     rounds: u32,
     /// Raw up (handshake done) / down (disconnected) events since the last
-    /// [`LinkWatch::take_updowns`], for an owner whose core follows them.
+    /// [`LinkWatch::take_updowns`], kept only for an owner whose core follows them
+    /// ([`LinkWatch::following_updowns`]): nobody else empties the list.
     updowns: Vec<bool>,
+    follow: bool,
     /// Say losses and returns on stderr (the counters are kept either way).
     log: bool,
     /// `disconnected` lines held for the grace: (say at, link).
@@ -181,12 +183,20 @@ impl LinkWatch {
             out: Vec::new(),
             rounds: 0,
             updowns: Vec::new(),
+            follow: false,
             log: true,
             held: Vec::new(),
             not_ups: None,
             losses,
             said: vec![false; endpoints.len()],
         })
+    }
+
+    /// Keep the ups and downs for [`LinkWatch::take_updowns`] (an owner whose core follows
+    /// them, and which takes them every round).
+    pub fn following_updowns(mut self) -> Self {
+        self.follow = true;
+        self
     }
 
     /// Keep quiet on stderr (a full-screen owner); the counters still count.
@@ -252,8 +262,8 @@ impl LinkWatch {
             seen += 1;
             if let Some((event, endpoint)) = parse_event(&self.frames) {
                 match event {
-                    Event::HandshakeSucceeded => self.updowns.push(true),
-                    Event::Disconnected => self.updowns.push(false),
+                    Event::HandshakeSucceeded if self.follow => self.updowns.push(true),
+                    Event::Disconnected if self.follow => self.updowns.push(false),
                     _ => {}
                 }
                 self.links.on_event(event, endpoint, now, &mut self.out);
