@@ -72,6 +72,20 @@ impl Cmd {
     fn watches_stop(&self) -> bool {
         !matches!(self, Cmd::LvcBench(_) | Cmd::CloneBench(_) | Cmd::Info | Cmd::Profile(_) | Cmd::Keygen(_))
     }
+
+    /// True for the commands on the market-data path (where libzmq's heap settings matter).
+    fn moves_market_data(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Demo(_)
+                | Cmd::Replay(_)
+                | Cmd::Engine(_)
+                | Cmd::Bench(_)
+                | Cmd::Capacity(_)
+                | Cmd::Lvc(_)
+                | Cmd::Tap(_)
+        )
+    }
 }
 
 fn main() {
@@ -87,12 +101,8 @@ fn main() {
     let watches_stop = cli.cmd.watches_stop();
     // Said for the commands that move market data (where libzmq's heap matters), not for every
     // `clone-client get` of a script.
-    let data_path = matches!(
-        cli.cmd,
-        Cmd::Demo(_) | Cmd::Replay(_) | Cmd::Engine(_) | Cmd::Bench(_) | Cmd::Capacity(_) | Cmd::Lvc(_) | Cmd::Tap(_)
-    );
     match heap {
-        Ok(left) if !left.is_empty() && data_path => {
+        Ok(left) if !left.is_empty() && cli.cmd.moves_market_data() => {
             mdsub::diag!("note: glibc malloc's {} left as the environment set it (src/zmqx/heap.rs)", left.join(", "))
         }
         Ok(_) => {}
