@@ -47,6 +47,24 @@ pub fn out(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Where a command's human lines go: stdout, or stderr with `--json` (whose stdout is then the
+/// command's JSON alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lines {
+    pub json: bool,
+}
+
+impl Lines {
+    /// Say one line.
+    pub fn say(self, args: fmt::Arguments<'_>) {
+        if self.json {
+            line(args);
+        } else {
+            out(format_args!("{args}\n"));
+        }
+    }
+}
+
 /// What to do when stdout cannot be written: see [`out()`]. Also for errors that reach
 /// `main` from code that writes stdout itself (a `writeln!` on a locked stdout).
 pub fn stdout_failed(e: &std::io::Error) -> ! {

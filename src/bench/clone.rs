@@ -11,11 +11,12 @@ use serde::Serialize;
 
 use crate::agent::{AgentHandle, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::bench::median;
-use crate::bench::result::{Lines, Results};
+use crate::bench::result::Results;
 use crate::bench::stamp::Machine;
 use crate::clone::client::{ChangeKind, Client, ClientConfig};
 use crate::clone::kvmsg::{recv_frames, KvMsg, HUGZ};
 use crate::clone::server::{Server, ServerConfig};
+use crate::diag::Lines;
 
 /// What `mdsub clone-bench` measures.
 #[derive(Debug, Clone)]

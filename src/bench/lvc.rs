@@ -15,8 +15,9 @@ use crate::agent::{Agent, AgentError, AgentStats, IdleStrategy, RunSpec, Runner,
 use serde::Serialize;
 
 use crate::bench::median;
-use crate::bench::result::{Lines, Results};
+use crate::bench::result::Results;
 use crate::bench::stamp::Machine;
+use crate::diag::Lines;
 use crate::lvc::cache::CacheLimits;
 use crate::lvc::proxy::LvcReport;
 use crate::lvc::LvcConfig;

@@ -1,6 +1,6 @@
 //! The one result shape of every end-to-end benchmark (`mdsub bench`, `lvc-bench`, `clone-bench`):
-//! the envelope their `--json` prints and their `--save FILE` writes, the atomic save file, and
-//! where their human lines go.
+//! the envelope their `--json` prints and their `--save FILE` writes, and the atomic save file
+//! (their human lines go through [`crate::diag::Lines`]).
 //!
 //! Every result is one JSON object: `kind` (which benchmark), `machine` (the [stamp](super::stamp):
 //! cores, CPU, libzmq, commit, date), `settings`, `runs` (every measurement, those that are not
@@ -51,24 +51,6 @@ impl<Run: Serialize, Med: Serialize, Ratio: Serialize, Extra: Serialize> Results
         match &self.error {
             Some(e) => anyhow::bail!("{e}"),
             None => Ok(self),
-        }
-    }
-}
-
-/// Where a benchmark's human lines go: stdout, or stderr with `--json` (whose stdout is the one
-/// JSON object).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Lines {
-    pub json: bool,
-}
-
-impl Lines {
-    /// Say one line.
-    pub fn say(self, args: std::fmt::Arguments<'_>) {
-        if self.json {
-            crate::diag::line(args);
-        } else {
-            crate::diag::out(format_args!("{args}\n"));
         }
     }
 }

@@ -229,11 +229,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     publisher.set_faults(args.faults.plan())?;
     for (k, ep) in publisher.endpoints().iter().enumerate() {
         // With --json, stdout is the one JSON object at the end: the endpoints go to stderr.
-        if args.json {
-            crate::diag!("bound shard{k} {ep}");
-        } else {
-            crate::outln!("bound shard{k} {ep}");
-        }
+        crate::diag::Lines { json: args.json }.say(format_args!("bound shard{k} {ep}"));
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
