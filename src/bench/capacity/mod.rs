@@ -498,13 +498,17 @@ pub fn ending_text(e: Ending) -> &'static str {
 /// The knee as said everywhere: `3125 msg/s`, with what the publisher achieved there when that
 /// is visibly less (`3125 msg/s offered, 3001 achieved`), or `none`.
 pub fn knee_text(r: &ConfigResult) -> String {
-    match (r.outcome.knee, &r.at_knee) {
-        (None, _) => "none".into(),
-        (Some(k), Some(at)) if at.achieved < 0.99 * k as f64 => {
-            format!("{k} msg/s offered, {:.0} achieved", at.achieved)
-        }
-        (Some(k), _) => format!("{k} msg/s"),
-    }
+    knee_in(r, " msg/s").unwrap_or_else(|| "none".into())
+}
+
+/// The knee with `unit` after the rate (empty in a table whose column names it), and what was
+/// achieved when that is visibly less; None without a knee.
+fn knee_in(r: &ConfigResult, unit: &str) -> Option<String> {
+    let k = r.outcome.knee?;
+    Some(match &r.at_knee {
+        Some(at) if at.achieved < 0.99 * k as f64 => format!("{k}{unit} offered, {:.0} achieved", at.achieved),
+        _ => format!("{k}{unit}"),
+    })
 }
 
 fn contradictions_text(cs: &[Contradiction]) -> String {
@@ -561,7 +565,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.name,
             if r.winner.as_deref() == Some(&c.name) { " (winner)" } else { "" },
-            c.outcome.knee.map(|_| knee_text(c).replace(" msg/s", "")).unwrap_or_else(|| "-".into()),
+            knee_in(c, "").unwrap_or_else(|| "-".into()),
             pct("p50"),
             pct("p99"),
             pct("p99.9"),
