@@ -120,6 +120,41 @@ fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A latency over 60 s is in the histograms as 60 s; the interval log says so in a comment
+/// line after the histogram's (`HlogWriter::note_clamped`). HdrHistogram's Python reader
+/// must still read every interval of such a log.
+#[test]
+fn hlog_with_clamped_notes_is_read_by_python_hdrhistogram() {
+    use mdsub::metrics::hlog::HlogWriter;
+    use mdsub::metrics::StageHistograms;
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED the independent .hlog read-back: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-clamped");
+    let path = dir.join("clamped.hlog");
+    let start = 1_796_185_377_000_000_000;
+    let file = std::fs::File::create(&path).expect("create the log");
+    let mut w = HlogWriter::new(std::io::BufWriter::new(file), start, "clamped test").expect("header");
+    let mut set = StageHistograms::default();
+    set.record(1_000, 2_000, 3_000);
+    set.record(120_000_000_000, 5_000, 120_000_000_000);
+    assert_eq!(set.clamped, [1, 0, 1], "the two 120 s latencies are clamped");
+    for i in 0..2u64 {
+        let (from, to) = (start + i * 1_000_000_000, start + (i + 1) * 1_000_000_000);
+        w.write("shard0.total", from, to, &set.total).expect("a histogram line");
+        w.note_clamped("shard0.total", from, set.clamped[2]).expect("a clamped note");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let text = std::fs::read_to_string(&path).expect("read back");
+    assert_eq!(text.lines().filter(|l| l.starts_with("#[Clamped: Tag=shard0.total,")).count(), 2, "{text}");
+    let read = python_json(&["hlog", path.to_str().expect("utf8 path")]);
+    let tag = &read["tags"]["shard0.total"];
+    assert_eq!(u(tag, "intervals"), 2, "every interval read past the notes: {read}");
+    assert_eq!(u(tag, "count"), 4, "{read}");
+}
+
 /// An engine on `eps` serving `/metrics` on 127.0.0.1:`port` every
 /// `interval`, running until stopped (no end of stream expected), so the
 /// counters can be read still and compared.

@@ -211,9 +211,13 @@ impl Collector {
                 if k == self.shards && set.count() == 0 {
                     continue;
                 }
-                for (stage, h) in set.stages() {
+                for ((stage, h), clamped) in set.stages().into_iter().zip(set.clamped) {
                     let tag = format!("{}.{stage}", slot_name(k, self.shards));
-                    if let Err(e) = w.write(&tag, self.interval_start_ns, now_ns, h) {
+                    let mut written = w.write(&tag, self.interval_start_ns, now_ns, h);
+                    if clamped > 0 && written.is_ok() {
+                        written = w.note_clamped(&tag, self.interval_start_ns, clamped);
+                    }
+                    if let Err(e) = written {
                         failed = Some(e);
                     }
                 }
@@ -270,9 +274,10 @@ impl Agent for Collector {
         // The last (partial) interval, then the whole run's spectrum.
         self.end_interval(clock::realtime_ns());
         if let Some(path) = self.outputs.hgrm.take() {
-            let written = File::create(&path)
-                .map_err(|e| format!("creating {}: {e}", path.display()))
-                .and_then(|f| write_hgrm(BufWriter::new(f), &self.total.stages.total).map_err(|e| e.to_string()));
+            let written = File::create(&path).map_err(|e| format!("creating {}: {e}", path.display())).and_then(|f| {
+                write_hgrm(BufWriter::new(f), &self.total.stages.total, self.total.stages.clamped[2])
+                    .map_err(|e| e.to_string())
+            });
             if let Err(e) = written {
                 self.write_error(format_args!("{}: {e}", path.display()));
             }

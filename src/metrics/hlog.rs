@@ -18,6 +18,8 @@ use base64::Engine as _;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
+use super::MAX_TRACKABLE_HUMAN;
+
 /// The `Interval_Max` column is the interval's max in ns divided by this (ms).
 pub const MAX_VALUE_DIVISOR: f64 = 1_000_000.0;
 /// The `.hgrm` values are ns divided by this (ms), as the Java tools print them.
@@ -38,6 +40,12 @@ pub enum HlogError {
     Encode(String),
     #[error("`{0}` is not a valid tag (no commas, spaces or newlines)")]
     Tag(String),
+}
+
+/// What a clamped count means, in the files' words.
+fn clamped_words(n: u64) -> String {
+    let (these, were) = if n == 1 { ("latency", "was") } else { ("latencies", "were") };
+    format!("{these} above {MAX_TRACKABLE_HUMAN} {were} recorded as {MAX_TRACKABLE_HUMAN}, the highest value tracked")
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> HlogError {
@@ -113,6 +121,16 @@ impl<W: Write> HlogWriter<W> {
         self.out.write_all(self.text.as_bytes()).map_err(io_err("an interval histogram"))
     }
 
+    /// A comment line after `tag`'s histogram of the interval starting at `start_ns`: `n` of its
+    /// latencies were above [`MAX_TRACKABLE_NS`](super::MAX_TRACKABLE_NS) and are in the histogram as that bound, so its
+    /// top bin and `Interval_Max` read low. Readers skip `#` lines (Java's and Python's
+    /// `HistogramLogReader` read only `#[StartTime` and `#[BaseTime` of them).
+    pub fn note_clamped(&mut self, tag: &str, start_ns: u64, n: u64) -> Result<(), HlogError> {
+        let start = start_ns.saturating_sub(self.base_ns) as f64 / 1e9;
+        let line = format!("#[Clamped: Tag={tag},StartTimestamp={start:.3},Count={n} ({})]\n", clamped_words(n));
+        self.out.write_all(line.as_bytes()).map_err(io_err("an interval histogram"))
+    }
+
     /// Flush what was written to the file.
     pub fn flush(&mut self) -> Result<(), HlogError> {
         self.out.flush().map_err(io_err("the interval log"))
@@ -124,8 +142,9 @@ impl<W: Write> HlogWriter<W> {
 /// divided by [`HGRM_UNIT_RATIO`]): the column header, one row per step
 /// (`Value Percentile TotalCount 1/(1-Percentile)`), and the footer lines
 /// (`#[Mean …, StdDeviation …]`, `#[Max …, Total count …]`, `#[Buckets …,
-/// SubBuckets …]`) that plotting tools read.
-pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>) -> Result<(), HlogError> {
+/// SubBuckets …]`) that plotting tools read; then, when `clamped` of the values were above
+/// [`MAX_TRACKABLE_NS`](super::MAX_TRACKABLE_NS) (and are in `h` as that bound), a `#[Clamped …]` line saying so.
+pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>, clamped: u64) -> Result<(), HlogError> {
     use std::fmt::Write as _;
     let d = usize::from(h.sigfig());
     let r = HGRM_UNIT_RATIO;
@@ -150,6 +169,9 @@ pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>) -> Result<(), HlogEr
     let _ = writeln!(s, "#[Mean    = {mean:>12.d$}, StdDeviation   = {sd:>12.d$}]");
     let _ = writeln!(s, "#[Max     = {max:>12.d$}, Total count    = {:>12}]", h.len());
     let _ = writeln!(s, "#[Buckets = {:>12}, SubBuckets     = {sub_buckets:>12}]", h.buckets());
+    if clamped > 0 {
+        let _ = writeln!(s, "#[Clamped = {clamped:>12} ({})]", clamped_words(clamped));
+    }
     out.write_all(s.as_bytes()).map_err(io_err("the percentile spectrum"))?;
     out.flush().map_err(io_err("the percentile spectrum"))
 }
@@ -201,7 +223,7 @@ mod tests {
     #[test]
     fn hgrm_has_rows_and_both_footers() {
         let mut out = Vec::new();
-        write_hgrm(&mut out, &hist((1..=100u64).map(|v| v * 1_000_000))).expect("written");
+        write_hgrm(&mut out, &hist((1..=100u64).map(|v| v * 1_000_000)), 0).expect("written");
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"), "{text}");
         // Values print at their bin's highest equivalent (3 significant digits).
@@ -211,8 +233,38 @@ mod tests {
         let last = text.lines().rfind(|l| !l.starts_with('#') && !l.is_empty()).expect("rows");
         let cols: Vec<&str> = last.split_whitespace().collect();
         assert_eq!(cols, ["100.008", "1.000000000000", "100"], "the 100% row has no 1/(1-p)");
+        assert!(!text.contains("Clamped"), "nothing clamped, nothing said: {text}");
         let mut empty = Vec::new();
-        write_hgrm(&mut empty, &hist([])).expect("an empty spectrum is still a file with footers");
+        write_hgrm(&mut empty, &hist([]), 0).expect("an empty spectrum is still a file with footers");
         assert!(String::from_utf8(empty).expect("utf8").contains("Total count    =            0]"));
+    }
+
+    #[test]
+    fn clamped_latencies_are_noted_in_both_files() {
+        let mut h = hist([1_000_000]);
+        h.record_n(super::super::MAX_TRACKABLE_NS, 3).expect("the bound is in range");
+        let mut out = Vec::new();
+        write_hgrm(&mut out, &h, 3).expect("written");
+        let text = String::from_utf8(out).expect("utf8");
+        let last = text.lines().last().expect("lines");
+        assert_eq!(
+            last,
+            "#[Clamped =            3 (latencies above 60 s were recorded as 60 s, the highest value tracked)]"
+        );
+
+        let mut out = Vec::new();
+        let start = 1_700_000_000_000_000_000;
+        let mut w = HlogWriter::new(&mut out, start, "mdsub test").expect("header");
+        w.write("shard0.queue", start + 2_000_000_000, start + 3_000_000_000, &h).expect("line");
+        w.note_clamped("shard0.queue", start + 2_000_000_000, 1).expect("note");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        // The top bin reads back as its highest equivalent value.
+        assert!(lines[6].starts_with("Tag=shard0.queue,2.000,1.000,60028.879,HISTF"), "{}", lines[6]);
+        assert_eq!(
+            lines[7],
+            "#[Clamped: Tag=shard0.queue,StartTimestamp=2.000,Count=1 (latency above 60 s was recorded as 60 s, \
+             the highest value tracked)]"
+        );
     }
 }

@@ -25,8 +25,8 @@ pub mod store;
 /// Highest latency recorded (60 s). A larger one is recorded as 60 s and counted per stage
 /// ([`StageHistograms::clamped`]), and every output says so: the report (`≥60s` and a line
 /// per stage), the JSON (`clamped` per stage), `/metrics` (`mdsub_latency_clamped_total`),
-/// the status (`clamped`) and `mdsub top` (`≥60s`). Counting rather than raising the bound:
-/// any bound can be passed (a capture replayed verbatim lags by its age), and each
+/// the status (`clamped`), `mdsub top` (`≥60s`) and `#[Clamped` comment lines in the `.hlog`
+/// and `.hgrm`. Counting rather than raising the bound: any bound can be passed (a capture replayed verbatim lags by its age), and each
 /// histogram at 3 significant digits is 216 KiB up to 60 s, 264 KiB up to 1 h, 304 KiB up to a
 /// day, times 57 to 75 histograms in a 2-shard, 2-worker engine.
 pub const MAX_TRACKABLE_NS: u64 = 60_000_000_000;
