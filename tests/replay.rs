@@ -458,6 +458,7 @@ fn lossy_replay_counts_its_drops_and_always_ends_the_stream() {
     let dropped = u(&s, "dropped_at_hwm");
     assert_eq!(s["dropped_at_hwm_per_shard"], serde_json::json!([dropped]), "{s}");
     assert_eq!(u(&s, "dropped_on_purpose"), 0, "no --drop-every: {s}");
+    assert_eq!(u(&s, "sent_with_no_subscriber"), 0, "the engine stayed to the end: {s}");
     assert_eq!(u(&s, "sent_total"), 300_000);
     assert!(dropped > 0, "a 5 µs handler behind a flat-out replay makes it drop: {s}");
     assert_eq!(u(&r, "sent"), 300_000, "{r}");
@@ -491,6 +492,32 @@ fn a_subscriber_that_leaves_mid_run_is_said() {
     replay.proc.signal(2);
     let (status, _) = replay.finish(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn what_is_sent_with_no_subscriber_is_counted() {
+    // Before, a replay that did not wait (`--subscribers 0`) or whose subscribers left said so
+    // on stderr, but its summary counted every message as sent.
+    for json_out in [false, true] {
+        let mut cmd = mdsub();
+        cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--count", "5k", "--rate", "0"]);
+        if json_out {
+            cmd.arg("--json");
+        }
+        let (code, out, err) = run_within("replay", &mut cmd, Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{err}");
+        if json_out {
+            let s = json(&out);
+            assert_eq!(u(&s, "sent_total"), 5_000, "{s}");
+            assert_eq!(u(&s, "sent_with_no_subscriber"), 5_000, "{s}");
+        } else {
+            assert!(
+                out.lines()
+                    .any(|l| l == "5000 of them were sent while their shard had no subscriber: they reached no one"),
+                "{out}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -276,6 +276,12 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
                 stats.paused_s
             );
         }
+        if stats.sent_with_no_subscriber > 0 {
+            crate::outln!(
+                "{} of them were sent while their shard had no subscriber: they reached no one",
+                stats.sent_with_no_subscriber
+            );
+        }
         if args.publisher.lossy {
             crate::outln!(
                 "dropped {} of them at the SNDHWM (--lossy; the subscriber counts them as lost); per shard {:?}",

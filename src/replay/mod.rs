@@ -164,6 +164,11 @@ pub struct ReplayStats {
     /// count). Not [`dropped_on_purpose`](Self::dropped_on_purpose).
     pub dropped_at_hwm_per_shard: Vec<u64>,
     pub dropped_at_hwm: u64,
+    /// Of the messages sent, those sent while their shard had no subscriber: they reached no
+    /// one (a subscriber left mid-run, or none was awaited). Subscribers are seen by their
+    /// subscription to the control topic (every mdsub subscriber, and any that takes
+    /// everything), checked every 1 Ki messages and whenever the publisher waits.
+    pub sent_with_no_subscriber: u64,
     /// True when stopped by a stop request before its source or limits ended.
     pub interrupted: bool,
     /// CPU time of the sending thread(s) (not libzmq's I/O threads), ns.
@@ -198,7 +203,10 @@ struct Shard {
     data_sent: u64,
     /// Data messages dropped at the SNDHWM (lossy).
     dropped_at_hwm: u64,
+    /// Subscribers as last drained (those whose subscriptions take the control topic).
     subscribers: usize,
+    /// Data messages sent while `subscribers` was 0: they reached no one.
+    sent_unheard: u64,
 }
 
 impl Shard {
@@ -208,6 +216,9 @@ impl Shard {
     fn count_sent(&mut self, data: u64) {
         self.sent += 1;
         self.data_sent += data;
+        if self.subscribers == 0 {
+            self.sent_unheard += data;
+        }
     }
 
     fn send_error(&self, source: zmq::Error) -> ReplayError {
@@ -300,6 +311,7 @@ impl Publisher {
                 sent: 0,
                 data_sent: 0,
                 dropped_at_hwm: 0,
+                sent_unheard: 0,
                 subscribers: 0,
             });
         }
@@ -555,6 +567,7 @@ impl Publisher {
             sent_per_shard,
             dropped_at_hwm: dropped_at_hwm_per_shard.iter().sum(),
             dropped_at_hwm_per_shard,
+            sent_with_no_subscriber: self.shards.iter().map(|s| s.sent_unheard).sum(),
             elapsed_s: start.elapsed().as_secs_f64(),
             interrupted,
             cpu_ns: 0,
