@@ -46,7 +46,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "5", value_name = "COUNT")]
     pub runs: usize,
     /// Engine tuning profile: a TOML file, `builtin` or `auto`.
-    #[arg(long, default_value = "builtin")]
+    #[arg(long, default_value = "builtin", value_name = "FILE|builtin|auto")]
     pub profile: String,
     /// Engine hand-off(s) to measure: batch, per-message, inline, both (batch
     /// and per-message) or all three. `inline` (each shard's reader runs the

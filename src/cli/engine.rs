@@ -32,7 +32,7 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub feed: FeedArgs,
     /// Tuning profile: a TOML file, `builtin` (the default) or `auto`.
-    #[arg(long, default_value = "builtin")]
+    #[arg(long, default_value = "builtin", value_name = "FILE|builtin|auto")]
     pub profile: String,
     /// Idle strategy of the engine's readers and workers (overrides the profile's).
     #[arg(long, value_enum)]
@@ -213,7 +213,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
 #[derive(Args, Debug)]
 pub struct EngineArgs {
     /// Tuning profile: a TOML file, `builtin` or `auto`.
-    #[arg(long, default_value = "builtin")]
+    #[arg(long, default_value = "builtin", value_name = "FILE|builtin|auto")]
     pub profile: String,
     /// Publisher endpoint(s) to connect, `connect:EP` or `EP`: each use of the
     /// flag is one shard (replacing the profile's shards); `EP1,EP2` puts two
