@@ -104,6 +104,9 @@ pub struct ShellCounters {
     pub forwarded_up: u64,
     /// Messages from subscribers the hooks kept from the publishers.
     pub not_forwarded: u64,
+    /// Messages from subscribers with a frame over [`zmqx::MAX_FORWARDED_PREFIX_BYTES`]
+    /// (+1 for the subscribe byte): kept from the publishers (the hooks still see them).
+    pub too_long_up: u64,
     /// Live messages dropped because a subscriber's queue was full (lossy delivery).
     pub dropped_full: u64,
     /// Times live forwarding waited for a full subscriber queue (lossless delivery).
@@ -464,7 +467,19 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
                 send_failures: &mut self.counters.send_failures,
                 round_msgs: &mut round_msgs,
             };
-            if self.hooks.on_subscriber_message(msg, &self.frames, &mut down) {
+            let forward = self.hooks.on_subscriber_message(msg, &self.frames, &mut down);
+            if forward && self.frames.iter().any(|f| f.len() > zmqx::MAX_FORWARDED_PREFIX_BYTES + 1) {
+                self.counters.too_long_up += 1;
+                if self.counters.too_long_up == 1 {
+                    crate::diag!(
+                        "{role}: a subscriber sent a subscription (or message) of {} bytes: not forwarded to the \
+                         publishers, whose libzmq cannot take one over {} bytes safely (counted in too_long_up; \
+                         said once)",
+                        self.frames.iter().map(|f| f.len()).max().unwrap_or(0),
+                        zmqx::MAX_FORWARDED_PREFIX_BYTES
+                    );
+                }
+            } else if forward {
                 let mut next = 0;
                 match send_frames_from(&mut self.frontend, &mut self.frames, &mut next) {
                     Ok(()) => self.counters.forwarded_up += 1,

@@ -344,88 +344,6 @@ fn connects_to_a_bound_publisher_and_stops_on_sigterm() {
     assert_eq!(counter(last, "topics"), 2, "{last}");
 }
 
-/// A raw ZMTP 3.0 peer posing as an XSUB: it sends whatever bytes it likes
-/// (libzmq's own XSUB would filter a stray unsubscribe before it left).
-struct RawXsub {
-    tcp: std::net::TcpStream,
-}
-
-impl RawXsub {
-    fn connect(endpoint: &str) -> RawXsub {
-        use std::io::{Read, Write};
-        let addr = endpoint.trim_start_matches("tcp://");
-        let mut tcp = std::net::TcpStream::connect(addr).expect("tcp connect");
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 0];
-        greeting.extend_from_slice(b"NULL");
-        greeting.resize(64, 0);
-        // As libzmq does: the signature first, the rest once the peer's came.
-        let mut theirs = [0u8; 64];
-        tcp.write_all(&greeting[..10]).expect("signature");
-        tcp.read_exact(&mut theirs[..10]).expect("peer's signature");
-        tcp.write_all(&greeting[10..]).expect("greeting");
-        tcp.read_exact(&mut theirs[10..]).expect("peer's greeting");
-        tcp.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-        let mut ready = vec![5u8];
-        ready.extend_from_slice(b"READY");
-        ready.push(11);
-        ready.extend_from_slice(b"Socket-Type");
-        ready.extend_from_slice(&4u32.to_be_bytes());
-        ready.extend_from_slice(b"XSUB");
-        let mut cmd = vec![0x04, ready.len() as u8];
-        cmd.extend_from_slice(&ready);
-        tcp.write_all(&cmd).expect("ready");
-        RawXsub { tcp }
-    }
-
-    fn send(&mut self, body: &[u8]) {
-        use std::io::Write;
-        let mut f = vec![0x00, body.len() as u8];
-        f.extend_from_slice(body);
-        self.tcp.write_all(&f).expect("frame");
-    }
-
-    /// True once a message frame starting with `prefix` arrives (skips the
-    /// peer's commands), false after `deadline`.
-    fn wait_for(&mut self, prefix: &[u8], deadline: Duration) -> bool {
-        use std::io::Read;
-        let end = Instant::now() + deadline;
-        let mut buf = Vec::new();
-        while Instant::now() < end {
-            let mut chunk = [0u8; 4096];
-            match self.tcp.read(&mut chunk) {
-                Ok(0) => return false,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(_) => continue,
-            }
-            while let Some(&flags) = buf.first() {
-                let (head, len) = if flags & 0x02 != 0 {
-                    if buf.len() < 9 {
-                        break;
-                    }
-                    let mut l = [0u8; 8];
-                    l.copy_from_slice(&buf[1..9]);
-                    (9, u64::from_be_bytes(l) as usize)
-                } else {
-                    if buf.len() < 2 {
-                        break;
-                    }
-                    (2, buf[1] as usize)
-                };
-                if buf.len() < head + len {
-                    break;
-                }
-                let body: Vec<u8> = buf[head..head + len].to_vec();
-                buf.drain(..head + len);
-                if flags & 0x04 == 0 && body.starts_with(prefix) {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-}
-
 #[test]
 fn a_stray_empty_unsubscribe_never_cuts_the_cache_off() {
     let ctx = zmq::Context::new();
@@ -682,4 +600,14 @@ fn lvc_bench_json_is_one_stamped_object_with_the_three_rates_and_their_ratios() 
     assert!(err.contains("median: direct"), "{err}");
     assert_eq!(common::json(&std::fs::read_to_string(&save).expect("saved")), r);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_subscription_too_long_for_libzmq_is_kept_from_the_publishers() {
+    // Before, a 60 000-byte subscription, undone upstream (libzmq's XSUB recurses once per
+    // byte to remove it), overflowed the proxy thread's stack and aborted the LVC.
+    let last = long_subscription_through("lvc", &[], 60_000);
+    assert_eq!(counter(&last, "too_long_up"), 2, "the subscribe and the unsubscribe: {last}");
+    let last = long_subscription_through("lvc", &[], 4096);
+    assert_eq!(counter(&last, "too_long_up"), 0, "a 4 KiB prefix still passes: {last}");
 }

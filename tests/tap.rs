@@ -218,3 +218,13 @@ fn json_with_stats_is_one_record_per_refresh() {
     // The last refresh (printed at exit) counts everything.
     assert_eq!(stats[stats.len() - 1]["counts"]["ESH6"], 5, "{stats:?}");
 }
+
+#[test]
+fn a_subscription_too_long_for_libzmq_is_kept_from_the_publishers() {
+    // Before, a 60 000-byte subscription, undone upstream (libzmq's XSUB recurses once per
+    // byte to remove it), overflowed the proxy thread's stack and aborted the tap.
+    let last = long_subscription_through("tap", &["--quiet"], 60_000);
+    assert_eq!(counter(&last, "too_long_up"), 2, "the subscribe and the unsubscribe: {last}");
+    let last = long_subscription_through("tap", &["--quiet"], 4096);
+    assert_eq!(counter(&last, "too_long_up"), 0, "a 4 KiB prefix still passes: {last}");
+}

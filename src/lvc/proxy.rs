@@ -33,6 +33,8 @@ pub struct LvcReport {
     /// Messages from subscribers not forwarded upstream: multipart ones, and
     /// unsubscribes of the empty prefix (see `on_subscription`).
     pub not_forwarded: u64,
+    /// Subscriptions too long to forward upstream safely (the shell's `too_long_up`).
+    pub too_long_up: u64,
     /// Cached messages re-sent in answer to subscriptions.
     pub cache_answers: u64,
     /// Live messages dropped at a full subscriber queue (lossy delivery only).
@@ -56,7 +58,7 @@ impl std::fmt::Display for LvcReport {
         write!(
             f,
             "messages_in={} frames_in={} bytes_in={} subscribes={} unsubscribes={} other_upstream={} \
-             not_forwarded={} cache_answers={} dropped_full={} blocked={} send_failures={} answered={} \
+             not_forwarded={} too_long_up={} cache_answers={} dropped_full={} blocked={} send_failures={} answered={} \
              answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} joiner_answers={} truncated={} suppressed_msgs={} \
              suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
              evicted_too_big={} uncacheable={}",
@@ -67,6 +69,7 @@ impl std::fmt::Display for LvcReport {
             self.unsubscribes,
             self.other_upstream,
             self.not_forwarded,
+            self.too_long_up,
             self.cache_answers,
             self.dropped_full,
             self.blocked,
@@ -263,6 +266,7 @@ impl ProxyHooks for LvcHooks {
             unsubscribes: self.unsubscribes,
             other_upstream: self.other_upstream,
             not_forwarded: shell.not_forwarded,
+            too_long_up: shell.too_long_up,
             cache_answers: self.cache_answers,
             dropped_full: shell.dropped_full,
             blocked: shell.blocked,

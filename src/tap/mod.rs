@@ -67,11 +67,12 @@ impl std::fmt::Display for TapReport {
         let (p, s) = (&self.proxy, &self.sink);
         write!(
             f,
-            "forwarded_down={} forwarded_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
+            "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
              matched_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
              record_skipped_too_large={} unprinted={}",
             p.forwarded_down,
             p.forwarded_up,
+            p.too_long_up,
             p.captured,
             p.dropped,
             p.dropped_full,

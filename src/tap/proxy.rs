@@ -79,6 +79,8 @@ pub struct TapProxyReport {
     pub forwarded_down: u64,
     /// Messages forwarded subscribers → publishers (subscriptions and others).
     pub forwarded_up: u64,
+    /// Messages from subscribers too long to forward upstream safely (the shell's `too_long_up`).
+    pub too_long_up: u64,
     /// Copies handed to the sink.
     pub captured: u64,
     /// Copies dropped because the sink's queue was full (or the sink had stopped).
@@ -156,6 +158,7 @@ impl ProxyHooks for TapHooks {
         TapProxyReport {
             forwarded_down: shell.forwarded_down,
             forwarded_up: shell.forwarded_up,
+            too_long_up: shell.too_long_up,
             captured: self.captured,
             dropped: self.dropped,
             dropped_full: shell.dropped_full,

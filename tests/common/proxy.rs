@@ -172,3 +172,118 @@ pub fn counter(line: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no counter {name} in {line}"))
 }
+
+/// A raw ZMTP 3.0 peer posing as an XSUB: it sends whatever bytes it likes
+/// (libzmq's own XSUB would filter a stray unsubscribe before it left).
+pub struct RawXsub {
+    tcp: std::net::TcpStream,
+}
+
+impl RawXsub {
+    pub fn connect(endpoint: &str) -> RawXsub {
+        use std::io::{Read, Write};
+        let addr = endpoint.trim_start_matches("tcp://");
+        let mut tcp = std::net::TcpStream::connect(addr).expect("tcp connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 0];
+        greeting.extend_from_slice(b"NULL");
+        greeting.resize(64, 0);
+        // As libzmq does: the signature first, the rest once the peer's came.
+        let mut theirs = [0u8; 64];
+        tcp.write_all(&greeting[..10]).expect("signature");
+        tcp.read_exact(&mut theirs[..10]).expect("peer's signature");
+        tcp.write_all(&greeting[10..]).expect("greeting");
+        tcp.read_exact(&mut theirs[10..]).expect("peer's greeting");
+        tcp.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let mut ready = vec![5u8];
+        ready.extend_from_slice(b"READY");
+        ready.push(11);
+        ready.extend_from_slice(b"Socket-Type");
+        ready.extend_from_slice(&4u32.to_be_bytes());
+        ready.extend_from_slice(b"XSUB");
+        let mut cmd = vec![0x04, ready.len() as u8];
+        cmd.extend_from_slice(&ready);
+        tcp.write_all(&cmd).expect("ready");
+        RawXsub { tcp }
+    }
+
+    /// One single-frame message (a long frame where it needs one).
+    pub fn send(&mut self, body: &[u8]) {
+        use std::io::Write;
+        let mut f = match u8::try_from(body.len()) {
+            Ok(short) => vec![0x00, short],
+            Err(_) => [&[0x02][..], &(body.len() as u64).to_be_bytes()].concat(),
+        };
+        f.extend_from_slice(body);
+        self.tcp.write_all(&f).expect("frame");
+    }
+
+    /// True once a message frame starting with `prefix` arrives (skips the
+    /// peer's commands), false after `deadline`.
+    pub fn wait_for(&mut self, prefix: &[u8], deadline: Duration) -> bool {
+        use std::io::Read;
+        let end = Instant::now() + deadline;
+        let mut buf = Vec::new();
+        while Instant::now() < end {
+            let mut chunk = [0u8; 4096];
+            match self.tcp.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => continue,
+            }
+            while let Some(&flags) = buf.first() {
+                let (head, len) = if flags & 0x02 != 0 {
+                    if buf.len() < 9 {
+                        break;
+                    }
+                    let mut l = [0u8; 8];
+                    l.copy_from_slice(&buf[1..9]);
+                    (9, u64::from_be_bytes(l) as usize)
+                } else {
+                    if buf.len() < 2 {
+                        break;
+                    }
+                    (2, buf[1] as usize)
+                };
+                if buf.len() < head + len {
+                    break;
+                }
+                let body: Vec<u8> = buf[head..head + len].to_vec();
+                buf.drain(..head + len);
+                if flags & 0x04 == 0 && body.starts_with(prefix) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// A raw subscriber of `tool`'s backend subscribes a prefix of `len` bytes, unsubscribes it,
+/// then subscribes the probe topic; once a probe reaches it through the proxy (so the proxy
+/// handled all three, in order), the proxy is stopped. Returns its exit counters line.
+pub fn long_subscription_through(tool: &str, extra: &[&str], len: usize) -> String {
+    let mut p = start(tool, extra);
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &p.frontend);
+    let mut raw = RawXsub::connect(&p.backend);
+    let long: Vec<u8> = std::iter::once(1u8).chain(std::iter::repeat_n(b'H', len)).collect();
+    raw.send(&long);
+    let mut unsubscribe = long;
+    unsubscribe[0] = 0;
+    raw.send(&unsubscribe);
+    raw.send(&[b"\x01", PROBE.as_bytes()].concat());
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut seq = 0;
+    loop {
+        assert!(Instant::now() < end, "{tool}: the probe did not pass within 10 s (is it still running?)");
+        seq += 1;
+        publisher.send(frame(PROBE, 0, seq, b"p"), 0).expect("probe");
+        if raw.wait_for(PROBE.as_bytes(), Duration::from_millis(100)) {
+            break;
+        }
+    }
+    let (_, err) = stop(&mut p);
+    let tag = format!("{tool}: stopped:");
+    err.into_iter().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no `{tag}` line"))
+}
