@@ -31,6 +31,11 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ProfileError
     ProfileError::Invalid { field: field.into(), message: message.into() }
 }
 
+/// Most shards, and most workers, a profile may have: each is a pinned thread with its own
+/// sockets and latency histograms (`--workers 100000` took 1.5 GB and every file descriptor
+/// before it failed).
+pub const MAX_THREADS_OF_A_KIND: usize = 256;
+
 /// One shard of a profile.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -373,6 +378,31 @@ impl Profile {
         }
         if self.workers.is_empty() {
             return Err(invalid("workers", "at least one worker is needed; add a [[workers]] table"));
+        }
+        for (f, n) in [("shards", self.shards.len()), ("workers", self.workers.len())] {
+            if n > MAX_THREADS_OF_A_KIND {
+                return Err(invalid(
+                    f,
+                    format!(
+                        "{n} is too many: at most {MAX_THREADS_OF_A_KIND} (each is a pinned thread with its own \
+                         sockets and latency histograms)"
+                    ),
+                ));
+            }
+        }
+        for (k, s) in self.shards.iter().enumerate() {
+            if let Some(p) = s.subscribe.iter().find(|p| p.len() > crate::zmqx::MAX_FORWARDED_PREFIX_BYTES) {
+                return Err(invalid(
+                    format!("shards[{k}].subscribe"),
+                    format!(
+                        "a prefix of {} bytes: at most {} (topics are at most {} bytes; libzmq's SUB cannot \
+                         take a very long prefix safely)",
+                        p.len(),
+                        crate::zmqx::MAX_FORWARDED_PREFIX_BYTES,
+                        crate::wire::MAX_TOPIC_LEN
+                    ),
+                ));
+            }
         }
         if self.handoff == HandOff::Inline && self.workers.len() != self.shards.len() {
             return Err(invalid("handoff", crate::engine::inline_layout_error(self.shards.len(), self.workers.len())));
@@ -727,6 +757,19 @@ mod tests {
         let mut p = Profile::builtin();
         p.idle = "nap".into();
         assert_eq!(err_field(&p, &[0, 1]), "idle");
+
+        // Bounds found by the hostile-input audit: --workers 100000 ate 1.5 GB and every file
+        // descriptor; a 60 KB prefix overflows libzmq's recursive subscription trie.
+        let mut p = Profile::builtin();
+        p.workers = vec![p.workers[0].clone(); MAX_THREADS_OF_A_KIND + 1];
+        assert_eq!(err_field(&p, &[0, 1]), "workers");
+        p.workers.truncate(MAX_THREADS_OF_A_KIND);
+        p.validate(&[0, 1]).expect("the bound itself is fine");
+        let mut p = Profile::builtin();
+        p.shards[0].subscribe = vec!["ES".into(), "H".repeat(crate::zmqx::MAX_FORWARDED_PREFIX_BYTES + 1)];
+        assert_eq!(err_field(&p, &[0, 1]), "shards[0].subscribe");
+        p.shards[0].subscribe.pop();
+        p.validate(&[0, 1]).expect("a short prefix is fine");
     }
 
     #[test]
