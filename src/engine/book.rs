@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
-use super::sequence::FnvHasher;
+use super::sequence::WordHasher;
 
 /// One price level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ fn is_ask(side: u8) -> Option<bool> {
 
 /// An instrument's book from MBO events.
 pub struct OrderBook {
-    orders: HashMap<u64, Order, BuildHasherDefault<FnvHasher>>,
+    orders: HashMap<u64, Order, BuildHasherDefault<WordHasher>>,
     pub bids: SideBook,
     pub asks: SideBook,
 }

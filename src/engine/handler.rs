@@ -8,7 +8,7 @@ use std::hash::BuildHasherDefault;
 use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
 
 use super::book::{Anomalies, MboEvent, OrderBook};
-use super::sequence::FnvHasher;
+use super::sequence::WordHasher;
 use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::wire::FrameView;
 
@@ -137,7 +137,7 @@ impl Handler for SyntheticWork {
 /// The last payload of every topic; replacing a value reuses its buffer.
 #[derive(Default)]
 pub struct LastValueBook {
-    book: HashMap<Box<[u8]>, Vec<u8>, BuildHasherDefault<FnvHasher>>,
+    book: HashMap<Box<[u8]>, Vec<u8>, BuildHasherDefault<WordHasher>>,
 }
 
 impl LastValueBook {
@@ -205,7 +205,7 @@ pub const SUMMARY_INSTRUMENTS: usize = 10;
 /// keep their capacity); payloads that are not DBN records, or of other
 /// types, are counted.
 pub struct BookHandler {
-    instruments: HashMap<u32, Instrument, BuildHasherDefault<FnvHasher>>,
+    instruments: HashMap<u32, Instrument, BuildHasherDefault<WordHasher>>,
     rec: Box<AlignedRecord>,
     events: [u64; ACTIONS.len()],
     mbp1: u64,
@@ -275,7 +275,7 @@ impl BookHandler {
 /// The instrument's state, made on first sight (the only allocation for it).
 #[inline]
 fn instrument<'a>(
-    map: &'a mut HashMap<u32, Instrument, BuildHasherDefault<FnvHasher>>,
+    map: &'a mut HashMap<u32, Instrument, BuildHasherDefault<WordHasher>>,
     id: u32,
     topic: &[u8],
 ) -> &'a mut Instrument {
@@ -426,7 +426,7 @@ impl Handler for BookHandler {
 /// Per-topic order check: each topic's `topic_seq` must follow the last by one.
 #[derive(Default)]
 pub struct VerifyOrder {
-    last: HashMap<Box<[u8]>, (u64, u64), BuildHasherDefault<FnvHasher>>,
+    last: HashMap<Box<[u8]>, (u64, u64), BuildHasherDefault<WordHasher>>,
     verified: u64,
     out_of_order: u64,
     skipped: u64,

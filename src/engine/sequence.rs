@@ -33,15 +33,78 @@ pub const MAX_TOPICS_PER_SESSION: usize = 1 << 20;
 /// duplicate: one bit per sequence in a `u64`.
 pub const REORDER_WINDOW: u64 = 64;
 
-/// FNV-1a as a `Hasher`: fast for short topic keys.
-#[derive(Default)]
-pub struct FnvHasher(u64);
+/// The hasher of the engine's in-process hash maps (topics, order ids, instrument ids): a word
+/// at a time, one folded multiply (the 128-bit product's halves XORed) per 8 bytes, so a
+/// 6-byte topic with its length prefix costs two multiplies where FNV-1a's byte loop cost
+/// fourteen dependent ones. Like FNV it is not keyed: a publisher that chose colliding topics
+/// could slow a map down, as with FNV before it; nothing depends on its values across builds
+/// or hosts (the stable topic → shard function is [`crate::wire::topic_hash`]).
+/// Inputs of different lengths are told apart by the length prefix `Hash for [u8]` writes.
+#[derive(Clone, Copy)]
+pub struct WordHasher(u64);
 
-impl Hasher for FnvHasher {
+/// The golden-ratio constant, odd: the multiplier of [`WordHasher`]'s fold and its start.
+const WORD_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Default for WordHasher {
+    #[inline]
+    fn default() -> Self {
+        WordHasher(WORD_MUL)
+    }
+}
+
+impl WordHasher {
+    /// Mix the word `w` into the state.
+    #[inline]
+    fn fold(&mut self, w: u64) {
+        let p = u128::from(self.0 ^ w) * u128::from(WORD_MUL);
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
+    }
+}
+
+/// The little-endian word of `b`'s first 8 bytes (`b` has at least 8).
+#[inline]
+fn word8(b: &[u8]) -> u64 {
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// A word of the last 0 to 8 bytes of an input, each of them in it (for 4 to 8, two 4-byte
+/// reads that overlap), without a loop or a copy.
+#[inline]
+fn tail_word(b: &[u8]) -> u64 {
+    let n = b.len();
+    match n {
+        0 => 0,
+        1..=3 => u64::from(b[0]) | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1]) << 16,
+        _ => {
+            let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let hi = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+            u64::from(lo) | u64::from(hi) << 32
+        }
+    }
+}
+
+impl Hasher for WordHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let h = if self.0 == 0 { crate::wire::FNV_OFFSET } else { self.0 };
-        self.0 = crate::wire::fnv1a(h, bytes);
+        let mut rest = bytes;
+        while rest.len() > 8 {
+            self.fold(word8(rest));
+            rest = &rest[8..];
+        }
+        self.fold(tail_word(rest));
+    }
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.fold(u64::from(n));
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.fold(n);
+    }
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.fold(n as u64);
     }
     #[inline]
     fn finish(&self) -> u64 {
@@ -72,7 +135,7 @@ impl TopicSeq {
     }
 }
 
-type TopicMap = HashMap<Box<[u8]>, TopicSeq, BuildHasherDefault<FnvHasher>>;
+type TopicMap = HashMap<Box<[u8]>, TopicSeq, BuildHasherDefault<WordHasher>>;
 
 /// What the checks decided about one data frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -621,6 +684,52 @@ mod tests {
 
     fn h(publisher_id: u32, session_id: u64, stream_seq: u64, topic_seq: u64) -> Header {
         Header { kind: Kind::Data, flags: 0, publisher_id, session_id, stream_seq, topic_seq, send_time_ns: 0 }
+    }
+
+    /// The map hasher reads every byte of a key (each byte value in each position of keys of
+    /// every length up to 24 changes the hash), and spreads topics, order ids and instrument ids
+    /// over a table's low bits (its bucket) and top 7 bits (hashbrown's tag) about as a random
+    /// function would.
+    #[test]
+    fn word_hasher_sees_every_byte_and_spreads_keys() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let build = BuildHasherDefault::<WordHasher>::default();
+        for len in 0..=24usize {
+            let base = vec![b'A'; len];
+            let h0 = build.hash_one(&base[..]);
+            for pos in 0..len {
+                for b in 0..=255u8 {
+                    let mut k = base.clone();
+                    k[pos] = b;
+                    assert_eq!(build.hash_one(&k[..]) == h0, b == b'A', "len {len}, byte {b} at {pos}");
+                }
+            }
+            // Lengths apart: a key and the same key with a NUL more.
+            assert_ne!(build.hash_one(&base[..]), build.hash_one(&[&base[..], &[0u8]].concat()[..]));
+        }
+        let spread = |hashes: Vec<u64>| {
+            let n = hashes.len();
+            let distinct: std::collections::HashSet<u64> = hashes.iter().copied().collect();
+            assert_eq!(distinct.len(), n, "no two keys hash alike");
+            // 1024 buckets by the low bits, 128 tags by the top 7: no bucket or tag holds more than
+            // twice its share (a random function stays well inside that at these counts).
+            for (what, slots, index) in [
+                ("bucket", 1024usize, Box::new(|h: u64| (h & 1023) as usize) as Box<dyn Fn(u64) -> usize>),
+                ("tag", 128, Box::new(|h: u64| (h >> 57) as usize)),
+            ] {
+                let mut counts = vec![0usize; slots];
+                for &h in &hashes {
+                    counts[index(h)] += 1;
+                }
+                let most = counts.iter().copied().max().unwrap_or(0);
+                assert!(most <= 2 * n / slots + 8, "{what}: {most} of {n} keys in one of {slots}");
+            }
+        };
+        let topics = crate::feed::symbol_names(20_000);
+        spread(topics.iter().map(|t| build.hash_one(t.as_bytes())).collect());
+        spread((0..20_000u64).map(|id| build.hash_one(id)).collect());
+        spread((0..20_000u64).map(|id| build.hash_one(id << 32)).collect());
+        spread((0..20_000u32).map(|id| build.hash_one(id)).collect());
     }
 
     /// [`h`] as a last-value cache re-sends it (`FLAG_FROM_CACHE`).
