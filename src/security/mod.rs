@@ -95,11 +95,18 @@ impl fmt::Display for PublicKey {
     }
 }
 
+/// The 85 characters of ZeroMQ's Z85 encoding (RFC 32).
+const Z85_ALPHABET: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+
 /// Decode 40 Z85 characters into 32 key bytes.
 pub fn decode_z85_key(text: &str) -> Result<[u8; 32], String> {
     let text = text.trim();
     if text.len() != 40 {
         return Err(format!("a CURVE key is 40 Z85 characters, got {}", text.len()));
+    }
+    // libzmq's decoder does not refuse every character outside the alphabet.
+    if let Some(c) = text.chars().find(|c| !Z85_ALPHABET.contains(*c)) {
+        return Err(format!("not Z85 text: {c:?} is not a Z85 character"));
     }
     let bytes = zmq::z85_decode(text).map_err(|_| "not Z85 text".to_string())?;
     bytes.try_into().map_err(|_| "does not decode to 32 bytes".to_string())
@@ -161,7 +168,12 @@ impl Keypair {
 /// the 40 Z85 characters.
 pub fn load_public(path: &Path) -> Result<PublicKey, SecurityError> {
     let text = read_file(path)?;
-    let z85 = cert_field(&text, "public-key").unwrap_or_else(|| text.trim());
+    let z85 = match cert_field(&text, "public-key") {
+        Some(key) => key,
+        // A bare key is one line; a certificate without its public-key line is not a key.
+        None if text.trim().lines().count() == 1 => text.trim(),
+        None => return Err(bad(path, "no public-key line (a certificate, or a file of just the 40-character key)")),
+    };
     decode_z85_key(z85).map(PublicKey).map_err(|r| bad(path, &r))
 }
 
@@ -777,6 +789,19 @@ mod tests {
         std::fs::write(dir.join("short.pub"), "abc").unwrap();
         let err = load_public(&dir.join("short.pub")).unwrap_err().to_string();
         assert!(err.contains("40 Z85 characters"), "{err}");
+        // Forty characters that are not all Z85 (a certificate's comment line): not a key.
+        let comment = "#   ****  Generated on 2026-12-04  *****";
+        let forty = comment.to_string();
+        assert_eq!(forty.len(), 40);
+        std::fs::write(dir.join("comment.pub"), &forty).unwrap();
+        let err = load_public(&dir.join("comment.pub")).unwrap_err().to_string();
+        assert!(err.contains("not Z85 text: ' '"), "{err}");
+        // A certificate whose public-key line is missing is said to be so.
+        std::fs::write(dir.join("nokey.pub"), format!("{comment}\nmetadata\n")).unwrap();
+        let err = load_public(&dir.join("nokey.pub")).unwrap_err().to_string();
+        assert!(err.contains("no public-key line"), "{err}");
+        std::fs::remove_file(dir.join("nokey.pub")).unwrap();
+        std::fs::remove_file(dir.join("comment.pub")).unwrap();
         let keys = load_public_keys(std::slice::from_ref(&dir)).unwrap_err().to_string();
         assert!(keys.contains("short.pub"), "a bad file in a key directory is named: {keys}");
         std::fs::remove_dir_all(&dir).unwrap();
