@@ -8,8 +8,8 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::args::{
-    parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_endpoint, parse_endpoint_list, parse_ms_in,
-    parse_whole_ms, parse_whole_ms_nonzero, whole_ms, Endpoint, How, Idle,
+    parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint,
+    parse_endpoint_list, parse_ms_in, parse_whole_ms, parse_whole_ms_nonzero, whole_ms, Endpoint, How, Idle,
 };
 use super::feed::FeedArgs;
 use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
@@ -251,7 +251,7 @@ pub struct EngineArgs {
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
     /// Stop anyway after this long (e.g. 90s).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub max_duration: Option<Duration>,
     #[command(flatten)]
     pub snail: SnailArgs,

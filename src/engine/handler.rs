@@ -63,7 +63,8 @@ impl std::str::FromStr for HandlerSpec {
             "last" => Ok(HandlerSpec::Last),
             "verify" => Ok(HandlerSpec::Verify),
             _ => match s.strip_prefix("work:").map(str::parse::<u64>) {
-                Some(Ok(ns)) => Ok(HandlerSpec::Work { ns }),
+                Some(Ok(ns)) if ns <= MAX_WORK_NS => Ok(HandlerSpec::Work { ns }),
+                Some(Ok(ns)) => Err(format!("work:{ns}: at most work:{MAX_WORK_NS} (1 s of work per message)")),
                 _ => Err(format!("unknown handler `{s}` (expected latency, book, last, verify or work:NANOS)")),
             },
         }
@@ -119,6 +120,10 @@ impl Handler for LatencyOnly {
     }
 }
 
+/// The most `work:NANOS` may ask for (1 s a message). `work:18446744073709551615` wrapped the
+/// deadline and did no work at all.
+pub const MAX_WORK_NS: u64 = 1_000_000_000;
+
 /// Spins for `ns` nanoseconds per message.
 pub struct SyntheticWork {
     pub ns: u64,
@@ -127,7 +132,7 @@ pub struct SyntheticWork {
 impl Handler for SyntheticWork {
     #[inline]
     fn on_message(&mut self, _msg: &FrameView<'_>) {
-        let until = crate::wire::now_ns() + self.ns;
+        let until = crate::wire::now_ns().saturating_add(self.ns);
         while crate::wire::now_ns() < until {
             std::hint::spin_loop();
         }
@@ -478,6 +483,8 @@ mod tests {
             assert_eq!(s.parse::<HandlerSpec>().expect("parses").to_string(), s);
         }
         assert!("work:x".parse::<HandlerSpec>().is_err());
+        assert!("work:1000000000".parse::<HandlerSpec>().is_ok());
+        assert!("work:18446744073709551615".parse::<HandlerSpec>().is_err(), "the audit's wrapping value");
         assert!("sleep".parse::<HandlerSpec>().is_err());
     }
 
