@@ -135,7 +135,7 @@ fn main() {
         Cmd::Capacity(a) => cli::capacity::capacity(a, &stop).map(|_| ()).context("capacity"),
         Cmd::Lvc(a) => cli::lvc::run(a, &stop).map(|_| ()).context("lvc"),
         Cmd::LvcBench(a) => cli::bench::lvc_bench(a).map(|_| ()).context("lvc-bench"),
-        Cmd::Tap(a) => cli::tap::run(a, &stop).map(|_| ()).context("tap"),
+        Cmd::Tap(a) => cli::tap::run(a, &stop).context("tap").and_then(|r| cli::tap::recorded_whole(a, &r)),
         Cmd::CloneServer(a) => cli::clone::run_server(a, &stop),
         Cmd::CloneBench(a) => cli::bench::clone_bench(a).map(|_| ()),
         Cmd::CloneClient(a) => match cli::clone::run_client(a, &stop) {

@@ -120,6 +120,24 @@ fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A spectrum that could not be written is not a successful run: the report is still printed
+/// (with the count), the cause said on stderr, and the exit status is 1. Before, it was 0.
+#[test]
+fn an_hgrm_that_cannot_be_written_fails_the_run() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("SKIPPED: no /dev/full to make a write fail");
+        return;
+    }
+    let (replay, eps) = start_replay("replay", 1, &["--count", "2000", "--rate", "10k"]);
+    let e = engine_json(&eps, &["--hgrm", "/dev/full"]);
+    let (status, out) = e.finish(Duration::from_secs(60));
+    let _ = replay.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 2_000, "the report is still printed: {r}");
+    assert_eq!(u(&r, "metrics_write_errors"), 1, "{r}");
+}
+
 /// A latency over 60 s is in the histograms as 60 s; the interval log says so in a comment
 /// line after the histogram's (`HlogWriter::note_clamped`). HdrHistogram's Python reader
 /// must still read every interval of such a log.

@@ -228,3 +228,21 @@ fn a_subscription_too_long_for_libzmq_is_kept_from_the_publishers() {
     let last = long_subscription_through("tap", &["--quiet"], 4096);
     assert_eq!(counter(&last, "too_long_up"), 0, "a 4 KiB prefix still passes: {last}");
 }
+
+#[test]
+fn a_recording_that_cannot_be_written_fails_the_run() {
+    // Before, `--record /dev/full` said `recording stopped` and counted record_errors=1, but
+    // the tap exited 0 as if the recording were whole.
+    if !Path::new("/dev/full").exists() {
+        eprintln!("SKIPPED: no /dev/full to make a write fail");
+        return;
+    }
+    let mut tap = start("tap", &["--quiet", "--record", "/dev/full"]);
+    let _sockets = traffic_through(&tap);
+    tap.proc.signal(2);
+    let status = tap.proc.wait_exit(DEADLINE);
+    let err = rest_lines(&tap.stderr, DEADLINE);
+    assert_eq!(status.code(), Some(1), "{err:?}");
+    assert!(err.iter().any(|l| l.starts_with("tap: stopped:") && l.contains("record_errors=1")), "{err:?}");
+    assert!(err.iter().any(|l| l.contains("the recording /dev/full is incomplete")), "{err:?}");
+}

@@ -143,6 +143,18 @@ fn croak_report(e: &anyhow::Error) -> Option<&RunReport> {
     }
 }
 
+/// A run whose `--hlog`/`--hgrm` writes failed is not a success: the files are incomplete. The
+/// first failure was said when it happened; this ends the command with exit status 1.
+fn outputs_written(report: &RunReport) -> anyhow::Result<()> {
+    if report.metrics_write_errors > 0 {
+        bail!(
+            "{} write(s) to the --hlog/--hgrm files failed (the first is said above): they are incomplete",
+            report.metrics_write_errors
+        );
+    }
+    Ok(())
+}
+
 fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(report)?);
@@ -197,6 +209,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     match out {
         Ok(out) => {
             print_report(&out.report, args.json)?;
+            outputs_written(&out.report)?;
             Ok(out.report)
         }
         Err(e) => {
@@ -501,6 +514,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     match engine.join(args.max_duration) {
         Ok(report) => {
             print_report(&report, args.json)?;
+            outputs_written(&report)?;
             Ok(report)
         }
         Err(EngineError::Croaked(c)) => {

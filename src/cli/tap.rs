@@ -91,3 +91,14 @@ impl TapArgs {
 pub fn run(args: &TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
     crate::tap::run(args.to_config(), stop, ExitCounters::json(args.json))
 }
+
+/// A `--record` file that stopped being written is not a successful run: the recording is
+/// incomplete (the cause was said when it stopped; the counters say `record_errors`).
+pub fn recorded_whole(args: &TapArgs, report: &TapReport) -> anyhow::Result<()> {
+    match &args.record {
+        Some(path) if report.sink.record_errors > 0 => {
+            anyhow::bail!("tap: the recording {} is incomplete: writing it failed (said above)", path.display())
+        }
+        _ => Ok(()),
+    }
+}
