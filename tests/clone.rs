@@ -824,6 +824,29 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
 }
 
 #[test]
+fn a_snapshot_cut_inside_its_header_is_said_and_kept_and_the_server_starts() {
+    // Before: a 12-byte snapshot was recovered as an empty map, without a word.
+    let dir = common::temp_dir("clone-snapcut");
+    let d = dir.to_str().expect("utf8");
+    let p = free_port_block(3);
+    std::fs::write(dir.join("snapshot"), b"MDCLSNP1\x07\0\0\0").expect("a cut snapshot");
+    let (_s, said) = server_said("server", p, &["--data-dir", d]);
+    wait_line(&said, Duration::from_secs(5), "the damage said", |l| {
+        l.contains("snapshot at offset 12: truncated header: the file ends after 12 of its 16 header bytes")
+    });
+    wait_line(&said, Duration::from_secs(5), "the copy said", |l| l.contains("snapshot.corrupt-"));
+    wait_until(Duration::from_secs(5), "the server to serve", || status(p).contains_key("state"));
+    let copies: Vec<_> = std::fs::read_dir(&dir)
+        .expect("data dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot.corrupt-"))
+        .collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(std::fs::read(copies[0].path()).expect("copy"), b"MDCLSNP1\x07\0\0\0");
+    assert_eq!(std::fs::metadata(dir.join("snapshot")).expect("snapshot").len(), 16, "rewritten whole");
+}
+
+#[test]
 fn clone_client_cli_watch_prints_current_then_live_changes() {
     let (p, _s) = standalone();
     let srv = ep(p);

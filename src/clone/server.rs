@@ -209,9 +209,9 @@ impl Server {
             for e in &rec.tail_errors {
                 crate::diag!("clone-server: data dir: stopped reading at {e}; everything before it was recovered");
             }
-            if let Some(copy) = &rec.corrupt_log_copy {
+            for copy in &rec.corrupt_copies {
                 crate::diag!(
-                    "clone-server: data dir: the damaged log was copied to {} before its bad tail was cut",
+                    "clone-server: data dir: the damaged file was copied to {} before it was cut to what was recovered",
                     copy.display()
                 );
             }
