@@ -521,6 +521,9 @@ fn clone_client_set_over_the_servers_limits_is_refused_at_once() {
         let (code, _out, err) = run(args);
         assert_eq!(code, Some(2), "{args:?}: a refused value, at once: {err}");
         assert!(err.contains(says) && err.contains("nothing was sent"), "{args:?}: {err}");
+        // One line, prefixed like every error (before: `error: …` and clap's usage block).
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with(&format!("mdsub: error: {says}: the server {srv} does not accept it")), "{err}");
     }
     assert_eq!(run(&["set", "/a/key/of/16/byt", "12345678"]).0, Some(0), "at the limits it goes through");
     // Refused by the client, not dropped by the server: nothing over the limits reached it.
@@ -574,6 +577,34 @@ fn clone_client_status_exits_non_zero_when_a_server_does_not_answer() {
     assert_eq!(stderr.trim(), "mdsub: error: 1 of 2 clone server(s) did not answer STATUS", "{stderr}");
     let live = mdsub().args(["clone-client", "--server", &ep(p), "status"]).output().expect("runs");
     assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stderr));
+}
+
+#[test]
+fn sigterm_ends_clone_client_status_while_a_server_does_not_answer() {
+    // Two TCP listeners that accept and never answer: `status` waits on the first. Before, a
+    // SIGTERM printed `error=Interrupted system call` for it and went on to wait for the second.
+    let silent: Vec<std::net::TcpListener> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("listener")).collect();
+    let eps: Vec<String> = silent.iter().map(|l| ep(l.local_addr().expect("addr").port())).collect();
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &eps[0], "--server", &eps[1], "--timeout", "60s", "status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut client = Proc::spawn("clone-client status", &mut cmd);
+    let out = lines_of(client.child.stdout.take().expect("stdout piped"));
+    let err = lines_of(client.child.stderr.take().expect("stderr piped"));
+    silent[0].set_nonblocking(true).expect("nonblocking");
+    let mut held = Vec::new();
+    wait_until(Duration::from_secs(10), "clone-client to connect to the first server", || {
+        silent[0].accept().map(|(c, _)| held.push(c)).is_ok()
+    });
+    client.signal(15);
+    let status = client.wait_exit(Duration::from_secs(5));
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    let printed: Vec<String> = std::iter::from_fn(|| out.recv_timeout(Duration::from_millis(200)).ok()).collect();
+    assert_eq!(status.code(), Some(130), "stdout {printed:?}, stderr {said:?}");
+    assert_eq!(said, vec!["mdsub: interrupted".to_string()]);
+    assert!(!printed.iter().any(|l| l.starts_with("error=")), "no server error for a stop: {printed:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

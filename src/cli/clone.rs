@@ -96,7 +96,7 @@ impl ServerArgs {
                 ))
             })?;
         if port > u16::MAX - 3 {
-            bail!(super::UsageError(format!(
+            bail!(super::RefusedValue(format!(
                 "--endpoint `{base}`: the clone server uses ports P..P+3, so P can be at most {}",
                 u16::MAX - 3
             )));
@@ -264,7 +264,8 @@ pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -
 
 /// Wait up to `timeout` for the server to publish update `u` (of `key` and `value`); Ctrl-C
 /// ends the wait at once. An update longer than the server accepts (the limits its snapshot
-/// stated) was refused by the client before sending: a refused value (exit 2), said at once.
+/// stated) was refused by the client before sending: a refused value (exit 2), said at once
+/// in one line (no usage: the command line was well formed).
 fn wait_acked(
     client: &Client,
     u: Uuid,
@@ -276,7 +277,7 @@ fn wait_acked(
         Err(ClientError::NotAcked(AckState::Refused)) => {
             let st = client.status()?;
             let why = st.limits.and_then(|l| l.check(key, value).err()).map(|(_, why)| why);
-            bail!(super::UsageError(format!(
+            bail!(super::RefusedValue(format!(
                 "{}: the server {} does not accept it (its --max-key-bytes / --max-value-bytes); nothing was sent",
                 why.as_deref().unwrap_or("longer than the server accepts"),
                 st.server.as_deref().unwrap_or("in use")
@@ -315,8 +316,12 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     if let ClientCmd::Status = args.cmd {
         let mut silent = 0;
         for s in &servers {
-            match crate::clone::server_status_secured(s, timeout, keys.as_ref()) {
+            match crate::clone::server_status_or_stop(s, timeout, keys.as_ref(), stop) {
                 Ok(text) => crate::outln!("# {s}\n{text}"),
+                // A stop request ends the command, not just this server's wait (exit 130).
+                Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Interrupted)) => {
+                    return Err(super::Interrupted.into())
+                }
                 Err(e) => {
                     silent += 1;
                     crate::outln!("# {s}\nerror={e}\n");
