@@ -533,6 +533,33 @@ fn clone_client_set_over_the_servers_limits_is_refused_at_once() {
 }
 
 #[test]
+fn clone_client_subtree_longer_than_the_servers_keys_is_refused_not_timed_out() {
+    // Before: a 70000-byte subtree was over the snapshot port's frame limit: libzmq dropped the
+    // request with its connection, and `dump` said `no clone server answered … timed out` (4).
+    let (p, _s) = standalone();
+    let srv = ep(p);
+    let long = "a".repeat(70_000);
+    for (cmd, len) in [("dump", 70_000), ("watch", 70_000), ("dump", 1025)] {
+        let mut c = mdsub();
+        c.args(["clone-client", "--server", &srv, "--timeout", "60s", cmd, &long[..len]]);
+        let (code, out, err) = run_within("clone-client", &mut c, Duration::from_secs(20));
+        assert_eq!(code, Some(2), "{cmd} of {len} bytes: {out}{err}");
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "mdsub: error: subtree of {len} bytes > max-key-bytes 1024: the server {srv} holds no key that \
+                 long, so none can be under it"
+            )
+        );
+        assert!(out.is_empty(), "{out}");
+    }
+    let mut c = mdsub();
+    c.args(["clone-client", "--server", &srv, "--timeout", "10s", "dump", &long[..1024]]);
+    assert_eq!(run_within("clone-client", &mut c, Duration::from_secs(20)).0, Some(0), "at the limit: an empty dump");
+    assert_eq!(status(p).get("state").map(String::as_str), Some("active"));
+}
+
+#[test]
 fn clone_client_exit_codes_tell_an_absent_key_from_no_server() {
     // Before: `get` exited 1 both for a key that is not there and for no server answering.
     let (p, _s) = standalone();
@@ -1121,6 +1148,23 @@ fn server_refuses_unusable_limits_intervals_and_a_second_primary() {
 }
 
 #[test]
+fn an_update_a_few_times_over_the_value_limit_is_counted_not_dropped_unseen() {
+    // Before: the collector read frames only up to the limit plus 4 KiB, so a 3 MiB value under
+    // the default 1 MiB limit made libzmq drop it (and its connection) before the server saw it:
+    // not counted, not said. Up to four times the limit is now read, refused and counted.
+    let p = free_port_block(3);
+    let (_s, said) = server_said("server", p, &[]);
+    let big = chp_frames(b"/big", 0, b"", b"", &vec![b'v'; 3 << 20]);
+    resend_until(p, &big, "the 3 MiB update to be counted as value_too_long", || {
+        status(p).get("refused_value_too_long").is_some_and(|n| n != "0")
+    });
+    wait_line(&said, Duration::from_secs(5), "the refusal said", |l| {
+        l.contains("refused (value_too_long)") && l.contains("value of 3145728 bytes > max-value-bytes 1048576")
+    });
+    assert_eq!(status(p).get("keys").map(String::as_str), Some("0"));
+}
+
+#[test]
 fn oversized_frames_are_refused_by_libzmq_before_they_are_read() {
     let p = free_port_block(3);
     let _s = server("server", p, &["--max-key-bytes", "16", "--max-value-bytes", "64"]);
@@ -1141,8 +1185,9 @@ fn oversized_frames_are_refused_by_libzmq_before_they_are_read() {
         f.first().filter(|f| f.len() >= 2).map(|f| u16::from_ne_bytes([f[0], f[1]]))
     };
     assert_eq!(next_event(Duration::from_secs(5)), Some(zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16));
-    // A 1 MiB value: far over --max-value-bytes plus slack, so the server's collector drops the
-    // connection instead of buffering and reading it.
+    // A 1 MiB value: over what the collector reads (four times the largest part it accepts,
+    // here the 64 KiB of properties, plus slack), so libzmq drops the connection instead of
+    // buffering it, before the server sees it (docs/REFUSALS.md).
     let big = chp_frames(b"/big", 0, b"", b"", &vec![b'v'; 1 << 20]);
     let end = Instant::now() + Duration::from_secs(5);
     let mut dropped = false;

@@ -219,7 +219,8 @@ pub enum ClientCmd {
         #[arg(value_parser = parse_key)]
         key: String,
     },
-    /// Print every key=value under SUBTREE (default: all), sorted by key.
+    /// Print every key=value under SUBTREE (default: all), sorted by key. A SUBTREE longer than
+    /// the server's --max-key-bytes (stated in its snapshot) is refused, exit status 2.
     Dump {
         /// Key prefix, e.g. /md/.
         #[arg(default_value = "")]
@@ -227,7 +228,8 @@ pub enum ClientCmd {
     },
     /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C (or
     /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…
-    /// failovers=… hops=…`).
+    /// failovers=… hops=…`). A SUBTREE longer than the server's --max-key-bytes is refused,
+    /// exit status 2.
     Watch {
         /// Key prefix, e.g. /md/status/.
         #[arg(default_value = "")]
@@ -356,6 +358,20 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         Ok(_) => {}
         Err(e @ ClientError::Timeout { .. }) => return Err(anyhow::Error::new(e).context(NoServer(names))),
         Err(e) => interrupted(Err(e)).context("connecting to the clone servers")?,
+    }
+    if let (ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. }, Ok(st)) = (&args.cmd, client.status()) {
+        // No key the server holds can be longer than its limit, so nothing can be under such a
+        // subtree: refused like an over-long key for `set` (the client asked only its first
+        // FRAME_SLACK_BYTES, which every mdsub server reads, and learnt the limit from the reply).
+        if let Some(l) = st.limits.filter(|l| subtree.len() > l.max_key_bytes) {
+            bail!(super::RefusedValue(format!(
+                "subtree of {} bytes > max-key-bytes {}: the server {} holds no key that long, so none \
+                 can be under it",
+                subtree.len(),
+                l.max_key_bytes,
+                st.server.as_deref().unwrap_or("in use")
+            )));
+        }
     }
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {
