@@ -521,12 +521,42 @@ fn clone_client_set_over_the_servers_limits_is_refused_at_once() {
         let (code, _out, err) = run(args);
         assert_eq!(code, Some(2), "{args:?}: a refused value, at once: {err}");
         assert!(err.contains(says) && err.contains("nothing was sent"), "{args:?}: {err}");
+        // One line, prefixed like every error (before: `error: …` and clap's usage block).
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with(&format!("mdsub: error: {says}: the server {srv} does not accept it")), "{err}");
     }
     assert_eq!(run(&["set", "/a/key/of/16/byt", "12345678"]).0, Some(0), "at the limits it goes through");
     // Refused by the client, not dropped by the server: nothing over the limits reached it.
     let st = status(p);
     assert_eq!(st.get("keys").map(String::as_str), Some("1"), "{st:?}");
     assert!(!st.keys().any(|k| k.starts_with("refused_")), "the server refused nothing: {st:?}");
+}
+
+#[test]
+fn clone_client_subtree_longer_than_the_servers_keys_is_refused_not_timed_out() {
+    // Before: a 70000-byte subtree was over the snapshot port's frame limit: libzmq dropped the
+    // request with its connection, and `dump` said `no clone server answered … timed out` (4).
+    let (p, _s) = standalone();
+    let srv = ep(p);
+    let long = "a".repeat(70_000);
+    for (cmd, len) in [("dump", 70_000), ("watch", 70_000), ("dump", 1025)] {
+        let mut c = mdsub();
+        c.args(["clone-client", "--server", &srv, "--timeout", "60s", cmd, &long[..len]]);
+        let (code, out, err) = run_within("clone-client", &mut c, Duration::from_secs(20));
+        assert_eq!(code, Some(2), "{cmd} of {len} bytes: {out}{err}");
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "mdsub: error: subtree of {len} bytes > max-key-bytes 1024: the server {srv} holds no key that \
+                 long, so none can be under it"
+            )
+        );
+        assert!(out.is_empty(), "{out}");
+    }
+    let mut c = mdsub();
+    c.args(["clone-client", "--server", &srv, "--timeout", "10s", "dump", &long[..1024]]);
+    assert_eq!(run_within("clone-client", &mut c, Duration::from_secs(20)).0, Some(0), "at the limit: an empty dump");
+    assert_eq!(status(p).get("state").map(String::as_str), Some("active"));
 }
 
 #[test]
@@ -574,6 +604,34 @@ fn clone_client_status_exits_non_zero_when_a_server_does_not_answer() {
     assert_eq!(stderr.trim(), "mdsub: error: 1 of 2 clone server(s) did not answer STATUS", "{stderr}");
     let live = mdsub().args(["clone-client", "--server", &ep(p), "status"]).output().expect("runs");
     assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stderr));
+}
+
+#[test]
+fn sigterm_ends_clone_client_status_while_a_server_does_not_answer() {
+    // Two TCP listeners that accept and never answer: `status` waits on the first. Before, a
+    // SIGTERM printed `error=Interrupted system call` for it and went on to wait for the second.
+    let silent: Vec<std::net::TcpListener> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("listener")).collect();
+    let eps: Vec<String> = silent.iter().map(|l| ep(l.local_addr().expect("addr").port())).collect();
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &eps[0], "--server", &eps[1], "--timeout", "60s", "status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut client = Proc::spawn("clone-client status", &mut cmd);
+    let out = lines_of(client.child.stdout.take().expect("stdout piped"));
+    let err = lines_of(client.child.stderr.take().expect("stderr piped"));
+    silent[0].set_nonblocking(true).expect("nonblocking");
+    let mut held = Vec::new();
+    wait_until(Duration::from_secs(10), "clone-client to connect to the first server", || {
+        silent[0].accept().map(|(c, _)| held.push(c)).is_ok()
+    });
+    client.signal(15);
+    let status = client.wait_exit(Duration::from_secs(5));
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    let printed: Vec<String> = std::iter::from_fn(|| out.recv_timeout(Duration::from_millis(200)).ok()).collect();
+    assert_eq!(status.code(), Some(130), "stdout {printed:?}, stderr {said:?}");
+    assert_eq!(said, vec!["mdsub: interrupted".to_string()]);
+    assert!(!printed.iter().any(|l| l.starts_with("error=")), "no server error for a stop: {printed:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -824,6 +882,29 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
 }
 
 #[test]
+fn a_snapshot_cut_inside_its_header_is_said_and_kept_and_the_server_starts() {
+    // Before: a 12-byte snapshot was recovered as an empty map, without a word.
+    let dir = common::temp_dir("clone-snapcut");
+    let d = dir.to_str().expect("utf8");
+    let p = free_port_block(3);
+    std::fs::write(dir.join("snapshot"), b"MDCLSNP1\x07\0\0\0").expect("a cut snapshot");
+    let (_s, said) = server_said("server", p, &["--data-dir", d]);
+    wait_line(&said, Duration::from_secs(5), "the damage said", |l| {
+        l.contains("snapshot at offset 12: truncated header: the file ends after 12 of its 16 header bytes")
+    });
+    wait_line(&said, Duration::from_secs(5), "the copy said", |l| l.contains("snapshot.corrupt-"));
+    wait_until(Duration::from_secs(5), "the server to serve", || status(p).contains_key("state"));
+    let copies: Vec<_> = std::fs::read_dir(&dir)
+        .expect("data dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot.corrupt-"))
+        .collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(std::fs::read(copies[0].path()).expect("copy"), b"MDCLSNP1\x07\0\0\0");
+    assert_eq!(std::fs::metadata(dir.join("snapshot")).expect("snapshot").len(), 16, "rewritten whole");
+}
+
+#[test]
 fn clone_client_cli_watch_prints_current_then_live_changes() {
     let (p, _s) = standalone();
     let srv = ep(p);
@@ -1067,6 +1148,23 @@ fn server_refuses_unusable_limits_intervals_and_a_second_primary() {
 }
 
 #[test]
+fn an_update_a_few_times_over_the_value_limit_is_counted_not_dropped_unseen() {
+    // Before: the collector read frames only up to the limit plus 4 KiB, so a 3 MiB value under
+    // the default 1 MiB limit made libzmq drop it (and its connection) before the server saw it:
+    // not counted, not said. Up to four times the limit is now read, refused and counted.
+    let p = free_port_block(3);
+    let (_s, said) = server_said("server", p, &[]);
+    let big = chp_frames(b"/big", 0, b"", b"", &vec![b'v'; 3 << 20]);
+    resend_until(p, &big, "the 3 MiB update to be counted as value_too_long", || {
+        status(p).get("refused_value_too_long").is_some_and(|n| n != "0")
+    });
+    wait_line(&said, Duration::from_secs(5), "the refusal said", |l| {
+        l.contains("refused (value_too_long)") && l.contains("value of 3145728 bytes > max-value-bytes 1048576")
+    });
+    assert_eq!(status(p).get("keys").map(String::as_str), Some("0"));
+}
+
+#[test]
 fn oversized_frames_are_refused_by_libzmq_before_they_are_read() {
     let p = free_port_block(3);
     let _s = server("server", p, &["--max-key-bytes", "16", "--max-value-bytes", "64"]);
@@ -1087,8 +1185,9 @@ fn oversized_frames_are_refused_by_libzmq_before_they_are_read() {
         f.first().filter(|f| f.len() >= 2).map(|f| u16::from_ne_bytes([f[0], f[1]]))
     };
     assert_eq!(next_event(Duration::from_secs(5)), Some(zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16));
-    // A 1 MiB value: far over --max-value-bytes plus slack, so the server's collector drops the
-    // connection instead of buffering and reading it.
+    // A 1 MiB value: over what the collector reads (four times the largest part it accepts,
+    // here the 64 KiB of properties, plus slack), so libzmq drops the connection instead of
+    // buffering it, before the server sees it (docs/REFUSALS.md).
     let big = chp_frames(b"/big", 0, b"", b"", &vec![b'v'; 1 << 20]);
     let end = Instant::now() + Duration::from_secs(5);
     let mut dropped = false;

@@ -96,7 +96,7 @@ impl ServerArgs {
                 ))
             })?;
         if port > u16::MAX - 3 {
-            bail!(super::UsageError(format!(
+            bail!(super::RefusedValue(format!(
                 "--endpoint `{base}`: the clone server uses ports P..P+3, so P can be at most {}",
                 u16::MAX - 3
             )));
@@ -219,7 +219,8 @@ pub enum ClientCmd {
         #[arg(value_parser = parse_key)]
         key: String,
     },
-    /// Print every key=value under SUBTREE (default: all), sorted by key.
+    /// Print every key=value under SUBTREE (default: all), sorted by key. A SUBTREE longer than
+    /// the server's --max-key-bytes (stated in its snapshot) is refused, exit status 2.
     Dump {
         /// Key prefix, e.g. /md/.
         #[arg(default_value = "")]
@@ -227,7 +228,8 @@ pub enum ClientCmd {
     },
     /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C (or
     /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…
-    /// failovers=… hops=…`).
+    /// failovers=… hops=…`). A SUBTREE longer than the server's --max-key-bytes is refused,
+    /// exit status 2.
     Watch {
         /// Key prefix, e.g. /md/status/.
         #[arg(default_value = "")]
@@ -264,7 +266,8 @@ pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -
 
 /// Wait up to `timeout` for the server to publish update `u` (of `key` and `value`); Ctrl-C
 /// ends the wait at once. An update longer than the server accepts (the limits its snapshot
-/// stated) was refused by the client before sending: a refused value (exit 2), said at once.
+/// stated) was refused by the client before sending: a refused value (exit 2), said at once
+/// in one line (no usage: the command line was well formed).
 fn wait_acked(
     client: &Client,
     u: Uuid,
@@ -276,7 +279,7 @@ fn wait_acked(
         Err(ClientError::NotAcked(AckState::Refused)) => {
             let st = client.status()?;
             let why = st.limits.and_then(|l| l.check(key, value).err()).map(|(_, why)| why);
-            bail!(super::UsageError(format!(
+            bail!(super::RefusedValue(format!(
                 "{}: the server {} does not accept it (its --max-key-bytes / --max-value-bytes); nothing was sent",
                 why.as_deref().unwrap_or("longer than the server accepts"),
                 st.server.as_deref().unwrap_or("in use")
@@ -315,8 +318,12 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     if let ClientCmd::Status = args.cmd {
         let mut silent = 0;
         for s in &servers {
-            match crate::clone::server_status_secured(s, timeout, keys.as_ref()) {
+            match crate::clone::server_status_or_stop(s, timeout, keys.as_ref(), stop) {
                 Ok(text) => crate::outln!("# {s}\n{text}"),
+                // A stop request ends the command, not just this server's wait (exit 130).
+                Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Interrupted)) => {
+                    return Err(super::Interrupted.into())
+                }
                 Err(e) => {
                     silent += 1;
                     crate::outln!("# {s}\nerror={e}\n");
@@ -351,6 +358,20 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         Ok(_) => {}
         Err(e @ ClientError::Timeout { .. }) => return Err(anyhow::Error::new(e).context(NoServer(names))),
         Err(e) => interrupted(Err(e)).context("connecting to the clone servers")?,
+    }
+    if let (ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. }, Ok(st)) = (&args.cmd, client.status()) {
+        // No key the server holds can be longer than its limit, so nothing can be under such a
+        // subtree: refused like an over-long key for `set` (the client asked only its first
+        // FRAME_SLACK_BYTES, which every mdsub server reads, and learnt the limit from the reply).
+        if let Some(l) = st.limits.filter(|l| subtree.len() > l.max_key_bytes) {
+            bail!(super::RefusedValue(format!(
+                "subtree of {} bytes > max-key-bytes {}: the server {} holds no key that long, so none \
+                 can be under it",
+                subtree.len(),
+                l.max_key_bytes,
+                st.server.as_deref().unwrap_or("in use")
+            )));
+        }
     }
     match &args.cmd {
         ClientCmd::Set { key, value, ttl } => {

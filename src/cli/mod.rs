@@ -50,6 +50,13 @@ pub struct Interrupted;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A value refused for what it holds, found out only by asking (a key longer than the clone
+/// server accepts): the command line itself was well formed, so `main` says it in one line,
+/// `mdsub: error: …`, without the usage, and exits 2 ([`EXIT_USAGE`]) like any refused value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RefusedValue(pub String);
+
 /// The exit status of a refused flag or value (clap's).
 pub const EXIT_USAGE: i32 = 2;
 
@@ -57,10 +64,13 @@ pub const EXIT_USAGE: i32 = 2;
 /// from 1, which `get` gives for an absent key).
 pub const EXIT_NO_SERVER: i32 = 4;
 
-/// The exit status of an error reaching `main`: [`EXIT_NO_SERVER`] for [`clone::NoServer`], else 1.
+/// The exit status of an error reaching `main`: [`EXIT_NO_SERVER`] for [`clone::NoServer`],
+/// [`EXIT_USAGE`] for [`RefusedValue`], else 1.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<clone::NoServer>().is_some() {
         EXIT_NO_SERVER
+    } else if e.downcast_ref::<RefusedValue>().is_some() {
+        EXIT_USAGE
     } else {
         1
     }

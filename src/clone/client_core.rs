@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crossbeam::channel::{Sender, TrySendError};
 
-use super::kvmsg::{KvMsg, Limits, Uuid, HUGZ, KTHXBAI};
+use super::kvmsg::{KvMsg, Limits, Uuid, FRAME_SLACK_BYTES, HUGZ, KTHXBAI};
 use super::map::{RecentUuids, UuidSet};
 
 /// After a (re-)sync, un-acknowledged sets are re-sent this often ...
@@ -228,7 +228,8 @@ pub enum Action {
     RequestSnapshot {
         /// Index into the configured servers.
         server: usize,
-        /// The subtree to ask for.
+        /// The subtree to ask for: the client's, or its first [`FRAME_SLACK_BYTES`] when it is
+        /// longer (what every mdsub server reads; entries are kept by the whole subtree).
         subtree: Vec<u8>,
     },
     /// The snapshot request is over (done or abandoned): close its socket.
@@ -581,7 +582,11 @@ impl ClientCore {
         let link = &mut self.links[self.cur];
         link.dropped = false;
         link.last_seq = 0;
-        out.push(Action::RequestSnapshot { server: self.cur, subtree: self.subtree.clone() });
+        // A server reads a subtree only up to its key limit plus FRAME_SLACK_BYTES (libzmq
+        // drops a longer request with the connection, unanswered): a longer subtree is asked
+        // for by its first FRAME_SLACK_BYTES, and the entries are kept by the whole subtree.
+        let asked = &self.subtree[..self.subtree.len().min(FRAME_SLACK_BYTES)];
+        out.push(Action::RequestSnapshot { server: self.cur, subtree: asked.to_vec() });
         self.phase = Phase::Syncing(Box::new(Syncing {
             deadline_ns: now_ns.saturating_add(self.cfg.snapshot_retry_ms.saturating_mul(1_000_000)),
             entries: Vec::new(),
@@ -1050,6 +1055,31 @@ mod tests {
         r.on(Event::Tick);
         assert_eq!(r.core.phase(), PhaseKind::Initial);
         assert_eq!(r.core.status().resyncs, 2);
+    }
+
+    #[test]
+    fn a_subtree_longer_than_any_server_reads_is_asked_for_by_its_head_and_kept_whole() {
+        // Before: the whole subtree went out; over a server's key limit plus slack, libzmq
+        // dropped the request with the connection, and the client timed out as if no server ran.
+        let long = format!("/k/{}", "a".repeat(70_000));
+        let mut r = Rig::new(cfg(1, &long));
+        r.on(Event::Link { server: 0, up: true });
+        let head = long.as_bytes()[..FRAME_SLACK_BYTES].to_vec();
+        assert_eq!(r.on(Event::Tick), vec![Action::RequestSnapshot { server: 0, subtree: head.clone() }]);
+        // Entries under the head but not the subtree are not kept.
+        let under_head = String::from_utf8(head).expect("ascii") + "b";
+        r.on(Event::Snapshot(Ok(KvMsg::new(under_head.as_str(), 1, "x"))));
+        r.on(Event::Snapshot(Ok(KvMsg::new(format!("{long}/in").as_str(), 2, "y"))));
+        let mut end = KvMsg::new(KTHXBAI, 2, "");
+        Limits { max_key_bytes: 1024, max_value_bytes: 8 }.stamp(&mut end);
+        r.on(Event::Snapshot(Ok(end)));
+        assert_eq!(r.core.dump(b""), vec![(format!("{long}/in").into_bytes(), b"y".to_vec())]);
+        // The limits came with it: the shell can tell the subtree is longer than any key.
+        assert_eq!(r.core.status().limits.map(|l| l.max_key_bytes), Some(1024));
+        // A subtree that fits is asked for whole.
+        let mut r = Rig::new(cfg(1, "/x/"));
+        r.on(Event::Link { server: 0, up: true });
+        assert_eq!(r.on(Event::Tick), vec![Action::RequestSnapshot { server: 0, subtree: b"/x/".to_vec() }]);
     }
 
     #[test]

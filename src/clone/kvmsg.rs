@@ -20,6 +20,12 @@ pub const STATUS_REP: &[u8] = b"STATUS";
 pub const TTL_PROP: &str = "ttl";
 /// A message with more frames than this is malformed; the rest is drained, never stored.
 pub const MAX_FRAMES: usize = 8;
+/// Bytes above its limits that an mdsub server reads in one frame from the network: libzmq
+/// (`ZMQ_MAXMSGSIZE`) closes the connection of a peer that sends a longer frame before the
+/// server sees it, uncounted (docs/REFUSALS.md). A snapshot request's subtree is read up to
+/// `--max-key-bytes` plus this, so one of at most this many bytes always reaches the server:
+/// mdsub's client never asks for a longer one (it asks for that much of a longer subtree).
+pub const FRAME_SLACK_BYTES: usize = 4096;
 /// mdsub extension on KTHXBAI: the longest key the server accepts (`--max-key-bytes`).
 pub const MAX_KEY_BYTES_PROP: &str = "max-key-bytes";
 /// mdsub extension on KTHXBAI: the longest value the server accepts (`--max-value-bytes`).

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use super::kvmsg::{KvMsg, Uuid, TTL_PROP};
 
-/// Longest TTL accepted (one year); larger values are malformed.
-pub const MAX_TTL_S: f64 = 365.0 * 86_400.0;
+/// Longest TTL accepted (one year, in seconds); larger values are malformed.
+pub const MAX_TTL_S: u64 = 365 * 86_400;
 
 /// One stored value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,26 +29,50 @@ pub struct Entry {
 /// Map errors (bad TTL property).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MapError {
-    /// `ttl` is not a non-negative number of seconds up to [`MAX_TTL_S`].
-    #[error("ttl `{value}` is not a number of seconds in 0..={MAX_TTL_S}")]
+    /// `ttl` is not whole seconds (ASCII digits) up to [`MAX_TTL_S`].
+    #[error("ttl `{value}` is not a whole number of seconds in 0..={MAX_TTL_S} (digits only)")]
     BadTtl { value: String },
 }
 
-/// Parse the `ttl` property (seconds, integer or decimal, relative). `0` or absent: no TTL.
-pub fn ttl_ns(msg: &KvMsg) -> Result<Option<u64>, MapError> {
+/// The `ttl` property as a peer must send it (CHP: relative seconds, which every peer writes
+/// as an integer: mdsub's client and server, the guide's clients): whole seconds in ASCII
+/// digits, no sign, point, exponent or spaces, `0` to [`MAX_TTL_S`]. `0` or absent: no TTL.
+pub fn wire_ttl_s(msg: &KvMsg) -> Result<Option<u64>, MapError> {
     let Some(v) = msg.prop(TTL_PROP) else { return Ok(None) };
-    let secs: f64 = v.trim().parse().map_err(|_| MapError::BadTtl { value: v.to_string() })?;
-    if !secs.is_finite() || !(0.0..=MAX_TTL_S).contains(&secs) {
-        return Err(MapError::BadTtl { value: v.to_string() });
+    let bad = || MapError::BadTtl { value: v.to_string() };
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
     }
-    if secs == 0.0 {
-        return Ok(None);
+    let secs: u64 = v.parse().map_err(|_| bad())?;
+    if secs > MAX_TTL_S {
+        return Err(bad());
     }
-    Ok(Some((secs * 1e9) as u64))
+    Ok((secs != 0).then_some(secs))
+}
+
+/// The `ttl` of a message the server holds, in ns: one checked as it came in
+/// ([`wire_ttl_s`]), or one [`normalize_peer_ttl`] rewrote, which keeps milliseconds
+/// (`S.mmm`, never sent on: the map keeps a deadline, not the property). `0` or absent: no TTL.
+pub fn ttl_ns(msg: &KvMsg) -> Result<Option<u64>, MapError> {
+    if let Ok(s) = wire_ttl_s(msg) {
+        return Ok(s.map(|s| s * 1_000_000_000));
+    }
+    let Some(v) = msg.prop(TTL_PROP) else { return Ok(None) };
+    let bad = || MapError::BadTtl { value: v.to_string() };
+    let (s, ms) = v.split_once('.').ok_or_else(bad)?;
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    if !digits(s) || ms.len() != 3 || !digits(ms) {
+        return Err(bad());
+    }
+    let total_ms = s.parse::<u64>().map_err(|_| bad())?.saturating_mul(1000).saturating_add(ms.parse().unwrap_or(0));
+    if total_ms > MAX_TTL_S * 1000 {
+        return Err(bad());
+    }
+    Ok((total_ms != 0).then_some(total_ms * 1_000_000))
 }
 
 /// How far from the wall clock an absolute `ttl` may lie (one year, in ms): see [`normalize_peer_ttl`].
-pub const ABSOLUTE_TTL_WINDOW_MS: u64 = MAX_TTL_S as u64 * 1000;
+pub const ABSOLUTE_TTL_WINDOW_MS: u64 = MAX_TTL_S * 1000;
 
 /// Make a `ttl` from a peer server relative. The guide's reference servers (clonesrv5/6) store a
 /// client's `ttl` as an absolute deadline, `zclock_time() + ttl * 1000` (ms since the Unix
@@ -58,9 +82,12 @@ pub const ABSOLUTE_TTL_WINDOW_MS: u64 = MAX_TTL_S as u64 * 1000;
 /// place to the seconds left (at least 1 ms: a deadline already past expires at once).
 /// Returns whether it was rewritten; anything else that does not parse is [`MapError::BadTtl`].
 pub fn normalize_peer_ttl(msg: &mut KvMsg, wall_ms: u64) -> Result<bool, MapError> {
-    let Err(bad) = ttl_ns(msg) else { return Ok(false) };
+    let Err(bad) = wire_ttl_s(msg) else { return Ok(false) };
     let Some(v) = msg.prop(TTL_PROP) else { return Err(bad) };
-    let Ok(deadline_ms) = v.trim().parse::<u64>() else { return Err(bad) };
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad);
+    }
+    let Ok(deadline_ms) = v.parse::<u64>() else { return Err(bad) };
     if deadline_ms.abs_diff(wall_ms) > ABSOLUTE_TTL_WINDOW_MS {
         return Err(bad);
     }
@@ -309,7 +336,7 @@ mod tests {
     fn ttl_expires_with_manual_clock() {
         let mut m = KvMap::new();
         m.apply(&set("/a", 1, "x", Some("2")), 10 * S).expect("ok");
-        m.apply(&set("/b", 2, "y", Some("1.5")), 10 * S).expect("ok");
+        m.apply(&set("/b", 2, "y", Some("1.500")), 10 * S).expect("ok (normalize_peer_ttl's form)");
         m.apply(&set("/c", 3, "z", None), 10 * S).expect("ok");
         assert_eq!(m.next_expiry_ns(), Some(11 * S + S / 2));
         assert!(m.expire(11 * S).is_empty());
@@ -369,6 +396,29 @@ mod tests {
         r.insert([3; 16]);
         assert!(!r.contains(&[1; 16]));
         assert!(r.contains(&[3; 16]));
+    }
+
+    #[test]
+    fn a_ttl_on_the_wire_is_whole_seconds_in_digits() {
+        let with = |ttl: &str| set("/k", 1, "v", Some(ttl));
+        assert_eq!(wire_ttl_s(&set("/k", 1, "v", None)), Ok(None));
+        for (ttl, secs) in [("0", None), ("5", Some(5)), ("05", Some(5)), ("31536000", Some(MAX_TTL_S))] {
+            assert_eq!(wire_ttl_s(&with(ttl)), Ok(secs), "{ttl}");
+            assert_eq!(ttl_ns(&with(ttl)), Ok(secs.map(|s| s * S)), "{ttl}");
+        }
+        // Before: parsed as a float after trimming, so these were all accepted.
+        for bad in ["1.5", " 5", "5 ", "+5", "-5", "5e1", "", "inf", "NaN", "31536001", "0x10", "1.500"] {
+            let e = wire_ttl_s(&with(bad)).expect_err(bad);
+            assert_eq!(
+                e.to_string(),
+                format!("ttl `{bad}` is not a whole number of seconds in 0..=31536000 (digits only)")
+            );
+        }
+        // The server's own rewrite of an absolute ttl keeps milliseconds, and nothing looser.
+        assert_eq!(ttl_ns(&with("1.500")), Ok(Some(1_500_000_000)));
+        for bad in ["1.5", " 5", "1.5000", ".500", "1.-50", "31536000.001"] {
+            assert!(ttl_ns(&with(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -46,6 +46,21 @@ pub fn server_status_secured(
     timeout: std::time::Duration,
     keys: Option<&crate::security::ClientKeys>,
 ) -> anyhow::Result<String> {
+    server_status_or_stop(base, timeout, keys, &crate::agent::StopFlag::new())
+}
+
+/// How often a wait for a STATUS reply looks at its stop flag.
+const STATUS_STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// [`server_status_secured`] that gives up as soon as `stop` is set (Ctrl-C or SIGTERM while
+/// the server has not answered) with [`client::ClientError::Interrupted`]. A signal that
+/// interrupts the wait (`EINTR`) is no answer and no error: the wait goes on unless `stop` is set.
+pub fn server_status_or_stop(
+    base: &str,
+    timeout: std::time::Duration,
+    keys: Option<&crate::security::ClientKeys>,
+    stop: &crate::agent::StopFlag,
+) -> anyhow::Result<String> {
     let [snap, _, _] = endpoints(base).map_err(anyhow::Error::msg)?;
     let ctx = zmq::Context::new();
     let d = ctx.socket(zmq::DEALER)?;
@@ -53,8 +68,21 @@ pub fn server_status_secured(
     crate::security::ClientKeys::apply_if(keys, &d)?;
     d.connect(&snap)?;
     d.send(kvmsg::STATUS_REQ, 0)?;
-    if d.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
-        anyhow::bail!("{base}: no STATUS reply within {} s", timeout.as_secs_f64());
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if stop.is_stopped() {
+            return Err(client::ClientError::Interrupted.into());
+        }
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            anyhow::bail!("{base}: no STATUS reply within {} s", timeout.as_secs_f64());
+        }
+        let slice = i64::try_from(left.min(STATUS_STOP_CHECK).as_millis()).unwrap_or(i64::MAX).max(1);
+        match d.poll(zmq::POLLIN, slice) {
+            Ok(0) | Err(zmq::Error::EINTR) => continue,
+            Ok(_) => break,
+            Err(e) => return Err(e.into()),
+        }
     }
     let frames = d.recv_multipart(0)?;
     match frames.as_slice() {

@@ -1,9 +1,11 @@
 //! Durability for the clone server's `--data-dir`: update log plus snapshots (beyond the guide).
 //!
 //! An append-only update log plus periodic
-//! snapshots in `--data-dir`, recovered at start. A truncated or corrupt tail is reported with its
-//! offset and reason, and everything before it is recovered; before the log is cut there, the
-//! damaged file is copied aside to `log.corrupt-<unix_s>`.
+//! snapshots in `--data-dir`, recovered at start. A truncated or corrupt file (a tail, a bad
+//! record, a header cut short) is reported with its offset and reason, and everything before the
+//! damage is recovered; before the log is cut there, or the snapshot rewritten with what was
+//! recovered, the damaged file is copied aside to `log.corrupt-<unix_s>` or
+//! `snapshot.corrupt-<unix_s>`. A file that is not ours (a wrong magic) stops the start.
 //!
 //! Files: `snapshot` (written to `snapshot.tmp`, fsynced, renamed, directory fsynced) and `log`
 //! (records appended after the snapshot). Each file starts with an 8-byte magic; each record is
@@ -86,10 +88,11 @@ pub struct Recovered {
     pub records: Vec<Record>,
     /// Highest sequence seen.
     pub sequence: u64,
-    /// Problems at the tail of the snapshot or the log (the rest was recovered).
+    /// Where reading the snapshot or the log stopped early (what came before was recovered).
     pub tail_errors: Vec<TailError>,
-    /// Where the damaged log was copied before its bad tail was cut (`log.corrupt-<unix_s>`).
-    pub corrupt_log_copy: Option<PathBuf>,
+    /// Where damaged files were copied before they were cut or rewritten
+    /// (`log.corrupt-<unix_s>`, `snapshot.corrupt-<unix_s>`).
+    pub corrupt_copies: Vec<PathBuf>,
 }
 
 /// The open data directory.
@@ -229,21 +232,78 @@ pub fn decode_records(data: &[u8], base: u64) -> (Vec<Record>, u64, Option<(u64,
     (out, base + at as u64, None)
 }
 
-fn read_file(path: &Path, magic: &[u8; 8], what: &'static str) -> Result<Option<Vec<u8>>, PersistError> {
+/// A data-dir file as read.
+enum FileRead {
+    /// There is none.
+    Absent,
+    /// Its bytes after the 8-byte magic.
+    Body(Vec<u8>),
+    /// It ends inside its magic: it holds this many bytes (0 to 7), all of them the magic's.
+    CutMagic(usize),
+}
+
+fn read_file(path: &Path, magic: &[u8; 8], what: &'static str) -> Result<FileRead, PersistError> {
     let mut f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileRead::Absent),
         Err(e) => return Err(io_err(path, "opening")(e)),
     };
     let mut data = Vec::new();
     f.read_to_end(&mut data).map_err(io_err(path, "reading"))?;
+    if data.len() < 8 && magic.starts_with(&data) {
+        return Ok(FileRead::CutMagic(data.len()));
+    }
     if data.len() < 8 || &data[..8] != magic {
-        if data.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
         return Err(PersistError::BadMagic { path: path.to_path_buf(), what });
     }
-    Ok(Some(data.split_off(8)))
+    Ok(FileRead::Body(data.split_off(8)))
+}
+
+/// The reason for a file that ends inside its header of `header` bytes after `len` bytes.
+fn cut_header(len: usize, header: usize, what: &str) -> String {
+    format!("truncated header: the file ends after {len} of its {header} header bytes ({what})")
+}
+
+/// Copy the damaged `name` in `dir` aside to `NAME.corrupt-<unix_s>` (`.1`, `.2`, … if taken), so
+/// that what is cut or rewritten can still be looked at (or salvaged) by hand.
+fn copy_aside(dir: &Path, name: &str) -> Result<PathBuf, PersistError> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut copy = dir.join(format!("{name}.corrupt-{secs}"));
+    let mut k = 1;
+    while copy.exists() {
+        copy = dir.join(format!("{name}.corrupt-{secs}.{k}"));
+        k += 1;
+    }
+    let what = if name == "log" { "copying the damaged log aside" } else { "copying the damaged snapshot aside" };
+    std::fs::copy(dir.join(name), &copy).map_err(io_err(&copy, what))?;
+    Ok(copy)
+}
+
+/// Write a snapshot file of `records` at `sequence` atomically (temp file, fsync, rename,
+/// directory fsync).
+fn write_snapshot_file(dir: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
+    let tmp = dir.join("snapshot.tmp");
+    let path = dir.join("snapshot");
+    {
+        let f = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut buf = Vec::with_capacity(1 << 16);
+        buf.extend_from_slice(SNAP_MAGIC);
+        buf.extend_from_slice(&sequence.to_le_bytes());
+        for r in records {
+            encode_record(&r, &mut buf);
+            if buf.len() >= 1 << 16 {
+                w.write_all(&buf).map_err(io_err(&tmp, "writing"))?;
+                buf.clear();
+            }
+        }
+        w.write_all(&buf).map_err(io_err(&tmp, "writing"))?;
+        w.flush().map_err(io_err(&tmp, "flushing"))?;
+        w.get_ref().sync_all().map_err(io_err(&tmp, "fsyncing"))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io_err(&path, "renaming the snapshot into place"))?;
+    fsync_dir(dir);
+    Ok(())
 }
 
 fn fsync_dir(dir: &Path) {
@@ -254,7 +314,11 @@ fn fsync_dir(dir: &Path) {
 
 impl Store {
     /// Open (creating) `dir`, recover its contents, and truncate a bad log tail so new records
-    /// follow the last good one.
+    /// follow the last good one. A damaged file (cut short, a bad record) is reported in
+    /// [`Recovered::tail_errors`], copied aside ([`Recovered::corrupt_copies`]), and then cut
+    /// to what was recovered: the log to its last good record, the snapshot rewritten with its
+    /// good records at its sequence (or at 0 when its header is cut). A file that is not ours
+    /// (a wrong magic) is an error: nothing is touched.
     pub fn open(dir: &Path) -> Result<(Store, Recovered), PersistError> {
         if dir.exists() && !dir.is_dir() {
             return Err(PersistError::NotADirectory { path: dir.to_path_buf() });
@@ -263,33 +327,66 @@ impl Store {
         let snap_path = dir.join("snapshot");
         let log_path = dir.join("log");
         let mut rec = Recovered::default();
-        if let Some(data) = read_file(&snap_path, SNAP_MAGIC, "snapshot")? {
-            if data.len() >= 8 {
+        // A snapshot is only ever written whole (temp file, rename): any damage, even a file
+        // that ends inside its 16-byte header, is said.
+        let snap_err = match read_file(&snap_path, SNAP_MAGIC, "snapshot")? {
+            FileRead::Absent => None,
+            FileRead::CutMagic(n) => Some((n as u64, cut_header(n, 16, "magic and sequence"))),
+            FileRead::Body(data) if data.len() < 8 => {
+                Some((8 + data.len() as u64, cut_header(8 + data.len(), 16, "magic and sequence")))
+            }
+            FileRead::Body(data) => {
                 rec.sequence = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]));
                 let (records, _, err) = decode_records(&data[8..], 16);
                 rec.records = records;
-                if let Some((offset, reason)) = err {
-                    rec.tail_errors.push(TailError { path: snap_path.clone(), offset, reason });
-                }
+                err
             }
+        };
+        // Both files are read before anything is written: one that is not ours stops here.
+        let log_read = read_file(&log_path, LOG_MAGIC, "log")?;
+        if let Some((offset, reason)) = snap_err {
+            rec.tail_errors.push(TailError { path: snap_path.clone(), offset, reason });
+            // Kept before anything rewrites it; then it holds what was recovered, so the next
+            // start reads it clean and the log (records after its sequence) still follows it.
+            rec.corrupt_copies.push(copy_aside(dir, "snapshot")?);
+            write_snapshot_file(dir, rec.sequence, rec.records.iter().cloned())?;
         }
         let snap_seq = rec.sequence;
         let mut good_end = 8u64;
-        if let Some(data) = read_file(&log_path, LOG_MAGIC, "log")? {
-            let (records, end, err) = decode_records(&data, 8);
-            good_end = end;
-            for r in records {
-                if r.msg.sequence > snap_seq {
-                    rec.sequence = rec.sequence.max(r.msg.sequence);
-                    rec.records.push(r);
-                }
+        let mut log_damaged = false;
+        match log_read {
+            // Created and not yet given its header (a crash in between): nothing was written.
+            FileRead::Absent | FileRead::CutMagic(0) => {}
+            FileRead::CutMagic(n) => {
+                rec.tail_errors.push(TailError {
+                    path: log_path.clone(),
+                    offset: n as u64,
+                    reason: cut_header(n, 8, "magic"),
+                });
+                log_damaged = true;
             }
-            if let Some((offset, reason)) = err {
-                rec.tail_errors.push(TailError { path: log_path.clone(), offset, reason });
+            FileRead::Body(data) => {
+                let (records, end, err) = decode_records(&data, 8);
+                good_end = end;
+                for r in records {
+                    if r.msg.sequence > snap_seq {
+                        rec.sequence = rec.sequence.max(r.msg.sequence);
+                        rec.records.push(r);
+                    }
+                }
+                if let Some((offset, reason)) = err {
+                    rec.tail_errors.push(TailError { path: log_path.clone(), offset, reason });
+                    log_damaged = true;
+                }
             }
         }
         for r in &rec.records {
             rec.sequence = rec.sequence.max(r.msg.sequence);
+        }
+        if log_damaged {
+            // Everything from the damage on is cut, valid records after a bad one too: keep the
+            // damaged file so they can be looked at (or salvaged) by hand.
+            rec.corrupt_copies.push(copy_aside(dir, "log")?);
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -304,18 +401,6 @@ impl Store {
             file.write_all(LOG_MAGIC).map_err(io_err(&log_path, "writing the log header"))?;
             good_end = 8;
         } else if good_end < len {
-            // Everything from the bad record on is cut, valid records after it too: keep the
-            // damaged file so they can be looked at (or salvaged) by hand.
-            let secs =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let mut copy = dir.join(format!("log.corrupt-{secs}"));
-            let mut k = 1;
-            while copy.exists() {
-                copy = dir.join(format!("log.corrupt-{secs}.{k}"));
-                k += 1;
-            }
-            std::fs::copy(&log_path, &copy).map_err(io_err(&copy, "copying the damaged log aside"))?;
-            rec.corrupt_log_copy = Some(copy);
             file.set_len(good_end).map_err(io_err(&log_path, "truncating a bad log tail"))?;
         }
         file.seek(SeekFrom::Start(good_end)).map_err(io_err(&log_path, "seeking the log"))?;
@@ -382,27 +467,7 @@ impl Store {
         sequence: u64,
         records: impl Iterator<Item = Record> + 'a,
     ) -> Result<(), PersistError> {
-        let tmp = self.dir.join("snapshot.tmp");
-        let path = self.dir.join("snapshot");
-        {
-            let f = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            let mut buf = Vec::with_capacity(1 << 16);
-            buf.extend_from_slice(SNAP_MAGIC);
-            buf.extend_from_slice(&sequence.to_le_bytes());
-            for r in records {
-                encode_record(&r, &mut buf);
-                if buf.len() >= 1 << 16 {
-                    w.write_all(&buf).map_err(io_err(&tmp, "writing"))?;
-                    buf.clear();
-                }
-            }
-            w.write_all(&buf).map_err(io_err(&tmp, "writing"))?;
-            w.flush().map_err(io_err(&tmp, "flushing"))?;
-            w.get_ref().sync_all().map_err(io_err(&tmp, "fsyncing"))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io_err(&path, "renaming the snapshot into place"))?;
-        fsync_dir(&self.dir);
+        write_snapshot_file(&self.dir, sequence, records)?;
         // The snapshot covers everything in the log: start it again.
         let log_path = self.dir.join("log");
         self.log.flush().map_err(io_err(&log_path, "flushing"))?;
@@ -490,10 +555,111 @@ mod tests {
         assert!(r.tail_errors[0].reason.contains("checksum"));
         assert!(third_at > 8);
         // The damaged log, with the valid records after the bad one, was kept aside.
-        let copy = r.corrupt_log_copy.expect("a copy of the damaged log");
+        let copy = r.corrupt_copies.first().cloned().expect("a copy of the damaged log");
         assert!(copy.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("log.corrupt-")));
         assert_eq!(std::fs::read(&copy).expect("copy readable"), bytes);
         assert_eq!(std::fs::metadata(&log).expect("log").len(), 8, "the log itself was cut");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A data dir holding a snapshot of `/a`, `/b` at sequence 2 and a log record `/c` (3).
+    fn snapshot_and_log(name: &str) -> (PathBuf, Vec<u8>) {
+        let d = tmpdir(name);
+        let (mut s, _) = Store::open(&d).expect("open");
+        s.write_snapshot(2, vec![rec("/a", 1, "x"), rec("/b", 2, "y")].into_iter()).expect("snapshot");
+        s.append(&rec("/c", 3, "z")).expect("append");
+        s.sync().expect("sync");
+        drop(s);
+        let snap = std::fs::read(d.join("snapshot")).expect("snapshot");
+        (d, snap)
+    }
+
+    /// The one `*.corrupt-*` copy of `name` in `d`, and its bytes.
+    fn the_copy_of(d: &Path, name: &str, r: &Recovered) -> Vec<u8> {
+        assert_eq!(r.corrupt_copies.len(), 1, "{:?}", r.corrupt_copies);
+        let copy = &r.corrupt_copies[0];
+        let prefix = format!("{name}.corrupt-");
+        assert!(copy.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)), "{copy:?}");
+        assert_eq!(copy.parent(), Some(d));
+        std::fs::read(copy).expect("copy readable")
+    }
+
+    #[test]
+    fn a_snapshot_cut_inside_its_header_is_said_kept_aside_and_rewritten() {
+        // Before: 9-15 bytes (magic + part of the sequence) recovered as an empty map, silently.
+        for cut in [0, 3, 8, 12, 15] {
+            let (d, snap) = snapshot_and_log(&format!("snapcut{cut}"));
+            std::fs::write(d.join("snapshot"), &snap[..cut]).expect("cut");
+            let (_s, r) = Store::open(&d).expect("a damaged snapshot does not stop the start");
+            assert_eq!(r.tail_errors.len(), 1, "cut at {cut}: {:?}", r.tail_errors);
+            let e = &r.tail_errors[0];
+            assert_eq!((e.path.clone(), e.offset), (d.join("snapshot"), cut as u64), "{e}");
+            assert!(e.reason.contains("truncated header") && e.reason.contains("of its 16 header bytes"), "{e}");
+            assert_eq!(the_copy_of(&d, "snapshot", &r), &snap[..cut], "the damaged file, as it was");
+            // What the log holds after the snapshot is recovered; the snapshot's records are lost.
+            assert_eq!(r.records, vec![rec("/c", 3, "z")]);
+            drop(_s);
+            let (_s, again) = Store::open(&d).expect("reopen");
+            assert!(again.tail_errors.is_empty() && again.corrupt_copies.is_empty(), "{:?}", again.tail_errors);
+            assert_eq!(again.records, vec![rec("/c", 3, "z")]);
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_damaged_mid_file_is_kept_aside_before_it_is_rewritten() {
+        // Before: reported, but not copied, so the next snapshot rewrite destroyed the evidence.
+        let (d, mut snap) = snapshot_and_log("snapmid");
+        let last = snap.len() - 1;
+        snap[last] ^= 0xff; // the second record's checksum no longer matches
+        std::fs::write(d.join("snapshot"), &snap).expect("damage");
+        let (mut s, r) = Store::open(&d).expect("open");
+        assert_eq!(r.tail_errors.len(), 1);
+        assert!(r.tail_errors[0].reason.contains("checksum") && r.tail_errors[0].offset > 16, "{}", r.tail_errors[0]);
+        assert_eq!(the_copy_of(&d, "snapshot", &r), snap);
+        assert_eq!(r.records, vec![rec("/a", 1, "x"), rec("/c", 3, "z")]);
+        assert_eq!(r.sequence, 3);
+        // The snapshot now holds what was recovered from it (at its sequence): the log still follows.
+        s.append(&rec("/d", 4, "w")).expect("append");
+        s.sync().expect("sync");
+        drop(s);
+        let (_s, again) = Store::open(&d).expect("reopen");
+        assert!(again.tail_errors.is_empty() && again.corrupt_copies.is_empty(), "{:?}", again.tail_errors);
+        assert_eq!(again.records, vec![rec("/a", 1, "x"), rec("/c", 3, "z"), rec("/d", 4, "w")]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_log_cut_inside_its_header_is_truncated_not_bad_magic() {
+        // Before: `not an mdsub clone log file (bad magic)`, and the server refused to start.
+        let (d, _) = snapshot_and_log("logcut");
+        std::fs::write(d.join("log"), &LOG_MAGIC[..5]).expect("cut");
+        let (mut s, r) = Store::open(&d).expect("a cut log does not stop the start");
+        assert_eq!(r.tail_errors.len(), 1);
+        let e = &r.tail_errors[0];
+        assert_eq!((e.path.clone(), e.offset), (d.join("log"), 5), "{e}");
+        assert!(e.reason.contains("truncated header: the file ends after 5 of its 8 header bytes"), "{e}");
+        assert_eq!(the_copy_of(&d, "log", &r), &LOG_MAGIC[..5]);
+        assert_eq!(r.records, vec![rec("/a", 1, "x"), rec("/b", 2, "y")], "the snapshot is whole");
+        s.append(&rec("/c", 3, "z")).expect("append after the reset header");
+        s.sync().expect("sync");
+        drop(s);
+        let (_s, again) = Store::open(&d).expect("reopen");
+        assert!(again.tail_errors.is_empty());
+        assert_eq!(again.records.len(), 3);
+        // A file that is not ours stays an error, and nothing is touched.
+        for (name, bytes) in [("log", &b"XXXXX"[..]), ("log", b"NOTMDSUBLOG"), ("snapshot", b"MDCLLOG1")] {
+            let before = std::fs::read_dir(&d).expect("dir").count();
+            std::fs::write(d.join(name), bytes).expect("write");
+            let e = Store::open(&d).err().expect("refused");
+            assert!(e.to_string().contains("bad magic"), "{name}: {e}");
+            assert_eq!(std::fs::read(d.join(name)).expect("kept"), bytes);
+            assert_eq!(std::fs::read_dir(&d).expect("dir").count(), before, "no copy made");
+            std::fs::write(d.join(name), if name == "log" { &LOG_MAGIC[..] } else { &[] }).expect("restore");
+            if name == "snapshot" {
+                let _ = std::fs::remove_file(d.join(name));
+            }
+        }
         let _ = std::fs::remove_dir_all(&d);
     }
 

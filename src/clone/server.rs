@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::bstar::{BStarError, State};
-use super::kvmsg::{self, decode_request, recv_frames, KvMsg, KTHXBAI, STATUS_REP};
+use super::kvmsg::{self, decode_request, recv_frames, KvMsg, FRAME_SLACK_BYTES, KTHXBAI, STATUS_REP};
 use super::map::KvMap;
 use super::persist::{PersistError, Record, Store};
 use super::server_core::{Action, Event, ServerCore, SNAPSHOT_STALL_MS};
@@ -19,8 +19,21 @@ pub use super::server_core::{Counters, PairConfig, ServerConfig, INTERVAL_RANGE_
 
 /// Messages handled per socket per unit of work (then timers get a turn).
 const BATCH_MSGS: usize = 4096;
-/// Bytes allowed above the configured limits in one frame received from the network.
-const FRAME_SLACK_BYTES: usize = 4096;
+/// How many times its largest limit an update's frame may be and still be read, so that an
+/// update over a limit is counted and said by reason; libzmq drops a longer one (with the
+/// connection that sent it) before the server sees it. A bound, not "any size": libzmq
+/// allocates a frame's whole declared size as its header arrives.
+const OVERSIZE_READ_FACTOR: usize = 4;
+
+/// Largest frame read from a peer whose largest accepted part is `largest` bytes: up to
+/// [`OVERSIZE_READ_FACTOR`] times it (at most the log's largest record, unless `largest` is
+/// more), plus [`FRAME_SLACK_BYTES`].
+fn update_frame_bound(largest: usize) -> usize {
+    largest
+        .saturating_mul(OVERSIZE_READ_FACTOR)
+        .min(largest.max(super::persist::MAX_RECORD_BYTES))
+        .saturating_add(FRAME_SLACK_BYTES)
+}
 
 /// Clone server errors.
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +138,11 @@ impl Server {
             return Err(ServerError::Config(format!("port {p} leaves no room for P+1..P+3")));
         }
         // Largest frame accepted from the network (libzmq drops the connection of a peer that
-        // sends more): an update's biggest part plus slack; a request's subtree is a key.
+        // sends more, unseen: docs/REFUSALS.md): a few times an update's biggest part, so an
+        // update over a limit is counted; a request's subtree is a key (longer than any key the
+        // server holds, it is answered with an empty snapshot), plus slack.
         let update_frame_bytes = cfg.max_value_bytes.max(cfg.max_key_bytes).max(MAX_PROPS_BYTES);
-        let update_max = i64::try_from(update_frame_bytes.saturating_add(FRAME_SLACK_BYTES)).unwrap_or(i64::MAX);
+        let update_max = i64::try_from(update_frame_bound(update_frame_bytes)).unwrap_or(i64::MAX);
         let request_max = i64::try_from(cfg.max_key_bytes.saturating_add(FRAME_SLACK_BYTES)).unwrap_or(i64::MAX);
         let snapshot = ctx.socket(zmq::ROUTER).map_err(zerr("creating the snapshot socket"))?;
         snapshot.set_maxmsgsize(request_max).map_err(zerr("setting snapshot max message size"))?;
@@ -209,9 +224,9 @@ impl Server {
             for e in &rec.tail_errors {
                 crate::diag!("clone-server: data dir: stopped reading at {e}; everything before it was recovered");
             }
-            if let Some(copy) = &rec.corrupt_log_copy {
+            for copy in &rec.corrupt_copies {
                 crate::diag!(
-                    "clone-server: data dir: the damaged log was copied to {} before its bad tail was cut",
+                    "clone-server: data dir: the damaged file was copied to {} before it was cut to what was recovered",
                     copy.display()
                 );
             }

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use super::bstar::{BStar, BStarError, Event as BEvent, Role, State};
 use super::kvmsg::{self, KvMsg, Limits, Request, Uuid, HUGZ, KTHXBAI};
-use super::map::{normalize_peer_ttl, ttl_ns, KvMap, RecentUuids};
+use super::map::{normalize_peer_ttl, ttl_ns, wire_ttl_s, KvMap, RecentUuids};
 use super::persist::{self, Record};
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 
@@ -706,7 +706,7 @@ impl ServerCore {
         if msg.key == HUGZ || msg.key == KTHXBAI {
             return Err(("reserved_key", "reserved key".into()));
         }
-        ttl_ns(msg).map_err(|e| ("bad_ttl", e.to_string()))?;
+        wire_ttl_s(msg).map_err(|e| ("bad_ttl", e.to_string()))?;
         let props = kvmsg::encode_props(&msg.props).map_err(|e| ("bad_properties", e.to_string()))?;
         if props.len() > MAX_PROPS_BYTES {
             return Err(("bad_properties", format!("properties of {} bytes > {MAX_PROPS_BYTES}", props.len())));
@@ -1171,14 +1171,19 @@ mod tests {
         r.on(Event::Update(Ok(upd("/b", "3", 3))));
         r.on(Event::Update(Ok(upd("/b", "2", 2))));
         assert_eq!(r.keys_published(), vec![("/b".into(), 4)]);
-        // Refused: empty key, reserved key, bad TTL, undecodable.
-        let mut bad_ttl = upd("/c", "x", 9);
-        bad_ttl.set_prop(kvmsg::TTL_PROP, "soon");
-        for m in [upd("", "x", 5), upd("HUGZ", "x", 6), bad_ttl] {
+        // Refused: empty key, reserved key, bad TTLs (not whole seconds in digits), undecodable.
+        let ttl = |t: &str, i: u8| {
+            let mut m = upd("/c", "x", 9 + i);
+            m.set_prop(kvmsg::TTL_PROP, t);
+            m
+        };
+        let bad_ttls = ["soon", "1.5", " 5", "5 ", "+5"].iter().zip(0..).map(|(t, i)| ttl(t, i));
+        for m in [upd("", "x", 5), upd("HUGZ", "x", 6)].into_iter().chain(bad_ttls) {
             r.on(Event::Update(Ok(m)));
         }
         r.on(Event::Update(Err(())));
-        assert_eq!(r.core.counters().malformed_updates, 4);
+        assert_eq!(r.core.counters().malformed_updates, 8);
+        assert_eq!(r.core.refusals().count("bad_ttl"), 5);
         assert!(r.keys_published().is_empty());
         assert_eq!(r.core.sequence(), 4);
     }
