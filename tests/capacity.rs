@@ -324,3 +324,52 @@ fn a_time_cap_shorter_than_one_trial_is_refused_up_front() {
     assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0, "no results folder");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A trial server on ephemeral ports, its stderr's lines kept; returns it and its control endpoint.
+fn trial_server() -> (LineProc, String) {
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
+    let server = LineProc::spawn_with_stderr("replay --serve-trials", &mut cmd);
+    let line = server.line_starting("serving capacity trials on ", Duration::from_secs(20));
+    let control = line.rsplit(' ').next().expect("endpoint").to_string();
+    (server, control)
+}
+
+/// A REQ socket connected to `control`, every answer within 20 s.
+fn control_socket(ctx: &zmq::Context, control: &str) -> zmq::Socket {
+    let req = ctx.socket(zmq::REQ).expect("req");
+    req.set_linger(0).expect("linger");
+    req.set_rcvtimeo(20_000).expect("rcvtimeo");
+    req.connect(control).expect("connect");
+    req
+}
+
+/// Send `frames` as one request and return the answer as JSON.
+fn ask(req: &zmq::Socket, frames: &[&[u8]]) -> Value {
+    req.send_multipart(frames, 0).expect("send");
+    json(&req.recv_string(0).expect("an answer within 20 s").expect("utf-8"))
+}
+
+#[test]
+fn a_trial_server_answers_a_bad_request_and_serves_on() {
+    // Before, a request of two frames got no answer and ended the server: `answering:
+    // Operation cannot be accomplished in current state`, exit 1.
+    let (server, control) = trial_server();
+    let ctx = zmq::Context::new();
+    let req = control_socket(&ctx, &control);
+    let a = ask(&req, &[b"a", b"b"]);
+    assert!(a["error"].as_str().is_some_and(|e| e.contains("one frame") && e.contains("had 2 frames")), "{a}");
+    let a = ask(&req, &[b"[1]"]);
+    assert!(a["error"].as_str().is_some_and(|e| e.contains("not a JSON request")), "{a}");
+    let a = ask(&req, &[br#"{"op":"dance"}"#]);
+    assert!(a["error"].as_str().is_some_and(|e| e.contains("unknown op `dance`")), "{a}");
+    // Still serving: a good request is answered.
+    let a = ask(&req, &[br#"{"op":"go"}"#]);
+    assert_eq!(a["error"], "go before prepare", "{a}");
+    let err = server.stderr.as_ref().expect("stderr");
+    let said = common::wait_line(err, Duration::from_secs(10), "the refusal", |l| l.contains("multipart_request"));
+    assert!(said.starts_with("serve-trials: refused (multipart_request): ") && said.contains("had 2 frames"), "{said}");
+    assert_eq!(ask(&req, &[br#"{"op":"bye"}"#]), serde_json::json!({}));
+    let (status, rest) = server.finish(Duration::from_secs(20));
+    assert!(status.success() && rest.contains("served 0 trial(s)"), "{rest}");
+}

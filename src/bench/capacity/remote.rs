@@ -10,7 +10,10 @@
 //!    end of stream);
 //! 3. `{"op":"bye"}` ends the server.
 //!
-//! Any failure is answered `{"error": "…"}`.
+//! Any failure is answered `{"error": "…"}`, and the server goes on serving. A request the
+//! server cannot take (more than one frame, not JSON, an unknown op) is also counted and
+//! said on stderr by reason (`serve-trials: refused (REASON): …`, the first of each reason
+//! at once, then a summary per 10 s; docs/REFUSALS.md).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,7 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use crate::agent::StopFlag;
+use crate::diag::RefusalLog;
 use crate::feed::GeneratorConfig;
 use crate::link::LinkWatch;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
@@ -159,63 +163,99 @@ pub struct ServeConfig {
     pub max_rate: Option<u64>,
 }
 
+/// Largest control request taken (bigger ones drop the peer's connection, libzmq's MAXMSGSIZE).
+const MAX_REQUEST_BYTES: i64 = 64 << 10;
+
 /// Serve trials until `bye` or a stop; prints one line per trial with `say`.
 pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> anyhow::Result<u64> {
     let ctx = zmq::Context::new();
     let rep = ctx.socket(zmq::REP).context("creating the control socket")?;
     rep.set_linger(0).context("setting LINGER")?;
+    // A request is a small JSON object: a peer sending more is disconnected before it is taken.
+    rep.set_maxmsgsize(MAX_REQUEST_BYTES).context("setting MAXMSGSIZE")?;
     let bound = crate::zmqx::bind_resolved(&rep, &cfg.control).with_context(|| format!("binding {}", cfg.control))?;
     say(&format!("serving capacity trials on {bound}"));
     let mut trials = 0u64;
     let mut prepared: Option<(zmq::Context, Publisher, Pacing, Limits, Source)> = None;
+    let mut refusals = RefusalLog::new("serve-trials");
     while !stop.is_stopped() {
         match rep.poll(zmq::POLLIN, 100) {
-            Ok(0) | Err(zmq::Error::EINTR) => continue, // EINTR: a signal (Ctrl-C); `stop` says whether to end
+            Ok(0) | Err(zmq::Error::EINTR) => {
+                // EINTR: a signal (Ctrl-C); `stop` says whether to end
+                refusals.tick(crate::clock::monotonic_ns());
+                continue;
+            }
             Ok(_) => {}
             Err(e) => return Err(e).context("waiting for a request"),
         }
-        let bytes = rep.recv_bytes(0).context("receiving a request")?;
-        let answer = match serde_json::from_slice::<Value>(&bytes) {
-            Err(e) => json!({ "error": format!("not a JSON request: {e}") }),
-            Ok(v) => match v.get("op").and_then(Value::as_str) {
-                Some("prepare") => match prepare(cfg, &v) {
-                    Ok((c, p, pacing, limits, source)) => {
-                        let eps = p.endpoints();
-                        prepared = Some((c, p, pacing, limits, source));
-                        json!({ "endpoints": eps })
-                    }
-                    Err(e) => json!({ "error": format!("{e:#}") }),
-                },
-                Some("go") => match prepared.take() {
-                    None => json!({ "error": "go before prepare" }),
-                    Some((c, mut p, pacing, limits, source)) => {
-                        say(&format!("trial {}: waiting for the engine to subscribe", trials + 1));
-                        let a = run(&mut p, pacing, limits, &source, stop);
-                        drop(p);
-                        drop(c);
-                        trials += 1;
-                        match a {
-                            Ok((sent, secs)) => {
-                                say(&format!(
-                                    "trial {trials}: sent {sent} msgs in {secs:.3} s ({:.0} msg/s)",
-                                    sent as f64 / secs.max(1e-9)
-                                ));
-                                json!({ "sent": sent, "send_s": secs })
-                            }
-                            Err(e) => json!({ "error": format!("{e:#}") }),
-                        }
-                    }
-                },
-                Some("bye") => {
-                    rep.send(&b"{}"[..], 0).context("answering bye")?;
-                    break;
+        // The whole message: a REP that left a frame unread could not answer (EFSM).
+        let frames = rep.recv_multipart(0).context("receiving a request")?;
+        let v = match request_of(&frames) {
+            Ok(v) => v,
+            Err((reason, why)) => {
+                refusals.refuse(reason, &why, crate::clock::monotonic_ns());
+                rep.send(json!({ "error": why }).to_string().as_bytes(), 0).context("answering")?;
+                continue;
+            }
+        };
+        let answer = match v.get("op").and_then(Value::as_str) {
+            Some("prepare") => match prepare(cfg, &v) {
+                Ok((c, p, pacing, limits, source)) => {
+                    let eps = p.endpoints();
+                    prepared = Some((c, p, pacing, limits, source));
+                    json!({ "endpoints": eps })
                 }
-                _ => json!({ "error": "unknown op (prepare, go, bye)" }),
+                Err(e) => json!({ "error": format!("{e:#}") }),
             },
+            Some("go") => match prepared.take() {
+                None => json!({ "error": "go before prepare" }),
+                Some((c, mut p, pacing, limits, source)) => {
+                    say(&format!("trial {}: waiting for the engine to subscribe", trials + 1));
+                    let a = run(&mut p, pacing, limits, &source, stop);
+                    drop(p);
+                    drop(c);
+                    trials += 1;
+                    match a {
+                        Ok((sent, secs)) => {
+                            say(&format!(
+                                "trial {trials}: sent {sent} msgs in {secs:.3} s ({:.0} msg/s)",
+                                sent as f64 / secs.max(1e-9)
+                            ));
+                            json!({ "sent": sent, "send_s": secs })
+                        }
+                        Err(e) => json!({ "error": format!("{e:#}") }),
+                    }
+                }
+            },
+            Some("bye") => {
+                rep.send(&b"{}"[..], 0).context("answering bye")?;
+                break;
+            }
+            other => {
+                let why =
+                    format!("unknown op {} (prepare, go, bye)", other.map_or("(none)".into(), |o| format!("`{o}`")));
+                refusals.refuse("unknown_op", &why, crate::clock::monotonic_ns());
+                json!({ "error": why })
+            }
         };
         rep.send(answer.to_string().as_bytes(), 0).context("answering")?;
     }
     Ok(trials)
+}
+
+/// The JSON object of a request: one frame. A refusal is (reason, what to answer).
+fn request_of(frames: &[Vec<u8>]) -> Result<Value, (&'static str, String)> {
+    let [frame] = frames else {
+        return Err((
+            "multipart_request",
+            format!("a request is one frame of JSON; this one had {} frames", frames.len()),
+        ));
+    };
+    match serde_json::from_slice::<Value>(frame) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(("not_json", "not a JSON request: a request is a JSON object".into())),
+        Err(e) => Err(("not_json", format!("not a JSON request: {e}"))),
+    }
 }
 
 type Prepared = (zmq::Context, Publisher, Pacing, Limits, Source);
