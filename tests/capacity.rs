@@ -373,3 +373,54 @@ fn a_trial_server_answers_a_bad_request_and_serves_on() {
     let (status, rest) = server.finish(Duration::from_secs(20));
     assert!(status.success() && rest.contains("served 0 trial(s)"), "{rest}");
 }
+
+#[test]
+fn a_trial_server_refuses_a_trial_out_of_range_and_stops_at_once_while_sending() {
+    // Before, `prepare` took any size: symbols 10^12 or payload_bytes 10^13, then `go`, grew the
+    // server to gigabytes with no answer, and the first SIGTERM was not seen.
+    let (mut server, control) = trial_server();
+    let ctx = zmq::Context::new();
+    let req = control_socket(&ctx, &control);
+    let prepare = |fields: &str| -> Value {
+        let base =
+            r#""op":"prepare","rate":1000,"duration_ms":1000,"payload_bytes":100,"symbols":10,"seed":1,"shards":1"#;
+        // A later key wins in serde_json's map: `fields` overrides the base.
+        ask(&req, &[format!("{{{base},{fields}}}").as_bytes()])
+    };
+    let refused = [
+        (r#""symbols":1000000000000"#, "`symbols` 1000000000000: too many: at most 1048576 symbols"),
+        (r#""payload_bytes":10000000000000"#, "`payload_bytes` 10000000000000: too large: at most 16777216 bytes"),
+        (r#""symbols":1048576,"payload_bytes":1000"#, "MiB of frames"),
+        (r#""zipf":-1"#, "`zipf` -1: not a Zipf exponent"),
+        (r#""symbols":0"#, "`symbols` 0: must be at least 1"),
+        (r#""shards":0"#, "`shards` 0: not a whole number from 1 to 64"),
+        (r#""shards":65"#, "`shards` 65: not a whole number from 1 to 64"),
+        (r#""duration_ms":0"#, "`duration_ms` 0: not a whole number from 1 to"),
+        (r#""duration_ms":1e300"#, "`duration_ms` 1e+300: not a whole number"),
+        (r#""rate":0"#, "`rate` 0: not a whole number from 1 to"),
+        (r#""seed":-1"#, "`seed` -1: not a whole number from 0 to 18446744073709551615"),
+    ];
+    for (fields, why) in refused {
+        let a = prepare(fields);
+        assert!(a["error"].as_str().is_some_and(|e| e.contains(why)), "{fields}: {a}");
+    }
+    let err = server.stderr.take().expect("stderr");
+    let said = common::wait_line(&err, Duration::from_secs(10), "the refusal", |l| l.contains("(bad_trial)"));
+    assert!(said.starts_with("serve-trials: refused (bad_trial): `symbols` 1000000000000: too many"), "{said}");
+    // The largest feed there is, sent to a subscriber of this test's: a stop is seen at once.
+    let a = prepare(r#""symbols":1048576,"payload_bytes":100,"duration_ms":60000"#);
+    let ep = a["endpoints"][0].as_str().unwrap_or_else(|| panic!("endpoints: {a}")).to_string();
+    let sub = ctx.socket(zmq::SUB).expect("sub");
+    sub.set_linger(0).expect("linger");
+    sub.set_rcvtimeo(20_000).expect("rcvtimeo");
+    sub.set_subscribe(b"").expect("subscribe");
+    sub.connect(&ep).expect("connect");
+    req.send(r#"{"op":"go"}"#, 0).expect("go");
+    sub.recv_bytes(0).expect("the trial sends within 20 s");
+    let started = std::time::Instant::now();
+    server.proc.signal(15);
+    let (status, out) = server.finish(Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped mid-trial, not after its 60 s");
+    assert_eq!(status.code(), Some(0));
+    assert!(out.contains("served 1 trial(s)"), "{out}");
+}

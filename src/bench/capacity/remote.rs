@@ -11,8 +11,9 @@
 //! 3. `{"op":"bye"}` ends the server.
 //!
 //! Any failure is answered `{"error": "…"}`, and the server goes on serving. A request the
-//! server cannot take (more than one frame, not JSON, an unknown op) is also counted and
-//! said on stderr by reason (`serve-trials: refused (REASON): …`, the first of each reason
+//! server cannot take (more than one frame, not JSON, an unknown op, a `prepare` with a
+//! number out of the range the command line allows for it) is also counted and said on
+//! stderr by reason (`serve-trials: refused (REASON): …`, the first of each reason
 //! at once, then a summary per 10 s; docs/REFUSALS.md).
 
 use std::time::{Duration, Instant};
@@ -199,13 +200,19 @@ pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> a
             }
         };
         let answer = match v.get("op").and_then(Value::as_str) {
-            Some("prepare") => match prepare(cfg, &v) {
-                Ok((c, p, pacing, limits, source)) => {
-                    let eps = p.endpoints();
-                    prepared = Some((c, p, pacing, limits, source));
-                    json!({ "endpoints": eps })
+            Some("prepare") => match trial_of(&v) {
+                Err(why) => {
+                    refusals.refuse("bad_trial", &why, crate::clock::monotonic_ns());
+                    json!({ "error": why })
                 }
-                Err(e) => json!({ "error": format!("{e:#}") }),
+                Ok(trial) => match prepare(cfg, trial) {
+                    Ok((c, p, pacing, limits, source)) => {
+                        let eps = p.endpoints();
+                        prepared = Some((c, p, pacing, limits, source));
+                        json!({ "endpoints": eps })
+                    }
+                    Err(e) => json!({ "error": format!("{e:#}") }),
+                },
             },
             Some("go") => match prepared.take() {
                 None => json!({ "error": "go before prepare" }),
@@ -260,22 +267,58 @@ fn request_of(frames: &[Vec<u8>]) -> Result<Value, (&'static str, String)> {
 
 type Prepared = (zmq::Context, Publisher, Pacing, Limits, Source);
 
-fn prepare(cfg: &ServeConfig, v: &Value) -> anyhow::Result<Prepared> {
-    let num = |k: &str| v.get(k).and_then(Value::as_u64).with_context(|| format!("the request has no `{k}`"));
-    let rate = num("rate")?.max(1);
-    let shards = (num("shards")? as usize).clamp(1, 64);
-    let feed = GeneratorConfig {
-        symbols: (num("symbols")? as usize).max(1),
-        payload_bytes: num("payload_bytes")? as usize,
-        zipf_s: v.get("zipf").and_then(Value::as_f64).unwrap_or(1.0),
-        seed: num("seed")?,
+/// Most shards a trial may ask for (each binds a data endpoint of its own).
+pub const MAX_SHARDS: u64 = 64;
+
+/// One trial as a `prepare` request asks for it, every field checked.
+#[derive(Debug, Clone)]
+struct Trial {
+    rate: u64,
+    duration: Duration,
+    shards: usize,
+    feed: GeneratorConfig,
+}
+
+/// The trial `v` asks for, or why it cannot be run: each number in the range the same
+/// setting has on the command line (`--rate`, `--duration`, `--symbols`, `--payload-bytes`,
+/// `--zipf`, `--seed`), shards from 1 to [`MAX_SHARDS`].
+fn trial_of(v: &Value) -> Result<Trial, String> {
+    let whole = |k: &str, lo: u64, hi: u64| -> Result<u64, String> {
+        let x = v.get(k).ok_or_else(|| format!("the request has no `{k}`"))?;
+        match x.as_u64() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(format!("`{k}` {x}: not a whole number from {lo} to {hi}")),
+        }
     };
+    let size = |k: &str| whole(k, 0, u64::MAX).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let zipf = match v.get("zipf") {
+        None => 1.0,
+        Some(x) => x.as_f64().ok_or_else(|| format!("`zipf` {x}: not a number"))?,
+    };
+    let feed = GeneratorConfig {
+        symbols: size("symbols")?,
+        payload_bytes: size("payload_bytes")?,
+        zipf_s: zipf,
+        seed: whole("seed", 0, u64::MAX)?,
+    };
+    feed.check()?;
+    Ok(Trial {
+        rate: whole("rate", 1, u64::MAX)?,
+        duration: Duration::from_millis(whole("duration_ms", 1, crate::clock::MAX_DURATION_S * 1000 - 1)?),
+        shards: whole("shards", 1, MAX_SHARDS)? as usize,
+        feed,
+    })
+}
+
+/// Bind the data endpoints for `trial`.
+fn prepare(cfg: &ServeConfig, trial: Trial) -> anyhow::Result<Prepared> {
     let first = cfg.endpoints.first().cloned().unwrap_or_else(|| "tcp://0.0.0.0:*".into());
     let any_port = match first.rsplit_once(':') {
         Some((host, _)) => format!("{host}:*"),
         None => first.clone(),
     };
-    let endpoints = (0..shards).map(|k| cfg.endpoints.get(k).cloned().unwrap_or_else(|| any_port.clone())).collect();
+    let endpoints =
+        (0..trial.shards).map(|k| cfg.endpoints.get(k).cloned().unwrap_or_else(|| any_port.clone())).collect();
     let ctx = zmq::Context::new();
     let pc = PublisherConfig {
         endpoints,
@@ -286,9 +329,9 @@ fn prepare(cfg: &ServeConfig, v: &Value) -> anyhow::Result<Prepared> {
         thread_per_shard: false,
     };
     let p = Publisher::bind(&ctx, &pc).context("binding the data endpoints")?;
-    let sent_rate = cfg.max_rate.map_or(rate, |m| rate.min(m.max(1)));
-    let limits = Limits { max_msgs: None, duration: Some(Duration::from_millis(num("duration_ms")?)) };
-    Ok((ctx, p, Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 }, limits, Source::Generator(feed)))
+    let sent_rate = cfg.max_rate.map_or(trial.rate, |m| trial.rate.min(m.max(1)));
+    let limits = Limits { max_msgs: None, duration: Some(trial.duration) };
+    Ok((ctx, p, Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 }, limits, Source::Generator(trial.feed)))
 }
 
 fn run(
