@@ -273,12 +273,17 @@ fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
     req.send(r#"{"op":"go"}"#, 0).expect("go");
     // It answers `go` only when the trial is over; it says when it starts waiting.
     server.line_starting("trial 1: waiting for the engine to subscribe", Duration::from_secs(20));
+    stops_at_once_mid_trial(server, 2, "not the 10 s wait");
+}
+
+/// Signal a trial server mid-trial: it ends within 5 s (`why` otherwise), exit 0, the trial counted.
+fn stops_at_once_mid_trial(server: LineProc, signal: i32, why: &str) {
     let started = std::time::Instant::now();
-    server.proc.signal(2);
+    server.proc.signal(signal);
     let (status, out) = server.finish(Duration::from_secs(5));
-    assert!(started.elapsed() < Duration::from_secs(5), "not the 10 s wait");
+    assert!(started.elapsed() < Duration::from_secs(5), "{why}");
     assert_eq!(status.code(), Some(0));
-    assert!(out.contains("served 1 trial(s)"), "the trial it was waiting for, ended: {out}");
+    assert!(out.contains("served 1 trial(s)"), "the trial under way, ended: {out}");
 }
 
 #[test]
@@ -417,10 +422,5 @@ fn a_trial_server_refuses_a_trial_out_of_range_and_stops_at_once_while_sending()
     sub.connect(&ep).expect("connect");
     req.send(r#"{"op":"go"}"#, 0).expect("go");
     sub.recv_bytes(0).expect("the trial sends within 20 s");
-    let started = std::time::Instant::now();
-    server.proc.signal(15);
-    let (status, out) = server.finish(Duration::from_secs(5));
-    assert!(started.elapsed() < Duration::from_secs(5), "stopped mid-trial, not after its 60 s");
-    assert_eq!(status.code(), Some(0));
-    assert!(out.contains("served 1 trial(s)"), "{out}");
+    stops_at_once_mid_trial(server, 15, "stopped mid-trial, not after its 60 s");
 }

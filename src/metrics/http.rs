@@ -443,12 +443,7 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_refuses_the_rest() {
-        let server =
-            MetricsServer::bind("127.0.0.1:0".parse().expect("addr"), Box::new(|| "m 1\n".to_string())).expect("bind");
-        let addr = server.local_addr().expect("addr");
-        let stop = StopFlag::new();
-        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 50_000 }), stop.clone(), server)
-            .expect("start");
+        let (addr, stop, h) = start();
         let ok = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
         assert!(ok.contains("Content-Length: 4\r\n"), "{ok}");
