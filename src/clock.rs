@@ -33,6 +33,10 @@ pub fn realtime_ns() -> u64 {
     read(libc::CLOCK_REALTIME)
 }
 
+/// The longest duration any setting may give (10^12 s, some 31 700 years: "until stopped"),
+/// so that now plus it never overflows a clock or an `Instant`.
+pub const MAX_DURATION_S: u64 = 1_000_000_000_000;
+
 /// Nanoseconds since an arbitrary start (`CLOCK_MONOTONIC`): the clock of
 /// schedules, timeouts and TTLs.
 #[inline]

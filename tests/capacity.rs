@@ -273,12 +273,17 @@ fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
     req.send(r#"{"op":"go"}"#, 0).expect("go");
     // It answers `go` only when the trial is over; it says when it starts waiting.
     server.line_starting("trial 1: waiting for the engine to subscribe", Duration::from_secs(20));
+    stops_at_once_mid_trial(server, 2, "not the 10 s wait");
+}
+
+/// Signal a trial server mid-trial: it ends within 5 s (`why` otherwise), exit 0, the trial counted.
+fn stops_at_once_mid_trial(server: LineProc, signal: i32, why: &str) {
     let started = std::time::Instant::now();
-    server.proc.signal(2);
+    server.proc.signal(signal);
     let (status, out) = server.finish(Duration::from_secs(5));
-    assert!(started.elapsed() < Duration::from_secs(5), "not the 10 s wait");
+    assert!(started.elapsed() < Duration::from_secs(5), "{why}");
     assert_eq!(status.code(), Some(0));
-    assert!(out.contains("served 1 trial(s)"), "the trial it was waiting for, ended: {out}");
+    assert!(out.contains("served 1 trial(s)"), "the trial under way, ended: {out}");
 }
 
 #[test]
@@ -323,4 +328,99 @@ fn a_time_cap_shorter_than_one_trial_is_refused_up_front() {
     assert!(stdout.is_empty(), "nothing run: {stdout}");
     assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0, "no results folder");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A trial server on ephemeral ports, its stderr's lines kept; returns it and its control endpoint.
+fn trial_server() -> (LineProc, String) {
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
+    let server = LineProc::spawn_with_stderr("replay --serve-trials", &mut cmd);
+    let line = server.line_starting("serving capacity trials on ", Duration::from_secs(20));
+    let control = line.rsplit(' ').next().expect("endpoint").to_string();
+    (server, control)
+}
+
+/// A REQ socket connected to `control`, every answer within 20 s.
+fn control_socket(ctx: &zmq::Context, control: &str) -> zmq::Socket {
+    let req = ctx.socket(zmq::REQ).expect("req");
+    req.set_linger(0).expect("linger");
+    req.set_rcvtimeo(20_000).expect("rcvtimeo");
+    req.connect(control).expect("connect");
+    req
+}
+
+/// Send `frames` as one request and return the answer as JSON.
+fn ask(req: &zmq::Socket, frames: &[&[u8]]) -> Value {
+    req.send_multipart(frames, 0).expect("send");
+    json(&req.recv_string(0).expect("an answer within 20 s").expect("utf-8"))
+}
+
+#[test]
+fn a_trial_server_answers_a_bad_request_and_serves_on() {
+    // Before, a request of two frames got no answer and ended the server: `answering:
+    // Operation cannot be accomplished in current state`, exit 1.
+    let (server, control) = trial_server();
+    let ctx = zmq::Context::new();
+    let req = control_socket(&ctx, &control);
+    let a = ask(&req, &[b"a", b"b"]);
+    assert!(a["error"].as_str().is_some_and(|e| e.contains("one frame") && e.contains("had 2 frames")), "{a}");
+    let a = ask(&req, &[b"[1]"]);
+    assert!(a["error"].as_str().is_some_and(|e| e.contains("not a JSON request")), "{a}");
+    let a = ask(&req, &[br#"{"op":"dance"}"#]);
+    assert!(a["error"].as_str().is_some_and(|e| e.contains("unknown op `dance`")), "{a}");
+    // Still serving: a good request is answered.
+    let a = ask(&req, &[br#"{"op":"go"}"#]);
+    assert_eq!(a["error"], "go before prepare", "{a}");
+    let err = server.stderr.as_ref().expect("stderr");
+    let said = common::wait_line(err, Duration::from_secs(10), "the refusal", |l| l.contains("multipart_request"));
+    assert!(said.starts_with("serve-trials: refused (multipart_request): ") && said.contains("had 2 frames"), "{said}");
+    assert_eq!(ask(&req, &[br#"{"op":"bye"}"#]), serde_json::json!({}));
+    let (status, rest) = server.finish(Duration::from_secs(20));
+    assert!(status.success() && rest.contains("served 0 trial(s)"), "{rest}");
+}
+
+#[test]
+fn a_trial_server_refuses_a_trial_out_of_range_and_stops_at_once_while_sending() {
+    // Before, `prepare` took any size: symbols 10^12 or payload_bytes 10^13, then `go`, grew the
+    // server to gigabytes with no answer, and the first SIGTERM was not seen.
+    let (mut server, control) = trial_server();
+    let ctx = zmq::Context::new();
+    let req = control_socket(&ctx, &control);
+    let prepare = |fields: &str| -> Value {
+        let base =
+            r#""op":"prepare","rate":1000,"duration_ms":1000,"payload_bytes":100,"symbols":10,"seed":1,"shards":1"#;
+        // A later key wins in serde_json's map: `fields` overrides the base.
+        ask(&req, &[format!("{{{base},{fields}}}").as_bytes()])
+    };
+    let refused = [
+        (r#""symbols":1000000000000"#, "`symbols` 1000000000000: too many: at most 1048576 symbols"),
+        (r#""payload_bytes":10000000000000"#, "`payload_bytes` 10000000000000: too large: at most 16777216 bytes"),
+        (r#""symbols":1048576,"payload_bytes":1000"#, "MiB of frames"),
+        (r#""zipf":-1"#, "`zipf` -1: not a Zipf exponent"),
+        (r#""symbols":0"#, "`symbols` 0: must be at least 1"),
+        (r#""shards":0"#, "`shards` 0: not a whole number from 1 to 64"),
+        (r#""shards":65"#, "`shards` 65: not a whole number from 1 to 64"),
+        (r#""duration_ms":0"#, "`duration_ms` 0: not a whole number from 1 to"),
+        (r#""duration_ms":1e300"#, "`duration_ms` 1e+300: not a whole number"),
+        (r#""rate":0"#, "`rate` 0: not a whole number from 1 to"),
+        (r#""seed":-1"#, "`seed` -1: not a whole number from 0 to 18446744073709551615"),
+    ];
+    for (fields, why) in refused {
+        let a = prepare(fields);
+        assert!(a["error"].as_str().is_some_and(|e| e.contains(why)), "{fields}: {a}");
+    }
+    let err = server.stderr.take().expect("stderr");
+    let said = common::wait_line(&err, Duration::from_secs(10), "the refusal", |l| l.contains("(bad_trial)"));
+    assert!(said.starts_with("serve-trials: refused (bad_trial): `symbols` 1000000000000: too many"), "{said}");
+    // The largest feed there is, sent to a subscriber of this test's: a stop is seen at once.
+    let a = prepare(r#""symbols":1048576,"payload_bytes":100,"duration_ms":60000"#);
+    let ep = a["endpoints"][0].as_str().unwrap_or_else(|| panic!("endpoints: {a}")).to_string();
+    let sub = ctx.socket(zmq::SUB).expect("sub");
+    sub.set_linger(0).expect("linger");
+    sub.set_rcvtimeo(20_000).expect("rcvtimeo");
+    sub.set_subscribe(b"").expect("subscribe");
+    sub.connect(&ep).expect("connect");
+    req.send(r#"{"op":"go"}"#, 0).expect("go");
+    sub.recv_bytes(0).expect("the trial sends within 20 s");
+    stops_at_once_mid_trial(server, 15, "stopped mid-trial, not after its 60 s");
 }

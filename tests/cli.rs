@@ -293,6 +293,22 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
 }
 
 #[test]
+fn a_generated_feed_too_big_to_build_is_refused_up_front() {
+    // Before, `replay --symbols 1000000000000` (or `--payload-bytes 10T`) set out to build it:
+    // gigabytes and no end.
+    let (code, _out, err) = run_within("replay", mdsub().args(["replay", "--symbols", "2M"]), DEADLINE);
+    assert_eq!(code, Some(2), "a refused flag value: {err}");
+    assert!(err.contains("--symbols") && err.contains("at most 1048576 symbols"), "{err}");
+    let (code, _out, err) = run_within("replay", mdsub().args(["replay", "--payload-bytes", "17Mi"]), DEADLINE);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--payload-bytes") && err.contains("at most 16777216 bytes"), "{err}");
+    let args = ["replay", "--symbols", "1M", "--payload-bytes", "1k", "--subscribers", "0"];
+    let (code, _out, err) = run_within("replay", mdsub().args(args), DEADLINE);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("1000000 symbols of 1000-byte payloads") && err.contains("over the 256 MiB"), "{err}");
+}
+
+#[test]
 fn a_payload_over_the_engines_message_limit_is_refused_up_front() {
     // Before, each frame dropped the engine's link: a 1-second demo delivered nothing and never ended.
     let (code, _out, err) =

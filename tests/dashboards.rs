@@ -844,3 +844,41 @@ fn top_without_a_terminal_says_so_at_once() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no terminal to draw the dashboard on") && err.contains("--once"), "{err}");
 }
+
+#[test]
+fn a_slow_metrics_client_holds_neither_a_scrape_nor_the_engines_stop() {
+    // Before, `/metrics` read one connection at a time: a client sending its request a byte at
+    // a time held every scrape, and SIGTERM to the engine, for as long as it went on.
+    use std::io::{Read, Write};
+    let port = free_port_block(1);
+    let nobody = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let mut e = metrics_engine(&[nobody], port, "200ms", "slow-test");
+    let scrape = || -> Option<String> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    wait_until(Duration::from_secs(30), "/metrics served", || scrape().is_some_and(|s| s.starts_with("HTTP/1.1 200")));
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\n").expect("request line");
+    let mut w = slow.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < end && w.write_all(b"X").is_ok() {
+            std::thread::sleep(Duration::from_millis(100)); // the slow client's pace
+        }
+    });
+    let t0 = std::time::Instant::now();
+    let s = scrape().expect("a scrape answered within 1 s while the slow client sends");
+    assert!(s.starts_with("HTTP/1.1 200") && s.contains("mdsub_"), "{s}");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    let t0 = std::time::Instant::now();
+    e.proc.signal(15);
+    e.proc.wait_exit(Duration::from_secs(10));
+    assert!(t0.elapsed() < Duration::from_secs(10), "the engine stopped while the slow client held on");
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+}

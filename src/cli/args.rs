@@ -153,7 +153,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ if num.trim().is_empty() => return Err(format!("not a duration; accepted: {DURATION_FORMS}")),
         _ => return Err(format!("unknown unit `{unit}`; accepted: {DURATION_FORMS}")),
     };
-    if v >= 0.0 && (v * scale) < 1e12 {
+    if v >= 0.0 && (v * scale) < crate::clock::MAX_DURATION_S as f64 {
         Ok(Duration::from_secs_f64(v * scale))
     } else {
         Err(format!("not a duration; accepted: {DURATION_FORMS}"))

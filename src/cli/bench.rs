@@ -220,7 +220,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         h => vec![parse_handoff(h).map_err(anyhow::Error::msg)?],
     };
     let source =
-        if args.from.is_empty() { Source::Generator(args.feed.generator()) } else { file_source(&args.from, true)? };
+        if args.from.is_empty() { Source::Generator(args.feed.generator()?) } else { file_source(&args.from, true)? };
     let pacing = match args.speed {
         Some(s) => s.pacing(),
         None => args.feed.pacing(None),

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    in_part, parse_bytes_usize, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero,
-    parse_endpoint, parse_hwm, Endpoint, How,
+    in_part, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm,
+    Endpoint, How,
 };
 use super::load_profile;
 use crate::agent::StopFlag;
@@ -44,11 +44,12 @@ pub struct CapacityArgs {
     /// latency, book, last, verify or work:NANOS.
     #[arg(long, value_name = "HANDLER")]
     pub handler: Option<HandlerSpec>,
-    /// Payload bytes per message.
-    #[arg(long, value_parser = parse_bytes_usize, default_value = "100", value_name = "BYTES")]
+    /// Payload bytes per message, up to 16Mi.
+    #[arg(long, value_parser = super::feed::parse_payload_bytes, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
-    /// Number of symbols (topics), Zipf-popular.
-    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "100", value_name = "COUNT")]
+    /// Number of symbols (topics), Zipf-popular: 1 to 1048576, and their frames (one per
+    /// symbol, built before sending) within 256 MiB.
+    #[arg(long, value_parser = super::feed::parse_symbols, default_value = "100", value_name = "COUNT")]
     pub symbols: usize,
     /// Each trial first offers its rate this long, unmeasured.
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
@@ -170,6 +171,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         out_dir: args.out.clone(),
         publisher,
     };
+    cfg.feed.check().map_err(|e| super::UsageError(format!("--symbols, --payload-bytes: {e}")))?;
     for c in &cfg.configurations {
         super::feed::check_frames_fit(&cfg.feed, c.profile.max_msg_bytes)
             .map_err(|e| e.context(format!("configuration `{}`", c.name)))?;

@@ -181,7 +181,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     apply_what_a_local_run_can("demo", &args.profile, &profile.security, Some(&mut engine))?;
     let spec = RunSpec {
         publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); shards], ..Default::default() },
-        source: Source::Generator(args.feed.generator()),
+        source: Source::Generator(args.feed.generator()?),
         pacing,
         limits,
         subscriber: Subscriber::Engine(Box::new(engine)),

@@ -26,11 +26,12 @@ pub struct FeedArgs {
     /// Stop after this many messages (e.g. 2M; at least 1).
     #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT", allow_negative_numbers = true)]
     pub count: Option<u64>,
-    /// Payload bytes per message (the frame adds the topic, a NUL and the header).
-    #[arg(long, value_parser = parse_bytes_usize, default_value = "100", value_name = "BYTES")]
+    /// Payload bytes per message, up to 16Mi (the frame adds the topic, a NUL and the header).
+    #[arg(long, value_parser = parse_payload_bytes, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
-    /// Number of symbols (topics), Zipf-popular.
-    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "100", value_name = "COUNT")]
+    /// Number of symbols (topics), Zipf-popular: 1 to 1048576, and their frames (one per
+    /// symbol, built before sending) within 256 MiB.
+    #[arg(long, value_parser = parse_symbols, default_value = "100", value_name = "COUNT")]
     pub symbols: usize,
     /// Zipf exponent of symbol popularity (0 = uniform).
     #[arg(long, value_parser = parse_zipf, default_value = "1", value_name = "EXPONENT", allow_negative_numbers = true)]
@@ -45,10 +46,18 @@ pub struct FeedArgs {
 
 /// `--zipf`: a finite exponent, 0 or more (`nan` and `-1` are refused, not fed to the generator).
 fn parse_zipf(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err("not a Zipf exponent: a number, 0 or more (0 = uniform, 1 = classic Zipf)".into()),
-    }
+    // Whatever does not parse is refused by the same words as a negative exponent.
+    crate::feed::check_zipf(s.trim().parse::<f64>().unwrap_or(f64::NAN))
+}
+
+/// `--symbols`: a count from 1 to [`crate::feed::MAX_SYMBOLS`].
+pub(crate) fn parse_symbols(s: &str) -> Result<usize, String> {
+    crate::feed::check_symbols(parse_count_nonzero_usize(s)?)
+}
+
+/// `--payload-bytes`: a size up to [`crate::feed::MAX_PAYLOAD_BYTES`].
+pub(crate) fn parse_payload_bytes(s: &str) -> Result<usize, String> {
+    crate::feed::check_payload_bytes(parse_bytes_usize(s)?)
 }
 
 /// `--seed`: any 64-bit unsigned number.
@@ -57,17 +66,21 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 }
 
 impl FeedArgs {
-    pub(crate) fn generator(&self) -> GeneratorConfig {
-        GeneratorConfig {
+    /// The generated feed these flags give, refused (a usage error) when it cannot be built
+    /// ([`GeneratorConfig::check`]: too many symbols for their payloads).
+    pub(crate) fn generator(&self) -> anyhow::Result<GeneratorConfig> {
+        let g = GeneratorConfig {
             symbols: self.symbols.max(1),
             zipf_s: self.zipf,
             payload_bytes: self.payload_bytes,
             seed: self.seed,
-        }
+        };
+        g.check().map_err(|e| super::UsageError(format!("--symbols, --payload-bytes: {e}")))?;
+        Ok(g)
     }
     /// [`check_frames_fit`] for this feed.
     pub(crate) fn check_fits(&self, max_msg_bytes: i64) -> anyhow::Result<()> {
-        check_frames_fit(&self.generator(), max_msg_bytes)
+        check_frames_fit(&self.generator()?, max_msg_bytes)
     }
 
     pub(crate) fn pacing(&self, default_rate: Option<u64>) -> Pacing {

@@ -217,7 +217,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         ctx.set_io_threads(cfg.endpoints.len() as i32)?;
     }
     let source = if args.from.is_empty() {
-        Source::Generator(args.feed.generator())
+        Source::Generator(args.feed.generator()?)
     } else {
         file_source(&args.from, args.restamp)?
     };

@@ -31,6 +31,46 @@ pub fn shard_of(topic: &[u8], shards: usize) -> usize {
     (topic_hash(topic) % shards.max(1) as u64) as usize
 }
 
+/// Most symbols a generated feed may have: 1 Mi, as many topics as a subscriber tracks per
+/// publisher session.
+pub const MAX_SYMBOLS: usize = 1 << 20;
+/// Largest payload of a generated message: 16 MiB, sixteen times the engine's default
+/// `max_msg_bytes` (a frame of it still fits a capture record).
+pub const MAX_PAYLOAD_BYTES: usize = 16 << 20;
+/// Most bytes of frames a generated feed builds before it sends (one whole frame per symbol):
+/// 256 MiB (a million symbols of 100-byte payloads take 157 MiB). [`GeneratorConfig::check`]
+/// holds a feed to it.
+pub const MAX_FRAME_BYTES: usize = 256 << 20;
+/// The bytes each symbol's frame adds to its payload: the header, and a topic of at most 15
+/// bytes (up to [`MAX_SYMBOLS`]) with its NUL.
+const FRAME_OVERHEAD: usize = crate::wire::HEADER_LEN + 16;
+
+/// `symbols` if a generated feed may have that many (1 to [`MAX_SYMBOLS`]), else why not.
+pub fn check_symbols(symbols: usize) -> Result<usize, String> {
+    match symbols {
+        0 => Err("must be at least 1".into()),
+        n if n > MAX_SYMBOLS => Err(format!("too many: at most {MAX_SYMBOLS} symbols")),
+        n => Ok(n),
+    }
+}
+
+/// `bytes` if a generated payload may be that long (up to [`MAX_PAYLOAD_BYTES`]), else why not.
+pub fn check_payload_bytes(bytes: usize) -> Result<usize, String> {
+    if bytes > MAX_PAYLOAD_BYTES {
+        return Err(format!("too large: at most {MAX_PAYLOAD_BYTES} bytes (16Mi)"));
+    }
+    Ok(bytes)
+}
+
+/// `s` if it is a Zipf exponent (finite, 0 or more), else why not.
+pub fn check_zipf(s: f64) -> Result<f64, String> {
+    if s.is_finite() && s >= 0.0 {
+        Ok(s)
+    } else {
+        Err("not a Zipf exponent: a number, 0 or more (0 = uniform, 1 = classic Zipf)".into())
+    }
+}
+
 const ROOTS: [&str; 40] = [
     "ES", "NQ", "YM", "RTY", "ZN", "ZB", "ZF", "ZT", "CL", "NG", "RB", "HO", "GC", "SI", "HG", "PL", "ZC", "ZS", "ZW",
     "ZM", "ZL", "LE", "HE", "GF", "6E", "6J", "6B", "6A", "6C", "6S", "FDAX", "FESX", "FGBL", "FGBM", "FGBS", "Z", "R",
@@ -63,6 +103,29 @@ pub struct GeneratorConfig {
     pub zipf_s: f64,
     pub payload_bytes: usize,
     pub seed: u64,
+}
+
+impl GeneratorConfig {
+    /// Whether this feed can be generated: each setting in its range ([`check_symbols`],
+    /// [`check_payload_bytes`], [`check_zipf`]) and its frames, one per symbol, within
+    /// [`MAX_FRAME_BYTES`]. The error names the setting (`` `symbols` 0: … ``).
+    pub fn check(&self) -> Result<(), String> {
+        check_symbols(self.symbols).map_err(|e| format!("`symbols` {}: {e}", self.symbols))?;
+        check_payload_bytes(self.payload_bytes).map_err(|e| format!("`payload_bytes` {}: {e}", self.payload_bytes))?;
+        check_zipf(self.zipf_s).map_err(|e| format!("`zipf` {}: {e}", self.zipf_s))?;
+        let frames = self.symbols * (self.payload_bytes + FRAME_OVERHEAD);
+        if frames > MAX_FRAME_BYTES {
+            return Err(format!(
+                "{} symbols of {}-byte payloads: {} MiB of frames (one per symbol, built before sending), over \
+                 the {} MiB a generated feed may build; give fewer symbols or smaller payloads",
+                self.symbols,
+                self.payload_bytes,
+                frames >> 20,
+                MAX_FRAME_BYTES >> 20
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for GeneratorConfig {
@@ -187,6 +250,27 @@ fn alias_table(weights: &[f64]) -> (Vec<f64>, Vec<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_feed_out_of_range_is_refused_naming_the_setting() {
+        let ok = GeneratorConfig::default();
+        assert_eq!(ok.check(), Ok(()));
+        let most = GeneratorConfig { symbols: MAX_SYMBOLS, ..Default::default() };
+        assert_eq!(most.check(), Ok(()), "a million symbols of 100-byte payloads");
+        let e = GeneratorConfig { symbols: 1_000_000_000_000, ..ok.clone() }.check().expect_err("symbols");
+        assert_eq!(e, "`symbols` 1000000000000: too many: at most 1048576 symbols");
+        let e = GeneratorConfig { symbols: 0, ..ok.clone() }.check().expect_err("no symbols");
+        assert_eq!(e, "`symbols` 0: must be at least 1");
+        let e = GeneratorConfig { payload_bytes: 10_000_000_000_000, ..ok.clone() }.check().expect_err("payload");
+        assert!(e.starts_with("`payload_bytes` 10000000000000: too large: at most 16777216 bytes"), "{e}");
+        let e = GeneratorConfig { zipf_s: -1.0, ..ok.clone() }.check().expect_err("zipf");
+        assert!(e.starts_with("`zipf` -1: not a Zipf exponent"), "{e}");
+        let e = GeneratorConfig { symbols: MAX_SYMBOLS, payload_bytes: 1000, ..ok }.check().expect_err("frames");
+        assert!(
+            e.contains("1048576 symbols of 1000-byte payloads: 1064 MiB of frames") && e.contains("256 MiB"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn draws_follow_the_popularity() {

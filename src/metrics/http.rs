@@ -1,17 +1,26 @@
 //! The `/metrics` HTTP server agent (`metrics-http`): answers Prometheus'
 //! scrapes with the text exposition, off the data path.
 //!
-//! A small synchronous HTTP/1.x server written here rather than taken from a
-//! crate: it serves one GET per connection, and the usual small servers
-//! (tiny_http and others) start their own acceptor and worker threads, which
-//! mdsub leaves to its one runner. Each request is read with a deadline, so a
-//! client that stalls holds the agent at most [`IO_TIMEOUT`].
+//! A small HTTP/1.x server written here rather than taken from a crate: it
+//! serves one GET per connection, and the usual small servers (tiny_http and
+//! others) start their own acceptor and worker threads, which mdsub leaves to
+//! its one runner. Its sockets are non-blocking and polled together on the
+//! agent's one thread, so a slow client never holds another's scrape:
+//!
+//! - each connection has [`REQUEST_DEADLINE`] from its accept to send its whole
+//!   request and take the whole answer; past it, it is answered 408 (if it will
+//!   take that) and closed, counted as `request_timeout`;
+//! - at most [`MAX_CONNECTIONS`] are open at once: one more closes the oldest,
+//!   counted as `too_many_connections`;
+//! - the agent never waits on one client, so a stop is honoured within its idle
+//!   wait (100 ms in the engine) whatever clients do.
 //!
 //! With an [`HttpAccess`] (`--metrics-allow-addr`, `--metrics-token-file`),
 //! a request from outside the address allow-list is answered 403 and one
 //! without the bearer token 401; each refusal is counted
 //! ([`HttpAccessCounters`]) and said on stderr with the peer's address and
-//! mechanism by a [`RefusalLog`] (the first of each reason at once, then a summary per 10 s).
+//! mechanism by a [`RefusalLog`] (the first of each reason at once, then a
+//! summary per 10 s), as are the connections closed unanswered.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,13 +30,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, Step};
+use crate::clock::monotonic_ns;
 use crate::diag::RefusalLog;
 use crate::security::{HttpAccess, HttpRefusal};
 
-/// Longest a request may take to arrive, or a response to be taken.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a connection may take, from its accept, to send its whole request and take the whole answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// Largest request head accepted.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Most connections open at once; one more closes the oldest.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Connections taken from the listener per round, so a flood of them does not starve the open ones.
+const ACCEPTS_PER_ROUND: usize = 64;
 
 /// What to answer `GET /metrics` with (called once per scrape).
 pub type Render = Box<dyn FnMut() -> String + Send>;
@@ -47,18 +61,36 @@ impl HttpAccessCounters {
     }
 }
 
+/// One open connection.
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    opened_ns: u64,
+    /// The request so far.
+    head: Vec<u8>,
+    /// The answer, once the request is in, and how much of it was written.
+    answer: Option<(Vec<u8>, usize)>,
+}
+
 /// The server agent.
 pub struct MetricsServer {
     listener: TcpListener,
     render: Render,
     access: HttpAccess,
     access_counters: Arc<HttpAccessCounters>,
-    /// The access policy's refusals, said by reason.
+    /// Refusals (the access policy's, and connections closed unanswered), said by reason.
     refusals: RefusalLog,
+    conns: Vec<Conn>,
+    /// The descriptors of the last idle wait (kept to reuse their room).
+    pollfds: Vec<libc::pollfd>,
     /// Requests answered, and requests refused (malformed, wrong path or
     /// method, or by the access policy).
     pub served: u64,
     pub refused: u64,
+    /// Connections closed unanswered: past [`REQUEST_DEADLINE`], and the oldest
+    /// when one more than [`MAX_CONNECTIONS`] came.
+    pub timed_out: u64,
+    pub evicted: u64,
 }
 
 impl MetricsServer {
@@ -72,8 +104,12 @@ impl MetricsServer {
             access: HttpAccess::default(),
             access_counters: Arc::default(),
             refusals: RefusalLog::new("metrics-http"),
+            conns: Vec::with_capacity(MAX_CONNECTIONS),
+            pollfds: Vec::with_capacity(MAX_CONNECTIONS + 1),
             served: 0,
             refused: 0,
+            timed_out: 0,
+            evicted: 0,
         })
     }
 
@@ -98,37 +134,121 @@ impl MetricsServer {
         .fetch_add(1, Relaxed);
         let mechanism = if why == HttpRefusal::Address { "http" } else { "http bearer" };
         let detail = format_args!("{} ({mechanism}): {}", peer.ip(), why.as_str());
-        self.refusals.refuse(why.reason(), &detail, crate::clock::monotonic_ns());
+        self.refusals.refuse(why.reason(), &detail, monotonic_ns());
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    fn answer(&mut self, mut conn: TcpStream, peer: SocketAddr) {
-        let _ = conn.set_nonblocking(false);
-        let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-        let mut head = Vec::with_capacity(512);
-        let mut buf = [0u8; 1024];
-        let complete = loop {
-            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-                break true;
+    /// Take the connections waiting on the listener; over [`MAX_CONNECTIONS`], the oldest open one is closed.
+    fn accept(&mut self, now_ns: u64) -> usize {
+        let mut n = 0;
+        while n < ACCEPTS_PER_ROUND {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    n += 1;
+                    if stream.set_nonblocking(true).is_err() {
+                        continue; // not served: a blocking read would hold every other client
+                    }
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        self.evict_oldest(now_ns);
+                    }
+                    self.conns.push(Conn { stream, peer, opened_ns: now_ns, head: Vec::new(), answer: None });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Nothing waiting; or a connection that failed before it was taken (reset), or a
+                // short lack of descriptors: not fatal to the server.
+                Err(_) => break,
             }
-            if head.len() > MAX_REQUEST_BYTES {
-                break false;
+        }
+        n
+    }
+
+    fn evict_oldest(&mut self, now_ns: u64) {
+        let Some(k) = (0..self.conns.len()).min_by_key(|&k| self.conns[k].opened_ns) else { return };
+        let c = self.conns.swap_remove(k);
+        self.evicted += 1;
+        let detail = format_args!(
+            "{}: closed unanswered after {} ms ({} bytes of request), the oldest of {} open connections \
+             when another came",
+            c.peer.ip(),
+            now_ns.saturating_sub(c.opened_ns) / 1_000_000,
+            c.head.len(),
+            MAX_CONNECTIONS
+        );
+        self.refusals.refuse("too_many_connections", &detail, now_ns);
+        close_unanswered(c, "503 Service Unavailable");
+    }
+
+    /// Read what `c` sent and write what it takes; true when `c` is done with (answered,
+    /// gone, or past its deadline). Adds the steps taken to `n`.
+    fn step(&mut self, c: &mut Conn, now_ns: u64, n: &mut usize) -> bool {
+        if c.answer.is_none() {
+            let mut buf = [0u8; 1024];
+            let request = loop {
+                if head_complete(&c.head) {
+                    break Some(true);
+                }
+                if c.head.len() > MAX_REQUEST_BYTES {
+                    break Some(false);
+                }
+                match c.stream.read(&mut buf) {
+                    Ok(0) => break Some(false), // cut short
+                    Ok(m) => {
+                        c.head.extend_from_slice(&buf[..m]);
+                        *n += 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break None,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break Some(false), // reset: answered 400, which it will not take
+                }
+            };
+            if let Some(complete) = request {
+                c.answer = Some((self.respond(&c.head, complete, c.peer), 0));
             }
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break false,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if let Some((bytes, written)) = &mut c.answer {
+            while *written < bytes.len() {
+                match c.stream.write(&bytes[*written..]) {
+                    Ok(0) => return true,
+                    Ok(m) => {
+                        *written += m;
+                        *n += 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return true, // gone
+                }
             }
-        };
+            if *written == bytes.len() {
+                return true; // answered: dropping the stream closes it
+            }
+        }
+        if now_ns.saturating_sub(c.opened_ns) >= REQUEST_DEADLINE.as_nanos() as u64 {
+            self.timed_out += 1;
+            let what = match &c.answer {
+                None => format!("no whole request ({} bytes came)", c.head.len()),
+                Some((bytes, written)) => format!("the answer not taken ({written} of {} bytes)", bytes.len()),
+            };
+            let detail = format_args!("{}: {what} within {} ms", c.peer.ip(), REQUEST_DEADLINE.as_millis());
+            self.refusals.refuse("request_timeout", &detail, now_ns);
+            if c.answer.is_none() {
+                let _ = c.stream.write(&unanswered("408 Request Timeout"));
+            }
+            return true;
+        }
+        false
+    }
+
+    /// The whole answer to the request `head` (`complete`: it ended with its blank line).
+    fn respond(&mut self, head: &[u8], complete: bool, peer: SocketAddr) -> Vec<u8> {
         let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
         let line = String::from_utf8_lossy(line);
         let mut parts = line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let path = path.split('?').next().unwrap_or("");
-        let authorization = String::from_utf8_lossy(&head)
+        let authorization = String::from_utf8_lossy(head)
             .lines()
             .skip(1)
             .take_while(|l| !l.trim().is_empty())
@@ -159,11 +279,30 @@ impl MetricsServer {
         }
         let body = if method == "HEAD" { "" } else { body.as_str() };
         let challenge = if status.starts_with("401") { "WWW-Authenticate: Bearer realm=\"mdsub\"\r\n" } else { "" };
-        let head = format!(
+        let mut out = format!(
             "HTTP/1.1 {status}\r\n{challenge}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
-        );
-        let _ = conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(body.as_bytes()));
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+}
+
+/// True when `head` holds a whole request head (ended by its blank line).
+fn head_complete(head: &[u8]) -> bool {
+    head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
+}
+
+/// The answer to a connection closed before its request was answered.
+fn unanswered(status: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+/// Close `c`, telling it `status` if it takes that at once and nothing of an answer went out.
+fn close_unanswered(mut c: Conn, status: &str) {
+    if c.answer.as_ref().is_none_or(|(_, written)| *written == 0) {
+        let _ = c.stream.write(&unanswered(status));
     }
 }
 
@@ -173,32 +312,32 @@ impl Agent for MetricsServer {
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
-        let mut n = 0;
-        loop {
-            match self.listener.accept() {
-                Ok((conn, peer)) => {
-                    self.answer(conn, peer);
-                    n += 1;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // A burst of refusals is summarised without waiting for the next request.
-                    self.refusals.tick(crate::clock::monotonic_ns());
-                    return Ok(Step::Worked(n));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // A connection that failed before it was taken (reset) or a
-                // short lack of descriptors: not fatal to the server.
-                Err(_) => return Ok(Step::Worked(n)),
-            }
-        }
+        let now_ns = monotonic_ns();
+        let mut n = self.accept(now_ns);
+        let mut conns = std::mem::take(&mut self.conns);
+        conns.retain_mut(|c| !self.step(c, now_ns, &mut n));
+        self.conns = conns;
+        // A burst of refusals is summarised without waiting for the next request.
+        self.refusals.tick(now_ns);
+        Ok(Step::Worked(n))
     }
 
+    /// Wait for a connection, a request's bytes, room for an answer, or the next deadline.
     fn idle_wait(&mut self, timeout: Duration) {
-        let mut fds = [libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the duration of the call.
+        let now_ns = monotonic_ns();
+        let deadline = REQUEST_DEADLINE.as_nanos() as u64;
+        let next_ns = self.conns.iter().map(|c| (c.opened_ns + deadline).saturating_sub(now_ns)).min();
+        let wait_ns = next_ns.map_or(timeout.as_nanos() as u64, |d| d.min(timeout.as_nanos() as u64));
+        let ms = wait_ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32;
+        self.pollfds.clear();
+        self.pollfds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        for c in &self.conns {
+            let events = if c.answer.is_some() { libc::POLLOUT } else { libc::POLLIN };
+            self.pollfds.push(libc::pollfd { fd: c.stream.as_raw_fd(), events, revents: 0 });
+        }
+        // SAFETY: `pollfds` holds valid pollfds for the duration of the call.
         unsafe {
-            libc::poll(fds.as_mut_ptr(), 1, ms);
+            libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, ms);
         }
     }
 }
@@ -218,14 +357,93 @@ mod tests {
         out
     }
 
-    #[test]
-    fn serves_metrics_and_refuses_the_rest() {
+    /// A server run as the engine runs it (idle waits of up to 100 ms).
+    fn start() -> (SocketAddr, StopFlag, crate::agent::AgentHandle<MetricsServer>) {
         let server =
             MetricsServer::bind("127.0.0.1:0".parse().expect("addr"), Box::new(|| "m 1\n".to_string())).expect("bind");
         let addr = server.local_addr().expect("addr");
         let stop = StopFlag::new();
-        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 50_000 }), stop.clone(), server)
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)
             .expect("start");
+        (addr, stop, h)
+    }
+
+    /// A slowloris: a request line, then one header byte every 100 ms for `hold` (on a thread
+    /// of its own; it stops early when the server closes), then silence with the connection open.
+    fn slow_client(addr: SocketAddr, hold: Duration) -> TcpStream {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        c.write_all(b"GET /metrics HTTP/1.1\r\n").expect("request line");
+        let mut w = c.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let end = std::time::Instant::now() + hold;
+            while std::time::Instant::now() < end && w.write_all(b"X").is_ok() {
+                std::thread::sleep(Duration::from_millis(100)); // the client's pace, not a handshake
+            }
+        });
+        c
+    }
+
+    #[test]
+    fn a_slow_client_holds_no_other_scrape_and_is_closed_at_its_deadline() {
+        // Before, the one connection being read held every other: a client sending a byte at a
+        // time held each scrape behind it for as long as it went on.
+        let (addr, stop, h) = start();
+        let t0 = std::time::Instant::now();
+        let mut slow = slow_client(addr, Duration::from_millis(1500));
+        let ok = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("m 1\n"), "{ok}");
+        assert!(t0.elapsed() < Duration::from_millis(1000), "served at once, not after the slow client");
+        // The slow client is answered 408 and closed once its request has taken REQUEST_DEADLINE.
+        slow.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut said = String::new();
+        slow.read_to_string(&mut said).expect("closed within 5 s");
+        assert!(said.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{said}");
+        assert!(t0.elapsed() >= REQUEST_DEADLINE && t0.elapsed() < REQUEST_DEADLINE * 2, "{:?}", t0.elapsed());
+        stop.stop();
+        let s = h.join().expect("joins");
+        assert_eq!((s.served, s.timed_out, s.evicted), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_stop_is_honoured_while_a_slow_client_holds() {
+        // Before, a stop waited for the client being read: the engine's SIGTERM had no effect
+        // until the slow client stopped.
+        let (addr, stop, h) = start();
+        let _slow = slow_client(addr, Duration::from_secs(30));
+        // Served after the slow client's accept (the listener hands them out in order).
+        assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+        let t0 = std::time::Instant::now();
+        stop.stop();
+        while !h.is_finished() {
+            assert!(t0.elapsed() < Duration::from_millis(500), "stopped within 500 ms");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let s = h.join().expect("joins");
+        assert_eq!(s.served, 1);
+    }
+
+    #[test]
+    fn over_the_connection_bound_the_oldest_are_closed_and_a_scrape_is_served() {
+        // Before, 20 connections that sent nothing held a scrape behind them for 2 s each.
+        let (addr, stop, h) = start();
+        let idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+        let t0 = std::time::Instant::now();
+        assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+        assert!(t0.elapsed() < Duration::from_millis(1000), "served at once");
+        // The oldest was told why and closed.
+        let mut first = &idle[0];
+        first.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut said = String::new();
+        first.read_to_string(&mut said).expect("closed");
+        assert!(said.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{said}");
+        stop.stop();
+        let s = h.join().expect("joins");
+        assert_eq!((s.served, s.evicted), (1, (20 + 1 - MAX_CONNECTIONS) as u64));
+    }
+
+    #[test]
+    fn serves_metrics_and_refuses_the_rest() {
+        let (addr, stop, h) = start();
         let ok = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
         assert!(ok.contains("Content-Length: 4\r\n"), "{ok}");

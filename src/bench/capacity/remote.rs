@@ -10,7 +10,11 @@
 //!    end of stream);
 //! 3. `{"op":"bye"}` ends the server.
 //!
-//! Any failure is answered `{"error": "…"}`.
+//! Any failure is answered `{"error": "…"}`, and the server goes on serving. A request the
+//! server cannot take (more than one frame, not JSON, an unknown op, a `prepare` with a
+//! number out of the range the command line allows for it) is also counted and said on
+//! stderr by reason (`serve-trials: refused (REASON): …`, the first of each reason
+//! at once, then a summary per 10 s; docs/REFUSALS.md).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +22,7 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use crate::agent::StopFlag;
+use crate::diag::RefusalLog;
 use crate::feed::GeneratorConfig;
 use crate::link::LinkWatch;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
@@ -159,26 +164,48 @@ pub struct ServeConfig {
     pub max_rate: Option<u64>,
 }
 
+/// Largest control request taken (bigger ones drop the peer's connection, libzmq's MAXMSGSIZE).
+const MAX_REQUEST_BYTES: i64 = 64 << 10;
+
 /// Serve trials until `bye` or a stop; prints one line per trial with `say`.
 pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> anyhow::Result<u64> {
     let ctx = zmq::Context::new();
     let rep = ctx.socket(zmq::REP).context("creating the control socket")?;
     rep.set_linger(0).context("setting LINGER")?;
+    // A request is a small JSON object: a peer sending more is disconnected before it is taken.
+    rep.set_maxmsgsize(MAX_REQUEST_BYTES).context("setting MAXMSGSIZE")?;
     let bound = crate::zmqx::bind_resolved(&rep, &cfg.control).with_context(|| format!("binding {}", cfg.control))?;
     say(&format!("serving capacity trials on {bound}"));
     let mut trials = 0u64;
     let mut prepared: Option<(zmq::Context, Publisher, Pacing, Limits, Source)> = None;
+    let mut refusals = RefusalLog::new("serve-trials");
     while !stop.is_stopped() {
         match rep.poll(zmq::POLLIN, 100) {
-            Ok(0) | Err(zmq::Error::EINTR) => continue, // EINTR: a signal (Ctrl-C); `stop` says whether to end
+            Ok(0) | Err(zmq::Error::EINTR) => {
+                // EINTR: a signal (Ctrl-C); `stop` says whether to end
+                refusals.tick(crate::clock::monotonic_ns());
+                continue;
+            }
             Ok(_) => {}
             Err(e) => return Err(e).context("waiting for a request"),
         }
-        let bytes = rep.recv_bytes(0).context("receiving a request")?;
-        let answer = match serde_json::from_slice::<Value>(&bytes) {
-            Err(e) => json!({ "error": format!("not a JSON request: {e}") }),
-            Ok(v) => match v.get("op").and_then(Value::as_str) {
-                Some("prepare") => match prepare(cfg, &v) {
+        // The whole message: a REP that left a frame unread could not answer (EFSM).
+        let frames = rep.recv_multipart(0).context("receiving a request")?;
+        let v = match request_of(&frames) {
+            Ok(v) => v,
+            Err((reason, why)) => {
+                refusals.refuse(reason, &why, crate::clock::monotonic_ns());
+                rep.send(json!({ "error": why }).to_string().as_bytes(), 0).context("answering")?;
+                continue;
+            }
+        };
+        let answer = match v.get("op").and_then(Value::as_str) {
+            Some("prepare") => match trial_of(&v) {
+                Err(why) => {
+                    refusals.refuse("bad_trial", &why, crate::clock::monotonic_ns());
+                    json!({ "error": why })
+                }
+                Ok(trial) => match prepare(cfg, trial) {
                     Ok((c, p, pacing, limits, source)) => {
                         let eps = p.endpoints();
                         prepared = Some((c, p, pacing, limits, source));
@@ -186,56 +213,112 @@ pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> a
                     }
                     Err(e) => json!({ "error": format!("{e:#}") }),
                 },
-                Some("go") => match prepared.take() {
-                    None => json!({ "error": "go before prepare" }),
-                    Some((c, mut p, pacing, limits, source)) => {
-                        say(&format!("trial {}: waiting for the engine to subscribe", trials + 1));
-                        let a = run(&mut p, pacing, limits, &source, stop);
-                        drop(p);
-                        drop(c);
-                        trials += 1;
-                        match a {
-                            Ok((sent, secs)) => {
-                                say(&format!(
-                                    "trial {trials}: sent {sent} msgs in {secs:.3} s ({:.0} msg/s)",
-                                    sent as f64 / secs.max(1e-9)
-                                ));
-                                json!({ "sent": sent, "send_s": secs })
-                            }
-                            Err(e) => json!({ "error": format!("{e:#}") }),
-                        }
-                    }
-                },
-                Some("bye") => {
-                    rep.send(&b"{}"[..], 0).context("answering bye")?;
-                    break;
-                }
-                _ => json!({ "error": "unknown op (prepare, go, bye)" }),
             },
+            Some("go") => match prepared.take() {
+                None => json!({ "error": "go before prepare" }),
+                Some((c, mut p, pacing, limits, source)) => {
+                    say(&format!("trial {}: waiting for the engine to subscribe", trials + 1));
+                    let a = run(&mut p, pacing, limits, &source, stop);
+                    drop(p);
+                    drop(c);
+                    trials += 1;
+                    match a {
+                        Ok((sent, secs)) => {
+                            say(&format!(
+                                "trial {trials}: sent {sent} msgs in {secs:.3} s ({:.0} msg/s)",
+                                sent as f64 / secs.max(1e-9)
+                            ));
+                            json!({ "sent": sent, "send_s": secs })
+                        }
+                        Err(e) => json!({ "error": format!("{e:#}") }),
+                    }
+                }
+            },
+            Some("bye") => {
+                rep.send(&b"{}"[..], 0).context("answering bye")?;
+                break;
+            }
+            other => {
+                let why =
+                    format!("unknown op {} (prepare, go, bye)", other.map_or("(none)".into(), |o| format!("`{o}`")));
+                refusals.refuse("unknown_op", &why, crate::clock::monotonic_ns());
+                json!({ "error": why })
+            }
         };
         rep.send(answer.to_string().as_bytes(), 0).context("answering")?;
     }
     Ok(trials)
 }
 
+/// The JSON object of a request: one frame. A refusal is (reason, what to answer).
+fn request_of(frames: &[Vec<u8>]) -> Result<Value, (&'static str, String)> {
+    let [frame] = frames else {
+        return Err((
+            "multipart_request",
+            format!("a request is one frame of JSON; this one had {} frames", frames.len()),
+        ));
+    };
+    match serde_json::from_slice::<Value>(frame) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(("not_json", "not a JSON request: a request is a JSON object".into())),
+        Err(e) => Err(("not_json", format!("not a JSON request: {e}"))),
+    }
+}
+
 type Prepared = (zmq::Context, Publisher, Pacing, Limits, Source);
 
-fn prepare(cfg: &ServeConfig, v: &Value) -> anyhow::Result<Prepared> {
-    let num = |k: &str| v.get(k).and_then(Value::as_u64).with_context(|| format!("the request has no `{k}`"));
-    let rate = num("rate")?.max(1);
-    let shards = (num("shards")? as usize).clamp(1, 64);
-    let feed = GeneratorConfig {
-        symbols: (num("symbols")? as usize).max(1),
-        payload_bytes: num("payload_bytes")? as usize,
-        zipf_s: v.get("zipf").and_then(Value::as_f64).unwrap_or(1.0),
-        seed: num("seed")?,
+/// Most shards a trial may ask for (each binds a data endpoint of its own).
+pub const MAX_SHARDS: u64 = 64;
+
+/// One trial as a `prepare` request asks for it, every field checked.
+#[derive(Debug, Clone)]
+struct Trial {
+    rate: u64,
+    duration: Duration,
+    shards: usize,
+    feed: GeneratorConfig,
+}
+
+/// The trial `v` asks for, or why it cannot be run: each number in the range the same
+/// setting has on the command line (`--rate`, `--duration`, `--symbols`, `--payload-bytes`,
+/// `--zipf`, `--seed`), shards from 1 to [`MAX_SHARDS`].
+fn trial_of(v: &Value) -> Result<Trial, String> {
+    let whole = |k: &str, lo: u64, hi: u64| -> Result<u64, String> {
+        let x = v.get(k).ok_or_else(|| format!("the request has no `{k}`"))?;
+        match x.as_u64() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(format!("`{k}` {x}: not a whole number from {lo} to {hi}")),
+        }
     };
+    let size = |k: &str| whole(k, 0, u64::MAX).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let zipf = match v.get("zipf") {
+        None => 1.0,
+        Some(x) => x.as_f64().ok_or_else(|| format!("`zipf` {x}: not a number"))?,
+    };
+    let feed = GeneratorConfig {
+        symbols: size("symbols")?,
+        payload_bytes: size("payload_bytes")?,
+        zipf_s: zipf,
+        seed: whole("seed", 0, u64::MAX)?,
+    };
+    feed.check()?;
+    Ok(Trial {
+        rate: whole("rate", 1, u64::MAX)?,
+        duration: Duration::from_millis(whole("duration_ms", 1, crate::clock::MAX_DURATION_S * 1000 - 1)?),
+        shards: whole("shards", 1, MAX_SHARDS)? as usize,
+        feed,
+    })
+}
+
+/// Bind the data endpoints for `trial`.
+fn prepare(cfg: &ServeConfig, trial: Trial) -> anyhow::Result<Prepared> {
     let first = cfg.endpoints.first().cloned().unwrap_or_else(|| "tcp://0.0.0.0:*".into());
     let any_port = match first.rsplit_once(':') {
         Some((host, _)) => format!("{host}:*"),
         None => first.clone(),
     };
-    let endpoints = (0..shards).map(|k| cfg.endpoints.get(k).cloned().unwrap_or_else(|| any_port.clone())).collect();
+    let endpoints =
+        (0..trial.shards).map(|k| cfg.endpoints.get(k).cloned().unwrap_or_else(|| any_port.clone())).collect();
     let ctx = zmq::Context::new();
     let pc = PublisherConfig {
         endpoints,
@@ -246,9 +329,9 @@ fn prepare(cfg: &ServeConfig, v: &Value) -> anyhow::Result<Prepared> {
         thread_per_shard: false,
     };
     let p = Publisher::bind(&ctx, &pc).context("binding the data endpoints")?;
-    let sent_rate = cfg.max_rate.map_or(rate, |m| rate.min(m.max(1)));
-    let limits = Limits { max_msgs: None, duration: Some(Duration::from_millis(num("duration_ms")?)) };
-    Ok((ctx, p, Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 }, limits, Source::Generator(feed)))
+    let sent_rate = cfg.max_rate.map_or(trial.rate, |m| trial.rate.min(m.max(1)));
+    let limits = Limits { max_msgs: None, duration: Some(trial.duration) };
+    Ok((ctx, p, Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 }, limits, Source::Generator(trial.feed)))
 }
 
 fn run(
