@@ -221,7 +221,7 @@ fn two_sigterms_close_together_are_one_clean_stop() {
     let sent = std::process::Command::new("kill").args(["-TERM", &pid, &pid]).status().expect("kill");
     assert!(sent.success());
     let (status, out) = engine.finish(Duration::from_secs(20));
-    let err: Vec<String> = err.try_iter().collect();
+    let err = rest_lines(&err, Duration::from_secs(20));
     assert!(status.success(), "exit {status:?}; stderr: {err:?}; stdout: {out}");
     assert!(out.contains("(interrupted)"), "the report, marked interrupted: {out}");
     assert!(!err.iter().any(|l| l.contains("mdsub: interrupted")), "{err:?}");

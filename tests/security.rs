@@ -13,7 +13,8 @@ use std::time::Duration;
 use std::process::Stdio;
 
 use common::{
-    free_port_block, lines_of, mdsub, run_within, start_replay, temp_dir, u, wait_line, wait_until, LineProc, Proc,
+    free_port_block, lines_of, mdsub, rest_lines, run_within, start_replay, temp_dir, u, wait_line, wait_until,
+    LineProc, Proc,
 };
 use mdsub::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
 use mdsub::security::{load_public_keys, ClientKeys, Keypair, ServerAccess, ZapAgent, ZapCounters};
@@ -264,7 +265,8 @@ impl Both {
         self.proc.signal(2);
         let status = self.proc.wait_exit(DEADLINE);
         assert!(status.success(), "{} failed: {status}", self.proc.name);
-        let text: String = self.out.try_iter().collect::<Vec<_>>().join("\n");
+        // Every line, not only those the reader thread has handed over yet (it raced the exit).
+        let text: String = rest_lines(&self.out, DEADLINE).join("\n");
         common::json(&text)
     }
 }
@@ -512,7 +514,7 @@ fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() 
     let mut good_proc = good.proc;
     let status = good_proc.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "the CURVE engine failed: {status}");
-    let r = common::json(&good.out.try_iter().collect::<Vec<_>>().join("\n"));
+    let r = common::json(&rest_lines(&good.out, DEADLINE).join("\n"));
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (3000, 3000, 0), "{r}");
     for (name, e) in [("no keys", plain), ("a key off the list", mallory)] {
         let r = e.report();

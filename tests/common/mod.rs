@@ -356,3 +356,17 @@ pub fn thread_cpu_ms(pid: u32, name: &str) -> Option<u64> {
     }
     None
 }
+
+/// Every line still to come until the stream closes (the process exited).
+pub fn rest_lines(rx: &std::sync::mpsc::Receiver<String>, deadline: Duration) -> Vec<String> {
+    let end = Instant::now() + deadline;
+    let mut out = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => out.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return out,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("output did not close within {deadline:?}"),
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use mdsub::wire::{encode, Header, Kind};
 
+pub use super::rest_lines;
 use super::{lines_of, mdsub, wait_line, Proc};
 
 /// A proxy process (`mdsub lvc` / `mdsub tap`) and its output.
@@ -16,20 +17,6 @@ pub struct Proxy {
     pub backend: String,
     pub stdout: Receiver<String>,
     pub stderr: Receiver<String>,
-}
-
-/// Every line still to come until the stream closes (the process exited).
-pub fn rest_lines(rx: &Receiver<String>, deadline: Duration) -> Vec<String> {
-    let end = Instant::now() + deadline;
-    let mut out = Vec::new();
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => out.push(line),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return out,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("output did not close within {deadline:?}"),
-        }
-    }
 }
 
 /// Start `mdsub <tool>` bound to two wildcard ports; reads the endpoints back.
