@@ -138,41 +138,6 @@ fn an_hgrm_that_cannot_be_written_fails_the_run() {
     assert_eq!(u(&r, "metrics_write_errors"), 1, "{r}");
 }
 
-/// A latency over 60 s is in the histograms as 60 s; the interval log says so in a comment
-/// line after the histogram's (`HlogWriter::note_clamped`). HdrHistogram's Python reader
-/// must still read every interval of such a log.
-#[test]
-fn hlog_with_clamped_notes_is_read_by_python_hdrhistogram() {
-    use mdsub::metrics::hlog::HlogWriter;
-    use mdsub::metrics::StageHistograms;
-    if let Some(why) = python_missing(&["hdrh"]) {
-        eprintln!("SKIPPED the independent .hlog read-back: {why}");
-        return;
-    }
-    let dir = temp_dir("dash-clamped");
-    let path = dir.join("clamped.hlog");
-    let start = 1_796_185_377_000_000_000;
-    let file = std::fs::File::create(&path).expect("create the log");
-    let mut w = HlogWriter::new(std::io::BufWriter::new(file), start, "clamped test").expect("header");
-    let mut set = StageHistograms::default();
-    set.record(1_000, 2_000, 3_000);
-    set.record(120_000_000_000, 5_000, 120_000_000_000);
-    assert_eq!(set.clamped, [1, 0, 1], "the two 120 s latencies are clamped");
-    for i in 0..2u64 {
-        let (from, to) = (start + i * 1_000_000_000, start + (i + 1) * 1_000_000_000);
-        w.write("shard0.total", from, to, &set.total).expect("a histogram line");
-        w.note_clamped("shard0.total", from, set.clamped[2]).expect("a clamped note");
-    }
-    w.flush().expect("flush");
-    drop(w);
-    let text = std::fs::read_to_string(&path).expect("read back");
-    assert_eq!(text.lines().filter(|l| l.starts_with("#[Clamped: Tag=shard0.total,")).count(), 2, "{text}");
-    let read = python_json(&["hlog", path.to_str().expect("utf8 path")]);
-    let tag = &read["tags"]["shard0.total"];
-    assert_eq!(u(tag, "intervals"), 2, "every interval read past the notes: {read}");
-    assert_eq!(u(tag, "count"), 4, "{read}");
-}
-
 /// An engine on `eps` serving `/metrics` on 127.0.0.1:`port` every
 /// `interval`, running until stopped (no end of stream expected), so the
 /// counters can be read still and compared.
@@ -382,8 +347,10 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
     let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
     let port = free_port_block(1);
     let listen = format!("127.0.0.1:{port}");
+    let (hlog, hgrm) = (dir.join("old.hlog"), dir.join("old.hgrm"));
+    let (hlog_arg, hgrm_arg) = (hlog.to_str().expect("utf8"), hgrm.to_str().expect("utf8"));
     let args = ["--expect-eos", "0", "--snail", "off", "--metrics-listen", &listen, "--metrics-interval", "200ms"];
-    let e = engine_json(&eps, &args);
+    let e = engine_json(&eps, &[&args[..], &["--hlog", hlog_arg, "--hgrm", hgrm_arg]].concat());
     let url = format!("http://127.0.0.1:{port}/metrics");
     let clamped = |s: &serde_json::Value, stage: &str| {
         sample(s, "mdsub_latency_clamped_total", &[("shard", "0"), ("stage", stage)])
@@ -408,6 +375,26 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
         assert_eq!(u(&latency["queue"], "clamped"), 0, "{latency}");
         assert!(u(&latency["wire"], "max_ns") >= mdsub::metrics::MAX_TRACKABLE_NS, "{latency}");
     }
+    // The HdrHistogram files say so too, in comment lines their readers skip: the interval log
+    // after each histogram that holds clamped values (wire and total, not queue), the spectrum
+    // of the total stage after its footers.
+    let log = std::fs::read_to_string(&hlog).expect("the interval log");
+    let noted = |tag: &str| -> u64 {
+        let head = format!("#[Clamped: Tag={tag},");
+        log.lines()
+            .filter_map(|l| l.strip_prefix(&head))
+            .filter_map(|l| l.split("Count=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!((noted("shard0.wire"), noted("shard0.total"), noted("shard0.queue")), (300, 300, 0), "{log}");
+    let spectrum = std::fs::read_to_string(&hgrm).expect("the spectrum");
+    assert!(spectrum.lines().any(|l| l.starts_with("#[Clamped =          300 (latencies above 60 s")), "{spectrum}");
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED the independent .hlog read-back: {why}");
+        return;
+    }
+    let read = python_json(&["hlog", hlog_arg]);
+    assert_eq!(u(&read["tags"]["shard0.total"], "count"), 300, "every interval read past the notes: {read}");
 }
 
 #[test]
