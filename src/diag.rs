@@ -65,6 +65,18 @@ impl Lines {
     }
 }
 
+/// `text` as a line may quote it: whole when short, else its first [`QUOTE_CHARS`] characters
+/// and how long it was (a hostile peer's 100 KB value is not echoed whole).
+pub fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()).into(),
+    }
+}
+
+/// How much of a value [`quoted`] shows.
+pub const QUOTE_CHARS: usize = 80;
+
 /// What to do when stdout cannot be written: see [`out()`]. Also for errors that reach
 /// `main` from code that writes stdout itself (a `writeln!` on a locked stdout).
 pub fn stdout_failed(e: &std::io::Error) -> ! {
@@ -398,5 +410,12 @@ mod tests {
         assert_eq!(v["mode"], "lossless");
         assert_eq!(v["dropped"], 0);
         assert_eq!(v["notes"][0], "odd");
+    }
+
+    #[test]
+    fn long_values_are_quoted_in_part() {
+        assert_eq!(quoted("info"), "info");
+        let long = "é".repeat(100);
+        assert_eq!(quoted(&long), format!("{}… (200 bytes)", "é".repeat(QUOTE_CHARS)));
     }
 }

@@ -665,8 +665,10 @@ impl Engine {
         if let Some(e) = first_err {
             return Err(e);
         }
-        let report = self.report(collected, interrupted, agents);
-        match self.snail.croak() {
+        // A croak stops the engine through the stop flag too; that is the croak, not an interruption.
+        let croak = self.snail.croak();
+        let report = self.report(collected, interrupted && croak.is_none(), agents);
+        match croak {
             Some(scream) => Err(EngineError::Croaked(Box::new(Croaked { scream, report }))),
             None => Ok(report),
         }

@@ -57,7 +57,11 @@ impl Settings {
     pub fn offer(&mut self, name: &str, raw: &str) -> Offer {
         let Some(s) = self.entries.get_mut(name) else {
             let known: Vec<&str> = self.entries.keys().map(String::as_str).collect();
-            return Offer::Refused(format!("unknown setting `{name}` (known: {})", known.join(", ")));
+            return Offer::Refused(format!(
+                "unknown setting `{}` (known: {})",
+                crate::diag::quoted(name),
+                known.join(", ")
+            ));
         };
         let raw = raw.trim();
         if self.current.get(name).is_some_and(|c| c == raw) {
@@ -73,7 +77,7 @@ impl Settings {
                     Offer::Unchanged
                 }
             }
-            Err(why) => Offer::Refused(format!("`{raw}` refused: {why}")),
+            Err(why) => Offer::Refused(format!("`{}` refused: {why}", crate::diag::quoted(raw))),
         }
     }
 
@@ -177,6 +181,11 @@ mod tests {
         assert_eq!(s.offer("n", "7"), Offer::Unchanged);
         assert_eq!(s.offer("n", "fast"), Offer::Refused("`fast` refused: not a number".into()));
         assert_eq!(s.offer("n", "12"), Offer::Refused("`12` refused: out of 1..=9".into()));
+        // A hostile 100 KB value is quoted in part, not echoed whole on stderr and in the store.
+        match s.offer("n", &"x".repeat(100_000)) {
+            Offer::Refused(why) => assert!(why.len() < 200 && why.contains("(100000 bytes)"), "{why}"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!((v.load(Relaxed), s.current()["n"].as_str()), (7, "7"), "the running value stays");
         match s.offer("m", "1") {
             Offer::Refused(why) => assert!(why.contains("unknown setting `m` (known: n)"), "{why}"),
