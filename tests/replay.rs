@@ -513,7 +513,7 @@ fn what_is_sent_with_no_subscriber_is_counted() {
         } else {
             assert!(
                 out.lines()
-                    .any(|l| l == "5000 of them were sent while their shard had no subscriber: they reached no one"),
+                    .any(|l| l == "5000 of them were sent while their shard had no mdsub subscriber (none took the control topic): they reached no one"),
                 "{out}"
             );
         }

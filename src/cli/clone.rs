@@ -96,7 +96,7 @@ impl ServerArgs {
                 ))
             })?;
         if port > u16::MAX - 3 {
-            bail!(super::RefusedValue(format!(
+            bail!(super::UsageError(format!(
                 "--endpoint `{base}`: the clone server uses ports P..P+3, so P can be at most {}",
                 u16::MAX - 3
             )));

@@ -45,10 +45,10 @@ impl Speed {
     }
 }
 
-/// Parse `1x`, `10x`, `0.5x` or `max`.
 /// The slowest `--speed`: `1e-300x` was taken and never sent a message.
 pub const MIN_SPEED: f64 = 0.001;
 
+/// Parse `1x`, `10x`, `0.5x` or `max`.
 pub fn parse_speed(s: &str) -> Result<Speed, String> {
     let t = s.trim();
     if t.eq_ignore_ascii_case("max") {
@@ -56,7 +56,9 @@ pub fn parse_speed(s: &str) -> Result<Speed, String> {
     }
     match t.strip_suffix(['x', 'X']).map(str::parse::<f64>) {
         Some(Ok(v)) if (MIN_SPEED..).contains(&v) && v.is_finite() => Ok(Speed::Times(v)),
-        Some(Ok(v)) if v > 0.0 => Err(format!("slower than {MIN_SPEED}x (a thousandth of the recorded pace)")),
+        Some(Ok(v)) if v > 0.0 && v.is_finite() => {
+            Err(format!("slower than {MIN_SPEED}x (a thousandth of the recorded pace)"))
+        }
         _ => Err("not a speed; accepted: 1x, 10x, 0.5x (a multiple of the recorded pace) or max".into()),
     }
 }
@@ -282,7 +284,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         }
         if stats.sent_with_no_subscriber > 0 {
             crate::outln!(
-                "{} of them were sent while their shard had no subscriber: they reached no one",
+                "{} of them were sent while their shard had no mdsub subscriber (none took the control topic): \
+                 they reached no one",
                 stats.sent_with_no_subscriber
             );
         }

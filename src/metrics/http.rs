@@ -40,8 +40,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Most connections open at once; one more closes the oldest.
 pub const MAX_CONNECTIONS: usize = 16;
-/// Connections taken from the listener per round, so a flood of them does not starve the open ones.
-const ACCEPTS_PER_ROUND: usize = 64;
+/// Connections taken from the listener per round, so a flood of them does not starve the open ones;
+/// no more than are kept open, so none accepted in a round is closed unread in that round.
+const ACCEPTS_PER_ROUND: usize = MAX_CONNECTIONS;
 
 /// What to answer `GET /metrics` with (called once per scrape).
 pub type Render = Box<dyn FnMut() -> String + Send>;
@@ -166,8 +167,11 @@ impl MetricsServer {
     }
 
     fn evict_oldest(&mut self, now_ns: u64) {
-        let Some(k) = (0..self.conns.len()).min_by_key(|&k| self.conns[k].opened_ns) else { return };
-        let c = self.conns.swap_remove(k);
+        // `conns` is in accept order (pushed, and kept in order by `retain_mut`): the first is the oldest.
+        if self.conns.is_empty() {
+            return;
+        }
+        let c = self.conns.remove(0);
         self.evicted += 1;
         let detail = format_args!(
             "{}: closed unanswered after {} ms ({} bytes of request), the oldest of {} open connections \
@@ -430,12 +434,13 @@ mod tests {
         let t0 = std::time::Instant::now();
         assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
         assert!(t0.elapsed() < Duration::from_millis(1000), "served at once");
-        // The oldest was told why and closed.
-        let mut first = &idle[0];
-        first.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let mut said = String::new();
-        first.read_to_string(&mut said).expect("closed");
-        assert!(said.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{said}");
+        // The oldest, in the order they came, were told why and closed.
+        for (k, mut old) in idle.iter().take(20 + 1 - MAX_CONNECTIONS).enumerate() {
+            old.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut said = String::new();
+            old.read_to_string(&mut said).expect("closed");
+            assert!(said.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "connection {k}: {said}");
+        }
         stop.stop();
         let s = h.join().expect("joins");
         assert_eq!((s.served, s.evicted), (1, (20 + 1 - MAX_CONNECTIONS) as u64));
