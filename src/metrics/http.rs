@@ -378,12 +378,14 @@ mod tests {
         let mut c = TcpStream::connect(addr).expect("connect");
         c.write_all(b"GET /metrics HTTP/1.1\r\n").expect("request line");
         let mut w = c.try_clone().expect("clone");
-        std::thread::spawn(move || {
+        // Started by the runner like every other thread (detached: its handle is dropped).
+        let _ = Runner::task("slowloris", None, move || {
             let end = std::time::Instant::now() + hold;
             while std::time::Instant::now() < end && w.write_all(b"X").is_ok() {
                 std::thread::sleep(Duration::from_millis(100)); // the client's pace, not a handshake
             }
-        });
+        })
+        .expect("start the slow client");
         c
     }
 
