@@ -354,6 +354,14 @@ fn bench_refuses_a_save_path_it_cannot_write_before_running() {
     assert_eq!(code, Some(1), "stderr: {err}");
     assert!(err.contains("creating") && err.contains("bench.json"), "{err}");
     assert!(out.is_empty(), "nothing run: {out}");
+    // A directory passed the probe (`DIR.partial` could be made) and failed the rename after
+    // the whole run: `renaming DIR.partial to DIR: Is a directory`.
+    for cmd in ["bench", "lvc-bench"] {
+        let (code, out, err) = run_within(cmd, mdsub().arg(cmd).arg("--save").arg(&dir), DEADLINE);
+        assert_eq!(code, Some(1), "{cmd} stderr: {err}");
+        assert!(err.contains("is a directory") && err.lines().count() == 1, "{cmd}: {err}");
+        assert!(out.is_empty(), "{cmd}: nothing run: {out}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

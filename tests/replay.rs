@@ -549,3 +549,72 @@ fn a_subscriber_that_leaves_a_file_replay_is_said_while_it_runs() {
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A capture of `n` frames of one topic, `gap_ns` apart in recorded (receive) time.
+fn paced_capture(dir: &std::path::Path, n: u64, gap_ns: u64) -> std::path::PathBuf {
+    let path = dir.join("paced.mdcap");
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    for i in 1..=n {
+        w.write_frame(&wire::encode(b"PACE", &data_header(i, i), &i.to_le_bytes()), false, i * gap_ns).expect("write");
+    }
+    w.flush().expect("flush");
+    path
+}
+
+#[test]
+fn what_a_recorded_pace_replay_sends_after_its_subscriber_left_is_counted() {
+    // Before, a file replayed at its recorded pace drained the subscription events only every
+    // 1 Ki messages: a 400-message capture whose subscriber left after 40 said the leave at the
+    // end but counted `sent_with_no_subscriber` 0.
+    let dir = temp_dir("replay-recorded-leave");
+    let path = paced_capture(&dir, 400, 5_000_000);
+    let path = path.to_str().expect("utf8");
+    let (replay, eps) = start_replay("replay", 1, &["--from", path, "--speed", "1x", "--subscribers", "1", "--json"]);
+    let (ctx, sub) = subscriber(&eps[0]);
+    let mut data = 0;
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while data < 40 {
+        assert!(std::time::Instant::now() < end, "40 data frames within 20 s; got {data}");
+        if let Ok(f) = sub.recv_bytes(0) {
+            data += wire::decode(&f).is_ok_and(|v| v.header.kind == Kind::Data) as u64;
+        }
+    }
+    drop(sub);
+    drop(ctx);
+    let (status, out) = replay.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{out}");
+    let s = json(&out);
+    assert_eq!(u(&s, "sent_total"), 400, "{s}");
+    // 360 were sent after the 40th arrived; a few were in flight when it left, and the leave
+    // is seen within 10 ms (two messages at this pace) of libzmq reporting it.
+    let unheard = u(&s, "sent_with_no_subscriber");
+    assert!((300..=360).contains(&unheard), "sent with no subscriber: {unheard} of the 360 after it left: {s}");
+}
+
+#[test]
+fn a_recorded_pace_capture_heartbeats_through_a_long_gap() {
+    // Before, only DBN files heartbeated through a recorded gap: a capture that paused for 2.5 s
+    // sent nothing, and a subscriber's snail took the silence for a dead publisher.
+    let dir = temp_dir("replay-recorded-gap");
+    let path = paced_capture(&dir, 2, 2_500_000_000);
+    let path = path.to_str().expect("utf8");
+    let (replay, eps) = start_replay("replay", 1, &["--from", path, "--speed", "1x", "--subscribers", "1"]);
+    let (_ctx, sub) = subscriber(&eps[0]);
+    let mut kinds = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while kinds.iter().filter(|k| **k == Kind::Data).count() < 2 {
+        assert!(std::time::Instant::now() < end, "both data frames within 20 s; got {kinds:?}");
+        if let Ok(f) = sub.recv_bytes(0) {
+            if let Ok(v) = wire::decode(&f) {
+                kinds.push(v.header.kind);
+            }
+        }
+    }
+    let first = kinds.iter().position(|k| *k == Kind::Data).expect("a data frame");
+    assert!(
+        kinds[first + 1..].contains(&Kind::Heartbeat),
+        "a heartbeat between the two data frames 2.5 s apart: {kinds:?}"
+    );
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+}

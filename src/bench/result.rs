@@ -67,6 +67,20 @@ pub struct SaveFile {
 
 impl SaveFile {
     pub fn create(path: &Path) -> anyhow::Result<SaveFile> {
+        // The rename at the end would fail on a directory (after the whole run) and replace
+        // a device or a FIFO: refuse anything but a file, or a name not taken yet, now.
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.is_dir() {
+                anyhow::bail!(
+                    "--save {}: is a directory (give a file name in it, e.g. {})",
+                    path.display(),
+                    path.join("bench.json").display()
+                );
+            }
+            if !meta.is_file() {
+                anyhow::bail!("--save {}: is not a regular file", path.display());
+            }
+        }
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);

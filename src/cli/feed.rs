@@ -20,7 +20,7 @@ pub struct FeedArgs {
     #[arg(long, value_parser = parse_count, value_name = "COUNT", allow_negative_numbers = true)]
     pub rate: Option<u64>,
     /// Stop after this long (e.g. 5s, 500ms). Default without --count: 3s for demo, 10s for a
-    /// replay of the generated feed.
+    /// replay of the generated feed, 2M messages for bench.
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION", allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Stop after this many messages (e.g. 2M; at least 1).
@@ -121,7 +121,7 @@ pub struct PublisherArgs {
     #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
     pub sndhwm_msgs: i32,
     /// Drop a message when a subscriber's queue is at the HWM instead of
-    /// pushing back; each drop is counted (`dropped` in the replay's numbers)
+    /// pushing back; each drop is counted (`dropped_at_hwm` in the replay's numbers)
     /// and the end of stream is always delivered (sent waiting for room).
     #[arg(long)]
     pub lossy: bool,

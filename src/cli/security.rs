@@ -66,7 +66,7 @@ pub struct ServerAccessArgs {
     #[arg(long, value_name = "FILE")]
     pub curve_key: Option<PathBuf>,
     /// With --curve-key: only these clients' public keys (NAME.pub files, or directories of
-    /// them) are let in; repeatable. Without it any client that knows the server key is.
+    /// them) are let in; repeatable. Without it, any client that knows the server key is let in.
     #[arg(long, value_name = "FILE|DIR", requires = "curve_key")]
     pub curve_allow: Vec<PathBuf>,
     /// Only peers from these addresses are let in (e.g. 127.0.0.1, 10.0.0.0/8); repeatable.

@@ -246,7 +246,8 @@ impl Engine {
                     .map_err(|e| EngineError::Config(format!("--hlog {}: {e}", path.display())))?;
                 let comment = format!(
                     "[mdsub engine {engine_id}: latency in ns per shard and stage, tags shardK.wire|queue|total, \
-                     one histogram per tag every {} ms]",
+                     one histogram per tag every {} ms at the start (a live metrics_interval \
+                     changes it; each line has its own interval)]",
                     cfg.metrics_interval.as_millis()
                 );
                 let w = crate::metrics::hlog::HlogWriter::new(

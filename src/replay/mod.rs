@@ -167,7 +167,7 @@ pub struct ReplayStats {
     /// Of the messages sent, those sent while their shard had no subscriber: they reached no
     /// one (a subscriber left mid-run, or none was awaited). Subscribers are seen by their
     /// subscription to the control topic (every mdsub subscriber, and any that takes
-    /// everything), checked every 1 Ki messages and whenever the publisher waits.
+    /// everything), checked every 1 Ki messages and at least every 10 ms while a paced publisher waits.
     pub sent_with_no_subscriber: u64,
     /// True when stopped by a stop request before its source or limits ended.
     pub interrupted: bool,
@@ -250,6 +250,8 @@ pub struct Publisher {
     shards: Vec<Shard>,
     /// A run is under way: subscribers joining or leaving are said.
     sending: bool,
+    /// When the subscription events were last drained.
+    drained_at: Instant,
     buf: Vec<u8>,
     lossless: bool,
     /// Receive time of the record being sent (DBN sources), for progress displays.
@@ -318,6 +320,7 @@ impl Publisher {
         Ok(Publisher {
             shards,
             sending: false,
+            drained_at: Instant::now(),
             buf: Vec::with_capacity(1024),
             lossless: cfg.lossless,
             market_ns: Arc::new(AtomicU64::new(0)),
@@ -389,6 +392,7 @@ impl Publisher {
     /// While a run is under way (`self.sending`), a subscriber that leaves or joins is said
     /// on stderr: what is sent while a shard has none reaches no one.
     fn drain_subscriptions(&mut self) -> Result<(), ReplayError> {
+        self.drained_at = Instant::now();
         let say = self.sending;
         // A shard's own thread (--thread-per-shard) holds one shard: its number is its part's.
         let first = self.part.0;
@@ -533,6 +537,19 @@ impl Publisher {
     }
 
     /// Send a heartbeat on every shard (skipped on a shard whose pipe is full).
+    /// The pacer is about to nap: heartbeat when it is time (which drains the subscription
+    /// events too), else drain them if [`DRAIN_EVERY`] has passed, so a subscriber that left is
+    /// seen, and what is sent after it is counted, within about that long at any pace.
+    fn on_wait(&mut self, heartbeat_due: bool, stop: &StopFlag) -> Result<(), ReplayError> {
+        if heartbeat_due {
+            self.heartbeat(stop)
+        } else if self.drained_at.elapsed() >= DRAIN_EVERY {
+            self.drain_subscriptions()
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn heartbeat(&mut self, stop: &StopFlag) -> Result<(), ReplayError> {
         self.drain_subscriptions()?;
         for k in 0..self.shards.len() {
@@ -681,6 +698,7 @@ impl Publisher {
             let mut one = Publisher {
                 shards: vec![shard],
                 sending: false,
+                drained_at: Instant::now(),
                 buf: Vec::with_capacity(1024),
                 lossless: self.lossless,
                 market_ns: Arc::new(AtomicU64::new(0)),
@@ -766,7 +784,7 @@ impl Publisher {
             if due.restart {
                 frames = self.generated_templates(&gen, &payload);
             }
-            let Some(send_time_ns) = pacer.wait_turn(i, |idle| idle.then(|| self.heartbeat(stop)).transpose())? else {
+            let Some(send_time_ns) = pacer.wait_turn(i, |hb| self.on_wait(hb, stop))? else {
                 break;
             };
             let Some(tf) = frames.get_mut(gen.next_topic()) else { break };
@@ -919,8 +937,9 @@ impl Publisher {
             }
             let base = *first_recv_ns.get_or_insert(recv_ns);
             let intended = match pacing {
-                Pacing::Recorded { speed } => pacer.wait_until_offset(scale_ns(recv_ns.saturating_sub(base), speed)),
-                _ => pacer.wait_turn(msgs, |idle| idle.then(|| self.heartbeat(stop)).transpose())?,
+                Pacing::Recorded { speed } => pacer
+                    .wait_until_offset(scale_ns(recv_ns.saturating_sub(base), speed), |hb| self.on_wait(hb, stop))?,
+                _ => pacer.wait_turn(msgs, |hb| self.on_wait(hb, stop))?,
             };
             let Some(intended) = intended else { break };
             let k = match view {
@@ -977,26 +996,6 @@ impl Publisher {
 }
 
 impl Publisher {
-    /// Wait until `offset_ns` after the pacer's start, heartbeating through
-    /// long recorded gaps. None when the duration is over or a stop was requested.
-    fn wait_recorded(
-        &mut self,
-        pacer: &mut Pacer,
-        offset_ns: u64,
-        stop: &StopFlag,
-    ) -> Result<Option<u64>, ReplayError> {
-        loop {
-            let step = pacer.offset_now().saturating_add(HEARTBEAT_AFTER_NS);
-            if offset_ns <= step {
-                return Ok(pacer.wait_until_offset(offset_ns));
-            }
-            if pacer.wait_until_offset(step).is_none() {
-                return Ok(None);
-            }
-            self.heartbeat(stop)?;
-        }
-    }
-
     fn run_dbn(&mut self, paths: &[PathBuf], run: Run<'_>) -> Result<bool, ReplayError> {
         let Run { pacing, limits, stop, progress } = run;
         let mut merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
@@ -1045,9 +1044,9 @@ impl Publisher {
                     let rec_offset = scale_ns(ts.saturating_sub(base), speed);
                     // The record stays borrowed from `merge`: waiting only
                     // touches the publisher's sockets.
-                    self.wait_recorded(&mut pacer, rec_offset, stop)?
+                    pacer.wait_until_offset(rec_offset, |hb| self.on_wait(hb, stop))?
                 }
-                _ => pacer.wait_turn(msgs, |idle| idle.then(|| self.heartbeat(stop)).transpose())?,
+                _ => pacer.wait_turn(msgs, |hb| self.on_wait(hb, stop))?,
             };
             let Some(intended) = intended else {
                 interrupted = stop.is_stopped();
@@ -1258,6 +1257,10 @@ pub struct Pacer {
 /// Heartbeat when the schedule leaves the publisher idle this long.
 const HEARTBEAT_AFTER_NS: u64 = 1_000_000_000;
 
+/// A paced publisher that waits drains its subscription events at least this often (besides
+/// every 1 Ki messages): what it sends after a subscriber left is counted from within this.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
 impl Pacer {
     pub fn new(pacing: Pacing, duration: Option<Duration>, stop: StopFlag) -> Self {
         // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
@@ -1279,13 +1282,9 @@ impl Pacer {
     }
 
     /// Intended send time (realtime ns) of message `i`, or None when the
-    /// duration is over or a stop was requested. `on_idle(true)` is called
-    /// while waiting more than a second (heartbeats).
-    pub fn wait_turn<E>(
-        &mut self,
-        i: u64,
-        mut on_idle: impl FnMut(bool) -> Result<Option<()>, E>,
-    ) -> Result<Option<u64>, E> {
+    /// duration is over or a stop was requested. `on_idle` as for
+    /// [`wait_until_offset`](Self::wait_until_offset), whenever the schedule makes it wait.
+    pub fn wait_turn<E>(&mut self, i: u64, on_idle: impl FnMut(bool) -> Result<(), E>) -> Result<Option<u64>, E> {
         let offset = match self.pacing {
             // Flat out: the clock is read every 64 messages (a read costs
             // about as much as encoding a frame); the messages in between
@@ -1311,43 +1310,38 @@ impl Pacer {
                 (group as u128 * 1_000_000_000u128 / msgs_per_sec.max(1) as u128).min(u64::MAX as u128) as u64
             }
         };
-        if self.end_offset_ns.is_some_and(|end| offset >= end) {
+        self.wait_until_offset(offset, on_idle)
+    }
+
+    /// Wait until `offset_ns` after the start (recorded timing, and a paced turn): the intended
+    /// send time (realtime ns), or None when the duration is over or a stop was requested.
+    /// Before each nap `on_idle` is called, with `true` once the publisher has sent nothing
+    /// for a second (time for a heartbeat), else `false`.
+    pub fn wait_until_offset<E>(
+        &mut self,
+        offset_ns: u64,
+        mut on_idle: impl FnMut(bool) -> Result<(), E>,
+    ) -> Result<Option<u64>, E> {
+        if self.end_offset_ns.is_some_and(|end| offset_ns >= end) {
             return Ok(None);
         }
         loop {
             let now = self.offset_now();
-            if now >= offset {
+            if now >= offset_ns {
                 break;
             }
             if self.stop.is_stopped() {
                 return Ok(None);
             }
-            if now.saturating_sub(self.last_send_offset_ns) > HEARTBEAT_AFTER_NS {
-                on_idle(true)?;
+            let heartbeat_due = now.saturating_sub(self.last_send_offset_ns) > HEARTBEAT_AFTER_NS;
+            on_idle(heartbeat_due)?;
+            if heartbeat_due {
                 self.last_send_offset_ns = now;
             }
-            Self::nap(offset - now);
+            Self::nap(offset_ns - self.offset_now().min(offset_ns));
         }
-        self.last_send_offset_ns = offset;
-        Ok(Some(self.start_rt_ns.saturating_add(offset)))
-    }
-
-    /// For recorded timing: wait until `offset_ns` after the start. None when
-    /// the duration is over or a stop was requested.
-    pub fn wait_until_offset(&mut self, offset_ns: u64) -> Option<u64> {
-        if self.end_offset_ns.is_some_and(|end| offset_ns >= end) {
-            return None;
-        }
-        loop {
-            let now = self.offset_now();
-            if now >= offset_ns {
-                return Some(self.start_rt_ns.saturating_add(offset_ns));
-            }
-            if self.stop.is_stopped() {
-                return None;
-            }
-            Self::nap(offset_ns - now);
-        }
+        self.last_send_offset_ns = offset_ns;
+        Ok(Some(self.start_rt_ns.saturating_add(offset_ns)))
     }
 
     /// Stall for `d` (snails on purpose): send nothing, not even heartbeats,
@@ -1388,7 +1382,7 @@ mod tests {
     /// messages after a pause carried the time from before it, a false lag of the pause's length.
     #[test]
     fn a_flat_out_stall_restamps_the_next_message() {
-        let noop = |_: bool| -> Result<Option<()>, ()> { Ok(Some(())) };
+        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
         let mut p = Pacer::new(Pacing::FlatOut, None, StopFlag::new());
         let first = p.wait_turn(0, noop).expect("ok").expect("a time");
         assert_eq!(p.wait_turn(1, noop).expect("ok"), Some(first), "between readings: the last one");
