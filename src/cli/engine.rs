@@ -242,7 +242,10 @@ pub struct EngineArgs {
     #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
     pub workers: Option<usize>,
     /// Worker handler: latency, book (order books from DBN records), last (last
-    /// value per topic), verify (per-topic order check) or work:NANOS.
+    /// value per topic), verify (per-topic order check) or work:NANOS. Each
+    /// worker's last and verify keep at most 2 Mi topics (last: 512 MiB), book
+    /// 256 Ki instruments and 4 Mi resting orders; more is refused, counted
+    /// (`refused_*` in the report's handler line) and said on stderr.
     #[arg(long)]
     pub handler: Option<HandlerSpec>,
     /// Hand-off from readers to workers: batch (one message per worker per

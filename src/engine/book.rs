@@ -7,10 +7,17 @@
 //! leave the book as it is. Price levels are kept in one sorted `Vec` per
 //! side with the best level last, so the busy top of the book is the cheap
 //! end to change, and nothing allocates once the vectors and the order map
-//! have grown to the instrument's working size. Anomalies (cancel of an
+//! have grown to the instrument's working size (a book starts empty, so an
+//! instrument without orders costs no order map). Anomalies (cancel of an
 //! unknown order, a cancel larger than the order, a duplicate add, a crossed
 //! book after the last record of an event, a bad side or action) are counted,
 //! never panicked on.
+//!
+//! Books share an [`OrderBudget`]: the most resting orders they hold between
+//! them. An add (or a modify of an unknown order) past it is refused and
+//! counted, so a publisher that sends adds and never cancels cannot grow them
+//! without end; price levels need no bound of their own, since every level
+//! holds at least one resting order.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -36,7 +43,7 @@ pub struct SideBook {
 
 impl SideBook {
     fn new(ask: bool) -> Self {
-        SideBook { levels: Vec::with_capacity(64), ask }
+        SideBook { levels: Vec::new(), ask }
     }
 
     #[inline]
@@ -155,6 +162,43 @@ fn is_ask(side: u8) -> Option<bool> {
     }
 }
 
+/// The most resting orders a set of books holds between them (the `book`
+/// handler's books share one), and the orders refused past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderBudget {
+    held: usize,
+    max: usize,
+    refused: u64,
+}
+
+impl OrderBudget {
+    /// A budget of `max_orders` resting orders.
+    pub fn new(max_orders: usize) -> Self {
+        OrderBudget { held: 0, max: max_orders, refused: 0 }
+    }
+
+    /// Resting orders held by the books of this budget.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Orders refused because the budget was spent.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Room for one more order: taken (true), or the refusal counted (false).
+    #[inline]
+    fn take(&mut self) -> bool {
+        if self.held >= self.max {
+            self.refused += 1;
+            return false;
+        }
+        self.held += 1;
+        true
+    }
+}
+
 /// An instrument's book from MBO events.
 pub struct OrderBook {
     orders: HashMap<u64, Order, BuildHasherDefault<WordHasher>>,
@@ -164,11 +208,7 @@ pub struct OrderBook {
 
 impl Default for OrderBook {
     fn default() -> Self {
-        OrderBook {
-            orders: HashMap::with_capacity_and_hasher(256, Default::default()),
-            bids: SideBook::new(false),
-            asks: SideBook::new(true),
-        }
+        OrderBook { orders: HashMap::default(), bids: SideBook::new(false), asks: SideBook::new(true) }
     }
 }
 
@@ -186,19 +226,26 @@ impl OrderBook {
         self.orders.len()
     }
 
-    /// Apply one event; anomalies are counted in `a`.
-    pub fn apply(&mut self, e: &MboEvent, a: &mut Anomalies) {
+    /// Apply one event; anomalies are counted in `a`, the orders it adds
+    /// taken from `budget`. False: it would add an order past the budget, and
+    /// was refused (counted in `budget`, the book unchanged).
+    pub fn apply(&mut self, e: &MboEvent, a: &mut Anomalies, budget: &mut OrderBudget) -> bool {
         match e.action {
             b'A' => {
                 let Some(ask) = is_ask(e.side) else {
                     a.bad_side += 1;
-                    return;
+                    return true;
                 };
-                if let Some(old) = self.orders.remove(&e.order_id) {
-                    a.duplicate_add += 1;
-                    if !self.side(old.ask).reduce(old.price, old.size as u64, true) {
-                        a.missing_level += 1;
+                match self.orders.remove(&e.order_id) {
+                    // A duplicate replaces its order: no more are held.
+                    Some(old) => {
+                        a.duplicate_add += 1;
+                        if !self.side(old.ask).reduce(old.price, old.size as u64, true) {
+                            a.missing_level += 1;
+                        }
                     }
+                    None if !budget.take() => return false,
+                    None => {}
                 }
                 self.orders.insert(e.order_id, Order { price: e.price, size: e.size, ask });
                 self.side(ask).add(e.price, e.size as u64);
@@ -206,7 +253,7 @@ impl OrderBook {
             b'C' => {
                 let Some(o) = self.orders.get_mut(&e.order_id) else {
                     a.unknown_order += 1;
-                    return;
+                    return true;
                 };
                 if e.size > o.size {
                     a.over_cancel += 1;
@@ -216,6 +263,7 @@ impl OrderBook {
                 let (price, ask, whole) = (o.price, o.ask, o.size == 0);
                 if whole {
                     self.orders.remove(&e.order_id);
+                    budget.held = budget.held.saturating_sub(1);
                 }
                 if !self.side(ask).reduce(price, take as u64, whole) {
                     a.missing_level += 1;
@@ -224,11 +272,14 @@ impl OrderBook {
             b'M' => {
                 let Some(ask) = is_ask(e.side) else {
                     a.bad_side += 1;
-                    return;
+                    return true;
                 };
                 match self.orders.get_mut(&e.order_id) {
                     None => {
                         a.modify_unknown += 1;
+                        if !budget.take() {
+                            return false;
+                        }
                         self.orders.insert(e.order_id, Order { price: e.price, size: e.size, ask });
                         self.side(ask).add(e.price, e.size as u64);
                     }
@@ -252,6 +303,7 @@ impl OrderBook {
                 }
             }
             b'R' => {
+                budget.held = budget.held.saturating_sub(self.orders.len());
                 self.orders.clear();
                 self.bids.levels.clear();
                 self.asks.levels.clear();
@@ -259,7 +311,7 @@ impl OrderBook {
             b'T' | b'F' | b'N' => {}
             _ => {
                 a.bad_action += 1;
-                return;
+                return true;
             }
         }
         if e.flags & F_LAST != 0 {
@@ -269,6 +321,7 @@ impl OrderBook {
                 }
             }
         }
+        true
     }
 }
 
@@ -280,10 +333,16 @@ mod tests {
         MboEvent { order_id, price, size, action, side, flags: F_LAST }
     }
 
+    /// A budget no test here reaches.
+    fn ample() -> OrderBudget {
+        OrderBudget::new(1 << 20)
+    }
+
     #[test]
     fn adds_cancels_modifies_and_clears() {
         let mut b = OrderBook::default();
         let mut a = Anomalies::default();
+        let mut budget = ample();
         for e in [
             ev(b'A', b'B', 1, 100, 5),
             ev(b'A', b'B', 2, 101, 3),
@@ -291,23 +350,23 @@ mod tests {
             ev(b'A', b'A', 4, 103, 7),
             ev(b'A', b'A', 5, 102, 1),
         ] {
-            b.apply(&e, &mut a);
+            b.apply(&e, &mut a, &mut budget);
         }
         assert_eq!(b.bids.best(), Some(&Level { price: 101, size: 5, orders: 2 }));
         assert_eq!(b.asks.best(), Some(&Level { price: 102, size: 1, orders: 1 }));
-        b.apply(&ev(b'C', b'B', 2, 101, 1), &mut a); // partial
+        b.apply(&ev(b'C', b'B', 2, 101, 1), &mut a, &mut budget); // partial
         assert_eq!(b.bids.best(), Some(&Level { price: 101, size: 4, orders: 2 }));
-        b.apply(&ev(b'C', b'A', 5, 102, 1), &mut a); // whole: level goes
+        b.apply(&ev(b'C', b'A', 5, 102, 1), &mut a, &mut budget); // whole: level goes
         assert_eq!(b.asks.best().map(|l| l.price), Some(103));
-        b.apply(&ev(b'M', b'B', 1, 99, 6), &mut a); // price change
+        b.apply(&ev(b'M', b'B', 1, 99, 6), &mut a, &mut budget); // price change
         assert_eq!(b.bids.levels().map(|l| (l.price, l.size)).collect::<Vec<_>>(), vec![(101, 4), (99, 6)]);
-        b.apply(&ev(b'M', b'B', 3, 101, 9), &mut a); // size change in place
+        b.apply(&ev(b'M', b'B', 3, 101, 9), &mut a, &mut budget); // size change in place
         assert_eq!(b.bids.best().map(|l| l.size), Some(11));
-        b.apply(&ev(b'T', b'N', 0, 101, 1), &mut a);
-        b.apply(&ev(b'F', b'B', 3, 101, 1), &mut a);
+        b.apply(&ev(b'T', b'N', 0, 101, 1), &mut a, &mut budget);
+        b.apply(&ev(b'F', b'B', 3, 101, 1), &mut a, &mut budget);
         assert_eq!(b.bids.best().map(|l| l.size), Some(11), "trades and fills leave the book");
         assert_eq!(a, Anomalies::default());
-        b.apply(&ev(b'R', b'N', 0, 0, 0), &mut a);
+        b.apply(&ev(b'R', b'N', 0, 0, 0), &mut a, &mut budget);
         assert!(b.bids.is_empty() && b.asks.is_empty() && b.orders() == 0);
     }
 
@@ -315,15 +374,16 @@ mod tests {
     fn anomalies_are_counted_not_panicked() {
         let mut b = OrderBook::default();
         let mut a = Anomalies::default();
-        b.apply(&ev(b'C', b'B', 9, 100, 1), &mut a);
-        b.apply(&ev(b'A', b'B', 1, 100, 1), &mut a);
-        b.apply(&ev(b'A', b'B', 1, 100, 1), &mut a);
-        b.apply(&ev(b'C', b'B', 1, 100, 5), &mut a);
-        b.apply(&ev(b'A', b'X', 2, 100, 1), &mut a);
-        b.apply(&ev(b'Z', b'B', 2, 100, 1), &mut a);
-        b.apply(&ev(b'A', b'B', 3, 105, 1), &mut a);
-        b.apply(&ev(b'A', b'A', 4, 104, 1), &mut a);
-        b.apply(&ev(b'M', b'A', 5, 110, 1), &mut a);
+        let mut budget = ample();
+        b.apply(&ev(b'C', b'B', 9, 100, 1), &mut a, &mut budget);
+        b.apply(&ev(b'A', b'B', 1, 100, 1), &mut a, &mut budget);
+        b.apply(&ev(b'A', b'B', 1, 100, 1), &mut a, &mut budget);
+        b.apply(&ev(b'C', b'B', 1, 100, 5), &mut a, &mut budget);
+        b.apply(&ev(b'A', b'X', 2, 100, 1), &mut a, &mut budget);
+        b.apply(&ev(b'Z', b'B', 2, 100, 1), &mut a, &mut budget);
+        b.apply(&ev(b'A', b'B', 3, 105, 1), &mut a, &mut budget);
+        b.apply(&ev(b'A', b'A', 4, 104, 1), &mut a, &mut budget);
+        b.apply(&ev(b'M', b'A', 5, 110, 1), &mut a, &mut budget);
         assert_eq!(
             a,
             Anomalies {
@@ -338,5 +398,38 @@ mod tests {
             }
         );
         assert_eq!(b.bids.len(), 1, "the duplicate replaced the first add, the over-cancel took it");
+        assert_eq!((budget.held(), budget.refused()), (b.orders(), 0));
+    }
+
+    /// Two books sharing a budget of three orders: adds (and a modify of an unknown order) past
+    /// it are refused and counted, the book left as it was; the orders held still change, a
+    /// duplicate add replaces its order within the budget, and cancels and a clear give room back.
+    #[test]
+    fn orders_past_the_budget_are_refused_and_those_held_still_change() {
+        let (mut x, mut y) = (OrderBook::default(), OrderBook::default());
+        let mut a = Anomalies::default();
+        let mut budget = OrderBudget::new(3);
+        assert!(x.apply(&ev(b'A', b'B', 1, 100, 5), &mut a, &mut budget));
+        assert!(x.apply(&ev(b'A', b'A', 2, 102, 5), &mut a, &mut budget));
+        assert!(y.apply(&ev(b'A', b'B', 7, 50, 1), &mut a, &mut budget));
+        assert!(!x.apply(&ev(b'A', b'B', 3, 101, 9), &mut a, &mut budget), "a fourth order");
+        assert!(!y.apply(&ev(b'M', b'A', 8, 51, 1), &mut a, &mut budget), "a modify that would add one");
+        assert_eq!((budget.held(), budget.refused(), x.orders(), y.orders()), (3, 2, 2, 1));
+        assert_eq!(x.bids.best(), Some(&Level { price: 100, size: 5, orders: 1 }), "the refused add left no level");
+        assert_eq!((y.asks.len(), a.modify_unknown), (0, 1));
+        // The orders held still change, and a duplicate add replaces one within the budget.
+        assert!(x.apply(&ev(b'M', b'B', 1, 99, 4), &mut a, &mut budget));
+        assert!(x.apply(&ev(b'C', b'A', 2, 102, 2), &mut a, &mut budget));
+        assert!(y.apply(&ev(b'A', b'B', 7, 49, 2), &mut a, &mut budget));
+        assert_eq!(x.bids.best(), Some(&Level { price: 99, size: 4, orders: 1 }));
+        assert_eq!(x.asks.best(), Some(&Level { price: 102, size: 3, orders: 1 }));
+        assert_eq!((y.bids.best().map(|l| l.price), a.duplicate_add, budget.refused()), (Some(49), 1, 2));
+        // A whole cancel and a clear give their room back.
+        assert!(x.apply(&ev(b'C', b'A', 2, 102, 3), &mut a, &mut budget));
+        assert!(x.apply(&ev(b'A', b'B', 3, 101, 9), &mut a, &mut budget), "room again");
+        assert!(!x.apply(&ev(b'A', b'B', 4, 101, 1), &mut a, &mut budget));
+        assert!(y.apply(&ev(b'R', b'N', 0, 0, 0), &mut a, &mut budget));
+        assert!(x.apply(&ev(b'A', b'B', 4, 101, 1), &mut a, &mut budget));
+        assert_eq!((budget.held(), budget.refused(), x.orders() + y.orders()), (3, 3, 3));
     }
 }

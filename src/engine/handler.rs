@@ -1,14 +1,25 @@
 //! What a worker does with each message: the [`Handler`] trait and the
 //! built-in handlers (latency only, synthetic work, order books from DBN
 //! records, last value per topic, order check).
+//!
+//! The handlers that keep state per key are bounded ([`HandlerLimits`]), so no
+//! publisher can grow a worker's memory without end: a new topic, instrument or
+//! order past a bound is refused, counted under its reason in the handler's
+//! counters (`refused_REASON`, in the run report) and said on stderr at a
+//! bounded rate ([`Handler::refusal_lines`], a [`crate::diag::Refusals`]). The
+//! check is a length compare where a new key is inserted, never on the path of
+//! a key already held.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::hash::BuildHasherDefault;
 
 use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
 
-use super::book::{Anomalies, MboEvent, OrderBook};
+use super::book::{Anomalies, MboEvent, OrderBook, OrderBudget};
 use super::sequence::WordHasher;
+use crate::diag::{quoted, Refusals, SUMMARY_INTERVAL_NS};
 use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::wire::FrameView;
 
@@ -33,6 +44,97 @@ pub trait Handler: Send {
     /// saves a clock read per message (the baseline does the same inline).
     fn takes_time(&self) -> bool {
         true
+    }
+
+    /// The lines due at `now_ns` about what the handler refused (a new key past
+    /// one of its [`HandlerLimits`]): the first of each reason, then a summary
+    /// per [`SUMMARY_INTERVAL_NS`]; at the `end`, whatever went unsaid. The
+    /// worker asks once per round (never per message) and says them; what is
+    /// refused until the next call is counted at `now_ns`.
+    fn refusal_lines(&mut self, _now_ns: u64, _end: bool) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// How much the handlers that keep state per key may keep, per handler (per
+/// worker, or per shard's reader inline). The defaults are sized for whole
+/// real feeds. What each costs was measured as resident memory with the
+/// binary's allocator (mimalloc), the maps filled to just under half (the worst
+/// case: hashbrown fills a table to 7/8, then doubles it, and the allocator
+/// keeps the tables outgrown for a while); it is stated with each field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandlerLimits {
+    /// Most topics the `last` and `verify` handlers keep: 2 Mi. The largest
+    /// topic universe of a real feed, the US options market's (OPRA lists about
+    /// 1.5 million series), fits on one worker. `verify` keeps a topic in about
+    /// 150 B (a topic of up to 24 bytes; 330 B one of 255), so at most about
+    /// 660 MiB.
+    pub max_topics: usize,
+    /// Most bytes of topics and values the `last` handler keeps (its values
+    /// counted by capacity): 512 MiB. 2 Mi topics of MBP-1 records (80 B) with
+    /// 21-byte option symbols take 200 MiB; MBP-10 records (368 B) fit for 1.3 Mi
+    /// topics. Its table and the allocator's rounding add up to 140 B a topic,
+    /// so `last` holds at most about 800 MiB.
+    pub max_value_bytes: usize,
+    /// Most instruments the `book` handler keeps: 256 Ki. A US equity venue's
+    /// MBO feed (Nasdaq TotalView) carries about 12 thousand symbols, so this
+    /// holds twenty such feeds on one worker. An instrument costs 350 B with a
+    /// top of book only, 560 B with a book and its first order (a book starts
+    /// empty), 770 B so with a 255-byte topic, so at most about 190 MiB before
+    /// its orders.
+    pub max_instruments: usize,
+    /// Most resting orders across the `book` handler's books: 4 Mi. A busy
+    /// instrument (a big US equity, an index future) rests thousands to tens of
+    /// thousands of orders, so this holds hundreds of the busiest books in full.
+    /// An order costs 85 to 150 B (its map entry, at most one price level, and
+    /// the tables and vectors outgrown), so at most about 600 MiB.
+    pub max_orders: usize,
+}
+
+impl Default for HandlerLimits {
+    fn default() -> Self {
+        HandlerLimits {
+            max_topics: 2 << 20,
+            max_value_bytes: 512 << 20,
+            max_instruments: 256 << 10,
+            max_orders: 4 << 20,
+        }
+    }
+}
+
+/// What a handler refused, by reason: a [`Refusals`] fed at the time of the
+/// worker's last round, and the lines it returned, due to be said.
+struct Refused {
+    log: Refusals,
+    now_ns: u64,
+    lines: Vec<String>,
+}
+
+impl Refused {
+    /// Refusals of the handler `name` (lines start `handler NAME: refused`).
+    fn new(name: &str) -> Self {
+        Refused { log: Refusals::new(format!("handler {name}"), SUMMARY_INTERVAL_NS), now_ns: 0, lines: Vec::new() }
+    }
+
+    /// Count one refusal; `detail` is formatted only for the first of a reason.
+    #[cold]
+    fn refuse(&mut self, reason: &'static str, detail: &dyn Display) {
+        if let Some(l) = self.log.refuse(reason, detail, self.now_ns) {
+            self.lines.push(l);
+        }
+    }
+
+    /// The refusals counted so far under `reason`.
+    fn count(&self, reason: &str) -> u64 {
+        self.log.count(reason)
+    }
+
+    /// [`Handler::refusal_lines`].
+    fn lines(&mut self, now_ns: u64, end: bool) -> Vec<String> {
+        self.now_ns = now_ns;
+        let due = if end { self.log.flush() } else { self.log.due(now_ns) };
+        self.lines.extend(due);
+        std::mem::take(&mut self.lines)
     }
 }
 
@@ -101,9 +203,9 @@ impl HandlerSpec {
         match *self {
             HandlerSpec::Latency => Box::new(LatencyOnly),
             HandlerSpec::Work { ns } => Box::new(SyntheticWork { ns }),
-            HandlerSpec::Book => Box::new(BookHandler::default()),
-            HandlerSpec::Last => Box::new(LastValueBook::default()),
-            HandlerSpec::Verify => Box::new(VerifyOrder::default()),
+            HandlerSpec::Book => Box::new(BookHandler::new(HandlerLimits::default())),
+            HandlerSpec::Last => Box::new(LastValueBook::new(HandlerLimits::default())),
+            HandlerSpec::Verify => Box::new(VerifyOrder::new(HandlerLimits::default())),
         }
     }
 }
@@ -140,12 +242,23 @@ impl Handler for SyntheticWork {
 }
 
 /// The last payload of every topic; replacing a value reuses its buffer.
-#[derive(Default)]
+/// Bounded by [`HandlerLimits::max_topics`] and [`HandlerLimits::max_value_bytes`]
+/// as the LVC's cache is: a new topic that does not fit is not kept
+/// (`last_full`); a topic whose new value would take the book over its bytes
+/// loses its old value (`last_too_big`), so that no stale value is kept.
 pub struct LastValueBook {
     book: HashMap<Box<[u8]>, Vec<u8>, BuildHasherDefault<WordHasher>>,
+    /// Bytes of the topics and of the values' buffers (by capacity).
+    bytes: usize,
+    limits: HandlerLimits,
+    refused: Refused,
 }
 
 impl LastValueBook {
+    /// A book within `limits` (`max_topics`, `max_value_bytes`).
+    pub fn new(limits: HandlerLimits) -> Self {
+        LastValueBook { book: HashMap::default(), bytes: 0, limits, refused: Refused::new("last") }
+    }
     pub fn get(&self, topic: &[u8]) -> Option<&[u8]> {
         self.book.get(topic).map(Vec::as_slice)
     }
@@ -155,20 +268,86 @@ impl LastValueBook {
     pub fn is_empty(&self) -> bool {
         self.book.is_empty()
     }
+    /// Bytes held: topics and values' buffers (by capacity).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// A known topic's value is longer than its buffer: grow it to the exact size if the
+    /// book's bytes allow, else drop the topic's value.
+    #[cold]
+    fn grow(&mut self, topic: &[u8], payload: &[u8]) {
+        let Some(v) = self.book.get_mut(topic) else { return };
+        let held = self.bytes - v.capacity();
+        if held + payload.len() > self.limits.max_value_bytes {
+            self.book.remove(topic);
+            self.bytes = held - topic.len();
+            let (len, max) = (payload.len(), self.limits.max_value_bytes);
+            let topic = String::from_utf8_lossy(topic);
+            self.refused.refuse(
+                "last_too_big",
+                &format_args!(
+                    "topic `{}`: a value of {len} B would take the book over its {max} B; its old value is \
+                     dropped, not kept stale",
+                    quoted(&topic)
+                ),
+            );
+            return;
+        }
+        v.clear();
+        v.reserve_exact(payload.len());
+        v.extend_from_slice(payload);
+        self.bytes = held + v.capacity();
+    }
+
+    /// A topic not held yet: kept if the book has room.
+    #[cold]
+    fn insert(&mut self, topic: &[u8], payload: &[u8]) {
+        let need = topic.len() + payload.len();
+        if self.book.len() >= self.limits.max_topics || self.bytes + need > self.limits.max_value_bytes {
+            let (topics, bytes) = (self.book.len(), self.bytes);
+            let HandlerLimits { max_topics, max_value_bytes, .. } = self.limits;
+            let topic = String::from_utf8_lossy(topic);
+            self.refused.refuse(
+                "last_full",
+                &format_args!(
+                    "topic `{}` ({need} B): the book holds {topics} topics in {bytes} B, at most {max_topics} in \
+                     {max_value_bytes} B; a new topic is not kept",
+                    quoted(&topic)
+                ),
+            );
+            return;
+        }
+        let value = payload.to_vec();
+        self.bytes += topic.len() + value.capacity();
+        self.book.insert(topic.into(), value);
+    }
 }
 
 impl Handler for LastValueBook {
     #[inline]
     fn on_message(&mut self, msg: &FrameView<'_>) {
         match self.book.get_mut(msg.topic) {
-            Some(v) => {
+            Some(v) if msg.payload.len() <= v.capacity() => {
                 v.clear();
                 v.extend_from_slice(msg.payload);
             }
-            None => {
-                self.book.insert(msg.topic.into(), msg.payload.to_vec());
-            }
+            Some(_) => self.grow(msg.topic, msg.payload),
+            None => self.insert(msg.topic, msg.payload),
         }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("topics", self.book.len() as u64),
+            ("bytes", self.bytes as u64),
+            ("refused_last_full", self.refused.count("last_full")),
+            ("refused_last_too_big", self.refused.count("last_too_big")),
+        ]
+    }
+
+    fn refusal_lines(&mut self, now_ns: u64, end: bool) -> Vec<String> {
+        self.refused.lines(now_ns, end)
     }
 }
 
@@ -208,9 +387,14 @@ pub const SUMMARY_INSTRUMENTS: usize = 10;
 /// cancel, modify, clear, trade, fill), top of book from MBP-1/MBP-10 and
 /// trades. A known instrument costs no allocation per message (its books
 /// keep their capacity); payloads that are not DBN records, or of other
-/// types, are counted.
+/// types, are counted. Holds at most [`HandlerLimits::max_instruments`]
+/// instruments (a record of another is not applied: `instruments_full`) and
+/// [`HandlerLimits::max_orders`] resting orders across its books (an order
+/// past them is not added: `orders_full`).
 pub struct BookHandler {
     instruments: HashMap<u32, Instrument, BuildHasherDefault<WordHasher>>,
+    max_instruments: usize,
+    budget: OrderBudget,
     rec: Box<AlignedRecord>,
     events: [u64; ACTIONS.len()],
     mbp1: u64,
@@ -219,21 +403,12 @@ pub struct BookHandler {
     other_records: u64,
     not_dbn: u64,
     anomalies: Anomalies,
+    refused: Refused,
 }
 
 impl Default for BookHandler {
     fn default() -> Self {
-        BookHandler {
-            instruments: HashMap::with_capacity_and_hasher(1024, Default::default()),
-            rec: Box::default(),
-            events: [0; ACTIONS.len()],
-            mbp1: 0,
-            mbp10: 0,
-            trades: 0,
-            other_records: 0,
-            not_dbn: 0,
-            anomalies: Anomalies::default(),
-        }
+        Self::new(HandlerLimits::default())
     }
 }
 
@@ -255,6 +430,49 @@ fn fmt_level(out: &mut String, l: Option<(i64, u64)>) {
 }
 
 impl BookHandler {
+    /// Books within `limits` (`max_instruments`, `max_orders`).
+    pub fn new(limits: HandlerLimits) -> Self {
+        BookHandler {
+            instruments: HashMap::with_capacity_and_hasher(1024, Default::default()),
+            max_instruments: limits.max_instruments,
+            budget: OrderBudget::new(limits.max_orders),
+            rec: Box::default(),
+            events: [0; ACTIONS.len()],
+            mbp1: 0,
+            mbp10: 0,
+            trades: 0,
+            other_records: 0,
+            not_dbn: 0,
+            anomalies: Anomalies::default(),
+            refused: Refused::new("book"),
+        }
+    }
+
+    /// A record of instrument `id` (on `topic`) that is not held, when the most are.
+    #[cold]
+    fn instruments_full(&mut self, id: u32, topic: &[u8]) {
+        let (held, topic) = (self.instruments.len(), String::from_utf8_lossy(topic));
+        self.refused.refuse(
+            "instruments_full",
+            &format_args!(
+                "instrument {id} (topic `{}`): the books hold their most instruments ({held}); its records are not applied",
+                quoted(&topic)
+            ),
+        );
+    }
+
+    /// An order of instrument `id` that the order budget has no room for.
+    #[cold]
+    fn orders_full(&mut self, id: u32, order_id: u64) {
+        let held = self.budget.held();
+        self.refused.refuse(
+            "orders_full",
+            &format_args!(
+                "order {order_id} of instrument {id}: the books hold their most resting orders ({held}); it is not added"
+            ),
+        );
+    }
+
     /// Best bid and ask (price, size) of an instrument: from its MBO book
     /// when it has one, else from the last MBP record.
     pub fn bbo(&self, instrument_id: u32) -> Option<(Option<PxSize>, Option<PxSize>)> {
@@ -277,14 +495,21 @@ impl BookHandler {
     }
 }
 
-/// The instrument's state, made on first sight (the only allocation for it).
+/// The instrument's state, made on first sight (the only allocation for it);
+/// None for a new one when `max` are held.
 #[inline]
 fn instrument<'a>(
     map: &'a mut HashMap<u32, Instrument, BuildHasherDefault<WordHasher>>,
     id: u32,
     topic: &[u8],
-) -> &'a mut Instrument {
-    map.entry(id).or_insert_with(|| Instrument { topic: topic.into(), ..Default::default() })
+    max: usize,
+) -> Option<&'a mut Instrument> {
+    let held = map.len();
+    match map.entry(id) {
+        Entry::Occupied(i) => Some(i.into_mut()),
+        Entry::Vacant(_) if held >= max => None,
+        Entry::Vacant(v) => Some(v.insert(Instrument { topic: topic.into(), ..Default::default() })),
+    }
 }
 
 /// What one record means to the books.
@@ -341,20 +566,27 @@ impl Handler for BookHandler {
             self.other_records += 1;
             return;
         };
+        if let Parsed::Mbo(e) = &parsed {
+            if let Some(k) = ACTIONS.iter().position(|(a, _)| *a == e.action) {
+                self.events[k] += 1;
+            }
+        }
+        let Some(inst) = instrument(&mut self.instruments, id, msg.topic, self.max_instruments) else {
+            self.instruments_full(id, msg.topic);
+            return;
+        };
         match parsed {
             Parsed::Mbo(e) => {
-                if let Some(k) = ACTIONS.iter().position(|(a, _)| *a == e.action) {
-                    self.events[k] += 1;
-                }
-                let anomalies = &mut self.anomalies;
-                let inst = instrument(&mut self.instruments, id, msg.topic);
                 if matches!(e.action, b'T' | b'F') {
                     inst.tob.last_trade = Some((e.price, e.size));
                 }
-                inst.book.get_or_insert_with(Box::default).apply(&e, anomalies);
+                let book = inst.book.get_or_insert_with(Box::default);
+                if !book.apply(&e, &mut self.anomalies, &mut self.budget) {
+                    self.orders_full(id, e.order_id);
+                }
             }
             Parsed::Top { bid, ask, depth, trade } => {
-                let tob = &mut instrument(&mut self.instruments, id, msg.topic).tob;
+                let tob = &mut inst.tob;
                 tob.bid = bid;
                 tob.ask = ask;
                 if let Some(d) = depth {
@@ -364,7 +596,7 @@ impl Handler for BookHandler {
                     tob.last_trade = trade;
                 }
             }
-            Parsed::Trade(p, s) => instrument(&mut self.instruments, id, msg.topic).tob.last_trade = Some((p, s)),
+            Parsed::Trade(p, s) => inst.tob.last_trade = Some((p, s)),
         }
     }
 
@@ -389,7 +621,13 @@ impl Handler for BookHandler {
         ];
         c.extend(self.anomalies.named());
         c.extend(ACTIONS.iter().zip(self.events).map(|((_, name), n)| (*name, n)));
+        c.push(("refused_instruments_full", self.refused.count("instruments_full")));
+        c.push(("refused_orders_full", self.refused.count("orders_full")));
         c
+    }
+
+    fn refusal_lines(&mut self, now_ns: u64, end: bool) -> Vec<String> {
+        self.refused.lines(now_ns, end)
     }
 
     /// One line per instrument (the first [`SUMMARY_INSTRUMENTS`] by id):
@@ -429,12 +667,42 @@ impl Handler for BookHandler {
 }
 
 /// Per-topic order check: each topic's `topic_seq` must follow the last by one.
-#[derive(Default)]
+/// Holds at most [`HandlerLimits::max_topics`] topics: a message of a topic it
+/// has no room for is not checked (`verify_full`).
 pub struct VerifyOrder {
     last: HashMap<Box<[u8]>, (u64, u64), BuildHasherDefault<WordHasher>>,
+    max_topics: usize,
     verified: u64,
     out_of_order: u64,
     skipped: u64,
+    refused: Refused,
+}
+
+impl VerifyOrder {
+    /// A check of at most `limits.max_topics` topics.
+    pub fn new(limits: HandlerLimits) -> Self {
+        VerifyOrder {
+            last: HashMap::default(),
+            max_topics: limits.max_topics,
+            verified: 0,
+            out_of_order: 0,
+            skipped: 0,
+            refused: Refused::new("verify"),
+        }
+    }
+
+    /// A message of a topic not held, when the check holds its most topics.
+    #[cold]
+    fn full(&mut self, topic: &[u8]) {
+        let (held, topic) = (self.last.len(), String::from_utf8_lossy(topic));
+        self.refused.refuse(
+            "verify_full",
+            &format_args!(
+                "topic `{}`: the check holds its most topics ({held}); messages of this one are not checked",
+                quoted(&topic)
+            ),
+        );
+    }
 }
 
 impl Handler for VerifyOrder {
@@ -457,6 +725,9 @@ impl Handler for VerifyOrder {
                 self.verified += 1;
             }
             None => {
+                if self.last.len() >= self.max_topics {
+                    return self.full(msg.topic);
+                }
                 self.last.insert(msg.topic.into(), (session, seq));
                 if seq == 1 {
                     self.verified += 1;
@@ -468,7 +739,17 @@ impl Handler for VerifyOrder {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![("verified", self.verified), ("out_of_order", self.out_of_order), ("skipped", self.skipped)]
+        vec![
+            ("verified", self.verified),
+            ("out_of_order", self.out_of_order),
+            ("skipped", self.skipped),
+            ("topics", self.last.len() as u64),
+            ("refused_verify_full", self.refused.count("verify_full")),
+        ]
+    }
+
+    fn refusal_lines(&mut self, now_ns: u64, end: bool) -> Vec<String> {
+        self.refused.lines(now_ns, end)
     }
 }
 
@@ -495,7 +776,7 @@ mod tests {
 
     #[test]
     fn book_keeps_last_value() {
-        let mut book = LastValueBook::default();
+        let mut book = LastValueBook::new(HandlerLimits::default());
         for (seq, p) in [(1, &b"one"[..]), (2, b"two")] {
             book.on_message(&decode(&frame(b"ESH6", seq, p)).expect("frame"));
         }
@@ -544,11 +825,147 @@ mod tests {
 
     #[test]
     fn verify_counts_order() {
-        let mut v = VerifyOrder::default();
+        let mut v = VerifyOrder::new(HandlerLimits::default());
         for seq in [1, 2, 3, 2, 5] {
             v.on_message(&decode(&frame(b"T", seq, b"")).expect("frame"));
         }
-        assert_eq!(v.counters(), vec![("verified", 3), ("out_of_order", 1), ("skipped", 1)]);
+        assert_eq!(
+            v.counters(),
+            vec![("verified", 3), ("out_of_order", 1), ("skipped", 1), ("topics", 1), ("refused_verify_full", 0)]
+        );
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    /// Limits that are all `n`, with `bytes` for the last-value book.
+    fn limits(n: usize, bytes: usize) -> HandlerLimits {
+        HandlerLimits { max_topics: n, max_value_bytes: bytes, max_instruments: n, max_orders: n }
+    }
+
+    /// Feed `h` a frame of `topic` with sequence `seq` and `payload`.
+    fn feed(h: &mut dyn Handler, topic: &[u8], seq: u64, payload: &[u8]) {
+        h.on_message(&decode(&frame(topic, seq, payload)).expect("frame"));
+    }
+
+    fn counter(h: &dyn Handler, name: &str) -> u64 {
+        h.counters().into_iter().find(|(k, _)| *k == name).map_or(u64::MAX, |(_, v)| v)
+    }
+
+    /// The last-value book keeps at most its topics and bytes: a new topic past either is not
+    /// kept, a known topic still takes a new value that fits (in its buffer, or grown), and one
+    /// whose value would take the book over its bytes loses its old value rather than keep it
+    /// stale. Each refusal is counted by reason; the first of each is said at once, then one
+    /// summary per interval, and at the end what went unsaid.
+    #[test]
+    fn the_last_value_book_keeps_within_its_topics_and_bytes() {
+        let mut b = LastValueBook::new(limits(2, 40));
+        assert!(b.refusal_lines(S, false).is_empty());
+        feed(&mut b, b"ESH6", 1, &[1; 10]);
+        feed(&mut b, b"NQ", 1, &[2; 10]);
+        assert_eq!((b.len(), b.bytes()), (2, 26));
+        feed(&mut b, b"YM", 1, &[3; 4]);
+        assert_eq!((b.len(), b.get(b"YM"), counter(&b, "refused_last_full")), (2, None, 1), "a third topic");
+        let lines = b.refusal_lines(S, false);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("handler last: refused (last_full): topic `YM` (6 B): the book holds 2"),
+            "{lines:?}"
+        );
+        // Known topics take new values: a shorter one in its buffer, a longer one that fits grown.
+        feed(&mut b, b"ESH6", 2, &[4; 4]);
+        assert_eq!((b.get(b"ESH6"), b.bytes()), (Some(&[4u8; 4][..]), 26));
+        feed(&mut b, b"ESH6", 3, &[5; 20]);
+        assert_eq!((b.get(b"ESH6"), b.bytes()), (Some(&[5u8; 20][..]), 36));
+        // One that would take the book over 40 bytes: its old value goes, not kept stale.
+        feed(&mut b, b"NQ", 2, &[6; 30]);
+        assert_eq!((b.get(b"NQ"), b.len(), b.bytes(), counter(&b, "refused_last_too_big")), (None, 1, 24, 1));
+        // Room again: a new topic is kept; then the bytes bound refuses one more.
+        feed(&mut b, b"YM", 2, &[7; 2]);
+        assert_eq!((b.get(b"YM"), b.bytes()), (Some(&[7u8; 2][..]), 28));
+        feed(&mut b, b"YM", 3, &[8; 12]);
+        assert_eq!((b.get(b"YM"), b.bytes()), (Some(&[8u8; 12][..]), 38), "grown to the last byte");
+        feed(&mut b, b"ESH6", 4, &[9; 20]);
+        assert_eq!(b.get(b"ESH6"), Some(&[9u8; 20][..]), "a value that fits its buffer needs no room");
+        let mut c = LastValueBook::new(limits(10, 20));
+        feed(&mut c, b"A", 1, &[0; 15]);
+        feed(&mut c, b"B", 1, &[0; 5]);
+        assert_eq!((c.len(), c.bytes(), counter(&c, "refused_last_full")), (1, 16, 1), "over the bytes");
+        // The lines: the first of the new reason at once, more of a reason in a summary per interval.
+        let lines = b.refusal_lines(2 * S, false);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("handler last: refused (last_too_big): topic `NQ`: a value of 30 B"), "{lines:?}");
+        feed(&mut b, b"CL", 1, &[0; 1]);
+        feed(&mut b, b"GC", 1, &[0; 1]);
+        assert!(b.refusal_lines(3 * S, false).is_empty(), "counted, said in the next summary");
+        assert_eq!(
+            b.refusal_lines(12 * S, false),
+            ["handler last: refused in the last 11s: last_full=2 (totals: last_full=3 last_too_big=1)"]
+        );
+        feed(&mut b, b"SI", 1, &[0; 1]);
+        assert_eq!(
+            b.refusal_lines(13 * S, true),
+            ["handler last: refused since the last line: last_full=1 (totals: last_full=4 last_too_big=1)"]
+        );
+        assert_eq!((counter(&b, "topics"), counter(&b, "bytes")), (2, 38));
+    }
+
+    /// The order check holds at most its topics: messages of another are not checked, counted
+    /// and said; the topics held are checked as before.
+    #[test]
+    fn the_order_check_keeps_within_its_topics() {
+        let mut v = VerifyOrder::new(limits(1, 0));
+        for (topic, seq) in [(&b"A"[..], 1), (b"A", 2), (b"B", 1), (b"B", 2), (b"A", 3), (b"A", 5)] {
+            feed(&mut v, topic, seq, b"");
+        }
+        assert_eq!(
+            v.counters(),
+            vec![("verified", 3), ("out_of_order", 0), ("skipped", 1), ("topics", 1), ("refused_verify_full", 2)]
+        );
+        let lines = v.refusal_lines(S, false);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0]
+                .starts_with("handler verify: refused (verify_full): topic `B`: the check holds its most topics (1)"),
+            "{lines:?}"
+        );
+    }
+
+    /// The book handler holds at most its instruments and, across its books, its orders: a
+    /// record of another instrument is not applied, an order past the budget is not added; the
+    /// books held still change, and a cancel makes room.
+    #[test]
+    fn the_book_handler_keeps_within_its_instruments_and_orders() {
+        let mut h = BookHandler::new(limits(2, 0));
+        let mut top = Mbp1Msg::default();
+        top.hd.instrument_id = 9;
+        for (topic, rec) in [
+            (&b"ESZ3"[..], dbn_bytes(&mbo(7, 1, b'A', b'B', 100, 5))),
+            (b"ESZ3", dbn_bytes(&mbo(7, 2, b'A', b'A', 102, 3))),
+            (b"ESZ3", dbn_bytes(&mbo(7, 3, b'A', b'B', 101, 1))),
+            (b"NQZ3", dbn_bytes(&mbo(8, 4, b'A', b'B', 200, 1))),
+            (b"YMZ3", dbn_bytes(&top)),
+            (b"ESZ3", dbn_bytes(&mbo(7, 1, b'C', b'B', 100, 2))),
+        ] {
+            feed(&mut h, topic, 1, &rec);
+        }
+        let c: HashMap<_, _> = h.counters().into_iter().collect();
+        assert_eq!((c["instruments"], c["orders"], c["mbo_add"]), (2, 2, 4), "{c:?}");
+        assert_eq!((c["refused_orders_full"], c["refused_instruments_full"]), (2, 1), "{c:?}");
+        assert_eq!(h.bbo(7), Some((Some((100, 3)), Some((102, 3)))), "the held orders still change");
+        assert_eq!((h.bbo(8), h.bbo(9)), (Some((None, None)), None), "8's order was past the budget, 9 not held");
+        feed(&mut h, b"ESZ3", 1, &dbn_bytes(&mbo(7, 2, b'C', b'A', 102, 3)));
+        feed(&mut h, b"NQZ3", 1, &dbn_bytes(&mbo(8, 4, b'A', b'B', 200, 1)));
+        assert_eq!(h.bbo(8), Some((Some((200, 1)), None)), "a whole cancel made room");
+        let lines = h.refusal_lines(S, false);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("handler book: refused (orders_full): order 3 of instrument 7: the books hold their most resting orders (2)"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("handler book: refused (instruments_full): instrument 9 (topic `YMZ3`)"),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -541,6 +541,7 @@ impl ReaderAgent {
         let idle_trim = IdleTrim::new(IDLE_BUFFERS_WINDOW_NS, IDLE_BUFFERS_SPARE_PER_WORKER * pushes.len());
         let unsent = (0..pushes.len()).map(|_| None).collect();
         let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription).with_site(&role);
+        let inline = inline.map(|core| core.said_by(&role));
         Ok(ReaderAgent {
             role,
             stop,

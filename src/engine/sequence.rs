@@ -14,8 +14,9 @@
 //!
 //! Nothing a publisher sends can overflow the arithmetic or grow the state
 //! without bound: a jump of more than [`MAX_SEQ_JUMP`] is dropped as
-//! implausible, and publishers and topics beyond [`MAX_PUBLISHERS`] and
-//! [`MAX_TOPICS_PER_SESSION`] are dropped as over the limit, each counted.
+//! implausible, and publishers and topics beyond [`MAX_PUBLISHERS`],
+//! [`MAX_TOPICS_PER_SESSION`] and the tracker's topic budget ([`MAX_TRACKED_TOPICS`] across
+//! all its sessions) are dropped as over the limit, each counted.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -28,6 +29,23 @@ pub const MAX_SEQ_JUMP: u64 = 1 << 32;
 pub const MAX_PUBLISHERS: usize = 1024;
 /// Most topics tracked per publisher session.
 pub const MAX_TOPICS_PER_SESSION: usize = 1 << 20;
+/// Most topics one tracker (one reader) holds across all its sessions: 4 Mi, so that one
+/// publisher id's every kept session ([`MAX_SESSIONS_PER_ID`], a session it replaced keeps its
+/// topics until it ends or makes room) fits at [`MAX_TOPICS_PER_SESSION`] each. Without it the
+/// bound was [`MAX_PUBLISHERS`] × [`MAX_SESSIONS_PER_ID`] × [`MAX_TOPICS_PER_SESSION`], 4 Gi
+/// topics: none at all.
+///
+/// One topic costs its key (in the allocator's size class: 16 B for up to 16 topic bytes, 256 B
+/// for the longest, 255-byte, topic), its bucket (the boxed key, 16 B, and its sequence state,
+/// 16 B) and a control byte, times the table's 8/7 to 16/7 buckets a topic (hashbrown fills a
+/// table to 7/8, then doubles it), and for a while the tables it outgrew, which the allocator
+/// keeps. Measured as resident memory with the binary's allocator (mimalloc) after 1 Mi topics
+/// of one session (its table just under half full, the worst case): 147 B a topic of 9 bytes,
+/// 155 B one of 24, 329 B one of 255. So a tracker holds at most about 1.3 GiB (4 Mi topics of
+/// 255 bytes), about 620 MiB for topics of up to 24 bytes (symbols are shorter). A topic past
+/// the budget is dropped and counted in [`SequenceTotals::over_limit`] (the reader says it as
+/// `over_limit`); a session that ends and is replaced, or makes room, gives its topics back.
+pub const MAX_TRACKED_TOPICS: usize = MAX_SESSIONS_PER_ID * MAX_TOPICS_PER_SESSION;
 
 /// How far back (in topic sequences) a late frame is still told apart from a
 /// duplicate: one bit per sequence in a `u64`.
@@ -269,7 +287,8 @@ pub struct SequenceTotals {
     pub restarts: u64,
     /// Dropped: a sequence jumped further than [`MAX_SEQ_JUMP`].
     pub implausible: u64,
-    /// Dropped: beyond [`MAX_PUBLISHERS`] or [`MAX_TOPICS_PER_SESSION`].
+    /// Dropped: beyond [`MAX_PUBLISHERS`], [`MAX_TOPICS_PER_SESSION`] or the tracker's topic
+    /// budget ([`MAX_TRACKED_TOPICS`]).
     pub over_limit: u64,
     /// Distinct sessions whose end of stream was seen.
     pub eos_sessions: u64,
@@ -320,12 +339,20 @@ pub struct SequenceTracker {
     /// Ids found shared, not yet taken by [`SequenceTracker::take_id_conflict`] (at most
     /// one per publisher id, so bounded by [`MAX_PUBLISHERS`]).
     conflicts: Vec<IdConflict>,
+    /// Topics held across all sessions, and the most it may hold ([`MAX_TRACKED_TOPICS`]).
+    topics: usize,
+    max_topics: usize,
 }
 
 impl SequenceTracker {
     /// `full_subscription`: the subscriber takes every topic of its publishers,
-    /// so stream sequence gaps are real loss.
+    /// so stream sequence gaps are real loss. Holds up to [`MAX_TRACKED_TOPICS`] topics.
     pub fn new(full_subscription: bool) -> Self {
+        Self::with_max_topics(full_subscription, MAX_TRACKED_TOPICS)
+    }
+
+    /// [`SequenceTracker::new`] holding at most `max_topics` topics across all its sessions.
+    pub fn with_max_topics(full_subscription: bool, max_topics: usize) -> Self {
         SequenceTracker {
             sessions: Vec::new(),
             publishers: Vec::new(),
@@ -333,7 +360,14 @@ impl SequenceTracker {
             totals: SequenceTotals::default(),
             tick: 0,
             conflicts: Vec::new(),
+            topics: 0,
+            max_topics,
         }
+    }
+
+    /// Topics held across all sessions (at most the budget [`SequenceTracker::with_max_topics`] set).
+    pub fn topics(&self) -> usize {
+        self.topics
     }
 
     /// The index of `h`'s own session, if known.
@@ -378,7 +412,7 @@ impl SequenceTracker {
             restarted |= s.live_seen;
             if s.eos_seen {
                 // Ended: no frame of it is to come, so its topics are not needed.
-                s.topics = TopicMap::default();
+                self.topics -= std::mem::take(&mut s.topics).len();
             }
         }
         self.totals.restarts += restarted as u64;
@@ -407,7 +441,10 @@ impl SequenceTracker {
                 .filter(|&i| self.sessions[i].publisher_id == h.publisher_id)
                 .min_by_key(|&i| (self.sessions[i].current, self.sessions[i].heard));
             if let Some(i) = oldest {
-                let gone = self.sessions.swap_remove(i).session_id;
+                let gone = self.sessions.swap_remove(i);
+                // Its topics go with it, and back to the budget.
+                self.topics -= gone.topics.len();
+                let gone = gone.session_id;
                 let evicted = &mut self.publishers[p].evicted;
                 if evicted.len() == EVICTED_KEPT {
                     evicted.remove(0);
@@ -601,7 +638,7 @@ impl SequenceTracker {
                 if h.topic_seq > MAX_SEQ_JUMP && s.from_start {
                     return self.reject(|t| &mut t.implausible, restart);
                 }
-                if s.topics.len() >= MAX_TOPICS_PER_SESSION {
+                if s.topics.len() >= MAX_TOPICS_PER_SESSION || self.topics >= self.max_topics {
                     return self.reject(|t| &mut t.over_limit, restart);
                 }
                 if !full && !from_cache && s.from_start {
@@ -611,6 +648,7 @@ impl SequenceTracker {
                 let mut ts = TopicSeq { last: 0, seen: 1 };
                 ts.advance(h.topic_seq, !from_cache && s.from_start);
                 s.topics.insert(topic.into(), ts);
+                self.topics += 1;
             }
         }
         if !from_cache {
@@ -1071,20 +1109,65 @@ mod tests {
         assert_eq!(t.totals().accepted, MAX_PUBLISHERS as u64);
     }
 
+    /// Topics held by the sessions kept, counted afresh.
+    fn held(t: &SequenceTracker) -> usize {
+        t.sessions.iter().map(|s| s.topics.len()).sum()
+    }
+
+    /// The tracker's topic budget holds across publishers and sessions: a new topic past it is
+    /// dropped as over the limit while the topics held go on being checked, and a session that
+    /// ended and was replaced, or that made room for a later one, gives its topics back.
+    #[test]
+    fn topics_past_the_trackers_budget_are_dropped_and_sessions_that_go_give_theirs_back() {
+        let mut t = SequenceTracker::with_max_topics(false, 3);
+        assert!(t.on_data(&h(1, 9, 1, 1), b"A").accept);
+        assert!(t.on_data(&h(1, 9, 2, 1), b"B").accept);
+        assert!(t.on_data(&h(2, 20, 1, 1), b"C").accept);
+        assert!(!t.on_data(&h(2, 20, 2, 1), b"D").accept, "a fourth topic is past the budget");
+        assert!(!t.on_data(&h(3, 30, 1, 1), b"A").accept, "so is another publisher's first");
+        assert_eq!((t.totals().over_limit, t.topics(), held(&t)), (2, 3, 3));
+        // The topics held still update, and their loss is still seen.
+        assert_eq!(t.on_data(&h(1, 9, 3, 3), b"A"), Verdict { accept: true, missed: 1, restart: false });
+        assert!(!t.on_data(&h(1, 9, 3, 3), b"A").accept, "a duplicate is still one");
+        assert_eq!(t.totals().duplicates, 1);
+        // Publisher 1 ends its session and restarts: the ended session's two topics come back.
+        assert!(t.on_end_of_stream(&h(1, 9, 3, 0), 3));
+        assert!(t.on_data(&h(1, 10, 1, 1), b"D").restart);
+        assert!(t.on_data(&h(1, 10, 2, 1), b"E").accept);
+        assert!(!t.on_data(&h(1, 10, 3, 1), b"F").accept, "full again");
+        assert_eq!((t.totals().over_limit, t.topics(), held(&t)), (3, 3, 3));
+
+        // Sessions replaced without an end of stream keep their topics until they make room.
+        let n = MAX_SESSIONS_PER_ID;
+        let mut t = SequenceTracker::with_max_topics(false, n);
+        for session in 1..=n as u64 {
+            assert!(t.on_data(&h(5, session, 1, 1), b"A").accept);
+        }
+        assert!(!t.on_data(&h(5, n as u64, 2, 1), b"B").accept, "the replaced sessions hold the budget");
+        assert!(t.on_data(&h(5, n as u64 + 1, 1, 1), b"A").accept, "the oldest made room and gave its topic back");
+        assert_eq!((t.totals().over_limit, t.topics(), held(&t)), (1, n, n));
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_any_sequence(frames in proptest::collection::vec(
             (0u32..4, 0u64..3, any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>(), 0u8..3), 0..200),
-            full: bool)
+            full: bool, max_topics in 1usize..8)
         {
             let mut t = SequenceTracker::new(full);
+            let mut small = SequenceTracker::with_max_topics(full, max_topics);
             for (p, s, ss, ts, cache, eos, topic) in frames {
                 let mut hd = h(p, s, ss, ts);
                 if cache { hd.flags = FLAG_FROM_CACHE; }
-                if eos { t.on_end_of_stream(&hd, ss); } else { t.on_data(&hd, &[b'A' + topic]); }
+                for t in [&mut t, &mut small] {
+                    if eos { t.on_end_of_stream(&hd, ss); } else { t.on_data(&hd, &[b'A' + topic]); }
+                }
+                prop_assert_eq!(small.topics(), held(&small), "the count of topics held is exact");
+                prop_assert!(small.topics() <= max_topics);
             }
             let tot = t.totals();
             prop_assert!(tot.accepted <= 200);
+            prop_assert_eq!(t.topics(), held(&t));
         }
     }
 }

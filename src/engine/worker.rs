@@ -63,6 +63,8 @@ pub struct MetricsLink {
 /// round; it reads its clock `C` only for a handler's end time.
 pub struct WorkerCore<C: Clock = Realtime> {
     index: usize,
+    /// Who says the handler's refusal lines: `workerN`, or the reader that runs the core inline.
+    site: String,
     clock: C,
     handler: Box<dyn Handler>,
     /// The handler takes time per message (its end time is read after it).
@@ -94,15 +96,18 @@ impl<C: Clock> WorkerCore<C> {
     pub fn new(
         index: usize,
         shards: usize,
-        handler: Box<dyn Handler>,
+        mut handler: Box<dyn Handler>,
         link: MetricsLink,
         counters: Arc<WorkerCounters>,
         guard: Option<Guard>,
         clock: C,
     ) -> Self {
         let now_ns = clock.now_ns();
+        // Nothing refused yet: this only sets the time the first round's refusals are counted at.
+        let _ = handler.refusal_lines(now_ns, false);
         WorkerCore {
             index,
+            site: format!("worker{index}"),
             timed: handler.takes_time(),
             handler,
             clock,
@@ -205,8 +210,22 @@ impl<C: Clock> WorkerCore<C> {
         self.croaked
     }
 
-    /// End a round of the shell at `now_ns`: store the counters, take up live
-    /// settings and publish the guard's state, and ship the histograms when a
+    /// Say the handler's refusal lines as `site` (the role of the thread that runs the core).
+    pub fn said_by(mut self, site: &str) -> Self {
+        self.site = site.to_string();
+        self
+    }
+
+    /// Say the handler's refusal lines due at `now_ns` (`end`: whatever went unsaid).
+    fn say_refusals(&mut self, now_ns: u64, end: bool) {
+        for l in self.handler.refusal_lines(now_ns, end) {
+            crate::diag!("{}: {l}", self.site);
+        }
+    }
+
+    /// End a round of the shell at `now_ns`: store the counters, say the
+    /// handler's refusal lines that are due, take up live settings and publish
+    /// the guard's state, and ship the histograms when a
     /// report period has passed. Returns the messages handled in the round.
     pub fn end_round(&mut self, now_ns: u64) -> u64 {
         self.end_batch();
@@ -217,6 +236,7 @@ impl<C: Clock> WorkerCore<C> {
             self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
             self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
         }
+        self.say_refusals(now_ns, false);
         if let Some(g) = &mut self.guard {
             g.refresh();
             if n > 0 || g.resting() {
@@ -237,6 +257,7 @@ impl<C: Clock> WorkerCore<C> {
     /// the handler's counters and summary (blocks until the collector takes it).
     pub fn close(&mut self) {
         self.end_round(0);
+        self.say_refusals(0, true);
         if let Some(g) = &self.guard {
             g.publish();
         }
@@ -397,7 +418,7 @@ impl Agent for WorkerAgent {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::engine::handler::HandlerSpec;
+    use crate::engine::handler::{HandlerLimits, HandlerSpec};
     use crate::snail::{Policy, Site, SnailBoard, SnailConfig, Verdict};
     use crate::wire::Header;
     use crossbeam::channel::{bounded, Receiver, Sender};
@@ -519,6 +540,45 @@ mod tests {
         let last = h.reports.try_recv().expect("final report");
         assert!(last.handler_counters.contains(&("verified", 5)), "{:?}", last.handler_counters);
         assert_eq!(last.stages[0].count(), 5);
+    }
+
+    /// A handler that notes when it is asked for its refusal lines.
+    struct Asked(Arc<std::sync::Mutex<Vec<(u64, bool)>>>);
+
+    impl Handler for Asked {
+        fn on_message(&mut self, _: &FrameView<'_>) {}
+        fn refusal_lines(&mut self, now_ns: u64, end: bool) -> Vec<String> {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((now_ns, end));
+            }
+            vec![format!("handler asked: refused (test): at {now_ns}")]
+        }
+    }
+
+    /// The handler's refusal lines are asked for once when the core is made (the time its
+    /// first refusals are counted at), once per round, never per message, and at the close
+    /// for what went unsaid; a bounded handler's refusals reach the final report.
+    #[test]
+    fn refusals_are_asked_for_once_a_round_and_counted_in_the_final_report() {
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut c, _h) = core(Some(Box::new(Asked(asked.clone()))), None);
+        c.serving(Some(0));
+        for seq in 1..=3 {
+            c.handle(&frame(seq, T0), T0, T0);
+        }
+        c.end_round(T0 + MS);
+        c.close();
+        assert_eq!(*asked.lock().expect("lock"), [(T0, false), (T0 + MS, false), (0, false), (0, true)]);
+
+        let small = HandlerLimits { max_topics: 1, ..HandlerLimits::default() };
+        let (mut c, h2) = core(Some(Box::new(crate::engine::handler::VerifyOrder::new(small))), None);
+        c.serving(Some(0));
+        for (seq, topic) in [(1, &b"A"[..]), (2, b"B"), (3, b"A")] {
+            c.handle(&wire::encode(topic, &Header::data(seq, T0), b""), T0, T0);
+        }
+        c.close();
+        let last = h2.reports.try_recv().expect("final report");
+        assert!(last.handler_counters.contains(&("refused_verify_full", 1)), "{:?}", last.handler_counters);
     }
 
     #[test]
