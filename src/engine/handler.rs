@@ -711,7 +711,8 @@ impl Handler for VerifyOrder {
         let (session, seq) = (msg.header.session_id, msg.header.topic_seq);
         match self.last.get_mut(msg.topic) {
             Some(last) if last.0 == session => {
-                if seq == last.1 + 1 {
+                // A publisher's sequence may be anything: u64::MAX has no next (no overflow).
+                if last.1.checked_add(1) == Some(seq) {
                     self.verified += 1;
                 } else if seq <= last.1 {
                     self.out_of_order += 1;
@@ -833,6 +834,12 @@ mod tests {
             v.counters(),
             vec![("verified", 3), ("out_of_order", 1), ("skipped", 1), ("topics", 1), ("refused_verify_full", 0)]
         );
+        // The last sequence there is: the same again is out of order, not an overflow.
+        let mut v = VerifyOrder::new(HandlerLimits::default());
+        for seq in [u64::MAX - 1, u64::MAX, u64::MAX] {
+            v.on_message(&decode(&frame(b"T", seq, b"")).expect("frame"));
+        }
+        assert_eq!(v.counters()[..3], [("verified", 1), ("out_of_order", 1), ("skipped", 1)]);
     }
 
     const S: u64 = 1_000_000_000;
