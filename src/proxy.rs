@@ -104,7 +104,7 @@ pub struct ShellCounters {
     pub forwarded_up: u64,
     /// Messages from subscribers the hooks kept from the publishers.
     pub not_forwarded: u64,
-    /// Messages from subscribers with a frame over [`zmqx::MAX_FORWARDED_PREFIX_BYTES`]
+    /// Messages from subscribers with a frame over [`zmqx::MAX_PREFIX_BYTES`]
     /// (+1 for the subscribe byte): kept from the publishers (the hooks still see them).
     pub too_long_up: u64,
     /// Live messages dropped because a subscriber's queue was full (lossy delivery).
@@ -468,7 +468,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
                 round_msgs: &mut round_msgs,
             };
             let forward = self.hooks.on_subscriber_message(msg, &self.frames, &mut down);
-            if forward && self.frames.iter().any(|f| f.len() > zmqx::MAX_FORWARDED_PREFIX_BYTES + 1) {
+            if forward && self.frames.iter().any(|f| f.len() > zmqx::MAX_PREFIX_BYTES + 1) {
                 self.counters.too_long_up += 1;
                 if self.counters.too_long_up == 1 {
                     crate::diag!(
@@ -476,7 +476,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
                          publishers, whose libzmq cannot take one over {} bytes safely (counted in too_long_up; \
                          said once)",
                         self.frames.iter().map(|f| f.len()).max().unwrap_or(0),
-                        zmqx::MAX_FORWARDED_PREFIX_BYTES
+                        zmqx::MAX_PREFIX_BYTES
                     );
                 }
             } else if forward {
