@@ -15,6 +15,9 @@
 //! - the agent never waits on one client, so a stop is honoured within its idle
 //!   wait (100 ms in the engine) whatever clients do.
 //!
+//! Its own counts ([`HttpCounters`]: served, refused, timed out, evicted) are live atomics,
+//! and every `/metrics` page ends with them (`mdsub_metrics_http_*_total`, [`prom::http`]).
+//!
 //! With an [`HttpAccess`] (`--metrics-allow-addr`, `--metrics-token-file`),
 //! a request from outside the address allow-list is answered 403 and one
 //! without the bearer token 401; each refusal is counted
@@ -33,6 +36,8 @@ use crate::agent::{Agent, AgentError, Step};
 use crate::clock::monotonic_ns;
 use crate::diag::RefusalLog;
 use crate::security::{HttpAccess, HttpRefusal};
+
+use super::prom;
 
 /// Longest a connection may take, from its accept, to send its whole request and take the whole answer.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
@@ -62,6 +67,46 @@ impl HttpAccessCounters {
     }
 }
 
+/// The server's own counts: live (written by its thread, read by every scrape and by anyone).
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Requests answered 200 (a scrape counts itself: it is counted before its page is rendered).
+    pub served: AtomicU64,
+    /// Requests answered 4xx: malformed, wrong path or method, or refused by the access policy.
+    pub refused: AtomicU64,
+    /// Connections closed unanswered past [`REQUEST_DEADLINE`] (`request_timeout`).
+    pub timed_out: AtomicU64,
+    /// Connections closed unanswered, the oldest when one more than [`MAX_CONNECTIONS`] came
+    /// (`too_many_connections`).
+    pub evicted: AtomicU64,
+}
+
+/// [`HttpCounters`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpCounts {
+    pub served: u64,
+    pub refused: u64,
+    pub timed_out: u64,
+    pub evicted: u64,
+}
+
+impl HttpCounters {
+    /// Every count, now.
+    pub fn snapshot(&self) -> HttpCounts {
+        HttpCounts {
+            served: self.served.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+        }
+    }
+
+    /// Add one to `counter` (the server's thread is its only writer).
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
 /// One open connection.
 struct Conn {
     stream: TcpStream,
@@ -79,19 +124,14 @@ pub struct MetricsServer {
     render: Render,
     access: HttpAccess,
     access_counters: Arc<HttpAccessCounters>,
+    counters: Arc<HttpCounters>,
+    /// The engine's id, labelling the server's own samples on the page.
+    engine_id: String,
     /// Refusals (the access policy's, and connections closed unanswered), said by reason.
     refusals: RefusalLog,
     conns: Vec<Conn>,
     /// The descriptors of the last idle wait (kept to reuse their room).
     pollfds: Vec<libc::pollfd>,
-    /// Requests answered, and requests refused (malformed, wrong path or
-    /// method, or by the access policy).
-    pub served: u64,
-    pub refused: u64,
-    /// Connections closed unanswered: past [`REQUEST_DEADLINE`], and the oldest
-    /// when one more than [`MAX_CONNECTIONS`] came.
-    pub timed_out: u64,
-    pub evicted: u64,
 }
 
 impl MetricsServer {
@@ -104,13 +144,11 @@ impl MetricsServer {
             render,
             access: HttpAccess::default(),
             access_counters: Arc::default(),
+            counters: Arc::default(),
+            engine_id: String::new(),
             refusals: RefusalLog::new("metrics-http"),
             conns: Vec::with_capacity(MAX_CONNECTIONS),
             pollfds: Vec::with_capacity(MAX_CONNECTIONS + 1),
-            served: 0,
-            refused: 0,
-            timed_out: 0,
-            evicted: 0,
         })
     }
 
@@ -118,6 +156,17 @@ impl MetricsServer {
     pub fn with_access(mut self, access: HttpAccess) -> Self {
         self.access = access;
         self
+    }
+
+    /// Label the server's own samples on the page `engine="ID"`, as the engine's are.
+    pub fn with_engine_id(mut self, engine_id: &str) -> Self {
+        self.engine_id = engine_id.to_string();
+        self
+    }
+
+    /// The server's live counts (also on every `/metrics` page).
+    pub fn counters(&self) -> Arc<HttpCounters> {
+        self.counters.clone()
     }
 
     /// The live counts of requests the access policy refused.
@@ -172,7 +221,7 @@ impl MetricsServer {
             return;
         }
         let c = self.conns.remove(0);
-        self.evicted += 1;
+        HttpCounters::bump(&self.counters.evicted);
         let detail = format_args!(
             "{}: closed unanswered after {} ms ({} bytes of request), the oldest of {} open connections \
              when another came",
@@ -230,7 +279,7 @@ impl MetricsServer {
             }
         }
         if now_ns.saturating_sub(c.opened_ns) >= REQUEST_DEADLINE.as_nanos() as u64 {
-            self.timed_out += 1;
+            HttpCounters::bump(&self.counters.timed_out);
             let what = match &c.answer {
                 None => format!("no whole request ({} bytes came)", c.head.len()),
                 Some((bytes, written)) => format!("the answer not taken ({written} of {} bytes)", bytes.len()),
@@ -270,16 +319,20 @@ impl MetricsServer {
         } else if method != "GET" && method != "HEAD" {
             ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
         } else if path == "/metrics" {
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", (self.render)())
+            // Counted first, so the page it gets counts it.
+            HttpCounters::bump(&self.counters.served);
+            let mut page = (self.render)();
+            prom::http(&mut page, &self.engine_id, &self.counters.snapshot());
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page)
         } else if path == "/" {
             ("200 OK", "text/plain", "mdsub engine: metrics at /metrics\n".to_string())
         } else {
             ("404 Not Found", "text/plain", "not found; metrics are at /metrics\n".to_string())
         };
-        if status.starts_with("200") {
-            self.served += 1;
-        } else {
-            self.refused += 1;
+        if !status.starts_with("200") {
+            HttpCounters::bump(&self.counters.refused);
+        } else if path != "/metrics" {
+            HttpCounters::bump(&self.counters.served);
         }
         let body = if method == "HEAD" { "" } else { body.as_str() };
         let challenge = if status.starts_with("401") { "WWW-Authenticate: Bearer realm=\"mdsub\"\r\n" } else { "" };
@@ -397,7 +450,7 @@ mod tests {
         let t0 = std::time::Instant::now();
         let mut slow = slow_client(addr, Duration::from_millis(1500));
         let ok = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("m 1\n"), "{ok}");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.contains("\r\n\r\nm 1\n"), "{ok}");
         assert!(t0.elapsed() < Duration::from_millis(1000), "served at once, not after the slow client");
         // The slow client is answered 408 and closed once its request has taken REQUEST_DEADLINE.
         slow.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -405,9 +458,18 @@ mod tests {
         slow.read_to_string(&mut said).expect("closed within 5 s");
         assert!(said.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{said}");
         assert!(t0.elapsed() >= REQUEST_DEADLINE && t0.elapsed() < REQUEST_DEADLINE * 2, "{:?}", t0.elapsed());
+        // Counted at once, on the page itself (before, only in the agent's fields after its stop).
+        let page = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        for line in [
+            "# TYPE mdsub_metrics_http_timed_out_total counter\nmdsub_metrics_http_timed_out_total{engine=\"\"} 1\n",
+            "# TYPE mdsub_metrics_http_served_total counter\nmdsub_metrics_http_served_total{engine=\"\"} 2\n",
+            "mdsub_metrics_http_evicted_total{engine=\"\"} 0\n",
+        ] {
+            assert!(page.contains(line), "{line} in {page}");
+        }
         stop.stop();
-        let s = h.join().expect("joins");
-        assert_eq!((s.served, s.timed_out, s.evicted), (1, 1, 0));
+        let s = h.join().expect("joins").counters().snapshot();
+        assert_eq!((s.served, s.timed_out, s.evicted), (2, 1, 0));
     }
 
     #[test]
@@ -424,7 +486,7 @@ mod tests {
             assert!(t0.elapsed() < Duration::from_millis(500), "stopped within 500 ms");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let s = h.join().expect("joins");
+        let s = h.join().expect("joins").counters().snapshot();
         assert_eq!(s.served, 1);
     }
 
@@ -434,8 +496,12 @@ mod tests {
         let (addr, stop, h) = start();
         let idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).expect("connect")).collect();
         let t0 = std::time::Instant::now();
-        assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+        let page = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
         assert!(t0.elapsed() < Duration::from_millis(1000), "served at once");
+        // Its own accept closed the oldest: the page it got counts them.
+        let evicted = format!("\nmdsub_metrics_http_evicted_total{{engine=\"\"}} {}\n", 20 + 1 - MAX_CONNECTIONS);
+        assert!(page.contains(&evicted), "{evicted} in {page}");
         // The oldest, in the order they came, were told why and closed.
         for (k, mut old) in idle.iter().take(20 + 1 - MAX_CONNECTIONS).enumerate() {
             old.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -444,7 +510,7 @@ mod tests {
             assert!(said.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "connection {k}: {said}");
         }
         stop.stop();
-        let s = h.join().expect("joins");
+        let s = h.join().expect("joins").counters().snapshot();
         assert_eq!((s.served, s.evicted), (1, (20 + 1 - MAX_CONNECTIONS) as u64));
     }
 
@@ -452,14 +518,20 @@ mod tests {
     fn serves_metrics_and_refuses_the_rest() {
         let (addr, stop, h) = start();
         let ok = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
-        assert!(ok.contains("Content-Length: 4\r\n"), "{ok}");
+        let (head, body) = ok.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{ok}");
+        // What the render gave, then the server's own counters.
+        assert!(body.starts_with("m 1\n# HELP mdsub_metrics_http_served_total "), "{ok}");
         assert!(get(addr, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
         assert!(get(addr, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
         assert!(get(addr, b"GET /metr").starts_with("HTTP/1.1 400"), "a request cut short is refused");
+        let page = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(page.contains("\nmdsub_metrics_http_refused_total{engine=\"\"} 3\n"), "{page}");
+        assert!(page.contains("\nmdsub_metrics_http_served_total{engine=\"\"} 2\n"), "{page}");
         stop.stop();
-        let s = h.join().expect("joins");
-        assert_eq!((s.served, s.refused), (1, 3));
+        let s = h.join().expect("joins").counters().snapshot();
+        assert_eq!((s.served, s.refused), (2, 3));
     }
 
     #[test]
@@ -474,10 +546,10 @@ mod tests {
             .expect("start");
         let no = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(no.starts_with("HTTP/1.1 401") && no.contains("WWW-Authenticate: Bearer"), "{no}");
-        assert!(get(addr, b"GET /metrics HTTP/1.1\r\nauthorization: Bearer tok\r\n\r\n").ends_with("m 1\n"));
+        assert!(get(addr, b"GET /metrics HTTP/1.1\r\nauthorization: Bearer tok\r\n\r\n").contains("\r\n\r\nm 1\n"));
         assert!(get(addr, b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer tak\r\n\r\n").starts_with("HTTP/1.1 401"));
         stop.stop();
-        let s = h.join().expect("joins");
+        let s = h.join().expect("joins").counters().snapshot();
         assert_eq!((s.served, counters.refused_token.load(Relaxed), counters.refused_address.load(Relaxed)), (1, 2, 0));
     }
 }
