@@ -13,10 +13,16 @@
 //! - at most [`MAX_CONNECTIONS`] are open at once: one more closes the oldest,
 //!   counted as `too_many_connections`;
 //! - the agent never waits on one client, so a stop is honoured within its idle
-//!   wait (100 ms in the engine) whatever clients do.
+//!   wait (100 ms in the engine) whatever clients do;
+//! - when `accept()` fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+//!   ENOMEM), the waiting connection stays queued and the listener readable: the listener
+//!   is left alone for [`ACCEPT_PAUSE`] ([`AcceptPause`]) instead of being tried again at
+//!   once, which spun the thread; the open connections are served meanwhile. Each failure is
+//!   counted (`accept_errors`) and said by the rule for repeated lines.
 //!
-//! Its own counts ([`HttpCounters`]: served, refused, timed out, evicted) are live atomics,
-//! and every `/metrics` page ends with them (`mdsub_metrics_http_*_total`, [`prom::http`]).
+//! Its own counts ([`HttpCounters`]: served, refused, timed out, evicted, accept errors) are
+//! live atomics, and every `/metrics` page ends with them (`mdsub_metrics_http_*_total`,
+//! [`prom::http`]).
 //!
 //! With an [`HttpAccess`] (`--metrics-allow-addr`, `--metrics-token-file`),
 //! a request from outside the address allow-list is answered 403 and one
@@ -45,6 +51,8 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Most connections open at once; one more closes the oldest.
 pub const MAX_CONNECTIONS: usize = 16;
+/// How long the listener is left alone after `accept()` failed (out of descriptors or memory).
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Connections taken from the listener per round, so a flood of them does not starve the open ones;
 /// no more than are kept open, so none accepted in a round is closed unread in that round.
 const ACCEPTS_PER_ROUND: usize = MAX_CONNECTIONS;
@@ -79,6 +87,9 @@ pub struct HttpCounters {
     /// Connections closed unanswered, the oldest when one more than [`MAX_CONNECTIONS`] came
     /// (`too_many_connections`).
     pub evicted: AtomicU64,
+    /// Times `accept()` failed for want of descriptors or memory (or for no reason it gives
+    /// for one connection alone): each paused the listener for [`ACCEPT_PAUSE`].
+    pub accept_errors: AtomicU64,
 }
 
 /// [`HttpCounters`] read at one moment.
@@ -88,6 +99,7 @@ pub struct HttpCounts {
     pub refused: u64,
     pub timed_out: u64,
     pub evicted: u64,
+    pub accept_errors: u64,
 }
 
 impl HttpCounters {
@@ -98,12 +110,88 @@ impl HttpCounters {
             refused: self.refused.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
         }
     }
 
     /// Add one to `counter` (the server's thread is its only writer).
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// When the listener is tried: a socket-free rule taking `now_ns`. After a failed `accept()`
+/// the connection it could not take is still queued, so the listener stays readable: trying it
+/// again at once would spin. It is left alone for [`ACCEPT_PAUSE`], then tried again.
+#[derive(Debug, Default)]
+pub struct AcceptPause {
+    until_ns: Option<u64>,
+}
+
+impl AcceptPause {
+    /// `accept()` failed at `now_ns`: leave the listener alone for [`ACCEPT_PAUSE`].
+    pub fn failed(&mut self, now_ns: u64) {
+        self.until_ns = Some(now_ns.saturating_add(ACCEPT_PAUSE.as_nanos() as u64));
+    }
+
+    /// Whether to try the listener at `now_ns` (and to poll it): no pause, or the pause is over.
+    pub fn accepting(&mut self, now_ns: u64) -> bool {
+        match self.until_ns {
+            Some(until) if now_ns < until => false,
+            _ => {
+                self.until_ns = None;
+                true
+            }
+        }
+    }
+
+    /// How long the pause still lasts at `now_ns` (None: not paused), to bound the idle wait.
+    pub fn left_ns(&self, now_ns: u64) -> Option<u64> {
+        self.until_ns.map(|until| until.saturating_sub(now_ns))
+    }
+}
+
+/// What a failed `accept()` means for the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptFailure {
+    /// Nothing waiting.
+    Empty,
+    /// Interrupted: try again.
+    Again,
+    /// That one connection failed before it was taken (reset, or a network error Linux passes
+    /// on from it): the next may be fine.
+    ThisOne,
+    /// The server cannot take any now (`reason`): pause the listener.
+    Pause(&'static str),
+}
+
+impl AcceptFailure {
+    fn of(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match (e.kind(), e.raw_os_error()) {
+            (K::WouldBlock, _) => AcceptFailure::Empty,
+            (K::Interrupted, _) => AcceptFailure::Again,
+            (_, Some(libc::EMFILE | libc::ENFILE)) => AcceptFailure::Pause("out_of_descriptors"),
+            (_, Some(libc::ENOBUFS | libc::ENOMEM)) => AcceptFailure::Pause("out_of_memory"),
+            // accept(2), Linux: pending network errors of the new connection come back from
+            // accept(); treat them like EAGAIN (retry).
+            (K::ConnectionAborted | K::ConnectionReset, _)
+            | (
+                _,
+                Some(
+                    libc::EPROTO
+                    | libc::ENETDOWN
+                    | libc::ENOPROTOOPT
+                    | libc::EHOSTDOWN
+                    | libc::ENONET
+                    | libc::EHOSTUNREACH
+                    | libc::EOPNOTSUPP
+                    | libc::ENETUNREACH
+                    | libc::EPERM,
+                ),
+            ) => AcceptFailure::ThisOne,
+            _ => AcceptFailure::Pause("accept_failed"),
+        }
     }
 }
 
@@ -129,6 +217,9 @@ pub struct MetricsServer {
     engine_id: String,
     /// Refusals (the access policy's, and connections closed unanswered), said by reason.
     refusals: RefusalLog,
+    /// Failed accepts, said by reason (`metrics-http: cannot accept connections (REASON): …`).
+    accept_failures: RefusalLog,
+    pause: AcceptPause,
     conns: Vec<Conn>,
     /// The descriptors of the last idle wait (kept to reuse their room).
     pollfds: Vec<libc::pollfd>,
@@ -147,6 +238,8 @@ impl MetricsServer {
             counters: Arc::default(),
             engine_id: String::new(),
             refusals: RefusalLog::new("metrics-http"),
+            accept_failures: RefusalLog::new("metrics-http").said_as("metrics-http: cannot accept connections"),
+            pause: AcceptPause::default(),
             conns: Vec::with_capacity(MAX_CONNECTIONS),
             pollfds: Vec::with_capacity(MAX_CONNECTIONS + 1),
         })
@@ -192,8 +285,12 @@ impl MetricsServer {
     }
 
     /// Take the connections waiting on the listener; over [`MAX_CONNECTIONS`], the oldest open one is closed.
+    /// Nothing while the listener is paused ([`AcceptPause`]).
     fn accept(&mut self, now_ns: u64) -> usize {
         let mut n = 0;
+        if !self.pause.accepting(now_ns) {
+            return n;
+        }
         while n < ACCEPTS_PER_ROUND {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
@@ -206,10 +303,22 @@ impl MetricsServer {
                     }
                     self.conns.push(Conn { stream, peer, opened_ns: now_ns, head: Vec::new(), answer: None });
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // Nothing waiting; or a connection that failed before it was taken (reset), or a
-                // short lack of descriptors: not fatal to the server.
-                Err(_) => break,
+                Err(e) => match AcceptFailure::of(&e) {
+                    AcceptFailure::Empty => break,
+                    AcceptFailure::Again => {}
+                    AcceptFailure::ThisOne => n += 1,
+                    AcceptFailure::Pause(reason) => {
+                        HttpCounters::bump(&self.counters.accept_errors);
+                        self.pause.failed(now_ns);
+                        let detail = format_args!(
+                            "{e}; the listener rests {} ms, the connections open are served meanwhile ({} now)",
+                            ACCEPT_PAUSE.as_millis(),
+                            self.conns.len()
+                        );
+                        self.accept_failures.refuse(reason, &detail, now_ns);
+                        break;
+                    }
+                },
             }
         }
         n
@@ -376,18 +485,27 @@ impl Agent for MetricsServer {
         self.conns = conns;
         // A burst of refusals is summarised without waiting for the next request.
         self.refusals.tick(now_ns);
+        self.accept_failures.tick(now_ns);
         Ok(Step::Worked(n))
     }
 
-    /// Wait for a connection, a request's bytes, room for an answer, or the next deadline.
+    /// Wait for a connection (unless the listener is paused: then for the pause's end), a
+    /// request's bytes, room for an answer, or the next deadline.
     fn idle_wait(&mut self, timeout: Duration) {
         let now_ns = monotonic_ns();
         let deadline = REQUEST_DEADLINE.as_nanos() as u64;
-        let next_ns = self.conns.iter().map(|c| (c.opened_ns + deadline).saturating_sub(now_ns)).min();
+        let next_ns = self
+            .conns
+            .iter()
+            .map(|c| (c.opened_ns + deadline).saturating_sub(now_ns))
+            .chain(self.pause.left_ns(now_ns))
+            .min();
         let wait_ns = next_ns.map_or(timeout.as_nanos() as u64, |d| d.min(timeout.as_nanos() as u64));
         let ms = wait_ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32;
         self.pollfds.clear();
-        self.pollfds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        if self.pause.left_ns(now_ns).is_none_or(|left| left == 0) {
+            self.pollfds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
         for c in &self.conns {
             let events = if c.answer.is_some() { libc::POLLOUT } else { libc::POLLIN };
             self.pollfds.push(libc::pollfd { fd: c.stream.as_raw_fd(), events, revents: 0 });
@@ -470,6 +588,139 @@ mod tests {
         stop.stop();
         let s = h.join().expect("joins").counters().snapshot();
         assert_eq!((s.served, s.timed_out, s.evicted), (2, 1, 0));
+    }
+
+    #[test]
+    fn a_failed_accept_pauses_the_listener_for_its_pause_only() {
+        let ms = 1_000_000;
+        let mut p = AcceptPause::default();
+        assert!(p.accepting(0) && p.left_ns(0).is_none(), "not paused to begin with");
+        p.failed(10 * ms);
+        assert_eq!(p.left_ns(10 * ms), Some(100 * ms));
+        assert!(!p.accepting(10 * ms) && !p.accepting(109 * ms), "paused for ACCEPT_PAUSE");
+        assert_eq!(p.left_ns(60 * ms), Some(50 * ms), "the idle wait ends with the pause");
+        assert!(p.accepting(110 * ms) && p.left_ns(110 * ms).is_none(), "then tried again");
+        let of = |errno| AcceptFailure::of(&std::io::Error::from_raw_os_error(errno));
+        assert_eq!(of(libc::EAGAIN), AcceptFailure::Empty);
+        assert_eq!(of(libc::EINTR), AcceptFailure::Again);
+        assert_eq!(of(libc::EMFILE), AcceptFailure::Pause("out_of_descriptors"));
+        assert_eq!(of(libc::ENFILE), AcceptFailure::Pause("out_of_descriptors"));
+        assert_eq!(of(libc::ENOBUFS), AcceptFailure::Pause("out_of_memory"));
+        assert_eq!(of(libc::ECONNABORTED), AcceptFailure::ThisOne, "that connection only");
+        assert_eq!(of(libc::ENETUNREACH), AcceptFailure::ThisOne, "Linux passes its errors on: retry");
+        assert_eq!(of(libc::EBADF), AcceptFailure::Pause("accept_failed"), "anything else pauses, never spins");
+    }
+
+    /// Set in the child process of [`out_of_descriptors_the_listener_is_paused_and_the_open_are_served`].
+    const EMFILE_CHILD: &str = "MDSUB_TEST_EMFILE_CHILD";
+
+    /// Ask `c` (connected, nothing sent yet) for `/metrics`; the whole answer.
+    fn ask(c: &mut TcpStream) -> String {
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").expect("send");
+        let mut out = String::new();
+        c.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    #[test]
+    fn out_of_descriptors_the_listener_is_paused_and_the_open_are_served() {
+        // RLIMIT_NOFILE is the process's: lowered here it would starve every other test, so
+        // this runs itself again, alone, in a child process, which asserts; this side checks
+        // that the child ran it and passed.
+        if std::env::var_os(EMFILE_CHILD).is_some() {
+            return out_of_descriptors_in_this_process();
+        }
+        let name = "metrics::http::tests::out_of_descriptors_the_listener_is_paused_and_the_open_are_served";
+        let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(EMFILE_CHILD, "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the child");
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // polling the child's exit, bounded above
+        };
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = child.stdout.take().expect("stdout").read_to_string(&mut out);
+        let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+        assert!(status.is_some_and(|s| s.success()), "the child failed or took 30 s ({status:?}):\n{out}\n{err}");
+        assert!(out.contains("test result: ok. 1 passed"), "the child ran the test:\n{out}\n{err}");
+        // Said once at once, then summed up at the end (every 10 s in a longer run).
+        let said: Vec<&str> =
+            err.lines().filter(|l| l.starts_with("metrics-http: cannot accept connections")).collect();
+        assert_eq!(said.len(), 2, "{err}");
+        assert!(
+            said[0].starts_with(
+                "metrics-http: cannot accept connections (out_of_descriptors): Too many open files (os error 24); \
+                 the listener rests 100 ms, the connections open are served meanwhile (1 now) (the first;"
+            ),
+            "{err}"
+        );
+        assert!(said[1].contains(" since the last line: out_of_descriptors="), "{err}");
+    }
+
+    /// The child's part: one descriptor left, two connections waiting; the server takes the
+    /// first and cannot take the second (EMFILE) until the first is done with.
+    fn out_of_descriptors_in_this_process() {
+        let server =
+            MetricsServer::bind("127.0.0.1:0".parse().expect("addr"), Box::new(|| "m 1\n".to_string())).expect("bind");
+        let (addr, counters) = (server.local_addr().expect("addr"), server.counters());
+        let mut first = TcpStream::connect(addr).expect("connect");
+        let mut second = TcpStream::connect(addr).expect("connect");
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: a valid rlimit to fill, then to read.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            limit.rlim_cur = limit.rlim_cur.min(256);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+        let mut held = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => held.push(f),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => panic!("opening /dev/null: {e}"),
+            }
+        }
+        held.pop();
+        let stop = StopFlag::new();
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)
+            .expect("start");
+        // A window in which the second connection cannot be taken (the first holds the last
+        // descriptor and sends nothing yet): the measurement, not a handshake.
+        std::thread::sleep(Duration::from_millis(500));
+        let rounds = h.stats().idle_rounds;
+        // Before, every round tried the accept again at once: 210 362 rounds in 500 ms, one core
+        // busy, nothing counted or said. Now it is tried once per ACCEPT_PAUSE, each failure counted.
+        assert!(rounds <= 20, "{rounds} rounds in 500 ms: the accept loop spins");
+        let failed = counters.accept_errors.load(Relaxed);
+        assert!((3..=8).contains(&failed), "{failed} accept errors in 500 ms, with a 100 ms pause");
+        // The open connection is served meanwhile, its page counting the errors so far; done
+        // with, its descriptor takes the second, within a pause.
+        let page = ask(&mut first);
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(!page.contains("mdsub_metrics_http_accept_errors_total{engine=\"\"} 0\n"), "{page}");
+        assert!(page.contains("# TYPE mdsub_metrics_http_accept_errors_total counter\n"), "{page}");
+        drop(first);
+        let t0 = std::time::Instant::now();
+        let page = ask(&mut second);
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(t0.elapsed() < ACCEPT_PAUSE * 3, "taken within a pause: {:?}", t0.elapsed());
+        stop.stop();
+        let s = h.join().expect("joins").counters().snapshot();
+        assert_eq!(s.served, 2);
+        drop(held);
     }
 
     #[test]

@@ -173,9 +173,9 @@ fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
 }
 
 /// The `/metrics` server's own counters (`super::http::HttpCounters`), appended by the server to
-/// every page it serves: `mdsub_metrics_http_{served,refused,timed_out,evicted}_total`.
+/// every page it serves: `mdsub_metrics_http_{served,refused,timed_out,evicted,accept_errors}_total`.
 pub fn http(s: &mut String, engine_id: &str, c: &super::http::HttpCounts) {
-    use super::http::{MAX_CONNECTIONS, REQUEST_DEADLINE};
+    use super::http::{ACCEPT_PAUSE, MAX_CONNECTIONS, REQUEST_DEADLINE};
     let labels = format!("engine=\"{}\"", escape(engine_id));
     let deadline_s = REQUEST_DEADLINE.as_secs_f64();
     let families = [
@@ -194,6 +194,14 @@ pub fn http(s: &mut String, engine_id: &str, c: &super::http::HttpCounts) {
             "evicted",
             format!("Connections closed unanswered: the oldest, when one more than {MAX_CONNECTIONS} were open."),
             c.evicted,
+        ),
+        (
+            "accept_errors",
+            format!(
+                "Times accept() failed for want of descriptors or memory; each left the listener alone {} ms.",
+                ACCEPT_PAUSE.as_millis()
+            ),
+            c.accept_errors,
         ),
     ];
     for (what, help, v) in families {
