@@ -113,6 +113,12 @@ pub struct ShellCounters {
     pub blocked: u64,
     /// Sends that failed for another reason (message lost), answers included.
     pub send_failures: u64,
+    /// Publisher connections accepted on the frontend's bound endpoints (handshakes), and those
+    /// that ended: libzmq gives no cause, so each may be a publisher that closed or went away,
+    /// or a message over `max_msg_bytes`, which libzmq drops with the connection (and what was
+    /// queued behind it) with no event of its own. Each end is said by the rule for repeated lines.
+    pub publisher_connects: u64,
+    pub publisher_disconnects: u64,
 }
 
 /// The subscriber side as the hooks see it, while they handle one message
@@ -233,7 +239,8 @@ impl ProxyLinks {
     }
 }
 
-/// Watch each side's connect endpoints (the sockets are made, not attached yet).
+/// Watch each side's connect endpoints (the sockets are made, not attached yet), and the
+/// frontend's bound endpoints: the publisher connections accepted there, each end said.
 fn watch_links(
     ctx: &zmq::Context,
     role: &'static str,
@@ -255,6 +262,21 @@ fn watch_links(
     let watch = |s: &zmq::Socket, side: &str, eps: Vec<String>| {
         LinkWatch::attach(ctx, s, &name(side), &eps).map_err(zerr(role, "starting the link monitor"))
     };
+    let front = if config.frontend.iter().any(|a| matches!(a, Attach::Bind(_))) {
+        let explain = format!(
+            "libzmq gives no cause: the publisher closed or went away, or it sent a message over \
+             --max-msg-bytes ({} bytes), which libzmq drops with the connection and what was queued \
+             behind it (a PUB publisher then reconnects by itself); counted in publisher_disconnects",
+            config.max_msg_bytes
+        );
+        LinkWatch::attach_always(ctx, frontend, &name("frontend"), &connects(&config.frontend))
+            .map(|w| {
+                Some(w.saying_accepted_ends(format!("{role}: a publisher's connection to the frontend ended"), explain))
+            })
+            .map_err(zerr(role, "starting the link monitor"))?
+    } else {
+        watch(frontend, "frontend", connects(&config.frontend))?
+    };
     let back = if follow_joins {
         LinkWatch::attach_always(ctx, backend, &name("backend"), &connects(&config.backend))
             .map(|w| Some(w.following_updowns()))
@@ -262,7 +284,7 @@ fn watch_links(
     } else {
         watch(backend, "backend", connects(&config.backend))?
     };
-    Ok([watch(frontend, "frontend", connects(&config.frontend))?, back])
+    Ok([front, back])
 }
 
 /// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`] (before it is attached):
@@ -333,6 +355,10 @@ impl<H: ProxyHooks> ProxyShell<H> {
                     w.service(socket);
                 }
             }
+        }
+        if let Some(w) = &self.links[0] {
+            let a = w.accepted();
+            (self.counters.publisher_connects, self.counters.publisher_disconnects) = (a.connects, a.disconnects);
         }
         self.take_joins();
     }
