@@ -249,6 +249,12 @@ impl RefusalLog {
         RefusalLog { core: Refusals::new(site, SUMMARY_INTERVAL_NS) }
     }
 
+    /// Start every line with `head` instead of `SITE: refused` ([`Refusals::said_as`]).
+    pub fn said_as(mut self, head: impl Into<String>) -> Self {
+        self.core.head = head.into();
+        self
+    }
+
     /// Count one refusal and say what is due.
     pub fn refuse(&mut self, reason: &'static str, detail: &dyn Display, now_ns: u64) {
         if let Some(l) = self.core.refuse(reason, detail, now_ns) {

@@ -391,14 +391,14 @@ impl Profile {
             }
         }
         for (k, s) in self.shards.iter().enumerate() {
-            if let Some(p) = s.subscribe.iter().find(|p| p.len() > crate::zmqx::MAX_FORWARDED_PREFIX_BYTES) {
+            if let Some(p) = s.subscribe.iter().find(|p| p.len() > crate::zmqx::MAX_PREFIX_BYTES) {
                 return Err(invalid(
                     format!("shards[{k}].subscribe"),
                     format!(
                         "a prefix of {} bytes: at most {} (topics are at most {} bytes; libzmq's SUB cannot \
                          take a very long prefix safely)",
                         p.len(),
-                        crate::zmqx::MAX_FORWARDED_PREFIX_BYTES,
+                        crate::zmqx::MAX_PREFIX_BYTES,
                         crate::wire::MAX_TOPIC_LEN
                     ),
                 ));
@@ -766,7 +766,7 @@ mod tests {
         p.workers.truncate(MAX_THREADS_OF_A_KIND);
         p.validate(&[0, 1]).expect("the bound itself is fine");
         let mut p = Profile::builtin();
-        p.shards[0].subscribe = vec!["ES".into(), "H".repeat(crate::zmqx::MAX_FORWARDED_PREFIX_BYTES + 1)];
+        p.shards[0].subscribe = vec!["ES".into(), "H".repeat(crate::zmqx::MAX_PREFIX_BYTES + 1)];
         assert_eq!(err_field(&p, &[0, 1]), "shards[0].subscribe");
         p.shards[0].subscribe.pop();
         p.validate(&[0, 1]).expect("a short prefix is fine");

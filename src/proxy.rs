@@ -104,7 +104,7 @@ pub struct ShellCounters {
     pub forwarded_up: u64,
     /// Messages from subscribers the hooks kept from the publishers.
     pub not_forwarded: u64,
-    /// Messages from subscribers with a frame over [`zmqx::MAX_FORWARDED_PREFIX_BYTES`]
+    /// Messages from subscribers with a frame over [`zmqx::MAX_PREFIX_BYTES`]
     /// (+1 for the subscribe byte): kept from the publishers (the hooks still see them).
     pub too_long_up: u64,
     /// Live messages dropped because a subscriber's queue was full (lossy delivery).
@@ -113,6 +113,12 @@ pub struct ShellCounters {
     pub blocked: u64,
     /// Sends that failed for another reason (message lost), answers included.
     pub send_failures: u64,
+    /// Publisher connections accepted on the frontend's bound endpoints (handshakes), and those
+    /// that ended: libzmq gives no cause, so each may be a publisher that closed or went away,
+    /// or a message over `max_msg_bytes`, which libzmq drops with the connection (and what was
+    /// queued behind it) with no event of its own. Each end is said by the rule for repeated lines.
+    pub publisher_connects: u64,
+    pub publisher_disconnects: u64,
 }
 
 /// The subscriber side as the hooks see it, while they handle one message
@@ -233,7 +239,8 @@ impl ProxyLinks {
     }
 }
 
-/// Watch each side's connect endpoints (the sockets are made, not attached yet).
+/// Watch each side's connect endpoints (the sockets are made, not attached yet), and the
+/// frontend's bound endpoints: the publisher connections accepted there, each end said.
 fn watch_links(
     ctx: &zmq::Context,
     role: &'static str,
@@ -255,6 +262,21 @@ fn watch_links(
     let watch = |s: &zmq::Socket, side: &str, eps: Vec<String>| {
         LinkWatch::attach(ctx, s, &name(side), &eps).map_err(zerr(role, "starting the link monitor"))
     };
+    let front = if config.frontend.iter().any(|a| matches!(a, Attach::Bind(_))) {
+        let explain = format!(
+            "libzmq gives no cause: the publisher closed or went away, or it sent a message over \
+             --max-msg-bytes ({} bytes), which libzmq drops with the connection and what was queued \
+             behind it (a PUB publisher then reconnects by itself); counted in publisher_disconnects",
+            config.max_msg_bytes
+        );
+        LinkWatch::attach_always(ctx, frontend, &name("frontend"), &connects(&config.frontend))
+            .map(|w| {
+                Some(w.saying_accepted_ends(format!("{role}: a publisher's connection to the frontend ended"), explain))
+            })
+            .map_err(zerr(role, "starting the link monitor"))?
+    } else {
+        watch(frontend, "frontend", connects(&config.frontend))?
+    };
     let back = if follow_joins {
         LinkWatch::attach_always(ctx, backend, &name("backend"), &connects(&config.backend))
             .map(|w| Some(w.following_updowns()))
@@ -262,7 +284,7 @@ fn watch_links(
     } else {
         watch(backend, "backend", connects(&config.backend))?
     };
-    Ok([watch(frontend, "frontend", connects(&config.frontend))?, back])
+    Ok([front, back])
 }
 
 /// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`] (before it is attached):
@@ -333,6 +355,10 @@ impl<H: ProxyHooks> ProxyShell<H> {
                     w.service(socket);
                 }
             }
+        }
+        if let Some(w) = &self.links[0] {
+            let a = w.accepted();
+            (self.counters.publisher_connects, self.counters.publisher_disconnects) = (a.connects, a.disconnects);
         }
         self.take_joins();
     }
@@ -468,7 +494,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
                 round_msgs: &mut round_msgs,
             };
             let forward = self.hooks.on_subscriber_message(msg, &self.frames, &mut down);
-            if forward && self.frames.iter().any(|f| f.len() > zmqx::MAX_FORWARDED_PREFIX_BYTES + 1) {
+            if forward && self.frames.iter().any(|f| f.len() > zmqx::MAX_PREFIX_BYTES + 1) {
                 self.counters.too_long_up += 1;
                 if self.counters.too_long_up == 1 {
                     crate::diag!(
@@ -476,7 +502,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
                          publishers, whose libzmq cannot take one over {} bytes safely (counted in too_long_up; \
                          said once)",
                         self.frames.iter().map(|f| f.len()).max().unwrap_or(0),
-                        zmqx::MAX_FORWARDED_PREFIX_BYTES
+                        zmqx::MAX_PREFIX_BYTES
                     );
                 }
             } else if forward {

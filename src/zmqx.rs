@@ -181,13 +181,16 @@ pub fn send_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq
 /// Largest message a proxy takes from its subscribers (they send subscriptions).
 pub const MAX_SUBSCRIPTION_BYTES: i64 = 64 << 10;
 
-/// Longest frame a proxy forwards from its subscribers to its publishers' XSUB. libzmq's
-/// subscription trie (`trie_t`, behind XSUB and SUB) removes a prefix by recursing once per
-/// byte: a 40 KB subscription undone when its subscriber left overflowed a 2 MiB agent
-/// stack and aborted the process. Topics are at most [`crate::wire::MAX_TOPIC_LEN`] bytes,
-/// so a longer prefix can match no more than its first few hundred bytes do; 4 KiB keeps
-/// the recursion a tenth of that stack.
-pub const MAX_FORWARDED_PREFIX_BYTES: usize = 4 << 10;
+/// Longest subscription prefix mdsub hands to a libzmq socket that keeps a subscription trie
+/// (XSUB, SUB): a proxy's forwarding from its subscribers to its publishers, an engine
+/// profile's `subscribe` prefixes, the clone client's subscription to its subtree. The hazard
+/// is libzmq's `trie_t` (4.3.5), which adds and removes a prefix by recursing once per byte:
+/// a 40 KB subscription, undone when its subscriber left, overflowed a proxy thread's 2 MiB
+/// agent stack and aborted the process (`thread 'tap-proxy' has overflowed its stack`, exit 134:
+/// the length the hostile-input audit found it at, with the tap and the LVC). Topics are at most [`crate::wire::MAX_TOPIC_LEN`] bytes, so a
+/// longer prefix can match no more than its first few hundred bytes do; 4 KiB keeps the
+/// recursion a tenth of the length that overflowed.
+pub const MAX_PREFIX_BYTES: usize = 4 << 10;
 
 /// The two sockets of a pub-sub proxy (the LVC, the tap).
 pub struct ProxySockets {

@@ -862,6 +862,15 @@ fn a_slow_metrics_client_holds_neither_a_scrape_nor_the_engines_stop() {
     let s = scrape().expect("a scrape answered within 1 s while the slow client sends");
     assert!(s.starts_with("HTTP/1.1 200") && s.contains("mdsub_"), "{s}");
     assert!(t0.elapsed() < Duration::from_secs(1));
+    // The server's own counts are on the page, live, under the engine's label: the slow client is
+    // still within its 2 s, so nothing is timed out yet.
+    let count = |name: &str| -> Option<u64> {
+        let head = format!("{name}{{engine=\"slow-test\"}} ");
+        s.lines().find_map(|l| l.strip_prefix(&head)).and_then(|v| v.parse().ok())
+    };
+    assert!(count("mdsub_metrics_http_served_total").is_some_and(|n| n >= 2), "{s}");
+    assert_eq!(count("mdsub_metrics_http_timed_out_total"), Some(0), "{s}");
+    assert_eq!(count("mdsub_metrics_http_evicted_total"), Some(0), "{s}");
     let t0 = std::time::Instant::now();
     e.proc.signal(15);
     e.proc.wait_exit(Duration::from_secs(10));

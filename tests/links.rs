@@ -161,6 +161,43 @@ fn tap_frontend_cut_by_an_oversized_frame_is_counted_and_reestablished() {
     proxy_link_cut_by_an_oversized_frame("tap");
 }
 
+/// The LVC or the tap with its frontend bound and a publisher connecting to it, the usual
+/// set-up. A message over `--max-msg-bytes` makes libzmq drop the publisher's connection, and
+/// the messages queued behind it, with no event for the message: its socket monitor says only
+/// that the connection ended, as when a publisher closes. Before, nothing watched a bound
+/// frontend and the drop was silent; now every publisher connection that ends there is counted
+/// and said, with what it may mean.
+fn proxy_bound_frontend_drop_on_an_oversized_message(tool: &str) {
+    let ctx = zmq::Context::new();
+    let mut p = common::proxy::start(tool, &["--max-msg-bytes", "1Ki"]);
+    let publ = common::proxy::publisher(&ctx, &p.frontend);
+    let sub = subscriber(&ctx, &p.backend, &[b""]);
+    handshake(&publ, &sub);
+    publ.send(vec![0u8; 2048], 0).expect("send oversized");
+    let head = format!("{tool}-proxy: a publisher's connection to the frontend ended (disconnected): ");
+    let said = wait_line(&p.stderr, Duration::from_secs(20), "the line", |l| l.starts_with(&head));
+    for want in [p.frontend.as_str(), "--max-msg-bytes (1024 bytes)", "libzmq gives no cause"] {
+        assert!(said.contains(want), "{want:?} in {said}");
+    }
+    // A PUB reconnects by itself: the path comes back.
+    handshake(&publ, &sub);
+    let (_, err) = common::proxy::stop(&mut p);
+    let tag = format!("{tool}: stopped:");
+    let line = err.iter().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no `{tag}` line in {err:?}"));
+    assert_eq!(common::proxy::counter(line, "publisher_disconnects"), 1, "{line}");
+    assert_eq!(common::proxy::counter(line, "publisher_connects"), 2, "the publisher came back: {line}");
+}
+
+#[test]
+fn lvc_bound_frontend_drop_on_an_oversized_message_is_counted_and_said() {
+    proxy_bound_frontend_drop_on_an_oversized_message("lvc");
+}
+
+#[test]
+fn tap_bound_frontend_drop_on_an_oversized_message_is_counted_and_said() {
+    proxy_bound_frontend_drop_on_an_oversized_message("tap");
+}
+
 /// No `lost` line in `err`, and every link of the JSON report `closed` or `up` with no loss.
 fn assert_no_loss_after_a_clean_end(what: &str, report: &str, err: &str) {
     assert!(!err.contains(" lost ("), "{what}: a clean end printed a lost link: {err}");

@@ -41,7 +41,9 @@ pub struct ProxyArgs {
     /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:
     /// a larger one drops that publisher's connection, as libzmq does; on a
     /// side that connects, libzmq would not reconnect: mdsub logs it, counts
-    /// it in the exit line's `links` and connects again).
+    /// it in the exit line's `links` and connects again; on a side that binds,
+    /// libzmq says only that the connection ended: mdsub logs each end and
+    /// counts it in `publisher_disconnects=`).
     #[arg(long, value_parser = parse_bytes_i64, default_value = "1Mi", value_name = "BYTES")]
     pub max_msg_bytes: i64,
     /// Idle strategy of the proxy's threads.

@@ -381,10 +381,10 @@ fn agent_err(context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError {
 }
 
 /// Subscribe (or unsubscribe) `sub` to `subtree` and to HUGZ. A subtree is subscribed by at most
-/// its first [`FRAME_SLACK_BYTES`](super::kvmsg::FRAME_SLACK_BYTES): libzmq's SUB removes a
+/// its first [`MAX_PREFIX_BYTES`](crate::zmqx::MAX_PREFIX_BYTES): libzmq's SUB removes a
 /// prefix by recursing once per byte, and the core keeps updates by the whole subtree anyway.
 fn subscribe(sub: &zmq::Socket, subtree: &[u8], on: bool) -> zmq::Result<()> {
-    let subtree = &subtree[..subtree.len().min(super::kvmsg::FRAME_SLACK_BYTES)];
+    let subtree = &subtree[..subtree.len().min(crate::zmqx::MAX_PREFIX_BYTES)];
     let f = |p: &[u8]| {
         if on {
             sub.set_subscribe(p)

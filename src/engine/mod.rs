@@ -438,7 +438,8 @@ impl Engine {
         });
         let server = MetricsServer::bind(addr, render)
             .map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?
-            .with_access(access);
+            .with_access(access)
+            .with_engine_id(&self.live.engine_id);
         let counters = server.access_counters();
         let bound = server.local_addr().map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?;
         let stop = StopFlag::new();

@@ -28,6 +28,14 @@
 //! A link that went down too recently for the grace to have decided anything when its owner
 //! stops ([`LinkWatch::finish`], or the drop) is counted then, so a summary never says `down`
 //! with no loss.
+//!
+//! **Connections accepted on a bound endpoint** are no links of the watch (the peer connects,
+//! and reconnects, by itself), but a watch on a socket that binds sees them too: each completed
+//! handshake and each end is counted ([`LinkWatch::accepted`]), and an owner that wants each end
+//! said ([`LinkWatch::saying_accepted_ends`]) has it said by the rule for repeated lines. libzmq
+//! 4.3.5 gives the same `DISCONNECTED` event, and nothing else, whether the peer closed or
+//! libzmq dropped the connection for a message over `ZMQ_MAXMSGSIZE` (with what was queued
+//! behind it): the cause is not known, and the line says so.
 
 pub mod core;
 
@@ -53,6 +61,15 @@ pub const SERVICE_EVERY_ROUNDS: u32 = 1024;
 
 /// Most events taken per service.
 const EVENTS_PER_SERVICE: usize = 64;
+
+/// Connections accepted on a socket's bound endpoints, counted by its watch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// Handshakes completed.
+    pub connects: u64,
+    /// Connections that ended (closed by the peer, broken, or dropped by libzmq: it does not say which).
+    pub disconnects: u64,
+}
 
 /// A socket's link counters, shared with whoever reports them.
 #[derive(Debug, Clone, Default)]
@@ -123,6 +140,10 @@ pub struct LinkWatch {
     losses: Vec<Refusals>,
     /// Per link: the last loss was said in a line (its `re-established`/`up again` lines follow).
     said: Vec<bool>,
+    accepted: Accepted,
+    /// With [`LinkWatch::saying_accepted_ends`]: the ends of accepted connections, said by the
+    /// rule for repeated lines, and what each may mean.
+    accepted_ends: Option<(Refusals, String)>,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -189,6 +210,8 @@ impl LinkWatch {
             not_ups: None,
             losses,
             said: vec![false; endpoints.len()],
+            accepted: Accepted::default(),
+            accepted_ends: None,
         })
     }
 
@@ -197,6 +220,18 @@ impl LinkWatch {
     pub fn following_updowns(mut self) -> Self {
         self.follow = true;
         self
+    }
+
+    /// Say each end of a connection accepted on a bound endpoint, by the rule for repeated lines:
+    /// `HEAD (disconnected): ENDPOINT: EXPLAIN (the first; …)`, then a summary every 10 s.
+    pub fn saying_accepted_ends(mut self, head: String, explain: String) -> Self {
+        self.accepted_ends = Some((Refusals::new(&self.name, SUMMARY_INTERVAL_NS).said_as(head), explain));
+        self
+    }
+
+    /// Connections accepted on the socket's bound endpoints so far.
+    pub fn accepted(&self) -> Accepted {
+        self.accepted
     }
 
     /// Keep quiet on stderr (a full-screen owner); the counters still count.
@@ -266,10 +301,33 @@ impl LinkWatch {
                     Event::Disconnected if self.follow => self.updowns.push(false),
                     _ => {}
                 }
+                if self.links.find(endpoint).is_none() {
+                    // A connection accepted on an endpoint the socket binds.
+                    match event {
+                        Event::HandshakeSucceeded => self.accepted.connects += 1,
+                        Event::Disconnected => {
+                            self.accepted.disconnects += 1;
+                            if let (Some((said, explain)), true) = (&mut self.accepted_ends, self.log) {
+                                if let Some(line) =
+                                    said.refuse("disconnected", &format_args!("{endpoint}: {explain}"), now)
+                                {
+                                    crate::diag!("{line}");
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 self.links.on_event(event, endpoint, now, &mut self.out);
             }
         }
-        if seen == 0 && !self.links.pending() && self.held.is_empty() && !self.losses.iter().any(Refusals::unsaid) {
+        let accepted_unsaid = self.accepted_ends.as_ref().is_some_and(|(said, _)| said.unsaid());
+        if seen == 0
+            && !self.links.pending()
+            && self.held.is_empty()
+            && !self.losses.iter().any(Refusals::unsaid)
+            && !accepted_unsaid
+        {
             return 0;
         }
         self.links.tick(now, &mut self.out);
@@ -283,7 +341,7 @@ impl LinkWatch {
             self.held.remove(0);
             self.say_lost(link, Reason::Disconnected, now);
         }
-        for losses in &mut self.losses {
+        for losses in self.losses.iter_mut().chain(self.accepted_ends.as_mut().map(|(said, _)| said)) {
             if let Some(line) = losses.due(now) {
                 crate::diag!("{line}");
             }
@@ -398,7 +456,7 @@ impl Drop for LinkWatch {
         for (_, link) in std::mem::take(&mut self.held) {
             self.say_lost(link, Reason::Disconnected, now);
         }
-        for losses in &mut self.losses {
+        for losses in self.losses.iter_mut().chain(self.accepted_ends.as_mut().map(|(said, _)| said)) {
             if let Some(line) = losses.flush() {
                 crate::diag!("{line}");
             }

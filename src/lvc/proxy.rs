@@ -43,6 +43,9 @@ pub struct LvcReport {
     pub blocked: u64,
     /// Sends that failed (message lost).
     pub send_failures: u64,
+    /// Publisher connections on the bound frontend: handshakes, and ends (the shell's).
+    pub publisher_connects: u64,
+    pub publisher_disconnects: u64,
     /// How answers were bounded (coalesced, truncated, suppressed).
     pub answers: AnswerCounters,
     /// Topics and bytes held at the end.
@@ -58,7 +61,8 @@ impl std::fmt::Display for LvcReport {
         write!(
             f,
             "messages_in={} frames_in={} bytes_in={} subscribes={} unsubscribes={} other_upstream={} \
-             not_forwarded={} too_long_up={} cache_answers={} dropped_full={} blocked={} send_failures={} answered={} \
+             not_forwarded={} too_long_up={} cache_answers={} dropped_full={} blocked={} send_failures={} \
+             publisher_connects={} publisher_disconnects={} answered={} \
              answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} joiner_answers={} truncated={} suppressed_msgs={} \
              suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
              evicted_too_big={} uncacheable={}",
@@ -74,6 +78,8 @@ impl std::fmt::Display for LvcReport {
             self.dropped_full,
             self.blocked,
             self.send_failures,
+            self.publisher_connects,
+            self.publisher_disconnects,
             a.answered,
             a.answer_msgs,
             a.answer_bytes,
@@ -271,6 +277,8 @@ impl ProxyHooks for LvcHooks {
             dropped_full: shell.dropped_full,
             blocked: shell.blocked,
             send_failures: shell.send_failures,
+            publisher_connects: shell.publisher_connects,
+            publisher_disconnects: shell.publisher_disconnects,
             answers: self.gate.counters(),
             topics: self.cache.topics() as u64,
             cache_bytes: self.cache.bytes() as u64,

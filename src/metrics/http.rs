@@ -13,7 +13,16 @@
 //! - at most [`MAX_CONNECTIONS`] are open at once: one more closes the oldest,
 //!   counted as `too_many_connections`;
 //! - the agent never waits on one client, so a stop is honoured within its idle
-//!   wait (100 ms in the engine) whatever clients do.
+//!   wait (100 ms in the engine) whatever clients do;
+//! - when `accept()` fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+//!   ENOMEM), the waiting connection stays queued and the listener readable: the listener
+//!   is left alone for [`ACCEPT_PAUSE`] ([`AcceptPause`]) instead of being tried again at
+//!   once, which spun the thread; the open connections are served meanwhile. Each failure is
+//!   counted (`accept_errors`) and said by the rule for repeated lines.
+//!
+//! Its own counts ([`HttpCounters`]: served, refused, timed out, evicted, accept errors) are
+//! live atomics, and every `/metrics` page ends with them (`mdsub_metrics_http_*_total`,
+//! [`prom::http`]).
 //!
 //! With an [`HttpAccess`] (`--metrics-allow-addr`, `--metrics-token-file`),
 //! a request from outside the address allow-list is answered 403 and one
@@ -34,12 +43,16 @@ use crate::clock::monotonic_ns;
 use crate::diag::RefusalLog;
 use crate::security::{HttpAccess, HttpRefusal};
 
+use super::prom;
+
 /// Longest a connection may take, from its accept, to send its whole request and take the whole answer.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// Largest request head accepted.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Most connections open at once; one more closes the oldest.
 pub const MAX_CONNECTIONS: usize = 16;
+/// How long the listener is left alone after `accept()` failed (out of descriptors or memory).
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Connections taken from the listener per round, so a flood of them does not starve the open ones;
 /// no more than are kept open, so none accepted in a round is closed unread in that round.
 const ACCEPTS_PER_ROUND: usize = MAX_CONNECTIONS;
@@ -62,6 +75,126 @@ impl HttpAccessCounters {
     }
 }
 
+/// The server's own counts: live (written by its thread, read by every scrape and by anyone).
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Requests answered 200 (a scrape counts itself: it is counted before its page is rendered).
+    pub served: AtomicU64,
+    /// Requests answered 4xx: malformed, wrong path or method, or refused by the access policy.
+    pub refused: AtomicU64,
+    /// Connections closed unanswered past [`REQUEST_DEADLINE`] (`request_timeout`).
+    pub timed_out: AtomicU64,
+    /// Connections closed unanswered, the oldest when one more than [`MAX_CONNECTIONS`] came
+    /// (`too_many_connections`).
+    pub evicted: AtomicU64,
+    /// Times `accept()` failed for want of descriptors or memory (or for no reason it gives
+    /// for one connection alone): each paused the listener for [`ACCEPT_PAUSE`].
+    pub accept_errors: AtomicU64,
+}
+
+/// [`HttpCounters`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpCounts {
+    pub served: u64,
+    pub refused: u64,
+    pub timed_out: u64,
+    pub evicted: u64,
+    pub accept_errors: u64,
+}
+
+impl HttpCounters {
+    /// Every count, now.
+    pub fn snapshot(&self) -> HttpCounts {
+        HttpCounts {
+            served: self.served.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+        }
+    }
+
+    /// Add one to `counter` (the server's thread is its only writer).
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// When the listener is tried: a socket-free rule taking `now_ns`. After a failed `accept()`
+/// the connection it could not take is still queued, so the listener stays readable: trying it
+/// again at once would spin. It is left alone for [`ACCEPT_PAUSE`], then tried again.
+#[derive(Debug, Default)]
+pub struct AcceptPause {
+    until_ns: Option<u64>,
+}
+
+impl AcceptPause {
+    /// `accept()` failed at `now_ns`: leave the listener alone for [`ACCEPT_PAUSE`].
+    pub fn failed(&mut self, now_ns: u64) {
+        self.until_ns = Some(now_ns.saturating_add(ACCEPT_PAUSE.as_nanos() as u64));
+    }
+
+    /// Whether to try the listener at `now_ns` (and to poll it): no pause, or the pause is over.
+    pub fn accepting(&mut self, now_ns: u64) -> bool {
+        match self.until_ns {
+            Some(until) if now_ns < until => false,
+            _ => {
+                self.until_ns = None;
+                true
+            }
+        }
+    }
+
+    /// How long the pause still lasts at `now_ns` (None: not paused), to bound the idle wait.
+    pub fn left_ns(&self, now_ns: u64) -> Option<u64> {
+        self.until_ns.map(|until| until.saturating_sub(now_ns))
+    }
+}
+
+/// What a failed `accept()` means for the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptFailure {
+    /// Nothing waiting.
+    Empty,
+    /// Interrupted: try again.
+    Again,
+    /// That one connection failed before it was taken (reset, or a network error Linux passes
+    /// on from it): the next may be fine.
+    ThisOne,
+    /// The server cannot take any now (`reason`): pause the listener.
+    Pause(&'static str),
+}
+
+impl AcceptFailure {
+    fn of(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match (e.kind(), e.raw_os_error()) {
+            (K::WouldBlock, _) => AcceptFailure::Empty,
+            (K::Interrupted, _) => AcceptFailure::Again,
+            (_, Some(libc::EMFILE | libc::ENFILE)) => AcceptFailure::Pause("out_of_descriptors"),
+            (_, Some(libc::ENOBUFS | libc::ENOMEM)) => AcceptFailure::Pause("out_of_memory"),
+            // accept(2), Linux: pending network errors of the new connection come back from
+            // accept(); treat them like EAGAIN (retry).
+            (K::ConnectionAborted | K::ConnectionReset, _)
+            | (
+                _,
+                Some(
+                    libc::EPROTO
+                    | libc::ENETDOWN
+                    | libc::ENOPROTOOPT
+                    | libc::EHOSTDOWN
+                    | libc::ENONET
+                    | libc::EHOSTUNREACH
+                    | libc::EOPNOTSUPP
+                    | libc::ENETUNREACH
+                    | libc::EPERM,
+                ),
+            ) => AcceptFailure::ThisOne,
+            _ => AcceptFailure::Pause("accept_failed"),
+        }
+    }
+}
+
 /// One open connection.
 struct Conn {
     stream: TcpStream,
@@ -79,19 +212,17 @@ pub struct MetricsServer {
     render: Render,
     access: HttpAccess,
     access_counters: Arc<HttpAccessCounters>,
+    counters: Arc<HttpCounters>,
+    /// The engine's id, labelling the server's own samples on the page.
+    engine_id: String,
     /// Refusals (the access policy's, and connections closed unanswered), said by reason.
     refusals: RefusalLog,
+    /// Failed accepts, said by reason (`metrics-http: cannot accept connections (REASON): …`).
+    accept_failures: RefusalLog,
+    pause: AcceptPause,
     conns: Vec<Conn>,
     /// The descriptors of the last idle wait (kept to reuse their room).
     pollfds: Vec<libc::pollfd>,
-    /// Requests answered, and requests refused (malformed, wrong path or
-    /// method, or by the access policy).
-    pub served: u64,
-    pub refused: u64,
-    /// Connections closed unanswered: past [`REQUEST_DEADLINE`], and the oldest
-    /// when one more than [`MAX_CONNECTIONS`] came.
-    pub timed_out: u64,
-    pub evicted: u64,
 }
 
 impl MetricsServer {
@@ -104,13 +235,13 @@ impl MetricsServer {
             render,
             access: HttpAccess::default(),
             access_counters: Arc::default(),
+            counters: Arc::default(),
+            engine_id: String::new(),
             refusals: RefusalLog::new("metrics-http"),
+            accept_failures: RefusalLog::new("metrics-http").said_as("metrics-http: cannot accept connections"),
+            pause: AcceptPause::default(),
             conns: Vec::with_capacity(MAX_CONNECTIONS),
             pollfds: Vec::with_capacity(MAX_CONNECTIONS + 1),
-            served: 0,
-            refused: 0,
-            timed_out: 0,
-            evicted: 0,
         })
     }
 
@@ -118,6 +249,17 @@ impl MetricsServer {
     pub fn with_access(mut self, access: HttpAccess) -> Self {
         self.access = access;
         self
+    }
+
+    /// Label the server's own samples on the page `engine="ID"`, as the engine's are.
+    pub fn with_engine_id(mut self, engine_id: &str) -> Self {
+        self.engine_id = engine_id.to_string();
+        self
+    }
+
+    /// The server's live counts (also on every `/metrics` page).
+    pub fn counters(&self) -> Arc<HttpCounters> {
+        self.counters.clone()
     }
 
     /// The live counts of requests the access policy refused.
@@ -143,8 +285,12 @@ impl MetricsServer {
     }
 
     /// Take the connections waiting on the listener; over [`MAX_CONNECTIONS`], the oldest open one is closed.
+    /// Nothing while the listener is paused ([`AcceptPause`]).
     fn accept(&mut self, now_ns: u64) -> usize {
         let mut n = 0;
+        if !self.pause.accepting(now_ns) {
+            return n;
+        }
         while n < ACCEPTS_PER_ROUND {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
@@ -157,10 +303,22 @@ impl MetricsServer {
                     }
                     self.conns.push(Conn { stream, peer, opened_ns: now_ns, head: Vec::new(), answer: None });
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // Nothing waiting; or a connection that failed before it was taken (reset), or a
-                // short lack of descriptors: not fatal to the server.
-                Err(_) => break,
+                Err(e) => match AcceptFailure::of(&e) {
+                    AcceptFailure::Empty => break,
+                    AcceptFailure::Again => {}
+                    AcceptFailure::ThisOne => n += 1,
+                    AcceptFailure::Pause(reason) => {
+                        HttpCounters::bump(&self.counters.accept_errors);
+                        self.pause.failed(now_ns);
+                        let detail = format_args!(
+                            "{e}; the listener rests {} ms, the connections open are served meanwhile ({} now)",
+                            ACCEPT_PAUSE.as_millis(),
+                            self.conns.len()
+                        );
+                        self.accept_failures.refuse(reason, &detail, now_ns);
+                        break;
+                    }
+                },
             }
         }
         n
@@ -172,7 +330,7 @@ impl MetricsServer {
             return;
         }
         let c = self.conns.remove(0);
-        self.evicted += 1;
+        HttpCounters::bump(&self.counters.evicted);
         let detail = format_args!(
             "{}: closed unanswered after {} ms ({} bytes of request), the oldest of {} open connections \
              when another came",
@@ -230,7 +388,7 @@ impl MetricsServer {
             }
         }
         if now_ns.saturating_sub(c.opened_ns) >= REQUEST_DEADLINE.as_nanos() as u64 {
-            self.timed_out += 1;
+            HttpCounters::bump(&self.counters.timed_out);
             let what = match &c.answer {
                 None => format!("no whole request ({} bytes came)", c.head.len()),
                 Some((bytes, written)) => format!("the answer not taken ({written} of {} bytes)", bytes.len()),
@@ -270,16 +428,20 @@ impl MetricsServer {
         } else if method != "GET" && method != "HEAD" {
             ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
         } else if path == "/metrics" {
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", (self.render)())
+            // Counted first, so the page it gets counts it.
+            HttpCounters::bump(&self.counters.served);
+            let mut page = (self.render)();
+            prom::http(&mut page, &self.engine_id, &self.counters.snapshot());
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page)
         } else if path == "/" {
             ("200 OK", "text/plain", "mdsub engine: metrics at /metrics\n".to_string())
         } else {
             ("404 Not Found", "text/plain", "not found; metrics are at /metrics\n".to_string())
         };
-        if status.starts_with("200") {
-            self.served += 1;
-        } else {
-            self.refused += 1;
+        if !status.starts_with("200") {
+            HttpCounters::bump(&self.counters.refused);
+        } else if path != "/metrics" {
+            HttpCounters::bump(&self.counters.served);
         }
         let body = if method == "HEAD" { "" } else { body.as_str() };
         let challenge = if status.starts_with("401") { "WWW-Authenticate: Bearer realm=\"mdsub\"\r\n" } else { "" };
@@ -323,18 +485,27 @@ impl Agent for MetricsServer {
         self.conns = conns;
         // A burst of refusals is summarised without waiting for the next request.
         self.refusals.tick(now_ns);
+        self.accept_failures.tick(now_ns);
         Ok(Step::Worked(n))
     }
 
-    /// Wait for a connection, a request's bytes, room for an answer, or the next deadline.
+    /// Wait for a connection (unless the listener is paused: then for the pause's end), a
+    /// request's bytes, room for an answer, or the next deadline.
     fn idle_wait(&mut self, timeout: Duration) {
         let now_ns = monotonic_ns();
         let deadline = REQUEST_DEADLINE.as_nanos() as u64;
-        let next_ns = self.conns.iter().map(|c| (c.opened_ns + deadline).saturating_sub(now_ns)).min();
+        let next_ns = self
+            .conns
+            .iter()
+            .map(|c| (c.opened_ns + deadline).saturating_sub(now_ns))
+            .chain(self.pause.left_ns(now_ns))
+            .min();
         let wait_ns = next_ns.map_or(timeout.as_nanos() as u64, |d| d.min(timeout.as_nanos() as u64));
         let ms = wait_ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32;
         self.pollfds.clear();
-        self.pollfds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        if self.pause.left_ns(now_ns).is_none_or(|left| left == 0) {
+            self.pollfds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
         for c in &self.conns {
             let events = if c.answer.is_some() { libc::POLLOUT } else { libc::POLLIN };
             self.pollfds.push(libc::pollfd { fd: c.stream.as_raw_fd(), events, revents: 0 });
@@ -397,7 +568,7 @@ mod tests {
         let t0 = std::time::Instant::now();
         let mut slow = slow_client(addr, Duration::from_millis(1500));
         let ok = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("m 1\n"), "{ok}");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.contains("\r\n\r\nm 1\n"), "{ok}");
         assert!(t0.elapsed() < Duration::from_millis(1000), "served at once, not after the slow client");
         // The slow client is answered 408 and closed once its request has taken REQUEST_DEADLINE.
         slow.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -405,9 +576,151 @@ mod tests {
         slow.read_to_string(&mut said).expect("closed within 5 s");
         assert!(said.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{said}");
         assert!(t0.elapsed() >= REQUEST_DEADLINE && t0.elapsed() < REQUEST_DEADLINE * 2, "{:?}", t0.elapsed());
+        // Counted at once, on the page itself (before, only in the agent's fields after its stop).
+        let page = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        for line in [
+            "# TYPE mdsub_metrics_http_timed_out_total counter\nmdsub_metrics_http_timed_out_total{engine=\"\"} 1\n",
+            "# TYPE mdsub_metrics_http_served_total counter\nmdsub_metrics_http_served_total{engine=\"\"} 2\n",
+            "mdsub_metrics_http_evicted_total{engine=\"\"} 0\n",
+        ] {
+            assert!(page.contains(line), "{line} in {page}");
+        }
         stop.stop();
-        let s = h.join().expect("joins");
-        assert_eq!((s.served, s.timed_out, s.evicted), (1, 1, 0));
+        let s = h.join().expect("joins").counters().snapshot();
+        assert_eq!((s.served, s.timed_out, s.evicted), (2, 1, 0));
+    }
+
+    #[test]
+    fn a_failed_accept_pauses_the_listener_for_its_pause_only() {
+        let ms = 1_000_000;
+        let mut p = AcceptPause::default();
+        assert!(p.accepting(0) && p.left_ns(0).is_none(), "not paused to begin with");
+        p.failed(10 * ms);
+        assert_eq!(p.left_ns(10 * ms), Some(100 * ms));
+        assert!(!p.accepting(10 * ms) && !p.accepting(109 * ms), "paused for ACCEPT_PAUSE");
+        assert_eq!(p.left_ns(60 * ms), Some(50 * ms), "the idle wait ends with the pause");
+        assert!(p.accepting(110 * ms) && p.left_ns(110 * ms).is_none(), "then tried again");
+        let of = |errno| AcceptFailure::of(&std::io::Error::from_raw_os_error(errno));
+        assert_eq!(of(libc::EAGAIN), AcceptFailure::Empty);
+        assert_eq!(of(libc::EINTR), AcceptFailure::Again);
+        assert_eq!(of(libc::EMFILE), AcceptFailure::Pause("out_of_descriptors"));
+        assert_eq!(of(libc::ENFILE), AcceptFailure::Pause("out_of_descriptors"));
+        assert_eq!(of(libc::ENOBUFS), AcceptFailure::Pause("out_of_memory"));
+        assert_eq!(of(libc::ECONNABORTED), AcceptFailure::ThisOne, "that connection only");
+        assert_eq!(of(libc::ENETUNREACH), AcceptFailure::ThisOne, "Linux passes its errors on: retry");
+        assert_eq!(of(libc::EBADF), AcceptFailure::Pause("accept_failed"), "anything else pauses, never spins");
+    }
+
+    /// Set in the child process of [`out_of_descriptors_the_listener_is_paused_and_the_open_are_served`].
+    const EMFILE_CHILD: &str = "MDSUB_TEST_EMFILE_CHILD";
+
+    /// Ask `c` (connected, nothing sent yet) for `/metrics`; the whole answer.
+    fn ask(c: &mut TcpStream) -> String {
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").expect("send");
+        let mut out = String::new();
+        c.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    #[test]
+    fn out_of_descriptors_the_listener_is_paused_and_the_open_are_served() {
+        // RLIMIT_NOFILE is the process's: lowered here it would starve every other test, so
+        // this runs itself again, alone, in a child process, which asserts; this side checks
+        // that the child ran it and passed.
+        if std::env::var_os(EMFILE_CHILD).is_some() {
+            return out_of_descriptors_in_this_process();
+        }
+        let name = "metrics::http::tests::out_of_descriptors_the_listener_is_paused_and_the_open_are_served";
+        let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(EMFILE_CHILD, "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the child");
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // polling the child's exit, bounded above
+        };
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = child.stdout.take().expect("stdout").read_to_string(&mut out);
+        let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+        assert!(status.is_some_and(|s| s.success()), "the child failed or took 30 s ({status:?}):\n{out}\n{err}");
+        assert!(out.contains("test result: ok. 1 passed"), "the child ran the test:\n{out}\n{err}");
+        // Said once at once, then summed up at the end (every 10 s in a longer run).
+        let said: Vec<&str> =
+            err.lines().filter(|l| l.starts_with("metrics-http: cannot accept connections")).collect();
+        assert_eq!(said.len(), 2, "{err}");
+        assert!(
+            said[0].starts_with(
+                "metrics-http: cannot accept connections (out_of_descriptors): Too many open files (os error 24); \
+                 the listener rests 100 ms, the connections open are served meanwhile (1 now) (the first;"
+            ),
+            "{err}"
+        );
+        assert!(said[1].contains(" since the last line: out_of_descriptors="), "{err}");
+    }
+
+    /// The child's part: one descriptor left, two connections waiting; the server takes the
+    /// first and cannot take the second (EMFILE) until the first is done with.
+    fn out_of_descriptors_in_this_process() {
+        let server =
+            MetricsServer::bind("127.0.0.1:0".parse().expect("addr"), Box::new(|| "m 1\n".to_string())).expect("bind");
+        let (addr, counters) = (server.local_addr().expect("addr"), server.counters());
+        let mut first = TcpStream::connect(addr).expect("connect");
+        let mut second = TcpStream::connect(addr).expect("connect");
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: a valid rlimit to fill, then to read.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            limit.rlim_cur = limit.rlim_cur.min(256);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+        let mut held = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => held.push(f),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => panic!("opening /dev/null: {e}"),
+            }
+        }
+        held.pop();
+        let stop = StopFlag::new();
+        let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)
+            .expect("start");
+        // A window in which the second connection cannot be taken (the first holds the last
+        // descriptor and sends nothing yet): the measurement, not a handshake.
+        std::thread::sleep(Duration::from_millis(500));
+        let rounds = h.stats().idle_rounds;
+        // Before, every round tried the accept again at once: 210 362 rounds in 500 ms, one core
+        // busy, nothing counted or said. Now it is tried once per ACCEPT_PAUSE, each failure counted.
+        assert!(rounds <= 20, "{rounds} rounds in 500 ms: the accept loop spins");
+        let failed = counters.accept_errors.load(Relaxed);
+        assert!((3..=8).contains(&failed), "{failed} accept errors in 500 ms, with a 100 ms pause");
+        // The open connection is served meanwhile, its page counting the errors so far; done
+        // with, its descriptor takes the second, within a pause.
+        let page = ask(&mut first);
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(!page.contains("mdsub_metrics_http_accept_errors_total{engine=\"\"} 0\n"), "{page}");
+        assert!(page.contains("# TYPE mdsub_metrics_http_accept_errors_total counter\n"), "{page}");
+        drop(first);
+        let t0 = std::time::Instant::now();
+        let page = ask(&mut second);
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(t0.elapsed() < ACCEPT_PAUSE * 3, "taken within a pause: {:?}", t0.elapsed());
+        stop.stop();
+        let s = h.join().expect("joins").counters().snapshot();
+        assert_eq!(s.served, 2);
+        drop(held);
     }
 
     #[test]
@@ -424,7 +737,7 @@ mod tests {
             assert!(t0.elapsed() < Duration::from_millis(500), "stopped within 500 ms");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let s = h.join().expect("joins");
+        let s = h.join().expect("joins").counters().snapshot();
         assert_eq!(s.served, 1);
     }
 
@@ -434,8 +747,12 @@ mod tests {
         let (addr, stop, h) = start();
         let idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).expect("connect")).collect();
         let t0 = std::time::Instant::now();
-        assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+        let page = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
         assert!(t0.elapsed() < Duration::from_millis(1000), "served at once");
+        // Its own accept closed the oldest: the page it got counts them.
+        let evicted = format!("\nmdsub_metrics_http_evicted_total{{engine=\"\"}} {}\n", 20 + 1 - MAX_CONNECTIONS);
+        assert!(page.contains(&evicted), "{evicted} in {page}");
         // The oldest, in the order they came, were told why and closed.
         for (k, mut old) in idle.iter().take(20 + 1 - MAX_CONNECTIONS).enumerate() {
             old.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -444,7 +761,7 @@ mod tests {
             assert!(said.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "connection {k}: {said}");
         }
         stop.stop();
-        let s = h.join().expect("joins");
+        let s = h.join().expect("joins").counters().snapshot();
         assert_eq!((s.served, s.evicted), (1, (20 + 1 - MAX_CONNECTIONS) as u64));
     }
 
@@ -452,14 +769,20 @@ mod tests {
     fn serves_metrics_and_refuses_the_rest() {
         let (addr, stop, h) = start();
         let ok = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
-        assert!(ok.contains("Content-Length: 4\r\n"), "{ok}");
+        let (head, body) = ok.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{ok}");
+        // What the render gave, then the server's own counters.
+        assert!(body.starts_with("m 1\n# HELP mdsub_metrics_http_served_total "), "{ok}");
         assert!(get(addr, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
         assert!(get(addr, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
         assert!(get(addr, b"GET /metr").starts_with("HTTP/1.1 400"), "a request cut short is refused");
+        let page = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(page.contains("\nmdsub_metrics_http_refused_total{engine=\"\"} 3\n"), "{page}");
+        assert!(page.contains("\nmdsub_metrics_http_served_total{engine=\"\"} 2\n"), "{page}");
         stop.stop();
-        let s = h.join().expect("joins");
-        assert_eq!((s.served, s.refused), (1, 3));
+        let s = h.join().expect("joins").counters().snapshot();
+        assert_eq!((s.served, s.refused), (2, 3));
     }
 
     #[test]
@@ -474,10 +797,10 @@ mod tests {
             .expect("start");
         let no = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(no.starts_with("HTTP/1.1 401") && no.contains("WWW-Authenticate: Bearer"), "{no}");
-        assert!(get(addr, b"GET /metrics HTTP/1.1\r\nauthorization: Bearer tok\r\n\r\n").ends_with("m 1\n"));
+        assert!(get(addr, b"GET /metrics HTTP/1.1\r\nauthorization: Bearer tok\r\n\r\n").contains("\r\n\r\nm 1\n"));
         assert!(get(addr, b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer tak\r\n\r\n").starts_with("HTTP/1.1 401"));
         stop.stop();
-        let s = h.join().expect("joins");
+        let s = h.join().expect("joins").counters().snapshot();
         assert_eq!((s.served, counters.refused_token.load(Relaxed), counters.refused_address.load(Relaxed)), (1, 2, 0));
     }
 }

@@ -172,6 +172,43 @@ fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
     per_link(s, "mdsub_link_up", "gauge", "1 while the link is up.", &|l| u64::from(l.state == "up"));
 }
 
+/// The `/metrics` server's own counters (`super::http::HttpCounters`), appended by the server to
+/// every page it serves: `mdsub_metrics_http_{served,refused,timed_out,evicted,accept_errors}_total`.
+pub fn http(s: &mut String, engine_id: &str, c: &super::http::HttpCounts) {
+    use super::http::{ACCEPT_PAUSE, MAX_CONNECTIONS, REQUEST_DEADLINE};
+    let labels = format!("engine=\"{}\"", escape(engine_id));
+    let deadline_s = REQUEST_DEADLINE.as_secs_f64();
+    let families = [
+        ("served", "Requests the /metrics server answered 200 (a scrape counts itself).".to_string(), c.served),
+        (
+            "refused",
+            "Requests answered 4xx: malformed, wrong path or method, or refused by the access policy.".into(),
+            c.refused,
+        ),
+        (
+            "timed_out",
+            format!("Connections closed unanswered: no whole request, or the answer not taken, within {deadline_s} s."),
+            c.timed_out,
+        ),
+        (
+            "evicted",
+            format!("Connections closed unanswered: the oldest, when one more than {MAX_CONNECTIONS} were open."),
+            c.evicted,
+        ),
+        (
+            "accept_errors",
+            format!(
+                "Times accept() failed for want of descriptors or memory; each left the listener alone {} ms.",
+                ACCEPT_PAUSE.as_millis()
+            ),
+            c.accept_errors,
+        ),
+    ];
+    for (what, help, v) in families {
+        family(s, &format!("mdsub_metrics_http_{what}_total"), "counter", &help, |f| f.sample("", &labels, v));
+    }
+}
+
 /// Render the exposition.
 pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     let mut s = String::with_capacity(16 * 1024);

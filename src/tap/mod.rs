@@ -68,8 +68,8 @@ impl std::fmt::Display for TapReport {
         write!(
             f,
             "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
-             matched_messages={} subscriptions={} unsubscriptions={} recorded_frames={} record_errors={} \
-             record_skipped_too_large={} unprinted={}",
+             publisher_connects={} publisher_disconnects={} matched_messages={} subscriptions={} unsubscriptions={} \
+             recorded_frames={} record_errors={} record_skipped_too_large={} unprinted={}",
             p.forwarded_down,
             p.forwarded_up,
             p.too_long_up,
@@ -78,6 +78,8 @@ impl std::fmt::Display for TapReport {
             p.dropped_full,
             p.blocked,
             p.send_failures,
+            p.publisher_connects,
+            p.publisher_disconnects,
             s.messages,
             s.subscriptions,
             s.unsubscriptions,

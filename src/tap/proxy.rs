@@ -91,6 +91,9 @@ pub struct TapProxyReport {
     pub blocked: u64,
     /// Sends that failed (message lost in the proxy).
     pub send_failures: u64,
+    /// Publisher connections on the bound frontend: handshakes, and ends (the shell's).
+    pub publisher_connects: u64,
+    pub publisher_disconnects: u64,
 }
 
 /// The tap on the proxy shell: the filter and the sink's queue.
@@ -164,6 +167,8 @@ impl ProxyHooks for TapHooks {
             dropped_full: shell.dropped_full,
             blocked: shell.blocked,
             send_failures: shell.send_failures,
+            publisher_connects: shell.publisher_connects,
+            publisher_disconnects: shell.publisher_disconnects,
         }
     }
 }

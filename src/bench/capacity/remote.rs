@@ -267,9 +267,6 @@ fn request_of(frames: &[Vec<u8>]) -> Result<Value, (&'static str, String)> {
 
 type Prepared = (zmq::Context, Publisher, Pacing, Limits, Source);
 
-/// Most shards a trial may ask for (each binds a data endpoint of its own).
-pub const MAX_SHARDS: u64 = 64;
-
 /// One trial as a `prepare` request asks for it, every field checked.
 #[derive(Debug, Clone)]
 struct Trial {
@@ -281,7 +278,9 @@ struct Trial {
 
 /// The trial `v` asks for, or why it cannot be run: each number in the range the same
 /// setting has on the command line (`--rate`, `--duration`, `--symbols`, `--payload-bytes`,
-/// `--zipf`, `--seed`), shards from 1 to [`MAX_SHARDS`].
+/// `--zipf`, `--seed`), shards from 1 to as many as a profile may have
+/// ([`MAX_THREADS_OF_A_KIND`](crate::profile::MAX_THREADS_OF_A_KIND); each binds a data
+/// endpoint of its own), so no profile `mdsub capacity` accepts is refused in the middle of a run.
 fn trial_of(v: &Value) -> Result<Trial, String> {
     let whole = |k: &str, lo: u64, hi: u64| -> Result<u64, String> {
         let x = v.get(k).ok_or_else(|| format!("the request has no `{k}`"))?;
@@ -305,7 +304,7 @@ fn trial_of(v: &Value) -> Result<Trial, String> {
     Ok(Trial {
         rate: whole("rate", 1, u64::MAX)?,
         duration: Duration::from_millis(whole("duration_ms", 1, crate::clock::MAX_DURATION_S * 1000 - 1)?),
-        shards: whole("shards", 1, MAX_SHARDS)? as usize,
+        shards: whole("shards", 1, crate::profile::MAX_THREADS_OF_A_KIND as u64)? as usize,
         feed,
     })
 }
@@ -350,4 +349,24 @@ fn run(
         secs = t0.elapsed().as_secs_f64();
     })?;
     Ok((sent.max(stats.sent_total), if secs > 0.0 { secs } else { stats.elapsed_s }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(shards: usize) -> Value {
+        json!({"op": "prepare", "rate": 1000, "duration_ms": 1000, "payload_bytes": 100, "symbols": 10,
+               "seed": 1, "shards": shards})
+    }
+
+    #[test]
+    fn a_trial_takes_as_many_shards_as_a_profile_may_have() {
+        // Before, a trial took at most 64 shards while a profile took 256: `mdsub capacity
+        // --publisher connect:EP --vary shards=100` was refused by the trial server mid-run.
+        let most = crate::profile::MAX_THREADS_OF_A_KIND;
+        assert_eq!(trial_of(&prepare(most)).map(|t| t.shards), Ok(most));
+        let over = trial_of(&prepare(most + 1)).map(|t| t.shards);
+        assert_eq!(over, Err(format!("`shards` {}: not a whole number from 1 to {most}", most + 1)));
+    }
 }
