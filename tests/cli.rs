@@ -225,10 +225,15 @@ fn every_refused_flag_value_exits_2_with_one_line() {
             "--server given 3 times",
         ),
         // A clone store is tcp only, checked before anything starts (second audit).
-        (&["clone-client", "--server", "ipc:///tmp/x", "get", "k"], "a clone server is tcp://HOST:P"),
-        (&["clone-server", "--endpoint", "ipc:///tmp/x"], "needs tcp://HOST:P"),
-        (&["top", "--once", "--store", "ipc:///tmp/x"], "a clone server is tcp://HOST:P"),
-        (&["engine", "--endpoint", "tcp://127.0.0.1:1", "--store", "ipc:///x"], "a clone server is tcp://HOST:P"),
+        (&["clone-client", "--server", "ipc:///tmp/x", "get", "k"], "a clone store is reached over tcp only"),
+        (&["clone-server", "--endpoint", "ipc:///tmp/x"], "a clone store is reached over tcp only"),
+        (&["top", "--once", "--store", "ipc:///tmp/x"], "a clone store is reached over tcp only"),
+        (
+            &["engine", "--endpoint", "tcp://127.0.0.1:1", "--store", "ipc:///x"],
+            "a clone store is reached over tcp only",
+        ),
+        (&["clone-client", "--server", "tcp://127.0.0.1:65534", "get", "k"], "a clone server is tcp://HOST:P"),
+        (&["clone-server", "--endpoint", "tcp://127.0.0.1:*"], "needs tcp://HOST:P"),
         // Keys the server refuses are refused here, not waited on until --timeout.
         (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "", "v"], "an empty key"),
         (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "HUGZ", "v"], "reserved by the protocol"),
@@ -435,13 +440,34 @@ fn ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once() {
 }
 
 #[test]
+fn each_endpoint_flag_names_only_the_forms_it_takes() {
+    // Before: every endpoint flag said `no transport (expected tcp://host:port, ipc://path or
+    // inproc://name); accepted: bind:EP, connect:EP or EP`, forms most of them refuse.
+    let ep_like = "with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
+    let bind = format!("no transport; accepted: bind:EP or EP, {ep_like}");
+    let connect = format!("no port; accepted: connect:EP or EP, {ep_like}");
+    assert_refused_with_usage(&[
+        (&["replay", "--endpoint", "foo"], &bind),
+        (&["replay", "--serve-trials", "foo"], &bind),
+        (&["engine", "--monitor", "foo"], &bind),
+        (&["engine", "--endpoint", "tcp://127.0.0.1"], &connect),
+        (&["capacity", "--publisher", "tcp://127.0.0.1"], &connect),
+        (&["lvc", "--frontend", "foo"], &format!("no transport; accepted: bind:EP, connect:EP or EP, {ep_like}")),
+        (&["clone-server", "--endpoint", "foo"], "no transport; accepted: bind:tcp://HOST:P or tcp://HOST:P"),
+        (&["top", "--store", "foo"], "no transport; accepted: connect:tcp://HOST:P or tcp://HOST:P"),
+        (&["clone-client", "--server", "bind:tcp://127.0.0.1:1", "get", "k"], "this socket can only connect"),
+        // A clone store is tcp only: no inproc hint that names ipc.
+        (&["clone-client", "--server", "inproc://x", "get", "k"], "a clone store is reached over tcp only"),
+        (&["top", "--store", "connect:inproc://x"], "a clone store is reached over tcp only"),
+    ]);
+}
+
+#[test]
 fn an_inproc_endpoint_is_refused_where_another_process_would_serve_it() {
     // Before: `engine --endpoint inproc://x` ran silently, its link never up (only sockets of
     // one process meet on inproc, and nothing in the engine's process binds it).
     for args in [
         &["engine", "--endpoint", "inproc://x", "--max-duration", "5s"][..],
-        &["clone-client", "--server", "inproc://x", "--timeout", "5s"],
-        &["top", "--store", "connect:inproc://x"],
         &["replay", "--endpoint", "bind:inproc://x", "--count", "10"],
         &["lvc", "--frontend", "connect:inproc://x", "--backend", "bind:tcp://127.0.0.1:0"],
     ] {

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::args::{
-    parse_bytes_usize, parse_count, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm, parse_ms_in,
-    whole_ms, Endpoint, How, Idle,
+    parse_bind_endpoint, parse_bytes_usize, parse_clone_bind, parse_clone_server, parse_connect_endpoint, parse_count,
+    parse_duration, parse_duration_nonzero, parse_hwm, parse_ms_in, whole_ms, Endpoint, Idle,
 };
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
@@ -28,7 +28,7 @@ use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 connects to the other as a CURVE client with it); clients give its NAME.pub as --server-key. See docs/SECURITY.md.")]
 pub struct ServerArgs {
     /// Base endpoint to bind, `bind:tcp://HOST:P` or `tcp://HOST:P` (P..P+3 are used; HOST may be *).
-    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]tcp://HOST:P")]
+    #[arg(long, value_parser = parse_clone_bind, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]tcp://HOST:P")]
     pub endpoint: Endpoint,
     /// Run as the primary of a pair (needs --peer).
     #[arg(long, conflicts_with = "backup", requires = "peer")]
@@ -37,13 +37,13 @@ pub struct ServerArgs {
     #[arg(long, requires = "peer")]
     pub backup: bool,
     /// The other server's base endpoint, `connect:tcp://HOST:P2` or `tcp://HOST:P2`.
-    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]tcp://HOST:P2")]
+    #[arg(long, value_parser = parse_clone_server, value_name = "[connect:]tcp://HOST:P2")]
     pub peer: Option<Endpoint>,
     /// The other server's Binary Star state endpoint (default: its P2+3).
-    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]EP")]
+    #[arg(long, value_parser = parse_connect_endpoint, value_name = "[connect:]EP")]
     pub peer_state: Option<Endpoint>,
     /// Our Binary Star state endpoint to bind (default: HOST:P+3).
-    #[arg(long, value_parser = parse_endpoint, value_name = "[bind:]EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, value_name = "[bind:]EP")]
     pub state_endpoint: Option<Endpoint>,
     /// Keep an update log and snapshots here; the map survives restarts.
     #[arg(long, value_name = "DIR")]
@@ -85,7 +85,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 impl ServerArgs {
     /// The library configuration these arguments describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
-        let base = self.endpoint.only(How::Bind, "--endpoint")?;
+        let base = &self.endpoint.endpoint;
         let (host, port) = base
             .strip_prefix("tcp://")
             .and_then(|hp| hp.rsplit_once(':'))
@@ -108,10 +108,10 @@ impl ServerArgs {
             (None, _, _) => bail!("--primary/--backup need --peer tcp://HOST:P2"),
             (Some(_), false, false) => bail!("--peer needs --primary or --backup"),
             (Some(peer), primary, _) => {
-                let peer = peer.only(How::Connect, "--peer")?;
+                let peer = peer.endpoint.clone();
                 let [snap, _, _] = crate::clone::endpoints(&peer).map_err(anyhow::Error::msg)?;
                 let peer_state = match &self.peer_state {
-                    Some(s) => s.only(How::Connect, "--peer-state")?,
+                    Some(s) => s.endpoint.clone(),
                     None => {
                         let (host, port) = snap.rsplit_once(':').context("peer endpoint has no port")?;
                         let p: u16 = port.parse().context("peer port")?;
@@ -119,7 +119,7 @@ impl ServerArgs {
                     }
                 };
                 let state_bind = match &self.state_endpoint {
-                    Some(s) => s.only(How::Bind, "--state-endpoint")?,
+                    Some(s) => s.endpoint.clone(),
                     None => format!("tcp://{host}:{}", port + 3),
                 };
                 Some(PairConfig {
@@ -174,7 +174,7 @@ did not answer, or any other error; 2 a refused flag or value (a key or value lo
 )]
 pub struct ClientArgs {
     /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
-    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
+    #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub server: Vec<Endpoint>,
     /// Fail over after this long without an update or HUGZ (e.g. 2s).
     #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]

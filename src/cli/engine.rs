@@ -8,8 +8,9 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::args::{
-    parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint,
-    parse_endpoint_list, parse_ms_in, parse_whole_ms, parse_whole_ms_nonzero, whole_ms, Endpoint, How, Idle,
+    parse_bind_endpoint, parse_clone_server, parse_connect_endpoint_list, parse_count_nonzero_usize, parse_count_usize,
+    parse_duration, parse_duration_nonzero, parse_ms_in, parse_whole_ms, parse_whole_ms_nonzero, whole_ms, Endpoint,
+    Idle,
 };
 use super::feed::FeedArgs;
 use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
@@ -78,7 +79,7 @@ pub struct SnailArgs {
     pub skew_window: Option<Duration>,
     /// Bind the monitor PUB here (`bind:EP` or `EP`): every scream and the
     /// state of every reader and worker (docs/SNAIL.md).
-    #[arg(long, value_parser = parse_endpoint, value_name = "[bind:]EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, value_name = "[bind:]EP")]
     pub monitor: Option<Endpoint>,
 }
 
@@ -110,7 +111,7 @@ impl SnailArgs {
             s.skew_window_ms = whole_ms(d);
         }
         if let Some(ep) = &self.monitor {
-            s.monitor = Some(ep.only(How::Bind, "--monitor")?);
+            s.monitor = Some(ep.endpoint.clone());
         }
         Ok(())
     }
@@ -233,7 +234,7 @@ pub struct EngineArgs {
     /// publishers on one shard. Each link is watched: a loss is logged with
     /// its reason and counted (the report's `links`), one libzmq will not
     /// reconnect (a frame over max_msg_bytes) is connected again.
-    #[arg(long, value_parser = parse_endpoint_list, value_name = "[connect:]EP[,EP…]")]
+    #[arg(long, value_parser = parse_connect_endpoint_list, value_name = "[connect:]EP[,EP…]")]
     pub endpoint: Vec<Vec<Endpoint>>,
     /// Topic prefix to subscribe (repeatable; default everything).
     #[arg(long = "subscribe", value_name = "PREFIX")]
@@ -302,7 +303,7 @@ pub struct OutputArgs {
     /// Clone store server (`[connect:]tcp://HOST:P`; twice for a Binary Star
     /// pair): publish status under /mdsub/status/ENGINE-ID/ every interval and
     /// take live settings from /mdsub/config/ENGINE-ID/NAME.
-    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]tcp://HOST:P")]
+    #[arg(long, value_parser = parse_clone_server, value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
     /// What the engine says on stderr while it runs: error, warn, info or
     /// debug (a line per shard per interval); a live setting too.
@@ -455,11 +456,8 @@ pub fn parse_routing(s: &str) -> Result<Routing, String> {
 /// Run `mdsub engine` against running publishers.
 pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = Profile::load(&args.profile)?;
-    let shard_endpoints: Vec<Vec<String>> = args
-        .endpoint
-        .iter()
-        .map(|list| Endpoint::all_only(list, How::Connect, "--endpoint"))
-        .collect::<anyhow::Result<_>>()?;
+    let shard_endpoints: Vec<Vec<String>> =
+        args.endpoint.iter().map(|list| list.iter().map(|e| e.endpoint.clone()).collect()).collect();
     if !shard_endpoints.is_empty() {
         let template = profile.shards.first().cloned().unwrap_or_else(|| Profile::builtin().shards[0].clone());
         profile.shards = shard_endpoints

@@ -196,9 +196,10 @@ pub(crate) fn store_servers(store: &[args::Endpoint], flag: &str) -> anyhow::Res
             store.len()
         )));
     }
-    let servers = store.iter().map(|e| e.only(args::How::Connect, flag)).collect::<Result<Vec<_>, _>>()?;
+    // Connect-only and tcp, as the flag's parser took it (args::parse_clone_server).
+    let servers: Vec<String> = store.iter().map(|e| e.endpoint.clone()).collect();
     for s in &servers {
-        if !s.starts_with("tcp://") || crate::clone::endpoints(s).is_err() {
+        if crate::clone::endpoints(s).is_err() {
             anyhow::bail!(UsageError(format!(
                 "{flag} `{s}`: a clone server is tcp://HOST:P (it uses ports P, P+1 and P+2)"
             )));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_whole_up_to, Endpoint, How};
+use super::args::{parse_bind_endpoint, parse_count, parse_count_usize, parse_duration, parse_whole_up_to, Endpoint};
 use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
@@ -96,7 +96,7 @@ pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// Endpoint to bind, `bind:EP` or `EP`, one per shard (repeat the flag for more shards).
-    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]EP")]
     pub endpoint: Vec<Endpoint>,
     /// Replay a file instead of generating: a capture (from `mdsub tap
     /// --record`), or Databento DBN data (`.dbn` or `.dbn.zst`, DBN versions
@@ -153,7 +153,7 @@ pub struct ReplayArgs {
     /// trial's rate for its duration on --endpoint (generated feed), until
     /// the capacity run ends. With --rate, never send faster than that (a
     /// load generator that cannot keep up: its trials are "rate not achieved").
-    #[arg(long, value_parser = parse_endpoint, value_name = "bind:EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, value_name = "bind:EP")]
     pub serve_trials: Option<Endpoint>,
 }
 
@@ -191,10 +191,10 @@ impl FaultArgs {
 
 /// Run `mdsub replay`: bind, wait for subscribers, publish.
 pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
-    let endpoints = Endpoint::all_only(&args.endpoint, How::Bind, "--endpoint")?;
+    let endpoints: Vec<String> = args.endpoint.iter().map(|e| e.endpoint.clone()).collect();
     if let Some(control) = &args.serve_trials {
         let cfg = crate::bench::capacity::remote::ServeConfig {
-            control: control.only(How::Bind, "--serve-trials")?,
+            control: control.endpoint.clone(),
             endpoints,
             sndhwm_msgs: args.publisher.sndhwm_msgs,
             max_rate: args.feed.rate.filter(|r| *r > 0),

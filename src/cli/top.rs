@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
 
-use super::args::{parse_duration, parse_endpoint, Endpoint};
+use super::args::{parse_clone_server, parse_duration, Endpoint};
 use super::store_servers;
 use crate::agent::StopFlag;
 use crate::clone::client::{Change, Client, ClientConfig};
@@ -30,7 +30,7 @@ pub const HISTORY: usize = 60;
 #[derive(Args, Debug)]
 pub struct TopArgs {
     /// Clone store server, `[connect:]tcp://HOST:P`; twice for a Binary Star pair.
-    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
+    #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
     /// Print one plain-text frame and exit (for scripts).
     #[arg(long)]
