@@ -43,6 +43,27 @@ fn a_negative_rate_count_or_duration_is_refused_naming_the_value() {
 }
 
 #[test]
+fn a_negative_value_gets_its_flags_reason_on_every_command() {
+    // Before, only the flags that set allow_negative_numbers got a reason; these met clap's
+    // "unexpected argument '-1' found" (the last one suggesting `-- -5`).
+    assert_refused_with_usage(&[
+        (&["engine", "--workers", "-1"], "invalid value '-1' for '--workers <COUNT>': not a count; accepted:"),
+        (&["demo", "--payload-bytes", "-1"], "invalid value '-1' for '--payload-bytes <BYTES>': not a size in bytes"),
+        (&["lvc-bench", "--count", "-5"], "invalid value '-5' for '--count <COUNT>': not a count"),
+        (&["clone-bench", "--runs", "-1"], "invalid value '-1' for '--runs <COUNT>': not a count"),
+        (&["replay", "--sndhwm-msgs", "-1"], "invalid value '-1' for '--sndhwm-msgs <COUNT>': not a count"),
+        (&["capacity", "--hold", "-1s"], "invalid value '-1s' for '--hold <DURATION>': not a duration"),
+        (&["top", "--timeout", "-1s"], "invalid value '-1s' for '--timeout <DURATION>': not a duration"),
+        (&["engine", "--metrics-listen", "-1"], "invalid value '-1' for '--metrics-listen <[ADDR:]PORT>'"),
+        (&["clone-client", "set", "/x", "v", "--ttl", "-5s"], "invalid value '-5s' for '--ttl <DURATION>'"),
+    ]);
+    // Free text keeps a missing value missing: `--save --json` is no file named `--json`.
+    let (code, _out, err) = run_within("bench", mdsub().args(["bench", "--save", "--json"]), DEADLINE);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("a value is required for '--save <FILE>'"), "{err}");
+}
+
+#[test]
 fn a_duration_without_a_unit_is_refused_naming_the_value() {
     let (code, _out, err) = run_within("demo", mdsub().args(["demo", "--duration", "5"]), DEADLINE);
     assert_eq!(code, Some(2), "stderr: {err}");

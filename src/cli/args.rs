@@ -15,7 +15,10 @@
 //! - an idle strategy is one of `spin`, `yield`, `backoff`, `block`.
 //!
 //! clap puts the flag's name in front of each error these parsers return, so
-//! a bad value reads as one line: the flag, the value, the accepted forms.
+//! a bad value reads as one line: the flag, the value, the accepted forms. A
+//! value that starts with `-` (`--workers -1`, `--hold -1s`) reaches the
+//! parser too, for every flag of every command
+//! ([`parsed_values_take_a_leading_hyphen`](super::parsed_values_take_a_leading_hyphen)).
 
 use std::time::Duration;
 
@@ -304,8 +307,7 @@ pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
 }
 
 /// A whole number from 0 to `max`, written plainly (`--seed`, `--publisher-id`): a negative
-/// one (`-1`, with `allow_negative_numbers` on the flag) is refused with the accepted range
-/// instead of being taken for a flag.
+/// one (`-1`) is refused with the accepted range.
 pub fn parse_whole_up_to(s: &str, max: u64) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n <= max => Ok(n),

@@ -38,7 +38,6 @@ pub struct BenchArgs {
     /// With --from: a multiple of the recorded pace (`1x`, `10x`) or `max`
     /// (flat out, the default).
     #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
-    #[arg(allow_hyphen_values = true)] // `-1x` is a refused value, not a flag
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub publisher: PublisherArgs,

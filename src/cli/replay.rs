@@ -124,7 +124,6 @@ pub struct ReplayArgs {
     /// now and divided by the speed; a capture's frames keep their recorded send
     /// times unless --restamp (DBN records are always timed from now).
     #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
-    #[arg(allow_hyphen_values = true)] // `-1x` is a refused value, not a flag
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub feed: FeedArgs,
@@ -135,7 +134,7 @@ pub struct ReplayArgs {
     /// Publisher id of shard 0 (shard k uses ID+k). Give every publisher that
     /// feeds the same subscriber its own range: sessions of one id are taken
     /// for restarts of one publisher.
-    #[arg(long, value_parser = parse_publisher_id, default_value = "0", value_name = "ID", allow_negative_numbers = true)]
+    #[arg(long, value_parser = parse_publisher_id, default_value = "0", value_name = "ID")]
     pub publisher_id: u32,
     /// Subscribers to wait for on every shard before sending (0: do not wait).
     #[arg(long, value_parser = parse_count_usize, default_value = "1", value_name = "COUNT")]
