@@ -262,6 +262,39 @@ fn every_refused_flag_value_exits_2_with_one_line() {
 }
 
 #[test]
+fn a_refused_flag_combination_exits_2_naming_the_flags_before_anything_runs() {
+    // Each of these exited 1 with `mdsub: error: …`; bench printed its banner first, and the
+    // engine blamed `--profile builtin: profile field …` for what flags set (review 11).
+    let dir = common::temp_dir("cli-combinations");
+    let capture = dir.join("x.mdcap");
+    std::fs::write(&capture, b"").expect("an empty capture");
+    let capture = capture.to_str().expect("utf-8 path");
+    assert_refused_with_usage(&[
+        (&["replay", "--from", capture, "--thread-per-shard"], "--thread-per-shard needs the generated feed"),
+        (&["bench", "--compare", "publishers", "--from", capture], "--compare publishers needs the generated feed"),
+        (&["bench", "--compare", "publishers", "--rate", "10"], "--compare publishers measures publishers flat out"),
+        (&["engine", "--workers", "257"], "invalid value '257' for '--workers <COUNT>': too many: at most 256"),
+        (&["profile", "show", "auto", "--shards", "257"], "too many: at most 256"),
+        (
+            &["engine", "--endpoint", "tcp://127.0.0.1:1", "--handoff", "inline", "--workers", "2"],
+            "error: --handoff inline with --workers 2: `inline` runs each shard's handler on its reader",
+        ),
+        (
+            &["engine", "--endpoint", "tcp://127.0.0.1:1", "--subscribe", &"a".repeat(5000)],
+            "error: --subscribe: a prefix of 5000 bytes: at most 4096",
+        ),
+        // No --profile typed: a missing --endpoint, not a fault of the builtin profile.
+        (&["engine"], "error: no endpoint: give --endpoint EP (once per shard), or a --profile FILE whose shards"),
+        (&["engine", "--profile", "auto"], "(the auto profile lists none)"),
+    ]);
+    // Refused first: nothing on stdout (bench printed `mdsub bench  commit …` before).
+    let (_code, out, _err) =
+        run_within("bench", mdsub().args(["bench", "--compare", "publishers", "--from", capture]), DEADLINE);
+    assert!(out.is_empty(), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn meaningless_values_are_refused_not_run_or_quietly_changed() {
     // Each of these ran (`--vary workers=0` with 1 worker labelled 0, `--zipf nan`, a 0s demo
     // that reported 0 messages) or met clap's "unexpected argument '-1' found" (audit).

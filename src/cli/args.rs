@@ -306,6 +306,18 @@ pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
     count_to_usize(parse_count_nonzero(s)?)
 }
 
+/// A number of engine threads of one kind (`--workers`, `--shards`): 1 to
+/// [`MAX_THREADS_OF_A_KIND`](crate::profile::MAX_THREADS_OF_A_KIND), as a profile allows.
+pub fn parse_thread_count(s: &str) -> Result<usize, String> {
+    let max = crate::profile::MAX_THREADS_OF_A_KIND;
+    match parse_count_nonzero_usize(s)? {
+        n if n > max => Err(format!(
+            "too many: at most {max} (each is a pinned thread with its own sockets and latency histograms)"
+        )),
+        n => Ok(n),
+    }
+}
+
 /// A whole number from 0 to `max`, written plainly (`--seed`, `--publisher-id`): a negative
 /// one (`-1`) is refused with the accepted range.
 pub fn parse_whole_up_to(s: &str, max: u64) -> Result<u64, String> {
@@ -448,6 +460,9 @@ mod tests {
         assert_eq!(parse_count_nonzero("2"), Ok(2));
         assert!(parse_count_nonzero("0").unwrap_err().contains("at least 1"));
         assert!(parse_count_nonzero_usize("0k").is_err());
+        assert_eq!(parse_thread_count("256"), Ok(256));
+        assert!(parse_thread_count("257").is_err_and(|e| e.starts_with("too many: at most 256")));
+        assert!(parse_thread_count("0").is_err_and(|e| e.contains("at least 1")));
         assert_eq!(parse_hwm("100k"), Ok(100_000));
         assert!(parse_hwm("3000M").unwrap_err().contains("at most"));
     }

@@ -190,6 +190,9 @@ impl FaultArgs {
 
 /// Run `mdsub replay`: bind, wait for subscribers, publish.
 pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
+    if args.publisher.thread_per_shard && !args.from.is_empty() {
+        anyhow::bail!(super::UsageError("--thread-per-shard needs the generated feed, not --from files".into()));
+    }
     let endpoints: Vec<String> = args.endpoint.iter().map(|e| e.endpoint.clone()).collect();
     if let Some(control) = &args.serve_trials {
         let cfg = crate::bench::capacity::remote::ServeConfig {
@@ -212,9 +215,6 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     };
     let ctx = zmq::Context::new();
     if cfg.thread_per_shard {
-        if !args.from.is_empty() {
-            anyhow::bail!("--thread-per-shard needs the generated feed, not --from files");
-        }
         ctx.set_io_threads(cfg.endpoints.len() as i32)?;
     }
     let source = if args.from.is_empty() {
