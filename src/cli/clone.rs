@@ -18,6 +18,7 @@ use crate::clone::bstar::Role;
 use crate::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
 use crate::clone::kvmsg::{show, Uuid};
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
+use crate::link::{LinkStats, Reason};
 
 /// `mdsub clone-server`: serve a CHP key-value store, alone or as half of a Binary Star pair.
 ///
@@ -259,9 +260,54 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 pub struct NoServer(pub String);
 
 /// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
-/// ([`super::Interrupted`]).
-pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -> anyhow::Result<()> {
-    interrupted(client.wait_synced_or_stop(timeout, stop).map(|_| ()))
+/// ([`super::Interrupted`]). No snapshot in time is [`NoServer`] naming `servers` (exit
+/// [`super::EXIT_NO_SERVER`]), with the handshake refusal behind it when the client's links
+/// were refused ([`refused_handshake`]; `has_keys`: the command takes `--curve-key` and
+/// `--server-key`) rather than the bare timeout.
+pub(crate) fn wait_synced(
+    client: &Client,
+    servers: &str,
+    has_keys: bool,
+    timeout: Duration,
+    stop: &StopFlag,
+) -> anyhow::Result<()> {
+    match client.wait_synced_or_stop(timeout, stop) {
+        Ok(_) => Ok(()),
+        Err(e @ ClientError::Timeout { .. }) => {
+            let why = client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys));
+            let cause = why.map_or_else(|| anyhow::Error::new(e), anyhow::Error::msg);
+            Err(cause.context(NoServer(servers.to_string())))
+        }
+        Err(e) => interrupted(Err(e)).context("connecting to the clone servers"),
+    }
+}
+
+/// What the servers' refusal of a client's handshakes means, when its links were lost to one
+/// that will not fix itself (the lines the link watch said, as one cause for the final error).
+fn refused_handshake(links: &[LinkStats], has_keys: bool) -> Option<&'static str> {
+    let lost = |r: Reason| links.iter().any(|l| l.lost.contains_key(r.name()));
+    if !has_keys {
+        return (lost(Reason::HandshakeFailedMechanism) || lost(Reason::HandshakeFailedNoDetail))
+            .then_some("the server demands CURVE, which this command does not speak");
+    }
+    if lost(Reason::HandshakeFailedAuth) {
+        Some(
+            "authentication refused: the server does not allow this client's key (--curve-key), or \
+             --server-key is not the server's public key",
+        )
+    } else if lost(Reason::HandshakeFailedMechanism) {
+        Some(
+            "the server uses another security mechanism: it demands CURVE (give --server-key and \
+             --curve-key), or it does not speak CURVE (leave them out)",
+        )
+    } else if lost(Reason::HandshakeFailedNoDetail) {
+        Some(
+            "the handshake failed with no reason from libzmq (with CURVE, most often a --server-key \
+             that is not the server's public key)",
+        )
+    } else {
+        None
+    }
 }
 
 /// Wait up to `timeout` for the server to publish update `u` (of `key` and `value`); Ctrl-C
@@ -354,11 +400,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         args.idle.strategy(),
         keys,
     )?;
-    match client.wait_synced_or_stop(timeout, stop) {
-        Ok(_) => {}
-        Err(e @ ClientError::Timeout { .. }) => return Err(anyhow::Error::new(e).context(NoServer(names))),
-        Err(e) => interrupted(Err(e)).context("connecting to the clone servers")?,
-    }
+    wait_synced(&client, &names, true, timeout, stop)?;
     if let (ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. }, Ok(st)) = (&args.cmd, client.status()) {
         // No key the server holds can be longer than its limit, so nothing can be under such a
         // subtree: refused like an over-long key for `set` (the client asked only its first

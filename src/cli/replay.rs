@@ -242,6 +242,14 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         match publisher.wait_for_subscribers_or_stop(args.subscribers, args.wait_timeout, stop) {
             Err(crate::replay::ReplayError::Interrupted) => return Err(super::Interrupted.into()),
+            // A subscriber without CURVE is refused in its handshake, before it can subscribe:
+            // this side never sees it (the subscriber's link watch names the mismatch).
+            Err(e @ crate::replay::ReplayError::NoSubscribers { .. }) if args.access.curve_key.is_some() => {
+                anyhow::bail!(
+                    "{e}; this publisher demands CURVE (--curve-key): a subscriber without --server-key and \
+                     --curve-key fails its handshake here unseen"
+                )
+            }
             r => r?,
         }
         crate::diag!("subscribed: sending");

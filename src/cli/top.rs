@@ -230,13 +230,14 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
             anyhow::anyhow!("no terminal to draw the dashboard on (/dev/tty: {e}); --once prints one plain-text frame")
         })?)
     };
+    let names = servers.join(", ");
     let client = Client::start(ClientConfig {
         servers,
         subtree: STATUS_ROOT.into(),
         log_links: false,
         ..ClientConfig::default()
     })?;
-    super::clone::wait_synced(&client, args.timeout, stop).context("connecting to the clone store")?;
+    super::clone::wait_synced(&client, &names, false, args.timeout, stop)?;
     let changes = client.watch(STATUS_ROOT.as_bytes())?;
     let mut model = Top::default();
     // The watch starts with every current key.
