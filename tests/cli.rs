@@ -517,6 +517,18 @@ fn each_endpoint_flag_names_only_the_forms_it_takes() {
 }
 
 #[test]
+fn top_with_no_store_names_the_store_it_waited_for() {
+    // Before: `mdsub: error: top: connecting to the clone store: timed out …`, no endpoint
+    // (clone-client names it).
+    let store = format!("tcp://127.0.0.1:{}", unserved_port_block(3));
+    let (code, out, err) =
+        run_within("top", mdsub().args(["top", "--once", "--timeout", "1s", "--store", &store]), DEADLINE);
+    assert_eq!(code, Some(4), "no server answered, as clone-client: {out}{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("mdsub: error: top: no clone server answered ({store}): timed out")), "{err}");
+}
+
+#[test]
 fn an_inproc_endpoint_is_refused_where_another_process_would_serve_it() {
     // Before: `engine --endpoint inproc://x` ran silently, its link never up (only sockets of
     // one process meet on inproc, and nothing in the engine's process binds it).

@@ -403,12 +403,23 @@ fn a_bad_bearer_token_file_is_called_a_token_file() {
     let dir = temp_dir("sec-token");
     let empty = dir.join("empty.tok");
     std::fs::write(&empty, "\n").expect("token file");
+    let spaced = dir.join("spaced.tok");
+    std::fs::write(&spaced, " s3cret token\n").expect("token file");
+    let two_lines = dir.join("two-lines.tok");
+    std::fs::write(&two_lines, "s3cret\ntoken\n").expect("token file");
     let missing = dir.join("missing.tok");
-    for (file, says) in [(&empty, "bearer token file"), (&missing, "cannot read the bearer token file")] {
+    // Which fault it is, not `it is empty or has spaces` (review 11).
+    for (file, says) in [
+        (&empty, "bearer token file"),
+        (&empty, "must hold one token (no spaces), and it is empty"),
+        (&spaced, "and it has spaces (2 words)"),
+        (&two_lines, "and it has 2 lines"),
+        (&missing, "cannot read the bearer token file"),
+    ] {
         let args = ["engine", "--endpoint", "tcp://127.0.0.1:1", "--metrics-listen", "0", "--metrics-token-file"];
         let (code, _, err) = run_within("engine", mdsub().args(args).arg(file), DEADLINE);
         assert_eq!(code, Some(1), "{err}");
-        assert!(err.contains(says) && !err.contains("key file"), "{err}");
+        assert!(err.contains(says) && !err.contains("key file") && !err.contains("or has spaces"), "{err}");
         assert_eq!(err.matches("No such file").count(), usize::from(file == &missing), "the cause once: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
