@@ -498,19 +498,26 @@ fn monitor_zap_allow_list_and_metrics_access_refuse_the_outsider() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() {
-    let dir = temp_dir("sec-feed");
-    keygen(&dir, "feed");
-    keygen(&dir, "engine1");
-    keygen(&dir, "mallory");
-    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
+/// A replay (with `extra`) demanding CURVE with key `dir`/feed.key and letting in only
+/// `dir`/engine1.pub (both made here); it and its bound endpoint.
+fn curve_replay(dir: &Path, extra: &[&str]) -> (Both, String) {
+    keygen(dir, "feed");
+    keygen(dir, "engine1");
     let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--count", "3000", "--rate", "20k"]);
-    cmd.args(["--curve-key", &path("feed.key"), "--curve-allow", &path("engine1.pub")]);
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*"]).args(extra);
+    cmd.arg("--curve-key").arg(dir.join("feed.key")).arg("--curve-allow").arg(dir.join("engine1.pub"));
     let replay = Both::spawn("replay", &mut cmd);
     let bound = wait_line(&replay.out, DEADLINE, "replay: bound shard0", |l| l.starts_with("bound shard0 "));
     let ep = bound.rsplit(' ').next().expect("endpoint").to_string();
+    (replay, ep)
+}
+
+#[test]
+fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() {
+    let dir = temp_dir("sec-feed");
+    let (replay, ep) = curve_replay(&dir, &["--count", "3000", "--rate", "20k"]);
+    keygen(&dir, "mallory");
+    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
     // Two that must get nothing: no keys (fails the CURVE handshake) and a
     // key off the allow-list (refused by the replay's ZAP handler).
     let plain = engine(&ep, &["--expect-eos", "0", "--snail", "off"]);
@@ -550,15 +557,7 @@ fn curve_on_one_side_only_is_named_as_a_mechanism_mismatch_on_both_sides() {
     // Before: the engine said `lost (handshake_failed_protocol): the peer broke the ZMTP
     // handshake` again and again, the replay `no subscriber reached …`, neither naming CURVE.
     let dir = temp_dir("sec-mismatch");
-    keygen(&dir, "feed");
-    keygen(&dir, "engine1");
-    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
-    let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--count", "10", "--wait-timeout", "3s"]);
-    cmd.args(["--curve-key", &path("feed.key"), "--curve-allow", &path("engine1.pub")]);
-    let mut replay = Both::spawn("replay", &mut cmd);
-    let bound = wait_line(&replay.out, DEADLINE, "replay: bound shard0", |l| l.starts_with("bound shard0 "));
-    let ep = bound.rsplit(' ').next().expect("endpoint").to_string();
+    let (mut replay, ep) = curve_replay(&dir, &["--count", "10", "--wait-timeout", "3s"]);
     let plain = engine(&ep, &["--expect-eos", "0", "--snail", "off"]);
     // The first attempts may break off before the greeting is read (no detail); a
     // re-established one reads it.
