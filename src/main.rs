@@ -66,6 +66,12 @@ enum Cmd {
     Top(cli::top::TopArgs),
 }
 
+/// The command line as clap parses it: every parsed value may start with `-`, so a negative
+/// one gets its flag's reason ([`cli::parsed_values_take_a_leading_hyphen`]).
+fn command() -> clap::Command {
+    cli::parsed_values_take_a_leading_hyphen(Cli::command())
+}
+
 impl Cmd {
     /// True when the command watches the stop flag (stops cleanly on Ctrl-C or SIGTERM,
     /// showing what it has); the others end at once on the signal.
@@ -93,7 +99,7 @@ fn main() {
     // (src/zmqx/heap.rs; benches/README.md, "libzmq's heap").
     // A parameter the operator set in the environment is left as set.
     let heap = mdsub::zmqx::heap::keep_freed_memory();
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sub = matches.subcommand_name().unwrap_or_default().to_string();
     let stop = StopFlag::new();
@@ -167,7 +173,7 @@ fn main() {
         // A flag or value refused after parsing: said like clap's own refusals (with the
         // command's usage), exit 2.
         if e.downcast_ref::<cli::UsageError>().is_some() {
-            let mut cmd = Cli::command();
+            let mut cmd = command();
             cmd.build();
             let kind = clap::error::ErrorKind::ValueValidation;
             // The whole chain, so a context (capacity's configuration) is kept.
@@ -204,4 +210,68 @@ fn error_line(e: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand path (`["engine"]`, `["clone-client", "set"]`) with its command.
+    fn commands(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<(Vec<String>, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            out.push((p.clone(), sub.clone()));
+            commands(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_parsed_option_hands_a_negative_value_to_its_parser() {
+        // Before, most numeric flags met clap's "unexpected argument '-1' found" (`engine
+        // --workers -1`, `capacity --hold -1s`, `clone-client set /x v --ttl -5s`, which even
+        // suggested `-- -5`): only the flags that set allow_negative_numbers got a reason.
+        let mut all = Vec::new();
+        commands(&command(), Vec::new(), &mut all);
+        let mut checked = Vec::new();
+        for (path, sub) in &all {
+            for arg in sub.get_arguments().filter(|a| cli::takes_one_parsed_value(a)) {
+                let Some(long) = arg.get_long() else { continue };
+                for value in ["-1", "-1s", "-5k"] {
+                    let mut argv: Vec<String> = vec!["mdsub".into()];
+                    argv.extend(path.iter().cloned());
+                    argv.extend([format!("--{long}"), value.to_string()]);
+                    if let Err(e) = command().try_get_matches_from(&argv) {
+                        let text = e.to_string();
+                        assert_ne!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{argv:?}: {text}");
+                        assert!(text.contains(&format!("invalid value '{value}' for '--{long}")), "{argv:?}: {text}");
+                    }
+                }
+                checked.push(format!("{} --{long}", path.join(" ")));
+            }
+        }
+        for must in [
+            "engine --workers",
+            "engine --metrics-listen",
+            "demo --payload-bytes",
+            "lvc-bench --count",
+            "clone-bench --runs",
+            "replay --sndhwm-msgs",
+            "capacity --hold",
+            "top --timeout",
+            "clone-client set --ttl",
+        ] {
+            assert!(checked.iter().any(|c| c == must), "{must} not walked: {checked:?}");
+        }
+    }
+
+    #[test]
+    fn free_text_and_several_values_keep_a_missing_value_missing() {
+        // `--save --json` is a missing file name, not a file named `--json`; `--from A --rate 5`
+        // keeps `--rate` a flag.
+        let e = command().try_get_matches_from(["mdsub", "bench", "--save", "--json"]).err().map(|e| e.kind());
+        assert_eq!(e, Some(clap::error::ErrorKind::InvalidValue));
+        let m = command().try_get_matches_from(["mdsub", "replay", "--from", "a.mdcap", "--rate", "5"]);
+        assert!(m.is_ok(), "{m:?}");
+    }
 }

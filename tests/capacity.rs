@@ -309,6 +309,36 @@ fn a_publisher_nobody_serves_is_said_early_and_ctrl_c_ends_the_wait() {
 }
 
 #[test]
+fn a_search_that_fails_before_its_first_trial_leaves_no_results_folder() {
+    // Before: an empty DATE-HOST-COMMIT folder (here with the failed run's .hlog in it), made
+    // up front, stayed behind. The engine cannot start: its monitor's port is taken.
+    let _one = serial();
+    let dir = common::temp_dir("capacity-fails-first");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to take");
+    let port = taken.local_addr().expect("its address").port();
+    let (code, builtin, err) =
+        run_within("profile", mdsub().args(["profile", "show", "builtin"]), Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{err}");
+    let profile = dir.join("monitor-taken.toml");
+    let text = builtin.replacen("[snail]\n", &format!("[snail]\nmonitor = \"tcp://127.0.0.1:{port}\"\n"), 1);
+    assert_ne!(text, builtin, "the profile has a [snail] table: {builtin}");
+    std::fs::write(&profile, text).expect("write the profile");
+    let out = dir.join("results");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--profile"]).arg(&profile).arg("--out").arg(&out).args(SHORT);
+    let (code, stdout, err) = run_within("capacity", &mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{stdout}{err}");
+    assert!(err.contains("starting the engine") && err.contains("Address already in use"), "{err}");
+    assert!(
+        !out.exists(),
+        "no results folder, nor the --out it was made in: {:?}",
+        std::fs::read_dir(&out).map(|d| d.count())
+    );
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_time_cap_shorter_than_one_trial_is_refused_up_front() {
     // Before: 0 trials, exit 0 at once, `capped: the time cap ended the search`.
     let dir = common::temp_dir("capacity-short-cap");

@@ -43,6 +43,27 @@ fn a_negative_rate_count_or_duration_is_refused_naming_the_value() {
 }
 
 #[test]
+fn a_negative_value_gets_its_flags_reason_on_every_command() {
+    // Before, only the flags that set allow_negative_numbers got a reason; these met clap's
+    // "unexpected argument '-1' found" (the last one suggesting `-- -5`).
+    assert_refused_with_usage(&[
+        (&["engine", "--workers", "-1"], "invalid value '-1' for '--workers <COUNT>': not a count; accepted:"),
+        (&["demo", "--payload-bytes", "-1"], "invalid value '-1' for '--payload-bytes <BYTES>': not a size in bytes"),
+        (&["lvc-bench", "--count", "-5"], "invalid value '-5' for '--count <COUNT>': not a count"),
+        (&["clone-bench", "--runs", "-1"], "invalid value '-1' for '--runs <COUNT>': not a count"),
+        (&["replay", "--sndhwm-msgs", "-1"], "invalid value '-1' for '--sndhwm-msgs <COUNT>': not a count"),
+        (&["capacity", "--hold", "-1s"], "invalid value '-1s' for '--hold <DURATION>': not a duration"),
+        (&["top", "--timeout", "-1s"], "invalid value '-1s' for '--timeout <DURATION>': not a duration"),
+        (&["engine", "--metrics-listen", "-1"], "invalid value '-1' for '--metrics-listen <[ADDR:]PORT>'"),
+        (&["clone-client", "set", "/x", "v", "--ttl", "-5s"], "invalid value '-5s' for '--ttl <DURATION>'"),
+    ]);
+    // Free text keeps a missing value missing: `--save --json` is no file named `--json`.
+    let (code, _out, err) = run_within("bench", mdsub().args(["bench", "--save", "--json"]), DEADLINE);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("a value is required for '--save <FILE>'"), "{err}");
+}
+
+#[test]
 fn a_duration_without_a_unit_is_refused_naming_the_value() {
     let (code, _out, err) = run_within("demo", mdsub().args(["demo", "--duration", "5"]), DEADLINE);
     assert_eq!(code, Some(2), "stderr: {err}");
@@ -225,14 +246,52 @@ fn every_refused_flag_value_exits_2_with_one_line() {
             "--server given 3 times",
         ),
         // A clone store is tcp only, checked before anything starts (second audit).
-        (&["clone-client", "--server", "ipc:///tmp/x", "get", "k"], "a clone server is tcp://HOST:P"),
-        (&["clone-server", "--endpoint", "ipc:///tmp/x"], "needs tcp://HOST:P"),
-        (&["top", "--once", "--store", "ipc:///tmp/x"], "a clone server is tcp://HOST:P"),
-        (&["engine", "--endpoint", "tcp://127.0.0.1:1", "--store", "ipc:///x"], "a clone server is tcp://HOST:P"),
+        (&["clone-client", "--server", "ipc:///tmp/x", "get", "k"], "a clone store is reached over tcp only"),
+        (&["clone-server", "--endpoint", "ipc:///tmp/x"], "a clone store is reached over tcp only"),
+        (&["top", "--once", "--store", "ipc:///tmp/x"], "a clone store is reached over tcp only"),
+        (
+            &["engine", "--endpoint", "tcp://127.0.0.1:1", "--store", "ipc:///x"],
+            "a clone store is reached over tcp only",
+        ),
+        (&["clone-client", "--server", "tcp://127.0.0.1:65534", "get", "k"], "a clone server is tcp://HOST:P"),
+        (&["clone-server", "--endpoint", "tcp://127.0.0.1:*"], "needs tcp://HOST:P"),
         // Keys the server refuses are refused here, not waited on until --timeout.
         (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "", "v"], "an empty key"),
         (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "HUGZ", "v"], "reserved by the protocol"),
     ]);
+}
+
+#[test]
+fn a_refused_flag_combination_exits_2_naming_the_flags_before_anything_runs() {
+    // Each of these exited 1 with `mdsub: error: …`; bench printed its banner first, and the
+    // engine blamed `--profile builtin: profile field …` for what flags set (review 11).
+    let dir = common::temp_dir("cli-combinations");
+    let capture = dir.join("x.mdcap");
+    std::fs::write(&capture, b"").expect("an empty capture");
+    let capture = capture.to_str().expect("utf-8 path");
+    assert_refused_with_usage(&[
+        (&["replay", "--from", capture, "--thread-per-shard"], "--thread-per-shard needs the generated feed"),
+        (&["bench", "--compare", "publishers", "--from", capture], "--compare publishers needs the generated feed"),
+        (&["bench", "--compare", "publishers", "--rate", "10"], "--compare publishers measures publishers flat out"),
+        (&["engine", "--workers", "257"], "invalid value '257' for '--workers <COUNT>': too many: at most 256"),
+        (&["profile", "show", "auto", "--shards", "257"], "too many: at most 256"),
+        (
+            &["engine", "--endpoint", "tcp://127.0.0.1:1", "--handoff", "inline", "--workers", "2"],
+            "error: --handoff inline with --workers 2: `inline` runs each shard's handler on its reader",
+        ),
+        (
+            &["engine", "--endpoint", "tcp://127.0.0.1:1", "--subscribe", &"a".repeat(5000)],
+            "error: --subscribe: a prefix of 5000 bytes: at most 4096",
+        ),
+        // No --profile typed: a missing --endpoint, not a fault of the builtin profile.
+        (&["engine"], "error: no endpoint: give --endpoint EP (once per shard), or a --profile FILE whose shards"),
+        (&["engine", "--profile", "auto"], "(the auto profile lists none)"),
+    ]);
+    // Refused first: nothing on stdout (bench printed `mdsub bench  commit …` before).
+    let (_code, out, _err) =
+        run_within("bench", mdsub().args(["bench", "--compare", "publishers", "--from", capture]), DEADLINE);
+    assert!(out.is_empty(), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -443,13 +502,46 @@ fn ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once() {
 }
 
 #[test]
+fn each_endpoint_flag_names_only_the_forms_it_takes() {
+    // Before: every endpoint flag said `no transport (expected tcp://host:port, ipc://path or
+    // inproc://name); accepted: bind:EP, connect:EP or EP`, forms most of them refuse.
+    let ep_like = "with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
+    let bind = format!("no transport; accepted: bind:EP or EP, {ep_like}");
+    let connect = format!("no port; accepted: connect:EP or EP, {ep_like}");
+    assert_refused_with_usage(&[
+        (&["replay", "--endpoint", "foo"], &bind),
+        (&["replay", "--serve-trials", "foo"], &bind),
+        (&["engine", "--monitor", "foo"], &bind),
+        (&["engine", "--endpoint", "tcp://127.0.0.1"], &connect),
+        (&["capacity", "--publisher", "tcp://127.0.0.1"], &connect),
+        (&["lvc", "--frontend", "foo"], &format!("no transport; accepted: bind:EP, connect:EP or EP, {ep_like}")),
+        (&["clone-server", "--endpoint", "foo"], "no transport; accepted: bind:tcp://HOST:P or tcp://HOST:P"),
+        (&["top", "--store", "foo"], "no transport; accepted: connect:tcp://HOST:P or tcp://HOST:P"),
+        (&["clone-client", "--server", "bind:tcp://127.0.0.1:1", "get", "k"], "this socket can only connect"),
+        // A clone store is tcp only: no inproc hint that names ipc.
+        (&["clone-client", "--server", "inproc://x", "get", "k"], "a clone store is reached over tcp only"),
+        (&["top", "--store", "connect:inproc://x"], "a clone store is reached over tcp only"),
+    ]);
+}
+
+#[test]
+fn top_with_no_store_names_the_store_it_waited_for() {
+    // Before: `mdsub: error: top: connecting to the clone store: timed out …`, no endpoint
+    // (clone-client names it).
+    let store = format!("tcp://127.0.0.1:{}", unserved_port_block(3));
+    let (code, out, err) =
+        run_within("top", mdsub().args(["top", "--once", "--timeout", "1s", "--store", &store]), DEADLINE);
+    assert_eq!(code, Some(4), "no server answered, as clone-client: {out}{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("mdsub: error: top: no clone server answered ({store}): timed out")), "{err}");
+}
+
+#[test]
 fn an_inproc_endpoint_is_refused_where_another_process_would_serve_it() {
     // Before: `engine --endpoint inproc://x` ran silently, its link never up (only sockets of
     // one process meet on inproc, and nothing in the engine's process binds it).
     for args in [
         &["engine", "--endpoint", "inproc://x", "--max-duration", "5s"][..],
-        &["clone-client", "--server", "inproc://x", "--timeout", "5s"],
-        &["top", "--store", "connect:inproc://x"],
         &["replay", "--endpoint", "bind:inproc://x", "--count", "10"],
         &["lvc", "--frontend", "connect:inproc://x", "--backend", "bind:tcp://127.0.0.1:0"],
     ] {

@@ -3,7 +3,10 @@
 //! Every command spells these values the same way (STYLE.md item 9):
 //!
 //! - an endpoint is `bind:EP` or `connect:EP`; a bare `EP` takes the
-//!   command's natural default (replay binds, the engine connects, …);
+//!   command's natural default (replay binds, the engine connects, …); a
+//!   socket that attaches one way only has a parser that refuses the other
+//!   (`parse_bind_endpoint`, `parse_connect_endpoint`, the clone store's
+//!   tcp-only ones), and each error states only the forms its flag takes;
 //! - a duration always carries its unit: `250us`, `500ms`, `5s`, `2m`, `1h`;
 //! - a count may use `_` and the suffixes `k` (thousand) and `M` (million):
 //!   `100k`, `2M`, `1_000_000`;
@@ -12,15 +15,18 @@
 //! - an idle strategy is one of `spin`, `yield`, `backoff`, `block`.
 //!
 //! clap puts the flag's name in front of each error these parsers return, so
-//! a bad value reads as one line: the flag, the value, the accepted forms.
+//! a bad value reads as one line: the flag, the value, the accepted forms. A
+//! value that starts with `-` (`--workers -1`, `--hold -1s`) reaches the
+//! parser too, for every flag of every command
+//! ([`parsed_values_take_a_leading_hyphen`](super::parsed_values_take_a_leading_hyphen)).
 
 use std::time::Duration;
 
 use crate::agent::IdleStrategy;
 use crate::zmqx::{endpoint_problem, Attach};
 
-/// The accepted endpoint forms, as every endpoint error states them.
-pub const ENDPOINT_FORMS: &str = "bind:EP, connect:EP or EP, with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
+/// What an `EP` is, in the forms an endpoint error states.
+const EP_LIKE: &str = "with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
 /// The accepted duration forms, as every duration error states them.
 pub const DURATION_FORMS: &str = "a number with a unit: us, ms, s, m or h (e.g. 500ms, 5s, 2m)";
 /// The accepted size forms, as every `--*-bytes` error states them.
@@ -62,26 +68,6 @@ impl Endpoint {
             How::Connect => Attach::Connect(self.endpoint.clone()),
         }
     }
-
-    /// The endpoint of a flag whose socket can only attach one way (`only`):
-    /// the other way is refused with a message naming `flag`.
-    pub fn only(&self, only: How, flag: &str) -> Result<String, super::UsageError> {
-        match self.how {
-            Some(h) if h != only => Err(super::UsageError(format!(
-                "{flag} `{}:{}`: this socket can only {}; write {}:EP or EP",
-                h.word(),
-                self.endpoint,
-                only.word(),
-                only.word()
-            ))),
-            _ => Ok(self.endpoint.clone()),
-        }
-    }
-
-    /// [`Endpoint::only`] for every endpoint of a repeatable flag.
-    pub fn all_only(endpoints: &[Endpoint], only: How, flag: &str) -> anyhow::Result<Vec<String>> {
-        Ok(endpoints.iter().map(|e| e.only(only, flag)).collect::<Result<_, _>>()?)
-    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -93,25 +79,88 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// Parse `bind:EP`, `connect:EP` or a bare `EP`.
-pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    let s = s.trim();
-    let (how, endpoint) = if let Some(e) = s.strip_prefix("bind:") {
-        (Some(How::Bind), e)
-    } else if let Some(e) = s.strip_prefix("connect:") {
-        (Some(How::Connect), e)
-    } else {
-        (None, s)
-    };
-    endpoint_problem(endpoint).map_err(|why| format!("{why}; accepted: {ENDPOINT_FORMS}"))?;
-    // Only sockets of one process meet on inproc, and no command binds and connects the
-    // same endpoint: its peer would be another process, and the link would never come up.
-    if endpoint.starts_with("inproc://") {
-        return Err("an inproc endpoint reaches only sockets inside this process, and the peer of this \
-                    socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
-            .into());
+/// What an endpoint flag takes: the ways its socket attaches and the transports its peer
+/// can use. Each flag's parser is one of these, so its errors name only the forms it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EndpointRule {
+    /// `None`: `bind:EP`, `connect:EP` or `EP`; `Some(how)`: the socket only attaches `how`.
+    only: Option<How>,
+    /// A clone store's endpoint: tcp only (its ports follow the given one).
+    clone_store: bool,
+}
+
+impl EndpointRule {
+    /// The accepted forms, as this flag's errors state them.
+    fn forms(self) -> String {
+        match (self.only, self.clone_store) {
+            (None, _) => format!("bind:EP, connect:EP or EP, {EP_LIKE}"),
+            (Some(how), false) => format!("{}:EP or EP, {EP_LIKE}", how.word()),
+            (Some(how), true) => format!("{}:tcp://HOST:P or tcp://HOST:P", how.word()),
+        }
     }
-    Ok(Endpoint { how, endpoint: endpoint.to_string() })
+
+    fn parse(self, s: &str) -> Result<Endpoint, String> {
+        let s = s.trim();
+        let (how, endpoint) = if let Some(e) = s.strip_prefix("bind:") {
+            (Some(How::Bind), e)
+        } else if let Some(e) = s.strip_prefix("connect:") {
+            (Some(How::Connect), e)
+        } else {
+            (None, s)
+        };
+        let forms = self.forms();
+        if let (Some(h), Some(only)) = (how, self.only) {
+            if h != only {
+                return Err(format!("this socket can only {}; accepted: {forms}", only.word()));
+            }
+        }
+        let Some((scheme, _)) = endpoint.split_once("://") else {
+            return Err(format!("no transport; accepted: {forms}"));
+        };
+        match scheme {
+            "tcp" => {}
+            "ipc" | "inproc" if self.clone_store => {
+                return Err(format!("a clone store is reached over tcp only; accepted: {forms}"))
+            }
+            "ipc" => {}
+            // Only sockets of one process meet on inproc, and no command binds and connects the
+            // same endpoint: its peer would be another process, and the link would never come up.
+            "inproc" => {
+                return Err("an inproc endpoint reaches only sockets inside this process, and the peer of this \
+                            socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
+                    .into())
+            }
+            other => return Err(format!("the transport `{other}` is not supported; accepted: {forms}")),
+        }
+        endpoint_problem(endpoint).map_err(|why| format!("{why}; accepted: {forms}"))?;
+        Ok(Endpoint { how, endpoint: endpoint.to_string() })
+    }
+}
+
+/// Parse `bind:EP`, `connect:EP` or a bare `EP` (a socket that attaches either way).
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    EndpointRule { only: None, clone_store: false }.parse(s)
+}
+
+/// Parse `bind:EP` or a bare `EP`, for a socket that only binds: `connect:` is refused.
+pub fn parse_bind_endpoint(s: &str) -> Result<Endpoint, String> {
+    EndpointRule { only: Some(How::Bind), clone_store: false }.parse(s)
+}
+
+/// Parse `connect:EP` or a bare `EP`, for a socket that only connects: `bind:` is refused.
+pub fn parse_connect_endpoint(s: &str) -> Result<Endpoint, String> {
+    EndpointRule { only: Some(How::Connect), clone_store: false }.parse(s)
+}
+
+/// Parse a clone server's base endpoint to bind: `bind:tcp://HOST:P` or `tcp://HOST:P`.
+pub fn parse_clone_bind(s: &str) -> Result<Endpoint, String> {
+    EndpointRule { only: Some(How::Bind), clone_store: true }.parse(s)
+}
+
+/// Parse a clone server to reach (`--store`, `--server`, `--peer`): `connect:tcp://HOST:P` or
+/// `tcp://HOST:P`.
+pub fn parse_clone_server(s: &str) -> Result<Endpoint, String> {
+    EndpointRule { only: Some(How::Connect), clone_store: true }.parse(s)
 }
 
 /// `parse` applied to `part` of the flag value `whole` (one item of a list, one side of
@@ -121,16 +170,18 @@ pub fn in_part<T>(whole: &str, part: &str, parse: impl Fn(&str) -> Result<T, Str
     parse(part).map_err(|e| if part.trim() == whole.trim() { e } else { format!("`{}`: {e}", part.trim()) })
 }
 
-/// Parse a comma-separated list of endpoints (`connect:EP1,EP2`), each as [`parse_endpoint`].
-pub fn parse_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
+/// Parse a comma-separated list of endpoints for a socket that only connects
+/// (`connect:EP1,EP2`), each as [`parse_connect_endpoint`].
+pub fn parse_connect_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
     let list: Vec<Endpoint> = s
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .map(|e| in_part(s, e, parse_endpoint))
+        .map(|e| in_part(s, e, parse_connect_endpoint))
         .collect::<Result<_, _>>()?;
     if list.is_empty() {
-        return Err(format!("no endpoint given; accepted: {ENDPOINT_FORMS}, several joined by commas"));
+        let forms = EndpointRule { only: Some(How::Connect), clone_store: false }.forms();
+        return Err(format!("no endpoint given; accepted: {forms}, several joined by commas"));
     }
     Ok(list)
 }
@@ -255,9 +306,20 @@ pub fn parse_count_nonzero_usize(s: &str) -> Result<usize, String> {
     count_to_usize(parse_count_nonzero(s)?)
 }
 
+/// A number of engine threads of one kind (`--workers`, `--shards`): 1 to
+/// [`MAX_THREADS_OF_A_KIND`](crate::profile::MAX_THREADS_OF_A_KIND), as a profile allows.
+pub fn parse_thread_count(s: &str) -> Result<usize, String> {
+    let max = crate::profile::MAX_THREADS_OF_A_KIND;
+    match parse_count_nonzero_usize(s)? {
+        n if n > max => Err(format!(
+            "too many: at most {max} (each is a pinned thread with its own sockets and latency histograms)"
+        )),
+        n => Ok(n),
+    }
+}
+
 /// A whole number from 0 to `max`, written plainly (`--seed`, `--publisher-id`): a negative
-/// one (`-1`, with `allow_negative_numbers` on the flag) is refused with the accepted range
-/// instead of being taken for a flag.
+/// one (`-1`) is refused with the accepted range.
 pub fn parse_whole_up_to(s: &str, max: u64) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n <= max => Ok(n),
@@ -398,6 +460,9 @@ mod tests {
         assert_eq!(parse_count_nonzero("2"), Ok(2));
         assert!(parse_count_nonzero("0").unwrap_err().contains("at least 1"));
         assert!(parse_count_nonzero_usize("0k").is_err());
+        assert_eq!(parse_thread_count("256"), Ok(256));
+        assert!(parse_thread_count("257").is_err_and(|e| e.starts_with("too many: at most 256")));
+        assert!(parse_thread_count("0").is_err_and(|e| e.contains("at least 1")));
         assert_eq!(parse_hwm("100k"), Ok(100_000));
         assert!(parse_hwm("3000M").unwrap_err().contains("at most"));
     }
@@ -451,9 +516,12 @@ mod tests {
         for bad in ["", "listen:tcp://127.0.0.1:5", "bind:nope", "tcp://127.0.0.1", "127.0.0.1:5556"] {
             assert!(parse_endpoint(bad).is_err(), "{bad:?} refused");
         }
-        let list = parse_endpoint_list("connect:tcp://a:1, tcp://b:2").expect("list");
+        let list = parse_connect_endpoint_list("connect:tcp://a:1, tcp://b:2").expect("list");
         assert_eq!(list.len(), 2);
-        assert!(parse_endpoint_list(",").is_err());
+        assert!(
+            parse_connect_endpoint_list(",").is_err_and(|e| e.starts_with("no endpoint given; accepted: connect:EP"))
+        );
+        assert!(parse_connect_endpoint_list("tcp://a:1,bind:tcp://b:2").is_err_and(|e| e.contains("can only connect")));
     }
 
     #[test]
@@ -470,19 +538,49 @@ mod tests {
 
     #[test]
     fn a_one_way_socket_refuses_the_other_way() {
-        let c = parse_endpoint("connect:tcp://127.0.0.1:5556").expect("connect");
-        let e = c.only(How::Bind, "--endpoint").expect_err("refused").0;
-        assert!(e.contains("--endpoint") && e.contains("can only bind"), "{e}");
+        let e = parse_bind_endpoint("connect:tcp://127.0.0.1:5556").expect_err("refused");
         assert_eq!(
-            parse_endpoint("tcp://127.0.0.1:5556").expect("bare").only(How::Bind, "--endpoint").ok().as_deref(),
-            Some("tcp://127.0.0.1:5556")
+            e,
+            "this socket can only bind; accepted: bind:EP or EP, with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md"
         );
+        let e = parse_connect_endpoint("bind:tcp://127.0.0.1:5556").expect_err("refused");
+        assert!(e.starts_with("this socket can only connect; accepted: connect:EP or EP,"), "{e}");
+        assert_eq!(
+            parse_bind_endpoint("tcp://127.0.0.1:5556").map(|e| e.endpoint).as_deref(),
+            Ok("tcp://127.0.0.1:5556")
+        );
+        assert_eq!(parse_connect_endpoint("connect:ipc:///x").map(|e| e.how), Ok(Some(How::Connect)));
     }
 
     #[test]
-    fn a_bad_endpoint_names_the_flag_and_the_forms() {
-        let e = error("--endpoint", "127.0.0.1:5556");
-        assert!(e.contains("--endpoint") && e.contains("bind:EP, connect:EP or EP"), "{e}");
+    fn each_endpoint_flag_names_only_the_forms_it_takes() {
+        // Before: every endpoint flag said `no transport (expected tcp://host:port, ipc://path or
+        // inproc://name); accepted: bind:EP, connect:EP or EP`, forms most of them refuse.
+        type Parser = fn(&str) -> Result<Endpoint, String>;
+        let cases: [(Parser, &str); 5] = [
+            (parse_endpoint, "accepted: bind:EP, connect:EP or EP, with EP like"),
+            (parse_bind_endpoint, "accepted: bind:EP or EP, with EP like"),
+            (parse_connect_endpoint, "accepted: connect:EP or EP, with EP like"),
+            (parse_clone_bind, "accepted: bind:tcp://HOST:P or tcp://HOST:P"),
+            (parse_clone_server, "accepted: connect:tcp://HOST:P or tcp://HOST:P"),
+        ];
+        for (parse, forms) in cases {
+            for bad in ["foo", "tcp://127.0.0.1", "udp://x:1", "tcp://:1"] {
+                let e = parse(bad).expect_err(bad);
+                assert!(e.contains(forms), "{bad}: {e}");
+                assert!(!e.contains("inproc"), "{bad}: {e}");
+            }
+        }
+        assert!(
+            parse_clone_server("ipc:///tmp/x").is_err_and(|e| e.starts_with("a clone store is reached over tcp only"))
+        );
+        assert!(parse_clone_bind("inproc://x").is_err_and(|e| e.starts_with("a clone store is reached over tcp only")));
+        assert!(parse_clone_server("bind:tcp://127.0.0.1:1").is_err_and(|e| e.contains("can only connect")));
+        assert!(parse_bind_endpoint("inproc://x").is_err_and(|e| e.starts_with("an inproc endpoint reaches only")));
+        assert_eq!(
+            parse_endpoint("foo").expect_err("foo"),
+            format!("no transport; accepted: bind:EP, connect:EP or EP, {EP_LIKE}")
+        );
     }
 
     #[test]

@@ -38,7 +38,6 @@ pub struct BenchArgs {
     /// With --from: a multiple of the recorded pace (`1x`, `10x`) or `max`
     /// (flat out, the default).
     #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
-    #[arg(allow_hyphen_values = true)] // `-1x` is a refused value, not a flag
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub publisher: PublisherArgs,
@@ -206,6 +205,21 @@ fn engine_variant(h: HandOff) -> String {
 }
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
+    let pacing = match args.speed {
+        Some(s) => s.pacing(),
+        None => args.feed.pacing(None),
+    };
+    // Refused before anything is loaded, opened or printed.
+    if args.compare.iter().any(|c| c == "publishers") {
+        if !args.from.is_empty() {
+            anyhow::bail!(super::UsageError("--compare publishers needs the generated feed, not --from files".into()));
+        }
+        if pacing != Pacing::FlatOut {
+            anyhow::bail!(super::UsageError(
+                "--compare publishers measures publishers flat out: leave out --rate".into()
+            ));
+        }
+    }
     let mut profile = load_profile(&args.profile)?;
     super::security::apply_what_a_local_run_can("bench", &args.profile, &profile.security, None)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
@@ -221,10 +235,6 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     };
     let source =
         if args.from.is_empty() { Source::Generator(args.feed.generator()?) } else { file_source(&args.from, true)? };
-    let pacing = match args.speed {
-        Some(s) => s.pacing(),
-        None => args.feed.pacing(None),
-    };
     let whole_file = !args.from.is_empty();
     let default_count =
         if whole_file || args.feed.duration.is_some() || args.feed.count.is_some() { None } else { Some(2_000_000) };
@@ -413,9 +423,6 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         let Source::Generator(gen) = &source else {
             anyhow::bail!("--compare publishers needs the generated feed, not --from files");
         };
-        if pacing != Pacing::FlatOut {
-            anyhow::bail!("--compare publishers measures publishers flat out: leave out --rate");
-        }
         let prebuilt = Source::Prebuilt(gen.clone());
         variants.push(("baseline/prebuilt-pub".into(), baseline.clone(), publisher.clone(), prebuilt));
         let mut two = publisher.clone();

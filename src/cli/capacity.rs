@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    in_part, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm,
-    Endpoint, How,
+    in_part, parse_connect_endpoint, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero,
+    parse_hwm, Endpoint,
 };
 use super::load_profile;
 use crate::agent::StopFlag;
@@ -78,7 +78,7 @@ pub struct CapacityArgs {
     /// An external publisher driving the engine: `connect:EP`, the control
     /// endpoint of `mdsub replay --serve-trials bind:EP`, maybe on another host.
     /// Default: a publisher in this process, sharing this host with the engine.
-    #[arg(long, value_parser = parse_endpoint, value_name = "connect:EP")]
+    #[arg(long, value_parser = parse_connect_endpoint, value_name = "connect:EP")]
     pub publisher: Option<Endpoint>,
     /// The in-process publisher never sends faster than this (msg/s): a load
     /// generator that cannot keep up. Trials above it are "rate not achieved".
@@ -151,7 +151,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         ];
     }
     let publisher = match &args.publisher {
-        Some(ep) => PublisherSide::Remote { control: ep.only(How::Connect, "--publisher")? },
+        Some(ep) => PublisherSide::Remote { control: ep.endpoint.clone() },
         None => PublisherSide::Local { max_rate: args.publisher_max_rate, sndhwm_msgs: args.sndhwm_msgs },
     };
     let cfg = CapacityConfig {

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::args::{
-    parse_bytes_usize, parse_count, parse_duration, parse_duration_nonzero, parse_endpoint, parse_hwm, parse_ms_in,
-    whole_ms, Endpoint, How, Idle,
+    parse_bind_endpoint, parse_bytes_usize, parse_clone_bind, parse_clone_server, parse_connect_endpoint, parse_count,
+    parse_duration, parse_duration_nonzero, parse_hwm, parse_ms_in, whole_ms, Endpoint, Idle,
 };
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
@@ -18,6 +18,7 @@ use crate::clone::bstar::Role;
 use crate::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
 use crate::clone::kvmsg::{show, Uuid};
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
+use crate::link::{LinkStats, Reason};
 
 /// `mdsub clone-server`: serve a CHP key-value store, alone or as half of a Binary Star pair.
 ///
@@ -28,7 +29,7 @@ use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 connects to the other as a CURVE client with it); clients give its NAME.pub as --server-key. See docs/SECURITY.md.")]
 pub struct ServerArgs {
     /// Base endpoint to bind, `bind:tcp://HOST:P` or `tcp://HOST:P` (P..P+3 are used; HOST may be *).
-    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]tcp://HOST:P")]
+    #[arg(long, value_parser = parse_clone_bind, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]tcp://HOST:P")]
     pub endpoint: Endpoint,
     /// Run as the primary of a pair (needs --peer).
     #[arg(long, conflicts_with = "backup", requires = "peer")]
@@ -37,13 +38,13 @@ pub struct ServerArgs {
     #[arg(long, requires = "peer")]
     pub backup: bool,
     /// The other server's base endpoint, `connect:tcp://HOST:P2` or `tcp://HOST:P2`.
-    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]tcp://HOST:P2")]
+    #[arg(long, value_parser = parse_clone_server, value_name = "[connect:]tcp://HOST:P2")]
     pub peer: Option<Endpoint>,
     /// The other server's Binary Star state endpoint (default: its P2+3).
-    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]EP")]
+    #[arg(long, value_parser = parse_connect_endpoint, value_name = "[connect:]EP")]
     pub peer_state: Option<Endpoint>,
     /// Our Binary Star state endpoint to bind (default: HOST:P+3).
-    #[arg(long, value_parser = parse_endpoint, value_name = "[bind:]EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, value_name = "[bind:]EP")]
     pub state_endpoint: Option<Endpoint>,
     /// Keep an update log and snapshots here; the map survives restarts.
     #[arg(long, value_name = "DIR")]
@@ -85,7 +86,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 impl ServerArgs {
     /// The library configuration these arguments describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
-        let base = self.endpoint.only(How::Bind, "--endpoint")?;
+        let base = &self.endpoint.endpoint;
         let (host, port) = base
             .strip_prefix("tcp://")
             .and_then(|hp| hp.rsplit_once(':'))
@@ -108,10 +109,10 @@ impl ServerArgs {
             (None, _, _) => bail!("--primary/--backup need --peer tcp://HOST:P2"),
             (Some(_), false, false) => bail!("--peer needs --primary or --backup"),
             (Some(peer), primary, _) => {
-                let peer = peer.only(How::Connect, "--peer")?;
+                let peer = peer.endpoint.clone();
                 let [snap, _, _] = crate::clone::endpoints(&peer).map_err(anyhow::Error::msg)?;
                 let peer_state = match &self.peer_state {
-                    Some(s) => s.only(How::Connect, "--peer-state")?,
+                    Some(s) => s.endpoint.clone(),
                     None => {
                         let (host, port) = snap.rsplit_once(':').context("peer endpoint has no port")?;
                         let p: u16 = port.parse().context("peer port")?;
@@ -119,7 +120,7 @@ impl ServerArgs {
                     }
                 };
                 let state_bind = match &self.state_endpoint {
-                    Some(s) => s.only(How::Bind, "--state-endpoint")?,
+                    Some(s) => s.endpoint.clone(),
                     None => format!("tcp://{host}:{}", port + 3),
                 };
                 Some(PairConfig {
@@ -174,7 +175,7 @@ did not answer, or any other error; 2 a refused flag or value (a key or value lo
 )]
 pub struct ClientArgs {
     /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
-    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
+    #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub server: Vec<Endpoint>,
     /// Fail over after this long without an update or HUGZ (e.g. 2s).
     #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
@@ -259,9 +260,54 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 pub struct NoServer(pub String);
 
 /// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
-/// ([`super::Interrupted`]).
-pub(crate) fn wait_synced(client: &Client, timeout: Duration, stop: &StopFlag) -> anyhow::Result<()> {
-    interrupted(client.wait_synced_or_stop(timeout, stop).map(|_| ()))
+/// ([`super::Interrupted`]). No snapshot in time is [`NoServer`] naming `servers` (exit
+/// [`super::EXIT_NO_SERVER`]), with the handshake refusal behind it when the client's links
+/// were refused ([`refused_handshake`]; `has_keys`: the command takes `--curve-key` and
+/// `--server-key`) rather than the bare timeout.
+pub(crate) fn wait_synced(
+    client: &Client,
+    servers: &str,
+    has_keys: bool,
+    timeout: Duration,
+    stop: &StopFlag,
+) -> anyhow::Result<()> {
+    match client.wait_synced_or_stop(timeout, stop) {
+        Ok(_) => Ok(()),
+        Err(e @ ClientError::Timeout { .. }) => {
+            let why = client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys));
+            let cause = why.map_or_else(|| anyhow::Error::new(e), anyhow::Error::msg);
+            Err(cause.context(NoServer(servers.to_string())))
+        }
+        Err(e) => interrupted(Err(e)).context("connecting to the clone servers"),
+    }
+}
+
+/// What the servers' refusal of a client's handshakes means, when its links were lost to one
+/// that will not fix itself (the lines the link watch said, as one cause for the final error).
+fn refused_handshake(links: &[LinkStats], has_keys: bool) -> Option<&'static str> {
+    let lost = |r: Reason| links.iter().any(|l| l.lost.contains_key(r.name()));
+    if !has_keys {
+        return (lost(Reason::HandshakeFailedMechanism) || lost(Reason::HandshakeFailedNoDetail))
+            .then_some("the server demands CURVE, which this command does not speak");
+    }
+    if lost(Reason::HandshakeFailedAuth) {
+        Some(
+            "authentication refused: the server does not allow this client's key (--curve-key), or \
+             --server-key is not the server's public key",
+        )
+    } else if lost(Reason::HandshakeFailedMechanism) {
+        Some(
+            "the server uses another security mechanism: it demands CURVE (give --server-key and \
+             --curve-key), or it does not speak CURVE (leave them out)",
+        )
+    } else if lost(Reason::HandshakeFailedNoDetail) {
+        Some(
+            "the handshake failed with no reason from libzmq (with CURVE, most often a --server-key \
+             that is not the server's public key)",
+        )
+    } else {
+        None
+    }
 }
 
 /// Wait up to `timeout` for the server to publish update `u` (of `key` and `value`); Ctrl-C
@@ -354,11 +400,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         args.idle.strategy(),
         keys,
     )?;
-    match client.wait_synced_or_stop(timeout, stop) {
-        Ok(_) => {}
-        Err(e @ ClientError::Timeout { .. }) => return Err(anyhow::Error::new(e).context(NoServer(names))),
-        Err(e) => interrupted(Err(e)).context("connecting to the clone servers")?,
-    }
+    wait_synced(&client, &names, true, timeout, stop)?;
     if let (ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. }, Ok(st)) = (&args.cmd, client.status()) {
         // No key the server holds can be longer than its limit, so nothing can be under such a
         // subtree: refused like an over-long key for `set` (the client asked only its first

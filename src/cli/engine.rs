@@ -8,8 +8,9 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::args::{
-    parse_count_nonzero_usize, parse_count_usize, parse_duration, parse_duration_nonzero, parse_endpoint,
-    parse_endpoint_list, parse_ms_in, parse_whole_ms, parse_whole_ms_nonzero, whole_ms, Endpoint, How, Idle,
+    parse_bind_endpoint, parse_clone_server, parse_connect_endpoint_list, parse_count_usize, parse_duration,
+    parse_duration_nonzero, parse_ms_in, parse_thread_count, parse_whole_ms, parse_whole_ms_nonzero, whole_ms,
+    Endpoint, Idle,
 };
 use super::feed::FeedArgs;
 use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
@@ -22,7 +23,7 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::RunReport;
-use crate::profile::Profile;
+use crate::profile::{Profile, ProfileError};
 use crate::replay::{PublisherConfig, Source};
 use crate::snail::{Policy, SkewMode};
 
@@ -78,7 +79,7 @@ pub struct SnailArgs {
     pub skew_window: Option<Duration>,
     /// Bind the monitor PUB here (`bind:EP` or `EP`): every scream and the
     /// state of every reader and worker (docs/SNAIL.md).
-    #[arg(long, value_parser = parse_endpoint, value_name = "[bind:]EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, value_name = "[bind:]EP")]
     pub monitor: Option<Endpoint>,
 }
 
@@ -110,7 +111,7 @@ impl SnailArgs {
             s.skew_window_ms = whole_ms(d);
         }
         if let Some(ep) = &self.monitor {
-            s.monitor = Some(ep.only(How::Bind, "--monitor")?);
+            s.monitor = Some(ep.endpoint.clone());
         }
         Ok(())
     }
@@ -233,13 +234,13 @@ pub struct EngineArgs {
     /// publishers on one shard. Each link is watched: a loss is logged with
     /// its reason and counted (the report's `links`), one libzmq will not
     /// reconnect (a frame over max_msg_bytes) is connected again.
-    #[arg(long, value_parser = parse_endpoint_list, value_name = "[connect:]EP[,EP…]")]
+    #[arg(long, value_parser = parse_connect_endpoint_list, value_name = "[connect:]EP[,EP…]")]
     pub endpoint: Vec<Vec<Endpoint>>,
     /// Topic prefix to subscribe (repeatable; default everything).
     #[arg(long = "subscribe", value_name = "PREFIX")]
     pub subscribe: Vec<String>,
-    /// Number of workers (overrides the profile's, unpinned; at least 1).
-    #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
+    /// Number of workers (overrides the profile's, unpinned; 1 to 256).
+    #[arg(long, value_parser = parse_thread_count, value_name = "COUNT")]
     pub workers: Option<usize>,
     /// Worker handler: latency, book (order books from DBN records), last (last
     /// value per topic), verify (per-topic order check) or work:NANOS. Each
@@ -305,7 +306,7 @@ pub struct OutputArgs {
     /// Clone store server (`[connect:]tcp://HOST:P`; twice for a Binary Star
     /// pair): publish status under /mdsub/status/ENGINE-ID/ every interval and
     /// take live settings from /mdsub/config/ENGINE-ID/NAME.
-    #[arg(long, value_parser = parse_endpoint, value_name = "[connect:]tcp://HOST:P")]
+    #[arg(long, value_parser = parse_clone_server, value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
     /// What the engine says on stderr while it runs: error, warn, info or
     /// debug (a line per shard per interval); a live setting too.
@@ -455,14 +456,70 @@ pub fn parse_routing(s: &str) -> Result<Routing, String> {
     }
 }
 
+/// Validate the profile the flags changed. A refusal of what a flag set names the flag and is
+/// a refused flag (exit 2), as is no `--endpoint` with the builtin or `auto` profile (they list
+/// no endpoints: that is a missing flag, not the fault of a profile nobody typed); the rest
+/// names the profile (`--profile FILE: profile field …`, exit 1).
+fn check_flags_on_profile(args: &EngineArgs, profile: &Profile) -> anyhow::Result<()> {
+    let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {}", args.profile));
+    match profile.validate(&crate::profile::host_cores()) {
+        Err(ProfileError::Invalid { field, message }) => {
+            return Err(match refused_flag(args, profile, &field, &message) {
+                Some(line) => super::UsageError(line).into(),
+                None => of_profile(ProfileError::Invalid { field, message }),
+            })
+        }
+        Err(e) => return Err(of_profile(e)),
+        Ok(()) => {}
+    }
+    let named = matches!(args.profile.as_str(), "builtin" | "auto");
+    if named && profile.shards.iter().all(|s| s.endpoints.is_empty()) {
+        bail!(super::UsageError(format!(
+            "no endpoint: give --endpoint EP (once per shard), or a --profile FILE whose shards list endpoints \
+             (the {} profile lists none)",
+            args.profile
+        )));
+    }
+    profile.check_endpoints().map_err(of_profile)
+}
+
+/// The line for a profile `field` the check refused with `message`, when a flag of `args` set
+/// it (`None`: the profile did).
+fn refused_flag(args: &EngineArgs, profile: &Profile, field: &str, message: &str) -> Option<String> {
+    let shards = profile.shards.len();
+    let endpoints = (!args.endpoint.is_empty()).then(|| format!("--endpoint given {shards} time(s)"));
+    match field {
+        "shards" => endpoints.map(|flag| format!("{flag}: {message}")),
+        f if f.ends_with(".subscribe") && !args.subscribe.is_empty() => Some(format!("--subscribe: {message}")),
+        "handoff" => {
+            let mut given: Vec<String> = [
+                args.handoff.map(|h| format!("--handoff {}", h.name())),
+                args.workers.map(|w| format!("--workers {w}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if given.is_empty() {
+                given.extend(endpoints);
+            }
+            (!given.is_empty()).then(|| {
+                format!(
+                    "{}: `inline` runs each shard's handler on its reader, so it needs exactly one worker per \
+                     shard ({shards} shard(s), {} worker(s)): give --workers {shards}, or --handoff batch",
+                    given.join(" with "),
+                    profile.workers.len()
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Run `mdsub engine` against running publishers.
 pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = Profile::load(&args.profile)?;
-    let shard_endpoints: Vec<Vec<String>> = args
-        .endpoint
-        .iter()
-        .map(|list| Endpoint::all_only(list, How::Connect, "--endpoint"))
-        .collect::<anyhow::Result<_>>()?;
+    let shard_endpoints: Vec<Vec<String>> =
+        args.endpoint.iter().map(|list| list.iter().map(|e| e.endpoint.clone()).collect()).collect();
     if !shard_endpoints.is_empty() {
         let template = profile.shards.first().cloned().unwrap_or_else(|| Profile::builtin().shards[0].clone());
         profile.shards = shard_endpoints
@@ -496,8 +553,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     }
     args.snail.apply(&mut profile)?;
     args.access.apply(&mut profile.security);
-    super::check_profile(&profile, &args.profile)?;
-    profile.check_endpoints().map_err(|e| anyhow::Error::new(e).context(format!("--profile {}", args.profile)))?;
+    check_flags_on_profile(args, &profile)?;
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
     args.outputs.apply(&mut cfg)?;

@@ -17,14 +17,14 @@ use crate::wire;
 pub struct FeedArgs {
     /// Offered rate in messages per second (e.g. 100k); 0 = flat out. Default: 100k for demo,
     /// flat out for replay and bench.
-    #[arg(long, value_parser = parse_count, value_name = "COUNT", allow_negative_numbers = true)]
+    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
     pub rate: Option<u64>,
     /// Stop after this long (e.g. 5s, 500ms). Default without --count: 3s for demo, 10s for a
     /// replay of the generated feed, 2M messages for bench.
-    #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub duration: Option<Duration>,
     /// Stop after this many messages (e.g. 2M; at least 1).
-    #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT", allow_negative_numbers = true)]
+    #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT")]
     pub count: Option<u64>,
     /// Payload bytes per message, up to 16Mi (the frame adds the topic, a NUL and the header).
     #[arg(long, value_parser = parse_payload_bytes, default_value = "100", value_name = "BYTES")]
@@ -34,13 +34,13 @@ pub struct FeedArgs {
     #[arg(long, value_parser = parse_symbols, default_value = "100", value_name = "COUNT")]
     pub symbols: usize,
     /// Zipf exponent of symbol popularity (0 = uniform).
-    #[arg(long, value_parser = parse_zipf, default_value = "1", value_name = "EXPONENT", allow_negative_numbers = true)]
+    #[arg(long, value_parser = parse_zipf, default_value = "1", value_name = "EXPONENT")]
     pub zipf: f64,
     /// Send in bursts of this many messages sharing one intended send time.
     #[arg(long, value_parser = parse_count_nonzero, default_value = "1", value_name = "COUNT")]
     pub burst: u64,
     /// Generator seed (same seed, same feed).
-    #[arg(long, value_parser = parse_seed, default_value = "42", value_name = "SEED", allow_negative_numbers = true)]
+    #[arg(long, value_parser = parse_seed, default_value = "42", value_name = "SEED")]
     pub seed: u64,
 }
 

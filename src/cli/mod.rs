@@ -57,6 +57,30 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct RefusedValue(pub String);
 
+/// Let every option whose value a parser checks take a value that starts with `-`, in
+/// `cmd` and all its subcommands: `--workers -1`, `--hold -1s` or `--ttl -5s` then reach the
+/// flag's parser and get its reason (`not a count; accepted: …`) instead of clap's
+/// `unexpected argument '-1' found`. Set here, on the whole command line, so a new flag cannot
+/// miss it. Left out: free text (`String`, a path), where `--save --json` must stay a missing
+/// value rather than a file named `--json`, and options taking several values (`--from A B`),
+/// which would swallow the next flag.
+pub fn parsed_values_take_a_leading_hyphen(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| if takes_one_parsed_value(&a) { a.allow_hyphen_values(true) } else { a })
+        .mut_subcommands(parsed_values_take_a_leading_hyphen)
+}
+
+/// True for an option (not a positional) that takes one value per use, checked by a parser
+/// into something other than free text.
+pub fn takes_one_parsed_value(a: &clap::Arg) -> bool {
+    use std::any::TypeId;
+    let free_text = [TypeId::of::<String>(), TypeId::of::<std::path::PathBuf>(), TypeId::of::<std::ffi::OsString>()];
+    let ty = a.get_value_parser().type_id();
+    !a.is_positional()
+        && a.get_action().takes_values()
+        && a.get_num_args().is_none_or(|n| n.max_values() == 1)
+        && !free_text.iter().any(|t| ty == *t)
+}
+
 /// The exit status of a refused flag or value (clap's).
 pub const EXIT_USAGE: i32 = 2;
 
@@ -196,9 +220,10 @@ pub(crate) fn store_servers(store: &[args::Endpoint], flag: &str) -> anyhow::Res
             store.len()
         )));
     }
-    let servers = store.iter().map(|e| e.only(args::How::Connect, flag)).collect::<Result<Vec<_>, _>>()?;
+    // Connect-only and tcp, as the flag's parser took it (args::parse_clone_server).
+    let servers: Vec<String> = store.iter().map(|e| e.endpoint.clone()).collect();
     for s in &servers {
-        if !s.starts_with("tcp://") || crate::clone::endpoints(s).is_err() {
+        if crate::clone::endpoints(s).is_err() {
             anyhow::bail!(UsageError(format!(
                 "{flag} `{s}`: a clone server is tcp://HOST:P (it uses ports P, P+1 and P+2)"
             )));

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use clap::{Args, Subcommand};
 
-use super::args::{in_part, parse_count_nonzero_usize};
+use super::args::{in_part, parse_thread_count};
 use crate::profile::{core_list, host_cores, Profile};
 
 /// `mdsub profile`.
@@ -37,10 +37,10 @@ pub enum ProfileCmd {
         /// `auto`, `builtin` or a TOML file.
         profile: String,
         /// Shards for `auto` [default: 1].
-        #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
+        #[arg(long, value_parser = parse_thread_count, value_name = "COUNT")]
         shards: Option<usize>,
         /// Workers for `auto` [default: 1].
-        #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
+        #[arg(long, value_parser = parse_thread_count, value_name = "COUNT")]
         workers: Option<usize>,
     },
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_count, parse_count_usize, parse_duration, parse_endpoint, parse_whole_up_to, Endpoint, How};
+use super::args::{parse_bind_endpoint, parse_count, parse_count_usize, parse_duration, parse_whole_up_to, Endpoint};
 use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
@@ -96,7 +96,7 @@ pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// Endpoint to bind, `bind:EP` or `EP`, one per shard (repeat the flag for more shards).
-    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[bind:]EP")]
     pub endpoint: Vec<Endpoint>,
     /// Replay a file instead of generating: a capture (from `mdsub tap
     /// --record`), or Databento DBN data (`.dbn` or `.dbn.zst`, DBN versions
@@ -124,7 +124,6 @@ pub struct ReplayArgs {
     /// now and divided by the speed; a capture's frames keep their recorded send
     /// times unless --restamp (DBN records are always timed from now).
     #[arg(long, requires = "from", conflicts_with = "rate", value_parser = parse_speed, value_name = "Nx|max")]
-    #[arg(allow_hyphen_values = true)] // `-1x` is a refused value, not a flag
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub feed: FeedArgs,
@@ -135,7 +134,7 @@ pub struct ReplayArgs {
     /// Publisher id of shard 0 (shard k uses ID+k). Give every publisher that
     /// feeds the same subscriber its own range: sessions of one id are taken
     /// for restarts of one publisher.
-    #[arg(long, value_parser = parse_publisher_id, default_value = "0", value_name = "ID", allow_negative_numbers = true)]
+    #[arg(long, value_parser = parse_publisher_id, default_value = "0", value_name = "ID")]
     pub publisher_id: u32,
     /// Subscribers to wait for on every shard before sending (0: do not wait).
     #[arg(long, value_parser = parse_count_usize, default_value = "1", value_name = "COUNT")]
@@ -153,7 +152,7 @@ pub struct ReplayArgs {
     /// trial's rate for its duration on --endpoint (generated feed), until
     /// the capacity run ends. With --rate, never send faster than that (a
     /// load generator that cannot keep up: its trials are "rate not achieved").
-    #[arg(long, value_parser = parse_endpoint, value_name = "bind:EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, value_name = "bind:EP")]
     pub serve_trials: Option<Endpoint>,
 }
 
@@ -191,10 +190,13 @@ impl FaultArgs {
 
 /// Run `mdsub replay`: bind, wait for subscribers, publish.
 pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
-    let endpoints = Endpoint::all_only(&args.endpoint, How::Bind, "--endpoint")?;
+    if args.publisher.thread_per_shard && !args.from.is_empty() {
+        anyhow::bail!(super::UsageError("--thread-per-shard needs the generated feed, not --from files".into()));
+    }
+    let endpoints: Vec<String> = args.endpoint.iter().map(|e| e.endpoint.clone()).collect();
     if let Some(control) = &args.serve_trials {
         let cfg = crate::bench::capacity::remote::ServeConfig {
-            control: control.only(How::Bind, "--serve-trials")?,
+            control: control.endpoint.clone(),
             endpoints,
             sndhwm_msgs: args.publisher.sndhwm_msgs,
             max_rate: args.feed.rate.filter(|r| *r > 0),
@@ -213,9 +215,6 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     };
     let ctx = zmq::Context::new();
     if cfg.thread_per_shard {
-        if !args.from.is_empty() {
-            anyhow::bail!("--thread-per-shard needs the generated feed, not --from files");
-        }
         ctx.set_io_threads(cfg.endpoints.len() as i32)?;
     }
     let source = if args.from.is_empty() {
@@ -243,6 +242,14 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         match publisher.wait_for_subscribers_or_stop(args.subscribers, args.wait_timeout, stop) {
             Err(crate::replay::ReplayError::Interrupted) => return Err(super::Interrupted.into()),
+            // A subscriber without CURVE is refused in its handshake, before it can subscribe:
+            // this side never sees it (the subscriber's link watch names the mismatch).
+            Err(e @ crate::replay::ReplayError::NoSubscribers { .. }) if args.access.curve_key.is_some() => {
+                anyhow::bail!(
+                    "{e}; this publisher demands CURVE (--curve-key): a subscriber without --server-key and \
+                     --curve-key fails its handshake here unseen"
+                )
+            }
             r => r?,
         }
         crate::diag!("subscribed: sending");

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
 
-use super::args::{parse_duration, parse_endpoint, Endpoint};
+use super::args::{parse_clone_server, parse_duration, Endpoint};
 use super::store_servers;
 use crate::agent::StopFlag;
 use crate::clone::client::{Change, Client, ClientConfig};
@@ -30,7 +30,7 @@ pub const HISTORY: usize = 60;
 #[derive(Args, Debug)]
 pub struct TopArgs {
     /// Clone store server, `[connect:]tcp://HOST:P`; twice for a Binary Star pair.
-    #[arg(long, value_parser = parse_endpoint, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
+    #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
     /// Print one plain-text frame and exit (for scripts).
     #[arg(long)]
@@ -230,13 +230,14 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
             anyhow::anyhow!("no terminal to draw the dashboard on (/dev/tty: {e}); --once prints one plain-text frame")
         })?)
     };
+    let names = servers.join(", ");
     let client = Client::start(ClientConfig {
         servers,
         subtree: STATUS_ROOT.into(),
         log_links: false,
         ..ClientConfig::default()
     })?;
-    super::clone::wait_synced(&client, args.timeout, stop).context("connecting to the clone store")?;
+    super::clone::wait_synced(&client, &names, false, args.timeout, stop)?;
     let changes = client.watch(STATUS_ROOT.as_bytes())?;
     let mut model = Top::default();
     // The watch starts with every current key.

@@ -84,6 +84,9 @@ pub enum Event {
 pub enum Failure {
     NoDetail,
     Protocol,
+    /// A protocol failure whose code is `ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH`: the
+    /// peer's greeting names another security mechanism (CURVE against NULL, either way).
+    MechanismMismatch,
     Auth,
 }
 
@@ -99,6 +102,9 @@ pub enum Reason {
     HandshakeFailed,
     /// The peer spoke bad ZMTP during the handshake (no libzmq retry).
     HandshakeFailedProtocol,
+    /// The peer's greeting names another security mechanism: CURVE on one side only (no
+    /// libzmq retry).
+    HandshakeFailedMechanism,
     /// Security handshake refused (no libzmq retry).
     HandshakeFailedAuth,
     /// The handshake failed without a reason from libzmq, and libzmq gave up (with CURVE: a
@@ -114,6 +120,7 @@ impl Reason {
             Reason::ProtocolError => "protocol_error",
             Reason::HandshakeFailed => "handshake_failed",
             Reason::HandshakeFailedProtocol => "handshake_failed_protocol",
+            Reason::HandshakeFailedMechanism => "handshake_failed_mechanism",
             Reason::HandshakeFailedAuth => "handshake_failed_auth",
             Reason::HandshakeFailedNoDetail => "handshake_failed_no_detail",
         }
@@ -132,6 +139,12 @@ impl Reason {
             Reason::HandshakeFailedProtocol => {
                 "the peer broke the ZMTP handshake; libzmq gives up, mdsub re-establishes the link \
                  (backing off to once every 30 s while it keeps failing)"
+            }
+            Reason::HandshakeFailedMechanism => {
+                "the peer uses another security mechanism: one side demands CURVE and the other does not \
+                 speak it. That will not fix itself: against a CURVE server give --server-key (its NAME.pub) \
+                 and --curve-key; with those given, the server needs --curve-key too. mdsub keeps \
+                 re-establishing the link, backing off to once every 30 s"
             }
             Reason::HandshakeFailedAuth => {
                 "authentication refused: the server does not allow this client's key (or the server key \
@@ -409,6 +422,7 @@ impl Links {
                 if now_ns.saturating_sub(since_ns) >= self.grace_ns {
                     let reason = match failure {
                         Some(Failure::Protocol) => Reason::HandshakeFailedProtocol,
+                        Some(Failure::MechanismMismatch) => Reason::HandshakeFailedMechanism,
                         Some(Failure::Auth) => Reason::HandshakeFailedAuth,
                         Some(Failure::NoDetail) => Reason::HandshakeFailedNoDetail,
                         None => Reason::ProtocolError,
@@ -446,6 +460,7 @@ impl Links {
                     None => Reason::Disconnected,
                     Some(Failure::NoDetail) => Reason::HandshakeFailed,
                     Some(Failure::Protocol) => Reason::HandshakeFailedProtocol,
+                    Some(Failure::MechanismMismatch) => Reason::HandshakeFailedMechanism,
                     Some(Failure::Auth) => Reason::HandshakeFailedAuth,
                 };
                 Self::lose(l, i, reason, since_ns, out);
@@ -719,6 +734,7 @@ mod tests {
         for (failure, reason) in [
             (Failure::Auth, Reason::HandshakeFailedAuth),
             (Failure::Protocol, Reason::HandshakeFailedProtocol),
+            (Failure::MechanismMismatch, Reason::HandshakeFailedMechanism),
             (Failure::NoDetail, Reason::HandshakeFailedNoDetail),
         ] {
             let mut l = links();
@@ -728,6 +744,10 @@ mod tests {
             assert_eq!(out, vec![Decision::Lost { link: 0, reason }, Decision::Reestablish { link: 0 }], "{failure:?}");
         }
         assert!(Reason::HandshakeFailedNoDetail.explain().contains("--server-key"));
+        // A CURVE mismatch is named, with what to give (review 11: it was "the peer broke the
+        // ZMTP handshake").
+        assert_eq!(Reason::HandshakeFailedMechanism.name(), "handshake_failed_mechanism");
+        assert!(Reason::HandshakeFailedMechanism.explain().starts_with("the peer uses another security mechanism"));
         // One libzmq retries is the plain handshake_failed.
         let mut l = links();
         let out = run(

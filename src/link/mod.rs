@@ -464,12 +464,19 @@ impl Drop for LinkWatch {
     }
 }
 
-/// One monitor message: `[u16 event, u32 value]` (native order) and the endpoint.
+/// One monitor message: `[u16 event, u32 value]` (native order) and the endpoint. A failed
+/// handshake's value is libzmq's protocol error code: a mechanism mismatch is told apart.
 fn parse_event(frames: &[zmq::Message]) -> Option<(Event, &str)> {
     let [head, endpoint] = frames else { return None };
     let id = u16::from_ne_bytes(head.get(..2)?.try_into().ok()?);
+    let value = head.get(2..6).and_then(|v| v.try_into().ok()).map(u32::from_ne_bytes);
     let endpoint = std::str::from_utf8(endpoint).ok()?;
     let event = match u32::from(id) {
+        zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+            if value == Some(zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) =>
+        {
+            Event::HandshakeFailed(Failure::MechanismMismatch)
+        }
         zmq_sys::ZMQ_EVENT_CONNECTED => Event::Connected,
         zmq_sys::ZMQ_EVENT_CONNECT_RETRIED => Event::ConnectRetried,
         zmq_sys::ZMQ_EVENT_DISCONNECTED => Event::Disconnected,
@@ -527,6 +534,44 @@ mod tests {
         publ.send(&b"after"[..], 0).expect("send");
         sub.set_rcvtimeo(10_000).expect("rcvtimeo");
         assert_eq!(sub.recv_bytes(0).expect("after"), b"after");
+    }
+
+    /// CURVE on one side only, either way round: libzmq's HANDSHAKE_FAILED_PROTOCOL carries
+    /// ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, and the loss is named for it (it was
+    /// `handshake_failed_protocol`: "the peer broke the ZMTP handshake").
+    #[test]
+    fn curve_on_one_side_only_is_a_mechanism_mismatch() {
+        let server_keys = zmq::CurveKeyPair::new().expect("server keys");
+        let client_keys = zmq::CurveKeyPair::new().expect("client keys");
+        for curve_server in [true, false] {
+            let ctx = zmq::Context::new();
+            let publ = ctx.socket(zmq::PUB).expect("pub");
+            publ.set_linger(0).expect("linger");
+            if curve_server {
+                publ.set_curve_server(true).expect("curve server");
+                publ.set_curve_secretkey(&server_keys.secret_key).expect("secret key");
+            }
+            let ep = crate::zmqx::bind_resolved(&publ, "tcp://127.0.0.1:*").expect("bind");
+            let sub = ctx.socket(zmq::SUB).expect("sub");
+            sub.set_linger(0).expect("linger");
+            if !curve_server {
+                sub.set_curve_serverkey(&server_keys.public_key).expect("server key");
+                sub.set_curve_publickey(&client_keys.public_key).expect("public key");
+                sub.set_curve_secretkey(&client_keys.secret_key).expect("secret key");
+            }
+            let mut watch =
+                LinkWatch::attach(&ctx, &sub, "test", std::slice::from_ref(&ep)).expect("watch").expect("some");
+            watch.log = false;
+            sub.connect(&ep).expect("connect");
+            // The first attempts may break off before the greeting is read (no detail); a
+            // re-established one reads it.
+            let s = serve_until(&mut watch, &sub, |s| s.lost.contains_key("handshake_failed_mechanism"));
+            assert_eq!(
+                (s.connects, s.lost.get("handshake_failed_protocol")),
+                (0, None),
+                "curve server {curve_server}: {s}"
+            );
+        }
     }
 
     /// The peer closes its end: libzmq retries by itself and the watch only counts.

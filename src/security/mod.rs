@@ -373,11 +373,17 @@ impl HttpAccess {
         let text = std::fs::read_to_string(path)
             .map_err(|source| SecurityError::ReadToken { path: path.to_path_buf(), source })?;
         let token = text.trim();
-        if token.is_empty() || token.chars().any(char::is_whitespace) {
-            return Err(SecurityError::BadTokenFile {
-                path: path.to_path_buf(),
-                reason: "it must hold one token (no spaces), and it is empty or has spaces".into(),
-            });
+        let bad = |why: &str| SecurityError::BadTokenFile {
+            path: path.to_path_buf(),
+            reason: format!("it must hold one token (no spaces), and {why}"),
+        };
+        if token.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        match (token.lines().count(), token.split_whitespace().count()) {
+            (1, 1) => {}
+            (1, words) => return Err(bad(&format!("it has spaces ({words} words)"))),
+            (lines, _) => return Err(bad(&format!("it has {lines} lines"))),
         }
         Ok(token.as_bytes().to_vec())
     }

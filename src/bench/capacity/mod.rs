@@ -246,10 +246,58 @@ pub fn thin_percentile_note(sla: &Sla, rate: f64, hold: Duration) -> Option<Stri
             "at {rate:.0} msg/s a {hold:?} hold measures ~{samples:.0} messages a run, so {} is the {} of them \
              (10 or more above it take a hold of {:.1}s or more)",
             quantile_name(q),
-            if above < 1.5 { "largest".to_string() } else { format!("~{above:.0}th largest") },
+            if above < 1.5 { "largest".to_string() } else { format!("~{} largest", ordinal(above.round() as u64)) },
             10.0 / ((1.0 - q) * rate.max(1.0))
         )
     })
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, `11th`, `12th`, `13th`, `21st`, …
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// The results folder and the directories made for it (deepest first): removed again when the
+/// run ends without a result and they are still empty, so a run that failed before its first
+/// trial leaves no empty folder behind ([`ResultsFolder::keep`] once the summary is written).
+struct ResultsFolder {
+    made: Vec<PathBuf>,
+    kept: bool,
+}
+
+impl ResultsFolder {
+    /// Make `folder` and whichever of its parents are missing.
+    fn create(folder: &Path) -> anyhow::Result<ResultsFolder> {
+        let made: Vec<PathBuf> = folder
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+        Ok(ResultsFolder { made, kept: false })
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for ResultsFolder {
+    fn drop(&mut self) {
+        if !self.kept {
+            // `remove_dir` takes only an empty directory: one that holds results stays.
+            for d in &self.made {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
 }
 
 /// A trial's wait that Ctrl-C ended: the engine's subscription
@@ -264,7 +312,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     let started = Instant::now();
     let date = machine.date_utc.replace(['-', ':'], "").replace(' ', "T");
     let folder = cfg.out_dir.join(format!("{date}Z-{}-{}", hostname(), slug(&machine.mdsub_commit)));
-    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let made = ResultsFolder::create(&folder)?;
     let mut quantiles: Vec<f64> = REPORTED.to_vec();
     quantiles.extend(cfg.sla.points.iter().map(|p| p.quantile));
     quantiles.sort_by(|a, b| a.total_cmp(b));
@@ -328,7 +376,12 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                         cut_short = true;
                         break;
                     }
-                    Err(e) => return Err(e.context(format!("configuration `{}`, {rate} msg/s, run {r}", c.name))),
+                    Err(e) => {
+                        // A trial that failed is no trial: its runs' files go (and then the
+                        // folder, if no trial came before).
+                        forget_trial_files(&folder, &files);
+                        return Err(e.context(format!("configuration `{}`, {rate} msg/s, run {r}", c.name)));
+                    }
                 };
                 runs.push(m);
             }
@@ -423,6 +476,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     let svg = plot::svg(&result.configurations, &cfg.sla, &format!("mdsub capacity  {}", result.machine))
         .map_err(|e| anyhow::anyhow!("drawing capacity.svg: {e}"))?;
     write_file(&folder.join("capacity.svg"), &svg)?;
+    made.keep();
     Ok(result)
 }
 
@@ -671,6 +725,14 @@ mod tests {
         assert!(note.contains("a hold of 5.0s or more"), "{note}");
         let some = thin_percentile_note(&sla, 10_000.0, Duration::from_millis(500)).expect("thin");
         assert!(some.contains("p99.9 is the ~5th largest"), "{some}");
+        // Before: `~3th largest`.
+        let third = thin_percentile_note(&sla, 6_000.0, Duration::from_millis(500)).expect("thin");
+        assert!(third.contains("p99.9 is the ~3rd largest"), "{third}");
+        let names: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111].map(ordinal).to_vec();
+        assert_eq!(
+            names,
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
+        );
         assert_eq!(thin_percentile_note(&sla, 10_000.0, Duration::from_secs(2)), None, "20 above p99.9");
         let deeper = Sla { points: vec![SlaPoint { quantile: 0.9999, budget_ns: 1 }], ..Sla::default() };
         assert!(thin_percentile_note(&deeper, 10_000.0, Duration::from_secs(2)).is_some_and(|n| n.contains("p99.99")));
