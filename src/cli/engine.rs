@@ -245,7 +245,7 @@ pub struct EngineArgs {
     /// Worker handler: latency, book (order books from DBN records), last (last
     /// value per topic), verify (per-topic order check) or work:NANOS. Each
     /// worker's last and verify keep at most 2 Mi topics (last: 512 MiB), book
-    /// 256 Ki instruments and 4 Mi resting orders; more is refused, counted
+    /// 256 Ki instruments, 4 Mi resting orders and 16 Ki price levels a side; more is refused, counted
     /// (`refused_*` in the report's handler line) and said on stderr.
     #[arg(long)]
     pub handler: Option<HandlerSpec>,

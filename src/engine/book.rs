@@ -16,8 +16,11 @@
 //! Books share an [`OrderBudget`]: the most resting orders they hold between
 //! them. An add (or a modify of an unknown order) past it is refused and
 //! counted, so a publisher that sends adds and never cancels cannot grow them
-//! without end; price levels need no bound of their own, since every level
-//! holds at least one resting order.
+//! without end. Every price level holds at least one resting order, so that
+//! bounds their memory too; their number per side is bounded as well
+//! ([`MAX_LEVELS_PER_SIDE`]), because a new level is a sorted insert that costs
+//! the side's depth: a publisher adding orders at ever-new prices would
+//! otherwise make every add slower, up to milliseconds.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -162,19 +165,40 @@ fn is_ask(side: u8) -> Option<bool> {
     }
 }
 
+/// Most price levels a side of one book holds: 16 Ki. A busy book rests its orders on a few
+/// hundred to a few thousand prices a side; a new level shifts at most this many (384 KiB,
+/// tens of microseconds) instead of a whole runaway side.
+pub const MAX_LEVELS_PER_SIDE: usize = 16 * 1024;
+
+/// Why [`OrderBook::apply`] refused an event (the book left as it was).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookRefusal {
+    /// It would add an order past the [`OrderBudget`].
+    OrdersFull,
+    /// It would add a price level to a side that holds its most.
+    LevelsFull,
+}
+
 /// The most resting orders a set of books holds between them (the `book`
-/// handler's books share one), and the orders refused past it.
+/// handler's books share one), and the orders refused past it; and the most
+/// price levels a side of each of those books holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderBudget {
     held: usize,
     max: usize,
     refused: u64,
+    max_levels: usize,
 }
 
 impl OrderBudget {
-    /// A budget of `max_orders` resting orders.
+    /// A budget of `max_orders` resting orders, [`MAX_LEVELS_PER_SIDE`] levels a side.
     pub fn new(max_orders: usize) -> Self {
-        OrderBudget { held: 0, max: max_orders, refused: 0 }
+        Self::with_max_levels(max_orders, MAX_LEVELS_PER_SIDE)
+    }
+
+    /// A budget of `max_orders` resting orders and `max_levels` price levels a side.
+    pub fn with_max_levels(max_orders: usize, max_levels: usize) -> Self {
+        OrderBudget { held: 0, max: max_orders, refused: 0, max_levels }
     }
 
     /// Resting orders held by the books of this budget.
@@ -226,16 +250,27 @@ impl OrderBook {
         self.orders.len()
     }
 
+    /// True when adding at `price` on side `ask` would make a level the side has no room for.
+    #[inline]
+    fn no_room_for_level(&self, ask: bool, price: i64, budget: &OrderBudget) -> bool {
+        let side = if ask { &self.asks } else { &self.bids };
+        side.len() >= budget.max_levels && side.find(price).is_err()
+    }
+
     /// Apply one event; anomalies are counted in `a`, the orders it adds
-    /// taken from `budget`. False: it would add an order past the budget, and
-    /// was refused (counted in `budget`, the book unchanged).
-    pub fn apply(&mut self, e: &MboEvent, a: &mut Anomalies, budget: &mut OrderBudget) -> bool {
+    /// taken from `budget`. `Some`: it would add an order past the budget
+    /// (counted in `budget`) or a level past [`OrderBudget::with_max_levels`],
+    /// and was refused, the book unchanged.
+    pub fn apply(&mut self, e: &MboEvent, a: &mut Anomalies, budget: &mut OrderBudget) -> Option<BookRefusal> {
         match e.action {
             b'A' => {
                 let Some(ask) = is_ask(e.side) else {
                     a.bad_side += 1;
-                    return true;
+                    return None;
                 };
+                if self.no_room_for_level(ask, e.price, budget) {
+                    return Some(BookRefusal::LevelsFull);
+                }
                 match self.orders.remove(&e.order_id) {
                     // A duplicate replaces its order: no more are held.
                     Some(old) => {
@@ -244,7 +279,7 @@ impl OrderBook {
                             a.missing_level += 1;
                         }
                     }
-                    None if !budget.take() => return false,
+                    None if !budget.take() => return Some(BookRefusal::OrdersFull),
                     None => {}
                 }
                 self.orders.insert(e.order_id, Order { price: e.price, size: e.size, ask });
@@ -253,7 +288,7 @@ impl OrderBook {
             b'C' => {
                 let Some(o) = self.orders.get_mut(&e.order_id) else {
                     a.unknown_order += 1;
-                    return true;
+                    return None;
                 };
                 if e.size > o.size {
                     a.over_cancel += 1;
@@ -272,13 +307,16 @@ impl OrderBook {
             b'M' => {
                 let Some(ask) = is_ask(e.side) else {
                     a.bad_side += 1;
-                    return true;
+                    return None;
                 };
+                if self.no_room_for_level(ask, e.price, budget) {
+                    return Some(BookRefusal::LevelsFull);
+                }
                 match self.orders.get_mut(&e.order_id) {
                     None => {
                         a.modify_unknown += 1;
                         if !budget.take() {
-                            return false;
+                            return Some(BookRefusal::OrdersFull);
                         }
                         self.orders.insert(e.order_id, Order { price: e.price, size: e.size, ask });
                         self.side(ask).add(e.price, e.size as u64);
@@ -311,7 +349,7 @@ impl OrderBook {
             b'T' | b'F' | b'N' => {}
             _ => {
                 a.bad_action += 1;
-                return true;
+                return None;
             }
         }
         if e.flags & F_LAST != 0 {
@@ -321,7 +359,7 @@ impl OrderBook {
                 }
             }
         }
-        true
+        None
     }
 }
 
@@ -409,27 +447,57 @@ mod tests {
         let (mut x, mut y) = (OrderBook::default(), OrderBook::default());
         let mut a = Anomalies::default();
         let mut budget = OrderBudget::new(3);
-        assert!(x.apply(&ev(b'A', b'B', 1, 100, 5), &mut a, &mut budget));
-        assert!(x.apply(&ev(b'A', b'A', 2, 102, 5), &mut a, &mut budget));
-        assert!(y.apply(&ev(b'A', b'B', 7, 50, 1), &mut a, &mut budget));
-        assert!(!x.apply(&ev(b'A', b'B', 3, 101, 9), &mut a, &mut budget), "a fourth order");
-        assert!(!y.apply(&ev(b'M', b'A', 8, 51, 1), &mut a, &mut budget), "a modify that would add one");
+        assert_eq!(x.apply(&ev(b'A', b'B', 1, 100, 5), &mut a, &mut budget), None);
+        assert_eq!(x.apply(&ev(b'A', b'A', 2, 102, 5), &mut a, &mut budget), None);
+        assert_eq!(y.apply(&ev(b'A', b'B', 7, 50, 1), &mut a, &mut budget), None);
+        assert_eq!(
+            x.apply(&ev(b'A', b'B', 3, 101, 9), &mut a, &mut budget),
+            Some(BookRefusal::OrdersFull),
+            "a fourth order"
+        );
+        assert_eq!(
+            y.apply(&ev(b'M', b'A', 8, 51, 1), &mut a, &mut budget),
+            Some(BookRefusal::OrdersFull),
+            "a modify that would add one"
+        );
         assert_eq!((budget.held(), budget.refused(), x.orders(), y.orders()), (3, 2, 2, 1));
         assert_eq!(x.bids.best(), Some(&Level { price: 100, size: 5, orders: 1 }), "the refused add left no level");
         assert_eq!((y.asks.len(), a.modify_unknown), (0, 1));
         // The orders held still change, and a duplicate add replaces one within the budget.
-        assert!(x.apply(&ev(b'M', b'B', 1, 99, 4), &mut a, &mut budget));
-        assert!(x.apply(&ev(b'C', b'A', 2, 102, 2), &mut a, &mut budget));
-        assert!(y.apply(&ev(b'A', b'B', 7, 49, 2), &mut a, &mut budget));
+        assert_eq!(x.apply(&ev(b'M', b'B', 1, 99, 4), &mut a, &mut budget), None);
+        assert_eq!(x.apply(&ev(b'C', b'A', 2, 102, 2), &mut a, &mut budget), None);
+        assert_eq!(y.apply(&ev(b'A', b'B', 7, 49, 2), &mut a, &mut budget), None);
         assert_eq!(x.bids.best(), Some(&Level { price: 99, size: 4, orders: 1 }));
         assert_eq!(x.asks.best(), Some(&Level { price: 102, size: 3, orders: 1 }));
         assert_eq!((y.bids.best().map(|l| l.price), a.duplicate_add, budget.refused()), (Some(49), 1, 2));
         // A whole cancel and a clear give their room back.
-        assert!(x.apply(&ev(b'C', b'A', 2, 102, 3), &mut a, &mut budget));
-        assert!(x.apply(&ev(b'A', b'B', 3, 101, 9), &mut a, &mut budget), "room again");
-        assert!(!x.apply(&ev(b'A', b'B', 4, 101, 1), &mut a, &mut budget));
-        assert!(y.apply(&ev(b'R', b'N', 0, 0, 0), &mut a, &mut budget));
-        assert!(x.apply(&ev(b'A', b'B', 4, 101, 1), &mut a, &mut budget));
+        assert_eq!(x.apply(&ev(b'C', b'A', 2, 102, 3), &mut a, &mut budget), None);
+        assert_eq!(x.apply(&ev(b'A', b'B', 3, 101, 9), &mut a, &mut budget), None, "room again");
+        assert_eq!(x.apply(&ev(b'A', b'B', 4, 101, 1), &mut a, &mut budget), Some(BookRefusal::OrdersFull));
+        assert_eq!(y.apply(&ev(b'R', b'N', 0, 0, 0), &mut a, &mut budget), None);
+        assert_eq!(x.apply(&ev(b'A', b'B', 4, 101, 1), &mut a, &mut budget), None);
         assert_eq!((budget.held(), budget.refused(), x.orders() + y.orders()), (3, 3, 3));
+    }
+
+    /// A side at its most levels refuses an add or a modify at a new price (the book unchanged),
+    /// and takes one at a price it has; the other side is not affected, and a level that goes
+    /// makes room. Before, levels had no bound: adds at ever-lower bid prices each shifted the
+    /// whole side (a 2 M-level probe ran over ten CPU-minutes).
+    #[test]
+    fn a_side_at_its_most_levels_refuses_a_new_price_and_takes_a_known_one() {
+        let mut b = OrderBook::default();
+        let mut a = Anomalies::default();
+        let mut budget = OrderBudget::with_max_levels(1 << 20, 2);
+        assert_eq!(b.apply(&ev(b'A', b'B', 1, 100, 5), &mut a, &mut budget), None);
+        assert_eq!(b.apply(&ev(b'A', b'B', 2, 99, 5), &mut a, &mut budget), None);
+        assert_eq!(b.apply(&ev(b'A', b'B', 3, 98, 5), &mut a, &mut budget), Some(BookRefusal::LevelsFull));
+        assert_eq!(b.apply(&ev(b'M', b'B', 1, 97, 5), &mut a, &mut budget), Some(BookRefusal::LevelsFull));
+        assert_eq!(b.apply(&ev(b'A', b'B', 4, 99, 1), &mut a, &mut budget), None, "a known price");
+        assert_eq!(b.apply(&ev(b'A', b'A', 5, 101, 1), &mut a, &mut budget), None, "the other side");
+        assert_eq!((b.bids.len(), b.orders(), budget.held()), (2, 4, 4), "the refused left no trace");
+        assert_eq!(b.bids.best(), Some(&Level { price: 100, size: 5, orders: 1 }), "order 1 did not move");
+        assert_eq!(b.apply(&ev(b'C', b'B', 1, 100, 5), &mut a, &mut budget), None);
+        assert_eq!(b.apply(&ev(b'A', b'B', 3, 98, 5), &mut a, &mut budget), None, "room again");
+        assert_eq!(b.bids.levels().map(|l| l.price).collect::<Vec<_>>(), [99, 98]);
     }
 }

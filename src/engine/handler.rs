@@ -17,7 +17,7 @@ use std::hash::BuildHasherDefault;
 
 use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
 
-use super::book::{Anomalies, MboEvent, OrderBook, OrderBudget};
+use super::book::{Anomalies, BookRefusal, MboEvent, OrderBook, OrderBudget, MAX_LEVELS_PER_SIDE};
 use super::sequence::WordHasher;
 use crate::diag::{quoted, Refusals, SUMMARY_INTERVAL_NS};
 use crate::feed::dbn_source::{get, AlignedRecord};
@@ -390,7 +390,9 @@ pub const SUMMARY_INSTRUMENTS: usize = 10;
 /// types, are counted. Holds at most [`HandlerLimits::max_instruments`]
 /// instruments (a record of another is not applied: `instruments_full`) and
 /// [`HandlerLimits::max_orders`] resting orders across its books (an order
-/// past them is not added: `orders_full`).
+/// past them is not added: `orders_full`), and at most
+/// [`MAX_LEVELS_PER_SIDE`] price levels a side of a book (an order at a new
+/// price past them is not added: `levels_full`).
 pub struct BookHandler {
     instruments: HashMap<u32, Instrument, BuildHasherDefault<WordHasher>>,
     max_instruments: usize,
@@ -457,6 +459,21 @@ impl BookHandler {
             &format_args!(
                 "instrument {id} (topic `{}`): the books hold their most instruments ({held}); its records are not applied",
                 quoted(&topic)
+            ),
+        );
+    }
+
+    /// An event of instrument `id` that would add a price level to a side holding its most.
+    #[cold]
+    fn levels_full(&mut self, id: u32, e: &MboEvent) {
+        let side = if e.side == b'A' { "ask" } else { "bid" };
+        self.refused.refuse(
+            "levels_full",
+            &format_args!(
+                "order {} of instrument {id}: its {side} side holds its most price levels ({MAX_LEVELS_PER_SIDE}); \
+                 a new price {} is not added",
+                e.order_id,
+                dbn::pretty::fmt_px(e.price)
             ),
         );
     }
@@ -581,8 +598,10 @@ impl Handler for BookHandler {
                     inst.tob.last_trade = Some((e.price, e.size));
                 }
                 let book = inst.book.get_or_insert_with(Box::default);
-                if !book.apply(&e, &mut self.anomalies, &mut self.budget) {
-                    self.orders_full(id, e.order_id);
+                match book.apply(&e, &mut self.anomalies, &mut self.budget) {
+                    None => {}
+                    Some(BookRefusal::OrdersFull) => self.orders_full(id, e.order_id),
+                    Some(BookRefusal::LevelsFull) => self.levels_full(id, &e),
                 }
             }
             Parsed::Top { bid, ask, depth, trade } => {
@@ -623,6 +642,7 @@ impl Handler for BookHandler {
         c.extend(ACTIONS.iter().zip(self.events).map(|((_, name), n)| (*name, n)));
         c.push(("refused_instruments_full", self.refused.count("instruments_full")));
         c.push(("refused_orders_full", self.refused.count("orders_full")));
+        c.push(("refused_levels_full", self.refused.count("levels_full")));
         c
     }
 
