@@ -206,6 +206,11 @@ impl OrderBudget {
         self.held
     }
 
+    /// Most price levels a side of each book holds.
+    pub fn max_levels(&self) -> usize {
+        self.max_levels
+    }
+
     /// Orders refused because the budget was spent.
     pub fn refused(&self) -> u64 {
         self.refused

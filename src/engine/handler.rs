@@ -17,7 +17,7 @@ use std::hash::BuildHasherDefault;
 
 use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
 
-use super::book::{Anomalies, BookRefusal, MboEvent, OrderBook, OrderBudget, MAX_LEVELS_PER_SIDE};
+use super::book::{Anomalies, BookRefusal, MboEvent, OrderBook, OrderBudget};
 use super::sequence::WordHasher;
 use crate::diag::{quoted, Refusals, SUMMARY_INTERVAL_NS};
 use crate::feed::dbn_source::{get, AlignedRecord};
@@ -391,7 +391,7 @@ pub const SUMMARY_INSTRUMENTS: usize = 10;
 /// instruments (a record of another is not applied: `instruments_full`) and
 /// [`HandlerLimits::max_orders`] resting orders across its books (an order
 /// past them is not added: `orders_full`), and at most
-/// [`MAX_LEVELS_PER_SIDE`] price levels a side of a book (an order at a new
+/// [`super::book::MAX_LEVELS_PER_SIDE`] price levels a side of a book (an order at a new
 /// price past them is not added: `levels_full`).
 pub struct BookHandler {
     instruments: HashMap<u32, Instrument, BuildHasherDefault<WordHasher>>,
@@ -466,11 +466,11 @@ impl BookHandler {
     /// An event of instrument `id` that would add a price level to a side holding its most.
     #[cold]
     fn levels_full(&mut self, id: u32, e: &MboEvent) {
-        let side = if e.side == b'A' { "ask" } else { "bid" };
+        let (side, max) = (if e.side == b'A' { "ask" } else { "bid" }, self.budget.max_levels());
         self.refused.refuse(
             "levels_full",
             &format_args!(
-                "order {} of instrument {id}: its {side} side holds its most price levels ({MAX_LEVELS_PER_SIDE}); \
+                "order {} of instrument {id}: its {side} side holds its most price levels ({max}); \
                  a new price {} is not added",
                 e.order_id,
                 dbn::pretty::fmt_px(e.price)
