@@ -269,14 +269,38 @@ pub fn bind_resolved(socket: &zmq::Socket, endpoint: &str) -> zmq::Result<String
 /// Check the shape of a ZeroMQ endpoint (`tcp://host:port`, `ipc://path`,
 /// `inproc://name`); returns a human reason, naming the endpoint, when it is malformed.
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    endpoint_problem(endpoint).map_err(|why| format!("endpoint `{endpoint}`: {why}"))
+    endpoint_transport(endpoint).map(drop).map_err(|why| match why {
+        EndpointProblem::Shape(_) => format!("endpoint `{endpoint}`: {why}"),
+        _ => format!("endpoint `{endpoint}`: {why} (expected tcp://host:port, ipc://path or inproc://name)"),
+    })
 }
 
-/// What is wrong with an endpoint's shape, without naming it (for a caller that
-/// already shows the value, such as a command-line parser).
-pub fn endpoint_problem(endpoint: &str) -> Result<(), String> {
-    let (scheme, rest) =
-        endpoint.split_once("://").ok_or("no transport (expected tcp://host:port, ipc://path or inproc://name)")?;
+/// A ZeroMQ transport mdsub takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Ipc,
+    Inproc,
+}
+
+/// What is wrong with an endpoint's shape. Its message does not name the endpoint (a caller
+/// such as a command-line parser already shows the value) and, for the transport faults, does
+/// not list the transports: a caller that takes fewer than all states its own list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointProblem {
+    #[error("no transport")]
+    NoTransport,
+    #[error("the transport `{0}` is not supported")]
+    UnknownTransport(String),
+    /// The transport is known, the rest of the endpoint is not of its shape.
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// The transport of a well-formed endpoint, or what is wrong with its shape.
+pub fn endpoint_transport(endpoint: &str) -> Result<Transport, EndpointProblem> {
+    let (scheme, rest) = endpoint.split_once("://").ok_or(EndpointProblem::NoTransport)?;
+    let shape = |why: &str| EndpointProblem::Shape(why.to_string());
     match scheme {
         "tcp" => {
             // tcp://[source;]host:port
@@ -286,21 +310,22 @@ pub fn endpoint_problem(endpoint: &str) -> Result<(), String> {
             if let Some((source, _)) = rest.rsplit_once(';') {
                 match source.rsplit_once(':') {
                     Some((h, p)) if !h.is_empty() && (p == "*" || p.parse::<u16>().is_ok()) => {}
-                    _ => return Err(format!("the source `{source}` needs a port (`{source}:0`)")),
+                    _ => return Err(shape(&format!("the source `{source}` needs a port (`{source}:0`)"))),
                 }
             }
-            let (host, port) = target.rsplit_once(':').ok_or("no port")?;
+            let (host, port) = target.rsplit_once(':').ok_or_else(|| shape("no port"))?;
             if host.is_empty() {
-                return Err("no host".into());
+                return Err(shape("no host"));
             }
             if port != "*" && port.parse::<u16>().is_err() {
-                return Err(format!("a bad port `{port}`"));
+                return Err(shape(&format!("a bad port `{port}`")));
             }
-            Ok(())
+            Ok(Transport::Tcp)
         }
-        "ipc" | "inproc" if !rest.is_empty() => Ok(()),
-        "ipc" | "inproc" => Err("an empty name".into()),
-        other => Err(format!("the transport `{other}` is not supported")),
+        "ipc" | "inproc" if rest.is_empty() => Err(shape("an empty name")),
+        "ipc" => Ok(Transport::Ipc),
+        "inproc" => Ok(Transport::Inproc),
+        other => Err(EndpointProblem::UnknownTransport(other.to_string())),
     }
 }
 
@@ -397,5 +422,15 @@ mod tests {
         assert!(check_endpoint("tcp://127.0.0.1:99999").is_err());
         assert!(check_endpoint("tcp://127.0.0.1").is_err());
         assert!(check_endpoint("udp://x:1").is_err());
+        // The transport faults: bare in the problem, with every transport's form in check_endpoint.
+        assert_eq!(endpoint_transport("udp://x:1"), Err(EndpointProblem::UnknownTransport("udp".into())));
+        assert_eq!(endpoint_transport("x:1"), Err(EndpointProblem::NoTransport));
+        assert_eq!(endpoint_transport("ipc://"), Err(EndpointProblem::Shape("an empty name".into())));
+        assert_eq!(endpoint_transport("ipc:///tmp/x"), Ok(Transport::Ipc));
+        assert_eq!(endpoint_transport("inproc://x"), Ok(Transport::Inproc));
+        assert_eq!(
+            check_endpoint("x:1"),
+            Err("endpoint `x:1`: no transport (expected tcp://host:port, ipc://path or inproc://name)".into())
+        );
     }
 }

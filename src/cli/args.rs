@@ -23,7 +23,7 @@
 use std::time::Duration;
 
 use crate::agent::IdleStrategy;
-use crate::zmqx::{endpoint_problem, Attach};
+use crate::zmqx::{endpoint_transport, Attach, Transport};
 
 /// What an `EP` is, in the forms an endpoint error states.
 const EP_LIKE: &str = "with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
@@ -114,25 +114,20 @@ impl EndpointRule {
                 return Err(format!("this socket can only {}; accepted: {forms}", only.word()));
             }
         }
-        let Some((scheme, _)) = endpoint.split_once("://") else {
-            return Err(format!("no transport; accepted: {forms}"));
-        };
-        match scheme {
-            "tcp" => {}
-            "ipc" | "inproc" if self.clone_store => {
+        match endpoint_transport(endpoint).map_err(|why| format!("{why}; accepted: {forms}"))? {
+            Transport::Tcp => {}
+            Transport::Ipc | Transport::Inproc if self.clone_store => {
                 return Err(format!("a clone store is reached over tcp only; accepted: {forms}"))
             }
-            "ipc" => {}
+            Transport::Ipc => {}
             // Only sockets of one process meet on inproc, and no command binds and connects the
             // same endpoint: its peer would be another process, and the link would never come up.
-            "inproc" => {
+            Transport::Inproc => {
                 return Err("an inproc endpoint reaches only sockets inside this process, and the peer of this \
                             socket is another process; use ipc:///tmp/NAME or tcp://HOST:PORT"
                     .into())
             }
-            other => return Err(format!("the transport `{other}` is not supported; accepted: {forms}")),
         }
-        endpoint_problem(endpoint).map_err(|why| format!("{why}; accepted: {forms}"))?;
         Ok(Endpoint { how, endpoint: endpoint.to_string() })
     }
 }
