@@ -211,8 +211,11 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     let _one = serial();
     let dir = common::temp_dir("capacity-int");
     let mut cmd = mdsub();
-    cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(SHORT);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    // A warm-up long enough that the signal lands in it: the first interval in the trial's
+    // .hlog comes one metrics interval (1 s) into the run.
+    let settings = ["--warmup", "4s", "--hold", "300ms", "--runs", "1", "--time-cap", "90s"];
+    cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(settings);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut p = Proc::spawn("capacity", &mut cmd);
     let mut out = p.child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
@@ -220,14 +223,20 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
         let _ = std::io::Read::read_to_string(&mut out, &mut s);
         s
     });
-    // A trial is under way once its interval log exists.
-    let hlog = || common::has_trial_hlog(&dir);
-    wait_until(Duration::from_secs(60), "the first trial's .hlog", hlog);
+    let err = common::lines_of(p.child.stderr.take().expect("stderr"));
+    // A trial is measuring once its interval log has an interval.
+    let measuring = || common::trial_hlogs(&dir).iter().any(|f| common::hlog_intervals(f) > 0);
+    wait_until(Duration::from_secs(60), "the first trial's first interval", measuring);
     p.signal(2);
     assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0), "results so far are written");
     let v = json(&reader.join().unwrap_or_default());
     let c = config(&v, "builtin-2core");
     assert_eq!(c["outcome"]["ending"], "interrupted", "not the time cap: {c}");
+    // Before, the trial the signal cut short was shown (with --json on stderr) with its
+    // warm-up's numbers and a verdict, although the results leave it out.
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    let shown = said.iter().filter(|l| l.contains(" msg/s  achieved ")).count();
+    assert_eq!(shown, trials(c).len(), "every trial shown is a trial kept: {said:?}");
     assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
     assert_eq!(v["settings"]["capped"], false, "{}", v["settings"]);
     let _ = std::fs::remove_dir_all(&dir);

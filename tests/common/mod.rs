@@ -107,13 +107,21 @@ pub fn unserved_port_block(n: u16) -> u16 {
 /// True once a `mdsub capacity --out dir` results folder holds an interval log: a trial's
 /// engine is up.
 pub fn has_trial_hlog(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|run| {
-        std::fs::read_dir(run.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|f| f.path().extension().is_some_and(|e| e == "hlog"))
-    })
+    !trial_hlogs(dir).is_empty()
+}
+
+/// The trials' interval logs in a capacity results folder `dir` (in its run folders).
+pub fn trial_hlogs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let runs = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    let files = runs.flat_map(|run| std::fs::read_dir(run.path()).into_iter().flatten().flatten());
+    files.map(|f| f.path()).filter(|p| p.extension().is_some_and(|e| e == "hlog")).collect()
+}
+
+/// How many interval lines the HdrHistogram log at `path` holds so far (0 if unreadable).
+pub fn hlog_intervals(path: &std::path::Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // An interval line: `Tag=NAME,start,length,max,histogram` (or without the tag).
+    text.lines().filter(|l| l.starts_with("Tag=") || l.starts_with(|c: char| c.is_ascii_digit())).count()
 }
 
 /// The lines of `r` (a child's stdout or stderr) on a channel, read by a

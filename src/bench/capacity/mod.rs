@@ -385,7 +385,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                 };
                 runs.push(m);
             }
-            if cut_short {
+            // A stop that came while a run measured leaves that run short (a warm-up's numbers,
+            // a part of the hold): the trial is no measurement, so it is neither shown nor kept.
+            if cut_short || stop.is_stopped() {
                 forget_trial_files(&folder, &files);
                 search.interrupt();
                 break;
@@ -393,11 +395,6 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             let summary = judge(&runs, &cfg.sla);
             done += 1;
             on(Event::TrialDone { config: &c.name, summary: &summary });
-            if stop.is_stopped() {
-                forget_trial_files(&folder, &files);
-                search.interrupt();
-                break;
-            }
             search.on_result(rate, summary.verdict.clone());
             trials.push(TrialRecord { purpose, summary, files });
         }
