@@ -171,6 +171,23 @@ fn ctrl_c_ends_a_command_that_has_no_clean_stop() {
 }
 
 #[test]
+fn ctrl_c_mid_run_shows_no_cut_short_bench_run() {
+    // Before, the run the signal cut short was printed as a result (`run 1 engine/per-message
+    // 0.484 M msg/s ... sent ? lost ?`) before `mdsub: interrupted`.
+    let mut cmd = mdsub();
+    cmd.args(["bench", "--count", "50M", "--runs", "3"]);
+    let mut p = LineProc::spawn_with_stderr("bench", &mut cmd);
+    let err = p.stderr.take().expect("stderr");
+    wait_until(DEADLINE, "the bench's publisher thread", || thread_cpu_ms(p.proc.pid(), "replay").is_some());
+    p.proc.signal(2);
+    let (status, out) = p.finish(Duration::from_secs(10));
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    assert_eq!(status.code(), Some(130), "stderr: {said:?}");
+    assert!(said.iter().any(|l| l == "mdsub: interrupted"), "{said:?}");
+    assert!(!out.lines().any(|l| l.trim_start().starts_with("run ")), "no run line: {out}");
+}
+
+#[test]
 fn zero_runs_or_messages_are_refused_not_run_as_something_else() {
     // `bench --runs 0` ran one run under a "0 runs" heading; `bench --count 0` printed NaN
     // ratios; `lvc-bench --symbols 0` ran with topics it was not given.

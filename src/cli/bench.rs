@@ -448,6 +448,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 drain_timeout: Duration::from_secs(60),
             };
             let mut out = run_once(&spec, stop, &mut |_| {})?;
+            // A run the signal cut short measured a part of its count: not a result to show
+            // (a medians table of whole runs is what bench promises).
+            if stop.is_stopped() {
+                return Err(super::Interrupted.into());
+            }
             out.report.subscriber = name.clone();
             if !args.json {
                 let t = out.report.latency.get("total").copied().unwrap_or_default();
