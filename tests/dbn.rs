@@ -268,6 +268,27 @@ fn truncated_file_replays_its_prefix_and_names_the_offset() {
     assert_eq!(have, want);
 }
 
+#[test]
+fn a_cut_off_zstd_file_is_a_truncated_tail_too() {
+    // Before, zstd's `incomplete frame` was counted `bad_record` ("nothing after a damaged record
+    // can be trusted") while the same cut in a plain file is `truncated_tail`.
+    let dir = tmp_dir("trunc-zst");
+    let (whole, cut) = (dir.join("whole.dbn.zst"), dir.join("cut.dbn.zst"));
+    let recs = mbo_feed(2, 10_000, 0, 1_000);
+    write_dbn(&whole, &metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]), &recs, true);
+    let bytes = std::fs::read(&whole).expect("read");
+    std::fs::write(&cut, &bytes[..bytes.len() * 3 / 5]).expect("write");
+    let (got, status, out) = replay("replay-dbn-trunc-zst", 1, &["--from", cut.to_str().expect("utf8")]);
+    assert!(!status.success(), "a damaged file is an error: {out}");
+    assert!(out.contains("replay: refused (truncated_tail): "), "counted as a cut-off file: {out}");
+    assert!(out.contains("the file ends inside a zstd frame"), "the reason in words: {out}");
+    assert!(out.contains("damaged input (refused: truncated_tail=1)"), "counted under its reason: {out}");
+    assert!(!got.is_empty() && got.len() < recs.len(), "the prefix was replayed: {}", got.len());
+    let want: Vec<Vec<u8>> = recs[..got.len()].iter().map(bytes_of).collect();
+    let have: Vec<Vec<u8>> = got.iter().map(|g| g.payload.clone()).collect();
+    assert_eq!(have, want);
+}
+
 type PxSize = (i64, u64);
 
 /// The book an independent, naive model of Databento's MBO semantics ends

@@ -107,7 +107,12 @@ impl Read for Counting {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
             Err(e) => {
-                self.error.get_or_insert_with(|| e.to_string());
+                // Only a decompressor reports an early end (a file read just returns 0): the
+                // compressed file ends inside a zstd frame, a cut-off `.dbn.zst`.
+                self.error.get_or_insert_with(|| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => format!("truncated: the file ends inside a zstd frame ({e})"),
+                    _ => e.to_string(),
+                });
                 Err(e)
             }
         }
