@@ -256,8 +256,13 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 /// No clone server answered within `--timeout`: an error of its own kind (`main` exits
 /// [`super::EXIT_NO_SERVER`]), apart from a normal "absent" (`get`, exit 1).
 #[derive(Debug, thiserror::Error)]
-#[error("no clone server answered ({0})")]
-pub struct NoServer(pub String);
+#[error("no clone server answered ({servers}){}", within.map(|d| format!(" within {} s", d.as_secs_f64())).unwrap_or_default())]
+pub struct NoServer {
+    /// The servers asked, as the command line named them.
+    pub servers: String,
+    /// How long they were waited for, when no other cause is known (a timed-out wait).
+    pub within: Option<Duration>,
+}
 
 /// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
 /// ([`super::Interrupted`]). No snapshot in time is [`NoServer`] naming `servers` (exit
@@ -273,10 +278,13 @@ pub(crate) fn wait_synced(
 ) -> anyhow::Result<()> {
     match client.wait_synced_or_stop(timeout, stop) {
         Ok(_) => Ok(()),
-        Err(e @ ClientError::Timeout { .. }) => {
-            let why = client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys));
-            let cause = why.map_or_else(|| anyhow::Error::new(e), anyhow::Error::msg);
-            Err(cause.context(NoServer(servers.to_string())))
+        Err(ClientError::Timeout { after, .. }) => {
+            let servers = servers.to_string();
+            // The handshake refusal when there was one; else the wait is the whole story.
+            match client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys)) {
+                Some(why) => Err(anyhow::Error::msg(why).context(NoServer { servers, within: None })),
+                None => Err(NoServer { servers, within: Some(after) }.into()),
+            }
         }
         Err(e) => interrupted(Err(e)).context("connecting to the clone servers"),
     }
@@ -378,7 +386,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         }
         // A script asking for the status learns from the exit code that a server is down.
         if silent == servers.len() {
-            anyhow::bail!(NoServer(servers.join(", ")));
+            anyhow::bail!(NoServer { servers: servers.join(", "), within: None });
         }
         if silent > 0 {
             anyhow::bail!("{silent} of {} clone server(s) did not answer STATUS", servers.len());

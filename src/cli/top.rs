@@ -234,7 +234,10 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let client = Client::start(ClientConfig {
         servers,
         subtree: STATUS_ROOT.into(),
-        log_links: false,
+        // A plain frame (--once) may say on stderr why the store does not answer (`not up
+        // after 5 s`); the full-screen view keeps stderr off its screen.
+        log_links: args.once,
+        name: "top".into(),
         ..ClientConfig::default()
     })?;
     super::clone::wait_synced(&client, &names, false, args.timeout, stop)?;
