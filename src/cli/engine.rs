@@ -63,8 +63,9 @@ pub struct SnailArgs {
     /// How long the lag must stay above --max-lag to be a snail [default: the profile's `[snail]`, else 1s].
     #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub grace: Option<Duration>,
-    /// Nothing heard (no data, no heartbeat) for this long is STOP; 0s: not judged
-    /// [default: the profile's `[snail]`, else 5s].
+    /// Nothing heard (no data, no heartbeat) for this long is STOP; 0s: not judged. Counted
+    /// only while the engine runs: after a pause of its own (SIGSTOP, a VM pause) of 1s or
+    /// more, from its resumption [default: the profile's `[snail]`, else 5s].
     #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub silence: Option<Duration>,
     /// Clocks: synchronised (one host, PTP/NTP) or skew-tolerant (judge lag
