@@ -714,6 +714,44 @@ fn demo_reports_the_snails_verdict_per_shard_as_text_and_json() {
     assert!(err.contains("mdsub: croak: SNAIL on shard0 ("), "{err}");
 }
 
+/// A snail flag combination the profile check refuses names the flags, not `--profile` (which
+/// nobody typed): before, `mdsub demo --skew skew-tolerant --grace 40s` said `--profile
+/// builtin: profile field `snail.skew_window_ms`: …` and exited 1. A profile file at fault is
+/// still named.
+#[test]
+fn a_refused_snail_flag_combination_names_the_flags_not_the_profile() {
+    let engine = ["engine", "--endpoint", "tcp://127.0.0.1:1"];
+    for (cmd, flags, says, values) in [
+        (
+            &["demo"][..],
+            &["--skew", "skew-tolerant", "--grace", "40s"][..],
+            "--skew skew-tolerant with --grace 40s: ",
+            "(skew window 30s, grace 40s)",
+        ),
+        (
+            &engine[..],
+            &["--skew", "skew-tolerant", "--skew-window", "1s", "--grace", "1s"][..],
+            "--skew skew-tolerant with --skew-window 1s with --grace 1s: ",
+            "(skew window 1s, grace 1s)",
+        ),
+    ] {
+        let (code, _out, err) = run_within("mdsub", mdsub().args(cmd).args(flags), Duration::from_secs(20));
+        assert_eq!(code, Some(2), "{cmd:?} {flags:?}: a refused flag, {err}");
+        assert!(err.contains(says) && err.contains(values), "{cmd:?} {flags:?}: {err}");
+        assert!(!err.contains("--profile") && !err.contains("profile field"), "{cmd:?} {flags:?}: {err}");
+    }
+    let dir = temp_dir("snail-profile-at-fault");
+    let file = dir.join("p.toml");
+    let profile = include_str!("../tuning/default-2core.toml").to_string()
+        + "\n[snail]\nskew = \"skew-tolerant\"\nskew_window_ms = 500\n";
+    std::fs::write(&file, profile).expect("write profile");
+    let file = file.to_str().expect("utf8 path");
+    let (code, _out, err) =
+        run_within("mdsub", mdsub().args(["demo", "--profile", file, "--grace", "400ms"]), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("--profile {file}: profile field `snail.skew_window_ms`")), "{err}");
+}
+
 #[test]
 fn a_snail_threshold_finer_than_a_millisecond_is_refused_naming_the_flag() {
     // Before: `--max-lag 500us` was cut to 0 ms and refused as "profile field

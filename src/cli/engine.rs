@@ -116,6 +116,38 @@ impl SnailArgs {
         }
         Ok(())
     }
+
+    /// The line for a `[snail]` field of `profile` the check refused with `message`, naming
+    /// the flags of these that set it (`None`: none did, the profile is at fault).
+    pub fn refused(&self, profile: &Profile, field: &str, message: &str) -> Option<String> {
+        let s = &profile.snail;
+        let ms = |v: u64| format_duration(Duration::from_millis(v));
+        match field {
+            "snail.skew_window_ms" => {
+                let given: Vec<String> = [
+                    self.skew.map(|k| format!("--skew {}", k.name())),
+                    self.skew_window.map(|d| format!("--skew-window {}", format_duration(d))),
+                    self.grace.map(|d| format!("--grace {}", format_duration(d))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!given.is_empty()).then(|| {
+                    format!(
+                        "{}: skew-tolerant lag is judged against the lowest lag over the skew window, which \
+                         must be longer than the grace to catch lag that grows (skew window {}, grace {}): \
+                         give a longer --skew-window or a shorter --grace",
+                        given.join(" with "),
+                        ms(s.skew_window_ms),
+                        ms(s.grace_ms)
+                    )
+                })
+            }
+            "snail.max_lag_ms" => self.max_lag.map(|d| format!("--max-lag {}: {message}", format_duration(d))),
+            "snail.monitor" => self.monitor.as_ref().map(|ep| format!("--monitor {}: {message}", ep.endpoint)),
+            _ => None,
+        }
+    }
 }
 
 /// A metrics interval: whole milliseconds inside [`METRICS_INTERVAL_RANGE_MS`].
@@ -174,7 +206,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
     args.snail.apply(&mut profile)?;
-    super::check_profile(&profile, &args.profile)?;
+    super::check_profile_with(&profile, &args.profile, |field, message| args.snail.refused(&profile, field, message))?;
     args.feed.check_fits(profile.max_msg_bytes)?;
     let shards = profile.shards.len();
     let pacing = args.feed.pacing(Some(DEMO_RATE));
@@ -462,17 +494,8 @@ pub fn parse_routing(s: &str) -> Result<Routing, String> {
 /// no endpoints: that is a missing flag, not the fault of a profile nobody typed); the rest
 /// names the profile (`--profile FILE: profile field …`, exit 1).
 fn check_flags_on_profile(args: &EngineArgs, profile: &Profile) -> anyhow::Result<()> {
+    super::check_profile_with(profile, &args.profile, |field, message| refused_flag(args, profile, field, message))?;
     let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {}", args.profile));
-    match profile.validate(&crate::profile::host_cores()) {
-        Err(ProfileError::Invalid { field, message }) => {
-            return Err(match refused_flag(args, profile, &field, &message) {
-                Some(line) => super::UsageError(line).into(),
-                None => of_profile(ProfileError::Invalid { field, message }),
-            })
-        }
-        Err(e) => return Err(of_profile(e)),
-        Ok(()) => {}
-    }
     let named = matches!(args.profile.as_str(), "builtin" | "auto");
     if named && profile.shards.iter().all(|s| s.endpoints.is_empty()) {
         bail!(super::UsageError(format!(
@@ -512,6 +535,7 @@ fn refused_flag(args: &EngineArgs, profile: &Profile, field: &str, message: &str
                 )
             })
         }
+        f if f.starts_with("snail.") => args.snail.refused(profile, f, message),
         _ => None,
     }
 }

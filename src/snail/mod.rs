@@ -123,6 +123,16 @@ pub enum SkewMode {
     Tolerant,
 }
 
+impl SkewMode {
+    /// The name in profiles and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SkewMode::Synchronised => "synchronised",
+            SkewMode::Tolerant => "skew-tolerant",
+        }
+    }
+}
+
 /// A verdict, worst last (so `max` picks the worst).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "UPPERCASE")]
