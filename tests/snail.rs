@@ -362,6 +362,88 @@ fn silence_without_heartbeats_is_stop_and_heartbeats_keep_it_alive() {
     assert_eq!(json(&out)["snail"]["verdict"], "STOP");
 }
 
+/// An engine fed 50 ms of frames by a [`TestPub`], with `--silence 1s` and a monitor this
+/// test reads; returned once the monitor says the reader heard them (silence is armed).
+fn engine_heard_with_monitor() -> (TestPub, Child2, zmq::Socket, zmq::Context) {
+    let mut p = TestPub::bind();
+    let e = engine(&p.endpoint, &["--silence", "1s", "--monitor", "bind:tcp://127.0.0.1:*"]);
+    let monitor_ep = e.stderr_line("monitor: bound ", Duration::from_secs(20)).rsplit(' ').next().unwrap().to_string();
+    let ctx = zmq::Context::new();
+    let mon = ctx.socket(zmq::SUB).expect("sub");
+    mon.set_subscribe(b"snail.state").expect("subscribe");
+    mon.connect(&monitor_ep).expect("connect monitor");
+    p.wait_subscribed();
+    p.stream_for(Duration::from_millis(50), 0);
+    reader_state(&mon, "the reader judged a frame", |r| u(r, "checked") > 0);
+    (p, e, mon, ctx)
+}
+
+/// The monitor's state of `shard0-reader` once `pred` holds of it (within 20 s).
+fn reader_state(mon: &zmq::Socket, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "monitor: {what}: not within 20 s");
+        mon.set_rcvtimeo(left.as_millis().max(1) as i32).expect("rcvtimeo");
+        let Ok(m) = mon.recv_multipart(0) else { continue };
+        // The state message is the report's `snail` object.
+        let state = serde_json::json!({ "snail": json(std::str::from_utf8(&m[1]).expect("utf8")) });
+        let reader = site(&state, "shard0-reader").clone();
+        if pred(&reader) {
+            return reader;
+        }
+    }
+}
+
+/// The engine itself stopped (SIGSTOP) for longer than `--silence` while its publisher
+/// heartbeats on: a self-stall, not a silence (in CI a VM paused for 8 s made two engines
+/// croak `STOP ... nothing heard for 8.34s` at their resumption). Counted, said once, on
+/// the monitor and in the report; the engine runs on to its end of stream.
+#[test]
+fn a_pause_of_the_engine_itself_is_a_self_stall_not_a_silence() {
+    let (mut p, e, mon, _ctx) = engine_heard_with_monitor();
+    e.proc.signal(libc::SIGSTOP);
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(100));
+        p.control(Kind::Heartbeat);
+    }
+    e.proc.signal(libc::SIGCONT);
+    let reader = reader_state(&mon, "a self-stall", |r| u(r, "self_stalls") >= 1);
+    assert!(u(&reader, "longest_self_stall_ns") >= 2_000_000_000, "{reader}");
+    p.stream_for(Duration::from_millis(50), 0);
+    p.control(Kind::EndOfStream);
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "no croak: {err}");
+    let r = json(&out);
+    let reader = site(&r, "shard0-reader");
+    assert_eq!((u(reader, "stops"), u(reader, "self_stalls")), (0, 1), "{reader}");
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("stalled")).collect();
+    assert!(
+        said.len() == 1 && said[0].starts_with("mdsub: snail: shard0-reader stalled (self_stall): did not run for "),
+        "said once: {err}"
+    );
+}
+
+/// A real silence after a self-stall still croaks, `--silence` after the resumption:
+/// the publisher is quiet during the stop and after it.
+#[test]
+fn a_silence_after_the_engine_resumes_croaks_once_silence_has_passed_since_the_resumption() {
+    let (_p, e, _mon, _ctx) = engine_heard_with_monitor();
+    e.proc.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2_500));
+    e.proc.signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    let (code, out, err) = e.finish(Duration::from_secs(30));
+    let took = resumed.elapsed();
+    assert_eq!(code, Some(CROAK), "{err}");
+    // The engine resumed a little before `resumed` was read (kill(1) returned after it):
+    // 900 ms, not 1 s. Judged across the stop, it croaked at once.
+    assert!(took >= Duration::from_millis(900), "croaked {took:?} after the resumption: {err}");
+    assert!(err.contains("mdsub: croak: STOP on shard0 (shard0-reader): nothing heard for 1."), "{err}");
+    let r = json(&out);
+    assert_eq!(u(site(&r, "shard0-reader"), "self_stalls"), 1, "{r}");
+}
+
 /// An end of stream disarms the reader's silence line and count, as it
 /// disarms STOP: an engine that runs on after it (`--expect-eos 0`) says no
 /// silence in the quiet that follows; the next frame arms it again.
@@ -630,6 +712,44 @@ fn demo_reports_the_snails_verdict_per_shard_as_text_and_json() {
     let r = json(&out);
     assert_eq!(r["snail"]["shards"], serde_json::json!([{"shard": 0, "verdict": "SNAIL"}]), "{r}");
     assert!(err.contains("mdsub: croak: SNAIL on shard0 ("), "{err}");
+}
+
+/// A snail flag combination the profile check refuses names the flags, not `--profile` (which
+/// nobody typed): before, `mdsub demo --skew skew-tolerant --grace 40s` said `--profile
+/// builtin: profile field `snail.skew_window_ms`: …` and exited 1. A profile file at fault is
+/// still named.
+#[test]
+fn a_refused_snail_flag_combination_names_the_flags_not_the_profile() {
+    let engine = ["engine", "--endpoint", "tcp://127.0.0.1:1"];
+    for (cmd, flags, says, values) in [
+        (
+            &["demo"][..],
+            &["--skew", "skew-tolerant", "--grace", "40s"][..],
+            "--skew skew-tolerant with --grace 40s: ",
+            "(skew window 30s, grace 40s)",
+        ),
+        (
+            &engine[..],
+            &["--skew", "skew-tolerant", "--skew-window", "1s", "--grace", "1s"][..],
+            "--skew skew-tolerant with --skew-window 1s with --grace 1s: ",
+            "(skew window 1s, grace 1s)",
+        ),
+    ] {
+        let (code, _out, err) = run_within("mdsub", mdsub().args(cmd).args(flags), Duration::from_secs(20));
+        assert_eq!(code, Some(2), "{cmd:?} {flags:?}: a refused flag, {err}");
+        assert!(err.contains(says) && err.contains(values), "{cmd:?} {flags:?}: {err}");
+        assert!(!err.contains("--profile") && !err.contains("profile field"), "{cmd:?} {flags:?}: {err}");
+    }
+    let dir = temp_dir("snail-profile-at-fault");
+    let file = dir.join("p.toml");
+    let profile = include_str!("../tuning/default-2core.toml").to_string()
+        + "\n[snail]\nskew = \"skew-tolerant\"\nskew_window_ms = 500\n";
+    std::fs::write(&file, profile).expect("write profile");
+    let file = file.to_str().expect("utf8 path");
+    let (code, _out, err) =
+        run_within("mdsub", mdsub().args(["demo", "--profile", file, "--grace", "400ms"]), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("--profile {file}: profile field `snail.skew_window_ms`")), "{err}");
 }
 
 #[test]

@@ -63,8 +63,9 @@ pub struct SnailArgs {
     /// How long the lag must stay above --max-lag to be a snail [default: the profile's `[snail]`, else 1s].
     #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub grace: Option<Duration>,
-    /// Nothing heard (no data, no heartbeat) for this long is STOP; 0s: not judged
-    /// [default: the profile's `[snail]`, else 5s].
+    /// Nothing heard (no data, no heartbeat) for this long is STOP; 0s: not judged. Counted
+    /// only while the engine runs: after a pause of its own (SIGSTOP, a VM pause) of 1s or
+    /// more, from its resumption [default: the profile's `[snail]`, else 5s].
     #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
     pub silence: Option<Duration>,
     /// Clocks: synchronised (one host, PTP/NTP) or skew-tolerant (judge lag
@@ -114,6 +115,38 @@ impl SnailArgs {
             s.monitor = Some(ep.endpoint.clone());
         }
         Ok(())
+    }
+
+    /// The line for a `[snail]` field of `profile` the check refused with `message`, naming
+    /// the flags of these that set it (`None`: none did, the profile is at fault).
+    pub fn refused(&self, profile: &Profile, field: &str, message: &str) -> Option<String> {
+        let s = &profile.snail;
+        let ms = |v: u64| format_duration(Duration::from_millis(v));
+        match field {
+            "snail.skew_window_ms" => {
+                let given: Vec<String> = [
+                    self.skew.map(|k| format!("--skew {}", k.name())),
+                    self.skew_window.map(|d| format!("--skew-window {}", format_duration(d))),
+                    self.grace.map(|d| format!("--grace {}", format_duration(d))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!given.is_empty()).then(|| {
+                    format!(
+                        "{}: skew-tolerant lag is judged against the lowest lag over the skew window, which \
+                         must be longer than the grace to catch lag that grows (skew window {}, grace {}): \
+                         give a longer --skew-window or a shorter --grace",
+                        given.join(" with "),
+                        ms(s.skew_window_ms),
+                        ms(s.grace_ms)
+                    )
+                })
+            }
+            "snail.max_lag_ms" => self.max_lag.map(|d| format!("--max-lag {}: {message}", format_duration(d))),
+            "snail.monitor" => self.monitor.as_ref().map(|ep| format!("--monitor {}: {message}", ep.endpoint)),
+            _ => None,
+        }
     }
 }
 
@@ -173,7 +206,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
     args.snail.apply(&mut profile)?;
-    super::check_profile(&profile, &args.profile)?;
+    super::check_profile_with(&profile, &args.profile, |field, message| args.snail.refused(&profile, field, message))?;
     args.feed.check_fits(profile.max_msg_bytes)?;
     let shards = profile.shards.len();
     let pacing = args.feed.pacing(Some(DEMO_RATE));
@@ -461,17 +494,8 @@ pub fn parse_routing(s: &str) -> Result<Routing, String> {
 /// no endpoints: that is a missing flag, not the fault of a profile nobody typed); the rest
 /// names the profile (`--profile FILE: profile field …`, exit 1).
 fn check_flags_on_profile(args: &EngineArgs, profile: &Profile) -> anyhow::Result<()> {
+    super::check_profile_with(profile, &args.profile, |field, message| refused_flag(args, profile, field, message))?;
     let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {}", args.profile));
-    match profile.validate(&crate::profile::host_cores()) {
-        Err(ProfileError::Invalid { field, message }) => {
-            return Err(match refused_flag(args, profile, &field, &message) {
-                Some(line) => super::UsageError(line).into(),
-                None => of_profile(ProfileError::Invalid { field, message }),
-            })
-        }
-        Err(e) => return Err(of_profile(e)),
-        Ok(()) => {}
-    }
     let named = matches!(args.profile.as_str(), "builtin" | "auto");
     if named && profile.shards.iter().all(|s| s.endpoints.is_empty()) {
         bail!(super::UsageError(format!(
@@ -511,6 +535,7 @@ fn refused_flag(args: &EngineArgs, profile: &Profile, field: &str, message: &str
                 )
             })
         }
+        f if f.starts_with("snail.") => args.snail.refused(profile, f, message),
         _ => None,
     }
 }

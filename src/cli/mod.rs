@@ -138,7 +138,7 @@ pub fn on_signal(first_ns: Option<u64>, now_ns: u64, watches_stop: bool) -> OnSi
 }
 
 use crate::engine::handler::HandlerSpec;
-use crate::profile::{host_cores, Profile};
+use crate::profile::{host_cores, Profile, ProfileError};
 use crate::replay::{Limits, Pacing};
 
 pub(crate) fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
@@ -241,7 +241,26 @@ pub(crate) fn load_profile(spec: &str) -> anyhow::Result<Profile> {
 /// Validate `p` for this host; a mistake names the profile it came from (`--profile
 /// FILE: profile field …`), as `mdsub profile check` does.
 pub(crate) fn check_profile(p: &Profile, spec: &str) -> anyhow::Result<()> {
-    p.validate(&host_cores()).map_err(|e| anyhow::Error::new(e).context(format!("--profile {spec}")))
+    check_profile_with(p, spec, |_, _| None)
+}
+
+/// [`check_profile`] for a profile flags changed: a field the check refused is a refused flag
+/// (exit 2) when `flag_line(field, message)` gives the line that names the flags that set it;
+/// `None` (the profile set it) names the profile.
+pub(crate) fn check_profile_with(
+    p: &Profile,
+    spec: &str,
+    flag_line: impl FnOnce(&str, &str) -> Option<String>,
+) -> anyhow::Result<()> {
+    let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {spec}"));
+    match p.validate(&host_cores()) {
+        Err(ProfileError::Invalid { field, message }) => Err(match flag_line(&field, &message) {
+            Some(line) => UsageError(line).into(),
+            None => of_profile(ProfileError::Invalid { field, message }),
+        }),
+        Err(e) => Err(of_profile(e)),
+        Ok(()) => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -299,6 +299,13 @@ impl Checks {
         }
     }
 
+    /// The reader closes: the snail's lines not said yet are said ([`Guard::close`]).
+    pub fn close(&mut self) {
+        if let Some(g) = &mut self.guard {
+            g.close();
+        }
+    }
+
     /// Decode and check one frame received at `recv_ns`; `Some(worker)` if it
     /// is data to deliver.
     #[inline]
@@ -326,6 +333,10 @@ impl Checks {
             Err(e) => {
                 self.bad[e.reason()] += 1;
                 self.refused(DROP_REASON_NAMES[e.reason()], &e, recv_ns);
+                if let Some(g) = &mut self.guard {
+                    // Not heard, but the reader ran: a long run of refused frames is no self-stall.
+                    g.ran(recv_ns);
+                }
                 return None;
             }
         };
@@ -823,6 +834,7 @@ impl Agent for ReaderAgent {
         if let Some(l) = self.checks.refusal_summary(0, true) {
             crate::diag!("{l}");
         }
+        self.checks.close();
         let flushed = self.flush_blocking();
         self.checks.publish(&self.counters);
         if let Some(core) = &mut self.inline {
@@ -965,6 +977,41 @@ mod tests {
         c.publish(&counters);
         assert_eq!(counters.forwarded.load(Relaxed), 1, "only what was handed on");
         assert_eq!(counters.max_lag_ns.load(Relaxed), 3_000 * ms, "the shard's lag, as the scream says");
+    }
+
+    /// The self-stall threshold holds for every idle strategy: ten of its longest wait or more
+    /// between two calls of an idle reader into its guard.
+    #[test]
+    fn a_self_stall_is_at_least_ten_of_the_longest_idle_waits() {
+        let longest = crate::agent::IdleStrategy::NAMES
+            .split(", ")
+            .filter_map(crate::agent::IdleStrategy::from_name)
+            .filter_map(|s| s.max_wait())
+            .max()
+            .expect("a strategy that waits");
+        assert!(crate::snail::SELF_STALL_NS >= (10 * longest).as_nanos() as u64, "longest wait {longest:?}");
+    }
+
+    /// Refused frames are not heard, but a reader reading them runs: a long run of them
+    /// is no self-stall, and the silence it is (nothing valid heard) is a STOP as before.
+    #[test]
+    fn a_run_of_refused_frames_is_silence_not_a_self_stall() {
+        use crate::snail::{Policy, Site, SnailBoard, SnailConfig};
+        let ms = 1_000_000;
+        let cfg = SnailConfig { policy: Policy::Croak, silence_ns: 1_000 * ms, ..Default::default() };
+        let board = SnailBoard::new(cfg, vec![Site { role: "shard0-reader".into(), shard: Some(0) }]);
+        let mut c = Checks::new(Routing::ByTopic, 1, true).with_guard(Guard::new(board.clone(), 0, None));
+        let t0 = 1_700_000_000_000_000_000;
+        assert!(c.check(&frame_sent_at(1, Kind::Data, t0), t0).is_some());
+        let mut t = t0;
+        for _ in 0..300 {
+            t += 10 * ms;
+            assert!(c.check(b"no nul", t).is_none());
+        }
+        c.check_silence(t + ms);
+        assert!(c.croaked(), "3 s without a valid frame: STOP");
+        c.publish(&ShardCounters::default());
+        assert_eq!(board.report().sites[0].self_stalls, 0);
     }
 
     #[test]

@@ -408,6 +408,17 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
                 f.sample("", &site(x), x.skipped);
             }
         });
+        family(
+            &mut s,
+            "mdsub_snail_self_stalls_total",
+            "counter",
+            "Times a site itself did not run for 1 s or more (paused, stopped, starved): silence is not judged across them.",
+            |f| {
+                for x in &live.snail {
+                    f.sample("", &site(x), x.self_stalls);
+                }
+            },
+        );
     }
     family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
         f.sample("", &format!("engine=\"{id}\""), live.metrics_dropped)
@@ -492,11 +503,14 @@ mod tests {
                 stops: 0,
                 rests: 0,
                 skipped: 0,
+                self_stalls: 2,
+                longest_self_stall_ns: 8_340_000_000,
             }],
         };
         let t = render(&live, &latency);
         assert!(t.contains("mdsub_snail_verdict{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
         assert!(t.contains("kind=\"max\"} 1.5"), "{t}");
+        assert!(t.contains("mdsub_snail_self_stalls_total{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
         assert_eq!(live.snail_verdict(Some(1)), crate::snail::Verdict::Snail);
         assert_eq!(live.snail_verdict(Some(0)), crate::snail::Verdict::Ok);
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam::channel::Sender;
 use serde::{Deserialize, Serialize};
 
+use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 use crate::metrics::human_ns;
 use crate::wire::Header;
 use lag::LagDetector;
@@ -122,6 +123,16 @@ pub enum SkewMode {
     Tolerant,
 }
 
+impl SkewMode {
+    /// The name in profiles and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SkewMode::Synchronised => "synchronised",
+            SkewMode::Tolerant => "skew-tolerant",
+        }
+    }
+}
+
 /// A verdict, worst last (so `max` picks the worst).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "UPPERCASE")]
@@ -189,20 +200,77 @@ impl Default for SnailConfig {
     }
 }
 
+/// A gap this long between two calls of the shell into the silence judge
+/// ([`Silence::ran`]) is a self-stall: the subscriber itself did not run (its
+/// process stopped with SIGSTOP, its VM or host paused, its thread starved,
+/// or with `handoff = "inline"` one handler call held the reader that long),
+/// so it cannot say whether the publisher was silent meanwhile.
+///
+/// Why 1 s: a reader calls in at least once per round (on every frame heard,
+/// and after every idle or blocked wait), and the longest wait of any idle
+/// strategy is `block`'s 100 ms (`backoff`, the default: 1 ms), so 1 s is ten
+/// of the longest waits and a thousand of the default's. It is also a fifth of
+/// the default silence (5 s): a stall shorter than it cannot, with the
+/// publisher's heartbeat every second, make a STOP on its own.
+/// (`engine::reader`'s tests check it against every idle strategy.)
+pub const SELF_STALL_NS: u64 = 1_000_000_000;
+
 /// The silence detector (a socket-free core): STOP when nothing at all (no
 /// data, no heartbeat) was heard for `silence_ns`. Armed by the first frame,
 /// disarmed by an end of stream (a publisher that said goodbye is quiet by
 /// right) until the next frame.
+///
+/// Silence is judged only over time the subscriber itself ran: the shell says
+/// when it runs ([`Silence::ran`]), and after a self-stall (a gap of at least
+/// [`SELF_STALL_NS`] between two calls) the quiet is counted from the
+/// resumption, not from the last frame heard before the stall.
 #[derive(Debug, Clone)]
 pub struct Silence {
     silence_ns: u64,
     last_heard_ns: u64,
     armed: bool,
+    /// The shell's last call (0: none yet, or its cadence is not known).
+    last_ran_ns: u64,
+    /// When the last self-stall ended (0: none): quiet is judged from here at the earliest.
+    resumed_ns: u64,
+    self_stalls: u64,
+    longest_self_stall_ns: u64,
 }
 
 impl Silence {
     pub fn new(silence_ns: u64) -> Self {
-        Silence { silence_ns, last_heard_ns: 0, armed: false }
+        Silence {
+            silence_ns,
+            last_heard_ns: 0,
+            armed: false,
+            last_ran_ns: 0,
+            resumed_ns: 0,
+            self_stalls: 0,
+            longest_self_stall_ns: 0,
+        }
+    }
+
+    /// The shell ran at `now_ns` (it calls this with every frame heard and every
+    /// silence check). `Some(gap)` when the gap since its last call makes this the
+    /// end of a self-stall: counted, and silence is judged from `now_ns` on.
+    #[inline]
+    pub fn ran(&mut self, now_ns: u64) -> Option<u64> {
+        let gap = now_ns.saturating_sub(self.last_ran_ns);
+        let known = self.last_ran_ns != 0;
+        self.last_ran_ns = now_ns;
+        if !known || gap < SELF_STALL_NS {
+            return None;
+        }
+        self.self_stalls += 1;
+        self.longest_self_stall_ns = self.longest_self_stall_ns.max(gap);
+        self.resumed_ns = now_ns;
+        Some(gap)
+    }
+
+    /// The shell stopped calling at its cadence (the checks were off): the next
+    /// call starts it again and is no stall.
+    pub fn forget_cadence(&mut self) {
+        self.last_ran_ns = 0;
     }
 
     /// Something arrived at `now_ns`.
@@ -217,10 +285,16 @@ impl Silence {
         self.armed = false;
     }
 
-    /// How long it has been silent at `now_ns`, if that is a STOP.
+    /// How long it has been silent at `now_ns`, if that is a STOP: since the
+    /// last frame heard, or since the end of the last self-stall if later.
     pub fn check(&self, now_ns: u64) -> Option<u64> {
-        let quiet = now_ns.saturating_sub(self.last_heard_ns);
+        let quiet = now_ns.saturating_sub(self.last_heard_ns.max(self.resumed_ns));
         (self.armed && quiet >= self.silence_ns).then_some(quiet)
+    }
+
+    /// Self-stalls so far, and the longest (ns).
+    pub fn self_stalls(&self) -> (u64, u64) {
+        (self.self_stalls, self.longest_self_stall_ns)
     }
 }
 
@@ -244,6 +318,10 @@ pub struct SiteState {
     /// Policy `rest`: rests taken, and messages skipped by them.
     pub rests: AtomicU64,
     pub skipped: AtomicU64,
+    /// Self-stalls of the site (readers: [`SELF_STALL_NS`] or more without
+    /// running), and the longest, ns.
+    pub self_stalls: AtomicU64,
+    pub longest_self_stall_ns: AtomicU64,
 }
 
 /// Where a site sits: its role name and shard (None: a worker serving several shards).
@@ -365,6 +443,8 @@ impl SnailBoard {
                     stops: s.stops.load(Relaxed),
                     rests: s.rests.load(Relaxed),
                     skipped: s.skipped.load(Relaxed),
+                    self_stalls: s.self_stalls.load(Relaxed),
+                    longest_self_stall_ns: s.longest_self_stall_ns.load(Relaxed),
                 })
                 .collect(),
         };
@@ -424,6 +504,10 @@ pub struct SiteReport {
     pub stops: u64,
     pub rests: u64,
     pub skipped: u64,
+    /// Times the site itself did not run for [`SELF_STALL_NS`] or more (a
+    /// reader: silence is not judged across them), and the longest, ns.
+    pub self_stalls: u64,
+    pub longest_self_stall_ns: u64,
 }
 
 impl SnailReport {
@@ -452,7 +536,7 @@ impl SnailReport {
         for site in &self.sites {
             let _ = writeln!(
                 s,
-                "    {:<14} {:<5} lag last {:>9} max {:>9}   warns {} snails {} stops {}{}",
+                "    {:<14} {:<5} lag last {:>9} max {:>9}   warns {} snails {} stops {}{}{}",
                 site.role,
                 site.verdict.name(),
                 human_ns(site.last_lag_ns),
@@ -460,7 +544,11 @@ impl SnailReport {
                 site.warns,
                 site.snails,
                 site.stops,
-                if site.rests > 0 { format!(" rests {} skipped {}", site.rests, site.skipped) } else { String::new() }
+                if site.rests > 0 { format!(" rests {} skipped {}", site.rests, site.skipped) } else { String::new() },
+                match site.self_stalls {
+                    0 => String::new(),
+                    n => format!(" self-stalls {n} (longest {})", human_ns(site.longest_self_stall_ns)),
+                }
             );
         }
         if let Some(c) = &self.croaked {
@@ -585,12 +673,16 @@ pub struct Guard {
     /// Not OK, or not said as it is: messages judged without a change are
     /// looked at more closely ([`Guard::watch`]).
     watching: bool,
+    /// Self-stalls said as repeated lines are: the first at once, then a summary per
+    /// [`crate::diag::SUMMARY_INTERVAL_NS`] ([`Refusals`] with its own head).
+    stall_lines: Refusals,
 }
 
 impl Guard {
     /// The guard of site `index` on `board`; screams also go to `monitor`.
     pub fn new(board: Arc<SnailBoard>, index: usize, monitor: Option<Sender<Scream>>) -> Guard {
         let cfg = board.config;
+        let site = board.sites[index].0.role.clone();
         Guard {
             index,
             shard: board.sites[index].0.shard,
@@ -617,6 +709,8 @@ impl Guard {
             episode_max_lag_ns: 0,
             say: crate::diag::line,
             watching: false,
+            stall_lines: Refusals::new(site.clone(), SUMMARY_INTERVAL_NS)
+                .said_as(format!("mdsub: snail: {site} stalled")),
         }
     }
 
@@ -630,6 +724,10 @@ impl Guard {
         }
         self.seen_version = v;
         let now = self.board.current();
+        if self.cfg.policy == Policy::Off && now.policy != Policy::Off {
+            // Off, the shell's calls were not watched: no cadence to hold the next one to.
+            self.silence.forget_cadence();
+        }
         self.cfg.max_lag_ns = now.max_lag_ns;
         self.cfg.grace_ns = now.grace_ns;
         self.cfg.policy = now.policy;
@@ -718,7 +816,43 @@ impl Guard {
     /// Anything (data, heartbeat, end of stream) arrived at `now_ns`: for the silence check.
     #[inline]
     pub fn heard(&mut self, now_ns: u64) {
+        self.ran(now_ns);
         self.silence.heard(now_ns);
+    }
+
+    /// The shell ran at `now_ns` without hearing anything or checking for silence (a
+    /// frame refused before it could be heard): keeps the self-stall judge's cadence.
+    /// [`Guard::heard`] and [`Guard::check_silence`] do this themselves.
+    #[inline]
+    pub fn ran(&mut self, now_ns: u64) {
+        if self.off() {
+            return;
+        }
+        if let Some(gap) = self.silence.ran(now_ns) {
+            self.self_stalled(gap, now_ns);
+        }
+    }
+
+    /// The site did not run for `gap_ns` up to `now_ns`: say so (at a bounded rate).
+    #[cold]
+    fn self_stalled(&mut self, gap_ns: u64, now_ns: u64) {
+        let detail = format_args!(
+            "did not run for {} (this process, its VM or its host paused or starved it); \
+             silence is judged from its resumption, not across the stall",
+            human_ns(gap_ns)
+        );
+        if let Some(l) = self.stall_lines.refuse("self_stall", &detail, now_ns) {
+            (self.say)(format_args!("{l}"));
+        }
+        self.publish();
+    }
+
+    /// Say what is unsaid of the self-stalls (a summary, however recent): the shell
+    /// calls this when it closes.
+    pub fn close(&mut self) {
+        if let Some(l) = self.stall_lines.flush() {
+            (self.say)(format_args!("{l}"));
+        }
     }
 
     /// An end of stream arrived: silence from here on is expected.
@@ -730,6 +864,12 @@ impl Guard {
     pub fn check_silence(&mut self, now_ns: u64) -> Action {
         if self.off() {
             return Action::Continue;
+        }
+        self.ran(now_ns);
+        if self.stall_lines.unsaid() {
+            if let Some(l) = self.stall_lines.due(now_ns) {
+                (self.say)(format_args!("{l}"));
+            }
         }
         if self.verdict == Verdict::Stop {
             // A STOP held back by the line rate limit is said once it may be.
@@ -866,6 +1006,9 @@ impl Guard {
         s.stops.store(self.stops, Relaxed);
         s.rests.store(self.rests, Relaxed);
         s.skipped.store(self.skipped, Relaxed);
+        let (stalls, longest_ns) = self.silence.self_stalls();
+        s.self_stalls.store(stalls, Relaxed);
+        s.longest_self_stall_ns.store(longest_ns, Relaxed);
     }
 }
 
@@ -1077,6 +1220,128 @@ mod tests {
     }
 
     #[test]
+    fn the_silence_core_counts_a_gap_between_calls_of_a_second_or_more_as_a_self_stall() {
+        let mut s = Silence::new(1_000 * MS);
+        assert_eq!(s.ran(T0), None, "the first call starts the cadence");
+        assert_eq!(s.ran(T0 + SELF_STALL_NS - 1), None);
+        let t = T0 + 2 * SELF_STALL_NS - 1;
+        assert_eq!(s.ran(t), Some(SELF_STALL_NS));
+        assert_eq!(s.ran(t + 3 * SELF_STALL_NS), Some(3 * SELF_STALL_NS));
+        assert_eq!(s.self_stalls(), (2, 3 * SELF_STALL_NS));
+        s.forget_cadence();
+        assert_eq!(s.ran(t + 60 * SELF_STALL_NS), None, "no cadence known: no stall");
+    }
+
+    /// Calls every `step_ms` for `for_ms` (an idle reader checking for silence):
+    /// the last action.
+    fn idle(g: &mut Guard, clock: &ManualClock, step_ms: u64, for_ms: u64) -> Action {
+        let mut action = Action::Continue;
+        for _ in 0..for_ms / step_ms {
+            action = g.check_silence(clock.advance_ms(step_ms));
+            if action == Action::Croak {
+                break;
+            }
+        }
+        action
+    }
+
+    #[test]
+    fn a_stall_of_the_subscriber_itself_is_no_silence_but_silence_after_it_croaks() {
+        // Silence 1 s. The reader hears a frame, idles (a check every 1 ms), then
+        // does not run for 8 s (a VM pause) while the publisher is quiet too.
+        let (b, mut g, clock) = guarded(Policy::Croak);
+        g.say = collect;
+        g.heard(clock.advance_ms(1));
+        assert_eq!(idle(&mut g, &clock, 1, 500), Action::Continue);
+        assert_eq!(g.check_silence(clock.advance_ms(8_000)), Action::Continue, "no STOP at the resumption");
+        let lines = said();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("mdsub: snail: shard0-reader stalled (self_stall): did not run for 8.00s")
+                && lines[0].contains("silence is judged from its resumption"),
+            "{lines:?}"
+        );
+        g.publish();
+        let site = &b.report().sites[0];
+        assert_eq!((site.self_stalls, site.longest_self_stall_ns, site.stops), (1, 8_000 * MS, 0));
+        assert!(b.report().render().contains("self-stalls 1 (longest 8.00s)"), "{}", b.report().render());
+        // Nothing heard after the resumption either: STOP once `silence` has passed since it.
+        assert_eq!(idle(&mut g, &clock, 1, 999), Action::Continue);
+        assert_eq!(g.check_silence(clock.advance_ms(1)), Action::Croak);
+        let c = b.croak().expect("croaked");
+        assert_eq!((c.verdict, c.silent_for_ns), (Verdict::Stop, Some(1_000 * MS)), "judged from the resumption");
+    }
+
+    #[test]
+    fn a_backlog_read_after_a_stall_is_judged_on_its_real_lag() {
+        // The stall ends with a frame (the publisher was fine): heard, no STOP, and
+        // the lag of a message sent before the stall is what it is: a SNAIL.
+        let (b, mut g, clock) = guarded(Policy::Croak);
+        g.say = collect;
+        let t = clock.advance_ms(1);
+        g.heard(t);
+        assert_eq!(g.on_message(&header(1, t), b"A", t), Action::Continue);
+        let now = clock.advance_ms(8_000);
+        g.heard(now);
+        assert_eq!(g.check_silence(now), Action::Continue);
+        assert_eq!(g.on_message(&header(2, t + MS), b"A", now), Action::Croak);
+        let c = b.croak().expect("croaked");
+        assert_eq!((c.verdict, c.lag_ns), (Verdict::Snail, 8_000 * MS - MS));
+        g.publish();
+        assert_eq!(b.report().sites[0].self_stalls, 1);
+        assert_eq!(said().len(), 1, "the stall's line (the shell says the croak)");
+    }
+
+    #[test]
+    fn without_a_stall_silence_is_judged_as_before_and_stalls_are_said_at_a_bounded_rate() {
+        // Checks every 500 ms: under a second apart, so no stall; STOP at 1 s of quiet.
+        let (b, mut g, clock) = guarded(Policy::Warn);
+        g.say = collect;
+        g.heard(clock.advance_ms(1));
+        assert_eq!(g.check_silence(clock.advance_ms(500)), Action::Continue);
+        assert_eq!(g.check_silence(clock.advance_ms(500)), Action::Continue);
+        g.publish();
+        let site = &b.report().sites[0];
+        assert_eq!((site.self_stalls, site.stops), (0, 1), "a STOP, said under warn");
+        assert_eq!(said().len(), 1);
+        // Three stalls within 10 s: the first said at once, the others in one summary
+        // once the interval has passed, and what is left at the close.
+        for _ in 0..3 {
+            g.check_silence(clock.advance_ms(2_000));
+        }
+        assert_eq!(said().len(), 1, "the first stall only");
+        // Running at its cadence again: the summary comes 10 s after the first line.
+        assert_eq!(idle(&mut g, &clock, 500, 5_500), Action::Continue);
+        assert_eq!(said(), Vec::<String>::new(), "9.5 s after the first line");
+        assert_eq!(idle(&mut g, &clock, 500, 500), Action::Continue);
+        let lines = said();
+        assert!(
+            lines.len() == 1
+                && lines[0].starts_with("mdsub: snail: shard0-reader stalled in the last 10s: self_stall=2"),
+            "{lines:?}"
+        );
+        g.check_silence(clock.advance_ms(2_000));
+        g.close();
+        let lines = said();
+        assert!(lines.len() == 1 && lines[0].ends_with("self_stall=1 (totals: self_stall=4)"), "{lines:?}");
+        g.publish();
+        assert_eq!(b.report().sites[0].self_stalls, 4);
+    }
+
+    #[test]
+    fn calls_while_the_checks_were_off_are_no_cadence_to_judge_a_stall_by() {
+        let (b, mut g, clock) = guarded(Policy::Off);
+        g.heard(clock.advance_ms(1));
+        assert_eq!(g.check_silence(clock.advance_ms(60_000)), Action::Continue);
+        b.set_policy(Policy::Croak);
+        g.refresh();
+        g.heard(clock.advance_ms(30_000));
+        assert_eq!(g.check_silence(clock.advance_ms(1)), Action::Continue);
+        g.publish();
+        assert_eq!(b.report().sites[0].self_stalls, 0);
+    }
+
+    #[test]
     fn the_verdict_per_shard_is_the_worst_of_its_sites_and_of_a_croak_naming_it() {
         let site = |role: &str, shard, verdict| SiteReport {
             role: role.into(),
@@ -1090,6 +1355,8 @@ mod tests {
             stops: 0,
             rests: 0,
             skipped: 0,
+            self_stalls: 0,
+            longest_self_stall_ns: 0,
         };
         let sites = [
             site("shard0-reader", Some(0), Verdict::Ok),
