@@ -763,7 +763,8 @@ fn an_unreachable_store_does_not_lengthen_the_stop() {
         let (status, out) = engine.finish(Duration::from_secs(30));
         let took = started.elapsed();
         assert!(status.success(), "{out}");
-        json(&out);
+        // Ended by --max-duration, and said so (before: `(interrupted)`, as for Ctrl-C).
+        assert_eq!(json(&out)["time_limit"], true, "{out}");
         took
     };
     let without = run(&[]);

@@ -362,7 +362,12 @@ fn sigint_under_full_load_ends_engine_and_replay_promptly() {
     assert!(status.success(), "{out}");
     let r = json(&out);
     assert_eq!(r["interrupted"], true);
+    assert_eq!(r["time_limit"], false, "a signal, not the time limit: {r}");
     assert!(u(&r, "delivered") > 0, "{r}");
+    // Every accepted message is delivered or said not handled (before, the hand-off's backlog
+    // at the stop was in no counter).
+    let accepted: u64 = r["shards"].as_array().expect("shards").iter().map(|s| s["msgs"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(accepted, u(&r, "delivered") + u(&r, "not_handled"), "{r}");
     replay.proc.signal(2);
     let (status, out) = replay.finish(Duration::from_secs(15));
     assert!(status.success(), "{out}");

@@ -233,6 +233,12 @@ fn slow_worker_croaks_with_exit_code_and_scream_on_stderr_and_monitor() {
     assert!(r["snail"]["croaked"]["lag_ns"].as_u64().unwrap_or(0) > 200_000_000, "{r}");
     // The croak ended it, not a stop request: before, the report said `(interrupted)`.
     assert_eq!(r["interrupted"], false, "{r}");
+    // The slow worker's backlog at the croak is said, not lost from the count: every accepted
+    // message is delivered or not handled.
+    let accepted: u64 = r["shards"].as_array().expect("shards").iter().map(|s| s["msgs"].as_u64().unwrap_or(0)).sum();
+    let (delivered, not_handled) = (r["delivered"].as_u64().unwrap_or(0), r["not_handled"].as_u64().unwrap_or(0));
+    assert!(not_handled > 0, "a backlog behind a 200 µs handler at 100k msg/s: {r}");
+    assert_eq!(accepted, delivered + not_handled, "{r}");
     // The same scream on the monitor (state messages may come before it).
     let end = Instant::now() + Duration::from_secs(10);
     let on_monitor = loop {

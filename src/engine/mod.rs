@@ -669,7 +669,8 @@ impl Engine {
         }
         // A croak stops the engine through the stop flag too; that is the croak, not an interruption.
         let croak = self.snail.croak();
-        let report = self.report(collected, interrupted && croak.is_none(), agents);
+        let mut report = self.report(collected, interrupted && croak.is_none(), agents);
+        report.time_limit = timed_out && croak.is_none();
         match croak {
             Some(scream) => Err(EngineError::Croaked(Box::new(Croaked { scream, report }))),
             None => Ok(report),
@@ -724,6 +725,7 @@ impl Engine {
             unended_sessions: unended.0,
             unended_sent: unended.1,
             delivered,
+            not_handled: forwarded.saturating_sub(delivered),
             lost,
             loss_basis,
             counts,
@@ -731,6 +733,8 @@ impl Engine {
             mb_per_sec: bytes as f64 / secs / 1e6,
             latency: stages.summary(),
             interrupted,
+            // Set by `join`, which knows why it stopped.
+            time_limit: false,
             metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             handler: collected.handler,
             handler_summary: collected.handler_summary,

@@ -283,6 +283,11 @@ pub struct RunReport {
     pub unended_sent: u64,
     /// Data messages that reached a handler (duplicates excluded).
     pub delivered: u64,
+    /// Data messages a reader accepted that no handler took when the engine stopped before the
+    /// end of stream (a croak, Ctrl-C, a time limit): the frame a croak was judged on, frames
+    /// staged for or queued to a worker that stops on the flag.
+    /// Accepted = `delivered` + this; 0 after a normal end.
+    pub not_handled: u64,
     /// Messages sent but not delivered, where that can be known (see `loss_basis`).
     pub lost: Option<u64>,
     /// How `lost` was established, or why it is unknown.
@@ -296,6 +301,9 @@ pub struct RunReport {
     pub latency: BTreeMap<String, Percentiles>,
     /// Stopped by Ctrl-C / stop request rather than end of stream.
     pub interrupted: bool,
+    /// Of those, stopped because its time limit ran out (`engine --max-duration`, a bench or
+    /// capacity drain deadline), not by a signal.
+    pub time_limit: bool,
     /// Metric intervals lost because the collector's queue was full (should be 0).
     pub metrics_dropped: u64,
     /// Interval-log or spectrum writes that failed (see stderr).
@@ -437,7 +445,11 @@ impl RunReport {
             s,
             "  duration     {:.3} s{}",
             self.duration_s,
-            if self.interrupted { " (interrupted)" } else { "" }
+            match (self.time_limit, self.interrupted) {
+                (true, _) => " (stopped at its time limit)",
+                (false, true) => " (interrupted)",
+                _ => "",
+            }
         );
         let unended = if self.sent.is_some() && self.unended_sessions > 0 {
             format!(
@@ -448,7 +460,11 @@ impl RunReport {
             String::new()
         };
         let _ = writeln!(s, "  sent         {}{unended}", opt(self.sent));
-        let _ = writeln!(s, "  delivered    {}", self.delivered);
+        let not_handled = match self.not_handled {
+            0 => String::new(),
+            n => format!("   ({n} more accepted but not handled when the engine stopped)"),
+        };
+        let _ = writeln!(s, "  delivered    {}{not_handled}", self.delivered);
         let _ = writeln!(
             s,
             "  lost         {}   (gaps by sequence: {}, duplicates dropped: {}, reordered dropped: {}, restarts: {})",
