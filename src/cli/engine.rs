@@ -205,10 +205,29 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         );
     }
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
-    let out = run_once(&spec, stop, &mut |n| pb.set_position(n));
+    let mut sending = false;
+    let out = run_once(&spec, stop, &mut |n| {
+        if n > 0 && !sending {
+            // As `replay` says it: the handshake is done, a Ctrl-C from here gets a report.
+            sending = true;
+            pb.suspend(|| crate::diag!("subscribed: sending"));
+        }
+        pb.set_position(n)
+    });
     pb.finish_and_clear();
     match out {
         Ok(out) => {
+            if out.replay.interrupted {
+                let drain = crate::bench::run::INTERRUPTED_DRAIN.as_secs();
+                let engine = match out.report.lost {
+                    Some(_) => "the engine read up to it".to_string(),
+                    None => format!("the engine did not reach it within the {drain} s drain and was stopped"),
+                };
+                crate::diag!(
+                    "interrupted: the publisher stopped after {} messages and sent its end of stream; {engine}",
+                    out.replay.sent_total
+                );
+            }
             print_report(&out.report, args.json)?;
             outputs_written(&out.report)?;
             Ok(out.report)

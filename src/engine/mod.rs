@@ -669,7 +669,8 @@ impl Engine {
         }
         // A croak stops the engine through the stop flag too; that is the croak, not an interruption.
         let croak = self.snail.croak();
-        let report = self.report(collected, interrupted && croak.is_none(), agents);
+        let waited = timeout.filter(|_| timed_out);
+        let report = self.report(collected, interrupted && croak.is_none(), waited, agents);
         match croak {
             Some(scream) => Err(EngineError::Croaked(Box::new(Croaked { scream, report }))),
             None => Ok(report),
@@ -687,7 +688,14 @@ impl Engine {
         }
     }
 
-    fn report(&self, collected: Collected, interrupted: bool, agents: Vec<AgentStats>) -> RunReport {
+    /// `waited`: the wait `join` was given, when it ran out before the end of stream.
+    fn report(
+        &self,
+        collected: Collected,
+        interrupted: bool,
+        waited: Option<Duration>,
+        agents: Vec<AgentStats>,
+    ) -> RunReport {
         let stages = &collected.stages;
         let shards = &self.shard_counters;
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
@@ -707,7 +715,13 @@ impl Engine {
                 (Some(missing + forwarded.saturating_sub(delivered)), "end-of-stream counts".to_string())
             }
             (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
-            (false, _) => (None, "unknown: end of stream not seen on every shard".to_string()),
+            (false, _) => match waited {
+                Some(t) => (
+                    None,
+                    format!("unknown: end of stream not seen on every shard within the {:.1} s wait", t.as_secs_f64()),
+                ),
+                None => (None, "unknown: end of stream not seen on every shard".to_string()),
+            },
         };
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
