@@ -618,7 +618,17 @@ impl Engine {
 
     /// Wait for the end of stream on every shard, at most `timeout` (then stop
     /// the engine), join every thread and build the report.
-    pub fn join(mut self, timeout: Option<Duration>) -> Result<RunReport, EngineError> {
+    pub fn join(self, timeout: Option<Duration>) -> Result<RunReport, EngineError> {
+        self.join_watching(timeout, &mut |_| {})
+    }
+
+    /// [`Engine::join`], calling `watch` with the running engine every 5 ms of the wait (a
+    /// status line reads its counters; `watch` keeps its own pace).
+    pub fn join_watching(
+        mut self,
+        timeout: Option<Duration>,
+        watch: &mut dyn FnMut(&Engine),
+    ) -> Result<RunReport, EngineError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut timed_out = false;
         while !self.readers_finished() && !self.stop.is_stopped() {
@@ -626,6 +636,7 @@ impl Engine {
                 timed_out = true;
                 break;
             }
+            watch(&self);
             std::thread::sleep(Duration::from_millis(5));
         }
         let interrupted = self.stop.is_stopped() || timed_out;
