@@ -159,6 +159,31 @@ fn ctrl_c_ends_a_wait_for_a_peer_nobody_serves() {
 }
 
 #[test]
+fn an_interrupted_demo_reports_what_was_sent_and_that_nothing_was_lost() {
+    // Before, Ctrl-C stopped demo's engine with its publisher, ahead of the end of stream the
+    // interrupted replay sends: exit 0 with `sent unknown`, `lost unknown`.
+    let mut cmd = mdsub();
+    cmd.args(["demo", "--json", "--rate", "20k", "--duration", "60s"]);
+    let mut p = LineProc::spawn_with_stderr("demo", &mut cmd);
+    let err = p.stderr.take().expect("stderr lines");
+    common::wait_line(&err, DEADLINE, "demo: `subscribed: sending`", |l| l == "subscribed: sending");
+    p.proc.signal(2);
+    let (status, out) = p.finish(Duration::from_secs(15));
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    assert_eq!(status.code(), Some(0), "a report marked interrupted, exit 0; stderr: {said:?}");
+    let r = common::json(&out);
+    assert_eq!(r["interrupted"], true, "{r}");
+    let sent = common::u(&r, "sent");
+    assert!(sent > 0 && sent < 60 * 20_000, "sent {sent}: stopped mid-run");
+    assert_eq!((common::u(&r, "delivered"), common::u(&r, "lost")), (sent, 0), "{r}");
+    assert_eq!(r["loss_basis"], "end-of-stream counts", "{r}");
+    assert!(
+        said.iter().any(|l| l.starts_with("interrupted: the publisher stopped after") && l.ends_with("read up to it")),
+        "says what happened: {said:?}"
+    );
+}
+
+#[test]
 fn ctrl_c_ends_a_command_that_has_no_clean_stop() {
     // lvc-bench runs for minutes and has no partial result to show: Ctrl-C ends it at once.
     let mut cmd = mdsub();

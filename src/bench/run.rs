@@ -4,6 +4,11 @@
 //! subscriber's report is returned with the replay's numbers. Both
 //! subscribers time the same window: first frame received to last message
 //! handled.
+//!
+//! A stop request (Ctrl-C) stops the publisher, not the subscriber: the publisher sends its
+//! end of stream, and the subscriber reads up to it on every shard (or until the drain
+//! deadline, [`INTERRUPTED_DRAIN`] at most), so an interrupted run still reports what was sent
+//! and lost.
 
 use std::time::Duration;
 
@@ -55,7 +60,14 @@ pub struct RunOutcome {
 /// The name of the in-process publisher's libzmq I/O thread(s).
 pub const PUBLISHER_IO_THREAD: &str = "replay-io";
 
-/// Run once. `progress(sent)` is called during the replay.
+/// After an interrupted replay, the longest the subscriber reads on to the end of stream the
+/// publisher sent (the run's `drain_timeout` when that is shorter); then it is stopped, and its
+/// report says the end of stream was not seen.
+pub const INTERRUPTED_DRAIN: Duration = Duration::from_secs(5);
+
+/// Run once. `progress(sent)` is called during the replay. `stop` (Ctrl-C) ends the handshake
+/// wait with `ReplayError::Interrupted`, or stops the replay, which sends its end of stream;
+/// the subscriber then drains (see the module doc) and the report is marked interrupted.
 pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) -> anyhow::Result<RunOutcome> {
     use anyhow::Context as _;
     // The publisher's context and sockets are made on a thread named
@@ -81,14 +93,18 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
         Engine(Box<Engine>),
         Baseline(AgentHandle<Baseline>),
     }
-    let sub_stop = stop.clone();
+    // The subscriber's own flag: it ends at the end of stream (or the drain deadline), so an
+    // interrupted replay's end of stream is read. Its failure or croak stops the publisher.
+    let sub_stop = StopFlag::new();
+    // An early return (Ctrl-C in the handshake, a failed publisher) stops the subscriber too.
+    let _stop_subscriber = StopOnDrop(sub_stop.clone());
     let running = match &spec.subscriber {
         Subscriber::Engine(cfg) => {
             let mut cfg = (**cfg).clone();
             for (shard, ep) in cfg.shards.iter_mut().zip(&endpoints) {
                 shard.endpoints = vec![ep.clone()];
             }
-            Running::Engine(Box::new(Engine::start(&cfg, sub_stop).context("starting the engine")?))
+            Running::Engine(Box::new(Engine::start(&cfg, sub_stop.clone()).context("starting the engine")?))
         }
         Subscriber::Baseline { rcvhwm_msgs, batch_max, handler, keys } => {
             let limit = spec.limits.duration.unwrap_or(Duration::from_secs(3600))
@@ -99,7 +115,9 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
                 .with_handler(*handler)
                 .with_batch_max(*batch_max);
             let idle = crate::agent::IdleStrategy::default();
-            Running::Baseline(Runner::start(AgentSpec::unpinned(idle), sub_stop, b).context("starting the baseline")?)
+            Running::Baseline(
+                Runner::start(AgentSpec::unpinned(idle), sub_stop.clone(), b).context("starting the baseline")?,
+            )
         }
     };
     // Ctrl-C (or SIGTERM) ends the wait at once with `ReplayError::Interrupted`.
@@ -107,11 +125,13 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     // The publisher runs on a thread of its own (`replay`); this thread
     // passes its progress on to the caller.
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (source, pacing, limits, pub_stop, counter) =
-        (spec.source.clone(), spec.pacing, spec.limits, stop.clone(), sent.clone());
+    // The publisher stops on `stop` or when the subscriber stopped (a croak, a failed agent).
+    let pub_stop = StopFlag::new();
+    let (source, pacing, limits, counter) = (spec.source.clone(), spec.pacing, spec.limits, sent.clone());
+    let replay_stop = pub_stop.clone();
     let task = Runner::task("replay", None, move || {
         let mut tell = |n: u64| counter.store(n, std::sync::atomic::Ordering::Relaxed);
-        let r = publisher.run(&source, pacing, limits, &pub_stop, &mut tell);
+        let r = publisher.run(&source, pacing, limits, &replay_stop, &mut tell);
         // The publisher (its sockets) goes back to the caller, which keeps it until the
         // subscriber is done: closed here, its connections would end while the subscriber still
         // has a backlog to read, which the engine would report as a lost link.
@@ -119,6 +139,9 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     })
     .context("starting the publisher")?;
     while !task.is_finished() {
+        if stop.is_stopped() || sub_stop.is_stopped() {
+            pub_stop.stop();
+        }
         progress(sent.load(std::sync::atomic::Ordering::Relaxed));
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -126,9 +149,15 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     let (publisher, replay) = task.join().context("running the publisher")?;
     let replay = replay.context("replaying")?;
     let publisher_io_cpu_ns = io_tids.iter().filter_map(|&t| crate::clock::task_cpu_ns(t)).sum();
-    let report = match running {
-        Running::Engine(e) => e.join(Some(spec.drain_timeout)).context("running the engine")?,
+    let drain = if replay.interrupted { spec.drain_timeout.min(INTERRUPTED_DRAIN) } else { spec.drain_timeout };
+    let mut report = match running {
+        Running::Engine(e) => e.join(Some(drain)).context("running the engine")?,
         Running::Baseline(h) => {
+            let deadline = std::time::Instant::now() + drain;
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sub_stop.stop();
             let (role, counters) = (h.role().to_string(), h.counters().clone());
             let baseline = h.join().context("running the baseline")?;
             let mut report = baseline.report();
@@ -138,7 +167,20 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
             report
         }
     };
+    // The subscriber may have read the whole stream; the run was still cut short.
+    report.interrupted |= replay.interrupted;
+    // A signal cut it short; a drain wait that ran out after it is said in the loss basis.
+    report.time_limit &= !replay.interrupted;
     drop(publisher);
     drop(ctx);
     Ok(RunOutcome { replay, report, publisher_io_cpu_ns })
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(StopFlag);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }

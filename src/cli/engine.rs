@@ -238,10 +238,29 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         );
     }
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
-    let out = run_once(&spec, stop, &mut |n| pb.set_position(n));
+    let mut sending = false;
+    let out = run_once(&spec, stop, &mut |n| {
+        if n > 0 && !sending {
+            // As `replay` says it: the handshake is done, a Ctrl-C from here gets a report.
+            sending = true;
+            pb.suspend(|| crate::diag!("subscribed: sending"));
+        }
+        pb.set_position(n)
+    });
     pb.finish_and_clear();
     match out {
         Ok(out) => {
+            if out.replay.interrupted {
+                let drain = crate::bench::run::INTERRUPTED_DRAIN.as_secs();
+                let engine = match out.report.lost {
+                    Some(_) => "the engine read up to it".to_string(),
+                    None => format!("the engine did not reach it within the {drain} s drain and was stopped"),
+                };
+                crate::diag!(
+                    "interrupted: the publisher stopped after {} messages and sent its end of stream; {engine}",
+                    out.replay.sent_total
+                );
+            }
             print_report(&out.report, args.json)?;
             outputs_written(&out.report)?;
             Ok(out.report)
@@ -595,7 +614,16 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     if let Some(addr) = engine.metrics_addr() {
         crate::diag!("metrics: http://{addr}/metrics");
     }
-    match engine.join(args.max_duration) {
+    let mut status = EngineStatus::on(progress_bar(None, "engine"));
+    let joined = engine.join_watching(args.max_duration, &mut |e| {
+        if let Some(s) = status.as_mut() {
+            s.tick(e, crate::clock::monotonic_ns());
+        }
+    });
+    if let Some(s) = &status {
+        s.pb.finish_and_clear();
+    }
+    match joined {
         Ok(report) => {
             print_report(&report, args.json)?;
             outputs_written(&report)?;
@@ -606,5 +634,158 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
             Err(EngineError::Croaked(c).into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The engine's one-line status on stderr while it runs, once a metrics interval: messages
+/// handled, their rate over the interval, the total stage's p99 over the last metrics interval,
+/// the snail's worst verdict. It is drawn on replay's progress target ([`progress_bar`]), so it
+/// shows only when stderr is a terminal (the same decision); on a log or a pipe it writes nothing.
+struct EngineStatus {
+    pb: indicatif::ProgressBar,
+    /// When the line was last drawn (monotonic ns) and the messages handled then.
+    last: Option<(u64, u64)>,
+}
+
+impl EngineStatus {
+    /// A status drawn on `pb`; None when its target is hidden (stderr is no terminal).
+    fn on(pb: indicatif::ProgressBar) -> Option<EngineStatus> {
+        if pb.is_hidden() {
+            return None;
+        }
+        pb.set_message("engine: running (a status line every metrics interval)");
+        Some(EngineStatus { pb, last: None })
+    }
+
+    /// Called often (every few ms); draws the line once a metrics interval has passed.
+    fn tick(&mut self, engine: &Engine, now_ns: u64) {
+        let interval_ns = engine.metrics_interval_ns().load(std::sync::atomic::Ordering::Relaxed);
+        let msgs = engine.delivered();
+        let Some(rate) = self.due(now_ns, interval_ns, msgs) else { return };
+        let latency = engine.latency();
+        let p99 = latency.lock().ok().map(|l| {
+            let mut all = crate::metrics::StageHistograms::default();
+            for shard in &l.last_interval {
+                all.add(shard);
+            }
+            (crate::metrics::Percentiles::of(&all.total), all.clamped[2])
+        });
+        self.pb.set_message(status_line(msgs, rate, p99, engine.snail().worst()));
+    }
+
+    /// The rate (msg/s) since the last line when a line is due at `now_ns`: the first call
+    /// starts the count, a line follows every `interval_ns`.
+    fn due(&mut self, now_ns: u64, interval_ns: u64, msgs: u64) -> Option<f64> {
+        match self.last {
+            Some((then, before)) if now_ns.saturating_sub(then) >= interval_ns.max(1) => {
+                self.last = Some((now_ns, msgs));
+                Some(msgs.saturating_sub(before) as f64 * 1e9 / (now_ns - then) as f64)
+            }
+            Some(_) => None,
+            None => {
+                self.last = Some((now_ns, msgs));
+                None
+            }
+        }
+    }
+}
+
+/// The status line: `engine: 120000 msgs, 20000 msg/s, p99 1.2ms, snail OK` (`p99 -` before
+/// an interval with messages; `p99` is the total stage's, receive to handled).
+fn status_line(
+    msgs: u64,
+    rate: f64,
+    p99: Option<(crate::metrics::Percentiles, u64)>,
+    snail: crate::snail::Verdict,
+) -> String {
+    let p99 = match p99 {
+        Some((p, clamped)) if p.count > 0 => crate::metrics::human_latency(p.p99_ns, clamped),
+        _ => "-".into(),
+    };
+    format!("engine: {msgs} msgs, {rate:.0} msg/s, p99 {p99}, snail {}", snail.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IsTerminal as _;
+    use std::sync::{Arc, Mutex};
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Debug, Default, Clone)]
+    struct Screen(Arc<Mutex<String>>);
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(s)
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().map(|mut t| t.push_str(s)).map_err(|_| std::io::Error::other("poisoned"))
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_status_shows_on_a_terminal_and_writes_nothing_elsewhere() {
+        // Replay's bar decides: shown when stderr is a terminal.
+        let real = EngineStatus::on(progress_bar(None, "engine"));
+        assert_eq!(real.is_some(), std::io::stderr().is_terminal(), "the status follows stderr");
+        let hidden = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
+        assert!(EngineStatus::on(hidden).is_none(), "not a terminal: no status");
+        let screen = Screen::default();
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let s = EngineStatus::on(super::super::progress_bar_on(target, None, "engine")).expect("a terminal: a status");
+        s.pb.set_message(status_line(5, 1.0, None, crate::snail::Verdict::Ok));
+        let drawn = screen.0.lock().map(|t| t.clone()).unwrap_or_default();
+        assert!(drawn.contains("engine: 5 msgs, 1 msg/s, p99 -, snail OK"), "drawn: {drawn:?}");
+    }
+
+    #[test]
+    fn the_status_line_comes_once_an_interval_with_the_intervals_rate() {
+        let pb = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
+        let mut s = EngineStatus { pb, last: None };
+        let sec = 1_000_000_000;
+        assert_eq!(s.due(10 * sec, sec, 100), None, "the first call starts the count");
+        assert_eq!(s.due(10 * sec + sec / 2, sec, 5_000), None, "within the interval");
+        assert_eq!(s.due(11 * sec, sec, 20_100), Some(20_000.0));
+        assert_eq!(s.due(13 * sec, sec, 20_100), Some(0.0), "a late call: the rate over the time since");
+    }
+
+    #[test]
+    fn the_status_line_says_messages_rate_p99_and_the_snail() {
+        let mut h = crate::metrics::StageHistograms::default();
+        for ns in 1..=1000u64 {
+            h.record_wire_total(ns * 1_000, ns * 1_000);
+        }
+        let p = crate::metrics::Percentiles::of(&h.total);
+        assert_eq!(
+            status_line(123_456, 20_000.4, Some((p, 0)), crate::snail::Verdict::Snail),
+            format!("engine: 123456 msgs, 20000 msg/s, p99 {}, snail SNAIL", crate::metrics::human_ns(p.p99_ns))
+        );
+        let empty = crate::metrics::Percentiles::default();
+        assert_eq!(
+            status_line(0, 0.0, Some((empty, 0)), crate::snail::Verdict::Ok),
+            "engine: 0 msgs, 0 msg/s, p99 -, snail OK"
+        );
     }
 }

@@ -142,11 +142,20 @@ use crate::profile::{host_cores, Profile, ProfileError};
 use crate::replay::{Limits, Pacing};
 
 pub(crate) fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
+    progress_bar_on(indicatif::ProgressDrawTarget::stderr_with_hz(4), total, what)
+}
+
+/// [`progress_bar`] drawn on `target` (a test's terminal).
+pub(crate) fn progress_bar_on(
+    target: indicatif::ProgressDrawTarget,
+    total: Option<u64>,
+    what: &str,
+) -> indicatif::ProgressBar {
     let pb = match total {
         Some(n) => indicatif::ProgressBar::new(n),
         None => indicatif::ProgressBar::new_spinner(),
     };
-    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    pb.set_draw_target(target);
     let style = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} msgs{rate} {msg}")
         .map(|s| {
             s.with_key("rate", |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {

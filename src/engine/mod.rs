@@ -618,7 +618,17 @@ impl Engine {
 
     /// Wait for the end of stream on every shard, at most `timeout` (then stop
     /// the engine), join every thread and build the report.
-    pub fn join(mut self, timeout: Option<Duration>) -> Result<RunReport, EngineError> {
+    pub fn join(self, timeout: Option<Duration>) -> Result<RunReport, EngineError> {
+        self.join_watching(timeout, &mut |_| {})
+    }
+
+    /// [`Engine::join`], calling `watch` with the running engine every 5 ms of the wait (a
+    /// status line reads its counters; `watch` keeps its own pace).
+    pub fn join_watching(
+        mut self,
+        timeout: Option<Duration>,
+        watch: &mut dyn FnMut(&Engine),
+    ) -> Result<RunReport, EngineError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut timed_out = false;
         while !self.readers_finished() && !self.stop.is_stopped() {
@@ -626,6 +636,7 @@ impl Engine {
                 timed_out = true;
                 break;
             }
+            watch(&self);
             std::thread::sleep(Duration::from_millis(5));
         }
         let interrupted = self.stop.is_stopped() || timed_out;
@@ -669,7 +680,8 @@ impl Engine {
         }
         // A croak stops the engine through the stop flag too; that is the croak, not an interruption.
         let croak = self.snail.croak();
-        let mut report = self.report(collected, interrupted && croak.is_none(), agents);
+        let waited = timeout.filter(|_| timed_out);
+        let mut report = self.report(collected, interrupted && croak.is_none(), waited, agents);
         report.time_limit = timed_out && croak.is_none();
         match croak {
             Some(scream) => Err(EngineError::Croaked(Box::new(Croaked { scream, report }))),
@@ -688,7 +700,14 @@ impl Engine {
         }
     }
 
-    fn report(&self, collected: Collected, interrupted: bool, agents: Vec<AgentStats>) -> RunReport {
+    /// `waited`: the wait `join` was given, when it ran out before the end of stream.
+    fn report(
+        &self,
+        collected: Collected,
+        interrupted: bool,
+        waited: Option<Duration>,
+        agents: Vec<AgentStats>,
+    ) -> RunReport {
         let stages = &collected.stages;
         let shards = &self.shard_counters;
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
@@ -708,7 +727,13 @@ impl Engine {
                 (Some(missing + forwarded.saturating_sub(delivered)), "end-of-stream counts".to_string())
             }
             (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
-            (false, _) => (None, "unknown: end of stream not seen on every shard".to_string()),
+            (false, _) => match waited {
+                Some(t) => (
+                    None,
+                    format!("unknown: end of stream not seen on every shard within the {:.1} s wait", t.as_secs_f64()),
+                ),
+                None => (None, "unknown: end of stream not seen on every shard".to_string()),
+            },
         };
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();

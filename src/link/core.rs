@@ -31,8 +31,10 @@
 //!
 //! **The end of a stream is not a loss.** A publisher closes its end right after its end of
 //! stream; the owner calls [`Links::end_of_stream`] once it has every end of stream it waits
-//! for. From then on a disconnect is the stream's end (state `closed`, nothing counted or
-//! said), and a plain disconnect counted within the grace before it (the monitor event can be
+//! for. Every link up then, or closed within the grace before it, shows `ended`: whether
+//! the publisher's close was read before the owner finished is a race, and the state does not
+//! depend on it. From then on a disconnect is the stream's end (still `ended`, nothing counted
+//! or said), and a plain disconnect counted within the grace before it (the monitor event can be
 //! read before the end-of-stream message it follows) is taken back: [`Links::end_of_stream`]
 //! returns those links, so a shell that holds its `disconnected` lines for the grace
 //! ([`Decision::Lost`] says which) drops them unsaid.
@@ -191,8 +193,9 @@ enum State {
     Lost {
         since_ns: u64,
     },
-    /// Gone after the end of the stream: the publisher closed, nothing was lost.
-    Closed,
+    /// The stream ended: every end of stream the owner waits for arrived while the link was up,
+    /// or its publisher closed just before (within the grace) or after it; nothing was lost.
+    Ended,
 }
 
 /// One watched endpoint's counters, as reported.
@@ -200,7 +203,8 @@ enum State {
 pub struct LinkStats {
     /// The endpoint as configured.
     pub endpoint: String,
-    /// `up`, `connecting`, `down`, or `closed` (the peer went away after the end of stream).
+    /// `up`, `connecting`, `down`, or `ended` (every end of stream its owner waits for arrived
+    /// while it was up; the publisher may have closed since: that is no loss).
     pub state: String,
     /// Handshakes completed (the first connect included).
     pub connects: u64,
@@ -290,16 +294,17 @@ impl Links {
         self.grace_ns
     }
 
-    /// Every end of stream the owner waits for arrived at `now_ns`: from now on a disconnect
-    /// closes its link (state `closed`, not a loss, nothing to say or re-establish). A link
-    /// counted `disconnected` within the grace before now and not back since is taken back
-    /// (closed, the count undone): those links are returned, so their held lines go unsaid.
+    /// Every end of stream the owner waits for arrived at `now_ns`: a link up now shows `ended`,
+    /// and from now on a disconnect is its stream's end (still `ended`, not a loss, nothing to
+    /// say or re-establish). A link counted `disconnected` within the grace before now and not
+    /// back since is taken back (`ended`, the count undone): those links are returned, so their
+    /// held lines go unsaid.
     pub fn end_of_stream(&mut self, now_ns: u64) -> Vec<usize> {
         self.ended = true;
         let mut taken_back = Vec::new();
         for (i, l) in self.links.iter_mut().enumerate() {
             match l.state {
-                State::Down { counted: false, .. } => l.state = State::Closed,
+                State::Up | State::Down { counted: false, .. } => l.state = State::Ended,
                 State::Lost { since_ns }
                     if l.last_reason == Some(Reason::Disconnected)
                         && now_ns.saturating_sub(since_ns) <= self.grace_ns =>
@@ -311,7 +316,7 @@ impl Links {
                         }
                     }
                     l.last_reason = None;
-                    l.state = State::Closed;
+                    l.state = State::Ended;
                     taken_back.push(i);
                 }
                 _ => {}
@@ -336,13 +341,21 @@ impl Links {
     pub fn on_event(&mut self, event: Event, endpoint: &str, now_ns: u64, out: &mut Vec<Decision>) {
         let Some(i) = self.find(endpoint) else { return };
         let l = &mut self.links[i];
+        if self.ended && event == Event::HandshakeSucceeded && l.state == State::Connecting {
+            // The handshake the stream came through, read after its end of stream (an owner
+            // reads its monitor between rounds): counted, and the link ended as if read before.
+            l.stats.connects += 1;
+            l.state = State::Ended;
+            Self::publish_state(l);
+            return;
+        }
         if self.ended && event != Event::HandshakeSucceeded {
             // After the end of stream: the peer closing (and libzmq retrying) is not a loss.
             if matches!(event, Event::Disconnected | Event::HandshakeFailed(_)) && l.state == State::Up {
-                l.state = State::Closed;
+                l.state = State::Ended;
             }
             if let State::Down { counted: false, .. } = l.state {
-                l.state = State::Closed;
+                l.state = State::Ended;
             }
             if event == Event::ConnectRetried {
                 l.stats.retries += 1;
@@ -441,8 +454,8 @@ impl Links {
                         out.push(Decision::Reestablish { link: i });
                     }
                     State::Lost { .. } | State::Down { .. } => {}
-                    // Up again or closed: nothing left to re-establish.
-                    State::Up | State::Connecting | State::Closed => l.reestablish_at = None,
+                    // Up again or ended: nothing left to re-establish.
+                    State::Up | State::Connecting | State::Ended => l.reestablish_at = None,
                 }
             }
         }
@@ -491,7 +504,7 @@ impl Links {
         match was {
             State::Lost { since_ns } => State::Down { since_ns, failure, counted: true },
             State::Down { since_ns, counted, .. } => State::Down { since_ns, failure, counted },
-            State::Up | State::Connecting | State::Closed => State::Down { since_ns: now_ns, failure, counted: false },
+            State::Up | State::Connecting | State::Ended => State::Down { since_ns: now_ns, failure, counted: false },
         }
     }
 
@@ -507,7 +520,7 @@ impl Links {
             State::Up => "up",
             State::Connecting => "connecting",
             State::Down { .. } | State::Lost { .. } => "down",
-            State::Closed => "closed",
+            State::Ended => "ended",
         };
         if l.stats.state != s {
             l.stats.state = s.to_string();
@@ -625,17 +638,25 @@ mod tests {
 
     #[test]
     fn a_close_after_the_end_of_stream_is_not_a_loss() {
-        // The end of stream first, then the publisher closes: closed, nothing counted or decided.
+        // The end of stream first: `ended` at once, whether or not the publisher's close is read
+        // before the owner finishes (the race that left one shard `up` and another `closed`).
         let mut l = links();
         let mut out = run(&mut l, &[(Event::HandshakeSucceeded, 0)]);
         assert!(l.end_of_stream(1_000).is_empty());
+        assert_eq!(l.stats()[0].state, "ended", "the close not read yet");
+        // Even the handshake can be read after the end of stream (the owner reads its monitor
+        // between rounds): the link is `ended` all the same, not `up`.
+        let mut late = links();
+        assert!(late.end_of_stream(1_000).is_empty());
+        late.on_event(Event::HandshakeSucceeded, SEEN, 1_010, &mut out);
+        assert_eq!((late.stats()[0].state.as_str(), late.stats()[0].connects), ("ended", 1));
         for (e, t) in [(Event::Disconnected, 2_000), (Event::ConnectRetried, 2_010)] {
             l.on_event(e, SEEN, t, &mut out);
         }
         l.tick(10 * RETRY_GRACE_NS, &mut out);
         assert!(out.is_empty(), "{out:?}");
         let s = &l.stats()[0];
-        assert_eq!((s.state.as_str(), s.lost_total(), s.reestablished), ("closed", 0, 0), "{s}");
+        assert_eq!((s.state.as_str(), s.lost_total(), s.reestablished), ("ended", 0, 0), "{s}");
 
         // The monitor's disconnect read just before the end of stream: taken back within the grace.
         let mut l = links();
@@ -646,7 +667,7 @@ mod tests {
         assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::Disconnected }]);
         assert_eq!(l.end_of_stream(1_000 + RETRY_GRACE_NS), vec![0], "taken back");
         let s = &l.stats()[0];
-        assert_eq!((s.state.as_str(), s.lost_total()), ("closed", 0), "{s}");
+        assert_eq!((s.state.as_str(), s.lost_total()), ("ended", 0), "{s}");
 
         // A loss longer ago than the grace was a loss: it stays counted.
         let mut l = links();

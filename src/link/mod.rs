@@ -371,7 +371,7 @@ impl LinkWatch {
     }
 
     /// Every end of stream the owner waits for has arrived: from now on a disconnect is the
-    /// stream's end (the link shows `closed`; nothing is counted or said), and a
+    /// stream's end (a link up shows `ended`; nothing is counted or said), and a
     /// `disconnected` loss within the grace before it is taken back unsaid.
     pub fn end_of_stream(&mut self) {
         let now = crate::clock::monotonic_ns();

@@ -468,7 +468,11 @@ impl RunReport {
         let _ = writeln!(
             s,
             "  lost         {}   (gaps by sequence: {}, duplicates dropped: {}, reordered dropped: {}, restarts: {})",
-            opt(self.lost),
+            // Unknown says why (`unknown: end of stream not seen …`).
+            self.lost.map(|v| v.to_string()).unwrap_or_else(|| match self.loss_basis.starts_with("unknown") {
+                true => self.loss_basis.clone(),
+                false => "unknown".into(),
+            }),
             self.counts.gaps,
             self.counts.duplicates,
             self.counts.reordered,
