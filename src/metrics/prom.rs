@@ -56,6 +56,9 @@ pub struct ShardLive {
     pub counts: super::SequenceCounts,
     /// The shard's watched links (losses by reason, reconnects).
     pub links: Vec<crate::link::LinkStats>,
+    /// Publisher connections its bound endpoints accepted, and those that ended.
+    pub publisher_connects: u64,
+    pub publisher_disconnects: u64,
 }
 
 /// What the engine knows now, apart from latency.
@@ -232,6 +235,19 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         &|c| c.counts.reordered,
     );
     counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", &|c| c.counts.restarts);
+    counter(
+        &mut s,
+        "mdsub_shard_publisher_connects_total",
+        "Publisher connections accepted on the shard's bound endpoints (handshakes).",
+        &|c| c.publisher_connects,
+    );
+    counter(
+        &mut s,
+        "mdsub_shard_publisher_disconnects_total",
+        "Publisher connections on the shard's bound endpoints that ended: the publisher closed, or \
+         libzmq dropped it for a message over max_msg_bytes (it gives no cause).",
+        &|c| c.publisher_disconnects,
+    );
     family(
         &mut s,
         "mdsub_shard_bad_frames_total",
