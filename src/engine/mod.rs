@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::link::{LinkBoard, LinkWatch};
 use crate::metrics::collector::{Collected, Collector, CollectorOutputs, IntervalLog, SharedLatency, WorkerReport};
-use crate::metrics::http::{HttpAccessCounters, MetricsServer};
-use crate::metrics::prom::{EngineLive, ShardLive};
+use crate::metrics::http::MetricsServer;
+use crate::metrics::prom::{EngineLive, HandlerRefused, ShardLive};
 use crate::metrics::settings::{Level, LogLevel, Settings};
 use crate::metrics::store::{StoreAgent, StoreInputs};
 use crate::metrics::{Ceiling, OutputsConfig, RunReport, SequenceCounts, ShardReport, StageHistograms, ThreadAccount};
@@ -36,7 +36,7 @@ use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapService};
 use crate::snail::monitor::MonitorAgent;
 use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
-use handler::HandlerSpec;
+use handler::{HandlerSpec, REFUSAL_REASONS};
 use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
 use worker::{MetricsLink, WorkerAgent, WorkerCore, WorkerCounters};
 
@@ -167,7 +167,7 @@ struct LiveOutputs {
     /// The engine's log level (a live setting).
     log: Arc<LogLevel>,
     /// The `/metrics` server, stopped by its own flag once the engine is joined.
-    metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr, Arc<HttpAccessCounters>)>,
+    metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr)>,
     /// The status agent (clone store), stopped the same way.
     store: Option<(AgentHandle<StoreAgent>, StopFlag)>,
 }
@@ -175,7 +175,7 @@ struct LiveOutputs {
 impl LiveOutputs {
     /// Stop and join the `/metrics` server and the status agent.
     fn stop(&mut self) {
-        if let Some((h, stop, _, _)) = self.metrics_http.take() {
+        if let Some((h, stop, _)) = self.metrics_http.take() {
             stop.stop();
             let _ = h.join();
         }
@@ -203,6 +203,10 @@ pub struct Engine {
     /// Each shard's bound endpoints, as bound (ports resolved).
     bound: Vec<Vec<String>>,
     worker_counters: Vec<Arc<WorkerCounters>>,
+    /// Who runs each worker core's handler (`workerN`, or inline `shardN-reader`), and the
+    /// reasons the handler refuses under: the labels of its live refusal counts.
+    handler_sites: Vec<String>,
+    handler_reasons: &'static [&'static str],
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
     /// Each shard's endpoint count: with `--expect-eos 0`, the ends of stream its loss is counted
@@ -341,6 +345,10 @@ impl Engine {
             link_boards: Vec::new(),
             bound: Vec::new(),
             worker_counters: Vec::new(),
+            handler_sites: (0..cfg.worker_cores.len())
+                .map(|w| if inline { format!("shard{w}-reader") } else { format!("worker{w}") })
+                .collect(),
+            handler_reasons: cfg.handler.refusal_reasons(),
             expect_eos: Vec::new(),
             endpoints_per_shard: Vec::new(),
             snail: board.clone(),
@@ -453,11 +461,10 @@ impl Engine {
             .map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?
             .with_access(access)
             .with_engine_id(&self.live.engine_id);
-        let counters = server.access_counters();
         let bound = server.local_addr().map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?;
         let stop = StopFlag::new();
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)?;
-        self.live.metrics_http = Some((h, stop, bound, counters));
+        self.live.metrics_http = Some((h, stop, bound));
         Ok(())
     }
 
@@ -488,12 +495,7 @@ impl Engine {
 
     /// The address `/metrics` is served on, if it is.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.live.metrics_http.as_ref().map(|(_, _, a, _)| *a)
-    }
-
-    /// How many scrapes `/metrics`' access policy refused, if it is served.
-    pub fn metrics_access_counters(&self) -> Option<Arc<HttpAccessCounters>> {
-        self.live.metrics_http.as_ref().map(|(_, _, _, c)| c.clone())
+        self.live.metrics_http.as_ref().map(|(_, _, a)| *a)
     }
 
     /// The engine's id in its metrics and status.
@@ -523,12 +525,19 @@ impl Engine {
         agents.extend(self.collector.iter().map(|h| (h.role().to_string(), h.counters().clone())));
         let engine_id = self.live.engine_id.clone();
         let board = self.snail.clone();
+        let sites = self.handler_sites.clone();
+        let reasons = self.handler_reasons;
         move || EngineLive {
             engine_id: engine_id.clone(),
             shards: shards.iter().zip(&links).map(|(c, l)| shard_live(c, l)).collect(),
             agents: agents.iter().map(|(r, c)| c.snapshot(r)).collect(),
             metrics_dropped: workers.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             snail: board.report().sites,
+            handler_refused: sites
+                .iter()
+                .zip(&workers)
+                .map(|(site, c)| HandlerRefused { agent: site.clone(), counts: refused_of(c, reasons) })
+                .collect(),
         }
     }
 
@@ -887,6 +896,14 @@ impl Engine {
         }
         (shards, threads)
     }
+}
+
+/// What a worker core's handler refused under each of `reasons`, as it last published it.
+fn refused_of(c: &WorkerCounters, reasons: &[&'static str]) -> Vec<(&'static str, u64)> {
+    reasons
+        .iter()
+        .filter_map(|r| Some((*r, c.refused.get(REFUSAL_REASONS.iter().position(|x| x == r)?)?.load(Relaxed))))
+        .collect()
 }
 
 /// A shard's sequence and frame counts, as its reader last published them.

@@ -71,6 +71,17 @@ pub struct EngineLive {
     pub metrics_dropped: u64,
     /// The snail's state at every site that judges lag (readers, workers).
     pub snail: Vec<crate::snail::SiteReport>,
+    /// What each worker core's handler refused, by reason (as of its last report period).
+    pub handler_refused: Vec<HandlerRefused>,
+}
+
+/// What one worker core's handler refused (a new key past one of its limits), by reason.
+#[derive(Debug, Clone, Default)]
+pub struct HandlerRefused {
+    /// The thread that runs the handler: `workerN`, or `shardN-reader` with the inline hand-off.
+    pub agent: String,
+    /// Every reason the handler refuses under, with its count.
+    pub counts: Vec<(&'static str, u64)>,
 }
 
 impl EngineLive {
@@ -176,7 +187,8 @@ fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
 }
 
 /// The `/metrics` server's own counters (`super::http::HttpCounters`), appended by the server to
-/// every page it serves: `mdsub_metrics_http_{served,refused,timed_out,evicted,accept_errors}_total`.
+/// every page it serves: `mdsub_metrics_http_{served,refused,timed_out,evicted,accept_errors}_total`,
+/// and the requests its access policy refused, `mdsub_metrics_http_access_refused_total{reason}`.
 pub fn http(s: &mut String, engine_id: &str, c: &super::http::HttpCounts) {
     use super::http::{ACCEPT_PAUSE, MAX_CONNECTIONS, REQUEST_DEADLINE};
     let labels = format!("engine=\"{}\"", escape(engine_id));
@@ -210,6 +222,17 @@ pub fn http(s: &mut String, engine_id: &str, c: &super::http::HttpCounts) {
     for (what, help, v) in families {
         family(s, &format!("mdsub_metrics_http_{what}_total"), "counter", &help, |f| f.sample("", &labels, v));
     }
+    family(
+        s,
+        "mdsub_metrics_http_access_refused_total",
+        "counter",
+        "Requests the access policy refused: from outside --metrics-allow-addr (reason address, \
+         403), without the bearer token or with another (reason token, 401).",
+        |f| {
+            f.sample("", &format!("{labels},reason=\"address\""), c.access_refused_address);
+            f.sample("", &format!("{labels},reason=\"token\""), c.access_refused_token);
+        },
+    );
 }
 
 /// Render the exposition.
@@ -428,6 +451,21 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
         f.sample("", &format!("engine=\"{id}\""), live.metrics_dropped)
     });
+    family(
+        &mut s,
+        "mdsub_handler_refused_total",
+        "counter",
+        "New keys the handler refused past one of its limits, by agent and reason (last_full, \
+         last_too_big, verify_full, instruments_full, orders_full, levels_full); published once per \
+         report period (a tenth of the metrics interval).",
+        |f| {
+            for h in &live.handler_refused {
+                for (reason, n) in &h.counts {
+                    f.sample("", &format!("engine=\"{id}\",agent=\"{}\",reason=\"{reason}\"", escape(&h.agent)), n);
+                }
+            }
+        },
+    );
     s
 }
 
@@ -509,6 +547,7 @@ mod tests {
                 rests: 0,
                 skipped: 0,
             }],
+            handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("orders_full", 3)] }],
         };
         let t = render(&live, &latency);
         assert!(t.contains("mdsub_snail_verdict{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
@@ -516,6 +555,8 @@ mod tests {
         assert_eq!(live.snail_verdict(Some(1)), crate::snail::Verdict::Snail);
         assert_eq!(live.snail_verdict(Some(0)), crate::snail::Verdict::Ok);
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");
+        let refused = "mdsub_handler_refused_total{engine=\"e\\\"1\",agent=\"worker0\",reason=\"orders_full\"} 3\n";
+        assert!(t.contains(refused), "{t}");
         assert!(t.contains("mdsub_shard_delivered_total{engine=\"e\\\"1\",shard=\"1\"} 1"), "{t}");
         assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");
         assert!(t.contains("stage=\"total\",le=\"0.000005\"} 1"), "{t}");
