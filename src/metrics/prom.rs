@@ -474,6 +474,36 @@ mod tests {
     use super::*;
     use crate::metrics::shard_sets;
 
+    /// Every family a page with every optional part filled in (snail sites, links, handler
+    /// refusals, the server's own counts) serves is a row of docs/METRICS.md, and every row is a
+    /// family the page serves: the doc is the page's list.
+    #[test]
+    fn every_family_rendered_is_documented() {
+        let link = crate::link::LinkStats { endpoint: "tcp://127.0.0.1:1".into(), ..Default::default() };
+        let live = EngineLive {
+            engine_id: "e".into(),
+            shards: vec![ShardLive { links: vec![link], ..Default::default() }],
+            agents: vec![AgentStats { role: "worker0".into(), ..Default::default() }],
+            snail: vec![crate::snail::SiteReport { role: "shard0-reader".into(), ..Default::default() }],
+            handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("verify_full", 0)] }],
+            ..Default::default()
+        };
+        let latency = LiveLatency { cumulative: shard_sets(1), last_interval: shard_sets(1), ..Default::default() };
+        let mut page = render(&live, &latency);
+        http(&mut page, "e", &super::super::http::HttpCounts::default());
+        let doc = include_str!("../../docs/METRICS.md");
+        let rows: std::collections::BTreeSet<&str> =
+            doc.lines().filter(|l| l.starts_with("| `mdsub_")).filter_map(|l| l.split('`').nth(1)).collect();
+        let families: std::collections::BTreeSet<&str> =
+            page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        assert_eq!(
+            families.difference(&rows).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "served, not in docs/METRICS.md"
+        );
+        assert_eq!(families.len(), rows.len(), "rows of docs/METRICS.md the page does not serve: {rows:?}");
+    }
+
     #[test]
     fn buckets_are_cumulative_and_end_at_the_count() {
         let mut h = Histogram::new_with_bounds(1, crate::metrics::MAX_TRACKABLE_NS, 3).expect("bounds");
