@@ -44,6 +44,10 @@ pub struct ShardProfile {
     /// replace them with their own publisher's.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Endpoints the shard binds, for publishers that connect to it (`tcp://ADDR:PORT`;
+    /// `--endpoint bind:EP`). Each publisher connection that ends there is counted and said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<String>,
     /// Local interface name (`eth1`) or address to connect from: the shard's NIC.
     #[serde(default)]
     pub interface: Option<String>,
@@ -273,6 +277,7 @@ impl Profile {
             allow_shared_cores: true,
             shards: vec![ShardProfile {
                 endpoints: vec![],
+                binds: vec![],
                 interface: None,
                 subscribe: vec![],
                 io_core: None,
@@ -305,6 +310,7 @@ impl Profile {
         p.shards = (0..shards)
             .map(|_| ShardProfile {
                 endpoints: vec![],
+                binds: vec![],
                 interface: None,
                 subscribe: vec![],
                 io_core: None,
@@ -454,6 +460,9 @@ impl Profile {
         for (i, s) in self.shards.iter().enumerate() {
             claim(s.io_core, format!("shards[{i}].io_core"))?;
             claim(s.reader_core, format!("shards[{i}].reader_core"))?;
+            for (j, ep) in s.binds.iter().enumerate() {
+                crate::zmqx::check_endpoint(ep).map_err(|m| invalid(format!("shards[{i}].binds[{j}]"), m))?;
+            }
             for (j, ep) in s.endpoints.iter().enumerate() {
                 crate::zmqx::check_endpoint(ep).map_err(|m| {
                     invalid(
@@ -485,17 +494,20 @@ impl Profile {
     /// profile's endpoints: a shard with none (`profile check` says the same).
     pub fn check_endpoints(&self) -> Result<(), ProfileError> {
         for (i, s) in self.shards.iter().enumerate() {
-            if s.endpoints.is_empty() {
+            if s.endpoints.is_empty() && s.binds.is_empty() {
                 return Err(invalid(
                     format!("shards[{i}].endpoints"),
                     "empty: every shard needs an endpoint; list the publisher's tcp://HOST:PORT here \
-                     or give the engine --endpoint (it replaces every shard's)",
+                     (or one to bind in `binds`) or give the engine --endpoint (it replaces every shard's)",
                 ));
             }
-            // The engine's process binds no data endpoint: an inproc one would never come up.
-            if let Some(j) = s.endpoints.iter().position(|e| e.starts_with("inproc://")) {
+            // The publisher is another process: an inproc endpoint, connected or bound, never comes up.
+            let inproc = |eps: &[String], field: &str| {
+                eps.iter().position(|e| e.starts_with("inproc://")).map(|j| format!("shards[{i}].{field}[{j}]"))
+            };
+            if let Some(field) = inproc(&s.endpoints, "endpoints").or_else(|| inproc(&s.binds, "binds")) {
                 return Err(invalid(
-                    format!("shards[{i}].endpoints[{j}]"),
+                    field,
                     "an inproc endpoint reaches only sockets inside the engine's process, and the \
                      publisher is another process; use ipc:///tmp/NAME or tcp://HOST:PORT",
                 ));
@@ -522,6 +534,8 @@ impl Profile {
                 };
                 ShardConfig {
                     endpoints: eps,
+                    // An in-process publisher's endpoints replace the shard's binds too.
+                    binds: if endpoints.is_some() { vec![] } else { s.binds.clone() },
                     subscribe: s.subscribe.clone(),
                     io_core: s.io_core,
                     reader_core: s.reader_core,

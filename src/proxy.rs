@@ -263,16 +263,9 @@ fn watch_links(
         LinkWatch::attach(ctx, s, &name(side), &eps).map_err(zerr(role, "starting the link monitor"))
     };
     let front = if config.frontend.iter().any(|a| matches!(a, Attach::Bind(_))) {
-        let explain = format!(
-            "libzmq gives no cause: the publisher closed or went away, or it sent a message over \
-             --max-msg-bytes ({} bytes), which libzmq drops with the connection and what was queued \
-             behind it (a PUB publisher then reconnects by itself); counted in publisher_disconnects",
-            config.max_msg_bytes
-        );
+        let head = format!("{role}: a publisher's connection to the frontend ended");
         LinkWatch::attach_always(ctx, frontend, &name("frontend"), &connects(&config.frontend))
-            .map(|w| {
-                Some(w.saying_accepted_ends(format!("{role}: a publisher's connection to the frontend ended"), explain))
-            })
+            .map(|w| Some(w.saying_publisher_ends(head, "--max-msg-bytes", config.max_msg_bytes)))
             .map_err(zerr(role, "starting the link monitor"))?
     } else {
         watch(frontend, "frontend", connects(&config.frontend))?

@@ -37,7 +37,7 @@ fn steady_state(handoff: HandOff, workers: usize) {
     let mut publisher = Publisher::bind(&ctx, &PublisherConfig::default()).expect("publisher");
     let eps = publisher.endpoints();
     let cfg = EngineConfig {
-        shards: vec![ShardConfig { endpoints: eps, subscribe: vec![], io_core: None, reader_core: None }],
+        shards: vec![ShardConfig { endpoints: eps, ..Default::default() }],
         worker_cores: vec![None; workers],
         handoff,
         expect_eos_per_shard: Some(0),

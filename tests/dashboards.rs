@@ -14,6 +14,22 @@ use common::*;
 
 const CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboards/check.py");
 
+/// A data frame of publisher 9, session 1: topic `topic`, stream and topic sequence `seq`, sent
+/// at `send_time_ns`.
+fn data_frame(topic: &[u8], seq: u64, send_time_ns: u64, payload: &[u8]) -> Vec<u8> {
+    use mdsub::wire::{encode, Header, Kind};
+    let h = Header {
+        kind: Kind::Data,
+        flags: 0,
+        publisher_id: 9,
+        session_id: 1,
+        stream_seq: seq,
+        topic_seq: seq,
+        send_time_ns,
+    };
+    encode(topic, &h, payload)
+}
+
 /// Why a Python check cannot run here, if it cannot.
 fn python_missing(modules: &[&str]) -> Option<String> {
     for m in modules {
@@ -322,7 +338,6 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
     // Before: a capture replayed verbatim, 10 minutes old, gave `wire 60.03s …` and nothing said
     // that every one of its latencies was above what the histograms hold.
     use mdsub::wire::capture::CaptureWriter;
-    use mdsub::wire::{self, Header, Kind};
     if let Some(why) = python_missing(&["prometheus_client"]) {
         eprintln!("SKIPPED: {why}");
         return;
@@ -332,16 +347,7 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
     let sent_ns = mdsub::clock::realtime_ns() - 600_000_000_000;
     let mut w = CaptureWriter::create(&path).expect("create capture");
     for i in 1..=300u64 {
-        let h = Header {
-            kind: Kind::Data,
-            flags: 0,
-            publisher_id: 9,
-            session_id: 1,
-            stream_seq: i,
-            topic_seq: i,
-            send_time_ns: sent_ns + i,
-        };
-        w.write_frame(&wire::encode(b"OLD", &h, &i.to_le_bytes()), false, sent_ns + i).expect("write");
+        w.write_frame(&data_frame(b"OLD", i, sent_ns + i, &i.to_le_bytes()), false, sent_ns + i).expect("write");
     }
     w.flush().expect("flush");
     let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
@@ -878,4 +884,101 @@ fn a_slow_metrics_client_holds_neither_a_scrape_nor_the_engines_stop() {
     assert!(t0.elapsed() < Duration::from_secs(10), "the engine stopped while the slow client held on");
     let mut rest = Vec::new();
     let _ = slow.read_to_end(&mut rest);
+}
+
+/// What the engine refuses shows on `/metrics` while it runs, read by prometheus_client's parser
+/// over a real scrape: the handler's refusals (a `book` order at a new price past the 16 Ki
+/// levels of its side: `levels_full`) and the scrapers its access policy refused (one from
+/// outside `--metrics-allow-addr`, one without the bearer token). Before, the handler's
+/// refusals reached only the report at the end, and the access refusals only stderr.
+#[test]
+fn refused_orders_and_refused_scrapers_are_counted_live_on_metrics() {
+    use mdsub::feed::mbo_synth::mbo;
+    use std::io::{Read, Write};
+    if let Some(why) = python_missing(&["prometheus_client"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-refused");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("token file");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(["--expect-eos", "0", "--handler", "book", "--metrics-listen", "127.0.0.1:0", "--engine-id", "refused"]);
+    cmd.args(["--metrics-interval", "200ms", "--metrics-allow-addr", "127.0.0.1"]);
+    cmd.args(["--metrics-token-file", token_file.to_str().expect("utf8 path")]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    let ep = wait_line(err, Duration::from_secs(20), "the bound endpoint", |l| l.starts_with("shard0: bound "))
+        .trim_start_matches("shard0: bound ")
+        .to_string();
+    let url = wait_line(err, Duration::from_secs(20), "the metrics address", |l| l.starts_with("metrics: "))
+        .trim_start_matches("metrics: ")
+        .to_string();
+    // A publisher that connects, sees the engine's subscription, and queues everything.
+    let ctx = zmq::Context::new();
+    let publ = ctx.socket(zmq::XPUB).expect("xpub");
+    publ.set_xpub_verbose(true).expect("verbose");
+    publ.set_sndhwm(0).expect("sndhwm");
+    publ.set_linger(0).expect("linger");
+    publ.set_rcvtimeo(20_000).expect("rcvtimeo");
+    publ.connect(&ep).expect("connect to the engine");
+    assert_eq!(publ.recv_bytes(0).expect("the engine's subscription").first(), Some(&1));
+    // One more bid than a side holds levels, each at a price of its own.
+    let levels = mdsub::engine::book::MAX_LEVELS_PER_SIDE as u64 + 1;
+    for i in 1..=levels {
+        let now = mdsub::wire::now_ns();
+        let rec = mbo(101, now, i, b'A', b'B', 1_000_000_000 * i as i64, 1);
+        publ.send(data_frame(b"ESH6", i, now, dbn::RecordRef::from(&rec).as_ref()), 0).expect("send");
+    }
+    // Two scrapers refused: one from an address outside the allow-list (127.0.0.2 reaches the
+    // listener on 127.0.0.1 over loopback), one without the token.
+    let status = python_json(&["status", &url, "127.0.0.2"]);
+    assert_eq!(status["status"], 403, "{status}");
+    let addr = url.trim_start_matches("http://").trim_end_matches("/metrics");
+    let get = |headers: &str| {
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect /metrics");
+        conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).expect("send");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("read the answer");
+        answer
+    };
+    let answer = get("");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let refused = |s: &serde_json::Value, reason: &str| {
+        sample(s, "mdsub_handler_refused_total", &[("engine", "refused"), ("agent", "worker0"), ("reason", reason)])
+    };
+    let mut scrape = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "the refused order on /metrics", || {
+        scrape = python_json(&["scrape", &url, "s3cret-token"]);
+        refused(&scrape, "levels_full") == Some(1.0)
+    });
+    assert_eq!(scrape["types"]["mdsub_handler_refused"], "counter");
+    for reason in ["instruments_full", "orders_full"] {
+        assert_eq!(refused(&scrape, reason), Some(0.0), "{reason}: {scrape}");
+    }
+    assert_eq!(scrape["types"]["mdsub_metrics_http_access_refused"], "counter");
+    for reason in ["address", "token"] {
+        let n =
+            sample(&scrape, "mdsub_metrics_http_access_refused_total", &[("engine", "refused"), ("reason", reason)]);
+        assert_eq!(n, Some(1.0), "{reason}: {scrape}");
+    }
+    whole_page_in_typed_families(&scrape);
+    // Every family the page serves is listed in docs/METRICS.md (before: no list at all).
+    let page = get("Authorization: Bearer s3cret-token\r\n");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md")).expect("docs/METRICS.md");
+    let listed: Vec<&str> = doc.lines().filter_map(|l| l.strip_prefix("| `")?.split('`').next()).collect();
+    let served: Vec<&str> = page.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    assert!(served.len() > 30, "{page}");
+    let missing: Vec<&&str> = served.iter().filter(|name| !listed.contains(name)).collect();
+    assert!(missing.is_empty(), "served but not in docs/METRICS.md: {missing:?}");
+    engine.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r["handler"], "refused_levels_full"), 1, "the report says the same: {r}");
 }

@@ -350,7 +350,7 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
     for r in &recs {
         models.entry(r.hd.instrument_id).or_insert_with(|| ModelBook { orders: HashMap::new() }).apply(r);
     }
-    let shard = ShardConfig { endpoints: vec![], subscribe: vec![], io_core: None, reader_core: None };
+    let shard = ShardConfig::default();
     let spec = RunSpec {
         publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); 2], ..Default::default() },
         source: Source::Dbn { paths: vec![path] },

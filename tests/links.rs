@@ -115,6 +115,76 @@ fn engine_link_cut_by_an_oversized_frame_is_counted_and_reestablished() {
     assert_eq!(link["state"], "up", "{links}");
 }
 
+/// One GET of `/metrics` at `addr` (`127.0.0.1:PORT`): the page's body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect /metrics");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read /metrics");
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).expect("an HTTP body")
+}
+
+/// The engine's shard binds (`--endpoint bind:EP`) and a publisher connects to it, as a
+/// publisher connects to a proxy's bound frontend. A frame over max_msg_bytes makes libzmq drop
+/// the publisher's connection with no event but `disconnected`, as when a publisher closes.
+/// Before, nothing watched the bound SUB and the drop was silent; now each publisher connection
+/// that ends is said and counted per shard (report, `--json`, `/metrics`).
+#[test]
+fn engine_bound_endpoint_drop_on_an_oversized_frame_is_counted_and_said() {
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(["--expect-eos", "0", "--handler", "verify", "--metrics-listen", "127.0.0.1:0"]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    let bound = wait_line(err, Duration::from_secs(20), "the bound endpoint", |l| l.starts_with("shard0: bound "));
+    let ep = bound.trim_start_matches("shard0: bound ").to_string();
+    let metrics = wait_line(err, Duration::from_secs(20), "the metrics address", |l| l.starts_with("metrics: "));
+    let addr = metrics.trim_start_matches("metrics: http://").trim_end_matches("/metrics").to_string();
+    let ctx = zmq::Context::new();
+    // An XPUB that connects: a publisher that shows when the engine's subscription reached it.
+    let publ = ctx.socket(zmq::XPUB).expect("xpub");
+    publ.set_xpub_verbose(true).expect("verbose");
+    publ.set_linger(0).expect("linger");
+    publ.connect(&ep).expect("connect to the engine");
+    subscribed(&publ, "the publisher's first connection");
+    for seq in 1..=100 {
+        publ.send(data(seq), 0).expect("send");
+    }
+    publ.send(vec![0u8; OVERSIZED_BYTES], 0).expect("send oversized");
+    let head = "shard0: a publisher's connection ended (disconnected): ";
+    let said = wait_line(err, Duration::from_secs(20), "the end line", |l| l.starts_with(head));
+    for want in [ep.as_str(), "max_msg_bytes (1048576 bytes)", "libzmq gives no cause"] {
+        assert!(said.contains(want), "{want:?} in {said}");
+    }
+    // A publisher reconnects by itself: the path comes back.
+    subscribed(&publ, "the publisher's connection again");
+    for seq in 101..=200 {
+        publ.send(data(seq), 0).expect("send");
+    }
+    publ.send(end_of_stream(200, 200), 0).expect("send eos");
+    // Live on /metrics (the reader publishes what its link watch counted between rounds).
+    let line = |page: &str, name: &str| -> Option<u64> {
+        let head = format!("{name}{{engine=\"");
+        page.lines().find(|l| l.starts_with(&head) && l.contains("shard=\"0\""))?.rsplit(' ').next()?.parse().ok()
+    };
+    let mut page = String::new();
+    common::wait_until(Duration::from_secs(20), "the publisher's connections on /metrics", || {
+        page = scrape(&addr);
+        line(&page, "mdsub_shard_publisher_connects_total") == Some(2)
+    });
+    assert_eq!(line(&page, "mdsub_shard_publisher_disconnects_total"), Some(1), "{page}");
+    assert!(page.contains("# TYPE mdsub_shard_publisher_disconnects_total counter"), "{page}");
+    engine.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let shard = &r["shards"][0];
+    assert_eq!((u(shard, "publisher_connects"), u(shard, "publisher_disconnects")), (2, 1), "{shard}");
+    assert!(u(&r, "delivered") >= 100, "the traffic after the drop arrives: {r}");
+}
+
 /// The LVC or the tap with its frontend connecting to a hostile peer.
 fn proxy_link_cut_by_an_oversized_frame(tool: &str) {
     let ctx = zmq::Context::new();

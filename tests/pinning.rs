@@ -35,6 +35,7 @@ fn reader_worker_and_io_threads_run_where_the_profile_says() {
             subscribe: vec![],
             io_core: Some(a),
             reader_core: Some(b),
+            ..Default::default()
         }],
         worker_cores: vec![Some(a)],
         expect_eos_per_shard: Some(0),

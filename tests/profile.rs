@@ -180,7 +180,8 @@ fn a_shard_without_endpoints_is_ok_only_with_endpoint_and_the_engine_says_why() 
         err.trim(),
         format!(
             "mdsub: error: --profile {p}: profile field `shards[0].endpoints`: empty: every shard needs an endpoint; \
-             list the publisher's tcp://HOST:PORT here or give the engine --endpoint (it replaces every shard's)"
+             list the publisher's tcp://HOST:PORT here (or one to bind in `binds`) or give the engine --endpoint \
+             (it replaces every shard's)"
         )
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -165,17 +165,17 @@ pub fn in_part<T>(whole: &str, part: &str, parse: impl Fn(&str) -> Result<T, Str
     parse(part).map_err(|e| if part.trim() == whole.trim() { e } else { format!("`{}`: {e}", part.trim()) })
 }
 
-/// Parse a comma-separated list of endpoints for a socket that only connects
-/// (`connect:EP1,EP2`), each as [`parse_connect_endpoint`].
-pub fn parse_connect_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
+/// Parse a comma-separated list of endpoints for a socket that binds some and connects to
+/// others (`bind:EP1,connect:EP2`), each as [`parse_endpoint`].
+pub fn parse_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
     let list: Vec<Endpoint> = s
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .map(|e| in_part(s, e, parse_connect_endpoint))
+        .map(|e| in_part(s, e, parse_endpoint))
         .collect::<Result<_, _>>()?;
     if list.is_empty() {
-        let forms = EndpointRule { only: Some(How::Connect), clone_store: false }.forms();
+        let forms = EndpointRule { only: None, clone_store: false }.forms();
         return Err(format!("no endpoint given; accepted: {forms}, several joined by commas"));
     }
     Ok(list)
@@ -511,12 +511,13 @@ mod tests {
         for bad in ["", "listen:tcp://127.0.0.1:5", "bind:nope", "tcp://127.0.0.1", "127.0.0.1:5556"] {
             assert!(parse_endpoint(bad).is_err(), "{bad:?} refused");
         }
-        let list = parse_connect_endpoint_list("connect:tcp://a:1, tcp://b:2").expect("list");
+        let list = parse_endpoint_list("connect:tcp://a:1, tcp://b:2").expect("list");
         assert_eq!(list.len(), 2);
         assert!(
-            parse_connect_endpoint_list(",").is_err_and(|e| e.starts_with("no endpoint given; accepted: connect:EP"))
+            parse_endpoint_list(",").is_err_and(|e| e.starts_with("no endpoint given; accepted: bind:EP, connect:EP"))
         );
-        assert!(parse_connect_endpoint_list("tcp://a:1,bind:tcp://b:2").is_err_and(|e| e.contains("can only connect")));
+        let mixed = parse_endpoint_list("bind:tcp://a:1, tcp://b:2").expect("a list binding one, connecting one");
+        assert_eq!((mixed[0].how, mixed[1].how), (Some(How::Bind), None));
     }
 
     #[test]

@@ -8,9 +8,9 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::args::{
-    parse_bind_endpoint, parse_clone_server, parse_connect_endpoint_list, parse_count_usize, parse_duration,
-    parse_duration_nonzero, parse_ms_in, parse_thread_count, parse_whole_ms, parse_whole_ms_nonzero, whole_ms,
-    Endpoint, Idle,
+    parse_bind_endpoint, parse_clone_server, parse_count_usize, parse_duration, parse_duration_nonzero,
+    parse_endpoint_list, parse_ms_in, parse_thread_count, parse_whole_ms, parse_whole_ms_nonzero, whole_ms, Endpoint,
+    How, Idle,
 };
 use super::feed::FeedArgs;
 use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
@@ -281,12 +281,16 @@ pub struct EngineArgs {
     /// Tuning profile: a TOML file, `builtin` or `auto`.
     #[arg(long, default_value = "builtin", value_name = "FILE|builtin|auto")]
     pub profile: String,
-    /// Publisher endpoint(s) to connect, `connect:EP` or `EP`: each use of the
-    /// flag is one shard (replacing the profile's shards); `EP1,EP2` puts two
-    /// publishers on one shard. Each link is watched: a loss is logged with
-    /// its reason and counted (the report's `links`), one libzmq will not
-    /// reconnect (a frame over max_msg_bytes) is connected again.
-    #[arg(long, value_parser = parse_connect_endpoint_list, value_name = "[connect:]EP[,EP…]")]
+    /// Publisher endpoint(s), `connect:EP` or `EP` to connect, `bind:EP` for
+    /// publishers that connect to the engine: each use of the flag is one
+    /// shard (replacing the profile's shards); `EP1,EP2` puts two publishers
+    /// on one shard. Each link is watched: a loss is logged with its reason
+    /// and counted (the report's `links`), one libzmq will not reconnect (a
+    /// frame over max_msg_bytes) is connected again. On a bound endpoint
+    /// libzmq says only that a publisher's connection ended (a frame over
+    /// max_msg_bytes drops it too): each end is logged and counted
+    /// (`publisher_disconnects`).
+    #[arg(long, value_parser = parse_endpoint_list, value_name = "[bind:|connect:]EP[,EP…]")]
     pub endpoint: Vec<Vec<Endpoint>>,
     /// Topic prefix to subscribe (repeatable; default everything).
     #[arg(long = "subscribe", value_name = "PREFIX")]
@@ -516,7 +520,7 @@ fn check_flags_on_profile(args: &EngineArgs, profile: &Profile) -> anyhow::Resul
     super::check_profile_with(profile, &args.profile, |field, message| refused_flag(args, profile, field, message))?;
     let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {}", args.profile));
     let named = matches!(args.profile.as_str(), "builtin" | "auto");
-    if named && profile.shards.iter().all(|s| s.endpoints.is_empty()) {
+    if named && profile.shards.iter().all(|s| s.endpoints.is_empty() && s.binds.is_empty()) {
         bail!(super::UsageError(format!(
             "no endpoint: give --endpoint EP (once per shard), or a --profile FILE whose shards list endpoints \
              (the {} profile lists none)",
@@ -562,16 +566,18 @@ fn refused_flag(args: &EngineArgs, profile: &Profile, field: &str, message: &str
 /// Run `mdsub engine` against running publishers.
 pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = Profile::load(&args.profile)?;
-    let shard_endpoints: Vec<Vec<String>> =
-        args.endpoint.iter().map(|list| list.iter().map(|e| e.endpoint.clone()).collect()).collect();
-    if !shard_endpoints.is_empty() {
+    if !args.endpoint.is_empty() {
         let template = profile.shards.first().cloned().unwrap_or_else(|| Profile::builtin().shards[0].clone());
-        profile.shards = shard_endpoints
-            .into_iter()
+        profile.shards = args
+            .endpoint
+            .iter()
             .enumerate()
-            .map(|(i, endpoints)| {
+            .map(|(i, list)| {
                 let mut s = template.clone();
-                s.endpoints = endpoints;
+                let (binds, connects): (Vec<&Endpoint>, Vec<&Endpoint>) =
+                    list.iter().partition(|e| e.how == Some(How::Bind));
+                s.binds = binds.into_iter().map(|e| e.endpoint.clone()).collect();
+                s.endpoints = connects.into_iter().map(|e| e.endpoint.clone()).collect();
                 if i > 0 {
                     s.io_core = None;
                     s.reader_core = None;
@@ -607,8 +613,13 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     if let Some(ep) = engine.monitor_endpoint() {
         crate::diag!("monitor: bound {ep}");
     }
-    for (k, s) in cfg.shards.iter().enumerate() {
-        crate::diag!("shard{k}: connecting to {}", s.endpoints.join(", "));
+    for (k, (s, bound)) in cfg.shards.iter().zip(engine.shard_binds()).enumerate() {
+        if !bound.is_empty() {
+            crate::diag!("shard{k}: bound {}", bound.join(", "));
+        }
+        if !s.endpoints.is_empty() {
+            crate::diag!("shard{k}: connecting to {}", s.endpoints.join(", "));
+        }
     }
     crate::diag!("engine id: {}", engine.engine_id());
     if let Some(addr) = engine.metrics_addr() {

@@ -171,7 +171,9 @@ fn resolved(p: &Profile, interfaces: bool) -> String {
     }
     let _ = writeln!(s, "# resolved: endpoints as connected");
     for (k, sh) in cfg.shards.iter().enumerate() {
-        let eps = if sh.endpoints.is_empty() { "(none: give --endpoint)".to_string() } else { sh.endpoints.join(", ") };
+        let all: Vec<String> =
+            sh.binds.iter().map(|b| format!("bind:{b}")).chain(sh.endpoints.iter().cloned()).collect();
+        let eps = if all.is_empty() { "(none: give --endpoint)".to_string() } else { all.join(", ") };
         let note = match (&p.shards[k].interface, interfaces) {
             (Some(i), false) => format!("   (from `{i}`, resolved on the engine's host)"),
             // The interface is not on this host: nothing to bind the source to here.

@@ -54,7 +54,18 @@ pub trait Handler: Send {
     fn refusal_lines(&mut self, _now_ns: u64, _end: bool) -> Vec<String> {
         Vec::new()
     }
+
+    /// What the handler refused so far, by reason (one of [`REFUSAL_REASONS`]): read, without
+    /// allocating, by the worker core once per report period to publish the live counts.
+    fn refusals(&self) -> Option<&Refusals> {
+        None
+    }
 }
+
+/// Every reason a handler refuses a new key under (counted as `refused_REASON`): `last`'s
+/// topics and bytes, `verify`'s topics, `book`'s instruments, orders and price levels.
+pub const REFUSAL_REASONS: [&str; 6] =
+    ["last_full", "last_too_big", "verify_full", "instruments_full", "orders_full", "levels_full"];
 
 /// How much the handlers that keep state per key may keep, per handler (per
 /// worker, or per shard's reader inline). The defaults are sized for whole
@@ -199,6 +210,16 @@ impl std::fmt::Display for HandlerSpec {
 }
 
 impl HandlerSpec {
+    /// The reasons this handler can refuse a new key under (a part of [`REFUSAL_REASONS`]).
+    pub fn refusal_reasons(&self) -> &'static [&'static str] {
+        match self {
+            HandlerSpec::Latency | HandlerSpec::Work { .. } => &[],
+            HandlerSpec::Last => &REFUSAL_REASONS[0..2],
+            HandlerSpec::Verify => &REFUSAL_REASONS[2..3],
+            HandlerSpec::Book => &REFUSAL_REASONS[3..6],
+        }
+    }
+
     pub fn build(&self) -> Box<dyn Handler> {
         match *self {
             HandlerSpec::Latency => Box::new(LatencyOnly),
@@ -348,6 +369,10 @@ impl Handler for LastValueBook {
 
     fn refusal_lines(&mut self, now_ns: u64, end: bool) -> Vec<String> {
         self.refused.lines(now_ns, end)
+    }
+
+    fn refusals(&self) -> Option<&Refusals> {
+        Some(&self.refused.log)
     }
 }
 
@@ -650,6 +675,10 @@ impl Handler for BookHandler {
         self.refused.lines(now_ns, end)
     }
 
+    fn refusals(&self) -> Option<&Refusals> {
+        Some(&self.refused.log)
+    }
+
     /// One line per instrument (the first [`SUMMARY_INSTRUMENTS`] by id):
     /// `book SYMBOL id=ID bid=PX x SIZE ask=PX x SIZE levels=B/A orders=N last=PX x SIZE`.
     fn summary(&self) -> Vec<String> {
@@ -772,11 +801,29 @@ impl Handler for VerifyOrder {
     fn refusal_lines(&mut self, now_ns: u64, end: bool) -> Vec<String> {
         self.refused.lines(now_ns, end)
     }
+
+    fn refusals(&self) -> Option<&Refusals> {
+        Some(&self.refused.log)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each handler's `refused_*` counters are its spec's refusal reasons, the ones the worker
+    /// publishes live and `/metrics` labels (a reason missing there would not show until the end).
+    #[test]
+    fn every_refusal_counter_is_a_published_reason() {
+        for spec in ["latency", "work:1", "book", "last", "verify"] {
+            let spec: HandlerSpec = spec.parse().expect("a handler");
+            let h = spec.build();
+            let counted: Vec<String> =
+                h.counters().iter().filter_map(|(n, _)| n.strip_prefix("refused_")).map(str::to_string).collect();
+            assert_eq!(counted, spec.refusal_reasons(), "{spec}");
+            assert_eq!(h.refusals().is_some(), !counted.is_empty(), "{spec}");
+        }
+    }
     use crate::wire::{decode, encode, Header};
 
     #[test]

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::link::{LinkBoard, LinkWatch};
 use crate::metrics::collector::{Collected, Collector, CollectorOutputs, IntervalLog, SharedLatency, WorkerReport};
-use crate::metrics::http::{HttpAccessCounters, MetricsServer};
-use crate::metrics::prom::{EngineLive, ShardLive};
+use crate::metrics::http::MetricsServer;
+use crate::metrics::prom::{EngineLive, HandlerRefused, ShardLive};
 use crate::metrics::settings::{Level, LogLevel, Settings};
 use crate::metrics::store::{StoreAgent, StoreInputs};
 use crate::metrics::{Ceiling, OutputsConfig, RunReport, SequenceCounts, ShardReport, StageHistograms, ThreadAccount};
@@ -36,7 +36,7 @@ use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapService};
 use crate::snail::monitor::MonitorAgent;
 use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
-use handler::HandlerSpec;
+use handler::{HandlerSpec, REFUSAL_REASONS};
 use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
 use worker::{MetricsLink, WorkerAgent, WorkerCore, WorkerCounters};
 
@@ -82,11 +82,15 @@ pub struct Croaked {
     pub report: RunReport,
 }
 
-/// One shard: where to connect and what to subscribe.
-#[derive(Debug, Clone)]
+/// One shard: where to connect (or bind) and what to subscribe.
+#[derive(Debug, Clone, Default)]
 pub struct ShardConfig {
     /// Publisher endpoints to connect (with a NIC source prefix already applied).
     pub endpoints: Vec<String>,
+    /// Endpoints the shard's SUB binds, for publishers that connect to it. The publisher
+    /// connections accepted there are counted, and each that ends is said (libzmq drops one
+    /// with a message over `max_msg_bytes` and names no cause).
+    pub binds: Vec<String>,
     /// Topic prefixes; empty = everything.
     pub subscribe: Vec<String>,
     pub io_core: Option<usize>,
@@ -163,7 +167,7 @@ struct LiveOutputs {
     /// The engine's log level (a live setting).
     log: Arc<LogLevel>,
     /// The `/metrics` server, stopped by its own flag once the engine is joined.
-    metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr, Arc<HttpAccessCounters>)>,
+    metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr)>,
     /// The status agent (clone store), stopped the same way.
     store: Option<(AgentHandle<StoreAgent>, StopFlag)>,
 }
@@ -171,7 +175,7 @@ struct LiveOutputs {
 impl LiveOutputs {
     /// Stop and join the `/metrics` server and the status agent.
     fn stop(&mut self) {
-        if let Some((h, stop, _, _)) = self.metrics_http.take() {
+        if let Some((h, stop, _)) = self.metrics_http.take() {
             stop.stop();
             let _ = h.join();
         }
@@ -196,7 +200,13 @@ pub struct Engine {
     shard_counters: Vec<Arc<ShardCounters>>,
     /// Each shard's watched links (its SUB's connect endpoints).
     link_boards: Vec<LinkBoard>,
+    /// Each shard's bound endpoints, as bound (ports resolved).
+    bound: Vec<Vec<String>>,
     worker_counters: Vec<Arc<WorkerCounters>>,
+    /// Who runs each worker core's handler (`workerN`, or inline `shardN-reader`), and the
+    /// reasons the handler refuses under: the labels of its live refusal counts.
+    handler_sites: Vec<String>,
+    handler_reasons: &'static [&'static str],
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
     /// Each shard's endpoint count: with `--expect-eos 0`, the ends of stream its loss is counted
@@ -214,6 +224,9 @@ pub struct Engine {
     // Contexts last: sockets are closed by their threads before these drop.
     _contexts: Vec<zmq::Context>,
 }
+
+/// A shard's context, its SUB, the SUB's link watch and its bound endpoints (ports resolved).
+type ShardSocket = (zmq::Context, zmq::Socket, Option<LinkWatch>, Vec<String>);
 
 static ENGINE_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -330,7 +343,12 @@ impl Engine {
             }),
             shard_counters: Vec::new(),
             link_boards: Vec::new(),
+            bound: Vec::new(),
             worker_counters: Vec::new(),
+            handler_sites: (0..cfg.worker_cores.len())
+                .map(|w| if inline { format!("shard{w}-reader") } else { format!("worker{w}") })
+                .collect(),
+            handler_reasons: cfg.handler.refusal_reasons(),
             expect_eos: Vec::new(),
             endpoints_per_shard: Vec::new(),
             snail: board.clone(),
@@ -381,17 +399,20 @@ impl Engine {
         for (k, shard) in cfg.shards.iter().enumerate() {
             let io_name = format!("shard{k}-io");
             let before = crate::clock::task_ids_named(&io_name);
-            let (ctx, sub, links) =
+            let (ctx, sub, links, bound) =
                 Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes, cfg.feed_keys.clone())?;
             engine.link_boards.push(links.as_ref().map(|w| w.board()).unwrap_or_default());
+            engine.bound.push(bound);
             engine._contexts.push(ctx);
             // The threads libzmq just started, named after their creator.
             engine
                 .io_tids
                 .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
-            let expect_eos = cfg.expect_eos_per_shard.unwrap_or(shard.endpoints.len());
+            // One publisher per endpoint, bound or connected.
+            let publishers = shard.endpoints.len() + shard.binds.len();
+            let expect_eos = cfg.expect_eos_per_shard.unwrap_or(publishers);
             engine.expect_eos.push(expect_eos as u64);
-            engine.endpoints_per_shard.push(shard.endpoints.len() as u64);
+            engine.endpoints_per_shard.push(publishers as u64);
             let counters = shard_counters[k].clone();
             engine.shard_counters.push(counters.clone());
             let rc = ReaderConfig {
@@ -440,11 +461,10 @@ impl Engine {
             .map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?
             .with_access(access)
             .with_engine_id(&self.live.engine_id);
-        let counters = server.access_counters();
         let bound = server.local_addr().map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?;
         let stop = StopFlag::new();
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)?;
-        self.live.metrics_http = Some((h, stop, bound, counters));
+        self.live.metrics_http = Some((h, stop, bound));
         Ok(())
     }
 
@@ -475,12 +495,7 @@ impl Engine {
 
     /// The address `/metrics` is served on, if it is.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.live.metrics_http.as_ref().map(|(_, _, a, _)| *a)
-    }
-
-    /// How many scrapes `/metrics`' access policy refused, if it is served.
-    pub fn metrics_access_counters(&self) -> Option<Arc<HttpAccessCounters>> {
-        self.live.metrics_http.as_ref().map(|(_, _, _, c)| c.clone())
+        self.live.metrics_http.as_ref().map(|(_, _, a)| *a)
     }
 
     /// The engine's id in its metrics and status.
@@ -510,12 +525,19 @@ impl Engine {
         agents.extend(self.collector.iter().map(|h| (h.role().to_string(), h.counters().clone())));
         let engine_id = self.live.engine_id.clone();
         let board = self.snail.clone();
+        let sites = self.handler_sites.clone();
+        let reasons = self.handler_reasons;
         move || EngineLive {
             engine_id: engine_id.clone(),
             shards: shards.iter().zip(&links).map(|(c, l)| shard_live(c, l)).collect(),
             agents: agents.iter().map(|(r, c)| c.snapshot(r)).collect(),
             metrics_dropped: workers.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             snail: board.report().sites,
+            handler_refused: sites
+                .iter()
+                .zip(&workers)
+                .map(|(site, c)| HandlerRefused { agent: site.clone(), counts: refused_of(c, reasons) })
+                .collect(),
         }
     }
 
@@ -529,11 +551,11 @@ impl Engine {
         rcvhwm: i32,
         max_msg_bytes: i64,
         keys: Option<ClientKeys>,
-    ) -> Result<(zmq::Context, zmq::Socket, Option<LinkWatch>), EngineError> {
+    ) -> Result<ShardSocket, EngineError> {
         let shard = shard.clone();
         let name = format!("shard{k}-io");
         let core = shard.io_core;
-        let make = move || -> Result<(zmq::Context, zmq::Socket, Option<LinkWatch>), EngineError> {
+        let make = move || -> Result<ShardSocket, EngineError> {
             let zerr = |context: String| move |source| EngineError::Zmq { context, source };
             let ctx = zmq::Context::new();
             ctx.set_io_threads(1).map_err(zerr("configuring the shard context".into()))?;
@@ -553,17 +575,34 @@ impl Engine {
                     sub.set_subscribe(&control).map_err(zerr("subscribing to control frames".into()))?;
                 }
             }
-            // Watched before connecting, so the first connect is seen too.
-            let links = LinkWatch::attach(&ctx, &sub, &format!("shard{k}"), &shard.endpoints)
-                .map_err(zerr("starting the link monitor".into()))?;
+            // Watched before binding and connecting, so the first connect is seen too. A shard
+            // that binds is watched for the publisher connections it accepts, each end said.
+            let name = format!("shard{k}");
+            let links = if shard.binds.is_empty() {
+                LinkWatch::attach(&ctx, &sub, &name, &shard.endpoints)
+            } else {
+                let head = format!("{name}: a publisher's connection ended");
+                LinkWatch::attach_always(&ctx, &sub, &name, &shard.endpoints)
+                    .map(|w| Some(w.saying_publisher_ends(head, "max_msg_bytes", max_msg_bytes)))
+            }
+            .map_err(zerr("starting the link monitor".into()))?;
+            let mut bound = Vec::with_capacity(shard.binds.len());
+            for ep in &shard.binds {
+                bound.push(crate::zmqx::bind_resolved(&sub, ep).map_err(zerr(format!("binding {ep}")))?);
+            }
             for ep in &shard.endpoints {
                 sub.connect(ep).map_err(zerr(format!("connecting to {ep}")))?;
             }
-            Ok((ctx, sub, links))
+            Ok((ctx, sub, links, bound))
         };
         Runner::task(&name, core, make)
             .and_then(|t| t.join())
             .map_err(|e| EngineError::Config(format!("shard {k} io_core: {e}")))?
+    }
+
+    /// Each shard's bound endpoints, as bound (ports resolved; empty for a shard that only connects).
+    pub fn shard_binds(&self) -> &[Vec<String>] {
+        &self.bound
     }
 
     /// The monitor PUB's endpoint as bound (port resolved), if there is one.
@@ -791,6 +830,8 @@ pub fn default_engine_id() -> String {
 fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
     ShardLive {
         links: links.snapshot(),
+        publisher_connects: c.publisher_connects.load(Relaxed),
+        publisher_disconnects: c.publisher_disconnects.load(Relaxed),
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
         counts: counts_of(c),
@@ -859,6 +900,8 @@ impl Engine {
                     lost: sent.filter(|_| complete).map(|s| s.saturating_sub(msgs)),
                     counts: counts_of(c),
                     links: self.link_boards.get(k).map(|b| b.snapshot()).unwrap_or_default(),
+                    publisher_connects: c.publisher_connects.load(Relaxed),
+                    publisher_disconnects: c.publisher_disconnects.load(Relaxed),
                     silences: c.silences.load(Relaxed),
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
                     lag_last_ms: c.last_lag_ns.load(Relaxed) as f64 / 1e6,
@@ -882,6 +925,14 @@ impl Engine {
         }
         (shards, threads)
     }
+}
+
+/// What a worker core's handler refused under each of `reasons`, as it last published it.
+fn refused_of(c: &WorkerCounters, reasons: &[&'static str]) -> Vec<(&'static str, u64)> {
+    reasons
+        .iter()
+        .filter_map(|r| Some((*r, c.refused.get(REFUSAL_REASONS.iter().position(|x| x == r)?)?.load(Relaxed))))
+        .collect()
 }
 
 /// A shard's sequence and frame counts, as its reader last published them.

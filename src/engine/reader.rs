@@ -127,6 +127,12 @@ pub struct ShardCounters {
     /// Of those, idle ones it freed again ([`crate::zmqx::pool::BufferPool::freed`]): none of
     /// them was needed for [`IDLE_BUFFERS_WINDOW_NS`]. Made minus freed is what it holds.
     pub handoff_buffers_freed: AtomicU64,
+    /// Publisher connections accepted on the SUB's bound endpoints (handshakes), and those that
+    /// ended: libzmq gives no cause, so each may be a publisher that closed or went away, or a
+    /// message over `max_msg_bytes`, which libzmq drops with the connection (and what was
+    /// queued behind it) with no event of its own ([`crate::link::LinkWatch::accepted`]).
+    pub publisher_connects: AtomicU64,
+    pub publisher_disconnects: AtomicU64,
 }
 
 impl ShardCounters {
@@ -582,11 +588,15 @@ impl ReaderAgent {
         self
     }
 
-    /// Look at the SUB's links when due (every so many rounds, and on every wait).
+    /// Look at the SUB's links when due (every so many rounds, and on every wait), and publish
+    /// the publisher connections its bound endpoints accepted.
     fn service_links(&mut self, now: bool) {
         if let Some(w) = &mut self.links {
             if now || w.due() {
                 w.service(&self.sub);
+                let a = w.accepted();
+                self.counters.publisher_connects.store(a.connects, Relaxed);
+                self.counters.publisher_disconnects.store(a.disconnects, Relaxed);
             }
         }
     }

@@ -24,7 +24,7 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 use crossbeam::utils::CachePadded;
 
 use super::batch::BatchIter;
-use super::handler::Handler;
+use super::handler::{Handler, REFUSAL_REASONS};
 use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::clock::{self, Clock, Realtime};
 use crate::metrics::collector::WorkerReport;
@@ -46,6 +46,8 @@ pub struct WorkerCounters {
     pub metrics_deferred: AtomicU64,
     /// When the last message was handled (ns since the epoch; 0 before any).
     pub last_done_ns: AtomicU64,
+    /// What the handler refused, by reason ([`REFUSAL_REASONS`]), as of the last report period.
+    pub refused: [AtomicU64; REFUSAL_REASONS.len()],
 }
 
 /// Where a core's histograms go: the collector's channel, the channel that
@@ -247,6 +249,7 @@ impl<C: Clock> WorkerCore<C> {
             return n;
         }
         if now_ns.saturating_sub(self.last_report_ns) >= report_period_ns(self.link.interval_ns.load(Relaxed)) {
+            self.publish_refusals();
             self.ship(false);
             self.last_report_ns = now_ns;
         }
@@ -258,10 +261,22 @@ impl<C: Clock> WorkerCore<C> {
     pub fn close(&mut self) {
         self.end_round(0);
         self.say_refusals(0, true);
+        self.publish_refusals();
         if let Some(g) = &self.guard {
             g.publish();
         }
         self.ship(true);
+    }
+
+    /// Store what the handler refused, by reason, into the live counters (once per report
+    /// period: a read of its refusal counts, no allocation).
+    fn publish_refusals(&self) {
+        let Some(refusals) = self.handler.refusals() else { return };
+        for (reason, n) in refusals.counts() {
+            if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
+                self.counters.refused[i].store(n, Relaxed);
+            }
+        }
     }
 
     /// Ship the histograms recorded since the last report. `last`: the final report (blocks,

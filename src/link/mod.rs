@@ -229,6 +229,19 @@ impl LinkWatch {
         self
     }
 
+    /// [`LinkWatch::saying_accepted_ends`] for a socket that publishers connect to, whose largest
+    /// message is `max_msg_bytes`, set by `limit` (the flag or profile field that names it): each
+    /// end is said as `HEAD (disconnected): ENDPOINT: libzmq gives no cause: …` with what it may
+    /// mean, the same words wherever publishers connect (a proxy's frontend, an engine shard).
+    pub fn saying_publisher_ends(self, head: String, limit: &str, max_msg_bytes: i64) -> Self {
+        let explain = format!(
+            "libzmq gives no cause: the publisher closed or went away, or it sent a message over \
+             {limit} ({max_msg_bytes} bytes), which libzmq drops with the connection and what was queued \
+             behind it (a PUB publisher then reconnects by itself); counted in publisher_disconnects"
+        );
+        self.saying_accepted_ends(head, explain)
+    }
+
     /// Connections accepted on the socket's bound endpoints so far.
     pub fn accepted(&self) -> Accepted {
         self.accepted

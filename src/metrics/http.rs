@@ -100,17 +100,23 @@ pub struct HttpCounts {
     pub timed_out: u64,
     pub evicted: u64,
     pub accept_errors: u64,
+    /// Of the refused, those the access policy refused ([`HttpAccessCounters`]): by address,
+    /// and for want of the bearer token.
+    pub access_refused_address: u64,
+    pub access_refused_token: u64,
 }
 
 impl HttpCounters {
-    /// Every count, now.
-    pub fn snapshot(&self) -> HttpCounts {
+    /// Every count, now, with the access policy's refusals `access`.
+    pub fn snapshot(&self, access: &HttpAccessCounters) -> HttpCounts {
         HttpCounts {
             served: self.served.load(Relaxed),
             refused: self.refused.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
+            access_refused_address: access.refused_address.load(Relaxed),
+            access_refused_token: access.refused_token.load(Relaxed),
         }
     }
 
@@ -431,7 +437,7 @@ impl MetricsServer {
             // Counted first, so the page it gets counts it.
             HttpCounters::bump(&self.counters.served);
             let mut page = (self.render)();
-            prom::http(&mut page, &self.engine_id, &self.counters.snapshot());
+            prom::http(&mut page, &self.engine_id, &self.counters.snapshot(&self.access_counters));
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page)
         } else if path == "/" {
             ("200 OK", "text/plain", "mdsub engine: metrics at /metrics\n".to_string())
@@ -586,7 +592,7 @@ mod tests {
             assert!(page.contains(line), "{line} in {page}");
         }
         stop.stop();
-        let s = h.join().expect("joins").counters().snapshot();
+        let s = h.join().expect("joins").counters().snapshot(&HttpAccessCounters::default());
         assert_eq!((s.served, s.timed_out, s.evicted), (2, 1, 0));
     }
 
@@ -718,7 +724,7 @@ mod tests {
         assert!(page.starts_with("HTTP/1.1 200"), "{page}");
         assert!(t0.elapsed() < ACCEPT_PAUSE * 3, "taken within a pause: {:?}", t0.elapsed());
         stop.stop();
-        let s = h.join().expect("joins").counters().snapshot();
+        let s = h.join().expect("joins").counters().snapshot(&HttpAccessCounters::default());
         assert_eq!(s.served, 2);
         drop(held);
     }
@@ -737,7 +743,7 @@ mod tests {
             assert!(t0.elapsed() < Duration::from_millis(500), "stopped within 500 ms");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let s = h.join().expect("joins").counters().snapshot();
+        let s = h.join().expect("joins").counters().snapshot(&HttpAccessCounters::default());
         assert_eq!(s.served, 1);
     }
 
@@ -761,7 +767,7 @@ mod tests {
             assert!(said.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "connection {k}: {said}");
         }
         stop.stop();
-        let s = h.join().expect("joins").counters().snapshot();
+        let s = h.join().expect("joins").counters().snapshot(&HttpAccessCounters::default());
         assert_eq!((s.served, s.evicted), (1, (20 + 1 - MAX_CONNECTIONS) as u64));
     }
 
@@ -781,7 +787,7 @@ mod tests {
         assert!(page.contains("\nmdsub_metrics_http_refused_total{engine=\"\"} 3\n"), "{page}");
         assert!(page.contains("\nmdsub_metrics_http_served_total{engine=\"\"} 2\n"), "{page}");
         stop.stop();
-        let s = h.join().expect("joins").counters().snapshot();
+        let s = h.join().expect("joins").counters().snapshot(&HttpAccessCounters::default());
         assert_eq!((s.served, s.refused), (2, 3));
     }
 
@@ -800,7 +806,7 @@ mod tests {
         assert!(get(addr, b"GET /metrics HTTP/1.1\r\nauthorization: Bearer tok\r\n\r\n").contains("\r\n\r\nm 1\n"));
         assert!(get(addr, b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer tak\r\n\r\n").starts_with("HTTP/1.1 401"));
         stop.stop();
-        let s = h.join().expect("joins").counters().snapshot();
+        let s = h.join().expect("joins").counters().snapshot(&HttpAccessCounters::default());
         assert_eq!((s.served, counters.refused_token.load(Relaxed), counters.refused_address.load(Relaxed)), (1, 2, 0));
     }
 }

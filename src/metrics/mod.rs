@@ -354,6 +354,10 @@ pub struct ShardReport {
     /// reason, links mdsub re-established (libzmq would not).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<crate::link::LinkStats>,
+    /// Publisher connections its SUB's bound endpoints accepted, and those that ended (a
+    /// publisher that closed, or a message over `max_msg_bytes`: libzmq does not say which).
+    pub publisher_connects: u64,
+    pub publisher_disconnects: u64,
     /// Times the shard went silent (no frame, not even a heartbeat, for 1.5 s).
     pub silences: u64,
     pub longest_silence_ms: f64,
@@ -589,6 +593,13 @@ impl RunReport {
             for sh in &self.shards {
                 for l in &sh.links {
                     let _ = writeln!(s, "    {:<11} link {l}", sh.shard);
+                }
+                if sh.publisher_connects > 0 || sh.publisher_disconnects > 0 {
+                    let _ = writeln!(
+                        s,
+                        "    {:<11} bound: publisher_connects={} publisher_disconnects={}",
+                        sh.shard, sh.publisher_connects, sh.publisher_disconnects
+                    );
                 }
             }
         }

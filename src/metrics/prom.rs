@@ -56,6 +56,9 @@ pub struct ShardLive {
     pub counts: super::SequenceCounts,
     /// The shard's watched links (losses by reason, reconnects).
     pub links: Vec<crate::link::LinkStats>,
+    /// Publisher connections its bound endpoints accepted, and those that ended.
+    pub publisher_connects: u64,
+    pub publisher_disconnects: u64,
 }
 
 /// What the engine knows now, apart from latency.
@@ -68,6 +71,17 @@ pub struct EngineLive {
     pub metrics_dropped: u64,
     /// The snail's state at every site that judges lag (readers, workers).
     pub snail: Vec<crate::snail::SiteReport>,
+    /// What each worker core's handler refused, by reason (as of its last report period).
+    pub handler_refused: Vec<HandlerRefused>,
+}
+
+/// What one worker core's handler refused (a new key past one of its limits), by reason.
+#[derive(Debug, Clone, Default)]
+pub struct HandlerRefused {
+    /// The thread that runs the handler: `workerN`, or `shardN-reader` with the inline hand-off.
+    pub agent: String,
+    /// Every reason the handler refuses under, with its count.
+    pub counts: Vec<(&'static str, u64)>,
 }
 
 impl EngineLive {
@@ -173,7 +187,8 @@ fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
 }
 
 /// The `/metrics` server's own counters (`super::http::HttpCounters`), appended by the server to
-/// every page it serves: `mdsub_metrics_http_{served,refused,timed_out,evicted,accept_errors}_total`.
+/// every page it serves: `mdsub_metrics_http_{served,refused,timed_out,evicted,accept_errors}_total`,
+/// and the requests its access policy refused, `mdsub_metrics_http_access_refused_total{reason}`.
 pub fn http(s: &mut String, engine_id: &str, c: &super::http::HttpCounts) {
     use super::http::{ACCEPT_PAUSE, MAX_CONNECTIONS, REQUEST_DEADLINE};
     let labels = format!("engine=\"{}\"", escape(engine_id));
@@ -207,6 +222,17 @@ pub fn http(s: &mut String, engine_id: &str, c: &super::http::HttpCounts) {
     for (what, help, v) in families {
         family(s, &format!("mdsub_metrics_http_{what}_total"), "counter", &help, |f| f.sample("", &labels, v));
     }
+    family(
+        s,
+        "mdsub_metrics_http_access_refused_total",
+        "counter",
+        "Requests the access policy refused: from outside --metrics-allow-addr (reason address, \
+         403), without the bearer token or with another (reason token, 401).",
+        |f| {
+            f.sample("", &format!("{labels},reason=\"address\""), c.access_refused_address);
+            f.sample("", &format!("{labels},reason=\"token\""), c.access_refused_token);
+        },
+    );
 }
 
 /// Render the exposition.
@@ -232,6 +258,19 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         &|c| c.counts.reordered,
     );
     counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", &|c| c.counts.restarts);
+    counter(
+        &mut s,
+        "mdsub_shard_publisher_connects_total",
+        "Publisher connections accepted on the shard's bound endpoints (handshakes).",
+        &|c| c.publisher_connects,
+    );
+    counter(
+        &mut s,
+        "mdsub_shard_publisher_disconnects_total",
+        "Publisher connections on the shard's bound endpoints that ended: the publisher closed, or \
+         libzmq dropped it for a message over max_msg_bytes (it gives no cause).",
+        &|c| c.publisher_disconnects,
+    );
     family(
         &mut s,
         "mdsub_shard_bad_frames_total",
@@ -423,6 +462,21 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
         f.sample("", &format!("engine=\"{id}\""), live.metrics_dropped)
     });
+    family(
+        &mut s,
+        "mdsub_handler_refused_total",
+        "counter",
+        "New keys the handler refused past one of its limits, by agent and reason (last_full, \
+         last_too_big, verify_full, instruments_full, orders_full, levels_full); published once per \
+         report period (a tenth of the metrics interval).",
+        |f| {
+            for h in &live.handler_refused {
+                for (reason, n) in &h.counts {
+                    f.sample("", &format!("engine=\"{id}\",agent=\"{}\",reason=\"{reason}\"", escape(&h.agent)), n);
+                }
+            }
+        },
+    );
     s
 }
 
@@ -430,6 +484,36 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
 mod tests {
     use super::*;
     use crate::metrics::shard_sets;
+
+    /// Every family a page with every optional part filled in (snail sites, links, handler
+    /// refusals, the server's own counts) serves is a row of docs/METRICS.md, and every row is a
+    /// family the page serves: the doc is the page's list.
+    #[test]
+    fn every_family_rendered_is_documented() {
+        let link = crate::link::LinkStats { endpoint: "tcp://127.0.0.1:1".into(), ..Default::default() };
+        let live = EngineLive {
+            engine_id: "e".into(),
+            shards: vec![ShardLive { links: vec![link], ..Default::default() }],
+            agents: vec![AgentStats { role: "worker0".into(), ..Default::default() }],
+            snail: vec![crate::snail::SiteReport { role: "shard0-reader".into(), ..Default::default() }],
+            handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("verify_full", 0)] }],
+            ..Default::default()
+        };
+        let latency = LiveLatency { cumulative: shard_sets(1), last_interval: shard_sets(1), ..Default::default() };
+        let mut page = render(&live, &latency);
+        http(&mut page, "e", &super::super::http::HttpCounts::default());
+        let doc = include_str!("../../docs/METRICS.md");
+        let rows: std::collections::BTreeSet<&str> =
+            doc.lines().filter(|l| l.starts_with("| `mdsub_")).filter_map(|l| l.split('`').nth(1)).collect();
+        let families: std::collections::BTreeSet<&str> =
+            page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        assert_eq!(
+            families.difference(&rows).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "served, not in docs/METRICS.md"
+        );
+        assert_eq!(families.len(), rows.len(), "rows of docs/METRICS.md the page does not serve: {rows:?}");
+    }
 
     #[test]
     fn buckets_are_cumulative_and_end_at_the_count() {
@@ -506,6 +590,7 @@ mod tests {
                 self_stalls: 2,
                 longest_self_stall_ns: 8_340_000_000,
             }],
+            handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("orders_full", 3)] }],
         };
         let t = render(&live, &latency);
         assert!(t.contains("mdsub_snail_verdict{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
@@ -514,6 +599,8 @@ mod tests {
         assert_eq!(live.snail_verdict(Some(1)), crate::snail::Verdict::Snail);
         assert_eq!(live.snail_verdict(Some(0)), crate::snail::Verdict::Ok);
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");
+        let refused = "mdsub_handler_refused_total{engine=\"e\\\"1\",agent=\"worker0\",reason=\"orders_full\"} 3\n";
+        assert!(t.contains(refused), "{t}");
         assert!(t.contains("mdsub_shard_delivered_total{engine=\"e\\\"1\",shard=\"1\"} 1"), "{t}");
         assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");
         assert!(t.contains("stage=\"total\",le=\"0.000005\"} 1"), "{t}");

@@ -491,7 +491,7 @@ fn shard_verdicts(sites: &[SiteReport], croaked: Option<&Scream>) -> Vec<ShardVe
 }
 
 /// One site in a [`SnailReport`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SiteReport {
     pub role: String,
     pub shard: Option<usize>,

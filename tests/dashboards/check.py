@@ -8,11 +8,16 @@
                        ask a Prometheus server at BASE (http://HOST:PORT) for
                        the instant QUERY through its HTTP API; print the
                        result vector as [[labels, value], …] in JSON.
-  check.py scrape URL  GET URL with urllib, parse the body with
-                       prometheus_client's text-format parser; print every
-                       sample as [name, labels, value] (value null for NaN)
-                       and every family as
+  check.py scrape URL [TOKEN]
+                       GET URL with urllib (with TOKEN: as a bearer token),
+                       parse the body with prometheus_client's text-format
+                       parser; print every sample as [name, labels, value]
+                       (value null for NaN) and every family as
                        [name, type, samples] in the order read, in JSON.
+  check.py status URL SOURCE
+                       GET URL with http.client from the local address
+                       SOURCE (e.g. 127.0.0.2), no token; print the answer's
+                       status as JSON ({"status": 403}).
 """
 import json
 import math
@@ -63,11 +68,14 @@ def hlog(path):
     print(json.dumps({"start_time_sec": reader.start_time_sec, "base_time_sec": reader.base_time_sec, "tags": out}))
 
 
-def scrape(url):
+def scrape(url, token=None):
     import urllib.request
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url, timeout=10) as r:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(request, timeout=10) as r:
         ctype = r.headers.get("Content-Type", "")
         body = r.read().decode("utf-8")
     samples = []
@@ -81,6 +89,17 @@ def scrape(url):
             value = s.value if math.isfinite(s.value) else None
             samples.append([s.name, s.labels, value])
     print(json.dumps({"content_type": ctype, "types": types, "families": families, "samples": samples}))
+
+
+def status(url, source):
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10, source_address=(source, 0))
+    conn.request("GET", u.path)
+    print(json.dumps({"status": conn.getresponse().status}))
+    conn.close()
 
 
 def promql(base, query):
@@ -100,4 +119,4 @@ def promql(base, query):
 
 
 if __name__ == "__main__":
-    {"hlog": hlog, "scrape": scrape, "promql": promql}[sys.argv[1]](*sys.argv[2:])
+    {"hlog": hlog, "scrape": scrape, "status": status, "promql": promql}[sys.argv[1]](*sys.argv[2:])
