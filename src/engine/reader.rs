@@ -196,6 +196,11 @@ pub struct Checks {
     longest_silence_ns: u64,
     /// A silence that ended in `check`, not yet said by [`Checks::silence`].
     ended_silence_ns: Option<u64>,
+    /// The last [`Checks::silence`] call, and when the reader last resumed from a self-stall
+    /// (its calls [`crate::snail::SELF_STALL_NS`] or more apart): silence is judged from there,
+    /// as the snail's is, not across a pause of the reader itself.
+    silence_checked_ns: u64,
+    resumed_ns: u64,
     /// The last frame was an end of stream and no other session is open: quiet from
     /// here on is expected, not a silence (as the snail's STOP is disarmed), until
     /// another frame arrives.
@@ -229,6 +234,8 @@ impl Checks {
             silences: 0,
             longest_silence_ns: 0,
             ended_silence_ns: None,
+            silence_checked_ns: 0,
+            resumed_ns: 0,
             quiet_by_right: false,
             refusals: Refusals::new("reader", SUMMARY_INTERVAL_NS),
             refusal_line: None,
@@ -417,6 +424,12 @@ impl Checks {
     /// last call); each change is returned once. Quiet after an end of stream
     /// is no silence (until the next frame).
     pub fn silence(&mut self, now_ns: u64) -> Option<Silence> {
+        // The reader ran last at its last frame or its last call here.
+        let ran = self.last_recv_ns.max(self.silence_checked_ns);
+        if ran > 0 && now_ns.saturating_sub(ran) >= crate::snail::SELF_STALL_NS {
+            self.resumed_ns = now_ns;
+        }
+        self.silence_checked_ns = now_ns;
         if let Some(lasted_ns) = self.ended_silence_ns.take() {
             return Some(Silence::Ended { lasted_ns });
         }
@@ -426,7 +439,7 @@ impl Checks {
             }
             return None;
         }
-        if now_ns.saturating_sub(self.last_recv_ns) >= SILENCE_AFTER_NS {
+        if now_ns.saturating_sub(self.last_recv_ns.max(self.resumed_ns)) >= SILENCE_AFTER_NS {
             self.silent = true;
             self.silences += 1;
             return Some(Silence::Began { since_ns: self.last_recv_ns });
@@ -889,15 +902,27 @@ mod tests {
         wire::encode(b"AAPL", &h, &[0u8; 16])
     }
 
+    /// The reader's idle rounds after `from` up to `to`: a silence check every 100 ms (an idle
+    /// reader checks at least that often: the longest idle wait), and what they said.
+    fn idle(c: &mut Checks, from: u64, to: u64) -> Vec<Silence> {
+        let mut said = Vec::new();
+        let mut t = from;
+        while t < to {
+            t = (t + 100_000_000).min(to);
+            said.extend(c.silence(t));
+        }
+        said
+    }
+
     #[test]
     fn silence_begins_after_the_limit_and_ends_with_the_next_frame() {
         let mut c = Checks::new(Routing::ByTopic, 2, true);
-        assert_eq!(c.silence(10 * SILENCE_AFTER_NS), None, "no silence before the first frame");
-        let t0 = 1_000_000_000;
+        let t0 = 10 * SILENCE_AFTER_NS;
+        assert_eq!(idle(&mut c, 0, t0 - 1), vec![], "no silence before the first frame");
         assert!(c.check(&frame(1, Kind::Data), t0).is_some());
-        assert_eq!(c.silence(t0 + SILENCE_AFTER_NS - 1), None);
+        assert_eq!(idle(&mut c, t0, t0 + SILENCE_AFTER_NS - 1), vec![]);
         assert_eq!(c.silence(t0 + SILENCE_AFTER_NS), Some(Silence::Began { since_ns: t0 }));
-        assert_eq!(c.silence(t0 + 2 * SILENCE_AFTER_NS), None, "said once");
+        assert_eq!(idle(&mut c, t0 + SILENCE_AFTER_NS, t0 + 3 * SILENCE_AFTER_NS), vec![], "said once");
         // A heartbeat ends it too: any frame is a sign of life.
         assert!(c.check(&frame(1, Kind::Heartbeat), t0 + 3 * SILENCE_AFTER_NS).is_none());
         assert_eq!(c.silence(t0 + 3 * SILENCE_AFTER_NS), Some(Silence::Ended { lasted_ns: 3 * SILENCE_AFTER_NS }));
@@ -912,17 +937,48 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_of_the_reader_itself_is_no_silence_until_the_limit_has_passed_since_it_resumed() {
+        // Before: a reader paused 8 s (SIGSTOP, a VM pause) said `silent: no frame for 1.5s` at
+        // once when it resumed, and `frames again after 8s of silence` at the next heartbeat.
+        let mut c = Checks::new(Routing::ByTopic, 1, true);
+        let t0 = 10 * SILENCE_AFTER_NS;
+        assert!(c.check(&frame(1, Kind::Data), t0).is_some());
+        assert_eq!(idle(&mut c, t0, t0 + 500_000_000), vec![]);
+        let resumed = t0 + 8_000_000_000;
+        assert_eq!(c.silence(resumed), None, "the reader did not run: it cannot tell a silence");
+        assert_eq!(idle(&mut c, resumed, resumed + SILENCE_AFTER_NS - 1), vec![]);
+        // Still nothing from the publisher: a silence now.
+        assert_eq!(c.silence(resumed + SILENCE_AFTER_NS), Some(Silence::Began { since_ns: t0 }));
+        let counters = ShardCounters::default();
+        c.publish(&counters);
+        assert_eq!(counters.silences.load(Relaxed), 1);
+        // A frame read after the pause, no silence in between: none said at all.
+        let mut c = Checks::new(Routing::ByTopic, 1, true);
+        assert!(c.check(&frame(1, Kind::Data), t0).is_some());
+        assert_eq!(c.silence(resumed), None);
+        assert!(c.check(&frame(2, Kind::Heartbeat), resumed + 1).is_none());
+        assert_eq!(idle(&mut c, resumed + 1, resumed + 1_000_000_000), vec![]);
+        c.publish(&counters);
+        assert_eq!(counters.silences.load(Relaxed), 0);
+    }
+
+    #[test]
     fn quiet_after_an_end_of_stream_is_no_silence_until_the_next_frame() {
         let mut c = Checks::new(Routing::ByTopic, 1, true);
         let t0 = 1_000_000_000;
         assert!(c.check(&frame(1, Kind::Data), t0).is_some());
         assert!(c.check(&frame(1, Kind::EndOfStream), t0 + 1).is_none());
-        assert_eq!(c.silence(t0 + 10 * SILENCE_AFTER_NS), None, "a publisher that said goodbye is quiet by right");
+        assert_eq!(
+            idle(&mut c, t0 + 1, t0 + 10 * SILENCE_AFTER_NS),
+            vec![],
+            "a publisher that said goodbye is quiet by right"
+        );
         // A new frame (a publisher back) arms it again.
         let t1 = t0 + 20 * SILENCE_AFTER_NS;
         assert!(c.check(&frame(1, Kind::Heartbeat), t1).is_none());
+        assert_eq!(idle(&mut c, t1, t1 + SILENCE_AFTER_NS - 1), vec![]);
         assert_eq!(c.silence(t1 + SILENCE_AFTER_NS), Some(Silence::Began { since_ns: t1 }));
-        assert_eq!(c.silence(t1 + 2 * SILENCE_AFTER_NS), None);
+        assert_eq!(idle(&mut c, t1 + SILENCE_AFTER_NS, t1 + 2 * SILENCE_AFTER_NS), vec![]);
         let counters = ShardCounters::default();
         c.publish(&counters);
         assert_eq!(counters.silences.load(Relaxed), 1);
@@ -954,6 +1010,7 @@ mod tests {
         assert!(c.check(&frame(1, Kind::Data), t0).is_some());
         assert!(c.check(&other(1, Kind::Data), t0 + 1).is_some());
         assert!(c.check(&frame(1, Kind::EndOfStream), t0 + 2).is_none());
+        assert_eq!(idle(&mut c, t0 + 2, t0 + 1 + SILENCE_AFTER_NS), vec![]);
         assert_eq!(
             c.silence(t0 + 2 + SILENCE_AFTER_NS),
             Some(Silence::Began { since_ns: t0 + 2 }),
