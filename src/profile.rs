@@ -36,8 +36,8 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ProfileError
 /// before it failed).
 pub const MAX_THREADS_OF_A_KIND: usize = 256;
 
-/// One shard of a profile.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One shard of a profile (the default: no endpoint, no filter, nothing pinned).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShardProfile {
     /// Publisher endpoints to connect (`tcp://host:port`). The demo and bench
@@ -275,14 +275,7 @@ impl Profile {
         Profile {
             name: "builtin-2core".into(),
             allow_shared_cores: true,
-            shards: vec![ShardProfile {
-                endpoints: vec![],
-                binds: vec![],
-                interface: None,
-                subscribe: vec![],
-                io_core: None,
-                reader_core: None,
-            }],
+            shards: vec![ShardProfile::default()],
             workers: vec![WorkerProfile::default()],
             routing: Routing::ByTopic,
             handoff: HandOff::Batch,
@@ -307,16 +300,7 @@ impl Profile {
         p.name = format!("auto-{}core", host.len());
         let shards = shards.max(1);
         let workers = workers.max(1);
-        p.shards = (0..shards)
-            .map(|_| ShardProfile {
-                endpoints: vec![],
-                binds: vec![],
-                interface: None,
-                subscribe: vec![],
-                io_core: None,
-                reader_core: None,
-            })
-            .collect();
+        p.shards = vec![ShardProfile::default(); shards];
         p.workers = vec![WorkerProfile::default(); workers];
         if host.len() > 2 * shards + workers {
             p.allow_shared_cores = false;

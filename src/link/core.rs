@@ -340,8 +340,9 @@ impl Links {
     /// Take one event for `endpoint` at `now_ns`; decisions go to `out`.
     pub fn on_event(&mut self, event: Event, endpoint: &str, now_ns: u64, out: &mut Vec<Decision>) {
         let Some(i) = self.find(endpoint) else { return };
+        let ended = self.ended;
         let l = &mut self.links[i];
-        if self.ended && event == Event::HandshakeSucceeded && l.state == State::Connecting {
+        if ended && event == Event::HandshakeSucceeded && l.state == State::Connecting {
             // The handshake the stream came through, read after its end of stream (an owner
             // reads its monitor between rounds): counted, and the link ended as if read before.
             l.stats.connects += 1;
@@ -384,7 +385,9 @@ impl Links {
                         reconnects: l.stats.reconnects,
                     });
                 }
-                l.state = State::Up;
+                // A link lost before the end of stream and back after it (its handshake read
+                // late): the stream ended on it, as on one up at the end.
+                l.state = if ended { State::Ended } else { State::Up };
             }
             Event::HandshakeFailed(kind) => {
                 // DISCONNECTED follows; keep the detail for it.
@@ -674,6 +677,13 @@ mod tests {
         run(&mut l, &[(Event::HandshakeSucceeded, 0), (Event::Disconnected, 1_000), (Event::ConnectRetried, 1_010)]);
         assert!(l.end_of_stream(2_000 + RETRY_GRACE_NS).is_empty());
         assert_eq!(l.stats()[0].lost.get("disconnected"), Some(&1));
+        // Its reconnection read after the end of stream (the stream came through it): a
+        // reconnect, and `ended` (it said `up`, so a run's end state still hung on the race).
+        let mut out = Vec::new();
+        l.on_event(Event::HandshakeSucceeded, SEEN, 3_000 + RETRY_GRACE_NS, &mut out);
+        assert!(matches!(out[..], [Decision::Up { reconnects: 1, .. }]), "{out:?}");
+        let s = &l.stats()[0];
+        assert_eq!((s.state.as_str(), s.connects, s.reconnects), ("ended", 2, 1), "{s}");
     }
 
     #[test]
