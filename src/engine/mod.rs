@@ -720,8 +720,7 @@ impl Engine {
         // A croak stops the engine through the stop flag too; that is the croak, not an interruption.
         let croak = self.snail.croak();
         let waited = timeout.filter(|_| timed_out);
-        let mut report = self.report(collected, interrupted && croak.is_none(), waited, agents);
-        report.time_limit = timed_out && croak.is_none();
+        let report = self.report(collected, interrupted && croak.is_none(), waited, agents);
         match croak {
             Some(scream) => Err(EngineError::Croaked(Box::new(Croaked { scream, report }))),
             None => Ok(report),
@@ -797,8 +796,8 @@ impl Engine {
             mb_per_sec: bytes as f64 / secs / 1e6,
             latency: stages.summary(),
             interrupted,
-            // Set by `join`, which knows why it stopped.
-            time_limit: false,
+            // The wait ran out (not a croak, which is not an interruption).
+            time_limit: interrupted && waited.is_some(),
             metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             handler: collected.handler,
             handler_summary: collected.handler_summary,
