@@ -196,11 +196,10 @@ pub struct Checks {
     longest_silence_ns: u64,
     /// A silence that ended in `check`, not yet said by [`Checks::silence`].
     ended_silence_ns: Option<u64>,
-    /// The last [`Checks::silence`] call, and when the reader last resumed from a self-stall
-    /// (its calls [`crate::snail::SELF_STALL_NS`] or more apart): silence is judged from there,
-    /// as the snail's is, not across a pause of the reader itself.
-    silence_checked_ns: u64,
-    resumed_ns: u64,
+    /// The reader's runs (its frames and its [`Checks::silence`] calls), to tell a self-stall:
+    /// silence is judged from the resumption, as the snail's is, not across a pause of the
+    /// reader itself.
+    cadence: crate::snail::Cadence,
     /// The last frame was an end of stream and no other session is open: quiet from
     /// here on is expected, not a silence (as the snail's STOP is disarmed), until
     /// another frame arrives.
@@ -234,8 +233,7 @@ impl Checks {
             silences: 0,
             longest_silence_ns: 0,
             ended_silence_ns: None,
-            silence_checked_ns: 0,
-            resumed_ns: 0,
+            cadence: crate::snail::Cadence::default(),
             quiet_by_right: false,
             refusals: Refusals::new("reader", SUMMARY_INTERVAL_NS),
             refusal_line: None,
@@ -424,12 +422,9 @@ impl Checks {
     /// last call); each change is returned once. Quiet after an end of stream
     /// is no silence (until the next frame).
     pub fn silence(&mut self, now_ns: u64) -> Option<Silence> {
-        // The reader ran last at its last frame or its last call here.
-        let ran = self.last_recv_ns.max(self.silence_checked_ns);
-        if ran > 0 && now_ns.saturating_sub(ran) >= crate::snail::SELF_STALL_NS {
-            self.resumed_ns = now_ns;
-        }
-        self.silence_checked_ns = now_ns;
+        // The reader ran at its last frame (told here, not per frame) and now.
+        self.cadence.ran_before(self.last_recv_ns);
+        self.cadence.ran(now_ns);
         if let Some(lasted_ns) = self.ended_silence_ns.take() {
             return Some(Silence::Ended { lasted_ns });
         }
@@ -439,7 +434,7 @@ impl Checks {
             }
             return None;
         }
-        if now_ns.saturating_sub(self.last_recv_ns.max(self.resumed_ns)) >= SILENCE_AFTER_NS {
+        if now_ns.saturating_sub(self.last_recv_ns.max(self.cadence.resumed_ns())) >= SILENCE_AFTER_NS {
             self.silent = true;
             self.silences += 1;
             return Some(Silence::Began { since_ns: self.last_recv_ns });

@@ -215,6 +215,51 @@ impl Default for SnailConfig {
 /// (`engine::reader`'s tests check it against every idle strategy.)
 pub const SELF_STALL_NS: u64 = 1_000_000_000;
 
+/// A shell's calls into a core, to tell a self-stall: two calls at least [`SELF_STALL_NS`]
+/// apart mean the shell itself did not run between them, so nothing can be judged of what
+/// it did not hear meanwhile. Served by the snail's [`Silence`] and the reader's own silence
+/// line (`engine::reader::Checks`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cadence {
+    /// The shell's last call (0: none yet, or its cadence is not known).
+    last_ran_ns: u64,
+    /// When the last self-stall ended (0: none): quiet is judged from here at the earliest.
+    resumed_ns: u64,
+}
+
+impl Cadence {
+    /// The shell ran at `now_ns`. `Some(gap)` when the gap since its last call makes this the
+    /// end of a self-stall (the resumption is then `now_ns`).
+    #[inline]
+    pub fn ran(&mut self, now_ns: u64) -> Option<u64> {
+        let gap = now_ns.saturating_sub(self.last_ran_ns);
+        let known = self.last_ran_ns != 0;
+        self.last_ran_ns = now_ns;
+        if !known || gap < SELF_STALL_NS {
+            return None;
+        }
+        self.resumed_ns = now_ns;
+        Some(gap)
+    }
+
+    /// The shell also ran at `t_ns`, told later (the reader's last frame, not told per frame):
+    /// the last run moves up to it, if later; no stall is judged.
+    #[inline]
+    pub fn ran_before(&mut self, t_ns: u64) {
+        self.last_ran_ns = self.last_ran_ns.max(t_ns);
+    }
+
+    /// The shell stopped calling at its cadence: the next call starts it again, no stall.
+    pub fn forget(&mut self) {
+        self.last_ran_ns = 0;
+    }
+
+    /// When the last self-stall ended (0: none).
+    pub fn resumed_ns(&self) -> u64 {
+        self.resumed_ns
+    }
+}
+
 /// The silence detector (a socket-free core): STOP when nothing at all (no
 /// data, no heartbeat) was heard for `silence_ns`. Armed by the first frame,
 /// disarmed by an end of stream (a publisher that said goodbye is quiet by
@@ -229,10 +274,8 @@ pub struct Silence {
     silence_ns: u64,
     last_heard_ns: u64,
     armed: bool,
-    /// The shell's last call (0: none yet, or its cadence is not known).
-    last_ran_ns: u64,
-    /// When the last self-stall ended (0: none): quiet is judged from here at the earliest.
-    resumed_ns: u64,
+    /// The shell's calls: quiet is judged from the end of its last self-stall at the earliest.
+    cadence: Cadence,
     self_stalls: u64,
     longest_self_stall_ns: u64,
 }
@@ -243,8 +286,7 @@ impl Silence {
             silence_ns,
             last_heard_ns: 0,
             armed: false,
-            last_ran_ns: 0,
-            resumed_ns: 0,
+            cadence: Cadence::default(),
             self_stalls: 0,
             longest_self_stall_ns: 0,
         }
@@ -255,22 +297,16 @@ impl Silence {
     /// end of a self-stall: counted, and silence is judged from `now_ns` on.
     #[inline]
     pub fn ran(&mut self, now_ns: u64) -> Option<u64> {
-        let gap = now_ns.saturating_sub(self.last_ran_ns);
-        let known = self.last_ran_ns != 0;
-        self.last_ran_ns = now_ns;
-        if !known || gap < SELF_STALL_NS {
-            return None;
-        }
+        let gap = self.cadence.ran(now_ns)?;
         self.self_stalls += 1;
         self.longest_self_stall_ns = self.longest_self_stall_ns.max(gap);
-        self.resumed_ns = now_ns;
         Some(gap)
     }
 
     /// The shell stopped calling at its cadence (the checks were off): the next
     /// call starts it again and is no stall.
     pub fn forget_cadence(&mut self) {
-        self.last_ran_ns = 0;
+        self.cadence.forget();
     }
 
     /// Something arrived at `now_ns`.
@@ -288,7 +324,7 @@ impl Silence {
     /// How long it has been silent at `now_ns`, if that is a STOP: since the
     /// last frame heard, or since the end of the last self-stall if later.
     pub fn check(&self, now_ns: u64) -> Option<u64> {
-        let quiet = now_ns.saturating_sub(self.last_heard_ns.max(self.resumed_ns));
+        let quiet = now_ns.saturating_sub(self.last_heard_ns.max(self.cadence.resumed_ns()));
         (self.armed && quiet >= self.silence_ns).then_some(quiet)
     }
 
