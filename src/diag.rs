@@ -22,11 +22,42 @@
 use std::fmt::{self, Display, Write as _};
 use std::io::Write;
 
-/// Write one line to stderr; a closed or broken stderr is ignored.
+/// Write one line to stderr; a closed or broken stderr is ignored. While a progress or status
+/// line is drawn on the terminal ([`draw_lines_above`]), the line is written above it: the bar is
+/// cleared, the line written, the bar drawn again (a line from any thread, not only the bar's).
 pub fn line(args: fmt::Arguments<'_>) {
-    let mut e = std::io::stderr().lock();
-    let _ = e.write_fmt(args);
-    let _ = e.write_all(b"\n");
+    let write = || {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_fmt(args);
+        let _ = e.write_all(b"\n");
+    };
+    match shown_bar() {
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    }
+}
+
+/// The progress line on the terminal now, if any (held weakly: a dropped bar is gone).
+static SHOWN_BAR: std::sync::Mutex<Option<indicatif::WeakProgressBar>> = std::sync::Mutex::new(None);
+
+/// Keep diagnostic lines above `bar` while it is drawn: without this, a line written from
+/// another thread (a link coming up, a refusal) lands inside the bar's line and the two garble
+/// each other until the next redraw. A hidden bar (stderr is no terminal) is not kept. The
+/// latest bar wins; one that is dropped or finished no longer counts. Inside `bar.suspend(..)`
+/// or a bar's own callbacks, call nothing that says a diagnostic line (the bar's state lock is
+/// held there, and `line` would take it again).
+pub fn draw_lines_above(bar: &indicatif::ProgressBar) {
+    if bar.is_hidden() {
+        return;
+    }
+    if let Ok(mut shown) = SHOWN_BAR.lock() {
+        *shown = Some(bar.downgrade());
+    }
+}
+
+fn shown_bar() -> Option<indicatif::ProgressBar> {
+    let bar = SHOWN_BAR.lock().ok()?.as_ref()?.upgrade()?;
+    (!bar.is_finished()).then_some(bar)
 }
 
 /// `eprintln!` that never panics: formats like `format!` and writes through [`diag::line`](line()).

@@ -214,6 +214,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     if let Ok(style) = indicatif::ProgressStyle::with_template("capacity [{bar:30}] {pos}/{len} trials  {msg}") {
         pb.set_style(style.progress_chars("=> "));
     }
+    crate::diag::draw_lines_above(&pb);
     let json = args.json;
     let result = capacity::run(&cfg, stop, &mut |ev| match ev {
         Event::TrialStarted { config, rate, purpose, done, estimate_left, eta_s } => {

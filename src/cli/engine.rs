@@ -243,7 +243,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         if n > 0 && !sending {
             // As `replay` says it: the handshake is done, a Ctrl-C from here gets a report.
             sending = true;
-            pb.suspend(|| crate::diag!("subscribed: sending"));
+            crate::diag!("subscribed: sending");
         }
         pb.set_position(n)
     });

@@ -166,6 +166,7 @@ pub(crate) fn progress_bar_on(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     pb.set_style(if total.is_some() { style } else { indicatif::ProgressStyle::default_spinner() });
     pb.set_prefix(what.to_string());
+    crate::diag::draw_lines_above(&pb);
     pb
 }
 
@@ -275,6 +276,76 @@ pub(crate) fn check_profile_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A terminal that records what is drawn and where lines are cleared.
+    #[derive(Debug, Default, Clone)]
+    struct Screen(Arc<Mutex<String>>);
+
+    impl Screen {
+        fn push(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().map(|mut t| t.push_str(s)).map_err(|_| std::io::Error::other("poisoned"))
+        }
+        fn text(&self) -> String {
+            self.0.lock().map(|t| t.clone()).unwrap_or_default()
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.push(s)
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.push(s)
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.push("<clear>")
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_diagnostic_line_from_any_thread_is_written_above_the_progress_line() {
+        // Before: a line from a reader thread was written at the cursor, inside the status
+        // line, and the two garbled each other until the next redraw.
+        let screen = Screen::default();
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let pb = progress_bar_on(target, None, "engine");
+        pb.set_message("status-before");
+        assert!(screen.text().trim_end().ends_with("status-before"), "drawn: {:?}", screen.text());
+        let cleared_before = screen.text().matches("<clear>").count();
+        // (Another test's bar drawn since would be the one kept: the latest wins.)
+        crate::diag::draw_lines_above(&pb);
+        std::thread::scope(|s| {
+            s.spawn(|| crate::diag::line(format_args!("test: a line from another thread")));
+        });
+        let text = screen.text();
+        let cleared = text.matches("<clear>").count();
+        assert!(cleared > cleared_before, "the bar is cleared for the line: {text:?}");
+        let redrawn = text.rsplit("<clear>").next().unwrap_or_default();
+        assert!(redrawn.trim_end().ends_with("status-before"), "and drawn again after it: {text:?}");
+        pb.finish_and_clear();
+        let drawn = screen.text().len();
+        crate::diag::line(format_args!("test: a line after the bar"));
+        assert_eq!(screen.text().len(), drawn, "a finished bar is not drawn again");
+    }
 
     #[test]
     fn the_progress_rate_is_whole_and_waits_for_a_rate() {
