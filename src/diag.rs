@@ -97,11 +97,25 @@ impl Lines {
 }
 
 /// `text` as a line may quote it: whole when short, else its first [`QUOTE_CHARS`] characters
-/// and how long it was (a hostile peer's 100 KB value is not echoed whole).
+/// and how long it was (a hostile peer's 100 KB value is not echoed whole). Control characters
+/// are escaped (`\n`, `\u{1b}`): a value from a peer or a store cannot forge a second line or
+/// drive the terminal (clear the screen, recolour what follows).
 pub fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(QUOTE_CHARS) {
-        None => text.into(),
-        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()).into(),
+    let (shown, cut) = match text.char_indices().nth(QUOTE_CHARS) {
+        None => (text, false),
+        Some((at, _)) => (&text[..at], true),
+    };
+    let shown: std::borrow::Cow<'_, str> = match shown.contains(char::is_control) {
+        false => shown.into(),
+        true => shown
+            .chars()
+            .map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() })
+            .collect::<String>()
+            .into(),
+    };
+    match cut {
+        false => shown,
+        true => format!("{shown}… ({} bytes)", text.len()).into(),
     }
 }
 
@@ -452,6 +466,9 @@ mod tests {
     #[test]
     fn long_values_are_quoted_in_part() {
         assert_eq!(quoted("info"), "info");
+        // A newline would forge a second line; an escape sequence would drive the terminal.
+        assert_eq!(quoted("warn\nmdsub: forged"), "warn\\nmdsub: forged");
+        assert_eq!(quoted("\u{1b}[2Jx"), "\\u{1b}[2Jx");
         let long = "é".repeat(100);
         assert_eq!(quoted(&long), format!("{}… (200 bytes)", "é".repeat(QUOTE_CHARS)));
     }

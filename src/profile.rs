@@ -149,9 +149,16 @@ impl SnailProfile {
     }
 
     fn validate(&self) -> Result<(), ProfileError> {
-        for (f, v) in [("snail.max_lag_ms", self.max_lag_ms), ("snail.window_ms", self.window_ms)] {
-            if v == 0 {
-                return Err(invalid(f, "must be at least 1"));
+        if self.window_ms == 0 {
+            return Err(invalid("snail.window_ms", "must be at least 1"));
+        }
+        // The same bounds as the flags and the live settings (`snail_max_lag`, `snail_grace`).
+        for (f, v, range) in [
+            ("snail.max_lag_ms", self.max_lag_ms, snail::defaults::MAX_LAG_RANGE_MS),
+            ("snail.grace_ms", self.grace_ms, snail::defaults::GRACE_RANGE_MS),
+        ] {
+            if !range.contains(&v) {
+                return Err(invalid(f, format!("{v} is out of range: give {} to {}", range.start(), range.end())));
             }
         }
         if self.skew == SkewMode::Tolerant && self.skew_window_ms <= self.grace_ms {
@@ -805,6 +812,13 @@ mod tests {
         let mut p = Profile::builtin();
         p.snail.max_lag_ms = 0;
         assert_eq!(err_field(&p, &[0, 1]), "snail.max_lag_ms");
+        // The live settings' bounds (1h), not only the flags'.
+        let mut p = Profile::builtin();
+        p.snail.max_lag_ms = 3_600_001;
+        assert_eq!(err_field(&p, &[0, 1]), "snail.max_lag_ms");
+        let mut p = Profile::builtin();
+        p.snail.grace_ms = 3_600_001;
+        assert_eq!(err_field(&p, &[0, 1]), "snail.grace_ms");
         let bad = default_2core_with("[snail]\npolicy = \"scream\"\n");
         assert!(matches!(Profile::from_toml(&bad, "b.toml"), Err(ProfileError::Parse { .. })));
     }

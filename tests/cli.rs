@@ -263,7 +263,7 @@ fn assert_refused_with_usage(cases: &[(&[&str], &str)]) {
 fn every_refused_flag_value_exits_2_with_one_line() {
     // Each of these exited 1 with `mdsub: error: …` (audit), while clap's own refusals exit 2.
     assert_refused_with_usage(&[
-        (&["demo", "--max-lag", "0s"], "at least 1ms"),
+        (&["demo", "--max-lag", "0s"], "give 1ms to 1h"),
         (&["demo", "--grace", "1.5ms"], "whole milliseconds"),
         (&["engine", "--endpoint", "tcp://127.0.0.1:1", "--metrics-interval", "0s"], "10ms to 1h"),
         (&["replay", "--drop-every", "1"], "at least 2"),

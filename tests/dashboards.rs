@@ -594,15 +594,15 @@ fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_af
         assert!(shard[f].is_number(), "shard status has {f}: {shard}");
     }
 
-    let set = |name: &str, value: &str| {
-        let key = format!("/mdsub/config/store-test/{name}");
+    let client_does = |args: &[&str]| {
         let (code, _, err) = run_within(
             "clone-client",
-            mdsub().args(["clone-client", "--server", &store, "set", &key, value]),
+            mdsub().args(["clone-client", "--server", &store]).args(args),
             Duration::from_secs(30),
         );
-        assert_eq!(code, Some(0), "clone-client set {key} {value}: {err}");
+        assert_eq!(code, Some(0), "clone-client {args:?}: {err}");
     };
+    let set = |name: &str, value: &str| client_does(&["set", &format!("/mdsub/config/store-test/{name}"), value]);
     let intervals = || get("shard0").and_then(|s| s["intervals"].as_u64()).unwrap_or(0);
     set("metrics_interval", "200ms");
     let before = intervals();
@@ -641,6 +641,20 @@ fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_af
     set("snail_policy", "sideways");
     wait_until(Duration::from_secs(20), "the bad policy refused with its reason", || {
         get("refused/snail_policy").is_some_and(|v| v.as_str().is_some_and(|s| s.contains("not one of croak")))
+    });
+    // A refusal is withdrawn when its value is replaced by the one in force, or deleted (before,
+    // it stayed in the status beside the value in force, re-published every interval).
+    set("snail_policy", "warn");
+    wait_until(Duration::from_secs(20), "the snail_policy refusal withdrawn", || get("refused/snail_policy").is_none());
+    client_does(&["del", "/mdsub/config/store-test/metrics_interval"]);
+    wait_until(Duration::from_secs(20), "the metrics_interval refusal withdrawn", || {
+        get("refused/metrics_interval").is_none()
+    });
+    assert_eq!(get("engine").expect("engine status")["interval_ms"], 200.0, "a deleted setting keeps its value");
+    // The live setting's bounds are the flag's: `--max-lag 2h` is refused at start, so is this.
+    set("snail_max_lag", "2h");
+    wait_until(Duration::from_secs(20), "2h refused with the flag's range", || {
+        get("refused/snail_max_lag").is_some_and(|v| v.as_str().is_some_and(|s| s.contains("give 1ms to 1h")))
     });
 
     e.proc.signal(9);

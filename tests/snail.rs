@@ -765,7 +765,10 @@ fn a_snail_threshold_finer_than_a_millisecond_is_refused_naming_the_flag() {
     for (flag, value, says) in [
         ("--max-lag", "500us", "invalid value '500us' for '--max-lag <DURATION>': this setting is whole milliseconds"),
         ("--grace", "1.5ms", "invalid value '1.5ms' for '--grace <DURATION>': this setting is whole milliseconds"),
-        ("--max-lag", "0s", "invalid value '0s' for '--max-lag <DURATION>': must be at least 1ms"),
+        ("--max-lag", "0s", "invalid value '0s' for '--max-lag <DURATION>': out of range: give 1ms to 1h"),
+        // Before: `--max-lag 2h` ran, though the live setting `snail_max_lag` refused over 1h.
+        ("--max-lag", "2h", "invalid value '2h' for '--max-lag <DURATION>': out of range: give 1ms to 1h"),
+        ("--grace", "61m", "invalid value '61m' for '--grace <DURATION>': out of range: give 0ms to 1h"),
     ] {
         let (code, _out, err) = run_within(
             "engine",

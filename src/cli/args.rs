@@ -264,14 +264,6 @@ pub fn parse_whole_ms(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// [`parse_whole_ms`] of at least 1ms.
-pub fn parse_whole_ms_nonzero(s: &str) -> Result<Duration, String> {
-    match parse_whole_ms(s)? {
-        d if d.is_zero() => Err("must be at least 1ms".into()),
-        d => Ok(d),
-    }
-}
-
 /// The milliseconds of `d` (a duration [`parse_whole_ms`] or [`parse_ms_in`] accepted, so
 /// nothing is cut), for settings kept in milliseconds.
 pub fn whole_ms(d: Duration) -> u64 {
@@ -524,7 +516,6 @@ mod tests {
     fn whole_millisecond_durations_and_ranges() {
         assert_eq!(parse_whole_ms("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_whole_ms("1.5ms").is_err_and(|e| e.contains("whole milliseconds")));
-        assert!(parse_whole_ms_nonzero("0s").is_err_and(|e| e.contains("at least 1ms")));
         assert_eq!(parse_ms_in("10ms", 10..=3_600_000), Ok(Duration::from_millis(10)));
         assert_eq!(parse_ms_in("1h", 10..=3_600_000), Ok(Duration::from_secs(3600)));
         let e = parse_ms_in("9ms", 10..=60_000).expect_err("below");

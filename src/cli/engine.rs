@@ -8,9 +8,8 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::args::{
-    parse_bind_endpoint, parse_clone_server, parse_count_usize, parse_duration, parse_duration_nonzero,
-    parse_endpoint_list, parse_ms_in, parse_thread_count, parse_whole_ms, parse_whole_ms_nonzero, whole_ms, Endpoint,
-    How, Idle,
+    parse_bind_endpoint, parse_clone_server, parse_count_usize, parse_duration_nonzero, parse_endpoint_list,
+    parse_ms_in, parse_thread_count, parse_whole_ms, whole_ms, Endpoint, How, Idle,
 };
 use super::feed::FeedArgs;
 use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
@@ -58,10 +57,10 @@ pub struct SnailArgs {
     pub policy: Option<Policy>,
     /// Lag (now - intended send time) above which a message is late (e.g. 1s, 200ms)
     /// [default: the profile's `[snail]`, else 1s].
-    #[arg(long, value_parser = parse_whole_ms_nonzero, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_max_lag, value_name = "DURATION")]
     pub max_lag: Option<Duration>,
     /// How long the lag must stay above --max-lag to be a snail [default: the profile's `[snail]`, else 1s].
-    #[arg(long, value_parser = parse_whole_ms, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_grace, value_name = "DURATION")]
     pub grace: Option<Duration>,
     /// Nothing heard (no data, no heartbeat) for this long is STOP; 0s: not judged. Counted
     /// only while the engine runs: after a pause of its own (SIGSTOP, a VM pause) of 1s or
@@ -153,6 +152,16 @@ impl SnailArgs {
 /// A metrics interval: whole milliseconds inside [`METRICS_INTERVAL_RANGE_MS`].
 pub fn parse_metrics_interval(s: &str) -> Result<Duration, String> {
     parse_ms_in(s, METRICS_INTERVAL_RANGE_MS)
+}
+
+/// `--max-lag`: whole milliseconds inside [`MAX_LAG_RANGE_MS`](crate::snail::defaults::MAX_LAG_RANGE_MS).
+fn parse_max_lag(s: &str) -> Result<Duration, String> {
+    parse_ms_in(s, crate::snail::defaults::MAX_LAG_RANGE_MS)
+}
+
+/// `--grace`: whole milliseconds inside [`GRACE_RANGE_MS`](crate::snail::defaults::GRACE_RANGE_MS).
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    parse_ms_in(s, crate::snail::defaults::GRACE_RANGE_MS)
 }
 
 /// Parse a snail policy name.
@@ -418,7 +427,7 @@ pub fn engine_settings(engine: &Engine) -> Settings {
         "metrics_interval",
         "how often histograms are collected, logged and published (10ms to 1h, e.g. 500ms)",
         now,
-        (Duration::from_millis(*METRICS_INTERVAL_RANGE_MS.start()), "must be from 10ms to 1h"),
+        METRICS_INTERVAL_RANGE_MS,
         move |d| interval.store(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed),
     );
     let snail = engine.snail().clone();
@@ -429,7 +438,7 @@ pub fn engine_settings(engine: &Engine) -> Settings {
         "snail_max_lag",
         "the snail's max lag: above it for longer than snail_grace is a SNAIL (1ms to 1h, e.g. 500ms)",
         Duration::from_nanos(now.max_lag_ns),
-        (Duration::from_millis(1), "must be from 1ms to 1h"),
+        crate::snail::defaults::MAX_LAG_RANGE_MS,
         move |d| board.set_max_lag_ns(d.as_nanos() as u64),
     );
     let board = snail.clone();
@@ -438,7 +447,7 @@ pub fn engine_settings(engine: &Engine) -> Settings {
         "snail_grace",
         "how long lag may stay above snail_max_lag before it is a SNAIL (0s to 1h, e.g. 300ms)",
         Duration::from_nanos(now.grace_ns),
-        (Duration::ZERO, "must be at most 1h"),
+        crate::snail::defaults::GRACE_RANGE_MS,
         move |d| board.set_grace_ns(d.as_nanos() as u64),
     );
     let board = snail;
@@ -456,21 +465,18 @@ pub fn engine_settings(engine: &Engine) -> Settings {
     s
 }
 
-/// Register a live duration setting from `min` (with the refusal text
-/// `why`) up to 1h; `apply` puts an accepted value in force.
+/// Register a live duration setting inside `range_ms` (whole milliseconds, the range its flag
+/// and profile field take too); `apply` puts an accepted value in force.
 fn register_duration(
     s: &mut Settings,
     name: &str,
     help: &'static str,
     now: Duration,
-    (min, why): (Duration, &'static str),
+    range_ms: std::ops::RangeInclusive<u64>,
     apply: impl Fn(Duration) + Send + 'static,
 ) {
     s.register(name, help, format_duration(now), move |raw| {
-        let d = parse_duration(raw)?;
-        if d < min || d > Duration::from_secs(3600) {
-            return Err(why.into());
-        }
+        let d = parse_ms_in(raw, range_ms.clone())?;
         apply(d);
         Ok(format_duration(d))
     });

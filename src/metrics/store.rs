@@ -138,32 +138,52 @@ impl StoreAgent {
     fn on_change(&mut self, c: Change) -> Result<(), AgentError> {
         let Some(name) = c.key.strip_prefix(self.config.as_bytes()) else { return Ok(()) };
         let name = String::from_utf8_lossy(name).into_owned();
-        // A deleted setting keeps the value in force.
-        let Some(value) = c.value else { return Ok(()) };
         let log = self.inputs.log.clone();
+        let said = crate::diag::quoted(&name);
+        // A deleted setting keeps the value in force; a refusal of the deleted value no longer stands.
+        let Some(value) = c.value else {
+            if self.withdraw_refusal(&name) {
+                log.log(Level::Info, format_args!("setting {said}: deleted from the store; the value in force stays"));
+            }
+            return Ok(());
+        };
         let outcome = match std::str::from_utf8(&value) {
             Ok(v) => self.inputs.settings.offer(&name, v),
             Err(_) => Offer::Refused("the value is not UTF-8".into()),
         };
         match outcome {
             Offer::Applied(v) => {
-                log.log(Level::Info, format_args!("setting {name} = {v} applied (from {}{name})", self.config));
-                if self.refused.remove(&name).is_some() {
-                    let key = format!("{}refused/{name}", self.status);
-                    let _ = self.client.del(key.as_bytes());
-                    self.published.remove(&key);
-                }
+                log.log(Level::Info, format_args!("setting {said} = {v} applied (from {}{said})", self.config));
+                self.withdraw_refusal(&name);
                 // Say so in the status at once.
                 self.next_publish_ns = 0;
             }
-            Offer::Unchanged => {}
+            // The value in force offered again: whatever was refused before is replaced.
+            Offer::Unchanged => {
+                if self.withdraw_refusal(&name) {
+                    log.log(Level::Info, format_args!("setting {said}: the value in force is offered again"));
+                }
+            }
             Offer::Refused(why) => {
-                log.log(Level::Warn, format_args!("setting {name}: {why}; the value in force stays"));
+                log.log(Level::Warn, format_args!("setting {said}: {why}; the value in force stays"));
                 self.refused.insert(name, why);
                 self.next_publish_ns = 0;
             }
         }
         Ok(())
+    }
+
+    /// Take back the status's `refused/NAME` entry, if any (the refused value was replaced or
+    /// deleted); true when there was one. The status is published again at once.
+    fn withdraw_refusal(&mut self, name: &str) -> bool {
+        if self.refused.remove(name).is_none() {
+            return false;
+        }
+        let key = format!("{}refused/{name}", self.status);
+        let _ = self.client.del(key.as_bytes());
+        self.published.remove(&key);
+        self.next_publish_ns = 0;
+        true
     }
 
     fn publish(&mut self, now_ns: u64) -> Result<(), AgentError> {

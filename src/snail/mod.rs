@@ -57,6 +57,10 @@ pub mod defaults {
     pub const REST_MS: u64 = 10_000;
     /// The monitor publishes the state of every site this often.
     pub const STATE_EVERY_MS: u64 = 250;
+    /// The max lag a snail may be given (flag, profile and live setting alike).
+    pub const MAX_LAG_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=3_600_000;
+    /// The grace a snail may be given (flag, profile and live setting alike).
+    pub const GRACE_RANGE_MS: std::ops::RangeInclusive<u64> = 0..=3_600_000;
 }
 
 const MS: u64 = 1_000_000;
