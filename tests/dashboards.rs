@@ -551,6 +551,54 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The Grafana dashboard in tools/ without a Grafana or a Prometheus: JSON, one id per panel,
+/// no two panels on the same cells, every series a query reads a family docs/METRICS.md lists,
+/// and a panel for each counter an operator watches a running engine by: a publisher that keeps
+/// reconnecting, a self-stall, a handler refusing. (With Prometheus at hand,
+/// `real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket` runs every
+/// query against a live engine.) Before, those three had no panel.
+#[test]
+fn the_grafana_dashboard_draws_documented_series_and_what_an_operator_watches() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/tools/grafana-mdsub.json")).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let doc = std::fs::read_to_string(format!("{root}/docs/METRICS.md")).expect("docs/METRICS.md");
+    let listed: Vec<&str> = doc.lines().filter_map(|l| l.strip_prefix("| `")?.split('`').next()).collect();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = std::collections::BTreeSet::new();
+    let mut cells = std::collections::BTreeSet::new();
+    let mut drawn = std::collections::BTreeSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().expect("an id")), "id twice: {p}");
+        let g = &p["gridPos"];
+        for x in u(g, "x")..u(g, "x") + u(g, "w") {
+            for y in u(g, "y")..u(g, "y") + u(g, "h") {
+                assert!(x < 24 && cells.insert((x, y)), "panel {} overlaps another or the 24 columns", p["title"]);
+            }
+        }
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            // Every `mdsub_…` name in the query, less a histogram's suffix.
+            for name in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("mdsub_"))
+            {
+                let family = ["_bucket", "_sum", "_count"].iter().find_map(|x| name.strip_suffix(x)).unwrap_or(name);
+                assert!(listed.contains(&family), "{family} (panel {}) is not in docs/METRICS.md", p["title"]);
+                drawn.insert(family.to_string());
+            }
+        }
+    }
+    for family in [
+        "mdsub_shard_publisher_connects_total",
+        "mdsub_shard_publisher_disconnects_total",
+        "mdsub_snail_self_stalls_total",
+        "mdsub_snail_longest_self_stall_seconds",
+        "mdsub_handler_refused_total",
+    ] {
+        assert!(drawn.contains(family), "no panel draws {family}");
+    }
+}
+
 /// A clone server on a fresh port block and a two-shard replay (2k msg/s for
 /// up to 120 s) for an engine to publish status from: the store's endpoint,
 /// the server, the replay and its endpoints.
@@ -670,12 +718,12 @@ struct Tmux {
 }
 
 impl Tmux {
-    /// A tmux server of its own (socket `NAME-PID`) with one 80×24 session `top` running `shell`.
+    /// A tmux server of its own (socket `NAME-PID`) with one 100×24 session `top` running `shell`.
     fn start(name: &str, shell: &str) -> Tmux {
         let tmux = Tmux { socket: format!("{name}-{}", std::process::id()) };
         let started = tmux
             .cmd()
-            .args(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"])
+            .args(["new-session", "-d", "-s", "top", "-x", "100", "-y", "24"])
             .arg(shell)
             .status()
             .expect("tmux runs");
@@ -744,7 +792,14 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
     });
     assert!(pane.lines().any(|l| l.contains("top-test") && l.contains("shard1")), "{pane}");
     assert!(pane.contains("top-test shard0 p99"), "the sparkline's title: {pane}");
-    assert!(pane.lines().count() <= 24 && pane.lines().all(|l| l.chars().count() <= 80), "fits 80×24: {pane}");
+    assert!(pane.lines().count() <= 24 && pane.lines().all(|l| l.chars().count() <= 100), "fits 100×24: {pane}");
+    // Every column's name whole: publisher connections ended, self-stalls, handler refusals.
+    let head = pane.lines().find(|l| l.trim_start().starts_with("ENGINE")).expect("the table's head");
+    let names: Vec<&str> = head.split_whitespace().collect();
+    assert_eq!(names[7..], ["GAPS", "DISC", "STALL", "SNAIL", "REF", "BUSY"], "{pane}");
+    let row = pane.lines().find(|l| l.starts_with("top-test ") && l.contains(" shard1 ")).expect("shard1's row");
+    let row: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((row[8], row[9], row[11]), ("0", "0", "0"), "no disconnect, stall or refusal: {pane}");
     let _ = tmux.cmd().args(["send-keys", "-t", "top", "s"]).status();
     wait_until(Duration::from_secs(10), "the sort key to take", || tmux.capture().contains("sorted by msgs/s"));
     let _ = tmux.cmd().args(["send-keys", "-t", "top", "q"]).status();
@@ -765,6 +820,108 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
         // Gone, or a zombie nobody has reaped yet.
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z "))
     });
+}
+
+/// An XPUB that connects to the engine's bound `ep` as a publisher does, once the engine's
+/// subscription has reached it (its handshake is done).
+fn connected_publisher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
+    let publ = ctx.socket(zmq::XPUB).expect("xpub");
+    publ.set_xpub_verbose(true).expect("verbose");
+    publ.set_sndhwm(0).expect("sndhwm");
+    publ.set_linger(0).expect("linger");
+    publ.set_rcvtimeo(20_000).expect("rcvtimeo");
+    publ.connect(ep).expect("connect to the engine");
+    assert_eq!(publ.recv_bytes(0).expect("the engine's subscription").first(), Some(&1));
+    publ
+}
+
+/// One more bid than a side of the `book` handler holds levels, each at a price of its own: the
+/// last is refused (`levels_full`).
+fn send_one_level_too_many(publ: &zmq::Socket) {
+    use mdsub::feed::mbo_synth::mbo;
+    let levels = mdsub::engine::book::MAX_LEVELS_PER_SIDE as u64 + 1;
+    for i in 1..=levels {
+        let now = mdsub::wire::now_ns();
+        let rec = mbo(101, now, i, b'A', b'B', 1_000_000_000 * i as i64, 1);
+        publ.send(data_frame(b"ESH6", i, now, dbn::RecordRef::from(&rec).as_ref()), 0).expect("send");
+    }
+}
+
+/// What an operator watching the store or `top` must see while the engine runs: a publisher that
+/// keeps reconnecting to a bound shard (it connects and disconnects twice), the engine itself
+/// stopped past a second (SIGSTOP: a self-stall) and a handler refusing orders (`book`, one
+/// price level past its side's bound: `levels_full`). Before, these reached only the end report
+/// and `/metrics`: the status had no such field and `top` no such column.
+#[test]
+fn a_reconnecting_publisher_a_self_stall_and_refused_orders_show_in_the_store_and_top() {
+    use mdsub::clone::client::{Client, ClientConfig};
+    let store = format!("tcp://127.0.0.1:{}", free_port_block(3));
+    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "120s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(["--expect-eos", "0", "--handler", "book", "--silence", "60s", "--store", &store]);
+    cmd.args(["--metrics-interval", "300ms", "--engine-id", "ops-test"]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    let ep = wait_line(err, Duration::from_secs(20), "the bound endpoint", |l| l.starts_with("shard0: bound "))
+        .trim_start_matches("shard0: bound ")
+        .to_string();
+    let client =
+        Client::start(ClientConfig { servers: vec![store.clone()], subtree: "/mdsub/".into(), ..Default::default() })
+            .expect("a clone client");
+    client.wait_synced(Duration::from_secs(20)).expect("synced with the clone server");
+    let get = |key: &str| -> serde_json::Value {
+        let v = client.get(format!("/mdsub/status/ops-test/{key}")).ok().flatten().unwrap_or_default();
+        serde_json::from_slice(&v).unwrap_or_default()
+    };
+    let ctx = zmq::Context::new();
+    // The first connection: a bid at one price level past the bound of its side.
+    let publ = connected_publisher(&ctx, &ep);
+    send_one_level_too_many(&publ);
+    wait_until(Duration::from_secs(30), "the refused order in the engine's status", || {
+        get("engine")["handler_refused_total"] == 1
+    });
+    drop(publ);
+    // The second: connects, and goes again.
+    drop(connected_publisher(&ctx, &ep));
+    wait_until(Duration::from_secs(30), "both publisher connections ended, in the shard's status", || {
+        let s = get("shard0");
+        s["publisher_connects"] == 2 && s["publisher_disconnects"] == 2
+    });
+    // The engine itself stops for 2.5 s (its status expires meanwhile: a TTL of 1 s).
+    engine.proc.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2_500)); // the stall itself
+    engine.proc.signal(libc::SIGCONT);
+    wait_until(Duration::from_secs(30), "the self-stall in the shard's status", || get("shard0")["self_stalls"] == 1);
+    let shard = get("shard0");
+    assert!(u(&shard, "longest_self_stall_ns") >= 2_000_000_000, "{shard}");
+    let status = get("engine");
+    assert_eq!((u(&status, "self_stalls"), u(&status, "handler_refused_total")), (1, 1), "{status}");
+    assert_eq!(status["handler_refused"]["worker0"]["levels_full"], 1, "{status}");
+    assert_eq!(status["handler_refused"]["worker0"]["orders_full"], 0, "{status}");
+
+    let (code, frame, why) =
+        run_within("top", mdsub().args(["top", "--once", "--store", &store]), Duration::from_secs(30));
+    assert_eq!(code, Some(0), "mdsub top --once failed: {why}");
+    let head: Vec<&str> = frame.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(head[7..], ["GAPS", "DISCONN", "STALLS", "SNAIL"], "{frame}");
+    let row = frame.lines().find(|l| l.starts_with("ops-test ") && l.contains(" shard0 ")).expect("shard0's row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((cols[8], cols[9]), ("2", "1"), "publisher disconnects and self-stalls: {frame}");
+    // The engine's line, and the lines it wraps onto (indented).
+    let whole = frame.split_once("ops-test         engine  ").expect("the engine line").1;
+    let note = whole.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(note.contains("handler refused 1 (worker0 levels_full 1)"), "{frame}");
+    assert!(note.contains("longest self-stall 2."), "{frame}");
+    assert!(frame.lines().all(|l| l.chars().count() <= 100), "fits 100 columns: {frame}");
+
+    engine.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let shard = &r["shards"][0];
+    assert_eq!((u(shard, "publisher_connects"), u(shard, "publisher_disconnects")), (2, 2), "the report agrees: {r}");
+    assert_eq!(u(&r["handler"], "refused_levels_full"), 1, "{r}");
 }
 
 #[test]
@@ -907,7 +1064,6 @@ fn a_slow_metrics_client_holds_neither_a_scrape_nor_the_engines_stop() {
 /// refusals reached only the report at the end, and the access refusals only stderr.
 #[test]
 fn refused_orders_and_refused_scrapers_are_counted_live_on_metrics() {
-    use mdsub::feed::mbo_synth::mbo;
     use std::io::{Read, Write};
     if let Some(why) = python_missing(&["prometheus_client"]) {
         eprintln!("SKIPPED: {why}");
@@ -931,20 +1087,8 @@ fn refused_orders_and_refused_scrapers_are_counted_live_on_metrics() {
         .to_string();
     // A publisher that connects, sees the engine's subscription, and queues everything.
     let ctx = zmq::Context::new();
-    let publ = ctx.socket(zmq::XPUB).expect("xpub");
-    publ.set_xpub_verbose(true).expect("verbose");
-    publ.set_sndhwm(0).expect("sndhwm");
-    publ.set_linger(0).expect("linger");
-    publ.set_rcvtimeo(20_000).expect("rcvtimeo");
-    publ.connect(&ep).expect("connect to the engine");
-    assert_eq!(publ.recv_bytes(0).expect("the engine's subscription").first(), Some(&1));
-    // One more bid than a side holds levels, each at a price of its own.
-    let levels = mdsub::engine::book::MAX_LEVELS_PER_SIDE as u64 + 1;
-    for i in 1..=levels {
-        let now = mdsub::wire::now_ns();
-        let rec = mbo(101, now, i, b'A', b'B', 1_000_000_000 * i as i64, 1);
-        publ.send(data_frame(b"ESH6", i, now, dbn::RecordRef::from(&rec).as_ref()), 0).expect("send");
-    }
+    let publ = connected_publisher(&ctx, &ep);
+    send_one_level_too_many(&publ);
     // Two scrapers refused: one from an address outside the allow-list (127.0.0.2 reaches the
     // listener on 127.0.0.1 over loopback), one without the token.
     let status = python_json(&["status", &url, "127.0.0.2"]);

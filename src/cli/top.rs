@@ -1,9 +1,11 @@
 //! `mdsub top`: a terminal dashboard of every engine that publishes status in
 //! the clone store (`/mdsub/status/<engine-id>/…`): per shard msgs/s,
 //! p50/p99/p99.9/max of the last interval (`-` for an interval without messages, `≥60s`
-//! where latencies above 60 s were recorded as 60 s), a sparkline of p99, gaps, the snail
-//! verdict and the busiest agent. An engine whose status expired shows as
-//! gone. `--once` prints one plain-text frame for scripts.
+//! where latencies above 60 s were recorded as 60 s), a sparkline of p99, gaps, publisher
+//! connections ended on a bound shard, its reader's self-stalls and the snail verdict; per
+//! engine the busiest agent, what its handlers refused and its longest self-stall. An engine
+//! whose status expired shows as gone. `--once` prints one plain-text frame for scripts.
+//! Both fit 100 columns.
 //!
 //! The model ([`Top`]) is socket-free: it takes the store's changes and
 //! renders text or a ratatui frame; the command only feeds it.
@@ -158,65 +160,154 @@ impl Top {
         ids
     }
 
-    /// The table as plain text lines (the `--once` frame and the rows of the live view).
-    pub fn rows(&self) -> Vec<[String; 10]> {
+    /// Engine `id`'s shard rows (ENGINE SHARD MSG/S P50 P99 P99.9 MAX GAPS DISCONN STALLS SNAIL;
+    /// DISCONN: publisher connections that ended on a bound shard, STALLS: its reader's
+    /// self-stalls), none for an engine gone or without shards.
+    fn shard_rows(&self, id: &str) -> Vec<[String; 11]> {
+        let Some(e) = self.engines.get(id).filter(|e| !e.gone) else { return Vec::new() };
+        let snail = e.status["snail"].as_str().unwrap_or("-");
+        let rows = e.shards.iter().map(|(k, s)| {
+            let st = &s.status;
+            [
+                id.to_string(),
+                format!("shard{k}"),
+                format!("{:.0}", st["msgs_per_s"].as_f64().unwrap_or(0.0)),
+                latency(st, "p50_ns"),
+                latency(st, "p99_ns"),
+                latency(st, "p999_ns"),
+                latency(st, "max_ns"),
+                u(st, "gaps").to_string(),
+                u(st, "publisher_disconnects").to_string(),
+                u(st, "self_stalls").to_string(),
+                snail.to_string(),
+            ]
+        });
+        rows.collect()
+    }
+
+    /// What engine `id` says as a whole: `gone`, or its busiest agent, what its handlers refused
+    /// (by agent and reason, those above 0) and its longest self-stall if it had one.
+    pub fn engine_note(&self, id: &str) -> String {
+        let Some(e) = self.engines.get(id) else { return String::new() };
+        if e.gone {
+            return "gone".into();
+        }
+        let st = &e.status;
+        let mut note = match (st["busiest_agent"].as_str(), st["busiest_busy"].as_f64()) {
+            (Some(a), Some(b)) => format!("busiest {a} {:.0}%", b * 100.0),
+            _ => "busiest -".into(),
+        };
+        if e.shards.is_empty() {
+            note.push_str(&format!(", snail {}", st["snail"].as_str().unwrap_or("-")));
+        }
+        let refused = u(st, "handler_refused_total");
+        note.push_str(&format!(", handler refused {refused}"));
+        if refused > 0 {
+            let by: Vec<String> = st["handler_refused"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .flat_map(|(agent, reasons)| {
+                    let reasons = reasons.as_object().into_iter().flatten();
+                    reasons.filter_map(move |(r, n)| n.as_u64().filter(|&n| n > 0).map(|n| format!("{agent} {r} {n}")))
+                })
+                .collect();
+            note.push_str(&format!(" ({})", by.join(", ")));
+        }
+        if u(st, "self_stalls") > 0 {
+            note.push_str(&format!(
+                ", longest self-stall {}",
+                crate::metrics::human_ns(u(st, "longest_self_stall_ns"))
+            ));
+        }
+        note
+    }
+
+    /// The live view's rows: a shard's columns, then the engine's handler refusals (REF) and
+    /// busiest agent's share (BUSY); an engine gone or without shards is one row, `gone` or
+    /// its share last.
+    pub fn rows(&self) -> Vec<[String; 13]> {
         let mut rows = Vec::new();
         for id in self.order() {
             let e = &self.engines[id];
-            let busiest = match (e.status["busiest_agent"].as_str(), e.status["busiest_busy"].as_f64()) {
-                (Some(a), Some(b)) => format!("{a} {:.0}%", b * 100.0),
-                _ => "-".into(),
+            let refused = if e.gone { String::new() } else { u(&e.status, "handler_refused_total").to_string() };
+            let busy = match (e.gone, e.status["busiest_busy"].as_f64()) {
+                (true, _) => "gone".to_string(),
+                (false, Some(b)) => format!("{:.0}%", b * 100.0),
+                (false, None) => "-".into(),
             };
-            let state = if e.gone { "gone" } else { "up" };
-            let snail = e.status["snail"].as_str().unwrap_or("-").to_string();
-            if e.shards.is_empty() || e.gone {
-                let mut r: [String; 10] = Default::default();
+            let shard_rows = self.shard_rows(id);
+            if shard_rows.is_empty() {
+                let mut r: [String; 13] = Default::default();
                 r[0] = id.clone();
                 r[1] = "-".into();
-                r[8] = snail;
-                r[9] = if e.gone { state.into() } else { busiest };
+                r[10] = e.status["snail"].as_str().unwrap_or("-").to_string();
+                r[11] = refused;
+                r[12] = busy;
                 rows.push(r);
                 continue;
             }
-            for (k, s) in &e.shards {
-                let st = &s.status;
-                rows.push([
-                    id.clone(),
-                    format!("shard{k}"),
-                    format!("{:.0}", st["msgs_per_s"].as_f64().unwrap_or(0.0)),
-                    latency(st, "p50_ns"),
-                    latency(st, "p99_ns"),
-                    latency(st, "p999_ns"),
-                    latency(st, "max_ns"),
-                    u(st, "gaps").to_string(),
-                    snail.clone(),
-                    busiest.clone(),
-                ]);
+            for r in shard_rows {
+                let [a, b, c, d, e, f, g, h, i, j, k] = r;
+                rows.push([a, b, c, d, e, f, g, h, i, j, k, refused.clone(), busy.clone()]);
             }
         }
         rows
     }
 
-    /// One plain-text frame.
+    /// One plain-text frame (at most 97 columns for engine ids of up to 16 characters): each
+    /// engine's shard rows, then its line as a whole (`engine` in the SHARD column).
     pub fn render_text(&self) -> String {
         let mut s = String::new();
-        let head = ["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "SNAIL", "BUSIEST/STATE"];
+        let head = ["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "DISCONN", "STALLS", "SNAIL"];
         let line = |r: &[String]| {
             format!(
-                "{:<16} {:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:<6} {}\n",
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]
+                "{:<16} {:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {}\n",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]
             )
         };
         s.push_str(&line(&head.map(String::from)));
-        let rows = self.rows();
-        if rows.is_empty() {
+        let order = self.order();
+        if order.is_empty() {
             s.push_str("(no engine publishes status in this store)\n");
         }
-        for r in rows {
-            s.push_str(&line(&r));
+        for id in order {
+            for r in self.shard_rows(id) {
+                s.push_str(&line(&r));
+            }
+            let mut lead = format!("{id:<16} {:<7} ", "engine");
+            for part in wrap_list(&self.engine_note(id), TEXT_COLUMNS.saturating_sub(lead.chars().count())) {
+                s.push_str(&format!("{lead}{part}\n"));
+                lead = " ".repeat(lead.chars().count());
+            }
         }
         s
     }
+}
+
+/// The width `--once` keeps to.
+pub const TEXT_COLUMNS: usize = 100;
+
+/// `list` (items separated by `, `) in lines of at most `width` characters, broken after a
+/// separator (its `,` ends the line); an item longer than `width` has a line of its own.
+fn wrap_list(list: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let items: Vec<&str> = list.split(", ").collect();
+    for (i, item) in items.iter().enumerate() {
+        // With room for the `,` that ends the line if an item follows.
+        let comma = usize::from(i + 1 < items.len());
+        if !current.is_empty() && current.chars().count() + 2 + item.chars().count() + comma > width {
+            lines.push(format!("{current},"));
+            current.clear();
+        }
+        if !current.is_empty() {
+            current.push_str(", ");
+        }
+        current.push_str(item);
+    }
+    lines.push(current);
+    lines
 }
 
 /// Run `mdsub top`.
@@ -356,16 +447,10 @@ fn draw(f: &mut ratatui::Frame, model: &Top) {
             .areas(f.area());
     let order = model.order();
     let selected_id = order.get(model.selected).cloned();
-    let busiest = selected_id
-        .map(|id| &model.engines[id].status)
-        .and_then(|s| Some(format!(" · {} busiest: {}", s["engine_id"].as_str()?, s["busiest_agent"].as_str()?)))
-        .unwrap_or_default();
+    // The selected engine as a whole: busiest agent, handler refusals by reason, longest self-stall.
+    let note = selected_id.map(|id| format!(" · {id}: {}", model.engine_note(id))).unwrap_or_default();
     f.render_widget(
-        Paragraph::new(format!(
-            "mdsub top: {} engine(s), sorted by {}{busiest}",
-            model.engines.len(),
-            model.sort.name()
-        )),
+        Paragraph::new(format!("mdsub top: {} engine(s), sorted by {}{note}", model.engines.len(), model.sort.name())),
         title,
     );
     let rows = model.rows().into_iter().map(|r| {
@@ -374,25 +459,28 @@ fn draw(f: &mut ratatui::Frame, model: &Top) {
         } else {
             Style::default()
         };
-        // The busy share only (the agent's name is in the title line): 80 columns.
-        let mut r = r.to_vec();
-        r[9] = r[9].rsplit(' ').next().unwrap_or_default().to_string();
         Row::new(r).style(style)
     });
+    // 97 columns with the spacing.
     let widths = [
-        Constraint::Length(14),
+        Constraint::Length(12),
         Constraint::Length(6),
         Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(5),
+        Constraint::Length(4),
         Constraint::Length(5),
         Constraint::Length(5),
-        Constraint::Min(5),
+        Constraint::Length(4),
+        Constraint::Min(4),
     ];
-    let head = Row::new(["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "SNAIL", "BUSY"])
-        .style(Style::default().add_modifier(Modifier::BOLD));
+    let head = Row::new([
+        "ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "DISC", "STALL", "SNAIL", "REF", "BUSY",
+    ])
+    .style(Style::default().add_modifier(Modifier::BOLD));
     f.render_widget(Table::new(rows, widths).header(head).column_spacing(1), table);
     // The selected engine's first shard's p99 over the last intervals.
     let (label, data): (String, Vec<u64>) = selected_id
@@ -438,11 +526,12 @@ mod tests {
         let text = t.render_text();
         assert!(
             text.contains(
-                "e1               shard0      1000    1.0µs    3.0µs    5.0µs    9.0µs      0 -      worker0 50%"
+                "e1               shard0      1000    1.0µs    3.0µs    5.0µs    9.0µs      0       0      0 -\n"
             ),
             "{text}"
         );
         assert!(text.contains("e1               shard1"), "{text}");
+        assert!(text.contains("e1               engine  busiest worker0 50%, handler refused 0\n"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("e2 ") && l.ends_with("gone")), "{text}");
         assert_eq!(t.engines["e1"].shards[&0].p99_history, [1000, 2000, 3000]);
         t.sort = Sort::P99;
@@ -459,5 +548,52 @@ mod tests {
         let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
         assert!(row.contains("        0        -        -        -        - "), "{row}");
         assert_eq!(t.engines["e1"].shards[&1].p99_history.len(), 3, "same interval: no new point");
+    }
+
+    /// A publisher that keeps reconnecting to a bound shard, a reader that stalled and a handler
+    /// refusing orders show in both views: per shard DISCONN and STALLS, per engine the handler's
+    /// refusals by agent and reason and the longest self-stall. Before, none reached `top`.
+    #[test]
+    fn shows_publisher_disconnects_self_stalls_and_handler_refusals() {
+        let mut t = Top::default();
+        let engine = r#"{"busiest_agent":"shard0-reader","busiest_busy":1.0,"snail":"WARN","self_stalls":1,
+            "longest_self_stall_ns":2340000000,"handler_refused_total":3,
+            "handler_refused":{"shard0-reader":{"orders_full":0,"levels_full":3}}}"#;
+        t.apply(&change("/mdsub/status/engine-with-a-long/engine", Some(engine)));
+        let shard = r#"{"msgs_per_s":123456,"p50_ns":123450000,"p99_ns":999990000,"p999_ns":59990000000,
+            "max_ns":60030000000,"clamped":1,"gaps":123456,"publisher_connects":3,"publisher_disconnects":2,
+            "self_stalls":1,"intervals":1}"#;
+        t.apply(&change("/mdsub/status/engine-with-a-long/shard0", Some(shard)));
+        let text = t.render_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ENGINE           SHARD      MSG/S      P50      P99    P99.9      MAX   GAPS DISCONN STALLS SNAIL"
+        );
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            row[1..],
+            ["shard0", "123456", "123.45ms", "999.99ms", "59.99s", "≥60s", "123456", "2", "1", "WARN"]
+        );
+        assert_eq!(
+            lines[2..],
+            [
+                "engine-with-a-long engine  busiest shard0-reader 100%,",
+                "                           handler refused 3 (shard0-reader levels_full 3), longest self-stall 2.34s",
+            ]
+        );
+        let live = t.rows();
+        assert_eq!(live[0][8..], ["2", "1", "WARN", "3", "100%"]);
+        // An engine id of up to 16 characters: 100 columns at most.
+        t.engines = [("engine-id-16char".to_string(), t.engines["engine-with-a-long"].clone())].into();
+        let text = t.render_text();
+        assert!(text.lines().all(|l| l.chars().count() <= TEXT_COLUMNS), "{text}");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert_eq!(wrap_list("a, bb, c", 4), ["a,", "bb,", "c"]);
+        assert_eq!(wrap_list("a, bb, c", 5), ["a,", "bb, c"]);
+        assert_eq!(wrap_list("a, bb, c", 6), ["a, bb,", "c"]);
+        t.apply(&change("/mdsub/status/engine-id-16char/engine", None));
+        assert_eq!(t.rows()[0][11..], ["", "gone"]);
+        assert!(t.render_text().ends_with("engine-id-16char engine  gone\n"));
     }
 }

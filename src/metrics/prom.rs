@@ -97,6 +97,20 @@ impl EngineLive {
             .unwrap_or(0);
         crate::snail::Verdict::from_u8(v)
     }
+
+    /// Self-stalls of the sites on shard `k` (a site serving several shards is no shard's), or
+    /// of all sites with `None`: how many, and the longest (ns).
+    pub fn self_stalls(&self, shard: Option<usize>) -> (u64, u64) {
+        self.snail
+            .iter()
+            .filter(|s| shard.is_none() || s.shard == shard)
+            .fold((0, 0), |(n, longest), s| (n + s.self_stalls, longest.max(s.longest_self_stall_ns)))
+    }
+
+    /// Every key the handlers refused, over all agents and reasons.
+    pub fn handler_refused_total(&self) -> u64 {
+        self.handler_refused.iter().flat_map(|h| h.counts.iter().map(|(_, n)| n)).sum()
+    }
 }
 
 /// Cumulative bucket counts of `h` for [`BUCKET_BOUNDS_NS`], then the total
@@ -458,6 +472,17 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
                 }
             },
         );
+        family(
+            &mut s,
+            "mdsub_snail_longest_self_stall_seconds",
+            "gauge",
+            "The longest time a site itself did not run (0 until its first self-stall).",
+            |f| {
+                for x in &live.snail {
+                    f.sample("", &site(x), seconds(x.longest_self_stall_ns as f64));
+                }
+            },
+        );
     }
     family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
         f.sample("", &format!("engine=\"{id}\""), live.metrics_dropped)
@@ -596,6 +621,11 @@ mod tests {
         assert!(t.contains("mdsub_snail_verdict{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
         assert!(t.contains("kind=\"max\"} 1.5"), "{t}");
         assert!(t.contains("mdsub_snail_self_stalls_total{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
+        let longest = "mdsub_snail_longest_self_stall_seconds{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 8.34\n";
+        assert!(t.contains(longest), "{t}");
+        assert_eq!(live.self_stalls(Some(1)), (2, 8_340_000_000));
+        assert_eq!((live.self_stalls(Some(0)), live.self_stalls(None)), ((0, 0), (2, 8_340_000_000)));
+        assert_eq!(live.handler_refused_total(), 3);
         assert_eq!(live.snail_verdict(Some(1)), crate::snail::Verdict::Snail);
         assert_eq!(live.snail_verdict(Some(0)), crate::snail::Verdict::Ok);
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");

@@ -6,10 +6,15 @@
 //! Keys, all under `/mdsub/status/<engine-id>/` (values are JSON objects
 //! except `refused/…`):
 //! - `engine`: id, pid, interval, shards, uptime, the busiest agent and its
-//!   busy fraction, log level, the settings in force;
-//! - `shardK`: counters and the last interval's msgs/s and total-stage
+//!   busy fraction, log level, the settings in force, the snail's verdict and
+//!   self-stalls, what the handlers refused (total, and per agent by reason);
+//! - `shardK`: counters (publisher connections of a bound shard, its reader's
+//!   self-stalls among them) and the last interval's msgs/s and total-stage
 //!   p50/p99/p99.9/max (ns) and how many of its latencies were above 60 s
 //!   (`clamped`, recorded as 60 s), `mdsub top`'s input;
+//!
+//! Every value is read once per interval from the engine's live counters, never per message.
+//! `docs/CLONE.md` lists each key's fields.
 //! - `refused/NAME`: why the last value offered for setting NAME was refused
 //!   (the value in force stays); deleted once a good value is applied.
 //!
@@ -64,6 +69,17 @@ pub fn interval_status(last: &super::StageHistograms, interval_ns: u64) -> serde
         "max_ns": ns(p.max_ns),
         "clamped": last.clamped[2],
     })
+}
+
+/// What each agent's handler refused, by reason: `{"worker0": {"levels_full": 1, …}, …}` (every
+/// reason of the running handler, 0 included, as `/metrics` has them).
+pub fn handler_refused(live: &EngineLive) -> serde_json::Value {
+    let per_agent = live.handler_refused.iter().map(|h| {
+        let reasons: serde_json::Map<String, serde_json::Value> =
+            h.counts.iter().map(|(reason, n)| (reason.to_string(), json!(n))).collect();
+        (h.agent.clone(), serde_json::Value::Object(reasons))
+    });
+    serde_json::Value::Object(per_agent.collect())
 }
 
 /// What the status agent reads and changes.
@@ -195,6 +211,7 @@ impl StoreAgent {
             .iter()
             .max_by(|a, b| a.busy_fraction().total_cmp(&b.busy_fraction()))
             .map(|a| (a.role.clone(), a.busy_fraction()));
+        let stalls = live.self_stalls(None);
         let engine = json!({
             "engine_id": self.inputs.engine_id,
             "pid": std::process::id(),
@@ -207,6 +224,10 @@ impl StoreAgent {
             "settings": self.inputs.settings.current(),
             "metrics_dropped": live.metrics_dropped,
             "snail": live.snail_verdict(None).name(),
+            "self_stalls": stalls.0,
+            "longest_self_stall_ns": stalls.1,
+            "handler_refused_total": live.handler_refused_total(),
+            "handler_refused": handler_refused(&live),
             "updated_ns": now_ns,
         });
         let mut shards = Vec::new();
@@ -215,6 +236,7 @@ impl StoreAgent {
                 let (Some(cum), Some(last)) = (lat.cumulative.get(k), lat.last_interval.get(k)) else { continue };
                 let mut status = interval_status(last, interval_ns);
                 let bad: u64 = sh.counts.bad_frames.values().sum();
+                let stalls = live.self_stalls(Some(k));
                 let more = json!({
                     "received": sh.received,
                     "delivered": cum.count(),
@@ -224,6 +246,10 @@ impl StoreAgent {
                     "bad_frames": bad,
                     "intervals": lat.intervals,
                     "snail": live.snail_verdict(Some(k)).name(),
+                    "self_stalls": stalls.0,
+                    "longest_self_stall_ns": stalls.1,
+                    "publisher_connects": sh.publisher_connects,
+                    "publisher_disconnects": sh.publisher_disconnects,
                     "links": sh.links,
                 });
                 if let (Some(status), serde_json::Value::Object(more)) = (status.as_object_mut(), more) {
@@ -314,6 +340,24 @@ mod tests {
         let busy = interval_status(&set, 500_000_000);
         assert_eq!((busy["p50_ns"].as_u64(), busy["msgs_per_s"].as_f64()), (Some(2_000), Some(4.0)), "{busy}");
         assert_eq!(busy["clamped"], 1, "{busy}");
+    }
+
+    #[test]
+    fn handler_refusals_are_per_agent_by_reason() {
+        use super::super::prom::HandlerRefused;
+        let live = EngineLive {
+            handler_refused: vec![
+                HandlerRefused { agent: "worker0".into(), counts: vec![("orders_full", 0), ("levels_full", 2)] },
+                HandlerRefused { agent: "worker1".into(), counts: vec![("orders_full", 1), ("levels_full", 0)] },
+            ],
+            ..Default::default()
+        };
+        let v = handler_refused(&live);
+        assert_eq!(
+            v,
+            json!({"worker0": {"orders_full": 0, "levels_full": 2}, "worker1": {"orders_full": 1, "levels_full": 0}})
+        );
+        assert_eq!(live.handler_refused_total(), 3);
     }
 
     #[test]
