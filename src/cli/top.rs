@@ -92,10 +92,28 @@ pub struct Top {
     pub engines: BTreeMap<String, EngineView>,
     pub selected: usize,
     pub sort: Sort,
+    /// Status values that were not JSON (or not under a key of the status's shape): ignored,
+    /// counted and said under the table, the engine's last good status kept.
+    pub malformed: u64,
 }
 
 fn u(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
+}
+
+/// A text field of a status for the screen: escaped (a hostile store's value cannot drive the
+/// terminal) and cut when long, `-` when absent.
+fn text(v: &Value, k: &str) -> String {
+    v[k].as_str().map_or_else(|| "-".into(), |s| crate::diag::quoted(s).into_owned())
+}
+
+/// A rate for the screen: whole messages a second; `?` for one no engine can have sent (not
+/// finite, negative, 10^12 or more), which would print as hundreds of digits.
+fn rate(v: &Value) -> String {
+    match v["msgs_per_s"].as_f64().unwrap_or(0.0) {
+        r if (0.0..1e12).contains(&r) => format!("{r:.0}"),
+        _ => "?".into(),
+    }
 }
 
 /// A percentile of the status `v` for people: `-` when the interval had no message (the
@@ -111,8 +129,15 @@ impl Top {
         let Some(rest) = c.key.strip_prefix(STATUS_ROOT.as_bytes()) else { return };
         let rest = String::from_utf8_lossy(rest);
         let Some((id, what)) = rest.split_once('/') else { return };
-        let e = self.engines.entry(id.to_string()).or_default();
-        let value = c.value.as_ref().and_then(|v| serde_json::from_slice::<Value>(v).ok());
+        let value = match c.value.as_ref().map(|v| serde_json::from_slice::<Value>(v)) {
+            Some(Err(_)) => {
+                self.malformed += 1;
+                return;
+            }
+            v => v.and_then(Result::ok),
+        };
+        // The id as the screen may show it (escaped, cut when long).
+        let e = self.engines.entry(crate::diag::quoted(id).into_owned()).or_default();
         match (what, value) {
             ("engine", Some(v)) => {
                 e.status = v;
@@ -120,7 +145,10 @@ impl Top {
             }
             ("engine", None) => e.gone = true,
             (s, v) if s.starts_with("shard") => {
-                let Ok(k) = s["shard".len()..].parse::<usize>() else { return };
+                let Ok(k) = s["shard".len()..].parse::<usize>() else {
+                    self.malformed += 1;
+                    return;
+                };
                 match v {
                     Some(v) => {
                         let sh = e.shards.entry(k).or_default();
@@ -147,7 +175,8 @@ impl Top {
     pub fn order(&self) -> Vec<&String> {
         let mut ids: Vec<&String> = self.engines.keys().collect();
         let rate = |id: &String| -> f64 {
-            self.engines[id].shards.values().map(|s| s.status["msgs_per_s"].as_f64().unwrap_or(0.0)).sum()
+            let rates = self.engines[id].shards.values().map(|s| s.status["msgs_per_s"].as_f64().unwrap_or(0.0));
+            rates.filter(|r| r.is_finite()).sum()
         };
         let p99 = |id: &String| -> u64 {
             self.engines[id].shards.values().map(|s| u(&s.status, "p99_ns")).max().unwrap_or(0)
@@ -165,13 +194,13 @@ impl Top {
     /// self-stalls), none for an engine gone or without shards.
     fn shard_rows(&self, id: &str) -> Vec<[String; 11]> {
         let Some(e) = self.engines.get(id).filter(|e| !e.gone) else { return Vec::new() };
-        let snail = e.status["snail"].as_str().unwrap_or("-");
+        let snail = text(&e.status, "snail");
         let rows = e.shards.iter().map(|(k, s)| {
             let st = &s.status;
             [
                 id.to_string(),
                 format!("shard{k}"),
-                format!("{:.0}", st["msgs_per_s"].as_f64().unwrap_or(0.0)),
+                rate(st),
                 latency(st, "p50_ns"),
                 latency(st, "p99_ns"),
                 latency(st, "p999_ns"),
@@ -179,7 +208,7 @@ impl Top {
                 u(st, "gaps").to_string(),
                 u(st, "publisher_disconnects").to_string(),
                 u(st, "self_stalls").to_string(),
-                snail.to_string(),
+                snail.clone(),
             ]
         });
         rows.collect()
@@ -194,11 +223,11 @@ impl Top {
         }
         let st = &e.status;
         let mut note = match (st["busiest_agent"].as_str(), st["busiest_busy"].as_f64()) {
-            (Some(a), Some(b)) => format!("busiest {a} {:.0}%", b * 100.0),
+            (Some(_), Some(b)) => format!("busiest {} {:.0}%", text(st, "busiest_agent"), b * 100.0),
             _ => "busiest -".into(),
         };
         if e.shards.is_empty() {
-            note.push_str(&format!(", snail {}", st["snail"].as_str().unwrap_or("-")));
+            note.push_str(&format!(", snail {}", text(st, "snail")));
         }
         let refused = u(st, "handler_refused_total");
         note.push_str(&format!(", handler refused {refused}"));
@@ -209,7 +238,10 @@ impl Top {
                 .flatten()
                 .flat_map(|(agent, reasons)| {
                     let reasons = reasons.as_object().into_iter().flatten();
-                    reasons.filter_map(move |(r, n)| n.as_u64().filter(|&n| n > 0).map(|n| format!("{agent} {r} {n}")))
+                    reasons.filter_map(move |(r, n)| {
+                        let (agent, r) = (crate::diag::quoted(agent), crate::diag::quoted(r));
+                        n.as_u64().filter(|&n| n > 0).map(|n| format!("{agent} {r} {n}"))
+                    })
                 })
                 .collect();
             note.push_str(&format!(" ({})", by.join(", ")));
@@ -241,7 +273,7 @@ impl Top {
                 let mut r: [String; 13] = Default::default();
                 r[0] = id.clone();
                 r[1] = "-".into();
-                r[10] = e.status["snail"].as_str().unwrap_or("-").to_string();
+                r[10] = text(&e.status, "snail");
                 r[11] = refused;
                 r[12] = busy;
                 rows.push(r);
@@ -280,6 +312,12 @@ impl Top {
                 s.push_str(&format!("{lead}{part}\n"));
                 lead = " ".repeat(lead.chars().count());
             }
+        }
+        if self.malformed > 0 {
+            s.push_str(&format!(
+                "({} status values in the store were not an engine's status: ignored)\n",
+                self.malformed
+            ));
         }
         s
     }
@@ -448,7 +486,10 @@ fn draw(f: &mut ratatui::Frame, model: &Top) {
     let order = model.order();
     let selected_id = order.get(model.selected).cloned();
     // The selected engine as a whole: busiest agent, handler refusals by reason, longest self-stall.
-    let note = selected_id.map(|id| format!(" · {id}: {}", model.engine_note(id))).unwrap_or_default();
+    let mut note = selected_id.map(|id| format!(" · {id}: {}", model.engine_note(id))).unwrap_or_default();
+    if model.malformed > 0 {
+        note.push_str(&format!(" · {} malformed status values ignored", model.malformed));
+    }
     f.render_widget(
         Paragraph::new(format!("mdsub top: {} engine(s), sorted by {}{note}", model.engines.len(), model.sort.name())),
         title,
@@ -505,6 +546,30 @@ mod tests {
             sequence: 1,
             kind: ChangeKind::Live,
         }
+    }
+
+    #[test]
+    fn a_hostile_store_cannot_drive_the_terminal_or_hide_what_it_sent() {
+        // Before: an escape sequence in a key cleared the operator's screen, a status that was
+        // not JSON marked its engine `gone` uncounted, and 1e308 msg/s printed 309 digits.
+        let mut t = Top::default();
+        let evil = "/mdsub/status/\u{1b}[2J\u{1b}[31mEVIL/";
+        t.apply(&change(
+            &format!("{evil}engine"),
+            Some(r#"{"snail":"OK\u001b[2J","busiest_agent":"w\nx","busiest_busy":0.1}"#),
+        ));
+        t.apply(&change(&format!("{evil}shard0"), Some(r#"{"msgs_per_s":1e308,"intervals":1}"#)));
+        t.apply(&change("/mdsub/status/e1/engine", Some("{}")));
+        t.apply(&change("/mdsub/status/e1/engine", Some("not json")));
+        t.apply(&change("/mdsub/status/e1/shardX", Some("{}")));
+        let text = t.render_text();
+        assert!(!text.contains('\u{1b}'), "no raw escape reaches the screen: {text:?}");
+        assert!(text.contains("\\u{1b}[2J\\u{1b}[31mEVIL"), "the id shown escaped: {text}");
+        assert!(text.contains("busiest w\\nx 10%"), "{text}");
+        assert!(text.lines().any(|l| l.contains(" shard0 ") && l.contains("       ? ")), "{text}");
+        assert_eq!(t.malformed, 2);
+        assert!(!t.engines["e1"].gone, "a malformed value is not an engine gone");
+        assert!(text.contains("(2 status values in the store were not an engine's status: ignored)"), "{text}");
     }
 
     #[test]
