@@ -38,7 +38,7 @@ fn hand_off(ctx: &zmq::Context, endpoint: &str, batch: usize) -> Duration {
         while seen < MSGS {
             pull.recv(&mut msg, 0).expect("recv");
             seen += match BatchIter::new(&msg) {
-                Some(it) => it.map(|(_, f)| wire::decode(f).is_ok() as usize).sum(),
+                Some(it) => it.map(|(_, n, f)| wire::decode_checked_topic(f, n).is_ok() as usize).sum(),
                 None => wire::decode(&msg).is_ok() as usize,
             };
         }
@@ -49,7 +49,7 @@ fn hand_off(ctx: &zmq::Context, endpoint: &str, batch: usize) -> Duration {
         if batch == 1 {
             push.send(&f[..], 0).expect("send");
         } else {
-            batch::push(&mut staging, 0, 0, &f);
+            batch::push(&mut staging, 0, 0, 4, &f);
             if (i + 1) % batch == 0 || i + 1 == MSGS {
                 push.send(&staging[..], 0).expect("send");
                 staging.clear();

@@ -34,6 +34,29 @@ fn bench(c: &mut Criterion) {
     let f = wire::encode(b"ESH6", &header(1), &payload);
     g.bench_function("decode_100B", |b| b.iter(|| wire::decode(black_box(&f)).map(|v| v.header.stream_seq)));
     g.bench_function("decode_garbage", |b| b.iter(|| wire::decode(black_box(b"no nul in this frame at all........"))));
+    g.bench_function("decode_checked_topic_100B", |b| {
+        b.iter(|| wire::decode_checked_topic(black_box(&f), black_box(4)).map(|v| v.header.stream_seq))
+    });
+    g.finish();
+
+    // A worker's walk over one hand-off batch of 64 frames (100 symbols), decoding each: as it
+    // did before the records carried their topic lengths (a full decode), and as it does now.
+    let mut batch = Vec::new();
+    for f in frames(64) {
+        let topic_len = wire::decode(&f).map(|v| v.topic.len()).unwrap_or(0);
+        mdsub::engine::batch::push(&mut batch, 0, 1, topic_len, &f);
+    }
+    let mut g = c.benchmark_group("batch_walk_64");
+    g.throughput(Throughput::Elements(64));
+    let walk = |checked: bool| {
+        let it = mdsub::engine::batch::BatchIter::new(black_box(&batch)).into_iter().flatten();
+        it.map(|(_, n, f)| if checked { wire::decode_checked_topic(f, n) } else { wire::decode(f) })
+            .filter_map(|v| v.ok())
+            .map(|v| v.header.stream_seq)
+            .sum::<u64>()
+    };
+    g.bench_function("decode", |b| b.iter(|| walk(false)));
+    g.bench_function("decode_checked_topic", |b| b.iter(|| walk(true)));
     g.finish();
 
     let fs = frames(10_000);

@@ -759,7 +759,9 @@ impl Agent for ReaderAgent {
                         core.handle_view(&view, frame.len(), recv_ns, recv_ns);
                     }
                 }
-                HandOff::Batch => batch::push(&mut self.staging[w], self.cfg.shard as u16, recv_ns, frame),
+                HandOff::Batch => {
+                    batch::push(&mut self.staging[w], self.cfg.shard as u16, recv_ns, view.topic.len(), frame)
+                }
                 HandOff::PerMessage => {
                     let m = std::mem::replace(&mut self.msg, zmq::Message::new());
                     self.pending = Some((w, m));

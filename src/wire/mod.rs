@@ -215,6 +215,26 @@ fn split_checked_topic(frame: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
 #[inline]
 pub fn decode(frame: &[u8]) -> Result<FrameView<'_>, DecodeError> {
     let (topic, rest) = split_checked_topic(frame)?;
+    decode_after_topic(topic, rest)
+}
+
+/// Decode a frame whose topic, its first `topic_len` bytes, a reader has checked with
+/// [`decode`] already (the engine's hand-off carries the length, so a worker neither
+/// searches for the NUL again nor checks the topic's bytes a second time). The NUL must
+/// still stand at `topic_len`, and the header and payload length are checked as in
+/// [`decode`]. Never panics; never allocates.
+#[inline]
+pub fn decode_checked_topic(frame: &[u8], topic_len: usize) -> Result<FrameView<'_>, DecodeError> {
+    match frame.get(topic_len) {
+        Some(0) if topic_len > 0 => decode_after_topic(&frame[..topic_len], &frame[topic_len + 1..]),
+        Some(0) => Err(DecodeError::EmptyTopic),
+        _ => Err(DecodeError::MissingNul),
+    }
+}
+
+/// The header and payload after a frame's topic and its NUL.
+#[inline]
+fn decode_after_topic<'a>(topic: &'a [u8], rest: &'a [u8]) -> Result<FrameView<'a>, DecodeError> {
     if rest.len() < HEADER_LEN {
         return Err(DecodeError::Short { have: rest.len() });
     }
@@ -353,6 +373,20 @@ mod tests {
     }
 
     #[test]
+    fn decode_checked_topic_checks_the_nul_header_and_length() {
+        let f = encode(b"ESH6", &header(Kind::Data), b"hello");
+        assert_eq!(decode_checked_topic(&f, 4), decode(&f));
+        assert_eq!(decode_checked_topic(&f, 3), Err(DecodeError::MissingNul), "no NUL there");
+        assert_eq!(decode_checked_topic(&f, f.len()), Err(DecodeError::MissingNul), "past the end");
+        assert_eq!(decode_checked_topic(b"\0rest", 0), Err(DecodeError::EmptyTopic));
+        assert_eq!(decode_checked_topic(&f[..20], 4), Err(DecodeError::Short { have: 15 }));
+        let mut bad = f.clone();
+        bad[5] = 9;
+        assert_eq!(decode_checked_topic(&bad, 4), Err(DecodeError::UnknownVersion(9)));
+        assert!(matches!(decode_checked_topic(&f[..f.len() - 1], 4), Err(DecodeError::LengthMismatch { .. })));
+    }
+
+    #[test]
     fn round_trip() {
         let f = encode(b"ESH6", &header(Kind::Data), b"hello");
         let v = decode(&f).expect("decodes");
@@ -461,6 +495,22 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode(&bytes);
+        }
+
+        /// Given the topic length `decode` found, the worker's decode gives the same view; given
+        /// any other length, an error or (a NUL inside the payload) never a panic.
+        #[test]
+        fn decode_checked_topic_agrees_with_decode(
+            bytes in proptest::collection::vec(any::<u8>(), 0..120),
+            topic in "[!-~]{1,20}", payload in proptest::collection::vec(any::<u8>(), 0..64),
+            topic_len in 0usize..300)
+        {
+            let _ = decode_checked_topic(&bytes, topic_len);
+            let f = encode(topic.as_bytes(), &header(Kind::Data), &payload);
+            prop_assert_eq!(decode_checked_topic(&f, topic.len()), decode(&f));
+            if topic_len != topic.len() && f.get(topic_len) != Some(&0) {
+                prop_assert!(decode_checked_topic(&f, topic_len).is_err());
+            }
         }
 
         #[test]
