@@ -404,12 +404,13 @@ impl ServerCore {
             synced: false,
             pending: VecDeque::new(),
         });
+        let role = match &cfg.pair {
+            None => "standalone",
+            Some(p) if p.role == Role::Primary => "primary",
+            Some(_) => "backup",
+        };
         ServerCore {
-            role: match &cfg.pair {
-                None => "standalone",
-                Some(p) if p.role == Role::Primary => "primary",
-                Some(_) => "backup",
-            },
+            role,
             hugz_ns: cfg.hugz_interval_ms.saturating_mul(1_000_000),
             fsync_ns: cfg.fsync_interval_ms.saturating_mul(1_000_000),
             limits: Limits { max_key_bytes: cfg.max_key_bytes, max_value_bytes: cfg.max_value_bytes },
@@ -429,24 +430,10 @@ impl ServerCore {
             snapshot_wanted: false,
             snapshot_retry_at_ns: 0,
             snapshot_backoff_ns: 0,
-            snapshot_said: Refusals::new("", SUMMARY_INTERVAL_NS).said_as(format!(
-                "{}: snapshot not written",
-                match &cfg.pair {
-                    None => "standalone",
-                    Some(p) if p.role == Role::Primary => "primary",
-                    Some(_) => "backup",
-                }
-            )),
+            snapshot_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: snapshot not written")),
             outbox: Vec::new(),
             wall_ms: 0,
-            refusals: Refusals::new(
-                match &cfg.pair {
-                    None => "standalone",
-                    Some(p) if p.role == Role::Primary => "primary",
-                    Some(_) => "backup",
-                },
-                SUMMARY_INTERVAL_NS,
-            ),
+            refusals: Refusals::new(role, SUMMARY_INTERVAL_NS),
         }
     }
 
