@@ -273,6 +273,11 @@ fn every_refused_flag_value_exits_2_with_one_line() {
         (&["tap", "--frontend", "tcp://127.0.0.1:1", "--backend", "tcp://127.0.0.1:2", "--filter", "bad\\x4"], "\\x"),
         (&["capacity", "--vary", "bogus=1"], "cannot be varied"),
         (&["clone-server", "--heartbeat-interval", "0s"], "10ms to 60s"),
+        // A server that can store no key, and an HWM of 0 (libzmq's "no limit"), are refused.
+        (&["clone-server", "--max-key-bytes", "0"], "'--max-key-bytes <BYTES>': at least 1"),
+        (&["clone-server", "--snapshot-hwm-msgs", "0"], "'--snapshot-hwm-msgs <COUNT>': at least 1"),
+        // A ttl past the server's bound is refused here, not re-sent until --timeout.
+        (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "/k", "v", "--ttl", "9000h"], "31536000s"),
         (
             &[
                 "clone-client",

@@ -1364,6 +1364,77 @@ fn a_failed_log_write_is_neither_published_nor_acknowledged() {
     });
 }
 
+/// docs/CLONE.md: a passive server whose own log fails still applies what the active one
+/// acknowledged, so its disk copy falls behind: it says so (`durable=no`, not "not
+/// acknowledged"), and on taking over it acknowledges no new update until a full snapshot has
+/// made its disk whole. Then a kill -9 and a restart on its own data directory lose nothing
+/// acknowledged (before: the updates its log missed were gone).
+#[test]
+fn a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole() {
+    let fs = match TinyTmpfs::mount("clone-passive-full", "256k") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole: {why}");
+            return;
+        }
+    };
+    let pdir = common::temp_dir("clone-passive-full-primary");
+    let bdir = fs.dir.join("backup");
+    let (pp, bp) = (free_port_block(4), free_port_block(4));
+    let mut prim = primary(pp, bp, &["--data-dir", pdir.to_str().expect("utf8")]);
+    let (mut back, said) = {
+        let peer = ep(pp);
+        let args = ["--backup", "--peer", &peer, "--data-dir", bdir.to_str().expect("utf8")];
+        let mut cmd = mdsub();
+        cmd.arg("clone-server").arg("--endpoint").arg(ep(bp)).args(args);
+        let mut p = Proc::spawn("backup", cmd.stderr(std::process::Stdio::piped()));
+        let err = lines_of(p.child.stderr.take().expect("stderr piped"));
+        (p, err)
+    };
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    let c = synced(&[pp, bp], "");
+    set_all_acked(&c, "/first/", 1, "x");
+    wait_until(Duration::from_secs(10), "the backup to hold /first/0", || {
+        status(bp).get("keys").map(String::as_str) == Some("1")
+    });
+    let filler = fs.fill();
+    let value = "v".repeat(3000);
+    set_all_acked(&c, "/acked/", 30, &value);
+    wait_until(Duration::from_secs(10), "the backup to apply all 30 in memory", || {
+        status(bp).get("keys").map(String::as_str) == Some("31")
+    });
+    let s = status(bp);
+    assert_eq!(s.get("durable").map(String::as_str), Some("no"), "its disk is behind: {s:?}");
+    assert!(s.get("log_failures").is_some_and(|n| n != "0"), "{s:?}");
+    let line = wait_line(&said, Duration::from_secs(5), "the log failure line", |l| l.contains("log write failed"));
+    assert!(!line.contains("not acknowledged"), "the active acknowledged these: {line}");
+    // The active dies; a set makes the backup take over, but it cannot write its snapshot.
+    prim.signal(libc::SIGKILL);
+    prim.wait_exit(Duration::from_secs(5));
+    let after = c.set("/after", "y", None).expect("set");
+    wait_state(bp, "active", Duration::from_secs(15));
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        assert_eq!(c.ack_state(after).expect("ack"), AckState::Pending, "acknowledged while not durable");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(bp).get("durable").map(String::as_str), Some("no"));
+    // Room again: the snapshot is written (after its back-off), then the set is acknowledged.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    wait_until(Duration::from_secs(40), "the backup's disk to be whole", || {
+        status(bp).get("durable").map(String::as_str) == Some("yes")
+    });
+    c.wait_acked(after, Duration::from_secs(10)).expect("acknowledged once durable");
+    // kill -9 and restart on its own data directory: everything acknowledged is there.
+    back.signal(libc::SIGKILL);
+    back.wait_exit(Duration::from_secs(5));
+    let again = server("again", bp, &["--data-dir", bdir.to_str().expect("utf8")]);
+    wait_state(bp, "active", Duration::from_secs(10));
+    assert_eq!(status(bp).get("keys").map(String::as_str), Some("32"), "{:?}", status(bp));
+    drop(again);
+}
+
 #[test]
 fn a_client_that_does_not_read_its_snapshot_is_bounded_and_counted() {
     let p = free_port_block(3);

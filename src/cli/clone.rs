@@ -17,6 +17,7 @@ use crate::agent::{RunSpec, Runner, StopFlag};
 use crate::clone::bstar::Role;
 use crate::clone::client::{AckState, ChangeKind, Client, ClientConfig, ClientError};
 use crate::clone::kvmsg::{show, Uuid};
+use crate::clone::map::MAX_TTL_S;
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 use crate::link::{LinkStats, Reason};
 
@@ -55,16 +56,16 @@ pub struct ServerArgs {
     /// Publish HUGZ when nothing was published for this long (e.g. 1s).
     #[arg(long, value_parser = parse_interval, default_value = "1s", value_name = "DURATION")]
     pub hugz_interval: Duration,
-    /// Longest key accepted (longer updates are counted and dropped).
-    #[arg(long, value_parser = parse_bytes_usize, default_value = "1Ki", value_name = "BYTES")]
+    /// Longest key accepted (longer updates are counted and dropped); at least 1.
+    #[arg(long, value_parser = parse_key_bytes, default_value = "1Ki", value_name = "BYTES")]
     pub max_key_bytes: usize,
     /// Longest value accepted.
     #[arg(long, value_parser = parse_bytes_usize, default_value = "1Mi", value_name = "BYTES")]
     pub max_value_bytes: usize,
     /// Snapshot messages queued to one client at most (memory bound of the snapshot port); a
     /// client that stops reading at the bound for 100 ms has its snapshot abandoned (counted in
-    /// STATUS as snapshots_abandoned; it asks again).
-    #[arg(long, value_parser = parse_hwm, default_value = "1M", value_name = "COUNT")]
+    /// STATUS as snapshots_abandoned; it asks again). At least 1 (libzmq reads 0 as no limit).
+    #[arg(long, value_parser = parse_bound_hwm, default_value = "1M", value_name = "COUNT")]
     pub snapshot_hwm_msgs: i32,
     /// Idle strategy of the server thread.
     #[arg(long, value_enum, default_value_t = Idle::Block)]
@@ -76,6 +77,23 @@ pub struct ServerArgs {
     /// Do not print state changes.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `--max-key-bytes`: a server whose longest key is 0 bytes could store no key.
+fn parse_key_bytes(s: &str) -> Result<usize, String> {
+    match parse_bytes_usize(s)? {
+        0 => Err("at least 1: a server that accepts no key byte can store no key".into()),
+        n => Ok(n),
+    }
+}
+
+/// `--snapshot-hwm-msgs`: a bound, so at least 1 (libzmq reads an HWM of 0 as "no limit",
+/// which would remove the snapshot port's memory bound).
+fn parse_bound_hwm(s: &str) -> Result<i32, String> {
+    match parse_hwm(s)? {
+        0 => Err("at least 1: an HWM of 0 is libzmq's \"no limit\", not a bound".into()),
+        n => Ok(n),
+    }
 }
 
 /// An interval flag: whole milliseconds inside the range the server accepts.
@@ -205,7 +223,8 @@ pub enum ClientCmd {
         key: String,
         /// The value (an empty string deletes).
         value: String,
-        /// Make the value ephemeral: the server deletes it after this long (whole seconds, e.g. 10s).
+        /// Make the value ephemeral: the server deletes it after this long (whole seconds, e.g. 10s;
+        /// at most 365 days, the server's bound).
         #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
         ttl: Option<u64>,
     },
@@ -247,8 +266,10 @@ pub enum ClientCmd {
 /// A CHP `ttl` as a duration in whole seconds (the property's unit).
 fn parse_ttl(s: &str) -> Result<u64, String> {
     let d = parse_duration(s)?;
-    if d.subsec_nanos() != 0 || d.is_zero() {
-        return Err("a ttl is a whole number of seconds, at least 1s (e.g. 10s, 2m)".into());
+    if d.subsec_nanos() != 0 || d.is_zero() || d.as_secs() > MAX_TTL_S {
+        return Err(format!(
+            "a ttl is a whole number of seconds from 1s to {MAX_TTL_S}s (8760h, the server's bound; e.g. 10s, 2m)"
+        ));
     }
     Ok(d.as_secs())
 }

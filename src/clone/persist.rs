@@ -280,30 +280,36 @@ fn copy_aside(dir: &Path, name: &str) -> Result<PathBuf, PersistError> {
 }
 
 /// Write a snapshot file of `records` at `sequence` atomically (temp file, fsync, rename,
-/// directory fsync).
+/// directory fsync). On failure the temp file is removed (a disk that is full stays no fuller).
 fn write_snapshot_file(dir: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
     let tmp = dir.join("snapshot.tmp");
     let path = dir.join("snapshot");
-    {
-        let f = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        let mut buf = Vec::with_capacity(1 << 16);
-        buf.extend_from_slice(SNAP_MAGIC);
-        buf.extend_from_slice(&sequence.to_le_bytes());
-        for r in records {
-            encode_record(&r, &mut buf);
-            if buf.len() >= 1 << 16 {
-                w.write_all(&buf).map_err(io_err(&tmp, "writing"))?;
-                buf.clear();
-            }
-        }
-        w.write_all(&buf).map_err(io_err(&tmp, "writing"))?;
-        w.flush().map_err(io_err(&tmp, "flushing"))?;
-        w.get_ref().sync_all().map_err(io_err(&tmp, "fsyncing"))?;
+    let written = write_tmp_snapshot(&tmp, sequence, records)
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(io_err(&path, "renaming the snapshot into place")));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, &path).map_err(io_err(&path, "renaming the snapshot into place"))?;
+    written?;
     fsync_dir(dir);
     Ok(())
+}
+
+fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
+    let f = File::create(tmp).map_err(io_err(tmp, "creating"))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let mut buf = Vec::with_capacity(1 << 16);
+    buf.extend_from_slice(SNAP_MAGIC);
+    buf.extend_from_slice(&sequence.to_le_bytes());
+    for r in records {
+        encode_record(&r, &mut buf);
+        if buf.len() >= 1 << 16 {
+            w.write_all(&buf).map_err(io_err(tmp, "writing"))?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf).map_err(io_err(tmp, "writing"))?;
+    w.flush().map_err(io_err(tmp, "flushing"))?;
+    w.get_ref().sync_all().map_err(io_err(tmp, "fsyncing"))
 }
 
 fn fsync_dir(dir: &Path) {
@@ -497,6 +503,21 @@ mod tests {
         msg.uuid = Some([seq as u8; 16]);
         msg.set_prop("src", "a=b");
         Record { msg, expires_at_unix_ms: seq.is_multiple_of(2).then_some(123) }
+    }
+
+    #[test]
+    fn a_failed_snapshot_write_removes_its_temp_file_and_keeps_the_log() {
+        let d = tmpdir("snapfail");
+        let (mut s, _) = Store::open(&d).expect("open");
+        s.append(&rec("/a", 1, "x")).expect("append");
+        s.flush().expect("flush");
+        // The rename cannot put the snapshot in place over a directory that holds something.
+        std::fs::create_dir_all(d.join("snapshot").join("in-the-way")).expect("mkdir");
+        let e = s.write_snapshot(1, vec![rec("/a", 1, "x")].into_iter()).expect_err("rename fails");
+        assert!(e.to_string().contains("renaming the snapshot into place"), "{e}");
+        assert!(!d.join("snapshot.tmp").exists(), "the temp file is removed, not left to fill the disk");
+        assert_eq!(s.log_records(), 1, "the log is kept: the snapshot did not replace it");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct Server {
     store: Option<Store>,
     /// Wall clock (ms since the epoch) of this step, for the log's TTL deadlines.
     wall_ms: u64,
+    /// Appends up to this token are not written ([`Action::SkipAppends`]).
+    skip_appends_through: u64,
     actions: Vec<Action>,
     frames: Vec<zmq::Message>,
 }
@@ -214,6 +216,7 @@ impl Server {
             pair,
             store: None,
             wall_ms: 0,
+            skip_appends_through: 0,
             actions: Vec::new(),
             frames: Vec::new(),
             cfg,
@@ -325,6 +328,11 @@ impl Server {
                     }
                     None
                 }
+                Action::SkipAppends { through } => {
+                    self.skip_appends_through = through;
+                    None
+                }
+                Action::Append { token, .. } if token <= self.skip_appends_through => None,
                 Action::Append { token, msg, expires_in_ms } => {
                     let rec = Record { msg, expires_at_unix_ms: expires_in_ms.map(|ms| self.wall_ms + ms) };
                     let r = self.store.as_mut().map(|s| s.append(&rec));
@@ -340,10 +348,10 @@ impl Server {
                     }
                     None
                 }
-                Action::WriteSnapshot => {
-                    self.rewrite_store(now_ns);
-                    None
-                }
+                Action::WriteSnapshot => Some(match self.rewrite_store(now_ns) {
+                    Ok(()) => Event::SnapshotWritten,
+                    Err(e) => Event::SnapshotFailed { error: e.to_string() },
+                }),
                 Action::Log(text) => {
                     crate::diag!("clone-server: {text}");
                     None
@@ -390,8 +398,9 @@ impl Server {
         Ok(true)
     }
 
-    fn rewrite_store(&mut self, now_ns: u64) {
-        let Some(store) = self.store.as_mut() else { return };
+    /// Write the map as the data directory's snapshot (and restart the log).
+    fn rewrite_store(&mut self, now_ns: u64) -> Result<(), PersistError> {
+        let Some(store) = self.store.as_mut() else { return Ok(()) };
         let wall = self.wall_ms;
         let map = self.core.map();
         let recs = map.iter().map(|(k, e)| {
@@ -402,9 +411,7 @@ impl Server {
                 expires_at_unix_ms: e.expires_at_ns.map(|t| wall + t.saturating_sub(now_ns) / 1_000_000 + 1),
             }
         });
-        if let Err(e) = store.write_snapshot(self.core.sequence(), recs) {
-            crate::diag!("clone-server: {e}");
-        }
+        store.write_snapshot(self.core.sequence(), recs)
     }
 
     /// Send the snapshot of `subtree` and KTHXBAI; true when all of it went out.
@@ -538,12 +545,14 @@ impl Server {
     }
 
     /// The compaction rule: rewrite the snapshot once the log holds twice the map (at least
-    /// 100 000 records), so recovery reads little more than the map.
-    fn compact_if_large(&mut self, now_ns: u64) {
+    /// 100 000 records), so recovery reads little more than the map. The core writes it, or
+    /// waits out the back-off after a failed one.
+    fn compact_if_large(&mut self, now_ns: u64) -> Result<(), AgentError> {
         let map_len = self.core.map().len() as u64;
         if self.store.as_ref().is_some_and(|s| s.log_records() > (2 * map_len).max(100_000)) {
-            self.rewrite_store(now_ns);
+            self.step(Event::LogLarge, now_ns)?;
         }
+        Ok(())
     }
 }
 
@@ -589,7 +598,7 @@ impl Agent for Server {
         let expired = self.core.counters().expired;
         self.step(Event::Tick, now)?;
         n += (self.core.counters().expired - expired) as usize;
-        self.compact_if_large(now);
+        self.compact_if_large(now)?;
         self.step(Event::Flush, now)?;
         Ok(Step::Worked(n))
     }

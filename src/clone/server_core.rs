@@ -11,9 +11,24 @@
 //! ([`Action::Append`]); it is applied and published (its acknowledgement) only after the shell
 //! has flushed the log ([`Action::FlushLog`] answered by [`Event::LogFlushed`]). The shell runs
 //! the actions in order and reports a failed append or flush at once ([`Event::LogFailed`],
-//! after rolling the log back): every update waiting on the lost records is then neither
-//! applied, published nor acknowledged, its UUID is forgotten so the client's re-send counts as
-//! new, and the failure is counted in `log_failures`.
+//! after rolling the log back to its last flush). On the active server every update of the
+//! unflushed batch is then neither applied, published nor acknowledged, its UUID is forgotten
+//! so the client's re-send counts as new, and its sequence is given back (the published
+//! sequence stays contiguous); appends of the batch already asked for are skipped
+//! ([`Action::SkipAppends`]). The failure is counted in `log_failures`.
+//!
+//! A passive server applies what the active one published (and acknowledged) whether or not its
+//! own log took it: when that log fails, its disk copy lacks updates it holds in memory. It is
+//! then *not durable* (`STATUS` `durable=no`): it stops appending, and writes a full snapshot
+//! ([`Action::WriteSnapshot`]) as soon as the disk takes one. Taking over before that, it writes
+//! the snapshot first, and refuses client updates (`refused_not_durable`, said) and holds its
+//! pending list until the snapshot is on disk.
+//!
+//! **Snapshot writes** (compaction, a passive re-sync, a disk that fell behind) are answered by
+//! [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`]; a failed one is counted
+//! (`snapshot_failures`), said like a refusal (the first at once, then a summary per interval),
+//! and retried after a back-off that doubles from [`SNAPSHOT_RETRY_MIN_NS`] up to
+//! [`SNAPSHOT_RETRY_MAX_NS`].
 //!
 //! **Refusals**: every input the core drops (an update, request, heartbeat or peer message that
 //! does not decode or validate, a peer snapshot entry it cannot apply) is counted by reason in a
@@ -44,6 +59,11 @@ pub const PENDING_MAX: usize = 1_000_000;
 pub const PEER_SYNC_TIMEOUT_NS: u64 = 3_000_000_000;
 /// UUIDs remembered as already re-published once (see `republish_if_current`).
 const REPUBLISHED_UUIDS: usize = 65_536;
+
+/// First wait before a failed snapshot write is tried again (doubling after each failure).
+pub const SNAPSHOT_RETRY_MIN_NS: u64 = 1_000_000_000;
+/// Longest wait between tries of a failing snapshot write.
+pub const SNAPSHOT_RETRY_MAX_NS: u64 = 60_000_000_000;
 
 /// Longest properties frame (`name=value\n` text) accepted in an update.
 pub const MAX_PROPS_BYTES: usize = 64 << 10;
@@ -199,6 +219,15 @@ pub enum Event {
         /// What went wrong, for the report.
         error: String,
     },
+    /// The log has grown well past the map: a snapshot (compaction) is due.
+    LogLarge,
+    /// The snapshot asked for by [`Action::WriteSnapshot`] is on disk (the log restarted).
+    SnapshotWritten,
+    /// The snapshot asked for by [`Action::WriteSnapshot`] failed (its temp file removed).
+    SnapshotFailed {
+        /// What went wrong, for the report.
+        error: String,
+    },
 }
 
 /// What the shell must do, in order.
@@ -246,9 +275,16 @@ pub enum Action {
     /// Hand the appended records to the OS, then report [`Event::LogFlushed`] or
     /// [`Event::LogFailed`] (`token: None`).
     FlushLog,
+    /// Do not write the appends asked for so far that have not run yet (tokens up to
+    /// `through`): their batch was lost with a failed append or flush.
+    SkipAppends {
+        /// The last token to skip.
+        through: u64,
+    },
     /// fsync the log (failures are reported, not fatal).
     SyncLog,
-    /// Replace the data directory's snapshot with the map (after a passive re-sync).
+    /// Replace the data directory's snapshot with the map, restart the log, then report
+    /// [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`].
     WriteSnapshot,
     /// Print this line (prefixed with the role) on stderr.
     Log(String),
@@ -269,16 +305,21 @@ pub struct Counters {
     pub snapshots: u64,
     /// Snapshots abandoned: the client did not read while its queue was at the snapshot HWM.
     pub snapshots_abandoned: u64,
-    /// KVPUB messages published (updates and expiry deletes).
+    /// KVPUB messages published (updates and expiry deletes; HUGZ apart, in `hugz`).
     pub published: u64,
+    /// HUGZ published.
+    pub hugz: u64,
+    /// Snapshot writes that failed (retried with back-off).
+    pub snapshot_failures: u64,
     /// Keys expired.
     pub expired: u64,
     /// Peer heartbeats that did not parse.
     pub malformed_heartbeats: u64,
     /// Pending updates dropped (too old or list full).
     pub pending_dropped: u64,
-    /// Update-log appends or flushes that failed (disk full, I/O error): the
-    /// updates they carried were neither applied, published nor acknowledged.
+    /// Update-log appends or flushes that failed (disk full, I/O error): on the active server
+    /// the updates they carried were neither applied, published nor acknowledged; on a passive
+    /// one its disk copy fell behind (see the module doc).
     pub log_failures: u64,
     /// Entries of the peer's snapshot that could not be applied (counted and logged, not stored).
     pub peer_entries_refused: u64,
@@ -332,8 +373,17 @@ pub struct ServerCore {
     appends: u64,
     /// Appended since the last flush.
     wrote: bool,
-    /// The last client update appended: (token, sequence), to give the sequence back if it fails.
-    last_update_append: Option<(u64, u64)>,
+    /// The data directory lacks updates held in memory (a passive's log failed): no appends,
+    /// no client updates applied, until a full snapshot is written.
+    disk_behind: bool,
+    /// A snapshot write is due (compaction, re-sync, a disk behind), once the back-off allows.
+    snapshot_wanted: bool,
+    /// No snapshot write before this (after a failed one).
+    snapshot_retry_at_ns: u64,
+    /// The current back-off (0 after a success).
+    snapshot_backoff_ns: u64,
+    /// Failed snapshot writes, said like refusals.
+    snapshot_said: Refusals,
     /// Waiting for the flush, each tagged with the appends issued when it was queued: a failed
     /// append `k` loses every record up to `k`, so the entries tagged `<= k` go with it.
     outbox: Vec<(u64, Outgoing)>,
@@ -354,12 +404,13 @@ impl ServerCore {
             synced: false,
             pending: VecDeque::new(),
         });
+        let role = match &cfg.pair {
+            None => "standalone",
+            Some(p) if p.role == Role::Primary => "primary",
+            Some(_) => "backup",
+        };
         ServerCore {
-            role: match &cfg.pair {
-                None => "standalone",
-                Some(p) if p.role == Role::Primary => "primary",
-                Some(_) => "backup",
-            },
+            role,
             hugz_ns: cfg.hugz_interval_ms.saturating_mul(1_000_000),
             fsync_ns: cfg.fsync_interval_ms.saturating_mul(1_000_000),
             limits: Limits { max_key_bytes: cfg.max_key_bytes, max_value_bytes: cfg.max_value_bytes },
@@ -375,17 +426,14 @@ impl ServerCore {
             last_fsync_ns: now_ns,
             appends: 0,
             wrote: false,
-            last_update_append: None,
+            disk_behind: false,
+            snapshot_wanted: false,
+            snapshot_retry_at_ns: 0,
+            snapshot_backoff_ns: 0,
+            snapshot_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: snapshot not written")),
             outbox: Vec::new(),
             wall_ms: 0,
-            refusals: Refusals::new(
-                match &cfg.pair {
-                    None => "standalone",
-                    Some(p) if p.role == Role::Primary => "primary",
-                    Some(_) => "backup",
-                },
-                SUMMARY_INTERVAL_NS,
-            ),
+            refusals: Refusals::new(role, SUMMARY_INTERVAL_NS),
         }
     }
 
@@ -524,6 +572,9 @@ impl ServerCore {
                 self.publish_outbox(out);
             }
             Event::LogFailed { token, error } => self.log_failed(token, &error, out),
+            Event::LogLarge => self.want_snapshot(now_ns, out),
+            Event::SnapshotWritten => self.snapshot_written(now_ns, out),
+            Event::SnapshotFailed { error } => self.snapshot_failed(&error, now_ns, out),
         }
         Ok(())
     }
@@ -579,6 +630,12 @@ impl ServerCore {
         &self.counters
     }
 
+    /// The data directory holds everything in memory: `None` without one, `Some(false)` while
+    /// a passive's failed log left it behind and no snapshot has made it whole yet.
+    pub fn durable(&self) -> Option<bool> {
+        self.durable.then_some(!self.disk_behind)
+    }
+
     /// Updates held in the pending list (passive).
     pub fn pending(&self) -> usize {
         self.pair.as_ref().map_or(0, |p| p.pending.len())
@@ -590,8 +647,8 @@ impl ServerCore {
         format!(
             "state={}\nrole={}\nsequence={}\nkeys={}\npending={}\nmalformed_requests={}\n\
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
-             published={}\nexpired={}\npending_dropped={}\nlog_failures={}\npeer_entries_refused={}\n\
-             absolute_ttls={}\nsnapshots_abandoned={}\n{}",
+             published={}\nhugz={}\nexpired={}\npending_dropped={}\nlog_failures={}\n\
+             snapshot_failures={}\ndurable={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n{}",
             self.state_name(),
             self.role,
             self.sequence,
@@ -604,9 +661,16 @@ impl ServerCore {
             c.rejected_votes,
             c.snapshots,
             c.published,
+            c.hugz,
             c.expired,
             c.pending_dropped,
             c.log_failures,
+            c.snapshot_failures,
+            match self.durable() {
+                None => "off",
+                Some(true) => "yes",
+                Some(false) => "no",
+            },
             c.peer_entries_refused,
             c.absolute_ttls,
             c.snapshots_abandoned,
@@ -622,8 +686,8 @@ impl ServerCore {
 
     /// Append `msg` to the update log (no data dir: nothing to do).
     fn persist(&mut self, msg: &KvMsg, expires_at_ns: Option<u64>, now_ns: u64, out: &mut Vec<Action>) -> u64 {
-        if !self.durable {
-            return 0;
+        if !self.durable || self.disk_behind {
+            return 0; // behind: the snapshot that makes the disk whole will hold it
         }
         let mut m = msg.clone();
         m.remove_prop(kvmsg::TTL_PROP);
@@ -637,31 +701,114 @@ impl ServerCore {
         self.appends
     }
 
-    /// A log append or flush failed and the shell rolled back every record not yet flushed:
-    /// what waited on them is not published, and the clients' re-sends count as new.
+    /// A log append or flush failed and the shell rolled back every record not yet flushed;
+    /// the appends already asked for are skipped. Active: the whole unflushed batch is lost (not
+    /// published, the clients' re-sends count as new) and its sequences are given back. Passive:
+    /// what it lost was replicated, already applied and acknowledged by the active server, so
+    /// its disk copy is now behind until a full snapshot (see the module doc).
     fn log_failed(&mut self, token: Option<u64>, error: &str, out: &mut Vec<Action>) {
         self.counters.log_failures += 1;
-        let lost_up_to = token.unwrap_or(u64::MAX);
-        self.wrote = token.is_some_and(|k| self.appends > k);
-        if let (Some(k), Some((t, seq))) = (token, self.last_update_append) {
-            if k == t && seq == self.sequence {
-                self.sequence -= 1; // the failed update was the last one sequenced: reuse it
-            }
-        }
-        let mut kept = Vec::with_capacity(self.outbox.len());
-        for (tag, o) in std::mem::take(&mut self.outbox) {
-            if tag > lost_up_to {
-                kept.push((tag, o));
-            } else if let Outgoing::Update(m, _) = o {
-                if let Some(u) = m.uuid {
-                    self.recent.remove(&u);
-                }
-            }
-        }
-        self.outbox = kept;
         let n = self.counters.log_failures;
+        self.wrote = false;
+        if token.is_none_or(|k| k < self.appends) {
+            out.push(Action::SkipAppends { through: self.appends });
+        }
+        if !self.is_active() {
+            self.disk_behind = true;
+            self.snapshot_wanted = true;
+            if n <= 10 || n.is_multiple_of(1000) {
+                out.push(Action::Log(format!(
+                    "update log write failed ({n} so far): the data directory now lacks replicated updates \
+                     held in memory (the active server acknowledged them); not durable (STATUS durable=no) \
+                     until a full snapshot is written, tried with back-off: {error}"
+                )));
+            }
+            return;
+        }
+        let mut first_lost = None::<u64>;
+        let mut lost = 0u64;
+        for (_, o) in std::mem::take(&mut self.outbox) {
+            let m = match o {
+                Outgoing::Update(m, _) => {
+                    lost += 1;
+                    if let Some(u) = m.uuid {
+                        self.recent.remove(&u);
+                    }
+                    m
+                }
+                Outgoing::Publish(m) if m.key != HUGZ => m, // an expiry delete or a re-publish
+                Outgoing::Publish(_) => continue,
+            };
+            first_lost = Some(first_lost.map_or(m.sequence, |f| f.min(m.sequence)));
+        }
+        if let Some(f) = first_lost {
+            // Nothing after it was published: the next update takes its sequence.
+            self.sequence = self.sequence.min(f.saturating_sub(1));
+        }
         if n <= 10 || n.is_multiple_of(1000) {
-            out.push(Action::Log(format!("update log write failed ({n} so far), update not acknowledged: {error}")));
+            out.push(Action::Log(format!(
+                "update log write failed ({n} so far): {lost} updates not acknowledged (neither applied nor \
+                 published; clients re-send them): {error}"
+            )));
+        }
+    }
+
+    /// Ask for a snapshot write (now, or when the back-off after a failed one has passed).
+    fn want_snapshot(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        self.snapshot_wanted = true;
+        self.maybe_snapshot(now_ns, out);
+    }
+
+    /// Write the wanted snapshot if the back-off allows: first the log (the outbox's updates
+    /// are then applied, so the snapshot holds every update acknowledged before it).
+    fn maybe_snapshot(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        if !self.durable || !self.snapshot_wanted || now_ns < self.snapshot_retry_at_ns {
+            return;
+        }
+        self.snapshot_wanted = false;
+        self.flush(out);
+        out.push(Action::WriteSnapshot);
+    }
+
+    fn snapshot_written(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        self.snapshot_backoff_ns = 0;
+        self.snapshot_retry_at_ns = 0;
+        if self.disk_behind {
+            self.disk_behind = false;
+            out.push(Action::Log(format!(
+                "data directory whole again: snapshot of {} keys at sequence {} written (durable=yes)",
+                self.map.len(),
+                self.sequence
+            )));
+            if self.is_active() {
+                self.replay_pending(now_ns, out);
+                self.flush(out);
+            }
+        }
+    }
+
+    fn snapshot_failed(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
+        self.counters.snapshot_failures += 1;
+        self.snapshot_backoff_ns =
+            self.snapshot_backoff_ns.saturating_mul(2).clamp(SNAPSHOT_RETRY_MIN_NS, SNAPSHOT_RETRY_MAX_NS);
+        self.snapshot_retry_at_ns = now_ns.saturating_add(self.snapshot_backoff_ns);
+        self.snapshot_wanted = true;
+        let detail = format_args!(
+            "{error}; tried again after a back-off doubling from {} s to at most {} s (STATUS snapshot_failures)",
+            SNAPSHOT_RETRY_MIN_NS / 1_000_000_000,
+            SNAPSHOT_RETRY_MAX_NS / 1_000_000_000
+        );
+        if let Some(l) = self.snapshot_said.refuse("write_failed", &detail, now_ns) {
+            out.push(Action::Log(l));
+        }
+    }
+
+    /// Count a KVPUB about to go out (HUGZ apart).
+    fn count_published(&mut self, msg: &KvMsg) {
+        if msg.key == HUGZ {
+            self.counters.hugz += 1;
+        } else {
+            self.counters.published += 1;
         }
     }
 
@@ -672,7 +819,7 @@ impl ServerCore {
             self.outbox.push((self.appends, Outgoing::Publish(msg)));
             return;
         }
-        self.counters.published += 1;
+        self.count_published(&msg);
         out.push(Action::Publish { msg, apply_at_ns: None });
     }
 
@@ -688,11 +835,16 @@ impl ServerCore {
     }
 
     fn publish_outbox(&mut self, out: &mut Vec<Action>) {
-        for (_, o) in self.outbox.drain(..) {
-            self.counters.published += 1;
+        for (_, o) in std::mem::take(&mut self.outbox) {
             out.push(match o {
-                Outgoing::Publish(msg) => Action::Publish { msg, apply_at_ns: None },
-                Outgoing::Update(msg, at) => Action::Publish { msg, apply_at_ns: Some(at) },
+                Outgoing::Publish(msg) => {
+                    self.count_published(&msg);
+                    Action::Publish { msg, apply_at_ns: None }
+                }
+                Outgoing::Update(msg, at) => {
+                    self.counters.published += 1;
+                    Action::Publish { msg, apply_at_ns: Some(at) }
+                }
             });
         }
     }
@@ -731,7 +883,6 @@ impl ServerCore {
             // is flushed, never if it failed.
             let exp = ttl_ns(&msg).ok().flatten().map(|t| now_ns.saturating_add(t));
             let token = self.persist(&msg, exp, now_ns, out);
-            self.last_update_append = Some((token, self.sequence));
             self.last_pub_ns = now_ns;
             self.outbox.push((token, Outgoing::Update(msg, now_ns)));
             return;
@@ -806,6 +957,13 @@ impl ServerCore {
             return;
         }
         if self.is_active() {
+            if self.disk_behind {
+                // It could not be made durable: not acknowledged; the client re-sends it.
+                let words = "update refused: the data directory lacks updates held in memory \
+                             until a full snapshot is written (STATUS durable=no)";
+                self.refuse("not_durable", &words, now_ns, out);
+                return;
+            }
             self.apply_update(msg, now_ns, out);
             return;
         }
@@ -932,9 +1090,7 @@ impl ServerCore {
         for q in sync.queued {
             self.apply_replicated(q, now_ns, out);
         }
-        if self.durable {
-            out.push(Action::WriteSnapshot);
-        }
+        self.want_snapshot(now_ns, out);
         self.log(out, format_args!("passive: in sync with {} keys at sequence {}", self.map.len(), self.sequence));
     }
 
@@ -947,17 +1103,33 @@ impl ServerCore {
                 if p.sync.take().is_some() {
                     out.push(Action::EndPeerSnapshot);
                 }
-                let pending: Vec<KvMsg> = p.pending.drain(..).map(|(_, m)| m).collect();
-                let n = pending.len();
-                for m in pending {
-                    self.apply_update(m, now_ns, out);
+                let held = p.pending.len();
+                if self.disk_behind {
+                    out.push(Action::Log(format!(
+                        "taking over with a data directory that lacks updates held in memory: writing a \
+                         full snapshot first; until it is written, client updates are refused \
+                         (refused_not_durable) and the {held} pending ones held"
+                    )));
+                    self.want_snapshot(now_ns, out);
+                } else {
+                    self.replay_pending(now_ns, out);
                 }
-                self.log(out, format_args!("applied {n} pending updates on takeover, sequence {}", self.sequence));
                 self.last_pub_ns = 0; // HUGZ at once so clients see us
             }
             State::Passive => p.synced = false,
             _ => {}
         }
+    }
+
+    /// Active (and durable, or without a data dir): apply the pending list held as passive.
+    fn replay_pending(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        let Some(p) = self.pair.as_mut() else { return };
+        let pending: Vec<KvMsg> = p.pending.drain(..).map(|(_, m)| m).collect();
+        let n = pending.len();
+        for m in pending {
+            self.apply_update(m, now_ns, out);
+        }
+        self.log(out, format_args!("applied {n} pending updates on takeover, sequence {}", self.sequence));
     }
 
     fn bstar_event(&mut self, ev: BEvent, now_ns: u64, out: &mut Vec<Action>) -> Result<bool, BStarError> {
@@ -971,6 +1143,9 @@ impl ServerCore {
 
     fn timers(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         if let Some(l) = self.refusals.due(now_ns) {
+            out.push(Action::Log(l));
+        }
+        if let Some(l) = self.snapshot_said.due(now_ns) {
             out.push(Action::Log(l));
         }
         if let Some(p) = self.pair.as_mut() {
@@ -999,6 +1174,7 @@ impl ServerCore {
         }
         if self.durable {
             self.flush(out);
+            self.maybe_snapshot(now_ns, out);
             if now_ns.saturating_sub(self.last_fsync_ns) >= self.fsync_ns {
                 out.push(Action::SyncLog);
                 self.last_fsync_ns = now_ns;
@@ -1048,6 +1224,11 @@ mod tests {
         clock: ManualClock,
         fail_appends: bool,
         fail_flush: bool,
+        fail_snapshot: bool,
+        /// Appends up to this token are skipped (`Action::SkipAppends`).
+        skip_through: u64,
+        /// When each snapshot write was tried.
+        snapshot_writes: Vec<u64>,
         published: Vec<KvMsg>,
         appended: Vec<KvMsg>,
         other: Vec<Action>,
@@ -1062,6 +1243,9 @@ mod tests {
                 clock,
                 fail_appends: false,
                 fail_flush: false,
+                fail_snapshot: false,
+                skip_through: 0,
+                snapshot_writes: Vec::new(),
                 published: Vec::new(),
                 appended: Vec::new(),
                 other: Vec::new(),
@@ -1087,6 +1271,11 @@ mod tests {
                         }
                         None
                     }
+                    Action::SkipAppends { through } => {
+                        self.skip_through = through;
+                        None
+                    }
+                    Action::Append { token, .. } if token <= self.skip_through => None,
                     Action::Append { token, msg, .. } if self.fail_appends => {
                         let _ = msg;
                         Some(Event::LogFailed { token: Some(token), error: "disk full".into() })
@@ -1097,6 +1286,14 @@ mod tests {
                     }
                     Action::FlushLog if self.fail_flush => Some(Event::LogFailed { token: None, error: "EIO".into() }),
                     Action::FlushLog => Some(Event::LogFlushed),
+                    Action::WriteSnapshot => {
+                        self.snapshot_writes.push(now);
+                        Some(if self.fail_snapshot {
+                            Event::SnapshotFailed { error: "snapshot.tmp: No space left on device".into() }
+                        } else {
+                            Event::SnapshotWritten
+                        })
+                    }
                     Action::Log(l) => {
                         self.logs.push(l);
                         None
@@ -1415,7 +1612,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_append_in_a_takeover_batch_loses_only_what_came_before_it() {
+    fn a_failed_append_in_a_takeover_batch_loses_the_batch_and_gives_its_sequences_back() {
         // Takeover replays the pending list as one batch of appends; the second fails.
         let mut r = Rig::new(cfg(Some(Role::Backup)), true);
         r.on(Event::PeerState(Some(State::Active)));
@@ -1441,20 +1638,165 @@ mod tests {
             .collect();
         assert_eq!(tokens, vec![1, 2, 3]);
         assert!(matches!(out.last(), Some(Action::SendSnapshot { .. })));
-        // The shell: append 1 ok, append 2 fails (rolling back 1 too), append 3 ok, flush ok.
+        // The shell: append 1 ok, append 2 fails (rolling back 1 too): append 3, already asked
+        // for, must not be written, or /p3 would sit in the log under a sequence given back.
         let mut more = Vec::new();
         r.core.on_event(Event::LogFailed { token: Some(2), error: "ENOSPC".into() }, now, &mut more).expect("ok");
+        assert_eq!(more.first(), Some(&Action::SkipAppends { through: 3 }), "{more:?}");
+        assert!(
+            more.iter().any(|a| matches!(a, Action::Log(l) if l.contains("3 updates not acknowledged"))),
+            "{more:?}"
+        );
         more.clear();
         r.core.on_event(Event::LogFlushed, now, &mut more).expect("ok");
-        let keys: Vec<Vec<u8>> = more
-            .iter()
-            .filter_map(|a| match a {
-                Action::Publish { msg, .. } => Some(msg.key.clone()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(keys, vec![b"/p3".to_vec()], "/p1 and /p2 lost with the rolled-back records, /p3 kept");
+        assert!(!more.iter().any(|a| matches!(a, Action::Publish { .. })), "nothing of the batch published: {more:?}");
         assert_eq!(r.core.counters().log_failures, 1);
+        assert_eq!(r.core.sequence(), 0, "the lost batch's sequences are given back");
+        // The clients' re-sends are new, and numbered on from the last published sequence.
+        r.on(Event::Update(Ok(upd("/p3", "v", 3))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/p3".into(), 1)]);
+    }
+
+    #[test]
+    fn a_failed_flush_gives_its_sequences_back_so_the_published_ones_stay_contiguous() {
+        let mut r = Rig::new(cfg(None), true);
+        for (k, n) in [("/a", 1), ("/b", 2)] {
+            r.on(Event::Update(Ok(upd(k, "v", n))));
+            r.on(Event::Flush);
+        }
+        assert_eq!(r.keys_published(), vec![("/a".into(), 1), ("/b".into(), 2)]);
+        // A full disk: batches of updates fail at the flush, again and again.
+        r.fail_flush = true;
+        for batch in 0..5u8 {
+            for i in 0..3 {
+                r.on(Event::Update(Ok(upd(&format!("/x{batch}{i}"), "v", 10 + batch * 3 + i))));
+            }
+            r.on(Event::Flush);
+        }
+        assert_eq!(r.core.counters().log_failures, 5);
+        assert!(r.keys_published().is_empty());
+        let status = r.core.status_text();
+        assert!(status.contains("sequence=2\n") && status.contains("keys=2\n"), "{status}");
+        r.fail_flush = false;
+        r.on(Event::Update(Ok(upd("/c", "v", 99))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/c".into(), 3)], "the next update follows 2 with 3");
+    }
+
+    /// A passive backup (durable) in step with the active at sequence 10.
+    fn durable_passive() -> Rig {
+        let mut r = Rig::new(cfg(Some(Role::Backup)), true);
+        r.on(Event::PeerState(Some(State::Active)));
+        r.sync_passive(&[("/old", 10, "v", Some(200))], 10);
+        assert_eq!(r.snapshot_writes.len(), 1, "a re-synced passive writes its snapshot");
+        r.snapshot_writes.clear();
+        r
+    }
+
+    #[test]
+    fn a_passive_whose_log_fails_is_not_durable_until_a_snapshot_and_takes_over_snapshot_first() {
+        let mut r = durable_passive();
+        // The passive's disk fills: replicated updates (acknowledged by the active) are applied
+        // to memory all the same, and the disk copy is known to be behind.
+        r.fail_appends = true;
+        r.fail_snapshot = true;
+        for i in 0..3u8 {
+            let mut m = upd(&format!("/r{i}"), "v", 100 + i);
+            m.sequence = 11 + u64::from(i);
+            r.on(Event::Replicated(Ok(m)));
+            r.on(Event::Flush);
+        }
+        assert_eq!((r.core.map().len(), r.core.sequence()), (4, 13));
+        assert_eq!(r.core.counters().log_failures, 1, "behind: no more appends after the first failure");
+        assert_eq!(r.appended.len(), 0);
+        let said = std::mem::take(&mut r.logs);
+        assert!(said.iter().all(|l| !l.contains("not acknowledged")), "the active acknowledged them: {said:?}");
+        assert!(said.iter().any(|l| l.contains("durable=no")), "{said:?}");
+        assert_eq!(r.core.durable(), Some(false));
+        assert!(r.core.status_text().contains("durable=no\n"));
+        // It tries to make its disk whole with a full snapshot, with back-off.
+        r.on(Event::Tick);
+        assert_eq!(r.snapshot_writes.len(), 1);
+        assert_eq!(r.core.counters().snapshot_failures, 1);
+        r.clock.advance_ms(999);
+        r.on(Event::Tick);
+        assert_eq!(r.snapshot_writes.len(), 1, "not before the back-off");
+        // Clients send to both servers; then the active dies and a client vote makes us active.
+        r.on(Event::Update(Ok(upd("/p", "1", 1))));
+        r.clock.advance_ms(2 * HEARTBEAT_MS + 1);
+        r.on(Event::Tick);
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "active");
+        assert_eq!(r.snapshot_writes.len(), 2, "taking over writes the snapshot first");
+        // The snapshot still fails: no client update is applied or acknowledged, and it says so.
+        r.on(Event::Update(Ok(upd("/n", "2", 2))));
+        r.on(Event::Flush);
+        assert!(r.keys_published().iter().all(|(k, _)| k == "HUGZ"), "nothing acknowledged while not durable");
+        assert_eq!((r.core.pending(), r.core.sequence()), (1, 13), "the pending update is held");
+        assert_eq!(r.core.refusals().count("not_durable"), 1);
+        assert!(r.logs.iter().any(|l| l.contains("refused (not_durable)")), "{:?}", r.logs);
+        // The disk has room again: the next try writes the snapshot, then the pending update
+        // is applied, and client updates are taken again.
+        r.fail_snapshot = false;
+        r.fail_appends = false;
+        r.clock.advance_ms(2000);
+        r.on(Event::Tick);
+        assert_eq!(r.core.durable(), Some(true));
+        let updates = |r: &mut Rig| r.keys_published().into_iter().filter(|(k, _)| k != "HUGZ").collect::<Vec<_>>();
+        assert_eq!(updates(&mut r), vec![("/p".into(), 14)]);
+        r.on(Event::Update(Ok(upd("/n", "2", 2))));
+        r.on(Event::Flush);
+        assert_eq!(updates(&mut r), vec![("/n".into(), 15)]);
+        assert_eq!(r.appended.len(), 2, "appends again once whole");
+    }
+
+    #[test]
+    fn a_failing_snapshot_write_backs_off_to_a_bound_and_is_said_like_a_refusal() {
+        let mut r = Rig::new(cfg(None), true);
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Flush);
+        r.fail_snapshot = true;
+        // The shell says the log is large at every step (10 per second) for ten minutes.
+        for _ in 0..6000 {
+            r.on(Event::LogLarge);
+            r.on(Event::Tick);
+            r.clock.advance_ms(100);
+        }
+        let tries = &r.snapshot_writes;
+        let gaps: Vec<u64> = tries.windows(2).map(|w| (w[1] - w[0]) / 1_000_000_000).collect();
+        // 1, 2, 4, ... 32 s, then at most 60 s: 6 doublings and 60 s steps over 10 minutes.
+        assert_eq!(&gaps[..6], &[1, 2, 4, 8, 16, 32], "{gaps:?}");
+        assert!(gaps[6..].iter().all(|&g| g == 60), "{gaps:?}");
+        assert!(tries.len() < 20, "{} tries in 10 minutes", tries.len());
+        assert_eq!(r.core.counters().snapshot_failures, tries.len() as u64);
+        assert!(r.core.status_text().contains(&format!("snapshot_failures={}\n", tries.len())));
+        // Said: the first at once, then summaries (at most one per 10 s), not one line per try.
+        let said: Vec<&String> = r.logs.iter().filter(|l| l.contains("snapshot not written")).collect();
+        assert!(said[0].contains("(write_failed): snapshot.tmp: No space left on device"), "{said:?}");
+        assert!(said.len() <= tries.len() && said.len() > 1, "{said:?}");
+        // Room again: the next try succeeds and the back-off starts over.
+        r.fail_snapshot = false;
+        r.clock.advance_ms(60_000);
+        r.on(Event::Tick);
+        let n = r.snapshot_writes.len();
+        r.on(Event::LogLarge);
+        assert_eq!(r.snapshot_writes.len(), n + 1, "no back-off after a success");
+    }
+
+    #[test]
+    fn published_counts_updates_and_expiry_deletes_and_hugz_apart() {
+        let mut r = Rig::new(cfg(None), false);
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        for _ in 0..5 {
+            r.clock.advance_ms(1000);
+            r.on(Event::Tick);
+        }
+        assert_eq!(r.keys_published().iter().filter(|(k, _)| k == "HUGZ").count(), 5);
+        let c = r.core.counters();
+        assert_eq!((c.published, c.hugz), (1, 5));
+        let status = r.core.status_text();
+        assert!(status.contains("published=1\nhugz=5\n"), "{status}");
     }
 
     #[test]
