@@ -641,16 +641,9 @@ fn an_answer_cut_by_the_budget_is_said_at_once_and_stops_at_the_first_value_left
 fn frames_the_wire_decoder_refuses_are_counted_said_and_never_served() {
     // Before, a version-9 frame replaced the topic's good value and was served to late joiners.
     let (mut lvc, ctx, patho, probe_sub) = lvc_with_burst(&[]);
-    let good = frame("VER9", 1, 1, b"good");
-    let at = "VER9".len() + 1;
-    let mut version = frame("VER9", 2, 2, b"bad");
-    version[at] = 9;
-    let mut kind = frame("VER9", 3, 3, b"bad");
-    kind[at + 1] = 7;
-    let mut length = frame("VER9", 4, 4, b"bad");
-    length.push(b'!');
-    for f in [&good, &version, &kind, &length] {
-        patho.send(Cmd::Raw(vec![f.clone()]));
+    patho.send(Cmd::Raw(vec![frame("VER9", 1, 1, b"good")]));
+    for f in bad_frames("VER9", 2) {
+        patho.send(Cmd::Raw(vec![f]));
     }
     patho.send(Cmd::Probe(b"bad done".to_vec()));
     until_probe(&probe_sub, Duration::from_secs(5), Some(b"bad done"));

@@ -255,15 +255,8 @@ fn a_frame_the_wire_decoder_refuses_is_shown_with_why_and_counted() {
     let publisher = publisher(&ctx, &tap.frontend);
     let sub = subscriber(&ctx, &tap.backend, &[b""]);
     handshake(&publisher, &sub);
-    let at = "VER9".len() + 1;
-    let mut version = frame("VER9", 1, 1, b"bad");
-    version[at] = 9;
-    let mut kind = frame("VER9", 2, 2, b"bad");
-    kind[at + 1] = 7;
-    let mut length = frame("VER9", 3, 3, b"bad");
-    length.push(b'!');
-    for f in [&version, &kind, &length] {
-        publisher.send(f.as_slice(), 0).expect("publish");
+    for f in bad_frames("VER9", 1) {
+        publisher.send(f, 0).expect("publish");
     }
     publisher.send(b"10001 23 45".as_slice(), 0).expect("a foreign frame without a NUL");
     publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
