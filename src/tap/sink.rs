@@ -1051,6 +1051,40 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_counts_units_whole_by_the_bytes_taken_and_a_shut_tally_writes_nothing() {
+        let mut l = Ledger::starting_at(24);
+        for len in [10, 20, 30] {
+            l.wrote(len);
+            l.close(2);
+        }
+        assert_eq!(l.confirm(24 + 29), (1, 2), "the second unit is torn: not counted");
+        assert_eq!(l.whole, 34, "whole units end here: a torn tail is cut back to it");
+        assert_eq!(l.waiting(), 2);
+        assert_eq!(l.confirm(24 + 60), (2, 4));
+        assert_eq!((l.whole, l.waiting()), (84, 0));
+
+        let (mut t, taken) = Tally::new(Vec::new());
+        t.write_all(b"abc").expect("write");
+        taken.shut.store(true, Ordering::Relaxed);
+        assert!(t.write_all(b"def").is_err() && t.flush().is_err(), "nothing after a shut");
+        assert_eq!((taken.bytes.load(Ordering::Relaxed), &t.inner[..]), (3, &b"abc"[..]));
+    }
+
+    #[test]
+    fn bad_frames_are_told_from_foreign_ones() {
+        let mut f = encode(b"VER9", &cached_header(), b"xy");
+        f[5] = 9;
+        let mut line = String::new();
+        format_line(&mut line, &Captured::Message { frames: vec![f.clone()], recv_ns: 0 });
+        assert!(line.starts_with("msg bad topic=\"VER9\" reason=unknown_version size=55 hex=09 01 01 00 "), "{line}");
+        assert!(line.ends_with(" (bad frame: unknown wire version 9)"), "{line}");
+        let r = json_records(&Captured::Message { frames: vec![f], recv_ns: 0 });
+        assert_eq!((&r[0]["format"], &r[0]["reason"]), (&json!("bad"), &json!("unknown_version")));
+        // No NUL: foreign, not bad.
+        assert!(bad_frame(&[b"10001 23 45".to_vec()]).is_none());
+    }
+
+    #[test]
     fn stats_keys() {
         let h = Header {
             kind: Kind::Data,
