@@ -149,13 +149,13 @@ impl Downstream<'_> {
 
     /// Send `frames` as one message to the subscriber whose subscription was
     /// just read, and to nobody else (`zmqx::send_to_last_subscriber`).
-    /// Returns false (counted in `send_failures`) if it could not be queued.
-    pub fn answer(&mut self, frames: &mut [Frame]) -> bool {
-        if zmqx::send_to_last_subscriber(self.socket, frames).is_err() {
+    /// An error (counted in `send_failures`) says why it could not be queued.
+    pub fn answer(&mut self, frames: &mut [Frame]) -> Result<(), zmq::Error> {
+        let sent = zmqx::send_to_last_subscriber(self.socket, frames);
+        if sent.is_err() {
             *self.send_failures += 1;
-            return false;
         }
-        true
+        sent
     }
 }
 

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::proxy::*;
+use common::wait_line;
 use mdsub::wire::{decode, FLAG_FROM_CACHE};
 
 const ONE_S: Duration = Duration::from_secs(1);
@@ -610,4 +611,53 @@ fn a_subscription_too_long_for_libzmq_is_kept_from_the_publishers() {
     assert_eq!(counter(&last, "too_long_up"), 2, "the subscribe and the unsubscribe: {last}");
     let last = long_subscription_through("lvc", &[], 4096);
     assert_eq!(counter(&last, "too_long_up"), 0, "a 4 KiB prefix still passes: {last}");
+}
+
+#[test]
+fn an_answer_cut_by_the_budget_is_said_at_once_and_stops_at_the_first_value_left_out() {
+    // Before, a late subscriber got 300 of 1 000 values and nothing was said until the exit line.
+    let (mut lvc, ctx, _patho, _probe_sub) = lvc_with_burst(&["--answer-msgs", "300", "--coalesce-window", "0s"]);
+    let s = subscriber(&ctx, &lvc.backend, &[b"P"]);
+    let line = wait_line(&lvc.stderr, Duration::from_secs(5), "the cut answer said while running", |l| {
+        l.starts_with("lvc: answer cut short (budget): ")
+    });
+    assert!(
+        line.contains(
+            "a subscribe to \"P\" got 300 of 1000 cached values, in topic order up to \"P300\" (not included)"
+        ),
+        "{line}"
+    );
+    assert!(line.contains("the other 700 ("), "{line}");
+    // The answer is the first message the subscriber gets (one message, every value back to back).
+    let answer = recv_within(&s, ONE_S, "the answer");
+    let names: Vec<String> = answer.iter().map(|f| name(f)).collect();
+    assert_eq!(names, topics(300), "every topic before the first left out, none after it");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!((counter(last, "truncated"), counter(last, "suppressed_msgs")), (1, 700), "{last}");
+}
+
+#[test]
+fn frames_the_wire_decoder_refuses_are_counted_said_and_never_served() {
+    // Before, a version-9 frame replaced the topic's good value and was served to late joiners.
+    let (mut lvc, ctx, patho, probe_sub) = lvc_with_burst(&[]);
+    patho.send(Cmd::Raw(vec![frame("VER9", 1, 1, b"good")]));
+    for f in bad_frames("VER9", 2) {
+        patho.send(Cmd::Raw(vec![f]));
+    }
+    patho.send(Cmd::Probe(b"bad done".to_vec()));
+    until_probe(&probe_sub, Duration::from_secs(5), Some(b"bad done"));
+    let s = subscriber(&ctx, &lvc.backend, &[b"VER9\0", b"_probe\0"]);
+    let got = until_probe(&s, ONE_S, None);
+    let answer = values(&got);
+    assert_eq!(answer.len(), 1, "the good value only: {got:?}");
+    assert_from_cache(&answer);
+    assert_eq!(decode(&answer[0]).expect("mdsub").payload, b"good");
+    let (_, err) = stop(&mut lvc);
+    let last = err.iter().find(|l| l.starts_with("lvc: stopped:")).expect("counters on exit");
+    assert_eq!(counter(last, "bad_frames"), 3, "{last}");
+    assert!(
+        err.iter().any(|l| l.starts_with("lvc: refused (bad_frame): bad frame: unknown wire version 9: ")),
+        "the first bad frame is said with its reason: {err:?}"
+    );
 }

@@ -571,3 +571,38 @@ fn clone_client_refuses_messages_that_are_not_kvmsgs() {
     let said: Vec<&str> = err.lines().filter(|l| l.starts_with("clone-client: refused (malformed_kvmsg): ")).collect();
     assert_eq!(said.len(), 1, "the first said at once, the rest counted: {err}");
 }
+
+/// `mdsub tap | head -2`: what stdout took is counted printed, the rest unprinted, the line
+/// whose write failed included: printed + unprinted = captured.
+#[test]
+fn tap_counts_every_captured_item_printed_or_unprinted_when_its_reader_leaves() {
+    use common::proxy::{counter, rest_lines};
+    use std::io::BufRead;
+    // Before: 8 001 captured, unprinted=8000: the item whose write failed was counted nowhere.
+    let (mut p, said, mut out, front, back) = tap_with_piped_stdout(&["--subscribe-all"]);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut l = String::new();
+        for _ in 0..2 {
+            l.clear();
+            if out.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+        }
+        drop(out); // as `head -2` does
+        let _ = done_tx.send(());
+    });
+    through_tap(&front, &back, 8_000, &[b'x'; 64]);
+    done_rx.recv_timeout(Duration::from_secs(20)).expect("the reader read two lines and left");
+    p.signal(2);
+    let status = p.wait_exit(Duration::from_secs(20));
+    let err = rest_lines(&said, Duration::from_secs(5));
+    assert!(status.success(), "{err:?}");
+    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    let (printed, unprinted) = (counter(last, "printed"), counter(last, "unprinted"));
+    assert_eq!(printed + unprinted, counter(last, "captured"), "{last}");
+    assert!(printed >= 2, "the two lines read reached stdout: {last}");
+    assert!(unprinted > 0, "{last}");
+    let stopped = err.iter().find(|l| l.starts_with("tap: printing stopped: stdout: ")).expect("said");
+    assert!(stopped.contains(&format!("{printed} item(s) printed")), "{stopped} / {last}");
+}

@@ -246,3 +246,101 @@ fn a_recording_that_cannot_be_written_fails_the_run() {
     assert!(err.iter().any(|l| l.starts_with("tap: stopped:") && l.contains("record_errors=1")), "{err:?}");
     assert!(err.iter().any(|l| l.contains("the recording /dev/full is incomplete")), "{err:?}");
 }
+
+#[test]
+fn a_frame_the_wire_decoder_refuses_is_shown_with_why_and_counted() {
+    // Before: `msg foreign topic="VER9\x00\x09…"`, the whole frame taken as the topic, no reason.
+    let mut tap = start("tap", &[]);
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &tap.frontend);
+    let sub = subscriber(&ctx, &tap.backend, &[b""]);
+    handshake(&publisher, &sub);
+    for f in bad_frames("VER9", 1) {
+        publisher.send(f, 0).expect("publish");
+    }
+    publisher.send(b"10001 23 45".as_slice(), 0).expect("a foreign frame without a NUL");
+    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
+    until_probe(&sub, DEADLINE, Some(b"end"));
+    let line = |why: &'static str, said: &'static str| {
+        wait_line(&tap.stdout, DEADLINE, why, move |l| {
+            l.starts_with(&format!("msg bad topic=\"VER9\" reason={why} size=")) && l.ends_with(said)
+        })
+    };
+    let v = line("unknown_version", " (bad frame: unknown wire version 9)");
+    assert!(v.contains(" hex=09 01 00 00 "), "the header shown from its first byte: {v}");
+    line("unknown_kind", " (bad frame: unknown kind 7)");
+    line("length_mismatch", " (bad frame: payload length 3 in header but 4 bytes follow)");
+    wait_line(&tap.stdout, DEADLINE, "the foreign frame", |l| l.starts_with("msg foreign topic=\"10001 23 45\""));
+    let (_, err) = stop(&mut tap);
+    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    assert_eq!(common::proxy::counter(last, "bad_frames"), 3, "{last}");
+    assert!(
+        err.iter().any(|l| l.starts_with("tap: bad frame (unknown_version): topic \"VER9\": unknown wire version 9")),
+        "the first of each reason said: {err:?}"
+    );
+}
+
+/// Unmounts the tmpfs it names when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_file() {
+    // Before, on a 64 KiB tmpfs: recorded_frames=379 but the file held 378 records and a torn one.
+    let dir = common::temp_dir("tap-full-disk");
+    let mnt = dir.join("tiny");
+    std::fs::create_dir_all(&mnt).expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .expect("run mount");
+    if !mounted.status.success() {
+        eprintln!(
+            "SKIPPED: cannot mount a 64 KiB tmpfs to fill (needs root or CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    let _mounted = Mounted(mnt.clone());
+    let path = mnt.join("feed.cap");
+    let mut tap = start("tap", &["--quiet", "--subscribe-all", "--record", path.to_str().expect("utf-8 path")]);
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &tap.frontend);
+    let sub = subscriber(&ctx, &tap.backend, &[b""]);
+    handshake(&publisher, &sub);
+    let n = 2_000u64; // ~ 190 KiB of records: the disk fills part way
+    for i in 0..n {
+        publisher.send(frame("ESH6", i + 1, i + 1, &[b'x'; 100]), 0).expect("publish");
+    }
+    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
+    until_probe(&sub, Duration::from_secs(20), Some(b"end"));
+    tap.proc.signal(2);
+    let status = tap.proc.wait_exit(DEADLINE);
+    let err = rest_lines(&tap.stderr, DEADLINE);
+    assert_eq!(status.code(), Some(1), "an incomplete recording fails the run: {err:?}");
+    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    let c = |name| common::proxy::counter(last, name);
+
+    // The file is whole records, to its end, and exactly as many as counted.
+    let mut r = CaptureReader::open(&path).expect("capture file opens");
+    let mut records = 0u64;
+    while let Some(rec) = r.next_record().unwrap_or_else(|e| panic!("no torn tail: {e} ({last})")) {
+        assert!(!rec.more);
+        records += 1;
+    }
+    assert!(records > 0, "{last}");
+    assert_eq!(c("recorded_frames"), records, "{last}");
+    assert_eq!(c("recorded_messages"), records, "{last}");
+    assert_eq!(c("recorded_messages") + c("record_lost"), c("matched_messages"), "every message counted once: {last}");
+    assert_eq!(c("record_errors"), 1, "{last}");
+    let said: Vec<&String> = err.iter().filter(|l| l.starts_with("tap: recording stopped: ")).collect();
+    assert_eq!(said.len(), 1, "said once: {err:?}");
+    assert!(said[0].contains(&format!("holds {records} whole messages")), "{}", said[0]);
+    assert!(said[0].contains("No space left on device"), "the cause: {}", said[0]);
+}

@@ -270,7 +270,9 @@ impl AnswerGate {
     }
 
     /// May the answer in progress send a cached message of `bytes`? Counts
-    /// it as sent or suppressed; once one is refused, the rest of the answer is too.
+    /// it as sent or suppressed. An answer stops at the first message refused:
+    /// the caller counts the rest with [`AnswerGate::suppress`] (and a later
+    /// `take` in the same answer is refused too).
     pub fn take(&mut self, bytes: u64) -> bool {
         if !self.exhausted && self.msgs.has(1) && self.bytes.has(bytes) {
             self.msgs.take(1);
@@ -287,6 +289,13 @@ impl AnswerGate {
         self.counters.suppressed_msgs += 1;
         self.counters.suppressed_bytes += bytes;
         false
+    }
+
+    /// A cached value of `bytes` after the one [`AnswerGate::take`] refused: the
+    /// answer has stopped, it is counted as suppressed.
+    pub fn suppress(&mut self, bytes: u64) {
+        self.counters.suppressed_msgs += 1;
+        self.counters.suppressed_bytes += bytes;
     }
 
     /// The answer in progress is complete (after its last [`AnswerGate::take`]).
@@ -323,7 +332,10 @@ mod tests {
                 None
             }
             Admit::Answer => {
-                let sent = sizes.iter().filter(|&&b| g.take(b)).count();
+                let sent = sizes.iter().take_while(|&&b| g.take(b)).count();
+                for &b in sizes.iter().skip(sent + 1) {
+                    g.suppress(b);
+                }
                 g.end_answer();
                 Some(sent)
             }

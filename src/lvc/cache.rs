@@ -7,7 +7,11 @@
 //! for a one-frame mdsub frame the topic and its NUL (`ESH6\0`), for foreign
 //! multipart traffic (`[topic][body]…`) the whole first frame, for a one-frame
 //! message without a NUL in its first 256 bytes nothing (it is not cached:
-//! there is no way to tell where its topic ends). Values sit in a `HashMap`
+//! there is no way to tell where its topic ends). A one-frame message with a
+//! topic NUL is an mdsub frame and is cached only when the wire decoder takes
+//! it ([`crate::wire::decode`]): one it refuses (unknown version or kind, wrong
+//! payload length, …) is not cached ([`Update::BadFrame`]); an mdsub subscriber
+//! would drop it, so the topic's last good value stays. Values sit in a `HashMap`
 //! keyed by those bytes (one SipHash per message on the hot path, which resists
 //! crafted topics; measured 3× cheaper than a `BTreeMap` walk over 1 000
 //! topics, `benches/lvc.rs`), and the keys also sit in
@@ -19,7 +23,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::{Bound, Deref};
 
-use crate::wire::{split_topic, MAX_TOPIC_LEN};
+use crate::wire::{decode, split_topic, DecodeError, MAX_TOPIC_LEN};
 
 /// Most frames a cached message may have; longer messages pass but are not cached.
 pub const MAX_FRAMES: usize = 64;
@@ -54,6 +58,9 @@ pub enum Update {
     /// The message has no recognisable topic (one frame without a NUL, no
     /// frames, or more than [`MAX_FRAMES`] frames); not cached.
     Uncacheable,
+    /// One frame with a topic NUL that the wire decoder refuses (why): not
+    /// cached; the topic's last good value, if any, stays.
+    BadFrame(DecodeError),
 }
 
 /// Cache counters (monotonic).
@@ -64,6 +71,8 @@ pub struct CacheCounters {
     pub rejected_full: u64,
     pub evicted_too_big: u64,
     pub uncacheable: u64,
+    /// One-frame messages the wire decoder refuses ([`Update::BadFrame`]).
+    pub bad_frames: u64,
 }
 
 /// One cached message: its frames concatenated, with their end offsets.
@@ -190,6 +199,15 @@ impl LastValueCache {
 
     /// Remember `frames` as the last value of its topic.
     pub fn update<F: Deref<Target = [u8]>>(&mut self, frames: &[F]) -> Update {
+        if let [only] = frames {
+            match decode(only) {
+                Ok(_) | Err(DecodeError::MissingNul) => {}
+                Err(e) => {
+                    self.counters.bad_frames += 1;
+                    return Update::BadFrame(e);
+                }
+            }
+        }
         let Some(key) = message_key(frames) else {
             // A multipart message on a cached topic that cannot be stored (too
             // many frames) makes the cached value stale: drop it, never serve it.
@@ -371,11 +389,40 @@ mod tests {
         assert_eq!(c.update(&[b"10001 23 45".as_slice()]), Update::Uncacheable);
         let none: [&[u8]; 0] = [];
         assert_eq!(c.update(&none), Update::Uncacheable);
-        assert_eq!(c.update(&[b"\0abc".as_slice()]), Update::Uncacheable);
         let many = vec![b"t".as_slice(); MAX_FRAMES + 1];
         assert_eq!(c.update(&many), Update::Uncacheable);
-        assert_eq!(c.counters().uncacheable, 4);
+        assert_eq!(c.counters().uncacheable, 3);
         assert_eq!(c.topics(), 0);
+    }
+
+    #[test]
+    fn frames_the_wire_decoder_refuses_are_not_cached_and_the_good_value_stays() {
+        let mut c = big();
+        let good = frame("VER9", 1, b"ok");
+        assert_eq!(c.update(&[good.as_slice()]), Update::Inserted);
+        let at = "VER9".len() + 1;
+        let mut version = frame("VER9", 2, b"xy");
+        version[at] = 9;
+        let mut kind = frame("VER9", 3, b"xy");
+        kind[at + 1] = 7;
+        let mut length = frame("VER9", 4, b"xy");
+        length.push(0);
+        let bad = [
+            (version, DecodeError::UnknownVersion(9)),
+            (kind, DecodeError::UnknownKind(7)),
+            (length, DecodeError::LengthMismatch { declared: 2, actual: 3 }),
+            (b"\0abc".to_vec(), DecodeError::EmptyTopic),
+            (b"VER9\0short".to_vec(), DecodeError::Short { have: 5 }),
+        ];
+        for (f, why) in &bad {
+            assert_eq!(c.update(&[f.as_slice()]), Update::BadFrame(*why));
+        }
+        assert_eq!(c.counters().bad_frames, bad.len() as u64);
+        let held: Vec<Vec<&[u8]>> = c.matching(b"VER9").map(|f| f.collect()).collect();
+        assert_eq!(held, vec![vec![good.as_slice()]], "the last good value is served, no bad one");
+        // A foreign topic in a multipart message is no mdsub frame: still cached whole.
+        let foreign: [&[u8]; 2] = [b"VER9\0\x09", b"body"];
+        assert_eq!(c.update(&foreign), Update::Inserted);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::diag::RefusalLog;
 use crate::lvc::answer::{Admit, AnswerCounters, AnswerGate, AnswerLimits};
 use crate::lvc::cache::{CacheCounters, CacheLimits, LastValueCache, Update};
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
-use crate::wire::{mark_from_cache, now_ns};
+use crate::wire::{mark_from_cache, now_ns, split_topic};
 use crate::zmqx::frame::Frame;
 
 /// Counters of one LVC run.
@@ -65,7 +65,7 @@ impl std::fmt::Display for LvcReport {
              publisher_connects={} publisher_disconnects={} answered={} \
              answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} joiner_answers={} truncated={} suppressed_msgs={} \
              suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
-             evicted_too_big={} uncacheable={}",
+             evicted_too_big={} uncacheable={} bad_frames={}",
             self.messages_in,
             self.frames_in,
             self.bytes_in,
@@ -95,7 +95,8 @@ impl std::fmt::Display for LvcReport {
             c.replaced,
             c.rejected_full,
             c.evicted_too_big,
-            c.uncacheable
+            c.uncacheable,
+            c.bad_frames
         )
     }
 }
@@ -113,6 +114,16 @@ pub struct LvcHooks {
     other_logged: bool,
     /// Messages the cache would not hold, counted by reason and said (rate-limited).
     refusals: RefusalLog,
+    /// Answers cut short (budget) or not sent (send failed), said by the same rule.
+    cut_answers: RefusalLog,
+}
+
+/// Where an answer stopped: the first value left out (its topic or foreign first
+/// frame, at most 64 bytes) and how many values and bytes were left out.
+struct Cut {
+    at: Vec<u8>,
+    msgs: u64,
+    bytes: u64,
 }
 
 impl LvcHooks {
@@ -127,10 +138,16 @@ impl LvcHooks {
             cache_answers: 0,
             other_logged: false,
             refusals: RefusalLog::new("lvc"),
+            cut_answers: RefusalLog::new("lvc").said_as("lvc: answer cut short"),
         }
     }
 
     /// Answer a subscribe to `prefix` (already applied) within the gate's bounds.
+    ///
+    /// The answer is the matching cached values in topic order and stops at the
+    /// first that the budget does not cover: the subscriber gets every topic
+    /// before that one, none after it (docs/LVC-TAP.md, "Budget"). A cut answer
+    /// and an answer that could not be queued are said when they happen.
     fn answer(&mut self, prefix: &[u8], down: &mut Downstream<'_>) {
         let now = clock::monotonic_ns();
         if self.gate.on_subscribe(prefix, now) == Admit::Coalesced {
@@ -141,11 +158,20 @@ impl LvcHooks {
         }
         self.answer.clear();
         let (mut msgs, mut bytes, mut looked) = (0u64, 0u64, 0u64);
-        for cached in self.cache.matching(prefix) {
+        let mut values = self.cache.matching(prefix);
+        let mut cut: Option<Cut> = None;
+        for cached in values.by_ref() {
             looked += 1;
             let size: u64 = cached.clone().map(|f| f.len() as u64).sum();
             if !self.gate.take(size) {
-                continue;
+                // Its cache key: the topic of an mdsub frame, the first frame of a foreign message.
+                let first = cached.clone().next().unwrap_or_default();
+                let key = match split_topic(first) {
+                    Ok((topic, _)) if cached.frame_count() == 1 => topic,
+                    _ => first,
+                };
+                cut = Some(Cut { at: key[..key.len().min(64)].to_vec(), msgs: 1, bytes: size });
+                break;
             }
             let n = cached.frame_count();
             for frame in cached {
@@ -159,15 +185,48 @@ impl LvcHooks {
             msgs += 1;
             bytes += size;
         }
+        if let Some(cut) = cut.as_mut() {
+            // The answer has stopped: what is left is counted, not sent.
+            for rest in values {
+                let size: u64 = rest.map(|f| f.len() as u64).sum();
+                self.gate.suppress(size);
+                cut.msgs += 1;
+                cut.bytes += size;
+                looked += 1;
+            }
+        }
         self.gate.end_answer();
         down.count_work(looked);
+        if let Some(cut) = cut {
+            let l = self.gate.limits();
+            let detail = format_args!(
+                "a subscribe to \"{}\" got {msgs} of {} cached values, in topic order up to \"{}\" (not included); \
+                 the other {} ({} bytes) are not sent: the answer budget (--answer-msgs {}/s, --answer-bytes {}/s) \
+                 is spent (counted in truncated=, suppressed_msgs=, suppressed_bytes=)",
+                prefix.escape_ascii(),
+                msgs + cut.msgs,
+                cut.at.escape_ascii(),
+                cut.msgs,
+                cut.bytes,
+                l.msgs_per_s,
+                l.bytes_per_s
+            );
+            self.cut_answers.refuse("budget", &detail, now_ns());
+        }
         if msgs == 0 {
             return;
         }
-        if down.answer(&mut self.answer) {
-            self.cache_answers += msgs;
-        } else {
-            self.gate.unsend(msgs, bytes);
+        match down.answer(&mut self.answer) {
+            Ok(()) => self.cache_answers += msgs,
+            Err(e) => {
+                self.gate.unsend(msgs, bytes);
+                let detail = format_args!(
+                    "an answer of {msgs} cached values ({bytes} bytes) to a subscribe to \"{}\" could not be \
+                     queued: {e}; none of it is sent (counted in send_failures=, suppressed_msgs=)",
+                    prefix.escape_ascii()
+                );
+                self.cut_answers.refuse("send_failed", &detail, now_ns());
+            }
         }
         self.answer.clear();
     }
@@ -178,6 +237,14 @@ impl LvcHooks {
             Update::RejectedFull => ("cache_full", "new topics pass uncached"),
             Update::EvictedTooBig => {
                 ("too_big", "a value too big for the cache passes uncached (the old one is dropped)")
+            }
+            Update::BadFrame(e) => {
+                let detail = format_args!(
+                    "bad frame: {e}: a one-frame message with a topic NUL that the wire decoder refuses passes \
+                     uncached (an mdsub subscriber drops it; the topic's last good value stays; counted in bad_frames=)"
+                );
+                self.refusals.refuse("bad_frame", &detail, now_ns());
+                return;
             }
             _ => (
                 "uncacheable",

@@ -21,8 +21,8 @@ use crate::agent::{AgentError, RunSpec, Runner, StopFlag};
 use crate::diag::ExitCounters;
 use crate::proxy::{ProxyConfig, ProxyShell};
 use crate::tap::proxy::{parse_prefix, Filter, TapHooks, TapProxyReport};
-use crate::tap::sink::{Show, TapSink, TapSinkReport};
-use crate::wire::capture::{CaptureError, CaptureWriter};
+use crate::tap::sink::{Recording, Show, TapSink, TapSinkReport};
+use crate::wire::capture::CaptureError;
 
 /// Errors of the tap subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,8 @@ impl std::fmt::Display for TapReport {
             f,
             "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
              publisher_connects={} publisher_disconnects={} matched_messages={} subscriptions={} unsubscriptions={} \
-             recorded_frames={} record_errors={} record_skipped_too_large={} unprinted={}",
+             recorded_frames={} record_errors={} record_skipped_too_large={} unprinted={} printed={} \
+             recorded_messages={} record_lost={} bad_frames={}",
             p.forwarded_down,
             p.forwarded_up,
             p.too_long_up,
@@ -86,7 +87,11 @@ impl std::fmt::Display for TapReport {
             s.recorded_frames,
             s.record_errors,
             s.record_skipped_too_large,
-            s.unprinted
+            s.unprinted,
+            s.printed,
+            s.recorded_messages,
+            s.record_lost,
+            s.bad_frames
         )
     }
 }
@@ -103,9 +108,7 @@ pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<Ta
         .map(|f| parse_prefix(f).map_err(|e| TapError::BadFilter(format!("`{f}`: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let recorder = match &args.record {
-        Some(path) => {
-            Some(CaptureWriter::create(path).map_err(|error| TapError::Record { path: path.clone(), error })?)
-        }
+        Some(path) => Some(Recording::create(path).map_err(|error| TapError::Record { path: path.clone(), error })?),
         None => None,
     };
     let ctx = zmq::Context::new();

@@ -1,13 +1,20 @@
 //! Espresso tap sink agent (guide, chapter 5): prints, counts or records what the proxy captured.
 //!
 //! Takes captured messages off the bounded channel and prints them decoded
-//! (a payload that is a Databento DBN record is decoded too), counts them per
-//! topic, and/or records them to a capture file.
+//! (a payload that is a Databento DBN record is decoded too; a frame the wire
+//! decoder refuses is shown with why), counts them per topic, and/or records
+//! them to a capture file.
+//!
+//! What is printed and recorded is counted when it has reached stdout or the
+//! file, not when it went into a buffer: a [`Tally`] under each buffer counts
+//! the bytes taken, a ledger turns them into whole lines and messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +25,8 @@ use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::diag::RefusalLog;
 use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::tap::proxy::Captured;
-use crate::wire::capture::{CaptureWriter, MAX_RECORD_LEN};
-use crate::wire::{decode, now_ns, Kind, FLAG_FROM_CACHE};
+use crate::wire::capture::{CaptureError, CaptureWriter, FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
+use crate::wire::{decode, now_ns, split_topic, DecodeError, Kind, DROP_REASON_NAMES, FLAG_FROM_CACHE};
 
 /// Bytes of a foreign message shown in hex.
 pub const HEX_PREVIEW_BYTES: usize = 16;
@@ -49,13 +56,259 @@ pub struct TapSinkReport {
     pub messages: u64,
     pub subscriptions: u64,
     pub unsubscriptions: u64,
+    /// Frames and messages that reached the capture file, whole (a torn tail is cut off).
     pub recorded_frames: u64,
+    pub recorded_messages: u64,
     pub record_errors: u64,
+    /// Messages not recorded because writing the file failed: those written into the
+    /// buffer that did not reach the file whole, and every one after (recording stops).
+    pub record_lost: u64,
     /// Messages not recorded because a frame exceeds the capture format's limit.
     pub record_skipped_too_large: u64,
-    /// Lines and stats not printed because stdout was closed (`mdsub tap | head`):
-    /// printing stops, forwarding and recording go on.
+    /// Captured items (with `--stats`, stats blocks) whose lines reached stdout.
+    pub printed: u64,
+    /// Items (stats blocks) not printed because writing stdout failed (`mdsub tap | head`):
+    /// those in the buffer that stdout did not take, and every one after; printing stops,
+    /// forwarding and recording go on. With one line per item, `printed + unprinted = captured`.
     pub unprinted: u64,
+    /// One-frame messages with a topic NUL that the wire decoder refuses (shown as `msg bad`).
+    pub bad_frames: u64,
+}
+
+/// The bytes a file or pipe took from a [`Tally`], and a switch that makes every later
+/// write fail (so a buffer in front of it writes nothing more, not even when dropped).
+#[derive(Debug, Default)]
+pub struct Taken {
+    bytes: AtomicU64,
+    shut: AtomicBool,
+}
+
+/// A writer that counts in [`Taken`] the bytes its inner writer took.
+pub struct Tally<W> {
+    inner: W,
+    taken: Arc<Taken>,
+}
+
+impl<W: Write> Tally<W> {
+    /// `inner`, counted in the returned [`Taken`].
+    pub fn new(inner: W) -> (Self, Arc<Taken>) {
+        let taken = Arc::new(Taken::default());
+        (Tally { inner, taken: taken.clone() }, taken)
+    }
+
+    fn check_open(&self) -> std::io::Result<()> {
+        if self.taken.shut.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("output stopped after an earlier failure"));
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for Tally<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.check_open()?;
+        let n = self.inner.write(buf)?;
+        self.taken.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.check_open()?;
+        self.inner.flush()
+    }
+}
+
+/// Units written into a buffer (a printed item, a recorded message), each by where it ends
+/// in the stream, until the bytes that end it have been taken by the file or pipe.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// (end offset, things in the unit: frames of a message, 1 for a printed item), oldest first.
+    ends: VecDeque<(u64, u64)>,
+    /// Bytes written into the buffer so far (from the stream's start).
+    written: u64,
+    /// Where the last unit taken whole ends.
+    whole: u64,
+}
+
+impl Ledger {
+    /// A stream whose first `offset` bytes are not units (a file header).
+    fn starting_at(offset: u64) -> Self {
+        Ledger { ends: VecDeque::new(), written: offset, whole: offset }
+    }
+
+    /// `bytes` of the unit in progress went into the buffer.
+    fn wrote(&mut self, bytes: u64) {
+        self.written += bytes;
+    }
+
+    /// The unit in progress is complete; it holds `things`.
+    fn close(&mut self, things: u64) {
+        self.ends.push_back((self.written, things));
+    }
+
+    /// Units whose last byte is within the first `taken` bytes: `(units, things)`, forgotten here.
+    fn confirm(&mut self, taken: u64) -> (u64, u64) {
+        let (mut units, mut things) = (0, 0);
+        while let Some(&(end, n)) = self.ends.front().filter(|(end, _)| *end <= taken) {
+            self.ends.pop_front();
+            self.whole = end;
+            units += 1;
+            things += n;
+        }
+        (units, things)
+    }
+
+    /// Units written into the buffer and not confirmed.
+    fn waiting(&self) -> u64 {
+        self.ends.len() as u64
+    }
+}
+
+/// Stdout, buffered, counted by what it took: a failed write stops printing.
+struct Printer {
+    out: BufWriter<Tally<Box<dyn Write + Send>>>,
+    taken: Arc<Taken>,
+    ledger: Ledger,
+    stopped: bool,
+    printed: u64,
+    unprinted: u64,
+}
+
+impl Printer {
+    fn stdout() -> Self {
+        // A handle of its own on fd 1, not std's line-buffered `Stdout`, so what the
+        // pipe took is what the count says (std's buffer would take a tail it has not
+        // written yet). Without a free descriptor, std's handle it is.
+        let raw: Box<dyn Write + Send> = match std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned() {
+            Ok(fd) => Box::new(File::from(fd)),
+            Err(_) => Box::new(std::io::stdout()),
+        };
+        let (tally, taken) = Tally::new(raw);
+        Printer {
+            out: BufWriter::new(tally),
+            taken,
+            ledger: Ledger::default(),
+            stopped: false,
+            printed: 0,
+            unprinted: 0,
+        }
+    }
+
+    /// Print one unit (an item's lines, a stats block), or count it as not printed.
+    fn print(&mut self, unit: &[u8]) {
+        if self.stopped {
+            self.unprinted += 1;
+            return;
+        }
+        match self.out.write_all(unit) {
+            Ok(()) => {
+                self.ledger.wrote(unit.len() as u64);
+                self.ledger.close(1);
+            }
+            Err(e) => self.stop(&e, 1),
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.stopped {
+            return;
+        }
+        match self.out.flush() {
+            Ok(()) => self.confirm(),
+            Err(e) => self.stop(&e, 0),
+        }
+    }
+
+    fn confirm(&mut self) {
+        self.printed += self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed)).0;
+    }
+
+    /// Writing failed (`current` units were being written): say it once and stop printing;
+    /// what stdout did not take is counted as not printed.
+    fn stop(&mut self, e: &std::io::Error, current: u64) {
+        self.confirm();
+        let lost = self.ledger.waiting() + current;
+        self.unprinted += lost;
+        self.ledger = Ledger::default();
+        self.taken.shut.store(true, Ordering::Relaxed);
+        self.stopped = true;
+        crate::diag!(
+            "tap: printing stopped: stdout: {e}; {} item(s) printed, the {lost} written after them were not taken \
+             (counted in unprinted=, with every later one); forwarding and recording go on (Ctrl-C ends the tap)",
+            self.printed
+        );
+    }
+}
+
+/// The `--record` file: the capture writer over a counted file, and what reached the file.
+pub struct Recording {
+    path: PathBuf,
+    writer: CaptureWriter<BufWriter<Tally<File>>>,
+    /// A second handle on the file, to cut a torn tail off.
+    file: File,
+    taken: Arc<Taken>,
+    ledger: Ledger,
+}
+
+/// What a recording holds after writing it failed.
+struct Stopped {
+    /// Whole messages and their frames that reached the file and were not counted before.
+    msgs: u64,
+    frames: u64,
+    /// Bytes of the file up to the end of its last whole message.
+    whole: u64,
+    /// Messages written into the buffer that did not reach the file whole.
+    lost: u64,
+    /// Bytes of a torn message after the last whole one, and whether cutting them off worked.
+    torn: u64,
+    cut: std::io::Result<()>,
+}
+
+impl Recording {
+    /// Create (or truncate) `path` and write the capture file's header.
+    pub fn create(path: &Path) -> Result<Self, CaptureError> {
+        let io = |source| CaptureError::Io { context: "creating the capture file", source };
+        let f = File::create(path).map_err(io)?;
+        let file = f.try_clone().map_err(io)?;
+        let (tally, taken) = Tally::new(f);
+        let writer = CaptureWriter::new(BufWriter::with_capacity(1 << 20, tally))?;
+        Ok(Recording {
+            path: path.to_path_buf(),
+            writer,
+            file,
+            taken,
+            ledger: Ledger::starting_at(FILE_HEADER_LEN as u64),
+        })
+    }
+
+    /// Write one message's frames (into the buffer).
+    fn write(&mut self, frames: &[Vec<u8>], recv_ns: u64) -> Result<(), CaptureError> {
+        let n = frames.len();
+        for (i, f) in frames.iter().enumerate() {
+            self.writer.write_frame(f, i + 1 < n, recv_ns)?;
+            self.ledger.wrote((RECORD_HEADER_LEN + f.len()) as u64);
+        }
+        self.ledger.close(n as u64);
+        Ok(())
+    }
+
+    /// Flush the buffer to the file; returns the messages and frames it completed.
+    fn flush(&mut self) -> Result<(u64, u64), CaptureError> {
+        self.writer.flush()?;
+        Ok(self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed)))
+    }
+
+    /// Writing failed: keep what reached the file whole, cut a torn message off its end,
+    /// and write nothing more.
+    fn stop(mut self) -> Stopped {
+        let taken = self.taken.bytes.load(Ordering::Relaxed);
+        let (msgs, frames) = self.ledger.confirm(taken);
+        self.taken.shut.store(true, Ordering::Relaxed);
+        let whole = self.ledger.whole;
+        let torn = taken.saturating_sub(whole);
+        let cut = if torn > 0 { self.file.set_len(whole) } else { Ok(()) };
+        Stopped { msgs, frames, whole, lost: self.ledger.waiting(), torn, cut }
+    }
 }
 
 /// Write `bytes` as a quoted string, escaping what is not printable ASCII.
@@ -228,6 +481,19 @@ pub fn json_records(item: &Captured) -> Vec<Value> {
                     return vec![mdsub_json(&v, *recv_ns, size)];
                 }
             }
+            if let Some((topic, why)) = bad_frame(frames) {
+                let mut hex = String::new();
+                hex_into(&mut hex, after_nul(&frames[0]));
+                return vec![json!({
+                    "type": "msg",
+                    "format": "bad",
+                    "topic": filter_text(&topic[..topic.len().min(64)]),
+                    "reason": DROP_REASON_NAMES[why.reason()],
+                    "error": why.to_string(),
+                    "size": size,
+                    "hex": hex,
+                })];
+            }
             if is_lvc_answer(frames) {
                 let n = frames.len();
                 return frames
@@ -305,6 +571,12 @@ pub fn format_line(out: &mut String, item: &Captured) {
             };
             if let Some(v) = decoded {
                 mdsub_line_into(out, &v, *recv_ns, size);
+            } else if let Some((topic, why)) = bad_frame(frames) {
+                out.push_str("msg bad topic=");
+                escape_into(out, &topic[..topic.len().min(64)]);
+                let _ = write!(out, " reason={} size={size} hex=", DROP_REASON_NAMES[why.reason()]);
+                hex_into(out, after_nul(&frames[0]));
+                let _ = write!(out, " (bad frame: {why})");
             } else if is_lvc_answer(frames) {
                 // An LVC answer: cached mdsub frames back to back in one
                 // message (docs/LVC-TAP.md); one line per cached value.
@@ -361,6 +633,21 @@ fn mdsub_line_into(out: &mut String, v: &crate::wire::FrameView<'_>, recv_ns: u6
     }
 }
 
+/// A one-frame message with a topic NUL that the wire decoder refuses: its topic and why.
+/// (A one-frame message without a NUL is foreign traffic, not a bad frame.)
+pub fn bad_frame(frames: &[Vec<u8>]) -> Option<(&[u8], DecodeError)> {
+    let [only] = frames else { return None };
+    match decode(only) {
+        Ok(_) | Err(DecodeError::MissingNul) => None,
+        Err(why) => Some((split_topic(only).map_or(&only[..0], |(topic, _)| topic), why)),
+    }
+}
+
+/// What follows a frame's topic NUL (the header, where a bad frame is wrong), or the frame.
+fn after_nul(frame: &[u8]) -> &[u8] {
+    split_topic(frame).map_or(frame, |(_, rest)| rest)
+}
+
 /// Whether a multipart message is an LVC answer: two or more frames, each a
 /// whole mdsub frame marked FROM_CACHE.
 pub fn is_lvc_answer(frames: &[Vec<u8>]) -> bool {
@@ -370,8 +657,8 @@ pub fn is_lvc_answer(frames: &[Vec<u8>]) -> bool {
 /// The stats key of a message: the mdsub topic, or the foreign first frame (≤ 64 bytes).
 fn stats_key(frames: &[Vec<u8>]) -> Vec<u8> {
     match frames {
-        [only] => match decode(only) {
-            Ok(v) => v.topic.to_vec(),
+        [only] => match split_topic(only) {
+            Ok((topic, _)) => topic.to_vec(),
             Err(_) => only[..only.len().min(64)].to_vec(),
         },
         [first, ..] => first[..first.len().min(64)].to_vec(),
@@ -385,9 +672,13 @@ pub struct TapSink {
     show: Show,
     /// `--json`: what is shown goes out as JSON records, one a line (JSON Lines).
     json: bool,
-    recorder: Option<CaptureWriter<BufWriter<File>>>,
-    out: BufWriter<std::io::Stdout>,
+    recording: Option<Recording>,
+    /// Writing the recording failed: later messages are counted as lost.
+    recording_stopped: bool,
+    printer: Printer,
     line: String,
+    /// The unit being printed (an item's lines, a stats block).
+    unit: Vec<u8>,
     stats: BTreeMap<Vec<u8>, u64>,
     stats_other: u64,
     stats_start_ns: u64,
@@ -396,8 +687,8 @@ pub struct TapSink {
     report: TapSinkReport,
     /// Messages not recorded, counted by reason and said (rate-limited).
     refusals: RefusalLog,
-    /// Stdout failed: nothing more is printed (see `check_out`).
-    printing_stopped: bool,
+    /// Bad frames by the wire decoder's reason, said by the same rule.
+    bad_frames: RefusalLog,
     shared: Arc<Mutex<TapSinkReport>>,
 }
 
@@ -407,7 +698,7 @@ impl TapSink {
         rx: Receiver<Captured>,
         show: Show,
         json: bool,
-        recorder: Option<CaptureWriter<BufWriter<File>>>,
+        recording: Option<Recording>,
         shared: Arc<Mutex<TapSinkReport>>,
     ) -> Self {
         let now = now_ns();
@@ -415,9 +706,11 @@ impl TapSink {
             inbox: Inbox::new(rx),
             show,
             json,
-            recorder,
-            out: BufWriter::new(std::io::stdout()),
+            recording,
+            recording_stopped: false,
+            printer: Printer::stdout(),
             line: String::with_capacity(256),
+            unit: Vec::with_capacity(256),
             stats: BTreeMap::new(),
             stats_other: 0,
             stats_start_ns: now,
@@ -425,7 +718,7 @@ impl TapSink {
             dirty: false,
             report: TapSinkReport::default(),
             refusals: RefusalLog::new("tap"),
-            printing_stopped: false,
+            bad_frames: RefusalLog::new("tap").said_as("tap: bad frame"),
             shared,
         }
     }
@@ -436,25 +729,15 @@ impl TapSink {
             Captured::Subscription { subscribe: false, .. } => self.report.unsubscriptions += 1,
             Captured::Message { frames, recv_ns } => {
                 self.report.messages += 1;
-                let fits = frames.iter().all(|f| f.len() <= MAX_RECORD_LEN as usize);
-                if self.recorder.is_some() && !fits {
-                    self.report.record_skipped_too_large += 1;
+                if let Some((topic, why)) = bad_frame(frames) {
+                    self.report.bad_frames += 1;
                     let detail = format_args!(
-                        "a frame over the capture format's {MAX_RECORD_LEN}-byte record limit is not recorded"
+                        "topic \"{}\": {why}: forwarded as it is (an mdsub engine drops it; counted in bad_frames=)",
+                        topic.escape_ascii()
                     );
-                    self.refusals.refuse("too_large_to_record", &detail, *recv_ns);
-                } else if let Some(w) = self.recorder.as_mut() {
-                    let n = frames.len();
-                    for (i, f) in frames.iter().enumerate() {
-                        if let Err(e) = w.write_frame(f, i + 1 < n, *recv_ns) {
-                            crate::diag!("tap: recording stopped: {e}");
-                            self.report.record_errors += 1;
-                            self.recorder = None;
-                            break;
-                        }
-                        self.report.recorded_frames += 1;
-                    }
+                    self.bad_frames.refuse(DROP_REASON_NAMES[why.reason()], &detail, *recv_ns);
                 }
+                self.record(frames, *recv_ns);
                 if self.show == Show::Stats {
                     let key = stats_key(frames);
                     if let Some(c) = self.stats.get_mut(&key) {
@@ -467,42 +750,73 @@ impl TapSink {
                 }
             }
         }
-        if self.printing_stopped {
-            self.report.unprinted += 1;
-        } else if self.show == Show::Lines && self.json {
-            let mut r = Ok(());
-            for record in json_records(&item) {
-                r = r.and_then(|()| serde_json::to_writer(&mut self.out, &record).map_err(std::io::Error::from));
-                r = r.and_then(|()| self.out.write_all(b"\n"));
+        if self.show == Show::Lines {
+            self.unit.clear();
+            if self.json {
+                for record in json_records(&item) {
+                    // Into a Vec: only a serializer error could fail, and a Value has none.
+                    let _ = serde_json::to_writer(&mut self.unit, &record);
+                    self.unit.push(b'\n');
+                }
+            } else {
+                format_line(&mut self.line, &item);
+                self.unit.extend_from_slice(self.line.as_bytes());
+                self.unit.push(b'\n');
             }
-            self.check_out(r);
-        } else if self.show == Show::Lines {
-            format_line(&mut self.line, &item);
-            let r = writeln!(self.out, "{}", self.line);
-            self.check_out(r);
+            self.printer.print(&self.unit);
         }
         self.dirty = true;
     }
 
-    /// After a failed write to stdout (closed by its reader, or full disk):
-    /// say it once and stop printing; the proxy and the recording go on.
-    fn check_out(&mut self, r: std::io::Result<()>) {
-        if let Err(e) = r {
-            if !self.printing_stopped {
-                self.printing_stopped = true;
-                crate::diag!(
-                    "tap: printing stopped: stdout: {e}; forwarding and recording go on (Ctrl-C ends the tap)"
-                );
+    /// Record a message that passed the filter (or count why not).
+    fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64) {
+        let Some(r) = self.recording.as_mut() else {
+            if self.recording_stopped {
+                self.report.record_lost += 1;
             }
+            return;
+        };
+        if !frames.iter().all(|f| f.len() <= MAX_RECORD_LEN as usize) {
+            self.report.record_skipped_too_large += 1;
+            let detail =
+                format_args!("a frame over the capture format's {MAX_RECORD_LEN}-byte record limit is not recorded");
+            self.refusals.refuse("too_large_to_record", &detail, recv_ns);
+        } else if let Err(e) = r.write(frames, recv_ns) {
+            self.stop_recording(&e, 1);
         }
     }
 
+    /// Writing the recording failed (`current` messages were being written): keep what
+    /// reached the file whole, count the rest as lost, say it once.
+    fn stop_recording(&mut self, e: &CaptureError, current: u64) {
+        let Some(r) = self.recording.take() else { return };
+        let path = r.path.clone();
+        let s = r.stop();
+        self.recording_stopped = true;
+        self.report.record_errors += 1;
+        self.report.recorded_messages += s.msgs;
+        self.report.recorded_frames += s.frames;
+        let lost = s.lost + current;
+        self.report.record_lost += lost;
+        let tail = match (&s.cut, s.torn) {
+            (_, 0) => String::new(),
+            (Ok(()), torn) => format!(", a torn message's {torn} bytes after them cut off"),
+            (Err(cut), torn) => format!(", then {torn} bytes of a torn message (cutting them off failed: {cut})"),
+        };
+        crate::diag!(
+            "tap: recording stopped: {e}; {} holds {} whole messages ({} frames, {} bytes){tail}; the {lost} \
+             written after them and every later one are not recorded (counted in record_lost=); forwarding goes on",
+            path.display(),
+            self.report.recorded_messages,
+            self.report.recorded_frames,
+            s.whole
+        );
+    }
+
     fn print_stats(&mut self, now_ns: u64) {
-        if self.printing_stopped {
-            return;
-        }
         let elapsed_s = now_ns.saturating_sub(self.stats_start_ns) as f64 / 1e9;
         let total: u64 = self.stats.values().sum::<u64>() + self.stats_other;
+        self.unit.clear();
         if self.json {
             let counts: Map<String, Value> =
                 self.stats.iter().map(|(topic, count)| (filter_text(topic), Value::from(*count))).collect();
@@ -516,49 +830,48 @@ impl TapSink {
                 "counts": counts,
                 "other": self.stats_other,
             });
-            let r = serde_json::to_writer(&mut self.out, &record)
-                .map_err(std::io::Error::from)
-                .and_then(|()| self.out.write_all(b"\n"))
-                .and_then(|()| self.out.flush());
-            self.check_out(r);
-            return;
+            // Into a Vec: only a serializer error could fail, and a Value has none.
+            let _ = serde_json::to_writer(&mut self.unit, &record);
+            self.unit.push(b'\n');
+        } else {
+            let _ = writeln!(
+                self.unit,
+                "stats elapsed_s={elapsed_s:.1} topics={} messages={total} subscriptions={} unsubscriptions={}",
+                self.stats.len(),
+                self.report.subscriptions,
+                self.report.unsubscriptions
+            );
+            for (topic, count) in &self.stats {
+                self.line.clear();
+                escape_into(&mut self.line, topic);
+                let _ = writeln!(self.unit, "  {} {count}", self.line);
+            }
+            if self.stats_other > 0 {
+                let _ = writeln!(self.unit, "  (other) {}", self.stats_other);
+            }
         }
-        let _ = writeln!(
-            self.out,
-            "stats elapsed_s={elapsed_s:.1} topics={} messages={total} subscriptions={} unsubscriptions={}",
-            self.stats.len(),
-            self.report.subscriptions,
-            self.report.unsubscriptions
-        );
-        for (topic, count) in &self.stats {
-            self.line.clear();
-            escape_into(&mut self.line, topic);
-            let _ = writeln!(self.out, "  {} {count}", self.line);
-        }
-        if self.stats_other > 0 {
-            let _ = writeln!(self.out, "  (other) {}", self.stats_other);
-        }
-        let r = self.out.flush();
-        self.check_out(r);
+        self.printer.print(&self.unit);
+        self.printer.flush();
     }
 
     fn flush(&mut self) {
         if self.dirty {
             // The recording first: a terminal that blocks (a pager, Ctrl-S)
             // must not hold back what is already captured.
-            if let Some(w) = self.recorder.as_mut() {
-                if let Err(e) = w.flush() {
-                    crate::diag!("tap: recording stopped: {e}");
-                    self.report.record_errors += 1;
-                    self.recorder = None;
+            if let Some(r) = self.recording.as_mut() {
+                match r.flush() {
+                    Ok((msgs, frames)) => {
+                        self.report.recorded_messages += msgs;
+                        self.report.recorded_frames += frames;
+                    }
+                    Err(e) => self.stop_recording(&e, 0),
                 }
             }
-            if !self.printing_stopped {
-                let r = self.out.flush();
-                self.check_out(r);
-            }
+            self.printer.flush();
             self.dirty = false;
         }
+        self.report.printed = self.printer.printed;
+        self.report.unprinted = self.printer.unprinted;
         if let Ok(mut s) = self.shared.lock() {
             *s = self.report;
         }
@@ -735,6 +1048,40 @@ mod tests {
         let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, b"plain bytes")], recv_ns: 0 };
         format_line(&mut line, &m);
         assert!(!line.contains("dbn="), "{line}");
+    }
+
+    #[test]
+    fn the_ledger_counts_units_whole_by_the_bytes_taken_and_a_shut_tally_writes_nothing() {
+        let mut l = Ledger::starting_at(24);
+        for len in [10, 20, 30] {
+            l.wrote(len);
+            l.close(2);
+        }
+        assert_eq!(l.confirm(24 + 29), (1, 2), "the second unit is torn: not counted");
+        assert_eq!(l.whole, 34, "whole units end here: a torn tail is cut back to it");
+        assert_eq!(l.waiting(), 2);
+        assert_eq!(l.confirm(24 + 60), (2, 4));
+        assert_eq!((l.whole, l.waiting()), (84, 0));
+
+        let (mut t, taken) = Tally::new(Vec::new());
+        t.write_all(b"abc").expect("write");
+        taken.shut.store(true, Ordering::Relaxed);
+        assert!(t.write_all(b"def").is_err() && t.flush().is_err(), "nothing after a shut");
+        assert_eq!((taken.bytes.load(Ordering::Relaxed), &t.inner[..]), (3, &b"abc"[..]));
+    }
+
+    #[test]
+    fn bad_frames_are_told_from_foreign_ones() {
+        let mut f = encode(b"VER9", &cached_header(), b"xy");
+        f[5] = 9;
+        let mut line = String::new();
+        format_line(&mut line, &Captured::Message { frames: vec![f.clone()], recv_ns: 0 });
+        assert!(line.starts_with("msg bad topic=\"VER9\" reason=unknown_version size=55 hex=09 01 01 00 "), "{line}");
+        assert!(line.ends_with(" (bad frame: unknown wire version 9)"), "{line}");
+        let r = json_records(&Captured::Message { frames: vec![f], recv_ns: 0 });
+        assert_eq!((&r[0]["format"], &r[0]["reason"]), (&json!("bad"), &json!("unknown_version")));
+        // No NUL: foreign, not bad.
+        assert!(bad_frame(&[b"10001 23 45".to_vec()]).is_none());
     }
 
     #[test]

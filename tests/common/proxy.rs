@@ -70,6 +70,19 @@ pub fn frame(topic: &str, stream_seq: u64, topic_seq: u64, payload: &[u8]) -> Ve
     encode(topic.as_bytes(), &h, payload)
 }
 
+/// Three frames of `topic` the wire decoder refuses, in order: version 9, kind 7, and a
+/// payload one byte longer than its header says (sequences from `first_seq`).
+pub fn bad_frames(topic: &str, first_seq: u64) -> [Vec<u8>; 3] {
+    let at = topic.len() + 1;
+    let mut version = frame(topic, first_seq, first_seq, b"bad");
+    version[at] = 9;
+    let mut kind = frame(topic, first_seq + 1, first_seq + 1, b"bad");
+    kind[at + 1] = 7;
+    let mut length = frame(topic, first_seq + 2, first_seq + 2, b"bad");
+    length.push(b'!');
+    [version, kind, length]
+}
+
 pub const PROBE: &str = "_probe";
 
 /// A PUB connected to `endpoint` with a high SNDHWM (a burst must not drop).
