@@ -183,6 +183,11 @@ impl Printer {
             Ok(fd) => Box::new(File::from(fd)),
             Err(_) => Box::new(std::io::stdout()),
         };
+        Printer::over(raw)
+    }
+
+    /// A printer writing to `raw`, counted by what it took.
+    fn over(raw: Box<dyn Write + Send>) -> Self {
         let (tally, taken) = Tally::new(raw);
         Printer {
             out: BufWriter::new(tally),
@@ -221,6 +226,14 @@ impl Printer {
 
     fn confirm(&mut self) {
         self.printed += self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed)).0;
+    }
+
+    /// Count what stdout took so far without flushing (the buffer writes whenever it fills):
+    /// with items always waiting there is no flush, and the ledger must not grow meanwhile.
+    fn settle(&mut self) {
+        if !self.stopped {
+            self.confirm();
+        }
     }
 
     /// Writing failed (`current` units were being written): say it once and stop printing;
@@ -295,7 +308,12 @@ impl Recording {
     /// Flush the buffer to the file; returns the messages and frames it completed.
     fn flush(&mut self) -> Result<(u64, u64), CaptureError> {
         self.writer.flush()?;
-        Ok(self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed)))
+        Ok(self.settle())
+    }
+
+    /// The messages and frames the file took so far, without flushing (see [`Printer::settle`]).
+    fn settle(&mut self) -> (u64, u64) {
+        self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed))
     }
 
     /// Writing failed: keep what reached the file whole, cut a torn message off its end,
@@ -870,6 +888,24 @@ impl TapSink {
             self.printer.flush();
             self.dirty = false;
         }
+        self.publish();
+    }
+
+    /// Between flushes (a step that found a full batch waiting, so more is coming): count what
+    /// the file and stdout took so far, which keeps their ledgers as short as their buffers
+    /// and the shared counters current under a feed faster than the output.
+    fn settle(&mut self) {
+        if let Some(r) = self.recording.as_mut() {
+            let (msgs, frames) = r.settle();
+            self.report.recorded_messages += msgs;
+            self.report.recorded_frames += frames;
+        }
+        self.printer.settle();
+        self.publish();
+    }
+
+    /// Put this sink's counters where the tap's report reads them.
+    fn publish(&mut self) {
         self.report.printed = self.printer.printed;
         self.report.unprinted = self.printer.unprinted;
         if let Ok(mut s) = self.shared.lock() {
@@ -899,6 +935,8 @@ impl Agent for TapSink {
         }
         if done < BATCH_ITEMS {
             self.flush();
+        } else {
+            self.settle();
         }
         if self.inbox.is_closed() {
             return Ok(Step::Finished(done));
@@ -1068,6 +1106,25 @@ mod tests {
         taken.shut.store(true, Ordering::Relaxed);
         assert!(t.write_all(b"def").is_err() && t.flush().is_err(), "nothing after a shut");
         assert_eq!((taken.bytes.load(Ordering::Relaxed), &t.inner[..]), (3, &b"abc"[..]));
+    }
+
+    #[test]
+    fn a_printer_that_is_never_flushed_keeps_its_ledger_as_short_as_its_buffer() {
+        // Before: only a flush confirmed the ledger, and a sink that always found a full batch
+        // waiting never flushed: 16 bytes more a printed item, `printed=0` all along.
+        let mut p = Printer::over(Box::new(std::io::sink()));
+        let unit = [b'x'; 40];
+        for i in 1..=100_000u64 {
+            p.print(&unit);
+            if i % BATCH_ITEMS as u64 == 0 {
+                p.settle();
+                // The buffer (8 KiB) holds at most this many units not yet taken.
+                assert!(p.ledger.waiting() <= 8 * 1024 / 40 + 1, "{} waiting", p.ledger.waiting());
+            }
+        }
+        p.settle();
+        assert_eq!(p.printed + p.ledger.waiting(), 100_000);
+        assert!(p.printed > 99_000, "{}", p.printed);
     }
 
     #[test]
