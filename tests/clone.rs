@@ -1704,3 +1704,78 @@ fn a_split_brain_stops_the_server_that_hears_it_with_one_error_and_the_other_ser
         eprintln!("split brain: both stopped");
     }
 }
+
+/// Issue bstar13-3: with the primary dead, every one-shot `clone-client set` naming both servers
+/// waited out the retry time (500 ms) on the dead one before asking the backup, and nothing said
+/// why. A server that refuses connections is left at once, and the command says once which
+/// server served it and why the first did not.
+#[test]
+fn a_one_shot_set_past_a_dead_primary_says_who_served_it_without_waiting() {
+    let (pp, mut prim, bp, _back) = settled_pair();
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    let run = |value: &str| {
+        let mut cmd = mdsub();
+        cmd.args(["clone-client", "--server", &ep(pp), "--server", &ep(bp), "--timeout", "10s"]);
+        cmd.args(["set", "/failover/k", value]);
+        let t0 = Instant::now();
+        let (code, out, err) = run_within("clone-client", &mut cmd, Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{out}{err}");
+        (t0.elapsed(), err)
+    };
+    // The first set is the vote that makes the backup active.
+    run("1");
+    let (took, err) = run("2");
+    let said: Vec<&str> = err.lines().collect();
+    assert_eq!(said.len(), 1, "one line: {said:?}");
+    assert!(
+        said[0].contains(&format!("served by {}", ep(bp)))
+            && said[0].contains(&format!("{} refuses connections", ep(pp))),
+        "{}",
+        said[0]
+    );
+    eprintln!("a set past the dead primary took {took:?}");
+}
+
+/// Issue bstar13-3: a `watch` (and the engine's store link) said only `link …:P+1 lost` when the
+/// active server died, never which server served it next; `failovers=1` showed only in the exit
+/// line. It says the failover as it happens.
+#[test]
+fn a_watch_says_which_server_serves_it_after_a_failover() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let hb = ["--heartbeat-interval", "200ms"];
+    let mut prim = primary(pp, bp, &hb);
+    let _back = backup(bp, pp, &hb);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    let c = synced(&[pp], "");
+    set_all_acked(&c, "/w/", 1, "v");
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &ep(pp), "--server", &ep(bp), "--silence", "1s", "watch", "/w/"]);
+    let watch = LineProc::spawn_with_stderr("watch", &mut cmd);
+    watch.line_starting("initial", Duration::from_secs(10));
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    let err = watch.stderr.as_ref().expect("stderr piped");
+    let line = wait_line(err, Duration::from_secs(20), "the failover line", |l| l.contains("failover"));
+    assert!(
+        line.contains(&format!("failover 1: now served by {}", ep(bp))) && line.contains(&ep(pp)),
+        "names the new server and the one left: {line}"
+    );
+}
+
+/// Issue bstar13-3: `--server` naming only a passive server waited out `--timeout` and said
+/// `no clone server answered`, though that server answers STATUS: it says that it is passive
+/// and that no active server answered.
+#[test]
+fn a_client_of_the_passive_server_alone_is_told_it_is_passive() {
+    let (_pp, _prim, bp, _back) = settled_pair();
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &ep(bp), "--timeout", "1s", "get", "/k"]);
+    let (code, out, err) = run_within("clone-client", &mut cmd, Duration::from_secs(30));
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(err.contains("no clone server answered"), "{err}");
+    assert!(err.contains(&format!("{} answers as passive", ep(bp))), "{err}");
+    assert!(err.contains("no active server answered"), "{err}");
+}
