@@ -1661,8 +1661,16 @@ fn an_oversized_frame_on_the_state_link_is_said_counted_and_the_link_comes_back(
     assert_eq!(st.get("state_link").map(String::as_str), Some("up"), "{st:?}");
     assert_eq!(st.get("state_link_lost_protocol_error").map(String::as_str), Some("1"), "{st:?}");
     assert_eq!(st.get("state_link_reestablished").map(String::as_str), Some("1"), "{st:?}");
+    // A peer that goes away is counted on the state link but said by the peer link's lines
+    // alone (one dead peer, not two lines for it).
+    drop(state);
+    wait_until(Duration::from_secs(10), "the plain loss to be counted", || {
+        status(bp).get("state_link_lost_disconnected").map(String::as_str) == Some("1")
+    });
     back.signal(15);
     back.wait_exit(Duration::from_secs(10));
+    let rest = common::rest_lines(&err, Duration::from_secs(2));
+    assert!(!rest.iter().any(|l| l.contains("lost (disconnected)")), "{rest:?}");
 }
 
 /// Issue bstar13-2: a split brain stops the first server to hear it with one error that says

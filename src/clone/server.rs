@@ -196,7 +196,9 @@ impl Server {
                     std::slice::from_ref(&pc.peer_state),
                 )
                 .map_err(zerr("monitoring the state subscriber"))?
-                .ok_or_else(|| ServerError::Config("no peer state endpoint to watch".into()))?;
+                .ok_or_else(|| ServerError::Config("no peer state endpoint to watch".into()))?
+                // A peer that goes away or is not up is said by the peer link's lines.
+                .saying_only_what_libzmq_gives_up();
                 statesub.connect(&pc.peer_state).map_err(zerr(format!("connecting peer state {}", pc.peer_state)))?;
                 let [peer_snapshot, peer_pub, _] = super::endpoints(&pc.peer).map_err(ServerError::Config)?;
                 let peer_sub = ctx.socket(zmq::SUB).map_err(zerr("creating the peer subscriber"))?;

@@ -147,6 +147,8 @@ pub struct LinkWatch {
     follow_retries: bool,
     /// Say losses and returns on stderr (the counters are kept either way).
     log: bool,
+    /// Say only the losses libzmq gives up on ([`LinkWatch::saying_only_what_libzmq_gives_up`]).
+    only_given_up: bool,
     /// `disconnected` lines held for the grace: (say at, link).
     held: Vec<(u64, usize)>,
     /// Links not up, held for the owner to say ([`LinkWatch::hold_not_up`]); None: said here.
@@ -222,6 +224,7 @@ impl LinkWatch {
             follow: false,
             follow_retries: false,
             log: true,
+            only_given_up: false,
             held: Vec::new(),
             not_ups: None,
             losses,
@@ -275,6 +278,15 @@ impl LinkWatch {
     /// Keep quiet on stderr (a full-screen owner); the counters still count.
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.log = !quiet;
+        self
+    }
+
+    /// Say only the losses libzmq does not reconnect by itself (and their re-establishment);
+    /// a plain disconnect, a broken-off handshake and "not up" are counted, not said: for a
+    /// second link to a peer whose first link says those already (the clone server's state
+    /// link beside its peer link).
+    pub fn saying_only_what_libzmq_gives_up(mut self) -> Self {
+        self.only_given_up = true;
         self
     }
 
@@ -438,12 +450,15 @@ impl LinkWatch {
 
     /// Count a loss for the log; say it when the rule for repeated lines says so.
     fn say_lost(&mut self, link: usize, reason: Reason, now: u64) {
-        if self.log {
+        let retried = matches!(reason, Reason::Disconnected | Reason::HandshakeFailed);
+        if self.log && !(self.only_given_up && retried) {
             let line = self.losses[link].refuse(reason.name(), &reason.explain(), now);
             self.said[link] = line.is_some();
             if let Some(line) = line {
                 crate::diag!("{line}");
             }
+        } else {
+            self.said[link] = false;
         }
     }
 
@@ -459,6 +474,7 @@ impl LinkWatch {
                 self.act(socket, decision, now);
             }
             Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } if !self.log => {}
+            Decision::NotUp { .. } if self.only_given_up => {}
             Decision::NotUp { link, for_ns, attempts } => {
                 let not_up = NotUp { endpoint: self.links.endpoint(link).to_string(), for_ns, attempts };
                 match self.not_ups.as_mut() {
