@@ -1620,3 +1620,170 @@ fn clone_bench_json_is_one_stamped_object_with_the_update_rates_and_snapshot_tim
     // The human lines went to stderr.
     assert!(err.contains("median: snapshot of 2000 keys"), "{err}");
 }
+
+/// Issue bstar13-1: one frame over the 4 KiB limit on the Binary Star state link made libzmq
+/// drop the backup's connecting SUB for good (it does not reconnect after a protocol error):
+/// no heartbeat was heard again, nothing was said, and a client vote later made the backup
+/// active beside a healthy primary. The link is watched: the loss is said with its reason and
+/// counted in STATUS, and the link is connected again, so the next frame is read.
+#[test]
+fn an_oversized_frame_on_the_state_link_is_said_counted_and_the_link_comes_back() {
+    let ctx = zmq::Context::new();
+    // The "peer's" state publisher, in the test's hands: an XPUB shows each subscription, so
+    // the test knows when the backup's SUB is connected (again) without sleeping.
+    let state = ctx.socket(zmq::XPUB).expect("xpub");
+    state.set_xpub_verbose(true).expect("verbose");
+    state.set_linger(0).expect("linger");
+    state.set_rcvtimeo(10_000).expect("rcvtimeo");
+    let state_ep = mdsub::zmqx::bind_resolved(&state, "tcp://127.0.0.1:*").expect("bind");
+    let bp = free_port_block(4);
+    let peer = ep(common::unserved_port_block(4));
+    let (mut back, err) = server_said("backup", bp, &["--backup", "--peer", &peer, "--peer-state", &state_ep]);
+    assert_eq!(state.recv_bytes(0).expect("the backup subscribes"), b"\x01");
+    state.send(&b"x"[..], 0).expect("send");
+    wait_until(Duration::from_secs(10), "the first malformed heartbeat to be counted", || {
+        status(bp).get("malformed_heartbeats").map(String::as_str) == Some("1")
+    });
+    state.send(vec![b'4'; 5000], 0).expect("send oversized");
+    let lost = wait_line(&err, Duration::from_secs(10), "the state link's loss", |l| l.contains("lost"));
+    assert!(
+        lost.contains("clone-server peer state: link") && lost.contains(&state_ep) && lost.contains("protocol_error"),
+        "names the link, its endpoint and the reason: {lost}"
+    );
+    // Its subscription ends with the dropped connection (`\x00`) and comes again with the new one.
+    assert_eq!(state.recv_bytes(0).expect("the dropped link's unsubscribe"), b"\x00");
+    assert_eq!(state.recv_bytes(0).expect("the backup subscribes again"), b"\x01", "re-established");
+    state.send(&b"x"[..], 0).expect("send");
+    wait_until(Duration::from_secs(10), "the next heartbeat to be read", || {
+        status(bp).get("malformed_heartbeats").map(String::as_str) == Some("2")
+    });
+    let st = status(bp);
+    assert_eq!(st.get("state_link").map(String::as_str), Some("up"), "{st:?}");
+    assert_eq!(st.get("state_link_lost_protocol_error").map(String::as_str), Some("1"), "{st:?}");
+    assert_eq!(st.get("state_link_reestablished").map(String::as_str), Some("1"), "{st:?}");
+    // A peer that goes away is counted on the state link but said by the peer link's lines
+    // alone (one dead peer, not two lines for it).
+    drop(state);
+    wait_until(Duration::from_secs(10), "the plain loss to be counted", || {
+        status(bp).get("state_link_lost_disconnected").map(String::as_str) == Some("1")
+    });
+    back.signal(15);
+    back.wait_exit(Duration::from_secs(10));
+    let rest = common::rest_lines(&err, Duration::from_secs(2));
+    assert!(!rest.iter().any(|l| l.contains("lost (disconnected)")), "{rest:?}");
+}
+
+/// Issue bstar13-2: a split brain stops the first server to hear it with one error that says
+/// the stop once (it said `stopping as the guide's bstar does; the server stopped`); the other
+/// keeps serving. The primary is frozen (SIGSTOP) until the backup has taken over on a client's
+/// vote, then thawed: it hears the backup ACTIVE while it is ACTIVE itself.
+#[test]
+fn a_split_brain_stops_the_server_that_hears_it_with_one_error_and_the_other_serves() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let hb = ["--heartbeat-interval", "100ms"];
+    let (mut prim, err) = server_said("primary", pp, &["--primary", "--peer", &ep(bp), hb[0], hb[1]]);
+    let (mut back, back_err) = server_said("backup", bp, &["--backup", "--peer", &ep(pp), hb[0], hb[1]]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    prim.signal(19); // SIGSTOP
+                     // A client of the backup alone is the vote; the primary is silent past two heartbeats.
+    let c = client(&[bp], "");
+    c.wait_synced(Duration::from_secs(10)).expect("the backup takes over");
+    assert_eq!(status(bp).get("state").map(String::as_str), Some("active"));
+    prim.signal(18); // SIGCONT
+    let code = prim.wait_exit(Duration::from_secs(10));
+    let said = common::rest_lines(&err, Duration::from_secs(2));
+    assert!(!code.success(), "the primary stops: {said:?}");
+    let line = said.iter().find(|l| l.contains("split brain")).unwrap_or_else(|| panic!("said: {said:?}"));
+    assert_eq!(line.matches("stop").count(), 1, "the stop said once: {line}");
+    assert!(line.contains("the server stopped"), "{line}");
+    // The backup keeps serving unless a heartbeat of the thawed primary reached it before the
+    // primary read the backup's: then it stops too, with the same one error.
+    let served = c.set("/after-split", "1", None).ok().is_some_and(|u| c.wait_acked(u, Duration::from_secs(5)).is_ok());
+    if served {
+        assert_eq!(status(bp).get("state").map(String::as_str), Some("active"));
+        eprintln!("split brain: only the primary stopped");
+    } else {
+        let code = back.wait_exit(Duration::from_secs(10));
+        let said = common::rest_lines(&back_err, Duration::from_secs(2));
+        let line = said.iter().find(|l| l.contains("split brain")).unwrap_or_else(|| panic!("{code}: {said:?}"));
+        assert_eq!(line.matches("stop").count(), 1, "the stop said once: {line}");
+        eprintln!("split brain: both stopped");
+    }
+}
+
+/// Issue bstar13-3: with the primary dead, every one-shot `clone-client set` naming both servers
+/// waited out the retry time (500 ms) on the dead one before asking the backup, and nothing said
+/// why. A server that refuses connections is left at once, and the command says once which
+/// server served it and why the first did not.
+#[test]
+fn a_one_shot_set_past_a_dead_primary_says_who_served_it_without_waiting() {
+    let (pp, mut prim, bp, _back) = settled_pair();
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    let run = |value: &str| {
+        let mut cmd = mdsub();
+        cmd.args(["clone-client", "--server", &ep(pp), "--server", &ep(bp), "--timeout", "10s"]);
+        cmd.args(["set", "/failover/k", value]);
+        let t0 = Instant::now();
+        let (code, out, err) = run_within("clone-client", &mut cmd, Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{out}{err}");
+        (t0.elapsed(), err)
+    };
+    // The first set is the vote that makes the backup active.
+    run("1");
+    let (took, err) = run("2");
+    let said: Vec<&str> = err.lines().collect();
+    assert_eq!(said.len(), 1, "one line: {said:?}");
+    assert!(
+        said[0].contains(&format!("served by {}", ep(bp)))
+            && said[0].contains(&format!("{} refuses connections", ep(pp))),
+        "{}",
+        said[0]
+    );
+    eprintln!("a set past the dead primary took {took:?}");
+}
+
+/// Issue bstar13-3: a `watch` (and the engine's store link) said only `link …:P+1 lost` when the
+/// active server died, never which server served it next; `failovers=1` showed only in the exit
+/// line. It says the failover as it happens.
+#[test]
+fn a_watch_says_which_server_serves_it_after_a_failover() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let hb = ["--heartbeat-interval", "200ms"];
+    let mut prim = primary(pp, bp, &hb);
+    let _back = backup(bp, pp, &hb);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    let c = synced(&[pp], "");
+    set_all_acked(&c, "/w/", 1, "v");
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &ep(pp), "--server", &ep(bp), "--silence", "1s", "watch", "/w/"]);
+    let watch = LineProc::spawn_with_stderr("watch", &mut cmd);
+    watch.line_starting("initial", Duration::from_secs(10));
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    let err = watch.stderr.as_ref().expect("stderr piped");
+    let line = wait_line(err, Duration::from_secs(20), "the failover line", |l| l.contains("failover"));
+    assert!(
+        line.contains(&format!("failover 1: now served by {}", ep(bp))) && line.contains(&ep(pp)),
+        "names the new server and the one left: {line}"
+    );
+}
+
+/// Issue bstar13-3: `--server` naming only a passive server waited out `--timeout` and said
+/// `no clone server answered`, though that server answers STATUS: it says that it is passive
+/// and that no active server answered.
+#[test]
+fn a_client_of_the_passive_server_alone_is_told_it_is_passive() {
+    let (_pp, _prim, bp, _back) = settled_pair();
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &ep(bp), "--timeout", "1s", "get", "/k"]);
+    let (code, out, err) = run_within("clone-client", &mut cmd, Duration::from_secs(30));
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(err.contains("no clone server answered"), "{err}");
+    assert!(err.contains(&format!("{} answers as passive", ep(bp))), "{err}");
+    assert!(err.contains("no active server answered"), "{err}");
+}

@@ -20,6 +20,7 @@ use crate::clone::kvmsg::{show, Uuid};
 use crate::clone::map::MAX_TTL_S;
 use crate::clone::server::{PairConfig, Server, ServerConfig, INTERVAL_RANGE_MS};
 use crate::link::{LinkStats, Reason};
+use crate::security::ClientKeys;
 
 /// `mdsub clone-server`: serve a CHP key-value store, alone or as half of a Binary Star pair.
 ///
@@ -287,28 +288,59 @@ pub struct NoServer {
 
 /// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
 /// ([`super::Interrupted`]). No snapshot in time is [`NoServer`] naming `servers` (exit
-/// [`super::EXIT_NO_SERVER`]), with the handshake refusal behind it when the client's links
-/// were refused ([`refused_handshake`]; `has_keys`: the command takes `--curve-key` and
-/// `--server-key`) rather than the bare timeout.
+/// [`super::EXIT_NO_SERVER`]), with the cause behind it when one is known: the handshake refusal
+/// when the client's links were refused ([`refused_handshake`]; `has_keys`: the command takes
+/// `--curve-key` and `--server-key`), or the servers that answer STATUS as a Binary Star
+/// standby ([`standing_by`], asked with `keys`), rather than the bare timeout.
 pub(crate) fn wait_synced(
     client: &Client,
-    servers: &str,
-    has_keys: bool,
+    servers: &[String],
+    (keys, has_keys): (Option<&ClientKeys>, bool),
     timeout: Duration,
     stop: &StopFlag,
 ) -> anyhow::Result<()> {
     match client.wait_synced_or_stop(timeout, stop) {
         Ok(_) => Ok(()),
         Err(ClientError::Timeout { after, .. }) => {
-            let servers = servers.to_string();
-            // The handshake refusal when there was one; else the wait is the whole story.
-            match client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys)) {
-                Some(why) => Err(anyhow::Error::msg(why).context(NoServer { servers, within: None })),
-                None => Err(NoServer { servers, within: Some(after) }.into()),
+            let names = servers.join(", ");
+            // The handshake refusal when there was one; a standby's state; else the wait is the
+            // whole story.
+            if let Some(why) = client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys)) {
+                return Err(anyhow::Error::msg(why).context(NoServer { servers: names, within: None }));
+            }
+            match standing_by(servers, keys, stop) {
+                Some(why) => Err(anyhow::Error::msg(why).context(NoServer { servers: names, within: Some(after) })),
+                None => Err(NoServer { servers: names, within: Some(after) }.into()),
             }
         }
         Err(e) => interrupted(Err(e)).context("connecting to the clone servers"),
     }
+}
+
+/// How long [`standing_by`] waits for each server's STATUS reply.
+const STANDBY_ASK: Duration = Duration::from_secs(1);
+
+/// The servers among `servers` that answer STATUS as a Binary Star standby (`passive`, or a
+/// `backup` that has not been passive yet), as the cause of a snapshot nobody served: such a
+/// server ignores a client's snapshot request while its active peer lives. None when none does.
+fn standing_by(servers: &[String], keys: Option<&ClientKeys>, stop: &StopFlag) -> Option<String> {
+    let mut said = Vec::new();
+    for s in servers {
+        let Ok(text) = crate::clone::server_status_or_stop(s, STANDBY_ASK, keys, stop) else { continue };
+        match text.lines().find_map(|l| l.strip_prefix("state=")) {
+            Some("passive") => said.push(format!(
+                "{s} answers as passive: a Binary Star standby serves only once its active peer has been \
+                 silent for two heartbeats and a client asks"
+            )),
+            Some("backup") => said.push(format!(
+                "{s} answers as backup: a backup serves only after it has been passive (start its primary)"
+            )),
+            _ => {}
+        }
+    }
+    (!said.is_empty()).then(|| {
+        format!("{}; no active server answered: name the pair's active server too (--server twice)", said.join("; "))
+    })
 }
 
 /// What the servers' refusal of a client's handshakes means, when its links were lost to one
@@ -418,18 +450,17 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. } => subtree.clone(),
         _ => String::new(),
     };
-    let names = servers.join(", ");
     let client = Client::start_secured(
         ClientConfig {
-            servers,
+            servers: servers.clone(),
             subtree,
             silence_ms: args.silence.as_millis().try_into().unwrap_or(u64::MAX),
             ..ClientConfig::default()
         },
         args.idle.strategy(),
-        keys,
+        keys.clone(),
     )?;
-    wait_synced(&client, &names, true, timeout, stop)?;
+    wait_synced(&client, &servers, (keys.as_ref(), true), timeout, stop)?;
     if let (ClientCmd::Dump { subtree } | ClientCmd::Watch { subtree, .. }, Ok(st)) = (&args.cmd, client.status()) {
         // No key the server holds can be longer than its limit, so nothing can be under such a
         // subtree: refused like an over-long key for `set` (the client asked only its first

@@ -359,9 +359,8 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
             anyhow::anyhow!("no terminal to draw the dashboard on (/dev/tty: {e}); --once prints one plain-text frame")
         })?)
     };
-    let names = servers.join(", ");
     let client = Client::start(ClientConfig {
-        servers,
+        servers: servers.clone(),
         subtree: STATUS_ROOT.into(),
         // A plain frame (--once) may say on stderr why the store does not answer (`not up
         // after 5 s`); the full-screen view keeps stderr off its screen.
@@ -369,7 +368,7 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
         name: "top".into(),
         ..ClientConfig::default()
     })?;
-    super::clone::wait_synced(&client, &names, false, args.timeout, stop)?;
+    super::clone::wait_synced(&client, &servers, (None, false), args.timeout, stop)?;
     let changes = client.watch(STATUS_ROOT.as_bytes())?;
     let mut model = Top::default();
     // The watch starts with every current key.

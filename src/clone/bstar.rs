@@ -93,7 +93,12 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BStarError {
     /// Both servers ACTIVE.
-    #[error("split brain: peer is active while we are active")]
+    /// The guide's bstar rule: the first of the two to hear the other gives up; the other
+    /// usually keeps serving (no more heartbeats come from the one that gave up).
+    #[error(
+        "split brain: peer is active while we are active (the guide's bstar rule: the first of the two \
+         to hear it gives up; restarted, this server rejoins as passive)"
+    )]
     DualActive,
     /// Both servers PASSIVE.
     #[error("peer is passive while we are passive: nobody would serve")]

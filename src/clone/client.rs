@@ -8,7 +8,9 @@
 //! Sync: subscribe first, then `ICANHAZ?`; updates that arrive during the snapshot are queued and
 //! those at or below the snapshot's sequence dropped. Failover: when the current server is silent
 //! (no update and no HUGZ) for `silence_ms`, or does not answer a snapshot request within
-//! `snapshot_retry_ms`, the agent moves to the next server and re-syncs.
+//! `snapshot_retry_ms`, the agent moves to the next server and re-syncs; a server that refuses
+//! connections is left at once when the other may answer. The server that serves next is said
+//! once on stderr, with why the one before was left (unless `log_links` is off).
 //!
 //! **Un-acknowledged updates** (beyond the guide): every `set` carries a fresh UUID and is sent to
 //! the collectors of *all* configured servers (as clone.c does, so a passive server can hold it in
@@ -35,7 +37,7 @@ use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::diag::RefusalLog;
-use crate::link::{LinkWatch, NotUp};
+use crate::link::{LinkChange, LinkWatch, NotUp};
 use crate::security::ClientKeys;
 
 /// Messages read from one socket per unit of work (then timers get a turn).
@@ -353,6 +355,8 @@ struct ClientAgent {
     core: ClientCore,
     /// Who its stderr lines are from ([`ClientConfig::name`]).
     name: String,
+    /// Say its lines about links and the server in use ([`ClientConfig::log_links`]).
+    log_links: bool,
     ctx: zmq::Context,
     /// CURVE keys presented to the servers, if they demand them.
     keys: Option<ClientKeys>,
@@ -436,7 +440,7 @@ impl ClientAgent {
                     role: "clone-client".into(),
                     message: "no endpoint to watch".into(),
                 })?
-                .following_updowns()
+                .following_changes()
                 .quiet(quiet)
                 .hold_not_up();
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
@@ -453,6 +457,7 @@ impl ClientAgent {
         Ok(ClientAgent {
             refusals: RefusalLog::new(&cfg.name),
             name: cfg.name.clone(),
+            log_links: cfg.log_links,
             core: ClientCore::new(cfg),
             ctx,
             keys,
@@ -484,6 +489,11 @@ impl ClientAgent {
                     for s in &self.servers {
                         let _ = subscribe(&s.sub, &old, false);
                         let _ = subscribe(&s.sub, &new, true);
+                    }
+                }
+                Action::Say(line) => {
+                    if self.log_links {
+                        crate::diag!("{line}");
                     }
                 }
             }
@@ -551,18 +561,23 @@ impl ClientAgent {
         for i in 0..self.servers.len() {
             let s = &mut self.servers[i];
             n += s.links.service(&s.sub);
-            s.links.take_updowns(&mut links);
+            s.links.take_changes(&mut links);
             s.links.take_not_ups(&mut not_ups);
             for p in not_ups.drain(..) {
                 let line = self.server_not_up(i, p);
                 crate::diag!("{line}");
             }
-            for up in links.drain(..) {
-                if up {
-                    // Its publisher answers: a collector held for its line is said alone.
-                    self.say_held_alone(|&(server, ..)| server == i);
-                }
-                self.step(Event::Link { server: i, up }, now_ns)?;
+            for change in links.drain(..) {
+                let ev = match change {
+                    LinkChange::Up => {
+                        // Its publisher answers: a collector held for its line is said alone.
+                        self.say_held_alone(|&(server, ..)| server == i);
+                        Event::Link { server: i, up: true }
+                    }
+                    LinkChange::Down => Event::Link { server: i, up: false },
+                    LinkChange::Retried => Event::Retried { server: i },
+                };
+                self.step(ev, now_ns)?;
             }
         }
         // A server whose publisher link neither comes up nor is found not up (it fails its

@@ -210,6 +210,12 @@ pub enum Event {
         /// Connected (true) or disconnected (false).
         up: bool,
     },
+    /// libzmq announced a reconnect of the subscriber to `server`'s publisher: a connect attempt
+    /// failed (nothing accepts connections there), or, right after a loss, reconnecting began.
+    Retried {
+        /// Index into the configured servers.
+        server: usize,
+    },
     /// A message from the current server's publisher (`Err`: it did not decode).
     Published(Result<KvMsg, ()>),
     /// A reply to our snapshot request (`Err`: it did not decode).
@@ -241,6 +247,9 @@ pub enum Action {
         /// The new subtree.
         new: Vec<u8>,
     },
+    /// Say this line on stderr (unless the client's links are quiet): a change of the server
+    /// that serves the client, and why.
+    Say(String),
 }
 
 /// Which phase the client is in.
@@ -263,6 +272,10 @@ struct Link {
     /// Sequence of the last message read from this server's publisher since the last sync. A
     /// server's publisher stream never goes backwards, so a lower one means it restarted.
     last_seq: u64,
+    /// A connect attempt failed since the link was last up: nothing accepts connections there.
+    unreachable: bool,
+    /// The link was just lost: the next retry is libzmq starting to reconnect, no failed attempt.
+    rearming: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +330,8 @@ pub struct ClientCore {
     served_by: Option<usize>,
     synced_at_ns: u64,
     initial_since_ns: Option<u64>,
+    /// The first server left since the last sync, and why (said with the server that serves next).
+    left: Option<(usize, String)>,
 }
 
 impl ClientCore {
@@ -345,6 +360,7 @@ impl ClientCore {
             served_by: None,
             synced_at_ns: 0,
             initial_since_ns: None,
+            left: None,
         }
     }
 
@@ -361,6 +377,14 @@ impl ClientCore {
                 if let Some(l) = self.links.get_mut(server) {
                     l.connected = up;
                     l.dropped |= !up;
+                    l.unreachable = false;
+                    l.rearming = !up;
+                }
+            }
+            Event::Retried { server } => {
+                if let Some(l) = self.links.get_mut(server) {
+                    l.unreachable |= !l.rearming && !l.connected;
+                    l.rearming = false;
                 }
             }
             Event::Published(m) => self.on_published(m, now_ns, out),
@@ -546,17 +570,34 @@ impl ClientCore {
                 if self.links[self.cur].connected {
                     self.initial_since_ns = None;
                     self.start_sync(now_ns, out);
+                } else if self.links[self.cur].unreachable
+                    && self.links.iter().enumerate().any(|(i, l)| i != self.cur && !l.unreachable)
+                {
+                    // Nothing accepts connections there and the other server may answer: no
+                    // need to wait out the retry time (a one-shot command took 0.5 s longer).
+                    self.initial_since_ns = None;
+                    self.hop("refuses connections (nothing listens there)".into(), out);
                 } else {
                     let since = *self.initial_since_ns.get_or_insert(now_ns);
                     if now_ns.saturating_sub(since) > self.cfg.snapshot_retry_ms.saturating_mul(1_000_000) {
                         self.initial_since_ns = None;
-                        self.hop(out);
+                        let why = format!("its publisher did not connect within {} ms", self.cfg.snapshot_retry_ms);
+                        self.hop(why, out);
                     }
                 }
             }
             Phase::Syncing(s) => {
                 if now_ns > s.deadline_ns {
-                    self.hop(out);
+                    let why = if s.entries.is_empty() {
+                        format!(
+                            "did not answer a snapshot request within {} ms (a passive server ignores it while \
+                             its active peer lives)",
+                            self.cfg.snapshot_retry_ms
+                        )
+                    } else {
+                        format!("stopped sending its snapshot for {} ms", self.cfg.silence_ms)
+                    };
+                    self.hop(why, out);
                 }
             }
             Phase::Live => self.live_timers(now_ns, out),
@@ -572,7 +613,10 @@ impl ClientCore {
 
     /// Move to the next server (hunting for one that answers); a failover only once another
     /// server than the last one serves us ([`Self::finish_sync`]).
-    fn hop(&mut self, out: &mut Vec<Action>) {
+    fn hop(&mut self, why: String, out: &mut Vec<Action>) {
+        if self.links.len() > 1 && self.left.is_none() {
+            self.left = Some((self.cur, why));
+        }
         self.status.hops += 1;
         self.cur = (self.cur + 1) % self.links.len().max(1);
         self.restart_sync(out);
@@ -603,6 +647,7 @@ impl ClientCore {
         if self.served_by.is_some_and(|s| s != self.cur) {
             self.status.failovers += 1;
         }
+        self.say_served(out);
         self.served_by = Some(self.cur);
         self.synced_at_ns = now_ns;
         if !self.watchers.is_empty() {
@@ -654,6 +699,26 @@ impl ClientCore {
         self.unacked.retain(|u| self.unacked_ids.contains(&u.uuid));
     }
 
+    /// Served by another server than before (than the first configured, at the first sync):
+    /// say which, once, and why the one before was left.
+    fn say_served(&mut self, out: &mut Vec<Action>) {
+        let left = self.left.take();
+        let before = self.served_by.unwrap_or(0);
+        if before == self.cur {
+            return;
+        }
+        let name = &self.cfg.name;
+        let now = &self.cfg.servers[self.cur];
+        let why = match left {
+            Some((i, why)) if i == before => format!("{} {why}", self.cfg.servers[before]),
+            _ => format!("{} did not serve", self.cfg.servers[before]),
+        };
+        out.push(Action::Say(match self.served_by {
+            Some(_) => format!("{name}: failover {}: now served by {now}; {why}", self.status.failovers),
+            None => format!("{name}: served by {now}; {why}"),
+        }));
+    }
+
     fn apply_live(&mut self, m: KvMsg) {
         if m.sequence <= self.sequence {
             return;
@@ -674,7 +739,8 @@ impl ClientCore {
             return;
         }
         if now_ns.saturating_sub(self.last_msg_ns) > self.cfg.silence_ms.saturating_mul(1_000_000) {
-            self.hop(out);
+            let why = format!("was silent for {} ms (no update, no HUGZ)", self.cfg.silence_ms);
+            self.hop(why, out);
             return;
         }
         // Re-send sets the server has not published after resend_after_ms; in the first seconds
@@ -1031,6 +1097,57 @@ mod tests {
             r.tick_after_ms(501);
         }
         assert_eq!((r.core.status().hops, r.core.status().failovers), (10, 0));
+    }
+
+    /// Issue bstar13-3: a server that refuses connections is left at once when the other may
+    /// answer (it was waited on for the retry time, 500 ms, on every one-shot command), and the
+    /// server that serves next is said once, with why the first was left.
+    #[test]
+    fn a_refusing_server_is_left_at_once_and_the_server_in_use_is_said() {
+        let mut r = Rig::new(cfg(2, ""));
+        r.on(Event::Retried { server: 0 });
+        r.on(Event::Tick);
+        assert_eq!((r.core.current(), r.core.status().hops), (1, 1), "left without waiting");
+        let a = r.sync(1, &[], 0);
+        let said: Vec<&Action> = a.iter().filter(|a| matches!(a, Action::Say(_))).collect();
+        assert_eq!(
+            said,
+            vec![&Action::Say(
+                "clone-client: served by tcp://127.0.0.1:6010; tcp://127.0.0.1:6000 refuses connections \
+                 (nothing listens there)"
+                    .into()
+            )]
+        );
+        // Server 1 falls silent and server 0 serves: the failover is said, with its cause.
+        r.tick_after_ms(2001);
+        let a = r.sync(0, &[], 0);
+        assert!(
+            a.contains(&Action::Say(
+                "clone-client: failover 1: now served by tcp://127.0.0.1:6000; tcp://127.0.0.1:6010 was silent \
+                 for 2000 ms (no update, no HUGZ)"
+                    .into()
+            )),
+            "{a:?}"
+        );
+        // A resync with the same server says nothing.
+        r.on(Event::Link { server: 0, up: false });
+        r.tick_after_ms(1);
+        assert!(!r.sync(0, &[], 0).iter().any(|a| matches!(a, Action::Say(_))));
+        // The retry right after a loss is libzmq starting to reconnect, not a refusal; both
+        // servers refusing: the retry time is waited, as before.
+        let mut r = Rig::new(cfg(2, ""));
+        r.on(Event::Link { server: 0, up: true });
+        r.on(Event::Link { server: 0, up: false });
+        r.on(Event::Retried { server: 0 });
+        r.on(Event::Tick);
+        assert_eq!(r.core.current(), 0, "a reconnect under way is waited for");
+        r.on(Event::Retried { server: 1 });
+        r.on(Event::Retried { server: 1 });
+        r.on(Event::Retried { server: 0 });
+        r.tick_after_ms(1);
+        assert_eq!(r.core.current(), 0, "both refuse: no hopping to and fro");
+        r.tick_after_ms(501);
+        assert_eq!(r.core.current(), 1);
     }
 
     #[test]

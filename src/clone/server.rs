@@ -65,6 +65,11 @@ fn zerr(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> ServerError {
 struct Pair {
     statepub: zmq::Socket,
     statesub: zmq::Socket,
+    /// The watch on `statesub`'s link to the peer's P+3: libzmq does not reconnect our
+    /// connecting SUB after a protocol error (a frame over its 4 KiB limit), so without it one
+    /// bad frame would silence the peer's heartbeats for good. A loss is said with its reason
+    /// and counted (STATUS `state_link_*`), and the link connected again.
+    state_links: crate::link::LinkWatch,
     peer_sub: zmq::Socket,
     /// The watch on `peer_sub`'s link: a sync starts only once our subscription is on its way;
     /// a loss is logged and counted, a link libzmq gave up on connected again.
@@ -184,6 +189,16 @@ impl Server {
                 statesub.set_maxmsgsize(FRAME_SLACK_BYTES as i64).map_err(zerr("setting state max message size"))?;
                 statesub.set_linger(0).map_err(zerr("setting linger"))?;
                 as_peer(&statesub).map_err(zerr("setting the peer's keys on the state subscriber"))?;
+                let state_links = crate::link::LinkWatch::attach(
+                    &ctx,
+                    &statesub,
+                    "clone-server peer state",
+                    std::slice::from_ref(&pc.peer_state),
+                )
+                .map_err(zerr("monitoring the state subscriber"))?
+                .ok_or_else(|| ServerError::Config("no peer state endpoint to watch".into()))?
+                // A peer that goes away or is not up is said by the peer link's lines.
+                .saying_only_what_libzmq_gives_up();
                 statesub.connect(&pc.peer_state).map_err(zerr(format!("connecting peer state {}", pc.peer_state)))?;
                 let [peer_snapshot, peer_pub, _] = super::endpoints(&pc.peer).map_err(ServerError::Config)?;
                 let peer_sub = ctx.socket(zmq::SUB).map_err(zerr("creating the peer subscriber"))?;
@@ -202,7 +217,7 @@ impl Server {
                 .ok_or_else(|| ServerError::Config("no peer endpoint to watch".into()))?
                 .following_updowns();
                 peer_sub.connect(&peer_pub).map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
-                Some(Pair { statepub, statesub, peer_sub, peer_links, peer_snapshot, sync: None })
+                Some(Pair { statepub, statesub, state_links, peer_sub, peer_links, peer_snapshot, sync: None })
             }
         };
         let mut server = Server {
@@ -308,7 +323,11 @@ impl Server {
                     }
                     None
                 }
-                Action::Reply { identity, text } => {
+                Action::Reply { identity, mut text } => {
+                    if let Some(p) = &self.pair {
+                        link_status(&mut text, "state_link", &p.state_links);
+                        link_status(&mut text, "peer_link", &p.peer_links);
+                    }
                     let _ = self.snapshot.send(&identity[..], zmq::SNDMORE);
                     let _ = self.snapshot.send(STATUS_REP, zmq::SNDMORE);
                     let _ = self.snapshot.send(text.as_bytes(), 0);
@@ -495,7 +514,10 @@ impl Server {
 
     fn drain_peer(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
-        // Heartbeats.
+        // Heartbeats, after their link's news (a link libzmq dropped is connected again).
+        if let Some(p) = self.pair.as_mut() {
+            p.state_links.service(&p.statesub);
+        }
         loop {
             let Some(p) = self.pair.as_ref() else { return Ok(0) };
             let frame = match p.statesub.recv_bytes(zmq::DONTWAIT) {
@@ -556,10 +578,27 @@ impl Server {
     }
 }
 
+/// Append a watched link's counters to a STATUS reply as `NAME=STATE`, `NAME_connects=N`,
+/// `NAME_reconnects=N`, `NAME_reestablished=N` and `NAME_lost_REASON=N` per reason.
+fn link_status(text: &mut String, name: &str, watch: &crate::link::LinkWatch) {
+    use std::fmt::Write;
+    for l in watch.board().snapshot() {
+        let _ = write!(
+            text,
+            "{name}={}\n{name}_connects={}\n{name}_reconnects={}\n{name}_reestablished={}\n",
+            l.state, l.connects, l.reconnects, l.reestablished
+        );
+        for (reason, n) in &l.lost {
+            let _ = writeln!(text, "{name}_lost_{reason}={n}");
+        }
+    }
+}
+
 fn fatal(e: BStarError) -> AgentError {
     AgentError::Fatal {
         role: "clone-server".into(),
-        message: format!("binary star: {e}; stopping as the guide's bstar does"),
+        // The command line adds that the server stopped.
+        message: format!("binary star: {e}"),
     }
 }
 
@@ -613,6 +652,7 @@ impl Agent for Server {
         }
         if let Some(p) = &self.pair {
             items.push(p.statesub.as_poll_item(zmq::POLLIN));
+            items.push(p.state_links.socket().as_poll_item(zmq::POLLIN));
             items.push(p.peer_sub.as_poll_item(zmq::POLLIN));
             items.push(p.peer_links.socket().as_poll_item(zmq::POLLIN));
             if let Some(s) = &p.sync {

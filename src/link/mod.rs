@@ -115,6 +115,18 @@ impl NotUp {
     }
 }
 
+/// What happened to a followed socket's connections ([`LinkWatch::take_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChange {
+    /// A handshake completed: messages flow.
+    Up,
+    /// A connection was lost.
+    Down,
+    /// libzmq armed its reconnect timer: a connect attempt failed (nothing accepts connections
+    /// there), or, right after a [`LinkChange::Down`], the reconnecting began.
+    Retried,
+}
+
 /// The watch on one socket's connect endpoints.
 pub struct LinkWatch {
     /// Who owns the socket, for log lines (`shard0`, `lvc frontend`).
@@ -125,13 +137,18 @@ pub struct LinkWatch {
     frames: Vec<zmq::Message>,
     out: Vec<Decision>,
     rounds: u32,
-    /// Raw up (handshake done) / down (disconnected) events since the last
-    /// [`LinkWatch::take_updowns`], kept only for an owner whose core follows them
-    /// ([`LinkWatch::following_updowns`]): nobody else empties the list.
-    updowns: Vec<bool>,
+    /// Raw ups (handshake done), downs (disconnected) and, with [`LinkWatch::following_changes`],
+    /// retries since the last [`LinkWatch::take_updowns`] / [`LinkWatch::take_changes`], kept only
+    /// for an owner whose core follows them ([`LinkWatch::following_updowns`]): nobody else
+    /// empties the list.
+    changes: Vec<LinkChange>,
     follow: bool,
+    /// Keep [`LinkChange::Retried`] too.
+    follow_retries: bool,
     /// Say losses and returns on stderr (the counters are kept either way).
     log: bool,
+    /// Say only the losses libzmq gives up on ([`LinkWatch::saying_only_what_libzmq_gives_up`]).
+    only_given_up: bool,
     /// `disconnected` lines held for the grace: (say at, link).
     held: Vec<(u64, usize)>,
     /// Links not up, held for the owner to say ([`LinkWatch::hold_not_up`]); None: said here.
@@ -203,9 +220,11 @@ impl LinkWatch {
             frames: Vec::with_capacity(2),
             out: Vec::new(),
             rounds: 0,
-            updowns: Vec::new(),
+            changes: Vec::new(),
             follow: false,
+            follow_retries: false,
             log: true,
+            only_given_up: false,
             held: Vec::new(),
             not_ups: None,
             losses,
@@ -219,6 +238,15 @@ impl LinkWatch {
     /// them, and which takes them every round).
     pub fn following_updowns(mut self) -> Self {
         self.follow = true;
+        self
+    }
+
+    /// [`LinkWatch::following_updowns`], with each reconnect attempt libzmq announces
+    /// ([`LinkChange::Retried`]) too, for [`LinkWatch::take_changes`]: an owner that wants to
+    /// know when nothing accepts connections at a peer it waits for.
+    pub fn following_changes(mut self) -> Self {
+        self.follow = true;
+        self.follow_retries = true;
         self
     }
 
@@ -250,6 +278,15 @@ impl LinkWatch {
     /// Keep quiet on stderr (a full-screen owner); the counters still count.
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.log = !quiet;
+        self
+    }
+
+    /// Say only the losses libzmq does not reconnect by itself (and their re-establishment);
+    /// a plain disconnect, a broken-off handshake and "not up" are counted, not said: for a
+    /// second link to a peer whose first link says those already (the clone server's state
+    /// link beside its peer link).
+    pub fn saying_only_what_libzmq_gives_up(mut self) -> Self {
+        self.only_given_up = true;
         self
     }
 
@@ -310,8 +347,9 @@ impl LinkWatch {
             seen += 1;
             if let Some((event, endpoint)) = parse_event(&self.frames) {
                 match event {
-                    Event::HandshakeSucceeded if self.follow => self.updowns.push(true),
-                    Event::Disconnected if self.follow => self.updowns.push(false),
+                    Event::HandshakeSucceeded if self.follow => self.changes.push(LinkChange::Up),
+                    Event::Disconnected if self.follow => self.changes.push(LinkChange::Down),
+                    Event::ConnectRetried if self.follow_retries => self.changes.push(LinkChange::Retried),
                     _ => {}
                 }
                 if self.links.find(endpoint).is_none() {
@@ -397,17 +435,30 @@ impl LinkWatch {
     /// Every up (`true`: a handshake completed) and down (`false`: a
     /// connection lost) seen by [`LinkWatch::service`] since the last call, in order.
     pub fn take_updowns(&mut self, out: &mut Vec<bool>) {
-        out.append(&mut self.updowns);
+        out.extend(self.changes.drain(..).filter_map(|c| match c {
+            LinkChange::Up => Some(true),
+            LinkChange::Down => Some(false),
+            LinkChange::Retried => None,
+        }));
+    }
+
+    /// Every change seen by [`LinkWatch::service`] since the last call, in order (with
+    /// [`LinkWatch::following_changes`]).
+    pub fn take_changes(&mut self, out: &mut Vec<LinkChange>) {
+        out.append(&mut self.changes);
     }
 
     /// Count a loss for the log; say it when the rule for repeated lines says so.
     fn say_lost(&mut self, link: usize, reason: Reason, now: u64) {
-        if self.log {
+        let retried = matches!(reason, Reason::Disconnected | Reason::HandshakeFailed);
+        if self.log && !(self.only_given_up && retried) {
             let line = self.losses[link].refuse(reason.name(), &reason.explain(), now);
             self.said[link] = line.is_some();
             if let Some(line) = line {
                 crate::diag!("{line}");
             }
+        } else {
+            self.said[link] = false;
         }
     }
 
@@ -423,6 +474,7 @@ impl LinkWatch {
                 self.act(socket, decision, now);
             }
             Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } if !self.log => {}
+            Decision::NotUp { .. } if self.only_given_up => {}
             Decision::NotUp { link, for_ns, attempts } => {
                 let not_up = NotUp { endpoint: self.links.endpoint(link).to_string(), for_ns, attempts };
                 match self.not_ups.as_mut() {
