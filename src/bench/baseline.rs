@@ -191,6 +191,7 @@ impl Baseline {
             latency,
             interrupted,
             metrics_dropped: 0,
+            handoff_malformed: 0,
             handler: self
                 .handler
                 .as_ref()

@@ -799,6 +799,7 @@ impl Engine {
             // The wait ran out (not a croak, which is not an interruption).
             time_limit: interrupted && waited.is_some(),
             metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
+            handoff_malformed: self.worker_counters.iter().map(|c| c.malformed.load(Relaxed)).sum(),
             handler: collected.handler,
             handler_summary: collected.handler_summary,
             agents,

@@ -38,7 +38,8 @@ pub struct WorkerCounters {
     pub handled: CachePadded<AtomicU64>,
     /// Bytes of the frames handled.
     pub handled_bytes: AtomicU64,
-    /// Hand-off messages that were not valid batches (a bug if ever non-zero).
+    /// Hand-off messages that were not valid batches, and handed-off frames that did not decode
+    /// again (a bug if ever non-zero: the reader checked them).
     pub malformed: AtomicU64,
     /// Metric intervals that could not be shipped (collector gone).
     pub metrics_dropped: AtomicU64,
@@ -154,10 +155,14 @@ impl<C: Clock> WorkerCore<C> {
     /// by a resting guard, or the core croaked).
     #[inline]
     pub fn handle(&mut self, frame: &[u8], recv_ns: u64, take_ns: u64) -> usize {
-        // The reader checked this frame already.
+        // The reader checked this frame already: one that does not decode here is a hand-off
+        // fault, counted with the malformed hand-offs.
         match wire::decode(frame) {
             Ok(view) => self.handle_view(&view, frame.len(), recv_ns, take_ns),
-            Err(_) => 0,
+            Err(_) => {
+                self.counters.malformed.fetch_add(1, Relaxed);
+                0
+            }
         }
     }
 
@@ -168,7 +173,10 @@ impl<C: Clock> WorkerCore<C> {
     pub fn handle_batched(&mut self, frame: &[u8], topic_len: usize, recv_ns: u64, take_ns: u64) -> usize {
         match wire::decode_checked_topic(frame, topic_len) {
             Ok(view) => self.handle_view(&view, frame.len(), recv_ns, take_ns),
-            Err(_) => 0,
+            Err(_) => {
+                self.counters.malformed.fetch_add(1, Relaxed);
+                0
+            }
         }
     }
 
@@ -522,6 +530,7 @@ mod tests {
         for wrong in [0, 3, 5, f.len(), 300] {
             assert_eq!(c.handle_batched(&f, wrong, T0 - 20 * US, T0), 0, "topic length {wrong}");
         }
+        assert_eq!(c.counters.malformed.load(Relaxed), 5, "each not handled is counted");
         c.end_batch();
         let s = &c.stages[0];
         assert_eq!((s.wire.len(), s.total.len(), s.bytes), (1, 1, f.len() as u64));

@@ -306,6 +306,10 @@ pub struct RunReport {
     pub time_limit: bool,
     /// Metric intervals lost because the collector's queue was full (should be 0).
     pub metrics_dropped: u64,
+    /// Hand-offs or handed-off frames a worker could not read (a fault of mdsub's own; should
+    /// be 0). Their messages are in `not_handled`.
+    #[serde(default)]
+    pub handoff_malformed: u64,
     /// Interval-log or spectrum writes that failed (see stderr).
     pub metrics_write_errors: u64,
     /// Per shard (the engine; empty for the baseline).
@@ -623,6 +627,13 @@ impl RunReport {
                 s,
                 "  WARNING: {} metric intervals were dropped; latency counts are incomplete",
                 self.metrics_dropped
+            );
+        }
+        if self.handoff_malformed > 0 {
+            let _ = writeln!(
+                s,
+                "  WARNING: {} hand-offs (or frames in them) a worker could not read were not handled: a fault of mdsub's, please report it",
+                self.handoff_malformed
             );
         }
         s
