@@ -15,7 +15,10 @@
 //! unflushed batch is then neither applied, published nor acknowledged, its UUID is forgotten
 //! so the client's re-send counts as new, and its sequence is given back (the published
 //! sequence stays contiguous); appends of the batch already asked for are skipped
-//! ([`Action::SkipAppends`]). The failure is counted in `log_failures`.
+//! ([`Action::SkipAppends`]). The batch's expiry deletes (their keys already left the map) are
+//! published again under new sequences at the next tick; a re-publish in it leaves the entry's
+//! sequence untouched and its UUID free to be re-published at the next re-send. The failure is
+//! counted in `log_failures`.
 //!
 //! A passive server applies what the active one published (and acknowledged) whether or not its
 //! own log took it: when that log fails, its disk copy lacks updates it holds in memory. It is
