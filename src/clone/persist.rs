@@ -35,6 +35,8 @@ pub const MAX_RECORD_BYTES: usize = 64 << 20;
 /// Bytes of a record payload besides key, properties and body (sequence, deadline, uuid length,
 /// uuid, three part lengths).
 pub const RECORD_FIXED_BYTES: usize = 8 + 8 + 1 + 16 + 3 * 4;
+/// Bytes of the smallest record payload: no uuid, empty key, properties and body.
+const MIN_RECORD_BYTES: usize = 8 + 8 + 1 + 3 * 4;
 
 /// Persistence errors, with the file and what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +213,15 @@ pub fn decode_records(data: &[u8], base: u64) -> (Vec<Record>, u64, Option<(u64,
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
         if len > MAX_RECORD_BYTES {
             return (out, base + at as u64, err(format!("record length {len} exceeds the limit")));
+        }
+        if len < MIN_RECORD_BYTES {
+            // Zeros (a file grown by a write past its end) would otherwise pass the checksum:
+            // the CRC-32 of nothing is 0.
+            return (
+                out,
+                base + at as u64,
+                err(format!("record length {len} is below the smallest record ({MIN_RECORD_BYTES} bytes)")),
+            );
         }
         if rest.len() < 8 + len {
             return (
@@ -447,12 +458,20 @@ impl Store {
     /// updates were not acknowledged) and cut the log back to its last flushed
     /// end, so a record torn by the failure cannot hide later ones at recovery.
     pub fn rollback(&mut self) -> Result<(), PersistError> {
+        self.cut_back("cutting back a failed write")
+    }
+
+    /// Drop the buffered records and cut the log to `good_len`, where the next record goes. The
+    /// cut never grows the file: that would leave zeros before the next record.
+    fn cut_back(&mut self, context: &'static str) -> Result<(), PersistError> {
         let path = self.dir.join("log");
         let file = self.log.get_ref().try_clone().map_err(io_err(&path, "reopening the log"))?;
         let old = std::mem::replace(&mut self.log, BufWriter::with_capacity(1 << 16, file));
         drop(old.into_parts());
         let f = self.log.get_mut();
-        f.set_len(self.good_len).map_err(io_err(&path, "cutting back a failed write"))?;
+        let len = f.metadata().map_err(io_err(&path, "reading the log size"))?.len();
+        self.good_len = self.good_len.min(len);
+        f.set_len(self.good_len).map_err(io_err(&path, context))?;
         f.seek(SeekFrom::Start(self.good_len)).map_err(io_err(&path, "seeking the log"))?;
         Ok(())
     }
@@ -467,22 +486,26 @@ impl Store {
         Ok(())
     }
 
-    /// Write a snapshot of `records` at `sequence` atomically, then start an empty log.
+    /// Write a snapshot of `records` at `sequence` atomically, then cut the log back to its
+    /// header.
+    ///
+    /// Once the snapshot is in place its header is the log's last good end, whatever fails
+    /// after: a later [`Store::rollback`] then cuts to the header, never back out to the old
+    /// length (which grew the file with zeros that hid every later record at recovery). A
+    /// failure after the rename leaves the log as its header plus, at worst, records the
+    /// snapshot already covers (recovery skips them).
     pub fn write_snapshot<'a>(
         &mut self,
         sequence: u64,
         records: impl Iterator<Item = Record> + 'a,
     ) -> Result<(), PersistError> {
         write_snapshot_file(&self.dir, sequence, records)?;
-        // The snapshot covers everything in the log: start it again.
-        let log_path = self.dir.join("log");
-        self.log.flush().map_err(io_err(&log_path, "flushing"))?;
-        let f = self.log.get_mut();
-        f.set_len(0).map_err(io_err(&log_path, "truncating after a snapshot"))?;
-        f.seek(SeekFrom::Start(0)).map_err(io_err(&log_path, "seeking"))?;
-        f.write_all(LOG_MAGIC).map_err(io_err(&log_path, "writing the log header"))?;
-        f.sync_data().map_err(io_err(&log_path, "fsyncing"))?;
+        // The snapshot covers everything in the log: keep its header only. Records still
+        // buffered go too (the log's file always starts with its header, see `open`).
+        self.good_len = LOG_MAGIC.len() as u64;
         self.log_records = 0;
+        self.cut_back("cutting the log back to its header after a snapshot")?;
+        self.log.get_ref().sync_data().map_err(io_err(&self.dir.join("log"), "fsyncing"))?;
         self.dirty = false;
         Ok(())
     }
@@ -518,6 +541,56 @@ mod tests {
         assert!(!d.join("snapshot.tmp").exists(), "the temp file is removed, not left to fill the disk");
         assert_eq!(s.log_records(), 1, "the log is kept: the snapshot did not replace it");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_append_after_a_snapshot_keeps_the_later_acknowledged_updates() {
+        // Before: the snapshot cut the log to its header but left the last flushed end at the
+        // old length; the rollback after a failed append grew the log back with zeros, the
+        // next records went after them, and recovery stopped at the zeros (offset 8): every
+        // update acknowledged since the snapshot was lost.
+        let d = tmpdir("snaproll");
+        let (mut s, _) = Store::open(&d).expect("open");
+        let before: Vec<Record> = (1..=50).map(|i| rec(&format!("/k{i}"), i, "value before the snapshot")).collect();
+        for r in &before {
+            s.append(r).expect("append");
+        }
+        s.flush().expect("flush");
+        s.write_snapshot(50, before.clone().into_iter()).expect("snapshot");
+        assert_eq!(std::fs::metadata(d.join("log")).expect("log").len(), 8, "the log is its header");
+        // The next append fails (say ENOSPC): the shell rolls the log back.
+        s.append(&rec("/lost", 51, "not acknowledged")).expect("buffered");
+        s.rollback().expect("rollback");
+        assert_eq!(std::fs::metadata(d.join("log")).expect("log").len(), 8, "cut to the header, not grown");
+        // Later updates are appended, flushed and published (acknowledged); then kill -9.
+        let acked = vec![rec("/a", 51, "x"), rec("/b", 52, "y")];
+        for r in &acked {
+            s.append(r).expect("append");
+        }
+        s.flush().expect("flush");
+        std::mem::forget(s); // no clean stop: nothing more reaches the file
+        let (_s, r) = Store::open(&d).expect("restart");
+        assert!(r.tail_errors.is_empty(), "{:?}", r.tail_errors);
+        assert_eq!(r.records[50..], acked[..], "every acknowledged update since the snapshot");
+        assert_eq!((r.records.len(), r.sequence), (52, 52));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_zero_length_record_is_damage_not_a_record() {
+        // Zeros pass the checksum (the CRC-32 of nothing is 0): the length says they are no record.
+        let (got, end, err) = decode_records(&[0u8; 64], 8);
+        assert!(got.is_empty());
+        assert_eq!(end, 8);
+        let (offset, reason) = err.expect("reported");
+        assert_eq!(offset, 8);
+        assert!(reason.contains("record length 0 is below the smallest record (29 bytes)"), "{reason}");
+        // The smallest record there is still decodes.
+        let mut buf = Vec::new();
+        encode_record(&Record { msg: KvMsg::new("", 1, ""), expires_at_unix_ms: None }, &mut buf);
+        assert_eq!(buf.len(), 8 + MIN_RECORD_BYTES);
+        let (got, _, err) = decode_records(&buf, 8);
+        assert_eq!((got.len(), err), (1, None));
     }
 
     #[test]

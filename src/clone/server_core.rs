@@ -15,7 +15,10 @@
 //! unflushed batch is then neither applied, published nor acknowledged, its UUID is forgotten
 //! so the client's re-send counts as new, and its sequence is given back (the published
 //! sequence stays contiguous); appends of the batch already asked for are skipped
-//! ([`Action::SkipAppends`]). The failure is counted in `log_failures`.
+//! ([`Action::SkipAppends`]). The batch's expiry deletes (their keys already left the map) are
+//! published again under new sequences at the next tick; a re-publish in it leaves the entry's
+//! sequence untouched and its UUID free to be re-published at the next re-send. The failure is
+//! counted in `log_failures`.
 //!
 //! A passive server applies what the active one published (and acknowledged) whether or not its
 //! own log took it: when that log fails, its disk copy lacks updates it holds in memory. It is
@@ -330,8 +333,14 @@ pub struct Counters {
 /// What waits in the outbox for the update log's flush.
 #[derive(Debug)]
 enum Outgoing {
-    /// Publish only (HUGZ, expiry deletes, re-published current values).
+    /// Publish only (HUGZ).
     Publish(KvMsg),
+    /// The delete of a key that expired (already gone from the map): lost with a failed log
+    /// write, it is published again under a new sequence.
+    Expiry(KvMsg),
+    /// A key's current value re-published under a new sequence for a re-sending client: the
+    /// entry takes that sequence once it is published.
+    Republish(KvMsg),
     /// A client's update: apply to the map at `now_ns`, then publish (its acknowledgement).
     Update(KvMsg, u64),
 }
@@ -387,6 +396,9 @@ pub struct ServerCore {
     /// Waiting for the flush, each tagged with the appends issued when it was queued: a failed
     /// append `k` loses every record up to `k`, so the entries tagged `<= k` go with it.
     outbox: Vec<(u64, Outgoing)>,
+    /// Expired keys whose delete was lost with a failed log write: published again (a new
+    /// sequence) at the next tick, unless the key holds a value by then.
+    expiries_lost: Vec<Vec<u8>>,
     /// Wall clock (ms since the epoch) of this step, given by the shell: for peers' absolute `ttl`s.
     wall_ms: u64,
     refusals: Refusals,
@@ -432,6 +444,7 @@ impl ServerCore {
             snapshot_backoff_ns: 0,
             snapshot_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: snapshot not written")),
             outbox: Vec::new(),
+            expiries_lost: Vec::new(),
             wall_ms: 0,
             refusals: Refusals::new(role, SUMMARY_INTERVAL_NS),
         }
@@ -703,7 +716,9 @@ impl ServerCore {
 
     /// A log append or flush failed and the shell rolled back every record not yet flushed;
     /// the appends already asked for are skipped. Active: the whole unflushed batch is lost (not
-    /// published, the clients' re-sends count as new) and its sequences are given back. Passive:
+    /// published, the clients' re-sends count as new) and its sequences are given back; its
+    /// expiry deletes are published again at the next tick, and its re-publishes may be asked
+    /// for again (the entry keeps its sequence until one is published). Passive:
     /// what it lost was replicated, already applied and acknowledged by the active server, so
     /// its disk copy is now behind until a full snapshot (see the module doc).
     fn log_failed(&mut self, token: Option<u64>, error: &str, out: &mut Vec<Action>) {
@@ -726,7 +741,8 @@ impl ServerCore {
             return;
         }
         let mut first_lost = None::<u64>;
-        let mut lost = 0u64;
+        let (mut lost, mut republishes) = (0u64, 0u64);
+        let expiries_before = self.expiries_lost.len();
         for (_, o) in std::mem::take(&mut self.outbox) {
             let m = match o {
                 Outgoing::Update(m, _) => {
@@ -736,8 +752,19 @@ impl ServerCore {
                     }
                     m
                 }
-                Outgoing::Publish(m) if m.key != HUGZ => m, // an expiry delete or a re-publish
-                Outgoing::Publish(_) => continue,
+                Outgoing::Expiry(m) => {
+                    self.expiries_lost.push(m.key.clone());
+                    m
+                }
+                Outgoing::Republish(m) => {
+                    // Not published: the client's next re-send is answered, not dropped.
+                    republishes += 1;
+                    if let Some(u) = m.uuid {
+                        self.republished.remove(&u);
+                    }
+                    m
+                }
+                Outgoing::Publish(_) => continue, // HUGZ
             };
             first_lost = Some(first_lost.map_or(m.sequence, |f| f.min(m.sequence)));
         }
@@ -745,10 +772,12 @@ impl ServerCore {
             // Nothing after it was published: the next update takes its sequence.
             self.sequence = self.sequence.min(f.saturating_sub(1));
         }
+        let expiries = self.expiries_lost.len() - expiries_before;
         if n <= 10 || n.is_multiple_of(1000) {
             out.push(Action::Log(format!(
                 "update log write failed ({n} so far): {lost} updates not acknowledged (neither applied nor \
-                 published; clients re-send them): {error}"
+                 published; clients re-send them), {expiries} expiry deletes to publish again at the next \
+                 tick, {republishes} re-publishes not sent (answered at the next re-send): {error}"
             )));
         }
     }
@@ -812,15 +841,15 @@ impl ServerCore {
         }
     }
 
-    /// Publish `msg`; with a data dir it waits in the outbox until its log record is written.
-    fn publish(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
+    /// Publish `o` (not a client's update); with a data dir it waits in the outbox until its
+    /// log record is written.
+    fn publish(&mut self, o: Outgoing, now_ns: u64, out: &mut Vec<Action>) {
         self.last_pub_ns = now_ns;
         if self.durable {
-            self.outbox.push((self.appends, Outgoing::Publish(msg)));
+            self.outbox.push((self.appends, o));
             return;
         }
-        self.count_published(&msg);
-        out.push(Action::Publish { msg, apply_at_ns: None });
+        self.send(o, out);
     }
 
     /// Hand the log records written so far to the OS, then publish the outbox: a KVPUB is a
@@ -836,17 +865,27 @@ impl ServerCore {
 
     fn publish_outbox(&mut self, out: &mut Vec<Action>) {
         for (_, o) in std::mem::take(&mut self.outbox) {
-            out.push(match o {
-                Outgoing::Publish(msg) => {
-                    self.count_published(&msg);
-                    Action::Publish { msg, apply_at_ns: None }
-                }
-                Outgoing::Update(msg, at) => {
-                    self.counters.published += 1;
-                    Action::Publish { msg, apply_at_ns: Some(at) }
-                }
-            });
+            self.send(o, out);
         }
+    }
+
+    /// Publish `o` now (its log record, if any, is flushed).
+    fn send(&mut self, o: Outgoing, out: &mut Vec<Action>) {
+        out.push(match o {
+            Outgoing::Publish(msg) | Outgoing::Expiry(msg) => {
+                self.count_published(&msg);
+                Action::Publish { msg, apply_at_ns: None }
+            }
+            Outgoing::Republish(msg) => {
+                self.map.set_sequence(&msg.key, msg.sequence);
+                self.count_published(&msg);
+                Action::Publish { msg, apply_at_ns: None }
+            }
+            Outgoing::Update(msg, at) => {
+                self.counters.published += 1;
+                Action::Publish { msg, apply_at_ns: Some(at) }
+            }
+        });
     }
 
     /// Validate a client update; the reason (a counter name, and the words) when it is refused.
@@ -912,10 +951,9 @@ impl ServerCore {
             self.sequence = self.sequence.saturating_add(1);
             m.sequence = self.sequence;
             m.uuid = Some(u);
-            self.map.set_sequence(&m.key, m.sequence);
             let exp = self.map.get(&m.key).and_then(|e| e.expires_at_ns);
             self.persist(&m, exp, now_ns, out);
-            self.publish(m, now_ns, out);
+            self.publish(Outgoing::Republish(m), now_ns, out);
         }
     }
 
@@ -1141,6 +1179,14 @@ impl ServerCore {
         Ok(o.accepted)
     }
 
+    /// Sequence, log and publish the delete of `key`, which expired.
+    fn publish_delete(&mut self, key: Vec<u8>, now_ns: u64, out: &mut Vec<Action>) {
+        self.sequence = self.sequence.saturating_add(1);
+        let del = KvMsg::new(key, self.sequence, Vec::new());
+        self.persist(&del, None, now_ns, out);
+        self.publish(Outgoing::Expiry(del), now_ns, out);
+    }
+
     fn timers(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         if let Some(l) = self.refusals.due(now_ns) {
             out.push(Action::Log(l));
@@ -1159,17 +1205,21 @@ impl ServerCore {
             }
         }
         if self.is_active() {
+            // Deletes lost with a failed log write first (the key expired then, so it was
+            // counted then); a key that holds a value again needs none.
+            for key in std::mem::take(&mut self.expiries_lost) {
+                if self.map.get(&key).is_none() {
+                    self.publish_delete(key, now_ns, out);
+                }
+            }
             if self.map.next_expiry_ns().is_some_and(|t| t <= now_ns) {
                 for (key, _entry) in self.map.expire(now_ns) {
-                    self.sequence = self.sequence.saturating_add(1);
-                    let del = KvMsg::new(key, self.sequence, Vec::new());
-                    self.persist(&del, None, now_ns, out);
-                    self.publish(del, now_ns, out);
+                    self.publish_delete(key, now_ns, out);
                     self.counters.expired += 1;
                 }
             }
             if now_ns.saturating_sub(self.last_pub_ns) >= self.hugz_ns {
-                self.publish(KvMsg::new(HUGZ, self.sequence, Vec::new()), now_ns, out);
+                self.publish(Outgoing::Publish(KvMsg::new(HUGZ, self.sequence, Vec::new())), now_ns, out);
             }
         }
         if self.durable {
@@ -1682,6 +1732,74 @@ mod tests {
         r.on(Event::Update(Ok(upd("/c", "v", 99))));
         r.on(Event::Flush);
         assert_eq!(r.keys_published(), vec![("/c".into(), 3)], "the next update follows 2 with 3");
+    }
+
+    #[test]
+    fn expiry_deletes_lost_with_a_failed_flush_are_published_again_at_the_next_tick() {
+        // Before: the keys left the map at once, their deletes were dropped with the failed
+        // batch and never sent again: clients and the passive kept them until a re-sync.
+        let mut r = Rig::new(cfg(None), true);
+        for (k, n) in [("/t1", 1), ("/t2", 2)] {
+            let mut m = upd(k, "x", n);
+            m.set_prop(kvmsg::TTL_PROP, "1");
+            r.on(Event::Update(Ok(m)));
+        }
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/t1".into(), 1), ("/t2".into(), 2)]);
+        r.fail_flush = true;
+        r.clock.advance_ms(1001);
+        r.on(Event::Tick);
+        assert!(r.keys_published().is_empty(), "the batch with both deletes failed");
+        assert!(r.core.map().get(b"/t1").is_none() && r.core.map().get(b"/t2").is_none());
+        assert_eq!((r.core.counters().expired, r.core.counters().log_failures, r.core.sequence()), (2, 1, 2));
+        assert!(
+            r.logs.iter().any(|l| l.contains("2 expiry deletes to publish again at the next tick")),
+            "{:?}",
+            r.logs
+        );
+        // The disk has room again; a client sets /t2 anew before the next tick: it needs no delete.
+        r.fail_flush = false;
+        r.on(Event::Update(Ok(upd("/t2", "back", 3))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/t2".into(), 3)]);
+        r.appended.clear();
+        r.on(Event::Tick);
+        let deletes: Vec<KvMsg> = std::mem::take(&mut r.published).into_iter().filter(|m| m.key != HUGZ).collect();
+        assert_eq!(deletes.len(), 1, "{deletes:?}");
+        assert_eq!((&deletes[0].key[..], deletes[0].sequence, deletes[0].body.is_empty()), (&b"/t1"[..], 4, true));
+        assert_eq!(r.appended, deletes, "logged before it is published");
+        assert_eq!(r.core.counters().expired, 2, "counted once, when the key expired");
+        assert_eq!(r.core.map().get(b"/t2").map(|e| e.body.clone()), Some(b"back".to_vec()));
+        r.on(Event::Tick);
+        assert!(r.published.iter().all(|m| m.key == HUGZ), "sent once: {:?}", r.published);
+    }
+
+    #[test]
+    fn a_republish_lost_with_a_failed_flush_keeps_the_entry_sequence_and_answers_the_next_resend() {
+        // Before: the entry took the re-publish's sequence before the flush (then given back and
+        // taken by another key's update), and the UUID stayed marked re-published, so the
+        // client's next re-send was dropped without a word.
+        let mut r = Rig::new(cfg(None), true);
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/a".into(), 1)]);
+        r.fail_flush = true;
+        r.on(Event::Update(Ok(upd("/a", "1", 1)))); // the client missed its KVPUB: it re-sends
+        r.on(Event::Flush);
+        assert!(r.keys_published().is_empty());
+        assert!(r.logs.iter().any(|l| l.contains("1 re-publishes not sent")), "{:?}", r.logs);
+        assert_eq!(r.core.map().get(b"/a").map(|e| e.sequence), Some(1), "not published: the old sequence");
+        r.fail_flush = false;
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/b".into(), 2)]);
+        assert_eq!(r.core.map().get(b"/a").map(|e| e.sequence), Some(1), "no two keys at sequence 2");
+        // The client re-sends again: answered this time.
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.on(Event::Flush);
+        assert_eq!(r.keys_published(), vec![("/a".into(), 3)]);
+        assert_eq!(r.core.map().get(b"/a").map(|e| e.sequence), Some(3));
+        assert_eq!(r.core.counters().duplicates, 2);
     }
 
     /// A passive backup (durable) in step with the active at sequence 10.
