@@ -725,42 +725,8 @@ fn status_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::test_screen::Screen;
     use std::io::IsTerminal as _;
-    use std::sync::{Arc, Mutex};
-
-    /// A terminal that keeps what is drawn on it.
-    #[derive(Debug, Default, Clone)]
-    struct Screen(Arc<Mutex<String>>);
-
-    impl indicatif::TermLike for Screen {
-        fn width(&self) -> u16 {
-            120
-        }
-        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn write_line(&self, s: &str) -> std::io::Result<()> {
-            self.write_str(s)
-        }
-        fn write_str(&self, s: &str) -> std::io::Result<()> {
-            self.0.lock().map(|mut t| t.push_str(s)).map_err(|_| std::io::Error::other("poisoned"))
-        }
-        fn clear_line(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn flush(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn the_status_shows_on_a_terminal_and_writes_nothing_elsewhere() {
@@ -773,7 +739,7 @@ mod tests {
         let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
         let s = EngineStatus::on(super::super::progress_bar_on(target, None, "engine")).expect("a terminal: a status");
         s.pb.set_message(status_line(5, 1.0, None, crate::snail::Verdict::Ok));
-        let drawn = screen.0.lock().map(|t| t.clone()).unwrap_or_default();
+        let drawn = screen.text();
         assert!(drawn.contains("engine: 5 msgs, 1 msg/s, p99 -, snail OK"), "drawn: {drawn:?}");
     }
 

@@ -273,20 +273,21 @@ pub(crate) fn check_profile_with(
     }
 }
 
+/// A terminal for tests of what is drawn on it.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_screen {
     use std::sync::{Arc, Mutex};
 
     /// A terminal that records what is drawn and where lines are cleared.
     #[derive(Debug, Default, Clone)]
-    struct Screen(Arc<Mutex<String>>);
+    pub(crate) struct Screen(Arc<Mutex<String>>);
 
     impl Screen {
         fn push(&self, s: &str) -> std::io::Result<()> {
             self.0.lock().map(|mut t| t.push_str(s)).map_err(|_| std::io::Error::other("poisoned"))
         }
-        fn text(&self) -> String {
+        /// Everything drawn so far (`<clear>` where a line was cleared).
+        pub(crate) fn text(&self) -> String {
             self.0.lock().map(|t| t.clone()).unwrap_or_default()
         }
     }
@@ -320,6 +321,12 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_screen::Screen;
+    use super::*;
 
     #[test]
     fn a_diagnostic_line_from_any_thread_is_written_above_the_progress_line() {
