@@ -12,11 +12,12 @@
 //!   self-stalls among them) and the last interval's msgs/s and total-stage
 //!   p50/p99/p99.9/max (ns) and how many of its latencies were above 60 s
 //!   (`clamped`, recorded as 60 s), `mdsub top`'s input;
+//! - `refused/NAME`: why the last value offered for setting NAME was refused
+//!   (the value in force stays); deleted once a good value is applied, the value
+//!   in force is offered again, or the setting is deleted.
 //!
 //! Every value is read once per interval from the engine's live counters, never per message.
 //! `docs/CLONE.md` lists each key's fields.
-//! - `refused/NAME`: why the last value offered for setting NAME was refused
-//!   (the value in force stays); deleted once a good value is applied.
 //!
 //! It uses the clone store through [`crate::clone::client::Client`]'s public API
 //! only, on its own thread (started by the client), off the data path.
