@@ -116,6 +116,15 @@ fn rate(v: &Value) -> String {
     }
 }
 
+/// The busiest agent's share for the screen (`87%`), None when the status has none; `?` for one
+/// no agent can have (not finite, negative, above 100 times its interval), like [`rate`].
+fn busy_share(v: &Value) -> Option<String> {
+    v["busiest_busy"].as_f64().map(|b| match b {
+        b if (0.0..=100.0).contains(&b) => format!("{:.0}%", b * 100.0),
+        _ => "?".into(),
+    })
+}
+
 /// A percentile of the status `v` for people: `-` when the interval had no message (the
 /// status says `null`), `≥60s` for latencies recorded as 60 s.
 fn latency(v: &Value, k: &str) -> String {
@@ -222,8 +231,8 @@ impl Top {
             return "gone".into();
         }
         let st = &e.status;
-        let mut note = match (st["busiest_agent"].as_str(), st["busiest_busy"].as_f64()) {
-            (Some(_), Some(b)) => format!("busiest {} {:.0}%", text(st, "busiest_agent"), b * 100.0),
+        let mut note = match (st["busiest_agent"].as_str(), busy_share(st)) {
+            (Some(_), Some(b)) => format!("busiest {} {b}", text(st, "busiest_agent")),
             _ => "busiest -".into(),
         };
         if e.shards.is_empty() {
@@ -263,9 +272,9 @@ impl Top {
         for id in self.order() {
             let e = &self.engines[id];
             let refused = if e.gone { String::new() } else { u(&e.status, "handler_refused_total").to_string() };
-            let busy = match (e.gone, e.status["busiest_busy"].as_f64()) {
+            let busy = match (e.gone, busy_share(&e.status)) {
                 (true, _) => "gone".to_string(),
-                (false, Some(b)) => format!("{:.0}%", b * 100.0),
+                (false, Some(b)) => b,
                 (false, None) => "-".into(),
             };
             let shard_rows = self.shard_rows(id);
@@ -566,6 +575,8 @@ mod tests {
         assert!(text.contains("\\u{1b}[2J\\u{1b}[31mEVIL"), "the id shown escaped: {text}");
         assert!(text.contains("busiest w\\nx 10%"), "{text}");
         assert!(text.lines().any(|l| l.contains(" shard0 ") && l.contains("       ? ")), "{text}");
+        t.apply(&change("/mdsub/status/e1/engine", Some(r#"{"busiest_agent":"worker0","busiest_busy":1e308}"#)));
+        assert!(t.engine_note("e1").starts_with("busiest worker0 ?,"), "{}", t.engine_note("e1"));
         assert_eq!(t.malformed, 2);
         assert!(!t.engines["e1"].gone, "a malformed value is not an engine gone");
         assert!(text.contains("(2 status values in the store were not an engine's status: ignored)"), "{text}");
