@@ -36,7 +36,7 @@ pub const MAX_RECORD_BYTES: usize = 64 << 20;
 /// uuid, three part lengths).
 pub const RECORD_FIXED_BYTES: usize = 8 + 8 + 1 + 16 + 3 * 4;
 /// Bytes of the smallest record payload: no uuid, empty key, properties and body.
-const MIN_RECORD_BYTES: usize = 8 + 8 + 1 + 3 * 4;
+const MIN_RECORD_BYTES: usize = RECORD_FIXED_BYTES - 16;
 
 /// Persistence errors, with the file and what was being done.
 #[derive(Debug, thiserror::Error)]

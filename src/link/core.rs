@@ -342,15 +342,9 @@ impl Links {
         let Some(i) = self.find(endpoint) else { return };
         let ended = self.ended;
         let l = &mut self.links[i];
-        if ended && event == Event::HandshakeSucceeded && l.state == State::Connecting {
-            // The handshake the stream came through, read after its end of stream (an owner
-            // reads its monitor between rounds): counted, and the link ended as if read before.
-            l.stats.connects += 1;
-            l.state = State::Ended;
-            Self::publish_state(l);
-            return;
-        }
-        if self.ended && event != Event::HandshakeSucceeded {
+        // A handshake read after the end of stream (an owner reads its monitor between rounds)
+        // is counted below, and its link ends as if it had been read before.
+        if ended && event != Event::HandshakeSucceeded {
             // After the end of stream: the peer closing (and libzmq retrying) is not a loss.
             if matches!(event, Event::Disconnected | Event::HandshakeFailed(_)) && l.state == State::Up {
                 l.state = State::Ended;
@@ -385,8 +379,8 @@ impl Links {
                         reconnects: l.stats.reconnects,
                     });
                 }
-                // A link lost before the end of stream and back after it (its handshake read
-                // late): the stream ended on it, as on one up at the end.
+                // A handshake read after the end of stream (the one the stream came through, or
+                // a link's return from a loss): the stream ended on it, as on one up at the end.
                 l.state = if ended { State::Ended } else { State::Up };
             }
             Event::HandshakeFailed(kind) => {
