@@ -333,8 +333,8 @@ pub struct Counters {
 /// What waits in the outbox for the update log's flush.
 #[derive(Debug)]
 enum Outgoing {
-    /// Publish only (HUGZ).
-    Publish(KvMsg),
+    /// A HUGZ: published only (no log record), counted apart from updates.
+    Hugz(KvMsg),
     /// The delete of a key that expired (already gone from the map): lost with a failed log
     /// write, it is published again under a new sequence.
     Expiry(KvMsg),
@@ -393,9 +393,8 @@ pub struct ServerCore {
     snapshot_backoff_ns: u64,
     /// Failed snapshot writes, said like refusals.
     snapshot_said: Refusals,
-    /// Waiting for the flush, each tagged with the appends issued when it was queued: a failed
-    /// append `k` loses every record up to `k`, so the entries tagged `<= k` go with it.
-    outbox: Vec<(u64, Outgoing)>,
+    /// Waiting for the flush: a failed append or flush loses the whole batch (see `log_failed`).
+    outbox: Vec<Outgoing>,
     /// Expired keys whose delete was lost with a failed log write: published again (a new
     /// sequence) at the next tick, unless the key holds a value by then.
     expiries_lost: Vec<Vec<u8>>,
@@ -698,9 +697,9 @@ impl ServerCore {
     }
 
     /// Append `msg` to the update log (no data dir: nothing to do).
-    fn persist(&mut self, msg: &KvMsg, expires_at_ns: Option<u64>, now_ns: u64, out: &mut Vec<Action>) -> u64 {
+    fn persist(&mut self, msg: &KvMsg, expires_at_ns: Option<u64>, now_ns: u64, out: &mut Vec<Action>) {
         if !self.durable || self.disk_behind {
-            return 0; // behind: the snapshot that makes the disk whole will hold it
+            return; // behind: the snapshot that makes the disk whole will hold it
         }
         let mut m = msg.clone();
         m.remove_prop(kvmsg::TTL_PROP);
@@ -711,7 +710,6 @@ impl ServerCore {
             msg: m,
             expires_in_ms: expires_at_ns.map(|t| t.saturating_sub(now_ns) / 1_000_000 + 1),
         });
-        self.appends
     }
 
     /// A log append or flush failed and the shell rolled back every record not yet flushed;
@@ -743,7 +741,7 @@ impl ServerCore {
         let mut first_lost = None::<u64>;
         let (mut lost, mut republishes) = (0u64, 0u64);
         let expiries_before = self.expiries_lost.len();
-        for (_, o) in std::mem::take(&mut self.outbox) {
+        for o in std::mem::take(&mut self.outbox) {
             let m = match o {
                 Outgoing::Update(m, _) => {
                     lost += 1;
@@ -764,7 +762,7 @@ impl ServerCore {
                     }
                     m
                 }
-                Outgoing::Publish(_) => continue, // HUGZ
+                Outgoing::Hugz(_) => continue,
             };
             first_lost = Some(first_lost.map_or(m.sequence, |f| f.min(m.sequence)));
         }
@@ -832,21 +830,12 @@ impl ServerCore {
         }
     }
 
-    /// Count a KVPUB about to go out (HUGZ apart).
-    fn count_published(&mut self, msg: &KvMsg) {
-        if msg.key == HUGZ {
-            self.counters.hugz += 1;
-        } else {
-            self.counters.published += 1;
-        }
-    }
-
     /// Publish `o` (not a client's update); with a data dir it waits in the outbox until its
     /// log record is written.
     fn publish(&mut self, o: Outgoing, now_ns: u64, out: &mut Vec<Action>) {
         self.last_pub_ns = now_ns;
         if self.durable {
-            self.outbox.push((self.appends, o));
+            self.outbox.push(o);
             return;
         }
         self.send(o, out);
@@ -864,21 +853,25 @@ impl ServerCore {
     }
 
     fn publish_outbox(&mut self, out: &mut Vec<Action>) {
-        for (_, o) in std::mem::take(&mut self.outbox) {
+        for o in std::mem::take(&mut self.outbox) {
             self.send(o, out);
         }
     }
 
-    /// Publish `o` now (its log record, if any, is flushed).
+    /// Publish `o` now (its log record, if any, is flushed); HUGZ are counted apart.
     fn send(&mut self, o: Outgoing, out: &mut Vec<Action>) {
         out.push(match o {
-            Outgoing::Publish(msg) | Outgoing::Expiry(msg) => {
-                self.count_published(&msg);
+            Outgoing::Hugz(msg) => {
+                self.counters.hugz += 1;
+                Action::Publish { msg, apply_at_ns: None }
+            }
+            Outgoing::Expiry(msg) => {
+                self.counters.published += 1;
                 Action::Publish { msg, apply_at_ns: None }
             }
             Outgoing::Republish(msg) => {
                 self.map.set_sequence(&msg.key, msg.sequence);
-                self.count_published(&msg);
+                self.counters.published += 1;
                 Action::Publish { msg, apply_at_ns: None }
             }
             Outgoing::Update(msg, at) => {
@@ -921,9 +914,9 @@ impl ServerCore {
             // Log first; applied and published (the acknowledgement) only once the log record
             // is flushed, never if it failed.
             let exp = ttl_ns(&msg).ok().flatten().map(|t| now_ns.saturating_add(t));
-            let token = self.persist(&msg, exp, now_ns, out);
+            self.persist(&msg, exp, now_ns, out);
             self.last_pub_ns = now_ns;
-            self.outbox.push((token, Outgoing::Update(msg, now_ns)));
+            self.outbox.push(Outgoing::Update(msg, now_ns));
             return;
         }
         self.last_pub_ns = now_ns;
@@ -1219,7 +1212,7 @@ impl ServerCore {
                 }
             }
             if now_ns.saturating_sub(self.last_pub_ns) >= self.hugz_ns {
-                self.publish(Outgoing::Publish(KvMsg::new(HUGZ, self.sequence, Vec::new())), now_ns, out);
+                self.publish(Outgoing::Hugz(KvMsg::new(HUGZ, self.sequence, Vec::new())), now_ns, out);
             }
         }
         if self.durable {
