@@ -23,7 +23,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::{Bound, Deref};
 
-use crate::wire::{decode, split_topic, DecodeError, MAX_TOPIC_LEN};
+use crate::wire::{split_topic, DecodeError, MAX_TOPIC_LEN};
 
 /// Most frames a cached message may have; longer messages pass but are not cached.
 pub const MAX_FRAMES: usize = 64;
@@ -200,12 +200,9 @@ impl LastValueCache {
     /// Remember `frames` as the last value of its topic.
     pub fn update<F: Deref<Target = [u8]>>(&mut self, frames: &[F]) -> Update {
         if let [only] = frames {
-            match decode(only) {
-                Ok(_) | Err(DecodeError::MissingNul) => {}
-                Err(e) => {
-                    self.counters.bad_frames += 1;
-                    return Update::BadFrame(e);
-                }
+            if let Some(e) = crate::wire::bad_frame_reason(only) {
+                self.counters.bad_frames += 1;
+                return Update::BadFrame(e);
             }
         }
         let Some(key) = message_key(frames) else {

@@ -211,6 +211,16 @@ fn split_checked_topic(frame: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
     Ok((&frame[..nul], &frame[nul + 1..]))
 }
 
+/// Why the decoder refuses `frame` as an mdsub frame with a bad header, or None: a good frame,
+/// or a foreign one (no topic NUL: not mdsub's at all). The proxies' rule for one-frame
+/// messages (the LVC does not cache a bad one, the tap shows it with its reason).
+pub fn bad_frame_reason(frame: &[u8]) -> Option<DecodeError> {
+    match decode(frame) {
+        Ok(_) | Err(DecodeError::MissingNul) => None,
+        Err(why) => Some(why),
+    }
+}
+
 /// Decode one frame. Never panics; never allocates.
 #[inline]
 pub fn decode(frame: &[u8]) -> Result<FrameView<'_>, DecodeError> {
