@@ -655,10 +655,8 @@ fn mdsub_line_into(out: &mut String, v: &crate::wire::FrameView<'_>, recv_ns: u6
 /// (A one-frame message without a NUL is foreign traffic, not a bad frame.)
 pub fn bad_frame(frames: &[Vec<u8>]) -> Option<(&[u8], DecodeError)> {
     let [only] = frames else { return None };
-    match decode(only) {
-        Ok(_) | Err(DecodeError::MissingNul) => None,
-        Err(why) => Some((split_topic(only).map_or(&only[..0], |(topic, _)| topic), why)),
-    }
+    let why = crate::wire::bad_frame_reason(only)?;
+    Some((split_topic(only).map_or(&only[..0], |(topic, _)| topic), why))
 }
 
 /// What follows a frame's topic NUL (the header, where a bad frame is wrong), or the frame.
@@ -690,9 +688,9 @@ pub struct TapSink {
     show: Show,
     /// `--json`: what is shown goes out as JSON records, one a line (JSON Lines).
     json: bool,
+    /// The recording, until writing it fails (`report.record_errors`; later messages are then
+    /// counted as lost).
     recording: Option<Recording>,
-    /// Writing the recording failed: later messages are counted as lost.
-    recording_stopped: bool,
     printer: Printer,
     line: String,
     /// The unit being printed (an item's lines, a stats block).
@@ -725,7 +723,6 @@ impl TapSink {
             show,
             json,
             recording,
-            recording_stopped: false,
             printer: Printer::stdout(),
             line: String::with_capacity(256),
             unit: Vec::with_capacity(256),
@@ -789,7 +786,8 @@ impl TapSink {
     /// Record a message that passed the filter (or count why not).
     fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64) {
         let Some(r) = self.recording.as_mut() else {
-            if self.recording_stopped {
+            // No recording: none asked for, or its writing failed and stopped it.
+            if self.report.record_errors > 0 {
                 self.report.record_lost += 1;
             }
             return;
@@ -810,7 +808,6 @@ impl TapSink {
         let Some(r) = self.recording.take() else { return };
         let path = r.path.clone();
         let s = r.stop();
-        self.recording_stopped = true;
         self.report.record_errors += 1;
         self.report.recorded_messages += s.msgs;
         self.report.recorded_frames += s.frames;
