@@ -420,16 +420,20 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             Some(k) => format!("engine=\"{id}\",site=\"{}\",shard=\"{k}\"", x.role),
             None => format!("engine=\"{id}\",site=\"{}\",shard=\"all\"", x.role),
         };
-        family(
+        let per_site =
+            |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&crate::snail::SiteReport) -> f64| {
+                family(s, name, kind, help, |f| {
+                    for x in &live.snail {
+                        f.sample("", &site(x), v(x));
+                    }
+                });
+            };
+        per_site(
             &mut s,
             "mdsub_snail_verdict",
             "gauge",
             "The snail's verdict per site: 0 OK, 1 WARN (lag rising), 2 SNAIL (lag above max_lag past the grace), 3 STOP (silence).",
-            |f| {
-                for x in &live.snail {
-                    f.sample("", &site(x), x.verdict as u8);
-                }
-            },
+            &|x| f64::from(x.verdict as u8),
         );
         family(
             &mut s,
@@ -456,32 +460,26 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
                 }
             },
         );
-        family(&mut s, "mdsub_snail_skipped_total", "counter", "Messages skipped while resting (policy rest).", |f| {
-            for x in &live.snail {
-                f.sample("", &site(x), x.skipped);
-            }
-        });
-        family(
+        per_site(
+            &mut s,
+            "mdsub_snail_skipped_total",
+            "counter",
+            "Messages skipped while resting (policy rest).",
+            &|x| x.skipped as f64,
+        );
+        per_site(
             &mut s,
             "mdsub_snail_self_stalls_total",
             "counter",
             "Times a site itself did not run for 1 s or more (paused, stopped, starved): silence is not judged across them.",
-            |f| {
-                for x in &live.snail {
-                    f.sample("", &site(x), x.self_stalls);
-                }
-            },
+            &|x| x.self_stalls as f64,
         );
-        family(
+        per_site(
             &mut s,
             "mdsub_snail_longest_self_stall_seconds",
             "gauge",
             "The longest time a site itself did not run (0 until its first self-stall).",
-            |f| {
-                for x in &live.snail {
-                    f.sample("", &site(x), seconds(x.longest_self_stall_ns as f64));
-                }
-            },
+            &|x| seconds(x.longest_self_stall_ns as f64),
         );
     }
     family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
