@@ -660,8 +660,8 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
 /// shows only when stderr is a terminal (the same decision); on a log or a pipe it writes nothing.
 struct EngineStatus {
     pb: indicatif::ProgressBar,
-    /// When the line was last drawn (monotonic ns) and the messages handled then.
-    last: Option<(u64, u64)>,
+    /// What the line saw when it was last drawn.
+    last: Option<Last>,
 }
 
 impl EngineStatus {
@@ -674,37 +674,56 @@ impl EngineStatus {
         Some(EngineStatus { pb, last: None })
     }
 
-    /// Called often (every few ms); draws the line once a metrics interval has passed.
+    /// Called often (every few ms); draws the line when the metrics collector has closed an
+    /// interval, so the rate and the p99 cover the same stretch of time (a line drawn on its
+    /// own clock showed `p99 -` when the collector's last interval, out of phase with it, was
+    /// empty while the line's window held messages). A collector that closes none for two
+    /// intervals still gets a line, with the p99 of the last interval it closed.
     fn tick(&mut self, engine: &Engine, now_ns: u64) {
         let interval_ns = engine.metrics_interval_ns().load(std::sync::atomic::Ordering::Relaxed);
         let msgs = engine.delivered();
-        let Some(rate) = self.due(now_ns, interval_ns, msgs) else { return };
         let latency = engine.latency();
-        let p99 = latency.lock().ok().map(|l| {
-            let mut all = crate::metrics::StageHistograms::default();
-            for shard in &l.last_interval {
-                all.add(shard);
-            }
-            (crate::metrics::Percentiles::of(&all.total), all.clamped[2])
-        });
-        self.pb.set_message(status_line(msgs, rate, p99, engine.snail().worst()));
+        let Ok(l) = latency.lock() else { return };
+        let Some(rate) = self.due(now_ns, l.intervals, interval_ns, msgs) else { return };
+        let mut all = crate::metrics::StageHistograms::default();
+        for shard in &l.last_interval {
+            all.add(shard);
+        }
+        let p99 = (crate::metrics::Percentiles::of(&all.total), all.clamped[2]);
+        drop(l);
+        self.pb.set_message(status_line(msgs, rate, Some(p99), engine.snail().worst()));
     }
 
-    /// The rate (msg/s) since the last line when a line is due at `now_ns`: the first call
-    /// starts the count, a line follows every `interval_ns`.
-    fn due(&mut self, now_ns: u64, interval_ns: u64, msgs: u64) -> Option<f64> {
+    /// The rate (msg/s) since the last line when a line is due at `now_ns`: when the collector's
+    /// interval count has moved past `intervals` seen at the last line, or two `interval_ns`
+    /// have passed without it. The first call starts the count.
+    fn due(&mut self, now_ns: u64, intervals: u64, interval_ns: u64, msgs: u64) -> Option<f64> {
         match self.last {
-            Some((then, before)) if now_ns.saturating_sub(then) >= interval_ns.max(1) => {
-                self.last = Some((now_ns, msgs));
-                Some(msgs.saturating_sub(before) as f64 * 1e9 / (now_ns - then) as f64)
+            Some(Last { at_ns, msgs: before, intervals: seen })
+                if (intervals != seen && now_ns > at_ns)
+                    || now_ns.saturating_sub(at_ns) >= interval_ns.max(1).saturating_mul(2) =>
+            {
+                self.last = Some(Last { at_ns: now_ns, msgs, intervals });
+                Some(msgs.saturating_sub(before) as f64 * 1e9 / (now_ns - at_ns) as f64)
             }
             Some(_) => None,
             None => {
-                self.last = Some((now_ns, msgs));
+                self.last = Some(Last { at_ns: now_ns, msgs, intervals });
                 None
             }
         }
     }
+}
+
+/// What the status line saw when it was last drawn.
+#[derive(Clone, Copy)]
+struct Last {
+    /// Monotonic ns.
+    at_ns: u64,
+    /// Messages handled.
+    msgs: u64,
+    /// The metrics collector's closed intervals.
+    intervals: u64,
 }
 
 /// The status line: `engine: 120000 msgs, 20000 msg/s, p99 1.2ms, snail OK` (`p99 -` before
@@ -744,14 +763,21 @@ mod tests {
     }
 
     #[test]
-    fn the_status_line_comes_once_an_interval_with_the_intervals_rate() {
+    fn the_status_line_comes_when_the_collector_closes_an_interval_with_its_rate() {
         let pb = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
         let mut s = EngineStatus { pb, last: None };
         let sec = 1_000_000_000;
-        assert_eq!(s.due(10 * sec, sec, 100), None, "the first call starts the count");
-        assert_eq!(s.due(10 * sec + sec / 2, sec, 5_000), None, "within the interval");
-        assert_eq!(s.due(11 * sec, sec, 20_100), Some(20_000.0));
-        assert_eq!(s.due(13 * sec, sec, 20_100), Some(0.0), "a late call: the rate over the time since");
+        assert_eq!(s.due(10 * sec, 3, sec, 100), None, "the first call starts the count");
+        assert_eq!(s.due(10 * sec + sec / 2, 3, sec, 5_000), None, "the collector closed no interval");
+        assert_eq!(s.due(11 * sec - sec / 4, 3, sec, 15_100), None, "a whole interval of time, but none closed");
+        assert_eq!(s.due(11 * sec, 4, sec, 20_100), Some(20_000.0), "an interval closed: a line");
+        assert_eq!(s.due(11 * sec, 5, sec, 20_100), None, "no time since the last line");
+        assert_eq!(s.due(12 * sec + sec / 2, 4, sec, 20_100), None, "1.5 intervals, none closed");
+        assert_eq!(
+            s.due(13 * sec, 4, sec, 40_100),
+            Some(10_000.0),
+            "a stalled collector: a line after two intervals, the rate over the time since"
+        );
     }
 
     #[test]
