@@ -203,9 +203,7 @@ pub struct Engine {
     /// Each shard's bound endpoints, as bound (ports resolved).
     bound: Vec<Vec<String>>,
     worker_counters: Vec<Arc<WorkerCounters>>,
-    /// Who runs each worker core's handler (`workerN`, or inline `shardN-reader`), and the
-    /// reasons the handler refuses under: the labels of its live refusal counts.
-    handler_sites: Vec<String>,
+    /// The reasons the handler refuses under: the labels of its live refusal counts.
     handler_reasons: &'static [&'static str],
     /// End-of-stream sessions each shard waits for (0: none).
     expect_eos: Vec<u64>,
@@ -345,9 +343,6 @@ impl Engine {
             link_boards: Vec::new(),
             bound: Vec::new(),
             worker_counters: Vec::new(),
-            handler_sites: (0..cfg.worker_cores.len())
-                .map(|w| if inline { format!("shard{w}-reader") } else { format!("worker{w}") })
-                .collect(),
             handler_reasons: cfg.handler.refusal_reasons(),
             expect_eos: Vec::new(),
             endpoints_per_shard: Vec::new(),
@@ -525,7 +520,12 @@ impl Engine {
         agents.extend(self.collector.iter().map(|h| (h.role().to_string(), h.counters().clone())));
         let engine_id = self.live.engine_id.clone();
         let board = self.snail.clone();
-        let sites = self.handler_sites.clone();
+        // Who runs each worker core's handler: its worker, or inline its shard's reader.
+        let sites: Vec<String> = if self.workers.is_empty() {
+            self.readers.iter().map(|h| h.role().to_string()).collect()
+        } else {
+            self.workers.iter().map(|h| h.role().to_string()).collect()
+        };
         let reasons = self.handler_reasons;
         move || EngineLive {
             engine_id: engine_id.clone(),
