@@ -267,7 +267,7 @@ impl Engine {
                     &comment,
                 )
                 .map_err(|e| EngineError::Config(format!("--hlog {}: {e}", path.display())))?;
-                Some(w)
+                Some((path.clone(), w))
             }
             None => None,
         };

@@ -60,6 +60,9 @@ pub struct LiveLatency {
     pub intervals: u64,
     /// End of the last complete interval (realtime ns).
     pub last_interval_end_ns: u64,
+    /// Interval-log or spectrum writes that failed so far (a disk that fills while the engine
+    /// runs shows on `/metrics` and in the store's status, not only at the end).
+    pub write_errors: u64,
 }
 
 /// Shared handle on [`LiveLatency`].
@@ -68,8 +71,8 @@ pub type SharedLatency = Arc<Mutex<LiveLatency>>;
 /// Where the collector writes, besides adding up.
 #[derive(Default)]
 pub struct CollectorOutputs {
-    /// The interval log (`--hlog`), already opened with its header written.
-    pub hlog: Option<HlogWriter<BufWriter<File>>>,
+    /// The interval log (`--hlog`), already opened with its header written, and its path.
+    pub hlog: Option<(PathBuf, HlogWriter<BufWriter<File>>)>,
     /// The end-of-run spectrum (`--hgrm`), written when the collector ends.
     pub hgrm: Option<PathBuf>,
 }
@@ -205,7 +208,7 @@ impl Collector {
     /// Close the interval ending at `now_ns`: log it, share it, start the next.
     fn end_interval(&mut self, now_ns: u64) {
         self.log_interval(now_ns);
-        if let Some(w) = self.outputs.hlog.as_mut() {
+        if let Some((path, w)) = self.outputs.hlog.as_mut() {
             let mut failed = None;
             for (k, set) in self.interval.iter().enumerate() {
                 if k == self.shards && set.count() == 0 {
@@ -226,13 +229,15 @@ impl Collector {
                 failed = Some(e);
             }
             if let Some(e) = failed {
-                self.write_error(e);
+                let path = path.display().to_string();
+                self.write_error(format_args!("{path}: {e}"));
             }
         }
         if let Ok(mut l) = self.live.lock() {
             std::mem::swap(&mut l.last_interval, &mut self.interval);
             l.intervals += 1;
             l.last_interval_end_ns = now_ns;
+            l.write_errors = self.total.write_errors;
         }
         for s in &mut self.interval {
             s.reset();

@@ -487,6 +487,13 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     });
     family(
         &mut s,
+        "mdsub_metrics_write_errors_total",
+        "counter",
+        "Interval-log (--hlog) writes that failed (disk full, file gone): the log misses those intervals.",
+        |f| f.sample("", &format!("engine=\"{id}\""), latency.write_errors),
+    );
+    family(
+        &mut s,
         "mdsub_handler_refused_total",
         "counter",
         "New keys the handler refused past one of its limits, by agent and reason (last_full, \

@@ -224,6 +224,7 @@ impl StoreAgent {
             "log_level": self.inputs.log.get().name(),
             "settings": self.inputs.settings.current(),
             "metrics_dropped": live.metrics_dropped,
+            "metrics_write_errors": self.inputs.latency.lock().map_or(0, |l| l.write_errors),
             "snail": live.snail_verdict(None).name(),
             "self_stalls": stalls.0,
             "longest_self_stall_ns": stalls.1,
