@@ -88,14 +88,16 @@ impl EngineLive {
     /// The worst snail verdict of the sites on shard `k` (a site serving
     /// several shards counts for each), or of all sites with `None`.
     pub fn snail_verdict(&self, shard: Option<usize>) -> crate::snail::Verdict {
-        let v = self
-            .snail
-            .iter()
-            .filter(|s| shard.is_none() || s.shard.is_none() || s.shard == shard)
-            .map(|s| s.verdict as u8)
-            .max()
-            .unwrap_or(0);
-        crate::snail::Verdict::from_u8(v)
+        self.snail_sites(shard).map(|s| s.verdict).max().unwrap_or_default()
+    }
+
+    /// The WARN, SNAIL and STOP turns of the same sites as [`EngineLive::snail_verdict`].
+    pub fn snail_turns(&self, shard: Option<usize>) -> [u64; 3] {
+        crate::snail::turns(self.snail_sites(shard))
+    }
+
+    fn snail_sites(&self, shard: Option<usize>) -> impl Iterator<Item = &crate::snail::SiteReport> {
+        self.snail.iter().filter(move |s| shard.is_none() || s.shard.is_none() || s.shard == shard)
     }
 
     /// Self-stalls of the sites on shard `k` (a site serving several shards is no shard's), or
