@@ -22,11 +22,12 @@ use crossbeam::channel::Receiver;
 use serde_json::{json, Map, Value};
 
 use crate::agent::{Agent, AgentError, Inbox, Step};
+use crate::clock;
 use crate::diag::RefusalLog;
 use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::tap::proxy::Captured;
 use crate::wire::capture::{CaptureError, CaptureWriter, FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
-use crate::wire::{decode, now_ns, split_topic, DecodeError, Kind, DROP_REASON_NAMES, FLAG_FROM_CACHE};
+use crate::wire::{decode, split_topic, DecodeError, Kind, DROP_REASON_NAMES, FLAG_FROM_CACHE};
 
 /// Bytes of a foreign message shown in hex.
 pub const HEX_PREVIEW_BYTES: usize = 16;
@@ -717,7 +718,7 @@ impl TapSink {
         recording: Option<Recording>,
         shared: Arc<Mutex<TapSinkReport>>,
     ) -> Self {
-        let now = now_ns();
+        let now = clock::monotonic_ns();
         TapSink {
             inbox: Inbox::new(rx),
             show,
@@ -738,7 +739,8 @@ impl TapSink {
         }
     }
 
-    fn handle(&mut self, item: Captured) {
+    /// One captured item, at `now_ns` (the monotonic clock, read once per step).
+    fn handle(&mut self, item: Captured, now_ns: u64) {
         match &item {
             Captured::Subscription { subscribe: true, .. } => self.report.subscriptions += 1,
             Captured::Subscription { subscribe: false, .. } => self.report.unsubscriptions += 1,
@@ -750,9 +752,9 @@ impl TapSink {
                         "topic \"{}\": {why}: forwarded as it is (an mdsub engine drops it; counted in bad_frames=)",
                         topic.escape_ascii()
                     );
-                    self.bad_frames.refuse(DROP_REASON_NAMES[why.reason()], &detail, *recv_ns);
+                    self.bad_frames.refuse(DROP_REASON_NAMES[why.reason()], &detail, now_ns);
                 }
-                self.record(frames, *recv_ns);
+                self.record(frames, *recv_ns, now_ns);
                 if self.show == Show::Stats {
                     let key = stats_key(frames);
                     if let Some(c) = self.stats.get_mut(&key) {
@@ -783,8 +785,16 @@ impl TapSink {
         self.dirty = true;
     }
 
+    /// The start of every step, with or without traffic (the sink steps after every idle
+    /// wait): refusals counted since their last line are summarised when the interval is up,
+    /// even when no more traffic comes to say them.
+    fn tick(&mut self, now_ns: u64) {
+        self.refusals.tick(now_ns);
+        self.bad_frames.tick(now_ns);
+    }
+
     /// Record a message that passed the filter (or count why not).
-    fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64) {
+    fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64, now_ns: u64) {
         let Some(r) = self.recording.as_mut() else {
             // No recording: none asked for, or its writing failed and stopped it.
             if self.report.record_errors > 0 {
@@ -796,7 +806,7 @@ impl TapSink {
             self.report.record_skipped_too_large += 1;
             let detail =
                 format_args!("a frame over the capture format's {MAX_RECORD_LEN}-byte record limit is not recorded");
-            self.refusals.refuse("too_large_to_record", &detail, recv_ns);
+            self.refusals.refuse("too_large_to_record", &detail, now_ns);
         } else if let Err(e) = r.write(frames, recv_ns) {
             self.stop_recording(&e, 1);
         }
@@ -917,18 +927,17 @@ impl Agent for TapSink {
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
+        let now = clock::monotonic_ns();
+        self.tick(now);
         let mut done = 0;
         while done < BATCH_ITEMS {
             let Some(item) = self.inbox.next() else { break };
-            self.handle(item);
+            self.handle(item, now);
             done += 1;
         }
-        if self.show == Show::Stats {
-            let now = now_ns();
-            if now.saturating_sub(self.last_stats_ns) >= STATS_INTERVAL_NS {
-                self.last_stats_ns = now;
-                self.print_stats(now);
-            }
+        if self.show == Show::Stats && now.saturating_sub(self.last_stats_ns) >= STATS_INTERVAL_NS {
+            self.last_stats_ns = now;
+            self.print_stats(now);
         }
         if done < BATCH_ITEMS {
             self.flush();
@@ -946,11 +955,12 @@ impl Agent for TapSink {
     }
 
     fn on_close(&mut self) {
+        let now = clock::monotonic_ns();
         while let Some(item) = self.inbox.next() {
-            self.handle(item);
+            self.handle(item, now);
         }
         if self.show == Show::Stats {
-            self.print_stats(now_ns());
+            self.print_stats(now);
         }
         self.dirty = true;
         self.flush();
@@ -1136,6 +1146,27 @@ mod tests {
         assert_eq!((&r[0]["format"], &r[0]["reason"]), (&json!("bad"), &json!("unknown_version")));
         // No NUL: foreign, not bad.
         assert!(bad_frame(&[b"10001 23 45".to_vec()]).is_none());
+    }
+
+    #[test]
+    fn bad_frames_since_the_last_line_are_summarised_on_the_tick_with_no_more_traffic() {
+        // Before, bad frames counted after the first were said only with the next one or at exit.
+        use crate::clock::ManualClock;
+        use crate::diag::SUMMARY_INTERVAL_NS;
+        let clock = ManualClock::new(1_000 * SUMMARY_INTERVAL_NS);
+        let (_tx, rx) = crossbeam::channel::bounded(1);
+        let mut sink = TapSink::new(rx, Show::Nothing, false, None, Arc::default());
+        let mut bad = encode(b"VER9", &cached_header(), b"xy");
+        bad[5] = 9;
+        for _ in 0..2 {
+            sink.handle(Captured::Message { frames: vec![bad.clone()], recv_ns: 0 }, clock.advance_ns(1));
+        }
+        assert_eq!(sink.report.bad_frames, 2);
+        assert!(sink.bad_frames.counts().unsaid(), "the first said at once, the second counted");
+        sink.tick(clock.advance_ns(SUMMARY_INTERVAL_NS - 2));
+        assert!(sink.bad_frames.counts().unsaid(), "not before the interval is up");
+        sink.tick(clock.advance_ns(1));
+        assert!(!sink.bad_frames.counts().unsaid(), "said on the tick, with no item since");
     }
 
     #[test]
