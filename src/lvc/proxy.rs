@@ -368,9 +368,13 @@ impl ProxyHooks for LvcHooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::{Agent, IdleStrategy};
     use crate::clock::{Clock, ManualClock};
     use crate::diag::SUMMARY_INTERVAL_NS;
+    use crate::lvc::LvcConfig;
+    use crate::proxy::{Delivery, ProxyConfig, ProxyShell};
     use crate::wire::{encode, Header};
+    use crate::zmqx::Attach;
 
     fn frame(topic: &str, seq: u64) -> Vec<u8> {
         encode(topic.as_bytes(), &Header::data(seq, 0), b"value")
@@ -398,5 +402,66 @@ mod tests {
         assert!(!lvc.refusals.counts().unsaid(), "said on the tick, with no message since");
         assert_eq!(lvc.refusals.counts().count("bad_frame"), 2);
         assert_eq!(lvc.report(&ShellCounters::default()).cache.bad_frames, 2);
+    }
+
+    /// Step `lvc` until `done` holds (at most 5 s).
+    fn step_until(lvc: &mut ProxyShell<LvcHooks>, what: &str, done: impl Fn(&LvcReport) -> bool) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done(&lvc.report()) {
+            assert!(std::time::Instant::now() < end, "timed out waiting for {what}: {}", lvc.report());
+            lvc.do_work().expect("lvc step");
+        }
+    }
+
+    #[test]
+    fn an_answer_a_full_subscriber_queue_cannot_take_is_counted_and_said() {
+        // A subscriber that stopped reading, whose queue live traffic has filled (lossy delivery),
+        // subscribes to a cached topic: its answer cannot be queued.
+        let ctx = zmq::Context::new();
+        let config = LvcConfig {
+            proxy: ProxyConfig {
+                frontend: vec![Attach::Bind("inproc://lvc-send-failed-front".into())],
+                backend: vec![Attach::Bind("inproc://lvc-send-failed-back".into())],
+                hwm_msgs: 4,
+                max_msg_bytes: 1 << 20,
+                idle: IdleStrategy::default(),
+                delivery: Delivery::Lossy,
+            },
+            limits: CacheLimits::default(),
+            answers: AnswerLimits { coalesce_window_ns: 0, ..AnswerLimits::default() },
+        };
+        let mut lvc = crate::lvc::new_proxy(&ctx, &config).expect("lvc");
+        let publisher = ctx.socket(zmq::PUB).expect("pub");
+        publisher.connect("inproc://lvc-send-failed-front").expect("connect");
+        let sub = ctx.socket(zmq::SUB).expect("sub");
+        sub.set_rcvhwm(1).expect("rcvhwm");
+        sub.connect("inproc://lvc-send-failed-back").expect("connect");
+        sub.set_subscribe(b"L").expect("subscribe");
+        // The path is up once a live L comes through (the LVC's subscription reached the publisher
+        // and the subscriber's was applied).
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while sub.recv_bytes(zmq::DONTWAIT).is_err() {
+            assert!(std::time::Instant::now() < end, "the path did not come up: {}", lvc.report());
+            publisher.send(frame("L", 1), 0).expect("publish");
+            lvc.do_work().expect("lvc step");
+        }
+        publisher.send(frame("B", 1), 0).expect("publish");
+        step_until(&mut lvc, "B cached", |r| r.topics == 2);
+        // Live L the subscriber does not read, until its queue is full and L is dropped there.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lvc.report().dropped_full == 0 {
+            assert!(std::time::Instant::now() < end, "the queue never filled: {}", lvc.report());
+            publisher.send(frame("L", 2), 0).expect("publish");
+            lvc.do_work().expect("lvc step");
+        }
+        let before = lvc.report();
+        sub.set_subscribe(b"B").expect("subscribe");
+        step_until(&mut lvc, "the subscribe to B", |r| r.subscribes > before.subscribes);
+        let after = lvc.report();
+        assert_eq!(after.send_failures - before.send_failures, 1, "{after}");
+        assert_eq!(after.answers.suppressed_msgs - before.answers.suppressed_msgs, 1, "{after}");
+        assert_eq!(after.cache_answers, before.cache_answers, "nothing of it sent: {after}");
+        let said = &lvc.hooks().cut_answers;
+        assert_eq!((said.counts().count("send_failed"), said.counts().unsaid()), (1, false), "said at once");
     }
 }
