@@ -23,7 +23,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::{Bound, Deref};
 
-use crate::wire::{split_topic, DecodeError, MAX_TOPIC_LEN};
+use crate::wire::{DecodeError, OneFrame, MAX_TOPIC_LEN};
 
 /// Most frames a cached message may have; longer messages pass but are not cached.
 pub const MAX_FRAMES: usize = 64;
@@ -133,19 +133,17 @@ impl<'a> Iterator for CachedFrames<'a> {
     }
 }
 
-/// The key a message is cached under, or `None` if it has none (see module doc).
-pub fn message_key<F: Deref<Target = [u8]>>(frames: &[F]) -> Option<&[u8]> {
+/// The key a message is cached under, or why it has none: [`Update::BadFrame`] or
+/// [`Update::Uncacheable`] (see the module doc). A one-frame message is decoded once, here.
+pub fn message_key<F: Deref<Target = [u8]>>(frames: &[F]) -> Result<&[u8], Update> {
     match frames {
-        [] => None,
-        [only] => {
-            let (topic, _) = split_topic(only).ok()?;
-            if topic.is_empty() {
-                return None;
-            }
-            Some(&only[..topic.len() + 1])
-        }
-        [first, ..] if frames.len() <= MAX_FRAMES => Some(&first[..]),
-        _ => None,
+        [only] => match OneFrame::of(only) {
+            OneFrame::Mdsub(v) => Ok(&only[..v.topic.len() + 1]),
+            OneFrame::Bad(why) => Err(Update::BadFrame(why)),
+            OneFrame::Foreign => Err(Update::Uncacheable),
+        },
+        [first, ..] if frames.len() <= MAX_FRAMES => Ok(&first[..]),
+        _ => Err(Update::Uncacheable),
     }
 }
 
@@ -199,20 +197,21 @@ impl LastValueCache {
 
     /// Remember `frames` as the last value of its topic.
     pub fn update<F: Deref<Target = [u8]>>(&mut self, frames: &[F]) -> Update {
-        if let [only] = frames {
-            if let Some(e) = crate::wire::bad_frame_reason(only) {
+        let key = match message_key(frames) {
+            Ok(key) => key,
+            Err(bad @ Update::BadFrame(_)) => {
                 self.counters.bad_frames += 1;
-                return Update::BadFrame(e);
+                return bad;
             }
-        }
-        let Some(key) = message_key(frames) else {
-            // A multipart message on a cached topic that cannot be stored (too
-            // many frames) makes the cached value stale: drop it, never serve it.
-            if let [first, _, ..] = frames {
-                self.evict(first);
+            Err(_) => {
+                // A multipart message on a cached topic that cannot be stored (too
+                // many frames) makes the cached value stale: drop it, never serve it.
+                if let [first, _, ..] = frames {
+                    self.evict(first);
+                }
+                self.counters.uncacheable += 1;
+                return Update::Uncacheable;
             }
-            self.counters.uncacheable += 1;
-            return Update::Uncacheable;
         };
         let need_data: usize = frames.iter().map(|f| f.len()).sum();
         if need_data > u32::MAX as usize {

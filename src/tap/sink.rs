@@ -656,7 +656,7 @@ fn mdsub_line_into(out: &mut String, v: &crate::wire::FrameView<'_>, recv_ns: u6
 /// (A one-frame message without a NUL is foreign traffic, not a bad frame.)
 pub fn bad_frame(frames: &[Vec<u8>]) -> Option<(&[u8], DecodeError)> {
     let [only] = frames else { return None };
-    let why = crate::wire::bad_frame_reason(only)?;
+    let crate::wire::OneFrame::Bad(why) = crate::wire::OneFrame::of(only) else { return None };
     Some((split_topic(only).map_or(&only[..0], |(topic, _)| topic), why))
 }
 
