@@ -101,24 +101,35 @@ impl Entry {
         }
     }
 
-    fn frames(&self) -> CachedFrames<'_> {
-        CachedFrames { data: &self.data, ends: &self.ends, at: 0, start: 0 }
+    /// Its frames, held under `key`.
+    fn frames<'a>(&'a self, key: &'a [u8]) -> CachedFrames<'a> {
+        CachedFrames { key, data: &self.data, ends: &self.ends, at: 0, start: 0 }
     }
 }
 
-/// The frames of one cached message, in order.
+/// The frames of one cached message, in order, and the key it is cached under.
 #[derive(Debug, Clone)]
 pub struct CachedFrames<'a> {
+    key: &'a [u8],
     data: &'a [u8],
     ends: &'a [u32],
     at: usize,
     start: usize,
 }
 
-impl CachedFrames<'_> {
+impl<'a> CachedFrames<'a> {
     /// Number of frames in the message.
     pub fn frame_count(&self) -> usize {
         self.ends.len()
+    }
+
+    /// What a line names the message by: its topic (the key without its NUL) for an mdsub
+    /// frame, its key (the first frame) for a foreign multipart message.
+    pub fn name(&self) -> &'a [u8] {
+        match self.frame_count() {
+            1 => self.key.strip_suffix(&[0]).unwrap_or(self.key),
+            _ => self.key,
+        }
     }
 }
 
@@ -274,13 +285,13 @@ impl LastValueCache {
         self.order
             .range::<[u8], _>((Bound::Included(scan), Bound::Unbounded))
             .take_while(move |k| k.starts_with(scan))
-            .filter_map(|k| self.entries.get(k).map(Entry::frames))
+            .filter_map(|k| self.entries.get(k).map(|e| e.frames(k)))
             .filter(move |frames| frames.clone().next().is_some_and(|first| first.starts_with(prefix)))
     }
 
     /// The cached message under exactly `key` (see [`message_key`]).
     pub fn get(&self, key: &[u8]) -> Option<CachedFrames<'_>> {
-        self.entries.get(key).map(Entry::frames)
+        self.entries.get_key_value(key).map(|(k, e)| e.frames(k))
     }
 }
 
@@ -340,6 +351,16 @@ mod tests {
         assert_eq!(c.counters().evicted_too_big, 1);
         assert_eq!(c.topics(), 0);
         assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn a_cached_message_is_named_by_its_topic_or_its_foreign_first_frame() {
+        let mut c = big();
+        c.update(&[frame("ESH6", 1, b"a")]);
+        c.update(&[b"F001\0x".as_slice(), b"body"]);
+        let names: Vec<&[u8]> = c.matching(b"").map(|f| f.name()).collect();
+        assert_eq!(names, vec![&b"ESH6"[..], &b"F001\0x"[..]]);
+        assert_eq!(c.get(b"ESH6\0").map(|f| f.name()), Some(&b"ESH6"[..]));
     }
 
     #[test]
@@ -482,7 +503,7 @@ mod tests {
             for first in &answers {
                 proptest::prop_assert!(first.starts_with(&prefix));
             }
-            let brute = c.entries.values().filter(|e| e.frames().next().is_some_and(|f| f.starts_with(&prefix))).count();
+            let brute = c.entries.iter().filter(|(k, e)| e.frames(k).next().is_some_and(|f| f.starts_with(&prefix))).count();
             proptest::prop_assert_eq!(answers.len(), brute, "range scan finds every match");
         }
     }

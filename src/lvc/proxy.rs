@@ -14,7 +14,7 @@ use crate::diag::RefusalLog;
 use crate::lvc::answer::{Admit, AnswerCounters, AnswerGate, AnswerLimits};
 use crate::lvc::cache::{CacheCounters, CacheLimits, LastValueCache, Update};
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
-use crate::wire::{mark_from_cache, split_topic};
+use crate::wire::mark_from_cache;
 use crate::zmqx::frame::Frame;
 
 /// Counters of one LVC run.
@@ -162,13 +162,8 @@ impl LvcHooks {
             looked += 1;
             let size: u64 = cached.clone().map(|f| f.len() as u64).sum();
             if !self.gate.take(size) {
-                // Its cache key: the topic of an mdsub frame, the first frame of a foreign message.
-                let first = cached.clone().next().unwrap_or_default();
-                let key = match split_topic(first) {
-                    Ok((topic, _)) if cached.frame_count() == 1 => topic,
-                    _ => first,
-                };
-                cut = Some(Cut { at: key[..key.len().min(64)].to_vec(), msgs: 1, bytes: size });
+                let name = cached.name();
+                cut = Some(Cut { at: name[..name.len().min(64)].to_vec(), msgs: 1, bytes: size });
                 break;
             }
             let n = cached.frame_count();
