@@ -27,7 +27,9 @@ use crate::diag::RefusalLog;
 use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::tap::proxy::Captured;
 use crate::wire::capture::{CaptureError, CaptureWriter, FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
-use crate::wire::{decode, split_topic, DecodeError, Kind, DROP_REASON_NAMES, FLAG_FROM_CACHE};
+use crate::wire::{
+    decode, frame_len, split_topic, DecodeError, FrameView, Kind, OneFrame, DROP_REASON_NAMES, FLAG_FROM_CACHE,
+};
 
 /// Bytes of a foreign message shown in hex.
 pub const HEX_PREVIEW_BYTES: usize = 16;
@@ -486,46 +488,92 @@ pub fn filter_text(bytes: &[u8]) -> String {
     out
 }
 
+/// A captured item read once: what the sink counts, records, shows and prints of it comes
+/// from here (a message's frames are decoded once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen<'a> {
+    /// A subscribe (`true`) or unsubscribe, and its prefix.
+    Subscription { subscribe: bool, prefix: &'a [u8] },
+    /// One mdsub frame.
+    Mdsub { view: FrameView<'a>, recv_ns: u64 },
+    /// One frame with a topic NUL that the wire decoder refuses: the frame, its topic and why.
+    Bad { frame: &'a [u8], topic: &'a [u8], why: DecodeError },
+    /// An LVC answer: two or more whole mdsub frames marked FROM_CACHE, back to back.
+    Answer { frames: &'a [Vec<u8>], views: Vec<FrameView<'a>>, recv_ns: u64 },
+    /// Anything else: a multipart message, or one frame without a topic NUL.
+    Foreign { frames: &'a [Vec<u8>] },
+}
+
+impl<'a> Seen<'a> {
+    /// Read `item` (decode a message's frames).
+    pub fn of(item: &'a Captured) -> Self {
+        let (frames, recv_ns) = match item {
+            Captured::Subscription { subscribe, prefix, .. } => {
+                return Seen::Subscription { subscribe: *subscribe, prefix };
+            }
+            Captured::Message { frames, recv_ns } => (frames, *recv_ns),
+        };
+        if let [only] = &frames[..] {
+            return match OneFrame::of(only) {
+                OneFrame::Mdsub(view) => Seen::Mdsub { view, recv_ns },
+                OneFrame::Bad(why) => {
+                    Seen::Bad { frame: only, topic: split_topic(only).map_or(&only[..0], |(t, _)| t), why }
+                }
+                OneFrame::Foreign => Seen::Foreign { frames },
+            };
+        }
+        match lvc_answer(frames) {
+            Some(views) => Seen::Answer { frames, views, recv_ns },
+            None => Seen::Foreign { frames },
+        }
+    }
+
+    /// The stats key of a message: the mdsub topic, or the first frame (≤ 64 bytes) of
+    /// anything else; empty for a subscription.
+    fn stats_key(&self) -> &'a [u8] {
+        match self {
+            Seen::Subscription { .. } => &[],
+            Seen::Mdsub { view, .. } => view.topic,
+            Seen::Bad { topic, .. } => topic,
+            Seen::Answer { frames, .. } | Seen::Foreign { frames } => {
+                frames.first().map_or(&[][..], |f| &f[..f.len().min(64)])
+            }
+        }
+    }
+}
+
 /// The JSON records of a captured item (`--json`): one per line, as [`format_line`] gives
 /// lines (an LVC answer is one record per cached value).
-pub fn json_records(item: &Captured) -> Vec<Value> {
-    match item {
-        Captured::Subscription { subscribe, prefix, .. } => {
+pub fn json_records(seen: &Seen<'_>) -> Vec<Value> {
+    match seen {
+        Seen::Subscription { subscribe, prefix } => {
             vec![json!({"type": if *subscribe { "subscribe" } else { "unsubscribe" }, "prefix": filter_text(prefix)})]
         }
-        Captured::Message { frames, recv_ns } => {
-            let size: usize = frames.iter().map(Vec::len).sum();
-            if let [only] = &frames[..] {
-                if let Ok(v) = decode(only) {
-                    return vec![mdsub_json(&v, *recv_ns, size)];
-                }
-            }
-            if let Some((topic, why)) = bad_frame(frames) {
-                let mut hex = String::new();
-                hex_into(&mut hex, after_nul(&frames[0]));
-                return vec![json!({
-                    "type": "msg",
-                    "format": "bad",
-                    "topic": filter_text(&topic[..topic.len().min(64)]),
-                    "reason": DROP_REASON_NAMES[why.reason()],
-                    "error": why.to_string(),
-                    "size": size,
-                    "hex": hex,
-                })];
-            }
-            if is_lvc_answer(frames) {
-                let n = frames.len();
-                return frames
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, f)| {
-                        let mut r = mdsub_json(&decode(f).ok()?, *recv_ns, f.len());
-                        r["answer"] = (i + 1).into();
-                        r["answer_of"] = n.into();
-                        Some(r)
-                    })
-                    .collect();
-            }
+        Seen::Mdsub { view, recv_ns } => vec![mdsub_json(view, *recv_ns)],
+        Seen::Bad { frame, topic, why } => {
+            let mut hex = String::new();
+            hex_into(&mut hex, after_nul(frame));
+            vec![json!({
+                "type": "msg",
+                "format": "bad",
+                "topic": filter_text(&topic[..topic.len().min(64)]),
+                "reason": DROP_REASON_NAMES[why.reason()],
+                "error": why.to_string(),
+                "size": frame.len(),
+                "hex": hex,
+            })]
+        }
+        Seen::Answer { views, recv_ns, .. } => views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut r = mdsub_json(v, *recv_ns);
+                r["answer"] = (i + 1).into();
+                r["answer_of"] = views.len().into();
+                r
+            })
+            .collect(),
+        Seen::Foreign { frames } => {
             let (first, body) = match &frames[..] {
                 [first, body, ..] => (&first[..], &body[..]),
                 [only] => (&only[..], &only[..]),
@@ -538,7 +586,7 @@ pub fn json_records(item: &Captured) -> Vec<Value> {
                 "format": "foreign",
                 "topic": filter_text(&first[..first.len().min(64)]),
                 "frames": frames.len(),
-                "size": size,
+                "size": frames.iter().map(Vec::len).sum::<usize>(),
                 "hex": hex,
             })]
         }
@@ -546,24 +594,19 @@ pub fn json_records(item: &Captured) -> Vec<Value> {
 }
 
 /// The JSON record of a decoded mdsub frame (the fields of a `msg topic=…` line).
-fn mdsub_json(v: &crate::wire::FrameView<'_>, recv_ns: u64, size: usize) -> Value {
+fn mdsub_json(v: &FrameView<'_>, recv_ns: u64) -> Value {
     let h = &v.header;
-    let kind = match h.kind {
-        Kind::Data => "data",
-        Kind::Heartbeat => "heartbeat",
-        Kind::EndOfStream => "end",
-    };
     let mut r = json!({
         "type": "msg",
         "format": "mdsub",
         "topic": filter_text(v.topic),
-        "kind": kind,
+        "kind": kind_name(h.kind),
         "pub": h.publisher_id,
         "session": format!("{:x}", h.session_id),
         "seq": h.stream_seq,
         "topic_seq": h.topic_seq,
         "lag_us": ((recv_ns as i128 - h.send_time_ns as i128) / 1000) as i64,
-        "size": size,
+        "size": frame_len(v.topic, v.payload.len()),
         "from_cache": h.flags & FLAG_FROM_CACHE != 0,
     });
     if h.kind == Kind::Data {
@@ -574,75 +617,71 @@ fn mdsub_json(v: &crate::wire::FrameView<'_>, recv_ns: u64, size: usize) -> Valu
     r
 }
 
-/// One line for a captured item (no newline).
-pub fn format_line(out: &mut String, item: &Captured) {
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Data => "data",
+        Kind::Heartbeat => "heartbeat",
+        Kind::EndOfStream => "end",
+    }
+}
+
+/// One line for a captured item (no newline; an LVC answer is one line per cached value).
+pub fn format_line(out: &mut String, seen: &Seen<'_>) {
     out.clear();
-    match item {
-        Captured::Subscription { subscribe, prefix, .. } => {
+    match seen {
+        Seen::Subscription { subscribe, prefix } => {
             out.push_str(if *subscribe { "subscribe prefix=" } else { "unsubscribe prefix=" });
             escape_into(out, prefix);
         }
-        Captured::Message { frames, recv_ns } => {
-            let size: usize = frames.iter().map(Vec::len).sum();
-            let decoded = match &frames[..] {
-                [only] => decode(only).ok(),
-                _ => None,
+        Seen::Mdsub { view, recv_ns } => mdsub_line_into(out, view, *recv_ns),
+        Seen::Bad { frame, topic, why } => {
+            out.push_str("msg bad topic=");
+            escape_into(out, &topic[..topic.len().min(64)]);
+            let _ = write!(out, " reason={} size={} hex=", DROP_REASON_NAMES[why.reason()], frame.len());
+            hex_into(out, after_nul(frame));
+            let _ = write!(out, " (bad frame: {why})");
+        }
+        Seen::Answer { views, recv_ns, .. } => {
+            // Cached mdsub frames back to back in one message (docs/LVC-TAP.md).
+            for (i, v) in views.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                mdsub_line_into(out, v, *recv_ns);
+                let _ = write!(out, " answer={}/{}", i + 1, views.len());
+            }
+        }
+        Seen::Foreign { frames } => {
+            let (first, rest) = match &frames[..] {
+                [first, rest @ ..] => (&first[..], rest),
+                [] => (&[][..], &[][..]),
             };
-            if let Some(v) = decoded {
-                mdsub_line_into(out, &v, *recv_ns, size);
-            } else if let Some((topic, why)) = bad_frame(frames) {
-                out.push_str("msg bad topic=");
-                escape_into(out, &topic[..topic.len().min(64)]);
-                let _ = write!(out, " reason={} size={size} hex=", DROP_REASON_NAMES[why.reason()]);
-                hex_into(out, after_nul(&frames[0]));
-                let _ = write!(out, " (bad frame: {why})");
-            } else if is_lvc_answer(frames) {
-                // An LVC answer: cached mdsub frames back to back in one
-                // message (docs/LVC-TAP.md); one line per cached value.
-                let n = frames.len();
-                for (i, f) in frames.iter().enumerate() {
-                    if let Ok(v) = decode(f) {
-                        if i > 0 {
-                            out.push('\n');
-                        }
-                        mdsub_line_into(out, &v, *recv_ns, f.len());
-                        let _ = write!(out, " answer={}/{n}", i + 1);
-                    }
-                }
-            } else {
-                let (first, rest) = match &frames[..] {
-                    [first, rest @ ..] => (&first[..], rest),
-                    [] => (&[][..], &[][..]),
-                };
-                out.push_str("msg foreign topic=");
-                escape_into(out, &first[..first.len().min(64)]);
-                let _ = write!(out, " frames={} size={size} hex=", frames.len());
-                match rest.first() {
-                    Some(body) => hex_into(out, body),
-                    None => hex_into(out, first),
-                }
+            out.push_str("msg foreign topic=");
+            escape_into(out, &first[..first.len().min(64)]);
+            let size: usize = frames.iter().map(Vec::len).sum();
+            let _ = write!(out, " frames={} size={size} hex=", frames.len());
+            match rest.first() {
+                Some(body) => hex_into(out, body),
+                None => hex_into(out, first),
             }
         }
     }
 }
 
 /// One `msg topic=…` line for a decoded mdsub frame.
-fn mdsub_line_into(out: &mut String, v: &crate::wire::FrameView<'_>, recv_ns: u64, size: usize) {
+fn mdsub_line_into(out: &mut String, v: &FrameView<'_>, recv_ns: u64) {
     let h = &v.header;
     let lag_us = (recv_ns as i128 - h.send_time_ns as i128) / 1000;
-    let kind = match h.kind {
-        Kind::Data => "data",
-        Kind::Heartbeat => "heartbeat",
-        Kind::EndOfStream => "end",
-    };
     let _ = write!(
         out,
-        "msg topic={} kind={kind} pub={} session={:x} seq={} topic_seq={} lag_us={lag_us} size={size}",
+        "msg topic={} kind={} pub={} session={:x} seq={} topic_seq={} lag_us={lag_us} size={}",
         v.topic_str(),
+        kind_name(h.kind),
         h.publisher_id,
         h.session_id,
         h.stream_seq,
-        h.topic_seq
+        h.topic_seq,
+        frame_len(v.topic, v.payload.len())
     );
     if h.flags & FLAG_FROM_CACHE != 0 {
         out.push_str(" from_cache");
@@ -652,35 +691,18 @@ fn mdsub_line_into(out: &mut String, v: &crate::wire::FrameView<'_>, recv_ns: u6
     }
 }
 
-/// A one-frame message with a topic NUL that the wire decoder refuses: its topic and why.
-/// (A one-frame message without a NUL is foreign traffic, not a bad frame.)
-pub fn bad_frame(frames: &[Vec<u8>]) -> Option<(&[u8], DecodeError)> {
-    let [only] = frames else { return None };
-    let crate::wire::OneFrame::Bad(why) = crate::wire::OneFrame::of(only) else { return None };
-    Some((split_topic(only).map_or(&only[..0], |(topic, _)| topic), why))
-}
-
 /// What follows a frame's topic NUL (the header, where a bad frame is wrong), or the frame.
 fn after_nul(frame: &[u8]) -> &[u8] {
     split_topic(frame).map_or(frame, |(_, rest)| rest)
 }
 
-/// Whether a multipart message is an LVC answer: two or more frames, each a
+/// A multipart message's frames decoded when it is an LVC answer: two or more frames, each a
 /// whole mdsub frame marked FROM_CACHE.
-pub fn is_lvc_answer(frames: &[Vec<u8>]) -> bool {
-    frames.len() > 1 && frames.iter().all(|f| decode(f).is_ok_and(|v| v.header.flags & FLAG_FROM_CACHE != 0))
-}
-
-/// The stats key of a message: the mdsub topic, or the foreign first frame (≤ 64 bytes).
-fn stats_key(frames: &[Vec<u8>]) -> Vec<u8> {
-    match frames {
-        [only] => match split_topic(only) {
-            Ok((topic, _)) => topic.to_vec(),
-            Err(_) => only[..only.len().min(64)].to_vec(),
-        },
-        [first, ..] => first[..first.len().min(64)].to_vec(),
-        [] => Vec::new(),
+pub fn lvc_answer(frames: &[Vec<u8>]) -> Option<Vec<FrameView<'_>>> {
+    if frames.len() < 2 {
+        return None;
     }
+    frames.iter().map(|f| decode(f).ok().filter(|v| v.header.flags & FLAG_FROM_CACHE != 0)).collect()
 }
 
 /// The sink agent.
@@ -741,12 +763,13 @@ impl TapSink {
 
     /// One captured item, at `now_ns` (the monotonic clock, read once per step).
     fn handle(&mut self, item: Captured, now_ns: u64) {
+        let seen = Seen::of(&item);
         match &item {
             Captured::Subscription { subscribe: true, .. } => self.report.subscriptions += 1,
             Captured::Subscription { subscribe: false, .. } => self.report.unsubscriptions += 1,
             Captured::Message { frames, recv_ns } => {
                 self.report.messages += 1;
-                if let Some((topic, why)) = bad_frame(frames) {
+                if let Seen::Bad { topic, why, .. } = &seen {
                     self.report.bad_frames += 1;
                     let detail = format_args!(
                         "topic \"{}\": {why}: forwarded as it is (an mdsub engine drops it; counted in bad_frames=)",
@@ -756,11 +779,11 @@ impl TapSink {
                 }
                 self.record(frames, *recv_ns, now_ns);
                 if self.show == Show::Stats {
-                    let key = stats_key(frames);
-                    if let Some(c) = self.stats.get_mut(&key) {
+                    let key = seen.stats_key();
+                    if let Some(c) = self.stats.get_mut(key) {
                         *c += 1;
                     } else if self.stats.len() < MAX_STATS_TOPICS {
-                        self.stats.insert(key, 1);
+                        self.stats.insert(key.to_vec(), 1);
                     } else {
                         self.stats_other += 1;
                     }
@@ -770,13 +793,13 @@ impl TapSink {
         if self.show == Show::Lines {
             self.unit.clear();
             if self.json {
-                for record in json_records(&item) {
+                for record in json_records(&seen) {
                     // Into a Vec: only a serializer error could fail, and a Value has none.
                     let _ = serde_json::to_writer(&mut self.unit, &record);
                     self.unit.push(b'\n');
                 }
             } else {
-                format_line(&mut self.line, &item);
+                format_line(&mut self.line, &seen);
                 self.unit.extend_from_slice(self.line.as_bytes());
                 self.unit.push(b'\n');
             }
@@ -990,28 +1013,28 @@ mod tests {
         let h = cached_header();
         let mut line = String::new();
         let m = Captured::Message { frames: vec![encode(b"ESH6", &h, b"xy")], recv_ns: 3_000_000 };
-        format_line(&mut line, &m);
+        format_line(&mut line, &Seen::of(&m));
         assert_eq!(line, "msg topic=ESH6 kind=data pub=3 session=ab seq=42 topic_seq=7 lag_us=2000 size=55 from_cache");
         let f = Captured::Message { frames: vec![b"001".to_vec(), b"Save Roger".to_vec()], recv_ns: 0 };
-        format_line(&mut line, &f);
+        format_line(&mut line, &Seen::of(&f));
         assert_eq!(line, "msg foreign topic=\"001\" frames=2 size=13 hex=53 61 76 65 20 52 6f 67 65 72");
         let s = Captured::Subscription { subscribe: true, prefix: b"ESH6\0".to_vec(), recv_ns: 0 };
-        format_line(&mut line, &s);
+        format_line(&mut line, &Seen::of(&s));
         assert_eq!(line, "subscribe prefix=\"ESH6\\x00\"");
         let empty = Captured::Message { frames: vec![], recv_ns: 0 };
-        format_line(&mut line, &empty);
+        format_line(&mut line, &Seen::of(&empty));
         assert!(line.starts_with("msg foreign"), "{line}");
         // An LVC answer: cached mdsub frames back to back, one line each.
         let two = vec![encode(b"ESH6", &h, b"xy"), encode(b"ESM6", &h, b"xy")];
-        assert!(is_lvc_answer(&two));
-        format_line(&mut line, &Captured::Message { frames: two, recv_ns: 3_000_000 });
+        assert!(lvc_answer(&two).is_some());
+        format_line(&mut line, &Seen::of(&Captured::Message { frames: two, recv_ns: 3_000_000 }));
         let lines: Vec<&str> = line.lines().collect();
         assert_eq!(lines.len(), 2, "{line}");
         assert!(lines[0].starts_with("msg topic=ESH6 ") && lines[0].ends_with("from_cache answer=1/2"), "{line}");
         assert!(lines[1].starts_with("msg topic=ESM6 ") && lines[1].ends_with("from_cache answer=2/2"), "{line}");
         // Live mdsub frames (not FROM_CACHE) in one message are not an answer.
         let live = Header { flags: 0, ..h };
-        assert!(!is_lvc_answer(&[encode(b"ESH6", &live, b"xy"), encode(b"ESM6", &live, b"xy")]));
+        assert!(lvc_answer(&[encode(b"ESH6", &live, b"xy"), encode(b"ESM6", &live, b"xy")]).is_none());
     }
 
     #[test]
@@ -1023,7 +1046,7 @@ mod tests {
         mbo.hd.instrument_id = 101;
         let payload = dbn::RecordRef::from(&mbo).as_ref().to_vec();
         let answer = vec![encode(b"ESH6", &h, &payload), encode(b"ESM6", &h, b"xy")];
-        let r = json_records(&Captured::Message { frames: answer, recv_ns: 3_000_000 });
+        let r = json_records(&Seen::of(&Captured::Message { frames: answer, recv_ns: 3_000_000 }));
         assert_eq!(r.len(), 2, "an LVC answer: one record per value");
         assert_eq!(
             r[0],
@@ -1036,11 +1059,13 @@ mod tests {
         assert_eq!((&r[1]["topic"], &r[1]["answer"], r[1].get("dbn")), (&json!("ESM6"), &json!(2), None));
         // Prefixes and foreign topics as --filter takes them: they parse back to the bytes.
         let prefix = b"ES\\H6\0\xff\"".to_vec();
-        let r = json_records(&Captured::Subscription { subscribe: false, prefix: prefix.clone(), recv_ns: 0 });
+        let r =
+            json_records(&Seen::of(&Captured::Subscription { subscribe: false, prefix: prefix.clone(), recv_ns: 0 }));
         assert_eq!(r, vec![json!({"type": "unsubscribe", "prefix": "ES\\\\H6\\x00\\xff\""})]);
         let text = r[0]["prefix"].as_str().expect("text");
         assert_eq!(crate::tap::proxy::parse_prefix(text).as_deref(), Ok(&prefix[..]));
-        let f = json_records(&Captured::Message { frames: vec![b"001".to_vec(), b"Save".to_vec()], recv_ns: 0 });
+        let f =
+            json_records(&Seen::of(&Captured::Message { frames: vec![b"001".to_vec(), b"Save".to_vec()], recv_ns: 0 }));
         assert_eq!(
             f,
             vec![
@@ -1072,7 +1097,7 @@ mod tests {
         let payload = dbn::RecordRef::from(&mbo).as_ref().to_vec();
         let mut line = String::new();
         let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0 };
-        format_line(&mut line, &m);
+        format_line(&mut line, &Seen::of(&m));
         assert!(
             line.ends_with(" dbn=mbo instrument=101 action=A side=B price=4500.250000000 size=3 order=17"),
             "{line}"
@@ -1088,10 +1113,10 @@ mod tests {
         };
         let payload = dbn::RecordRef::from(&top).as_ref().to_vec();
         let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0 };
-        format_line(&mut line, &m);
+        format_line(&mut line, &Seen::of(&m));
         assert!(line.ends_with("price=- size=0 bid=1.000000000 x 4 ask=2.000000000 x 5"), "{line}");
         let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, b"plain bytes")], recv_ns: 0 };
-        format_line(&mut line, &m);
+        format_line(&mut line, &Seen::of(&m));
         assert!(!line.contains("dbn="), "{line}");
     }
 
@@ -1139,13 +1164,14 @@ mod tests {
         let mut f = encode(b"VER9", &cached_header(), b"xy");
         f[5] = 9;
         let mut line = String::new();
-        format_line(&mut line, &Captured::Message { frames: vec![f.clone()], recv_ns: 0 });
+        format_line(&mut line, &Seen::of(&Captured::Message { frames: vec![f.clone()], recv_ns: 0 }));
         assert!(line.starts_with("msg bad topic=\"VER9\" reason=unknown_version size=55 hex=09 01 01 00 "), "{line}");
         assert!(line.ends_with(" (bad frame: unknown wire version 9)"), "{line}");
-        let r = json_records(&Captured::Message { frames: vec![f], recv_ns: 0 });
+        let r = json_records(&Seen::of(&Captured::Message { frames: vec![f], recv_ns: 0 }));
         assert_eq!((&r[0]["format"], &r[0]["reason"]), (&json!("bad"), &json!("unknown_version")));
         // No NUL: foreign, not bad.
-        assert!(bad_frame(&[b"10001 23 45".to_vec()]).is_none());
+        let foreign = Captured::Message { frames: vec![b"10001 23 45".to_vec()], recv_ns: 0 };
+        assert!(matches!(Seen::of(&foreign), Seen::Foreign { .. }));
     }
 
     #[test]
@@ -1180,8 +1206,9 @@ mod tests {
             topic_seq: 1,
             send_time_ns: 0,
         };
-        assert_eq!(stats_key(&[encode(b"ESH6", &h, b"")]), b"ESH6");
-        assert_eq!(stats_key(&[b"001".to_vec(), b"x".to_vec()]), b"001");
-        assert_eq!(stats_key(&[]), b"");
+        let stats_key = |frames: Vec<Vec<u8>>| Seen::of(&Captured::Message { frames, recv_ns: 0 }).stats_key().to_vec();
+        assert_eq!(stats_key(vec![encode(b"ESH6", &h, b"")]), b"ESH6");
+        assert_eq!(stats_key(vec![b"001".to_vec(), b"x".to_vec()]), b"001");
+        assert_eq!(stats_key(vec![]), b"");
     }
 }
