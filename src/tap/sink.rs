@@ -122,9 +122,12 @@ impl<W: Write> Write for Tally<W> {
 }
 
 /// Units written into a buffer (a printed item, a recorded message), each by where it ends
-/// in the stream, until the bytes that end it have been taken by the file or pipe.
-#[derive(Debug, Default)]
+/// in the stream, until the file or pipe under the buffer has taken the bytes that end it (its
+/// [`Tally`] counts them in [`Taken`]). The printer and the recording keep one each.
+#[derive(Debug)]
 struct Ledger {
+    /// What the output took, and the switch that stops it.
+    taken: Arc<Taken>,
     /// (end offset, things in the unit: frames of a message, 1 for a printed item), oldest first.
     ends: VecDeque<(u64, u64)>,
     /// Bytes written into the buffer so far (from the stream's start).
@@ -133,10 +136,24 @@ struct Ledger {
     whole: u64,
 }
 
+/// What an output holds when it is shut ([`Ledger::shut`]).
+struct Shut {
+    /// Units taken whole since the last count, and the things in them.
+    units: u64,
+    things: u64,
+    /// Units written into the buffer that the output did not take whole.
+    lost: u64,
+    /// Bytes the output took, and those up to the end of its last whole unit.
+    taken: u64,
+    whole: u64,
+}
+
 impl Ledger {
-    /// A stream whose first `offset` bytes are not units (a file header).
-    fn starting_at(offset: u64) -> Self {
-        Ledger { ends: VecDeque::new(), written: offset, whole: offset }
+    /// `inner` counted by a [`Tally`], and the ledger of what goes through it; its first
+    /// `offset` bytes are not units (a file header).
+    fn over<W: Write>(inner: W, offset: u64) -> (Tally<W>, Self) {
+        let (tally, taken) = Tally::new(inner);
+        (tally, Ledger { taken, ends: VecDeque::new(), written: offset, whole: offset })
     }
 
     /// `bytes` of the unit in progress went into the buffer.
@@ -149,8 +166,9 @@ impl Ledger {
         self.ends.push_back((self.written, things));
     }
 
-    /// Units whose last byte is within the first `taken` bytes: `(units, things)`, forgotten here.
-    fn confirm(&mut self, taken: u64) -> (u64, u64) {
+    /// Units whose last byte the output has taken: `(units, things)`, forgotten here.
+    fn confirm(&mut self) -> (u64, u64) {
+        let taken = self.taken.bytes.load(Ordering::Relaxed);
         let (mut units, mut things) = (0, 0);
         while let Some(&(end, n)) = self.ends.front().filter(|(end, _)| *end <= taken) {
             self.ends.pop_front();
@@ -165,12 +183,21 @@ impl Ledger {
     fn waiting(&self) -> u64 {
         self.ends.len() as u64
     }
+
+    /// Writing failed: every later write to the output fails; count what it took whole and
+    /// what it did not.
+    fn shut(&mut self) -> Shut {
+        self.taken.shut.store(true, Ordering::Relaxed);
+        let (units, things) = self.confirm();
+        let lost = self.waiting();
+        self.ends = VecDeque::new();
+        Shut { units, things, lost, taken: self.taken.bytes.load(Ordering::Relaxed), whole: self.whole }
+    }
 }
 
 /// Stdout, buffered, counted by what it took: a failed write stops printing.
 struct Printer {
     out: BufWriter<Tally<Box<dyn Write + Send>>>,
-    taken: Arc<Taken>,
     ledger: Ledger,
     stopped: bool,
     printed: u64,
@@ -191,15 +218,8 @@ impl Printer {
 
     /// A printer writing to `raw`, counted by what it took.
     fn over(raw: Box<dyn Write + Send>) -> Self {
-        let (tally, taken) = Tally::new(raw);
-        Printer {
-            out: BufWriter::new(tally),
-            taken,
-            ledger: Ledger::default(),
-            stopped: false,
-            printed: 0,
-            unprinted: 0,
-        }
+        let (tally, ledger) = Ledger::over(raw, 0);
+        Printer { out: BufWriter::new(tally), ledger, stopped: false, printed: 0, unprinted: 0 }
     }
 
     /// Print one unit (an item's lines, a stats block), or count it as not printed.
@@ -222,31 +242,26 @@ impl Printer {
             return;
         }
         match self.out.flush() {
-            Ok(()) => self.confirm(),
+            Ok(()) => self.printed += self.ledger.confirm().0,
             Err(e) => self.stop(&e, 0),
         }
-    }
-
-    fn confirm(&mut self) {
-        self.printed += self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed)).0;
     }
 
     /// Count what stdout took so far without flushing (the buffer writes whenever it fills):
     /// with items always waiting there is no flush, and the ledger must not grow meanwhile.
     fn settle(&mut self) {
         if !self.stopped {
-            self.confirm();
+            self.printed += self.ledger.confirm().0;
         }
     }
 
     /// Writing failed (`current` units were being written): say it once and stop printing;
     /// what stdout did not take is counted as not printed.
     fn stop(&mut self, e: &std::io::Error, current: u64) {
-        self.confirm();
-        let lost = self.ledger.waiting() + current;
+        let shut = self.ledger.shut();
+        self.printed += shut.units;
+        let lost = shut.lost + current;
         self.unprinted += lost;
-        self.ledger = Ledger::default();
-        self.taken.shut.store(true, Ordering::Relaxed);
         self.stopped = true;
         crate::diag!(
             "tap: printing stopped: stdout: {e}; {} item(s) printed, the {lost} written after them were not taken \
@@ -262,7 +277,6 @@ pub struct Recording {
     writer: CaptureWriter<BufWriter<Tally<File>>>,
     /// A second handle on the file, to cut a torn tail off.
     file: File,
-    taken: Arc<Taken>,
     ledger: Ledger,
 }
 
@@ -286,15 +300,9 @@ impl Recording {
         let io = |source| CaptureError::Io { context: "creating the capture file", source };
         let f = File::create(path).map_err(io)?;
         let file = f.try_clone().map_err(io)?;
-        let (tally, taken) = Tally::new(f);
+        let (tally, ledger) = Ledger::over(f, FILE_HEADER_LEN as u64);
         let writer = CaptureWriter::new(BufWriter::with_capacity(1 << 20, tally))?;
-        Ok(Recording {
-            path: path.to_path_buf(),
-            writer,
-            file,
-            taken,
-            ledger: Ledger::starting_at(FILE_HEADER_LEN as u64),
-        })
+        Ok(Recording { path: path.to_path_buf(), writer, file, ledger })
     }
 
     /// Write one message's frames (into the buffer).
@@ -316,19 +324,16 @@ impl Recording {
 
     /// The messages and frames the file took so far, without flushing (see [`Printer::settle`]).
     fn settle(&mut self) -> (u64, u64) {
-        self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed))
+        self.ledger.confirm()
     }
 
     /// Writing failed: keep what reached the file whole, cut a torn message off its end,
     /// and write nothing more.
     fn stop(mut self) -> Stopped {
-        let taken = self.taken.bytes.load(Ordering::Relaxed);
-        let (msgs, frames) = self.ledger.confirm(taken);
-        self.taken.shut.store(true, Ordering::Relaxed);
-        let whole = self.ledger.whole;
-        let torn = taken.saturating_sub(whole);
-        let cut = if torn > 0 { self.file.set_len(whole) } else { Ok(()) };
-        Stopped { msgs, frames, whole, lost: self.ledger.waiting(), torn, cut }
+        let shut = self.ledger.shut();
+        let torn = shut.taken.saturating_sub(shut.whole);
+        let cut = if torn > 0 { self.file.set_len(shut.whole) } else { Ok(()) };
+        Stopped { msgs: shut.units, frames: shut.things, whole: shut.whole, lost: shut.lost, torn, cut }
     }
 }
 
@@ -1122,15 +1127,17 @@ mod tests {
 
     #[test]
     fn the_ledger_counts_units_whole_by_the_bytes_taken_and_a_shut_tally_writes_nothing() {
-        let mut l = Ledger::starting_at(24);
+        let (_, mut l) = Ledger::over(Vec::new(), 24);
         for len in [10, 20, 30] {
             l.wrote(len);
             l.close(2);
         }
-        assert_eq!(l.confirm(24 + 29), (1, 2), "the second unit is torn: not counted");
+        l.taken.bytes.store(24 + 29, Ordering::Relaxed);
+        assert_eq!(l.confirm(), (1, 2), "the second unit is torn: not counted");
         assert_eq!(l.whole, 34, "whole units end here: a torn tail is cut back to it");
         assert_eq!(l.waiting(), 2);
-        assert_eq!(l.confirm(24 + 60), (2, 4));
+        l.taken.bytes.store(24 + 60, Ordering::Relaxed);
+        assert_eq!(l.confirm(), (2, 4));
         assert_eq!((l.whole, l.waiting()), (84, 0));
 
         let (mut t, taken) = Tally::new(Vec::new());
@@ -1138,6 +1145,21 @@ mod tests {
         taken.shut.store(true, Ordering::Relaxed);
         assert!(t.write_all(b"def").is_err() && t.flush().is_err(), "nothing after a shut");
         assert_eq!((taken.bytes.load(Ordering::Relaxed), &t.inner[..]), (3, &b"abc"[..]));
+    }
+
+    #[test]
+    fn a_shut_ledger_counts_what_its_output_took_whole_and_the_output_takes_nothing_more() {
+        let (mut out, mut l) = Ledger::over(Vec::new(), 0);
+        out.write_all(b"abc").expect("write");
+        l.wrote(3);
+        l.close(1);
+        out.write_all(b"de").expect("write"); // the output took 2 bytes of a 4-byte unit
+        l.wrote(4);
+        l.close(1);
+        let s = l.shut();
+        assert_eq!((s.units, s.things, s.lost, s.taken, s.whole), (1, 1, 1, 5, 3));
+        assert!(out.write_all(b"x").is_err(), "nothing after a shut");
+        assert_eq!(l.waiting(), 0, "nothing left to confirm");
     }
 
     #[test]
