@@ -422,6 +422,61 @@ fn corrupt_record_length_is_reported_at_its_offset() {
     assert_eq!(got.len(), 30, "everything before the damage was replayed");
 }
 
+/// A record whose length byte is wrong for its type is damage at that record, said there, and
+/// nothing from it on is sent: before, the decoder took any length past a header, so an MBO
+/// record with its length byte at 0xff went out as a 1020-byte "MBO" (0x04: a 16-byte one) and
+/// the damage was said later, at a wrong offset.
+#[test]
+fn a_record_length_wrong_for_its_type_is_damage_at_that_record() {
+    let dir = tmp_dir("len");
+    let path = dir.join("mbo.dbn");
+    let recs = mbo_feed(2, 200, 0, 1_000);
+    let len = write_dbn(&path, &metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]), &recs, false);
+    let rec_len = std::mem::size_of::<MboMsg>() as u64;
+    let offset = len - rec_len * recs.len() as u64 + 100 * rec_len;
+    let whole = std::fs::read(&path).expect("read");
+    for (byte, bytes) in [(0xffu8, 1020), (0x04, 16)] {
+        let mut bad = whole.clone();
+        bad[offset as usize] = byte; // record 101's length
+        let bad_path = dir.join(format!("len{byte:02x}.dbn"));
+        std::fs::write(&bad_path, &bad).expect("write");
+        let name = format!("replay-dbn-len{byte:02x}");
+        let (got, status, out) = replay(&name, 1, &["--from", bad_path.to_str().expect("utf8")]);
+        assert!(!status.success(), "a damaged file is an error: {out}");
+        let said: Vec<&str> = out.lines().filter(|l| l.starts_with("replay: refused (bad_record): ")).collect();
+        assert_eq!(said.len(), 1, "said once: {out}");
+        let want = format!(
+            "damaged at byte {offset}: its length byte 0x{byte:02x} ({bytes} bytes) is wrong for its type: mbo \
+             records (rtype 0xa0) are {rec_len} bytes in DBN version 3 (record 101;"
+        );
+        assert!(said[0].contains(&want), "want `{want}`: {out}");
+        assert!(out.contains("damaged input (refused: bad_record=1)"), "counted under its reason: {out}");
+        assert_eq!(got.len(), 100, "the 100 records before it, nothing from it on");
+        assert!(got.iter().zip(&recs).all(|(g, r)| g.payload == bytes_of(r)), "each as it was");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The one case where a record is longer than its struct: the live gateway's send time
+/// (`ts_out`, 8 bytes) after every record of a stream whose metadata says so. Such a file
+/// replays whole, each record with its `ts_out`.
+#[test]
+fn records_with_ts_out_are_whole_records() {
+    let dir = tmp_dir("ts-out");
+    let path = dir.join("live.dbn");
+    let mut meta = metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]);
+    meta.ts_out = true;
+    let recs: Vec<dbn::WithTsOut<MboMsg>> =
+        mbo_feed(2, 50, 0, 1_000).into_iter().enumerate().map(|(i, r)| dbn::WithTsOut::new(r, T0 + i as u64)).collect();
+    write_dbn(&path, &meta, &recs, false);
+    let (got, status, out) = replay("replay-dbn-ts-out", 1, &["--from", path.to_str().expect("utf8")]);
+    assert!(status.success(), "{out}");
+    assert_eq!(got.len(), recs.len(), "{out}");
+    assert!(got.iter().zip(&recs).all(|(g, r)| g.payload == bytes_of(r)), "each record with its ts_out");
+    assert_eq!(got[0].payload.len(), std::mem::size_of::<MboMsg>() + 8);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn two_instrument_ids_of_one_symbol_share_one_topic_sequence() {
     let dir = tmp_dir("shared-symbol");
