@@ -470,6 +470,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                     human_ns(t.max_ns)
                 );
             }
+            if let Some(note) = out.replay.rate_note() {
+                crate::diag!("bench: run {rep} {name}: publisher: {note}");
+            }
             let sent = out.replay.sent_total.max(1) as f64;
             publisher_runs.push(PublisherRun {
                 variant: name.clone(),

@@ -271,6 +271,10 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
                 );
             }
             print_report(&out.report, args.json)?;
+            if let Some(note) = out.replay.rate_note() {
+                // On stderr: with --json, stdout is the report alone.
+                crate::diag!("demo: publisher: {note}");
+            }
             outputs_written(&out.report)?;
             Ok(out.report)
         }

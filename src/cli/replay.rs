@@ -281,6 +281,9 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             if stats.interrupted { " (interrupted)" } else { "" },
             stats.sent_per_shard
         );
+        if let Some(note) = stats.rate_note() {
+            crate::outln!("{note}");
+        }
         if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
                 "on purpose: dropped {}, restarts {}, paused {:.3} s",
