@@ -363,6 +363,7 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
             ..Default::default()
         })),
         drain_timeout: Duration::from_secs(60),
+        say_refusals: true,
     };
     let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_| {}).expect("run");
     let report = out.report;
@@ -474,6 +475,53 @@ fn records_with_ts_out_are_whole_records() {
     assert_eq!(got.len(), recs.len(), "{out}");
     assert!(got.iter().zip(&recs).all(|(g, r)| g.payload == bytes_of(r)), "each record with its ts_out");
     assert_eq!(got[0].payload.len(), std::mem::size_of::<MboMsg>() + 8);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bench --from` a damaged file follows the rule for damaged input (docs/REFUSALS.md): every
+/// run replays what comes before the damage, the damage is said once however many runs there
+/// are, the result says it is not one (`error`, and `refused` by reason, in `--json`; no `--save`
+/// file) and the exit status is 1. A file with no records is refused before any run. Before, both
+/// exited 0: the damage said once per run and in neither the result nor the saved JSON, the empty
+/// file with `0.000 M msg/s`, `cpu 712029 ns/msg` and `throughput NaNx`.
+#[test]
+fn bench_from_a_damaged_or_empty_file_is_not_a_result() {
+    let dir = tmp_dir("bench-damaged");
+    let path = dir.join("mbo.dbn");
+    let recs = mbo_feed(2, 200, 0, 1_000);
+    let meta = metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]);
+    let len = write_dbn(&path, &meta, &recs, false);
+    let rec_len = std::mem::size_of::<MboMsg>() as u64;
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[(len - rec_len * 100) as usize] = 0xff; // record 101's length
+    std::fs::write(&path, &bytes).expect("write");
+    let save = dir.join("bench.json");
+    let (p, s) = (path.to_str().expect("utf8"), save.to_str().expect("utf8"));
+    let args = ["bench", "--from", p, "--runs", "2", "--handoff", "batch", "--json", "--save", s];
+    let (code, out, err) = run_within("bench", mdsub().args(args), Duration::from_secs(180));
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("replay: refused (bad_record): ").count(), 1, "said once, not once per run: {err}");
+    assert!(err.contains("mdsub: error: bench: damaged input (refused: bad_record=1)"), "{err}");
+    let v = json(&out);
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("damaged input")), "{v}");
+    assert_eq!(v["refused"]["bad_record"], 1, "{v}");
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 4, "2 runs of the baseline and the engine: {v}");
+    assert!(runs.iter().all(|r| r["sent"] == 100), "each replayed the 100 records before the damage: {v}");
+    assert!(!save.exists(), "not a result: no --save file");
+
+    let empty = dir.join("empty.dbn");
+    write_dbn::<MboMsg>(&empty, &meta, &[], false);
+    let e = empty.to_str().expect("utf8");
+    let (code, out, err) =
+        run_within("bench", mdsub().args(["bench", "--from", e, "--runs", "1"]), Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("empty.dbn: no records to replay (metadata only)"), "{err}");
+    assert!(!out.contains("run 1"), "refused before any run: {out}");
+    let replay = ["replay", "--from", e, "--subscribers", "0", "--endpoint", "tcp://127.0.0.1:*"];
+    let (code, out, err) = run_within("replay", mdsub().args(replay), Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("no records to replay (metadata only)") && !out.contains("bound"), "before binding: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

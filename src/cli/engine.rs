@@ -229,6 +229,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         limits,
         subscriber: Subscriber::Engine(Box::new(engine)),
         drain_timeout: Duration::from_secs(30),
+        say_refusals: true,
     };
     if !args.json {
         crate::outln!(

@@ -312,6 +312,9 @@ pub struct Publisher {
     paused: Duration,
     /// What the last run's pacer achieved at a fixed rate ([`Pacer::achieved_msgs_per_sec`]).
     achieved_msgs_per_sec: Option<f64>,
+    /// Say what the input refuses (record types not replayed, damage) as it is met; off, it is
+    /// only counted (a benchmark's later runs of the same file).
+    say_refusals: bool,
     /// One sending thread per shard.
     thread_per_shard: bool,
     /// The part of the generated feed this publisher sends: shard `.0` of `.1`
@@ -376,6 +379,7 @@ impl Publisher {
             restarts: 0,
             paused: Duration::ZERO,
             achieved_msgs_per_sec: None,
+            say_refusals: true,
             thread_per_shard: cfg.thread_per_shard,
             part: (0, 1),
         })
@@ -384,6 +388,13 @@ impl Publisher {
     /// What the ZAP handler has decided about subscribers (None: open access).
     pub fn access_counters(&self) -> Option<Arc<ZapCounters>> {
         self.zap.as_ref().map(ZapService::counters)
+    }
+
+    /// Say what the input refuses (DBN record types not replayed, damage) when it is met
+    /// (`true`, the default), or only count it in the run's numbers (`false`: a benchmark's
+    /// later runs of a file whose refusals its first run said).
+    pub fn say_refusals(&mut self, say: bool) {
+        self.say_refusals = say;
     }
 
     /// Put snails on purpose into the next runs: a pause, dropped messages,
@@ -761,6 +772,7 @@ impl Publisher {
                 restarts: 0,
                 paused: Duration::ZERO,
                 achieved_msgs_per_sec: None,
+                say_refusals: self.say_refusals,
                 thread_per_shard: false,
                 part: (k, n),
             };
@@ -935,15 +947,17 @@ impl Publisher {
                 Err(e) => match e.damage_reason() {
                     // Damage ends the file: what came before it was sent; counted and said.
                     Some(reason) => {
-                        crate::diag!(
-                            "replay: refused ({reason}): capture file {}: {e} (record {}; the {} records before it \
-                             were replayed{}, {})",
-                            path.display(),
-                            reader.records() + 1,
-                            reader.records(),
-                            if used > 0 { ", except the first frames of the message it is part of" } else { "" },
-                            stops_here(reason)
-                        );
+                        if self.say_refusals {
+                            crate::diag!(
+                                "replay: refused ({reason}): capture file {}: {e} (record {}; the {} records before \
+                                 it were replayed{}, {})",
+                                path.display(),
+                                reader.records() + 1,
+                                reader.records(),
+                                if used > 0 { ", except the first frames of the message it is part of" } else { "" },
+                                stops_here(reason)
+                            );
+                        }
                         *self.refused.entry(reason.to_string()).or_default() += 1;
                         break;
                     }
@@ -1083,7 +1097,7 @@ impl Publisher {
                 break;
             }
             if merge.skipped().len() != said_rtypes.len() || merge.damage().len() != said_damage {
-                say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
+                self.say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
             }
             let due = faults.due(msgs).unwrap_or_default();
             if !self.apply_due(due, &mut pacer) {
@@ -1136,7 +1150,7 @@ impl Publisher {
         }
         self.achieved_msgs_per_sec = pacer.achieved_msgs_per_sec();
         progress(msgs);
-        say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
+        self.say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
         self.skipped_by_rtype = merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
         self.market_span_ns = span;
         for e in merge.take_damage() {
@@ -1148,20 +1162,27 @@ impl Publisher {
     }
 }
 
-/// Say (stderr) each record type not replayed and each damaged file the first time they are
-/// met; the counts per type are in the run's stats (`skipped_by_rtype`) and its summary line.
-fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
-    for rt in merge.skipped().keys() {
-        if !said_rtypes.contains(rt) {
-            said_rtypes.push(*rt);
-            crate::diag!("replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)");
+impl Publisher {
+    /// Say (stderr) each record type not replayed and each damaged file the first time they
+    /// are met (unless told not to: [`Publisher::say_refusals`]); the counts per type are in
+    /// the run's stats (`skipped_by_rtype`) and its summary line.
+    fn say_dbn_refusals(&self, merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
+        for rt in merge.skipped().keys() {
+            if !said_rtypes.contains(rt) {
+                said_rtypes.push(*rt);
+                if self.say_refusals {
+                    crate::diag!(
+                        "replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)"
+                    );
+                }
+            }
         }
+        for e in merge.damage().iter().skip(*said_damage).filter(|_| self.say_refusals) {
+            let reason = e.damage_reason().unwrap_or("bad_record");
+            crate::diag!("replay: refused ({reason}): {e}; {}, the other files go on", stops_here(reason));
+        }
+        *said_damage = merge.damage().len();
     }
-    for e in merge.damage().iter().skip(*said_damage) {
-        let reason = e.damage_reason().unwrap_or("bad_record");
-        crate::diag!("replay: refused ({reason}): {e}; {}, the other files go on", stops_here(reason));
-    }
-    *said_damage = merge.damage().len();
 }
 
 /// The fixed rate `pacing` offers, msg/s (None flat out or at a recorded pace).
