@@ -479,15 +479,58 @@ impl Default for AlignedRecord {
     }
 }
 
+/// Why bytes are not one DBN record ([`not_a_record`]), said as the record's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotARecord {
+    /// Fewer bytes than a record header.
+    Short(usize),
+    /// More bytes than the largest record type.
+    Long(usize),
+    /// The header's length byte (× 4) is not the number of bytes.
+    Length { said: usize, len: usize },
+    /// A record type the `dbn` crate does not know.
+    UnknownType(u8),
+}
+
+impl std::fmt::Display for NotARecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header = std::mem::size_of::<RecordHeader>();
+        match *self {
+            NotARecord::Short(len) => write!(f, "{len} bytes, fewer than a DBN record header ({header})"),
+            NotARecord::Long(len) => write!(f, "{len} bytes, more than any DBN record ({})", dbn::MAX_RECORD_LEN),
+            NotARecord::Length { said, len } => {
+                write!(f, "{len} bytes where its DBN header's length byte says {said}")
+            }
+            NotARecord::UnknownType(rt) => write!(f, "rtype 0x{rt:02x} is no DBN record type"),
+        }
+    }
+}
+
+/// Whether `bytes` are exactly one record (header length × 4 = size) of a type `dbn` knows.
+#[inline]
+pub fn not_a_record(bytes: &[u8]) -> Option<NotARecord> {
+    let len = bytes.len();
+    if len < std::mem::size_of::<RecordHeader>() {
+        return Some(NotARecord::Short(len));
+    }
+    if len > dbn::MAX_RECORD_LEN {
+        return Some(NotARecord::Long(len));
+    }
+    if bytes[0] as usize * 4 != len {
+        return Some(NotARecord::Length { said: bytes[0] as usize * 4, len });
+    }
+    dbn::RType::try_from(bytes[1]).err().map(|_| NotARecord::UnknownType(bytes[1]))
+}
+
 impl AlignedRecord {
     /// Copy `bytes` in and view them as a record: None unless the bytes are
-    /// exactly one record (header length × 4 = size) of a type `dbn` knows.
+    /// exactly one record (header length × 4 = size) of a type `dbn` knows
+    /// ([`not_a_record`] says why not).
     pub fn load(&mut self, bytes: &[u8]) -> Option<RecordRef<'_>> {
-        let len = bytes.len();
-        if len < std::mem::size_of::<RecordHeader>() || len > self.buf.len() || bytes[0] as usize * 4 != len {
+        if not_a_record(bytes).is_some() {
             return None;
         }
-        dbn::RType::try_from(bytes[1]).ok()?;
+        let len = bytes.len();
         self.buf[..len].copy_from_slice(bytes);
         // SAFETY: the buffer is 8-byte aligned (repr(align(8))), holds `len`
         // bytes that start with a full RecordHeader whose length field equals
@@ -552,6 +595,11 @@ mod tests {
         let mut bad = bytes.clone();
         bad[1] = 0xEE;
         assert!(a.load(&bad).is_none(), "unknown rtype");
+        assert_eq!(not_a_record(&bad), Some(NotARecord::UnknownType(0xEE)));
+        assert_eq!(not_a_record(&bytes[..bytes.len() - 1]), Some(NotARecord::Length { said: 56, len: 55 }));
+        assert_eq!(not_a_record(&[0u8; 3]), Some(NotARecord::Short(3)));
+        assert_eq!(not_a_record(&vec![0u8; dbn::MAX_RECORD_LEN + 1]), Some(NotARecord::Long(dbn::MAX_RECORD_LEN + 1)));
+        assert_eq!(not_a_record(&bytes), None);
     }
 
     /// One length per record type and DBN version, 8 bytes more with `ts_out`; any other is
