@@ -490,6 +490,9 @@ pub enum NotARecord {
     Length { said: usize, len: usize },
     /// A record type the `dbn` crate does not know.
     UnknownType(u8),
+    /// A length that is not the type's in any DBN version 1 to 3, with or without `ts_out`
+    /// ([`record_len`]).
+    TypeLength { rtype: u8, len: usize },
 }
 
 impl std::fmt::Display for NotARecord {
@@ -502,11 +505,17 @@ impl std::fmt::Display for NotARecord {
                 write!(f, "{len} bytes where its DBN header's length byte says {said}")
             }
             NotARecord::UnknownType(rt) => write!(f, "rtype 0x{rt:02x} is no DBN record type"),
+            NotARecord::TypeLength { rtype, len } => {
+                let name = dbn::RType::try_from(rtype).map_or("?", |t| t.as_str());
+                write!(f, "{len} bytes, no length of a {name} record (rtype 0x{rtype:02x}) in DBN versions 1 to 3")
+            }
         }
     }
 }
 
-/// Whether `bytes` are exactly one record (header length × 4 = size) of a type `dbn` knows.
+/// Whether `bytes` are exactly one record (header length × 4 = size) of a type `dbn` knows, of a
+/// length that type has in some DBN version (a frame's payload carries no version: any of 1 to
+/// 3, with or without `ts_out`).
 #[inline]
 pub fn not_a_record(bytes: &[u8]) -> Option<NotARecord> {
     let len = bytes.len();
@@ -519,7 +528,17 @@ pub fn not_a_record(bytes: &[u8]) -> Option<NotARecord> {
     if bytes[0] as usize * 4 != len {
         return Some(NotARecord::Length { said: bytes[0] as usize * 4, len });
     }
-    dbn::RType::try_from(bytes[1]).err().map(|_| NotARecord::UnknownType(bytes[1]))
+    let rtype = bytes[1];
+    let Some(v3) = record_len(3, rtype, false) else {
+        return Some(NotARecord::UnknownType(rtype));
+    };
+    // Version 3 without ts_out first: the common case costs one lookup.
+    let fits = |v| record_len(v, rtype, false).is_some_and(|n| len == n || len == n + 8);
+    if len == v3 || len == v3 + 8 || fits(2) || fits(1) {
+        None
+    } else {
+        Some(NotARecord::TypeLength { rtype, len })
+    }
 }
 
 impl AlignedRecord {
@@ -600,6 +619,19 @@ mod tests {
         assert_eq!(not_a_record(&[0u8; 3]), Some(NotARecord::Short(3)));
         assert_eq!(not_a_record(&vec![0u8; dbn::MAX_RECORD_LEN + 1]), Some(NotARecord::Long(dbn::MAX_RECORD_LEN + 1)));
         assert_eq!(not_a_record(&bytes), None);
+        // Its header's length right, but no MBO is 100 bytes (a generated payload whose first
+        // bytes are 25, 0xa0 would have been taken for one).
+        let mut long = vec![0u8; 100];
+        (long[0], long[1]) = (25, rtype::MBO);
+        assert_eq!(not_a_record(&long), Some(NotARecord::TypeLength { rtype: rtype::MBO, len: 100 }));
+        assert!(a.load(&long).is_none());
+        let mut with_ts_out = bytes.clone();
+        with_ts_out.extend_from_slice(&[0; 8]);
+        with_ts_out[0] += 2;
+        assert_eq!(not_a_record(&with_ts_out), None, "a record with ts_out");
+        let mut v1_def = vec![0u8; std::mem::size_of::<dbn::v1::InstrumentDefMsg>()];
+        (v1_def[0], v1_def[1]) = ((v1_def.len() / 4) as u8, rtype::INSTRUMENT_DEF);
+        assert_eq!(not_a_record(&v1_def), None, "a version 1 definition");
     }
 
     /// One length per record type and DBN version, 8 bytes more with `ts_out`; any other is
