@@ -401,17 +401,26 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
     assert_eq!((h["bid_levels"], h["ask_levels"]), (bid_levels as u64, ask_levels as u64));
 }
 
+/// `path`: an MBO file of `n` records over two instruments (AAPL 101, MSFT 102) with the
+/// length byte of its record `damaged` (1-based) set to `length`. Returns the records and the
+/// byte offset of the damaged one.
+fn mbo_file_with_length(path: &Path, n: usize, damaged: u64, length: u8) -> (Vec<MboMsg>, u64) {
+    let recs = mbo_feed(2, n, 0, 1_000);
+    let len = write_dbn(path, &metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]), &recs, false);
+    let rec_len = std::mem::size_of::<MboMsg>() as u64;
+    let offset = len - rec_len * n as u64 + (damaged - 1) * rec_len;
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes[offset as usize] = length;
+    std::fs::write(path, &bytes).expect("write");
+    (recs, offset)
+}
+
 #[test]
 fn corrupt_record_length_is_reported_at_its_offset() {
     let dir = tmp_dir("corrupt");
     let path = dir.join("bad.dbn");
-    let recs = mbo_feed(2, 100, 0, 1_000);
-    let len = write_dbn(&path, &metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]), &recs, false);
-    let rec_len = std::mem::size_of::<MboMsg>() as u64;
-    let offset = len - rec_len * recs.len() as u64 + 30 * rec_len;
-    let mut bytes = std::fs::read(&path).expect("read");
-    bytes[offset as usize] = 0; // record 30's length: shorter than a header
-    std::fs::write(&path, &bytes).expect("write");
+    // Record 31's length: shorter than a header.
+    let (_, offset) = mbo_file_with_length(&path, 100, 31, 0);
     let (got, status, out) = replay("replay-dbn-corrupt", 1, &["--from", path.to_str().expect("utf8")]);
     assert!(!status.success(), "a damaged file is an error: {out}");
     assert!(out.contains(&format!("damaged at byte {offset}: ")), "offset {offset} named: {out}");
@@ -430,17 +439,10 @@ fn corrupt_record_length_is_reported_at_its_offset() {
 #[test]
 fn a_record_length_wrong_for_its_type_is_damage_at_that_record() {
     let dir = tmp_dir("len");
-    let path = dir.join("mbo.dbn");
-    let recs = mbo_feed(2, 200, 0, 1_000);
-    let len = write_dbn(&path, &metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]), &recs, false);
-    let rec_len = std::mem::size_of::<MboMsg>() as u64;
-    let offset = len - rec_len * recs.len() as u64 + 100 * rec_len;
-    let whole = std::fs::read(&path).expect("read");
+    let rec_len = std::mem::size_of::<MboMsg>();
     for (byte, bytes) in [(0xffu8, 1020), (0x04, 16)] {
-        let mut bad = whole.clone();
-        bad[offset as usize] = byte; // record 101's length
         let bad_path = dir.join(format!("len{byte:02x}.dbn"));
-        std::fs::write(&bad_path, &bad).expect("write");
+        let (recs, offset) = mbo_file_with_length(&bad_path, 200, 101, byte);
         let name = format!("replay-dbn-len{byte:02x}");
         let (got, status, out) = replay(&name, 1, &["--from", bad_path.to_str().expect("utf8")]);
         assert!(!status.success(), "a damaged file is an error: {out}");
@@ -488,13 +490,7 @@ fn records_with_ts_out_are_whole_records() {
 fn bench_from_a_damaged_or_empty_file_is_not_a_result() {
     let dir = tmp_dir("bench-damaged");
     let path = dir.join("mbo.dbn");
-    let recs = mbo_feed(2, 200, 0, 1_000);
-    let meta = metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]);
-    let len = write_dbn(&path, &meta, &recs, false);
-    let rec_len = std::mem::size_of::<MboMsg>() as u64;
-    let mut bytes = std::fs::read(&path).expect("read");
-    bytes[(len - rec_len * 100) as usize] = 0xff; // record 101's length
-    std::fs::write(&path, &bytes).expect("write");
+    mbo_file_with_length(&path, 200, 101, 0xff);
     let save = dir.join("bench.json");
     let (p, s) = (path.to_str().expect("utf8"), save.to_str().expect("utf8"));
     let args = ["bench", "--from", p, "--runs", "2", "--handoff", "batch", "--json", "--save", s];
@@ -511,7 +507,7 @@ fn bench_from_a_damaged_or_empty_file_is_not_a_result() {
     assert!(!save.exists(), "not a result: no --save file");
 
     let empty = dir.join("empty.dbn");
-    write_dbn::<MboMsg>(&empty, &meta, &[], false);
+    write_dbn::<MboMsg>(&empty, &metadata(Schema::Mbo, &[("AAPL", 101)]), &[], false);
     let e = empty.to_str().expect("utf8");
     let (code, out, err) =
         run_within("bench", mdsub().args(["bench", "--from", e, "--runs", "1"]), Duration::from_secs(60));
