@@ -229,6 +229,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         limits,
         subscriber: Subscriber::Engine(Box::new(engine)),
         drain_timeout: Duration::from_secs(30),
+        say_refusals: true,
     };
     if !args.json {
         crate::outln!(
@@ -271,6 +272,10 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
                 );
             }
             print_report(&out.report, args.json)?;
+            if let Some(note) = out.replay.rate_note() {
+                // On stderr: with --json, stdout is the report alone.
+                crate::diag!("demo: publisher: {note}");
+            }
             outputs_written(&out.report)?;
             Ok(out.report)
         }
@@ -311,7 +316,8 @@ pub struct EngineArgs {
     /// value per topic), verify (per-topic order check) or work:NANOS. Each
     /// worker's last and verify keep at most 2 Mi topics (last: 512 MiB), book
     /// 256 Ki instruments, 4 Mi resting orders and 16 Ki price levels a side; more is refused, counted
-    /// (`refused_*` in the report's handler line) and said on stderr.
+    /// (`refused_*` in the report's handler line) and said on stderr, as is a payload book cannot
+    /// read as a DBN record (`not_dbn`).
     #[arg(long)]
     pub handler: Option<HandlerSpec>,
     /// Hand-off from readers to workers: batch (one message per worker per
