@@ -20,7 +20,8 @@ pub struct FeedArgs {
     /// with what it achieved; --duration still ends the run on time.
     #[arg(long, value_parser = parse_rate, value_name = "COUNT")]
     pub rate: Option<u64>,
-    /// Stop after this long (e.g. 5s, 500ms): time elapsed, also when a --rate is out of reach.
+    /// Stop after this long (e.g. 5s, 500ms): time elapsed, also when a --rate is out of reach (a
+    /// publisher behind its schedule gets a tenth more, at most 1 s, to send what was due).
     /// Default without --count: 3s for demo, 10s for a replay of the generated feed, 2M
     /// messages for bench.
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]

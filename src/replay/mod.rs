@@ -1336,6 +1336,8 @@ pub struct Pacer {
     start_mono_ns: u64,
     start_rt_ns: u64,
     end_offset_ns: Option<u64>,
+    /// When a publisher behind its schedule stops: the end plus [`overrun_ns`] of it.
+    stop_offset_ns: Option<u64>,
     last_send_offset_ns: u64,
     /// Flat out: the last clock reading (offset from the start; 0 before any).
     flat_offset_ns: u64,
@@ -1345,6 +1347,12 @@ pub struct Pacer {
     first_turn_at_ns: u64,
     last_turn_at_ns: u64,
     stop: StopFlag,
+}
+
+/// How long past the end of a duration `end_ns` a publisher behind its schedule may still send
+/// what was due before the end: a tenth of it, at most 1 s.
+fn overrun_ns(end_ns: u64) -> u64 {
+    (end_ns / 10).min(1_000_000_000)
 }
 
 /// Heartbeat when the schedule leaves the publisher idle this long.
@@ -1363,6 +1371,9 @@ impl Pacer {
             start_mono_ns: mono_ns(),
             start_rt_ns: wire::now_ns(),
             end_offset_ns: duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
+            stop_offset_ns: duration
+                .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+                .map(|end| end.saturating_add(overrun_ns(end))),
             last_send_offset_ns: 0,
             flat_offset_ns: 0,
             turns: 0,
@@ -1412,8 +1423,10 @@ impl Pacer {
     /// Wait until `offset_ns` after the start (recorded timing, and a paced turn): the intended
     /// send time (realtime ns), or None when the duration is over or a stop was requested.
     /// The duration is time elapsed: a publisher behind its schedule (a rate or a pace faster
-    /// than it can send) stops when the duration has passed, with the messages due before the
-    /// end unsent, not once it has sent them all. Before each nap `on_idle` is called, with
+    /// than it can send) stops when the duration and a tenth of it more (at most 1 s,
+    /// [`overrun_ns`]) have passed, with the messages due before the end unsent, not once it
+    /// has sent them all; the tenth lets a publisher that kept its schedule but for a few
+    /// milliseconds of jitter send all it was due (`--rate 20k --duration 1s` sends 20 000). Before each nap `on_idle` is called, with
     /// `true` once the publisher has sent nothing for a second (time for a heartbeat), else
     /// `false`.
     pub fn wait_until_offset<E>(
@@ -1427,9 +1440,9 @@ impl Pacer {
         loop {
             let now = self.offset_now();
             if now >= offset_ns {
-                // Due now or behind: the clock just read says whether the duration is over (the
-                // turn reads it no more often than before).
-                if self.end_offset_ns.is_some_and(|end| now >= end) {
+                // Due now or behind: the clock just read says whether the time it may take is
+                // over (the turn reads it no more often than before).
+                if self.stop_offset_ns.is_some_and(|stop| now >= stop) {
                     return Ok(None);
                 }
                 if self.turns == 0 {
@@ -1561,6 +1574,29 @@ mod tests {
         let (took, _) = turns_until_none(Duration::from_secs(5), |i| p.wait_until_offset(i, noop).expect("ok"));
         assert!(took < Duration::from_millis(1000), "recorded pace: stopped {took:?} after the start");
         assert_eq!(p.achieved_msgs_per_sec(), None, "only a fixed rate is judged");
+    }
+
+    /// A publisher that kept its schedule but for a few milliseconds at the end still sends what
+    /// was due before the end (before: `demo --rate 20000 --duration 1s` now and then sent 19 943),
+    /// and nothing after it.
+    #[test]
+    fn a_publisher_a_little_behind_at_the_end_still_sends_what_was_due() {
+        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
+        let mut p =
+            Pacer::new(Pacing::Rate { msgs_per_sec: 200, burst: 1 }, Some(Duration::from_millis(500)), StopFlag::new());
+        for i in 0..95 {
+            assert!(p.wait_turn(i, noop).expect("ok").is_some(), "turn {i}");
+        }
+        // Late: past the end (500 ms), within its tenth (50 ms).
+        while p.offset_now() < 505_000_000 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 95..100 {
+            assert!(p.wait_turn(i, noop).expect("ok").is_some(), "turn {i}, due before the end");
+        }
+        assert_eq!(p.wait_turn(100, noop).expect("ok"), None, "due at the end: not sent");
+        assert_eq!(overrun_ns(500_000_000), 50_000_000);
+        assert_eq!(overrun_ns(3_600_000_000_000), 1_000_000_000, "at most 1 s");
     }
 
     /// A rate kept is achieved (the rate or more: n turns on schedule span (n-1)/R at most),
