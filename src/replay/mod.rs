@@ -1423,8 +1423,8 @@ impl Pacer {
     /// Wait until `offset_ns` after the start (recorded timing, and a paced turn): the intended
     /// send time (realtime ns), or None when the duration is over or a stop was requested.
     /// The duration is time elapsed: a publisher behind its schedule (a rate or a pace faster
-    /// than it can send) stops when the duration and a tenth of it more (at most 1 s,
-    /// [`overrun_ns`]) have passed, with the messages due before the end unsent, not once it
+    /// than it can send) stops when the duration and a tenth of it more (at most 1 s)
+    /// have passed, with the messages due before the end unsent, not once it
     /// has sent them all; the tenth lets a publisher that kept its schedule but for a few
     /// milliseconds of jitter send all it was due (`--rate 20k --duration 1s` sends 20 000). Before each nap `on_idle` is called, with
     /// `true` once the publisher has sent nothing for a second (time for a heartbeat), else
