@@ -5,7 +5,8 @@
 //! interval; the collector adds them up. Stages, all from the publisher's
 //! intended send time (so coordinated omission shows as latency):
 //! `wire` = until the reader received the frame (the clock is read once per
-//! drain round, so the frames of one round share it), `queue` = from the
+//! drain round, so the frames of one round share it, and again for a frame sent
+//! after that read: [`crate::clock::PassStamp`]), `queue` = from the
 //! reader to the worker taking the batch, `total` = until the handler
 //! finished (for the `latency` handler, which does nothing per message: until
 //! the worker took the batch, as the baseline counts it).
