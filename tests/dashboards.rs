@@ -298,6 +298,24 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
         assert_eq!(inf, count, "+Inf bucket is the count");
         let summary_count = sample(&scrape, "mdsub_latency_interval_seconds_count", &lt);
         assert_eq!(summary_count, count, "the interval summary's _count is the whole run's, as the histogram's");
+        // One host, one clock: no message is received before it was sent (before, 0.1 to 3.6 %
+        // of them were, stamped with their drain round's first time: wire read 1 ns, queue more
+        // than total), and the stages add up: with the latency handler, wire + queue = total for
+        // every message, so for the sums within the histograms' precision (3 digits).
+        let stage_sum = |stage: &str| {
+            sample(&scrape, "mdsub_latency_seconds_sum", &[("shard", shard.as_str()), ("stage", stage)])
+                .unwrap_or_else(|| panic!("shard {k} {stage} _sum"))
+        };
+        for stage in ["wire", "queue", "total"] {
+            assert_eq!(u(&s["latency"][stage], "ahead"), 0, "shard {k} {stage}: {s}");
+            let ahead = sample(&scrape, "mdsub_latency_ahead_total", &[("shard", shard.as_str()), ("stage", stage)]);
+            assert_eq!(ahead, Some(0.0), "shard {k} {stage}");
+        }
+        let (wire, queue, total) = (stage_sum("wire"), stage_sum("queue"), stage_sum("total"));
+        assert!(
+            (wire + queue - total).abs() <= 0.01 * total,
+            "shard {k}: wire {wire} + queue {queue} vs total {total}"
+        );
         // The bucket whose bound is at or above the engine's p99 holds at least 99 %.
         let p99_s = u(&s["latency"]["total"], "p99_ns") as f64 / 1e9;
         let at_or_above: Vec<(f64, f64)> = scrape["samples"]
@@ -401,6 +419,80 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
     }
     let read = python_json(&["hlog", hlog_arg]);
     assert_eq!(u(&read["tags"]["shard0.total"], "count"), 300, "every interval read past the notes: {read}");
+}
+
+#[test]
+fn send_times_ahead_of_this_hosts_clock_are_counted_said_once_and_noted() {
+    // Before: a capture whose send times were 30 s ahead, replayed, gave every wire and total
+    // latency as 1 ns in the report, the hlog and /metrics, and nothing was counted or said.
+    use mdsub::wire::capture::CaptureWriter;
+    if let Some(why) = python_missing(&["prometheus_client"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-ahead");
+    let path = dir.join("ahead.mdcap");
+    let sent_ns = mdsub::clock::realtime_ns() + 30_000_000_000;
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    for i in 1..=300u64 {
+        w.write_frame(&data_frame(b"AHEAD", i, sent_ns + i, &i.to_le_bytes()), false, sent_ns + i).expect("write");
+    }
+    w.flush().expect("flush");
+    let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
+    let port = free_port_block(1);
+    let listen = format!("127.0.0.1:{port}");
+    let (hlog, hgrm) = (dir.join("ahead.hlog"), dir.join("ahead.hgrm"));
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", &eps[0], "--expect-eos", "0"]);
+    cmd.args(["--metrics-listen", &listen, "--metrics-interval", "200ms", "--snail", "off"]);
+    cmd.args(["--hlog", hlog.to_str().expect("utf8"), "--hgrm", hgrm.to_str().expect("utf8")]);
+    let mut e = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = e.stderr.take().expect("stderr piped");
+    let said = wait_line(&err, Duration::from_secs(60), "the line on latencies below 0", |l| {
+        l.starts_with("metrics: latencies below 0")
+    });
+    assert!(said.starts_with("metrics: latencies below 0 (shard0 "), "{said}");
+    assert!(said.contains("down to -29.") || said.contains("down to -30."), "how far: {said}");
+    assert!(said.contains("clock skew") && said.ends_with("said once"), "{said}");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let ahead = |s: &serde_json::Value, stage: &str| {
+        sample(s, "mdsub_latency_ahead_total", &[("shard", "0"), ("stage", stage)])
+    };
+    let mut scrape = serde_json::Value::Null;
+    wait_until(Duration::from_secs(60), "every latency counted as below 0 on /metrics", || {
+        scrape = python_json(&["scrape", &url]);
+        ahead(&scrape, "total") == Some(300.0)
+    });
+    assert_eq!(scrape["types"]["mdsub_latency_ahead"], "counter");
+    assert_eq!(scrape["types"]["mdsub_latency_ahead_max_seconds"], "gauge");
+    assert_eq!((ahead(&scrape, "wire"), ahead(&scrape, "queue")), (Some(300.0), Some(0.0)), "{scrape}");
+    let lowest = sample(&scrape, "mdsub_latency_ahead_max_seconds", &[("shard", "0"), ("stage", "wire")]);
+    assert!(lowest.is_some_and(|s| (29.0..=30.0).contains(&s)), "{lowest:?}");
+    let _ = replay.finish(Duration::from_secs(30));
+    e.proc.signal(2);
+    let (status, out) = e.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 300, "{r}");
+    for latency in [&r["latency"], &r["shards"][0]["latency"]] {
+        assert_eq!((u(&latency["wire"], "ahead"), u(&latency["total"], "ahead")), (300, 300), "{latency}");
+        assert_eq!(u(&latency["queue"], "ahead"), 0, "{latency}");
+        assert!((29_000_000_000..=30_000_000_000).contains(&u(&latency["wire"], "ahead_max_ns")), "{latency}");
+    }
+    let rest: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    assert!(!rest.iter().any(|l| l.starts_with("metrics: latencies below 0")), "said once: {rest:?}");
+    // The HdrHistogram files say so in comment lines their readers skip.
+    let log = std::fs::read_to_string(&hlog).expect("the interval log");
+    let noted = |tag: &str| -> u64 {
+        let head = format!("#[Ahead: Tag={tag},");
+        log.lines()
+            .filter_map(|l| l.strip_prefix(&head))
+            .filter_map(|l| l.split("Count=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!((noted("shard0.wire"), noted("shard0.total"), noted("shard0.queue")), (300, 300, 0), "{log}");
+    let spectrum = std::fs::read_to_string(&hgrm).expect("the spectrum");
+    assert!(spectrum.lines().any(|l| l.starts_with("#[Ahead   =          300 (latencies below 0")), "{spectrum}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::agent::{Agent, AgentError, AgentStats, Runner, Step};
 use crate::clock;
 use crate::engine::handler::{Handler, HandlerSpec};
 use crate::engine::sequence::SequenceTracker;
-use crate::metrics::{RunReport, SequenceCounts, StageHistograms, ThreadAccount};
+use crate::metrics::{latency_ns, RunReport, SequenceCounts, StageHistograms, ThreadAccount};
 use crate::security::ClientKeys;
 use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
@@ -122,11 +122,11 @@ impl Baseline {
             Ok(v) => match v.header.kind {
                 Kind::Data => {
                     if self.tracker.on_data(&v.header, v.topic).accept {
-                        let lat = recv_ns.saturating_sub(v.header.send_time_ns);
+                        let lat = latency_ns(v.header.send_time_ns, recv_ns);
                         let total = match self.handler.as_mut() {
                             Some(h) => {
                                 h.on_message(&v);
-                                clock::realtime_ns().saturating_sub(v.header.send_time_ns)
+                                latency_ns(v.header.send_time_ns, clock::realtime_ns())
                             }
                             None => lat,
                         };

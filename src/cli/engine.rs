@@ -689,7 +689,7 @@ impl EngineStatus {
         for shard in &l.last_interval {
             all.add(shard);
         }
-        let p99 = (crate::metrics::Percentiles::of(&all.total), all.clamped[2]);
+        let p99 = all.percentiles(2);
         drop(l);
         self.pb.set_message(status_line(msgs, rate, Some(p99), engine.snail().worst()));
     }
@@ -728,14 +728,9 @@ struct Last {
 
 /// The status line: `engine: 120000 msgs, 20000 msg/s, p99 1.2ms, snail OK` (`p99 -` before
 /// an interval with messages; `p99` is the total stage's, receive to handled).
-fn status_line(
-    msgs: u64,
-    rate: f64,
-    p99: Option<(crate::metrics::Percentiles, u64)>,
-    snail: crate::snail::Verdict,
-) -> String {
+fn status_line(msgs: u64, rate: f64, p99: Option<crate::metrics::Percentiles>, snail: crate::snail::Verdict) -> String {
     let p99 = match p99 {
-        Some((p, clamped)) if p.count > 0 => crate::metrics::human_latency(p.p99_ns, clamped),
+        Some(p) if p.count > 0 => crate::metrics::human_latency(p.p99_ns, p.out_of_bounds),
         _ => "-".into(),
     };
     format!("engine: {msgs} msgs, {rate:.0} msg/s, p99 {p99}, snail {}", snail.name())
@@ -783,18 +778,25 @@ mod tests {
     #[test]
     fn the_status_line_says_messages_rate_p99_and_the_snail() {
         let mut h = crate::metrics::StageHistograms::default();
-        for ns in 1..=1000u64 {
+        for ns in 1..=1000i64 {
             h.record_wire_total(ns * 1_000, ns * 1_000);
         }
-        let p = crate::metrics::Percentiles::of(&h.total);
+        let p = h.percentiles(2);
         assert_eq!(
-            status_line(123_456, 20_000.4, Some((p, 0)), crate::snail::Verdict::Snail),
+            status_line(123_456, 20_000.4, Some(p), crate::snail::Verdict::Snail),
             format!("engine: 123456 msgs, 20000 msg/s, p99 {}, snail SNAIL", crate::metrics::human_ns(p.p99_ns))
         );
         let empty = crate::metrics::Percentiles::default();
         assert_eq!(
-            status_line(0, 0.0, Some((empty, 0)), crate::snail::Verdict::Ok),
+            status_line(0, 0.0, Some(empty), crate::snail::Verdict::Ok),
             "engine: 0 msgs, 0 msg/s, p99 -, snail OK"
+        );
+        // Send times 30 s ahead of this host's clock: not a 1 ns p99.
+        let mut ahead = crate::metrics::StageHistograms::default();
+        ahead.record_wire_total(-30_000_000_000, -29_999_000_000);
+        assert_eq!(
+            status_line(1, 1.0, Some(ahead.percentiles(2)), crate::snail::Verdict::Ok),
+            "engine: 1 msgs, 1 msg/s, p99 <0s, snail OK"
         );
     }
 }

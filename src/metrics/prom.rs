@@ -353,8 +353,38 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         |f| {
             for (name, set) in &slots {
                 let shard = shard_label(name);
-                for (stage, n) in super::STAGES.iter().zip(set.clamped) {
-                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), n);
+                for (stage, b) in super::STAGES.iter().zip(set.out_of_bounds) {
+                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), b.clamped);
+                }
+            }
+        },
+    );
+    family(
+        &mut s,
+        "mdsub_latency_ahead_total",
+        "counter",
+        "Latencies below 0, by stage: send times ahead of this host's clock (clock skew), or this clock \
+         stepped back; recorded as 1 ns in mdsub_latency_seconds and the quantiles.",
+        |f| {
+            for (name, set) in &slots {
+                let shard = shard_label(name);
+                for (stage, b) in super::STAGES.iter().zip(set.out_of_bounds) {
+                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), b.ahead);
+                }
+            }
+        },
+    );
+    family(
+        &mut s,
+        "mdsub_latency_ahead_max_seconds",
+        "gauge",
+        "How far below 0 the lowest of those latencies was (0 while none was).",
+        |f| {
+            for (name, set) in &slots {
+                let shard = shard_label(name);
+                for (stage, b) in super::STAGES.iter().zip(set.out_of_bounds) {
+                    let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
+                    f.sample("", &labels, seconds(b.ahead_max_ns as f64));
                 }
             }
         },
@@ -591,6 +621,7 @@ mod tests {
     fn renders_counters_histograms_and_gauges() {
         let mut latency = LiveLatency { cumulative: shard_sets(2), last_interval: shard_sets(2), ..Default::default() };
         latency.cumulative[1].record(1_000, 2_000, 3_000);
+        latency.cumulative[0].record(-30_000_000_000, 2_000, -29_999_998_000);
         latency.cumulative[1].bytes = 120;
         latency.last_interval[1].record(1_000, 2_000, 3_000);
         let live = EngineLive {
@@ -643,5 +674,13 @@ mod tests {
             assert!(t.contains(&line), "{line} in {t}");
         }
         assert!(t.contains("mdsub_latency_clamped_total{engine=\"e\\\"1\",shard=\"1\",stage=\"wire\"} 0"), "{t}");
+        // A send time 30 s ahead of this host's clock: counted, with how far.
+        assert!(t.contains("mdsub_latency_ahead_total{engine=\"e\\\"1\",shard=\"0\",stage=\"wire\"} 1\n"), "{t}");
+        assert!(t.contains("mdsub_latency_ahead_total{engine=\"e\\\"1\",shard=\"0\",stage=\"queue\"} 0\n"), "{t}");
+        assert!(
+            t.contains("mdsub_latency_ahead_max_seconds{engine=\"e\\\"1\",shard=\"0\",stage=\"wire\"} 30\n"),
+            "{t}"
+        );
+        assert!(t.contains("mdsub_latency_ahead_max_seconds{engine=\"e\\\"1\",shard=\"1\",stage=\"wire\"} 0\n"), "{t}");
     }
 }
