@@ -13,7 +13,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use super::collector::LiveLatency;
-use super::{slot_name, StageHistograms};
+use super::{slot_name, OutOfBounds, StageHistograms};
 use crate::agent::AgentStats;
 
 /// Upper bounds of the latency histogram's buckets, in ns (1-2-5 steps from
@@ -345,49 +345,38 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             }
         },
     );
-    family(
+    // What each shard's stage held at a bound rather than as measured.
+    let per_stage = |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&OutOfBounds) -> f64| {
+        family(s, name, kind, help, |f| {
+            for (slot, set) in &slots {
+                let shard = shard_label(slot);
+                for (stage, b) in super::STAGES.iter().zip(&set.out_of_bounds) {
+                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), v(b));
+                }
+            }
+        });
+    };
+    per_stage(
         &mut s,
         "mdsub_latency_clamped_total",
         "counter",
         "Latencies above 60 s, by stage: recorded as 60 s in mdsub_latency_seconds and the quantiles.",
-        |f| {
-            for (name, set) in &slots {
-                let shard = shard_label(name);
-                for (stage, b) in super::STAGES.iter().zip(set.out_of_bounds) {
-                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), b.clamped);
-                }
-            }
-        },
+        &|b| b.clamped as f64,
     );
-    family(
+    per_stage(
         &mut s,
         "mdsub_latency_ahead_total",
         "counter",
         "Latencies below 0, by stage: send times ahead of this host's clock (clock skew), or this clock \
          stepped back; recorded as 1 ns in mdsub_latency_seconds and the quantiles.",
-        |f| {
-            for (name, set) in &slots {
-                let shard = shard_label(name);
-                for (stage, b) in super::STAGES.iter().zip(set.out_of_bounds) {
-                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), b.ahead);
-                }
-            }
-        },
+        &|b| b.ahead as f64,
     );
-    family(
+    per_stage(
         &mut s,
         "mdsub_latency_ahead_max_seconds",
         "gauge",
         "How far below 0 the lowest of those latencies was (0 while none was).",
-        |f| {
-            for (name, set) in &slots {
-                let shard = shard_label(name);
-                for (stage, b) in super::STAGES.iter().zip(set.out_of_bounds) {
-                    let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
-                    f.sample("", &labels, seconds(b.ahead_max_ns as f64));
-                }
-            }
-        },
+        &|b| seconds(b.ahead_max_ns as f64),
     );
     family(
         &mut s,
