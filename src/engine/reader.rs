@@ -1132,9 +1132,9 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000_000_000;
 
-    /// A reader of `handoff` (to the PULL at `worker_ep`; `inline`: with a worker core shipping
-    /// to `reports`) on a SUB fed by the returned PUB, whose clock reads `T0` first and moves
-    /// 1 µs on every read: what it reads are its stamps.
+    /// A reader of `handoff` (to the PULL at `inproc://NAME-worker`; with `reports`, inline: a
+    /// worker core of its own shipping there) on a SUB fed by the returned PUB, whose clock reads
+    /// `T0` first and moves 1 µs on every read: what it reads are its stamps.
     fn stamped_reader(
         ctx: &zmq::Context,
         name: &str,
