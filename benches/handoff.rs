@@ -44,12 +44,12 @@ fn hand_off(ctx: &zmq::Context, endpoint: &str, batch: usize) -> Duration {
         }
     });
     let start = Instant::now();
-    let mut staging = Vec::with_capacity(batch * 200);
+    let (mut staging, mut stamp) = (Vec::with_capacity(batch * 200), 0);
     for i in 0..MSGS {
         if batch == 1 {
             push.send(&f[..], 0).expect("send");
         } else {
-            batch::push(&mut staging, 0, 0, 4, &f);
+            batch::push(&mut staging, &mut stamp, 0, 0, 4, &f);
             if (i + 1) % batch == 0 || i + 1 == MSGS {
                 push.send(&staging[..], 0).expect("send");
                 staging.clear();

@@ -41,10 +41,10 @@ fn bench(c: &mut Criterion) {
 
     // A worker's walk over one hand-off batch of 64 frames (100 symbols), decoding each: as it
     // did before the records carried their topic lengths (a full decode), and as it does now.
-    let mut batch = Vec::new();
+    let (mut batch, mut stamp) = (Vec::new(), 0);
     for f in frames(64) {
         let topic_len = wire::decode(&f).map(|v| v.topic.len()).unwrap_or(0);
-        mdsub::engine::batch::push(&mut batch, 0, 1, topic_len, &f);
+        mdsub::engine::batch::push(&mut batch, &mut stamp, 0, 1, topic_len, &f);
     }
     let mut g = c.benchmark_group("batch_walk_64");
     g.throughput(Throughput::Elements(64));

@@ -1,6 +1,9 @@
 //! Clocks: the one place mdsub reads time. Cores never read a clock; their
 //! shells call [`realtime_ns`] or [`monotonic_ns`] (or a [`Clock`]) once per
-//! step and pass `now_ns` in, so a test drives them with a [`ManualClock`].
+//! step and pass `now_ns` in, so a test drives them with a [`ManualClock`]
+//! (or a [`SteppingClock`], which moves on every read). A reader's drain pass
+//! stamps its frames with one read, and more only for frames sent after it
+//! ([`PassStamp`]).
 //!
 //! Two sources, each for one purpose:
 //! - **realtime** (`CLOCK_REALTIME`, ns since the Unix epoch) is the clock of
@@ -95,6 +98,14 @@ pub trait Clock: Send + Sync {
     fn now_ns(&self) -> u64;
 }
 
+/// A shared clock (a test keeps a handle on the one it gave a shell).
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        (**self).now_ns()
+    }
+}
+
 /// `CLOCK_REALTIME`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Realtime;
@@ -114,6 +125,44 @@ impl Clock for Monotonic {
     #[inline]
     fn now_ns(&self) -> u64 {
         monotonic_ns()
+    }
+}
+
+/// The receive time of the frames of one drain pass: the clock is read at the pass's first
+/// frame, not per frame (a read is ~20 ns, a reader spends ~95 ns a frame), and read again
+/// for a frame whose send time is after the stamp (one taken later in the pass, or after its
+/// reader was preempted mid-pass), which then stamps it and the frames after it. So a frame is
+/// never received before it was sent, on this host's clock, and its latency stages add up
+/// (wire + queue = total). A send time still after the fresh read is ahead of this host's
+/// clock (skew between hosts, or a clock stepped back): every such frame reads the clock again,
+/// and the latency stages count it as `ahead`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassStamp {
+    ns: u64,
+}
+
+impl PassStamp {
+    /// A new pass: its first frame reads the clock.
+    #[inline]
+    pub fn start(&mut self) {
+        self.ns = 0;
+    }
+
+    /// The receive time of a frame sent at `send_ns` (0 for one whose send time is not known, a
+    /// frame that does not decode): the pass's stamp, read from `clock` first when the pass has
+    /// none yet or the frame was sent after it.
+    #[inline]
+    pub fn of<C: Clock + ?Sized>(&mut self, send_ns: u64, clock: &C) -> u64 {
+        if self.ns == 0 || send_ns > self.ns {
+            self.ns = clock.now_ns();
+        }
+        self.ns
+    }
+
+    /// The pass's latest stamp (0 before its first frame).
+    #[inline]
+    pub fn ns(&self) -> u64 {
+        self.ns
     }
 }
 
@@ -148,6 +197,34 @@ impl Clock for ManualClock {
     #[inline]
     fn now_ns(&self) -> u64 {
         self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A clock that moves `step_ns` after every read, and counts its reads: for tests of a shell
+/// whose work between two reads takes time (a reader's drain pass).
+#[derive(Debug)]
+pub struct SteppingClock {
+    next_ns: AtomicU64,
+    step_ns: u64,
+    reads: AtomicU64,
+}
+
+impl SteppingClock {
+    /// A clock whose first read says `start_ns`.
+    pub fn new(start_ns: u64, step_ns: u64) -> Self {
+        SteppingClock { next_ns: AtomicU64::new(start_ns), step_ns, reads: AtomicU64::new(0) }
+    }
+
+    /// Reads so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Acquire)
+    }
+}
+
+impl Clock for SteppingClock {
+    fn now_ns(&self) -> u64 {
+        self.reads.fetch_add(1, Ordering::AcqRel);
+        self.next_ns.fetch_add(self.step_ns, Ordering::AcqRel)
     }
 }
 
@@ -208,6 +285,30 @@ mod tests {
             std::hint::black_box(x);
         }
         assert_eq!(task_cpu_ns(u32::MAX), None);
+    }
+
+    #[test]
+    fn a_pass_reads_the_clock_once_and_again_only_for_a_frame_sent_after_its_stamp() {
+        let t0 = 1_700_000_000_000_000_000;
+        let clock = SteppingClock::new(t0, 1_000);
+        let mut s = PassStamp::default();
+        s.start();
+        assert_eq!(s.ns(), 0);
+        // The first frame reads the clock; frames sent before the stamp share it.
+        assert_eq!(s.of(t0 - 500, &clock), t0);
+        assert_eq!(s.of(t0, &clock), t0, "sent at the stamp: received at it");
+        assert_eq!(s.of(0, &clock), t0, "a frame whose send time is not known");
+        // Sent after the stamp (the pass went on meanwhile): read again, and that stamps the
+        // frames after it too. Before: it was stamped t0, received 300 ns before it was sent.
+        assert_eq!(s.of(t0 + 300, &clock), t0 + 1_000);
+        assert_eq!(s.of(t0 + 200, &clock), t0 + 1_000);
+        assert_eq!(clock.reads(), 2, "two reads in all");
+        // Ahead of this clock even after a read: every such frame reads it again.
+        assert_eq!(s.of(t0 + 30_000_000_000, &clock), t0 + 2_000);
+        assert_eq!(s.of(t0 + 30_000_000_000, &clock), t0 + 3_000);
+        // The next pass reads it at its first frame.
+        s.start();
+        assert_eq!(s.of(1, &clock), t0 + 4_000);
     }
 
     #[test]

@@ -337,6 +337,24 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
         assert_eq!(inf, count, "+Inf bucket is the count");
         let summary_count = sample(&scrape, "mdsub_latency_interval_seconds_count", &lt);
         assert_eq!(summary_count, count, "the interval summary's _count is the whole run's, as the histogram's");
+        // One host, one clock: no message is received before it was sent (before, 0.1 to 3.6 %
+        // of them were, stamped with their drain round's first time: wire read 1 ns, queue more
+        // than total), and the stages add up: with the latency handler, wire + queue = total for
+        // every message, so for the sums within the histograms' precision (3 digits).
+        let stage_sum = |stage: &str| {
+            sample(&scrape, "mdsub_latency_seconds_sum", &[("shard", shard.as_str()), ("stage", stage)])
+                .unwrap_or_else(|| panic!("shard {k} {stage} _sum"))
+        };
+        for stage in ["wire", "queue", "total"] {
+            assert_eq!(u(&s["latency"][stage], "ahead"), 0, "shard {k} {stage}: {s}");
+            let ahead = sample(&scrape, "mdsub_latency_ahead_total", &[("shard", shard.as_str()), ("stage", stage)]);
+            assert_eq!(ahead, Some(0.0), "shard {k} {stage}");
+        }
+        let (wire, queue, total) = (stage_sum("wire"), stage_sum("queue"), stage_sum("total"));
+        assert!(
+            (wire + queue - total).abs() <= 0.01 * total,
+            "shard {k}: wire {wire} + queue {queue} vs total {total}"
+        );
         // The bucket whose bound is at or above the engine's p99 holds at least 99 %.
         let p99_s = u(&s["latency"]["total"], "p99_ns") as f64 / 1e9;
         let at_or_above: Vec<(f64, f64)> = scrape["samples"]
@@ -372,48 +390,87 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
     }
 }
 
+/// A capture of 300 frames sent (and recorded) 1 ns apart from `sent_ns`, replayed verbatim
+/// (`--rate 0`: the send times stay what they are) into an engine with `/metrics`, `--hlog` and
+/// `--hgrm`, its stderr piped; None (said) without Python's prometheus_client.
+struct VerbatimRun {
+    dir: TempDir,
+    replay: LineProc,
+    engine: LineProc,
+    url: String,
+}
+
+impl VerbatimRun {
+    fn start(name: &str, sent_ns: u64) -> Option<VerbatimRun> {
+        use mdsub::wire::capture::CaptureWriter;
+        if let Some(why) = python_missing(&["prometheus_client"]) {
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        let dir = temp_dir(&format!("dash-{name}"));
+        let path = dir.join(format!("{name}.mdcap"));
+        let mut w = CaptureWriter::create(&path).expect("create capture");
+        for i in 1..=300u64 {
+            w.write_frame(&data_frame(name.as_bytes(), i, sent_ns + i, &i.to_le_bytes()), false, sent_ns + i)
+                .expect("write");
+        }
+        w.flush().expect("flush");
+        let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
+        let port = free_port_block(1);
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = mdsub();
+        cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", &eps[0], "--expect-eos", "0"]);
+        cmd.args(["--metrics-listen", &listen, "--metrics-interval", "200ms", "--snail", "off"]);
+        cmd.args(["--hlog", dir.join("e.hlog").to_str().expect("utf8")]);
+        cmd.args(["--hgrm", dir.join("e.hgrm").to_str().expect("utf8")]);
+        let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+        Some(VerbatimRun { dir, replay, engine, url: format!("http://127.0.0.1:{port}/metrics") })
+    }
+
+    /// Scrape until shard 0's counter `family` (`mdsub_latency_…_total`) counts all 300
+    /// messages in the total stage; then it must in the wire stage too, and none in the queue
+    /// stage (the engine's own hand-off). Returns that scrape.
+    fn scrape_counting_every_message(&self, family: &str) -> serde_json::Value {
+        let count = |s: &serde_json::Value, stage: &str| sample(s, family, &[("shard", "0"), ("stage", stage)]);
+        let mut scrape = serde_json::Value::Null;
+        wait_until(Duration::from_secs(60), &format!("every latency counted in {family} on /metrics"), || {
+            scrape = python_json(&["scrape", &self.url]);
+            count(&scrape, "total") == Some(300.0)
+        });
+        assert_eq!(scrape["types"][family.trim_end_matches("_total")], "counter");
+        assert_eq!((count(&scrape, "wire"), count(&scrape, "queue")), (Some(300.0), Some(0.0)), "{scrape}");
+        scrape
+    }
+
+    /// End the run: the engine's report (every message delivered), and its directory with the
+    /// interval log (`e.hlog`) and the spectrum (`e.hgrm`).
+    fn finish(self) -> (serde_json::Value, TempDir) {
+        let _ = self.replay.finish(Duration::from_secs(30));
+        self.engine.proc.signal(2);
+        let (status, out) = self.engine.finish(Duration::from_secs(30));
+        assert!(status.success(), "engine failed: {out}");
+        let r = json(&out);
+        assert_eq!(u(&r, "delivered"), 300, "{r}");
+        (r, self.dir)
+    }
+}
+
+/// The counts of the `#[NOTE: Tag=TAG,…,Count=N …]` comment lines of an interval log, summed.
+fn noted(log: &str, note: &str, tag: &str) -> u64 {
+    let head = format!("#[{note}: Tag={tag},");
+    log.lines()
+        .filter_map(|l| l.strip_prefix(&head))
+        .filter_map(|l| l.split("Count=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[test]
 fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
     // Before: a capture replayed verbatim, 10 minutes old, gave `wire 60.03s …` and nothing said
     // that every one of its latencies was above what the histograms hold.
-    use mdsub::wire::capture::CaptureWriter;
-    if let Some(why) = python_missing(&["prometheus_client"]) {
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
-    let dir = temp_dir("dash-old");
-    let path = dir.join("old.mdcap");
-    let sent_ns = mdsub::clock::realtime_ns() - 600_000_000_000;
-    let mut w = CaptureWriter::create(&path).expect("create capture");
-    for i in 1..=300u64 {
-        w.write_frame(&data_frame(b"OLD", i, sent_ns + i, &i.to_le_bytes()), false, sent_ns + i).expect("write");
-    }
-    w.flush().expect("flush");
-    let (replay, eps) = start_replay("replay", 1, &["--from", path.to_str().expect("utf8"), "--rate", "0"]);
-    let port = free_port_block(1);
-    let listen = format!("127.0.0.1:{port}");
-    let (hlog, hgrm) = (dir.join("old.hlog"), dir.join("old.hgrm"));
-    let (hlog_arg, hgrm_arg) = (hlog.to_str().expect("utf8"), hgrm.to_str().expect("utf8"));
-    let args = ["--expect-eos", "0", "--snail", "off", "--metrics-listen", &listen, "--metrics-interval", "200ms"];
-    let e = engine_json(&eps, &[&args[..], &["--hlog", hlog_arg, "--hgrm", hgrm_arg]].concat());
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let clamped = |s: &serde_json::Value, stage: &str| {
-        sample(s, "mdsub_latency_clamped_total", &[("shard", "0"), ("stage", stage)])
-    };
-    let mut scrape = serde_json::Value::Null;
-    wait_until(Duration::from_secs(60), "every latency counted as clamped on /metrics", || {
-        scrape = python_json(&["scrape", &url]);
-        clamped(&scrape, "total") == Some(300.0)
-    });
-    assert_eq!(scrape["types"]["mdsub_latency_clamped"], "counter");
-    assert_eq!(clamped(&scrape, "wire"), Some(300.0), "{scrape}");
-    assert_eq!(clamped(&scrape, "queue"), Some(0.0), "{scrape}");
-    let _ = replay.finish(Duration::from_secs(30));
-    e.proc.signal(2);
-    let (status, out) = e.finish(Duration::from_secs(30));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
-    assert_eq!(u(&r, "delivered"), 300, "{r}");
+    let Some(run) = VerbatimRun::start("OLD", mdsub::clock::realtime_ns() - 600_000_000_000) else { return };
+    run.scrape_counting_every_message("mdsub_latency_clamped_total");
+    let (r, dir) = run.finish();
     for latency in [&r["latency"], &r["shards"][0]["latency"]] {
         assert_eq!(u(&latency["wire"], "clamped"), 300, "{latency}");
         assert_eq!(u(&latency["total"], "clamped"), 300, "{latency}");
@@ -423,23 +480,50 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
     // The HdrHistogram files say so too, in comment lines their readers skip: the interval log
     // after each histogram that holds clamped values (wire and total, not queue), the spectrum
     // of the total stage after its footers.
+    let hlog = dir.join("e.hlog");
     let log = std::fs::read_to_string(&hlog).expect("the interval log");
-    let noted = |tag: &str| -> u64 {
-        let head = format!("#[Clamped: Tag={tag},");
-        log.lines()
-            .filter_map(|l| l.strip_prefix(&head))
-            .filter_map(|l| l.split("Count=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    assert_eq!((noted("shard0.wire"), noted("shard0.total"), noted("shard0.queue")), (300, 300, 0), "{log}");
-    let spectrum = std::fs::read_to_string(&hgrm).expect("the spectrum");
+    let note = |tag: &str| noted(&log, "Clamped", tag);
+    assert_eq!((note("shard0.wire"), note("shard0.total"), note("shard0.queue")), (300, 300, 0), "{log}");
+    let spectrum = std::fs::read_to_string(dir.join("e.hgrm")).expect("the spectrum");
     assert!(spectrum.lines().any(|l| l.starts_with("#[Clamped =          300 (latencies above 60 s")), "{spectrum}");
     if let Some(why) = python_missing(&["hdrh"]) {
         eprintln!("SKIPPED the independent .hlog read-back: {why}");
         return;
     }
-    let read = python_json(&["hlog", hlog_arg]);
+    let read = python_json(&["hlog", hlog.to_str().expect("utf8")]);
     assert_eq!(u(&read["tags"]["shard0.total"], "count"), 300, "every interval read past the notes: {read}");
+}
+
+#[test]
+fn send_times_ahead_of_this_hosts_clock_are_counted_said_once_and_noted() {
+    // Before: a capture whose send times were 30 s ahead, replayed, gave every wire and total
+    // latency as 1 ns in the report, the hlog and /metrics, and nothing was counted or said.
+    let Some(mut run) = VerbatimRun::start("AHEAD", mdsub::clock::realtime_ns() + 30_000_000_000) else { return };
+    let err = run.engine.stderr.take().expect("stderr piped");
+    let said = wait_line(&err, Duration::from_secs(60), "the line on latencies below 0", |l| {
+        l.starts_with("metrics: latencies below 0")
+    });
+    assert!(said.starts_with("metrics: latencies below 0 (shard0 "), "{said}");
+    assert!(said.contains("down to -29.") || said.contains("down to -30."), "how far: {said}");
+    assert!(said.contains("clock skew") && said.ends_with("said once"), "{said}");
+    let scrape = run.scrape_counting_every_message("mdsub_latency_ahead_total");
+    assert_eq!(scrape["types"]["mdsub_latency_ahead_max_seconds"], "gauge");
+    let lowest = sample(&scrape, "mdsub_latency_ahead_max_seconds", &[("shard", "0"), ("stage", "wire")]);
+    assert!(lowest.is_some_and(|s| (29.0..=30.0).contains(&s)), "{lowest:?}");
+    let (r, dir) = run.finish();
+    for latency in [&r["latency"], &r["shards"][0]["latency"]] {
+        assert_eq!((u(&latency["wire"], "ahead"), u(&latency["total"], "ahead")), (300, 300), "{latency}");
+        assert_eq!(u(&latency["queue"], "ahead"), 0, "{latency}");
+        assert!((29_000_000_000..=30_000_000_000).contains(&u(&latency["wire"], "ahead_max_ns")), "{latency}");
+    }
+    let rest: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    assert!(!rest.iter().any(|l| l.starts_with("metrics: latencies below 0")), "said once: {rest:?}");
+    // The HdrHistogram files say so in comment lines their readers skip.
+    let log = std::fs::read_to_string(dir.join("e.hlog")).expect("the interval log");
+    let note = |tag: &str| noted(&log, "Ahead", tag);
+    assert_eq!((note("shard0.wire"), note("shard0.total"), note("shard0.queue")), (300, 300, 0), "{log}");
+    let spectrum = std::fs::read_to_string(dir.join("e.hgrm")).expect("the spectrum");
+    assert!(spectrum.lines().any(|l| l.starts_with("#[Ahead   =          300 (latencies below 0")), "{spectrum}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::agent::{Agent, AgentError, AgentStats, Runner, Step};
 use crate::clock;
 use crate::engine::handler::{Handler, HandlerSpec};
 use crate::engine::sequence::SequenceTracker;
-use crate::metrics::{RunReport, SequenceCounts, StageHistograms, ThreadAccount};
+use crate::metrics::{latency_ns, RunReport, SequenceCounts, StageHistograms, ThreadAccount};
 use crate::security::ClientKeys;
 use crate::wire::{self, Kind, DROP_REASONS, DROP_REASON_NAMES};
 
@@ -32,8 +32,10 @@ pub struct Baseline {
     timeout: Duration,
     timed_out: bool,
     handler: Option<Box<dyn Handler>>,
-    /// Most frames per drain round (one clock read each).
+    /// Most frames per drain round (one clock read each, as the engine's reader: and again for
+    /// a frame sent after it).
     batch_max: usize,
+    stamp: clock::PassStamp,
     /// Linux thread ids of its context's libzmq threads (named `baseline-io`).
     io_tids: Vec<u32>,
 }
@@ -89,6 +91,7 @@ impl Baseline {
             timed_out: false,
             handler: None,
             batch_max: crate::engine::defaults::BATCH_MAX,
+            stamp: clock::PassStamp::default(),
             io_tids,
         })
     }
@@ -106,21 +109,24 @@ impl Baseline {
         self
     }
 
+    /// Check and count the frame in `msg`, stamped as the engine's reader stamps it.
     #[inline]
-    fn on_frame(&mut self, recv_ns: u64) {
+    fn on_frame(&mut self) {
+        let decoded = wire::decode(&self.msg);
+        let recv_ns = self.stamp.of(decoded.as_ref().map_or(0, |v| v.header.send_time_ns), &clock::Realtime);
         if self.first_ns == 0 {
             self.first_ns = recv_ns;
         }
-        match wire::decode(&self.msg) {
+        match decoded {
             Err(e) => self.bad[e.reason()] += 1,
             Ok(v) => match v.header.kind {
                 Kind::Data => {
                     if self.tracker.on_data(&v.header, v.topic).accept {
-                        let lat = recv_ns.saturating_sub(v.header.send_time_ns);
+                        let lat = latency_ns(v.header.send_time_ns, recv_ns);
                         let total = match self.handler.as_mut() {
                             Some(h) => {
                                 h.on_message(&v);
-                                clock::realtime_ns().saturating_sub(v.header.send_time_ns)
+                                latency_ns(v.header.send_time_ns, clock::realtime_ns())
                             }
                             None => lat,
                         };
@@ -215,9 +221,9 @@ impl Agent for Baseline {
             return Ok(Step::Finished(0));
         }
         let mut n = 0;
-        // One clock read per drain round, as the engine's reader does: the
-        // baseline pays what the engine pays for its timestamps, no more.
-        let mut recv_ns = 0;
+        // One clock read per drain round (and one more per frame sent after it), as the
+        // engine's reader does: the baseline pays what the engine pays for its timestamps.
+        self.stamp.start();
         while n < self.batch_max {
             match self.sub.recv(&mut self.msg, zmq::DONTWAIT) {
                 Ok(()) => {}
@@ -226,10 +232,7 @@ impl Agent for Baseline {
                 Err(source) => return Err(AgentError::Zmq { role: "baseline".into(), context: "receiving", source }),
             }
             n += 1;
-            if recv_ns == 0 {
-                recv_ns = clock::realtime_ns();
-            }
-            self.on_frame(recv_ns);
+            self.on_frame();
         }
         if n == 0 && self.start.elapsed() > self.timeout {
             self.timed_out = true;

@@ -698,7 +698,7 @@ impl EngineStatus {
         for shard in &l.last_interval {
             all.add(shard);
         }
-        let p99 = (crate::metrics::Percentiles::of(&all.total), all.clamped[2]);
+        let p99 = all.percentiles(2);
         drop(l);
         let snail = engine.snail().report();
         let worst = self.worst.next(snail.verdict, crate::snail::turns(&snail.sites));
@@ -743,11 +743,11 @@ struct Last {
 fn status_line(
     msgs: u64,
     rate: f64,
-    p99: Option<(crate::metrics::Percentiles, u64)>,
+    p99: Option<crate::metrics::Percentiles>,
     snail: (crate::snail::Verdict, crate::snail::Verdict),
 ) -> String {
     let p99 = match p99 {
-        Some((p, clamped)) if p.count > 0 => crate::metrics::human_latency(p.p99_ns, clamped),
+        Some(p) if p.count > 0 => crate::metrics::human_latency(p.p99_ns, p.out_of_bounds),
         _ => "-".into(),
     };
     let (now, worst) = snail;
@@ -797,23 +797,30 @@ mod tests {
     #[test]
     fn the_status_line_says_messages_rate_p99_and_the_snail() {
         let mut h = crate::metrics::StageHistograms::default();
-        for ns in 1..=1000u64 {
+        for ns in 1..=1000i64 {
             h.record_wire_total(ns * 1_000, ns * 1_000);
         }
-        let p = crate::metrics::Percentiles::of(&h.total);
+        let p = h.percentiles(2);
         assert_eq!(
-            status_line(123_456, 20_000.4, Some((p, 0)), (crate::snail::Verdict::Snail, crate::snail::Verdict::Snail)),
+            status_line(123_456, 20_000.4, Some(p), (crate::snail::Verdict::Snail, crate::snail::Verdict::Snail)),
             format!("engine: 123456 msgs, 20000 msg/s, p99 {}, snail SNAIL", crate::metrics::human_ns(p.p99_ns))
         );
         let empty = crate::metrics::Percentiles::default();
         assert_eq!(
-            status_line(0, 0.0, Some((empty, 0)), (crate::snail::Verdict::Ok, crate::snail::Verdict::Ok)),
+            status_line(0, 0.0, Some(empty), (crate::snail::Verdict::Ok, crate::snail::Verdict::Ok)),
             "engine: 0 msgs, 0 msg/s, p99 -, snail OK"
         );
         assert_eq!(
-            status_line(9, 1.0, Some((empty, 0)), (crate::snail::Verdict::Ok, crate::snail::Verdict::Snail)),
+            status_line(9, 1.0, Some(empty), (crate::snail::Verdict::Ok, crate::snail::Verdict::Snail)),
             "engine: 9 msgs, 1 msg/s, p99 -, snail OK (SNAIL since the last line)",
             "a SNAIL over by the time the line is drawn"
+        );
+        // Send times 30 s ahead of this host's clock: not a 1 ns p99.
+        let mut ahead = crate::metrics::StageHistograms::default();
+        ahead.record_wire_total(-30_000_000_000, -29_999_000_000);
+        assert_eq!(
+            status_line(1, 1.0, Some(ahead.percentiles(2)), (crate::snail::Verdict::Ok, crate::snail::Verdict::Ok)),
+            "engine: 1 msgs, 1 msg/s, p99 <0s, snail OK"
         );
     }
 }

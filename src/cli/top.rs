@@ -1,7 +1,8 @@
 //! `mdsub top`: a terminal dashboard of every engine that publishes status in
 //! the clone store (`/mdsub/status/<engine-id>/…`): per shard msgs/s,
 //! p50/p99/p99.9/max of the last interval (`-` for an interval without messages, `≥60s`
-//! where latencies above 60 s were recorded as 60 s), a sparkline of p99, gaps, publisher
+//! where latencies above 60 s were recorded as 60 s, `<0s` where latencies below 0 were
+//! recorded as 1 ns), a sparkline of p99, gaps, publisher
 //! connections ended on a bound shard, its reader's self-stalls and the snail verdict; per
 //! engine the busiest agent, what its handlers refused and its longest self-stall. An engine
 //! whose status expired shows as gone. `--once` prints one plain-text frame for scripts.
@@ -21,7 +22,7 @@ use super::args::{parse_clone_server, parse_duration, Endpoint};
 use super::store_servers;
 use crate::agent::StopFlag;
 use crate::clone::client::{Change, Client, ClientConfig};
-use crate::metrics::human_latency;
+use crate::metrics::{human_latency, OutOfBounds};
 
 /// Where every engine's status lives.
 pub const STATUS_ROOT: &str = "/mdsub/status/";
@@ -136,10 +137,12 @@ fn busy_share(v: &Value) -> Option<String> {
 }
 
 /// A percentile of the status `v` for people: `-` when the interval had no message (the
-/// status says `null`), `≥60s` for latencies recorded as 60 s.
+/// status says `null`), `≥60s` for latencies recorded as 60 s, `<0s` for those below 0
+/// recorded as 1 ns (send times ahead of the engine's clock).
 fn latency(v: &Value, k: &str) -> String {
-    let clamped = v["clamped"].as_u64().unwrap_or(0);
-    v[k].as_u64().map_or_else(|| "-".to_string(), |ns| human_latency(ns, clamped))
+    let count = |k: &str| v[k].as_u64().unwrap_or(0);
+    let b = OutOfBounds { clamped: count("clamped"), ahead: count("ahead"), ahead_max_ns: 0 };
+    v[k].as_u64().map_or_else(|| "-".to_string(), |ns| human_latency(ns, b))
 }
 
 impl Top {
@@ -626,6 +629,12 @@ mod tests {
         t.apply(&change("/mdsub/status/e3/shard0", Some(old)));
         let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
         assert!(row.contains("   1.0µs     ≥60s     ≥60s     ≥60s "), "{row}");
+        // Send times ahead of the engine's clock are recorded as 1 ns: not a 1 ns latency.
+        let ahead =
+            r#"{"msgs_per_s":10,"p50_ns":1,"p99_ns":1,"p999_ns":1,"max_ns":1,"gaps":0,"intervals":4,"ahead":10}"#;
+        t.apply(&change("/mdsub/status/e3/shard0", Some(ahead)));
+        let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
+        assert!(row.contains("      <0s      <0s      <0s      <0s "), "{row}");
         // An idle interval: no latency, not 0ns.
         let idle =
             r#"{"msgs_per_s":0,"p50_ns":null,"p99_ns":null,"p999_ns":null,"max_ns":null,"gaps":0,"intervals":5}"#;

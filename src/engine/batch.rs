@@ -1,16 +1,18 @@
 //! The reader → worker hand-off format: many frames in one inproc message.
 //!
-//! `0x00 · shard u16 LE · recv_ns u64 LE · { len u32 LE · topic_len u8 · frame }*`.
+//! `0x00 · shard u16 LE · recv_ns u64 LE · { len u32 LE · topic_len u8 · frame }*`, where a
+//! record may instead be a restamp, `u32::MAX · 0 · recv_ns u64 LE` (no frame is that long).
 //! The shard index lets the worker keep latency per shard. Each record carries
 //! the length of its frame's topic, which the reader found when it checked the
 //! frame, so the worker decodes with [`crate::wire::decode_checked_topic`]:
 //! no second search for the NUL, no second check of the topic's bytes.
-//! Every frame of a batch shares its receive time: a reader stamps one drain round with one clock
-//! read, and a batch never spans rounds (a reader reads no more while a batch
-//! is still staged), so the time goes once per batch instead of once per
-//! frame. The leading NUL cannot start a market-data frame (topics are
-//! non-empty printable ASCII), so a worker tells a batch from a single frame
-//! handed over as is; an empty message is a reader's end-of-stream marker.
+//! The frames of a batch share the receive time in its header until a restamp record gives the
+//! frames after it a later one: a reader stamps a drain pass with one clock read and reads it
+//! again only for a frame sent after that stamp ([`crate::clock::PassStamp`]), so the time goes
+//! once per batch, or a few times, instead of once per frame. A batch never spans passes (a
+//! reader reads no more while a batch is still staged). The leading NUL cannot start a
+//! market-data frame (topics are non-empty printable ASCII), so a worker tells a batch from a
+//! single frame handed over as is; an empty message is a reader's end-of-stream marker.
 //! The reader builds each batch in a pooled buffer that becomes the libzmq
 //! message without a copy ([`crate::zmqx::pool`]), so the steady state
 //! allocates nothing per message or per batch.
@@ -22,20 +24,30 @@ pub const RECORD_OVERHEAD: usize = 5;
 /// The batch header: the mark, the shard index and the receive time.
 pub const HEADER_BYTES: usize = 11;
 
+/// The length field of a restamp record (a frame this long cannot be sent).
+pub const RESTAMP_LEN: u32 = u32::MAX;
+/// A restamp record's size: the record overhead and the new receive time.
+pub const RESTAMP_BYTES: usize = RECORD_OVERHEAD + 8;
+
 /// Append one frame from shard `shard`, received at `recv_ns`, whose topic is
 /// its first `topic_len` bytes (at most [`crate::wire::MAX_TOPIC_LEN`]), to a
-/// staging buffer, starting the batch if the buffer is empty. The batch keeps
-/// the receive time of its first frame: every frame of one batch must share it
-/// (checked in debug builds).
+/// staging buffer, starting the batch if the buffer is empty. `stamp_ns` is the receive time of
+/// the buffer's last record (the caller keeps it beside the buffer): a frame received later than
+/// it goes after a restamp record.
 #[inline]
-pub fn push(staging: &mut Vec<u8>, shard: u16, recv_ns: u64, topic_len: usize, frame: &[u8]) {
+pub fn push(staging: &mut Vec<u8>, stamp_ns: &mut u64, shard: u16, recv_ns: u64, topic_len: usize, frame: &[u8]) {
     if staging.is_empty() {
         staging.push(BATCH_MARK);
         staging.extend_from_slice(&shard.to_le_bytes());
         staging.extend_from_slice(&recv_ns.to_le_bytes());
+    } else if *stamp_ns != recv_ns {
+        let [l0, l1, l2, l3] = RESTAMP_LEN.to_le_bytes();
+        staging.extend_from_slice(&[l0, l1, l2, l3, 0]);
+        staging.extend_from_slice(&recv_ns.to_le_bytes());
     }
-    debug_assert_eq!(staging.get(3..HEADER_BYTES), Some(&recv_ns.to_le_bytes()[..]), "one receive time per batch");
+    *stamp_ns = recv_ns;
     debug_assert!(topic_len <= crate::wire::MAX_TOPIC_LEN, "a checked topic");
+    debug_assert!(frame.len() < RESTAMP_LEN as usize, "a frame libzmq can carry");
     let [l0, l1, l2, l3] = (frame.len() as u32).to_le_bytes();
     staging.extend_from_slice(&[l0, l1, l2, l3, topic_len as u8]);
     staging.extend_from_slice(frame);
@@ -71,7 +83,8 @@ impl<'a> BatchIter<'a> {
         self.shard
     }
 
-    /// When the batch's frames were received (ns since the epoch).
+    /// When the frames from here on were received (ns since the epoch): the header's time, or
+    /// the last restamp record's.
     pub fn recv_ns(&self) -> u64 {
         self.recv_ns
     }
@@ -87,25 +100,39 @@ impl<'a> Iterator for BatchIter<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
+        loop {
+            if self.rest.is_empty() {
+                return None;
+            }
+            if self.rest.len() < RECORD_OVERHEAD {
+                return self.stop_malformed();
+            }
+            let (head, tail) = self.rest.split_at(RECORD_OVERHEAD);
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            if len == RESTAMP_LEN {
+                let Some((t, rest)) = tail.split_first_chunk::<8>() else { return self.stop_malformed() };
+                self.recv_ns = u64::from_le_bytes(*t);
+                self.rest = rest;
+                continue;
+            }
+            let len = len as usize;
+            let topic_len = usize::from(head[4]);
+            if tail.len() < len {
+                return self.stop_malformed();
+            }
+            let (frame, rest) = tail.split_at(len);
+            self.rest = rest;
+            return Some((self.recv_ns, topic_len, frame));
         }
-        if self.rest.len() < RECORD_OVERHEAD {
-            self.malformed = true;
-            self.rest = &[];
-            return None;
-        }
-        let (head, tail) = self.rest.split_at(RECORD_OVERHEAD);
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let topic_len = usize::from(head[4]);
-        if tail.len() < len {
-            self.malformed = true;
-            self.rest = &[];
-            return None;
-        }
-        let (frame, rest) = tail.split_at(len);
-        self.rest = rest;
-        Some((self.recv_ns, topic_len, frame))
+    }
+}
+
+impl BatchIter<'_> {
+    #[cold]
+    fn stop_malformed(&mut self) -> Option<(u64, usize, &'static [u8])> {
+        self.malformed = true;
+        self.rest = &[];
+        None
     }
 }
 
@@ -117,9 +144,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut b = Vec::new();
-        push(&mut b, 7, 42, 1, b"abc");
-        push(&mut b, 7, 42, 0, b"");
-        push(&mut b, 7, 42, 3, b"xyz!");
+        let mut stamp = 0;
+        push(&mut b, &mut stamp, 7, 42, 1, b"abc");
+        push(&mut b, &mut stamp, 7, 42, 0, b"");
+        push(&mut b, &mut stamp, 7, 42, 3, b"xyz!");
         assert_eq!(b.len(), HEADER_BYTES + 3 * RECORD_OVERHEAD + 7, "the time once, a length per frame");
         let it = BatchIter::new(&b).expect("a batch");
         assert_eq!((it.shard(), it.recv_ns()), (7, 42));
@@ -129,11 +157,43 @@ mod tests {
         assert!(BatchIter::new(b"").is_none());
     }
 
+    /// A frame received later than the batch's time (the reader read its clock again for it)
+    /// keeps its own time, and so do the frames after it: before, every frame of a batch had the
+    /// first one's, earlier than the send time of a frame sent after it.
+    #[test]
+    fn a_later_receive_time_goes_in_a_restamp_record_for_the_frames_after_it() {
+        let mut b = Vec::new();
+        let mut stamp = 0;
+        push(&mut b, &mut stamp, 1, 100, 1, b"a");
+        push(&mut b, &mut stamp, 1, 250, 1, b"b");
+        push(&mut b, &mut stamp, 1, 250, 1, b"c");
+        push(&mut b, &mut stamp, 1, 400, 1, b"d");
+        assert_eq!(stamp, 400, "the last record's time, for the next push");
+        assert_eq!(b.len(), HEADER_BYTES + 4 * (RECORD_OVERHEAD + 1) + 2 * RESTAMP_BYTES, "a restamp per change");
+        let mut it = BatchIter::new(&b).expect("a batch");
+        let got: Vec<(u64, Vec<u8>)> = it.by_ref().map(|(t, _, f)| (t, f.to_vec())).collect();
+        assert_eq!(got, [(100, b"a".to_vec()), (250, b"b".to_vec()), (250, b"c".to_vec()), (400, b"d".to_vec())]);
+        assert!(!it.malformed());
+        assert_eq!(it.recv_ns(), 400);
+        // A fresh buffer starts a batch whose header has the time: no restamp needed.
+        let mut fresh = Vec::new();
+        push(&mut fresh, &mut stamp, 1, 500, 1, b"e");
+        assert_eq!(fresh.len(), HEADER_BYTES + RECORD_OVERHEAD + 1);
+        assert_eq!(BatchIter::new(&fresh).expect("a batch").next(), Some((500, 1, &b"e"[..])));
+        // A restamp record cut short is malformed; the frames before it were read.
+        let cut = HEADER_BYTES + RECORD_OVERHEAD + 1 + RESTAMP_BYTES - 1;
+        let mut it = BatchIter::new(&b[..cut]).expect("a batch");
+        assert_eq!(it.next(), Some((100, 1, &b"a"[..])));
+        assert_eq!(it.next(), None);
+        assert!(it.malformed());
+    }
+
     #[test]
     fn truncated_batch_is_flagged() {
         let mut b = Vec::new();
-        push(&mut b, 0, 1, 2, b"abc");
-        push(&mut b, 0, 1, 2, b"defg");
+        let mut stamp = 0;
+        push(&mut b, &mut stamp, 0, 1, 2, b"abc");
+        push(&mut b, &mut stamp, 0, 1, 2, b"defg");
         let mut it = BatchIter::new(&b[..b.len() - 1]).expect("a batch");
         assert_eq!(it.next(), Some((1, 2, &b"abc"[..])));
         assert_eq!(it.next(), None);

@@ -28,7 +28,7 @@ use super::handler::{Handler, REFUSAL_REASONS};
 use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::clock::{self, Clock, Realtime};
 use crate::metrics::collector::WorkerReport;
-use crate::metrics::StageHistograms;
+use crate::metrics::{latency_ns, StageHistograms};
 use crate::snail::{Action, Guard};
 use crate::wire::{self, FrameView};
 
@@ -78,7 +78,7 @@ pub struct WorkerCore<C: Clock = Realtime> {
     /// The slot of the messages being handled.
     slot: usize,
     /// Messages of one round share their queue time: recorded per run of equal values.
-    queue_run: (u64, u64),
+    queue_run: (i64, u64),
     link: MetricsLink,
     spare: Option<Vec<StageHistograms>>,
     last_done_ns: u64,
@@ -204,9 +204,10 @@ impl<C: Clock> WorkerCore<C> {
         }
         let stages = &mut self.stages[self.slot];
         let sent = view.header.send_time_ns;
-        stages.record_wire_total(recv_ns.saturating_sub(sent), done.saturating_sub(sent));
+        // A send time ahead of this host's clock makes wire and total negative: counted (ahead).
+        stages.record_wire_total(latency_ns(sent, recv_ns), latency_ns(sent, done));
         stages.bytes += len as u64;
-        let queue_ns = take_ns.saturating_sub(recv_ns);
+        let queue_ns = latency_ns(recv_ns, take_ns);
         if queue_ns != self.queue_run.0 {
             stages.record_queue_n(self.queue_run.0, self.queue_run.1);
             self.queue_run = (queue_ns, 0);

@@ -2,7 +2,9 @@
 //! histograms workers ship over a crossbeam channel and hands each emptied
 //! set back to its worker (the double buffer: nothing is copied or allocated
 //! per interval). It ends when every worker has dropped its sender. At log level
-//! `debug` it says a line per shard per interval ([`IntervalLog`]).
+//! `debug` it says a line per shard per interval ([`IntervalLog`]). The first interval with
+//! latencies below 0 (send times ahead of this host's clock) is said on stderr, once a run
+//! ([`ahead_line`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,7 +18,7 @@ use crossbeam::channel::{Receiver, Sender};
 
 use super::hlog::{write_hgrm, HlogWriter};
 use super::settings::{Level, LogLevel};
-use super::{human_latency, shard_sets, slot_name, Percentiles, StageHistograms};
+use super::{human_latency, human_ns, shard_sets, slot_name, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 
@@ -101,6 +103,34 @@ pub struct Collector {
     interval_log: Option<IntervalLog>,
     /// Each shard's gaps at the last debug line (for the interval's own).
     gaps_before: Vec<u64>,
+    /// Latencies below 0 were said ([`ahead_line`]: once a run).
+    ahead_said: bool,
+}
+
+/// The line that says an interval's latencies below 0 (`sets`: per shard, then the unattributed
+/// slot), if it had any: their send times were ahead of this host's clock, which the engine
+/// cannot correct, only count. Every one is counted however small (hosts synchronised with PTP
+/// may differ by a few µs, seen only where a message's transit was shorter); the line is said
+/// once a run, with how many and the lowest, whatever the amount.
+pub fn ahead_line(sets: &[StageHistograms], shards: usize) -> Option<String> {
+    let per_slot: Vec<String> = sets
+        .iter()
+        .enumerate()
+        .filter_map(|(k, set)| {
+            let n = set.out_of_bounds.iter().map(|b| b.ahead).max().unwrap_or(0);
+            let lowest = set.out_of_bounds.iter().map(|b| b.ahead_max_ns).max().unwrap_or(0);
+            (n > 0).then(|| format!("{} {n}, down to -{}", slot_name(k, shards), human_ns(lowest)))
+        })
+        .collect();
+    (!per_slot.is_empty()).then(|| {
+        format!(
+            "metrics: latencies below 0 ({}): send times ahead of this host's clock, so the publisher's host \
+             and this one disagree on the time (clock skew: synchronise them, with PTP or NTP), or this clock \
+             stepped back; recorded as 1 ns and counted (ahead, ahead_max_ns in the report and the JSON, \
+             mdsub_latency_ahead_total on /metrics); said once",
+            per_slot.join("; ")
+        )
+    })
 }
 
 impl Collector {
@@ -132,6 +162,7 @@ impl Collector {
             outputs,
             interval_log: None,
             gaps_before: Vec::new(),
+            ahead_said: false,
         }
     }
 
@@ -150,9 +181,8 @@ impl Collector {
             if k == self.shards && set.count() == 0 {
                 continue;
             }
-            let p = Percentiles::of(&set.total);
-            let clamped = set.clamped[2];
-            let q = |v: u64| if p.count == 0 { "-".to_string() } else { human_latency(v, clamped) };
+            let p = set.percentiles(2);
+            let q = |v: u64| if p.count == 0 { "-".to_string() } else { human_latency(v, p.out_of_bounds) };
             let g = gaps.get(k).copied();
             let new = g.map(|g| g.saturating_sub(self.gaps_before.get(k).copied().unwrap_or(0)));
             let gaps = match (g, new) {
@@ -208,17 +238,23 @@ impl Collector {
     /// Close the interval ending at `now_ns`: log it, share it, start the next.
     fn end_interval(&mut self, now_ns: u64) {
         self.log_interval(now_ns);
+        if !self.ahead_said {
+            if let Some(l) = ahead_line(&self.interval, self.shards) {
+                crate::diag!("{l}");
+                self.ahead_said = true;
+            }
+        }
         if let Some((path, w)) = self.outputs.hlog.as_mut() {
             let mut failed = None;
             for (k, set) in self.interval.iter().enumerate() {
                 if k == self.shards && set.count() == 0 {
                     continue;
                 }
-                for ((stage, h), clamped) in set.stages().into_iter().zip(set.clamped) {
+                for ((stage, h), bounds) in set.stages().into_iter().zip(set.out_of_bounds) {
                     let tag = format!("{}.{stage}", slot_name(k, self.shards));
                     let mut written = w.write(&tag, self.interval_start_ns, now_ns, h);
-                    if clamped > 0 && written.is_ok() {
-                        written = w.note_clamped(&tag, self.interval_start_ns, clamped);
+                    if written.is_ok() {
+                        written = w.note_out_of_bounds(&tag, self.interval_start_ns, bounds);
                     }
                     if let Err(e) = written {
                         failed = Some(e);
@@ -280,7 +316,7 @@ impl Agent for Collector {
         self.end_interval(clock::realtime_ns());
         if let Some(path) = self.outputs.hgrm.take() {
             let written = File::create(&path).map_err(|e| format!("creating {}: {e}", path.display())).and_then(|f| {
-                write_hgrm(BufWriter::new(f), &self.total.stages.total, self.total.stages.clamped[2])
+                write_hgrm(BufWriter::new(f), &self.total.stages.total, self.total.stages.out_of_bounds[2])
                     .map_err(|e| e.to_string())
             });
             if let Err(e) = written {
@@ -302,7 +338,7 @@ mod tests {
         let live = SharedLatency::default();
         let interval = Arc::new(AtomicU64::new(1_000_000_000));
         let mut c = Collector::new(rx, vec![back_tx], 2, interval, live.clone(), CollectorOutputs::default());
-        for i in 0..3u64 {
+        for i in 0..3i64 {
             let mut stages = shard_sets(2);
             stages[(i % 2) as usize].record(1_000 + i, 10, 2_000);
             tx.send(WorkerReport {
@@ -325,5 +361,26 @@ mod tests {
         let l = live.lock().expect("lock");
         assert_eq!(l.cumulative[0].count(), 2, "live totals follow");
         assert_eq!(l.last_interval.iter().map(|s| s.count()).sum::<u64>(), 3, "the closing interval is shared");
+    }
+
+    /// Send times 30 s ahead of this host's clock: said once, with how many and how far, per
+    /// shard. Before: every latency read 1 ns and nothing was said.
+    #[test]
+    fn latencies_below_zero_are_said_with_how_many_and_how_far() {
+        let mut sets = shard_sets(2);
+        assert_eq!(ahead_line(&sets, 2), None, "nothing below 0, nothing said");
+        sets[1].record(60, 5, 65);
+        assert_eq!(ahead_line(&sets, 2), None);
+        for i in 0..3 {
+            sets[1].record(-30_000_000_000 + i, 5, -29_999_999_000 + i);
+        }
+        sets[2].record(-4_100, 5, 900);
+        let l = ahead_line(&sets, 2).expect("said");
+        assert!(
+            l.starts_with("metrics: latencies below 0 (shard1 3, down to -30.00s; unattributed 1, down to -4.1µs): send times ahead of this host's clock"),
+            "{l}"
+        );
+        assert!(l.contains("clock skew") && l.ends_with("said once"), "{l}");
+        assert_eq!(sets[1].out_of_bounds[1], Default::default(), "the queue stage was not below 0");
     }
 }

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
-use super::MAX_TRACKABLE_HUMAN;
+use super::{ahead_words, OutOfBounds, MAX_TRACKABLE_HUMAN};
 
 /// The `Interval_Max` column is the interval's max in ns divided by this (ms).
 pub const MAX_VALUE_DIVISOR: f64 = 1_000_000.0;
@@ -121,14 +121,27 @@ impl<W: Write> HlogWriter<W> {
         self.out.write_all(self.text.as_bytes()).map_err(io_err("an interval histogram"))
     }
 
-    /// A comment line after `tag`'s histogram of the interval starting at `start_ns`: `n` of its
-    /// latencies were above [`MAX_TRACKABLE_NS`](super::MAX_TRACKABLE_NS) and are in the histogram as that bound, so its
-    /// top bin and `Interval_Max` read low. Readers skip `#` lines (Java's and Python's
-    /// `HistogramLogReader` read only `#[StartTime` and `#[BaseTime` of them).
-    pub fn note_clamped(&mut self, tag: &str, start_ns: u64, n: u64) -> Result<(), HlogError> {
+    /// Comment lines after `tag`'s histogram of the interval starting at `start_ns`, for what it
+    /// holds at a bound (none when `b` counts nothing): `#[Clamped …]` when `b.clamped` of its
+    /// latencies were above [`MAX_TRACKABLE_NS`](super::MAX_TRACKABLE_NS) and are in it as that
+    /// bound, so its top bin and `Interval_Max` read low; `#[Ahead …]` when `b.ahead` were below
+    /// 0 and are in it as 1 ns. Readers skip `#` lines (Java's and Python's `HistogramLogReader`
+    /// read only `#[StartTime` and `#[BaseTime` of them).
+    pub fn note_out_of_bounds(&mut self, tag: &str, start_ns: u64, b: OutOfBounds) -> Result<(), HlogError> {
         let start = start_ns.saturating_sub(self.base_ns) as f64 / 1e9;
-        let line = format!("#[Clamped: Tag={tag},StartTimestamp={start:.3},Count={n} ({})]\n", clamped_words(n));
-        self.out.write_all(line.as_bytes()).map_err(io_err("an interval histogram"))
+        let mut lines = String::new();
+        if b.clamped > 0 {
+            let n = b.clamped;
+            lines.push_str(&format!(
+                "#[Clamped: Tag={tag},StartTimestamp={start:.3},Count={n} ({})]\n",
+                clamped_words(n)
+            ));
+        }
+        if b.ahead > 0 {
+            let n = b.ahead;
+            lines.push_str(&format!("#[Ahead: Tag={tag},StartTimestamp={start:.3},Count={n} ({})]\n", ahead_words(&b)));
+        }
+        self.out.write_all(lines.as_bytes()).map_err(io_err("an interval histogram"))
     }
 
     /// Flush what was written to the file.
@@ -142,9 +155,10 @@ impl<W: Write> HlogWriter<W> {
 /// divided by [`HGRM_UNIT_RATIO`]): the column header, one row per step
 /// (`Value Percentile TotalCount 1/(1-Percentile)`), and the footer lines
 /// (`#[Mean …, StdDeviation …]`, `#[Max …, Total count …]`, `#[Buckets …,
-/// SubBuckets …]`) that plotting tools read; then, when `clamped` of the values were above
-/// [`MAX_TRACKABLE_NS`](super::MAX_TRACKABLE_NS) (and are in `h` as that bound), a `#[Clamped …]` line saying so.
-pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>, clamped: u64) -> Result<(), HlogError> {
+/// SubBuckets …]`) that plotting tools read; then, when `b.clamped` of the values were above
+/// [`MAX_TRACKABLE_NS`](super::MAX_TRACKABLE_NS) (and are in `h` as that bound), a `#[Clamped …]` line saying so,
+/// and when `b.ahead` were below 0 (in `h` as 1 ns), an `#[Ahead …]` line.
+pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>, b: OutOfBounds) -> Result<(), HlogError> {
     use std::fmt::Write as _;
     let d = usize::from(h.sigfig());
     let r = HGRM_UNIT_RATIO;
@@ -169,8 +183,11 @@ pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>, clamped: u64) -> Res
     let _ = writeln!(s, "#[Mean    = {mean:>12.d$}, StdDeviation   = {sd:>12.d$}]");
     let _ = writeln!(s, "#[Max     = {max:>12.d$}, Total count    = {:>12}]", h.len());
     let _ = writeln!(s, "#[Buckets = {:>12}, SubBuckets     = {sub_buckets:>12}]", h.buckets());
-    if clamped > 0 {
-        let _ = writeln!(s, "#[Clamped = {clamped:>12} ({})]", clamped_words(clamped));
+    if b.clamped > 0 {
+        let _ = writeln!(s, "#[Clamped = {:>12} ({})]", b.clamped, clamped_words(b.clamped));
+    }
+    if b.ahead > 0 {
+        let _ = writeln!(s, "#[Ahead   = {:>12} ({})]", b.ahead, ahead_words(&b));
     }
     out.write_all(s.as_bytes()).map_err(io_err("the percentile spectrum"))?;
     out.flush().map_err(io_err("the percentile spectrum"))
@@ -223,7 +240,7 @@ mod tests {
     #[test]
     fn hgrm_has_rows_and_both_footers() {
         let mut out = Vec::new();
-        write_hgrm(&mut out, &hist((1..=100u64).map(|v| v * 1_000_000)), 0).expect("written");
+        write_hgrm(&mut out, &hist((1..=100u64).map(|v| v * 1_000_000)), OutOfBounds::default()).expect("written");
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"), "{text}");
         // Values print at their bin's highest equivalent (3 significant digits).
@@ -235,7 +252,8 @@ mod tests {
         assert_eq!(cols, ["100.008", "1.000000000000", "100"], "the 100% row has no 1/(1-p)");
         assert!(!text.contains("Clamped"), "nothing clamped, nothing said: {text}");
         let mut empty = Vec::new();
-        write_hgrm(&mut empty, &hist([]), 0).expect("an empty spectrum is still a file with footers");
+        write_hgrm(&mut empty, &hist([]), OutOfBounds::default())
+            .expect("an empty spectrum is still a file with footers");
         assert!(String::from_utf8(empty).expect("utf8").contains("Total count    =            0]"));
     }
 
@@ -244,7 +262,7 @@ mod tests {
         let mut h = hist([1_000_000]);
         h.record_n(super::super::MAX_TRACKABLE_NS, 3).expect("the bound is in range");
         let mut out = Vec::new();
-        write_hgrm(&mut out, &h, 3).expect("written");
+        write_hgrm(&mut out, &h, OutOfBounds { clamped: 3, ..Default::default() }).expect("written");
         let text = String::from_utf8(out).expect("utf8");
         let last = text.lines().last().expect("lines");
         assert_eq!(
@@ -256,7 +274,9 @@ mod tests {
         let start = 1_700_000_000_000_000_000;
         let mut w = HlogWriter::new(&mut out, start, "mdsub test").expect("header");
         w.write("shard0.queue", start + 2_000_000_000, start + 3_000_000_000, &h).expect("line");
-        w.note_clamped("shard0.queue", start + 2_000_000_000, 1).expect("note");
+        w.note_out_of_bounds("shard0.queue", start + 2_000_000_000, OutOfBounds { clamped: 1, ..Default::default() })
+            .expect("note");
+        w.note_out_of_bounds("shard0.queue", start + 2_000_000_000, OutOfBounds::default()).expect("nothing to note");
         let text = String::from_utf8(out).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
         // The top bin reads back as its highest equivalent value.
@@ -265,6 +285,41 @@ mod tests {
             lines[7],
             "#[Clamped: Tag=shard0.queue,StartTimestamp=2.000,Count=1 (latency above 60 s was recorded as 60 s, \
              the highest value tracked)]"
+        );
+        assert_eq!(lines.len(), 8, "nothing out of bounds, nothing said: {text}");
+    }
+
+    /// Send times ahead of this host's clock: the latencies are in the histograms as 1 ns, and
+    /// both files say how many and by how much (before: 1 ns with no word).
+    #[test]
+    fn latencies_below_zero_are_noted_in_both_files() {
+        let mut h = hist([1_000_000]);
+        h.record_n(1, 2).expect("1 ns is in range");
+        let b = OutOfBounds { clamped: 1, ahead: 2, ahead_max_ns: 30_000_000_000 };
+        let mut out = Vec::new();
+        write_hgrm(&mut out, &h, b).expect("written");
+        let text = String::from_utf8(out).expect("utf8");
+        let tail: Vec<&str> = text.lines().rev().take(2).collect();
+        assert_eq!(
+            tail,
+            [
+                "#[Ahead   =            2 (latencies below 0, down to -30.00s, were recorded as 1 ns: a send time \
+                 ahead of this host's clock, or this clock stepped back)]",
+                "#[Clamped =            1 (latency above 60 s was recorded as 60 s, the highest value tracked)]",
+            ]
+        );
+        let mut out = Vec::new();
+        let start = 1_700_000_000_000_000_000;
+        let mut w = HlogWriter::new(&mut out, start, "mdsub test").expect("header");
+        w.write("shard0.wire", start, start + 1_000_000_000, &h).expect("line");
+        w.note_out_of_bounds("shard0.wire", start, OutOfBounds { ahead: 1, ahead_max_ns: 4_100, ..b }).expect("note");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[7].starts_with("#[Clamped: Tag=shard0.wire,StartTimestamp=0.000,Count=1 "), "{text}");
+        assert_eq!(
+            lines[8],
+            "#[Ahead: Tag=shard0.wire,StartTimestamp=0.000,Count=1 (latency below 0, at -4.1µs, was recorded as 1 ns: \
+             a send time ahead of this host's clock, or this clock stepped back)]"
         );
     }
 }

@@ -5,7 +5,8 @@
 //! interval; the collector adds them up. Stages, all from the publisher's
 //! intended send time (so coordinated omission shows as latency):
 //! `wire` = until the reader received the frame (the clock is read once per
-//! drain round, so the frames of one round share it), `queue` = from the
+//! drain round, so the frames of one round share it, and again for a frame sent
+//! after that read: [`crate::clock::PassStamp`]), `queue` = from the
 //! reader to the worker taking the batch, `total` = until the handler
 //! finished (for the `latency` handler, which does nothing per message: until
 //! the worker took the batch, as the baseline counts it).
@@ -23,7 +24,7 @@ pub mod settings;
 pub mod store;
 
 /// Highest latency recorded (60 s). A larger one is recorded as 60 s and counted per stage
-/// ([`StageHistograms::clamped`]), and every output says so: the report (`≥60s` and a line
+/// ([`OutOfBounds::clamped`]), and every output says so: the report (`≥60s` and a line
 /// per stage), the JSON (`clamped` per stage), `/metrics` (`mdsub_latency_clamped_total`),
 /// the status (`clamped`), `mdsub top` (`≥60s`) and `#[Clamped` comment lines in the `.hlog`
 /// and `.hgrm`. Counting rather than raising the bound: any bound can be passed (a capture replayed verbatim lags by its age), and each
@@ -39,6 +40,72 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKABLE_NS, 3).expect("valid histogram bounds")
 }
 
+/// Latencies of one stage that the histogram holds at a bound rather than as measured.
+///
+/// Below 0 (`ahead`): the end came before the start, a send time ahead of this host's clock
+/// (the publisher's host's clock runs ahead of this one, or this one stepped back; on one host
+/// the reader's stamps never precede a send time, [`crate::clock::PassStamp`]). Every one is
+/// counted, however small: a few µs of skew between hosts synchronised with PTP shows here
+/// only for messages whose transit was shorter than the skew. Each output says so, as for
+/// `clamped`: the report (`<0s` and a line per stage), the JSON (`ahead`, `ahead_max_ns`),
+/// `/metrics` (`mdsub_latency_ahead_total`, `mdsub_latency_ahead_max_seconds`), the status
+/// (`ahead`), `mdsub top` (`<0s`), `#[Ahead` comment lines in the `.hlog` and `.hgrm`, and
+/// one line on stderr, once a run, with the amount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OutOfBounds {
+    /// Above [`MAX_TRACKABLE_NS`], recorded as it.
+    pub clamped: u64,
+    /// Below 0, recorded as 1 ns.
+    pub ahead: u64,
+    /// How far below 0 the lowest of them was (ns; 0 when none was).
+    pub ahead_max_ns: u64,
+}
+
+impl OutOfBounds {
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &OutOfBounds) {
+        self.clamped += other.clamped;
+        self.ahead += other.ahead;
+        self.ahead_max_ns = self.ahead_max_ns.max(other.ahead_max_ns);
+    }
+
+    /// The counts since `earlier` (these taken later from the same cumulative histograms); the
+    /// largest amount ahead is the whole run's.
+    pub fn since(&self, earlier: &OutOfBounds) -> OutOfBounds {
+        OutOfBounds {
+            clamped: self.clamped.saturating_sub(earlier.clamped),
+            ahead: self.ahead.saturating_sub(earlier.ahead),
+            ahead_max_ns: self.ahead_max_ns,
+        }
+    }
+
+    /// `ns` within the histograms' bounds; `n` more counted when it was out of them.
+    #[inline]
+    fn bound(&mut self, ns: i64, n: u64) -> u64 {
+        if ns > MAX_TRACKABLE_NS as i64 {
+            self.clamped += n;
+            MAX_TRACKABLE_NS
+        } else if ns < 0 {
+            self.ahead += n;
+            self.ahead_max_ns = self.ahead_max_ns.max(ns.unsigned_abs());
+            1
+        } else {
+            (ns as u64).max(1)
+        }
+    }
+}
+
+/// The latency from `from_ns` to `to_ns`: negative when `to_ns` came first (saturating at
+/// `i64`'s bounds, some 292 years: send times come from peers).
+#[inline]
+pub fn latency_ns(from_ns: u64, to_ns: u64) -> i64 {
+    if to_ns >= from_ns {
+        i64::try_from(to_ns - from_ns).unwrap_or(i64::MAX)
+    } else {
+        i64::try_from(from_ns - to_ns).map_or(i64::MIN, |d| -d)
+    }
+}
+
 /// One histogram per stage, and the bytes of the frames recorded.
 #[derive(Clone, Debug)]
 pub struct StageHistograms {
@@ -47,8 +114,8 @@ pub struct StageHistograms {
     pub total: Histogram<u64>,
     /// Bytes of the frames whose latencies were recorded.
     pub bytes: u64,
-    /// Latencies above [`MAX_TRACKABLE_NS`] (recorded as it), per stage in [`STAGES`] order.
-    pub clamped: [u64; 3],
+    /// Latencies above [`MAX_TRACKABLE_NS`] or below 0, per stage in [`STAGES`] order.
+    pub out_of_bounds: [OutOfBounds; 3],
 }
 
 impl Default for StageHistograms {
@@ -58,7 +125,7 @@ impl Default for StageHistograms {
             queue: new_histogram(),
             total: new_histogram(),
             bytes: 0,
-            clamped: [0; 3],
+            out_of_bounds: [OutOfBounds::default(); 3],
         }
     }
 }
@@ -82,42 +149,33 @@ pub fn slot_name(k: usize, shards: usize) -> String {
 /// The stage names, in the order [`StageHistograms::stages`] gives them.
 pub const STAGES: [&str; 3] = ["wire", "queue", "total"];
 
-/// `ns` within the histograms' bounds; `n` more in `clamped` when it was above them.
-#[inline]
-fn clamp(ns: u64, n: u64, clamped: &mut u64) -> u64 {
-    if ns > MAX_TRACKABLE_NS {
-        *clamped += n;
-        MAX_TRACKABLE_NS
-    } else {
-        ns.max(1)
-    }
-}
-
 impl StageHistograms {
-    /// Record one message's stage latencies (ns). Never allocates.
+    /// Record one message's stage latencies (ns, [`latency_ns`]). Never allocates.
     #[inline]
-    pub fn record(&mut self, wire_ns: u64, queue_ns: u64, total_ns: u64) {
-        // Values are clamped into the bounds (and counted), so saturating records cannot fail.
-        self.wire.saturating_record(clamp(wire_ns, 1, &mut self.clamped[0]));
-        self.queue.saturating_record(clamp(queue_ns, 1, &mut self.clamped[1]));
-        self.total.saturating_record(clamp(total_ns, 1, &mut self.clamped[2]));
+    pub fn record(&mut self, wire_ns: i64, queue_ns: i64, total_ns: i64) {
+        // Values are bounded (and counted when out of bounds), so saturating records cannot fail.
+        let [w, q, t] = &mut self.out_of_bounds;
+        self.wire.saturating_record(w.bound(wire_ns, 1));
+        self.queue.saturating_record(q.bound(queue_ns, 1));
+        self.total.saturating_record(t.bound(total_ns, 1));
     }
 
-    /// Record one message's wire and total latencies (ns); its queue stage
+    /// Record one message's wire and total latencies (ns, [`latency_ns`]); its queue stage
     /// goes in with [`StageHistograms::record_queue_n`]. Never allocates.
     #[inline]
-    pub fn record_wire_total(&mut self, wire_ns: u64, total_ns: u64) {
-        self.wire.saturating_record(clamp(wire_ns, 1, &mut self.clamped[0]));
-        self.total.saturating_record(clamp(total_ns, 1, &mut self.clamped[2]));
+    pub fn record_wire_total(&mut self, wire_ns: i64, total_ns: i64) {
+        let [w, _, t] = &mut self.out_of_bounds;
+        self.wire.saturating_record(w.bound(wire_ns, 1));
+        self.total.saturating_record(t.bound(total_ns, 1));
     }
 
     /// Record the queue stage of `n` messages that all waited `queue_ns` (the
     /// frames of one hand-off batch share their receive and take times, so a
     /// worker records them once). Never allocates.
     #[inline]
-    pub fn record_queue_n(&mut self, queue_ns: u64, n: u64) {
+    pub fn record_queue_n(&mut self, queue_ns: i64, n: u64) {
         if n > 0 {
-            self.queue.saturating_record_n(clamp(queue_ns, n, &mut self.clamped[1]), n);
+            self.queue.saturating_record_n(self.out_of_bounds[1].bound(queue_ns, n), n);
         }
     }
 
@@ -128,8 +186,8 @@ impl StageHistograms {
         let _ = self.queue.add(&other.queue);
         let _ = self.total.add(&other.total);
         self.bytes += other.bytes;
-        for (c, o) in self.clamped.iter_mut().zip(other.clamped) {
-            *c += o;
+        for (b, o) in self.out_of_bounds.iter_mut().zip(&other.out_of_bounds) {
+            b.add(o);
         }
     }
 
@@ -138,7 +196,7 @@ impl StageHistograms {
         self.queue.reset();
         self.total.reset();
         self.bytes = 0;
-        self.clamped = [0; 3];
+        self.out_of_bounds = [OutOfBounds::default(); 3];
     }
 
     /// `(name, histogram)` for every stage, in [`STAGES`] order.
@@ -150,13 +208,15 @@ impl StageHistograms {
         self.total.len()
     }
 
-    /// Percentiles of each stage (with its clamped count), keyed by stage name.
+    /// The percentiles of stage `i` (in [`STAGES`] order) with its counts out of bounds.
+    pub fn percentiles(&self, i: usize) -> Percentiles {
+        let (_, h) = self.stages()[i];
+        Percentiles { out_of_bounds: self.out_of_bounds[i], ..Percentiles::of(h) }
+    }
+
+    /// Percentiles of each stage (with its counts out of bounds), keyed by stage name.
     pub fn summary(&self) -> BTreeMap<String, Percentiles> {
-        self.stages()
-            .into_iter()
-            .zip(self.clamped)
-            .map(|((k, h), clamped)| (k.to_string(), Percentiles { clamped, ..Percentiles::of(h) }))
-            .collect()
+        STAGES.iter().enumerate().map(|(i, k)| (k.to_string(), self.percentiles(i))).collect()
     }
 }
 
@@ -170,8 +230,10 @@ pub struct Percentiles {
     pub max_ns: u64,
     pub mean_ns: f64,
     /// Latencies above [`MAX_TRACKABLE_NS`], recorded as it (a percentile at or above it is
-    /// then a floor: `≥60s`).
-    pub clamped: u64,
+    /// then a floor: `≥60s`), and below 0, recorded as 1 ns (a percentile at 1 ns is then a
+    /// ceiling: `<0s`); flattened into the JSON (`clamped`, `ahead`, `ahead_max_ns`).
+    #[serde(flatten)]
+    pub out_of_bounds: OutOfBounds,
 }
 
 impl Percentiles {
@@ -186,7 +248,7 @@ impl Percentiles {
             p999_ns: h.value_at_quantile(0.999),
             max_ns: h.max(),
             mean_ns: h.mean(),
-            clamped: 0,
+            out_of_bounds: OutOfBounds::default(),
         }
     }
 }
@@ -202,14 +264,29 @@ pub fn human_ns(ns: u64) -> String {
 }
 
 /// A latency as [`human_ns`] says it, or `≥60s` for one in the histograms' top bin when
-/// latencies above [`MAX_TRACKABLE_NS`] were recorded there (`clamped` of them): the bin also
-/// holds latencies a little under 60 s, which read back as 60.03 s and are not clamped.
-pub fn human_latency(ns: u64, clamped: u64) -> String {
-    if clamped > 0 && ns >= MAX_TRACKABLE_NS {
+/// latencies above [`MAX_TRACKABLE_NS`] were recorded there (`b.clamped` of them): the bin also
+/// holds latencies a little under 60 s, which read back as 60.03 s and are not clamped; `<0s`
+/// for one in the bottom bin (1 ns) when latencies below 0 were recorded there (`b.ahead`).
+pub fn human_latency(ns: u64, b: OutOfBounds) -> String {
+    if b.clamped > 0 && ns >= MAX_TRACKABLE_NS {
         format!("≥{}s", MAX_TRACKABLE_NS / 1_000_000_000)
+    } else if b.ahead > 0 && ns <= 1 {
+        "<0s".to_string()
     } else {
         human_ns(ns)
     }
+}
+
+/// What a stage's `ahead` count means, in the report's and the files' words: `latencies below
+/// 0, down to -X, were recorded as 1 ns: …`.
+pub fn ahead_words(b: &OutOfBounds) -> String {
+    let lowest = human_ns(b.ahead_max_ns);
+    let what = if b.ahead == 1 {
+        format!("latency below 0, at -{lowest}, was")
+    } else {
+        format!("latencies below 0, down to -{lowest}, were")
+    };
+    format!("{what} recorded as 1 ns: a send time ahead of this host's clock, or this clock stepped back")
 }
 
 /// Where the engine publishes its metrics besides the report.
@@ -519,21 +596,25 @@ impl RunReport {
                         s,
                         "    {:<10} {:>10} {:>10} {:>10} {:>10}",
                         stage,
-                        human_latency(p.p50_ns, p.clamped),
-                        human_latency(p.p99_ns, p.clamped),
-                        human_latency(p.p999_ns, p.clamped),
-                        human_latency(p.max_ns, p.clamped)
+                        human_latency(p.p50_ns, p.out_of_bounds),
+                        human_latency(p.p99_ns, p.out_of_bounds),
+                        human_latency(p.p999_ns, p.out_of_bounds),
+                        human_latency(p.max_ns, p.out_of_bounds)
                     );
                 }
             }
         }
         for stage in ["wire", "queue", "total"] {
-            if let Some(p) = self.latency.get(stage).filter(|p| p.clamped > 0) {
+            let Some(b) = self.latency.get(stage).map(|p| p.out_of_bounds) else { continue };
+            if b.clamped > 0 {
                 let _ = writeln!(
                     s,
                     "    {stage}: {} latencies above {MAX_TRACKABLE_HUMAN} recorded as {MAX_TRACKABLE_HUMAN}",
-                    p.clamped
+                    b.clamped
                 );
+            }
+            if b.ahead > 0 {
+                let _ = writeln!(s, "    {stage}: {} {}", b.ahead, ahead_words(&b));
             }
         }
         if let Some(snail) = &self.snail {
@@ -649,17 +730,18 @@ mod tests {
     fn record_add_and_summarise() {
         let mut a = StageHistograms::default();
         let mut b = StageHistograms::default();
-        for i in 1..=1000u64 {
+        for i in 1..=1000i64 {
             a.record(i, 0, i * 1000);
         }
-        b.record(0, u64::MAX, 5);
-        b.record_queue_n(MAX_TRACKABLE_NS + 1, 4);
-        b.record_queue_n(MAX_TRACKABLE_NS, 2);
+        b.record(0, i64::MAX, 5);
+        b.record_queue_n(MAX_TRACKABLE_NS as i64 + 1, 4);
+        b.record_queue_n(MAX_TRACKABLE_NS as i64, 2);
         a.add(&b);
         assert_eq!(a.count(), 1001);
-        assert_eq!(a.clamped, [0, 5, 0], "above 60 s counted (60 s itself is not), n at a time");
+        let clamped = a.out_of_bounds.map(|b| b.clamped);
+        assert_eq!(clamped, [0, 5, 0], "above 60 s counted (60 s itself is not), n at a time");
         let s = a.summary();
-        assert_eq!((s["wire"].clamped, s["queue"].clamped), (0, 5));
+        assert_eq!((s["wire"].out_of_bounds.clamped, s["queue"].out_of_bounds.clamped), (0, 5));
         assert!(s["total"].p50_ns >= 499_000 && s["total"].p50_ns <= 501_000, "{:?}", s["total"]);
         assert_eq!(s["queue"].max_ns, a.queue.highest_equivalent(MAX_TRACKABLE_NS));
         assert_eq!(s["wire"].count, 1001);
@@ -672,10 +754,55 @@ mod tests {
         assert_eq!(human_ns(3_050_000), "3.05ms");
         assert_eq!(human_ns(1_200_000_000), "1.20s");
         assert_eq!(human_ns(2_252_800), "2.25ms");
-        assert_eq!(human_latency(59_990_000_000, 1), "59.99s");
-        assert_eq!(human_latency(60_030_000_000, 1), "≥60s");
+        let clamped = OutOfBounds { clamped: 1, ..Default::default() };
+        assert_eq!(human_latency(59_990_000_000, clamped), "59.99s");
+        assert_eq!(human_latency(60_030_000_000, clamped), "≥60s");
         // The top bin with nothing clamped: a latency a little under 60 s read back.
-        assert_eq!(human_latency(60_030_000_000, 0), "60.03s");
+        assert_eq!(human_latency(60_030_000_000, OutOfBounds::default()), "60.03s");
+        // The bottom bin: below 0 where some were, 1 ns (the floor of a 0) where none was.
+        let ahead = OutOfBounds { ahead: 1, ..Default::default() };
+        assert_eq!((human_latency(1, ahead), human_latency(2, ahead)), ("<0s".into(), "2ns".into()));
+        assert_eq!(human_latency(1, OutOfBounds::default()), "1ns");
+    }
+
+    #[test]
+    fn latency_is_signed_and_saturates() {
+        assert_eq!(latency_ns(1_000, 3_500), 2_500);
+        assert_eq!(latency_ns(3_500, 1_000), -2_500);
+        assert_eq!(latency_ns(7, 7), 0);
+        assert_eq!(latency_ns(0, u64::MAX), i64::MAX);
+        assert_eq!(latency_ns(u64::MAX, 0), i64::MIN, "a send time from a peer can be anything");
+        assert_eq!(latency_ns(i64::MAX as u64, 0), -i64::MAX);
+    }
+
+    /// A capture whose send times are 30 s ahead of this host's clock, replayed at its pace:
+    /// before, every wire and total latency read 1 ns in the report and the JSON, and nothing
+    /// was counted or said.
+    #[test]
+    fn latencies_below_0_are_marked_and_counted_in_the_report() {
+        let mut h = StageHistograms::default();
+        for i in 0..3 {
+            h.record(-30_000_000_000 + i, 25_000, -29_999_975_000 + i);
+        }
+        h.record(-4_100, 25_000, 20_900);
+        let r = RunReport { latency: h.summary(), ..Default::default() };
+        let t = r.render();
+        let row = format!("    {:<10} {:>10} {:>10} {:>10} {:>10}\n", "wire", "<0s", "<0s", "<0s", "<0s");
+        assert!(t.contains(&row), "{t}");
+        assert!(
+            t.contains(
+                "    wire: 4 latencies below 0, down to -30.00s, were recorded as 1 ns: a send time ahead of this \
+                 host's clock, or this clock stepped back\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("    total: 3 latencies below 0, down to -30.00s, were recorded"), "{t}");
+        assert!(!t.contains("queue:"), "{t}");
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["latency"]["wire"]["ahead"], 4, "{json}");
+        assert_eq!(json["latency"]["wire"]["ahead_max_ns"], 30_000_000_000u64, "{json}");
+        assert_eq!(json["latency"]["wire"]["clamped"], 0, "{json}");
+        assert_eq!(json["latency"]["queue"]["ahead"], 0, "{json}");
     }
 
     #[test]

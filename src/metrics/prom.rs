@@ -13,7 +13,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use super::collector::LiveLatency;
-use super::{slot_name, StageHistograms};
+use super::{slot_name, OutOfBounds, StageHistograms};
 use crate::agent::AgentStats;
 
 /// Upper bounds of the latency histogram's buckets, in ns (1-2-5 steps from
@@ -347,19 +347,38 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             }
         },
     );
-    family(
+    // What each shard's stage held at a bound rather than as measured.
+    let per_stage = |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&OutOfBounds) -> f64| {
+        family(s, name, kind, help, |f| {
+            for (slot, set) in &slots {
+                let shard = shard_label(slot);
+                for (stage, b) in super::STAGES.iter().zip(&set.out_of_bounds) {
+                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), v(b));
+                }
+            }
+        });
+    };
+    per_stage(
         &mut s,
         "mdsub_latency_clamped_total",
         "counter",
         "Latencies above 60 s, by stage: recorded as 60 s in mdsub_latency_seconds and the quantiles.",
-        |f| {
-            for (name, set) in &slots {
-                let shard = shard_label(name);
-                for (stage, n) in super::STAGES.iter().zip(set.clamped) {
-                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), n);
-                }
-            }
-        },
+        &|b| b.clamped as f64,
+    );
+    per_stage(
+        &mut s,
+        "mdsub_latency_ahead_total",
+        "counter",
+        "Latencies below 0, by stage: send times ahead of this host's clock (clock skew), or this clock \
+         stepped back; recorded as 1 ns in mdsub_latency_seconds and the quantiles.",
+        &|b| b.ahead as f64,
+    );
+    per_stage(
+        &mut s,
+        "mdsub_latency_ahead_max_seconds",
+        "gauge",
+        "How far below 0 the lowest of those latencies was (0 while none was).",
+        &|b| seconds(b.ahead_max_ns as f64),
     );
     family(
         &mut s,
@@ -600,6 +619,7 @@ mod tests {
     fn renders_counters_histograms_and_gauges() {
         let mut latency = LiveLatency { cumulative: shard_sets(2), last_interval: shard_sets(2), ..Default::default() };
         latency.cumulative[1].record(1_000, 2_000, 3_000);
+        latency.cumulative[0].record(-30_000_000_000, 2_000, -29_999_998_000);
         latency.cumulative[1].bytes = 120;
         latency.last_interval[1].record(1_000, 2_000, 3_000);
         let live = EngineLive {
@@ -652,5 +672,13 @@ mod tests {
             assert!(t.contains(&line), "{line} in {t}");
         }
         assert!(t.contains("mdsub_latency_clamped_total{engine=\"e\\\"1\",shard=\"1\",stage=\"wire\"} 0"), "{t}");
+        // A send time 30 s ahead of this host's clock: counted, with how far.
+        assert!(t.contains("mdsub_latency_ahead_total{engine=\"e\\\"1\",shard=\"0\",stage=\"wire\"} 1\n"), "{t}");
+        assert!(t.contains("mdsub_latency_ahead_total{engine=\"e\\\"1\",shard=\"0\",stage=\"queue\"} 0\n"), "{t}");
+        assert!(
+            t.contains("mdsub_latency_ahead_max_seconds{engine=\"e\\\"1\",shard=\"0\",stage=\"wire\"} 30\n"),
+            "{t}"
+        );
+        assert!(t.contains("mdsub_latency_ahead_max_seconds{engine=\"e\\\"1\",shard=\"1\",stage=\"wire\"} 0\n"), "{t}");
     }
 }

@@ -11,7 +11,7 @@
 //! - `shardK`: counters (publisher connections of a bound shard, its reader's
 //!   self-stalls among them) and the last interval's msgs/s and total-stage
 //!   p50/p99/p99.9/max (ns) and how many of its latencies were above 60 s
-//!   (`clamped`, recorded as 60 s), `mdsub top`'s input;
+//!   (`clamped`, recorded as 60 s) or below 0 (`ahead`, recorded as 1 ns), `mdsub top`'s input;
 //! - `refused/NAME`: why the last value offered for setting NAME was refused
 //!   (the value in force stays); deleted once a good value is applied, the value
 //!   in force is offered again, or the setting is deleted.
@@ -61,7 +61,7 @@ pub fn ttl_s(interval_ns: u64) -> u64 {
 /// A shard's last interval in its status: message count and rate, the total stage's
 /// percentiles (ns; each `null` when the interval had no message: an idle feed has no
 /// latency, and 0 would say a fast one) and its latencies above 60 s (`clamped`, recorded as
-/// 60 s).
+/// 60 s) and below 0 (`ahead`, recorded as 1 ns: send times ahead of this host's clock).
 pub fn interval_status(last: &super::StageHistograms, interval_ns: u64) -> serde_json::Value {
     let p = super::Percentiles::of(&last.total);
     let ns = |v: u64| if p.count == 0 { serde_json::Value::Null } else { json!(v) };
@@ -72,7 +72,8 @@ pub fn interval_status(last: &super::StageHistograms, interval_ns: u64) -> serde
         "p99_ns": ns(p.p99_ns),
         "p999_ns": ns(p.p999_ns),
         "max_ns": ns(p.max_ns),
-        "clamped": last.clamped[2],
+        "clamped": last.out_of_bounds[2].clamped,
+        "ahead": last.out_of_bounds[2].ahead,
     })
 }
 
@@ -373,9 +374,10 @@ mod tests {
         assert_eq!((idle["interval_msgs"].as_u64(), idle["msgs_per_s"].as_f64()), (Some(0), Some(0.0)));
         set.record(1_000, 1_000, 2_000);
         set.record(1_000, 1_000, 61_000_000_000);
+        set.record(-3_000, 1_000, -2_000);
         let busy = interval_status(&set, 500_000_000);
-        assert_eq!((busy["p50_ns"].as_u64(), busy["msgs_per_s"].as_f64()), (Some(2_000), Some(4.0)), "{busy}");
-        assert_eq!(busy["clamped"], 1, "{busy}");
+        assert_eq!((busy["p50_ns"].as_u64(), busy["msgs_per_s"].as_f64()), (Some(2_000), Some(6.0)), "{busy}");
+        assert_eq!((busy["clamped"].as_u64(), busy["ahead"].as_u64()), (Some(1), Some(1)), "{busy}");
     }
 
     #[test]

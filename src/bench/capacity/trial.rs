@@ -137,7 +137,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     while start.elapsed() < spec.warmup && !stop.is_stopped() {
         std::thread::sleep(Duration::from_millis(5).min(spec.warmup.saturating_sub(start.elapsed())));
     }
-    let (warm, warm_clamped) = total_of(&live);
+    let (warm, warm_bounds) = total_of(&live);
     let mut local_publisher = None;
     let (sent, send_s) = match (task, remote.as_mut()) {
         (Some(task), _) => {
@@ -162,14 +162,14 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         ),
         Err(e) => return Err(anyhow::Error::new(e).context("running the engine")),
     };
-    let (mut hold, clamped) = total_of(&live);
-    let hold_clamped = clamped.saturating_sub(warm_clamped);
+    let (mut hold, bounds) = total_of(&live);
+    let hold_bounds = bounds.since(&warm_bounds);
     // Both come from one cumulative histogram, so the subtraction cannot underflow.
     if hold.subtract(&warm).is_err() {
         hold = total_of(&live).0;
     }
     let hgrm = std::fs::File::create(&spec.hgrm).with_context(|| format!("creating {}", spec.hgrm.display()))?;
-    crate::metrics::hlog::write_hgrm(std::io::BufWriter::new(hgrm), &hold, hold_clamped)
+    crate::metrics::hlog::write_hgrm(std::io::BufWriter::new(hgrm), &hold, hold_bounds)
         .with_context(|| format!("writing {}", spec.hgrm.display()))?;
     let latency_ns = spec
         .quantiles
@@ -199,16 +199,15 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     })
 }
 
-/// Every shard's `total` stage, added up.
-/// The total stage over every shard so far, and how many of its latencies were clamped.
-fn total_of(live: &SharedLatency) -> (Histogram<u64>, u64) {
+/// The total stage over every shard so far, and how many of its latencies were out of bounds.
+fn total_of(live: &SharedLatency) -> (Histogram<u64>, crate::metrics::OutOfBounds) {
     let mut h = crate::metrics::StageHistograms::default().total;
-    let mut clamped = 0;
+    let mut bounds = crate::metrics::OutOfBounds::default();
     if let Ok(l) = live.lock() {
         for s in &l.cumulative {
             let _ = h.add(&s.total);
-            clamped += s.clamped[2];
+            bounds.add(&s.out_of_bounds[2]);
         }
     }
-    (h, clamped)
+    (h, bounds)
 }
