@@ -20,6 +20,7 @@ use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::feed::GeneratorConfig;
 use crate::metrics::collector::SharedLatency;
 use crate::metrics::OutputsConfig;
+use crate::outfile::Claimed;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
 
 /// Where the load comes from.
@@ -91,8 +92,9 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     for (shard, ep) in cfg.shards.iter_mut().zip(&endpoints) {
         shard.endpoints = vec![ep.clone()];
     }
-    cfg.outputs =
-        OutputsConfig { hlog: Some(spec.hlog.clone()), hgrm: None, listen: None, metrics_access: Default::default() };
+    // The run's folder is this search's own; the claim still keeps the file to this run.
+    let hlog = Claimed::claim("the trial's interval log", &spec.hlog)?;
+    cfg.outputs = OutputsConfig { hlog: Some(hlog), ..Default::default() };
     // Intervals short enough that the warm-up's end falls near one.
     let interval = (spec.warmup / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     cfg.metrics_interval = cfg.metrics_interval.min(interval);
