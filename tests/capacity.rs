@@ -161,6 +161,54 @@ fn finds_a_known_limit_and_writes_every_output() {
     assert!(k_none > k_work, "no work: knee {k_none} should be above {k_work}");
 }
 
+/// The flags of a one-trial search that passes: one rate, a lenient SLA.
+const ONE_TRIAL: [&str; 6] = ["--start-rate", "1000", "--max-rate", "1000", "--sla", "p50=1s"];
+
+/// `YYYYmmddTHHMMSS` of now + `offset_s` (UTC), as a results folder's name starts.
+fn utc_stamp(offset_s: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_s);
+    format!("{:04}{:02}{:02}T{:02}{:02}{:02}", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second())
+}
+
+/// Two runs started in one second used the same DATE-HOST-COMMIT folder: the first said its
+/// winner was written there, but the files held the second's. A run whose folder name is taken
+/// makes `NAME-2` (and says so); the folder that was there is left alone.
+#[test]
+fn a_results_folder_that_exists_is_not_shared() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-taken");
+    // A first run tells the folder name's HOST-COMMIT part.
+    let first = capacity(&dir.join("first"), &ONE_TRIAL);
+    let name = PathBuf::from(first["folder"].as_str().expect("folder"));
+    let name = name.file_name().and_then(|n| n.to_str()).expect("a folder name").to_string();
+    let rest = &name[name.find('Z').expect("DATEZ-HOST-COMMIT")..];
+    // Every name the next run can take in the coming minute is taken (another run's).
+    let out = dir.join("second");
+    for s in -1..60 {
+        std::fs::create_dir_all(out.join(format!("{}{rest}", utc_stamp(s)))).expect("a taken folder");
+    }
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--json", "--out"]).arg(&out).args(SHORT).args(ONE_TRIAL);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(150));
+    assert_eq!(code, Some(0), "{stderr}");
+    let v = json(&stdout);
+    let folder = PathBuf::from(v["folder"].as_str().expect("folder"));
+    let taken = PathBuf::from(folder.to_str().expect("utf8").strip_suffix("-2").expect("NAME-2"));
+    assert!(taken.is_dir(), "{taken:?}");
+    assert!(
+        stderr.contains(&format!(
+            "capacity: {} exists (another run started in the same second): this run's results go to {}",
+            taken.display(),
+            folder.display()
+        )),
+        "said which: {stderr}"
+    );
+    assert_eq!(std::fs::read_dir(&taken).map(|d| d.count()).ok(), Some(0), "the taken folder is left alone");
+    assert!(folder.join("winner.toml").is_file() && folder.join("summary.json").is_file());
+    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    assert_eq!(saved["folder"], v["folder"]);
+}
+
 #[test]
 fn a_publisher_short_of_the_rate_is_not_the_knee() {
     let _one = serial();

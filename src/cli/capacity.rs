@@ -72,7 +72,8 @@ pub struct CapacityArgs {
     /// Stop the whole search after this long (results so far are written, marked capped).
     #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub time_cap: Duration,
-    /// The results folder (named DATE-HOST-COMMIT) is made in this directory.
+    /// The results folder (named DATE-HOST-COMMIT, or DATE-HOST-COMMIT-2, -3, … when
+    /// another run already has that name) is made in this directory.
     #[arg(long, default_value = "capacity-results", value_name = "DIR")]
     pub out: PathBuf,
     /// An external publisher driving the engine: `connect:EP`, the control

@@ -268,20 +268,48 @@ fn ordinal(n: u64) -> String {
 /// run ends without a result and they are still empty, so a run that failed before its first
 /// trial leaves no empty folder behind ([`ResultsFolder::keep`] once the summary is written).
 struct ResultsFolder {
+    path: PathBuf,
     made: Vec<PathBuf>,
     kept: bool,
 }
 
+/// How many `-2`, `-3`, … a results folder name is tried with before giving up.
+const FOLDER_SUFFIXES: usize = 100;
+
 impl ResultsFolder {
-    /// Make `folder` and whichever of its parents are missing.
+    /// Make `folder` (its parents as needed), a folder of this run's own: one that exists (another
+    /// run started in the same second on this host and commit) is not shared, the name gets
+    /// `-2`, `-3`, … instead, and that is said. `create_dir` makes the choice atomic: two runs
+    /// racing for one name cannot both get it.
     fn create(folder: &Path) -> anyhow::Result<ResultsFolder> {
-        let made: Vec<PathBuf> = folder
+        let mut made: Vec<PathBuf> = folder
             .ancestors()
+            .skip(1)
             .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
             .map(Path::to_path_buf)
             .collect();
-        std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
-        Ok(ResultsFolder { made, kept: false })
+        if let Some(parent) = folder.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", folder.display()))?;
+        }
+        for n in 1..=FOLDER_SUFFIXES {
+            let path = if n == 1 { folder.to_path_buf() } else { PathBuf::from(format!("{}-{n}", folder.display())) };
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    if n > 1 {
+                        crate::diag!(
+                            "capacity: {} exists (another run started in the same second): this run's results go to {}",
+                            folder.display(),
+                            path.display()
+                        );
+                    }
+                    made.insert(0, path.clone());
+                    return Ok(ResultsFolder { path, made, kept: false });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {}", path.display()))),
+            }
+        }
+        anyhow::bail!("creating {}: it and {FOLDER_SUFFIXES} suffixed names (-2, -3, …) all exist", folder.display())
     }
 
     fn keep(mut self) {
@@ -311,8 +339,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     let machine = Machine::here();
     let started = Instant::now();
     let date = machine.date_utc.replace(['-', ':'], "").replace(' ', "T");
-    let folder = cfg.out_dir.join(format!("{date}Z-{}-{}", hostname(), slug(&machine.mdsub_commit)));
-    let made = ResultsFolder::create(&folder)?;
+    let made =
+        ResultsFolder::create(&cfg.out_dir.join(format!("{date}Z-{}-{}", hostname(), slug(&machine.mdsub_commit))))?;
+    let folder = made.path.clone();
     let mut quantiles: Vec<f64> = REPORTED.to_vec();
     quantiles.extend(cfg.sla.points.iter().map(|p| p.quantile));
     quantiles.sort_by(|a, b| a.total_cmp(b));
