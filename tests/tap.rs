@@ -310,35 +310,17 @@ fn a_frame_the_wire_decoder_refuses_is_shown_with_why_and_counted() {
     );
 }
 
-/// Unmounts the tmpfs it names when dropped.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_file() {
     // Before, on a 64 KiB tmpfs: recorded_frames=379 but the file held 378 records and a torn one.
-    let dir = common::temp_dir("tap-full-disk");
-    let mnt = dir.join("tiny");
-    std::fs::create_dir_all(&mnt).expect("mount point");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&mnt)
-        .output()
-        .expect("run mount");
-    if !mounted.status.success() {
-        eprintln!(
-            "SKIPPED: cannot mount a 64 KiB tmpfs to fill (needs root or CAP_SYS_ADMIN): {}",
-            String::from_utf8_lossy(&mounted.stderr).trim()
-        );
-        return;
-    }
-    let _mounted = Mounted(mnt.clone());
-    let path = mnt.join("feed.cap");
+    let fs = match common::Tmpfs::mount("tap-full-disk", "size=64k") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a 64 KiB tmpfs to fill: {why}");
+            return;
+        }
+    };
+    let path = fs.dir.join("feed.cap");
     let mut tap = start("tap", &["--quiet", "--subscribe-all", "--record", path.to_str().expect("utf-8 path")]);
     let ctx = zmq::Context::new();
     let publisher = publisher(&ctx, &tap.frontend);
