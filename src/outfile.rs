@@ -37,6 +37,8 @@ pub enum OutFileError {
 /// from [`Claimed::rewrite`]) is alive.
 #[derive(Debug, Clone)]
 pub struct Claimed {
+    /// What the file is to the person who named it: its flag (`--hlog`), or a description.
+    flag: String,
     path: PathBuf,
     file: Arc<File>,
     regular: bool,
@@ -58,11 +60,16 @@ impl Claimed {
             }
             file.set_len(0).map_err(io)?;
         }
-        Ok(Claimed { path: path.to_path_buf(), file: Arc::new(file), regular })
+        Ok(Claimed { flag: flag.to_string(), path: path.to_path_buf(), file: Arc::new(file), regular })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `FLAG PATH`, as an error about the file starts.
+    pub fn named(&self) -> String {
+        format!("{} {}", self.flag, self.path.display())
     }
 
     /// A handle that writes the file from its start, the file emptied first (each run of a

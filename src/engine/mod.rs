@@ -254,9 +254,7 @@ impl Engine {
         // The files were claimed (made, locked, emptied) by whoever owns the run, before it.
         let hlog = match &cfg.outputs.hlog {
             Some(claimed) => {
-                let hlog_err = |e: &dyn std::fmt::Display| {
-                    EngineError::Config(format!("--hlog {}: {e}", claimed.path().display()))
-                };
+                let hlog_err = |e: &dyn std::fmt::Display| EngineError::Config(format!("{}: {e}", claimed.named()));
                 let f = claimed.rewrite().map_err(|e| hlog_err(&e))?;
                 let comment = format!(
                     "[mdsub engine {engine_id}: latency in ns per shard and stage, tags shardK.wire|queue|total, \

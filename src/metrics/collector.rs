@@ -288,7 +288,7 @@ impl Agent for Collector {
                     .map_err(|e| e.to_string())
             });
             if let Err(e) = written {
-                self.write_error(format_args!("{}: {e}", hgrm.path().display()));
+                self.write_error(format_args!("{}: {e}", hgrm.named()));
             }
         }
     }
