@@ -93,8 +93,9 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         shard.endpoints = vec![ep.clone()];
     }
     // The run's folder is this search's own; the claim still keeps the file to this run.
+    // A failed write is said once, by the trial's error, not by the collector as well.
     let hlog = Claimed::claim("the trial's interval log", &spec.hlog)?;
-    cfg.outputs = OutputsConfig { hlog: Some(hlog), ..Default::default() };
+    cfg.outputs = OutputsConfig { hlog: Some(hlog), quiet_write_errors: true, ..Default::default() };
     // Intervals short enough that the warm-up's end falls near one.
     let interval = (spec.warmup / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     cfg.metrics_interval = cfg.metrics_interval.min(interval);
@@ -164,6 +165,11 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         ),
         Err(e) => return Err(anyhow::Error::new(e).context("running the engine")),
     };
+    // The interval log is incomplete: no measurement to keep (the collector kept the cause quiet
+    // for this one line).
+    if let Some(e) = &report.metrics_write_error {
+        anyhow::bail!("{}: {e}", spec.hlog.display());
+    }
     let (mut hold, clamped) = total_of(&live);
     let hold_clamped = clamped.saturating_sub(warm_clamped);
     // Both come from one cumulative histogram, so the subtraction cannot underflow.
