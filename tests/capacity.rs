@@ -237,13 +237,7 @@ fn capacity_on_tmpfs(
     options: &str,
     extra: &[&str],
 ) -> Option<(common::Tmpfs, Option<i32>, String, String)> {
-    let fs = match common::Tmpfs::mount(test, options) {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            return None;
-        }
-    };
+    let fs = common::Tmpfs::mount_or_skip(test, options)?;
     let mut cmd = mdsub();
     cmd.args(["capacity", "--out"]).arg(&fs.dir).args(SHORT).args(["--start-rate", "1000", "--sla", "p50=1s"]);
     let (code, stdout, stderr) = run_within("capacity", cmd.args(extra), Duration::from_secs(150));
@@ -320,15 +314,7 @@ fn a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials() {
 fn a_disk_that_fills_during_a_trial_is_said_once() {
     let _one = serial();
     let test = "a_disk_that_fills_during_a_trial_is_said_once";
-    let Some(fs) = (match common::Tmpfs::mount(test, "size=64k") {
-        Ok(fs) => Some(fs),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            None
-        }
-    }) else {
-        return;
-    };
+    let Some(fs) = common::Tmpfs::mount_or_skip(test, "size=64k") else { return };
     // One page left: the log's header fits, its intervals (every 50 ms for a second) do not.
     let filler = fs.fill();
     let f = std::fs::OpenOptions::new().write(true).open(&filler).expect("the filler");

@@ -1262,12 +1262,9 @@ fn an_update_is_in_the_log_before_it_is_published() {
 /// re-send goes through.
 #[test]
 fn a_failed_log_write_is_neither_published_nor_acknowledged() {
-    let fs = match common::Tmpfs::mount("clone-diskfull", "size=64k") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED a_failed_log_write_is_neither_published_nor_acknowledged: {why}");
-            return;
-        }
+    let Some(fs) = common::Tmpfs::mount_or_skip("a_failed_log_write_is_neither_published_nor_acknowledged", "size=64k")
+    else {
+        return;
     };
     let data = fs.dir.join("data");
     let p = free_port_block(3);
@@ -1319,13 +1316,8 @@ fn a_failed_log_write_is_neither_published_nor_acknowledged() {
 /// acknowledged (before: the updates its log missed were gone).
 #[test]
 fn a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole() {
-    let fs = match common::Tmpfs::mount("clone-passive-full", "size=256k") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole: {why}");
-            return;
-        }
-    };
+    let test = "a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole";
+    let Some(fs) = common::Tmpfs::mount_or_skip(test, "size=256k") else { return };
     let pdir = common::temp_dir("clone-passive-full-primary");
     let bdir = fs.dir.join("backup");
     let (pp, bp) = (free_port_block(4), free_port_block(4));

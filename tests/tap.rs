@@ -313,13 +313,8 @@ fn a_frame_the_wire_decoder_refuses_is_shown_with_why_and_counted() {
 #[test]
 fn a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_file() {
     // Before, on a 64 KiB tmpfs: recorded_frames=379 but the file held 378 records and a torn one.
-    let fs = match common::Tmpfs::mount("tap-full-disk", "size=64k") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: cannot mount a 64 KiB tmpfs to fill: {why}");
-            return;
-        }
-    };
+    let test = "a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_file";
+    let Some(fs) = common::Tmpfs::mount_or_skip(test, "size=64k") else { return };
     let path = fs.dir.join("feed.cap");
     let mut tap = start("tap", &["--quiet", "--subscribe-all", "--record", path.to_str().expect("utf-8 path")]);
     let ctx = zmq::Context::new();

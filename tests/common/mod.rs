@@ -407,6 +407,11 @@ impl Tmpfs {
         Ok(Tmpfs { dir })
     }
 
+    /// [`Tmpfs::mount`], or None after saying `SKIPPED {test}: why` when it cannot be mounted.
+    pub fn mount_or_skip(test: &str, options: &str) -> Option<Tmpfs> {
+        Tmpfs::mount(test, options).map_err(|why| eprintln!("SKIPPED {test}: {why}")).ok()
+    }
+
     /// Write a file until the file system says it is full; returns its path.
     pub fn fill(&self) -> std::path::PathBuf {
         use std::io::Write;
