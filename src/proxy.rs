@@ -8,11 +8,18 @@
 //! copies what passes to its sink (`tap::proxy::TapHooks`). The shell is
 //! generic over its hooks, so each part's hot path is one monomorphised loop
 //! with no dynamic dispatch, as cheap as a hand-written proxy.
+//!
+//! The shell reads the monotonic clock once per step and hands it to every
+//! hook it calls (the cores' `(event, now_ns)` shape, so the hooks run on a
+//! manual clock in tests), and ticks the hooks at the start of every step,
+//! traffic or not ([`ProxyHooks::on_tick`]): what is due (a refusal summary)
+//! is said on time, not at the next message or at exit.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::clock;
 use crate::diag::ExitCounters;
 use crate::link::{LinkBoard, LinkStats, LinkWatch};
 use crate::zmqx::frame::{recv_frames, send_frames_from, Frame};
@@ -160,7 +167,8 @@ impl Downstream<'_> {
 }
 
 /// What a proxy does on top of forwarding. Called on the proxy's thread, once
-/// per message: keep it allocation-free where the part allows.
+/// per message: keep it allocation-free where the part allows. `now_ns` is the
+/// shell's monotonic clock, read once per step.
 pub trait ProxyHooks: Send {
     /// What the part reports at the end (its counters and the shell's).
     type Report: Copy + Default + Send + 'static;
@@ -185,15 +193,26 @@ pub trait ProxyHooks: Send {
     /// [`ProxyHooks::follows_joins`], called for every one seen before a subscription is
     /// handed to [`ProxyHooks::on_subscriber_message`] (libzmq reports the handshake before it
     /// reads that connection's subscriptions).
-    fn on_subscriber_joined(&mut self) {}
+    fn on_subscriber_joined(&mut self, _now_ns: u64) {}
 
     /// A message from the publishers, before the shell forwards it to the subscribers.
-    fn on_upstream_message(&mut self, frames: &[Frame]);
+    fn on_upstream_message(&mut self, frames: &[Frame], now_ns: u64);
 
     /// A message from a subscriber (`msg` classifies `frames`), before the
     /// shell forwards it to the publishers; `down` answers the subscribers.
     /// Returns whether the shell forwards it (counted in `not_forwarded` if not).
-    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, frames: &[Frame], down: &mut Downstream<'_>) -> bool;
+    fn on_subscriber_message(
+        &mut self,
+        msg: FromSubscriber<'_>,
+        frames: &[Frame],
+        down: &mut Downstream<'_>,
+        now_ns: u64,
+    ) -> bool;
+
+    /// The start of every step, with or without traffic (an idle proxy steps after each idle
+    /// wait: 100 ms at most with `--idle block`): say what has come due, such as a refusal
+    /// summary whose interval is up.
+    fn on_tick(&mut self, _now_ns: u64) {}
 
     /// The part's report, given the shell's counters.
     fn report(&self, shell: &ShellCounters) -> Self::Report;
@@ -339,12 +358,12 @@ impl<H: ProxyHooks> ProxyShell<H> {
         ProxyLinks(sides.iter().zip(&self.links).filter_map(|(s, w)| Some((*s, w.as_ref()?.board()))).collect())
     }
 
-    /// Look at the links when due (every so many rounds; `now`: at once).
-    fn service_links(&mut self, now: bool) {
+    /// Look at the links when due (every so many rounds; `at_once`: now).
+    fn service_links(&mut self, at_once: bool, now_ns: u64) {
         let [front, back] = &mut self.links;
         for (w, socket) in [(front, &self.frontend), (back, &self.backend)] {
             if let Some(w) = w {
-                if now || w.due() {
+                if at_once || w.due() {
                     w.service(socket);
                 }
             }
@@ -353,25 +372,25 @@ impl<H: ProxyHooks> ProxyShell<H> {
             let a = w.accepted();
             (self.counters.publisher_connects, self.counters.publisher_disconnects) = (a.connects, a.disconnects);
         }
-        self.take_joins();
+        self.take_joins(now_ns);
     }
 
     /// Hand the subscriber side's handshakes to the hooks (a watch keeps them only when the
     /// hooks follow joins: [`LinkWatch::following_updowns`]).
-    fn take_joins(&mut self) {
+    fn take_joins(&mut self, now_ns: u64) {
         if let Some(w) = &mut self.links[1] {
             w.take_updowns(&mut self.updowns);
             for _ in self.updowns.drain(..).filter(|&up| up) {
-                self.hooks.on_subscriber_joined();
+                self.hooks.on_subscriber_joined(now_ns);
             }
         }
     }
 
     /// Before a subscription is handled: every subscriber handshake so far to the hooks.
-    fn catch_up_joins(&mut self) {
+    fn catch_up_joins(&mut self, now_ns: u64) {
         if let Some(w) = &mut self.links[1] {
             w.drain(&self.backend);
-            self.take_joins();
+            self.take_joins(now_ns);
         }
     }
 
@@ -457,7 +476,9 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let role = self.hooks.role();
-        self.service_links(false);
+        let now_ns = clock::monotonic_ns();
+        self.hooks.on_tick(now_ns);
+        self.service_links(false, now_ns);
         // A live message the XPUB has not taken yet goes first: nothing else
         // is read until it is (back-pressure: the XSUB's queue fills, TCP
         // pushes back on the publishers).
@@ -478,7 +499,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
             }
             if follow_joins {
                 // The handshake of the connection this came from was reported before it.
-                self.catch_up_joins();
+                self.catch_up_joins(now_ns);
             }
             let msg = FromSubscriber::classify(&self.frames);
             let mut down = Downstream {
@@ -486,7 +507,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
                 send_failures: &mut self.counters.send_failures,
                 round_msgs: &mut round_msgs,
             };
-            let forward = self.hooks.on_subscriber_message(msg, &self.frames, &mut down);
+            let forward = self.hooks.on_subscriber_message(msg, &self.frames, &mut down, now_ns);
             if forward && self.frames.iter().any(|f| f.len() > zmqx::MAX_PREFIX_BYTES + 1) {
                 self.counters.too_long_up += 1;
                 if self.counters.too_long_up == 1 {
@@ -517,7 +538,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
             self.counters.messages_in += 1;
             self.counters.frames_in += self.frames.len() as u64;
             self.counters.bytes_in += self.frames.iter().map(|f| f.len() as u64).sum::<u64>();
-            self.hooks.on_upstream_message(&self.frames);
+            self.hooks.on_upstream_message(&self.frames, now_ns);
             std::mem::swap(&mut self.frames, &mut self.pending);
             self.pending_next = 0;
             done += 1;
@@ -535,13 +556,13 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        self.service_links(true);
+        self.service_links(true, clock::monotonic_ns());
         // An error (a signal) just returns: the runner looks at its stop flag.
         let _ = zmqx::wait_any(&[&self.frontend, &self.backend], zmq::POLLIN, timeout);
     }
 
     fn on_close(&mut self) {
-        self.service_links(true);
+        self.service_links(true, clock::monotonic_ns());
         for w in self.links.iter_mut().flatten() {
             w.finish();
         }
@@ -579,8 +600,14 @@ mod tests {
         fn role(&self) -> &'static str {
             "plain-proxy"
         }
-        fn on_upstream_message(&mut self, _: &[Frame]) {}
-        fn on_subscriber_message(&mut self, _: FromSubscriber<'_>, _: &[Frame], _: &mut Downstream<'_>) -> bool {
+        fn on_upstream_message(&mut self, _: &[Frame], _: u64) {}
+        fn on_subscriber_message(
+            &mut self,
+            _: FromSubscriber<'_>,
+            _: &[Frame],
+            _: &mut Downstream<'_>,
+            _: u64,
+        ) -> bool {
             true
         }
         fn report(&self, shell: &ShellCounters) -> ShellCounters {
@@ -616,7 +643,7 @@ mod tests {
             let mut shell = ProxyShell::new(&ctx, &config, true, Plain).expect("proxy");
             // (An unsubscribe of the previous round's proxy may come first.)
             while upstream.recv_bytes(0).expect("the proxy's subscription") != b"\x01" {}
-            shell.service_links(true);
+            shell.service_links(true, clock::monotonic_ns());
             let links = shell.links().snapshot();
             let (side, link) = &links[0];
             assert_eq!(

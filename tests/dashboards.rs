@@ -154,6 +154,45 @@ fn an_hgrm_that_cannot_be_written_fails_the_run() {
     assert_eq!(u(&r, "metrics_write_errors"), 1, "{r}");
 }
 
+/// An interval log whose writes fail while the engine runs (a disk that fills) shows on
+/// `/metrics` as it happens, so an engine that runs for days can raise an alert, and the stderr
+/// line names the file. Before, the count showed only in the report at the end, and the line
+/// said `writing the interval log` without saying which.
+#[test]
+fn an_hlog_failing_while_the_engine_runs_is_counted_on_metrics_and_named() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("SKIPPED: no /dev/full to make a write fail");
+        return;
+    }
+    if let Some(why) = python_missing(&["prometheus_client"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let port = free_port_block(1);
+    let (replay, eps) = start_replay("replay", 1, &["--count", "2000", "--rate", "10k"]);
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", &eps[0], "--expect-eos", "0"]);
+    cmd.args(["--hlog", "/dev/full", "--metrics-listen", &listen, "--metrics-interval", "100ms"]);
+    let e = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let stderr = e.stderr.as_ref().expect("stderr piped");
+    let said =
+        common::wait_line(stderr, Duration::from_secs(30), "the write error", |l| l.contains("the interval log"));
+    assert!(said.contains("metrics: /dev/full: "), "names the file: {said}");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut scraped = 0.0;
+    wait_until(Duration::from_secs(30), "the failed writes counted on /metrics", || {
+        let s = python_json(&["scrape", &url]);
+        scraped = sample(&s, "mdsub_metrics_write_errors_total", &[]).unwrap_or(0.0);
+        scraped >= 2.0
+    });
+    let _ = replay.finish(Duration::from_secs(30));
+    e.proc.signal(2);
+    let (status, out) = e.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "a log that lost intervals fails the run: {out}");
+    assert!(u(&json(&out), "metrics_write_errors") as f64 >= scraped, "{out}");
+}
+
 /// An engine on `eps` serving `/metrics` on 127.0.0.1:`port` every
 /// `interval`, running until stopped (no end of stream expected), so the
 /// counters can be read still and compared.

@@ -363,6 +363,7 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
             ..Default::default()
         })),
         drain_timeout: Duration::from_secs(60),
+        say_refusals: true,
     };
     let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_| {}).expect("run");
     let report = out.report;
@@ -400,17 +401,26 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
     assert_eq!((h["bid_levels"], h["ask_levels"]), (bid_levels as u64, ask_levels as u64));
 }
 
+/// `path`: an MBO file of `n` records over two instruments (AAPL 101, MSFT 102) with the
+/// length byte of its record `damaged` (1-based) set to `length`. Returns the records and the
+/// byte offset of the damaged one.
+fn mbo_file_with_length(path: &Path, n: usize, damaged: u64, length: u8) -> (Vec<MboMsg>, u64) {
+    let recs = mbo_feed(2, n, 0, 1_000);
+    let len = write_dbn(path, &metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]), &recs, false);
+    let rec_len = std::mem::size_of::<MboMsg>() as u64;
+    let offset = len - rec_len * n as u64 + (damaged - 1) * rec_len;
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes[offset as usize] = length;
+    std::fs::write(path, &bytes).expect("write");
+    (recs, offset)
+}
+
 #[test]
 fn corrupt_record_length_is_reported_at_its_offset() {
     let dir = tmp_dir("corrupt");
     let path = dir.join("bad.dbn");
-    let recs = mbo_feed(2, 100, 0, 1_000);
-    let len = write_dbn(&path, &metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]), &recs, false);
-    let rec_len = std::mem::size_of::<MboMsg>() as u64;
-    let offset = len - rec_len * recs.len() as u64 + 30 * rec_len;
-    let mut bytes = std::fs::read(&path).expect("read");
-    bytes[offset as usize] = 0; // record 30's length: shorter than a header
-    std::fs::write(&path, &bytes).expect("write");
+    // Record 31's length: shorter than a header.
+    let (_, offset) = mbo_file_with_length(&path, 100, 31, 0);
     let (got, status, out) = replay("replay-dbn-corrupt", 1, &["--from", path.to_str().expect("utf8")]);
     assert!(!status.success(), "a damaged file is an error: {out}");
     assert!(out.contains(&format!("damaged at byte {offset}: ")), "offset {offset} named: {out}");
@@ -420,6 +430,95 @@ fn corrupt_record_length_is_reported_at_its_offset() {
     assert!(out.contains("; replay of this file stops here: nothing after a damaged record can be trusted"), "{out}");
     assert!(out.contains("damaged input (refused: bad_record=1)"), "counted under its reason: {out}");
     assert_eq!(got.len(), 30, "everything before the damage was replayed");
+}
+
+/// A record whose length byte is wrong for its type is damage at that record, said there, and
+/// nothing from it on is sent: before, the decoder took any length past a header, so an MBO
+/// record with its length byte at 0xff went out as a 1020-byte "MBO" (0x04: a 16-byte one) and
+/// the damage was said later, at a wrong offset.
+#[test]
+fn a_record_length_wrong_for_its_type_is_damage_at_that_record() {
+    let dir = tmp_dir("len");
+    let rec_len = std::mem::size_of::<MboMsg>();
+    for (byte, bytes) in [(0xffu8, 1020), (0x04, 16)] {
+        let bad_path = dir.join(format!("len{byte:02x}.dbn"));
+        let (recs, offset) = mbo_file_with_length(&bad_path, 200, 101, byte);
+        let name = format!("replay-dbn-len{byte:02x}");
+        let (got, status, out) = replay(&name, 1, &["--from", bad_path.to_str().expect("utf8")]);
+        assert!(!status.success(), "a damaged file is an error: {out}");
+        let said: Vec<&str> = out.lines().filter(|l| l.starts_with("replay: refused (bad_record): ")).collect();
+        assert_eq!(said.len(), 1, "said once: {out}");
+        let want = format!(
+            "damaged at byte {offset}: its length byte 0x{byte:02x} ({bytes} bytes) is wrong for its type: mbo \
+             records (rtype 0xa0) are {rec_len} bytes in DBN version 3 (record 101;"
+        );
+        assert!(said[0].contains(&want), "want `{want}`: {out}");
+        assert!(out.contains("damaged input (refused: bad_record=1)"), "counted under its reason: {out}");
+        assert_eq!(got.len(), 100, "the 100 records before it, nothing from it on");
+        assert!(got.iter().zip(&recs).all(|(g, r)| g.payload == bytes_of(r)), "each as it was");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The one case where a record is longer than its struct: the live gateway's send time
+/// (`ts_out`, 8 bytes) after every record of a stream whose metadata says so. Such a file
+/// replays whole, each record with its `ts_out`.
+#[test]
+fn records_with_ts_out_are_whole_records() {
+    let dir = tmp_dir("ts-out");
+    let path = dir.join("live.dbn");
+    let mut meta = metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]);
+    meta.ts_out = true;
+    let recs: Vec<dbn::WithTsOut<MboMsg>> =
+        mbo_feed(2, 50, 0, 1_000).into_iter().enumerate().map(|(i, r)| dbn::WithTsOut::new(r, T0 + i as u64)).collect();
+    write_dbn(&path, &meta, &recs, false);
+    let (got, status, out) = replay("replay-dbn-ts-out", 1, &["--from", path.to_str().expect("utf8")]);
+    assert!(status.success(), "{out}");
+    assert_eq!(got.len(), recs.len(), "{out}");
+    assert!(got.iter().zip(&recs).all(|(g, r)| g.payload == bytes_of(r)), "each record with its ts_out");
+    assert_eq!(got[0].payload.len(), std::mem::size_of::<MboMsg>() + 8);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bench --from` a damaged file follows the rule for damaged input (docs/REFUSALS.md): every
+/// run replays what comes before the damage, the damage is said once however many runs there
+/// are, the result says it is not one (`error`, and `refused` by reason, in `--json`; no `--save`
+/// file) and the exit status is 1. A file with no records is refused before any run. Before, both
+/// exited 0: the damage said once per run and in neither the result nor the saved JSON, the empty
+/// file with `0.000 M msg/s`, `cpu 712029 ns/msg` and `throughput NaNx`.
+#[test]
+fn bench_from_a_damaged_or_empty_file_is_not_a_result() {
+    let dir = tmp_dir("bench-damaged");
+    let path = dir.join("mbo.dbn");
+    mbo_file_with_length(&path, 200, 101, 0xff);
+    let save = dir.join("bench.json");
+    let (p, s) = (path.to_str().expect("utf8"), save.to_str().expect("utf8"));
+    let args = ["bench", "--from", p, "--runs", "2", "--handoff", "batch", "--json", "--save", s];
+    let (code, out, err) = run_within("bench", mdsub().args(args), Duration::from_secs(180));
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("replay: refused (bad_record): ").count(), 1, "said once, not once per run: {err}");
+    assert!(err.contains("mdsub: error: bench: damaged input (refused: bad_record=1)"), "{err}");
+    let v = json(&out);
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("damaged input")), "{v}");
+    assert_eq!(v["refused"]["bad_record"], 1, "{v}");
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 4, "2 runs of the baseline and the engine: {v}");
+    assert!(runs.iter().all(|r| r["sent"] == 100), "each replayed the 100 records before the damage: {v}");
+    assert!(!save.exists(), "not a result: no --save file");
+
+    let empty = dir.join("empty.dbn");
+    write_dbn::<MboMsg>(&empty, &metadata(Schema::Mbo, &[("AAPL", 101)]), &[], false);
+    let e = empty.to_str().expect("utf8");
+    let (code, out, err) =
+        run_within("bench", mdsub().args(["bench", "--from", e, "--runs", "1"]), Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("empty.dbn: no records to replay (metadata only)"), "{err}");
+    assert!(!out.contains("run 1"), "refused before any run: {out}");
+    let replay = ["replay", "--from", e, "--subscribers", "0", "--endpoint", "tcp://127.0.0.1:*"];
+    let (code, out, err) = run_within("replay", mdsub().args(replay), Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("no records to replay (metadata only)") && !out.contains("bound"), "before binding: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

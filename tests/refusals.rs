@@ -425,6 +425,38 @@ fn lvc_refuses_to_cache_past_its_limits_by_reason() {
     }
 }
 
+/// Refusals counted after the first of their reason are summarised on their period even when
+/// nothing more comes: two bad frames through an LVC into a tap, then silence. Each says its
+/// summary while running, within the interval (before, only the next bad frame or the exit did).
+#[test]
+fn lvc_and_tap_summarise_refusals_on_their_period_with_no_more_traffic() {
+    use common::proxy::{bad_frames, counter, handshake, publisher, start_with, subscriber};
+    use mdsub::diag::SUMMARY_INTERVAL_NS;
+    let mut lvc = start("lvc", &[]);
+    let upstream = format!("connect:{}", lvc.backend);
+    let mut tap = start_with("tap", &upstream, "bind:tcp://127.0.0.1:*", &["--subscribe-all", "--quiet"]);
+    let ctx = zmq::Context::new();
+    let publ = publisher(&ctx, &lvc.frontend);
+    let probe = subscriber(&ctx, &tap.backend, &[b"_probe\0"]);
+    handshake(&publ, &probe);
+    let [version, _, _] = bad_frames("VER9", 1);
+    for _ in 0..2 {
+        publ.send(version.clone(), 0).expect("send");
+    }
+    // The first is said at once; the second is due in a summary one interval later.
+    let within = Duration::from_nanos(SUMMARY_INTERVAL_NS) + Duration::from_secs(10);
+    let said = wait_line(&lvc.stderr, within, "the LVC's summary", |l| l.starts_with("lvc: refused in the last "));
+    assert!(said.ends_with(" bad_frame=1 (totals: bad_frame=2)"), "{said}");
+    let said = wait_line(&tap.stderr, within, "the tap's summary", |l| l.starts_with("tap: bad frame in the last "));
+    assert!(said.ends_with(" unknown_version=1 (totals: unknown_version=2)"), "{said}");
+    for (name, p) in [("tap", &mut tap), ("lvc", &mut lvc)] {
+        let (_, err) = stop(p);
+        let last = err.iter().find(|l| l.starts_with(&format!("{name}: stopped:"))).expect("counters on exit");
+        assert_eq!(counter(last, "bad_frames"), 2, "{last}");
+        assert!(!err.iter().any(|l| l.contains(" since the last line: ")), "nothing left to say at exit: {err:?}");
+    }
+}
+
 /// A tap on ephemeral ports with `extra` flags and its stdout piped to the test: the process,
 /// its stderr lines, its stdout (past the lines naming the endpoints and the delivery), frontend,
 /// backend.

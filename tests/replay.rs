@@ -420,6 +420,41 @@ fn thread_per_shard_sends_the_total_rate_not_the_rate_per_shard() {
     // box only makes it slower, so the lower bound holds under any load.
     let elapsed = s["elapsed_s"].as_f64().expect("elapsed_s");
     assert!(elapsed >= 0.4, "2k messages at 4k msg/s in total took {elapsed:.3} s: {s}");
+    // The threads' achieved rates add up to the rate offered in all.
+    assert_eq!(u(&s, "offered_msgs_per_sec"), 4_000, "{s}");
+    let achieved = s["achieved_msgs_per_sec"].as_f64().expect("achieved_msgs_per_sec");
+    assert!(achieved >= 0.95 * 4_000.0, "{s}");
+}
+
+/// `--duration` is time elapsed, whatever the rate: a rate the publisher cannot reach ends the
+/// run on time, said with what was achieved (before, the end was the schedule's: `--rate 20M
+/// --duration 1s` ran 7.6 s and sent 20 M messages, rc 0, and `--rate 18446744073709551615
+/// --duration 2s` never ended). A rate past one message a nanosecond is refused at parse.
+#[test]
+fn a_rate_out_of_reach_ends_at_the_duration_and_says_what_was_achieved() {
+    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--duration", "1s"];
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_within("replay", mdsub().args(args).args(["--rate", "1000M"]), Duration::from_secs(60));
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(took < Duration::from_secs(15), "a 1 s replay took {took:?}: {out}");
+    let line = out.lines().find(|l| l.starts_with("sent ")).expect("the summary");
+    let secs: f64 = line.split(" in ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).expect("its time");
+    assert!((0.9..3.0).contains(&secs), "the run ends at its duration: {line}");
+    assert!(out.contains("rate not achieved: offered 1000000000 msg/s, achieved "), "{out}");
+    // --json carries both rates.
+    let json_args = ["--rate", "1000M", "--duration", "300ms", "--json"];
+    let (code, out, err) = run_within("replay", mdsub().args(&args[..5]).args(json_args), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let s = json(&out);
+    assert_eq!(u(&s, "offered_msgs_per_sec"), 1_000_000_000, "{s}");
+    let achieved = s["achieved_msgs_per_sec"].as_f64().expect("achieved_msgs_per_sec");
+    assert!(achieved > 0.0 && achieved < 0.95e9, "{s}");
+    for absurd in ["18446744073709551615", "1001M"] {
+        let (code, err) = run_err(&["replay", "--subscribers", "0", "--duration", "1s", "--rate", absurd]);
+        assert_eq!(code, Some(2), "{absurd}: {err}");
+        assert!(err.contains("--rate") && err.contains("at most 1000M msg/s"), "{absurd}: {err}");
+    }
 }
 
 #[test]

@@ -45,6 +45,10 @@ pub struct RunSpec {
     pub subscriber: Subscriber,
     /// How long to wait for the subscriber to finish after the replay ends.
     pub drain_timeout: Duration,
+    /// Say what the input refuses (DBN record types not replayed, damage) as the replay meets
+    /// it; false: only count it in `RunOutcome::replay` (a benchmark's runs after its first
+    /// replay the same file, whose refusals the first said).
+    pub say_refusals: bool,
 }
 
 /// A run's outcome.
@@ -85,6 +89,7 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     })?
     .join()?
     .context("starting the publisher")?;
+    publisher.say_refusals(spec.say_refusals);
     let io_tids: Vec<u32> =
         crate::clock::task_ids_named(PUBLISHER_IO_THREAD).into_iter().filter(|t| !before.contains(t)).collect();
     let endpoints = publisher.endpoints();

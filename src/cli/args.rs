@@ -247,6 +247,18 @@ pub fn parse_count_nonzero(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A rate in messages per second (`--rate`, capacity's rates): a count up to
+/// [`MAX_RATE_MSGS_PER_SEC`](crate::replay::MAX_RATE_MSGS_PER_SEC), one message a nanosecond.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let max = crate::replay::MAX_RATE_MSGS_PER_SEC;
+    match parse_count(s)? {
+        r if r > max => {
+            Err(format!("at most {}M msg/s: one message a nanosecond, the finest the pacer schedules", max / 1_000_000))
+        }
+        r => Ok(r),
+    }
+}
+
 /// A duration of something that must take time (`--hold`, `--timeout`): 0 is refused.
 pub fn parse_duration_nonzero(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
@@ -443,6 +455,11 @@ mod tests {
         assert_eq!(parse_count("0"), Ok(0));
         for bad in ["", "k", "-1", "1.5", "0.0001k", "2m", "two", "1e6", "99999999999999999999"] {
             assert!(parse_count(bad).is_err(), "{bad:?} refused");
+        }
+        assert_eq!(parse_rate("1000M"), Ok(1_000_000_000));
+        assert_eq!(parse_rate("0"), Ok(0));
+        for absurd in ["1001M", "18446744073709551615"] {
+            assert!(parse_rate(absurd).is_err_and(|e| e.starts_with("at most 1000M msg/s")), "{absurd}");
         }
         assert_eq!(parse_count_nonzero("2"), Ok(2));
         assert!(parse_count_nonzero("0").unwrap_err().contains("at least 1"));

@@ -35,6 +35,8 @@ pub struct BenchArgs {
     /// Replay these files instead of the generated feed: Databento DBN
     /// (`.dbn`, `.dbn.zst`; several are merged by receive time) or one mdsub
     /// capture. The whole file is sent unless --count or --duration says less.
+    /// A file with nothing to replay is refused; a damaged one is replayed up to
+    /// the damage, said once, and the result is an error (exit status 1).
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<std::path::PathBuf>,
     /// With --from: a multiple of the recorded pace (`1x`, `10x`) or `max`
@@ -146,6 +148,11 @@ pub struct BenchExtra {
     /// `--compare publishers`: (what, B / A) for throughput at the subscriber
     /// and the publisher's CPU ns per message.
     pub publisher_comparisons: Vec<(String, [f64; 2])>,
+    /// `--from` a damaged file: what its replay refused, by reason (`truncated_tail`,
+    /// `bad_record`), as each run met it. Every run replayed only what came before the damage,
+    /// so the result is not one (`error`; docs/REFUSALS.md, "Damaged files").
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 fn medians(name: &str, runs: &[&RunReport], pubs: &[&PublisherRun]) -> Medians {
@@ -454,8 +461,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     }
     let mut runs: Vec<RunReport> = Vec::new();
     let mut publisher_runs: Vec<PublisherRun> = Vec::new();
+    let mut refused = std::collections::BTreeMap::new();
     for rep in 1..=args.runs.max(1) {
-        for (name, sub, publisher, source) in &variants {
+        for (k, (name, sub, publisher, source)) in variants.iter().enumerate() {
             if stop.is_stopped() {
                 return Err(super::Interrupted.into());
             }
@@ -466,6 +474,8 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                 limits,
                 subscriber: sub.clone(),
                 drain_timeout: Duration::from_secs(60),
+                // Every run replays the same input: what it refuses is said by the first.
+                say_refusals: rep == 1 && k == 0,
             };
             let mut out = run_once(&spec, stop, &mut |_| {})?;
             // A run the signal cut short measured a part of its count: not a result to show
@@ -489,6 +499,12 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
                     human_ns(t.p999_ns),
                     human_ns(t.max_ns)
                 );
+            }
+            if refused.is_empty() {
+                refused = out.replay.refused.clone();
+            }
+            if let Some(note) = out.replay.rate_note() {
+                crate::diag!("bench: run {rep} {name}: publisher: {note}");
             }
             let sent = out.replay.sent_total.max(1) as f64;
             publisher_runs.push(PublisherRun {
@@ -561,8 +577,15 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         runs,
         medians: meds,
         ratios,
-        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons },
-        error: None,
+        error: (!refused.is_empty()).then(|| {
+            let list: Vec<String> = refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            format!(
+                "bench: damaged input (refused: {}); every run replayed only what came before the damage (said \
+                 above), so these are not numbers of the whole file",
+                list.join(" ")
+            )
+        }),
+        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons, refused },
     }
     .finish(args.json, save)?;
     if !args.json {

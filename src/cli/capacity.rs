@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::args::{
     in_part, parse_connect_endpoint, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero,
-    parse_hwm, Endpoint,
+    parse_hwm, parse_rate, Endpoint,
 };
 use super::load_profile;
 use crate::agent::StopFlag;
@@ -61,10 +61,10 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// The first rate offered (msg/s); the search doubles from there until a trial fails.
-    #[arg(long, value_parser = parse_count, default_value = "10k", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_rate, default_value = "10k", value_name = "COUNT")]
     pub start_rate: u64,
     /// Never offer more than this (msg/s).
-    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    #[arg(long, value_parser = parse_rate, value_name = "COUNT")]
     pub max_rate: Option<u64>,
     /// Bisect until the failing and passing rates are this close, e.g. `5%`.
     #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
@@ -83,7 +83,7 @@ pub struct CapacityArgs {
     pub publisher: Option<Endpoint>,
     /// The in-process publisher never sends faster than this (msg/s): a load
     /// generator that cannot keep up. Trials above it are "rate not achieved".
-    #[arg(long, value_parser = parse_count, value_name = "COUNT", conflicts_with = "publisher")]
+    #[arg(long, value_parser = parse_rate, value_name = "COUNT", conflicts_with = "publisher")]
     pub publisher_max_rate: Option<u64>,
     /// The in-process publisher's send high-water mark per subscriber, in messages.
     #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]

@@ -230,6 +230,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         limits,
         subscriber: Subscriber::Engine(Box::new(engine)),
         drain_timeout: Duration::from_secs(30),
+        say_refusals: true,
     };
     if !args.json {
         crate::outln!(
@@ -272,6 +273,10 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
                 );
             }
             print_report(&out.report, args.json)?;
+            if let Some(note) = out.replay.rate_note() {
+                // On stderr: with --json, stdout is the report alone.
+                crate::diag!("demo: publisher: {note}");
+            }
             outputs_written(&out.report)?;
             Ok(out.report)
         }
@@ -312,7 +317,8 @@ pub struct EngineArgs {
     /// value per topic), verify (per-topic order check) or work:NANOS. Each
     /// worker's last and verify keep at most 2 Mi topics (last: 512 MiB), book
     /// 256 Ki instruments, 4 Mi resting orders and 16 Ki price levels a side; more is refused, counted
-    /// (`refused_*` in the report's handler line) and said on stderr.
+    /// (`refused_*` in the report's handler line) and said on stderr, as is a payload book cannot
+    /// read as a DBN record (`not_dbn`).
     #[arg(long)]
     pub handler: Option<HandlerSpec>,
     /// Hand-off from readers to workers: batch (one message per worker per
@@ -672,6 +678,9 @@ struct EngineStatus {
     pb: indicatif::ProgressBar,
     /// What the line saw when it was last drawn.
     last: Option<Last>,
+    /// The snail's worst verdict since the last line (a SNAIL shorter than an interval is
+    /// over when the line is drawn).
+    worst: crate::snail::WorstSince,
 }
 
 impl EngineStatus {
@@ -681,7 +690,7 @@ impl EngineStatus {
             return None;
         }
         pb.set_message("engine: running (a status line every metrics interval)");
-        Some(EngineStatus { pb, last: None })
+        Some(EngineStatus { pb, last: None, worst: Default::default() })
     }
 
     /// Called often (every few ms); draws the line when the metrics collector has closed an
@@ -701,7 +710,9 @@ impl EngineStatus {
         }
         let p99 = (crate::metrics::Percentiles::of(&all.total), all.clamped[2]);
         drop(l);
-        self.pb.set_message(status_line(msgs, rate, Some(p99), engine.snail().worst()));
+        let snail = engine.snail().report();
+        let worst = self.worst.next(snail.verdict, crate::snail::turns(&snail.sites));
+        self.pb.set_message(status_line(msgs, rate, Some(p99), (snail.verdict, worst)));
     }
 
     /// The rate (msg/s) since the last line when a line is due at `now_ns`: when the collector's
@@ -737,18 +748,21 @@ struct Last {
 }
 
 /// The status line: `engine: 120000 msgs, 20000 msg/s, p99 1.2ms, snail OK` (`p99 -` before
-/// an interval with messages; `p99` is the total stage's, receive to handled).
+/// an interval with messages; `p99` is the total stage's, receive to handled). `snail` is the
+/// verdict now and the worst since the last line: `snail OK (SNAIL since the last line)`.
 fn status_line(
     msgs: u64,
     rate: f64,
     p99: Option<(crate::metrics::Percentiles, u64)>,
-    snail: crate::snail::Verdict,
+    snail: (crate::snail::Verdict, crate::snail::Verdict),
 ) -> String {
     let p99 = match p99 {
         Some((p, clamped)) if p.count > 0 => crate::metrics::human_latency(p.p99_ns, clamped),
         _ => "-".into(),
     };
-    format!("engine: {msgs} msgs, {rate:.0} msg/s, p99 {p99}, snail {}", snail.name())
+    let (now, worst) = snail;
+    let since = if worst > now { format!(" ({} since the last line)", worst.name()) } else { String::new() };
+    format!("engine: {msgs} msgs, {rate:.0} msg/s, p99 {p99}, snail {}{since}", now.name())
 }
 
 #[cfg(test)]
@@ -767,7 +781,7 @@ mod tests {
         let screen = Screen::default();
         let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
         let s = EngineStatus::on(super::super::progress_bar_on(target, None, "engine")).expect("a terminal: a status");
-        s.pb.set_message(status_line(5, 1.0, None, crate::snail::Verdict::Ok));
+        s.pb.set_message(status_line(5, 1.0, None, (crate::snail::Verdict::Ok, crate::snail::Verdict::Ok)));
         let drawn = screen.text();
         assert!(drawn.contains("engine: 5 msgs, 1 msg/s, p99 -, snail OK"), "drawn: {drawn:?}");
     }
@@ -775,7 +789,7 @@ mod tests {
     #[test]
     fn the_status_line_comes_when_the_collector_closes_an_interval_with_its_rate() {
         let pb = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
-        let mut s = EngineStatus { pb, last: None };
+        let mut s = EngineStatus { pb, last: None, worst: Default::default() };
         let sec = 1_000_000_000;
         assert_eq!(s.due(10 * sec, 3, sec, 100), None, "the first call starts the count");
         assert_eq!(s.due(10 * sec + sec / 2, 3, sec, 5_000), None, "the collector closed no interval");
@@ -798,13 +812,18 @@ mod tests {
         }
         let p = crate::metrics::Percentiles::of(&h.total);
         assert_eq!(
-            status_line(123_456, 20_000.4, Some((p, 0)), crate::snail::Verdict::Snail),
+            status_line(123_456, 20_000.4, Some((p, 0)), (crate::snail::Verdict::Snail, crate::snail::Verdict::Snail)),
             format!("engine: 123456 msgs, 20000 msg/s, p99 {}, snail SNAIL", crate::metrics::human_ns(p.p99_ns))
         );
         let empty = crate::metrics::Percentiles::default();
         assert_eq!(
-            status_line(0, 0.0, Some((empty, 0)), crate::snail::Verdict::Ok),
+            status_line(0, 0.0, Some((empty, 0)), (crate::snail::Verdict::Ok, crate::snail::Verdict::Ok)),
             "engine: 0 msgs, 0 msg/s, p99 -, snail OK"
+        );
+        assert_eq!(
+            status_line(9, 1.0, Some((empty, 0)), (crate::snail::Verdict::Ok, crate::snail::Verdict::Snail)),
+            "engine: 9 msgs, 1 msg/s, p99 -, snail OK (SNAIL since the last line)",
+            "a SNAIL over by the time the line is drawn"
         );
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{
-    parse_bytes_usize, parse_count, parse_count_nonzero, parse_count_nonzero_usize, parse_duration_nonzero, parse_hwm,
+    parse_bytes_usize, parse_count_nonzero, parse_count_nonzero_usize, parse_duration_nonzero, parse_hwm, parse_rate,
     parse_whole_up_to,
 };
 use crate::feed::{Generator, GeneratorConfig};
@@ -15,12 +15,15 @@ use crate::wire;
 /// The synthetic feed and its pacing.
 #[derive(Args, Debug, Clone)]
 pub struct FeedArgs {
-    /// Offered rate in messages per second (e.g. 100k); 0 = flat out. Default: 100k for demo,
-    /// flat out for replay and bench.
-    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    /// Offered rate in messages per second (e.g. 100k; at most 1000M); 0 = flat out. Default:
+    /// 100k for demo, flat out for replay and bench. A rate the publisher cannot reach is said
+    /// with what it achieved; --duration still ends the run on time.
+    #[arg(long, value_parser = parse_rate, value_name = "COUNT")]
     pub rate: Option<u64>,
-    /// Stop after this long (e.g. 5s, 500ms). Default without --count: 3s for demo, 10s for a
-    /// replay of the generated feed, 2M messages for bench.
+    /// Stop after this long (e.g. 5s, 500ms): time elapsed, also when a --rate is out of reach (a
+    /// publisher behind its schedule gets a tenth more, at most 1 s, to send what was due).
+    /// Default without --count: 3s for demo, 10s for a replay of the generated feed, 2M
+    /// messages for bench.
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub duration: Option<Duration>,
     /// Stop after this many messages (e.g. 2M; at least 1).

@@ -14,6 +14,7 @@ use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::faults::FaultPlan;
 use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
+use crate::wire::Kind;
 
 /// `--publisher-id`: a 32-bit unsigned id.
 fn parse_publisher_id(s: &str) -> Result<u32, String> {
@@ -77,15 +78,53 @@ pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
         }
     }
     if kinds.iter().all(|k| *k != FileKind::Capture) {
-        // Each file's metadata is checked now, before anything binds or waits for subscribers.
-        crate::feed::dbn_source::DbnMerge::open(from).map_err(|e| anyhow::anyhow!("DBN input {e}"))?;
+        // Each file's metadata is checked now, before anything binds or waits for subscribers,
+        // and that the files hold a record to replay.
+        let mut merge = crate::feed::dbn_source::DbnMerge::open(from).map_err(|e| anyhow::anyhow!("DBN input {e}"))?;
+        if merge.next_record().is_none() {
+            let names: Vec<String> = from.iter().map(|p| p.display().to_string()).collect();
+            if let Some(e) = merge.damage().first() {
+                anyhow::bail!("DBN input {e}: nothing before it to replay");
+            }
+            let skipped: Vec<String> = merge.skipped().iter().map(|(rt, n)| format!("rtype 0x{rt:02x}: {n}")).collect();
+            anyhow::bail!(
+                "{}: no records to replay ({})",
+                names.join(", "),
+                if skipped.is_empty() {
+                    "metadata only".to_string()
+                } else {
+                    format!("only records of types not replayed, {}", skipped.join(", "))
+                }
+            );
+        }
         return Ok(Source::Dbn { paths: from.to_vec() });
     }
     match from {
         [one] => {
-            // The file header is checked now, before anything binds or waits for subscribers.
-            crate::wire::capture::CaptureReader::open(one)
-                .map_err(|e| anyhow::anyhow!("capture file {}: {e}", one.display()))?;
+            // The file header is checked now, before anything binds or waits for subscribers,
+            // and that a message follows it.
+            let cap = |e| anyhow::anyhow!("capture file {}: {e}", one.display());
+            let mut reader = crate::wire::capture::CaptureReader::open(one).map_err(cap)?;
+            loop {
+                match reader.next_record() {
+                    // A recorded control frame is not replayed (the replay sends its own).
+                    Ok(Some(r))
+                        if r.more || crate::wire::decode(r.frame).is_ok_and(|v| v.header.kind == Kind::Data) =>
+                    {
+                        break
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => anyhow::bail!(
+                        "capture file {}: no messages to replay ({})",
+                        one.display(),
+                        match reader.records() {
+                            0 => "a header only".to_string(),
+                            n => format!("{n} records, all recorded control frames: a replay sends its own"),
+                        }
+                    ),
+                    Err(e) => anyhow::bail!("capture file {}: {e}: nothing before it to replay", one.display()),
+                }
+            }
             Ok(Source::Capture { path: one.clone(), restamp })
         }
         _ => anyhow::bail!("only DBN files can be merged: give one capture file at a time"),
@@ -106,7 +145,9 @@ pub struct ReplayArgs {
     /// id when there is none), payload = the record's bytes. Without --speed
     /// or --rate a file replays flat out. A damaged file is replayed up to the
     /// damage, which is said with its byte offset and record number and counted
-    /// (`refused`: truncated_tail, bad_record); the exit status is then 1.
+    /// (`refused`: truncated_tail, bad_record, e.g. a DBN record whose length is
+    /// not its type's); the exit status is then 1. A file with nothing to replay
+    /// is refused before anything binds.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
@@ -281,6 +322,9 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             if stats.interrupted { " (interrupted)" } else { "" },
             stats.sent_per_shard
         );
+        if let Some(note) = stats.rate_note() {
+            crate::outln!("{note}");
+        }
         if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
                 "on purpose: dropped {}, restarts {}, paused {:.3} s",

@@ -109,6 +109,16 @@ fn text(v: &Value, k: &str) -> String {
 
 /// A rate for the screen: whole messages a second; `?` for one no engine can have sent (not
 /// finite, negative, 10^12 or more), which would print as hundreds of digits.
+/// The snail column: the worst verdict since the status before (`snail_worst`, so a SNAIL
+/// shorter than the interval shows), or the verdict now from an engine that does not say it.
+fn snail(v: &Value) -> String {
+    if v["snail_worst"].is_string() {
+        text(v, "snail_worst")
+    } else {
+        text(v, "snail")
+    }
+}
+
 fn rate(v: &Value) -> String {
     match v["msgs_per_s"].as_f64().unwrap_or(0.0) {
         r if (0.0..1e12).contains(&r) => format!("{r:.0}"),
@@ -200,10 +210,10 @@ impl Top {
 
     /// Engine `id`'s shard rows (ENGINE SHARD MSG/S P50 P99 P99.9 MAX GAPS DISCONN STALLS SNAIL;
     /// DISCONN: publisher connections that ended on a bound shard, STALLS: its reader's
-    /// self-stalls), none for an engine gone or without shards.
+    /// self-stalls, SNAIL: the shard's worst verdict over the interval), none for an engine gone
+    /// or without shards.
     fn shard_rows(&self, id: &str) -> Vec<[String; 11]> {
         let Some(e) = self.engines.get(id).filter(|e| !e.gone) else { return Vec::new() };
-        let snail = text(&e.status, "snail");
         let rows = e.shards.iter().map(|(k, s)| {
             let st = &s.status;
             [
@@ -217,7 +227,7 @@ impl Top {
                 u(st, "gaps").to_string(),
                 u(st, "publisher_disconnects").to_string(),
                 u(st, "self_stalls").to_string(),
-                snail.clone(),
+                if st["snail"].is_string() { snail(st) } else { snail(&e.status) },
             ]
         });
         rows.collect()
@@ -236,7 +246,7 @@ impl Top {
             _ => "busiest -".into(),
         };
         if e.shards.is_empty() {
-            note.push_str(&format!(", snail {}", text(st, "snail")));
+            note.push_str(&format!(", snail {}", snail(st)));
         }
         let refused = u(st, "handler_refused_total");
         note.push_str(&format!(", handler refused {refused}"));
@@ -282,7 +292,7 @@ impl Top {
                 let mut r: [String; 13] = Default::default();
                 r[0] = id.clone();
                 r[1] = "-".into();
-                r[10] = text(&e.status, "snail");
+                r[10] = snail(&e.status);
                 r[11] = refused;
                 r[12] = busy;
                 rows.push(r);
@@ -623,6 +633,26 @@ mod tests {
         let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
         assert!(row.contains("        0        -        -        -        - "), "{row}");
         assert_eq!(t.engines["e1"].shards[&1].p99_history.len(), 3, "same interval: no new point");
+    }
+
+    /// The SNAIL column is the shard's own verdict, the worst over the interval: a SNAIL over by
+    /// the time the status was published still shows. Before, every row showed the engine's
+    /// verdict at that instant, and a 2.5 s SNAIL under `--snail warn` never reached `top`.
+    #[test]
+    fn the_snail_column_is_the_shards_worst_verdict_over_the_interval() {
+        let mut t = Top::default();
+        t.apply(&change("/mdsub/status/e1/engine", Some(r#"{"snail":"OK","snail_worst":"SNAIL"}"#)));
+        t.apply(&change("/mdsub/status/e1/shard0", Some(r#"{"intervals":1,"snail":"OK","snail_worst":"SNAIL"}"#)));
+        t.apply(&change("/mdsub/status/e1/shard1", Some(r#"{"intervals":1,"snail":"OK","snail_worst":"OK"}"#)));
+        t.apply(&change("/mdsub/status/e2/engine", Some(r#"{"snail":"WARN"}"#)));
+        t.apply(&change("/mdsub/status/e2/shard0", Some(r#"{"intervals":1}"#)));
+        let rows = t.rows();
+        let snail: Vec<(&str, &str, &str)> = rows.iter().map(|r| (&r[0][..], &r[1][..], &r[10][..])).collect();
+        assert_eq!(
+            snail,
+            [("e1", "shard0", "SNAIL"), ("e1", "shard1", "OK"), ("e2", "shard0", "WARN")],
+            "an engine that says no shard verdict: its own"
+        );
     }
 
     /// A publisher that keeps reconnecting to a bound shard, a reader that stalled and a handler

@@ -355,8 +355,6 @@ struct ClientAgent {
     core: ClientCore,
     /// Who its stderr lines are from ([`ClientConfig::name`]).
     name: String,
-    /// Say its lines about links and the server in use ([`ClientConfig::log_links`]).
-    log_links: bool,
     ctx: zmq::Context,
     /// CURVE keys presented to the servers, if they demand them.
     keys: Option<ClientKeys>,
@@ -457,7 +455,6 @@ impl ClientAgent {
         Ok(ClientAgent {
             refusals: RefusalLog::new(&cfg.name),
             name: cfg.name.clone(),
-            log_links: cfg.log_links,
             core: ClientCore::new(cfg),
             ctx,
             keys,
@@ -491,11 +488,7 @@ impl ClientAgent {
                         let _ = subscribe(&s.sub, &new, true);
                     }
                 }
-                Action::Say(line) => {
-                    if self.log_links {
-                        crate::diag!("{line}");
-                    }
-                }
+                Action::Say(line) => crate::diag!("{line}"),
             }
         }
         self.actions = actions;

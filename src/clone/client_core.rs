@@ -704,7 +704,7 @@ impl ClientCore {
     fn say_served(&mut self, out: &mut Vec<Action>) {
         let left = self.left.take();
         let before = self.served_by.unwrap_or(0);
-        if before == self.cur {
+        if before == self.cur || !self.cfg.log_links {
             return;
         }
         let name = &self.cfg.name;
@@ -1133,6 +1133,12 @@ mod tests {
         r.on(Event::Link { server: 0, up: false });
         r.tick_after_ms(1);
         assert!(!r.sync(0, &[], 0).iter().any(|a| matches!(a, Action::Say(_))));
+        // A client told not to say its links (`top --once`) says no server either.
+        let mut r = Rig::new(ClientConfig { log_links: false, ..cfg(2, "") });
+        r.on(Event::Retried { server: 0 });
+        r.on(Event::Tick);
+        assert_eq!(r.core.current(), 1);
+        assert!(!r.sync(1, &[], 0).iter().any(|a| matches!(a, Action::Say(_))), "log_links off: nothing said");
         // The retry right after a loss is libzmq starting to reconnect, not a refusal; both
         // servers refusing: the retry time is waited, as before.
         let mut r = Rig::new(cfg(2, ""));

@@ -20,7 +20,7 @@ use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
 use super::book::{Anomalies, BookRefusal, MboEvent, OrderBook, OrderBudget};
 use super::sequence::WordHasher;
 use crate::diag::{quoted, Refusals, SUMMARY_INTERVAL_NS};
-use crate::feed::dbn_source::{get, AlignedRecord};
+use crate::feed::dbn_source::{get, not_a_record, AlignedRecord};
 use crate::wire::FrameView;
 
 /// Application code run by a worker for every delivered data message.
@@ -62,10 +62,11 @@ pub trait Handler: Send {
     }
 }
 
-/// Every reason a handler refuses a new key under (counted as `refused_REASON`): `last`'s
-/// topics and bytes, `verify`'s topics, `book`'s instruments, orders and price levels.
-pub const REFUSAL_REASONS: [&str; 6] =
-    ["last_full", "last_too_big", "verify_full", "instruments_full", "orders_full", "levels_full"];
+/// Every reason a handler refuses a new key, or a message it cannot read, under (counted as
+/// `refused_REASON`): `last`'s topics and bytes, `verify`'s topics, `book`'s instruments,
+/// orders and price levels, and its payloads that are not one DBN record (`not_dbn`).
+pub const REFUSAL_REASONS: [&str; 7] =
+    ["last_full", "last_too_big", "verify_full", "instruments_full", "orders_full", "levels_full", "not_dbn"];
 
 /// How much the handlers that keep state per key may keep, per handler (per
 /// worker, or per shard's reader inline). The defaults are sized for whole
@@ -216,7 +217,7 @@ impl HandlerSpec {
             HandlerSpec::Latency | HandlerSpec::Work { .. } => &[],
             HandlerSpec::Last => &REFUSAL_REASONS[0..2],
             HandlerSpec::Verify => &REFUSAL_REASONS[2..3],
-            HandlerSpec::Book => &REFUSAL_REASONS[3..6],
+            HandlerSpec::Book => &REFUSAL_REASONS[3..7],
         }
     }
 
@@ -428,7 +429,6 @@ pub struct BookHandler {
     mbp10: u64,
     trades: u64,
     other_records: u64,
-    not_dbn: u64,
     anomalies: Anomalies,
     refused: Refused,
 }
@@ -469,10 +469,23 @@ impl BookHandler {
             mbp10: 0,
             trades: 0,
             other_records: 0,
-            not_dbn: 0,
             anomalies: Anomalies::default(),
             refused: Refused::new("book"),
         }
+    }
+
+    /// A payload that is not one DBN record (a generated feed's, a foreign publisher's): not
+    /// applied, counted and said like the refusals of a bound.
+    #[cold]
+    fn not_dbn(&mut self, topic: &[u8], payload: &[u8]) {
+        let why = not_a_record(payload).map_or_else(|| "unreadable".to_string(), |w| w.to_string());
+        self.refused.refuse(
+            "not_dbn",
+            &format_args!(
+                "topic `{}`: a payload of {why} is not a DBN record; not applied",
+                quoted(&String::from_utf8_lossy(topic))
+            ),
+        );
     }
 
     /// A record of instrument `id` (on `topic`) that is not held, when the most are.
@@ -577,7 +590,7 @@ impl Handler for BookHandler {
     #[inline]
     fn on_message(&mut self, msg: &FrameView<'_>) {
         let Some(rec) = self.rec.load(msg.payload) else {
-            self.not_dbn += 1;
+            self.not_dbn(msg.topic, msg.payload);
             return;
         };
         let id = rec.header().instrument_id;
@@ -661,13 +674,13 @@ impl Handler for BookHandler {
             ("mbp10", self.mbp10),
             ("trade_records", self.trades),
             ("other_records", self.other_records),
-            ("not_dbn", self.not_dbn),
         ];
         c.extend(self.anomalies.named());
         c.extend(ACTIONS.iter().zip(self.events).map(|((_, name), n)| (*name, n)));
         c.push(("refused_instruments_full", self.refused.count("instruments_full")));
         c.push(("refused_orders_full", self.refused.count("orders_full")));
         c.push(("refused_levels_full", self.refused.count("levels_full")));
+        c.push(("refused_not_dbn", self.refused.count("not_dbn")));
         c
     }
 
@@ -884,7 +897,7 @@ mod tests {
         assert_eq!(h.bbo(8), Some((Some((10, 4)), Some((12, 6)))));
         assert_eq!(h.anomalies().unknown_order, 1);
         let c: HashMap<_, _> = h.counters().into_iter().collect();
-        assert_eq!((c["mbo_add"], c["mbo_cancel"], c["mbp1"], c["not_dbn"], c["instruments"]), (3, 2, 1, 1, 2));
+        assert_eq!((c["mbo_add"], c["mbo_cancel"], c["mbp1"], c["refused_not_dbn"], c["instruments"]), (3, 2, 1, 1, 2));
         let lines = h.summary();
         assert_eq!(lines[0], "book ESZ3 id=7 bid=99.000000000 x 1 ask=101.000000000 x 3 levels=1/1 orders=2");
         assert!(lines[1].starts_with("book NQZ3 id=8 bid=0.000000010 x 4"), "{}", lines[1]);
@@ -1040,6 +1053,38 @@ mod tests {
             lines[1].starts_with("handler book: refused (instruments_full): instrument 9 (topic `YMZ3`)"),
             "{lines:?}"
         );
+    }
+
+    /// A payload that is not one DBN record is counted and said like a refusal of a bound: the
+    /// first at once with why, then a summary per interval, and at the end what went unsaid.
+    /// Before, a generated feed into `--handler book` showed `not_dbn=4994` in the handler row
+    /// and no line at all.
+    #[test]
+    fn the_book_handler_says_payloads_that_are_not_dbn_records() {
+        let mut h = BookHandler::default();
+        assert!(h.refusal_lines(S, false).is_empty());
+        feed(&mut h, b"SYM0001", 1, &[7u8; 100]);
+        feed(&mut h, b"ESZ3", 1, &dbn_bytes(&mbo(7, 1, b'A', b'B', 100, 5)));
+        let lines = h.refusal_lines(S, false);
+        assert_eq!(
+            lines,
+            ["handler book: refused (not_dbn): topic `SYM0001`: a payload of 100 bytes where its DBN header's length \
+              byte says 28 is not a DBN record; not applied (the first; more are counted and summarised every 10s)"]
+        );
+        for (seq, payload) in [(2, &b"short"[..]), (3, &[0u8; 16][..])] {
+            feed(&mut h, b"SYM0001", seq, payload);
+        }
+        assert!(h.refusal_lines(2 * S, false).is_empty(), "counted, said in the next summary");
+        assert_eq!(
+            h.refusal_lines(12 * S, false),
+            ["handler book: refused in the last 11s: not_dbn=2 (totals: not_dbn=3)"]
+        );
+        feed(&mut h, b"SYM0001", 4, b"");
+        assert_eq!(
+            h.refusal_lines(13 * S, true),
+            ["handler book: refused since the last line: not_dbn=1 (totals: not_dbn=4)"]
+        );
+        assert_eq!((counter(&h, "refused_not_dbn"), counter(&h, "mbo_add")), (4, 1));
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl Engine {
                     &comment,
                 )
                 .map_err(|e| hlog_err(&e))?;
-                Some(w)
+                Some((claimed.path().to_path_buf(), w))
             }
             None => None,
         };

@@ -6,8 +6,10 @@
 //! Decoding is the `dbn` crate's (its decoder is a state machine over a
 //! reader); this module adds what a replay needs around it: the byte offset
 //! and reason of damage (the crate ends a file quietly at a partial record,
-//! so consumed bytes are counted here against bytes read), and counted skips
-//! of record types that are not market data.
+//! so consumed bytes are counted here against bytes read; it frames a record
+//! by its length byte alone, so a length wrong for the record's type is
+//! checked here, [`record_len`]), and counted skips of record types that are
+//! not market data.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -148,6 +150,72 @@ pub fn index_ts(bytes: &[u8]) -> u64 {
     }
 }
 
+/// The one length a record of type `rtype` has in a DBN file of `version` (1 to 3) whose
+/// metadata says `ts_out`; None for a type the `dbn` crate does not know.
+///
+/// In DBN versions 1 to 3 a record type has one struct per version (`dbn::v1`, `v2`, `v3`:
+/// the instrument definition grew in versions 2 and 3, statistics in 3, errors, system
+/// messages and symbol mappings in 2), and a record is longer than its struct in one case
+/// only: the live gateway's send time, `ts_out`, 8 bytes after every record of a stream whose
+/// metadata says so (`dbn::WithTsOut`). The decoder reads the file's records as they are
+/// (`VersionUpgradePolicy::AsIs`), so every other length is damage. (DBN version 4 lets a
+/// stream's layout extend a record with fields of its own; the decoder for versions 1 to 3
+/// refuses such a file when it opens.)
+pub fn record_len(version: u8, rtype: u8, ts_out: bool) -> Option<usize> {
+    macro_rules! size_in {
+        ($v:ident) => {{
+            use dbn::$v::*;
+            use std::mem::size_of;
+            #[allow(deprecated)]
+            let size = match rtype {
+                rtype::MBO => size_of::<MboMsg>(),
+                rtype::MBP_0 => size_of::<TradeMsg>(),
+                rtype::MBP_1 | rtype::TBBO => size_of::<Mbp1Msg>(),
+                rtype::MBP_10 => size_of::<Mbp10Msg>(),
+                rtype::BBO_1S | rtype::BBO_1M => size_of::<BboMsg>(),
+                rtype::CMBP_1 | rtype::TCBBO => size_of::<Cmbp1Msg>(),
+                rtype::CBBO_1S | rtype::CBBO_1M => size_of::<CbboMsg>(),
+                rtype::OHLCV_DEPRECATED
+                | rtype::OHLCV_1S
+                | rtype::OHLCV_1M
+                | rtype::OHLCV_1H
+                | rtype::OHLCV_1D
+                | rtype::OHLCV_EOD => size_of::<OhlcvMsg>(),
+                rtype::STATUS => size_of::<StatusMsg>(),
+                rtype::INSTRUMENT_DEF => size_of::<InstrumentDefMsg>(),
+                rtype::IMBALANCE => size_of::<ImbalanceMsg>(),
+                rtype::STATISTICS => size_of::<StatMsg>(),
+                rtype::ERROR => size_of::<ErrorMsg>(),
+                rtype::SYMBOL_MAPPING => size_of::<SymbolMappingMsg>(),
+                rtype::SYSTEM => size_of::<SystemMsg>(),
+                _ => return None,
+            };
+            size
+        }};
+    }
+    let size = match version {
+        1 => size_in!(v1),
+        2 => size_in!(v2),
+        _ => size_in!(v3),
+    };
+    Some(size + if ts_out { 8 } else { 0 })
+}
+
+/// Why a record of `len` bytes cannot be of type `rtype` in this file, if it cannot
+/// ([`record_len`]).
+fn wrong_length(version: u8, ts_out: bool, rtype: u8, len: usize) -> Option<String> {
+    let want = record_len(version, rtype, ts_out)?;
+    (len != want).then(|| {
+        let name = dbn::RType::try_from(rtype).map_or("?", |t| t.as_str());
+        format!(
+            "its length byte 0x{:02x} ({len} bytes) is wrong for its type: {name} records (rtype 0x{rtype:02x}) are \
+             {want} bytes in DBN version {version}{}",
+            len / 4,
+            if ts_out { " with ts_out" } else { "" }
+        )
+    })
+}
+
 /// Is this record type replayed? Market data is; the stream's own control
 /// records (errors, system messages, live symbol mappings) and types the
 /// `dbn` crate does not know are skipped and counted.
@@ -159,6 +227,9 @@ pub fn is_replayed(rtype: u8) -> bool {
 struct DbnFile {
     path: PathBuf,
     compressed: bool,
+    /// The file's DBN version and `ts_out`: what the length of each record type is.
+    version: u8,
+    ts_out: bool,
     decoder: Decoder<Counting>,
     /// Metadata plus records taken so far, in bytes.
     consumed: u64,
@@ -182,11 +253,14 @@ impl DbnFile {
         let decoder = Decoder::with_upgrade_policy(reader, VersionUpgradePolicy::AsIs)
             .map_err(|e| open_err(format!("not a readable DBN file: {}", dbn_error_text(&e))))?;
         let metadata = decoder.metadata().clone();
+        let (version, ts_out) = (metadata.version, metadata.ts_out);
         let head = decoder.get_ref().head;
         let consumed = 8 + u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
         let f = DbnFile {
             path: path.to_path_buf(),
             compressed,
+            version,
+            ts_out,
             decoder,
             consumed,
             records: 0,
@@ -228,9 +302,14 @@ impl DbnFile {
                 Err(e) => return Err(self.damaged(dbn_error_text(&e))),
             };
             let bytes: &[u8] = rec.as_ref();
+            let rt = rec.header().rtype;
+            // The decoder framed the record by its length byte: a length wrong for its type
+            // (0xff made a 1020-byte MBO that was sent) is damage here, at the record's start.
+            if let Some(why) = wrong_length(self.version, self.ts_out, rt, bytes.len()) {
+                return Err(self.damaged(why));
+            }
             self.consumed += bytes.len() as u64;
             self.records += 1;
-            let rt = rec.header().rtype;
             if !is_replayed(rt) {
                 *skipped.entry(rt).or_default() += 1;
                 continue;
@@ -400,15 +479,77 @@ impl Default for AlignedRecord {
     }
 }
 
+/// Why bytes are not one DBN record ([`not_a_record`]), said as the record's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotARecord {
+    /// Fewer bytes than a record header.
+    Short(usize),
+    /// More bytes than the largest record type.
+    Long(usize),
+    /// The header's length byte (× 4) is not the number of bytes.
+    Length { said: usize, len: usize },
+    /// A record type the `dbn` crate does not know.
+    UnknownType(u8),
+    /// A length that is not the type's in any DBN version 1 to 3, with or without `ts_out`
+    /// ([`record_len`]).
+    TypeLength { rtype: u8, len: usize },
+}
+
+impl std::fmt::Display for NotARecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header = std::mem::size_of::<RecordHeader>();
+        match *self {
+            NotARecord::Short(len) => write!(f, "{len} bytes, fewer than a DBN record header ({header})"),
+            NotARecord::Long(len) => write!(f, "{len} bytes, more than any DBN record ({})", dbn::MAX_RECORD_LEN),
+            NotARecord::Length { said, len } => {
+                write!(f, "{len} bytes where its DBN header's length byte says {said}")
+            }
+            NotARecord::UnknownType(rt) => write!(f, "rtype 0x{rt:02x} is no DBN record type"),
+            NotARecord::TypeLength { rtype, len } => {
+                let name = dbn::RType::try_from(rtype).map_or("?", |t| t.as_str());
+                write!(f, "{len} bytes, no length of a {name} record (rtype 0x{rtype:02x}) in DBN versions 1 to 3")
+            }
+        }
+    }
+}
+
+/// Whether `bytes` are exactly one record (header length × 4 = size) of a type `dbn` knows, of a
+/// length that type has in some DBN version (a frame's payload carries no version: any of 1 to
+/// 3, with or without `ts_out`).
+#[inline]
+pub fn not_a_record(bytes: &[u8]) -> Option<NotARecord> {
+    let len = bytes.len();
+    if len < std::mem::size_of::<RecordHeader>() {
+        return Some(NotARecord::Short(len));
+    }
+    if len > dbn::MAX_RECORD_LEN {
+        return Some(NotARecord::Long(len));
+    }
+    if bytes[0] as usize * 4 != len {
+        return Some(NotARecord::Length { said: bytes[0] as usize * 4, len });
+    }
+    let rtype = bytes[1];
+    let Some(v3) = record_len(3, rtype, false) else {
+        return Some(NotARecord::UnknownType(rtype));
+    };
+    // Version 3 without ts_out first: the common case costs one lookup.
+    let fits = |v| record_len(v, rtype, false).is_some_and(|n| len == n || len == n + 8);
+    if len == v3 || len == v3 + 8 || fits(2) || fits(1) {
+        None
+    } else {
+        Some(NotARecord::TypeLength { rtype, len })
+    }
+}
+
 impl AlignedRecord {
     /// Copy `bytes` in and view them as a record: None unless the bytes are
-    /// exactly one record (header length × 4 = size) of a type `dbn` knows.
+    /// exactly one record (header length × 4 = size) of a type `dbn` knows
+    /// ([`not_a_record`] says why not).
     pub fn load(&mut self, bytes: &[u8]) -> Option<RecordRef<'_>> {
-        let len = bytes.len();
-        if len < std::mem::size_of::<RecordHeader>() || len > self.buf.len() || bytes[0] as usize * 4 != len {
+        if not_a_record(bytes).is_some() {
             return None;
         }
-        dbn::RType::try_from(bytes[1]).ok()?;
+        let len = bytes.len();
         self.buf[..len].copy_from_slice(bytes);
         // SAFETY: the buffer is 8-byte aligned (repr(align(8))), holds `len`
         // bytes that start with a full RecordHeader whose length field equals
@@ -473,6 +614,55 @@ mod tests {
         let mut bad = bytes.clone();
         bad[1] = 0xEE;
         assert!(a.load(&bad).is_none(), "unknown rtype");
+        assert_eq!(not_a_record(&bad), Some(NotARecord::UnknownType(0xEE)));
+        assert_eq!(not_a_record(&bytes[..bytes.len() - 1]), Some(NotARecord::Length { said: 56, len: 55 }));
+        assert_eq!(not_a_record(&[0u8; 3]), Some(NotARecord::Short(3)));
+        assert_eq!(not_a_record(&vec![0u8; dbn::MAX_RECORD_LEN + 1]), Some(NotARecord::Long(dbn::MAX_RECORD_LEN + 1)));
+        assert_eq!(not_a_record(&bytes), None);
+        // Its header's length right, but no MBO is 100 bytes (a generated payload whose first
+        // bytes are 25, 0xa0 would have been taken for one).
+        let mut long = vec![0u8; 100];
+        (long[0], long[1]) = (25, rtype::MBO);
+        assert_eq!(not_a_record(&long), Some(NotARecord::TypeLength { rtype: rtype::MBO, len: 100 }));
+        assert!(a.load(&long).is_none());
+        let mut with_ts_out = bytes.clone();
+        with_ts_out.extend_from_slice(&[0; 8]);
+        with_ts_out[0] += 2;
+        assert_eq!(not_a_record(&with_ts_out), None, "a record with ts_out");
+        let mut v1_def = vec![0u8; std::mem::size_of::<dbn::v1::InstrumentDefMsg>()];
+        (v1_def[0], v1_def[1]) = ((v1_def.len() / 4) as u8, rtype::INSTRUMENT_DEF);
+        assert_eq!(not_a_record(&v1_def), None, "a version 1 definition");
+    }
+
+    /// One length per record type and DBN version, 8 bytes more with `ts_out`; any other is
+    /// said with what it should be.
+    #[test]
+    fn a_record_type_has_one_length_per_version() {
+        use std::mem::size_of;
+        assert_eq!(record_len(3, rtype::MBO, false), Some(size_of::<MboMsg>()));
+        assert_eq!(record_len(1, rtype::MBO, true), Some(size_of::<MboMsg>() + 8));
+        let def = |v| record_len(v, rtype::INSTRUMENT_DEF, false);
+        let want = [
+            size_of::<dbn::v1::InstrumentDefMsg>(),
+            size_of::<dbn::v2::InstrumentDefMsg>(),
+            size_of::<dbn::v3::InstrumentDefMsg>(),
+        ];
+        assert_eq!([def(1), def(2), def(3)], want.map(Some));
+        assert!(want[0] < want[1] && want[1] < want[2], "{want:?}");
+        assert_eq!(record_len(2, rtype::STATISTICS, false), Some(size_of::<dbn::v1::StatMsg>()));
+        assert_eq!(record_len(3, rtype::STATISTICS, false), Some(size_of::<dbn::v3::StatMsg>()));
+        assert_eq!(record_len(1, rtype::SYSTEM, false), Some(size_of::<dbn::v1::SystemMsg>()));
+        assert_eq!(record_len(3, 0xEE, false), None, "a type dbn does not know has no length");
+        assert_eq!(wrong_length(3, false, rtype::MBO, size_of::<MboMsg>()), None);
+        assert_eq!(wrong_length(3, true, rtype::MBO, size_of::<MboMsg>() + 8), None);
+        let why = wrong_length(3, false, rtype::MBO, 1020).expect("damage");
+        assert_eq!(
+            why,
+            "its length byte 0xff (1020 bytes) is wrong for its type: mbo records (rtype 0xa0) are 56 bytes in DBN version 3"
+        );
+        assert!(wrong_length(2, true, rtype::MBO, 56)
+            .expect("damage")
+            .ends_with("64 bytes in DBN version 2 with ts_out"));
     }
 
     #[test]

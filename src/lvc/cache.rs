@@ -23,7 +23,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::{Bound, Deref};
 
-use crate::wire::{split_topic, DecodeError, MAX_TOPIC_LEN};
+use crate::wire::{DecodeError, OneFrame, MAX_TOPIC_LEN};
 
 /// Most frames a cached message may have; longer messages pass but are not cached.
 pub const MAX_FRAMES: usize = 64;
@@ -101,24 +101,35 @@ impl Entry {
         }
     }
 
-    fn frames(&self) -> CachedFrames<'_> {
-        CachedFrames { data: &self.data, ends: &self.ends, at: 0, start: 0 }
+    /// Its frames, held under `key`.
+    fn frames<'a>(&'a self, key: &'a [u8]) -> CachedFrames<'a> {
+        CachedFrames { key, data: &self.data, ends: &self.ends, at: 0, start: 0 }
     }
 }
 
-/// The frames of one cached message, in order.
+/// The frames of one cached message, in order, and the key it is cached under.
 #[derive(Debug, Clone)]
 pub struct CachedFrames<'a> {
+    key: &'a [u8],
     data: &'a [u8],
     ends: &'a [u32],
     at: usize,
     start: usize,
 }
 
-impl CachedFrames<'_> {
+impl<'a> CachedFrames<'a> {
     /// Number of frames in the message.
     pub fn frame_count(&self) -> usize {
         self.ends.len()
+    }
+
+    /// What a line names the message by: its topic (the key without its NUL) for an mdsub
+    /// frame, its key (the first frame) for a foreign multipart message.
+    pub fn name(&self) -> &'a [u8] {
+        match self.frame_count() {
+            1 => self.key.strip_suffix(&[0]).unwrap_or(self.key),
+            _ => self.key,
+        }
     }
 }
 
@@ -133,19 +144,17 @@ impl<'a> Iterator for CachedFrames<'a> {
     }
 }
 
-/// The key a message is cached under, or `None` if it has none (see module doc).
-pub fn message_key<F: Deref<Target = [u8]>>(frames: &[F]) -> Option<&[u8]> {
+/// The key a message is cached under, or why it has none: [`Update::BadFrame`] or
+/// [`Update::Uncacheable`] (see the module doc). A one-frame message is decoded once, here.
+pub fn message_key<F: Deref<Target = [u8]>>(frames: &[F]) -> Result<&[u8], Update> {
     match frames {
-        [] => None,
-        [only] => {
-            let (topic, _) = split_topic(only).ok()?;
-            if topic.is_empty() {
-                return None;
-            }
-            Some(&only[..topic.len() + 1])
-        }
-        [first, ..] if frames.len() <= MAX_FRAMES => Some(&first[..]),
-        _ => None,
+        [only] => match OneFrame::of(only) {
+            OneFrame::Mdsub(v) => Ok(&only[..v.topic.len() + 1]),
+            OneFrame::Bad(why) => Err(Update::BadFrame(why)),
+            OneFrame::Foreign => Err(Update::Uncacheable),
+        },
+        [first, ..] if frames.len() <= MAX_FRAMES => Ok(&first[..]),
+        _ => Err(Update::Uncacheable),
     }
 }
 
@@ -199,20 +208,21 @@ impl LastValueCache {
 
     /// Remember `frames` as the last value of its topic.
     pub fn update<F: Deref<Target = [u8]>>(&mut self, frames: &[F]) -> Update {
-        if let [only] = frames {
-            if let Some(e) = crate::wire::bad_frame_reason(only) {
+        let key = match message_key(frames) {
+            Ok(key) => key,
+            Err(bad @ Update::BadFrame(_)) => {
                 self.counters.bad_frames += 1;
-                return Update::BadFrame(e);
+                return bad;
             }
-        }
-        let Some(key) = message_key(frames) else {
-            // A multipart message on a cached topic that cannot be stored (too
-            // many frames) makes the cached value stale: drop it, never serve it.
-            if let [first, _, ..] = frames {
-                self.evict(first);
+            Err(_) => {
+                // A multipart message on a cached topic that cannot be stored (too
+                // many frames) makes the cached value stale: drop it, never serve it.
+                if let [first, _, ..] = frames {
+                    self.evict(first);
+                }
+                self.counters.uncacheable += 1;
+                return Update::Uncacheable;
             }
-            self.counters.uncacheable += 1;
-            return Update::Uncacheable;
         };
         let need_data: usize = frames.iter().map(|f| f.len()).sum();
         if need_data > u32::MAX as usize {
@@ -275,13 +285,13 @@ impl LastValueCache {
         self.order
             .range::<[u8], _>((Bound::Included(scan), Bound::Unbounded))
             .take_while(move |k| k.starts_with(scan))
-            .filter_map(|k| self.entries.get(k).map(Entry::frames))
+            .filter_map(|k| self.entries.get(k).map(|e| e.frames(k)))
             .filter(move |frames| frames.clone().next().is_some_and(|first| first.starts_with(prefix)))
     }
 
     /// The cached message under exactly `key` (see [`message_key`]).
     pub fn get(&self, key: &[u8]) -> Option<CachedFrames<'_>> {
-        self.entries.get(key).map(Entry::frames)
+        self.entries.get_key_value(key).map(|(k, e)| e.frames(k))
     }
 }
 
@@ -341,6 +351,16 @@ mod tests {
         assert_eq!(c.counters().evicted_too_big, 1);
         assert_eq!(c.topics(), 0);
         assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn a_cached_message_is_named_by_its_topic_or_its_foreign_first_frame() {
+        let mut c = big();
+        c.update(&[frame("ESH6", 1, b"a")]);
+        c.update(&[b"F001\0x".as_slice(), b"body"]);
+        let names: Vec<&[u8]> = c.matching(b"").map(|f| f.name()).collect();
+        assert_eq!(names, vec![&b"ESH6"[..], &b"F001\0x"[..]]);
+        assert_eq!(c.get(b"ESH6\0").map(|f| f.name()), Some(&b"ESH6"[..]));
     }
 
     #[test]
@@ -483,7 +503,7 @@ mod tests {
             for first in &answers {
                 proptest::prop_assert!(first.starts_with(&prefix));
             }
-            let brute = c.entries.values().filter(|e| e.frames().next().is_some_and(|f| f.starts_with(&prefix))).count();
+            let brute = c.entries.iter().filter(|(k, e)| e.frames(k).next().is_some_and(|f| f.starts_with(&prefix))).count();
             proptest::prop_assert_eq!(answers.len(), brute, "range scan finds every match");
         }
     }

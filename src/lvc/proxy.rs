@@ -10,12 +10,11 @@
 //! subscriber alone (docs/LVC-TAP.md, "Answers go to the joiner only").
 //! What is answered is bounded by an [`AnswerGate`].
 
-use crate::clock;
 use crate::diag::RefusalLog;
 use crate::lvc::answer::{Admit, AnswerCounters, AnswerGate, AnswerLimits};
 use crate::lvc::cache::{CacheCounters, CacheLimits, LastValueCache, Update};
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
-use crate::wire::{mark_from_cache, now_ns, split_topic};
+use crate::wire::mark_from_cache;
 use crate::zmqx::frame::Frame;
 
 /// Counters of one LVC run.
@@ -148,9 +147,8 @@ impl LvcHooks {
     /// first that the budget does not cover: the subscriber gets every topic
     /// before that one, none after it (docs/LVC-TAP.md, "Budget"). A cut answer
     /// and an answer that could not be queued are said when they happen.
-    fn answer(&mut self, prefix: &[u8], down: &mut Downstream<'_>) {
-        let now = clock::monotonic_ns();
-        if self.gate.on_subscribe(prefix, now) == Admit::Coalesced {
+    fn answer(&mut self, prefix: &[u8], down: &mut Downstream<'_>, now_ns: u64) {
+        if self.gate.on_subscribe(prefix, now_ns) == Admit::Coalesced {
             let n = self.cache.matching(prefix).count() as u64;
             self.gate.coalesced_msgs(n);
             down.count_work(n);
@@ -164,13 +162,8 @@ impl LvcHooks {
             looked += 1;
             let size: u64 = cached.clone().map(|f| f.len() as u64).sum();
             if !self.gate.take(size) {
-                // Its cache key: the topic of an mdsub frame, the first frame of a foreign message.
-                let first = cached.clone().next().unwrap_or_default();
-                let key = match split_topic(first) {
-                    Ok((topic, _)) if cached.frame_count() == 1 => topic,
-                    _ => first,
-                };
-                cut = Some(Cut { at: key[..key.len().min(64)].to_vec(), msgs: 1, bytes: size });
+                let name = cached.name();
+                cut = Some(Cut { at: name[..name.len().min(64)].to_vec(), msgs: 1, bytes: size });
                 break;
             }
             let n = cached.frame_count();
@@ -211,7 +204,7 @@ impl LvcHooks {
                 l.msgs_per_s,
                 l.bytes_per_s
             );
-            self.cut_answers.refuse("budget", &detail, now_ns());
+            self.cut_answers.refuse("budget", &detail, now_ns);
         }
         if msgs == 0 {
             return;
@@ -225,14 +218,14 @@ impl LvcHooks {
                      queued: {e}; none of it is sent (counted in send_failures=, suppressed_msgs=)",
                     prefix.escape_ascii()
                 );
-                self.cut_answers.refuse("send_failed", &detail, now_ns());
+                self.cut_answers.refuse("send_failed", &detail, now_ns);
             }
         }
         self.answer.clear();
     }
 
     /// Count and say (rate-limited) a message the cache would not hold; it is forwarded all the same.
-    fn refuse(&mut self, update: Update) {
+    fn refuse(&mut self, update: Update, now_ns: u64) {
         let (reason, what) = match update {
             Update::RejectedFull => ("cache_full", "new topics pass uncached"),
             Update::EvictedTooBig => {
@@ -243,7 +236,7 @@ impl LvcHooks {
                     "bad frame: {e}: a one-frame message with a topic NUL that the wire decoder refuses passes \
                      uncached (an mdsub subscriber drops it; the topic's last good value stays; counted in bad_frames=)"
                 );
-                self.refusals.refuse("bad_frame", &detail, now_ns());
+                self.refusals.refuse("bad_frame", &detail, now_ns);
                 return;
             }
             _ => (
@@ -260,7 +253,7 @@ impl LvcHooks {
             l.max_bytes
         );
         let detail: &dyn std::fmt::Display = if reason == "uncacheable" { &what } else { &detail };
-        self.refusals.refuse(reason, detail, now_ns());
+        self.refusals.refuse(reason, detail, now_ns);
     }
 }
 
@@ -283,30 +276,36 @@ impl ProxyHooks for LvcHooks {
         self.gate.limits().coalesce_window_ns > 0
     }
 
-    fn on_subscriber_joined(&mut self) {
-        self.gate.on_join(clock::monotonic_ns());
+    fn on_subscriber_joined(&mut self, now_ns: u64) {
+        self.gate.on_join(now_ns);
     }
 
-    fn on_upstream_message(&mut self, frames: &[Frame]) {
+    fn on_upstream_message(&mut self, frames: &[Frame], now_ns: u64) {
         match self.cache.update(frames) {
             Update::Inserted | Update::Replaced => {}
-            refused => self.refuse(refused),
+            refused => self.refuse(refused, now_ns),
         }
     }
 
     /// Apply a subscription, answer it from the cache (the joiner only),
     /// then let the shell forward it upstream.
-    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, frames: &[Frame], down: &mut Downstream<'_>) -> bool {
+    fn on_subscriber_message(
+        &mut self,
+        msg: FromSubscriber<'_>,
+        frames: &[Frame],
+        down: &mut Downstream<'_>,
+        now_ns: u64,
+    ) -> bool {
         match msg {
             FromSubscriber::Subscribe(prefix) => {
                 self.subscribes += 1;
                 down.apply(true, prefix);
-                self.answer(prefix, down);
+                self.answer(prefix, down, now_ns);
             }
             FromSubscriber::Unsubscribe(prefix) => {
                 self.unsubscribes += 1;
                 down.apply(false, prefix);
-                self.gate.on_unsubscribe(prefix, clock::monotonic_ns());
+                self.gate.on_unsubscribe(prefix, now_ns);
             }
             FromSubscriber::Other => {
                 self.other_upstream += 1;
@@ -330,6 +329,13 @@ impl ProxyHooks for LvcHooks {
         frames.len() == 1 && msg != FromSubscriber::Unsubscribe(b"")
     }
 
+    /// Refusals and cut answers counted since their last line are summarised when their
+    /// interval is up, even when no more traffic comes to say them.
+    fn on_tick(&mut self, now_ns: u64) {
+        self.refusals.tick(now_ns);
+        self.cut_answers.tick(now_ns);
+    }
+
     fn report(&self, shell: &ShellCounters) -> LvcReport {
         LvcReport {
             messages_in: shell.messages_in,
@@ -351,5 +357,106 @@ impl ProxyHooks for LvcHooks {
             cache_bytes: self.cache.bytes() as u64,
             cache: self.cache.counters(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{Agent, IdleStrategy};
+    use crate::clock::{Clock, ManualClock};
+    use crate::diag::SUMMARY_INTERVAL_NS;
+    use crate::lvc::LvcConfig;
+    use crate::proxy::{Delivery, ProxyConfig, ProxyShell};
+    use crate::wire::{encode, Header};
+    use crate::zmqx::Attach;
+
+    fn frame(topic: &str, seq: u64) -> Vec<u8> {
+        encode(topic.as_bytes(), &Header::data(seq, 0), b"value")
+    }
+
+    /// A frame of `topic` the wire decoder refuses (version 9).
+    fn bad_frame(topic: &str) -> Frame {
+        let mut f = frame(topic, 1);
+        f[topic.len() + 1] = 9;
+        Frame::copy_of(&f)
+    }
+
+    #[test]
+    fn refusals_left_unsaid_are_summarised_on_the_tick_with_no_more_traffic() {
+        // Before, a refusal counted after the first was said only with the next refusal or at exit.
+        let clock = ManualClock::new(1_000 * SUMMARY_INTERVAL_NS);
+        let mut lvc = LvcHooks::new(CacheLimits::default(), AnswerLimits::default());
+        lvc.on_upstream_message(&[bad_frame("VER9")], clock.now_ns());
+        assert!(!lvc.refusals.counts().unsaid(), "the first is said at once");
+        lvc.on_upstream_message(&[bad_frame("VER9")], clock.advance_ns(1));
+        assert!(lvc.refusals.counts().unsaid(), "the second is counted, for the summary");
+        lvc.on_tick(clock.advance_ns(SUMMARY_INTERVAL_NS - 2));
+        assert!(lvc.refusals.counts().unsaid(), "not before the interval is up");
+        lvc.on_tick(clock.advance_ns(1));
+        assert!(!lvc.refusals.counts().unsaid(), "said on the tick, with no message since");
+        assert_eq!(lvc.refusals.counts().count("bad_frame"), 2);
+        assert_eq!(lvc.report(&ShellCounters::default()).cache.bad_frames, 2);
+    }
+
+    /// Step `lvc` until `done` holds (at most 5 s).
+    fn step_until(lvc: &mut ProxyShell<LvcHooks>, what: &str, done: impl Fn(&LvcReport) -> bool) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done(&lvc.report()) {
+            assert!(std::time::Instant::now() < end, "timed out waiting for {what}: {}", lvc.report());
+            lvc.do_work().expect("lvc step");
+        }
+    }
+
+    #[test]
+    fn an_answer_a_full_subscriber_queue_cannot_take_is_counted_and_said() {
+        // A subscriber that stopped reading, whose queue live traffic has filled (lossy delivery),
+        // subscribes to a cached topic: its answer cannot be queued.
+        let ctx = zmq::Context::new();
+        let config = LvcConfig {
+            proxy: ProxyConfig {
+                frontend: vec![Attach::Bind("inproc://lvc-send-failed-front".into())],
+                backend: vec![Attach::Bind("inproc://lvc-send-failed-back".into())],
+                hwm_msgs: 4,
+                max_msg_bytes: 1 << 20,
+                idle: IdleStrategy::default(),
+                delivery: Delivery::Lossy,
+            },
+            limits: CacheLimits::default(),
+            answers: AnswerLimits { coalesce_window_ns: 0, ..AnswerLimits::default() },
+        };
+        let mut lvc = crate::lvc::new_proxy(&ctx, &config).expect("lvc");
+        let publisher = ctx.socket(zmq::PUB).expect("pub");
+        publisher.connect("inproc://lvc-send-failed-front").expect("connect");
+        let sub = ctx.socket(zmq::SUB).expect("sub");
+        sub.set_rcvhwm(1).expect("rcvhwm");
+        sub.connect("inproc://lvc-send-failed-back").expect("connect");
+        sub.set_subscribe(b"L").expect("subscribe");
+        // The path is up once a live L comes through (the LVC's subscription reached the publisher
+        // and the subscriber's was applied).
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while sub.recv_bytes(zmq::DONTWAIT).is_err() {
+            assert!(std::time::Instant::now() < end, "the path did not come up: {}", lvc.report());
+            publisher.send(frame("L", 1), 0).expect("publish");
+            lvc.do_work().expect("lvc step");
+        }
+        publisher.send(frame("B", 1), 0).expect("publish");
+        step_until(&mut lvc, "B cached", |r| r.topics == 2);
+        // Live L the subscriber does not read, until its queue is full and L is dropped there.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lvc.report().dropped_full == 0 {
+            assert!(std::time::Instant::now() < end, "the queue never filled: {}", lvc.report());
+            publisher.send(frame("L", 2), 0).expect("publish");
+            lvc.do_work().expect("lvc step");
+        }
+        let before = lvc.report();
+        sub.set_subscribe(b"B").expect("subscribe");
+        step_until(&mut lvc, "the subscribe to B", |r| r.subscribes > before.subscribes);
+        let after = lvc.report();
+        assert_eq!(after.send_failures - before.send_failures, 1, "{after}");
+        assert_eq!(after.answers.suppressed_msgs - before.answers.suppressed_msgs, 1, "{after}");
+        assert_eq!(after.cache_answers, before.cache_answers, "nothing of it sent: {after}");
+        let said = &lvc.hooks().cut_answers;
+        assert_eq!((said.counts().count("send_failed"), said.counts().unsaid()), (1, false), "said at once");
     }
 }

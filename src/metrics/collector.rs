@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +64,9 @@ pub struct LiveLatency {
     pub intervals: u64,
     /// End of the last complete interval (realtime ns).
     pub last_interval_end_ns: u64,
+    /// Interval-log or spectrum writes that failed so far (a disk that fills while the engine
+    /// runs shows on `/metrics` and in the store's status, not only at the end).
+    pub write_errors: u64,
 }
 
 /// Shared handle on [`LiveLatency`].
@@ -71,8 +75,8 @@ pub type SharedLatency = Arc<Mutex<LiveLatency>>;
 /// Where the collector writes, besides adding up.
 #[derive(Default)]
 pub struct CollectorOutputs {
-    /// The interval log (`--hlog`), already opened with its header written.
-    pub hlog: Option<HlogWriter<BufWriter<File>>>,
+    /// The interval log (`--hlog`), already opened with its header written, and its path.
+    pub hlog: Option<(PathBuf, HlogWriter<BufWriter<File>>)>,
     /// The end-of-run spectrum (`--hgrm`), written when the collector ends.
     pub hgrm: Option<Claimed>,
     /// Keep a failed write's cause for the report instead of saying it as it happens: the
@@ -214,7 +218,7 @@ impl Collector {
     /// Close the interval ending at `now_ns`: log it, share it, start the next.
     fn end_interval(&mut self, now_ns: u64) {
         self.log_interval(now_ns);
-        if let Some(w) = self.outputs.hlog.as_mut() {
+        if let Some((path, w)) = self.outputs.hlog.as_mut() {
             let mut failed = None;
             for (k, set) in self.interval.iter().enumerate() {
                 if k == self.shards && set.count() == 0 {
@@ -235,13 +239,15 @@ impl Collector {
                 failed = Some(e);
             }
             if let Some(e) = failed {
-                self.write_error(e);
+                let path = path.display().to_string();
+                self.write_error(format_args!("{path}: {e}"));
             }
         }
         if let Ok(mut l) = self.live.lock() {
             std::mem::swap(&mut l.last_interval, &mut self.interval);
             l.intervals += 1;
             l.last_interval_end_ns = now_ns;
+            l.write_errors = self.total.write_errors;
         }
         for s in &mut self.interval {
             s.reset();
@@ -288,7 +294,7 @@ impl Agent for Collector {
                     .map_err(|e| e.to_string())
             });
             if let Err(e) = written {
-                self.write_error(format_args!("{}: {e}", hgrm.named()));
+                self.write_error(format_args!("{}: {e}", hgrm.path().display()));
             }
         }
     }

@@ -462,6 +462,7 @@ impl RunReport {
             match (self.time_limit, self.interrupted) {
                 (true, _) => " (stopped at its time limit)",
                 (false, true) => " (interrupted)",
+                _ if self.snail.as_ref().is_some_and(|s| s.croaked.is_some()) => " (stopped: the snail croaked)",
                 _ => "",
             }
         );
@@ -721,6 +722,30 @@ mod tests {
         r.unended_sent = 4;
         let t = r.render();
         assert!(t.contains("sent         10   (4 of them by the last sequence that arrived from 1 session(s)"), "{t}");
+    }
+
+    #[test]
+    fn a_croaked_run_says_on_its_duration_line_that_the_snail_stopped_it() {
+        let scream = crate::snail::Scream {
+            verdict: crate::snail::Verdict::Snail,
+            policy: crate::snail::Policy::Croak,
+            site: "worker0".into(),
+            shard: Some(0),
+            publisher_id: None,
+            topic: None,
+            lag_ns: 500_000_000,
+            max_lag_ns: 200_000_000,
+            above_for_ns: 300_000_000,
+            grace_ns: 300_000_000,
+            silent_for_ns: None,
+            last_good_seq: 80,
+            at_ns: 0,
+        };
+        let mut r = RunReport { duration_s: 1.5, ..Default::default() };
+        assert!(r.render().contains("  duration     1.500 s\n"), "{}", r.render());
+        r.snail = Some(crate::snail::SnailReport { croaked: Some(scream), ..Default::default() });
+        let t = r.render();
+        assert!(t.contains("  duration     1.500 s (stopped: the snail croaked)\n"), "{t}");
     }
 
     #[test]

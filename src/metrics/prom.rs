@@ -88,14 +88,16 @@ impl EngineLive {
     /// The worst snail verdict of the sites on shard `k` (a site serving
     /// several shards counts for each), or of all sites with `None`.
     pub fn snail_verdict(&self, shard: Option<usize>) -> crate::snail::Verdict {
-        let v = self
-            .snail
-            .iter()
-            .filter(|s| shard.is_none() || s.shard.is_none() || s.shard == shard)
-            .map(|s| s.verdict as u8)
-            .max()
-            .unwrap_or(0);
-        crate::snail::Verdict::from_u8(v)
+        self.snail_sites(shard).map(|s| s.verdict).max().unwrap_or_default()
+    }
+
+    /// The WARN, SNAIL and STOP turns of the same sites as [`EngineLive::snail_verdict`].
+    pub fn snail_turns(&self, shard: Option<usize>) -> [u64; 3] {
+        crate::snail::turns(self.snail_sites(shard))
+    }
+
+    fn snail_sites(&self, shard: Option<usize>) -> impl Iterator<Item = &crate::snail::SiteReport> {
+        self.snail.iter().filter(move |s| shard.is_none() || s.shard.is_none() || s.shard == shard)
     }
 
     /// Self-stalls of the sites on shard `k` (a site serving several shards is no shard's), or
@@ -485,6 +487,13 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
         f.sample("", &format!("engine=\"{id}\""), live.metrics_dropped)
     });
+    family(
+        &mut s,
+        "mdsub_metrics_write_errors_total",
+        "counter",
+        "Interval-log (--hlog) writes that failed (disk full, file gone): the log misses those intervals.",
+        |f| f.sample("", &format!("engine=\"{id}\""), latency.write_errors),
+    );
     family(
         &mut s,
         "mdsub_handler_refused_total",

@@ -35,6 +35,7 @@ use super::settings::{Level, LogLevel, Offer, Settings};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 use crate::clone::client::{Change, Client, ClientConfig};
+use crate::snail::WorstSince;
 
 /// Status keys live this many metric intervals (at least 1 s: the store's TTL unit).
 pub const TTL_INTERVALS: u64 = 3;
@@ -50,6 +51,9 @@ pub fn config_prefix(engine_id: &str) -> String {
 }
 
 /// The TTL, in whole seconds, for an interval of `interval_ns`.
+/// How soon the store agent looks again for an interval the collector has not closed yet.
+const RECHECK_NS: u64 = 5_000_000;
+
 pub fn ttl_s(interval_ns: u64) -> u64 {
     (TTL_INTERVALS * interval_ns).div_ceil(1_000_000_000).max(1)
 }
@@ -102,10 +106,17 @@ pub struct StoreAgent {
     status: String,
     config: String,
     changes: Inbox<Change>,
+    /// When to look whether the status is due (realtime ns; 0: publish at once).
     next_publish_ns: u64,
+    /// The collector's closed intervals at the last status, and when it was published: the
+    /// status follows the collector, so its rates, percentiles and snail verdicts cover the
+    /// same interval.
+    last_status: (u64, u64),
     started_ns: u64,
     refused: BTreeMap<String, String>,
     published: BTreeSet<String>,
+    /// The worst snail verdict since the last status, the engine's then each shard's.
+    worst: (WorstSince, Vec<WorstSince>),
     /// Status rounds published.
     pub rounds: u64,
 }
@@ -131,9 +142,11 @@ impl StoreAgent {
             inputs,
             changes: Inbox::new(changes),
             next_publish_ns: 0,
+            last_status: (0, 0),
             started_ns: clock::realtime_ns(),
             refused: BTreeMap::new(),
             published: BTreeSet::new(),
+            worst: Default::default(),
             rounds: 0,
         })
     }
@@ -224,7 +237,9 @@ impl StoreAgent {
             "log_level": self.inputs.log.get().name(),
             "settings": self.inputs.settings.current(),
             "metrics_dropped": live.metrics_dropped,
+            "metrics_write_errors": self.inputs.latency.lock().map_or(0, |l| l.write_errors),
             "snail": live.snail_verdict(None).name(),
+            "snail_worst": self.worst.0.next(live.snail_verdict(None), live.snail_turns(None)).name(),
             "self_stalls": stalls.0,
             "longest_self_stall_ns": stalls.1,
             "handler_refused_total": live.handler_refused_total(),
@@ -232,6 +247,7 @@ impl StoreAgent {
             "updated_ns": now_ns,
         });
         let mut shards = Vec::new();
+        self.worst.1.resize(live.shards.len(), WorstSince::default());
         if let Ok(lat) = self.inputs.latency.lock() {
             for (k, sh) in live.shards.iter().enumerate() {
                 let (Some(cum), Some(last)) = (lat.cumulative.get(k), lat.last_interval.get(k)) else { continue };
@@ -247,6 +263,7 @@ impl StoreAgent {
                     "bad_frames": bad,
                     "intervals": lat.intervals,
                     "snail": live.snail_verdict(Some(k)).name(),
+                    "snail_worst": self.worst.1[k].next(live.snail_verdict(Some(k)), live.snail_turns(Some(k))).name(),
                     "self_stalls": stalls.0,
                     "longest_self_stall_ns": stalls.1,
                     "publisher_connects": sh.publisher_connects,
@@ -268,8 +285,20 @@ impl StoreAgent {
             self.set(format!("{}refused/{name}", self.status), why, ttl)?;
         }
         self.rounds += 1;
-        self.next_publish_ns = now_ns + interval_ns;
+        let (closed, closed_at_ns) =
+            self.inputs.latency.lock().map_or((0, 0), |l| (l.intervals, l.last_interval_end_ns));
+        self.last_status = (closed, now_ns);
+        // The collector closes its next interval about then.
+        self.next_publish_ns = closed_at_ns.saturating_add(interval_ns).max(now_ns + RECHECK_NS);
         Ok(())
+    }
+
+    /// Whether the status is due at `now_ns`: published at once when asked (a setting changed),
+    /// else when the collector has closed an interval since the last, or has closed none for
+    /// two intervals (it still says the engine is alive).
+    fn due(&self, now_ns: u64, closed: u64, interval_ns: u64) -> bool {
+        let (seen, at_ns) = self.last_status;
+        self.next_publish_ns == 0 || closed != seen || now_ns.saturating_sub(at_ns) >= interval_ns.saturating_mul(2)
     }
 }
 
@@ -296,8 +325,14 @@ impl Agent for StoreAgent {
         }
         let now = clock::realtime_ns();
         if now >= self.next_publish_ns {
-            self.publish(now)?;
-            n += 1;
+            let closed = self.inputs.latency.lock().map_or(0, |l| l.intervals);
+            if self.due(now, closed, self.inputs.interval_ns.load(Relaxed).max(1)) {
+                self.publish(now)?;
+                n += 1;
+            } else {
+                // The collector is late closing its interval: look again shortly.
+                self.next_publish_ns = now + RECHECK_NS;
+            }
         }
         Ok(Step::Worked(n))
     }

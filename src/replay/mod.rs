@@ -183,12 +183,53 @@ pub struct ReplayStats {
     /// to its first damage and ends there (the damage was said on stderr when met).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub refused: BTreeMap<String, u64>,
+    /// A fixed rate (`--rate`): the rate offered and what the publisher achieved, msg/s (its
+    /// turns after the first per second from the first to the last; the schedule's turns,
+    /// messages dropped on purpose included). None flat out or at a recorded pace (and the
+    /// achieved rate of a run cut short by a stop request, or of fewer than two messages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_msgs_per_sec: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub achieved_msgs_per_sec: Option<f64>,
     /// Snails on purpose ([`FaultPlan`]): messages left out (`--drop-every`:
     /// never sent, their sequences used up, so not in `sent_total`), new
     /// sessions started, and time spent stalled.
     pub dropped_on_purpose: u64,
     pub restarts: u64,
     pub paused_s: f64,
+}
+
+/// The highest fixed rate a pacer takes, msg/s: one message a nanosecond, the resolution of its
+/// schedule (no ZeroMQ socket sends within two orders of magnitude of it; the command line refuses
+/// more, `cli::args::parse_rate`, and so does a trial server).
+pub const MAX_RATE_MSGS_PER_SEC: u64 = 1_000_000_000;
+
+/// A fixed rate counts as achieved from this share of it up (`mdsub capacity`'s rule too, its
+/// `Sla::min_achieved_ratio`): a publisher that kept its schedule achieves the rate or more.
+pub const MIN_ACHIEVED_RATIO: f64 = 0.95;
+
+impl ReplayStats {
+    /// `(offered, achieved)` msg/s when a fixed rate was offered and the publisher achieved
+    /// less than [`MIN_ACHIEVED_RATIO`] of it (it could not send faster, or a lossless
+    /// subscriber held it back).
+    pub fn rate_not_achieved(&self) -> Option<(u64, f64)> {
+        match (self.offered_msgs_per_sec, self.achieved_msgs_per_sec) {
+            (Some(offered), Some(achieved)) if achieved < MIN_ACHIEVED_RATIO * offered as f64 => {
+                Some((offered, achieved))
+            }
+            _ => None,
+        }
+    }
+
+    /// [`rate_not_achieved`](Self::rate_not_achieved) in words, for the commands' summaries.
+    pub fn rate_note(&self) -> Option<String> {
+        let (offered, achieved) = self.rate_not_achieved()?;
+        Some(format!(
+            "rate not achieved: offered {offered} msg/s, achieved {achieved:.0} msg/s ({:.0}%); the publisher could \
+             not send faster (or, lossless, a subscriber held it back)",
+            100.0 * achieved / offered as f64
+        ))
+    }
 }
 
 struct Shard {
@@ -269,6 +310,11 @@ pub struct Publisher {
     dropped_on_purpose: u64,
     restarts: u64,
     paused: Duration,
+    /// What the last run's pacer achieved at a fixed rate ([`Pacer::achieved_msgs_per_sec`]).
+    achieved_msgs_per_sec: Option<f64>,
+    /// Say what the input refuses (record types not replayed, damage) as it is met; off, it is
+    /// only counted (a benchmark's later runs of the same file).
+    say_refusals: bool,
     /// One sending thread per shard.
     thread_per_shard: bool,
     /// The part of the generated feed this publisher sends: shard `.0` of `.1`
@@ -332,6 +378,8 @@ impl Publisher {
             dropped_on_purpose: 0,
             restarts: 0,
             paused: Duration::ZERO,
+            achieved_msgs_per_sec: None,
+            say_refusals: true,
             thread_per_shard: cfg.thread_per_shard,
             part: (0, 1),
         })
@@ -340,6 +388,13 @@ impl Publisher {
     /// What the ZAP handler has decided about subscribers (None: open access).
     pub fn access_counters(&self) -> Option<Arc<ZapCounters>> {
         self.zap.as_ref().map(ZapService::counters)
+    }
+
+    /// Say what the input refuses (DBN record types not replayed, damage) when it is met
+    /// (`true`, the default), or only count it in the run's numbers (`false`: a benchmark's
+    /// later runs of a file whose refusals its first run said).
+    pub fn say_refusals(&mut self, say: bool) {
+        self.say_refusals = say;
     }
 
     /// Put snails on purpose into the next runs: a pause, dropped messages,
@@ -591,6 +646,9 @@ impl Publisher {
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
             refused: self.refused.clone(),
+            // Set by the run, which knows its pacing.
+            offered_msgs_per_sec: None,
+            achieved_msgs_per_sec: None,
             dropped_on_purpose: self.dropped_on_purpose,
             restarts: self.restarts,
             paused_s: self.paused.as_secs_f64(),
@@ -612,6 +670,7 @@ impl Publisher {
         }
         let start = Instant::now();
         (self.dropped_on_purpose, self.restarts, self.paused) = (0, 0, Duration::ZERO);
+        self.achieved_msgs_per_sec = None;
         if self.faults.restart_at.is_some() && matches!(source, Source::Capture { restamp: false, .. }) {
             return Err(ReplayError::Config(
                 "a restart mid-stream needs fresh sequences: add --restamp to replay a capture".into(),
@@ -652,6 +711,8 @@ impl Publisher {
         }
         let mut stats = self.stats(start, interrupted);
         stats.cpu_ns = crate::clock::thread_cpu_ns().saturating_sub(cpu0);
+        stats.offered_msgs_per_sec = offered_rate(pacing);
+        stats.achieved_msgs_per_sec = self.achieved_msgs_per_sec.filter(|_| !interrupted);
         Ok(stats)
     }
 
@@ -710,6 +771,8 @@ impl Publisher {
                 dropped_on_purpose: 0,
                 restarts: 0,
                 paused: Duration::ZERO,
+                achieved_msgs_per_sec: None,
+                say_refusals: self.say_refusals,
                 thread_per_shard: false,
                 part: (k, n),
             };
@@ -729,6 +792,8 @@ impl Publisher {
         }
         let mut first_err = None;
         let (mut interrupted, mut cpu_ns) = (false, 0);
+        // Each thread's share of the rate adds up to the whole: so do the rates they achieved.
+        let mut achieved = Some(0.0);
         for (task, _) in tasks {
             match task.join() {
                 Ok((one, r)) => {
@@ -737,6 +802,7 @@ impl Publisher {
                         Ok(st) => {
                             interrupted |= st.interrupted;
                             cpu_ns += st.cpu_ns;
+                            achieved = achieved.zip(st.achieved_msgs_per_sec).map(|(a, b)| a + b);
                         }
                         Err(e) => first_err = first_err.or(Some(e)),
                     }
@@ -749,6 +815,8 @@ impl Publisher {
         }
         let mut stats = self.stats(start, interrupted);
         stats.cpu_ns = cpu_ns;
+        stats.offered_msgs_per_sec = offered_rate(pacing);
+        stats.achieved_msgs_per_sec = achieved.filter(|_| !interrupted && offered_rate(pacing).is_some());
         progress(stats.sent_total);
         Ok(stats)
     }
@@ -814,6 +882,7 @@ impl Publisher {
             sh.count_sent(1);
             i += 1;
         }
+        self.achieved_msgs_per_sec = pacer.achieved_msgs_per_sec();
         progress(i);
         Ok(stop.is_stopped())
     }
@@ -878,15 +947,17 @@ impl Publisher {
                 Err(e) => match e.damage_reason() {
                     // Damage ends the file: what came before it was sent; counted and said.
                     Some(reason) => {
-                        crate::diag!(
-                            "replay: refused ({reason}): capture file {}: {e} (record {}; the {} records before it \
-                             were replayed{}, {})",
-                            path.display(),
-                            reader.records() + 1,
-                            reader.records(),
-                            if used > 0 { ", except the first frames of the message it is part of" } else { "" },
-                            stops_here(reason)
-                        );
+                        if self.say_refusals {
+                            crate::diag!(
+                                "replay: refused ({reason}): capture file {}: {e} (record {}; the {} records before \
+                                 it were replayed{}, {})",
+                                path.display(),
+                                reader.records() + 1,
+                                reader.records(),
+                                if used > 0 { ", except the first frames of the message it is part of" } else { "" },
+                                stops_here(reason)
+                            );
+                        }
                         *self.refused.entry(reason.to_string()).or_default() += 1;
                         break;
                     }
@@ -990,6 +1061,7 @@ impl Publisher {
             self.shards[k].count_sent(is_data as u64);
             msgs += 1;
         }
+        self.achieved_msgs_per_sec = pacer.achieved_msgs_per_sec();
         progress(msgs);
         Ok(stop.is_stopped())
     }
@@ -1025,7 +1097,7 @@ impl Publisher {
                 break;
             }
             if merge.skipped().len() != said_rtypes.len() || merge.damage().len() != said_damage {
-                say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
+                self.say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
             }
             let due = faults.due(msgs).unwrap_or_default();
             if !self.apply_due(due, &mut pacer) {
@@ -1076,8 +1148,9 @@ impl Publisher {
             span = Some((base, ts.max(span.map_or(ts, |s| s.1))));
             msgs += 1;
         }
+        self.achieved_msgs_per_sec = pacer.achieved_msgs_per_sec();
         progress(msgs);
-        say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
+        self.say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
         self.skipped_by_rtype = merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
         self.market_span_ns = span;
         for e in merge.take_damage() {
@@ -1089,20 +1162,35 @@ impl Publisher {
     }
 }
 
-/// Say (stderr) each record type not replayed and each damaged file the first time they are
-/// met; the counts per type are in the run's stats (`skipped_by_rtype`) and its summary line.
-fn say_dbn_refusals(merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
-    for rt in merge.skipped().keys() {
-        if !said_rtypes.contains(rt) {
-            said_rtypes.push(*rt);
-            crate::diag!("replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)");
+impl Publisher {
+    /// Say (stderr) each record type not replayed and each damaged file the first time they
+    /// are met (unless told not to: [`Publisher::say_refusals`]); the counts per type are in
+    /// the run's stats (`skipped_by_rtype`) and its summary line.
+    fn say_dbn_refusals(&self, merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
+        for rt in merge.skipped().keys() {
+            if !said_rtypes.contains(rt) {
+                said_rtypes.push(*rt);
+                if self.say_refusals {
+                    crate::diag!(
+                        "replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)"
+                    );
+                }
+            }
         }
+        for e in merge.damage().iter().skip(*said_damage).filter(|_| self.say_refusals) {
+            let reason = e.damage_reason().unwrap_or("bad_record");
+            crate::diag!("replay: refused ({reason}): {e}; {}, the other files go on", stops_here(reason));
+        }
+        *said_damage = merge.damage().len();
     }
-    for e in merge.damage().iter().skip(*said_damage) {
-        let reason = e.damage_reason().unwrap_or("bad_record");
-        crate::diag!("replay: refused ({reason}): {e}; {}, the other files go on", stops_here(reason));
+}
+
+/// The fixed rate `pacing` offers, msg/s (None flat out or at a recorded pace).
+fn offered_rate(pacing: Pacing) -> Option<u64> {
+    match pacing {
+        Pacing::Rate { msgs_per_sec, .. } => Some(msgs_per_sec),
+        _ => None,
     }
-    *said_damage = merge.damage().len();
 }
 
 /// Where a damaged file's replay ends, by the damage's reason: a cut-off file ends there; after
@@ -1248,10 +1336,23 @@ pub struct Pacer {
     start_mono_ns: u64,
     start_rt_ns: u64,
     end_offset_ns: Option<u64>,
+    /// When a publisher behind its schedule stops: the end plus [`overrun_ns`] of it.
+    stop_offset_ns: Option<u64>,
     last_send_offset_ns: u64,
     /// Flat out: the last clock reading (offset from the start; 0 before any).
     flat_offset_ns: u64,
+    /// Turns granted so far, and the clock readings (offsets from the start) at the first and
+    /// the last: what a paced publisher achieved ([`Pacer::achieved_msgs_per_sec`]).
+    turns: u64,
+    first_turn_at_ns: u64,
+    last_turn_at_ns: u64,
     stop: StopFlag,
+}
+
+/// How long past the end of a duration `end_ns` a publisher behind its schedule may still send
+/// what was due before the end: a tenth of it, at most 1 s.
+fn overrun_ns(end_ns: u64) -> u64 {
+    (end_ns / 10).min(1_000_000_000)
 }
 
 /// Heartbeat when the schedule leaves the publisher idle this long.
@@ -1270,8 +1371,14 @@ impl Pacer {
             start_mono_ns: mono_ns(),
             start_rt_ns: wire::now_ns(),
             end_offset_ns: duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
+            stop_offset_ns: duration
+                .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+                .map(|end| end.saturating_add(overrun_ns(end))),
             last_send_offset_ns: 0,
             flat_offset_ns: 0,
+            turns: 0,
+            first_turn_at_ns: 0,
+            last_turn_at_ns: 0,
             stop,
         }
     }
@@ -1315,8 +1422,13 @@ impl Pacer {
 
     /// Wait until `offset_ns` after the start (recorded timing, and a paced turn): the intended
     /// send time (realtime ns), or None when the duration is over or a stop was requested.
-    /// Before each nap `on_idle` is called, with `true` once the publisher has sent nothing
-    /// for a second (time for a heartbeat), else `false`.
+    /// The duration is time elapsed: a publisher behind its schedule (a rate or a pace faster
+    /// than it can send) stops when the duration and a tenth of it more (at most 1 s)
+    /// have passed, with the messages due before the end unsent, not once it
+    /// has sent them all; the tenth lets a publisher that kept its schedule but for a few
+    /// milliseconds of jitter send all it was due (`--rate 20k --duration 1s` sends 20 000). Before each nap `on_idle` is called, with
+    /// `true` once the publisher has sent nothing for a second (time for a heartbeat), else
+    /// `false`.
     pub fn wait_until_offset<E>(
         &mut self,
         offset_ns: u64,
@@ -1328,6 +1440,16 @@ impl Pacer {
         loop {
             let now = self.offset_now();
             if now >= offset_ns {
+                // Due now or behind: the clock just read says whether the time it may take is
+                // over (the turn reads it no more often than before).
+                if self.stop_offset_ns.is_some_and(|stop| now >= stop) {
+                    return Ok(None);
+                }
+                if self.turns == 0 {
+                    self.first_turn_at_ns = now;
+                }
+                self.turns += 1;
+                self.last_turn_at_ns = now;
                 break;
             }
             if self.stop.is_stopped() {
@@ -1342,6 +1464,20 @@ impl Pacer {
         }
         self.last_send_offset_ns = offset_ns;
         Ok(Some(self.start_rt_ns.saturating_add(offset_ns)))
+    }
+
+    /// A paced publisher's achieved rate: the turns after the first per second from the first
+    /// to the last (n turns on schedule at a rate R span (n-1)/R at most, so on schedule this
+    /// is R or more; behind it, what was sent). None flat out, at a recorded pace, or before
+    /// two turns a clock tick apart.
+    pub fn achieved_msgs_per_sec(&self) -> Option<f64> {
+        let span_ns = self.last_turn_at_ns.saturating_sub(self.first_turn_at_ns);
+        match self.pacing {
+            Pacing::Rate { .. } if self.turns >= 2 && span_ns > 0 => {
+                Some((self.turns - 1) as f64 * 1e9 / span_ns as f64)
+            }
+            _ => None,
+        }
     }
 
     /// Stall for `d` (snails on purpose): send nothing, not even heartbeats,
@@ -1389,6 +1525,97 @@ mod tests {
         assert!(p.stall(Duration::from_millis(30)));
         let after = p.wait_turn(2, noop).expect("ok").expect("a time");
         assert!(after >= first + 30_000_000, "stamped {} ns after the first, not 30 ms", after - first);
+    }
+
+    /// Take turns from `turn` (each followed by about a microsecond of work, as a send costs)
+    /// until it says the duration is over, for at most `bound`: how long that took, and the
+    /// turns taken.
+    fn turns_until_none(bound: Duration, mut turn: impl FnMut(u64) -> Option<u64>) -> (Duration, u64) {
+        let start = Instant::now();
+        let mut i = 0;
+        while start.elapsed() < bound {
+            if turn(i).is_none() {
+                return (start.elapsed(), i);
+            }
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(1) {
+                std::hint::spin_loop();
+            }
+            i += 1;
+        }
+        panic!("still granting turns after {bound:?} ({i} turns) with a duration of 50 ms");
+    }
+
+    /// A rate the publisher cannot keep stops at the duration, by the clock, with what was
+    /// achieved said: before, the end was the schedule's (`--rate 20M --duration 1s` ran 7.6 s
+    /// and sent all 20 M; `--rate` u64::MAX never ended).
+    #[test]
+    fn a_rate_out_of_reach_stops_when_the_duration_has_passed() {
+        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
+        let limit = Some(Duration::from_millis(50));
+        for rate in [1_000_000_000, u64::MAX] {
+            let mut p = Pacer::new(Pacing::Rate { msgs_per_sec: rate, burst: 1 }, limit, StopFlag::new());
+            let (took, turns) = turns_until_none(Duration::from_secs(5), |i| p.wait_turn(i, noop).expect("ok"));
+            assert!(took >= Duration::from_millis(40), "rate {rate}: stopped early, after {took:?}");
+            assert!(took < Duration::from_millis(1000), "rate {rate}: stopped {took:?} after the start");
+            let achieved = p.achieved_msgs_per_sec().expect("a rate was offered");
+            let want = turns as f64 / took.as_secs_f64();
+            assert!(achieved > want / 2.0 && achieved < want * 2.0, "achieved {achieved}, sent {want}/s");
+            let stats = ReplayStats {
+                offered_msgs_per_sec: Some(rate),
+                achieved_msgs_per_sec: Some(achieved),
+                ..Default::default()
+            };
+            let note = stats.rate_note().expect("said");
+            assert!(note.starts_with(&format!("rate not achieved: offered {rate} msg/s, achieved ")), "{note}");
+        }
+        // A recorded pace faster than the publisher (a 1 ns gap between records) stops the same way.
+        let mut p = Pacer::new(Pacing::Recorded { speed: 1.0 }, limit, StopFlag::new());
+        let (took, _) = turns_until_none(Duration::from_secs(5), |i| p.wait_until_offset(i, noop).expect("ok"));
+        assert!(took < Duration::from_millis(1000), "recorded pace: stopped {took:?} after the start");
+        assert_eq!(p.achieved_msgs_per_sec(), None, "only a fixed rate is judged");
+    }
+
+    /// A publisher that kept its schedule but for a few milliseconds at the end still sends what
+    /// was due before the end (before: `demo --rate 20000 --duration 1s` now and then sent 19 943),
+    /// and nothing after it.
+    #[test]
+    fn a_publisher_a_little_behind_at_the_end_still_sends_what_was_due() {
+        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
+        let mut p =
+            Pacer::new(Pacing::Rate { msgs_per_sec: 200, burst: 1 }, Some(Duration::from_millis(500)), StopFlag::new());
+        for i in 0..95 {
+            assert!(p.wait_turn(i, noop).expect("ok").is_some(), "turn {i}");
+        }
+        // Late: past the end (500 ms), within its tenth (50 ms).
+        while p.offset_now() < 505_000_000 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 95..100 {
+            assert!(p.wait_turn(i, noop).expect("ok").is_some(), "turn {i}, due before the end");
+        }
+        assert_eq!(p.wait_turn(100, noop).expect("ok"), None, "due at the end: not sent");
+        assert_eq!(overrun_ns(500_000_000), 50_000_000);
+        assert_eq!(overrun_ns(3_600_000_000_000), 1_000_000_000, "at most 1 s");
+    }
+
+    /// A rate kept is achieved (the rate or more: n turns on schedule span (n-1)/R at most),
+    /// and nothing is said about it.
+    #[test]
+    fn a_rate_kept_is_achieved_and_not_said() {
+        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
+        let mut p = Pacer::new(Pacing::Rate { msgs_per_sec: 2_000, burst: 4 }, None, StopFlag::new());
+        for i in 0..40 {
+            p.wait_turn(i, noop).expect("ok").expect("a turn");
+        }
+        let achieved = p.achieved_msgs_per_sec().expect("a rate was offered");
+        assert!(achieved >= 0.95 * 2_000.0, "achieved {achieved}");
+        let stats = ReplayStats {
+            offered_msgs_per_sec: Some(2_000),
+            achieved_msgs_per_sec: Some(achieved),
+            ..Default::default()
+        };
+        assert_eq!(stats.rate_note(), None);
     }
 
     /// A template patched per message is the frame encoding that message from scratch would

@@ -172,6 +172,37 @@ impl Verdict {
     }
 }
 
+/// The worst verdict over a stretch of time, for a view that samples the verdict once an
+/// interval (the status line, the store's status, `top`): a SNAIL shorter than the interval is
+/// over when the view looks, but it turned, and the turn counts say so.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorstSince {
+    /// WARN, SNAIL and STOP turns counted at the last look.
+    turns: [u64; 3],
+    /// The verdict in force at the last look.
+    verdict: Verdict,
+}
+
+impl WorstSince {
+    /// The worst verdict since the last call: the one in force then, the one in force `now`,
+    /// and any a site turned to meanwhile (`turns`: its WARN, SNAIL and STOP turns so far).
+    pub fn next(&mut self, now: Verdict, turns: [u64; 3]) -> Verdict {
+        let turned = [Verdict::Warn, Verdict::Snail, Verdict::Stop]
+            .into_iter()
+            .zip(turns.iter().zip(self.turns))
+            .filter(|(_, (now, then))| *now > then)
+            .map(|(v, _)| v);
+        let worst = turned.fold(self.verdict.max(now), Verdict::max);
+        *self = WorstSince { turns, verdict: now };
+        worst
+    }
+}
+
+/// The WARN, SNAIL and STOP turns of `sites`, summed.
+pub fn turns<'a>(sites: impl IntoIterator<Item = &'a SiteReport>) -> [u64; 3] {
+    sites.into_iter().fold([0; 3], |[w, s, t], x| [w + x.warns, s + x.snails, t + x.stops])
+}
+
 /// The snail's settings (a profile's `[snail]`, resolved to ns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnailConfig {
@@ -1055,6 +1086,17 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worst_since_the_last_look_keeps_a_turn_that_is_over_by_then() {
+        let mut w = WorstSince::default();
+        assert_eq!(w.next(Verdict::Ok, [0, 0, 0]), Verdict::Ok);
+        assert_eq!(w.next(Verdict::Ok, [1, 1, 0]), Verdict::Snail, "turned WARN then SNAIL, OK again by now");
+        assert_eq!(w.next(Verdict::Ok, [1, 1, 0]), Verdict::Ok, "nothing turned since");
+        assert_eq!(w.next(Verdict::Warn, [2, 1, 0]), Verdict::Warn, "WARN now");
+        assert_eq!(w.next(Verdict::Ok, [2, 1, 0]), Verdict::Warn, "WARN at the last look, OK now");
+        assert_eq!(w.next(Verdict::Ok, [2, 1, 1]), Verdict::Stop);
+    }
     use crate::clock::{Clock, ManualClock};
     use crate::wire::Kind;
 

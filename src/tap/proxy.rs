@@ -7,7 +7,7 @@ use crossbeam::channel::{Sender, TrySendError};
 
 use crate::diag::RefusalLog;
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
-use crate::wire::now_ns;
+use crate::wire::now_ns as wall_ns;
 use crate::zmqx::frame::Frame;
 
 /// What the proxy hands to the sink.
@@ -112,21 +112,17 @@ impl TapHooks {
         TapHooks { filter, tx, captured: 0, dropped: 0, refusals: RefusalLog::new("tap") }
     }
 
-    fn capture(&mut self, item: Captured) {
+    fn capture(&mut self, item: Captured, now_ns: u64) {
         match self.tx.try_send(item) {
             Ok(()) => self.captured += 1,
             Err(TrySendError::Full(_)) => {
                 self.dropped += 1;
                 let detail = "the printer/recorder is behind: the copy is dropped (the proxy keeps forwarding)";
-                self.refusals.refuse("queue_full", &detail, now_ns());
+                self.refusals.refuse("queue_full", &detail, now_ns);
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.dropped += 1;
-                self.refusals.refuse(
-                    "sink_stopped",
-                    &"the printer/recorder has stopped: the copy is dropped",
-                    now_ns(),
-                );
+                self.refusals.refuse("sink_stopped", &"the printer/recorder has stopped: the copy is dropped", now_ns);
             }
         }
     }
@@ -139,22 +135,36 @@ impl ProxyHooks for TapHooks {
         "tap-proxy"
     }
 
-    fn on_upstream_message(&mut self, frames: &[Frame]) {
+    /// Copy the message to the sink, stamped with the wall clock (its lag is the receive time
+    /// minus the send time in its header).
+    fn on_upstream_message(&mut self, frames: &[Frame], now_ns: u64) {
         if self.filter.matches(frames.first().map_or(&[][..], |f| &f[..])) {
-            let item = Captured::Message { frames: frames.iter().map(|f| f.to_vec()).collect(), recv_ns: now_ns() };
-            self.capture(item);
+            let item = Captured::Message { frames: frames.iter().map(|f| f.to_vec()).collect(), recv_ns: wall_ns() };
+            self.capture(item, now_ns);
         }
     }
 
     /// Copy (un)subscriptions to the sink; everything is forwarded.
-    fn on_subscriber_message(&mut self, msg: FromSubscriber<'_>, _: &[Frame], _: &mut Downstream<'_>) -> bool {
+    fn on_subscriber_message(
+        &mut self,
+        msg: FromSubscriber<'_>,
+        _: &[Frame],
+        _: &mut Downstream<'_>,
+        now_ns: u64,
+    ) -> bool {
         let (subscribe, prefix) = match msg {
             FromSubscriber::Subscribe(p) => (true, p),
             FromSubscriber::Unsubscribe(p) => (false, p),
             FromSubscriber::Other => return true,
         };
-        self.capture(Captured::Subscription { subscribe, prefix: prefix.to_vec(), recv_ns: now_ns() });
+        self.capture(Captured::Subscription { subscribe, prefix: prefix.to_vec(), recv_ns: wall_ns() }, now_ns);
         true
+    }
+
+    /// Copies dropped since the last line are summarised when the interval is up, even
+    /// when no more traffic comes to say them.
+    fn on_tick(&mut self, now_ns: u64) {
+        self.refusals.tick(now_ns);
     }
 
     fn report(&self, shell: &ShellCounters) -> TapProxyReport {
@@ -235,6 +245,26 @@ mod tests {
         let after = proxy.report();
         assert_eq!(after.captured - before.captured, 1, "queue holds one");
         assert_eq!(after.dropped - before.dropped, 99, "the rest dropped, counted");
+    }
+
+    #[test]
+    fn copies_dropped_since_the_last_line_are_summarised_on_the_tick_with_no_more_traffic() {
+        // Before, drops counted after the first were said only with the next drop or at exit.
+        use crate::clock::ManualClock;
+        use crate::diag::SUMMARY_INTERVAL_NS;
+        let clock = ManualClock::new(1_000 * SUMMARY_INTERVAL_NS);
+        let (tx, _rx) = crossbeam::channel::bounded(1);
+        let mut tap = TapHooks::new(Filter::default(), tx);
+        let m = [Frame::copy_of(b"x")];
+        for _ in 0..3 {
+            tap.on_upstream_message(&m, clock.advance_ns(1));
+        }
+        assert_eq!((tap.captured, tap.dropped), (1, 2), "the queue holds one");
+        assert!(tap.refusals.counts().unsaid(), "the first drop said at once, the second counted");
+        tap.on_tick(clock.advance_ns(SUMMARY_INTERVAL_NS - 2));
+        assert!(tap.refusals.counts().unsaid(), "not before the interval is up");
+        tap.on_tick(clock.advance_ns(1));
+        assert!(!tap.refusals.counts().unsaid(), "said on the tick, with no message since");
     }
 
     #[test]

@@ -22,13 +22,16 @@ use crossbeam::channel::Receiver;
 use serde_json::{json, Map, Value};
 
 use crate::agent::{Agent, AgentError, Inbox, Step};
+use crate::clock;
 use crate::diag::RefusalLog;
 use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::outfile::{Claimed, OutFileError};
 use crate::tap::proxy::Captured;
 use crate::tap::TapError;
 use crate::wire::capture::{CaptureError, CaptureWriter, FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
-use crate::wire::{decode, now_ns, split_topic, DecodeError, Kind, DROP_REASON_NAMES, FLAG_FROM_CACHE};
+use crate::wire::{
+    decode, frame_len, split_topic, DecodeError, FrameView, Kind, OneFrame, DROP_REASON_NAMES, FLAG_FROM_CACHE,
+};
 
 /// Bytes of a foreign message shown in hex.
 pub const HEX_PREVIEW_BYTES: usize = 16;
@@ -121,9 +124,12 @@ impl<W: Write> Write for Tally<W> {
 }
 
 /// Units written into a buffer (a printed item, a recorded message), each by where it ends
-/// in the stream, until the bytes that end it have been taken by the file or pipe.
-#[derive(Debug, Default)]
+/// in the stream, until the file or pipe under the buffer has taken the bytes that end it (its
+/// [`Tally`] counts them in [`Taken`]). The printer and the recording keep one each.
+#[derive(Debug)]
 struct Ledger {
+    /// What the output took, and the switch that stops it.
+    taken: Arc<Taken>,
     /// (end offset, things in the unit: frames of a message, 1 for a printed item), oldest first.
     ends: VecDeque<(u64, u64)>,
     /// Bytes written into the buffer so far (from the stream's start).
@@ -132,10 +138,24 @@ struct Ledger {
     whole: u64,
 }
 
+/// What an output holds when it is shut ([`Ledger::shut`]).
+struct Shut {
+    /// Units taken whole since the last count, and the things in them.
+    units: u64,
+    things: u64,
+    /// Units written into the buffer that the output did not take whole.
+    lost: u64,
+    /// Bytes the output took, and those up to the end of its last whole unit.
+    taken: u64,
+    whole: u64,
+}
+
 impl Ledger {
-    /// A stream whose first `offset` bytes are not units (a file header).
-    fn starting_at(offset: u64) -> Self {
-        Ledger { ends: VecDeque::new(), written: offset, whole: offset }
+    /// `inner` counted by a [`Tally`], and the ledger of what goes through it; its first
+    /// `offset` bytes are not units (a file header).
+    fn over<W: Write>(inner: W, offset: u64) -> (Tally<W>, Self) {
+        let (tally, taken) = Tally::new(inner);
+        (tally, Ledger { taken, ends: VecDeque::new(), written: offset, whole: offset })
     }
 
     /// `bytes` of the unit in progress went into the buffer.
@@ -148,8 +168,9 @@ impl Ledger {
         self.ends.push_back((self.written, things));
     }
 
-    /// Units whose last byte is within the first `taken` bytes: `(units, things)`, forgotten here.
-    fn confirm(&mut self, taken: u64) -> (u64, u64) {
+    /// Units whose last byte the output has taken: `(units, things)`, forgotten here.
+    fn confirm(&mut self) -> (u64, u64) {
+        let taken = self.taken.bytes.load(Ordering::Relaxed);
         let (mut units, mut things) = (0, 0);
         while let Some(&(end, n)) = self.ends.front().filter(|(end, _)| *end <= taken) {
             self.ends.pop_front();
@@ -164,12 +185,21 @@ impl Ledger {
     fn waiting(&self) -> u64 {
         self.ends.len() as u64
     }
+
+    /// Writing failed: every later write to the output fails; count what it took whole and
+    /// what it did not.
+    fn shut(&mut self) -> Shut {
+        self.taken.shut.store(true, Ordering::Relaxed);
+        let (units, things) = self.confirm();
+        let lost = self.waiting();
+        self.ends = VecDeque::new();
+        Shut { units, things, lost, taken: self.taken.bytes.load(Ordering::Relaxed), whole: self.whole }
+    }
 }
 
 /// Stdout, buffered, counted by what it took: a failed write stops printing.
 struct Printer {
     out: BufWriter<Tally<Box<dyn Write + Send>>>,
-    taken: Arc<Taken>,
     ledger: Ledger,
     stopped: bool,
     printed: u64,
@@ -190,15 +220,8 @@ impl Printer {
 
     /// A printer writing to `raw`, counted by what it took.
     fn over(raw: Box<dyn Write + Send>) -> Self {
-        let (tally, taken) = Tally::new(raw);
-        Printer {
-            out: BufWriter::new(tally),
-            taken,
-            ledger: Ledger::default(),
-            stopped: false,
-            printed: 0,
-            unprinted: 0,
-        }
+        let (tally, ledger) = Ledger::over(raw, 0);
+        Printer { out: BufWriter::new(tally), ledger, stopped: false, printed: 0, unprinted: 0 }
     }
 
     /// Print one unit (an item's lines, a stats block), or count it as not printed.
@@ -221,31 +244,26 @@ impl Printer {
             return;
         }
         match self.out.flush() {
-            Ok(()) => self.confirm(),
+            Ok(()) => self.printed += self.ledger.confirm().0,
             Err(e) => self.stop(&e, 0),
         }
-    }
-
-    fn confirm(&mut self) {
-        self.printed += self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed)).0;
     }
 
     /// Count what stdout took so far without flushing (the buffer writes whenever it fills):
     /// with items always waiting there is no flush, and the ledger must not grow meanwhile.
     fn settle(&mut self) {
         if !self.stopped {
-            self.confirm();
+            self.printed += self.ledger.confirm().0;
         }
     }
 
     /// Writing failed (`current` units were being written): say it once and stop printing;
     /// what stdout did not take is counted as not printed.
     fn stop(&mut self, e: &std::io::Error, current: u64) {
-        self.confirm();
-        let lost = self.ledger.waiting() + current;
+        let shut = self.ledger.shut();
+        self.printed += shut.units;
+        let lost = shut.lost + current;
         self.unprinted += lost;
-        self.ledger = Ledger::default();
-        self.taken.shut.store(true, Ordering::Relaxed);
         self.stopped = true;
         crate::diag!(
             "tap: printing stopped: stdout: {e}; {} item(s) printed, the {lost} written after them were not taken \
@@ -261,7 +279,6 @@ pub struct Recording {
     writer: CaptureWriter<BufWriter<Tally<File>>>,
     /// A second handle on the file, to cut a torn tail off.
     file: File,
-    taken: Arc<Taken>,
     ledger: Ledger,
 }
 
@@ -291,15 +308,9 @@ impl Recording {
             Err(e) => return Err(TapError::Claim(e)),
         };
         let file = f.try_clone().map_err(io)?;
-        let (tally, taken) = Tally::new(f);
+        let (tally, ledger) = Ledger::over(f, FILE_HEADER_LEN as u64);
         let writer = CaptureWriter::new(BufWriter::with_capacity(1 << 20, tally)).map_err(record)?;
-        Ok(Recording {
-            path: path.to_path_buf(),
-            writer,
-            file,
-            taken,
-            ledger: Ledger::starting_at(FILE_HEADER_LEN as u64),
-        })
+        Ok(Recording { path: path.to_path_buf(), writer, file, ledger })
     }
 
     /// Write one message's frames (into the buffer).
@@ -321,19 +332,16 @@ impl Recording {
 
     /// The messages and frames the file took so far, without flushing (see [`Printer::settle`]).
     fn settle(&mut self) -> (u64, u64) {
-        self.ledger.confirm(self.taken.bytes.load(Ordering::Relaxed))
+        self.ledger.confirm()
     }
 
     /// Writing failed: keep what reached the file whole, cut a torn message off its end,
     /// and write nothing more.
     fn stop(mut self) -> Stopped {
-        let taken = self.taken.bytes.load(Ordering::Relaxed);
-        let (msgs, frames) = self.ledger.confirm(taken);
-        self.taken.shut.store(true, Ordering::Relaxed);
-        let whole = self.ledger.whole;
-        let torn = taken.saturating_sub(whole);
-        let cut = if torn > 0 { self.file.set_len(whole) } else { Ok(()) };
-        Stopped { msgs, frames, whole, lost: self.ledger.waiting(), torn, cut }
+        let shut = self.ledger.shut();
+        let torn = shut.taken.saturating_sub(shut.whole);
+        let cut = if torn > 0 { self.file.set_len(shut.whole) } else { Ok(()) };
+        Stopped { msgs: shut.units, frames: shut.things, whole: shut.whole, lost: shut.lost, torn, cut }
     }
 }
 
@@ -493,46 +501,92 @@ pub fn filter_text(bytes: &[u8]) -> String {
     out
 }
 
+/// A captured item read once: what the sink counts, records, shows and prints of it comes
+/// from here (a message's frames are decoded once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen<'a> {
+    /// A subscribe (`true`) or unsubscribe, and its prefix.
+    Subscription { subscribe: bool, prefix: &'a [u8] },
+    /// One mdsub frame.
+    Mdsub { view: FrameView<'a>, recv_ns: u64 },
+    /// One frame with a topic NUL that the wire decoder refuses: the frame, its topic and why.
+    Bad { frame: &'a [u8], topic: &'a [u8], why: DecodeError },
+    /// An LVC answer: two or more whole mdsub frames marked FROM_CACHE, back to back.
+    Answer { frames: &'a [Vec<u8>], views: Vec<FrameView<'a>>, recv_ns: u64 },
+    /// Anything else: a multipart message, or one frame without a topic NUL.
+    Foreign { frames: &'a [Vec<u8>] },
+}
+
+impl<'a> Seen<'a> {
+    /// Read `item` (decode a message's frames).
+    pub fn of(item: &'a Captured) -> Self {
+        let (frames, recv_ns) = match item {
+            Captured::Subscription { subscribe, prefix, .. } => {
+                return Seen::Subscription { subscribe: *subscribe, prefix };
+            }
+            Captured::Message { frames, recv_ns } => (frames, *recv_ns),
+        };
+        if let [only] = &frames[..] {
+            return match OneFrame::of(only) {
+                OneFrame::Mdsub(view) => Seen::Mdsub { view, recv_ns },
+                OneFrame::Bad(why) => {
+                    Seen::Bad { frame: only, topic: split_topic(only).map_or(&only[..0], |(t, _)| t), why }
+                }
+                OneFrame::Foreign => Seen::Foreign { frames },
+            };
+        }
+        match lvc_answer(frames) {
+            Some(views) => Seen::Answer { frames, views, recv_ns },
+            None => Seen::Foreign { frames },
+        }
+    }
+
+    /// The stats key of a message: the mdsub topic, or the first frame (≤ 64 bytes) of
+    /// anything else; empty for a subscription.
+    fn stats_key(&self) -> &'a [u8] {
+        match self {
+            Seen::Subscription { .. } => &[],
+            Seen::Mdsub { view, .. } => view.topic,
+            Seen::Bad { topic, .. } => topic,
+            Seen::Answer { frames, .. } | Seen::Foreign { frames } => {
+                frames.first().map_or(&[][..], |f| &f[..f.len().min(64)])
+            }
+        }
+    }
+}
+
 /// The JSON records of a captured item (`--json`): one per line, as [`format_line`] gives
 /// lines (an LVC answer is one record per cached value).
-pub fn json_records(item: &Captured) -> Vec<Value> {
-    match item {
-        Captured::Subscription { subscribe, prefix, .. } => {
+pub fn json_records(seen: &Seen<'_>) -> Vec<Value> {
+    match seen {
+        Seen::Subscription { subscribe, prefix } => {
             vec![json!({"type": if *subscribe { "subscribe" } else { "unsubscribe" }, "prefix": filter_text(prefix)})]
         }
-        Captured::Message { frames, recv_ns } => {
-            let size: usize = frames.iter().map(Vec::len).sum();
-            if let [only] = &frames[..] {
-                if let Ok(v) = decode(only) {
-                    return vec![mdsub_json(&v, *recv_ns, size)];
-                }
-            }
-            if let Some((topic, why)) = bad_frame(frames) {
-                let mut hex = String::new();
-                hex_into(&mut hex, after_nul(&frames[0]));
-                return vec![json!({
-                    "type": "msg",
-                    "format": "bad",
-                    "topic": filter_text(&topic[..topic.len().min(64)]),
-                    "reason": DROP_REASON_NAMES[why.reason()],
-                    "error": why.to_string(),
-                    "size": size,
-                    "hex": hex,
-                })];
-            }
-            if is_lvc_answer(frames) {
-                let n = frames.len();
-                return frames
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, f)| {
-                        let mut r = mdsub_json(&decode(f).ok()?, *recv_ns, f.len());
-                        r["answer"] = (i + 1).into();
-                        r["answer_of"] = n.into();
-                        Some(r)
-                    })
-                    .collect();
-            }
+        Seen::Mdsub { view, recv_ns } => vec![mdsub_json(view, *recv_ns)],
+        Seen::Bad { frame, topic, why } => {
+            let mut hex = String::new();
+            hex_into(&mut hex, after_nul(frame));
+            vec![json!({
+                "type": "msg",
+                "format": "bad",
+                "topic": filter_text(&topic[..topic.len().min(64)]),
+                "reason": DROP_REASON_NAMES[why.reason()],
+                "error": why.to_string(),
+                "size": frame.len(),
+                "hex": hex,
+            })]
+        }
+        Seen::Answer { views, recv_ns, .. } => views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut r = mdsub_json(v, *recv_ns);
+                r["answer"] = (i + 1).into();
+                r["answer_of"] = views.len().into();
+                r
+            })
+            .collect(),
+        Seen::Foreign { frames } => {
             let (first, body) = match &frames[..] {
                 [first, body, ..] => (&first[..], &body[..]),
                 [only] => (&only[..], &only[..]),
@@ -545,7 +599,7 @@ pub fn json_records(item: &Captured) -> Vec<Value> {
                 "format": "foreign",
                 "topic": filter_text(&first[..first.len().min(64)]),
                 "frames": frames.len(),
-                "size": size,
+                "size": frames.iter().map(Vec::len).sum::<usize>(),
                 "hex": hex,
             })]
         }
@@ -553,24 +607,19 @@ pub fn json_records(item: &Captured) -> Vec<Value> {
 }
 
 /// The JSON record of a decoded mdsub frame (the fields of a `msg topic=…` line).
-fn mdsub_json(v: &crate::wire::FrameView<'_>, recv_ns: u64, size: usize) -> Value {
+fn mdsub_json(v: &FrameView<'_>, recv_ns: u64) -> Value {
     let h = &v.header;
-    let kind = match h.kind {
-        Kind::Data => "data",
-        Kind::Heartbeat => "heartbeat",
-        Kind::EndOfStream => "end",
-    };
     let mut r = json!({
         "type": "msg",
         "format": "mdsub",
         "topic": filter_text(v.topic),
-        "kind": kind,
+        "kind": kind_name(h.kind),
         "pub": h.publisher_id,
         "session": format!("{:x}", h.session_id),
         "seq": h.stream_seq,
         "topic_seq": h.topic_seq,
         "lag_us": ((recv_ns as i128 - h.send_time_ns as i128) / 1000) as i64,
-        "size": size,
+        "size": frame_len(v.topic, v.payload.len()),
         "from_cache": h.flags & FLAG_FROM_CACHE != 0,
     });
     if h.kind == Kind::Data {
@@ -581,75 +630,71 @@ fn mdsub_json(v: &crate::wire::FrameView<'_>, recv_ns: u64, size: usize) -> Valu
     r
 }
 
-/// One line for a captured item (no newline).
-pub fn format_line(out: &mut String, item: &Captured) {
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Data => "data",
+        Kind::Heartbeat => "heartbeat",
+        Kind::EndOfStream => "end",
+    }
+}
+
+/// One line for a captured item (no newline; an LVC answer is one line per cached value).
+pub fn format_line(out: &mut String, seen: &Seen<'_>) {
     out.clear();
-    match item {
-        Captured::Subscription { subscribe, prefix, .. } => {
+    match seen {
+        Seen::Subscription { subscribe, prefix } => {
             out.push_str(if *subscribe { "subscribe prefix=" } else { "unsubscribe prefix=" });
             escape_into(out, prefix);
         }
-        Captured::Message { frames, recv_ns } => {
-            let size: usize = frames.iter().map(Vec::len).sum();
-            let decoded = match &frames[..] {
-                [only] => decode(only).ok(),
-                _ => None,
+        Seen::Mdsub { view, recv_ns } => mdsub_line_into(out, view, *recv_ns),
+        Seen::Bad { frame, topic, why } => {
+            out.push_str("msg bad topic=");
+            escape_into(out, &topic[..topic.len().min(64)]);
+            let _ = write!(out, " reason={} size={} hex=", DROP_REASON_NAMES[why.reason()], frame.len());
+            hex_into(out, after_nul(frame));
+            let _ = write!(out, " (bad frame: {why})");
+        }
+        Seen::Answer { views, recv_ns, .. } => {
+            // Cached mdsub frames back to back in one message (docs/LVC-TAP.md).
+            for (i, v) in views.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                mdsub_line_into(out, v, *recv_ns);
+                let _ = write!(out, " answer={}/{}", i + 1, views.len());
+            }
+        }
+        Seen::Foreign { frames } => {
+            let (first, rest) = match &frames[..] {
+                [first, rest @ ..] => (&first[..], rest),
+                [] => (&[][..], &[][..]),
             };
-            if let Some(v) = decoded {
-                mdsub_line_into(out, &v, *recv_ns, size);
-            } else if let Some((topic, why)) = bad_frame(frames) {
-                out.push_str("msg bad topic=");
-                escape_into(out, &topic[..topic.len().min(64)]);
-                let _ = write!(out, " reason={} size={size} hex=", DROP_REASON_NAMES[why.reason()]);
-                hex_into(out, after_nul(&frames[0]));
-                let _ = write!(out, " (bad frame: {why})");
-            } else if is_lvc_answer(frames) {
-                // An LVC answer: cached mdsub frames back to back in one
-                // message (docs/LVC-TAP.md); one line per cached value.
-                let n = frames.len();
-                for (i, f) in frames.iter().enumerate() {
-                    if let Ok(v) = decode(f) {
-                        if i > 0 {
-                            out.push('\n');
-                        }
-                        mdsub_line_into(out, &v, *recv_ns, f.len());
-                        let _ = write!(out, " answer={}/{n}", i + 1);
-                    }
-                }
-            } else {
-                let (first, rest) = match &frames[..] {
-                    [first, rest @ ..] => (&first[..], rest),
-                    [] => (&[][..], &[][..]),
-                };
-                out.push_str("msg foreign topic=");
-                escape_into(out, &first[..first.len().min(64)]);
-                let _ = write!(out, " frames={} size={size} hex=", frames.len());
-                match rest.first() {
-                    Some(body) => hex_into(out, body),
-                    None => hex_into(out, first),
-                }
+            out.push_str("msg foreign topic=");
+            escape_into(out, &first[..first.len().min(64)]);
+            let size: usize = frames.iter().map(Vec::len).sum();
+            let _ = write!(out, " frames={} size={size} hex=", frames.len());
+            match rest.first() {
+                Some(body) => hex_into(out, body),
+                None => hex_into(out, first),
             }
         }
     }
 }
 
 /// One `msg topic=…` line for a decoded mdsub frame.
-fn mdsub_line_into(out: &mut String, v: &crate::wire::FrameView<'_>, recv_ns: u64, size: usize) {
+fn mdsub_line_into(out: &mut String, v: &FrameView<'_>, recv_ns: u64) {
     let h = &v.header;
     let lag_us = (recv_ns as i128 - h.send_time_ns as i128) / 1000;
-    let kind = match h.kind {
-        Kind::Data => "data",
-        Kind::Heartbeat => "heartbeat",
-        Kind::EndOfStream => "end",
-    };
     let _ = write!(
         out,
-        "msg topic={} kind={kind} pub={} session={:x} seq={} topic_seq={} lag_us={lag_us} size={size}",
+        "msg topic={} kind={} pub={} session={:x} seq={} topic_seq={} lag_us={lag_us} size={}",
         v.topic_str(),
+        kind_name(h.kind),
         h.publisher_id,
         h.session_id,
         h.stream_seq,
-        h.topic_seq
+        h.topic_seq,
+        frame_len(v.topic, v.payload.len())
     );
     if h.flags & FLAG_FROM_CACHE != 0 {
         out.push_str(" from_cache");
@@ -659,35 +704,18 @@ fn mdsub_line_into(out: &mut String, v: &crate::wire::FrameView<'_>, recv_ns: u6
     }
 }
 
-/// A one-frame message with a topic NUL that the wire decoder refuses: its topic and why.
-/// (A one-frame message without a NUL is foreign traffic, not a bad frame.)
-pub fn bad_frame(frames: &[Vec<u8>]) -> Option<(&[u8], DecodeError)> {
-    let [only] = frames else { return None };
-    let why = crate::wire::bad_frame_reason(only)?;
-    Some((split_topic(only).map_or(&only[..0], |(topic, _)| topic), why))
-}
-
 /// What follows a frame's topic NUL (the header, where a bad frame is wrong), or the frame.
 fn after_nul(frame: &[u8]) -> &[u8] {
     split_topic(frame).map_or(frame, |(_, rest)| rest)
 }
 
-/// Whether a multipart message is an LVC answer: two or more frames, each a
+/// A multipart message's frames decoded when it is an LVC answer: two or more frames, each a
 /// whole mdsub frame marked FROM_CACHE.
-pub fn is_lvc_answer(frames: &[Vec<u8>]) -> bool {
-    frames.len() > 1 && frames.iter().all(|f| decode(f).is_ok_and(|v| v.header.flags & FLAG_FROM_CACHE != 0))
-}
-
-/// The stats key of a message: the mdsub topic, or the foreign first frame (≤ 64 bytes).
-fn stats_key(frames: &[Vec<u8>]) -> Vec<u8> {
-    match frames {
-        [only] => match split_topic(only) {
-            Ok((topic, _)) => topic.to_vec(),
-            Err(_) => only[..only.len().min(64)].to_vec(),
-        },
-        [first, ..] => first[..first.len().min(64)].to_vec(),
-        [] => Vec::new(),
+pub fn lvc_answer(frames: &[Vec<u8>]) -> Option<Vec<FrameView<'_>>> {
+    if frames.len() < 2 {
+        return None;
     }
+    frames.iter().map(|f| decode(f).ok().filter(|v| v.header.flags & FLAG_FROM_CACHE != 0)).collect()
 }
 
 /// The sink agent.
@@ -725,7 +753,7 @@ impl TapSink {
         recording: Option<Recording>,
         shared: Arc<Mutex<TapSinkReport>>,
     ) -> Self {
-        let now = now_ns();
+        let now = clock::monotonic_ns();
         TapSink {
             inbox: Inbox::new(rx),
             show,
@@ -746,27 +774,29 @@ impl TapSink {
         }
     }
 
-    fn handle(&mut self, item: Captured) {
+    /// One captured item, at `now_ns` (the monotonic clock, read once per step).
+    fn handle(&mut self, item: Captured, now_ns: u64) {
+        let seen = Seen::of(&item);
         match &item {
             Captured::Subscription { subscribe: true, .. } => self.report.subscriptions += 1,
             Captured::Subscription { subscribe: false, .. } => self.report.unsubscriptions += 1,
             Captured::Message { frames, recv_ns } => {
                 self.report.messages += 1;
-                if let Some((topic, why)) = bad_frame(frames) {
+                if let Seen::Bad { topic, why, .. } = &seen {
                     self.report.bad_frames += 1;
                     let detail = format_args!(
                         "topic \"{}\": {why}: forwarded as it is (an mdsub engine drops it; counted in bad_frames=)",
                         topic.escape_ascii()
                     );
-                    self.bad_frames.refuse(DROP_REASON_NAMES[why.reason()], &detail, *recv_ns);
+                    self.bad_frames.refuse(DROP_REASON_NAMES[why.reason()], &detail, now_ns);
                 }
-                self.record(frames, *recv_ns);
+                self.record(frames, *recv_ns, now_ns);
                 if self.show == Show::Stats {
-                    let key = stats_key(frames);
-                    if let Some(c) = self.stats.get_mut(&key) {
+                    let key = seen.stats_key();
+                    if let Some(c) = self.stats.get_mut(key) {
                         *c += 1;
                     } else if self.stats.len() < MAX_STATS_TOPICS {
-                        self.stats.insert(key, 1);
+                        self.stats.insert(key.to_vec(), 1);
                     } else {
                         self.stats_other += 1;
                     }
@@ -776,13 +806,13 @@ impl TapSink {
         if self.show == Show::Lines {
             self.unit.clear();
             if self.json {
-                for record in json_records(&item) {
+                for record in json_records(&seen) {
                     // Into a Vec: only a serializer error could fail, and a Value has none.
                     let _ = serde_json::to_writer(&mut self.unit, &record);
                     self.unit.push(b'\n');
                 }
             } else {
-                format_line(&mut self.line, &item);
+                format_line(&mut self.line, &seen);
                 self.unit.extend_from_slice(self.line.as_bytes());
                 self.unit.push(b'\n');
             }
@@ -791,8 +821,16 @@ impl TapSink {
         self.dirty = true;
     }
 
+    /// The start of every step, with or without traffic (the sink steps after every idle
+    /// wait): refusals counted since their last line are summarised when the interval is up,
+    /// even when no more traffic comes to say them.
+    fn tick(&mut self, now_ns: u64) {
+        self.refusals.tick(now_ns);
+        self.bad_frames.tick(now_ns);
+    }
+
     /// Record a message that passed the filter (or count why not).
-    fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64) {
+    fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64, now_ns: u64) {
         let Some(r) = self.recording.as_mut() else {
             // No recording: none asked for, or its writing failed and stopped it.
             if self.report.record_errors > 0 {
@@ -804,7 +842,7 @@ impl TapSink {
             self.report.record_skipped_too_large += 1;
             let detail =
                 format_args!("a frame over the capture format's {MAX_RECORD_LEN}-byte record limit is not recorded");
-            self.refusals.refuse("too_large_to_record", &detail, recv_ns);
+            self.refusals.refuse("too_large_to_record", &detail, now_ns);
         } else if let Err(e) = r.write(frames, recv_ns) {
             self.stop_recording(&e, 1);
         }
@@ -925,18 +963,17 @@ impl Agent for TapSink {
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
+        let now = clock::monotonic_ns();
+        self.tick(now);
         let mut done = 0;
         while done < BATCH_ITEMS {
             let Some(item) = self.inbox.next() else { break };
-            self.handle(item);
+            self.handle(item, now);
             done += 1;
         }
-        if self.show == Show::Stats {
-            let now = now_ns();
-            if now.saturating_sub(self.last_stats_ns) >= STATS_INTERVAL_NS {
-                self.last_stats_ns = now;
-                self.print_stats(now);
-            }
+        if self.show == Show::Stats && now.saturating_sub(self.last_stats_ns) >= STATS_INTERVAL_NS {
+            self.last_stats_ns = now;
+            self.print_stats(now);
         }
         if done < BATCH_ITEMS {
             self.flush();
@@ -954,11 +991,12 @@ impl Agent for TapSink {
     }
 
     fn on_close(&mut self) {
+        let now = clock::monotonic_ns();
         while let Some(item) = self.inbox.next() {
-            self.handle(item);
+            self.handle(item, now);
         }
         if self.show == Show::Stats {
-            self.print_stats(now_ns());
+            self.print_stats(now);
         }
         self.dirty = true;
         self.flush();
@@ -988,28 +1026,28 @@ mod tests {
         let h = cached_header();
         let mut line = String::new();
         let m = Captured::Message { frames: vec![encode(b"ESH6", &h, b"xy")], recv_ns: 3_000_000 };
-        format_line(&mut line, &m);
+        format_line(&mut line, &Seen::of(&m));
         assert_eq!(line, "msg topic=ESH6 kind=data pub=3 session=ab seq=42 topic_seq=7 lag_us=2000 size=55 from_cache");
         let f = Captured::Message { frames: vec![b"001".to_vec(), b"Save Roger".to_vec()], recv_ns: 0 };
-        format_line(&mut line, &f);
+        format_line(&mut line, &Seen::of(&f));
         assert_eq!(line, "msg foreign topic=\"001\" frames=2 size=13 hex=53 61 76 65 20 52 6f 67 65 72");
         let s = Captured::Subscription { subscribe: true, prefix: b"ESH6\0".to_vec(), recv_ns: 0 };
-        format_line(&mut line, &s);
+        format_line(&mut line, &Seen::of(&s));
         assert_eq!(line, "subscribe prefix=\"ESH6\\x00\"");
         let empty = Captured::Message { frames: vec![], recv_ns: 0 };
-        format_line(&mut line, &empty);
+        format_line(&mut line, &Seen::of(&empty));
         assert!(line.starts_with("msg foreign"), "{line}");
         // An LVC answer: cached mdsub frames back to back, one line each.
         let two = vec![encode(b"ESH6", &h, b"xy"), encode(b"ESM6", &h, b"xy")];
-        assert!(is_lvc_answer(&two));
-        format_line(&mut line, &Captured::Message { frames: two, recv_ns: 3_000_000 });
+        assert!(lvc_answer(&two).is_some());
+        format_line(&mut line, &Seen::of(&Captured::Message { frames: two, recv_ns: 3_000_000 }));
         let lines: Vec<&str> = line.lines().collect();
         assert_eq!(lines.len(), 2, "{line}");
         assert!(lines[0].starts_with("msg topic=ESH6 ") && lines[0].ends_with("from_cache answer=1/2"), "{line}");
         assert!(lines[1].starts_with("msg topic=ESM6 ") && lines[1].ends_with("from_cache answer=2/2"), "{line}");
         // Live mdsub frames (not FROM_CACHE) in one message are not an answer.
         let live = Header { flags: 0, ..h };
-        assert!(!is_lvc_answer(&[encode(b"ESH6", &live, b"xy"), encode(b"ESM6", &live, b"xy")]));
+        assert!(lvc_answer(&[encode(b"ESH6", &live, b"xy"), encode(b"ESM6", &live, b"xy")]).is_none());
     }
 
     #[test]
@@ -1021,7 +1059,7 @@ mod tests {
         mbo.hd.instrument_id = 101;
         let payload = dbn::RecordRef::from(&mbo).as_ref().to_vec();
         let answer = vec![encode(b"ESH6", &h, &payload), encode(b"ESM6", &h, b"xy")];
-        let r = json_records(&Captured::Message { frames: answer, recv_ns: 3_000_000 });
+        let r = json_records(&Seen::of(&Captured::Message { frames: answer, recv_ns: 3_000_000 }));
         assert_eq!(r.len(), 2, "an LVC answer: one record per value");
         assert_eq!(
             r[0],
@@ -1034,11 +1072,13 @@ mod tests {
         assert_eq!((&r[1]["topic"], &r[1]["answer"], r[1].get("dbn")), (&json!("ESM6"), &json!(2), None));
         // Prefixes and foreign topics as --filter takes them: they parse back to the bytes.
         let prefix = b"ES\\H6\0\xff\"".to_vec();
-        let r = json_records(&Captured::Subscription { subscribe: false, prefix: prefix.clone(), recv_ns: 0 });
+        let r =
+            json_records(&Seen::of(&Captured::Subscription { subscribe: false, prefix: prefix.clone(), recv_ns: 0 }));
         assert_eq!(r, vec![json!({"type": "unsubscribe", "prefix": "ES\\\\H6\\x00\\xff\""})]);
         let text = r[0]["prefix"].as_str().expect("text");
         assert_eq!(crate::tap::proxy::parse_prefix(text).as_deref(), Ok(&prefix[..]));
-        let f = json_records(&Captured::Message { frames: vec![b"001".to_vec(), b"Save".to_vec()], recv_ns: 0 });
+        let f =
+            json_records(&Seen::of(&Captured::Message { frames: vec![b"001".to_vec(), b"Save".to_vec()], recv_ns: 0 }));
         assert_eq!(
             f,
             vec![
@@ -1070,7 +1110,7 @@ mod tests {
         let payload = dbn::RecordRef::from(&mbo).as_ref().to_vec();
         let mut line = String::new();
         let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0 };
-        format_line(&mut line, &m);
+        format_line(&mut line, &Seen::of(&m));
         assert!(
             line.ends_with(" dbn=mbo instrument=101 action=A side=B price=4500.250000000 size=3 order=17"),
             "{line}"
@@ -1086,24 +1126,26 @@ mod tests {
         };
         let payload = dbn::RecordRef::from(&top).as_ref().to_vec();
         let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0 };
-        format_line(&mut line, &m);
+        format_line(&mut line, &Seen::of(&m));
         assert!(line.ends_with("price=- size=0 bid=1.000000000 x 4 ask=2.000000000 x 5"), "{line}");
         let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, b"plain bytes")], recv_ns: 0 };
-        format_line(&mut line, &m);
+        format_line(&mut line, &Seen::of(&m));
         assert!(!line.contains("dbn="), "{line}");
     }
 
     #[test]
     fn the_ledger_counts_units_whole_by_the_bytes_taken_and_a_shut_tally_writes_nothing() {
-        let mut l = Ledger::starting_at(24);
+        let (_, mut l) = Ledger::over(Vec::new(), 24);
         for len in [10, 20, 30] {
             l.wrote(len);
             l.close(2);
         }
-        assert_eq!(l.confirm(24 + 29), (1, 2), "the second unit is torn: not counted");
+        l.taken.bytes.store(24 + 29, Ordering::Relaxed);
+        assert_eq!(l.confirm(), (1, 2), "the second unit is torn: not counted");
         assert_eq!(l.whole, 34, "whole units end here: a torn tail is cut back to it");
         assert_eq!(l.waiting(), 2);
-        assert_eq!(l.confirm(24 + 60), (2, 4));
+        l.taken.bytes.store(24 + 60, Ordering::Relaxed);
+        assert_eq!(l.confirm(), (2, 4));
         assert_eq!((l.whole, l.waiting()), (84, 0));
 
         let (mut t, taken) = Tally::new(Vec::new());
@@ -1111,6 +1153,21 @@ mod tests {
         taken.shut.store(true, Ordering::Relaxed);
         assert!(t.write_all(b"def").is_err() && t.flush().is_err(), "nothing after a shut");
         assert_eq!((taken.bytes.load(Ordering::Relaxed), &t.inner[..]), (3, &b"abc"[..]));
+    }
+
+    #[test]
+    fn a_shut_ledger_counts_what_its_output_took_whole_and_the_output_takes_nothing_more() {
+        let (mut out, mut l) = Ledger::over(Vec::new(), 0);
+        out.write_all(b"abc").expect("write");
+        l.wrote(3);
+        l.close(1);
+        out.write_all(b"de").expect("write"); // the output took 2 bytes of a 4-byte unit
+        l.wrote(4);
+        l.close(1);
+        let s = l.shut();
+        assert_eq!((s.units, s.things, s.lost, s.taken, s.whole), (1, 1, 1, 5, 3));
+        assert!(out.write_all(b"x").is_err(), "nothing after a shut");
+        assert_eq!(l.waiting(), 0, "nothing left to confirm");
     }
 
     #[test]
@@ -1137,13 +1194,35 @@ mod tests {
         let mut f = encode(b"VER9", &cached_header(), b"xy");
         f[5] = 9;
         let mut line = String::new();
-        format_line(&mut line, &Captured::Message { frames: vec![f.clone()], recv_ns: 0 });
+        format_line(&mut line, &Seen::of(&Captured::Message { frames: vec![f.clone()], recv_ns: 0 }));
         assert!(line.starts_with("msg bad topic=\"VER9\" reason=unknown_version size=55 hex=09 01 01 00 "), "{line}");
         assert!(line.ends_with(" (bad frame: unknown wire version 9)"), "{line}");
-        let r = json_records(&Captured::Message { frames: vec![f], recv_ns: 0 });
+        let r = json_records(&Seen::of(&Captured::Message { frames: vec![f], recv_ns: 0 }));
         assert_eq!((&r[0]["format"], &r[0]["reason"]), (&json!("bad"), &json!("unknown_version")));
         // No NUL: foreign, not bad.
-        assert!(bad_frame(&[b"10001 23 45".to_vec()]).is_none());
+        let foreign = Captured::Message { frames: vec![b"10001 23 45".to_vec()], recv_ns: 0 };
+        assert!(matches!(Seen::of(&foreign), Seen::Foreign { .. }));
+    }
+
+    #[test]
+    fn bad_frames_since_the_last_line_are_summarised_on_the_tick_with_no_more_traffic() {
+        // Before, bad frames counted after the first were said only with the next one or at exit.
+        use crate::clock::ManualClock;
+        use crate::diag::SUMMARY_INTERVAL_NS;
+        let clock = ManualClock::new(1_000 * SUMMARY_INTERVAL_NS);
+        let (_tx, rx) = crossbeam::channel::bounded(1);
+        let mut sink = TapSink::new(rx, Show::Nothing, false, None, Arc::default());
+        let mut bad = encode(b"VER9", &cached_header(), b"xy");
+        bad[5] = 9;
+        for _ in 0..2 {
+            sink.handle(Captured::Message { frames: vec![bad.clone()], recv_ns: 0 }, clock.advance_ns(1));
+        }
+        assert_eq!(sink.report.bad_frames, 2);
+        assert!(sink.bad_frames.counts().unsaid(), "the first said at once, the second counted");
+        sink.tick(clock.advance_ns(SUMMARY_INTERVAL_NS - 2));
+        assert!(sink.bad_frames.counts().unsaid(), "not before the interval is up");
+        sink.tick(clock.advance_ns(1));
+        assert!(!sink.bad_frames.counts().unsaid(), "said on the tick, with no item since");
     }
 
     #[test]
@@ -1157,8 +1236,9 @@ mod tests {
             topic_seq: 1,
             send_time_ns: 0,
         };
-        assert_eq!(stats_key(&[encode(b"ESH6", &h, b"")]), b"ESH6");
-        assert_eq!(stats_key(&[b"001".to_vec(), b"x".to_vec()]), b"001");
-        assert_eq!(stats_key(&[]), b"");
+        let stats_key = |frames: Vec<Vec<u8>>| Seen::of(&Captured::Message { frames, recv_ns: 0 }).stats_key().to_vec();
+        assert_eq!(stats_key(vec![encode(b"ESH6", &h, b"")]), b"ESH6");
+        assert_eq!(stats_key(vec![b"001".to_vec(), b"x".to_vec()]), b"001");
+        assert_eq!(stats_key(vec![]), b"");
     }
 }

@@ -211,13 +211,27 @@ fn split_checked_topic(frame: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
     Ok((&frame[..nul], &frame[nul + 1..]))
 }
 
-/// Why the decoder refuses `frame` as an mdsub frame with a bad header, or None: a good frame,
-/// or a foreign one (no topic NUL: not mdsub's at all). The proxies' rule for one-frame
-/// messages (the LVC does not cache a bad one, the tap shows it with its reason).
-pub fn bad_frame_reason(frame: &[u8]) -> Option<DecodeError> {
-    match decode(frame) {
-        Ok(_) | Err(DecodeError::MissingNul) => None,
-        Err(why) => Some(why),
+/// A one-frame message as the proxies take it, decoded once: the LVC caches only an mdsub
+/// frame and not a bad one, the tap shows a bad one with its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneFrame<'a> {
+    /// A frame the decoder takes.
+    Mdsub(FrameView<'a>),
+    /// A topic NUL, so an mdsub frame, but one the decoder refuses: why.
+    Bad(DecodeError),
+    /// No topic NUL: not mdsub's at all (foreign traffic).
+    Foreign,
+}
+
+impl<'a> OneFrame<'a> {
+    /// Decode `frame` and sort it.
+    #[inline]
+    pub fn of(frame: &'a [u8]) -> Self {
+        match decode(frame) {
+            Ok(v) => OneFrame::Mdsub(v),
+            Err(DecodeError::MissingNul) => OneFrame::Foreign,
+            Err(why) => OneFrame::Bad(why),
+        }
     }
 }
 

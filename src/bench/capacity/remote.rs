@@ -302,7 +302,7 @@ fn trial_of(v: &Value) -> Result<Trial, String> {
     };
     feed.check()?;
     Ok(Trial {
-        rate: whole("rate", 1, u64::MAX)?,
+        rate: whole("rate", 1, crate::replay::MAX_RATE_MSGS_PER_SEC)?,
         duration: Duration::from_millis(whole("duration_ms", 1, crate::clock::MAX_DURATION_S * 1000 - 1)?),
         shards: whole("shards", 1, crate::profile::MAX_THREADS_OF_A_KIND as u64)? as usize,
         feed,

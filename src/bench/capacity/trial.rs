@@ -168,7 +168,8 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     // The interval log is incomplete: no measurement to keep (the collector kept the cause quiet
     // for this one line).
     if let Some(e) = &report.metrics_write_error {
-        anyhow::bail!("{}: {e}", spec.hlog.display());
+        // `FILE: writing the interval log: CAUSE`.
+        anyhow::bail!("{e}");
     }
     let (mut hold, clamped) = total_of(&live);
     let hold_clamped = clamped.saturating_sub(warm_clamped);
