@@ -15,12 +15,32 @@
 //!   (`mdsub info | head -1`); here a closed stdout (EPIPE) ends the process quietly with
 //!   status 0, as a pipe's writer should, and any other write error is said once on stderr
 //!   (exit status 1).
+//! - [`error_line`] is an error and its causes as one line, each cause once: what `main`
+//!   prints after `mdsub: error:`, and what a command that keeps its error in a file writes.
 //! - [`ExitCounters`] is the one convention for the counters a command prints when it stops:
 //!   a `NAME: stopped: k=v …` line on stderr, like every other diagnostic, or with `--json`
 //!   one JSON object on stdout.
 
 use std::fmt::{self, Display, Write as _};
 use std::io::Write;
+
+/// One line for a person: the error and each cause once. Library errors that
+/// show their source in their own message and also return it as `source()`
+/// would otherwise print the same cause twice (`… No such file …: No such
+/// file …`); a cause whose text the line already carries is skipped.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
 
 /// Write one line to stderr; a closed or broken stderr is ignored. While a progress or status
 /// line is drawn on the terminal ([`draw_lines_above`]), the line is written above it: the bar is

@@ -26,6 +26,7 @@
 //! | [`bench`](mod@bench) | end-to-end benchmarks (engine vs baseline, LVC, clone), one stamp and result shape | |
 //! | [`agent`] | every long-running thread is an agent; one runner names, pins and idles them | (Aeron's agent model) |
 //! | [`diag`](mod@diag) | diagnostics that never stop the process; refusals counted by reason and said at a bounded rate; exit counters (stderr, or `--json` on stdout) | |
+//! | [`outfile`] | output files a run writes, claimed under an exclusive lock (a second run writing one is refused) | |
 //! | [`clock`] | the one place time is read: realtime (the wire), monotonic (schedules), thread CPU, a manual clock for tests | |
 //! | [`proxy`] | the one XSUB ⇄ XPUB proxy shell; the LVC and the tap are hooks on it | |
 //! | [`link`] | watched links: a socket monitor on every connect-out socket; losses counted and logged, links libzmq gives up on re-established | |
@@ -70,6 +71,7 @@ pub mod feed;
 pub mod link;
 pub mod lvc;
 pub mod metrics;
+pub mod outfile;
 pub mod profile;
 pub mod proxy;
 pub mod replay;

@@ -38,6 +38,11 @@ enum Cmd {
     /// budget (--sla), per configuration (--profile, --vary); writes a results
     /// folder with summaries, per-trial .hlog/.hgrm, capacity.svg and the
     /// winning profile.
+    ///
+    /// Exit status 5 when there is no winner (no configuration passed, or the
+    /// time cap came before a knee); 0 when Ctrl-C stopped it (the results so
+    /// far are written, marked interrupted); 1 when a trial could not run (a
+    /// full disk: the finished trials' summary is written if it can be).
     Capacity(cli::capacity::CapacityArgs),
     /// Print what this build and host are: mdsub and libzmq versions, libzmq's
     /// capabilities (draft API, CURVE, IPC, TIPC, PGM, GSSAPI), cores.
@@ -138,7 +143,14 @@ fn main() {
         Cmd::Replay(a) => cli::replay::replay(a, &stop),
         Cmd::Engine(a) => cli::engine::engine(a, &stop).map(|_| ()),
         Cmd::Bench(a) => cli::bench::bench(a, &stop).map(|_| ()),
-        Cmd::Capacity(a) => cli::capacity::capacity(a, &stop).map(|_| ()).context("capacity"),
+        Cmd::Capacity(a) => match cli::capacity::capacity(a, &stop).context("capacity") {
+            // No winner: the results are written and said; the status tells a script.
+            Ok(r) => match cli::capacity::exit_status(&r) {
+                0 => Ok(()),
+                code => std::process::exit(code),
+            },
+            Err(e) => Err(e),
+        },
         Cmd::Lvc(a) => cli::lvc::run(a, &stop).map(|_| ()).context("lvc"),
         Cmd::LvcBench(a) => cli::bench::lvc_bench(a).map(|_| ()).context("lvc-bench"),
         Cmd::Tap(a) => cli::tap::run(a, &stop).context("tap").and_then(|r| cli::tap::recorded_whole(a, &r)),
@@ -177,7 +189,7 @@ fn main() {
             cmd.build();
             let kind = clap::error::ErrorKind::ValueValidation;
             // The whole chain, so a context (capacity's configuration) is kept.
-            let line = error_line(&e);
+            let line = mdsub::diag::error_line(&e);
             let err = match cmd.find_subcommand_mut(&sub) {
                 Some(s) => s.error(kind, line),
                 None => cmd.error(kind, line),
@@ -189,27 +201,9 @@ fn main() {
             mdsub::diag!("mdsub: interrupted");
             std::process::exit(cli::EXIT_INTERRUPTED);
         }
-        mdsub::diag!("mdsub: error: {}", error_line(&e));
+        mdsub::diag!("mdsub: error: {}", mdsub::diag::error_line(&e));
         std::process::exit(cli::exit_code(&e));
     }
-}
-
-/// One line for a person: the error and each cause once. Library errors that
-/// show their source in their own message and also return it as `source()`
-/// would otherwise print the same cause twice (`… No such file …: No such
-/// file …`); a cause whose text the line already carries is skipped.
-fn error_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.is_empty() {
-            line = text;
-        } else if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
 }
 
 #[cfg(test)]

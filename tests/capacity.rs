@@ -161,6 +161,178 @@ fn finds_a_known_limit_and_writes_every_output() {
     assert!(k_none > k_work, "no work: knee {k_none} should be above {k_work}");
 }
 
+/// The flags of a one-trial search that passes: one rate, a lenient SLA.
+const ONE_TRIAL: [&str; 6] = ["--start-rate", "1000", "--max-rate", "1000", "--sla", "p50=1s"];
+
+/// `YYYYmmddTHHMMSS` of now + `offset_s` (UTC), as a results folder's name starts.
+fn utc_stamp(offset_s: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_s);
+    format!("{:04}{:02}{:02}T{:02}{:02}{:02}", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second())
+}
+
+/// Two runs started in one second used the same DATE-HOST-COMMIT folder: the first said its
+/// winner was written there, but the files held the second's. A run whose folder name is taken
+/// makes `NAME-2` (and says so); the folder that was there is left alone.
+#[test]
+fn a_results_folder_that_exists_is_not_shared() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-taken");
+    // A first run tells the folder name's HOST-COMMIT part.
+    let first = capacity(&dir.join("first"), &ONE_TRIAL);
+    let name = PathBuf::from(first["folder"].as_str().expect("folder"));
+    let name = name.file_name().and_then(|n| n.to_str()).expect("a folder name").to_string();
+    let rest = &name[name.find('Z').expect("DATEZ-HOST-COMMIT")..];
+    // Every name the next run can take in the coming minute is taken (another run's).
+    let out = dir.join("second");
+    for s in -1..60 {
+        std::fs::create_dir_all(out.join(format!("{}{rest}", utc_stamp(s)))).expect("a taken folder");
+    }
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--json", "--out"]).arg(&out).args(SHORT).args(ONE_TRIAL);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(150));
+    assert_eq!(code, Some(0), "{stderr}");
+    let v = json(&stdout);
+    let folder = PathBuf::from(v["folder"].as_str().expect("folder"));
+    let taken = PathBuf::from(folder.to_str().expect("utf8").strip_suffix("-2").expect("NAME-2"));
+    assert!(taken.is_dir(), "{taken:?}");
+    assert!(
+        stderr.contains(&format!(
+            "capacity: {} exists (another run started in the same second): this run's results go to {}",
+            taken.display(),
+            folder.display()
+        )),
+        "said which: {stderr}"
+    );
+    assert_eq!(std::fs::read_dir(&taken).map(|d| d.count()).ok(), Some(0), "the taken folder is left alone");
+    assert!(folder.join("winner.toml").is_file() && folder.join("summary.json").is_file());
+    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    assert_eq!(saved["folder"], v["folder"]);
+}
+
+/// `winner: none` exited 0, like a search with a winner: a script could not tell them apart.
+#[test]
+fn no_configuration_passing_is_exit_status_5_with_the_results_written() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-none");
+    let mut cmd = mdsub();
+    // 200 then 100 msg/s (the lowest rate tried) fail a budget no engine meets.
+    cmd.args(["capacity", "--out"]).arg(&dir).args(SHORT).args(["--sla", "p50=1us", "--start-rate", "200"]);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(150));
+    assert_eq!(code, Some(5), "{stdout}{stderr}");
+    assert!(stdout.contains("\nwinner: none (no configuration passed)\n"), "{stdout}");
+    let folder = stdout.lines().find_map(|l| l.strip_prefix("results: ")).expect("the results line");
+    let folder = PathBuf::from(folder.split(" (").next().expect("the folder"));
+    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some("no-pass")), "{saved}");
+    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
+    assert!(md.contains("- winner: none (no configuration passed)\n"), "{md}");
+    assert!(!folder.join("winner.toml").exists());
+}
+
+/// A capacity run on a tiny tmpfs with `options`, its output dir the tmpfs itself, searching
+/// from 1000 msg/s with a budget every trial passes. None (the test skips, saying why) when a
+/// tmpfs cannot be mounted.
+fn capacity_on_tmpfs(
+    test: &str,
+    options: &str,
+    extra: &[&str],
+) -> Option<(common::Tmpfs, Option<i32>, String, String)> {
+    let fs = common::Tmpfs::mount_or_skip(test, options)?;
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--out"]).arg(&fs.dir).args(SHORT).args(["--start-rate", "1000", "--sla", "p50=1s"]);
+    let (code, stdout, stderr) = run_within("capacity", cmd.args(extra), Duration::from_secs(150));
+    Some((fs, code, stdout, stderr))
+}
+
+/// The one results folder a capacity run made in `out`.
+fn only_folder(out: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> =
+        std::fs::read_dir(out).expect("the out dir").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// On a full disk (here: out of inodes, so exactly the second trial fails) a search exited 1
+/// with no summary of the trials it had finished. The summary keeps them where the disk lets
+/// it, the error says where, or that the trials printed are all that is left, and the cause
+/// (`No space left on device`) is said once.
+#[test]
+fn a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials() {
+    let _one = serial();
+    let test = "a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials";
+    // The root, the results folder, the first trial's .hlog and .hgrm: then the second trial's
+    // .hgrm (its .hlog, forgotten, gives summary.json its inode), or its .hlog, has none.
+    for (inodes, kept) in [(5, "summary.json"), (4, "nothing")] {
+        let Some((fs, code, stdout, stderr)) = capacity_on_tmpfs(test, &format!("size=4m,nr_inodes={inodes}"), &[])
+        else {
+            return;
+        };
+        assert_eq!(code, Some(1), "{stdout}{stderr}");
+        assert_eq!(stderr.matches("No space left on device").count(), 1, "the cause once: {stderr}");
+        let folder = only_folder(&fs.dir);
+        let error = stderr.lines().last().unwrap_or_default();
+        let file = if inodes == 5 { "hgrm" } else { "hlog" };
+        let cause = "configuration `builtin-2core`, 2000 msg/s, run 1: ";
+        let head = match kept {
+            "summary.json" => format!(
+                "mdsub: error: capacity: stopped after 1 finished trial(s), summarised in {} (summary.md could not \
+                 be written either): {cause}",
+                folder.join("summary.json").display()
+            ),
+            _ => format!(
+                "mdsub: error: capacity: stopped after 1 finished trial(s): no summary could be written in {} \
+                 either, so the trials printed above are all that is left: {cause}",
+                folder.display()
+            ),
+        };
+        assert!(error.starts_with(&head) && error.contains("mps-run1-"), "{inodes} inodes: {error}");
+        assert!(error.contains(&format!(".{file}")), "the file that could not be made: {error}");
+        assert_eq!(stdout.matches(" msg/s  achieved ").count(), 1, "the finished trial, on stdout: {stdout}");
+        let names: Vec<String> = std::fs::read_dir(&folder)
+            .expect("the folder")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().any(|n| n.starts_with("builtin-2core-1000mps-run1-")), "trial 1's files: {names:?}");
+        assert!(!names.iter().any(|n| n.contains("-2000mps-")), "the failed trial's are forgotten: {names:?}");
+        if kept == "summary.json" {
+            let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+            assert_eq!(saved["no_winner"], "failed", "{saved}");
+            assert!(saved["settings"]["failed"].as_str().is_some_and(|f| f.contains("No space left")), "{saved}");
+            let c = config(&saved, "builtin-2core");
+            assert_eq!((trials(c).len(), c["outcome"]["ending"].as_str()), (1, Some("failed")), "{c}");
+        } else {
+            assert!(!names.iter().any(|n| n.starts_with("summary")), "{names:?}");
+        }
+    }
+}
+
+/// The operator's run: the disk filled while a trial's engine wrote its interval log. The
+/// collector said `metrics: writing the interval log: No space left …`, then the run's error
+/// said it again for the .hgrm. One line now, naming the interval log.
+#[test]
+fn a_disk_that_fills_during_a_trial_is_said_once() {
+    let _one = serial();
+    let test = "a_disk_that_fills_during_a_trial_is_said_once";
+    let Some(fs) = common::Tmpfs::mount_or_skip(test, "size=64k") else { return };
+    // One page left: the log's header fits, its intervals (every 50 ms for a second) do not.
+    let filler = fs.fill();
+    let f = std::fs::OpenOptions::new().write(true).open(&filler).expect("the filler");
+    let len = f.metadata().expect("its size").len();
+    f.set_len(len.saturating_sub(4096)).expect("a page back");
+    let mut cmd = mdsub();
+    let settings = ["--warmup", "200ms", "--hold", "1s", "--runs", "1", "--time-cap", "90s", "--start-rate", "1000"];
+    cmd.args(["capacity", "--out"]).arg(&fs.dir).args(settings);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(150));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(stderr.matches("No space left on device").count(), 1, "the cause once: {stderr}");
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(error.starts_with("mdsub: error: capacity: configuration `builtin-2core`, 1000 msg/s, run 1: "), "{error}");
+    assert!(error.contains(".hlog") && error.contains("the interval log"), "{error}");
+    let left: Vec<_> = std::fs::read_dir(&fs.dir).expect("the tmpfs").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, ["filler"], "no trial finished: no results folder");
+}
+
 #[test]
 fn a_publisher_short_of_the_rate_is_not_the_knee() {
     let _one = serial();
@@ -239,6 +411,12 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     assert_eq!(shown, trials(c).len(), "every trial shown is a trial kept: {said:?}");
     assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
     assert_eq!(v["settings"]["capped"], false, "{}", v["settings"]);
+    // Stopped in its first trial: no winner, said as an interruption (exit 0 above), not as
+    // `no configuration passed` (which is exit 5).
+    assert_eq!((v["winner"].is_null(), v["no_winner"].as_str()), (true, Some("interrupted")), "{v}");
+    let folder = PathBuf::from(v["folder"].as_str().expect("folder"));
+    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
+    assert!(md.contains("- winner: none (interrupted before a knee)\n"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1256,70 +1256,15 @@ fn an_update_is_in_the_log_before_it_is_published() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A tmpfs this test mounts (needs root), unmounted and removed on drop, in every path.
-struct TinyTmpfs {
-    dir: std::path::PathBuf,
-}
-
-impl TinyTmpfs {
-    /// Mount a `size` tmpfs, or `Err(reason)` when this process cannot (not root, no mount).
-    fn mount(name: &str, size: &str) -> Result<TinyTmpfs, String> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root, so a tmpfs cannot be mounted".into());
-        }
-        let dir = std::env::temp_dir().join(format!("mdsub-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .output()
-            .map_err(|e| format!("running mount: {e}"))?;
-        if !out.status.success() {
-            let _ = std::fs::remove_dir(&dir);
-            return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(TinyTmpfs { dir })
-    }
-
-    /// Write a file until the file system says it is full; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.join("filler");
-        let mut f = std::fs::File::create(&path).expect("create the filler");
-        let chunk = [0u8; 4096];
-        let mut full = false;
-        for _ in 0..100_000 {
-            if let Err(e) = f.write_all(&chunk) {
-                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "filling the tmpfs: {e}");
-                full = true;
-                break;
-            }
-        }
-        assert!(full, "the tmpfs never filled up");
-        path
-    }
-}
-
-impl Drop for TinyTmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// docs/CLONE.md: an acknowledged update survives a crash. So when the log cannot be written
 /// (here: its file system is full) the server must neither acknowledge nor publish the update;
 /// it counts the failure and keeps serving what it has. Once space is back, the client's
 /// re-send goes through.
 #[test]
 fn a_failed_log_write_is_neither_published_nor_acknowledged() {
-    let fs = match TinyTmpfs::mount("clone-diskfull", "64k") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED a_failed_log_write_is_neither_published_nor_acknowledged: {why}");
-            return;
-        }
+    let Some(fs) = common::Tmpfs::mount_or_skip("a_failed_log_write_is_neither_published_nor_acknowledged", "size=64k")
+    else {
+        return;
     };
     let data = fs.dir.join("data");
     let p = free_port_block(3);
@@ -1371,13 +1316,8 @@ fn a_failed_log_write_is_neither_published_nor_acknowledged() {
 /// acknowledged (before: the updates its log missed were gone).
 #[test]
 fn a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole() {
-    let fs = match TinyTmpfs::mount("clone-passive-full", "256k") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole: {why}");
-            return;
-        }
-    };
+    let test = "a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole";
+    let Some(fs) = common::Tmpfs::mount_or_skip(test, "size=256k") else { return };
     let pdir = common::temp_dir("clone-passive-full-primary");
     let bdir = fs.dir.join("backup");
     let (pp, bp) = (free_port_block(4), free_port_block(4));

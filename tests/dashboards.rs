@@ -1263,3 +1263,71 @@ fn refused_orders_and_refused_scrapers_are_counted_live_on_metrics() {
     let r = json(&out);
     assert_eq!(u(&r["handler"], "refused_levels_full"), 1, "the report says the same: {r}");
 }
+
+/// An engine running until stopped (nothing publishes on its endpoint) with `outputs` flags.
+fn idle_engine(outputs: &[&str]) -> LineProc {
+    let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let args = ["engine", "--json", "--max-duration", "60s", "--metrics-interval", "100ms", "--endpoint", &ep];
+    LineProc::spawn_with_stderr("engine", mdsub().args(args).args(outputs))
+}
+
+/// Two engines given one `--hlog` (or `--hgrm`) used to write it together and both exit 0: the
+/// second truncated the first's file and the log held interleaved headers no HdrHistogram reader
+/// takes. The second is refused before its run, naming the file, and the first's file is whole.
+#[test]
+fn an_output_file_another_engine_writes_is_refused_before_the_run() {
+    let dir = temp_dir("dash-busy");
+    let (hlog, hgrm) = (dir.join("same.hlog"), dir.join("same.hgrm"));
+    let (hlog_arg, hgrm_arg) = (hlog.to_str().expect("utf8"), hgrm.to_str().expect("utf8"));
+    let first = idle_engine(&["--hlog", hlog_arg, "--hgrm", hgrm_arg]);
+    wait_until(Duration::from_secs(30), "the first engine's interval log", || hlog_intervals(&hlog) > 0);
+    let header = std::fs::read_to_string(&hlog).expect("the first engine's log");
+    for (flag, other) in [("--hlog", dir.join("other.hgrm")), ("--hgrm", dir.join("other.hlog"))] {
+        let (mine, theirs) = if flag == "--hlog" { (hlog_arg, "--hgrm") } else { (hgrm_arg, "--hlog") };
+        let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+        let (code, out, err) = run_within(
+            "engine",
+            mdsub().args(["engine", "--endpoint", &ep, flag, mine, theirs]).arg(&other),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert_eq!(
+            err.trim(),
+            format!(
+                "mdsub: error: {flag} {mine}: another process is writing this file (it holds the file's lock); \
+                 give another path or let that run end"
+            ),
+            "one line naming the file, before the run"
+        );
+        assert!(out.is_empty(), "no run, no report: {out}");
+    }
+    let now = std::fs::read_to_string(&hlog).expect("the first engine's log");
+    assert!(now.starts_with(&header), "the first engine's log was not truncated or written over");
+    assert_eq!(now.matches("#[Histogram log format version").count(), 1, "one header: {now}");
+    first.proc.signal(2);
+    let (status, out) = first.finish(Duration::from_secs(30));
+    assert!(status.success(), "the first engine ends as ever: {out}");
+    assert!(std::fs::read_to_string(&hgrm).is_ok_and(|t| t.contains("#[Buckets = ")), "its spectrum is written");
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED the .hlog read-back: {why}");
+        return;
+    }
+    let read = python_json(&["hlog", hlog_arg]);
+    assert!(read["start_time_sec"].as_f64().is_some_and(|t| t > 1.5e9), "read by python hdrh: {read}");
+}
+
+/// `--hlog x.out --hgrm x.out` ran, and the spectrum written at the end replaced the log.
+#[test]
+fn one_file_given_to_two_outputs_is_refused() {
+    let dir = temp_dir("dash-same");
+    let (a, b) = (dir.join("x.out"), dir.join(".").join("x.out"));
+    let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let (code, out, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--endpoint", &ep, "--hlog"]).arg(&a).arg("--hgrm").arg(&b),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "a refused combination of flags: {out}{err}");
+    assert!(err.contains(&format!("--hlog and --hgrm both name {}: give each its own file", b.display())), "{err}");
+    assert!(!a.exists(), "nothing made");
+}

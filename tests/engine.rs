@@ -107,6 +107,49 @@ fn bench_measures_the_inline_engine_beside_the_others_against_the_same_baseline(
     assert!(ratio[1][4].as_f64() > Some(0.0), "a CPU ratio against the baseline: {ratio}");
 }
 
+/// `bench --outputs-dir newout` used to run the whole baseline, then fail on the first engine run
+/// with `--hlog newout/bench.hlog: No such file or directory`. The folder is made like
+/// capacity's `--out`; one that cannot be made, or files another run holds, fail before any run,
+/// naming `--outputs-dir`.
+#[test]
+fn bench_makes_its_outputs_dir_and_refuses_one_it_cannot_write_before_any_run() {
+    let dir = temp_dir("bench-outputs");
+    let out = dir.join("new").join("out");
+    let bench = |outputs: &std::path::Path| {
+        let mut cmd = mdsub();
+        cmd.args(["bench", "--count", "20k", "--runs", "1", "--handoff", "batch", "--json", "--outputs-dir"]);
+        run_within("bench", cmd.arg(outputs), Duration::from_secs(120))
+    };
+    // Held by "another run": this test's own lock on the file (flock locks are per open file).
+    std::fs::create_dir_all(&out).expect("the folder");
+    let held = std::fs::File::create(out.join("bench.hgrm")).expect("a file to hold");
+    held.try_lock().expect("this test's lock");
+    let (code, stdout, err) = bench(&out);
+    assert_eq!(code, Some(1), "{stdout}{err}");
+    assert!(stdout.is_empty(), "no run: {stdout}");
+    let hgrm = out.join("bench.hgrm");
+    assert!(err.contains(&format!("--outputs-dir {}: another process is writing this file", hgrm.display())), "{err}");
+    drop(held);
+    std::fs::remove_dir_all(dir.join("new")).expect("clean");
+    // Not there yet: made, and written.
+    let (code, stdout, err) = bench(&out);
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&stdout);
+    let names: Vec<&str> =
+        r["runs"].as_array().expect("runs").iter().filter_map(|x| x["subscriber"].as_str()).collect();
+    assert_eq!(names, ["baseline", "engine/batch+outputs", "engine/batch"], "{r}");
+    let hlog = std::fs::read_to_string(out.join("bench.hlog")).expect("the interval log");
+    assert!(hlog.starts_with("#[mdsub engine "), "{hlog}");
+    assert!(std::fs::read_to_string(&hgrm).is_ok_and(|t| t.contains("Total count    =        20000]")), "the spectrum");
+    // A folder that cannot be made (its parent is a file): refused at once.
+    let blocked = dir.join("file").join("out");
+    std::fs::write(dir.join("file"), b"").expect("a file in the way");
+    let (code, stdout, err) = bench(&blocked);
+    assert_eq!(code, Some(1), "{stdout}{err}");
+    assert!(stdout.is_empty(), "no run: {stdout}");
+    assert!(err.contains(&format!("--outputs-dir {}: creating it: Not a directory", blocked.display())), "{err}");
+}
+
 #[test]
 fn two_shards_split_the_feed_and_deliver_all() {
     let (replay, eps) = start_replay("replay", 2, &["--count", "30000", "--rate", "0", "--symbols", "40"]);

@@ -98,6 +98,36 @@ fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
     assert_eq!(read_capture(&path), sent, "capture = published, byte for byte, MORE flags kept");
 }
 
+/// Two taps given one `--record` file used to write it together (the second truncated the
+/// first's capture under it), both exiting 0. The second is refused before it starts, naming the
+/// file; the first records on and its capture reads back whole.
+#[test]
+fn a_record_file_another_tap_writes_is_refused() {
+    let (_dir, path) = temp_file("same.mdcap");
+    let file = path.to_str().expect("utf-8 path");
+    let mut first = start("tap", &["--quiet", "--subscribe-all", "--record", file]);
+    let (code, out, err) = common::run_within(
+        "tap",
+        common::mdsub()
+            .args(["tap", "--frontend", "bind:tcp://127.0.0.1:*", "--backend", "bind:tcp://127.0.0.1:*"])
+            .args(["--quiet", "--record", file]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "mdsub: error: tap: --record {file}: another process is writing this file (it holds the file's lock); \
+             give another path or let that run end"
+        ),
+        "one line, and no endpoint bound: the tap did not start"
+    );
+    let (sent, _sockets) = traffic_through(&first);
+    let (_, err) = stop(&mut first);
+    assert!(err.iter().any(|l| l.starts_with("tap: stopped:") && l.contains("record_errors=0")), "{err:?}");
+    assert_eq!(read_capture(&path), sent, "the first tap's capture, whole");
+}
+
 #[test]
 fn filters_choose_what_is_shown_and_recorded_not_what_passes() {
     let (_dir, path) = temp_file("filtered.cap");
@@ -280,35 +310,12 @@ fn a_frame_the_wire_decoder_refuses_is_shown_with_why_and_counted() {
     );
 }
 
-/// Unmounts the tmpfs it names when dropped.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_file() {
     // Before, on a 64 KiB tmpfs: recorded_frames=379 but the file held 378 records and a torn one.
-    let dir = common::temp_dir("tap-full-disk");
-    let mnt = dir.join("tiny");
-    std::fs::create_dir_all(&mnt).expect("mount point");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&mnt)
-        .output()
-        .expect("run mount");
-    if !mounted.status.success() {
-        eprintln!(
-            "SKIPPED: cannot mount a 64 KiB tmpfs to fill (needs root or CAP_SYS_ADMIN): {}",
-            String::from_utf8_lossy(&mounted.stderr).trim()
-        );
-        return;
-    }
-    let _mounted = Mounted(mnt.clone());
-    let path = mnt.join("feed.cap");
+    let test = "a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_file";
+    let Some(fs) = common::Tmpfs::mount_or_skip(test, "size=64k") else { return };
+    let path = fs.dir.join("feed.cap");
     let mut tap = start("tap", &["--quiet", "--subscribe-all", "--record", path.to_str().expect("utf-8 path")]);
     let ctx = zmq::Context::new();
     let publisher = publisher(&ctx, &tap.frontend);

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 
@@ -23,6 +24,7 @@ use crate::bench::stamp::Machine;
 use crate::diag::Lines;
 use crate::engine::reader::{HandOff, Routing};
 use crate::metrics::{human_ns, RunReport};
+use crate::outfile::Claimed;
 use crate::replay::{Pacing, PublisherConfig, Source};
 use crate::snail::Policy;
 
@@ -79,8 +81,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub save: Option<std::path::PathBuf>,
     /// Also measure `engine/batch+outputs`: the batch engine with --hlog and
-    /// --hgrm (files in DIR) and --metrics-listen (an ephemeral port) on, in
-    /// the same runs.
+    /// --hgrm (DIR/bench.hlog, DIR/bench.hgrm) and --metrics-listen (an
+    /// ephemeral port) on, in the same runs. DIR is made if missing; it and
+    /// the files are checked (and the files locked) before any run.
     #[arg(long, value_name = "DIR")]
     pub outputs_dir: Option<std::path::PathBuf>,
     /// Also measure with CURVE on both sides, in the same runs: the publisher
@@ -206,6 +209,18 @@ fn curve_pair() -> anyhow::Result<(crate::security::ServerAccess, crate::securit
     Ok((access, keys))
 }
 
+/// `--outputs-dir DIR`: made if missing (with its parents, like capacity's `--out`) and its
+/// `bench.hlog` and `bench.hgrm` claimed before any run, so a folder that cannot be written, or
+/// files another run writes, fail the benchmark at once rather than after its baseline.
+fn claim_outputs(dir: &std::path::Path, save: Option<&std::path::Path>) -> anyhow::Result<[Claimed; 2]> {
+    let [hlog, hgrm] = [dir.join("bench.hlog"), dir.join("bench.hgrm")];
+    let mut named = vec![("--outputs-dir", hlog.as_path()), ("--outputs-dir", hgrm.as_path())];
+    named.extend(save.map(|p| ("--save", p)));
+    crate::outfile::distinct(&named).map_err(|e| super::UsageError(e.to_string()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("--outputs-dir {}: creating it", dir.display()))?;
+    Ok([Claimed::claim("--outputs-dir", &hlog)?, Claimed::claim("--outputs-dir", &hgrm)?])
+}
+
 /// The bench variant of the engine with hand-off `h`: `engine/batch`, `engine/inline`, ….
 fn engine_variant(h: HandOff) -> String {
     format!("engine/{}", h.name())
@@ -239,6 +254,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         "both" => vec![HandOff::Batch, HandOff::PerMessage],
         "all" => vec![HandOff::Batch, HandOff::PerMessage, HandOff::Inline],
         h => vec![parse_handoff(h).map_err(anyhow::Error::msg)?],
+    };
+    // So are --outputs-dir and its files (written by the batch engine), claimed for the whole benchmark.
+    let outputs = match &args.outputs_dir {
+        Some(dir) if handoffs.contains(&HandOff::Batch) => Some(claim_outputs(dir, args.save.as_deref())?),
+        _ => None,
     };
     let source =
         if args.from.is_empty() { Source::Generator(args.feed.generator()?) } else { file_source(&args.from, true)? };
@@ -345,11 +365,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             cfg.worker_cores = vec![None; cfg.shards.len()];
         }
         let name = &engine_variant(*h);
-        if let (HandOff::Batch, Some(dir)) = (h, &args.outputs_dir) {
+        if let (HandOff::Batch, Some([hlog, hgrm])) = (h, &outputs) {
             let mut with = cfg.clone();
             with.outputs = crate::metrics::OutputsConfig {
-                hlog: Some(dir.join("bench.hlog")),
-                hgrm: Some(dir.join("bench.hgrm")),
+                hlog: Some(hlog.clone()),
+                hgrm: Some(hgrm.clone()),
                 listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
                 ..Default::default()
             };

@@ -15,7 +15,7 @@ use super::load_profile;
 use crate::agent::StopFlag;
 use crate::bench::capacity::search::{parse_quantile, SearchConfig, Sla, SlaPoint, Verdict};
 use crate::bench::capacity::trial::PublisherSide;
-use crate::bench::capacity::{self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event};
+use crate::bench::capacity::{self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event, NoWinner};
 use crate::engine::handler::HandlerSpec;
 use crate::feed::GeneratorConfig;
 use crate::metrics::human_ns;
@@ -72,7 +72,8 @@ pub struct CapacityArgs {
     /// Stop the whole search after this long (results so far are written, marked capped).
     #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub time_cap: Duration,
-    /// The results folder (named DATE-HOST-COMMIT) is made in this directory.
+    /// The results folder (named DATE-HOST-COMMIT, or DATE-HOST-COMMIT-2, -3, … when
+    /// another run already has that name) is made in this directory.
     #[arg(long, default_value = "capacity-results", value_name = "DIR")]
     pub out: PathBuf,
     /// An external publisher driving the engine: `connect:EP`, the control
@@ -124,6 +125,16 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
     match v {
         Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
         _ => Err("not a percentage between 0 and 100, e.g. 5%".into()),
+    }
+}
+
+/// The exit status of a finished search: [`EXIT_NO_WINNER`](super::EXIT_NO_WINNER) when it has
+/// no winner because none passed (or the time cap came first), else 0. Ctrl-C keeps 0: the
+/// results so far are written, marked interrupted, as for every command that shows what it has.
+pub fn exit_status(r: &CapacityResult) -> i32 {
+    match r.no_winner {
+        Some(NoWinner::NoPass | NoWinner::Capped) => super::EXIT_NO_WINNER,
+        Some(NoWinner::Interrupted | NoWinner::Failed) | None => 0,
     }
 }
 
@@ -294,9 +305,10 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         }
     }
     crate::outln!("publisher: {}", result.publisher);
-    match (&result.winner, &result.winner_profile) {
-        (Some(w), Some(p)) => crate::outln!("winner: `{w}`, written to {}", p.display()),
-        _ => crate::outln!("winner: none (no configuration passed)"),
+    match (&result.winner, &result.winner_profile, result.no_winner) {
+        (Some(w), Some(p), _) => crate::outln!("winner: `{w}`, written to {}", p.display()),
+        (_, _, Some(why)) => crate::outln!("winner: none ({})", why.text()),
+        _ => crate::outln!("winner: none"),
     }
     crate::outln!(
         "results: {} (summary.md, summary.json, capacity.svg, per-trial .hlog/.hgrm)",

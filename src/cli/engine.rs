@@ -22,6 +22,7 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::RunReport;
+use crate::outfile::Claimed;
 use crate::profile::{Profile, ProfileError};
 use crate::replay::{PublisherConfig, Source};
 use crate::snail::{Policy, SkewMode};
@@ -356,7 +357,9 @@ pub struct EngineArgs {
 #[derive(Args, Debug, Default, Clone)]
 pub struct OutputArgs {
     /// Write an HdrHistogram interval log (V2 compressed, tags shardK.wire,
-    /// shardK.queue, shardK.total; values in ns) every metrics interval.
+    /// shardK.queue, shardK.total; values in ns) every metrics interval. Like
+    /// --hgrm, the file is locked for the run: one another process writes is
+    /// refused before the run starts.
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
     /// Write the whole run's percentile spectrum of the total stage (.hgrm,
@@ -399,8 +402,15 @@ impl OutputArgs {
             }
             cfg.engine_id = Some(id.clone());
         }
-        cfg.outputs.hlog.clone_from(&self.hlog);
-        cfg.outputs.hgrm.clone_from(&self.hgrm);
+        // Claimed now, before the run: a file another run writes is refused, not shared.
+        let named: Vec<(&str, &std::path::Path)> = [("--hlog", &self.hlog), ("--hgrm", &self.hgrm)]
+            .into_iter()
+            .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
+            .collect();
+        crate::outfile::distinct(&named).map_err(|e| super::UsageError(e.to_string()))?;
+        let claim = |flag, path: &Option<PathBuf>| path.as_deref().map(|p| Claimed::claim(flag, p)).transpose();
+        cfg.outputs.hlog = claim("--hlog", &self.hlog)?;
+        cfg.outputs.hgrm = claim("--hgrm", &self.hgrm)?;
         cfg.outputs.listen = self.metrics_listen;
         Ok(())
     }

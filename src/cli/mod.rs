@@ -88,6 +88,10 @@ pub const EXIT_USAGE: i32 = 2;
 /// from 1, which `get` gives for an absent key).
 pub const EXIT_NO_SERVER: i32 = 4;
 
+/// The exit status of `capacity` when no configuration passed (or the time cap came before
+/// any knee): the results folder is written, with no `winner.toml`.
+pub const EXIT_NO_WINNER: i32 = 5;
+
 /// The exit status of an error reaching `main`: [`EXIT_NO_SERVER`] for [`clone::NoServer`],
 /// [`EXIT_USAGE`] for [`RefusedValue`], else 1.
 pub fn exit_code(e: &anyhow::Error) -> i32 {

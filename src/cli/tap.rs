@@ -50,7 +50,8 @@ pub struct TapArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Record the (filtered) messages to this capture file, frames verbatim
-    /// with the MORE flag; `mdsub replay --from FILE` replays it.
+    /// with the MORE flag; `mdsub replay --from FILE` replays it. The file is
+    /// locked while recording: a second tap given it is refused.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
     /// Subscribe upstream to everything, so the tap sees traffic even when no

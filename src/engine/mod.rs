@@ -251,10 +251,11 @@ impl Engine {
             return Err(EngineError::Config(format!("handoff: {why}")));
         }
         let engine_id = cfg.engine_id.clone().unwrap_or_else(default_engine_id);
+        // The files were claimed (made, locked, emptied) by whoever owns the run, before it.
         let hlog = match &cfg.outputs.hlog {
-            Some(path) => {
-                let f = std::fs::File::create(path)
-                    .map_err(|e| EngineError::Config(format!("--hlog {}: {e}", path.display())))?;
+            Some(claimed) => {
+                let hlog_err = |e: &dyn std::fmt::Display| EngineError::Config(format!("{}: {e}", claimed.named()));
+                let f = claimed.rewrite().map_err(|e| hlog_err(&e))?;
                 let comment = format!(
                     "[mdsub engine {engine_id}: latency in ns per shard and stage, tags shardK.wire|queue|total, \
                      one histogram per tag every {} ms at the start (a live metrics_interval \
@@ -266,15 +267,11 @@ impl Engine {
                     crate::clock::realtime_ns(),
                     &comment,
                 )
-                .map_err(|e| EngineError::Config(format!("--hlog {}: {e}", path.display())))?;
-                Some((path.clone(), w))
+                .map_err(|e| hlog_err(&e))?;
+                Some((claimed.path().to_path_buf(), w))
             }
             None => None,
         };
-        if let Some(path) = &cfg.outputs.hgrm {
-            // Fail now, not at the end of the run.
-            std::fs::File::create(path).map_err(|e| EngineError::Config(format!("--hgrm {}: {e}", path.display())))?;
-        }
         let metrics_interval_ns = Arc::new(AtomicU64::new(cfg.metrics_interval.as_nanos() as u64));
         let latency = SharedLatency::default();
         let id = ENGINE_ID.fetch_add(1, Relaxed);
@@ -306,7 +303,11 @@ impl Engine {
             (0..cfg.worker_cores.len()).map(|_| crossbeam::channel::bounded::<Vec<StageHistograms>>(2)).unzip();
         // The collector ends by itself once every worker's sender is gone,
         // so it does not take the stop flag (the final reports still arrive).
-        let outputs = CollectorOutputs { hlog, hgrm: cfg.outputs.hgrm.clone() };
+        let outputs = CollectorOutputs {
+            hlog,
+            hgrm: cfg.outputs.hgrm.clone(),
+            quiet_write_errors: cfg.outputs.quiet_write_errors,
+        };
         // Made before the readers, so the collector's debug lines can read their gaps.
         let shard_counters: Vec<Arc<ShardCounters>> = cfg.shards.iter().map(|_| Arc::default()).collect();
         let log = Arc::<LogLevel>::default();
@@ -805,6 +806,7 @@ impl Engine {
             agents,
             snail: Some(self.snail.report()),
             metrics_write_errors: collected.write_errors,
+            metrics_write_error: collected.first_write_error,
             shards: shard_reports,
             threads,
         }

@@ -21,6 +21,7 @@ use super::settings::{Level, LogLevel};
 use super::{human_latency, human_ns, shard_sets, slot_name, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
+use crate::outfile::Claimed;
 
 /// What a worker sends to the collector.
 pub struct WorkerReport {
@@ -45,8 +46,11 @@ pub struct Collected {
     pub handler_summary: Vec<String>,
     /// Reports received.
     pub reports: u64,
-    /// Interval-log or spectrum writes that failed (each said once on stderr).
+    /// Interval-log or spectrum writes that failed (the first said on stderr, unless
+    /// [`CollectorOutputs::quiet_write_errors`]).
     pub write_errors: u64,
+    /// The first failed write's cause.
+    pub first_write_error: Option<String>,
 }
 
 /// Latency the collector shares with the threads that publish it live (the
@@ -76,7 +80,10 @@ pub struct CollectorOutputs {
     /// The interval log (`--hlog`), already opened with its header written, and its path.
     pub hlog: Option<(PathBuf, HlogWriter<BufWriter<File>>)>,
     /// The end-of-run spectrum (`--hgrm`), written when the collector ends.
-    pub hgrm: Option<PathBuf>,
+    pub hgrm: Option<Claimed>,
+    /// Keep a failed write's cause for the report instead of saying it as it happens: the
+    /// caller says it once, in its own words (a capacity trial's error).
+    pub quiet_write_errors: bool,
 }
 
 /// What the collector says at log level `debug`, once per interval: a line per shard (rate,
@@ -230,7 +237,10 @@ impl Collector {
 
     fn write_error(&mut self, e: impl std::fmt::Display) {
         if self.total.write_errors == 0 {
-            crate::diag!("metrics: {e} (further write errors are counted, not shown)");
+            if !self.outputs.quiet_write_errors {
+                crate::diag!("metrics: {e} (further write errors are counted, not shown)");
+            }
+            self.total.first_write_error = Some(e.to_string());
         }
         self.total.write_errors += 1;
     }
@@ -314,13 +324,13 @@ impl Agent for Collector {
     fn on_close(&mut self) {
         // The last (partial) interval, then the whole run's spectrum.
         self.end_interval(clock::realtime_ns());
-        if let Some(path) = self.outputs.hgrm.take() {
-            let written = File::create(&path).map_err(|e| format!("creating {}: {e}", path.display())).and_then(|f| {
+        if let Some(hgrm) = self.outputs.hgrm.take() {
+            let written = hgrm.rewrite().map_err(|e| format!("opening it: {e}")).and_then(|f| {
                 write_hgrm(BufWriter::new(f), &self.total.stages.total, self.total.stages.out_of_bounds[2])
                     .map_err(|e| e.to_string())
             });
             if let Err(e) = written {
-                self.write_error(format_args!("{}: {e}", path.display()));
+                self.write_error(format_args!("{}: {e}", hgrm.path().display()));
             }
         }
     }

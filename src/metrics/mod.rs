@@ -292,14 +292,17 @@ pub fn ahead_words(b: &OutOfBounds) -> String {
 /// Where the engine publishes its metrics besides the report.
 #[derive(Debug, Clone, Default)]
 pub struct OutputsConfig {
-    /// HdrHistogram interval log (`--hlog`).
-    pub hlog: Option<std::path::PathBuf>,
-    /// End-of-run percentile spectrum of the `total` stage (`--hgrm`).
-    pub hgrm: Option<std::path::PathBuf>,
+    /// HdrHistogram interval log (`--hlog`), claimed by whoever owns the run.
+    pub hlog: Option<crate::outfile::Claimed>,
+    /// End-of-run percentile spectrum of the `total` stage (`--hgrm`), claimed likewise.
+    pub hgrm: Option<crate::outfile::Claimed>,
     /// Serve `/metrics` here (`--metrics-listen`).
     pub listen: Option<std::net::SocketAddr>,
     /// Who may scrape it (`--metrics-allow-addr`, `--metrics-token-file`; open by default).
     pub metrics_access: crate::security::HttpAccess,
+    /// A failed write to the files is kept in the report's `metrics_write_error` for the caller
+    /// to say, instead of said by the collector as it happens (capacity's trials: one cause, one line).
+    pub quiet_write_errors: bool,
 }
 
 /// What the sequence checks and the frame decoder counted: a run's totals ([`RunReport`]) or
@@ -389,6 +392,9 @@ pub struct RunReport {
     pub handoff_malformed: u64,
     /// Interval-log or spectrum writes that failed (see stderr).
     pub metrics_write_errors: u64,
+    /// The first of them: its file and cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_write_error: Option<String>,
     /// Per shard (the engine; empty for the baseline).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardReport>,

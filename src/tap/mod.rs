@@ -36,6 +36,9 @@ pub enum TapError {
     /// The cause is said in the message and not returned as `source()` (said once).
     #[error("--record {path}: {error}")]
     Record { path: PathBuf, error: CaptureError },
+    /// The `--record` file is another process's (it holds the file's lock).
+    #[error(transparent)]
+    Claim(crate::outfile::OutFileError),
 }
 
 /// What `mdsub tap` runs: the proxy shell's settings and the capture side.
@@ -108,7 +111,7 @@ pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<Ta
         .map(|f| parse_prefix(f).map_err(|e| TapError::BadFilter(format!("`{f}`: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let recorder = match &args.record {
-        Some(path) => Some(Recording::create(path).map_err(|error| TapError::Record { path: path.clone(), error })?),
+        Some(path) => Some(Recording::create(path)?),
         None => None,
     };
     let ctx = zmq::Context::new();

@@ -25,7 +25,9 @@ use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 use crate::diag::RefusalLog;
 use crate::feed::dbn_source::{get, AlignedRecord};
+use crate::outfile::{Claimed, OutFileError};
 use crate::tap::proxy::Captured;
+use crate::tap::TapError;
 use crate::wire::capture::{CaptureError, CaptureWriter, FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
 use crate::wire::{
     decode, frame_len, split_topic, DecodeError, FrameView, Kind, OneFrame, DROP_REASON_NAMES, FLAG_FROM_CACHE,
@@ -295,13 +297,19 @@ struct Stopped {
 }
 
 impl Recording {
-    /// Create (or truncate) `path` and write the capture file's header.
-    pub fn create(path: &Path) -> Result<Self, CaptureError> {
-        let io = |source| CaptureError::Io { context: "creating the capture file", source };
-        let f = File::create(path).map_err(io)?;
+    /// Claim `path` ([`Claimed`]: made or emptied, locked for the run, so a second tap
+    /// recording it is refused) and write the capture file's header.
+    pub fn create(path: &Path) -> Result<Self, TapError> {
+        let record = |error| TapError::Record { path: path.to_path_buf(), error };
+        let io = |source| record(CaptureError::Io { context: "creating the capture file", source });
+        let f = match Claimed::claim("--record", path) {
+            Ok(claimed) => claimed.rewrite().map_err(io)?,
+            Err(OutFileError::Io { source, .. }) => return Err(io(source)),
+            Err(e) => return Err(TapError::Claim(e)),
+        };
         let file = f.try_clone().map_err(io)?;
         let (tally, ledger) = Ledger::over(f, FILE_HEADER_LEN as u64);
-        let writer = CaptureWriter::new(BufWriter::with_capacity(1 << 20, tally))?;
+        let writer = CaptureWriter::new(BufWriter::with_capacity(1 << 20, tally)).map_err(record)?;
         Ok(Recording { path: path.to_path_buf(), writer, file, ledger })
     }
 

@@ -378,3 +378,62 @@ pub fn rest_lines(rx: &std::sync::mpsc::Receiver<String>, deadline: Duration) ->
         }
     }
 }
+
+/// A tmpfs a test mounts (needs root), unmounted and removed on drop, in every path: a small
+/// disk to fill.
+pub struct Tmpfs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs with `options` (`size=64k`, `nr_inodes=5`), or `Err(reason)` when this
+    /// process cannot (not root, no mount): the test then skips, saying why.
+    pub fn mount(name: &str, options: &str) -> Result<Tmpfs, String> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root, so a tmpfs cannot be mounted".into());
+        }
+        let dir = std::env::temp_dir().join(format!("mdsub-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    /// [`Tmpfs::mount`], or None after saying `SKIPPED {test}: why` when it cannot be mounted.
+    pub fn mount_or_skip(test: &str, options: &str) -> Option<Tmpfs> {
+        Tmpfs::mount(test, options).map_err(|why| eprintln!("SKIPPED {test}: {why}")).ok()
+    }
+
+    /// Write a file until the file system says it is full; returns its path.
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut f = std::fs::File::create(&path).expect("create the filler");
+        let chunk = [0u8; 4096];
+        let mut full = false;
+        for _ in 0..100_000 {
+            if let Err(e) = f.write_all(&chunk) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "filling the tmpfs: {e}");
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "the tmpfs never filled up");
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -211,8 +211,37 @@ pub struct CapacityResult {
     pub configurations: Vec<ConfigResult>,
     /// The configuration with the highest knee (confirmed ones first).
     pub winner: Option<String>,
+    /// Why there is no winner (absent when there is one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_winner: Option<NoWinner>,
     pub winner_profile: Option<PathBuf>,
     pub elapsed_s: f64,
+}
+
+/// Why a run has no winner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoWinner {
+    /// Every configuration searched to its end and none passed the SLA at any rate tried.
+    NoPass,
+    /// The time cap ended the search before any configuration had a knee.
+    Capped,
+    /// Ctrl-C (or SIGTERM) ended the search before any configuration had a knee.
+    Interrupted,
+    /// A trial could not run (see `settings.failed`).
+    Failed,
+}
+
+impl NoWinner {
+    /// In words, after `winner: none`.
+    pub fn text(self) -> &'static str {
+        match self {
+            NoWinner::NoPass => "no configuration passed",
+            NoWinner::Capped => "the time cap ended the search before a knee",
+            NoWinner::Interrupted => "interrupted before a knee",
+            NoWinner::Failed => "the search failed part way",
+        }
+    }
 }
 
 /// The host name, for the results folder.
@@ -268,20 +297,48 @@ fn ordinal(n: u64) -> String {
 /// run ends without a result and they are still empty, so a run that failed before its first
 /// trial leaves no empty folder behind ([`ResultsFolder::keep`] once the summary is written).
 struct ResultsFolder {
+    path: PathBuf,
     made: Vec<PathBuf>,
     kept: bool,
 }
 
+/// How many `-2`, `-3`, … a results folder name is tried with before giving up.
+const FOLDER_SUFFIXES: usize = 100;
+
 impl ResultsFolder {
-    /// Make `folder` and whichever of its parents are missing.
+    /// Make `folder` (its parents as needed), a folder of this run's own: one that exists (another
+    /// run started in the same second on this host and commit) is not shared, the name gets
+    /// `-2`, `-3`, … instead, and that is said. `create_dir` makes the choice atomic: two runs
+    /// racing for one name cannot both get it.
     fn create(folder: &Path) -> anyhow::Result<ResultsFolder> {
-        let made: Vec<PathBuf> = folder
+        let mut made: Vec<PathBuf> = folder
             .ancestors()
+            .skip(1)
             .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
             .map(Path::to_path_buf)
             .collect();
-        std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
-        Ok(ResultsFolder { made, kept: false })
+        if let Some(parent) = folder.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", folder.display()))?;
+        }
+        for n in 1..=FOLDER_SUFFIXES {
+            let path = if n == 1 { folder.to_path_buf() } else { PathBuf::from(format!("{}-{n}", folder.display())) };
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    if n > 1 {
+                        crate::diag!(
+                            "capacity: {} exists (another run started in the same second): this run's results go to {}",
+                            folder.display(),
+                            path.display()
+                        );
+                    }
+                    made.insert(0, path.clone());
+                    return Ok(ResultsFolder { path, made, kept: false });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {}", path.display()))),
+            }
+        }
+        anyhow::bail!("creating {}: it and {FOLDER_SUFFIXES} suffixed names (-2, -3, …) all exist", folder.display())
     }
 
     fn keep(mut self) {
@@ -311,8 +368,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     let machine = Machine::here();
     let started = Instant::now();
     let date = machine.date_utc.replace(['-', ':'], "").replace(' ', "T");
-    let folder = cfg.out_dir.join(format!("{date}Z-{}-{}", hostname(), slug(&machine.mdsub_commit)));
-    let made = ResultsFolder::create(&folder)?;
+    let made =
+        ResultsFolder::create(&cfg.out_dir.join(format!("{date}Z-{}-{}", hostname(), slug(&machine.mdsub_commit))))?;
+    let folder = made.path.clone();
     let mut quantiles: Vec<f64> = REPORTED.to_vec();
     quantiles.extend(cfg.sla.points.iter().map(|p| p.quantile));
     quantiles.sort_by(|a, b| a.total_cmp(b));
@@ -330,6 +388,8 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     let mut results: Vec<ConfigResult> = Vec::new();
     let mut done = 0usize;
     let mut capped = false;
+    // A trial that could not run (a file, a socket): the run ends there, its finished trials kept.
+    let mut failure: Option<anyhow::Error> = None;
     for (ci, c) in cfg.configurations.iter().enumerate() {
         let hash = c.hash();
         let mut search = Search::new(cfg.search.clone());
@@ -380,10 +440,15 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                         // A trial that failed is no trial: its runs' files go (and then the
                         // folder, if no trial came before).
                         forget_trial_files(&folder, &files);
-                        return Err(e.context(format!("configuration `{}`, {rate} msg/s, run {r}", c.name)));
+                        failure = Some(e.context(format!("configuration `{}`, {rate} msg/s, run {r}", c.name)));
+                        break;
                     }
                 };
                 runs.push(m);
+            }
+            if failure.is_some() {
+                search.fail();
+                break;
             }
             // A stop that came while a run measured leaves that run short (a warm-up's numbers,
             // a part of the hold): the trial is no measurement, so it is neither shown nor kept.
@@ -419,6 +484,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             ConfigResult { name: c.name.clone(), profile_hash: hash, outcome, at_knee, thin_percentile, trials };
         on(Event::ConfigDone { result: &result });
         results.push(result);
+        if failure.is_some() {
+            break;
+        }
     }
     if let PublisherSide::Remote { control } = &cfg.publisher {
         // The search is over: the serving publisher can end.
@@ -427,11 +495,27 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             r.bye();
         }
     }
+    // Nothing finished: nothing to summarise, and the folder goes (as before the first trial).
+    let failure = match failure {
+        Some(e) if done == 0 => return Err(e),
+        f => f,
+    };
     let rank = |r: &ConfigResult| {
         let confirmed = matches!(r.outcome.ending, Ending::Confirmed | Ending::AboveMaxRate | Ending::PublisherLimited);
         (confirmed, r.outcome.knee.unwrap_or(0))
     };
-    let winner = results.iter().filter(|r| r.outcome.knee.is_some()).max_by_key(|r| rank(r)).map(|r| r.name.clone());
+    // A run that failed part way has no winner: the configurations it did not search may have won.
+    let winner = match failure {
+        Some(_) => None,
+        None => results.iter().filter(|r| r.outcome.knee.is_some()).max_by_key(|r| rank(r)).map(|r| r.name.clone()),
+    };
+    let no_winner = match (&winner, &failure) {
+        (Some(_), _) => None,
+        (None, Some(_)) => Some(NoWinner::Failed),
+        (None, None) if stop.is_stopped() => Some(NoWinner::Interrupted),
+        (None, None) if capped => Some(NoWinner::Capped),
+        (None, None) => Some(NoWinner::NoPass),
+    };
     let settings = serde_json::json!({
         "sla": describe_sla(&cfg.sla),
         "warmup_s": cfg.warmup.as_secs_f64(),
@@ -445,6 +529,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "time_cap_s": cfg.time_cap.as_secs_f64(),
         "capped": capped,
         "interrupted": stop.is_stopped(),
+        "failed": failure.as_ref().map(crate::diag::error_line),
     });
     let mut result = CapacityResult {
         machine,
@@ -453,9 +538,19 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         settings,
         configurations: results,
         winner: winner.clone(),
+        no_winner,
         winner_profile: None,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
+    if let Some(e) = failure {
+        // What the summary can keep of the finished trials; the cause is said once, at the end.
+        let json = serde_json::to_string_pretty(&result)?;
+        let written = write_file(&folder.join("summary.json"), &json)
+            .map_err(|j| (j, false))
+            .and_then(|()| write_file(&folder.join("summary.md"), &summary_md(&result)).map_err(|m| (m, true)));
+        made.keep();
+        return Err(failed_after(e, done, &folder, written.err()));
+    }
     if let Some(w) = &winner {
         let (c, r) = cfg
             .configurations
@@ -475,6 +570,43 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     write_file(&folder.join("capacity.svg"), &svg)?;
     made.keep();
     Ok(result)
+}
+
+/// The error of a run that a trial's failure ended after `done` finished trials: where their
+/// summary is (or that it could not be written, and then that the trials printed are all that is
+/// left: `unwritten` is the write that failed and whether summary.json was written before it),
+/// then the trial's failure. A write that failed for the trial's own cause (a full disk) does
+/// not say it again.
+fn failed_after(
+    e: anyhow::Error,
+    done: usize,
+    folder: &Path,
+    unwritten: Option<(anyhow::Error, bool)>,
+) -> anyhow::Error {
+    let cause = crate::diag::error_line(&e);
+    let also = |w: &anyhow::Error| {
+        let root = w.root_cause().to_string();
+        if cause.contains(&root) {
+            " either".to_string()
+        } else {
+            format!(": {root}")
+        }
+    };
+    let trials = format!("stopped after {done} finished trial(s)");
+    let kept = match unwritten {
+        None => format!("{trials}, summarised in {} (summary.md, summary.json)", folder.display()),
+        Some((w, true)) => format!(
+            "{trials}, summarised in {} (summary.md could not be written{})",
+            folder.join("summary.json").display(),
+            also(&w)
+        ),
+        Some((w, false)) => format!(
+            "{trials}: no summary could be written in {}{}, so the trials printed above are all that is left",
+            folder.display(),
+            also(&w)
+        ),
+    };
+    e.context(kept)
 }
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -543,6 +675,7 @@ pub fn ending_text(e: Ending) -> &'static str {
         Ending::AboveMaxRate => "the maximum rate passed: the knee is above it",
         Ending::Capped => "capped: the time cap ended the search",
         Ending::Interrupted => "interrupted: Ctrl-C (or SIGTERM) ended the search",
+        Ending::Failed => "failed: a trial could not run, which ended the run",
     }
 }
 
@@ -574,6 +707,12 @@ pub fn summary_md(r: &CapacityResult) -> String {
     let _ = writeln!(s, "# mdsub capacity\n\n{}\n", r.machine);
     let _ = writeln!(s, "- publisher: {}", r.publisher);
     let _ = writeln!(s, "- pass rule: {}", r.settings["sla"].as_str().unwrap_or(""));
+    if let Some(why) = r.no_winner {
+        let _ = writeln!(s, "- winner: none ({})", why.text());
+    }
+    if let Some(failed) = r.settings["failed"].as_str() {
+        let _ = writeln!(s, "- the run stopped on a trial that could not run: {failed}");
+    }
     for c in &r.configurations {
         if let Some(note) = &c.thin_percentile {
             let _ = writeln!(s, "- note, `{}` at its knee: {note}", c.name);

@@ -295,6 +295,9 @@ pub enum Ending {
     Capped,
     /// A stop (Ctrl-C, SIGTERM) ended the search early.
     Interrupted,
+    /// A trial could not run (a file, a socket: the harness, not the engine under test), which
+    /// ended the whole run.
+    Failed,
 }
 
 /// The search's result.
@@ -381,6 +384,11 @@ impl Search {
     /// Stop where the search is: Ctrl-C.
     pub fn interrupt(&mut self) {
         self.end_early(Ending::Interrupted);
+    }
+
+    /// Stop where the search is: a trial could not run.
+    pub fn fail(&mut self) {
+        self.end_early(Ending::Failed);
     }
 
     fn end_early(&mut self, ending: Ending) {

@@ -20,6 +20,7 @@ use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::feed::GeneratorConfig;
 use crate::metrics::collector::SharedLatency;
 use crate::metrics::OutputsConfig;
+use crate::outfile::Claimed;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
 
 /// Where the load comes from.
@@ -91,8 +92,10 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     for (shard, ep) in cfg.shards.iter_mut().zip(&endpoints) {
         shard.endpoints = vec![ep.clone()];
     }
-    cfg.outputs =
-        OutputsConfig { hlog: Some(spec.hlog.clone()), hgrm: None, listen: None, metrics_access: Default::default() };
+    // The run's folder is this search's own; the claim still keeps the file to this run.
+    // A failed write is said once, by the trial's error, not by the collector as well.
+    let hlog = Claimed::claim("the trial's interval log", &spec.hlog)?;
+    cfg.outputs = OutputsConfig { hlog: Some(hlog), quiet_write_errors: true, ..Default::default() };
     // Intervals short enough that the warm-up's end falls near one.
     let interval = (spec.warmup / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     cfg.metrics_interval = cfg.metrics_interval.min(interval);
@@ -162,6 +165,12 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         ),
         Err(e) => return Err(anyhow::Error::new(e).context("running the engine")),
     };
+    // The interval log is incomplete: no measurement to keep (the collector kept the cause quiet
+    // for this one line).
+    if let Some(e) = &report.metrics_write_error {
+        // `FILE: writing the interval log: CAUSE`.
+        anyhow::bail!("{e}");
+    }
     let (mut hold, bounds) = total_of(&live);
     let hold_bounds = bounds.since(&warm_bounds);
     // Both come from one cumulative histogram, so the subtraction cannot underflow.

@@ -1,0 +1,186 @@
+//! Output files a run writes (`--hlog`, `--hgrm`, tap `--record`, bench's `--outputs-dir`):
+//! claimed once, before the run, under an exclusive advisory lock held until the run ends.
+//!
+//! Two runs given the same path used to write it together: `File::create` truncated the first
+//! run's file under it, and an interval log ended up with both runs' headers interleaved (no
+//! HdrHistogram reader takes that), with both runs exiting 0. A claim opens the file without
+//! truncating it, takes `flock(LOCK_EX | LOCK_NB)` on it (std's [`File::try_lock`]) and only then
+//! empties it, so a second run is refused with [`OutFileError::Busy`] and the first run's file
+//! is left as it was. The lock is the kernel's: it goes with the last handle on the file,
+//! however the process ends, so a crashed run leaves no stale lock behind.
+//!
+//! The lock is advisory (a program that does not ask for it is not stopped) and only regular
+//! files take part: `/dev/null`, `/dev/full` or a FIFO are opened as they are, unlocked and
+//! not emptied (they cannot be). [`distinct`] refuses one path given to two outputs of a run
+//! (`--hlog x --hgrm x`), compared canonicalised, before anything is claimed.
+
+use std::fs::{File, OpenOptions};
+use std::io::Seek as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why an output file could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutFileError {
+    /// Another process holds the file's lock: it is writing the file now.
+    #[error("{flag} {}: another process is writing this file (it holds the file's lock); give another path or let that run end", path.display())]
+    Busy { flag: String, path: PathBuf },
+    /// Two outputs of one run name the same file.
+    #[error("{first} and {second} both name {}: give each its own file", path.display())]
+    Same { first: String, second: String, path: PathBuf },
+    /// Opening, locking or emptying the file failed.
+    #[error("{flag} {}: {source}", path.display())]
+    Io { flag: String, path: PathBuf, source: std::io::Error },
+}
+
+/// An output file claimed for a run: the lock is held while any clone of this (or a handle
+/// from [`Claimed::rewrite`]) is alive.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// What the file is to the person who named it: its flag (`--hlog`), or a description.
+    flag: String,
+    path: PathBuf,
+    file: Arc<File>,
+    regular: bool,
+}
+
+impl Claimed {
+    /// Open `path` for `flag` (create it if missing, never truncate it first), lock it, then empty it.
+    pub fn claim(flag: &str, path: &Path) -> Result<Claimed, OutFileError> {
+        let io = |source| OutFileError::Io { flag: flag.to_string(), path: path.to_path_buf(), source };
+        let file = OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(io)?;
+        let regular = file.metadata().map_err(io)?.is_file();
+        if regular {
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(OutFileError::Busy { flag: flag.to_string(), path: path.to_path_buf() })
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+            file.set_len(0).map_err(io)?;
+        }
+        Ok(Claimed { flag: flag.to_string(), path: path.to_path_buf(), file: Arc::new(file), regular })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `FLAG PATH`, as an error about the file starts.
+    pub fn named(&self) -> String {
+        format!("{} {}", self.flag, self.path.display())
+    }
+
+    /// A handle that writes the file from its start, the file emptied first (each run of a
+    /// benchmark writes it anew under the one claim). It holds the lock too.
+    pub fn rewrite(&self) -> std::io::Result<File> {
+        let mut f = self.file.try_clone()?;
+        if self.regular {
+            f.set_len(0)?;
+            f.rewind()?;
+        }
+        Ok(f)
+    }
+}
+
+/// Refuse two outputs of one run that name the same file: `(flag, path)` pairs, compared
+/// canonicalised (a file not made yet by its folder's canonical path). Paths that are not
+/// regular files (`/dev/null` for two outputs) may repeat.
+pub fn distinct(outputs: &[(&str, &Path)]) -> Result<(), OutFileError> {
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    for &(flag, path) in outputs {
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            continue;
+        }
+        let key = canonical(path);
+        if let Some((first, _)) = seen.iter().find(|(_, k)| *k == key) {
+            return Err(OutFileError::Same {
+                first: first.to_string(),
+                second: flag.to_string(),
+                path: path.to_path_buf(),
+            });
+        }
+        seen.push((flag, key));
+    }
+    Ok(())
+}
+
+/// `path` canonicalised; one that does not exist yet by its parent's canonical path and its
+/// name (as given when the parent is not there either: creating it will say why).
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(c) = path.canonicalize() {
+        return c;
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (parent.canonicalize(), path.file_name()) {
+        (Ok(p), Some(name)) => p.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mdsub-outfile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn a_second_claim_is_refused_and_leaves_the_file_as_the_first_wrote_it() {
+        let d = dir("busy");
+        let path = d.join("x.hlog");
+        let first = Claimed::claim("--hlog", &path).expect("the first claim");
+        first.rewrite().and_then(|mut f| f.write_all(b"the first run's header\n")).expect("write");
+        // A second open file description, as another process would have (flock locks are per
+        // open file description, so this is the same test within one process).
+        let second = Claimed::claim("--hlog", &path).expect_err("the second claim");
+        assert!(matches!(second, OutFileError::Busy { .. }), "{second}");
+        assert_eq!(
+            second.to_string(),
+            format!(
+                "--hlog {}: another process is writing this file (it holds the file's lock); give another path or \
+                 let that run end",
+                path.display()
+            )
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), b"the first run's header\n", "not truncated");
+        drop(first);
+        let third = Claimed::claim("--hlog", &path).expect("claimed again once the first is gone");
+        assert_eq!(std::fs::metadata(third.path()).expect("meta").len(), 0, "emptied by the new claim");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn rewrite_starts_the_file_over() {
+        let d = dir("rewrite");
+        let c = Claimed::claim("--hgrm", &d.join("x.hgrm")).expect("claim");
+        c.rewrite().and_then(|mut f| f.write_all(b"a long first run\n")).expect("write");
+        c.rewrite().and_then(|mut f| f.write_all(b"short\n")).expect("write");
+        assert_eq!(std::fs::read(c.path()).expect("read"), b"short\n");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn one_file_named_twice_is_refused_however_it_is_spelled() {
+        let d = dir("same");
+        let a = d.join("x.out");
+        let b = d.join(".").join("x.out");
+        let e = distinct(&[("--hlog", &a), ("--hgrm", &b)]).expect_err("the same file");
+        assert_eq!(e.to_string(), format!("--hlog and --hgrm both name {}: give each its own file", b.display()));
+        std::fs::write(&a, b"").expect("make it");
+        assert!(distinct(&[("--hlog", &a), ("--hgrm", &b)]).is_err(), "once it exists too");
+        assert!(distinct(&[("--hlog", &a), ("--hgrm", &d.join("y.out"))]).is_ok());
+        let null = Path::new("/dev/null");
+        assert!(distinct(&[("--hlog", null), ("--hgrm", null)]).is_ok(), "not a regular file");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
