@@ -227,6 +227,11 @@ impl StoreAgent {
             .max_by(|a, b| a.busy_fraction().total_cmp(&b.busy_fraction()))
             .map(|a| (a.role.clone(), a.busy_fraction()));
         let stalls = live.self_stalls(None);
+        // One look at the collector's latency for the whole status: the intervals it has closed
+        // are the ones this status covers (a second look could see one more, never published).
+        let lat = self.inputs.latency.lock().ok();
+        let (closed, closed_at_ns, write_errors) =
+            lat.as_ref().map_or((0, 0, 0), |l| (l.intervals, l.last_interval_end_ns, l.write_errors));
         let engine = json!({
             "engine_id": self.inputs.engine_id,
             "pid": std::process::id(),
@@ -238,7 +243,7 @@ impl StoreAgent {
             "log_level": self.inputs.log.get().name(),
             "settings": self.inputs.settings.current(),
             "metrics_dropped": live.metrics_dropped,
-            "metrics_write_errors": self.inputs.latency.lock().map_or(0, |l| l.write_errors),
+            "metrics_write_errors": write_errors,
             "snail": live.snail_verdict(None).name(),
             "snail_worst": self.worst.0.next(live.snail_verdict(None), live.snail_turns(None)).name(),
             "self_stalls": stalls.0,
@@ -249,7 +254,7 @@ impl StoreAgent {
         });
         let mut shards = Vec::new();
         self.worst.1.resize(live.shards.len(), WorstSince::default());
-        if let Ok(lat) = self.inputs.latency.lock() {
+        if let Some(lat) = &lat {
             for (k, sh) in live.shards.iter().enumerate() {
                 let (Some(cum), Some(last)) = (lat.cumulative.get(k), lat.last_interval.get(k)) else { continue };
                 let mut status = interval_status(last, interval_ns);
@@ -277,6 +282,7 @@ impl StoreAgent {
                 shards.push((k, status));
             }
         }
+        drop(lat);
         for (k, s) in shards {
             self.set(format!("{}shard{k}", self.status), s.to_string(), ttl)?;
         }
@@ -286,8 +292,6 @@ impl StoreAgent {
             self.set(format!("{}refused/{name}", self.status), why, ttl)?;
         }
         self.rounds += 1;
-        let (closed, closed_at_ns) =
-            self.inputs.latency.lock().map_or((0, 0), |l| (l.intervals, l.last_interval_end_ns));
         self.last_status = (closed, now_ns);
         // The collector closes its next interval about then.
         self.next_publish_ns = closed_at_ns.saturating_add(interval_ns).max(now_ns + RECHECK_NS);
