@@ -37,7 +37,7 @@ pub struct DemoArgs {
     /// Idle strategy of the engine's readers and workers (overrides the profile's).
     #[arg(long, value_enum)]
     pub idle: Option<Idle>,
-    /// Worker handler: latency, book, verify or work:NANOS (work:200000 makes a snail).
+    /// Worker handler: latency, book, last, verify or work:NANOS (work:200000 makes a snail).
     #[arg(long)]
     pub handler: Option<HandlerSpec>,
     #[command(flatten)]
