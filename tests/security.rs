@@ -114,6 +114,38 @@ fn keygen_writes_libzmq_z85_keys_and_refuses_to_overwrite() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+#[test]
+fn keygen_force_writes_private_files_whatever_was_there_and_a_pub_alone_is_not_overwritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("sec-keygen-force");
+    keygen(&dir, "node");
+    // Before: `--force` opened the old file, keeping its mode: a 0666 key stayed 0666.
+    let key = dir.join("node.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "node", "--force", "--dir"]).arg(&dir), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!((mode_of(&key), mode_of(&dir.join("node.pub"))), (0o600, 0o644));
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 2, "no temporary file left");
+    // Before: a NAME.pub with no NAME.key beside it (a peer's key, put here to be trusted) was
+    // replaced silently.
+    let peer = dir.join("peer.pub");
+    let peers_key = std::fs::read_to_string(dir.join("node.pub")).expect("a public key");
+    std::fs::write(&peer, &peers_key).expect("a peer's key");
+    let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "peer", "--dir"]).arg(&dir), DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("peer.pub exists: refusing to overwrite a public key (it may be a peer's)"), "{err}");
+    assert_eq!(std::fs::read_to_string(&peer).expect("kept"), peers_key);
+    assert!(!dir.join("peer.key").exists(), "nothing written");
+    let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "peer", "--force", "--dir"]).arg(&dir), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_ne!(std::fs::read_to_string(&peer).expect("replaced"), peers_key);
+}
+
 #[test]
 fn curve_server_serves_allowed_keys_and_counts_refused_ones() {
     let dir = temp_dir("sec-curve");

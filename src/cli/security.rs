@@ -22,7 +22,8 @@ pub struct KeygenArgs {
     /// Directory to write them in (made if missing).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Replace existing files of that name.
+    /// Replace existing files of that name (NAME.key or NAME.pub: either is refused without it;
+    /// the new files get modes 0600 and 0644 whatever the old ones had).
     #[arg(long)]
     pub force: bool,
 }
@@ -46,8 +47,14 @@ pub fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot make the directory {}", a.dir.display()))?;
     let secret_path = a.dir.join(format!("{}.key", a.name));
-    if secret_path.exists() && !a.force {
-        anyhow::bail!("{} exists: refusing to overwrite a secret key (--force replaces it)", secret_path.display());
+    let public_path = a.dir.join(format!("{}.pub", a.name));
+    if !a.force {
+        // A NAME.pub alone may be a peer's key, put here to be trusted.
+        for (path, what) in [(&secret_path, "a secret key"), (&public_path, "a public key (it may be a peer's)")] {
+            if path.symlink_metadata().is_ok() {
+                anyhow::bail!("{} exists: refusing to overwrite {what} (--force replaces it)", path.display());
+            }
+        }
     }
     let pair = Keypair::generate()?;
     let (secret, public) = pair.write(&a.dir, &a.name)?;

@@ -214,14 +214,28 @@ fn read_file(path: &Path) -> Result<String, SecurityError> {
     std::fs::read_to_string(path).map_err(|source| SecurityError::Read { path: path.to_path_buf(), source })
 }
 
+/// Write `bytes` to `path` with permissions `mode`, whatever was there: a temporary file
+/// beside it (made new, so nothing it does not own is followed or kept) gets the bytes and
+/// the mode, then replaces `path`. Opening `path` itself kept an existing file's mode
+/// (`keygen --force` over a 0666 key left it 0666).
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SecurityError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let wrap = |source| SecurityError::Write { path: path.to_path_buf(), source };
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(wrap)?;
-    f.write_all(bytes).map_err(wrap)?;
-    f.sync_all().map_err(wrap)
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        // The umask may have taken bits away from `mode` at creation; this is exact.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(wrap)
 }
 
 /// An address block: `10.0.0.0/8`, `127.0.0.1` (a /32), `::1`.
