@@ -147,6 +147,73 @@ fn keygen_force_writes_private_files_whatever_was_there_and_a_pub_alone_is_not_o
 }
 
 #[test]
+fn an_allow_list_directory_without_a_pub_is_refused_at_start() {
+    // Before: `replay --curve-allow EMPTY` let in every client that knew the server's key (an
+    // engine with an unlisted key got 2000 of 2000), saying nothing.
+    let dir = temp_dir("sec-empty-allow");
+    keygen(&dir, "server");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).expect("empty dir");
+    let only_keys = dir.join("only-keys");
+    keygen(&only_keys, "client");
+    std::fs::remove_file(only_keys.join("client.pub")).expect("leave only the .key");
+    let key = dir.join("server.key");
+    let port = free_port_block(4);
+    for allow in [&empty, &only_keys] {
+        let runs: [(&str, Vec<std::ffi::OsString>, &str); 3] = [
+            (
+                "replay",
+                vec![
+                    "replay".into(),
+                    "--endpoint".into(),
+                    "tcp://127.0.0.1:*".into(),
+                    "--curve-key".into(),
+                    key.clone().into(),
+                    "--curve-allow".into(),
+                    allow.into(),
+                ],
+                "--curve-allow",
+            ),
+            (
+                "clone-server",
+                vec![
+                    "clone-server".into(),
+                    "--endpoint".into(),
+                    ep(port).into(),
+                    "--curve-key".into(),
+                    key.clone().into(),
+                    "--curve-allow".into(),
+                    allow.into(),
+                ],
+                "--curve-allow",
+            ),
+            (
+                "engine",
+                vec![
+                    "engine".into(),
+                    "--endpoint".into(),
+                    "tcp://127.0.0.1:1".into(),
+                    "--monitor".into(),
+                    "tcp://127.0.0.1:*".into(),
+                    "--monitor-curve-key".into(),
+                    key.clone().into(),
+                    "--monitor-curve-allow".into(),
+                    allow.into(),
+                ],
+                "--monitor-curve-allow",
+            ),
+        ];
+        for (name, args, flag) in runs {
+            let (code, _, err) = run_within(name, mdsub().args(&args), DEADLINE);
+            assert_eq!(code, Some(1), "{name} {}: {err}", allow.display());
+            let says = format!("mdsub: error: {flag}: {}: no NAME.pub in it", allow.display());
+            assert!(err.contains(&says), "{name}: {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        }
+    }
+}
+
+#[test]
 fn curve_server_serves_allowed_keys_and_counts_refused_ones() {
     let dir = temp_dir("sec-curve");
     let server = keygen(&dir, "server");

@@ -1,6 +1,7 @@
 //! `mdsub keygen` (write a CURVE key pair for a server or a client) and the
 //! access flags every server and client command shares.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -8,7 +9,9 @@ use clap::Args;
 
 use crate::engine::EngineConfig;
 use crate::profile::SecurityProfile;
-use crate::security::{load_public, load_public_keys, AddrBlock, ClientKeys, HttpAccess, Keypair, ServerAccess};
+use crate::security::{
+    load_public, load_public_keys, AddrBlock, ClientKeys, HttpAccess, Keypair, PublicKey, ServerAccess,
+};
 
 /// `mdsub keygen` arguments.
 #[derive(Debug, Args)]
@@ -73,7 +76,8 @@ pub struct ServerAccessArgs {
     #[arg(long, value_name = "FILE")]
     pub curve_key: Option<PathBuf>,
     /// With --curve-key: only these clients' public keys (NAME.pub files, or directories of
-    /// them) are let in; repeatable. Without it, any client that knows the server key is let in.
+    /// them; a directory with none is refused) are let in; repeatable. Without it, any client
+    /// that knows the server key is let in.
     #[arg(long, value_name = "FILE|DIR", requires = "curve_key")]
     pub curve_allow: Vec<PathBuf>,
     /// Only peers from these addresses are let in (e.g. 127.0.0.1, 10.0.0.0/8); repeatable.
@@ -131,10 +135,16 @@ pub fn server_access(
     let curve = match key {
         None if !allow.is_empty() => anyhow::bail!("--{prefix}curve-allow needs --{prefix}curve-key"),
         None => None,
-        Some(path) => Some((Keypair::load(path)?, load_public_keys(allow)?)),
+        Some(path) => Some((Keypair::load(path)?, allow_list(allow, &format!("--{prefix}curve-allow"))?)),
     };
     let allow_addrs = parse_addrs(addrs, &format!("--{prefix}allow-addr"))?;
     Ok(ServerAccess { curve, allow_addrs })
+}
+
+/// The client keys `paths` (the `flag`'s values) allow; an error names the flag
+/// (`--curve-allow: DIR: no NAME.pub in it: …`).
+pub fn allow_list(paths: &[PathBuf], flag: &str) -> anyhow::Result<HashSet<PublicKey>> {
+    load_public_keys(paths).with_context(|| flag.to_string())
 }
 
 /// An address or CIDR block flag: checked as it is parsed, kept as written (a profile's

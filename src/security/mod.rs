@@ -60,6 +60,11 @@ pub enum SecurityError {
     BadAddress { value: String },
     #[error("this libzmq has no CURVE (built without libsodium): `mdsub info` says which capabilities it has")]
     NoCurve,
+    #[error(
+        "{path}: no NAME.pub in it: an allow-list directory holds the public keys of the clients let in, \
+         and an empty one would let in every client that knows the server's public key"
+    )]
+    NoPublicKeys { path: PathBuf },
 }
 
 /// A CURVE public key: 32 bytes, written as 40 Z85 characters.
@@ -178,19 +183,25 @@ pub fn load_public(path: &Path) -> Result<PublicKey, SecurityError> {
 }
 
 /// Load every public key an allow-list names: files, or directories whose
-/// `*.pub` files are read.
+/// `*.pub` files are read. A directory with none is refused
+/// ([`SecurityError::NoPublicKeys`]): an empty allow-list lets every client in.
 pub fn load_public_keys(paths: &[PathBuf]) -> Result<HashSet<PublicKey>, SecurityError> {
     let mut keys = HashSet::new();
     for path in paths {
         if path.is_dir() {
             let entries =
                 std::fs::read_dir(path).map_err(|source| SecurityError::Read { path: path.clone(), source })?;
+            let mut found = false;
             for entry in entries {
                 let entry = entry.map_err(|source| SecurityError::Read { path: path.clone(), source })?;
                 let p = entry.path();
                 if p.extension().is_some_and(|e| e == "pub") {
                     keys.insert(load_public(&p)?);
+                    found = true;
                 }
+            }
+            if !found {
+                return Err(SecurityError::NoPublicKeys { path: path.clone() });
             }
         } else {
             keys.insert(load_public(path)?);
