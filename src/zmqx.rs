@@ -85,6 +85,32 @@ pub fn send_to_last_subscriber(socket: &mut zmq::Socket, frames: &mut [frame::Fr
     sent.and(off).and(manual)
 }
 
+// A libzmq function zmq-sys 0.12 declares but does not re-export; the library mdsub links
+// (the workspace's zmq-sys build) has it.
+extern "C" {
+    fn zmq_curve_public(
+        z85_public_key: *mut std::os::raw::c_char,
+        z85_secret_key: *const std::os::raw::c_char,
+    ) -> c_int;
+}
+
+/// The CURVE public key of `secret` (libzmq's `zmq_curve_public`, libsodium's scalar
+/// multiplication): what a key file's `public-key` must be for its `secret-key`. None when
+/// this libzmq has no CURVE.
+pub fn curve_public(secret: &[u8; 32]) -> Option<[u8; 32]> {
+    let secret_z85 = std::ffi::CString::new(zmq::z85_encode(secret).ok()?).ok()?;
+    let mut public_z85 = [0 as std::os::raw::c_char; 41];
+    // SAFETY: libzmq reads 40 Z85 characters and a NUL from the secret and writes 40 and a NUL
+    // into the public buffer, which has room for them.
+    let rc = unsafe { zmq_curve_public(public_z85.as_mut_ptr(), secret_z85.as_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: libzmq wrote a NUL-terminated string into the buffer.
+    let text = unsafe { std::ffi::CStr::from_ptr(public_z85.as_ptr()) };
+    zmq::z85_decode(text.to_str().ok()?).ok()?.try_into().ok()
+}
+
 /// How a socket attaches to an endpoint, as written on the command line:
 /// `bind:tcp://127.0.0.1:*` or `connect:tcp://host:5556`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -214,6 +214,85 @@ fn an_allow_list_directory_without_a_pub_is_refused_at_start() {
 }
 
 #[test]
+fn a_key_file_whose_public_key_is_not_its_secrets_is_refused() {
+    // Before: it loaded, and every handshake failed later, each side blaming the other.
+    let dir = temp_dir("sec-mixed-key");
+    let a = keygen(&dir, "a");
+    let b = keygen(&dir, "b");
+    let mixed = dir.join("mixed.key");
+    let z85 = |k: &[u8; 32]| zmq::z85_encode(k).expect("z85");
+    std::fs::write(
+        &mixed,
+        format!(
+            "metadata\ncurve\n    public-key = \"{}\"\n    secret-key = \"{}\"\n",
+            z85(&a.public.0),
+            z85(&b.secret.0)
+        ),
+    )
+    .expect("mixed key");
+    let err = Keypair::load(&mixed).expect_err("a mixed pair").to_string();
+    assert!(err.contains("its public-key is not the one its secret-key makes"), "{err}");
+    assert!(err.contains(&z85(&b.public.0)), "names the public key the secret makes: {err}");
+    let (code, _, err) = run_within(
+        "replay",
+        mdsub().args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--curve-key"]).arg(&mixed),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("mixed.key: its public-key is not the one its secret-key makes"), "{err}");
+    let (code, _, err) = run_within(
+        "engine",
+        mdsub()
+            .args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--curve-key"])
+            .arg(&mixed)
+            .arg("--server-key")
+            .arg(dir.join("a.pub")),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("mixed.key: its public-key is not the one its secret-key makes"), "{err}");
+}
+
+#[test]
+fn a_secret_key_others_can_read_is_warned_about_once() {
+    use std::os::unix::fs::PermissionsExt;
+    // Before: a 0644 secret key was used in silence.
+    let dir = temp_dir("sec-open-key");
+    keygen(&dir, "engine1");
+    keygen(&dir, "feed");
+    let key = dir.join("engine1.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // The engine reads its key when it checks its settings and again when it starts.
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--expect-eos", "0", "--max-duration", "300ms"]);
+    cmd.arg("--curve-key").arg(&key).arg("--server-key").arg(dir.join("feed.pub"));
+    let (code, _, err) = run_within("engine", &mut cmd, DEADLINE);
+    assert_eq!(code, Some(0), "used anyway: {err}");
+    let warned: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: secret key file")).collect();
+    assert_eq!(warned.len(), 1, "once: {err}");
+    let says = format!("{} has mode 0644: its group and every other user can reach the secret key", key.display());
+    assert!(warned[0].contains(&says) && warned[0].contains(&format!("`chmod 600 {}`", key.display())), "{err}");
+    // A private one is not warned about.
+    let (_, _, err) = run_within(
+        "replay",
+        mdsub()
+            .args([
+                "replay",
+                "--endpoint",
+                "tcp://127.0.0.1:*",
+                "--count",
+                "1",
+                "--wait-timeout",
+                "100ms",
+                "--curve-key",
+            ])
+            .arg(dir.join("feed.key")),
+        DEADLINE,
+    );
+    assert!(!err.contains("warning: secret key file"), "{err}");
+}
+
+#[test]
 fn curve_server_serves_allowed_keys_and_counts_refused_ones() {
     let dir = temp_dir("sec-curve");
     let server = keygen(&dir, "server");

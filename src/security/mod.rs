@@ -141,7 +141,7 @@ impl Keypair {
     pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), SecurityError> {
         let secret_path = dir.join(format!("{name}.key"));
         let public_path = dir.join(format!("{name}.pub"));
-        let secret_z85 = zmq::z85_encode(&self.secret.0).unwrap_or_default();
+        let secret_z85 = self.secret_z85();
         let public_text = format!(
             "#   ZeroMQ CURVE Public Certificate (mdsub keygen)\n#   Give this file to peers that must trust '{name}'.\nmetadata\ncurve\n    public-key = \"{}\"\n",
             self.public
@@ -155,17 +155,38 @@ impl Keypair {
         Ok((secret_path, public_path))
     }
 
+    /// The secret key as the 40 Z85 characters a key file holds (never printed).
+    fn secret_z85(&self) -> String {
+        zmq::z85_encode(&self.secret.0).unwrap_or_default()
+    }
+
     /// Load a pair from a secret certificate written by [`Keypair::write`]
     /// (or by CZMQ's `zcert_save_secret`).
     pub fn load(path: &Path) -> Result<Keypair, SecurityError> {
         let text = read_file(path)?;
         let public = cert_field(&text, "public-key").ok_or_else(|| bad(path, "no public-key line"))?;
-        let secret = cert_field(&text, "secret-key")
-            .ok_or_else(|| bad(path, "no secret-key line (is this the .pub file? a server needs its .key file)"))?;
-        Ok(Keypair {
+        let secret = cert_field(&text, "secret-key").ok_or_else(|| {
+            bad(path, "no secret-key line (is this a .pub file? a pair is used from its NAME.key file)")
+        })?;
+        let pair = Keypair {
             public: PublicKey(decode_z85_key(public).map_err(|r| bad(path, &format!("public-key: {r}")))?),
             secret: SecretKey(decode_z85_key(secret).map_err(|r| bad(path, &format!("secret-key: {r}")))?),
-        })
+        };
+        // A pair put together from two files (or edited) would fail every handshake, each
+        // side blaming the other: the public key is derived from the secret one and must be it.
+        let derived = crate::zmqx::curve_public(&pair.secret.0).ok_or(SecurityError::NoCurve)?;
+        if derived != pair.public.0 {
+            return Err(bad(
+                path,
+                &format!(
+                    "its public-key is not the one its secret-key makes ({}): the two do not belong \
+                     together; make a new pair with `mdsub keygen`",
+                    PublicKey(derived)
+                ),
+            ));
+        }
+        warn_if_others_can_read(path);
+        Ok(pair)
     }
 }
 
@@ -208,6 +229,41 @@ pub fn load_public_keys(paths: &[PathBuf]) -> Result<HashSet<PublicKey>, Securit
         }
     }
     Ok(keys)
+}
+
+/// Say once per file, on stderr, that a secret key file can be read (or written) by users
+/// other than its owner, as ssh does of a private key; mdsub uses it anyway (docs/SECURITY.md:
+/// a secret mounted by an orchestrator is often 0644 in a container nobody else uses).
+fn warn_if_others_can_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.contains(&key) {
+        return;
+    }
+    warned.push(key);
+    crate::diag!("{}", open_key_warning(path, mode));
+}
+
+/// The warning for a secret key file of permissions `mode` that others can reach.
+fn open_key_warning(path: &Path, mode: u32) -> String {
+    let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+        (true, true) => "its group and every other user",
+        (true, false) => "its group",
+        _ => "every other user",
+    };
+    format!(
+        "warning: secret key file {} has mode {mode:04o}: {who} can reach the secret key in it, and with it \
+         pass as this peer; `chmod 600 {}` (mdsub uses it anyway)",
+        path.display(),
+        path.display()
+    )
 }
 
 fn cert_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
@@ -803,6 +859,30 @@ mod tests {
     #[test]
     fn open_policy_accepts_anyone() {
         assert_eq!(ZapPolicy::default().decide(&req("192.0.2.9", "NULL", None)), Ok(()));
+    }
+
+    #[test]
+    fn a_pair_whose_public_key_is_not_its_secrets_is_refused_and_open_modes_are_named() {
+        let (a, b) = (Keypair::generate().expect("CURVE"), Keypair::generate().expect("CURVE"));
+        assert_eq!(crate::zmqx::curve_public(&a.secret.0), Some(a.public.0), "libzmq derives the public key");
+        let dir = std::env::temp_dir().join(format!("mdsub-mixed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mixed = dir.join("mixed.key");
+        let text = format!("curve\n    public-key = \"{}\"\n    secret-key = \"{}\"\n", a.public, b.secret_z85());
+        write_file(&mixed, text.as_bytes(), 0o600).unwrap();
+        let err = Keypair::load(&mixed).unwrap_err().to_string();
+        assert!(err.contains(&format!("its public-key is not the one its secret-key makes ({})", b.public)), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let k = Path::new("k.key");
+        for (mode, who) in [
+            (0o640, "0640: its group can"),
+            (0o604, "0604: every other user can"),
+            (0o666, "0666: its group and every other user can"),
+        ] {
+            let line = open_key_warning(k, mode);
+            assert!(line.contains(&format!("secret key file k.key has mode {who} reach")), "{line}");
+            assert!(line.contains("`chmod 600 k.key`"), "{line}");
+        }
     }
 
     #[test]
