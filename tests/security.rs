@@ -817,11 +817,14 @@ fn demo_applies_a_profiles_monitor_access_and_says_what_it_cannot_apply() {
         run_within("profile show", mdsub().args(["profile", "show", "builtin"]), Duration::from_secs(20));
     let before_security = builtin.split("[security]").next().expect("the builtin profile");
     let profile = dir.join("demo.toml");
+    // Keys it does not use are still read (a profile is checked whole, as `profile check` does).
+    keygen(&dir, "engine");
+    keygen(&dir, "feed");
     std::fs::write(
         &profile,
         format!(
             "{before_security}[security]\nmonitor_allow_addr = [\"127.0.0.1\"]\n\
-             curve_key = \"/nonexistent/engine.key\"\nserver_key = \"/nonexistent/feed.pub\"\n"
+             curve_key = \"engine.key\"\nserver_key = \"feed.pub\"\n"
         ),
     )
     .expect("profile");

@@ -188,6 +188,22 @@ pub struct EngineAccessArgs {
 }
 
 impl EngineAccessArgs {
+    /// The flag that set `[security]` field `field` (`security.curve_key`), if a flag did.
+    pub fn flag_of(&self, field: &str) -> Option<&'static str> {
+        let (flag, given) = match field.strip_prefix("security.")? {
+            "curve_key" => ("--curve-key", self.keys.curve_key.is_some()),
+            "server_key" => ("--server-key", self.keys.curve_key.is_some()),
+            "monitor_curve_key" => ("--monitor-curve-key", self.monitor_curve_key.is_some()),
+            // Given with --monitor-curve-key, the flags' allow-list replaces the profile's.
+            "monitor_curve_allow" => ("--monitor-curve-allow", self.monitor_curve_key.is_some()),
+            "monitor_allow_addr" => ("--monitor-allow-addr", !self.monitor_allow_addr.is_empty()),
+            "metrics_allow_addr" => ("--metrics-allow-addr", !self.metrics_allow_addr.is_empty()),
+            "metrics_token_file" => ("--metrics-token-file", self.metrics_token_file.is_some()),
+            _ => return None,
+        };
+        given.then_some(flag)
+    }
+
     /// Put the flags given over the profile's `[security]`.
     pub fn apply(&self, p: &mut SecurityProfile) {
         if self.keys.curve_key.is_some() {
