@@ -427,6 +427,44 @@ fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_curve_clone_server_says_clients_its_handshake_refused_and_they_are_told_why() {
+    // Before: a client without keys, or trusting another server key, was refused by libzmq's
+    // CURVE handshake before ZAP was asked: the server said and counted nothing. The clients'
+    // SUB links were sometimes lost as `protocol_error … (a message over the maximum message
+    // size …)` (a failed handshake and its disconnect read in two services).
+    let dir = temp_dir("sec-clone-handshake");
+    keygen(&dir, "server");
+    keygen(&dir, "alice");
+    let port = free_port_block(4);
+    let mut cmd = mdsub();
+    cmd.arg("clone-server").arg("--endpoint").arg(ep(port));
+    cmd.arg("--curve-key").arg(dir.join("server.key")).arg("--curve-allow").arg(dir.join("alice.pub"));
+    let server = Both::spawn("clone-server", &mut cmd);
+    server.err_line("clone-server: ready on");
+    let (alice, alice_pub) = (dir.join("alice.key"), dir.join("alice.pub"));
+    let (code, _, plain_err) = clone_client(&[port], None, &["get", "/k"]);
+    assert_eq!(code, Some(4), "{plain_err}");
+    // Alice trusting her own public key as the server's: the server cannot read her HELLO.
+    let (code, _, misled_err) = clone_client(&[port], Some((alice.as_path(), alice_pub.as_path())), &["get", "/k"]);
+    assert_eq!(code, Some(4), "{misled_err}");
+    let last = misled_err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("every handshake broke off")
+            && last.contains("a --server-key that is not the server's public key"),
+        "{misled_err}"
+    );
+    for err in [&plain_err, &misled_err] {
+        assert!(!err.contains("protocol_error"), "a refused handshake is not an oversized message: {err}");
+    }
+    let said = server.err_lines(&[
+        "clone-server: refused (handshake_failed_mechanism): 127.0.0.1:",
+        "clone-server: refused (handshake_failed_crypto): 127.0.0.1:",
+    ]);
+    assert!(said[0].contains("the client presents no CURVE keys and this server demands CURVE"), "{said:?}");
+    assert!(said[1].contains("its --server-key is not this server's public key"), "{said:?}");
+}
+
 /// A child with stdout and stderr both read line by line (stderr carries
 /// the refusal lines, stdout the JSON report or the bound endpoints).
 struct Both {
@@ -445,6 +483,22 @@ impl Both {
 
     fn err_line(&self, what: &str) -> String {
         wait_line(&self.err, DEADLINE, &format!("{}: {what}", self.proc.name), |l| l.contains(what))
+    }
+
+    /// A line containing each of `whats`, in any order (the lines between are read too).
+    fn err_lines(&self, whats: &[&str]) -> Vec<String> {
+        let mut found: Vec<Option<String>> = vec![None; whats.len()];
+        while found.iter().any(Option::is_none) {
+            let missing: Vec<&str> = whats.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(w, _)| *w).collect();
+            let what = format!("{}: {}", self.proc.name, missing.join(" and "));
+            let line = wait_line(&self.err, DEADLINE, &what, |l| missing.iter().any(|w| l.contains(w)));
+            for (w, f) in whats.iter().zip(found.iter_mut()) {
+                if f.is_none() && line.contains(w) {
+                    *f = Some(line.clone());
+                }
+            }
+        }
+        found.into_iter().flatten().collect()
     }
 
     /// SIGINT, wait, and the JSON report it printed.
@@ -522,9 +576,20 @@ fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
     let ep = e.err_line("monitor: bound ").rsplit(' ').next().expect("endpoint").to_string();
     let ctx = zmq::Context::new();
     let plain = monitor_sub(&ctx, &ep, None, None);
-    let wrong = ClientKeys { client: mallory, server_public: mon.public };
+    let wrong = ClientKeys { client: mallory.clone(), server_public: mon.public };
     let outsider = monitor_sub(&ctx, &ep, None, Some(&wrong));
-    e.err_line("snail-monitor-zap: refused (key_not_allowed): 127.0.0.1 (CURVE): client key not allowed");
+    // Trusting another server key: the monitor cannot read its CURVE HELLO.
+    let misled = ClientKeys { client: mallory, server_public: ops.public };
+    let misled_sub = monitor_sub(&ctx, &ep, None, Some(&misled));
+    // Before, the keyless subscriber and the misled one were refused by libzmq's handshake
+    // before ZAP was asked: nothing was said or counted on the engine's side.
+    let said = e.err_lines(&[
+        "snail-monitor-zap: refused (key_not_allowed): 127.0.0.1 (CURVE): client key not allowed",
+        "snail-monitor-zap: refused (handshake_failed_mechanism): 127.0.0.1:",
+        "snail-monitor-zap: refused (handshake_failed_crypto): 127.0.0.1:",
+    ]);
+    assert!(said[1].contains(&format!(" at {ep}: the client presents no CURVE keys")), "{said:?}");
+    assert!(said[2].contains("its --server-key is not this server's public key"), "{said:?}");
     let right = ClientKeys { client: ops, server_public: mon.public };
     let insider = monitor_sub(&ctx, &ep, None, Some(&right));
     let state = next_topic(&insider, b"snail.state", DEADLINE).expect("the allowed key gets the monitor's state");
@@ -535,6 +600,7 @@ fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
     assert_eq!(scream["verdict"], "STOP", "{scream}");
     assert!(got_nothing(&plain), "a subscriber without CURVE gets nothing");
     assert!(got_nothing(&outsider), "a key off the allow-list gets nothing");
+    assert!(got_nothing(&misled_sub), "a subscriber trusting another server key gets nothing");
     let r = e.report();
     assert!(u(&r, "delivered") > 0, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -744,6 +810,8 @@ fn curve_on_one_side_only_is_named_as_a_mechanism_mismatch_on_both_sides() {
     let status = replay.proc.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(1), "{status}");
     let said = rest_lines(&replay.err, DEADLINE).join("\n");
+    // The replay sees the refusal too (its XPUB's monitor) and says it.
+    assert!(said.contains("replay-zap: refused (handshake_failed_mechanism): 127.0.0.1:"), "{said}");
     assert!(
         said.contains("no subscriber reached") && said.contains("this publisher demands CURVE (--curve-key)"),
         "{said}"

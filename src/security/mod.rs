@@ -542,7 +542,8 @@ impl ZapRequest {
     }
 }
 
-/// Why a peer was refused.
+/// Why a peer was refused: by ZAP ([`ZapPolicy::decide`]), or by libzmq's own handshake
+/// before ZAP is asked ([`Refusal::of_handshake`], seen on the server socket's monitor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Its source address is outside the allow-list.
@@ -551,6 +552,16 @@ pub enum Refusal {
     Mechanism,
     /// Its CURVE public key is not on the allow-list.
     Key,
+    /// Its greeting named another security mechanism (a client without CURVE keys at a CURVE
+    /// server, or one with keys at a server without CURVE): `ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH`.
+    HandshakeMechanism,
+    /// Its CURVE handshake did not decrypt (`ZMTP_CRYPTOGRAPHIC`, `ZMTP_KEY_EXCHANGE`): most often
+    /// its server key is not this server's public key.
+    HandshakeCrypto,
+    /// It broke the ZMTP handshake otherwise.
+    HandshakeProtocol,
+    /// The connection ended during the handshake with no reason from libzmq.
+    HandshakeNoDetail,
 }
 
 impl Refusal {
@@ -560,6 +571,10 @@ impl Refusal {
             Refusal::Address => "address_not_allowed",
             Refusal::Mechanism => "mechanism_not_allowed",
             Refusal::Key => "key_not_allowed",
+            Refusal::HandshakeMechanism => "handshake_failed_mechanism",
+            Refusal::HandshakeCrypto => "handshake_failed_crypto",
+            Refusal::HandshakeProtocol => "handshake_failed_protocol",
+            Refusal::HandshakeNoDetail => "handshake_failed_no_detail",
         }
     }
 
@@ -568,7 +583,107 @@ impl Refusal {
             Refusal::Address => "address not allowed",
             Refusal::Mechanism => "mechanism not allowed",
             Refusal::Key => "client key not allowed",
+            Refusal::HandshakeMechanism => "another security mechanism",
+            Refusal::HandshakeCrypto => "CURVE handshake did not decrypt",
+            Refusal::HandshakeProtocol => "broke the ZMTP handshake",
+            Refusal::HandshakeNoDetail => "ended the connection during the handshake",
         }
+    }
+
+    /// What a refusal by libzmq's handshake means, for its log line, at a server that demands
+    /// CURVE (`curve`) or not.
+    pub fn explain(self, curve: bool) -> &'static str {
+        match (self, curve) {
+            (Refusal::HandshakeMechanism, true) => {
+                "the client presents no CURVE keys and this server demands CURVE: it needs --server-key \
+                 (this server's NAME.pub) and --curve-key"
+            }
+            (Refusal::HandshakeMechanism, false) => {
+                "the client presents CURVE keys and this server does not demand CURVE: leave them out \
+                 there, or give this server --curve-key"
+            }
+            (Refusal::HandshakeCrypto, _) => {
+                "its CURVE handshake did not decrypt: most often its --server-key is not this server's \
+                 public key (or its key file's public key is not its secret key's)"
+            }
+            (Refusal::HandshakeProtocol, _) => "it broke the ZMTP handshake (is it a ZeroMQ peer?)",
+            (Refusal::HandshakeNoDetail, _) => {
+                "it ended the connection during the handshake (a port check, or a peer that gave up)"
+            }
+            (r, _) => r.as_str(),
+        }
+    }
+
+    /// The refusal a server socket's monitor event says, if it says one: `event` is a
+    /// `ZMQ_EVENT_*`, `value` its first value (a protocol error's code). A refusal by ZAP
+    /// (`HANDSHAKE_FAILED_AUTH`) is not one: the ZAP handler decided and counted it.
+    pub fn of_handshake(event: u64, value: Option<u64>) -> Option<Refusal> {
+        let code = value.and_then(|v| u32::try_from(v).ok());
+        match u32::try_from(event).ok()? {
+            zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL => Some(Refusal::HandshakeNoDetail),
+            zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL => Some(match code {
+                Some(zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) => Refusal::HandshakeMechanism,
+                Some(
+                    zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC | zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE,
+                ) => Refusal::HandshakeCrypto,
+                _ => Refusal::HandshakeProtocol,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The monitor events a server socket's [`HandshakeWatch`] asks for: the handshake failures
+/// libzmq decides before ZAP is asked (ZAP's own refusals are the handler's).
+const HANDSHAKE_EVENTS: u64 =
+    (zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) as u64;
+
+/// A server socket's monitor (version 2 events, which name the peer), read by the ZAP handler
+/// of its context: a client libzmq refuses in its handshake (no CURVE keys at a CURVE server,
+/// a server key that is not this server's) never reaches ZAP, and was in no counter and no line.
+pub struct HandshakeWatch {
+    monitor: zmq::Socket,
+}
+
+static HANDSHAKE_WATCHES: AtomicU64 = AtomicU64::new(0);
+
+impl HandshakeWatch {
+    /// Start the monitor on `socket` (made in `ctx`; before it binds, so no peer is missed).
+    pub fn attach(ctx: &zmq::Context, socket: &mut zmq::Socket) -> zmq::Result<HandshakeWatch> {
+        let n = HANDSHAKE_WATCHES.fetch_add(1, Relaxed);
+        let inproc = format!("inproc://mdsub-handshakes-{}-{n}", std::process::id());
+        crate::zmqx::monitor_v2(socket, &inproc, HANDSHAKE_EVENTS)?;
+        let monitor = ctx.socket(zmq::PAIR)?;
+        monitor.set_linger(0)?;
+        monitor.connect(&inproc)?;
+        Ok(HandshakeWatch { monitor })
+    }
+}
+
+/// What a server socket's monitor said about one peer: refused by libzmq's handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeRefused {
+    pub refusal: Refusal,
+    /// The peer (`tcp://10.0.0.7:51234`) and the endpoint it reached.
+    pub peer: String,
+    pub endpoint: String,
+}
+
+impl HandshakeRefused {
+    /// From one version 2 monitor event; None when it is no handshake refusal.
+    pub fn of(event: &crate::zmqx::MonitorEventV2) -> Option<HandshakeRefused> {
+        Some(HandshakeRefused {
+            refusal: Refusal::of_handshake(event.event, event.value)?,
+            peer: event.remote.clone(),
+            endpoint: event.local.clone(),
+        })
+    }
+
+    /// The line's detail at a server that demands CURVE (`curve`) or not:
+    /// `10.0.0.7:51234 at tcp://0.0.0.0:5556: WHAT IT MEANS`.
+    pub fn detail(&self, curve: bool) -> String {
+        let peer = self.peer.strip_prefix("tcp://").unwrap_or(&self.peer);
+        format!("{peer} at {}: {}", self.endpoint, self.refusal.explain(curve))
     }
 }
 
@@ -605,7 +720,8 @@ impl ZapPolicy {
     }
 }
 
-/// What the ZAP handler has decided so far (live, readable by anyone).
+/// What the ZAP handler has decided so far, and the peers libzmq refused in their handshake
+/// on the context's watched server sockets (live, readable by anyone).
 #[derive(Debug, Default)]
 pub struct ZapCounters {
     pub accepted: AtomicU64,
@@ -613,20 +729,48 @@ pub struct ZapCounters {
     pub refused_mechanism: AtomicU64,
     pub refused_key: AtomicU64,
     pub malformed: AtomicU64,
+    pub handshake_mechanism: AtomicU64,
+    pub handshake_crypto: AtomicU64,
+    pub handshake_protocol: AtomicU64,
+    pub handshake_no_detail: AtomicU64,
 }
 
+/// Every refusal, in the order counters and lines name them.
+const REFUSALS: [Refusal; 7] = [
+    Refusal::Address,
+    Refusal::Mechanism,
+    Refusal::Key,
+    Refusal::HandshakeMechanism,
+    Refusal::HandshakeCrypto,
+    Refusal::HandshakeProtocol,
+    Refusal::HandshakeNoDetail,
+];
+
 impl ZapCounters {
+    /// Peers refused, every reason.
     pub fn refused(&self) -> u64 {
-        self.refused_address.load(Relaxed) + self.refused_mechanism.load(Relaxed) + self.refused_key.load(Relaxed)
+        REFUSALS.iter().map(|&r| self.of(r).load(Relaxed)).sum()
     }
 
-    fn count(&self, refusal: Refusal) {
+    /// The refusals counted so far, by reason (those not yet seen left out).
+    pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
+        REFUSALS.iter().map(|&r| (r.reason(), self.of(r).load(Relaxed))).filter(|&(_, n)| n > 0).collect()
+    }
+
+    fn of(&self, refusal: Refusal) -> &AtomicU64 {
         match refusal {
             Refusal::Address => &self.refused_address,
             Refusal::Mechanism => &self.refused_mechanism,
             Refusal::Key => &self.refused_key,
+            Refusal::HandshakeMechanism => &self.handshake_mechanism,
+            Refusal::HandshakeCrypto => &self.handshake_crypto,
+            Refusal::HandshakeProtocol => &self.handshake_protocol,
+            Refusal::HandshakeNoDetail => &self.handshake_no_detail,
         }
-        .fetch_add(1, Relaxed);
+    }
+
+    fn count(&self, refusal: Refusal) {
+        self.of(refusal).fetch_add(1, Relaxed);
     }
 }
 
@@ -634,7 +778,8 @@ impl ZapCounters {
 /// answers libzmq's questions with a [`ZapPolicy`]. Every socket of that
 /// context with a ZAP domain is checked by it. An agent that already polls
 /// sockets (the clone server) serves it in its own loop; [`ZapAgent`] runs
-/// it on a thread of its own.
+/// it on a thread of its own. It also reads the server sockets' [`HandshakeWatch`]es, so a
+/// peer libzmq refuses before ZAP is asked is counted and said like one ZAP refuses.
 pub struct ZapHandler {
     role: String,
     socket: zmq::Socket,
@@ -643,6 +788,7 @@ pub struct ZapHandler {
     frames: Vec<zmq::Message>,
     /// Refusals said on stderr by reason: the first of each at once, then a summary per 10 s.
     refusals: RefusalLog,
+    watches: Vec<HandshakeWatch>,
 }
 
 impl ZapHandler {
@@ -660,7 +806,25 @@ impl ZapHandler {
             counters: Arc::new(ZapCounters::default()),
             frames: Vec::new(),
             refusals: RefusalLog::new(role),
+            watches: Vec::new(),
         })
+    }
+
+    /// Watch server socket `socket` (made in the handler's context `ctx`, not bound yet) for
+    /// the peers libzmq refuses in their handshake.
+    pub fn watch(&mut self, ctx: &zmq::Context, socket: &mut zmq::Socket) -> Result<(), AgentError> {
+        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
+            role: self.role.clone(),
+            context: "monitoring a server socket's handshakes",
+            source,
+        })?;
+        self.watches.push(watch);
+        Ok(())
+    }
+
+    /// The sockets to wait on for its work: the ZAP socket and every watch's monitor.
+    pub fn sockets(&self) -> impl Iterator<Item = &zmq::Socket> {
+        std::iter::once(&self.socket).chain(self.watches.iter().map(|w| &w.monitor))
     }
 
     /// The live counters.
@@ -673,15 +837,38 @@ impl ZapHandler {
         &self.socket
     }
 
-    /// Answer up to 64 waiting requests without blocking; how many were answered.
+    /// Answer up to 64 waiting requests and read up to 64 events of each watch without
+    /// blocking; how many requests and events were taken.
     pub fn serve(&mut self) -> Result<usize, AgentError> {
         let mut n = 0;
         while n < 64 && self.answer()? {
             n += 1;
         }
+        for i in 0..self.watches.len() {
+            let mut taken = 0;
+            while taken < 64 && self.read_watch(i) {
+                taken += 1;
+            }
+            n += taken;
+        }
         // A burst of refusals is summarised without waiting for the next one.
         self.refusals.tick(crate::clock::monotonic_ns());
         Ok(n)
+    }
+
+    /// Take one event of watch `i`: a peer refused in its handshake is counted and said.
+    fn read_watch(&mut self, i: usize) -> bool {
+        match crate::zmqx::recv_message(&self.watches[i].monitor, &mut self.frames) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return false,
+        }
+        let refused = crate::zmqx::MonitorEventV2::parse(&self.frames).and_then(|e| HandshakeRefused::of(&e));
+        if let Some(r) = refused {
+            self.counters.count(r.refusal);
+            let detail = r.detail(self.policy.require_curve);
+            self.refusals.refuse(r.refusal.reason(), &detail, crate::clock::monotonic_ns());
+        }
+        true
     }
 
     fn answer(&mut self) -> Result<bool, AgentError> {
@@ -734,29 +921,39 @@ impl ZapHandler {
 }
 
 /// A [`ZapHandler`] on a thread of its own (role `zap`), for contexts whose
-/// owners do not poll it themselves.
-pub struct ZapAgent(ZapHandler);
+/// owners do not poll it themselves; the [`HandshakeWatch`]es of server sockets made after
+/// it started reach it through a channel ([`ZapService::watch`]).
+pub struct ZapAgent(ZapAgentState);
+
+struct ZapAgentState {
+    handler: ZapHandler,
+    new_watches: Option<crossbeam::channel::Receiver<HandshakeWatch>>,
+}
 
 impl ZapAgent {
     /// Bind the handler in `ctx` (before any server socket of `ctx` binds).
     pub fn bind(ctx: &zmq::Context, role: &str, policy: ZapPolicy) -> Result<(ZapAgent, Arc<ZapCounters>), AgentError> {
         let handler = ZapHandler::bind(ctx, role, policy)?;
         let counters = handler.counters();
-        Ok((ZapAgent(handler), counters))
+        Ok((ZapAgent(ZapAgentState { handler, new_watches: None }), counters))
     }
 }
 
 impl Agent for ZapAgent {
     fn role(&self) -> &str {
-        &self.0.role
+        &self.0.handler.role
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
-        self.0.serve().map(Step::Worked)
+        if let Some(rx) = &self.0.new_watches {
+            self.0.handler.watches.extend(rx.try_iter());
+        }
+        self.0.handler.serve().map(Step::Worked)
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        let _ = crate::zmqx::wait_ready(&self.0.socket, zmq::POLLIN, timeout);
+        let sockets: Vec<&zmq::Socket> = self.0.handler.sockets().collect();
+        let _ = crate::zmqx::wait_any(&sockets, zmq::POLLIN, timeout);
     }
 }
 
@@ -769,6 +966,7 @@ pub struct ZapService {
     handle: Option<AgentHandle<ZapAgent>>,
     stop: StopFlag,
     counters: Arc<ZapCounters>,
+    watches: crossbeam::channel::Sender<HandshakeWatch>,
 }
 
 impl ZapService {
@@ -778,10 +976,26 @@ impl ZapService {
         if access.is_open() {
             return Ok(None);
         }
-        let (agent, counters) = ZapAgent::bind(ctx, &format!("{role}-zap"), access.policy())?;
+        let (mut agent, counters) = ZapAgent::bind(ctx, &format!("{role}-zap"), access.policy())?;
+        let (watches, rx) = crossbeam::channel::unbounded();
+        agent.0.new_watches = Some(rx);
         let stop = StopFlag::new();
         let handle = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
-        Ok(Some(ZapService { handle: Some(handle), stop, counters }))
+        Ok(Some(ZapService { handle: Some(handle), stop, counters, watches }))
+    }
+
+    /// Watch server socket `socket` (made in `ctx`, the service's context, not bound yet) for
+    /// peers libzmq refuses in their handshake: the handler counts and says them with its own
+    /// refusals. Its events wait in the monitor until the handler takes the watch (at its
+    /// next step, within 100 ms).
+    pub fn watch(&self, ctx: &zmq::Context, socket: &mut zmq::Socket) -> Result<(), AgentError> {
+        let role = self.handle.as_ref().map(|h| h.role().to_string()).unwrap_or_default();
+        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
+            role: role.clone(),
+            context: "monitoring a server socket's handshakes",
+            source,
+        })?;
+        self.watches.send(watch).map_err(|_| AgentError::Fatal { role, message: "the ZAP handler has stopped".into() })
     }
 
     /// What the handler has decided so far.
@@ -854,6 +1068,39 @@ mod tests {
         assert_eq!(a.decide(local, Some("Bearer s3cretX")), Err(HttpRefusal::WrongToken));
         assert!(HttpAccess::default().decide("192.0.2.1".parse().unwrap(), None).is_ok());
         assert!(!format!("{a:?}").contains("s3cret"), "the token is never printed");
+    }
+
+    #[test]
+    fn handshake_failures_are_refusals_by_their_code() {
+        use zmq_sys as z;
+        let failed =
+            |code: u32| Refusal::of_handshake(u64::from(z::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL), Some(u64::from(code)));
+        assert_eq!(failed(z::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH), Some(Refusal::HandshakeMechanism));
+        assert_eq!(failed(z::ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC), Some(Refusal::HandshakeCrypto));
+        assert_eq!(failed(z::ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE), Some(Refusal::HandshakeCrypto));
+        assert_eq!(failed(z::ZMQ_PROTOCOL_ERROR_ZMTP_UNEXPECTED_COMMAND), Some(Refusal::HandshakeProtocol));
+        let event = |e: u32| Refusal::of_handshake(u64::from(e), Some(0));
+        assert_eq!(event(z::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL), Some(Refusal::HandshakeNoDetail));
+        assert_eq!(event(z::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH), None, "ZAP's own refusal: the handler counted it");
+        assert_eq!(event(z::ZMQ_EVENT_HANDSHAKE_SUCCEEDED), None);
+        assert_eq!(Refusal::of_handshake(u64::MAX, None), None);
+        let r = HandshakeRefused {
+            refusal: Refusal::HandshakeMechanism,
+            peer: "tcp://10.0.0.7:51234".into(),
+            endpoint: "tcp://0.0.0.0:5556".into(),
+        };
+        assert_eq!(
+            r.detail(true),
+            "10.0.0.7:51234 at tcp://0.0.0.0:5556: the client presents no CURVE keys and this server demands \
+             CURVE: it needs --server-key (this server's NAME.pub) and --curve-key"
+        );
+        assert!(r.detail(false).contains("the client presents CURVE keys and this server does not demand CURVE"));
+        let c = ZapCounters::default();
+        for refusal in [Refusal::Key, Refusal::HandshakeCrypto, Refusal::HandshakeCrypto] {
+            c.count(refusal);
+        }
+        assert_eq!(c.by_reason(), [("key_not_allowed", 1), ("handshake_failed_crypto", 2)]);
+        assert_eq!(c.refused(), 3);
     }
 
     #[test]
