@@ -810,15 +810,43 @@ fn curve_on_one_side_only_is_named_as_a_mechanism_mismatch_on_both_sides() {
     let status = replay.proc.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(1), "{status}");
     let said = rest_lines(&replay.err, DEADLINE).join("\n");
-    // The replay sees the refusal too (its XPUB's monitor) and says it.
+    // The replay sees the refusal too (its XPUB's monitor), says it and names it at the end.
     assert!(said.contains("replay-zap: refused (handshake_failed_mechanism): 127.0.0.1:"), "{said}");
     assert!(
-        said.contains("no subscriber reached") && said.contains("this publisher demands CURVE (--curve-key)"),
+        said.contains("no subscriber reached")
+            && said.contains("this publisher refused subscribers' connections: handshake_failed_mechanism="),
         "{said}"
     );
     let r = plain.report();
     assert!(u(&r["shards"][0]["links"][0]["lost"], "handshake_failed_mechanism") >= 1, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_replay_that_refused_every_subscriber_names_what_it_refused() {
+    // Before: `… this publisher demands CURVE (--curve-key): a subscriber without --server-key
+    // and --curve-key fails its handshake here unseen` when it had itself refused a key off its
+    // allow-list 7 times (key_not_allowed, said above).
+    let dir = temp_dir("sec-replay-refused");
+    let (mut replay, ep) = curve_replay(&dir, &["--count", "10", "--wait-timeout", "3s"]);
+    keygen(&dir, "mallory");
+    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
+    let (mallory, feed) = (path("mallory.key"), path("feed.pub"));
+    // A key off the list (ZAP), and a key trusting another server key (the replay cannot read
+    // its CURVE HELLO).
+    let refused = engine(&ep, &["--expect-eos", "0", "--snail", "off", "--curve-key", &mallory, "--server-key", &feed]);
+    let misled =
+        engine(&ep, &["--expect-eos", "0", "--snail", "off", "--curve-key", &mallory, "--server-key", &mallory]);
+    let status = replay.proc.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "{status}");
+    let said = rest_lines(&replay.err, DEADLINE);
+    let last = said.iter().rev().find(|l| l.starts_with("mdsub: error:")).expect("the error");
+    assert!(last.contains("this publisher refused subscribers' connections: "), "{said:?}");
+    for reason in ["key_not_allowed=", "handshake_failed_crypto="] {
+        assert!(last.contains(reason), "{reason}: {last}");
+    }
+    assert!(!last.contains("without --server-key"), "no blame on keyless subscribers: {last}");
+    let _ = (refused.report(), misled.report());
 }
 
 /// GET `path_and_query` from the HTTP server at `addr`; the body, or None
