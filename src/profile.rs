@@ -218,8 +218,10 @@ pub struct Profile {
 }
 
 /// The engine's access settings (`[security]`): CURVE keys for the feed,
-/// who may subscribe to the monitor PUB, who may scrape `/metrics`. Paths
-/// are read when the engine starts; the same-named flags override each field.
+/// who may subscribe to the monitor PUB, who may scrape `/metrics`. Relative
+/// paths are taken from the profile file's directory ([`Profile::load`]); the
+/// files are read when the profile is checked for this host and when the engine
+/// starts; the same-named flags override each field.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityProfile {
@@ -395,7 +397,8 @@ impl Profile {
         })
     }
 
-    /// Load `path`, or `builtin` / `auto` by name.
+    /// Load `path`, or `builtin` / `auto` by name; a file's relative `[security]` paths are taken
+    /// from its directory.
     pub fn load(path: &str) -> Result<Profile, ProfileError> {
         match path {
             "builtin" => return Ok(Profile::builtin()),

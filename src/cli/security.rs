@@ -172,7 +172,7 @@ pub struct EngineAccessArgs {
     #[arg(long, value_name = "FILE")]
     pub monitor_curve_key: Option<PathBuf>,
     /// With --monitor-curve-key: only these subscribers' public keys (files or
-    /// directories of NAME.pub); repeatable.
+    /// directories of NAME.pub; a directory with none is refused); repeatable.
     #[arg(long, value_name = "FILE|DIR", requires = "monitor_curve_key")]
     pub monitor_curve_allow: Vec<PathBuf>,
     /// Only subscribers from these addresses reach the monitor (ZAP); repeatable.
