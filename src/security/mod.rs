@@ -832,11 +832,6 @@ impl ZapHandler {
         self.counters.clone()
     }
 
-    /// The socket, for an owner's poll set.
-    pub fn socket(&self) -> &zmq::Socket {
-        &self.socket
-    }
-
     /// Answer up to 64 waiting requests and read up to 64 events of each watch without
     /// blocking; how many requests and events were taken.
     pub fn serve(&mut self) -> Result<usize, AgentError> {
