@@ -218,8 +218,10 @@ pub struct Profile {
 }
 
 /// The engine's access settings (`[security]`): CURVE keys for the feed,
-/// who may subscribe to the monitor PUB, who may scrape `/metrics`. Paths
-/// are read when the engine starts; the same-named flags override each field.
+/// who may subscribe to the monitor PUB, who may scrape `/metrics`. Relative
+/// paths are taken from the profile file's directory ([`Profile::load`]); the
+/// files are read when the profile is checked for this host and when the engine
+/// starts; the same-named flags override each field.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityProfile {
@@ -241,7 +243,54 @@ pub struct SecurityProfile {
 }
 
 impl SecurityProfile {
-    fn validate(&self) -> Result<(), ProfileError> {
+    /// Take relative paths from `dir` (the profile file's directory), so a profile names the
+    /// same files from whatever directory the engine is started in.
+    fn resolve_from(&mut self, dir: &Path) {
+        let single =
+            [&mut self.curve_key, &mut self.server_key, &mut self.monitor_curve_key, &mut self.metrics_token_file];
+        for p in single.into_iter().flatten().chain(self.monitor_curve_allow.iter_mut()) {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+    }
+
+    /// Read every file the section names as the engine will (`mdsub profile check` then
+    /// refuses what the engine would): the key pairs (a secret key file whose public key is
+    /// its secret's), the public keys, the allow-list (a directory needs a NAME.pub) and the
+    /// bearer token.
+    fn check_files(&self) -> Result<(), ProfileError> {
+        use crate::security::{load_public, load_public_keys, HttpAccess, Keypair};
+        fn said(field: &'static str) -> impl Fn(crate::security::SecurityError) -> ProfileError {
+            move |e| {
+                let mut message = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    message = format!("{message}: {c}");
+                    cause = c.source();
+                }
+                invalid(field, message)
+            }
+        }
+        for (field, key) in
+            [("security.curve_key", &self.curve_key), ("security.monitor_curve_key", &self.monitor_curve_key)]
+        {
+            if let Some(path) = key {
+                Keypair::load(path).map_err(said(field))?;
+            }
+        }
+        if let Some(path) = &self.server_key {
+            load_public(path).map_err(said("security.server_key"))?;
+        }
+        load_public_keys(&self.monitor_curve_allow).map_err(said("security.monitor_curve_allow"))?;
+        if let Some(path) = &self.metrics_token_file {
+            HttpAccess::read_token(path).map_err(said("security.metrics_token_file"))?;
+        }
+        Ok(())
+    }
+
+    /// Check the section; with `files`, read the files it names too ([`SecurityProfile::check_files`]).
+    fn validate(&self, files: bool) -> Result<(), ProfileError> {
         if self.curve_key.is_some() != self.server_key.is_some() {
             return Err(invalid("security.curve_key", "curve_key and server_key go together (the feed's CURVE)"));
         }
@@ -255,6 +304,9 @@ impl SecurityProfile {
             for a in addrs {
                 a.parse::<crate::security::AddrBlock>().map_err(|e| invalid(field, e.to_string()))?;
             }
+        }
+        if files {
+            self.check_files()?;
         }
         Ok(())
     }
@@ -345,7 +397,8 @@ impl Profile {
         })
     }
 
-    /// Load `path`, or `builtin` / `auto` by name.
+    /// Load `path`, or `builtin` / `auto` by name; a file's relative `[security]` paths are taken
+    /// from its directory.
     pub fn load(path: &str) -> Result<Profile, ProfileError> {
         match path {
             "builtin" => return Ok(Profile::builtin()),
@@ -354,7 +407,9 @@ impl Profile {
         }
         let text = std::fs::read_to_string(Path::new(path))
             .map_err(|source| ProfileError::Read { path: path.into(), source })?;
-        Profile::from_toml(&text, path)
+        let mut p = Profile::from_toml(&text, path)?;
+        p.security.resolve_from(Path::new(path).parent().unwrap_or(Path::new("")));
+        Ok(p)
     }
 
     pub fn to_toml(&self) -> String {
@@ -366,9 +421,9 @@ impl Profile {
         self.validate_for(host, true)
     }
 
-    /// [`Profile::validate`] against a host with cores `host`; interfaces are
-    /// checked only when `interfaces` (they can be looked up only on the host
-    /// that will run the engine).
+    /// [`Profile::validate`] against a host with cores `host`; interfaces and the files
+    /// `[security]` names (key files, allow-lists, the token) are checked only when
+    /// `interfaces` (they can be looked up only on the host that will run the engine).
     pub fn validate_for(&self, host: &[usize], interfaces: bool) -> Result<(), ProfileError> {
         if self.shards.is_empty() {
             return Err(invalid("shards", "at least one shard is needed; add a [[shards]] table"));
@@ -427,7 +482,7 @@ impl Profile {
             ));
         }
         self.snail.validate()?;
-        self.security.validate()?;
+        self.security.validate(interfaces)?;
         let mut used: Vec<(usize, String)> = Vec::new();
         let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
             let Some(c) = core else { return Ok(()) };
@@ -825,9 +880,11 @@ mod tests {
 
     #[test]
     fn security_section_parses_and_names_bad_fields() {
-        let p = valid_2core_with(
-            "[security]\ncurve_key = \"k/e.key\"\nserver_key = \"k/f.pub\"\nmetrics_allow_addr = [\"10.0.0.0/8\"]\n",
-        );
+        let section =
+            "[security]\ncurve_key = \"k/e.key\"\nserver_key = \"k/f.pub\"\nmetrics_allow_addr = [\"10.0.0.0/8\"]\n";
+        let p = Profile::from_toml(&default_2core_with(section), "s.toml").expect("parses");
+        p.validate_for(&[0, 1], false).expect("valid when its files are not looked at (another host's)");
+        assert_eq!(err_field(&p, &[0, 1]), "security.curve_key", "on this host, k/e.key is read: there is none");
         assert_eq!(p.security.server_key.as_deref(), Some(Path::new("k/f.pub")));
         assert_eq!(Profile::from_toml(&p.to_toml(), "x").expect("round trip"), p);
         let mut p = Profile::builtin();
@@ -839,6 +896,61 @@ mod tests {
         let mut p = Profile::builtin();
         p.security.monitor_curve_allow = vec!["k/ops".into()];
         assert_eq!(err_field(&p, &[0, 1]), "security.monitor_curve_allow");
+    }
+
+    #[test]
+    fn security_files_are_read_from_the_profiles_directory_and_checked() {
+        use crate::security::Keypair;
+        let dir = std::env::temp_dir().join(format!("mdsub-profile-keys-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("keys/ops")).expect("dirs");
+        let pair = Keypair::generate().expect("this build has CURVE");
+        pair.write(&dir.join("keys"), "engine1").expect("engine1");
+        pair.write(&dir.join("keys/ops"), "ops").expect("ops");
+        std::fs::write(dir.join("keys/garbage.key"), "not a key\n").expect("garbage");
+        std::fs::create_dir_all(dir.join("keys/empty")).expect("empty");
+        let profile = |name: &str, security: &str| {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, default_2core_with(&format!("[security]\n{security}"))).expect("profile");
+            Profile::load(path.to_str().expect("utf8")).expect("loads")
+        };
+        // Relative to the profile's directory, whatever the working directory is.
+        let good = "curve_key = \"keys/engine1.key\"\nserver_key = \"keys/engine1.pub\"\n\
+                    monitor_curve_key = \"keys/engine1.key\"\nmonitor_curve_allow = [\"keys/ops\"]\n";
+        let p = profile("good", good);
+        assert_eq!(p.security.curve_key, Some(dir.join("keys/engine1.key")));
+        assert_eq!(p.security.monitor_curve_allow, [dir.join("keys/ops")]);
+        p.validate(&[0, 1]).expect("its files are good");
+        let absolute =
+            format!("curve_key = \"{}\"\nserver_key = \"keys/engine1.pub\"\n", dir.join("keys/engine1.key").display());
+        assert_eq!(profile("abs", &absolute).security.curve_key, Some(dir.join("keys/engine1.key")), "kept as it is");
+        for (security, field, says) in [
+            (
+                "curve_key = \"keys/garbage.key\"\nserver_key = \"keys/engine1.pub\"",
+                "security.curve_key",
+                "no public-key line",
+            ),
+            (
+                "curve_key = \"keys/engine1.pub\"\nserver_key = \"keys/engine1.pub\"",
+                "security.curve_key",
+                "no secret-key line (is this a .pub file?",
+            ),
+            ("curve_key = \"keys/engine1.key\"\nserver_key = \"keys/none.pub\"", "security.server_key", "No such file"),
+            (
+                "monitor_curve_key = \"keys/engine1.key\"\nmonitor_curve_allow = [\"keys/empty\"]",
+                "security.monitor_curve_allow",
+                "no NAME.pub in it",
+            ),
+            ("metrics_token_file = \"keys/none.token\"", "security.metrics_token_file", "No such file"),
+        ] {
+            match profile("bad", security).validate(&[0, 1]) {
+                Err(ProfileError::Invalid { field: f, message }) => {
+                    assert_eq!(f, field, "{security}: {message}");
+                    assert!(message.contains(says), "{security}: {message}");
+                }
+                other => panic!("{security}: expected {field} refused, got {other:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

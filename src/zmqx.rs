@@ -85,6 +85,86 @@ pub fn send_to_last_subscriber(socket: &mut zmq::Socket, frames: &mut [frame::Fr
     sent.and(off).and(manual)
 }
 
+// libzmq functions zmq-sys 0.12 does not re-export (the draft API's monitor it does not
+// declare); the library mdsub links (the workspace's zmq-sys build) has them.
+extern "C" {
+    fn zmq_curve_public(
+        z85_public_key: *mut std::os::raw::c_char,
+        z85_secret_key: *const std::os::raw::c_char,
+    ) -> c_int;
+    /// Draft API (4.3.5, built in): a socket monitor whose events carry both ends' addresses.
+    fn zmq_socket_monitor_versioned(
+        s: *mut c_void,
+        addr: *const std::os::raw::c_char,
+        events: u64,
+        event_version: c_int,
+        kind: c_int,
+    ) -> c_int;
+}
+
+/// The CURVE public key of `secret` (libzmq's `zmq_curve_public`, libsodium's scalar
+/// multiplication): what a key file's `public-key` must be for its `secret-key`. None when
+/// this libzmq has no CURVE.
+pub fn curve_public(secret: &[u8; 32]) -> Option<[u8; 32]> {
+    let secret_z85 = std::ffi::CString::new(zmq::z85_encode(secret).ok()?).ok()?;
+    let mut public_z85 = [0 as std::os::raw::c_char; 41];
+    // SAFETY: libzmq reads 40 Z85 characters and a NUL from the secret and writes 40 and a NUL
+    // into the public buffer, which has room for them.
+    let rc = unsafe { zmq_curve_public(public_z85.as_mut_ptr(), secret_z85.as_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: libzmq wrote a NUL-terminated string into the buffer.
+    let text = unsafe { std::ffi::CStr::from_ptr(public_z85.as_ptr()) };
+    zmq::z85_decode(text.to_str().ok()?).ok()?.try_into().ok()
+}
+
+/// Start a version 2 socket monitor on `socket` (libzmq's draft
+/// `zmq_socket_monitor_versioned`): `events` go to a PAIR bound at `inproc` as
+/// `[event u64][value count u64][values u64…][local address][remote address]`,
+/// so a server socket's events name the peer ([`MonitorEventV2`]).
+pub fn monitor_v2(socket: &mut zmq::Socket, inproc: &str, events: u64) -> zmq::Result<()> {
+    let addr = std::ffi::CString::new(inproc).map_err(|_| zmq::Error::EINVAL)?;
+    // SAFETY: the socket pointer is valid for the socket's lifetime; libzmq copies the address.
+    let rc = unsafe { zmq_socket_monitor_versioned(socket.as_mut_ptr(), addr.as_ptr(), events, 2, zmq::PAIR as c_int) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: zmq_errno only reads thread-local errno.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    }
+}
+
+/// One version 2 monitor event ([`monitor_v2`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorEventV2 {
+    pub event: u64,
+    /// The first value (a handshake failure's protocol error code, a ZAP status code).
+    pub value: Option<u64>,
+    pub local: String,
+    pub remote: String,
+}
+
+impl MonitorEventV2 {
+    /// Parse the frames of one event; None when they are not one (nothing trusted blindly).
+    pub fn parse(frames: &[zmq::Message]) -> Option<MonitorEventV2> {
+        let word = |m: &zmq::Message| <[u8; 8]>::try_from(&m[..]).ok().map(u64::from_ne_bytes);
+        let (head, rest) = frames.split_first()?;
+        let (count, rest) = rest.split_first()?;
+        let count = usize::try_from(word(count)?).ok()?;
+        if rest.len() != count.checked_add(2)? {
+            return None;
+        }
+        let text = |m: &zmq::Message| String::from_utf8_lossy(m).into_owned();
+        Some(MonitorEventV2 {
+            event: word(head)?,
+            value: rest[..count].first().and_then(word),
+            local: text(&rest[count]),
+            remote: text(&rest[count + 1]),
+        })
+    }
+}
+
 /// How a socket attaches to an endpoint, as written on the command line:
 /// `bind:tcp://127.0.0.1:*` or `connect:tcp://host:5556`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,6 +457,25 @@ pub fn wait_any(sockets: &[&zmq::Socket], events: zmq::PollEvents, timeout: std:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_2_monitor_event_is_parsed_and_anything_else_refused() {
+        let word = |n: u64| zmq::Message::from(&n.to_ne_bytes()[..]);
+        let text = |t: &str| zmq::Message::from(t.as_bytes());
+        let frames =
+            [word(32768), word(1), word(285212673), text("tcp://127.0.0.1:5556"), text("tcp://127.0.0.1:40000")];
+        let e = MonitorEventV2::parse(&frames).expect("an event");
+        assert_eq!((e.event, e.value), (32768, Some(285212673)));
+        assert_eq!((e.local.as_str(), e.remote.as_str()), ("tcp://127.0.0.1:5556", "tcp://127.0.0.1:40000"));
+        // A count that does not match the frames, a short word, too few frames: none.
+        let miscounted = [word(32768), word(2), word(0), text("a"), text("b")];
+        assert_eq!(MonitorEventV2::parse(&miscounted), None);
+        let short = [zmq::Message::from(&[1u8, 0][..]), word(0), text("a"), text("b")];
+        assert_eq!(MonitorEventV2::parse(&short), None);
+        assert_eq!(MonitorEventV2::parse(&frames[..2]), None);
+        let huge = [word(32768), word(u64::MAX), text("a"), text("b")];
+        assert_eq!(MonitorEventV2::parse(&huge), None);
+    }
 
     #[test]
     fn nodrop_sets_on_xpub_and_fails_on_sub() {

@@ -681,3 +681,14 @@ fn help_says_defaults_in_forms_the_parser_takes_and_names_values_in_the_vocabula
     let want = format!("[default: the profile's `metrics_interval_ms`, else {}]", ms("metrics_interval_ms"));
     assert!(h.ends_with(&want), "{h}");
 }
+
+#[test]
+fn every_handler_is_named_in_the_help_of_every_command_that_takes_one() {
+    // Before: `demo --help` offered `latency, book, verify or work:NANOS`; `last` works there too.
+    for cmd in ["engine", "demo", "bench", "capacity"] {
+        let h = flag_help(&help(cmd), "--handler");
+        for name in ["latency", "book", "last", "verify", "work:NANOS"] {
+            assert!(h.contains(name), "{cmd} --handler omits {name}: {h}");
+        }
+    }
+}

@@ -20,7 +20,7 @@ fn the_two_nic_profile_checks_for_an_8_core_host_and_resolves() {
     let (code, out, err) = check(&["check", TWO_NIC, "--cores", "0-7"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("ok for cores 0-7"), "{out}");
-    assert!(out.contains("interfaces not checked"), "{out}");
+    assert!(out.contains("interfaces and [security] files not checked"), "{out}");
     for line in ["shard0-io       core 1", "shard1-reader   core 4", "worker2         core 7"] {
         assert!(out.contains(line), "missing `{line}`: {out}");
     }
@@ -237,4 +237,49 @@ fn profile_show_says_when_this_host_could_not_run_the_profile() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--shards and --workers shape `auto` only"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn profile_check_reads_the_security_files_from_the_profiles_directory_as_the_engine_does() {
+    // Before: `profile check` passed a [security] section whose curve_key was garbage or a
+    // .pub file, and relative paths were taken from the working directory: a profile checked
+    // in one directory named other files (or none) when the engine started in another.
+    let dir = common::temp_dir("profile-security");
+    let keys = dir.join("keys");
+    for name in ["engine1", "feed"] {
+        let (code, _, err) =
+            run_within("keygen", mdsub().args(["keygen", name, "--dir"]).arg(&keys), Duration::from_secs(20));
+        assert_eq!(code, Some(0), "{err}");
+    }
+    std::fs::write(keys.join("garbage.key"), "garbage\n").expect("garbage");
+    let shard =
+        "[[shards]]\nendpoints = [\"tcp://127.0.0.1:1\"]\n[[workers]]\n[security]\nserver_key = \"keys/feed.pub\"\n";
+    let profile = |name: &str, key: &str| write_profile(&dir, name, &format!("{shard}curve_key = \"{key}\"\n"));
+    let elsewhere = std::env::temp_dir();
+    let good = profile("good", "keys/engine1.key");
+    let (code, out, err) = run_within(
+        "profile",
+        mdsub().args(["profile", "check", &good]).current_dir(&elsewhere),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "relative to the profile, from another directory: {err}");
+    assert!(out.contains(&format!("curve_key = \"{}\"", keys.join("engine1.key").display())), "shown resolved: {out}");
+    for (name, key, says) in [
+        ("garbage", "keys/garbage.key", "no public-key line"),
+        ("public", "keys/engine1.pub", "no secret-key line"),
+        ("missing", "keys/none.key", "No such file"),
+    ] {
+        let p = profile(name, key);
+        for cmd in [&["profile", "check"][..], &["engine", "--expect-eos", "0", "--profile"][..]] {
+            let (code, _, err) =
+                run_within("mdsub", mdsub().args(cmd).arg(&p).current_dir(&elsewhere), Duration::from_secs(20));
+            assert_eq!(code, Some(1), "{cmd:?} {name}: {err}");
+            let field = "profile field `security.curve_key`: ";
+            assert!(
+                err.contains(field) && err.contains(&keys.join(key.trim_start_matches("keys/")).display().to_string()),
+                "{cmd:?} {name}: {err}"
+            );
+            assert!(err.contains(says), "{cmd:?} {name}: {err}");
+        }
+    }
 }

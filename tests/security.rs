@@ -114,6 +114,184 @@ fn keygen_writes_libzmq_z85_keys_and_refuses_to_overwrite() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+#[test]
+fn keygen_force_writes_private_files_whatever_was_there_and_a_pub_alone_is_not_overwritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("sec-keygen-force");
+    keygen(&dir, "node");
+    // Before: `--force` opened the old file, keeping its mode: a 0666 key stayed 0666.
+    let key = dir.join("node.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "node", "--force", "--dir"]).arg(&dir), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!((mode_of(&key), mode_of(&dir.join("node.pub"))), (0o600, 0o644));
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 2, "no temporary file left");
+    // Before: a NAME.pub with no NAME.key beside it (a peer's key, put here to be trusted) was
+    // replaced silently.
+    let peer = dir.join("peer.pub");
+    let peers_key = std::fs::read_to_string(dir.join("node.pub")).expect("a public key");
+    std::fs::write(&peer, &peers_key).expect("a peer's key");
+    let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "peer", "--dir"]).arg(&dir), DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("peer.pub exists: refusing to overwrite a public key (it may be a peer's)"), "{err}");
+    assert_eq!(std::fs::read_to_string(&peer).expect("kept"), peers_key);
+    assert!(!dir.join("peer.key").exists(), "nothing written");
+    let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "peer", "--force", "--dir"]).arg(&dir), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_ne!(std::fs::read_to_string(&peer).expect("replaced"), peers_key);
+}
+
+#[test]
+fn an_allow_list_directory_without_a_pub_is_refused_at_start() {
+    // Before: `replay --curve-allow EMPTY` let in every client that knew the server's key (an
+    // engine with an unlisted key got 2000 of 2000), saying nothing.
+    let dir = temp_dir("sec-empty-allow");
+    keygen(&dir, "server");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).expect("empty dir");
+    let only_keys = dir.join("only-keys");
+    keygen(&only_keys, "client");
+    std::fs::remove_file(only_keys.join("client.pub")).expect("leave only the .key");
+    let key = dir.join("server.key");
+    let port = free_port_block(4);
+    for allow in [&empty, &only_keys] {
+        let runs: [(&str, Vec<std::ffi::OsString>, &str); 3] = [
+            (
+                "replay",
+                vec![
+                    "replay".into(),
+                    "--endpoint".into(),
+                    "tcp://127.0.0.1:*".into(),
+                    "--curve-key".into(),
+                    key.clone().into(),
+                    "--curve-allow".into(),
+                    allow.into(),
+                ],
+                "--curve-allow",
+            ),
+            (
+                "clone-server",
+                vec![
+                    "clone-server".into(),
+                    "--endpoint".into(),
+                    ep(port).into(),
+                    "--curve-key".into(),
+                    key.clone().into(),
+                    "--curve-allow".into(),
+                    allow.into(),
+                ],
+                "--curve-allow",
+            ),
+            (
+                "engine",
+                vec![
+                    "engine".into(),
+                    "--endpoint".into(),
+                    "tcp://127.0.0.1:1".into(),
+                    "--monitor".into(),
+                    "tcp://127.0.0.1:*".into(),
+                    "--monitor-curve-key".into(),
+                    key.clone().into(),
+                    "--monitor-curve-allow".into(),
+                    allow.into(),
+                ],
+                "--monitor-curve-allow",
+            ),
+        ];
+        for (name, args, flag) in runs {
+            let (code, _, err) = run_within(name, mdsub().args(&args), DEADLINE);
+            assert_eq!(code, Some(1), "{name} {}: {err}", allow.display());
+            let says = format!("mdsub: error: {flag}: {}: no NAME.pub in it", allow.display());
+            assert!(err.contains(&says), "{name}: {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_key_file_whose_public_key_is_not_its_secrets_is_refused() {
+    // Before: it loaded, and every handshake failed later, each side blaming the other.
+    let dir = temp_dir("sec-mixed-key");
+    let a = keygen(&dir, "a");
+    let b = keygen(&dir, "b");
+    let mixed = dir.join("mixed.key");
+    let z85 = |k: &[u8; 32]| zmq::z85_encode(k).expect("z85");
+    std::fs::write(
+        &mixed,
+        format!(
+            "metadata\ncurve\n    public-key = \"{}\"\n    secret-key = \"{}\"\n",
+            z85(&a.public.0),
+            z85(&b.secret.0)
+        ),
+    )
+    .expect("mixed key");
+    let err = Keypair::load(&mixed).expect_err("a mixed pair").to_string();
+    assert!(err.contains("its public-key is not the one its secret-key makes"), "{err}");
+    assert!(err.contains(&z85(&b.public.0)), "names the public key the secret makes: {err}");
+    let (code, _, err) = run_within(
+        "replay",
+        mdsub().args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--curve-key"]).arg(&mixed),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("mixed.key: its public-key is not the one its secret-key makes"), "{err}");
+    let (code, _, err) = run_within(
+        "engine",
+        mdsub()
+            .args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--curve-key"])
+            .arg(&mixed)
+            .arg("--server-key")
+            .arg(dir.join("a.pub")),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("mixed.key: its public-key is not the one its secret-key makes"), "{err}");
+}
+
+#[test]
+fn a_secret_key_others_can_read_is_warned_about_once() {
+    use std::os::unix::fs::PermissionsExt;
+    // Before: a 0644 secret key was used in silence.
+    let dir = temp_dir("sec-open-key");
+    keygen(&dir, "engine1");
+    keygen(&dir, "feed");
+    let key = dir.join("engine1.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // The engine reads its key when it checks its settings and again when it starts.
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--expect-eos", "0", "--max-duration", "300ms"]);
+    cmd.arg("--curve-key").arg(&key).arg("--server-key").arg(dir.join("feed.pub"));
+    let (code, _, err) = run_within("engine", &mut cmd, DEADLINE);
+    assert_eq!(code, Some(0), "used anyway: {err}");
+    let warned: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: secret key file")).collect();
+    assert_eq!(warned.len(), 1, "once: {err}");
+    let says = format!("{} has mode 0644: its group and every other user can reach the secret key", key.display());
+    assert!(warned[0].contains(&says) && warned[0].contains(&format!("`chmod 600 {}`", key.display())), "{err}");
+    // A private one is not warned about.
+    let (_, _, err) = run_within(
+        "replay",
+        mdsub()
+            .args([
+                "replay",
+                "--endpoint",
+                "tcp://127.0.0.1:*",
+                "--count",
+                "1",
+                "--wait-timeout",
+                "100ms",
+                "--curve-key",
+            ])
+            .arg(dir.join("feed.key")),
+        DEADLINE,
+    );
+    assert!(!err.contains("warning: secret key file"), "{err}");
+}
+
 #[test]
 fn curve_server_serves_allowed_keys_and_counts_refused_ones() {
     let dir = temp_dir("sec-curve");
@@ -249,6 +427,44 @@ fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_curve_clone_server_says_clients_its_handshake_refused_and_they_are_told_why() {
+    // Before: a client without keys, or trusting another server key, was refused by libzmq's
+    // CURVE handshake before ZAP was asked: the server said and counted nothing. The clients'
+    // SUB links were sometimes lost as `protocol_error … (a message over the maximum message
+    // size …)` (a failed handshake and its disconnect read in two services).
+    let dir = temp_dir("sec-clone-handshake");
+    keygen(&dir, "server");
+    keygen(&dir, "alice");
+    let port = free_port_block(4);
+    let mut cmd = mdsub();
+    cmd.arg("clone-server").arg("--endpoint").arg(ep(port));
+    cmd.arg("--curve-key").arg(dir.join("server.key")).arg("--curve-allow").arg(dir.join("alice.pub"));
+    let server = Both::spawn("clone-server", &mut cmd);
+    server.err_line("clone-server: ready on");
+    let (alice, alice_pub) = (dir.join("alice.key"), dir.join("alice.pub"));
+    let (code, _, plain_err) = clone_client(&[port], None, &["get", "/k"]);
+    assert_eq!(code, Some(4), "{plain_err}");
+    // Alice trusting her own public key as the server's: the server cannot read her HELLO.
+    let (code, _, misled_err) = clone_client(&[port], Some((alice.as_path(), alice_pub.as_path())), &["get", "/k"]);
+    assert_eq!(code, Some(4), "{misled_err}");
+    let last = misled_err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("every handshake broke off")
+            && last.contains("a --server-key that is not the server's public key"),
+        "{misled_err}"
+    );
+    for err in [&plain_err, &misled_err] {
+        assert!(!err.contains("protocol_error"), "a refused handshake is not an oversized message: {err}");
+    }
+    let said = server.err_lines(&[
+        "clone-server: refused (handshake_failed_mechanism): 127.0.0.1:",
+        "clone-server: refused (handshake_failed_crypto): 127.0.0.1:",
+    ]);
+    assert!(said[0].contains("the client presents no CURVE keys and this server demands CURVE"), "{said:?}");
+    assert!(said[1].contains("its --server-key is not this server's public key"), "{said:?}");
+}
+
 /// A child with stdout and stderr both read line by line (stderr carries
 /// the refusal lines, stdout the JSON report or the bound endpoints).
 struct Both {
@@ -267,6 +483,22 @@ impl Both {
 
     fn err_line(&self, what: &str) -> String {
         wait_line(&self.err, DEADLINE, &format!("{}: {what}", self.proc.name), |l| l.contains(what))
+    }
+
+    /// A line containing each of `whats`, in any order (the lines between are read too).
+    fn err_lines(&self, whats: &[&str]) -> Vec<String> {
+        let mut found: Vec<Option<String>> = vec![None; whats.len()];
+        while found.iter().any(Option::is_none) {
+            let missing: Vec<&str> = whats.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(w, _)| *w).collect();
+            let what = format!("{}: {}", self.proc.name, missing.join(" and "));
+            let line = wait_line(&self.err, DEADLINE, &what, |l| missing.iter().any(|w| l.contains(w)));
+            for (w, f) in whats.iter().zip(found.iter_mut()) {
+                if f.is_none() && line.contains(w) {
+                    *f = Some(line.clone());
+                }
+            }
+        }
+        found.into_iter().flatten().collect()
     }
 
     /// SIGINT, wait, and the JSON report it printed.
@@ -344,9 +576,20 @@ fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
     let ep = e.err_line("monitor: bound ").rsplit(' ').next().expect("endpoint").to_string();
     let ctx = zmq::Context::new();
     let plain = monitor_sub(&ctx, &ep, None, None);
-    let wrong = ClientKeys { client: mallory, server_public: mon.public };
+    let wrong = ClientKeys { client: mallory.clone(), server_public: mon.public };
     let outsider = monitor_sub(&ctx, &ep, None, Some(&wrong));
-    e.err_line("snail-monitor-zap: refused (key_not_allowed): 127.0.0.1 (CURVE): client key not allowed");
+    // Trusting another server key: the monitor cannot read its CURVE HELLO.
+    let misled = ClientKeys { client: mallory, server_public: ops.public };
+    let misled_sub = monitor_sub(&ctx, &ep, None, Some(&misled));
+    // Before, the keyless subscriber and the misled one were refused by libzmq's handshake
+    // before ZAP was asked: nothing was said or counted on the engine's side.
+    let said = e.err_lines(&[
+        "snail-monitor-zap: refused (key_not_allowed): 127.0.0.1 (CURVE): client key not allowed",
+        "snail-monitor-zap: refused (handshake_failed_mechanism): 127.0.0.1:",
+        "snail-monitor-zap: refused (handshake_failed_crypto): 127.0.0.1:",
+    ]);
+    assert!(said[1].contains(&format!(" at {ep}: the client presents no CURVE keys")), "{said:?}");
+    assert!(said[2].contains("its --server-key is not this server's public key"), "{said:?}");
     let right = ClientKeys { client: ops, server_public: mon.public };
     let insider = monitor_sub(&ctx, &ep, None, Some(&right));
     let state = next_topic(&insider, b"snail.state", DEADLINE).expect("the allowed key gets the monitor's state");
@@ -357,6 +600,7 @@ fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
     assert_eq!(scream["verdict"], "STOP", "{scream}");
     assert!(got_nothing(&plain), "a subscriber without CURVE gets nothing");
     assert!(got_nothing(&outsider), "a key off the allow-list gets nothing");
+    assert!(got_nothing(&misled_sub), "a subscriber trusting another server key gets nothing");
     let r = e.report();
     assert!(u(&r, "delivered") > 0, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -566,13 +810,43 @@ fn curve_on_one_side_only_is_named_as_a_mechanism_mismatch_on_both_sides() {
     let status = replay.proc.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(1), "{status}");
     let said = rest_lines(&replay.err, DEADLINE).join("\n");
+    // The replay sees the refusal too (its XPUB's monitor), says it and names it at the end.
+    assert!(said.contains("replay-zap: refused (handshake_failed_mechanism): 127.0.0.1:"), "{said}");
     assert!(
-        said.contains("no subscriber reached") && said.contains("this publisher demands CURVE (--curve-key)"),
+        said.contains("no subscriber reached")
+            && said.contains("this publisher refused subscribers' connections: handshake_failed_mechanism="),
         "{said}"
     );
     let r = plain.report();
     assert!(u(&r["shards"][0]["links"][0]["lost"], "handshake_failed_mechanism") >= 1, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_replay_that_refused_every_subscriber_names_what_it_refused() {
+    // Before: `… this publisher demands CURVE (--curve-key): a subscriber without --server-key
+    // and --curve-key fails its handshake here unseen` when it had itself refused a key off its
+    // allow-list 7 times (key_not_allowed, said above).
+    let dir = temp_dir("sec-replay-refused");
+    let (mut replay, ep) = curve_replay(&dir, &["--count", "10", "--wait-timeout", "3s"]);
+    keygen(&dir, "mallory");
+    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
+    let (mallory, feed) = (path("mallory.key"), path("feed.pub"));
+    // A key off the list (ZAP), and a key trusting another server key (the replay cannot read
+    // its CURVE HELLO).
+    let refused = engine(&ep, &["--expect-eos", "0", "--snail", "off", "--curve-key", &mallory, "--server-key", &feed]);
+    let misled =
+        engine(&ep, &["--expect-eos", "0", "--snail", "off", "--curve-key", &mallory, "--server-key", &mallory]);
+    let status = replay.proc.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "{status}");
+    let said = rest_lines(&replay.err, DEADLINE);
+    let last = said.iter().rev().find(|l| l.starts_with("mdsub: error:")).expect("the error");
+    assert!(last.contains("this publisher refused subscribers' connections: "), "{said:?}");
+    for reason in ["key_not_allowed=", "handshake_failed_crypto="] {
+        assert!(last.contains(reason), "{reason}: {last}");
+    }
+    assert!(!last.contains("without --server-key"), "no blame on keyless subscribers: {last}");
+    let _ = (refused.report(), misled.report());
 }
 
 /// GET `path_and_query` from the HTTP server at `addr`; the body, or None
@@ -639,11 +913,14 @@ fn demo_applies_a_profiles_monitor_access_and_says_what_it_cannot_apply() {
         run_within("profile show", mdsub().args(["profile", "show", "builtin"]), Duration::from_secs(20));
     let before_security = builtin.split("[security]").next().expect("the builtin profile");
     let profile = dir.join("demo.toml");
+    // Keys it does not use are still read (a profile is checked whole, as `profile check` does).
+    keygen(&dir, "engine");
+    keygen(&dir, "feed");
     std::fs::write(
         &profile,
         format!(
             "{before_security}[security]\nmonitor_allow_addr = [\"127.0.0.1\"]\n\
-             curve_key = \"/nonexistent/engine.key\"\nserver_key = \"/nonexistent/feed.pub\"\n"
+             curve_key = \"engine.key\"\nserver_key = \"feed.pub\"\n"
         ),
     )
     .expect("profile");

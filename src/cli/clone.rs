@@ -361,10 +361,15 @@ fn refused_handshake(links: &[LinkStats], has_keys: bool) -> Option<&'static str
             "the server uses another security mechanism: it demands CURVE (give --server-key and \
              --curve-key), or it does not speak CURVE (leave them out)",
         )
-    } else if lost(Reason::HandshakeFailedNoDetail) {
+    } else if lost(Reason::HandshakeFailedNoDetail)
+        || (lost(Reason::HandshakeFailed) && links.iter().all(|l| l.connects == 0))
+    {
+        // A server that cannot read the client's CURVE HELLO closes the connection: libzmq
+        // retries, and no attempt ever gets through.
         Some(
-            "the handshake failed with no reason from libzmq (with CURVE, most often a --server-key \
-             that is not the server's public key)",
+            "every handshake broke off with no reason from libzmq (with CURVE, most often a \
+             --server-key that is not the server's public key: the server cannot read this \
+             client's HELLO and closes)",
         )
     } else {
         None

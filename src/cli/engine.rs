@@ -38,7 +38,7 @@ pub struct DemoArgs {
     /// Idle strategy of the engine's readers and workers (overrides the profile's).
     #[arg(long, value_enum)]
     pub idle: Option<Idle>,
-    /// Worker handler: latency, book, verify or work:NANOS (work:200000 makes a snail).
+    /// Worker handler: latency, book, last, verify or work:NANOS (work:200000 makes a snail).
     #[arg(long)]
     pub handler: Option<HandlerSpec>,
     #[command(flatten)]
@@ -216,7 +216,9 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = load_profile(&args.profile)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
     args.snail.apply(&mut profile)?;
-    super::check_profile_with(&profile, &args.profile, |field, message| args.snail.refused(&profile, field, message))?;
+    super::check_profile_with(&profile, &args.profile, |field, message| {
+        args.snail.refused(&profile, field, message).map(|line| super::UsageError(line).into())
+    })?;
     args.feed.check_fits(profile.max_msg_bytes)?;
     let shards = profile.shards.len();
     let pacing = args.feed.pacing(Some(DEMO_RATE));
@@ -539,7 +541,13 @@ pub fn parse_routing(s: &str) -> Result<Routing, String> {
 /// no endpoints: that is a missing flag, not the fault of a profile nobody typed); the rest
 /// names the profile (`--profile FILE: profile field …`, exit 1).
 fn check_flags_on_profile(args: &EngineArgs, profile: &Profile) -> anyhow::Result<()> {
-    super::check_profile_with(profile, &args.profile, |field, message| refused_flag(args, profile, field, message))?;
+    super::check_profile_with(profile, &args.profile, |field, message| {
+        // A file a flag named that cannot be used is no usage error (exit 1), as when it is read.
+        if let Some(flag) = args.access.flag_of(field) {
+            return Some(anyhow::anyhow!("{flag}: {message}"));
+        }
+        refused_flag(args, profile, field, message).map(|line| super::UsageError(line).into())
+    })?;
     let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {}", args.profile));
     let named = matches!(args.profile.as_str(), "builtin" | "auto");
     if named && profile.shards.iter().all(|s| s.endpoints.is_empty() && s.binds.is_empty()) {

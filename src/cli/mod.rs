@@ -258,18 +258,18 @@ pub(crate) fn check_profile(p: &Profile, spec: &str) -> anyhow::Result<()> {
     check_profile_with(p, spec, |_, _| None)
 }
 
-/// [`check_profile`] for a profile flags changed: a field the check refused is a refused flag
-/// (exit 2) when `flag_line(field, message)` gives the line that names the flags that set it;
-/// `None` (the profile set it) names the profile.
+/// [`check_profile`] for a profile flags changed: a field the check refused is the error
+/// `by_flag(field, message)` gives when a flag set it (a [`UsageError`], exit 2, for a value
+/// refused; a file that cannot be used, exit 1); `None` (the profile set it) names the profile.
 pub(crate) fn check_profile_with(
     p: &Profile,
     spec: &str,
-    flag_line: impl FnOnce(&str, &str) -> Option<String>,
+    by_flag: impl FnOnce(&str, &str) -> Option<anyhow::Error>,
 ) -> anyhow::Result<()> {
     let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {spec}"));
     match p.validate(&host_cores()) {
-        Err(ProfileError::Invalid { field, message }) => Err(match flag_line(&field, &message) {
-            Some(line) => UsageError(line).into(),
+        Err(ProfileError::Invalid { field, message }) => Err(match by_flag(&field, &message) {
+            Some(e) => e,
             None => of_profile(ProfileError::Invalid { field, message }),
         }),
         Err(e) => Err(of_profile(e)),

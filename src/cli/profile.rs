@@ -86,7 +86,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
             p.validate_for(&host, interfaces).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             let mut s = format!("{file}: ok for cores {}", core_list(&host));
             if !interfaces {
-                s += " (interfaces not checked: they are looked up on the host that runs the engine)";
+                s += " (interfaces and [security] files not checked: they are looked up on the host that runs the engine)";
             }
             // The engine's own check: a shard with no endpoint runs only with --endpoint.
             if let Err(e) = p.check_endpoints() {

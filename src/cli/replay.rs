@@ -283,12 +283,18 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         match publisher.wait_for_subscribers_or_stop(args.subscribers, args.wait_timeout, stop) {
             Err(crate::replay::ReplayError::Interrupted) => return Err(super::Interrupted.into()),
-            // A subscriber without CURVE is refused in its handshake, before it can subscribe:
-            // this side never sees it (the subscriber's link watch names the mismatch).
-            Err(e @ crate::replay::ReplayError::NoSubscribers { .. }) if args.access.curve_key.is_some() => {
+            // Subscribers its access rules refused (ZAP, or libzmq's CURVE handshake) are named
+            // by what was counted, not guessed at.
+            Err(e @ crate::replay::ReplayError::NoSubscribers { .. }) => {
+                let refused = publisher.access_counters().map(|c| c.by_reason()).unwrap_or_default();
+                if refused.is_empty() {
+                    return Err(e.into());
+                }
+                let said: Vec<String> = refused.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
                 anyhow::bail!(
-                    "{e}; this publisher demands CURVE (--curve-key): a subscriber without --server-key and \
-                     --curve-key fails its handshake here unseen"
+                    "{e}; this publisher refused subscribers' connections: {} (each reason said above with \
+                     what it means)",
+                    said.join(", ")
                 )
             }
             r => r?,

@@ -1,6 +1,7 @@
 //! `mdsub keygen` (write a CURVE key pair for a server or a client) and the
 //! access flags every server and client command shares.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -8,7 +9,9 @@ use clap::Args;
 
 use crate::engine::EngineConfig;
 use crate::profile::SecurityProfile;
-use crate::security::{load_public, load_public_keys, AddrBlock, ClientKeys, HttpAccess, Keypair, ServerAccess};
+use crate::security::{
+    load_public, load_public_keys, AddrBlock, ClientKeys, HttpAccess, Keypair, PublicKey, ServerAccess,
+};
 
 /// `mdsub keygen` arguments.
 #[derive(Debug, Args)]
@@ -22,7 +25,8 @@ pub struct KeygenArgs {
     /// Directory to write them in (made if missing).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Replace existing files of that name.
+    /// Replace existing files of that name (NAME.key or NAME.pub: either is refused without it;
+    /// the new files get modes 0600 and 0644 whatever the old ones had).
     #[arg(long)]
     pub force: bool,
 }
@@ -46,8 +50,14 @@ pub fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot make the directory {}", a.dir.display()))?;
     let secret_path = a.dir.join(format!("{}.key", a.name));
-    if secret_path.exists() && !a.force {
-        anyhow::bail!("{} exists: refusing to overwrite a secret key (--force replaces it)", secret_path.display());
+    let public_path = a.dir.join(format!("{}.pub", a.name));
+    if !a.force {
+        // A NAME.pub alone may be a peer's key, put here to be trusted.
+        for (path, what) in [(&secret_path, "a secret key"), (&public_path, "a public key (it may be a peer's)")] {
+            if path.symlink_metadata().is_ok() {
+                anyhow::bail!("{} exists: refusing to overwrite {what} (--force replaces it)", path.display());
+            }
+        }
     }
     let pair = Keypair::generate()?;
     let (secret, public) = pair.write(&a.dir, &a.name)?;
@@ -66,7 +76,8 @@ pub struct ServerAccessArgs {
     #[arg(long, value_name = "FILE")]
     pub curve_key: Option<PathBuf>,
     /// With --curve-key: only these clients' public keys (NAME.pub files, or directories of
-    /// them) are let in; repeatable. Without it, any client that knows the server key is let in.
+    /// them; a directory with none is refused) are let in; repeatable. Without it, any client
+    /// that knows the server key is let in.
     #[arg(long, value_name = "FILE|DIR", requires = "curve_key")]
     pub curve_allow: Vec<PathBuf>,
     /// Only peers from these addresses are let in (e.g. 127.0.0.1, 10.0.0.0/8); repeatable.
@@ -124,10 +135,16 @@ pub fn server_access(
     let curve = match key {
         None if !allow.is_empty() => anyhow::bail!("--{prefix}curve-allow needs --{prefix}curve-key"),
         None => None,
-        Some(path) => Some((Keypair::load(path)?, load_public_keys(allow)?)),
+        Some(path) => Some((Keypair::load(path)?, allow_list(allow, &format!("--{prefix}curve-allow"))?)),
     };
     let allow_addrs = parse_addrs(addrs, &format!("--{prefix}allow-addr"))?;
     Ok(ServerAccess { curve, allow_addrs })
+}
+
+/// The client keys `paths` (the `flag`'s values) allow; an error names the flag
+/// (`--curve-allow: DIR: no NAME.pub in it: …`).
+pub fn allow_list(paths: &[PathBuf], flag: &str) -> anyhow::Result<HashSet<PublicKey>> {
+    load_public_keys(paths).with_context(|| flag.to_string())
 }
 
 /// An address or CIDR block flag: checked as it is parsed, kept as written (a profile's
@@ -155,7 +172,7 @@ pub struct EngineAccessArgs {
     #[arg(long, value_name = "FILE")]
     pub monitor_curve_key: Option<PathBuf>,
     /// With --monitor-curve-key: only these subscribers' public keys (files or
-    /// directories of NAME.pub); repeatable.
+    /// directories of NAME.pub; a directory with none is refused); repeatable.
     #[arg(long, value_name = "FILE|DIR", requires = "monitor_curve_key")]
     pub monitor_curve_allow: Vec<PathBuf>,
     /// Only subscribers from these addresses reach the monitor (ZAP); repeatable.
@@ -171,6 +188,22 @@ pub struct EngineAccessArgs {
 }
 
 impl EngineAccessArgs {
+    /// The flag that set `[security]` field `field` (`security.curve_key`), if a flag did.
+    pub fn flag_of(&self, field: &str) -> Option<&'static str> {
+        let (flag, given) = match field.strip_prefix("security.")? {
+            "curve_key" => ("--curve-key", self.keys.curve_key.is_some()),
+            "server_key" => ("--server-key", self.keys.curve_key.is_some()),
+            "monitor_curve_key" => ("--monitor-curve-key", self.monitor_curve_key.is_some()),
+            // Given with --monitor-curve-key, the flags' allow-list replaces the profile's.
+            "monitor_curve_allow" => ("--monitor-curve-allow", self.monitor_curve_key.is_some()),
+            "monitor_allow_addr" => ("--monitor-allow-addr", !self.monitor_allow_addr.is_empty()),
+            "metrics_allow_addr" => ("--metrics-allow-addr", !self.metrics_allow_addr.is_empty()),
+            "metrics_token_file" => ("--metrics-token-file", self.metrics_token_file.is_some()),
+            _ => return None,
+        };
+        given.then_some(flag)
+    }
+
     /// Put the flags given over the profile's `[security]`.
     pub fn apply(&self, p: &mut SecurityProfile) {
         if self.keys.curve_key.is_some() {

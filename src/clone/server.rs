@@ -129,7 +129,7 @@ impl Server {
             }
             ClientKeys { client: pair.clone(), server_public: pair.public }
         });
-        let zap = if access.is_open() {
+        let mut zap = if access.is_open() {
             None
         } else {
             Some(
@@ -137,7 +137,15 @@ impl Server {
                     .map_err(|e| ServerError::Config(e.to_string()))?,
             )
         };
-        let secure = |socket: &zmq::Socket| access.apply(socket);
+        // Each server socket gets the policy and is watched for peers libzmq refuses in their
+        // handshake (before ZAP is asked), counted and said with ZAP's refusals.
+        let mut secure = |socket: &mut zmq::Socket| -> Result<(), ServerError> {
+            access.apply(socket).map_err(zerr("setting the access options"))?;
+            if let Some(z) = zap.as_mut() {
+                z.watch(&ctx, socket).map_err(|e| ServerError::Config(e.to_string()))?;
+            }
+            Ok(())
+        };
         let as_peer = |socket: &zmq::Socket| ClientKeys::apply_if(peer_keys.as_ref(), socket);
         let host = cfg.bind_host.clone();
         let p = cfg.port;
@@ -151,7 +159,7 @@ impl Server {
         let update_frame_bytes = cfg.max_value_bytes.max(cfg.max_key_bytes).max(MAX_PROPS_BYTES);
         let update_max = i64::try_from(update_frame_bound(update_frame_bytes)).unwrap_or(i64::MAX);
         let request_max = i64::try_from(cfg.max_key_bytes.saturating_add(FRAME_SLACK_BYTES)).unwrap_or(i64::MAX);
-        let snapshot = ctx.socket(zmq::ROUTER).map_err(zerr("creating the snapshot socket"))?;
+        let mut snapshot = ctx.socket(zmq::ROUTER).map_err(zerr("creating the snapshot socket"))?;
         snapshot.set_maxmsgsize(request_max).map_err(zerr("setting snapshot max message size"))?;
         // Bounded: a client that does not read its snapshot holds at most this many messages
         // here; at the bound a send waits SNAPSHOT_STALL_MS, then the snapshot is abandoned.
@@ -159,30 +167,30 @@ impl Server {
         snapshot.set_router_mandatory(true).map_err(zerr("setting ROUTER_MANDATORY"))?;
         snapshot.set_sndtimeo(SNAPSHOT_STALL_MS).map_err(zerr("setting the snapshot send timeout"))?;
         snapshot.set_linger(0).map_err(zerr("setting linger"))?;
-        secure(&snapshot).map_err(zerr("securing the snapshot socket"))?;
+        secure(&mut snapshot)?;
         let ep = format!("tcp://{host}:{p}");
         snapshot.bind(&ep).map_err(zerr(format!("binding snapshot {ep}")))?;
-        let publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the publisher"))?;
+        let mut publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the publisher"))?;
         publisher.set_sndhwm(cfg.pub_hwm_msgs).map_err(zerr("setting publisher HWM"))?;
         publisher.set_linger(100).map_err(zerr("setting linger"))?;
-        secure(&publisher).map_err(zerr("securing the publisher"))?;
+        secure(&mut publisher)?;
         let ep = format!("tcp://{host}:{}", p + 1);
         publisher.bind(&ep).map_err(zerr(format!("binding publisher {ep}")))?;
-        let collector = ctx.socket(zmq::SUB).map_err(zerr("creating the collector"))?;
+        let mut collector = ctx.socket(zmq::SUB).map_err(zerr("creating the collector"))?;
         collector.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting collector HWM"))?;
         collector.set_maxmsgsize(update_max).map_err(zerr("setting collector max message size"))?;
         collector.set_subscribe(b"").map_err(zerr("subscribing the collector"))?;
         collector.set_linger(0).map_err(zerr("setting linger"))?;
-        secure(&collector).map_err(zerr("securing the collector"))?;
+        secure(&mut collector)?;
         let ep = format!("tcp://{host}:{}", p + 2);
         collector.bind(&ep).map_err(zerr(format!("binding collector {ep}")))?;
         let now = crate::clock::monotonic_ns();
         let pair = match &cfg.pair {
             None => None,
             Some(pc) => {
-                let statepub = ctx.socket(zmq::PUB).map_err(zerr("creating the state publisher"))?;
+                let mut statepub = ctx.socket(zmq::PUB).map_err(zerr("creating the state publisher"))?;
                 statepub.set_linger(0).map_err(zerr("setting linger"))?;
-                secure(&statepub).map_err(zerr("securing the state publisher"))?;
+                secure(&mut statepub)?;
                 statepub.bind(&pc.state_bind).map_err(zerr(format!("binding state {}", pc.state_bind)))?;
                 let statesub = ctx.socket(zmq::SUB).map_err(zerr("creating the state subscriber"))?;
                 statesub.set_subscribe(b"").map_err(zerr("subscribing state"))?;
@@ -648,7 +656,7 @@ impl Agent for Server {
         let ms = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
         let mut items = vec![self.snapshot.as_poll_item(zmq::POLLIN), self.collector.as_poll_item(zmq::POLLIN)];
         if let Some(z) = &self.zap {
-            items.push(z.socket().as_poll_item(zmq::POLLIN));
+            items.extend(z.sockets().map(|s| s.as_poll_item(zmq::POLLIN)));
         }
         if let Some(p) = &self.pair {
             items.push(p.statesub.as_poll_item(zmq::POLLIN));

@@ -359,7 +359,8 @@ impl Engine {
                 let (tx, rx) = crossbeam::channel::bounded::<Scream>(1024);
                 let every = Duration::from_millis(crate::snail::defaults::STATE_EVERY_MS);
                 engine.monitor_zap = ZapService::start(&ctx, "snail-monitor", &cfg.monitor_access)?;
-                let (agent, bound) = MonitorAgent::bind(&ctx, ep, &cfg.monitor_access, rx, board.clone(), every)?;
+                let access = (&cfg.monitor_access, engine.monitor_zap.as_ref());
+                let (agent, bound) = MonitorAgent::bind(&ctx, ep, access, rx, board.clone(), every)?;
                 engine._contexts.push(ctx);
                 // Like the collector, it ends by itself once every guard's sender is gone.
                 let idle = IdleStrategy::Block { wait_us: 100_000 };

@@ -18,6 +18,11 @@
 //!   and the link is counted as [`Reason::ProtocolError`] (or the handshake
 //!   failure that preceded it).
 //!
+//! Each attempt is judged a grace after its own last event, also when the outage was counted
+//! long before: libzmq reads `HANDSHAKE_FAILED`, then `DISCONNECTED`, then (when it retries)
+//! `CONNECT_RETRIED`, and a watch may read them in two services; judged at the first, a failed
+//! handshake was taken for a protocol error and a retried one for one libzmq gave up on.
+//!
 //! **Re-establishing backs off.** A link that libzmq gives up on again and again (a key the
 //! server does not allow, a peer that sends oversized frames all the time) would otherwise be
 //! re-established a few times a second forever. The first re-establishment after a link was
@@ -128,34 +133,56 @@ impl Reason {
         }
     }
 
-    /// What it means, for the log line.
-    pub fn explain(self) -> &'static str {
-        match self {
-            Reason::Disconnected => "connection lost; libzmq reconnects",
-            Reason::ProtocolError => {
+    /// What it means, for the log line, on a socket that presents CURVE keys (`curve`) or
+    /// not: the hints about keys are for the first only.
+    pub fn explain(self, curve: bool) -> &'static str {
+        match (self, curve) {
+            (Reason::Disconnected, _) => "connection lost; libzmq reconnects",
+            (Reason::ProtocolError, _) => {
                 "dropped by libzmq for a protocol error (a message over the maximum message size, \
                  or a malformed stream) and not reconnected by it; mdsub re-establishes the link \
                  (backing off to once every 30 s while it keeps failing)"
             }
-            Reason::HandshakeFailed => "handshake broke off; libzmq retries",
-            Reason::HandshakeFailedProtocol => {
-                "the peer broke the ZMTP handshake; libzmq gives up, mdsub re-establishes the link \
-                 (backing off to once every 30 s while it keeps failing)"
+            (Reason::HandshakeFailed, false) => "handshake broke off; libzmq retries",
+            (Reason::HandshakeFailed, true) => {
+                "handshake broke off; libzmq retries (with CURVE, one that breaks off at every \
+                 attempt is most often a --server-key that is not the server's public key: the \
+                 server cannot read this side's HELLO and closes)"
             }
-            Reason::HandshakeFailedMechanism => {
-                "the peer uses another security mechanism: one side demands CURVE and the other does not \
-                 speak it. That will not fix itself: against a CURVE server give --server-key (its NAME.pub) \
-                 and --curve-key; with those given, the server needs --curve-key too. mdsub keeps \
-                 re-establishing the link, backing off to once every 30 s"
+            (Reason::HandshakeFailedProtocol, _) => {
+                "the peer broke the ZMTP handshake (is it a ZeroMQ peer?); libzmq gives up, mdsub \
+                 re-establishes the link (backing off to once every 30 s while it keeps failing)"
             }
-            Reason::HandshakeFailedAuth => {
+            (Reason::HandshakeFailedMechanism, true) => {
+                "the peer uses another security mechanism: this side presents CURVE keys and the \
+                 server does not speak CURVE. That will not fix itself: give the server --curve-key, \
+                 or leave --curve-key and --server-key out here. mdsub keeps re-establishing the \
+                 link, backing off to once every 30 s"
+            }
+            (Reason::HandshakeFailedMechanism, false) => {
+                "the peer uses another security mechanism: the server demands CURVE and this side \
+                 presents no keys. That will not fix itself: give --server-key (the server's NAME.pub) \
+                 and --curve-key (this side's NAME.key). mdsub keeps re-establishing the link, backing \
+                 off to once every 30 s"
+            }
+            (Reason::HandshakeFailedAuth, true) => {
                 "authentication refused: the server does not allow this client's key (or the server key \
                  given is not the server's). That will not fix itself: give a key the server allows. mdsub \
                  keeps re-establishing the link, backing off to once every 30 s"
             }
-            Reason::HandshakeFailedNoDetail => {
+            (Reason::HandshakeFailedAuth, false) => {
+                "authentication refused: the server's access rules do not let this client in (its \
+                 address is not on the server's allow-list). That will not fix itself. mdsub keeps \
+                 re-establishing the link, backing off to once every 30 s"
+            }
+            (Reason::HandshakeFailedNoDetail, true) => {
                 "the handshake failed and libzmq gave no reason and gave up (with CURVE, most often a \
                  --server-key that is not the server's public key, or a server without CURVE); mdsub \
+                 re-establishes the link, backing off to once every 30 s while it keeps failing"
+            }
+            (Reason::HandshakeFailedNoDetail, false) => {
+                "the handshake failed and libzmq gave no reason and gave up: the peer ended the \
+                 connection during the handshake (most often it is no ZeroMQ peer); mdsub \
                  re-establishes the link, backing off to once every 30 s while it keeps failing"
             }
         }
@@ -183,9 +210,12 @@ enum State {
     Up,
     /// Disconnected (down since `since_ns`), waiting to see whether libzmq
     /// retries; `counted`: this outage was already counted (a failed attempt
-    /// to come back).
+    /// to come back). The grace runs from `at_ns`, this attempt's last event: an outage
+    /// counted long ago must not cut short the wait for the `DISCONNECTED` that follows a
+    /// failed handshake (read then alone, it was taken for a protocol error).
     Down {
         since_ns: u64,
+        at_ns: u64,
         failure: Option<Failure>,
         counted: bool,
     },
@@ -409,7 +439,7 @@ impl Links {
                         }
                     }
                     State::Down { since_ns, counted: true, .. } => l.state = State::Lost { since_ns },
-                    State::Down { since_ns, failure, counted: false } => {
+                    State::Down { since_ns, failure, counted: false, .. } => {
                         let reason = match failure {
                             None => Reason::Disconnected,
                             Some(_) => Reason::HandshakeFailed,
@@ -428,8 +458,8 @@ impl Links {
     /// from libzmq is counted and re-established (at once, or when its back-off is over).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
         for (i, l) in self.links.iter_mut().enumerate() {
-            if let State::Down { since_ns, failure, .. } = l.state {
-                if now_ns.saturating_sub(since_ns) >= self.grace_ns {
+            if let State::Down { since_ns, at_ns, failure, .. } = l.state {
+                if now_ns.saturating_sub(at_ns) >= self.grace_ns {
                     let reason = match failure {
                         Some(Failure::Protocol) => Reason::HandshakeFailedProtocol,
                         Some(Failure::MechanismMismatch) => Reason::HandshakeFailedMechanism,
@@ -465,7 +495,7 @@ impl Links {
     /// no detail). Its [`Decision::Lost`] goes to `out`, to be said.
     pub fn finish(&mut self, out: &mut Vec<Decision>) {
         for (i, l) in self.links.iter_mut().enumerate() {
-            if let State::Down { since_ns, failure, counted: false } = l.state {
+            if let State::Down { since_ns, failure, counted: false, .. } = l.state {
                 let reason = match failure {
                     None => Reason::Disconnected,
                     Some(Failure::NoDetail) => Reason::HandshakeFailed,
@@ -499,9 +529,11 @@ impl Links {
     /// outage already counted stays counted, with its start.
     fn down(was: State, failure: Option<Failure>, now_ns: u64) -> State {
         match was {
-            State::Lost { since_ns } => State::Down { since_ns, failure, counted: true },
-            State::Down { since_ns, counted, .. } => State::Down { since_ns, failure, counted },
-            State::Up | State::Connecting | State::Ended => State::Down { since_ns: now_ns, failure, counted: false },
+            State::Lost { since_ns } => State::Down { since_ns, at_ns: now_ns, failure, counted: true },
+            State::Down { since_ns, counted, .. } => State::Down { since_ns, at_ns: now_ns, failure, counted },
+            State::Up | State::Connecting | State::Ended => {
+                State::Down { since_ns: now_ns, at_ns: now_ns, failure, counted: false }
+            }
         }
     }
 
@@ -768,11 +800,22 @@ mod tests {
             let out = run(&mut l, &given_up);
             assert_eq!(out, vec![Decision::Lost { link: 0, reason }, Decision::Reestablish { link: 0 }], "{failure:?}");
         }
-        assert!(Reason::HandshakeFailedNoDetail.explain().contains("--server-key"));
         // A CURVE mismatch is named, with what to give (review 11: it was "the peer broke the
         // ZMTP handshake").
         assert_eq!(Reason::HandshakeFailedMechanism.name(), "handshake_failed_mechanism");
-        assert!(Reason::HandshakeFailedMechanism.explain().starts_with("the peer uses another security mechanism"));
+        for curve in [true, false] {
+            let said = Reason::HandshakeFailedMechanism.explain(curve);
+            assert!(said.starts_with("the peer uses another security mechanism"), "{said}");
+        }
+        assert!(Reason::HandshakeFailedMechanism.explain(false).contains("give --server-key"));
+        assert!(Reason::HandshakeFailedMechanism.explain(true).contains("give the server --curve-key"));
+        // Hints about keys only where keys are given (a plain link to a peer that is no ZeroMQ
+        // peer was told `with CURVE, most often a --server-key …`).
+        assert!(Reason::HandshakeFailedNoDetail.explain(true).contains("--server-key"));
+        for r in [Reason::HandshakeFailedNoDetail, Reason::HandshakeFailedAuth, Reason::HandshakeFailedProtocol] {
+            let said = r.explain(false);
+            assert!(!said.contains("CURVE") && !said.contains("key"), "{r:?}: {said}");
+        }
         // One libzmq retries is the plain handshake_failed.
         let mut l = links();
         let out = run(
@@ -781,6 +824,37 @@ mod tests {
         );
         assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
         assert_eq!(l.stats()[0].lost.get("handshake_failed"), Some(&1));
+    }
+
+    #[test]
+    fn a_failed_handshake_read_apart_from_its_disconnect_keeps_its_reason() {
+        // A link lost long ago and re-established: the next attempt's HANDSHAKE_FAILED is read,
+        // the watch ticks, then its DISCONNECTED is read. The grace ran from the outage's start,
+        // so the tick decided at once and the DISCONNECTED, alone, became `protocol_error` (a
+        // keyless or wrong-key clone client's SUB said `protocol_error … (a message over the
+        // maximum message size …)`).
+        for (failure, reason) in [
+            (Failure::Auth, Reason::HandshakeFailedAuth),
+            (Failure::MechanismMismatch, Reason::HandshakeFailedMechanism),
+        ] {
+            let mut l = links();
+            let first =
+                [(Event::HandshakeFailed(failure), 0), (Event::Disconnected, 0), (Event::Other, RETRY_GRACE_NS)];
+            assert_eq!(
+                run(&mut l, &first),
+                vec![Decision::Lost { link: 0, reason }, Decision::Reestablish { link: 0 }]
+            );
+            let t = 10 * RETRY_GRACE_NS;
+            let mut out = Vec::new();
+            l.on_event(Event::HandshakeFailed(failure), SEEN, t, &mut out);
+            l.tick(t + 1_000, &mut out);
+            assert!(out.is_empty(), "{failure:?}: nothing decided before the disconnect: {out:?}");
+            l.on_event(Event::Disconnected, SEEN, t + 2_000, &mut out);
+            l.tick(t + 2_000 + RETRY_GRACE_NS, &mut out);
+            assert_eq!(out.first(), Some(&Decision::Lost { link: 0, reason }), "{failure:?}");
+            let s = &l.stats()[0];
+            assert_eq!((s.lost.get(reason.name()), s.lost.get("protocol_error")), (Some(&2), None), "{s}");
+        }
     }
 
     #[test]
@@ -848,9 +922,11 @@ mod tests {
         let auth = [Event::Connected, Event::HandshakeFailed(Failure::Auth), Event::Disconnected];
         let s = 1_000_000_000;
         let at = failing_for(&mut l, &auth, 0, 120 * s);
-        // The first at once (after the grace), then 100 ms, 200 ms, … doubling, capped at 30 s
-        // (a failed attempt is part of the outage already counted: no second grace).
-        let waits: Vec<u64> = at.windows(2).map(|w| w[1] - w[0] - 10_000_000).collect();
+        // The first at once (after the grace), then 100 ms, 200 ms, … doubling, capped at 30 s,
+        // each after its attempt's failure is decided: a grace after its disconnect (libzmq's
+        // retry, had it retried, would have come within it), the attempt failing at the tick
+        // after its re-establishment.
+        let waits: Vec<u64> = at.windows(2).map(|w| w[1] - w[0] - 10_000_000 - RETRY_GRACE_NS).collect();
         let want: Vec<u64> = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
             .iter()
             .map(|w| (w * 1e9) as u64)

@@ -147,6 +147,9 @@ pub struct LinkWatch {
     follow_retries: bool,
     /// Say losses and returns on stderr (the counters are kept either way).
     log: bool,
+    /// The socket presents CURVE keys (set before the watch is attached): loss lines hint at
+    /// keys only then.
+    curve: bool,
     /// Say only the losses libzmq gives up on ([`LinkWatch::saying_only_what_libzmq_gives_up`]).
     only_given_up: bool,
     /// `disconnected` lines held for the grace: (say at, link).
@@ -167,8 +170,9 @@ static WATCHES: AtomicUsize = AtomicUsize::new(0);
 
 impl LinkWatch {
     /// Start monitoring `socket` (made on `ctx`) for `endpoints`, the ones
-    /// it connects to; call before connecting so no event is missed. None
-    /// when there is nothing to watch.
+    /// it connects to; call before connecting so no event is missed, and after setting the
+    /// socket's CURVE keys, if any (its loss lines hint at keys only then). None when there
+    /// is nothing to watch.
     pub fn attach(
         ctx: &zmq::Context,
         socket: &zmq::Socket,
@@ -210,6 +214,7 @@ impl LinkWatch {
             .map(|ep| Refusals::new(name, SUMMARY_INTERVAL_NS).said_as(format!("{name}: link {ep} lost")))
             .collect();
         let links = Links::new(watched, RETRY_GRACE_NS);
+        let curve = socket.get_mechanism().is_ok_and(|m| m == zmq::Mechanism::ZMQ_CURVE);
         let board = LinkBoard::default();
         board.set(links.stats());
         Ok(LinkWatch {
@@ -224,6 +229,7 @@ impl LinkWatch {
             follow: false,
             follow_retries: false,
             log: true,
+            curve,
             only_given_up: false,
             held: Vec::new(),
             not_ups: None,
@@ -452,7 +458,7 @@ impl LinkWatch {
     fn say_lost(&mut self, link: usize, reason: Reason, now: u64) {
         let retried = matches!(reason, Reason::Disconnected | Reason::HandshakeFailed);
         if self.log && !(self.only_given_up && retried) {
-            let line = self.losses[link].refuse(reason.name(), &reason.explain(), now);
+            let line = self.losses[link].refuse(reason.name(), &reason.explain(self.curve), now);
             self.said[link] = line.is_some();
             if let Some(line) = line {
                 crate::diag!("{line}");

@@ -348,6 +348,9 @@ impl Publisher {
             s.set_sndtimeo(100).map_err(zerr("setting SNDTIMEO"))?;
             s.set_linger(2000).map_err(zerr("setting LINGER"))?;
             cfg.access.apply(&s).map_err(zerr("setting the access options"))?;
+            if let Some(z) = &zap {
+                z.watch(ctx, &mut s).map_err(|e| ReplayError::Config(e.to_string()))?;
+            }
             let endpoint = crate::zmqx::bind_resolved(&s, ep)
                 .map_err(|e| zerr(format!("binding {ep}{}", crate::zmqx::bind_hint(e)))(e))?;
             shards.push(Shard {

@@ -60,6 +60,11 @@ pub enum SecurityError {
     BadAddress { value: String },
     #[error("this libzmq has no CURVE (built without libsodium): `mdsub info` says which capabilities it has")]
     NoCurve,
+    #[error(
+        "{path}: no NAME.pub in it: an allow-list directory holds the public keys of the clients let in, \
+         and an empty one would let in every client that knows the server's public key"
+    )]
+    NoPublicKeys { path: PathBuf },
 }
 
 /// A CURVE public key: 32 bytes, written as 40 Z85 characters.
@@ -136,7 +141,7 @@ impl Keypair {
     pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), SecurityError> {
         let secret_path = dir.join(format!("{name}.key"));
         let public_path = dir.join(format!("{name}.pub"));
-        let secret_z85 = zmq::z85_encode(&self.secret.0).unwrap_or_default();
+        let secret_z85 = self.secret_z85();
         let public_text = format!(
             "#   ZeroMQ CURVE Public Certificate (mdsub keygen)\n#   Give this file to peers that must trust '{name}'.\nmetadata\ncurve\n    public-key = \"{}\"\n",
             self.public
@@ -150,17 +155,38 @@ impl Keypair {
         Ok((secret_path, public_path))
     }
 
+    /// The secret key as the 40 Z85 characters a key file holds (never printed).
+    fn secret_z85(&self) -> String {
+        zmq::z85_encode(&self.secret.0).unwrap_or_default()
+    }
+
     /// Load a pair from a secret certificate written by [`Keypair::write`]
     /// (or by CZMQ's `zcert_save_secret`).
     pub fn load(path: &Path) -> Result<Keypair, SecurityError> {
         let text = read_file(path)?;
         let public = cert_field(&text, "public-key").ok_or_else(|| bad(path, "no public-key line"))?;
-        let secret = cert_field(&text, "secret-key")
-            .ok_or_else(|| bad(path, "no secret-key line (is this the .pub file? a server needs its .key file)"))?;
-        Ok(Keypair {
+        let secret = cert_field(&text, "secret-key").ok_or_else(|| {
+            bad(path, "no secret-key line (is this a .pub file? a pair is used from its NAME.key file)")
+        })?;
+        let pair = Keypair {
             public: PublicKey(decode_z85_key(public).map_err(|r| bad(path, &format!("public-key: {r}")))?),
             secret: SecretKey(decode_z85_key(secret).map_err(|r| bad(path, &format!("secret-key: {r}")))?),
-        })
+        };
+        // A pair put together from two files (or edited) would fail every handshake, each
+        // side blaming the other: the public key is derived from the secret one and must be it.
+        let derived = crate::zmqx::curve_public(&pair.secret.0).ok_or(SecurityError::NoCurve)?;
+        if derived != pair.public.0 {
+            return Err(bad(
+                path,
+                &format!(
+                    "its public-key is not the one its secret-key makes ({}): the two do not belong \
+                     together; make a new pair with `mdsub keygen`",
+                    PublicKey(derived)
+                ),
+            ));
+        }
+        warn_if_others_can_read(path);
+        Ok(pair)
     }
 }
 
@@ -178,25 +204,66 @@ pub fn load_public(path: &Path) -> Result<PublicKey, SecurityError> {
 }
 
 /// Load every public key an allow-list names: files, or directories whose
-/// `*.pub` files are read.
+/// `*.pub` files are read. A directory with none is refused
+/// ([`SecurityError::NoPublicKeys`]): an empty allow-list lets every client in.
 pub fn load_public_keys(paths: &[PathBuf]) -> Result<HashSet<PublicKey>, SecurityError> {
     let mut keys = HashSet::new();
     for path in paths {
         if path.is_dir() {
             let entries =
                 std::fs::read_dir(path).map_err(|source| SecurityError::Read { path: path.clone(), source })?;
+            let mut found = false;
             for entry in entries {
                 let entry = entry.map_err(|source| SecurityError::Read { path: path.clone(), source })?;
                 let p = entry.path();
                 if p.extension().is_some_and(|e| e == "pub") {
                     keys.insert(load_public(&p)?);
+                    found = true;
                 }
+            }
+            if !found {
+                return Err(SecurityError::NoPublicKeys { path: path.clone() });
             }
         } else {
             keys.insert(load_public(path)?);
         }
     }
     Ok(keys)
+}
+
+/// Say once per file, on stderr, that a secret key file can be read (or written) by users
+/// other than its owner, as ssh does of a private key; mdsub uses it anyway (docs/SECURITY.md:
+/// a secret mounted by an orchestrator is often 0644 in a container nobody else uses).
+fn warn_if_others_can_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.contains(&key) {
+        return;
+    }
+    warned.push(key);
+    crate::diag!("{}", open_key_warning(path, mode));
+}
+
+/// The warning for a secret key file of permissions `mode` that others can reach.
+fn open_key_warning(path: &Path, mode: u32) -> String {
+    let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+        (true, true) => "its group and every other user",
+        (true, false) => "its group",
+        _ => "every other user",
+    };
+    format!(
+        "warning: secret key file {} has mode {mode:04o}: {who} can reach the secret key in it, and with it \
+         pass as this peer; `chmod 600 {}` (mdsub uses it anyway)",
+        path.display(),
+        path.display()
+    )
 }
 
 fn cert_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
@@ -214,14 +281,28 @@ fn read_file(path: &Path) -> Result<String, SecurityError> {
     std::fs::read_to_string(path).map_err(|source| SecurityError::Read { path: path.to_path_buf(), source })
 }
 
+/// Write `bytes` to `path` with permissions `mode`, whatever was there: a temporary file
+/// beside it (made new, so nothing it does not own is followed or kept) gets the bytes and
+/// the mode, then replaces `path`. Opening `path` itself kept an existing file's mode
+/// (`keygen --force` over a 0666 key left it 0666).
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SecurityError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let wrap = |source| SecurityError::Write { path: path.to_path_buf(), source };
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(wrap)?;
-    f.write_all(bytes).map_err(wrap)?;
-    f.sync_all().map_err(wrap)
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        // The umask may have taken bits away from `mode` at creation; this is exact.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(wrap)
 }
 
 /// An address block: `10.0.0.0/8`, `127.0.0.1` (a /32), `::1`.
@@ -461,7 +542,8 @@ impl ZapRequest {
     }
 }
 
-/// Why a peer was refused.
+/// Why a peer was refused: by ZAP ([`ZapPolicy::decide`]), or by libzmq's own handshake
+/// before ZAP is asked ([`Refusal::of_handshake`], seen on the server socket's monitor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Its source address is outside the allow-list.
@@ -470,6 +552,16 @@ pub enum Refusal {
     Mechanism,
     /// Its CURVE public key is not on the allow-list.
     Key,
+    /// Its greeting named another security mechanism (a client without CURVE keys at a CURVE
+    /// server, or one with keys at a server without CURVE): `ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH`.
+    HandshakeMechanism,
+    /// Its CURVE handshake did not decrypt (`ZMTP_CRYPTOGRAPHIC`, `ZMTP_KEY_EXCHANGE`): most often
+    /// its server key is not this server's public key.
+    HandshakeCrypto,
+    /// It broke the ZMTP handshake otherwise.
+    HandshakeProtocol,
+    /// The connection ended during the handshake with no reason from libzmq.
+    HandshakeNoDetail,
 }
 
 impl Refusal {
@@ -479,6 +571,10 @@ impl Refusal {
             Refusal::Address => "address_not_allowed",
             Refusal::Mechanism => "mechanism_not_allowed",
             Refusal::Key => "key_not_allowed",
+            Refusal::HandshakeMechanism => "handshake_failed_mechanism",
+            Refusal::HandshakeCrypto => "handshake_failed_crypto",
+            Refusal::HandshakeProtocol => "handshake_failed_protocol",
+            Refusal::HandshakeNoDetail => "handshake_failed_no_detail",
         }
     }
 
@@ -487,7 +583,107 @@ impl Refusal {
             Refusal::Address => "address not allowed",
             Refusal::Mechanism => "mechanism not allowed",
             Refusal::Key => "client key not allowed",
+            Refusal::HandshakeMechanism => "another security mechanism",
+            Refusal::HandshakeCrypto => "CURVE handshake did not decrypt",
+            Refusal::HandshakeProtocol => "broke the ZMTP handshake",
+            Refusal::HandshakeNoDetail => "ended the connection during the handshake",
         }
+    }
+
+    /// What a refusal by libzmq's handshake means, for its log line, at a server that demands
+    /// CURVE (`curve`) or not.
+    pub fn explain(self, curve: bool) -> &'static str {
+        match (self, curve) {
+            (Refusal::HandshakeMechanism, true) => {
+                "the client presents no CURVE keys and this server demands CURVE: it needs --server-key \
+                 (this server's NAME.pub) and --curve-key"
+            }
+            (Refusal::HandshakeMechanism, false) => {
+                "the client presents CURVE keys and this server does not demand CURVE: leave them out \
+                 there, or give this server --curve-key"
+            }
+            (Refusal::HandshakeCrypto, _) => {
+                "its CURVE handshake did not decrypt: most often its --server-key is not this server's \
+                 public key (or its key file's public key is not its secret key's)"
+            }
+            (Refusal::HandshakeProtocol, _) => "it broke the ZMTP handshake (is it a ZeroMQ peer?)",
+            (Refusal::HandshakeNoDetail, _) => {
+                "it ended the connection during the handshake (a port check, or a peer that gave up)"
+            }
+            (r, _) => r.as_str(),
+        }
+    }
+
+    /// The refusal a server socket's monitor event says, if it says one: `event` is a
+    /// `ZMQ_EVENT_*`, `value` its first value (a protocol error's code). A refusal by ZAP
+    /// (`HANDSHAKE_FAILED_AUTH`) is not one: the ZAP handler decided and counted it.
+    pub fn of_handshake(event: u64, value: Option<u64>) -> Option<Refusal> {
+        let code = value.and_then(|v| u32::try_from(v).ok());
+        match u32::try_from(event).ok()? {
+            zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL => Some(Refusal::HandshakeNoDetail),
+            zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL => Some(match code {
+                Some(zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) => Refusal::HandshakeMechanism,
+                Some(
+                    zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC | zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE,
+                ) => Refusal::HandshakeCrypto,
+                _ => Refusal::HandshakeProtocol,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The monitor events a server socket's [`HandshakeWatch`] asks for: the handshake failures
+/// libzmq decides before ZAP is asked (ZAP's own refusals are the handler's).
+const HANDSHAKE_EVENTS: u64 =
+    (zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) as u64;
+
+/// A server socket's monitor (version 2 events, which name the peer), read by the ZAP handler
+/// of its context: a client libzmq refuses in its handshake (no CURVE keys at a CURVE server,
+/// a server key that is not this server's) never reaches ZAP, and was in no counter and no line.
+pub struct HandshakeWatch {
+    monitor: zmq::Socket,
+}
+
+static HANDSHAKE_WATCHES: AtomicU64 = AtomicU64::new(0);
+
+impl HandshakeWatch {
+    /// Start the monitor on `socket` (made in `ctx`; before it binds, so no peer is missed).
+    pub fn attach(ctx: &zmq::Context, socket: &mut zmq::Socket) -> zmq::Result<HandshakeWatch> {
+        let n = HANDSHAKE_WATCHES.fetch_add(1, Relaxed);
+        let inproc = format!("inproc://mdsub-handshakes-{}-{n}", std::process::id());
+        crate::zmqx::monitor_v2(socket, &inproc, HANDSHAKE_EVENTS)?;
+        let monitor = ctx.socket(zmq::PAIR)?;
+        monitor.set_linger(0)?;
+        monitor.connect(&inproc)?;
+        Ok(HandshakeWatch { monitor })
+    }
+}
+
+/// What a server socket's monitor said about one peer: refused by libzmq's handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeRefused {
+    pub refusal: Refusal,
+    /// The peer (`tcp://10.0.0.7:51234`) and the endpoint it reached.
+    pub peer: String,
+    pub endpoint: String,
+}
+
+impl HandshakeRefused {
+    /// From one version 2 monitor event; None when it is no handshake refusal.
+    pub fn of(event: &crate::zmqx::MonitorEventV2) -> Option<HandshakeRefused> {
+        Some(HandshakeRefused {
+            refusal: Refusal::of_handshake(event.event, event.value)?,
+            peer: event.remote.clone(),
+            endpoint: event.local.clone(),
+        })
+    }
+
+    /// The line's detail at a server that demands CURVE (`curve`) or not:
+    /// `10.0.0.7:51234 at tcp://0.0.0.0:5556: WHAT IT MEANS`.
+    pub fn detail(&self, curve: bool) -> String {
+        let peer = self.peer.strip_prefix("tcp://").unwrap_or(&self.peer);
+        format!("{peer} at {}: {}", self.endpoint, self.refusal.explain(curve))
     }
 }
 
@@ -524,7 +720,8 @@ impl ZapPolicy {
     }
 }
 
-/// What the ZAP handler has decided so far (live, readable by anyone).
+/// What the ZAP handler has decided so far, and the peers libzmq refused in their handshake
+/// on the context's watched server sockets (live, readable by anyone).
 #[derive(Debug, Default)]
 pub struct ZapCounters {
     pub accepted: AtomicU64,
@@ -532,20 +729,48 @@ pub struct ZapCounters {
     pub refused_mechanism: AtomicU64,
     pub refused_key: AtomicU64,
     pub malformed: AtomicU64,
+    pub handshake_mechanism: AtomicU64,
+    pub handshake_crypto: AtomicU64,
+    pub handshake_protocol: AtomicU64,
+    pub handshake_no_detail: AtomicU64,
 }
 
+/// Every refusal, in the order counters and lines name them.
+const REFUSALS: [Refusal; 7] = [
+    Refusal::Address,
+    Refusal::Mechanism,
+    Refusal::Key,
+    Refusal::HandshakeMechanism,
+    Refusal::HandshakeCrypto,
+    Refusal::HandshakeProtocol,
+    Refusal::HandshakeNoDetail,
+];
+
 impl ZapCounters {
+    /// Peers refused, every reason.
     pub fn refused(&self) -> u64 {
-        self.refused_address.load(Relaxed) + self.refused_mechanism.load(Relaxed) + self.refused_key.load(Relaxed)
+        REFUSALS.iter().map(|&r| self.of(r).load(Relaxed)).sum()
     }
 
-    fn count(&self, refusal: Refusal) {
+    /// The refusals counted so far, by reason (those not yet seen left out).
+    pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
+        REFUSALS.iter().map(|&r| (r.reason(), self.of(r).load(Relaxed))).filter(|&(_, n)| n > 0).collect()
+    }
+
+    fn of(&self, refusal: Refusal) -> &AtomicU64 {
         match refusal {
             Refusal::Address => &self.refused_address,
             Refusal::Mechanism => &self.refused_mechanism,
             Refusal::Key => &self.refused_key,
+            Refusal::HandshakeMechanism => &self.handshake_mechanism,
+            Refusal::HandshakeCrypto => &self.handshake_crypto,
+            Refusal::HandshakeProtocol => &self.handshake_protocol,
+            Refusal::HandshakeNoDetail => &self.handshake_no_detail,
         }
-        .fetch_add(1, Relaxed);
+    }
+
+    fn count(&self, refusal: Refusal) {
+        self.of(refusal).fetch_add(1, Relaxed);
     }
 }
 
@@ -553,7 +778,8 @@ impl ZapCounters {
 /// answers libzmq's questions with a [`ZapPolicy`]. Every socket of that
 /// context with a ZAP domain is checked by it. An agent that already polls
 /// sockets (the clone server) serves it in its own loop; [`ZapAgent`] runs
-/// it on a thread of its own.
+/// it on a thread of its own. It also reads the server sockets' [`HandshakeWatch`]es, so a
+/// peer libzmq refuses before ZAP is asked is counted and said like one ZAP refuses.
 pub struct ZapHandler {
     role: String,
     socket: zmq::Socket,
@@ -562,6 +788,7 @@ pub struct ZapHandler {
     frames: Vec<zmq::Message>,
     /// Refusals said on stderr by reason: the first of each at once, then a summary per 10 s.
     refusals: RefusalLog,
+    watches: Vec<HandshakeWatch>,
 }
 
 impl ZapHandler {
@@ -579,7 +806,25 @@ impl ZapHandler {
             counters: Arc::new(ZapCounters::default()),
             frames: Vec::new(),
             refusals: RefusalLog::new(role),
+            watches: Vec::new(),
         })
+    }
+
+    /// Watch server socket `socket` (made in the handler's context `ctx`, not bound yet) for
+    /// the peers libzmq refuses in their handshake.
+    pub fn watch(&mut self, ctx: &zmq::Context, socket: &mut zmq::Socket) -> Result<(), AgentError> {
+        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
+            role: self.role.clone(),
+            context: "monitoring a server socket's handshakes",
+            source,
+        })?;
+        self.watches.push(watch);
+        Ok(())
+    }
+
+    /// The sockets to wait on for its work: the ZAP socket and every watch's monitor.
+    pub fn sockets(&self) -> impl Iterator<Item = &zmq::Socket> {
+        std::iter::once(&self.socket).chain(self.watches.iter().map(|w| &w.monitor))
     }
 
     /// The live counters.
@@ -587,20 +832,38 @@ impl ZapHandler {
         self.counters.clone()
     }
 
-    /// The socket, for an owner's poll set.
-    pub fn socket(&self) -> &zmq::Socket {
-        &self.socket
-    }
-
-    /// Answer up to 64 waiting requests without blocking; how many were answered.
+    /// Answer up to 64 waiting requests and read up to 64 events of each watch without
+    /// blocking; how many requests and events were taken.
     pub fn serve(&mut self) -> Result<usize, AgentError> {
         let mut n = 0;
         while n < 64 && self.answer()? {
             n += 1;
         }
+        for i in 0..self.watches.len() {
+            let mut taken = 0;
+            while taken < 64 && self.read_watch(i) {
+                taken += 1;
+            }
+            n += taken;
+        }
         // A burst of refusals is summarised without waiting for the next one.
         self.refusals.tick(crate::clock::monotonic_ns());
         Ok(n)
+    }
+
+    /// Take one event of watch `i`: a peer refused in its handshake is counted and said.
+    fn read_watch(&mut self, i: usize) -> bool {
+        match crate::zmqx::recv_message(&self.watches[i].monitor, &mut self.frames) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return false,
+        }
+        let refused = crate::zmqx::MonitorEventV2::parse(&self.frames).and_then(|e| HandshakeRefused::of(&e));
+        if let Some(r) = refused {
+            self.counters.count(r.refusal);
+            let detail = r.detail(self.policy.require_curve);
+            self.refusals.refuse(r.refusal.reason(), &detail, crate::clock::monotonic_ns());
+        }
+        true
     }
 
     fn answer(&mut self) -> Result<bool, AgentError> {
@@ -653,29 +916,39 @@ impl ZapHandler {
 }
 
 /// A [`ZapHandler`] on a thread of its own (role `zap`), for contexts whose
-/// owners do not poll it themselves.
-pub struct ZapAgent(ZapHandler);
+/// owners do not poll it themselves; the [`HandshakeWatch`]es of server sockets made after
+/// it started reach it through a channel ([`ZapService::watch`]).
+pub struct ZapAgent(ZapAgentState);
+
+struct ZapAgentState {
+    handler: ZapHandler,
+    new_watches: Option<crossbeam::channel::Receiver<HandshakeWatch>>,
+}
 
 impl ZapAgent {
     /// Bind the handler in `ctx` (before any server socket of `ctx` binds).
     pub fn bind(ctx: &zmq::Context, role: &str, policy: ZapPolicy) -> Result<(ZapAgent, Arc<ZapCounters>), AgentError> {
         let handler = ZapHandler::bind(ctx, role, policy)?;
         let counters = handler.counters();
-        Ok((ZapAgent(handler), counters))
+        Ok((ZapAgent(ZapAgentState { handler, new_watches: None }), counters))
     }
 }
 
 impl Agent for ZapAgent {
     fn role(&self) -> &str {
-        &self.0.role
+        &self.0.handler.role
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
-        self.0.serve().map(Step::Worked)
+        if let Some(rx) = &self.0.new_watches {
+            self.0.handler.watches.extend(rx.try_iter());
+        }
+        self.0.handler.serve().map(Step::Worked)
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        let _ = crate::zmqx::wait_ready(&self.0.socket, zmq::POLLIN, timeout);
+        let sockets: Vec<&zmq::Socket> = self.0.handler.sockets().collect();
+        let _ = crate::zmqx::wait_any(&sockets, zmq::POLLIN, timeout);
     }
 }
 
@@ -688,6 +961,7 @@ pub struct ZapService {
     handle: Option<AgentHandle<ZapAgent>>,
     stop: StopFlag,
     counters: Arc<ZapCounters>,
+    watches: crossbeam::channel::Sender<HandshakeWatch>,
 }
 
 impl ZapService {
@@ -697,10 +971,26 @@ impl ZapService {
         if access.is_open() {
             return Ok(None);
         }
-        let (agent, counters) = ZapAgent::bind(ctx, &format!("{role}-zap"), access.policy())?;
+        let (mut agent, counters) = ZapAgent::bind(ctx, &format!("{role}-zap"), access.policy())?;
+        let (watches, rx) = crossbeam::channel::unbounded();
+        agent.0.new_watches = Some(rx);
         let stop = StopFlag::new();
         let handle = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
-        Ok(Some(ZapService { handle: Some(handle), stop, counters }))
+        Ok(Some(ZapService { handle: Some(handle), stop, counters, watches }))
+    }
+
+    /// Watch server socket `socket` (made in `ctx`, the service's context, not bound yet) for
+    /// peers libzmq refuses in their handshake: the handler counts and says them with its own
+    /// refusals. Its events wait in the monitor until the handler takes the watch (at its
+    /// next step, within 100 ms).
+    pub fn watch(&self, ctx: &zmq::Context, socket: &mut zmq::Socket) -> Result<(), AgentError> {
+        let role = self.handle.as_ref().map(|h| h.role().to_string()).unwrap_or_default();
+        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
+            role: role.clone(),
+            context: "monitoring a server socket's handshakes",
+            source,
+        })?;
+        self.watches.send(watch).map_err(|_| AgentError::Fatal { role, message: "the ZAP handler has stopped".into() })
     }
 
     /// What the handler has decided so far.
@@ -776,8 +1066,65 @@ mod tests {
     }
 
     #[test]
+    fn handshake_failures_are_refusals_by_their_code() {
+        use zmq_sys as z;
+        let failed =
+            |code: u32| Refusal::of_handshake(u64::from(z::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL), Some(u64::from(code)));
+        assert_eq!(failed(z::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH), Some(Refusal::HandshakeMechanism));
+        assert_eq!(failed(z::ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC), Some(Refusal::HandshakeCrypto));
+        assert_eq!(failed(z::ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE), Some(Refusal::HandshakeCrypto));
+        assert_eq!(failed(z::ZMQ_PROTOCOL_ERROR_ZMTP_UNEXPECTED_COMMAND), Some(Refusal::HandshakeProtocol));
+        let event = |e: u32| Refusal::of_handshake(u64::from(e), Some(0));
+        assert_eq!(event(z::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL), Some(Refusal::HandshakeNoDetail));
+        assert_eq!(event(z::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH), None, "ZAP's own refusal: the handler counted it");
+        assert_eq!(event(z::ZMQ_EVENT_HANDSHAKE_SUCCEEDED), None);
+        assert_eq!(Refusal::of_handshake(u64::MAX, None), None);
+        let r = HandshakeRefused {
+            refusal: Refusal::HandshakeMechanism,
+            peer: "tcp://10.0.0.7:51234".into(),
+            endpoint: "tcp://0.0.0.0:5556".into(),
+        };
+        assert_eq!(
+            r.detail(true),
+            "10.0.0.7:51234 at tcp://0.0.0.0:5556: the client presents no CURVE keys and this server demands \
+             CURVE: it needs --server-key (this server's NAME.pub) and --curve-key"
+        );
+        assert!(r.detail(false).contains("the client presents CURVE keys and this server does not demand CURVE"));
+        let c = ZapCounters::default();
+        for refusal in [Refusal::Key, Refusal::HandshakeCrypto, Refusal::HandshakeCrypto] {
+            c.count(refusal);
+        }
+        assert_eq!(c.by_reason(), [("key_not_allowed", 1), ("handshake_failed_crypto", 2)]);
+        assert_eq!(c.refused(), 3);
+    }
+
+    #[test]
     fn open_policy_accepts_anyone() {
         assert_eq!(ZapPolicy::default().decide(&req("192.0.2.9", "NULL", None)), Ok(()));
+    }
+
+    #[test]
+    fn a_pair_whose_public_key_is_not_its_secrets_is_refused_and_open_modes_are_named() {
+        let (a, b) = (Keypair::generate().expect("CURVE"), Keypair::generate().expect("CURVE"));
+        assert_eq!(crate::zmqx::curve_public(&a.secret.0), Some(a.public.0), "libzmq derives the public key");
+        let dir = std::env::temp_dir().join(format!("mdsub-mixed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mixed = dir.join("mixed.key");
+        let text = format!("curve\n    public-key = \"{}\"\n    secret-key = \"{}\"\n", a.public, b.secret_z85());
+        write_file(&mixed, text.as_bytes(), 0o600).unwrap();
+        let err = Keypair::load(&mixed).unwrap_err().to_string();
+        assert!(err.contains(&format!("its public-key is not the one its secret-key makes ({})", b.public)), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let k = Path::new("k.key");
+        for (mode, who) in [
+            (0o640, "0640: its group can"),
+            (0o604, "0604: every other user can"),
+            (0o666, "0666: its group and every other user can"),
+        ] {
+            let line = open_key_warning(k, mode);
+            assert!(line.contains(&format!("secret key file k.key has mode {who} reach")), "{line}");
+            assert!(line.contains("`chmod 600 k.key`"), "{line}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crossbeam::channel::Receiver;
 use super::{Scream, SnailBoard};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
-use crate::security::ServerAccess;
+use crate::security::{ServerAccess, ZapService};
 
 /// Topic prefix of every monitor message.
 pub const TOPIC_PREFIX: &str = "snail.";
@@ -36,23 +36,26 @@ pub struct MonitorAgent {
 }
 
 impl MonitorAgent {
-    /// Bind a PUB at `endpoint` in `ctx` under `access` (whose ZAP handler,
-    /// if it needs one, is already bound in `ctx`: [`crate::security::ZapService`]);
-    /// returns the agent and the endpoint as bound (`tcp://127.0.0.1:*`
-    /// resolved to its port).
+    /// Bind a PUB at `endpoint` in `ctx` under `access` (whose ZAP handler, `zap`,
+    /// if it needs one, is already bound in `ctx`; it also watches the PUB for subscribers
+    /// libzmq refuses in their handshake); returns the agent and the endpoint as bound
+    /// (`tcp://127.0.0.1:*` resolved to its port).
     pub fn bind(
         ctx: &zmq::Context,
         endpoint: &str,
-        access: &ServerAccess,
+        (access, zap): (&ServerAccess, Option<&ZapService>),
         screams: Receiver<Scream>,
         board: Arc<SnailBoard>,
         state_every: Duration,
     ) -> Result<(MonitorAgent, String), AgentError> {
         let zerr = |context| move |source| AgentError::Zmq { role: "snail-monitor".into(), context, source };
-        let publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the monitor PUB"))?;
+        let mut publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the monitor PUB"))?;
         // A croak is the last thing the engine says: give it a second to leave.
         publisher.set_linger(1_000).map_err(zerr("setting LINGER"))?;
         access.apply(&publisher).map_err(zerr("setting the access options"))?;
+        if let Some(z) = zap {
+            z.watch(ctx, &mut publisher)?;
+        }
         let bound = crate::zmqx::bind_resolved(&publisher, endpoint).map_err(|e| AgentError::Fatal {
             role: "snail-monitor".into(),
             message: format!("binding the monitor PUB to {endpoint}{}: {e}", crate::zmqx::bind_hint(e)),
