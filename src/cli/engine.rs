@@ -570,6 +570,13 @@ fn refused_flag(args: &EngineArgs, profile: &Profile, field: &str, message: &str
                 )
             })
         }
+        // An endpoint the flag gave (its source, the same publisher twice).
+        f if endpoints.is_some()
+            && f.starts_with("shards[")
+            && (f.contains("].endpoints[") || f.contains("].binds[")) =>
+        {
+            Some(format!("--endpoint: {message}"))
+        }
         f if f.starts_with("snail.") => args.snail.refused(profile, f, message),
         _ => None,
     }
