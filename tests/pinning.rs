@@ -88,7 +88,7 @@ fn endpoint_flags_keep_each_profile_shards_cores() {
     let dir = common::temp_dir("pinning-flags");
     let profile = dir.join("two.toml");
     let shards = format!(
-        "allow_shared_cores = true\n[[shards]]\nio_core = {a}\nreader_core = {a}\n\
+        "name = \"two\"\nallow_shared_cores = true\n[[shards]]\nio_core = {a}\nreader_core = {a}\n\
          [[shards]]\nio_core = {b}\nreader_core = {b}\n[[workers]]\ncore = {a}\n"
     );
     std::fs::write(&profile, shards).expect("write");
