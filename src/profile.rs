@@ -54,7 +54,7 @@ pub struct ShardProfile {
     /// `--endpoint bind:EP`). Each publisher connection that ends there is counted and said.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binds: Vec<String>,
-    /// Local interface name (`eth1`) or address to connect from: the shard's NIC.
+    /// Local interface name (`eth1`) or IPv4 address to connect from: the shard's NIC.
     #[serde(default)]
     pub interface: Option<String>,
     /// Topic prefixes to subscribe; empty = everything.

@@ -297,8 +297,10 @@ pub struct EngineArgs {
     pub profile: String,
     /// Publisher endpoint(s), `connect:EP` or `EP` to connect, `bind:EP` for
     /// publishers that connect to the engine: each use of the flag is one
-    /// shard (replacing the profile's shards); `EP1,EP2` puts two publishers
-    /// on one shard. Each link is watched: a loss is logged with its reason
+    /// shard (replacing the profile's shards: shard k keeps the profile's shard
+    /// k's interface, cores and subscriptions; one the profile lacks runs
+    /// unpinned, subscribed to everything); `EP1,EP2` puts two publishers on
+    /// one shard. The same publisher twice is refused. Each link is watched: a loss is logged with its reason
     /// and counted (the report's `links`), one libzmq will not reconnect (a
     /// frame over max_msg_bytes) is connected again. On a bound endpoint
     /// libzmq says only that a publisher's connection ended (a frame over
@@ -338,7 +340,8 @@ pub struct EngineArgs {
     /// until Ctrl-C (loss is then counted when every shard heard one per endpoint).
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
-    /// Stop anyway after this long (e.g. 90s).
+    /// Stop anyway after this long (e.g. 90s). An engine that delivered nothing
+    /// while a link of it never came up exits 1 (so does one stopped by Ctrl-C).
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub max_duration: Option<Duration>,
     #[command(flatten)]
