@@ -353,14 +353,15 @@ fn an_endpoint_nobody_serves_is_said_not_silently_waited_on() {
     let said = wait_line(&err, Duration::from_secs(20), "the link said not up", |l| l.contains("not up after"));
     assert!(said.contains(&ep) && said.contains("nothing answers there"), "{said}");
     engine.signal(2);
-    // Nothing delivered and the link never up: stopped, the run is no success.
-    assert_eq!(engine.wait_exit(Duration::from_secs(20)).code(), Some(1));
+    // Stopped by a person: a clean stop, whatever the link did (its time limit is judged).
+    assert!(engine.wait_exit(Duration::from_secs(20)).success());
 }
 
 #[test]
 fn an_engine_whose_links_never_came_up_exits_1_and_names_them() {
     // Before: a keyless engine against a CURVE feed (`handshake_failed_mechanism … That will
     // not fix itself`) or against nothing ran to its --max-duration, delivered 0 and exited 0.
+    // (Stopped by Ctrl-C, it still exits 0: an_endpoint_nobody_serves_is_said_not_silently_waited_on.)
     let dir = common::temp_dir("links-never");
     let (code, _, err) = run_within("keygen", mdsub().arg("keygen").arg("feed").arg("--dir").arg(&dir), DEADLINE);
     assert_eq!(code, Some(0), "keygen: {err}");
@@ -420,7 +421,7 @@ fn a_key_the_server_refuses_is_said_once_and_retried_with_a_back_off() {
     std::thread::sleep(Duration::from_secs(4));
     engine.proc.signal(2);
     let (status, out) = engine.finish(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(1), "nothing delivered, the link never up: {status}");
+    assert!(status.success(), "engine: {status}");
     let lines: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
     let about_link: Vec<&String> = lines.iter().filter(|l| l.contains(&format!("link {}", eps[0]))).collect();
     // Before: ~1000 lines. Now: the re-established line after the first, a summary, the rest at exit.
