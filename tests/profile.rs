@@ -26,6 +26,13 @@ fn the_two_nic_profile_checks_for_an_8_core_host_and_resolves() {
     }
 }
 
+/// `mdsub profile check` of `text` written to `file` in `dir`.
+fn check_text(dir: &std::path::Path, file: &str, text: &str) -> (Option<i32>, String, String) {
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("write");
+    check(&["check", path.to_str().expect("utf8")])
+}
+
 /// A profile with `body` replacing the default shard and worker tables.
 fn write_profile(dir: &std::path::Path, name: &str, body: &str) -> String {
     let path = dir.join(format!("{name}.toml"));
@@ -114,9 +121,7 @@ fn a_file_that_is_not_toml_says_the_line_and_column_in_one_line() {
     // Before: the parser's multi-line excerpt flattened, `TOML parse error at line 1, column 9
     // | 1 | garbage [[[ |         ^ expected …`.
     let dir = common::temp_dir("profile-syntax");
-    let path = dir.join("broken.toml");
-    std::fs::write(&path, "name = \"x\"\ngarbage [[[\n").expect("write");
-    let (code, _out, err) = check(&["check", path.to_str().expect("utf8")]);
+    let (code, _out, err) = check_text(&dir, "broken.toml", "name = \"x\"\ngarbage [[[\n");
     assert_eq!(code, Some(1), "{err}");
     let line = err.trim();
     assert_eq!(line.lines().count(), 1, "{err}");
@@ -329,14 +334,12 @@ fn an_interface_and_an_endpoint_that_names_its_own_source_are_refused_together()
 fn a_profile_without_a_name_takes_its_files() {
     // Before: `missing field `name`` at line 1, column 1, and no page said it was needed.
     let dir = common::temp_dir("profile-unnamed");
-    let path = dir.join("fast-feed.toml");
-    std::fs::write(&path, "[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\n[[workers]]\n").expect("write");
-    let (code, out, err) = check(&["check", path.to_str().expect("utf8")]);
+    let one = "[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\n[[workers]]\n";
+    let (code, out, err) = check_text(&dir, "fast-feed.toml", one);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("name = \"fast-feed\""), "{out}");
     // An empty file: the first thing missing is a shard, said as such.
-    std::fs::write(&path, "").expect("write");
-    let (code, _out, err) = check(&["check", path.to_str().expect("utf8")]);
+    let (code, _out, err) = check_text(&dir, "fast-feed.toml", "");
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("profile field `shards`: at least one shard is needed; add a [[shards]] table"), "{err}");
 }
