@@ -646,7 +646,7 @@ fn a_link_came_up(report: &RunReport) -> anyhow::Result<()> {
     if never.is_empty() {
         return Ok(());
     }
-    bail!("nothing delivered, and these links never came up: {} (what was said of each is above)", never.join("; "))
+    bail!("nothing delivered, and these links never came up: {}", never.join("; "))
 }
 
 /// Run `mdsub engine` against running publishers.
