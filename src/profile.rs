@@ -12,6 +12,12 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{defaults, EngineConfig, ShardConfig};
 use crate::snail::{self, Policy, SkewMode, SnailConfig};
 
+mod nic;
+use nic::with_source;
+pub use nic::{
+    check_connect, check_interface, interface_address, interface_down, interface_exists, interfaces, IfAddr,
+};
+
 /// Errors loading or checking a profile.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -48,7 +54,7 @@ pub struct ShardProfile {
     /// `--endpoint bind:EP`). Each publisher connection that ends there is counted and said.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binds: Vec<String>,
-    /// Local interface name (`eth1`) or address to connect from: the shard's NIC.
+    /// Local interface name (`eth1`) or IPv4 address to connect from: the shard's NIC.
     #[serde(default)]
     pub interface: Option<String>,
     /// Topic prefixes to subscribe; empty = everything.
@@ -181,11 +187,17 @@ impl SnailProfile {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// What reports and stamps call it [default: the file's name without `.toml`].
+    #[serde(default)]
     pub name: String,
     /// Let two threads share a core (needed on hosts with few cores).
     #[serde(default)]
     pub allow_shared_cores: bool,
+    /// At least one (`[[shards]]`): the check says so when there is none.
+    #[serde(default)]
     pub shards: Vec<ShardProfile>,
+    /// At least one (`[[workers]]`, empty for an unpinned worker).
+    #[serde(default)]
     pub workers: Vec<WorkerProfile>,
     #[serde(default = "Profile::default_routing")]
     pub routing: Routing,
@@ -375,9 +387,10 @@ impl Profile {
         p
     }
 
-    /// Parse TOML; `path` is only for the error message.
+    /// Parse TOML; `path` is for the error message, and names a profile without a `name`
+    /// (`tuning/fast.toml`: `fast`).
     pub fn from_toml(text: &str, path: &str) -> Result<Profile, ProfileError> {
-        toml::from_str(text).map_err(|e| {
+        let mut p: Profile = toml::from_str(text).map_err(|e| {
             // The parser's own text is a multi-line excerpt with a caret; one line says the place
             // and the reason.
             let reason = e.message().trim().replace('\n', "; ");
@@ -394,7 +407,12 @@ impl Profile {
                 None => reason,
             };
             ProfileError::Parse { path: path.into(), message }
-        })
+        })?;
+        if p.name.is_empty() {
+            let stem = Path::new(path).file_stem().map(|s| s.to_string_lossy().into_owned());
+            p.name = stem.filter(|s| !s.is_empty()).unwrap_or_else(|| "unnamed".into());
+        }
+        Ok(p)
     }
 
     /// Load `path`, or `builtin` / `auto` by name; a file's relative `[security]` paths are taken
@@ -421,10 +439,11 @@ impl Profile {
         self.validate_for(host, true)
     }
 
-    /// [`Profile::validate`] against a host with cores `host`; interfaces and the files
-    /// `[security]` names (key files, allow-lists, the token) are checked only when
-    /// `interfaces` (they can be looked up only on the host that will run the engine).
-    pub fn validate_for(&self, host: &[usize], interfaces: bool) -> Result<(), ProfileError> {
+    /// [`Profile::validate`] against a host with cores `host`. `this_host`: `host` is this
+    /// process's cores (a core outside them may be outside its CPU mask), and interfaces,
+    /// endpoints' sources and the files `[security]` names (key files, allow-lists, the token)
+    /// are looked up (they can be only on the host that will run the engine).
+    pub fn validate_for(&self, host: &[usize], this_host: bool) -> Result<(), ProfileError> {
         if self.shards.is_empty() {
             return Err(invalid("shards", "at least one shard is needed; add a [[shards]] table"));
         }
@@ -482,14 +501,22 @@ impl Profile {
             ));
         }
         self.snail.validate()?;
-        self.security.validate(interfaces)?;
+        self.security.validate(this_host)?;
         let mut used: Vec<(usize, String)> = Vec::new();
         let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
             let Some(c) = core else { return Ok(()) };
             if !host.contains(&c) {
+                let cores = core_list(host);
                 return Err(invalid(
                     field,
-                    format!("core {c} does not exist on this host; use one of {} or remove the field", core_list(host)),
+                    if this_host && online_cores().contains(&c) {
+                        format!(
+                            "core {c} is outside this process's CPU mask (taskset, a cpuset or a container limits \
+                             it to {cores}); use one of {cores}, run it with core {c} in its mask, or remove the field"
+                        )
+                    } else {
+                        format!("core {c} does not exist on this host; use one of {cores} or remove the field")
+                    },
                 ));
             }
             if let Some((_, other)) = used.iter().find(|(u, _)| *u == c) {
@@ -503,6 +530,8 @@ impl Profile {
             used.push((c, field));
             Ok(())
         };
+        // (publisher, its shard, its endpoint as written) of the endpoints checked so far.
+        let mut publishers: Vec<(String, usize, &String)> = Vec::new();
         for (i, s) in self.shards.iter().enumerate() {
             claim(s.io_core, format!("shards[{i}].io_core"))?;
             claim(s.reader_core, format!("shards[{i}].reader_core"))?;
@@ -510,11 +539,9 @@ impl Profile {
                 crate::zmqx::check_endpoint(ep).map_err(|m| invalid(format!("shards[{i}].binds[{j}]"), m))?;
             }
             for (j, ep) in s.endpoints.iter().enumerate() {
+                let field = format!("shards[{i}].endpoints[{j}]");
                 crate::zmqx::check_endpoint(ep).map_err(|m| {
-                    invalid(
-                        format!("shards[{i}].endpoints[{j}]"),
-                        format!("{m}; write tcp://HOST:PORT (the NIC to connect from goes in `interface`)"),
-                    )
+                    invalid(&field, format!("{m}; write tcp://HOST:PORT (the NIC to connect from goes in `interface`)"))
                 })?;
                 if s.interface.is_some() && !ep.starts_with("tcp://") {
                     return Err(invalid(
@@ -522,8 +549,31 @@ impl Profile {
                         "an interface applies to tcp:// endpoints only",
                     ));
                 }
+                // Two sources to one HOST:PORT are still one publisher.
+                let publisher = crate::zmqx::publisher_of(ep);
+                if let Some((_, k, first)) = publishers.iter().find(|(p, _, _)| *p == publisher) {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "`{ep}` is the publisher shard {k} connects to already (`{first}`): the same \
+                             publisher twice sends every message twice and its end of stream is awaited twice; \
+                             give each publisher once"
+                        ),
+                    ));
+                }
+                if let (Some(iface), Some((Some(source), _))) = (&s.interface, crate::zmqx::tcp_parts(ep)) {
+                    return Err(invalid(
+                        &field,
+                        format!(
+                            "`{ep}` names its own source (`{source}`), and the shard's `interface` is `{iface}`: \
+                             a connection has one source; drop one of them"
+                        ),
+                    ));
+                }
+                publishers.push((publisher, i, ep));
+                check_connect(ep, this_host).map_err(|m| invalid(&field, format!("`{ep}`: {m}")))?;
             }
-            if let Some(iface) = s.interface.as_ref().filter(|_| interfaces) {
+            if let Some(iface) = s.interface.as_ref().filter(|_| this_host) {
                 check_interface(iface).map_err(|m| invalid(format!("shards[{i}].interface"), m))?;
             }
         }
@@ -534,6 +584,28 @@ impl Profile {
             }
         }
         Ok(())
+    }
+
+    /// Each shard's interface (its `interface`, or the source an endpoint of it names) that
+    /// is down or without a link now: (shard, why). Not a refusal: an interface may come up
+    /// later (a boot, a flap), and libzmq keeps trying to connect until it does.
+    pub fn interfaces_down(&self) -> Vec<(usize, String)> {
+        let mut out: Vec<(usize, String)> = Vec::new();
+        for (k, s) in self.shards.iter().enumerate() {
+            let named = s.endpoints.iter().filter_map(|e| crate::zmqx::tcp_parts(e).and_then(|(source, _)| source));
+            let sources = s
+                .interface
+                .iter()
+                .filter(|_| !s.endpoints.is_empty())
+                .map(String::as_str)
+                .chain(named.map(crate::zmqx::host_of));
+            for source in sources {
+                if let Some(why) = interface_down(source).filter(|w| !out.iter().any(|(j, o)| *j == k && o == w)) {
+                    out.push((k, why));
+                }
+            }
+        }
+        out
     }
 
     /// What `mdsub engine` refuses when no `--endpoint` replaces the
@@ -608,84 +680,6 @@ impl Profile {
     }
 }
 
-/// `tcp://host:port` connected from `iface`: libzmq's `tcp://source:0;host:port`
-/// (the source needs a port, 0 = any; without one libzmq's connect succeeds
-/// and its background resolution fails, so the socket never connects). An
-/// interface name is resolved here to its address: libzmq would resolve it
-/// only in that background connect, where a missing interface fails the same
-/// silent way; here it fails before anything starts.
-fn with_source(endpoint: &str, iface: &str) -> String {
-    let source = match iface.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip,
-        Err(_) => match interface_address(iface) {
-            Some(ip) => ip,
-            None => return endpoint.to_string(),
-        },
-    };
-    let source = match source {
-        std::net::IpAddr::V4(v4) => format!("{v4}:0"),
-        std::net::IpAddr::V6(v6) => format!("[{v6}]:0"),
-    };
-    match endpoint.strip_prefix("tcp://") {
-        Some(rest) if !rest.contains(';') => format!("tcp://{source};{rest}"),
-        _ => endpoint.to_string(),
-    }
-}
-
-/// The address a connection from interface `name` takes as its source: its
-/// first IPv4 address, else its first IPv6 address.
-pub fn interface_address(name: &str) -> Option<std::net::IpAddr> {
-    let addrs: Vec<std::net::IpAddr> =
-        interfaces().into_iter().filter(|(n, _)| n == name).filter_map(|(_, a)| a).collect();
-    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
-}
-
-/// Every (interface name, address) of the calling process's network
-/// namespace, from `getifaddrs` (an interface without an address appears
-/// once with `None`). Unlike `/sys/class/net`, which shows the namespace sysfs
-/// was mounted in, this is always the namespace the engine connects from.
-pub fn interfaces() -> Vec<(String, Option<std::net::IpAddr>)> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we only read and then free
-    // with freeifaddrs; every pointer is checked for null before use, and a
-    // sockaddr is cast by its family to the matching type.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_name.is_null() {
-                continue;
-            }
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
-            let addr = if ifa.ifa_addr.is_null() {
-                None
-            } else {
-                match i32::from((*ifa.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        Some(std::net::IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        Some(std::net::IpAddr::from(sin6.sin6_addr.s6_addr))
-                    }
-                    _ => None,
-                }
-            };
-            if addr.is_some() || !out.iter().any(|(n, _)| *n == name) {
-                out.push((name, addr));
-            }
-        }
-        libc::freeifaddrs(head);
-    }
-    out
-}
-
 /// Core ids as ranges: `0-3,6`.
 pub fn core_list(cores: &[usize]) -> String {
     let mut sorted = cores.to_vec();
@@ -713,44 +707,31 @@ pub fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
 }
 
-/// The host's core ids.
+/// The host's core ids: those this process may run on (its CPU mask).
 pub fn host_cores() -> Vec<usize> {
     core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
 }
 
-/// What a shard's `interface` names: an interface with an address, or an
-/// address of this host; otherwise the one-line reason and fix.
-pub fn check_interface(iface: &str) -> Result<std::net::IpAddr, String> {
-    if let Ok(ip) = iface.parse::<std::net::IpAddr>() {
-        return match std::net::TcpListener::bind((ip, 0)) {
-            Ok(_) => Ok(ip),
-            Err(e) => {
-                Err(format!("address {ip} is not one of this host's ({e}); name a local address or an interface"))
-            }
-        };
-    }
-    if let Some(ip) = interface_address(iface) {
-        return Ok(ip);
-    }
-    let all = interfaces();
-    if all.iter().any(|(n, _)| n == iface) {
-        return Err(format!(
-            "interface `{iface}` has no IP address to connect from; give it one (ip addr add) or name another"
-        ));
-    }
-    // getifaddrs lists an interface once per address family: name each once, in its order.
-    let mut names: Vec<&str> = Vec::new();
-    for (n, _) in &all {
-        if !names.contains(&n.as_str()) {
-            names.push(n);
-        }
-    }
-    Err(format!("no interface `{iface}` on this host; use one of {} or an address", names.join(", ")))
+/// The cores the kernel has online (`/sys/devices/system/cpu/online`), this process's CPU
+/// mask or not; empty when that cannot be read.
+pub fn online_cores() -> Vec<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    text.trim().split(',').filter_map(|part| parse_core_range(part.trim()).ok()).flatten().collect()
 }
 
-/// True when `iface` names an interface with an address or a local address.
-pub fn interface_exists(iface: &str) -> bool {
-    check_interface(iface).is_ok()
+/// One part of a core list: a core (`3`) or a range of them (`0-7`).
+pub fn parse_core_range(part: &str) -> Result<std::ops::RangeInclusive<usize>, String> {
+    let bad = || "not a core or a range of cores (e.g. 0-7 or 0,2,4-7)".to_string();
+    match part.split_once('-') {
+        Some((a, b)) => {
+            let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            if a > b || b - a > 4096 {
+                return Err(bad());
+            }
+            Ok(a..=b)
+        }
+        None => part.parse().map(|c| c..=c).map_err(|_| bad()),
+    }
 }
 
 #[cfg(test)]
@@ -951,16 +932,6 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).expect("clean up");
-    }
-
-    #[test]
-    fn loopback_interface_applies_as_source() {
-        assert!(interface_exists("lo"));
-        assert!(interface_exists("127.0.0.1"));
-        assert_eq!(with_source("tcp://10.0.0.1:5", "lo"), "tcp://127.0.0.1:0;10.0.0.1:5");
-        assert_eq!(with_source("tcp://10.0.0.1:5", "10.0.0.2"), "tcp://10.0.0.2:0;10.0.0.1:5");
-        assert_eq!(with_source("tcp://[::1]:5", "::1"), "tcp://[::1]:0;[::1]:5");
-        assert_eq!(interface_address("lo"), Some("127.0.0.1".parse().expect("ip")));
     }
 
     #[test]

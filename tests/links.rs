@@ -15,6 +15,9 @@ use common::proxy::{frame, handshake, subscriber, until_probe};
 use common::{json, lines_of, mdsub, run_within, start_replay, u, wait_line, LineProc};
 use mdsub::wire::{encode, Header, Kind, CONTROL_TOPIC};
 
+/// The most a command of these tests may take.
+const DEADLINE: Duration = Duration::from_secs(30);
+
 /// One frame over the 1 MiB default limit of every connect-out socket.
 const OVERSIZED_BYTES: usize = 2 << 20;
 
@@ -350,7 +353,42 @@ fn an_endpoint_nobody_serves_is_said_not_silently_waited_on() {
     let said = wait_line(&err, Duration::from_secs(20), "the link said not up", |l| l.contains("not up after"));
     assert!(said.contains(&ep) && said.contains("nothing answers there"), "{said}");
     engine.signal(2);
+    // Stopped by a person: a clean stop, whatever the link did (its time limit is judged).
     assert!(engine.wait_exit(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn an_engine_whose_links_never_came_up_exits_1_and_names_them() {
+    // Before: a keyless engine against a CURVE feed (`handshake_failed_mechanism … That will
+    // not fix itself`) or against nothing ran to its --max-duration, delivered 0 and exited 0.
+    // (Stopped by Ctrl-C, it still exits 0: an_endpoint_nobody_serves_is_said_not_silently_waited_on.)
+    let dir = common::temp_dir("links-never");
+    let (code, _, err) = run_within("keygen", mdsub().arg("keygen").arg("feed").arg("--dir").arg(&dir), DEADLINE);
+    assert_eq!(code, Some(0), "keygen: {err}");
+    let key = dir.join("feed.key").to_str().expect("utf8").to_string();
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "1k", "--duration", "60s", "--curve-key", &key]);
+    let nobody = format!("tcp://127.0.0.1:{}", common::unserved_port_block(1));
+    let (code, out, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--json", "--max-duration", "2s", "--endpoint", &eps[0], "--endpoint", &nobody]),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(json(&out)["delivered"], 0, "the report is printed first: {out}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("mdsub: error: nothing delivered, and these links never came up: "), "{err}");
+    let shard0 = last.split(&format!("shard0 {} (", eps[0])).nth(1).unwrap_or_default();
+    assert!(shard0.split(')').next().unwrap_or_default().contains("handshake_failed_mechanism="), "{last}");
+    assert!(last.contains(&format!("shard1 {nobody} (nothing answered ")), "{last}");
+    // A run that delivered is a success, a link of it that never came up said on its own.
+    let (plain, plain_eps) = start_replay("plain", 1, &["--rate", "1k", "--duration", "60s"]);
+    let (code, _, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--max-duration", "2s", "--endpoint", &plain_eps[0], "--endpoint", &nobody]),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(0), "shard 0 delivered: {err}");
+    drop((replay, plain));
 }
 
 /// A CURVE feed and an engine whose key the feed does not allow: the handshake fails at every

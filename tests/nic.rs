@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{json, run_within, wait_until, LineProc, Proc};
+use serde_json::Value;
 
 const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/testbed.sh");
 const PAYLOAD: u64 = 100;
@@ -92,10 +93,21 @@ impl Testbed {
 
     /// Run the engine in the subscriber namespace to its end; (JSON report, stderr).
     fn engine_to_end(&self, profile: &str, deadline: Duration) -> (serde_json::Value, String) {
-        let (code, out, err) =
-            run_within("engine", &mut self.mdsub(&self.sub_ns, &["engine", "--profile", profile, "--json"]), deadline);
+        self.engine_with(profile, &[], deadline)
+    }
+
+    /// [`Testbed::engine_to_end`] with more flags.
+    fn engine_with(&self, profile: &str, flags: &[&str], deadline: Duration) -> (serde_json::Value, String) {
+        let mut cmd = self.mdsub(&self.sub_ns, &["engine", "--profile", profile, "--json"]);
+        let (code, out, err) = run_within("engine", cmd.args(flags), deadline);
         assert_eq!(code, Some(0), "engine failed: {err}");
         (json(&out), err)
+    }
+
+    /// `ip ARGS` in the subscriber namespace.
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").arg("-n").arg(&self.sub_ns).args(args).output().expect("running ip");
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Start the engine in the subscriber namespace (ended by the caller).
@@ -155,34 +167,99 @@ fn shard(report: &serde_json::Value, k: usize) -> &serde_json::Value {
     &report["shards"][k]
 }
 
-#[test]
-fn each_shard_crosses_its_own_nic() {
-    let Some(tb) = Testbed::up("each_shard_crosses_its_own_nic") else { return };
-    // Shard 1 carries three times shard 0's bytes, so either shard's traffic
-    // on the other's NIC would push that NIC past its bound.
+/// Shard 0 takes 20 000 messages from the publisher on `ports.0`, shard 1 60 000 from
+/// `ports.1`, through an engine with `profile` (one shard per NIC) and `flags`; checks by the
+/// interfaces' byte counters that nicA carried shard 0's bytes and not shard 1's, and nicB
+/// shard 1's. Shard 1 carries three times shard 0's bytes, so either shard's traffic on the
+/// other's NIC would push that NIC past its bound. Returns (report, stderr, nicA's bytes).
+fn each_stream_on_its_nic(tb: &Testbed, ports: (u16, u16), profile: &str, flags: &[&str]) -> (Value, String, u64) {
     let (n0, n1) = (20_000u64, 60_000u64);
-    let p0 = tb.replay(5601, &["--count", &n0.to_string(), "--rate", "0"]);
-    let p1 = tb.replay(5602, &["--count", &n1.to_string(), "--rate", "0", "--publisher-id", "100"]);
-    let profile = tb.profile(&[(5601, "nicA"), (5602, "nicB")], "");
+    let p0 = tb.replay(ports.0, &["--count", &n0.to_string(), "--rate", "0"]);
+    let p1 = tb.replay(ports.1, &["--count", &n1.to_string(), "--rate", "0", "--publisher-id", "100"]);
     let (a0, b0) = tb.rx_bytes();
-    let (report, err) = tb.engine_to_end(&profile, Duration::from_secs(90));
+    let (report, err) = tb.engine_with(profile, flags, Duration::from_secs(90));
     let (a1, b1) = tb.rx_bytes();
     replay_stats(p0);
     replay_stats(p1);
-    assert!(err.contains("tcp://10.91.1.2:0;10.91.9.1:5601"), "shard 0 connects from nicA's address: {err}");
-    assert!(err.contains("tcp://10.91.2.2:0;10.91.9.1:5602"), "shard 1 connects from nicB's address: {err}");
-    assert_eq!(report["delivered"], n0 + n1, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(shard(&report, 0)["msgs"], n0, "{report}");
-    assert_eq!(shard(&report, 1)["msgs"], n1, "{report}");
+    assert_eq!((shard(&report, 0)["msgs"].as_u64(), shard(&report, 1)["msgs"].as_u64()), (Some(n0), Some(n1)));
     let (a, b) = (a1 - a0, b1 - b0);
     eprintln!("nicA received {a} bytes for shard 0's {n0} msgs; nicB {b} bytes for shard 1's {n1}");
     assert!(a >= n0 * PAYLOAD && a < n1 * PAYLOAD, "nicA carried {a} bytes: not shard 0's alone");
     assert!(b >= n1 * PAYLOAD, "nicB carried {b} bytes: less than shard 1's payloads");
+    (report, err, a)
+}
+
+#[test]
+fn each_shard_crosses_its_own_nic() {
+    let Some(tb) = Testbed::up("each_shard_crosses_its_own_nic") else { return };
+    let profile = tb.profile(&[(5601, "nicA"), (5602, "nicB")], "");
+    let (report, err, a) = each_stream_on_its_nic(&tb, (5601, 5602), &profile, &[]);
+    assert!(err.contains("tcp://10.91.1.2:0;10.91.9.1:5601"), "shard 0 connects from nicA's address: {err}");
+    assert!(err.contains("tcp://10.91.2.2:0;10.91.9.1:5602"), "shard 1 connects from nicB's address: {err}");
+    assert_eq!(report["delivered"], 80_000, "{report}");
     // The per-shard byte count in the report is what crossed each NIC, less
     // TCP/IP framing.
     let bytes0 = shard(&report, 0)["bytes"].as_u64().expect("shard bytes");
-    assert!(bytes0 >= n0 * PAYLOAD && bytes0 <= a, "shard 0 bytes {bytes0} vs nicA {a}");
+    assert!(bytes0 >= 20_000 * PAYLOAD && bytes0 <= a, "shard 0 bytes {bytes0} vs nicA {a}");
+}
+
+#[test]
+fn endpoint_flags_with_a_profile_keep_each_shards_nic() {
+    // Before: `--endpoint` with a two-NIC profile connected every shard from shard 0's NIC
+    // (`tcp://10.91.1.2:0;…` twice).
+    let Some(tb) = Testbed::up("endpoint_flags_with_a_profile_keep_each_shards_nic") else { return };
+    // The profile's endpoints are not served: the flags' replace them, shard by shard.
+    let profile = tb.profile(&[(5641, "nicA"), (5642, "nicB")], "");
+    let flags = ["--endpoint", "tcp://10.91.9.1:5643", "--endpoint", "tcp://10.91.9.1:5644"];
+    let (_, err, _) = each_stream_on_its_nic(&tb, (5643, 5644), &profile, &flags);
+    assert!(err.contains("shard0: connecting to tcp://10.91.1.2:0;10.91.9.1:5643"), "shard 0 from nicA: {err}");
+    assert!(err.contains("shard1: connecting to tcp://10.91.2.2:0;10.91.9.1:5644"), "shard 1 from nicB: {err}");
+}
+
+/// `mdsub profile check PROFILE` in the subscriber namespace: (exit code, stdout, stderr).
+fn check_in(tb: &Testbed, profile: &str) -> (Option<i32>, String, String) {
+    run_within("profile check", &mut tb.mdsub(&tb.sub_ns, &["profile", "check", profile]), Duration::from_secs(30))
+}
+
+#[test]
+fn an_interface_with_only_an_ipv6_link_local_address_is_refused() {
+    // Before: its link-local address became the source of an IPv4 feed (`tcp://[fe80::…]:0;…`),
+    // and 5 s later "nothing answers there".
+    let Some(tb) = Testbed::up("an_interface_with_only_an_ipv6_link_local_address_is_refused") else { return };
+    tb.ip(&["link", "add", "ll0", "type", "veth", "peer", "name", "ll1"]);
+    tb.ip(&["addr", "add", "fe80::77/64", "dev", "ll0", "nodad"]);
+    for l in ["ll0", "ll1"] {
+        tb.ip(&["link", "set", l, "up"]);
+    }
+    let profile = tb.profile(&[(5651, "ll0")], "");
+    let (code, out, err) = check_in(&tb, &profile);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("`shards[0].interface`: interface `ll0` has no IPv4 address, only "), "{err}");
+    assert!(err.contains("fe80::77 (link-local)") && err.contains("mdsub connects over IPv4 only"), "{err}");
+    let mut engine = tb.mdsub(&tb.sub_ns, &["engine", "--profile", &profile, "--max-duration", "3s"]);
+    let (code, _, err) = run_within("engine", &mut engine, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "refused before anything starts: {err}");
+    assert!(err.contains("interface `ll0` has no IPv4 address"), "{err}");
+}
+
+#[test]
+fn an_interface_that_is_down_is_said_by_profile_check_and_the_engine() {
+    // Before: `profile check` said ok and the shard sat connecting, silent for 7 s and more.
+    let Some(tb) = Testbed::up("an_interface_that_is_down_is_said_by_profile_check_and_the_engine") else { return };
+    tb.ip(&["link", "set", "nicB", "down"]);
+    let profile = tb.profile(&[(5661, "nicA"), (5662, "nicB")], "");
+    let (code, out, err) = check_in(&tb, &profile);
+    assert_eq!(code, Some(0), "down is no mistake of the profile: {err}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.contains("; but shard1: interface nicB is down (the engine starts"), "{first}");
+    assert!(!first.contains("shard0"), "nicA is up: {first}");
+    // Nothing serves the feed: no link comes up, and the engine says why at once.
+    let mut engine = tb.mdsub(&tb.sub_ns, &["engine", "--profile", &profile, "--max-duration", "2s"]);
+    let (code, _, err) = run_within("engine", &mut engine, Duration::from_secs(30));
+    assert!(err.contains("shard1: interface nicB is down: its links come up once it is up"), "{err}");
+    assert!(!err.contains("shard0: interface"), "{err}");
+    assert_eq!(code, Some(1), "no link came up, nothing delivered: {err}");
 }
 
 #[test]

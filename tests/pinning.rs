@@ -2,6 +2,8 @@
 //! thread's allowed CPUs are read back from the OS (/proc/self/task).
 //! (Its own test binary: it inspects every thread of the process.)
 
+mod common;
+
 use std::time::Duration;
 
 use mdsub::agent::StopFlag;
@@ -9,8 +11,14 @@ use mdsub::engine::{Engine, EngineConfig, ShardConfig};
 
 /// (thread name, Cpus_allowed_list) of every thread in this process.
 fn threads() -> Vec<(String, String)> {
+    threads_of("self")
+}
+
+/// (thread name, Cpus_allowed_list) of every thread of process `pid` (`self`: this one).
+fn threads_of(pid: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc/self/task").expect("proc") {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for e in tasks {
         let dir = e.expect("entry").path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
         let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
@@ -65,4 +73,43 @@ fn reader_worker_and_io_threads_run_where_the_profile_says() {
     stop.stop();
     let report = engine.join(Some(Duration::from_secs(10))).expect("joins");
     assert!(report.interrupted);
+}
+
+#[test]
+fn endpoint_flags_keep_each_profile_shards_cores() {
+    // Before: with --endpoint, every shard took shard 0's settings and shards after the first
+    // lost their cores without a word.
+    let cores = mdsub::profile::host_cores();
+    let (Some(&a), Some(&b)) = (cores.first(), cores.last()) else { return };
+    if a == b {
+        eprintln!("SKIPPED endpoint_flags_keep_each_profile_shards_cores: needs two cores");
+        return;
+    }
+    let dir = common::temp_dir("pinning-flags");
+    let profile = dir.join("two.toml");
+    let shards = format!(
+        "name = \"two\"\nallow_shared_cores = true\n[[shards]]\nio_core = {a}\nreader_core = {a}\n\
+         [[shards]]\nio_core = {b}\nreader_core = {b}\n[[workers]]\ncore = {a}\n"
+    );
+    std::fs::write(&profile, shards).expect("write");
+    let port = common::unserved_port_block(2);
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--max-duration", "60s", "--expect-eos", "0", "--profile"]).arg(&profile);
+    for p in [port, port + 1] {
+        cmd.args(["--endpoint", &format!("tcp://127.0.0.1:{p}")]);
+    }
+    let mut engine =
+        common::Proc::spawn("engine", cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()));
+    let pid = engine.pid().to_string();
+    let want = [("shard0-reader", a), ("shard0-io", a), ("shard1-reader", b), ("shard1-io", b)];
+    common::wait_until(Duration::from_secs(20), "the shards' threads", || {
+        want.iter().all(|(name, _)| threads_of(&pid).iter().any(|(n, _)| n == name))
+    });
+    let seen = threads_of(&pid);
+    for (name, core) in want {
+        let (_, cpus) = seen.iter().find(|(n, _)| n == name).expect("seen above");
+        assert_eq!(*cpus, core.to_string(), "{name} runs where the profile's shard says: {seen:?}");
+    }
+    engine.signal(2);
+    engine.wait_exit(Duration::from_secs(20));
 }

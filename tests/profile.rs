@@ -26,6 +26,13 @@ fn the_two_nic_profile_checks_for_an_8_core_host_and_resolves() {
     }
 }
 
+/// `mdsub profile check` of `text` written to `file` in `dir`.
+fn check_text(dir: &std::path::Path, file: &str, text: &str) -> (Option<i32>, String, String) {
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("write");
+    check(&["check", path.to_str().expect("utf8")])
+}
+
 /// A profile with `body` replacing the default shard and worker tables.
 fn write_profile(dir: &std::path::Path, name: &str, body: &str) -> String {
     let path = dir.join(format!("{name}.toml"));
@@ -114,9 +121,7 @@ fn a_file_that_is_not_toml_says_the_line_and_column_in_one_line() {
     // Before: the parser's multi-line excerpt flattened, `TOML parse error at line 1, column 9
     // | 1 | garbage [[[ |         ^ expected …`.
     let dir = common::temp_dir("profile-syntax");
-    let path = dir.join("broken.toml");
-    std::fs::write(&path, "name = \"x\"\ngarbage [[[\n").expect("write");
-    let (code, _out, err) = check(&["check", path.to_str().expect("utf8")]);
+    let (code, _out, err) = check_text(&dir, "broken.toml", "name = \"x\"\ngarbage [[[\n");
     assert_eq!(code, Some(1), "{err}");
     let line = err.trim();
     assert_eq!(line.lines().count(), 1, "{err}");
@@ -282,4 +287,133 @@ fn profile_check_reads_the_security_files_from_the_profiles_directory_as_the_eng
             assert!(err.contains(says), "{cmd:?} {name}: {err}");
         }
     }
+}
+
+/// `mdsub engine ARGS` to its end (a few seconds at most): (exit code, stderr).
+fn engine(args: &[&str]) -> (Option<i32>, String) {
+    let mut c = mdsub();
+    c.arg("engine").args(args).args(["--max-duration", "3s"]);
+    let (code, _out, err) = run_within("engine", &mut c, Duration::from_secs(30));
+    (code, err)
+}
+
+#[test]
+fn the_same_publisher_twice_is_refused_by_profile_check_and_the_engine() {
+    // Before: two shards on one endpoint ran, `sent 2000` for 1000 sent and every message
+    // handled twice; one endpoint twice in a shard waited forever for a second end of stream.
+    let port = common::unserved_port_block(1);
+    let ep = format!("tcp://127.0.0.1:{port}");
+    // Another source to the same HOST:PORT, and another spelling of it, are the same publisher.
+    let via_lo = format!("tcp://127.0.0.1:0;127.0.0.1:{:05}", port);
+    let cases = [
+        ("two-shards", format!("[[shards]]\nendpoints = [\"{ep}\"]\n[[shards]]\nendpoints = [\"{ep}\"]\n"), 1, 0),
+        ("one-shard", format!("[[shards]]\nendpoints = [\"{ep}\", \"{ep}\"]\n"), 0, 1),
+        ("two-sources", format!("[[shards]]\nendpoints = [\"{ep}\"]\n[[shards]]\nendpoints = [\"{via_lo}\"]\n"), 1, 0),
+    ];
+    for (name, shards, k, j) in cases {
+        let (dir, p) = temp_profile(name, &format!("{shards}[[workers]]\n"));
+        let (code, out, err) = check(&["check", &p]);
+        assert_eq!(code, Some(1), "{name}: {out}{err}");
+        assert!(err.contains(&format!("profile field `shards[{k}].endpoints[{j}]`")), "{name}: {err}");
+        assert!(err.contains("the publisher shard 0 connects to already"), "{name}: {err}");
+        let (code, err) = engine(&["--profile", &p]);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains("give each publisher once"), "{name}: {err}");
+        drop(dir);
+    }
+    for flags in [vec!["--endpoint", &ep, "--endpoint", &ep], vec!["--endpoint", &format!("{ep},{ep}")]] {
+        let (code, err) = engine(&flags);
+        assert_eq!(code, Some(2), "{flags:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with(&format!("error: --endpoint: `{ep}` is the publisher shard 0 connects")), "{err}");
+    }
+}
+
+#[test]
+fn an_endpoints_source_that_is_not_on_this_host_is_refused_before_anything_starts() {
+    // Before: the engine ran, and 5 s later said "nothing answers there" (the wrong cause).
+    let target = format!("127.0.0.1:{}", common::unserved_port_block(1));
+    for (source, why) in [
+        ("nosuchnic8", "its source `nosuchnic8`: no interface `nosuchnic8` on this host; use one of"),
+        ("192.0.2.78", "its source `192.0.2.78`: address 192.0.2.78 is not one of this host's"),
+    ] {
+        let ep = format!("tcp://{source}:0;{target}");
+        let (code, err) = engine(&["--endpoint", &ep]);
+        assert_eq!(code, Some(2), "{ep}: {err}");
+        assert!(err.starts_with(&format!("error: --endpoint: `{ep}`: {why}")), "{ep}: {err}");
+        let (dir, p) = temp_profile("source", &format!("[[shards]]\nendpoints = [\"{ep}\"]\n[[workers]]\n"));
+        let (code, _out, err) = check(&["check", &p]);
+        assert_eq!(code, Some(1), "{ep}: {err}");
+        assert!(err.contains(&format!("`shards[0].endpoints[0]`: `{ep}`: {why}")), "{ep}: {err}");
+        // Another host's profile: its interfaces are looked up there.
+        let (code, _out, err) = check(&["check", &p, "--cores", "0-1"]);
+        assert_eq!(code, Some(0), "{ep}: {err}");
+        drop(dir);
+    }
+    // A source of the other address family (an IPv6 link-local for an IPv4 publisher).
+    let ep = format!("tcp://[fe80::1]:0;{target}");
+    let (code, err) = engine(&["--endpoint", &ep]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("the source fe80::1 is an IPv6 address and the publisher's 127.0.0.1 an IPv4 one"), "{err}");
+}
+
+#[test]
+fn an_interface_and_an_endpoint_that_names_its_own_source_are_refused_together() {
+    // Before: `interface` was silently ignored for an endpoint with a source.
+    let ep = format!("tcp://127.0.0.1:0;127.0.0.1:{}", common::unserved_port_block(1));
+    let (dir, p) =
+        temp_profile("two-sources", &format!("[[shards]]\nendpoints = [\"{ep}\"]\ninterface = \"lo\"\n[[workers]]\n"));
+    let said = "names its own source (`127.0.0.1:0`), and the shard's `interface` is `lo`";
+    let (code, _out, err) = check(&["check", &p]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("`shards[0].endpoints[0]`: `{ep}` {said}")), "{err}");
+    // The same from --endpoint with a profile whose shard has an interface.
+    let (idir, ip) = temp_profile("lo", "[[shards]]\ninterface = \"lo\"\n[[workers]]\n");
+    let (code, err) = engine(&["--profile", &ip, "--endpoint", &ep]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.starts_with(&format!("error: --endpoint: `{ep}` {said}")), "{err}");
+    drop((dir, idir));
+}
+
+#[test]
+fn a_profile_without_a_name_takes_its_files() {
+    // Before: `missing field `name`` at line 1, column 1, and no page said it was needed.
+    let dir = common::temp_dir("profile-unnamed");
+    let one = "[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\n[[workers]]\n";
+    let (code, out, err) = check_text(&dir, "fast-feed.toml", one);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("name = \"fast-feed\""), "{out}");
+    // An empty file: the first thing missing is a shard, said as such.
+    let (code, _out, err) = check_text(&dir, "fast-feed.toml", "");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("profile field `shards`: at least one shard is needed; add a [[shards]] table"), "{err}");
+}
+
+#[test]
+fn a_core_outside_the_cpu_mask_is_said_as_such() {
+    // Before: under `taskset -c 0`, `core 1 does not exist on this host`.
+    let test = "a_core_outside_the_cpu_mask_is_said_as_such";
+    let cores = mdsub::profile::host_cores();
+    let (Some(&first), Some(&last)) = (cores.first(), cores.last()) else { return };
+    if first == last {
+        eprintln!("SKIPPED {test}: needs two cores (this process may run on core {first} only)");
+        return;
+    }
+    let (dir, p) = temp_profile(
+        "masked",
+        &format!("[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\nio_core = {last}\n[[workers]]\n"),
+    );
+    let mut c = std::process::Command::new("taskset");
+    c.args(["-c", &first.to_string(), env!("CARGO_BIN_EXE_mdsub"), "profile", "check", &p]);
+    let (code, _out, err) = run_within("taskset", &mut c, Duration::from_secs(30));
+    if code == Some(127) || err.contains("No such file") {
+        eprintln!("SKIPPED {test}: needs taskset (Debian package util-linux)");
+        return;
+    }
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("core {last} is outside this process's CPU mask (taskset, a cpuset or a container")),
+        "{err}"
+    );
+    drop(dir);
 }

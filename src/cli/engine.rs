@@ -300,8 +300,10 @@ pub struct EngineArgs {
     pub profile: String,
     /// Publisher endpoint(s), `connect:EP` or `EP` to connect, `bind:EP` for
     /// publishers that connect to the engine: each use of the flag is one
-    /// shard (replacing the profile's shards); `EP1,EP2` puts two publishers
-    /// on one shard. Each link is watched: a loss is logged with its reason
+    /// shard (replacing the profile's shards: shard k keeps the profile's shard
+    /// k's interface, cores and subscriptions; one the profile lacks runs
+    /// unpinned, subscribed to everything); `EP1,EP2` puts two publishers on
+    /// one shard. The same publisher twice is refused. Each link is watched: a loss is logged with its reason
     /// and counted (the report's `links`), one libzmq will not reconnect (a
     /// frame over max_msg_bytes) is connected again. On a bound endpoint
     /// libzmq says only that a publisher's connection ended (a frame over
@@ -341,7 +343,8 @@ pub struct EngineArgs {
     /// until Ctrl-C (loss is then counted when every shard heard one per endpoint).
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
-    /// Stop anyway after this long (e.g. 90s).
+    /// Stop anyway after this long (e.g. 90s). An engine stopped so that delivered
+    /// nothing while a link of it never came up exits 1, naming the links.
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub max_duration: Option<Duration>,
     #[command(flatten)]
@@ -588,34 +591,86 @@ fn refused_flag(args: &EngineArgs, profile: &Profile, field: &str, message: &str
                 )
             })
         }
+        // An endpoint the flag gave (its source, the same publisher twice).
+        f if endpoints.is_some()
+            && f.starts_with("shards[")
+            && (f.contains("].endpoints[") || f.contains("].binds[")) =>
+        {
+            Some(format!("--endpoint: {message}"))
+        }
         f if f.starts_with("snail.") => args.snail.refused(profile, f, message),
         _ => None,
     }
 }
 
+/// `--endpoint` given: each use of it is a shard, replacing the profile's shards. Shard k
+/// keeps the profile's shard k (its interface, cores and subscriptions) with the flag's
+/// endpoints; a shard the profile does not have runs unpinned, from the interface the routing
+/// table picks, subscribed to everything. When the profile places its shards (an interface or
+/// a core), the line to say so about those beyond it.
+fn shards_from_flags(args: &EngineArgs, profile: &mut Profile) -> Option<String> {
+    if args.endpoint.is_empty() {
+        return None;
+    }
+    let of_profile = std::mem::take(&mut profile.shards);
+    profile.shards = args
+        .endpoint
+        .iter()
+        .enumerate()
+        .map(|(k, list)| {
+            let mut s = of_profile.get(k).cloned().unwrap_or_default();
+            let (binds, connects): (Vec<&Endpoint>, Vec<&Endpoint>) =
+                list.iter().partition(|e| e.how == Some(How::Bind));
+            s.binds = binds.into_iter().map(|e| e.endpoint.clone()).collect();
+            s.endpoints = connects.into_iter().map(|e| e.endpoint.clone()).collect();
+            s
+        })
+        .collect();
+    let placed = of_profile.iter().any(|s| s.interface.is_some() || s.io_core.is_some() || s.reader_core.is_some());
+    let (given, had) = (args.endpoint.len(), of_profile.len());
+    (placed && given > had).then(|| {
+        let these = if given - had == 1 { format!("shard{had}") } else { format!("shard{had} to shard{}", given - 1) };
+        format!(
+            "{these}: --endpoint given {given} times and profile {} has {had} shard(s): unpinned, connecting \
+             from the interface the routing table picks",
+            profile.name
+        )
+    })
+}
+
+/// An engine that ran to its `--max-duration` having delivered nothing while a link of it
+/// never came up did not do its job (a key the publisher refuses, a wrong port): after its
+/// report, the error that makes it exit 1, naming each such link and what it met. A stop by
+/// Ctrl-C or SIGTERM is a person's (or a supervisor's) decision and keeps its exit 0; a bound
+/// endpoint has no link to judge.
+fn a_link_came_up(report: &RunReport) -> anyhow::Result<()> {
+    if !report.time_limit || report.delivered > 0 {
+        return Ok(());
+    }
+    let never: Vec<String> = report
+        .shards
+        .iter()
+        .flat_map(|s| s.links.iter().filter(|l| l.connects == 0).map(move |l| (&s.shard, l)))
+        .map(|(shard, l)| {
+            let met: Vec<String> = l.lost.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
+            let met = match (met.is_empty(), l.retries) {
+                (false, _) => met.join(", "),
+                (true, 0) => "no connection attempt ended".into(),
+                (true, n) => format!("nothing answered {n} connection attempts"),
+            };
+            format!("{shard} {} ({met})", l.endpoint)
+        })
+        .collect();
+    if never.is_empty() {
+        return Ok(());
+    }
+    bail!("nothing delivered, and these links never came up: {}", never.join("; "))
+}
+
 /// Run `mdsub engine` against running publishers.
 pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut profile = Profile::load(&args.profile)?;
-    if !args.endpoint.is_empty() {
-        let template = profile.shards.first().cloned().unwrap_or_else(|| Profile::builtin().shards[0].clone());
-        profile.shards = args
-            .endpoint
-            .iter()
-            .enumerate()
-            .map(|(i, list)| {
-                let mut s = template.clone();
-                let (binds, connects): (Vec<&Endpoint>, Vec<&Endpoint>) =
-                    list.iter().partition(|e| e.how == Some(How::Bind));
-                s.binds = binds.into_iter().map(|e| e.endpoint.clone()).collect();
-                s.endpoints = connects.into_iter().map(|e| e.endpoint.clone()).collect();
-                if i > 0 {
-                    s.io_core = None;
-                    s.reader_core = None;
-                }
-                s
-            })
-            .collect();
-    }
+    let beyond = shards_from_flags(args, &mut profile);
     if !args.subscribe.is_empty() {
         for s in &mut profile.shards {
             s.subscribe = args.subscribe.clone();
@@ -634,6 +689,12 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     args.snail.apply(&mut profile)?;
     args.access.apply(&mut profile.security);
     check_flags_on_profile(args, &profile)?;
+    if let Some(note) = beyond {
+        crate::diag!("{note}");
+    }
+    for (k, why) in profile.interfaces_down() {
+        crate::diag!("shard{k}: {why}: its links come up once it is up (libzmq keeps trying)");
+    }
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
     args.outputs.apply(&mut cfg)?;
@@ -668,6 +729,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         Ok(report) => {
             print_report(&report, args.json)?;
             outputs_written(&report)?;
+            a_link_came_up(&report)?;
             Ok(report)
         }
         Err(EngineError::Croaked(c)) => {

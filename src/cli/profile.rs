@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use clap::{Args, Subcommand};
 
 use super::args::{in_part, parse_thread_count};
-use crate::profile::{core_list, host_cores, Profile};
+use crate::profile::{core_list, host_cores, parse_core_range, Profile};
 
 /// `mdsub profile`.
 #[derive(Args, Debug)]
@@ -51,22 +51,9 @@ pub struct CoreList(pub Vec<usize>);
 
 /// Parse a core list: `0-7`, `0,2,4-7`.
 pub fn parse_core_list(s: &str) -> Result<CoreList, String> {
-    let one = |part: &str| {
-        let bad = || "not a core or a range of cores (e.g. 0-7 or 0,2,4-7)".to_string();
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                if a > b || b - a > 4096 {
-                    return Err(bad());
-                }
-                Ok(a..=b)
-            }
-            None => part.parse().map(|c| c..=c).map_err(|_| bad()),
-        }
-    };
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim) {
-        out.extend(in_part(s, part, one)?);
+        out.extend(in_part(s, part, parse_core_range)?);
     }
     out.sort_unstable();
     out.dedup();
@@ -87,6 +74,12 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
             let mut s = format!("{file}: ok for cores {}", core_list(&host));
             if !interfaces {
                 s += " (interfaces and [security] files not checked: they are looked up on the host that runs the engine)";
+            }
+            // Down now is no mistake of the profile (it may come up); the engine says it too.
+            if interfaces {
+                for (k, why) in p.interfaces_down() {
+                    s += &format!("; but shard{k}: {why} (the engine starts, and its links come up once it is up)");
+                }
             }
             // The engine's own check: a shard with no endpoint runs only with --endpoint.
             if let Err(e) = p.check_endpoints() {

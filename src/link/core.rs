@@ -568,8 +568,7 @@ impl Links {
 /// answer, so this stays I/O-free).
 pub fn aliases(endpoint: &str, resolved: &[std::net::SocketAddr]) -> Vec<String> {
     let mut out = vec![endpoint.to_string()];
-    if let Some(rest) = endpoint.strip_prefix("tcp://") {
-        let target = rest.rsplit(';').next().unwrap_or(rest);
+    if let Some(target) = tcp_target(endpoint) {
         out.push(format!("tcp://{target}"));
         for a in resolved {
             out.push(format!("tcp://{a}"));
@@ -581,8 +580,7 @@ pub fn aliases(endpoint: &str, resolved: &[std::net::SocketAddr]) -> Vec<String>
 
 /// The `HOST:PORT` part of a tcp endpoint, for the shell to resolve.
 pub fn tcp_target(endpoint: &str) -> Option<&str> {
-    let rest = endpoint.strip_prefix("tcp://")?;
-    Some(rest.rsplit(';').next().unwrap_or(rest))
+    crate::zmqx::tcp_parts(endpoint).map(|(_, target)| target)
 }
 
 #[cfg(test)]
