@@ -267,7 +267,9 @@ fn a_secret_key_others_can_read_is_warned_about_once() {
     cmd.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--expect-eos", "0", "--max-duration", "300ms"]);
     cmd.arg("--curve-key").arg(&key).arg("--server-key").arg(dir.join("feed.pub"));
     let (code, _, err) = run_within("engine", &mut cmd, DEADLINE);
-    assert_eq!(code, Some(0), "used anyway: {err}");
+    // It ran (nothing answers there: a run that delivered nothing with a link never up exits 1).
+    assert_eq!(code, Some(1), "used anyway: {err}");
+    assert!(err.contains("these links never came up: shard0 tcp://127.0.0.1:1"), "used anyway: {err}");
     let warned: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: secret key file")).collect();
     assert_eq!(warned.len(), 1, "once: {err}");
     let says = format!("{} has mode 0644: its group and every other user can reach the secret key", key.display());
