@@ -164,6 +164,23 @@ fn family(s: &mut String, name: &str, kind: &str, help: &str, samples: impl FnOn
     samples(&mut Family { s, name });
 }
 
+/// Write the family `name` with one sample per row: a row is a sample's labels and the item
+/// `value` reads the sample's value from.
+fn per_row<T, V: std::fmt::Display>(
+    s: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: &[(String, &T)],
+    value: impl Fn(&T) -> V,
+) {
+    family(s, name, kind, help, |f| {
+        for (labels, item) in rows {
+            f.sample("", labels, value(item));
+        }
+    });
+}
+
 /// The shards' watched links: losses by reason, reconnects, re-establishments, up or not.
 fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
     family(s, "mdsub_link_lost_total", "counter", "Connections of a shard's SUB lost, by endpoint and reason.", |f| {
@@ -180,16 +197,17 @@ fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
             }
         }
     });
-    let per_link = |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&crate::link::LinkStats) -> u64| {
-        family(s, name, kind, help, |f| {
-            for (k, sh) in live.shards.iter().enumerate() {
-                for l in &sh.links {
-                    f.sample("", &format!("engine=\"{id}\",shard=\"{k}\",endpoint=\"{}\"", escape(&l.endpoint)), v(l));
-                }
-            }
-        });
+    let links: Vec<(String, &crate::link::LinkStats)> = (live.shards.iter().enumerate())
+        .flat_map(|(k, sh)| {
+            sh.links
+                .iter()
+                .map(move |l| (format!("engine=\"{id}\",shard=\"{k}\",endpoint=\"{}\"", escape(&l.endpoint)), l))
+        })
+        .collect();
+    let per_link = |s: &mut String, name, kind, help, v: fn(&crate::link::LinkStats) -> u64| {
+        per_row(s, name, kind, help, &links, v)
     };
-    per_link(s, "mdsub_link_reconnects_total", "counter", "Times a shard's link came back after being lost.", &|l| {
+    per_link(s, "mdsub_link_reconnects_total", "counter", "Times a shard's link came back after being lost.", |l| {
         l.reconnects
     });
     per_link(
@@ -197,9 +215,9 @@ fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
         "mdsub_link_reestablished_total",
         "counter",
         "Times mdsub disconnected and connected a link libzmq would not reconnect.",
-        &|l| l.reestablished,
+        |l| l.reestablished,
     );
-    per_link(s, "mdsub_link_up", "gauge", "1 while the link is up.", &|l| u64::from(l.state == "up"));
+    per_link(s, "mdsub_link_up", "gauge", "1 while the link is up.", |l| u64::from(l.state == "up"));
 }
 
 /// The `/metrics` server's own counters (`super::http::HttpCounters`), appended by the server to
@@ -256,36 +274,32 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     let mut s = String::with_capacity(16 * 1024);
     let id = escape(&live.engine_id);
     let nshards = live.shards.len();
-    let counter = |s: &mut String, name: &str, help: &str, v: &dyn Fn(&ShardLive) -> u64| {
-        family(s, name, "counter", help, |f| {
-            for (k, sh) in live.shards.iter().enumerate() {
-                f.sample("", &format!("engine=\"{id}\",shard=\"{k}\""), v(sh));
-            }
-        });
-    };
-    counter(&mut s, "mdsub_shard_received_total", "Frames the shard's SUB reader received.", &|c| c.received);
-    counter(&mut s, "mdsub_shard_forwarded_total", "Data frames the reader handed to workers.", &|c| c.forwarded);
-    counter(&mut s, "mdsub_shard_gaps_total", "Messages missing by sequence number.", &|c| c.counts.gaps);
-    counter(&mut s, "mdsub_shard_duplicates_total", "Duplicate messages dropped.", &|c| c.counts.duplicates);
+    let shards: Vec<(String, &ShardLive)> =
+        live.shards.iter().enumerate().map(|(k, sh)| (format!("engine=\"{id}\",shard=\"{k}\""), sh)).collect();
+    let counter = |s: &mut String, name, help, v: fn(&ShardLive) -> u64| per_row(s, name, "counter", help, &shards, v);
+    counter(&mut s, "mdsub_shard_received_total", "Frames the shard's SUB reader received.", |c| c.received);
+    counter(&mut s, "mdsub_shard_forwarded_total", "Data frames the reader handed to workers.", |c| c.forwarded);
+    counter(&mut s, "mdsub_shard_gaps_total", "Messages missing by sequence number.", |c| c.counts.gaps);
+    counter(&mut s, "mdsub_shard_duplicates_total", "Duplicate messages dropped.", |c| c.counts.duplicates);
     counter(
         &mut s,
         "mdsub_shard_reordered_total",
         "Messages dropped for arriving after a later one of their topic.",
-        &|c| c.counts.reordered,
+        |c| c.counts.reordered,
     );
-    counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", &|c| c.counts.restarts);
+    counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", |c| c.counts.restarts);
     counter(
         &mut s,
         "mdsub_shard_publisher_connects_total",
         "Publisher connections accepted on the shard's bound endpoints (handshakes).",
-        &|c| c.publisher_connects,
+        |c| c.publisher_connects,
     );
     counter(
         &mut s,
         "mdsub_shard_publisher_disconnects_total",
         "Publisher connections on the shard's bound endpoints that ended: the publisher closed, or \
          libzmq dropped it for a message over max_msg_bytes (it gives no cause).",
-        &|c| c.publisher_disconnects,
+        |c| c.publisher_disconnects,
     );
     family(
         &mut s,
@@ -311,20 +325,17 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         .map(|(k, set)| (slot_name(k, nshards), set))
         .collect();
     let shard_label = |name: &str| name.strip_prefix("shard").unwrap_or(name).to_string();
-    let per_slot = |s: &mut String, name: &str, help: &str, v: &dyn Fn(&StageHistograms) -> u64| {
-        family(s, name, "counter", help, |f| {
-            for (slot, set) in &slots {
-                f.sample("", &format!("engine=\"{id}\",shard=\"{}\"", shard_label(slot)), v(set));
-            }
-        });
-    };
+    let slot_rows: Vec<(String, &StageHistograms)> =
+        slots.iter().map(|(slot, set)| (format!("engine=\"{id}\",shard=\"{}\"", shard_label(slot)), *set)).collect();
+    let per_slot =
+        |s: &mut String, name, help, v: fn(&StageHistograms) -> u64| per_row(s, name, "counter", help, &slot_rows, v);
     per_slot(
         &mut s,
         "mdsub_shard_delivered_total",
         "Messages handled by workers (shipped once per interval).",
-        &|set| set.count(),
+        |set| set.count(),
     );
-    per_slot(&mut s, "mdsub_shard_delivered_bytes_total", "Bytes of the frames handled by workers.", &|set| set.bytes);
+    per_slot(&mut s, "mdsub_shard_delivered_bytes_total", "Bytes of the frames handled by workers.", |set| set.bytes);
     family(
         &mut s,
         "mdsub_latency_seconds",
@@ -348,22 +359,21 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         },
     );
     // What each shard's stage held at a bound rather than as measured.
-    let per_stage = |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&OutOfBounds) -> f64| {
-        family(s, name, kind, help, |f| {
-            for (slot, set) in &slots {
-                let shard = shard_label(slot);
-                for (stage, b) in super::STAGES.iter().zip(&set.out_of_bounds) {
-                    f.sample("", &format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), v(b));
-                }
-            }
-        });
-    };
+    let stage_rows: Vec<(String, &OutOfBounds)> = (slots.iter())
+        .flat_map(|(slot, set)| {
+            let (id, shard) = (&id, shard_label(slot));
+            (super::STAGES.iter().zip(&set.out_of_bounds))
+                .map(move |(stage, b)| (format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\""), b))
+        })
+        .collect();
+    let per_stage =
+        |s: &mut String, name, kind, help, v: fn(&OutOfBounds) -> f64| per_row(s, name, kind, help, &stage_rows, v);
     per_stage(
         &mut s,
         "mdsub_latency_clamped_total",
         "counter",
         "Latencies above 60 s, by stage: recorded as 60 s in mdsub_latency_seconds and the quantiles.",
-        &|b| b.clamped as f64,
+        |b| b.clamped as f64,
     );
     per_stage(
         &mut s,
@@ -371,14 +381,14 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "counter",
         "Latencies below 0, by stage: send times ahead of this host's clock (clock skew), or this clock \
          stepped back; recorded as 1 ns in mdsub_latency_seconds and the quantiles.",
-        &|b| b.ahead as f64,
+        |b| b.ahead as f64,
     );
     per_stage(
         &mut s,
         "mdsub_latency_ahead_max_seconds",
         "gauge",
         "How far below 0 the lowest of those latencies was (0 while none was).",
-        &|b| seconds(b.ahead_max_ns as f64),
+        |b| seconds(b.ahead_max_ns as f64),
     );
     family(
         &mut s,
@@ -408,14 +418,11 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             }
         },
     );
-    let agent_metric = |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&AgentStats) -> f64| {
-        family(s, name, kind, help, |f| {
-            for a in &live.agents {
-                f.sample("", &format!("engine=\"{id}\",agent=\"{}\"", escape(&a.role)), v(a));
-            }
-        });
-    };
-    agent_metric(&mut s, "mdsub_agent_cpu_seconds_total", "counter", "CPU time of the agent's thread.", &|a| {
+    let agents: Vec<(String, &AgentStats)> =
+        live.agents.iter().map(|a| (format!("engine=\"{id}\",agent=\"{}\"", escape(&a.role)), a)).collect();
+    let agent_metric =
+        |s: &mut String, name, kind, help, v: fn(&AgentStats) -> f64| per_row(s, name, kind, help, &agents, v);
+    agent_metric(&mut s, "mdsub_agent_cpu_seconds_total", "counter", "CPU time of the agent's thread.", |a| {
         seconds(a.cpu_ns as f64)
     });
     agent_metric(
@@ -423,15 +430,15 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "mdsub_agent_busy_ratio",
         "gauge",
         "Share of its wall time the agent's thread was on a CPU.",
-        &|a| a.busy_fraction(),
+        |a| a.busy_fraction(),
     );
-    agent_metric(&mut s, "mdsub_agent_work_total", "counter", "Items the agent processed.", &|a| a.work as f64);
+    agent_metric(&mut s, "mdsub_agent_work_total", "counter", "Items the agent processed.", |a| a.work as f64);
     agent_metric(
         &mut s,
         "mdsub_agent_blocked_seconds_total",
         "counter",
         "Time the agent waited on back-pressure.",
-        &|a| seconds(a.blocked_ns as f64),
+        |a| seconds(a.blocked_ns as f64),
     );
     family(&mut s, "mdsub_metrics_intervals_total", "counter", "Metric intervals completed.", |f| {
         f.sample("", &format!("engine=\"{id}\""), latency.intervals)
@@ -441,20 +448,16 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             Some(k) => format!("engine=\"{id}\",site=\"{}\",shard=\"{k}\"", x.role),
             None => format!("engine=\"{id}\",site=\"{}\",shard=\"all\"", x.role),
         };
-        let per_site =
-            |s: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&crate::snail::SiteReport) -> f64| {
-                family(s, name, kind, help, |f| {
-                    for x in &live.snail {
-                        f.sample("", &site(x), v(x));
-                    }
-                });
-            };
+        let sites: Vec<(String, &crate::snail::SiteReport)> = live.snail.iter().map(|x| (site(x), x)).collect();
+        let per_site = |s: &mut String, name, kind, help, v: fn(&crate::snail::SiteReport) -> f64| {
+            per_row(s, name, kind, help, &sites, v)
+        };
         per_site(
             &mut s,
             "mdsub_snail_verdict",
             "gauge",
             "The snail's verdict per site: 0 OK, 1 WARN (lag rising), 2 SNAIL (lag above max_lag past the grace), 3 STOP (silence).",
-            &|x| f64::from(x.verdict as u8),
+            |x| f64::from(x.verdict as u8),
         );
         family(
             &mut s,
@@ -486,21 +489,21 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             "mdsub_snail_skipped_total",
             "counter",
             "Messages skipped while resting (policy rest).",
-            &|x| x.skipped as f64,
+            |x| x.skipped as f64,
         );
         per_site(
             &mut s,
             "mdsub_snail_self_stalls_total",
             "counter",
             "Times a site itself did not run for 1 s or more (paused, stopped, starved): silence is not judged across them.",
-            &|x| x.self_stalls as f64,
+            |x| x.self_stalls as f64,
         );
         per_site(
             &mut s,
             "mdsub_snail_longest_self_stall_seconds",
             "gauge",
             "The longest time a site itself did not run (0 until its first self-stall).",
-            &|x| seconds(x.longest_self_stall_ns as f64),
+            |x| seconds(x.longest_self_stall_ns as f64),
         );
     }
     family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
