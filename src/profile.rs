@@ -532,11 +532,47 @@ impl Profile {
         };
         // (publisher, its shard, its endpoint as written) of the endpoints checked so far.
         let mut publishers: Vec<(String, usize, &String)> = Vec::new();
+        // (address, port, its shard, its endpoint as written) of the tcp binds checked so far.
+        let mut bound: Vec<(String, String, usize, &String)> = Vec::new();
         for (i, s) in self.shards.iter().enumerate() {
             claim(s.io_core, format!("shards[{i}].io_core"))?;
             claim(s.reader_core, format!("shards[{i}].reader_core"))?;
             for (j, ep) in s.binds.iter().enumerate() {
-                crate::zmqx::check_endpoint(ep).map_err(|m| invalid(format!("shards[{i}].binds[{j}]"), m))?;
+                let field = format!("shards[{i}].binds[{j}]");
+                crate::zmqx::check_endpoint(ep).map_err(|m| invalid(&field, m))?;
+                let Some((host, port)) = crate::zmqx::publisher_of(ep)
+                    .strip_prefix("tcp://")
+                    .and_then(|t| t.rsplit_once(':'))
+                    .map(|(h, p)| (h.to_string(), p.to_string()))
+                else {
+                    continue;
+                };
+                let any = |h: &str| matches!(h, "*" | "0.0.0.0" | "[::]");
+                if let Some(iface) = &s.interface {
+                    if any(&host) {
+                        return Err(invalid(
+                            field,
+                            format!(
+                                "`{ep}` listens on every interface, and the shard's `interface` is `{iface}` (it \
+                                 sets the source of the shard's connections only): bind {iface}'s address, \
+                                 tcp://ADDR:{port}"
+                            ),
+                        ));
+                    }
+                }
+                let clash = |(h, p, _, _): &&(String, String, usize, &String)| {
+                    *p == port && port != "*" && (*h == host || any(h) || any(&host))
+                };
+                if let Some((_, _, k, first)) = bound.iter().find(clash) {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "`{ep}` takes the port shard {k} binds already (`{first}`): the engine could not \
+                             start (address in use); give each shard a port of its own"
+                        ),
+                    ));
+                }
+                bound.push((host, port, i, ep));
             }
             for (j, ep) in s.endpoints.iter().enumerate() {
                 let field = format!("shards[{i}].endpoints[{j}]");

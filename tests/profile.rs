@@ -417,3 +417,41 @@ fn a_core_outside_the_cpu_mask_is_said_as_such() {
     );
     drop(dir);
 }
+
+#[test]
+fn binds_that_cannot_work_are_refused_by_profile_check() {
+    // Before: two shards binding one port passed the check and the engine then failed with
+    // "Address already in use" (blaming another process); `interface` beside a bind on every
+    // interface passed, the check said the interface was not on this host, and the shard
+    // listened on every NIC.
+    let port = common::unserved_port_block(1);
+    let cases = [
+        (
+            format!("[[shards]]\nbinds = [\"tcp://*:{port}\"]\n[[shards]]\nbinds = [\"tcp://127.0.0.1:{port}\"]\n"),
+            "shards[1].binds[0]",
+            format!("takes the port shard 0 binds already (`tcp://*:{port}`)"),
+        ),
+        (
+            format!("[[shards]]\nbinds = [\"tcp://*:{port}\"]\ninterface = \"lo\"\n"),
+            "shards[0].binds[0]",
+            "listens on every interface, and the shard's `interface` is `lo`".to_string(),
+        ),
+    ];
+    for (shards, field, says) in cases {
+        let (dir, p) = temp_profile("binds", &format!("{shards}[[workers]]\n"));
+        let (code, out, err) = check(&["check", &p]);
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert!(err.contains(&format!("profile field `{field}`")) && err.contains(&says), "{err}");
+        drop(dir);
+    }
+    // Two ports of their own, and lo's address beside `interface`, are fine.
+    let shards = format!(
+        "[[shards]]\nbinds = [\"tcp://127.0.0.1:{port}\"]\ninterface = \"lo\"\n[[shards]]\nbinds = [\"tcp://*:{}\"]\n",
+        port + 1
+    );
+    let (dir, p) = temp_profile("binds-ok", &format!("{shards}[[workers]]\n"));
+    let (code, out, err) = check(&["check", &p]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains("is not on this host"), "a binds-only shard has no source to show: {out}");
+    drop(dir);
+}

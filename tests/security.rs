@@ -998,3 +998,62 @@ fn zap_refusals_left_unsaid_are_summarised_once_at_exit() {
     let ep = ep.rsplit(' ').next().expect("endpoint").to_string();
     check("replay-zap", &refuse_then_stop(r, &ep, "replay-zap", &peers));
 }
+
+#[test]
+fn key_files_are_refused_under_their_flag_and_only_small_regular_files_are_read() {
+    // Before: `replay --curve-key /dev/zero` read until the kernel's OOM killer ended it, a
+    // FIFO blocked the open past SIGTERM, and a bad file was said without the flag naming it.
+    let dir = temp_dir("sec-odd-files");
+    keygen(&dir, "feed");
+    let zero = dir.join("zero.key");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    let fifo = dir.join("fifo.key");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(status.success(), "mkfifo");
+    let public = dir.join("feed.pub");
+    let odd = "it is not a regular file (a FIFO, socket or device)";
+    for (key, what, says) in [
+        (&zero, "cannot read key file", odd),
+        (&fifo, "cannot read key file", odd),
+        (&public, "key file", "no secret-key line (is this a .pub file?"),
+    ] {
+        let mut cmd = mdsub();
+        cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--count", "1", "--curve-key"]).arg(key);
+        let (code, _, err) = run_within("replay", &mut cmd, DEADLINE);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.starts_with(&format!("mdsub: error: --curve-key: {what} {}: {says}", key.display())), "{err}");
+        assert_eq!(err.matches(says).count(), 1, "said once: {err}");
+    }
+    // A peer's secret key file where its public key belongs: used, and said once.
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--expect-eos", "0", "--max-duration", "300ms"]);
+    cmd.arg("--curve-key").arg(dir.join("feed.key")).arg("--server-key").arg(dir.join("feed.key"));
+    let (_, _, err) = run_within("engine", &mut cmd, DEADLINE);
+    let said =
+        format!("warning: {} holds a secret key where only a public key is needed", dir.join("feed.key").display());
+    assert_eq!(err.matches(&said).count(), 1, "{err}");
+}
+
+#[test]
+fn a_profiles_access_fields_without_what_they_protect_are_named_as_the_profiles() {
+    // Before: a profile's metrics_token_file without --metrics-listen was blamed on
+    // "--metrics-allow-addr/--metrics-token-file", flags nobody gave.
+    let dir = temp_dir("sec-profile-fields");
+    std::fs::write(dir.join("t.token"), "s3cret\n").expect("token");
+    std::fs::set_permissions(dir.join("t.token"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let profile = dir.join("p.toml");
+    std::fs::write(&profile, "[[shards]]\n[[workers]]\n[security]\nmetrics_token_file = \"t.token\"\n").expect("p");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--expect-eos", "0", "--profile"]).arg(&profile);
+    let (code, _, err) = run_within("engine", &mut cmd, DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    let field =
+        format!("--profile {}: profile field `security.metrics_token_file`: protects /metrics", profile.display());
+    assert!(err.contains(&field) && err.contains("give --metrics-listen too"), "{err}");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--expect-eos", "0", "--metrics-token-file"]);
+    cmd.arg(dir.join("t.token"));
+    let (code, _, err) = run_within("engine", &mut cmd, DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--metrics-token-file: protects /metrics, and it is not served"), "{err}");
+}

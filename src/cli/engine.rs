@@ -698,7 +698,10 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;
     args.outputs.apply(&mut cfg)?;
-    apply_security(&profile.security, &mut cfg)?;
+    apply_security(&profile.security, &mut cfg, |field| match args.access.flag_of(field) {
+        Some(flag) => flag.to_string(),
+        None => format!("--profile {}: profile field `{field}`", args.profile),
+    })?;
     let mut engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
     args.outputs.start_live(&mut engine)?;
     if let Some(ep) = engine.monitor_endpoint() {

@@ -170,7 +170,7 @@ fn resolved(p: &Profile, interfaces: bool) -> String {
         let note = match (&p.shards[k].interface, interfaces) {
             (Some(i), false) => format!("   (from `{i}`, resolved on the engine's host)"),
             // The interface is not on this host: nothing to bind the source to here.
-            (Some(i), true) if !sh.endpoints.iter().any(|e| e.contains(';')) => {
+            (Some(i), true) if !sh.endpoints.is_empty() && !sh.endpoints.iter().any(|e| e.contains(';')) => {
                 format!("   (interface `{i}` is not on this host: shown without its source address)")
             }
             _ => String::new(),

@@ -114,9 +114,10 @@ impl ClientKeyArgs {
 /// Load a client's pair and its server's public key; None when neither is given.
 pub fn client_keys(key: Option<&Path>, server: Option<&Path>) -> anyhow::Result<Option<ClientKeys>> {
     match (key, server) {
-        (Some(key), Some(server)) => {
-            Ok(Some(ClientKeys { client: Keypair::load(key)?, server_public: load_public(server)? }))
-        }
+        (Some(key), Some(server)) => Ok(Some(ClientKeys {
+            client: Keypair::load(key).context("--curve-key")?,
+            server_public: load_public(server).context("--server-key")?,
+        })),
         (None, None) => Ok(None),
         _ => {
             anyhow::bail!("a CURVE client needs both its key file (curve_key) and the server's public key (server_key)")
@@ -135,7 +136,10 @@ pub fn server_access(
     let curve = match key {
         None if !allow.is_empty() => anyhow::bail!("--{prefix}curve-allow needs --{prefix}curve-key"),
         None => None,
-        Some(path) => Some((Keypair::load(path)?, allow_list(allow, &format!("--{prefix}curve-allow"))?)),
+        Some(path) => Some((
+            Keypair::load(path).with_context(|| format!("--{prefix}curve-key"))?,
+            allow_list(allow, &format!("--{prefix}curve-allow"))?,
+        )),
     };
     let allow_addrs = parse_addrs(addrs, &format!("--{prefix}allow-addr"))?;
     Ok(ServerAccess { curve, allow_addrs })
@@ -280,19 +284,38 @@ pub fn apply_what_a_local_run_can(
     Ok(())
 }
 
-/// Read the keys and token `p` names into `cfg` (after its outputs are set).
-pub fn apply_security(p: &SecurityProfile, cfg: &mut EngineConfig) -> anyhow::Result<()> {
+/// Read the keys and token `p` names into `cfg` (after its outputs are set). `named` says
+/// where a `[security]` field (`security.metrics_token_file`) was set: its flag, or the
+/// profile's field (an error blamed `--metrics-token-file` on a profile that set it).
+pub fn apply_security(
+    p: &SecurityProfile,
+    cfg: &mut EngineConfig,
+    named: impl Fn(&str) -> String,
+) -> anyhow::Result<()> {
     cfg.feed_keys = client_keys(p.curve_key.as_deref(), p.server_key.as_deref())?;
     cfg.monitor_access =
         server_access(p.monitor_curve_key.as_deref(), &p.monitor_curve_allow, &p.monitor_allow_addr, "monitor-")?;
     let token = p.metrics_token_file.as_deref().map(HttpAccess::read_token).transpose()?;
     let allow_addrs = parse_addrs(&p.metrics_allow_addr, "--metrics-allow-addr")?;
     cfg.outputs.metrics_access = HttpAccess { allow_addrs, token };
+    // The fields set, as their setter names them.
+    let set = |fields: &[(&str, bool)]| -> String {
+        let names: Vec<String> = fields.iter().filter(|f| f.1).map(|f| named(&format!("security.{}", f.0))).collect();
+        names.join(" and ")
+    };
     if cfg.monitor.is_none() && !cfg.monitor_access.is_open() {
-        anyhow::bail!("--monitor-curve-key/--monitor-allow-addr protect the monitor PUB: give --monitor EP too");
+        let by = set(&[
+            ("monitor_curve_key", p.monitor_curve_key.is_some()),
+            ("monitor_allow_addr", !p.monitor_allow_addr.is_empty()),
+        ]);
+        anyhow::bail!("{by}: protects the monitor PUB, and there is none: give --monitor EP (or [snail] monitor) too");
     }
     if cfg.outputs.listen.is_none() && !cfg.outputs.metrics_access.is_open() {
-        anyhow::bail!("--metrics-allow-addr/--metrics-token-file protect /metrics: give --metrics-listen too");
+        let by = set(&[
+            ("metrics_allow_addr", !p.metrics_allow_addr.is_empty()),
+            ("metrics_token_file", p.metrics_token_file.is_some()),
+        ]);
+        anyhow::bail!("{by}: protects /metrics, and it is not served: give --metrics-listen too");
     }
     Ok(())
 }

@@ -185,7 +185,7 @@ impl Keypair {
                 ),
             ));
         }
-        warn_if_others_can_read(path);
+        warn_if_others_can_read(path, Secret::Key);
         Ok(pair)
     }
 }
@@ -194,6 +194,9 @@ impl Keypair {
 /// the 40 Z85 characters.
 pub fn load_public(path: &Path) -> Result<PublicKey, SecurityError> {
     let text = read_file(path)?;
+    if cert_field(&text, "secret-key").is_some() {
+        warn_secret_where_public_belongs(path);
+    }
     let z85 = match cert_field(&text, "public-key") {
         Some(key) => key,
         // A bare key is one line; a certificate without its public-key line is not a key.
@@ -231,36 +234,68 @@ pub fn load_public_keys(paths: &[PathBuf]) -> Result<HashSet<PublicKey>, Securit
     Ok(keys)
 }
 
-/// Say once per file, on stderr, that a secret key file can be read (or written) by users
-/// other than its owner, as ssh does of a private key; mdsub uses it anyway (docs/SECURITY.md:
-/// a secret mounted by an orchestrator is often 0644 in a container nobody else uses).
-fn warn_if_others_can_read(path: &Path) {
+/// Say once per file that a file read for its public key holds a secret key too: a peer's
+/// `NAME.key` given as `--server-key` or in an allow-list works (its public key is read), but
+/// the secret has left the host it belongs to.
+fn warn_secret_where_public_belongs(path: &Path) {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    if !first_time(&WARNED, path) {
+        return;
+    }
+    crate::diag!(
+        "warning: {} holds a secret key where only a public key is needed (its public key is used): give the \
+         peer's NAME.pub instead, and keep NAME.key on the host it belongs to",
+        path.display()
+    );
+}
+
+/// Whether `path` (as the file it is) is not in `warned` yet; it is from now on.
+fn first_time(warned: &std::sync::Mutex<Vec<PathBuf>>, path: &Path) -> bool {
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut warned = warned.lock().unwrap_or_else(|p| p.into_inner());
+    let first = !warned.contains(&key);
+    if first {
+        warned.push(key);
+    }
+    first
+}
+
+/// What a file others can read gives away.
+#[derive(Clone, Copy)]
+enum Secret {
+    Key,
+    Token,
+}
+
+/// Say once per file, on stderr, that a secret key or token file can be read (or written) by
+/// users other than its owner, as ssh does of a private key; mdsub uses it anyway
+/// (docs/SECURITY.md: a secret mounted by an orchestrator is often 0644 in a container nobody
+/// else uses).
+fn warn_if_others_can_read(path: &Path, secret: Secret) {
     use std::os::unix::fs::PermissionsExt;
     static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     let Ok(meta) = std::fs::metadata(path) else { return };
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 == 0 {
+    if mode & 0o077 == 0 || !first_time(&WARNED, path) {
         return;
     }
-    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
-    if warned.contains(&key) {
-        return;
-    }
-    warned.push(key);
-    crate::diag!("{}", open_key_warning(path, mode));
+    crate::diag!("{}", open_key_warning(path, mode, secret));
 }
 
-/// The warning for a secret key file of permissions `mode` that others can reach.
-fn open_key_warning(path: &Path, mode: u32) -> String {
+/// The warning for a secret key (or token) file of permissions `mode` that others can reach.
+fn open_key_warning(path: &Path, mode: u32, secret: Secret) -> String {
     let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
         (true, true) => "its group and every other user",
         (true, false) => "its group",
         _ => "every other user",
     };
+    let (file, what, gives) = match secret {
+        Secret::Key => ("secret key file", "the secret key", "pass as this peer"),
+        Secret::Token => ("bearer token file", "the token", "read /metrics past the token check"),
+    };
     format!(
-        "warning: secret key file {} has mode {mode:04o}: {who} can reach the secret key in it, and with it \
-         pass as this peer; `chmod 600 {}` (mdsub uses it anyway)",
+        "warning: {file} {} has mode {mode:04o}: {who} can reach {what} in it, and with it {gives}; \
+         `chmod 600 {}` (mdsub uses it anyway)",
         path.display(),
         path.display()
     )
@@ -278,7 +313,34 @@ fn bad(path: &Path, reason: &str) -> SecurityError {
 }
 
 fn read_file(path: &Path) -> Result<String, SecurityError> {
-    std::fs::read_to_string(path).map_err(|source| SecurityError::Read { path: path.to_path_buf(), source })
+    read_small(path).map_err(|source| SecurityError::Read { path: path.to_path_buf(), source })
+}
+
+/// The most a key or token file may hold: a certificate is about 300 bytes.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Read a key or token file: a regular file of at most [`MAX_KEY_FILE_BYTES`]. Anything else
+/// is refused before it is read: `/dev/zero` given as a key was read until memory ran out, and
+/// a FIFO blocked the open forever (it is opened non-blocking, so the check comes first).
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+        return Err(invalid(format!("it is {what}; a key or token file is a small text file")));
+    }
+    if meta.len() > MAX_KEY_FILE_BYTES {
+        return Err(invalid(format!(
+            "it holds {} bytes, more than a key or token file (at most {MAX_KEY_FILE_BYTES})",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Write `bytes` to `path` with permissions `mode`, whatever was there: a temporary file
@@ -451,8 +513,8 @@ impl HttpAccess {
     /// Read the token from `path`: the file's content without surrounding
     /// whitespace (as Prometheus reads `credentials_file`); empty is an error.
     pub fn read_token(path: &Path) -> Result<Vec<u8>, SecurityError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SecurityError::ReadToken { path: path.to_path_buf(), source })?;
+        let text = read_small(path).map_err(|source| SecurityError::ReadToken { path: path.to_path_buf(), source })?;
+        warn_if_others_can_read(path, Secret::Token);
         let token = text.trim();
         let bad = |why: &str| SecurityError::BadTokenFile {
             path: path.to_path_buf(),
@@ -1121,10 +1183,41 @@ mod tests {
             (0o604, "0604: every other user can"),
             (0o666, "0666: its group and every other user can"),
         ] {
-            let line = open_key_warning(k, mode);
+            let line = open_key_warning(k, mode, Secret::Key);
             assert!(line.contains(&format!("secret key file k.key has mode {who} reach")), "{line}");
             assert!(line.contains("`chmod 600 k.key`"), "{line}");
         }
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read_as_keys_or_tokens() {
+        // Before: /dev/zero as a key was read until memory ran out; a FIFO blocked the open.
+        let dir = std::env::temp_dir().join(format!("mdsub-odd-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.key");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let big = dir.join("big.key");
+        std::fs::write(&big, vec![b'a'; MAX_KEY_FILE_BYTES as usize + 1]).unwrap();
+        for (path, says) in [
+            (Path::new("/dev/zero"), "it is not a regular file (a FIFO, socket or device)"),
+            (fifo.as_path(), "it is not a regular file (a FIFO, socket or device)"),
+            (dir.as_path(), "it is a directory"),
+            (big.as_path(), "it holds 65537 bytes, more than a key or token file (at most 65536)"),
+        ] {
+            for err in [
+                Keypair::load(path).map(|_| ()).unwrap_err(),
+                load_public(path).map(|_| ()).unwrap_err(),
+                HttpAccess::read_token(path).map(|_| ()).unwrap_err(),
+            ] {
+                let said = crate::diag::error_line(&anyhow::Error::new(err));
+                assert!(said.contains(&format!("{}: {says}", path.display())), "{said}");
+                assert_eq!(said.matches(says).count(), 1, "the cause once: {said}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        let line = open_key_warning(Path::new("t"), 0o644, Secret::Token);
+        assert!(line.starts_with("warning: bearer token file t has mode 0644: its group and every"), "{line}");
     }
 
     #[test]
