@@ -249,14 +249,9 @@ pub fn run(
         }
     }
     let with_shards = |n: usize| {
-        let mut p = profile.clone();
-        let template = p.shards[0].clone();
-        p.shards = vec![template; n];
+        let mut p = profile.with_shards(n);
         if p.handoff == HandOff::Inline {
             p.workers = vec![Default::default(); n];
-        }
-        for s in p.shards.iter_mut().skip(1) {
-            (s.io_core, s.reader_core) = (None, None);
         }
         let mut pc = publisher.clone();
         pc.endpoints = vec!["tcp://127.0.0.1:*".into(); n];

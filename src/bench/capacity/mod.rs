@@ -75,13 +75,7 @@ fn apply(p: &mut Profile, key: &str, value: &str) -> Result<(), String> {
     };
     match key {
         "workers" => p.workers = vec![Default::default(); count()?],
-        "shards" => {
-            let first = p.shards.first().cloned().ok_or("the profile has no shard")?;
-            p.shards = vec![first; count()?];
-            for s in p.shards.iter_mut().skip(1) {
-                (s.io_core, s.reader_core) = (None, None);
-            }
-        }
+        "shards" => *p = p.with_shards(count()?),
         _ if VARY_KEYS.contains(&key) => {
             // Through the profile's own TOML form, so each value is read as the
             // profile file would read it (and refused with the same words).
