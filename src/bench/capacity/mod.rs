@@ -194,14 +194,24 @@ pub struct KneeLatency {
     pub runs: usize,
 }
 
-/// The whole run's result (`summary.json`).
+/// The whole run's result (`summary.json`, and `--json`): the stamp every benchmark result
+/// starts with ([`Results`](super::result::Results): `kind`, `machine`, `settings`, and `error`
+/// when it is not a result), then capacity's own fields. A search's measurements belong to a
+/// configuration (its trials, its knee), so they are under `configurations`, not in the
+/// `runs`/`medians`/`ratios` of the benchmarks that compare variants run by run.
 #[derive(Debug, Clone, Serialize)]
 pub struct CapacityResult {
+    /// Which benchmark made it: `capacity`.
+    pub kind: &'static str,
     pub machine: Machine,
+    pub settings: serde_json::Value,
+    /// Why this is not a whole result: a trial could not run, which ended the run part way (exit
+    /// 1; `no_winner` is then `failed`). The error line the command ends with says it too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub folder: PathBuf,
     /// Where the load came from, and whether it shared the host.
     pub publisher: String,
-    pub settings: serde_json::Value,
     pub configurations: Vec<ConfigResult>,
     /// The configuration with the highest knee (confirmed ones first).
     pub winner: Option<String>,
@@ -222,7 +232,7 @@ pub enum NoWinner {
     Capped,
     /// Ctrl-C (or SIGTERM) ended the search before any configuration had a knee.
     Interrupted,
-    /// A trial could not run (see `settings.failed`).
+    /// A trial could not run (see `error`).
     Failed,
 }
 
@@ -523,13 +533,14 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "time_cap_s": cfg.time_cap.as_secs_f64(),
         "capped": capped,
         "interrupted": stop.is_stopped(),
-        "failed": failure.as_ref().map(crate::diag::error_line),
     });
     let mut result = CapacityResult {
+        kind: "capacity",
         machine,
+        settings,
+        error: failure.as_ref().map(crate::diag::error_line),
         folder: folder.clone(),
         publisher,
-        settings,
         configurations: results,
         winner: winner.clone(),
         no_winner,
@@ -704,7 +715,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
     if let Some(why) = r.no_winner {
         let _ = writeln!(s, "- winner: none ({})", why.text());
     }
-    if let Some(failed) = r.settings["failed"].as_str() {
+    if let Some(failed) = &r.error {
         let _ = writeln!(s, "- the run stopped on a trial that could not run: {failed}");
     }
     for c in &r.configurations {
