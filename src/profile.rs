@@ -670,6 +670,16 @@ impl Profile {
         Ok(())
     }
 
+    /// This profile with `n` shards: shard k is the profile's shard k where it has one (its
+    /// interface, cores and subscriptions), and a shard beyond them is the default (unpinned,
+    /// from the interface the routing table picks, subscribed to everything). The one rule of
+    /// `engine --endpoint` given N times, `bench --compare shards` and `capacity --vary shards`.
+    pub fn with_shards(&self, n: usize) -> Profile {
+        let mut p = self.clone();
+        p.shards.resize_with(n, ShardProfile::default);
+        p
+    }
+
     /// Resolve into an engine configuration. `endpoints`, if given, replaces
     /// each shard's endpoints (one per shard, from an in-process publisher).
     pub fn engine_config(&self, endpoints: Option<&[String]>) -> EngineConfig {
@@ -784,6 +794,32 @@ mod tests {
         let p = Profile::from_toml(&default_2core_with(section), "s.toml").expect("parses");
         p.validate(&[0, 1]).expect("valid");
         p
+    }
+
+    #[test]
+    fn with_shards_keeps_each_profile_shard_and_adds_unpinned_ones() {
+        let mut p = Profile::builtin();
+        p.shards = vec![
+            ShardProfile {
+                interface: Some("eth1".into()),
+                subscribe: vec!["A".into()],
+                io_core: Some(0),
+                reader_core: Some(1),
+                ..Default::default()
+            },
+            ShardProfile {
+                interface: Some("eth2".into()),
+                io_core: Some(2),
+                reader_core: Some(3),
+                ..Default::default()
+            },
+        ];
+        let three = p.with_shards(3);
+        // Shard 1 keeps its own NIC and cores (it used to be a copy of shard 0, unpinned).
+        assert_eq!(three.shards[..2], p.shards[..]);
+        assert_eq!(three.shards[2], ShardProfile::default(), "beyond the profile: unpinned, everything");
+        assert_eq!(p.with_shards(1).shards, p.shards[..1]);
+        assert_eq!((three.workers, three.name), (p.workers.clone(), p.name.clone()), "only the shards change");
     }
 
     fn err_field(p: &Profile, host: &[usize]) -> String {

@@ -105,6 +105,11 @@ fn finds_a_known_limit_and_writes_every_output() {
     assert!(md.contains(" | bracket | ") && !md.contains("Bracket"), "{md}");
     let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
     assert_eq!(saved["winner"], v["winner"]);
+    // The stamp every benchmark's result carries (bench, lvc-bench, clone-bench): kind, machine, settings.
+    assert_eq!(saved["kind"], "capacity", "{saved}");
+    assert_eq!(saved["machine"]["mdsub_commit"], v["machine"]["mdsub_commit"]);
+    assert!(saved["settings"]["sla"].is_string(), "{saved}");
+    assert!(saved.get("error").is_none(), "a whole result has no error: {saved}");
 
     // The plot: valid SVG, one series per configuration and percentile.
     let svg = std::fs::read_to_string(folder.join("capacity.svg")).expect("svg");
@@ -298,7 +303,8 @@ fn a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials() {
         if kept == "summary.json" {
             let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
             assert_eq!(saved["no_winner"], "failed", "{saved}");
-            assert!(saved["settings"]["failed"].as_str().is_some_and(|f| f.contains("No space left")), "{saved}");
+            assert!(saved["error"].as_str().is_some_and(|f| f.contains("No space left")), "{saved}");
+            assert!(saved["settings"].get("failed").is_none(), "the cause is said once, in `error`: {saved}");
             let c = config(&saved, "builtin-2core");
             assert_eq!((trials(c).len(), c["outcome"]["ending"].as_str()), (1, Some("failed")), "{c}");
         } else {

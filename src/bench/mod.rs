@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`run`] | one measured run: in-process publisher → engine or baseline |
 //! | [`baseline`] | the plain single-thread SUB reader the engine is compared against |
+//! | [`engine`] | `mdsub bench`: the engine's variants vs the baseline on one feed, medians and ratios |
 //! | [`lvc`] | `mdsub lvc-bench`: throughput through the LVC vs a plain proxy and direct PUB→SUB |
 //! | [`stamp`] | the machine/commit/date stamp on every result |
 //! | [`result`] | the one result shape (`--json`, `--save`) every benchmark above prints |
@@ -15,6 +16,7 @@
 pub mod baseline;
 pub mod capacity;
 pub mod clone;
+pub mod engine;
 pub mod lvc;
 pub mod result;
 pub mod run;

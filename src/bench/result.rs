@@ -7,6 +7,12 @@
 //! results included and marked), `medians` (per variant, each entry named by `subscriber`),
 //! `ratios` (`[what, value]` pairs from the same runs), then what the benchmark adds, and `error`
 //! when the whole is not a result (the command then exits non-zero).
+//!
+//! `mdsub capacity`'s `summary.json` ([`CapacityResult`](super::capacity::CapacityResult))
+//! carries the same stamp (`kind` = `capacity`, `machine`, `settings`, `error`) around its own
+//! body: a search measures per configuration (trials, a knee), not variants side by side run by
+//! run, so it has `configurations` and `winner` where the others have `runs`, `medians` and
+//! `ratios`.
 
 use std::path::{Path, PathBuf};
 

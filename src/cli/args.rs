@@ -374,6 +374,12 @@ pub enum Idle {
     Block,
 }
 
+/// An idle strategy by the words `--idle` takes, for a value given elsewhere (`capacity --vary idle=…`).
+pub fn parse_idle(s: &str) -> Result<Idle, String> {
+    <Idle as clap::ValueEnum>::from_str(s, false)
+        .map_err(|_| "not an idle strategy (spin, yield, backoff or block)".to_string())
+}
+
 impl Idle {
     /// The name a tuning profile uses for it.
     pub fn name(self) -> &'static str {

@@ -1,13 +1,11 @@
-//! `mdsub bench`: the replay benchmark. The same feed goes to the baseline (a
-//! plain single-thread SUB reader) and to the engine, one after the other in
-//! every run; medians of the runs and engine/baseline ratios are printed
-//! with the machine, commit and settings at the top.
+//! `mdsub bench`'s face: flags → [`EngineBenchConfig`] → [`crate::bench::engine::run`] → the
+//! lines (the machine, commit and settings at the top, a line per run, the medians and the
+//! engine/baseline ratios) or `--json`; and the faces of `lvc-bench` and `clone-bench`.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use serde::Serialize;
 
 use super::args::{parse_bytes_usize, parse_count_nonzero, parse_count_nonzero_usize, parse_duration, Idle};
 use super::engine::parse_handoff;
@@ -16,17 +14,15 @@ use super::replay::{file_source, parse_speed, Speed};
 use super::{describe_pacing, load_profile, override_idle_handler};
 use crate::agent::StopFlag;
 use crate::bench::clone::{CloneBenchConfig, CloneResult};
+use crate::bench::engine::{app_cpu_ns_per_msg, cpu_ns_per_msg, BenchResult, Compare, EngineBenchConfig};
 use crate::bench::lvc::{LvcBenchConfig, LvcResult};
-use crate::bench::median;
-use crate::bench::result::{Results, SaveFile};
-use crate::bench::run::{run_once, RunSpec, Subscriber};
+use crate::bench::result::SaveFile;
 use crate::bench::stamp::Machine;
 use crate::diag::Lines;
-use crate::engine::reader::{HandOff, Routing};
+use crate::engine::reader::HandOff;
 use crate::metrics::{human_ns, RunReport};
 use crate::outfile::Claimed;
 use crate::replay::{Pacing, PublisherConfig, Source};
-use crate::snail::Policy;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -95,120 +91,6 @@ pub struct BenchArgs {
     pub curve: bool,
 }
 
-/// Medians of one subscriber's runs.
-#[derive(Debug, Clone, Serialize)]
-pub struct Medians {
-    pub subscriber: String,
-    pub msgs_per_sec: f64,
-    pub p50_ns: u64,
-    pub p99_ns: u64,
-    pub p999_ns: u64,
-    pub max_ns: u64,
-    pub lost_total: u64,
-    /// CPU ns per delivered message of every thread of the subscriber,
-    /// libzmq's I/O threads included: the baseline's one thread and its
-    /// I/O thread; the engine's I/O threads, readers, workers and collector.
-    /// This is the figure the engine/baseline CPU ratio compares.
-    pub cpu_ns_per_msg: f64,
-    /// The same without libzmq's I/O threads (the subscriber's own threads only).
-    pub app_cpu_ns_per_msg: f64,
-    /// Per thread, CPU ns per delivered message (so they add up to `cpu_ns_per_msg`).
-    pub threads: std::collections::BTreeMap<String, f64>,
-    /// The publisher feeding this variant: messages sent per second (its
-    /// own clock, send start to end of stream) and CPU ns per message sent
-    /// (its sending threads and its libzmq I/O threads).
-    pub publisher_msgs_per_sec: f64,
-    pub publisher_cpu_ns_per_msg: f64,
-}
-
-/// The publisher's side of one run.
-#[derive(Debug, Clone, Serialize)]
-pub struct PublisherRun {
-    pub variant: String,
-    pub sent: u64,
-    pub msgs_per_sec: f64,
-    /// CPU ns per message sent of the sending thread(s) and of the I/O thread(s).
-    pub send_cpu_ns_per_msg: f64,
-    pub io_cpu_ns_per_msg: f64,
-}
-
-/// `mdsub bench`'s result: the common envelope ([`Results`]) with the engine runs
-/// ([`RunReport`]), the medians per subscriber and, per engine variant, (throughput, p50, p99,
-/// p99.9, CPU ns per message) as engine / baseline, each from the medians of the same runs.
-pub type BenchResult = Results<RunReport, Medians, [f64; 5], BenchExtra>;
-
-/// What `mdsub bench` reports beyond the common envelope.
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchExtra {
-    /// The publisher's side of each run, in the order of `runs`.
-    pub publisher_runs: Vec<PublisherRun>,
-    /// `--compare`: (what, B / A) for throughput and CPU ns per message,
-    /// e.g. ("2 shards / 1 shard", [1.1, 0.97]).
-    pub comparisons: Vec<(String, [f64; 2])>,
-    /// `--compare publishers`: (what, B / A) for throughput at the subscriber
-    /// and the publisher's CPU ns per message.
-    pub publisher_comparisons: Vec<(String, [f64; 2])>,
-    /// `--from` a damaged file: what its replay refused, by reason (`truncated_tail`,
-    /// `bad_record`), as each run met it. Every run replayed only what came before the damage,
-    /// so the result is not one (`error`; docs/REFUSALS.md, "Damaged files").
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub refused: std::collections::BTreeMap<String, u64>,
-}
-
-fn medians(name: &str, runs: &[&RunReport], pubs: &[&PublisherRun]) -> Medians {
-    let total = |r: &RunReport| r.latency.get("total").copied().unwrap_or_default();
-    let mut names: Vec<&str> = runs.iter().flat_map(|r| r.threads.iter().map(|t| t.thread.as_str())).collect();
-    names.sort_unstable();
-    names.dedup();
-    let per_thread = |r: &RunReport, n: &str| {
-        r.threads.iter().filter(|t| t.thread == n).map(|t| t.cpu_ns).sum::<u64>() as f64 / r.delivered.max(1) as f64
-    };
-    Medians {
-        subscriber: name.to_string(),
-        msgs_per_sec: median(runs.iter().map(|r| r.msgs_per_sec).collect()),
-        p50_ns: median(runs.iter().map(|r| total(r).p50_ns).collect()),
-        p99_ns: median(runs.iter().map(|r| total(r).p99_ns).collect()),
-        p999_ns: median(runs.iter().map(|r| total(r).p999_ns).collect()),
-        max_ns: median(runs.iter().map(|r| total(r).max_ns).collect()),
-        lost_total: runs.iter().map(|r| r.lost.unwrap_or(0)).sum(),
-        cpu_ns_per_msg: median(runs.iter().map(|r| cpu_ns_per_msg(r)).collect()),
-        app_cpu_ns_per_msg: median(runs.iter().map(|r| app_cpu_ns_per_msg(r)).collect()),
-        threads: names
-            .into_iter()
-            .map(|n| (n.to_string(), median(runs.iter().map(|r| per_thread(r, n)).collect())))
-            .collect(),
-        publisher_msgs_per_sec: median(pubs.iter().map(|p| p.msgs_per_sec).collect()),
-        publisher_cpu_ns_per_msg: median(pubs.iter().map(|p| p.send_cpu_ns_per_msg + p.io_cpu_ns_per_msg).collect()),
-    }
-}
-
-/// CPU ns of every thread of the subscriber (libzmq's I/O threads
-/// included) per delivered message.
-fn cpu_ns_per_msg(r: &RunReport) -> f64 {
-    let cpu: u64 = r.threads.iter().map(|t| t.cpu_ns).sum();
-    cpu as f64 / r.delivered.max(1) as f64
-}
-
-/// CPU ns of the subscriber's own agent threads per delivered message.
-fn app_cpu_ns_per_msg(r: &RunReport) -> f64 {
-    let cpu: u64 = r.agents.iter().map(|a| a.cpu_ns).sum();
-    cpu as f64 / r.delivered.max(1) as f64
-}
-
-/// The `--curve` baseline's name.
-const BASELINE_CURVE: &str = "baseline+curve";
-
-/// `--curve`: a fresh server pair with the subscriber's fresh key on its
-/// allow-list (so the ZAP handler is asked, as in a real deployment), and
-/// the keys the subscriber presents.
-fn curve_pair() -> anyhow::Result<(crate::security::ServerAccess, crate::security::ClientKeys)> {
-    use crate::security::{ClientKeys, Keypair, ServerAccess};
-    let (server, client) = (Keypair::generate()?, Keypair::generate()?);
-    let keys = ClientKeys { server_public: server.public, client: client.clone() };
-    let access = ServerAccess { curve: Some((server, [client.public].into_iter().collect())), allow_addrs: vec![] };
-    Ok((access, keys))
-}
-
 /// `--outputs-dir DIR`: made if missing (with its parents, like capacity's `--out`) and its
 /// `bench.hlog` and `bench.hgrm` claimed before any run, so a folder that cannot be written, or
 /// files another run writes, fail the benchmark at once rather than after its baseline.
@@ -219,11 +101,6 @@ fn claim_outputs(dir: &std::path::Path, save: Option<&std::path::Path>) -> anyho
     crate::outfile::distinct(&named).map_err(|e| super::UsageError(e.to_string()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("--outputs-dir {}: creating it", dir.display()))?;
     Ok([Claimed::claim("--outputs-dir", &hlog)?, Claimed::claim("--outputs-dir", &hgrm)?])
-}
-
-/// The bench variant of the engine with hand-off `h`: `engine/batch`, `engine/inline`, ….
-fn engine_variant(h: HandOff) -> String {
-    format!("engine/{}", h.name())
 }
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
@@ -336,258 +213,44 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             args.runs
         );
     }
-    let baseline = Subscriber::Baseline {
-        rcvhwm_msgs: profile.rcvhwm_msgs,
-        batch_max: profile.batch_max,
-        handler: profile.handler,
-        keys: None,
-    };
-    let mut variants: Vec<(String, Subscriber, PublisherConfig, Source)> =
-        vec![("baseline".into(), baseline.clone(), publisher.clone(), source.clone())];
-    let curve = if args.curve { Some(curve_pair()?) } else { None };
-    if let Some((access, keys)) = &curve {
-        let mut pc = publisher.clone();
-        pc.access = access.clone();
-        let handler = profile.handler;
-        let sub = Subscriber::Baseline {
-            rcvhwm_msgs: profile.rcvhwm_msgs,
-            batch_max: profile.batch_max,
-            handler,
-            keys: Some(keys.clone()),
-        };
-        variants.push((BASELINE_CURVE.into(), sub, pc, source.clone()));
-    }
-    for h in &handoffs {
-        let mut cfg = profile.engine_config(None);
-        cfg.handoff = *h;
-        if *h == HandOff::Inline {
-            // One core per shard, run by its reader: workers' cores are not used.
-            cfg.worker_cores = vec![None; cfg.shards.len()];
-        }
-        let name = &engine_variant(*h);
-        if let (HandOff::Batch, Some([hlog, hgrm])) = (h, &outputs) {
-            let mut with = cfg.clone();
-            with.outputs = crate::metrics::OutputsConfig {
-                hlog: Some(hlog.clone()),
-                hgrm: Some(hgrm.clone()),
-                listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
-                ..Default::default()
-            };
-            variants.push((
-                "engine/batch+outputs".into(),
-                Subscriber::Engine(Box::new(with)),
-                publisher.clone(),
-                source.clone(),
-            ));
-        }
-        if let Some((access, keys)) = &curve {
-            let (mut with, mut pc) = (cfg.clone(), publisher.clone());
-            with.feed_keys = Some(keys.clone());
-            pc.access = access.clone();
-            variants.push((format!("{name}+curve"), Subscriber::Engine(Box::new(with)), pc, source.clone()));
-        }
-        variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
-    }
-    let mut pairs: Vec<(String, String, String)> = Vec::new();
-    if curve.is_some() {
-        pairs.push(("baseline: curve / plain".into(), "baseline".into(), BASELINE_CURVE.into()));
-        for h in &handoffs {
-            let name = engine_variant(*h);
-            pairs.push((format!("{name}: curve / plain"), name.clone(), format!("{name}+curve")));
-        }
-    }
-    let with_shards = |n: usize| {
-        let mut p = profile.clone();
-        let template = p.shards[0].clone();
-        p.shards = vec![template; n];
-        if p.handoff == HandOff::Inline {
-            p.workers = vec![Default::default(); n];
-        }
-        for s in p.shards.iter_mut().skip(1) {
-            (s.io_core, s.reader_core) = (None, None);
-        }
-        let mut pc = publisher.clone();
-        pc.endpoints = vec!["tcp://127.0.0.1:*".into(); n];
-        (Subscriber::Engine(Box::new(p.engine_config(None))), pc)
-    };
-    if args.compare.iter().any(|c| c == "shards") {
-        for (n, name) in [(1, "engine/1-shard"), (2, "engine/2-shards")] {
-            let (sub, pc) = with_shards(n);
-            variants.push((name.into(), sub, pc, source.clone()));
-        }
-        pairs.push(("2 shards / 1 shard".into(), "engine/1-shard".into(), "engine/2-shards".into()));
-    }
-    if args.compare.iter().any(|c| c == "routing") {
-        let mut p = profile.clone();
-        if p.workers.len() < 2 {
-            p.workers = vec![Default::default(); 2];
-        }
-        for (r, name) in [(Routing::ByTopic, "engine/by-topic"), (Routing::RoundRobin, "engine/round-robin")] {
-            let mut cfg = p.engine_config(None);
-            cfg.routing = r;
-            if cfg.handoff == HandOff::Inline {
-                // Routing is between workers: only a hand-off has any.
-                cfg.handoff = HandOff::Batch;
-            }
-            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
-        }
-        pairs.push(("round-robin / by-topic".into(), "engine/by-topic".into(), "engine/round-robin".into()));
-    }
-    if args.compare.iter().any(|c| c == "snail") {
-        for (policy, name) in [(Policy::Croak, "engine/snail-on"), (Policy::Off, "engine/snail-off")] {
-            let mut cfg = profile.engine_config(None);
-            cfg.handoff = HandOff::Batch;
-            cfg.snail.policy = policy;
-            variants.push((name.into(), Subscriber::Engine(Box::new(cfg)), publisher.clone(), source.clone()));
-        }
-        pairs.push(("snail on / off".into(), "engine/snail-off".into(), "engine/snail-on".into()));
-    }
-    // Publishers, each into the baseline subscriber: the replay (the
-    // `baseline` variant), the prebuilt reference publisher on the same
-    // socket settings, and the replay with one thread per shard over 2 shards.
-    let mut pub_pairs: Vec<(String, String, String)> = Vec::new();
-    if args.compare.iter().any(|c| c == "publishers") {
-        let Source::Generator(gen) = &source else {
-            anyhow::bail!("--compare publishers needs the generated feed, not --from files");
-        };
-        let prebuilt = Source::Prebuilt(gen.clone());
-        variants.push(("baseline/prebuilt-pub".into(), baseline.clone(), publisher.clone(), prebuilt));
-        let mut two = publisher.clone();
-        two.endpoints = vec!["tcp://127.0.0.1:*".into(); 2];
-        two.thread_per_shard = true;
-        variants.push(("baseline/2-pub-threads".into(), baseline.clone(), two, source.clone()));
-        pub_pairs.push(("replay / prebuilt publisher".into(), "baseline/prebuilt-pub".into(), "baseline".into()));
-        pub_pairs.push(("2 replay threads / 1".into(), "baseline".into(), "baseline/2-pub-threads".into()));
-    }
-    let mut runs: Vec<RunReport> = Vec::new();
-    let mut publisher_runs: Vec<PublisherRun> = Vec::new();
-    let mut refused = std::collections::BTreeMap::new();
-    for rep in 1..=args.runs.max(1) {
-        for (k, (name, sub, publisher, source)) in variants.iter().enumerate() {
-            if stop.is_stopped() {
-                return Err(super::Interrupted.into());
-            }
-            let spec = RunSpec {
-                publisher: publisher.clone(),
-                source: source.clone(),
-                pacing,
-                limits,
-                subscriber: sub.clone(),
-                drain_timeout: Duration::from_secs(60),
-                // Every run replays the same input: what it refuses is said by the first.
-                say_refusals: rep == 1 && k == 0,
-            };
-            let mut out = run_once(&spec, stop, &mut |_| {})?;
-            // A run the signal cut short measured a part of its count: not a result to show
-            // (a medians table of whole runs is what bench promises).
-            if stop.is_stopped() {
-                return Err(super::Interrupted.into());
-            }
-            out.report.subscriber = name.clone();
-            if !args.json {
-                let t = out.report.latency.get("total").copied().unwrap_or_default();
-                crate::outln!(
-                    "  run {rep} {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
-                    name,
-                    out.report.msgs_per_sec / 1e6,
-                    cpu_ns_per_msg(&out.report),
-                    app_cpu_ns_per_msg(&out.report),
-                    out.report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
-                    out.report.lost.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
-                    human_ns(t.p50_ns),
-                    human_ns(t.p99_ns),
-                    human_ns(t.p999_ns),
-                    human_ns(t.max_ns)
-                );
-            }
-            if refused.is_empty() {
-                refused = out.replay.refused.clone();
-            }
-            if let Some(note) = out.replay.rate_note() {
-                crate::diag!("bench: run {rep} {name}: publisher: {note}");
-            }
-            let sent = out.replay.sent_total.max(1) as f64;
-            publisher_runs.push(PublisherRun {
-                variant: name.clone(),
-                sent: out.replay.sent_total,
-                msgs_per_sec: out.replay.sent_total as f64 / out.replay.elapsed_s.max(1e-9),
-                send_cpu_ns_per_msg: out.replay.cpu_ns as f64 / sent,
-                io_cpu_ns_per_msg: out.publisher_io_cpu_ns as f64 / sent,
-            });
-            runs.push(out.report);
-        }
-    }
-    let meds: Vec<Medians> = variants
-        .iter()
-        .map(|(name, _, _, _)| {
-            let mine = |r: &&PublisherRun| &r.variant == name;
-            medians(
-                name,
-                &runs.iter().filter(|r| &r.subscriber == name).collect::<Vec<_>>(),
-                &publisher_runs.iter().filter(mine).collect::<Vec<_>>(),
-            )
-        })
-        .collect();
-    let base = meds[0].clone();
-    let curve_base = meds.iter().find(|m| m.subscriber == BASELINE_CURVE).cloned();
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    // Engines with CURVE are compared with the baseline with CURVE.
-    let ratios: Vec<(String, [f64; 5])> = meds[1..]
-        .iter()
-        .filter(|m| m.subscriber.starts_with("engine"))
-        .map(|m| {
-            let base = match (&curve_base, m.subscriber.ends_with("+curve")) {
-                (Some(b), true) => b,
-                _ => &base,
-            };
-            (
-                m.subscriber.clone(),
-                [
-                    ratio(m.msgs_per_sec, base.msgs_per_sec),
-                    ratio(m.p50_ns as f64, base.p50_ns as f64),
-                    ratio(m.p99_ns as f64, base.p99_ns as f64),
-                    ratio(m.p999_ns as f64, base.p999_ns as f64),
-                    ratio(m.cpu_ns_per_msg, base.cpu_ns_per_msg),
-                ],
-            )
-        })
-        .collect();
-    let find = |n: &str| meds.iter().find(|m| m.subscriber == n);
-    let comparisons: Vec<(String, [f64; 2])> = pairs
-        .iter()
-        .filter_map(|(what, a, b)| {
-            let (a, b) = (find(a)?, find(b)?);
-            Some((what.clone(), [ratio(b.msgs_per_sec, a.msgs_per_sec), ratio(b.cpu_ns_per_msg, a.cpu_ns_per_msg)]))
-        })
-        .collect();
-    let publisher_comparisons: Vec<(String, [f64; 2])> = pub_pairs
-        .iter()
-        .filter_map(|(what, a, b)| {
-            let (a, b) = (find(a)?, find(b)?);
-            Some((
-                what.clone(),
-                [ratio(b.msgs_per_sec, a.msgs_per_sec), ratio(b.publisher_cpu_ns_per_msg, a.publisher_cpu_ns_per_msg)],
-            ))
-        })
-        .collect();
-    let result = BenchResult {
-        kind: "bench",
+    let cfg = EngineBenchConfig {
+        profile,
+        handoffs,
+        compare: Compare {
+            shards: args.compare.iter().any(|c| c == "shards"),
+            routing: args.compare.iter().any(|c| c == "routing"),
+            snail: args.compare.iter().any(|c| c == "snail"),
+            publishers: args.compare.iter().any(|c| c == "publishers"),
+        },
+        curve: args.curve,
+        outputs,
+        publisher,
+        source,
+        pacing,
+        limits,
+        runs: args.runs,
         machine,
         settings,
-        runs,
-        medians: meds,
-        ratios,
-        error: (!refused.is_empty()).then(|| {
-            let list: Vec<String> = refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
-            format!(
-                "bench: damaged input (refused: {}); every run replayed only what came before the damage (said \
-                 above), so these are not numbers of the whole file",
-                list.join(" ")
-            )
-        }),
-        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons, refused },
-    }
-    .finish(args.json, save)?;
+    };
+    let show_run = &mut |rep: usize, report: &RunReport| {
+        if !args.json {
+            let t = report.latency.get("total").copied().unwrap_or_default();
+            crate::outln!(
+                "  run {rep} {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                report.subscriber,
+                report.msgs_per_sec / 1e6,
+                cpu_ns_per_msg(report),
+                app_cpu_ns_per_msg(report),
+                report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                report.lost.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                human_ns(t.p50_ns),
+                human_ns(t.p99_ns),
+                human_ns(t.p999_ns),
+                human_ns(t.max_ns)
+            );
+        }
+    };
+    let result = crate::bench::engine::run(&cfg, stop, show_run)?.ok_or(super::Interrupted)?.finish(args.json, save)?;
     if !args.json {
         crate::outln!(
             "medians (cpu: every thread of the subscriber incl. libzmq's I/O threads, per delivered message):"

@@ -9,13 +9,16 @@ use clap::Args;
 
 use super::args::{
     in_part, parse_connect_endpoint, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero,
-    parse_hwm, parse_rate, Endpoint,
+    parse_hwm, parse_idle, parse_rate, parse_thread_count, Endpoint,
 };
+use super::engine::{parse_handoff, parse_routing};
 use super::load_profile;
 use crate::agent::StopFlag;
 use crate::bench::capacity::search::{parse_quantile, SearchConfig, Sla, SlaPoint, Verdict};
 use crate::bench::capacity::trial::PublisherSide;
-use crate::bench::capacity::{self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event, NoWinner};
+use crate::bench::capacity::{
+    self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event, NoWinner, Setting, Vary,
+};
 use crate::engine::handler::HandlerSpec;
 use crate::feed::GeneratorConfig;
 use crate::metrics::human_ns;
@@ -38,8 +41,9 @@ pub struct CapacityArgs {
     /// Cross every profile with these values of a setting, `KEY=V1,V2,…`;
     /// repeat for a grid. Keys: workers, shards, batch_max, idle, handoff,
     /// routing, rcvhwm_msgs, handoff_hwm_msgs, handler (e.g. handler=latency,work:20000).
+    /// Values are written as the flags write them: counts `100k`, `2M` (rcvhwm_msgs=100k).
     #[arg(long = "vary", value_parser = parse_vary, value_name = "KEY=V1,V2")]
-    pub vary: Vec<(String, Vec<String>)>,
+    pub vary: Vec<Vary>,
     /// Handler every configuration's workers run (overrides the profiles'):
     /// latency, book, last, verify or work:NANOS.
     #[arg(long, value_name = "HANDLER")]
@@ -101,18 +105,34 @@ pub fn parse_sla_point(s: &str) -> Result<SlaPoint, String> {
     Ok(SlaPoint { quantile, budget_ns: budget.as_nanos().min(u64::MAX as u128) as u64 })
 }
 
-/// `workers=1,2`.
-pub fn parse_vary(s: &str) -> Result<(String, Vec<String>), String> {
+/// `workers=1,2`, `rcvhwm_msgs=10k,100k`: each value read by the parser of the flag that sets
+/// the same thing (`--workers`, `--sndhwm-msgs`'s counts, `--idle`, `--handoff`, `--routing`,
+/// `--handler`), a bad one refused naming the key and the value.
+pub fn parse_vary(s: &str) -> Result<Vary, String> {
     let (k, v) = s.split_once('=').ok_or_else(|| "not KEY=V1,V2, e.g. workers=1,2".to_string())?;
-    let values: Vec<String> = v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+    let key = k.trim();
+    let read: fn(&str) -> Result<Setting, String> = match key {
+        "workers" => |v| parse_thread_count(v).map(Setting::Workers),
+        "shards" => |v| parse_thread_count(v).map(Setting::Shards),
+        "batch_max" => |v| parse_count_nonzero_usize(v).map(Setting::BatchMax),
+        "idle" => |v| parse_idle(v).map(|i| Setting::Idle(i.name())),
+        "handoff" => |v| parse_handoff(v).map(Setting::HandOff),
+        "routing" => |v| parse_routing(v).map(Setting::Routing),
+        "rcvhwm_msgs" => |v| parse_hwm(v).map(Setting::RcvhwmMsgs),
+        "handoff_hwm_msgs" => |v| parse_hwm(v).map(Setting::HandoffHwmMsgs),
+        "handler" => |v| v.parse::<HandlerSpec>().map(Setting::Handler),
+        _ => return Err(format!("`{key}` cannot be varied; use one of {}", capacity::VARY_KEYS.join(", "))),
+    };
+    let values = v
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| read(x).map(|setting| (x.to_string(), setting)).map_err(|e| format!("{key}={x}: {e}")))
+        .collect::<Result<Vec<_>, String>>()?;
     if values.is_empty() {
         return Err("no values given".into());
     }
-    let key = k.trim();
-    if !capacity::VARY_KEYS.contains(&key) {
-        return Err(format!("`{key}` cannot be varied; use one of {}", capacity::VARY_KEYS.join(", ")));
-    }
-    Ok((key.to_string(), values))
+    Ok(Vary { key: key.to_string(), values })
 }
 
 /// `5%` or `0.05`.
@@ -325,8 +345,43 @@ mod tests {
     fn flag_values() {
         assert_eq!(parse_sla_point("p99.9=10ms"), Ok(SlaPoint { quantile: 0.999, budget_ns: 10_000_000 }));
         assert!(parse_sla_point("p99").is_err() && parse_sla_point("q99=1ms").is_err());
-        assert_eq!(parse_vary("workers=1, 2"), Ok(("workers".into(), vec!["1".into(), "2".into()])));
+        let workers = Vary {
+            key: "workers".into(),
+            values: vec![("1".into(), Setting::Workers(1)), ("2".into(), Setting::Workers(2))],
+        };
+        assert_eq!(parse_vary("workers=1, 2"), Ok(workers));
         assert!(parse_vary("workers=").is_err());
+    }
+
+    #[test]
+    fn a_vary_value_is_read_as_its_flag_reads_it() {
+        // `--vary rcvhwm_msgs=100k` failed (`invalid type: string "100k", expected i32`) while
+        // `--sndhwm-msgs 100k` worked: the values went through the profile's TOML.
+        let hwm = parse_vary("rcvhwm_msgs=100k,2M").expect("counts");
+        assert_eq!(
+            hwm.values,
+            [("100k".to_string(), Setting::RcvhwmMsgs(100_000)), ("2M".to_string(), Setting::RcvhwmMsgs(2_000_000))]
+        );
+        let read = |s: &str| parse_vary(s).map(|v| v.values.into_iter().map(|(_, s)| s).collect::<Vec<_>>());
+        assert_eq!(read("handoff_hwm_msgs=1k"), Ok(vec![Setting::HandoffHwmMsgs(1000)]));
+        assert_eq!(read("batch_max=1k"), Ok(vec![Setting::BatchMax(1000)]));
+        assert_eq!(read("shards=2"), Ok(vec![Setting::Shards(2)]));
+        assert_eq!(read("idle=spin,block"), Ok(vec![Setting::Idle("spin"), Setting::Idle("block")]));
+        assert_eq!(read("handoff=per-message"), Ok(vec![Setting::HandOff(crate::engine::reader::HandOff::PerMessage)]));
+        assert_eq!(read("routing=round-robin"), Ok(vec![Setting::Routing(crate::engine::reader::Routing::RoundRobin)]));
+        assert_eq!(read("handler=work:20000"), Ok(vec![Setting::Handler(HandlerSpec::Work { ns: 20000 })]));
+        // One line naming the key and the value, then the flag's own words.
+        let bad = |s: &str| parse_vary(s).expect_err(s);
+        assert!(bad("rcvhwm_msgs=100k,lots").starts_with("rcvhwm_msgs=lots: not a count; accepted: "));
+        assert!(bad("rcvhwm_msgs=3G").starts_with("rcvhwm_msgs=3G: "), "{}", bad("rcvhwm_msgs=3G"));
+        assert_eq!(
+            bad("rcvhwm_msgs=3000M"),
+            format!("rcvhwm_msgs=3000M: too large: a HWM is at most {} messages", i32::MAX)
+        );
+        assert_eq!(bad("workers=0"), "workers=0: must be at least 1");
+        assert!(bad("idle=nap").starts_with("idle=nap: "), "{}", bad("idle=nap"));
+        assert!(bad("handoff=fast").starts_with("handoff=fast: not a hand-off"));
+        assert!(bad("colour=red").contains("cannot be varied"));
         assert_eq!(parse_percent("5%"), Ok(0.05));
         assert_eq!(parse_percent("0.1"), Ok(0.1));
         assert!(parse_percent("150%").is_err());

@@ -612,22 +612,14 @@ fn shards_from_flags(args: &EngineArgs, profile: &mut Profile) -> Option<String>
     if args.endpoint.is_empty() {
         return None;
     }
-    let of_profile = std::mem::take(&mut profile.shards);
-    profile.shards = args
-        .endpoint
-        .iter()
-        .enumerate()
-        .map(|(k, list)| {
-            let mut s = of_profile.get(k).cloned().unwrap_or_default();
-            let (binds, connects): (Vec<&Endpoint>, Vec<&Endpoint>) =
-                list.iter().partition(|e| e.how == Some(How::Bind));
-            s.binds = binds.into_iter().map(|e| e.endpoint.clone()).collect();
-            s.endpoints = connects.into_iter().map(|e| e.endpoint.clone()).collect();
-            s
-        })
-        .collect();
-    let placed = of_profile.iter().any(|s| s.interface.is_some() || s.io_core.is_some() || s.reader_core.is_some());
-    let (given, had) = (args.endpoint.len(), of_profile.len());
+    let placed = profile.shards.iter().any(|s| s.interface.is_some() || s.io_core.is_some() || s.reader_core.is_some());
+    let (given, had) = (args.endpoint.len(), profile.shards.len());
+    *profile = profile.with_shards(given);
+    for (s, list) in profile.shards.iter_mut().zip(&args.endpoint) {
+        let (binds, connects): (Vec<&Endpoint>, Vec<&Endpoint>) = list.iter().partition(|e| e.how == Some(How::Bind));
+        s.binds = binds.into_iter().map(|e| e.endpoint.clone()).collect();
+        s.endpoints = connects.into_iter().map(|e| e.endpoint.clone()).collect();
+    }
     (placed && given > had).then(|| {
         let these = if given - had == 1 { format!("shard{had}") } else { format!("shard{had} to shard{}", given - 1) };
         format!(

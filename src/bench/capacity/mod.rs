@@ -29,6 +29,8 @@ use self::search::{TrialSummary, Verdict};
 use self::trial::{run_trial, PublisherSide, TrialSpec};
 use crate::agent::StopFlag;
 use crate::bench::stamp::Machine;
+use crate::engine::handler::HandlerSpec;
+use crate::engine::reader::{HandOff, Routing};
 use crate::feed::GeneratorConfig;
 use crate::profile::Profile;
 
@@ -62,62 +64,66 @@ fn slug(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-/// Settings a `--vary` grid may change, and how each applies to a profile.
+/// Settings a `--vary` grid may change.
 pub const VARY_KEYS: [&str; 9] =
     ["workers", "shards", "batch_max", "idle", "handoff", "routing", "rcvhwm_msgs", "handoff_hwm_msgs", "handler"];
 
-fn apply(p: &mut Profile, key: &str, value: &str) -> Result<(), String> {
-    // 0 workers or shards is refused: it used to run with 1 and be labelled 0.
-    let count = || match value.parse::<usize>() {
-        Ok(0) => Err(format!("{key}={value}: must be at least 1")),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("{key}={value}: not a whole number")),
-    };
-    match key {
-        "workers" => p.workers = vec![Default::default(); count()?],
-        "shards" => {
-            let first = p.shards.first().cloned().ok_or("the profile has no shard")?;
-            p.shards = vec![first; count()?];
-            for s in p.shards.iter_mut().skip(1) {
-                (s.io_core, s.reader_core) = (None, None);
-            }
-        }
-        _ if VARY_KEYS.contains(&key) => {
-            // Through the profile's own TOML form, so each value is read as the
-            // profile file would read it (and refused with the same words).
-            let mut t = toml::Value::try_from(&*p).map_err(|e| e.to_string())?;
-            let v = match value.parse::<i64>() {
-                Ok(n) => toml::Value::Integer(n),
-                Err(_) => toml::Value::String(value.to_string()),
-            };
-            if let Some(table) = t.as_table_mut() {
-                table.insert(key.to_string(), v);
-            }
-            *p = t.try_into().map_err(|e: toml::de::Error| format!("{key}={value}: {}", e.message()))?;
-        }
-        _ => return Err(format!("`{key}` cannot be varied; use one of {}", VARY_KEYS.join(", "))),
-    }
-    Ok(())
+/// One `--vary` value, read as the flag of that setting reads it (the CLI parses it: counts
+/// `100k`, the idle, hand-off, routing and handler words); the profile check refuses what is
+/// out of range for the host once the grid is made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Setting {
+    Workers(usize),
+    /// [`Profile::with_shards`]: the profile's shards where it has them, unpinned ones beyond.
+    Shards(usize),
+    BatchMax(usize),
+    /// An idle strategy's profile name (`spin`, `yield`, `backoff`, `block`).
+    Idle(&'static str),
+    HandOff(HandOff),
+    Routing(Routing),
+    RcvhwmMsgs(i32),
+    HandoffHwmMsgs(i32),
+    Handler(HandlerSpec),
 }
 
-/// Every base profile crossed with every combination of the `(key, values)`
-/// grid; each one is named `BASE key=value …` and validated against `host`.
-pub fn expand_grid(
-    bases: &[Profile],
-    grid: &[(String, Vec<String>)],
-    host: &[usize],
-) -> Result<Vec<Configuration>, String> {
+impl Setting {
+    fn apply(self, p: &mut Profile) {
+        match self {
+            Setting::Workers(n) => p.workers = vec![Default::default(); n],
+            Setting::Shards(n) => *p = p.with_shards(n),
+            Setting::BatchMax(n) => p.batch_max = n,
+            Setting::Idle(name) => p.idle = name.into(),
+            Setting::HandOff(h) => p.handoff = h,
+            Setting::Routing(r) => p.routing = r,
+            Setting::RcvhwmMsgs(n) => p.rcvhwm_msgs = n,
+            Setting::HandoffHwmMsgs(n) => p.handoff_hwm_msgs = n,
+            Setting::Handler(h) => p.handler = h,
+        }
+    }
+}
+
+/// One `--vary KEY=V1,V2`: the key and each value as written (it names the configuration) with
+/// the setting it reads as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vary {
+    pub key: String,
+    pub values: Vec<(String, Setting)>,
+}
+
+/// Every base profile crossed with every combination of the grid's values; each one is named
+/// `BASE key=value …` and validated against `host`.
+pub fn expand_grid(bases: &[Profile], grid: &[Vary], host: &[usize]) -> Result<Vec<Configuration>, String> {
     let mut out: Vec<Configuration> =
         bases.iter().map(|p| Configuration { name: p.name.clone(), profile: p.clone() }).collect();
-    for (key, values) in grid {
+    for Vary { key, values } in grid {
         if values.is_empty() {
             return Err(format!("--vary {key}= needs at least one value"));
         }
         let mut next = Vec::with_capacity(out.len() * values.len());
         for c in &out {
-            for v in values {
+            for (v, setting) in values {
                 let mut p = c.profile.clone();
-                apply(&mut p, key, v)?;
+                setting.apply(&mut p);
                 next.push(Configuration { name: format!("{} {key}={v}", c.name), profile: p });
             }
         }
@@ -200,14 +206,24 @@ pub struct KneeLatency {
     pub runs: usize,
 }
 
-/// The whole run's result (`summary.json`).
+/// The whole run's result (`summary.json`, and `--json`): the stamp every benchmark result
+/// starts with ([`Results`](super::result::Results): `kind`, `machine`, `settings`, and `error`
+/// when it is not a result), then capacity's own fields. A search's measurements belong to a
+/// configuration (its trials, its knee), so they are under `configurations`, not in the
+/// `runs`/`medians`/`ratios` of the benchmarks that compare variants run by run.
 #[derive(Debug, Clone, Serialize)]
 pub struct CapacityResult {
+    /// Which benchmark made it: `capacity`.
+    pub kind: &'static str,
     pub machine: Machine,
+    pub settings: serde_json::Value,
+    /// Why this is not a whole result: a trial could not run, which ended the run part way (exit
+    /// 1; `no_winner` is then `failed`). The error line the command ends with says it too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub folder: PathBuf,
     /// Where the load came from, and whether it shared the host.
     pub publisher: String,
-    pub settings: serde_json::Value,
     pub configurations: Vec<ConfigResult>,
     /// The configuration with the highest knee (confirmed ones first).
     pub winner: Option<String>,
@@ -228,7 +244,7 @@ pub enum NoWinner {
     Capped,
     /// Ctrl-C (or SIGTERM) ended the search before any configuration had a knee.
     Interrupted,
-    /// A trial could not run (see `settings.failed`).
+    /// A trial could not run (see `error`).
     Failed,
 }
 
@@ -529,13 +545,14 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "time_cap_s": cfg.time_cap.as_secs_f64(),
         "capped": capped,
         "interrupted": stop.is_stopped(),
-        "failed": failure.as_ref().map(crate::diag::error_line),
     });
     let mut result = CapacityResult {
+        kind: "capacity",
         machine,
+        settings,
+        error: failure.as_ref().map(crate::diag::error_line),
         folder: folder.clone(),
         publisher,
-        settings,
         configurations: results,
         winner: winner.clone(),
         no_winner,
@@ -710,7 +727,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
     if let Some(why) = r.no_winner {
         let _ = writeln!(s, "- winner: none ({})", why.text());
     }
-    if let Some(failed) = r.settings["failed"].as_str() {
+    if let Some(failed) = &r.error {
         let _ = writeln!(s, "- the run stopped on a trial that could not run: {failed}");
     }
     for c in &r.configurations {
@@ -877,8 +894,14 @@ mod tests {
     #[test]
     fn grid_crosses_every_base_with_every_value() {
         let grid = vec![
-            ("workers".to_string(), vec!["1".to_string(), "2".to_string()]),
-            ("idle".to_string(), vec!["block".to_string(), "backoff".to_string()]),
+            Vary {
+                key: "workers".into(),
+                values: vec![("1".into(), Setting::Workers(1)), ("2".into(), Setting::Workers(2))],
+            },
+            Vary {
+                key: "idle".into(),
+                values: vec![("block".into(), Setting::Idle("block")), ("backoff".into(), Setting::Idle("backoff"))],
+            },
         ];
         let cs = expand_grid(&[Profile::builtin()], &grid, &[0, 1]).expect("valid");
         let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
@@ -894,15 +917,16 @@ mod tests {
         assert_eq!((cs[3].profile.workers.len(), cs[3].profile.idle.as_str()), (2, "backoff"));
         assert_ne!(cs[0].hash(), cs[1].hash(), "different profiles, different hashes");
         assert_eq!(cs[0].slug(), "builtin-2core-workers-1-idle-block");
-        let bad = expand_grid(&[Profile::builtin()], &[("idle".into(), vec!["nap".into()])], &[0, 1]);
-        assert!(bad.is_err_and(|e| e.contains("idle")));
-        let unknown = expand_grid(&[Profile::builtin()], &[("colour".into(), vec!["red".into()])], &[0, 1]);
-        assert!(unknown.is_err_and(|e| e.contains("cannot be varied")));
-        // 0 workers or shards ran with 1 under a `workers=0` label.
-        for key in ["workers", "shards"] {
-            let zero = expand_grid(&[Profile::builtin()], &[(key.into(), vec!["0".into()])], &[0, 1]);
-            assert!(zero.is_err_and(|e| e == format!("{key}=0: must be at least 1")), "{key}=0");
-        }
+        // A count as the flags write it: named as written, applied as read.
+        let hwm = vec![Vary { key: "rcvhwm_msgs".into(), values: vec![("100k".into(), Setting::RcvhwmMsgs(100_000))] }];
+        let cs = expand_grid(&[Profile::builtin()], &hwm, &[0, 1]).expect("valid");
+        assert_eq!((cs[0].name.as_str(), cs[0].profile.rcvhwm_msgs), ("builtin-2core rcvhwm_msgs=100k", 100_000));
+        // What the host cannot take is refused by the profile check, naming the configuration.
+        let big = vec![Vary { key: "batch_max".into(), values: vec![("1M".into(), Setting::BatchMax(1_000_000))] }];
+        let e = expand_grid(&[Profile::builtin()], &big, &[0, 1]).expect_err("batch_max above 4096");
+        assert!(e.starts_with("configuration `builtin-2core batch_max=1M`: ") && e.contains("batch_max"), "{e}");
+        let empty = expand_grid(&[Profile::builtin()], &[Vary { key: "idle".into(), values: vec![] }], &[0, 1]);
+        assert!(empty.is_err_and(|e| e.contains("needs at least one value")));
         let twice = expand_grid(&[Profile::builtin(), Profile::builtin()], &[], &[0, 1]);
         assert!(twice.is_err_and(|e| e.contains("both named")));
     }
