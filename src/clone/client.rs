@@ -27,7 +27,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
@@ -35,7 +34,7 @@ use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 pub use super::client_core::{AckState, Change, ChangeKind, ClientConfig, ClientStatus, KeyValue};
 use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
-use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::diag::RefusalLog;
 use crate::link::{LinkChange, LinkWatch, NotUp};
 use crate::security::ClientKeys;
@@ -77,6 +76,16 @@ pub enum ClientError {
     Busy { queued: usize },
 }
 
+/// The agent could not be built or started: its sockets, or its thread.
+impl From<AgentError> for ClientError {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::Zmq { context, source, .. } => ClientError::Zmq { context, source },
+            other => ClientError::Config(other.to_string()),
+        }
+    }
+}
+
 enum Cmd {
     Set(KvMsg),
     Get(Vec<u8>, Sender<Option<Vec<u8>>>),
@@ -92,7 +101,7 @@ pub struct Client {
     tx: Sender<Cmd>,
     bell: Mutex<zmq::Socket>,
     stop: StopFlag,
-    handle: Option<JoinHandle<Result<(), AgentError>>>,
+    handle: Option<AgentHandle<ClientAgent>>,
     seed: u64,
     counter: AtomicU64,
     /// Calls refused because the command queue was full.
@@ -155,11 +164,8 @@ impl Client {
         let (tx, rx) = channel::bounded(cfg.command_queue_msgs.max(1));
         let watch_queue_msgs = cfg.watch_queue_msgs.max(1);
         let stop = StopFlag::new();
-        let agent_ctx = ctx.clone();
-        let handle = Runner::spawn("clone-client", RunSpec { core: None, idle }, stop.clone(), move || {
-            ClientAgent::new(cfg, keys, agent_ctx, pull, rx)
-        })
-        .map_err(|e| ClientError::Config(format!("spawning the clone agent: {e}")))?;
+        let agent = ClientAgent::new(cfg, keys, ctx.clone(), pull, rx).map_err(ClientError::from)?;
+        let handle = Runner::start(RunSpec::unpinned(idle), stop.clone(), agent).map_err(ClientError::from)?;
         Ok(Client {
             tx,
             bell: Mutex::new(push),
