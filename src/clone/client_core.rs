@@ -1530,6 +1530,29 @@ mod tests {
         NotUp { endpoint: endpoint.into(), for_ns: 5_000 * MS, attempts: 51 }
     }
 
+    /// The line for a link said alone: a collector's, or (with `clone-client`) a publisher's.
+    fn alone(owner: &str, endpoint: &str) -> Vec<String> {
+        vec![not_up(endpoint).line(owner)]
+    }
+
+    impl Rig {
+        /// Nothing more is said about the links: not later, not when the client stops.
+        fn says_nothing_more(&mut self) {
+            assert!(said(&self.tick_after_ms(5000)).is_empty(), "said once");
+            assert!(said(&self.on(Event::Closing)).is_empty(), "nothing left unsaid");
+        }
+
+        /// Feed a collector link not up; the lines said.
+        fn collector_not_up(&mut self, collector: &str) -> Vec<String> {
+            said(&self.on(Event::CollectorNotUp(not_up(collector))))
+        }
+
+        /// Feed server `server`'s publisher link not up; the lines said.
+        fn publisher_not_up(&mut self, server: usize, publisher: &str) -> Vec<String> {
+            said(&self.on(Event::PublisherNotUp { server, not_up: not_up(publisher) }))
+        }
+    }
+
     const SERVER0_NOT_UP: &str = "clone-client: server tcp://127.0.0.1:6000 not up after 5 s (51 connection \
         attempts): nothing answers there (its publisher tcp://127.0.0.1:6001, its collector tcp://127.0.0.1:6002); \
         libzmq keeps trying";
@@ -1539,81 +1562,77 @@ mod tests {
         let (publisher, collector) = links_of(0);
         // The collector is found not up first: held for the server's line, which names both.
         let mut r = Rig::new(cfg(2, ""));
-        assert!(said(&r.on(Event::CollectorNotUp(not_up(&collector)))).is_empty(), "held");
+        assert!(r.collector_not_up(&collector).is_empty(), "held");
         r.clock.advance_ms(300);
-        assert_eq!(said(&r.on(Event::PublisherNotUp { server: 0, not_up: not_up(&publisher) })), [SERVER0_NOT_UP]);
-        assert!(said(&r.tick_after_ms(5000)).is_empty(), "the held line went into the server's");
-        assert!(said(&r.on(Event::Closing)).is_empty());
+        assert_eq!(r.publisher_not_up(0, &publisher), [SERVER0_NOT_UP]);
+        r.says_nothing_more();
         // The publisher is found not up first: the collector's later line is the server's too.
         let mut r = Rig::new(cfg(2, ""));
-        assert_eq!(said(&r.on(Event::PublisherNotUp { server: 0, not_up: not_up(&publisher) })), [SERVER0_NOT_UP]);
-        assert!(said(&r.on(Event::CollectorNotUp(not_up(&collector)))).is_empty());
-        assert!(said(&r.tick_after_ms(5000)).is_empty());
-        assert!(said(&r.on(Event::Closing)).is_empty());
+        assert_eq!(r.publisher_not_up(0, &publisher), [SERVER0_NOT_UP]);
+        assert!(r.collector_not_up(&collector).is_empty());
+        r.says_nothing_more();
     }
 
     #[test]
     fn a_link_whose_other_half_is_up_is_said_alone() {
         let (publisher, collector) = links_of(1);
-        let collector_line = not_up(&collector).line("clone-client collectors");
+        let collectors = "clone-client collectors";
         // The server's publisher link is up: its collector is said alone, at once.
         let mut r = Rig::new(cfg(2, ""));
         r.on(Event::Link { server: 1, up: true });
-        assert_eq!(said(&r.on(Event::CollectorNotUp(not_up(&collector)))), std::slice::from_ref(&collector_line));
+        assert_eq!(r.collector_not_up(&collector), alone(collectors, &collector));
         // Its collector link is up: its publisher is said alone.
         let mut r = Rig::new(cfg(2, ""));
         r.on(Event::CollectorUp { server: 1 });
-        let line = said(&r.on(Event::PublisherNotUp { server: 1, not_up: not_up(&publisher) }));
-        assert_eq!(line, [not_up(&publisher).line("clone-client")]);
+        assert_eq!(r.publisher_not_up(1, &publisher), alone("clone-client", &publisher));
         // A collector held for its server's line whose publisher link then comes up: said alone
         // then, not later again.
         let mut r = Rig::new(cfg(2, ""));
-        assert!(said(&r.on(Event::CollectorNotUp(not_up(&collector)))).is_empty());
-        assert_eq!(said(&r.on(Event::Link { server: 1, up: true })), [collector_line]);
-        assert!(said(&r.tick_after_ms(5000)).is_empty());
-        assert!(said(&r.on(Event::Closing)).is_empty());
+        assert!(r.collector_not_up(&collector).is_empty());
+        assert_eq!(said(&r.on(Event::Link { server: 1, up: true })), alone(collectors, &collector));
+        r.says_nothing_more();
         // A collector held, then up before its server's line: the line names the publisher alone,
         // and the held collector is never said.
         let mut r = Rig::new(cfg(2, ""));
-        r.on(Event::CollectorNotUp(not_up(&collector)));
+        r.collector_not_up(&collector);
         r.on(Event::CollectorUp { server: 1 });
-        let line = said(&r.on(Event::PublisherNotUp { server: 1, not_up: not_up(&publisher) }));
-        assert_eq!(line, [not_up(&publisher).line("clone-client")]);
-        assert!(said(&r.tick_after_ms(5000)).is_empty());
-        assert!(said(&r.on(Event::Closing)).is_empty());
+        assert_eq!(r.publisher_not_up(1, &publisher), alone("clone-client", &publisher));
+        r.says_nothing_more();
     }
 
     #[test]
     fn a_held_collector_is_said_alone_after_a_second_or_when_the_client_stops() {
         let (_, collector) = links_of(0);
-        let line = not_up(&collector).line("clone-client collectors");
+        let line = alone("clone-client collectors", &collector);
         // Its server's publisher link neither comes up nor is found not up (it fails its
         // handshake instead): the collector is said alone HOLD_NOT_UP_NS after it was held.
         let mut r = Rig::new(cfg(1, ""));
-        r.on(Event::CollectorNotUp(not_up(&collector)));
+        r.collector_not_up(&collector);
         assert!(said(&r.tick_after_ms(HOLD_NOT_UP_NS / MS - 1)).is_empty(), "held for a second");
-        assert_eq!(said(&r.tick_after_ms(1)), std::slice::from_ref(&line));
-        assert!(said(&r.tick_after_ms(5000)).is_empty(), "once");
-        assert!(said(&r.on(Event::Closing)).is_empty());
+        assert_eq!(said(&r.tick_after_ms(1)), line);
+        r.says_nothing_more();
         // The client stops within the second: the held line is said on its way out.
         let mut r = Rig::new(cfg(1, ""));
-        r.on(Event::CollectorNotUp(not_up(&collector)));
-        assert_eq!(said(&r.on(Event::Closing)), [line]);
+        r.collector_not_up(&collector);
+        assert_eq!(said(&r.on(Event::Closing)), line);
         // A collector of no configured server (cannot be, but is said rather than lost).
         let stray = not_up("tcp://127.0.0.1:7002");
-        assert_eq!(said(&r.on(Event::CollectorNotUp(stray.clone()))), [stray.line("clone-client collectors")]);
+        assert_eq!(
+            said(&r.on(Event::CollectorNotUp(stray.clone()))),
+            alone("clone-client collectors", &stray.endpoint)
+        );
     }
 
     #[test]
     fn not_up_lines_carry_the_clients_name_and_are_quiet_with_its_links() {
         let (publisher, collector) = links_of(0);
         let mut r = Rig::new(ClientConfig { name: "store".into(), ..cfg(1, "") });
-        let line = said(&r.on(Event::PublisherNotUp { server: 0, not_up: not_up(&publisher) }));
+        let line = r.publisher_not_up(0, &publisher);
         assert_eq!(line, [SERVER0_NOT_UP.replacen("clone-client", "store", 1)]);
         let mut r = Rig::new(ClientConfig { log_links: false, ..cfg(1, "") });
-        r.on(Event::CollectorNotUp(not_up(&collector)));
+        r.collector_not_up(&collector);
         assert!(said(&r.tick_after_ms(5000)).is_empty(), "log_links off: nothing said");
-        assert!(said(&r.on(Event::PublisherNotUp { server: 0, not_up: not_up(&publisher) })).is_empty());
+        assert!(r.publisher_not_up(0, &publisher).is_empty());
         assert!(said(&r.on(Event::Closing)).is_empty());
     }
 }
