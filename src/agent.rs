@@ -528,39 +528,6 @@ impl Runner {
         Ok(TaskHandle { role, join })
     }
 
-    /// Transitional (removed once every caller uses [`Runner::start`]): build
-    /// the agent with `make` on a new thread named `name`, pinned per `spec`,
-    /// and run it.
-    pub fn spawn<A, F>(
-        name: &str,
-        spec: RunSpec,
-        stop: StopFlag,
-        make: F,
-    ) -> std::io::Result<JoinHandle<Result<(), AgentError>>>
-    where
-        A: Agent + 'static,
-        F: FnOnce() -> Result<A, AgentError> + Send + 'static,
-    {
-        let role = name.to_string();
-        let counters = Arc::new(AgentCounters::default());
-        register(&role, &counters);
-        std::thread::Builder::new().name(role.clone()).spawn(move || {
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if let Some(core) = spec.core {
-                    pin_current_thread(core).map_err(|message| AgentError::Fatal { role: role.clone(), message })?;
-                }
-                let mut agent = make()?;
-                run_agent(&mut agent, spec.idle, &stop, &counters)
-            }));
-            let result = run
-                .unwrap_or_else(|p| Err(AgentError::Fatal { role, message: format!("panicked: {}", panic_text(&*p)) }));
-            if result.is_err() {
-                stop.stop();
-            }
-            result
-        })
-    }
-
     /// Counters of every agent still alive in this process.
     pub fn agents() -> Vec<AgentStats> {
         let Ok(r) = REGISTRY.lock() else { return Vec::new() };

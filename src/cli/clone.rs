@@ -172,17 +172,12 @@ impl ServerArgs {
 pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let cfg = args.to_config()?;
     let access = args.access.to_access()?;
-    let stop = stop.clone();
-    let handle = Runner::spawn("clone-server", RunSpec { core: None, idle: args.idle.strategy() }, stop, move || {
-        Server::new_secured(cfg, access)
-            .map_err(|e| crate::agent::AgentError::Fatal { role: "clone-server".into(), message: e.to_string() })
-    })
-    .context("spawning the clone server thread")?;
-    match handle.join() {
-        // The error names the role (`clone-server: …`) already.
-        Ok(r) => r.map_err(|e| anyhow::anyhow!("{e}; the server stopped")),
-        Err(_) => bail!("clone server thread panicked"),
-    }
+    // Built here, so a port in use or a bad data directory is said before any thread starts;
+    // the error names the role (`clone-server: …`) as the runner's errors do.
+    let server =
+        Server::new_secured(cfg, access).map_err(|e| anyhow::anyhow!("clone-server: {e}; the server stopped"))?;
+    let handle = Runner::start(RunSpec::unpinned(args.idle.strategy()), stop.clone(), server)?;
+    handle.join().map(drop).map_err(|e| anyhow::anyhow!("{e}; the server stopped"))
 }
 
 /// `mdsub clone-client`: look into a clone store (a person's tool).

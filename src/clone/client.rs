@@ -27,7 +27,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
@@ -35,9 +34,9 @@ use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 pub use super::client_core::{AckState, Change, ChangeKind, ClientConfig, ClientStatus, KeyValue};
 use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
-use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::diag::RefusalLog;
-use crate::link::{LinkChange, LinkWatch, NotUp};
+use crate::link::{LinkChange, LinkWatch};
 use crate::security::ClientKeys;
 
 /// Messages read from one socket per unit of work (then timers get a turn).
@@ -77,6 +76,16 @@ pub enum ClientError {
     Busy { queued: usize },
 }
 
+/// The agent could not be built or started: its sockets, or its thread.
+impl From<AgentError> for ClientError {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::Zmq { context, source, .. } => ClientError::Zmq { context, source },
+            other => ClientError::Config(other.to_string()),
+        }
+    }
+}
+
 enum Cmd {
     Set(KvMsg),
     Get(Vec<u8>, Sender<Option<Vec<u8>>>),
@@ -92,7 +101,7 @@ pub struct Client {
     tx: Sender<Cmd>,
     bell: Mutex<zmq::Socket>,
     stop: StopFlag,
-    handle: Option<JoinHandle<Result<(), AgentError>>>,
+    handle: Option<AgentHandle<ClientAgent>>,
     seed: u64,
     counter: AtomicU64,
     /// Calls refused because the command queue was full.
@@ -155,11 +164,8 @@ impl Client {
         let (tx, rx) = channel::bounded(cfg.command_queue_msgs.max(1));
         let watch_queue_msgs = cfg.watch_queue_msgs.max(1);
         let stop = StopFlag::new();
-        let agent_ctx = ctx.clone();
-        let handle = Runner::spawn("clone-client", RunSpec { core: None, idle }, stop.clone(), move || {
-            ClientAgent::new(cfg, keys, agent_ctx, pull, rx)
-        })
-        .map_err(|e| ClientError::Config(format!("spawning the clone agent: {e}")))?;
+        let agent = ClientAgent::new(cfg, keys, ctx.clone(), pull, rx).map_err(ClientError::from)?;
+        let handle = Runner::start(RunSpec::unpinned(idle), stop.clone(), agent).map_err(ClientError::from)?;
         Ok(Client {
             tx,
             bell: Mutex::new(push),
@@ -326,9 +332,7 @@ impl Drop for Client {
 }
 
 struct ServerConn {
-    /// The server's base endpoint (`tcp://host:P`) and its publisher (P+1) and collector (P+2).
-    base: String,
-    publisher_ep: String,
+    /// The server's collector (P+2) and snapshot (P) endpoints.
     collector_ep: String,
     snapshot_ep: String,
     sub: zmq::Socket,
@@ -337,8 +341,6 @@ struct ServerConn {
     links: LinkWatch,
 }
 
-/// The shell around [`ClientCore`]: moves frames between the sockets and the core, reads the
-/// clock once per step, and answers the application's commands.
 /// Queue `cmd` for the agent without waiting: a full queue refuses it (counted in `refused`).
 fn offer(tx: &Sender<Cmd>, cmd: Cmd, refused: &AtomicU64) -> Result<(), ClientError> {
     match tx.try_send(cmd) {
@@ -351,10 +353,11 @@ fn offer(tx: &Sender<Cmd>, cmd: Cmd, refused: &AtomicU64) -> Result<(), ClientEr
     }
 }
 
+/// The shell around [`ClientCore`]: moves frames and link events between the sockets and the
+/// core, reads the clock once per round, carries out the core's actions (sends, snapshot
+/// requests, subscriptions, lines to say), and answers the application's commands.
 struct ClientAgent {
     core: ClientCore,
-    /// Who its stderr lines are from ([`ClientConfig::name`]).
-    name: String,
     ctx: zmq::Context,
     /// CURVE keys presented to the servers, if they demand them.
     keys: Option<ClientKeys>,
@@ -362,12 +365,6 @@ struct ClientAgent {
     publisher: zmq::Socket,
     /// The watch on the publisher's links to the collectors.
     publisher_links: Option<LinkWatch>,
-    /// Per server: "not up" said for it (its publisher and collector in one line).
-    said_not_up: Vec<bool>,
-    /// Collectors found not up while their server's publisher link was not up yet either
-    /// (server, line, held since ns): said with the server's line, or alone if that link comes
-    /// up, after [`HOLD_NOT_UP_NS`] or when the agent stops.
-    held_collectors: Vec<(usize, NotUp, u64)>,
     bell: zmq::Socket,
     rx: Receiver<Cmd>,
     /// The snapshot request under way (`Action::RequestSnapshot` .. `Action::EndSnapshot`).
@@ -442,27 +439,16 @@ impl ClientAgent {
                 .quiet(quiet)
                 .hold_not_up();
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
-            servers.push(ServerConn {
-                base: base.clone(),
-                publisher_ep: pubep,
-                collector_ep: coll,
-                snapshot_ep: snap,
-                sub,
-                links,
-            });
+            servers.push(ServerConn { collector_ep: coll, snapshot_ep: snap, sub, links });
         }
-        let said_not_up = vec![false; servers.len()];
         Ok(ClientAgent {
             refusals: RefusalLog::new(&cfg.name),
-            name: cfg.name.clone(),
             core: ClientCore::new(cfg),
             ctx,
             keys,
             servers,
             publisher,
             publisher_links,
-            said_not_up,
-            held_collectors: Vec::new(),
             bell,
             rx,
             dealer: None,
@@ -539,95 +525,44 @@ impl ClientAgent {
         Ok(())
     }
 
-    /// Feed each subscriber's connection events (from its socket monitor) to the core.
+    /// Feed the connection events of every socket's monitor to the core: each subscriber's link
+    /// to its server's publisher, and the publisher's links to the collectors.
     fn drain_monitors(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
         let mut links = Vec::new();
         let mut not_ups = Vec::new();
+        let mut collectors_up = Vec::new();
         if let Some(w) = &mut self.publisher_links {
-            w.service(&self.publisher);
+            if w.service(&self.publisher) > 0 {
+                let up = |(i, s): (usize, &ServerConn)| w.has_been_up(&s.collector_ep).then_some(i);
+                collectors_up.extend(self.servers.iter().enumerate().filter_map(up));
+            }
             w.take_not_ups(&mut not_ups);
         }
-        for c in not_ups.drain(..) {
-            self.collector_not_up(c, now_ns);
+        for server in collectors_up {
+            self.step(Event::CollectorUp { server }, now_ns)?;
+        }
+        for not_up in not_ups.drain(..) {
+            self.step(Event::CollectorNotUp(not_up), now_ns)?;
         }
         for i in 0..self.servers.len() {
             let s = &mut self.servers[i];
             n += s.links.service(&s.sub);
             s.links.take_changes(&mut links);
             s.links.take_not_ups(&mut not_ups);
-            for p in not_ups.drain(..) {
-                let line = self.server_not_up(i, p);
-                crate::diag!("{line}");
+            for not_up in not_ups.drain(..) {
+                self.step(Event::PublisherNotUp { server: i, not_up }, now_ns)?;
             }
             for change in links.drain(..) {
                 let ev = match change {
-                    LinkChange::Up => {
-                        // Its publisher answers: a collector held for its line is said alone.
-                        self.say_held_alone(|&(server, ..)| server == i);
-                        Event::Link { server: i, up: true }
-                    }
+                    LinkChange::Up => Event::Link { server: i, up: true },
                     LinkChange::Down => Event::Link { server: i, up: false },
                     LinkChange::Retried => Event::Retried { server: i },
                 };
                 self.step(ev, now_ns)?;
             }
         }
-        // A server whose publisher link neither comes up nor is found not up (it fails its
-        // handshake instead): its collector is said alone, not held for ever.
-        self.say_held_alone(|&(_, _, since_ns)| now_ns.saturating_sub(since_ns) >= HOLD_NOT_UP_NS);
         Ok(n)
-    }
-
-    /// Say alone, and stop holding, the held collectors that `due` picks.
-    fn say_held_alone(&mut self, due: impl Fn(&(usize, NotUp, u64)) -> bool) {
-        let name = &self.name;
-        self.held_collectors.retain(|held| {
-            let say = due(held);
-            if say {
-                crate::diag!("{}", held.1.line(&format!("{name} collectors")));
-            }
-            !say
-        });
-    }
-
-    /// Server `i`'s publisher link is not up: the line for the server, naming its collector
-    /// too when that is not up either (one dead server, one line). A collector held for this
-    /// line that has come up since is not said at all.
-    fn server_not_up(&mut self, i: usize, p: NotUp) -> String {
-        self.held_collectors.retain(|h| h.0 != i);
-        let s = &self.servers[i];
-        if self.publisher_links.as_ref().is_some_and(|w| w.has_been_up(&s.collector_ep)) {
-            return p.line(&self.name);
-        }
-        self.said_not_up[i] = true;
-        format!(
-            "{}: server {} not up after {:.0} s ({} connection attempts): nothing answers there \
-             (its publisher {}, its collector {}); libzmq keeps trying",
-            self.name,
-            s.base,
-            p.for_ns as f64 / 1e9,
-            p.attempts,
-            s.publisher_ep,
-            s.collector_ep
-        )
-    }
-
-    /// A collector link is not up: said with its server's line (held until then) unless that
-    /// server's publisher link is up, then alone.
-    fn collector_not_up(&mut self, c: NotUp, now_ns: u64) {
-        let Some(i) = self.servers.iter().position(|s| s.collector_ep == c.endpoint) else {
-            crate::diag!("{}", c.line(&format!("{} collectors", self.name)));
-            return;
-        };
-        if self.said_not_up[i] {
-            return;
-        }
-        if self.servers[i].links.has_been_up(&self.servers[i].publisher_ep) {
-            crate::diag!("{}", c.line(&format!("{} collectors", self.name)));
-        } else {
-            self.held_collectors.push((i, c, now_ns));
-        }
     }
 
     /// Read up to `max` messages from `sock` (the current subscriber or the snapshot socket)
@@ -658,9 +593,6 @@ impl ClientAgent {
         Ok(n)
     }
 }
-
-/// How long a collector's "not up" waits for its server's line before it is said alone.
-const HOLD_NOT_UP_NS: u64 = 1_000_000_000;
 
 impl Agent for ClientAgent {
     fn role(&self) -> &str {
@@ -720,7 +652,9 @@ impl Agent for ClientAgent {
 
     /// A collector still held for its server's line is said alone: nothing is left unsaid.
     fn on_close(&mut self) {
-        self.say_held_alone(|_| true);
+        if let Err(e) = self.step(Event::Closing, crate::clock::monotonic_ns()) {
+            crate::diag!("{e}");
+        }
     }
 
     /// Wait on the doorbell, the current server's subscriber and monitor and any snapshot
@@ -790,43 +724,5 @@ mod tests {
         drop(rx);
         assert!(matches!(offer(&tx, set(), &refused), Err(ClientError::Stopped)));
         assert_eq!(refused.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn a_server_not_up_line_names_its_collector_only_while_that_is_not_up() {
-        let ctx = zmq::Context::new();
-        // The server's collector (P+2) is a SUB bound to a free port; nothing at P (snapshot)
-        // or P+1 (publisher).
-        let collector = ctx.socket(zmq::SUB).expect("sub");
-        collector.set_linger(0).expect("linger");
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let coll_port = probe.local_addr().expect("addr").port();
-        drop(probe);
-        let base = format!("tcp://127.0.0.1:{}", coll_port - 2);
-        let [_, pub_ep, coll_ep] = crate::clone::endpoints(&base).expect("endpoints");
-        let bell = ctx.socket(zmq::PULL).expect("pull");
-        let (_tx, rx) = channel::bounded(1);
-        let cfg = ClientConfig { servers: vec![base.clone()], ..ClientConfig::default() };
-        let mut agent = ClientAgent::new(cfg, None, ctx.clone(), bell, rx).expect("agent");
-        let not_up = |ep: &str| NotUp { endpoint: ep.to_string(), for_ns: 5_000_000_000, attempts: 3 };
-        // Neither link up: one line for the server, naming both, and the held collector is in it.
-        agent.held_collectors.push((0, not_up(&coll_ep), 0));
-        let line = agent.server_not_up(0, not_up(&pub_ep));
-        assert!(line.contains(&format!("server {base} not up")) && line.contains(&coll_ep), "{line}");
-        assert!(agent.held_collectors.is_empty());
-        // The collector was found not up and held, then came up before the publisher's line.
-        agent.held_collectors.push((0, not_up(&coll_ep), 0));
-        collector.bind(&coll_ep).expect("bind the collector");
-        let end = Instant::now() + Duration::from_secs(10);
-        let links = agent.publisher_links.as_mut().expect("the collectors are watched");
-        while !links.has_been_up(&coll_ep) {
-            assert!(Instant::now() < end, "the client's publisher never reached the collector");
-            links.service(&agent.publisher);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let line = agent.server_not_up(0, not_up(&pub_ep));
-        assert!(line.contains(&format!("link {pub_ep} not up")), "{line}");
-        assert!(!line.contains(&coll_ep), "the collector is up: not named: {line}");
-        assert!(agent.held_collectors.is_empty(), "its held line is not said later either");
     }
 }

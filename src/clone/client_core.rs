@@ -6,8 +6,13 @@
 //! make the client re-sync or fail over. It never touches a socket or reads a clock: the shell
 //! ([`super::client`]) turns each frame, link event and application command into an [`Event`],
 //! passes `now_ns`, and carries out the [`Action`]s (send an update to the collectors, ask a
-//! server for a snapshot, change the subscription). Watchers are crossbeam channels the core
-//! writes to directly (memory, not I/O).
+//! server for a snapshot, change the subscription, say a line). Watchers are crossbeam channels
+//! the core writes to directly (memory, not I/O).
+//!
+//! It also decides the client's "not up" lines ([`Event::PublisherNotUp`],
+//! [`Event::CollectorNotUp`]): a server that answers on neither of the two links the client
+//! connects (its publisher, its collector) is said once in one line naming both, and a link
+//! whose other half is up is said alone.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,6 +20,7 @@ use crossbeam::channel::{Sender, TrySendError};
 
 use super::kvmsg::{KvMsg, Limits, Uuid, FRAME_SLACK_BYTES, HUGZ, KTHXBAI};
 use super::map::{RecentUuids, UuidSet};
+use crate::link::core::NotUp;
 
 /// After a (re-)sync, un-acknowledged sets are re-sent this often ...
 pub const FAST_RESEND_NS: u64 = 250_000_000;
@@ -27,6 +33,8 @@ pub const GIVE_UP_NS: u64 = 30_000_000_000;
 const REMEMBERED_OUTCOMES: usize = 65_536;
 /// Re-sends per tick at most (the rest wait for the next tick).
 const RESEND_BUDGET: usize = 1000;
+/// How long a collector's "not up" waits for its server's line before it is said alone.
+pub const HOLD_NOT_UP_NS: u64 = 1_000_000_000;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -220,8 +228,26 @@ pub enum Event {
     Published(Result<KvMsg, ()>),
     /// A reply to our snapshot request (`Err`: it did not decode).
     Snapshot(Result<KvMsg, ()>),
-    /// Time passed: check timers (start a sync, silence, snapshot deadline, re-sends).
+    /// The link from the client's publisher to `server`'s collector has completed a handshake
+    /// (the shell may say so more than once).
+    CollectorUp {
+        /// Index into the configured servers.
+        server: usize,
+    },
+    /// The link to `server`'s publisher has not come up ([`crate::link::core::NOT_UP_AFTER_NS`]).
+    PublisherNotUp {
+        /// Index into the configured servers.
+        server: usize,
+        /// The link, how long and how many attempts.
+        not_up: NotUp,
+    },
+    /// A link from the client's publisher to a collector has not come up.
+    CollectorNotUp(NotUp),
+    /// Time passed: check timers (start a sync, silence, snapshot deadline, re-sends, a held
+    /// "not up" line).
     Tick,
+    /// The agent stops: a "not up" line still held is said now, so nothing is left unsaid.
+    Closing,
 }
 
 /// What the shell must do.
@@ -247,8 +273,8 @@ pub enum Action {
         /// The new subtree.
         new: Vec<u8>,
     },
-    /// Say this line on stderr (unless the client's links are quiet): a change of the server
-    /// that serves the client, and why.
+    /// Say this line on stderr (only when the client's links are not quiet): a change of the
+    /// server that serves the client, and why; a server or link not up.
     Say(String),
 }
 
@@ -332,6 +358,7 @@ pub struct ClientCore {
     initial_since_ns: Option<u64>,
     /// The first server left since the last sync, and why (said with the server that serves next).
     left: Option<(usize, String)>,
+    not_up: NotUpLines,
 }
 
 impl ClientCore {
@@ -341,7 +368,6 @@ impl ClientCore {
         ClientCore {
             links: cfg.servers.iter().map(|_| Link::default()).collect(),
             subtree: cfg.subtree.as_bytes().to_vec(),
-            cfg,
             cur: 0,
             phase: Phase::Initial,
             map: BTreeMap::new(),
@@ -361,6 +387,8 @@ impl ClientCore {
             synced_at_ns: 0,
             initial_since_ns: None,
             left: None,
+            not_up: NotUpLines::new(&cfg),
+            cfg,
         }
     }
 
@@ -374,6 +402,9 @@ impl ClientCore {
                 self.restart_sync(out);
             }
             Event::Link { server, up } => {
+                if up {
+                    self.not_up.publisher_up(server, out);
+                }
                 if let Some(l) = self.links.get_mut(server) {
                     l.connected = up;
                     l.dropped |= !up;
@@ -389,7 +420,14 @@ impl ClientCore {
             }
             Event::Published(m) => self.on_published(m, now_ns, out),
             Event::Snapshot(m) => self.on_snapshot(m, now_ns, out),
-            Event::Tick => self.tick(now_ns, out),
+            Event::CollectorUp { server } => self.not_up.collector_up(server),
+            Event::PublisherNotUp { server, not_up } => self.not_up.publisher_not_up(server, not_up, out),
+            Event::CollectorNotUp(not_up) => self.not_up.collector_not_up(not_up, now_ns, out),
+            Event::Tick => {
+                self.not_up.tick(now_ns, out);
+                self.tick(now_ns, out);
+            }
+            Event::Closing => self.not_up.say_held(|_| true, out),
         }
     }
 
@@ -851,6 +889,146 @@ impl ClientCore {
             }
             self.map.insert(msg.key, CEntry { sequence: msg.sequence, uuid: msg.uuid, body: msg.body });
         }
+    }
+}
+
+/// One configured server's two links the client connects, as the "not up" lines see them.
+#[derive(Debug)]
+struct ServerLinks {
+    /// The server's base endpoint (`tcp://host:P`), its publisher (P+1) and collector (P+2).
+    base: String,
+    publisher: String,
+    collector: String,
+    /// The subscriber's link to the publisher has completed a handshake.
+    publisher_up: bool,
+    /// The publisher's link to the collector has completed a handshake.
+    collector_up: bool,
+    /// "Not up" was said for the server (its publisher and collector in one line).
+    said: bool,
+}
+
+/// The client's "not up" lines: one per server for both of its links when neither came up,
+/// one for a link alone when its other half is up.
+///
+/// A collector found not up while its server's publisher link has not come up either is held
+/// for the server's line, and said alone if that link comes up, after [`HOLD_NOT_UP_NS`], or
+/// when the client stops.
+#[derive(Debug)]
+struct NotUpLines {
+    /// Who the lines are from ([`ClientConfig::name`]).
+    name: String,
+    /// Say them ([`ClientConfig::log_links`]); the state is kept either way.
+    say: bool,
+    servers: Vec<ServerLinks>,
+    /// Collectors held for their server's line: (server, link, held since ns).
+    held: Vec<(usize, NotUp, u64)>,
+}
+
+impl NotUpLines {
+    fn new(cfg: &ClientConfig) -> Self {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|base| {
+                // The shell has checked every base; one that does not parse names no link.
+                let [_, publisher, collector] = super::endpoints(base).unwrap_or_default();
+                ServerLinks {
+                    base: base.clone(),
+                    publisher,
+                    collector,
+                    publisher_up: false,
+                    collector_up: false,
+                    said: false,
+                }
+            })
+            .collect();
+        NotUpLines { name: cfg.name.clone(), say: cfg.log_links, servers, held: Vec::new() }
+    }
+
+    fn say(&self, line: String, out: &mut Vec<Action>) {
+        if self.say {
+            out.push(Action::Say(line));
+        }
+    }
+
+    /// Server `i`'s publisher link came up: a collector held for its line is said alone.
+    fn publisher_up(&mut self, i: usize, out: &mut Vec<Action>) {
+        if let Some(s) = self.servers.get_mut(i) {
+            s.publisher_up = true;
+        }
+        self.say_held(|&(server, ..)| server == i, out);
+    }
+
+    fn collector_up(&mut self, i: usize) {
+        if let Some(s) = self.servers.get_mut(i) {
+            s.collector_up = true;
+        }
+    }
+
+    /// Server `i`'s publisher link is not up: the line for the server, naming its collector
+    /// too when that is not up either (one dead server, one line). A collector held for this
+    /// line that has come up since is not said at all.
+    fn publisher_not_up(&mut self, i: usize, p: NotUp, out: &mut Vec<Action>) {
+        self.held.retain(|h| h.0 != i);
+        let Some(s) = self.servers.get_mut(i) else {
+            let line = p.line(&self.name);
+            return self.say(line, out);
+        };
+        if s.collector_up {
+            let line = p.line(&self.name);
+            return self.say(line, out);
+        }
+        s.said = true;
+        let line = format!(
+            "{}: server {} not up after {:.0} s ({} connection attempts): nothing answers there \
+             (its publisher {}, its collector {}); libzmq keeps trying",
+            self.name,
+            s.base,
+            p.for_ns as f64 / 1e9,
+            p.attempts,
+            s.publisher,
+            s.collector
+        );
+        self.say(line, out);
+    }
+
+    /// A collector link is not up: said with its server's line (held until then) unless that
+    /// server's publisher link is up, then alone.
+    fn collector_not_up(&mut self, c: NotUp, now_ns: u64, out: &mut Vec<Action>) {
+        let Some(i) = self.servers.iter().position(|s| s.collector == c.endpoint) else {
+            return self.say(c.line(&format!("{} collectors", self.name)), out);
+        };
+        let s = &self.servers[i];
+        if s.said {
+            return;
+        }
+        if s.publisher_up {
+            self.say(c.line(&format!("{} collectors", self.name)), out);
+        } else {
+            self.held.push((i, c, now_ns));
+        }
+    }
+
+    /// A server whose publisher link neither comes up nor is found not up (it fails its
+    /// handshake instead): its collector is said alone, not held for ever.
+    fn tick(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        self.say_held(|&(_, _, since_ns)| now_ns.saturating_sub(since_ns) >= HOLD_NOT_UP_NS, out);
+    }
+
+    /// Say alone, and stop holding, the held collectors that `due` picks.
+    fn say_held(&mut self, due: impl Fn(&(usize, NotUp, u64)) -> bool, out: &mut Vec<Action>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let head = format!("{} collectors", self.name);
+        let say = self.say;
+        self.held.retain(|held| {
+            let due = due(held);
+            if due && say {
+                out.push(Action::Say(held.1.line(&head)));
+            }
+            !due
+        });
     }
 }
 
@@ -1329,5 +1507,132 @@ mod tests {
         assert_eq!(r.core.ack_state(&uuid(1)), AckState::Abandoned);
         assert_eq!(r.core.ack_state(&uuid(3)), AckState::Pending);
         assert_eq!(r.core.status().unacked, 2);
+    }
+
+    /// The "not up" lines a rig's actions said.
+    fn said(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Say(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Server `i` of [`cfg`]: its publisher (P+1) and collector (P+2) endpoints.
+    fn links_of(i: u64) -> (String, String) {
+        let p = 6000 + 10 * i;
+        (format!("tcp://127.0.0.1:{}", p + 1), format!("tcp://127.0.0.1:{}", p + 2))
+    }
+
+    fn not_up(endpoint: &str) -> NotUp {
+        NotUp { endpoint: endpoint.into(), for_ns: 5_000 * MS, attempts: 51 }
+    }
+
+    /// The line for a link said alone: a collector's, or (with `clone-client`) a publisher's.
+    fn alone(owner: &str, endpoint: &str) -> Vec<String> {
+        vec![not_up(endpoint).line(owner)]
+    }
+
+    impl Rig {
+        /// Nothing more is said about the links: not later, not when the client stops.
+        fn says_nothing_more(&mut self) {
+            assert!(said(&self.tick_after_ms(5000)).is_empty(), "said once");
+            assert!(said(&self.on(Event::Closing)).is_empty(), "nothing left unsaid");
+        }
+
+        /// Feed a collector link not up; the lines said.
+        fn collector_not_up(&mut self, collector: &str) -> Vec<String> {
+            said(&self.on(Event::CollectorNotUp(not_up(collector))))
+        }
+
+        /// Feed server `server`'s publisher link not up; the lines said.
+        fn publisher_not_up(&mut self, server: usize, publisher: &str) -> Vec<String> {
+            said(&self.on(Event::PublisherNotUp { server, not_up: not_up(publisher) }))
+        }
+    }
+
+    const SERVER0_NOT_UP: &str = "clone-client: server tcp://127.0.0.1:6000 not up after 5 s (51 connection \
+        attempts): nothing answers there (its publisher tcp://127.0.0.1:6001, its collector tcp://127.0.0.1:6002); \
+        libzmq keeps trying";
+
+    #[test]
+    fn a_dead_server_is_said_not_up_once_naming_both_links() {
+        let (publisher, collector) = links_of(0);
+        // The collector is found not up first: held for the server's line, which names both.
+        let mut r = Rig::new(cfg(2, ""));
+        assert!(r.collector_not_up(&collector).is_empty(), "held");
+        r.clock.advance_ms(300);
+        assert_eq!(r.publisher_not_up(0, &publisher), [SERVER0_NOT_UP]);
+        r.says_nothing_more();
+        // The publisher is found not up first: the collector's later line is the server's too.
+        let mut r = Rig::new(cfg(2, ""));
+        assert_eq!(r.publisher_not_up(0, &publisher), [SERVER0_NOT_UP]);
+        assert!(r.collector_not_up(&collector).is_empty());
+        r.says_nothing_more();
+    }
+
+    #[test]
+    fn a_link_whose_other_half_is_up_is_said_alone() {
+        let (publisher, collector) = links_of(1);
+        let collectors = "clone-client collectors";
+        // The server's publisher link is up: its collector is said alone, at once.
+        let mut r = Rig::new(cfg(2, ""));
+        r.on(Event::Link { server: 1, up: true });
+        assert_eq!(r.collector_not_up(&collector), alone(collectors, &collector));
+        // Its collector link is up: its publisher is said alone.
+        let mut r = Rig::new(cfg(2, ""));
+        r.on(Event::CollectorUp { server: 1 });
+        assert_eq!(r.publisher_not_up(1, &publisher), alone("clone-client", &publisher));
+        // A collector held for its server's line whose publisher link then comes up: said alone
+        // then, not later again.
+        let mut r = Rig::new(cfg(2, ""));
+        assert!(r.collector_not_up(&collector).is_empty());
+        assert_eq!(said(&r.on(Event::Link { server: 1, up: true })), alone(collectors, &collector));
+        r.says_nothing_more();
+        // A collector held, then up before its server's line: the line names the publisher alone,
+        // and the held collector is never said.
+        let mut r = Rig::new(cfg(2, ""));
+        r.collector_not_up(&collector);
+        r.on(Event::CollectorUp { server: 1 });
+        assert_eq!(r.publisher_not_up(1, &publisher), alone("clone-client", &publisher));
+        r.says_nothing_more();
+    }
+
+    #[test]
+    fn a_held_collector_is_said_alone_after_a_second_or_when_the_client_stops() {
+        let (_, collector) = links_of(0);
+        let line = alone("clone-client collectors", &collector);
+        // Its server's publisher link neither comes up nor is found not up (it fails its
+        // handshake instead): the collector is said alone HOLD_NOT_UP_NS after it was held.
+        let mut r = Rig::new(cfg(1, ""));
+        r.collector_not_up(&collector);
+        assert!(said(&r.tick_after_ms(HOLD_NOT_UP_NS / MS - 1)).is_empty(), "held for a second");
+        assert_eq!(said(&r.tick_after_ms(1)), line);
+        r.says_nothing_more();
+        // The client stops within the second: the held line is said on its way out.
+        let mut r = Rig::new(cfg(1, ""));
+        r.collector_not_up(&collector);
+        assert_eq!(said(&r.on(Event::Closing)), line);
+        // A collector of no configured server (cannot be, but is said rather than lost).
+        let stray = not_up("tcp://127.0.0.1:7002");
+        assert_eq!(
+            said(&r.on(Event::CollectorNotUp(stray.clone()))),
+            alone("clone-client collectors", &stray.endpoint)
+        );
+    }
+
+    #[test]
+    fn not_up_lines_carry_the_clients_name_and_are_quiet_with_its_links() {
+        let (publisher, collector) = links_of(0);
+        let mut r = Rig::new(ClientConfig { name: "store".into(), ..cfg(1, "") });
+        let line = r.publisher_not_up(0, &publisher);
+        assert_eq!(line, [SERVER0_NOT_UP.replacen("clone-client", "store", 1)]);
+        let mut r = Rig::new(ClientConfig { log_links: false, ..cfg(1, "") });
+        r.collector_not_up(&collector);
+        assert!(said(&r.tick_after_ms(5000)).is_empty(), "log_links off: nothing said");
+        assert!(r.publisher_not_up(0, &publisher).is_empty());
+        assert!(said(&r.on(Event::Closing)).is_empty());
     }
 }

@@ -203,6 +203,27 @@ pub enum Decision {
     NotUp { link: usize, for_ns: u64, attempts: u64 },
 }
 
+/// A link that did not come up within [`NOT_UP_AFTER_NS`], held for an owner that says
+/// it itself (`LinkWatch::hold_not_up`; the clone client's core says one line per server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotUp {
+    pub endpoint: String,
+    pub for_ns: u64,
+    pub attempts: u64,
+}
+
+impl NotUp {
+    /// The line a watch says for it: `NAME: link EP not up after 5 s (N connection attempts): …`.
+    pub fn line(&self, name: &str) -> String {
+        format!(
+            "{name}: link {} not up after {:.0} s ({} connection attempts): nothing answers there; libzmq keeps trying",
+            self.endpoint,
+            self.for_ns as f64 / 1e9,
+            self.attempts
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Connecting (first time, or retrying): not yet up.

@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 
-pub use self::core::{Decision, Event, Failure, LinkStats, Links, Reason, RETRY_GRACE_NS};
+pub use self::core::{Decision, Event, Failure, LinkStats, Links, NotUp, Reason, RETRY_GRACE_NS};
 
 /// The monitor events a watch asks for.
 const EVENTS: i32 = (zmq_sys::ZMQ_EVENT_CONNECTED
@@ -92,27 +92,6 @@ impl LinkBoard {
 /// One line per link, for exit summaries: `ENDPOINT up connects=1 ...`.
 pub fn summary(links: &[LinkStats]) -> String {
     links.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; ")
-}
-
-/// A link that did not come up within [`core::NOT_UP_AFTER_NS`], held for an owner that says
-/// it itself ([`LinkWatch::hold_not_up`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotUp {
-    pub endpoint: String,
-    pub for_ns: u64,
-    pub attempts: u64,
-}
-
-impl NotUp {
-    /// The line a watch says for it: `NAME: link EP not up after 5 s (N connection attempts): …`.
-    pub fn line(&self, name: &str) -> String {
-        format!(
-            "{name}: link {} not up after {:.0} s ({} connection attempts): nothing answers there; libzmq keeps trying",
-            self.endpoint,
-            self.for_ns as f64 / 1e9,
-            self.attempts
-        )
-    }
 }
 
 /// What happened to a followed socket's connections ([`LinkWatch::take_changes`]).
