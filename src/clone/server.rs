@@ -139,12 +139,8 @@ impl Server {
         };
         // Each server socket gets the policy and is watched for peers libzmq refuses in their
         // handshake (before ZAP is asked), counted and said with ZAP's refusals.
-        let mut secure = |socket: &mut zmq::Socket| -> Result<(), ServerError> {
-            access.apply(socket).map_err(zerr("setting the access options"))?;
-            if let Some(z) = zap.as_mut() {
-                z.watch(&ctx, socket).map_err(|e| ServerError::Config(e.to_string()))?;
-            }
-            Ok(())
+        let mut secure = |socket: &mut zmq::Socket| {
+            access.secure(&ctx, socket, zap.as_mut()).map_err(|e| ServerError::Config(e.to_string()))
         };
         let as_peer = |socket: &zmq::Socket| ClientKeys::apply_if(peer_keys.as_ref(), socket);
         let host = cfg.bind_host.clone();

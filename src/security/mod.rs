@@ -381,6 +381,26 @@ impl ServerAccess {
         Ok(())
     }
 
+    /// [`ServerAccess::apply`] to server socket `socket` (made in `ctx`, not bound yet) and,
+    /// when a ZAP handler serves `ctx` (`zap`), a [`HandshakeWatch`] on it for that handler:
+    /// the peers libzmq refuses in their handshake (before ZAP is asked) are counted and said
+    /// with ZAP's refusals. Every server socket is set up through this.
+    pub fn secure(
+        &self,
+        ctx: &zmq::Context,
+        socket: &mut zmq::Socket,
+        zap: Option<impl WatchHandshakes>,
+    ) -> Result<(), SecureError> {
+        self.apply(socket).map_err(SecureError::Options)?;
+        let Some(zap) = zap else { return Ok(()) };
+        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
+            role: zap.role().to_string(),
+            context: "monitoring a server socket's handshakes",
+            source,
+        })?;
+        Ok(zap.take(watch)?)
+    }
+
     /// The socket-free decision rules for this policy.
     pub fn policy(&self) -> ZapPolicy {
         ZapPolicy {
@@ -660,6 +680,50 @@ impl HandshakeWatch {
     }
 }
 
+/// Why [`ServerAccess::secure`] could not set a server socket up.
+#[derive(Debug, thiserror::Error)]
+pub enum SecureError {
+    #[error("zmq error while setting the access options: {0}")]
+    Options(#[source] zmq::Error),
+    #[error(transparent)]
+    Watch(#[from] AgentError),
+}
+
+/// Who reads a server socket's [`HandshakeWatch`]: a [`ZapHandler`] in its owner's loop (the
+/// clone server) or the [`ZapService`]'s agent.
+pub trait WatchHandshakes {
+    /// The handler's role, for errors.
+    fn role(&self) -> &str;
+    /// Read `watch` from now on.
+    fn take(self, watch: HandshakeWatch) -> Result<(), AgentError>;
+}
+
+impl WatchHandshakes for &mut ZapHandler {
+    fn role(&self) -> &str {
+        &self.role
+    }
+
+    fn take(self, watch: HandshakeWatch) -> Result<(), AgentError> {
+        self.watches.push(watch);
+        Ok(())
+    }
+}
+
+/// Its events wait in the monitor until the agent takes the watch (at its next step, within
+/// its 100 ms block).
+impl WatchHandshakes for &ZapService {
+    fn role(&self) -> &str {
+        self.handle.as_ref().map_or("", |h| h.role())
+    }
+
+    fn take(self, watch: HandshakeWatch) -> Result<(), AgentError> {
+        self.watches.send(watch).map_err(|_| AgentError::Fatal {
+            role: self.role().to_string(),
+            message: "the ZAP handler has stopped".into(),
+        })
+    }
+}
+
 /// What a server socket's monitor said about one peer: refused by libzmq's handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeRefused {
@@ -810,18 +874,6 @@ impl ZapHandler {
         })
     }
 
-    /// Watch server socket `socket` (made in the handler's context `ctx`, not bound yet) for
-    /// the peers libzmq refuses in their handshake.
-    pub fn watch(&mut self, ctx: &zmq::Context, socket: &mut zmq::Socket) -> Result<(), AgentError> {
-        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
-            role: self.role.clone(),
-            context: "monitoring a server socket's handshakes",
-            source,
-        })?;
-        self.watches.push(watch);
-        Ok(())
-    }
-
     /// The sockets to wait on for its work: the ZAP socket and every watch's monitor.
     pub fn sockets(&self) -> impl Iterator<Item = &zmq::Socket> {
         std::iter::once(&self.socket).chain(self.watches.iter().map(|w| &w.monitor))
@@ -917,7 +969,7 @@ impl ZapHandler {
 
 /// A [`ZapHandler`] on a thread of its own (role `zap`), for contexts whose
 /// owners do not poll it themselves; the [`HandshakeWatch`]es of server sockets made after
-/// it started reach it through a channel ([`ZapService::watch`]).
+/// it started reach it through a channel ([`ServerAccess::secure`]).
 pub struct ZapAgent(ZapAgentState);
 
 struct ZapAgentState {
@@ -978,20 +1030,6 @@ impl ZapService {
         Ok(Some(ZapService { handle: Some(handle), stop, counters, watches }))
     }
 
-    /// Watch server socket `socket` (made in `ctx`, the service's context, not bound yet) for
-    /// peers libzmq refuses in their handshake: the handler counts and says them with its own
-    /// refusals. Its events wait in the monitor until the handler takes the watch (at its
-    /// next step, within 100 ms).
-    pub fn watch(&self, ctx: &zmq::Context, socket: &mut zmq::Socket) -> Result<(), AgentError> {
-        let role = self.handle.as_ref().map(|h| h.role().to_string()).unwrap_or_default();
-        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
-            role: role.clone(),
-            context: "monitoring a server socket's handshakes",
-            source,
-        })?;
-        self.watches.send(watch).map_err(|_| AgentError::Fatal { role, message: "the ZAP handler has stopped".into() })
-    }
-
     /// What the handler has decided so far.
     pub fn counters(&self) -> Arc<ZapCounters> {
         self.counters.clone()
@@ -1034,8 +1072,7 @@ mod tests {
         for _ in 0..5 {
             let mut s = ctx.socket(zmq::PUB).expect("pub");
             s.set_linger(0).expect("linger");
-            access.apply(&s).expect("access");
-            agent.0.handler.watch(&ctx, &mut s).expect("watch");
+            access.secure(&ctx, &mut s, Some(&mut agent.0.handler)).expect("secure");
             endpoints.push(crate::zmqx::bind_resolved(&s, "tcp://127.0.0.1:*").expect("bind"));
             servers.push(s);
         }
