@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag};
 use crate::diag::RefusalLog;
 
 /// The inproc endpoint where libzmq looks for a context's ZAP handler.
@@ -974,7 +974,8 @@ pub struct ZapAgent(ZapAgentState);
 
 struct ZapAgentState {
     handler: ZapHandler,
-    new_watches: Option<crossbeam::channel::Receiver<HandshakeWatch>>,
+    /// The watches of server sockets made after it started ([`ZapService`]), taken at each step.
+    new_watches: Option<Inbox<HandshakeWatch>>,
 }
 
 impl ZapAgent {
@@ -992,8 +993,8 @@ impl Agent for ZapAgent {
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
-        if let Some(rx) = &self.0.new_watches {
-            self.0.handler.watches.extend(rx.try_iter());
+        if let Some(inbox) = &mut self.0.new_watches {
+            self.0.handler.watches.extend(inbox);
         }
         self.0.handler.serve().map(Step::Worked)
     }
@@ -1024,7 +1025,7 @@ impl ZapService {
         }
         let (mut agent, counters) = ZapAgent::bind(ctx, &format!("{role}-zap"), access.policy())?;
         let (watches, rx) = crossbeam::channel::unbounded();
-        agent.0.new_watches = Some(rx);
+        agent.0.new_watches = Some(Inbox::new(rx));
         let stop = StopFlag::new();
         let handle = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
         Ok(Some(ZapService { handle: Some(handle), stop, counters, watches }))
