@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag};
 use crate::diag::RefusalLog;
+use crate::wire::handshake::{HandshakeFailure, Side};
 
 /// The inproc endpoint where libzmq looks for a context's ZAP handler.
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -611,44 +612,28 @@ impl Refusal {
     }
 
     /// What a refusal by libzmq's handshake means, for its log line, at a server that demands
-    /// CURVE (`curve`) or not.
+    /// CURVE (`curve`) or not: the one table of handshake failures says it.
     pub fn explain(self, curve: bool) -> &'static str {
-        match (self, curve) {
-            (Refusal::HandshakeMechanism, true) => {
-                "the client presents no CURVE keys and this server demands CURVE: it needs --server-key \
-                 (this server's NAME.pub) and --curve-key"
-            }
-            (Refusal::HandshakeMechanism, false) => {
-                "the client presents CURVE keys and this server does not demand CURVE: leave them out \
-                 there, or give this server --curve-key"
-            }
-            (Refusal::HandshakeCrypto, _) => {
-                "its CURVE handshake did not decrypt: most often its --server-key is not this server's \
-                 public key (or its key file's public key is not its secret key's)"
-            }
-            (Refusal::HandshakeProtocol, _) => "it broke the ZMTP handshake (is it a ZeroMQ peer?)",
-            (Refusal::HandshakeNoDetail, _) => {
-                "it ended the connection during the handshake (a port check, or a peer that gave up)"
-            }
-            (r, _) => r.as_str(),
-        }
+        let failure = match self {
+            Refusal::HandshakeMechanism => HandshakeFailure::MechanismMismatch,
+            Refusal::HandshakeCrypto => HandshakeFailure::Crypto,
+            Refusal::HandshakeProtocol => HandshakeFailure::Protocol,
+            Refusal::HandshakeNoDetail => HandshakeFailure::NoDetail,
+            r => return r.as_str(),
+        };
+        failure.explain(Side::Server, curve)
     }
 
     /// The refusal a server socket's monitor event says, if it says one: `event` is a
     /// `ZMQ_EVENT_*`, `value` its first value (a protocol error's code). A refusal by ZAP
     /// (`HANDSHAKE_FAILED_AUTH`) is not one: the ZAP handler decided and counted it.
     pub fn of_handshake(event: u64, value: Option<u64>) -> Option<Refusal> {
-        let code = value.and_then(|v| u32::try_from(v).ok());
-        match u32::try_from(event).ok()? {
-            zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL => Some(Refusal::HandshakeNoDetail),
-            zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL => Some(match code {
-                Some(zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) => Refusal::HandshakeMechanism,
-                Some(
-                    zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC | zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE,
-                ) => Refusal::HandshakeCrypto,
-                _ => Refusal::HandshakeProtocol,
-            }),
-            _ => None,
+        match HandshakeFailure::of_event(event, value)? {
+            HandshakeFailure::NoDetail => Some(Refusal::HandshakeNoDetail),
+            HandshakeFailure::MechanismMismatch => Some(Refusal::HandshakeMechanism),
+            HandshakeFailure::Crypto => Some(Refusal::HandshakeCrypto),
+            HandshakeFailure::Protocol => Some(Refusal::HandshakeProtocol),
+            HandshakeFailure::Auth => None,
         }
     }
 }
