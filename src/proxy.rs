@@ -558,7 +558,7 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
     fn idle_wait(&mut self, timeout: Duration) {
         self.service_links(true, clock::monotonic_ns());
         // An error (a signal) just returns: the runner looks at its stop flag.
-        let _ = zmqx::wait_any(&[&self.frontend, &self.backend], zmq::POLLIN, timeout);
+        let _ = zmqx::wait_any([&self.frontend, &self.backend], zmq::POLLIN, timeout);
     }
 
     fn on_close(&mut self) {
@@ -663,10 +663,10 @@ mod tests {
         b_in.bind("inproc://wait-any-b").expect("bind");
         let b_out = ctx.socket(zmq::PUSH).expect("push");
         b_out.connect("inproc://wait-any-b").expect("connect");
-        let ready = zmqx::wait_any(&[&a_in, &b_in], zmq::POLLIN, Duration::from_micros(300)).expect("wait");
+        let ready = zmqx::wait_any([&a_in, &b_in], zmq::POLLIN, Duration::from_micros(300)).expect("wait");
         assert!(!ready, "nothing sent yet: the wait times out");
         b_out.send("x", 0).expect("send");
-        let ready = zmqx::wait_any(&[&a_in, &b_in], zmq::POLLIN, Duration::from_secs(5)).expect("wait");
+        let ready = zmqx::wait_any([&a_in, &b_in], zmq::POLLIN, Duration::from_secs(5)).expect("wait");
         assert!(ready, "the second socket's message ends the wait");
         assert_eq!(b_in.recv_bytes(zmq::DONTWAIT).expect("there"), b"x");
     }

@@ -451,23 +451,29 @@ pub fn endpoint_transport(endpoint: &str) -> Result<Transport, EndpointProblem> 
 /// command such as "the pipe has data" arrives), then ask again. Returns
 /// whether the socket became ready.
 pub fn wait_ready(socket: &zmq::Socket, events: zmq::PollEvents, timeout: std::time::Duration) -> zmq::Result<bool> {
-    wait_any(&[socket], events, timeout)
+    wait_any([socket], events, timeout)
 }
 
-/// [`wait_ready`] for up to four sockets (a proxy's two sides): returns as
-/// soon as any of them is ready for `events`, or `false` after `timeout`.
-/// Sockets past the fourth are not waited on.
-pub fn wait_any(sockets: &[&zmq::Socket], events: zmq::PollEvents, timeout: std::time::Duration) -> zmq::Result<bool> {
-    const MAX: usize = 4;
-    debug_assert!(sockets.len() <= MAX, "wait_any takes at most {MAX} sockets");
-    let sockets = &sockets[..sockets.len().min(MAX)];
+/// How many sockets [`wait_any`] keeps on the stack; more are waited on too, from the heap.
+const WAIT_INLINE: usize = 8;
+
+/// [`wait_ready`] for any number of sockets (a proxy's two sides, a ZAP handler and the
+/// monitors it reads, a clone agent's sockets): returns as soon as any of them is ready for
+/// `events`, or `false` after `timeout`. Up to eight sockets it does not allocate.
+pub fn wait_any<'a>(
+    sockets: impl IntoIterator<Item = &'a zmq::Socket>,
+    events: zmq::PollEvents,
+    timeout: std::time::Duration,
+) -> zmq::Result<bool> {
     let deadline = crate::clock::monotonic_ns().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
-    let mut pfds = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; MAX];
-    for (pfd, s) in pfds.iter_mut().zip(sockets) {
-        pfd.fd = s.get_fd()?;
+    let mut socks: smallvec::SmallVec<[&zmq::Socket; WAIT_INLINE]> = smallvec::SmallVec::new();
+    let mut pfds: smallvec::SmallVec<[libc::pollfd; WAIT_INLINE]> = smallvec::SmallVec::new();
+    for s in sockets {
+        pfds.push(libc::pollfd { fd: s.get_fd()?, events: libc::POLLIN, revents: 0 });
+        socks.push(s);
     }
     loop {
-        for s in sockets {
+        for s in &socks {
             if s.get_events()?.intersects(events) {
                 return Ok(true);
             }
@@ -479,8 +485,8 @@ pub fn wait_any(sockets: &[&zmq::Socket], events: zmq::PollEvents, timeout: std:
         let left = deadline - now;
         let ts =
             libc::timespec { tv_sec: (left / 1_000_000_000) as libc::time_t, tv_nsec: (left % 1_000_000_000) as _ };
-        // SAFETY: pollfds we own (the first `sockets.len()` are used), a timespec we own, no signal mask.
-        let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), sockets.len() as libc::nfds_t, &ts, std::ptr::null()) };
+        // SAFETY: `pfds.len()` pollfds we own, a timespec we own, no signal mask.
+        let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, &ts, std::ptr::null()) };
         if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return Err(zmq::Error::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)));
         }
@@ -490,6 +496,48 @@ pub fn wait_any(sockets: &[&zmq::Socket], events: zmq::PollEvents, timeout: std:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `count` PAIR pairs over inproc: (the ends waited on, the ends sent from).
+    fn pairs(ctx: &zmq::Context, count: usize) -> (Vec<zmq::Socket>, Vec<zmq::Socket>) {
+        let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (0..count)
+            .map(|i| {
+                let ep = format!("inproc://wait-any-{n}-{i}");
+                let a = ctx.socket(zmq::PAIR).expect("pair");
+                a.bind(&ep).expect("bind");
+                let b = ctx.socket(zmq::PAIR).expect("pair");
+                b.connect(&ep).expect("connect");
+                (a, b)
+            })
+            .unzip()
+    }
+
+    static PAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    #[test]
+    fn wait_any_sees_a_message_on_any_socket_past_the_eighth_too() {
+        // Before: sockets past the fourth were not waited on (the ZAP handler's fifth monitor
+        // was read up to its 100 ms block late, and a debug build panicked).
+        let ctx = zmq::Context::new();
+        let (waited, senders) = pairs(&ctx, 11);
+        for last in [4, 10] {
+            senders[last].send("x", 0).expect("send");
+            let t0 = std::time::Instant::now();
+            let ready = wait_any(&waited, zmq::POLLIN, std::time::Duration::from_secs(5)).expect("wait");
+            assert!(ready, "a message on socket {last} is seen");
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(2),
+                "at once, not at the timeout: {:?}",
+                t0.elapsed()
+            );
+            waited[last].recv_bytes(0).expect("recv");
+        }
+        // Nothing waiting: a 300 µs wait ends near 300 µs, not at poll's whole millisecond
+        // (the bound is loose for a shared machine: it fails on a wait that ignores the timeout).
+        let t0 = std::time::Instant::now();
+        assert!(!wait_any(&waited, zmq::POLLIN, std::time::Duration::from_micros(300)).expect("wait"));
+        assert!(t0.elapsed() < std::time::Duration::from_millis(200), "{:?}", t0.elapsed());
+    }
 
     #[test]
     fn a_version_2_monitor_event_is_parsed_and_anything_else_refused() {

@@ -658,20 +658,12 @@ impl Agent for ClientAgent {
     }
 
     /// Wait on the doorbell, the current server's subscriber and monitor and any snapshot
-    /// request, for as long as the runner's idle strategy says (`zmq_poll` over several sockets
-    /// rounds a sub-millisecond wait up to 1 ms).
+    /// request, for as long as the runner's idle strategy says (to the microsecond,
+    /// [`crate::zmqx::wait_any`]).
     fn idle_wait(&mut self, timeout: Duration) {
-        let ms = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
-        let cur = self.core.current();
-        let mut items = vec![
-            self.bell.as_poll_item(zmq::POLLIN),
-            self.servers[cur].sub.as_poll_item(zmq::POLLIN),
-            self.servers[cur].links.socket().as_poll_item(zmq::POLLIN),
-        ];
-        if let Some(d) = &self.dealer {
-            items.push(d.as_poll_item(zmq::POLLIN));
-        }
-        let _ = zmq::poll(&mut items, ms);
+        let cur = &self.servers[self.core.current()];
+        let sockets = [&self.bell, &cur.sub, cur.links.socket()].into_iter().chain(&self.dealer);
+        let _ = crate::zmqx::wait_any(sockets, zmq::POLLIN, timeout);
     }
 }
 

@@ -139,12 +139,8 @@ impl Server {
         };
         // Each server socket gets the policy and is watched for peers libzmq refuses in their
         // handshake (before ZAP is asked), counted and said with ZAP's refusals.
-        let mut secure = |socket: &mut zmq::Socket| -> Result<(), ServerError> {
-            access.apply(socket).map_err(zerr("setting the access options"))?;
-            if let Some(z) = zap.as_mut() {
-                z.watch(&ctx, socket).map_err(|e| ServerError::Config(e.to_string()))?;
-            }
-            Ok(())
+        let mut secure = |socket: &mut zmq::Socket| {
+            access.secure(&ctx, socket, zap.as_mut()).map_err(|e| ServerError::Config(e.to_string()))
         };
         let as_peer = |socket: &zmq::Socket| ClientKeys::apply_if(peer_keys.as_ref(), socket);
         let host = cfg.bind_host.clone();
@@ -651,23 +647,14 @@ impl Agent for Server {
     }
 
     /// Wait on every socket that can bring work, for as long as the runner's idle strategy says
-    /// (`zmq_poll` over several sockets rounds a sub-millisecond wait up to 1 ms).
+    /// (to the microsecond, [`crate::zmqx::wait_any`]).
     fn idle_wait(&mut self, timeout: Duration) {
-        let ms = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
-        let mut items = vec![self.snapshot.as_poll_item(zmq::POLLIN), self.collector.as_poll_item(zmq::POLLIN)];
-        if let Some(z) = &self.zap {
-            items.extend(z.sockets().map(|s| s.as_poll_item(zmq::POLLIN)));
-        }
-        if let Some(p) = &self.pair {
-            items.push(p.statesub.as_poll_item(zmq::POLLIN));
-            items.push(p.state_links.socket().as_poll_item(zmq::POLLIN));
-            items.push(p.peer_sub.as_poll_item(zmq::POLLIN));
-            items.push(p.peer_links.socket().as_poll_item(zmq::POLLIN));
-            if let Some(s) = &p.sync {
-                items.push(s.as_poll_item(zmq::POLLIN));
-            }
-        }
-        let _ = zmq::poll(&mut items, ms);
+        let zap = self.zap.iter().flat_map(|z| z.sockets());
+        let pair = self.pair.iter().flat_map(|p| {
+            [&p.statesub, p.state_links.socket(), &p.peer_sub, p.peer_links.socket()].into_iter().chain(&p.sync)
+        });
+        let sockets = [&self.snapshot, &self.collector].into_iter().chain(zap).chain(pair);
+        let _ = crate::zmqx::wait_any(sockets, zmq::POLLIN, timeout);
     }
 
     fn on_close(&mut self) {

@@ -86,16 +86,9 @@ pub enum Event {
     Other,
 }
 
-/// Kinds of handshake failure libzmq reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    NoDetail,
-    Protocol,
-    /// A protocol failure whose code is `ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH`: the
-    /// peer's greeting names another security mechanism (CURVE against NULL, either way).
-    MechanismMismatch,
-    Auth,
-}
+/// Kinds of handshake failure libzmq reports (the one classifier: [`Failure::of_event`]).
+pub use crate::wire::handshake::HandshakeFailure as Failure;
+use crate::wire::handshake::Side;
 
 /// Why a link was lost, as counted and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,7 +127,8 @@ impl Reason {
     }
 
     /// What it means, for the log line, on a socket that presents CURVE keys (`curve`) or
-    /// not: the hints about keys are for the first only.
+    /// not: the hints about keys are for the first only. A failed handshake libzmq gave up on
+    /// is said from the one table of handshake failures ([`Failure::explain`]).
     pub fn explain(self, curve: bool) -> &'static str {
         match (self, curve) {
             (Reason::Disconnected, _) => "connection lost; libzmq reconnects",
@@ -149,42 +143,10 @@ impl Reason {
                  attempt is most often a --server-key that is not the server's public key: the \
                  server cannot read this side's HELLO and closes)"
             }
-            (Reason::HandshakeFailedProtocol, _) => {
-                "the peer broke the ZMTP handshake (is it a ZeroMQ peer?); libzmq gives up, mdsub \
-                 re-establishes the link (backing off to once every 30 s while it keeps failing)"
-            }
-            (Reason::HandshakeFailedMechanism, true) => {
-                "the peer uses another security mechanism: this side presents CURVE keys and the \
-                 server does not speak CURVE. That will not fix itself: give the server --curve-key, \
-                 or leave --curve-key and --server-key out here. mdsub keeps re-establishing the \
-                 link, backing off to once every 30 s"
-            }
-            (Reason::HandshakeFailedMechanism, false) => {
-                "the peer uses another security mechanism: the server demands CURVE and this side \
-                 presents no keys. That will not fix itself: give --server-key (the server's NAME.pub) \
-                 and --curve-key (this side's NAME.key). mdsub keeps re-establishing the link, backing \
-                 off to once every 30 s"
-            }
-            (Reason::HandshakeFailedAuth, true) => {
-                "authentication refused: the server does not allow this client's key (or the server key \
-                 given is not the server's). That will not fix itself: give a key the server allows. mdsub \
-                 keeps re-establishing the link, backing off to once every 30 s"
-            }
-            (Reason::HandshakeFailedAuth, false) => {
-                "authentication refused: the server's access rules do not let this client in (its \
-                 address is not on the server's allow-list). That will not fix itself. mdsub keeps \
-                 re-establishing the link, backing off to once every 30 s"
-            }
-            (Reason::HandshakeFailedNoDetail, true) => {
-                "the handshake failed and libzmq gave no reason and gave up (with CURVE, most often a \
-                 --server-key that is not the server's public key, or a server without CURVE); mdsub \
-                 re-establishes the link, backing off to once every 30 s while it keeps failing"
-            }
-            (Reason::HandshakeFailedNoDetail, false) => {
-                "the handshake failed and libzmq gave no reason and gave up: the peer ended the \
-                 connection during the handshake (most often it is no ZeroMQ peer); mdsub \
-                 re-establishes the link, backing off to once every 30 s while it keeps failing"
-            }
+            (Reason::HandshakeFailedProtocol, _) => Failure::Protocol.explain(Side::Client, curve),
+            (Reason::HandshakeFailedMechanism, _) => Failure::MechanismMismatch.explain(Side::Client, curve),
+            (Reason::HandshakeFailedAuth, _) => Failure::Auth.explain(Side::Client, curve),
+            (Reason::HandshakeFailedNoDetail, _) => Failure::NoDetail.explain(Side::Client, curve),
         }
     }
 }
@@ -482,7 +444,7 @@ impl Links {
             if let State::Down { since_ns, at_ns, failure, .. } = l.state {
                 if now_ns.saturating_sub(at_ns) >= self.grace_ns {
                     let reason = match failure {
-                        Some(Failure::Protocol) => Reason::HandshakeFailedProtocol,
+                        Some(Failure::Protocol | Failure::Crypto) => Reason::HandshakeFailedProtocol,
                         Some(Failure::MechanismMismatch) => Reason::HandshakeFailedMechanism,
                         Some(Failure::Auth) => Reason::HandshakeFailedAuth,
                         Some(Failure::NoDetail) => Reason::HandshakeFailedNoDetail,
@@ -520,7 +482,7 @@ impl Links {
                 let reason = match failure {
                     None => Reason::Disconnected,
                     Some(Failure::NoDetail) => Reason::HandshakeFailed,
-                    Some(Failure::Protocol) => Reason::HandshakeFailedProtocol,
+                    Some(Failure::Protocol | Failure::Crypto) => Reason::HandshakeFailedProtocol,
                     Some(Failure::MechanismMismatch) => Reason::HandshakeFailedMechanism,
                     Some(Failure::Auth) => Reason::HandshakeFailedAuth,
                 };

@@ -515,25 +515,20 @@ impl Drop for LinkWatch {
 }
 
 /// One monitor message: `[u16 event, u32 value]` (native order) and the endpoint. A failed
-/// handshake's value is libzmq's protocol error code: a mechanism mismatch is told apart.
+/// handshake's value is libzmq's protocol error code, classified by [`Failure::of_event`].
 fn parse_event(frames: &[zmq::Message]) -> Option<(Event, &str)> {
     let [head, endpoint] = frames else { return None };
     let id = u16::from_ne_bytes(head.get(..2)?.try_into().ok()?);
     let value = head.get(2..6).and_then(|v| v.try_into().ok()).map(u32::from_ne_bytes);
     let endpoint = std::str::from_utf8(endpoint).ok()?;
+    if let Some(failure) = Failure::of_event(u64::from(id), value.map(u64::from)) {
+        return Some((Event::HandshakeFailed(failure), endpoint));
+    }
     let event = match u32::from(id) {
-        zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-            if value == Some(zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) =>
-        {
-            Event::HandshakeFailed(Failure::MechanismMismatch)
-        }
         zmq_sys::ZMQ_EVENT_CONNECTED => Event::Connected,
         zmq_sys::ZMQ_EVENT_CONNECT_RETRIED => Event::ConnectRetried,
         zmq_sys::ZMQ_EVENT_DISCONNECTED => Event::Disconnected,
         zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED => Event::HandshakeSucceeded,
-        zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL => Event::HandshakeFailed(Failure::NoDetail),
-        zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL => Event::HandshakeFailed(Failure::Protocol),
-        zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH => Event::HandshakeFailed(Failure::Auth),
         _ => Event::Other,
     };
     Some((event, endpoint))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::agent::StopFlag;
 use crate::feed::dbn_source::{DbnMerge, DbnSourceError};
 use crate::feed::{shard_of, Generator, GeneratorConfig, SplitMix64};
-use crate::security::{ServerAccess, ZapCounters, ZapService};
+use crate::security::{SecureError, ServerAccess, ZapCounters, ZapService};
 use crate::wire::capture::{CaptureError, CaptureReader};
 use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
 use crate::zmqx::frame::send_bytes;
@@ -347,10 +347,10 @@ impl Publisher {
             crate::zmqx::set_xpub_nodrop(&mut s, true).map_err(zerr("setting XPUB_NODROP"))?;
             s.set_sndtimeo(100).map_err(zerr("setting SNDTIMEO"))?;
             s.set_linger(2000).map_err(zerr("setting LINGER"))?;
-            cfg.access.apply(&s).map_err(zerr("setting the access options"))?;
-            if let Some(z) = &zap {
-                z.watch(ctx, &mut s).map_err(|e| ReplayError::Config(e.to_string()))?;
-            }
+            cfg.access.secure(ctx, &mut s, zap.as_ref()).map_err(|e| match e {
+                SecureError::Options(source) => zerr("setting the access options")(source),
+                SecureError::Watch(e) => ReplayError::Config(e.to_string()),
+            })?;
             let endpoint = crate::zmqx::bind_resolved(&s, ep)
                 .map_err(|e| zerr(format!("binding {ep}{}", crate::zmqx::bind_hint(e)))(e))?;
             shards.push(Shard {

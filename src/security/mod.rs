@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag};
 use crate::diag::RefusalLog;
+use crate::wire::handshake::{HandshakeFailure, Side};
 
 /// The inproc endpoint where libzmq looks for a context's ZAP handler.
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -443,6 +444,26 @@ impl ServerAccess {
         Ok(())
     }
 
+    /// [`ServerAccess::apply`] to server socket `socket` (made in `ctx`, not bound yet) and,
+    /// when a ZAP handler serves `ctx` (`zap`), a [`HandshakeWatch`] on it for that handler:
+    /// the peers libzmq refuses in their handshake (before ZAP is asked) are counted and said
+    /// with ZAP's refusals. Every server socket is set up through this.
+    pub fn secure(
+        &self,
+        ctx: &zmq::Context,
+        socket: &mut zmq::Socket,
+        zap: Option<impl WatchHandshakes>,
+    ) -> Result<(), SecureError> {
+        self.apply(socket).map_err(SecureError::Options)?;
+        let Some(zap) = zap else { return Ok(()) };
+        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
+            role: zap.role().to_string(),
+            context: "monitoring a server socket's handshakes",
+            source,
+        })?;
+        Ok(zap.take(watch)?)
+    }
+
     /// The socket-free decision rules for this policy.
     pub fn policy(&self) -> ZapPolicy {
         ZapPolicy {
@@ -653,44 +674,28 @@ impl Refusal {
     }
 
     /// What a refusal by libzmq's handshake means, for its log line, at a server that demands
-    /// CURVE (`curve`) or not.
+    /// CURVE (`curve`) or not: the one table of handshake failures says it.
     pub fn explain(self, curve: bool) -> &'static str {
-        match (self, curve) {
-            (Refusal::HandshakeMechanism, true) => {
-                "the client presents no CURVE keys and this server demands CURVE: it needs --server-key \
-                 (this server's NAME.pub) and --curve-key"
-            }
-            (Refusal::HandshakeMechanism, false) => {
-                "the client presents CURVE keys and this server does not demand CURVE: leave them out \
-                 there, or give this server --curve-key"
-            }
-            (Refusal::HandshakeCrypto, _) => {
-                "its CURVE handshake did not decrypt: most often its --server-key is not this server's \
-                 public key (or its key file's public key is not its secret key's)"
-            }
-            (Refusal::HandshakeProtocol, _) => "it broke the ZMTP handshake (is it a ZeroMQ peer?)",
-            (Refusal::HandshakeNoDetail, _) => {
-                "it ended the connection during the handshake (a port check, or a peer that gave up)"
-            }
-            (r, _) => r.as_str(),
-        }
+        let failure = match self {
+            Refusal::HandshakeMechanism => HandshakeFailure::MechanismMismatch,
+            Refusal::HandshakeCrypto => HandshakeFailure::Crypto,
+            Refusal::HandshakeProtocol => HandshakeFailure::Protocol,
+            Refusal::HandshakeNoDetail => HandshakeFailure::NoDetail,
+            r => return r.as_str(),
+        };
+        failure.explain(Side::Server, curve)
     }
 
     /// The refusal a server socket's monitor event says, if it says one: `event` is a
     /// `ZMQ_EVENT_*`, `value` its first value (a protocol error's code). A refusal by ZAP
     /// (`HANDSHAKE_FAILED_AUTH`) is not one: the ZAP handler decided and counted it.
     pub fn of_handshake(event: u64, value: Option<u64>) -> Option<Refusal> {
-        let code = value.and_then(|v| u32::try_from(v).ok());
-        match u32::try_from(event).ok()? {
-            zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL => Some(Refusal::HandshakeNoDetail),
-            zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL => Some(match code {
-                Some(zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) => Refusal::HandshakeMechanism,
-                Some(
-                    zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC | zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE,
-                ) => Refusal::HandshakeCrypto,
-                _ => Refusal::HandshakeProtocol,
-            }),
-            _ => None,
+        match HandshakeFailure::of_event(event, value)? {
+            HandshakeFailure::NoDetail => Some(Refusal::HandshakeNoDetail),
+            HandshakeFailure::MechanismMismatch => Some(Refusal::HandshakeMechanism),
+            HandshakeFailure::Crypto => Some(Refusal::HandshakeCrypto),
+            HandshakeFailure::Protocol => Some(Refusal::HandshakeProtocol),
+            HandshakeFailure::Auth => None,
         }
     }
 }
@@ -719,6 +724,50 @@ impl HandshakeWatch {
         monitor.set_linger(0)?;
         monitor.connect(&inproc)?;
         Ok(HandshakeWatch { monitor })
+    }
+}
+
+/// Why [`ServerAccess::secure`] could not set a server socket up.
+#[derive(Debug, thiserror::Error)]
+pub enum SecureError {
+    #[error("zmq error while setting the access options: {0}")]
+    Options(#[source] zmq::Error),
+    #[error(transparent)]
+    Watch(#[from] AgentError),
+}
+
+/// Who reads a server socket's [`HandshakeWatch`]: a [`ZapHandler`] in its owner's loop (the
+/// clone server) or the [`ZapService`]'s agent.
+pub trait WatchHandshakes {
+    /// The handler's role, for errors.
+    fn role(&self) -> &str;
+    /// Read `watch` from now on.
+    fn take(self, watch: HandshakeWatch) -> Result<(), AgentError>;
+}
+
+impl WatchHandshakes for &mut ZapHandler {
+    fn role(&self) -> &str {
+        &self.role
+    }
+
+    fn take(self, watch: HandshakeWatch) -> Result<(), AgentError> {
+        self.watches.push(watch);
+        Ok(())
+    }
+}
+
+/// Its events wait in the monitor until the agent takes the watch (at its next step, within
+/// its 100 ms block).
+impl WatchHandshakes for &ZapService {
+    fn role(&self) -> &str {
+        self.handle.as_ref().map_or("", |h| h.role())
+    }
+
+    fn take(self, watch: HandshakeWatch) -> Result<(), AgentError> {
+        self.watches.send(watch).map_err(|_| AgentError::Fatal {
+            role: self.role().to_string(),
+            message: "the ZAP handler has stopped".into(),
+        })
     }
 }
 
@@ -872,18 +921,6 @@ impl ZapHandler {
         })
     }
 
-    /// Watch server socket `socket` (made in the handler's context `ctx`, not bound yet) for
-    /// the peers libzmq refuses in their handshake.
-    pub fn watch(&mut self, ctx: &zmq::Context, socket: &mut zmq::Socket) -> Result<(), AgentError> {
-        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
-            role: self.role.clone(),
-            context: "monitoring a server socket's handshakes",
-            source,
-        })?;
-        self.watches.push(watch);
-        Ok(())
-    }
-
     /// The sockets to wait on for its work: the ZAP socket and every watch's monitor.
     pub fn sockets(&self) -> impl Iterator<Item = &zmq::Socket> {
         std::iter::once(&self.socket).chain(self.watches.iter().map(|w| &w.monitor))
@@ -979,12 +1016,13 @@ impl ZapHandler {
 
 /// A [`ZapHandler`] on a thread of its own (role `zap`), for contexts whose
 /// owners do not poll it themselves; the [`HandshakeWatch`]es of server sockets made after
-/// it started reach it through a channel ([`ZapService::watch`]).
+/// it started reach it through a channel ([`ServerAccess::secure`]).
 pub struct ZapAgent(ZapAgentState);
 
 struct ZapAgentState {
     handler: ZapHandler,
-    new_watches: Option<crossbeam::channel::Receiver<HandshakeWatch>>,
+    /// The watches of server sockets made after it started ([`ZapService`]), taken at each step.
+    new_watches: Option<Inbox<HandshakeWatch>>,
 }
 
 impl ZapAgent {
@@ -1002,15 +1040,14 @@ impl Agent for ZapAgent {
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
-        if let Some(rx) = &self.0.new_watches {
-            self.0.handler.watches.extend(rx.try_iter());
+        if let Some(inbox) = &mut self.0.new_watches {
+            self.0.handler.watches.extend(inbox);
         }
         self.0.handler.serve().map(Step::Worked)
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        let sockets: Vec<&zmq::Socket> = self.0.handler.sockets().collect();
-        let _ = crate::zmqx::wait_any(&sockets, zmq::POLLIN, timeout);
+        let _ = crate::zmqx::wait_any(self.0.handler.sockets(), zmq::POLLIN, timeout);
     }
 }
 
@@ -1035,24 +1072,10 @@ impl ZapService {
         }
         let (mut agent, counters) = ZapAgent::bind(ctx, &format!("{role}-zap"), access.policy())?;
         let (watches, rx) = crossbeam::channel::unbounded();
-        agent.0.new_watches = Some(rx);
+        agent.0.new_watches = Some(Inbox::new(rx));
         let stop = StopFlag::new();
         let handle = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
         Ok(Some(ZapService { handle: Some(handle), stop, counters, watches }))
-    }
-
-    /// Watch server socket `socket` (made in `ctx`, the service's context, not bound yet) for
-    /// peers libzmq refuses in their handshake: the handler counts and says them with its own
-    /// refusals. Its events wait in the monitor until the handler takes the watch (at its
-    /// next step, within 100 ms).
-    pub fn watch(&self, ctx: &zmq::Context, socket: &mut zmq::Socket) -> Result<(), AgentError> {
-        let role = self.handle.as_ref().map(|h| h.role().to_string()).unwrap_or_default();
-        let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
-            role: role.clone(),
-            context: "monitoring a server socket's handshakes",
-            source,
-        })?;
-        self.watches.send(watch).map_err(|_| AgentError::Fatal { role, message: "the ZAP handler has stopped".into() })
     }
 
     /// What the handler has decided so far.
@@ -1082,6 +1105,40 @@ mod tests {
             mechanism: mechanism.into(),
             credentials: key.map(|k| vec![k.to_vec()]).unwrap_or_default(),
         }
+    }
+
+    #[test]
+    fn the_zap_agent_wakes_for_a_refusal_on_its_fifth_watch() {
+        // Before: its wait took the ZAP socket and three monitors, so a keyless peer at the
+        // fourth server socket of a CURVE context (a replay's fourth shard) waited out the block.
+        let ctx = zmq::Context::new();
+        let access =
+            ServerAccess { curve: Some((Keypair::generate().expect("pair"), HashSet::new())), allow_addrs: vec![] };
+        let (mut agent, counters) = ZapAgent::bind(&ctx, "test-zap", access.policy()).expect("zap");
+        let mut endpoints = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..5 {
+            let mut s = ctx.socket(zmq::PUB).expect("pub");
+            s.set_linger(0).expect("linger");
+            access.secure(&ctx, &mut s, Some(&mut agent.0.handler)).expect("secure");
+            endpoints.push(crate::zmqx::bind_resolved(&s, "tcp://127.0.0.1:*").expect("bind"));
+            servers.push(s);
+        }
+        let keyless = ctx.socket(zmq::SUB).expect("sub");
+        keyless.set_linger(0).expect("linger");
+        keyless.connect(&endpoints[4]).expect("connect");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while counters.handshake_mechanism.load(Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the refusal was never counted");
+            let t0 = std::time::Instant::now();
+            agent.idle_wait(Duration::from_secs(5));
+            let woke = agent.do_work().expect("work");
+            if woke == Step::Worked(0) {
+                continue; // a wake-up for an event that was no refusal (none expected, but harmless)
+            }
+            assert!(t0.elapsed() < Duration::from_secs(2), "woken at once, not after the block: {:?}", t0.elapsed());
+        }
+        assert_eq!(counters.refused(), counters.handshake_mechanism.load(Relaxed));
     }
 
     #[test]

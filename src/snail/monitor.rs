@@ -17,7 +17,7 @@ use crossbeam::channel::Receiver;
 use super::{Scream, SnailBoard};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
-use crate::security::{ServerAccess, ZapService};
+use crate::security::{SecureError, ServerAccess, ZapService};
 
 /// Topic prefix of every monitor message.
 pub const TOPIC_PREFIX: &str = "snail.";
@@ -52,10 +52,10 @@ impl MonitorAgent {
         let mut publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the monitor PUB"))?;
         // A croak is the last thing the engine says: give it a second to leave.
         publisher.set_linger(1_000).map_err(zerr("setting LINGER"))?;
-        access.apply(&publisher).map_err(zerr("setting the access options"))?;
-        if let Some(z) = zap {
-            z.watch(ctx, &mut publisher)?;
-        }
+        access.secure(ctx, &mut publisher, zap).map_err(|e| match e {
+            SecureError::Options(source) => zerr("setting the access options")(source),
+            SecureError::Watch(e) => e,
+        })?;
         let bound = crate::zmqx::bind_resolved(&publisher, endpoint).map_err(|e| AgentError::Fatal {
             role: "snail-monitor".into(),
             message: format!("binding the monitor PUB to {endpoint}{}: {e}", crate::zmqx::bind_hint(e)),
