@@ -1471,6 +1471,32 @@ fn a_data_dir_that_is_a_file_is_refused_in_one_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue bstar15-1: two servers given one --data-dir both started, each acknowledged its sets,
+/// and after a restart only the second's keys were there. The second is refused in one line
+/// naming the directory (exit 1); the first keeps it and its keys.
+#[test]
+fn a_data_dir_in_use_by_another_server_is_refused_in_one_line() {
+    let dir = common::temp_dir("clone-datadir-shared");
+    let dd = dir.join("same");
+    let dd = dd.to_str().expect("utf-8 path");
+    let (p1, p2) = (free_port_block(3), free_port_block(3));
+    let _first = server("first", p1, &["--data-dir", dd]);
+    let c = synced(&[p1], "");
+    set_all_acked(&c, "/first/", 3, "v");
+    let (code, _out, err) = run_within(
+        "second clone-server",
+        mdsub().args(["clone-server", "--endpoint", &ep(p2), "--data-dir", dd]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(lines[0].contains(dd) && lines[0].contains("another clone server is using this data directory"), "{err}");
+    assert_eq!(status(p2), BTreeMap::new(), "the second does not serve");
+    set_all_acked(&c, "/first/later", 1, "v");
+    assert_eq!(status(p1).get("keys").map(String::as_str), Some("4"), "the first keeps serving");
+}
+
 /// Pids of the processes whose parent is `parent` (from /proc).
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
