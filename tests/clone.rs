@@ -601,7 +601,12 @@ fn clone_client_status_exits_non_zero_when_a_server_does_not_answer() {
     assert!(stdout.contains("state=") && stdout.contains(&format!("error={dead}")), "both servers shown: {stdout}");
     // --timeout is each server's wait (it was capped at 2 s whatever --timeout said).
     assert!(stdout.contains("no STATUS reply within 1 s"), "{stdout}");
-    assert_eq!(stderr.trim(), "mdsub: error: 1 of 2 clone server(s) did not answer STATUS", "{stderr}");
+    // Issue bstar15-5: it said `1 of 2 clone server(s) did not answer STATUS`, not which one.
+    assert_eq!(
+        stderr.trim(),
+        format!("mdsub: error: 1 of 2 clone servers did not answer STATUS: {dead}: no STATUS reply within 1 s"),
+        "{stderr}"
+    );
     let live = mdsub().args(["clone-client", "--server", &ep(p), "status"]).output().expect("runs");
     assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stderr));
 }
@@ -928,6 +933,35 @@ fn clone_client_cli_watch_prints_current_then_live_changes() {
     assert!(rest.is_empty(), "nothing after the two live changes: {rest}");
 }
 
+/// Issue bstar15-6: `watch`'s exit counter `live=` counted the changes a re-sync found too.
+/// A standalone server restarted without its map makes the watch re-sync (its key deleted
+/// there is a `resync` change); a set after it is `live`. The exit line counts them apart.
+#[test]
+fn clone_client_watch_counts_live_and_resync_changes_apart() {
+    let (p, mut s) = standalone();
+    let c = synced(&[p], "");
+    set_all_acked(&c, "/w/a", 1, "1");
+    drop(c);
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &ep(p), "watch", "/w/"]);
+    let w = LineProc::spawn_with_stderr("watch", &mut cmd);
+    assert!(w.line_starting("", Duration::from_secs(10)).ends_with(" /w/a0=1"));
+    s.signal(9);
+    s.wait_exit(Duration::from_secs(5));
+    // Same port, no data dir: /w/a0 is gone there, so the watch's re-sync deletes it.
+    let _again = server("server-again", p, &[]);
+    let gone = w.line_starting("resync ", Duration::from_secs(20));
+    assert!(gone.ends_with(" /w/a0 deleted"), "{gone}");
+    let c = synced(&[p], "");
+    set_all_acked(&c, "/w/b", 1, "2");
+    let b = w.line_starting("", Duration::from_secs(10));
+    assert!(b.starts_with("live ") && b.ends_with(" /w/b0=2"), "{b}");
+    w.proc.signal(15);
+    let err = w.stderr.as_ref().expect("stderr piped");
+    let line = wait_line(err, Duration::from_secs(10), "the exit counters", |l| l.contains("stopped:"));
+    assert!(line.contains(" live=1 ") && line.contains(" resync_changes=1 "), "{line}");
+}
+
 #[test]
 fn lone_primary_serves_once_its_peer_has_been_silent() {
     let pp = free_port_block(4);
@@ -1104,8 +1138,11 @@ fn client_resyncs_after_a_standalone_server_restarts_with_a_lower_sequence() {
 fn server_refuses_unusable_limits_intervals_and_a_second_primary() {
     let p = free_port_block(4);
     let peer = ep(free_port_block(4));
-    let cases: [(&[&str], &str); 7] = [
+    // Issue bstar15-4: limits that do not fit together, and --peer without a role, exited 1.
+    let cases: [(&[&str], &str); 9] = [
         (&["--max-value-bytes", "67108864"], "--max-value-bytes"),
+        (&["--max-value-bytes", "64Mi", "--max-key-bytes", "1Mi"], "--max-key-bytes"),
+        (&["--peer", peer.as_str()], "--primary or --backup"),
         (&["--hugz-interval", "0ms"], "--hugz-interval"),
         (&["--hugz-interval", "1000"], "--hugz-interval"),
         (&["--primary", "--peer", peer.as_str(), "--heartbeat-interval", "0s"], "--heartbeat-interval"),
@@ -1120,7 +1157,7 @@ fn server_refuses_unusable_limits_intervals_and_a_second_primary() {
         let mut cmd = mdsub();
         cmd.args(["clone-server", "--quiet", "--endpoint", &ep(p)]).args(args);
         let (code, _, err) = run_within("server", &mut cmd, Duration::from_secs(10));
-        assert_ne!(code, Some(0), "{args:?} refused");
+        assert_eq!(code, Some(2), "{args:?} refused as a usage error: {err}");
         assert!(err.contains(flag), "{args:?}: error names {flag}: {err}");
     }
     // Two servers both started with --primary stop with a clear error instead of waiting (the
