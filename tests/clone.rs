@@ -1534,6 +1534,76 @@ fn a_data_dir_in_use_by_another_server_is_refused_in_one_line() {
     assert_eq!(status(p1).get("keys").map(String::as_str), Some("4"), "the first keeps serving");
 }
 
+/// Issue bstar15-2: a backup whose data dir is newer than the active's (it served while the
+/// primary was down) recovered 44 keys at sequence 44, synced to the restarted primary's
+/// snapshot at 39, and said only `passive: in sync with 39 keys at sequence 39`: 5 acknowledged
+/// updates gone. It says so with the counts, keeps its files aside first, and they serve the
+/// newer map again (the recovery docs/CLONE.md gives).
+#[test]
+fn a_backup_newer_than_the_active_says_so_and_keeps_its_files_aside() {
+    let dir = common::temp_dir("clone-backup-newer");
+    let (da, db) = (dir.join("a"), dir.join("b"));
+    let (da_s, db_s) = (da.to_str().expect("utf8"), db.to_str().expect("utf8"));
+    let (pp, bp) = (free_port_block(4), free_port_block(4));
+    let hb = ["--heartbeat-interval", "100ms"];
+    let mut prim = primary(pp, bp, &["--data-dir", da_s, hb[0], hb[1]]);
+    let mut back = backup(bp, pp, &["--data-dir", db_s, hb[0], hb[1]]);
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+    let c = synced(&[pp, bp], "");
+    set_all_acked(&c, "/k/old", 4, "v");
+    wait_until(Duration::from_secs(5), "the backup to replicate", || {
+        status(bp).get("keys").map(String::as_str) == Some("4")
+    });
+    // The primary dies; the backup takes over on the client's vote and acknowledges 5 more.
+    prim.signal(9);
+    prim.wait_exit(Duration::from_secs(5));
+    set_all_acked(&c, "/k/new", 5, "v");
+    let newer = status(bp);
+    assert_eq!(newer.get("keys").map(String::as_str), Some("9"));
+    let newer_seq: u64 = newer.get("sequence").and_then(|s| s.parse().ok()).expect("sequence");
+    drop(c);
+    back.signal(9);
+    back.wait_exit(Duration::from_secs(5));
+    // Both restart: the primary serves its older map, the backup follows it.
+    let _prim = primary(pp, bp, &["--data-dir", da_s, hb[0], hb[1]]);
+    wait_state(pp, "primary", Duration::from_secs(10));
+    let (back, err) = server_said("backup", bp, &["--backup", "--peer", &ep(pp), "--data-dir", db_s, hb[0], hb[1]]);
+    let mut all = Vec::new();
+    let line = said_until(&err, &mut all, Duration::from_secs(20), "behind this server's");
+    let theirs: u64 = status(pp).get("sequence").and_then(|s| s.parse().ok()).expect("sequence");
+    assert!(
+        line.contains(&format!(
+            "at sequence {theirs}, behind this server's {newer_seq}: the {} updates",
+            newer_seq - theirs
+        )),
+        "{line}"
+    );
+    let kept = said_until(&err, &mut all, Duration::from_secs(10), "kept aside as");
+    assert!(kept.contains(db_s), "names the directory: {kept}");
+    wait_until(Duration::from_secs(10), "the backup to follow the active", || {
+        status(bp).get("keys").map(String::as_str) == Some("4")
+    });
+    drop(back);
+    // The copies hold the newer map: moved into a directory of their own, they serve it.
+    let restored = dir.join("restored");
+    std::fs::create_dir_all(&restored).expect("mkdir");
+    for entry in std::fs::read_dir(&db).expect("data dir") {
+        let name = entry.expect("entry").file_name().into_string().expect("utf8");
+        for file in ["snapshot", "log"] {
+            if name.starts_with(&format!("{file}.behind-")) {
+                std::fs::copy(db.join(&name), restored.join(file)).expect("copy");
+            }
+        }
+    }
+    let sp = free_port_block(3);
+    let _alone = server("restored", sp, &["--data-dir", restored.to_str().expect("utf8")]);
+    let keys: Vec<String> =
+        snapshot_of(sp).into_iter().map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).collect();
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("/k/new")), "{keys:?}");
+}
+
 /// Pids of the processes whose parent is `parent` (from /proc).
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };

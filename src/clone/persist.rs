@@ -287,15 +287,21 @@ fn cut_header(len: usize, header: usize, what: &str) -> String {
 
 /// Copy the damaged `name` in `dir` aside to `NAME.corrupt-<unix_s>` (`.1`, `.2`, … if taken), so
 /// that what is cut or rewritten can still be looked at (or salvaged) by hand.
-fn copy_aside(dir: &Path, name: &str) -> Result<PathBuf, PersistError> {
+/// Copy `DIR/NAME` to `DIR/NAME.TAG-<unix seconds>` (`.1`, `.2`, … added if that is taken).
+fn copy_aside(dir: &Path, name: &str, tag: &str) -> Result<PathBuf, PersistError> {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let mut copy = dir.join(format!("{name}.corrupt-{secs}"));
+    let mut copy = dir.join(format!("{name}.{tag}-{secs}"));
     let mut k = 1;
     while copy.exists() {
-        copy = dir.join(format!("{name}.corrupt-{secs}.{k}"));
+        copy = dir.join(format!("{name}.{tag}-{secs}.{k}"));
         k += 1;
     }
-    let what = if name == "log" { "copying the damaged log aside" } else { "copying the damaged snapshot aside" };
+    let what = match (name, tag) {
+        ("log", "corrupt") => "copying the damaged log aside",
+        (_, "corrupt") => "copying the damaged snapshot aside",
+        ("log", _) => "copying the log aside",
+        _ => "copying the snapshot aside",
+    };
     std::fs::copy(dir.join(name), &copy).map_err(io_err(&copy, what))?;
     Ok(copy)
 }
@@ -395,7 +401,7 @@ impl Store {
             rec.tail_errors.push(TailError { path: snap_path.clone(), offset, reason });
             // Kept before anything rewrites it; then it holds what was recovered, so the next
             // start reads it clean and the log (records after its sequence) still follows it.
-            rec.corrupt_copies.push(copy_aside(dir, "snapshot")?);
+            rec.corrupt_copies.push(copy_aside(dir, "snapshot", "corrupt")?);
             write_snapshot_file(dir, rec.sequence, rec.records.iter().cloned())?;
         }
         let snap_seq = rec.sequence;
@@ -433,7 +439,7 @@ impl Store {
         if log_damaged {
             // Everything from the damage on is cut, valid records after a bad one too: keep the
             // damaged file so they can be looked at (or salvaged) by hand.
-            rec.corrupt_copies.push(copy_aside(dir, "log")?);
+            rec.corrupt_copies.push(copy_aside(dir, "log", "corrupt")?);
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -460,6 +466,20 @@ impl Store {
             good_len: good_end,
         };
         Ok((store, rec))
+    }
+
+    /// Copy the snapshot and the log (flushed first), those there are, to
+    /// `snapshot.behind-<unix s>` and `log.behind-<unix s>`: kept before a passive server
+    /// replaces a directory newer than its active peer's map. Returns the copies.
+    pub fn keep_aside(&mut self) -> Result<Vec<PathBuf>, PersistError> {
+        self.flush()?;
+        let mut copies = Vec::new();
+        for name in ["snapshot", "log"] {
+            if self.dir.join(name).exists() {
+                copies.push(copy_aside(&self.dir, name, "behind")?);
+            }
+        }
+        Ok(copies)
     }
 
     /// Records appended since the last snapshot.

@@ -286,6 +286,10 @@ pub enum Action {
     },
     /// fsync the log (failures are reported, not fatal).
     SyncLog,
+    /// Copy the data directory's snapshot and log aside (`snapshot.behind-<unix s>`,
+    /// `log.behind-<unix s>`) and say where: it holds updates the active peer's snapshot, which
+    /// is about to replace it, lacks.
+    KeepAside,
     /// Replace the data directory's snapshot with the map, restart the log, then report
     /// [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`].
     WriteSnapshot,
@@ -1115,6 +1119,26 @@ impl ServerCore {
         let Some(sync) = p.sync.take() else { return };
         out.push(Action::EndPeerSnapshot);
         p.synced = true;
+        if m.sequence < self.sequence {
+            // We hold updates the active lacks (a data dir newer than the active's, e.g. the
+            // backup's after it served while the primary was down): never replaced unsaid.
+            let (theirs, ours) = (m.sequence, self.sequence);
+            out.push(Action::Log(format!(
+                "passive: the active peer's snapshot is at sequence {theirs}, behind this server's {ours}: \
+                 the {} updates after it held here (sequences {}..={ours}) are replaced by the active's map{}",
+                ours - theirs,
+                theirs + 1,
+                if self.durable {
+                    "; the data directory's files are kept aside first (to serve them, docs/CLONE.md, \
+                     \"A data directory newer than the active's\")"
+                } else {
+                    " (no data directory: they are gone)"
+                }
+            )));
+            if self.durable {
+                out.push(Action::KeepAside);
+            }
+        }
         self.map = sync.map;
         self.sequence = m.sequence;
         for (_, e) in self.map.iter() {
@@ -1660,6 +1684,56 @@ mod tests {
         // The update held meanwhile is applied and published, HUGZ at once, ACTIVE heartbeat.
         assert_eq!(r.keys_published(), vec![("/b".into(), 2), ("HUGZ".into(), 2)]);
         assert!(r.other().contains(&Action::Heartbeat(State::Active)));
+    }
+
+    #[test]
+    fn a_passive_whose_data_is_newer_than_the_actives_snapshot_says_so_and_keeps_its_files_first() {
+        // Issue bstar15-2: the backup recovered 44 keys at sequence 44, synced to the active's
+        // snapshot at 39, and said only `passive: in sync with 39 keys at sequence 39`.
+        let now = 1_000_000_000;
+        let recovered: Vec<Record> = (1..=44u64)
+            .map(|i| Record { msg: KvMsg::new(format!("/k{i}"), i, "v"), expires_at_unix_ms: None })
+            .collect();
+        for durable in [true, false] {
+            let mut r = Rig::new(cfg(Some(Role::Backup)), durable);
+            r.core.recover(recovered.clone(), 44, 0, now);
+            r.on(Event::PeerState(Some(State::Active)));
+            r.on(Event::PeerLink(true));
+            r.on(Event::PeerSyncCheck);
+            assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+            for i in 1..=39u64 {
+                r.on(Event::PeerSnapshot(Ok(KvMsg::new(format!("/k{i}"), i, "v"))));
+            }
+            let mut out = Vec::new();
+            r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 39, ""))), now, &mut out).expect("ok");
+            let said: Vec<&String> =
+                out.iter().filter_map(|a| if let Action::Log(l) = a { Some(l) } else { None }).collect();
+            assert!(
+                said.iter().any(|l| l.contains("at sequence 39, behind this server's 44")
+                    && l.contains("the 5 updates after it held here (sequences 40..=44)")),
+                "said loudly, whatever --quiet says: {said:?}"
+            );
+            let aside = out.iter().position(|a| *a == Action::KeepAside);
+            let write = out.iter().position(|a| *a == Action::WriteSnapshot);
+            if durable {
+                assert!(aside.is_some() && aside < write, "kept aside before it is replaced: {out:?}");
+            } else {
+                assert_eq!((aside, write), (None, None), "{out:?}");
+                assert!(said.iter().any(|l| l.contains("no data directory: they are gone")), "{said:?}");
+            }
+            assert_eq!((r.core.sequence(), r.core.map().len()), (39, 39), "the active's map is followed");
+        }
+        // A passive behind the active (the usual case) replaces its map without a word.
+        let mut r = durable_passive();
+        r.logs.clear();
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 12, ""))));
+        r.on(Event::PeerSyncCheck);
+        r.other();
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 12, ""))), now, &mut out).expect("ok");
+        assert!(!out.contains(&Action::KeepAside), "{out:?}");
+        assert!(r.logs.iter().all(|l| !l.contains("behind this server's")), "{:?}", r.logs);
     }
 
     #[test]
