@@ -125,8 +125,10 @@ impl ServerArgs {
         let hugz_interval_ms = whole_ms(self.hugz_interval);
         let pair = match (&self.peer, self.primary, self.backup) {
             (None, false, false) => None,
-            (None, _, _) => bail!("--primary/--backup need --peer tcp://HOST:P2"),
-            (Some(_), false, false) => bail!("--peer needs --primary or --backup"),
+            (None, _, _) => bail!(super::UsageError("--primary/--backup need --peer tcp://HOST:P2".into())),
+            (Some(_), false, false) => bail!(super::UsageError(
+                "--peer needs --primary or --backup: which half of the pair this server is".into()
+            )),
             (Some(peer), primary, _) => {
                 let peer = peer.endpoint.clone();
                 let [snap, _, _] = crate::clone::endpoints(&peer).map_err(anyhow::Error::msg)?;
@@ -163,7 +165,8 @@ impl ServerArgs {
             verbose: !self.quiet,
             ..ServerConfig::default()
         };
-        cfg.check().map_err(anyhow::Error::msg)?;
+        // Limits that cannot go together (a log record too small for both) are a usage error.
+        cfg.check().map_err(super::UsageError)?;
         Ok(cfg)
     }
 }
@@ -243,14 +246,14 @@ pub enum ClientCmd {
         subtree: String,
     },
     /// Print current keys under SUBTREE, then every change as it happens, until Ctrl-C (or
-    /// --count); then the exit counters on stderr (`clone-client: stopped: live=… malformed=…
-    /// failovers=… hops=…`). A SUBTREE longer than the server's --max-key-bytes is refused,
-    /// exit status 2.
+    /// --count); then the exit counters on stderr (`clone-client: stopped: live=…
+    /// resync_changes=… malformed=… failovers=… hops=…`: live changes, and changes a re-sync
+    /// found, apart). A SUBTREE longer than the server's --max-key-bytes is refused, exit status 2.
     Watch {
         /// Key prefix, e.g. /md/status/.
         #[arg(default_value = "")]
         subtree: String,
-        /// Stop after this many live changes.
+        /// Stop after this many changes (live or found by a re-sync; the initial entries do not count).
         #[arg(long, value_parser = parse_count, value_name = "COUNT")]
         count: Option<u64>,
     },
@@ -423,7 +426,8 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let servers = super::store_servers(&args.server, "--server")?;
     let keys = args.keys.to_keys()?;
     if let ClientCmd::Status = args.cmd {
-        let mut silent = 0;
+        // The servers that did not answer, each with why.
+        let mut silent = Vec::new();
         for s in &servers {
             match crate::clone::server_status_or_stop(s, timeout, keys.as_ref(), stop) {
                 Ok(text) => crate::outln!("# {s}\n{text}"),
@@ -432,17 +436,24 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
                     return Err(super::Interrupted.into())
                 }
                 Err(e) => {
-                    silent += 1;
                     crate::outln!("# {s}\nerror={e}\n");
+                    let e = e.to_string();
+                    silent.push(if e.starts_with(s.as_str()) { e } else { format!("{s}: {e}") });
                 }
             }
         }
-        // A script asking for the status learns from the exit code that a server is down.
-        if silent == servers.len() {
+        // A script asking for the status learns from the exit code that a server is down, and
+        // a person from the line which one.
+        if silent.len() == servers.len() {
             anyhow::bail!(NoServer { servers: servers.join(", "), within: None });
         }
-        if silent > 0 {
-            anyhow::bail!("{silent} of {} clone server(s) did not answer STATUS", servers.len());
+        if !silent.is_empty() {
+            anyhow::bail!(
+                "{} of {} clone servers did not answer STATUS: {}",
+                silent.len(),
+                servers.len(),
+                silent.join("; ")
+            );
         }
         return Ok(0);
     }
@@ -495,8 +506,11 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         }
         ClientCmd::Watch { subtree, count } => {
             let rx = client.watch(subtree.as_bytes())?;
-            let mut live = 0u64;
-            while !stop.is_stopped() && count.is_none_or(|c| live < c) {
+            // Changes after the initial entries, what --count counts; of them, the live ones and
+            // those a re-sync found (a key that changed while the client was between servers)
+            // are counted apart in the exit counters. (A watch sets nothing: no local changes.)
+            let (mut changes, mut live, mut resync_changes) = (0u64, 0u64, 0u64);
+            while !stop.is_stopped() && count.is_none_or(|c| changes < c) {
                 let c = match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(c) => c,
                     Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
@@ -511,9 +525,9 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
                     ChangeKind::Resync => "resync",
                     ChangeKind::Local => "local",
                 };
-                if c.kind != ChangeKind::Initial {
-                    live += 1;
-                }
+                changes += u64::from(c.kind != ChangeKind::Initial);
+                live += u64::from(c.kind == ChangeKind::Live);
+                resync_changes += u64::from(c.kind == ChangeKind::Resync);
                 match c.value {
                     Some(v) => crate::outln!("{kind} {} {}={}", c.sequence, show(&c.key), show(&v)),
                     None => crate::outln!("{kind} {} {} deleted", c.sequence, show(&c.key)),
@@ -524,7 +538,8 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
             crate::diag::ExitCounters::Text.print(
                 "clone-client",
                 &format_args!(
-                    "live={live} malformed={} failovers={} hops={} resyncs={} watchers_cut={}",
+                    "live={live} resync_changes={resync_changes} malformed={} failovers={} hops={} resyncs={} \
+                     watchers_cut={}",
                     st.malformed, st.failovers, st.hops, st.resyncs, st.watchers_cut
                 ),
             );

@@ -55,6 +55,12 @@ pub enum PersistError {
     /// The data directory named is something else (a file).
     #[error("{path}: not a directory (--data-dir names the directory for the update log and snapshots)")]
     NotADirectory { path: PathBuf },
+    /// Another server holds the data directory's lock: it is using the directory now.
+    #[error(
+        "{path}: another clone server is using this data directory (it holds {path}/lock); give each server \
+         its own --data-dir"
+    )]
+    InUse { path: PathBuf },
 }
 
 /// Where reading a file stopped early, and why.
@@ -100,6 +106,10 @@ pub struct Recovered {
 /// The open data directory.
 pub struct Store {
     dir: PathBuf,
+    /// `DIR/lock`, held (`flock(LOCK_EX)`) while the store is open: two servers writing one
+    /// directory would each overwrite the other's snapshot and log. The kernel drops the lock
+    /// with the last handle, however the process ends, so a crash leaves no stale lock.
+    _lock: File,
     log: BufWriter<File>,
     log_records: u64,
     dirty: bool,
@@ -277,15 +287,21 @@ fn cut_header(len: usize, header: usize, what: &str) -> String {
 
 /// Copy the damaged `name` in `dir` aside to `NAME.corrupt-<unix_s>` (`.1`, `.2`, … if taken), so
 /// that what is cut or rewritten can still be looked at (or salvaged) by hand.
-fn copy_aside(dir: &Path, name: &str) -> Result<PathBuf, PersistError> {
+/// Copy `DIR/NAME` to `DIR/NAME.TAG-<unix seconds>` (`.1`, `.2`, … added if that is taken).
+fn copy_aside(dir: &Path, name: &str, tag: &str) -> Result<PathBuf, PersistError> {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let mut copy = dir.join(format!("{name}.corrupt-{secs}"));
+    let mut copy = dir.join(format!("{name}.{tag}-{secs}"));
     let mut k = 1;
     while copy.exists() {
-        copy = dir.join(format!("{name}.corrupt-{secs}.{k}"));
+        copy = dir.join(format!("{name}.{tag}-{secs}.{k}"));
         k += 1;
     }
-    let what = if name == "log" { "copying the damaged log aside" } else { "copying the damaged snapshot aside" };
+    let what = match (name, tag) {
+        ("log", "corrupt") => "copying the damaged log aside",
+        (_, "corrupt") => "copying the damaged snapshot aside",
+        ("log", _) => "copying the log aside",
+        _ => "copying the snapshot aside",
+    };
     std::fs::copy(dir.join(name), &copy).map_err(io_err(&copy, what))?;
     Ok(copy)
 }
@@ -323,6 +339,25 @@ fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = R
     w.get_ref().sync_all().map_err(io_err(tmp, "fsyncing"))
 }
 
+/// Take the data directory's lock (`DIR/lock`, created if missing), before anything in it is
+/// read or written; [`PersistError::InUse`] when another process holds it.
+fn lock_dir(dir: &Path) -> Result<File, PersistError> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path, "opening the data directory's lock file"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(PersistError::InUse { path: dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(PersistError::Io { path, context: "locking the data directory", source: e })
+        }
+    }
+}
+
 fn fsync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
@@ -341,6 +376,7 @@ impl Store {
             return Err(PersistError::NotADirectory { path: dir.to_path_buf() });
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir, "creating the data directory"))?;
+        let lock = lock_dir(dir)?;
         let snap_path = dir.join("snapshot");
         let log_path = dir.join("log");
         let mut rec = Recovered::default();
@@ -365,7 +401,7 @@ impl Store {
             rec.tail_errors.push(TailError { path: snap_path.clone(), offset, reason });
             // Kept before anything rewrites it; then it holds what was recovered, so the next
             // start reads it clean and the log (records after its sequence) still follows it.
-            rec.corrupt_copies.push(copy_aside(dir, "snapshot")?);
+            rec.corrupt_copies.push(copy_aside(dir, "snapshot", "corrupt")?);
             write_snapshot_file(dir, rec.sequence, rec.records.iter().cloned())?;
         }
         let snap_seq = rec.sequence;
@@ -403,7 +439,7 @@ impl Store {
         if log_damaged {
             // Everything from the damage on is cut, valid records after a bad one too: keep the
             // damaged file so they can be looked at (or salvaged) by hand.
-            rec.corrupt_copies.push(copy_aside(dir, "log")?);
+            rec.corrupt_copies.push(copy_aside(dir, "log", "corrupt")?);
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -423,12 +459,27 @@ impl Store {
         file.seek(SeekFrom::Start(good_end)).map_err(io_err(&log_path, "seeking the log"))?;
         let store = Store {
             dir: dir.to_path_buf(),
+            _lock: lock,
             log: BufWriter::with_capacity(1 << 16, file),
             log_records: 0,
             dirty: false,
             good_len: good_end,
         };
         Ok((store, rec))
+    }
+
+    /// Copy the snapshot and the log (flushed first), those there are, to
+    /// `snapshot.behind-<unix s>` and `log.behind-<unix s>`: kept before a passive server
+    /// replaces a directory newer than its active peer's map. Returns the copies.
+    pub fn keep_aside(&mut self) -> Result<Vec<PathBuf>, PersistError> {
+        self.flush()?;
+        let mut copies = Vec::new();
+        for name in ["snapshot", "log"] {
+            if self.dir.join(name).exists() {
+                copies.push(copy_aside(&self.dir, name, "behind")?);
+            }
+        }
+        Ok(copies)
     }
 
     /// Records appended since the last snapshot.
@@ -529,6 +580,22 @@ mod tests {
     }
 
     #[test]
+    fn a_data_dir_is_used_by_one_store_at_a_time() {
+        let d = tmpdir("lock");
+        let (mut s, _) = Store::open(&d).expect("open");
+        s.append(&rec("/a", 1, "x")).expect("append");
+        s.flush().expect("flush");
+        // A second open (as a second server would do) is refused before it reads or writes.
+        let e = Store::open(&d).err().expect("the directory is in use");
+        assert!(matches!(&e, PersistError::InUse { path } if path == &d), "{e}");
+        assert!(e.to_string().contains("another clone server is using this data directory"), "{e}");
+        drop(s);
+        let (_s, rec) = Store::open(&d).expect("free again once the first store is closed");
+        assert_eq!(rec.sequence, 1, "the first store's record is there");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn a_failed_snapshot_write_removes_its_temp_file_and_keeps_the_log() {
         let d = tmpdir("snapfail");
         let (mut s, _) = Store::open(&d).expect("open");
@@ -568,7 +635,10 @@ mod tests {
             s.append(r).expect("append");
         }
         s.flush().expect("flush");
-        std::mem::forget(s); // no clean stop: nothing more reaches the file
+        // No clean stop: nothing more reaches the file. The kernel drops a killed process's
+        // lock; this one is let go by hand, as the store is never closed.
+        s._lock.unlock().expect("unlock");
+        std::mem::forget(s);
         let (_s, r) = Store::open(&d).expect("restart");
         assert!(r.tail_errors.is_empty(), "{:?}", r.tail_errors);
         assert_eq!(r.records[50..], acked[..], "every acknowledged update since the snapshot");
@@ -738,10 +808,11 @@ mod tests {
         s.append(&rec("/c", 3, "z")).expect("append after the reset header");
         s.sync().expect("sync");
         drop(s);
-        let (_s, again) = Store::open(&d).expect("reopen");
+        let (s, again) = Store::open(&d).expect("reopen");
         assert!(again.tail_errors.is_empty());
         assert_eq!(again.records.len(), 3);
-        // A file that is not ours stays an error, and nothing is touched.
+        drop(s); // its lock would refuse the opens below
+                 // A file that is not ours stays an error, and nothing is touched.
         for (name, bytes) in [("log", &b"XXXXX"[..]), ("log", b"NOTMDSUBLOG"), ("snapshot", b"MDCLLOG1")] {
             let before = std::fs::read_dir(&d).expect("dir").count();
             std::fs::write(d.join(name), bytes).expect("write");

@@ -371,6 +371,25 @@ impl Server {
                     }
                     None
                 }
+                Action::KeepAside => {
+                    let dir = self.cfg.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display();
+                    match self.store.as_mut().map(|s| s.keep_aside()) {
+                        Some(Ok(copies)) => {
+                            let copies: Vec<String> = copies.iter().map(|c| c.display().to_string()).collect();
+                            crate::diag!(
+                                "clone-server: data dir: {dir}: kept aside as {} before the active's snapshot \
+                                 replaces it",
+                                copies.join(" and ")
+                            );
+                        }
+                        Some(Err(e)) => crate::diag!(
+                            "clone-server: data dir: {dir}: could not keep its files aside ({e}); the active's \
+                             snapshot replaces them"
+                        ),
+                        None => {}
+                    }
+                    None
+                }
                 Action::WriteSnapshot => Some(match self.rewrite_store(now_ns) {
                     Ok(()) => Event::SnapshotWritten,
                     Err(e) => Event::SnapshotFailed { error: e.to_string() },

@@ -43,7 +43,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use super::bstar::{BStar, BStarError, Event as BEvent, Role, State};
+use super::bstar::{BStar, BStarError, Event as BEvent, Pause, Role, State};
 use super::kvmsg::{self, KvMsg, Limits, Request, Uuid, HUGZ, KTHXBAI};
 use super::map::{normalize_peer_ttl, ttl_ns, wire_ttl_s, KvMap, RecentUuids};
 use super::persist::{self, Record};
@@ -286,6 +286,10 @@ pub enum Action {
     },
     /// fsync the log (failures are reported, not fatal).
     SyncLog,
+    /// Copy the data directory's snapshot and log aside (`snapshot.behind-<unix s>`,
+    /// `log.behind-<unix s>`) and say where: it holds updates the active peer's snapshot, which
+    /// is about to replace it, lacks.
+    KeepAside,
     /// Replace the data directory's snapshot with the map, restart the log, then report
     /// [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`].
     WriteSnapshot,
@@ -328,6 +332,9 @@ pub struct Counters {
     pub peer_entries_refused: u64,
     /// Peer `ttl`s in the reference servers' absolute form, made relative.
     pub absolute_ttls: u64,
+    /// Times this server found it had not run for longer than its peer waits (SIGSTOP, a VM
+    /// pause): see [`BStar::observe`].
+    pub pauses: u64,
 }
 
 /// What waits in the outbox for the update log's flush.
@@ -510,6 +517,7 @@ impl ServerCore {
     /// Handle one event at `now_ns`, appending what to do to `out`. An error is fatal (Binary
     /// Star found both servers in the same state).
     pub fn on_event(&mut self, event: Event, now_ns: u64, out: &mut Vec<Action>) -> Result<(), BStarError> {
+        self.observe_clock(now_ns, out);
         match event {
             Event::PeerState(Some(s)) => {
                 self.bstar_event(BEvent::Peer(s), now_ns, out)?;
@@ -612,9 +620,9 @@ impl ServerCore {
         }
     }
 
-    /// Serving clients (standalone, or ACTIVE in a pair).
+    /// Serving clients (standalone, or ACTIVE in a pair and not held after a pause).
     pub fn is_active(&self) -> bool {
-        self.pair.as_ref().is_none_or(|p| p.bstar.state() == State::Active)
+        self.pair.as_ref().is_none_or(|p| p.bstar.state() == State::Active && !p.bstar.held())
     }
 
     /// A passive re-sync from the peer is under way.
@@ -660,7 +668,8 @@ impl ServerCore {
             "state={}\nrole={}\nsequence={}\nkeys={}\npending={}\nmalformed_requests={}\n\
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
              published={}\nhugz={}\nexpired={}\npending_dropped={}\nlog_failures={}\n\
-             snapshot_failures={}\ndurable={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n{}",
+             snapshot_failures={}\ndurable={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
+             pauses={}\n{}",
             self.state_name(),
             self.role,
             self.sequence,
@@ -686,6 +695,7 @@ impl ServerCore {
             c.peer_entries_refused,
             c.absolute_ttls,
             c.snapshots_abandoned,
+            c.pauses,
             self.refusals.counts().map(|(r, n)| format!("refused_{r}={n}\n")).collect::<String>()
         )
     }
@@ -1016,8 +1026,8 @@ impl ServerCore {
 
     /// A message from the active peer's publisher (we are not active).
     fn on_replicated(&mut self, msg: KvMsg, now_ns: u64, out: &mut Vec<Action>) {
-        if self.is_active() {
-            return;
+        if self.pair.as_ref().is_none_or(|p| p.bstar.state() == State::Active) {
+            return; // held after a pause too: a peer that took over makes us passive first
         }
         let sequence = self.sequence;
         let verbose = self.verbose;
@@ -1109,6 +1119,26 @@ impl ServerCore {
         let Some(sync) = p.sync.take() else { return };
         out.push(Action::EndPeerSnapshot);
         p.synced = true;
+        if m.sequence < self.sequence {
+            // We hold updates the active lacks (a data dir newer than the active's, e.g. the
+            // backup's after it served while the primary was down): never replaced unsaid.
+            let (theirs, ours) = (m.sequence, self.sequence);
+            out.push(Action::Log(format!(
+                "passive: the active peer's snapshot is at sequence {theirs}, behind this server's {ours}: \
+                 the {} updates after it held here (sequences {}..={ours}) are replaced by the active's map{}",
+                ours - theirs,
+                theirs + 1,
+                if self.durable {
+                    "; the data directory's files are kept aside first (to serve them, docs/CLONE.md, \
+                     \"A data directory newer than the active's\")"
+                } else {
+                    " (no data directory: they are gone)"
+                }
+            )));
+            if self.durable {
+                out.push(Action::KeepAside);
+            }
+        }
         self.map = sync.map;
         self.sequence = m.sequence;
         for (_, e) in self.map.iter() {
@@ -1163,9 +1193,54 @@ impl ServerCore {
         self.log(out, format_args!("applied {n} pending updates on takeover, sequence {}", self.sequence));
     }
 
+    /// Let the Binary Star machine see the time first ([`BStar::observe`]), and say what it
+    /// noticed: a pause of this process (held if ACTIVE), or the end of a hold without the peer
+    /// taking over (the updates held meanwhile are applied, HUGZ at once).
+    fn observe_clock(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        let Some(p) = self.pair.as_mut() else { return };
+        p.bstar.observe(now_ns);
+        let timeout_ms = p.bstar.ns_to_expiry(now_ns) / 1_000_000;
+        match p.bstar.take_pause() {
+            None => {}
+            Some(Pause::Resumed { gap_ns, state }) => {
+                self.counters.pauses += 1;
+                let then = if state == State::Active {
+                    format!(
+                        "the peer may have taken over: held (no heartbeat, no client served, updates kept \
+                         pending) until it says it is active, then passive and re-synced from it, or for \
+                         {timeout_ms} ms, then active again"
+                    )
+                } else {
+                    format!("a client's vote is taken only once the peer has been silent {timeout_ms} ms from now")
+                };
+                out.push(Action::Log(format!(
+                    "binary star: this server did not run for {} ms, longer than its peer waits for a heartbeat \
+                     (SIGSTOP, a VM pause); {then}",
+                    gap_ns / 1_000_000
+                )));
+            }
+            Some(Pause::HoldOver) => {
+                out.push(Action::Log(
+                    "binary star: the peer did not say it is active after the pause: active again".into(),
+                ));
+                if !self.disk_behind {
+                    self.replay_pending(now_ns, out); // else once the snapshot is written
+                }
+                self.last_pub_ns = 0; // HUGZ at once so clients see us
+            }
+        }
+    }
+
     fn bstar_event(&mut self, ev: BEvent, now_ns: u64, out: &mut Vec<Action>) -> Result<bool, BStarError> {
         let Some(p) = self.pair.as_mut() else { return Ok(true) };
         let o = p.bstar.on_event(ev, now_ns)?;
+        if o.transition == Some((State::Active, State::Passive)) {
+            out.push(Action::Log(format!(
+                "binary star: the peer took over while this server did not run: passive now, re-syncing from \
+                 it ({} updates held meanwhile stay pending until it publishes them)",
+                p.pending.len()
+            )));
+        }
         if let Some((from, to)) = o.transition {
             self.on_transition(from, to, now_ns, out);
         }
@@ -1354,6 +1429,16 @@ mod tests {
             }
         }
 
+        /// Let `ms` pass the way a running server does: a tick every quarter heartbeat (a longer
+        /// gap between steps is a pause of the process, see `BStar::observe`).
+        fn tick_for(&mut self, ms: u64) {
+            let step = HEARTBEAT_MS / 4;
+            for _ in 0..ms.div_ceil(step) {
+                self.clock.advance_ms(step);
+                self.on(Event::Tick);
+            }
+        }
+
         fn keys_published(&mut self) -> Vec<(String, u64)> {
             std::mem::take(&mut self.published)
                 .into_iter()
@@ -1526,6 +1611,129 @@ mod tests {
         let p = r.keys_published();
         assert_eq!(p, vec![("HUGZ".into(), 13)]);
         assert!(r.other().contains(&Action::Heartbeat(State::Active)));
+    }
+
+    /// A primary that heard its backup: ACTIVE, with `/a` published, running for a heartbeat.
+    fn active_primary() -> Rig {
+        let mut r = Rig::new(cfg(Some(Role::Primary)), false);
+        r.on(Event::PeerState(Some(State::Backup)));
+        assert_eq!(r.state(), "active");
+        r.on(Event::Update(Ok(upd("/a", "1", 1))));
+        r.tick_for(HEARTBEAT_MS);
+        assert_eq!(r.keys_published()[0], ("/a".into(), 1), "then HUGZ, as after every takeover");
+        assert!(r.other().contains(&Action::Heartbeat(State::Active)));
+        r
+    }
+
+    /// Resume `r` after a pause of `ms` (SIGSTOP): the loop's first step is the tick whose
+    /// heartbeat is overdue, before libzmq has handed over what the peer sent meanwhile.
+    fn resume_after(r: &mut Rig, ms: u64) {
+        r.clock.advance_ms(ms);
+        r.on(Event::Tick);
+        let heartbeats: Vec<Action> = r.other().into_iter().filter(|a| matches!(a, Action::Heartbeat(_))).collect();
+        assert!(heartbeats.is_empty(), "held: no overdue heartbeat: {heartbeats:?}");
+        assert!(r.logs.iter().any(|l| l.contains(&format!("did not run for {ms} ms"))), "said: {:?}", r.logs);
+        assert_eq!(r.core.counters().pauses, 1);
+        assert!(r.core.status_text().contains("pauses=1\n"));
+        // Held: a client's update waits in the pending list, a vote is refused, no HUGZ.
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        r.on(Event::Flush);
+        assert!(r.keys_published().is_empty(), "nothing published while held");
+        assert_eq!((r.core.pending(), r.core.counters().rejected_votes), (1, 1));
+        assert!(r.other().is_empty(), "no snapshot served while held");
+    }
+
+    #[test]
+    fn a_paused_active_steps_down_when_the_peer_took_over_and_resyncs_from_it() {
+        // Issue bstar15-3: SIGSTOP of the active for 5 s under load stopped both servers (split
+        // brain): resumed, it sent its overdue ACTIVE heartbeat before reading the backup's.
+        let mut r = active_primary();
+        resume_after(&mut r, 5000);
+        // The backup's ACTIVE heartbeat, queued while we were stopped: a step down, no error.
+        r.on(Event::PeerState(Some(State::Active)));
+        assert_eq!(r.state(), "passive");
+        assert!(r.logs.iter().any(|l| l.contains("the peer took over while this server did not run")), "{:?}", r.logs);
+        r.on(Event::Tick);
+        assert!(r.other().contains(&Action::Heartbeat(State::Passive)), "the peer hears PASSIVE at once");
+        r.on(Event::PeerLink(true));
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot], "re-syncs from the new active");
+        // The new active publishes the update held here: it leaves the pending list.
+        let mut b = upd("/b", "2", 2);
+        b.sequence = 3;
+        r.on(Event::PeerSnapshot(Ok(b)));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 3, ""))));
+        assert_eq!((r.core.pending(), r.core.sequence()), (0, 3));
+        assert!(r.keys_published().is_empty(), "a passive server never publishes");
+    }
+
+    #[test]
+    fn a_paused_active_whose_peer_stayed_passive_serves_again_after_one_timeout() {
+        let mut r = active_primary();
+        resume_after(&mut r, 5000);
+        // The backup's PASSIVE heartbeats (queued, or new): still held for the peer's timeout,
+        // as an ACTIVE one may follow.
+        r.on(Event::PeerState(Some(State::Passive)));
+        r.tick_for(2 * HEARTBEAT_MS - HEARTBEAT_MS / 4);
+        assert!(r.keys_published().is_empty());
+        assert!(!r.other().iter().any(|a| matches!(a, Action::Heartbeat(_))));
+        r.tick_for(HEARTBEAT_MS / 4);
+        assert_eq!(r.state(), "active");
+        assert!(r.logs.iter().any(|l| l.contains("active again")), "{:?}", r.logs);
+        // The update held meanwhile is applied and published, HUGZ at once, ACTIVE heartbeat.
+        assert_eq!(r.keys_published(), vec![("/b".into(), 2), ("HUGZ".into(), 2)]);
+        assert!(r.other().contains(&Action::Heartbeat(State::Active)));
+    }
+
+    #[test]
+    fn a_passive_whose_data_is_newer_than_the_actives_snapshot_says_so_and_keeps_its_files_first() {
+        // Issue bstar15-2: the backup recovered 44 keys at sequence 44, synced to the active's
+        // snapshot at 39, and said only `passive: in sync with 39 keys at sequence 39`.
+        let now = 1_000_000_000;
+        let recovered: Vec<Record> = (1..=44u64)
+            .map(|i| Record { msg: KvMsg::new(format!("/k{i}"), i, "v"), expires_at_unix_ms: None })
+            .collect();
+        for durable in [true, false] {
+            let mut r = Rig::new(cfg(Some(Role::Backup)), durable);
+            r.core.recover(recovered.clone(), 44, 0, now);
+            r.on(Event::PeerState(Some(State::Active)));
+            r.on(Event::PeerLink(true));
+            r.on(Event::PeerSyncCheck);
+            assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+            for i in 1..=39u64 {
+                r.on(Event::PeerSnapshot(Ok(KvMsg::new(format!("/k{i}"), i, "v"))));
+            }
+            let mut out = Vec::new();
+            r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 39, ""))), now, &mut out).expect("ok");
+            let said: Vec<&String> =
+                out.iter().filter_map(|a| if let Action::Log(l) = a { Some(l) } else { None }).collect();
+            assert!(
+                said.iter().any(|l| l.contains("at sequence 39, behind this server's 44")
+                    && l.contains("the 5 updates after it held here (sequences 40..=44)")),
+                "said loudly, whatever --quiet says: {said:?}"
+            );
+            let aside = out.iter().position(|a| *a == Action::KeepAside);
+            let write = out.iter().position(|a| *a == Action::WriteSnapshot);
+            if durable {
+                assert!(aside.is_some() && aside < write, "kept aside before it is replaced: {out:?}");
+            } else {
+                assert_eq!((aside, write), (None, None), "{out:?}");
+                assert!(said.iter().any(|l| l.contains("no data directory: they are gone")), "{said:?}");
+            }
+            assert_eq!((r.core.sequence(), r.core.map().len()), (39, 39), "the active's map is followed");
+        }
+        // A passive behind the active (the usual case) replaces its map without a word.
+        let mut r = durable_passive();
+        r.logs.clear();
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 12, ""))));
+        r.on(Event::PeerSyncCheck);
+        r.other();
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 12, ""))), now, &mut out).expect("ok");
+        assert!(!out.contains(&Action::KeepAside), "{out:?}");
+        assert!(r.logs.iter().all(|l| !l.contains("behind this server's")), "{:?}", r.logs);
     }
 
     #[test]
@@ -1851,8 +2059,7 @@ mod tests {
         // is applied, and client updates are taken again.
         r.fail_snapshot = false;
         r.fail_appends = false;
-        r.clock.advance_ms(2000);
-        r.on(Event::Tick);
+        r.tick_for(2000);
         assert_eq!(r.core.durable(), Some(true));
         let updates = |r: &mut Rig| r.keys_published().into_iter().filter(|(k, _)| k != "HUGZ").collect::<Vec<_>>();
         assert_eq!(updates(&mut r), vec![("/p".into(), 14)]);
