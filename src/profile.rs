@@ -514,8 +514,10 @@ impl Profile {
                             "core {c} is outside this process's CPU mask (taskset, a cpuset or a container limits \
                              it to {cores}); use one of {cores}, run it with core {c} in its mask, or remove the field"
                         )
-                    } else {
+                    } else if this_host {
                         format!("core {c} does not exist on this host; use one of {cores} or remove the field")
+                    } else {
+                        format!("core {c} is not one of the host's cores ({cores}); use one of them or remove the field")
                     },
                 ));
             }

@@ -685,7 +685,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         crate::diag!("{note}");
     }
     for (k, why) in profile.interfaces_down() {
-        crate::diag!("shard{k}: {why}: its links come up once it is up (libzmq keeps trying)");
+        crate::diag!("shard{k}: {why}: its links come up once it carries traffic (libzmq keeps trying)");
     }
     let mut cfg = profile.engine_config(None);
     cfg.expect_eos_per_shard = args.expect_eos;

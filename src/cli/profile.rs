@@ -78,7 +78,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
             // Down now is no mistake of the profile (it may come up); the engine says it too.
             if interfaces {
                 for (k, why) in p.interfaces_down() {
-                    s += &format!("; but shard{k}: {why} (the engine starts, and its links come up once it is up)");
+                    s += &format!("; but shard{k}: {why} (the engine starts, and its links come up once it carries traffic)");
                 }
             }
             // The engine's own check: a shard with no endpoint runs only with --endpoint.
