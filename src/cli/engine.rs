@@ -883,7 +883,7 @@ mod tests {
         let p = h.percentiles(2);
         assert_eq!(
             status_line(123_456, 20_000.4, Some(p), (crate::snail::Verdict::Snail, crate::snail::Verdict::Snail)),
-            format!("engine: 123456 msgs, 20000 msg/s, p99 {}, snail SNAIL", crate::metrics::human_ns(p.p99_ns))
+            format!("engine: 123456 msgs, 20000 msg/s, p99 {}, snail SNAIL", crate::diag::human_ns(p.p99_ns))
         );
         let empty = crate::metrics::Percentiles::default();
         assert_eq!(

@@ -269,10 +269,7 @@ impl Top {
             note.push_str(&format!(" ({})", by.join(", ")));
         }
         if u(st, "self_stalls") > 0 {
-            note.push_str(&format!(
-                ", longest self-stall {}",
-                crate::metrics::human_ns(u(st, "longest_self_stall_ns"))
-            ));
+            note.push_str(&format!(", longest self-stall {}", crate::diag::human_ns(u(st, "longest_self_stall_ns"))));
         }
         note
     }

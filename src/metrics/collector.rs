@@ -18,9 +18,10 @@ use crossbeam::channel::{Receiver, Sender};
 
 use super::hlog::{write_hgrm, HlogWriter};
 use super::settings::{Level, LogLevel};
-use super::{human_latency, human_ns, shard_sets, slot_name, StageHistograms};
+use super::{human_latency, shard_sets, slot_name, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
+use crate::diag::human_ns;
 use crate::outfile::Claimed;
 
 /// What a worker sends to the collector.

@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Re-exported for the callers in `cli/bench.rs` and `bench/capacity/mod.rs`; [`crate::diag`] owns it.
+pub use crate::diag::human_ns;
+
 pub mod collector;
 pub mod hlog;
 pub mod http;
@@ -253,17 +256,7 @@ impl Percentiles {
     }
 }
 
-/// A duration in ns as a short human string (`812ns`, `41.2µs`, `3.05ms`, `1.20s`).
-pub fn human_ns(ns: u64) -> String {
-    match ns {
-        0..=999 => format!("{ns}ns"),
-        1_000..=999_999 => format!("{:.1}µs", ns as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
-        _ => format!("{:.2}s", ns as f64 / 1e9),
-    }
-}
-
-/// A latency as [`human_ns`] says it, or `≥60s` for one in the histograms' top bin when
+/// A latency as [`human_ns`](crate::diag::human_ns) says it, or `≥60s` for one in the histograms' top bin when
 /// latencies above [`MAX_TRACKABLE_NS`] were recorded there (`b.clamped` of them): the bin also
 /// holds latencies a little under 60 s, which read back as 60.03 s and are not clamped; `<0s`
 /// for one in the bottom bin (1 ns) when latencies below 0 were recorded there (`b.ahead`).
@@ -755,11 +748,6 @@ mod tests {
 
     #[test]
     fn human_units() {
-        assert_eq!(human_ns(812), "812ns");
-        assert_eq!(human_ns(41_200), "41.2µs");
-        assert_eq!(human_ns(3_050_000), "3.05ms");
-        assert_eq!(human_ns(1_200_000_000), "1.20s");
-        assert_eq!(human_ns(2_252_800), "2.25ms");
         let clamped = OutOfBounds { clamped: 1, ..Default::default() };
         assert_eq!(human_latency(59_990_000_000, clamped), "59.99s");
         assert_eq!(human_latency(60_030_000_000, clamped), "≥60s");
