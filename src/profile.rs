@@ -13,6 +13,8 @@ use crate::engine::{defaults, EngineConfig, ShardConfig};
 use crate::snail::{self, Policy, SkewMode, SnailConfig};
 
 mod nic;
+/// The names `bench/` calls [`crate::host`]'s functions by.
+pub use crate::host::{cores as host_cores, name as host_name};
 use nic::with_source;
 pub use nic::{
     check_connect, check_interface, interface_address, interface_down, interface_exists, interfaces, IfAddr,
@@ -420,7 +422,7 @@ impl Profile {
     pub fn load(path: &str) -> Result<Profile, ProfileError> {
         match path {
             "builtin" => return Ok(Profile::builtin()),
-            "auto" => return Ok(Profile::auto(&host_cores(), 1, 1)),
+            "auto" => return Ok(Profile::auto(&crate::host::cores(), 1, 1)),
             _ => {}
         }
         let text = std::fs::read_to_string(Path::new(path))
@@ -700,16 +702,6 @@ pub fn core_list(cores: &[usize]) -> String {
     } else {
         out.join(",")
     }
-}
-
-/// This host's name (the kernel's), if it has one.
-pub fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
-}
-
-/// The host's core ids: those this process may run on (its CPU mask).
-pub fn host_cores() -> Vec<usize> {
-    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
 }
 
 /// The cores the kernel has online (`/sys/devices/system/cpu/online`), this process's CPU

@@ -16,9 +16,9 @@ use crate::agent::StopFlag;
 use crate::bench::capacity::search::{parse_quantile, SearchConfig, Sla, SlaPoint, Verdict};
 use crate::bench::capacity::trial::PublisherSide;
 use crate::bench::capacity::{self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event, NoWinner};
+use crate::diag::human_ns;
 use crate::engine::handler::HandlerSpec;
 use crate::feed::GeneratorConfig;
-use crate::metrics::human_ns;
 
 /// `mdsub capacity`.
 #[derive(Args, Debug)]
@@ -151,7 +151,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         }
         bases.push(p);
     }
-    let host = crate::profile::host_cores();
+    let host = crate::host::cores();
     // What the grid refuses is a --vary value (the base profiles were checked as they loaded).
     let configurations = expand_grid(&bases, &args.vary, &host).map_err(super::UsageError)?;
     let mut points = args.sla.clone();

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use clap::{Args, Subcommand};
 
 use super::args::{in_part, parse_thread_count};
-use crate::profile::{core_list, host_cores, parse_core_range, Profile};
+use crate::host;
+use crate::profile::{core_list, parse_core_range, Profile};
 
 /// `mdsub profile`.
 #[derive(Args, Debug)]
@@ -65,7 +66,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
     let text = match &args.cmd {
         ProfileCmd::Check { file, cores } => {
             let p = Profile::load(file)?;
-            let here = host_cores();
+            let here = host::cores();
             let (host, interfaces) = match cores {
                 Some(c) => (c.0.clone(), false),
                 None => (here, true),
@@ -90,7 +91,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
         }
         ProfileCmd::Show { profile, shards, workers } => {
             if profile == "auto" {
-                show_auto(&host_cores(), shards.unwrap_or(1), workers.unwrap_or(1))
+                show_auto(&host::cores(), shards.unwrap_or(1), workers.unwrap_or(1))
             } else if shards.is_some() || workers.is_some() {
                 anyhow::bail!(super::UsageError(format!(
                     "--shards and --workers shape `auto` only; `{profile}` has its own shards and workers"
@@ -106,7 +107,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
                     e => e.into(),
                 })?;
                 // Shown as it is, and said when this host could not run it.
-                let here = match p.validate_for(&host_cores(), true) {
+                let here = match p.validate_for(&host::cores(), true) {
                     Ok(()) => String::new(),
                     Err(e) => format!(
                         "# not runnable on this host: {e} (`mdsub profile check {profile} --cores LIST` checks it \
