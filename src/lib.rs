@@ -34,6 +34,7 @@
 //! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
 //! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
 //! | [`security`] | CURVE key files, server access policies (CURVE key and address allow-lists), the ZAP handler agent | (ZAP, RFC 27) |
+//! | [`endpoint`] | an endpoint's text: a tcp endpoint's parts, the one spelling of a publisher (string-only, for cores too) | |
 //! | [`zmqx`] | the few libzmq options the `zmq` crate does not expose, behind a safe face | |
 //! | [`clone`] | shared key-value store: `mdsub clone-server`, `clone::Client`, `mdsub clone-client` | Clone (model 6, CHP) + Binary Star |
 //! | [`clone::kvmsg`] | CHP wire codec: five-frame kvmsg and snapshot requests | Clone (kvmsg) |
@@ -67,6 +68,7 @@ pub mod cli;
 pub mod clock;
 pub mod clone;
 pub mod diag;
+pub mod endpoint;
 pub mod engine;
 pub mod feed;
 pub mod host;

@@ -552,7 +552,7 @@ impl Profile {
                     ));
                 }
                 // Two sources to one HOST:PORT are still one publisher.
-                let publisher = crate::zmqx::publisher_of(ep);
+                let publisher = crate::endpoint::publisher_of(ep);
                 if let Some((_, k, first)) = publishers.iter().find(|(p, _, _)| *p == publisher) {
                     return Err(invalid(
                         field,
@@ -563,7 +563,7 @@ impl Profile {
                         ),
                     ));
                 }
-                if let (Some(iface), Some((Some(source), _))) = (&s.interface, crate::zmqx::tcp_parts(ep)) {
+                if let (Some(iface), Some((Some(source), _))) = (&s.interface, crate::endpoint::tcp_parts(ep)) {
                     return Err(invalid(
                         &field,
                         format!(
@@ -594,13 +594,13 @@ impl Profile {
     pub fn interfaces_down(&self) -> Vec<(usize, String)> {
         let mut out: Vec<(usize, String)> = Vec::new();
         for (k, s) in self.shards.iter().enumerate() {
-            let named = s.endpoints.iter().filter_map(|e| crate::zmqx::tcp_parts(e).and_then(|(source, _)| source));
+            let named = s.endpoints.iter().filter_map(|e| crate::endpoint::tcp_parts(e).and_then(|(source, _)| source));
             let sources = s
                 .interface
                 .iter()
                 .filter(|_| !s.endpoints.is_empty())
                 .map(String::as_str)
-                .chain(named.map(crate::zmqx::host_of));
+                .chain(named.map(crate::endpoint::host_of));
             for source in sources {
                 if let Some(why) = interface_down(source).filter(|w| !out.iter().any(|(j, o)| *j == k && o == w)) {
                     out.push((k, why));
