@@ -278,7 +278,7 @@ fn cut_header(len: usize, header: usize, what: &str) -> String {
 /// Copy the damaged `name` in `dir` aside to `NAME.corrupt-<unix_s>` (`.1`, `.2`, … if taken), so
 /// that what is cut or rewritten can still be looked at (or salvaged) by hand.
 fn copy_aside(dir: &Path, name: &str) -> Result<PathBuf, PersistError> {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = crate::clock::realtime_ns() / 1_000_000_000;
     let mut copy = dir.join(format!("{name}.corrupt-{secs}"));
     let mut k = 1;
     while copy.exists() {

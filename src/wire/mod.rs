@@ -376,9 +376,6 @@ pub fn topic_hash(topic: &[u8]) -> u64 {
     fnv1a(FNV_OFFSET, topic)
 }
 
-/// Transitional: the realtime clock now lives in [`crate::clock`].
-pub use crate::clock::realtime_ns as now_ns;
-
 #[cfg(test)]
 mod tests {
     use super::*;
