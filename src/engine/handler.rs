@@ -256,8 +256,8 @@ pub struct SyntheticWork {
 impl Handler for SyntheticWork {
     #[inline]
     fn on_message(&mut self, _msg: &FrameView<'_>) {
-        let until = crate::wire::now_ns().saturating_add(self.ns);
-        while crate::wire::now_ns() < until {
+        let until = crate::clock::monotonic_ns().saturating_add(self.ns);
+        while crate::clock::monotonic_ns() < until {
             std::hint::spin_loop();
         }
     }
