@@ -20,7 +20,7 @@ use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
 use super::book::{Anomalies, BookRefusal, MboEvent, OrderBook, OrderBudget};
 use super::sequence::WordHasher;
 use crate::diag::{quoted, Refusals, SUMMARY_INTERVAL_NS};
-use crate::feed::dbn_source::{get, not_a_record, AlignedRecord};
+use crate::wire::dbn::{get, not_a_record, AlignedRecord};
 use crate::wire::FrameView;
 
 /// Application code run by a worker for every delivered data message.

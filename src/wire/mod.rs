@@ -6,6 +6,7 @@
 //! is a [`DecodeError`] whose [`DecodeError::reason`] indexes a drop counter.
 
 pub mod capture;
+pub mod dbn;
 
 /// Wire version this build writes and reads.
 pub const VERSION: u8 = 1;
