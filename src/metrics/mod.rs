@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Re-exported for the callers in `cli/bench.rs` and `bench/capacity/mod.rs`; [`crate::diag`] owns it.
+/// Re-exported for the callers in `cli/bench.rs` and `bench/capacity/mod.rs`; [`diag`](mod@crate::diag) owns it.
 pub use crate::diag::human_ns;
 
 pub mod collector;
@@ -256,7 +256,7 @@ impl Percentiles {
     }
 }
 
-/// A latency as [`human_ns`](crate::diag::human_ns) says it, or `≥60s` for one in the histograms' top bin when
+/// A latency as [`human_ns`] says it, or `≥60s` for one in the histograms' top bin when
 /// latencies above [`MAX_TRACKABLE_NS`] were recorded there (`b.clamped` of them): the bin also
 /// holds latencies a little under 60 s, which read back as 60.03 s and are not clamped; `<0s`
 /// for one in the bottom bin (1 ns) when latencies below 0 were recorded there (`b.ahead`).
