@@ -10,8 +10,9 @@
 //!   the wire: a frame's intended send time, receive times, capture records,
 //!   latency. Publisher and subscriber must share it (one host, or PTP/NTP).
 //! - **monotonic** (`CLOCK_MONOTONIC`) is the clock of schedules and
-//!   timeouts: the pacer, TTLs, heartbeats. A wall-clock step neither stalls
-//!   nor bursts them.
+//!   timeouts: the pacer, TTLs, heartbeats, the metrics intervals and the
+//!   status they pace, a handler's synthetic work. A wall-clock step neither
+//!   stalls nor bursts them.
 //!
 //! Both go through the vDSO (no system call, ~20 ns). [`thread_cpu_ns`] is
 //! the calling thread's own CPU time (a real system call; the runner samples

@@ -20,9 +20,20 @@
 //! - [`ExitCounters`] is the one convention for the counters a command prints when it stops:
 //!   a `NAME: stopped: k=v …` line on stderr, like every other diagnostic, or with `--json`
 //!   one JSON object on stdout.
+//! - [`human_ns`] is a duration as a person reads it (`41.2µs`), for every line and report.
 
 use std::fmt::{self, Display, Write as _};
 use std::io::Write;
+
+/// A duration in ns as a short human string (`812ns`, `41.2µs`, `3.05ms`, `1.20s`).
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns}ns"),
+        1_000..=999_999 => format!("{:.1}µs", ns as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
 
 /// One line for a person: the error and each cause once. Library errors that
 /// show their source in their own message and also return it as `source()`
@@ -411,6 +422,15 @@ pub fn counters_json(name: &str, text: &str) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_ns(812), "812ns");
+        assert_eq!(human_ns(41_200), "41.2µs");
+        assert_eq!(human_ns(3_050_000), "3.05ms");
+        assert_eq!(human_ns(1_200_000_000), "1.20s");
+        assert_eq!(human_ns(2_252_800), "2.25ms");
+    }
 
     const S: u64 = 1_000_000_000;
 

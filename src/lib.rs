@@ -27,12 +27,14 @@
 //! | [`agent`] | every long-running thread is an agent; one runner names, pins and idles them | (Aeron's agent model) |
 //! | [`diag`](mod@diag) | diagnostics that never stop the process; refusals counted by reason and said at a bounded rate; exit counters (stderr, or `--json` on stdout) | |
 //! | [`outfile`] | output files a run writes, claimed under an exclusive lock (a second run writing one is refused) | |
+//! | [`host`] | this host: its name and the cores this process may run on | |
 //! | [`clock`] | the one place time is read: realtime (the wire), monotonic (schedules), thread CPU, a manual clock for tests | |
 //! | [`proxy`] | the one XSUB ⇄ XPUB proxy shell; the LVC and the tap are hooks on it | |
 //! | [`link`] | watched links: a socket monitor on every connect-out socket; losses counted and logged, links libzmq gives up on re-established | |
 //! | [`lvc`] | `mdsub lvc`: XSUB ⇄ XPUB (verbose) proxy answering each new subscription with the cached last value of every matching topic | Last Value Cache |
 //! | [`tap`] | `mdsub tap`: XSUB ⇄ XPUB proxy with a capture side that prints, filters, counts or records the traffic (never stalling the flow) | Espresso (pub-sub tracing) |
 //! | [`security`] | CURVE key files, server access policies (CURVE key and address allow-lists), the ZAP handler agent | (ZAP, RFC 27) |
+//! | [`endpoint`] | an endpoint's text: a tcp endpoint's parts, the one spelling of a publisher (string-only, for cores too) | |
 //! | [`zmqx`] | the few libzmq options the `zmq` crate does not expose, behind a safe face | |
 //! | [`clone`] | shared key-value store: `mdsub clone-server`, `clone::Client`, `mdsub clone-client` | Clone (model 6, CHP) + Binary Star |
 //! | [`clone::kvmsg`] | CHP wire codec: five-frame kvmsg and snapshot requests | Clone (kvmsg) |
@@ -66,8 +68,10 @@ pub mod cli;
 pub mod clock;
 pub mod clone;
 pub mod diag;
+pub mod endpoint;
 pub mod engine;
 pub mod feed;
+pub mod host;
 pub mod link;
 pub mod lvc;
 pub mod metrics;

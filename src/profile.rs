@@ -420,7 +420,7 @@ impl Profile {
     pub fn load(path: &str) -> Result<Profile, ProfileError> {
         match path {
             "builtin" => return Ok(Profile::builtin()),
-            "auto" => return Ok(Profile::auto(&host_cores(), 1, 1)),
+            "auto" => return Ok(Profile::auto(&crate::host::cores(), 1, 1)),
             _ => {}
         }
         let text = std::fs::read_to_string(Path::new(path))
@@ -517,7 +517,9 @@ impl Profile {
                     } else if this_host {
                         format!("core {c} does not exist on this host; use one of {cores} or remove the field")
                     } else {
-                        format!("core {c} is not one of the host's cores ({cores}); use one of them or remove the field")
+                        format!(
+                            "core {c} is not one of the host's cores ({cores}); use one of them or remove the field"
+                        )
                     },
                 ));
             }
@@ -542,7 +544,7 @@ impl Profile {
             for (j, ep) in s.binds.iter().enumerate() {
                 let field = format!("shards[{i}].binds[{j}]");
                 crate::zmqx::check_endpoint(ep).map_err(|m| invalid(&field, m))?;
-                let Some((host, port)) = crate::zmqx::publisher_of(ep)
+                let Some((host, port)) = crate::endpoint::publisher_of(ep)
                     .strip_prefix("tcp://")
                     .and_then(|t| t.rsplit_once(':'))
                     .map(|(h, p)| (h.to_string(), p.to_string()))
@@ -588,7 +590,7 @@ impl Profile {
                     ));
                 }
                 // Two sources to one HOST:PORT are still one publisher.
-                let publisher = crate::zmqx::publisher_of(ep);
+                let publisher = crate::endpoint::publisher_of(ep);
                 if let Some((_, k, first)) = publishers.iter().find(|(p, _, _)| *p == publisher) {
                     return Err(invalid(
                         field,
@@ -599,7 +601,7 @@ impl Profile {
                         ),
                     ));
                 }
-                if let (Some(iface), Some((Some(source), _))) = (&s.interface, crate::zmqx::tcp_parts(ep)) {
+                if let (Some(iface), Some((Some(source), _))) = (&s.interface, crate::endpoint::tcp_parts(ep)) {
                     return Err(invalid(
                         &field,
                         format!(
@@ -630,13 +632,13 @@ impl Profile {
     pub fn interfaces_down(&self) -> Vec<(usize, String)> {
         let mut out: Vec<(usize, String)> = Vec::new();
         for (k, s) in self.shards.iter().enumerate() {
-            let named = s.endpoints.iter().filter_map(|e| crate::zmqx::tcp_parts(e).and_then(|(source, _)| source));
+            let named = s.endpoints.iter().filter_map(|e| crate::endpoint::tcp_parts(e).and_then(|(source, _)| source));
             let sources = s
                 .interface
                 .iter()
                 .filter(|_| !s.endpoints.is_empty())
                 .map(String::as_str)
-                .chain(named.map(crate::zmqx::host_of));
+                .chain(named.map(crate::endpoint::host_of));
             for source in sources {
                 if let Some(why) = interface_down(source).filter(|w| !out.iter().any(|(j, o)| *j == k && o == w)) {
                     out.push((k, why));
@@ -748,16 +750,6 @@ pub fn core_list(cores: &[usize]) -> String {
     } else {
         out.join(",")
     }
-}
-
-/// This host's name (the kernel's), if it has one.
-pub fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
-}
-
-/// The host's core ids: those this process may run on (its CPU mask).
-pub fn host_cores() -> Vec<usize> {
-    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
 }
 
 /// The cores the kernel has online (`/sys/devices/system/cpu/online`), this process's CPU

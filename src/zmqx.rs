@@ -165,26 +165,12 @@ impl MonitorEventV2 {
     }
 }
 
-/// How a socket attaches to an endpoint, as written on the command line:
-/// `bind:tcp://127.0.0.1:*` or `connect:tcp://host:5556`.
+/// How a socket attaches to an endpoint; shown as the command line writes it
+/// (`bind:tcp://127.0.0.1:*`, `connect:tcp://host:5556`), which `cli::args` parses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attach {
     Bind(String),
     Connect(String),
-}
-
-impl std::str::FromStr for Attach {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (how, endpoint) =
-            s.split_once(':').ok_or_else(|| format!("`{s}`: expected bind:ENDPOINT or connect:ENDPOINT"))?;
-        check_endpoint(endpoint)?;
-        match how {
-            "bind" => Ok(Attach::Bind(endpoint.to_string())),
-            "connect" => Ok(Attach::Connect(endpoint.to_string())),
-            other => Err(format!("`{s}`: `{other}` is neither bind nor connect")),
-        }
-    }
 }
 
 impl std::fmt::Display for Attach {
@@ -355,40 +341,6 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
     })
 }
 
-/// The parts of a tcp endpoint, `tcp://[SOURCE;]HOST:PORT`: the source (with its port) if it
-/// names one, and `HOST:PORT`; None for another transport.
-pub fn tcp_parts(endpoint: &str) -> Option<(Option<&str>, &str)> {
-    let rest = endpoint.strip_prefix("tcp://")?;
-    Some(match rest.rsplit_once(';') {
-        Some((source, target)) => (Some(source), target),
-        None => (None, rest),
-    })
-}
-
-/// The host of `HOST:PORT` (an IPv6 address without its brackets).
-pub fn host_of(host_port: &str) -> &str {
-    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
-    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
-}
-
-/// The publisher `endpoint` reaches, in one spelling, to tell whether two endpoints are the
-/// same publisher: a tcp endpoint's `HOST:PORT` without its source (two sources to one
-/// `HOST:PORT` reach one publisher), an address in its canonical form, a name in lower case
-/// (a name and its address are not matched: that would take a DNS lookup); other transports
-/// as written.
-pub fn publisher_of(endpoint: &str) -> String {
-    let Some((_, target)) = tcp_parts(endpoint) else { return endpoint.to_string() };
-    let port = target.rsplit_once(':').map_or("", |(_, p)| p);
-    let port = port.parse::<u16>().map_or_else(|_| port.to_string(), |p| p.to_string());
-    let host = host_of(target);
-    let host = match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-        Ok(ip) => ip.to_string(),
-        Err(_) => host.to_ascii_lowercase(),
-    };
-    format!("tcp://{host}:{port}")
-}
-
 /// A ZeroMQ transport mdsub takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -417,7 +369,7 @@ pub fn endpoint_transport(endpoint: &str) -> Result<Transport, EndpointProblem> 
     let shape = |why: &str| EndpointProblem::Shape(why.to_string());
     match scheme {
         "tcp" => {
-            let (source, target) = tcp_parts(endpoint).unwrap_or((None, rest));
+            let (source, target) = crate::endpoint::tcp_parts(endpoint).unwrap_or((None, rest));
             // libzmq wants the source with a port too (`0` = any); without
             // one its connect succeeds and silently never connects.
             if let Some(source) = source {
@@ -583,15 +535,6 @@ mod tests {
     }
 
     #[test]
-    fn attach_parses() {
-        assert_eq!("bind:tcp://127.0.0.1:*".parse::<Attach>(), Ok(Attach::Bind("tcp://127.0.0.1:*".into())));
-        assert_eq!("connect:ipc:///tmp/x".parse::<Attach>(), Ok(Attach::Connect("ipc:///tmp/x".into())));
-        assert!("tcp://127.0.0.1:5".parse::<Attach>().is_err());
-        assert!("listen:tcp://127.0.0.1:5".parse::<Attach>().is_err());
-        assert!("bind:nope".parse::<Attach>().is_err());
-    }
-
-    #[test]
     fn endpoint_shapes() {
         assert!(check_endpoint("tcp://127.0.0.1:5556").is_ok());
         assert!(check_endpoint("tcp://eth0:0;10.0.0.1:5556").is_ok());
@@ -612,23 +555,5 @@ mod tests {
             check_endpoint("x:1"),
             Err("endpoint `x:1`: no transport (expected tcp://host:port, ipc://path or inproc://name)".into())
         );
-    }
-
-    #[test]
-    fn one_publisher_has_one_spelling() {
-        assert_eq!(tcp_parts("tcp://nicA:0;10.0.0.1:5556"), Some((Some("nicA:0"), "10.0.0.1:5556")));
-        assert_eq!(tcp_parts("tcp://10.0.0.1:5556"), Some((None, "10.0.0.1:5556")));
-        assert_eq!(tcp_parts("ipc:///tmp/x"), None);
-        assert_eq!(host_of("[fe80::1]:0"), "fe80::1");
-        assert_eq!(host_of("nicA:0"), "nicA");
-        let one = publisher_of("tcp://10.0.0.1:5556");
-        // Two sources to one HOST:PORT are one publisher; so are two spellings of one address.
-        for same in ["tcp://10.91.1.2:0;10.0.0.1:5556", "tcp://nicB:0;10.0.0.1:05556"] {
-            assert_eq!(publisher_of(same), one, "{same}");
-        }
-        assert_eq!(publisher_of("tcp://[0:0::1]:5"), publisher_of("tcp://[::1]:5"));
-        assert_eq!(publisher_of("tcp://Feed.Example:5"), publisher_of("tcp://feed.example:5"));
-        assert_ne!(publisher_of("tcp://10.0.0.1:5557"), one);
-        assert_eq!(publisher_of("ipc:///tmp/x"), "ipc:///tmp/x");
     }
 }

@@ -124,6 +124,9 @@ fn output_goes_through_diag() {
     assert!(found.is_empty(), "printing outside diag (use crate::diag! / crate::outln!):\n{}", found.join("\n"));
 }
 
+/// The primitives: facts and tools every layer may use, importing nothing of mdsub's but each other.
+const PRIMITIVES: &[&str] = &["wire", "clock", "zmqx", "diag", "outfile", "host", "endpoint"];
+
 #[test]
 fn the_primitives_import_only_each_other() {
     let primitive = |p: &str| {
@@ -133,6 +136,8 @@ fn the_primitives_import_only_each_other() {
             || p.starts_with("src/zmqx/")
             || p == "src/diag.rs"
             || p == "src/outfile.rs"
+            || p == "src/host.rs"
+            || p == "src/endpoint.rs"
     };
     let mut found = Vec::new();
     for s in sources().into_iter().filter(|s| primitive(&s.path)) {
@@ -143,13 +148,13 @@ fn the_primitives_import_only_each_other() {
                 let module: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                 // `crate::diag!`/`crate::outln!` are macros exported at the root by diag itself.
                 let is_macro = rest[module.len()..].starts_with('!');
-                if !is_macro && !["wire", "clock", "zmqx", "diag", "outfile"].contains(&module.as_str()) {
+                if !is_macro && !PRIMITIVES.contains(&module.as_str()) {
                     found.push(format!("{}:{n}: {}", s.path, l.trim()));
                 }
             }
         }
     }
-    assert!(found.is_empty(), "wire/clock/zmqx/diag/outfile importing the rest of mdsub:\n{}", found.join("\n"));
+    assert!(found.is_empty(), "a primitive ({PRIMITIVES:?}) importing the rest of mdsub:\n{}", found.join("\n"));
 }
 
 /// The socket-free cores docs/ARCHITECTURE.md names, one file each.
@@ -164,6 +169,9 @@ const CORES: &[&str] = &[
     "src/clone/client_core.rs",
     "src/bench/capacity/search.rs",
     "src/link/core.rs",
+    "src/replay/faults.rs",
+    "src/engine/book.rs",
+    "src/feed/mod.rs",
 ];
 
 #[test]
@@ -193,6 +201,149 @@ fn cores_take_now_ns_and_touch_no_socket_thread_or_file() {
         }
     }
     assert!(found.is_empty(), "a core reading a clock or using a socket, thread or file:\n{}", found.join("\n"));
+}
+
+/// What every core may import: the socket-free, clock-free primitives (`diag` only for its
+/// `Refusals` core and the `human_ns` words), besides the other cores.
+const CORE_IMPORTS: &[&str] = &[
+    "crate::wire",
+    "crate::clock",
+    "crate::endpoint",
+    "crate::diag::Refusals",
+    "crate::diag::SUMMARY_INTERVAL_NS",
+    "crate::diag::human_ns",
+];
+
+/// Per core, the plain types of its own part it is built on, one by one (docs/ARCHITECTURE.md
+/// names them): the clone cores take and return kvmsgs and the server core decides what the
+/// log records; the lag detector reads snail's config and returns its verdicts; the capacity
+/// search takes the one median; the client core reports link::core's `LinkStats`.
+const CORE_PART_IMPORTS: &[(&str, &[&str])] = &[
+    ("src/clone/map.rs", &["crate::clone::kvmsg"]),
+    ("src/clone/client_core.rs", &["crate::clone::kvmsg", "crate::link::LinkStats"]),
+    ("src/clone/server_core.rs", &["crate::clone::kvmsg", "crate::clone::persist", "crate::clone::endpoints"]),
+    ("src/snail/lag.rs", &["crate::snail::SkewMode", "crate::snail::SnailConfig", "crate::snail::Verdict"]),
+    ("src/bench/capacity/search.rs", &["crate::bench::median"]),
+];
+
+/// The module a source file is: `src/a/b.rs` is `crate::a::b`, `src/a/mod.rs` is `crate::a`.
+fn module_of(path: &str) -> String {
+    let rel = path.trim_start_matches("src/").trim_end_matches(".rs");
+    let rel = rel.strip_suffix("/mod").unwrap_or(rel);
+    format!("crate::{}", rel.replace('/', "::"))
+}
+
+/// Every `crate::…` and `super::…` path in `text`, as (1-based line, absolute path): `super`
+/// resolved against `module`, a `{a, b::c}` group expanded (`self` in one is the group's path).
+fn import_paths(text: &str, module: &str) -> Vec<(usize, String)> {
+    let is_path = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let line_at = |at: usize| text[..at].matches('\n').count() + 1;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(found) = ["crate::", "super::"].iter().filter_map(|k| text[at..].find(k)).min() {
+        let start = at + found;
+        at = start + 1;
+        if text[..start].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            continue; // part of a longer path, seen from its start
+        }
+        let path: String = text[start..].chars().take_while(|&c| is_path(c)).collect();
+        let mut base: Vec<&str> = module.split("::").collect();
+        let mut rest = path.as_str();
+        if rest.starts_with("super::") {
+            // `super::x` in `crate::a::b` is `crate::a::x`: one module up per `super`.
+            while let Some(r) = rest.strip_prefix("super::") {
+                base.pop();
+                rest = r;
+            }
+        } else {
+            base = vec!["crate"];
+            rest = &rest["crate::".len()..];
+        }
+        let head = format!("{}::{}", base.join("::"), rest).trim_end_matches(':').to_string();
+        let after = &text[start + path.len()..];
+        if path.ends_with("::") && after.starts_with('{') {
+            let mut depth = 0;
+            let group: String = after
+                .chars()
+                .take_while(|&c| {
+                    depth += match c {
+                        '{' => 1,
+                        '}' => -1,
+                        _ => 0,
+                    };
+                    depth > 0
+                })
+                .skip(1)
+                .collect();
+            for item in group.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let item: String = item.chars().take_while(|&c| is_path(c)).collect();
+                let full = if item == "self" { head.clone() } else { format!("{head}::{item}") };
+                out.push((line_at(start), full.trim_end_matches(':').to_string()));
+            }
+        } else {
+            out.push((line_at(start), head));
+        }
+    }
+    out
+}
+
+#[test]
+fn cores_import_only_primitives_other_cores_and_their_parts_types() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let core_modules: Vec<String> = CORES.iter().map(|c| module_of(c)).collect();
+    let all = sources();
+    let mut found = Vec::new();
+    for core in CORES {
+        let s = all.iter().find(|s| s.path == *core).unwrap_or_else(|| panic!("{core} is gone"));
+        let text: String = {
+            // Keep line numbers: blank out the lines the scan skips.
+            let mut lines = vec![String::new(); s.lines.last().map_or(0, |(n, _)| *n)];
+            for (n, l) in &s.lines {
+                lines[n - 1] = l.clone();
+            }
+            lines.join("\n")
+        };
+        let own: &[&str] = CORE_PART_IMPORTS.iter().find(|(c, _)| c == core).map_or(&[], |(_, a)| a);
+        let under = |path: &str, a: &str| path == a || path.starts_with(&format!("{a}::"));
+        for (n, path) in import_paths(&text, &module_of(core)) {
+            let another_core = core_modules.iter().zip(CORES).any(|(m, file)| {
+                // A `mod.rs` core covers its own items, not its child modules' files.
+                let child = path.strip_prefix(&format!("{m}::")).and_then(|r| r.split("::").next());
+                let is_child_file = file.ends_with("/mod.rs")
+                    && child.is_some_and(|c| {
+                        let dir = Path::new(file).parent().expect("a directory");
+                        root.join(dir).join(format!("{c}.rs")).exists() || root.join(dir).join(c).is_dir()
+                    });
+                under(&path, m) && !is_child_file
+            });
+            if !(another_core || CORE_IMPORTS.iter().chain(own).any(|a| under(&path, a))) {
+                found.push(format!("{core}:{n}: {path}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a core importing beyond wire, clock, endpoint, diag's Refusals and other cores:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn import_paths_resolve_super_and_expand_groups() {
+    let text = "use super::kvmsg::{self, KvMsg};\nuse crate::diag::{Refusals, SUMMARY_INTERVAL_NS};\nlet m = super::super::median(v);\nx(crate::link::LinkStats);\n";
+    assert_eq!(
+        import_paths(text, "crate::bench::capacity::search"),
+        [
+            (1, "crate::bench::capacity::kvmsg".to_string()),
+            (1, "crate::bench::capacity::kvmsg::KvMsg".to_string()),
+            (2, "crate::diag::Refusals".to_string()),
+            (2, "crate::diag::SUMMARY_INTERVAL_NS".to_string()),
+            (3, "crate::bench::median".to_string()),
+            (4, "crate::link::LinkStats".to_string()),
+        ]
+    );
+    assert_eq!(module_of("src/feed/mod.rs"), "crate::feed");
+    assert_eq!(module_of("src/clone/server_core.rs"), "crate::clone::server_core");
 }
 
 #[test]

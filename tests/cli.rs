@@ -54,7 +54,7 @@ fn a_negative_value_gets_its_flags_reason_on_every_command() {
         (&["replay", "--sndhwm-msgs", "-1"], "invalid value '-1' for '--sndhwm-msgs <COUNT>': not a count"),
         (&["capacity", "--hold", "-1s"], "invalid value '-1s' for '--hold <DURATION>': not a duration"),
         (&["top", "--timeout", "-1s"], "invalid value '-1s' for '--timeout <DURATION>': not a duration"),
-        (&["engine", "--metrics-listen", "-1"], "invalid value '-1' for '--metrics-listen <[ADDR:]PORT>'"),
+        (&["engine", "--metrics-listen", "-1"], "invalid value '-1' for '--metrics-listen <[bind:][ADDR:]PORT>'"),
         (&["clone-client", "set", "/x", "v", "--ttl", "-5s"], "invalid value '-5s' for '--ttl <DURATION>'"),
     ]);
     // Free text keeps a missing value missing: `--save --json` is no file named `--json`.

@@ -964,7 +964,7 @@ fn send_one_level_too_many(publ: &zmq::Socket) {
     use mdsub::feed::mbo_synth::mbo;
     let levels = mdsub::engine::book::MAX_LEVELS_PER_SIDE as u64 + 1;
     for i in 1..=levels {
-        let now = mdsub::wire::now_ns();
+        let now = mdsub::clock::realtime_ns();
         let rec = mbo(101, now, i, b'A', b'B', 1_000_000_000 * i as i64, 1);
         publ.send(data_frame(b"ESH6", i, now, dbn::RecordRef::from(&rec).as_ref()), 0).expect("send");
     }

@@ -58,7 +58,7 @@ fn data(seq: u64) -> Vec<u8> {
         session_id: 77,
         stream_seq: seq,
         topic_seq: seq,
-        send_time_ns: mdsub::wire::now_ns(),
+        send_time_ns: mdsub::clock::realtime_ns(),
     };
     encode(b"ESH6", &h, &[0u8; 32])
 }
@@ -71,7 +71,7 @@ fn end_of_stream(last_seq: u64, sent: u64) -> Vec<u8> {
         session_id: 77,
         stream_seq: last_seq,
         topic_seq: 0,
-        send_time_ns: mdsub::wire::now_ns(),
+        send_time_ns: mdsub::clock::realtime_ns(),
     };
     encode(CONTROL_TOPIC, &h, &sent.to_le_bytes())
 }

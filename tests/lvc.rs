@@ -437,7 +437,7 @@ fn churn_flood(extra: &[&str]) -> Flood {
                 if let Ok(v) = decode(&m) {
                     if v.header.flags & FLAG_FROM_CACHE == 0 {
                         let sent = v.header.send_time_ns;
-                        lat.push((sent, mdsub::wire::now_ns().saturating_sub(sent)));
+                        lat.push((sent, mdsub::clock::realtime_ns().saturating_sub(sent)));
                         n2.fetch_add(1, std::sync::atomic::Ordering::Release);
                     }
                 }
@@ -453,7 +453,7 @@ fn churn_flood(extra: &[&str]) -> Flood {
     // and a last subscribe (so its own SUB keeps what the LVC sent it).
     let churn = subscriber(&ctx, &lvc.backend, &[b"_probe\0"]);
     raw_until(&churn, None, Duration::from_secs(10));
-    let flood_start_ns = mdsub::wire::now_ns();
+    let flood_start_ns = mdsub::clock::realtime_ns();
     for _ in 0..CHURN_PAIRS {
         churn.set_subscribe(b"R").expect("subscribe");
         churn.set_unsubscribe(b"R").expect("unsubscribe");

@@ -34,7 +34,7 @@ fn threads_of(pid: &str) -> Vec<(String, String)> {
 
 #[test]
 fn reader_worker_and_io_threads_run_where_the_profile_says() {
-    let cores = mdsub::profile::host_cores();
+    let cores = mdsub::host::cores();
     let (a, b) = (cores[0], *cores.last().expect("a core"));
     let cfg = EngineConfig {
         shards: vec![ShardConfig {
@@ -79,7 +79,7 @@ fn reader_worker_and_io_threads_run_where_the_profile_says() {
 fn endpoint_flags_keep_each_profile_shards_cores() {
     // Before: with --endpoint, every shard took shard 0's settings and shards after the first
     // lost their cores without a word.
-    let cores = mdsub::profile::host_cores();
+    let cores = mdsub::host::cores();
     let (Some(&a), Some(&b)) = (cores.first(), cores.last()) else { return };
     if a == b {
         eprintln!("SKIPPED endpoint_flags_keep_each_profile_shards_cores: needs two cores");

@@ -393,7 +393,7 @@ fn a_profile_without_a_name_takes_its_files() {
 fn a_core_outside_the_cpu_mask_is_said_as_such() {
     // Before: under `taskset -c 0`, `core 1 does not exist on this host`.
     let test = "a_core_outside_the_cpu_mask_is_said_as_such";
-    let cores = mdsub::profile::host_cores();
+    let cores = mdsub::host::cores();
     let (Some(&first), Some(&last)) = (cores.first(), cores.last()) else { return };
     if first == last {
         eprintln!("SKIPPED {test}: needs two cores (this process may run on core {first} only)");

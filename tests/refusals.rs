@@ -20,7 +20,7 @@ use mdsub::wire::{encode, Header, Kind, HEADER_LEN, VERSION};
 /// One malformed frame per drop reason of the wire format, then two good data frames and the
 /// end of stream (so the engine ends by itself).
 fn feed() -> Vec<Vec<u8>> {
-    let good = |seq: u64| encode(b"T", &Header::data(seq, mdsub::wire::now_ns()), b"x");
+    let good = |seq: u64| encode(b"T", &Header::data(seq, mdsub::clock::realtime_ns()), b"x");
     let mut bad_version = good(1);
     bad_version[2] = VERSION + 7; // the version byte follows "T\0"
     let mut bad_kind = good(1);
@@ -39,7 +39,7 @@ fn feed() -> Vec<Vec<u8>> {
     ];
     frames.push(good(1));
     frames.push(good(2));
-    let eos = Header { kind: Kind::EndOfStream, ..Header::data(2, mdsub::wire::now_ns()) };
+    let eos = Header { kind: Kind::EndOfStream, ..Header::data(2, mdsub::clock::realtime_ns()) };
     frames.push(encode(b"T", &eos, &2u64.to_le_bytes()));
     assert!(frames[3].len() < 2 + HEADER_LEN);
     frames
@@ -179,7 +179,7 @@ fn implausible_sequences_and_publishers_over_the_limit_are_refused() {
             break;
         }
     }
-    let now = mdsub::wire::now_ns;
+    let now = mdsub::clock::realtime_ns;
     let send = |h: &Header| xpub.send(encode(b"T", h, b"x"), 0).expect("send");
     send(&Header::data(1, now()));
     send(&Header::data(2 + MAX_SEQ_JUMP, now())); // implausible: a jump past MAX_SEQ_JUMP

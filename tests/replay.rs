@@ -358,7 +358,7 @@ fn bench_prints_engine_and_baseline_with_ratios() {
     let ratios = r["ratios"].as_array().expect("ratios");
     assert_eq!(ratios.len(), 2);
     assert!(ratios[0][1][0].as_f64().expect("throughput ratio") > 0.0);
-    assert_eq!(r["machine"]["cores"].as_u64(), Some(mdsub::profile::host_cores().len() as u64));
+    assert_eq!(r["machine"]["cores"].as_u64(), Some(mdsub::host::cores().len() as u64));
     // CPU per message counts libzmq's I/O threads on both sides, and the
     // engine/baseline CPU ratio is reported.
     let meds = r["medians"].as_array().expect("medians");

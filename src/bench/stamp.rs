@@ -28,7 +28,7 @@ impl Machine {
             .unwrap_or_else(|| "unknown".into());
         let (a, b, c) = zmq::version();
         Machine {
-            cores: crate::profile::host_cores().len(),
+            cores: crate::host::cores().len(),
             cpu,
             libzmq: format!("{a}.{b}.{c}"),
             libzmq_has: libzmq_capabilities()
@@ -51,7 +51,7 @@ pub fn libzmq_capabilities() -> [(&'static str, bool); 6] {
 }
 
 fn utc_now() -> String {
-    let secs = (crate::wire::now_ns() / 1_000_000_000) as libc::time_t;
+    let secs = (crate::clock::realtime_ns() / 1_000_000_000) as libc::time_t;
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: gmtime_r writes into the tm we own.
     if unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null() {

@@ -18,9 +18,10 @@ use crate::bench::engine::{app_cpu_ns_per_msg, cpu_ns_per_msg, BenchResult, Comp
 use crate::bench::lvc::{LvcBenchConfig, LvcResult};
 use crate::bench::result::SaveFile;
 use crate::bench::stamp::Machine;
+use crate::diag::human_ns;
 use crate::diag::Lines;
 use crate::engine::reader::HandOff;
-use crate::metrics::{human_ns, RunReport};
+use crate::metrics::RunReport;
 use crate::outfile::Claimed;
 use crate::replay::{Pacing, PublisherConfig, Source};
 

@@ -19,9 +19,9 @@ use crate::bench::capacity::trial::PublisherSide;
 use crate::bench::capacity::{
     self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event, NoWinner, Setting, Vary,
 };
+use crate::diag::human_ns;
 use crate::engine::handler::HandlerSpec;
 use crate::feed::GeneratorConfig;
-use crate::metrics::human_ns;
 
 /// `mdsub capacity`.
 #[derive(Args, Debug)]
@@ -171,7 +171,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         }
         bases.push(p);
     }
-    let host = crate::profile::host_cores();
+    let host = crate::host::cores();
     // What the grid refuses is a --vary value (the base profiles were checked as they loaded).
     let configurations = expand_grid(&bases, &args.vary, &host).map_err(super::UsageError)?;
     let mut points = args.sla.clone();

@@ -372,8 +372,9 @@ pub struct OutputArgs {
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT
-    /// listens on 127.0.0.1; port 0 picks one, printed on stderr).
-    #[arg(long, value_parser = parse_listen, value_name = "[ADDR:]PORT")]
+    /// listens on 127.0.0.1; port 0 picks one, printed on stderr). It binds:
+    /// `bind:` may be written before it, as on every endpoint flag.
+    #[arg(long, value_parser = parse_listen, value_name = "[bind:][ADDR:]PORT")]
     pub metrics_listen: Option<SocketAddr>,
     /// How often histograms are collected, logged and published (e.g. 1s)
     /// [default: the profile's `metrics_interval_ms`, else 1s].
@@ -514,12 +515,17 @@ fn format_duration(d: Duration) -> String {
     }
 }
 
-/// `PORT` (on 127.0.0.1) or `ADDR:PORT`.
+/// `PORT` (on 127.0.0.1) or `ADDR:PORT`, either after an optional `bind:` (a listener binds;
+/// `connect:` is refused).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if s.starts_with("connect:") {
+        return Err("a listen address binds: write bind:PORT, bind:ADDR:PORT or leave the prefix out".into());
+    }
+    let s = s.strip_prefix("bind:").unwrap_or(s);
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    s.parse().map_err(|_| "not a listen address (PORT or ADDR:PORT, e.g. 127.0.0.1:9464)".to_string())
+    s.parse().map_err(|_| "not a listen address ([bind:]PORT or [bind:]ADDR:PORT, e.g. 127.0.0.1:9464)".to_string())
 }
 
 /// Parse a hand-off name: `batch`, `per-message` or `inline`.
@@ -837,6 +843,18 @@ mod tests {
     use std::io::IsTerminal as _;
 
     #[test]
+    fn a_listen_address_may_say_bind() {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(parse_listen("9464"), Ok(local(9464)));
+        assert_eq!(parse_listen("bind:9464"), Ok(local(9464)));
+        assert_eq!(parse_listen("bind:0.0.0.0:9464"), parse_listen("0.0.0.0:9464"));
+        assert_eq!(parse_listen("bind:[::1]:0"), Ok("[::1]:0".parse().expect("an address")));
+        assert!(parse_listen("connect:9464").is_err_and(|m| m.contains("binds")));
+        assert!(parse_listen("bind:").is_err());
+        assert!(parse_listen("bind:tcp://127.0.0.1:9464").is_err());
+    }
+
+    #[test]
     fn the_status_shows_on_a_terminal_and_writes_nothing_elsewhere() {
         // Replay's bar decides: shown when stderr is a terminal.
         let real = EngineStatus::on(progress_bar(None, "engine"));
@@ -878,7 +896,7 @@ mod tests {
         let p = h.percentiles(2);
         assert_eq!(
             status_line(123_456, 20_000.4, Some(p), (crate::snail::Verdict::Snail, crate::snail::Verdict::Snail)),
-            format!("engine: 123456 msgs, 20000 msg/s, p99 {}, snail SNAIL", crate::metrics::human_ns(p.p99_ns))
+            format!("engine: 123456 msgs, 20000 msg/s, p99 {}, snail SNAIL", crate::diag::human_ns(p.p99_ns))
         );
         let empty = crate::metrics::Percentiles::default();
         assert_eq!(

@@ -35,6 +35,12 @@ use crate::lvc::LvcConfig;
     lvc: stopped: messages_in=N ...\n\
     like every diagnostic (refusals: the first of each reason at once, then a summary every 10 s),\n\
     or with --json as one JSON object on stdout. See docs/LVC-TAP.md.")]
+#[command(mut_arg("hwm_msgs", |a| a.help(
+    "SNDHWM and RCVHWM of both proxy sockets, in messages (0 = unlimited). High by default so that a \
+     burst waits in the proxy's queues before it pushes back on the publishers (--delivery lossless) \
+     or is dropped (lossy), and an answer (one message, however wide its prefix) seldom meets a full \
+     queue: one that does is not sent (send_failures=)"
+)))]
 pub struct LvcArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,

@@ -142,7 +142,7 @@ pub fn on_signal(first_ns: Option<u64>, now_ns: u64, watches_stop: bool) -> OnSi
 }
 
 use crate::engine::handler::HandlerSpec;
-use crate::profile::{host_cores, Profile, ProfileError};
+use crate::profile::{Profile, ProfileError};
 use crate::replay::{Limits, Pacing};
 
 pub(crate) fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
@@ -267,7 +267,7 @@ pub(crate) fn check_profile_with(
     by_flag: impl FnOnce(&str, &str) -> Option<anyhow::Error>,
 ) -> anyhow::Result<()> {
     let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {spec}"));
-    match p.validate(&host_cores()) {
+    match p.validate(&crate::host::cores()) {
         Err(ProfileError::Invalid { field, message }) => Err(match by_flag(&field, &message) {
             Some(e) => e,
             None => of_profile(ProfileError::Invalid { field, message }),

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use clap::{Args, Subcommand};
 
 use super::args::{in_part, parse_thread_count};
-use crate::profile::{core_list, host_cores, parse_core_range, Profile};
+use crate::host;
+use crate::profile::{core_list, parse_core_range, Profile};
 
 /// `mdsub profile`.
 #[derive(Args, Debug)]
@@ -65,7 +66,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
     let text = match &args.cmd {
         ProfileCmd::Check { file, cores } => {
             let p = Profile::load(file)?;
-            let here = host_cores();
+            let here = host::cores();
             let (host, interfaces) = match cores {
                 Some(c) => (c.0.clone(), false),
                 None => (here, true),
@@ -78,7 +79,9 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
             // Down now is no mistake of the profile (it may come up); the engine says it too.
             if interfaces {
                 for (k, why) in p.interfaces_down() {
-                    s += &format!("; but shard{k}: {why} (the engine starts, and its links come up once it carries traffic)");
+                    s += &format!(
+                        "; but shard{k}: {why} (the engine starts, and its links come up once it carries traffic)"
+                    );
                 }
             }
             // The engine's own check: a shard with no endpoint runs only with --endpoint.
@@ -90,7 +93,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
         }
         ProfileCmd::Show { profile, shards, workers } => {
             if profile == "auto" {
-                show_auto(&host_cores(), shards.unwrap_or(1), workers.unwrap_or(1))
+                show_auto(&host::cores(), shards.unwrap_or(1), workers.unwrap_or(1))
             } else if shards.is_some() || workers.is_some() {
                 anyhow::bail!(super::UsageError(format!(
                     "--shards and --workers shape `auto` only; `{profile}` has its own shards and workers"
@@ -106,7 +109,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
                     e => e.into(),
                 })?;
                 // Shown as it is, and said when this host could not run it.
-                let here = match p.validate_for(&host_cores(), true) {
+                let here = match p.validate_for(&host::cores(), true) {
                     Ok(()) => String::new(),
                     Err(e) => format!(
                         "# not runnable on this host: {e} (`mdsub profile check {profile} --cores LIST` checks it \

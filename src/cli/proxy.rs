@@ -35,7 +35,7 @@ pub struct ProxyArgs {
     #[arg(long, required = true, value_parser = parse_endpoint, value_name = "[bind:|connect:]EP")]
     pub backend: Vec<Endpoint>,
     /// SNDHWM and RCVHWM of both proxy sockets, in messages (0 = unlimited).
-    /// High by default so that answering a wide LVC prefix does not drop at the HWM.
+    // `lvc` and `tap` each say why the default is high, in their own words (`mut_arg`).
     #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
     pub hwm_msgs: i32,
     /// Largest message accepted from the publishers, bytes (ZMQ_MAXMSGSIZE:

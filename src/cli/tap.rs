@@ -35,6 +35,11 @@ fn parse_filter(s: &str) -> Result<String, String> {
     ({...,\"seq\":1,...,\"topic\":\"ESH6\",\"type\":\"msg\"}) and per (un)subscription, or per --stats\n\
     refresh, then the counters as the last line ({\"stopped\":\"tap\",...}); the endpoint lines go to\n\
     stderr. See docs/LVC-TAP.md.")]
+#[command(mut_arg("hwm_msgs", |a| a.help(
+    "SNDHWM and RCVHWM of both proxy sockets, in messages (0 = unlimited). High by default so that a \
+     burst waits in the proxy's queues before it pushes back on the publishers (--delivery lossless) \
+     or is dropped (lossy)"
+)))]
 pub struct TapArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,

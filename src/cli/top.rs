@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
 
-use super::args::{parse_clone_server, parse_duration, Endpoint};
+use super::args::{parse_clone_server, parse_duration, Endpoint, Idle};
 use super::store_servers;
 use crate::agent::StopFlag;
 use crate::clone::client::{Change, Client, ClientConfig};
@@ -41,6 +41,9 @@ pub struct TopArgs {
     /// Give up when no server answers within this.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
+    /// Idle strategy of the store client's agent thread.
+    #[arg(long, value_enum, default_value_t = Idle::Block)]
+    pub idle: Idle,
 }
 
 /// One shard as the last status said, with its p99 history.
@@ -269,10 +272,7 @@ impl Top {
             note.push_str(&format!(" ({})", by.join(", ")));
         }
         if u(st, "self_stalls") > 0 {
-            note.push_str(&format!(
-                ", longest self-stall {}",
-                crate::metrics::human_ns(u(st, "longest_self_stall_ns"))
-            ));
+            note.push_str(&format!(", longest self-stall {}", crate::diag::human_ns(u(st, "longest_self_stall_ns"))));
         }
         note
     }
@@ -381,15 +381,18 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
             anyhow::anyhow!("no terminal to draw the dashboard on (/dev/tty: {e}); --once prints one plain-text frame")
         })?)
     };
-    let client = Client::start(ClientConfig {
-        servers: servers.clone(),
-        subtree: STATUS_ROOT.into(),
-        // A plain frame (--once) may say on stderr why the store does not answer (`not up
-        // after 5 s`); the full-screen view keeps stderr off its screen.
-        log_links: args.once,
-        name: "top".into(),
-        ..ClientConfig::default()
-    })?;
+    let client = Client::start_with(
+        ClientConfig {
+            servers: servers.clone(),
+            subtree: STATUS_ROOT.into(),
+            // A plain frame (--once) may say on stderr why the store does not answer (`not up
+            // after 5 s`); the full-screen view keeps stderr off its screen.
+            log_links: args.once,
+            name: "top".into(),
+            ..ClientConfig::default()
+        },
+        args.idle.strategy(),
+    )?;
     super::clone::wait_synced(&client, &servers, (None, false), args.timeout, stop)?;
     let changes = client.watch(STATUS_ROOT.as_bytes())?;
     let mut model = Top::default();

@@ -289,7 +289,7 @@ fn cut_header(len: usize, header: usize, what: &str) -> String {
 /// that what is cut or rewritten can still be looked at (or salvaged) by hand.
 /// Copy `DIR/NAME` to `DIR/NAME.TAG-<unix seconds>` (`.1`, `.2`, … added if that is taken).
 fn copy_aside(dir: &Path, name: &str, tag: &str) -> Result<PathBuf, PersistError> {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = crate::clock::realtime_ns() / 1_000_000_000;
     let mut copy = dir.join(format!("{name}.{tag}-{secs}"));
     let mut k = 1;
     while copy.exists() {

@@ -20,7 +20,7 @@ use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
 use super::book::{Anomalies, BookRefusal, MboEvent, OrderBook, OrderBudget};
 use super::sequence::WordHasher;
 use crate::diag::{quoted, Refusals, SUMMARY_INTERVAL_NS};
-use crate::feed::dbn_source::{get, not_a_record, AlignedRecord};
+use crate::wire::dbn::{get, not_a_record, AlignedRecord};
 use crate::wire::FrameView;
 
 /// Application code run by a worker for every delivered data message.
@@ -256,8 +256,8 @@ pub struct SyntheticWork {
 impl Handler for SyntheticWork {
     #[inline]
     fn on_message(&mut self, _msg: &FrameView<'_>) {
-        let until = crate::wire::now_ns().saturating_add(self.ns);
-        while crate::wire::now_ns() < until {
+        let until = crate::clock::monotonic_ns().saturating_add(self.ns);
+        while crate::clock::monotonic_ns() < until {
             std::hint::spin_loop();
         }
     }

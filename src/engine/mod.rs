@@ -825,7 +825,7 @@ pub fn inline_layout_error(shards: usize, workers: usize) -> String {
 
 /// `HOST-PID`: unique among running engines on a network.
 pub fn default_engine_id() -> String {
-    let host = crate::profile::host_name().unwrap_or_else(|| "localhost".into());
+    let host = crate::host::name().unwrap_or_else(|| "localhost".into());
     format!("{host}-{}", std::process::id())
 }
 

@@ -838,13 +838,13 @@ impl Agent for ReaderAgent {
                     Silence::Began { .. } => crate::diag!(
                         "{}: silent: no frame for {} (heartbeats stopped: path or publisher down)",
                         self.role,
-                        crate::metrics::human_ns(SILENCE_AFTER_NS)
+                        crate::diag::human_ns(SILENCE_AFTER_NS)
                     ),
                     Silence::Ended { lasted_ns } => {
                         crate::diag!(
                             "{}: frames again after {} of silence",
                             self.role,
-                            crate::metrics::human_ns(lasted_ns)
+                            crate::diag::human_ns(lasted_ns)
                         )
                     }
                 }

@@ -563,7 +563,7 @@ pub fn aliases(endpoint: &str, resolved: &[std::net::SocketAddr]) -> Vec<String>
 
 /// The `HOST:PORT` part of a tcp endpoint, for the shell to resolve.
 pub fn tcp_target(endpoint: &str) -> Option<&str> {
-    crate::zmqx::tcp_parts(endpoint).map(|(_, target)| target)
+    crate::endpoint::tcp_parts(endpoint).map(|(_, target)| target)
 }
 
 #[cfg(test)]

@@ -18,9 +18,10 @@ use crossbeam::channel::{Receiver, Sender};
 
 use super::hlog::{write_hgrm, HlogWriter};
 use super::settings::{Level, LogLevel};
-use super::{human_latency, human_ns, shard_sets, slot_name, StageHistograms};
+use super::{human_latency, shard_sets, slot_name, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
+use crate::diag::human_ns;
 use crate::outfile::Claimed;
 
 /// What a worker sends to the collector.
@@ -64,7 +65,7 @@ pub struct LiveLatency {
     pub last_interval: Vec<StageHistograms>,
     /// Intervals completed so far.
     pub intervals: u64,
-    /// End of the last complete interval (realtime ns).
+    /// End of the last complete interval (monotonic ns: the store schedules its status on it).
     pub last_interval_end_ns: u64,
     /// Interval-log or spectrum writes that failed so far (a disk that fills while the engine
     /// runs shows on `/metrics` and in the store's status, not only at the end).
@@ -102,7 +103,11 @@ pub struct Collector {
     shards: usize,
     total: Collected,
     interval: Vec<StageHistograms>,
+    /// Start of the interval: realtime, the interval log's stamp (a wall time)…
     interval_start_ns: u64,
+    /// … and monotonic, what its end and its rates are timed on (a wall-clock step neither ends
+    /// an interval early nor holds it).
+    interval_start_mono_ns: u64,
     /// The interval length, changeable live (a setting).
     interval_ns: Arc<AtomicU64>,
     live: SharedLatency,
@@ -164,6 +169,7 @@ impl Collector {
             total: Collected { per_shard: shard_sets(shards), ..Default::default() },
             interval: shard_sets(shards),
             interval_start_ns: clock::realtime_ns(),
+            interval_start_mono_ns: clock::monotonic_ns(),
             interval_ns,
             live,
             outputs,
@@ -180,10 +186,10 @@ impl Collector {
     }
 
     /// The interval's line for each shard (and for unattributed messages, if any), at `debug`.
-    fn log_interval(&mut self, now_ns: u64) {
+    fn log_interval(&mut self, mono_ns: u64) {
         let Some(l) = self.interval_log.as_ref().filter(|l| l.log.get() >= Level::Debug) else { return };
         let gaps = (l.gaps)();
-        let secs = now_ns.saturating_sub(self.interval_start_ns).max(1) as f64 / 1e9;
+        let secs = mono_ns.saturating_sub(self.interval_start_mono_ns).max(1) as f64 / 1e9;
         for (k, set) in self.interval.iter().enumerate() {
             if k == self.shards && set.count() == 0 {
                 continue;
@@ -245,9 +251,10 @@ impl Collector {
         self.total.write_errors += 1;
     }
 
-    /// Close the interval ending at `now_ns`: log it, share it, start the next.
-    fn end_interval(&mut self, now_ns: u64) {
-        self.log_interval(now_ns);
+    /// Close the interval ending at `wall_ns` (realtime) and `mono_ns` (monotonic): log it, share
+    /// it, start the next.
+    fn end_interval(&mut self, wall_ns: u64, mono_ns: u64) {
+        self.log_interval(mono_ns);
         if !self.ahead_said {
             if let Some(l) = ahead_line(&self.interval, self.shards) {
                 crate::diag!("{l}");
@@ -262,7 +269,7 @@ impl Collector {
                 }
                 for ((stage, h), bounds) in set.stages().into_iter().zip(set.out_of_bounds) {
                     let tag = format!("{}.{stage}", slot_name(k, self.shards));
-                    let mut written = w.write(&tag, self.interval_start_ns, now_ns, h);
+                    let mut written = w.write(&tag, self.interval_start_ns, wall_ns, h);
                     if written.is_ok() {
                         written = w.note_out_of_bounds(&tag, self.interval_start_ns, bounds);
                     }
@@ -282,13 +289,14 @@ impl Collector {
         if let Ok(mut l) = self.live.lock() {
             std::mem::swap(&mut l.last_interval, &mut self.interval);
             l.intervals += 1;
-            l.last_interval_end_ns = now_ns;
+            l.last_interval_end_ns = mono_ns;
             l.write_errors = self.total.write_errors;
         }
         for s in &mut self.interval {
             s.reset();
         }
-        self.interval_start_ns = now_ns;
+        self.interval_start_ns = wall_ns;
+        self.interval_start_mono_ns = mono_ns;
     }
 
     pub fn into_collected(self) -> Collected {
@@ -308,22 +316,22 @@ impl Agent for Collector {
             n += 1;
         }
         let finished = self.inbox.is_closed();
-        let now = clock::realtime_ns();
-        if now.saturating_sub(self.interval_start_ns) >= self.interval_ns.load(Relaxed) {
-            self.end_interval(now);
+        let now = clock::monotonic_ns();
+        if now.saturating_sub(self.interval_start_mono_ns) >= self.interval_ns.load(Relaxed) {
+            self.end_interval(clock::realtime_ns(), now);
         }
         Ok(if finished { Step::Finished(n) } else { Step::Worked(n) })
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
         // Wake for the next interval's end at the latest.
-        let left = (self.interval_start_ns + self.interval_ns.load(Relaxed)).saturating_sub(clock::realtime_ns());
+        let left = (self.interval_start_mono_ns + self.interval_ns.load(Relaxed)).saturating_sub(clock::monotonic_ns());
         self.inbox.wait(timeout.min(Duration::from_nanos(left)));
     }
 
     fn on_close(&mut self) {
         // The last (partial) interval, then the whole run's spectrum.
-        self.end_interval(clock::realtime_ns());
+        self.end_interval(clock::realtime_ns(), clock::monotonic_ns());
         if let Some(hgrm) = self.outputs.hgrm.take() {
             let written = hgrm.rewrite().map_err(|e| format!("opening it: {e}")).and_then(|f| {
                 write_hgrm(BufWriter::new(f), &self.total.stages.total, self.total.stages.out_of_bounds[2])

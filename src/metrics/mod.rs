@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::diag::human_ns;
+
 pub mod collector;
 pub mod hlog;
 pub mod http;
@@ -250,16 +252,6 @@ impl Percentiles {
             mean_ns: h.mean(),
             out_of_bounds: OutOfBounds::default(),
         }
-    }
-}
-
-/// A duration in ns as a short human string (`812ns`, `41.2µs`, `3.05ms`, `1.20s`).
-pub fn human_ns(ns: u64) -> String {
-    match ns {
-        0..=999 => format!("{ns}ns"),
-        1_000..=999_999 => format!("{:.1}µs", ns as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
-        _ => format!("{:.2}s", ns as f64 / 1e9),
     }
 }
 
@@ -755,11 +747,6 @@ mod tests {
 
     #[test]
     fn human_units() {
-        assert_eq!(human_ns(812), "812ns");
-        assert_eq!(human_ns(41_200), "41.2µs");
-        assert_eq!(human_ns(3_050_000), "3.05ms");
-        assert_eq!(human_ns(1_200_000_000), "1.20s");
-        assert_eq!(human_ns(2_252_800), "2.25ms");
         let clamped = OutOfBounds { clamped: 1, ..Default::default() };
         assert_eq!(human_latency(59_990_000_000, clamped), "59.99s");
         assert_eq!(human_latency(60_030_000_000, clamped), "≥60s");

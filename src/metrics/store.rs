@@ -107,12 +107,14 @@ pub struct StoreAgent {
     status: String,
     config: String,
     changes: Inbox<Change>,
-    /// When to look whether the status is due (realtime ns; 0: publish at once).
+    /// When to look whether the status is due (monotonic ns, as the collector's interval ends;
+    /// 0: publish at once).
     next_publish_ns: u64,
     /// The collector's closed intervals at the last status, and when it was published: the
     /// status follows the collector, so its rates, percentiles and snail verdicts cover the
     /// same interval.
     last_status: (u64, u64),
+    /// When the agent started (monotonic ns), for `uptime_s`.
     started_ns: u64,
     refused: BTreeMap<String, String>,
     published: BTreeSet<String>,
@@ -144,7 +146,7 @@ impl StoreAgent {
             changes: Inbox::new(changes),
             next_publish_ns: 0,
             last_status: (0, 0),
-            started_ns: clock::realtime_ns(),
+            started_ns: clock::monotonic_ns(),
             refused: BTreeMap::new(),
             published: BTreeSet::new(),
             worst: Default::default(),
@@ -217,6 +219,7 @@ impl StoreAgent {
         true
     }
 
+    /// Publish the status at `now_ns` (monotonic; `updated_ns` in it is the wall clock's).
     fn publish(&mut self, now_ns: u64) -> Result<(), AgentError> {
         let interval_ns = self.inputs.interval_ns.load(Relaxed).max(1);
         let ttl = ttl_s(interval_ns);
@@ -250,7 +253,7 @@ impl StoreAgent {
             "longest_self_stall_ns": stalls.1,
             "handler_refused_total": live.handler_refused_total(),
             "handler_refused": handler_refused(&live),
-            "updated_ns": now_ns,
+            "updated_ns": clock::realtime_ns(),
         });
         let mut shards = Vec::new();
         self.worst.1.resize(live.shards.len(), WorstSince::default());
@@ -328,7 +331,7 @@ impl Agent for StoreAgent {
             })?;
             self.changes = Inbox::new(rx);
         }
-        let now = clock::realtime_ns();
+        let now = clock::monotonic_ns();
         if now >= self.next_publish_ns {
             let closed = self.inputs.latency.lock().map_or(0, |l| l.intervals);
             if self.due(now, closed, self.inputs.interval_ns.load(Relaxed).max(1)) {
@@ -343,7 +346,7 @@ impl Agent for StoreAgent {
     }
 
     fn idle_wait(&mut self, timeout: Duration) {
-        let left = Duration::from_nanos(self.next_publish_ns.saturating_sub(clock::realtime_ns()));
+        let left = Duration::from_nanos(self.next_publish_ns.saturating_sub(clock::monotonic_ns()));
         self.changes.wait(timeout.min(left));
     }
 

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::zmqx::{host_of, tcp_parts};
+use crate::endpoint::{host_of, tcp_parts};
 
 /// Why an IPv6 address never connects: said with every refusal of one.
 const IPV4_ONLY: &str = "mdsub connects over IPv4 only (its sockets leave libzmq's ZMQ_IPV6 off, \

@@ -328,7 +328,7 @@ impl Publisher {
         if cfg.endpoints.is_empty() {
             return Err(ReplayError::Config("at least one endpoint is needed".into()));
         }
-        let mut seed = SplitMix64::new(wire::now_ns() ^ (std::process::id() as u64) << 32);
+        let mut seed = SplitMix64::new(crate::clock::realtime_ns() ^ (std::process::id() as u64) << 32);
         let zap = ZapService::start(ctx, "replay", &cfg.access).map_err(|e| ReplayError::Config(e.to_string()))?;
         let mut shards = Vec::with_capacity(cfg.endpoints.len());
         for (i, ep) in cfg.endpoints.iter().enumerate() {
@@ -421,7 +421,7 @@ impl Publisher {
         }
         if due.restart {
             self.restarts += 1;
-            let mut seed = SplitMix64::new(wire::now_ns() ^ self.restarts.rotate_left(32));
+            let mut seed = SplitMix64::new(crate::clock::realtime_ns() ^ self.restarts.rotate_left(32));
             for sh in &mut self.shards {
                 let old = sh.session_id;
                 while sh.session_id == old {
@@ -587,7 +587,7 @@ impl Publisher {
             session_id: sh.session_id,
             stream_seq: sh.stream_seq,
             topic_seq: 0,
-            send_time_ns: wire::now_ns(),
+            send_time_ns: crate::clock::realtime_ns(),
         };
         let payload = sh.data_sent.to_le_bytes();
         self.buf.resize(wire::frame_len(CONTROL_TOPIC, 8), 0);
@@ -902,7 +902,7 @@ impl Publisher {
         let mut frames = self.generated_templates(&gen, &payload);
         let start = Instant::now();
         let max = limits.max_msgs.unwrap_or(u64::MAX);
-        let (mut now_ns, mut i) = (wire::now_ns(), 0u64);
+        let (mut now_ns, mut i) = (crate::clock::realtime_ns(), 0u64);
         while i < max {
             if i & 63 == 0 {
                 if checkpoint(i, stop, progress) {
@@ -911,7 +911,7 @@ impl Publisher {
                 if limits.duration.is_some_and(|d| start.elapsed() >= d) {
                     break;
                 }
-                now_ns = wire::now_ns();
+                now_ns = crate::clock::realtime_ns();
             }
             let slot = (i % frames.len() as u64) as usize;
             let tf = &mut frames[slot];
@@ -1372,7 +1372,7 @@ impl Pacer {
         Pacer {
             pacing,
             start_mono_ns: mono_ns(),
-            start_rt_ns: wire::now_ns(),
+            start_rt_ns: crate::clock::realtime_ns(),
             end_offset_ns: duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
             stop_offset_ns: duration
                 .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)

@@ -31,8 +31,8 @@ use std::sync::{Arc, Mutex};
 use crossbeam::channel::Sender;
 use serde::{Deserialize, Serialize};
 
+use crate::diag::human_ns;
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
-use crate::metrics::human_ns;
 use crate::wire::Header;
 use lag::LagDetector;
 

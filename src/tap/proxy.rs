@@ -7,7 +7,6 @@ use crossbeam::channel::{Sender, TrySendError};
 
 use crate::diag::RefusalLog;
 use crate::proxy::{Downstream, FromSubscriber, ProxyHooks, ShellCounters};
-use crate::wire::now_ns as wall_ns;
 use crate::zmqx::frame::Frame;
 
 /// What the proxy hands to the sink.
@@ -139,7 +138,10 @@ impl ProxyHooks for TapHooks {
     /// minus the send time in its header).
     fn on_upstream_message(&mut self, frames: &[Frame], now_ns: u64) {
         if self.filter.matches(frames.first().map_or(&[][..], |f| &f[..])) {
-            let item = Captured::Message { frames: frames.iter().map(|f| f.to_vec()).collect(), recv_ns: wall_ns() };
+            let item = Captured::Message {
+                frames: frames.iter().map(|f| f.to_vec()).collect(),
+                recv_ns: crate::clock::realtime_ns(),
+            };
             self.capture(item, now_ns);
         }
     }
@@ -157,7 +159,10 @@ impl ProxyHooks for TapHooks {
             FromSubscriber::Unsubscribe(p) => (false, p),
             FromSubscriber::Other => return true,
         };
-        self.capture(Captured::Subscription { subscribe, prefix: prefix.to_vec(), recv_ns: wall_ns() }, now_ns);
+        self.capture(
+            Captured::Subscription { subscribe, prefix: prefix.to_vec(), recv_ns: crate::clock::realtime_ns() },
+            now_ns,
+        );
         true
     }
 

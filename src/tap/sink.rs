@@ -24,11 +24,11 @@ use serde_json::{json, Map, Value};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 use crate::diag::RefusalLog;
-use crate::feed::dbn_source::{get, AlignedRecord};
 use crate::outfile::{Claimed, OutFileError};
 use crate::tap::proxy::Captured;
 use crate::tap::TapError;
 use crate::wire::capture::{CaptureError, CaptureWriter, FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
+use crate::wire::dbn::{get, AlignedRecord};
 use crate::wire::{
     decode, frame_len, split_topic, DecodeError, FrameView, Kind, OneFrame, DROP_REASON_NAMES, FLAG_FROM_CACHE,
 };

@@ -95,7 +95,7 @@ impl<W: Write> CaptureWriter<W> {
         let mut h = [0u8; FILE_HEADER_LEN];
         h[..8].copy_from_slice(MAGIC);
         h[8..10].copy_from_slice(&CAPTURE_VERSION.to_le_bytes());
-        h[16..24].copy_from_slice(&crate::wire::now_ns().to_le_bytes());
+        h[16..24].copy_from_slice(&crate::clock::realtime_ns().to_le_bytes());
         out.write_all(&h).map_err(CaptureError::io("writing the file header"))?;
         Ok(CaptureWriter { out, records: 0 })
     }

@@ -6,6 +6,7 @@
 //! is a [`DecodeError`] whose [`DecodeError::reason`] indexes a drop counter.
 
 pub mod capture;
+pub mod dbn;
 pub mod handshake;
 
 /// Wire version this build writes and reads.
@@ -376,9 +377,6 @@ pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
 pub fn topic_hash(topic: &[u8]) -> u64 {
     fnv1a(FNV_OFFSET, topic)
 }
-
-/// Transitional: the realtime clock now lives in [`crate::clock`].
-pub use crate::clock::realtime_ns as now_ns;
 
 #[cfg(test)]
 mod tests {

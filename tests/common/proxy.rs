@@ -65,7 +65,7 @@ pub fn frame(topic: &str, stream_seq: u64, topic_seq: u64, payload: &[u8]) -> Ve
         session_id: 0x5eed,
         stream_seq,
         topic_seq,
-        send_time_ns: mdsub::wire::now_ns(),
+        send_time_ns: mdsub::clock::realtime_ns(),
     };
     encode(topic.as_bytes(), &h, payload)
 }

@@ -262,13 +262,13 @@ impl NoWinner {
 
 /// The host name, for the results folder.
 fn hostname() -> String {
-    crate::profile::host_name().map(|h| slug(&h)).filter(|s| !s.is_empty()).unwrap_or_else(|| "host".into())
+    crate::host::name().map(|h| slug(&h)).filter(|s| !s.is_empty()).unwrap_or_else(|| "host".into())
 }
 
 /// `--sla` as text: `p99 <= 2.00ms, p99.9 <= 10.0ms, zero loss`.
 pub fn describe_sla(sla: &Sla) -> String {
     let mut parts: Vec<String> =
-        sla.points.iter().map(|p| format!("{} <= {}", p.name(), crate::metrics::human_ns(p.budget_ns))).collect();
+        sla.points.iter().map(|p| format!("{} <= {}", p.name(), crate::diag::human_ns(p.budget_ns))).collect();
     parts.push(if sla.loss_budget_msgs == 0 {
         "zero loss".into()
     } else {
@@ -719,7 +719,7 @@ fn contradictions_text(cs: &[Contradiction]) -> String {
 /// `summary.md`: the stamp, the pass rule and a row per configuration, then every trial.
 pub fn summary_md(r: &CapacityResult) -> String {
     use std::fmt::Write as _;
-    let h = crate::metrics::human_ns;
+    let h = crate::diag::human_ns;
     let mut s = String::new();
     let _ = writeln!(s, "# mdsub capacity\n\n{}\n", r.machine);
     let _ = writeln!(s, "- publisher: {}", r.publisher);

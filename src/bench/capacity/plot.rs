@@ -64,7 +64,7 @@ pub fn svg(configs: &[ConfigResult], sla: &Sla, title: &str) -> Result<String, S
             chart
                 .draw_series(LineSeries::new([(0.0, y), (x_hi, y)], BLACK.mix(0.35).stroke_width(1)))
                 .map_err(e)?
-                .label(format!("SLA {} {}", p.name(), crate::metrics::human_ns(p.budget_ns)))
+                .label(format!("SLA {} {}", p.name(), crate::diag::human_ns(p.budget_ns)))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.35)));
         }
         for (i, c) in configs.iter().enumerate() {

@@ -194,8 +194,8 @@ pub fn judge(runs: &[RunMeasure], sla: &Sla) -> TrialSummary {
                 Some(&(_, v)) => reasons.push(format!(
                     "{} {} over {}",
                     p.name(),
-                    crate::metrics::human_ns(v),
-                    crate::metrics::human_ns(p.budget_ns)
+                    crate::diag::human_ns(v),
+                    crate::diag::human_ns(p.budget_ns)
                 )),
                 None => reasons.push(format!("{} not measured", p.name())),
             }

@@ -161,7 +161,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         Ok(r) => (r, None),
         Err(EngineError::Croaked(c)) => (
             c.report.clone(),
-            Some(format!("the snail croaked at {} (lag {})", c.scream.site, crate::metrics::human_ns(c.scream.lag_ns))),
+            Some(format!("the snail croaked at {} (lag {})", c.scream.site, crate::diag::human_ns(c.scream.lag_ns))),
         ),
         Err(e) => return Err(anyhow::Error::new(e).context("running the engine")),
     };
