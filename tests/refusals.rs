@@ -282,6 +282,59 @@ fn clone_server_refuses_updates_it_cannot_store_by_reason() {
     assert!(clone_status(port).contains("keys=0\n"), "nothing stored");
 }
 
+/// Bytes that are not ZeroMQ at a clone server without an access policy: before, no
+/// handshake was watched without a policy, so they were neither counted nor said.
+#[test]
+fn raw_garbage_at_a_plain_clone_server_is_counted_in_status_and_said() {
+    use std::io::Write;
+    let (port, _server, said) = clone_server(&[]);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..200)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 56) as u8 & 0x7f // never 0xff: not a ZMTP 3 greeting
+        })
+        .collect();
+    let greeting = |version: u8| {
+        let mut g = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, version, 0];
+        g.extend_from_slice(b"NULL");
+        g.resize(64, 0);
+        g
+    };
+    // Random bytes, a ZMTP 2.0 greeting, a greeting of version 9 with nothing after it.
+    let payloads = [noise, greeting(1), greeting(9)];
+    let end = Instant::now() + Duration::from_secs(10);
+    while clone_status(port).is_empty() {
+        assert!(Instant::now() < end, "the clone server never answered STATUS?");
+    }
+    for payload in &payloads {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(payload).expect("write");
+    }
+    let total = |status: &str| -> u64 {
+        status.lines().find_map(|l| l.strip_prefix("access_refused=")).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let mut status = clone_status(port);
+    while total(&status) < 3 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+        status = clone_status(port);
+    }
+    // STATUS?'s own connections (one per poll) are not counted: exactly the three.
+    assert_eq!(total(&status), 3, "{status}");
+    let reasons = ["handshake_failed_protocol", "handshake_failed_no_detail"];
+    let counted: Vec<&str> = reasons.iter().copied().filter(|r| refused(&status, r) > 0).collect();
+    assert_eq!(counted.iter().map(|r| refused(&status, r)).sum::<u64>(), 3, "by reason: {status}");
+    let mut unsaid = counted.clone();
+    while !unsaid.is_empty() {
+        let l = wait_line(&said, Duration::from_secs(5), &format!("refusal lines for {unsaid:?}"), |l| {
+            l.starts_with("clone-server: refused (")
+        });
+        assert!(l.contains(&format!(":{port}: ")), "names the port reached: {l}");
+        assert!(l.contains("(the first; more are counted"), "the first of its reason, said at once: {l}");
+        unsaid.retain(|r| !l.contains(&format!("refused ({r}): ")));
+    }
+}
+
 /// The CHP half of a hostile server: a snapshot ROUTER at `port` and a publisher (XPUB) at
 /// `port + 1`. Each snapshot is one message that is not a kvmsg, then the good `entries`
 /// (sequences 1, 2, …) and `KTHXBAI`; once a snapshot was served and someone subscribed, every

@@ -339,6 +339,14 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
                 stats.paused_s
             );
         }
+        if !stats.subscribers_refused.is_empty() {
+            let said: Vec<String> = stats.subscribers_refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            crate::outln!(
+                "refused {} subscriber connection(s): {} (each reason said on stderr with what it means)",
+                stats.subscribers_refused.values().sum::<u64>(),
+                said.join(", ")
+            );
+        }
         if stats.sent_with_no_subscriber > 0 {
             crate::outln!(
                 "{} of them were sent while their shard had no mdsub subscriber (none took the control topic): \

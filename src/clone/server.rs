@@ -129,14 +129,9 @@ impl Server {
             }
             ClientKeys { client: pair.clone(), server_public: pair.public }
         });
-        let mut zap = if access.is_open() {
-            None
-        } else {
-            Some(
-                ZapHandler::bind(&ctx, "clone-server", access.policy())
-                    .map_err(|e| ServerError::Config(e.to_string()))?,
-            )
-        };
+        let mut zap = Some(
+            ZapHandler::for_access(&ctx, "clone-server", &access).map_err(|e| ServerError::Config(e.to_string()))?,
+        );
         // Each server socket gets the policy and is watched for peers libzmq refuses in their
         // handshake (before ZAP is asked), counted and said with ZAP's refusals.
         let mut secure = |socket: &mut zmq::Socket| {
@@ -331,6 +326,9 @@ impl Server {
                     if let Some(p) = &self.pair {
                         link_status(&mut text, "state_link", &p.state_links);
                         link_status(&mut text, "peer_link", &p.peer_links);
+                    }
+                    if let Some(z) = &self.zap {
+                        text.push_str(&z.counters().status_lines());
                     }
                     let _ = self.snapshot.send(&identity[..], zmq::SNDMORE);
                     let _ = self.snapshot.send(STATUS_REP, zmq::SNDMORE);

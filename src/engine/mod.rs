@@ -358,7 +358,7 @@ impl Engine {
                 let ctx = zmq::Context::new();
                 let (tx, rx) = crossbeam::channel::bounded::<Scream>(1024);
                 let every = Duration::from_millis(crate::snail::defaults::STATE_EVERY_MS);
-                engine.monitor_zap = ZapService::start(&ctx, "snail-monitor", &cfg.monitor_access)?;
+                engine.monitor_zap = Some(ZapService::start(&ctx, "snail-monitor", &cfg.monitor_access)?);
                 let access = (&cfg.monitor_access, engine.monitor_zap.as_ref());
                 let (agent, bound) = MonitorAgent::bind(&ctx, ep, access, rx, board.clone(), every)?;
                 engine._contexts.push(ctx);
@@ -529,6 +529,7 @@ impl Engine {
             self.workers.iter().map(|h| h.role().to_string()).collect()
         };
         let reasons = self.handler_reasons;
+        let monitor_zap = self.monitor_access_counters();
         move || EngineLive {
             engine_id: engine_id.clone(),
             shards: shards.iter().zip(&links).map(|(c, l)| shard_live(c, l)).collect(),
@@ -540,6 +541,7 @@ impl Engine {
                 .zip(&workers)
                 .map(|(site, c)| HandlerRefused { agent: site.clone(), counts: refused_of(c, reasons) })
                 .collect(),
+            monitor_refused: monitor_zap.as_ref().map(|c| c.every_reason()),
         }
     }
 
@@ -612,8 +614,8 @@ impl Engine {
         self.monitor.as_ref().map(|m| m.1.as_str())
     }
 
-    /// What the monitor PUB's ZAP handler has decided (None: no monitor, or
-    /// an open one).
+    /// What the monitor PUB's ZAP handler has decided, and the subscribers libzmq refused in
+    /// their handshake (None: no monitor).
     pub fn monitor_access_counters(&self) -> Option<Arc<ZapCounters>> {
         self.monitor_zap.as_ref().map(ZapService::counters)
     }
@@ -802,6 +804,9 @@ impl Engine {
             time_limit: interrupted && waited.is_some(),
             metrics_dropped: self.worker_counters.iter().map(|c| c.metrics_dropped.load(Relaxed)).sum(),
             handoff_malformed: self.worker_counters.iter().map(|c| c.malformed.load(Relaxed)).sum(),
+            monitor_refused: (self.monitor_access_counters().map(|c| c.by_reason()).unwrap_or_default().into_iter())
+                .map(|(reason, n)| (reason.to_string(), n))
+                .collect(),
             handler: collected.handler,
             handler_summary: collected.handler_summary,
             agents,

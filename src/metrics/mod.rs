@@ -378,6 +378,10 @@ pub struct RunReport {
     pub time_limit: bool,
     /// Metric intervals lost because the collector's queue was full (should be 0).
     pub metrics_dropped: u64,
+    /// Connections to the engine's monitor PUB refused, by reason (its access policy's and
+    /// libzmq's handshake's: docs/REFUSALS.md); each reason was said on stderr when first met.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub monitor_refused: BTreeMap<String, u64>,
     /// Hand-offs or handed-off frames a worker could not read (a fault of mdsub's own; should
     /// be 0). Their messages are in `not_handled`.
     #[serde(default)]
@@ -701,6 +705,15 @@ impl RunReport {
                     t.blocked_fraction * 100.0
                 );
             }
+        }
+        if !self.monitor_refused.is_empty() {
+            let said: Vec<String> = self.monitor_refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            let _ = writeln!(
+                s,
+                "  monitor: refused {} subscriber connection(s): {}",
+                self.monitor_refused.values().sum::<u64>(),
+                said.join(", ")
+            );
         }
         if self.metrics_dropped > 0 {
             let _ = writeln!(

@@ -73,6 +73,9 @@ pub struct EngineLive {
     pub snail: Vec<crate::snail::SiteReport>,
     /// What each worker core's handler refused, by reason (as of its last report period).
     pub handler_refused: Vec<HandlerRefused>,
+    /// The monitor PUB's refused subscriber connections, every reason with its count (None: no
+    /// monitor): its access policy's and libzmq's handshake's (`security::ZapCounters`).
+    pub monitor_refused: Option<Vec<(&'static str, u64)>>,
 }
 
 /// What one worker core's handler refused (a new key past one of its limits), by reason.
@@ -531,6 +534,21 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             }
         },
     );
+    if let Some(refused) = &live.monitor_refused {
+        family(
+            &mut s,
+            "mdsub_monitor_access_refused_total",
+            "counter",
+            "Connections to the monitor PUB refused, by reason: its access policy's (address_not_allowed, \
+             key_not_allowed, mechanism_not_allowed) and libzmq's handshake's (handshake_failed_*: \
+             docs/REFUSALS.md), with or without a policy.",
+            |f| {
+                for (reason, n) in refused {
+                    f.sample("", &format!("engine=\"{id}\",reason=\"{reason}\""), n);
+                }
+            },
+        );
+    }
     s
 }
 
@@ -551,6 +569,7 @@ mod tests {
             agents: vec![AgentStats { role: "worker0".into(), ..Default::default() }],
             snail: vec![crate::snail::SiteReport { role: "shard0-reader".into(), ..Default::default() }],
             handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("verify_full", 0)] }],
+            monitor_refused: Some(vec![("handshake_failed_protocol", 0)]),
             ..Default::default()
         };
         let latency = LiveLatency { cumulative: shard_sets(1), last_interval: shard_sets(1), ..Default::default() };
@@ -646,6 +665,7 @@ mod tests {
                 longest_self_stall_ns: 8_340_000_000,
             }],
             handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("orders_full", 3)] }],
+            monitor_refused: Some(vec![("address_not_allowed", 0), ("handshake_failed_protocol", 2)]),
         };
         let t = render(&live, &latency);
         assert!(t.contains("mdsub_snail_verdict{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
@@ -661,6 +681,8 @@ mod tests {
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");
         let refused = "mdsub_handler_refused_total{engine=\"e\\\"1\",agent=\"worker0\",reason=\"orders_full\"} 3\n";
         assert!(t.contains(refused), "{t}");
+        let monitor = "mdsub_monitor_access_refused_total{engine=\"e\\\"1\",reason=\"handshake_failed_protocol\"} 2\n";
+        assert!(t.contains(monitor), "{t}");
         assert!(t.contains("mdsub_shard_delivered_total{engine=\"e\\\"1\",shard=\"1\"} 1"), "{t}");
         assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");
         assert!(t.contains("stage=\"total\",le=\"0.000005\"} 1"), "{t}");

@@ -183,6 +183,11 @@ pub struct ReplayStats {
     /// to its first damage and ends there (the damage was said on stderr when met).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub refused: BTreeMap<String, u64>,
+    /// Subscribers' connections the data endpoints refused, by reason (`address_not_allowed`,
+    /// `key_not_allowed`, `handshake_failed_*`: docs/REFUSALS.md), each reason said on stderr
+    /// when first met; with or without an access policy (a peer that is not ZeroMQ).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub subscribers_refused: BTreeMap<String, u64>,
     /// A fixed rate (`--rate`): the rate offered and what the publisher achieved, msg/s (its
     /// turns after the first per second from the first to the last; the schedule's turns,
     /// messages dropped on purpose included). None flat out or at a recorded pace (and the
@@ -329,7 +334,7 @@ impl Publisher {
             return Err(ReplayError::Config("at least one endpoint is needed".into()));
         }
         let mut seed = SplitMix64::new(crate::clock::realtime_ns() ^ (std::process::id() as u64) << 32);
-        let zap = ZapService::start(ctx, "replay", &cfg.access).map_err(|e| ReplayError::Config(e.to_string()))?;
+        let zap = Some(ZapService::start(ctx, "replay", &cfg.access).map_err(|e| ReplayError::Config(e.to_string()))?);
         let mut shards = Vec::with_capacity(cfg.endpoints.len());
         for (i, ep) in cfg.endpoints.iter().enumerate() {
             crate::zmqx::check_endpoint(ep).map_err(ReplayError::Config)?;
@@ -388,7 +393,8 @@ impl Publisher {
         })
     }
 
-    /// What the ZAP handler has decided about subscribers (None: open access).
+    /// What the ZAP handler has decided about subscribers, and the peers refused in their
+    /// handshake (None only for a shard's own thread's publisher).
     pub fn access_counters(&self) -> Option<Arc<ZapCounters>> {
         self.zap.as_ref().map(ZapService::counters)
     }
@@ -649,6 +655,9 @@ impl Publisher {
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
             refused: self.refused.clone(),
+            subscribers_refused: (self.access_counters().map(|c| c.by_reason()).unwrap_or_default().into_iter())
+                .map(|(reason, n)| (reason.to_string(), n))
+                .collect(),
             // Set by the run, which knows its pacing.
             offered_msgs_per_sec: None,
             achieved_msgs_per_sec: None,

@@ -701,9 +701,46 @@ impl Refusal {
 }
 
 /// The monitor events a server socket's [`HandshakeWatch`] asks for: the handshake failures
-/// libzmq decides before ZAP is asked (ZAP's own refusals are the handler's).
-const HANDSHAKE_EVENTS: u64 =
-    (zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) as u64;
+/// libzmq decides before ZAP is asked (ZAP's own refusals are the handler's), and each
+/// connection's outcome and end, so one that ends with no outcome is seen ([`HandshakeLedger`]).
+/// One event or two per connection, none per message.
+const HANDSHAKE_EVENTS: u64 = (zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED
+    | zmq_sys::ZMQ_EVENT_DISCONNECTED) as u64;
+
+/// The most connections a [`HandshakeLedger`] remembers the outcome of at once.
+const MAX_LEDGER_CONNECTIONS: usize = 1 << 16;
+
+/// Socket-free: which connections of a server socket's monitor have an outcome, so one that
+/// ends without any is a refusal too. libzmq says nothing but `DISCONNECTED` of a peer whose
+/// bytes are not ZMTP 3 (random bytes, a ZMTP 1.0 or 2.0 greeting at a socket under a policy,
+/// a ZMTP 1.0 stream it cannot decode): such a peer broke the handshake
+/// ([`Refusal::HandshakeProtocol`]). Bounded by the connections open at once (at most
+/// 65 536: past it, an outcome is not remembered and that peer's end is
+/// counted as a refusal).
+#[derive(Debug, Default)]
+pub struct HandshakeLedger {
+    settled: HashSet<(String, String)>,
+}
+
+impl HandshakeLedger {
+    /// Take one monitor event: the refusal it says, if any.
+    pub fn on_event(&mut self, e: &crate::zmqx::MonitorEventV2) -> Option<Refusal> {
+        let key = (e.local.clone(), e.remote.clone());
+        let event = u32::try_from(e.event).ok()?;
+        if event == zmq_sys::ZMQ_EVENT_DISCONNECTED {
+            return (!self.settled.remove(&key)).then_some(Refusal::HandshakeProtocol);
+        }
+        let outcome =
+            event == zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED || HandshakeFailure::of_event(e.event, e.value).is_some();
+        if outcome && self.settled.len() < MAX_LEDGER_CONNECTIONS {
+            self.settled.insert(key);
+        }
+        Refusal::of_handshake(e.event, e.value)
+    }
+}
 
 /// A server socket's monitor (version 2 events, which name the peer), read by the ZAP handler
 /// of its context: a client libzmq refuses in its handshake (no CURVE keys at a CURVE server,
@@ -781,13 +818,9 @@ pub struct HandshakeRefused {
 }
 
 impl HandshakeRefused {
-    /// From one version 2 monitor event; None when it is no handshake refusal.
-    pub fn of(event: &crate::zmqx::MonitorEventV2) -> Option<HandshakeRefused> {
-        Some(HandshakeRefused {
-            refusal: Refusal::of_handshake(event.event, event.value)?,
-            peer: event.remote.clone(),
-            endpoint: event.local.clone(),
-        })
+    /// `refusal`, as version 2 monitor event `event` names its peer and endpoint.
+    pub fn of(refusal: Refusal, event: &crate::zmqx::MonitorEventV2) -> HandshakeRefused {
+        HandshakeRefused { refusal, peer: event.remote.clone(), endpoint: event.local.clone() }
     }
 
     /// The line's detail at a server that demands CURVE (`curve`) or not:
@@ -863,9 +896,24 @@ impl ZapCounters {
         REFUSALS.iter().map(|&r| self.of(r).load(Relaxed)).sum()
     }
 
+    /// Every reason a peer is refused under, with its count so far (0 for those not seen).
+    pub fn every_reason(&self) -> Vec<(&'static str, u64)> {
+        REFUSALS.iter().map(|&r| (r.reason(), self.of(r).load(Relaxed))).collect()
+    }
+
     /// The refusals counted so far, by reason (those not yet seen left out).
     pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
-        REFUSALS.iter().map(|&r| (r.reason(), self.of(r).load(Relaxed))).filter(|&(_, n)| n > 0).collect()
+        self.every_reason().into_iter().filter(|&(_, n)| n > 0).collect()
+    }
+
+    /// The lines a server's `STATUS?` reply carries: `access_refused=N` (every reason, always
+    /// there), then `refused_REASON=N` for each reason seen.
+    pub fn status_lines(&self) -> String {
+        let mut out = format!("access_refused={}\n", self.refused());
+        for (reason, n) in self.by_reason() {
+            out.push_str(&format!("refused_{reason}={n}\n"));
+        }
+        out
     }
 
     fn of(&self, refusal: Refusal) -> &AtomicU64 {
@@ -893,13 +941,16 @@ impl ZapCounters {
 /// peer libzmq refuses before ZAP is asked is counted and said like one ZAP refuses.
 pub struct ZapHandler {
     role: String,
-    socket: zmq::Socket,
+    /// The ZAP REP socket; None under an open policy (no socket asks ZAP: only the watches
+    /// are read).
+    socket: Option<zmq::Socket>,
     policy: ZapPolicy,
     counters: Arc<ZapCounters>,
     frames: Vec<zmq::Message>,
     /// Refusals said on stderr by reason: the first of each at once, then a summary per 10 s.
     refusals: RefusalLog,
     watches: Vec<HandshakeWatch>,
+    ledger: HandshakeLedger,
 }
 
 impl ZapHandler {
@@ -910,20 +961,38 @@ impl ZapHandler {
         let socket = ctx.socket(zmq::REP).map_err(|e| zmq_err("making the ZAP socket", e))?;
         socket.set_linger(0).map_err(|e| zmq_err("setting ZAP linger", e))?;
         socket.bind(ZAP_ENDPOINT).map_err(|e| zmq_err("binding inproc://zeromq.zap.01", e))?;
-        Ok(ZapHandler {
+        Ok(ZapHandler { socket: Some(socket), ..ZapHandler::watch_only(role, policy) })
+    }
+
+    /// The handler of server sockets under `access` in `ctx`: it answers ZAP (bound in `ctx`,
+    /// before any server socket of `ctx` binds) when `access` is not open, and reads the
+    /// watches of every server socket either way, so a peer that breaks the handshake at a
+    /// socket without a policy is counted and said too.
+    pub fn for_access(ctx: &zmq::Context, role: &str, access: &ServerAccess) -> Result<ZapHandler, AgentError> {
+        if access.is_open() {
+            Ok(ZapHandler::watch_only(role, access.policy()))
+        } else {
+            ZapHandler::bind(ctx, role, access.policy())
+        }
+    }
+
+    /// A handler that answers no ZAP request and only reads watches.
+    fn watch_only(role: &str, policy: ZapPolicy) -> ZapHandler {
+        ZapHandler {
             role: role.to_string(),
-            socket,
+            socket: None,
             policy,
             counters: Arc::new(ZapCounters::default()),
             frames: Vec::new(),
             refusals: RefusalLog::new(role),
             watches: Vec::new(),
-        })
+            ledger: HandshakeLedger::default(),
+        }
     }
 
     /// The sockets to wait on for its work: the ZAP socket and every watch's monitor.
     pub fn sockets(&self) -> impl Iterator<Item = &zmq::Socket> {
-        std::iter::once(&self.socket).chain(self.watches.iter().map(|w| &w.monitor))
+        self.socket.iter().chain(self.watches.iter().map(|w| &w.monitor))
     }
 
     /// The live counters.
@@ -956,7 +1025,8 @@ impl ZapHandler {
             Ok(true) => {}
             Ok(false) | Err(_) => return false,
         }
-        let refused = crate::zmqx::MonitorEventV2::parse(&self.frames).and_then(|e| HandshakeRefused::of(&e));
+        let event = crate::zmqx::MonitorEventV2::parse(&self.frames);
+        let refused = event.and_then(|e| Some(HandshakeRefused::of(self.ledger.on_event(&e)?, &e)));
         if let Some(r) = refused {
             self.counters.count(r.refusal);
             let detail = r.detail(self.policy.require_curve);
@@ -966,7 +1036,8 @@ impl ZapHandler {
     }
 
     fn answer(&mut self) -> Result<bool, AgentError> {
-        let got = crate::zmqx::recv_message(&self.socket, &mut self.frames).map_err(|source| AgentError::Zmq {
+        let Some(socket) = &self.socket else { return Ok(false) };
+        let got = crate::zmqx::recv_message(socket, &mut self.frames).map_err(|source| AgentError::Zmq {
             role: self.role.clone(),
             context: "receiving a ZAP request",
             source,
@@ -1002,9 +1073,10 @@ impl ZapHandler {
         };
         let reply: [&[u8]; 6] = [b"1.0", &request_id, code, text.as_bytes(), b"", b""];
         let last = reply.len() - 1;
+        let Some(socket) = &self.socket else { return Ok(false) };
         for (i, frame) in reply.iter().enumerate() {
             let flags = if i < last { zmq::SNDMORE } else { 0 };
-            self.socket.send(*frame, flags).map_err(|source| AgentError::Zmq {
+            socket.send(*frame, flags).map_err(|source| AgentError::Zmq {
                 role: self.role.clone(),
                 context: "answering ZAP",
                 source,
@@ -1064,18 +1136,18 @@ pub struct ZapService {
 }
 
 impl ZapService {
-    /// Bind and run the handler for `access` in `ctx`, before any server
-    /// socket of `ctx` binds; `None` when `access` is open (nothing to ask).
-    pub fn start(ctx: &zmq::Context, role: &str, access: &ServerAccess) -> Result<Option<ZapService>, AgentError> {
-        if access.is_open() {
-            return Ok(None);
-        }
-        let (mut agent, counters) = ZapAgent::bind(ctx, &format!("{role}-zap"), access.policy())?;
+    /// Run the handler for `access` in `ctx` ([`ZapHandler::for_access`]: it answers ZAP unless
+    /// `access` is open, and reads the handshake watches of the server sockets either way),
+    /// before any server socket of `ctx` binds.
+    pub fn start(ctx: &zmq::Context, role: &str, access: &ServerAccess) -> Result<ZapService, AgentError> {
+        let handler = ZapHandler::for_access(ctx, &format!("{role}-zap"), access)?;
+        let counters = handler.counters();
+        let mut agent = ZapAgent(ZapAgentState { handler, new_watches: None });
         let (watches, rx) = crossbeam::channel::unbounded();
         agent.0.new_watches = Some(Inbox::new(rx));
         let stop = StopFlag::new();
         let handle = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
-        Ok(Some(ZapService { handle: Some(handle), stop, counters, watches }))
+        Ok(ZapService { handle: Some(handle), stop, counters, watches })
     }
 
     /// What the handler has decided so far.
@@ -1215,6 +1287,30 @@ mod tests {
         }
         assert_eq!(c.by_reason(), [("key_not_allowed", 1), ("handshake_failed_crypto", 2)]);
         assert_eq!(c.refused(), 3);
+    }
+
+    #[test]
+    fn a_connection_that_ends_without_a_handshake_outcome_is_a_refusal() {
+        use zmq_sys as z;
+        let ev = |event: u32, remote: &str| crate::zmqx::MonitorEventV2 {
+            event: u64::from(event),
+            value: Some(0),
+            local: "tcp://127.0.0.1:5556".into(),
+            remote: remote.into(),
+        };
+        let mut l = HandshakeLedger::default();
+        // A ZeroMQ peer that got in, and one ZAP refused: their ends are no refusal.
+        assert_eq!(l.on_event(&ev(z::ZMQ_EVENT_HANDSHAKE_SUCCEEDED, "tcp://127.0.0.1:1")), None);
+        assert_eq!(l.on_event(&ev(z::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, "tcp://127.0.0.1:2")), None);
+        // A port check: said by libzmq, counted once (not again at its end).
+        let check = ev(z::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, "tcp://127.0.0.1:3");
+        assert_eq!(l.on_event(&check), Some(Refusal::HandshakeNoDetail));
+        for port in 1..=3 {
+            assert_eq!(l.on_event(&ev(z::ZMQ_EVENT_DISCONNECTED, &format!("tcp://127.0.0.1:{port}"))), None);
+        }
+        // Bytes that are not ZMTP 3: libzmq says only that the connection ended.
+        assert_eq!(l.on_event(&ev(z::ZMQ_EVENT_DISCONNECTED, "tcp://127.0.0.1:4")), Some(Refusal::HandshakeProtocol));
+        assert!(l.settled.is_empty(), "nothing kept past a connection's end");
     }
 
     #[test]
