@@ -170,6 +170,8 @@ struct LiveOutputs {
     metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr)>,
     /// The status agent (clone store), stopped the same way.
     store: Option<(AgentHandle<StoreAgent>, StopFlag)>,
+    /// Its links to the store when it stopped, for the report.
+    store_links: Vec<crate::link::LinkStats>,
 }
 
 impl LiveOutputs {
@@ -181,8 +183,9 @@ impl LiveOutputs {
         }
         if let Some((h, stop)) = self.store.take() {
             stop.stop();
-            if let Err(e) = h.join() {
-                self.log.log(Level::Warn, format_args!("status agent: {e}"));
+            match h.join() {
+                Ok(agent) => self.store_links = agent.links(),
+                Err(e) => self.log.log(Level::Warn, format_args!("status agent: {e}")),
             }
         }
     }
@@ -339,6 +342,7 @@ impl Engine {
                 log,
                 metrics_http: None,
                 store: None,
+                store_links: Vec::new(),
             }),
             shard_counters: Vec::new(),
             link_boards: Vec::new(),
@@ -809,6 +813,7 @@ impl Engine {
             metrics_write_errors: collected.write_errors,
             metrics_write_error: collected.first_write_error,
             shards: shard_reports,
+            store_links: self.live.store_links.clone(),
             threads,
         }
     }

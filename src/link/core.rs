@@ -56,6 +56,13 @@ pub const RETRY_GRACE_NS: u64 = 250_000_000;
 /// [`Decision::NotUp`] says so, once.
 pub const NOT_UP_AFTER_NS: u64 = 5_000_000_000;
 
+/// How long a link that was up may stay lost before [`Decision::StillLost`] says so (a loss is
+/// said once, when it happens; a link that never comes back was said no more).
+pub const STILL_LOST_AFTER_NS: u64 = 5_000_000_000;
+
+/// While a link stays lost, [`Decision::StillLost`] is said again this often.
+pub const STILL_LOST_EVERY_NS: u64 = 60_000_000_000;
+
 /// The wait before the second re-establishment in a row; it doubles with each further one.
 pub const BACKOFF_MIN_NS: u64 = 100_000_000;
 
@@ -201,6 +208,9 @@ pub enum Decision {
     /// Link `link` was never up: libzmq has retried its connect for `for_ns` (said once, after
     /// [`NOT_UP_AFTER_NS`]; nobody serves the endpoint, or a firewall drops the attempts).
     NotUp { link: usize, for_ns: u64, attempts: u64 },
+    /// Link `link`, lost for `reason` (the last loss counted), is still not back after `for_ns`
+    /// (said [`STILL_LOST_AFTER_NS`] after the loss, then every [`STILL_LOST_EVERY_NS`]).
+    StillLost { link: usize, for_ns: u64, reason: Reason },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +228,16 @@ enum State {
         at_ns: u64,
         failure: Option<Failure>,
         counted: bool,
+    },
+    /// A handshake failed with no detail and libzmq retries (down since `since_ns`, retried at
+    /// `at_ns`): the next attempt decides what to count. A keyed client at a plain server reads
+    /// a detail-less failure first and `MECHANISM_MISMATCH` at the next attempt; judged at once,
+    /// it was said as a broken-off handshake (a wrong `--server-key`) before the right line.
+    /// Counted `handshake_failed` when the next attempt fails without detail too, or comes up,
+    /// or none comes within the grace.
+    Retrying {
+        since_ns: u64,
+        at_ns: u64,
     },
     /// Lost for `reason` since `since_ns`; libzmq or mdsub is reconnecting.
     Lost {
@@ -286,6 +306,8 @@ struct Link {
     reestablish_at: Option<u64>,
     /// When the link last came up (its handshake), while it is up.
     up_since_ns: Option<u64>,
+    /// While it is lost: when [`Decision::StillLost`] is due.
+    still_lost_at: Option<u64>,
     stats: LinkStats,
 }
 
@@ -314,6 +336,7 @@ impl Links {
                 backoff_ns: 0,
                 reestablish_at: None,
                 up_since_ns: None,
+                still_lost_at: None,
             })
             .collect();
         Links { links, grace_ns, ended: false }
@@ -398,7 +421,12 @@ impl Links {
         }
         match event {
             Event::HandshakeSucceeded => {
+                if let State::Retrying { since_ns, .. } = l.state {
+                    // The next attempt came up: the one before only broke off.
+                    Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                }
                 l.stats.connects += 1;
+                l.still_lost_at = None;
                 l.up_since_ns = Some(now_ns);
                 l.reestablish_at = None;
                 if let State::Lost { since_ns } = l.state {
@@ -414,12 +442,20 @@ impl Links {
                 l.state = if ended { State::Ended } else { State::Up };
             }
             Event::HandshakeFailed(kind) => {
+                if let (State::Retrying { since_ns, .. }, Failure::NoDetail) = (l.state, kind) {
+                    // Detail-less again: that is what it is.
+                    Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                }
                 // DISCONNECTED follows; keep the detail for it.
                 l.state = Self::down(l.state, Some(kind), now_ns);
             }
             Event::Disconnected => {
                 let failure = match l.state {
                     State::Down { failure, .. } => failure,
+                    State::Retrying { since_ns, .. } => {
+                        Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                        None
+                    }
                     _ => None,
                 };
                 l.state = Self::down(l.state, failure, now_ns);
@@ -439,6 +475,9 @@ impl Links {
                         }
                     }
                     State::Down { since_ns, counted: true, .. } => l.state = State::Lost { since_ns },
+                    State::Down { since_ns, failure: Some(Failure::NoDetail), counted: false, .. } => {
+                        l.state = State::Retrying { since_ns, at_ns: now_ns };
+                    }
                     State::Down { since_ns, failure, counted: false, .. } => {
                         let reason = match failure {
                             None => Reason::Disconnected,
@@ -458,6 +497,25 @@ impl Links {
     /// from libzmq is counted and re-established (at once, or when its back-off is over).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
         for (i, l) in self.links.iter_mut().enumerate() {
+            if let State::Retrying { since_ns, at_ns } = l.state {
+                if now_ns.saturating_sub(at_ns) >= self.grace_ns {
+                    // No next attempt within the grace: a broken-off handshake libzmq retries.
+                    Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                    Self::publish_state(l);
+                }
+            }
+            if let Some(at) = l.still_lost_at {
+                match (l.state, l.last_reason) {
+                    (State::Lost { since_ns } | State::Down { since_ns, counted: true, .. }, Some(reason))
+                        if now_ns >= at =>
+                    {
+                        l.still_lost_at = Some(now_ns.saturating_add(STILL_LOST_EVERY_NS));
+                        out.push(Decision::StillLost { link: i, for_ns: now_ns.saturating_sub(since_ns), reason });
+                    }
+                    (State::Lost { .. } | State::Down { counted: true, .. }, _) => {}
+                    _ => l.still_lost_at = None,
+                }
+            }
             if let State::Down { since_ns, at_ns, failure, .. } = l.state {
                 if now_ns.saturating_sub(at_ns) >= self.grace_ns {
                     let reason = match failure {
@@ -480,7 +538,7 @@ impl Links {
                         l.backoff_ns = l.backoff_ns.saturating_mul(2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
                         out.push(Decision::Reestablish { link: i });
                     }
-                    State::Lost { .. } | State::Down { .. } => {}
+                    State::Lost { .. } | State::Down { .. } | State::Retrying { .. } => {}
                     // Up again or ended: nothing left to re-establish.
                     State::Up | State::Connecting | State::Ended => l.reestablish_at = None,
                 }
@@ -495,6 +553,10 @@ impl Links {
     /// no detail). Its [`Decision::Lost`] goes to `out`, to be said.
     pub fn finish(&mut self, out: &mut Vec<Decision>) {
         for (i, l) in self.links.iter_mut().enumerate() {
+            if let State::Retrying { since_ns, .. } = l.state {
+                Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                Self::publish_state(l);
+            }
             if let State::Down { since_ns, failure, counted: false, .. } = l.state {
                 let reason = match failure {
                     None => Reason::Disconnected,
@@ -507,6 +569,8 @@ impl Links {
                 l.reestablish_at = None;
                 Self::publish_state(l);
             }
+            // Nothing more to say once the owner stops.
+            l.still_lost_at = None;
         }
     }
 
@@ -522,7 +586,11 @@ impl Links {
     /// True while some link waits for the grace to pass or for its back-off (the shell then
     /// calls [`Links::tick`] soon, even without events).
     pub fn pending(&self) -> bool {
-        self.links.iter().any(|l| matches!(l.state, State::Down { .. }) || l.reestablish_at.is_some())
+        self.links.iter().any(|l| {
+            // A still-lost line needs no tick of its own: libzmq announces each retry, and a link
+            // it gave up on waits for its re-establishment.
+            matches!(l.state, State::Down { .. } | State::Retrying { .. }) || l.reestablish_at.is_some()
+        })
     }
 
     /// The state after a disconnect or failed handshake in state `was`: an
@@ -531,6 +599,7 @@ impl Links {
         match was {
             State::Lost { since_ns } => State::Down { since_ns, at_ns: now_ns, failure, counted: true },
             State::Down { since_ns, counted, .. } => State::Down { since_ns, at_ns: now_ns, failure, counted },
+            State::Retrying { since_ns, .. } => State::Down { since_ns, at_ns: now_ns, failure, counted: false },
             State::Up | State::Connecting | State::Ended => {
                 State::Down { since_ns: now_ns, at_ns: now_ns, failure, counted: false }
             }
@@ -540,6 +609,7 @@ impl Links {
     fn lose(l: &mut Link, i: usize, reason: Reason, since_ns: u64, out: &mut Vec<Decision>) {
         *l.stats.lost.entry(reason.name().to_string()).or_insert(0) += 1;
         l.last_reason = Some(reason);
+        l.still_lost_at.get_or_insert(since_ns.saturating_add(STILL_LOST_AFTER_NS));
         l.state = State::Lost { since_ns };
         out.push(Decision::Lost { link: i, reason });
     }
@@ -548,7 +618,7 @@ impl Links {
         let s = match l.state {
             State::Up => "up",
             State::Connecting => "connecting",
-            State::Down { .. } | State::Lost { .. } => "down",
+            State::Down { .. } | State::Retrying { .. } | State::Lost { .. } => "down",
             State::Ended => "ended",
         };
         if l.stats.state != s {
@@ -814,14 +884,159 @@ mod tests {
             let said = r.explain(false);
             assert!(!said.contains("CURVE") && !said.contains("key"), "{r:?}: {said}");
         }
-        // One libzmq retries is the plain handshake_failed.
+        // One libzmq retries is the plain handshake_failed, once no next attempt says more
+        // within the grace.
         let mut l = links();
         let out = run(
             &mut l,
-            &[(Event::HandshakeFailed(Failure::NoDetail), 0), (Event::Disconnected, 0), (Event::ConnectRetried, 5)],
+            &[
+                (Event::HandshakeFailed(Failure::NoDetail), 0),
+                (Event::Disconnected, 0),
+                (Event::ConnectRetried, 5),
+                (Event::ConnectRetried, 5 + RETRY_GRACE_NS - 1),
+            ],
         );
+        assert!(out.is_empty(), "held for the next attempt: {out:?}");
+        assert_eq!(l.stats()[0].state, "down");
+        let mut out = Vec::new();
+        l.tick(5 + RETRY_GRACE_NS, &mut out);
         assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
         assert_eq!(l.stats()[0].lost.get("handshake_failed"), Some(&1));
+    }
+
+    #[test]
+    fn a_detail_less_failure_is_judged_by_the_next_attempt() {
+        // A keyed engine at a plain replay: the first attempt breaks off with no detail (libzmq
+        // retries), the next names the mechanism mismatch. It said `handshake_failed … most
+        // often a --server-key that is not the server's` first and counted both.
+        let mut l = links();
+        let first = [
+            (Event::Connected, 0),
+            (Event::HandshakeFailed(Failure::NoDetail), 1),
+            (Event::Disconnected, 1),
+            (Event::ConnectRetried, 2),
+        ];
+        assert!(run(&mut l, &first).is_empty());
+        let next = [
+            (Event::Connected, 100_000_000),
+            (Event::HandshakeFailed(Failure::MechanismMismatch), 100_000_001),
+            (Event::Disconnected, 100_000_001),
+            (Event::Other, 100_000_001 + RETRY_GRACE_NS),
+        ];
+        let out = run(&mut l, &next);
+        assert_eq!(
+            out,
+            vec![
+                Decision::Lost { link: 0, reason: Reason::HandshakeFailedMechanism },
+                Decision::Reestablish { link: 0 }
+            ]
+        );
+        let s = &l.stats()[0];
+        assert_eq!((s.lost_total(), s.lost.get("handshake_failed_mechanism")), (1, Some(&1)), "{s}");
+
+        // Detail-less again: counted then, once for the outage.
+        let mut l = links();
+        let mut out = run(&mut l, &first);
+        for (e, t) in [
+            (Event::Connected, 1_000),
+            (Event::HandshakeFailed(Failure::NoDetail), 1_001),
+            (Event::Disconnected, 1_001),
+            (Event::ConnectRetried, 1_002),
+        ] {
+            l.on_event(e, SEEN, t, &mut out);
+        }
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
+        l.tick(10 * RETRY_GRACE_NS, &mut out);
+        assert_eq!(l.stats()[0].lost_total(), 1, "{}", l.stats()[0]);
+
+        // The next attempt comes up: the first only broke off, and the link is back.
+        let mut l = links();
+        let mut out = run(&mut l, &first);
+        l.on_event(Event::HandshakeSucceeded, SEEN, 1_000, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Decision::Lost { link: 0, reason: Reason::HandshakeFailed },
+                Decision::Up { link: 0, down_ns: 999, reconnects: 1 }
+            ]
+        );
+
+        // The owner stops while it waits: counted then.
+        let mut l = links();
+        let mut out = run(&mut l, &first);
+        l.finish(&mut out);
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
+    }
+
+    #[test]
+    fn a_lost_link_that_stays_lost_is_said_again() {
+        // kill -9 of the only store: `lost (disconnected)` once, then nothing for the rest of
+        // the run. Now: `still lost` after STILL_LOST_AFTER_NS, then every STILL_LOST_EVERY_NS.
+        let s = 1_000_000_000;
+        let mut l = links();
+        let mut out =
+            run(&mut l, &[(Event::HandshakeSucceeded, 0), (Event::Disconnected, s), (Event::ConnectRetried, s + 1)]);
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::Disconnected }]);
+        out.clear();
+        let mut t = s;
+        while t < s + 200 * s {
+            // libzmq retries every 100 ms and nothing answers.
+            l.on_event(Event::ConnectRetried, SEEN, t, &mut out);
+            l.tick(t, &mut out);
+            t += s / 10;
+        }
+        let said: Vec<u64> = out
+            .iter()
+            .map(|d| match d {
+                Decision::StillLost { for_ns, reason: Reason::Disconnected, .. } => *for_ns,
+                other => panic!("only still-lost lines: {other:?}"),
+            })
+            .collect();
+        let want = [
+            STILL_LOST_AFTER_NS,
+            STILL_LOST_AFTER_NS + STILL_LOST_EVERY_NS,
+            STILL_LOST_AFTER_NS + 2 * STILL_LOST_EVERY_NS,
+            STILL_LOST_AFTER_NS + 3 * STILL_LOST_EVERY_NS,
+        ];
+        assert_eq!(said.len(), want.len(), "{said:?}");
+        for (got, want) in said.iter().zip(want) {
+            assert!((want..want + s / 10).contains(got), "{said:?}");
+        }
+        assert_eq!(l.stats()[0].lost_total(), 1, "said again, counted once");
+        // Back: the up line says for how long, and nothing more is due.
+        out.clear();
+        l.on_event(Event::HandshakeSucceeded, SEEN, t, &mut out);
+        assert!(matches!(out[..], [Decision::Up { reconnects: 1, .. }]), "{out:?}");
+        out.clear();
+        l.tick(t + 10 * STILL_LOST_EVERY_NS, &mut out);
+        assert!(out.is_empty() && !l.pending(), "{out:?}");
+
+        // One given up on and re-established with a back-off (a refused key) is said again too;
+        // a link back within STILL_LOST_AFTER_NS is not.
+        let mut l = links();
+        let auth = [Event::Connected, Event::HandshakeFailed(Failure::Auth), Event::Disconnected];
+        failing_for(&mut l, &auth, 0, 10 * s);
+        let mut out = Vec::new();
+        // Said at 5 s (inside the run); next at 65 s.
+        l.tick(64 * s, &mut out);
+        assert!(!out.iter().any(|d| matches!(d, Decision::StillLost { .. })), "{out:?}");
+        l.tick(66 * s, &mut out);
+        assert!(
+            out.iter().any(|d| matches!(d, Decision::StillLost { reason: Reason::HandshakeFailedAuth, .. })),
+            "{out:?}"
+        );
+        let mut l = links();
+        let mut out = run(
+            &mut l,
+            &[
+                (Event::HandshakeSucceeded, 0),
+                (Event::Disconnected, s),
+                (Event::ConnectRetried, s + 1),
+                (Event::HandshakeSucceeded, 2 * s),
+            ],
+        );
+        l.tick(100 * s, &mut out);
+        assert!(!out.iter().any(|d| matches!(d, Decision::StillLost { .. })), "{out:?}");
     }
 
     #[test]

@@ -479,8 +479,30 @@ impl LinkWatch {
                 self.say_lost(link, Reason::Disconnected, now);
                 self.act(socket, decision, now);
             }
-            Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } if !self.log => {}
-            Decision::NotUp { .. } if self.only_given_up => {}
+            Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } | Decision::StillLost { .. }
+                if !self.log => {}
+            Decision::NotUp { .. } | Decision::StillLost { .. } if self.only_given_up => {}
+            Decision::StillLost { link, for_ns, reason } => {
+                let (ep, stats) = (self.links.endpoint(link), &self.links.stats()[link]);
+                let how = match reason {
+                    Reason::Disconnected | Reason::HandshakeFailed => {
+                        format!("libzmq keeps reconnecting ({} attempts so far)", stats.retries)
+                    }
+                    _ => format!(
+                        "mdsub keeps re-establishing it, backing off to once every 30 s ({} times so far)",
+                        stats.reestablished
+                    ),
+                };
+                crate::diag!(
+                    "{}: link {ep} still lost after {} ({}): {how}; said again every {} while it stays lost",
+                    self.name,
+                    human_s(for_ns),
+                    reason.name(),
+                    human_s(core::STILL_LOST_EVERY_NS)
+                );
+                // Its return is said too.
+                self.said[link] = true;
+            }
             Decision::NotUp { link, for_ns, attempts } => {
                 let not_up = NotUp { endpoint: self.links.endpoint(link).to_string(), for_ns, attempts };
                 match self.not_ups.as_mut() {
@@ -507,10 +529,10 @@ impl LinkWatch {
             Decision::Up { link, .. } if !self.said[link] => {}
             Decision::Up { link, down_ns, reconnects } => {
                 crate::diag!(
-                    "{}: link {} up again after {:.1} ms down (reconnect {reconnects})",
+                    "{}: link {} up again after {} down (reconnect {reconnects})",
                     self.name,
                     self.links.endpoint(link),
-                    down_ns as f64 / 1e6
+                    crate::metrics::human_ns(down_ns)
                 );
             }
         }
@@ -533,6 +555,11 @@ impl Drop for LinkWatch {
             }
         }
     }
+}
+
+/// A while in whole seconds (`5 s`, `60 s`), as the link lines say it.
+fn human_s(ns: u64) -> String {
+    format!("{:.0} s", ns as f64 / 1e9)
 }
 
 /// One monitor message: `[u16 event, u32 value]` (native order) and the endpoint. A failed

@@ -398,6 +398,10 @@ pub struct RunReport {
     /// Per shard (the engine; empty for the baseline).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardReport>,
+    /// The status agent's links to the clone store (`engine --store`): their state and losses
+    /// by reason when it stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub store_links: Vec<crate::link::LinkStats>,
     /// Counters kept by the workers' handler (e.g. `verify`), summed.
     pub handler: BTreeMap<String, u64>,
     /// The handler's end-report lines (e.g. the `book` handler's best bid and ask per instrument).
@@ -694,6 +698,9 @@ impl RunReport {
                     );
                 }
             }
+        }
+        for l in &self.store_links {
+            let _ = writeln!(s, "  store        link {l}");
         }
         if !self.threads.is_empty() {
             let _ =

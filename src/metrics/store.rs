@@ -123,6 +123,11 @@ pub struct StoreAgent {
 }
 
 impl StoreAgent {
+    /// Its clone client's links to the store now (state, losses by reason), for the report.
+    pub fn links(&self) -> Vec<crate::link::LinkStats> {
+        self.client.status().map(|s| s.links).unwrap_or_default()
+    }
+
     /// Connect to the store and watch this engine's config subtree (what is
     /// already there is applied first, as changes).
     pub fn new(inputs: StoreInputs) -> Result<Self, String> {
