@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::clock;
 use crate::diag::ExitCounters;
-use crate::link::{LinkBoard, LinkStats, LinkWatch};
+use crate::link::{KeyFlags, LinkBoard, LinkStats, LinkWatch};
 use crate::zmqx::frame::{recv_frames, send_frames_from, Frame};
 use crate::zmqx::{self, Attach};
 
@@ -296,7 +296,9 @@ fn watch_links(
     } else {
         watch(backend, "backend", connects(&config.backend))?
     };
-    Ok([front, back])
+    // Neither proxy has key flags: a loss line must not tell its user to give some.
+    let plain = |w: Option<LinkWatch>| w.map(|w| w.keys_by(KeyFlags::NoKeys));
+    Ok([plain(front), plain(back)])
 }
 
 /// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`] (before it is attached):

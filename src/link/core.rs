@@ -56,6 +56,10 @@ pub const RETRY_GRACE_NS: u64 = 250_000_000;
 /// [`Decision::NotUp`] says so, once.
 pub const NOT_UP_AFTER_NS: u64 = 5_000_000_000;
 
+/// How long detail-less handshake failures that libzmq retries are held for an attempt that
+/// says more (a mechanism mismatch) before they are counted as `handshake_failed`.
+pub const NO_DETAIL_HOLD_NS: u64 = 1_000_000_000;
+
 /// How long a link that was up may stay lost before [`Decision::StillLost`] says so (a loss is
 /// said once, when it happens; a link that never comes back was said no more).
 pub const STILL_LOST_AFTER_NS: u64 = 5_000_000_000;
@@ -230,11 +234,12 @@ enum State {
         counted: bool,
     },
     /// A handshake failed with no detail and libzmq retries (down since `since_ns`, retried at
-    /// `at_ns`): the next attempt decides what to count. A keyed client at a plain server reads
-    /// a detail-less failure first and `MECHANISM_MISMATCH` at the next attempt; judged at once,
-    /// it was said as a broken-off handshake (a wrong `--server-key`) before the right line.
-    /// Counted `handshake_failed` when the next attempt fails without detail too, or comes up,
-    /// or none comes within the grace.
+    /// `at_ns`): a later attempt decides what to count. A keyed client at a plain server reads
+    /// detail-less failures first (the server closes before its greeting is read) and
+    /// `MECHANISM_MISMATCH` at a later attempt; judged at once, it was said as a broken-off
+    /// handshake (a wrong `--server-key`) before the right line. Counted `handshake_failed` when
+    /// an attempt comes up, when none comes within the grace, or when the attempts still fail
+    /// without detail [`NO_DETAIL_HOLD_NS`] after the first.
     Retrying {
         since_ns: u64,
         at_ns: u64,
@@ -442,11 +447,8 @@ impl Links {
                 l.state = if ended { State::Ended } else { State::Up };
             }
             Event::HandshakeFailed(kind) => {
-                if let (State::Retrying { since_ns, .. }, Failure::NoDetail) = (l.state, kind) {
-                    // Detail-less again: that is what it is.
-                    Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
-                }
-                // DISCONNECTED follows; keep the detail for it.
+                // DISCONNECTED follows; keep the detail for it (a held detail-less failure stays
+                // held, with its start, until an attempt says more or the hold ends).
                 l.state = Self::down(l.state, Some(kind), now_ns);
             }
             Event::Disconnected => {
@@ -498,8 +500,9 @@ impl Links {
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
         for (i, l) in self.links.iter_mut().enumerate() {
             if let State::Retrying { since_ns, at_ns } = l.state {
-                if now_ns.saturating_sub(at_ns) >= self.grace_ns {
-                    // No next attempt within the grace: a broken-off handshake libzmq retries.
+                if now_ns.saturating_sub(at_ns) >= self.grace_ns || now_ns.saturating_sub(since_ns) >= NO_DETAIL_HOLD_NS
+                {
+                    // No attempt said more: a broken-off handshake libzmq retries.
                     Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
                     Self::publish_state(l);
                 }
@@ -934,20 +937,43 @@ mod tests {
         let s = &l.stats()[0];
         assert_eq!((s.lost_total(), s.lost.get("handshake_failed_mechanism")), (1, Some(&1)), "{s}");
 
-        // Detail-less again: counted then, once for the outage.
-        let mut l = links();
-        let mut out = run(&mut l, &first);
-        for (e, t) in [
-            (Event::Connected, 1_000),
-            (Event::HandshakeFailed(Failure::NoDetail), 1_001),
-            (Event::Disconnected, 1_001),
-            (Event::ConnectRetried, 1_002),
-        ] {
-            l.on_event(e, SEEN, t, &mut out);
+        // Detail-less again and again (an attempt every 100 ms): held until NO_DETAIL_HOLD_NS
+        // after the first, then counted once for the outage; a mismatch read within it wins.
+        for mismatch_at in [None, Some(700_000_000)] {
+            let mut l = links();
+            let mut out = run(&mut l, &first);
+            let mut t = 100_000_000;
+            while t < 2 * NO_DETAIL_HOLD_NS && out.is_empty() {
+                let kind = match mismatch_at {
+                    Some(m) if t == m => Failure::MechanismMismatch,
+                    // libzmq gave up: no more attempts.
+                    Some(m) if t > m => {
+                        t += 100_000_000;
+                        l.tick(t, &mut out);
+                        continue;
+                    }
+                    _ => Failure::NoDetail,
+                };
+                for e in [Event::Connected, Event::HandshakeFailed(kind), Event::Disconnected] {
+                    l.on_event(e, SEEN, t, &mut out);
+                }
+                if kind == Failure::NoDetail {
+                    l.on_event(Event::ConnectRetried, SEEN, t + 1, &mut out);
+                }
+                l.tick(t + 1, &mut out);
+                if out.is_empty() {
+                    t += 100_000_000;
+                    l.tick(t, &mut out);
+                }
+            }
+            let (want, at) = match mismatch_at {
+                None => (Reason::HandshakeFailed, NO_DETAIL_HOLD_NS),
+                Some(m) => (Reason::HandshakeFailedMechanism, m + RETRY_GRACE_NS),
+            };
+            assert_eq!(out.first(), Some(&Decision::Lost { link: 0, reason: want }), "{out:?}");
+            assert!((at..at + 100_000_000).contains(&t), "decided at {t}, want {at}");
+            assert_eq!(l.stats()[0].lost_total(), 1, "{}", l.stats()[0]);
         }
-        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
-        l.tick(10 * RETRY_GRACE_NS, &mut out);
-        assert_eq!(l.stats()[0].lost_total(), 1, "{}", l.stats()[0]);
 
         // The next attempt comes up: the first only broke off, and the link is back.
         let mut l = links();

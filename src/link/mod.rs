@@ -62,6 +62,60 @@ pub const SERVICE_EVERY_ROUNDS: u32 = 1024;
 /// Most events taken per service.
 const EVENTS_PER_SERVICE: usize = 64;
 
+/// What the command that owns a watched socket lets a person do about CURVE on it, so that a
+/// loss line names only flags the command has ([`LinkWatch::keys_by`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyFlags {
+    /// `--server-key` and `--curve-key` give this socket its keys (the engine's feeds,
+    /// `clone-client`): [`Reason::explain`] as it is.
+    #[default]
+    ServerAndCurveKey,
+    /// No flag gives this socket keys: the command does not speak CURVE on it (`top`, `lvc`,
+    /// `tap`, the engine's `--store`).
+    NoKeys,
+    /// Each half of a Binary Star pair connects to the other with its own `--curve-key` as the
+    /// server's key: both halves must be given the same one (`clone-server` has no `--server-key`).
+    SameCurveKey,
+}
+
+impl KeyFlags {
+    /// What `reason` means on a socket that presents CURVE keys (`curve`) or not, said with the
+    /// flags this owner has: [`Reason::explain`] names a client command's `--server-key` and
+    /// `--curve-key`, and is said as it is where those are the flags.
+    pub fn explain(self, reason: Reason, curve: bool) -> &'static str {
+        match (self, reason, curve) {
+            (KeyFlags::NoKeys, Reason::HandshakeFailedMechanism, _) => {
+                "the peer uses another security mechanism: the server demands CURVE, and this command \
+                 does not speak CURVE on this link (no flag gives it keys). That will not fix itself: \
+                 connect it to a server without --curve-key. mdsub keeps re-establishing the link, \
+                 backing off to once every 30 s"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailedMechanism, _) => {
+                "the peer uses another security mechanism: one half of the Binary Star pair has \
+                 --curve-key and the other has not. That will not fix itself: give both halves the \
+                 same --curve-key (or neither). mdsub keeps re-establishing the link, backing off to \
+                 once every 30 s"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailed, true) => {
+                "handshake broke off; libzmq retries (with CURVE, one that breaks off at every attempt \
+                 is most often the two halves of the pair given different --curve-key files: each \
+                 connects to the other with its own key as the server's, so both must use the same one)"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailedNoDetail, true) => {
+                "the handshake failed and libzmq gave no reason and gave up (with CURVE, most often the \
+                 two halves of the pair given different --curve-key files: both must use the same one); \
+                 mdsub keeps re-establishing the link, backing off to once every 30 s"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailedAuth, true) => {
+                "authentication refused: the other half's access rules (--curve-allow, --allow-addr) do \
+                 not let this half in. That will not fix itself. mdsub keeps re-establishing the link, \
+                 backing off to once every 30 s"
+            }
+            _ => reason.explain(curve),
+        }
+    }
+}
+
 /// Connections accepted on a socket's bound endpoints, counted by its watch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Accepted {
@@ -150,6 +204,8 @@ pub struct LinkWatch {
     /// The socket presents CURVE keys (set before the watch is attached): loss lines hint at
     /// keys only then.
     curve: bool,
+    /// What the owner's flags can do about CURVE on this socket: the hints name only those.
+    keys: KeyFlags,
     /// Say only the losses libzmq gives up on ([`LinkWatch::saying_only_what_libzmq_gives_up`]).
     only_given_up: bool,
     /// `disconnected` lines held for the grace: (say at, link).
@@ -230,6 +286,7 @@ impl LinkWatch {
             follow_retries: false,
             log: true,
             curve,
+            keys: KeyFlags::default(),
             only_given_up: false,
             held: Vec::new(),
             not_ups: None,
@@ -279,6 +336,13 @@ impl LinkWatch {
     /// Connections accepted on the socket's bound endpoints so far.
     pub fn accepted(&self) -> Accepted {
         self.accepted
+    }
+
+    /// What the owner's flags can do about CURVE on this socket (`--server-key` and
+    /// `--curve-key` unless told otherwise): its loss lines hint only at those.
+    pub fn keys_by(mut self, keys: KeyFlags) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Keep quiet on stderr (a full-screen owner); the counters still count.
@@ -458,7 +522,7 @@ impl LinkWatch {
     fn say_lost(&mut self, link: usize, reason: Reason, now: u64) {
         let retried = matches!(reason, Reason::Disconnected | Reason::HandshakeFailed);
         if self.log && !(self.only_given_up && retried) {
-            let line = self.losses[link].refuse(reason.name(), &reason.explain(self.curve), now);
+            let line = self.losses[link].refuse(reason.name(), &self.keys.explain(reason, self.curve), now);
             self.said[link] = line.is_some();
             if let Some(line) = line {
                 crate::diag!("{line}");
@@ -591,6 +655,36 @@ fn parse_event(frames: &[zmq::Message]) -> Option<(Event, &str)> {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// A hint names only flags its command has: none for a command without key flags, and
+    /// `--curve-key` alone (the same on both halves) for a Binary Star pair.
+    #[test]
+    fn hints_name_only_the_owners_flags() {
+        let reasons = [
+            Reason::Disconnected,
+            Reason::ProtocolError,
+            Reason::HandshakeFailed,
+            Reason::HandshakeFailedProtocol,
+            Reason::HandshakeFailedMechanism,
+            Reason::HandshakeFailedAuth,
+            Reason::HandshakeFailedNoDetail,
+        ];
+        for r in reasons {
+            for curve in [true, false] {
+                assert_eq!(KeyFlags::ServerAndCurveKey.explain(r, curve), r.explain(curve));
+                let plain = KeyFlags::NoKeys.explain(r, false);
+                assert!(!plain.contains("--server-key") && !plain.contains("give --curve-key"), "{r:?}: {plain}");
+                let pair = KeyFlags::SameCurveKey.explain(r, curve);
+                assert!(!pair.contains("--server-key"), "{r:?} {curve}: {pair}");
+            }
+        }
+        assert!(KeyFlags::NoKeys.explain(Reason::HandshakeFailedMechanism, false).contains("does not speak CURVE"));
+        for curve in [true, false] {
+            let said = KeyFlags::SameCurveKey.explain(Reason::HandshakeFailedMechanism, curve);
+            assert!(said.contains("give both halves the same --curve-key"), "{said}");
+        }
+        assert!(KeyFlags::SameCurveKey.explain(Reason::HandshakeFailed, true).contains("both must use the same one"));
+    }
 
     /// Service `watch` until `what` holds of its counters, at most 10 s.
     fn serve_until(watch: &mut LinkWatch, sub: &zmq::Socket, what: impl Fn(&LinkStats) -> bool) -> LinkStats {

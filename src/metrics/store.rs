@@ -136,6 +136,8 @@ impl StoreAgent {
             subtree: "/mdsub/".into(),
             // Its lines about the store say so (`store: server … not up …`), like this agent's own.
             name: "store".into(),
+            // The engine's --server-key and --curve-key are its feeds'; --store presents none.
+            key_flags: crate::link::KeyFlags::NoKeys,
             ..ClientConfig::default()
         })
         .map_err(|e| format!("--store: {e}"))?;
