@@ -126,6 +126,9 @@ pub struct ShellCounters {
     /// queued behind it) with no event of its own. Each end is said by the rule for repeated lines.
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
+    /// Connections accepted there that libzmq refused in their handshake (no ZeroMQ peer, a port
+    /// check, another security mechanism): not publisher disconnects.
+    pub publisher_refused: u64,
 }
 
 /// The subscriber side as the hooks see it, while they handle one message
@@ -373,6 +376,7 @@ impl<H: ProxyHooks> ProxyShell<H> {
         if let Some(w) = &self.links[0] {
             let a = w.accepted();
             (self.counters.publisher_connects, self.counters.publisher_disconnects) = (a.connects, a.disconnects);
+            self.counters.publisher_refused = a.refused;
         }
         self.take_joins(now_ns);
     }

@@ -134,6 +134,9 @@ pub struct ShardCounters {
     /// queued behind it) with no event of its own ([`crate::link::LinkWatch::accepted`]).
     pub publisher_connects: AtomicU64,
     pub publisher_disconnects: AtomicU64,
+    /// Connections accepted there that libzmq refused in their handshake (no ZeroMQ peer, a port
+    /// check, another security mechanism): not publisher disconnects.
+    pub publisher_refused: AtomicU64,
 }
 
 impl ShardCounters {
@@ -626,6 +629,7 @@ impl ReaderAgent {
                 let a = w.accepted();
                 self.counters.publisher_connects.store(a.connects, Relaxed);
                 self.counters.publisher_disconnects.store(a.disconnects, Relaxed);
+                self.counters.publisher_refused.store(a.refused, Relaxed);
             }
         }
     }

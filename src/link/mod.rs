@@ -121,8 +121,13 @@ impl KeyFlags {
 pub struct Accepted {
     /// Handshakes completed.
     pub connects: u64,
-    /// Connections that ended (closed by the peer, broken, or dropped by libzmq: it does not say which).
+    /// Connections that ended after their handshake (closed by the peer, broken, or dropped by
+    /// libzmq: it does not say which).
     pub disconnects: u64,
+    /// Connections whose handshake libzmq failed (a peer that is no ZeroMQ peer, a port scan,
+    /// another security mechanism): refusals, said by the rule for repeated lines, not publisher
+    /// disconnects (their `DISCONNECTED` follows and is not counted there).
+    pub refused: u64,
 }
 
 /// A socket's link counters, shared with whoever reports them.
@@ -220,6 +225,10 @@ pub struct LinkWatch {
     /// With [`LinkWatch::saying_accepted_ends`]: the ends of accepted connections, said by the
     /// rule for repeated lines, and what each may mean.
     accepted_ends: Option<(Refusals, String)>,
+    /// Handshake failures of accepted connections whose `DISCONNECTED` is still to come.
+    refused_open: u64,
+    /// The refused accepted connections, said by the rule for repeated lines.
+    accepted_refused: Refusals,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -294,6 +303,8 @@ impl LinkWatch {
             said: vec![false; endpoints.len()],
             accepted: Accepted::default(),
             accepted_ends: None,
+            refused_open: 0,
+            accepted_refused: Refusals::new(name, SUMMARY_INTERVAL_NS).said_as(format!("{name}: refused a connection")),
         })
     }
 
@@ -426,6 +437,35 @@ impl LinkWatch {
                     // A connection accepted on an endpoint the socket binds.
                     match event {
                         Event::HandshakeSucceeded => self.accepted.connects += 1,
+                        // libzmq's handshake refused it (ZAP's own refusals are its handler's).
+                        Event::HandshakeFailed(kind) if kind != Failure::Auth => {
+                            self.refused_open += 1;
+                            let refusal = match kind {
+                                Failure::MechanismMismatch => crate::security::Refusal::HandshakeMechanism,
+                                Failure::Protocol => crate::security::Refusal::HandshakeProtocol,
+                                Failure::NoDetail | Failure::Auth => crate::security::Refusal::HandshakeNoDetail,
+                            };
+                            Self::refuse_accepted(
+                                (&mut self.accepted, &mut self.accepted_refused),
+                                (self.log, self.curve),
+                                refusal,
+                                endpoint,
+                                now,
+                            );
+                        }
+                        // The end of a connection refused in its handshake: counted there.
+                        Event::Disconnected if self.refused_open > 0 => self.refused_open -= 1,
+                        // No connection that completed its handshake is open: this one never did
+                        // (libzmq 4.3.5 ends some non-ZeroMQ peers with no handshake event).
+                        Event::Disconnected if self.accepted.connects <= self.accepted.disconnects => {
+                            Self::refuse_accepted(
+                                (&mut self.accepted, &mut self.accepted_refused),
+                                (self.log, self.curve),
+                                crate::security::Refusal::HandshakeNoDetail,
+                                endpoint,
+                                now,
+                            );
+                        }
                         Event::Disconnected => {
                             self.accepted.disconnects += 1;
                             if let (Some((said, explain)), true) = (&mut self.accepted_ends, self.log) {
@@ -442,7 +482,8 @@ impl LinkWatch {
                 self.links.on_event(event, endpoint, now, &mut self.out);
             }
         }
-        let accepted_unsaid = self.accepted_ends.as_ref().is_some_and(|(said, _)| said.unsaid());
+        let accepted_unsaid =
+            self.accepted_ends.as_ref().is_some_and(|(said, _)| said.unsaid()) || self.accepted_refused.unsaid();
         if seen == 0
             && !self.links.pending()
             && self.held.is_empty()
@@ -462,7 +503,9 @@ impl LinkWatch {
             self.held.remove(0);
             self.say_lost(link, Reason::Disconnected, now);
         }
-        for losses in self.losses.iter_mut().chain(self.accepted_ends.as_mut().map(|(said, _)| said)) {
+        let accepted =
+            self.accepted_ends.as_mut().map(|(said, _)| said).into_iter().chain([&mut self.accepted_refused]);
+        for losses in self.losses.iter_mut().chain(accepted) {
             if let Some(line) = losses.due(now) {
                 crate::diag!("{line}");
             }
@@ -516,6 +559,24 @@ impl LinkWatch {
     /// [`LinkWatch::following_changes`]).
     pub fn take_changes(&mut self, out: &mut Vec<LinkChange>) {
         out.append(&mut self.changes);
+    }
+
+    /// Count a connection accepted on `endpoint` that libzmq refused in its handshake, and say
+    /// it by the rule for repeated lines.
+    fn refuse_accepted(
+        (accepted, said): (&mut Accepted, &mut Refusals),
+        (log, curve): (bool, bool),
+        refusal: crate::security::Refusal,
+        endpoint: &str,
+        now: u64,
+    ) {
+        accepted.refused += 1;
+        if log {
+            let detail = format_args!("{endpoint}: {}", refusal.explain(curve));
+            if let Some(line) = said.refuse(refusal.reason(), &detail, now) {
+                crate::diag!("{line}");
+            }
+        }
     }
 
     /// Count a loss for the log; say it when the rule for repeated lines says so.
@@ -613,7 +674,9 @@ impl Drop for LinkWatch {
         for (_, link) in std::mem::take(&mut self.held) {
             self.say_lost(link, Reason::Disconnected, now);
         }
-        for losses in self.losses.iter_mut().chain(self.accepted_ends.as_mut().map(|(said, _)| said)) {
+        let accepted =
+            self.accepted_ends.as_mut().map(|(said, _)| said).into_iter().chain([&mut self.accepted_refused]);
+        for losses in self.losses.iter_mut().chain(accepted) {
             if let Some(line) = losses.flush() {
                 crate::diag!("{line}");
             }

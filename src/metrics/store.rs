@@ -281,6 +281,7 @@ impl StoreAgent {
                     "longest_self_stall_ns": stalls.1,
                     "publisher_connects": sh.publisher_connects,
                     "publisher_disconnects": sh.publisher_disconnects,
+                    "publisher_refused": sh.publisher_refused,
                     "links": sh.links,
                 });
                 if let (Some(status), serde_json::Value::Object(more)) = (status.as_object_mut(), more) {
