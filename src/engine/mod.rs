@@ -191,6 +191,13 @@ impl LiveOutputs {
     }
 }
 
+/// TCP keepalive on the shards' SUBs: probes after this many seconds without a packet…
+pub const TCP_KEEPALIVE_IDLE_S: i32 = 2;
+/// …then one every this many seconds…
+pub const TCP_KEEPALIVE_INTVL_S: i32 = 1;
+/// …and this many unanswered end the connection: a dead path is a lost link in about 5 s.
+pub const TCP_KEEPALIVE_CNT: i32 = 3;
+
 /// A running engine: its agents, their counters and the contexts they use.
 pub struct Engine {
     stop: StopFlag,
@@ -569,6 +576,13 @@ impl Engine {
             sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
             sub.set_maxmsgsize(max_msg_bytes).map_err(zerr("setting MAXMSGSIZE".into()))?;
             sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
+            // A dead path (a NIC down or gone, a cable pulled) sends no FIN: without keepalive
+            // the connection, and the link, stayed `up` for ever. Probed after 2 s of quiet,
+            // then every 1 s; 3 unanswered probes end it (libzmq then says DISCONNECTED).
+            sub.set_tcp_keepalive(1).map_err(zerr("setting TCP_KEEPALIVE".into()))?;
+            sub.set_tcp_keepalive_idle(TCP_KEEPALIVE_IDLE_S).map_err(zerr("setting TCP_KEEPALIVE_IDLE".into()))?;
+            sub.set_tcp_keepalive_intvl(TCP_KEEPALIVE_INTVL_S).map_err(zerr("setting TCP_KEEPALIVE_INTVL".into()))?;
+            sub.set_tcp_keepalive_cnt(TCP_KEEPALIVE_CNT).map_err(zerr("setting TCP_KEEPALIVE_CNT".into()))?;
             ClientKeys::apply_if(keys.as_ref(), &sub).map_err(zerr("setting CURVE keys".into()))?;
             let control = [crate::wire::CONTROL_TOPIC, b"\0"].concat();
             if shard.subscribe.is_empty() {
