@@ -425,6 +425,12 @@ impl Engine {
             engine.shard_counters.push(counters.clone());
             let rc = ReaderConfig {
                 shard: k,
+                sources: shard
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| crate::zmqx::tcp_parts(e).and_then(|(source, _)| source))
+                    .map(|s| crate::zmqx::host_of(s).to_string())
+                    .collect(),
                 batch_max: cfg.batch_max.max(1),
                 handoff: cfg.handoff,
                 routing: cfg.routing,
