@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::clock;
 use crate::diag::ExitCounters;
-use crate::link::{LinkBoard, LinkStats, LinkWatch};
+use crate::link::{KeyFlags, LinkBoard, LinkStats, LinkWatch};
 use crate::zmqx::frame::{recv_frames, send_frames_from, Frame};
 use crate::zmqx::{self, Attach};
 
@@ -126,6 +126,9 @@ pub struct ShellCounters {
     /// queued behind it) with no event of its own. Each end is said by the rule for repeated lines.
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
+    /// Connections accepted there that libzmq refused in their handshake (no ZeroMQ peer, a port
+    /// check, another security mechanism): not publisher disconnects.
+    pub publisher_refused: u64,
 }
 
 /// The subscriber side as the hooks see it, while they handle one message
@@ -296,7 +299,9 @@ fn watch_links(
     } else {
         watch(backend, "backend", connects(&config.backend))?
     };
-    Ok([front, back])
+    // Neither proxy has key flags: a loss line must not tell its user to give some.
+    let plain = |w: Option<LinkWatch>| w.map(|w| w.keys_by(KeyFlags::NoKeys));
+    Ok([plain(front), plain(back)])
 }
 
 /// The XPUB's delivery options, set once after [`zmqx::proxy_sockets`] (before it is attached):
@@ -371,6 +376,7 @@ impl<H: ProxyHooks> ProxyShell<H> {
         if let Some(w) = &self.links[0] {
             let a = w.accepted();
             (self.counters.publisher_connects, self.counters.publisher_disconnects) = (a.connects, a.disconnects);
+            self.counters.publisher_refused = a.refused;
         }
         self.take_joins(now_ns);
     }

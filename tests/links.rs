@@ -272,6 +272,66 @@ fn tap_bound_frontend_drop_on_an_oversized_message_is_counted_and_said() {
     proxy_bound_frontend_drop_on_an_oversized_message("tap");
 }
 
+/// One raw TCP connection of 200 random bytes (no ZeroMQ peer: a port scan) to `ep`
+/// (`tcp://IP:PORT`), closed after 200 ms.
+fn raw_garbage(ep: &str) {
+    use std::io::Write;
+    let addr = ep.trim_start_matches("tcp://");
+    let mut c = std::net::TcpStream::connect(addr).expect("raw connect");
+    let bytes: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let _ = c.write_all(&bytes);
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Before: a non-ZeroMQ peer on a bound endpoint counted `publisher_disconnects=1` and was said
+/// as "the publisher closed or went away, or it sent a message over --max-msg-bytes" (and
+/// raised DISCONN in `top`), though libzmq reported a failed handshake.
+fn proxy_bound_frontend_refuses_a_raw_connection(tool: &str) {
+    let mut p = common::proxy::start(tool, &[]);
+    raw_garbage(&p.frontend);
+    let head = format!("{tool} frontend: refused a connection (handshake_failed_");
+    let said = wait_line(&p.stderr, Duration::from_secs(20), "the refusal", |l| l.contains(&head));
+    assert!(said.contains(p.frontend.as_str()) && !said.contains("max-msg-bytes"), "{said}");
+    let (_, err) = common::proxy::stop(&mut p);
+    let tag = format!("{tool}: stopped:");
+    let line = err.iter().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no `{tag}` line in {err:?}"));
+    assert_eq!(common::proxy::counter(line, "publisher_disconnects"), 0, "{line}");
+    assert_eq!(common::proxy::counter(line, "publisher_refused"), 1, "{line}");
+    assert!(!err.iter().any(|l| l.contains("connection ended")), "{err:?}");
+}
+
+#[test]
+fn lvc_bound_frontend_refuses_a_raw_connection() {
+    proxy_bound_frontend_refuses_a_raw_connection("lvc");
+}
+
+#[test]
+fn tap_bound_frontend_refuses_a_raw_connection() {
+    proxy_bound_frontend_refuses_a_raw_connection("tap");
+}
+
+#[test]
+fn engine_bound_endpoint_refuses_a_raw_connection() {
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(["--expect-eos", "0", "--snail", "off"]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    let bound = wait_line(err, Duration::from_secs(20), "the bound endpoint", |l| l.starts_with("shard0: bound "));
+    let ep = bound.trim_start_matches("shard0: bound ").to_string();
+    raw_garbage(&ep);
+    let said = wait_line(err, Duration::from_secs(20), "the refusal", |l| {
+        l.starts_with("shard0: refused a connection (handshake_failed_")
+    });
+    assert!(said.contains(&ep), "{said}");
+    engine.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    assert!(status.success(), "engine failed: {out}");
+    let shard = &json(&out)["shards"][0];
+    let counts = (u(shard, "publisher_connects"), u(shard, "publisher_disconnects"), u(shard, "publisher_refused"));
+    assert_eq!(counts, (0, 0, 1), "{shard}");
+}
+
 /// No `lost` line in `err`, and every link of the JSON report `ended` with no loss.
 fn assert_no_loss_after_a_clean_end(what: &str, report: &str, err: &str) {
     assert!(!err.contains(" lost ("), "{what}: a clean end printed a lost link: {err}");

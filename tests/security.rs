@@ -1057,3 +1057,61 @@ fn a_profiles_access_fields_without_what_they_protect_are_named_as_the_profiles(
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--metrics-token-file: protects /metrics, and it is not served"), "{err}");
 }
+
+#[test]
+fn loss_lines_name_only_the_flags_a_command_has() {
+    // Before: a tap (no key flags) at a CURVE replay, and an engine's --store (its keys are its
+    // feeds') at a CURVE clone server, were told `give --server-key (…) and --curve-key`; a keyed
+    // engine at a plain replay said `lost (handshake_failed): … a --server-key that is not the
+    // server's public key` before the right mechanism line, and counted both.
+    let dir = temp_dir("sec-hints");
+    let (replay, curve_ep) = curve_replay(&dir, &["--count", "10", "--wait-timeout", "30s"]);
+    let mut cmd = mdsub();
+    cmd.args(["tap", "--frontend", &format!("connect:{curve_ep}"), "--backend", "tcp://127.0.0.1:*"]);
+    let tap = Both::spawn("tap", &mut cmd);
+    let line = tap.err_line("lost (handshake_failed_mechanism)");
+    assert!(line.contains("this command does not speak CURVE") && !line.contains("--server-key"), "{line}");
+    drop(tap);
+    drop(replay);
+
+    let port = free_port_block(4);
+    let mut cmd = mdsub();
+    cmd.arg("clone-server").arg("--endpoint").arg(ep(port)).arg("--curve-key").arg(dir.join("feed.key"));
+    let store = Both::spawn("clone-server", &mut cmd);
+    store.err_line("clone-server: ready on");
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--count", "10", "--wait-timeout", "30s"]);
+    let plain = Both::spawn("replay", &mut cmd);
+    let bound = wait_line(&plain.out, DEADLINE, "replay: bound shard0", |l| l.starts_with("bound shard0 "));
+    let plain_ep = bound.rsplit(' ').next().expect("endpoint").to_string();
+    let path = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
+    let keyed = engine(
+        &plain_ep,
+        &[
+            "--expect-eos",
+            "0",
+            "--snail",
+            "off",
+            "--curve-key",
+            &path("engine1.key"),
+            "--server-key",
+            &path("feed.pub"),
+            "--store",
+            &ep(port),
+        ],
+    );
+    let said = keyed.err_lines(&["shard0: link", "store: link"]);
+    for line in &said {
+        assert!(line.contains(" lost (handshake_failed_mechanism): "), "the first loss said is the mismatch: {said:?}");
+    }
+    assert!(said[0].contains("give the server --curve-key"), "{said:?}");
+    assert!(said[1].contains("this command does not speak CURVE") && !said[1].contains("--server-key"), "{said:?}");
+    let r = keyed.report();
+    let lost = &r["shards"][0]["links"][0]["lost"];
+    assert_eq!(lost.get("handshake_failed"), None, "{r}");
+    assert!(u(lost, "handshake_failed_mechanism") >= 1, "{r}");
+    let store_links = r["store_links"].as_array().expect("the report gives the store's links");
+    assert!(store_links.iter().any(|l| u(&l["lost"], "handshake_failed_mechanism") >= 1), "{r}");
+    drop(plain);
+    drop(store);
+}

@@ -389,6 +389,8 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
             // after 5 s`); the full-screen view keeps stderr off its screen.
             log_links: args.once,
             name: "top".into(),
+            // top speaks no CURVE: its link lines must not ask for key flags it has not.
+            key_flags: crate::link::KeyFlags::NoKeys,
             ..ClientConfig::default()
         },
         args.idle.strategy(),

@@ -419,7 +419,7 @@ impl ClientAgent {
         // "Not up" is said by the agent, once per server for both of its links.
         let publisher_links = LinkWatch::attach(&ctx, &publisher, &format!("{} collectors", cfg.name), &collectors)
             .map_err(agent_err("monitoring the update publisher"))?
-            .map(|w| w.quiet(quiet).hold_not_up());
+            .map(|w| w.quiet(quiet).keys_by(cfg.key_flags).hold_not_up());
         for base in &cfg.servers {
             let [snap, pubep, coll] =
                 super::endpoints(base).map_err(|message| AgentError::Fatal { role: "clone-client".into(), message })?;
@@ -437,6 +437,7 @@ impl ClientAgent {
                 })?
                 .following_changes()
                 .quiet(quiet)
+                .keys_by(cfg.key_flags)
                 .hold_not_up();
             sub.connect(&pubep).map_err(agent_err("connecting to a publisher"))?;
             servers.push(ServerConn { collector_ep: coll, snapshot_ep: snap, sub, links });

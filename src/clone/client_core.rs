@@ -59,6 +59,9 @@ pub struct ClientConfig {
     /// Who the agent's stderr lines say they are from (`clone-client`; the engine's status
     /// agent says `store`, so a line about its store reads as the engine's).
     pub name: String,
+    /// What the command's flags can do about CURVE on the client's sockets, for the hints of its
+    /// link lines (`top` and the engine's `--store` have no key flags).
+    pub key_flags: crate::link::KeyFlags,
     /// Commands (sets, gets, …) queued from the application to the agent at most; at the bound
     /// a call fails at once with `ClientError::Busy` (counted in `Client::commands_refused`).
     pub command_queue_msgs: usize,
@@ -80,6 +83,7 @@ impl Default for ClientConfig {
             sub_hwm_msgs: 1_000_000,
             log_links: true,
             name: "clone-client".into(),
+            key_flags: crate::link::KeyFlags::ServerAndCurveKey,
             command_queue_msgs: 65_536,
             watch_queue_msgs: 1_000_000,
         }

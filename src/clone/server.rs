@@ -197,7 +197,8 @@ impl Server {
                 .map_err(zerr("monitoring the state subscriber"))?
                 .ok_or_else(|| ServerError::Config("no peer state endpoint to watch".into()))?
                 // A peer that goes away or is not up is said by the peer link's lines.
-                .saying_only_what_libzmq_gives_up();
+                .saying_only_what_libzmq_gives_up()
+                .keys_by(crate::link::KeyFlags::SameCurveKey);
                 statesub.connect(&pc.peer_state).map_err(zerr(format!("connecting peer state {}", pc.peer_state)))?;
                 let [peer_snapshot, peer_pub, _] = super::endpoints(&pc.peer).map_err(ServerError::Config)?;
                 let peer_sub = ctx.socket(zmq::SUB).map_err(zerr("creating the peer subscriber"))?;
@@ -214,7 +215,8 @@ impl Server {
                 )
                 .map_err(zerr("monitoring the peer subscriber"))?
                 .ok_or_else(|| ServerError::Config("no peer endpoint to watch".into()))?
-                .following_updowns();
+                .following_updowns()
+                .keys_by(crate::link::KeyFlags::SameCurveKey);
                 peer_sub.connect(&peer_pub).map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
                 Some(Pair { statepub, statesub, state_links, peer_sub, peer_links, peer_snapshot, sync: None })
             }

@@ -170,6 +170,8 @@ struct LiveOutputs {
     metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr)>,
     /// The status agent (clone store), stopped the same way.
     store: Option<(AgentHandle<StoreAgent>, StopFlag)>,
+    /// Its links to the store when it stopped, for the report.
+    store_links: Vec<crate::link::LinkStats>,
 }
 
 impl LiveOutputs {
@@ -181,12 +183,20 @@ impl LiveOutputs {
         }
         if let Some((h, stop)) = self.store.take() {
             stop.stop();
-            if let Err(e) = h.join() {
-                self.log.log(Level::Warn, format_args!("status agent: {e}"));
+            match h.join() {
+                Ok(agent) => self.store_links = agent.links(),
+                Err(e) => self.log.log(Level::Warn, format_args!("status agent: {e}")),
             }
         }
     }
 }
+
+/// TCP keepalive on the shards' SUBs: probes after this many seconds without a packet…
+pub const TCP_KEEPALIVE_IDLE_S: i32 = 2;
+/// …then one every this many seconds…
+pub const TCP_KEEPALIVE_INTVL_S: i32 = 1;
+/// …and this many unanswered end the connection: a dead path is a lost link in about 5 s.
+pub const TCP_KEEPALIVE_CNT: i32 = 3;
 
 /// A running engine: its agents, their counters and the contexts they use.
 pub struct Engine {
@@ -339,6 +349,7 @@ impl Engine {
                 log,
                 metrics_http: None,
                 store: None,
+                store_links: Vec::new(),
             }),
             shard_counters: Vec::new(),
             link_boards: Vec::new(),
@@ -414,6 +425,12 @@ impl Engine {
             engine.shard_counters.push(counters.clone());
             let rc = ReaderConfig {
                 shard: k,
+                sources: shard
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| crate::endpoint::tcp_parts(e).and_then(|(source, _)| source))
+                    .map(|s| crate::endpoint::host_of(s).to_string())
+                    .collect(),
                 batch_max: cfg.batch_max.max(1),
                 handoff: cfg.handoff,
                 routing: cfg.routing,
@@ -567,6 +584,13 @@ impl Engine {
             sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
             sub.set_maxmsgsize(max_msg_bytes).map_err(zerr("setting MAXMSGSIZE".into()))?;
             sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
+            // A dead path (a NIC down or gone, a cable pulled) sends no FIN: without keepalive
+            // the connection, and the link, stayed `up` for ever. Probed after 2 s of quiet,
+            // then every 1 s; 3 unanswered probes end it (libzmq then says DISCONNECTED).
+            sub.set_tcp_keepalive(1).map_err(zerr("setting TCP_KEEPALIVE".into()))?;
+            sub.set_tcp_keepalive_idle(TCP_KEEPALIVE_IDLE_S).map_err(zerr("setting TCP_KEEPALIVE_IDLE".into()))?;
+            sub.set_tcp_keepalive_intvl(TCP_KEEPALIVE_INTVL_S).map_err(zerr("setting TCP_KEEPALIVE_INTVL".into()))?;
+            sub.set_tcp_keepalive_cnt(TCP_KEEPALIVE_CNT).map_err(zerr("setting TCP_KEEPALIVE_CNT".into()))?;
             ClientKeys::apply_if(keys.as_ref(), &sub).map_err(zerr("setting CURVE keys".into()))?;
             let control = [crate::wire::CONTROL_TOPIC, b"\0"].concat();
             if shard.subscribe.is_empty() {
@@ -814,6 +838,7 @@ impl Engine {
             metrics_write_errors: collected.write_errors,
             metrics_write_error: collected.first_write_error,
             shards: shard_reports,
+            store_links: self.live.store_links.clone(),
             threads,
         }
     }
@@ -840,6 +865,7 @@ fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
         links: links.snapshot(),
         publisher_connects: c.publisher_connects.load(Relaxed),
         publisher_disconnects: c.publisher_disconnects.load(Relaxed),
+        publisher_refused: c.publisher_refused.load(Relaxed),
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
         counts: counts_of(c),
@@ -910,6 +936,7 @@ impl Engine {
                     links: self.link_boards.get(k).map(|b| b.snapshot()).unwrap_or_default(),
                     publisher_connects: c.publisher_connects.load(Relaxed),
                     publisher_disconnects: c.publisher_disconnects.load(Relaxed),
+                    publisher_refused: c.publisher_refused.load(Relaxed),
                     silences: c.silences.load(Relaxed),
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
                     lag_last_ms: c.last_lag_ns.load(Relaxed) as f64 / 1e6,

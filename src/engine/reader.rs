@@ -134,6 +134,9 @@ pub struct ShardCounters {
     /// queued behind it) with no event of its own ([`crate::link::LinkWatch::accepted`]).
     pub publisher_connects: AtomicU64,
     pub publisher_disconnects: AtomicU64,
+    /// Connections accepted there that libzmq refused in their handshake (no ZeroMQ peer, a port
+    /// check, another security mechanism): not publisher disconnects.
+    pub publisher_refused: AtomicU64,
 }
 
 impl ShardCounters {
@@ -161,6 +164,9 @@ pub enum Silence {
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
     pub shard: usize,
+    /// The sources (interfaces or their addresses) the shard's endpoints connect from
+    /// (`tcp://SOURCE:0;HOST:PORT`): a silence says when one of them is down or gone.
+    pub sources: Vec<String>,
     pub batch_max: usize,
     pub handoff: HandOff,
     pub routing: Routing,
@@ -611,6 +617,26 @@ impl ReaderAgent {
         })
     }
 
+    /// Why a silence began, as far as this host can tell: a source interface of the shard that
+    /// is down or gone (a NIC pulled mid-run), else the path or the publisher.
+    fn why_silent(&self) -> String {
+        let down: Vec<String> = self
+            .cfg
+            .sources
+            .iter()
+            .filter_map(|s| match crate::profile::interface_down(s) {
+                Some(why) => Some(why),
+                None if !crate::profile::interface_exists(s) => Some(format!("interface {s} is gone")),
+                None => None,
+            })
+            .collect();
+        if down.is_empty() {
+            "path or publisher down".into()
+        } else {
+            down.join(", ")
+        }
+    }
+
     /// Service `links` (the SUB's monitor) from this agent's loop.
     pub fn with_links(mut self, links: Option<crate::link::LinkWatch>) -> Self {
         self.links = links;
@@ -626,6 +652,7 @@ impl ReaderAgent {
                 let a = w.accepted();
                 self.counters.publisher_connects.store(a.connects, Relaxed);
                 self.counters.publisher_disconnects.store(a.disconnects, Relaxed);
+                self.counters.publisher_refused.store(a.refused, Relaxed);
             }
         }
     }
@@ -836,9 +863,10 @@ impl Agent for ReaderAgent {
             if let Some(change) = self.checks.silence(self.clock.now_ns()) {
                 match change {
                     Silence::Began { .. } => crate::diag!(
-                        "{}: silent: no frame for {} (heartbeats stopped: path or publisher down)",
+                        "{}: silent: no frame for {} (heartbeats stopped: {})",
                         self.role,
-                        crate::diag::human_ns(SILENCE_AFTER_NS)
+                        crate::diag::human_ns(SILENCE_AFTER_NS),
+                        self.why_silent()
                     ),
                     Silence::Ended { lasted_ns } => {
                         crate::diag!(
@@ -1157,6 +1185,7 @@ mod tests {
         }
         while sub.recv_bytes(zmq::DONTWAIT).is_ok() {}
         let cfg = ReaderConfig {
+            sources: Vec::new(),
             shard: 0,
             batch_max: 64,
             handoff,
@@ -1244,6 +1273,7 @@ mod tests {
         worker.set_rcvhwm(2).expect("hwm");
         worker.bind("inproc://reader-trim-worker").expect("bind");
         let cfg = ReaderConfig {
+            sources: Vec::new(),
             shard: 0,
             batch_max: 1,
             handoff: HandOff::Batch,

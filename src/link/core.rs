@@ -56,6 +56,17 @@ pub const RETRY_GRACE_NS: u64 = 250_000_000;
 /// [`Decision::NotUp`] says so, once.
 pub const NOT_UP_AFTER_NS: u64 = 5_000_000_000;
 
+/// How long detail-less handshake failures that libzmq retries are held for an attempt that
+/// says more (a mechanism mismatch) before they are counted as `handshake_failed`.
+pub const NO_DETAIL_HOLD_NS: u64 = 1_000_000_000;
+
+/// How long a link that was up may stay lost before [`Decision::StillLost`] says so (a loss is
+/// said once, when it happens; a link that never comes back was said no more).
+pub const STILL_LOST_AFTER_NS: u64 = 5_000_000_000;
+
+/// While a link stays lost, [`Decision::StillLost`] is said again this often.
+pub const STILL_LOST_EVERY_NS: u64 = 60_000_000_000;
+
 /// The wait before the second re-establishment in a row; it doubles with each further one.
 pub const BACKOFF_MIN_NS: u64 = 100_000_000;
 
@@ -163,6 +174,9 @@ pub enum Decision {
     /// Link `link` was never up: libzmq has retried its connect for `for_ns` (said once, after
     /// [`NOT_UP_AFTER_NS`]; nobody serves the endpoint, or a firewall drops the attempts).
     NotUp { link: usize, for_ns: u64, attempts: u64 },
+    /// Link `link`, lost for `reason` (the last loss counted), is still not back after `for_ns`
+    /// (said [`STILL_LOST_AFTER_NS`] after the loss, then every [`STILL_LOST_EVERY_NS`]).
+    StillLost { link: usize, for_ns: u64, reason: Reason },
 }
 
 /// A link that did not come up within [`NOT_UP_AFTER_NS`], held for an owner that says
@@ -201,6 +215,17 @@ enum State {
         at_ns: u64,
         failure: Option<Failure>,
         counted: bool,
+    },
+    /// A handshake failed with no detail and libzmq retries (down since `since_ns`, retried at
+    /// `at_ns`): a later attempt decides what to count. A keyed client at a plain server reads
+    /// detail-less failures first (the server closes before its greeting is read) and
+    /// `MECHANISM_MISMATCH` at a later attempt; judged at once, it was said as a broken-off
+    /// handshake (a wrong `--server-key`) before the right line. Counted `handshake_failed` when
+    /// an attempt comes up, when none comes within the grace, or when the attempts still fail
+    /// without detail [`NO_DETAIL_HOLD_NS`] after the first.
+    Retrying {
+        since_ns: u64,
+        at_ns: u64,
     },
     /// Lost for `reason` since `since_ns`; libzmq or mdsub is reconnecting.
     Lost {
@@ -269,6 +294,8 @@ struct Link {
     reestablish_at: Option<u64>,
     /// When the link last came up (its handshake), while it is up.
     up_since_ns: Option<u64>,
+    /// While it is lost: when [`Decision::StillLost`] is due.
+    still_lost_at: Option<u64>,
     stats: LinkStats,
 }
 
@@ -297,6 +324,7 @@ impl Links {
                 backoff_ns: 0,
                 reestablish_at: None,
                 up_since_ns: None,
+                still_lost_at: None,
             })
             .collect();
         Links { links, grace_ns, ended: false }
@@ -381,7 +409,12 @@ impl Links {
         }
         match event {
             Event::HandshakeSucceeded => {
+                if let State::Retrying { since_ns, .. } = l.state {
+                    // The next attempt came up: the one before only broke off.
+                    Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                }
                 l.stats.connects += 1;
+                l.still_lost_at = None;
                 l.up_since_ns = Some(now_ns);
                 l.reestablish_at = None;
                 if let State::Lost { since_ns } = l.state {
@@ -397,12 +430,17 @@ impl Links {
                 l.state = if ended { State::Ended } else { State::Up };
             }
             Event::HandshakeFailed(kind) => {
-                // DISCONNECTED follows; keep the detail for it.
+                // DISCONNECTED follows; keep the detail for it (a held detail-less failure stays
+                // held, with its start, until an attempt says more or the hold ends).
                 l.state = Self::down(l.state, Some(kind), now_ns);
             }
             Event::Disconnected => {
                 let failure = match l.state {
                     State::Down { failure, .. } => failure,
+                    State::Retrying { since_ns, .. } => {
+                        Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                        None
+                    }
                     _ => None,
                 };
                 l.state = Self::down(l.state, failure, now_ns);
@@ -422,6 +460,9 @@ impl Links {
                         }
                     }
                     State::Down { since_ns, counted: true, .. } => l.state = State::Lost { since_ns },
+                    State::Down { since_ns, failure: Some(Failure::NoDetail), counted: false, .. } => {
+                        l.state = State::Retrying { since_ns, at_ns: now_ns };
+                    }
                     State::Down { since_ns, failure, counted: false, .. } => {
                         let reason = match failure {
                             None => Reason::Disconnected,
@@ -441,6 +482,26 @@ impl Links {
     /// from libzmq is counted and re-established (at once, or when its back-off is over).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
         for (i, l) in self.links.iter_mut().enumerate() {
+            if let State::Retrying { since_ns, at_ns } = l.state {
+                if now_ns.saturating_sub(at_ns) >= self.grace_ns || now_ns.saturating_sub(since_ns) >= NO_DETAIL_HOLD_NS
+                {
+                    // No attempt said more: a broken-off handshake libzmq retries.
+                    Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                    Self::publish_state(l);
+                }
+            }
+            if let Some(at) = l.still_lost_at {
+                match (l.state, l.last_reason) {
+                    (State::Lost { since_ns } | State::Down { since_ns, counted: true, .. }, Some(reason))
+                        if now_ns >= at =>
+                    {
+                        l.still_lost_at = Some(now_ns.saturating_add(STILL_LOST_EVERY_NS));
+                        out.push(Decision::StillLost { link: i, for_ns: now_ns.saturating_sub(since_ns), reason });
+                    }
+                    (State::Lost { .. } | State::Down { counted: true, .. }, _) => {}
+                    _ => l.still_lost_at = None,
+                }
+            }
             if let State::Down { since_ns, at_ns, failure, .. } = l.state {
                 if now_ns.saturating_sub(at_ns) >= self.grace_ns {
                     let reason = match failure {
@@ -463,7 +524,7 @@ impl Links {
                         l.backoff_ns = l.backoff_ns.saturating_mul(2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
                         out.push(Decision::Reestablish { link: i });
                     }
-                    State::Lost { .. } | State::Down { .. } => {}
+                    State::Lost { .. } | State::Down { .. } | State::Retrying { .. } => {}
                     // Up again or ended: nothing left to re-establish.
                     State::Up | State::Connecting | State::Ended => l.reestablish_at = None,
                 }
@@ -478,6 +539,10 @@ impl Links {
     /// no detail). Its [`Decision::Lost`] goes to `out`, to be said.
     pub fn finish(&mut self, out: &mut Vec<Decision>) {
         for (i, l) in self.links.iter_mut().enumerate() {
+            if let State::Retrying { since_ns, .. } = l.state {
+                Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
+                Self::publish_state(l);
+            }
             if let State::Down { since_ns, failure, counted: false, .. } = l.state {
                 let reason = match failure {
                     None => Reason::Disconnected,
@@ -490,6 +555,8 @@ impl Links {
                 l.reestablish_at = None;
                 Self::publish_state(l);
             }
+            // Nothing more to say once the owner stops.
+            l.still_lost_at = None;
         }
     }
 
@@ -505,7 +572,11 @@ impl Links {
     /// True while some link waits for the grace to pass or for its back-off (the shell then
     /// calls [`Links::tick`] soon, even without events).
     pub fn pending(&self) -> bool {
-        self.links.iter().any(|l| matches!(l.state, State::Down { .. }) || l.reestablish_at.is_some())
+        self.links.iter().any(|l| {
+            // A still-lost line needs no tick of its own: libzmq announces each retry, and a link
+            // it gave up on waits for its re-establishment.
+            matches!(l.state, State::Down { .. } | State::Retrying { .. }) || l.reestablish_at.is_some()
+        })
     }
 
     /// The state after a disconnect or failed handshake in state `was`: an
@@ -514,6 +585,7 @@ impl Links {
         match was {
             State::Lost { since_ns } => State::Down { since_ns, at_ns: now_ns, failure, counted: true },
             State::Down { since_ns, counted, .. } => State::Down { since_ns, at_ns: now_ns, failure, counted },
+            State::Retrying { since_ns, .. } => State::Down { since_ns, at_ns: now_ns, failure, counted: false },
             State::Up | State::Connecting | State::Ended => {
                 State::Down { since_ns: now_ns, at_ns: now_ns, failure, counted: false }
             }
@@ -523,6 +595,7 @@ impl Links {
     fn lose(l: &mut Link, i: usize, reason: Reason, since_ns: u64, out: &mut Vec<Decision>) {
         *l.stats.lost.entry(reason.name().to_string()).or_insert(0) += 1;
         l.last_reason = Some(reason);
+        l.still_lost_at.get_or_insert(since_ns.saturating_add(STILL_LOST_AFTER_NS));
         l.state = State::Lost { since_ns };
         out.push(Decision::Lost { link: i, reason });
     }
@@ -531,7 +604,7 @@ impl Links {
         let s = match l.state {
             State::Up => "up",
             State::Connecting => "connecting",
-            State::Down { .. } | State::Lost { .. } => "down",
+            State::Down { .. } | State::Retrying { .. } | State::Lost { .. } => "down",
             State::Ended => "ended",
         };
         if l.stats.state != s {
@@ -797,14 +870,182 @@ mod tests {
             let said = r.explain(false);
             assert!(!said.contains("CURVE") && !said.contains("key"), "{r:?}: {said}");
         }
-        // One libzmq retries is the plain handshake_failed.
+        // One libzmq retries is the plain handshake_failed, once no next attempt says more
+        // within the grace.
         let mut l = links();
         let out = run(
             &mut l,
-            &[(Event::HandshakeFailed(Failure::NoDetail), 0), (Event::Disconnected, 0), (Event::ConnectRetried, 5)],
+            &[
+                (Event::HandshakeFailed(Failure::NoDetail), 0),
+                (Event::Disconnected, 0),
+                (Event::ConnectRetried, 5),
+                (Event::ConnectRetried, 5 + RETRY_GRACE_NS - 1),
+            ],
         );
+        assert!(out.is_empty(), "held for the next attempt: {out:?}");
+        assert_eq!(l.stats()[0].state, "down");
+        let mut out = Vec::new();
+        l.tick(5 + RETRY_GRACE_NS, &mut out);
         assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
         assert_eq!(l.stats()[0].lost.get("handshake_failed"), Some(&1));
+    }
+
+    #[test]
+    fn a_detail_less_failure_is_judged_by_the_next_attempt() {
+        // A keyed engine at a plain replay: the first attempt breaks off with no detail (libzmq
+        // retries), the next names the mechanism mismatch. It said `handshake_failed … most
+        // often a --server-key that is not the server's` first and counted both.
+        let mut l = links();
+        let first = [
+            (Event::Connected, 0),
+            (Event::HandshakeFailed(Failure::NoDetail), 1),
+            (Event::Disconnected, 1),
+            (Event::ConnectRetried, 2),
+        ];
+        assert!(run(&mut l, &first).is_empty());
+        let next = [
+            (Event::Connected, 100_000_000),
+            (Event::HandshakeFailed(Failure::MechanismMismatch), 100_000_001),
+            (Event::Disconnected, 100_000_001),
+            (Event::Other, 100_000_001 + RETRY_GRACE_NS),
+        ];
+        let out = run(&mut l, &next);
+        assert_eq!(
+            out,
+            vec![
+                Decision::Lost { link: 0, reason: Reason::HandshakeFailedMechanism },
+                Decision::Reestablish { link: 0 }
+            ]
+        );
+        let s = &l.stats()[0];
+        assert_eq!((s.lost_total(), s.lost.get("handshake_failed_mechanism")), (1, Some(&1)), "{s}");
+
+        // Detail-less again and again (an attempt every 100 ms): held until NO_DETAIL_HOLD_NS
+        // after the first, then counted once for the outage; a mismatch read within it wins.
+        for mismatch_at in [None, Some(700_000_000)] {
+            let mut l = links();
+            let mut out = run(&mut l, &first);
+            let mut t = 100_000_000;
+            while t < 2 * NO_DETAIL_HOLD_NS && out.is_empty() {
+                let kind = match mismatch_at {
+                    Some(m) if t == m => Failure::MechanismMismatch,
+                    // libzmq gave up: no more attempts.
+                    Some(m) if t > m => {
+                        t += 100_000_000;
+                        l.tick(t, &mut out);
+                        continue;
+                    }
+                    _ => Failure::NoDetail,
+                };
+                for e in [Event::Connected, Event::HandshakeFailed(kind), Event::Disconnected] {
+                    l.on_event(e, SEEN, t, &mut out);
+                }
+                if kind == Failure::NoDetail {
+                    l.on_event(Event::ConnectRetried, SEEN, t + 1, &mut out);
+                }
+                l.tick(t + 1, &mut out);
+                if out.is_empty() {
+                    t += 100_000_000;
+                    l.tick(t, &mut out);
+                }
+            }
+            let (want, at) = match mismatch_at {
+                None => (Reason::HandshakeFailed, NO_DETAIL_HOLD_NS),
+                Some(m) => (Reason::HandshakeFailedMechanism, m + RETRY_GRACE_NS),
+            };
+            assert_eq!(out.first(), Some(&Decision::Lost { link: 0, reason: want }), "{out:?}");
+            assert!((at..at + 100_000_000).contains(&t), "decided at {t}, want {at}");
+            assert_eq!(l.stats()[0].lost_total(), 1, "{}", l.stats()[0]);
+        }
+
+        // The next attempt comes up: the first only broke off, and the link is back.
+        let mut l = links();
+        let mut out = run(&mut l, &first);
+        l.on_event(Event::HandshakeSucceeded, SEEN, 1_000, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Decision::Lost { link: 0, reason: Reason::HandshakeFailed },
+                Decision::Up { link: 0, down_ns: 999, reconnects: 1 }
+            ]
+        );
+
+        // The owner stops while it waits: counted then.
+        let mut l = links();
+        let mut out = run(&mut l, &first);
+        l.finish(&mut out);
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::HandshakeFailed }]);
+    }
+
+    #[test]
+    fn a_lost_link_that_stays_lost_is_said_again() {
+        // kill -9 of the only store: `lost (disconnected)` once, then nothing for the rest of
+        // the run. Now: `still lost` after STILL_LOST_AFTER_NS, then every STILL_LOST_EVERY_NS.
+        let s = 1_000_000_000;
+        let mut l = links();
+        let mut out =
+            run(&mut l, &[(Event::HandshakeSucceeded, 0), (Event::Disconnected, s), (Event::ConnectRetried, s + 1)]);
+        assert_eq!(out, vec![Decision::Lost { link: 0, reason: Reason::Disconnected }]);
+        out.clear();
+        let mut t = s;
+        while t < s + 200 * s {
+            // libzmq retries every 100 ms and nothing answers.
+            l.on_event(Event::ConnectRetried, SEEN, t, &mut out);
+            l.tick(t, &mut out);
+            t += s / 10;
+        }
+        let said: Vec<u64> = out
+            .iter()
+            .map(|d| match d {
+                Decision::StillLost { for_ns, reason: Reason::Disconnected, .. } => *for_ns,
+                other => panic!("only still-lost lines: {other:?}"),
+            })
+            .collect();
+        let want = [
+            STILL_LOST_AFTER_NS,
+            STILL_LOST_AFTER_NS + STILL_LOST_EVERY_NS,
+            STILL_LOST_AFTER_NS + 2 * STILL_LOST_EVERY_NS,
+            STILL_LOST_AFTER_NS + 3 * STILL_LOST_EVERY_NS,
+        ];
+        assert_eq!(said.len(), want.len(), "{said:?}");
+        for (got, want) in said.iter().zip(want) {
+            assert!((want..want + s / 10).contains(got), "{said:?}");
+        }
+        assert_eq!(l.stats()[0].lost_total(), 1, "said again, counted once");
+        // Back: the up line says for how long, and nothing more is due.
+        out.clear();
+        l.on_event(Event::HandshakeSucceeded, SEEN, t, &mut out);
+        assert!(matches!(out[..], [Decision::Up { reconnects: 1, .. }]), "{out:?}");
+        out.clear();
+        l.tick(t + 10 * STILL_LOST_EVERY_NS, &mut out);
+        assert!(out.is_empty() && !l.pending(), "{out:?}");
+
+        // One given up on and re-established with a back-off (a refused key) is said again too;
+        // a link back within STILL_LOST_AFTER_NS is not.
+        let mut l = links();
+        let auth = [Event::Connected, Event::HandshakeFailed(Failure::Auth), Event::Disconnected];
+        failing_for(&mut l, &auth, 0, 10 * s);
+        let mut out = Vec::new();
+        // Said at 5 s (inside the run); next at 65 s.
+        l.tick(64 * s, &mut out);
+        assert!(!out.iter().any(|d| matches!(d, Decision::StillLost { .. })), "{out:?}");
+        l.tick(66 * s, &mut out);
+        assert!(
+            out.iter().any(|d| matches!(d, Decision::StillLost { reason: Reason::HandshakeFailedAuth, .. })),
+            "{out:?}"
+        );
+        let mut l = links();
+        let mut out = run(
+            &mut l,
+            &[
+                (Event::HandshakeSucceeded, 0),
+                (Event::Disconnected, s),
+                (Event::ConnectRetried, s + 1),
+                (Event::HandshakeSucceeded, 2 * s),
+            ],
+        );
+        l.tick(100 * s, &mut out);
+        assert!(!out.iter().any(|d| matches!(d, Decision::StillLost { .. })), "{out:?}");
     }
 
     #[test]

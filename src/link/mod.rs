@@ -62,13 +62,72 @@ pub const SERVICE_EVERY_ROUNDS: u32 = 1024;
 /// Most events taken per service.
 const EVENTS_PER_SERVICE: usize = 64;
 
+/// What the command that owns a watched socket lets a person do about CURVE on it, so that a
+/// loss line names only flags the command has ([`LinkWatch::keys_by`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyFlags {
+    /// `--server-key` and `--curve-key` give this socket its keys (the engine's feeds,
+    /// `clone-client`): [`Reason::explain`] as it is.
+    #[default]
+    ServerAndCurveKey,
+    /// No flag gives this socket keys: the command does not speak CURVE on it (`top`, `lvc`,
+    /// `tap`, the engine's `--store`).
+    NoKeys,
+    /// Each half of a Binary Star pair connects to the other with its own `--curve-key` as the
+    /// server's key: both halves must be given the same one (`clone-server` has no `--server-key`).
+    SameCurveKey,
+}
+
+impl KeyFlags {
+    /// What `reason` means on a socket that presents CURVE keys (`curve`) or not, said with the
+    /// flags this owner has: [`Reason::explain`] names a client command's `--server-key` and
+    /// `--curve-key`, and is said as it is where those are the flags.
+    pub fn explain(self, reason: Reason, curve: bool) -> &'static str {
+        match (self, reason, curve) {
+            (KeyFlags::NoKeys, Reason::HandshakeFailedMechanism, _) => {
+                "the peer uses another security mechanism: the server demands CURVE, and this command \
+                 does not speak CURVE on this link (no flag gives it keys). That will not fix itself: \
+                 connect it to a server without --curve-key. mdsub keeps re-establishing the link, \
+                 backing off to once every 30 s"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailedMechanism, _) => {
+                "the peer uses another security mechanism: one half of the Binary Star pair has \
+                 --curve-key and the other has not. That will not fix itself: give both halves the \
+                 same --curve-key (or neither). mdsub keeps re-establishing the link, backing off to \
+                 once every 30 s"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailed, true) => {
+                "handshake broke off; libzmq retries (with CURVE, one that breaks off at every attempt \
+                 is most often the two halves of the pair given different --curve-key files: each \
+                 connects to the other with its own key as the server's, so both must use the same one)"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailedNoDetail, true) => {
+                "the handshake failed and libzmq gave no reason and gave up (with CURVE, most often the \
+                 two halves of the pair given different --curve-key files: both must use the same one); \
+                 mdsub keeps re-establishing the link, backing off to once every 30 s"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailedAuth, true) => {
+                "authentication refused: the other half's access rules (--curve-allow, --allow-addr) do \
+                 not let this half in. That will not fix itself. mdsub keeps re-establishing the link, \
+                 backing off to once every 30 s"
+            }
+            _ => reason.explain(curve),
+        }
+    }
+}
+
 /// Connections accepted on a socket's bound endpoints, counted by its watch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Accepted {
     /// Handshakes completed.
     pub connects: u64,
-    /// Connections that ended (closed by the peer, broken, or dropped by libzmq: it does not say which).
+    /// Connections that ended after their handshake (closed by the peer, broken, or dropped by
+    /// libzmq: it does not say which).
     pub disconnects: u64,
+    /// Connections whose handshake libzmq failed (a peer that is no ZeroMQ peer, a port scan,
+    /// another security mechanism): refusals, said by the rule for repeated lines, not publisher
+    /// disconnects (their `DISCONNECTED` follows and is not counted there).
+    pub refused: u64,
 }
 
 /// A socket's link counters, shared with whoever reports them.
@@ -129,6 +188,8 @@ pub struct LinkWatch {
     /// The socket presents CURVE keys (set before the watch is attached): loss lines hint at
     /// keys only then.
     curve: bool,
+    /// What the owner's flags can do about CURVE on this socket: the hints name only those.
+    keys: KeyFlags,
     /// Say only the losses libzmq gives up on ([`LinkWatch::saying_only_what_libzmq_gives_up`]).
     only_given_up: bool,
     /// `disconnected` lines held for the grace: (say at, link).
@@ -143,6 +204,10 @@ pub struct LinkWatch {
     /// With [`LinkWatch::saying_accepted_ends`]: the ends of accepted connections, said by the
     /// rule for repeated lines, and what each may mean.
     accepted_ends: Option<(Refusals, String)>,
+    /// Handshake failures of accepted connections whose `DISCONNECTED` is still to come.
+    refused_open: u64,
+    /// The refused accepted connections, said by the rule for repeated lines.
+    accepted_refused: Refusals,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -209,6 +274,7 @@ impl LinkWatch {
             follow_retries: false,
             log: true,
             curve,
+            keys: KeyFlags::default(),
             only_given_up: false,
             held: Vec::new(),
             not_ups: None,
@@ -216,6 +282,8 @@ impl LinkWatch {
             said: vec![false; endpoints.len()],
             accepted: Accepted::default(),
             accepted_ends: None,
+            refused_open: 0,
+            accepted_refused: Refusals::new(name, SUMMARY_INTERVAL_NS).said_as(format!("{name}: refused a connection")),
         })
     }
 
@@ -258,6 +326,13 @@ impl LinkWatch {
     /// Connections accepted on the socket's bound endpoints so far.
     pub fn accepted(&self) -> Accepted {
         self.accepted
+    }
+
+    /// What the owner's flags can do about CURVE on this socket (`--server-key` and
+    /// `--curve-key` unless told otherwise): its loss lines hint only at those.
+    pub fn keys_by(mut self, keys: KeyFlags) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Keep quiet on stderr (a full-screen owner); the counters still count.
@@ -341,6 +416,32 @@ impl LinkWatch {
                     // A connection accepted on an endpoint the socket binds.
                     match event {
                         Event::HandshakeSucceeded => self.accepted.connects += 1,
+                        // libzmq's handshake refused it (ZAP's own refusals are its handler's).
+                        Event::HandshakeFailed(kind) if kind != Failure::Auth => {
+                            self.refused_open += 1;
+                            let refusal = crate::security::Refusal::of_failure(kind)
+                                .unwrap_or(crate::security::Refusal::HandshakeNoDetail);
+                            Self::refuse_accepted(
+                                (&mut self.accepted, &mut self.accepted_refused),
+                                (self.log, self.curve),
+                                refusal,
+                                endpoint,
+                                now,
+                            );
+                        }
+                        // The end of a connection refused in its handshake: counted there.
+                        Event::Disconnected if self.refused_open > 0 => self.refused_open -= 1,
+                        // No connection that completed its handshake is open: this one never did
+                        // (libzmq 4.3.5 ends some non-ZeroMQ peers with no handshake event).
+                        Event::Disconnected if self.accepted.connects <= self.accepted.disconnects => {
+                            Self::refuse_accepted(
+                                (&mut self.accepted, &mut self.accepted_refused),
+                                (self.log, self.curve),
+                                crate::security::Refusal::HandshakeNoDetail,
+                                endpoint,
+                                now,
+                            );
+                        }
                         Event::Disconnected => {
                             self.accepted.disconnects += 1;
                             if let (Some((said, explain)), true) = (&mut self.accepted_ends, self.log) {
@@ -357,7 +458,8 @@ impl LinkWatch {
                 self.links.on_event(event, endpoint, now, &mut self.out);
             }
         }
-        let accepted_unsaid = self.accepted_ends.as_ref().is_some_and(|(said, _)| said.unsaid());
+        let accepted_unsaid =
+            self.accepted_ends.as_ref().is_some_and(|(said, _)| said.unsaid()) || self.accepted_refused.unsaid();
         if seen == 0
             && !self.links.pending()
             && self.held.is_empty()
@@ -377,7 +479,9 @@ impl LinkWatch {
             self.held.remove(0);
             self.say_lost(link, Reason::Disconnected, now);
         }
-        for losses in self.losses.iter_mut().chain(self.accepted_ends.as_mut().map(|(said, _)| said)) {
+        let accepted =
+            self.accepted_ends.as_mut().map(|(said, _)| said).into_iter().chain([&mut self.accepted_refused]);
+        for losses in self.losses.iter_mut().chain(accepted) {
             if let Some(line) = losses.due(now) {
                 crate::diag!("{line}");
             }
@@ -433,11 +537,29 @@ impl LinkWatch {
         out.append(&mut self.changes);
     }
 
+    /// Count a connection accepted on `endpoint` that libzmq refused in its handshake, and say
+    /// it by the rule for repeated lines.
+    fn refuse_accepted(
+        (accepted, said): (&mut Accepted, &mut Refusals),
+        (log, curve): (bool, bool),
+        refusal: crate::security::Refusal,
+        endpoint: &str,
+        now: u64,
+    ) {
+        accepted.refused += 1;
+        if log {
+            let detail = format_args!("{endpoint}: {}", refusal.explain(curve));
+            if let Some(line) = said.refuse(refusal.reason(), &detail, now) {
+                crate::diag!("{line}");
+            }
+        }
+    }
+
     /// Count a loss for the log; say it when the rule for repeated lines says so.
     fn say_lost(&mut self, link: usize, reason: Reason, now: u64) {
         let retried = matches!(reason, Reason::Disconnected | Reason::HandshakeFailed);
         if self.log && !(self.only_given_up && retried) {
-            let line = self.losses[link].refuse(reason.name(), &reason.explain(self.curve), now);
+            let line = self.losses[link].refuse(reason.name(), &self.keys.explain(reason, self.curve), now);
             self.said[link] = line.is_some();
             if let Some(line) = line {
                 crate::diag!("{line}");
@@ -458,8 +580,30 @@ impl LinkWatch {
                 self.say_lost(link, Reason::Disconnected, now);
                 self.act(socket, decision, now);
             }
-            Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } if !self.log => {}
-            Decision::NotUp { .. } if self.only_given_up => {}
+            Decision::Lost { .. } | Decision::Up { .. } | Decision::NotUp { .. } | Decision::StillLost { .. }
+                if !self.log => {}
+            Decision::NotUp { .. } | Decision::StillLost { .. } if self.only_given_up => {}
+            Decision::StillLost { link, for_ns, reason } => {
+                let (ep, stats) = (self.links.endpoint(link), &self.links.stats()[link]);
+                let how = match reason {
+                    Reason::Disconnected | Reason::HandshakeFailed => {
+                        format!("libzmq keeps reconnecting ({} attempts so far)", stats.retries)
+                    }
+                    _ => format!(
+                        "mdsub keeps re-establishing it, backing off to once every 30 s ({} times so far)",
+                        stats.reestablished
+                    ),
+                };
+                crate::diag!(
+                    "{}: link {ep} still lost after {} ({}): {how}; said again every {} while it stays lost",
+                    self.name,
+                    human_s(for_ns),
+                    reason.name(),
+                    human_s(core::STILL_LOST_EVERY_NS)
+                );
+                // Its return is said too.
+                self.said[link] = true;
+            }
             Decision::NotUp { link, for_ns, attempts } => {
                 let not_up = NotUp { endpoint: self.links.endpoint(link).to_string(), for_ns, attempts };
                 match self.not_ups.as_mut() {
@@ -486,10 +630,10 @@ impl LinkWatch {
             Decision::Up { link, .. } if !self.said[link] => {}
             Decision::Up { link, down_ns, reconnects } => {
                 crate::diag!(
-                    "{}: link {} up again after {:.1} ms down (reconnect {reconnects})",
+                    "{}: link {} up again after {} down (reconnect {reconnects})",
                     self.name,
                     self.links.endpoint(link),
-                    down_ns as f64 / 1e6
+                    crate::diag::human_ns(down_ns)
                 );
             }
         }
@@ -506,12 +650,19 @@ impl Drop for LinkWatch {
         for (_, link) in std::mem::take(&mut self.held) {
             self.say_lost(link, Reason::Disconnected, now);
         }
-        for losses in self.losses.iter_mut().chain(self.accepted_ends.as_mut().map(|(said, _)| said)) {
+        let accepted =
+            self.accepted_ends.as_mut().map(|(said, _)| said).into_iter().chain([&mut self.accepted_refused]);
+        for losses in self.losses.iter_mut().chain(accepted) {
             if let Some(line) = losses.flush() {
                 crate::diag!("{line}");
             }
         }
     }
+}
+
+/// A while in whole seconds (`5 s`, `60 s`), as the link lines say it.
+fn human_s(ns: u64) -> String {
+    format!("{:.0} s", ns as f64 / 1e9)
 }
 
 /// One monitor message: `[u16 event, u32 value]` (native order) and the endpoint. A failed
@@ -538,6 +689,36 @@ fn parse_event(frames: &[zmq::Message]) -> Option<(Event, &str)> {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// A hint names only flags its command has: none for a command without key flags, and
+    /// `--curve-key` alone (the same on both halves) for a Binary Star pair.
+    #[test]
+    fn hints_name_only_the_owners_flags() {
+        let reasons = [
+            Reason::Disconnected,
+            Reason::ProtocolError,
+            Reason::HandshakeFailed,
+            Reason::HandshakeFailedProtocol,
+            Reason::HandshakeFailedMechanism,
+            Reason::HandshakeFailedAuth,
+            Reason::HandshakeFailedNoDetail,
+        ];
+        for r in reasons {
+            for curve in [true, false] {
+                assert_eq!(KeyFlags::ServerAndCurveKey.explain(r, curve), r.explain(curve));
+                let plain = KeyFlags::NoKeys.explain(r, false);
+                assert!(!plain.contains("--server-key") && !plain.contains("give --curve-key"), "{r:?}: {plain}");
+                let pair = KeyFlags::SameCurveKey.explain(r, curve);
+                assert!(!pair.contains("--server-key"), "{r:?} {curve}: {pair}");
+            }
+        }
+        assert!(KeyFlags::NoKeys.explain(Reason::HandshakeFailedMechanism, false).contains("does not speak CURVE"));
+        for curve in [true, false] {
+            let said = KeyFlags::SameCurveKey.explain(Reason::HandshakeFailedMechanism, curve);
+            assert!(said.contains("give both halves the same --curve-key"), "{said}");
+        }
+        assert!(KeyFlags::SameCurveKey.explain(Reason::HandshakeFailed, true).contains("both must use the same one"));
+    }
 
     /// Service `watch` until `what` holds of its counters, at most 10 s.
     fn serve_until(watch: &mut LinkWatch, sub: &zmq::Socket, what: impl Fn(&LinkStats) -> bool) -> LinkStats {

@@ -45,6 +45,7 @@ pub struct LvcReport {
     /// Publisher connections on the bound frontend: handshakes, and ends (the shell's).
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
+    pub publisher_refused: u64,
     /// How answers were bounded (coalesced, truncated, suppressed).
     pub answers: AnswerCounters,
     /// Topics and bytes held at the end.
@@ -61,7 +62,7 @@ impl std::fmt::Display for LvcReport {
             f,
             "messages_in={} frames_in={} bytes_in={} subscribes={} unsubscribes={} other_upstream={} \
              not_forwarded={} too_long_up={} cache_answers={} dropped_full={} blocked={} send_failures={} \
-             publisher_connects={} publisher_disconnects={} answered={} \
+             publisher_connects={} publisher_disconnects={} publisher_refused={} answered={} \
              answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} joiner_answers={} truncated={} suppressed_msgs={} \
              suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
              evicted_too_big={} uncacheable={} bad_frames={}",
@@ -79,6 +80,7 @@ impl std::fmt::Display for LvcReport {
             self.send_failures,
             self.publisher_connects,
             self.publisher_disconnects,
+            self.publisher_refused,
             a.answered,
             a.answer_msgs,
             a.answer_bytes,
@@ -352,6 +354,7 @@ impl ProxyHooks for LvcHooks {
             send_failures: shell.send_failures,
             publisher_connects: shell.publisher_connects,
             publisher_disconnects: shell.publisher_disconnects,
+            publisher_refused: shell.publisher_refused,
             answers: self.gate.counters(),
             topics: self.cache.topics() as u64,
             cache_bytes: self.cache.bytes() as u64,

@@ -394,6 +394,10 @@ pub struct RunReport {
     /// Per shard (the engine; empty for the baseline).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardReport>,
+    /// The status agent's links to the clone store (`engine --store`): their state and losses
+    /// by reason when it stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub store_links: Vec<crate::link::LinkStats>,
     /// Counters kept by the workers' handler (e.g. `verify`), summed.
     pub handler: BTreeMap<String, u64>,
     /// The handler's end-report lines (e.g. the `book` handler's best bid and ask per instrument).
@@ -441,6 +445,10 @@ pub struct ShardReport {
     /// publisher that closed, or a message over `max_msg_bytes`: libzmq does not say which).
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
+    /// Connections accepted there that libzmq refused in their handshake (no ZeroMQ peer, a port
+    /// check, another security mechanism): not publisher disconnects.
+    #[serde(default)]
+    pub publisher_refused: u64,
     /// Times the shard went silent (no frame, not even a heartbeat, for 1.5 s).
     pub silences: u64,
     pub longest_silence_ms: f64,
@@ -682,14 +690,17 @@ impl RunReport {
                 for l in &sh.links {
                     let _ = writeln!(s, "    {:<11} link {l}", sh.shard);
                 }
-                if sh.publisher_connects > 0 || sh.publisher_disconnects > 0 {
+                if sh.publisher_connects > 0 || sh.publisher_disconnects > 0 || sh.publisher_refused > 0 {
                     let _ = writeln!(
                         s,
-                        "    {:<11} bound: publisher_connects={} publisher_disconnects={}",
-                        sh.shard, sh.publisher_connects, sh.publisher_disconnects
+                        "    {:<11} bound: publisher_connects={} publisher_disconnects={} publisher_refused={}",
+                        sh.shard, sh.publisher_connects, sh.publisher_disconnects, sh.publisher_refused
                     );
                 }
             }
+        }
+        for l in &self.store_links {
+            let _ = writeln!(s, "  store        link {l}");
         }
         if !self.threads.is_empty() {
             let _ =

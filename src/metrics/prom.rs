@@ -59,6 +59,7 @@ pub struct ShardLive {
     /// Publisher connections its bound endpoints accepted, and those that ended.
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
+    pub publisher_refused: u64,
 }
 
 /// What the engine knows now, apart from latency.
@@ -303,6 +304,13 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "Publisher connections on the shard's bound endpoints that ended: the publisher closed, or \
          libzmq dropped it for a message over max_msg_bytes (it gives no cause).",
         |c| c.publisher_disconnects,
+    );
+    counter(
+        &mut s,
+        "mdsub_shard_publisher_refused_total",
+        "Connections to the shard's bound endpoints that libzmq refused in their handshake (no ZeroMQ \
+         peer, a port check, another security mechanism).",
+        |c| c.publisher_refused,
     );
     family(
         &mut s,

@@ -125,6 +125,11 @@ pub struct StoreAgent {
 }
 
 impl StoreAgent {
+    /// Its clone client's links to the store now (state, losses by reason), for the report.
+    pub fn links(&self) -> Vec<crate::link::LinkStats> {
+        self.client.status().map(|s| s.links).unwrap_or_default()
+    }
+
     /// Connect to the store and watch this engine's config subtree (what is
     /// already there is applied first, as changes).
     pub fn new(inputs: StoreInputs) -> Result<Self, String> {
@@ -133,6 +138,8 @@ impl StoreAgent {
             subtree: "/mdsub/".into(),
             // Its lines about the store say so (`store: server … not up …`), like this agent's own.
             name: "store".into(),
+            // The engine's --server-key and --curve-key are its feeds'; --store presents none.
+            key_flags: crate::link::KeyFlags::NoKeys,
             ..ClientConfig::default()
         })
         .map_err(|e| format!("--store: {e}"))?;
@@ -277,6 +284,7 @@ impl StoreAgent {
                     "longest_self_stall_ns": stalls.1,
                     "publisher_connects": sh.publisher_connects,
                     "publisher_disconnects": sh.publisher_disconnects,
+                    "publisher_refused": sh.publisher_refused,
                     "links": sh.links,
                 });
                 if let (Some(status), serde_json::Value::Object(more)) = (status.as_object_mut(), more) {

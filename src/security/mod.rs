@@ -690,7 +690,12 @@ impl Refusal {
     /// `ZMQ_EVENT_*`, `value` its first value (a protocol error's code). A refusal by ZAP
     /// (`HANDSHAKE_FAILED_AUTH`) is not one: the ZAP handler decided and counted it.
     pub fn of_handshake(event: u64, value: Option<u64>) -> Option<Refusal> {
-        match HandshakeFailure::of_event(event, value)? {
+        Self::of_failure(HandshakeFailure::of_event(event, value)?)
+    }
+
+    /// The refusal a handshake failure at a server socket is (None for ZAP's own, `Auth`).
+    pub fn of_failure(failure: HandshakeFailure) -> Option<Refusal> {
+        match failure {
             HandshakeFailure::NoDetail => Some(Refusal::HandshakeNoDetail),
             HandshakeFailure::MechanismMismatch => Some(Refusal::HandshakeMechanism),
             HandshakeFailure::Crypto => Some(Refusal::HandshakeCrypto),

@@ -71,7 +71,7 @@ impl std::fmt::Display for TapReport {
         write!(
             f,
             "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
-             publisher_connects={} publisher_disconnects={} matched_messages={} subscriptions={} unsubscriptions={} \
+             publisher_connects={} publisher_disconnects={} publisher_refused={} matched_messages={} subscriptions={} unsubscriptions={} \
              recorded_frames={} record_errors={} record_skipped_too_large={} unprinted={} printed={} \
              recorded_messages={} record_lost={} bad_frames={}",
             p.forwarded_down,
@@ -84,6 +84,7 @@ impl std::fmt::Display for TapReport {
             p.send_failures,
             p.publisher_connects,
             p.publisher_disconnects,
+            p.publisher_refused,
             s.messages,
             s.subscriptions,
             s.unsubscriptions,

@@ -93,6 +93,7 @@ pub struct TapProxyReport {
     /// Publisher connections on the bound frontend: handshakes, and ends (the shell's).
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
+    pub publisher_refused: u64,
 }
 
 /// The tap on the proxy shell: the filter and the sink's queue.
@@ -184,6 +185,7 @@ impl ProxyHooks for TapHooks {
             send_failures: shell.send_failures,
             publisher_connects: shell.publisher_connects,
             publisher_disconnects: shell.publisher_disconnects,
+            publisher_refused: shell.publisher_refused,
         }
     }
 }
