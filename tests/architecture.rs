@@ -220,7 +220,10 @@ const CORE_IMPORTS: &[&str] = &[
 /// search takes the one median; the client core reports link::core's `LinkStats`.
 const CORE_PART_IMPORTS: &[(&str, &[&str])] = &[
     ("src/clone/map.rs", &["crate::clone::kvmsg"]),
-    ("src/clone/client_core.rs", &["crate::clone::kvmsg", "crate::clone::endpoints", "crate::link::LinkStats"]),
+    (
+        "src/clone/client_core.rs",
+        &["crate::clone::kvmsg", "crate::clone::endpoints", "crate::link::LinkStats", "crate::link::KeyFlags"],
+    ),
     ("src/clone/server_core.rs", &["crate::clone::kvmsg", "crate::clone::persist", "crate::clone::endpoints"]),
     ("src/snail/lag.rs", &["crate::snail::SkewMode", "crate::snail::SnailConfig", "crate::snail::Verdict"]),
     ("src/bench/capacity/search.rs", &["crate::bench::median"]),

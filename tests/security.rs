@@ -489,13 +489,15 @@ impl Both {
 
     /// A line containing each of `whats`, in any order (the lines between are read too).
     fn err_lines(&self, whats: &[&str]) -> Vec<String> {
+        // An entry `A|B` is a line with A or B in it.
+        let has = |line: &str, what: &str| what.split('|').any(|w| line.contains(w));
         let mut found: Vec<Option<String>> = vec![None; whats.len()];
         while found.iter().any(Option::is_none) {
             let missing: Vec<&str> = whats.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(w, _)| *w).collect();
             let what = format!("{}: {}", self.proc.name, missing.join(" and "));
-            let line = wait_line(&self.err, DEADLINE, &what, |l| missing.iter().any(|w| l.contains(w)));
+            let line = wait_line(&self.err, DEADLINE, &what, |l| missing.iter().any(|w| has(l, w)));
             for (w, f) in whats.iter().zip(found.iter_mut()) {
-                if f.is_none() && line.contains(w) {
+                if f.is_none() && has(&line, w) {
                     *f = Some(line.clone());
                 }
             }
@@ -584,13 +586,20 @@ fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
     let misled = ClientKeys { client: mallory, server_public: ops.public };
     let misled_sub = monitor_sub(&ctx, &ep, None, Some(&misled));
     // Before, the keyless subscriber and the misled one were refused by libzmq's handshake
-    // before ZAP was asked: nothing was said or counted on the engine's side.
+    // before ZAP was asked: nothing was said or counted on the engine's side. The keyless one is
+    // a mechanism mismatch when the monitor reads its greeting before it hangs up (it reads the
+    // monitor's CURVE greeting and gives up): which comes first is libzmq's timing.
     let said = e.err_lines(&[
         "snail-monitor-zap: refused (key_not_allowed): 127.0.0.1 (CURVE): client key not allowed",
-        "snail-monitor-zap: refused (handshake_failed_mechanism): 127.0.0.1:",
+        "snail-monitor-zap: refused (handshake_failed_mechanism): 127.0.0.1:\
+         |snail-monitor-zap: refused (handshake_failed_no_detail): 127.0.0.1:",
         "snail-monitor-zap: refused (handshake_failed_crypto): 127.0.0.1:",
     ]);
-    assert!(said[1].contains(&format!(" at {ep}: the client presents no CURVE keys")), "{said:?}");
+    assert!(
+        said[1].contains(&format!(" at {ep}: the client presents no CURVE keys"))
+            || said[1].contains(&format!(" at {ep}: it ended the connection during the handshake")),
+        "{said:?}"
+    );
     assert!(said[2].contains("its --server-key is not this server's public key"), "{said:?}");
     let right = ClientKeys { client: ops, server_public: mon.public };
     let insider = monitor_sub(&ctx, &ep, None, Some(&right));

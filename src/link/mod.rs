@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 
-pub use self::core::{Decision, Event, Failure, LinkStats, Links, NotUp, Reason, RETRY_GRACE_NS};
+pub use self::core::{Decision, Event, Failure, KeyFlags, LinkStats, Links, NotUp, Reason, RETRY_GRACE_NS};
 
 /// The monitor events a watch asks for.
 const EVENTS: i32 = (zmq_sys::ZMQ_EVENT_CONNECTED
@@ -61,60 +61,6 @@ pub const SERVICE_EVERY_ROUNDS: u32 = 1024;
 
 /// Most events taken per service.
 const EVENTS_PER_SERVICE: usize = 64;
-
-/// What the command that owns a watched socket lets a person do about CURVE on it, so that a
-/// loss line names only flags the command has ([`LinkWatch::keys_by`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum KeyFlags {
-    /// `--server-key` and `--curve-key` give this socket its keys (the engine's feeds,
-    /// `clone-client`): [`Reason::explain`] as it is.
-    #[default]
-    ServerAndCurveKey,
-    /// No flag gives this socket keys: the command does not speak CURVE on it (`top`, `lvc`,
-    /// `tap`, the engine's `--store`).
-    NoKeys,
-    /// Each half of a Binary Star pair connects to the other with its own `--curve-key` as the
-    /// server's key: both halves must be given the same one (`clone-server` has no `--server-key`).
-    SameCurveKey,
-}
-
-impl KeyFlags {
-    /// What `reason` means on a socket that presents CURVE keys (`curve`) or not, said with the
-    /// flags this owner has: [`Reason::explain`] names a client command's `--server-key` and
-    /// `--curve-key`, and is said as it is where those are the flags.
-    pub fn explain(self, reason: Reason, curve: bool) -> &'static str {
-        match (self, reason, curve) {
-            (KeyFlags::NoKeys, Reason::HandshakeFailedMechanism, _) => {
-                "the peer uses another security mechanism: the server demands CURVE, and this command \
-                 does not speak CURVE on this link (no flag gives it keys). That will not fix itself: \
-                 connect it to a server without --curve-key. mdsub keeps re-establishing the link, \
-                 backing off to once every 30 s"
-            }
-            (KeyFlags::SameCurveKey, Reason::HandshakeFailedMechanism, _) => {
-                "the peer uses another security mechanism: one half of the Binary Star pair has \
-                 --curve-key and the other has not. That will not fix itself: give both halves the \
-                 same --curve-key (or neither). mdsub keeps re-establishing the link, backing off to \
-                 once every 30 s"
-            }
-            (KeyFlags::SameCurveKey, Reason::HandshakeFailed, true) => {
-                "handshake broke off; libzmq retries (with CURVE, one that breaks off at every attempt \
-                 is most often the two halves of the pair given different --curve-key files: each \
-                 connects to the other with its own key as the server's, so both must use the same one)"
-            }
-            (KeyFlags::SameCurveKey, Reason::HandshakeFailedNoDetail, true) => {
-                "the handshake failed and libzmq gave no reason and gave up (with CURVE, most often the \
-                 two halves of the pair given different --curve-key files: both must use the same one); \
-                 mdsub keeps re-establishing the link, backing off to once every 30 s"
-            }
-            (KeyFlags::SameCurveKey, Reason::HandshakeFailedAuth, true) => {
-                "authentication refused: the other half's access rules (--curve-allow, --allow-addr) do \
-                 not let this half in. That will not fix itself. mdsub keeps re-establishing the link, \
-                 backing off to once every 30 s"
-            }
-            _ => reason.explain(curve),
-        }
-    }
-}
 
 /// Connections accepted on a socket's bound endpoints, counted by its watch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
