@@ -20,32 +20,18 @@ use crate::zmqx::frame::Frame;
 /// Counters of one LVC run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LvcReport {
-    /// Messages received from publishers (and forwarded to subscribers).
-    pub messages_in: u64,
-    pub frames_in: u64,
-    pub bytes_in: u64,
+    /// The proxy shell's counters: messages, frames and bytes in (and forwarded to the
+    /// subscribers), what subscribers sent that was not forwarded upstream (multipart ones, and
+    /// unsubscribes of the empty prefix, see `on_subscription`) or was too long to forward,
+    /// delivery drops and waits, failed sends, the bound frontend's publisher connections.
+    pub shell: ShellCounters,
     /// Subscribe / unsubscribe messages seen on the XPUB (duplicates included).
     pub subscribes: u64,
     pub unsubscribes: u64,
     /// Single-frame messages from subscribers that were neither: forwarded upstream as is.
     pub other_upstream: u64,
-    /// Messages from subscribers not forwarded upstream: multipart ones, and
-    /// unsubscribes of the empty prefix (see `on_subscription`).
-    pub not_forwarded: u64,
-    /// Subscriptions too long to forward upstream safely (the shell's `too_long_up`).
-    pub too_long_up: u64,
     /// Cached messages re-sent in answer to subscriptions.
     pub cache_answers: u64,
-    /// Live messages dropped at a full subscriber queue (lossy delivery only).
-    pub dropped_full: u64,
-    /// Times live forwarding waited for a full subscriber queue (lossless delivery).
-    pub blocked: u64,
-    /// Sends that failed (message lost).
-    pub send_failures: u64,
-    /// Publisher connections on the bound frontend: handshakes, and ends (the shell's).
-    pub publisher_connects: u64,
-    pub publisher_disconnects: u64,
-    pub publisher_refused: u64,
     /// How answers were bounded (coalesced, truncated, suppressed).
     pub answers: AnswerCounters,
     /// Topics and bytes held at the end.
@@ -56,8 +42,7 @@ pub struct LvcReport {
 
 impl std::fmt::Display for LvcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let c = &self.cache;
-        let a = &self.answers;
+        let (c, a, sh) = (&self.cache, &self.answers, &self.shell);
         write!(
             f,
             "messages_in={} frames_in={} bytes_in={} subscribes={} unsubscribes={} other_upstream={} \
@@ -66,21 +51,21 @@ impl std::fmt::Display for LvcReport {
              answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} joiner_answers={} truncated={} suppressed_msgs={} \
              suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
              evicted_too_big={} uncacheable={} bad_frames={}",
-            self.messages_in,
-            self.frames_in,
-            self.bytes_in,
+            sh.messages_in,
+            sh.frames_in,
+            sh.bytes_in,
             self.subscribes,
             self.unsubscribes,
             self.other_upstream,
-            self.not_forwarded,
-            self.too_long_up,
+            sh.not_forwarded,
+            sh.too_long_up,
             self.cache_answers,
-            self.dropped_full,
-            self.blocked,
-            self.send_failures,
-            self.publisher_connects,
-            self.publisher_disconnects,
-            self.publisher_refused,
+            sh.dropped_full,
+            sh.blocked,
+            sh.send_failures,
+            sh.publisher_connects,
+            sh.publisher_disconnects,
+            sh.publisher_refused,
             a.answered,
             a.answer_msgs,
             a.answer_bytes,
@@ -340,21 +325,11 @@ impl ProxyHooks for LvcHooks {
 
     fn report(&self, shell: &ShellCounters) -> LvcReport {
         LvcReport {
-            messages_in: shell.messages_in,
-            frames_in: shell.frames_in,
-            bytes_in: shell.bytes_in,
+            shell: *shell,
             subscribes: self.subscribes,
             unsubscribes: self.unsubscribes,
             other_upstream: self.other_upstream,
-            not_forwarded: shell.not_forwarded,
-            too_long_up: shell.too_long_up,
             cache_answers: self.cache_answers,
-            dropped_full: shell.dropped_full,
-            blocked: shell.blocked,
-            send_failures: shell.send_failures,
-            publisher_connects: shell.publisher_connects,
-            publisher_disconnects: shell.publisher_disconnects,
-            publisher_refused: shell.publisher_refused,
             answers: self.gate.counters(),
             topics: self.cache.topics() as u64,
             cache_bytes: self.cache.bytes() as u64,
@@ -447,7 +422,7 @@ mod tests {
         step_until(&mut lvc, "B cached", |r| r.topics == 2);
         // Live L the subscriber does not read, until its queue is full and L is dropped there.
         let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while lvc.report().dropped_full == 0 {
+        while lvc.report().shell.dropped_full == 0 {
             assert!(std::time::Instant::now() < end, "the queue never filled: {}", lvc.report());
             publisher.send(frame("L", 2), 0).expect("publish");
             lvc.do_work().expect("lvc step");
@@ -456,7 +431,7 @@ mod tests {
         sub.set_subscribe(b"B").expect("subscribe");
         step_until(&mut lvc, "the subscribe to B", |r| r.subscribes > before.subscribes);
         let after = lvc.report();
-        assert_eq!(after.send_failures - before.send_failures, 1, "{after}");
+        assert_eq!(after.shell.send_failures - before.shell.send_failures, 1, "{after}");
         assert_eq!(after.answers.suppressed_msgs - before.answers.suppressed_msgs, 1, "{after}");
         assert_eq!(after.cache_answers, before.cache_answers, "nothing of it sent: {after}");
         let said = &lvc.hooks().cut_answers;

@@ -67,24 +67,24 @@ pub struct TapReport {
 
 impl std::fmt::Display for TapReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (p, s) = (&self.proxy, &self.sink);
+        let (p, sh, s) = (&self.proxy, &self.proxy.shell, &self.sink);
         write!(
             f,
             "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
              publisher_connects={} publisher_disconnects={} publisher_refused={} matched_messages={} subscriptions={} unsubscriptions={} \
              recorded_frames={} record_errors={} record_skipped_too_large={} unprinted={} printed={} \
              recorded_messages={} record_lost={} bad_frames={}",
-            p.forwarded_down,
-            p.forwarded_up,
-            p.too_long_up,
+            sh.forwarded_down,
+            sh.forwarded_up,
+            sh.too_long_up,
             p.captured,
             p.dropped,
-            p.dropped_full,
-            p.blocked,
-            p.send_failures,
-            p.publisher_connects,
-            p.publisher_disconnects,
-            p.publisher_refused,
+            sh.dropped_full,
+            sh.blocked,
+            sh.send_failures,
+            sh.publisher_connects,
+            sh.publisher_disconnects,
+            sh.publisher_refused,
             s.messages,
             s.subscriptions,
             s.unsubscriptions,

@@ -74,26 +74,14 @@ pub fn parse_prefix(text: &str) -> Result<Vec<u8>, String> {
 /// Counters of the proxy side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TapProxyReport {
-    /// Messages forwarded publishers → subscribers.
-    pub forwarded_down: u64,
-    /// Messages forwarded subscribers → publishers (subscriptions and others).
-    pub forwarded_up: u64,
-    /// Messages from subscribers too long to forward upstream safely (the shell's `too_long_up`).
-    pub too_long_up: u64,
+    /// The proxy shell's counters: messages forwarded each way, those too long to forward
+    /// upstream, delivery drops and waits, failed sends, the bound frontend's publisher
+    /// connections.
+    pub shell: ShellCounters,
     /// Copies handed to the sink.
     pub captured: u64,
     /// Copies dropped because the sink's queue was full (or the sink had stopped).
     pub dropped: u64,
-    /// Messages dropped at a full subscriber queue (lossy delivery only).
-    pub dropped_full: u64,
-    /// Times forwarding waited for a full subscriber queue (lossless delivery).
-    pub blocked: u64,
-    /// Sends that failed (message lost in the proxy).
-    pub send_failures: u64,
-    /// Publisher connections on the bound frontend: handshakes, and ends (the shell's).
-    pub publisher_connects: u64,
-    pub publisher_disconnects: u64,
-    pub publisher_refused: u64,
 }
 
 /// The tap on the proxy shell: the filter and the sink's queue.
@@ -174,19 +162,7 @@ impl ProxyHooks for TapHooks {
     }
 
     fn report(&self, shell: &ShellCounters) -> TapProxyReport {
-        TapProxyReport {
-            forwarded_down: shell.forwarded_down,
-            forwarded_up: shell.forwarded_up,
-            too_long_up: shell.too_long_up,
-            captured: self.captured,
-            dropped: self.dropped,
-            dropped_full: shell.dropped_full,
-            blocked: shell.blocked,
-            send_failures: shell.send_failures,
-            publisher_connects: shell.publisher_connects,
-            publisher_disconnects: shell.publisher_disconnects,
-            publisher_refused: shell.publisher_refused,
-        }
+        TapProxyReport { shell: *shell, captured: self.captured, dropped: self.dropped }
     }
 }
 
@@ -238,7 +214,7 @@ mod tests {
         let mut forwarded = 0;
         for _ in 0..1000 {
             proxy.do_work().expect("work");
-            forwarded = proxy.report().forwarded_down - before.forwarded_down;
+            forwarded = proxy.report().shell.forwarded_down - before.shell.forwarded_down;
             if forwarded >= 100 {
                 break;
             }
