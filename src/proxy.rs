@@ -131,6 +131,24 @@ pub struct ShellCounters {
     pub publisher_refused: u64,
 }
 
+impl ShellCounters {
+    /// The delivery and connection counters as the LVC's and the tap's exit lines say them:
+    /// `dropped_full=… blocked=… send_failures=… publisher_connects=… publisher_disconnects=…
+    /// publisher_refused=…`.
+    pub fn delivery_fields(&self) -> String {
+        format!(
+            "dropped_full={} blocked={} send_failures={} publisher_connects={} publisher_disconnects={} \
+             publisher_refused={}",
+            self.dropped_full,
+            self.blocked,
+            self.send_failures,
+            self.publisher_connects,
+            self.publisher_disconnects,
+            self.publisher_refused
+        )
+    }
+}
+
 /// The subscriber side as the hooks see it, while they handle one message
 /// from a subscriber: apply its subscription (manual XPUB), answer it alone.
 pub struct Downstream<'a> {

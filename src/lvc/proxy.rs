@@ -46,8 +46,7 @@ impl std::fmt::Display for LvcReport {
         write!(
             f,
             "messages_in={} frames_in={} bytes_in={} subscribes={} unsubscribes={} other_upstream={} \
-             not_forwarded={} too_long_up={} cache_answers={} dropped_full={} blocked={} send_failures={} \
-             publisher_connects={} publisher_disconnects={} publisher_refused={} answered={} \
+             not_forwarded={} too_long_up={} cache_answers={} {} answered={} \
              answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} joiner_answers={} truncated={} suppressed_msgs={} \
              suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
              evicted_too_big={} uncacheable={} bad_frames={}",
@@ -60,12 +59,7 @@ impl std::fmt::Display for LvcReport {
             sh.not_forwarded,
             sh.too_long_up,
             self.cache_answers,
-            sh.dropped_full,
-            sh.blocked,
-            sh.send_failures,
-            sh.publisher_connects,
-            sh.publisher_disconnects,
-            sh.publisher_refused,
+            sh.delivery_fields(),
             a.answered,
             a.answer_msgs,
             a.answer_bytes,

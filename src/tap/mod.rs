@@ -70,8 +70,8 @@ impl std::fmt::Display for TapReport {
         let (p, sh, s) = (&self.proxy, &self.proxy.shell, &self.sink);
         write!(
             f,
-            "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} dropped_full={} blocked={} send_failures={} \
-             publisher_connects={} publisher_disconnects={} publisher_refused={} matched_messages={} subscriptions={} unsubscriptions={} \
+            "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} {} \
+             matched_messages={} subscriptions={} unsubscriptions={} \
              recorded_frames={} record_errors={} record_skipped_too_large={} unprinted={} printed={} \
              recorded_messages={} record_lost={} bad_frames={}",
             sh.forwarded_down,
@@ -79,12 +79,7 @@ impl std::fmt::Display for TapReport {
             sh.too_long_up,
             p.captured,
             p.dropped,
-            sh.dropped_full,
-            sh.blocked,
-            sh.send_failures,
-            sh.publisher_connects,
-            sh.publisher_disconnects,
-            sh.publisher_refused,
+            sh.delivery_fields(),
             s.messages,
             s.subscriptions,
             s.unsubscriptions,
