@@ -104,7 +104,13 @@ impl HandshakeFailure {
                  public key (or its key file's public key is not its secret key's)"
             }
             (Side::Server, Protocol, _) => "it broke the ZMTP handshake (is it a ZeroMQ peer?)",
-            (Side::Server, NoDetail, _) => {
+            // The two ends read each other's greeting at once: a client without keys that reads
+            // this server's CURVE greeting first hangs up before this end reads its own.
+            (Side::Server, NoDetail, true) => {
+                "it ended the connection during the handshake (a client without CURVE keys that read \
+                 this server's CURVE greeting first, a port check, or a peer that gave up)"
+            }
+            (Side::Server, NoDetail, false) => {
                 "it ended the connection during the handshake (a port check, or a peer that gave up)"
             }
             (Side::Server, Auth, _) => "its ZAP handler refused it",
