@@ -363,6 +363,12 @@ impl LinkWatch {
                     match event {
                         Event::HandshakeSucceeded => self.accepted.connects += 1,
                         // libzmq's handshake refused it (ZAP's own refusals are its handler's).
+                        // A subscriber that hangs up before its handshake ends (a benchmark's
+                        // SUB torn down as it joins) refuses nothing: no detail on a
+                        // subscriber-facing socket (its ends not said) is no refusal.
+                        Event::HandshakeFailed(Failure::NoDetail) if self.accepted_ends.is_none() => {
+                            self.refused_open += 1;
+                        }
                         Event::HandshakeFailed(kind) if kind != Failure::Auth => {
                             self.refused_open += 1;
                             let refusal = crate::security::Refusal::of_failure(kind)
@@ -378,7 +384,11 @@ impl LinkWatch {
                         // The end of a connection refused in its handshake: counted there.
                         Event::Disconnected if self.refused_open > 0 => self.refused_open -= 1,
                         // No connection that completed its handshake is open: this one never did
-                        // (libzmq 4.3.5 ends some non-ZeroMQ peers with no handshake event).
+                        // (libzmq 4.3.5 ends some non-ZeroMQ peers with no handshake event). On a
+                        // socket publishers connect to (its ends said) that is a refusal; on a
+                        // subscriber-facing one, as above, a subscriber that hung up.
+                        Event::Disconnected
+                            if self.accepted.connects <= self.accepted.disconnects && self.accepted_ends.is_none() => {}
                         Event::Disconnected if self.accepted.connects <= self.accepted.disconnects => {
                             Self::refuse_accepted(
                                 (&mut self.accepted, &mut self.accepted_refused),
@@ -677,6 +687,42 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "timed out; links now: {s}");
             let _ = crate::zmqx::wait_ready(watch.socket(), zmq::POLLIN, Duration::from_millis(20));
+        }
+    }
+
+    /// A connection that hangs up before its handshake ends, on a bound endpoint: a refusal on
+    /// a socket publishers connect to (its ends said), nothing on a subscriber-facing one (a
+    /// subscriber torn down as it joins; it was said as "refused a connection" and broke a
+    /// benchmark's one-line output).
+    #[test]
+    fn a_hang_up_mid_handshake_is_refused_only_where_publishers_connect() {
+        use std::io::Read;
+        let ctx = zmq::Context::new();
+        for publisher_facing in [true, false] {
+            let sock = ctx.socket(if publisher_facing { zmq::XSUB } else { zmq::XPUB }).expect("socket");
+            sock.set_linger(0).expect("linger");
+            let ep = crate::zmqx::bind_resolved(&sock, "tcp://127.0.0.1:*").expect("bind");
+            let mut watch = LinkWatch::attach_always(&ctx, &sock, "test", &[]).expect("watch");
+            if publisher_facing {
+                watch = watch.saying_publisher_ends("test: ended".into(), "--max-msg-bytes", 1024);
+            }
+            watch.log = false;
+            let addr = ep.trim_start_matches("tcp://");
+            let mut raw = std::net::TcpStream::connect(addr).expect("raw connect");
+            raw.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            raw.shutdown(std::net::Shutdown::Write).expect("hang up");
+            // libzmq said the connection's end to the monitor before it closed its side.
+            let mut rest = Vec::new();
+            raw.read_to_end(&mut rest).expect("libzmq closes its side");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while watch.accepted().refused == 0 && publisher_facing {
+                watch.service(&sock);
+                assert!(Instant::now() < deadline, "no refusal counted");
+                let _ = crate::zmqx::wait_ready(watch.socket(), zmq::POLLIN, Duration::from_millis(20));
+            }
+            watch.service(&sock);
+            let a = watch.accepted();
+            assert_eq!((a.refused, a.disconnects), (u64::from(publisher_facing), 0), "{publisher_facing}: {a:?}");
         }
     }
 
