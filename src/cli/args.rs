@@ -199,10 +199,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ if num.trim().is_empty() => return Err(format!("not a duration; accepted: {DURATION_FORMS}")),
         _ => return Err(format!("unknown unit `{unit}`; accepted: {DURATION_FORMS}")),
     };
-    if v >= 0.0 && (v * scale) < crate::clock::MAX_DURATION_S as f64 {
+    if v < 0.0 {
+        Err(format!("not a duration; accepted: {DURATION_FORMS}"))
+    } else if (v * scale) < crate::clock::MAX_DURATION_S as f64 {
         Ok(Duration::from_secs_f64(v * scale))
     } else {
-        Err(format!("not a duration; accepted: {DURATION_FORMS}"))
+        Err(format!("out of range: at most {}s", crate::clock::MAX_DURATION_S))
     }
 }
 
@@ -436,6 +438,9 @@ mod tests {
         }
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
         assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        // A number too large is said as such, not as "not a duration".
+        assert!(parse_duration("18446744073709551615s").unwrap_err().starts_with("out of range"));
+        assert!(parse_duration("-5s").unwrap_err().contains("not a duration"));
         assert!(parse_duration("5x").unwrap_err().contains("unknown unit `x`"));
     }
 

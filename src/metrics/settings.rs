@@ -6,10 +6,9 @@
 //! a raw value, returning the value now in force (normalised) or why it was
 //! refused; a refused value leaves the running one in place. The CLI
 //! (`cli/engine.rs`, `engine_settings`) registers the engine's settings with
-//! the shared parsers: `metrics_interval` and `log_level` today. **Hook for
-//! the snail**: its thresholds and policy register there the same way
-//! (`snail.max_lag`, `snail.policy`, …), each applying to the snail's shared
-//! configuration.
+//! the shared parsers: `metrics_interval`, `log_level` and the snail's
+//! thresholds and policy (`snail_max_lag`, `snail_policy`, …), each applying
+//! to the snail's shared configuration.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
@@ -79,6 +78,11 @@ impl Settings {
             }
             Err(why) => Offer::Refused(format!("`{}` refused: {why}", crate::diag::quoted(raw))),
         }
+    }
+
+    /// True when `name` is a registered setting.
+    pub fn is_known(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
     }
 
     /// Every setting's value in force.

@@ -183,7 +183,8 @@ impl StoreAgent {
         // A deleted setting keeps the value in force; a refusal of the deleted value no longer stands.
         let Some(value) = c.value else {
             if self.withdraw_refusal(&name) {
-                log.log(Level::Info, format_args!("setting {said}: deleted from the store; the value in force stays"));
+                let known = self.inputs.settings.is_known(&name);
+                log.log(Level::Info, format_args!("setting {said}: deleted from the store{}", in_force_stays(known)));
             }
             return Ok(());
         };
@@ -205,7 +206,9 @@ impl StoreAgent {
                 }
             }
             Offer::Refused(why) => {
-                log.log(Level::Warn, format_args!("setting {said}: {why}; the value in force stays"));
+                // An unknown name's refusal says so itself (and it has no value in force).
+                let stays = if self.inputs.settings.is_known(&name) { "; the value in force stays" } else { "" };
+                log.log(Level::Warn, format_args!("setting {said}: {why}{stays}"));
                 self.refused.insert(name, why);
                 self.next_publish_ns = 0;
             }
@@ -375,9 +378,28 @@ impl Agent for StoreAgent {
     }
 }
 
+/// The end of a line about a setting refused or deleted: a setting of this engine keeps its
+/// value in force; a name that is no setting has none to keep.
+fn in_force_stays(known: bool) -> &'static str {
+    if known {
+        "; the value in force stays"
+    } else {
+        " (no setting of this engine: nothing is in force under that name)"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_known_setting_has_a_value_in_force_to_keep() {
+        let mut settings = Settings::default();
+        settings.register("n", "a number", "5".into(), |raw| Ok(raw.to_string()));
+        assert!(settings.is_known("n") && !settings.is_known("m"));
+        assert_eq!(in_force_stays(settings.is_known("n")), "; the value in force stays");
+        assert!(!in_force_stays(settings.is_known("m")).contains("value in force stays"));
+    }
 
     #[test]
     fn an_idle_interval_has_no_percentiles() {
