@@ -47,20 +47,36 @@ pub struct Claimed {
 impl Claimed {
     /// Open `path` for `flag` (create it if missing, never truncate it first), lock it, then empty it.
     pub fn claim(flag: &str, path: &Path) -> Result<Claimed, OutFileError> {
-        let io = |source| OutFileError::Io { flag: flag.to_string(), path: path.to_path_buf(), source };
-        let file = OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(io)?;
-        let regular = file.metadata().map_err(io)?.is_file();
-        if regular {
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(OutFileError::Busy { flag: flag.to_string(), path: path.to_path_buf() })
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-            }
-            file.set_len(0).map_err(io)?;
-        }
+        let mut claimed = claim_all(&[(flag, path)])?;
+        Ok(claimed.remove(0))
+    }
+
+    /// Open (create if missing, never truncate): nothing locked or emptied yet.
+    fn open(flag: &str, path: &Path) -> Result<Claimed, OutFileError> {
+        let file = OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(io(flag, path))?;
+        let regular = file.metadata().map_err(io(flag, path))?.is_file();
         Ok(Claimed { flag: flag.to_string(), path: path.to_path_buf(), file: Arc::new(file), regular })
+    }
+
+    /// Take the file's lock (regular files only).
+    fn lock(&self) -> Result<(), OutFileError> {
+        if !self.regular {
+            return Ok(());
+        }
+        match self.file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(OutFileError::Busy { flag: self.flag.clone(), path: self.path.clone() })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&self.flag, &self.path)(e)),
+        }
+    }
+
+    /// `(device, inode)` of a regular file: two outputs are one file when these agree.
+    fn identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = self.file.metadata().ok().filter(|_| self.regular)?;
+        Some((m.dev(), m.ino()))
     }
 
     pub fn path(&self) -> &Path {
@@ -82,6 +98,35 @@ impl Claimed {
         }
         Ok(f)
     }
+}
+
+fn io<'a>(flag: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutFileError + 'a {
+    move |source| OutFileError::Io { flag: flag.to_string(), path: path.to_path_buf(), source }
+}
+
+/// Claim every output of one run (`(flag, path)` pairs) or none: refuse two that are one file
+/// ([`distinct`] by name, then by the opened files' identity, which sees a link to another
+/// output, made or not), lock them all, and only then empty them, so a run refused for one
+/// busy file leaves every other file as it was.
+pub fn claim_all(outputs: &[(&str, &Path)]) -> Result<Vec<Claimed>, OutFileError> {
+    distinct(outputs)?;
+    let opened = outputs.iter().map(|&(flag, path)| Claimed::open(flag, path)).collect::<Result<Vec<_>, _>>()?;
+    for (i, later) in opened.iter().enumerate() {
+        if let Some(first) = opened[..i].iter().find(|c| c.identity().is_some() && c.identity() == later.identity()) {
+            return Err(OutFileError::Same {
+                first: first.flag.clone(),
+                second: later.flag.clone(),
+                path: later.path.clone(),
+            });
+        }
+    }
+    for c in &opened {
+        c.lock()?;
+    }
+    for c in opened.iter().filter(|c| c.regular) {
+        c.file.set_len(0).map_err(io(&c.flag, &c.path))?;
+    }
+    Ok(opened)
 }
 
 /// Refuse two outputs of one run that name the same file: `(flag, path)` pairs, compared
@@ -132,6 +177,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("temp dir");
         d
+    }
+
+    /// A run refused for one busy output leaves its other outputs as they were (the first was
+    /// emptied before the second's lock was tried), and a link to another output is that output.
+    #[test]
+    fn a_run_refused_for_one_busy_file_empties_none_and_a_link_is_its_target() {
+        let d = dir("all");
+        let (hlog, hgrm) = (d.join("p.hlog"), d.join("h.hgrm"));
+        std::fs::write(&hlog, b"keep").expect("write");
+        let holder = Claimed::claim("--hgrm", &hgrm).expect("another run's claim");
+        let e = claim_all(&[("--hlog", &hlog), ("--hgrm", &hgrm)]).expect_err("refused");
+        assert!(matches!(e, OutFileError::Busy { ref flag, .. } if flag == "--hgrm"), "{e}");
+        assert_eq!(std::fs::read(&hlog).expect("read"), b"keep", "the other output left as it was");
+        drop(holder);
+        // y.hlog -> x.hlog, x not made yet: one file, not "another process".
+        let (x, y) = (d.join("x.hlog"), d.join("y.hlog"));
+        std::os::unix::fs::symlink(&x, &y).expect("symlink");
+        let e = claim_all(&[("--hlog", &x), ("--hgrm", &y)]).expect_err("one file");
+        assert!(matches!(e, OutFileError::Same { .. }), "{e}");
+        let both = claim_all(&[("--hlog", &hlog), ("--hgrm", &hgrm)]).expect("claimed");
+        assert_eq!(std::fs::metadata(&hlog).expect("meta").len(), 0, "emptied once all are locked");
+        drop(both);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

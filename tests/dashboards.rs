@@ -1285,12 +1285,16 @@ fn an_output_file_another_engine_writes_is_refused_before_the_run() {
     for (flag, other) in [("--hlog", dir.join("other.hgrm")), ("--hgrm", dir.join("other.hlog"))] {
         let (mine, theirs) = if flag == "--hlog" { (hlog_arg, "--hgrm") } else { (hgrm_arg, "--hlog") };
         let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+        // The run's other output holds an earlier run's file: a refused run leaves it (it was
+        // emptied when the --hlog claim came first and the busy --hgrm second).
+        std::fs::write(&other, b"an earlier run's file").expect("write");
         let (code, out, err) = run_within(
             "engine",
             mdsub().args(["engine", "--endpoint", &ep, flag, mine, theirs]).arg(&other),
             Duration::from_secs(30),
         );
         assert_eq!(code, Some(1), "{out}{err}");
+        assert_eq!(std::fs::read(&other).expect("read"), b"an earlier run's file", "{theirs} left as it was");
         assert_eq!(
             err.trim(),
             format!(

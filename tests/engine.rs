@@ -148,6 +148,10 @@ fn bench_makes_its_outputs_dir_and_refuses_one_it_cannot_write_before_any_run() 
     assert_eq!(code, Some(1), "{stdout}{err}");
     assert!(stdout.is_empty(), "no run: {stdout}");
     assert!(err.contains(&format!("--outputs-dir {}: creating it: Not a directory", blocked.display())), "{err}");
+    // A file where the folder should be: said as such (it was "creating it: File exists").
+    let (code, stdout, err) = bench(&dir.join("file"));
+    assert_eq!(code, Some(1), "{stdout}{err}");
+    assert!(err.contains("--outputs-dir") && err.contains("not a directory"), "{err}");
 }
 
 #[test]

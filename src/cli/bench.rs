@@ -100,8 +100,13 @@ fn claim_outputs(dir: &std::path::Path, save: Option<&std::path::Path>) -> anyho
     let mut named = vec![("--outputs-dir", hlog.as_path()), ("--outputs-dir", hgrm.as_path())];
     named.extend(save.map(|p| ("--save", p)));
     crate::outfile::distinct(&named).map_err(|e| super::UsageError(e.to_string()))?;
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        anyhow::bail!("--outputs-dir {}: not a directory (give a folder for bench.hlog and bench.hgrm)", dir.display());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("--outputs-dir {}: creating it", dir.display()))?;
-    Ok([Claimed::claim("--outputs-dir", &hlog)?, Claimed::claim("--outputs-dir", &hgrm)?])
+    let claimed = crate::outfile::claim_all(&named[..2]).map_err(super::outfile_error)?;
+    let [hlog, hgrm]: [Claimed; 2] = claimed.try_into().map_err(|_| anyhow::anyhow!("two outputs claimed"))?;
+    Ok([hlog, hgrm])
 }
 
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {

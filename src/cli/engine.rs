@@ -22,7 +22,6 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::RunReport;
-use crate::outfile::Claimed;
 use crate::profile::{Profile, ProfileError};
 use crate::replay::{PublisherConfig, Source};
 use crate::snail::{Policy, SkewMode};
@@ -413,10 +412,9 @@ impl OutputArgs {
             .into_iter()
             .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
             .collect();
-        crate::outfile::distinct(&named).map_err(|e| super::UsageError(e.to_string()))?;
-        let claim = |flag, path: &Option<PathBuf>| path.as_deref().map(|p| Claimed::claim(flag, p)).transpose();
-        cfg.outputs.hlog = claim("--hlog", &self.hlog)?;
-        cfg.outputs.hgrm = claim("--hgrm", &self.hgrm)?;
+        let mut claimed = crate::outfile::claim_all(&named).map_err(super::outfile_error)?.into_iter();
+        cfg.outputs.hlog = self.hlog.as_ref().and_then(|_| claimed.next());
+        cfg.outputs.hgrm = self.hgrm.as_ref().and_then(|_| claimed.next());
         cfg.outputs.listen = self.metrics_listen;
         Ok(())
     }

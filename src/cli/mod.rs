@@ -50,6 +50,15 @@ pub struct Interrupted;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// An output file's claim as the command's error: two outputs naming one file is a usage error
+/// (exit 2), a busy or unwritable file the run's (exit 1).
+pub(crate) fn outfile_error(e: crate::outfile::OutFileError) -> anyhow::Error {
+    match e {
+        crate::outfile::OutFileError::Same { .. } => UsageError(e.to_string()).into(),
+        e => e.into(),
+    }
+}
+
 /// A value refused for what it holds, found out only by asking (a key longer than the clone
 /// server accepts): the command line itself was well formed, so `main` says it in one line,
 /// `mdsub: error: …`, without the usage, and exits 2 ([`EXIT_USAGE`]) like any refused value.
