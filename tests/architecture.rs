@@ -66,20 +66,17 @@ fn sources() -> Vec<Source> {
         .collect()
 }
 
+/// Every code line of `sources` whose file `scanned` takes and that `hit` finds, as
+/// `path:line: text`.
+fn lines_where(sources: &[Source], scanned: impl Fn(&str) -> bool, hit: impl Fn(&str) -> bool) -> Vec<String> {
+    let files = sources.iter().filter(|s| scanned(&s.path));
+    let lines = files.flat_map(|s| s.lines.iter().map(move |(n, l)| (s, n, l)));
+    lines.filter(|(_, _, l)| hit(l)).map(|(s, n, l)| format!("{}:{n}: {}", s.path, l.trim())).collect()
+}
+
 /// Every code line outside `allowed` files that contains any of `needles`, as `path:line: text`.
 fn offenders(needles: &[&str], allowed: impl Fn(&str) -> bool) -> Vec<String> {
-    let mut found = Vec::new();
-    for s in sources() {
-        if allowed(&s.path) {
-            continue;
-        }
-        for (n, l) in &s.lines {
-            if needles.iter().any(|needle| l.contains(needle)) {
-                found.push(format!("{}:{n}: {}", s.path, l.trim()));
-            }
-        }
-    }
-    found
+    lines_where(&sources(), |p| !allowed(p), |l| needles.iter().any(|needle| l.contains(needle)))
 }
 
 #[test]
@@ -139,21 +136,21 @@ fn the_primitives_import_only_each_other() {
             || p == "src/host.rs"
             || p == "src/endpoint.rs"
     };
-    let mut found = Vec::new();
-    for s in sources().into_iter().filter(|s| primitive(&s.path)) {
-        for (n, l) in &s.lines {
-            let mut rest = l.as_str();
-            while let Some(at) = rest.find("crate::") {
-                rest = &rest[at + "crate::".len()..];
-                let module: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                // `crate::diag!`/`crate::outln!` are macros exported at the root by diag itself.
-                let is_macro = rest[module.len()..].starts_with('!');
-                if !is_macro && !PRIMITIVES.contains(&module.as_str()) {
-                    found.push(format!("{}:{n}: {}", s.path, l.trim()));
-                }
+    // A line that names a module of mdsub's outside the primitives.
+    let imports_the_rest = |l: &str| {
+        let mut rest = l;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let module: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            // `crate::diag!`/`crate::outln!` are macros exported at the root by diag itself.
+            let is_macro = rest[module.len()..].starts_with('!');
+            if !is_macro && !PRIMITIVES.contains(&module.as_str()) {
+                return true;
             }
         }
-    }
+        false
+    };
+    let found = lines_where(&sources(), primitive, imports_the_rest);
     assert!(found.is_empty(), "a primitive ({PRIMITIVES:?}) importing the rest of mdsub:\n{}", found.join("\n"));
 }
 
@@ -188,18 +185,11 @@ fn cores_take_now_ns_and_touch_no_socket_thread_or_file() {
         "File::",
     ];
     let all = sources();
-    let mut found = Vec::new();
     for core in CORES {
-        let s = all
-            .iter()
-            .find(|s| s.path == *core)
-            .unwrap_or_else(|| panic!("{core} is gone: update this list and docs/ARCHITECTURE.md's cores"));
-        for (n, l) in &s.lines {
-            if forbidden.iter().any(|f| l.contains(f)) {
-                found.push(format!("{}:{n}: {}", s.path, l.trim()));
-            }
-        }
+        let there = all.iter().any(|s| s.path == *core);
+        assert!(there, "{core} is gone: update this list and docs/ARCHITECTURE.md's cores");
     }
+    let found = lines_where(&all, |p| CORES.contains(&p), |l| forbidden.iter().any(|f| l.contains(f)));
     assert!(found.is_empty(), "a core reading a clock or using a socket, thread or file:\n{}", found.join("\n"));
 }
 

@@ -338,7 +338,6 @@ fn a_refused_flag_combination_exits_2_naming_the_flags_before_anything_runs() {
     let (_code, out, _err) =
         run_within("bench", mdsub().args(["bench", "--compare", "publishers", "--from", capture]), DEADLINE);
     assert!(out.is_empty(), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -395,7 +394,6 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
     );
     assert!(err.contains("LOSS") && err.contains("mdsub: error: lvc-bench: none of the 2"), "{err}");
     assert_eq!(std::fs::read(&save).expect("still there"), b"{\"earlier\": true}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -429,7 +427,6 @@ fn a_payload_over_the_engines_message_limit_is_refused_up_front() {
     assert_eq!(code, Some(2), "stderr: {err}");
     assert!(err.contains("configuration `builtin-2core`: --payload-bytes 2000000"), "{err}");
     assert_eq!(std::fs::read_dir(&out_dir).map(|d| d.count()).unwrap_or(0), 0, "no results folder made");
-    let _ = std::fs::remove_dir_all(&out_dir);
 }
 
 #[test]
@@ -448,7 +445,6 @@ fn an_interrupted_bench_leaves_an_earlier_save_file_as_it_was() {
     assert_eq!(std::fs::read(&path).expect("still there"), b"{\"earlier\": true}");
     let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("bench.json")], "no partial file left");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -468,7 +464,6 @@ fn bench_refuses_a_save_path_it_cannot_write_before_running() {
         assert!(err.contains("is a directory") && err.lines().count() == 1, "{cmd}: {err}");
         assert!(out.is_empty(), "{cmd}: nothing run: {out}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `mdsub ARGS` in a network namespace of its own whose loopback drops every TCP SYN: its
@@ -545,7 +540,6 @@ fn ctrl_c_ends_the_subscriber_handshake_of_bench_demo_and_capacity_at_once() {
     assert_eq!(v["configurations"][0]["outcome"]["ending"], "interrupted", "{v}");
     // The interrupted trial is not in the summary, and its files are not left behind either.
     assert!(!common::has_trial_hlog(&dir), "the interrupted trial's .hlog is gone");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

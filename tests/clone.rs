@@ -318,7 +318,6 @@ fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
     wait_until(Duration::from_secs(5), "backup to hold the map", || {
         status(bp).get("keys").map(String::as_str) == Some("99")
     });
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -883,7 +882,6 @@ fn corrupt_log_tail_is_reported_and_the_rest_recovered() {
         err.contains(&format!("offset {good_len}")) && err.contains("truncated"),
         "stderr names the offset and the reason: {err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -1290,7 +1288,6 @@ fn an_update_is_in_the_log_before_it_is_published() {
             String::from_utf8_lossy(&f[0])
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// docs/CLONE.md: an acknowledged update survives a crash. So when the log cannot be written
@@ -1505,7 +1502,6 @@ fn a_data_dir_that_is_a_file_is_refused_in_one_line() {
     assert!(err.contains("not a directory"), "{err}");
     assert_eq!(err.matches("clone-server").count(), 1, "the role said once: {err}");
     assert!(!err.contains("os error"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue bstar15-1: two servers given one --data-dir both started, each acknowledged its sets,
@@ -1704,9 +1700,7 @@ fn an_oversized_frame_on_the_state_link_is_said_counted_and_the_link_comes_back(
     let ctx = zmq::Context::new();
     // The "peer's" state publisher, in the test's hands: an XPUB shows each subscription, so
     // the test knows when the backup's SUB is connected (again) without sleeping.
-    let state = ctx.socket(zmq::XPUB).expect("xpub");
-    state.set_xpub_verbose(true).expect("verbose");
-    state.set_linger(0).expect("linger");
+    let state = common::watching_xpub(&ctx);
     state.set_rcvtimeo(10_000).expect("rcvtimeo");
     let state_ep = mdsub::zmqx::bind_resolved(&state, "tcp://127.0.0.1:*").expect("bind");
     let bp = free_port_block(4);

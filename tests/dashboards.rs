@@ -133,15 +133,13 @@ fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers
         assert!(u(&s["latency"]["total"], "count") > 1000, "both shards carried part of the feed: {s}");
     }
     assert_eq!(sum, 30_000);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A spectrum that could not be written is not a successful run: the report is still printed
 /// (with the count), the cause said on stderr, and the exit status is 1. Before, it was 0.
 #[test]
 fn an_hgrm_that_cannot_be_written_fails_the_run() {
-    if !Path::new("/dev/full").exists() {
-        eprintln!("SKIPPED: no /dev/full to make a write fail");
+    if !dev_full_or_skip("an_hgrm_that_cannot_be_written_fails_the_run") {
         return;
     }
     let (replay, eps) = start_replay("replay", 1, &["--count", "2000", "--rate", "10k"]);
@@ -160,8 +158,7 @@ fn an_hgrm_that_cannot_be_written_fails_the_run() {
 /// said `writing the interval log` without saying which.
 #[test]
 fn an_hlog_failing_while_the_engine_runs_is_counted_on_metrics_and_named() {
-    if !Path::new("/dev/full").exists() {
-        eprintln!("SKIPPED: no /dev/full to make a write fail");
+    if !dev_full_or_skip("an_hlog_failing_while_the_engine_runs_is_counted_on_metrics_and_named") {
         return;
     }
     if let Some(why) = python_missing(&["prometheus_client"]) {
@@ -310,10 +307,7 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
     assert_eq!(scrape["types"]["mdsub_latency_interval_seconds"], "summary");
     whole_page_in_typed_families(&scrape);
     promtool_accepts(port);
-    e.proc.signal(2);
-    let (status, out) = e.finish(Duration::from_secs(30));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let r = e.interrupt_for_report(Duration::from_secs(30));
     assert_eq!(u(&r, "delivered"), 20_000, "{r}");
     for (k, s) in r["shards"].as_array().expect("per-shard report").iter().enumerate() {
         let shard = k.to_string();
@@ -446,10 +440,7 @@ impl VerbatimRun {
     /// interval log (`e.hlog`) and the spectrum (`e.hgrm`).
     fn finish(self) -> (serde_json::Value, TempDir) {
         let _ = self.replay.finish(Duration::from_secs(30));
-        self.engine.proc.signal(2);
-        let (status, out) = self.engine.finish(Duration::from_secs(30));
-        assert!(status.success(), "engine failed: {out}");
-        let r = json(&out);
+        let r = self.engine.interrupt_for_report(Duration::from_secs(30));
         assert_eq!(u(&r, "delivered"), 300, "{r}");
         (r, self.dir)
     }
@@ -562,10 +553,7 @@ fn log_level_debug_says_a_line_per_shard_per_interval_without_a_store() {
         }
     }
     let _ = replay.finish(Duration::from_secs(30));
-    engine.proc.signal(2);
-    let (status, out) = engine.finish(Duration::from_secs(30));
-    assert!(status.success(), "{out}");
-    assert_eq!(u(&json(&out), "delivered"), 3000);
+    assert_eq!(u(&engine.interrupt_for_report(Duration::from_secs(30)), "delivered"), 3000);
 }
 
 #[test]
@@ -655,10 +643,7 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
             });
         }
     }
-    e.proc.signal(2);
-    let (status, out) = e.finish(Duration::from_secs(30));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let r = e.interrupt_for_report(Duration::from_secs(30));
     assert_eq!(u(&r, "delivered"), 20_000, "{r}");
     let bounds = mdsub::metrics::prom::BUCKET_BOUNDS_NS;
     for (k, s) in r["shards"].as_array().expect("per-shard report").iter().take(2).enumerate() {
@@ -671,7 +656,6 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
         assert!(lo <= est && est <= hi, "shard{k}: Prometheus says {est} s, the engine {p99} ns: not in ({lo}, {hi}]");
     }
     drop(_prom);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The Grafana dashboard in tools/ without a Grafana or a Prometheus: JSON, one id per panel,
@@ -948,10 +932,8 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
 /// An XPUB that connects to the engine's bound `ep` as a publisher does, once the engine's
 /// subscription has reached it (its handshake is done).
 fn connected_publisher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
-    let publ = ctx.socket(zmq::XPUB).expect("xpub");
-    publ.set_xpub_verbose(true).expect("verbose");
+    let publ = watching_xpub(ctx);
     publ.set_sndhwm(0).expect("sndhwm");
-    publ.set_linger(0).expect("linger");
     publ.set_rcvtimeo(20_000).expect("rcvtimeo");
     publ.connect(ep).expect("connect to the engine");
     assert_eq!(publ.recv_bytes(0).expect("the engine's subscription").first(), Some(&1));
@@ -985,10 +967,7 @@ fn a_reconnecting_publisher_a_self_stall_and_refused_orders_show_in_the_store_an
     cmd.args(["--expect-eos", "0", "--handler", "book", "--silence", "60s", "--store", &store]);
     cmd.args(["--metrics-interval", "300ms", "--engine-id", "ops-test"]);
     let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
-    let err = engine.stderr.as_ref().expect("stderr piped");
-    let ep = wait_line(err, Duration::from_secs(20), "the bound endpoint", |l| l.starts_with("shard0: bound "))
-        .trim_start_matches("shard0: bound ")
-        .to_string();
+    let ep = engine.said_after("shard0: bound ");
     let client =
         Client::start(ClientConfig { servers: vec![store.clone()], subtree: "/mdsub/".into(), ..Default::default() })
             .expect("a clone client");
@@ -1038,10 +1017,7 @@ fn a_reconnecting_publisher_a_self_stall_and_refused_orders_show_in_the_store_an
     assert!(note.contains("longest self-stall 2."), "{frame}");
     assert!(frame.lines().all(|l| l.chars().count() <= 100), "fits 100 columns: {frame}");
 
-    engine.proc.signal(2);
-    let (status, out) = engine.finish(Duration::from_secs(30));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
     let shard = &r["shards"][0];
     assert_eq!((u(shard, "publisher_connects"), u(shard, "publisher_disconnects")), (2, 2), "the report agrees: {r}");
     assert_eq!(u(&r["handler"], "refused_levels_full"), 1, "{r}");
@@ -1201,13 +1177,8 @@ fn refused_orders_and_refused_scrapers_are_counted_live_on_metrics() {
     cmd.args(["--metrics-interval", "200ms", "--metrics-allow-addr", "127.0.0.1"]);
     cmd.args(["--metrics-token-file", token_file.to_str().expect("utf8 path")]);
     let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
-    let err = engine.stderr.as_ref().expect("stderr piped");
-    let ep = wait_line(err, Duration::from_secs(20), "the bound endpoint", |l| l.starts_with("shard0: bound "))
-        .trim_start_matches("shard0: bound ")
-        .to_string();
-    let url = wait_line(err, Duration::from_secs(20), "the metrics address", |l| l.starts_with("metrics: "))
-        .trim_start_matches("metrics: ")
-        .to_string();
+    let ep = engine.said_after("shard0: bound ");
+    let url = engine.said_after("metrics: ");
     // A publisher that connects, sees the engine's subscription, and queues everything.
     let ctx = zmq::Context::new();
     let publ = connected_publisher(&ctx, &ep);
@@ -1257,10 +1228,7 @@ fn refused_orders_and_refused_scrapers_are_counted_live_on_metrics() {
     assert!(served.len() > 30, "{page}");
     let missing: Vec<&&str> = served.iter().filter(|name| !listed.contains(name)).collect();
     assert!(missing.is_empty(), "served but not in docs/METRICS.md: {missing:?}");
-    engine.proc.signal(2);
-    let (status, out) = engine.finish(Duration::from_secs(30));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
     assert_eq!(u(&r["handler"], "refused_levels_full"), 1, "the report says the same: {r}");
 }
 

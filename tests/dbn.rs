@@ -242,6 +242,19 @@ fn speed_10x_replays_a_2s_span_in_about_0_2s() {
     assert!(took < Duration::from_millis(1500), "far slower than 10x: {took:?}");
 }
 
+/// Replay the damaged DBN file `path` (one shard): the run fails, says the damage once, on a
+/// `replay: refused (REASON): ` line, and counts it under `reason`. Returns what a subscriber
+/// received, that line, and everything the replay printed.
+fn replay_damaged(name: &str, path: &Path, reason: &str) -> (Vec<Got>, String, String) {
+    let (got, status, out) = replay(name, 1, &["--from", path.to_str().expect("utf8")]);
+    assert!(!status.success(), "a damaged file is an error: {out}");
+    let head = format!("replay: refused ({reason}): ");
+    let said: Vec<&str> = out.lines().filter(|l| l.starts_with(&head)).collect();
+    assert_eq!(said.len(), 1, "the damage said once, when met: {out}");
+    assert!(out.contains(&format!("damaged input (refused: {reason}=1)")), "counted under its reason: {out}");
+    (got, said[0].to_string(), out)
+}
+
 #[test]
 fn truncated_file_replays_its_prefix_and_names_the_offset() {
     let dir = tmp_dir("trunc");
@@ -254,14 +267,11 @@ fn truncated_file_replays_its_prefix_and_names_the_offset() {
     let keep = meta_len + 60 * rec_len + rec_len / 2;
     let bytes = std::fs::read(&whole).expect("read");
     std::fs::write(&cut, &bytes[..keep as usize]).expect("write");
-    let (got, status, out) = replay("replay-dbn-trunc", 1, &["--from", cut.to_str().expect("utf8")]);
-    assert!(!status.success(), "a damaged file is an error: {out}");
+    let (got, _, out) = replay_damaged("replay-dbn-trunc", &cut, "truncated_tail");
     let offset = meta_len + 60 * rec_len;
     assert!(out.contains(&format!("damaged at byte {offset}")), "offset {offset} named: {out}");
     assert!(out.contains("truncated"), "reason given: {out}");
-    assert!(out.contains("replay: refused (truncated_tail): "), "the damage is said when met: {out}");
     assert!(out.contains("record 61;"), "the record is named: {out}");
-    assert!(out.contains("damaged input (refused: truncated_tail=1)"), "counted under its reason: {out}");
     assert_eq!(got.len(), 60, "everything before the damage was replayed");
     let want: Vec<Vec<u8>> = recs[..60].iter().map(bytes_of).collect();
     let have: Vec<Vec<u8>> = got.iter().map(|g| g.payload.clone()).collect();
@@ -421,14 +431,11 @@ fn corrupt_record_length_is_reported_at_its_offset() {
     let path = dir.join("bad.dbn");
     // Record 31's length: shorter than a header.
     let (_, offset) = mbo_file_with_length(&path, 100, 31, 0);
-    let (got, status, out) = replay("replay-dbn-corrupt", 1, &["--from", path.to_str().expect("utf8")]);
-    assert!(!status.success(), "a damaged file is an error: {out}");
+    let (got, _, out) = replay_damaged("replay-dbn-corrupt", &path, "bad_record");
     assert!(out.contains(&format!("damaged at byte {offset}: ")), "offset {offset} named: {out}");
     assert!(out.contains("impossible length"), "reason given: {out}");
-    assert!(out.contains("replay: refused (bad_record): "), "said under its reason: {out}");
     // Not truncation: bytes follow the damaged record (before: `the file ends here`).
     assert!(out.contains("; replay of this file stops here: nothing after a damaged record can be trusted"), "{out}");
-    assert!(out.contains("damaged input (refused: bad_record=1)"), "counted under its reason: {out}");
     assert_eq!(got.len(), 30, "everything before the damage was replayed");
 }
 
@@ -443,21 +450,15 @@ fn a_record_length_wrong_for_its_type_is_damage_at_that_record() {
     for (byte, bytes) in [(0xffu8, 1020), (0x04, 16)] {
         let bad_path = dir.join(format!("len{byte:02x}.dbn"));
         let (recs, offset) = mbo_file_with_length(&bad_path, 200, 101, byte);
-        let name = format!("replay-dbn-len{byte:02x}");
-        let (got, status, out) = replay(&name, 1, &["--from", bad_path.to_str().expect("utf8")]);
-        assert!(!status.success(), "a damaged file is an error: {out}");
-        let said: Vec<&str> = out.lines().filter(|l| l.starts_with("replay: refused (bad_record): ")).collect();
-        assert_eq!(said.len(), 1, "said once: {out}");
+        let (got, said, out) = replay_damaged(&format!("replay-dbn-len{byte:02x}"), &bad_path, "bad_record");
         let want = format!(
             "damaged at byte {offset}: its length byte 0x{byte:02x} ({bytes} bytes) is wrong for its type: mbo \
              records (rtype 0xa0) are {rec_len} bytes in DBN version 3 (record 101;"
         );
-        assert!(said[0].contains(&want), "want `{want}`: {out}");
-        assert!(out.contains("damaged input (refused: bad_record=1)"), "counted under its reason: {out}");
+        assert!(said.contains(&want), "want `{want}`: {out}");
         assert_eq!(got.len(), 100, "the 100 records before it, nothing from it on");
         assert!(got.iter().zip(&recs).all(|(g, r)| g.payload == bytes_of(r)), "each as it was");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The one case where a record is longer than its struct: the live gateway's send time
@@ -477,7 +478,6 @@ fn records_with_ts_out_are_whole_records() {
     assert_eq!(got.len(), recs.len(), "{out}");
     assert!(got.iter().zip(&recs).all(|(g, r)| g.payload == bytes_of(r)), "each record with its ts_out");
     assert_eq!(got[0].payload.len(), std::mem::size_of::<MboMsg>() + 8);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `bench --from` a damaged file follows the rule for damaged input (docs/REFUSALS.md): every
@@ -518,7 +518,6 @@ fn bench_from_a_damaged_or_empty_file_is_not_a_result() {
     let (code, out, err) = run_within("replay", mdsub().args(replay), Duration::from_secs(60));
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("no records to replay (metadata only)") && !out.contains("bound"), "before binding: {err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -554,5 +553,4 @@ fn a_file_cut_inside_its_metadata_is_said_in_words() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not a readable DBN file: the file ends early while"), "{err}");
     assert!(!err.contains("Kind("), "no Debug text: {err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

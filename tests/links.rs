@@ -24,10 +24,8 @@ const OVERSIZED_BYTES: usize = 2 << 20;
 /// A bound XPUB (verbose: every subscription, repeated ones included, comes
 /// up), standing in for a hostile publisher that mdsub connects to.
 fn peer(ctx: &zmq::Context) -> (zmq::Socket, String) {
-    let s = ctx.socket(zmq::XPUB).expect("xpub");
-    s.set_xpub_verbose(true).expect("verbose");
+    let s = common::watching_xpub(ctx);
     s.set_sndhwm(0).expect("sndhwm");
-    s.set_linger(0).expect("linger");
     s.bind("tcp://127.0.0.1:*").expect("bind");
     let ep = s.get_last_endpoint().expect("endpoint").expect("utf8");
     (s, ep)
@@ -142,15 +140,12 @@ fn engine_bound_endpoint_drop_on_an_oversized_frame_is_counted_and_said() {
     cmd.args(["--expect-eos", "0", "--handler", "verify", "--metrics-listen", "127.0.0.1:0"]);
     let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
     let err = engine.stderr.as_ref().expect("stderr piped");
-    let bound = wait_line(err, Duration::from_secs(20), "the bound endpoint", |l| l.starts_with("shard0: bound "));
-    let ep = bound.trim_start_matches("shard0: bound ").to_string();
-    let metrics = wait_line(err, Duration::from_secs(20), "the metrics address", |l| l.starts_with("metrics: "));
-    let addr = metrics.trim_start_matches("metrics: http://").trim_end_matches("/metrics").to_string();
+    let ep = engine.said_after("shard0: bound ");
+    let metrics = engine.said_after("metrics: ");
+    let addr = metrics.trim_start_matches("http://").trim_end_matches("/metrics").to_string();
     let ctx = zmq::Context::new();
     // An XPUB that connects: a publisher that shows when the engine's subscription reached it.
-    let publ = ctx.socket(zmq::XPUB).expect("xpub");
-    publ.set_xpub_verbose(true).expect("verbose");
-    publ.set_linger(0).expect("linger");
+    let publ = common::watching_xpub(&ctx);
     publ.connect(&ep).expect("connect to the engine");
     subscribed(&publ, "the publisher's first connection");
     for seq in 1..=100 {
@@ -180,10 +175,7 @@ fn engine_bound_endpoint_drop_on_an_oversized_frame_is_counted_and_said() {
     });
     assert_eq!(line(&page, "mdsub_shard_publisher_disconnects_total"), Some(1), "{page}");
     assert!(page.contains("# TYPE mdsub_shard_publisher_disconnects_total counter"), "{page}");
-    engine.proc.signal(2);
-    let (status, out) = engine.finish(Duration::from_secs(30));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
     let shard = &r["shards"][0];
     assert_eq!((u(shard, "publisher_connects"), u(shard, "publisher_disconnects")), (2, 1), "{shard}");
     assert!(u(&r, "delivered") >= 100, "the traffic after the drop arrives: {r}");
@@ -317,17 +309,14 @@ fn engine_bound_endpoint_refuses_a_raw_connection() {
     cmd.args(["--expect-eos", "0", "--snail", "off"]);
     let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
     let err = engine.stderr.as_ref().expect("stderr piped");
-    let bound = wait_line(err, Duration::from_secs(20), "the bound endpoint", |l| l.starts_with("shard0: bound "));
-    let ep = bound.trim_start_matches("shard0: bound ").to_string();
+    let ep = engine.said_after("shard0: bound ");
     raw_garbage(&ep);
     let said = wait_line(err, Duration::from_secs(20), "the refusal", |l| {
         l.starts_with("shard0: refused a connection (handshake_failed_")
     });
     assert!(said.contains(&ep), "{said}");
-    engine.proc.signal(2);
-    let (status, out) = engine.finish(Duration::from_secs(30));
-    assert!(status.success(), "engine failed: {out}");
-    let shard = &json(&out)["shards"][0];
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
+    let shard = &r["shards"][0];
     let counts = (u(shard, "publisher_connects"), u(shard, "publisher_disconnects"), u(shard, "publisher_refused"));
     assert_eq!(counts, (0, 0, 1), "{shard}");
 }
@@ -501,5 +490,4 @@ fn a_key_the_server_refuses_is_said_once_and_retried_with_a_back_off() {
         .unwrap_or(1);
     assert_eq!(said, lost, "the lines' totals are the report's: {lines:#?}");
     drop(replay);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -89,21 +89,15 @@ fn each_mistake_is_one_line_naming_the_field_and_the_fix() {
         assert!(lines[0].contains(fix), "{name}: says the fix ({fix}): {err}");
         assert!(out.is_empty(), "{name}: nothing printed as resolved: {out}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_interface_resolves_to_its_address_as_the_source() {
-    let dir = common::temp_dir("profile-nic");
-    let path = write_profile(
-        &dir,
-        "lo",
-        "[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\ninterface = \"lo\"\n[[workers]]\n",
-    );
+    let (_dir, path) =
+        temp_profile("nic", "[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\ninterface = \"lo\"\n[[workers]]\n");
     let (code, out, err) = check(&["check", &path]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("shard0  tcp://127.0.0.1:0;127.0.0.1:5556"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -127,18 +121,13 @@ fn a_file_that_is_not_toml_says_the_line_and_column_in_one_line() {
     assert_eq!(line.lines().count(), 1, "{err}");
     assert!(line.contains("broken.toml is not valid: line 2, column 9 (`garbage [[[`): expected"), "{line}");
     assert!(!line.contains('|') && !line.contains('^'), "no flattened excerpt: {line}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn engine_and_demo_name_the_profile_a_mistake_is_in() {
     // Before: `profile field `shards[0].io_core`: …` without saying which --profile.
-    let dir = common::temp_dir("profile-named");
-    let p = write_profile(
-        &dir,
-        "wrong-core",
-        "[[shards]]\nendpoints = [\"tcp://127.0.0.1:1\"]\nio_core = 999\n[[workers]]\n",
-    );
+    let (_dir, p) =
+        temp_profile("wrong-core", "[[shards]]\nendpoints = [\"tcp://127.0.0.1:1\"]\nio_core = 999\n[[workers]]\n");
     for cmd in ["engine", "demo"] {
         let (code, _out, err) = run_within(cmd, mdsub().args([cmd, "--profile", &p]), Duration::from_secs(30));
         assert_eq!(code, Some(1), "{cmd}: {err}");
@@ -147,7 +136,6 @@ fn engine_and_demo_name_the_profile_a_mistake_is_in() {
             "{cmd}: {err}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -168,7 +156,7 @@ fn temp_profile(name: &str, body: &str) -> (common::TempDir, String) {
 #[test]
 fn a_shard_without_endpoints_is_ok_only_with_endpoint_and_the_engine_says_why() {
     // Before: `ok for cores …` while `mdsub engine --profile` refused the same file.
-    let (dir, p) = temp_profile("no-endpoints", "[[shards]]\nendpoints = []\n[[workers]]\n");
+    let (_dir, p) = temp_profile("no-endpoints", "[[shards]]\nendpoints = []\n[[workers]]\n");
     let (code, out, err) = check(&["check", &p]);
     assert_eq!(code, Some(0), "{err}");
     let first = out.lines().next().unwrap_or_default();
@@ -189,14 +177,13 @@ fn a_shard_without_endpoints_is_ok_only_with_endpoint_and_the_engine_says_why() 
              (it replaces every shard's)"
         )
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_unknown_interface_names_each_interface_once() {
     // Before: `use one of lo, ifb0, ifb1, eth0, lo, eth0, lo, eth0` (once per address family).
     let nic = "[[shards]]\nendpoints = [\"tcp://127.0.0.1:5556\"]\ninterface = \"nosuchnic9\"\n[[workers]]\n";
-    let (dir, p) = temp_profile("nic-names", nic);
+    let (_dir, p) = temp_profile("nic-names", nic);
     let (code, _out, err) = check(&["check", &p]);
     assert_eq!(code, Some(1), "{err}");
     let names = err.split("use one of ").nth(1).and_then(|t| t.split(" or an address").next()).expect(&err);
@@ -205,13 +192,12 @@ fn an_unknown_interface_names_each_interface_once() {
     for (i, n) in names.iter().enumerate() {
         assert!(!names[..i].contains(n), "`{n}` named twice: {err}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_inproc_endpoint_in_a_profile_is_refused_by_the_engine_and_profile_check_says_so() {
     // Before: `mdsub engine --profile` with an inproc shard endpoint ran silently, never linked.
-    let (dir, p) = temp_profile("inproc", "[[shards]]\nendpoints = [\"inproc://x\"]\n[[workers]]\n");
+    let (_dir, p) = temp_profile("inproc", "[[shards]]\nendpoints = [\"inproc://x\"]\n[[workers]]\n");
     let said = "profile field `shards[0].endpoints[0]`: an inproc endpoint reaches only sockets inside the \
                 engine's process, and the publisher is another process; use ipc:///tmp/NAME or tcp://HOST:PORT";
     let (code, out, err) = check(&["check", &p]);
@@ -224,7 +210,6 @@ fn an_inproc_endpoint_in_a_profile_is_refused_by_the_engine_and_profile_check_sa
     );
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.trim(), format!("mdsub: error: --profile {p}: {said}"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -233,7 +218,7 @@ fn profile_show_says_when_this_host_could_not_run_the_profile() {
     // word), while `profile check` refused it; and `--shards` on a file was ignored.
     let body = "[[shards]]\nendpoints = [\"tcp://10.9.9.9:5601\"]\ninterface = \"nosuchnic0\"\n\
                 io_core = 4095\n[[workers]]\n";
-    let (dir, path) = temp_profile("far", body);
+    let (_dir, path) = temp_profile("far", body);
     let (code, out, err) = check(&["show", &path]);
     assert_eq!(code, Some(0), "shown all the same: {err}");
     assert!(out.starts_with("# not runnable on this host: ") && out.contains("4095"), "{out}");
@@ -241,7 +226,6 @@ fn profile_show_says_when_this_host_could_not_run_the_profile() {
     let (code, _out, err) = check(&["show", "builtin", "--shards", "3"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--shards and --workers shape `auto` only"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -361,8 +345,10 @@ fn an_endpoints_source_that_is_not_on_this_host_is_refused_before_anything_start
 fn an_interface_and_an_endpoint_that_names_its_own_source_are_refused_together() {
     // Before: `interface` was silently ignored for an endpoint with a source.
     let ep = format!("tcp://127.0.0.1:0;127.0.0.1:{}", common::unserved_port_block(1));
-    let (dir, p) =
-        temp_profile("two-sources", &format!("[[shards]]\nendpoints = [\"{ep}\"]\ninterface = \"lo\"\n[[workers]]\n"));
+    let (dir, p) = temp_profile(
+        "source-and-nic",
+        &format!("[[shards]]\nendpoints = [\"{ep}\"]\ninterface = \"lo\"\n[[workers]]\n"),
+    );
     let said = "names its own source (`127.0.0.1:0`), and the shard's `interface` is `lo`";
     let (code, _out, err) = check(&["check", &p]);
     assert_eq!(code, Some(1), "{err}");

@@ -14,7 +14,7 @@ use std::process::Stdio;
 
 use common::{
     free_port_block, lines_of, mdsub, rest_lines, run_within, start_replay, temp_dir, u, wait_line, wait_until,
-    LineProc, Proc,
+    LineProc, Proc, TempDir,
 };
 use mdsub::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
 use mdsub::security::{load_public_keys, ClientKeys, Keypair, ServerAccess, ZapAgent, ZapCounters};
@@ -26,6 +26,14 @@ fn keygen(dir: &Path, name: &str) -> Keypair {
     assert_eq!(code, Some(0), "keygen failed: {err}");
     assert!(out.contains("public-key "), "prints the public key: {out}");
     Keypair::load(&dir.join(format!("{name}.key"))).expect("keygen's .key loads")
+}
+
+/// A fresh directory `name` holding a key pair made by `mdsub keygen` for each of `identities`
+/// (`ID.key`, `ID.pub`): the directory and the pairs, in that order.
+fn key_dir<const N: usize>(name: &str, identities: [&str; N]) -> (TempDir, [Keypair; N]) {
+    let dir = temp_dir(name);
+    let pairs = identities.map(|id| keygen(&dir, id));
+    (dir, pairs)
 }
 
 /// A REP echo server under `access` (ZAP handler on its context), on an
@@ -80,7 +88,6 @@ fn keygen_refuses_a_name_that_is_not_a_plain_file_name() {
     }
     assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0, "nothing written");
     assert!(!dir.parent().expect("parent").join("outside.key").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -92,7 +99,6 @@ fn keygen_into_a_file_says_it_is_not_a_directory() {
     let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "node", "--dir"]).arg(&file), DEADLINE);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not a directory") && !err.contains("File exists"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -111,7 +117,6 @@ fn keygen_writes_libzmq_z85_keys_and_refuses_to_overwrite() {
     let (code, _, err) = run_within("keygen", mdsub().args(["keygen", "node", "--dir"]).arg(&dir), DEADLINE);
     assert_eq!(code, Some(1));
     assert!(err.contains("refusing to overwrite"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn mode_of(path: &Path) -> u32 {
@@ -216,9 +221,7 @@ fn an_allow_list_directory_without_a_pub_is_refused_at_start() {
 #[test]
 fn a_key_file_whose_public_key_is_not_its_secrets_is_refused() {
     // Before: it loaded, and every handshake failed later, each side blaming the other.
-    let dir = temp_dir("sec-mixed-key");
-    let a = keygen(&dir, "a");
-    let b = keygen(&dir, "b");
+    let (dir, [a, b]) = key_dir("sec-mixed-key", ["a", "b"]);
     let mixed = dir.join("mixed.key");
     let z85 = |k: &[u8; 32]| zmq::z85_encode(k).expect("z85");
     std::fs::write(
@@ -257,9 +260,7 @@ fn a_key_file_whose_public_key_is_not_its_secrets_is_refused() {
 fn a_secret_key_others_can_read_is_warned_about_once() {
     use std::os::unix::fs::PermissionsExt;
     // Before: a 0644 secret key was used in silence.
-    let dir = temp_dir("sec-open-key");
-    keygen(&dir, "engine1");
-    keygen(&dir, "feed");
+    let (dir, _) = key_dir("sec-open-key", ["engine1", "feed"]);
     let key = dir.join("engine1.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     // The engine reads its key when it checks its settings and again when it starts.
@@ -296,10 +297,7 @@ fn a_secret_key_others_can_read_is_warned_about_once() {
 
 #[test]
 fn curve_server_serves_allowed_keys_and_counts_refused_ones() {
-    let dir = temp_dir("sec-curve");
-    let server = keygen(&dir, "server");
-    let alice = keygen(&dir, "alice");
-    let mallory = keygen(&dir, "mallory");
+    let (dir, [server, alice, mallory]) = key_dir("sec-curve", ["server", "alice", "mallory"]);
     let allowed = load_public_keys(&[dir.join("alice.pub")]).expect("allow-list");
     let access = ServerAccess { curve: Some((server.clone(), allowed)), allow_addrs: vec![] };
     let stop = StopFlag::new();
@@ -316,7 +314,6 @@ fn curve_server_serves_allowed_keys_and_counts_refused_ones() {
     // A client without CURVE fails libzmq's handshake before ZAP is asked.
     assert!(!ping(&ep, None, &rep, Duration::from_millis(300)), "a plain (NULL) client is not served");
     stop.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -371,10 +368,7 @@ fn status_state(port: u16, keys: &ClientKeys) -> Option<String> {
 
 #[test]
 fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
-    let dir = temp_dir("sec-clone");
-    let server_key = keygen(&dir, "server");
-    let alice = keygen(&dir, "alice");
-    keygen(&dir, "mallory");
+    let (dir, [server_key, alice, _]) = key_dir("sec-clone", ["server", "alice", "mallory"]);
     let (pp, bp) = (free_port_block(4), free_port_block(4));
     let secured = |role: &str, port: u16, peer: u16| {
         let mut cmd = mdsub();
@@ -426,7 +420,6 @@ fn a_curve_clone_pair_serves_only_allowed_clients_across_failover() {
     let (code, _, _) = clone_client(&[bp], None, &["get", "/k/one"]);
     assert_ne!(code, Some(0), "the new active refuses a client without keys");
     drop(back);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -435,9 +428,7 @@ fn a_curve_clone_server_says_clients_its_handshake_refused_and_they_are_told_why
     // CURVE handshake before ZAP was asked: the server said and counted nothing. The clients'
     // SUB links were sometimes lost as `protocol_error … (a message over the maximum message
     // size …)` (a failed handshake and its disconnect read in two services).
-    let dir = temp_dir("sec-clone-handshake");
-    keygen(&dir, "server");
-    keygen(&dir, "alice");
+    let (dir, _) = key_dir("sec-clone-handshake", ["server", "alice"]);
     let port = free_port_block(4);
     let mut cmd = mdsub();
     cmd.arg("clone-server").arg("--endpoint").arg(ep(port));
@@ -561,10 +552,7 @@ fn got_nothing(sub: &zmq::Socket) -> bool {
 
 #[test]
 fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
-    let dir = temp_dir("sec-monitor");
-    let mon = keygen(&dir, "monitor");
-    let ops = keygen(&dir, "ops");
-    let mallory = keygen(&dir, "mallory");
+    let (dir, [mon, ops, mallory]) = key_dir("sec-monitor", ["monitor", "ops", "mallory"]);
     // A feed that runs until killed, so the scream (silence: STOP) comes
     // after the subscribers are known to be connected.
     let (replay, eps) = start_replay("replay", 1, &["--rate", "2k", "--duration", "60s"]);
@@ -614,7 +602,6 @@ fn monitor_pub_with_curve_serves_only_allowed_subscribers_the_scream() {
     assert!(got_nothing(&misled_sub), "a subscriber trusting another server key gets nothing");
     let r = e.report();
     assert!(u(&r, "delivered") > 0, "{r}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A TCP connection to `to` from the loopback source address `from`.
@@ -677,7 +664,6 @@ fn a_bad_bearer_token_file_is_called_a_token_file() {
         assert!(err.contains(says) && !err.contains("key file") && !err.contains("or has spaces"), "{err}");
         assert_eq!(err.matches("No such file").count(), usize::from(file == &missing), "the cause once: {err}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -750,7 +736,6 @@ fn monitor_zap_allow_list_and_metrics_access_refuse_the_outsider() {
     assert_eq!(said, 0, "no line per refusal after the first: {rest:?}");
     let summary = rest.iter().rfind(|l| l.starts_with("metrics-http: refused ")).expect("a summary line");
     assert!(summary.contains("(totals: ") && summary.contains("no_bearer_token=12)"), "{summary}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A replay (with `extra`) demanding CURVE with key `dir`/feed.key and letting in only
@@ -804,7 +789,6 @@ fn engine_receives_a_curve_feed_and_a_subscriber_without_the_key_gets_nothing() 
         assert_eq!(r["sent"], serde_json::Value::Null, "an engine with {name} saw no end of stream: {r}");
     }
     drop(replay);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -835,7 +819,6 @@ fn curve_on_one_side_only_is_named_as_a_mechanism_mismatch_on_both_sides() {
     );
     let r = plain.report();
     assert!(u(&r["shards"][0]["links"][0]["lost"], "handshake_failed_mechanism") >= 1, "{r}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -918,7 +901,6 @@ fn real_prometheus_scrapes_metrics_with_its_credentials_file() {
     assert!(up.contains(r#""1"]"#), "up is 1: {up}");
     drop(_prom);
     let _ = e.report();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -953,7 +935,6 @@ fn demo_applies_a_profiles_monitor_access_and_says_what_it_cannot_apply() {
     assert!(got_nothing(&outsider), "127.0.0.2 gets nothing");
     let report = demo.report();
     assert!(report["delivered"].as_u64().is_some_and(|n| n > 0), "{report}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A SUB from `from` to `ep` that does not reconnect, once ZAP has refused its handshake

@@ -50,40 +50,46 @@ fn traffic() -> Vec<Vec<Vec<u8>>> {
     ]
 }
 
-/// Publish [`traffic`] through `tap` to a subscriber of everything and check it all came
-/// through; returns what was sent and the two sockets (alive until the caller drops them).
-fn traffic_through(tap: &Proxy) -> (Vec<Vec<Vec<u8>>>, [zmq::Socket; 2]) {
+/// Publish `msgs` through `tap` to a subscriber of everything, then a probe, and wait (up to
+/// `deadline`) for the probe; returns what the subscriber got before it and the two sockets
+/// (alive until the caller drops them).
+fn publish_through(tap: &Proxy, msgs: &[Vec<Vec<u8>>], deadline: Duration) -> (Vec<Vec<Vec<u8>>>, [zmq::Socket; 2]) {
     let ctx = zmq::Context::new();
     let publisher = publisher(&ctx, &tap.frontend);
     let sub = subscriber(&ctx, &tap.backend, &[b""]);
     handshake(&publisher, &sub);
-    let sent = traffic();
-    for m in &sent {
+    for m in msgs {
         publisher.send_multipart(m.clone(), 0).expect("publish");
     }
     publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
-    assert_eq!(until_probe(&sub, DEADLINE, Some(b"end")), sent, "the subscriber gets everything through the tap");
-    (sent, [publisher, sub])
+    let got = until_probe(&sub, deadline, Some(b"end"));
+    (got, [publisher, sub])
+}
+
+/// Publish [`traffic`] through `tap` to a subscriber of everything and check it all came
+/// through; returns what was sent and the two sockets (alive until the caller drops them).
+fn traffic_through(tap: &Proxy) -> (Vec<Vec<Vec<u8>>>, [zmq::Socket; 2]) {
+    let sent = traffic();
+    let (got, sockets) = publish_through(tap, &sent, DEADLINE);
+    assert_eq!(got, sent, "the subscriber gets everything through the tap");
+    (sent, sockets)
+}
+
+/// Stop `tap` (cleanly) and check its exit counters say `counter` is 0 and its capture at
+/// `path` reads back as `sent`, byte for byte, MORE flags kept.
+fn stop_and_read_back(tap: &mut Proxy, counter: &str, path: &Path, sent: &[Vec<Vec<u8>>]) {
+    let (_, err) = stop(tap);
+    let last = stopped_line("tap", &err);
+    assert_eq!(common::proxy::counter(last, counter), 0, "{last}");
+    assert_eq!(read_capture(path), sent, "the capture = what was published");
 }
 
 #[test]
 fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
     let (_dir, path) = temp_file("live.cap");
     let mut tap = start("tap", &["--record", path.to_str().expect("utf-8 path")]);
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &tap.frontend);
-    let sub = subscriber(&ctx, &tap.backend, &[b""]);
+    let (sent, [_publisher, sub]) = traffic_through(&tap);
     wait_line(&tap.stdout, DEADLINE, "the subscribe event", |l| l == "subscribe prefix=\"\"");
-    handshake(&publisher, &sub);
-
-    let sent = traffic();
-    for m in &sent {
-        publisher.send_multipart(m.clone(), 0).expect("publish");
-    }
-    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
-    let got = until_probe(&sub, DEADLINE, Some(b"end"));
-    assert_eq!(got, sent, "the subscriber gets everything through the tap");
-
     wait_line(&tap.stdout, DEADLINE, "the decoded ESH6 line", |l| {
         l.starts_with("msg topic=ESH6 kind=data pub=7 session=5eed seq=1 topic_seq=1 lag_us=") && l.ends_with("size=64")
     });
@@ -93,9 +99,7 @@ fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
     sub.set_unsubscribe(b"").expect("unsubscribe");
     wait_line(&tap.stdout, DEADLINE, "the unsubscribe event", |l| l == "unsubscribe prefix=\"\"");
 
-    let (_, err) = stop(&mut tap);
-    assert!(err.iter().any(|l| l.starts_with("tap: stopped:") && l.contains("dropped=0")), "{err:?}");
-    assert_eq!(read_capture(&path), sent, "capture = published, byte for byte, MORE flags kept");
+    stop_and_read_back(&mut tap, "dropped", &path, &sent);
 }
 
 /// Two taps given one `--record` file used to write it together (the second truncated the
@@ -123,9 +127,7 @@ fn a_record_file_another_tap_writes_is_refused() {
         "one line, and no endpoint bound: the tap did not start"
     );
     let (sent, _sockets) = traffic_through(&first);
-    let (_, err) = stop(&mut first);
-    assert!(err.iter().any(|l| l.starts_with("tap: stopped:") && l.contains("record_errors=0")), "{err:?}");
-    assert_eq!(read_capture(&path), sent, "the first tap's capture, whole");
+    stop_and_read_back(&mut first, "record_errors", &path, &sent);
 }
 
 #[test]
@@ -150,16 +152,8 @@ fn filters_choose_what_is_shown_and_recorded_not_what_passes() {
 
 /// Publish five ESH6 frames through `tap` and see them through; returns the sockets.
 fn five_esh6_through(tap: &Proxy) -> [zmq::Socket; 2] {
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &tap.frontend);
-    let sub = subscriber(&ctx, &tap.backend, &[b""]);
-    handshake(&publisher, &sub);
-    for i in 0..5 {
-        publisher.send(frame("ESH6", i + 1, i + 1, b""), 0).expect("publish");
-    }
-    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
-    until_probe(&sub, DEADLINE, Some(b"end"));
-    [publisher, sub]
+    let five: Vec<Vec<Vec<u8>>> = (0..5).map(|i| vec![frame("ESH6", i + 1, i + 1, b"")]).collect();
+    publish_through(tap, &five, DEADLINE).1
 }
 
 /// Every stdout line parsed as JSON (a line that is not is a failure), split into the records
@@ -263,17 +257,15 @@ fn a_subscription_too_long_for_libzmq_is_kept_from_the_publishers() {
 fn a_recording_that_cannot_be_written_fails_the_run() {
     // Before, `--record /dev/full` said `recording stopped` and counted record_errors=1, but
     // the tap exited 0 as if the recording were whole.
-    if !Path::new("/dev/full").exists() {
-        eprintln!("SKIPPED: no /dev/full to make a write fail");
+    if !common::dev_full_or_skip("a_recording_that_cannot_be_written_fails_the_run") {
         return;
     }
     let mut tap = start("tap", &["--quiet", "--record", "/dev/full"]);
     let _sockets = traffic_through(&tap);
-    tap.proc.signal(2);
-    let status = tap.proc.wait_exit(DEADLINE);
-    let err = rest_lines(&tap.stderr, DEADLINE);
+    let (status, _, err) = interrupt(&mut tap);
     assert_eq!(status.code(), Some(1), "{err:?}");
-    assert!(err.iter().any(|l| l.starts_with("tap: stopped:") && l.contains("record_errors=1")), "{err:?}");
+    let last = stopped_line("tap", &err);
+    assert_eq!(common::proxy::counter(last, "record_errors"), 1, "{last}");
     assert!(err.iter().any(|l| l.contains("the recording /dev/full is incomplete")), "{err:?}");
 }
 
@@ -281,16 +273,9 @@ fn a_recording_that_cannot_be_written_fails_the_run() {
 fn a_frame_the_wire_decoder_refuses_is_shown_with_why_and_counted() {
     // Before: `msg foreign topic="VER9\x00\x09…"`, the whole frame taken as the topic, no reason.
     let mut tap = start("tap", &[]);
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &tap.frontend);
-    let sub = subscriber(&ctx, &tap.backend, &[b""]);
-    handshake(&publisher, &sub);
-    for f in bad_frames("VER9", 1) {
-        publisher.send(f, 0).expect("publish");
-    }
-    publisher.send(b"10001 23 45".as_slice(), 0).expect("a foreign frame without a NUL");
-    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
-    until_probe(&sub, DEADLINE, Some(b"end"));
+    let mut msgs: Vec<Vec<Vec<u8>>> = bad_frames("VER9", 1).into_iter().map(|f| vec![f]).collect();
+    msgs.push(vec![b"10001 23 45".to_vec()]); // a foreign frame without a NUL
+    let _sockets = publish_through(&tap, &msgs, DEADLINE);
     let line = |why: &'static str, said: &'static str| {
         wait_line(&tap.stdout, DEADLINE, why, move |l| {
             l.starts_with(&format!("msg bad topic=\"VER9\" reason={why} size=")) && l.ends_with(said)
@@ -302,7 +287,7 @@ fn a_frame_the_wire_decoder_refuses_is_shown_with_why_and_counted() {
     line("length_mismatch", " (bad frame: payload length 3 in header but 4 bytes follow)");
     wait_line(&tap.stdout, DEADLINE, "the foreign frame", |l| l.starts_with("msg foreign topic=\"10001 23 45\""));
     let (_, err) = stop(&mut tap);
-    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    let last = stopped_line("tap", &err);
     assert_eq!(common::proxy::counter(last, "bad_frames"), 3, "{last}");
     assert!(
         err.iter().any(|l| l.starts_with("tap: bad frame (unknown_version): topic \"VER9\": unknown wire version 9")),
@@ -317,21 +302,12 @@ fn a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_f
     let Some(fs) = common::Tmpfs::mount_or_skip(test, "size=64k") else { return };
     let path = fs.dir.join("feed.cap");
     let mut tap = start("tap", &["--quiet", "--subscribe-all", "--record", path.to_str().expect("utf-8 path")]);
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &tap.frontend);
-    let sub = subscriber(&ctx, &tap.backend, &[b""]);
-    handshake(&publisher, &sub);
-    let n = 2_000u64; // ~ 190 KiB of records: the disk fills part way
-    for i in 0..n {
-        publisher.send(frame("ESH6", i + 1, i + 1, &[b'x'; 100]), 0).expect("publish");
-    }
-    publisher.send(frame(PROBE, 0, 0, b"end"), 0).expect("probe");
-    until_probe(&sub, Duration::from_secs(20), Some(b"end"));
-    tap.proc.signal(2);
-    let status = tap.proc.wait_exit(DEADLINE);
-    let err = rest_lines(&tap.stderr, DEADLINE);
+    // ~ 190 KiB of records: the disk fills part way.
+    let msgs: Vec<Vec<Vec<u8>>> = (1..=2_000).map(|i| vec![frame("ESH6", i, i, &[b'x'; 100])]).collect();
+    let _sockets = publish_through(&tap, &msgs, Duration::from_secs(20));
+    let (status, _, err) = interrupt(&mut tap);
     assert_eq!(status.code(), Some(1), "an incomplete recording fails the run: {err:?}");
-    let last = err.iter().find(|l| l.starts_with("tap: stopped:")).expect("counters on exit");
+    let last = stopped_line("tap", &err);
     let c = |name| common::proxy::counter(last, name);
 
     // The file is whole records, to its end, and exactly as many as counted.

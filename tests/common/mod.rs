@@ -181,6 +181,26 @@ impl LineProc {
         wait_line(&self.lines, deadline, &what, |l| l.starts_with(prefix))
     }
 
+    /// The rest of the next stderr line that starts with `prefix`, within 20 s: what a startup
+    /// line such as `shard0: bound EP` or `metrics: URL` names. Needs
+    /// [`LineProc::spawn_with_stderr`].
+    pub fn said_after(&self, prefix: &str) -> String {
+        let err = self.stderr.as_ref().unwrap_or_else(|| panic!("{}: stderr not piped", self.proc.name));
+        let what = format!("{}: a stderr line starting with {prefix:?}", self.proc.name);
+        let line = wait_line(err, Duration::from_secs(20), &what, |l| l.starts_with(prefix));
+        line[prefix.len()..].to_string()
+    }
+
+    /// Stop it with SIGINT, as an operator does, and return its `--json` report: it must exit
+    /// cleanly (0) within `deadline` and print one JSON object.
+    pub fn interrupt_for_report(self, deadline: Duration) -> serde_json::Value {
+        self.proc.signal(2);
+        let name = self.proc.name.clone();
+        let (status, out) = self.finish(deadline);
+        assert!(status.success(), "{name} failed on SIGINT ({status}): {out}");
+        json(&out)
+    }
+
     /// Wait for exit and return everything it printed after what was read.
     pub fn finish(mut self, deadline: Duration) -> (std::process::ExitStatus, String) {
         let status = self.proc.wait_exit(deadline);
@@ -280,6 +300,26 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// True when `/dev/full` (where every write fails with ENOSPC) exists; otherwise says
+/// `SKIPPED {test}: …` and the test returns.
+pub fn dev_full_or_skip(test: &str) -> bool {
+    let there = std::path::Path::new("/dev/full").exists();
+    if !there {
+        eprintln!("SKIPPED {test}: no /dev/full to make a write fail");
+    }
+    there
+}
+
+/// An XPUB standing in for a publisher the test holds: verbose (every subscription, a repeated
+/// one too, comes up to `recv`, so the test sees each handshake finish without sleeping) and
+/// with no linger. Bind or connect it, and set its HWMs and timeouts, as the test needs.
+pub fn watching_xpub(ctx: &zmq::Context) -> zmq::Socket {
+    let s = ctx.socket(zmq::XPUB).expect("xpub");
+    s.set_xpub_verbose(true).expect("verbose");
+    s.set_linger(0).expect("linger");
+    s
 }
 
 /// Run `mdsub ARGS` to success within `deadline` and parse the JSON it prints.

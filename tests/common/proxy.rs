@@ -50,10 +50,23 @@ pub fn start_with(tool: &str, frontend: &str, backend: &str, extra: &[&str]) -> 
 
 /// Stop a proxy with SIGINT; returns its remaining stdout and stderr lines.
 pub fn stop(p: &mut Proxy) -> (Vec<String>, Vec<String>) {
+    let (status, out, err) = interrupt(p);
+    assert!(status.success(), "{} exited with {status}", p.proc.name);
+    (out, err)
+}
+
+/// SIGINT to a proxy, whatever way it then exits: its exit status and remaining stdout and
+/// stderr lines.
+pub fn interrupt(p: &mut Proxy) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
     p.proc.signal(2);
     let status = p.proc.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "{} exited with {status}", p.proc.name);
-    (rest_lines(&p.stdout, Duration::from_secs(5)), rest_lines(&p.stderr, Duration::from_secs(5)))
+    (status, rest_lines(&p.stdout, Duration::from_secs(5)), rest_lines(&p.stderr, Duration::from_secs(5)))
+}
+
+/// The `TOOL: stopped: …` line of counters a proxy prints on exit, from its stderr `err`.
+pub fn stopped_line<'a>(tool: &str, err: &'a [String]) -> &'a str {
+    let head = format!("{tool}: stopped:");
+    err.iter().find(|l| l.starts_with(&head)).unwrap_or_else(|| panic!("no `{head}` counters on exit: {err:?}"))
 }
 
 /// An mdsub data frame.
