@@ -25,7 +25,9 @@ use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
 use crate::zmqx::frame::send_bytes;
 
 pub mod faults;
+pub mod schedule;
 use faults::{FaultPlan, Faults};
+use schedule::{Schedule, Turn};
 
 /// Errors of a replay.
 #[derive(Debug, thiserror::Error)]
@@ -1336,39 +1338,15 @@ fn mono_ns() -> u64 {
     (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
 
-/// Schedules intended send times and waits for them smoothly (PERF-ANCHORS: a
-/// pacer that oversleeps its deadlines bursts and causes loss). The schedule
-/// runs on CLOCK_MONOTONIC (a wall-clock step neither stalls nor bursts it);
-/// the stamped time is CLOCK_REALTIME at start plus the monotonic offset. The
-/// thread's timer slack is set to 1 ns so short sleeps are accurate; it sleeps
-/// until ~2 µs before each deadline and spins the rest, so a paced publisher
-/// leaves its core to the subscriber instead of spinning through every gap.
+/// Waits for the [`Schedule`]'s turns smoothly on the calling thread (PERF-ANCHORS: a pacer
+/// that oversleeps its deadlines bursts and causes loss). The thread's timer slack is set to
+/// 1 ns so short sleeps are accurate; it sleeps until ~2 µs before each deadline and spins the
+/// rest, so a paced publisher leaves its core to the subscriber instead of spinning through
+/// every gap.
 pub struct Pacer {
-    pacing: Pacing,
-    start_mono_ns: u64,
-    start_rt_ns: u64,
-    end_offset_ns: Option<u64>,
-    /// When a publisher behind its schedule stops: the end plus [`overrun_ns`] of it.
-    stop_offset_ns: Option<u64>,
-    last_send_offset_ns: u64,
-    /// Flat out: the last clock reading (offset from the start; 0 before any).
-    flat_offset_ns: u64,
-    /// Turns granted so far, and the clock readings (offsets from the start) at the first and
-    /// the last: what a paced publisher achieved ([`Pacer::achieved_msgs_per_sec`]).
-    turns: u64,
-    first_turn_at_ns: u64,
-    last_turn_at_ns: u64,
+    schedule: Schedule,
     stop: StopFlag,
 }
-
-/// How long past the end of a duration `end_ns` a publisher behind its schedule may still send
-/// what was due before the end: a tenth of it, at most 1 s.
-fn overrun_ns(end_ns: u64) -> u64 {
-    (end_ns / 10).min(1_000_000_000)
-}
-
-/// Heartbeat when the schedule leaves the publisher idle this long.
-const HEARTBEAT_AFTER_NS: u64 = 1_000_000_000;
 
 /// A paced publisher that waits drains its subscription events at least this often (besides
 /// every 1 Ki messages): what it sends after a subscriber left is counted from within this.
@@ -1378,127 +1356,71 @@ impl Pacer {
     pub fn new(pacing: Pacing, duration: Option<Duration>, stop: StopFlag) -> Self {
         // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-        Pacer {
-            pacing,
-            start_mono_ns: mono_ns(),
-            start_rt_ns: crate::clock::realtime_ns(),
-            end_offset_ns: duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
-            stop_offset_ns: duration
-                .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
-                .map(|end| end.saturating_add(overrun_ns(end))),
-            last_send_offset_ns: 0,
-            flat_offset_ns: 0,
-            turns: 0,
-            first_turn_at_ns: 0,
-            last_turn_at_ns: 0,
-            stop,
-        }
-    }
-
-    #[inline]
-    fn offset_now(&self) -> u64 {
-        mono_ns().saturating_sub(self.start_mono_ns)
+        let duration_ns = duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64);
+        Pacer { schedule: Schedule::new(pacing, duration_ns, mono_ns(), crate::clock::realtime_ns()), stop }
     }
 
     /// Intended send time (realtime ns) of message `i`, or None when the
     /// duration is over or a stop was requested. `on_idle` as for
     /// [`wait_until_offset`](Self::wait_until_offset), whenever the schedule makes it wait.
     pub fn wait_turn<E>(&mut self, i: u64, on_idle: impl FnMut(bool) -> Result<(), E>) -> Result<Option<u64>, E> {
-        let offset = match self.pacing {
-            // Flat out: the clock is read every 64 messages (a read costs
-            // about as much as encoding a frame); the messages in between
-            // carry the last reading as their send time.
-            Pacing::FlatOut => {
-                if i & 63 == 0 || self.flat_offset_ns == 0 {
-                    self.flat_offset_ns = self.offset_now().max(1);
-                }
-                let offset = self.flat_offset_ns;
-                if self.end_offset_ns.is_some_and(|end| offset >= end) {
-                    return Ok(None);
-                }
-                if i & 63 == 0 && self.stop.is_stopped() {
-                    return Ok(None);
-                }
-                self.last_send_offset_ns = offset;
-                return Ok(Some(self.start_rt_ns.saturating_add(offset)));
-            }
-            Pacing::Recorded { .. } => self.offset_now(),
-            Pacing::Rate { msgs_per_sec, burst } => {
-                let burst = burst.max(1);
-                let group = i / burst * burst;
-                (group as u128 * 1_000_000_000u128 / msgs_per_sec.max(1) as u128).min(u64::MAX as u128) as u64
-            }
-        };
-        self.wait_until_offset(offset, on_idle)
+        // Flat out the clock is read every 64 messages only (a read costs about as much as
+        // encoding a frame), and so is the stop flag.
+        if !self.schedule.needs_clock(i) {
+            return Ok(match self.schedule.turn(i, 0) {
+                Turn::Send(t) => Some(t),
+                _ => None,
+            });
+        }
+        if self.schedule.is_flat_out() && self.stop.is_stopped() {
+            return Ok(None);
+        }
+        self.wait_for(|s, now| s.turn(i, now), on_idle)
     }
 
-    /// Wait until `offset_ns` after the start (recorded timing, and a paced turn): the intended
-    /// send time (realtime ns), or None when the duration is over or a stop was requested.
-    /// The duration is time elapsed: a publisher behind its schedule (a rate or a pace faster
-    /// than it can send) stops when the duration and a tenth of it more (at most 1 s)
-    /// have passed, with the messages due before the end unsent, not once it
-    /// has sent them all; the tenth lets a publisher that kept its schedule but for a few
-    /// milliseconds of jitter send all it was due (`--rate 20k --duration 1s` sends 20 000). Before each nap `on_idle` is called, with
-    /// `true` once the publisher has sent nothing for a second (time for a heartbeat), else
-    /// `false`.
+    /// Wait until `offset_ns` after the start (recorded timing): the intended send time
+    /// (realtime ns), or None when the duration is over ([`Schedule::turn_at`]) or a stop was
+    /// requested. Before each nap `on_idle` is called, with `true` once the publisher has sent
+    /// nothing for a second (time for a heartbeat), else `false`.
     pub fn wait_until_offset<E>(
         &mut self,
         offset_ns: u64,
-        mut on_idle: impl FnMut(bool) -> Result<(), E>,
+        on_idle: impl FnMut(bool) -> Result<(), E>,
     ) -> Result<Option<u64>, E> {
-        if self.end_offset_ns.is_some_and(|end| offset_ns >= end) {
-            return Ok(None);
-        }
-        loop {
-            let now = self.offset_now();
-            if now >= offset_ns {
-                // Due now or behind: the clock just read says whether the time it may take is
-                // over (the turn reads it no more often than before).
-                if self.stop_offset_ns.is_some_and(|stop| now >= stop) {
-                    return Ok(None);
-                }
-                if self.turns == 0 {
-                    self.first_turn_at_ns = now;
-                }
-                self.turns += 1;
-                self.last_turn_at_ns = now;
-                break;
-            }
-            if self.stop.is_stopped() {
-                return Ok(None);
-            }
-            let heartbeat_due = now.saturating_sub(self.last_send_offset_ns) > HEARTBEAT_AFTER_NS;
-            on_idle(heartbeat_due)?;
-            if heartbeat_due {
-                self.last_send_offset_ns = now;
-            }
-            Self::nap(offset_ns - self.offset_now().min(offset_ns));
-        }
-        self.last_send_offset_ns = offset_ns;
-        Ok(Some(self.start_rt_ns.saturating_add(offset_ns)))
+        self.wait_for(|s, now| s.turn_at(offset_ns, now), on_idle)
     }
 
-    /// A paced publisher's achieved rate: the turns after the first per second from the first
-    /// to the last (n turns on schedule at a rate R span (n-1)/R at most, so on schedule this
-    /// is R or more; behind it, what was sent). None flat out, at a recorded pace, or before
-    /// two turns a clock tick apart.
-    pub fn achieved_msgs_per_sec(&self) -> Option<f64> {
-        let span_ns = self.last_turn_at_ns.saturating_sub(self.first_turn_at_ns);
-        match self.pacing {
-            Pacing::Rate { .. } if self.turns >= 2 && span_ns > 0 => {
-                Some((self.turns - 1) as f64 * 1e9 / span_ns as f64)
+    fn wait_for<E>(
+        &mut self,
+        mut turn: impl FnMut(&mut Schedule, u64) -> Turn,
+        mut on_idle: impl FnMut(bool) -> Result<(), E>,
+    ) -> Result<Option<u64>, E> {
+        loop {
+            let now = mono_ns();
+            match turn(&mut self.schedule, now) {
+                Turn::Send(t) => return Ok(Some(t)),
+                Turn::Over => return Ok(None),
+                Turn::Wait(_) if self.stop.is_stopped() => return Ok(None),
+                Turn::Wait(_) => {
+                    on_idle(self.schedule.heartbeat_due(now))?;
+                    if let Turn::Wait(left) = turn(&mut self.schedule, mono_ns()) {
+                        Self::nap(left);
+                    }
+                }
             }
-            _ => None,
         }
+    }
+
+    /// What the schedule achieved ([`Schedule::achieved_msgs_per_sec`]).
+    pub fn achieved_msgs_per_sec(&self) -> Option<f64> {
+        self.schedule.achieved_msgs_per_sec()
     }
 
     /// Stall for `d` (snails on purpose): send nothing, not even heartbeats,
     /// while the schedule runs on. False if a stop was requested meanwhile.
     pub fn stall(&mut self, d: Duration) -> bool {
         let end = Instant::now() + d;
-        // Flat out, the next message reads the clock again: a reading from before the stall would
-        // stamp up to 63 messages after it with a send time `d` in the past (a false lag).
-        self.flat_offset_ns = 0;
+        self.schedule.restamp();
         loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -1525,110 +1447,6 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Flat out, a stall (`--pause-at`) makes the next message read the clock: before, up to 63
-    /// messages after a pause carried the time from before it, a false lag of the pause's length.
-    #[test]
-    fn a_flat_out_stall_restamps_the_next_message() {
-        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
-        let mut p = Pacer::new(Pacing::FlatOut, None, StopFlag::new());
-        let first = p.wait_turn(0, noop).expect("ok").expect("a time");
-        assert_eq!(p.wait_turn(1, noop).expect("ok"), Some(first), "between readings: the last one");
-        assert!(p.stall(Duration::from_millis(30)));
-        let after = p.wait_turn(2, noop).expect("ok").expect("a time");
-        assert!(after >= first + 30_000_000, "stamped {} ns after the first, not 30 ms", after - first);
-    }
-
-    /// Take turns from `turn` (each followed by about a microsecond of work, as a send costs)
-    /// until it says the duration is over, for at most `bound`: how long that took, and the
-    /// turns taken.
-    fn turns_until_none(bound: Duration, mut turn: impl FnMut(u64) -> Option<u64>) -> (Duration, u64) {
-        let start = Instant::now();
-        let mut i = 0;
-        while start.elapsed() < bound {
-            if turn(i).is_none() {
-                return (start.elapsed(), i);
-            }
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_micros(1) {
-                std::hint::spin_loop();
-            }
-            i += 1;
-        }
-        panic!("still granting turns after {bound:?} ({i} turns) with a duration of 50 ms");
-    }
-
-    /// A rate the publisher cannot keep stops at the duration, by the clock, with what was
-    /// achieved said: before, the end was the schedule's (`--rate 20M --duration 1s` ran 7.6 s
-    /// and sent all 20 M; `--rate` u64::MAX never ended).
-    #[test]
-    fn a_rate_out_of_reach_stops_when_the_duration_has_passed() {
-        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
-        let limit = Some(Duration::from_millis(50));
-        for rate in [1_000_000_000, u64::MAX] {
-            let mut p = Pacer::new(Pacing::Rate { msgs_per_sec: rate, burst: 1 }, limit, StopFlag::new());
-            let (took, turns) = turns_until_none(Duration::from_secs(5), |i| p.wait_turn(i, noop).expect("ok"));
-            assert!(took >= Duration::from_millis(40), "rate {rate}: stopped early, after {took:?}");
-            assert!(took < Duration::from_millis(1000), "rate {rate}: stopped {took:?} after the start");
-            let achieved = p.achieved_msgs_per_sec().expect("a rate was offered");
-            let want = turns as f64 / took.as_secs_f64();
-            assert!(achieved > want / 2.0 && achieved < want * 2.0, "achieved {achieved}, sent {want}/s");
-            let stats = ReplayStats {
-                offered_msgs_per_sec: Some(rate),
-                achieved_msgs_per_sec: Some(achieved),
-                ..Default::default()
-            };
-            let note = stats.rate_note().expect("said");
-            assert!(note.starts_with(&format!("rate not achieved: offered {rate} msg/s, achieved ")), "{note}");
-        }
-        // A recorded pace faster than the publisher (a 1 ns gap between records) stops the same way.
-        let mut p = Pacer::new(Pacing::Recorded { speed: 1.0 }, limit, StopFlag::new());
-        let (took, _) = turns_until_none(Duration::from_secs(5), |i| p.wait_until_offset(i, noop).expect("ok"));
-        assert!(took < Duration::from_millis(1000), "recorded pace: stopped {took:?} after the start");
-        assert_eq!(p.achieved_msgs_per_sec(), None, "only a fixed rate is judged");
-    }
-
-    /// A publisher that kept its schedule but for a few milliseconds at the end still sends what
-    /// was due before the end (before: `demo --rate 20000 --duration 1s` now and then sent 19 943),
-    /// and nothing after it.
-    #[test]
-    fn a_publisher_a_little_behind_at_the_end_still_sends_what_was_due() {
-        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
-        let mut p =
-            Pacer::new(Pacing::Rate { msgs_per_sec: 200, burst: 1 }, Some(Duration::from_millis(500)), StopFlag::new());
-        for i in 0..95 {
-            assert!(p.wait_turn(i, noop).expect("ok").is_some(), "turn {i}");
-        }
-        // Late: past the end (500 ms), within its tenth (50 ms).
-        while p.offset_now() < 505_000_000 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        for i in 95..100 {
-            assert!(p.wait_turn(i, noop).expect("ok").is_some(), "turn {i}, due before the end");
-        }
-        assert_eq!(p.wait_turn(100, noop).expect("ok"), None, "due at the end: not sent");
-        assert_eq!(overrun_ns(500_000_000), 50_000_000);
-        assert_eq!(overrun_ns(3_600_000_000_000), 1_000_000_000, "at most 1 s");
-    }
-
-    /// A rate kept is achieved (the rate or more: n turns on schedule span (n-1)/R at most),
-    /// and nothing is said about it.
-    #[test]
-    fn a_rate_kept_is_achieved_and_not_said() {
-        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
-        let mut p = Pacer::new(Pacing::Rate { msgs_per_sec: 2_000, burst: 4 }, None, StopFlag::new());
-        for i in 0..40 {
-            p.wait_turn(i, noop).expect("ok").expect("a turn");
-        }
-        let achieved = p.achieved_msgs_per_sec().expect("a rate was offered");
-        assert!(achieved >= 0.95 * 2_000.0, "achieved {achieved}");
-        let stats = ReplayStats {
-            offered_msgs_per_sec: Some(2_000),
-            achieved_msgs_per_sec: Some(achieved),
-            ..Default::default()
-        };
-        assert_eq!(stats.rate_note(), None);
-    }
 
     /// A template patched per message is the frame encoding that message from scratch would
     /// give, byte for byte, for payloads shorter and longer than the 8-byte counter.
