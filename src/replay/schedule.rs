@@ -2,7 +2,7 @@
 //! detector): given a message's index (or its recorded offset) and the time
 //! now, [`Schedule::turn`] says send it now with this intended send time,
 //! wait this many ns, or the duration is over. It never reads a clock: the
-//! publisher (today its pacer, `Pacer`) passes `now_ns`
+//! publisher's agent shell ([`super::PublisherAgent`]) passes `now_ns`
 //! (CLOCK_MONOTONIC), and tests pass a manual clock.
 //!
 //! The schedule runs on the monotonic clock (a wall-clock step neither stalls
