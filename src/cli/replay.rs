@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{parse_bind_endpoint, parse_count, parse_count_usize, parse_duration, parse_whole_up_to, Endpoint};
+use super::args::{
+    parse_bind_endpoint, parse_count, parse_count_usize, parse_duration, parse_whole_up_to, Endpoint, Idle,
+};
 use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
 use super::{expected_msgs, progress_bar};
@@ -185,6 +187,11 @@ pub struct ReplayArgs {
     pub wait_timeout: Duration,
     #[command(flatten)]
     pub faults: FaultArgs,
+    /// Idle strategy of the sending thread(s) (one agent each): what a paced replay does
+    /// between its turns, never waiting past one, and while a lossless pipe is full. `block`
+    /// (the default) naps until the next turn and waits in the full pipe's send.
+    #[arg(long, value_enum, default_value_t = Idle::Block)]
+    pub idle: Idle,
     /// Print the replay's numbers as JSON.
     #[arg(long)]
     pub json: bool,
@@ -273,6 +280,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     }
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
+    publisher.set_idle(args.idle.strategy());
     for (k, ep) in publisher.endpoints().iter().enumerate() {
         // With --json, stdout is the one JSON object at the end: the endpoints go to stderr.
         crate::diag::Lines { json: args.json }.say(format_args!("bound shard{k} {ep}"));

@@ -93,7 +93,7 @@ pub enum DbnSourceError {
 /// Counts the (decompressed) bytes handed to the decoder and keeps the first
 /// read error, which the decoder would otherwise turn into a quiet end.
 struct Counting {
-    inner: Box<dyn Read>,
+    inner: Box<dyn Read + Send>,
     read: u64,
     head: [u8; 8],
     error: Option<String>,
@@ -195,7 +195,7 @@ impl DbnFile {
         let open_err = |cause: String| DbnSourceError::Open { path: path.to_path_buf(), cause };
         let file = File::open(path).map_err(|e| open_err(e.to_string()))?;
         let compressed = kind == FileKind::DbnZstd;
-        let inner: Box<dyn Read> = if compressed {
+        let inner: Box<dyn Read + Send> = if compressed {
             Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| open_err(format!("starting zstd: {e}")))?)
         } else {
             Box::new(BufReader::with_capacity(1 << 16, file))

@@ -10,22 +10,25 @@
 //! of dropping (PERF-ANCHORS: a default-HWM publisher flat out delivers only
 //! ~0.74 M msg/s of 100 B and drops the rest, so benchmarks would measure it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::agent::StopFlag;
-use crate::feed::dbn_source::{DbnMerge, DbnSourceError};
+use crate::agent::{AgentHandle, IdleStrategy, StopFlag};
+use crate::feed::dbn_source::DbnSourceError;
 use crate::feed::{shard_of, Generator, GeneratorConfig, SplitMix64};
 use crate::security::{SecureError, ServerAccess, ZapCounters, ZapService};
-use crate::wire::capture::{CaptureError, CaptureReader};
+use crate::wire::capture::CaptureError;
 use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
 use crate::zmqx::frame::send_bytes;
 
+mod agent;
 pub mod faults;
-use faults::{FaultPlan, Faults};
+pub mod schedule;
+pub use agent::PublisherAgent;
+use faults::FaultPlan;
 
 /// Errors of a replay.
 #[derive(Debug, thiserror::Error)]
@@ -135,15 +138,6 @@ pub enum Source {
     Prebuilt(GeneratorConfig),
 }
 
-/// What one source's run is paced, bounded, stopped and reported by (the
-/// parameters of [`Publisher::run`] the generator, capture and DBN loops share).
-struct Run<'a> {
-    pacing: Pacing,
-    limits: Limits,
-    stop: &'a StopFlag,
-    progress: &'a mut dyn FnMut(u64),
-}
-
 /// Limits of one replay run (the first reached ends it).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -203,6 +197,11 @@ pub struct ReplayStats {
     pub restarts: u64,
     pub paused_s: f64,
 }
+
+/// The sending threads' idle strategy unless told otherwise: block (up to 100 ms), that is
+/// nap until the next turn and wait in a full pipe's send, as the publisher always did: it
+/// keeps pacing accurate and leaves the core to the subscriber between turns.
+pub const DEFAULT_IDLE: IdleStrategy = IdleStrategy::Block { wait_us: 100_000 };
 
 /// The highest fixed rate a pacer takes, msg/s: one message a nanosecond, the resolution of its
 /// schedule (no ZeroMQ socket sends within two orders of magnitude of it; the command line refuses
@@ -282,15 +281,6 @@ struct TopicFrame {
     topic_seq: u64,
 }
 
-/// What became of one data message.
-enum Outcome {
-    Sent,
-    /// Lossy and the pipe was full: dropped (counted).
-    Dropped,
-    /// A stop request came while waiting for room.
-    Stopped,
-}
-
 /// One XPUB per shard, bound and ready to publish.
 pub struct Publisher {
     shards: Vec<Shard>,
@@ -325,6 +315,8 @@ pub struct Publisher {
     /// The part of the generated feed this publisher sends: shard `.0` of `.1`
     /// (`(0, 1)`: all of it; a per-shard thread sends one part).
     part: (usize, usize),
+    /// The idle strategy of the sending threads.
+    idle: IdleStrategy,
 }
 
 impl Publisher {
@@ -390,6 +382,7 @@ impl Publisher {
             say_refusals: true,
             thread_per_shard: cfg.thread_per_shard,
             part: (0, 1),
+            idle: DEFAULT_IDLE,
         })
     }
 
@@ -406,38 +399,19 @@ impl Publisher {
         self.say_refusals = say;
     }
 
+    /// The idle strategy of the sending threads (default [`DEFAULT_IDLE`]): what a paced
+    /// publisher does between its turns (it never waits past a turn) and while a lossless
+    /// pipe is full.
+    pub fn set_idle(&mut self, idle: IdleStrategy) {
+        self.idle = idle;
+    }
+
     /// Put snails on purpose into the next runs: a pause, dropped messages,
     /// a restart mid-stream ([`FaultPlan`]).
     pub fn set_faults(&mut self, plan: FaultPlan) -> Result<(), ReplayError> {
         plan.check().map_err(ReplayError::Config)?;
         self.faults = plan;
         Ok(())
-    }
-
-    /// Apply what `due` says before a message: stall (the schedule runs on),
-    /// then start new sessions. False if a stop was requested while stalled.
-    fn apply_due(&mut self, due: faults::Due, pacer: &mut Pacer) -> bool {
-        if let Some(d) = due.pause {
-            let t = Instant::now();
-            let stalled = pacer.stall(d);
-            self.paused += t.elapsed();
-            if !stalled {
-                return false;
-            }
-        }
-        if due.restart {
-            self.restarts += 1;
-            let mut seed = SplitMix64::new(crate::clock::realtime_ns() ^ self.restarts.rotate_left(32));
-            for sh in &mut self.shards {
-                let old = sh.session_id;
-                while sh.session_id == old {
-                    sh.session_id = seed.next_u64();
-                }
-                sh.stream_seq = 0;
-                sh.data_sent = 0;
-            }
-        }
-        true
     }
 
     /// The replayed market time (receive time of the DBN record being sent,
@@ -526,38 +500,6 @@ impl Publisher {
         }
     }
 
-    /// Send `self.buf` (or `frame`) on shard `k`, retrying while a lossless
-    /// pipe is full. Returns false if `stop` was set, or `deadline` passed,
-    /// while waiting.
-    fn send_on(
-        &mut self,
-        k: usize,
-        frame: Option<&[u8]>,
-        more: bool,
-        stop: &StopFlag,
-        deadline: Option<Instant>,
-    ) -> Result<bool, ReplayError> {
-        let data: &[u8] = frame.unwrap_or(&self.buf);
-        send_retrying(&mut self.shards[k], data, more, stop, deadline)
-    }
-
-    /// Send a data message's first (or only) frame: lossless waits for room;
-    /// lossy tries once without waiting and, if the pipe is full, drops the
-    /// message and counts it.
-    fn send_data(
-        &mut self,
-        k: usize,
-        frame: Option<&[u8]>,
-        more: bool,
-        stop: &StopFlag,
-    ) -> Result<Outcome, ReplayError> {
-        if self.lossless {
-            return Ok(if self.send_on(k, frame, more, stop, None)? { Outcome::Sent } else { Outcome::Stopped });
-        }
-        let data: &[u8] = frame.unwrap_or(&self.buf);
-        try_once(&mut self.shards[k], data, more)
-    }
-
     /// One encoded data frame per generated topic, carrying its shard's publisher and current
     /// session and `payload`: the generated feed's messages differ from them only in the
     /// sequences, the send time and the payload's counter, which [`patch_generated`] writes
@@ -600,44 +542,19 @@ impl Publisher {
         wire::encode_into(&mut self.buf, CONTROL_TOPIC, &h, &payload);
     }
 
-    /// Send a heartbeat on every shard (skipped on a shard whose pipe is full).
-    /// The pacer is about to nap: heartbeat when it is time (which drains the subscription
-    /// events too), else drain them if [`DRAIN_EVERY`] has passed, so a subscriber that left is
-    /// seen, and what is sent after it is counted, within about that long at any pace.
-    fn on_wait(&mut self, heartbeat_due: bool, stop: &StopFlag) -> Result<(), ReplayError> {
-        if heartbeat_due {
-            self.heartbeat(stop)
-        } else if self.drained_at.elapsed() >= DRAIN_EVERY {
-            self.drain_subscriptions()
-        } else {
-            Ok(())
-        }
-    }
-
-    pub fn heartbeat(&mut self, stop: &StopFlag) -> Result<(), ReplayError> {
+    /// Drain the subscription events, then send a heartbeat on every shard (skipped on a
+    /// shard whose pipe is full).
+    fn heartbeat_once(&mut self) -> Result<(), ReplayError> {
         self.drain_subscriptions()?;
         for k in 0..self.shards.len() {
             self.encode_control(k, Kind::Heartbeat);
-            self.send_on(k, None, false, stop, Some(Instant::now()))?;
-        }
-        Ok(())
-    }
-
-    /// Send end of stream on every shard: payload = mdsub data frames sent on
-    /// it (u64 LE). Sent lossless even by a lossy publisher, waiting at most
-    /// `EOS_TIMEOUT` per shard (1 s after a stop request); returns how many
-    /// shards could not take it.
-    pub fn end_of_stream(&mut self, stop: &StopFlag) -> Result<usize, ReplayError> {
-        let wait = if stop.is_stopped() { Duration::from_secs(1) } else { EOS_TIMEOUT };
-        let never = StopFlag::new();
-        let mut missed = 0;
-        for k in 0..self.shards.len() {
-            self.encode_control(k, Kind::EndOfStream);
-            if !self.send_on(k, None, false, &never, Some(Instant::now() + wait))? {
-                missed += 1;
+            let sh = &mut self.shards[k];
+            match send_bytes(&mut sh.socket, &self.buf, zmq::DONTWAIT) {
+                Ok(()) | Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(sh.send_error(e)),
             }
         }
-        Ok(missed)
+        Ok(())
     }
 
     fn stats(&self, start: Instant, interrupted: bool) -> ReplayStats {
@@ -667,8 +584,13 @@ impl Publisher {
         }
     }
 
-    /// Replay `source` under `pacing` and `limits`, then send end of stream.
-    /// `progress` is called every 1 Ki messages with the count so far.
+    /// Replay `source` under `pacing` and `limits`, then send end of stream, on sending
+    /// threads of their own: one [`PublisherAgent`] started by
+    /// [`Runner::start`](crate::agent::Runner::start) (`replay`), or one per shard with
+    /// `thread_per_shard` (`replayK`, each sending its shard's part of the generated feed: its
+    /// topics, their share of `limits.max_msgs` and of a fixed rate). The calling thread
+    /// waits: `progress` is called about every 5 ms with the messages scheduled so far, once
+    /// more when the schedule is done (before the end of stream), and at the end.
     pub fn run(
         &mut self,
         source: &Source,
@@ -677,44 +599,145 @@ impl Publisher {
         stop: &StopFlag,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ReplayStats, ReplayError> {
-        if self.thread_per_shard && self.shards.len() > 1 {
-            return self.run_threaded(source, Run { pacing, limits, stop, progress });
-        }
-        let start = Instant::now();
+        let threaded = self.thread_per_shard && self.shards.len() > 1;
         (self.dropped_on_purpose, self.restarts, self.paused) = (0, 0, Duration::ZERO);
         self.achieved_msgs_per_sec = None;
-        if self.faults.restart_at.is_some() && matches!(source, Source::Capture { restamp: false, .. }) {
-            return Err(ReplayError::Config(
-                "a restart mid-stream needs fresh sequences: add --restamp to replay a capture".into(),
-            ));
-        }
-        let cpu0 = crate::clock::thread_cpu_ns();
-        self.sending = true;
-        let result = match source {
+        self.market_span_ns = None;
+        self.skipped_by_rtype.clear();
+        self.refused.clear();
+        match source {
+            _ if threaded && self.faults != FaultPlan::default() => {
+                return Err(ReplayError::Config(
+                    "snails on purpose (--pause-at, --drop-every, --restart-at) need one sending thread: leave out --thread-per-shard".into(),
+                ))
+            }
+            Source::Capture { .. } | Source::Dbn { .. } if threaded => {
+                return Err(ReplayError::Config(
+                    "one thread per shard needs the generated feed (a file is read in order by one thread)".into(),
+                ))
+            }
+            Source::Capture { restamp: false, .. } if self.faults.restart_at.is_some() => {
+                return Err(ReplayError::Config(
+                    "a restart mid-stream needs fresh sequences: add --restamp to replay a capture".into(),
+                ))
+            }
             Source::Generator(_) if matches!(pacing, Pacing::Recorded { .. }) => {
                 return Err(ReplayError::Config("recorded timing needs a capture or DBN file".into()))
             }
             _ if matches!(pacing, Pacing::Recorded { speed } if !(speed > 0.0 && speed.is_finite())) => {
                 return Err(ReplayError::Config("the replay speed must be a positive number".into()))
             }
-            Source::Generator(g) => self.run_generator(g, Run { pacing, limits, stop, progress }),
-            Source::Capture { path, restamp } => {
-                self.run_capture(path, *restamp, Run { pacing, limits, stop, progress })
-            }
-            Source::Dbn { paths } => self.run_dbn(paths, Run { pacing, limits, stop, progress }),
             Source::Prebuilt(_) if pacing != Pacing::FlatOut => {
                 return Err(ReplayError::Config("the prebuilt reference publisher only runs flat out".into()))
             }
-            Source::Prebuilt(g) => self.run_prebuilt(g, Run { pacing, limits, stop, progress }),
-        };
-        // A subscriber that left during a flat-out run (no idle turn drained the
-        // subscriptions) is said now.
-        self.drain_subscriptions()?;
-        self.sending = false;
-        // End the stream in every case, so subscribers finish: after a damaged
-        // file everything before the damage was sent (the damage is in `refused`).
-        let missed = self.end_of_stream(stop)?;
-        let interrupted = result?;
+            _ => {}
+        }
+        let start = Instant::now();
+        // The parts: (shards, part, limits, pacing) of each sending thread.
+        let n = self.shards.len();
+        let mut parts = Vec::new();
+        if threaded {
+            let gen = match source {
+                Source::Generator(g) | Source::Prebuilt(g) => g,
+                _ => unreachable!("refused above"),
+            };
+            let mut left = limits.max_msgs;
+            for (k, shard) in std::mem::take(&mut self.shards).into_iter().enumerate() {
+                let share = Generator::share(gen, k, n);
+                let max_msgs = match left {
+                    Some(m) if k + 1 == n => Some(m),
+                    Some(m) => {
+                        let mine = ((limits.max_msgs.unwrap_or(0) as f64 * share).round() as u64).min(m);
+                        left = Some(m - mine);
+                        Some(mine)
+                    }
+                    None => None,
+                };
+                // `--rate` is the total: each thread sends its shard's share of it.
+                let pacing = match pacing {
+                    Pacing::Rate { msgs_per_sec, burst } => {
+                        Pacing::Rate { msgs_per_sec: ((msgs_per_sec as f64 * share).round() as u64).max(1), burst }
+                    }
+                    other => other,
+                };
+                parts.push((format!("replay{k}"), vec![shard], (k, n), Limits { max_msgs, ..limits }, pacing));
+            }
+        } else {
+            parts.push(("replay".to_string(), std::mem::take(&mut self.shards), (0, 1), limits, pacing));
+        }
+        type Started = (AgentHandle<PublisherAgent>, Arc<AtomicU64>, Arc<AtomicU64>);
+        let mut agents: Vec<Started> = Vec::with_capacity(parts.len());
+        let mut failed = None;
+        for (role, shards, part, limits, pacing) in parts {
+            let one = self.part_publisher(shards, part);
+            let counter = Arc::new(AtomicU64::new(0));
+            let started = PublisherAgent::new(role, one, source, pacing, limits, stop.clone(), counter.clone())
+                .and_then(|a| {
+                    let done = a.schedule_done.clone();
+                    // The runner's own stop flag: a stop request is the agent's to see, so
+                    // that it still ends its stream.
+                    crate::agent::Runner::start(crate::agent::RunSpec::unpinned(self.idle), StopFlag::new(), a)
+                        .map(|h| (h, counter, done))
+                        .map_err(|e| ReplayError::Config(e.to_string()))
+                });
+            match started {
+                Ok(a) => agents.push(a),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if failed.is_some() {
+            // The others are told to stop (they end their streams) and joined below.
+            stop.stop();
+        }
+        // Progress until every schedule is done, then once more with the final count and no
+        // more: a caller timing its last call (a capacity trial) times the schedule, not the end
+        // of stream after it.
+        let mut said_done = false;
+        let scheduled = |agents: &[Started]| -> u64 { agents.iter().map(|(_, c, _)| c.load(Ordering::Relaxed)).sum() };
+        while !agents.iter().all(|(h, _, _)| h.is_finished()) {
+            if !said_done {
+                let done = agents.iter().all(|(_, _, d)| d.load(Ordering::Acquire) != 0);
+                progress(scheduled(&agents));
+                said_done = done;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (mut interrupted, mut cpu_ns, mut missed) = (false, 0, 0);
+        // Each thread's share of the rate adds up to the whole: so do the rates they achieved.
+        let mut achieved = Some(0.0);
+        let mut total = 0;
+        for (handle, _, _) in agents {
+            let agent_cpu = handle.stats().cpu_ns;
+            match handle.join() {
+                Ok(a) => {
+                    cpu_ns += agent_cpu;
+                    interrupted |= a.interrupted;
+                    missed += a.eos_missed;
+                    total += a.scheduled();
+                    let one = a.p;
+                    self.shards.extend(one.shards);
+                    self.dropped_on_purpose += one.dropped_on_purpose;
+                    self.restarts += one.restarts;
+                    self.paused += one.paused;
+                    achieved = achieved.zip(one.achieved_msgs_per_sec).map(|(a, b)| a + b);
+                    self.market_span_ns = self.market_span_ns.or(one.market_span_ns);
+                    self.skipped_by_rtype.extend(one.skipped_by_rtype);
+                    for (reason, k) in one.refused {
+                        *self.refused.entry(reason).or_default() += k;
+                    }
+                }
+                Err(e) => failed = failed.or(Some(ReplayError::Config(e.to_string()))),
+            }
+        }
+        if !said_done {
+            progress(total);
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if missed > 0 && !interrupted {
             return Err(ReplayError::Config(format!(
                 "{missed} shard(s) could not take the end of stream within {} s (a subscriber stopped reading)",
@@ -722,478 +745,36 @@ impl Publisher {
             )));
         }
         let mut stats = self.stats(start, interrupted);
-        stats.cpu_ns = crate::clock::thread_cpu_ns().saturating_sub(cpu0);
-        stats.offered_msgs_per_sec = offered_rate(pacing);
-        stats.achieved_msgs_per_sec = self.achieved_msgs_per_sec.filter(|_| !interrupted);
-        Ok(stats)
-    }
-
-    /// [`Publisher::run`] with one thread per shard (`replayK`, started by the
-    /// runner), each sending its shard's part of the generated feed (its
-    /// topics, their share of `limits.max_msgs`) and its end of stream.
-    fn run_threaded(&mut self, source: &Source, run: Run<'_>) -> Result<ReplayStats, ReplayError> {
-        let Run { pacing, limits, stop, progress } = run;
-        if self.faults != FaultPlan::default() {
-            return Err(ReplayError::Config(
-                "snails on purpose (--pause-at, --drop-every, --restart-at) need one sending thread: leave out --thread-per-shard".into(),
-            ));
-        }
-        let gen = match source {
-            Source::Generator(g) | Source::Prebuilt(g) => g,
-            _ => {
-                return Err(ReplayError::Config(
-                    "one thread per shard needs the generated feed (a file is read in order by one thread)".into(),
-                ))
-            }
-        };
-        let start = Instant::now();
-        let n = self.shards.len();
-        let mut left = limits.max_msgs;
-        let mut tasks = Vec::with_capacity(n);
-        for (k, shard) in std::mem::take(&mut self.shards).into_iter().enumerate() {
-            let share = Generator::share(gen, k, n);
-            let max_msgs = match left {
-                Some(m) if k + 1 == n => Some(m),
-                Some(m) => {
-                    let mine = ((limits.max_msgs.unwrap_or(0) as f64 * share).round() as u64).min(m);
-                    left = Some(m - mine);
-                    Some(mine)
-                }
-                None => None,
-            };
-            // `--rate` is the total: each thread sends its shard's share of it.
-            let pacing = match pacing {
-                Pacing::Rate { msgs_per_sec, burst } => {
-                    Pacing::Rate { msgs_per_sec: ((msgs_per_sec as f64 * share).round() as u64).max(1), burst }
-                }
-                other => other,
-            };
-            let mut one = Publisher {
-                shards: vec![shard],
-                sending: false,
-                drained_at: Instant::now(),
-                buf: Vec::with_capacity(1024),
-                lossless: self.lossless,
-                market_ns: Arc::new(AtomicU64::new(0)),
-                market_span_ns: None,
-                skipped_by_rtype: BTreeMap::new(),
-                refused: BTreeMap::new(),
-                zap: None,
-                faults: FaultPlan::default(),
-                dropped_on_purpose: 0,
-                restarts: 0,
-                paused: Duration::ZERO,
-                achieved_msgs_per_sec: None,
-                say_refusals: self.say_refusals,
-                thread_per_shard: false,
-                part: (k, n),
-            };
-            let sent = Arc::new(AtomicU64::new(0));
-            let (source, stop, counter) = (source.clone(), stop.clone(), sent.clone());
-            let lim = Limits { max_msgs, duration: limits.duration };
-            let task = crate::agent::Runner::task(&format!("replay{k}"), None, move || {
-                let r = one.run(&source, pacing, lim, &stop, &mut |i| counter.store(i, Ordering::Relaxed));
-                (one, r)
-            })
-            .map_err(|e| ReplayError::Config(e.to_string()))?;
-            tasks.push((task, sent));
-        }
-        while !tasks.iter().all(|(t, _)| t.is_finished()) {
-            progress(tasks.iter().map(|(_, c)| c.load(Ordering::Relaxed)).sum());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut first_err = None;
-        let (mut interrupted, mut cpu_ns) = (false, 0);
-        // Each thread's share of the rate adds up to the whole: so do the rates they achieved.
-        let mut achieved = Some(0.0);
-        for (task, _) in tasks {
-            match task.join() {
-                Ok((one, r)) => {
-                    self.shards.extend(one.shards);
-                    match r {
-                        Ok(st) => {
-                            interrupted |= st.interrupted;
-                            cpu_ns += st.cpu_ns;
-                            achieved = achieved.zip(st.achieved_msgs_per_sec).map(|(a, b)| a + b);
-                        }
-                        Err(e) => first_err = first_err.or(Some(e)),
-                    }
-                }
-                Err(e) => first_err = first_err.or(Some(ReplayError::Config(e.to_string()))),
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        let mut stats = self.stats(start, interrupted);
         stats.cpu_ns = cpu_ns;
         stats.offered_msgs_per_sec = offered_rate(pacing);
         stats.achieved_msgs_per_sec = achieved.filter(|_| !interrupted && offered_rate(pacing).is_some());
-        progress(stats.sent_total);
         Ok(stats)
     }
 
-    fn run_generator(&mut self, cfg: &GeneratorConfig, run: Run<'_>) -> Result<bool, ReplayError> {
-        let Run { pacing, limits, stop, progress } = run;
-        let mut gen = Generator::for_shard(cfg, self.part.0, self.part.1);
-        if gen.topics().is_empty() {
-            return Ok(stop.is_stopped());
+    /// A publisher of `shards` (part `part` of the generated feed) for one sending thread,
+    /// with this one's settings.
+    fn part_publisher(&self, shards: Vec<Shard>, part: (usize, usize)) -> Publisher {
+        Publisher {
+            shards,
+            sending: true,
+            drained_at: Instant::now(),
+            buf: Vec::with_capacity(1024),
+            lossless: self.lossless,
+            market_ns: self.market_ns.clone(),
+            market_span_ns: None,
+            skipped_by_rtype: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            zap: None,
+            faults: self.faults,
+            dropped_on_purpose: 0,
+            restarts: 0,
+            paused: Duration::ZERO,
+            achieved_msgs_per_sec: None,
+            say_refusals: self.say_refusals,
+            thread_per_shard: false,
+            part,
+            idle: self.idle,
         }
-        let payload = gen.payload(0).to_vec();
-        let mut frames = self.generated_templates(&gen, &payload);
-        let lossless = self.lossless;
-        let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
-        let mut faults = Faults::new(self.faults);
-        let max = limits.max_msgs.unwrap_or(u64::MAX);
-        let mut i = 0u64;
-        while i < max {
-            // A blocked send and a paced wait look at `stop` themselves.
-            if i & 63 == 0 {
-                if checkpoint(i, stop, progress) {
-                    return Ok(true);
-                }
-                // Every 1 Ki messages: a subscriber that left is said while the run goes on.
-                if i & 0x3ff == 0 {
-                    self.drain_subscriptions()?;
-                }
-            }
-            let due = faults.due(i).unwrap_or_default();
-            if !self.apply_due(due, &mut pacer) {
-                return Ok(true);
-            }
-            if due.restart {
-                frames = self.generated_templates(&gen, &payload);
-            }
-            let Some(send_time_ns) = pacer.wait_turn(i, |hb| self.on_wait(hb, stop))? else {
-                break;
-            };
-            let Some(tf) = frames.get_mut(gen.next_topic()) else { break };
-            tf.topic_seq += 1;
-            let sh = &mut self.shards[tf.shard];
-            sh.stream_seq += 1;
-            if due.drop {
-                // The message's sequence numbers are used up: the gap is the drop.
-                self.dropped_on_purpose += 1;
-                i += 1;
-                continue;
-            }
-            let frame = &mut tf.frame;
-            patch_generated(frame, tf.topic_len, sh.stream_seq, tf.topic_seq, send_time_ns, i);
-            let outcome = if lossless {
-                if send_retrying(sh, frame, false, stop, None)? {
-                    Outcome::Sent
-                } else {
-                    Outcome::Stopped
-                }
-            } else {
-                try_once(sh, frame, false)?
-            };
-            if let Outcome::Stopped = outcome {
-                return Ok(true);
-            }
-            sh.count_sent(1);
-            i += 1;
-        }
-        self.achieved_msgs_per_sec = pacer.achieved_msgs_per_sec();
-        progress(i);
-        Ok(stop.is_stopped())
-    }
-
-    fn run_prebuilt(&mut self, cfg: &GeneratorConfig, run: Run<'_>) -> Result<bool, ReplayError> {
-        let Run { limits, stop, progress, .. } = run;
-        let gen = Generator::for_shard(cfg, self.part.0, self.part.1);
-        if gen.topics().is_empty() {
-            return Ok(stop.is_stopped());
-        }
-        // One frame per topic, built once; per message only the stream and
-        // topic sequences and the send time are written into it.
-        let payload = vec![b'x'; cfg.payload_bytes];
-        let mut frames = self.generated_templates(&gen, &payload);
-        let start = Instant::now();
-        let max = limits.max_msgs.unwrap_or(u64::MAX);
-        let (mut now_ns, mut i) = (crate::clock::realtime_ns(), 0u64);
-        while i < max {
-            if i & 63 == 0 {
-                if checkpoint(i, stop, progress) {
-                    return Ok(true);
-                }
-                if limits.duration.is_some_and(|d| start.elapsed() >= d) {
-                    break;
-                }
-                now_ns = crate::clock::realtime_ns();
-            }
-            let slot = (i % frames.len() as u64) as usize;
-            let tf = &mut frames[slot];
-            let sh = &mut self.shards[tf.shard];
-            sh.stream_seq += 1;
-            tf.topic_seq += 1;
-            wire::patch_sequences(&mut tf.frame, tf.topic_len, sh.stream_seq, tf.topic_seq, now_ns);
-            if !send_retrying(sh, &tf.frame, false, stop, None)? {
-                return Ok(true);
-            }
-            sh.count_sent(1);
-            i += 1;
-        }
-        progress(i);
-        Ok(stop.is_stopped())
-    }
-
-    fn run_capture(&mut self, path: &std::path::Path, restamp: bool, run: Run<'_>) -> Result<bool, ReplayError> {
-        let Run { pacing, limits, stop, progress } = run;
-        let cap = |source| ReplayError::Capture { path: path.to_path_buf(), source };
-        let mut reader = CaptureReader::open(path).map_err(cap)?;
-        self.refused.clear();
-        let shards = self.shards.len();
-        let mut topic_seq: std::collections::HashMap<Vec<u8>, u64> = Default::default();
-        let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
-        let mut faults = Faults::new(self.faults);
-        let max = limits.max_msgs.unwrap_or(u64::MAX);
-        let mut first_recv_ns: Option<u64> = None;
-        let mut msgs = 0u64;
-        // Frames of the message being read; a message is sent only when whole,
-        // so a capture damaged inside a multipart message sends no half of it.
-        let mut parts: Vec<Vec<u8>> = Vec::new();
-        let mut used = 0usize;
-        while msgs < max {
-            let next = match reader.next_record() {
-                Err(e) => match e.damage_reason() {
-                    // Damage ends the file: what came before it was sent; counted and said.
-                    Some(reason) => {
-                        if self.say_refusals {
-                            crate::diag!(
-                                "replay: refused ({reason}): capture file {}: {e} (record {}; the {} records before \
-                                 it were replayed{}, {})",
-                                path.display(),
-                                reader.records() + 1,
-                                reader.records(),
-                                if used > 0 { ", except the first frames of the message it is part of" } else { "" },
-                                stops_here(reason)
-                            );
-                        }
-                        *self.refused.entry(reason.to_string()).or_default() += 1;
-                        break;
-                    }
-                    None => return Err(cap(e)),
-                },
-                Ok(r) => r,
-            };
-            let recv_ns = match next {
-                Some(rec) => {
-                    if used == parts.len() {
-                        parts.push(Vec::new());
-                    }
-                    parts[used].clear();
-                    parts[used].extend_from_slice(rec.frame);
-                    used += 1;
-                    if rec.more {
-                        continue;
-                    }
-                    rec.recv_ns
-                }
-                None => break,
-            };
-            let n_parts = std::mem::take(&mut used);
-            if stop.is_stopped() {
-                return Ok(true);
-            }
-            // What the message is: an mdsub data frame (verbatim or to restamp),
-            // a recorded control frame (skipped: this replay sends its own), or
-            // foreign traffic.
-            let view = if n_parts == 1 { wire::decode(&parts[0]).ok() } else { None };
-            if view.is_some_and(|v| v.header.kind != Kind::Data) {
-                continue;
-            }
-            // Below the control-frame skip, which leaves `msgs` as it is: once per 1 Ki messages.
-            if msgs & 0x3ff == 0 {
-                progress(msgs);
-                // Every 1 Ki messages, as for the generated feed: a subscriber that left is said
-                // while the run goes on, not only on an idle turn or at the end.
-                self.drain_subscriptions()?;
-            }
-            let is_data = view.is_some();
-            let due = faults.due(msgs).unwrap_or_default();
-            if !self.apply_due(due, &mut pacer) {
-                return Ok(true);
-            }
-            if due.restart {
-                topic_seq.clear();
-            }
-            let base = *first_recv_ns.get_or_insert(recv_ns);
-            let intended = match pacing {
-                Pacing::Recorded { speed } => pacer
-                    .wait_until_offset(scale_ns(recv_ns.saturating_sub(base), speed), |hb| self.on_wait(hb, stop))?,
-                _ => pacer.wait_turn(msgs, |hb| self.on_wait(hb, stop))?,
-            };
-            let Some(intended) = intended else { break };
-            let k = match view {
-                // Verbatim mdsub frames keep their publisher's stream whole on
-                // one shard (its stream sequence would show false gaps if split).
-                Some(v) if !restamp => {
-                    let mut key = [0u8; 12];
-                    key[..4].copy_from_slice(&v.header.publisher_id.to_le_bytes());
-                    key[4..].copy_from_slice(&v.header.session_id.to_le_bytes());
-                    shard_of(&key, shards)
-                }
-                Some(v) => shard_of(v.topic, shards),
-                None => {
-                    let first = &parts[0];
-                    shard_of(wire::split_topic(first).map(|(t, _)| t).unwrap_or(first), shards)
-                }
-            };
-            if restamp {
-                if let Some(v) = view {
-                    let seq = match topic_seq.get_mut(v.topic) {
-                        Some(s) => s,
-                        None => topic_seq.entry(v.topic.to_vec()).or_insert(0),
-                    };
-                    *seq += 1;
-                    let s = *seq;
-                    // Encode from the borrowed view into self.buf, then swap it in.
-                    encode_data(&mut self.shards[k], &mut self.buf, v.topic, s, intended, v.payload);
-                    std::mem::swap(&mut parts[0], &mut self.buf);
-                }
-            }
-            if due.drop {
-                self.dropped_on_purpose += 1;
-                msgs += 1;
-                continue;
-            }
-            // Lossy drops a message whole: only its first frame may be refused.
-            match self.send_data(k, Some(&parts[0]), n_parts > 1, stop)? {
-                Outcome::Stopped => return Ok(true),
-                Outcome::Dropped => {}
-                Outcome::Sent => {
-                    for (n, frame) in parts[..n_parts].iter().enumerate().skip(1) {
-                        if !self.send_on(k, Some(frame), n + 1 < n_parts, stop, None)? {
-                            return Ok(true);
-                        }
-                    }
-                }
-            }
-            self.shards[k].count_sent(is_data as u64);
-            msgs += 1;
-        }
-        self.achieved_msgs_per_sec = pacer.achieved_msgs_per_sec();
-        progress(msgs);
-        Ok(stop.is_stopped())
-    }
-}
-
-impl Publisher {
-    fn run_dbn(&mut self, paths: &[PathBuf], run: Run<'_>) -> Result<bool, ReplayError> {
-        let Run { pacing, limits, stop, progress } = run;
-        let mut merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
-        self.refused.clear();
-        let shards = self.shards.len();
-        // Per topic: (topic sequence, shard). Instruments map to a topic slot
-        // (two ids may share a symbol, e.g. across days of a multi-day file).
-        let mut slots: Vec<(u64, usize)> = Vec::new();
-        let mut slot_of_topic: HashMap<Vec<u8>, usize> = HashMap::new();
-        let mut slot_of_id: HashMap<u32, usize> = HashMap::new();
-        let mut pacer = Pacer::new(pacing, limits.duration, stop.clone());
-        let mut faults = Faults::new(self.faults);
-        let max = limits.max_msgs.unwrap_or(u64::MAX);
-        let mut span: Option<(u64, u64)> = None;
-        let mut msgs = 0u64;
-        let mut interrupted = false;
-        // What was refused (record types not replayed, damage) is said as it is first met.
-        let (mut said_rtypes, mut said_damage) = (Vec::new(), 0);
-        while msgs < max {
-            if msgs & 0x3ff == 0 {
-                progress(msgs);
-                // A subscriber that left is said while the run goes on (as for the generated feed).
-                self.drain_subscriptions()?;
-            }
-            if stop.is_stopped() {
-                interrupted = true;
-                break;
-            }
-            if merge.skipped().len() != said_rtypes.len() || merge.damage().len() != said_damage {
-                self.say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
-            }
-            let due = faults.due(msgs).unwrap_or_default();
-            if !self.apply_due(due, &mut pacer) {
-                interrupted = true;
-                break;
-            }
-            if due.restart {
-                slots.iter_mut().for_each(|s| s.0 = 0);
-            }
-            let Some(rec) = merge.next_record() else { break };
-            let ts = rec.ts_recv_ns;
-            let base = span.map_or(ts, |s| s.0);
-            self.market_ns.store(ts, Ordering::Relaxed);
-            let intended = match pacing {
-                Pacing::Recorded { speed } => {
-                    let rec_offset = scale_ns(ts.saturating_sub(base), speed);
-                    // The record stays borrowed from `merge`: waiting only
-                    // touches the publisher's sockets.
-                    pacer.wait_until_offset(rec_offset, |hb| self.on_wait(hb, stop))?
-                }
-                _ => pacer.wait_turn(msgs, |hb| self.on_wait(hb, stop))?,
-            };
-            let Some(intended) = intended else {
-                interrupted = stop.is_stopped();
-                break;
-            };
-            let slot = *slot_of_id.entry(rec.instrument_id).or_insert_with(|| {
-                *slot_of_topic.entry(rec.topic.to_vec()).or_insert_with(|| {
-                    slots.push((0, shard_of(rec.topic, shards)));
-                    slots.len() - 1
-                })
-            });
-            let entry = &mut slots[slot];
-            entry.0 += 1;
-            let (seq, k) = *entry;
-            encode_data(&mut self.shards[k], &mut self.buf, rec.topic, seq, intended, rec.bytes);
-            if due.drop {
-                self.dropped_on_purpose += 1;
-                span = Some((base, ts.max(span.map_or(ts, |s| s.1))));
-                msgs += 1;
-                continue;
-            }
-            if let Outcome::Stopped = self.send_data(k, None, false, stop)? {
-                interrupted = true;
-                break;
-            }
-            self.shards[k].count_sent(1);
-            span = Some((base, ts.max(span.map_or(ts, |s| s.1))));
-            msgs += 1;
-        }
-        self.achieved_msgs_per_sec = pacer.achieved_msgs_per_sec();
-        progress(msgs);
-        self.say_dbn_refusals(&merge, &mut said_rtypes, &mut said_damage);
-        self.skipped_by_rtype = merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
-        self.market_span_ns = span;
-        for e in merge.take_damage() {
-            if let Some(reason) = e.damage_reason() {
-                *self.refused.entry(reason.to_string()).or_default() += 1;
-            }
-        }
-        Ok(interrupted || stop.is_stopped())
-    }
-}
-
-impl Publisher {
-    /// Say (stderr) each record type not replayed and each damaged file the first time they
-    /// are met (unless told not to: [`Publisher::say_refusals`]); the counts per type are in
-    /// the run's stats (`skipped_by_rtype`) and its summary line.
-    fn say_dbn_refusals(&self, merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
-        for rt in merge.skipped().keys() {
-            if !said_rtypes.contains(rt) {
-                said_rtypes.push(*rt);
-                if self.say_refusals {
-                    crate::diag!(
-                        "replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)"
-                    );
-                }
-            }
-        }
-        for e in merge.damage().iter().skip(*said_damage).filter(|_| self.say_refusals) {
-            let reason = e.damage_reason().unwrap_or("bad_record");
-            crate::diag!("replay: refused ({reason}): {e}; {}, the other files go on", stops_here(reason));
-        }
-        *said_damage = merge.damage().len();
     }
 }
 
@@ -1212,58 +793,6 @@ fn stops_here(reason: &str) -> &'static str {
         "the file ends here"
     } else {
         "replay of this file stops here: nothing after a damaged record can be trusted"
-    }
-}
-
-/// What a generated loop does every 64th message `i`: report progress every
-/// 1 024 (a bar that moves twice a second at 2k msg/s; indicatif draws at most
-/// 4 times a second), and say whether `stop` was set.
-#[inline]
-fn checkpoint(i: u64, stop: &StopFlag, progress: &mut dyn FnMut(u64)) -> bool {
-    if i & 0x3ff == 0 {
-        progress(i);
-    }
-    stop.is_stopped()
-}
-
-/// Send `data` on `sh` without waiting (lossy): a full pipe drops the
-/// message, counted in the shard's `dropped_at_hwm`.
-fn try_once(sh: &mut Shard, data: &[u8], more: bool) -> Result<Outcome, ReplayError> {
-    let flags = zmq::DONTWAIT | if more { zmq::SNDMORE } else { 0 };
-    loop {
-        match send_bytes(&mut sh.socket, data, flags) {
-            Ok(()) => return Ok(Outcome::Sent),
-            Err(zmq::Error::EAGAIN) => {
-                sh.dropped_at_hwm += 1;
-                return Ok(Outcome::Dropped);
-            }
-            Err(zmq::Error::EINTR) => {}
-            Err(e) => return Err(sh.send_error(e)),
-        }
-    }
-}
-
-/// Send `data` on `sh`, retrying while a lossless pipe is full; false if
-/// `stop` was set, or `deadline` passed, while waiting.
-#[inline]
-fn send_retrying(
-    sh: &mut Shard,
-    data: &[u8],
-    more: bool,
-    stop: &StopFlag,
-    deadline: Option<Instant>,
-) -> Result<bool, ReplayError> {
-    let flags = if more { zmq::SNDMORE } else { 0 };
-    loop {
-        match send_bytes(&mut sh.socket, data, flags) {
-            Ok(()) => return Ok(true),
-            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
-                if stop.is_stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(false);
-                }
-            }
-            Err(e) => return Err(sh.send_error(e)),
-        }
     }
 }
 
@@ -1336,299 +865,9 @@ fn mono_ns() -> u64 {
     (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
 
-/// Schedules intended send times and waits for them smoothly (PERF-ANCHORS: a
-/// pacer that oversleeps its deadlines bursts and causes loss). The schedule
-/// runs on CLOCK_MONOTONIC (a wall-clock step neither stalls nor bursts it);
-/// the stamped time is CLOCK_REALTIME at start plus the monotonic offset. The
-/// thread's timer slack is set to 1 ns so short sleeps are accurate; it sleeps
-/// until ~2 µs before each deadline and spins the rest, so a paced publisher
-/// leaves its core to the subscriber instead of spinning through every gap.
-pub struct Pacer {
-    pacing: Pacing,
-    start_mono_ns: u64,
-    start_rt_ns: u64,
-    end_offset_ns: Option<u64>,
-    /// When a publisher behind its schedule stops: the end plus [`overrun_ns`] of it.
-    stop_offset_ns: Option<u64>,
-    last_send_offset_ns: u64,
-    /// Flat out: the last clock reading (offset from the start; 0 before any).
-    flat_offset_ns: u64,
-    /// Turns granted so far, and the clock readings (offsets from the start) at the first and
-    /// the last: what a paced publisher achieved ([`Pacer::achieved_msgs_per_sec`]).
-    turns: u64,
-    first_turn_at_ns: u64,
-    last_turn_at_ns: u64,
-    stop: StopFlag,
-}
-
-/// How long past the end of a duration `end_ns` a publisher behind its schedule may still send
-/// what was due before the end: a tenth of it, at most 1 s.
-fn overrun_ns(end_ns: u64) -> u64 {
-    (end_ns / 10).min(1_000_000_000)
-}
-
-/// Heartbeat when the schedule leaves the publisher idle this long.
-const HEARTBEAT_AFTER_NS: u64 = 1_000_000_000;
-
-/// A paced publisher that waits drains its subscription events at least this often (besides
-/// every 1 Ki messages): what it sends after a subscriber left is counted from within this.
-const DRAIN_EVERY: Duration = Duration::from_millis(10);
-
-impl Pacer {
-    pub fn new(pacing: Pacing, duration: Option<Duration>, stop: StopFlag) -> Self {
-        // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-        Pacer {
-            pacing,
-            start_mono_ns: mono_ns(),
-            start_rt_ns: crate::clock::realtime_ns(),
-            end_offset_ns: duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
-            stop_offset_ns: duration
-                .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
-                .map(|end| end.saturating_add(overrun_ns(end))),
-            last_send_offset_ns: 0,
-            flat_offset_ns: 0,
-            turns: 0,
-            first_turn_at_ns: 0,
-            last_turn_at_ns: 0,
-            stop,
-        }
-    }
-
-    #[inline]
-    fn offset_now(&self) -> u64 {
-        mono_ns().saturating_sub(self.start_mono_ns)
-    }
-
-    /// Intended send time (realtime ns) of message `i`, or None when the
-    /// duration is over or a stop was requested. `on_idle` as for
-    /// [`wait_until_offset`](Self::wait_until_offset), whenever the schedule makes it wait.
-    pub fn wait_turn<E>(&mut self, i: u64, on_idle: impl FnMut(bool) -> Result<(), E>) -> Result<Option<u64>, E> {
-        let offset = match self.pacing {
-            // Flat out: the clock is read every 64 messages (a read costs
-            // about as much as encoding a frame); the messages in between
-            // carry the last reading as their send time.
-            Pacing::FlatOut => {
-                if i & 63 == 0 || self.flat_offset_ns == 0 {
-                    self.flat_offset_ns = self.offset_now().max(1);
-                }
-                let offset = self.flat_offset_ns;
-                if self.end_offset_ns.is_some_and(|end| offset >= end) {
-                    return Ok(None);
-                }
-                if i & 63 == 0 && self.stop.is_stopped() {
-                    return Ok(None);
-                }
-                self.last_send_offset_ns = offset;
-                return Ok(Some(self.start_rt_ns.saturating_add(offset)));
-            }
-            Pacing::Recorded { .. } => self.offset_now(),
-            Pacing::Rate { msgs_per_sec, burst } => {
-                let burst = burst.max(1);
-                let group = i / burst * burst;
-                (group as u128 * 1_000_000_000u128 / msgs_per_sec.max(1) as u128).min(u64::MAX as u128) as u64
-            }
-        };
-        self.wait_until_offset(offset, on_idle)
-    }
-
-    /// Wait until `offset_ns` after the start (recorded timing, and a paced turn): the intended
-    /// send time (realtime ns), or None when the duration is over or a stop was requested.
-    /// The duration is time elapsed: a publisher behind its schedule (a rate or a pace faster
-    /// than it can send) stops when the duration and a tenth of it more (at most 1 s)
-    /// have passed, with the messages due before the end unsent, not once it
-    /// has sent them all; the tenth lets a publisher that kept its schedule but for a few
-    /// milliseconds of jitter send all it was due (`--rate 20k --duration 1s` sends 20 000). Before each nap `on_idle` is called, with
-    /// `true` once the publisher has sent nothing for a second (time for a heartbeat), else
-    /// `false`.
-    pub fn wait_until_offset<E>(
-        &mut self,
-        offset_ns: u64,
-        mut on_idle: impl FnMut(bool) -> Result<(), E>,
-    ) -> Result<Option<u64>, E> {
-        if self.end_offset_ns.is_some_and(|end| offset_ns >= end) {
-            return Ok(None);
-        }
-        loop {
-            let now = self.offset_now();
-            if now >= offset_ns {
-                // Due now or behind: the clock just read says whether the time it may take is
-                // over (the turn reads it no more often than before).
-                if self.stop_offset_ns.is_some_and(|stop| now >= stop) {
-                    return Ok(None);
-                }
-                if self.turns == 0 {
-                    self.first_turn_at_ns = now;
-                }
-                self.turns += 1;
-                self.last_turn_at_ns = now;
-                break;
-            }
-            if self.stop.is_stopped() {
-                return Ok(None);
-            }
-            let heartbeat_due = now.saturating_sub(self.last_send_offset_ns) > HEARTBEAT_AFTER_NS;
-            on_idle(heartbeat_due)?;
-            if heartbeat_due {
-                self.last_send_offset_ns = now;
-            }
-            Self::nap(offset_ns - self.offset_now().min(offset_ns));
-        }
-        self.last_send_offset_ns = offset_ns;
-        Ok(Some(self.start_rt_ns.saturating_add(offset_ns)))
-    }
-
-    /// A paced publisher's achieved rate: the turns after the first per second from the first
-    /// to the last (n turns on schedule at a rate R span (n-1)/R at most, so on schedule this
-    /// is R or more; behind it, what was sent). None flat out, at a recorded pace, or before
-    /// two turns a clock tick apart.
-    pub fn achieved_msgs_per_sec(&self) -> Option<f64> {
-        let span_ns = self.last_turn_at_ns.saturating_sub(self.first_turn_at_ns);
-        match self.pacing {
-            Pacing::Rate { .. } if self.turns >= 2 && span_ns > 0 => {
-                Some((self.turns - 1) as f64 * 1e9 / span_ns as f64)
-            }
-            _ => None,
-        }
-    }
-
-    /// Stall for `d` (snails on purpose): send nothing, not even heartbeats,
-    /// while the schedule runs on. False if a stop was requested meanwhile.
-    pub fn stall(&mut self, d: Duration) -> bool {
-        let end = Instant::now() + d;
-        // Flat out, the next message reads the clock again: a reading from before the stall would
-        // stamp up to 63 messages after it with a send time `d` in the past (a false lag).
-        self.flat_offset_ns = 0;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return true;
-            }
-            if self.stop.is_stopped() {
-                return false;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
-        }
-    }
-
-    #[inline]
-    fn nap(left_ns: u64) {
-        if left_ns > 4_000 {
-            // At most 100 ms at a time, so a stop request is seen quickly.
-            std::thread::sleep(Duration::from_nanos(left_ns.min(100_000_000) - 2_000));
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Flat out, a stall (`--pause-at`) makes the next message read the clock: before, up to 63
-    /// messages after a pause carried the time from before it, a false lag of the pause's length.
-    #[test]
-    fn a_flat_out_stall_restamps_the_next_message() {
-        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
-        let mut p = Pacer::new(Pacing::FlatOut, None, StopFlag::new());
-        let first = p.wait_turn(0, noop).expect("ok").expect("a time");
-        assert_eq!(p.wait_turn(1, noop).expect("ok"), Some(first), "between readings: the last one");
-        assert!(p.stall(Duration::from_millis(30)));
-        let after = p.wait_turn(2, noop).expect("ok").expect("a time");
-        assert!(after >= first + 30_000_000, "stamped {} ns after the first, not 30 ms", after - first);
-    }
-
-    /// Take turns from `turn` (each followed by about a microsecond of work, as a send costs)
-    /// until it says the duration is over, for at most `bound`: how long that took, and the
-    /// turns taken.
-    fn turns_until_none(bound: Duration, mut turn: impl FnMut(u64) -> Option<u64>) -> (Duration, u64) {
-        let start = Instant::now();
-        let mut i = 0;
-        while start.elapsed() < bound {
-            if turn(i).is_none() {
-                return (start.elapsed(), i);
-            }
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_micros(1) {
-                std::hint::spin_loop();
-            }
-            i += 1;
-        }
-        panic!("still granting turns after {bound:?} ({i} turns) with a duration of 50 ms");
-    }
-
-    /// A rate the publisher cannot keep stops at the duration, by the clock, with what was
-    /// achieved said: before, the end was the schedule's (`--rate 20M --duration 1s` ran 7.6 s
-    /// and sent all 20 M; `--rate` u64::MAX never ended).
-    #[test]
-    fn a_rate_out_of_reach_stops_when_the_duration_has_passed() {
-        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
-        let limit = Some(Duration::from_millis(50));
-        for rate in [1_000_000_000, u64::MAX] {
-            let mut p = Pacer::new(Pacing::Rate { msgs_per_sec: rate, burst: 1 }, limit, StopFlag::new());
-            let (took, turns) = turns_until_none(Duration::from_secs(5), |i| p.wait_turn(i, noop).expect("ok"));
-            assert!(took >= Duration::from_millis(40), "rate {rate}: stopped early, after {took:?}");
-            assert!(took < Duration::from_millis(1000), "rate {rate}: stopped {took:?} after the start");
-            let achieved = p.achieved_msgs_per_sec().expect("a rate was offered");
-            let want = turns as f64 / took.as_secs_f64();
-            assert!(achieved > want / 2.0 && achieved < want * 2.0, "achieved {achieved}, sent {want}/s");
-            let stats = ReplayStats {
-                offered_msgs_per_sec: Some(rate),
-                achieved_msgs_per_sec: Some(achieved),
-                ..Default::default()
-            };
-            let note = stats.rate_note().expect("said");
-            assert!(note.starts_with(&format!("rate not achieved: offered {rate} msg/s, achieved ")), "{note}");
-        }
-        // A recorded pace faster than the publisher (a 1 ns gap between records) stops the same way.
-        let mut p = Pacer::new(Pacing::Recorded { speed: 1.0 }, limit, StopFlag::new());
-        let (took, _) = turns_until_none(Duration::from_secs(5), |i| p.wait_until_offset(i, noop).expect("ok"));
-        assert!(took < Duration::from_millis(1000), "recorded pace: stopped {took:?} after the start");
-        assert_eq!(p.achieved_msgs_per_sec(), None, "only a fixed rate is judged");
-    }
-
-    /// A publisher that kept its schedule but for a few milliseconds at the end still sends what
-    /// was due before the end (before: `demo --rate 20000 --duration 1s` now and then sent 19 943),
-    /// and nothing after it.
-    #[test]
-    fn a_publisher_a_little_behind_at_the_end_still_sends_what_was_due() {
-        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
-        let mut p =
-            Pacer::new(Pacing::Rate { msgs_per_sec: 200, burst: 1 }, Some(Duration::from_millis(500)), StopFlag::new());
-        for i in 0..95 {
-            assert!(p.wait_turn(i, noop).expect("ok").is_some(), "turn {i}");
-        }
-        // Late: past the end (500 ms), within its tenth (50 ms).
-        while p.offset_now() < 505_000_000 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        for i in 95..100 {
-            assert!(p.wait_turn(i, noop).expect("ok").is_some(), "turn {i}, due before the end");
-        }
-        assert_eq!(p.wait_turn(100, noop).expect("ok"), None, "due at the end: not sent");
-        assert_eq!(overrun_ns(500_000_000), 50_000_000);
-        assert_eq!(overrun_ns(3_600_000_000_000), 1_000_000_000, "at most 1 s");
-    }
-
-    /// A rate kept is achieved (the rate or more: n turns on schedule span (n-1)/R at most),
-    /// and nothing is said about it.
-    #[test]
-    fn a_rate_kept_is_achieved_and_not_said() {
-        let noop = |_: bool| -> Result<(), ()> { Ok(()) };
-        let mut p = Pacer::new(Pacing::Rate { msgs_per_sec: 2_000, burst: 4 }, None, StopFlag::new());
-        for i in 0..40 {
-            p.wait_turn(i, noop).expect("ok").expect("a turn");
-        }
-        let achieved = p.achieved_msgs_per_sec().expect("a rate was offered");
-        assert!(achieved >= 0.95 * 2_000.0, "achieved {achieved}");
-        let stats = ReplayStats {
-            offered_msgs_per_sec: Some(2_000),
-            achieved_msgs_per_sec: Some(achieved),
-            ..Default::default()
-        };
-        assert_eq!(stats.rate_note(), None);
-    }
 
     /// A template patched per message is the frame encoding that message from scratch would
     /// give, byte for byte, for payloads shorter and longer than the 8-byte counter.

@@ -1,0 +1,756 @@
+//! The replay publisher's agent shell: [`PublisherAgent`] owns one part of a
+//! [`Publisher`]'s sockets (all shards, or one with a thread per shard), a
+//! cursor on the source (generator, prebuilt frames, capture file, DBN
+//! merge), the [`Schedule`] and the faults, and implements
+//! [`Agent`](crate::agent::Agent): [`Publisher::run`] starts one per sending
+//! thread through [`Runner::start`](crate::agent::Runner::start), which names,
+//! pins and idles it and counts its work and CPU time.
+//!
+//! `do_work` sends a bounded batch of what is due; nothing due yet is
+//! `Worked(0)` (the runner's idle strategy then calls `idle_wait`, which naps
+//! until the next turn at most, so pacing keeps its accuracy whatever the
+//! strategy's longest wait); a lossless send that would block is `Blocked`
+//! (the message is kept and `blocked_wait` waits in its own send: an XPUB
+//! reports room always, so polling for it cannot wait); after the last
+//! message every shard gets its end of stream, then the agent finishes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::faults::{Due, Faults};
+use super::schedule::{Schedule, Turn};
+use super::{
+    encode_data, mono_ns, patch_generated, scale_ns, shard_of, stops_here, Pacing, Publisher, ReplayError, TopicFrame,
+    EOS_TIMEOUT,
+};
+use crate::agent::{Agent, AgentError, Step};
+use crate::feed::dbn_source::DbnMerge;
+use crate::feed::{Generator, GeneratorConfig};
+use crate::wire::capture::CaptureReader;
+use crate::wire::{self, Kind};
+use crate::zmqx::frame::send_bytes;
+
+/// A paced publisher that waits drains its subscription events at least this often (besides
+/// every 1 Ki messages): what it sends after a subscriber left is counted from within this.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+/// Messages one `do_work` sends at most (flat out the clock is read once a batch, as it was
+/// every 64 messages before).
+const BATCH: usize = 64;
+
+/// Where the next message comes from.
+enum Cursor {
+    Generator {
+        gen: Generator,
+        payload: Vec<u8>,
+        frames: Vec<TopicFrame>,
+        /// The frame of the message being sent.
+        slot: usize,
+    },
+    Prebuilt {
+        frames: Vec<TopicFrame>,
+    },
+    Capture {
+        path: PathBuf,
+        reader: CaptureReader<std::io::BufReader<std::fs::File>>,
+        restamp: bool,
+        topic_seq: HashMap<Vec<u8>, u64>,
+        first_recv_ns: Option<u64>,
+        /// The frames of the message loaded (`n_parts` of them; 0: none loaded yet).
+        parts: Vec<Vec<u8>>,
+        n_parts: usize,
+        recv_ns: u64,
+        /// Frames of a message being read (a message is sent only when whole).
+        used: usize,
+    },
+    Dbn(Box<DbnCursor>),
+}
+
+/// A DBN merge and the record loaded from it (copied, so it can wait for its turn).
+struct DbnCursor {
+    merge: DbnMerge,
+    /// Per topic: (topic sequence, shard).
+    slots: Vec<(u64, usize)>,
+    slot_of_topic: HashMap<Vec<u8>, usize>,
+    slot_of_id: HashMap<u32, usize>,
+    span: Option<(u64, u64)>,
+    base_ns: Option<u64>,
+    loaded: bool,
+    ts_ns: u64,
+    instrument_id: u32,
+    topic: Vec<u8>,
+    bytes: Vec<u8>,
+    said_rtypes: Vec<u8>,
+    said_damage: usize,
+}
+
+/// Where the frame of the message being sent is.
+#[derive(Debug, Clone, Copy)]
+enum FrameAt {
+    /// A generated topic's template.
+    Template(usize),
+    /// The publisher's buffer (a DBN record, a control frame).
+    Buf,
+    /// A capture message's frames, from this one.
+    Part(usize),
+}
+
+/// A message (or end of stream) started and not yet wholly sent.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    shard: usize,
+    at: FrameAt,
+    /// Frames in the message (1 but for a captured multipart message).
+    n_parts: usize,
+    /// Data messages it counts as (0 or 1); None: an end of stream.
+    data: Option<u64>,
+}
+
+enum Push {
+    Done,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Sending,
+    /// Sending end of stream from this shard on, each with its deadline (mono ns).
+    Ending {
+        shard: usize,
+        deadline_ns: u64,
+    },
+    Done,
+}
+
+/// One sending thread of a replay.
+pub struct PublisherAgent {
+    role: String,
+    pub(super) p: Publisher,
+    cursor: Cursor,
+    schedule: Option<Schedule>,
+    faults: Faults,
+    pacing: Pacing,
+    duration_ns: Option<u64>,
+    max_msgs: u64,
+    stop: crate::agent::StopFlag,
+    /// Index of the next message (every message the source yields, sent or left out).
+    i: u64,
+    /// What the faults plan for message `i`, once asked.
+    due: Option<Due>,
+    pending: Option<Pending>,
+    /// A stall under way: when it started and ends (mono ns).
+    stall: Option<(u64, u64)>,
+    /// When the next turn is due (mono ns; 0: not waiting for one).
+    next_due_ns: u64,
+    phase: Phase,
+    /// Messages that were pending when `blocked_wait` sent them (counted by the next `do_work`).
+    sent_in_wait: usize,
+    /// An error met in a wait, for the next `do_work` to return.
+    error: Option<ReplayError>,
+    pub(super) interrupted: bool,
+    /// Shards that could not take their end of stream in time.
+    pub(super) eos_missed: usize,
+    /// Messages scheduled so far, for the progress display.
+    progress: Arc<AtomicU64>,
+    /// Set when the schedule is done (before the end of stream), mono ns.
+    pub(super) schedule_done: Arc<AtomicU64>,
+}
+
+/// The source as a cursor for this part.
+fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> {
+    Ok(match source {
+        super::Source::Generator(cfg) => generator_cursor(p, cfg, false),
+        super::Source::Prebuilt(cfg) => generator_cursor(p, cfg, true),
+        super::Source::Capture { path, restamp } => Cursor::Capture {
+            reader: CaptureReader::open(path)
+                .map_err(|source| ReplayError::Capture { path: path.to_path_buf(), source })?,
+            path: path.clone(),
+            restamp: *restamp,
+            topic_seq: HashMap::new(),
+            first_recv_ns: None,
+            parts: Vec::new(),
+            n_parts: 0,
+            recv_ns: 0,
+            used: 0,
+        },
+        super::Source::Dbn { paths } => Cursor::Dbn(Box::new(DbnCursor {
+            merge: DbnMerge::open(paths).map_err(ReplayError::Dbn)?,
+            slots: Vec::new(),
+            slot_of_topic: HashMap::new(),
+            slot_of_id: HashMap::new(),
+            span: None,
+            base_ns: None,
+            loaded: false,
+            ts_ns: 0,
+            instrument_id: 0,
+            topic: Vec::new(),
+            bytes: Vec::new(),
+            said_rtypes: Vec::new(),
+            said_damage: 0,
+        })),
+    })
+}
+
+fn generator_cursor(p: &Publisher, cfg: &GeneratorConfig, prebuilt: bool) -> Cursor {
+    let mut gen = Generator::for_shard(cfg, p.part.0, p.part.1);
+    if prebuilt {
+        // One frame per topic, built once; per message only the stream and topic sequences
+        // and the send time are written into it.
+        let payload = vec![b'x'; cfg.payload_bytes];
+        return Cursor::Prebuilt { frames: p.generated_templates(&gen, &payload) };
+    }
+    let payload = gen.payload(0).to_vec();
+    let frames = p.generated_templates(&gen, &payload);
+    Cursor::Generator { gen, payload, frames, slot: 0 }
+}
+
+impl PublisherAgent {
+    /// An agent named `role` that replays `source` on `p`'s shards.
+    pub(super) fn new(
+        role: String,
+        p: Publisher,
+        source: &super::Source,
+        pacing: Pacing,
+        limits: super::Limits,
+        stop: crate::agent::StopFlag,
+        progress: Arc<AtomicU64>,
+    ) -> Result<Self, ReplayError> {
+        let cursor = cursor(&p, source)?;
+        let faults = Faults::new(p.faults);
+        Ok(PublisherAgent {
+            role,
+            p,
+            cursor,
+            schedule: None,
+            faults,
+            pacing,
+            duration_ns: limits.duration.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
+            max_msgs: limits.max_msgs.unwrap_or(u64::MAX),
+            stop,
+            i: 0,
+            due: None,
+            pending: None,
+            stall: None,
+            next_due_ns: 0,
+            phase: Phase::Sending,
+            sent_in_wait: 0,
+            error: None,
+            interrupted: false,
+            eos_missed: 0,
+            progress,
+            schedule_done: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Messages scheduled so far.
+    pub(super) fn scheduled(&self) -> u64 {
+        self.i
+    }
+
+    fn zmq_error(&self, e: ReplayError) -> AgentError {
+        AgentError::Fatal { role: self.role.clone(), message: e.to_string() }
+    }
+
+    /// Send what is pending, without waiting (`block_ms` None) or waiting up to that long in
+    /// the send. A lossy publisher's data message whose pipe is full is dropped and counted.
+    fn push(&mut self, block_ms: Option<i32>) -> Result<Push, ReplayError> {
+        let Some(mut pd) = self.pending else { return Ok(Push::Done) };
+        if let Some(ms) = block_ms {
+            let sh = &mut self.p.shards[pd.shard];
+            sh.socket.set_sndtimeo(ms).map_err(|source| ReplayError::Zmq {
+                context: format!("setting SNDTIMEO on {}", sh.endpoint),
+                source,
+            })?;
+        }
+        loop {
+            let (part, frame): (usize, &[u8]) = match pd.at {
+                FrameAt::Template(slot) => match &self.cursor {
+                    Cursor::Generator { frames, .. } | Cursor::Prebuilt { frames } => (0, &frames[slot].frame),
+                    _ => (0, &self.p.buf),
+                },
+                FrameAt::Buf => (0, &self.p.buf),
+                FrameAt::Part(k) => match &self.cursor {
+                    Cursor::Capture { parts, .. } => (k, &parts[k]),
+                    _ => (0, &self.p.buf),
+                },
+            };
+            let more = part + 1 < pd.n_parts;
+            // Lossy drops a data message whole: only its first frame may be refused.
+            let lossy_first = !self.p.lossless && part == 0 && pd.data.is_some();
+            let wait = block_ms.is_some() && !lossy_first;
+            let flags = if wait { 0 } else { zmq::DONTWAIT } | if more { zmq::SNDMORE } else { 0 };
+            let sh = &mut self.p.shards[pd.shard];
+            match send_bytes(&mut sh.socket, frame, flags) {
+                Ok(()) if more => {
+                    pd.at = FrameAt::Part(part + 1);
+                    self.pending = Some(pd);
+                }
+                Ok(()) => break,
+                Err(zmq::Error::EAGAIN) if lossy_first => {
+                    sh.dropped_at_hwm += 1;
+                    break;
+                }
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                    self.pending = Some(pd);
+                    return Ok(Push::Full);
+                }
+                Err(e) => return Err(sh.send_error(e)),
+            }
+        }
+        self.pending = None;
+        match pd.data {
+            Some(data) => {
+                self.p.shards[pd.shard].count_sent(data);
+                self.advance();
+            }
+            None => self.next_eos_shard(),
+        }
+        Ok(Push::Done)
+    }
+
+    /// Message `i` is done with (sent, dropped, or left out on purpose).
+    #[inline]
+    fn advance(&mut self) {
+        self.i += 1;
+        self.due = None;
+        match &mut self.cursor {
+            Cursor::Capture { n_parts, .. } => *n_parts = 0,
+            Cursor::Dbn(d) => d.loaded = false,
+            _ => {}
+        }
+    }
+
+    /// Load message `i` from the source (a file's next whole message or record); false at
+    /// its end (or its first damage, counted and said).
+    fn load(&mut self) -> Result<bool, ReplayError> {
+        match &mut self.cursor {
+            Cursor::Generator { frames, .. } | Cursor::Prebuilt { frames } => Ok(!frames.is_empty()),
+            Cursor::Capture { path, reader, parts, n_parts, recv_ns, used, .. } => {
+                while *n_parts == 0 {
+                    let rec = match reader.next_record() {
+                        Err(e) => match e.damage_reason() {
+                            Some(reason) => {
+                                if self.p.say_refusals {
+                                    crate::diag!(
+                                        "replay: refused ({reason}): capture file {}: {e} (record {}; the {} records \
+                                         before it were replayed{}, {})",
+                                        path.display(),
+                                        reader.records() + 1,
+                                        reader.records(),
+                                        if *used > 0 {
+                                            ", except the first frames of the message it is part of"
+                                        } else {
+                                            ""
+                                        },
+                                        stops_here(reason)
+                                    );
+                                }
+                                *self.p.refused.entry(reason.to_string()).or_default() += 1;
+                                return Ok(false);
+                            }
+                            None => return Err(ReplayError::Capture { path: path.clone(), source: e }),
+                        },
+                        Ok(None) => return Ok(false),
+                        Ok(Some(r)) => r,
+                    };
+                    if *used == parts.len() {
+                        parts.push(Vec::new());
+                    }
+                    parts[*used].clear();
+                    parts[*used].extend_from_slice(rec.frame);
+                    *used += 1;
+                    if rec.more {
+                        continue;
+                    }
+                    let n = std::mem::take(used);
+                    // A recorded control frame is skipped: this replay sends its own.
+                    let control = n == 1 && wire::decode(&parts[0]).is_ok_and(|v| v.header.kind != Kind::Data);
+                    if !control {
+                        *n_parts = n;
+                        *recv_ns = rec.recv_ns;
+                    }
+                }
+                Ok(true)
+            }
+            Cursor::Dbn(d) => {
+                if d.loaded {
+                    return Ok(true);
+                }
+                if d.merge.skipped().len() != d.said_rtypes.len() || d.merge.damage().len() != d.said_damage {
+                    say_dbn_refusals(self.p.say_refusals, &d.merge, &mut d.said_rtypes, &mut d.said_damage);
+                }
+                let Some(rec) = d.merge.next_record() else { return Ok(false) };
+                d.ts_ns = rec.ts_recv_ns;
+                d.instrument_id = rec.instrument_id;
+                d.topic.clear();
+                d.topic.extend_from_slice(rec.topic);
+                d.bytes.clear();
+                d.bytes.extend_from_slice(rec.bytes);
+                d.loaded = true;
+                d.base_ns.get_or_insert(d.ts_ns);
+                self.p.market_ns.store(d.ts_ns, Ordering::Relaxed);
+                Ok(true)
+            }
+        }
+    }
+
+    /// The recorded offset of the loaded message from the source's first (files).
+    fn recorded_offset(&mut self) -> u64 {
+        match &mut self.cursor {
+            Cursor::Capture { first_recv_ns, recv_ns, .. } => {
+                recv_ns.saturating_sub(*first_recv_ns.get_or_insert(*recv_ns))
+            }
+            Cursor::Dbn(d) => d.ts_ns.saturating_sub(d.base_ns.unwrap_or(d.ts_ns)),
+            _ => 0,
+        }
+    }
+
+    /// Start new sessions on every shard (a restart on purpose); the source's sequences start over.
+    fn restart(&mut self) {
+        self.p.restarts += 1;
+        let mut seed = crate::feed::SplitMix64::new(crate::clock::realtime_ns() ^ self.p.restarts.rotate_left(32));
+        for sh in &mut self.p.shards {
+            let old = sh.session_id;
+            while sh.session_id == old {
+                sh.session_id = seed.next_u64();
+            }
+            sh.stream_seq = 0;
+            sh.data_sent = 0;
+        }
+        match &mut self.cursor {
+            Cursor::Generator { gen, payload, frames, .. } => *frames = self.p.generated_templates(gen, payload),
+            Cursor::Capture { topic_seq, .. } => topic_seq.clear(),
+            Cursor::Dbn(d) => d.slots.iter_mut().for_each(|s| s.0 = 0),
+            Cursor::Prebuilt { .. } => {}
+        }
+    }
+
+    /// Make the loaded message the one sent at `send_time_ns` (its sequences are spent): what
+    /// to push, or None when the source has no message for it.
+    fn encode(&mut self, send_time_ns: u64) -> Option<Pending> {
+        let shards = self.p.shards.len();
+        match &mut self.cursor {
+            Cursor::Generator { gen, frames, slot, .. } => {
+                *slot = gen.next_topic();
+                let tf = frames.get_mut(*slot)?;
+                tf.topic_seq += 1;
+                let sh = &mut self.p.shards[tf.shard];
+                sh.stream_seq += 1;
+                patch_generated(&mut tf.frame, tf.topic_len, sh.stream_seq, tf.topic_seq, send_time_ns, self.i);
+                Some(Pending { shard: tf.shard, at: FrameAt::Template(*slot), n_parts: 1, data: Some(1) })
+            }
+            Cursor::Prebuilt { frames } => {
+                let slot = (self.i % frames.len() as u64) as usize;
+                let tf = &mut frames[slot];
+                let sh = &mut self.p.shards[tf.shard];
+                sh.stream_seq += 1;
+                tf.topic_seq += 1;
+                wire::patch_sequences(&mut tf.frame, tf.topic_len, sh.stream_seq, tf.topic_seq, send_time_ns);
+                Some(Pending { shard: tf.shard, at: FrameAt::Template(slot), n_parts: 1, data: Some(1) })
+            }
+            Cursor::Capture { restamp, topic_seq, parts, n_parts, .. } => {
+                let view = if *n_parts == 1 { wire::decode(&parts[0]).ok() } else { None };
+                let k = match view {
+                    // Verbatim mdsub frames keep their publisher's stream whole on one shard
+                    // (its stream sequence would show false gaps if split).
+                    Some(v) if !*restamp => {
+                        let mut key = [0u8; 12];
+                        key[..4].copy_from_slice(&v.header.publisher_id.to_le_bytes());
+                        key[4..].copy_from_slice(&v.header.session_id.to_le_bytes());
+                        shard_of(&key, shards)
+                    }
+                    Some(v) => shard_of(v.topic, shards),
+                    None => {
+                        let first = &parts[0];
+                        shard_of(wire::split_topic(first).map(|(t, _)| t).unwrap_or(first), shards)
+                    }
+                };
+                let is_data = view.is_some();
+                if *restamp {
+                    if let Some(v) = view {
+                        let seq = match topic_seq.get_mut(v.topic) {
+                            Some(s) => s,
+                            None => topic_seq.entry(v.topic.to_vec()).or_insert(0),
+                        };
+                        *seq += 1;
+                        let s = *seq;
+                        // Encode from the borrowed view into the buffer, then swap it in.
+                        encode_data(&mut self.p.shards[k], &mut self.p.buf, v.topic, s, send_time_ns, v.payload);
+                        std::mem::swap(&mut parts[0], &mut self.p.buf);
+                    }
+                }
+                Some(Pending { shard: k, at: FrameAt::Part(0), n_parts: *n_parts, data: Some(is_data as u64) })
+            }
+            Cursor::Dbn(d) => {
+                let d = &mut **d;
+                let slot = *d.slot_of_id.entry(d.instrument_id).or_insert_with(|| {
+                    *d.slot_of_topic.entry(d.topic.clone()).or_insert_with(|| {
+                        d.slots.push((0, shard_of(&d.topic, shards)));
+                        d.slots.len() - 1
+                    })
+                });
+                let entry = &mut d.slots[slot];
+                entry.0 += 1;
+                let (seq, k) = *entry;
+                encode_data(&mut self.p.shards[k], &mut self.p.buf, &d.topic, seq, send_time_ns, &d.bytes);
+                let ts = d.ts_ns;
+                d.span = Some(d.span.map_or((ts, ts), |(first, last)| (first, last.max(ts))));
+                Some(Pending { shard: k, at: FrameAt::Buf, n_parts: 1, data: Some(1) })
+            }
+        }
+    }
+
+    /// Send what is due, up to [`BATCH`] messages.
+    fn send_batch(&mut self) -> Result<Step, ReplayError> {
+        let mut n = std::mem::take(&mut self.sent_in_wait);
+        if self.stop.is_stopped() {
+            self.interrupted = true;
+            self.pending = None;
+            self.finish_schedule();
+            return Ok(Step::Worked(n));
+        }
+        if self.pending.is_some() {
+            match self.push(None)? {
+                Push::Full => return Ok(Step::Blocked(n)),
+                Push::Done => n += 1,
+            }
+        }
+        let now = mono_ns();
+        if self.schedule.is_none() {
+            // The schedule starts with the first turn, on the sending thread. SAFETY:
+            // PR_SET_TIMERSLACK only changes this thread's timer slack (so the naps until a turn
+            // are accurate).
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+            self.schedule = Some(Schedule::new(self.pacing, self.duration_ns, now, crate::clock::realtime_ns()));
+        }
+        self.next_due_ns = 0;
+        for _ in 0..BATCH {
+            if self.i >= self.max_msgs {
+                self.finish_schedule();
+                break;
+            }
+            if let Some((started, until)) = self.stall {
+                if now < until {
+                    self.next_due_ns = until;
+                    break;
+                }
+                self.p.paused += Duration::from_nanos(now.saturating_sub(started));
+                self.stall = None;
+            }
+            if !self.load()? {
+                self.finish_schedule();
+                break;
+            }
+            if self.due.is_none() {
+                // Every 1 Ki messages: progress, and a subscriber that left is said while the
+                // run goes on.
+                if self.i & 0x3ff == 0 {
+                    self.progress.store(self.i, Ordering::Relaxed);
+                    self.p.drain_subscriptions()?;
+                }
+                let due = self.faults.due(self.i).unwrap_or_default();
+                self.due = Some(due);
+                if due.restart {
+                    self.restart();
+                }
+                if let Some(d) = due.pause {
+                    // Stall: send nothing, not even heartbeats, while the schedule runs on.
+                    self.stall = Some((now, now.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64)));
+                    if let Some(s) = self.schedule.as_mut() {
+                        s.restamp();
+                    }
+                    continue;
+                }
+            }
+            let offset = match self.pacing {
+                Pacing::Recorded { speed } => Some(scale_ns(self.recorded_offset(), speed)),
+                _ => None,
+            };
+            let Some(schedule) = self.schedule.as_mut() else { break };
+            let turn = match offset {
+                Some(o) => schedule.turn_at(o, now),
+                None => schedule.turn(self.i, now),
+            };
+            let send_time_ns = match turn {
+                Turn::Send(t) => t,
+                Turn::Over => {
+                    self.finish_schedule();
+                    break;
+                }
+                Turn::Wait(left) => {
+                    self.next_due_ns = now + left;
+                    self.on_wait(now)?;
+                    break;
+                }
+            };
+            let Some(pending) = self.encode(send_time_ns) else {
+                self.finish_schedule();
+                break;
+            };
+            if self.due.is_some_and(|d| d.drop) {
+                // The message's sequence numbers are used up: the gap is the drop.
+                self.p.dropped_on_purpose += 1;
+                self.advance();
+                continue;
+            }
+            self.pending = Some(pending);
+            match self.push(None)? {
+                Push::Full => return Ok(Step::Blocked(n)),
+                Push::Done => n += 1,
+            }
+        }
+        self.progress.store(self.i, Ordering::Relaxed);
+        Ok(Step::Worked(n))
+    }
+
+    /// Waiting for a turn at `now`: heartbeat when it is time (which drains the subscription
+    /// events too), else drain them if [`DRAIN_EVERY`] has passed, so a subscriber that left is
+    /// seen, and what is sent after it is counted, within about that long at any pace.
+    fn on_wait(&mut self, now: u64) -> Result<(), ReplayError> {
+        let heartbeat = self.schedule.as_mut().is_some_and(|s| s.heartbeat_due(now));
+        if heartbeat {
+            self.p.heartbeat_once()
+        } else if self.p.drained_at.elapsed() >= DRAIN_EVERY {
+            self.p.drain_subscriptions()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The schedule is done (its end, the limits, the source's end, or a stop request): what
+    /// it achieved is kept, and the end of stream follows.
+    fn finish_schedule(&mut self) {
+        if self.phase != Phase::Sending {
+            return;
+        }
+        self.p.achieved_msgs_per_sec = self.schedule.as_ref().and_then(Schedule::achieved_msgs_per_sec);
+        if let Some((started, _)) = self.stall.take() {
+            self.p.paused += Duration::from_nanos(mono_ns().saturating_sub(started));
+        }
+        self.progress.store(self.i, Ordering::Relaxed);
+        self.schedule_done.store(mono_ns().max(1), Ordering::Release);
+        if let Cursor::Dbn(d) = &mut self.cursor {
+            say_dbn_refusals(self.p.say_refusals, &d.merge, &mut d.said_rtypes, &mut d.said_damage);
+            self.p.skipped_by_rtype = d.merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
+            self.p.market_span_ns = d.span;
+            for e in d.merge.take_damage() {
+                if let Some(reason) = e.damage_reason() {
+                    *self.p.refused.entry(reason.to_string()).or_default() += 1;
+                }
+            }
+        }
+        self.phase = Phase::Ending { shard: 0, deadline_ns: 0 };
+    }
+
+    /// End of stream on the next shard (its own deadline starts).
+    fn next_eos_shard(&mut self) {
+        if let Phase::Ending { shard, .. } = self.phase {
+            self.phase = Phase::Ending { shard: shard + 1, deadline_ns: 0 };
+        }
+    }
+
+    /// Send end of stream on every shard: payload = mdsub data frames sent on it (u64 LE).
+    /// Sent lossless even by a lossy publisher, waiting at most [`EOS_TIMEOUT`] per shard (1 s
+    /// after a stop request); a shard that cannot take it in time is counted in `eos_missed`.
+    fn end_step(&mut self) -> Result<Step, ReplayError> {
+        let n = std::mem::take(&mut self.sent_in_wait);
+        loop {
+            let Phase::Ending { shard, deadline_ns } = self.phase else { return Ok(Step::Finished(n)) };
+            if shard == 0 && deadline_ns == 0 && self.pending.is_none() {
+                // A subscriber that left during a flat-out run (no wait drained the
+                // subscriptions) is said now.
+                self.p.drain_subscriptions()?;
+                self.p.sending = false;
+            }
+            if shard >= self.p.shards.len() {
+                self.phase = Phase::Done;
+                return Ok(Step::Finished(n));
+            }
+            let now = mono_ns();
+            if deadline_ns == 0 {
+                let wait = if self.stop.is_stopped() { Duration::from_secs(1) } else { EOS_TIMEOUT };
+                self.phase = Phase::Ending { shard, deadline_ns: now + wait.as_nanos() as u64 };
+                self.p.encode_control(shard, Kind::EndOfStream);
+                self.pending = Some(Pending { shard, at: FrameAt::Buf, n_parts: 1, data: None });
+            }
+            match self.push(None)? {
+                Push::Done => {}
+                Push::Full if now >= deadline_ns && deadline_ns != 0 => {
+                    self.pending = None;
+                    self.eos_missed += 1;
+                    self.next_eos_shard();
+                }
+                Push::Full => return Ok(Step::Blocked(n)),
+            }
+        }
+    }
+}
+
+impl Agent for PublisherAgent {
+    fn role(&self) -> &str {
+        &self.role
+    }
+
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        if let Some(e) = self.error.take() {
+            return Err(self.zmq_error(e));
+        }
+        let step = match self.phase {
+            Phase::Sending => self.send_batch(),
+            Phase::Ending { .. } => self.end_step(),
+            Phase::Done => Ok(Step::Finished(0)),
+        };
+        step.map_err(|e| self.zmq_error(e))
+    }
+
+    /// Nap until the next turn (or the stall's end), at most `timeout`: about 2 µs before
+    /// it, spinning the rest, so the turn is taken on time whatever the idle strategy.
+    fn idle_wait(&mut self, timeout: Duration) {
+        let left = self.next_due_ns.saturating_sub(mono_ns());
+        let left = left.min(timeout.as_nanos().min(u64::MAX as u128) as u64);
+        if left > 4_000 {
+            std::thread::sleep(Duration::from_nanos(left - 2_000));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Wait in the pending message's own send, up to `timeout` (at least 1 ms, libzmq's unit).
+    fn blocked_wait(&mut self, timeout: Duration) {
+        let mut ms = timeout.as_millis().clamp(1, 100) as i32;
+        if let Phase::Ending { deadline_ns, .. } = self.phase {
+            let left_ms = deadline_ns.saturating_sub(mono_ns()) / 1_000_000;
+            ms = ms.min(left_ms.max(1) as i32);
+        }
+        let was = self.pending.and_then(|p| p.data);
+        match self.push(Some(ms)) {
+            Ok(Push::Done) if was.is_some() => self.sent_in_wait += 1,
+            Ok(_) => {}
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+/// Say (stderr) each record type not replayed and each damaged file the first time they
+/// are met (unless told not to: [`Publisher::say_refusals`]); the counts per type are in
+/// the run's stats (`skipped_by_rtype`) and its summary line.
+fn say_dbn_refusals(say: bool, merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
+    for rt in merge.skipped().keys() {
+        if !said_rtypes.contains(rt) {
+            said_rtypes.push(*rt);
+            if say {
+                crate::diag!(
+                    "replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)"
+                );
+            }
+        }
+    }
+    for e in merge.damage().iter().skip(*said_damage).filter(|_| say) {
+        let reason = e.damage_reason().unwrap_or("bad_record");
+        crate::diag!("replay: refused ({reason}): {e}; {}, the other files go on", stops_here(reason));
+    }
+    *said_damage = merge.damage().len();
+}
