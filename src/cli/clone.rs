@@ -297,34 +297,43 @@ pub(crate) fn wait_synced(
     timeout: Duration,
     stop: &StopFlag,
 ) -> anyhow::Result<()> {
-    match client.wait_synced_or_stop(timeout, stop) {
+    // The standby question comes out of the same budget: `--timeout 1s` ends in about 1 s
+    // (asking each server for up to 1 s after the wait made it 1 s more per server).
+    let ask = (timeout / 4).min(STANDBY_ASK);
+    match client.wait_synced_or_stop(timeout - ask, stop) {
         Ok(_) => Ok(()),
-        Err(ClientError::Timeout { after, .. }) => {
+        Err(ClientError::Timeout { .. }) => {
             let names = servers.join(", ");
             // The handshake refusal when there was one; a standby's state; else the wait is the
             // whole story.
             if let Some(why) = client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys)) {
                 return Err(anyhow::Error::msg(why).context(NoServer { servers: names, within: None }));
             }
-            match standing_by(servers, keys, stop) {
-                Some(why) => Err(anyhow::Error::msg(why).context(NoServer { servers: names, within: Some(after) })),
-                None => Err(NoServer { servers: names, within: Some(after) }.into()),
+            match standing_by(servers, keys, ask, stop) {
+                Some(why) => Err(anyhow::Error::msg(why).context(NoServer { servers: names, within: Some(timeout) })),
+                None => Err(NoServer { servers: names, within: Some(timeout) }.into()),
             }
         }
         Err(e) => interrupted(Err(e)).context("connecting to the clone servers"),
     }
 }
 
-/// How long [`standing_by`] waits for each server's STATUS reply.
+/// The most [`standing_by`] takes of a wait's `--timeout` (a quarter of it when less).
 const STANDBY_ASK: Duration = Duration::from_secs(1);
 
 /// The servers among `servers` that answer STATUS as a Binary Star standby (`passive`, or a
 /// `backup` that has not been passive yet), as the cause of a snapshot nobody served: such a
 /// server ignores a client's snapshot request while its active peer lives. None when none does.
-fn standing_by(servers: &[String], keys: Option<&ClientKeys>, stop: &StopFlag) -> Option<String> {
+/// All the questions together take at most `budget`, shared among the servers not yet asked.
+fn standing_by(servers: &[String], keys: Option<&ClientKeys>, budget: Duration, stop: &StopFlag) -> Option<String> {
+    let deadline = std::time::Instant::now() + budget;
     let mut said = Vec::new();
-    for s in servers {
-        let Ok(text) = crate::clone::server_status_or_stop(s, STANDBY_ASK, keys, stop) else { continue };
+    for (i, s) in servers.iter().enumerate() {
+        let share = deadline.saturating_duration_since(std::time::Instant::now()) / (servers.len() - i) as u32;
+        if share.is_zero() {
+            break;
+        }
+        let Ok(text) = crate::clone::server_status_or_stop(s, share, keys, stop) else { continue };
         match text.lines().find_map(|l| l.strip_prefix("state=")) {
             Some("passive") => said.push(format!(
                 "{s} answers as passive: a Binary Star standby serves only once its active peer has been \
