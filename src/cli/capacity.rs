@@ -80,10 +80,10 @@ pub struct CapacityArgs {
     /// another run already has that name) is made in this directory.
     #[arg(long, default_value = "capacity-results", value_name = "DIR")]
     pub out: PathBuf,
-    /// An external publisher driving the engine: `connect:EP`, the control
+    /// An external publisher driving the engine: `connect:EP` or `EP`, the control
     /// endpoint of `mdsub replay --serve-trials bind:EP`, maybe on another host.
     /// Default: a publisher in this process, sharing this host with the engine.
-    #[arg(long, value_parser = parse_connect_endpoint, value_name = "connect:EP")]
+    #[arg(long, value_parser = parse_connect_endpoint, value_name = "[connect:]EP")]
     pub publisher: Option<Endpoint>,
     /// The in-process publisher never sends faster than this (msg/s): a load
     /// generator that cannot keep up. Trials above it are "rate not achieved".
