@@ -121,6 +121,17 @@ impl IdleStrategy {
         }
     }
 
+    /// The name [`IdleStrategy::from_name`] reads as this strategy's kind (`--idle` takes it);
+    /// a `backoff` or `block` with another wait than that name's reads back as the name's.
+    pub fn name(&self) -> &'static str {
+        match self {
+            IdleStrategy::Spin => "spin",
+            IdleStrategy::Yield => "yield",
+            IdleStrategy::Backoff { .. } => "backoff",
+            IdleStrategy::Block { .. } => "block",
+        }
+    }
+
     /// The longest single wait this strategy makes (None: it never blocks).
     pub fn max_wait(&self) -> Option<Duration> {
         match *self {
@@ -770,5 +781,11 @@ mod tests {
     fn idle_names_parse() {
         assert_eq!(IdleStrategy::from_name("spin"), Some(IdleStrategy::Spin));
         assert!(IdleStrategy::from_name("nap").is_none());
+        // The name reads back as the strategy it came from (clone-bench passes it to the
+        // clone-server processes it starts).
+        for name in IdleStrategy::NAMES.split(", ") {
+            let idle = IdleStrategy::from_name(name).expect(name);
+            assert_eq!((idle.name(), IdleStrategy::from_name(idle.name())), (name, Some(idle)));
+        }
     }
 }

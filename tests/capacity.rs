@@ -49,6 +49,65 @@ fn trials(c: &Value) -> &Vec<Value> {
     c["trials"].as_array().expect("trials")
 }
 
+/// The result shape every benchmark has (`runs`, `medians`, `ratios`), checked against
+/// capacity's own `configurations` and `winner`: every trial is a run, in the order made; each
+/// configuration with a knee has a median, the knee trial's figures; each knee over the
+/// winner's is a ratio. Before, summary.json had none of the three.
+fn assert_common_shape(v: &Value) {
+    let runs = v["runs"].as_array().unwrap_or_else(|| panic!("runs: {v}"));
+    let medians = v["medians"].as_array().unwrap_or_else(|| panic!("medians: {v}"));
+    let ratios = v["ratios"].as_array().unwrap_or_else(|| panic!("ratios: {v}"));
+    let configs = v["configurations"].as_array().expect("configurations");
+    // The runs: every configuration's trials, in order, with the same figures.
+    let made: Vec<(&Value, &Value)> = configs.iter().flat_map(|c| trials(c).iter().map(move |t| (c, t))).collect();
+    assert_eq!(runs.len(), made.len(), "a run per trial: {v}");
+    for (r, (c, t)) in runs.iter().zip(&made) {
+        assert_eq!(r["subscriber"], c["name"], "{r}");
+        assert_eq!((&r["offered_msgs_per_sec"], &r["achieved_msgs_per_sec"]), (&t["offered"], &t["achieved"]), "{r}");
+        assert_eq!((&r["purpose"], &r["runs"], &r["lost"]), (&t["purpose"], &t["runs"], &t["lost"]), "{r}");
+        let pass = t["verdict"]["result"] == "pass";
+        assert_eq!((r["pass"].as_bool(), &r["verdict"]), (Some(pass), &t["verdict"]["result"]), "{r}");
+        assert_eq!(r.get("why").is_some(), !pass, "a failure says why: {r}");
+        for p in ["p50_ns", "p99_ns", "p999_ns", "max_ns"] {
+            assert!(r[p].is_u64(), "{p}: {r}");
+        }
+    }
+    // The medians: one per configuration with a knee, its knee trial's figures.
+    let with_knee: Vec<&Value> = configs.iter().filter(|c| c["outcome"]["knee"].is_u64()).collect();
+    assert_eq!(medians.len(), with_knee.len(), "{v}");
+    for (m, c) in medians.iter().zip(&with_knee) {
+        assert_eq!((&m["subscriber"], &m["msgs_per_sec"]), (&c["name"], &c["outcome"]["knee"]), "{m}");
+        let at = runs
+            .iter()
+            .rev()
+            .find(|r| {
+                r["subscriber"] == m["subscriber"]
+                    && r["offered_msgs_per_sec"] == m["msgs_per_sec"]
+                    && r["pass"] == true
+            })
+            .unwrap_or_else(|| panic!("a passing run at the knee for {m}"));
+        for f in ["achieved_msgs_per_sec", "p50_ns", "p99_ns", "p999_ns", "max_ns", "runs"] {
+            assert_eq!(m[f], at[f], "{f}: median {m} against run {at}");
+        }
+    }
+    // The ratios: each knee over the winner's, named `CONFIG / WINNER`.
+    match v["winner"].as_str() {
+        None => assert!(ratios.is_empty(), "no winner, no ratios: {v}"),
+        Some(w) => {
+            let knee_of =
+                |name: &str| medians.iter().find(|m| m["subscriber"] == name).and_then(|m| m["msgs_per_sec"].as_f64());
+            let best = knee_of(w).expect("the winner has a knee");
+            assert_eq!(ratios.len(), medians.len(), "{v}");
+            for (pair, m) in ratios.iter().zip(medians) {
+                let name = m["subscriber"].as_str().expect("name");
+                assert_eq!(pair[0].as_str(), Some(format!("{name} / {w}").as_str()), "{pair}");
+                let want = knee_of(name).expect("knee") / best;
+                assert!(pair[1].as_f64().is_some_and(|r| (r - want).abs() < 1e-12), "{pair}: {want}");
+            }
+        }
+    }
+}
+
 #[test]
 fn finds_a_known_limit_and_writes_every_output() {
     let _one = serial();
@@ -110,6 +169,10 @@ fn finds_a_known_limit_and_writes_every_output() {
     assert_eq!(saved["machine"]["mdsub_commit"], v["machine"]["mdsub_commit"]);
     assert!(saved["settings"]["sla"].is_string(), "{saved}");
     assert!(saved.get("error").is_none(), "a whole result has no error: {saved}");
+    assert_common_shape(&saved);
+    assert_eq!(saved["runs"], v["runs"], "--json and summary.json agree");
+    assert!(saved["runs"].as_array().is_some_and(|r| r.iter().any(|r| r["pass"] == false)), "a failed trial: {saved}");
+    assert_eq!(saved["medians"].as_array().map(Vec::len), Some(2), "{saved}");
 
     // The plot: valid SVG, one series per configuration and percentile.
     let svg = std::fs::read_to_string(folder.join("capacity.svg")).expect("svg");
@@ -229,6 +292,8 @@ fn no_configuration_passing_is_exit_status_5_with_the_results_written() {
     let folder = PathBuf::from(folder.split(" (").next().expect("the folder"));
     let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
     assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some("no-pass")), "{saved}");
+    assert_common_shape(&saved);
+    assert_eq!(saved["medians"], serde_json::json!([]), "no knee, no median: {saved}");
     let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
     assert!(md.contains("- winner: none (no configuration passed)\n"), "{md}");
     assert!(!folder.join("winner.toml").exists());

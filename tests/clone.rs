@@ -1618,7 +1618,8 @@ fn clone_bench_ended_by_sigterm_leaves_no_server_behind() {
     // clone-bench starts a Binary Star pair of clone-server processes for each failover run.
     // SIGTERM ends clone-bench at once; before, its servers lived on (parent 1, ports held).
     let mut cmd = mdsub();
-    cmd.args(["clone-bench", "--updates", "1k", "--keys", "1k", "--runs", "1", "--silence", "30s"]);
+    // `--idle yield`: the servers it starts run with it too (before, `--idle` was refused).
+    cmd.args(["clone-bench", "--updates", "1k", "--keys", "1k", "--runs", "1", "--silence", "30s", "--idle", "yield"]);
     let mut bench = Proc::spawn("clone-bench", cmd.stdout(std::process::Stdio::null()));
     let pid = bench.pid();
     let mut servers = Vec::new();
@@ -1626,6 +1627,15 @@ fn clone_bench_ended_by_sigterm_leaves_no_server_behind() {
         servers = children_of(pid);
         servers.len() >= 2
     });
+    for s in &servers {
+        let args = std::fs::read(format!("/proc/{s}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = args.split(|&b| b == 0).collect();
+        assert!(
+            args.windows(2).any(|w| w == [&b"--idle"[..], &b"yield"[..]]),
+            "server {s} runs with the bench's --idle: {:?}",
+            String::from_utf8_lossy(&args.join(&b' '))
+        );
+    }
     bench.signal(15);
     let status = bench.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(130));
@@ -1688,6 +1698,36 @@ fn clone_bench_json_is_one_stamped_object_with_the_update_rates_and_snapshot_tim
     assert!(r.get("error").is_none(), "{r}");
     // The human lines went to stderr.
     assert!(err.contains("median: snapshot of 2000 keys"), "{err}");
+    // The agents' idle strategy is a setting: the default, a background client's `block`.
+    assert_eq!(r["settings"]["idle"]["kind"], "block", "{r}");
+}
+
+#[test]
+fn clone_bench_runs_its_agents_with_the_idle_strategy_given() {
+    // Before, clone-bench had no --idle (its servers and clients always blocked 100 ms at a
+    // time); with `spin` every agent spins, and the run still completes on a shared box.
+    let args = [
+        "clone-bench",
+        "--updates",
+        "2k",
+        "--keys",
+        "2k",
+        "--runs",
+        "1",
+        "--skip-failover",
+        "--idle",
+        "spin",
+        "--json",
+    ];
+    let (code, out, err) = run_within("clone-bench", mdsub().args(args), Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let r = common::bench_result("clone-bench", &out);
+    assert_eq!(r["settings"]["idle"], serde_json::json!({"kind": "spin"}), "{r}");
+    assert!(err.contains(", idle spin"), "said with the settings: {err}");
+    assert!(r.get("error").is_none(), "{r}");
+    let names: Vec<&str> =
+        r["medians"].as_array().expect("medians").iter().filter_map(|x| x["subscriber"].as_str()).collect();
+    assert_eq!(names, ["baseline", "raw-subscriber", "clone-client", "clone-client/snapshot"], "{r}");
 }
 
 /// Issue bstar13-1: one frame over the 4 KiB limit on the Binary Star state link made libzmq

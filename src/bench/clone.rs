@@ -31,6 +31,10 @@ pub struct CloneBenchConfig {
     pub skip_failover: bool,
     /// Client silence before failover, for the failover runs.
     pub silence_ms: u64,
+    /// Idle strategy of every agent the benchmark starts: the in-process clone servers and
+    /// `clone::Client`s, and the failover runs' `clone-server` processes (`--idle` by
+    /// [`IdleStrategy::name`]).
+    pub idle: IdleStrategy,
 }
 
 fn free_port_block(n: u16) -> anyhow::Result<u16> {
@@ -55,16 +59,12 @@ struct InProcServer {
 }
 
 impl InProcServer {
-    fn start() -> anyhow::Result<Self> {
+    fn start(idle: IdleStrategy) -> anyhow::Result<Self> {
         let port = free_port_block(3)?;
         let stop = StopFlag::new();
         let cfg = ServerConfig { port, verbose: false, ..ServerConfig::default() };
         let server = Server::new(cfg)?;
-        let handle = Runner::start(
-            RunSpec { core: None, idle: IdleStrategy::Block { wait_us: 100_000 } },
-            stop.clone(),
-            server,
-        )?;
+        let handle = Runner::start(RunSpec::unpinned(idle), stop.clone(), server)?;
         Ok(InProcServer { stop, handle: Some(handle), port })
     }
 
@@ -138,8 +138,8 @@ fn count_updates(sub: &zmq::Socket, n: u64, who: &str) -> anyhow::Result<Duratio
 /// Updates/s from the collector through the server to a raw CHP subscriber that decodes every
 /// KVPUB (`client == false`) or to a `clone::Client` that stores them (`client == true`). The clock
 /// starts at the first update received and stops at the n-th.
-fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
-    let server = InProcServer::start()?;
+fn throughput_once(n: u64, client: bool, idle: IdleStrategy) -> anyhow::Result<f64> {
+    let server = InProcServer::start(idle)?;
     let ctx = zmq::Context::new();
     let feeder_ctx = ctx.clone();
     let port = server.port;
@@ -148,12 +148,15 @@ fn throughput_once(n: u64, client: bool) -> anyhow::Result<f64> {
     // first poll that sees updates and only those counted after it are timed (all of them from
     // the feed's start when most came before that poll); the raw SUB times from its first update.
     let (timed, elapsed) = if client {
-        let c = Client::start(ClientConfig {
-            servers: vec![server.base()],
-            subtree: "/t/".into(),
-            sub_hwm_msgs: 0,
-            ..ClientConfig::default()
-        })?;
+        let c = Client::start_with(
+            ClientConfig {
+                servers: vec![server.base()],
+                subtree: "/t/".into(),
+                sub_hwm_msgs: 0,
+                ..ClientConfig::default()
+            },
+            idle,
+        )?;
         c.wait_synced(Duration::from_secs(10))?;
         let fed_at = Instant::now();
         let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
@@ -219,8 +222,8 @@ fn baseline_once(n: u64) -> anyhow::Result<f64> {
 }
 
 /// Seconds for a `clone::Client` to receive and store a snapshot of `keys` keys.
-fn snapshot_once(keys: u64) -> anyhow::Result<f64> {
-    let server = InProcServer::start()?;
+fn snapshot_once(keys: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
+    let server = InProcServer::start(idle)?;
     let ctx = zmq::Context::new();
     feed(&ctx, server.port, keys, keys, "/s/")?;
     let end = Instant::now() + Duration::from_secs(120);
@@ -235,12 +238,15 @@ fn snapshot_once(keys: u64) -> anyhow::Result<f64> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let start = Instant::now();
-    let client = Client::start(ClientConfig {
-        servers: vec![server.base()],
-        silence_ms: 10_000,
-        snapshot_retry_ms: 10_000,
-        ..ClientConfig::default()
-    })?;
+    let client = Client::start_with(
+        ClientConfig {
+            servers: vec![server.base()],
+            silence_ms: 10_000,
+            snapshot_retry_ms: 10_000,
+            ..ClientConfig::default()
+        },
+        idle,
+    )?;
     let s = client.wait_synced(Duration::from_secs(60))?;
     let t = start.elapsed().as_secs_f64();
     if s.keys as u64 != keys {
@@ -250,7 +256,7 @@ fn snapshot_once(keys: u64) -> anyhow::Result<f64> {
 }
 
 /// Seconds from kill -9 of the active primary to a client receiving a live update from the backup.
-fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
+fn failover_once(silence_ms: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
     let exe = std::env::current_exe().context("finding the mdsub binary")?;
     let pp = free_port_block(4)?;
     let bp = free_port_block(4)?;
@@ -259,6 +265,7 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["clone-server", "--quiet", "--endpoint", &format!("tcp://127.0.0.1:{port}"), role, "--peer"])
             .arg(format!("tcp://127.0.0.1:{peer}"))
+            .args(["--idle", idle.name()])
             .stdin(std::process::Stdio::null());
         // The servers end with this process however it ends (Ctrl-C or SIGTERM ends
         // clone-bench at once, before it could kill them): the kernel sends them SIGTERM
@@ -301,8 +308,8 @@ fn failover_once(silence_ms: u64) -> anyhow::Result<f64> {
             silence_ms,
             ..ClientConfig::default()
         };
-        let writer = Client::start(cfg.clone())?;
-        let watcher = Client::start(cfg)?;
+        let writer = Client::start_with(cfg.clone(), idle)?;
+        let watcher = Client::start_with(cfg, idle)?;
         writer.wait_synced(Duration::from_secs(5))?;
         watcher.wait_synced(Duration::from_secs(5))?;
         let rx = watcher.watch("/f/")?;
@@ -427,8 +434,12 @@ pub fn run(args: &CloneBenchConfig, lines: Lines) -> anyhow::Result<CloneResult>
     let machine = Machine::here();
     lines.say(format_args!("clone-bench  {machine}"));
     lines.say(format_args!(
-        "clone-bench: {runs} run(s) each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms",
-        args.updates, args.keys, args.silence_ms
+        "clone-bench: {runs} run(s) each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms, \
+         idle {}",
+        args.updates,
+        args.keys,
+        args.silence_ms,
+        args.idle.name()
     ));
     let settings = serde_json::json!({
         "runs": runs,
@@ -438,6 +449,7 @@ pub fn run(args: &CloneBenchConfig, lines: Lines) -> anyhow::Result<CloneResult>
         "snapshot_keys": args.keys,
         "failover": !args.skip_failover,
         "silence_ms": args.silence_ms,
+        "idle": args.idle,
         "transport": "tcp loopback",
     });
     let mut result = CloneResult {
@@ -456,19 +468,26 @@ pub fn run(args: &CloneBenchConfig, lines: Lines) -> anyhow::Result<CloneResult>
             lines.say(format_args!("  baseline run {i}: feeder -> raw SUB, no server: {b:.0} updates/s"));
         }
         for i in 1..=runs {
-            let Some(r) = result.record("raw-subscriber", i, throughput_once(args.updates, false)) else { break 'runs };
-            let Some(c) = result.record("clone-client", i, throughput_once(args.updates, true)) else { break 'runs };
+            let Some(r) = result.record("raw-subscriber", i, throughput_once(args.updates, false, args.idle)) else {
+                break 'runs;
+            };
+            let Some(c) = result.record("clone-client", i, throughput_once(args.updates, true, args.idle)) else {
+                break 'runs;
+            };
             lines.say(format_args!(
                 "  throughput run {i}: raw CHP subscriber {r:.0} updates/s, clone::Client {c:.0} updates/s"
             ));
         }
         for i in 1..=runs {
-            let Some(t) = result.record("clone-client/snapshot", i, snapshot_once(args.keys)) else { break 'runs };
+            let Some(t) = result.record("clone-client/snapshot", i, snapshot_once(args.keys, args.idle)) else {
+                break 'runs;
+            };
             lines.say(format_args!("  snapshot run {i}: {t:.3} s for {} keys", args.keys));
         }
         if !args.skip_failover {
             for i in 1..=runs {
-                let Some(t) = result.record("clone-client/failover", i, failover_once(args.silence_ms)) else {
+                let Some(t) = result.record("clone-client/failover", i, failover_once(args.silence_ms, args.idle))
+                else {
                     break 'runs;
                 };
                 lines.say(format_args!("  failover run {i}: {t:.3} s from kill -9 to the next live update"));

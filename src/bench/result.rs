@@ -1,6 +1,7 @@
-//! The one result shape of every end-to-end benchmark (`mdsub bench`, `lvc-bench`, `clone-bench`):
-//! the envelope their `--json` prints and their `--save FILE` writes, and the atomic save file
-//! (their human lines go through [`crate::diag::Lines`]).
+//! The one result shape of every end-to-end benchmark (`mdsub bench`, `lvc-bench`, `clone-bench`,
+//! `capacity`): the envelope their `--json` prints and their `--save FILE` (capacity: its
+//! `summary.json`) writes, and the atomic save file (their human lines go through
+//! [`crate::diag::Lines`]).
 //!
 //! Every result is one JSON object: `kind` (which benchmark), `machine` (the [stamp](super::stamp):
 //! cores, CPU, libzmq, commit, date), `settings`, `runs` (every measurement, those that are not
@@ -8,11 +9,11 @@
 //! `ratios` (`[what, value]` pairs from the same runs), then what the benchmark adds, and `error`
 //! when the whole is not a result (the command then exits non-zero).
 //!
-//! `mdsub capacity`'s `summary.json` ([`CapacityResult`](super::capacity::CapacityResult))
-//! carries the same stamp (`kind` = `capacity`, `machine`, `settings`, `error`) around its own
-//! body: a search measures per configuration (trials, a knee), not variants side by side run by
-//! run, so it has `configurations` and `winner` where the others have `runs`, `medians` and
-//! `ratios`.
+//! `mdsub capacity` ([`CapacityResult`](super::capacity::CapacityResult)) measures per
+//! configuration rather than variants side by side: its `runs` are its trials (each naming its
+//! configuration in `subscriber`), its `medians` each configuration's knee and the latency there,
+//! its `ratios` each knee over the winner's; it adds `configurations` (outcomes and every trial)
+//! and `winner`.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +25,7 @@ use super::stamp::Machine;
 /// A benchmark's result: the common envelope around its own run, median and ratio types.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results<Run, Med, Ratio, Extra = ()> {
-    /// Which benchmark made it: `bench`, `lvc-bench`, `clone-bench`.
+    /// Which benchmark made it: `bench`, `lvc-bench`, `clone-bench`, `capacity`.
     pub kind: &'static str,
     pub machine: Machine,
     pub settings: serde_json::Value,

@@ -386,6 +386,10 @@ pub struct CloneBenchArgs {
     /// Client silence before failover, for the failover runs (e.g. 2s).
     #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
     pub silence: Duration,
+    /// Idle strategy of every agent the benchmark starts: the clone servers (in this process,
+    /// and the failover runs' `clone-server` processes) and the clone clients.
+    #[arg(long, value_enum, default_value_t = Idle::Block)]
+    pub idle: Idle,
     /// Print the whole result as one JSON object on stdout (the run lines go to stderr).
     #[arg(long)]
     pub json: bool,
@@ -403,6 +407,7 @@ impl CloneBenchArgs {
             runs: self.runs,
             skip_failover: self.skip_failover,
             silence_ms: self.silence.as_millis().try_into().unwrap_or(u64::MAX),
+            idle: self.idle.strategy(),
         }
     }
 }

@@ -80,10 +80,10 @@ pub struct CapacityArgs {
     /// another run already has that name) is made in this directory.
     #[arg(long, default_value = "capacity-results", value_name = "DIR")]
     pub out: PathBuf,
-    /// An external publisher driving the engine: `connect:EP`, the control
+    /// An external publisher driving the engine: `connect:EP` or `EP`, the control
     /// endpoint of `mdsub replay --serve-trials bind:EP`, maybe on another host.
     /// Default: a publisher in this process, sharing this host with the engine.
-    #[arg(long, value_parser = parse_connect_endpoint, value_name = "connect:EP")]
+    #[arg(long, value_parser = parse_connect_endpoint, value_name = "[connect:]EP")]
     pub publisher: Option<Endpoint>,
     /// The in-process publisher never sends faster than this (msg/s): a load
     /// generator that cannot keep up. Trials above it are "rate not achieved".
@@ -152,7 +152,7 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
 /// no winner because none passed (or the time cap came first), else 0. Ctrl-C keeps 0: the
 /// results so far are written, marked interrupted, as for every command that shows what it has.
 pub fn exit_status(r: &CapacityResult) -> i32 {
-    match r.no_winner {
+    match r.extra.no_winner {
         Some(NoWinner::NoPass | NoWinner::Capped) => super::EXIT_NO_WINNER,
         Some(NoWinner::Interrupted | NoWinner::Failed) | None => 0,
     }
@@ -293,7 +293,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         return Ok(result);
     }
     crate::outln!("knees:");
-    for c in &result.configurations {
+    for c in &result.extra.configurations {
         let at = |n: &str| {
             c.at_knee
                 .as_ref()
@@ -324,15 +324,15 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             );
         }
     }
-    crate::outln!("publisher: {}", result.publisher);
-    match (&result.winner, &result.winner_profile, result.no_winner) {
+    crate::outln!("publisher: {}", result.extra.publisher);
+    match (&result.extra.winner, &result.extra.winner_profile, result.extra.no_winner) {
         (Some(w), Some(p), _) => crate::outln!("winner: `{w}`, written to {}", p.display()),
         (_, _, Some(why)) => crate::outln!("winner: none ({})", why.text()),
         _ => crate::outln!("winner: none"),
     }
     crate::outln!(
         "results: {} (summary.md, summary.json, capacity.svg, per-trial .hlog/.hgrm)",
-        result.folder.display()
+        result.extra.folder.display()
     );
     Ok(result)
 }

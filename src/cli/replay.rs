@@ -200,7 +200,7 @@ pub struct ReplayArgs {
     /// trial's rate for its duration on --endpoint (generated feed), until
     /// the capacity run ends. With --rate, never send faster than that (a
     /// load generator that cannot keep up: its trials are "rate not achieved").
-    #[arg(long, value_parser = parse_bind_endpoint, value_name = "bind:EP")]
+    #[arg(long, value_parser = parse_bind_endpoint, value_name = "[bind:]EP")]
     pub serve_trials: Option<Endpoint>,
 }
 

@@ -28,6 +28,7 @@ use self::search::{judge, quantile_name, Contradiction, Ending, Next, Outcome, P
 use self::search::{TrialSummary, Verdict};
 use self::trial::{run_trial, PublisherSide, TrialSpec};
 use crate::agent::StopFlag;
+use crate::bench::result::Results;
 use crate::bench::stamp::Machine;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
@@ -206,21 +207,141 @@ pub struct KneeLatency {
     pub runs: usize,
 }
 
-/// The whole run's result (`summary.json`, and `--json`): the stamp every benchmark result
-/// starts with ([`Results`](super::result::Results): `kind`, `machine`, `settings`, and `error`
-/// when it is not a result), then capacity's own fields. A search's measurements belong to a
-/// configuration (its trials, its knee), so they are under `configurations`, not in the
-/// `runs`/`medians`/`ratios` of the benchmarks that compare variants run by run.
+/// One trial in the result's `runs` (every trial of every configuration, in the order made):
+/// the same figures as its entry under `configurations[].trials`, flat, named as the other
+/// benchmarks name theirs.
 #[derive(Debug, Clone, Serialize)]
-pub struct CapacityResult {
-    /// Which benchmark made it: `capacity`.
-    pub kind: &'static str,
-    pub machine: Machine,
-    pub settings: serde_json::Value,
-    /// Why this is not a whole result: a trial could not run, which ended the run part way (exit
-    /// 1; `no_winner` is then `failed`). The error line the command ends with says it too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+pub struct CapacityRun {
+    /// The configuration it belongs to (every benchmark names a run's variant `subscriber`).
+    pub subscriber: String,
+    pub purpose: Purpose,
+    /// The rate offered, msg/s.
+    pub offered_msgs_per_sec: u64,
+    /// What the publisher achieved, msg/s (median over the trial's runs).
+    pub achieved_msgs_per_sec: f64,
+    /// Lost messages over the trial's runs (absent when a run's loss is unknown).
+    pub lost: Option<u64>,
+    /// Latency (median over the trial's runs).
+    #[serde(flatten)]
+    pub latency: Percentiles,
+    /// The trial's runs (`--runs`) its figures are medians of.
+    pub runs: usize,
+    /// Whether the trial passed the SLA.
+    pub pass: bool,
+    /// `pass`, `fail` (the engine failed the SLA) or `rate-not-achieved` (the publisher fell
+    /// short, so the trial says nothing about the engine).
+    pub verdict: &'static str,
+    /// Why it did not pass: each SLA reason, or the publisher's shortfall (absent on a pass).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub why: Vec<String>,
+}
+
+impl CapacityRun {
+    fn of(config: &str, t: &TrialRecord) -> CapacityRun {
+        let v = &t.summary;
+        let (verdict, why) = match &v.verdict {
+            Verdict::Pass => ("pass", Vec::new()),
+            Verdict::Fail { reasons } => ("fail", reasons.clone()),
+            Verdict::RateNotAchieved { achieved } => (
+                "rate-not-achieved",
+                vec![format!("the publisher achieved {achieved:.0} of the {} msg/s offered", v.offered)],
+            ),
+        };
+        CapacityRun {
+            subscriber: config.to_string(),
+            purpose: t.purpose,
+            offered_msgs_per_sec: v.offered,
+            achieved_msgs_per_sec: v.achieved,
+            lost: v.lost,
+            latency: Percentiles::of(|q| v.at(q)),
+            runs: v.runs,
+            pass: v.verdict.is_pass(),
+            verdict,
+            why,
+        }
+    }
+}
+
+/// One configuration's entry in the result's `medians`, for each configuration with a knee:
+/// the knee and the latency there, the medians over the knee trial's runs (the figures of its
+/// `at_knee`, named as the other benchmarks name their medians).
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityMedians {
+    /// The configuration.
+    pub subscriber: String,
+    /// Its knee, msg/s: the highest offered rate that passed and that the search stands by
+    /// (see `configurations[].outcome` for its confirmation and any contradictions).
+    pub msgs_per_sec: u64,
+    /// What the publisher achieved at the knee, msg/s.
+    pub achieved_msgs_per_sec: f64,
+    /// Latency at the knee.
+    #[serde(flatten)]
+    pub latency: Percentiles,
+    /// The knee trial's runs these are medians of.
+    pub runs: usize,
+}
+
+impl CapacityMedians {
+    fn of(c: &ConfigResult) -> Option<CapacityMedians> {
+        let k = c.at_knee.as_ref()?;
+        let at = |q: f64| k.percentiles.iter().find(|p| p.0 == quantile_name(q)).map(|p| p.1);
+        Some(CapacityMedians {
+            subscriber: c.name.clone(),
+            msgs_per_sec: k.rate,
+            achieved_msgs_per_sec: k.achieved,
+            latency: Percentiles::of(at),
+            runs: k.runs,
+        })
+    }
+}
+
+/// The [`REPORTED`] percentiles, ns, named as every benchmark names them (`p50_ns`, `p99_ns`,
+/// `p999_ns`, `max_ns`); each absent when not measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Percentiles {
+    pub p50_ns: Option<u64>,
+    pub p99_ns: Option<u64>,
+    pub p999_ns: Option<u64>,
+    pub max_ns: Option<u64>,
+}
+
+impl Percentiles {
+    /// From the latency at each quantile (`1.0` = max).
+    fn of(at: impl Fn(f64) -> Option<u64>) -> Percentiles {
+        Percentiles { p50_ns: at(0.5), p99_ns: at(0.99), p999_ns: at(0.999), max_ns: at(1.0) }
+    }
+}
+
+/// The latency at `knee`: the figures of the last trial that passed at that rate.
+fn knee_latency(knee: Option<u64>, trials: &[TrialRecord]) -> Option<KneeLatency> {
+    let k = knee?;
+    let t = trials.iter().rev().find(|t| t.summary.offered == k && t.summary.verdict.is_pass())?;
+    Some(KneeLatency {
+        rate: k,
+        achieved: t.summary.achieved,
+        percentiles: t
+            .summary
+            .spread_ns
+            .iter()
+            .filter(|s| REPORTED.contains(&s.0))
+            .map(|&(q, lo, hi)| (quantile_name(q), t.summary.at(q).unwrap_or(0), lo, hi))
+            .collect(),
+        runs: t.summary.runs,
+    })
+}
+
+/// The whole run's result (`summary.json`, and `--json`), in the envelope every benchmark's
+/// result has ([`Results`]): `kind` = `capacity`, `machine`, `settings`;
+/// `runs`, every trial in the order made ([`CapacityRun`]); `medians`, per configuration with a
+/// knee, the knee and the latency there ([`CapacityMedians`]); `ratios`, per configuration with a
+/// knee, `CONFIG / WINNER`: its knee over the winner's (the winner's own is 1; none without a
+/// winner); then capacity's own fields ([`CapacityExtra`]: `configurations` with every trial and
+/// outcome, `winner`, …) and `error` when it is not a whole result.
+pub type CapacityResult = Results<CapacityRun, CapacityMedians, f64, CapacityExtra>;
+
+/// What `mdsub capacity` reports beyond the common envelope.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityExtra {
     pub folder: PathBuf,
     /// Where the load came from, and whether it shared the host.
     pub publisher: String,
@@ -232,6 +353,24 @@ pub struct CapacityResult {
     pub no_winner: Option<NoWinner>,
     pub winner_profile: Option<PathBuf>,
     pub elapsed_s: f64,
+}
+
+/// `runs`, `medians` and `ratios` from the configurations' results (see [`CapacityResult`]).
+fn envelope(
+    configurations: &[ConfigResult],
+    winner: Option<&str>,
+) -> (Vec<CapacityRun>, Vec<CapacityMedians>, Vec<(String, f64)>) {
+    let runs = configurations.iter().flat_map(|c| c.trials.iter().map(|t| CapacityRun::of(&c.name, t))).collect();
+    let medians: Vec<CapacityMedians> = configurations.iter().filter_map(CapacityMedians::of).collect();
+    let best = winner.and_then(|w| medians.iter().find(|m| m.subscriber == w));
+    let ratios = match best {
+        Some(b) => medians
+            .iter()
+            .map(|m| (format!("{} / {}", m.subscriber, b.subscriber), m.msgs_per_sec as f64 / b.msgs_per_sec as f64))
+            .collect(),
+        None => Vec::new(),
+    };
+    (runs, medians, ratios)
 }
 
 /// Why a run has no winner.
@@ -480,21 +619,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             trials.push(TrialRecord { purpose, summary, files });
         }
         let outcome = search.outcome();
-        let at_knee = outcome.knee.and_then(|k| {
-            let t = trials.iter().rev().find(|t| t.summary.offered == k && t.summary.verdict.is_pass())?;
-            Some(KneeLatency {
-                rate: k,
-                achieved: t.summary.achieved,
-                percentiles: t
-                    .summary
-                    .spread_ns
-                    .iter()
-                    .filter(|s| REPORTED.contains(&s.0))
-                    .map(|&(q, lo, hi)| (quantile_name(q), t.summary.at(q).unwrap_or(0), lo, hi))
-                    .collect(),
-                runs: t.summary.runs,
-            })
-        });
+        let at_knee = knee_latency(outcome.knee, &trials);
         let thin_percentile = at_knee.as_ref().and_then(|k| thin_percentile_note(&cfg.sla, k.achieved, cfg.hold));
         let result =
             ConfigResult { name: c.name.clone(), profile_hash: hash, outcome, at_knee, thin_percentile, trials };
@@ -546,18 +671,24 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "capped": capped,
         "interrupted": stop.is_stopped(),
     });
+    let (runs, medians, ratios) = envelope(&results, winner.as_deref());
     let mut result = CapacityResult {
         kind: "capacity",
         machine,
         settings,
+        runs,
+        medians,
+        ratios,
+        extra: CapacityExtra {
+            folder: folder.clone(),
+            publisher,
+            configurations: results,
+            winner: winner.clone(),
+            no_winner,
+            winner_profile: None,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        },
         error: failure.as_ref().map(crate::diag::error_line),
-        folder: folder.clone(),
-        publisher,
-        configurations: results,
-        winner: winner.clone(),
-        no_winner,
-        winner_profile: None,
-        elapsed_s: started.elapsed().as_secs_f64(),
     };
     if let Some(e) = failure {
         // What the summary can keep of the finished trials; the cause is said once, at the end.
@@ -572,17 +703,17 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         let (c, r) = cfg
             .configurations
             .iter()
-            .zip(&result.configurations)
+            .zip(&result.extra.configurations)
             .find(|(c, _)| &c.name == w)
             .context("the winner is one of the configurations")?;
         let path = folder.join("winner.toml");
         std::fs::write(&path, winner_toml(c, r, &cfg.sla, &result.machine))
             .with_context(|| format!("writing {}", path.display()))?;
-        result.winner_profile = Some(path);
+        result.extra.winner_profile = Some(path);
     }
     write_file(&folder.join("summary.json"), &serde_json::to_string_pretty(&result)?)?;
     write_file(&folder.join("summary.md"), &summary_md(&result))?;
-    let svg = plot::svg(&result.configurations, &cfg.sla, &format!("mdsub capacity  {}", result.machine))
+    let svg = plot::svg(&result.extra.configurations, &cfg.sla, &format!("mdsub capacity  {}", result.machine))
         .map_err(|e| anyhow::anyhow!("drawing capacity.svg: {e}"))?;
     write_file(&folder.join("capacity.svg"), &svg)?;
     made.keep();
@@ -722,15 +853,15 @@ pub fn summary_md(r: &CapacityResult) -> String {
     let h = crate::diag::human_ns;
     let mut s = String::new();
     let _ = writeln!(s, "# mdsub capacity\n\n{}\n", r.machine);
-    let _ = writeln!(s, "- publisher: {}", r.publisher);
+    let _ = writeln!(s, "- publisher: {}", r.extra.publisher);
     let _ = writeln!(s, "- pass rule: {}", r.settings["sla"].as_str().unwrap_or(""));
-    if let Some(why) = r.no_winner {
+    if let Some(why) = r.extra.no_winner {
         let _ = writeln!(s, "- winner: none ({})", why.text());
     }
     if let Some(failed) = &r.error {
         let _ = writeln!(s, "- the run stopped on a trial that could not run: {failed}");
     }
-    for c in &r.configurations {
+    for c in &r.extra.configurations {
         if let Some(note) = &c.thin_percentile {
             let _ = writeln!(s, "- note, `{}` at its knee: {note}", c.name);
         }
@@ -746,7 +877,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
     );
     let _ = writeln!(s, "| configuration | knee msg/s | p50 | p99 | p99.9 | max | p99 spread | trials | ending |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    for c in &r.configurations {
+    for c in &r.extra.configurations {
         let pct = |n: &str| {
             c.at_knee
                 .as_ref()
@@ -771,7 +902,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
             s,
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.name,
-            if r.winner.as_deref() == Some(&c.name) { " (winner)" } else { "" },
+            if r.extra.winner.as_deref() == Some(&c.name) { " (winner)" } else { "" },
             knee_in(c, "").unwrap_or_else(|| "-".into()),
             pct("p50"),
             pct("p99"),
@@ -784,7 +915,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
     }
     let _ = writeln!(s, "\n## Trials\n\n| configuration | rate msg/s | why | achieved msg/s | lost | p50 | p99 | p99.9 | max | verdict |");
     let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
-    for c in &r.configurations {
+    for c in &r.extra.configurations {
         for t in &c.trials {
             let v = &t.summary;
             let at = |q: f64| v.at(q).map(h).unwrap_or_else(|| "-".into());
@@ -867,6 +998,98 @@ mod tests {
         let toml = winner_toml(&c, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
         assert!(toml.contains("# Knee: 3125 msg/s offered, 3001 achieved (confirmed at 2969 msg/s).\n"), "{toml}");
         assert!(toml.contains("# NON-MONOTONIC: passed 4000 but failed 3500.\n"), "{toml}");
+    }
+
+    #[test]
+    fn runs_medians_and_ratios_come_from_the_trials_in_the_order_made() {
+        let trial = |purpose, offered: u64, verdict: Verdict, p99: u64| {
+            let latency_ns = REPORTED.iter().map(|&q| (q, if q == 0.99 { p99 } else { (q * 1000.0) as u64 })).collect();
+            let spread_ns = REPORTED.iter().map(|&q| (q, 1, 2)).collect();
+            TrialRecord {
+                purpose,
+                summary: TrialSummary {
+                    offered,
+                    achieved: offered as f64 * 0.99,
+                    lost: Some(0),
+                    gaps: 0,
+                    latency_ns,
+                    spread_ns,
+                    runs: 3,
+                    verdict,
+                },
+                files: Vec::new(),
+            }
+        };
+        let fail = || Verdict::Fail { reasons: vec!["p99 20.00ms > 10.00ms".into()] };
+        let config = |name: &str, knee: Option<u64>, trials: Vec<TrialRecord>| ConfigResult {
+            name: name.into(),
+            profile_hash: "0123abcd".into(),
+            outcome: Outcome {
+                knee,
+                ending: if knee.is_some() { Ending::Confirmed } else { Ending::NoPass },
+                lowest_fail: None,
+                rate_not_achieved_at: None,
+                confirmed_at: None,
+                contradictions: Vec::new(),
+                trials: trials.len(),
+            },
+            at_knee: knee_latency(knee, &trials),
+            thin_percentile: None,
+            trials,
+        };
+        let a = config(
+            "a",
+            Some(2000),
+            vec![
+                trial(Purpose::Bracket, 1000, Verdict::Pass, 10),
+                trial(Purpose::Bracket, 2000, Verdict::Pass, 20),
+                trial(Purpose::Bracket, 4000, fail(), 30),
+                trial(Purpose::Confirm, 1900, Verdict::Pass, 40),
+            ],
+        );
+        let b = config(
+            "b",
+            Some(4000),
+            vec![
+                trial(Purpose::Bracket, 4000, Verdict::Pass, 50),
+                trial(Purpose::Bracket, 8000, Verdict::RateNotAchieved { achieved: 6000.0 }, 60),
+            ],
+        );
+        let none = config("none", None, vec![trial(Purpose::Bracket, 1000, fail(), 70)]);
+        let (runs, medians, ratios) = envelope(&[a, b, none], Some("b"));
+        let order: Vec<(&str, u64)> = runs.iter().map(|r| (r.subscriber.as_str(), r.offered_msgs_per_sec)).collect();
+        assert_eq!(
+            order,
+            [("a", 1000), ("a", 2000), ("a", 4000), ("a", 1900), ("b", 4000), ("b", 8000), ("none", 1000)]
+        );
+        assert_eq!((runs[2].pass, runs[2].verdict), (false, "fail"));
+        assert_eq!(runs[2].why, ["p99 20.00ms > 10.00ms"]);
+        assert_eq!(
+            (runs[5].verdict, runs[5].why[0].as_str()),
+            ("rate-not-achieved", "the publisher achieved 6000 of the 8000 msg/s offered")
+        );
+        assert_eq!((runs[1].latency.p99_ns, runs[1].latency.max_ns, runs[1].runs), (Some(20), Some(1000), 3));
+        // A median per configuration with a knee: the knee trial's figures.
+        let m: Vec<(&str, u64, Option<u64>)> =
+            medians.iter().map(|m| (m.subscriber.as_str(), m.msgs_per_sec, m.latency.p99_ns)).collect();
+        assert_eq!(m, [("a", 2000, Some(20)), ("b", 4000, Some(50))]);
+        assert_eq!(medians[0].achieved_msgs_per_sec, runs[1].achieved_msgs_per_sec);
+        assert_eq!(ratios, [("a / b".to_string(), 0.5), ("b / b".to_string(), 1.0)]);
+        // No winner (capped, failed): no ratios, the medians still.
+        let (_, lone, none) =
+            envelope(&[config("a", Some(2000), vec![trial(Purpose::Bracket, 2000, Verdict::Pass, 1)])], None);
+        assert_eq!((lone.len(), none.len()), (1, 0));
+        let json = serde_json::to_value(&runs[0]).expect("json");
+        assert!(json.get("why").is_none() && json["purpose"] == "bracket" && json["pass"] == true, "{json}");
+        assert_eq!(
+            (&json["p99_ns"], &json["offered_msgs_per_sec"]),
+            (&serde_json::json!(10), &serde_json::json!(1000))
+        );
+        let json = serde_json::to_value(&medians[0]).expect("json");
+        assert_eq!(
+            (&json["subscriber"], &json["msgs_per_sec"], &json["p99_ns"]),
+            (&"a".into(), &2000.into(), &20.into())
+        );
     }
 
     #[test]
