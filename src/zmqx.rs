@@ -201,32 +201,60 @@ impl Attach {
     }
 }
 
-/// Receive one whole message (all its frames) into `frames` (cleared first,
-/// capacity kept) without blocking for the first frame. `Ok(false)`: nothing
-/// waiting (EAGAIN) or interrupted by a signal (EINTR).
-pub fn recv_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq::Result<bool> {
+/// One frame as a whole-message receive fills it: the `zmq` crate's [`zmq::Message`] or
+/// [`frame::Frame`] (libzmq's own message, which a failed send leaves intact).
+trait RecvFrame: Sized {
+    /// An empty frame to receive into.
+    fn empty() -> Self;
+    /// Whether another frame of the same message follows (after a receive).
+    fn more(&self) -> bool;
+}
+
+impl RecvFrame for zmq::Message {
+    fn empty() -> Self {
+        zmq::Message::new()
+    }
+    fn more(&self) -> bool {
+        self.get_more()
+    }
+}
+
+/// Receive one whole message into `frames` (cleared first, capacity kept), `recv` taking one
+/// frame with the flags given: the first without blocking, the rest as they come (the frames of
+/// one message arrive together, so that does not wait). `Ok(false)`: nothing waiting (EAGAIN) or
+/// interrupted by a signal (EINTR) before the first frame.
+fn recv_whole<F: RecvFrame>(
+    frames: &mut Vec<F>,
+    mut recv: impl FnMut(&mut F, i32) -> zmq::Result<()>,
+) -> zmq::Result<bool> {
     frames.clear();
-    let mut first = zmq::Message::new();
-    match socket.recv(&mut first, zmq::DONTWAIT) {
+    let mut first = F::empty();
+    match recv(&mut first, zmq::DONTWAIT) {
         Ok(()) => {}
         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
         Err(e) => return Err(e),
     }
-    let mut more = first.get_more();
+    let mut more = first.more();
     frames.push(first);
     while more {
-        // The frames of one message arrive together: this does not wait.
-        let mut next = zmq::Message::new();
+        let mut next = F::empty();
         loop {
-            match socket.recv(&mut next, 0) {
+            match recv(&mut next, 0) {
                 Err(zmq::Error::EINTR) => continue,
                 other => break other?,
             }
         }
-        more = next.get_more();
+        more = next.more();
         frames.push(next);
     }
     Ok(true)
+}
+
+/// Receive one whole message (all its frames) into `frames` (cleared first,
+/// capacity kept) without blocking for the first frame. `Ok(false)`: nothing
+/// waiting (EAGAIN) or interrupted by a signal (EINTR).
+pub fn recv_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq::Result<bool> {
+    recv_whole(frames, |m, flags| socket.recv(m, flags))
 }
 
 /// Send one frame. XPUB, PUB and XSUB sends do not block (they drop at the

@@ -579,12 +579,18 @@ mod tests {
         Record { msg, expires_at_unix_ms: seq.is_multiple_of(2).then_some(123) }
     }
 
-    #[test]
-    fn a_data_dir_is_used_by_one_store_at_a_time() {
-        let d = tmpdir("lock");
+    /// A fresh data dir and its open store, holding one flushed record `/a` (1).
+    fn one_record(name: &str) -> (PathBuf, Store) {
+        let d = tmpdir(name);
         let (mut s, _) = Store::open(&d).expect("open");
         s.append(&rec("/a", 1, "x")).expect("append");
         s.flush().expect("flush");
+        (d, s)
+    }
+
+    #[test]
+    fn a_data_dir_is_used_by_one_store_at_a_time() {
+        let (d, s) = one_record("lock");
         // A second open (as a second server would do) is refused before it reads or writes.
         let e = Store::open(&d).err().expect("the directory is in use");
         assert!(matches!(&e, PersistError::InUse { path } if path == &d), "{e}");
@@ -597,10 +603,7 @@ mod tests {
 
     #[test]
     fn a_failed_snapshot_write_removes_its_temp_file_and_keeps_the_log() {
-        let d = tmpdir("snapfail");
-        let (mut s, _) = Store::open(&d).expect("open");
-        s.append(&rec("/a", 1, "x")).expect("append");
-        s.flush().expect("flush");
+        let (d, mut s) = one_record("snapfail");
         // The rename cannot put the snapshot in place over a directory that holds something.
         std::fs::create_dir_all(d.join("snapshot").join("in-the-way")).expect("mkdir");
         let e = s.write_snapshot(1, vec![rec("/a", 1, "x")].into_iter()).expect_err("rename fails");

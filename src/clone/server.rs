@@ -61,6 +61,44 @@ fn zerr(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> ServerError {
     move |source| ServerError::Zmq { context, source }
 }
 
+/// A SUB of one half of a pair to its peer, as errors and link lines name it.
+struct PeerLink<'a> {
+    /// In errors: `state subscriber`, `peer subscriber`.
+    what: &'a str,
+    /// The watched link's name.
+    link: &'a str,
+    /// The peer's endpoint it connects to.
+    endpoint: &'a str,
+}
+
+/// A SUB to the peer (its state publisher or its update publisher): everything subscribed,
+/// messages up to `max_msg_bytes`, `rcvhwm_msgs` if given (libzmq's default if not), no linger,
+/// the peer's keys (both halves share one pair), watched from before it connects (a peer already
+/// up completes its handshake at once). The caller says what the watch reports.
+fn peer_subscriber(
+    ctx: &zmq::Context,
+    peer: PeerLink<'_>,
+    max_msg_bytes: i64,
+    rcvhwm_msgs: Option<i32>,
+    peer_keys: Option<&ClientKeys>,
+) -> Result<(zmq::Socket, crate::link::LinkWatch), ServerError> {
+    let PeerLink { what, link, endpoint } = peer;
+    let sub = ctx.socket(zmq::SUB).map_err(zerr(format!("creating the {what}")))?;
+    sub.set_subscribe(b"").map_err(zerr(format!("subscribing the {what}")))?;
+    if let Some(hwm) = rcvhwm_msgs {
+        sub.set_rcvhwm(hwm).map_err(zerr(format!("setting the {what}'s HWM")))?;
+    }
+    sub.set_maxmsgsize(max_msg_bytes).map_err(zerr(format!("setting the {what}'s max message size")))?;
+    sub.set_linger(0).map_err(zerr("setting linger"))?;
+    ClientKeys::apply_if(peer_keys, &sub).map_err(zerr(format!("setting the peer's keys on the {what}")))?;
+    let watch = crate::link::LinkWatch::attach(ctx, &sub, link, std::slice::from_ref(&endpoint.to_string()))
+        .map_err(zerr(format!("monitoring the {what}")))?
+        .ok_or_else(|| ServerError::Config(format!("no endpoint to watch for the {what}")))?
+        .keys_by(crate::link::KeyFlags::SameCurveKey);
+    sub.connect(endpoint).map_err(zerr(format!("connecting the {what} to {endpoint}")))?;
+    Ok((sub, watch))
+}
+
 /// The Binary Star sockets of one half of a pair.
 struct Pair {
     statepub: zmq::Socket,
@@ -137,7 +175,6 @@ impl Server {
         let mut secure = |socket: &mut zmq::Socket| {
             access.secure(&ctx, socket, zap.as_mut()).map_err(|e| ServerError::Config(e.to_string()))
         };
-        let as_peer = |socket: &zmq::Socket| ClientKeys::apply_if(peer_keys.as_ref(), socket);
         let host = cfg.bind_host.clone();
         let p = cfg.port;
         if p > u16::MAX - 3 {
@@ -183,41 +220,24 @@ impl Server {
                 statepub.set_linger(0).map_err(zerr("setting linger"))?;
                 secure(&mut statepub)?;
                 statepub.bind(&pc.state_bind).map_err(zerr(format!("binding state {}", pc.state_bind)))?;
-                let statesub = ctx.socket(zmq::SUB).map_err(zerr("creating the state subscriber"))?;
-                statesub.set_subscribe(b"").map_err(zerr("subscribing state"))?;
-                statesub.set_maxmsgsize(FRAME_SLACK_BYTES as i64).map_err(zerr("setting state max message size"))?;
-                statesub.set_linger(0).map_err(zerr("setting linger"))?;
-                as_peer(&statesub).map_err(zerr("setting the peer's keys on the state subscriber"))?;
-                let state_links = crate::link::LinkWatch::attach(
+                let (statesub, state_links) = peer_subscriber(
                     &ctx,
-                    &statesub,
-                    "clone-server peer state",
-                    std::slice::from_ref(&pc.peer_state),
-                )
-                .map_err(zerr("monitoring the state subscriber"))?
-                .ok_or_else(|| ServerError::Config("no peer state endpoint to watch".into()))?
+                    PeerLink { what: "state subscriber", link: "clone-server peer state", endpoint: &pc.peer_state },
+                    FRAME_SLACK_BYTES as i64,
+                    None,
+                    peer_keys.as_ref(),
+                )?;
                 // A peer that goes away or is not up is said by the peer link's lines.
-                .saying_only_what_libzmq_gives_up()
-                .keys_by(crate::link::KeyFlags::SameCurveKey);
-                statesub.connect(&pc.peer_state).map_err(zerr(format!("connecting peer state {}", pc.peer_state)))?;
+                let state_links = state_links.saying_only_what_libzmq_gives_up();
                 let [peer_snapshot, peer_pub, _] = super::endpoints(&pc.peer).map_err(ServerError::Config)?;
-                let peer_sub = ctx.socket(zmq::SUB).map_err(zerr("creating the peer subscriber"))?;
-                peer_sub.set_subscribe(b"").map_err(zerr("subscribing peer"))?;
-                peer_sub.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting HWM"))?;
-                peer_sub.set_maxmsgsize(update_max).map_err(zerr("setting peer max message size"))?;
-                peer_sub.set_linger(0).map_err(zerr("setting linger"))?;
-                as_peer(&peer_sub).map_err(zerr("setting the peer's keys on the peer subscriber"))?;
-                let peer_links = crate::link::LinkWatch::attach(
+                let (peer_sub, peer_links) = peer_subscriber(
                     &ctx,
-                    &peer_sub,
-                    "clone-server peer",
-                    std::slice::from_ref(&peer_pub),
-                )
-                .map_err(zerr("monitoring the peer subscriber"))?
-                .ok_or_else(|| ServerError::Config("no peer endpoint to watch".into()))?
-                .following_updowns()
-                .keys_by(crate::link::KeyFlags::SameCurveKey);
-                peer_sub.connect(&peer_pub).map_err(zerr(format!("connecting peer publisher {peer_pub}")))?;
+                    PeerLink { what: "peer subscriber", link: "clone-server peer", endpoint: &peer_pub },
+                    update_max,
+                    Some(cfg.collector_hwm_msgs),
+                    peer_keys.as_ref(),
+                )?;
+                let peer_links = peer_links.following_updowns();
                 Some(Pair { statepub, statesub, state_links, peer_sub, peer_links, peer_snapshot, sync: None })
             }
         };

@@ -141,13 +141,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A batch of shard `shard` holding `frames` as `(recv_ns, topic_len, frame)`, pushed in
+    /// order, and the stamp after the last push.
+    fn batch(shard: u16, frames: &[(u64, usize, &[u8])]) -> (Vec<u8>, u64) {
+        let (mut b, mut stamp) = (Vec::new(), 0);
+        for &(recv_ns, topic_len, frame) in frames {
+            push(&mut b, &mut stamp, shard, recv_ns, topic_len, frame);
+        }
+        (b, stamp)
+    }
+
     #[test]
     fn round_trip() {
-        let mut b = Vec::new();
-        let mut stamp = 0;
-        push(&mut b, &mut stamp, 7, 42, 1, b"abc");
-        push(&mut b, &mut stamp, 7, 42, 0, b"");
-        push(&mut b, &mut stamp, 7, 42, 3, b"xyz!");
+        let (b, _) = batch(7, &[(42, 1, b"abc"), (42, 0, b""), (42, 3, b"xyz!")]);
         assert_eq!(b.len(), HEADER_BYTES + 3 * RECORD_OVERHEAD + 7, "the time once, a length per frame");
         let it = BatchIter::new(&b).expect("a batch");
         assert_eq!((it.shard(), it.recv_ns()), (7, 42));
@@ -162,12 +168,7 @@ mod tests {
     /// first one's, earlier than the send time of a frame sent after it.
     #[test]
     fn a_later_receive_time_goes_in_a_restamp_record_for_the_frames_after_it() {
-        let mut b = Vec::new();
-        let mut stamp = 0;
-        push(&mut b, &mut stamp, 1, 100, 1, b"a");
-        push(&mut b, &mut stamp, 1, 250, 1, b"b");
-        push(&mut b, &mut stamp, 1, 250, 1, b"c");
-        push(&mut b, &mut stamp, 1, 400, 1, b"d");
+        let (b, mut stamp) = batch(1, &[(100, 1, b"a"), (250, 1, b"b"), (250, 1, b"c"), (400, 1, b"d")]);
         assert_eq!(stamp, 400, "the last record's time, for the next push");
         assert_eq!(b.len(), HEADER_BYTES + 4 * (RECORD_OVERHEAD + 1) + 2 * RESTAMP_BYTES, "a restamp per change");
         let mut it = BatchIter::new(&b).expect("a batch");
@@ -190,10 +191,7 @@ mod tests {
 
     #[test]
     fn truncated_batch_is_flagged() {
-        let mut b = Vec::new();
-        let mut stamp = 0;
-        push(&mut b, &mut stamp, 0, 1, 2, b"abc");
-        push(&mut b, &mut stamp, 0, 1, 2, b"defg");
+        let (b, _) = batch(0, &[(1, 2, b"abc"), (1, 2, b"defg")]);
         let mut it = BatchIter::new(&b[..b.len() - 1]).expect("a batch");
         assert_eq!(it.next(), Some((1, 2, &b"abc"[..])));
         assert_eq!(it.next(), None);

@@ -262,6 +262,21 @@ impl OrderBook {
         side.len() >= budget.max_levels && side.find(price).is_err()
     }
 
+    /// The side (`true`: ask) an add or a modify puts its order on at its price, or what
+    /// [`OrderBook::apply`] returns instead: `None` for a side that is neither (counted in
+    /// `a.bad_side`), a refusal for a price level the side has no room for.
+    #[inline]
+    fn placing_side(&self, e: &MboEvent, a: &mut Anomalies, budget: &OrderBudget) -> Result<bool, Option<BookRefusal>> {
+        let Some(ask) = is_ask(e.side) else {
+            a.bad_side += 1;
+            return Err(None);
+        };
+        if self.no_room_for_level(ask, e.price, budget) {
+            return Err(Some(BookRefusal::LevelsFull));
+        }
+        Ok(ask)
+    }
+
     /// Apply one event; anomalies are counted in `a`, the orders it adds
     /// taken from `budget`. `Some`: it would add an order past the budget
     /// (counted in `budget`) or a level past [`OrderBudget::with_max_levels`],
@@ -269,13 +284,10 @@ impl OrderBook {
     pub fn apply(&mut self, e: &MboEvent, a: &mut Anomalies, budget: &mut OrderBudget) -> Option<BookRefusal> {
         match e.action {
             b'A' => {
-                let Some(ask) = is_ask(e.side) else {
-                    a.bad_side += 1;
-                    return None;
+                let ask = match self.placing_side(e, a, budget) {
+                    Ok(ask) => ask,
+                    Err(outcome) => return outcome,
                 };
-                if self.no_room_for_level(ask, e.price, budget) {
-                    return Some(BookRefusal::LevelsFull);
-                }
                 match self.orders.remove(&e.order_id) {
                     // A duplicate replaces its order: no more are held.
                     Some(old) => {
@@ -310,13 +322,10 @@ impl OrderBook {
                 }
             }
             b'M' => {
-                let Some(ask) = is_ask(e.side) else {
-                    a.bad_side += 1;
-                    return None;
+                let ask = match self.placing_side(e, a, budget) {
+                    Ok(ask) => ask,
+                    Err(outcome) => return outcome,
                 };
-                if self.no_room_for_level(ask, e.price, budget) {
-                    return Some(BookRefusal::LevelsFull);
-                }
                 match self.orders.get_mut(&e.order_id) {
                     None => {
                         a.modify_unknown += 1;

@@ -175,28 +175,16 @@ impl std::fmt::Debug for Frame {
 /// Receive one whole message into `frames` (cleared first) without blocking
 /// for the first frame. `Ok(false)`: nothing waiting (EAGAIN) or EINTR.
 pub fn recv_frames(socket: &mut zmq::Socket, frames: &mut Vec<Frame>) -> zmq::Result<bool> {
-    frames.clear();
-    let mut first = Frame::new();
-    match first.recv(socket, zmq::DONTWAIT) {
-        Ok(()) => {}
-        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
-        Err(e) => return Err(e),
+    super::recv_whole(frames, |f, flags| f.recv(socket, flags))
+}
+
+impl super::RecvFrame for Frame {
+    fn empty() -> Self {
+        Frame::new()
     }
-    let mut more = first.more();
-    frames.push(first);
-    while more {
-        // The frames of one message arrive together: this does not wait.
-        let mut next = Frame::new();
-        loop {
-            match next.recv(socket, 0) {
-                Err(zmq::Error::EINTR) => continue,
-                other => break other?,
-            }
-        }
-        more = next.more();
-        frames.push(next);
+    fn more(&self) -> bool {
+        Frame::more(self)
     }
-    Ok(true)
 }
 
 /// Send `frames[*next..]` as (the rest of) one message without blocking.
