@@ -220,7 +220,7 @@ pub struct FaultArgs {
     /// Leave out one message in every N (N >= 2; the middle one of each block
     /// of N): its sequences are used up, so subscribers count a gap. 100 over
     /// --count 100k leaves out exactly 1000, none first or last.
-    #[arg(long, value_parser = parse_drop_every, value_name = "N")]
+    #[arg(long, value_parser = parse_drop_every, value_name = "COUNT")]
     pub drop_every: Option<u64>,
     /// Start a new session on every shard once this many messages have been
     /// scheduled (new session id, sequences from 1, no end of stream for the
