@@ -221,14 +221,17 @@ pub trait ProxyHooks: Send {
 
     /// A message from a subscriber (`msg` classifies `frames`), before the
     /// shell forwards it to the publishers; `down` answers the subscribers.
-    /// Returns whether the shell forwards it (counted in `not_forwarded` if not).
+    /// Returns whether the shell forwards it (counted in `not_forwarded` if not); by default
+    /// every message goes on, as through a plain XSUB/XPUB proxy.
     fn on_subscriber_message(
         &mut self,
-        msg: FromSubscriber<'_>,
-        frames: &[Frame],
-        down: &mut Downstream<'_>,
-        now_ns: u64,
-    ) -> bool;
+        _msg: FromSubscriber<'_>,
+        _frames: &[Frame],
+        _down: &mut Downstream<'_>,
+        _now_ns: u64,
+    ) -> bool {
+        true
+    }
 
     /// The start of every step, with or without traffic (an idle proxy steps after each idle
     /// wait: 100 ms at most with `--idle block`): say what has come due, such as a refusal
@@ -625,15 +628,6 @@ mod tests {
             "plain-proxy"
         }
         fn on_upstream_message(&mut self, _: &[Frame], _: u64) {}
-        fn on_subscriber_message(
-            &mut self,
-            _: FromSubscriber<'_>,
-            _: &[Frame],
-            _: &mut Downstream<'_>,
-            _: u64,
-        ) -> bool {
-            true
-        }
         fn report(&self, shell: &ShellCounters) -> ShellCounters {
             *shell
         }
