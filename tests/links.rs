@@ -419,7 +419,10 @@ fn an_engine_whose_links_never_came_up_exits_1_and_names_them() {
     let nobody = format!("tcp://127.0.0.1:{}", common::unserved_port_block(1));
     let (code, out, err) = run_within(
         "engine",
-        mdsub().args(["engine", "--json", "--max-duration", "2s", "--endpoint", &eps[0], "--endpoint", &nobody]),
+        mdsub()
+            .args(["engine", "--json", "--max-duration", "2s", "--endpoint", &eps[0], "--endpoint", &nobody])
+            // A name that does not resolve (`.invalid` never does): said as that, not as nothing answering.
+            .args(["--endpoint", "tcp://nohost.invalid:5556"]),
         DEADLINE,
     );
     assert_eq!(code, Some(1), "{err}");
@@ -429,6 +432,7 @@ fn an_engine_whose_links_never_came_up_exits_1_and_names_them() {
     let shard0 = last.split(&format!("shard0 {} (", eps[0])).nth(1).unwrap_or_default();
     assert!(shard0.split(')').next().unwrap_or_default().contains("handshake_failed_mechanism="), "{last}");
     assert!(last.contains(&format!("shard1 {nobody} (nothing answered ")), "{last}");
+    assert!(last.contains("shard2 tcp://nohost.invalid:5556 (the name nohost.invalid does not resolve"), "{last}");
     // A run that delivered is a success, a link of it that never came up said on its own.
     let (plain, plain_eps) = start_replay("plain", 1, &["--rate", "1k", "--duration", "60s"]);
     let (code, _, err) = run_within(

@@ -649,10 +649,14 @@ fn a_link_came_up(report: &RunReport) -> anyhow::Result<()> {
         .flat_map(|s| s.links.iter().filter(|l| l.connects == 0).map(move |l| (&s.shard, l)))
         .map(|(shard, l)| {
             let met: Vec<String> = l.lost.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
-            let met = match (met.is_empty(), l.retries) {
-                (false, _) => met.join(", "),
-                (true, 0) => "no connection attempt ended".into(),
-                (true, n) => format!("nothing answered {n} connection attempts"),
+            let met = if !met.is_empty() {
+                met.join(", ")
+            } else if let Some(why) = crate::host::unresolved(&l.endpoint) {
+                why
+            } else if l.retries == 0 {
+                "no connection attempt ended".into()
+            } else {
+                format!("nothing answered {} connection attempts", l.retries)
             };
             format!("{shard} {} ({met})", l.endpoint)
         })

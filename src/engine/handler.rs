@@ -179,7 +179,12 @@ impl std::str::FromStr for HandlerSpec {
             _ => match s.strip_prefix("work:").map(str::parse::<u64>) {
                 Some(Ok(ns)) if ns <= MAX_WORK_NS => Ok(HandlerSpec::Work { ns }),
                 Some(Ok(ns)) => Err(format!("work:{ns}: at most work:{MAX_WORK_NS} (1 s of work per message)")),
-                _ => Err(format!("unknown handler `{s}` (expected latency, book, last, verify or work:NANOS)")),
+                // Digits past u64: the same bound, not "unknown handler".
+                Some(Err(e)) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                    Err(format!("{s}: at most work:{MAX_WORK_NS} (1 s of work per message)"))
+                }
+                Some(Err(_)) => Err(format!("`{s}`: work:NANOS takes a whole number of nanoseconds")),
+                None => Err(format!("unknown handler `{s}` (expected latency, book, last, verify or work:NANOS)")),
             },
         }
     }
@@ -847,6 +852,10 @@ mod tests {
         assert!("work:x".parse::<HandlerSpec>().is_err());
         assert!("work:1000000000".parse::<HandlerSpec>().is_ok());
         assert!("work:18446744073709551615".parse::<HandlerSpec>().is_err(), "the audit's wrapping value");
+        // Past u64 it is the same bound, not an unknown handler; a non-number says what work takes.
+        let over = "work:99999999999999999999".parse::<HandlerSpec>().unwrap_err();
+        assert!(over.contains("at most work:1000000000"), "{over}");
+        assert!("work:x".parse::<HandlerSpec>().unwrap_err().contains("whole number of nanoseconds"));
         assert!("sleep".parse::<HandlerSpec>().is_err());
     }
 
