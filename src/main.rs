@@ -40,7 +40,8 @@ enum Cmd {
     /// winning profile.
     ///
     /// Exit status 5 when there is no winner (no configuration passed, or the
-    /// time cap came before a knee); 0 when Ctrl-C stopped it (the results so
+    /// time cap came before a knee: a search it stops before any rate failed has
+    /// only `at least N msg/s`, no knee); 0 when Ctrl-C stopped it (the results so
     /// far are written, marked interrupted); 1 when a trial could not run (a
     /// full disk: the finished trials' summary is written if it can be).
     Capacity(cli::capacity::CapacityArgs),

@@ -14,7 +14,7 @@ use super::args::{
 use super::engine::{parse_handoff, parse_routing};
 use super::load_profile;
 use crate::agent::StopFlag;
-use crate::bench::capacity::search::{parse_quantile, SearchConfig, Sla, SlaPoint, Verdict};
+use crate::bench::capacity::search::{parse_quantile, SearchConfig, Sla, SlaPoint, Verdict, MIN_RATE};
 use crate::bench::capacity::trial::PublisherSide;
 use crate::bench::capacity::{
     self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event, NoWinner, Setting, Vary,
@@ -64,16 +64,19 @@ pub struct CapacityArgs {
     /// Runs per trial, each with a fresh engine; medians are judged, the spread is reported.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
-    /// The first rate offered (msg/s); the search doubles from there until a trial fails.
-    #[arg(long, value_parser = parse_rate, default_value = "10k", value_name = "COUNT")]
+    /// The first rate offered (msg/s), 100 to 1000M; the search doubles from there until a
+    /// trial fails (and halves, down to 100, while the first ones fail).
+    #[arg(long, value_parser = parse_search_rate, default_value = "10k", value_name = "COUNT")]
     pub start_rate: u64,
-    /// Never offer more than this (msg/s).
-    #[arg(long, value_parser = parse_rate, value_name = "COUNT")]
+    /// Never offer more than this (msg/s), 100 to 1000M.
+    #[arg(long, value_parser = parse_search_rate, value_name = "COUNT")]
     pub max_rate: Option<u64>,
     /// Bisect until the failing and passing rates are this close, e.g. `5%`.
     #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
     pub tolerance: f64,
-    /// Stop the whole search after this long (results so far are written, marked capped).
+    /// Stop the whole search after this long (results so far are written, marked capped). A
+    /// search the cap stops before any rate failed has no knee, only `at least N msg/s`; a run
+    /// with no knee has no winner (exit 5).
     #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub time_cap: Duration,
     /// The results folder (named DATE-HOST-COMMIT, or DATE-HOST-COMMIT-2, -3, … when
@@ -86,8 +89,8 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_connect_endpoint, value_name = "[connect:]EP")]
     pub publisher: Option<Endpoint>,
     /// The in-process publisher never sends faster than this (msg/s): a load
-    /// generator that cannot keep up. Trials above it are "rate not achieved".
-    #[arg(long, value_parser = parse_rate, value_name = "COUNT", conflicts_with = "publisher")]
+    /// generator that cannot keep up. Trials above it are "rate not achieved". 1 to 1000M.
+    #[arg(long, value_parser = parse_rate_nonzero, value_name = "COUNT", conflicts_with = "publisher")]
     pub publisher_max_rate: Option<u64>,
     /// The in-process publisher's send high-water mark per subscriber, in messages.
     #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
@@ -135,6 +138,37 @@ pub fn parse_vary(s: &str) -> Result<Vary, String> {
     Ok(Vary { key: key.to_string(), values })
 }
 
+/// A rate the search may offer (`--start-rate`, `--max-rate`): [`MIN_RATE`] msg/s up to `--rate`'s
+/// bound. Below it the search offers nothing (0 msg/s was taken and the start raised to 100
+/// without a word).
+pub fn parse_search_rate(s: &str) -> Result<u64, String> {
+    match parse_rate(s)? {
+        r if r < MIN_RATE => Err(format!("at least {MIN_RATE} msg/s, the lowest rate the search offers")),
+        r => Ok(r),
+    }
+}
+
+/// `--publisher-max-rate`: a rate the publisher can send, 1 msg/s or more.
+pub fn parse_rate_nonzero(s: &str) -> Result<u64, String> {
+    match parse_rate(s)? {
+        0 => Err("must be at least 1 msg/s".into()),
+        r => Ok(r),
+    }
+}
+
+/// `--out`: the directory the results folder is made in, or where it will be made; a file there
+/// (or in its path) is said as what it is. Before: `creating FILE/DATE-HOST-COMMIT: File exists`.
+fn check_out_dir(out: &std::path::Path) -> anyhow::Result<()> {
+    let Some(found) = out.ancestors().find(|a| !a.as_os_str().is_empty() && std::fs::metadata(a).is_ok()) else {
+        return Ok(());
+    };
+    if std::fs::metadata(found).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let what = if found == out { String::new() } else { format!("{} is ", found.display()) };
+    anyhow::bail!("--out {}: {what}not a directory (the results folder is made in it)", out.display())
+}
+
 /// `5%` or `0.05`.
 pub fn parse_percent(s: &str) -> Result<f64, String> {
     let t = s.trim();
@@ -161,6 +195,7 @@ pub fn exit_status(r: &CapacityResult) -> i32 {
 /// Run `mdsub capacity`.
 pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<CapacityResult> {
     capacity::check_time_cap(args.time_cap, args.warmup, args.hold, args.runs).map_err(super::UsageError)?;
+    check_out_dir(&args.out)?;
     let names = if args.profiles.is_empty() { vec!["builtin".to_string()] } else { args.profiles.clone() };
     let mut bases = Vec::with_capacity(names.len());
     for n in &names {
@@ -385,5 +420,37 @@ mod tests {
         assert_eq!(parse_percent("5%"), Ok(0.05));
         assert_eq!(parse_percent("0.1"), Ok(0.1));
         assert!(parse_percent("150%").is_err());
+    }
+
+    #[test]
+    fn the_search_rates_start_at_the_lowest_rate_offered() {
+        // Before: `--start-rate 0` ran, said `from 0 msg/s` and a 10000 s hold, and offered 100.
+        for zero in ["0", "99"] {
+            assert_eq!(
+                parse_search_rate(zero),
+                Err("at least 100 msg/s, the lowest rate the search offers".to_string()),
+                "{zero}"
+            );
+        }
+        assert_eq!(parse_search_rate("100"), Ok(100));
+        assert_eq!(parse_search_rate("10k"), Ok(10_000));
+        assert!(parse_search_rate("2000M").is_err_and(|e| e.starts_with("at most 1000M msg/s")));
+        assert_eq!(parse_rate_nonzero("0"), Err("must be at least 1 msg/s".to_string()));
+        assert_eq!(parse_rate_nonzero("1"), Ok(1));
+    }
+
+    #[test]
+    fn an_out_that_is_a_file_is_said_as_one() {
+        let dir = std::env::temp_dir().join(format!("mdsub-capacity-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").expect("a file");
+        let e = check_out_dir(&file).expect_err("a file").to_string();
+        assert_eq!(e, format!("--out {}: not a directory (the results folder is made in it)", file.display()));
+        let under = file.join("sub");
+        let e = check_out_dir(&under).expect_err("under a file").to_string();
+        assert!(e.starts_with(&format!("--out {}: {} is not a directory", under.display(), file.display())), "{e}");
+        assert!(check_out_dir(&dir).is_ok() && check_out_dir(&dir.join("new/deeper")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,16 +7,18 @@
 //! | [`trial`] | the shell: one run of a trial, publisher → fresh engine, warm-up then hold |
 //! | [`remote`] | the publisher in another process or host, over a control socket |
 //! | [`plot`] | `capacity.svg`: latency against offered rate, per configuration and percentile |
+//! | [`warmup`] | the warm-up's end marked in each run's `.hlog` (`warmup.*` tags, a `#[Warm-up end` line) |
 //!
 //! Each configuration is searched in turn; every run leaves an `.hlog` (the
-//! engine's interval log, warm-up included) and an `.hgrm` (the hold's
-//! spectrum) named with the rate, the run and a hash of the profile; then
+//! engine's interval log, its warm-up intervals tagged `warmup.*` by [`warmup`]) and an `.hgrm`
+//! (the hold's spectrum) named with the rate, the run and a hash of the profile; then
 //! `summary.json`, `summary.md`, `capacity.svg` and `winner.toml`.
 
 pub mod plot;
 pub mod remote;
 pub mod search;
 pub mod trial;
+pub mod warmup;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -583,7 +585,10 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                     hlog,
                     hgrm,
                 };
-                let m = match run_trial(&spec, &cfg.publisher, stop) {
+                // The run's interval log holds its warm-up too: marked, so it reads as the summary does.
+                let run = run_trial(&spec, &cfg.publisher, stop)
+                    .and_then(|m| warmup::mark_file(&spec.hlog, m.count).map(|()| m));
+                let m = match run {
                     Ok(m) => m,
                     // Ctrl-C while the trial waited (the engine's subscription, the remote
                     // publisher's answer): the search ends as interrupted, as between trials.
@@ -641,14 +646,10 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         Some(e) if done == 0 => return Err(e),
         f => f,
     };
-    let rank = |r: &ConfigResult| {
-        let confirmed = matches!(r.outcome.ending, Ending::Confirmed | Ending::AboveMaxRate | Ending::PublisherLimited);
-        (confirmed, r.outcome.knee.unwrap_or(0))
-    };
     // A run that failed part way has no winner: the configurations it did not search may have won.
     let winner = match failure {
         Some(_) => None,
-        None => results.iter().filter(|r| r.outcome.knee.is_some()).max_by_key(|r| rank(r)).map(|r| r.name.clone()),
+        None => winner_of(&results).map(|r| r.name.clone()),
     };
     let no_winner = match (&winner, &failure) {
         (Some(_), _) => None,
@@ -718,6 +719,19 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     write_file(&folder.join("capacity.svg"), &svg)?;
     made.keep();
     Ok(result)
+}
+
+/// The configuration with the highest knee (confirmed ones first); none when there is no knee,
+/// or when a search stopped early passed at or above that knee (its `at_least`, no knee itself):
+/// that configuration may be the better one.
+fn winner_of(results: &[ConfigResult]) -> Option<&ConfigResult> {
+    let rank = |r: &ConfigResult| {
+        let confirmed = matches!(r.outcome.ending, Ending::Confirmed | Ending::AboveMaxRate | Ending::PublisherLimited);
+        (confirmed, r.outcome.knee.unwrap_or(0))
+    };
+    let best = results.iter().filter(|r| r.outcome.knee.is_some()).max_by_key(|r| rank(r))?;
+    let knee = best.outcome.knee?;
+    results.iter().all(|r| r.outcome.at_least.is_none_or(|n| n < knee)).then_some(best)
 }
 
 /// The error of a run that a trial's failure ended after `done` finished trials: where their
@@ -828,9 +842,22 @@ pub fn ending_text(e: Ending) -> &'static str {
 }
 
 /// The knee as said everywhere: `3125 msg/s`, with what the publisher achieved there when that
-/// is visibly less (`3125 msg/s offered, 3001 achieved`), or `none`.
+/// is visibly less (`3125 msg/s offered, 3001 achieved`); a search stopped before any rate
+/// failed has only a lower bound ([`at_least_text`]); else `none`.
 pub fn knee_text(r: &ConfigResult) -> String {
-    knee_in(r, " msg/s").unwrap_or_else(|| "none".into())
+    knee_in(r, " msg/s").or_else(|| at_least_text(r)).unwrap_or_else(|| "none".into())
+}
+
+/// `at least 10000 msg/s (no failing rate found before the cap)`: the highest pass of a search
+/// stopped before any rate above it failed, which is no knee.
+pub fn at_least_text(r: &ConfigResult) -> Option<String> {
+    let n = r.outcome.at_least?;
+    let before = match r.outcome.ending {
+        Ending::Capped => "the cap",
+        Ending::Interrupted => "the interruption",
+        _ => "the run failed",
+    };
+    Some(format!("at least {n} msg/s (no failing rate found before {before})"))
 }
 
 /// The knee with `unit` after the rate (empty in a table whose column names it), and what was
@@ -903,7 +930,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.name,
             if r.extra.winner.as_deref() == Some(&c.name) { " (winner)" } else { "" },
-            knee_in(c, "").unwrap_or_else(|| "-".into()),
+            knee_in(c, "").or_else(|| at_least_text(c)).unwrap_or_else(|| "-".into()),
             pct("p50"),
             pct("p99"),
             pct("p99.9"),
@@ -975,6 +1002,7 @@ mod tests {
         // the header said `confirmed, confirmed at 2077 msg/s`, without the contradictions.
         let outcome = |knee| Outcome {
             knee,
+            at_least: None,
             ending: Ending::Confirmed,
             lowest_fail: None,
             rate_not_achieved_at: None,
@@ -1026,6 +1054,7 @@ mod tests {
             profile_hash: "0123abcd".into(),
             outcome: Outcome {
                 knee,
+                at_least: None,
                 ending: if knee.is_some() { Ending::Confirmed } else { Ending::NoPass },
                 lowest_fail: None,
                 rate_not_achieved_at: None,
@@ -1090,6 +1119,41 @@ mod tests {
             (&json["subscriber"], &json["msgs_per_sec"], &json["p99_ns"]),
             (&"a".into(), &2000.into(), &20.into())
         );
+    }
+
+    #[test]
+    fn a_lower_bound_is_no_knee_and_may_keep_a_knee_below_it_from_winning() {
+        let result = |name: &str, ending, knee, at_least| ConfigResult {
+            name: name.into(),
+            profile_hash: "0123abcd".into(),
+            outcome: Outcome {
+                knee,
+                at_least,
+                ending,
+                lowest_fail: None,
+                rate_not_achieved_at: None,
+                confirmed_at: None,
+                contradictions: Vec::new(),
+                trials: 1,
+            },
+            at_knee: None,
+            thin_percentile: None,
+            trials: Vec::new(),
+        };
+        let name = |r: &[ConfigResult]| winner_of(r).map(|w| w.name.clone());
+        // The audit's run: one pass, then the cap.
+        let capped = result("b", Ending::Capped, None, Some(10_000));
+        assert_eq!(name(std::slice::from_ref(&capped)), None);
+        assert_eq!(knee_text(&capped), "at least 10000 msg/s (no failing rate found before the cap)");
+        let stopped = result("b", Ending::Interrupted, None, Some(10_000));
+        assert_eq!(knee_text(&stopped), "at least 10000 msg/s (no failing rate found before the interruption)");
+        // A knee above the bound wins; one at or below it does not (the stopped search passed there).
+        let a = |knee| result("a", Ending::Confirmed, Some(knee), None);
+        assert_eq!(name(&[a(20_000), capped.clone()]).as_deref(), Some("a"));
+        assert_eq!(name(&[a(10_000), capped.clone()]), None);
+        assert_eq!(name(&[a(8_000), capped]), None);
+        // A capped search with a failure above its highest pass keeps its knee.
+        assert_eq!(name(&[result("c", Ending::Capped, Some(5_000), None)]).as_deref(), Some("c"));
     }
 
     #[test]

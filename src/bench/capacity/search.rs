@@ -209,6 +209,10 @@ pub fn judge(runs: &[RunMeasure], sla: &Sla) -> TrialSummary {
     TrialSummary { offered, achieved, lost, gaps, latency_ns, spread_ns, runs: runs.len(), verdict }
 }
 
+/// The lowest rate the search offers (msg/s): halving stops above it, and `--start-rate` and
+/// `--max-rate` are refused below it.
+pub const MIN_RATE: u64 = 100;
+
 /// Search settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchConfig {
@@ -233,7 +237,7 @@ impl Default for SearchConfig {
             tolerance: 0.05,
             confirm_factor: 0.95,
             max_rate: None,
-            min_rate: 100,
+            min_rate: MIN_RATE,
             max_reopens: 2,
         }
     }
@@ -291,7 +295,8 @@ pub enum Ending {
     PublisherLimited,
     /// The maximum rate passed: the knee is above it.
     AboveMaxRate,
-    /// The time cap ended the search early.
+    /// The time cap ended the search early (with no knee unless a rate above the highest pass
+    /// had already failed: see [`Outcome::at_least`]).
     Capped,
     /// A stop (Ctrl-C, SIGTERM) ended the search early.
     Interrupted,
@@ -304,8 +309,13 @@ pub enum Ending {
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     /// The highest rate that passed and (with [`Ending::Confirmed`]) whose
-    /// 0.95× confirmation passed too.
+    /// 0.95× confirmation passed too. A search stopped early (the time cap, Ctrl-C, a trial
+    /// that could not run) has one only when a rate above that pass had failed (or was not
+    /// achieved): before, its highest pass is [`Outcome::at_least`], not a knee.
     pub knee: Option<u64>,
+    /// A search stopped early before any rate above its highest pass failed: that pass, a
+    /// lower bound of the knee ("at least N msg/s"), which is no knee and wins nothing.
+    pub at_least: Option<u64>,
     pub ending: Ending,
     /// The lowest rate that failed the engine's rule.
     pub lowest_fail: Option<u64>,
@@ -521,11 +531,15 @@ impl Search {
             Phase::Done(e) => e,
             _ => Ending::Capped,
         };
-        let knee = match ending {
-            Ending::NoPass => None,
+        let highest_pass = self.lo.or_else(|| self.highest_pass_below(u64::MAX));
+        let (knee, at_least) = match ending {
+            Ending::NoPass => (None, None),
+            // Stopped before any rate above the highest pass failed (or went unachieved): the
+            // search had not found where the engine stops passing, only that it passes there.
+            Ending::Capped | Ending::Interrupted | Ending::Failed if self.hi.is_none() => (None, highest_pass),
             // The knee passed and was confirmed; only a pass below every
             // failure counts (a contradicting pass above one is flagged, not taken).
-            _ => self.lo.or_else(|| self.highest_pass_below(u64::MAX)),
+            _ => (highest_pass, None),
         };
         // The bracket's upper end was the publisher's shortfall, not an engine
         // failure: the knee is only a lower bound of the engine's limit.
@@ -534,6 +548,7 @@ impl Search {
         }
         Outcome {
             knee,
+            at_least,
             ending,
             lowest_fail,
             rate_not_achieved_at: rna,
@@ -679,7 +694,44 @@ mod tests {
         s.cap();
         assert_eq!(s.next(), Next::Done);
         let o = s.outcome();
-        assert_eq!((o.ending, o.knee, o.trials), (Ending::Capped, Some(10_000), 1));
+        assert_eq!((o.ending, o.trials), (Ending::Capped, 1));
+    }
+
+    /// The audit's run: one trial at 10000 msg/s passed, then the time cap came; the search called
+    /// 10000 the knee and the run wrote it as the winner. Nothing above it had failed: it is only
+    /// a lower bound.
+    #[test]
+    fn a_search_stopped_before_any_failure_has_a_lower_bound_not_a_knee() {
+        for stop in [Search::cap, Search::interrupt, Search::fail] {
+            let mut s = Search::new(SearchConfig::default());
+            s.on_result(10_000, Verdict::Pass);
+            s.on_result(20_000, Verdict::Pass);
+            stop(&mut s);
+            let o = s.outcome();
+            assert_eq!((o.knee, o.at_least), (None, Some(20_000)), "{o:?}");
+        }
+        // Once a rate above the highest pass failed, the knee is bracketed: a stop in the
+        // bisection keeps it (unbisected, unconfirmed: the ending says so).
+        let mut s = Search::new(SearchConfig::default());
+        s.on_result(10_000, Verdict::Pass);
+        s.on_result(20_000, fail());
+        s.cap();
+        let o = s.outcome();
+        assert_eq!((o.ending, o.knee, o.at_least), (Ending::Capped, Some(10_000), None), "{o:?}");
+        // So does a publisher that fell short above it (a bound the full search would report too).
+        let mut s = Search::new(SearchConfig::default());
+        s.on_result(10_000, Verdict::Pass);
+        s.on_result(20_000, Verdict::RateNotAchieved { achieved: 15_000.0 });
+        s.interrupt();
+        assert_eq!((s.outcome().knee, s.outcome().at_least), (Some(10_000), None));
+        // Stopped with nothing passed yet: neither.
+        let mut s = Search::new(SearchConfig::default());
+        s.on_result(10_000, fail());
+        s.cap();
+        assert_eq!((s.outcome().knee, s.outcome().at_least), (None, None));
+        // A search that ran to its end keeps its knee, whatever bounded it.
+        let o = drive(SearchConfig { max_rate: Some(25_000), ..Default::default() }, u64::MAX, u64::MAX).outcome();
+        assert_eq!((o.knee, o.at_least), (Some(25_000), None));
     }
 
     fn run(offered: u64, achieved: f64, lost: Option<u64>, p99_us: u64) -> RunMeasure {
