@@ -420,3 +420,90 @@ fn sigint_under_full_load_ends_engine_and_replay_promptly() {
     assert!(status.success(), "{out}");
     assert!(out.contains("(interrupted)"), "{out}");
 }
+
+/// Messages of the slow-handler runs below, and the handler: 5 ms a message, so the feed (at
+/// 50k msg/s, some 30 ms) is read long before its handling ends (7.5 s of backlog).
+const BACKLOG_MSGS: u64 = 1_500;
+const SLOW_HANDLER: &str = "work:5000000";
+
+/// `mdsub engine --json` with the slow handler and `--handoff handoff` on a replay of
+/// [`BACKLOG_MSGS`] at 50k msg/s, once it says it is connecting (its signal handler is in place
+/// by then); the replay, and when the engine was started.
+fn slow_engine(handoff: &str, extra: &[&str]) -> (LineProc, LineProc, std::time::Instant) {
+    let count = BACKLOG_MSGS.to_string();
+    let (replay, eps) = start_replay("replay", 1, &["--count", &count, "--rate", "50k"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--endpoint", &eps[0], "--handler", SLOW_HANDLER, "--snail", "off"]);
+    cmd.args(["--handoff", handoff]).args(extra);
+    let started = std::time::Instant::now();
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr lines");
+    wait_line(err, Duration::from_secs(20), "shard0: connecting to", |l| l.starts_with("shard0: connecting to"));
+    (replay, engine, started)
+}
+
+/// The report of a run stopped with a backlog: every accepted message delivered or said not
+/// handled, none of them lost (they arrived), and the loss known (the end of stream was read).
+fn stopped_with_a_backlog(r: &serde_json::Value) {
+    let accepted: u64 = r["shards"].as_array().expect("shards").iter().map(|s| u(s, "msgs")).sum();
+    assert_eq!((u(r, "sent"), accepted), (BACKLOG_MSGS, BACKLOG_MSGS), "the end of stream was read: {r}");
+    assert!(u(r, "delivered") < BACKLOG_MSGS && u(r, "not_handled") > 0, "the backlog was cut: {r}");
+    assert_eq!(accepted, u(r, "delivered") + u(r, "not_handled"), "{r}");
+    assert_eq!(u(r, "lost"), 0, "left unhandled at the stop is no loss: {r}");
+}
+
+/// Ctrl-C once the readers saw the end of stream and ended, while the workers still have seconds
+/// of backlog: the engine stops within one hand-off's handling and says it was interrupted.
+/// Before, the readers' end ended the wait: the workers ran through their whole backlog (the
+/// report not marked interrupted, what was left counted as lost).
+#[test]
+fn sigint_during_a_slow_handlers_backlog_after_the_end_of_stream_stops_promptly() {
+    for handoff in ["batch", "per-message"] {
+        let (replay, engine, _) = slow_engine(handoff, &["--max-duration", "60s"]);
+        let pid = engine.proc.pid();
+        // The condition under test: the worker is at work (its CPU time says so: by then the
+        // reader has long been running, and named) and the reader has finished (the end of
+        // stream read, every message handed off). Looked at too early, a reader thread not yet
+        // named looked finished.
+        wait_until(Duration::from_secs(20), "worker0 at work and shard0-reader finished", || {
+            thread_cpu_ms(pid, "worker0").is_some_and(|ms| ms >= 100) && thread_cpu_ms(pid, "shard0-reader").is_none()
+        });
+        assert!(thread_cpu_ms(pid, "worker0").is_some(), "{handoff}: the worker is still handling its backlog");
+        let signalled = std::time::Instant::now();
+        engine.proc.signal(2);
+        let (status, out) = engine.finish(Duration::from_secs(30));
+        let took = signalled.elapsed();
+        assert!(status.success(), "{handoff}: {out}");
+        // A batch of at most 64 messages of 5 ms is 320 ms; the whole backlog was 7.5 s.
+        assert!(took < Duration::from_secs(3), "{handoff}: ended {took:?} after SIGINT");
+        let r = json(&out);
+        assert_eq!((&r["interrupted"], &r["time_limit"]), (&true.into(), &false.into()), "{handoff}: {r}");
+        stopped_with_a_backlog(&r);
+        let (status, _) = replay.finish(Duration::from_secs(20));
+        assert!(status.success(), "{handoff}");
+    }
+}
+
+/// `--max-duration` holds whatever the engine is doing: reading, or (batch and per-message
+/// hand-offs) handling a backlog after its readers ended. It stopped 7 s past the deadline.
+#[test]
+fn max_duration_stops_a_slow_handlers_backlog_at_the_deadline() {
+    for handoff in ["batch", "per-message", "inline"] {
+        let (replay, engine, started) = slow_engine(handoff, &["--max-duration", "1s"]);
+        let (status, out) = engine.finish(Duration::from_secs(30));
+        let took = started.elapsed();
+        assert!(status.success(), "{handoff}: {out}");
+        assert!(took < Duration::from_secs(5), "{handoff}: a 1 s limit ended after {took:?}");
+        let r = json(&out);
+        assert_eq!((&r["interrupted"], &r["time_limit"]), (&true.into(), &true.into()), "{handoff}: {r}");
+        if handoff == "inline" {
+            // The reader handles each frame as it reads it: the rest waits unread, not accepted.
+            assert!(u(&r, "delivered") < BACKLOG_MSGS, "{r}");
+            assert_eq!(u(&r, "not_handled"), 0, "{r}");
+        } else {
+            stopped_with_a_backlog(&r);
+        }
+        let (status, _) = replay.finish(Duration::from_secs(20));
+        assert!(status.success(), "{handoff}");
+    }
+}

@@ -342,8 +342,10 @@ pub struct EngineArgs {
     /// until Ctrl-C (loss is then counted when every shard heard one per endpoint).
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
-    /// Stop anyway after this long (e.g. 90s). An engine stopped so that delivered
-    /// nothing while a link of it never came up exits 1, naming the links.
+    /// Stop anyway after this long (e.g. 90s), also while the workers still handle a backlog
+    /// after the end of stream (within one hand-off's handling); the report says so and counts
+    /// what was left as `not_handled`. An engine stopped so that delivered nothing while a link
+    /// of it never came up exits 1, naming the links.
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub max_duration: Option<Duration>,
     #[command(flatten)]

@@ -41,6 +41,9 @@ pub struct WorkerCounters {
     /// Hand-off messages that were not valid batches, and handed-off frames that did not decode
     /// again (a bug if ever non-zero: the reader checked them).
     pub malformed: AtomicU64,
+    /// Messages handed to this core that its resting guard skipped (policy `rest`): dropped on
+    /// purpose, so counted as lost, never as left unhandled at a stop.
+    pub rested: AtomicU64,
     /// Metric intervals that could not be shipped (collector gone).
     pub metrics_dropped: AtomicU64,
     /// Intervals shipped later because the collector was behind.
@@ -87,6 +90,8 @@ pub struct WorkerCore<C: Clock = Realtime> {
     handled_bytes: u64,
     /// Handled since the last [`WorkerCore::end_round`].
     round_msgs: u64,
+    /// Skipped by the resting guard so far.
+    rested: u64,
     counters: Arc<WorkerCounters>,
     /// The snail's lag check where messages are handled (the handler is behind).
     guard: Option<Guard>,
@@ -125,6 +130,7 @@ impl<C: Clock> WorkerCore<C> {
             handled: 0,
             handled_bytes: 0,
             round_msgs: 0,
+            rested: 0,
             counters,
             guard,
             croaked: false,
@@ -189,6 +195,7 @@ impl<C: Clock> WorkerCore<C> {
         // Policy `rest`: a resting worker drops its backlog (judged at the take time).
         if let Some(g) = &mut self.guard {
             if g.skip(&view.header, take_ns) {
+                self.rested += 1;
                 return 0;
             }
         }
@@ -257,6 +264,9 @@ impl<C: Clock> WorkerCore<C> {
             self.counters.handled.store(self.handled, Relaxed);
             self.counters.handled_bytes.store(self.handled_bytes, Relaxed);
             self.counters.last_done_ns.store(self.last_done_ns, Relaxed);
+        }
+        if self.rested > 0 {
+            self.counters.rested.store(self.rested, Relaxed);
         }
         self.say_refusals(now_ns, false);
         if let Some(g) = &mut self.guard {
@@ -353,7 +363,11 @@ pub fn report_period_ns(interval_ns: u64) -> u64 {
     (interval_ns / 10).clamp(1_000_000, 100_000_000)
 }
 
-/// The worker thread: a PULL from every reader around a [`WorkerCore`].
+/// Most hand-offs (batches, or frames handed over one by one) a worker takes in one round.
+pub const HANDOFFS_PER_ROUND: usize = 64;
+
+/// The worker thread: a PULL from every reader around a [`WorkerCore`]. It looks at the stop
+/// flag before each hand-off, so a stop waits for one batch's handling at most.
 pub struct WorkerAgent {
     role: String,
     pull: zmq::Socket,
@@ -392,7 +406,14 @@ impl Agent for WorkerAgent {
     }
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
-        for _ in 0..64 {
+        for _ in 0..HANDOFFS_PER_ROUND {
+            // A stop (Ctrl-C, a time limit, a croak elsewhere) is looked at before every
+            // hand-off, not only between rounds: a round of 64 batches of 64 behind a slow
+            // handler was seconds of work after the stop (one atomic load per hand-off). What
+            // stays queued is the report's `not_handled`.
+            if self.stop.is_stopped() {
+                break;
+            }
             match self.pull.recv(&mut self.msg, zmq::DONTWAIT) {
                 Ok(()) => {}
                 Err(zmq::Error::EAGAIN) => break,
@@ -630,6 +651,44 @@ mod tests {
         c.close();
         let last = h2.reports.try_recv().expect("final report");
         assert!(last.handler_counters.contains(&("refused_verify_full", 1)), "{:?}", last.handler_counters);
+    }
+
+    /// A handler that sets the stop flag at its first message (a Ctrl-C while it works).
+    struct StopsAtFirst(StopFlag);
+
+    impl Handler for StopsAtFirst {
+        fn on_message(&mut self, _: &FrameView<'_>) {
+            self.0.stop();
+        }
+    }
+
+    /// A stop mid-round ends the round after the hand-off being handled: before, a worker took
+    /// up to 64 hand-offs of up to 64 frames (seconds behind a slow handler) before it looked.
+    /// What stays queued is not handled (the report's `not_handled`), and no end marker was seen.
+    #[test]
+    fn a_worker_looks_at_the_stop_flag_before_each_hand_off() {
+        let ctx = zmq::Context::new();
+        let stop = StopFlag::new();
+        let (tx, _reports) = bounded(4);
+        let (_spares, spare_rx) = bounded(2);
+        let link = MetricsLink { reports: tx, spares: spare_rx, interval_ns: Arc::new(AtomicU64::new(100 * MS)) };
+        let handler = Box::new(StopsAtFirst(stop.clone()));
+        let c = WorkerCore::new(0, 1, handler, link, Arc::default(), None, Realtime);
+        let mut w = WorkerAgent::new(&ctx, "inproc://stop-each-hand-off", 100, 1, c, stop.clone()).expect("worker");
+        let push = ctx.socket(zmq::PUSH).expect("push");
+        push.connect("inproc://stop-each-hand-off").expect("connect");
+        for b in 0..3u64 {
+            let (mut batch, mut stamp) = (Vec::new(), 0);
+            for seq in 1..=10 {
+                let f = frame(b * 10 + seq, T0);
+                crate::engine::batch::push(&mut batch, &mut stamp, 0, T0, 4, &f);
+            }
+            push.send(batch, 0).expect("send a batch");
+        }
+        push.send(&b""[..], 0).expect("send the end marker");
+        assert!(matches!(w.do_work(), Ok(Step::Worked(10))), "one batch of 10 handled, then the stop seen");
+        assert_eq!(w.core.counters.handled.load(Relaxed), 10);
+        assert_eq!(w.ends_seen, 0, "the rest stays queued");
     }
 
     #[test]

@@ -355,12 +355,14 @@ pub struct RunReport {
     pub unended_sent: u64,
     /// Data messages that reached a handler (duplicates excluded).
     pub delivered: u64,
-    /// Data messages a reader accepted that no handler took when the engine stopped before the
-    /// end of stream (a croak, Ctrl-C, a time limit): the frame a croak was judged on, frames
-    /// staged for or queued to a worker that stops on the flag.
-    /// Accepted = `delivered` + this; 0 after a normal end.
+    /// Data messages a reader accepted that no handler took because the engine stopped (a
+    /// croak, Ctrl-C, a time limit), before the end of stream or after it: frames staged for or
+    /// queued to a worker, which stops on the flag within one hand-off's handling. They arrived,
+    /// so they are not in `lost`. Accepted = `delivered` + this (+ what a worker's resting
+    /// snail skipped, which is lost); 0 after a normal end.
     pub not_handled: u64,
-    /// Messages sent but not delivered, where that can be known (see `loss_basis`).
+    /// Messages sent but not delivered, where that can be known (see `loss_basis`): never
+    /// accepted, or skipped by a resting snail. Those left unhandled at a stop are `not_handled`.
     pub lost: Option<u64>,
     /// How `lost` was established, or why it is unknown.
     pub loss_basis: String,
@@ -371,7 +373,8 @@ pub struct RunReport {
     pub mb_per_sec: f64,
     /// Latency percentiles by stage (`wire`, `queue`, `total`).
     pub latency: BTreeMap<String, Percentiles>,
-    /// Stopped by Ctrl-C / stop request rather than end of stream.
+    /// Stopped by Ctrl-C / stop request (or its time limit) before the end of stream had been
+    /// read and every message handed off before it handled.
     pub interrupted: bool,
     /// Of those, stopped because its time limit ran out (`engine --max-duration`, a bench or
     /// capacity drain deadline), not by a signal.
