@@ -654,3 +654,227 @@ fn a_recorded_pace_capture_heartbeats_through_a_long_gap() {
     let (status, _) = replay.finish(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
 }
+
+/// A lossless replay whose subscriber stops reading, on a 1k SNDHWM at 200k msg/s, `extra`
+/// flags after: the replay (`--json`), its endpoint, and the subscriber that never reads.
+fn replay_into_a_stalled_subscriber(extra: &[&str]) -> (LineProc, zmq::Context, zmq::Socket) {
+    let mut args = vec!["--rate", "200k", "--sndhwm-msgs", "1k", "--json"];
+    args.extend_from_slice(extra);
+    let (replay, eps) = start_replay("replay", 1, &args);
+    let (ctx, sub) = subscriber(&eps[0]);
+    sub.set_rcvhwm(1_000).expect("rcvhwm");
+    (replay, ctx, sub)
+}
+
+#[test]
+fn the_duration_ends_a_replay_whose_lossless_subscriber_stopped_reading() {
+    // Before, `--rate 200k --duration 1s` into a subscriber that stopped reading (an engine
+    // under `kill -STOP`) ran on until the subscriber read again: the send blocked without a
+    // deadline. Now the duration (and its tenth) ends it, the end of stream is tried with its
+    // own deadline (10 s), and the summary comes before the error naming the shard.
+    let (replay, _ctx, _sub) = replay_into_a_stalled_subscriber(&["--duration", "1s"]);
+    let err = replay.stderr.as_ref().expect("stderr piped");
+    let t0 = std::time::Instant::now();
+    let said = wait_line(err, Duration::from_secs(10), "the duration's end", |l| l.starts_with("replay: the duration"));
+    assert!(said.contains("a lossless subscriber holds the publisher back"), "{said}");
+    let took = t0.elapsed();
+    let rest = rest_lines(err, Duration::from_secs(20));
+    let (status, out) = replay.finish(Duration::from_secs(5));
+    assert!(took < Duration::from_secs(3), "the duration (1 s and its tenth) ended the blocked send: {took:?}");
+    assert_eq!(status.code(), Some(1), "the end of stream could not be sent: an error; {rest:?}");
+    let s = json(&out);
+    let sent = u(&s, "sent_total");
+    assert!(sent > 0 && sent < 200_000, "some sent, not all that was due: {s}");
+    assert_eq!(s["eos_missed"].as_array().map(Vec::len), Some(1), "{s}");
+    // Held back, the publisher did not achieve the rate, and says so.
+    let achieved = s["achieved_msgs_per_sec"].as_f64().expect("achieved");
+    assert!(achieved < 0.95 * 200_000.0, "held back from the first second on: {s}");
+    let error: Vec<&String> = rest.iter().filter(|l| l.starts_with("mdsub: error: ")).collect();
+    assert_eq!(error.len(), 1, "{rest:?}");
+    assert!(error[0].contains("shard0 tcp://127.0.0.1:") && error[0].contains("could not take the end of stream"));
+}
+
+#[test]
+fn ctrl_c_ends_a_replay_blocked_by_its_lossless_subscriber_promptly() {
+    let (replay, _ctx, _sub) = replay_into_a_stalled_subscriber(&["--duration", "60s"]);
+    let err = replay.stderr.as_ref().expect("stderr piped");
+    wait_line(err, Duration::from_secs(10), "sending", |l| l.starts_with("subscribed: sending"));
+    // At 200k msg/s the 1k HWMs and the socket buffers fill well within this: the send blocks.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t0 = std::time::Instant::now();
+    replay.proc.signal(2);
+    let (_status, out) = replay.finish(Duration::from_secs(10));
+    // The blocked send ends at once, the end of stream waits 1 s after a stop request.
+    assert!(t0.elapsed() < Duration::from_secs(4), "ended {:?} after Ctrl-C", t0.elapsed());
+    let s = json(&out);
+    assert_eq!(s["interrupted"], true, "{s}");
+    assert_eq!(s["eos_missed"].as_array().map(Vec::len), Some(1), "said, not an error after a stop: {s}");
+}
+
+#[test]
+fn a_capture_that_ends_inside_a_multipart_message_is_refused_as_cut_off() {
+    // Before, a clean end of file after a record with the MORE flag lost that message with no
+    // count and no line: `sent 5 messages`, exit 0.
+    let dir = temp_dir("replay-eof-more");
+    let path = dir.join("more.mdcap");
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    for i in 1..=5u64 {
+        w.write_frame(&wire::encode(b"CAP", &data_header(i, i), &i.to_le_bytes()), false, i).expect("write");
+    }
+    w.write_frame(b"guide.topic", true, 6).expect("write");
+    w.write_frame(b"middle part", true, 7).expect("write");
+    w.flush().expect("flush");
+    drop(w);
+    let (code, v, err) = replay_json(&path);
+    assert_eq!(code, Some(1), "damaged input: exit 1; {err}");
+    assert_eq!(v["refused"]["truncated_tail"], 1, "{v}");
+    assert_eq!(v["sent_total"], 5, "the whole messages before it: {v}");
+    let said: Vec<&str> = err.lines().filter(|l| l.starts_with("replay: refused (truncated_tail): ")).collect();
+    assert_eq!(said.len(), 1, "said once: {err}");
+    assert!(
+        said[0].contains("more.mdcap")
+            && said[0].contains("ends inside a multipart message")
+            && said[0].contains("records 6-7"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_pause_on_purpose_is_not_taken_for_a_rate_not_achieved() {
+    // Before: `rate not achieved: offered 10000 msg/s, achieved 4999 msg/s (50%); the publisher
+    // could not send faster`, for a 1.5 s pause it was told to make.
+    let args = [
+        "replay",
+        "--endpoint",
+        "tcp://127.0.0.1:*",
+        "--subscribers",
+        "0",
+        "--rate",
+        "10k",
+        "--count",
+        "10k",
+        "--pause-at",
+        "5k",
+        "--pause-for",
+        "1500ms",
+        "--json",
+    ];
+    let (code, out, err) = run_within("replay", mdsub().args(args), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let s = json(&out);
+    assert!((1.5..2.0).contains(&s["paused_s"].as_f64().expect("paused_s")), "{s}");
+    let achieved = s["achieved_msgs_per_sec"].as_f64().expect("achieved");
+    assert!(achieved >= 9_500.0, "the pause is left out of the achieved rate: {s}");
+}
+
+#[test]
+fn the_summary_rate_counts_the_intervals_between_messages() {
+    // Before, `--rate 1 --count 2` said `sent 2 messages in 1.000 s (2 msg/s)`: n messages over
+    // the time from the first to the last, which spans n-1 intervals.
+    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--rate", "10", "--count", "3"];
+    let (code, out, err) = run_within("replay", mdsub().args(args), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let line = out.lines().find(|l| l.starts_with("sent 3 messages in ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains(" (10 msg/s)"), "3 messages 100 ms apart: {line}");
+}
+
+#[test]
+fn a_publisher_id_range_past_32_bits_is_refused() {
+    // Before, shard 1 of `--publisher-id 4294967295` silently took id 0.
+    let two = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--endpoint", "tcp://127.0.0.1:*"];
+    let (code, out, err) = run_within(
+        "replay",
+        mdsub().args(two).args(["--publisher-id", "4294967295", "--subscribers", "0", "--count", "2"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(2), "a usage error: {out} {err}");
+    assert!(
+        err.contains("--publisher-id") && err.contains("32-bit range") && err.contains("at most 4294967294"),
+        "{err}"
+    );
+    assert!(!out.contains("bound shard"), "refused before binding: {out}");
+    let (code, _, err) = run_within(
+        "replay",
+        mdsub().args(two).args(["--publisher-id", "4294967294", "--subscribers", "0", "--count", "2", "--rate", "0"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "the last id in range: {err}");
+}
+
+#[test]
+fn a_jump_in_the_recorded_clock_is_said_and_ctrl_c_or_the_duration_ends_the_wait() {
+    // Before, a record timed 10^18 ns after the one before left `--speed 1x` waiting in silence.
+    let dir = temp_dir("replay-jump");
+    let path = dir.join("jump.mdcap");
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    for (i, recv_ns) in [(1u64, 1_000u64), (2, 1_000 + 1_000_000_000_000_000_000)] {
+        w.write_frame(&wire::encode(b"JMP", &data_header(i, i), &i.to_le_bytes()), false, recv_ns).expect("write");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let p = path.to_str().expect("utf8");
+    let (replay, _) = start_replay("replay", 1, &["--from", p, "--speed", "1x", "--subscribers", "0", "--json"]);
+    let err = replay.stderr.as_ref().expect("stderr piped");
+    let said = wait_line(err, Duration::from_secs(10), "the long gap", |l| l.starts_with("replay: message 2 "));
+    assert!(said.contains("jump.mdcap, record 2") && said.contains("days") && said.contains("Ctrl-C"), "{said}");
+    let t0 = std::time::Instant::now();
+    replay.proc.signal(2);
+    let (_, out) = replay.finish(Duration::from_secs(10));
+    assert!(t0.elapsed() < Duration::from_secs(4), "Ctrl-C ended the wait: {:?}", t0.elapsed());
+    let s = json(&out);
+    assert_eq!((u(&s, "sent_total"), &s["interrupted"]), (1, &serde_json::Value::Bool(true)), "{s}");
+    // With a duration, the record past its end is not waited for.
+    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--json"];
+    let (code, out, err) = run_within(
+        "replay",
+        mdsub().args(args).args(["--from", p, "--speed", "1x", "--duration", "1s"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(u(&json(&out), "sent_total"), 1, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The most threads named `name` process `pid` had at once, sampled every 5 ms until it exits
+/// or `deadline` passes.
+fn most_threads_named(pid: u32, name: &str, deadline: Duration) -> usize {
+    let end = std::time::Instant::now() + deadline;
+    let mut most = 0;
+    while std::time::Instant::now() < end {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { break };
+        let n = tasks
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+            .count();
+        most = most.max(n);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    most
+}
+
+#[test]
+fn a_benchmark_sends_on_one_replay_thread_not_two() {
+    // Before, `bench` and `capacity` wrapped the publisher's run in a task named `replay` that
+    // only waited for the `replay` agent: two threads of one name, one of them idle.
+    let mut cmd = mdsub();
+    cmd.args(["bench", "--count", "50M", "--runs", "1", "--rate", "200k"]);
+    let p = LineProc::spawn_with_stderr("bench", &mut cmd);
+    wait_until(Duration::from_secs(30), "the bench's publisher thread", || {
+        thread_cpu_ms(p.proc.pid(), "replay").is_some()
+    });
+    assert_eq!(most_threads_named(p.proc.pid(), "replay", Duration::from_secs(1)), 1, "bench");
+    p.proc.signal(2);
+    let _ = p.finish(Duration::from_secs(15));
+    let dir = temp_dir("replay-threads-capacity");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--warmup", "200ms", "--hold", "300ms", "--runs", "1", "--time-cap", "6s", "--out"]);
+    let p = LineProc::spawn_with_stderr("capacity", cmd.arg(&dir));
+    wait_until(Duration::from_secs(30), "the trial's publisher thread", || {
+        thread_cpu_ms(p.proc.pid(), "replay").is_some()
+    });
+    assert_eq!(most_threads_named(p.proc.pid(), "replay", Duration::from_secs(1)), 1, "capacity");
+    p.proc.signal(2);
+    let _ = p.finish(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+}

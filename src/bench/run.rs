@@ -127,31 +127,20 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     };
     // Ctrl-C (or SIGTERM) ends the wait at once with `ReplayError::Interrupted`.
     publisher.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop).context("waiting for the subscriber")?;
-    // The publisher runs on a thread of its own (`replay`); this thread
-    // passes its progress on to the caller.
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // The publisher stops on `stop` or when the subscriber stopped (a croak, a failed agent).
+    // The publisher sends on its own agent thread (`replay`, or `replayK` per shard), and `run`
+    // calls back on this thread about every 5 ms: it passes the progress on and hands a stop
+    // over to the publisher (Ctrl-C, or the subscriber stopped: a croak, a failed agent), which
+    // then ends its stream.
     let pub_stop = StopFlag::new();
-    let (source, pacing, limits, counter) = (spec.source.clone(), spec.pacing, spec.limits, sent.clone());
-    let replay_stop = pub_stop.clone();
-    let task = Runner::task("replay", None, move || {
-        let mut tell = |n: u64| counter.store(n, std::sync::atomic::Ordering::Relaxed);
-        let r = publisher.run(&source, pacing, limits, &replay_stop, &mut tell);
-        // The publisher (its sockets) goes back to the caller, which keeps it until the
-        // subscriber is done: closed here, its connections would end while the subscriber still
-        // has a backlog to read, which the engine would report as a lost link.
-        (publisher, r)
-    })
-    .context("starting the publisher")?;
-    while !task.is_finished() {
+    let replay = publisher.run(&spec.source, spec.pacing, spec.limits, &pub_stop, &mut |n| {
         if stop.is_stopped() || sub_stop.is_stopped() {
             pub_stop.stop();
         }
-        progress(sent.load(std::sync::atomic::Ordering::Relaxed));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    progress(sent.load(std::sync::atomic::Ordering::Relaxed));
-    let (publisher, replay) = task.join().context("running the publisher")?;
+        progress(n);
+    });
+    // The publisher (its sockets) is kept until the subscriber is done: closed now, its
+    // connections would end while the subscriber still has a backlog to read, which the engine
+    // would report as a lost link.
     let replay = replay.context("replaying")?;
     let publisher_io_cpu_ns = io_tids.iter().filter_map(|&t| crate::clock::task_cpu_ns(t)).sum();
     let drain = if replay.interrupted { spec.drain_timeout.min(INTERRUPTED_DRAIN) } else { spec.drain_timeout };

@@ -242,6 +242,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         anyhow::bail!(super::UsageError("--thread-per-shard needs the generated feed, not --from files".into()));
     }
     let endpoints: Vec<String> = args.endpoint.iter().map(|e| e.endpoint.clone()).collect();
+    crate::replay::check_publisher_ids(args.publisher_id, endpoints.len())
+        .map_err(|e| super::UsageError(format!("--publisher-id: {e}")))?;
     if let Some(control) = &args.serve_trials {
         let cfg = crate::bench::capacity::remote::ServeConfig {
             control: control.endpoint.clone(),
@@ -317,14 +319,47 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let limits = args.feed.limits(if args.from.is_empty() { Some(Duration::from_secs(10)) } else { None });
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
     let market = publisher.market_clock();
-    let stats = publisher.run(&source, pacing, limits, stop, &mut |n| {
+    let run = publisher.run(&source, pacing, limits, stop, &mut |n| {
         pb.set_position(n);
         let ts = market.load(std::sync::atomic::Ordering::Relaxed);
         if ts != 0 {
             pb.set_message(format!("{n} msgs sent, market time {}", dbn::pretty::fmt_ts(ts)));
         }
-    })?;
+    });
     pb.finish_and_clear();
+    // A stream that could not be ended still gets its summary, then the error.
+    let (stats, eos_error) = match run {
+        Ok(stats) => (stats, None),
+        Err(e) => match e.stats() {
+            Some(stats) => (stats.clone(), Some(e)),
+            None => return Err(e.into()),
+        },
+    };
+    summarize(args, &stats)?;
+    if !stats.skipped_by_rtype.is_empty() {
+        let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
+        crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
+    }
+    // Damaged input: what came before the damage was replayed and the stream ended, and the
+    // exit status says the input was not whole.
+    let damaged = (!stats.refused.is_empty()).then(|| {
+        let list: Vec<String> = stats.refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        format!("replay: damaged input (refused: {}); what came before the damage was replayed", list.join(" "))
+    });
+    if let Some(e) = eos_error {
+        if let Some(d) = damaged {
+            crate::diag!("{d}");
+        }
+        return Err(e.into());
+    }
+    if let Some(d) = damaged {
+        anyhow::bail!(d);
+    }
+    Ok(())
+}
+
+/// The replay's summary on stdout: its numbers as JSON (`--json`), or in lines.
+fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::Result<()> {
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
@@ -332,12 +367,16 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             "sent {} messages in {:.3} s ({:.0} msg/s){}; per shard {:?}",
             stats.sent_total,
             stats.elapsed_s,
-            stats.sent_total as f64 / stats.elapsed_s.max(1e-9),
+            stats.msgs_per_sec,
             if stats.interrupted { " (interrupted)" } else { "" },
             stats.sent_per_shard
         );
         if let Some(note) = stats.rate_note() {
             crate::outln!("{note}");
+        }
+        if stats.interrupted && !stats.eos_missed.is_empty() {
+            // Not an error after a stop request (its end of stream waits 1 s only): said.
+            crate::outln!("end of stream not taken (a subscriber stopped reading) on: {}", stats.eos_missed.join(", "));
         }
         if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
@@ -377,16 +416,6 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
                 last.saturating_sub(first) as f64 / 1e9
             );
         }
-    }
-    if !stats.skipped_by_rtype.is_empty() {
-        let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
-        crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
-    }
-    if !stats.refused.is_empty() {
-        // Damaged input: what came before the damage was replayed and the stream ended, and the
-        // exit status says the input was not whole.
-        let list: Vec<String> = stats.refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
-        anyhow::bail!("replay: damaged input (refused: {}); what came before the damage was replayed", list.join(" "));
     }
     Ok(())
 }

@@ -37,6 +37,10 @@ use crate::zmqx::frame::send_bytes;
 /// every 1 Ki messages): what it sends after a subscriber left is counted from within this.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
+/// A recorded gap longer than this (at the replay's speed) is said when the replay waits for it:
+/// a jump in the recorded clock would otherwise leave the replay silent for as long.
+const LONG_GAP_NS: u64 = 60_000_000_000;
+
 /// Messages one `do_work` sends at most (flat out the clock is read once a batch, as it was
 /// every 64 messages before).
 const BATCH: usize = 64;
@@ -107,6 +111,8 @@ struct Pending {
     n_parts: usize,
     /// Data messages it counts as (0 or 1); None: an end of stream.
     data: Option<u64>,
+    /// It took a stream sequence of its shard (given back if it is never sent).
+    seq: bool,
 }
 
 enum Push {
@@ -151,8 +157,12 @@ pub struct PublisherAgent {
     /// An error met in a wait, for the next `do_work` to return.
     error: Option<ReplayError>,
     pub(super) interrupted: bool,
-    /// Shards that could not take their end of stream in time.
-    pub(super) eos_missed: usize,
+    /// Shards that could not take their end of stream in time (`shardK ENDPOINT`).
+    pub(super) eos_missed: Vec<String>,
+    /// Recorded pace: the previous message's recorded offset (unscaled), and the index + 1 of
+    /// the message whose long wait was said.
+    prev_offset_ns: u64,
+    said_gap_of: u64,
     /// Messages scheduled so far, for the progress display.
     progress: Arc<AtomicU64>,
     /// Set when the schedule is done (before the end of stream), mono ns.
@@ -239,7 +249,9 @@ impl PublisherAgent {
             sent_in_wait: 0,
             error: None,
             interrupted: false,
-            eos_missed: 0,
+            eos_missed: Vec::new(),
+            prev_offset_ns: 0,
+            said_gap_of: 0,
             progress,
             schedule_done: Arc::new(AtomicU64::new(0)),
         })
@@ -353,6 +365,28 @@ impl PublisherAgent {
                             }
                             None => return Err(ReplayError::Capture { path: path.clone(), source: e }),
                         },
+                        Ok(None) if *used > 0 => {
+                            // A clean end of file inside a multipart message (its last record
+                            // says more frames follow): the message is not whole, so it is not
+                            // sent, and that is damage like a cut-off record.
+                            let reason = "truncated_tail";
+                            if self.p.say_refusals {
+                                let last = reader.records();
+                                let first = last + 1 - *used as u64;
+                                crate::diag!(
+                                    "replay: refused ({reason}): capture file {}: it ends inside a multipart \
+                                     message, after {} of its frames (records {first}-{last}, the last with more \
+                                     to follow; the {} records before them were replayed, not this message, {})",
+                                    path.display(),
+                                    *used,
+                                    first - 1,
+                                    stops_here(reason)
+                                );
+                            }
+                            *self.p.refused.entry(reason.to_string()).or_default() += 1;
+                            *used = 0;
+                            return Ok(false);
+                        }
                         Ok(None) => return Ok(false),
                         Ok(Some(r)) => r,
                     };
@@ -440,7 +474,7 @@ impl PublisherAgent {
                 let sh = &mut self.p.shards[tf.shard];
                 sh.stream_seq += 1;
                 patch_generated(&mut tf.frame, tf.topic_len, sh.stream_seq, tf.topic_seq, send_time_ns, self.i);
-                Some(Pending { shard: tf.shard, at: FrameAt::Template(*slot), n_parts: 1, data: Some(1) })
+                Some(Pending { shard: tf.shard, at: FrameAt::Template(*slot), n_parts: 1, data: Some(1), seq: true })
             }
             Cursor::Prebuilt { frames } => {
                 let slot = (self.i % frames.len() as u64) as usize;
@@ -449,7 +483,7 @@ impl PublisherAgent {
                 sh.stream_seq += 1;
                 tf.topic_seq += 1;
                 wire::patch_sequences(&mut tf.frame, tf.topic_len, sh.stream_seq, tf.topic_seq, send_time_ns);
-                Some(Pending { shard: tf.shard, at: FrameAt::Template(slot), n_parts: 1, data: Some(1) })
+                Some(Pending { shard: tf.shard, at: FrameAt::Template(slot), n_parts: 1, data: Some(1), seq: true })
             }
             Cursor::Capture { restamp, topic_seq, parts, n_parts, .. } => {
                 let view = if *n_parts == 1 { wire::decode(&parts[0]).ok() } else { None };
@@ -482,7 +516,13 @@ impl PublisherAgent {
                         std::mem::swap(&mut parts[0], &mut self.p.buf);
                     }
                 }
-                Some(Pending { shard: k, at: FrameAt::Part(0), n_parts: *n_parts, data: Some(is_data as u64) })
+                Some(Pending {
+                    shard: k,
+                    at: FrameAt::Part(0),
+                    n_parts: *n_parts,
+                    data: Some(is_data as u64),
+                    seq: *restamp && is_data,
+                })
             }
             Cursor::Dbn(d) => {
                 let d = &mut **d;
@@ -498,7 +538,7 @@ impl PublisherAgent {
                 encode_data(&mut self.p.shards[k], &mut self.p.buf, &d.topic, seq, send_time_ns, &d.bytes);
                 let ts = d.ts_ns;
                 d.span = Some(d.span.map_or((ts, ts), |(first, last)| (first, last.max(ts))));
-                Some(Pending { shard: k, at: FrameAt::Buf, n_parts: 1, data: Some(1) })
+                Some(Pending { shard: k, at: FrameAt::Buf, n_parts: 1, data: Some(1), seq: true })
             }
         }
     }
@@ -506,17 +546,33 @@ impl PublisherAgent {
     /// Send what is due, up to [`BATCH`] messages.
     fn send_batch(&mut self) -> Result<Step, ReplayError> {
         let mut n = std::mem::take(&mut self.sent_in_wait);
-        if self.stop.is_stopped() {
-            self.interrupted = true;
-            self.pending = None;
-            self.finish_schedule();
-            return Ok(Step::Worked(n));
-        }
         if self.pending.is_some() {
             match self.push(None)? {
-                Push::Full => return Ok(Step::Blocked(n)),
+                Push::Full => {
+                    // A lossless subscriber holds the message back: a stop request, or the
+                    // duration's end (time elapsed, whatever the pace), gives it up.
+                    let (stopped, now) = (self.stop.is_stopped(), mono_ns());
+                    let over = self.schedule.as_ref().is_some_and(|s| s.is_over(now));
+                    if (stopped || over) && self.abandon_pending() {
+                        self.interrupted |= stopped;
+                        if let Some(s) = self.schedule.as_mut() {
+                            s.gave_up(now);
+                        }
+                        if over && !stopped {
+                            self.say_held_back();
+                        }
+                        self.finish_schedule();
+                        return Ok(Step::Worked(n));
+                    }
+                    return Ok(Step::Blocked(n));
+                }
                 Push::Done => n += 1,
             }
+        }
+        if self.stop.is_stopped() {
+            self.interrupted = true;
+            self.finish_schedule();
+            return Ok(Step::Worked(n));
         }
         let now = mono_ns();
         if self.schedule.is_none() {
@@ -534,10 +590,20 @@ impl PublisherAgent {
             }
             if let Some((started, until)) = self.stall {
                 if now < until {
-                    self.next_due_ns = until;
+                    // The duration ends a stall too.
+                    let Some(schedule) = self.schedule.as_ref() else { break };
+                    if schedule.is_over(now) {
+                        self.finish_schedule();
+                        break;
+                    }
+                    self.next_due_ns = schedule.stop_at_ns().map_or(until, |stop| until.min(stop));
                     break;
                 }
-                self.p.paused += Duration::from_nanos(now.saturating_sub(started));
+                let paused = now.saturating_sub(started);
+                self.p.paused += Duration::from_nanos(paused);
+                if let Some(s) = self.schedule.as_mut() {
+                    s.paused(paused);
+                }
                 self.stall = None;
             }
             if !self.load()? {
@@ -565,9 +631,12 @@ impl PublisherAgent {
                     continue;
                 }
             }
-            let offset = match self.pacing {
-                Pacing::Recorded { speed } => Some(scale_ns(self.recorded_offset(), speed)),
-                _ => None,
+            let (offset, recorded) = match self.pacing {
+                Pacing::Recorded { speed } => {
+                    let recorded = self.recorded_offset();
+                    (Some(scale_ns(recorded, speed)), recorded)
+                }
+                _ => (None, 0),
             };
             let Some(schedule) = self.schedule.as_mut() else { break };
             let turn = match offset {
@@ -581,11 +650,15 @@ impl PublisherAgent {
                     break;
                 }
                 Turn::Wait(left) => {
-                    self.next_due_ns = now + left;
+                    self.next_due_ns = now.saturating_add(left);
+                    if let Pacing::Recorded { speed } = self.pacing {
+                        self.say_long_gap(recorded, speed, left);
+                    }
                     self.on_wait(now)?;
                     break;
                 }
             };
+            self.prev_offset_ns = recorded;
             let Some(pending) = self.encode(send_time_ns) else {
                 self.finish_schedule();
                 break;
@@ -604,6 +677,60 @@ impl PublisherAgent {
         }
         self.progress.store(self.i, Ordering::Relaxed);
         Ok(Step::Worked(n))
+    }
+
+    /// Give up the pending message (a stop request, or the duration's end while a lossless
+    /// subscriber holds it back): its stream sequence is given back, so the end of stream does
+    /// not count it lost at the tail (it never left). False, and kept, when part of it was sent
+    /// (a multipart message's later frames always fit: libzmq counts a message against the HWM
+    /// by its last frame, so they go out on the next push).
+    fn abandon_pending(&mut self) -> bool {
+        let Some(pd) = self.pending else { return true };
+        if matches!(pd.at, FrameAt::Part(k) if k > 0) {
+            return false;
+        }
+        if pd.seq {
+            let sh = &mut self.p.shards[pd.shard];
+            sh.stream_seq = sh.stream_seq.saturating_sub(1);
+        }
+        self.pending = None;
+        true
+    }
+
+    /// Say that the duration ended while a lossless subscriber held the publisher back.
+    fn say_held_back(&self) {
+        crate::diag!(
+            "replay: the duration is over while a lossless subscriber holds the publisher back (its pipe is \
+             full): sending stops at message {}, the end of stream follows (each shard waits at most {} s for it)",
+            self.i + 1,
+            EOS_TIMEOUT.as_secs()
+        );
+    }
+
+    /// At a recorded pace, the loaded message is due `left` ns from now: a gap from the one
+    /// before longer than [`LONG_GAP_NS`] at this speed (a jump in the recorded clock, a
+    /// capture of two sessions) is said once, with its place and the wait, instead of a
+    /// silent wait (a stop request or the duration's end still ends it).
+    fn say_long_gap(&mut self, recorded_ns: u64, speed: f64, left: u64) {
+        let gap = recorded_ns.saturating_sub(self.prev_offset_ns);
+        if self.i == 0 || self.said_gap_of == self.i + 1 || scale_ns(gap, speed) <= LONG_GAP_NS {
+            return;
+        }
+        self.said_gap_of = self.i + 1;
+        let place = match &self.cursor {
+            Cursor::Capture { path, reader, .. } => {
+                format!("capture file {}, record {}", path.display(), reader.records())
+            }
+            Cursor::Dbn(d) => format!("DBN record with receive time {} ns", d.ts_ns),
+            _ => String::new(),
+        };
+        crate::diag!(
+            "replay: message {} ({place}) is recorded {} after the one before: at {speed}x the replay waits {} \
+             for it (a jump in the recorded clock?); --duration or Ctrl-C end the wait",
+            self.i + 1,
+            long_ns(gap),
+            long_ns(left)
+        );
     }
 
     /// Waiting for a turn at `now`: heartbeat when it is time (which drains the subscription
@@ -627,6 +754,7 @@ impl PublisherAgent {
             return;
         }
         self.p.achieved_msgs_per_sec = self.schedule.as_ref().and_then(Schedule::achieved_msgs_per_sec);
+        self.p.turn_span_ns = self.schedule.as_ref().and_then(Schedule::turn_span_ns);
         if let Some((started, _)) = self.stall.take() {
             self.p.paused += Duration::from_nanos(mono_ns().saturating_sub(started));
         }
@@ -674,13 +802,14 @@ impl PublisherAgent {
                 let wait = if self.stop.is_stopped() { Duration::from_secs(1) } else { EOS_TIMEOUT };
                 self.phase = Phase::Ending { shard, deadline_ns: now + wait.as_nanos() as u64 };
                 self.p.encode_control(shard, Kind::EndOfStream);
-                self.pending = Some(Pending { shard, at: FrameAt::Buf, n_parts: 1, data: None });
+                self.pending = Some(Pending { shard, at: FrameAt::Buf, n_parts: 1, data: None, seq: false });
             }
             match self.push(None)? {
                 Push::Done => {}
                 Push::Full if now >= deadline_ns && deadline_ns != 0 => {
                     self.pending = None;
-                    self.eos_missed += 1;
+                    let sh = &self.p.shards[shard];
+                    self.eos_missed.push(format!("shard{} {}", self.p.part.0 + shard, sh.endpoint));
                     self.next_eos_shard();
                 }
                 Push::Full => return Ok(Step::Blocked(n)),
@@ -718,12 +847,17 @@ impl Agent for PublisherAgent {
         }
     }
 
-    /// Wait in the pending message's own send, up to `timeout` (at least 1 ms, libzmq's unit).
+    /// Wait in the pending message's own send, up to `timeout` (at least 1 ms, libzmq's unit),
+    /// and never past the end of stream's deadline or the duration's end.
     fn blocked_wait(&mut self, timeout: Duration) {
         let mut ms = timeout.as_millis().clamp(1, 100) as i32;
-        if let Phase::Ending { deadline_ns, .. } = self.phase {
-            let left_ms = deadline_ns.saturating_sub(mono_ns()) / 1_000_000;
-            ms = ms.min(left_ms.max(1) as i32);
+        let until = match self.phase {
+            Phase::Ending { deadline_ns, .. } => Some(deadline_ns),
+            _ => self.schedule.as_ref().and_then(Schedule::stop_at_ns),
+        };
+        if let Some(until) = until {
+            let left_ms = until.saturating_sub(mono_ns()) / 1_000_000;
+            ms = ms.min(left_ms.clamp(1, i32::MAX as u64) as i32);
         }
         let was = self.pending.and_then(|p| p.data);
         match self.push(Some(ms)) {
@@ -731,6 +865,17 @@ impl Agent for PublisherAgent {
             Ok(_) => {}
             Err(e) => self.error = Some(e),
         }
+    }
+}
+
+/// A long wait in words: `90.0 s`, `12.5 min`, `3.2 h`, `11574.1 days`.
+fn long_ns(ns: u64) -> String {
+    let s = ns as f64 / 1e9;
+    match s {
+        s if s < 600.0 => format!("{s:.1} s"),
+        s if s < 3.0 * 3600.0 => format!("{:.1} min", s / 60.0),
+        s if s < 3.0 * 86_400.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} days", s / 86_400.0),
     }
 }
 

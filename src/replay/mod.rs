@@ -54,6 +54,14 @@ pub enum ReplayError {
     /// Stopped (Ctrl-C, SIGTERM) before the replay began.
     #[error("interrupted while waiting for subscribers")]
     Interrupted,
+    /// The replay ran, but shards could not take their end of stream in time (a lossless
+    /// subscriber stopped reading): what it did, for its summary.
+    #[error(
+        "{} could not take the end of stream within {} s (a subscriber stopped reading)",
+        .0.eos_missed.join(", "),
+        EOS_TIMEOUT.as_secs()
+    )]
+    EndOfStreamMissed(Box<ReplayStats>),
 }
 
 impl ReplayError {
@@ -61,6 +69,15 @@ impl ReplayError {
     /// ([`ReplayError::Interrupted`]).
     pub fn is_interrupted(e: &anyhow::Error) -> bool {
         matches!(e.downcast_ref::<ReplayError>(), Some(ReplayError::Interrupted))
+    }
+
+    /// What the replay did, when it ran to the end and the error is in how its stream ended
+    /// ([`ReplayError::EndOfStreamMissed`]).
+    pub fn stats(&self) -> Option<&ReplayStats> {
+        match self {
+            ReplayError::EndOfStreamMissed(stats) => Some(stats),
+            _ => None,
+        }
     }
 }
 
@@ -152,6 +169,11 @@ pub struct ReplayStats {
     pub sent_per_shard: Vec<u64>,
     pub sent_total: u64,
     pub elapsed_s: f64,
+    /// The rate the replay sent at, msg/s: its turns after the first per second from the first
+    /// to the last (n messages span n-1 intervals; messages dropped on purpose included), summed
+    /// over the sending threads; `sent_total / elapsed_s` when there were not two turns a clock
+    /// reading apart.
+    pub msgs_per_sec: f64,
     /// Of the messages sent, those a lossy publisher (`--lossy`) dropped at
     /// its SNDHWM, per shard and in all: they never left this process (the
     /// engine counts them as lost, by sequence and from the end-of-stream
@@ -165,6 +187,10 @@ pub struct ReplayStats {
     pub sent_with_no_subscriber: u64,
     /// True when stopped by a stop request before its source or limits ended.
     pub interrupted: bool,
+    /// Shards that could not take their end of stream in time (`shardK ENDPOINT`): a subscriber
+    /// stopped reading (an error unless `interrupted`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub eos_missed: Vec<String>,
     /// CPU time of the sending thread(s) (not libzmq's I/O threads), ns.
     pub cpu_ns: u64,
     /// DBN sources: receive time of the first and last record sent (ns since the epoch).
@@ -183,8 +209,9 @@ pub struct ReplayStats {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub subscribers_refused: BTreeMap<String, u64>,
     /// A fixed rate (`--rate`): the rate offered and what the publisher achieved, msg/s (its
-    /// turns after the first per second from the first to the last; the schedule's turns,
-    /// messages dropped on purpose included). None flat out or at a recorded pace (and the
+    /// turns after the first per second from the first to the last, less the time paused on
+    /// purpose in between (`paused_s`); the schedule's turns, messages dropped on purpose
+    /// included). None flat out or at a recorded pace (and the
     /// achieved rate of a run cut short by a stop request, or of fewer than two messages).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offered_msgs_per_sec: Option<u64>,
@@ -305,8 +332,10 @@ pub struct Publisher {
     dropped_on_purpose: u64,
     restarts: u64,
     paused: Duration,
-    /// What the last run's pacer achieved at a fixed rate ([`Pacer::achieved_msgs_per_sec`]).
+    /// What the last run's pacer achieved at a fixed rate ([`Schedule::achieved_msgs_per_sec`](schedule::Schedule::achieved_msgs_per_sec)).
     achieved_msgs_per_sec: Option<f64>,
+    /// The last run's turns and their span ([`Schedule::turn_span_ns`](schedule::Schedule::turn_span_ns)).
+    turn_span_ns: Option<(u64, u64)>,
     /// Say what the input refuses (record types not replayed, damage) as it is met; off, it is
     /// only counted (a benchmark's later runs of the same file).
     say_refusals: bool,
@@ -325,6 +354,7 @@ impl Publisher {
         if cfg.endpoints.is_empty() {
             return Err(ReplayError::Config("at least one endpoint is needed".into()));
         }
+        check_publisher_ids(cfg.publisher_id_base, cfg.endpoints.len()).map_err(ReplayError::Config)?;
         let mut seed = SplitMix64::new(crate::clock::realtime_ns() ^ (std::process::id() as u64) << 32);
         let zap = Some(ZapService::start(ctx, "replay", &cfg.access).map_err(|e| ReplayError::Config(e.to_string()))?);
         let mut shards = Vec::with_capacity(cfg.endpoints.len());
@@ -353,7 +383,8 @@ impl Publisher {
             shards.push(Shard {
                 socket: s,
                 endpoint,
-                publisher_id: cfg.publisher_id_base + i as u32,
+                // In range: checked above.
+                publisher_id: cfg.publisher_id_base.saturating_add(i as u32),
                 session_id: seed.next_u64(),
                 stream_seq: 0,
                 sent: 0,
@@ -379,6 +410,7 @@ impl Publisher {
             restarts: 0,
             paused: Duration::ZERO,
             achieved_msgs_per_sec: None,
+            turn_span_ns: None,
             say_refusals: true,
             thread_per_shard: cfg.thread_per_shard,
             part: (0, 1),
@@ -567,7 +599,10 @@ impl Publisher {
             dropped_at_hwm_per_shard,
             sent_with_no_subscriber: self.shards.iter().map(|s| s.sent_unheard).sum(),
             elapsed_s: start.elapsed().as_secs_f64(),
+            // Set by the run, from its schedules.
+            msgs_per_sec: 0.0,
             interrupted,
+            eos_missed: Vec::new(),
             cpu_ns: 0,
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
@@ -705,9 +740,11 @@ impl Publisher {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (mut interrupted, mut cpu_ns, mut missed) = (false, 0, 0);
-        // Each thread's share of the rate adds up to the whole: so do the rates they achieved.
+        let (mut interrupted, mut cpu_ns, mut missed) = (false, 0, Vec::new());
+        // Each thread's share of the rate adds up to the whole: so do the rates they achieved,
+        // and those they sent at.
         let mut achieved = Some(0.0);
+        let mut rate = Some(0.0);
         let mut total = 0;
         for (handle, _, _) in agents {
             let agent_cpu = handle.stats().cpu_ns;
@@ -715,7 +752,7 @@ impl Publisher {
                 Ok(a) => {
                     cpu_ns += agent_cpu;
                     interrupted |= a.interrupted;
-                    missed += a.eos_missed;
+                    missed.extend(a.eos_missed.iter().cloned());
                     total += a.scheduled();
                     let one = a.p;
                     self.shards.extend(one.shards);
@@ -723,6 +760,8 @@ impl Publisher {
                     self.restarts += one.restarts;
                     self.paused += one.paused;
                     achieved = achieved.zip(one.achieved_msgs_per_sec).map(|(a, b)| a + b);
+                    let one_rate = one.turn_span_ns.map(|(turns, ns)| (turns - 1) as f64 * 1e9 / ns as f64);
+                    rate = rate.zip(one_rate).map(|(a, b)| a + b);
                     self.market_span_ns = self.market_span_ns.or(one.market_span_ns);
                     self.skipped_by_rtype.extend(one.skipped_by_rtype);
                     for (reason, k) in one.refused {
@@ -738,16 +777,15 @@ impl Publisher {
         if let Some(e) = failed {
             return Err(e);
         }
-        if missed > 0 && !interrupted {
-            return Err(ReplayError::Config(format!(
-                "{missed} shard(s) could not take the end of stream within {} s (a subscriber stopped reading)",
-                EOS_TIMEOUT.as_secs()
-            )));
-        }
         let mut stats = self.stats(start, interrupted);
         stats.cpu_ns = cpu_ns;
+        stats.msgs_per_sec = rate.unwrap_or(stats.sent_total as f64 / stats.elapsed_s.max(1e-9));
         stats.offered_msgs_per_sec = offered_rate(pacing);
         stats.achieved_msgs_per_sec = achieved.filter(|_| !interrupted && offered_rate(pacing).is_some());
+        stats.eos_missed = missed;
+        if !stats.eos_missed.is_empty() && !interrupted {
+            return Err(ReplayError::EndOfStreamMissed(Box::new(stats)));
+        }
         Ok(stats)
     }
 
@@ -770,12 +808,28 @@ impl Publisher {
             restarts: 0,
             paused: Duration::ZERO,
             achieved_msgs_per_sec: None,
+            turn_span_ns: None,
             say_refusals: self.say_refusals,
             thread_per_shard: false,
             part,
             idle: self.idle,
         }
     }
+}
+
+/// Shard k's publisher id is `base + k`: refused when the last shard's would pass `u32::MAX`
+/// (it would wrap to 0, another publisher's id, in silence).
+pub fn check_publisher_ids(base: u32, shards: usize) -> Result<(), String> {
+    let last = u64::from(base) + shards.saturating_sub(1) as u64;
+    if last > u64::from(u32::MAX) {
+        return Err(format!(
+            "publisher id {base} with {shards} shards needs ids {base}..={last}, past the 32-bit range \
+             (0..={}): give an id of at most {}",
+            u32::MAX,
+            (u64::from(u32::MAX) + 1).saturating_sub(shards as u64)
+        ));
+    }
+    Ok(())
 }
 
 /// The fixed rate `pacing` offers, msg/s (None flat out or at a recorded pace).

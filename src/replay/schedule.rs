@@ -47,6 +47,10 @@ pub struct Schedule {
     turns: u64,
     first_turn_at_ns: u64,
     last_turn_at_ns: u64,
+    /// Time stalled on purpose ([`Schedule::paused`]) since the last turn, and of the stalls
+    /// between the first turn and the last: left out of the achieved rate.
+    pause_pending_ns: u64,
+    paused_in_span_ns: u64,
 }
 
 impl Schedule {
@@ -64,7 +68,61 @@ impl Schedule {
             turns: 0,
             first_turn_at_ns: 0,
             last_turn_at_ns: 0,
+            pause_pending_ns: 0,
+            paused_in_span_ns: 0,
         }
+    }
+
+    /// When a publisher behind its schedule stops (CLOCK_MONOTONIC ns): the end of the
+    /// duration plus [`overrun_ns`] of it; None without a duration.
+    pub fn stop_at_ns(&self) -> Option<u64> {
+        self.stop_offset_ns.map(|stop| self.start_mono_ns.saturating_add(stop))
+    }
+
+    /// True once `now_ns` is past [`Schedule::stop_at_ns`]: no turn is granted any more, and
+    /// a message that was granted one but could not be sent (a lossless subscriber that
+    /// stopped reading) is given up, since the duration is time elapsed whatever the pace.
+    pub fn is_over(&self, now_ns: u64) -> bool {
+        self.stop_offset_ns.is_some_and(|stop| self.offset(now_ns) >= stop)
+    }
+
+    /// The publisher stalled on purpose for `ns` (`--pause-at`): a stall between two turns is
+    /// left out of the achieved rate, which judges what the publisher could send, not the
+    /// silence it was told to keep.
+    pub fn paused(&mut self, ns: u64) {
+        self.pause_pending_ns = self.pause_pending_ns.saturating_add(ns);
+    }
+
+    /// The turns granted so far, and the time from the first to the last (clock readings);
+    /// None before two turns a clock tick apart. Any pacing (flat out, the readings taken
+    /// every 64 messages).
+    pub fn turn_span_ns(&self) -> Option<(u64, u64)> {
+        let span_ns = self.last_turn_at_ns.saturating_sub(self.first_turn_at_ns);
+        (self.turns >= 2 && span_ns > 0).then_some((self.turns, span_ns))
+    }
+
+    /// The message granted the last turn was given up at `now_ns` (the duration ended while a
+    /// lossless subscriber held it back): its turn is not counted, and the time held back is,
+    /// in the rates (the turns after the first per second from the first to `now_ns`), so that
+    /// a publisher held back says so ([`Schedule::achieved_msgs_per_sec`] below the rate).
+    pub fn gave_up(&mut self, now_ns: u64) {
+        if self.turns > 0 {
+            self.turns -= 1;
+            self.last_turn_at_ns = self.last_turn_at_ns.max(self.offset(now_ns));
+        }
+    }
+
+    /// A turn is granted at `now` (offset from the start).
+    #[inline]
+    fn granted(&mut self, now: u64) {
+        if self.turns == 0 {
+            self.first_turn_at_ns = now;
+            self.pause_pending_ns = 0;
+        } else if self.pause_pending_ns != 0 {
+            self.paused_in_span_ns = self.paused_in_span_ns.saturating_add(std::mem::take(&mut self.pause_pending_ns));
+        }
+        self.turns += 1;
+        self.last_turn_at_ns = now;
     }
 
     /// Flat out: as fast as the publisher can send.
@@ -101,6 +159,7 @@ impl Schedule {
                 if self.end_offset_ns.is_some_and(|end| offset >= end) {
                     return Turn::Over;
                 }
+                self.granted(offset);
                 self.last_send_offset_ns = offset;
                 return Turn::Send(self.start_rt_ns.saturating_add(offset));
             }
@@ -132,11 +191,7 @@ impl Schedule {
         if self.stop_offset_ns.is_some_and(|stop| now >= stop) {
             return Turn::Over;
         }
-        if self.turns == 0 {
-            self.first_turn_at_ns = now;
-        }
-        self.turns += 1;
-        self.last_turn_at_ns = now;
+        self.granted(now);
         self.last_send_offset_ns = offset_ns;
         Turn::Send(self.start_rt_ns.saturating_add(offset_ns))
     }
@@ -161,11 +216,11 @@ impl Schedule {
     }
 
     /// A paced publisher's achieved rate: the turns after the first per second from the first
-    /// to the last (n turns on schedule at a rate R span (n-1)/R at most, so on schedule this
-    /// is R or more; behind it, what was sent). None flat out, at a recorded pace, or before
-    /// two turns a clock tick apart.
+    /// to the last, less the time stalled on purpose in between (n turns on schedule at a rate
+    /// R span (n-1)/R at most, so on schedule this is R or more; behind it, what was sent).
+    /// None flat out, at a recorded pace, or before two turns a clock tick apart.
     pub fn achieved_msgs_per_sec(&self) -> Option<f64> {
-        let span_ns = self.last_turn_at_ns.saturating_sub(self.first_turn_at_ns);
+        let span_ns = self.last_turn_at_ns.saturating_sub(self.first_turn_at_ns).saturating_sub(self.paused_in_span_ns);
         match self.pacing {
             super::Pacing::Rate { .. } if self.turns >= 2 && span_ns > 0 => {
                 Some((self.turns - 1) as f64 * 1e9 / span_ns as f64)
@@ -289,6 +344,42 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(stats.rate_note(), None);
+    }
+
+    /// A stall on purpose between two turns is left out of the achieved rate (before, `--rate
+    /// 10k --count 10k --pause-at 5k --pause-for 1500ms` said it achieved 50%, "the publisher
+    /// could not send faster"); one before the first turn is not in the span to begin with.
+    #[test]
+    fn a_pause_on_purpose_is_not_counted_against_the_rate() {
+        let mut s = Schedule::new(Pacing::Rate { msgs_per_sec: 1_000, burst: 1 }, None, T0, RT0);
+        s.paused(5_000 * MS);
+        for i in 0..10 {
+            assert_eq!(s.turn(i, T0 + i * MS), Turn::Send(RT0 + i * MS));
+        }
+        // Stalled 1.5 s, then the turns due meanwhile go out at once, 10 µs apart.
+        s.paused(1_500 * MS);
+        for i in 10..20 {
+            assert!(matches!(s.turn(i, T0 + 1_509 * MS + (i - 10) * 10_000), Turn::Send(_)));
+        }
+        let achieved = s.achieved_msgs_per_sec().expect("a rate was offered");
+        assert!(achieved >= 1_000.0, "the stall is left out: {achieved}");
+        assert_eq!(s.turn_span_ns(), Some((20, 1_509 * MS + 90_000)), "the span as it was");
+    }
+
+    /// A message held back past the duration's end (and its tenth) is given up: its turn is
+    /// not counted and the time held back is, so the rate says the publisher was held back.
+    #[test]
+    fn a_message_held_back_past_the_end_is_given_up_and_counted_as_time() {
+        let mut s = Schedule::new(Pacing::Rate { msgs_per_sec: 1_000, burst: 1 }, Some(1_000 * MS), T0, RT0);
+        for i in 0..100 {
+            assert!(matches!(s.turn(i, T0 + i * MS), Turn::Send(_)));
+        }
+        assert_eq!(s.stop_at_ns(), Some(T0 + 1_100 * MS));
+        assert!(!s.is_over(T0 + 1_100 * MS - 1));
+        assert!(s.is_over(T0 + 1_100 * MS));
+        s.gave_up(T0 + 1_100 * MS);
+        let achieved = s.achieved_msgs_per_sec().expect("a rate was offered");
+        assert!((achieved - 98.0 / 1.1).abs() < 0.01, "98 intervals over 1.1 s: {achieved}");
     }
 
     /// A heartbeat is due after a second without a send, and then not again for a second.

@@ -1,13 +1,11 @@
 //! One run of a capacity trial (the shell around [`search`](super::search)):
 //! a publisher offers a fixed rate on an open-loop schedule to a fresh
 //! engine for the warm-up plus the hold; the warm-up's latency is
-//! subtracted, the hold's is judged. The publisher is in-process (a
-//! `replay` task of [`Runner`]) or another process driven over a control
-//! socket ([`remote`](super::remote)).
+//! subtracted, the hold's is judged. The publisher is in-process (its
+//! `replay` agent, started by [`Publisher::run`]) or another process driven
+//! over a control socket ([`remote`](super::remote)).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -15,7 +13,7 @@ use hdrhistogram::Histogram;
 
 use super::remote::RemotePublisher;
 use super::search::RunMeasure;
-use crate::agent::{Runner, StopFlag};
+use crate::agent::StopFlag;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::feed::GeneratorConfig;
 use crate::metrics::collector::SharedLatency;
@@ -102,53 +100,56 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     let engine_stop = StopFlag::new();
     let engine = Engine::start(&cfg, engine_stop.clone()).context("starting the engine")?;
     let live = engine.latency();
-    let sent_at_end = Arc::new(AtomicU64::new(0));
-    let send_ns = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    // The publisher runs on a thread of its own (`replay`); this thread takes
-    // the warm-up snapshot.
-    let (task, mut remote) = match publisher {
+    // A local publisher sends on its own agent thread (`replay`), and `run` calls back on this
+    // thread about every 5 ms, which takes the warm-up snapshot when it is due.
+    let mut warm = None;
+    let mut local_publisher = None;
+    let mut remote = None;
+    let local_run = match publisher {
         Pub::Local(mut p, sent_rate) => {
             p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop)
                 .context("waiting for the engine to subscribe")?;
             let pacing = Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 };
             let source = Source::Generator(spec.feed.clone());
             let limits = Limits { max_msgs: None, duration: Some(duration) };
-            let (pub_stop, sent, ns) = (stop.clone(), sent_at_end.clone(), send_ns.clone());
-            let task = Runner::task("replay", None, move || {
-                let t0 = Instant::now();
-                // `run` reports its count once more when the schedule is
-                // done, before the end of stream: the send time ends there.
-                let mut tell = |n: u64| {
-                    sent.store(n, Relaxed);
-                    ns.store(t0.elapsed().as_nanos() as u64, Relaxed);
-                };
-                // `p` goes back with the result, kept open until the engine is done (see
-                // bench::run::run_once: closed now, its disconnect would read as a lost link).
-                let r = p.run(&source, pacing, limits, &pub_stop, &mut tell);
-                (p, r)
-            })
-            .context("starting the publisher")?;
-            (Some(task), None)
+            let t0 = Instant::now();
+            let (mut sent, mut send_ns) = (0, 0);
+            // `run` reports its count once more when the schedule is done, before the end of
+            // stream: the send time ends there.
+            let r = p.run(&source, pacing, limits, stop, &mut |n| {
+                sent = n;
+                send_ns = t0.elapsed().as_nanos() as u64;
+                if warm.is_none() && start.elapsed() >= spec.warmup {
+                    warm = Some(total_of(&live));
+                }
+            });
+            // `p` is kept open until the engine is done (see bench::run::run_once: closed now,
+            // its disconnect would read as a lost link).
+            local_publisher = Some(p);
+            Some((r, sent, send_ns))
         }
         Pub::Remote(mut r) => {
             r.go()?;
-            (None, Some(r))
+            remote = Some(r);
+            None
         }
     };
-    // Warm-up: wait it out, then take what the collector has so far.
-    while start.elapsed() < spec.warmup && !stop.is_stopped() {
-        std::thread::sleep(Duration::from_millis(5).min(spec.warmup.saturating_sub(start.elapsed())));
-    }
-    let (warm, warm_bounds) = total_of(&live);
-    let mut local_publisher = None;
-    let (sent, send_s) = match (task, remote.as_mut()) {
-        (Some(task), _) => {
-            let (p, stats) = task.join().context("running the publisher")?;
-            local_publisher = Some(p);
+    // Warm-up (a remote publisher's, or a local run that ended before it): wait it out, then
+    // take what the collector has so far.
+    let (warm, warm_bounds) = match warm {
+        Some(w) => w,
+        None => {
+            while start.elapsed() < spec.warmup && !stop.is_stopped() {
+                std::thread::sleep(Duration::from_millis(5).min(spec.warmup.saturating_sub(start.elapsed())));
+            }
+            total_of(&live)
+        }
+    };
+    let (sent, send_s) = match (local_run, remote.as_mut()) {
+        (Some((stats, n, ns)), _) => {
             let stats = stats.context("publishing")?;
-            let n = sent_at_end.load(Relaxed).max(stats.sent_total);
-            let ns = send_ns.load(Relaxed);
+            let n = n.max(stats.sent_total);
             (n, if ns > 0 { ns as f64 / 1e9 } else { stats.elapsed_s })
         }
         (None, Some(r)) => r.finish(duration + Duration::from_secs(30))?,
