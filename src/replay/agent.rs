@@ -23,10 +23,11 @@ use std::time::Duration;
 use super::faults::{Due, Faults};
 use super::schedule::{Schedule, Turn};
 use super::{
-    encode_data, mono_ns, patch_generated, scale_ns, shard_of, stops_here, Pacing, Publisher, ReplayError, TopicFrame,
+    encode_data, patch_generated, scale_ns, shard_of, stops_here, Pacing, Publisher, ReplayError, TopicFrame,
     EOS_TIMEOUT,
 };
 use crate::agent::{Agent, AgentError, Step};
+use crate::clock::monotonic_ns;
 use crate::feed::dbn_source::DbnMerge;
 use crate::feed::{Generator, GeneratorConfig};
 use crate::wire::capture::CaptureReader;
@@ -559,7 +560,7 @@ impl PublisherAgent {
                 Push::Full => {
                     // A lossless subscriber holds the message back: a stop request, or the
                     // duration's end (time elapsed, whatever the pace), gives it up.
-                    let (stopped, now) = (self.stop.is_stopped(), mono_ns());
+                    let (stopped, now) = (self.stop.is_stopped(), monotonic_ns());
                     let over = self.schedule.as_ref().is_some_and(|s| s.is_over(now));
                     if (stopped || over) && self.abandon_pending() {
                         self.interrupted |= stopped;
@@ -582,7 +583,7 @@ impl PublisherAgent {
             self.finish_schedule();
             return Ok(Step::Worked(n));
         }
-        let now = mono_ns();
+        let now = monotonic_ns();
         if self.schedule.is_none() {
             // The schedule starts with the first turn, on the sending thread. SAFETY:
             // PR_SET_TIMERSLACK only changes this thread's timer slack (so the naps until a turn
@@ -763,10 +764,10 @@ impl PublisherAgent {
         self.p.achieved_msgs_per_sec = self.schedule.as_ref().and_then(Schedule::achieved_msgs_per_sec);
         self.p.turn_span_ns = self.schedule.as_ref().and_then(Schedule::turn_span_ns);
         if let Some((started, _)) = self.stall.take() {
-            self.p.paused += Duration::from_nanos(mono_ns().saturating_sub(started));
+            self.p.paused += Duration::from_nanos(monotonic_ns().saturating_sub(started));
         }
         self.progress.store(self.i, Ordering::Relaxed);
-        self.schedule_done.store(mono_ns().max(1), Ordering::Release);
+        self.schedule_done.store(monotonic_ns().max(1), Ordering::Release);
         if let Cursor::Dbn(d) = &mut self.cursor {
             say_dbn_refusals(self.p.say_refusals, &d.merge, &mut d.said_rtypes, &mut d.said_damage);
             self.p.skipped_by_rtype = d.merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
@@ -804,7 +805,7 @@ impl PublisherAgent {
                 self.phase = Phase::Done;
                 return Ok(Step::Finished(n));
             }
-            let now = mono_ns();
+            let now = monotonic_ns();
             if deadline_ns == 0 {
                 let wait = if self.stop.is_stopped() { Duration::from_secs(1) } else { EOS_TIMEOUT };
                 self.phase = Phase::Ending { shard, deadline_ns: now + wait.as_nanos() as u64 };
@@ -845,7 +846,7 @@ impl Agent for PublisherAgent {
     /// Nap until the next turn (or the stall's end), at most `timeout`: about 2 µs before
     /// it, spinning the rest, so the turn is taken on time whatever the idle strategy.
     fn idle_wait(&mut self, timeout: Duration) {
-        let left = self.next_due_ns.saturating_sub(mono_ns());
+        let left = self.next_due_ns.saturating_sub(monotonic_ns());
         let left = left.min(timeout.as_nanos().min(u64::MAX as u128) as u64);
         if left > 4_000 {
             std::thread::sleep(Duration::from_nanos(left - 2_000));
@@ -863,7 +864,7 @@ impl Agent for PublisherAgent {
             _ => self.schedule.as_ref().and_then(Schedule::stop_at_ns),
         };
         if let Some(until) = until {
-            let left_ms = until.saturating_sub(mono_ns()) / 1_000_000;
+            let left_ms = until.saturating_sub(monotonic_ns()) / 1_000_000;
             ms = ms.min(left_ms.clamp(1, i32::MAX as u64) as i32);
         }
         let was = self.pending.and_then(|p| p.data);

@@ -910,15 +910,6 @@ fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, 
 /// How long a shard may take to accept its end of stream.
 pub const EOS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// CLOCK_MONOTONIC in ns (the pacer's schedule clock).
-#[inline]
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
