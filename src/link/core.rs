@@ -191,12 +191,21 @@ pub struct NotUp {
 impl NotUp {
     /// The line a watch says for it: `NAME: link EP not up after 5 s (N connection attempts): …`.
     pub fn line(&self, name: &str) -> String {
-        format!(
-            "{name}: link {} not up after {:.0} s ({} connection attempts): nothing answers there; libzmq keeps trying",
-            self.endpoint,
-            self.for_ns as f64 / 1e9,
-            self.attempts
-        )
+        self.line_because(name, None)
+    }
+
+    /// [`NotUp::line`]; with `cause` (known to the shell, such as a name that does not resolve),
+    /// that instead of the attempts and "nothing answers there".
+    pub fn line_because(&self, name: &str, cause: Option<&str>) -> String {
+        let (ep, secs) = (&self.endpoint, self.for_ns as f64 / 1e9);
+        match cause {
+            Some(why) => format!("{name}: link {ep} not up after {secs:.0} s: {why}; libzmq keeps trying"),
+            None => format!(
+                "{name}: link {ep} not up after {secs:.0} s ({} connection attempts): nothing answers there; libzmq \
+                 keeps trying",
+                self.attempts
+            ),
+        }
     }
 }
 

@@ -565,15 +565,10 @@ impl LinkWatch {
                 match self.not_ups.as_mut() {
                     Some(held) => held.push(not_up),
                     // A name that does not resolve is why nothing answers: say that instead.
-                    None => match crate::host::unresolved(&not_up.endpoint) {
-                        Some(why) => crate::diag!(
-                            "{}: link {} not up after {:.0} s: {why}; libzmq keeps trying",
-                            self.name,
-                            not_up.endpoint,
-                            for_ns as f64 / 1e9
-                        ),
-                        None => crate::diag!("{}", not_up.line(&self.name)),
-                    },
+                    None => {
+                        let cause = crate::host::unresolved(&not_up.endpoint);
+                        crate::diag!("{}", not_up.line_because(&self.name, cause.as_deref()));
+                    }
                 }
             }
             Decision::Lost { link, reason } => self.say_lost(link, reason, now),
