@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{
     lines_of, mdsub, run_within, start_replay, thread_cpu_ms, unserved_port_block, wait_until, LineProc, Proc,
+    LONE_REPLAY,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -109,21 +110,8 @@ fn a_closed_stdout_ends_the_command_quietly() {
     }
     // A replay whose reader leaves after the `bound` line: the run completes and its --json
     // numbers meet the closed pipe.
-    let (code, err) = with_stdout_closed_after(
-        &[
-            "replay",
-            "--endpoint",
-            "tcp://127.0.0.1:*",
-            "--subscribers",
-            "0",
-            "--rate",
-            "10k",
-            "--count",
-            "3k",
-            "--json",
-        ],
-        1,
-    );
+    let replay = [&LONE_REPLAY[..], &["--rate", "10k", "--count", "3k", "--json"]].concat();
+    let (code, err) = with_stdout_closed_after(&replay, 1);
     assert_eq!(code, Some(0), "replay --json into a closed pipe: quiet exit 0; stderr: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }

@@ -442,6 +442,24 @@ fn slow_engine(handoff: &str, extra: &[&str]) -> (LineProc, LineProc, std::time:
     (replay, engine, started)
 }
 
+/// The report of an engine stopped (by Ctrl-C, or by its time limit) `since`: it exits 0 within
+/// `within`, marked interrupted, and by the time limit or not.
+fn stopped_report(
+    engine: LineProc,
+    since: std::time::Instant,
+    within: Duration,
+    time_limit: bool,
+    handoff: &str,
+) -> serde_json::Value {
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    let took = since.elapsed();
+    assert!(status.success(), "{handoff}: {out}");
+    assert!(took < within, "{handoff}: ended {took:?} after the stop (time limit: {time_limit})");
+    let r = json(&out);
+    assert_eq!((&r["interrupted"], &r["time_limit"]), (&true.into(), &time_limit.into()), "{handoff}: {r}");
+    r
+}
+
 /// The report of a run stopped with a backlog: every accepted message delivered or said not
 /// handled, none of them lost (they arrived), and the loss known (the end of stream was read).
 fn stopped_with_a_backlog(r: &serde_json::Value) {
@@ -471,13 +489,8 @@ fn sigint_during_a_slow_handlers_backlog_after_the_end_of_stream_stops_promptly(
         assert!(thread_cpu_ms(pid, "worker0").is_some(), "{handoff}: the worker is still handling its backlog");
         let signalled = std::time::Instant::now();
         engine.proc.signal(2);
-        let (status, out) = engine.finish(Duration::from_secs(30));
-        let took = signalled.elapsed();
-        assert!(status.success(), "{handoff}: {out}");
         // A batch of at most 64 messages of 5 ms is 320 ms; the whole backlog was 7.5 s.
-        assert!(took < Duration::from_secs(3), "{handoff}: ended {took:?} after SIGINT");
-        let r = json(&out);
-        assert_eq!((&r["interrupted"], &r["time_limit"]), (&true.into(), &false.into()), "{handoff}: {r}");
+        let r = stopped_report(engine, signalled, Duration::from_secs(3), false, handoff);
         stopped_with_a_backlog(&r);
         let (status, _) = replay.finish(Duration::from_secs(20));
         assert!(status.success(), "{handoff}");
@@ -490,12 +503,7 @@ fn sigint_during_a_slow_handlers_backlog_after_the_end_of_stream_stops_promptly(
 fn max_duration_stops_a_slow_handlers_backlog_at_the_deadline() {
     for handoff in ["batch", "per-message", "inline"] {
         let (replay, engine, started) = slow_engine(handoff, &["--max-duration", "1s"]);
-        let (status, out) = engine.finish(Duration::from_secs(30));
-        let took = started.elapsed();
-        assert!(status.success(), "{handoff}: {out}");
-        assert!(took < Duration::from_secs(5), "{handoff}: a 1 s limit ended after {took:?}");
-        let r = json(&out);
-        assert_eq!((&r["interrupted"], &r["time_limit"]), (&true.into(), &true.into()), "{handoff}: {r}");
+        let r = stopped_report(engine, started, Duration::from_secs(5), true, handoff);
         if handoff == "inline" {
             // The reader handles each frame as it reads it: the rest waits unread, not accepted.
             assert!(u(&r, "delivered") < BACKLOG_MSGS, "{r}");

@@ -146,8 +146,8 @@ fn damaged_capture_sends_the_intact_prefix_and_names_the_offset() {
 /// none were printed) and stderr.
 fn replay_json(path: &std::path::Path) -> (Option<i32>, serde_json::Value, String) {
     let p = path.to_str().expect("utf8");
-    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--json", "--from", p];
-    let (code, out, err) = run_within("replay", mdsub().args(args), Duration::from_secs(60));
+    let args = ["--json", "--from", p];
+    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(args), Duration::from_secs(60));
     assert!(!err.contains("panicked"), "{err}");
     // The whole of stdout is the one JSON object (the endpoints go to stderr), or nothing.
     let v = if out.trim().is_empty() { serde_json::Value::Null } else { json(&out) };
@@ -432,9 +432,10 @@ fn thread_per_shard_sends_the_total_rate_not_the_rate_per_shard() {
 /// --duration 2s` never ended). A rate past one message a nanosecond is refused at parse.
 #[test]
 fn a_rate_out_of_reach_ends_at_the_duration_and_says_what_was_achieved() {
-    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--duration", "1s"];
+    let args = ["--duration", "1s"];
     let started = std::time::Instant::now();
-    let (code, out, err) = run_within("replay", mdsub().args(args).args(["--rate", "1000M"]), Duration::from_secs(60));
+    let (code, out, err) =
+        run_within("replay", mdsub().args(LONE_REPLAY).args(args).args(["--rate", "1000M"]), Duration::from_secs(60));
     let took = started.elapsed();
     assert_eq!(code, Some(0), "{err}");
     assert!(took < Duration::from_secs(15), "a 1 s replay took {took:?}: {out}");
@@ -444,7 +445,7 @@ fn a_rate_out_of_reach_ends_at_the_duration_and_says_what_was_achieved() {
     assert!(out.contains("rate not achieved: offered 1000000000 msg/s, achieved "), "{out}");
     // --json carries both rates.
     let json_args = ["--rate", "1000M", "--duration", "300ms", "--json"];
-    let (code, out, err) = run_within("replay", mdsub().args(&args[..5]).args(json_args), Duration::from_secs(60));
+    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(json_args), Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
     let s = json(&out);
     assert_eq!(u(&s, "offered_msgs_per_sec"), 1_000_000_000, "{s}");
@@ -461,9 +462,10 @@ fn a_rate_out_of_reach_ends_at_the_duration_and_says_what_was_achieved() {
 fn replay_json_names_its_two_kinds_of_drop_apart() {
     // Before, the object had `dropped` (--drop-every, on purpose) beside `dropped_total` (a
     // lossy publisher's drops at the SNDHWM): two counts a reader could not tell apart.
-    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--json"];
+    let args = ["--json"];
     let feed = ["--count", "2k", "--rate", "0", "--drop-every", "100"];
-    let (code, out, err) = run_within("replay", mdsub().args(args).args(feed), Duration::from_secs(60));
+    let (code, out, err) =
+        run_within("replay", mdsub().args(LONE_REPLAY).args(args).args(feed), Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
     let s = json(&out);
     // Dropped on purpose are never sent; nothing met a full pipe (lossless, and no subscriber).
@@ -536,7 +538,7 @@ fn what_is_sent_with_no_subscriber_is_counted() {
     // on stderr, but its summary counted every message as sent.
     for json_out in [false, true] {
         let mut cmd = mdsub();
-        cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--count", "5k", "--rate", "0"]);
+        cmd.args(LONE_REPLAY).args(["--count", "5k", "--rate", "0"]);
         if json_out {
             cmd.arg("--json");
         }
@@ -744,23 +746,8 @@ fn a_capture_that_ends_inside_a_multipart_message_is_refused_as_cut_off() {
 fn a_pause_on_purpose_is_not_taken_for_a_rate_not_achieved() {
     // Before: `rate not achieved: offered 10000 msg/s, achieved 4999 msg/s (50%); the publisher
     // could not send faster`, for a 1.5 s pause it was told to make.
-    let args = [
-        "replay",
-        "--endpoint",
-        "tcp://127.0.0.1:*",
-        "--subscribers",
-        "0",
-        "--rate",
-        "10k",
-        "--count",
-        "10k",
-        "--pause-at",
-        "5k",
-        "--pause-for",
-        "1500ms",
-        "--json",
-    ];
-    let (code, out, err) = run_within("replay", mdsub().args(args), Duration::from_secs(60));
+    let args = ["--rate", "10k", "--count", "10k", "--pause-at", "5k", "--pause-for", "1500ms", "--json"];
+    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(args), Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
     let s = json(&out);
     assert!((1.5..2.0).contains(&s["paused_s"].as_f64().expect("paused_s")), "{s}");
@@ -772,8 +759,8 @@ fn a_pause_on_purpose_is_not_taken_for_a_rate_not_achieved() {
 fn the_summary_rate_counts_the_intervals_between_messages() {
     // Before, `--rate 1 --count 2` said `sent 2 messages in 1.000 s (2 msg/s)`: n messages over
     // the time from the first to the last, which spans n-1 intervals.
-    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--rate", "10", "--count", "3"];
-    let (code, out, err) = run_within("replay", mdsub().args(args), Duration::from_secs(60));
+    let args = ["--rate", "10", "--count", "3"];
+    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(args), Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
     let line = out.lines().find(|l| l.starts_with("sent 3 messages in ")).unwrap_or_else(|| panic!("{out}"));
     assert!(line.contains(" (10 msg/s)"), "3 messages 100 ms apart: {line}");
@@ -825,10 +812,10 @@ fn a_jump_in_the_recorded_clock_is_said_and_ctrl_c_or_the_duration_ends_the_wait
     let s = json(&out);
     assert_eq!((u(&s, "sent_total"), &s["interrupted"]), (1, &serde_json::Value::Bool(true)), "{s}");
     // With a duration, the record past its end is not waited for.
-    let args = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--json"];
+    let args = ["--json"];
     let (code, out, err) = run_within(
         "replay",
-        mdsub().args(args).args(["--from", p, "--speed", "1x", "--duration", "1s"]),
+        mdsub().args(LONE_REPLAY).args(args).args(["--from", p, "--speed", "1x", "--duration", "1s"]),
         Duration::from_secs(20),
     );
     assert_eq!(code, Some(0), "{err}");

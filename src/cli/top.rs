@@ -528,26 +528,34 @@ fn draw(f: &mut ratatui::Frame, model: &Top) {
         };
         Row::new(r).style(style)
     });
-    // 97 columns with the spacing.
-    let widths = [
-        Constraint::Length(12),
-        Constraint::Length(6),
-        Constraint::Length(7),
-        Constraint::Length(8),
-        Constraint::Length(8),
-        Constraint::Length(8),
-        Constraint::Length(8),
-        Constraint::Length(5),
-        Constraint::Length(4),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(4),
-        Constraint::Min(4),
+    // Each column's head and width (the last takes what is left, at least 4): 97 columns with
+    // the spacing.
+    const COLUMNS: [(&str, u16); 13] = [
+        ("ENGINE", 12),
+        ("SHARD", 6),
+        ("MSG/S", 7),
+        ("P50", 8),
+        ("P99", 8),
+        ("P99.9", 8),
+        ("MAX", 8),
+        ("GAPS", 5),
+        ("DISC", 4),
+        ("STALL", 5),
+        ("SNAIL", 5),
+        ("REF", 4),
+        ("BUSY", 4),
     ];
-    let head = Row::new([
-        "ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "DISC", "STALL", "SNAIL", "REF", "BUSY",
-    ])
-    .style(Style::default().add_modifier(Modifier::BOLD));
+    let widths =
+        COLUMNS.iter().enumerate().map(
+            |(i, &(_, w))| {
+                if i + 1 == COLUMNS.len() {
+                    Constraint::Min(w)
+                } else {
+                    Constraint::Length(w)
+                }
+            },
+        );
+    let head = Row::new(COLUMNS.map(|(name, _)| name)).style(Style::default().add_modifier(Modifier::BOLD));
     f.render_widget(Table::new(rows, widths).header(head).column_spacing(1), table);
     // The selected engine's first shard's p99 over the last intervals.
     let (label, data): (String, Vec<u64>) = selected_id

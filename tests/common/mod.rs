@@ -31,6 +31,10 @@ pub fn mdsub() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mdsub"))
 }
 
+/// `mdsub replay` on an ephemeral port of 127.0.0.1 that sends at once, waiting for no subscriber:
+/// the start of a test's replay command line, its own flags after it.
+pub const LONE_REPLAY: [&str; 5] = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0"];
+
 /// A child process that is killed (by pid) when dropped.
 pub struct Proc {
     pub child: Child,
