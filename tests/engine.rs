@@ -173,6 +173,75 @@ fn two_shards_split_the_feed_and_deliver_all() {
     assert!(counts.iter().all(|&c| c > 1000), "{counts:?}");
 }
 
+/// Per-message hand-off from two shards: each frame goes to its worker behind its shard and
+/// receive time, so the shards' rows hold their messages and the queue stage is measured.
+/// Before, both shards said `delivered 0` and latency 0, all 40 000 went to an `unattributed`
+/// row (`unknown (no messages)`), queue read 1 ns at every percentile and wire equalled total.
+#[test]
+fn per_message_hand_off_from_two_shards_keeps_each_shards_messages_and_stages() {
+    let (replay, eps) = start_replay("replay", 2, &["--count", "20000", "--rate", "20k", "--symbols", "40"]);
+    let engine = engine_json(&[&eps[0], &eps[1]], &["--handoff", "per-message", "--workers", "2"]);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered")), (20_000, 20_000), "{r}");
+    let shards = r["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 2, "one row per shard, no unattributed one: {r}");
+    for s in shards {
+        assert!(u(s, "delivered") > 0 && u(s, "delivered") == u(s, "msgs"), "{s}");
+        for stage in ["wire", "queue", "total"] {
+            assert_eq!(u(&s["latency"][stage], "count"), u(s, "delivered"), "{stage}: {s}");
+        }
+        assert!(s["ceiling"].is_object(), "{s}");
+    }
+    let lat = &r["latency"];
+    assert!(u(&lat["queue"], "max_ns") > 1, "the queue stage is measured: {lat}");
+    assert!(u(&lat["wire"], "p50_ns") < u(&lat["total"], "p50_ns"), "wire ends at the receive: {lat}");
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+}
+
+/// Two workers sharing one shard round-robin each take half its messages: the shard saturates
+/// the busier one at twice the rate its cost per message alone gives. Before, the ceiling was
+/// that cost alone (`0.05 M msg/s, set by worker0 at 21469 ns/msg` with 30k msg/s carried and
+/// each worker 32 % busy).
+#[test]
+fn the_ceiling_counts_each_workers_share_of_the_shards_messages() {
+    // 100 µs of work a message outweighs the reader's wake-ups at this rate (tens of µs a
+    // message on a loaded 2-core host); the snail is off so a busy host cannot stop the run.
+    let (replay, eps) = start_replay("replay", 1, &["--count", "2000", "--rate", "2k", "--symbols", "40"]);
+    let engine = engine_json(
+        &[&eps[0]],
+        &[
+            "--workers",
+            "2",
+            "--routing",
+            "round-robin",
+            "--handler",
+            "work:100000",
+            "--idle",
+            "block",
+            "--snail",
+            "off",
+        ],
+    );
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let c = &r["shards"][0]["ceiling"];
+    let by = c["thread"].as_str().unwrap_or("");
+    assert!(by.starts_with("worker"), "100 µs of work a message sets it: {c}");
+    let (cost, share, rate) = (c["cpu_ns_per_msg"].as_f64(), c["share"].as_f64(), c["msgs_per_sec"].as_f64());
+    let (Some(cost), Some(share), Some(rate)) = (cost, share, rate) else { panic!("a ceiling: {c}") };
+    assert!((0.45..=0.55).contains(&share), "round-robin: half each: {c}");
+    assert!((rate * cost * share / 1e9 - 1.0).abs() < 1e-6, "{c}");
+    assert!(rate > 1.5e9 / cost, "above one worker's own rate: {c}");
+    let t = r["threads"].as_array().expect("threads").iter().find(|t| t["thread"] == by).expect("its account");
+    assert_eq!(t["cpu_ns_per_msg"].as_f64(), Some(cost), "{t}");
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+}
+
 /// A data frame's header: `publisher_id`'s `session_id` at stream and topic
 /// sequence `seq`, stamped `seq` ns.
 fn data_header(publisher_id: u32, session_id: u64, seq: u64) -> Header {

@@ -12,7 +12,9 @@
 //! once per batch, or a few times, instead of once per frame. A batch never spans passes (a
 //! reader reads no more while a batch is still staged). The leading NUL cannot start a
 //! market-data frame (topics are non-empty printable ASCII), so a worker tells a batch from a
-//! single frame handed over as is; an empty message is a reader's end-of-stream marker.
+//! per-message hand-off's stamp ([`stamp`], first byte [`STAMP_MARK`], the first part of a
+//! two-part message whose second is the frame as received) and from a market-data frame; an
+//! empty message is a reader's end-of-stream marker.
 //! The reader builds each batch in a pooled buffer that becomes the libzmq
 //! message without a copy ([`crate::zmqx::pool`]), so the steady state
 //! allocates nothing per message or per batch.
@@ -23,6 +25,36 @@ pub const BATCH_MARK: u8 = 0;
 pub const RECORD_OVERHEAD: usize = 5;
 /// The batch header: the mark, the shard index and the receive time.
 pub const HEADER_BYTES: usize = 11;
+
+/// First byte of a per-message hand-off's stamp: the first part of a two-part message
+/// `0x01 · shard u16 LE · recv_ns u64 LE` then the frame as received (moved, never copied), so
+/// a worker knows the frame's shard and receive time as it does a batch's.
+pub const STAMP_MARK: u8 = 1;
+/// A per-message stamp's size (the same fields as a batch's header): a libzmq very small
+/// message, held in the message itself, never allocated.
+pub const STAMP_BYTES: usize = HEADER_BYTES;
+
+/// The stamp that goes before a frame of shard `shard` received at `recv_ns` handed off on its
+/// own (`handoff = "per-message"`).
+#[inline]
+pub fn stamp(shard: u16, recv_ns: u64) -> [u8; STAMP_BYTES] {
+    let mut s = [0u8; STAMP_BYTES];
+    s[0] = STAMP_MARK;
+    s[1..3].copy_from_slice(&shard.to_le_bytes());
+    s[3..].copy_from_slice(&recv_ns.to_le_bytes());
+    s
+}
+
+/// The shard and receive time of a per-message stamp; `None` if `msg` is not one.
+#[inline]
+pub fn read_stamp(msg: &[u8]) -> Option<(u16, u64)> {
+    match msg {
+        [STAMP_MARK, lo, hi, t0, t1, t2, t3, t4, t5, t6, t7] => {
+            Some((u16::from_le_bytes([*lo, *hi]), u64::from_le_bytes([*t0, *t1, *t2, *t3, *t4, *t5, *t6, *t7])))
+        }
+        _ => None,
+    }
+}
 
 /// The length field of a restamp record (a frame this long cannot be sent).
 pub const RESTAMP_LEN: u32 = u32::MAX;
@@ -208,6 +240,21 @@ mod tests {
             assert_eq!(it.next(), None);
             assert!(it.malformed(), "cut at {cut}");
         }
+    }
+
+    /// A per-message stamp carries what a batch's header does; it is never taken for a batch
+    /// or a frame, nor a frame or a batch for it.
+    #[test]
+    fn a_per_message_stamp_round_trips_and_is_told_from_a_batch_and_a_frame() {
+        let s = stamp(513, 0x0102_0304_0506_0708);
+        assert_eq!(s.len(), STAMP_BYTES);
+        assert_eq!(read_stamp(&s), Some((513, 0x0102_0304_0506_0708)));
+        assert!(BatchIter::new(&s).is_none(), "not a batch");
+        assert_eq!(read_stamp(&s[..STAMP_BYTES - 1]), None, "cut short");
+        assert_eq!(read_stamp(&[&s[..], b"x"].concat()), None, "too long");
+        let (b, _) = batch(513, &[(1, 1, b"abc")]);
+        assert_eq!(read_stamp(&b[..HEADER_BYTES]), None, "a batch header");
+        assert_eq!(read_stamp(b"AAPL\0......"), None, "a frame");
     }
 
     proptest! {

@@ -441,7 +441,7 @@ impl Engine {
             };
             let mut wc = inline_cores.get_mut(k).and_then(Option::take);
             if let Some(wc) = &mut wc {
-                wc.serving(Some(k));
+                wc.serving(k);
             }
             let agent =
                 ReaderAgent::new(rc, sub, &fanout, wc, counters, stop.clone())?.with_guard(guard(k)).with_links(links);
@@ -820,7 +820,7 @@ impl Engine {
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
         let (shard_reports, threads) = self.accounts(&agents, delivered, &collected);
-        // The run's counts are its shards' (the unattributed row adds none).
+        // The run's counts are its shards'.
         let mut counts = SequenceCounts::default();
         for sh in &shard_reports {
             counts.add(&sh.counts);
@@ -918,19 +918,28 @@ impl Engine {
             threads.extend(mine.iter().cloned());
             shard_threads.push(mine);
         }
-        let workers: Vec<ThreadAccount> = agents
+        let workers: Vec<(usize, ThreadAccount)> = agents
             .iter()
             .filter_map(|a| {
                 let w: usize = a.role.strip_prefix("worker")?.parse().ok()?;
-                Some(account(a, self.worker_counters.get(w)?.handled.load(Relaxed)))
+                Some((w, account(a, self.worker_counters.get(w)?.handled.load(Relaxed))))
             })
             .collect();
-        threads.extend(workers.iter().cloned());
+        threads.extend(workers.iter().map(|(_, t)| t.clone()));
         threads.extend(agents.iter().filter(|a| a.role == "metrics").map(|a| account(a, delivered)));
-        let n = self.shard_counters.len();
         let empty = StageHistograms::default();
         let handled = |k: usize| collected.per_shard.get(k).unwrap_or(&empty);
-        let mut shards: Vec<ShardReport> = self
+        // Worker w's share of shard k's messages: what it handled of them over what all did.
+        let share = |w: usize, k: usize| {
+            let of = |w: usize| collected.per_worker.get(w).and_then(|s| s.get(k)).copied().unwrap_or(0);
+            let all: u64 = (0..collected.per_worker.len()).map(of).sum();
+            if all == 0 {
+                0.0
+            } else {
+                of(w) as f64 / all as f64
+            }
+        };
+        let shards: Vec<ShardReport> = self
             .shard_counters
             .iter()
             .zip(&self.expect_eos)
@@ -942,7 +951,7 @@ impl Engine {
                 let sent = (eos > 0).then(|| c.sent());
                 let complete = expect > 0 && eos >= expect && c.full_subscription.load(Relaxed);
                 ShardReport {
-                    shard: crate::metrics::slot_name(k, n),
+                    shard: crate::metrics::shard_name(k),
                     received: c.received.load(Relaxed),
                     msgs,
                     bytes: c.forwarded_bytes.load(Relaxed),
@@ -957,23 +966,16 @@ impl Engine {
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
                     lag_last_ms: c.last_lag_ns.load(Relaxed) as f64 / 1e6,
                     lag_max_ms: c.max_lag_ns.load(Relaxed) as f64 / 1e6,
-                    ceiling: Ceiling::of(mine.iter().chain(&workers)),
+                    // The shard's own threads take each of its messages, a worker its share.
+                    ceiling: Ceiling::of(
+                        mine.iter().map(|t| (t, 1.0)).chain(workers.iter().map(|(w, t)| (t, share(*w, k)))),
+                    ),
                     delivered: handled(k).count(),
                     delivered_bytes: handled(k).bytes,
                     latency: handled(k).summary(),
                 }
             })
             .collect();
-        // Messages no worker could attribute to a shard (per-message hand-off, several shards).
-        if let Some(set) = collected.per_shard.get(n).filter(|s| s.count() > 0) {
-            shards.push(ShardReport {
-                shard: crate::metrics::slot_name(n, n),
-                delivered: set.count(),
-                delivered_bytes: set.bytes,
-                latency: set.summary(),
-                ..ShardReport::default()
-            });
-        }
         (shards, threads)
     }
 }

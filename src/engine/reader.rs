@@ -22,7 +22,7 @@ use crate::clock;
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
 use crate::snail::{Action, Guard};
 use crate::wire::{self, topic_hash, FrameView, Kind, DROP_REASONS, DROP_REASON_NAMES};
-use crate::zmqx::frame::Frame;
+use crate::zmqx::frame::{send_bytes, Frame};
 use crate::zmqx::pool::{BufferPool, IdleTrim, Lease};
 
 /// Most idle hand-off buffers a reader keeps (each about `batch_max` × 256 bytes).
@@ -48,7 +48,8 @@ const IDLE_SAMPLE_NS: u64 = 1_000_000;
 pub enum HandOff {
     /// Everything drained in one round goes as one message per worker.
     Batch,
-    /// Each received `zmq::Message` is moved to its worker as is.
+    /// Each received `zmq::Message` is moved to its worker as is, behind a stamp of its shard
+    /// and receive time ([`batch::stamp`]: a part of its own, so the frame is not copied).
     PerMessage,
     /// No hand-off: the shard's reader runs the handler itself (Aeron's
     /// shared threading mode); needs one worker per shard.
@@ -535,8 +536,9 @@ pub struct ReaderAgent {
     rounds_unsampled: u32,
     last_sample_ns: u64,
     msg: zmq::Message,
-    /// A received message waiting for room on its worker's PUSH (per-message hand-off).
-    pending: Option<(usize, zmq::Message)>,
+    /// A received message waiting for room on its worker's PUSH (per-message hand-off): the
+    /// worker, the frame's receive time, the frame.
+    pending: Option<(usize, u64, zmq::Message)>,
     checks: Checks,
     /// `handoff = "inline"`: the core this reader runs the handler with.
     inline: Option<WorkerCore>,
@@ -674,14 +676,21 @@ impl ReaderAgent {
     /// without blocking. Returns false while some worker's queue is full
     /// (what could not go stays staged, in order).
     fn try_flush(&mut self) -> Result<bool, AgentError> {
-        if let Some((w, m)) = self.pending.take() {
-            // zmq consumes a message even on EAGAIN, so move it only once the
-            // PUSH says it can take one (POLLOUT is exact for PUSH, and this
-            // thread is its only writer).
-            let push = &self.pushes[w];
-            if !push.get_events().map_err(zerr(&self.role, "polling a hand-off"))?.contains(zmq::POLLOUT) {
-                self.pending = Some((w, m));
-                return Ok(false);
+        if let Some((w, recv_ns, m)) = self.pending.take() {
+            // The shard and receive time go first, in a part of their own (a very small message,
+            // not allocated), so the frame itself is moved as received. The stamp's send is the
+            // test for room: zmq consumes a message even on EAGAIN, but the stamp is only bytes,
+            // and the high-water mark counts whole messages, so once the stamp is taken the
+            // frame's part is too (one call into libzmq, not a POLLOUT query and a send).
+            let push = &mut self.pushes[w];
+            let stamp = batch::stamp(self.cfg.shard as u16, recv_ns);
+            match send_bytes(push, &stamp, zmq::DONTWAIT | zmq::SNDMORE) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                    self.pending = Some((w, recv_ns, m));
+                    return Ok(false);
+                }
+                Err(e) => return Err(zerr(&self.role, "handing off to a worker")(e)),
             }
             push.send(m, zmq::DONTWAIT).map_err(zerr(&self.role, "handing off to a worker"))?;
         }
@@ -729,7 +738,7 @@ impl ReaderAgent {
     /// The first hand-off socket with something staged or unsent for it (full, when a flush
     /// has just failed), if any.
     fn blocked_push(&self) -> Option<&zmq::Socket> {
-        if let Some((w, _)) = &self.pending {
+        if let Some((w, _, _)) = &self.pending {
             return Some(&self.pushes[*w]);
         }
         (0..self.pushes.len())
@@ -820,7 +829,7 @@ impl Agent for ReaderAgent {
                 ),
                 HandOff::PerMessage => {
                     let m = std::mem::replace(&mut self.msg, zmq::Message::new());
-                    self.pending = Some((w, m));
+                    self.pending = Some((w, recv_ns, m));
                     if !self.try_flush()? {
                         break;
                     }
@@ -1241,6 +1250,29 @@ mod tests {
             .collect();
         assert_eq!(got, SENT.into_iter().zip(STAMPED).collect::<Vec<_>>());
         assert!(got.iter().all(|(sent, recv)| recv >= sent), "never received before it was sent: {got:?}");
+    }
+
+    /// Per-message, each frame goes as received behind a stamp of its shard and receive time.
+    /// Before, the frame went alone: the worker used its take time as the receive time (wire
+    /// held the queue time, queue read 1 ns) and, with several shards, knew no shard.
+    #[test]
+    fn a_frame_handed_off_on_its_own_carries_its_shard_and_receive_time() {
+        let ctx = zmq::Context::new();
+        let worker = ctx.socket(zmq::PULL).expect("pull");
+        worker.bind("inproc://stamp-per-message-worker").expect("bind");
+        let (feed, mut r, _clock) = stamped_reader(&ctx, "stamp-per-message", HandOff::PerMessage, None);
+        let frames: Vec<Vec<u8>> = (1..).zip(SENT).map(|(seq, sent)| frame_sent_at(seq, Kind::Data, sent)).collect();
+        for f in &frames {
+            feed.send(f, 0).expect("send");
+        }
+        assert!(matches!(r.do_work().expect("work"), Step::Worked(3)));
+        for (f, stamped) in frames.iter().zip(STAMPED) {
+            assert_eq!(crate::zmqx::wait_ready(&worker, zmq::POLLIN, Duration::from_secs(10)).ok(), Some(true));
+            let parts = worker.recv_multipart(zmq::DONTWAIT).expect("a hand-off");
+            assert_eq!(parts.len(), 2, "a stamp, then the frame");
+            assert_eq!(batch::read_stamp(&parts[0]), Some((0, stamped)));
+            assert_eq!(&parts[1], f, "the frame as received");
+        }
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! (never blocking on it). With `handoff = "inline"` a shard's reader owns a
 //! core and runs it itself (no worker thread, no inproc hop).
 //!
-//! Histograms are kept per shard (the batch says which shard's reader built
-//! it; frames handed over one by one from several shards go to an extra
-//! `unattributed` slot) and double-buffered: the core sends its filled set and goes
+//! Histograms are kept per shard (a batch's header says which shard's reader built
+//! it, and a frame handed over on its own comes behind a stamp of its shard and
+//! receive time, [`super::batch::stamp`]) and double-buffered: the core sends its filled set and goes
 //! on with an empty spare; the collector adds the set up, resets it and hands
 //! it back. So shipping copies and allocates nothing, and when the collector
 //! is behind the core keeps accumulating and ships later (nothing is lost).
@@ -23,7 +23,7 @@ use std::time::Duration;
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use crossbeam::utils::CachePadded;
 
-use super::batch::BatchIter;
+use super::batch::{self, BatchIter};
 use super::handler::{Handler, REFUSAL_REASONS};
 use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::clock::{self, Clock, Realtime};
@@ -75,7 +75,7 @@ pub struct WorkerCore<C: Clock = Realtime> {
     handler: Box<dyn Handler>,
     /// The handler takes time per message (its end time is read after it).
     timed: bool,
-    /// One set per shard, then the unattributed slot.
+    /// One set per shard.
     stages: Vec<StageHistograms>,
     shards: usize,
     /// The slot of the messages being handled.
@@ -137,21 +137,16 @@ impl<C: Clock> WorkerCore<C> {
         }
     }
 
-    /// The messages handled next came from shard `shard` (None: not known, a
-    /// frame handed over on its own; with one shard that is shard 0, with
-    /// several the unattributed slot). Once per hand-off, so histograms and a
-    /// scream name the shard.
+    /// The messages handled next came from shard `shard` (as their hand-off says; one out of
+    /// range is counted as the last shard's). Once per hand-off, so histograms and a scream
+    /// name the shard.
     #[inline]
-    pub fn serving(&mut self, shard: Option<usize>) {
+    pub fn serving(&mut self, shard: usize) {
         self.end_batch();
-        self.slot = match shard {
-            Some(k) => k.min(self.shards),
-            None if self.shards == 1 => 0,
-            None => self.shards,
-        };
+        self.slot = shard.min(self.shards.saturating_sub(1));
         if self.shards > 1 {
             if let Some(g) = &mut self.guard {
-                g.serving((self.slot < self.shards).then_some(self.slot));
+                g.serving(Some(self.slot));
             }
         }
     }
@@ -363,7 +358,7 @@ pub fn report_period_ns(interval_ns: u64) -> u64 {
     (interval_ns / 10).clamp(1_000_000, 100_000_000)
 }
 
-/// Most hand-offs (batches, or frames handed over one by one) a worker takes in one round.
+/// Most hand-offs (batches, or stamped frames handed over one by one) a worker takes in one round.
 pub const HANDOFFS_PER_ROUND: usize = 64;
 
 /// The worker thread: a PULL from every reader around a [`WorkerCore`]. It looks at the stop
@@ -372,6 +367,8 @@ pub struct WorkerAgent {
     role: String,
     pull: zmq::Socket,
     msg: zmq::Message,
+    /// The frame part of a per-message hand-off (its stamp is in `msg`).
+    frame: zmq::Message,
     core: WorkerCore,
     readers: usize,
     ends_seen: usize,
@@ -396,7 +393,48 @@ impl WorkerAgent {
         let pull = fanout.socket(zmq::PULL).map_err(zerr("creating the PULL"))?;
         pull.set_rcvhwm(handoff_hwm_msgs).map_err(zerr("setting RCVHWM"))?;
         pull.bind(endpoint).map_err(zerr("binding the PULL"))?;
-        Ok(WorkerAgent { role, pull, msg: zmq::Message::new(), core, readers, ends_seen: 0, stop })
+        Ok(WorkerAgent {
+            role,
+            pull,
+            msg: zmq::Message::new(),
+            frame: zmq::Message::new(),
+            core,
+            readers,
+            ends_seen: 0,
+            stop,
+        })
+    }
+}
+
+impl WorkerAgent {
+    /// Take the next part of the hand-off being read into `frame`.
+    fn recv_part(&mut self) -> Result<(), AgentError> {
+        loop {
+            match self.pull.recv(&mut self.frame, zmq::DONTWAIT) {
+                Ok(()) => return Ok(()),
+                Err(zmq::Error::EINTR) => continue,
+                Err(source) => {
+                    return Err(AgentError::Zmq {
+                        role: self.role.clone(),
+                        context: "receiving a hand-off's frame",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Take and drop the next part of a malformed hand-off (`msg` then tells whether more follow).
+    fn recv_rest(&mut self) -> Result<(), AgentError> {
+        loop {
+            match self.pull.recv(&mut self.msg, zmq::DONTWAIT) {
+                Ok(()) => return Ok(()),
+                Err(zmq::Error::EINTR) => continue,
+                Err(source) => {
+                    return Err(AgentError::Zmq { role: self.role.clone(), context: "receiving a hand-off", source })
+                }
+            }
+        }
     }
 }
 
@@ -428,21 +466,26 @@ impl Agent for WorkerAgent {
                 self.ends_seen += 1;
                 continue;
             }
-            match BatchIter::new(bytes) {
-                Some(mut it) => {
-                    self.core.serving(Some(it.shard() as usize));
-                    for (recv_ns, topic_len, frame) in &mut it {
-                        self.core.handle_batched(frame, topic_len, recv_ns, take_ns);
-                    }
-                    if it.malformed() {
-                        self.core.counters.malformed.fetch_add(1, Relaxed);
-                    }
+            if let Some(mut it) = BatchIter::new(bytes) {
+                self.core.serving(usize::from(it.shard()));
+                for (recv_ns, topic_len, frame) in &mut it {
+                    self.core.handle_batched(frame, topic_len, recv_ns, take_ns);
                 }
-                // A frame handed over as is: the reader's receive time is not
-                // carried, so the wire stage includes the queue stage.
-                None => {
-                    self.core.serving(None);
-                    self.core.handle(bytes, take_ns, take_ns);
+                if it.malformed() {
+                    self.core.counters.malformed.fetch_add(1, Relaxed);
+                }
+            } else if let Some((shard, recv_ns)) = batch::read_stamp(bytes).filter(|_| self.msg.get_more()) {
+                // A frame handed over on its own, as received, behind its stamp: the frame is
+                // the message's next part, here already (libzmq delivers a message whole).
+                self.recv_part()?;
+                self.core.serving(usize::from(shard));
+                self.core.handle(&self.frame, recv_ns, take_ns);
+            } else {
+                // Neither a batch nor a stamped frame: a fault of the hand-off, counted; a part
+                // after it is not taken for the next hand-off.
+                self.core.counters.malformed.fetch_add(1, Relaxed);
+                while self.msg.get_more() {
+                    self.recv_rest()?;
                 }
             }
             if self.core.croaked() {
@@ -519,7 +562,7 @@ mod tests {
     #[test]
     fn stages_are_receive_take_and_handler_end_per_shard() {
         let (mut c, h) = core(None, None);
-        c.serving(Some(1));
+        c.serving(1);
         let (sent, recv, take) = (T0 - 30 * US, T0 - 20 * US, T0);
         for seq in 1..=3 {
             assert_eq!(c.handle(&frame(seq, sent), recv, take), frame(seq, sent).len());
@@ -534,12 +577,7 @@ mod tests {
         assert!(s.wire.equivalent(s.wire.max(), 10 * US), "wire = receive − send");
         assert!(s.queue.equivalent(s.queue.max(), 20 * US), "queue = take − receive");
         assert!(s.total.equivalent(s.total.min(), 35 * US) && s.total.equivalent(s.total.max(), 45 * US));
-        assert_eq!(c.stages[0].count() + c.stages[2].count(), 0, "only shard 1's slot");
-        // A frame handed over on its own, with two shards: the unattributed slot.
-        c.serving(None);
-        c.handle(&frame(4, sent), take, take);
-        c.end_batch();
-        assert_eq!(c.stages[2].count(), 1);
+        assert_eq!((c.stages.len(), c.stages[0].count()), (2, 0), "a set per shard; only shard 1's");
     }
 
     /// A frame of a batch is handled as the same frame on its own is, with the topic length
@@ -561,7 +599,7 @@ mod tests {
     #[test]
     fn a_handler_that_takes_no_time_ends_at_the_take_and_reads_no_clock() {
         let (mut c, h) = core(Some(HandlerSpec::Latency.build()), None);
-        c.serving(Some(0));
+        c.serving(0);
         c.handle(&frame(1, T0 - 30 * US), T0 - 20 * US, T0 - 10 * US);
         c.end_round(T0);
         assert_eq!(h.clock.now_ns(), T0);
@@ -572,7 +610,7 @@ mod tests {
     #[test]
     fn histograms_ship_once_a_period_double_buffered_and_nothing_is_lost_when_the_collector_lags() {
         let (mut c, h) = core(None, None);
-        c.serving(Some(0));
+        c.serving(0);
         c.handle(&frame(1, T0), T0, T0);
         c.end_round(h.clock.now_ns());
         assert!(h.reports.try_recv().is_err(), "not before a report period (10 ms)");
@@ -604,7 +642,7 @@ mod tests {
     #[test]
     fn the_final_report_carries_the_handlers_counters() {
         let (mut c, h) = core(Some(HandlerSpec::Verify.build()), None);
-        c.serving(Some(0));
+        c.serving(0);
         for seq in 1..=5 {
             c.handle(&frame(seq, T0), T0, T0);
         }
@@ -634,7 +672,7 @@ mod tests {
     fn refusals_are_asked_for_once_a_round_and_counted_in_the_final_report() {
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (mut c, _h) = core(Some(Box::new(Asked(asked.clone()))), None);
-        c.serving(Some(0));
+        c.serving(0);
         for seq in 1..=3 {
             c.handle(&frame(seq, T0), T0, T0);
         }
@@ -644,7 +682,7 @@ mod tests {
 
         let small = HandlerLimits { max_topics: 1, ..HandlerLimits::default() };
         let (mut c, h2) = core(Some(Box::new(crate::engine::handler::VerifyOrder::new(small))), None);
-        c.serving(Some(0));
+        c.serving(0);
         for (seq, topic) in [(1, &b"A"[..]), (2, b"B"), (3, b"A")] {
             c.handle(&wire::encode(topic, &Header::data(seq, T0), b""), T0, T0);
         }
@@ -691,6 +729,40 @@ mod tests {
         assert_eq!(w.ends_seen, 0, "the rest stays queued");
     }
 
+    /// A frame handed over on its own behind its stamp is recorded in its shard's set, its wire
+    /// stage up to the reader's receive time and its queue stage from there to the take. Before,
+    /// with two shards it went to an `unattributed` set (the report's shards delivered 0), its
+    /// wire stage ran to the take and its queue stage read 1 ns. A part that is neither a batch
+    /// nor a stamp is a malformed hand-off, not a frame.
+    #[test]
+    fn a_stamped_frame_is_recorded_in_its_shard_with_its_receive_time() {
+        let ctx = zmq::Context::new();
+        let stop = StopFlag::new();
+        let (tx, _reports) = bounded(4);
+        let (_spares, spare_rx) = bounded(2);
+        let link = MetricsLink { reports: tx, spares: spare_rx, interval_ns: Arc::new(AtomicU64::new(100 * MS)) };
+        let c = WorkerCore::new(0, 2, HandlerSpec::Latency.build(), link, Arc::default(), None, Realtime);
+        let mut w = WorkerAgent::new(&ctx, "inproc://stamped-frame", 100, 2, c, stop).expect("worker");
+        let mut push = ctx.socket(zmq::PUSH).expect("push");
+        push.connect("inproc://stamped-frame").expect("connect");
+        let now = clock::realtime_ns();
+        let (sent, recv) = (now - 10 * MS, now - 4 * MS);
+        crate::zmqx::frame::send_bytes(&mut push, &batch::stamp(1, recv), zmq::SNDMORE).expect("stamp");
+        push.send(frame(1, sent), 0).expect("frame");
+        push.send(frame(2, sent), 0).expect("a frame alone");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while w.core.counters.malformed.load(Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the hand-offs never arrived");
+            w.do_work().expect("work");
+        }
+        assert_eq!(w.core.counters.handled.load(Relaxed), 1, "the stamped frame only");
+        let s = &w.core.stages[1];
+        assert_eq!((w.core.stages[0].count(), s.count()), (0, 1), "in shard 1's set");
+        assert!(s.wire.equivalent(s.wire.max(), 6 * MS), "wire = receive − send: {}", s.wire.max());
+        assert!(s.queue.max() >= 4 * MS - 10 * US, "queue = take − receive: {}", s.queue.max());
+        assert!(s.total.max() >= s.wire.max() + s.queue.max() - 20 * US, "wire + queue = total");
+    }
+
     #[test]
     fn a_guard_judges_lag_at_the_handlers_end_and_a_croak_stops_handling() {
         let cfg =
@@ -701,7 +773,7 @@ mod tests {
         let guard = Guard::new(board.clone(), 0, None);
         let (mut c, h) = core(None, Some(guard));
         c.handler = Box::new(Slow(h.clock.clone(), MS));
-        c.serving(Some(0));
+        c.serving(0);
         let mut handled = 0;
         for seq in 1..=1_000 {
             if c.handle(&frame(seq, T0), T0, T0) > 0 {

@@ -18,7 +18,7 @@ use crossbeam::channel::{Receiver, Sender};
 
 use super::hlog::{write_hgrm, HlogWriter};
 use super::settings::{Level, LogLevel};
-use super::{human_latency, shard_sets, slot_name, StageHistograms};
+use super::{human_latency, shard_name, shard_sets, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 use crate::diag::human_ns;
@@ -27,7 +27,7 @@ use crate::outfile::Claimed;
 /// What a worker sends to the collector.
 pub struct WorkerReport {
     pub worker: usize,
-    /// One set per shard, then the unattributed slot (see [`shard_sets`]).
+    /// One set per shard (see [`shard_sets`]).
     pub stages: Vec<StageHistograms>,
     /// The handler's counters (final report only).
     pub handler_counters: Vec<(&'static str, u64)>,
@@ -40,8 +40,11 @@ pub struct WorkerReport {
 pub struct Collected {
     /// Every shard's histograms added up.
     pub stages: StageHistograms,
-    /// Per shard, then the unattributed slot.
+    /// Per shard.
     pub per_shard: Vec<StageHistograms>,
+    /// The messages each worker handled, per shard (the counts of the histograms it shipped):
+    /// each worker's share of a shard's messages, for the shard's ceiling.
+    pub per_worker: Vec<Vec<u64>>,
     pub handler: BTreeMap<String, u64>,
     /// The handlers' end-report lines, worker after worker.
     pub handler_summary: Vec<String>,
@@ -59,7 +62,7 @@ pub struct Collected {
 /// interval, never on the data path.
 #[derive(Default)]
 pub struct LiveLatency {
-    /// Since the start, per shard then the unattributed slot.
+    /// Since the start, per shard.
     pub cumulative: Vec<StageHistograms>,
     /// The last complete interval, the same way.
     pub last_interval: Vec<StageHistograms>,
@@ -100,7 +103,6 @@ pub struct IntervalLog {
 pub struct Collector {
     inbox: Inbox<WorkerReport>,
     spares: Vec<Sender<Vec<StageHistograms>>>,
-    shards: usize,
     total: Collected,
     interval: Vec<StageHistograms>,
     /// Start of the interval: realtime, the interval log's stamp (a wall time)…
@@ -119,19 +121,18 @@ pub struct Collector {
     ahead_said: bool,
 }
 
-/// The line that says an interval's latencies below 0 (`sets`: per shard, then the unattributed
-/// slot), if it had any: their send times were ahead of this host's clock, which the engine
+/// The line that says an interval's latencies below 0 (`sets`: per shard), if it had any: their send times were ahead of this host's clock, which the engine
 /// cannot correct, only count. Every one is counted however small (hosts synchronised with PTP
 /// may differ by a few µs, seen only where a message's transit was shorter); the line is said
 /// once a run, with how many and the lowest, whatever the amount.
-pub fn ahead_line(sets: &[StageHistograms], shards: usize) -> Option<String> {
+pub fn ahead_line(sets: &[StageHistograms]) -> Option<String> {
     let per_slot: Vec<String> = sets
         .iter()
         .enumerate()
         .filter_map(|(k, set)| {
             let n = set.out_of_bounds.iter().map(|b| b.ahead).max().unwrap_or(0);
             let lowest = set.out_of_bounds.iter().map(|b| b.ahead_max_ns).max().unwrap_or(0);
-            (n > 0).then(|| format!("{} {n}, down to -{}", slot_name(k, shards), human_ns(lowest)))
+            (n > 0).then(|| format!("{} {n}, down to -{}", shard_name(k), human_ns(lowest)))
         })
         .collect();
     (!per_slot.is_empty()).then(|| {
@@ -164,9 +165,12 @@ impl Collector {
         }
         Collector {
             inbox: Inbox::new(rx),
+            total: Collected {
+                per_shard: shard_sets(shards),
+                per_worker: vec![vec![0; shards]; spares.len()],
+                ..Default::default()
+            },
             spares,
-            shards,
-            total: Collected { per_shard: shard_sets(shards), ..Default::default() },
             interval: shard_sets(shards),
             interval_start_ns: clock::realtime_ns(),
             interval_start_mono_ns: clock::monotonic_ns(),
@@ -185,15 +189,12 @@ impl Collector {
         self
     }
 
-    /// The interval's line for each shard (and for unattributed messages, if any), at `debug`.
+    /// The interval's line for each shard, at `debug`.
     fn log_interval(&mut self, mono_ns: u64) {
         let Some(l) = self.interval_log.as_ref().filter(|l| l.log.get() >= Level::Debug) else { return };
         let gaps = (l.gaps)();
         let secs = mono_ns.saturating_sub(self.interval_start_mono_ns).max(1) as f64 / 1e9;
         for (k, set) in self.interval.iter().enumerate() {
-            if k == self.shards && set.count() == 0 {
-                continue;
-            }
             let p = set.percentiles(2);
             let q = |v: u64| if p.count == 0 { "-".to_string() } else { human_latency(v, p.out_of_bounds) };
             let g = gaps.get(k).copied();
@@ -206,7 +207,7 @@ impl Collector {
                 Level::Debug,
                 format_args!(
                     "{}: {:.0} msg/s, p50 {} p99 {}{gaps}",
-                    slot_name(k, self.shards),
+                    shard_name(k),
                     p.count as f64 / secs,
                     q(p.p50_ns),
                     q(p.p99_ns)
@@ -219,6 +220,9 @@ impl Collector {
     fn take(&mut self, mut r: WorkerReport) {
         let mut live = self.live.lock().ok();
         for (k, s) in r.stages.iter_mut().enumerate() {
+            if let Some(n) = self.total.per_worker.get_mut(r.worker).and_then(|w| w.get_mut(k)) {
+                *n += s.count();
+            }
             if let (Some(t), Some(i)) = (self.total.per_shard.get_mut(k), self.interval.get_mut(k)) {
                 t.add(s);
                 i.add(s);
@@ -256,7 +260,7 @@ impl Collector {
     fn end_interval(&mut self, wall_ns: u64, mono_ns: u64) {
         self.log_interval(mono_ns);
         if !self.ahead_said {
-            if let Some(l) = ahead_line(&self.interval, self.shards) {
+            if let Some(l) = ahead_line(&self.interval) {
                 crate::diag!("{l}");
                 self.ahead_said = true;
             }
@@ -264,11 +268,8 @@ impl Collector {
         if let Some((path, w)) = self.outputs.hlog.as_mut() {
             let mut failed = None;
             for (k, set) in self.interval.iter().enumerate() {
-                if k == self.shards && set.count() == 0 {
-                    continue;
-                }
                 for ((stage, h), bounds) in set.stages().into_iter().zip(set.out_of_bounds) {
-                    let tag = format!("{}.{stage}", slot_name(k, self.shards));
+                    let tag = format!("{}.{stage}", shard_name(k));
                     let mut written = w.write(&tag, self.interval_start_ns, wall_ns, h);
                     if written.is_ok() {
                         written = w.note_out_of_bounds(&tag, self.interval_start_ns, bounds);
@@ -372,7 +373,8 @@ mod tests {
             .expect("runs");
         let total = c.into_collected();
         assert_eq!((total.stages.count(), total.reports), (3, 3));
-        assert_eq!((total.per_shard[0].count(), total.per_shard[1].count(), total.per_shard[2].count()), (2, 1, 0));
+        assert_eq!((total.per_shard.len(), total.per_shard[0].count(), total.per_shard[1].count()), (2, 2, 1));
+        assert_eq!(total.per_worker, [[2, 1]], "worker 0's messages, per shard");
         assert_eq!(total.handler.get("seen"), Some(&6));
         let back = back_rx.try_recv().expect("a set came back");
         assert!(back.iter().all(|s| s.count() == 0), "emptied before it goes back");
@@ -386,16 +388,16 @@ mod tests {
     #[test]
     fn latencies_below_zero_are_said_with_how_many_and_how_far() {
         let mut sets = shard_sets(2);
-        assert_eq!(ahead_line(&sets, 2), None, "nothing below 0, nothing said");
+        assert_eq!(ahead_line(&sets), None, "nothing below 0, nothing said");
         sets[1].record(60, 5, 65);
-        assert_eq!(ahead_line(&sets, 2), None);
+        assert_eq!(ahead_line(&sets), None);
         for i in 0..3 {
             sets[1].record(-30_000_000_000 + i, 5, -29_999_999_000 + i);
         }
-        sets[2].record(-4_100, 5, 900);
-        let l = ahead_line(&sets, 2).expect("said");
+        sets[0].record(-4_100, 5, 900);
+        let l = ahead_line(&sets).expect("said");
         assert!(
-            l.starts_with("metrics: latencies below 0 (shard1 3, down to -30.00s; unattributed 1, down to -4.1µs): send times ahead of this host's clock"),
+            l.starts_with("metrics: latencies below 0 (shard0 1, down to -4.1µs; shard1 3, down to -30.00s): send times ahead of this host's clock"),
             "{l}"
         );
         assert!(l.contains("clock skew") && l.ends_with("said once"), "{l}");

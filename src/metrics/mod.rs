@@ -132,20 +132,15 @@ impl Default for StageHistograms {
     }
 }
 
-/// Histogram sets for an engine of `shards` shards: one per shard, then one
-/// for frames whose shard is not known (handed over one by one from several
-/// shards), named by [`slot_name`].
+/// Histogram sets for an engine of `shards` shards: one per shard (every hand-off says its
+/// shard: a batch in its header, a frame handed over on its own in its stamp).
 pub fn shard_sets(shards: usize) -> Vec<StageHistograms> {
-    vec![StageHistograms::default(); shards + 1]
+    vec![StageHistograms::default(); shards]
 }
 
-/// `shardK` for slot `k < shards`, `unattributed` for the last slot.
-pub fn slot_name(k: usize, shards: usize) -> String {
-    if k < shards {
-        format!("shard{k}")
-    } else {
-        "unattributed".to_string()
-    }
+/// `shardK`: shard `k`'s name in reports, tags and labels.
+pub fn shard_name(k: usize) -> String {
+    format!("shard{k}")
 }
 
 /// The stage names, in the order [`StageHistograms::stages`] gives them.
@@ -419,12 +414,10 @@ pub struct RunReport {
 }
 
 /// One shard's account: what arrived, what was wrong with it, its latency and
-/// its projected ceiling. The last entry may be `unattributed`: messages a
-/// worker handled without knowing their shard (per-message hand-off with
-/// several shards).
+/// its projected ceiling.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ShardReport {
-    /// `shard0`, `shard1`, … or `unattributed`.
+    /// `shard0`, `shard1`, …
     pub shard: String,
     /// Frames received on the shard's SUB (data, control, bad).
     pub received: u64,
@@ -469,14 +462,20 @@ pub struct ShardReport {
     pub latency: BTreeMap<String, Percentiles>,
 }
 
-/// A shard's projected ceiling: 1e9 ÷ the CPU ns per message of the busiest
-/// thread on its path (its I/O thread, its reader, the busiest worker).
+/// A shard's projected ceiling: the rate of the shard's messages at which the first thread on
+/// its path saturates (a core of its own each): its I/O thread and its reader take every one of
+/// the shard's messages, a worker its share of them. So 1e9 ÷ the largest of (a thread's CPU ns
+/// per message it handled × its share of the shard's messages).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Ceiling {
     pub msgs_per_sec: f64,
     /// The thread that sets it (`shard0-io`, `shard0-reader`, `worker1`).
     pub thread: String,
+    /// Its CPU ns per message it handled.
     pub cpu_ns_per_msg: f64,
+    /// The share of the shard's messages it takes (1 for the shard's own threads; a worker's
+    /// share of what the shard delivered).
+    pub share: f64,
 }
 
 /// One thread's cost per message.
@@ -518,17 +517,32 @@ impl ThreadAccount {
 }
 
 impl Ceiling {
-    /// The ceiling set by the costliest of `threads` (those with messages).
-    pub fn of<'a>(threads: impl IntoIterator<Item = &'a ThreadAccount>) -> Option<Ceiling> {
-        let busiest = threads
+    /// The ceiling set by the thread of `path` that saturates first: `path` gives each thread
+    /// with the share (0 to 1) of the shard's messages it takes; those with no messages, or no
+    /// share, are not on the path.
+    pub fn of<'a>(path: impl IntoIterator<Item = (&'a ThreadAccount, f64)>) -> Option<Ceiling> {
+        let cost = |(t, share): &(&ThreadAccount, f64)| t.cpu_ns_per_msg * share;
+        let (busiest, share) = path
             .into_iter()
-            .filter(|t| t.msgs > 0 && t.cpu_ns_per_msg > 0.0)
-            .max_by(|a, b| a.cpu_ns_per_msg.total_cmp(&b.cpu_ns_per_msg))?;
+            .filter(|(t, share)| t.msgs > 0 && t.cpu_ns_per_msg > 0.0 && *share > 0.0)
+            .max_by(|a, b| cost(a).total_cmp(&cost(b)))?;
         Some(Ceiling {
-            msgs_per_sec: 1e9 / busiest.cpu_ns_per_msg,
+            msgs_per_sec: 1e9 / (busiest.cpu_ns_per_msg * share),
             thread: busiest.thread.clone(),
             cpu_ns_per_msg: busiest.cpu_ns_per_msg,
+            share,
         })
+    }
+
+    /// How the report says it: `0.09 M msg/s, set by worker0 at 21469 ns/msg for 50 % of them`.
+    pub fn words(&self) -> String {
+        let of = if self.share < 1.0 { format!(" for {:.0} % of them", self.share * 100.0) } else { String::new() };
+        format!(
+            "{:.2} M msg/s, set by {} at {:.0} ns/msg{of}",
+            self.msgs_per_sec / 1e6,
+            self.thread,
+            self.cpu_ns_per_msg
+        )
     }
 }
 
@@ -667,12 +681,7 @@ impl RunReport {
             );
             for sh in &self.shards {
                 let ceiling = match &sh.ceiling {
-                    Some(c) => format!(
-                        "{:.2} M msg/s, set by {} at {:.0} ns/msg",
-                        c.msgs_per_sec / 1e6,
-                        c.thread,
-                        c.cpu_ns_per_msg
-                    ),
+                    Some(c) => c.words(),
                     None => "unknown (no messages)".into(),
                 };
                 let _ = writeln!(
@@ -889,6 +898,34 @@ mod tests {
         assert!(t.contains("  duration     1.500 s (stopped: the snail croaked)\n"), "{t}");
     }
 
+    /// Each thread of `threads` taking every message of the shard.
+    fn whole(threads: &[ThreadAccount]) -> Vec<(&ThreadAccount, f64)> {
+        threads.iter().map(|t| (t, 1.0)).collect()
+    }
+
+    /// Two workers share a shard's messages round-robin, each at 21469 ns per message it
+    /// handles: the shard saturates them at 2 × 1e9 / 21469 msg/s. Before, the ceiling was
+    /// 1e9 / 21469 (`0.05 M msg/s`) while the shard carried 30k msg/s with each worker 32 % busy.
+    #[test]
+    fn a_workers_cost_counts_at_its_share_of_the_shards_messages() {
+        let threads = [
+            ThreadAccount::new("shard0-reader", 60_000, 60_000 * 900, 2_000_000_000, 0),
+            ThreadAccount::new("worker0", 30_000, 30_000 * 21_469, 2_000_000_000, 0),
+            ThreadAccount::new("worker1", 30_000, 30_000 * 21_000, 2_000_000_000, 0),
+        ];
+        let path = [(&threads[0], 1.0), (&threads[1], 0.5), (&threads[2], 0.5)];
+        let c = Ceiling::of(path).expect("a ceiling");
+        assert_eq!((c.thread.as_str(), c.cpu_ns_per_msg, c.share), ("worker0", 21_469.0, 0.5));
+        assert!((c.msgs_per_sec - 2e9 / 21_469.0).abs() < 1e-6, "{c:?}");
+        assert_eq!(c.words(), "0.09 M msg/s, set by worker0 at 21469 ns/msg for 50 % of them");
+        // A worker that took none of the shard's messages is not on its path.
+        let c = Ceiling::of([(&threads[0], 1.0), (&threads[1], 0.0)]).expect("a ceiling");
+        assert_eq!(c.thread, "shard0-reader");
+        // One hot worker (by-topic routing): 90 % of the messages at its cost.
+        let c = Ceiling::of([(&threads[1], 0.9), (&threads[2], 0.1)]).expect("a ceiling");
+        assert!((c.msgs_per_sec - 1e9 / (21_469.0 * 0.9)).abs() < 1e-6, "{c:?}");
+    }
+
     #[test]
     fn ceiling_is_set_by_the_costliest_thread_and_named() {
         let threads = [
@@ -900,10 +937,10 @@ mod tests {
         assert_eq!(threads[1].cpu_ns_per_msg, 244.0);
         assert_eq!(threads[1].busy_fraction, 0.122);
         assert_eq!(threads[1].blocked_fraction, 0.25);
-        let c = Ceiling::of(&threads).expect("a ceiling");
-        assert_eq!(c.thread, "shard0-reader");
+        let c = Ceiling::of(whole(&threads)).expect("a ceiling");
+        assert_eq!((c.thread.as_str(), c.share), ("shard0-reader", 1.0));
         assert!((c.msgs_per_sec - 1e9 / 244.0).abs() < 1e-6);
-        assert_eq!(Ceiling::of(&threads[3..]), None, "no messages, no ceiling");
+        assert_eq!(Ceiling::of(whole(&threads[3..])), None, "no messages, no ceiling");
         let r = RunReport {
             shards: vec![ShardReport { msgs: 1000, ceiling: Some(c), ..Default::default() }],
             threads: threads.to_vec(),

@@ -13,7 +13,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use super::collector::LiveLatency;
-use super::{slot_name, OutOfBounds, StageHistograms};
+use super::{shard_name, OutOfBounds, StageHistograms};
 use crate::agent::AgentStats;
 
 /// Upper bounds of the latency histogram's buckets, in ns (1-2-5 steps from
@@ -277,7 +277,6 @@ pub fn http(s: &mut String, engine_id: &str, c: &super::http::HttpCounts) {
 pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     let mut s = String::with_capacity(16 * 1024);
     let id = escape(&live.engine_id);
-    let nshards = live.shards.len();
     let shards: Vec<(String, &ShardLive)> =
         live.shards.iter().enumerate().map(|(k, sh)| (format!("engine=\"{id}\",shard=\"{k}\""), sh)).collect();
     let counter = |s: &mut String, name, help, v: fn(&ShardLive) -> u64| per_row(s, name, "counter", help, &shards, v);
@@ -328,13 +327,8 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
     link_metrics(&mut s, &id, live);
     // Delivered messages and bytes per shard come with the latency sets (as
     // workers ship them, once per interval).
-    let slots: Vec<(String, &StageHistograms)> = latency
-        .cumulative
-        .iter()
-        .enumerate()
-        .filter(|(k, set)| *k < nshards || set.count() > 0)
-        .map(|(k, set)| (slot_name(k, nshards), set))
-        .collect();
+    let slots: Vec<(String, &StageHistograms)> =
+        latency.cumulative.iter().enumerate().map(|(k, set)| (shard_name(k), set)).collect();
     let shard_label = |name: &str| name.strip_prefix("shard").unwrap_or(name).to_string();
     let slot_rows: Vec<(String, &StageHistograms)> =
         slots.iter().map(|(slot, set)| (format!("engine=\"{id}\",shard=\"{}\"", shard_label(slot)), *set)).collect();
@@ -409,10 +403,7 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
          _sum and _count over the whole run, as a Prometheus summary's are.",
         |f| {
             for (k, set) in latency.last_interval.iter().enumerate() {
-                if k >= nshards && set.count() == 0 {
-                    continue;
-                }
-                let shard = shard_label(&slot_name(k, nshards));
+                let shard = shard_label(&shard_name(k));
                 let whole = latency.cumulative.get(k).map(|w| w.stages());
                 for (i, (stage, h)) in set.stages().into_iter().enumerate() {
                     let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
@@ -695,7 +686,6 @@ mod tests {
         assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");
         assert!(t.contains("stage=\"total\",le=\"0.000005\"} 1"), "{t}");
         assert!(t.contains("mdsub_agent_cpu_seconds_total{engine=\"e\\\"1\",agent=\"worker0\"} 2"), "{t}");
-        assert!(!t.contains("unattributed"), "an empty unattributed slot is not shown");
         assert!(t.contains("quantile=\"0.99\"} 0.000003"), "{t}");
         // Shard 0's interval was idle: no quantile, not 0 (before: `0`, a p99 panel fell to 0 s).
         for q in ["0.5", "0.99", "0.999", "1"] {
