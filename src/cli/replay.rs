@@ -378,6 +378,13 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
             // Not an error after a stop request (its end of stream waits 1 s only): said.
             crate::outln!("end of stream not taken (a subscriber stopped reading) on: {}", stats.eos_missed.join(", "));
         }
+        let blocked: f64 = stats.blocked_s_per_shard.iter().sum();
+        if blocked >= 0.001 {
+            crate::outln!(
+                "held back {blocked:.3} s by a lossless subscriber's full pipe; per shard {:?}",
+                stats.blocked_s_per_shard.iter().map(|s| (s * 1e3).round() / 1e3).collect::<Vec<_>>()
+            );
+        }
         if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
                 "on purpose: dropped {}, restarts {}, paused {:.3} s",
