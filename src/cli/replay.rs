@@ -218,7 +218,8 @@ pub struct FaultArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "pause_at")]
     pub pause_for: Option<Duration>,
     /// Leave out one message in every N (N >= 2; the middle one of each block
-    /// of N): its sequences are used up, so subscribers count a gap. 100 over
+    /// of N): its sequences are used up, so subscribers count a gap, and a loss
+    /// (the end of stream counts every message numbered). 100 over
     /// --count 100k leaves out exactly 1000, none first or last.
     #[arg(long, value_parser = parse_drop_every, value_name = "COUNT")]
     pub drop_every: Option<u64>,

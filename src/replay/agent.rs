@@ -762,8 +762,12 @@ impl PublisherAgent {
                 break;
             };
             if self.due.is_some_and(|d| d.drop) {
-                // The message's sequence numbers are used up: the gap is the drop.
+                // The message's sequence numbers are used up: the gap is the drop. It counts in
+                // its shard's end of stream like every message numbered (docs/WIRE.md), so an
+                // ended session counts it as a session that never ended does (by its last
+                // sequence): lost, with the gap.
                 self.p.dropped_on_purpose += 1;
+                self.p.shards[pending.shard].data_sent += pending.data.unwrap_or(0);
                 self.advance();
                 continue;
             }
@@ -878,7 +882,8 @@ impl PublisherAgent {
         }
     }
 
-    /// Send end of stream on every shard: payload = mdsub data frames sent on it (u64 LE).
+    /// Send end of stream on every shard: payload = mdsub data frames numbered in its session
+    /// (u64 LE): sent, dropped at the SNDHWM, or left out on purpose.
     /// Sent lossless even by a lossy publisher, waiting at most [`EOS_TIMEOUT`] per shard (1 s
     /// after a stop request); a shard that cannot take it in time is counted in `eos_missed`.
     fn end_step(&mut self) -> Result<Step, ReplayError> {

@@ -222,7 +222,8 @@ pub struct ReplayStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub achieved_msgs_per_sec: Option<f64>,
     /// Snails on purpose ([`FaultPlan`]): messages left out (`--drop-every`:
-    /// never sent, their sequences used up, so not in `sent_total`), new
+    /// never sent, so not in `sent_total`, but numbered, their sequences used up, so in the
+    /// end-of-stream count: a subscriber counts them in its `gaps` and its `lost`), new
     /// sessions started, and time spent stalled.
     pub dropped_on_purpose: u64,
     pub restarts: u64,
@@ -275,7 +276,8 @@ struct Shard {
     stream_seq: u64,
     /// Messages sent (any kind).
     sent: u64,
-    /// mdsub data frames sent (what the end of stream reports).
+    /// mdsub data frames numbered in this session (what the end of stream reports): sent,
+    /// dropped at the SNDHWM, or left out on purpose.
     data_sent: u64,
     /// Data messages dropped at the SNDHWM (lossy).
     dropped_at_hwm: u64,
