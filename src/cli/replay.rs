@@ -218,7 +218,8 @@ pub struct FaultArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "pause_at")]
     pub pause_for: Option<Duration>,
     /// Leave out one message in every N (N >= 2; the middle one of each block
-    /// of N): its sequences are used up, so subscribers count a gap. 100 over
+    /// of N): its sequences are used up, so subscribers count a gap, and a loss
+    /// (the end of stream counts every message numbered). 100 over
     /// --count 100k leaves out exactly 1000, none first or last.
     #[arg(long, value_parser = parse_drop_every, value_name = "COUNT")]
     pub drop_every: Option<u64>,
@@ -377,6 +378,13 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
         if stats.interrupted && !stats.eos_missed.is_empty() {
             // Not an error after a stop request (its end of stream waits 1 s only): said.
             crate::outln!("end of stream not taken (a subscriber stopped reading) on: {}", stats.eos_missed.join(", "));
+        }
+        let blocked: f64 = stats.blocked_s_per_shard.iter().sum();
+        if blocked >= 0.001 {
+            crate::outln!(
+                "held back {blocked:.3} s by a lossless subscriber's full pipe; per shard {:?}",
+                stats.blocked_s_per_shard.iter().map(|s| (s * 1e3).round() / 1e3).collect::<Vec<_>>()
+            );
         }
         if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
