@@ -26,7 +26,7 @@ enum Cmd {
     /// Replay a generated feed into the engine in one process and report
     /// throughput, loss and latency (default: 100k msg/s for 3 s).
     Demo(cli::engine::DemoArgs),
-    /// Publish a generated feed, a capture file or Databento DBN data on one PUB endpoint per
+    /// Publish a generated feed, a capture file or Databento DBN data on one XPUB endpoint per
     /// shard, paced or flat out, after waiting for subscribers.
     Replay(cli::replay::ReplayArgs),
     /// Run the engine against running publishers until end of stream or Ctrl-C.

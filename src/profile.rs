@@ -12,11 +12,7 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{defaults, EngineConfig, ShardConfig};
 use crate::snail::{self, Policy, SkewMode, SnailConfig};
 
-mod nic;
-use nic::with_source;
-pub use nic::{
-    check_connect, check_interface, interface_address, interface_down, interface_exists, interfaces, IfAddr,
-};
+use crate::nic::{check_connect, check_interface, interface_down, with_source};
 
 /// Errors loading or checking a profile.
 #[derive(Debug, thiserror::Error)]

@@ -670,6 +670,33 @@ fn help_says_defaults_in_forms_the_parser_takes_and_names_values_in_the_vocabula
 }
 
 #[test]
+fn the_payload_bound_in_the_help_is_the_one_each_command_keeps() {
+    // Before, demo, bench and capacity said "up to 16Mi", but the builtin profile's engine
+    // (max_msg_bytes 1Mi) refused `demo --payload-bytes 1048522`: 16Mi is replay's bound only.
+    let bound_in = |cmd: &str| -> u64 {
+        let h = flag_help(&help(cmd), "--payload-bytes");
+        assert!(!h.contains("16Mi") && h.contains("max_msg_bytes"), "{cmd} --payload-bytes: {h}");
+        let n = h.split("at most ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok());
+        n.unwrap_or_else(|| panic!("{cmd} --payload-bytes names no bound: {h}"))
+    };
+    let bound = bound_in("demo");
+    for cmd in ["bench", "capacity"] {
+        assert_eq!(bound_in(cmd), bound, "{cmd} and demo feed the same engine");
+    }
+    assert!(flag_help(&help("replay"), "--payload-bytes").contains("up to 16Mi"), "replay's own bound");
+    // The bound said is the edge: one byte more is refused, the bound itself is run.
+    let over = (bound + 1).to_string();
+    let (code, _out, err) = run_within("demo", mdsub().args(["demo", "--payload-bytes", &over]), DEADLINE);
+    assert_eq!(code, Some(2), "{bound} + 1 refused: {err}");
+    assert!(err.contains("max_msg_bytes (1048576)"), "{err}");
+    let at = bound.to_string();
+    let (code, out, err) =
+        run_within("demo", mdsub().args(["demo", "--payload-bytes", &at, "--count", "20", "--json"]), DEADLINE);
+    assert_eq!(code, Some(0), "{bound} runs: {err}");
+    assert!(out.contains("\"delivered\": 20,"), "{out}");
+}
+
+#[test]
 fn every_handler_is_named_in_the_help_of_every_command_that_takes_one() {
     // Before: `demo --help` offered `latency, book, verify or work:NANOS`; `last` works there too.
     for cmd in ["engine", "demo", "bench", "capacity"] {

@@ -26,6 +26,7 @@ use crate::outfile::Claimed;
 use crate::replay::{Pacing, PublisherConfig, Source};
 
 #[derive(Args, Debug)]
+#[command(mut_arg("payload_bytes", super::feed::payload_into_the_engine))]
 pub struct BenchArgs {
     #[command(flatten)]
     pub feed: FeedArgs,

@@ -28,6 +28,7 @@ use crate::snail::{Policy, SkewMode};
 
 /// `mdsub demo`.
 #[derive(Args, Debug)]
+#[command(mut_arg("payload_bytes", super::feed::payload_into_the_engine))]
 pub struct DemoArgs {
     #[command(flatten)]
     pub feed: FeedArgs,

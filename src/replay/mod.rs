@@ -1,6 +1,6 @@
 //! `mdsub replay`: publishes a feed (synthetic generator, capture file or
 //! Databento DBN files merged by receive time) on
-//! one PUB endpoint per shard, paced at a fixed rate or flat out, stamping
+//! one XPUB endpoint per shard, paced at a fixed rate or flat out, stamping
 //! each frame's *intended* send time and sequences, then ends each shard's
 //! stream with an end-of-stream frame.
 //!

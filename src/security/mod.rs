@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{
+    Agent, AgentCounters, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag,
+};
 use crate::diag::RefusalLog;
 use crate::wire::handshake::{HandshakeFailure, Side};
 
@@ -1155,18 +1157,29 @@ impl ZapService {
         Ok(ZapService { handle: Some(handle), stop, counters, watches })
     }
 
-    /// What the handler has decided so far.
+    /// What the handler has decided so far (still there once stopped).
     pub fn counters(&self) -> Arc<ZapCounters> {
         self.counters.clone()
+    }
+
+    /// Its agent's role and live counters (None once stopped), for a report's thread table.
+    pub fn agent_counters(&self) -> Option<(String, Arc<AgentCounters>)> {
+        self.handle.as_ref().map(|h| (h.role().to_string(), h.counters().clone()))
+    }
+
+    /// Stop the handler and wait for its thread (once the server sockets it answers for are
+    /// closed; dropping does it too).
+    pub fn stop(&mut self) {
+        self.stop.stop();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 
 impl Drop for ZapService {
     fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.stop();
     }
 }
 
