@@ -122,7 +122,7 @@ fn output_goes_through_diag() {
 }
 
 /// The primitives: facts and tools every layer may use, importing nothing of mdsub's but each other.
-const PRIMITIVES: &[&str] = &["wire", "clock", "zmqx", "diag", "outfile", "host", "endpoint"];
+const PRIMITIVES: &[&str] = &["wire", "clock", "zmqx", "diag", "outfile", "infile", "host", "endpoint"];
 
 #[test]
 fn the_primitives_import_only_each_other() {
@@ -133,6 +133,7 @@ fn the_primitives_import_only_each_other() {
             || p.starts_with("src/zmqx/")
             || p == "src/diag.rs"
             || p == "src/outfile.rs"
+            || p == "src/infile.rs"
             || p == "src/host.rs"
             || p == "src/endpoint.rs"
     };
