@@ -73,6 +73,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod feed;
 pub mod host;
+pub mod infile;
 pub mod link;
 pub mod lvc;
 pub mod metrics;

@@ -133,7 +133,7 @@ fn output_goes_through_diag() {
 }
 
 /// The primitives: facts and tools every layer may use, importing nothing of mdsub's but each other.
-const PRIMITIVES: &[&str] = &["wire", "clock", "zmqx", "diag", "outfile", "host", "nic", "endpoint"];
+const PRIMITIVES: &[&str] = &["wire", "clock", "zmqx", "diag", "outfile", "infile", "host", "nic", "endpoint"];
 
 #[test]
 fn the_primitives_import_only_each_other() {
@@ -144,6 +144,7 @@ fn the_primitives_import_only_each_other() {
             || p.starts_with("src/zmqx/")
             || p == "src/diag.rs"
             || p == "src/outfile.rs"
+            || p == "src/infile.rs"
             || p == "src/host.rs"
             || p == "src/nic.rs"
             || p == "src/endpoint.rs"

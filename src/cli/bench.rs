@@ -257,6 +257,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             );
         }
     };
+    super::run_under_way();
     let result = crate::bench::engine::run(&cfg, stop, show_run)?.ok_or(super::Interrupted)?.finish(args.json, save)?;
     if !args.json {
         crate::outln!(

@@ -283,6 +283,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     }
     crate::diag::draw_lines_above(&pb);
     let json = args.json;
+    super::run_under_way();
     let result = capacity::run(&cfg, stop, &mut |ev| match ev {
         Event::TrialStarted { config, rate, purpose, done, estimate_left, eta_s } => {
             pb.set_length((done + estimate_left) as u64);

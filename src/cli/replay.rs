@@ -74,7 +74,7 @@ pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
         if std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
             anyhow::bail!("{}: empty file (0 bytes): nothing to replay", p.display());
         }
-        match detect(p).with_context(|| format!("opening {}", p.display()))? {
+        match detect(p).with_context(|| format!("--from {}", p.display()))? {
             Some(k) => kinds.push(k),
             None => anyhow::bail!("{}: neither an mdsub capture nor DBN data (plain or zstd)", p.display()),
         }
@@ -252,6 +252,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             sndhwm_msgs: args.publisher.sndhwm_msgs,
             max_rate: args.feed.rate.filter(|r| *r > 0),
         };
+        super::run_under_way();
         let n = crate::bench::capacity::remote::serve(&cfg, stop, &mut |line| crate::outln!("{line}"))?;
         crate::outln!("served {n} trial(s)");
         return Ok(());
@@ -281,6 +282,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
              subscriber's lag includes the capture's age; --restamp times them from now"
         );
     }
+    // The --from files and key files are read: from here a Ctrl-C is watched for.
+    super::run_under_way();
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     publisher.set_idle(args.idle.strategy());

@@ -327,14 +327,9 @@ const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 /// a FIFO blocked the open forever (it is opened non-blocking, so the check comes first).
 fn read_small(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let file = crate::infile::open(path, "a key or token file is a small text file")?;
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        let what = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
-        return Err(invalid(format!("it is {what}; a key or token file is a small text file")));
-    }
     if meta.len() > MAX_KEY_FILE_BYTES {
         return Err(invalid(format!(
             "it holds {} bytes, more than a key or token file (at most {MAX_KEY_FILE_BYTES})",
