@@ -28,6 +28,7 @@
 //! | [`diag`](mod@diag) | diagnostics that never stop the process; refusals counted by reason and said at a bounded rate; exit counters (stderr, or `--json` on stdout) | |
 //! | [`outfile`] | output files a run writes, claimed under an exclusive lock (a second run writing one is refused) | |
 //! | [`host`] | this host: its name and the cores this process may run on | |
+//! | [`nic`] | this host's interfaces: what a shard's `interface` or an endpoint's source names here, and whether one is down | |
 //! | [`clock`] | the one place time is read: realtime (the wire), monotonic (schedules), thread CPU, a manual clock for tests | |
 //! | [`proxy`] | the one XSUB ⇄ XPUB proxy shell; the LVC and the tap are hooks on it | |
 //! | [`link`] | watched links: a socket monitor on every connect-out socket; losses counted and logged, links libzmq gives up on re-established | |
@@ -72,9 +73,11 @@ pub mod endpoint;
 pub mod engine;
 pub mod feed;
 pub mod host;
+pub mod infile;
 pub mod link;
 pub mod lvc;
 pub mod metrics;
+pub mod nic;
 pub mod outfile;
 pub mod profile;
 pub mod proxy;

@@ -26,7 +26,7 @@ enum Cmd {
     /// Replay a generated feed into the engine in one process and report
     /// throughput, loss and latency (default: 100k msg/s for 3 s).
     Demo(cli::engine::DemoArgs),
-    /// Publish a generated feed, a capture file or Databento DBN data on one PUB endpoint per
+    /// Publish a generated feed, a capture file or Databento DBN data on one XPUB endpoint per
     /// shard, paced or flat out, after waiting for subscribers.
     Replay(cli::replay::ReplayArgs),
     /// Run the engine against running publishers until end of stream or Ctrl-C.
@@ -80,7 +80,8 @@ fn command() -> clap::Command {
 
 impl Cmd {
     /// True when the command watches the stop flag (stops cleanly on Ctrl-C or SIGTERM,
-    /// showing what it has); the others end at once on the signal.
+    /// showing what it has, once it said its run is under way: [`cli::run_under_way`]); the
+    /// others end at once on the signal.
     fn watches_stop(&self) -> bool {
         !matches!(self, Cmd::LvcBench(_) | Cmd::CloneBench(_) | Cmd::Info | Cmd::Profile(_) | Cmd::Keygen(_))
     }
@@ -127,7 +128,7 @@ fn main() {
     let handler = move || {
         let now = mdsub::clock::monotonic_ns().max(1);
         let first = FIRST_SIGNAL_NS.compare_exchange(0, now, SeqCst, SeqCst).err();
-        match cli::on_signal(first, now, watches_stop) {
+        match cli::on_signal(first, now, watches_stop, cli::is_run_under_way()) {
             cli::OnSignal::Stop => on_signal.stop(),
             cli::OnSignal::Same => {}
             cli::OnSignal::EndNow => {

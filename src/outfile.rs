@@ -10,8 +10,10 @@
 //! however the process ends, so a crashed run leaves no stale lock behind.
 //!
 //! The lock is advisory (a program that does not ask for it is not stopped) and only regular
-//! files take part: `/dev/null`, `/dev/full` or a FIFO are opened as they are, unlocked and
-//! not emptied (they cannot be). [`distinct`] refuses one path given to two outputs of a run
+//! files take part: `/dev/null`, `/dev/full`, `/dev/stdout` or a FIFO are opened as they are,
+//! unlocked and not emptied (they cannot be). Every output is opened non-blocking: a FIFO with
+//! no reader is refused at once ([`OutFileError::NoReader`]) rather than holding start-up, where
+//! the first Ctrl-C and `--max-duration` did not reach it (inputs: [`crate::infile`]). [`distinct`] refuses one path given to two outputs of a run
 //! (`--hlog x --hgrm x`), compared canonicalised, before anything is claimed.
 
 use std::fs::{File, OpenOptions};
@@ -28,6 +30,9 @@ pub enum OutFileError {
     /// Two outputs of one run name the same file.
     #[error("{first} and {second} both name {}: give each its own file", path.display())]
     Same { first: String, second: String, path: PathBuf },
+    /// A FIFO no process reads (opening it for writing would wait for one).
+    #[error("{flag} {}: a FIFO no process is reading; start its reader first, or give a file", path.display())]
+    NoReader { flag: String, path: PathBuf },
     /// Opening, locking or emptying the file failed.
     #[error("{flag} {}: {source}", path.display())]
     Io { flag: String, path: PathBuf, source: std::io::Error },
@@ -51,10 +56,26 @@ impl Claimed {
         Ok(claimed.remove(0))
     }
 
-    /// Open (create if missing, never truncate): nothing locked or emptied yet.
+    /// Open (create if missing, never truncate): nothing locked or emptied yet. Opened
+    /// non-blocking, so a FIFO nobody reads is refused at once ([`OutFileError::NoReader`])
+    /// instead of holding the run's start-up; the handle then blocks as usual on writes.
     fn open(flag: &str, path: &Path) -> Result<Claimed, OutFileError> {
-        let file = OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(io(flag, path))?;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                // A FIFO (or /dev/stdout on one) with no reader: open(2) says ENXIO.
+                Some(libc::ENXIO) => OutFileError::NoReader { flag: flag.to_string(), path: path.to_path_buf() },
+                _ => io(flag, path)(e),
+            })?;
         let regular = file.metadata().map_err(io(flag, path))?.is_file();
+        if !regular {
+            blocking(&file).map_err(io(flag, path))?;
+        }
         Ok(Claimed { flag: flag.to_string(), path: path.to_path_buf(), file: Arc::new(file), regular })
     }
 
@@ -98,6 +119,19 @@ impl Claimed {
         }
         Ok(f)
     }
+}
+
+/// Clear `O_NONBLOCK` on `file` (a FIFO or a device opened non-blocking): the run's writes
+/// wait for a slow reader as they would on any pipe rather than fail with `EAGAIN`.
+fn blocking(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this File owns and keeps open across both calls.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn io<'a>(flag: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutFileError + 'a {
@@ -171,6 +205,7 @@ fn canonical(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("mdsub-outfile-{name}-{}", std::process::id()));
@@ -224,6 +259,31 @@ mod tests {
         drop(first);
         let third = Claimed::claim("--hlog", &path).expect("claimed again once the first is gone");
         assert_eq!(std::fs::metadata(third.path()).expect("meta").len(), 0, "emptied by the new claim");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_fifo_nobody_reads_is_refused_at_once_and_one_with_a_reader_is_written() {
+        let d = dir("fifo");
+        let fifo = d.join("f.hlog");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+        assert!(made.success(), "mkfifo");
+        // Before: the open waited for a reader for ever.
+        let e = Claimed::claim("--hlog", &fifo).expect_err("no reader");
+        assert!(matches!(e, OutFileError::NoReader { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("--hlog {}: a FIFO no process is reading; start its reader first, or give a file", fifo.display())
+        );
+        let mut reader =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("a reader");
+        let c = Claimed::claim("--hlog", &fifo).expect("a reader is there");
+        c.rewrite().and_then(|mut f| f.write_all(b"line\n")).expect("write");
+        drop(c);
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut got).expect("read to the writer's end");
+        assert_eq!(got, "line\n");
+        assert!(Claimed::claim("--hgrm", Path::new("/dev/null")).is_ok(), "a device is written as it is");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -12,13 +12,13 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{defaults, EngineConfig, ShardConfig};
 use crate::snail::{self, Policy, SkewMode, SnailConfig};
 
-mod nic;
-use nic::with_source;
-pub use nic::{
-    check_connect, check_interface, interface_address, interface_down, interface_exists, interfaces, IfAddr,
-};
+use crate::nic::{check_connect, check_interface, interface_down, with_source};
 
 /// Errors loading or checking a profile.
+/// The endpoints a shard's publishers are reached on (inproc is refused there: the publisher
+/// is another process), as an endpoint's transport fault states them.
+const PUBLISHER_FORMS: &str = "tcp://HOST:PORT or ipc://PATH";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("cannot read profile {path}: {source}")]
@@ -423,8 +423,12 @@ impl Profile {
             "auto" => return Ok(Profile::auto(&crate::host::cores(), 1, 1)),
             _ => {}
         }
-        let text = std::fs::read_to_string(Path::new(path))
-            .map_err(|source| ProfileError::Read { path: path.into(), source })?;
+        // A regular file only: a FIFO's open would wait for a writer (crate::infile).
+        let read = |source| ProfileError::Read { path: path.into(), source };
+        let mut text = String::new();
+        crate::infile::open(Path::new(path), "a profile is a TOML file")
+            .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut text))
+            .map_err(read)?;
         let mut p = Profile::from_toml(&text, path)?;
         p.security.resolve_from(Path::new(path).parent().unwrap_or(Path::new("")));
         Ok(p)
@@ -543,7 +547,7 @@ impl Profile {
             claim(s.reader_core, format!("shards[{i}].reader_core"))?;
             for (j, ep) in s.binds.iter().enumerate() {
                 let field = format!("shards[{i}].binds[{j}]");
-                crate::zmqx::check_endpoint(ep).map_err(|m| invalid(&field, m))?;
+                crate::zmqx::check_endpoint_as(ep, PUBLISHER_FORMS).map_err(|m| invalid(&field, m))?;
                 let Some((host, port)) = crate::endpoint::publisher_of(ep)
                     .strip_prefix("tcp://")
                     .and_then(|t| t.rsplit_once(':'))
@@ -580,9 +584,13 @@ impl Profile {
             }
             for (j, ep) in s.endpoints.iter().enumerate() {
                 let field = format!("shards[{i}].endpoints[{j}]");
-                crate::zmqx::check_endpoint(ep).map_err(|m| {
+                crate::zmqx::check_endpoint_as(ep, PUBLISHER_FORMS).map_err(|m| {
                     invalid(&field, format!("{m}; write tcp://HOST:PORT (the NIC to connect from goes in `interface`)"))
                 })?;
+                // What libzmq's connect refuses only when the engine starts (`Invalid argument`).
+                if let Some(why) = crate::zmqx::connect_problem(ep) {
+                    return Err(invalid(&field, format!("endpoint `{ep}`: {why}; a bind goes in `binds`")));
+                }
                 if s.interface.is_some() && !ep.starts_with("tcp://") {
                     return Err(invalid(
                         format!("shards[{i}].interface"),
@@ -821,6 +829,29 @@ mod tests {
             Err(ProfileError::Invalid { field, .. }) => field,
             other => panic!("expected an invalid field, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_publisher_endpoint_offers_only_what_a_shard_takes_and_a_connect_needs_host_and_port() {
+        let message = |p: &Profile| match p.validate(&[0, 1]) {
+            Err(ProfileError::Invalid { field, message }) => format!("{field}: {message}"),
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        // Before: `(expected tcp://host:port, ipc://path or inproc://name)`, and inproc is refused.
+        let mut p = Profile::builtin();
+        p.shards[0].binds = vec!["foo".into()];
+        assert_eq!(
+            message(&p),
+            "shards[0].binds[0]: endpoint `foo`: no transport (expected tcp://HOST:PORT or ipc://PATH)"
+        );
+        // Before: passed, and the engine failed at start with `Invalid argument`.
+        let mut p = Profile::builtin();
+        p.shards[0].endpoints = vec!["tcp://*:5556".into()];
+        assert_eq!(
+            message(&p),
+            "shards[0].endpoints[0]: endpoint `tcp://*:5556`: a connect endpoint needs a host: `*` (every interface) \
+             is for binding; a bind goes in `binds`"
+        );
     }
 
     #[test]

@@ -363,10 +363,55 @@ pub fn bind_resolved(socket: &zmq::Socket, endpoint: &str) -> zmq::Result<String
 /// Check the shape of a ZeroMQ endpoint (`tcp://host:port`, `ipc://path`,
 /// `inproc://name`); returns a human reason, naming the endpoint, when it is malformed.
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    check_endpoint_as(endpoint, "tcp://host:port, ipc://path or inproc://name")
+}
+
+/// [`check_endpoint`] for an endpoint that takes only `forms`, as a transport fault states them
+/// (a publisher's endpoint: `tcp://HOST:PORT or ipc://PATH`, inproc being refused there).
+pub fn check_endpoint_as(endpoint: &str, forms: &str) -> Result<(), String> {
     endpoint_transport(endpoint).map(drop).map_err(|why| match why {
         EndpointProblem::Shape(_) => format!("endpoint `{endpoint}`: {why}"),
-        _ => format!("endpoint `{endpoint}`: {why} (expected tcp://host:port, ipc://path or inproc://name)"),
+        _ => format!("endpoint `{endpoint}`: {why} (expected {forms})"),
     })
+}
+
+/// What libzmq's connect refuses (`Invalid argument`, at start) in a tcp endpoint that
+/// [`endpoint_transport`] takes, with the reason; `None` for one it takes or another transport.
+/// A bind takes `*` for the host (every interface) and the port (any); a connect needs both,
+/// and libzmq's connect takes a host of ASCII letters, digits, `.`, `-` and `_` only (an IPv6
+/// address in brackets, a `%zone`), starting with a letter or a digit (its `socket_base.cpp`).
+pub fn connect_problem(endpoint: &str) -> Option<EndpointProblem> {
+    let (source, target) = crate::endpoint::tcp_parts(endpoint)?;
+    let (host, port) = target.rsplit_once(':')?;
+    let shape = |why: String| Some(EndpointProblem::Shape(why));
+    if port == "*" {
+        return shape("a connect endpoint needs a port: `*` (any port) is for binding".into());
+    }
+    if host == "*" {
+        return shape("a connect endpoint needs a host: `*` (every interface) is for binding".into());
+    }
+    let named =
+        |part: &str| if source == Some(part) { format!("the source `{part}`") } else { format!("the host `{host}`") };
+    for part in source.into_iter().chain([host]) {
+        if let Some(c) = part.chars().find(|c| !c.is_ascii()) {
+            return shape(format!(
+                "{} holds `{c}`, outside ASCII, which libzmq does not take in a name: give its ASCII (punycode) \
+                 form, xn--…, or an address",
+                named(part)
+            ));
+        }
+        if let Some(c) = part.chars().find(|c| !(c.is_ascii_alphanumeric() || ".-:%[]_*".contains(*c))) {
+            return shape(format!(
+                "{} holds `{c}`: libzmq takes letters, digits, `.`, `-` and `_` in a name",
+                named(part)
+            ));
+        }
+    }
+    let first = source.unwrap_or(host);
+    if !first.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '[' || c == ':') {
+        return shape(format!("{} must start with a letter or a digit (libzmq refuses it on a connect)", named(first)));
+    }
+    None
 }
 
 /// A ZeroMQ transport mdsub takes.
@@ -406,12 +451,24 @@ pub fn endpoint_transport(endpoint: &str) -> Result<Transport, EndpointProblem> 
                     _ => return Err(shape(&format!("the source `{source}` needs a port (`{source}:0`)"))),
                 }
             }
+            if let (Some(source), "") = (source, target) {
+                // `tcp://127.0.0.1:5556;`: a `;` ends a source, and nothing follows it.
+                let port = source.rsplit_once(':').map_or(source, |(_, p)| p);
+                return Err(shape(&format!(
+                    "the port `{port};` is not a number (a `;` ends the source of tcp://SOURCE;HOST:PORT, and no \
+                     HOST:PORT follows it)"
+                )));
+            }
             let (host, port) = target.rsplit_once(':').ok_or_else(|| shape("no port"))?;
             if host.is_empty() {
                 return Err(shape("no host"));
             }
             if port != "*" && port.parse::<u16>().is_err() {
-                return Err(shape(&format!("a bad port `{port}`")));
+                return Err(shape(&if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("the port `{port}` is out of range (0 to 65535, or * to bind any)")
+                } else {
+                    format!("the port `{port}` is not a number (0 to 65535, or * to bind any)")
+                }));
             }
             Ok(Transport::Tcp)
         }
@@ -573,6 +630,22 @@ mod tests {
         assert!(check_endpoint("tcp://127.0.0.1:99999").is_err());
         assert!(check_endpoint("tcp://127.0.0.1").is_err());
         assert!(check_endpoint("udp://x:1").is_err());
+        // Before: `no port` for a port followed by a stray `;`, `a bad port` for the rest.
+        assert_eq!(
+            endpoint_transport("tcp://127.0.0.1:5556;").map_err(|e| e.to_string()),
+            Err("the port `5556;` is not a number (a `;` ends the source of tcp://SOURCE;HOST:PORT, and no HOST:PORT \
+                 follows it)"
+                .into())
+        );
+        assert!(endpoint_transport("tcp://h:55x")
+            .is_err_and(|e| e.to_string().starts_with("the port `55x` is not a number")));
+        assert!(endpoint_transport("tcp://h:99999")
+            .is_err_and(|e| e.to_string().starts_with("the port `99999` is out of range")));
+        // The forms a transport fault offers are the caller's (a publisher takes no inproc).
+        assert_eq!(
+            check_endpoint_as("foo", "tcp://HOST:PORT or ipc://PATH"),
+            Err("endpoint `foo`: no transport (expected tcp://HOST:PORT or ipc://PATH)".into())
+        );
         // The transport faults: bare in the problem, with every transport's form in check_endpoint.
         assert_eq!(endpoint_transport("udp://x:1"), Err(EndpointProblem::UnknownTransport("udp".into())));
         assert_eq!(endpoint_transport("x:1"), Err(EndpointProblem::NoTransport));

@@ -115,6 +115,17 @@ fn nothing_below_the_cli_imports_it() {
 }
 
 #[test]
+fn only_the_cli_and_bench_use_profiles() {
+    // docs/ARCHITECTURE.md: profile sits above the parts (it imports engine, snail, security and
+    // agent) and is used by bench/ and cli/ only. Before, the engine's reader asked
+    // `crate::profile` whether a shard's interface was down; those NIC facts are `crate::nic`'s.
+    let found = offenders(&["crate::profile"], |p| {
+        p == "src/profile.rs" || p.starts_with("src/bench/") || p.starts_with("src/cli/")
+    });
+    assert!(found.is_empty(), "a part or primitive importing profile (a layer above it):\n{}", found.join("\n"));
+}
+
+#[test]
 fn output_goes_through_diag() {
     // eprintln! panics on a closed stderr and println! on a closed stdout: diag! and outln! do not.
     let found = offenders(&["println!(", "eprintln!(", "print!(", "eprint!(", "io::stderr()"], |p| p == "src/diag.rs");
@@ -122,7 +133,7 @@ fn output_goes_through_diag() {
 }
 
 /// The primitives: facts and tools every layer may use, importing nothing of mdsub's but each other.
-const PRIMITIVES: &[&str] = &["wire", "clock", "zmqx", "diag", "outfile", "host", "endpoint"];
+const PRIMITIVES: &[&str] = &["wire", "clock", "zmqx", "diag", "outfile", "infile", "host", "nic", "endpoint"];
 
 #[test]
 fn the_primitives_import_only_each_other() {
@@ -133,7 +144,9 @@ fn the_primitives_import_only_each_other() {
             || p.starts_with("src/zmqx/")
             || p == "src/diag.rs"
             || p == "src/outfile.rs"
+            || p == "src/infile.rs"
             || p == "src/host.rs"
+            || p == "src/nic.rs"
             || p == "src/endpoint.rs"
     };
     // A line that names a module of mdsub's outside the primitives.

@@ -53,8 +53,14 @@ fn a_negative_value_gets_its_flags_reason_on_every_command() {
         (&["lvc-bench", "--count", "-5"], "invalid value '-5' for '--count <COUNT>': not a count"),
         (&["clone-bench", "--runs", "-1"], "invalid value '-1' for '--runs <COUNT>': not a count"),
         (&["replay", "--sndhwm-msgs", "-1"], "invalid value '-1' for '--sndhwm-msgs <COUNT>': not a count"),
-        (&["capacity", "--hold", "-1s"], "invalid value '-1s' for '--hold <DURATION>': not a duration"),
-        (&["top", "--timeout", "-1s"], "invalid value '-1s' for '--timeout <DURATION>': not a duration"),
+        (
+            &["capacity", "--hold", "-1s"],
+            "invalid value '-1s' for '--hold <DURATION>': negative: a duration is 0 or more",
+        ),
+        (
+            &["top", "--timeout", "-1s"],
+            "invalid value '-1s' for '--timeout <DURATION>': negative: a duration is 0 or more",
+        ),
         (&["engine", "--metrics-listen", "-1"], "invalid value '-1' for '--metrics-listen <[bind:][ADDR:]PORT>'"),
         (&["clone-client", "set", "/x", "v", "--ttl", "-5s"], "invalid value '-5s' for '--ttl <DURATION>'"),
     ]);
@@ -297,6 +303,27 @@ fn every_refused_flag_value_exits_2_with_one_line() {
 }
 
 #[test]
+fn refused_values_found_after_parsing_or_at_start_exit_2_with_the_usage() {
+    // Each of these exited 1: a profile file listing no endpoint (the builtin one exited 2), an
+    // engine id refused by a plain error without the usage, and connect endpoints libzmq
+    // refuses only when the engine starts (`zmq error while connecting to …: Invalid argument`).
+    let dir = common::temp_dir("cli-refused-at-start");
+    let noep = dir.join("noep.toml");
+    std::fs::write(&noep, "[[shards]]\n[[workers]]\n").expect("a profile with no endpoint");
+    let noep = noep.to_str().expect("utf-8 path");
+    let ep = ["engine", "--endpoint"];
+    assert_refused_with_usage(&[
+        (&["engine", "--profile", noep], &format!("error: no endpoint: give --endpoint EP (once per shard), or a --profile FILE whose shards list endpoints (profile {noep} lists none)")),
+        (&["engine", "--endpoint", "tcp://127.0.0.1:1", "--engine-id", ""], "for '--engine-id <NAME>': empty: the engine needs a name"),
+        (&["engine", "--endpoint", "tcp://127.0.0.1:1", "--engine-id", "a/b"], "for '--engine-id <NAME>': holds '/': the id is one segment"),
+        (&[ep[0], ep[1], "tcp://127.0.0.1:*"], "a connect endpoint needs a port: `*` (any port) is for binding; to bind, write bind:EP"),
+        (&[ep[0], ep[1], "tcp://*:5556"], "a connect endpoint needs a host: `*` (every interface) is for binding"),
+        (&[ep[0], ep[1], "tcp://münchen.de:5556"], "holds `ü`, outside ASCII, which libzmq does not take in a name"),
+        (&[ep[0], ep[1], "tcp://127.0.0.1:5556;"], "the port `5556;` is not a number"),
+    ]);
+}
+
+#[test]
 fn a_refused_flag_combination_exits_2_naming_the_flags_before_anything_runs() {
     // Each of these exited 1 with `mdsub: error: …`; bench printed its banner first, and the
     // engine blamed `--profile builtin: profile field …` for what flags set (review 11).
@@ -442,7 +469,9 @@ fn bench_refuses_a_save_path_it_cannot_write_before_running() {
     let path = dir.join("no-such-dir").join("bench.json");
     let (code, out, err) = run_within("bench", mdsub().arg("bench").arg("--save").arg(&path), DEADLINE);
     assert_eq!(code, Some(1), "stderr: {err}");
-    assert!(err.contains("creating") && err.contains("bench.json"), "{err}");
+    // Named by its flag and the path given, not the `.partial` file made to try it (before:
+    // `creating …/bench.json.partial: …`).
+    assert_eq!(err.trim(), format!("mdsub: error: --save {}: No such file or directory (os error 2)", path.display()));
     assert!(out.is_empty(), "nothing run: {out}");
     // A directory passed the probe (`DIR.partial` could be made) and failed the rename after
     // the whole run: `renaming DIR.partial to DIR: Is a directory`.
@@ -670,6 +699,33 @@ fn help_says_defaults_in_forms_the_parser_takes_and_names_values_in_the_vocabula
 }
 
 #[test]
+fn the_payload_bound_in_the_help_is_the_one_each_command_keeps() {
+    // Before, demo, bench and capacity said "up to 16Mi", but the builtin profile's engine
+    // (max_msg_bytes 1Mi) refused `demo --payload-bytes 1048522`: 16Mi is replay's bound only.
+    let bound_in = |cmd: &str| -> u64 {
+        let h = flag_help(&help(cmd), "--payload-bytes");
+        assert!(!h.contains("16Mi") && h.contains("max_msg_bytes"), "{cmd} --payload-bytes: {h}");
+        let n = h.split("at most ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok());
+        n.unwrap_or_else(|| panic!("{cmd} --payload-bytes names no bound: {h}"))
+    };
+    let bound = bound_in("demo");
+    for cmd in ["bench", "capacity"] {
+        assert_eq!(bound_in(cmd), bound, "{cmd} and demo feed the same engine");
+    }
+    assert!(flag_help(&help("replay"), "--payload-bytes").contains("up to 16Mi"), "replay's own bound");
+    // The bound said is the edge: one byte more is refused, the bound itself is run.
+    let over = (bound + 1).to_string();
+    let (code, _out, err) = run_within("demo", mdsub().args(["demo", "--payload-bytes", &over]), DEADLINE);
+    assert_eq!(code, Some(2), "{bound} + 1 refused: {err}");
+    assert!(err.contains("max_msg_bytes (1048576)"), "{err}");
+    let at = bound.to_string();
+    let (code, out, err) =
+        run_within("demo", mdsub().args(["demo", "--payload-bytes", &at, "--count", "20", "--json"]), DEADLINE);
+    assert_eq!(code, Some(0), "{bound} runs: {err}");
+    assert!(out.contains("\"delivered\": 20,"), "{out}");
+}
+
+#[test]
 fn every_handler_is_named_in_the_help_of_every_command_that_takes_one() {
     // Before: `demo --help` offered `latency, book, verify or work:NANOS`; `last` works there too.
     for cmd in ["engine", "demo", "bench", "capacity"] {
@@ -817,4 +873,65 @@ fn every_help_writes_endpoints_durations_counts_and_sizes_one_way() {
     ] {
         assert!(has(cmd, "--idle"), "{cmd} --idle: it runs agents");
     }
+}
+
+#[test]
+fn a_fifo_given_as_an_input_or_an_output_is_refused_at_once() {
+    // Before: opening the FIFO waited for a writer (or a reader) for ever, past --max-duration
+    // and the first SIGTERM (`timeout 5 mdsub engine --profile FIFO …` hung until a second one).
+    let dir = common::temp_dir("cli-fifo");
+    let fifo = dir.join("f.toml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo");
+    let f = fifo.to_str().expect("utf8");
+    let engine = ["engine", "--endpoint", "tcp://127.0.0.1:1", "--max-duration", "500ms"];
+    let input = "it is not a regular file (a FIFO, socket or device)";
+    let output = "a FIFO no process is reading; start its reader first, or give a file";
+    for (args, says) in [
+        (
+            [&engine[..], &["--profile", f]].concat(),
+            format!("cannot read profile {f}: {input}; a profile is a TOML file"),
+        ),
+        (vec!["demo", "--profile", f], format!("cannot read profile {f}: {input}")),
+        (vec!["bench", "--profile", f], format!("cannot read profile {f}: {input}")),
+        (vec!["bench", "--from", f], format!("--from {f}: {input}")),
+        ([&LONE_REPLAY[..], &["--from", f]].concat(), format!("--from {f}: {input}")),
+        ([&engine[..], &["--hlog", f]].concat(), format!("--hlog {f}: {output}")),
+        ([&engine[..], &["--hgrm", f]].concat(), format!("--hgrm {f}: {output}")),
+    ] {
+        let (code, _, err) = run_within(args[0], mdsub().args(&args), Duration::from_secs(5));
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.starts_with(&format!("mdsub: error: {says}")), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_first_signal_ends_a_command_blocked_before_its_run() {
+    // A bench whose stdout is a full pipe nobody reads blocks writing its header, before its
+    // run starts. Before, the first SIGINT only set the stop flag, which nothing looked at
+    // there: the bench hung until a second signal.
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, each then owned once below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Fill it: the child's first line on stdout then waits for a reader that never reads.
+    // SAFETY: fcntl on a descriptor owned here.
+    unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut file = std::fs::File::from(write_end.try_clone().expect("dup"));
+    while std::io::Write::write(&mut file, &[b'x'; 4096]).is_ok() {}
+    drop(file);
+    // SAFETY: as above; the child gets its stdout blocking again (a shared file description).
+    unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETFL, 0) };
+    let mut cmd = mdsub();
+    cmd.args(["bench", "--count", "10k", "--runs", "1"]).stdout(Stdio::from(write_end)).stderr(Stdio::piped());
+    let mut p = Proc::spawn("bench", &mut cmd);
+    let err = lines_of(p.child.stderr.take().expect("stderr"));
+    wait_until(DEADLINE, "bench's signal handler", || thread_cpu_ms(p.pid(), "ctrl-c").is_some());
+    p.signal(2);
+    let status = p.wait_exit(Duration::from_secs(5));
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    assert_eq!(status.code(), Some(130), "one SIGINT ends it: {said:?}");
+    assert_eq!(said, ["mdsub: interrupted"], "one line saying so");
+    drop(read_end);
 }

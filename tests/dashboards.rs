@@ -717,6 +717,74 @@ fn store_and_feed() -> (String, Proc, LineProc, Vec<String>) {
 }
 
 #[test]
+fn every_agent_of_the_engine_is_in_its_report() {
+    // Before, `engine --store EP --metrics-listen 0 --monitor EP` ran `store`, `clone-client`,
+    // `metrics-http`, `snail-monitor` and `snail-monitor-zap` agents that neither the `--json`
+    // `agents` nor the printed thread table listed: only readers, workers and `metrics`.
+    use mdsub::clone::client::{Client, ClientConfig};
+    use std::io::{Read, Write};
+    const SIDE: [&str; 5] = ["snail-monitor", "snail-monitor-zap", "metrics-http", "store", "clone-client"];
+    let (store, _server, _replay, eps) = store_and_feed();
+    let client =
+        Client::start(ClientConfig { servers: vec![store.clone()], subtree: "/mdsub/".into(), ..Default::default() })
+            .expect("a clone client");
+    client.wait_synced(Duration::from_secs(20)).expect("synced with the clone server");
+    // One engine printing its report, one with --json: each has published its status and
+    // served a scrape before it is stopped, so each side agent has done some work.
+    let run = |id: &str, json: bool| -> String {
+        let mut cmd = mdsub();
+        cmd.args(["engine", "--max-duration", "90s", "--expect-eos", "0", "--engine-id", id]);
+        cmd.args(if json { &["--json"][..] } else { &[][..] });
+        for e in &eps {
+            cmd.args(["--endpoint", e]);
+        }
+        cmd.args(["--store", &store, "--metrics-interval", "200ms", "--metrics-listen", "127.0.0.1:0"]);
+        cmd.args(["--monitor", "tcp://127.0.0.1:0"]);
+        let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+        let addr =
+            engine.said_after("metrics: ").trim_start_matches("http://").trim_end_matches("/metrics").to_string();
+        let mut conn = std::net::TcpStream::connect(&addr).expect("connect /metrics");
+        conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+        let mut page = String::new();
+        conn.read_to_string(&mut page).expect("read /metrics");
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        let key = format!("/mdsub/status/{id}/engine");
+        wait_until(Duration::from_secs(30), "the engine's status in the store", || {
+            client.get(key.as_str()).ok().flatten().is_some()
+        });
+        engine.proc.signal(2);
+        let (status, out) = engine.finish(Duration::from_secs(30));
+        assert!(status.success(), "engine failed on SIGINT ({status}): {out}");
+        out
+    };
+    let r = json(&run("agents-json", true));
+    let agents = r["agents"].as_array().expect("agents");
+    for role in SIDE {
+        let a = agents.iter().find(|a| a["role"] == role).unwrap_or_else(|| panic!("no {role} in {agents:?}"));
+        assert!(u(a, "cpu_ns") > 0 && u(a, "wall_ns") > 0, "{role} counted: {a}");
+        if ["metrics-http", "store", "clone-client"].contains(&role) {
+            assert!(u(a, "work") > 0, "{role} worked: {a}");
+        }
+    }
+    for core in ["shard0-reader", "shard1-reader", "worker0", "metrics"] {
+        assert!(agents.iter().any(|a| a["role"] == core), "{core} in {agents:?}");
+    }
+    // The printed thread table: a row per agent, the same ones.
+    let text = run("agents-text", false);
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("  threads "))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for role in SIDE.iter().chain(&["shard0-reader", "worker0", "metrics"]) {
+        assert!(rows.contains(role), "{role} in the thread table {rows:?}: {text}");
+    }
+}
+
+#[test]
 fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_after_kill_9() {
     use mdsub::clone::client::{Client, ClientConfig};
     let (store, _server, _replay, eps) = store_and_feed();

@@ -179,3 +179,29 @@ fn replay_to_engine_with_a_corrupted_handshake_is_reestablished_and_loses_nothin
     let (status, _) = replay.finish(Duration::from_secs(30));
     assert!(status.success());
 }
+
+/// `--drop-every` with `--restart-at`: the session that never sent its end of stream (restarted
+/// away) and the one that did count the messages left out on purpose alike. Before, the ended
+/// session's end of stream left them out of its count while the unended one counted by its last
+/// sequence, so `lost` held the first session's drops and not the second's (lost 200, gaps 400).
+#[test]
+fn drops_on_purpose_count_alike_in_a_session_that_ended_and_one_restarted_away() {
+    let feed = ["--rate", "20k", "--count", "40k", "--restart-at", "20k", "--drop-every", "100", "--json"];
+    let (replay, eps) = start_replay("replay", 1, &feed);
+    let engine = common::engine_json(&eps, &[]);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let (status, rest) = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "{rest}");
+    let s = json(&rest);
+    let left_out = u(&s, "dropped_on_purpose");
+    assert_eq!((u(&s, "sent_total"), left_out, u(&s, "restarts")), (39_600, 400, 1), "{s}");
+    // Every message numbered: 20 000 in each session, 200 of each left out.
+    assert_eq!((u(&r, "unended_sessions"), u(&r, "unended_sent")), (1, 20_000), "{r}");
+    assert_eq!(u(&r, "sent"), 40_000, "the ended session counts 20 000 too: {r}");
+    assert_eq!((u(&r, "delivered"), u(&r, "restarts"), u(&r, "duplicates")), (39_600, 1, 0), "{r}");
+    assert_eq!(u(&r, "gaps"), left_out, "{r}");
+    assert_eq!(u(&r, "lost"), left_out, "both sessions' drops, not one's: {r}");
+    assert_eq!(u(&r, "delivered") + u(&r, "lost"), u(&r, "sent"), "{r}");
+}

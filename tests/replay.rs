@@ -680,6 +680,12 @@ fn the_duration_ends_a_replay_whose_lossless_subscriber_stopped_reading() {
     let said = wait_line(err, Duration::from_secs(10), "the duration's end", |l| l.starts_with("replay: the duration"));
     assert!(said.contains("a lossless subscriber holds the publisher back"), "{said}");
     let took = t0.elapsed();
+    // Before, the end of stream's 10 s wait went by in silence: it is said at once, with the
+    // shard and how long it may take.
+    let eos =
+        wait_line(err, Duration::from_secs(1), "the end of stream's wait", |l| l.contains("the end of stream waits"));
+    assert!(eos.starts_with("replay: shard0 tcp://127.0.0.1:"), "{eos}");
+    assert!(eos.contains("up to 10.0 s more") || eos.contains("up to 9."), "the deadline: {eos}");
     let rest = rest_lines(err, Duration::from_secs(20));
     let (status, out) = replay.finish(Duration::from_secs(5));
     assert!(took < Duration::from_secs(3), "the duration (1 s and its tenth) ended the blocked send: {took:?}");
@@ -696,13 +702,20 @@ fn the_duration_ends_a_replay_whose_lossless_subscriber_stopped_reading() {
     assert!(error[0].contains("shard0 tcp://127.0.0.1:") && error[0].contains("could not take the end of stream"));
 }
 
+/// The replay's stderr line saying that a lossless subscriber has held shard0 back for 1 s,
+/// within `deadline`.
+fn held_back_line(err: &std::sync::mpsc::Receiver<String>, deadline: Duration) -> String {
+    wait_line(err, deadline, "the held-back line", |l| {
+        l.starts_with("replay: shard0 ") && l.contains(": held back for ")
+    })
+}
+
 #[test]
 fn ctrl_c_ends_a_replay_blocked_by_its_lossless_subscriber_promptly() {
     let (replay, _ctx, _sub) = replay_into_a_stalled_subscriber(&["--duration", "60s"]);
     let err = replay.stderr.as_ref().expect("stderr piped");
-    wait_line(err, Duration::from_secs(10), "sending", |l| l.starts_with("subscribed: sending"));
-    // At 200k msg/s the 1k HWMs and the socket buffers fill well within this: the send blocks.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The send has been blocked for 1 s when the replay says so.
+    held_back_line(err, Duration::from_secs(15));
     let t0 = std::time::Instant::now();
     replay.proc.signal(2);
     let (_status, out) = replay.finish(Duration::from_secs(10));
@@ -711,6 +724,51 @@ fn ctrl_c_ends_a_replay_blocked_by_its_lossless_subscriber_promptly() {
     let s = json(&out);
     assert_eq!(s["interrupted"], true, "{s}");
     assert_eq!(s["eos_missed"].as_array().map(Vec::len), Some(1), "said, not an error after a stop: {s}");
+}
+
+#[test]
+fn a_replay_held_back_by_its_lossless_subscriber_says_so_and_says_when_it_moves_again() {
+    // Before, `--count` (or a long `--duration`) into a subscriber that stopped reading stalled
+    // in silence: nothing was said until the duration ended, and with `--count` never.
+    let (replay, _ctx, sub) = replay_into_a_stalled_subscriber(&["--count", "2M"]);
+    let err = replay.stderr.as_ref().expect("stderr piped");
+    let t0 = std::time::Instant::now();
+    let held = held_back_line(err, Duration::from_secs(15));
+    let ep = held.split(' ').nth(2).unwrap_or_default().trim_end_matches(':').to_string();
+    assert!(ep.starts_with("tcp://127.0.0.1:"), "names the shard's endpoint: {held}");
+    assert!(held.contains("held back for 1.") && held.contains("Ctrl-C ends the wait"), "{held}");
+    // The subscriber reads again (to the end of stream): the replay says it moves.
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let reading = reading.clone();
+        std::thread::spawn(move || {
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(f) = sub.recv_bytes(0) {
+                    if wire::decode(&f).is_ok_and(|v| v.header.kind == Kind::EndOfStream) {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    let moved = wait_line(err, Duration::from_secs(10), "the moves-again line", |l| l.starts_with("replay: shard0 "));
+    assert!(moved.starts_with(&format!("replay: shard0 {ep}: sending moves again after ")), "{moved}");
+    let held_s: f64 = moved
+        .split("after ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("how long: {moved}"));
+    assert!(held_s >= 1.0 && held_s < t0.elapsed().as_secs_f64() + 1.0, "{moved}");
+    replay.proc.signal(2);
+    let (status, out) = replay.finish(Duration::from_secs(10));
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    reader.join().expect("reader");
+    assert_eq!(status.code(), Some(0), "{out}");
+    // The time held back is in the summary, per shard.
+    let s = json(&out);
+    let blocked = s["blocked_s_per_shard"][0].as_f64().unwrap_or_else(|| panic!("blocked_s_per_shard: {s}"));
+    assert!(blocked >= held_s - 0.05, "the hold said ({held_s} s) is counted: {s}");
 }
 
 #[test]

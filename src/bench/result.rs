@@ -91,7 +91,8 @@ impl SaveFile {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        // Said as the flag and the path the person gave (the `.partial` name is ours).
+        std::fs::File::create(&partial).map_err(|e| anyhow::anyhow!("--save {}: {e}", path.display()))?;
         let _ = std::fs::remove_file(&partial);
         Ok(SaveFile { path: path.to_path_buf(), partial })
     }

@@ -87,6 +87,8 @@ struct EndpointRule {
     only: Option<How>,
     /// A clone store's endpoint: tcp only (its ports follow the given one).
     clone_store: bool,
+    /// How a bare `EP` attaches when `only` is `None` (the flag's default).
+    bare: How,
 }
 
 impl EndpointRule {
@@ -114,7 +116,15 @@ impl EndpointRule {
                 return Err(format!("this socket can only {}; accepted: {forms}", only.word()));
             }
         }
-        match endpoint_transport(endpoint).map_err(|why| format!("{why}; accepted: {forms}"))? {
+        let transport = endpoint_transport(endpoint).map_err(|why| format!("{why}; accepted: {forms}"))?;
+        // What libzmq's connect refuses only when the engine starts (`Invalid argument`).
+        if how.or(self.only).unwrap_or(self.bare) == How::Connect {
+            if let Some(why) = crate::zmqx::connect_problem(endpoint) {
+                let bind = if self.only.is_none() && how.is_none() { "; to bind, write bind:EP" } else { "" };
+                return Err(format!("{why}{bind}"));
+            }
+        }
+        match transport {
             Transport::Tcp => {}
             Transport::Ipc | Transport::Inproc if self.clone_store => {
                 return Err(format!("a clone store is reached over tcp only; accepted: {forms}"))
@@ -132,30 +142,31 @@ impl EndpointRule {
     }
 }
 
-/// Parse `bind:EP`, `connect:EP` or a bare `EP` (a socket that attaches either way).
+/// Parse `bind:EP`, `connect:EP` or a bare `EP` (a socket that attaches either way; a bare
+/// one binds, as the proxies' sides do).
 pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    EndpointRule { only: None, clone_store: false }.parse(s)
+    EndpointRule { only: None, clone_store: false, bare: How::Bind }.parse(s)
 }
 
 /// Parse `bind:EP` or a bare `EP`, for a socket that only binds: `connect:` is refused.
 pub fn parse_bind_endpoint(s: &str) -> Result<Endpoint, String> {
-    EndpointRule { only: Some(How::Bind), clone_store: false }.parse(s)
+    EndpointRule { only: Some(How::Bind), clone_store: false, bare: How::Bind }.parse(s)
 }
 
 /// Parse `connect:EP` or a bare `EP`, for a socket that only connects: `bind:` is refused.
 pub fn parse_connect_endpoint(s: &str) -> Result<Endpoint, String> {
-    EndpointRule { only: Some(How::Connect), clone_store: false }.parse(s)
+    EndpointRule { only: Some(How::Connect), clone_store: false, bare: How::Connect }.parse(s)
 }
 
 /// Parse a clone server's base endpoint to bind: `bind:tcp://HOST:P` or `tcp://HOST:P`.
 pub fn parse_clone_bind(s: &str) -> Result<Endpoint, String> {
-    EndpointRule { only: Some(How::Bind), clone_store: true }.parse(s)
+    EndpointRule { only: Some(How::Bind), clone_store: true, bare: How::Bind }.parse(s)
 }
 
 /// Parse a clone server to reach (`--store`, `--server`, `--peer`): `connect:tcp://HOST:P` or
 /// `tcp://HOST:P`.
 pub fn parse_clone_server(s: &str) -> Result<Endpoint, String> {
-    EndpointRule { only: Some(How::Connect), clone_store: true }.parse(s)
+    EndpointRule { only: Some(How::Connect), clone_store: true, bare: How::Connect }.parse(s)
 }
 
 /// `parse` applied to `part` of the flag value `whole` (one item of a list, one side of
@@ -166,16 +177,18 @@ pub fn in_part<T>(whole: &str, part: &str, parse: impl Fn(&str) -> Result<T, Str
 }
 
 /// Parse a comma-separated list of endpoints for a socket that binds some and connects to
-/// others (`bind:EP1,connect:EP2`), each as [`parse_endpoint`].
+/// others (`bind:EP1,connect:EP2`), each as [`parse_endpoint`] but a bare one connecting (the
+/// engine's `--endpoint`).
 pub fn parse_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
+    let rule = EndpointRule { only: None, clone_store: false, bare: How::Connect };
     let list: Vec<Endpoint> = s
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .map(|e| in_part(s, e, parse_endpoint))
+        .map(|e| in_part(s, e, |e| rule.parse(e)))
         .collect::<Result<_, _>>()?;
     if list.is_empty() {
-        let forms = EndpointRule { only: None, clone_store: false }.forms();
+        let forms = rule.forms();
         return Err(format!("no endpoint given; accepted: {forms}, several joined by commas"));
     }
     Ok(list)
@@ -200,8 +213,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("unknown unit `{unit}`; accepted: {DURATION_FORMS}")),
     };
     if v < 0.0 {
-        Err(format!("not a duration; accepted: {DURATION_FORMS}"))
-    } else if (v * scale) < crate::clock::MAX_DURATION_S as f64 {
+        Err(format!("negative: a duration is 0 or more; accepted: {DURATION_FORMS}"))
+    } else if (v * scale) <= crate::clock::MAX_DURATION_S as f64 {
         Ok(Duration::from_secs_f64(v * scale))
     } else {
         Err(format!("out of range: at most {}s", crate::clock::MAX_DURATION_S))
@@ -440,7 +453,12 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
         // A number too large is said as such, not as "not a duration".
         assert!(parse_duration("18446744073709551615s").unwrap_err().starts_with("out of range"));
-        assert!(parse_duration("-5s").unwrap_err().contains("not a duration"));
+        // Before: a negative one was "not a duration", and the bound itself "out of range: at
+        // most" the bound.
+        assert!(parse_duration("-5s").unwrap_err().starts_with("negative: a duration is 0 or more; accepted:"));
+        let max = crate::clock::MAX_DURATION_S;
+        assert_eq!(parse_duration(&format!("{max}s")), Ok(Duration::from_secs(max)));
+        assert_eq!(parse_duration(&format!("{}s", max + 1)), Err(format!("out of range: at most {max}s")));
         assert!(parse_duration("5x").unwrap_err().contains("unknown unit `x`"));
     }
 
@@ -538,6 +556,41 @@ mod tests {
         );
         let mixed = parse_endpoint_list("bind:tcp://a:1, tcp://b:2").expect("a list binding one, connecting one");
         assert_eq!((mixed[0].how, mixed[1].how), (Some(How::Bind), None));
+    }
+
+    #[test]
+    fn a_connect_endpoint_libzmq_would_refuse_at_start_is_refused_here() {
+        // Before: these passed the parser, and the engine failed at start with exit 1, `zmq
+        // error while connecting to …: Invalid argument`.
+        let port = "a connect endpoint needs a port: `*` (any port) is for binding";
+        let host = "a connect endpoint needs a host: `*` (every interface) is for binding";
+        for (given, says) in [
+            ("tcp://127.0.0.1:*", format!("{port}; to bind, write bind:EP")),
+            ("tcp://*:5556", format!("{host}; to bind, write bind:EP")),
+            ("connect:tcp://*:5556", host.to_string()),
+            ("tcp://a:1,tcp://*:2", format!("`tcp://*:2`: {host}; to bind, write bind:EP")),
+            (
+                "tcp://münchen.de:5556",
+                "the host `münchen.de` holds `ü`, outside ASCII, which libzmq does not take in a name: give its \
+                 ASCII (punycode) form, xn--…, or an address; to bind, write bind:EP"
+                    .to_string(),
+            ),
+            ("tcp://a b:1", "the host `a b` holds ` `: libzmq takes letters, digits, `.`, `-` and `_` in a name; to bind, write bind:EP".to_string()),
+            ("tcp://-x:1", "the host `-x` must start with a letter or a digit (libzmq refuses it on a connect); to bind, write bind:EP".to_string()),
+        ] {
+            assert_eq!(parse_endpoint_list(given), Err(says), "{given}");
+        }
+        assert!(parse_clone_server("tcp://*:5556").is_err_and(|e| e.starts_with(host)));
+        assert!(parse_connect_endpoint("tcp://127.0.0.1:*").is_err_and(|e| e == port));
+        // What libzmq's connect takes, and every bind, stays accepted.
+        for ok in ["tcp://127.0.0.1:5556", "tcp://[::1]:5556", "tcp://eth0:0;10.0.0.1:5556", "tcp://my_host-1.lan:1"] {
+            assert!(parse_endpoint_list(ok).is_ok(), "{ok}");
+        }
+        for ok in ["bind:tcp://*:5556", "bind:tcp://127.0.0.1:*"] {
+            assert!(parse_endpoint_list(ok).is_ok(), "{ok}");
+        }
+        assert!(parse_endpoint("tcp://*:5556").is_ok(), "a proxy's bare endpoint binds");
+        assert!(parse_bind_endpoint("tcp://127.0.0.1:*").is_ok());
     }
 
     #[test]

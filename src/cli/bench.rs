@@ -26,6 +26,7 @@ use crate::outfile::Claimed;
 use crate::replay::{Pacing, PublisherConfig, Source};
 
 #[derive(Args, Debug)]
+#[command(mut_arg("payload_bytes", super::feed::payload_into_the_engine))]
 pub struct BenchArgs {
     #[command(flatten)]
     pub feed: FeedArgs,
@@ -256,6 +257,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             );
         }
     };
+    super::run_under_way();
     let result = crate::bench::engine::run(&cfg, stop, show_run)?.ok_or(super::Interrupted)?.finish(args.json, save)?;
     if !args.json {
         crate::outln!(

@@ -25,6 +25,7 @@ use crate::feed::GeneratorConfig;
 
 /// `mdsub capacity`.
 #[derive(Args, Debug)]
+#[command(mut_arg("payload_bytes", super::feed::payload_into_the_engine))]
 pub struct CapacityArgs {
     /// A latency budget, `PERCENTILE=DURATION` (p50, p99, p99.9, p99.99, max);
     /// repeat for more. Measured from each message's intended send time, over
@@ -48,7 +49,7 @@ pub struct CapacityArgs {
     /// latency, book, last, verify or work:NANOS.
     #[arg(long, value_name = "HANDLER")]
     pub handler: Option<HandlerSpec>,
-    /// Payload bytes per message, up to 16Mi.
+    // Its help is the engine's bound (max_msg_bytes), said by `payload_into_the_engine`.
     #[arg(long, value_parser = super::feed::parse_payload_bytes, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
     /// Number of symbols (topics), Zipf-popular: 1 to 1048576, and their frames (one per
@@ -282,6 +283,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     }
     crate::diag::draw_lines_above(&pb);
     let json = args.json;
+    super::run_under_way();
     let result = capacity::run(&cfg, stop, &mut |ev| match ev {
         Event::TrialStarted { config, rate, purpose, done, estimate_left, eta_s } => {
             pb.set_length((done + estimate_left) as u64);

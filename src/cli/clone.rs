@@ -179,6 +179,7 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
     // the error names the role (`clone-server: …`) as the runner's errors do.
     let server =
         Server::new_secured(cfg, access).map_err(|e| anyhow::anyhow!("clone-server: {e}; the server stopped"))?;
+    super::run_under_way();
     let handle = Runner::start(RunSpec::unpinned(args.idle.strategy()), stop.clone(), server)?;
     handle.join().map(drop).map_err(|e| anyhow::anyhow!("{e}; the server stopped"))
 }
@@ -434,6 +435,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
     let servers = super::store_servers(&args.server, "--server")?;
     let keys = args.keys.to_keys()?;
+    super::run_under_way();
     if let ClientCmd::Status = args.cmd {
         // The servers that did not answer, each with why.
         let mut silent = Vec::new();

@@ -28,6 +28,7 @@ use crate::snail::{Policy, SkewMode};
 
 /// `mdsub demo`.
 #[derive(Args, Debug)]
+#[command(mut_arg("payload_bytes", super::feed::payload_into_the_engine))]
 pub struct DemoArgs {
     #[command(flatten)]
     pub feed: FeedArgs,
@@ -219,6 +220,9 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         args.snail.refused(&profile, field, message).map(|line| super::UsageError(line).into())
     })?;
     args.feed.check_fits(profile.max_msg_bytes)?;
+    if let Some(note) = verify_unchecked_order(&profile) {
+        crate::diag!("{note}");
+    }
     let shards = profile.shards.len();
     let pacing = args.feed.pacing(Some(DEMO_RATE));
     let limits = args.feed.limits(Some(DEMO_DURATION));
@@ -251,6 +255,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     }
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
     let mut sending = false;
+    super::run_under_way();
     let out = run_once(&spec, stop, &mut |n| {
         if n > 0 && !sending {
             // As `replay` says it: the handshake is done, a Ctrl-C from here gets a report.
@@ -382,7 +387,7 @@ pub struct OutputArgs {
     #[arg(long, value_parser = parse_metrics_interval, value_name = "DURATION")]
     pub metrics_interval: Option<Duration>,
     /// The engine's name in metrics and status (default HOST-PID).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_parser = parse_engine_id, value_name = "NAME")]
     pub engine_id: Option<String>,
     /// Clone store server (`[connect:]tcp://HOST:P`; twice for a Binary Star
     /// pair): publish status under /mdsub/status/ENGINE-ID/ every interval and
@@ -404,9 +409,6 @@ impl OutputArgs {
             cfg.metrics_interval = i;
         }
         if let Some(id) = &self.engine_id {
-            if id.is_empty() || id.contains(['/', ' ', '"', '\\', '\n']) {
-                bail!("--engine-id `{id}`: use letters, digits, '-', '_' or '.'");
-            }
             cfg.engine_id = Some(id.clone());
         }
         // Claimed now, before the run: a file another run writes is refused, not shared.
@@ -515,6 +517,22 @@ fn format_duration(d: Duration) -> String {
     }
 }
 
+/// An engine id: one path segment of the store's keys (`/mdsub/status/ID/`) and a metrics
+/// label, so not empty and without `/`, spaces, quotes, backslashes or line breaks. Refused
+/// here, by the flag's parser (exit 2 with the usage); it was a plain error after parsing.
+pub fn parse_engine_id(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("empty: the engine needs a name (leave the flag out for HOST-PID)".into());
+    }
+    match s.chars().find(|c| matches!(c, '/' | '"' | '\\') || c.is_whitespace()) {
+        Some(c) => Err(format!(
+            "holds {c:?}: the id is one segment of the store's keys (/mdsub/status/ID/); use letters, digits, '-', \
+             '_' or '.'"
+        )),
+        None => Ok(s.to_string()),
+    }
+}
+
 /// `PORT` (on 127.0.0.1) or `ADDR:PORT`, either after an optional `bind:` (a listener binds;
 /// `connect:` is refused).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -558,12 +576,14 @@ fn check_flags_on_profile(args: &EngineArgs, profile: &Profile) -> anyhow::Resul
         refused_flag(args, profile, field, message).map(|line| super::UsageError(line).into())
     })?;
     let of_profile = |e: ProfileError| anyhow::Error::new(e).context(format!("--profile {}", args.profile));
-    let named = matches!(args.profile.as_str(), "builtin" | "auto");
-    if named && profile.shards.iter().all(|s| s.endpoints.is_empty() && s.binds.is_empty()) {
+    // No --endpoint and no shard of the profile lists one: a missing flag (exit 2), whichever
+    // profile it is; a profile that lists some but leaves a shard without is the profile's fault.
+    if args.endpoint.is_empty() && profile.shards.iter().all(|s| s.endpoints.is_empty() && s.binds.is_empty()) {
+        let named = matches!(args.profile.as_str(), "builtin" | "auto");
+        let which = if named { format!("the {} profile", args.profile) } else { format!("profile {}", args.profile) };
         bail!(super::UsageError(format!(
             "no endpoint: give --endpoint EP (once per shard), or a --profile FILE whose shards list endpoints \
-             (the {} profile lists none)",
-            args.profile
+             ({which} lists none)"
         )));
     }
     profile.check_endpoints().map_err(of_profile)
@@ -651,8 +671,13 @@ fn a_link_came_up(report: &RunReport) -> anyhow::Result<()> {
         .flat_map(|s| s.links.iter().filter(|l| l.connects == 0).map(move |l| (&s.shard, l)))
         .map(|(shard, l)| {
             let met: Vec<String> = l.lost.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
-            let met = if !met.is_empty() {
-                met.join(", ")
+            // The losses by reason, and the attempts they came from: a wrong key fails every
+            // attempt libzmq makes, counted as one loss (`handshake_failed=1` alone, after `33
+            // attempts so far` on its line, read as a contradiction).
+            let met = if !met.is_empty() && l.retries > 0 {
+                format!("lost: {}, over {} connection attempts", met.join(", "), l.retries)
+            } else if !met.is_empty() {
+                format!("lost: {}", met.join(", "))
             } else if let Some(why) = crate::host::unresolved(&l.endpoint) {
                 why
             } else if l.retries == 0 {
@@ -667,6 +692,24 @@ fn a_link_came_up(report: &RunReport) -> anyhow::Result<()> {
         return Ok(());
     }
     bail!("nothing delivered, and these links never came up: {}", never.join("; "))
+}
+
+/// The line to say when the verify handler cannot check order: round-robin routing spreads a
+/// topic over the workers, so each sees gaps in its sequence (counted `skipped`) and none can
+/// see it go back (`out_of_order` stays 0 whatever the feed does). None when order is checked.
+pub(crate) fn verify_unchecked_order(profile: &Profile) -> Option<String> {
+    let spread = profile.routing == Routing::RoundRobin
+        && profile.workers.len() > 1
+        && profile.handoff != HandOff::Inline
+        && profile.handler == crate::engine::handler::HandlerSpec::Verify;
+    spread.then(|| {
+        format!(
+            "note: --handler verify with --routing round-robin over {} workers does not check order: each \
+             worker sees every few messages of a topic (its gaps are counted `skipped`, and `out_of_order` \
+             cannot count); --routing by-topic checks it",
+            profile.workers.len()
+        )
+    })
 }
 
 /// Run `mdsub engine` against running publishers.
@@ -694,6 +737,9 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     if let Some(note) = beyond {
         crate::diag!("{note}");
     }
+    if let Some(note) = verify_unchecked_order(&profile) {
+        crate::diag!("{note}");
+    }
     for (k, why) in profile.interfaces_down() {
         crate::diag!("shard{k}: {why}: its links come up once it carries traffic (libzmq keeps trying)");
     }
@@ -704,6 +750,8 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         Some(flag) => flag.to_string(),
         None => format!("--profile {}: profile field `{field}`", args.profile),
     })?;
+    // Every file read and claimed: from here the first Ctrl-C stops the engine for its report.
+    super::run_under_way();
     let mut engine = Engine::start(&cfg, stop.clone()).context("starting the engine")?;
     args.outputs.start_live(&mut engine)?;
     if let Some(ep) = engine.monitor_endpoint() {
@@ -845,6 +893,22 @@ mod tests {
     use super::*;
     use crate::cli::test_screen::Screen;
     use std::io::IsTerminal as _;
+
+    #[test]
+    fn verify_over_round_robin_says_order_is_not_checked() {
+        // Before: `out_of_order=0` while most messages were `skipped`, and nothing said why.
+        let mut p = Profile::builtin();
+        p.handler = crate::engine::handler::HandlerSpec::Verify;
+        p.workers = vec![Default::default(); 2];
+        assert_eq!(verify_unchecked_order(&p), None, "by-topic checks order");
+        p.routing = Routing::RoundRobin;
+        let note = verify_unchecked_order(&p).expect("said");
+        assert!(
+            note.starts_with("note: --handler verify with --routing round-robin over 2 workers does not check order")
+        );
+        p.workers.truncate(1);
+        assert_eq!(verify_unchecked_order(&p), None, "one worker sees every message");
+    }
 
     #[test]
     fn a_listen_address_may_say_bind() {

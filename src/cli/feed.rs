@@ -29,6 +29,8 @@ pub struct FeedArgs {
     /// Stop after this many messages (e.g. 2M; at least 1).
     #[arg(long, value_parser = parse_count_nonzero, value_name = "COUNT")]
     pub count: Option<u64>,
+    // True of replay; demo and bench, which feed the engine, say its bound instead
+    // (`payload_into_the_engine`).
     /// Payload bytes per message, up to 16Mi (the frame adds the topic, a NUL and the header).
     #[arg(long, value_parser = parse_payload_bytes, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
@@ -61,6 +63,25 @@ pub(crate) fn parse_symbols(s: &str) -> Result<usize, String> {
 /// `--payload-bytes`: a size up to [`crate::feed::MAX_PAYLOAD_BYTES`].
 pub(crate) fn parse_payload_bytes(s: &str) -> Result<usize, String> {
     crate::feed::check_payload_bytes(parse_bytes_usize(s)?)
+}
+
+/// The `--payload-bytes` help of the commands that feed the engine (demo, bench, capacity):
+/// their bound is not [`crate::feed::MAX_PAYLOAD_BYTES`] but the profile's `max_msg_bytes`
+/// less the frame's topic, NUL and header ([`check_frames_fit`]), said here for the builtin
+/// profile and the default `--symbols`.
+pub(crate) fn payload_into_the_engine(arg: clap::Arg) -> clap::Arg {
+    let max_msg_bytes = crate::engine::defaults::MAX_MSG_BYTES;
+    let feed = GeneratorConfig::default();
+    let topic = crate::feed::symbol_names(feed.symbols).iter().map(String::len).max().unwrap_or(0);
+    let bound = (max_msg_bytes as u64).saturating_sub(wire::frame_len(&vec![b'x'; topic], 0) as u64);
+    arg.help(format!(
+        "Payload bytes per message: its frame (topic, a NUL, the {}-byte header, the payload) must fit the \
+         profile's max_msg_bytes, so at most {bound} with the builtin profile ({}Mi) and {} symbols (less \
+         with longer topics); a larger size is refused",
+        wire::HEADER_LEN,
+        max_msg_bytes >> 20,
+        feed.symbols,
+    ))
 }
 
 /// `--seed`: any 64-bit unsigned number.

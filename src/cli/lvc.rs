@@ -85,5 +85,6 @@ impl LvcArgs {
 
 /// Run `mdsub lvc` until SIGINT/SIGTERM.
 pub fn run(args: &LvcArgs, stop: &StopFlag) -> Result<LvcReport, AgentError> {
+    super::run_under_way();
     crate::lvc::run(args.to_config(), stop, ExitCounters::json(args.json))
 }

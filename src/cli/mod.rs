@@ -124,17 +124,35 @@ pub fn is_interrupted(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Interrupted>().is_some() || crate::replay::ReplayError::is_interrupted(e)
 }
 
+/// Set once the command's run is under way ([`run_under_way`]).
+static UNDER_WAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called by a command that watches the stop flag when its run starts: every file it reads or
+/// writes is open, every value checked, and from here on it looks at the flag (or has
+/// something to show). Before this, the first Ctrl-C or SIGTERM ends the process at once,
+/// `mdsub: interrupted`, exit [`EXIT_INTERRUPTED`] ([`on_signal`]): start-up has nothing to
+/// show and may be blocked where no stop flag is looked at (a file, a name lookup).
+pub fn run_under_way() {
+    UNDER_WAY.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// True once [`run_under_way`] was called.
+pub fn is_run_under_way() -> bool {
+    UNDER_WAY.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// What a Ctrl-C or SIGTERM does, given when the first one came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnSignal {
-    /// The first signal to a command that watches the stop flag: a clean stop, showing what
-    /// it has.
+    /// The first signal to a command that watches the stop flag, once its run is under way: a
+    /// clean stop, showing what it has.
     Stop,
     /// The same request delivered again: GNU `timeout` signals the process and then its
     /// process group, microseconds apart.
     Same,
-    /// A command that does not watch the flag, or a later signal while the clean stop is
-    /// under way: `mdsub: interrupted`, exit [`EXIT_INTERRUPTED`].
+    /// A command that does not watch the flag, one whose run is not under way yet (start-up,
+    /// [`run_under_way`]), or a later signal while the clean stop is under way: `mdsub:
+    /// interrupted`, exit [`EXIT_INTERRUPTED`].
     EndNow,
 }
 
@@ -142,9 +160,10 @@ pub enum OnSignal {
 pub const SAME_SIGNAL_NS: u64 = 500_000_000;
 
 /// The signal rule (a core: the handler in `main` keeps `first_ns` and reads the clock).
-pub fn on_signal(first_ns: Option<u64>, now_ns: u64, watches_stop: bool) -> OnSignal {
+/// `under_way`: [`is_run_under_way`] when the signal came.
+pub fn on_signal(first_ns: Option<u64>, now_ns: u64, watches_stop: bool, under_way: bool) -> OnSignal {
     match first_ns {
-        None if watches_stop => OnSignal::Stop,
+        None if watches_stop && under_way => OnSignal::Stop,
         Some(first) if watches_stop && now_ns.saturating_sub(first) < SAME_SIGNAL_NS => OnSignal::Same,
         _ => OnSignal::EndNow,
     }
@@ -382,15 +401,23 @@ mod tests {
 
     #[test]
     fn a_second_signal_is_the_same_request_only_within_half_a_second() {
-        assert_eq!(on_signal(None, 1_000, true), OnSignal::Stop);
+        assert_eq!(on_signal(None, 1_000, true, true), OnSignal::Stop);
         // timeout(1): SIGTERM to the process, then to its group.
-        assert_eq!(on_signal(Some(1_000), 1_000 + 5_000, true), OnSignal::Same);
-        assert_eq!(on_signal(Some(1_000), 1_000 + SAME_SIGNAL_NS - 1, true), OnSignal::Same);
+        assert_eq!(on_signal(Some(1_000), 1_000 + 5_000, true, true), OnSignal::Same);
+        assert_eq!(on_signal(Some(1_000), 1_000 + SAME_SIGNAL_NS - 1, true, true), OnSignal::Same);
         // A person pressing Ctrl-C again because the stop takes too long.
-        assert_eq!(on_signal(Some(1_000), 1_000 + SAME_SIGNAL_NS, true), OnSignal::EndNow);
+        assert_eq!(on_signal(Some(1_000), 1_000 + SAME_SIGNAL_NS, true, true), OnSignal::EndNow);
         // A command that does not watch the stop flag ends at once, every time.
-        assert_eq!(on_signal(None, 1_000, false), OnSignal::EndNow);
-        assert_eq!(on_signal(Some(1_000), 1_001, false), OnSignal::EndNow);
+        assert_eq!(on_signal(None, 1_000, false, true), OnSignal::EndNow);
+        assert_eq!(on_signal(Some(1_000), 1_001, false, true), OnSignal::EndNow);
+    }
+
+    #[test]
+    fn the_first_signal_ends_a_command_whose_run_is_not_under_way() {
+        // Before, it only set the stop flag, which nothing looked at while start-up was
+        // blocked opening a FIFO given as a profile: `timeout` and Ctrl-C did not end it.
+        assert_eq!(on_signal(None, 1_000, true, false), OnSignal::EndNow);
+        assert_eq!(on_signal(None, 1_000, false, false), OnSignal::EndNow);
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
         if std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
             anyhow::bail!("{}: empty file (0 bytes): nothing to replay", p.display());
         }
-        match detect(p).with_context(|| format!("opening {}", p.display()))? {
+        match detect(p).with_context(|| format!("--from {}", p.display()))? {
             Some(k) => kinds.push(k),
             None => anyhow::bail!("{}: neither an mdsub capture nor DBN data (plain or zstd)", p.display()),
         }
@@ -218,7 +218,8 @@ pub struct FaultArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "pause_at")]
     pub pause_for: Option<Duration>,
     /// Leave out one message in every N (N >= 2; the middle one of each block
-    /// of N): its sequences are used up, so subscribers count a gap. 100 over
+    /// of N): its sequences are used up, so subscribers count a gap, and a loss
+    /// (the end of stream counts every message numbered). 100 over
     /// --count 100k leaves out exactly 1000, none first or last.
     #[arg(long, value_parser = parse_drop_every, value_name = "COUNT")]
     pub drop_every: Option<u64>,
@@ -251,6 +252,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             sndhwm_msgs: args.publisher.sndhwm_msgs,
             max_rate: args.feed.rate.filter(|r| *r > 0),
         };
+        super::run_under_way();
         let n = crate::bench::capacity::remote::serve(&cfg, stop, &mut |line| crate::outln!("{line}"))?;
         crate::outln!("served {n} trial(s)");
         return Ok(());
@@ -280,6 +282,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
              subscriber's lag includes the capture's age; --restamp times them from now"
         );
     }
+    // The --from files and key files are read: from here a Ctrl-C is watched for.
+    super::run_under_way();
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     publisher.set_idle(args.idle.strategy());
@@ -377,6 +381,13 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
         if stats.interrupted && !stats.eos_missed.is_empty() {
             // Not an error after a stop request (its end of stream waits 1 s only): said.
             crate::outln!("end of stream not taken (a subscriber stopped reading) on: {}", stats.eos_missed.join(", "));
+        }
+        let blocked: f64 = stats.blocked_s_per_shard.iter().sum();
+        if blocked >= 0.001 {
+            crate::outln!(
+                "held back {blocked:.3} s by a lossless subscriber's full pipe; per shard {:?}",
+                stats.blocked_s_per_shard.iter().map(|s| (s * 1e3).round() / 1e3).collect::<Vec<_>>()
+            );
         }
         if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(

@@ -95,6 +95,7 @@ impl TapArgs {
 
 /// Run `mdsub tap` until SIGINT/SIGTERM.
 pub fn run(args: &TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
+    super::run_under_way();
     crate::tap::run(args.to_config(), stop, ExitCounters::json(args.json))
 }
 

@@ -381,6 +381,7 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
             anyhow::anyhow!("no terminal to draw the dashboard on (/dev/tty: {e}); --once prints one plain-text frame")
         })?)
     };
+    super::run_under_way();
     let client = Client::start_with(
         ClientConfig {
             servers: servers.clone(),

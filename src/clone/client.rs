@@ -26,7 +26,7 @@
 //! snapshot from that server (a restarted server may start again below our sequence).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
@@ -34,7 +34,7 @@ use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 pub use super::client_core::{AckState, Change, ChangeKind, ClientConfig, ClientStatus, KeyValue};
 use super::client_core::{Action, ClientCore, Event, PhaseKind};
 use super::kvmsg::{recv_frames, KvMsg, Uuid, HUGZ, ICANHAZ, TTL_PROP};
-use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentCounters, AgentError, AgentHandle, IdleStrategy, RunSpec, Runner, Step, StopFlag};
 use crate::diag::RefusalLog;
 use crate::link::{LinkChange, LinkWatch};
 use crate::security::ClientKeys;
@@ -311,6 +311,12 @@ impl Client {
                 other => Err(ClientError::NotAcked(other)),
             }
         })
+    }
+
+    /// Its agent's role and live counters (None once stopped), for a report's thread table: they
+    /// keep counting until the agent ends and then hold its last.
+    pub fn agent_counters(&self) -> Option<(String, Arc<AgentCounters>)> {
+        self.handle.as_ref().map(|h| (h.role().to_string(), h.counters().clone()))
     }
 
     /// Stop the agent and wait for its thread.

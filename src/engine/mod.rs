@@ -226,6 +226,10 @@ pub struct Engine {
     /// The monitor context's ZAP handler, when the monitor has access control
     /// (dropped before the contexts).
     monitor_zap: Option<ZapService>,
+    /// The agents beside the data path, role and counters: the snail monitor and its ZAP
+    /// handler, the `/metrics` server, the status agent and its clone client. Their last
+    /// counters join the readers', workers' and collector's in the report's `agents`.
+    side_agents: Vec<(String, Arc<AgentCounters>)>,
     /// Linux thread ids of each shard's libzmq threads (its I/O thread and
     /// its reaper, both named `shardK-io`), for their CPU time.
     io_tids: Vec<Vec<u32>>,
@@ -361,6 +365,7 @@ impl Engine {
             snail: board.clone(),
             monitor: None,
             monitor_zap: None,
+            side_agents: Vec::new(),
             io_tids: Vec::new(),
             _contexts: vec![fanout.clone()],
         };
@@ -369,13 +374,16 @@ impl Engine {
                 let ctx = zmq::Context::new();
                 let (tx, rx) = crossbeam::channel::bounded::<Scream>(1024);
                 let every = Duration::from_millis(crate::snail::defaults::STATE_EVERY_MS);
-                engine.monitor_zap = Some(ZapService::start(&ctx, "snail-monitor", &cfg.monitor_access)?);
+                let zap = ZapService::start(&ctx, "snail-monitor", &cfg.monitor_access)?;
+                engine.side_agents.extend(zap.agent_counters());
+                engine.monitor_zap = Some(zap);
                 let access = (&cfg.monitor_access, engine.monitor_zap.as_ref());
                 let (agent, bound) = MonitorAgent::bind(&ctx, ep, access, rx, board.clone(), every)?;
                 engine._contexts.push(ctx);
                 // Like the collector, it ends by itself once every guard's sender is gone.
                 let idle = IdleStrategy::Block { wait_us: 100_000 };
                 let h = Runner::start(RunSpec::unpinned(idle), StopFlag::new(), agent)?;
+                engine.side_agents.push((h.role().to_string(), h.counters().clone()));
                 engine.monitor = Some(Box::new((h, bound)));
                 Some(tx)
             }
@@ -478,6 +486,7 @@ impl Engine {
         let bound = server.local_addr().map_err(|e| EngineError::Config(format!("--metrics-listen {addr}: {e}")))?;
         let stop = StopFlag::new();
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), server)?;
+        self.side_agents.push((h.role().to_string(), h.counters().clone()));
         self.live.metrics_http = Some((h, stop, bound));
         Ok(())
     }
@@ -496,8 +505,11 @@ impl Engine {
             settings,
         };
         let agent = StoreAgent::new(inputs).map_err(EngineError::Config)?;
+        let client = agent.client_counters();
         let stop = StopFlag::new();
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
+        self.side_agents.push((h.role().to_string(), h.counters().clone()));
+        self.side_agents.extend(client);
         self.live.store = Some((h, stop));
         Ok(())
     }
@@ -654,11 +666,14 @@ impl Engine {
         self.stop.clone()
     }
 
-    /// Counters of every agent of this engine, now.
+    /// Counters of every agent of this engine, now: readers, workers, the collector and the
+    /// agents beside the data path (snail monitor and its ZAP handler, `/metrics` server, status
+    /// agent and its clone client).
     pub fn agent_stats(&self) -> Vec<AgentStats> {
         let readers = self.readers.iter().map(|h| h.stats());
         let workers = self.workers.iter().map(|h| h.stats());
-        readers.chain(workers).chain(self.collector.iter().map(|h| h.stats())).collect()
+        let side = self.side_agents.iter().map(|(role, c)| c.snapshot(role));
+        readers.chain(workers).chain(self.collector.iter().map(|h| h.stats())).chain(side).collect()
     }
 
     /// True once every reader has finished (end of stream on every shard).
@@ -752,7 +767,13 @@ impl Engine {
         if let Some(m) = self.monitor.take() {
             let _ = m.0.join();
         }
+        // Its PUB closed with it: its ZAP handler has nothing more to answer.
+        if let Some(z) = self.monitor_zap.as_mut() {
+            z.stop();
+        }
+        // The status agent's clone client ends with it.
         self.live.stop();
+        agents.extend(self.side_agents.iter().map(|(role, c)| c.snapshot(role)));
         if let Some(e) = first_err {
             return Err(e);
         }

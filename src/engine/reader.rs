@@ -626,9 +626,9 @@ impl ReaderAgent {
             .cfg
             .sources
             .iter()
-            .filter_map(|s| match crate::profile::interface_down(s) {
+            .filter_map(|s| match crate::nic::interface_down(s) {
                 Some(why) => Some(why),
-                None if !crate::profile::interface_exists(s) => Some(format!("interface {s} is gone")),
+                None if !crate::nic::interface_exists(s) => Some(format!("interface {s} is gone")),
                 None => None,
             })
             .collect();

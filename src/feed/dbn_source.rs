@@ -12,7 +12,6 @@
 //! aligned view of one in a frame's payload) is [`crate::wire::dbn`]'s.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -42,7 +41,7 @@ pub enum FileKind {
 
 /// Detect a replay file's kind; `None` when it is none of them.
 pub fn detect(path: &Path) -> io::Result<Option<FileKind>> {
-    let mut f = File::open(path)?;
+    let mut f = crate::infile::open(path, "a replay file is a capture or a DBN file")?;
     let mut head = [0u8; 8];
     let mut n = 0;
     while n < head.len() {
@@ -193,7 +192,8 @@ struct DbnFile {
 impl DbnFile {
     fn open(path: &Path, kind: FileKind) -> Result<(Self, Metadata), DbnSourceError> {
         let open_err = |cause: String| DbnSourceError::Open { path: path.to_path_buf(), cause };
-        let file = File::open(path).map_err(|e| open_err(e.to_string()))?;
+        let file = crate::infile::open(path, "a replay file is a capture or a DBN file")
+            .map_err(|e| open_err(e.to_string()))?;
         let compressed = kind == FileKind::DbnZstd;
         let inner: Box<dyn Read + Send> = if compressed {
             Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| open_err(format!("starting zstd: {e}")))?)

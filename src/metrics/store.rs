@@ -125,6 +125,11 @@ pub struct StoreAgent {
 }
 
 impl StoreAgent {
+    /// Its clone client's agent (`clone-client`): role and live counters, for the report.
+    pub fn client_counters(&self) -> Option<(String, Arc<crate::agent::AgentCounters>)> {
+        self.client.agent_counters()
+    }
+
     /// Its clone client's links to the store now (state, losses by reason), for the report.
     pub fn links(&self) -> Vec<crate::link::LinkStats> {
         self.client.status().map(|s| s.links).unwrap_or_default()

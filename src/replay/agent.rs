@@ -42,6 +42,9 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// a jump in the recorded clock would otherwise leave the replay silent for as long.
 const LONG_GAP_NS: u64 = 60_000_000_000;
 
+/// A shard that a lossless subscriber has held back this long is said (and again when it moves).
+const HELD_SAID_AFTER_NS: u64 = 1_000_000_000;
+
 /// Messages one `do_work` sends at most (flat out the clock is read once a batch, as it was
 /// every 64 messages before).
 const BATCH: usize = 64;
@@ -121,6 +124,17 @@ enum Push {
     Full,
 }
 
+/// A shard whose full pipe (a lossless subscriber that does not read) holds the pending message
+/// or end of stream back.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    shard: usize,
+    /// When its send first found the pipe full (mono ns).
+    since_ns: u64,
+    /// The hold was said: its end is said too.
+    said: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Sending,
@@ -157,6 +171,8 @@ pub struct PublisherAgent {
     sent_in_wait: usize,
     /// An error met in a wait, for the next `do_work` to return.
     error: Option<ReplayError>,
+    /// A shard holding the pending message back, if one is.
+    held: Option<Held>,
     pub(super) interrupted: bool,
     /// Shards that could not take their end of stream in time (`shardK ENDPOINT`).
     pub(super) eos_missed: Vec<String>,
@@ -249,6 +265,7 @@ impl PublisherAgent {
             phase: Phase::Sending,
             sent_in_wait: 0,
             error: None,
+            held: None,
             interrupted: false,
             eos_missed: Vec::new(),
             prev_offset_ns: 0,
@@ -307,20 +324,46 @@ impl PublisherAgent {
             match send_bytes(&mut sh.socket, frame, flags) {
                 Ok(()) if more => pd.at = FrameAt::Part(part + 1),
                 Ok(()) => break,
-                Err(zmq::Error::EAGAIN) if lossy_first => {
-                    sh.dropped_at_hwm += 1;
-                    break;
-                }
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
-                    self.pending = Some(pd);
-                    return Ok(Push::Full);
-                }
-                Err(e) => {
-                    let e = sh.send_error(e);
-                    self.pending = Some(pd);
-                    return Err(e);
-                }
+                Err(e) => return self.not_sent(pd, e, lossy_first),
             }
+        }
+        self.sent_whole(pd);
+        Ok(Push::Done)
+    }
+
+    /// [`Self::push_this`] of a generated message (one frame, one data message) from the send
+    /// loop, without waiting: the loop's common case, sent straight from its template so that
+    /// it inlines there (the general push, a call per message through its matches on where
+    /// the frame is, cost the flat-out loop about 6 ns a message, seen with perf). Anything
+    /// else takes the general push.
+    #[inline(always)]
+    fn push_now(&mut self, pd: Pending) -> Result<Push, ReplayError> {
+        let frame = match (&self.cursor, pd.at) {
+            (Cursor::Generator { frames, .. } | Cursor::Prebuilt { frames }, FrameAt::Template(slot))
+                if pd.n_parts == 1 =>
+            {
+                &frames[slot].frame
+            }
+            _ => return self.push_this(pd, None),
+        };
+        let sh = &mut self.p.shards[pd.shard];
+        match send_bytes(&mut sh.socket, frame, zmq::DONTWAIT) {
+            Ok(()) => {
+                self.sent_whole(pd);
+                Ok(Push::Done)
+            }
+            Err(e) => {
+                let lossy_first = !self.p.lossless && pd.data.is_some();
+                self.not_sent(pd, e, lossy_first)
+            }
+        }
+    }
+
+    /// `pd` went out whole: counted, and the next message (or shard's end of stream) is up.
+    #[inline(always)]
+    fn sent_whole(&mut self, pd: Pending) {
+        if self.held.is_some() {
+            self.release_held(true);
         }
         match pd.data {
             Some(data) => {
@@ -329,7 +372,99 @@ impl PublisherAgent {
             }
             None => self.next_eos_shard(),
         }
-        Ok(Push::Done)
+    }
+
+    /// A frame of `pd` was refused with `e`: a lossy publisher's data message refused at its
+    /// first frame (`lossy_first`) for a full pipe is dropped and counted (its sequences are
+    /// spent); else a full pipe keeps it pending, and an error is returned (it is kept too).
+    #[cold]
+    fn not_sent(&mut self, pd: Pending, e: zmq::Error, lossy_first: bool) -> Result<Push, ReplayError> {
+        let sh = &mut self.p.shards[pd.shard];
+        match e {
+            zmq::Error::EAGAIN if lossy_first => {
+                sh.dropped_at_hwm += 1;
+                self.sent_whole(pd);
+                Ok(Push::Done)
+            }
+            zmq::Error::EAGAIN | zmq::Error::EINTR => {
+                self.pending = Some(pd);
+                self.on_full(pd.shard, pd.data.is_none());
+                Ok(Push::Full)
+            }
+            e => {
+                let e = sh.send_error(e);
+                self.pending = Some(pd);
+                Err(e)
+            }
+        }
+    }
+
+    /// Shard `shard`'s pipe is full (`eos`: for its end of stream): a hold starts, or goes on.
+    /// One that has lasted [`HELD_SAID_AFTER_NS`] is said once, naming the shard, its endpoint
+    /// and what ends the wait; an end of stream's at once, with its deadline.
+    #[cold]
+    fn on_full(&mut self, shard: usize, eos: bool) {
+        let now = monotonic_ns();
+        if self.held.is_some_and(|h| h.shard != shard) {
+            self.release_held(false);
+        }
+        let held = *self.held.get_or_insert(Held { shard, since_ns: now, said: false });
+        let for_ns = now.saturating_sub(held.since_ns);
+        if held.said || !(eos || for_ns >= HELD_SAID_AFTER_NS) {
+            return;
+        }
+        self.held = Some(Held { said: true, ..held });
+        let sh = &self.p.shards[shard];
+        let k = self.p.part.0 + shard;
+        if eos {
+            let left = match self.phase {
+                Phase::Ending { deadline_ns, .. } => deadline_ns.saturating_sub(now),
+                _ => 0,
+            };
+            crate::diag!(
+                "replay: shard{k} {}: the end of stream waits for a lossless subscriber whose pipe is full (it \
+                 stopped reading?), up to {:.1} s more; then the shard is named as not ended",
+                sh.endpoint,
+                left as f64 / 1e9
+            );
+            return;
+        }
+        let ends = match self.schedule.as_ref().and_then(Schedule::stop_at_ns) {
+            Some(stop) => {
+                format!("the duration's end (in {:.1} s) or Ctrl-C end the wait", stop.saturating_sub(now) as f64 / 1e9)
+            }
+            None => "Ctrl-C ends the wait".to_string(),
+        };
+        crate::diag!(
+            "replay: shard{k} {}: held back for {:.1} s by a lossless subscriber whose pipe is full (it stopped \
+             reading?): sending waits at message {}; {ends}",
+            sh.endpoint,
+            for_ns as f64 / 1e9,
+            self.i + 1
+        );
+    }
+
+    /// The hold ends: its time is counted on its shard, and when it was said, its end is said
+    /// (`moved`: the message went; else it was given up, which its own line says).
+    #[cold]
+    fn release_held(&mut self, moved: bool) {
+        let Some(held) = self.held.take() else { return };
+        let ns = monotonic_ns().saturating_sub(held.since_ns);
+        let sh = &mut self.p.shards[held.shard];
+        sh.blocked_ns = sh.blocked_ns.saturating_add(ns);
+        if held.said && moved {
+            let what = if matches!(self.phase, Phase::Ending { .. }) {
+                "the end of stream went"
+            } else {
+                "sending moves again"
+            };
+            crate::diag!(
+                "replay: shard{} {}: {what} after {:.1} s held back by a lossless subscriber",
+                self.p.part.0 + held.shard,
+                sh.endpoint,
+                ns as f64 / 1e9
+            );
+        }
     }
 
     /// Message `i` is done with (sent, dropped, or left out on purpose).
@@ -673,12 +808,16 @@ impl PublisherAgent {
                 break;
             };
             if self.due.is_some_and(|d| d.drop) {
-                // The message's sequence numbers are used up: the gap is the drop.
+                // The message's sequence numbers are used up: the gap is the drop. It counts in
+                // its shard's end of stream like every message numbered (docs/WIRE.md), so an
+                // ended session counts it as a session that never ended does (by its last
+                // sequence): lost, with the gap.
                 self.p.dropped_on_purpose += 1;
+                self.p.shards[pending.shard].data_sent += pending.data.unwrap_or(0);
                 self.advance();
                 continue;
             }
-            match self.push_this(pending, None)? {
+            match self.push_now(pending)? {
                 Push::Full => return Ok(Step::Blocked(n)),
                 Push::Done => n += 1,
             }
@@ -702,6 +841,7 @@ impl PublisherAgent {
             sh.stream_seq = sh.stream_seq.saturating_sub(1);
         }
         self.pending = None;
+        self.release_held(false);
         true
     }
 
@@ -788,7 +928,8 @@ impl PublisherAgent {
         }
     }
 
-    /// Send end of stream on every shard: payload = mdsub data frames sent on it (u64 LE).
+    /// Send end of stream on every shard: payload = mdsub data frames numbered in its session
+    /// (u64 LE): sent, dropped at the SNDHWM, or left out on purpose.
     /// Sent lossless even by a lossy publisher, waiting at most [`EOS_TIMEOUT`] per shard (1 s
     /// after a stop request); a shard that cannot take it in time is counted in `eos_missed`.
     fn end_step(&mut self) -> Result<Step, ReplayError> {
@@ -816,6 +957,7 @@ impl PublisherAgent {
                 Push::Done => {}
                 Push::Full if now >= deadline_ns && deadline_ns != 0 => {
                     self.pending = None;
+                    self.release_held(false);
                     let sh = &self.p.shards[shard];
                     self.eos_missed.push(format!("shard{} {}", self.p.part.0 + shard, sh.endpoint));
                     self.next_eos_shard();

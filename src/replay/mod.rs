@@ -1,6 +1,6 @@
 //! `mdsub replay`: publishes a feed (synthetic generator, capture file or
 //! Databento DBN files merged by receive time) on
-//! one PUB endpoint per shard, paced at a fixed rate or flat out, stamping
+//! one XPUB endpoint per shard, paced at a fixed rate or flat out, stamping
 //! each frame's *intended* send time and sequences, then ends each shard's
 //! stream with an end-of-stream frame.
 //!
@@ -180,6 +180,10 @@ pub struct ReplayStats {
     /// count). Not [`dropped_on_purpose`](Self::dropped_on_purpose).
     pub dropped_at_hwm_per_shard: Vec<u64>,
     pub dropped_at_hwm: u64,
+    /// Time each shard's sends (data or its end of stream) waited on a full pipe, s: a lossless
+    /// subscriber that read too slowly, or not at all, held the publisher back (a hold of 1 s or
+    /// more is said on stderr when it reaches 1 s, and again when it ends).
+    pub blocked_s_per_shard: Vec<f64>,
     /// Of the messages sent, those sent while their shard had no subscriber: they reached no
     /// one (a subscriber left mid-run, or none was awaited). Subscribers are seen by their
     /// subscription to the control topic (every mdsub subscriber, and any that takes
@@ -218,7 +222,8 @@ pub struct ReplayStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub achieved_msgs_per_sec: Option<f64>,
     /// Snails on purpose ([`FaultPlan`]): messages left out (`--drop-every`:
-    /// never sent, their sequences used up, so not in `sent_total`), new
+    /// never sent, so not in `sent_total`, but numbered, their sequences used up, so in the
+    /// end-of-stream count: a subscriber counts them in its `gaps` and its `lost`), new
     /// sessions started, and time spent stalled.
     pub dropped_on_purpose: u64,
     pub restarts: u64,
@@ -271,7 +276,8 @@ struct Shard {
     stream_seq: u64,
     /// Messages sent (any kind).
     sent: u64,
-    /// mdsub data frames sent (what the end of stream reports).
+    /// mdsub data frames numbered in this session (what the end of stream reports): sent,
+    /// dropped at the SNDHWM, or left out on purpose.
     data_sent: u64,
     /// Data messages dropped at the SNDHWM (lossy).
     dropped_at_hwm: u64,
@@ -279,6 +285,8 @@ struct Shard {
     subscribers: usize,
     /// Data messages sent while `subscribers` was 0: they reached no one.
     sent_unheard: u64,
+    /// Time a full pipe (a lossless subscriber not reading) held its sends back, ns.
+    blocked_ns: u64,
 }
 
 impl Shard {
@@ -392,6 +400,7 @@ impl Publisher {
                 dropped_at_hwm: 0,
                 sent_unheard: 0,
                 subscribers: 0,
+                blocked_ns: 0,
             });
         }
         Ok(Publisher {
@@ -597,6 +606,7 @@ impl Publisher {
             sent_per_shard,
             dropped_at_hwm: dropped_at_hwm_per_shard.iter().sum(),
             dropped_at_hwm_per_shard,
+            blocked_s_per_shard: self.shards.iter().map(|s| s.blocked_ns as f64 / 1e9).collect(),
             sent_with_no_subscriber: self.shards.iter().map(|s| s.sent_unheard).sum(),
             elapsed_s: start.elapsed().as_secs_f64(),
             // Set by the run, from its schedules.

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{
+    Agent, AgentCounters, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag,
+};
 use crate::diag::RefusalLog;
 use crate::wire::handshake::{HandshakeFailure, Side};
 
@@ -325,14 +327,9 @@ const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 /// a FIFO blocked the open forever (it is opened non-blocking, so the check comes first).
 fn read_small(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let file = crate::infile::open(path, "a key or token file is a small text file")?;
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        let what = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
-        return Err(invalid(format!("it is {what}; a key or token file is a small text file")));
-    }
     if meta.len() > MAX_KEY_FILE_BYTES {
         return Err(invalid(format!(
             "it holds {} bytes, more than a key or token file (at most {MAX_KEY_FILE_BYTES})",
@@ -1155,18 +1152,29 @@ impl ZapService {
         Ok(ZapService { handle: Some(handle), stop, counters, watches })
     }
 
-    /// What the handler has decided so far.
+    /// What the handler has decided so far (still there once stopped).
     pub fn counters(&self) -> Arc<ZapCounters> {
         self.counters.clone()
+    }
+
+    /// Its agent's role and live counters (None once stopped), for a report's thread table.
+    pub fn agent_counters(&self) -> Option<(String, Arc<AgentCounters>)> {
+        self.handle.as_ref().map(|h| (h.role().to_string(), h.counters().clone()))
+    }
+
+    /// Stop the handler and wait for its thread (once the server sockets it answers for are
+    /// closed; dropping does it too).
+    pub fn stop(&mut self) {
+        self.stop.stop();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 
 impl Drop for ZapService {
     fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.stop();
     }
 }
 

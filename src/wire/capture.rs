@@ -160,7 +160,8 @@ pub struct CaptureReader<R: Read> {
 impl CaptureReader<BufReader<File>> {
     /// Open `path` and check its header.
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        let f = File::open(path).map_err(CaptureError::io("opening the capture file"))?;
+        let f = crate::infile::open(path, "a capture is a file `mdsub tap --record` wrote")
+            .map_err(CaptureError::io("opening the capture file"))?;
         CaptureReader::new(BufReader::with_capacity(1 << 20, f))
     }
 }

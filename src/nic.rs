@@ -1,6 +1,8 @@
-//! A shard's NIC: what `interface` and an endpoint's source name on this host, checked before
-//! anything starts (docs/NIC.md). Interfaces are read with `getifaddrs`, in the network
-//! namespace the engine runs in.
+//! This host's NICs: what a shard's `interface` and an endpoint's source name here, checked
+//! before anything starts (docs/NIC.md), and whether one is down now (the engine's reader says
+//! so for a silent link). Interfaces are read with `getifaddrs`, in the network namespace the
+//! engine runs in. A primitive (it imports nothing of mdsub's but the endpoint text):
+//! profiles check with it and the engine asks it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -30,7 +32,7 @@ pub struct IfAddr {
 /// silent way; [`check_interface`] and [`check_connect`] say why before anything starts. An
 /// interface with no source here (not on this host: `profile show` of another host's
 /// profile), or an endpoint that names its own source, is left as it is.
-pub(super) fn with_source(endpoint: &str, iface: &str) -> String {
+pub fn with_source(endpoint: &str, iface: &str) -> String {
     let source = match iface.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => Some(ip),
         Ok(IpAddr::V6(_)) => None,

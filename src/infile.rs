@@ -1,0 +1,54 @@
+//! Input files a command reads (a `--profile`, a key or token file, `replay`/`bench --from`
+//! captures and DBN files): regular files only, refused otherwise before anything is read.
+//!
+//! Opening a FIFO for reading waits until a writer opens it, so `--profile FIFO` or `replay
+//! --from FIFO` blocked start-up past `--max-duration` and the first Ctrl-C; `/dev/zero` as a key
+//! was read until memory ran out. The one rule for every input: the file is opened non-blocking
+//! (a FIFO's open returns at once), then anything but a regular file is refused with what it is.
+//! `O_NONBLOCK` is left on the handle: on a regular file it changes nothing.
+//! (Outputs have their own rule: [`crate::outfile`].)
+
+use std::fs::File;
+use std::path::Path;
+
+/// Open `path` for reading: a regular file, else an [`std::io::ErrorKind::InvalidInput`] error
+/// saying what it is, followed by `expected` (`a profile is a TOML file`).
+pub fn open(path: &Path, expected: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {what}; {expected}")));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn only_regular_files_are_opened_and_a_fifo_is_refused_at_once() {
+        let d = std::env::temp_dir().join(format!("mdsub-infile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        let fifo = d.join("f.toml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+        assert!(made.success(), "mkfifo");
+        // No writer: a blocking open would wait here for ever.
+        let e = open(&fifo, "a profile is a TOML file").expect_err("a FIFO");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), "it is not a regular file (a FIFO, socket or device); a profile is a TOML file");
+        let e = open(Path::new("/dev/zero"), "x").expect_err("a device");
+        assert!(e.to_string().starts_with("it is not a regular file"), "{e}");
+        assert_eq!(open(&d, "x").expect_err("a directory").to_string(), "it is a directory; x");
+        let file = d.join("p.toml");
+        std::fs::write(&file, b"name = \"p\"\n").expect("write");
+        let mut text = String::new();
+        open(&file, "x").expect("a regular file").read_to_string(&mut text).expect("read");
+        assert_eq!(text, "name = \"p\"\n");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
