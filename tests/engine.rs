@@ -584,3 +584,154 @@ fn max_duration_stops_a_slow_handlers_backlog_at_the_deadline() {
         assert!(status.success(), "{handoff}");
     }
 }
+
+/// A publisher the test holds (an XPUB that shows the engine's subscription), connected to the
+/// engine's bound endpoint `ep` once that subscription reached it.
+fn connected_publisher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
+    let publ = watching_xpub(ctx);
+    publ.set_sndhwm(0).expect("sndhwm");
+    publ.set_rcvtimeo(20_000).expect("rcvtimeo");
+    publ.connect(ep).expect("connect to the engine");
+    assert_eq!(publ.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
+    publ
+}
+
+/// Data frame `seq` (stream and topic sequence alike) of `publisher_id`'s session `session_id`.
+fn data_frame(publisher_id: u32, session_id: u64, seq: u64) -> Vec<u8> {
+    let h = Header { send_time_ns: mdsub::clock::realtime_ns(), ..data_header(publisher_id, session_id, seq) };
+    wire::encode(b"ES", &h, b"abcd")
+}
+
+/// The end of stream of that session after stream sequence `last_seq`, saying it sent `sent`.
+fn end_frame(publisher_id: u32, session_id: u64, last_seq: u64, sent: u64) -> Vec<u8> {
+    let h = Header {
+        kind: Kind::EndOfStream,
+        topic_seq: 0,
+        send_time_ns: mdsub::clock::realtime_ns(),
+        ..data_header(publisher_id, session_id, last_seq)
+    };
+    wire::encode(wire::CONTROL_TOPIC, &h, &sent.to_le_bytes())
+}
+
+/// `mdsub engine --json` on a bound endpoint (`extra` flags after it), and that endpoint.
+fn bound_engine(extra: &[&str]) -> (LineProc, String) {
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(extra);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let ep = engine.said_after("shard0: bound ");
+    (engine, ep)
+}
+
+/// One publisher sends `frames` to a bound engine, which ends on its end of stream: the report,
+/// and what the engine said on stderr.
+fn one_publisher_run(frames: &[Vec<u8>]) -> (serde_json::Value, Vec<String>) {
+    let (mut engine, ep) = bound_engine(&[]);
+    let ctx = zmq::Context::new();
+    let publ = connected_publisher(&ctx, &ep);
+    for f in frames {
+        publ.send(&f[..], 0).expect("send");
+    }
+    let err = engine.stderr.take().expect("stderr piped");
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    // Until its stderr closes (the engine exited).
+    let said = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(5)).ok()).collect();
+    (json(&out), said)
+}
+
+/// Two publishers connect to one bound shard; the first ends its stream while the second still
+/// sends. Before, the shard ended at the first end of stream (one per bound endpoint): the
+/// second publisher's messages were in no count (`sent 100, delivered 150, lost 0`). Now a
+/// shard that binds waits for the end of stream of every session it saw and of every publisher
+/// connected, and the counts add up.
+#[test]
+fn a_bound_shard_waits_for_the_end_of_stream_of_every_publisher_connected_to_it() {
+    let (engine, ep) = bound_engine(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = engine.said_after("metrics: ");
+    let addr = metrics.trim_start_matches("http://").trim_end_matches("/metrics").to_string();
+    // The frames shard 0 received, from /metrics; None once the engine is gone.
+    let received = || -> Option<u64> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&addr).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut page = String::new();
+        conn.read_to_string(&mut page).ok()?;
+        let line = page.lines().find(|l| l.starts_with("mdsub_shard_received_total{") && l.contains("shard=\"0\""))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    let ctx = zmq::Context::new();
+    let (a, b) = (connected_publisher(&ctx, &ep), connected_publisher(&ctx, &ep));
+    for seq in 1..=100 {
+        a.send(data_frame(1, 11, seq), 0).expect("send");
+    }
+    for seq in 1..=50 {
+        b.send(data_frame(2, 22, seq), 0).expect("send");
+    }
+    a.send(end_frame(1, 11, 100, 100), 0).expect("send eos");
+    // The rest of B's stream only once the shard read A's end of stream (151 frames), or the
+    // engine is gone (it ended there, as before).
+    wait_until(Duration::from_secs(30), "the shard to read the first end of stream", || {
+        received().is_none_or(|n| n >= 151)
+    });
+    for seq in 51..=100 {
+        b.send(data_frame(2, 22, seq), 0).expect("send");
+    }
+    b.send(end_frame(2, 22, 100, 100), 0).expect("send eos");
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (200, 200, 0), "{r}");
+    assert_eq!((u(&r, "unended_sessions"), u(&r, "beyond_sent")), (0, 0), "{r}");
+    assert_eq!(r["interrupted"], false, "it ended on the second end of stream: {r}");
+    assert_eq!(u(&r["shards"][0], "publisher_connects"), 2, "{r}");
+}
+
+/// A publisher's end of stream says 5 were sent, and 10 arrived. Before, `sent 5, delivered 10,
+/// lost 0`: the excess was hidden by a saturating subtraction. Now loss is unknown, and why is
+/// said: on stderr, in `loss_basis` and as a count (`beyond_sent`).
+#[test]
+fn an_end_of_stream_claiming_fewer_than_arrived_leaves_loss_unknown_and_says_so() {
+    let mut frames: Vec<Vec<u8>> = (1..=10).map(|seq| data_frame(3, 33, seq)).collect();
+    frames.push(end_frame(3, 33, 10, 5));
+    let (r, err) = one_publisher_run(&frames);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered")), (5, 10), "{r}");
+    assert!(r["lost"].is_null(), "not a confident 0: {r}");
+    assert_eq!(u(&r, "beyond_sent"), 5, "{r}");
+    let basis = r["loss_basis"].as_str().unwrap_or_default();
+    assert!(basis.starts_with("unknown") && basis.contains("count is wrong"), "{basis}");
+    assert_eq!(u(&r["shards"][0], "beyond_sent"), 5, "{r}");
+    assert!(r["shards"][0]["lost"].is_null(), "{r}");
+    let said = err.iter().find(|l| l.contains("ends of stream say 5 message(s) were sent, but 10 arrived"));
+    assert!(said.is_some_and(|l| l.starts_with("shard0: ")), "{err:?}");
+}
+
+/// Sequences 1 2 3 5 4 6: 4 came late and was dropped for order. Before, it was counted lost
+/// (`lost 1`, `reordered dropped: 1`); it arrived, so it is not lost.
+#[test]
+fn a_reordered_message_arrived_and_is_not_lost() {
+    let mut frames: Vec<Vec<u8>> = [1, 2, 3, 5, 4, 6].iter().map(|&seq| data_frame(7, 1, seq)).collect();
+    frames.push(end_frame(7, 1, 6, 6));
+    let (r, _) = one_publisher_run(&frames);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "reordered")), (6, 5, 1), "{r}");
+    assert_eq!((u(&r, "lost"), u(&r, "gaps")), (0, 0), "{r}");
+    assert_eq!(u(&r, "beyond_sent"), 0, "{r}");
+    assert_eq!(u(&r["shards"][0], "lost"), 0, "{r}");
+}
+
+/// Four messages at 5 msg/s span three intervals, 0.6 s: the engine's rate is 5 msg/s. Before,
+/// it divided the four messages by that span (6.7 msg/s; `--rate 1 --count 3` gave 1.5).
+#[test]
+fn the_engines_rate_counts_the_intervals_between_its_messages() {
+    let (replay, eps) = start_replay("replay", 1, &["--count", "4", "--rate", "5"]);
+    let engine = engine_json(&[&eps[0]], &[]);
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 4, "{r}");
+    let rate = r["msgs_per_sec"].as_f64().unwrap_or_default();
+    assert!((4.5..5.5).contains(&rate), "5 msg/s, not 4 messages / 3 intervals' time: {rate}");
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+}

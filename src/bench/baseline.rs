@@ -114,25 +114,27 @@ impl Baseline {
     fn on_frame(&mut self) {
         let decoded = wire::decode(&self.msg);
         let recv_ns = self.stamp.of(decoded.as_ref().map_or(0, |v| v.header.send_time_ns), &clock::Realtime);
-        if self.first_ns == 0 {
-            self.first_ns = recv_ns;
-        }
         match decoded {
             Err(e) => self.bad[e.reason()] += 1,
             Ok(v) => match v.header.kind {
                 Kind::Data => {
                     if self.tracker.on_data(&v.header, v.topic).accept {
+                        if self.first_ns == 0 {
+                            self.first_ns = recv_ns;
+                        }
                         let lat = latency_ns(v.header.send_time_ns, recv_ns);
-                        let total = match self.handler.as_mut() {
+                        let (total, done_ns) = match self.handler.as_mut() {
                             Some(h) => {
                                 h.on_message(&v);
-                                latency_ns(v.header.send_time_ns, clock::realtime_ns())
+                                let done_ns = clock::realtime_ns();
+                                (latency_ns(v.header.send_time_ns, done_ns), done_ns)
                             }
-                            None => lat,
+                            None => (lat, recv_ns),
                         };
                         // No queue stage: the baseline has no hand-off.
                         self.stages.record_wire_total(lat, total);
-                        self.last_ns = recv_ns;
+                        // As the engine's span ends: when the last message was handled.
+                        self.last_ns = done_ns;
                         self.delivered += 1;
                         self.bytes += self.msg.len() as u64;
                     }
@@ -162,16 +164,31 @@ impl Baseline {
     pub fn report(&self) -> RunReport {
         let interrupted = self.timed_out || self.eos < self.expect_eos;
         let (first_ns, last_ns) = (self.first_ns, self.last_ns);
-        // From the first frame to the last message, like the engine.
-        let secs =
-            if last_ns > first_ns { (last_ns - first_ns) as f64 / 1e9 } else { self.start.elapsed().as_secs_f64() };
+        // From the first data message received to the last one handled, like the engine.
+        let span_ns = last_ns.saturating_sub(first_ns);
+        let secs = if span_ns > 0 { span_ns as f64 / 1e9 } else { self.start.elapsed().as_secs_f64() };
         let secs = secs.max(1e-9);
+        // The sessions still open counted by their last sequence at close (`on_close`).
         let t = self.tracker.totals();
         // Complete when every publisher's end of stream arrived; the baseline
         // takes every topic.
         let complete = !interrupted && t.eos_sessions >= self.expect_eos as u64;
         let sent = (t.eos_sessions > 0).then_some(t.sent());
-        let lost = complete.then(|| t.sent().saturating_sub(t.accepted));
+        // A message dropped for order arrived late: not lost.
+        let loss = crate::metrics::loss_of(t.sent(), t.accepted, t.reordered);
+        let beyond_sent = loss.err().filter(|_| t.eos_sessions > 0).unwrap_or(0);
+        let lost = complete.then(|| loss.ok()).flatten();
+        let loss_basis = match (complete, beyond_sent) {
+            (true, 0) => "end-of-stream counts".to_string(),
+            (true, n) => format!(
+                "unknown: the publishers' ends of stream say {} message(s) were sent, but {n} more than that \
+                 arrived: a publisher's count is wrong",
+                t.sent()
+            ),
+            (false, _) => "unknown: end of stream not seen".to_string(),
+        };
+        let msgs_per_sec = crate::metrics::span_rate(self.delivered, span_ns, secs);
+        let mean_bytes = if self.delivered > 0 { self.bytes as f64 / self.delivered as f64 } else { 0.0 };
         let mut latency = self.stages.summary();
         latency.remove("queue");
         RunReport {
@@ -182,7 +199,8 @@ impl Baseline {
             unended_sent: t.unended_sent,
             delivered: self.delivered,
             lost,
-            loss_basis: if complete { "end-of-stream counts".into() } else { "unknown: end of stream not seen".into() },
+            beyond_sent,
+            loss_basis,
             counts: SequenceCounts {
                 before_first: t.before_first,
                 gaps: t.gaps,
@@ -192,8 +210,8 @@ impl Baseline {
                 id_conflicts: t.id_conflicts,
                 bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), self.bad[r])).collect(),
             },
-            msgs_per_sec: self.delivered as f64 / secs,
-            mb_per_sec: self.bytes as f64 / secs / 1e6,
+            msgs_per_sec,
+            mb_per_sec: msgs_per_sec * mean_bytes / 1e6,
             latency,
             interrupted,
             metrics_dropped: 0,
@@ -243,5 +261,11 @@ impl Agent for Baseline {
 
     fn idle_wait(&mut self, timeout: Duration) {
         let _ = crate::zmqx::wait_ready(&self.sub, zmq::POLLIN, timeout);
+    }
+
+    /// The sessions still open count as unended by their last sequence, as the engine's
+    /// readers count them ([`SequenceTracker::close`]).
+    fn on_close(&mut self) {
+        self.tracker.close();
     }
 }

@@ -343,8 +343,10 @@ pub struct EngineArgs {
     #[arg(long, value_enum)]
     pub idle: Option<Idle>,
     /// End-of-stream frames (one per publisher session) each shard waits for
-    /// before the engine ends; default one per endpoint it connects to; 0 runs
-    /// until Ctrl-C (loss is then counted when every shard heard one per endpoint).
+    /// before the engine ends; default one per endpoint it connects to, and on a
+    /// bound endpoint one from every publisher session it saw and every publisher
+    /// connected; 0 runs until Ctrl-C (loss is then counted when every shard heard
+    /// one per endpoint). Sessions without one at the end count by their last sequence.
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
     /// Stop anyway after this long (e.g. 90s), also while the workers still handle a backlog

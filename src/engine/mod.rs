@@ -117,7 +117,8 @@ pub struct EngineConfig {
     pub handler: HandlerSpec,
     pub metrics_interval: Duration,
     /// Each shard ends after end of stream from this many publisher sessions
-    /// (0: run until stopped; None: one per endpoint it connects to).
+    /// (0: run until stopped; None: one per endpoint it connects to, and on a shard that
+    /// binds, one from every publisher session it saw and one per publisher connected).
     pub expect_eos_per_shard: Option<usize>,
     /// Lag and silence checks and what their verdicts do.
     pub snail: SnailConfig,
@@ -424,7 +425,8 @@ impl Engine {
             engine
                 .io_tids
                 .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
-            // One publisher per endpoint, bound or connected.
+            // One publisher per endpoint, bound or connected: at least, on a bound one (as many as
+            // connect to it; the reader waits for each, `every_session`).
             let publishers = shard.endpoints.len() + shard.binds.len();
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(publishers);
             engine.expect_eos.push(expect_eos as u64);
@@ -444,6 +446,7 @@ impl Engine {
                 routing: cfg.routing,
                 worker_endpoints: worker_endpoints.clone(),
                 expect_eos,
+                every_session: cfg.expect_eos_per_shard.is_none() && !shard.binds.is_empty(),
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 handoff_hwm_msgs: cfg.handoff_hwm_msgs,
             };
@@ -787,15 +790,17 @@ impl Engine {
         }
     }
 
-    /// From the first frame received to the last message handled; the time
-    /// since start if nothing arrived.
+    /// From the first data message received to the last one handled (ns), if there is such a
+    /// span.
+    fn active_span_ns(&self) -> Option<u64> {
+        let first = self.shard_counters.iter().map(|c| c.first_recv_ns.load(Relaxed)).filter(|&t| t > 0).min()?;
+        let last = self.worker_counters.iter().map(|c| c.last_done_ns.load(Relaxed)).max()?;
+        (last > first).then(|| last - first)
+    }
+
+    /// [`Engine::active_span_ns`]; the time since start if nothing arrived.
     fn active_window(&self) -> Duration {
-        let first = self.shard_counters.iter().map(|c| c.first_recv_ns.load(Relaxed)).filter(|&t| t > 0).min();
-        let last = self.worker_counters.iter().map(|c| c.last_done_ns.load(Relaxed)).max();
-        match (first, last) {
-            (Some(f), Some(l)) if l > f => Duration::from_nanos(l - f),
-            _ => self.start.elapsed(),
-        }
+        self.active_span_ns().map_or_else(|| self.start.elapsed(), Duration::from_nanos)
     }
 
     /// `waited`: the wait `join` was given, when it ran out before the end of stream.
@@ -822,11 +827,22 @@ impl Engine {
         // a fault of mdsub's): `not_handled`, never lost, since the network delivered them.
         let rested: u64 = self.worker_counters.iter().map(|c| c.rested.load(Relaxed)).sum();
         let not_handled = forwarded.saturating_sub(delivered).saturating_sub(rested);
+        // Per shard: what arrived beyond what its publishers said they sent (a wrong count).
+        let beyond_sent = sum(&beyond_sent_of);
         let (lost, loss_basis) = match (complete, full) {
+            (true, true) if beyond_sent > 0 => (
+                None,
+                format!(
+                    "unknown: the publishers' ends of stream say {} message(s) were sent, but {beyond_sent} more \
+                     than that arrived: a publisher's count is wrong",
+                    sent.unwrap_or(0)
+                ),
+            ),
             (true, true) => {
-                // Per shard: what its publishers said they sent, less what it
-                // accepted; plus what a resting worker skipped.
-                let missing = sum(&|c| c.sent().saturating_sub(c.forwarded.load(Relaxed)));
+                // Per shard: what its publishers said they sent, less what arrived of it
+                // (accepted, or dropped for order: late, not lost); plus what a resting worker
+                // skipped.
+                let missing = sum(&|c| shard_loss(c).unwrap_or(0));
                 (Some(missing + forwarded.saturating_sub(delivered).min(rested)), "end-of-stream counts".to_string())
             }
             (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
@@ -840,6 +856,10 @@ impl Engine {
         };
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
+        // n messages from the first's arrival to the last's handling span n − 1 intervals (the
+        // baseline's rate is taken alike).
+        let msgs_per_sec = crate::metrics::span_rate(delivered, self.active_span_ns().unwrap_or(0), secs);
+        let mean_bytes = if delivered > 0 { bytes as f64 / delivered as f64 } else { 0.0 };
         let (shard_reports, threads) = self.accounts(&agents, delivered, &collected);
         // The run's counts are its shards'.
         let mut counts = SequenceCounts::default();
@@ -855,10 +875,11 @@ impl Engine {
             delivered,
             not_handled,
             lost,
+            beyond_sent,
             loss_basis,
             counts,
-            msgs_per_sec: delivered as f64 / secs,
-            mb_per_sec: bytes as f64 / secs / 1e6,
+            msgs_per_sec,
+            mb_per_sec: msgs_per_sec * mean_bytes / 1e6,
             latency: stages.summary(),
             interrupted,
             // The wait ran out (not a croak, which is not an interruption).
@@ -971,13 +992,15 @@ impl Engine {
                 let eos = c.eos_sessions.load(Relaxed);
                 let sent = (eos > 0).then(|| c.sent());
                 let complete = expect > 0 && eos >= expect && c.full_subscription.load(Relaxed);
+                let loss = shard_loss(c);
                 ShardReport {
                     shard: crate::metrics::shard_name(k),
                     received: c.received.load(Relaxed),
                     msgs,
                     bytes: c.forwarded_bytes.load(Relaxed),
                     sent,
-                    lost: sent.filter(|_| complete).map(|s| s.saturating_sub(msgs)),
+                    lost: sent.filter(|_| complete).and(loss.ok()),
+                    beyond_sent: beyond_sent_of(c),
                     counts: counts_of(c),
                     links: self.link_boards.get(k).map(|b| b.snapshot()).unwrap_or_default(),
                     publisher_connects: c.publisher_connects.load(Relaxed),
@@ -1007,6 +1030,20 @@ fn refused_of(c: &WorkerCounters, reasons: &[&'static str]) -> Vec<(&'static str
         .iter()
         .filter_map(|r| Some((*r, c.refused.get(REFUSAL_REASONS.iter().position(|x| x == r)?)?.load(Relaxed))))
         .collect()
+}
+
+/// A shard's loss from its counters ([`crate::metrics::loss_of`]): what its publishers said
+/// they sent, less what arrived (handed on, or dropped for order); `Err`: that many arrived
+/// beyond what they said.
+fn shard_loss(c: &ShardCounters) -> Result<u64, u64> {
+    crate::metrics::loss_of(c.sent(), c.forwarded.load(Relaxed), c.reordered.load(Relaxed))
+}
+
+/// What arrived on a shard beyond what its publishers' ends of stream say they sent, once one
+/// arrived and where every topic is taken (through a filter, what was sent is not all for it).
+fn beyond_sent_of(c: &ShardCounters) -> u64 {
+    let said = c.eos_sessions.load(Relaxed) > 0 && c.full_subscription.load(Relaxed);
+    shard_loss(c).err().filter(|_| said).unwrap_or(0)
 }
 
 /// A shard's sequence and frame counts, as its reader last published them.

@@ -108,7 +108,8 @@ pub struct ShardCounters {
     /// Messages sent before the first live frame of each session this shard saw
     /// ([`super::sequence::SequenceTotals::before_first`]).
     pub before_first: AtomicU64,
-    /// Receive time of the first frame (0 before any).
+    /// Receive time of the first data message handed to workers (0 before any): the start of
+    /// the span the engine's rate is measured over (n messages span n − 1 intervals).
     pub first_recv_ns: AtomicU64,
     /// The shard takes every topic (loss can be computed from end-of-stream counts).
     pub full_subscription: std::sync::atomic::AtomicBool,
@@ -175,6 +176,10 @@ pub struct ReaderConfig {
     pub worker_endpoints: Vec<String>,
     /// End of stream after this many publishers said so (0: run until stopped).
     pub expect_eos: usize,
+    /// Besides `expect_eos`, wait for the end of stream of every publisher session seen and
+    /// of as many sessions as publishers are connected (a shard that binds, with no
+    /// `--expect-eos`: publishers connect to it, so their number is not one per endpoint).
+    pub every_session: bool,
     /// The shard subscribes to every topic (stream gaps are then real loss).
     pub full_subscription: bool,
     /// Hand-off queue depth per worker, in hand-off messages (batches).
@@ -347,9 +352,6 @@ impl Checks {
         decoded: Result<FrameView<'a>, wire::DecodeError>,
         recv_ns: u64,
     ) -> Option<(usize, FrameView<'a>)> {
-        if self.received == 0 {
-            self.first_recv_ns = recv_ns;
-        }
         if self.silent {
             self.silent = false;
             let lasted = recv_ns.saturating_sub(self.last_recv_ns);
@@ -396,6 +398,9 @@ impl Checks {
                             return None;
                         }
                     }
+                }
+                if self.forwarded == 0 {
+                    self.first_recv_ns = recv_ns;
                 }
                 self.forwarded += 1;
                 self.forwarded_bytes += frame.len() as u64;
@@ -472,6 +477,25 @@ impl Checks {
         self.tracker.totals().eos_sessions
     }
 
+    /// Whether a publisher session seen has not ended ([`SequenceTracker::any_open`]).
+    pub fn any_open(&self) -> bool {
+        self.tracker.any_open()
+    }
+
+    /// The shard's reading ends: the sessions still open count as unended
+    /// ([`SequenceTracker::close`]), and an end-of-stream count that is short of what arrived
+    /// is returned as the line that says it.
+    pub fn end(&mut self, shard: &str) -> Option<String> {
+        self.tracker.close();
+        let t = self.tracker.totals();
+        if !self.tracker.full_subscription() || t.eos_sessions == 0 {
+            return None;
+        }
+        let sent = t.sent();
+        let excess = crate::metrics::loss_of(sent, self.forwarded, t.reordered).err()?;
+        Some(crate::metrics::beyond_sent_line(shard, sent, excess))
+    }
+
     /// Store the counters into the shared atomics.
     pub fn publish(&mut self, c: &ShardCounters) {
         let t = self.tracker.totals();
@@ -545,6 +569,9 @@ pub struct ReaderAgent {
     counters: Arc<ShardCounters>,
     /// Ended by end of stream (not by a stop request or an error).
     finished: bool,
+    /// With [`ReaderConfig::every_session`]: the end-of-stream count last looked at, and
+    /// whether a session was open then ([`ReaderAgent::all_ended`]).
+    open_at_eos: (u64, bool),
     /// The SUB's watched links, serviced between rounds, never per message.
     links: Option<crate::link::LinkWatch>,
 }
@@ -615,6 +642,7 @@ impl ReaderAgent {
             inline,
             counters,
             finished: false,
+            open_at_eos: (0, false),
             links: None,
         })
     }
@@ -657,6 +685,30 @@ impl ReaderAgent {
                 self.counters.publisher_refused.store(a.refused, Relaxed);
             }
         }
+    }
+
+    /// With [`ReaderConfig::every_session`], whether every publisher the shard has seen ended:
+    /// no session open ([`Checks::any_open`]), and an end of stream for each publisher
+    /// connected now (one connected whose first frame has not come yet is not missed).
+    /// Otherwise true. The sessions are looked at again on a new end of stream and in idle
+    /// rounds (`idle`), not per message.
+    fn all_ended(&mut self, idle: bool) -> bool {
+        if !self.cfg.every_session {
+            return true;
+        }
+        let eos = self.checks.eos_sessions();
+        if self.open_at_eos.0 != eos {
+            // A publisher that connected just now is counted too.
+            self.service_links(true);
+        }
+        if self.open_at_eos.0 != eos || idle {
+            self.open_at_eos = (eos, self.checks.any_open());
+        }
+        if self.open_at_eos.1 {
+            return false;
+        }
+        let a = self.links.as_ref().map(|w| w.accepted()).unwrap_or_default();
+        eos >= a.connects.saturating_sub(a.disconnects)
     }
 
     /// Judge this shard's lag and silence with `guard`.
@@ -894,7 +946,8 @@ impl Agent for ReaderAgent {
         if !flushed {
             return Ok(Step::Blocked(n));
         }
-        if self.cfg.expect_eos > 0 && self.checks.eos_sessions() >= self.cfg.expect_eos as u64 {
+        if self.cfg.expect_eos > 0 && self.checks.eos_sessions() >= self.cfg.expect_eos as u64 && self.all_ended(n == 0)
+        {
             self.finished = true;
             // The publishers close after their ends of stream: that is not a lost link.
             if let Some(w) = &mut self.links {
@@ -920,6 +973,9 @@ impl Agent for ReaderAgent {
         // The last events (a reconnect just before the end) reach the report.
         self.service_links(true);
         if let Some(l) = self.checks.refusal_summary(0, true) {
+            crate::diag!("{l}");
+        }
+        if let Some(l) = self.checks.end(&format!("shard{}", self.cfg.shard)) {
             crate::diag!("{l}");
         }
         self.checks.close();
@@ -1201,6 +1257,7 @@ mod tests {
             routing: Routing::ByTopic,
             worker_endpoints: vec![format!("inproc://{name}-worker")],
             expect_eos: 0,
+            every_session: false,
             full_subscription: true,
             handoff_hwm_msgs: 4,
         };
@@ -1312,6 +1369,7 @@ mod tests {
             routing: Routing::ByTopic,
             worker_endpoints: vec!["inproc://reader-trim-worker".into()],
             expect_eos: 0,
+            every_session: false,
             full_subscription: true,
             handoff_hwm_msgs: 4,
         };

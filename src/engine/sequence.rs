@@ -187,6 +187,8 @@ struct Session {
     /// When a frame of it last came ([`SequenceTracker::tick`]): the least
     /// recently heard session of a publisher makes room for a new one.
     heard: u64,
+    /// Counted as unended when the subscriber closed ([`SequenceTracker::close`]).
+    closed_unended: bool,
 }
 
 /// What a session's replacement by a later one counted.
@@ -261,6 +263,7 @@ impl Session {
             current: true,
             replaced: None,
             heard,
+            closed_unended: false,
         }
     }
 
@@ -297,9 +300,11 @@ pub struct SequenceTotals {
     /// Sessions seen from their first message that ended without an end of
     /// stream (a live frame of a new session of the same publisher arrived:
     /// it restarted), once that publisher ended a later session with its own
-    /// end of stream. Not counted: a session still open, or one whose
-    /// publisher never sent its own end of stream, since another publisher's
-    /// end of stream may speak for its frames (a verbatim capture replay's does).
+    /// end of stream; and, when the subscriber closes ([`SequenceTracker::close`]),
+    /// the sessions still open then (with the restarted ones of their publishers). Not
+    /// counted: a session an end of stream speaks for (one of its publisher id's heard
+    /// after its last frame, or one of a session that sent no data of its own, as a verbatim
+    /// capture replay's does, of any id).
     pub unended_sessions: u64,
     /// What those sessions sent, by the highest stream sequence that arrived
     /// from each: a floor, since what one sent after its last arrived message
@@ -342,6 +347,10 @@ pub struct SequenceTracker {
     /// Topics held across all sessions, and the most it may hold ([`MAX_TRACKED_TOPICS`]).
     topics: usize,
     max_topics: usize,
+    /// When ([`Session::heard`]'s clock) the last end of stream of a session that sent no data
+    /// of its own came, on a full subscription: it speaks for the frames of other sessions (a
+    /// verbatim capture replay's), whatever their publisher id. 0: none.
+    spokesman_heard: u64,
 }
 
 impl SequenceTracker {
@@ -362,6 +371,7 @@ impl SequenceTracker {
             conflicts: Vec::new(),
             topics: 0,
             max_topics,
+            spokesman_heard: 0,
         }
     }
 
@@ -544,12 +554,18 @@ impl SequenceTracker {
         Some(self.push_session(p, h, false))
     }
 
-    /// Whether a session heard live has not ended: no end of stream of it, nor one of its
-    /// publisher id heard after its last frame (a verbatim capture replay ends the recorded
-    /// sessions with an end of stream of its own). Another publisher of the shard may still be
-    /// sending after one's end of stream. A scan of the kept sessions, for an end of stream,
-    /// not per message.
+    /// Whether a session heard live has not ended: no end of stream of it, nor one that speaks
+    /// for it heard after its last frame: one of its publisher id, or (every topic taken) one
+    /// of a session that sent no data of its own, of any id (a verbatim capture replay ends the recorded sessions
+    /// with an end of stream of its own). Another publisher of the shard may still be sending
+    /// after one's end of stream. A scan of the kept sessions, for an end of stream, not per
+    /// message.
     pub fn any_open(&self) -> bool {
+        self.open_sessions().next().is_some()
+    }
+
+    /// The indices of the sessions [`SequenceTracker::any_open`] finds open.
+    fn open_sessions(&self) -> impl Iterator<Item = usize> + '_ {
         // Per id, when its last end of stream was heard: one pass, not one per session (up to
         // MAX_PUBLISHERS x MAX_SESSIONS_PER_ID of them).
         let mut last_end: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
@@ -557,9 +573,40 @@ impl SequenceTracker {
             let t = last_end.entry(e.publisher_id).or_insert(0);
             *t = (*t).max(e.heard);
         }
-        self.sessions.iter().any(|s| {
-            s.current && s.live_seen && !s.eos_seen && last_end.get(&s.publisher_id).is_none_or(|&t| t <= s.heard)
+        let spokesman = self.spokesman_heard;
+        self.sessions.iter().enumerate().filter_map(move |(i, s)| {
+            let spoken_for = spokesman > s.heard || last_end.get(&s.publisher_id).is_some_and(|&t| t > s.heard);
+            (s.current && s.live_seen && !s.eos_seen && !spoken_for).then_some(i)
         })
+    }
+
+    /// The subscriber closes: the sessions still open (no end of stream of theirs, nor one that
+    /// speaks for them, [`SequenceTracker::any_open`]) ended without one as far as it can know.
+    /// Each seen from its first message counts as unended by its last arrived sequence (a
+    /// floor), with the sessions its publisher ended by restarting, so that `sent` covers every
+    /// message delivered: a second publisher of a bound endpoint still sending when the first
+    /// one's end of stream ended the run, or one that never sent its end of stream. A second
+    /// call counts nothing again.
+    pub fn close(&mut self) {
+        let open: Vec<usize> = self.open_sessions().collect();
+        for i in open {
+            let s = &mut self.sessions[i];
+            if s.closed_unended || !s.counts_unended() {
+                continue;
+            }
+            s.closed_unended = true;
+            let (id, sent) = (s.publisher_id, s.last_stream_seq);
+            self.totals.unended_sessions += 1;
+            self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
+            if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == id) {
+                let (n, sent) = std::mem::take(&mut p.pending_unended);
+                self.totals.unended_sessions += n;
+                self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
+            }
+            for r in self.sessions.iter_mut().filter(|s| s.publisher_id == id).filter_map(|s| s.replaced.as_mut()) {
+                r.unended_in_totals = true;
+            }
+        }
     }
 
     /// Publisher id found shared by two publishers since the last call (said once per id).
@@ -677,6 +724,11 @@ impl SequenceTracker {
             return false;
         }
         s.eos_seen = true;
+        if full && s.last_stream_seq == 0 {
+            // No data of its own, where every topic is taken (through a filter a session's data
+            // may all be filtered out): it speaks for other sessions' frames.
+            self.spokesman_heard = s.heard;
+        }
         // This publisher's own end, of a session it sent data in: its earlier
         // sessions that ended without one are its to count.
         if s.last_stream_seq > 0 {
@@ -843,6 +895,63 @@ mod tests {
         let tot = t.totals();
         assert_eq!((tot.eos_sessions, tot.eos_sent, tot.unended_sessions, tot.unended_sent), (1, 3, 1, 5));
         assert_eq!((tot.sent(), tot.accepted, tot.gaps, tot.restarts), (8, 7, 1, 1));
+    }
+
+    /// Two publishers on one shard: the first ends its stream while the second is still
+    /// sending. The second is open (a bound shard waits for it); when the subscriber closes
+    /// before its end of stream, it counts as unended by its last arrived sequence, with the
+    /// session its publisher ended by restarting, so that `sent` covers every message accepted.
+    #[test]
+    fn close_counts_the_sessions_still_open_as_unended() {
+        let mut t = SequenceTracker::new(true);
+        for s in 1..=10 {
+            t.on_data(&h(1, 11, s, s), b"A");
+        }
+        for s in 1..=3 {
+            t.on_data(&h(2, 21, s, s), b"B");
+        }
+        // Publisher 2 restarts: session 21 ended without an end of stream.
+        for s in 1..=4 {
+            t.on_data(&h(2, 22, s, s), b"B");
+        }
+        assert!(t.on_end_of_stream(&h(1, 11, 10, 0), 10));
+        assert!(t.any_open(), "publisher 2 still sends: the first's end of stream is not its");
+        assert_eq!(t.totals().sent(), 10, "not counted while open");
+        t.close();
+        let tot = t.totals();
+        assert_eq!((tot.unended_sessions, tot.unended_sent, tot.sent(), tot.accepted), (2, 7, 17, 17), "{tot:?}");
+        t.close();
+        assert_eq!(t.totals(), tot, "a second close counts nothing again");
+
+        // Seen only after it began (a late join): what it sent is not this subscriber's to count.
+        let mut t = SequenceTracker::new(true);
+        t.on_data(&h(1, 11, 50, 50), b"A");
+        t.close();
+        assert_eq!(t.totals().unended_sessions, 0);
+    }
+
+    /// An end of stream of a session that sent no data of its own speaks for the frames of
+    /// others, whatever their publisher id (a verbatim capture replay's, under its own
+    /// `--publisher-id`): they are not open after it, nor counted again at close.
+    #[test]
+    fn an_end_of_stream_without_data_of_its_own_speaks_for_every_session_before_it() {
+        let mut t = SequenceTracker::new(true);
+        for s in 1..=5 {
+            t.on_data(&h(4, 9, s, s), b"A");
+        }
+        assert!(t.on_end_of_stream(&h(0, 77, 5, 0), 5));
+        assert!(!t.any_open());
+        t.close();
+        let tot = t.totals();
+        assert_eq!((tot.sent(), tot.unended_sessions, tot.accepted), (5, 0, 5), "{tot:?}");
+        // A session heard after it is open again.
+        t.on_data(&h(4, 9, 6, 6), b"A");
+        assert!(t.any_open());
+        // Through a topic filter a session's data may all be filtered out: its end speaks for none.
+        let mut f = SequenceTracker::new(false);
+        f.on_data(&h(4, 9, 1, 1), b"A");
+        assert!(f.on_end_of_stream(&h(5, 50, 8, 0), 8));
+        assert!(f.any_open());
     }
 
     /// A verbatim capture replay: the recorded publisher restarted, and the

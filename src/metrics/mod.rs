@@ -276,6 +276,42 @@ pub fn ahead_words(b: &OutOfBounds) -> String {
     format!("{what} recorded as 1 ns: a send time ahead of this host's clock, or this clock stepped back")
 }
 
+/// Loss from what the publishers said they `sent` (their ends of stream, and the floors of
+/// sessions without one) and what of it arrived: accepted (`accepted`), or dropped for order
+/// (`reordered`: it came late, after a later message of its topic; it was not lost). `Err`:
+/// more arrived than the publishers said they sent, by this many: a publisher's count is
+/// wrong, so loss is not known (a 0 there would hide the excess).
+pub fn loss_of(sent: u64, accepted: u64, reordered: u64) -> Result<u64, u64> {
+    // In u128: no sum of two counts saturates into a false balance.
+    let (sent, arrived) = (u128::from(sent), u128::from(accepted) + u128::from(reordered));
+    match sent.checked_sub(arrived) {
+        Some(lost) => Ok(lost as u64),
+        None => Err(u64::try_from(arrived - sent).unwrap_or(u64::MAX)),
+    }
+}
+
+/// The line that says `excess` more messages arrived on `whom` than the `sent` its
+/// publishers' ends of stream claim ([`loss_of`]).
+pub fn beyond_sent_line(whom: &str, sent: u64, excess: u64) -> String {
+    format!(
+        "{whom}: the publishers' ends of stream say {sent} message(s) were sent, but {} arrived \
+         ({excess} more): a publisher's count is wrong; loss is unknown",
+        sent.saturating_add(excess)
+    )
+}
+
+/// Messages per second over a run's span: `n` messages from the first (at the span's start)
+/// to the last (at its end) span n − 1 intervals, so the rate is (n − 1) / span (3 messages
+/// a second apart are 1 msg/s, not 1.5). With fewer than two messages, or no span, `n` over
+/// `fallback_s` (the run's time).
+pub fn span_rate(n: u64, span_ns: u64, fallback_s: f64) -> f64 {
+    if n >= 2 && span_ns > 0 {
+        (n - 1) as f64 * 1e9 / span_ns as f64
+    } else {
+        n as f64 / fallback_s.max(1e-9)
+    }
+}
+
 /// Where the engine publishes its metrics besides the report.
 #[derive(Debug, Clone, Default)]
 pub struct OutputsConfig {
@@ -357,8 +393,14 @@ pub struct RunReport {
     /// snail skipped, which is lost); 0 after a normal end.
     pub not_handled: u64,
     /// Messages sent but not delivered, where that can be known (see `loss_basis`): never
-    /// accepted, or skipped by a resting snail. Those left unhandled at a stop are `not_handled`.
+    /// arrived, or skipped by a resting snail. Those left unhandled at a stop are `not_handled`;
+    /// those dropped for order (`reordered`) arrived late and are not lost.
     pub lost: Option<u64>,
+    /// Messages that arrived (accepted or dropped for order) beyond what the publishers' ends
+    /// of stream say they sent: a publisher's count is wrong, and `lost` is then unknown.
+    /// 0 normally.
+    #[serde(default)]
+    pub beyond_sent: u64,
     /// How `lost` was established, or why it is unknown.
     pub loss_basis: String,
     /// What the sequence checks and the frame decoder counted (flattened into the JSON).
@@ -427,9 +469,14 @@ pub struct ShardReport {
     pub bytes: u64,
     /// What the shard's publishers said they sent (their end-of-stream frames), if seen.
     pub sent: Option<u64>,
-    /// `sent - msgs` when every publisher's end of stream arrived and the
-    /// shard takes every topic.
+    /// `sent - msgs - reordered` when every publisher's end of stream arrived and the shard
+    /// takes every topic (a message dropped for order arrived: it is not lost); unknown when
+    /// more arrived than `sent` (`beyond_sent`).
     pub lost: Option<u64>,
+    /// Messages that arrived beyond what the shard's publishers' ends of stream say they sent
+    /// (a publisher's count is wrong); 0 normally.
+    #[serde(default)]
+    pub beyond_sent: u64,
     /// The shard's sequence and frame counts (flattened into the JSON).
     #[serde(flatten)]
     pub counts: SequenceCounts,
@@ -591,6 +638,13 @@ impl RunReport {
             self.counts.reordered,
             self.counts.restarts
         );
+        if self.beyond_sent > 0 {
+            let _ = writeln!(
+                s,
+                "  beyond sent  {}   (arrived beyond what the publishers' ends of stream say they sent: a publisher's count is wrong)",
+                self.beyond_sent
+            );
+        }
         if let Some(lost) = self.lost.filter(|&l| l > 0 && self.counts.before_first > 0) {
             let _ = writeln!(
                 s,
@@ -948,5 +1002,27 @@ mod tests {
         };
         let t = r.render();
         assert!(t.contains("4.10 M msg/s, set by shard0-reader at 244 ns/msg"), "{t}");
+    }
+
+    /// Loss counts what never arrived: a message dropped for order arrived (late); more
+    /// arriving than was said sent is a wrong count, not a loss of 0.
+    #[test]
+    fn loss_is_what_never_arrived_and_an_excess_is_no_zero() {
+        assert_eq!(loss_of(6, 5, 1), Ok(0), "1 2 3 5 4 6: 4 came late");
+        assert_eq!(loss_of(8, 5, 1), Ok(2));
+        assert_eq!(loss_of(5, 10, 0), Err(5), "an end of stream short of what arrived");
+        assert_eq!(loss_of(u64::MAX, u64::MAX, 1), Err(1), "no overflow");
+        let l = beyond_sent_line("shard0", 5, 5);
+        assert!(l.starts_with("shard0: ") && l.contains("5 message(s) were sent, but 10 arrived"), "{l}");
+    }
+
+    /// n messages over the span from the first to the last are n − 1 intervals.
+    #[test]
+    fn a_rate_over_a_span_counts_its_intervals() {
+        assert!((span_rate(3, 2_000_000_000, 9.0) - 1.0).abs() < 1e-12, "--rate 1 --count 3 is 1 msg/s");
+        assert!((span_rate(1_000_001, 1_000_000_000, 9.0) - 1e6).abs() < 1e-6);
+        assert_eq!(span_rate(1, 0, 2.0), 0.5, "one message: over the run's time");
+        assert_eq!(span_rate(4, 0, 2.0), 2.0, "no span");
+        assert_eq!(span_rate(0, 0, 0.0), 0.0);
     }
 }
