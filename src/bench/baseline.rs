@@ -180,11 +180,7 @@ impl Baseline {
         let lost = complete.then(|| loss.ok()).flatten();
         let loss_basis = match (complete, beyond_sent) {
             (true, 0) => "end-of-stream counts".to_string(),
-            (true, n) => format!(
-                "unknown: the publishers' ends of stream say {} message(s) were sent, but {n} more than that \
-                 arrived: a publisher's count is wrong",
-                t.sent()
-            ),
+            (true, n) => crate::metrics::beyond_sent_basis(t.sent(), n),
             (false, _) => "unknown: end of stream not seen".to_string(),
         };
         let msgs_per_sec = crate::metrics::span_rate(self.delivered, span_ns, secs);

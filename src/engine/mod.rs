@@ -830,14 +830,9 @@ impl Engine {
         // Per shard: what arrived beyond what its publishers said they sent (a wrong count).
         let beyond_sent = sum(&beyond_sent_of);
         let (lost, loss_basis) = match (complete, full) {
-            (true, true) if beyond_sent > 0 => (
-                None,
-                format!(
-                    "unknown: the publishers' ends of stream say {} message(s) were sent, but {beyond_sent} more \
-                     than that arrived: a publisher's count is wrong",
-                    sent.unwrap_or(0)
-                ),
-            ),
+            (true, true) if beyond_sent > 0 => {
+                (None, crate::metrics::beyond_sent_basis(sent.unwrap_or(0), beyond_sent))
+            }
             (true, true) => {
                 // Per shard: what its publishers said they sent, less what arrived of it
                 // (accepted, or dropped for order: late, not lost); plus what a resting worker

@@ -300,6 +300,15 @@ pub fn beyond_sent_line(whom: &str, sent: u64, excess: u64) -> String {
     )
 }
 
+/// The `loss_basis` of a run whose publishers' ends of stream say `sent` and `excess` more than
+/// that arrived ([`loss_of`]): the engine's and the baseline's alike.
+pub fn beyond_sent_basis(sent: u64, excess: u64) -> String {
+    format!(
+        "unknown: the publishers' ends of stream say {sent} message(s) were sent, but {excess} more than that \
+         arrived: a publisher's count is wrong"
+    )
+}
+
 /// Messages per second over a run's span: `n` messages from the first (at the span's start)
 /// to the last (at its end) span n − 1 intervals, so the rate is (n − 1) / span (3 messages
 /// a second apart are 1 msg/s, not 1.5). With fewer than two messages, or no span, `n` over
