@@ -1096,15 +1096,32 @@ fn loss_lines_name_only_the_flags_a_command_has() {
         ],
     );
     let said = keyed.err_lines(&["shard0: link", "store: link"]);
-    for line in &said {
-        assert!(line.contains(" lost (handshake_failed_mechanism): "), "the first loss said is the mismatch: {said:?}");
+    // The keyed shard at the plain publisher: which end reads the other's greeting first is
+    // libzmq's timing (48d660c). When the client reads first it names the mismatch; when the
+    // plain server does, it hangs up and the client sees a handshake with no detail, attempt
+    // after attempt (seen in CI: `lost (handshake_failed): handshake broke off`). Either is said
+    // and counted once, as what it is.
+    let mismatch = said[0].contains(" lost (handshake_failed_mechanism): ");
+    if mismatch {
+        assert!(said[0].contains("give the server --curve-key"), "{said:?}");
+    } else {
+        assert!(said[0].contains(" lost (handshake_failed): handshake broke off"), "{said:?}");
     }
-    assert!(said[0].contains("give the server --curve-key"), "{said:?}");
+    // The store (no keys of its own) at the CURVE clone server reads the mismatch, and its line
+    // names no flag the command lacks.
+    assert!(said[1].contains(" lost (handshake_failed_mechanism): "), "{said:?}");
     assert!(said[1].contains("this command does not speak CURVE") && !said[1].contains("--server-key"), "{said:?}");
     let r = keyed.report();
     let lost = &r["shards"][0]["links"][0]["lost"];
-    assert_eq!(lost.get("handshake_failed"), None, "{r}");
-    assert!(u(lost, "handshake_failed_mechanism") >= 1, "{r}");
+    let (said_reason, other) = if mismatch {
+        ("handshake_failed_mechanism", "handshake_failed")
+    } else {
+        ("handshake_failed", "handshake_failed_mechanism")
+    };
+    assert!(u(lost, said_reason) >= 1, "{r}");
+    if mismatch {
+        assert_eq!(lost.get(other), None, "the mismatch said first, no broken-off handshake counted: {r}");
+    }
     let store_links = r["store_links"].as_array().expect("the report gives the store's links");
     assert!(store_links.iter().any(|l| u(&l["lost"], "handshake_failed_mechanism") >= 1), "{r}");
     drop(plain);
