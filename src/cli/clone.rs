@@ -376,8 +376,8 @@ fn refused_handshake(links: &[LinkStats], has_keys: bool) -> Option<&'static str
         // retries, and no attempt ever gets through.
         Some(
             "every handshake broke off with no reason from libzmq (with CURVE, most often a \
-             --server-key that is not the server's public key: the server cannot read this \
-             client's HELLO and closes)",
+             --server-key that is not the server's public key, so the server cannot read this \
+             client's HELLO and closes, or a server that does not speak CURVE)",
         )
     } else {
         None

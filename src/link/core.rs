@@ -151,8 +151,9 @@ impl Reason {
             (Reason::HandshakeFailed, false) => "handshake broke off; libzmq retries",
             (Reason::HandshakeFailed, true) => {
                 "handshake broke off; libzmq retries (with CURVE, one that breaks off at every \
-                 attempt is most often a --server-key that is not the server's public key: the \
-                 server cannot read this side's HELLO and closes)"
+                 attempt is most often a --server-key that is not the server's public key, so the \
+                 server cannot read this side's HELLO and closes, or a server that does not speak \
+                 CURVE and closed before this side read its greeting)"
             }
             (Reason::HandshakeFailedProtocol, _) => Failure::Protocol.explain(Side::Client, curve),
             (Reason::HandshakeFailedMechanism, _) => Failure::MechanismMismatch.explain(Side::Client, curve),
