@@ -205,3 +205,106 @@ fn drops_on_purpose_count_alike_in_a_session_that_ended_and_one_restarted_away()
     assert_eq!(u(&r, "lost"), left_out, "both sessions' drops, not one's: {r}");
     assert_eq!(u(&r, "delivered") + u(&r, "lost"), u(&r, "sent"), "{r}");
 }
+
+/// Shard 0's series `name` on the `/metrics` page at `addr` (`HOST:PORT`); None when the page
+/// cannot be read or lacks it.
+fn shard0_metric(addr: &str, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut page = String::new();
+    conn.read_to_string(&mut page).ok()?;
+    let prefix = format!("{name}{{");
+    let line = page.lines().find(|l| l.starts_with(&prefix) && l.contains("shard=\"0\""))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// `mdsub engine --json` on `endpoint` (one shard) with `/metrics` on an ephemeral port, shipped
+/// every 100 ms; the engine and the metrics address.
+fn watched_engine(endpoint: &str) -> (LineProc, String) {
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--snail", "off", "--endpoint", endpoint]);
+    cmd.args(["--metrics-listen", "127.0.0.1:0", "--metrics-interval", "100ms"]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let url = engine.said_after("metrics: ");
+    (engine, url.trim_start_matches("http://").trim_end_matches("/metrics").to_string())
+}
+
+/// Wait until shard 0 received at least `frames` frames and its workers handled every message
+/// it handed on, the same two looks in a row (100 ms of metrics interval apart at least): the
+/// engine is idle, nothing left in its hand-off, so a stop leaves nothing unhandled.
+fn wait_idle_after(addr: &str, frames: u64) {
+    let mut last = None;
+    wait_until(Duration::from_secs(60), "the engine to read and handle what arrived", || {
+        let now = (
+            shard0_metric(addr, "mdsub_shard_received_total"),
+            shard0_metric(addr, "mdsub_shard_forwarded_total"),
+            shard0_metric(addr, "mdsub_shard_delivered_total"),
+        );
+        let steady = matches!(now, (Some(r), Some(f), Some(d)) if r >= frames && f == d) && last == Some(now);
+        last = Some(now);
+        if !steady {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        steady
+    });
+}
+
+/// The publisher is killed (SIGKILL) mid-stream, so no end of stream ever comes, and the engine
+/// is stopped with Ctrl-C. Its session is counted to its last arrived message (`unended_*`), so
+/// `sent` and `lost` are known up to there (the gaps before it are loss; what it sent after it
+/// is not known) and the report says so. Before, `sent unknown` and `lost unknown: end of stream
+/// not seen on every shard`, with the session's count in `unended_sent` all the same.
+#[test]
+fn a_publisher_killed_mid_stream_leaves_sent_and_lost_known_to_its_last_arrived_message() {
+    let feed = ["--count", "10M", "--rate", "50k", "--drop-every", "100"];
+    let (replay, eps) = start_replay("replay", 1, &feed);
+    let (engine, addr) = watched_engine(&eps[0]);
+    wait_until(Duration::from_secs(60), "the engine to receive 20 000 frames", || {
+        shard0_metric(&addr, "mdsub_shard_received_total").is_some_and(|n| n >= 20_000)
+    });
+    let mut replay = replay.proc;
+    replay.signal(9);
+    replay.wait_exit(Duration::from_secs(10));
+    wait_idle_after(&addr, 20_000);
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
+    assert_eq!(r["interrupted"], true, "{r}");
+    assert_eq!((u(&r, "unended_sessions"), u(&r, "beyond_sent")), (1, 0), "{r}");
+    let (sent, delivered, lost) = (u(&r, "sent"), u(&r, "delivered"), u(&r, "lost"));
+    assert_eq!(sent, u(&r, "unended_sent"), "the session's last arrived sequence: {r}");
+    assert_eq!(u(&r, "not_handled"), 0, "the engine was idle at the stop: {r}");
+    assert_eq!(delivered + lost, sent, "the report adds up: {r}");
+    // One in a hundred left out: loss up to the last arrived message, by sequence.
+    assert!(lost >= 200 && lost == u(&r, "gaps"), "{r}");
+    let basis = r["loss_basis"].as_str().unwrap_or_default();
+    assert_eq!(
+        basis, "1 session without an end of stream counted to its last arrived message (sent after it: unknown)",
+        "{r}"
+    );
+    let shard = &r["shards"][0];
+    assert_eq!((u(shard, "sent"), u(shard, "lost")), (sent, lost), "{shard}");
+    assert_eq!(shard["loss_basis"], basis, "{shard}");
+}
+
+/// One shard connects to a replay and binds an endpoint nobody connects to. The replay runs to
+/// its end of stream; the shard still waits for the bound side, and the engine is stopped with
+/// Ctrl-C. The connected endpoint's session is every one the shard needs (a bound endpoint may
+/// have any number of publishers, none included): the loss is known, from the end of stream.
+/// Before, two ends of stream were needed (one per endpoint): `lost unknown`.
+#[test]
+fn a_bound_endpoint_nobody_used_leaves_the_loss_known_from_the_connected_ones_end_of_stream() {
+    let (replay, eps) = start_replay("replay", 1, &["--count", "5000", "--rate", "0", "--drop-every", "100"]);
+    let (engine, addr) = watched_engine(&format!("{},bind:tcp://127.0.0.1:*", eps[0]));
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "the replay ran to its end of stream");
+    // 4 950 data frames and the end of stream.
+    wait_idle_after(&addr, 4_951);
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
+    assert_eq!(r["interrupted"], true, "the shard waited on for its bound endpoint: {r}");
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "not_handled")), (5_000, 4_950, 0), "{r}");
+    assert_eq!((u(&r, "lost"), u(&r, "gaps"), u(&r, "unended_sessions")), (50, 50, 0), "{r}");
+    assert_eq!(r["loss_basis"], "end-of-stream counts", "{r}");
+    let shard = &r["shards"][0];
+    assert_eq!((u(shard, "lost"), u(shard, "publisher_connects")), (50, 0), "{shard}");
+}

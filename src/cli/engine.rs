@@ -269,9 +269,13 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         Ok(out) => {
             if out.replay.interrupted {
                 let drain = crate::bench::run::INTERRUPTED_DRAIN.as_secs();
-                let engine = match out.report.lost {
-                    Some(_) => "the engine read up to it".to_string(),
-                    None => format!("the engine did not reach it within the {drain} s drain and was stopped"),
+                // Stopped at the drain, the engine still knows its loss up to the last message
+                // that arrived (the session counted without its end of stream), so a known loss
+                // alone does not say it read the end of stream; no session left unended does.
+                let read_to_the_end = out.report.lost.is_some() && out.report.unended_sessions == 0;
+                let engine = match read_to_the_end {
+                    true => "the engine read up to it".to_string(),
+                    false => format!("the engine did not reach it within the {drain} s drain and was stopped"),
                 };
                 crate::diag!(
                     "interrupted: the publisher stopped after {} messages and sent its end of stream; {engine}",
@@ -345,8 +349,9 @@ pub struct EngineArgs {
     /// End-of-stream frames (one per publisher session) each shard waits for
     /// before the engine ends; default one per endpoint it connects to, and on a
     /// bound endpoint one from every publisher session it saw and every publisher
-    /// connected; 0 runs until Ctrl-C (loss is then counted when every shard heard
-    /// one per endpoint). Sessions without one at the end count by their last sequence.
+    /// connected; 0 runs until Ctrl-C. Loss is known once every shard heard one publisher
+    /// session per endpoint it connects to (or N) to an end; sessions without an end of stream
+    /// at the end count, in `sent` and `lost`, to their last arrived message (floors, said).
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
     /// Stop anyway after this long (e.g. 90s), also while the workers still handle a backlog

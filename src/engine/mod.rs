@@ -216,11 +216,9 @@ pub struct Engine {
     worker_counters: Vec<Arc<WorkerCounters>>,
     /// The reasons the handler refuses under: the labels of its live refusal counts.
     handler_reasons: &'static [&'static str],
-    /// End-of-stream sessions each shard waits for (0: none).
-    expect_eos: Vec<u64>,
-    /// Each shard's endpoint count: with `--expect-eos 0`, the ends of stream its loss is counted
-    /// from (a publisher still sending has no count to take from).
-    endpoints_per_shard: Vec<u64>,
+    /// The publisher sessions each shard must have heard to an end for its loss to be known
+    /// ([`ends_needed`]).
+    ends_needed: Vec<u64>,
     snail: Arc<SnailBoard>,
     /// The monitor PUB's agent and its bound endpoint.
     monitor: Option<Box<(AgentHandle<MonitorAgent>, String)>>,
@@ -361,8 +359,7 @@ impl Engine {
             bound: Vec::new(),
             worker_counters: Vec::new(),
             handler_reasons: cfg.handler.refusal_reasons(),
-            expect_eos: Vec::new(),
-            endpoints_per_shard: Vec::new(),
+            ends_needed: Vec::new(),
             snail: board.clone(),
             monitor: None,
             monitor_zap: None,
@@ -429,8 +426,7 @@ impl Engine {
             // connect to it; the reader waits for each, `every_session`).
             let publishers = shard.endpoints.len() + shard.binds.len();
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(publishers);
-            engine.expect_eos.push(expect_eos as u64);
-            engine.endpoints_per_shard.push(publishers as u64);
+            engine.ends_needed.push(ends_needed(cfg.expect_eos_per_shard, shard.endpoints.len()));
             let counters = shard_counters[k].clone();
             engine.shard_counters.push(counters.clone());
             let rc = ReaderConfig {
@@ -816,11 +812,10 @@ impl Engine {
         let sum = |f: &dyn Fn(&ShardCounters) -> u64| shards.iter().map(|c| f(c)).sum::<u64>();
         let delivered = self.delivered();
         let forwarded = sum(&|c| c.forwarded.load(Relaxed));
-        let eos: Vec<u64> = shards.iter().map(|c| c.eos_sessions.load(Relaxed)).collect();
-        let complete = ends_heard(&eos, &self.expect_eos, &self.endpoints_per_shard);
-        let full = shards.iter().all(|c| c.full_subscription.load(Relaxed));
-        let any_eos = sum(&|c| c.eos_sessions.load(Relaxed)) > 0;
-        let sent = any_eos.then(|| sum(&|c| c.sent()));
+        let ends: Vec<ShardEnds> = shards.iter().zip(&self.ends_needed).map(|(c, &n)| ShardEnds::of(c, n)).collect();
+        // What the publishers sent is known in part once a session ended somewhere (by its end
+        // of stream, or counted to its last arrived message).
+        let sent = ends.iter().any(|e| e.heard() > 0).then(|| sum(&|c| c.sent()));
         let unended = (sum(&|c| c.unended_sessions.load(Relaxed)), sum(&|c| c.unended_sent.load(Relaxed)));
         // Accepted but not handled: skipped by a worker's resting guard (policy `rest`: dropped on
         // purpose, so lost), or left when the engine stopped (its backlog; and a malformed hand-off,
@@ -829,25 +824,30 @@ impl Engine {
         let not_handled = forwarded.saturating_sub(delivered).saturating_sub(rested);
         // Per shard: what arrived beyond what its publishers said they sent (a wrong count).
         let beyond_sent = sum(&beyond_sent_of);
-        let (lost, loss_basis) = match (complete, full) {
-            (true, true) if beyond_sent > 0 => {
-                (None, crate::metrics::beyond_sent_basis(sent.unwrap_or(0), beyond_sent))
-            }
-            (true, true) => {
-                // Per shard: what its publishers said they sent, less what arrived of it
-                // (accepted, or dropped for order: late, not lost); plus what a resting worker
-                // skipped.
-                let missing = sum(&|c| shard_loss(c).unwrap_or(0));
-                (Some(missing + forwarded.saturating_sub(delivered).min(rested)), "end-of-stream counts".to_string())
-            }
-            (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
-            (false, _) => match waited {
-                Some(t) => (
-                    None,
-                    format!("unknown: end of stream not seen on every shard within the {:.1} s wait", t.as_secs_f64()),
-                ),
-                None => (None, "unknown: end of stream not seen on every shard".to_string()),
-            },
+        let losses: Vec<Result<u64, LossUnknown>> = ends.iter().map(ShardEnds::loss).collect();
+        let unheard: Vec<String> = (losses.iter().enumerate())
+            .filter_map(|(k, l)| match l {
+                Err(LossUnknown::Unheard { heard, needed }) => {
+                    Some(unheard_words(&crate::metrics::shard_name(k), *heard, *needed, ends[k].forwarded))
+                }
+                _ => None,
+            })
+            .collect();
+        let (lost, loss_basis) = if !unheard.is_empty() {
+            let within = waited.map(|t| format!(" within the {:.1} s wait", t.as_secs_f64())).unwrap_or_default();
+            (None, format!("unknown: end of stream not seen on every shard{within} ({})", unheard.join("; ")))
+        } else if losses.contains(&Err(LossUnknown::Filtered)) {
+            (None, FILTERED_BASIS.to_string())
+        } else if losses.iter().any(|l| matches!(l, Err(LossUnknown::BeyondSent(_)))) {
+            (None, beyond_basis(sent.unwrap_or(0), beyond_sent, ends.iter().map(|e| e.eos).sum()))
+        } else {
+            // Per shard: what its publishers said they sent (or, for a session without an end of
+            // stream, its last arrived sequence), less what arrived of it (accepted, or dropped
+            // for order: late, not lost); plus what a resting worker skipped.
+            let missing: u64 = losses.iter().map(|l| l.unwrap_or(0)).sum();
+            let eos = ends.iter().map(|e| e.eos).sum();
+            let basis = known_basis(eos, ends.iter().map(|e| e.unended).sum());
+            (Some(missing + forwarded.saturating_sub(delivered).min(rested)), basis)
         };
         let secs = self.active_window().as_secs_f64().max(1e-9);
         let bytes: u64 = self.worker_counters.iter().map(|c| c.handled_bytes.load(Relaxed)).sum();
@@ -979,22 +979,28 @@ impl Engine {
         let shards: Vec<ShardReport> = self
             .shard_counters
             .iter()
-            .zip(&self.expect_eos)
+            .zip(&self.ends_needed)
             .zip(&shard_threads)
             .enumerate()
-            .map(|(k, ((c, &expect), mine))| {
+            .map(|(k, ((c, &needed), mine))| {
                 let msgs = c.forwarded.load(Relaxed);
-                let eos = c.eos_sessions.load(Relaxed);
-                let sent = (eos > 0).then(|| c.sent());
-                let complete = expect > 0 && eos >= expect && c.full_subscription.load(Relaxed);
-                let loss = shard_loss(c);
+                let ends = ShardEnds::of(c, needed);
+                let loss = ends.loss();
                 ShardReport {
                     shard: crate::metrics::shard_name(k),
                     received: c.received.load(Relaxed),
                     msgs,
                     bytes: c.forwarded_bytes.load(Relaxed),
-                    sent,
-                    lost: sent.filter(|_| complete).and(loss.ok()),
+                    sent: (ends.heard() > 0).then(|| c.sent()),
+                    lost: loss.ok(),
+                    loss_basis: match loss {
+                        Ok(_) => known_basis(ends.eos, ends.unended),
+                        Err(LossUnknown::Unheard { heard, needed }) => {
+                            format!("unknown: {}", unheard_words("it", heard, needed, msgs))
+                        }
+                        Err(LossUnknown::Filtered) => FILTERED_BASIS.to_string(),
+                        Err(LossUnknown::BeyondSent(excess)) => beyond_basis(c.sent(), excess, ends.eos),
+                    },
                     beyond_sent: beyond_sent_of(c),
                     counts: counts_of(c),
                     links: self.link_boards.get(k).map(|b| b.snapshot()).unwrap_or_default(),
@@ -1034,10 +1040,12 @@ fn shard_loss(c: &ShardCounters) -> Result<u64, u64> {
     crate::metrics::loss_of(c.sent(), c.forwarded.load(Relaxed), c.reordered.load(Relaxed))
 }
 
-/// What arrived on a shard beyond what its publishers' ends of stream say they sent, once one
-/// arrived and where every topic is taken (through a filter, what was sent is not all for it).
+/// What arrived on a shard beyond what its publishers' ends of stream (and the last arrived
+/// sequences of its sessions without one) say they sent, once a session was heard to an end and
+/// where every topic is taken (through a filter, what was sent is not all for it).
 fn beyond_sent_of(c: &ShardCounters) -> u64 {
-    let said = c.eos_sessions.load(Relaxed) > 0 && c.full_subscription.load(Relaxed);
+    let heard = c.eos_sessions.load(Relaxed).saturating_add(c.unended_sessions.load(Relaxed)) > 0;
+    let said = heard && c.full_subscription.load(Relaxed);
     shard_loss(c).err().filter(|_| said).unwrap_or(0)
 }
 
@@ -1076,27 +1084,190 @@ impl Drop for Engine {
     }
 }
 
-/// Whether every shard heard the ends of stream its loss is counted from: the `expect` it
-/// waits for (`--expect-eos N`), and with 0 (run until stopped) one per endpoint it connects to
-/// (at least one): a publisher still sending has said no count, and its messages would hide
-/// another's loss. `eos` is the end-of-stream count per shard.
-fn ends_heard(eos: &[u64], expect: &[u64], endpoints: &[u64]) -> bool {
-    eos.iter().zip(expect).zip(endpoints).all(|((&heard, &e), &eps)| heard >= if e > 0 { e } else { eps.max(1) })
+/// The loss basis of a shard that takes only some topics: what was sent is not all for it.
+const FILTERED_BASIS: &str = "unknown: topics are filtered (gaps are counted by topic sequence)";
+
+/// The publisher sessions a shard must have heard to an end (by its end of stream, or counted
+/// to its last arrived message when the shard's reading ended without one) for its loss to be
+/// known: `expect_eos` of them when `--expect-eos N` (N > 0) says how many there are, else one
+/// per endpoint it `connects` to (one publisher each), and at least one. A bound endpoint needs
+/// none of its own: as many publishers connect to it as do, none included, and each session of
+/// theirs it saw ended one way or the other by the end.
+fn ends_needed(expect_eos: Option<usize>, connects: usize) -> u64 {
+    match expect_eos {
+        Some(n) if n > 0 => n as u64,
+        _ => connects.max(1) as u64,
+    }
+}
+
+/// What a shard's loss rests on, from its counters once its reading ended (socket-free: the
+/// rule is [`ShardEnds::loss`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ShardEnds {
+    /// Publisher sessions whose end of stream came.
+    eos: u64,
+    /// Sessions counted without one, to their last arrived message: ended by a restart of
+    /// their publisher, or still open when the shard's reading ended (Ctrl-C, `--max-duration`,
+    /// a snail stop; [`sequence::SequenceTracker::close`]).
+    unended: u64,
+    /// Sessions it must have heard to an end ([`ends_needed`]).
+    needed: u64,
+    /// It takes every topic.
+    full: bool,
+    /// What its publishers sent by those counts, and what arrived of it: accepted, or dropped
+    /// for order (late, not lost).
+    sent: u64,
+    forwarded: u64,
+    reordered: u64,
+}
+
+/// Why a shard's loss is not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LossUnknown {
+    /// Fewer sessions heard to an end than it needs: a publisher not heard from may have sent
+    /// what never arrived.
+    Unheard { heard: u64, needed: u64 },
+    /// Through a topic filter, what was sent is not all for the shard.
+    Filtered,
+    /// This many more arrived than the counts say were sent.
+    BeyondSent(u64),
+}
+
+impl ShardEnds {
+    fn of(c: &ShardCounters, needed: u64) -> Self {
+        ShardEnds {
+            eos: c.eos_sessions.load(Relaxed),
+            unended: c.unended_sessions.load(Relaxed),
+            needed,
+            full: c.full_subscription.load(Relaxed),
+            sent: c.sent(),
+            forwarded: c.forwarded.load(Relaxed),
+            reordered: c.reordered.load(Relaxed),
+        }
+    }
+
+    /// Sessions heard to an end, by end of stream or counted without one.
+    fn heard(&self) -> u64 {
+        self.eos.saturating_add(self.unended)
+    }
+
+    /// The shard's loss: what was sent less what arrived of it, once it heard the sessions it
+    /// needs to an end and takes every topic. A session without an end of stream counts to its
+    /// last arrived message: the gaps before it are loss, what it sent after it is not known
+    /// (so `sent` and the loss are floors then, and the basis says so).
+    fn loss(&self) -> Result<u64, LossUnknown> {
+        if self.heard() < self.needed {
+            return Err(LossUnknown::Unheard { heard: self.heard(), needed: self.needed });
+        }
+        if !self.full {
+            return Err(LossUnknown::Filtered);
+        }
+        crate::metrics::loss_of(self.sent, self.forwarded, self.reordered).map_err(LossUnknown::BeyondSent)
+    }
+}
+
+/// `whom` heard fewer publisher sessions to an end than it needs, in words; `arrived`, the
+/// messages it took (from a session in no count, when none was heard to an end).
+fn unheard_words(whom: &str, heard: u64, needed: u64, arrived: u64) -> String {
+    match (heard, arrived) {
+        (0, 0) => format!("{whom} heard no publisher session to its end, of the {needed} it needs"),
+        // A session without an end of stream counts to its last arrived message only when it
+        // was seen from its first ([`sequence::SequenceTotals::unended_sessions`]).
+        (0, _) => format!(
+            "{whom} heard no publisher session to its end, of the {needed} it needs: {arrived} message(s) arrived \
+             from a session seen only after it began (or in a cache's values), which only its end of stream counts"
+        ),
+        _ => format!("{whom} heard {heard} publisher session(s) to an end, of the {needed} it needs"),
+    }
+}
+
+/// The basis of a loss unknown because `excess` more arrived than the counts say were `sent`:
+/// a wrong count in an end of stream ([`crate::metrics::beyond_sent_basis`]), or, with no end of
+/// stream among them (`eos` 0), a session in no count: one seen only after it began, or only in
+/// a cache's values, is not counted without its end of stream.
+fn beyond_basis(sent: u64, excess: u64, eos: u64) -> String {
+    match eos {
+        0 => format!(
+            "unknown: the last arrived messages of the sessions without an end of stream say {sent} message(s) \
+             were sent, but {excess} more than that arrived: a session seen only after it began is in no count"
+        ),
+        _ => crate::metrics::beyond_sent_basis(sent, excess),
+    }
+}
+
+/// How a known loss was counted: from `eos` ends of stream, and `unended` sessions without
+/// one counted to their last arrived message (what they sent after it is not known: `sent` and
+/// `lost` are floors then).
+fn known_basis(eos: u64, unended: u64) -> String {
+    let counts = "end-of-stream counts";
+    let floors = match unended {
+        0 => return counts.to_string(),
+        1 => "1 session without an end of stream counted to its last arrived message (sent after it: unknown)"
+            .to_string(),
+        n => format!(
+            "{n} sessions without an end of stream counted to their last arrived messages (sent after them: unknown)"
+        ),
+    };
+    match eos {
+        0 => floors,
+        _ => format!("{counts}; {floors}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ends_heard;
+    use super::{ends_needed, known_basis, LossUnknown, ShardEnds};
+
+    /// A shard that takes every topic and heard `eos` ends of stream and `unended` sessions
+    /// without one, of the `needed`; `sent` by those counts, `forwarded` of it arrived.
+    fn shard(eos: u64, unended: u64, needed: u64, sent: u64, forwarded: u64) -> ShardEnds {
+        ShardEnds { eos, unended, needed, full: true, sent, forwarded, reordered: 0 }
+    }
 
     #[test]
-    fn run_until_stopped_counts_loss_once_every_shard_heard_an_end_of_stream() {
+    fn a_shard_needs_one_session_per_endpoint_it_connects_to_or_its_expect_eos() {
+        assert_eq!(ends_needed(None, 1), 1);
+        assert_eq!(ends_needed(None, 2), 2, "`--endpoint EP1,EP2`: a publisher each");
+        assert_eq!(ends_needed(Some(0), 2), 2, "run until stopped: the same");
+        assert_eq!(ends_needed(Some(3), 1), 3, "`--expect-eos 3` says how many there are");
+        // A bound endpoint has as many publishers as connect to it, none included: a shard that
+        // connects to one and binds another needs the connected one's session. Before, two (one
+        // per endpoint, bound or connected): the bound one nobody used left the loss unknown.
+        assert_eq!(ends_needed(None, 1), 1, "connect + bind");
+        assert_eq!(ends_needed(None, 0), 1, "bind only: at least one session heard");
+    }
+
+    #[test]
+    fn loss_is_known_once_every_shard_heard_the_sessions_it_needs() {
         // `--expect-eos 0` took no end of stream as enough, so loss was always "unknown".
-        assert!(ends_heard(&[1, 2], &[0, 0], &[1, 1]));
-        assert!(!ends_heard(&[1, 0], &[0, 0], &[1, 1]), "a shard that heard none");
-        // Two publishers on one shard (`--endpoint EP1,EP2`): one still sending has no count.
-        assert!(!ends_heard(&[1], &[0], &[2]), "one of two publishers ended");
-        assert!(ends_heard(&[2], &[0], &[2]));
-        assert!(ends_heard(&[2, 2], &[2, 1], &[1, 1]));
-        assert!(!ends_heard(&[1, 2], &[2, 1], &[1, 1]), "a shard short of its --expect-eos");
+        assert_eq!(shard(1, 0, 1, 10, 8).loss(), Ok(2));
+        assert_eq!(shard(0, 0, 1, 0, 0).loss(), Err(LossUnknown::Unheard { heard: 0, needed: 1 }), "heard nothing");
+        // Two publishers on one shard (`--endpoint EP1,EP2`): one not heard from at all.
+        assert_eq!(shard(1, 0, 2, 10, 10).loss(), Err(LossUnknown::Unheard { heard: 1, needed: 2 }));
+        assert_eq!(shard(2, 0, 2, 20, 19).loss(), Ok(1));
+        let filtered = ShardEnds { full: false, ..shard(1, 0, 1, 10, 3) };
+        assert_eq!(filtered.loss(), Err(LossUnknown::Filtered));
+        assert_eq!(shard(1, 0, 1, 5, 10).loss(), Err(LossUnknown::BeyondSent(5)));
+    }
+
+    #[test]
+    fn a_session_without_an_end_of_stream_counts_to_its_last_arrived_message() {
+        // The publisher was killed mid-stream and the engine stopped: no end of stream at all,
+        // its session closed as unended by its last arrived sequence (100), 98 arrived. Before,
+        // `sent unknown`, `lost unknown: end of stream not seen on every shard`.
+        assert_eq!(shard(0, 1, 1, 100, 98).loss(), Ok(2));
+        // The second publisher of `EP1,EP2` still sending at the stop: it counts, to its last
+        // arrived message, and cannot hide the first one's loss.
+        assert_eq!(shard(1, 1, 2, 10 + 50, 9 + 50).loss(), Ok(1));
+        assert_eq!(
+            known_basis(0, 1),
+            "1 session without an end of stream counted to its last arrived message (sent after it: unknown)"
+        );
+        assert_eq!(
+            known_basis(2, 3),
+            "end-of-stream counts; 3 sessions without an end of stream counted to their last arrived messages \
+             (sent after them: unknown)"
+        );
+        assert_eq!(known_basis(2, 0), "end-of-stream counts");
     }
 }

@@ -387,7 +387,8 @@ pub struct RunReport {
     /// count by the last stream sequence that arrived (`unended_*`).
     pub sent: Option<u64>,
     /// Publisher sessions that ended without an end of stream (the publisher
-    /// restarted, and later ended a new session with its own end of stream)
+    /// restarted, and later ended a new session with its own end of stream; or the session was
+    /// still open when the engine ended: Ctrl-C, a time limit, a snail stop, a publisher gone)
     /// and the messages in `sent` counted for them by
     /// their last arrived sequence: a floor, since what such a session sent
     /// after its last arrived message is not known.
@@ -402,7 +403,8 @@ pub struct RunReport {
     /// snail skipped, which is lost); 0 after a normal end.
     pub not_handled: u64,
     /// Messages sent but not delivered, where that can be known (see `loss_basis`): never
-    /// arrived, or skipped by a resting snail. Those left unhandled at a stop are `not_handled`;
+    /// arrived, or skipped by a resting snail. With sessions in `unended_sessions` it is counted
+    /// up to each one's last arrived message (the gaps before it), a floor like `sent`. Those left unhandled at a stop are `not_handled`;
     /// those dropped for order (`reordered`) arrived late and are not lost.
     pub lost: Option<u64>,
     /// Messages that arrived (accepted or dropped for order) beyond what the publishers' ends
@@ -476,12 +478,17 @@ pub struct ShardReport {
     pub msgs: u64,
     /// Bytes of those messages (whole frames: topic, header, payload).
     pub bytes: u64,
-    /// What the shard's publishers said they sent (their end-of-stream frames), if seen.
+    /// What the shard's publishers said they sent (their end-of-stream frames, and a session
+    /// without one by its last arrived sequence), once a session was heard to an end.
     pub sent: Option<u64>,
-    /// `sent - msgs - reordered` when every publisher's end of stream arrived and the shard
-    /// takes every topic (a message dropped for order arrived: it is not lost); unknown when
-    /// more arrived than `sent` (`beyond_sent`).
+    /// `sent - msgs - reordered` when the shard heard the publisher sessions it needs to an end
+    /// (one per endpoint it connects to, or `--expect-eos N`) and takes every topic (a message
+    /// dropped for order arrived: it is not lost); unknown when more arrived than `sent`
+    /// (`beyond_sent`). A floor when a session without an end of stream is in `sent`.
     pub lost: Option<u64>,
+    /// How the shard's `lost` was established, or why it is unknown (the run's `loss_basis`,
+    /// for this shard).
+    pub loss_basis: String,
     /// Messages that arrived beyond what the shard's publishers' ends of stream say they sent
     /// (a publisher's count is wrong); 0 normally.
     #[serde(default)]
@@ -647,6 +654,10 @@ impl RunReport {
             self.counts.reordered,
             self.counts.restarts
         );
+        if self.lost.is_some() && !self.loss_basis.is_empty() && self.loss_basis != "end-of-stream counts" {
+            // Known, but not from ends of stream alone: what it was counted from.
+            let _ = writeln!(s, "  loss basis   {}", self.loss_basis);
+        }
         if self.beyond_sent > 0 {
             let _ = writeln!(
                 s,
@@ -924,17 +935,26 @@ mod tests {
             sent: Some(10),
             delivered: 9,
             lost: Some(1),
+            loss_basis: "end-of-stream counts".into(),
             ..Default::default()
         };
         r.counts.bad_frames.insert("short".into(), 2);
         let t = r.render();
         assert!(t.contains("lost         1"), "{t}");
+        assert!(!t.contains("loss basis"), "counted from ends of stream alone, nothing more to say: {t}");
         assert!(t.contains("short=2"), "{t}");
         assert!(t.contains("sent         10\n"), "no unended sessions, no note: {t}");
         r.unended_sessions = 1;
         r.unended_sent = 4;
         let t = r.render();
         assert!(t.contains("sent         10   (4 of them by the last sequence that arrived from 1 session(s)"), "{t}");
+        // A known loss counted in part to a session's last arrived message says so beside it.
+        r.loss_basis = "end-of-stream counts; 1 session without an end of stream counted to its last arrived message \
+                        (sent after it: unknown)"
+            .into();
+        let t = r.render();
+        assert!(t.contains("lost         1   (gaps by sequence: 0,"), "{t}");
+        assert!(t.contains(&format!("  loss basis   {}\n", r.loss_basis)), "{t}");
     }
 
     #[test]
