@@ -55,6 +55,10 @@ pub enum PersistError {
     /// The data directory named is something else (a file).
     #[error("{path}: not a directory (--data-dir names the directory for the update log and snapshots)")]
     NotADirectory { path: PathBuf },
+    /// A FIFO, device, socket or directory where the data directory keeps one of its files:
+    /// opening a FIFO waits for its other end, so it is refused before anything waits.
+    #[error("{path}: it is {what}; the clone server keeps its log, snapshots and lock in --data-dir as regular files")]
+    NotRegular { path: PathBuf, what: &'static str },
     /// Another server holds the data directory's lock: it is using the directory now.
     #[error(
         "{path}: another clone server is using this data directory (it holds {path}/lock); give each server \
@@ -263,11 +267,42 @@ enum FileRead {
     CutMagic(usize),
 }
 
+/// What is at `meta`'s path when it is not a regular file.
+fn not_regular(meta: &std::fs::Metadata) -> Option<&'static str> {
+    match meta {
+        m if m.is_file() => None,
+        m if m.is_dir() => Some("a directory"),
+        _ => Some("not a regular file (a FIFO, socket or device)"),
+    }
+}
+
+/// Open the data directory's file `path` as `opts` says, non-blocking, and refuse anything but
+/// a regular file ([`PersistError::NotRegular`]): a blocking open of a FIFO placed there waits
+/// for a reader or a writer for ever, and the server with it. (`O_NONBLOCK` stays on the
+/// handle: on a regular file it changes nothing.) The rule of [`crate::infile`] and
+/// [`crate::outfile`], for the server's own files.
+fn open_regular(path: &Path, opts: &mut OpenOptions, context: &'static str) -> Result<File, PersistError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let refused = |what| PersistError::NotRegular { path: path.to_path_buf(), what };
+    let file = opts.custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| match e.raw_os_error() {
+        // Opened for writing, a FIFO with no reader says ENXIO; a directory says EISDIR.
+        Some(libc::ENXIO) => refused("not a regular file (a FIFO, socket or device)"),
+        Some(libc::EISDIR) => refused("a directory"),
+        _ => io_err(path, context)(e),
+    })?;
+    match not_regular(&file.metadata().map_err(io_err(path, context))?) {
+        Some(what) => Err(refused(what)),
+        None => Ok(file),
+    }
+}
+
 fn read_file(path: &Path, magic: &[u8; 8], what: &'static str) -> Result<FileRead, PersistError> {
-    let mut f = match File::open(path) {
+    let mut f = match open_regular(path, OpenOptions::new().read(true), "opening") {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileRead::Absent),
-        Err(e) => return Err(io_err(path, "opening")(e)),
+        Err(PersistError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(FileRead::Absent)
+        }
+        Err(e) => return Err(e),
     };
     let mut data = Vec::new();
     f.read_to_end(&mut data).map_err(io_err(path, "reading"))?;
@@ -322,7 +357,7 @@ fn write_snapshot_file(dir: &Path, sequence: u64, records: impl Iterator<Item = 
 }
 
 fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
-    let f = File::create(tmp).map_err(io_err(tmp, "creating"))?;
+    let f = open_regular(tmp, OpenOptions::new().write(true).create(true).truncate(true), "creating")?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut buf = Vec::with_capacity(1 << 16);
     buf.extend_from_slice(SNAP_MAGIC);
@@ -343,12 +378,11 @@ fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = R
 /// read or written; [`PersistError::InUse`] when another process holds it.
 fn lock_dir(dir: &Path) -> Result<File, PersistError> {
     let path = dir.join("lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path, "opening the data directory's lock file"))?;
+    let file = open_regular(
+        &path,
+        OpenOptions::new().create(true).truncate(false).write(true),
+        "opening the data directory's lock file",
+    )?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(PersistError::InUse { path: dir.to_path_buf() }),
@@ -377,6 +411,11 @@ impl Store {
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir, "creating the data directory"))?;
         let lock = lock_dir(dir)?;
+        // Written at each snapshot, long after the start: anything but a file there is said now.
+        let tmp = dir.join("snapshot.tmp");
+        if let Some(what) = std::fs::metadata(&tmp).ok().as_ref().and_then(not_regular) {
+            return Err(PersistError::NotRegular { path: tmp, what });
+        }
         let snap_path = dir.join("snapshot");
         let log_path = dir.join("log");
         let mut rec = Recovered::default();
@@ -441,13 +480,11 @@ impl Store {
             // damaged file so they can be looked at (or salvaged) by hand.
             rec.corrupt_copies.push(copy_aside(dir, "log", "corrupt")?);
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(io_err(&log_path, "opening the log"))?;
+        let mut file = open_regular(
+            &log_path,
+            OpenOptions::new().create(true).truncate(false).read(true).write(true),
+            "opening the log",
+        )?;
         let len = file.metadata().map_err(io_err(&log_path, "reading the log size"))?.len();
         if len < 8 {
             file.set_len(0).map_err(io_err(&log_path, "resetting the log"))?;

@@ -280,16 +280,23 @@ impl Server {
             );
             server.store = Some(store);
         }
+        Ok(server)
+    }
+
+    /// Say `clone-server: ready on HOST:P (snapshot), …` (when verbose): its sockets are bound
+    /// and its data directory recovered. Said by the caller once its run is under way, so a
+    /// person (or a test) who reads it and presses Ctrl-C gets the server's clean stop.
+    pub fn say_ready(&self) {
+        let (host, p) = (&self.cfg.bind_host, self.cfg.port);
         log(
-            server.cfg.verbose,
+            self.cfg.verbose,
             format_args!(
                 "ready on {host}:{p} (snapshot), :{} (publisher), :{} (collector), state {}",
                 p + 1,
                 p + 2,
-                server.core.state_name()
+                self.core.state_name()
             ),
         );
-        Ok(server)
     }
 
     /// The ZAP handler's counts (accepted, refused by reason), when access is controlled.
