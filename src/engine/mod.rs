@@ -37,7 +37,7 @@ use crate::snail::monitor::MonitorAgent;
 use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
 use handler::{HandlerSpec, REFUSAL_REASONS};
-use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
+use reader::{EndWait, HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
 use worker::{MetricsLink, WorkerAgent, WorkerCore, WorkerCounters};
 
 /// The engine's defaults, in one place (profiles and `EngineConfig::default`).
@@ -117,8 +117,8 @@ pub struct EngineConfig {
     pub handler: HandlerSpec,
     pub metrics_interval: Duration,
     /// Each shard ends after end of stream from this many publisher sessions
-    /// (0: run until stopped; None: one per endpoint it connects to, and on a shard that
-    /// binds, one from every publisher session it saw and one per publisher connected).
+    /// (0: run until stopped; None: one per endpoint, and one from every publisher session it
+    /// saw, and on a shard that binds one per publisher connected: [`reader::EndWait`]).
     pub expect_eos_per_shard: Option<usize>,
     /// Lag and silence checks and what their verdicts do.
     pub snail: SnailConfig,
@@ -425,8 +425,9 @@ impl Engine {
             engine
                 .io_tids
                 .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
-            // One publisher per endpoint, bound or connected: at least, on a bound one (as many as
-            // connect to it; the reader waits for each, `every_session`).
+            // One publisher per endpoint, bound or connected: at least (a bound one has as many as
+            // connect to it, a connected one behind a proxy all the proxy's: the reader waits for
+            // every session it saw, `EndWait`).
             let publishers = shard.endpoints.len() + shard.binds.len();
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(publishers);
             engine.expect_eos.push(expect_eos as u64);
@@ -446,7 +447,7 @@ impl Engine {
                 routing: cfg.routing,
                 worker_endpoints: worker_endpoints.clone(),
                 expect_eos,
-                every_session: cfg.expect_eos_per_shard.is_none() && !shard.binds.is_empty(),
+                end_wait: EndWait::of_shard(cfg.expect_eos_per_shard, !shard.binds.is_empty()),
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 handoff_hwm_msgs: cfg.handoff_hwm_msgs,
             };
@@ -919,6 +920,7 @@ fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
         publisher_connects: c.publisher_connects.load(Relaxed),
         publisher_disconnects: c.publisher_disconnects.load(Relaxed),
         publisher_refused: c.publisher_refused.load(Relaxed),
+        beyond_sent: beyond_sent_of(c),
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
         counts: counts_of(c),
@@ -1035,10 +1037,10 @@ fn shard_loss(c: &ShardCounters) -> Result<u64, u64> {
 }
 
 /// What arrived on a shard beyond what its publishers' ends of stream say they sent, once one
-/// arrived and where every topic is taken (through a filter, what was sent is not all for it).
+/// arrived and where every topic is taken (through a filter, what was sent is not all for it),
+/// as its reader counted it ([`reader::ShardCounters::beyond_sent`]).
 fn beyond_sent_of(c: &ShardCounters) -> u64 {
-    let said = c.eos_sessions.load(Relaxed) > 0 && c.full_subscription.load(Relaxed);
-    shard_loss(c).err().filter(|_| said).unwrap_or(0)
+    c.beyond_sent.load(Relaxed)
 }
 
 /// A shard's sequence and frame counts, as its reader last published them.

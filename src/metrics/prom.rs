@@ -60,6 +60,9 @@ pub struct ShardLive {
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
     pub publisher_refused: u64,
+    /// Messages that arrived beyond what its publishers' ends of stream say they sent
+    /// (`beyond_sent`: a publisher's count is wrong, loss unknown).
+    pub beyond_sent: u64,
 }
 
 /// What the engine knows now, apart from latency.
@@ -291,6 +294,16 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         |c| c.counts.reordered,
     );
     counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", |c| c.counts.restarts);
+    per_row(
+        &mut s,
+        "mdsub_shard_beyond_sent",
+        "gauge",
+        "Messages that arrived beyond what the publishers' ends of stream say they sent: a publisher's \
+         count is wrong, loss is unknown. As of the last end of stream after which no session of the \
+         shard was open; a later one can take it back (counts are per shard), so not a counter.",
+        &shards,
+        |c| c.beyond_sent,
+    );
     counter(
         &mut s,
         "mdsub_shard_publisher_connects_total",
@@ -645,7 +658,7 @@ mod tests {
         latency.last_interval[1].record(1_000, 2_000, 3_000);
         let live = EngineLive {
             engine_id: "e\"1".into(),
-            shards: vec![ShardLive { received: 7, ..Default::default() }, ShardLive::default()],
+            shards: vec![ShardLive { received: 7, beyond_sent: 5, ..Default::default() }, ShardLive::default()],
             agents: vec![AgentStats { role: "worker0".into(), cpu_ns: 2_000_000_000, ..Default::default() }],
             metrics_dropped: 0,
             snail: vec![crate::snail::SiteReport {
@@ -678,6 +691,8 @@ mod tests {
         assert_eq!(live.snail_verdict(Some(1)), crate::snail::Verdict::Snail);
         assert_eq!(live.snail_verdict(Some(0)), crate::snail::Verdict::Ok);
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");
+        assert!(t.contains("# TYPE mdsub_shard_beyond_sent gauge\n"), "{t}");
+        assert!(t.contains("mdsub_shard_beyond_sent{engine=\"e\\\"1\",shard=\"0\"} 5\n"), "{t}");
         let refused = "mdsub_handler_refused_total{engine=\"e\\\"1\",agent=\"worker0\",reason=\"orders_full\"} 3\n";
         assert!(t.contains(refused), "{t}");
         let monitor = "mdsub_monitor_access_refused_total{engine=\"e\\\"1\",reason=\"handshake_failed_protocol\"} 2\n";

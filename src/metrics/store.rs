@@ -284,6 +284,7 @@ impl StoreAgent {
                     "gaps": sh.counts.gaps,
                     "duplicates": sh.counts.duplicates,
                     "restarts": sh.counts.restarts,
+                    "beyond_sent": sh.beyond_sent,
                     "bad_frames": bad,
                     "intervals": lat.intervals,
                     "snail": live.snail_verdict(Some(k)).name(),
