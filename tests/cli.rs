@@ -1184,6 +1184,16 @@ fn a_fifo_in_the_clone_servers_data_dir_is_refused_at_once() {
     }
 }
 
+/// What the thread of `pid` named `name` is blocked in: /proc/PID/task/TID/syscall (the call's
+/// number and arguments; `running` while it runs).
+fn blocked_in(pid: u32, name: &str) -> Option<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        (comm.trim_end() == name).then(|| std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default())
+    })
+}
+
 #[test]
 fn the_first_signal_ends_a_command_blocked_before_its_run() {
     // Each command is held before its run (cli::run_under_way) by a full pipe it writes its
@@ -1234,9 +1244,25 @@ fn the_first_signal_ends_a_command_blocked_before_its_run() {
         let mut p = Proc::spawn(name, &mut cmd);
         drop(cmd); // the parent's copy of the write end
         let err = p.child.stderr.take().map(lines_of);
-        wait_until(DEADLINE, &format!("{name}'s signal handler"), || thread_cpu_ms(p.pid(), "ctrl-c").is_some());
+        let pid = p.pid();
+        // Its signal handler waiting for a signal (not still starting).
+        let mut waiting = None;
+        wait_until(DEADLINE, &format!("{name}'s signal handler to wait"), || {
+            waiting = blocked_in(pid, "ctrl-c").filter(|w| !w.starts_with("running"));
+            waiting.is_some()
+        });
         p.signal(2);
-        // The handler says `mdsub: interrupted` on stderr: drained here when stderr is the pipe.
+        // The handler says `mdsub: interrupted` on stderr: drained here when stderr is the pipe,
+        // once the handler has decided: it then waits for stderr (held by the command's blocked
+        // write), no longer for a signal. Draining before would free the command to go on into
+        // its run, and a handler scheduled after that would find the run under way and only ask
+        // it to stop (seen under load).
+        if !on_stdout {
+            wait_until(DEADLINE, &format!("{name}'s signal handler to take the signal"), || {
+                blocked_in(pid, "ctrl-c")
+                    .is_some_and(|now| Some(&now) != waiting.as_ref() && !now.starts_with("running"))
+            });
+        }
         let drained = if on_stdout {
             None
         } else {
