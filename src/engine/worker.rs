@@ -691,6 +691,29 @@ mod tests {
         assert!(last.handler_counters.contains(&("refused_verify_full", 1)), "{:?}", last.handler_counters);
     }
 
+    /// The metrics link's far ends, held so that the worker's reports have somewhere to go.
+    type LinkEnds = (Receiver<WorkerReport>, Sender<Vec<StageHistograms>>);
+
+    /// A worker agent pulling at `endpoint` for as many readers as `shards`, its core (index 0
+    /// of `shards`) running `handler` on the wall clock with a metrics interval of 100 ms, and a
+    /// PUSH connected to it.
+    fn agent_on(
+        endpoint: &str,
+        shards: usize,
+        handler: Box<dyn Handler>,
+        stop: StopFlag,
+    ) -> (WorkerAgent, zmq::Socket, LinkEnds) {
+        let ctx = zmq::Context::new();
+        let (tx, reports) = bounded(4);
+        let (spares, spare_rx) = bounded(2);
+        let link = MetricsLink { reports: tx, spares: spare_rx, interval_ns: Arc::new(AtomicU64::new(100 * MS)) };
+        let c = WorkerCore::new(0, shards, handler, link, Arc::default(), None, Realtime);
+        let w = WorkerAgent::new(&ctx, endpoint, 100, shards, c, stop).expect("worker");
+        let push = ctx.socket(zmq::PUSH).expect("push");
+        push.connect(endpoint).expect("connect");
+        (w, push, (reports, spares))
+    }
+
     /// A handler that sets the stop flag at its first message (a Ctrl-C while it works).
     struct StopsAtFirst(StopFlag);
 
@@ -705,16 +728,9 @@ mod tests {
     /// What stays queued is not handled (the report's `not_handled`), and no end marker was seen.
     #[test]
     fn a_worker_looks_at_the_stop_flag_before_each_hand_off() {
-        let ctx = zmq::Context::new();
         let stop = StopFlag::new();
-        let (tx, _reports) = bounded(4);
-        let (_spares, spare_rx) = bounded(2);
-        let link = MetricsLink { reports: tx, spares: spare_rx, interval_ns: Arc::new(AtomicU64::new(100 * MS)) };
         let handler = Box::new(StopsAtFirst(stop.clone()));
-        let c = WorkerCore::new(0, 1, handler, link, Arc::default(), None, Realtime);
-        let mut w = WorkerAgent::new(&ctx, "inproc://stop-each-hand-off", 100, 1, c, stop.clone()).expect("worker");
-        let push = ctx.socket(zmq::PUSH).expect("push");
-        push.connect("inproc://stop-each-hand-off").expect("connect");
+        let (mut w, push, _link) = agent_on("inproc://stop-each-hand-off", 1, handler, stop);
         for b in 0..3u64 {
             let (mut batch, mut stamp) = (Vec::new(), 0);
             for seq in 1..=10 {
@@ -736,15 +752,8 @@ mod tests {
     /// nor a stamp is a malformed hand-off, not a frame.
     #[test]
     fn a_stamped_frame_is_recorded_in_its_shard_with_its_receive_time() {
-        let ctx = zmq::Context::new();
-        let stop = StopFlag::new();
-        let (tx, _reports) = bounded(4);
-        let (_spares, spare_rx) = bounded(2);
-        let link = MetricsLink { reports: tx, spares: spare_rx, interval_ns: Arc::new(AtomicU64::new(100 * MS)) };
-        let c = WorkerCore::new(0, 2, HandlerSpec::Latency.build(), link, Arc::default(), None, Realtime);
-        let mut w = WorkerAgent::new(&ctx, "inproc://stamped-frame", 100, 2, c, stop).expect("worker");
-        let mut push = ctx.socket(zmq::PUSH).expect("push");
-        push.connect("inproc://stamped-frame").expect("connect");
+        let handler = HandlerSpec::Latency.build();
+        let (mut w, mut push, _link) = agent_on("inproc://stamped-frame", 2, handler, StopFlag::new());
         let now = clock::realtime_ns();
         let (sent, recv) = (now - 10 * MS, now - 4 * MS);
         crate::zmqx::frame::send_bytes(&mut push, &batch::stamp(1, recv), zmq::SNDMORE).expect("stamp");
