@@ -70,9 +70,14 @@ fn settled_pair() -> (u16, Proc, u16, Proc) {
     let bp = free_port_block(4);
     let prim = primary(pp, bp, &[]);
     let back = backup(bp, pp, &[]);
+    wait_settled(pp, bp);
+    (pp, prim, bp, back)
+}
+
+/// The primary on `pp` active and the backup on `bp` passive, within 10 s each.
+fn wait_settled(pp: u16, bp: u16) {
     wait_state(pp, "active", Duration::from_secs(10));
     wait_state(bp, "passive", Duration::from_secs(10));
-    (pp, prim, bp, back)
 }
 
 fn wait_state(port: u16, state: &str, deadline: Duration) {
@@ -289,8 +294,7 @@ fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
     let expected = {
         let mut prim = primary(pp, bp, &["--data-dir", dp]);
         let mut back = backup(bp, pp, &["--data-dir", db]);
-        wait_state(pp, "active", Duration::from_secs(10));
-        wait_state(bp, "passive", Duration::from_secs(10));
+        wait_settled(pp, bp);
         let c = synced(&[pp, bp], "");
         for i in 0..100 {
             c.set(format!("/d/{i:03}"), format!("{i}"), None).expect("set");
@@ -1365,8 +1369,7 @@ fn a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole() {
         let err = lines_of(p.child.stderr.take().expect("stderr piped"));
         (p, err)
     };
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_settled(pp, bp);
     let c = synced(&[pp, bp], "");
     set_all_acked(&c, "/first/", 1, "x");
     wait_until(Duration::from_secs(10), "the backup to hold /first/0", || {
@@ -1544,8 +1547,7 @@ fn a_backup_newer_than_the_active_says_so_and_keeps_its_files_aside() {
     let hb = ["--heartbeat-interval", "100ms"];
     let mut prim = primary(pp, bp, &["--data-dir", da_s, hb[0], hb[1]]);
     let mut back = backup(bp, pp, &["--data-dir", db_s, hb[0], hb[1]]);
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_settled(pp, bp);
     let c = synced(&[pp, bp], "");
     set_all_acked(&c, "/k/old", 4, "v");
     wait_until(Duration::from_secs(5), "the backup to replicate", || {
@@ -1815,8 +1817,7 @@ fn a_paused_active_comes_back_passive_and_the_survivor_keeps_serving() {
     let mut procs = [prim, back];
     let errs = [prim_err, back_err];
     let mut said: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_settled(pp, bp);
     let c = Client::start(ClientConfig {
         servers: vec![ep(pp), ep(bp)],
         subtree: "/load/".into(),
@@ -1909,8 +1910,7 @@ fn a_watch_says_which_server_serves_it_after_a_failover() {
     let hb = ["--heartbeat-interval", "200ms"];
     let mut prim = primary(pp, bp, &hb);
     let _back = backup(bp, pp, &hb);
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_settled(pp, bp);
     let c = synced(&[pp], "");
     set_all_acked(&c, "/w/", 1, "v");
     let mut cmd = mdsub();

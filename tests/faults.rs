@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::relay::{Faults, Relay};
+use common::relay::{Faults, Relay, RelayStats};
 use common::{json, lines_of, mdsub, start_replay, u, wait_line, wait_until, LineProc, Proc};
 use mdsub::clone::client::{Client, ClientConfig};
 
@@ -28,6 +28,19 @@ fn replay_through(count: u64, rate: u64, faults: Faults) -> (LineProc, Relay) {
     let (replay, eps) = start_replay("replay", 1, &["--count", &count, "--rate", &rate]);
     let relay = Relay::start(addr_of(&eps[0]), faults);
     (replay, relay)
+}
+
+/// [`replay_through`] into an engine (`--json` and `engine_args`), both ending well: the
+/// engine's report and what the relay did.
+fn engine_through(count: u64, rate: u64, faults: Faults, engine_args: &[&str]) -> (serde_json::Value, RelayStats) {
+    let (replay, relay) = replay_through(count, rate, faults);
+    let engine = common::engine_json(&[&relay.endpoint()], engine_args);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let stats = relay.stats();
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+    (json(&out), stats)
 }
 
 #[test]
@@ -141,19 +154,12 @@ fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
         stall: Some((1_000_000..3_000_000, Duration::from_millis(400))),
         ..Faults::default()
     };
-    let (replay, relay) = replay_through(COUNT, 50_000, faults);
-    let engine = common::engine_json(&[&relay.endpoint()], &["--handler", "verify"]);
-    let (status, out) = engine.finish(Duration::from_secs(90));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let (r, s) = engine_through(COUNT, 50_000, faults, &["--handler", "verify"]);
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (COUNT, COUNT, 0), "seed {SEED:#x}: {r}");
     assert_eq!(u(&r["handler"], "verified"), COUNT, "{r}");
     let link = &r["shards"][0]["links"][0];
     assert_eq!((u(link, "connects"), u(link, "reconnects")), (1, 0), "a stall is not a loss: {link}");
-    let s = relay.stats();
     assert_eq!((s.stalls, s.cuts, s.connections), (1, 0, 1), "{s:?}");
-    let (status, _) = replay.finish(Duration::from_secs(30));
-    assert!(status.success());
 }
 
 /// A byte of the ZMTP greeting's mechanism name (offsets 12..16, `NULL`)
@@ -165,19 +171,13 @@ fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
 fn replay_to_engine_with_a_corrupted_handshake_is_reestablished_and_loses_nothing() {
     const COUNT: u64 = 20_000;
     let faults = Faults { seed: SEED, corrupt: Some((12..16, 1)), ..Faults::default() };
-    let (replay, relay) = replay_through(COUNT, 50_000, faults);
-    let engine = common::engine_json(&[&relay.endpoint()], &[]);
-    let (status, out) = engine.finish(Duration::from_secs(90));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let (r, relayed) = engine_through(COUNT, 50_000, faults, &[]);
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (COUNT, COUNT, 0), "seed {SEED:#x}: {r}");
     let link = &r["shards"][0]["links"][0];
     // libzmq reads a mechanism name it does not speak as a mechanism mismatch.
     assert_eq!(u(&link["lost"], "handshake_failed_mechanism"), 1, "{link}");
     assert_eq!((u(link, "reestablished"), u(link, "reconnects")), (1, 1), "{link}");
-    assert_eq!(relay.stats().corrupted, 1);
-    let (status, _) = replay.finish(Duration::from_secs(30));
-    assert!(status.success());
+    assert_eq!(relayed.corrupted, 1);
 }
 
 /// `--drop-every` with `--restart-at`: the session that never sent its end of stream (restarted

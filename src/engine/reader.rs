@@ -1378,15 +1378,18 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000_000_000;
 
-    /// A reader of `handoff` (to the PULL at `inproc://NAME-worker`; with `reports`, inline: a
-    /// worker core of its own shipping there) on a SUB fed by the returned PUB, whose clock reads
-    /// `T0` first and moves 1 µs on every read: what it reads are its stamps.
+    /// A reader of `handoff` (to the returned PULL, a worker's; with `reports`, inline: a worker
+    /// core of its own shipping there, and the PULL takes nothing) on a SUB fed by the returned
+    /// PUB, whose clock reads `T0` first and moves 1 µs on every read: what it reads are its
+    /// stamps.
     fn stamped_reader(
         ctx: &zmq::Context,
         name: &str,
         handoff: HandOff,
         reports: Option<crossbeam::channel::Sender<crate::metrics::collector::WorkerReport>>,
-    ) -> (zmq::Socket, ReaderAgent, Arc<clock::SteppingClock>) {
+    ) -> (zmq::Socket, zmq::Socket, ReaderAgent, Arc<clock::SteppingClock>) {
+        let worker = ctx.socket(zmq::PULL).expect("pull");
+        worker.bind(&format!("inproc://{name}-worker")).expect("bind");
         let feed = ctx.socket(zmq::PUB).expect("pub");
         feed.bind(&format!("inproc://{name}-feed")).expect("bind");
         let sub = ctx.socket(zmq::SUB).expect("sub");
@@ -1428,7 +1431,7 @@ mod tests {
         let mut r = ReaderAgent::new(cfg, sub, ctx, inline, counters, StopFlag::new()).expect("reader");
         let clock = Arc::new(clock::SteppingClock::new(T0, 1_000));
         r.clock = Box::new(clock.clone());
-        (feed, r, clock)
+        (feed, worker, r, clock)
     }
 
     /// Three frames read in one pass: the first sent before the pass's stamp, the second after
@@ -1441,9 +1444,7 @@ mod tests {
     #[test]
     fn a_frame_sent_after_the_passs_stamp_is_stamped_again_in_its_batch() {
         let ctx = zmq::Context::new();
-        let worker = ctx.socket(zmq::PULL).expect("pull");
-        worker.bind("inproc://stamp-batch-worker").expect("bind");
-        let (feed, mut r, clock) = stamped_reader(&ctx, "stamp-batch", HandOff::Batch, None);
+        let (feed, worker, mut r, clock) = stamped_reader(&ctx, "stamp-batch", HandOff::Batch, None);
         for (seq, sent) in (1..).zip(SENT) {
             feed.send(frame_sent_at(seq, Kind::Data, sent), 0).expect("send");
         }
@@ -1468,9 +1469,7 @@ mod tests {
     #[test]
     fn a_frame_handed_off_on_its_own_carries_its_shard_and_receive_time() {
         let ctx = zmq::Context::new();
-        let worker = ctx.socket(zmq::PULL).expect("pull");
-        worker.bind("inproc://stamp-per-message-worker").expect("bind");
-        let (feed, mut r, _clock) = stamped_reader(&ctx, "stamp-per-message", HandOff::PerMessage, None);
+        let (feed, worker, mut r, _clock) = stamped_reader(&ctx, "stamp-per-message", HandOff::PerMessage, None);
         let frames: Vec<Vec<u8>> = (1..).zip(SENT).map(|(seq, sent)| frame_sent_at(seq, Kind::Data, sent)).collect();
         for f in &frames {
             feed.send(f, 0).expect("send");
@@ -1489,7 +1488,7 @@ mod tests {
     fn an_inline_reader_hands_its_core_the_stamp_read_again() {
         let ctx = zmq::Context::new();
         let (tx, reports) = crossbeam::channel::bounded(4);
-        let (feed, mut r, _clock) = stamped_reader(&ctx, "stamp-inline", HandOff::Inline, Some(tx));
+        let (feed, _worker, mut r, _clock) = stamped_reader(&ctx, "stamp-inline", HandOff::Inline, Some(tx));
         for (seq, sent) in (1..).zip(SENT) {
             feed.send(frame_sent_at(seq, Kind::Data, sent), 0).expect("send");
         }

@@ -598,14 +598,21 @@ impl SequenceTracker {
             let (id, sent) = (s.publisher_id, s.last_stream_seq);
             self.totals.unended_sessions += 1;
             self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
-            if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == id) {
-                let (n, sent) = std::mem::take(&mut p.pending_unended);
-                self.totals.unended_sessions += n;
-                self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
-            }
-            for r in self.sessions.iter_mut().filter(|s| s.publisher_id == id).filter_map(|s| s.replaced.as_mut()) {
-                r.unended_in_totals = true;
-            }
+            self.count_restarted_away(id);
+        }
+    }
+
+    /// Publisher `id` ended a session it sent data in (its end of stream, or the subscriber's
+    /// close): the sessions it ended before by restarting, without an end of stream, are its to
+    /// count now ([`PublisherState::pending_unended`]), once.
+    fn count_restarted_away(&mut self, id: u32) {
+        if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == id) {
+            let (n, sent) = std::mem::take(&mut p.pending_unended);
+            self.totals.unended_sessions += n;
+            self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
+        }
+        for r in self.sessions.iter_mut().filter(|s| s.publisher_id == id).filter_map(|s| s.replaced.as_mut()) {
+            r.unended_in_totals = true;
         }
     }
 
@@ -732,15 +739,7 @@ impl SequenceTracker {
         // This publisher's own end, of a session it sent data in: its earlier
         // sessions that ended without one are its to count.
         if s.last_stream_seq > 0 {
-            let id = h.publisher_id;
-            if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == id) {
-                let (n, sent) = std::mem::take(&mut p.pending_unended);
-                self.totals.unended_sessions += n;
-                self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
-            }
-            for r in self.sessions.iter_mut().filter(|s| s.publisher_id == id).filter_map(|s| s.replaced.as_mut()) {
-                r.unended_in_totals = true;
-            }
+            self.count_restarted_away(h.publisher_id);
         }
         let s = &mut self.sessions[i];
         if full
@@ -771,6 +770,7 @@ mod tests {
     use super::*;
     use crate::wire::Kind;
     use proptest::prelude::*;
+    use std::ops::RangeInclusive;
 
     fn h(publisher_id: u32, session_id: u64, stream_seq: u64, topic_seq: u64) -> Header {
         Header { kind: Kind::Data, flags: 0, publisher_id, session_id, stream_seq, topic_seq, send_time_ns: 0 }
@@ -820,6 +820,14 @@ mod tests {
         spread((0..20_000u64).map(|id| build.hash_one(id)).collect());
         spread((0..20_000u64).map(|id| build.hash_one(id << 32)).collect());
         spread((0..20_000u32).map(|id| build.hash_one(id)).collect());
+    }
+
+    /// Data frames `seqs` of a session of `publisher_id`, each its stream's and its topic's
+    /// sequence number.
+    fn feed(t: &mut SequenceTracker, publisher_id: u32, session_id: u64, seqs: RangeInclusive<u64>, topic: &[u8]) {
+        for s in seqs {
+            t.on_data(&h(publisher_id, session_id, s, s), topic);
+        }
     }
 
     /// [`h`] as a last-value cache re-sends it (`FLAG_FROM_CACHE`).
@@ -904,16 +912,10 @@ mod tests {
     #[test]
     fn close_counts_the_sessions_still_open_as_unended() {
         let mut t = SequenceTracker::new(true);
-        for s in 1..=10 {
-            t.on_data(&h(1, 11, s, s), b"A");
-        }
-        for s in 1..=3 {
-            t.on_data(&h(2, 21, s, s), b"B");
-        }
+        feed(&mut t, 1, 11, 1..=10, b"A");
+        feed(&mut t, 2, 21, 1..=3, b"B");
         // Publisher 2 restarts: session 21 ended without an end of stream.
-        for s in 1..=4 {
-            t.on_data(&h(2, 22, s, s), b"B");
-        }
+        feed(&mut t, 2, 22, 1..=4, b"B");
         assert!(t.on_end_of_stream(&h(1, 11, 10, 0), 10));
         assert!(t.any_open(), "publisher 2 still sends: the first's end of stream is not its");
         assert_eq!(t.totals().sent(), 10, "not counted while open");
@@ -936,9 +938,7 @@ mod tests {
     #[test]
     fn an_end_of_stream_without_data_of_its_own_speaks_for_every_session_before_it() {
         let mut t = SequenceTracker::new(true);
-        for s in 1..=5 {
-            t.on_data(&h(4, 9, s, s), b"A");
-        }
+        feed(&mut t, 4, 9, 1..=5, b"A");
         assert!(t.on_end_of_stream(&h(0, 77, 5, 0), 5));
         assert!(!t.any_open());
         t.close();
@@ -961,20 +961,14 @@ mod tests {
     #[test]
     fn another_publishers_end_of_stream_or_a_cached_frame_never_counts_a_session_twice() {
         let mut t = SequenceTracker::new(true);
-        for s in 1..=5 {
-            t.on_data(&h(1, 9, s, s), b"A");
-        }
-        for s in 1..=3 {
-            t.on_data(&h(1, 10, s, s), b"A");
-        }
+        feed(&mut t, 1, 9, 1..=5, b"A");
+        feed(&mut t, 1, 10, 1..=3, b"A");
         assert!(t.on_end_of_stream(&h(2, 77, 8, 0), 8));
         let tot = t.totals();
         assert_eq!((tot.sent(), tot.unended_sessions, tot.accepted), (8, 0, 8), "{tot:?}");
 
         let mut t = SequenceTracker::new(true);
-        for s in 1..=4 {
-            t.on_data(&h(1, 10, s, s), b"A");
-        }
+        feed(&mut t, 1, 10, 1..=4, b"A");
         assert!(t.on_data(&cached(1, 9, 7, 7), b"B").accept, "an older session's cached value is delivered");
         assert_eq!(t.on_data(&h(1, 10, 5, 5), b"A").missed, 0, "the live session went on untouched");
         assert!(t.on_end_of_stream(&h(1, 10, 5, 0), 5));
@@ -1086,9 +1080,7 @@ mod tests {
     #[test]
     fn an_end_of_stream_of_a_session_never_seen_live_is_no_restart() {
         let mut t = SequenceTracker::new(true);
-        for s in 1..=5 {
-            t.on_data(&h(1, 9, s, s), b"A");
-        }
+        feed(&mut t, 1, 9, 1..=5, b"A");
         assert!(t.any_open(), "session 9 sends");
         assert!(t.on_end_of_stream(&h(1, 77, 6, 0), 5));
         assert!(!t.any_open(), "the replay's end of stream ends what it replayed: quiet is by right");
