@@ -11,7 +11,7 @@ use super::bstar::{BStarError, State};
 use super::kvmsg::{self, decode_request, recv_frames, KvMsg, FRAME_SLACK_BYTES, KTHXBAI, STATUS_REP};
 use super::map::KvMap;
 use super::persist::{PersistError, Record, Store};
-use super::server_core::{Action, Event, ServerCore, SNAPSHOT_STALL_MS};
+use super::server_core::{Action, Event, ServerCore, SnapshotCut, SNAPSHOT_STALL_MS};
 use crate::agent::{Agent, AgentError, Step};
 use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapHandler};
 
@@ -365,10 +365,9 @@ impl Server {
                     None
                 }
                 Action::SendSnapshot { identity, subtree } => {
-                    Some(if self.serve_snapshot(&identity, &subtree, now_ns) {
-                        Event::SnapshotSent
-                    } else {
-                        Event::SnapshotAbandoned
+                    Some(match self.serve_snapshot(&identity, &subtree, now_ns) {
+                        Ok(()) => Event::SnapshotSent,
+                        Err(cut) => Event::SnapshotCut(cut),
                     })
                 }
                 Action::RequestPeerSnapshot => (!self.open_peer_sync()?).then_some(Event::PeerSyncFailed),
@@ -483,9 +482,8 @@ impl Server {
         store.write_snapshot(self.core.sequence(), recs)
     }
 
-    /// Send the snapshot of `subtree` and KTHXBAI; true when all of it went out.
-    fn serve_snapshot(&mut self, identity: &[u8], subtree: &[u8], now_ns: u64) -> bool {
-        let mut sent_ok = true;
+    /// Send the snapshot of `subtree` and KTHXBAI; why not all of it went out, if it did not.
+    fn serve_snapshot(&mut self, identity: &[u8], subtree: &[u8], now_ns: u64) -> Result<(), SnapshotCut> {
         let (map, mut bstar) = self.core.snapshot_view();
         for (i, (k, e)) in map.subtree(subtree).enumerate() {
             // A large snapshot takes a while: keep the Binary Star heartbeat going meanwhile so
@@ -497,20 +495,16 @@ impl Server {
                     }
                 }
             }
-            let r = if e.expires_at_ns.is_none() && e.props.is_empty() {
-                send_entry_plain(&self.snapshot, identity, k, e)
+            if e.expires_at_ns.is_none() && e.props.is_empty() {
+                send_entry_plain(&self.snapshot, identity, k, e).map_err(snapshot_cut)?;
             } else {
-                KvMap::to_msg(k, e, now_ns).send(&self.snapshot, Some(identity)).map_err(|_| zmq::Error::EINVAL)
-            };
-            if r.is_err() {
-                sent_ok = false;
-                break;
+                KvMap::to_msg(k, e, now_ns).send(&self.snapshot, Some(identity)).map_err(send_cut)?;
             }
         }
         let mut end = KvMsg::new(KTHXBAI, self.core.sequence(), subtree.to_vec());
         // Our limits, so that mdsub's clients refuse an update we would drop at once.
         self.core.limits().stamp(&mut end);
-        sent_ok && end.send(&self.snapshot, Some(identity)).is_ok()
+        end.send(&self.snapshot, Some(identity)).map_err(send_cut)
     }
 
     fn drain_snapshot(&mut self, now_ns: u64) -> Result<usize, AgentError> {
@@ -649,6 +643,25 @@ fn fatal(e: BStarError) -> AgentError {
         role: "clone-server".into(),
         // The command line adds that the server stopped.
         message: format!("binary star: {e}"),
+    }
+}
+
+/// Why a snapshot send failed, from the snapshot ROUTER's error: with ROUTER_MANDATORY an
+/// identity with no connection is EHOSTUNREACH (the client left), and a queue that stayed at its
+/// HWM for the send timeout is EAGAIN.
+fn snapshot_cut(e: zmq::Error) -> SnapshotCut {
+    match e {
+        zmq::Error::EHOSTUNREACH => SnapshotCut::ClientGone,
+        zmq::Error::EAGAIN => SnapshotCut::QueueFull,
+        e => SnapshotCut::Failed(format!("zmq send: {e}")),
+    }
+}
+
+/// [`snapshot_cut`] for a kvmsg send (whose properties may also fail to encode).
+fn send_cut(e: kvmsg::SendError) -> SnapshotCut {
+    match e {
+        kvmsg::SendError::Zmq(e) => snapshot_cut(e),
+        e => SnapshotCut::Failed(e.to_string()),
     }
 }
 

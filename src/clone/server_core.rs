@@ -203,9 +203,8 @@ pub enum Event {
     },
     /// A snapshot asked for by [`Action::SendSnapshot`] went out completely.
     SnapshotSent,
-    /// A snapshot asked for by [`Action::SendSnapshot`] was abandoned: the client's queue stayed
-    /// at the snapshot HWM (or it went away).
-    SnapshotAbandoned,
+    /// A snapshot asked for by [`Action::SendSnapshot`] did not all go out, and why.
+    SnapshotCut(SnapshotCut),
     /// An update from the collector (`Err`: it did not decode).
     Update(Result<KvMsg, ()>),
     /// End of a batch: write and publish what waits.
@@ -297,6 +296,19 @@ pub enum Action {
     Log(String),
 }
 
+/// Why a snapshot did not all go out (each counted and said as what it is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotCut {
+    /// The client's queue stayed at the snapshot HWM for [`SNAPSHOT_STALL_MS`] (`EAGAIN`): it
+    /// did not read; it asks again after its snapshot timeout.
+    QueueFull,
+    /// The client was gone (`EHOSTUNREACH` under ROUTER_MANDATORY): it left before its reply, or
+    /// during it. Nothing to do: a client that comes back asks again.
+    ClientGone,
+    /// Any other send error (the context ending at shutdown, an interrupted call), said as it is.
+    Failed(String),
+}
+
 /// Counters reported by `STATUS?`.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -312,6 +324,10 @@ pub struct Counters {
     pub snapshots: u64,
     /// Snapshots abandoned: the client did not read while its queue was at the snapshot HWM.
     pub snapshots_abandoned: u64,
+    /// Snapshots cut short because their client was gone (it left before or while it was sent).
+    pub snapshots_client_gone: u64,
+    /// Snapshots cut short by any other send error.
+    pub snapshot_send_errors: u64,
     /// KVPUB messages published (updates and expiry deletes; HUGZ apart, in `hugz`).
     pub published: u64,
     /// HUGZ published.
@@ -570,16 +586,7 @@ impl ServerCore {
                 }
             },
             Event::SnapshotSent => self.counters.snapshots += 1,
-            Event::SnapshotAbandoned => {
-                self.counters.snapshots_abandoned += 1;
-                let n = self.counters.snapshots_abandoned;
-                if n.is_power_of_two() {
-                    out.push(Action::Log(format!(
-                        "snapshot abandoned: a client did not read it while its queue was full \
-                         (snapshots_abandoned={n}; it will ask again)"
-                    )));
-                }
-            }
+            Event::SnapshotCut(cut) => self.snapshot_cut(cut, out),
             Event::Update(Ok(m)) => self.on_collector(m, now_ns, out),
             Event::Update(Err(())) => {
                 self.counters.malformed_updates += 1;
@@ -661,6 +668,37 @@ impl ServerCore {
         self.pair.as_ref().map_or(0, |p| p.pending.len())
     }
 
+    /// A snapshot did not all go out: counted by why, and said (at the 1st, 2nd, 4th, … time
+    /// for each why) as what it is. Before, a client that closed before its reply was counted
+    /// and said as one that did not read while its queue was full.
+    fn snapshot_cut(&mut self, cut: SnapshotCut, out: &mut Vec<Action>) {
+        let c = &mut self.counters;
+        let (n, line) = match cut {
+            SnapshotCut::QueueFull => {
+                c.snapshots_abandoned += 1;
+                let n = c.snapshots_abandoned;
+                let line = format!(
+                    "snapshot abandoned: a client did not read it while its queue was full \
+                     (snapshots_abandoned={n}; it will ask again)"
+                );
+                (n, line)
+            }
+            SnapshotCut::ClientGone => {
+                c.snapshots_client_gone += 1;
+                let n = c.snapshots_client_gone;
+                (n, format!("snapshot not sent in full: its client went away first (snapshots_client_gone={n})"))
+            }
+            SnapshotCut::Failed(e) => {
+                c.snapshot_send_errors += 1;
+                let n = c.snapshot_send_errors;
+                (n, format!("snapshot not sent in full: {e} (snapshot_send_errors={n})"))
+            }
+        };
+        if n.is_power_of_two() {
+            out.push(Action::Log(line));
+        }
+    }
+
     /// The `STATUS?` reply.
     pub fn status_text(&self) -> String {
         let c = &self.counters;
@@ -669,7 +707,7 @@ impl ServerCore {
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
              published={}\nhugz={}\nexpired={}\npending_dropped={}\nlog_failures={}\n\
              snapshot_failures={}\ndurable={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
-             pauses={}\n{}",
+             snapshots_client_gone={}\nsnapshot_send_errors={}\npauses={}\n{}",
             self.state_name(),
             self.role,
             self.sequence,
@@ -695,6 +733,8 @@ impl ServerCore {
             c.peer_entries_refused,
             c.absolute_ttls,
             c.snapshots_abandoned,
+            c.snapshots_client_gone,
+            c.snapshot_send_errors,
             c.pauses,
             self.refusals.counts().map(|(r, n)| format!("refused_{r}={n}\n")).collect::<String>()
         )
@@ -1572,6 +1612,31 @@ mod tests {
             status.contains("peer_entries_refused=2\n") && status.contains("refused_peer_snapshot_bad_ttl=1\n"),
             "{status}"
         );
+    }
+
+    #[test]
+    fn a_snapshot_cut_short_is_counted_and_said_as_what_cut_it() {
+        // Before: any send error was `snapshots_abandoned`, said as "did not read it while its
+        // queue was full … it will ask again", for clients that had simply left (5 DEALERs
+        // that sent ICANHAZ? and closed at once, against a server with room for 1M messages).
+        let mut r = Rig::new(cfg(None), false);
+        for _ in 0..3 {
+            r.on(Event::SnapshotCut(SnapshotCut::ClientGone));
+        }
+        r.on(Event::SnapshotCut(SnapshotCut::QueueFull));
+        r.on(Event::SnapshotCut(SnapshotCut::Failed("zmq send: Interrupted system call".into())));
+        let c = r.core.counters();
+        assert_eq!((c.snapshots_client_gone, c.snapshots_abandoned, c.snapshot_send_errors), (3, 1, 1));
+        let said = std::mem::take(&mut r.logs);
+        let gone: Vec<&String> = said.iter().filter(|l| l.contains("went away")).collect();
+        assert_eq!(gone.len(), 2, "the 1st and 2nd, not the 3rd: {said:?}");
+        assert!(gone.iter().all(|l| !l.contains("queue was full")), "{said:?}");
+        assert!(said.iter().any(|l| l.contains("queue was full") && l.contains("snapshots_abandoned=1")), "{said:?}");
+        assert!(said.iter().any(|l| l.contains("Interrupted system call (snapshot_send_errors=1)")), "{said:?}");
+        let status = r.core.status_text();
+        for k in ["snapshots_abandoned=1\n", "snapshots_client_gone=3\n", "snapshot_send_errors=1\n"] {
+            assert!(status.contains(k), "{k} in {status}");
+        }
     }
 
     #[test]

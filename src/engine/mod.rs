@@ -24,7 +24,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::agent::{
+    AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, IntervalMarks, RunSpec, Runner, StopFlag,
+};
 use crate::link::{LinkBoard, LinkWatch};
 use crate::metrics::collector::{Collected, Collector, CollectorOutputs, IntervalLog, SharedLatency, WorkerReport};
 use crate::metrics::http::MetricsServer;
@@ -333,11 +335,14 @@ impl Engine {
                 move || shards.iter().map(|c| c.gaps.load(Relaxed)).collect()
             }),
         };
+        // The agents `/metrics` and the status list, their busy share taken per interval.
+        let marks = Arc::new(IntervalMarks::default());
         let collector = Runner::start(
             RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }),
             StopFlag::new(),
             Collector::new(rx, spare_txs, cfg.shards.len(), metrics_interval_ns.clone(), latency.clone(), outputs)
-                .with_interval_log(interval_log),
+                .with_interval_log(interval_log)
+                .with_interval_marks(marks.clone()),
         )?;
         // From here an early return drops `engine`, which stops and joins
         // whatever was already started.
@@ -461,6 +466,11 @@ impl Engine {
             engine.readers.push(Runner::start(spec, stop.clone(), agent)?);
         }
         drop(screams);
+        let readers = engine.readers.iter().map(|h| h.counters());
+        let workers = engine.workers.iter().map(|h| h.counters());
+        for c in readers.chain(workers).chain(engine.collector.iter().map(|h| h.counters())) {
+            marks.watch(c.clone());
+        }
         if let Some(addr) = cfg.outputs.listen {
             engine.start_metrics_http(addr, cfg.outputs.metrics_access.clone())?;
         }

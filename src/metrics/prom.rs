@@ -444,8 +444,8 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         &mut s,
         "mdsub_agent_busy_ratio",
         "gauge",
-        "Share of its wall time the agent's thread was on a CPU.",
-        |a| a.busy_fraction(),
+        "Share of the last metrics interval the agent's thread was on a CPU (rate() the CPU counter for other windows).",
+        |a| a.recent_busy(),
     );
     agent_metric(&mut s, "mdsub_agent_work_total", "counter", "Items the agent processed.", |a| a.work as f64);
     agent_metric(
@@ -659,7 +659,14 @@ mod tests {
         let live = EngineLive {
             engine_id: "e\"1".into(),
             shards: vec![ShardLive { received: 7, beyond_sent: 5, ..Default::default() }, ShardLive::default()],
-            agents: vec![AgentStats { role: "worker0".into(), cpu_ns: 2_000_000_000, ..Default::default() }],
+            // Busy half of its run, idle over the last interval: the gauge is the interval's.
+            agents: vec![AgentStats {
+                role: "worker0".into(),
+                cpu_ns: 2_000_000_000,
+                wall_ns: 4_000_000_000,
+                interval_busy: Some(0.0),
+                ..Default::default()
+            }],
             metrics_dropped: 0,
             snail: vec![crate::snail::SiteReport {
                 role: "worker0".into(),
@@ -701,6 +708,7 @@ mod tests {
         assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");
         assert!(t.contains("stage=\"total\",le=\"0.000005\"} 1"), "{t}");
         assert!(t.contains("mdsub_agent_cpu_seconds_total{engine=\"e\\\"1\",agent=\"worker0\"} 2"), "{t}");
+        assert!(t.contains("mdsub_agent_busy_ratio{engine=\"e\\\"1\",agent=\"worker0\"} 0\n"), "{t}");
         assert!(t.contains("quantile=\"0.99\"} 0.000003"), "{t}");
         // Shard 0's interval was idle: no quantile, not 0 (before: `0`, a p99 panel fell to 0 s).
         for q in ["0.5", "0.99", "0.999", "1"] {
