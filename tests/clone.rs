@@ -1976,3 +1976,103 @@ fn a_client_of_the_passive_server_alone_is_told_it_is_passive() {
     assert!(err.contains(&format!("{} answers as passive", ep(bp))), "{err}");
     assert!(err.contains("no active server answered"), "{err}");
 }
+
+/// A fsync of the update log that takes 3 s (a busy disk; here a sync the test holds) must not
+/// stop the serving thread. Before, the fsync ran inline: for its whole length the active server
+/// sent no HUGZ and no heartbeat, answered no STATUS or snapshot request, acknowledged no update,
+/// then took its own stall for a pause of the process (`did not run for … (SIGSTOP, a VM pause)`)
+/// and held itself two heartbeats more. Now the syncer thread runs it: everything keeps going,
+/// and the slow sync is counted and said once it is done.
+#[test]
+fn a_slow_log_fsync_does_not_stop_the_server() {
+    use mdsub::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+    use mdsub::clone::bstar::Role;
+    use mdsub::clone::server::{PairConfig, Server, ServerConfig};
+
+    const HELD: Duration = Duration::from_secs(3);
+    let dir = common::temp_dir("clone-slow-sync");
+    let (pp, bp) = (free_port_block(4), free_port_block(4));
+    let _back = backup(bp, pp, &["--heartbeat-interval", "100ms"]);
+    let cfg = ServerConfig {
+        port: pp,
+        pair: Some(PairConfig {
+            role: Role::Primary,
+            peer: ep(bp),
+            peer_state: ep(bp + 3),
+            state_bind: ep(pp + 3),
+            heartbeat_ms: 100,
+        }),
+        data_dir: Some(dir.to_path_buf()),
+        hugz_interval_ms: 100,
+        fsync_interval_ms: 10,
+        verbose: false,
+        ..ServerConfig::default()
+    };
+    // The first sync with records to make durable is held until the test lets it go.
+    let (entered_tx, entered) = crossbeam::channel::bounded::<()>(1);
+    let (release, released) = crossbeam::channel::bounded::<()>(1);
+    let mut first = true;
+    let sync: mdsub::clone::syncer::LogSync = Box::new(move |f: &std::fs::File| {
+        if std::mem::take(&mut first) {
+            let _ = entered_tx.send(());
+            let _ = released.recv_timeout(Duration::from_secs(30));
+        }
+        f.sync_data()
+    });
+    let server = Server::with_log_sync(cfg, Default::default(), sync).expect("primary starts");
+    let stop = StopFlag::new();
+    let handle = Runner::start(RunSpec::unpinned(IdleStrategy::default()), stop.clone(), server).expect("runs");
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+
+    let ctx = zmq::Context::new();
+    // What a client's --silence watches: any KVPUB or HUGZ.
+    let feed = ctx.socket(zmq::SUB).expect("sub");
+    feed.set_linger(0).expect("linger");
+    feed.set_subscribe(b"").expect("subscribe");
+    feed.connect(&ep(pp + 1)).expect("connect");
+    let c = synced(&[pp, bp], "/slow/");
+    let u = c.set("/slow/first", "1", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(5)).expect("acknowledged");
+    entered.recv_timeout(Duration::from_secs(10)).expect("the server asked for a sync of its log");
+
+    // While the sync is held: the feed keeps going (updates, HUGZ when idle), STATUS is answered, snapshots are served,
+    // updates are acknowledged, and the backup does not take over.
+    let end = Instant::now() + HELD;
+    let (mut heard, mut longest_gap, mut last) = (0u32, Duration::ZERO, Instant::now());
+    let mut k = 0;
+    while Instant::now() < end {
+        if feed.poll(zmq::POLLIN, 0).expect("poll") > 0 {
+            feed.recv_multipart(0).expect("recv");
+            heard += 1;
+            longest_gap = longest_gap.max(last.elapsed());
+            last = Instant::now();
+            continue;
+        }
+        let st = status(pp);
+        assert_eq!(st.get("state").map(String::as_str), Some("active"), "STATUS answered while the sync is held");
+        assert_eq!(st.get("syncs").map(String::as_str), Some("0"), "the sync is still held");
+        assert_eq!(status(bp).get("state").map(String::as_str), Some("passive"), "the backup did not take over");
+        k += 1;
+        let u = c.set(format!("/slow/{k}"), "v", None).expect("set");
+        c.wait_acked(u, Duration::from_secs(1)).expect("an update is acknowledged within 1 s while the sync is held");
+        assert_eq!(snapshot_of(pp).len(), k + 1, "a snapshot is served while the sync is held");
+    }
+    longest_gap = longest_gap.max(last.elapsed());
+    assert!(heard >= 10 && longest_gap < Duration::from_secs(1), "heard {heard}, longest silence {longest_gap:?}");
+
+    release.send(()).expect("let the sync go");
+    wait_until(Duration::from_secs(5), "the slow sync to be counted", || {
+        status(pp).get("slow_syncs").map(String::as_str) == Some("1")
+    });
+    let st = status(pp);
+    let longest: u64 = st.get("longest_sync_ms").and_then(|v| v.parse().ok()).expect("longest_sync_ms");
+    assert!(longest >= HELD.as_millis() as u64, "longest_sync_ms={longest}");
+    for key in ["pauses", "disk_stalls", "sync_failures"] {
+        assert_eq!(st.get(key).map(String::as_str), Some("0"), "{key}: {st:?}");
+    }
+    assert_eq!(st.get("state").map(String::as_str), Some("active"));
+    drop(c);
+    stop.stop();
+    handle.join().expect("the primary stops cleanly");
+}

@@ -15,9 +15,11 @@
 //!
 //! **fsync choice**: the server hands records to the OS (flushes the user-space buffer) after each
 //! batch of updates and *before* it publishes them (a KVPUB is the client's acknowledgement), and
-//! `fsync`s at most once per `fsync_interval` (1 s by default) and on clean stop. So a crash of
+//! asks for an `fsync` once per `fsync_interval` (1 s by default) and on clean stop. So a crash of
 //! the *process* (kill -9) loses no acknowledged update; a crash of the *machine* (power, kernel)
-//! can lose up to the last second of updates.
+//! can lose up to the last second of updates, or the length of an fsync that took longer (said and
+//! counted, see [`super::syncer`]). The periodic fsync runs on the server's syncer thread
+//! ([`Store::log_handle`], [`Store::take_unsynced`]), never on the serving one.
 //! Clients that re-send un-acknowledged updates after a failover cover part of that window.
 
 use std::fs::{File, OpenOptions};
@@ -116,6 +118,7 @@ pub struct Store {
     _lock: File,
     log: BufWriter<File>,
     log_records: u64,
+    /// Records handed to the OS (or buffered) since the last fsync was asked for.
     dirty: bool,
     /// Length of the log once its last successful flush reached the OS: what
     /// [`Store::rollback`] cuts back to.
@@ -538,7 +541,11 @@ impl Store {
     pub fn flush(&mut self) -> Result<(), PersistError> {
         let path = self.dir.join("log");
         self.log.flush().map_err(io_err(&path, "flushing"))?;
-        self.good_len = self.log.get_mut().stream_position().map_err(io_err(&path, "reading the log position"))?;
+        let at = self.log.get_mut().stream_position().map_err(io_err(&path, "reading the log position"))?;
+        // Records reached the OS: the next fsync has something to do (records buffered when an
+        // fsync was asked for are not lost to it).
+        self.dirty |= at != self.good_len;
+        self.good_len = at;
         Ok(())
     }
 
@@ -562,6 +569,25 @@ impl Store {
         f.set_len(self.good_len).map_err(io_err(&path, context))?;
         f.seek(SeekFrom::Start(self.good_len)).map_err(io_err(&path, "seeking the log"))?;
         Ok(())
+    }
+
+    /// A second handle on the log's file, for the syncer thread's `fdatasync`: the same open
+    /// file, so a sync through it makes durable what this store flushed (the file is never
+    /// replaced while the store is open; a snapshot cuts it in place).
+    pub fn log_handle(&self) -> Result<File, PersistError> {
+        self.log.get_ref().try_clone().map_err(io_err(&self.dir.join("log"), "opening a second handle on the log"))
+    }
+
+    /// Whether records were written since the last call (or [`Store::sync`]): an fsync has
+    /// something to make durable. The caller that gets `true` owns that fsync; if it fails, it
+    /// calls [`Store::mark_unsynced`] so the next one is tried.
+    pub fn take_unsynced(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// An fsync asked for after [`Store::take_unsynced`] failed: the next one must be tried.
+    pub fn mark_unsynced(&mut self) {
+        self.dirty = true;
     }
 
     /// Flush and fsync the log (survives a machine crash).
