@@ -431,6 +431,8 @@ pub struct SequenceTracker {
     /// Topics held across all sessions, and the most it may hold ([`MAX_TRACKED_TOPICS`]).
     topics: usize,
     max_topics: usize,
+    /// The most publishers held at once ([`MAX_PUBLISHERS`]; fewer in tests).
+    max_publishers: usize,
     /// When ([`Session::heard`]'s clock) the last end of stream of a session that sent no data
     /// of its own came, on a full subscription: it speaks for the frames of other sessions (a
     /// verbatim capture replay's), whatever their publisher id. 0: none.
@@ -471,6 +473,7 @@ impl SequenceTracker {
             conflicts: Vec::new(),
             topics: 0,
             max_topics,
+            max_publishers: MAX_PUBLISHERS,
             spokesman_heard: 0,
             index: IndexMap::default(),
             publisher_index: IndexMap::default(),
@@ -535,7 +538,7 @@ impl SequenceTracker {
         if let Some(p) = self.publisher_of(id) {
             return Some(p);
         }
-        while self.publishers.len() >= MAX_PUBLISHERS {
+        while self.publishers.len() >= self.max_publishers {
             if !self.forget_one_ended(id) {
                 self.over_limit_cause = OverLimit::Publishers { publisher_id: id, live: self.publishers.len() };
                 return None;
@@ -1502,6 +1505,124 @@ mod tests {
         t.sessions.iter().map(|s| s.topics.len()).sum()
     }
 
+    /// The maps beside the lists say what the lists hold: every session and publisher is
+    /// found at its index, and each publisher's session ids are exactly its sessions.
+    fn maps_agree(t: &SequenceTracker) -> Result<(), String> {
+        if t.index.len() != t.sessions.len() || t.publisher_index.len() != t.publishers.len() {
+            return Err(format!("{} / {} indexed", t.index.len(), t.publisher_index.len()));
+        }
+        for (i, s) in t.sessions.iter().enumerate() {
+            if t.index.get(&(s.publisher_id, s.session_id)) != Some(&i) {
+                return Err(format!("session {i} not found at its index"));
+            }
+            let p = t.publisher_of(s.publisher_id).ok_or("a session without its publisher")?;
+            if !t.publishers[p].sessions.contains(&s.session_id) {
+                return Err(format!("session {i} not in its publisher's list"));
+            }
+        }
+        for (p, st) in t.publishers.iter().enumerate() {
+            if t.publisher_index.get(&st.publisher_id) != Some(&p) || st.sessions.len() > MAX_SESSIONS_PER_ID {
+                return Err(format!("publisher {p}"));
+            }
+        }
+        if t.publishers.len() > t.max_publishers || t.forgotten.len() != t.forgotten_set.len() {
+            return Err("over the bounds".into());
+        }
+        Ok(())
+    }
+
+    /// The reviewer's churn: thousands of publishers, each one session of one frame and its end
+    /// of stream. Before, the 1025th was dropped for good (`over_limit`) and every frame paid a
+    /// scan of all that ever came. Now an ended publisher gives its place back, every count
+    /// stays as it was, and a late frame of a forgotten session is counted, not taken for new.
+    #[test]
+    fn thousands_of_ended_publishers_give_their_places_back() {
+        let n = 5 * MAX_PUBLISHERS as u32;
+        let mut t = SequenceTracker::new(true);
+        for id in 0..n {
+            assert!(t.on_data(&h(id, 1000 + u64::from(id), 1, 1), format!("T{}", id % 50).as_bytes()).accept, "{id}");
+            assert!(t.on_end_of_stream(&h(id, 1000 + u64::from(id), 1, 0), 1));
+        }
+        let tot = t.totals();
+        assert_eq!((tot.accepted, tot.eos_sessions, tot.eos_sent, tot.over_limit, tot.gaps), (5120, 5120, 5120, 0, 0));
+        assert!(t.publishers() <= MAX_PUBLISHERS);
+        assert!(t.topics() <= MAX_PUBLISHERS, "ended publishers' topics went back with them");
+        assert!(!t.any_open());
+        maps_agree(&t).unwrap();
+        // A new publisher is taken, and its loss seen.
+        assert!(t.on_data(&h(n, 1, 1, 1), b"NEW").accept);
+        assert_eq!(t.on_data(&h(n, 1, 3, 2), b"NEW").missed, 1);
+        // The last to end is still held: a late frame of it is judged (a duplicate).
+        assert!(!t.on_data(&h(n - 1, 1000 + u64::from(n - 1), 1, 1), format!("T{}", (n - 1) % 50).as_bytes()).accept);
+        assert_eq!(t.totals().duplicates, 1);
+        // A forgotten one: dropped and counted as after its end, not a new publisher; its end
+        // of stream again counts nothing.
+        assert!(!t.on_data(&h(n - 4000, 1000 + u64::from(n - 4000), 1, 1), b"T0").accept);
+        assert!(!t.on_end_of_stream(&h(n - 4000, 1000 + u64::from(n - 4000), 1, 0), 1));
+        let tot = t.totals();
+        assert_eq!((tot.after_end, tot.eos_sessions, tot.before_first, tot.restarts), (1, 5120, 0, 0), "{tot:?}");
+        maps_agree(&t).unwrap();
+    }
+
+    /// Live publishers hold their places: past MAX_PUBLISHERS live ones, a new one is dropped,
+    /// counted by limit with its data apart (no end-of-stream count covers it), and the cause
+    /// names the limit and the id. A publisher whose old session ended by a restart (counted at
+    /// its own end of stream) and whose new one ended has ended as a whole.
+    #[test]
+    fn over_the_publisher_limit_is_counted_by_limit_and_cause() {
+        let mut t = SequenceTracker::new(true);
+        // Publisher 0 restarts (session 1 unended, 3 sent), then ends session 2.
+        for s in 1..=3 {
+            t.on_data(&h(0, 1, s, s), b"A");
+        }
+        t.on_data(&h(0, 2, 1, 1), b"A");
+        assert!(t.on_end_of_stream(&h(0, 2, 1, 0), 1));
+        for id in 1..MAX_PUBLISHERS as u32 {
+            assert!(t.on_data(&h(id, 7, 1, 1), b"A").accept);
+        }
+        // Publisher 0 ended: it makes room for one more.
+        assert!(t.on_data(&h(5000, 7, 1, 1), b"A").accept);
+        assert_eq!(t.over_limit_cause(), OverLimit::None);
+        // The rest are live: the next is over the limit.
+        assert!(!t.on_data(&h(5001, 7, 1, 1), b"A").accept);
+        assert!(!t.on_data(&h(5001, 7, 2, 2), b"A").accept);
+        assert!(!t.on_end_of_stream(&h(5001, 7, 2, 0), 2));
+        assert!(t.on_data(&h(1, 7, 2, 2), b"A").accept, "the publishers held go on");
+        let tot = t.totals();
+        assert_eq!(
+            (tot.over_limit, tot.over_limit_publishers, tot.over_limit_data, tot.over_limit_topics),
+            (3, 3, 2, 0),
+            "{tot:?}"
+        );
+        assert_eq!((tot.unended_sessions, tot.unended_sent, tot.eos_sent), (1, 3, 1), "folded before it went");
+        assert_eq!(t.over_limit_cause(), OverLimit::Publishers { publisher_id: 5001, live: MAX_PUBLISHERS });
+        let said = t.over_limit_cause().to_string();
+        assert!(said.starts_with("publisher 5001: 1024 publishers are live"), "{said}");
+        // One of them ends: the next new one is taken.
+        assert!(t.on_end_of_stream(&h(7, 7, 1, 0), 1));
+        assert!(t.on_data(&h(5002, 7, 1, 1), b"A").accept);
+        maps_agree(&t).unwrap();
+    }
+
+    /// The topic budget bounds the topics of live sessions: ended publishers give theirs back
+    /// when a new topic needs them; past it the cause names the limit and the session.
+    #[test]
+    fn ended_publishers_give_their_topics_back_to_the_budget() {
+        let mut t = SequenceTracker::with_max_topics(true, 4);
+        for id in 0..4 {
+            assert!(t.on_data(&h(id, 9, 1, 1), b"A").accept);
+        }
+        assert!(!t.on_data(&h(9, 9, 1, 1), b"A").accept, "all four live");
+        assert_eq!(t.over_limit_cause(), OverLimit::Topics { publisher_id: 9, session_id: 9, session: false, max: 4 });
+        assert!(t.on_end_of_stream(&h(2, 9, 1, 0), 1));
+        assert!(t.on_data(&h(9, 9, 2, 2), b"B").accept, "publisher 2 ended: its topic came back");
+        assert!(!t.on_data(&h(9, 9, 3, 1), b"C").accept);
+        let tot = t.totals();
+        assert_eq!((tot.over_limit, tot.over_limit_topics, tot.over_limit_publishers), (2, 2, 0), "{tot:?}");
+        assert_eq!((t.topics(), held(&t)), (4, 4));
+        maps_agree(&t).unwrap();
+    }
+
     /// The tracker's topic budget holds across publishers and sessions: a new topic past it is
     /// dropped as over the limit while the topics held go on being checked, and a session that
     /// ended and was replaced, or that made room for a later one, gives its topics back.
@@ -1544,14 +1665,24 @@ mod tests {
         {
             let mut t = SequenceTracker::new(full);
             let mut small = SequenceTracker::with_max_topics(full, max_topics);
+            // Two publishers at most: ended ones are forgotten to make room.
+            let mut few = SequenceTracker::with_max_topics(full, max_topics);
+            few.max_publishers = 2;
             for (p, s, ss, ts, cache, eos, topic) in frames {
                 let mut hd = h(p, s, ss, ts);
                 if cache { hd.flags = FLAG_FROM_CACHE; }
-                for t in [&mut t, &mut small] {
+                for t in [&mut t, &mut small, &mut few] {
                     if eos { t.on_end_of_stream(&hd, ss); } else { t.on_data(&hd, &[b'A' + topic]); }
                 }
                 prop_assert_eq!(small.topics(), held(&small), "the count of topics held is exact");
                 prop_assert!(small.topics() <= max_topics);
+                prop_assert_eq!(few.topics(), held(&few));
+                prop_assert!(few.topics() <= max_topics);
+                for t in [&t, &small, &few] {
+                    prop_assert_eq!(maps_agree(t), Ok(()));
+                }
+                let tot = few.totals();
+                prop_assert_eq!(tot.over_limit, tot.over_limit_publishers + tot.over_limit_topics);
             }
             let tot = t.totals();
             prop_assert!(tot.accepted <= 200);
