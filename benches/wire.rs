@@ -84,7 +84,8 @@ fn bench(c: &mut Criterion) {
     let topics = mdsub::feed::symbol_names(100);
     let mut g = c.benchmark_group("sequence_tracker");
     g.throughput(Throughput::Elements(10_000));
-    for (name, ended, live) in [("one_publisher", 0u32, 1u32), ("after_1000_ended", 1000, 1), ("two_publishers", 0, 2)] {
+    for (name, ended, live) in [("one_publisher", 0u32, 1u32), ("after_1000_ended", 1000, 1), ("two_publishers", 0, 2)]
+    {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || {

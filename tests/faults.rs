@@ -223,8 +223,8 @@ fn a_churn_of_publishers_that_end_never_locks_new_ones_out() {
     let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
     let ep = engine.said_after("shard0: bound ");
     let ctx = zmq::Context::new();
-    let xpub = ctx.socket(zmq::XPUB).expect("xpub");
-    xpub.set_xpub_nodrop(true).expect("nodrop");
+    let mut xpub = ctx.socket(zmq::XPUB).expect("xpub");
+    mdsub::zmqx::set_xpub_nodrop(&mut xpub, true).expect("nodrop");
     xpub.set_sndhwm(0).expect("sndhwm");
     xpub.connect(&ep).expect("connect");
     // The engine takes every topic: its subscription to all of them is `[1]` alone.

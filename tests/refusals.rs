@@ -206,7 +206,7 @@ fn implausible_sequences_and_publishers_over_the_limit_are_refused() {
     // The line names the limit and the first publisher over it.
     let first = format!(
         "shard0-reader: refused (over_limit_publishers): publisher {}: {MAX_PUBLISHERS} publishers are live",
-        MAX_PUBLISHERS + 1
+        MAX_PUBLISHERS
     );
     assert!(said.iter().any(|l| l.starts_with(&first)), "{said:?}");
     // Their data frames are lost, not hidden by a loss of 0.
