@@ -931,10 +931,13 @@ impl SequenceTracker {
         // position (a first frame claiming 2^60 sent is not counted as 2^60 messages). Not for
         // an id seen shared: more publishers than it keeps sessions for push each other out,
         // and each coming back would count its whole stream again.
-        if !from_cache && !s.live_seen && full && h.stream_seq <= MAX_SEQ_JUMP {
-            if !self.publisher_index.get(&h.publisher_id).is_some_and(|&p| self.publishers[p].shared) {
-                self.totals.before_first = self.totals.before_first.saturating_add(h.stream_seq.saturating_sub(1));
-            }
+        if !from_cache
+            && !s.live_seen
+            && full
+            && h.stream_seq <= MAX_SEQ_JUMP
+            && !self.publisher_index.get(&h.publisher_id).is_some_and(|&p| self.publishers[p].shared)
+        {
+            self.totals.before_first = self.totals.before_first.saturating_add(h.stream_seq.saturating_sub(1));
         }
         s.live_seen |= !from_cache;
         // A live frame's stream sequence must be believable before anything changes.
