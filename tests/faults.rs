@@ -205,3 +205,51 @@ fn drops_on_purpose_count_alike_in_a_session_that_ended_and_one_restarted_away()
     assert_eq!(u(&r, "lost"), left_out, "both sessions' drops, not one's: {r}");
     assert_eq!(u(&r, "delivered") + u(&r, "lost"), u(&r, "sent"), "{r}");
 }
+
+/// The soak's churn (review 18): one connection to a bound shard sends a publisher id per
+/// session, each one frame and its end of stream, more ids than a reader tracks at once, then a
+/// new publisher sends ten. Before, every id past `MAX_PUBLISHERS` was dropped for good as
+/// `over_limit` (their ends of stream too, so the run never heard them all and `lost` read 0);
+/// now an ended publisher gives its place back and every message is delivered and counted.
+#[test]
+fn a_churn_of_publishers_that_end_never_locks_new_ones_out() {
+    use mdsub::engine::sequence::MAX_PUBLISHERS;
+    use mdsub::wire::{encode, Header, Kind, CONTROL_TOPIC};
+    let churn = MAX_PUBLISHERS as u32 + 200;
+    let mut cmd = mdsub();
+    let sessions = (churn + 1).to_string();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(["--expect-eos", &sessions]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let ep = engine.said_after("shard0: bound ");
+    let ctx = zmq::Context::new();
+    let mut xpub = ctx.socket(zmq::XPUB).expect("xpub");
+    mdsub::zmqx::set_xpub_nodrop(&mut xpub, true).expect("nodrop");
+    xpub.set_sndhwm(0).expect("sndhwm");
+    xpub.connect(&ep).expect("connect");
+    // The engine takes every topic: its subscription to all of them is `[1]` alone.
+    wait_until(Duration::from_secs(20), "the engine's subscription", || {
+        xpub.poll(zmq::POLLIN, 100).expect("poll") > 0 && xpub.recv_bytes(0).expect("sub") == [1]
+    });
+    let now = mdsub::clock::realtime_ns;
+    for id in 0..=churn {
+        let frames = if id == churn { 10 } else { 1 };
+        let session_id = 1000 + u64::from(id);
+        let topic = format!("T{}", id % 50);
+        for seq in 1..=frames {
+            let h = Header { publisher_id: id, session_id, ..Header::data(seq, now()) };
+            xpub.send(encode(topic.as_bytes(), &h, b"x"), 0).expect("send");
+        }
+        let eos = Header { kind: Kind::EndOfStream, publisher_id: id, session_id, ..Header::data(frames, now()) };
+        xpub.send(encode(CONTROL_TOPIC, &eos, &frames.to_le_bytes()), 0).expect("eos");
+    }
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let sent = u64::from(churn) + 10;
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (sent, sent, 0), "{r}");
+    assert_eq!(r["interrupted"], false, "every end of stream heard: {r}");
+    for reason in ["over_limit_publishers", "over_limit_topics", "after_end"] {
+        assert_eq!(r["bad_frames"][reason], 0, "{reason}: {r}");
+    }
+}

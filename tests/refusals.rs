@@ -198,11 +198,20 @@ fn implausible_sequences_and_publishers_over_the_limit_are_refused() {
     assert!(status.success(), "{said:?}");
     let v: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
     assert_eq!(v["bad_frames"]["implausible_sequence"], 1, "{report}");
-    assert_eq!(v["bad_frames"]["over_limit"], 4, "{report}");
-    for reason in ["implausible_sequence", "over_limit"] {
+    assert_eq!(v["bad_frames"]["over_limit_publishers"], 4, "{report}");
+    for reason in ["implausible_sequence", "over_limit_publishers"] {
         let n = said.iter().filter(|l| l.starts_with(&format!("shard0-reader: refused ({reason}): "))).count();
         assert_eq!(n, 1, "the first {reason} said once: {said:?}");
     }
+    // The line names the limit and the first publisher over it.
+    let first = format!(
+        "shard0-reader: refused (over_limit_publishers): publisher {}: {MAX_PUBLISHERS} publishers are live",
+        MAX_PUBLISHERS
+    );
+    assert!(said.iter().any(|l| l.starts_with(&first)), "{said:?}");
+    // Their data frames are lost, not hidden by a loss of 0.
+    assert_eq!(v["over_limit_lost"], 4, "{report}");
+    assert_eq!(v["lost"], 4, "{report}");
 }
 
 /// A standalone clone server on a fresh port block, its stderr lines on a channel.

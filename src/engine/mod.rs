@@ -849,7 +849,11 @@ impl Engine {
                 // (accepted, or dropped for order: late, not lost); plus what a resting worker
                 // skipped.
                 let missing = sum(&|c| shard_loss(c).unwrap_or(0));
-                (Some(missing + forwarded.saturating_sub(delivered).min(rested)), "end-of-stream counts".to_string())
+                let lost = Some(missing + forwarded.saturating_sub(delivered).min(rested));
+                match sum(&|c| c.over_limit_data.load(Relaxed)) {
+                    0 => (lost, "end-of-stream counts".to_string()),
+                    n => (lost, crate::metrics::over_limit_basis(n)),
+                }
             }
             (true, false) => (None, "unknown: topics are filtered (gaps are counted by topic sequence)".to_string()),
             (false, _) => match waited {
@@ -882,6 +886,7 @@ impl Engine {
             not_handled,
             lost,
             beyond_sent,
+            over_limit_lost: lost.map_or(0, |_| sum(&|c| c.over_limit_data.load(Relaxed))),
             loss_basis,
             counts,
             msgs_per_sec,
@@ -1040,10 +1045,13 @@ fn refused_of(c: &WorkerCounters, reasons: &[&'static str]) -> Vec<(&'static str
 }
 
 /// A shard's loss from its counters ([`crate::metrics::loss_of`]): what its publishers said
-/// they sent, less what arrived (handed on, or dropped for order); `Err`: that many arrived
-/// beyond what they said.
+/// they sent, less what arrived (handed on, or dropped for order), plus the data frames of
+/// publishers over the reader's limit (dropped unjudged, their ends of stream too, so no count
+/// covers them: a floor of what those publishers lost); `Err`: that many arrived beyond what
+/// they said.
 fn shard_loss(c: &ShardCounters) -> Result<u64, u64> {
     crate::metrics::loss_of(c.sent(), c.forwarded.load(Relaxed), c.reordered.load(Relaxed))
+        .map(|lost| lost.saturating_add(c.over_limit_data.load(Relaxed)))
 }
 
 /// What arrived on a shard beyond what its publishers' ends of stream say they sent, once one
@@ -1058,7 +1066,9 @@ fn counts_of(c: &ShardCounters) -> SequenceCounts {
     let mut bad_frames: std::collections::BTreeMap<String, u64> =
         DROP_REASON_NAMES.iter().enumerate().map(|(r, name)| (name.to_string(), c.bad[r].load(Relaxed))).collect();
     bad_frames.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
-    bad_frames.insert("over_limit".into(), c.over_limit.load(Relaxed));
+    bad_frames.insert("over_limit_publishers".into(), c.over_limit_publishers.load(Relaxed));
+    bad_frames.insert("over_limit_topics".into(), c.over_limit_topics.load(Relaxed));
+    bad_frames.insert("after_end".into(), c.after_end.load(Relaxed));
     SequenceCounts {
         before_first: c.before_first.load(Relaxed),
         gaps: c.gaps.load(Relaxed),

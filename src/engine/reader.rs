@@ -93,9 +93,16 @@ pub struct ShardCounters {
     pub id_conflicts: AtomicU64,
     /// Malformed frames by [`wire::DecodeError::reason`].
     pub bad: [AtomicU64; DROP_REASONS],
-    /// Dropped by the sequence checks as implausible jumps / over state limits.
+    /// Dropped by the sequence checks as implausible jumps / over state limits (publishers
+    /// live, topics) / after their session ended and was forgotten
+    /// ([`super::sequence::SequenceTotals`]).
     pub implausible: AtomicU64,
-    pub over_limit: AtomicU64,
+    pub over_limit_publishers: AtomicU64,
+    pub over_limit_topics: AtomicU64,
+    pub after_end: AtomicU64,
+    /// Of `over_limit_publishers`, the data frames: no end-of-stream count covers them, so
+    /// they are lost on top of what the counts say ([`super::sequence::SequenceTotals::over_limit_data`]).
+    pub over_limit_data: AtomicU64,
     /// Distinct publisher sessions whose end of stream arrived, and the sum of
     /// the `sent` counts they carried.
     pub eos_sessions: AtomicU64,
@@ -264,9 +271,11 @@ pub struct Checks {
     /// Refused frames by reason, and the line due to be said ([`Checks::take_refusal_line`]).
     refusals: Refusals,
     refusal_line: Option<String>,
-    /// The tracker's implausible / over-limit drops already counted as refusals.
+    /// The tracker's implausible / over-limit / after-end drops already counted as refusals.
     refused_implausible: u64,
-    refused_over_limit: u64,
+    refused_over_publishers: u64,
+    refused_over_topics: u64,
+    refused_after_end: u64,
 }
 
 impl Checks {
@@ -296,7 +305,9 @@ impl Checks {
             refusals: Refusals::new("reader", SUMMARY_INTERVAL_NS),
             refusal_line: None,
             refused_implausible: 0,
-            refused_over_limit: 0,
+            refused_over_publishers: 0,
+            refused_over_topics: 0,
+            refused_after_end: 0,
         }
     }
 
@@ -315,8 +326,10 @@ impl Checks {
         }
     }
 
-    /// A data frame the sequence checks did not accept: a duplicate (not a refusal), or an
-    /// implausible jump / over a state limit (refusals, counted by the tracker too).
+    /// A frame the sequence checks did not accept: a duplicate (not a refusal), or an
+    /// implausible jump, over a state limit or after its session was forgotten (refusals,
+    /// counted by the tracker too). Over a limit, the first line of each limit names it and
+    /// whose frame it was ([`super::sequence::OverLimit`]).
     #[cold]
     fn not_accepted(&mut self, now_ns: u64) {
         let t = self.tracker.totals();
@@ -324,9 +337,23 @@ impl Checks {
             self.refused_implausible = t.implausible;
             self.refused("implausible_sequence", &"a stream or topic sequence jumped implausibly far", now_ns);
         }
-        if t.over_limit > self.refused_over_limit {
-            self.refused_over_limit = t.over_limit;
-            self.refused("over_limit", &"more publishers or topics than the sequence tracker holds", now_ns);
+        let cause = self.tracker.over_limit_cause();
+        if t.over_limit_publishers > self.refused_over_publishers {
+            self.refused_over_publishers = t.over_limit_publishers;
+            self.refused("over_limit_publishers", &cause, now_ns);
+        }
+        if t.over_limit_topics > self.refused_over_topics {
+            self.refused_over_topics = t.over_limit_topics;
+            self.refused("over_limit_topics", &cause, now_ns);
+        }
+        if t.after_end > self.refused_after_end {
+            self.refused_after_end = t.after_end;
+            self.refused(
+                "after_end",
+                &"a frame of a publisher session that had ended (its end of stream heard) and was forgotten \
+                  to make room: too late to tell a duplicate from a late frame",
+                now_ns,
+            );
         }
     }
 
@@ -468,7 +495,10 @@ impl Checks {
                     Ok(b) => u64::from_le_bytes(b),
                     Err(_) => view.header.stream_seq,
                 };
-                self.tracker.on_end_of_stream(&view.header, sent);
+                if !self.tracker.on_end_of_stream(&view.header, sent) {
+                    // A repeat, or over the publishers limit (a refusal).
+                    self.not_accepted(recv_ns);
+                }
                 // Quiet is expected only when no other publisher of the shard is still open
                 // (`--endpoint EP1,EP2`: one's end says nothing of the other's stall).
                 self.quiet_by_right = !self.tracker.any_open();
@@ -566,7 +596,10 @@ impl Checks {
             (&c.restarts, t.restarts),
             (&c.id_conflicts, t.id_conflicts),
             (&c.implausible, t.implausible),
-            (&c.over_limit, t.over_limit),
+            (&c.over_limit_publishers, t.over_limit_publishers),
+            (&c.over_limit_topics, t.over_limit_topics),
+            (&c.over_limit_data, t.over_limit_data),
+            (&c.after_end, t.after_end),
             (&c.eos_sessions, t.eos_sessions),
             (&c.eos_sent, t.eos_sent),
             (&c.before_first, t.before_first),
