@@ -679,6 +679,18 @@ fn two_streams_across_the_first_end(a: &zmq::Socket, b: &zmq::Socket, metrics: &
     b.send(end_frame(2, 22, 100, 100), 0).expect("send eos");
 }
 
+/// The engine's report once both streams of [`two_streams_across_the_first_end`] ended: every
+/// message of both counted, and the engine ended on the second end of stream.
+fn both_streams_counted(engine: LineProc) -> serde_json::Value {
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (200, 200, 0), "{r}");
+    assert_eq!((u(&r, "unended_sessions"), u(&r, "beyond_sent")), (0, 0), "{r}");
+    assert_eq!(r["interrupted"], false, "it ended on the second end of stream: {r}");
+    r
+}
+
 /// Two publishers connect to one bound shard; the first ends its stream while the second still
 /// sends. Before, the shard ended at the first end of stream (one per bound endpoint): the
 /// second publisher's messages were in no count (`sent 100, delivered 150, lost 0`). Now a
@@ -691,12 +703,7 @@ fn a_bound_shard_waits_for_the_end_of_stream_of_every_publisher_connected_to_it(
     let ctx = zmq::Context::new();
     let (a, b) = (connected_publisher(&ctx, &ep), connected_publisher(&ctx, &ep));
     two_streams_across_the_first_end(&a, &b, &metrics);
-    let (status, out) = engine.finish(Duration::from_secs(60));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
-    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (200, 200, 0), "{r}");
-    assert_eq!((u(&r, "unended_sessions"), u(&r, "beyond_sent")), (0, 0), "{r}");
-    assert_eq!(r["interrupted"], false, "it ended on the second end of stream: {r}");
+    let r = both_streams_counted(engine);
     assert_eq!(u(&r["shards"][0], "publisher_connects"), 2, "{r}");
 }
 
@@ -720,12 +727,7 @@ fn a_connected_shard_behind_a_proxy_waits_for_every_publisher_session_it_saw() {
     let metrics = metrics_addr(&engine);
     assert_eq!(backend.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
     two_streams_across_the_first_end(&backend, &backend, &metrics);
-    let (status, out) = engine.finish(Duration::from_secs(60));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
-    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (200, 200, 0), "{r}");
-    assert_eq!((u(&r, "unended_sessions"), u(&r, "beyond_sent")), (0, 0), "{r}");
-    assert_eq!(r["interrupted"], false, "it ended on the second end of stream: {r}");
+    both_streams_counted(engine);
 
     // With `--expect-eos 1` one end of stream is the end, as it says: the second publisher,
     // still sending then, counts by its last arrived sequence (a floor).
