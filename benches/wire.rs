@@ -3,6 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use mdsub::engine::reader::{Checks, Routing};
+use mdsub::engine::sequence::SequenceTracker;
 use mdsub::wire::capture::{CaptureReader, CaptureWriter};
 use mdsub::wire::{self, Header, Kind};
 
@@ -75,6 +76,40 @@ fn bench(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
+    g.finish();
+
+    // The tracker's per-frame cost with one live publisher, alone or after 1000 others each
+    // sent a frame and ended (review 18: a scan of every publisher ever seen, 134 -> 956 ns a
+    // frame in the reader), and with two live publishers interleaved.
+    let topics = mdsub::feed::symbol_names(100);
+    let mut g = c.benchmark_group("sequence_tracker");
+    g.throughput(Throughput::Elements(10_000));
+    for (name, ended, live) in [("one_publisher", 0u32, 1u32), ("after_1000_ended", 1000, 1), ("two_publishers", 0, 2)]
+    {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let mut t = SequenceTracker::new(true);
+                    for id in 0..ended {
+                        let h = Header { publisher_id: 100 + id, session_id: u64::from(id), ..header(1) };
+                        t.on_data(&h, b"X");
+                        t.on_end_of_stream(&Header { kind: Kind::EndOfStream, topic_seq: 0, ..h }, 1);
+                    }
+                    t
+                },
+                |mut t| {
+                    let mut n = 0;
+                    for i in 0..10_000u64 {
+                        let h = Header { publisher_id: 1 + (i % u64::from(live)) as u32, ..header(i / 100 + 1) };
+                        let h = Header { stream_seq: i / u64::from(live) + 1, ..h };
+                        n += t.on_data(black_box(&h), topics[(i % 100) as usize].as_bytes()).accept as usize;
+                    }
+                    n
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("capture");

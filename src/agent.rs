@@ -161,6 +161,18 @@ pub struct AgentCounters {
     /// Monotonic start and end of the run loop (end 0 while running).
     pub started_ns: AtomicU64,
     pub ended_ns: AtomicU64,
+    /// The CPU and wall time of the last metrics interval ([`AgentCounters::mark_interval`]).
+    interval: Mutex<IntervalMark>,
+}
+
+/// Where the last metrics interval ended for one agent, and what it took.
+#[derive(Debug, Default, Clone, Copy)]
+struct IntervalMark {
+    /// When the last interval ended (monotonic ns; 0: none has yet) and the CPU time then.
+    at_ns: u64,
+    cpu_ns: u64,
+    /// The last interval's CPU time and wall time (None before the first interval ends).
+    last: Option<(u64, u64)>,
 }
 
 /// A copy of one agent's counters.
@@ -175,6 +187,10 @@ pub struct AgentStats {
     pub cpu_ns: u64,
     /// Wall time the run loop has run so far (or ran).
     pub wall_ns: u64,
+    /// Share of the last metrics interval the thread was on a CPU (None: no interval has ended
+    /// since it started, or nothing marks its intervals). Live only: the end report has the run's.
+    #[serde(skip)]
+    pub interval_busy: Option<f64>,
 }
 
 impl AgentStats {
@@ -195,6 +211,12 @@ impl AgentStats {
             (self.cpu_ns as f64 / self.wall_ns as f64).min(1.0)
         }
     }
+
+    /// Share of the last metrics interval the thread was on a CPU, as the rates beside it are
+    /// per interval: before the first interval ends, the share of the run so far.
+    pub fn recent_busy(&self) -> f64 {
+        self.interval_busy.unwrap_or_else(|| self.busy_fraction())
+    }
 }
 
 impl AgentCounters {
@@ -212,6 +234,55 @@ impl AgentCounters {
             blocked_ns: self.blocked_ns.load(Relaxed),
             cpu_ns: self.cpu_ns.load(Relaxed),
             wall_ns: if started > 0 { end.saturating_sub(started) } else { 0 },
+            interval_busy: self.interval.lock().ok().and_then(|m| m.last).map(|(cpu, wall)| {
+                if wall == 0 {
+                    0.0
+                } else {
+                    (cpu as f64 / wall as f64).min(1.0)
+                }
+            }),
+        }
+    }
+
+    /// End a metrics interval at `now_ns` (monotonic): the CPU time the thread took since the
+    /// interval before ended (or since it started) over the wall time between them is its busy
+    /// share until the next ([`AgentStats::interval_busy`]). Called by whoever closes intervals
+    /// (the engine's collector), off the agent's thread; an agent not started yet is skipped.
+    pub fn mark_interval(&self, now_ns: u64) {
+        let started = self.started_ns.load(Relaxed);
+        if started == 0 {
+            return;
+        }
+        let cpu = self.cpu_ns.load(Relaxed);
+        let Ok(mut m) = self.interval.lock() else { return };
+        // The first interval is taken from the run loop's start (the thread's CPU time before
+        // it is the runner's few microseconds of setting up).
+        let (from_ns, from_cpu) = if m.at_ns > 0 { (m.at_ns, m.cpu_ns) } else { (started, 0) };
+        m.last = Some((cpu.saturating_sub(from_cpu), now_ns.saturating_sub(from_ns)));
+        m.at_ns = now_ns;
+        m.cpu_ns = cpu;
+    }
+}
+
+/// The agents whose busy share is taken over each metrics interval: the engine lists them, the
+/// collector marks them as it closes an interval ([`AgentCounters::mark_interval`]).
+#[derive(Debug, Default)]
+pub struct IntervalMarks(Mutex<Vec<Arc<AgentCounters>>>);
+
+impl IntervalMarks {
+    /// Take `counters`' busy share per interval from the next interval's end on.
+    pub fn watch(&self, counters: Arc<AgentCounters>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(counters);
+        }
+    }
+
+    /// End the interval at `now_ns` for every agent watched.
+    pub fn mark(&self, now_ns: u64) {
+        if let Ok(v) = self.0.lock() {
+            for c in v.iter() {
+                c.mark_interval(now_ns);
+            }
         }
     }
 }
@@ -687,6 +758,37 @@ mod tests {
         let s = c.snapshot("countdown");
         assert_eq!(s.blocked_rounds, 2);
         assert!(s.blocked_ns >= 400_000, "two waits of 200 µs are counted: {s:?}");
+    }
+
+    #[test]
+    fn busy_is_taken_over_the_last_interval_not_the_whole_run() {
+        // Before: busy was CPU over the whole run's wall time, so a reader busy for its first
+        // minutes still said 8 % two minutes after its feed stopped.
+        let c = AgentCounters::default();
+        c.mark_interval(5_000_000_000);
+        assert_eq!(c.snapshot("r").interval_busy, None, "not started: nothing to mark");
+        c.started_ns.store(1_000_000_000, Relaxed);
+        c.ended_ns.store(1_000_000_000 + 1, Relaxed); // a fixed wall time for the run's share
+        assert_eq!(c.snapshot("r").recent_busy(), 0.0, "no interval yet: the run's share so far");
+        c.cpu_ns.store(500_000_000, Relaxed);
+        c.mark_interval(2_000_000_000);
+        assert_eq!(c.snapshot("r").interval_busy, Some(0.5), "the first interval runs from the start");
+        c.cpu_ns.store(800_000_000, Relaxed);
+        c.mark_interval(3_000_000_000);
+        assert_eq!(c.snapshot("r").interval_busy, Some(0.3));
+        c.mark_interval(4_000_000_000);
+        c.ended_ns.store(4_000_000_000, Relaxed);
+        let s = c.snapshot("r");
+        assert_eq!((s.interval_busy, s.recent_busy()), (Some(0.0), 0.0), "idle interval: 0, whatever came before");
+        assert!((s.busy_fraction() - 800.0 / 3000.0).abs() < 1e-9, "the run's share stays for the report");
+        // Marked through the list the collector holds, and never above 1.
+        let shared = Arc::new(AgentCounters::default());
+        shared.started_ns.store(1, Relaxed);
+        shared.cpu_ns.store(10, Relaxed);
+        let marks = IntervalMarks::default();
+        marks.watch(shared.clone());
+        marks.mark(6);
+        assert_eq!(shared.snapshot("w").interval_busy, Some(1.0));
     }
 
     #[test]

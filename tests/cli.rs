@@ -905,33 +905,382 @@ fn a_fifo_given_as_an_input_or_an_output_is_refused_at_once() {
     }
 }
 
-#[test]
-fn the_first_signal_ends_a_command_blocked_before_its_run() {
-    // A bench whose stdout is a full pipe nobody reads blocks writing its header, before its
-    // run starts. Before, the first SIGINT only set the stop flag, which nothing looked at
-    // there: the bench hung until a second signal.
+/// A pipe whose buffer is full: a child given its write end as stdout or stderr blocks on its
+/// first write there until the read end is drained. Both ends blocking.
+fn full_pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into `fds`, each then owned once below.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // Fill it: the child's first line on stdout then waits for a reader that never reads.
     // SAFETY: fcntl on a descriptor owned here.
     unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     let mut file = std::fs::File::from(write_end.try_clone().expect("dup"));
     while std::io::Write::write(&mut file, &[b'x'; 4096]).is_ok() {}
     drop(file);
-    // SAFETY: as above; the child gets its stdout blocking again (a shared file description).
+    // SAFETY: as above; the child gets it blocking again (a shared file description).
     unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETFL, 0) };
+    (std::fs::File::from(read_end), write_end)
+}
+
+/// A clone server on a free port block for the tests that need a store, and its base endpoint.
+fn store_server(name: &str) -> (Proc, String) {
+    let port = common::free_port_block(4);
     let mut cmd = mdsub();
-    cmd.args(["bench", "--count", "10k", "--runs", "1"]).stdout(Stdio::from(write_end)).stderr(Stdio::piped());
-    let mut p = Proc::spawn("bench", &mut cmd);
+    cmd.args(["clone-server", "--endpoint", &format!("tcp://127.0.0.1:{port}")]).stderr(Stdio::piped());
+    let mut p = Proc::spawn(name, &mut cmd);
     let err = lines_of(p.child.stderr.take().expect("stderr"));
-    wait_until(DEADLINE, "bench's signal handler", || thread_cpu_ms(p.pid(), "ctrl-c").is_some());
+    common::wait_line(&err, DEADLINE, "clone-server: ready on", |l| l.starts_with("clone-server: ready on"));
+    // Its later lines are not read: it says little, and is killed when dropped.
+    std::thread::spawn(move || while err.recv().is_ok() {});
+    (p, format!("tcp://127.0.0.1:{port}"))
+}
+
+/// `mdsub top` on a pseudo-terminal of its own (its controlling terminal), the terminal's
+/// output drained by a thread; the returned flag is set once it has drawn anything. With its
+/// stderr's lines.
+fn top_on_a_terminal(
+    store: &str,
+) -> (Proc, std::sync::Arc<std::sync::atomic::AtomicBool>, std::sync::mpsc::Receiver<String>) {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::process::CommandExt as _;
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize { ws_row: 24, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two descriptors, each then owned once below.
+    let made = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+    assert_eq!(made, 0, "openpty");
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let fd = slave.as_raw_fd();
+    let mut cmd = mdsub();
+    cmd.args(["top", "--store", store]).stdout(Stdio::from(slave.try_clone().expect("dup"))).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec: a new session whose
+    // controlling terminal is the pty (what /dev/tty opens), with it as stdin.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 || libc::dup2(fd, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawning top");
+    drop(cmd);
+    let err = lines_of(child.stderr.take().expect("stderr"));
+    drop(slave);
+    let drawn = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = drawn.clone();
+    let mut master = std::fs::File::from(master);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (Proc { child, name: "top".into() }, drawn, err)
+}
+
+/// How a command shows that its run is under way: a line starting so on stdout or stderr, a
+/// thread of that name, a file made, or (top) a frame drawn.
+enum Sign {
+    Out(&'static str),
+    Err(&'static str),
+    Thread(&'static str),
+    TrialLog(std::path::PathBuf),
+    Drawn(std::sync::Arc<std::sync::atomic::AtomicBool>),
+}
+
+#[test]
+fn every_long_running_command_stops_with_its_report_once_its_run_is_under_way() {
+    // The rule: once a command's run is under way (cli::run_under_way), the first SIGINT asks it
+    // to stop and it ends by its own path, with what it has (report, counters; exit 0, or 130
+    // where a cut-short run is no result: bench, by design). Each command is started, its first
+    // sign of a run awaited, then one SIGINT. Before, lvc and tap were under way before they
+    // bound, and clone-server said `ready on` before its run was: a Ctrl-C on reading it could
+    // meet start-up (130, no counters).
+    let dir = common::temp_dir("cli-under-way");
+    let (_store, store) = store_server("store for watch and top");
+    let (code, _, err) =
+        run_within("set", mdsub().args(["clone-client", "--server", &store, "set", "/sig18", "v"]), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let unserved = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let clone_port = common::free_port_block(4);
+    let cap = dir.join("capacity");
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let cases: Vec<(&str, Vec<String>, Sign, i32, &str)> = vec![
+        (
+            "engine",
+            s(&["engine", "--endpoint", &unserved, "--snail", "off"]),
+            Sign::Err("shard0: connecting to"),
+            0,
+            "== engine ==",
+        ),
+        (
+            "demo",
+            s(&["demo", "--rate", "1k", "--duration", "60s", "--snail", "off"]),
+            Sign::Err("subscribed: sending"),
+            0,
+            "== engine ==",
+        ),
+        (
+            "replay",
+            [&LONE_REPLAY[..], &["--rate", "1k", "--duration", "60s"]].concat().iter().map(|a| a.to_string()).collect(),
+            Sign::Out("bound shard0"),
+            0,
+            "sent ",
+        ),
+        (
+            "lvc",
+            s(&["lvc", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"]),
+            Sign::Out("lvc: frontend bound"),
+            0,
+            "lvc: stopped:",
+        ),
+        (
+            "tap",
+            s(&["tap", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"]),
+            Sign::Out("tap: frontend bound"),
+            0,
+            "tap: stopped:",
+        ),
+        (
+            "clone-server",
+            s(&["clone-server", "--endpoint", &format!("tcp://127.0.0.1:{clone_port}")]),
+            Sign::Err("clone-server: ready on"),
+            0,
+            "clone-server: stopped at sequence",
+        ),
+        (
+            "clone-client watch",
+            s(&["clone-client", "--server", &store, "watch"]),
+            Sign::Out("initial "),
+            0,
+            "clone-client: stopped:",
+        ),
+        // Its first run is the plain SUB reader's, thread `baseline`.
+        (
+            "bench",
+            s(&["bench", "--rate", "1k", "--duration", "60s", "--runs", "1"]),
+            Sign::Thread("baseline"),
+            130,
+            "mdsub: interrupted",
+        ),
+        (
+            "capacity",
+            [&["capacity", "--hold", "60s", "--warmup", "1s", "--out"][..], &[cap.to_str().expect("utf8")]]
+                .concat()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            Sign::TrialLog(cap.clone()),
+            0,
+            "winner: none (interrupted",
+        ),
+    ];
+    std::thread::scope(|scope| {
+        let mut running = Vec::new();
+        for (name, args, sign, code, said) in cases {
+            running.push(scope.spawn(move || {
+                let mut cmd = mdsub();
+                cmd.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
+                let mut p = Proc::spawn(name, &mut cmd);
+                let out = lines_of(p.child.stdout.take().expect("stdout"));
+                let err = lines_of(p.child.stderr.take().expect("stderr"));
+                under_way_then_interrupt(name, p, out, err, sign, code, said)
+            }));
+        }
+        let (p, drawn, err) = top_on_a_terminal(&store);
+        let out = lines_of(std::io::empty());
+        running.push(scope.spawn(move || under_way_then_interrupt("top", p, out, err, Sign::Drawn(drawn), 0, "")));
+        let failed: Vec<String> = running.into_iter().filter_map(|h| h.join().expect("case thread").err()).collect();
+        assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    });
+}
+
+/// Wait for `sign`, SIGINT `p`, and check that it exits `code` within 30 s having said a line
+/// starting with `said` (stdout or stderr); `Err` says what went otherwise.
+fn under_way_then_interrupt(
+    name: &str,
+    mut p: Proc,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+    sign: Sign,
+    code: i32,
+    said: &str,
+) -> Result<(), String> {
+    let mut lines = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let seen = |rx: &std::sync::mpsc::Receiver<String>, prefix: &str, lines: &mut Vec<String>| loop {
+        match rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now())) {
+            Ok(l) if l.starts_with(prefix) => {
+                lines.push(l);
+                return true;
+            }
+            Ok(l) => lines.push(l),
+            Err(_) => return false,
+        }
+    };
+    let up = match &sign {
+        Sign::Out(prefix) => seen(&out, prefix, &mut lines),
+        Sign::Err(prefix) => seen(&err, prefix, &mut lines),
+        Sign::Thread(t) => poll_until(end, || thread_cpu_ms(p.pid(), t).is_some()),
+        Sign::TrialLog(dir) => poll_until(end, || common::has_trial_hlog(dir)),
+        Sign::Drawn(flag) => poll_until(end, || flag.load(std::sync::atomic::Ordering::SeqCst)),
+    };
+    if !up {
+        return Err(format!("{name}: no sign of its run within 30 s; said: {lines:?}"));
+    }
     p.signal(2);
-    let status = p.wait_exit(Duration::from_secs(5));
-    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
-    assert_eq!(status.code(), Some(130), "one SIGINT ends it: {said:?}");
-    assert_eq!(said, ["mdsub: interrupted"], "one line saying so");
-    drop(read_end);
+    let status = p.wait_exit(Duration::from_secs(30));
+    for rx in [&out, &err] {
+        lines.extend(common::rest_lines(rx, Duration::from_secs(5)));
+    }
+    let interrupted_at_once = lines.iter().any(|l| l == "mdsub: interrupted") && code != 130;
+    let said_it = said.is_empty() || lines.iter().any(|l| l.starts_with(said));
+    if status.code() != Some(code) || !said_it || interrupted_at_once {
+        return Err(format!(
+            "{name}: SIGINT under way: {status}, expected exit {code} and a line `{said}…`; said: {lines:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Poll `cond` every 10 ms until `end`; whether it came true.
+fn poll_until(end: std::time::Instant, mut cond: impl FnMut() -> bool) -> bool {
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_fifo_in_the_clone_servers_data_dir_is_refused_at_once() {
+    // Before: the server opened its data directory's files blocking, so a FIFO at `log`,
+    // `snapshot` or `lock` held its start-up for ever (a FIFO at `snapshot.tmp`, each snapshot).
+    for name in ["log", "snapshot", "lock", "snapshot.tmp"] {
+        let dir = common::temp_dir("cli-data-fifo");
+        let fifo = dir.join(name);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+        assert!(made.success(), "mkfifo");
+        let ep = format!("tcp://127.0.0.1:{}", common::free_port_block(4));
+        let mut cmd = mdsub();
+        cmd.args(["clone-server", "--endpoint", &ep, "--data-dir"]).arg(&*dir);
+        let (code, _, err) = run_within("clone-server", &mut cmd, Duration::from_secs(10));
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert_eq!(
+            err.trim(),
+            format!(
+                "mdsub: error: clone-server: {}: it is not a regular file (a FIFO, socket or device); the clone \
+                 server keeps its log, snapshots and lock in --data-dir as regular files; the server stopped",
+                fifo.display()
+            ),
+            "{name}: one line"
+        );
+    }
+}
+
+/// What the thread of `pid` named `name` is blocked in: /proc/PID/task/TID/syscall (the call's
+/// number and arguments; `running` while it runs).
+fn blocked_in(pid: u32, name: &str) -> Option<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        (comm.trim_end() == name).then(|| std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default())
+    })
+}
+
+#[test]
+fn the_first_signal_ends_a_command_blocked_before_its_run() {
+    // Each command is held before its run (cli::run_under_way) by a full pipe it writes its
+    // first lines into: the header on stdout (demo, bench, capacity), a start-up line on stderr
+    // (the engine's note on verify over round-robin, the clone server's recovery). Before,
+    // the first SIGINT only set the stop flag, which nothing looked at there: the command hung
+    // until a second signal. Now: `mdsub: interrupted`, exit 130, at once.
+    let dir = common::temp_dir("cli-before-run");
+    let data = dir.join("data");
+    let unserved = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let clone_ep = format!("tcp://127.0.0.1:{}", common::free_port_block(4));
+    let cap = dir.join("capacity");
+    let cases: Vec<(&str, Vec<&str>, bool)> = vec![
+        // (name, args, true: stdout is the full pipe; false: stderr is)
+        ("bench", vec!["bench", "--count", "10k", "--runs", "1"], true),
+        ("demo", vec!["demo", "--count", "10k"], true),
+        ("capacity", vec!["capacity", "--out", cap.to_str().expect("utf8")], true),
+        (
+            "engine",
+            vec![
+                "engine",
+                "--endpoint",
+                &unserved,
+                "--handler",
+                "verify",
+                "--routing",
+                "round-robin",
+                "--workers",
+                "2",
+            ],
+            false,
+        ),
+        (
+            "clone-server",
+            vec!["clone-server", "--endpoint", &clone_ep, "--data-dir", data.to_str().expect("utf8")],
+            false,
+        ),
+    ];
+    for (name, args, on_stdout) in cases {
+        let (mut read_end, write_end) = full_pipe();
+        let mut cmd = mdsub();
+        cmd.args(&args);
+        if on_stdout {
+            cmd.stdout(Stdio::from(write_end)).stderr(Stdio::piped());
+        } else {
+            cmd.stdout(Stdio::null()).stderr(Stdio::from(write_end));
+        }
+        let mut p = Proc::spawn(name, &mut cmd);
+        drop(cmd); // the parent's copy of the write end
+        let err = p.child.stderr.take().map(lines_of);
+        let pid = p.pid();
+        // Its signal handler waiting for a signal (not still starting).
+        let mut waiting = None;
+        wait_until(DEADLINE, &format!("{name}'s signal handler to wait"), || {
+            waiting = blocked_in(pid, "ctrl-c").filter(|w| !w.starts_with("running"));
+            waiting.is_some()
+        });
+        p.signal(2);
+        // The handler says `mdsub: interrupted` on stderr: drained here when stderr is the pipe,
+        // once the handler has decided: it then waits for stderr (held by the command's blocked
+        // write), no longer for a signal. Draining before would free the command to go on into
+        // its run, and a handler scheduled after that would find the run under way and only ask
+        // it to stop (seen under load).
+        if !on_stdout {
+            wait_until(DEADLINE, &format!("{name}'s signal handler to take the signal"), || {
+                blocked_in(pid, "ctrl-c")
+                    .is_some_and(|now| Some(&now) != waiting.as_ref() && !now.starts_with("running"))
+            });
+        }
+        let drained = if on_stdout {
+            None
+        } else {
+            Some(std::thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = read_end.read_to_end(&mut text);
+                String::from_utf8_lossy(&text).into_owned()
+            }))
+        };
+        let status = p.wait_exit(Duration::from_secs(10));
+        let said: Vec<String> = match (err, drained) {
+            (Some(rx), _) => std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(2)).ok()).collect(),
+            (None, Some(t)) => {
+                t.join().unwrap_or_default().lines().map(|l| l.trim_start_matches('x').to_string()).collect()
+            }
+            (None, None) => Vec::new(),
+        };
+        assert_eq!(status.code(), Some(130), "{name}: one SIGINT ends it: {said:?}");
+        assert_eq!(said.last().map(String::as_str), Some("mdsub: interrupted"), "{name}: said so last: {said:?}");
+    }
 }

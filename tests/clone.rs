@@ -70,9 +70,14 @@ fn settled_pair() -> (u16, Proc, u16, Proc) {
     let bp = free_port_block(4);
     let prim = primary(pp, bp, &[]);
     let back = backup(bp, pp, &[]);
+    wait_settled(pp, bp);
+    (pp, prim, bp, back)
+}
+
+/// The primary on `pp` active and the backup on `bp` passive, within 10 s each.
+fn wait_settled(pp: u16, bp: u16) {
     wait_state(pp, "active", Duration::from_secs(10));
     wait_state(bp, "passive", Duration::from_secs(10));
-    (pp, prim, bp, back)
 }
 
 fn wait_state(port: u16, state: &str, deadline: Duration) {
@@ -289,8 +294,7 @@ fn data_dir_keeps_the_map_across_a_restart_of_both_servers() {
     let expected = {
         let mut prim = primary(pp, bp, &["--data-dir", dp]);
         let mut back = backup(bp, pp, &["--data-dir", db]);
-        wait_state(pp, "active", Duration::from_secs(10));
-        wait_state(bp, "passive", Duration::from_secs(10));
+        wait_settled(pp, bp);
         let c = synced(&[pp, bp], "");
         for i in 0..100 {
             c.set(format!("/d/{i:03}"), format!("{i}"), None).expect("set");
@@ -1365,8 +1369,7 @@ fn a_passive_whose_log_fails_takes_over_only_once_its_disk_is_whole() {
         let err = lines_of(p.child.stderr.take().expect("stderr piped"));
         (p, err)
     };
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_settled(pp, bp);
     let c = synced(&[pp, bp], "");
     set_all_acked(&c, "/first/", 1, "x");
     wait_until(Duration::from_secs(10), "the backup to hold /first/0", || {
@@ -1433,6 +1436,41 @@ fn a_client_that_does_not_read_its_snapshot_is_bounded_and_counted() {
     let other = synced(&[p], "/big/");
     assert_eq!(other.dump(Vec::new()).expect("dump").len(), 800);
     assert_eq!(status(p).get("state").map(String::as_str), Some("active"));
+}
+
+#[test]
+fn a_client_that_leaves_before_its_snapshot_is_counted_as_gone_not_as_a_full_queue() {
+    // Before: 5 DEALERs that sent ICANHAZ? and closed at once, against a server holding 20 keys
+    // with room for 1M messages each, were counted in snapshots_abandoned and said as clients
+    // that "did not read it while its queue was full": ROUTER_MANDATORY's EHOSTUNREACH (the peer
+    // is gone) was taken for EAGAIN (its queue stayed full).
+    let (p, _s) = standalone();
+    let c = synced(&[p], "");
+    set_all_acked(&c, "/k/", 20, "v");
+    let ctx = zmq::Context::new();
+    let gone = |s: &BTreeMap<String, String>| s.get("snapshots_client_gone").and_then(|n| n.parse::<u64>().ok());
+    // Whether a reply finds its client gone is libzmq's timing: a few rounds make it near certain.
+    for round in 0..50 {
+        let dealers: Vec<zmq::Socket> = (0..5)
+            .map(|_| {
+                let d = ctx.socket(zmq::DEALER).expect("dealer");
+                d.set_linger(1000).expect("linger"); // the request still goes out after close
+                d.connect(&ep(p)).expect("connect");
+                d.send_multipart([&b"ICANHAZ?"[..], b""], 0).expect("icanhaz");
+                d
+            })
+            .collect();
+        drop(dealers);
+        let st = status(p);
+        assert_eq!(st.get("snapshots_abandoned").map(String::as_str), Some("0"), "round {round}: {st:?}");
+        if gone(&st).is_some_and(|n| n > 0) {
+            return;
+        }
+    }
+    // Every reply may yet have beaten its client's close (then each was sent in full).
+    let st = status(p);
+    assert!(gone(&st).is_some(), "STATUS reports snapshots_client_gone: {st:?}");
+    assert_eq!(st.get("snapshots_abandoned").map(String::as_str), Some("0"), "{st:?}");
 }
 
 #[test]
@@ -1544,8 +1582,7 @@ fn a_backup_newer_than_the_active_says_so_and_keeps_its_files_aside() {
     let hb = ["--heartbeat-interval", "100ms"];
     let mut prim = primary(pp, bp, &["--data-dir", da_s, hb[0], hb[1]]);
     let mut back = backup(bp, pp, &["--data-dir", db_s, hb[0], hb[1]]);
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_settled(pp, bp);
     let c = synced(&[pp, bp], "");
     set_all_acked(&c, "/k/old", 4, "v");
     wait_until(Duration::from_secs(5), "the backup to replicate", || {
@@ -1815,8 +1852,7 @@ fn a_paused_active_comes_back_passive_and_the_survivor_keeps_serving() {
     let mut procs = [prim, back];
     let errs = [prim_err, back_err];
     let mut said: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_settled(pp, bp);
     let c = Client::start(ClientConfig {
         servers: vec![ep(pp), ep(bp)],
         subtree: "/load/".into(),
@@ -1909,8 +1945,7 @@ fn a_watch_says_which_server_serves_it_after_a_failover() {
     let hb = ["--heartbeat-interval", "200ms"];
     let mut prim = primary(pp, bp, &hb);
     let _back = backup(bp, pp, &hb);
-    wait_state(pp, "active", Duration::from_secs(10));
-    wait_state(bp, "passive", Duration::from_secs(10));
+    wait_settled(pp, bp);
     let c = synced(&[pp], "");
     set_all_acked(&c, "/w/", 1, "v");
     let mut cmd = mdsub();
@@ -1940,4 +1975,104 @@ fn a_client_of_the_passive_server_alone_is_told_it_is_passive() {
     assert!(err.contains("no clone server answered"), "{err}");
     assert!(err.contains(&format!("{} answers as passive", ep(bp))), "{err}");
     assert!(err.contains("no active server answered"), "{err}");
+}
+
+/// A fsync of the update log that takes 3 s (a busy disk; here a sync the test holds) must not
+/// stop the serving thread. Before, the fsync ran inline: for its whole length the active server
+/// sent no HUGZ and no heartbeat, answered no STATUS or snapshot request, acknowledged no update,
+/// then took its own stall for a pause of the process (`did not run for … (SIGSTOP, a VM pause)`)
+/// and held itself two heartbeats more. Now the syncer thread runs it: everything keeps going,
+/// and the slow sync is counted and said once it is done.
+#[test]
+fn a_slow_log_fsync_does_not_stop_the_server() {
+    use mdsub::agent::{IdleStrategy, RunSpec, Runner, StopFlag};
+    use mdsub::clone::bstar::Role;
+    use mdsub::clone::server::{PairConfig, Server, ServerConfig};
+
+    const HELD: Duration = Duration::from_secs(3);
+    let dir = common::temp_dir("clone-slow-sync");
+    let (pp, bp) = (free_port_block(4), free_port_block(4));
+    let _back = backup(bp, pp, &["--heartbeat-interval", "100ms"]);
+    let cfg = ServerConfig {
+        port: pp,
+        pair: Some(PairConfig {
+            role: Role::Primary,
+            peer: ep(bp),
+            peer_state: ep(bp + 3),
+            state_bind: ep(pp + 3),
+            heartbeat_ms: 100,
+        }),
+        data_dir: Some(dir.to_path_buf()),
+        hugz_interval_ms: 100,
+        fsync_interval_ms: 10,
+        verbose: false,
+        ..ServerConfig::default()
+    };
+    // The first sync with records to make durable is held until the test lets it go.
+    let (entered_tx, entered) = crossbeam::channel::bounded::<()>(1);
+    let (release, released) = crossbeam::channel::bounded::<()>(1);
+    let mut first = true;
+    let sync: mdsub::clone::syncer::LogSync = Box::new(move |f: &std::fs::File| {
+        if std::mem::take(&mut first) {
+            let _ = entered_tx.send(());
+            let _ = released.recv_timeout(Duration::from_secs(30));
+        }
+        f.sync_data()
+    });
+    let server = Server::with_log_sync(cfg, Default::default(), sync).expect("primary starts");
+    let stop = StopFlag::new();
+    let handle = Runner::start(RunSpec::unpinned(IdleStrategy::default()), stop.clone(), server).expect("runs");
+    wait_state(pp, "active", Duration::from_secs(10));
+    wait_state(bp, "passive", Duration::from_secs(10));
+
+    let ctx = zmq::Context::new();
+    // What a client's --silence watches: any KVPUB or HUGZ.
+    let feed = ctx.socket(zmq::SUB).expect("sub");
+    feed.set_linger(0).expect("linger");
+    feed.set_subscribe(b"").expect("subscribe");
+    feed.connect(&ep(pp + 1)).expect("connect");
+    let c = synced(&[pp, bp], "/slow/");
+    let u = c.set("/slow/first", "1", None).expect("set");
+    c.wait_acked(u, Duration::from_secs(5)).expect("acknowledged");
+    entered.recv_timeout(Duration::from_secs(10)).expect("the server asked for a sync of its log");
+
+    // While the sync is held: the feed keeps going (updates, HUGZ when idle), STATUS is answered, snapshots are served,
+    // updates are acknowledged, and the backup does not take over.
+    let end = Instant::now() + HELD;
+    let (mut heard, mut longest_gap, mut last) = (0u32, Duration::ZERO, Instant::now());
+    let mut k = 0;
+    while Instant::now() < end {
+        if feed.poll(zmq::POLLIN, 0).expect("poll") > 0 {
+            feed.recv_multipart(0).expect("recv");
+            heard += 1;
+            longest_gap = longest_gap.max(last.elapsed());
+            last = Instant::now();
+            continue;
+        }
+        let st = status(pp);
+        assert_eq!(st.get("state").map(String::as_str), Some("active"), "STATUS answered while the sync is held");
+        assert_eq!(st.get("syncs").map(String::as_str), Some("0"), "the sync is still held");
+        assert_eq!(status(bp).get("state").map(String::as_str), Some("passive"), "the backup did not take over");
+        k += 1;
+        let u = c.set(format!("/slow/{k}"), "v", None).expect("set");
+        c.wait_acked(u, Duration::from_secs(1)).expect("an update is acknowledged within 1 s while the sync is held");
+        assert_eq!(snapshot_of(pp).len(), k + 1, "a snapshot is served while the sync is held");
+    }
+    longest_gap = longest_gap.max(last.elapsed());
+    assert!(heard >= 10 && longest_gap < Duration::from_secs(1), "heard {heard}, longest silence {longest_gap:?}");
+
+    release.send(()).expect("let the sync go");
+    wait_until(Duration::from_secs(5), "the slow sync to be counted", || {
+        status(pp).get("slow_syncs").map(String::as_str) == Some("1")
+    });
+    let st = status(pp);
+    let longest: u64 = st.get("longest_sync_ms").and_then(|v| v.parse().ok()).expect("longest_sync_ms");
+    assert!(longest >= HELD.as_millis() as u64, "longest_sync_ms={longest}");
+    for key in ["pauses", "disk_stalls", "sync_failures"] {
+        assert_eq!(st.get(key).map(String::as_str), Some("0"), "{key}: {st:?}");
+    }
+    assert_eq!(st.get("state").map(String::as_str), Some("active"));
+    drop(c);
+    stop.stop();
+    handle.join().expect("the primary stops cleanly");
 }

@@ -321,6 +321,7 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
             ("mdsub_shard_duplicates_total", "duplicates"),
             ("mdsub_shard_reordered_total", "reordered"),
             ("mdsub_shard_restarts_total", "restarts"),
+            ("mdsub_shard_beyond_sent", "beyond_sent"),
         ] {
             assert_eq!(sample(&scrape, metric, &l), Some(u(s, field) as f64), "{metric} shard {k}: {s}");
         }
@@ -813,7 +814,7 @@ fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_af
         shard = get("shard0").unwrap_or_default();
         shard["interval_msgs"].as_u64().is_some_and(|n| n > 0)
     });
-    for f in ["msgs_per_s", "p50_ns", "p99_ns", "p999_ns", "max_ns", "gaps", "clamped"] {
+    for f in ["msgs_per_s", "p50_ns", "p99_ns", "p999_ns", "max_ns", "gaps", "beyond_sent", "clamped"] {
         assert!(shard[f].is_number(), "shard status has {f}: {shard}");
     }
 

@@ -640,6 +640,57 @@ fn one_publisher_run(frames: &[Vec<u8>]) -> (serde_json::Value, Vec<String>) {
     (json(&out), said)
 }
 
+/// The frames shard 0 of the engine serving `/metrics` at `addr` received, from `/metrics`;
+/// None once the engine is gone.
+fn shard0_received(addr: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut page = String::new();
+    conn.read_to_string(&mut page).ok()?;
+    let line = page.lines().find(|l| l.starts_with("mdsub_shard_received_total{") && l.contains("shard=\"0\""))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// The `/metrics` address of an engine started with `--metrics-listen 127.0.0.1:0`.
+fn metrics_addr(engine: &LineProc) -> String {
+    let metrics = engine.said_after("metrics: ");
+    metrics.trim_start_matches("http://").trim_end_matches("/metrics").to_string()
+}
+
+/// Publisher A sends 100 and its end of stream, B 50; once the shard read those (151 frames,
+/// or the engine is gone: it ended there), B sends 50 more and its end. Each through its own
+/// socket (`a`, `b`), or both through one.
+fn two_streams_across_the_first_end(a: &zmq::Socket, b: &zmq::Socket, metrics: &str) {
+    for seq in 1..=100 {
+        a.send(data_frame(1, 11, seq), 0).expect("send");
+    }
+    for seq in 1..=50 {
+        b.send(data_frame(2, 22, seq), 0).expect("send");
+    }
+    a.send(end_frame(1, 11, 100, 100), 0).expect("send eos");
+    wait_until(Duration::from_secs(30), "the shard to read the first end of stream", || {
+        shard0_received(metrics).is_none_or(|n| n >= 151)
+    });
+    for seq in 51..=100 {
+        b.send(data_frame(2, 22, seq), 0).expect("send");
+    }
+    b.send(end_frame(2, 22, 100, 100), 0).expect("send eos");
+}
+
+/// The engine's report once both streams of [`two_streams_across_the_first_end`] ended: every
+/// message of both counted, and the engine ended on the second end of stream.
+fn both_streams_counted(engine: LineProc) -> serde_json::Value {
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (200, 200, 0), "{r}");
+    assert_eq!((u(&r, "unended_sessions"), u(&r, "beyond_sent")), (0, 0), "{r}");
+    assert_eq!(r["interrupted"], false, "it ended on the second end of stream: {r}");
+    r
+}
+
 /// Two publishers connect to one bound shard; the first ends its stream while the second still
 /// sends. Before, the shard ended at the first end of stream (one per bound endpoint): the
 /// second publisher's messages were in no count (`sent 100, delivered 150, lost 0`). Now a
@@ -648,44 +699,55 @@ fn one_publisher_run(frames: &[Vec<u8>]) -> (serde_json::Value, Vec<String>) {
 #[test]
 fn a_bound_shard_waits_for_the_end_of_stream_of_every_publisher_connected_to_it() {
     let (engine, ep) = bound_engine(&["--metrics-listen", "127.0.0.1:0"]);
-    let metrics = engine.said_after("metrics: ");
-    let addr = metrics.trim_start_matches("http://").trim_end_matches("/metrics").to_string();
-    // The frames shard 0 received, from /metrics; None once the engine is gone.
-    let received = || -> Option<u64> {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(&addr).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut page = String::new();
-        conn.read_to_string(&mut page).ok()?;
-        let line = page.lines().find(|l| l.starts_with("mdsub_shard_received_total{") && l.contains("shard=\"0\""))?;
-        line.rsplit(' ').next()?.parse().ok()
-    };
+    let metrics = metrics_addr(&engine);
     let ctx = zmq::Context::new();
     let (a, b) = (connected_publisher(&ctx, &ep), connected_publisher(&ctx, &ep));
-    for seq in 1..=100 {
-        a.send(data_frame(1, 11, seq), 0).expect("send");
+    two_streams_across_the_first_end(&a, &b, &metrics);
+    let r = both_streams_counted(engine);
+    assert_eq!(u(&r["shards"][0], "publisher_connects"), 2, "{r}");
+}
+
+/// A shard that connects to a proxy's backend (here an XPUB the test holds, as `mdsub lvc`'s
+/// is) gets two publishers through its one endpoint; the first ends its stream while the
+/// second still sends. Before, a connected shard ended at one end of stream per endpoint:
+/// `sent 150` (the second counted unended by its last arrived sequence), `delivered 150`, and
+/// the second's last 50 in no count. Now, with no `--expect-eos`, it waits for the end of
+/// stream of every session it saw, as a bound shard does.
+#[test]
+fn a_connected_shard_behind_a_proxy_waits_for_every_publisher_session_it_saw() {
+    let ctx = zmq::Context::new();
+    let backend = watching_xpub(&ctx);
+    backend.set_sndhwm(0).expect("sndhwm");
+    backend.set_rcvtimeo(20_000).expect("rcvtimeo");
+    backend.bind("tcp://127.0.0.1:*").expect("bind");
+    let ep = backend.get_last_endpoint().expect("endpoint").expect("utf8");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &ep, "--metrics-listen", "127.0.0.1:0"]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let metrics = metrics_addr(&engine);
+    assert_eq!(backend.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
+    two_streams_across_the_first_end(&backend, &backend, &metrics);
+    both_streams_counted(engine);
+
+    // With `--expect-eos 1` one end of stream is the end, as it says: the second publisher,
+    // still sending then, counts by its last arrived sequence (a floor).
+    let backend = watching_xpub(&ctx);
+    backend.set_rcvtimeo(20_000).expect("rcvtimeo");
+    backend.bind("tcp://127.0.0.1:*").expect("bind");
+    let ep = backend.get_last_endpoint().expect("endpoint").expect("utf8");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &ep, "--expect-eos", "1"]);
+    let engine = LineProc::spawn("engine", &mut cmd);
+    assert_eq!(backend.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
+    for seq in 1..=10 {
+        backend.send(data_frame(1, 11, seq), 0).expect("send");
+        backend.send(data_frame(2, 22, seq), 0).expect("send");
     }
-    for seq in 1..=50 {
-        b.send(data_frame(2, 22, seq), 0).expect("send");
-    }
-    a.send(end_frame(1, 11, 100, 100), 0).expect("send eos");
-    // The rest of B's stream only once the shard read A's end of stream (151 frames), or the
-    // engine is gone (it ended there, as before).
-    wait_until(Duration::from_secs(30), "the shard to read the first end of stream", || {
-        received().is_none_or(|n| n >= 151)
-    });
-    for seq in 51..=100 {
-        b.send(data_frame(2, 22, seq), 0).expect("send");
-    }
-    b.send(end_frame(2, 22, 100, 100), 0).expect("send eos");
+    backend.send(end_frame(1, 11, 10, 10), 0).expect("send eos");
     let (status, out) = engine.finish(Duration::from_secs(60));
     assert!(status.success(), "engine failed: {out}");
     let r = json(&out);
-    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (200, 200, 0), "{r}");
-    assert_eq!((u(&r, "unended_sessions"), u(&r, "beyond_sent")), (0, 0), "{r}");
-    assert_eq!(r["interrupted"], false, "it ended on the second end of stream: {r}");
-    assert_eq!(u(&r["shards"][0], "publisher_connects"), 2, "{r}");
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "unended_sessions")), (20, 20, 1), "{r}");
 }
 
 /// A publisher's end of stream says 5 were sent, and 10 arrived. Before, `sent 5, delivered 10,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::relay::{Faults, Relay};
+use common::relay::{Faults, Relay, RelayStats};
 use common::{json, lines_of, mdsub, start_replay, u, wait_line, wait_until, LineProc, Proc};
 use mdsub::clone::client::{Client, ClientConfig};
 
@@ -28,6 +28,19 @@ fn replay_through(count: u64, rate: u64, faults: Faults) -> (LineProc, Relay) {
     let (replay, eps) = start_replay("replay", 1, &["--count", &count, "--rate", &rate]);
     let relay = Relay::start(addr_of(&eps[0]), faults);
     (replay, relay)
+}
+
+/// [`replay_through`] into an engine (`--json` and `engine_args`), both ending well: the
+/// engine's report and what the relay did.
+fn engine_through(count: u64, rate: u64, faults: Faults, engine_args: &[&str]) -> (serde_json::Value, RelayStats) {
+    let (replay, relay) = replay_through(count, rate, faults);
+    let engine = common::engine_json(&[&relay.endpoint()], engine_args);
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let stats = relay.stats();
+    let (status, _) = replay.finish(Duration::from_secs(30));
+    assert!(status.success());
+    (json(&out), stats)
 }
 
 #[test]
@@ -141,19 +154,12 @@ fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
         stall: Some((1_000_000..3_000_000, Duration::from_millis(400))),
         ..Faults::default()
     };
-    let (replay, relay) = replay_through(COUNT, 50_000, faults);
-    let engine = common::engine_json(&[&relay.endpoint()], &["--handler", "verify"]);
-    let (status, out) = engine.finish(Duration::from_secs(90));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let (r, s) = engine_through(COUNT, 50_000, faults, &["--handler", "verify"]);
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (COUNT, COUNT, 0), "seed {SEED:#x}: {r}");
     assert_eq!(u(&r["handler"], "verified"), COUNT, "{r}");
     let link = &r["shards"][0]["links"][0];
     assert_eq!((u(link, "connects"), u(link, "reconnects")), (1, 0), "a stall is not a loss: {link}");
-    let s = relay.stats();
     assert_eq!((s.stalls, s.cuts, s.connections), (1, 0, 1), "{s:?}");
-    let (status, _) = replay.finish(Duration::from_secs(30));
-    assert!(status.success());
 }
 
 /// A byte of the ZMTP greeting's mechanism name (offsets 12..16, `NULL`)
@@ -165,19 +171,13 @@ fn replay_to_engine_through_a_stalling_delaying_relay_loses_nothing() {
 fn replay_to_engine_with_a_corrupted_handshake_is_reestablished_and_loses_nothing() {
     const COUNT: u64 = 20_000;
     let faults = Faults { seed: SEED, corrupt: Some((12..16, 1)), ..Faults::default() };
-    let (replay, relay) = replay_through(COUNT, 50_000, faults);
-    let engine = common::engine_json(&[&relay.endpoint()], &[]);
-    let (status, out) = engine.finish(Duration::from_secs(90));
-    assert!(status.success(), "engine failed: {out}");
-    let r = json(&out);
+    let (r, relayed) = engine_through(COUNT, 50_000, faults, &[]);
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (COUNT, COUNT, 0), "seed {SEED:#x}: {r}");
     let link = &r["shards"][0]["links"][0];
     // libzmq reads a mechanism name it does not speak as a mechanism mismatch.
     assert_eq!(u(&link["lost"], "handshake_failed_mechanism"), 1, "{link}");
     assert_eq!((u(link, "reestablished"), u(link, "reconnects")), (1, 1), "{link}");
-    assert_eq!(relay.stats().corrupted, 1);
-    let (status, _) = replay.finish(Duration::from_secs(30));
-    assert!(status.success());
+    assert_eq!(relayed.corrupted, 1);
 }
 
 /// `--drop-every` with `--restart-at`: the session that never sent its end of stream (restarted
@@ -307,4 +307,52 @@ fn a_bound_endpoint_nobody_used_leaves_the_loss_known_from_the_connected_ones_en
     assert_eq!(r["loss_basis"], "end-of-stream counts", "{r}");
     let shard = &r["shards"][0];
     assert_eq!((u(shard, "lost"), u(shard, "publisher_connects")), (50, 0), "{shard}");
+}
+
+/// The soak's churn (review 18): one connection to a bound shard sends a publisher id per
+/// session, each one frame and its end of stream, more ids than a reader tracks at once, then a
+/// new publisher sends ten. Before, every id past `MAX_PUBLISHERS` was dropped for good as
+/// `over_limit` (their ends of stream too, so the run never heard them all and `lost` read 0);
+/// now an ended publisher gives its place back and every message is delivered and counted.
+#[test]
+fn a_churn_of_publishers_that_end_never_locks_new_ones_out() {
+    use mdsub::engine::sequence::MAX_PUBLISHERS;
+    use mdsub::wire::{encode, Header, Kind, CONTROL_TOPIC};
+    let churn = MAX_PUBLISHERS as u32 + 200;
+    let mut cmd = mdsub();
+    let sessions = (churn + 1).to_string();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(["--expect-eos", &sessions]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let ep = engine.said_after("shard0: bound ");
+    let ctx = zmq::Context::new();
+    let mut xpub = ctx.socket(zmq::XPUB).expect("xpub");
+    mdsub::zmqx::set_xpub_nodrop(&mut xpub, true).expect("nodrop");
+    xpub.set_sndhwm(0).expect("sndhwm");
+    xpub.connect(&ep).expect("connect");
+    // The engine takes every topic: its subscription to all of them is `[1]` alone.
+    wait_until(Duration::from_secs(20), "the engine's subscription", || {
+        xpub.poll(zmq::POLLIN, 100).expect("poll") > 0 && xpub.recv_bytes(0).expect("sub") == [1]
+    });
+    let now = mdsub::clock::realtime_ns;
+    for id in 0..=churn {
+        let frames = if id == churn { 10 } else { 1 };
+        let session_id = 1000 + u64::from(id);
+        let topic = format!("T{}", id % 50);
+        for seq in 1..=frames {
+            let h = Header { publisher_id: id, session_id, ..Header::data(seq, now()) };
+            xpub.send(encode(topic.as_bytes(), &h, b"x"), 0).expect("send");
+        }
+        let eos = Header { kind: Kind::EndOfStream, publisher_id: id, session_id, ..Header::data(frames, now()) };
+        xpub.send(encode(CONTROL_TOPIC, &eos, &frames.to_le_bytes()), 0).expect("eos");
+    }
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let sent = u64::from(churn) + 10;
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (sent, sent, 0), "{r}");
+    assert_eq!(r["interrupted"], false, "every end of stream heard: {r}");
+    for reason in ["over_limit_publishers", "over_limit_topics", "after_end"] {
+        assert_eq!(r["bad_frames"][reason], 0, "{reason}: {r}");
+    }
 }

@@ -72,10 +72,10 @@ fn send_when_subscribed(xpub: &zmq::Socket) {
 }
 
 /// An engine (JSON report, stdout and stderr piped) on a fresh XPUB it connects to.
-fn engine_on_xpub(ctx: &zmq::Context) -> (zmq::Socket, Proc) {
+fn engine_on_xpub(ctx: &zmq::Context, extra: &[&str]) -> (zmq::Socket, Proc) {
     let (xpub, ep) = publish(ctx);
     let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "30s", "--endpoint", &ep]);
+    cmd.args(["engine", "--json", "--max-duration", "30s", "--endpoint", &ep]).args(extra);
     let p = Proc::spawn("engine", cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
     (xpub, p)
 }
@@ -83,7 +83,7 @@ fn engine_on_xpub(ctx: &zmq::Context) -> (zmq::Socket, Proc) {
 #[test]
 fn every_refused_frame_is_counted_by_reason_and_the_first_of_each_is_said() {
     let ctx = zmq::Context::new();
-    let (xpub, mut p) = engine_on_xpub(&ctx);
+    let (xpub, mut p) = engine_on_xpub(&ctx, &[]);
     let (mut out, mut err) = (p.child.stdout.take().expect("stdout"), p.child.stderr.take().expect("stderr"));
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -120,7 +120,7 @@ fn every_refused_frame_is_counted_by_reason_and_the_first_of_each_is_said() {
 #[test]
 fn a_closed_stderr_does_not_stop_the_engine() {
     let ctx = zmq::Context::new();
-    let (xpub, mut p) = engine_on_xpub(&ctx);
+    let (xpub, mut p) = engine_on_xpub(&ctx, &[]);
     // Close the read end at once: every write to stderr now fails (EPIPE).
     drop(p.child.stderr.take());
     let mut out = p.child.stdout.take().expect("stdout");
@@ -169,7 +169,9 @@ fn spawn_said(name: &str, cmd: &mut std::process::Command) -> (Proc, std::sync::
 fn implausible_sequences_and_publishers_over_the_limit_are_refused() {
     use mdsub::engine::sequence::{MAX_PUBLISHERS, MAX_SEQ_JUMP};
     let ctx = zmq::Context::new();
-    let (xpub, mut p) = engine_on_xpub(&ctx);
+    // The publishers over the limit never end their sessions: the shard would wait for every
+    // session it saw; the first publisher's end of stream is the end (`--expect-eos 1`).
+    let (xpub, mut p) = engine_on_xpub(&ctx, &["--expect-eos", "1"]);
     let mut out = p.child.stdout.take().expect("stdout");
     let err = lines_of(p.child.stderr.take().expect("stderr"));
     let end = Instant::now() + Duration::from_secs(20);
@@ -198,11 +200,20 @@ fn implausible_sequences_and_publishers_over_the_limit_are_refused() {
     assert!(status.success(), "{said:?}");
     let v: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
     assert_eq!(v["bad_frames"]["implausible_sequence"], 1, "{report}");
-    assert_eq!(v["bad_frames"]["over_limit"], 4, "{report}");
-    for reason in ["implausible_sequence", "over_limit"] {
+    assert_eq!(v["bad_frames"]["over_limit_publishers"], 4, "{report}");
+    for reason in ["implausible_sequence", "over_limit_publishers"] {
         let n = said.iter().filter(|l| l.starts_with(&format!("shard0-reader: refused ({reason}): "))).count();
         assert_eq!(n, 1, "the first {reason} said once: {said:?}");
     }
+    // The line names the limit and the first publisher over it.
+    let first = format!(
+        "shard0-reader: refused (over_limit_publishers): publisher {}: {MAX_PUBLISHERS} publishers are live",
+        MAX_PUBLISHERS
+    );
+    assert!(said.iter().any(|l| l.starts_with(&first)), "{said:?}");
+    // Their data frames are lost, not hidden by a loss of 0.
+    assert_eq!(v["over_limit_lost"], 4, "{report}");
+    assert_eq!(v["lost"], 4, "{report}");
 }
 
 /// A standalone clone server on a fresh port block, its stderr lines on a channel.

@@ -43,6 +43,20 @@ fn data_header(i: u64, send_time_ns: u64) -> Header {
     Header { kind: Kind::Data, flags: 0, publisher_id: 3, session_id: 77, stream_seq: i, topic_seq: i, send_time_ns }
 }
 
+/// A capture at `path` of data frames of `topic`, each `(i, recv_ns)`: the `i`-th frame of
+/// [`data_header`] (body `i`), recorded as received at `recv_ns`. Not flushed: more may follow.
+fn data_capture(
+    path: &std::path::Path,
+    topic: &[u8],
+    frames: impl IntoIterator<Item = (u64, u64)>,
+) -> CaptureWriter<std::io::BufWriter<std::fs::File>> {
+    let mut w = CaptureWriter::create(path).expect("create capture");
+    for (i, recv_ns) in frames {
+        w.write_frame(&wire::encode(topic, &data_header(i, i), &i.to_le_bytes()), false, recv_ns).expect("write");
+    }
+    w
+}
+
 /// Receive every frame until an end-of-stream frame, with deadline.
 fn receive_until_eos(sub: &zmq::Socket) -> Vec<Part> {
     let mut got = Vec::new();
@@ -564,11 +578,7 @@ fn a_subscriber_that_leaves_a_file_replay_is_said_while_it_runs() {
     // without a send) or at its end: at 1 k msg/s a leave was said 30 s late.
     let dir = temp_dir("replay-file-leave");
     let path = dir.join("long.mdcap");
-    let mut w = CaptureWriter::create(&path).expect("create capture");
-    for i in 1..=30_000u64 {
-        w.write_frame(&wire::encode(b"LONG", &data_header(i, i), &i.to_le_bytes()), false, i).expect("write");
-    }
-    w.flush().expect("flush");
+    data_capture(&path, b"LONG", (1..=30_000).map(|i| (i, i))).flush().expect("flush");
     let mut cmd = mdsub();
     cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--subscribers", "1", "--from"]).arg(&path);
     cmd.stderr(std::process::Stdio::piped());
@@ -591,11 +601,7 @@ fn a_subscriber_that_leaves_a_file_replay_is_said_while_it_runs() {
 /// A capture of `n` frames of one topic, `gap_ns` apart in recorded (receive) time.
 fn paced_capture(dir: &std::path::Path, n: u64, gap_ns: u64) -> std::path::PathBuf {
     let path = dir.join("paced.mdcap");
-    let mut w = CaptureWriter::create(&path).expect("create capture");
-    for i in 1..=n {
-        w.write_frame(&wire::encode(b"PACE", &data_header(i, i), &i.to_le_bytes()), false, i * gap_ns).expect("write");
-    }
-    w.flush().expect("flush");
+    data_capture(&path, b"PACE", (1..=n).map(|i| (i, i * gap_ns))).flush().expect("flush");
     path
 }
 
@@ -777,10 +783,7 @@ fn a_capture_that_ends_inside_a_multipart_message_is_refused_as_cut_off() {
     // count and no line: `sent 5 messages`, exit 0.
     let dir = temp_dir("replay-eof-more");
     let path = dir.join("more.mdcap");
-    let mut w = CaptureWriter::create(&path).expect("create capture");
-    for i in 1..=5u64 {
-        w.write_frame(&wire::encode(b"CAP", &data_header(i, i), &i.to_le_bytes()), false, i).expect("write");
-    }
+    let mut w = data_capture(&path, b"CAP", (1..=5).map(|i| (i, i)));
     w.write_frame(b"guide.topic", true, 6).expect("write");
     w.write_frame(b"middle part", true, 7).expect("write");
     w.flush().expect("flush");
@@ -852,12 +855,7 @@ fn a_jump_in_the_recorded_clock_is_said_and_ctrl_c_or_the_duration_ends_the_wait
     // Before, a record timed 10^18 ns after the one before left `--speed 1x` waiting in silence.
     let dir = temp_dir("replay-jump");
     let path = dir.join("jump.mdcap");
-    let mut w = CaptureWriter::create(&path).expect("create capture");
-    for (i, recv_ns) in [(1u64, 1_000u64), (2, 1_000 + 1_000_000_000_000_000_000)] {
-        w.write_frame(&wire::encode(b"JMP", &data_header(i, i), &i.to_le_bytes()), false, recv_ns).expect("write");
-    }
-    w.flush().expect("flush");
-    drop(w);
+    data_capture(&path, b"JMP", [(1, 1_000), (2, 1_000 + 1_000_000_000_000_000_000)]).flush().expect("flush");
     let p = path.to_str().expect("utf8");
     let (replay, _) = start_replay("replay", 1, &["--from", p, "--speed", "1x", "--subscribers", "0", "--json"]);
     let err = replay.stderr.as_ref().expect("stderr piped");

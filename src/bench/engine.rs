@@ -77,9 +77,10 @@ pub struct Medians {
     pub app_cpu_ns_per_msg: f64,
     /// Per thread, CPU ns per delivered message (so they add up to `cpu_ns_per_msg`).
     pub threads: std::collections::BTreeMap<String, f64>,
-    /// The publisher feeding this variant: messages sent per second (its
-    /// own clock, send start to end of stream) and CPU ns per message sent
-    /// (its sending threads and its libzmq I/O threads).
+    /// The publisher feeding this variant: messages sent per second (its own clock, the
+    /// messages after the first over the span from the first's send to the last's, as the
+    /// subscribers' `msgs_per_sec` counts theirs: [`crate::replay::ReplayStats::msgs_per_sec`])
+    /// and CPU ns per message sent (its sending threads and its libzmq I/O threads).
     pub publisher_msgs_per_sec: f64,
     pub publisher_cpu_ns_per_msg: f64,
 }
@@ -93,6 +94,23 @@ pub struct PublisherRun {
     /// CPU ns per message sent of the sending thread(s) and of the I/O thread(s).
     pub send_cpu_ns_per_msg: f64,
     pub io_cpu_ns_per_msg: f64,
+}
+
+impl PublisherRun {
+    /// The run of `variant`'s publisher from its stats and its I/O threads' CPU time: its rate
+    /// is the replay's own (n − 1 intervals over the span first..last send, the kind of figure
+    /// the subscribers' `msgs_per_sec` is, [`crate::metrics::span_rate`]), not `sent / elapsed`
+    /// (n messages over a time that also holds the sending threads' start and the end of stream).
+    pub fn of(variant: &str, replay: &crate::replay::ReplayStats, io_cpu_ns: u64) -> Self {
+        let sent = replay.sent_total.max(1) as f64;
+        PublisherRun {
+            variant: variant.to_string(),
+            sent: replay.sent_total,
+            msgs_per_sec: replay.msgs_per_sec,
+            send_cpu_ns_per_msg: replay.cpu_ns as f64 / sent,
+            io_cpu_ns_per_msg: io_cpu_ns as f64 / sent,
+        }
+    }
 }
 
 /// `mdsub bench`'s result: the common envelope ([`Results`]) with the engine runs
@@ -338,14 +356,7 @@ pub fn run(
             if let Some(note) = out.replay.rate_note() {
                 crate::diag!("bench: run {rep} {name}: publisher: {note}");
             }
-            let sent = out.replay.sent_total.max(1) as f64;
-            publisher_runs.push(PublisherRun {
-                variant: name.clone(),
-                sent: out.replay.sent_total,
-                msgs_per_sec: out.replay.sent_total as f64 / out.replay.elapsed_s.max(1e-9),
-                send_cpu_ns_per_msg: out.replay.cpu_ns as f64 / sent,
-                io_cpu_ns_per_msg: out.publisher_io_cpu_ns as f64 / sent,
-            });
+            publisher_runs.push(PublisherRun::of(name, &out.replay, out.publisher_io_cpu_ns));
             runs.push(out.report);
         }
     }
@@ -419,4 +430,26 @@ pub fn run(
         }),
         extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons, refused },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PublisherRun;
+
+    /// Four messages 0.2 s apart, in a run of 1 s (its start and end of stream around them):
+    /// the publisher sent at 5 msg/s, as a subscriber counts its rate. Before, it was
+    /// sent / elapsed, 4 msg/s, printed beside the subscribers' span rates.
+    #[test]
+    fn the_publishers_rate_is_the_same_kind_of_figure_as_the_subscribers() {
+        let replay = crate::replay::ReplayStats {
+            sent_total: 4,
+            elapsed_s: 1.0,
+            msgs_per_sec: 5.0,
+            cpu_ns: 400,
+            ..Default::default()
+        };
+        let p = PublisherRun::of("baseline", &replay, 800);
+        assert_eq!(p.msgs_per_sec, crate::metrics::span_rate(4, 600_000_000, 1.0));
+        assert_eq!((p.sent, p.send_cpu_ns_per_msg, p.io_cpu_ns_per_msg), (4, 100.0, 200.0));
+    }
 }

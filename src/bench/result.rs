@@ -17,7 +17,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::stamp::Machine;
@@ -97,18 +96,47 @@ impl SaveFile {
         Ok(SaveFile { path: path.to_path_buf(), partial })
     }
 
+    /// Write `bytes` to `PATH.partial` and rename it over PATH. A failure is said as the flag
+    /// and the path the person gave, with its cause once (`--save PATH: No space left on
+    /// device`): the `.partial` name is ours, and it is removed.
     pub fn commit(self, bytes: &[u8]) -> anyhow::Result<()> {
         use std::io::Write as _;
         let written = std::fs::File::create(&self.partial)
             .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
-            .with_context(|| format!("writing {}", self.partial.display()))
-            .and_then(|()| {
-                std::fs::rename(&self.partial, &self.path)
-                    .with_context(|| format!("renaming {} to {}", self.partial.display(), self.path.display()))
-            });
+            .and_then(|()| std::fs::rename(&self.partial, &self.path));
         if written.is_err() {
             let _ = std::fs::remove_file(&self.partial);
         }
-        written
+        written.map_err(|e| anyhow::anyhow!("--save {}: {e}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed final write or rename names the path given to `--save`, with its cause once,
+    /// and leaves no `.partial` behind. Before, it named `PATH.partial` (`writing
+    /// x.json.partial: Is a directory`, `renaming x.json.partial to x.json: …`).
+    #[test]
+    fn a_failed_commit_names_the_saved_path_and_its_cause_once() {
+        let dir = std::env::temp_dir().join(format!("mdsub-savefile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("x.json");
+        // The rename fails: a directory took the path during the run.
+        let save = SaveFile::create(&path).expect("save");
+        std::fs::create_dir(&path).expect("a directory at the path");
+        let e = crate::diag::error_line(&save.commit(b"{}").expect_err("rename over a directory"));
+        assert_eq!(e, format!("--save {}: Is a directory (os error 21)", path.display()));
+        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 1, "no .partial left: {e}");
+        std::fs::remove_dir(&path).expect("rmdir");
+        // The write fails: a directory took the `.partial` name.
+        let save = SaveFile::create(&path).expect("save");
+        std::fs::create_dir(dir.join("x.json.partial")).expect("a directory at the partial name");
+        let e = crate::diag::error_line(&save.commit(b"{}").expect_err("write"));
+        assert_eq!(e, format!("--save {}: Is a directory (os error 21)", path.display()));
+        assert!(!e.contains(".partial"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

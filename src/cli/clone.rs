@@ -179,7 +179,9 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
     // the error names the role (`clone-server: …`) as the runner's errors do.
     let server =
         Server::new_secured(cfg, access).map_err(|e| anyhow::anyhow!("clone-server: {e}; the server stopped"))?;
+    // Bound, its data directory recovered: from here the first Ctrl-C stops it cleanly.
     super::run_under_way();
+    server.say_ready();
     let handle = Runner::start(RunSpec::unpinned(args.idle.strategy()), stop.clone(), server)?;
     handle.join().map(drop).map_err(|e| anyhow::anyhow!("{e}; the server stopped"))
 }

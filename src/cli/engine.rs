@@ -347,11 +347,13 @@ pub struct EngineArgs {
     #[arg(long, value_enum)]
     pub idle: Option<Idle>,
     /// End-of-stream frames (one per publisher session) each shard waits for
-    /// before the engine ends; default one per endpoint it connects to, and on a
-    /// bound endpoint one from every publisher session it saw and every publisher
-    /// connected; 0 runs until Ctrl-C. Loss is known once every shard heard one publisher
-    /// session per endpoint it connects to (or N) to an end; sessions without an end of stream
-    /// at the end count, in `sent` and `lost`, to their last arrived message (floors, said).
+    /// before the engine ends, N exactly; by default one per endpoint, and one from every
+    /// publisher session the shard saw live (an endpoint behind a proxy such as `mdsub lvc`
+    /// carries several publishers; a session its publisher restarted, or known only from a
+    /// cache, is not waited for), and on a bound endpoint one from every publisher connected;
+    /// 0 runs until Ctrl-C. Loss is known once every shard heard one publisher session per
+    /// endpoint it connects to (or N) to an end; sessions without an end of stream at the end
+    /// count, in `sent` and `lost`, to their last arrived message (floors, said).
     #[arg(long, value_parser = parse_count_usize, value_name = "COUNT")]
     pub expect_eos: Option<usize>,
     /// Stop anyway after this long (e.g. 90s), also while the workers still handle a backlog

@@ -83,8 +83,8 @@ impl LvcArgs {
     }
 }
 
-/// Run `mdsub lvc` until SIGINT/SIGTERM.
+/// Run `mdsub lvc` until SIGINT/SIGTERM. Its run is under way once its sockets are bound and
+/// connected ([`super::run_under_way`]), not before.
 pub fn run(args: &LvcArgs, stop: &StopFlag) -> Result<LvcReport, AgentError> {
-    super::run_under_way();
-    crate::lvc::run(args.to_config(), stop, ExitCounters::json(args.json))
+    crate::lvc::run(args.to_config(), stop, ExitCounters::json(args.json), super::run_under_way)
 }

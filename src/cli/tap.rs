@@ -93,10 +93,10 @@ impl TapArgs {
     }
 }
 
-/// Run `mdsub tap` until SIGINT/SIGTERM.
+/// Run `mdsub tap` until SIGINT/SIGTERM. Its run is under way once `--record` is claimed and
+/// its sockets are bound and connected ([`super::run_under_way`]), not before.
 pub fn run(args: &TapArgs, stop: &StopFlag) -> Result<TapReport, TapError> {
-    super::run_under_way();
-    crate::tap::run(args.to_config(), stop, ExitCounters::json(args.json))
+    crate::tap::run(args.to_config(), stop, ExitCounters::json(args.json), super::run_under_way)
 }
 
 /// A `--record` file that stopped being written is not a successful run: the recording is

@@ -271,6 +271,12 @@ impl Top {
                 .collect();
             note.push_str(&format!(" ({})", by.join(", ")));
         }
+        // Frames its readers dropped (malformed, implausible, over a limit): the reasons are in
+        // its report and on its stderr.
+        let bad: u64 = e.shards.values().map(|s| u(&s.status, "bad_frames")).fold(0, u64::saturating_add);
+        if bad > 0 {
+            note.push_str(&format!(", bad frames {bad}"));
+        }
         if u(st, "self_stalls") > 0 {
             note.push_str(&format!(", longest self-stall {}", crate::diag::human_ns(u(st, "longest_self_stall_ns"))));
         }
@@ -676,6 +682,19 @@ mod tests {
             [("e1", "shard0", "SNAIL"), ("e1", "shard1", "OK"), ("e2", "shard0", "WARN")],
             "an engine that says no shard verdict: its own"
         );
+    }
+
+    /// Frames a reader dropped (a publisher over its limit, say) show in the engine's note,
+    /// summed over its shards; before, `top` showed nothing of them.
+    #[test]
+    fn shows_bad_frames_in_the_engine_note() {
+        let mut t = Top::default();
+        t.apply(&change("/mdsub/status/e1/engine", Some(r#"{"busiest_agent":"worker0","busiest_busy":0.5}"#)));
+        for (k, bad) in [(0, 534459), (1, 2)] {
+            let shard = format!(r#"{{"msgs_per_s":10,"p50_ns":1000,"gaps":0,"intervals":1,"bad_frames":{bad}}}"#);
+            t.apply(&change(&format!("/mdsub/status/e1/shard{k}"), Some(&shard)));
+        }
+        assert_eq!(t.engine_note("e1"), "busiest worker0 50%, handler refused 0, bad frames 534461");
     }
 
     /// A publisher that keeps reconnecting to a bound shard, a reader that stalled and a handler

@@ -22,6 +22,7 @@ pub mod map;
 pub mod persist;
 pub mod server;
 pub mod server_core;
+pub mod syncer;
 
 /// Derive the three CHP endpoints (snapshot P, publisher P+1, collector P+2) from `tcp://host:P`.
 pub fn endpoints(base: &str) -> Result<[String; 3], String> {

@@ -15,9 +15,11 @@
 //!
 //! **fsync choice**: the server hands records to the OS (flushes the user-space buffer) after each
 //! batch of updates and *before* it publishes them (a KVPUB is the client's acknowledgement), and
-//! `fsync`s at most once per `fsync_interval` (1 s by default) and on clean stop. So a crash of
+//! asks for an `fsync` once per `fsync_interval` (1 s by default) and on clean stop. So a crash of
 //! the *process* (kill -9) loses no acknowledged update; a crash of the *machine* (power, kernel)
-//! can lose up to the last second of updates.
+//! can lose up to the last second of updates, or the length of an fsync that took longer (said and
+//! counted, see [`super::syncer`]). The periodic fsync runs on the server's syncer thread
+//! ([`Store::log_handle`], [`Store::take_unsynced`]), never on the serving one.
 //! Clients that re-send un-acknowledged updates after a failover cover part of that window.
 
 use std::fs::{File, OpenOptions};
@@ -55,6 +57,10 @@ pub enum PersistError {
     /// The data directory named is something else (a file).
     #[error("{path}: not a directory (--data-dir names the directory for the update log and snapshots)")]
     NotADirectory { path: PathBuf },
+    /// A FIFO, device, socket or directory where the data directory keeps one of its files:
+    /// opening a FIFO waits for its other end, so it is refused before anything waits.
+    #[error("{path}: it is {what}; the clone server keeps its log, snapshots and lock in --data-dir as regular files")]
+    NotRegular { path: PathBuf, what: &'static str },
     /// Another server holds the data directory's lock: it is using the directory now.
     #[error(
         "{path}: another clone server is using this data directory (it holds {path}/lock); give each server \
@@ -112,6 +118,7 @@ pub struct Store {
     _lock: File,
     log: BufWriter<File>,
     log_records: u64,
+    /// Records handed to the OS (or buffered) since the last fsync was asked for.
     dirty: bool,
     /// Length of the log once its last successful flush reached the OS: what
     /// [`Store::rollback`] cuts back to.
@@ -263,11 +270,42 @@ enum FileRead {
     CutMagic(usize),
 }
 
+/// What is at `meta`'s path when it is not a regular file.
+fn not_regular(meta: &std::fs::Metadata) -> Option<&'static str> {
+    match meta {
+        m if m.is_file() => None,
+        m if m.is_dir() => Some("a directory"),
+        _ => Some("not a regular file (a FIFO, socket or device)"),
+    }
+}
+
+/// Open the data directory's file `path` as `opts` says, non-blocking, and refuse anything but
+/// a regular file ([`PersistError::NotRegular`]): a blocking open of a FIFO placed there waits
+/// for a reader or a writer for ever, and the server with it. (`O_NONBLOCK` stays on the
+/// handle: on a regular file it changes nothing.) The rule of [`crate::infile`] and
+/// [`crate::outfile`], for the server's own files.
+fn open_regular(path: &Path, opts: &mut OpenOptions, context: &'static str) -> Result<File, PersistError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let refused = |what| PersistError::NotRegular { path: path.to_path_buf(), what };
+    let file = opts.custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| match e.raw_os_error() {
+        // Opened for writing, a FIFO with no reader says ENXIO; a directory says EISDIR.
+        Some(libc::ENXIO) => refused("not a regular file (a FIFO, socket or device)"),
+        Some(libc::EISDIR) => refused("a directory"),
+        _ => io_err(path, context)(e),
+    })?;
+    match not_regular(&file.metadata().map_err(io_err(path, context))?) {
+        Some(what) => Err(refused(what)),
+        None => Ok(file),
+    }
+}
+
 fn read_file(path: &Path, magic: &[u8; 8], what: &'static str) -> Result<FileRead, PersistError> {
-    let mut f = match File::open(path) {
+    let mut f = match open_regular(path, OpenOptions::new().read(true), "opening") {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileRead::Absent),
-        Err(e) => return Err(io_err(path, "opening")(e)),
+        Err(PersistError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(FileRead::Absent)
+        }
+        Err(e) => return Err(e),
     };
     let mut data = Vec::new();
     f.read_to_end(&mut data).map_err(io_err(path, "reading"))?;
@@ -322,7 +360,7 @@ fn write_snapshot_file(dir: &Path, sequence: u64, records: impl Iterator<Item = 
 }
 
 fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
-    let f = File::create(tmp).map_err(io_err(tmp, "creating"))?;
+    let f = open_regular(tmp, OpenOptions::new().write(true).create(true).truncate(true), "creating")?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut buf = Vec::with_capacity(1 << 16);
     buf.extend_from_slice(SNAP_MAGIC);
@@ -343,12 +381,11 @@ fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = R
 /// read or written; [`PersistError::InUse`] when another process holds it.
 fn lock_dir(dir: &Path) -> Result<File, PersistError> {
     let path = dir.join("lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path, "opening the data directory's lock file"))?;
+    let file = open_regular(
+        &path,
+        OpenOptions::new().create(true).truncate(false).write(true),
+        "opening the data directory's lock file",
+    )?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(PersistError::InUse { path: dir.to_path_buf() }),
@@ -377,6 +414,11 @@ impl Store {
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir, "creating the data directory"))?;
         let lock = lock_dir(dir)?;
+        // Written at each snapshot, long after the start: anything but a file there is said now.
+        let tmp = dir.join("snapshot.tmp");
+        if let Some(what) = std::fs::metadata(&tmp).ok().as_ref().and_then(not_regular) {
+            return Err(PersistError::NotRegular { path: tmp, what });
+        }
         let snap_path = dir.join("snapshot");
         let log_path = dir.join("log");
         let mut rec = Recovered::default();
@@ -441,13 +483,11 @@ impl Store {
             // damaged file so they can be looked at (or salvaged) by hand.
             rec.corrupt_copies.push(copy_aside(dir, "log", "corrupt")?);
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(io_err(&log_path, "opening the log"))?;
+        let mut file = open_regular(
+            &log_path,
+            OpenOptions::new().create(true).truncate(false).read(true).write(true),
+            "opening the log",
+        )?;
         let len = file.metadata().map_err(io_err(&log_path, "reading the log size"))?.len();
         if len < 8 {
             file.set_len(0).map_err(io_err(&log_path, "resetting the log"))?;
@@ -501,7 +541,11 @@ impl Store {
     pub fn flush(&mut self) -> Result<(), PersistError> {
         let path = self.dir.join("log");
         self.log.flush().map_err(io_err(&path, "flushing"))?;
-        self.good_len = self.log.get_mut().stream_position().map_err(io_err(&path, "reading the log position"))?;
+        let at = self.log.get_mut().stream_position().map_err(io_err(&path, "reading the log position"))?;
+        // Records reached the OS: the next fsync has something to do (records buffered when an
+        // fsync was asked for are not lost to it).
+        self.dirty |= at != self.good_len;
+        self.good_len = at;
         Ok(())
     }
 
@@ -525,6 +569,25 @@ impl Store {
         f.set_len(self.good_len).map_err(io_err(&path, context))?;
         f.seek(SeekFrom::Start(self.good_len)).map_err(io_err(&path, "seeking the log"))?;
         Ok(())
+    }
+
+    /// A second handle on the log's file, for the syncer thread's `fdatasync`: the same open
+    /// file, so a sync through it makes durable what this store flushed (the file is never
+    /// replaced while the store is open; a snapshot cuts it in place).
+    pub fn log_handle(&self) -> Result<File, PersistError> {
+        self.log.get_ref().try_clone().map_err(io_err(&self.dir.join("log"), "opening a second handle on the log"))
+    }
+
+    /// Whether records were written since the last call (or [`Store::sync`]): an fsync has
+    /// something to make durable. The caller that gets `true` owns that fsync; if it fails, it
+    /// calls [`Store::mark_unsynced`] so the next one is tried.
+    pub fn take_unsynced(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// An fsync asked for after [`Store::take_unsynced`] failed: the next one must be tried.
+    pub fn mark_unsynced(&mut self) {
+        self.dirty = true;
     }
 
     /// Flush and fsync the log (survives a machine crash).

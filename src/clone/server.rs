@@ -3,7 +3,9 @@
 //! Snapshot ROUTER at P, PUB at P+1,
 //! collector SUB at P+2, Binary Star heartbeats at P+3. This is the shell: it moves frames
 //! between the sockets and [`ServerCore`] (the protocol: pending list, takeover, passive re-sync,
-//! TTL expiry, HUGZ, durability), runs the update log, and reads the clock once per step.
+//! TTL expiry, HUGZ, durability), runs the update log, and reads the clock once per step (and
+//! around a write to the data directory, whose length it tells the core). The log's fsync runs on
+//! the syncer's thread ([`super::syncer`]), never on this one.
 
 use std::time::Duration;
 
@@ -11,7 +13,8 @@ use super::bstar::{BStarError, State};
 use super::kvmsg::{self, decode_request, recv_frames, KvMsg, FRAME_SLACK_BYTES, KTHXBAI, STATUS_REP};
 use super::map::KvMap;
 use super::persist::{PersistError, Record, Store};
-use super::server_core::{Action, Event, ServerCore, SNAPSHOT_STALL_MS};
+use super::server_core::{Action, Event, ServerCore, SnapshotCut, SNAPSHOT_STALL_MS};
+use super::syncer::{LogSync, SyncerLink};
 use crate::agent::{Agent, AgentError, Step};
 use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapHandler};
 
@@ -54,6 +57,9 @@ pub enum ServerError {
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
+    /// The log's syncer thread could not start.
+    #[error(transparent)]
+    Syncer(#[from] AgentError),
 }
 
 fn zerr(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> ServerError {
@@ -133,6 +139,8 @@ pub struct Server {
     pair: Option<Pair>,
     core: ServerCore,
     store: Option<Store>,
+    /// The thread that fsyncs the log (with a data directory).
+    syncer: Option<SyncerLink>,
     /// Wall clock (ms since the epoch) of this step, for the log's TTL deadlines.
     wall_ms: u64,
     /// Appends up to this token are not written ([`Action::SkipAppends`]).
@@ -158,7 +166,13 @@ impl Server {
     /// Binary Star state) asks the ZAP handler about each new peer, and with
     /// CURVE demands the server's key. Both halves of a pair use the same key
     /// pair, so clients trust one public key and each half trusts its peer.
-    pub fn new_secured(cfg: ServerConfig, mut access: ServerAccess) -> Result<Server, ServerError> {
+    pub fn new_secured(cfg: ServerConfig, access: ServerAccess) -> Result<Server, ServerError> {
+        Server::with_log_sync(cfg, access, super::syncer::sync_data())
+    }
+
+    /// [`Server::new_secured`] whose syncer makes the log durable with `sync` (a server uses
+    /// [`super::syncer::sync_data`]; a test, a sync that takes as long as it says).
+    pub fn with_log_sync(cfg: ServerConfig, mut access: ServerAccess, sync: LogSync) -> Result<Server, ServerError> {
         cfg.check().map_err(ServerError::Config)?;
         let ctx = zmq::Context::new();
         let peer_keys = access.curve.as_mut().map(|(pair, allowed)| {
@@ -251,6 +265,7 @@ impl Server {
             collector,
             pair,
             store: None,
+            syncer: None,
             wall_ms: 0,
             skip_appends_through: 0,
             actions: Vec::new(),
@@ -278,18 +293,26 @@ impl Server {
                     dir.display()
                 ),
             );
+            server.syncer = Some(SyncerLink::start(dir.join("log"), store.log_handle()?, sync)?);
             server.store = Some(store);
         }
+        Ok(server)
+    }
+
+    /// Say `clone-server: ready on HOST:P (snapshot), …` (when verbose): its sockets are bound
+    /// and its data directory recovered. Said by the caller once its run is under way, so a
+    /// person (or a test) who reads it and presses Ctrl-C gets the server's clean stop.
+    pub fn say_ready(&self) {
+        let (host, p) = (&self.cfg.bind_host, self.cfg.port);
         log(
-            server.cfg.verbose,
+            self.cfg.verbose,
             format_args!(
                 "ready on {host}:{p} (snapshot), :{} (publisher), :{} (collector), state {}",
                 p + 1,
                 p + 2,
-                server.core.state_name()
+                self.core.state_name()
             ),
         );
-        Ok(server)
     }
 
     /// The ZAP handler's counts (accepted, refused by reason), when access is controlled.
@@ -358,10 +381,9 @@ impl Server {
                     None
                 }
                 Action::SendSnapshot { identity, subtree } => {
-                    Some(if self.serve_snapshot(&identity, &subtree, now_ns) {
-                        Event::SnapshotSent
-                    } else {
-                        Event::SnapshotAbandoned
+                    Some(match self.serve_snapshot(&identity, &subtree, now_ns) {
+                        Ok(()) => Event::SnapshotSent,
+                        Err(cut) => Event::SnapshotCut(cut),
                     })
                 }
                 Action::RequestPeerSnapshot => (!self.open_peer_sync()?).then_some(Event::PeerSyncFailed),
@@ -382,18 +404,24 @@ impl Server {
                     self.log_result(r, Some(token))
                 }
                 Action::FlushLog => {
-                    let r = self.store.as_mut().map(|s| s.flush());
+                    let r = self.on_disk(|s| s.flush());
                     self.log_result(r, None).or(Some(Event::LogFlushed))
                 }
                 Action::SyncLog => {
-                    if let Some(Err(e)) = self.store.as_mut().map(|s| s.sync()) {
-                        crate::diag!("clone-server: {e}");
+                    let unsynced = self.store.as_mut().is_some_and(|s| s.take_unsynced());
+                    match self.syncer.as_mut() {
+                        // Asked of the syncer; its answer is fed to the core in a later step.
+                        Some(syncer) if unsynced => {
+                            syncer.ask()?;
+                            None
+                        }
+                        _ => Some(Event::NothingToSync),
                     }
-                    None
                 }
                 Action::KeepAside => {
-                    let dir = self.cfg.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display();
-                    match self.store.as_mut().map(|s| s.keep_aside()) {
+                    let dir = self.cfg.data_dir.clone().unwrap_or_default();
+                    let dir = dir.display();
+                    match self.on_disk(|s| s.keep_aside()) {
                         Some(Ok(copies)) => {
                             let copies: Vec<String> = copies.iter().map(|c| c.display().to_string()).collect();
                             crate::diag!(
@@ -460,8 +488,41 @@ impl Server {
         Ok(true)
     }
 
-    /// Write the map as the data directory's snapshot (and restart the log).
+    /// Run `f` on the store, timed: the time this thread spent in the data directory is told to
+    /// the core ([`ServerCore::disk_waited`]), so a slow disk is not taken for a pause.
+    fn on_disk<T>(&mut self, f: impl FnOnce(&mut Store) -> T) -> Option<T> {
+        let store = self.store.as_mut()?;
+        let t0 = crate::clock::monotonic_ns();
+        let r = f(store);
+        self.core.disk_waited(crate::clock::monotonic_ns().saturating_sub(t0));
+        Some(r)
+    }
+
+    /// Feed the syncer's answers to the core.
+    fn take_syncs(&mut self, now_ns: u64) -> Result<usize, AgentError> {
+        let mut n = 0;
+        while let Some(s) = self.syncer.as_mut().map(|l| l.answer()).transpose()?.flatten() {
+            if s.error.is_some() {
+                if let Some(store) = self.store.as_mut() {
+                    store.mark_unsynced();
+                }
+            }
+            self.step(Event::LogSynced { took_ns: s.took_ns, error: s.error }, now_ns)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Write the map as the data directory's snapshot (and restart the log), timed like
+    /// [`Server::on_disk`].
     fn rewrite_store(&mut self, now_ns: u64) -> Result<(), PersistError> {
+        let t0 = crate::clock::monotonic_ns();
+        let r = self.write_snapshot(now_ns);
+        self.core.disk_waited(crate::clock::monotonic_ns().saturating_sub(t0));
+        r
+    }
+
+    fn write_snapshot(&mut self, now_ns: u64) -> Result<(), PersistError> {
         let Some(store) = self.store.as_mut() else { return Ok(()) };
         let wall = self.wall_ms;
         let map = self.core.map();
@@ -476,9 +537,8 @@ impl Server {
         store.write_snapshot(self.core.sequence(), recs)
     }
 
-    /// Send the snapshot of `subtree` and KTHXBAI; true when all of it went out.
-    fn serve_snapshot(&mut self, identity: &[u8], subtree: &[u8], now_ns: u64) -> bool {
-        let mut sent_ok = true;
+    /// Send the snapshot of `subtree` and KTHXBAI; why not all of it went out, if it did not.
+    fn serve_snapshot(&mut self, identity: &[u8], subtree: &[u8], now_ns: u64) -> Result<(), SnapshotCut> {
         let (map, mut bstar) = self.core.snapshot_view();
         for (i, (k, e)) in map.subtree(subtree).enumerate() {
             // A large snapshot takes a while: keep the Binary Star heartbeat going meanwhile so
@@ -490,20 +550,16 @@ impl Server {
                     }
                 }
             }
-            let r = if e.expires_at_ns.is_none() && e.props.is_empty() {
-                send_entry_plain(&self.snapshot, identity, k, e)
+            if e.expires_at_ns.is_none() && e.props.is_empty() {
+                send_entry_plain(&self.snapshot, identity, k, e).map_err(snapshot_cut)?;
             } else {
-                KvMap::to_msg(k, e, now_ns).send(&self.snapshot, Some(identity)).map_err(|_| zmq::Error::EINVAL)
-            };
-            if r.is_err() {
-                sent_ok = false;
-                break;
+                KvMap::to_msg(k, e, now_ns).send(&self.snapshot, Some(identity)).map_err(send_cut)?;
             }
         }
         let mut end = KvMsg::new(KTHXBAI, self.core.sequence(), subtree.to_vec());
         // Our limits, so that mdsub's clients refuse an update we would drop at once.
         self.core.limits().stamp(&mut end);
-        sent_ok && end.send(&self.snapshot, Some(identity)).is_ok()
+        end.send(&self.snapshot, Some(identity)).map_err(send_cut)
     }
 
     fn drain_snapshot(&mut self, now_ns: u64) -> Result<usize, AgentError> {
@@ -645,6 +701,25 @@ fn fatal(e: BStarError) -> AgentError {
     }
 }
 
+/// Why a snapshot send failed, from the snapshot ROUTER's error: with ROUTER_MANDATORY an
+/// identity with no connection is EHOSTUNREACH (the client left), and a queue that stayed at its
+/// HWM for the send timeout is EAGAIN.
+fn snapshot_cut(e: zmq::Error) -> SnapshotCut {
+    match e {
+        zmq::Error::EHOSTUNREACH => SnapshotCut::ClientGone,
+        zmq::Error::EAGAIN => SnapshotCut::QueueFull,
+        e => SnapshotCut::Failed(format!("zmq send: {e}")),
+    }
+}
+
+/// [`snapshot_cut`] for a kvmsg send (whose properties may also fail to encode).
+fn send_cut(e: kvmsg::SendError) -> SnapshotCut {
+    match e {
+        kvmsg::SendError::Zmq(e) => snapshot_cut(e),
+        e => SnapshotCut::Failed(e.to_string()),
+    }
+}
+
 /// Send one KVSYNC straight from a stored entry without properties or TTL (no copy of the entry).
 fn send_entry_plain(sock: &zmq::Socket, identity: &[u8], key: &[u8], e: &super::map::Entry) -> zmq::Result<()> {
     sock.send(identity, zmq::SNDMORE)?;
@@ -677,6 +752,7 @@ impl Agent for Server {
         n += self.drain_peer(now)?;
         n += self.drain_snapshot(now)?;
         n += self.drain_collector(now)?;
+        n += self.take_syncs(now)?;
         let expired = self.core.counters().expired;
         self.step(Event::Tick, now)?;
         n += (self.core.counters().expired - expired) as usize;
@@ -701,14 +777,29 @@ impl Agent for Server {
         if let Err(e) = self.step(Event::Flush, now) {
             crate::diag!("clone-server: {e}");
         }
+        // The sync in flight ends first (a slow disk holds the stop that long), then the last
+        // one runs here: nothing else is left to serve.
+        if let Some(last) = self.syncer.as_mut().and_then(|l| l.close()) {
+            if let Err(e) = self.step(Event::LogSynced { took_ns: last.took_ns, error: last.error }, now) {
+                crate::diag!("clone-server: {e}");
+            }
+        }
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.sync() {
                 crate::diag!("clone-server: {e}");
             }
         }
+        let c = self.core.counters();
+        let disk = match self.store.is_some() {
+            true => format!(
+                "; log fsyncs: {} ({} slower than the {} ms interval, longest {} ms, {} failed); slow-disk stalls: {}",
+                c.syncs, c.slow_syncs, self.cfg.fsync_interval_ms, c.longest_sync_ms, c.sync_failures, c.disk_stalls
+            ),
+            false => String::new(),
+        };
         log(
             self.cfg.verbose,
-            format_args!("stopped at sequence {} with {} keys", self.core.sequence(), self.core.map().len()),
+            format_args!("stopped at sequence {} with {} keys{disk}", self.core.sequence(), self.core.map().len()),
         );
     }
 }

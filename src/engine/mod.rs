@@ -24,7 +24,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::agent::{AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, RunSpec, Runner, StopFlag};
+use crate::agent::{
+    AgentCounters, AgentError, AgentHandle, AgentStats, IdleStrategy, IntervalMarks, RunSpec, Runner, StopFlag,
+};
 use crate::link::{LinkBoard, LinkWatch};
 use crate::metrics::collector::{Collected, Collector, CollectorOutputs, IntervalLog, SharedLatency, WorkerReport};
 use crate::metrics::http::MetricsServer;
@@ -37,7 +39,7 @@ use crate::snail::monitor::MonitorAgent;
 use crate::snail::{Guard, Scream, Site, SnailBoard, SnailConfig};
 use crate::wire::DROP_REASON_NAMES;
 use handler::{HandlerSpec, REFUSAL_REASONS};
-use reader::{HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
+use reader::{EndWait, HandOff, ReaderAgent, ReaderConfig, Routing, ShardCounters};
 use worker::{MetricsLink, WorkerAgent, WorkerCore, WorkerCounters};
 
 /// The engine's defaults, in one place (profiles and `EngineConfig::default`).
@@ -117,8 +119,8 @@ pub struct EngineConfig {
     pub handler: HandlerSpec,
     pub metrics_interval: Duration,
     /// Each shard ends after end of stream from this many publisher sessions
-    /// (0: run until stopped; None: one per endpoint it connects to, and on a shard that
-    /// binds, one from every publisher session it saw and one per publisher connected).
+    /// (0: run until stopped; None: one per endpoint, and one from every publisher session it
+    /// saw, and on a shard that binds one per publisher connected: [`reader::EndWait`]).
     pub expect_eos_per_shard: Option<usize>,
     /// Lag and silence checks and what their verdicts do.
     pub snail: SnailConfig,
@@ -331,11 +333,14 @@ impl Engine {
                 move || shards.iter().map(|c| c.gaps.load(Relaxed)).collect()
             }),
         };
+        // The agents `/metrics` and the status list, their busy share taken per interval.
+        let marks = Arc::new(IntervalMarks::default());
         let collector = Runner::start(
             RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }),
             StopFlag::new(),
             Collector::new(rx, spare_txs, cfg.shards.len(), metrics_interval_ns.clone(), latency.clone(), outputs)
-                .with_interval_log(interval_log),
+                .with_interval_log(interval_log)
+                .with_interval_marks(marks.clone()),
         )?;
         // From here an early return drops `engine`, which stops and joins
         // whatever was already started.
@@ -422,8 +427,9 @@ impl Engine {
             engine
                 .io_tids
                 .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
-            // One publisher per endpoint, bound or connected: at least, on a bound one (as many as
-            // connect to it; the reader waits for each, `every_session`).
+            // One publisher per endpoint, bound or connected: at least (a bound one has as many as
+            // connect to it, a connected one behind a proxy all the proxy's: the reader waits for
+            // every session it saw, `EndWait`).
             let publishers = shard.endpoints.len() + shard.binds.len();
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(publishers);
             engine.ends_needed.push(ends_needed(cfg.expect_eos_per_shard, shard.endpoints.len()));
@@ -442,7 +448,7 @@ impl Engine {
                 routing: cfg.routing,
                 worker_endpoints: worker_endpoints.clone(),
                 expect_eos,
-                every_session: cfg.expect_eos_per_shard.is_none() && !shard.binds.is_empty(),
+                end_wait: EndWait::of_shard(cfg.expect_eos_per_shard, !shard.binds.is_empty()),
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 handoff_hwm_msgs: cfg.handoff_hwm_msgs,
             };
@@ -456,6 +462,11 @@ impl Engine {
             engine.readers.push(Runner::start(spec, stop.clone(), agent)?);
         }
         drop(screams);
+        let readers = engine.readers.iter().map(|h| h.counters());
+        let workers = engine.workers.iter().map(|h| h.counters());
+        for c in readers.chain(workers).chain(engine.collector.iter().map(|h| h.counters())) {
+            marks.watch(c.clone());
+        }
         if let Some(addr) = cfg.outputs.listen {
             engine.start_metrics_http(addr, cfg.outputs.metrics_access.clone())?;
         }
@@ -847,6 +858,10 @@ impl Engine {
             let missing: u64 = losses.iter().map(|l| l.unwrap_or(0)).sum();
             let eos = ends.iter().map(|e| e.eos).sum();
             let basis = known_basis(eos, ends.iter().map(|e| e.unended).sum());
+            let basis = match ends.iter().map(|e| e.over_limit).sum() {
+                0 => basis,
+                n => crate::metrics::over_limit_basis(&basis, n),
+            };
             (Some(missing + forwarded.saturating_sub(delivered).min(rested)), basis)
         };
         let secs = self.active_window().as_secs_f64().max(1e-9);
@@ -871,6 +886,7 @@ impl Engine {
             not_handled,
             lost,
             beyond_sent,
+            over_limit_lost: lost.map_or(0, |_| sum(&|c| c.over_limit_data.load(Relaxed))),
             loss_basis,
             counts,
             msgs_per_sec,
@@ -919,6 +935,7 @@ fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
         publisher_connects: c.publisher_connects.load(Relaxed),
         publisher_disconnects: c.publisher_disconnects.load(Relaxed),
         publisher_refused: c.publisher_refused.load(Relaxed),
+        beyond_sent: beyond_sent_of(c),
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
         counts: counts_of(c),
@@ -1033,20 +1050,12 @@ fn refused_of(c: &WorkerCounters, reasons: &[&'static str]) -> Vec<(&'static str
         .collect()
 }
 
-/// A shard's loss from its counters ([`crate::metrics::loss_of`]): what its publishers said
-/// they sent, less what arrived (handed on, or dropped for order); `Err`: that many arrived
-/// beyond what they said.
-fn shard_loss(c: &ShardCounters) -> Result<u64, u64> {
-    crate::metrics::loss_of(c.sent(), c.forwarded.load(Relaxed), c.reordered.load(Relaxed))
-}
-
 /// What arrived on a shard beyond what its publishers' ends of stream (and the last arrived
 /// sequences of its sessions without one) say they sent, once a session was heard to an end and
-/// where every topic is taken (through a filter, what was sent is not all for it).
+/// where every topic is taken (through a filter, what was sent is not all for it),
+/// as its reader counted it ([`reader::ShardCounters::beyond_sent`]).
 fn beyond_sent_of(c: &ShardCounters) -> u64 {
-    let heard = c.eos_sessions.load(Relaxed).saturating_add(c.unended_sessions.load(Relaxed)) > 0;
-    let said = heard && c.full_subscription.load(Relaxed);
-    shard_loss(c).err().filter(|_| said).unwrap_or(0)
+    c.beyond_sent.load(Relaxed)
 }
 
 /// A shard's sequence and frame counts, as its reader last published them.
@@ -1054,7 +1063,9 @@ fn counts_of(c: &ShardCounters) -> SequenceCounts {
     let mut bad_frames: std::collections::BTreeMap<String, u64> =
         DROP_REASON_NAMES.iter().enumerate().map(|(r, name)| (name.to_string(), c.bad[r].load(Relaxed))).collect();
     bad_frames.insert("implausible_sequence".into(), c.implausible.load(Relaxed));
-    bad_frames.insert("over_limit".into(), c.over_limit.load(Relaxed));
+    bad_frames.insert("over_limit_publishers".into(), c.over_limit_publishers.load(Relaxed));
+    bad_frames.insert("over_limit_topics".into(), c.over_limit_topics.load(Relaxed));
+    bad_frames.insert("after_end".into(), c.after_end.load(Relaxed));
     SequenceCounts {
         before_first: c.before_first.load(Relaxed),
         gaps: c.gaps.load(Relaxed),
@@ -1119,6 +1130,9 @@ struct ShardEnds {
     sent: u64,
     forwarded: u64,
     reordered: u64,
+    /// Data frames of publishers over the reader's limit, dropped unjudged with their ends of
+    /// stream: no count covers them, so they are added to the loss (a floor).
+    over_limit: u64,
 }
 
 /// Why a shard's loss is not known.
@@ -1143,6 +1157,7 @@ impl ShardEnds {
             sent: c.sent(),
             forwarded: c.forwarded.load(Relaxed),
             reordered: c.reordered.load(Relaxed),
+            over_limit: c.over_limit_data.load(Relaxed),
         }
     }
 
@@ -1162,7 +1177,9 @@ impl ShardEnds {
         if !self.full {
             return Err(LossUnknown::Filtered);
         }
-        crate::metrics::loss_of(self.sent, self.forwarded, self.reordered).map_err(LossUnknown::BeyondSent)
+        crate::metrics::loss_of(self.sent, self.forwarded, self.reordered)
+            .map(|lost| lost.saturating_add(self.over_limit))
+            .map_err(LossUnknown::BeyondSent)
     }
 }
 
@@ -1221,7 +1238,7 @@ mod tests {
     /// A shard that takes every topic and heard `eos` ends of stream and `unended` sessions
     /// without one, of the `needed`; `sent` by those counts, `forwarded` of it arrived.
     fn shard(eos: u64, unended: u64, needed: u64, sent: u64, forwarded: u64) -> ShardEnds {
-        ShardEnds { eos, unended, needed, full: true, sent, forwarded, reordered: 0 }
+        ShardEnds { eos, unended, needed, full: true, sent, forwarded, reordered: 0, over_limit: 0 }
     }
 
     #[test]

@@ -93,9 +93,16 @@ pub struct ShardCounters {
     pub id_conflicts: AtomicU64,
     /// Malformed frames by [`wire::DecodeError::reason`].
     pub bad: [AtomicU64; DROP_REASONS],
-    /// Dropped by the sequence checks as implausible jumps / over state limits.
+    /// Dropped by the sequence checks as implausible jumps / over state limits (publishers
+    /// live, topics) / after their session ended and was forgotten
+    /// ([`super::sequence::SequenceTotals`]).
     pub implausible: AtomicU64,
-    pub over_limit: AtomicU64,
+    pub over_limit_publishers: AtomicU64,
+    pub over_limit_topics: AtomicU64,
+    pub after_end: AtomicU64,
+    /// Of `over_limit_publishers`, the data frames: no end-of-stream count covers them, so
+    /// they are lost on top of what the counts say ([`super::sequence::SequenceTotals::over_limit_data`]).
+    pub over_limit_data: AtomicU64,
     /// Distinct publisher sessions whose end of stream arrived, and the sum of
     /// the `sent` counts they carried.
     pub eos_sessions: AtomicU64,
@@ -105,6 +112,10 @@ pub struct ShardCounters {
     /// ([`super::sequence::SequenceTotals::unended_sent`]).
     pub unended_sessions: AtomicU64,
     pub unended_sent: AtomicU64,
+    /// Messages that arrived beyond what the ends of stream say were sent (a publisher's count
+    /// is wrong: loss unknown), as of the last end of stream after which no session of the
+    /// shard was open, and at the end (the report's `beyond_sent`).
+    pub beyond_sent: AtomicU64,
     /// Messages sent before the first live frame of each session this shard saw
     /// ([`super::sequence::SequenceTotals::before_first`]).
     pub before_first: AtomicU64,
@@ -162,6 +173,45 @@ pub enum Silence {
     Ended { lasted_ns: u64 },
 }
 
+/// What a shard waits for, besides its `expect_eos` ends of stream, before its stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndWait {
+    /// Nothing more: `--expect-eos N` says how many ends of stream are the end.
+    Count,
+    /// No publisher session it saw still open ([`Checks::any_open`]): a shard that connects,
+    /// with no `--expect-eos`. One endpoint is one publisher only when nothing stands between:
+    /// behind a proxy (`mdsub lvc`, any XSUB/XPUB) it carries every publisher of the proxy.
+    EverySession,
+    /// That, and an end of stream for each publisher connected to its bound endpoints now
+    /// (`publisher_connects` less `publisher_disconnects`): a shard that binds, with no
+    /// `--expect-eos` (publishers connect to it, so their number is not one per endpoint, and
+    /// one connected whose first frame has not come yet is not missed).
+    EveryPublisher,
+}
+
+impl EndWait {
+    /// The wait of a shard: `expect_eos` is `--expect-eos` (None: not given), `binds` whether
+    /// the shard binds an endpoint publishers connect to.
+    pub fn of_shard(expect_eos: Option<usize>, binds: bool) -> Self {
+        match (expect_eos, binds) {
+            (Some(_), _) => EndWait::Count,
+            (None, false) => EndWait::EverySession,
+            (None, true) => EndWait::EveryPublisher,
+        }
+    }
+
+    /// Whether the stream ended, once the `expect_eos` ends of stream came: `open`, a
+    /// session seen is still open; `eos`, the sessions whose end of stream came; `connected`,
+    /// publishers connected to the shard's bound endpoints now.
+    pub fn ended(self, open: bool, eos: u64, connected: u64) -> bool {
+        match self {
+            EndWait::Count => true,
+            EndWait::EverySession => !open,
+            EndWait::EveryPublisher => !open && eos >= connected,
+        }
+    }
+}
+
 /// Reader settings.
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
@@ -176,10 +226,8 @@ pub struct ReaderConfig {
     pub worker_endpoints: Vec<String>,
     /// End of stream after this many publishers said so (0: run until stopped).
     pub expect_eos: usize,
-    /// Besides `expect_eos`, wait for the end of stream of every publisher session seen and
-    /// of as many sessions as publishers are connected (a shard that binds, with no
-    /// `--expect-eos`: publishers connect to it, so their number is not one per endpoint).
-    pub every_session: bool,
+    /// What the shard waits for besides `expect_eos` ends of stream.
+    pub end_wait: EndWait,
     /// The shard subscribes to every topic (stream gaps are then real loss).
     pub full_subscription: bool,
     /// Hand-off queue depth per worker, in hand-off messages (batches).
@@ -217,12 +265,17 @@ pub struct Checks {
     /// here on is expected, not a silence (as the snail's STOP is disarmed), until
     /// another frame arrives.
     quiet_by_right: bool,
+    /// Messages that arrived beyond what the ends of stream say were sent ([`Checks::beyond_sent`]),
+    /// as of the last end of stream after which no session was open, or the end.
+    beyond_sent: u64,
     /// Refused frames by reason, and the line due to be said ([`Checks::take_refusal_line`]).
     refusals: Refusals,
     refusal_line: Option<String>,
-    /// The tracker's implausible / over-limit drops already counted as refusals.
+    /// The tracker's implausible / over-limit / after-end drops already counted as refusals.
     refused_implausible: u64,
-    refused_over_limit: u64,
+    refused_over_publishers: u64,
+    refused_over_topics: u64,
+    refused_after_end: u64,
 }
 
 impl Checks {
@@ -248,10 +301,13 @@ impl Checks {
             ended_silence_ns: None,
             cadence: crate::snail::Cadence::default(),
             quiet_by_right: false,
+            beyond_sent: 0,
             refusals: Refusals::new("reader", SUMMARY_INTERVAL_NS),
             refusal_line: None,
             refused_implausible: 0,
-            refused_over_limit: 0,
+            refused_over_publishers: 0,
+            refused_over_topics: 0,
+            refused_after_end: 0,
         }
     }
 
@@ -270,8 +326,10 @@ impl Checks {
         }
     }
 
-    /// A data frame the sequence checks did not accept: a duplicate (not a refusal), or an
-    /// implausible jump / over a state limit (refusals, counted by the tracker too).
+    /// A frame the sequence checks did not accept: a duplicate (not a refusal), or an
+    /// implausible jump, over a state limit or after its session was forgotten (refusals,
+    /// counted by the tracker too). Over a limit, the first line of each limit names it and
+    /// whose frame it was ([`super::sequence::OverLimit`]).
     #[cold]
     fn not_accepted(&mut self, now_ns: u64) {
         let t = self.tracker.totals();
@@ -279,9 +337,23 @@ impl Checks {
             self.refused_implausible = t.implausible;
             self.refused("implausible_sequence", &"a stream or topic sequence jumped implausibly far", now_ns);
         }
-        if t.over_limit > self.refused_over_limit {
-            self.refused_over_limit = t.over_limit;
-            self.refused("over_limit", &"more publishers or topics than the sequence tracker holds", now_ns);
+        let cause = self.tracker.over_limit_cause();
+        if t.over_limit_publishers > self.refused_over_publishers {
+            self.refused_over_publishers = t.over_limit_publishers;
+            self.refused("over_limit_publishers", &cause, now_ns);
+        }
+        if t.over_limit_topics > self.refused_over_topics {
+            self.refused_over_topics = t.over_limit_topics;
+            self.refused("over_limit_topics", &cause, now_ns);
+        }
+        if t.after_end > self.refused_after_end {
+            self.refused_after_end = t.after_end;
+            self.refused(
+                "after_end",
+                &"a frame of a publisher session that had ended (its end of stream heard) and was forgotten \
+                  to make room: too late to tell a duplicate from a late frame",
+                now_ns,
+            );
         }
     }
 
@@ -423,10 +495,18 @@ impl Checks {
                     Ok(b) => u64::from_le_bytes(b),
                     Err(_) => view.header.stream_seq,
                 };
-                self.tracker.on_end_of_stream(&view.header, sent);
+                if !self.tracker.on_end_of_stream(&view.header, sent) {
+                    // A repeat, or over the publishers limit (a refusal).
+                    self.not_accepted(recv_ns);
+                }
                 // Quiet is expected only when no other publisher of the shard is still open
                 // (`--endpoint EP1,EP2`: one's end says nothing of the other's stall).
                 self.quiet_by_right = !self.tracker.any_open();
+                if self.quiet_by_right {
+                    // Every session ended: what they said they sent covers what arrived. Not
+                    // while one is open, whose messages arrived but are in no count yet.
+                    self.beyond_sent = self.beyond_sent().unwrap_or(0);
+                }
                 if let (Some(g), true) = (&mut self.guard, self.quiet_by_right) {
                     g.ended();
                 }
@@ -487,13 +567,22 @@ impl Checks {
     /// is returned as the line that says it.
     pub fn end(&mut self, shard: &str) -> Option<String> {
         self.tracker.close();
+        let excess = self.beyond_sent();
+        self.beyond_sent = excess.unwrap_or(0);
+        Some(crate::metrics::beyond_sent_line(shard, self.tracker.totals().sent(), excess?))
+    }
+
+    /// Messages that arrived (accepted, or dropped for order) beyond what the ends of stream
+    /// and the unended sessions say were sent, if any: a publisher's count is wrong, and loss is
+    /// unknown. Only once a session was heard to an end (its end of stream, or counted without one
+    /// at the close), where every topic is taken (through a filter,
+    /// what was sent is not all for this shard).
+    fn beyond_sent(&self) -> Option<u64> {
         let t = self.tracker.totals();
-        if !self.tracker.full_subscription() || t.eos_sessions == 0 {
+        if !self.tracker.full_subscription() || t.eos_sessions.saturating_add(t.unended_sessions) == 0 {
             return None;
         }
-        let sent = t.sent();
-        let excess = crate::metrics::loss_of(sent, self.forwarded, t.reordered).err()?;
-        Some(crate::metrics::beyond_sent_line(shard, sent, excess))
+        crate::metrics::loss_of(t.sent(), self.forwarded, t.reordered).err()
     }
 
     /// Store the counters into the shared atomics.
@@ -508,12 +597,16 @@ impl Checks {
             (&c.restarts, t.restarts),
             (&c.id_conflicts, t.id_conflicts),
             (&c.implausible, t.implausible),
-            (&c.over_limit, t.over_limit),
+            (&c.over_limit_publishers, t.over_limit_publishers),
+            (&c.over_limit_topics, t.over_limit_topics),
+            (&c.over_limit_data, t.over_limit_data),
+            (&c.after_end, t.after_end),
             (&c.eos_sessions, t.eos_sessions),
             (&c.eos_sent, t.eos_sent),
             (&c.before_first, t.before_first),
             (&c.unended_sessions, t.unended_sessions),
             (&c.unended_sent, t.unended_sent),
+            (&c.beyond_sent, self.beyond_sent),
         ];
         for (a, v) in totals.into_iter().chain(c.bad.iter().zip(self.bad)) {
             a.store(v, Relaxed);
@@ -569,8 +662,8 @@ pub struct ReaderAgent {
     counters: Arc<ShardCounters>,
     /// Ended by end of stream (not by a stop request or an error).
     finished: bool,
-    /// With [`ReaderConfig::every_session`]: the end-of-stream count last looked at, and
-    /// whether a session was open then ([`ReaderAgent::all_ended`]).
+    /// Unless [`EndWait::Count`]: the end-of-stream count last looked at, and whether a
+    /// session was open then ([`ReaderAgent::all_ended`]).
     open_at_eos: (u64, bool),
     /// The SUB's watched links, serviced between rounds, never per message.
     links: Option<crate::link::LinkWatch>,
@@ -687,28 +780,25 @@ impl ReaderAgent {
         }
     }
 
-    /// With [`ReaderConfig::every_session`], whether every publisher the shard has seen ended:
-    /// no session open ([`Checks::any_open`]), and an end of stream for each publisher
-    /// connected now (one connected whose first frame has not come yet is not missed).
-    /// Otherwise true. The sessions are looked at again on a new end of stream and in idle
-    /// rounds (`idle`), not per message.
+    /// Whether every publisher the shard waits for ended ([`ReaderConfig::end_wait`]): no
+    /// session open ([`Checks::any_open`]), and with [`EndWait::EveryPublisher`] an end of
+    /// stream for each publisher connected now. The sessions are looked at again on a new end
+    /// of stream and in idle rounds (`idle`), not per message.
     fn all_ended(&mut self, idle: bool) -> bool {
-        if !self.cfg.every_session {
+        let wait = self.cfg.end_wait;
+        if wait == EndWait::Count {
             return true;
         }
         let eos = self.checks.eos_sessions();
-        if self.open_at_eos.0 != eos {
+        if self.open_at_eos.0 != eos && wait == EndWait::EveryPublisher {
             // A publisher that connected just now is counted too.
             self.service_links(true);
         }
         if self.open_at_eos.0 != eos || idle {
             self.open_at_eos = (eos, self.checks.any_open());
         }
-        if self.open_at_eos.1 {
-            return false;
-        }
         let a = self.links.as_ref().map(|w| w.accepted()).unwrap_or_default();
-        eos >= a.connects.saturating_sub(a.disconnects)
+        wait.ended(self.open_at_eos.1, eos, a.connects.saturating_sub(a.disconnects))
     }
 
     /// Judge this shard's lag and silence with `guard`.
@@ -1023,6 +1113,103 @@ mod tests {
         wire::encode(b"AAPL", &h, &[0u8; 16])
     }
 
+    /// A frame of `kind` from publisher `id`'s session `session` at stream sequence `seq`
+    /// (`FROM_CACHE` when `cached`); an end of stream says `seq` were sent.
+    fn frame_of(id: u32, session: u64, seq: u64, kind: Kind, cached: bool) -> Vec<u8> {
+        let flags = if cached { wire::FLAG_FROM_CACHE } else { 0 };
+        let h = Header {
+            kind,
+            flags,
+            publisher_id: id,
+            session_id: session,
+            stream_seq: seq,
+            topic_seq: seq,
+            send_time_ns: 1,
+        };
+        match kind {
+            Kind::Data => wire::encode(b"ES", &h, &[0u8; 8]),
+            _ => wire::encode(wire::CONTROL_TOPIC, &Header { topic_seq: 0, ..h }, &seq.to_le_bytes()),
+        }
+    }
+
+    /// A shard that connects, with no `--expect-eos`, waits for every session it saw: behind a
+    /// proxy one endpoint carries two publishers, and the first one's end of stream is not the
+    /// end while the second still sends. Before, only a shard that binds waited for them
+    /// (a connected one ended on one end of stream per endpoint). A session seen only from a
+    /// cache (an older session a last-value cache still holds) or replaced by a restart is no
+    /// open session; one joined late is (its end of stream is still to come).
+    #[test]
+    fn a_connected_shard_waits_for_every_session_it_saw() {
+        assert_eq!(EndWait::of_shard(None, false), EndWait::EverySession);
+        assert_eq!(EndWait::of_shard(None, true), EndWait::EveryPublisher);
+        assert_eq!(EndWait::of_shard(Some(1), false), EndWait::Count);
+        assert_eq!(EndWait::of_shard(Some(0), true), EndWait::Count);
+        let wait = EndWait::of_shard(None, false);
+        let mut c = Checks::new(Routing::ByTopic, 1, true);
+        let ended = |c: &Checks| wait.ended(c.any_open(), c.eos_sessions(), 0);
+        // The cache's values of publisher 3's older session, then publisher 1 from its start,
+        // publisher 2 joined late (from stream sequence 40), publisher 4 restarting.
+        for seq in 1..=5 {
+            assert!(c.check(&frame_of(3, 30, seq, Kind::Data, true), 1).is_some());
+        }
+        for seq in 1..=10 {
+            c.check(&frame_of(1, 10, seq, Kind::Data, false), 2);
+            c.check(&frame_of(2, 20, 39 + seq, Kind::Data, false), 2);
+        }
+        c.check(&frame_of(4, 40, 1, Kind::Data, false), 2);
+        c.check(&frame_of(4, 41, 1, Kind::Data, false), 2);
+        c.check(&frame_of(4, 41, 1, Kind::EndOfStream, false), 2);
+        c.check(&frame_of(1, 10, 10, Kind::EndOfStream, false), 3);
+        assert_eq!(c.eos_sessions(), 2);
+        assert!(!ended(&c), "publisher 2 still sends");
+        assert!(EndWait::Count.ended(c.any_open(), c.eos_sessions(), 0), "--expect-eos N: N ends are the end");
+        // A cached end of stream is no end: only a live one.
+        c.check(&frame_of(2, 20, 49, Kind::EndOfStream, true), 4);
+        assert!(!ended(&c), "a cached end of stream");
+        c.check(&frame_of(2, 20, 49, Kind::EndOfStream, false), 4);
+        assert!(ended(&c), "every session seen ended (the cached one and the restarted one were not open)");
+        // A shard that binds also waits for every publisher connected to it.
+        assert!(!EndWait::EveryPublisher.ended(false, 3, 4));
+        assert!(EndWait::EveryPublisher.ended(false, 3, 3));
+        assert!(!EndWait::EveryPublisher.ended(true, 3, 3));
+    }
+
+    /// `beyond_sent` (an end of stream claiming fewer than arrived) is live in the shard's
+    /// counters (for `/metrics` and the store's status), not only in the report at the end; and
+    /// not while another session is open, whose messages arrived but are in no count yet.
+    #[test]
+    fn beyond_sent_is_published_once_no_session_is_open() {
+        let mut c = Checks::new(Routing::ByTopic, 1, true);
+        let counters = ShardCounters::default();
+        for seq in 1..=10 {
+            c.check(&frame_of(1, 10, seq, Kind::Data, false), 1);
+        }
+        for seq in 1..=4 {
+            c.check(&frame_of(2, 20, seq, Kind::Data, false), 1);
+        }
+        // Publisher 1 says 10, as arrived; publisher 2 still sends: nothing beyond.
+        c.check(&frame_of(1, 10, 10, Kind::EndOfStream, false), 2);
+        c.publish(&counters);
+        assert_eq!(counters.beyond_sent.load(Relaxed), 0, "publisher 2's 4 are not beyond what was sent");
+        // Publisher 2's end of stream says 2 were sent; 4 arrived.
+        let h = Header {
+            kind: Kind::EndOfStream,
+            flags: 0,
+            publisher_id: 2,
+            session_id: 20,
+            stream_seq: 4,
+            topic_seq: 0,
+            send_time_ns: 1,
+        };
+        c.check(&wire::encode(wire::CONTROL_TOPIC, &h, &2u64.to_le_bytes()), 3);
+        c.publish(&counters);
+        assert_eq!(counters.beyond_sent.load(Relaxed), 2);
+        let line = c.end("shard0").expect("said at the end");
+        assert!(line.contains("say 12 message(s) were sent, but 14 arrived"), "{line}");
+        c.publish(&counters);
+        assert_eq!(counters.beyond_sent.load(Relaxed), 2, "the end's figure, the report's");
+    }
+
     /// The reader's idle rounds after `from` up to `to`: a silence check every 100 ms (an idle
     /// reader checks at least that often: the longest idle wait), and what they said.
     fn idle(c: &mut Checks, from: u64, to: u64) -> Vec<Silence> {
@@ -1225,15 +1412,18 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000_000_000;
 
-    /// A reader of `handoff` (to the PULL at `inproc://NAME-worker`; with `reports`, inline: a
-    /// worker core of its own shipping there) on a SUB fed by the returned PUB, whose clock reads
-    /// `T0` first and moves 1 µs on every read: what it reads are its stamps.
+    /// A reader of `handoff` (to the returned PULL, a worker's; with `reports`, inline: a worker
+    /// core of its own shipping there, and the PULL takes nothing) on a SUB fed by the returned
+    /// PUB, whose clock reads `T0` first and moves 1 µs on every read: what it reads are its
+    /// stamps.
     fn stamped_reader(
         ctx: &zmq::Context,
         name: &str,
         handoff: HandOff,
         reports: Option<crossbeam::channel::Sender<crate::metrics::collector::WorkerReport>>,
-    ) -> (zmq::Socket, ReaderAgent, Arc<clock::SteppingClock>) {
+    ) -> (zmq::Socket, zmq::Socket, ReaderAgent, Arc<clock::SteppingClock>) {
+        let worker = ctx.socket(zmq::PULL).expect("pull");
+        worker.bind(&format!("inproc://{name}-worker")).expect("bind");
         let feed = ctx.socket(zmq::PUB).expect("pub");
         feed.bind(&format!("inproc://{name}-feed")).expect("bind");
         let sub = ctx.socket(zmq::SUB).expect("sub");
@@ -1257,7 +1447,7 @@ mod tests {
             routing: Routing::ByTopic,
             worker_endpoints: vec![format!("inproc://{name}-worker")],
             expect_eos: 0,
-            every_session: false,
+            end_wait: EndWait::Count,
             full_subscription: true,
             handoff_hwm_msgs: 4,
         };
@@ -1275,7 +1465,7 @@ mod tests {
         let mut r = ReaderAgent::new(cfg, sub, ctx, inline, counters, StopFlag::new()).expect("reader");
         let clock = Arc::new(clock::SteppingClock::new(T0, 1_000));
         r.clock = Box::new(clock.clone());
-        (feed, r, clock)
+        (feed, worker, r, clock)
     }
 
     /// Three frames read in one pass: the first sent before the pass's stamp, the second after
@@ -1288,9 +1478,7 @@ mod tests {
     #[test]
     fn a_frame_sent_after_the_passs_stamp_is_stamped_again_in_its_batch() {
         let ctx = zmq::Context::new();
-        let worker = ctx.socket(zmq::PULL).expect("pull");
-        worker.bind("inproc://stamp-batch-worker").expect("bind");
-        let (feed, mut r, clock) = stamped_reader(&ctx, "stamp-batch", HandOff::Batch, None);
+        let (feed, worker, mut r, clock) = stamped_reader(&ctx, "stamp-batch", HandOff::Batch, None);
         for (seq, sent) in (1..).zip(SENT) {
             feed.send(frame_sent_at(seq, Kind::Data, sent), 0).expect("send");
         }
@@ -1315,9 +1503,7 @@ mod tests {
     #[test]
     fn a_frame_handed_off_on_its_own_carries_its_shard_and_receive_time() {
         let ctx = zmq::Context::new();
-        let worker = ctx.socket(zmq::PULL).expect("pull");
-        worker.bind("inproc://stamp-per-message-worker").expect("bind");
-        let (feed, mut r, _clock) = stamped_reader(&ctx, "stamp-per-message", HandOff::PerMessage, None);
+        let (feed, worker, mut r, _clock) = stamped_reader(&ctx, "stamp-per-message", HandOff::PerMessage, None);
         let frames: Vec<Vec<u8>> = (1..).zip(SENT).map(|(seq, sent)| frame_sent_at(seq, Kind::Data, sent)).collect();
         for f in &frames {
             feed.send(f, 0).expect("send");
@@ -1336,7 +1522,7 @@ mod tests {
     fn an_inline_reader_hands_its_core_the_stamp_read_again() {
         let ctx = zmq::Context::new();
         let (tx, reports) = crossbeam::channel::bounded(4);
-        let (feed, mut r, _clock) = stamped_reader(&ctx, "stamp-inline", HandOff::Inline, Some(tx));
+        let (feed, _worker, mut r, _clock) = stamped_reader(&ctx, "stamp-inline", HandOff::Inline, Some(tx));
         for (seq, sent) in (1..).zip(SENT) {
             feed.send(frame_sent_at(seq, Kind::Data, sent), 0).expect("send");
         }
@@ -1369,7 +1555,7 @@ mod tests {
             routing: Routing::ByTopic,
             worker_endpoints: vec!["inproc://reader-trim-worker".into()],
             expect_eos: 0,
-            every_session: false,
+            end_wait: EndWait::Count,
             full_subscription: true,
             handoff_hwm_msgs: 4,
         };

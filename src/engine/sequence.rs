@@ -17,16 +17,32 @@
 //! implausible, and publishers and topics beyond [`MAX_PUBLISHERS`],
 //! [`MAX_TOPICS_PER_SESSION`] and the tracker's topic budget ([`MAX_TRACKED_TOPICS`] across
 //! all its sessions) are dropped as over the limit, each counted.
+//!
+//! The limits bound what is live, not what was ever seen: a publisher whose every session
+//! ended (its end of stream heard, or replaced by a restart and counted) gives its place and
+//! its topics back when a new publisher or topic needs them, and only its session ids are
+//! remembered ([`FORGOTTEN_KEPT`] of them), so that a late frame of one is counted as
+//! `after_end`, not taken for a new publisher. Sessions and publishers are found through
+//! maps beside their lists: a frame's cost does not grow with how many came and went.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::wire::{Header, FLAG_FROM_CACHE};
 
 /// Largest believable forward jump of a sequence within one session.
 pub const MAX_SEQ_JUMP: u64 = 1 << 32;
-/// Most publisher ids one reader tracks (each with up to [`MAX_SESSIONS_PER_ID`] sessions).
+/// Most publisher ids one reader tracks at once (each with up to [`MAX_SESSIONS_PER_ID`]
+/// sessions). One whose sessions all ended gives its place back to a new one.
 pub const MAX_PUBLISHERS: usize = 1024;
+/// Sessions of publishers that ended and were forgotten (to make room), remembered by id only:
+/// a frame of one that comes after that is dropped and counted
+/// ([`SequenceTotals::after_end`]), not taken for a new publisher. Past this many, the oldest
+/// is forgotten for good (about 100 KiB).
+pub const FORGOTTEN_KEPT: usize = 4096;
+/// Up to this many sessions, a frame's session is found by a scan (as fast as a map's hash
+/// for one or two publishers); past it, through the map.
+const SCAN_MAX: usize = 8;
 /// Most topics tracked per publisher session.
 pub const MAX_TOPICS_PER_SESSION: usize = 1 << 20;
 /// Most topics one tracker (one reader) holds across all its sessions: 4 Mi, so that one
@@ -154,6 +170,8 @@ impl TopicSeq {
 }
 
 type TopicMap = HashMap<Box<[u8]>, TopicSeq, BuildHasherDefault<WordHasher>>;
+/// Publisher id and session id to the session's index, or publisher id to the publisher's.
+type IndexMap<K> = HashMap<K, usize, BuildHasherDefault<WordHasher>>;
 
 /// What the checks decided about one data frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -191,9 +209,20 @@ struct Session {
     closed_unended: bool,
 }
 
+/// Why a frame has no session to be judged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// A new publisher, with [`MAX_PUBLISHERS`] live ones held.
+    OverLimit,
+    /// Its session ended and was forgotten ([`SequenceTracker::forgotten`]).
+    AfterEnd,
+}
+
 /// What a session's replacement by a later one counted.
 #[derive(Debug, Clone, Copy)]
 struct Replaced {
+    /// A live frame of a later session replaced it: it has ended.
+    live: bool,
     /// It ended without an end of stream and was counted as unended with
     /// this many messages sent.
     unended_sent: Option<u64>,
@@ -219,6 +248,11 @@ struct PublisherState {
     /// one of them heard live again is a publisher that never went away, so the
     /// id is shared even when more publishers share it than sessions are kept.
     evicted: Vec<u64>,
+    /// The session ids of its sessions held (their indices through
+    /// [`SequenceTracker::index`]): at most [`MAX_SESSIONS_PER_ID`].
+    sessions: Vec<u64>,
+    /// In [`SequenceTracker::ended`] (once: the queue holds each id at most once).
+    queued: bool,
 }
 
 /// Session ids remembered per publisher id after they made room ([`PublisherState::evicted`]).
@@ -236,6 +270,45 @@ pub struct IdConflict {
     pub publisher_id: u32,
     /// The session that came back, and the one that had replaced it.
     pub sessions: (u64, u64),
+}
+
+/// Why a frame was dropped over a limit, and whose: the detail of the reader's first line of
+/// each kind ([`SequenceTracker::over_limit_cause`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverLimit {
+    #[default]
+    None,
+    /// A frame of a new publisher id while [`MAX_PUBLISHERS`] publishers were live (none of
+    /// them had ended every session, so none could give its place back).
+    Publishers { publisher_id: u32, live: usize },
+    /// A new topic of a session past [`MAX_TOPICS_PER_SESSION`] (`session: true`) or the
+    /// tracker's topic budget held by live sessions (`max` of them).
+    Topics { publisher_id: u32, session_id: u64, session: bool, max: usize },
+}
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            OverLimit::None => write!(f, "nothing over a limit"),
+            OverLimit::Publishers { publisher_id, live } => write!(
+                f,
+                "publisher {publisher_id}: {live} publishers are live, the most one reader tracks \
+                 (MAX_PUBLISHERS); a publisher gives its place back once every session of it ended, \
+                 and until one does the frames of new ones are dropped (counted; their data in `lost`)"
+            ),
+            OverLimit::Topics { publisher_id, session_id, session: true, max } => write!(
+                f,
+                "a new topic of publisher {publisher_id} session {session_id:016x}: the session holds \
+                 {max} topics, the most one session may (MAX_TOPICS_PER_SESSION); its new topics are dropped"
+            ),
+            OverLimit::Topics { publisher_id, session_id, session: false, max } => write!(
+                f,
+                "a new topic of publisher {publisher_id} session {session_id:016x}: live sessions hold \
+                 {max} topics, the most one reader may (MAX_TRACKED_TOPICS); new topics are dropped \
+                 until sessions end"
+            ),
+        }
+    }
 }
 
 impl std::fmt::Display for IdConflict {
@@ -291,8 +364,19 @@ pub struct SequenceTotals {
     /// Dropped: a sequence jumped further than [`MAX_SEQ_JUMP`].
     pub implausible: u64,
     /// Dropped: beyond [`MAX_PUBLISHERS`], [`MAX_TOPICS_PER_SESSION`] or the tracker's topic
-    /// budget ([`MAX_TRACKED_TOPICS`]).
+    /// budget ([`MAX_TRACKED_TOPICS`]): `over_limit_publishers` + `over_limit_topics`.
     pub over_limit: u64,
+    /// Of `over_limit`: frames (data and ends of stream) of publishers past [`MAX_PUBLISHERS`]
+    /// live ones, and of them the data frames: no end-of-stream count covers them (their
+    /// publisher's was dropped too), so loss counts them on top of what the counts say.
+    pub over_limit_publishers: u64,
+    pub over_limit_data: u64,
+    /// Of `over_limit`: data frames of a new topic past a session's or the tracker's topic
+    /// limit (their session's end-of-stream count covers them: loss sees them).
+    pub over_limit_topics: u64,
+    /// Dropped: a frame of a session that ended and was forgotten (its publisher made room for
+    /// a new one) came after that: too late to tell a duplicate from a late frame.
+    pub after_end: u64,
     /// Distinct sessions whose end of stream was seen.
     pub eos_sessions: u64,
     /// Sum of the `sent` counts those ends of stream carried.
@@ -347,10 +431,28 @@ pub struct SequenceTracker {
     /// Topics held across all sessions, and the most it may hold ([`MAX_TRACKED_TOPICS`]).
     topics: usize,
     max_topics: usize,
+    /// The most publishers held at once ([`MAX_PUBLISHERS`]; fewer in tests).
+    max_publishers: usize,
     /// When ([`Session::heard`]'s clock) the last end of stream of a session that sent no data
     /// of its own came, on a full subscription: it speaks for the frames of other sessions (a
     /// verbatim capture replay's), whatever their publisher id. 0: none.
     spokesman_heard: u64,
+    /// `(publisher_id, session_id)` → index in `sessions`, and publisher id → index in
+    /// `publishers`: lookups that do not grow with the publishers kept.
+    index: IndexMap<(u32, u64)>,
+    publisher_index: IndexMap<u32>,
+    /// The session of the last frame (an index into `sessions`, checked before use).
+    last: usize,
+    /// Publishers whose sessions all ended, oldest first: they give their place (and their
+    /// topics) back when a new publisher or topic needs it. An id heard again since is
+    /// skipped when its turn comes.
+    ended: VecDeque<u32>,
+    /// Sessions of publishers forgotten after they ended ([`FORGOTTEN_KEPT`]), oldest first,
+    /// and the same as a set.
+    forgotten: VecDeque<(u32, u64)>,
+    forgotten_set: HashSet<(u32, u64), BuildHasherDefault<WordHasher>>,
+    /// The last frame dropped over a limit: what and whose.
+    over_limit_cause: OverLimit,
 }
 
 impl SequenceTracker {
@@ -371,8 +473,26 @@ impl SequenceTracker {
             conflicts: Vec::new(),
             topics: 0,
             max_topics,
+            max_publishers: MAX_PUBLISHERS,
             spokesman_heard: 0,
+            index: IndexMap::default(),
+            publisher_index: IndexMap::default(),
+            last: 0,
+            ended: VecDeque::new(),
+            forgotten: VecDeque::new(),
+            forgotten_set: HashSet::default(),
+            over_limit_cause: OverLimit::None,
         }
+    }
+
+    /// Publishers held: live ones, and ended ones not yet made room for.
+    pub fn publishers(&self) -> usize {
+        self.publishers.len()
+    }
+
+    /// The last frame dropped over a limit: which limit and whose ([`OverLimit::None`] before any).
+    pub fn over_limit_cause(&self) -> OverLimit {
+        self.over_limit_cause
     }
 
     /// Topics held across all sessions (at most the budget [`SequenceTracker::with_max_topics`] set).
@@ -380,28 +500,156 @@ impl SequenceTracker {
         self.topics
     }
 
-    /// The index of `h`'s own session, if known.
+    /// The index of `h`'s own session, if known: the last frame's, a scan of a few, or the map.
     #[inline]
     fn find(&self, h: &Header) -> Option<usize> {
-        self.sessions.iter().position(|s| s.publisher_id == h.publisher_id && s.session_id == h.session_id)
+        let is = |s: &Session| s.publisher_id == h.publisher_id && s.session_id == h.session_id;
+        if self.sessions.get(self.last).is_some_and(is) {
+            return Some(self.last);
+        }
+        if self.sessions.len() <= SCAN_MAX {
+            return self.sessions.iter().position(is);
+        }
+        self.index.get(&(h.publisher_id, h.session_id)).copied()
     }
 
-    /// The state of publisher `id`, made on first sight; None when a new one
-    /// would exceed [`MAX_PUBLISHERS`].
+    /// The index of publisher `id`'s state, if held.
+    #[inline]
+    fn publisher_of(&self, id: u32) -> Option<usize> {
+        self.publisher_index.get(&id).copied()
+    }
+
+    /// The indices of publisher `p`'s sessions.
+    fn sessions_of(&self, p: usize) -> Vec<usize> {
+        let id = self.publishers[p].publisher_id;
+        self.publishers[p].sessions.iter().filter_map(|&sid| self.index.get(&(id, sid)).copied()).collect()
+    }
+
+    /// Whether publisher `id` holds a current session heard live.
+    fn has_live_current(&self, id: u32) -> bool {
+        self.publisher_of(id).is_some_and(|p| {
+            self.sessions_of(p).into_iter().any(|i| self.sessions[i].current && self.sessions[i].live_seen)
+        })
+    }
+
+    /// The state of publisher `id`, made on first sight (an ended publisher making room when
+    /// [`MAX_PUBLISHERS`] are held); None when all those held are live.
     fn publisher(&mut self, id: u32) -> Option<usize> {
-        match self.publishers.iter().position(|p| p.publisher_id == id) {
-            Some(p) => Some(p),
-            None if self.publishers.len() >= MAX_PUBLISHERS => None,
-            None => {
-                self.publishers.push(PublisherState {
-                    publisher_id: id,
-                    pending_unended: (0, 0),
-                    shared: false,
-                    evicted: Vec::new(),
-                });
-                Some(self.publishers.len() - 1)
+        if let Some(p) = self.publisher_of(id) {
+            return Some(p);
+        }
+        while self.publishers.len() >= self.max_publishers {
+            if !self.forget_one_ended(id) {
+                self.over_limit_cause = OverLimit::Publishers { publisher_id: id, live: self.publishers.len() };
+                return None;
             }
         }
+        self.publishers.push(PublisherState {
+            publisher_id: id,
+            pending_unended: (0, 0),
+            shared: false,
+            evicted: Vec::new(),
+            sessions: Vec::new(),
+            queued: false,
+        });
+        self.publisher_index.insert(id, self.publishers.len() - 1);
+        Some(self.publishers.len() - 1)
+    }
+
+    /// Whether every session publisher `p` holds has ended (its end of stream heard, or a live
+    /// frame of a later one replaced it), with what its sessions without an end of stream sent
+    /// in the totals: it can be forgotten without a count changing.
+    fn all_ended(&self, p: usize) -> bool {
+        let st = &self.publishers[p];
+        st.pending_unended == (0, 0)
+            && self.sessions_of(p).into_iter().all(|i| {
+                let s = &self.sessions[i];
+                s.eos_seen || s.replaced.is_some_and(|r| r.live && (r.unended_sent.is_none() || r.unended_in_totals))
+            })
+    }
+
+    /// After an end of stream of publisher `p`: if every session of it ended, it may give its
+    /// place back ([`SequenceTracker::ended`]).
+    fn note_if_ended(&mut self, p: usize) {
+        if !self.publishers[p].queued && self.all_ended(p) {
+            self.publishers[p].queued = true;
+            self.ended.push_back(self.publishers[p].publisher_id);
+        }
+    }
+
+    /// Forget the publisher that ended longest ago (not `keep`), its sessions' ids kept in
+    /// [`SequenceTracker::forgotten`]: its place and its topics come back. False: none ended.
+    fn forget_one_ended(&mut self, keep: u32) -> bool {
+        // Each id queued is looked at once at most: `keep` goes back to the end of the queue.
+        for _ in 0..self.ended.len() {
+            let Some(id) = self.ended.pop_front() else { break };
+            let Some(p) = self.publisher_of(id) else { continue };
+            if id == keep {
+                self.ended.push_back(id);
+                continue;
+            }
+            self.publishers[p].queued = false;
+            // Heard again since it ended (a new session): it is queued again when that ends.
+            if !self.all_ended(p) {
+                continue;
+            }
+            for sid in std::mem::take(&mut self.publishers[p].sessions) {
+                if let Some(i) = self.index.get(&(id, sid)).copied() {
+                    self.remember_forgotten((id, sid));
+                    self.remove_session(i);
+                }
+            }
+            self.publisher_index.remove(&id);
+            self.publishers.swap_remove(p);
+            if let Some(moved) = self.publishers.get(p) {
+                self.publisher_index.insert(moved.publisher_id, p);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Remember the ids of a session forgotten after it ended ([`FORGOTTEN_KEPT`] of them).
+    fn remember_forgotten(&mut self, key: (u32, u64)) {
+        if self.forgotten.len() == FORGOTTEN_KEPT {
+            if let Some(old) = self.forgotten.pop_front() {
+                self.forgotten_set.remove(&old);
+            }
+        }
+        if self.forgotten_set.insert(key) {
+            self.forgotten.push_back(key);
+        }
+    }
+
+    /// Whether `h`'s session ended and was forgotten.
+    fn was_forgotten(&self, h: &Header) -> bool {
+        !self.forgotten_set.is_empty() && self.forgotten_set.contains(&(h.publisher_id, h.session_id))
+    }
+
+    /// Remove session `i` (its topics back to the budget), keeping the maps true.
+    fn remove_session(&mut self, i: usize) -> Session {
+        let gone = self.sessions.swap_remove(i);
+        self.topics -= gone.topics.len();
+        let key = (gone.publisher_id, gone.session_id);
+        self.index.remove(&key);
+        if let Some(moved) = self.sessions.get(i) {
+            self.index.insert((moved.publisher_id, moved.session_id), i);
+        }
+        if let Some(p) = self.publisher_of(gone.publisher_id) {
+            self.publishers[p].sessions.retain(|&s| s != gone.session_id);
+        }
+        gone
+    }
+
+    /// Topics for a new one: ended publishers (not `keep`) give theirs back until the tracker
+    /// holds fewer than its budget. False: live sessions hold it all.
+    fn make_topic_room(&mut self, keep: u32) -> bool {
+        while self.topics >= self.max_topics {
+            if !self.forget_one_ended(keep) {
+                return false;
+            }
+        }
+        true
     }
 
     /// A session of publisher `p` takes over: its current one is replaced.
@@ -409,16 +657,19 @@ impl SequenceTracker {
     /// live; one known only from cached values did not restart). `live`: a
     /// live data frame takes over, so the replaced session has really ended.
     fn replace_current(&mut self, p: usize, live: bool) -> bool {
-        let id = self.publishers[p].publisher_id;
         let mut restarted = false;
-        for s in self.sessions.iter_mut().filter(|s| s.publisher_id == id && s.current) {
+        for i in self.sessions_of(p) {
+            let s = &mut self.sessions[i];
+            if !s.current {
+                continue;
+            }
             s.current = false;
             let unended_sent = (live && s.counts_unended()).then_some(s.last_stream_seq);
             if let Some(n) = unended_sent {
                 let pending = &mut self.publishers[p].pending_unended;
                 *pending = (pending.0 + 1, pending.1.saturating_add(n));
             }
-            s.replaced = Some(Replaced { unended_sent, unended_in_totals: false });
+            s.replaced = Some(Replaced { live, unended_sent, unended_in_totals: false });
             restarted |= s.live_seen;
             if s.eos_seen {
                 // Ended: no frame of it is to come, so its topics are not needed.
@@ -444,17 +695,13 @@ impl SequenceTracker {
     /// Add a session for `h` (of publisher `p`), making room among its
     /// publisher's ([`MAX_SESSIONS_PER_ID`]); returns its index.
     fn push_session(&mut self, p: usize, h: &Header, current: bool) -> usize {
-        let mine = self.sessions.iter().filter(|s| s.publisher_id == h.publisher_id).count();
-        if mine >= MAX_SESSIONS_PER_ID {
+        if self.publishers[p].sessions.len() >= MAX_SESSIONS_PER_ID {
             // Room: the least recently heard, a replaced one before a current one.
-            let oldest = (0..self.sessions.len())
-                .filter(|&i| self.sessions[i].publisher_id == h.publisher_id)
-                .min_by_key(|&i| (self.sessions[i].current, self.sessions[i].heard));
+            let oldest =
+                self.sessions_of(p).into_iter().min_by_key(|&i| (self.sessions[i].current, self.sessions[i].heard));
             if let Some(i) = oldest {
-                let gone = self.sessions.swap_remove(i);
                 // Its topics go with it, and back to the budget.
-                self.topics -= gone.topics.len();
-                let gone = gone.session_id;
+                let gone = self.remove_session(i).session_id;
                 let evicted = &mut self.publishers[p].evicted;
                 if evicted.len() == EVICTED_KEPT {
                     evicted.remove(0);
@@ -463,7 +710,10 @@ impl SequenceTracker {
             }
         }
         self.sessions.push(Session { current, ..Session::new(h, self.tick) });
-        self.sessions.len() - 1
+        let i = self.sessions.len() - 1;
+        self.index.insert((h.publisher_id, h.session_id), i);
+        self.publishers[p].sessions.push(h.session_id);
+        i
     }
 
     /// A frame (live data or an end of stream) of session `i`, which is not
@@ -475,8 +725,7 @@ impl SequenceTracker {
     /// a reset there; `id_conflicts` says what it was. One that never was current
     /// takes over.
     fn revive(&mut self, i: usize, live: bool) -> (usize, bool) {
-        let id = self.sessions[i].publisher_id;
-        let Some(p) = self.publishers.iter().position(|p| p.publisher_id == id) else {
+        let Some(p) = self.publisher_of(self.sessions[i].publisher_id) else {
             return (i, false);
         };
         let restarted = match self.sessions[i].replaced.take() {
@@ -506,25 +755,27 @@ impl SequenceTracker {
             let id = self.publishers[p].publisher_id;
             self.publishers[p].shared = true;
             self.totals.id_conflicts += 1;
-            let current = self.sessions.iter().find(|s| s.publisher_id == id && s.current).map_or(0, |s| s.session_id);
+            let current = self.sessions_of(p).into_iter().find(|&i| self.sessions[i].current);
+            let current = current.map_or(0, |i| self.sessions[i].session_id);
             self.conflicts.push(IdConflict { publisher_id: id, sessions: (back, current) });
         }
     }
 
-    /// The session of `h`: `(index, restarted)`, or None when a new publisher
-    /// would exceed [`MAX_PUBLISHERS`]. `live`: `h` is a live data frame.
+    /// The session of `h`: `(index, restarted)`, or why it has none: a new publisher would
+    /// exceed [`MAX_PUBLISHERS`] live ones, or the session ended and was forgotten. `live`: `h`
+    /// is a live data frame.
     #[inline]
-    fn session(&mut self, h: &Header, live: bool) -> Option<(usize, bool)> {
+    fn session(&mut self, h: &Header, live: bool) -> Result<(usize, bool), Refused> {
         self.tick += 1;
-        let found = match self.find(h) {
-            Some(i) if self.sessions[i].current => Some((i, false)),
-            Some(i) => Some(self.revive(i, live)),
-            None => self.admit(h, live),
+        let (i, restarted) = match self.find(h) {
+            Some(i) if self.sessions[i].current => (i, false),
+            Some(i) => self.revive(i, live),
+            None if self.was_forgotten(h) => return Err(Refused::AfterEnd),
+            None => self.admit(h, live).ok_or(Refused::OverLimit)?,
         };
-        if let Some((i, _)) = found {
-            self.sessions[i].heard = self.tick;
-        }
-        found
+        self.sessions[i].heard = self.tick;
+        self.last = i;
+        Ok((i, restarted))
     }
 
     /// The session of an end of stream `h`, or None over [`MAX_PUBLISHERS`].
@@ -541,10 +792,8 @@ impl SequenceTracker {
                 self.sessions[i].heard = self.tick;
                 return Some(i);
             }
-            Some(_) => return self.session(h, false).map(|(i, _)| i),
-            None if !self.sessions.iter().any(|s| s.publisher_id == h.publisher_id && s.current && s.live_seen) => {
-                return self.session(h, false).map(|(i, _)| i)
-            }
+            Some(_) => return self.session(h, false).ok().map(|(i, _)| i),
+            None if !self.has_live_current(h.publisher_id) => return self.session(h, false).ok().map(|(i, _)| i),
             None => {}
         }
         // Beside the current session, which stays current (a live frame of
@@ -598,12 +847,19 @@ impl SequenceTracker {
             let (id, sent) = (s.publisher_id, s.last_stream_seq);
             self.totals.unended_sessions += 1;
             self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
-            if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == id) {
-                let (n, sent) = std::mem::take(&mut p.pending_unended);
-                self.totals.unended_sessions += n;
-                self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
-            }
-            for r in self.sessions.iter_mut().filter(|s| s.publisher_id == id).filter_map(|s| s.replaced.as_mut()) {
+            self.fold_pending(id);
+        }
+    }
+
+    /// Publisher `id`'s sessions that ended by a restart without an end of stream go into
+    /// the totals (its own end of stream, or the subscriber's close, says they are its).
+    fn fold_pending(&mut self, id: u32) {
+        let Some(p) = self.publisher_of(id) else { return };
+        let (n, sent) = std::mem::take(&mut self.publishers[p].pending_unended);
+        self.totals.unended_sessions += n;
+        self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
+        for i in self.sessions_of(p) {
+            if let Some(r) = self.sessions[i].replaced.as_mut() {
                 r.unended_in_totals = true;
             }
         }
@@ -612,6 +868,17 @@ impl SequenceTracker {
     /// Publisher id found shared by two publishers since the last call (said once per id).
     pub fn take_id_conflict(&mut self) -> Option<IdConflict> {
         (!self.conflicts.is_empty()).then(|| self.conflicts.remove(0))
+    }
+
+    /// A new topic of `h`'s session dropped: past the session's limit (`session`) or the
+    /// tracker's budget.
+    #[cold]
+    fn over_topics(&mut self, h: &Header, session: bool, restart: bool) -> Verdict {
+        let max = if session { MAX_TOPICS_PER_SESSION } else { self.max_topics };
+        self.over_limit_cause =
+            OverLimit::Topics { publisher_id: h.publisher_id, session_id: h.session_id, session, max };
+        self.totals.over_limit_topics += 1;
+        self.reject(|t| &mut t.over_limit, restart)
     }
 
     fn reject(&mut self, counter: fn(&mut SequenceTotals) -> &mut u64, restart: bool) -> Verdict {
@@ -627,7 +894,7 @@ impl SequenceTracker {
             && match self.find(h) {
                 // A session a later one replaced (a cache holds values of both).
                 Some(i) => !self.sessions[i].current,
-                None => self.sessions.iter().any(|s| s.publisher_id == h.publisher_id && s.current && s.live_seen),
+                None => self.has_live_current(h.publisher_id),
             }
         {
             // A cached value from another session of a publisher that is live
@@ -638,9 +905,25 @@ impl SequenceTracker {
             self.totals.accepted += 1;
             return Verdict { accept: true, missed: 0, restart: false };
         }
-        let Some((i, restart)) = self.session(h, !from_cache) else {
-            return self.reject(|t| &mut t.over_limit, false);
+        let (mut i, restart) = match self.session(h, !from_cache) {
+            Ok(found) => found,
+            Err(Refused::AfterEnd) => return self.reject(|t| &mut t.after_end, false),
+            Err(Refused::OverLimit) => {
+                self.totals.over_limit_data += 1;
+                self.totals.over_limit_publishers += 1;
+                return self.reject(|t| &mut t.over_limit, false);
+            }
         };
+        if self.topics >= self.max_topics && !self.sessions[i].topics.contains_key(topic) {
+            // A new topic with the budget held: ended publishers give theirs back, if any.
+            if !self.make_topic_room(h.publisher_id) {
+                return self.over_topics(h, false, restart);
+            }
+            match self.find(h) {
+                Some(moved) => i = moved,
+                None => return self.over_topics(h, false, restart),
+            }
+        }
         let full = self.full_subscription;
         let s = &mut self.sessions[i];
         // What the session sent before its first live frame here: only where every topic is
@@ -648,11 +931,13 @@ impl SequenceTracker {
         // position (a first frame claiming 2^60 sent is not counted as 2^60 messages). Not for
         // an id seen shared: more publishers than it keeps sessions for push each other out,
         // and each coming back would count its whole stream again.
-        if !from_cache && !s.live_seen && full && h.stream_seq <= MAX_SEQ_JUMP {
-            let id = h.publisher_id;
-            if !self.publishers.iter().any(|p| p.publisher_id == id && p.shared) {
-                self.totals.before_first = self.totals.before_first.saturating_add(h.stream_seq.saturating_sub(1));
-            }
+        if !from_cache
+            && !s.live_seen
+            && full
+            && h.stream_seq <= MAX_SEQ_JUMP
+            && !self.publisher_index.get(&h.publisher_id).is_some_and(|&p| self.publishers[p].shared)
+        {
+            self.totals.before_first = self.totals.before_first.saturating_add(h.stream_seq.saturating_sub(1));
         }
         s.live_seen |= !from_cache;
         // A live frame's stream sequence must be believable before anything changes.
@@ -685,8 +970,8 @@ impl SequenceTracker {
                 if h.topic_seq > MAX_SEQ_JUMP && s.from_start {
                     return self.reject(|t| &mut t.implausible, restart);
                 }
-                if s.topics.len() >= MAX_TOPICS_PER_SESSION || self.topics >= self.max_topics {
-                    return self.reject(|t| &mut t.over_limit, restart);
+                if s.topics.len() >= MAX_TOPICS_PER_SESSION {
+                    return self.over_topics(h, true, restart);
                 }
                 if !full && !from_cache && s.from_start {
                     missed = h.topic_seq.saturating_sub(1);
@@ -714,8 +999,13 @@ impl SequenceTracker {
     /// Counts messages lost at the tail as gaps. Returns false if this session's
     /// end was already seen (a repeat changes nothing).
     pub fn on_end_of_stream(&mut self, h: &Header, sent: u64) -> bool {
+        if self.was_forgotten(h) {
+            // Its end was heard already: a repeat counts nothing.
+            return false;
+        }
         let Some(i) = self.end_session(h) else {
             self.totals.over_limit += 1;
+            self.totals.over_limit_publishers += 1;
             return false;
         };
         let full = self.full_subscription;
@@ -732,15 +1022,7 @@ impl SequenceTracker {
         // This publisher's own end, of a session it sent data in: its earlier
         // sessions that ended without one are its to count.
         if s.last_stream_seq > 0 {
-            let id = h.publisher_id;
-            if let Some(p) = self.publishers.iter_mut().find(|p| p.publisher_id == id) {
-                let (n, sent) = std::mem::take(&mut p.pending_unended);
-                self.totals.unended_sessions += n;
-                self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
-            }
-            for r in self.sessions.iter_mut().filter(|s| s.publisher_id == id).filter_map(|s| s.replaced.as_mut()) {
-                r.unended_in_totals = true;
-            }
+            self.fold_pending(h.publisher_id);
         }
         let s = &mut self.sessions[i];
         if full
@@ -753,6 +1035,9 @@ impl SequenceTracker {
         s.last_stream_seq = s.last_stream_seq.max(h.stream_seq);
         self.totals.eos_sessions += 1;
         self.totals.eos_sent = self.totals.eos_sent.saturating_add(sent);
+        if let Some(p) = self.publisher_of(h.publisher_id) {
+            self.note_if_ended(p);
+        }
         true
     }
 
@@ -771,6 +1056,7 @@ mod tests {
     use super::*;
     use crate::wire::Kind;
     use proptest::prelude::*;
+    use std::ops::RangeInclusive;
 
     fn h(publisher_id: u32, session_id: u64, stream_seq: u64, topic_seq: u64) -> Header {
         Header { kind: Kind::Data, flags: 0, publisher_id, session_id, stream_seq, topic_seq, send_time_ns: 0 }
@@ -820,6 +1106,14 @@ mod tests {
         spread((0..20_000u64).map(|id| build.hash_one(id)).collect());
         spread((0..20_000u64).map(|id| build.hash_one(id << 32)).collect());
         spread((0..20_000u32).map(|id| build.hash_one(id)).collect());
+    }
+
+    /// Data frames `seqs` of a session of `publisher_id`, each its stream's and its topic's
+    /// sequence number.
+    fn feed(t: &mut SequenceTracker, publisher_id: u32, session_id: u64, seqs: RangeInclusive<u64>, topic: &[u8]) {
+        for s in seqs {
+            t.on_data(&h(publisher_id, session_id, s, s), topic);
+        }
     }
 
     /// [`h`] as a last-value cache re-sends it (`FLAG_FROM_CACHE`).
@@ -904,16 +1198,10 @@ mod tests {
     #[test]
     fn close_counts_the_sessions_still_open_as_unended() {
         let mut t = SequenceTracker::new(true);
-        for s in 1..=10 {
-            t.on_data(&h(1, 11, s, s), b"A");
-        }
-        for s in 1..=3 {
-            t.on_data(&h(2, 21, s, s), b"B");
-        }
+        feed(&mut t, 1, 11, 1..=10, b"A");
+        feed(&mut t, 2, 21, 1..=3, b"B");
         // Publisher 2 restarts: session 21 ended without an end of stream.
-        for s in 1..=4 {
-            t.on_data(&h(2, 22, s, s), b"B");
-        }
+        feed(&mut t, 2, 22, 1..=4, b"B");
         assert!(t.on_end_of_stream(&h(1, 11, 10, 0), 10));
         assert!(t.any_open(), "publisher 2 still sends: the first's end of stream is not its");
         assert_eq!(t.totals().sent(), 10, "not counted while open");
@@ -936,9 +1224,7 @@ mod tests {
     #[test]
     fn an_end_of_stream_without_data_of_its_own_speaks_for_every_session_before_it() {
         let mut t = SequenceTracker::new(true);
-        for s in 1..=5 {
-            t.on_data(&h(4, 9, s, s), b"A");
-        }
+        feed(&mut t, 4, 9, 1..=5, b"A");
         assert!(t.on_end_of_stream(&h(0, 77, 5, 0), 5));
         assert!(!t.any_open());
         t.close();
@@ -961,20 +1247,14 @@ mod tests {
     #[test]
     fn another_publishers_end_of_stream_or_a_cached_frame_never_counts_a_session_twice() {
         let mut t = SequenceTracker::new(true);
-        for s in 1..=5 {
-            t.on_data(&h(1, 9, s, s), b"A");
-        }
-        for s in 1..=3 {
-            t.on_data(&h(1, 10, s, s), b"A");
-        }
+        feed(&mut t, 1, 9, 1..=5, b"A");
+        feed(&mut t, 1, 10, 1..=3, b"A");
         assert!(t.on_end_of_stream(&h(2, 77, 8, 0), 8));
         let tot = t.totals();
         assert_eq!((tot.sent(), tot.unended_sessions, tot.accepted), (8, 0, 8), "{tot:?}");
 
         let mut t = SequenceTracker::new(true);
-        for s in 1..=4 {
-            t.on_data(&h(1, 10, s, s), b"A");
-        }
+        feed(&mut t, 1, 10, 1..=4, b"A");
         assert!(t.on_data(&cached(1, 9, 7, 7), b"B").accept, "an older session's cached value is delivered");
         assert_eq!(t.on_data(&h(1, 10, 5, 5), b"A").missed, 0, "the live session went on untouched");
         assert!(t.on_end_of_stream(&h(1, 10, 5, 0), 5));
@@ -1086,9 +1366,7 @@ mod tests {
     #[test]
     fn an_end_of_stream_of_a_session_never_seen_live_is_no_restart() {
         let mut t = SequenceTracker::new(true);
-        for s in 1..=5 {
-            t.on_data(&h(1, 9, s, s), b"A");
-        }
+        feed(&mut t, 1, 9, 1..=5, b"A");
         assert!(t.any_open(), "session 9 sends");
         assert!(t.on_end_of_stream(&h(1, 77, 6, 0), 5));
         assert!(!t.any_open(), "the replay's end of stream ends what it replayed: quiet is by right");
@@ -1223,6 +1501,124 @@ mod tests {
         t.sessions.iter().map(|s| s.topics.len()).sum()
     }
 
+    /// The maps beside the lists say what the lists hold: every session and publisher is
+    /// found at its index, and each publisher's session ids are exactly its sessions.
+    fn maps_agree(t: &SequenceTracker) -> Result<(), String> {
+        if t.index.len() != t.sessions.len() || t.publisher_index.len() != t.publishers.len() {
+            return Err(format!("{} / {} indexed", t.index.len(), t.publisher_index.len()));
+        }
+        for (i, s) in t.sessions.iter().enumerate() {
+            if t.index.get(&(s.publisher_id, s.session_id)) != Some(&i) {
+                return Err(format!("session {i} not found at its index"));
+            }
+            let p = t.publisher_of(s.publisher_id).ok_or("a session without its publisher")?;
+            if !t.publishers[p].sessions.contains(&s.session_id) {
+                return Err(format!("session {i} not in its publisher's list"));
+            }
+        }
+        for (p, st) in t.publishers.iter().enumerate() {
+            if t.publisher_index.get(&st.publisher_id) != Some(&p) || st.sessions.len() > MAX_SESSIONS_PER_ID {
+                return Err(format!("publisher {p}"));
+            }
+        }
+        if t.publishers.len() > t.max_publishers || t.forgotten.len() != t.forgotten_set.len() {
+            return Err("over the bounds".into());
+        }
+        Ok(())
+    }
+
+    /// The reviewer's churn: thousands of publishers, each one session of one frame and its end
+    /// of stream. Before, the 1025th was dropped for good (`over_limit`) and every frame paid a
+    /// scan of all that ever came. Now an ended publisher gives its place back, every count
+    /// stays as it was, and a late frame of a forgotten session is counted, not taken for new.
+    #[test]
+    fn thousands_of_ended_publishers_give_their_places_back() {
+        let n = 5 * MAX_PUBLISHERS as u32;
+        let mut t = SequenceTracker::new(true);
+        for id in 0..n {
+            assert!(t.on_data(&h(id, 1000 + u64::from(id), 1, 1), format!("T{}", id % 50).as_bytes()).accept, "{id}");
+            assert!(t.on_end_of_stream(&h(id, 1000 + u64::from(id), 1, 0), 1));
+        }
+        let tot = t.totals();
+        assert_eq!((tot.accepted, tot.eos_sessions, tot.eos_sent, tot.over_limit, tot.gaps), (5120, 5120, 5120, 0, 0));
+        assert!(t.publishers() <= MAX_PUBLISHERS);
+        assert!(t.topics() <= MAX_PUBLISHERS, "ended publishers' topics went back with them");
+        assert!(!t.any_open());
+        maps_agree(&t).unwrap();
+        // A new publisher is taken, and its loss seen.
+        assert!(t.on_data(&h(n, 1, 1, 1), b"NEW").accept);
+        assert_eq!(t.on_data(&h(n, 1, 3, 2), b"NEW").missed, 1);
+        // The last to end is still held: a late frame of it is judged (a duplicate).
+        assert!(!t.on_data(&h(n - 1, 1000 + u64::from(n - 1), 1, 1), format!("T{}", (n - 1) % 50).as_bytes()).accept);
+        assert_eq!(t.totals().duplicates, 1);
+        // A forgotten one: dropped and counted as after its end, not a new publisher; its end
+        // of stream again counts nothing.
+        assert!(!t.on_data(&h(n - 4000, 1000 + u64::from(n - 4000), 1, 1), b"T0").accept);
+        assert!(!t.on_end_of_stream(&h(n - 4000, 1000 + u64::from(n - 4000), 1, 0), 1));
+        let tot = t.totals();
+        assert_eq!((tot.after_end, tot.eos_sessions, tot.before_first, tot.restarts), (1, 5120, 0, 0), "{tot:?}");
+        maps_agree(&t).unwrap();
+    }
+
+    /// Live publishers hold their places: past MAX_PUBLISHERS live ones, a new one is dropped,
+    /// counted by limit with its data apart (no end-of-stream count covers it), and the cause
+    /// names the limit and the id. A publisher whose old session ended by a restart (counted at
+    /// its own end of stream) and whose new one ended has ended as a whole.
+    #[test]
+    fn over_the_publisher_limit_is_counted_by_limit_and_cause() {
+        let mut t = SequenceTracker::new(true);
+        // Publisher 0 restarts (session 1 unended, 3 sent), then ends session 2.
+        for s in 1..=3 {
+            t.on_data(&h(0, 1, s, s), b"A");
+        }
+        t.on_data(&h(0, 2, 1, 1), b"A");
+        assert!(t.on_end_of_stream(&h(0, 2, 1, 0), 1));
+        for id in 1..MAX_PUBLISHERS as u32 {
+            assert!(t.on_data(&h(id, 7, 1, 1), b"A").accept);
+        }
+        // Publisher 0 ended: it makes room for one more.
+        assert!(t.on_data(&h(5000, 7, 1, 1), b"A").accept);
+        assert_eq!(t.over_limit_cause(), OverLimit::None);
+        // The rest are live: the next is over the limit.
+        assert!(!t.on_data(&h(5001, 7, 1, 1), b"A").accept);
+        assert!(!t.on_data(&h(5001, 7, 2, 2), b"A").accept);
+        assert!(!t.on_end_of_stream(&h(5001, 7, 2, 0), 2));
+        assert!(t.on_data(&h(1, 7, 2, 2), b"A").accept, "the publishers held go on");
+        let tot = t.totals();
+        assert_eq!(
+            (tot.over_limit, tot.over_limit_publishers, tot.over_limit_data, tot.over_limit_topics),
+            (3, 3, 2, 0),
+            "{tot:?}"
+        );
+        assert_eq!((tot.unended_sessions, tot.unended_sent, tot.eos_sent), (1, 3, 1), "folded before it went");
+        assert_eq!(t.over_limit_cause(), OverLimit::Publishers { publisher_id: 5001, live: MAX_PUBLISHERS });
+        let said = t.over_limit_cause().to_string();
+        assert!(said.starts_with("publisher 5001: 1024 publishers are live"), "{said}");
+        // One of them ends: the next new one is taken.
+        assert!(t.on_end_of_stream(&h(7, 7, 1, 0), 1));
+        assert!(t.on_data(&h(5002, 7, 1, 1), b"A").accept);
+        maps_agree(&t).unwrap();
+    }
+
+    /// The topic budget bounds the topics of live sessions: ended publishers give theirs back
+    /// when a new topic needs them; past it the cause names the limit and the session.
+    #[test]
+    fn ended_publishers_give_their_topics_back_to_the_budget() {
+        let mut t = SequenceTracker::with_max_topics(true, 4);
+        for id in 0..4 {
+            assert!(t.on_data(&h(id, 9, 1, 1), b"A").accept);
+        }
+        assert!(!t.on_data(&h(9, 9, 1, 1), b"A").accept, "all four live");
+        assert_eq!(t.over_limit_cause(), OverLimit::Topics { publisher_id: 9, session_id: 9, session: false, max: 4 });
+        assert!(t.on_end_of_stream(&h(2, 9, 1, 0), 1));
+        assert!(t.on_data(&h(9, 9, 2, 2), b"B").accept, "publisher 2 ended: its topic came back");
+        assert!(!t.on_data(&h(9, 9, 3, 1), b"C").accept);
+        let tot = t.totals();
+        assert_eq!((tot.over_limit, tot.over_limit_topics, tot.over_limit_publishers), (2, 2, 0), "{tot:?}");
+        assert_eq!((t.topics(), held(&t)), (4, 4));
+        maps_agree(&t).unwrap();
+    }
+
     /// The tracker's topic budget holds across publishers and sessions: a new topic past it is
     /// dropped as over the limit while the topics held go on being checked, and a session that
     /// ended and was replaced, or that made room for a later one, gives its topics back.
@@ -1265,14 +1661,24 @@ mod tests {
         {
             let mut t = SequenceTracker::new(full);
             let mut small = SequenceTracker::with_max_topics(full, max_topics);
+            // Two publishers at most: ended ones are forgotten to make room.
+            let mut few = SequenceTracker::with_max_topics(full, max_topics);
+            few.max_publishers = 2;
             for (p, s, ss, ts, cache, eos, topic) in frames {
                 let mut hd = h(p, s, ss, ts);
                 if cache { hd.flags = FLAG_FROM_CACHE; }
-                for t in [&mut t, &mut small] {
+                for t in [&mut t, &mut small, &mut few] {
                     if eos { t.on_end_of_stream(&hd, ss); } else { t.on_data(&hd, &[b'A' + topic]); }
                 }
                 prop_assert_eq!(small.topics(), held(&small), "the count of topics held is exact");
                 prop_assert!(small.topics() <= max_topics);
+                prop_assert_eq!(few.topics(), held(&few));
+                prop_assert!(few.topics() <= max_topics);
+                for t in [&t, &small, &few] {
+                    prop_assert_eq!(maps_agree(t), Ok(()));
+                }
+                let tot = few.totals();
+                prop_assert_eq!(tot.over_limit, tot.over_limit_publishers + tot.over_limit_topics);
             }
             let tot = t.totals();
             prop_assert!(tot.accepted <= 200);

@@ -38,10 +38,18 @@ pub fn new_proxy(ctx: &zmq::Context, config: &LvcConfig) -> Result<ProxyShell<Lv
 }
 
 /// Run the LVC until SIGINT/SIGTERM; prints the endpoints on startup and the
-/// counters on exit (the way `exit` says), and returns them.
-pub fn run(config: LvcConfig, stop: &StopFlag, exit: ExitCounters) -> Result<LvcReport, AgentError> {
+/// counters on exit (the way `exit` says), and returns them. `under_way` is called once the
+/// sockets are made and attached, before the endpoints are printed: from there `stop` ends the
+/// run with its counters (the command line marks its run under way there).
+pub fn run(
+    config: LvcConfig,
+    stop: &StopFlag,
+    exit: ExitCounters,
+    under_way: impl FnOnce(),
+) -> Result<LvcReport, AgentError> {
     let ctx = zmq::Context::new();
     let proxy = new_proxy(&ctx, &config)?;
+    under_way();
     proxy.print_endpoints("lvc", exit);
     let links = proxy.links();
     // `stop` is set by the binary's SIGINT/SIGTERM handler.

@@ -19,7 +19,7 @@ use crossbeam::channel::{Receiver, Sender};
 use super::hlog::{write_hgrm, HlogWriter};
 use super::settings::{Level, LogLevel};
 use super::{human_latency, shard_name, shard_sets, StageHistograms};
-use crate::agent::{Agent, AgentError, Inbox, Step};
+use crate::agent::{Agent, AgentError, Inbox, IntervalMarks, Step};
 use crate::clock;
 use crate::diag::human_ns;
 use crate::outfile::Claimed;
@@ -119,6 +119,8 @@ pub struct Collector {
     gaps_before: Vec<u64>,
     /// Latencies below 0 were said ([`ahead_line`]: once a run).
     ahead_said: bool,
+    /// The agents whose busy share is taken per interval (marked as each interval ends).
+    marks: Option<Arc<IntervalMarks>>,
 }
 
 /// The line that says an interval's latencies below 0 (`sets`: per shard), if it had any: their send times were ahead of this host's clock, which the engine
@@ -180,7 +182,15 @@ impl Collector {
             interval_log: None,
             gaps_before: Vec::new(),
             ahead_said: false,
+            marks: None,
         }
+    }
+
+    /// End each of `marks`' agents' busy interval with its own ([`IntervalMarks::mark`]), so
+    /// their busy share covers the interval its rates and latencies do.
+    pub fn with_interval_marks(mut self, marks: Arc<IntervalMarks>) -> Self {
+        self.marks = Some(marks);
+        self
     }
 
     /// Say a line per shard per interval at log level `debug`.
@@ -286,6 +296,10 @@ impl Collector {
                 let path = path.display().to_string();
                 self.write_error(format_args!("{path}: {e}"));
             }
+        }
+        // Before the interval is shared: whoever sees it closed sees the agents' share of it too.
+        if let Some(m) = &self.marks {
+            m.mark(mono_ns);
         }
         if let Ok(mut l) = self.live.lock() {
             std::mem::swap(&mut l.last_interval, &mut self.interval);

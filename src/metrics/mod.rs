@@ -309,6 +309,15 @@ pub fn beyond_sent_basis(sent: u64, excess: u64) -> String {
     )
 }
 
+/// `basis` (the run's `loss_basis`) for a `lost` that includes `n` data frames of publishers
+/// over a reader's limit of live publishers ([`RunReport::over_limit_lost`]).
+pub fn over_limit_basis(basis: &str, n: u64) -> String {
+    format!(
+        "{basis}, and {n} data frame(s) of publishers past a reader's limit of live publishers, \
+         dropped unjudged with their ends of stream (a floor of what those publishers lost)"
+    )
+}
+
 /// Messages per second over a run's span: `n` messages from the first (at the span's start)
 /// to the last (at its end) span n − 1 intervals, so the rate is (n − 1) / span (3 messages
 /// a second apart are 1 msg/s, not 1.5). With fewer than two messages, or no span, `n` over
@@ -412,6 +421,11 @@ pub struct RunReport {
     /// 0 normally.
     #[serde(default)]
     pub beyond_sent: u64,
+    /// Of `lost`: data frames of publishers past a reader's limit of live publishers
+    /// (`bad_frames.over_limit_publishers`), dropped unjudged with their ends of stream, so no
+    /// end-of-stream count covers them; what else those publishers sent is not known (a floor).
+    #[serde(default)]
+    pub over_limit_lost: u64,
     /// How `lost` was established, or why it is unknown.
     pub loss_basis: String,
     /// What the sequence checks and the frame decoder counted (flattened into the JSON).
@@ -663,6 +677,14 @@ impl RunReport {
                 s,
                 "  beyond sent  {}   (arrived beyond what the publishers' ends of stream say they sent: a publisher's count is wrong)",
                 self.beyond_sent
+            );
+        }
+        if self.lost.is_some() && self.over_limit_lost > 0 {
+            let _ = writeln!(
+                s,
+                "               of them {} data frame(s) of publishers past a reader's limit of live publishers, \
+                 dropped with their ends of stream (bad frames over_limit_publishers): what else they sent is not known",
+                self.over_limit_lost
             );
         }
         if let Some(lost) = self.lost.filter(|&l| l > 0 && self.counts.before_first > 0) {

@@ -60,6 +60,9 @@ pub struct ShardLive {
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
     pub publisher_refused: u64,
+    /// Messages that arrived beyond what its publishers' ends of stream say they sent
+    /// (`beyond_sent`: a publisher's count is wrong, loss unknown).
+    pub beyond_sent: u64,
 }
 
 /// What the engine knows now, apart from latency.
@@ -291,6 +294,16 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         |c| c.counts.reordered,
     );
     counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", |c| c.counts.restarts);
+    per_row(
+        &mut s,
+        "mdsub_shard_beyond_sent",
+        "gauge",
+        "Messages that arrived beyond what the publishers' ends of stream say they sent: a publisher's \
+         count is wrong, loss is unknown. As of the last end of stream after which no session of the \
+         shard was open; a later one can take it back (counts are per shard), so not a counter.",
+        &shards,
+        |c| c.beyond_sent,
+    );
     counter(
         &mut s,
         "mdsub_shard_publisher_connects_total",
@@ -431,8 +444,8 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         &mut s,
         "mdsub_agent_busy_ratio",
         "gauge",
-        "Share of its wall time the agent's thread was on a CPU.",
-        |a| a.busy_fraction(),
+        "Share of the last metrics interval the agent's thread was on a CPU (rate() the CPU counter for other windows).",
+        |a| a.recent_busy(),
     );
     agent_metric(&mut s, "mdsub_agent_work_total", "counter", "Items the agent processed.", |a| a.work as f64);
     agent_metric(
@@ -645,8 +658,15 @@ mod tests {
         latency.last_interval[1].record(1_000, 2_000, 3_000);
         let live = EngineLive {
             engine_id: "e\"1".into(),
-            shards: vec![ShardLive { received: 7, ..Default::default() }, ShardLive::default()],
-            agents: vec![AgentStats { role: "worker0".into(), cpu_ns: 2_000_000_000, ..Default::default() }],
+            shards: vec![ShardLive { received: 7, beyond_sent: 5, ..Default::default() }, ShardLive::default()],
+            // Busy half of its run, idle over the last interval: the gauge is the interval's.
+            agents: vec![AgentStats {
+                role: "worker0".into(),
+                cpu_ns: 2_000_000_000,
+                wall_ns: 4_000_000_000,
+                interval_busy: Some(0.0),
+                ..Default::default()
+            }],
             metrics_dropped: 0,
             snail: vec![crate::snail::SiteReport {
                 role: "worker0".into(),
@@ -678,6 +698,8 @@ mod tests {
         assert_eq!(live.snail_verdict(Some(1)), crate::snail::Verdict::Snail);
         assert_eq!(live.snail_verdict(Some(0)), crate::snail::Verdict::Ok);
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");
+        assert!(t.contains("# TYPE mdsub_shard_beyond_sent gauge\n"), "{t}");
+        assert!(t.contains("mdsub_shard_beyond_sent{engine=\"e\\\"1\",shard=\"0\"} 5\n"), "{t}");
         let refused = "mdsub_handler_refused_total{engine=\"e\\\"1\",agent=\"worker0\",reason=\"orders_full\"} 3\n";
         assert!(t.contains(refused), "{t}");
         let monitor = "mdsub_monitor_access_refused_total{engine=\"e\\\"1\",reason=\"handshake_failed_protocol\"} 2\n";
@@ -686,6 +708,7 @@ mod tests {
         assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");
         assert!(t.contains("stage=\"total\",le=\"0.000005\"} 1"), "{t}");
         assert!(t.contains("mdsub_agent_cpu_seconds_total{engine=\"e\\\"1\",agent=\"worker0\"} 2"), "{t}");
+        assert!(t.contains("mdsub_agent_busy_ratio{engine=\"e\\\"1\",agent=\"worker0\"} 0\n"), "{t}");
         assert!(t.contains("quantile=\"0.99\"} 0.000003"), "{t}");
         // Shard 0's interval was idle: no quantile, not 0 (before: `0`, a p99 panel fell to 0 s).
         for q in ["0.5", "0.99", "0.999", "1"] {

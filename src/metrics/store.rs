@@ -88,6 +88,13 @@ pub fn handler_refused(live: &EngineLive) -> serde_json::Value {
     serde_json::Value::Object(per_agent.collect())
 }
 
+/// The agent busiest over the last interval and its share (the run's so far before the first
+/// interval ends): like the rates beside it, not an average over the whole run, which still
+/// said 8 % for a reader two minutes after its feed stopped.
+pub fn busiest(agents: &[crate::agent::AgentStats]) -> Option<(String, f64)> {
+    agents.iter().max_by(|a, b| a.recent_busy().total_cmp(&b.recent_busy())).map(|a| (a.role.clone(), a.recent_busy()))
+}
+
 /// What the status agent reads and changes.
 pub struct StoreInputs {
     pub engine_id: String,
@@ -239,11 +246,7 @@ impl StoreAgent {
         let interval_ns = self.inputs.interval_ns.load(Relaxed).max(1);
         let ttl = ttl_s(interval_ns);
         let live = (self.inputs.live)();
-        let busiest = live
-            .agents
-            .iter()
-            .max_by(|a, b| a.busy_fraction().total_cmp(&b.busy_fraction()))
-            .map(|a| (a.role.clone(), a.busy_fraction()));
+        let busiest = busiest(&live.agents);
         let stalls = live.self_stalls(None);
         // One look at the collector's latency for the whole status: the intervals it has closed
         // are the ones this status covers (a second look could see one more, never published).
@@ -284,6 +287,7 @@ impl StoreAgent {
                     "gaps": sh.counts.gaps,
                     "duplicates": sh.counts.duplicates,
                     "restarts": sh.counts.restarts,
+                    "beyond_sent": sh.beyond_sent,
                     "bad_frames": bad,
                     "intervals": lat.intervals,
                     "snail": live.snail_verdict(Some(k)).name(),
@@ -438,6 +442,25 @@ mod tests {
             json!({"worker0": {"orders_full": 0, "levels_full": 2}, "worker1": {"orders_full": 1, "levels_full": 0}})
         );
         assert_eq!(live.handler_refused_total(), 3);
+    }
+
+    #[test]
+    fn the_busiest_agent_is_the_busiest_over_the_last_interval() {
+        use crate::agent::AgentStats;
+        // The reader was busy for the run's first minutes, then its feed stopped: before, the
+        // status said `busiest shard0-reader 8%` two minutes later, from its whole-run average.
+        let agent = |role: &str, cpu_ns, interval_busy| AgentStats {
+            role: role.into(),
+            cpu_ns,
+            wall_ns: 1_000_000_000_000,
+            interval_busy,
+            ..Default::default()
+        };
+        let agents = [agent("shard0-reader", 80_000_000_000, Some(0.0)), agent("metrics", 1_000_000_000, Some(0.01))];
+        assert_eq!(busiest(&agents), Some(("metrics".to_string(), 0.01)));
+        // No interval ended yet: the run's share so far.
+        assert_eq!(busiest(&[agent("worker0", 1_000_000_000, None)]), Some(("worker0".to_string(), 0.001)));
+        assert_eq!(busiest(&[]), None);
     }
 
     #[test]

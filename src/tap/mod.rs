@@ -96,8 +96,15 @@ impl std::fmt::Display for TapReport {
 }
 
 /// Run the tap until SIGINT/SIGTERM; prints its counters on exit (the way `exit`
-/// says) and returns them.
-pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<TapReport, TapError> {
+/// says) and returns them. `under_way` is called once the recording is claimed and the sockets
+/// are made and attached, before the endpoints are printed: from there `stop` ends the run with
+/// its counters (the command line marks its run under way there).
+pub fn run(
+    args: TapRunConfig,
+    stop: &StopFlag,
+    exit: ExitCounters,
+    under_way: impl FnOnce(),
+) -> Result<TapReport, TapError> {
     if args.queue_msgs == 0 {
         return Err(TapError::BadQueue);
     }
@@ -113,6 +120,7 @@ pub fn run(args: TapRunConfig, stop: &StopFlag, exit: ExitCounters) -> Result<Ta
     let ctx = zmq::Context::new();
     let (tx, rx) = crossbeam::channel::bounded(args.queue_msgs);
     let proxy = ProxyShell::new(&ctx, &args.proxy, args.subscribe_all, TapHooks::new(Filter::new(prefixes), tx))?;
+    under_way();
     proxy.print_endpoints("tap", exit);
     let sink_report = Arc::new(Mutex::new(TapSinkReport::default()));
     let sink = TapSink::new(rx, args.show, exit == ExitCounters::Json, recorder, sink_report.clone());

@@ -433,17 +433,13 @@ impl Search {
                     self.halve(rate);
                 }
             }
-            (Phase::Down, Verdict::Pass) => {
+            (Phase::Down | Phase::Bisect, Verdict::Pass) => {
                 self.lo = Some(rate);
                 self.bisect_or_confirm();
             }
             (Phase::Down, _) => {
                 self.hi = Some(rate);
                 self.halve(rate);
-            }
-            (Phase::Bisect, Verdict::Pass) => {
-                self.lo = Some(rate);
-                self.bisect_or_confirm();
             }
             (Phase::Bisect, _) => {
                 self.hi = Some(rate);
