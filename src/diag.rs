@@ -68,6 +68,19 @@ pub fn line(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Write one last line to stderr and end the process with `code`, holding stderr until it ends:
+/// a line another thread was about to write (a command the signal interrupted, going on once its
+/// stderr drained) never comes after it.
+pub fn last_line(args: fmt::Arguments<'_>, code: i32) -> ! {
+    if let Some(bar) = shown_bar() {
+        bar.finish_and_clear();
+    }
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_fmt(args);
+    let _ = e.write_all(b"\n");
+    std::process::exit(code)
+}
+
 /// The progress line on the terminal now, if any (held weakly: a dropped bar is gone).
 static SHOWN_BAR: std::sync::Mutex<Option<indicatif::WeakProgressBar>> = std::sync::Mutex::new(None);
 

@@ -131,10 +131,7 @@ fn main() {
         match cli::on_signal(first, now, watches_stop, cli::is_run_under_way()) {
             cli::OnSignal::Stop => on_signal.stop(),
             cli::OnSignal::Same => {}
-            cli::OnSignal::EndNow => {
-                mdsub::diag!("mdsub: interrupted");
-                std::process::exit(cli::EXIT_INTERRUPTED);
-            }
+            cli::OnSignal::EndNow => mdsub::diag::last_line(format_args!("mdsub: interrupted"), cli::EXIT_INTERRUPTED),
         }
     };
     if let Err(e) = ctrlc::set_handler(handler) {

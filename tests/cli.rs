@@ -1187,11 +1187,7 @@ fn a_fifo_in_the_clone_servers_data_dir_is_refused_at_once() {
 /// What the thread of `pid` named `name` is blocked in: /proc/PID/task/TID/syscall (the call's
 /// number and arguments; `running` while it runs).
 fn blocked_in(pid: u32, name: &str) -> Option<String> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    tasks.flatten().find_map(|t| {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        (comm.trim_end() == name).then(|| std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default())
-    })
+    Some(std::fs::read_to_string(common::task_dir(pid, name)?.join("syscall")).unwrap_or_default())
 }
 
 #[test]

@@ -391,22 +391,23 @@ pub fn run_within(name: &str, cmd: &mut Command, deadline: Duration) -> (Option<
 /// CPU time (user + system, in ms) the thread named `name` of process `pid`
 /// has used so far; None while no such thread exists.
 pub fn thread_cpu_ms(pid: u32, name: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(task_dir(pid, name)?.join("stat")).ok()?;
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant of the running kernel.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1000 / hz)
+}
+
+/// The /proc directory of the thread of `pid` named `name` (its first, by task id order).
+pub fn task_dir(pid: u32, name: &str) -> Option<std::path::PathBuf> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for t in tasks.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        // SAFETY: sysconf only reads a constant of the running kernel.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        return Some(ticks * 1000 / hz);
-    }
-    None
+    tasks
+        .flatten()
+        .map(|t| t.path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|comm| comm.trim_end() == name))
 }
 
 /// Every line still to come until the stream closes (the process exited).
