@@ -82,22 +82,38 @@ impl Drop for Proc {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (for tools that take a port base, like the
-/// clone server's P, P+1, P+2). Prefer binding `tcp://127.0.0.1:*` where possible.
+/// The first of `n` consecutive free TCP ports on 127.0.0.1 (for tools that take a port base,
+/// like the clone server's P, P+1, P+2). Prefer binding `tcp://127.0.0.1:*` where possible.
+///
+/// The block lies below the kernel's ephemeral range, in 10000-19999 (`unserved_port_block`
+/// keeps to 20000-29999): a connecting socket's local port comes from the ephemeral range, so a
+/// port there can be taken by a libzmq connect that races the server's bind, even the very port
+/// it connects to (a TCP self-connect: the link fails with `protocol_error` and the server cannot
+/// bind; a Binary Star pair in CI never settled that way). Blocks are handed out in turn from a
+/// cursor seeded by the pid, so two tests of one binary never get the same block.
 pub fn free_port_block(n: u16) -> u16 {
-    for _ in 0..200 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe");
-        let base = l.local_addr().expect("addr").port();
-        drop(l);
-        if base.checked_add(n).is_none() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    const LO: u32 = 10_000;
+    const HI: u32 = 20_000;
+    let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|lo| lo.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    assert!(ephemeral_lo >= HI, "the ephemeral port range starts at {ephemeral_lo}, inside the tests' {LO}-{HI}");
+    let span = HI - LO;
+    let seed = std::process::id().wrapping_mul(97) % span;
+    for _ in 0..span / u32::from(n.max(1)) {
+        let base = LO + (seed + HANDED_OUT.fetch_add(u32::from(n), Ordering::Relaxed)) % span;
+        if base + u32::from(n) > HI {
             continue;
         }
-        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
+        let base = base as u16;
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
-    panic!("no block of {n} free ports found");
+    panic!("no block of {n} free ports in {LO}-{HI}");
 }
 
 /// The first of `n` consecutive ports nothing listens on, outside the kernel's ephemeral range
