@@ -1794,9 +1794,12 @@ fn an_oversized_frame_on_the_state_link_is_said_counted_and_the_link_comes_back(
         lost.contains("clone-server peer state: link") && lost.contains(&state_ep) && lost.contains("protocol_error"),
         "names the link, its endpoint and the reason: {lost}"
     );
-    // Its subscription ends with the dropped connection (`\x00`) and comes again with the new one.
-    assert_eq!(state.recv_bytes(0).expect("the dropped link's unsubscribe"), b"\x00");
-    assert_eq!(state.recv_bytes(0).expect("the backup subscribes again"), b"\x01", "re-established");
+    // Its subscription comes again with the new connection (`\x01`). The dropped one's end
+    // (`\x00`) may come before it or not at all: a verbose XPUB says an unsubscribe only when no
+    // other pipe holds the topic, and the new pipe can be attached before the old one's end is
+    // processed (CI saw the subscribe first).
+    let again = (0..2).map(|_| state.recv_bytes(0).expect("the backup subscribes again")).find(|m| m == b"\x01");
+    assert!(again.is_some(), "re-established: a new subscription");
     state.send(&b"x"[..], 0).expect("send");
     wait_until(Duration::from_secs(10), "the next heartbeat to be read", || {
         status(bp).get("malformed_heartbeats").map(String::as_str) == Some("2")
