@@ -129,22 +129,39 @@ pub struct ShellCounters {
     /// Connections accepted there that libzmq refused in their handshake (no ZeroMQ peer, a port
     /// check, another security mechanism): not publisher disconnects.
     pub publisher_refused: u64,
+    /// The same on the backend's bound endpoints: subscriber connections accepted (handshakes),
+    /// those that ended (closed, or dropped by libzmq for a message over the backend's largest,
+    /// with no cause given), and those libzmq refused in their handshake (no ZeroMQ peer, a
+    /// socket type that cannot talk to an XPUB, a ZMTP 1.0/2.0 peer, a peer silent past the
+    /// handshake's time, a port check).
+    pub subscriber_connects: u64,
+    pub subscriber_disconnects: u64,
+    pub subscriber_refused: u64,
+    /// Times libzmq could not accept a connection on either side's bound endpoints (`accept()`
+    /// failed, most often out of descriptors): attempts, not peers, since libzmq retries at once.
+    pub accept_failed: u64,
 }
 
 impl ShellCounters {
     /// The delivery and connection counters as the LVC's and the tap's exit lines say them:
     /// `dropped_full=… blocked=… send_failures=… publisher_connects=… publisher_disconnects=…
-    /// publisher_refused=…`.
+    /// publisher_refused=… subscriber_connects=… subscriber_disconnects=… subscriber_refused=…
+    /// accept_failed=…`.
     pub fn delivery_fields(&self) -> String {
         format!(
             "dropped_full={} blocked={} send_failures={} publisher_connects={} publisher_disconnects={} \
-             publisher_refused={}",
+             publisher_refused={} subscriber_connects={} subscriber_disconnects={} subscriber_refused={} \
+             accept_failed={}",
             self.dropped_full,
             self.blocked,
             self.send_failures,
             self.publisher_connects,
             self.publisher_disconnects,
-            self.publisher_refused
+            self.publisher_refused,
+            self.subscriber_connects,
+            self.subscriber_disconnects,
+            self.subscriber_refused,
+            self.accept_failed
         )
     }
 }
@@ -282,8 +299,9 @@ impl ProxyLinks {
     }
 }
 
-/// Watch each side's connect endpoints (the sockets are made, not attached yet), and the
-/// frontend's bound endpoints: the publisher connections accepted there, each end said.
+/// Watch each side's connect endpoints (the sockets are made, not attached yet), and each side's
+/// bound endpoints: the publisher connections accepted on the frontend and the subscriber
+/// connections accepted on the backend, each refusal and each end said with its side.
 fn watch_links(
     ctx: &zmq::Context,
     role: &'static str,
@@ -313,9 +331,13 @@ fn watch_links(
     } else {
         watch(frontend, "frontend", connects(&config.frontend))?
     };
-    let back = if follow_joins {
+    let back_binds = config.backend.iter().any(|a| matches!(a, Attach::Bind(_)));
+    let back = if follow_joins || back_binds {
+        let head = format!("{role}: a subscriber's connection to the backend ended");
         LinkWatch::attach_always(ctx, backend, &name("backend"), &connects(&config.backend))
-            .map(|w| Some(w.following_updowns()))
+            .map(|w| if follow_joins { w.following_updowns() } else { w })
+            .map(|w| if back_binds { w.saying_subscriber_ends(head, zmqx::MAX_SUBSCRIPTION_BYTES) } else { w })
+            .map(Some)
             .map_err(zerr(role, "starting the link monitor"))?
     } else {
         watch(backend, "backend", connects(&config.backend))?
@@ -399,6 +421,12 @@ impl<H: ProxyHooks> ProxyShell<H> {
             (self.counters.publisher_connects, self.counters.publisher_disconnects) = (a.connects, a.disconnects);
             self.counters.publisher_refused = a.refused;
         }
+        if let Some(w) = &self.links[1] {
+            let a = w.accepted();
+            (self.counters.subscriber_connects, self.counters.subscriber_disconnects) = (a.connects, a.disconnects);
+            self.counters.subscriber_refused = a.refused;
+        }
+        self.counters.accept_failed = self.links.iter().flatten().map(|w| w.accepted().accept_failed).sum();
         self.take_joins(now_ns);
     }
 

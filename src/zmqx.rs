@@ -350,6 +350,12 @@ pub fn bind_hint(e: zmq::Error) -> &'static str {
     }
 }
 
+/// The context of a failed bind, `binding WHAT`, with what `e` means there when libzmq's
+/// own words do not say it ([`bind_hint`]): every bind of a name or address names it so.
+pub fn binding(what: impl std::fmt::Display, e: zmq::Error) -> String {
+    format!("binding {what}{}", bind_hint(e))
+}
+
 /// Bind `socket` to `endpoint` and return the endpoint actually bound (so
 /// `tcp://127.0.0.1:*` comes back with its port).
 pub fn bind_resolved(socket: &zmq::Socket, endpoint: &str) -> zmq::Result<String> {

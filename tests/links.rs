@@ -321,6 +321,104 @@ fn engine_bound_endpoint_refuses_a_raw_connection() {
     assert_eq!(counts, (0, 0, 1), "{shard}");
 }
 
+/// Before: a REQ at an engine's bound SUB was said as "it ended the connection during the
+/// handshake (a port check, or a peer that gave up)": the peer was blamed, though it was
+/// mdsub's libzmq that ended it over its socket type (mechanism.cpp `check_socket_type`).
+#[test]
+fn engine_bound_endpoint_names_a_peer_of_a_socket_type_it_cannot_talk_to() {
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(["--expect-eos", "0", "--snail", "off"]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    let ep = engine.said_after("shard0: bound ");
+    let req = common::proxy::RawXsub::connect_as(&ep, "REQ");
+    let said = wait_line(err, Duration::from_secs(20), "the refusal", |l| {
+        l.starts_with("shard0: refused a connection (handshake_failed_")
+    });
+    drop(req);
+    assert!(said.contains("the peer's socket type cannot talk to this socket's"), "{said}");
+    assert!(!said.contains(": it ended the connection"), "the peer is not blamed alone: {said}");
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
+    assert_eq!(u(&r["shards"][0], "publisher_refused"), 1, "{}", r["shards"][0]);
+}
+
+/// Before: nothing was said or counted when libzmq could not accept a connection on a bound
+/// endpoint (EMFILE: its I/O thread spins on the pending connection). A child whose descriptor
+/// limit the connections below use up.
+#[test]
+fn engine_out_of_descriptors_on_a_bound_endpoint_says_so_with_the_limit() {
+    use std::os::unix::process::CommandExt;
+    const NOFILE: u64 = 128;
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
+    cmd.args(["--expect-eos", "0", "--snail", "off"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: NOFILE as libc::rlim_t, rlim_max: NOFILE as libc::rlim_t };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    let ep = engine.said_after("shard0: bound ");
+    let addr = ep.trim_start_matches("tcp://").to_string();
+    // More connections than the child has descriptors: the kernel completes them (backlog),
+    // libzmq's accept() fails once the limit is reached.
+    let held: Vec<std::net::TcpStream> =
+        (0..NOFILE + 64).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    let said = wait_line(err, Duration::from_secs(20), "the accept failure", |l| {
+        l.starts_with("shard0: refused a connection (accept_failed): ")
+    });
+    assert!(said.contains(&ep), "{said}");
+    assert!(said.contains("EMFILE") && said.contains(&format!("its limit of {NOFILE}, RLIMIT_NOFILE")), "{said}");
+    drop(held);
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
+    assert!(u(&r["shards"][0], "accept_failed") > 0, "{}", r["shards"][0]);
+}
+
+/// Before: a proxy's bound backend (the subscriber side) neither counted nor said a peer libzmq
+/// refused, nor a subscriber whose connection ended; the frontend did both.
+fn proxy_bound_backend_refuses_a_raw_connection_and_counts_subscribers(tool: &str) {
+    let mut p = common::proxy::start(tool, &[]);
+    raw_garbage(&p.backend);
+    let req = common::proxy::RawXsub::connect_as(&p.backend, "REQ");
+    let head = format!("{tool} backend: refused a connection (handshake_failed_");
+    let said = wait_line(&p.stderr, Duration::from_secs(20), "the refusal", |l| l.contains(&head));
+    assert!(said.contains(p.backend.as_str()), "{said}");
+    drop(req);
+    let ctx = zmq::Context::new();
+    let publ = common::proxy::publisher(&ctx, &p.frontend);
+    let sub = subscriber(&ctx, &p.backend, &[b""]);
+    handshake(&publ, &sub);
+    let ended = format!("{tool}-proxy: a subscriber's connection to the backend ended (disconnected): ");
+    drop(sub);
+    let said = wait_line(&p.stderr, Duration::from_secs(20), "the subscriber's end", |l| l.starts_with(&ended));
+    assert!(said.contains("counted in subscriber_disconnects"), "{said}");
+    let (_, err) = common::proxy::stop(&mut p);
+    let tag = format!("{tool}: stopped:");
+    let line = err.iter().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no `{tag}` line in {err:?}"));
+    assert_eq!(common::proxy::counter(line, "subscriber_refused"), 2, "{line}");
+    assert_eq!(common::proxy::counter(line, "subscriber_connects"), 1, "{line}");
+    assert_eq!(common::proxy::counter(line, "subscriber_disconnects"), 1, "{line}");
+    assert_eq!(common::proxy::counter(line, "publisher_refused"), 0, "{line}");
+}
+
+#[test]
+fn lvc_bound_backend_refuses_a_raw_connection_and_counts_subscribers() {
+    proxy_bound_backend_refuses_a_raw_connection_and_counts_subscribers("lvc");
+}
+
+#[test]
+fn tap_bound_backend_refuses_a_raw_connection_and_counts_subscribers() {
+    proxy_bound_backend_refuses_a_raw_connection_and_counts_subscribers("tap");
+}
+
 /// No `lost` line in `err`, and every link of the JSON report `ended` with no loss.
 fn assert_no_loss_after_a_clean_end(what: &str, report: &str, err: &str) {
     assert!(!err.contains(" lost ("), "{what}: a clean end printed a lost link: {err}");

@@ -349,6 +349,22 @@ fn a_failed_bind_names_the_endpoint_and_what_the_error_means() {
     let (code, err) = run_err(&["clone-server", "--endpoint", "tcp://127.0.0.1:65534"]);
     assert_eq!(code, Some(2), "a refused flag value: {err}");
     assert!(err.contains("P can be at most 65532") && !err.contains("numeric"), "{err}");
+    // A name that does not resolve: before, only replay and the proxies said what ENODEV means
+    // there; the engine, the clone server and the trial server said "No such device" alone.
+    let unresolved = "tcp://nonexistent.invalid:23457";
+    let engine_bind = format!("bind:{unresolved}");
+    for args in [
+        &["engine", "--endpoint", &engine_bind, "--max-duration", "5s"][..],
+        &["clone-server", "--endpoint", unresolved],
+        &["replay", "--serve-trials", unresolved],
+    ] {
+        let (code, err) = run_err(args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("nonexistent.invalid") && err.contains("no interface of this host has that address"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -920,4 +936,48 @@ fn a_benchmark_sends_on_one_replay_thread_not_two() {
     p.proc.signal(2);
     let _ = p.finish(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Before: random bytes satisfied a replay's wait for subscribers. libzmq reads bytes whose
+/// first is not 0xFF as ZMTP 1.0 and makes up a subscription to everything for such a peer,
+/// which was counted as a subscriber (`subscribed: sending`, then most of the run
+/// `sent_with_no_subscriber`); and one peer that subscribed three prefixes of the control topic
+/// counted three times. A subscriber is now a connection that completed its handshake, at most
+/// one per such connection (`replay::subscribers_of`).
+#[test]
+fn random_bytes_are_no_subscriber_and_one_peer_counts_once() {
+    use std::io::Write;
+    let extra = ["--subscribers", "2", "--rate", "1k", "--duration", "1s", "--json"];
+    let (p, eps) = start_replay("replay", 1, &extra);
+    let err = p.stderr.as_ref().expect("stderr piped");
+    let addr = eps[0].trim_start_matches("tcp://");
+    {
+        let mut raw = std::net::TcpStream::connect(addr).expect("raw connect");
+        let bytes: Vec<u8> = (1..=4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1).collect();
+        assert_ne!(bytes[0], 0xFF, "read as ZMTP 1.0");
+        let _ = raw.write_all(&bytes);
+    }
+    wait_line(err, Duration::from_secs(20), "the random bytes refused", |l| {
+        l.starts_with("replay-zap: refused (handshake_failed_")
+    });
+    let ctl = [mdsub::wire::CONTROL_TOPIC, b"\0"].concat();
+    let mut one = common::proxy::RawXsub::connect(&eps[0]);
+    for n in [1, 2, ctl.len()] {
+        one.send(&[&[1u8][..], &ctl[..n]].concat());
+    }
+    // Nothing to wait for: a replay that counts right says nothing until the second subscriber.
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    let mut early = Vec::new();
+    while let Ok(l) = err.recv_timeout(end.saturating_duration_since(std::time::Instant::now())) {
+        early.push(l);
+    }
+    assert!(!early.iter().any(|l| l == "subscribed: sending"), "one raw peer counted as two: {early:?}");
+    let (_ctx, sub) = subscriber(&eps[0]);
+    wait_line(err, Duration::from_secs(20), "the wait's end", |l| l == "subscribed: sending");
+    while sub.recv_bytes(0).is_ok() {}
+    let (status, out) = p.finish(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    let s = json(&out);
+    assert_eq!(u(&s, "sent_with_no_subscriber"), 0, "{s}");
+    drop(one);
 }

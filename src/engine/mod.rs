@@ -638,7 +638,7 @@ impl Engine {
             .map_err(zerr("starting the link monitor".into()))?;
             let mut bound = Vec::with_capacity(shard.binds.len());
             for ep in &shard.binds {
-                bound.push(crate::zmqx::bind_resolved(&sub, ep).map_err(zerr(format!("binding {ep}")))?);
+                bound.push(crate::zmqx::bind_resolved(&sub, ep).map_err(|e| zerr(crate::zmqx::binding(ep, e))(e))?);
             }
             for ep in &shard.endpoints {
                 sub.connect(ep).map_err(zerr(format!("connecting to {ep}")))?;
@@ -935,6 +935,7 @@ fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
         publisher_connects: c.publisher_connects.load(Relaxed),
         publisher_disconnects: c.publisher_disconnects.load(Relaxed),
         publisher_refused: c.publisher_refused.load(Relaxed),
+        accept_failed: c.accept_failed.load(Relaxed),
         beyond_sent: beyond_sent_of(c),
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
@@ -1024,6 +1025,7 @@ impl Engine {
                     publisher_connects: c.publisher_connects.load(Relaxed),
                     publisher_disconnects: c.publisher_disconnects.load(Relaxed),
                     publisher_refused: c.publisher_refused.load(Relaxed),
+                    accept_failed: c.accept_failed.load(Relaxed),
                     silences: c.silences.load(Relaxed),
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
                     lag_last_ms: c.last_lag_ns.load(Relaxed) as f64 / 1e6,

@@ -150,6 +150,9 @@ pub struct ShardCounters {
     /// Connections accepted there that libzmq refused in their handshake (no ZeroMQ peer, a port
     /// check, another security mechanism): not publisher disconnects.
     pub publisher_refused: AtomicU64,
+    /// Times libzmq could not accept a connection there (`accept()` failed, most often out of
+    /// descriptors): attempts, not peers ([`crate::link::Accepted::accept_failed`]).
+    pub accept_failed: AtomicU64,
 }
 
 impl ShardCounters {
@@ -776,6 +779,7 @@ impl ReaderAgent {
                 self.counters.publisher_connects.store(a.connects, Relaxed);
                 self.counters.publisher_disconnects.store(a.disconnects, Relaxed);
                 self.counters.publisher_refused.store(a.refused, Relaxed);
+                self.counters.accept_failed.store(a.accept_failed, Relaxed);
             }
         }
     }

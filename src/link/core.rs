@@ -93,6 +93,9 @@ pub enum Event {
     /// The handshake failed: no detail (the connection broke during it),
     /// a protocol error, or authentication refused.
     HandshakeFailed(Failure),
+    /// libzmq could not accept a connection on a bound endpoint: the `accept()` errno
+    /// ([`crate::wire::handshake::AcceptFailure`]).
+    AcceptFailed(i32),
     /// Anything else (closed, delayed, accepted on a bound endpoint...).
     Other,
 }
@@ -483,7 +486,7 @@ impl Links {
                     _ => {}
                 }
             }
-            Event::Connected | Event::Other => {}
+            Event::Connected | Event::AcceptFailed(_) | Event::Other => {}
         }
         Self::publish_state(l);
     }

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
+use crate::wire::handshake::AcceptFailure;
 
 pub use self::core::{Decision, Event, Failure, KeyFlags, LinkStats, Links, NotUp, Reason, RETRY_GRACE_NS};
 
@@ -53,7 +54,8 @@ const EVENTS: i32 = (zmq_sys::ZMQ_EVENT_CONNECTED
     | zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED
     | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) as i32;
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq_sys::ZMQ_EVENT_ACCEPT_FAILED) as i32;
 
 /// Calls to [`LinkWatch::due`] between two services (a busy owner looks at
 /// its links every this many rounds; an idle one on every wait).
@@ -74,6 +76,10 @@ pub struct Accepted {
     /// another security mechanism): refusals, said by the rule for repeated lines, not publisher
     /// disconnects (their `DISCONNECTED` follows and is not counted there).
     pub refused: u64,
+    /// Times libzmq could not accept a connection there (`accept()` failed: most often EMFILE,
+    /// out of descriptors): attempts, not peers, since libzmq tries again at once while the cause
+    /// holds ([`AcceptFailure`]); said by the rule for repeated lines, under `accept_failed`.
+    pub accept_failed: u64,
 }
 
 /// A socket's link counters, shared with whoever reports them.
@@ -269,6 +275,20 @@ impl LinkWatch {
         self.saying_accepted_ends(head, explain)
     }
 
+    /// [`LinkWatch::saying_accepted_ends`] for a socket that subscribers connect to (a proxy's
+    /// backend), whose largest message from a subscriber is `max_msg_bytes`: each end is said as
+    /// `HEAD (disconnected): ENDPOINT: libzmq gives no cause: …`, and, as where publishers
+    /// connect, a connection that ends in its handshake is a refusal (a subscriber torn down as
+    /// it joins reads the same as a peer that is no ZeroMQ peer: libzmq says no more).
+    pub fn saying_subscriber_ends(self, head: String, max_msg_bytes: i64) -> Self {
+        let explain = format!(
+            "libzmq gives no cause: the subscriber closed or went away, or it sent a message over \
+             {max_msg_bytes} bytes (a subscription longer than a proxy takes), which libzmq drops with \
+             the connection; counted in subscriber_disconnects"
+        );
+        self.saying_accepted_ends(head, explain)
+    }
+
     /// Connections accepted on the socket's bound endpoints so far.
     pub fn accepted(&self) -> Accepted {
         self.accepted
@@ -358,7 +378,18 @@ impl LinkWatch {
                     Event::ConnectRetried if self.follow_retries => self.changes.push(LinkChange::Retried),
                     _ => {}
                 }
-                if self.links.find(endpoint).is_none() {
+                if let Event::AcceptFailed(errno) = event {
+                    // Never a link's: accepting is a bound endpoint's. Said like a refusal, with
+                    // the descriptor limit when that is the cause.
+                    self.accepted.accept_failed += 1;
+                    if self.log {
+                        let explain = AcceptFailure { errno }.explain(crate::wire::handshake::nofile_limit());
+                        let detail = format_args!("{endpoint}: {explain}");
+                        if let Some(line) = self.accepted_refused.refuse(AcceptFailure::REASON, &detail, now) {
+                            crate::diag!("{line}");
+                        }
+                    }
+                } else if self.links.find(endpoint).is_none() {
                     // A connection accepted on an endpoint the socket binds.
                     match event {
                         Event::HandshakeSucceeded => self.accepted.connects += 1,
@@ -634,6 +665,9 @@ fn parse_event(frames: &[zmq::Message]) -> Option<(Event, &str)> {
     let endpoint = std::str::from_utf8(endpoint).ok()?;
     if let Some(failure) = Failure::of_event(u64::from(id), value.map(u64::from)) {
         return Some((Event::HandshakeFailed(failure), endpoint));
+    }
+    if let Some(f) = AcceptFailure::of_event(u64::from(id), value.map(u64::from)) {
+        return Some((Event::AcceptFailed(f.errno), endpoint));
     }
     let event = match u32::from(id) {
         zmq_sys::ZMQ_EVENT_CONNECTED => Event::Connected,

@@ -522,6 +522,10 @@ pub struct ShardReport {
     /// check, another security mechanism): not publisher disconnects.
     #[serde(default)]
     pub publisher_refused: u64,
+    /// Times libzmq could not accept a connection on its bound endpoints (`accept()` failed,
+    /// most often EMFILE: out of descriptors): attempts, not peers, since libzmq retries at once.
+    #[serde(default)]
+    pub accept_failed: u64,
     /// Times the shard went silent (no frame, not even a heartbeat, for 1.5 s).
     pub silences: u64,
     pub longest_silence_ms: f64,
@@ -798,11 +802,20 @@ impl RunReport {
                 for l in &sh.links {
                     let _ = writeln!(s, "    {:<11} link {l}", sh.shard);
                 }
-                if sh.publisher_connects > 0 || sh.publisher_disconnects > 0 || sh.publisher_refused > 0 {
+                if sh.publisher_connects > 0
+                    || sh.publisher_disconnects > 0
+                    || sh.publisher_refused > 0
+                    || sh.accept_failed > 0
+                {
                     let _ = writeln!(
                         s,
-                        "    {:<11} bound: publisher_connects={} publisher_disconnects={} publisher_refused={}",
-                        sh.shard, sh.publisher_connects, sh.publisher_disconnects, sh.publisher_refused
+                        "    {:<11} bound: publisher_connects={} publisher_disconnects={} publisher_refused={} \
+                         accept_failed={}",
+                        sh.shard,
+                        sh.publisher_connects,
+                        sh.publisher_disconnects,
+                        sh.publisher_refused,
+                        sh.accept_failed
                     );
                 }
             }

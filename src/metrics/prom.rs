@@ -60,6 +60,8 @@ pub struct ShardLive {
     pub publisher_connects: u64,
     pub publisher_disconnects: u64,
     pub publisher_refused: u64,
+    /// Times libzmq could not accept a connection on its bound endpoints (attempts).
+    pub accept_failed: u64,
     /// Messages that arrived beyond what its publishers' ends of stream say they sent
     /// (`beyond_sent`: a publisher's count is wrong, loss unknown).
     pub beyond_sent: u64,
@@ -323,6 +325,13 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "Connections to the shard's bound endpoints that libzmq refused in their handshake (no ZeroMQ \
          peer, a port check, another security mechanism).",
         |c| c.publisher_refused,
+    );
+    counter(
+        &mut s,
+        "mdsub_shard_accept_failed_total",
+        "Times libzmq could not accept a connection on the shard's bound endpoints (accept() failed, \
+         most often EMFILE: out of file descriptors); attempts, not peers: libzmq retries at once.",
+        |c| c.accept_failed,
     );
     family(
         &mut s,

@@ -297,6 +297,7 @@ impl StoreAgent {
                     "publisher_connects": sh.publisher_connects,
                     "publisher_disconnects": sh.publisher_disconnects,
                     "publisher_refused": sh.publisher_refused,
+                    "accept_failed": sh.accept_failed,
                     "links": sh.links,
                 });
                 if let (Some(status), serde_json::Value::Object(more)) = (status.as_object_mut(), more) {

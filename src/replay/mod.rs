@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::agent::{AgentHandle, IdleStrategy, StopFlag};
 use crate::feed::dbn_source::DbnSourceError;
 use crate::feed::{shard_of, Generator, GeneratorConfig, SplitMix64};
-use crate::security::{SecureError, ServerAccess, ZapCounters, ZapService};
+use crate::security::{HandshakenPeers, SecureError, ServerAccess, ZapCounters, ZapService};
 use crate::wire::capture::CaptureError;
 use crate::wire::{self, Header, Kind, CONTROL_TOPIC};
 use crate::zmqx::frame::send_bytes;
@@ -281,8 +281,15 @@ struct Shard {
     data_sent: u64,
     /// Data messages dropped at the SNDHWM (lossy).
     dropped_at_hwm: u64,
-    /// Subscribers as last drained (those whose subscriptions take the control topic).
+    /// Subscribers as last drained: [`subscribers_of`] its `subscriptions` and its handshaken
+    /// connections.
     subscribers: usize,
+    /// Subscriptions open that take the control topic (each mdsub subscriber makes one; a
+    /// peer may make several, and libzmq makes one up, `""`, for a ZMTP 1.0 peer).
+    subscriptions: usize,
+    /// The XPUB's connections that completed their handshake and are open (its handshake
+    /// watch's count; None without one: subscriptions alone count).
+    handshaken: Option<Arc<HandshakenPeers>>,
     /// Data messages sent while `subscribers` was 0: they reached no one.
     sent_unheard: u64,
     /// Time a full pipe (a lossless subscriber not reading) held its sends back, ns.
@@ -314,6 +321,16 @@ struct TopicFrame {
     frame: Vec<u8>,
     /// The topic's last sequence sent in this session.
     topic_seq: u64,
+}
+
+/// The subscribers a shard has: the lesser of the subscriptions open that take the control
+/// topic and the connections open that completed their ZMTP handshake (`handshaken`; None when
+/// the socket has no handshake watch). libzmq does not tie a subscription to its connection, so
+/// neither alone is a count of subscribers: a peer whose bytes libzmq reads as ZMTP 1.0 (random
+/// bytes do) gets a subscription to everything made up for it and never completes a handshake,
+/// and one peer may subscribe several prefixes of the control topic.
+pub fn subscribers_of(subscriptions: usize, handshaken: Option<usize>) -> usize {
+    handshaken.map_or(subscriptions, |h| subscriptions.min(h))
 }
 
 /// One XPUB per shard, bound and ready to publish.
@@ -382,12 +399,11 @@ impl Publisher {
             crate::zmqx::set_xpub_nodrop(&mut s, true).map_err(zerr("setting XPUB_NODROP"))?;
             s.set_sndtimeo(100).map_err(zerr("setting SNDTIMEO"))?;
             s.set_linger(2000).map_err(zerr("setting LINGER"))?;
-            cfg.access.secure(ctx, &mut s, zap.as_ref()).map_err(|e| match e {
+            let handshaken = cfg.access.secure(ctx, &mut s, zap.as_ref()).map_err(|e| match e {
                 SecureError::Options(source) => zerr("setting the access options")(source),
                 SecureError::Watch(e) => ReplayError::Config(e.to_string()),
             })?;
-            let endpoint = crate::zmqx::bind_resolved(&s, ep)
-                .map_err(|e| zerr(format!("binding {ep}{}", crate::zmqx::bind_hint(e)))(e))?;
+            let endpoint = crate::zmqx::bind_resolved(&s, ep).map_err(|e| zerr(crate::zmqx::binding(ep, e))(e))?;
             shards.push(Shard {
                 socket: s,
                 endpoint,
@@ -400,6 +416,8 @@ impl Publisher {
                 dropped_at_hwm: 0,
                 sent_unheard: 0,
                 subscribers: 0,
+                subscriptions: 0,
+                handshaken,
                 blocked_ns: 0,
             });
         }
@@ -467,7 +485,8 @@ impl Publisher {
     }
 
     /// Read pending subscription events; count subscriptions that receive the
-    /// control topic (each mdsub subscriber makes exactly one such).
+    /// control topic (each mdsub subscriber makes exactly one such), and the subscribers by
+    /// [`subscribers_of`] them and the connections that completed their handshake.
     /// While a run is under way (`self.sending`), a subscriber that leaves or joins is said
     /// on stderr: what is sent while a shard has none reaches no one.
     fn drain_subscriptions(&mut self) -> Result<(), ReplayError> {
@@ -477,25 +496,27 @@ impl Publisher {
         let first = self.part.0;
         for (k, sh) in self.shards.iter_mut().enumerate() {
             let k = first + k;
+            let ctl = [CONTROL_TOPIC, b"\0"].concat();
             while let Ok(ev) = sh.socket.recv_bytes(zmq::DONTWAIT) {
                 if let Some((&kind, topic)) = ev.split_first() {
-                    let ctl = [CONTROL_TOPIC, b"\0"].concat();
                     if ctl.starts_with(topic) {
                         if kind == 1 {
-                            sh.subscribers += 1;
-                            if say {
-                                crate::diag!("replay: shard{k}: a subscriber joined ({} now)", sh.subscribers);
-                            }
+                            sh.subscriptions += 1;
                         } else if kind == 0 {
-                            sh.subscribers = sh.subscribers.saturating_sub(1);
-                            if say {
-                                let none = if sh.subscribers == 0 { ": what it sends now reaches no one" } else { "" };
-                                crate::diag!("replay: shard{k}: a subscriber left ({} remain){none}", sh.subscribers);
-                            }
+                            sh.subscriptions = sh.subscriptions.saturating_sub(1);
                         }
                     }
                 }
             }
+            let handshaken = sh.handshaken.as_ref().map(|h| usize::try_from(h.now()).unwrap_or(usize::MAX));
+            let now = subscribers_of(sh.subscriptions, handshaken);
+            if say && now > sh.subscribers {
+                crate::diag!("replay: shard{k}: a subscriber joined ({now} now)");
+            } else if say && now < sh.subscribers {
+                let none = if now == 0 { ": what it sends now reaches no one" } else { "" };
+                crate::diag!("replay: shard{k}: a subscriber left ({now} remain){none}");
+            }
+            sh.subscribers = now;
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use crate::agent::{
     Agent, AgentCounters, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag,
 };
 use crate::diag::RefusalLog;
-use crate::wire::handshake::{HandshakeFailure, Side};
+use crate::wire::handshake::{AcceptFailure, HandshakeFailure, Side};
 
 /// The inproc endpoint where libzmq looks for a context's ZAP handler.
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -444,21 +444,24 @@ impl ServerAccess {
     /// [`ServerAccess::apply`] to server socket `socket` (made in `ctx`, not bound yet) and,
     /// when a ZAP handler serves `ctx` (`zap`), a [`HandshakeWatch`] on it for that handler:
     /// the peers libzmq refuses in their handshake (before ZAP is asked) are counted and said
-    /// with ZAP's refusals. Every server socket is set up through this.
+    /// with ZAP's refusals. Every server socket is set up through this. With a watch, the
+    /// connections that completed their handshake are counted too ([`HandshakenPeers`]).
     pub fn secure(
         &self,
         ctx: &zmq::Context,
         socket: &mut zmq::Socket,
         zap: Option<impl WatchHandshakes>,
-    ) -> Result<(), SecureError> {
+    ) -> Result<Option<Arc<HandshakenPeers>>, SecureError> {
         self.apply(socket).map_err(SecureError::Options)?;
-        let Some(zap) = zap else { return Ok(()) };
+        let Some(zap) = zap else { return Ok(None) };
         let watch = HandshakeWatch::attach(ctx, socket).map_err(|source| AgentError::Zmq {
             role: zap.role().to_string(),
             context: "monitoring a server socket's handshakes",
             source,
         })?;
-        Ok(zap.take(watch)?)
+        let peers = watch.peers.clone();
+        zap.take(watch)?;
+        Ok(Some(peers))
     }
 
     /// The socket-free decision rules for this policy.
@@ -642,6 +645,9 @@ pub enum Refusal {
     HandshakeProtocol,
     /// The connection ended during the handshake with no reason from libzmq.
     HandshakeNoDetail,
+    /// libzmq could not accept the connection at all (`accept()` failed, most often out of
+    /// descriptors: [`crate::wire::handshake::AcceptFailure`]); counted per attempt.
+    AcceptFailed,
 }
 
 impl Refusal {
@@ -655,6 +661,7 @@ impl Refusal {
             Refusal::HandshakeCrypto => "handshake_failed_crypto",
             Refusal::HandshakeProtocol => "handshake_failed_protocol",
             Refusal::HandshakeNoDetail => "handshake_failed_no_detail",
+            Refusal::AcceptFailed => crate::wire::handshake::AcceptFailure::REASON,
         }
     }
 
@@ -666,7 +673,8 @@ impl Refusal {
             Refusal::HandshakeMechanism => "another security mechanism",
             Refusal::HandshakeCrypto => "CURVE handshake did not decrypt",
             Refusal::HandshakeProtocol => "broke the ZMTP handshake",
-            Refusal::HandshakeNoDetail => "ended the connection during the handshake",
+            Refusal::HandshakeNoDetail => "the connection ended during the handshake",
+            Refusal::AcceptFailed => "could not accept the connection",
         }
     }
 
@@ -710,7 +718,8 @@ const HANDSHAKE_EVENTS: u64 = (zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
     | zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED
-    | zmq_sys::ZMQ_EVENT_DISCONNECTED) as u64;
+    | zmq_sys::ZMQ_EVENT_DISCONNECTED
+    | zmq_sys::ZMQ_EVENT_ACCEPT_FAILED) as u64;
 
 /// The most connections a [`HandshakeLedger`] remembers the outcome of at once.
 const MAX_LEDGER_CONNECTIONS: usize = 1 << 16;
@@ -724,23 +733,63 @@ const MAX_LEDGER_CONNECTIONS: usize = 1 << 16;
 /// counted as a refusal).
 #[derive(Debug, Default)]
 pub struct HandshakeLedger {
-    settled: HashSet<(String, String)>,
+    /// Each open connection with an outcome: true when its handshake succeeded.
+    settled: std::collections::HashMap<(String, String), bool>,
+}
+
+/// What one monitor event changed in a server socket's connections that completed their
+/// handshake ([`HandshakeLedger::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerChange {
+    None,
+    /// A connection completed its handshake.
+    Joined,
+    /// A connection that had completed its handshake ended.
+    Left,
 }
 
 impl HandshakeLedger {
     /// Take one monitor event: the refusal it says, if any.
     pub fn on_event(&mut self, e: &crate::zmqx::MonitorEventV2) -> Option<Refusal> {
+        self.step(e).0
+    }
+
+    /// [`HandshakeLedger::on_event`], and whether a connection whose handshake completed
+    /// joined or left (one whose outcome was not remembered, past the bound, is neither).
+    pub fn step(&mut self, e: &crate::zmqx::MonitorEventV2) -> (Option<Refusal>, PeerChange) {
         let key = (e.local.clone(), e.remote.clone());
-        let event = u32::try_from(e.event).ok()?;
+        let Ok(event) = u32::try_from(e.event) else { return (None, PeerChange::None) };
         if event == zmq_sys::ZMQ_EVENT_DISCONNECTED {
-            return (!self.settled.remove(&key)).then_some(Refusal::HandshakeProtocol);
+            return match self.settled.remove(&key) {
+                None => (Some(Refusal::HandshakeProtocol), PeerChange::None),
+                Some(true) => (None, PeerChange::Left),
+                Some(false) => (None, PeerChange::None),
+            };
         }
-        let outcome =
-            event == zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED || HandshakeFailure::of_event(e.event, e.value).is_some();
+        let succeeded = event == zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+        let outcome = succeeded || HandshakeFailure::of_event(e.event, e.value).is_some();
+        let mut change = PeerChange::None;
         if outcome && self.settled.len() < MAX_LEDGER_CONNECTIONS {
-            self.settled.insert(key);
+            self.settled.insert(key, succeeded);
+            if succeeded {
+                change = PeerChange::Joined;
+            }
         }
-        Refusal::of_handshake(e.event, e.value)
+        (Refusal::of_handshake(e.event, e.value), change)
+    }
+}
+
+/// How many connections of one server socket have completed their ZMTP handshake and not
+/// ended yet, as its [`HandshakeWatch`] counts them (live; read by the socket's owner). A peer
+/// whose bytes libzmq reads as ZMTP 1.0 (random bytes do: their first is not 0xFF) never
+/// completes one: libzmq 4.3.5 has no mechanism for it and says no `HANDSHAKE_SUCCEEDED`.
+#[derive(Debug, Default)]
+pub struct HandshakenPeers(AtomicU64);
+
+impl HandshakenPeers {
+    /// The connections open now whose handshake completed.
+    pub fn now(&self) -> u64 {
+        self.0.load(Relaxed)
     }
 }
 
@@ -749,6 +798,7 @@ impl HandshakeLedger {
 /// a server key that is not this server's) never reaches ZAP, and was in no counter and no line.
 pub struct HandshakeWatch {
     monitor: zmq::Socket,
+    peers: Arc<HandshakenPeers>,
 }
 
 static HANDSHAKE_WATCHES: AtomicU64 = AtomicU64::new(0);
@@ -762,7 +812,7 @@ impl HandshakeWatch {
         let monitor = ctx.socket(zmq::PAIR)?;
         monitor.set_linger(0)?;
         monitor.connect(&inproc)?;
-        Ok(HandshakeWatch { monitor })
+        Ok(HandshakeWatch { monitor, peers: Arc::default() })
     }
 }
 
@@ -879,10 +929,11 @@ pub struct ZapCounters {
     pub handshake_crypto: AtomicU64,
     pub handshake_protocol: AtomicU64,
     pub handshake_no_detail: AtomicU64,
+    pub accept_failed: AtomicU64,
 }
 
 /// Every refusal, in the order counters and lines name them.
-const REFUSALS: [Refusal; 7] = [
+const REFUSALS: [Refusal; 8] = [
     Refusal::Address,
     Refusal::Mechanism,
     Refusal::Key,
@@ -890,6 +941,7 @@ const REFUSALS: [Refusal; 7] = [
     Refusal::HandshakeCrypto,
     Refusal::HandshakeProtocol,
     Refusal::HandshakeNoDetail,
+    Refusal::AcceptFailed,
 ];
 
 impl ZapCounters {
@@ -927,6 +979,7 @@ impl ZapCounters {
             Refusal::HandshakeCrypto => &self.handshake_crypto,
             Refusal::HandshakeProtocol => &self.handshake_protocol,
             Refusal::HandshakeNoDetail => &self.handshake_no_detail,
+            Refusal::AcceptFailed => &self.accept_failed,
         }
     }
 
@@ -1028,7 +1081,24 @@ impl ZapHandler {
             Ok(false) | Err(_) => return false,
         }
         let event = crate::zmqx::MonitorEventV2::parse(&self.frames);
-        let refused = event.and_then(|e| Some(HandshakeRefused::of(self.ledger.on_event(&e)?, &e)));
+        let accept = event.as_ref().and_then(|e| Some((AcceptFailure::of_event(e.event, e.value)?, e)));
+        if let Some((failure, e)) = accept {
+            // No peer to name: libzmq could not take the connection (and will try again at once).
+            self.counters.count(Refusal::AcceptFailed);
+            let detail = format_args!("at {}: {}", e.local, failure.explain(crate::wire::handshake::nofile_limit()));
+            self.refusals.refuse(Refusal::AcceptFailed.reason(), &detail, crate::clock::monotonic_ns());
+            return true;
+        }
+        let refused = event.and_then(|e| {
+            let (refusal, change) = self.ledger.step(&e);
+            let peers = &self.watches[i].peers.0;
+            match change {
+                PeerChange::Joined => _ = peers.fetch_add(1, Relaxed),
+                PeerChange::Left => _ = peers.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)),
+                PeerChange::None => {}
+            }
+            Some(HandshakeRefused::of(refusal?, &e))
+        });
         if let Some(r) = refused {
             self.counters.count(r.refusal);
             let detail = r.detail(self.policy.require_curve);

@@ -103,19 +103,98 @@ impl HandshakeFailure {
                 "its CURVE handshake did not decrypt: most often its --server-key is not this server's \
                  public key (or its key file's public key is not its secret key's)"
             }
-            (Side::Server, Protocol, _) => "it broke the ZMTP handshake (is it a ZeroMQ peer?)",
+            (Side::Server, Protocol, _) => {
+                "it broke the ZMTP handshake: it is no ZeroMQ peer, or its socket type cannot talk to \
+                 this socket's (libzmq ends such a peer itself)"
+            }
             // The two ends read each other's greeting at once: a client without keys that reads
             // this server's CURVE greeting first hangs up before this end reads its own.
+            // libzmq ends a peer whose READY names a socket type this socket cannot talk to
+            // (mechanism.cpp, `check_socket_type`: EINVAL) with no handshake event of its own:
+            // only its end is seen, as of a peer that hung up.
             (Side::Server, NoDetail, true) => {
-                "it ended the connection during the handshake (a client without CURVE keys that read \
-                 this server's CURVE greeting first, a port check, or a peer that gave up)"
+                "the connection ended during the handshake: the peer's socket type cannot talk to this \
+                 socket's (a REQ or a SUB at a SUB, a PUB at a PUB: libzmq ends it itself), a client \
+                 without CURVE keys that read this server's CURVE greeting first, a port check, or a \
+                 peer that gave up"
             }
             (Side::Server, NoDetail, false) => {
-                "it ended the connection during the handshake (a port check, or a peer that gave up)"
+                "the connection ended during the handshake: the peer's socket type cannot talk to this \
+                 socket's (a REQ or a SUB at a SUB, a PUB at a PUB: libzmq ends it itself), a port \
+                 check, or a peer that gave up"
             }
             (Side::Server, Auth, _) => "its ZAP handler refused it",
         }
     }
+}
+
+/// A connection libzmq could not accept on a bound endpoint (`ZMQ_EVENT_ACCEPT_FAILED`, its
+/// value the `accept()` errno). libzmq 4.3.5 leaves the connection pending and tries again at
+/// once (tcp_listener.cpp: "TODO: Handle specific errors like ENFILE/EMFILE"), so while the cause
+/// holds its I/O thread spins and the monitor says this again and again: a count of attempts,
+/// not of peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptFailure {
+    pub errno: i32,
+}
+
+impl AcceptFailure {
+    /// The reason it is counted and said under.
+    pub const REASON: &'static str = "accept_failed";
+
+    /// The failure a monitor event says, if it is one: `event` a `ZMQ_EVENT_*`, `value` its value.
+    pub fn of_event(event: u64, value: Option<u64>) -> Option<AcceptFailure> {
+        (event == u64::from(zmq_sys::ZMQ_EVENT_ACCEPT_FAILED))
+            .then(|| AcceptFailure { errno: value.and_then(|v| i32::try_from(v).ok()).unwrap_or(0) })
+    }
+
+    /// What it means, for the log line, with this process's descriptor limit (`nofile`, the
+    /// soft RLIMIT_NOFILE, when known).
+    pub fn explain(self, nofile: Option<u64>) -> String {
+        let name = errno_name(self.errno);
+        let spin = "libzmq leaves the connection pending and tries again at once, so its I/O thread \
+                    spins (a CPU) until the cause goes; the connections open are served on";
+        match self.errno {
+            libc::EMFILE => {
+                let limit = nofile.map_or_else(|| "its limit".to_string(), |n| format!("its limit of {n}"));
+                format!(
+                    "accept() failed: {name}: this process has used up its file descriptors ({limit}, \
+                     RLIMIT_NOFILE): {spin}. Raise the limit (`ulimit -n`, systemd's LimitNOFILE=) or \
+                     find who holds so many connections open"
+                )
+            }
+            libc::ENFILE => format!(
+                "accept() failed: {name}: the system has used up its file descriptors (fs.file-max): {spin}. \
+                 Raise fs.file-max or find who holds so many open"
+            ),
+            libc::ENOBUFS | libc::ENOMEM => format!("accept() failed: {name}: out of memory for sockets: {spin}"),
+            _ => format!("accept() failed: {name}: {spin}"),
+        }
+    }
+}
+
+/// The soft limit on this process's file descriptors (RLIMIT_NOFILE), if it has one.
+pub fn nofile_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given and reads nothing else.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// An errno as its symbolic name and the system's words (`EMFILE (Too many open files)`).
+fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOMEM => "ENOMEM",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EPERM => "EPERM",
+        _ => return format!("errno {errno} ({})", std::io::Error::from_raw_os_error(errno)),
+    };
+    let words = std::io::Error::from_raw_os_error(errno).to_string();
+    let words = words.split(" (os error").next().unwrap_or_default();
+    format!("{name} ({words})")
 }
 
 #[cfg(test)]
@@ -140,5 +219,18 @@ mod tests {
         assert_eq!(of(zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH as u64, None), Some(HandshakeFailure::Auth));
         assert_eq!(of(zmq_sys::ZMQ_EVENT_CONNECTED as u64, None), None);
         assert_eq!(of(u64::MAX, None), None);
+    }
+
+    #[test]
+    fn an_accept_out_of_descriptors_names_the_limit_and_the_spin() {
+        let accept_failed = u64::from(zmq_sys::ZMQ_EVENT_ACCEPT_FAILED);
+        let f = AcceptFailure::of_event(accept_failed, Some(libc::EMFILE as u64)).expect("an accept failure");
+        let said = f.explain(Some(256));
+        assert!(said.starts_with("accept() failed: EMFILE (Too many open files): this process"), "{said}");
+        assert!(said.contains("its limit of 256, RLIMIT_NOFILE") && said.contains("I/O thread spins"), "{said}");
+        let system = AcceptFailure { errno: libc::ENFILE }.explain(None);
+        assert!(system.contains("ENFILE") && system.contains("fs.file-max"), "{system}");
+        assert_eq!(AcceptFailure::of_event(u64::from(zmq_sys::ZMQ_EVENT_DISCONNECTED), Some(0)), None);
+        assert!(nofile_limit().is_some_and(|n| n > 0));
     }
 }

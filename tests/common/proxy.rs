@@ -194,6 +194,11 @@ pub struct RawXsub {
 
 impl RawXsub {
     pub fn connect(endpoint: &str) -> RawXsub {
+        Self::connect_as(endpoint, "XSUB")
+    }
+
+    /// A raw ZMTP 3.0 peer whose READY names `socket_type` (`REQ`, `SUB`, …).
+    pub fn connect_as(endpoint: &str, socket_type: &str) -> RawXsub {
         use std::io::{Read, Write};
         let addr = endpoint.trim_start_matches("tcp://");
         let mut tcp = std::net::TcpStream::connect(addr).expect("tcp connect");
@@ -212,8 +217,8 @@ impl RawXsub {
         ready.extend_from_slice(b"READY");
         ready.push(11);
         ready.extend_from_slice(b"Socket-Type");
-        ready.extend_from_slice(&4u32.to_be_bytes());
-        ready.extend_from_slice(b"XSUB");
+        ready.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
+        ready.extend_from_slice(socket_type.as_bytes());
         let mut cmd = vec![0x04, ready.len() as u8];
         cmd.extend_from_slice(&ready);
         tcp.write_all(&cmd).expect("ready");

@@ -174,7 +174,8 @@ pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> a
     rep.set_linger(0).context("setting LINGER")?;
     // A request is a small JSON object: a peer sending more is disconnected before it is taken.
     rep.set_maxmsgsize(MAX_REQUEST_BYTES).context("setting MAXMSGSIZE")?;
-    let bound = crate::zmqx::bind_resolved(&rep, &cfg.control).with_context(|| format!("binding {}", cfg.control))?;
+    let bound = crate::zmqx::bind_resolved(&rep, &cfg.control)
+        .map_err(|e| anyhow::Error::new(e).context(crate::zmqx::binding(&cfg.control, e)))?;
     say(&format!("serving capacity trials on {bound}"));
     let mut trials = 0u64;
     let mut prepared: Option<(zmq::Context, Publisher, Pacing, Limits, Source)> = None;
