@@ -37,9 +37,55 @@ pub fn publisher_of(endpoint: &str) -> String {
     format!("tcp://{host}:{port}")
 }
 
+/// Whether binding `a` and `b` in one process takes one address twice, so the second bind
+/// fails (`Address already in use`) or, on ipc, takes the path from the first (libzmq removes
+/// the file it finds there): tcp endpoints on one port whose hosts are the same or either is
+/// every interface (`*`, `0.0.0.0`, `[::]`), a port `*` or `0` (any free one) never; other
+/// transports when written alike. The one check of the engine's binds and replay's endpoints.
+pub fn binds_clash(a: &str, b: &str) -> bool {
+    let parts = |ep: &str| {
+        let canonical = publisher_of(ep);
+        let (host, port) = canonical.strip_prefix("tcp://")?.rsplit_once(':')?;
+        Some((host.to_string(), port.to_string()))
+    };
+    match (parts(a), parts(b)) {
+        (Some((ha, pa)), Some((hb, pb))) => {
+            let any = |h: &str| matches!(h, "*" | "0.0.0.0" | "[::]");
+            pa == pb && pa != "*" && pa != "0" && (ha == hb || any(&ha) || any(&hb))
+        }
+        (None, None) => a == b,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_binds_clash_on_one_address() {
+        for (a, b) in [
+            ("tcp://127.0.0.1:5556", "tcp://127.0.0.1:5556"),
+            ("tcp://127.0.0.1:5556", "tcp://127.0.0.1:05556"),
+            ("tcp://*:5556", "tcp://127.0.0.1:5556"),
+            ("tcp://10.0.0.1:7", "tcp://0.0.0.0:7"),
+            ("tcp://[::1]:7", "tcp://[0::1]:7"),
+            ("tcp://Host:7", "tcp://host:7"),
+            ("ipc:///tmp/md", "ipc:///tmp/md"),
+        ] {
+            assert!(binds_clash(a, b) && binds_clash(b, a), "{a} {b}");
+        }
+        for (a, b) in [
+            ("tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557"),
+            ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"),
+            ("tcp://127.0.0.1:0", "tcp://127.0.0.1:0"),
+            ("tcp://127.0.0.1:7", "tcp://127.0.0.2:7"),
+            ("ipc:///tmp/a", "ipc:///tmp/b"),
+            ("ipc:///tmp/a", "tcp://127.0.0.1:7"),
+        ] {
+            assert!(!binds_clash(a, b), "{a} {b}");
+        }
+    }
 
     #[test]
     fn one_publisher_has_one_spelling() {

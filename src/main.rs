@@ -101,12 +101,25 @@ impl Cmd {
     }
 }
 
+/// clap's own exit for what it says (a refused flag on stderr, exit 2; `--help` or `--version`
+/// on stdout, exit 0), but a `--help` that could not be written is no success: one line and
+/// exit 1 (`mdsub demo --help > /dev/full`; clap's `exit` drops the write error). A reader
+/// gone away (`mdsub --help | head -1`) ends it quietly, as for every command's output.
+fn clap_exit(e: &clap::Error) -> ! {
+    use std::io::Write as _;
+    let printed = e.print().and_then(|()| if e.use_stderr() { Ok(()) } else { std::io::stdout().flush() });
+    match printed {
+        Err(w) if !e.use_stderr() => mdsub::diag::stdout_failed(&w),
+        _ => std::process::exit(e.exit_code()),
+    }
+}
+
 fn main() {
     // Before any libzmq thread allocates: glibc keeps what libzmq's I/O threads free
     // (src/zmqx/heap.rs; benches/README.md, "libzmq's heap").
     // A parameter the operator set in the environment is left as set.
     let heap = mdsub::zmqx::heap::keep_freed_memory();
-    let matches = command().get_matches();
+    let matches = command().try_get_matches().unwrap_or_else(|e| clap_exit(&e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sub = matches.subcommand_name().unwrap_or_default().to_string();
     let stop = StopFlag::new();
@@ -255,6 +268,29 @@ mod tests {
             "clone-client set --ttl",
         ] {
             assert!(checked.iter().any(|c| c == must), "{must} not walked: {checked:?}");
+        }
+    }
+
+    #[test]
+    fn every_timeout_refuses_zero() {
+        // One rule for every `--timeout` (before: `top --timeout 0s` and `lvc-bench --timeout 0s`
+        // were taken, `clone-client --timeout 0s` refused): waiting no time at all is never a wait.
+        let mut all = Vec::new();
+        commands(&command(), Vec::new(), &mut all);
+        let mut seen = Vec::new();
+        for (path, sub) in &all {
+            if !sub.get_arguments().any(|a| a.get_long() == Some("timeout")) {
+                continue;
+            }
+            let mut argv: Vec<String> = vec!["mdsub".into()];
+            argv.extend(path.iter().cloned());
+            argv.extend(["--timeout".into(), "0s".into()]);
+            let e = command().try_get_matches_from(&argv).expect_err("--timeout 0s refused");
+            assert!(e.to_string().contains("'0s' for '--timeout <DURATION>': must be more than 0"), "{argv:?}: {e}");
+            seen.push(path.join(" "));
+        }
+        for must in ["top", "clone-client", "lvc-bench"] {
+            assert!(seen.iter().any(|c| c == must), "{must}: {seen:?}");
         }
     }
 

@@ -479,6 +479,17 @@ impl Profile {
                 ));
             }
         }
+        for (k, s) in self.shards.iter().enumerate() {
+            // Before: `subscribe = ["\u0000"]` passed, and the shard delivered nothing.
+            if let Some((p, why)) =
+                s.subscribe.iter().find_map(|p| crate::wire::prefix_problem(p.as_bytes()).map(|w| (p, w)))
+            {
+                return Err(invalid(
+                    format!("shards[{k}].subscribe"),
+                    format!("no frame can start with the prefix `{}`: {why}", crate::diag::quoted(p)),
+                ));
+            }
+        }
         if self.handoff == HandOff::Inline && self.workers.len() != self.shards.len() {
             return Err(invalid("handoff", crate::engine::inline_layout_error(self.shards.len(), self.workers.len())));
         }
@@ -540,14 +551,25 @@ impl Profile {
         };
         // (publisher, its shard, its endpoint as written) of the endpoints checked so far.
         let mut publishers: Vec<(String, usize, &String)> = Vec::new();
-        // (address, port, its shard, its endpoint as written) of the tcp binds checked so far.
-        let mut bound: Vec<(String, String, usize, &String)> = Vec::new();
+        // (its shard, its endpoint as written) of the binds checked so far.
+        let mut bound: Vec<(usize, &String)> = Vec::new();
         for (i, s) in self.shards.iter().enumerate() {
             claim(s.io_core, format!("shards[{i}].io_core"))?;
             claim(s.reader_core, format!("shards[{i}].reader_core"))?;
             for (j, ep) in s.binds.iter().enumerate() {
                 let field = format!("shards[{i}].binds[{j}]");
                 crate::zmqx::check_endpoint_as(ep, PUBLISHER_FORMS).map_err(|m| invalid(&field, m))?;
+                if let Some((k, first)) = bound.iter().find(|(_, b)| crate::endpoint::binds_clash(b, ep)) {
+                    let (what, own) = if ep.starts_with("tcp://") { ("port", "a port") } else { ("path", "a path") };
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "`{ep}` takes the {what} shard {k} binds already (`{first}`): the engine could not \
+                             start (address in use); give each shard {own} of its own"
+                        ),
+                    ));
+                }
+                bound.push((i, ep));
                 let Some((host, port)) = crate::endpoint::publisher_of(ep)
                     .strip_prefix("tcp://")
                     .and_then(|t| t.rsplit_once(':'))
@@ -568,19 +590,6 @@ impl Profile {
                         ));
                     }
                 }
-                let clash = |(h, p, _, _): &&(String, String, usize, &String)| {
-                    *p == port && port != "*" && (*h == host || any(h) || any(&host))
-                };
-                if let Some((_, _, k, first)) = bound.iter().find(clash) {
-                    return Err(invalid(
-                        field,
-                        format!(
-                            "`{ep}` takes the port shard {k} binds already (`{first}`): the engine could not \
-                             start (address in use); give each shard a port of its own"
-                        ),
-                    ));
-                }
-                bound.push((host, port, i, ep));
             }
             for (j, ep) in s.endpoints.iter().enumerate() {
                 let field = format!("shards[{i}].endpoints[{j}]");
@@ -908,6 +917,13 @@ mod tests {
         assert_eq!(err_field(&p, &[0, 1]), "shards[0].subscribe");
         p.shards[0].subscribe.pop();
         p.validate(&[0, 1]).expect("a short prefix is fine");
+        for (prefix, says) in [("\0", "it starts with a NUL"), ("ES H", "the byte 0x20"), ("ES\0X", "after its NUL")] {
+            p.shards[0].subscribe = vec!["ES".into(), prefix.into()];
+            let e = p.validate(&[0, 1]).expect_err(prefix).to_string();
+            assert!(e.contains("shards[0].subscribe") && e.contains(says), "{prefix:?}: {e}");
+        }
+        p.shards[0].subscribe = vec!["ESH6\0".into()];
+        p.validate(&[0, 1]).expect("a prefix ending in a NUL selects one topic");
     }
 
     #[test]

@@ -393,6 +393,10 @@ pub fn connect_problem(endpoint: &str) -> Option<EndpointProblem> {
     if port == "*" {
         return shape("a connect endpoint needs a port: `*` (any port) is for binding".into());
     }
+    // libzmq takes it and keeps trying a port nothing can listen on (a bind to 0 takes any).
+    if port.parse::<u16>() == Ok(0) {
+        return shape("a connect endpoint needs a port above 0: port 0 (any port) is for binding".into());
+    }
     if host == "*" {
         return shape("a connect endpoint needs a host: `*` (every interface) is for binding".into());
     }

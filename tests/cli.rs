@@ -122,6 +122,34 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+#[test]
+fn a_help_that_cannot_be_written_is_an_error_and_a_closed_pipe_is_quiet() {
+    // Before: `mdsub demo --help > /dev/full` exited 0 and said nothing (clap's exit drops the
+    // write error).
+    if common::dev_full_or_skip("a_help_that_cannot_be_written_is_an_error_and_a_closed_pipe_is_quiet") {
+        for args in [&["demo", "--help"][..], &["--help"], &["--version"]] {
+            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+            let mut cmd = mdsub();
+            cmd.args(args).stdout(full).stderr(Stdio::piped());
+            let mut p = Proc::spawn("mdsub", &mut cmd);
+            let mut err = String::new();
+            let _ = p.child.stderr.take().expect("stderr").read_to_string(&mut err);
+            let code = p.wait_exit(DEADLINE).code();
+            assert_eq!(code, Some(1), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+            assert!(err.starts_with("mdsub: error: writing to stdout: No space left on device"), "{args:?}: {err}");
+        }
+    }
+    // A reader gone away has what it wanted: quiet, exit 0, as for every command's output.
+    for args in [&["--help"][..], &["demo", "--help"]] {
+        for keep in [0, 1] {
+            let (code, err) = with_stdout_closed_after(args, keep);
+            assert_eq!(code, Some(0), "{args:?} closed after {keep} lines; stderr: {err}");
+            assert!(err.trim().is_empty(), "{args:?}: {err}");
+        }
+    }
+}
+
 /// SIGINT (2) to `p`, then its exit status within a few seconds and what it said on stderr.
 fn interrupt(mut p: Proc) -> (Option<i32>, String) {
     let err = p.child.stderr.take().map(lines_of);
@@ -225,6 +253,57 @@ fn zero_runs_or_messages_are_refused_not_run_as_something_else() {
         let flag = args[args.len() - 2];
         assert!(err.contains(flag) && err.contains("at least 1"), "{args:?} names the flag and the rule: {err}");
     }
+}
+
+#[test]
+fn operator_errors_are_refused_by_name_before_anything_runs() {
+    // Each was taken before: lvc-bench built 1000 frames of 256 MiB, the clients failed over for
+    // ever, replay met `Address already in use`, the engine connected to port 0.
+    let port = unserved_port_block(1).to_string();
+    let ep = format!("tcp://127.0.0.1:{port}");
+    assert_refused_with_usage(&[
+        (&["lvc-bench", "--payload-bytes", "256Mi"], "too large: at most 16777216 bytes (16Mi)"),
+        (&["lvc-bench", "--symbols", "2M"], "too many: at most 1048576 symbols"),
+        (
+            &["lvc-bench", "--payload-bytes", "16Mi", "--count", "10"],
+            "1000 × (16777216 + 64 bytes of topic and header) = 16000 MiB of frames",
+        ),
+        (&["clone-client", "--silence", "0s", "get", "/a"], "'0s' for '--silence <DURATION>': must be more than 0"),
+        (&["clone-bench", "--silence", "500ms"], "must be more than 1000ms, the HUGZ interval"),
+        (&["top", "--timeout", "0s"], "'0s' for '--timeout <DURATION>': must be more than 0"),
+        (&["lvc-bench", "--timeout", "0s"], "'0s' for '--timeout <DURATION>': must be more than 0"),
+        (&["engine", "--endpoint", "tcp://127.0.0.1:0"], "a connect endpoint needs a port above 0"),
+        (&["replay", "--endpoint", &ep, "--endpoint", &ep], "takes the address shard 0 binds already"),
+        (&["replay", "--restart-at", "0"], "'0' for '--restart-at <COUNT>': at least 1"),
+        (&["demo", "--count", "18446744073709551616"], "too large: at most 18446744073709551615"),
+    ]);
+    let dir = common::temp_dir("nul-prefix");
+    let profile = dir.join("nul.toml");
+    let toml = format!("[[shards]]\nendpoints = [\"{ep}\"]\nsubscribe = [\"\\u0000\"]\n[[workers]]\n");
+    std::fs::write(&profile, toml).expect("profile written");
+    let (code, _out, err) = run_within("profile", mdsub().args(["profile", "check"]).arg(&profile), DEADLINE);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("`shards[0].subscribe`: no frame can start with the prefix `\\0`"), "{err}");
+}
+
+#[test]
+fn a_silence_within_the_heartbeat_interval_is_warned_of_once() {
+    let (code, _out, err) = run_within(
+        "clone-client",
+        mdsub().args(["clone-client", "--server", &format!("tcp://127.0.0.1:{}", unserved_port_block(3))]).args([
+            "--silence",
+            "100ms",
+            "--timeout",
+            "300ms",
+            "get",
+            "/a",
+        ]),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(4), "{err}");
+    let warned: Vec<&str> = err.lines().filter(|l| l.contains("warning: --silence 100ms")).collect();
+    assert_eq!(warned.len(), 1, "{err}");
+    assert!(warned[0].contains("is not above a server's default HUGZ interval (1s)"), "{err}");
 }
 
 /// Run each `(args, cause)`: refused like clap refuses a flag (exit 2, the cause on one
@@ -379,10 +458,11 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
         (&["capacity", "--sla", "p99=abc"], "`abc`: not a duration"),
         (&["profile", "check", "x.toml", "--cores", "0,x"], "`x`: not a core"),
     ]);
-    // Every run lost messages (a timeout nothing can meet): no median, exit 1, one clear line.
+    // Every run lost messages (a timeout nothing can meet; 0s is refused, as every --timeout 0):
+    // no median, exit 1, one clear line.
     let (code, out, err) = run_within(
         "lvc-bench",
-        mdsub().args(["lvc-bench", "--timeout", "0s", "--count", "1k", "--runs", "2"]),
+        mdsub().args(["lvc-bench", "--timeout", "1us", "--count", "1k", "--runs", "2"]),
         DEADLINE,
     );
     assert_eq!(code, Some(1), "stdout: {out} stderr: {err}");
@@ -394,7 +474,7 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
     let save = dir.join("lvc.json");
     std::fs::write(&save, b"{\"earlier\": true}").expect("earlier results");
     let mut cmd = mdsub();
-    cmd.args(["lvc-bench", "--timeout", "0s", "--count", "1k", "--runs", "2", "--json", "--save"]).arg(&save);
+    cmd.args(["lvc-bench", "--timeout", "1us", "--count", "1k", "--runs", "2", "--json", "--save"]).arg(&save);
     let (code, out, err) = run_within("lvc-bench", &mut cmd, DEADLINE);
     assert_eq!(code, Some(1), "stdout: {out} stderr: {err}");
     let r = common::bench_result("lvc-bench", &out);

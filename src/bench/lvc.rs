@@ -43,6 +43,36 @@ pub struct LvcBenchConfig {
     pub idle: IdleStrategy,
 }
 
+impl LvcBenchConfig {
+    /// Whether this comparison may run: payloads up to [`crate::feed::MAX_PAYLOAD_BYTES`] (replay's
+    /// bound), topics up to [`crate::feed::MAX_SYMBOLS`], and their frames, one per topic (built
+    /// before each measurement), within [`crate::feed::MAX_FRAME_BYTES`]: a generated feed's bounds.
+    /// The error names the setting by its flag (`--payload-bytes 268435456: …`).
+    pub fn check(&self) -> Result<(), String> {
+        crate::feed::check_payload_bytes(self.payload_bytes)
+            .map_err(|e| format!("--payload-bytes {}: {e}", self.payload_bytes))?;
+        crate::feed::check_symbols(self.topics).map_err(|e| format!("--symbols {}: {e}", self.topics))?;
+        crate::feed::check_frame_bytes(self.topics, self.payload_bytes)
+            .map_err(|e| format!("--symbols, --payload-bytes: {e}"))
+    }
+
+    /// The longest frame a measurement sends: the proxies' `max_msg_bytes` lets it through (at
+    /// least 1 MiB, as before), so every accepted payload is measured, not dropped.
+    fn max_frame_bytes(&self) -> usize {
+        frame_len(topic_name(self.topics.max(1) - 1).as_bytes(), self.payload_bytes)
+    }
+}
+
+/// The proxies' `max_msg_bytes`: the longest frame, at least 1 MiB.
+fn proxy_max_msg_bytes(args: &LvcBenchConfig) -> i64 {
+    i64::try_from(args.max_frame_bytes()).unwrap_or(i64::MAX).max(1 << 20)
+}
+
+/// The topic of the `i`-th symbol: `B00000`, `B00001`, …
+fn topic_name(i: usize) -> String {
+    format!("B{i:05}")
+}
+
 /// One measurement.
 #[derive(Debug, Clone, Copy)]
 pub struct Measurement {
@@ -71,7 +101,7 @@ fn bench_header(kind: Kind) -> Header {
 fn frames(payload_bytes: usize, topics: usize) -> Vec<Vec<u8>> {
     (0..topics.max(1))
         .map(|i| {
-            let topic = format!("B{i:05}");
+            let topic = topic_name(i);
             encode(topic.as_bytes(), &bench_header(Kind::Data), &vec![0x5a; payload_bytes])
         })
         .collect()
@@ -167,7 +197,7 @@ fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport, A
             frontend: vec![Attach::Connect(ep)],
             backend: vec![Attach::Bind("tcp://127.0.0.1:*".into())],
             hwm_msgs: hwm,
-            max_msg_bytes: 1 << 20,
+            max_msg_bytes: proxy_max_msg_bytes(args),
             idle: args.idle,
             delivery: crate::proxy::Delivery::Lossless,
         },
@@ -214,12 +244,13 @@ impl Agent for PlainProxy {
 fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, AgentError> {
     let (pub_ctx, proxy_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
-    let zmqx::ProxySockets { frontend, backend, endpoints } = zmqx::proxy_sockets(&proxy_ctx, hwm, 1 << 20)
-        .and_then(|mut s| s.attach(&[Attach::Connect(ep)], &[Attach::Bind("tcp://127.0.0.1:*".into())]).map(|()| s))
-        .map_err(|(context, source)| AgentError::Fatal {
-            role: "lvc-bench".into(),
-            message: format!("zmq error while {context}: {source}"),
-        })?;
+    let zmqx::ProxySockets { frontend, backend, endpoints } =
+        zmqx::proxy_sockets(&proxy_ctx, hwm, proxy_max_msg_bytes(args))
+            .and_then(|mut s| s.attach(&[Attach::Connect(ep)], &[Attach::Bind("tcp://127.0.0.1:*".into())]).map(|()| s))
+            .map_err(|(context, source)| AgentError::Fatal {
+                role: "lvc-bench".into(),
+                message: format!("zmq error while {context}: {source}"),
+            })?;
     let back = endpoints.iter().find(|e| e.0 == "backend").map(|e| e.2.clone()).unwrap_or_default();
     let control = proxy_ctx.socket(zmq::PAIR).map_err(berr("making the control PAIR"))?;
     let steer = proxy_ctx.socket(zmq::PAIR).map_err(berr("making the steering PAIR"))?;
@@ -279,6 +310,7 @@ pub type LvcResult = Results<LvcRun, LvcMedians, f64>;
 /// Run the comparison: one line per run and the medians said through `lines`, the whole as
 /// the result. With no run that is a result, the result carries `error` and no medians.
 pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> {
+    args.check().map_err(|message| AgentError::Fatal { role: "lvc-bench".into(), message })?;
     let frame_bytes = frame_len(b"B00000", args.payload_bytes);
     let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
     let machine = Machine::here();

@@ -234,13 +234,25 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     if scale == 1.0 {
-        return num.parse::<u64>().map_err(|_| bad());
+        return num.parse::<u64>().map_err(|e| match e.kind() {
+            std::num::IntErrorKind::PosOverflow => too_large(),
+            _ => bad(),
+        });
     }
     let v = num.parse::<f64>().map_err(|_| bad())? * scale;
-    if v.fract() != 0.0 || v >= u64::MAX as f64 {
+    if v.fract() != 0.0 {
         return Err(bad());
     }
+    if v >= u64::MAX as f64 {
+        return Err(too_large());
+    }
     Ok(v as u64)
+}
+
+/// A count or size of the right form past what 64 bits hold: said as such, not as "not a
+/// count" (`18446744073709551616`).
+fn too_large() -> String {
+    format!("too large: at most {}", u64::MAX)
 }
 
 /// [`parse_count`] into a `usize`.
@@ -354,14 +366,17 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim().replace('_', "");
     let binary = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)];
     let Some((num, unit)) = binary.iter().find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n, *unit))) else {
-        return parse_count(&t).map_err(|_| bad());
+        return parse_count(&t).map_err(|e| if e.starts_with("too large") { e } else { bad() });
     };
     if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(bad());
     }
     let v = num.parse::<f64>().map_err(|_| bad())? * unit as f64;
-    if v.fract() != 0.0 || v >= u64::MAX as f64 {
+    if v.fract() != 0.0 {
         return Err(bad());
+    }
+    if v >= u64::MAX as f64 {
+        return Err(too_large());
     }
     Ok(v as u64)
 }
@@ -485,6 +500,15 @@ mod tests {
         for bad in ["", "k", "-1", "1.5", "0.0001k", "2m", "two", "1e6", "99999999999999999999"] {
             assert!(parse_count(bad).is_err(), "{bad:?} refused");
         }
+        // A count of the right form past 64 bits is too large, not "not a count" (before).
+        let too_large = format!("too large: at most {}", u64::MAX);
+        assert_eq!(parse_count("18446744073709551615"), Ok(u64::MAX));
+        for big in ["18446744073709551616", "99999999999999999999", "18446744073709552M", "99999999999999999999k"] {
+            assert_eq!(parse_count(big), Err(too_large.clone()), "{big}");
+            assert_eq!(parse_bytes(big), Err(too_large.clone()), "{big}");
+        }
+        assert_eq!(parse_bytes("17179869184Gi"), Err(too_large.clone()));
+        assert!(parse_count("1.5.5").is_err_and(|e| e.starts_with("not a count")));
         assert_eq!(parse_rate("1000M"), Ok(1_000_000_000));
         assert_eq!(parse_rate("0"), Ok(0));
         for absurd in ["1001M", "18446744073709551615"] {
@@ -563,10 +587,15 @@ mod tests {
         // Before: these passed the parser, and the engine failed at start with exit 1, `zmq
         // error while connecting to …: Invalid argument`.
         let port = "a connect endpoint needs a port: `*` (any port) is for binding";
+        let port0 = "a connect endpoint needs a port above 0: port 0 (any port) is for binding";
         let host = "a connect endpoint needs a host: `*` (every interface) is for binding";
         for (given, says) in [
             ("tcp://127.0.0.1:*", format!("{port}; to bind, write bind:EP")),
             ("tcp://*:5556", format!("{host}; to bind, write bind:EP")),
+            // Before: accepted, and the engine connected to port 0 for ever.
+            ("tcp://127.0.0.1:0", format!("{port0}; to bind, write bind:EP")),
+            ("tcp://eth0:0;127.0.0.1:00", format!("{port0}; to bind, write bind:EP")),
+            ("connect:tcp://[::1]:0", port0.to_string()),
             ("connect:tcp://*:5556", host.to_string()),
             ("tcp://a:1,tcp://*:2", format!("`tcp://*:2`: {host}; to bind, write bind:EP")),
             (
@@ -586,7 +615,8 @@ mod tests {
         for ok in ["tcp://127.0.0.1:5556", "tcp://[::1]:5556", "tcp://eth0:0;10.0.0.1:5556", "tcp://my_host-1.lan:1"] {
             assert!(parse_endpoint_list(ok).is_ok(), "{ok}");
         }
-        for ok in ["bind:tcp://*:5556", "bind:tcp://127.0.0.1:*"] {
+        assert!(parse_clone_server("tcp://127.0.0.1:0").is_err_and(|e| e == port0));
+        for ok in ["bind:tcp://*:5556", "bind:tcp://127.0.0.1:*", "bind:tcp://127.0.0.1:0"] {
             assert!(parse_endpoint_list(ok).is_ok(), "{ok}");
         }
         assert!(parse_endpoint("tcp://*:5556").is_ok(), "a proxy's bare endpoint binds");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::args::{parse_bytes_usize, parse_count_nonzero, parse_count_nonzero_usize, parse_duration, Idle};
+use super::args::{parse_count_nonzero, parse_count_nonzero_usize, parse_duration_nonzero, Idle};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
 use super::replay::{file_source, parse_speed, Speed};
@@ -317,8 +317,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
 
 /// `mdsub lvc-bench`: the comparison, its lines, and the result printed (`--json`) and saved (`--save`).
 pub fn lvc_bench(args: &LvcBenchArgs) -> anyhow::Result<LvcResult> {
+    // Before anything is made: a refused size is a usage error (exit 2), not a run.
+    let cfg = args.to_config();
+    cfg.check().map_err(super::UsageError)?;
     let save = args.save.as_deref().map(SaveFile::create).transpose()?;
-    crate::bench::lvc::run(args.to_config(), Lines { json: args.json })?.finish(args.json, save)
+    crate::bench::lvc::run(cfg, Lines { json: args.json })?.finish(args.json, save)
 }
 
 /// `mdsub clone-bench`: the measurements, their lines, and the result printed (`--json`) and saved (`--save`).
@@ -333,17 +336,18 @@ pub struct LvcBenchArgs {
     /// Messages per measurement (e.g. 1M).
     #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub count: u64,
-    /// Payload bytes per message (the frame adds the topic, a NUL and the header).
-    #[arg(long, value_parser = parse_bytes_usize, default_value = "100", value_name = "BYTES")]
+    /// Payload bytes per message, up to 16Mi (the frame adds the topic, a NUL and the header).
+    #[arg(long, value_parser = super::feed::parse_payload_bytes, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
-    /// Distinct topics, cycled.
-    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "1000", value_name = "COUNT")]
+    /// Distinct topics, cycled: 1 to 1048576, and their frames (one per topic, built before
+    /// sending) within 256 MiB.
+    #[arg(long, value_parser = super::feed::parse_symbols, default_value = "1000", value_name = "COUNT")]
     pub symbols: usize,
     /// Runs (each measures direct, then a plain proxy, then the LVC); medians are reported.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// Give up on a measurement after this long (reported as loss).
-    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_nonzero, default_value = "60s", value_name = "DURATION")]
     pub timeout: Duration,
     /// Idle strategy of the LVC thread.
     #[arg(long, value_enum, default_value_t = Idle::Backoff)]
@@ -385,8 +389,9 @@ pub struct CloneBenchArgs {
     /// Skip the failover runs (they start server processes).
     #[arg(long)]
     pub skip_failover: bool,
-    /// Client silence before failover, for the failover runs (e.g. 2s).
-    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    /// Client silence before failover, for the failover runs (e.g. 2s): more than the 1s HUGZ
+    /// interval of the servers they start (a shorter one takes them for dead between heartbeats).
+    #[arg(long, value_parser = parse_bench_silence, default_value = "2s", value_name = "DURATION")]
     pub silence: Duration,
     /// Idle strategy of every agent the benchmark starts: the clone servers (in this process,
     /// and the failover runs' `clone-server` processes) and the clone clients.
@@ -400,6 +405,21 @@ pub struct CloneBenchArgs {
     pub save: Option<std::path::PathBuf>,
 }
 
+/// `clone-bench --silence`: as clone-client's ([`super::clone::parse_silence`]), and above the
+/// HUGZ interval of the servers the failover runs start (the default one, so known here).
+/// Before, `--silence 0s` ended in `timed out after 5 s waiting for a snapshot`.
+fn parse_bench_silence(s: &str) -> Result<Duration, String> {
+    let d = super::clone::parse_silence(s)?;
+    match super::clone::silence_warning(d) {
+        Some(_) => Err(format!(
+            "must be more than {}ms, the HUGZ interval of the servers the failover runs start: a silence not \
+             above it takes them for dead between heartbeats",
+            crate::clone::server::DEFAULT_HUGZ_INTERVAL_MS
+        )),
+        None => Ok(d),
+    }
+}
+
 impl CloneBenchArgs {
     /// The library configuration these arguments describe.
     pub fn to_config(&self) -> CloneBenchConfig {
@@ -411,5 +431,50 @@ impl CloneBenchArgs {
             silence_ms: self.silence.as_millis().try_into().unwrap_or(u64::MAX),
             idle: self.idle.strategy(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silence_must_outlast_the_heartbeats() {
+        let hugz = crate::clone::server::DEFAULT_HUGZ_INTERVAL_MS;
+        assert!(parse_bench_silence("0s").is_err_and(|e| e.starts_with("must be more than 0")));
+        for short in ["100ms", "1s"] {
+            let e = parse_bench_silence(short).expect_err(short);
+            assert!(e.starts_with(&format!("must be more than {hugz}ms, the HUGZ interval")), "{short}: {e}");
+        }
+        assert_eq!(parse_bench_silence("1001ms"), Ok(Duration::from_millis(1001)));
+        assert_eq!(parse_bench_silence("2s"), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn lvc_bench_refuses_what_it_could_not_hold() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Probe {
+            #[command(flatten)]
+            lvc: LvcBenchArgs,
+        }
+        let parse = |argv: &[&str]| Probe::try_parse_from([&["probe"], argv].concat()).map(|p| p.lvc);
+        // Before: taken, and `--payload-bytes 256Mi` built 1000 frames of 256 MiB (RSS 0.5 to 2.6 GB
+        // in 6 s).
+        let e = parse(&["--payload-bytes", "256Mi"]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("too large: at most 16777216 bytes (16Mi)"), "{e}");
+        let e = parse(&["--symbols", "2M"]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("too many: at most 1048576 symbols"), "{e}");
+        // Each alone within its bound, together over the frames' bound: said with the arithmetic.
+        let args = parse(&["--payload-bytes", "16Mi"]).expect("16Mi is the bound");
+        let e = args.to_config().check().expect_err("1000 frames of 16 MiB");
+        assert!(
+            e.starts_with("--symbols, --payload-bytes: 1000 symbols of 16777216-byte payloads: 1000 × (16777216 + 64")
+                && e.contains("over the 256 MiB"),
+            "{e}"
+        );
+        let args = parse(&["--payload-bytes", "16Mi", "--symbols", "15"]).expect("15 of 16 MiB");
+        assert_eq!(args.to_config().check(), Ok(()));
+        assert_eq!(parse(&[]).expect("defaults").to_config().check(), Ok(()));
     }
 }

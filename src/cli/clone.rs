@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::args::{
     parse_bind_endpoint, parse_bytes_usize, parse_clone_bind, parse_clone_server, parse_connect_endpoint, parse_count,
-    parse_duration, parse_duration_nonzero, parse_hwm, parse_ms_in, whole_ms, Endpoint, Idle,
+    parse_duration, parse_duration_nonzero, parse_hwm, parse_ms_in, parse_whole_ms, whole_ms, Endpoint, Idle,
 };
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
@@ -197,8 +197,11 @@ pub struct ClientArgs {
     /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
     #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub server: Vec<Endpoint>,
-    /// Fail over after this long without an update or HUGZ (e.g. 2s).
-    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "DURATION")]
+    /// Fail over after this long without an update or HUGZ (e.g. 2s; whole milliseconds, more
+    /// than 0). A quiet server sends HUGZ once a second by default (its --hugz-interval): a
+    /// silence not above that takes a live, quiet server for dead between heartbeats and fails
+    /// over again and again, so one up to 1s is warned of.
+    #[arg(long, value_parser = parse_silence, default_value = "2s", value_name = "DURATION")]
     pub silence: Duration,
     /// Give up when no server answers within this (e.g. 10s).
     #[arg(long, value_parser = parse_duration_nonzero, default_value = "10s", value_name = "DURATION")]
@@ -263,6 +266,33 @@ pub enum ClientCmd {
     /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters); exit
     /// status 1 when one of two does not answer, 4 when none does.
     Status,
+}
+
+/// A client's `--silence` (clone-client, clone-bench): whole milliseconds (the client's
+/// setting), more than 0. Before, 0 was taken: every server was dead at once, and the client
+/// failed over until its `--timeout` and blamed the servers (`no clone server answered`).
+pub(crate) fn parse_silence(s: &str) -> Result<Duration, String> {
+    match parse_whole_ms(s)? {
+        d if d.is_zero() => Err("must be more than 0: with no silence allowed every server is dead at once, and \
+                                 the client fails over for ever"
+            .into()),
+        d => Ok(d),
+    }
+}
+
+/// The warning for a `--silence` not above the servers' default HUGZ interval (the client
+/// cannot know theirs), None for a longer one.
+pub(crate) fn silence_warning(silence: Duration) -> Option<String> {
+    let hugz = Duration::from_millis(crate::clone::server::DEFAULT_HUGZ_INTERVAL_MS);
+    (silence <= hugz).then(|| {
+        format!(
+            "warning: --silence {} is not above a server's default HUGZ interval ({}): a live server with \
+             nothing to publish is taken for dead between its heartbeats (failovers, hops); give more than \
+             the servers' --hugz-interval",
+            super::engine::format_duration(silence),
+            super::engine::format_duration(hugz)
+        )
+    })
 }
 
 /// A CHP `ttl` as a duration in whole seconds (the property's unit).
@@ -437,6 +467,10 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
     let servers = super::store_servers(&args.server, "--server")?;
     let keys = args.keys.to_keys()?;
+    // Said once, before anything is asked (`status` asks STATUS only, with no silence to judge).
+    if let Some(w) = silence_warning(args.silence).filter(|_| !matches!(args.cmd, ClientCmd::Status)) {
+        crate::diag!("clone-client: {w}");
+    }
     super::run_under_way();
     if let ClientCmd::Status = args.cmd {
         // The servers that did not answer, each with why.
@@ -560,4 +594,35 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         ClientCmd::Status => {}
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_silence_is_more_than_zero_and_warned_of_up_to_the_hugz_interval() {
+        // Before: `--silence 0s` was taken, and `get` failed over for its whole --timeout, then
+        // blamed the server (exit 4).
+        assert!(parse_silence("0s").is_err_and(|e| e.starts_with("must be more than 0")));
+        assert!(parse_silence("1.5ms").is_err_and(|e| e.contains("whole milliseconds")));
+        assert_eq!(parse_silence("100ms"), Ok(Duration::from_millis(100)));
+        let w = silence_warning(Duration::from_millis(100)).expect("warned");
+        assert!(w.starts_with("warning: --silence 100ms is not above a server's default HUGZ interval (1s)"), "{w}");
+        assert!(silence_warning(Duration::from_secs(1)).is_some(), "the interval itself is no margin");
+        assert_eq!(silence_warning(Duration::from_millis(1001)), None);
+        assert_eq!(silence_warning(Duration::from_secs(2)), None, "the default is quiet");
+    }
+
+    #[test]
+    fn the_server_flag_default_is_the_hugz_interval_the_client_knows() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Probe {
+            #[command(flatten)]
+            server: ServerArgs,
+        }
+        let p = Probe::try_parse_from(["probe"]).expect("defaults");
+        assert_eq!(whole_ms(p.server.hugz_interval), crate::clone::server::DEFAULT_HUGZ_INTERVAL_MS);
+    }
 }

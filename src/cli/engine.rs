@@ -516,7 +516,7 @@ fn register_duration(
 }
 
 /// A duration as the shared parser reads it back (`250ms`, `2s`).
-fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else if d.as_nanos().is_multiple_of(1_000_000) {

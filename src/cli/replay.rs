@@ -31,6 +31,17 @@ fn parse_drop_every(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `--restart-at N`: N at least 1 (before: 0 was taken, a "restart" before anything was sent,
+/// whose first session carried nothing and never ended).
+fn parse_restart_at(s: &str) -> Result<u64, String> {
+    match parse_count(s)? {
+        0 => Err("at least 1: a restart at 0, before the first message, is no restart (the first session would \
+                  send nothing)"
+            .into()),
+        n => Ok(n),
+    }
+}
+
 /// A replay speed: a multiple of the recorded pace, or flat out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Speed {
@@ -228,7 +239,8 @@ pub struct FaultArgs {
     /// Start a new session on every shard once this many messages have been
     /// scheduled (new session id, sequences from 1, no end of stream for the
     /// old one: a restarted publisher). Subscribers count a restart, not a gap.
-    #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+    /// At least 1: a restart before the first message would leave the first session empty.
+    #[arg(long, value_parser = parse_restart_at, value_name = "COUNT")]
     pub restart_at: Option<u64>,
 }
 
@@ -239,12 +251,32 @@ impl FaultArgs {
     }
 }
 
+/// Each `--endpoint` (a shard) and the `--serve-trials` control endpoint on an address of its
+/// own ([`crate::endpoint::binds_clash`], the engine's check of its binds), so a duplicate is
+/// named before any bind rather than said by libzmq as `Address already in use`.
+fn distinct_binds(endpoints: &[String], control: Option<&str>) -> Result<(), String> {
+    for (k, ep) in endpoints.iter().enumerate() {
+        if let Some(j) = endpoints[..k].iter().position(|first| crate::endpoint::binds_clash(first, ep)) {
+            return Err(format!(
+                "--endpoint: `{ep}` takes the address shard {j} binds already (`{}`): each shard binds an \
+                 address of its own",
+                endpoints[j]
+            ));
+        }
+        if let Some(c) = control.filter(|c| crate::endpoint::binds_clash(c, ep)) {
+            return Err(format!("--serve-trials: `{c}` takes the address shard {k} binds (`{ep}`): give it its own"));
+        }
+    }
+    Ok(())
+}
+
 /// Run `mdsub replay`: bind, wait for subscribers, publish.
 pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     if args.publisher.thread_per_shard && !args.from.is_empty() {
         anyhow::bail!(super::UsageError("--thread-per-shard needs the generated feed, not --from files".into()));
     }
     let endpoints: Vec<String> = args.endpoint.iter().map(|e| e.endpoint.clone()).collect();
+    distinct_binds(&endpoints, args.serve_trials.as_ref().map(|c| c.endpoint.as_str())).map_err(super::UsageError)?;
     crate::replay::check_publisher_ids(args.publisher_id, endpoints.len())
         .map_err(|e| super::UsageError(format!("--publisher-id: {e}")))?;
     if let Some(control) = &args.serve_trials {

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
 
-use super::args::{parse_clone_server, parse_duration, Endpoint, Idle};
+use super::args::{parse_clone_server, parse_duration_nonzero, Endpoint, Idle};
 use super::store_servers;
 use crate::agent::StopFlag;
 use crate::clone::client::{Change, Client, ClientConfig};
@@ -39,7 +39,7 @@ pub struct TopArgs {
     #[arg(long)]
     pub once: bool,
     /// Give up when no server answers within this.
-    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration_nonzero, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
     /// Idle strategy of the store client's agent thread.
     #[arg(long, value_enum, default_value_t = Idle::Block)]

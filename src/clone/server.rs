@@ -18,7 +18,9 @@ use super::syncer::{LogSync, SyncerLink};
 use crate::agent::{Agent, AgentError, Step};
 use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapHandler};
 
-pub use super::server_core::{Counters, PairConfig, ServerConfig, INTERVAL_RANGE_MS, MAX_PROPS_BYTES};
+pub use super::server_core::{
+    Counters, PairConfig, ServerConfig, DEFAULT_HUGZ_INTERVAL_MS, INTERVAL_RANGE_MS, MAX_PROPS_BYTES,
+};
 
 /// Messages handled per socket per unit of work (then timers get a turn).
 const BATCH_MSGS: usize = 4096;

@@ -89,6 +89,10 @@ pub const MAX_PROPS_BYTES: usize = 64 << 10;
 /// by scheduling noise; above a minute failover is too slow to be of use.
 pub const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
+/// A server's HUGZ interval unless told otherwise (`--hugz-interval`): it publishes HUGZ when
+/// nothing was published for this long, so a client's silence must be longer.
+pub const DEFAULT_HUGZ_INTERVAL_MS: u64 = 1000;
+
 /// Binary Star settings of one half of a pair.
 #[derive(Debug, Clone)]
 pub struct PairConfig {
@@ -145,7 +149,7 @@ impl Default for ServerConfig {
             port: 5556,
             pair: None,
             data_dir: None,
-            hugz_interval_ms: 1000,
+            hugz_interval_ms: DEFAULT_HUGZ_INTERVAL_MS,
             fsync_interval_ms: 1000,
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,

@@ -113,19 +113,24 @@ impl GeneratorConfig {
         check_symbols(self.symbols).map_err(|e| format!("`symbols` {}: {e}", self.symbols))?;
         check_payload_bytes(self.payload_bytes).map_err(|e| format!("`payload_bytes` {}: {e}", self.payload_bytes))?;
         check_zipf(self.zipf_s).map_err(|e| format!("`zipf` {}: {e}", self.zipf_s))?;
-        let frames = self.symbols * (self.payload_bytes + FRAME_OVERHEAD);
-        if frames > MAX_FRAME_BYTES {
-            return Err(format!(
-                "{} symbols of {}-byte payloads: {} MiB of frames (one per symbol, built before sending), over \
-                 the {} MiB a generated feed may build; give fewer symbols or smaller payloads",
-                self.symbols,
-                self.payload_bytes,
-                frames >> 20,
-                MAX_FRAME_BYTES >> 20
-            ));
-        }
-        Ok(())
+        check_frame_bytes(self.symbols, self.payload_bytes)
     }
+}
+
+/// Whether one frame per symbol of `payload_bytes` fits [`MAX_FRAME_BYTES`] (a generated feed,
+/// `lvc-bench`: the frames are built before sending); the error shows the arithmetic.
+pub fn check_frame_bytes(symbols: usize, payload_bytes: usize) -> Result<(), String> {
+    let frames = symbols.saturating_mul(payload_bytes.saturating_add(FRAME_OVERHEAD));
+    if frames > MAX_FRAME_BYTES {
+        return Err(format!(
+            "{symbols} symbols of {payload_bytes}-byte payloads: {symbols} × ({payload_bytes} + {FRAME_OVERHEAD} \
+             bytes of topic and header) = {} MiB of frames (one per symbol, built before sending), over the {} MiB \
+             a generated feed may build; give fewer symbols or smaller payloads",
+            frames >> 20,
+            MAX_FRAME_BYTES >> 20
+        ));
+    }
+    Ok(())
 }
 
 impl Default for GeneratorConfig {
@@ -267,7 +272,10 @@ mod tests {
         assert!(e.starts_with("`zipf` -1: not a Zipf exponent"), "{e}");
         let e = GeneratorConfig { symbols: MAX_SYMBOLS, payload_bytes: 1000, ..ok }.check().expect_err("frames");
         assert!(
-            e.contains("1048576 symbols of 1000-byte payloads: 1064 MiB of frames") && e.contains("256 MiB"),
+            e.contains(
+                "1048576 symbols of 1000-byte payloads: 1048576 × (1000 + 64 bytes of topic and header) = 1064 MiB \
+                 of frames"
+            ) && e.contains("256 MiB"),
             "{e}"
         );
     }

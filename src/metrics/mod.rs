@@ -714,7 +714,16 @@ impl RunReport {
         } else {
             let _ = writeln!(s, "  bad frames   0");
         }
-        let _ = writeln!(s, "  throughput   {:.0} msg/s   {:.1} MB/s", self.msgs_per_sec, self.mb_per_sec);
+        match self.delivered {
+            // The rate is the messages after the first over the first-to-last span ([`span_rate`]):
+            // one message has none (before: `28350 msg/s`, one over the run's time).
+            1 => {
+                let _ = writeln!(s, "  throughput   n/a (one message: a rate needs two)");
+            }
+            _ => {
+                let _ = writeln!(s, "  throughput   {:.0} msg/s   {:.1} MB/s", self.msgs_per_sec, self.mb_per_sec);
+            }
+        }
         let _ = writeln!(s, "  latency      {:>10} {:>10} {:>10} {:>10}", "p50", "p99", "p99.9", "max");
         for stage in ["wire", "queue", "total"] {
             if let Some(p) = self.latency.get(stage) {
@@ -1010,6 +1019,11 @@ mod tests {
             at_ns: 0,
         };
         let mut r = RunReport { duration_s: 1.5, ..Default::default() };
+        // One message has no rate (first to last is no span): said, not computed over the run.
+        let one = RunReport { delivered: 1, msgs_per_sec: 28_350.0, ..Default::default() };
+        assert!(one.render().contains("\n  throughput   n/a (one message: a rate needs two)\n"), "{}", one.render());
+        let two = RunReport { delivered: 2, msgs_per_sec: 1000.0, ..Default::default() };
+        assert!(two.render().contains("\n  throughput   1000 msg/s"), "{}", two.render());
         assert!(r.render().contains("  duration     1.500 s\n"), "{}", r.render());
         r.snail = Some(crate::snail::SnailReport { croaked: Some(scream), ..Default::default() });
         let t = r.render();

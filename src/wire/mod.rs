@@ -151,6 +151,37 @@ pub fn split_topic(frame: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
     Ok((&frame[..nul], &frame[nul + 1..]))
 }
 
+/// Why no frame the decoder accepts can start with the subscription prefix `prefix`, or None
+/// when one can. A frame starts with its topic, 1 to [`MAX_TOPIC_LEN`] bytes of printable
+/// ASCII (`0x21..=0x7e`), then a NUL: so the bytes of a prefix before a NUL must be such a
+/// topic's start, and a NUL may end a prefix (`ESH6\0` selects the topic `ESH6` alone, not
+/// `ESH6.1`) but not be followed by more (what follows it in a frame is the header, no topic).
+pub fn prefix_problem(prefix: &[u8]) -> Option<String> {
+    let (topic, after) = match prefix.iter().position(|&b| b == 0) {
+        Some(nul) => (&prefix[..nul], Some(&prefix[nul + 1..])),
+        None => (prefix, None),
+    };
+    if after.is_some() && topic.is_empty() {
+        return Some("it starts with a NUL, and every frame starts with its topic, never empty".into());
+    }
+    if let Some(b) = topic.iter().find(|b| !(0x21..=0x7e).contains(*b)) {
+        return Some(format!(
+            "it holds the byte 0x{b:02x}, and topics are printable ASCII without spaces (0x21 to 0x7e)"
+        ));
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Some(format!("its topic part is {} bytes, and topics are at most {MAX_TOPIC_LEN}", topic.len()));
+    }
+    if after.is_some_and(|a| !a.is_empty()) {
+        return Some(
+            "it goes on after its NUL, where a frame has its header, not its topic (a NUL may end a prefix: \
+             `TOPIC\\0` selects that topic alone)"
+                .into(),
+        );
+    }
+    None
+}
+
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
@@ -393,6 +424,30 @@ mod tests {
             topic_seq: 3,
             send_time_ns: 1_700_000_000_000_000_000,
         }
+    }
+
+    #[test]
+    fn a_prefix_no_frame_can_start_with_is_said() {
+        for ok in ["", "E", "ESH6", "ESH6\0", "_hb", "~!", &"T".repeat(MAX_TOPIC_LEN)] {
+            assert_eq!(prefix_problem(ok.as_bytes()), None, "{ok:?}");
+        }
+        // Each can match no frame the decoder accepts (the first: `subscribe = ["\u0000"]`,
+        // which passed `profile check` and delivered nothing).
+        for (bad, says) in [
+            ("\0", "it starts with a NUL"),
+            ("\0ES", "it starts with a NUL"),
+            ("ES H6", "the byte 0x20"),
+            ("ÉS", "the byte 0xc3"),
+            ("ES\x7f", "the byte 0x7f"),
+            ("ESH6\0\x01", "it goes on after its NUL"),
+        ] {
+            assert!(prefix_problem(bad.as_bytes()).is_some_and(|w| w.contains(says)), "{bad:?}");
+        }
+        let long = "T".repeat(MAX_TOPIC_LEN + 1);
+        assert!(prefix_problem(long.as_bytes()).is_some_and(|w| w.contains("at most 255")));
+        // What the rule says is what the decoder does: a frame of each accepted prefix decodes.
+        let f = encode(b"ESH6", &Header::data(1, 0), b"x");
+        assert!(f.starts_with(b"ESH6\0") && decode(&f).is_ok());
     }
 
     #[test]
