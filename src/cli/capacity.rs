@@ -186,8 +186,8 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 /// The exit status of a finished search: [`EXIT_NO_WINNER`](super::EXIT_NO_WINNER) when it has
-/// no winner because none passed, the time cap came first or no knee beats every other
-/// configuration's limit, else 0. Ctrl-C keeps 0: the
+/// no winner because none passed, the time cap came first or another configuration may take
+/// more than the best knee, else 0. Ctrl-C keeps 0: the
 /// results so far are written, marked interrupted, as for every command that shows what it has.
 pub fn exit_status(r: &CapacityResult) -> i32 {
     match r.extra.no_winner {
