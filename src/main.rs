@@ -39,11 +39,18 @@ enum Cmd {
     /// folder with summaries, per-trial .hlog/.hgrm, capacity.svg and the
     /// winning profile.
     ///
-    /// Exit status 5 when there is no winner (no configuration passed, or the
-    /// time cap came before a knee: a search it stops before any rate failed has
-    /// only `at least N msg/s`, no knee); 0 when Ctrl-C stopped it (the results so
-    /// far are written, marked interrupted); 1 when a trial could not run (a
-    /// full disk: the finished trials' summary is written if it can be).
+    /// A winner only when every configuration's knee was found to --tolerance
+    /// (or no rate passed) and its knee is at or above every other's lowest
+    /// failure; else `winner: none (why)`, naming the configurations not
+    /// searched or not narrowed, and no winner.toml.
+    ///
+    /// Exit status 5 when there is no winner (no configuration passed, the
+    /// time cap came before every knee was found: a search it stops before any
+    /// rate failed has only `at least N msg/s`, no knee; or another configuration
+    /// may reach the best knee); 0 when Ctrl-C stopped it (the results so far
+    /// are written, marked interrupted, with the rate to carry each stopped
+    /// search on from); 1 when a trial could not run (a full disk: the finished
+    /// trials' summary is written if it can be).
     Capacity(cli::capacity::CapacityArgs),
     /// Print what this build and host are: mdsub and libzmq versions, libzmq's
     /// capabilities (draft API, CURVE, IPC, TIPC, PGM, GSSAPI), cores.

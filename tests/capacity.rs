@@ -283,8 +283,9 @@ fn no_configuration_passing_is_exit_status_5_with_the_results_written() {
     let _one = serial();
     let dir = common::temp_dir("capacity-none");
     let mut cmd = mdsub();
-    // 200 then 100 msg/s (the lowest rate tried) fail a budget no engine meets.
-    cmd.args(["capacity", "--out"]).arg(&dir).args(SHORT).args(["--sla", "p50=1us", "--start-rate", "200"]);
+    // 300, 150, then 100 msg/s (the lowest rate, tried itself: before, the search stopped when
+    // the next half, 75, fell below it) fail a budget no engine meets.
+    cmd.args(["capacity", "--out"]).arg(&dir).args(SHORT).args(["--sla", "p50=1us", "--start-rate", "300"]);
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(150));
     assert_eq!(code, Some(5), "{stdout}{stderr}");
     assert!(stdout.contains("\nwinner: none (no configuration passed)\n"), "{stdout}");
@@ -294,6 +295,9 @@ fn no_configuration_passing_is_exit_status_5_with_the_results_written() {
     assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some("no-pass")), "{saved}");
     assert_common_shape(&saved);
     assert_eq!(saved["medians"], serde_json::json!([]), "no knee, no median: {saved}");
+    let offered: Vec<u64> =
+        saved["runs"].as_array().expect("runs").iter().filter_map(|r| r["offered_msgs_per_sec"].as_u64()).collect();
+    assert_eq!(offered, [300, 150, 100], "{saved}");
     let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
     assert!(md.contains("- winner: none (no configuration passed)\n"), "{md}");
     assert!(!folder.join("winner.toml").exists());
@@ -487,7 +491,8 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     assert_eq!((v["winner"].is_null(), v["no_winner"].as_str()), (true, Some("interrupted")), "{v}");
     let folder = PathBuf::from(v["folder"].as_str().expect("folder"));
     let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
-    assert!(md.contains("- winner: none (interrupted before a knee)\n"), "{md}");
+    let why = "interrupted before every configuration's knee was found: `builtin-2core` was not searched (0 trials)";
+    assert!(md.contains(&format!("- winner: none ({why})\n")), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -743,7 +748,14 @@ fn a_time_cap_before_any_failure_is_a_lower_bound_not_a_winner() {
     );
     let line = format!("at least {highest} msg/s (no failing rate found before the cap)");
     assert!(stdout.contains(&format!("  builtin-2core                {line}  p50 -")), "{stdout}");
-    assert!(stdout.contains("\nwinner: none (the time cap ended the search before a knee)\n"), "{stdout}");
+    let why = format!("`builtin-2core` has only a lower bound: at least {highest} msg/s, nothing above it failed");
+    assert!(
+        stdout.contains(&format!(
+            "\nwinner: none (the time cap came before every configuration's knee was found: {why})\n"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("carry on with --start-rate {highest}\n")), "{stdout}");
     assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some("capped")), "{saved}");
     let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
     assert!(md.contains(&format!("| builtin-2core | {line} |")), "{md}");
@@ -845,4 +857,107 @@ fn an_out_that_is_a_file_is_said_as_one() {
         "{err}"
     );
     assert!(!err.contains("File exists") && stdout.is_empty(), "{stdout}{err}");
+}
+
+/// The reviewer's run, with the time cap: two configurations, the first searched to its knee,
+/// the second never started. It said `winner: builtin-2core` and wrote winner.toml, though the
+/// configuration it never measured may have been the better one.
+#[test]
+fn a_configuration_the_time_cap_left_unsearched_keeps_the_winner_from_being_named() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-unsearched");
+    let mut cmd = mdsub();
+    // A trial counts 0.7 s against the cap and takes at least 0.4 s: the first configuration's
+    // one trial (its maximum rate, passed) runs, the second's would end after the 1 s cap.
+    let settings = ["--warmup", "100ms", "--hold", "300ms", "--runs", "1", "--time-cap", "1s"];
+    cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(ONE_TRIAL).args(["--vary", "idle=block,backoff"]);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(5), "no winner: {stdout}{stderr}");
+    let why = "the time cap came before every configuration's knee was found: `builtin-2core idle=backoff` was \
+               not searched (0 trials)";
+    assert!(stdout.contains(&format!("\nwinner: none ({why})\n")), "{stdout}");
+    let folder = only_folder(&dir);
+    assert!(
+        stdout.contains(&format!(
+            "\nresults: {} (summary.md, summary.json, capacity.svg, 2 .hlog/.hgrm of 1 trial(s))\n",
+            folder.display()
+        )),
+        "{stdout}"
+    );
+    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    assert_eq!(
+        (saved["winner"].is_null(), saved["no_winner"].as_str(), saved["no_winner_detail"].as_str()),
+        (true, Some("capped"), Some("`builtin-2core idle=backoff` was not searched (0 trials)")),
+        "{saved}"
+    );
+    let searched = config(&saved, "builtin-2core idle=block");
+    assert_eq!((knee(searched), searched["outcome"]["narrowed"].as_bool()), (1000, Some(true)), "{searched}");
+    assert_eq!(trials(config(&saved, "builtin-2core idle=backoff")).len(), 0);
+    assert_common_shape(&saved);
+    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
+    assert!(md.contains(&format!("- winner: none ({why})\n")), "{md}");
+    assert!(!folder.join("winner.toml").exists(), "no winner written");
+}
+
+/// The reviewer's run: Ctrl-C while the knee was being narrowed (7500 passed, 8750 failed,
+/// 17 % apart against the 5 % tolerance) said `winner: builtin-2core` and wrote winner.toml.
+/// Here the bracket is 1000 passed, 2000 not achieved (this publisher sends at most 1500
+/// msg/s); the signal lands in the bisection's warm-up. No winner, and where to carry on.
+#[test]
+fn ctrl_c_while_a_knee_is_narrowed_names_no_winner_and_where_to_carry_on() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-narrowing");
+    let mut cmd = mdsub();
+    let settings = ["--warmup", "3s", "--hold", "300ms", "--runs", "1", "--time-cap", "90s"];
+    let search = ["--start-rate", "1000", "--publisher-max-rate", "1500", "--sla", "p50=1s"];
+    cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(search);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut p = Proc::spawn("capacity", &mut cmd);
+    let mut out = p.child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let err = common::lines_of(p.child.stderr.take().expect("stderr"));
+    // The third trial (the bisection's) is in its warm-up once its interval log has an interval.
+    let third = || {
+        let logs = common::trial_hlogs(&dir);
+        logs.len() == 3 && logs.iter().all(|f| common::hlog_intervals(f) > 0)
+    };
+    wait_until(Duration::from_secs(60), "the third trial's first interval", third);
+    p.signal(2);
+    assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0), "results so far are written");
+    let stdout = reader.join().unwrap_or_default();
+    let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(1)).ok()).collect();
+    let folder = only_folder(&dir);
+    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    let c = config(&saved, "builtin-2core");
+    let verdicts: Vec<(u64, &str)> = trials(c)
+        .iter()
+        .map(|t| (t["offered"].as_u64().unwrap_or(0), t["verdict"]["result"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(verdicts, [(1000, "pass"), (2000, "rate-not-achieved")], "{c}");
+    let o = &c["outcome"];
+    assert_eq!(
+        (o["ending"].as_str(), knee(c), o["narrowed"].as_bool()),
+        (Some("interrupted"), 1000, Some(false)),
+        "{c}"
+    );
+    let why = "`builtin-2core`'s knee was not narrowed: 1000 msg/s passed, 2000 did not (100% apart; the \
+               tolerance is 5%)";
+    assert!(
+        stdout.contains(&format!("\nwinner: none (interrupted before every configuration's knee was found: {why})\n")),
+        "{stdout}{said:?}"
+    );
+    assert!(stdout.contains("\n    stopped before its knee was found: carry on with --start-rate 1000\n"), "{stdout}");
+    assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some("interrupted")), "{saved}");
+    assert_eq!((saved["no_winner_detail"].as_str(), c["carry_on_from"].as_u64()), (Some(why), Some(1000)), "{saved}");
+    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
+    assert!(
+        md.contains("- `builtin-2core` stopped before its knee was found: carry on with `--start-rate 1000`\n"),
+        "{md}"
+    );
+    assert!(!folder.join("winner.toml").exists(), "no winner written");
+    assert!(!stdout.contains("winner.toml"), "{stdout}");
 }

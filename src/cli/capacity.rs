@@ -66,7 +66,8 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// The first rate offered (msg/s), 100 to 1000M; the search doubles from there until a
-    /// trial fails (and halves, down to 100, while the first ones fail).
+    /// trial fails (and halves while the first ones fail, down to 100 msg/s, the last rate it
+    /// tries). To carry on a search that was stopped, give the rate it said.
     #[arg(long, value_parser = parse_search_rate, default_value = "10k", value_name = "COUNT")]
     pub start_rate: u64,
     /// Never offer more than this (msg/s), 100 to 1000M.
@@ -77,7 +78,8 @@ pub struct CapacityArgs {
     pub tolerance: f64,
     /// Stop the whole search after this long (results so far are written, marked capped). A
     /// search the cap stops before any rate failed has no knee, only `at least N msg/s`; a run
-    /// with no knee has no winner (exit 5).
+    /// the cap stops before every configuration's knee was found (one not searched, or not
+    /// narrowed to --tolerance) has no winner (exit 5).
     #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub time_cap: Duration,
     /// The results folder (named DATE-HOST-COMMIT, or DATE-HOST-COMMIT-2, -3, … when
@@ -184,11 +186,12 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 /// The exit status of a finished search: [`EXIT_NO_WINNER`](super::EXIT_NO_WINNER) when it has
-/// no winner because none passed (or the time cap came first), else 0. Ctrl-C keeps 0: the
+/// no winner because none passed, the time cap came first or another configuration may take
+/// more than the best knee, else 0. Ctrl-C keeps 0: the
 /// results so far are written, marked interrupted, as for every command that shows what it has.
 pub fn exit_status(r: &CapacityResult) -> i32 {
     match r.extra.no_winner {
-        Some(NoWinner::NoPass | NoWinner::Capped) => super::EXIT_NO_WINNER,
+        Some(NoWinner::NoPass | NoWinner::Capped | NoWinner::Undecided) => super::EXIT_NO_WINNER,
         Some(NoWinner::Interrupted | NoWinner::Failed) | None => 0,
     }
 }
@@ -355,6 +358,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         if let Some(note) = &c.thin_percentile {
             crate::outln!("    note: {note}");
         }
+        if let Some(rate) = c.carry_on_from {
+            crate::outln!("    stopped before its knee was found: carry on with --start-rate {rate}");
+        }
         if let Some(r) = c.outcome.rate_not_achieved_at {
             crate::outln!(
                 "    rate not achieved at {r} msg/s: the publisher could not offer it (not the engine's limit)"
@@ -364,13 +370,12 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     crate::outln!("publisher: {}", result.extra.publisher);
     match (&result.extra.winner, &result.extra.winner_profile, result.extra.no_winner) {
         (Some(w), Some(p), _) => crate::outln!("winner: `{w}`, written to {}", p.display()),
-        (_, _, Some(why)) => crate::outln!("winner: none ({})", why.text()),
+        (_, _, Some(why)) => {
+            crate::outln!("winner: none ({})", capacity::no_winner_text(why, result.extra.no_winner_detail.as_deref()))
+        }
         _ => crate::outln!("winner: none"),
     }
-    crate::outln!(
-        "results: {} (summary.md, summary.json, capacity.svg, per-trial .hlog/.hgrm)",
-        result.extra.folder.display()
-    );
+    crate::outln!("results: {} ({})", result.extra.folder.display(), capacity::folder_contents(&result));
     Ok(result)
 }
 

@@ -12,7 +12,9 @@
 //! Each configuration is searched in turn; every run leaves an `.hlog` (the
 //! engine's interval log, its warm-up intervals tagged `warmup.*` by [`warmup`]) and an `.hgrm`
 //! (the hold's spectrum) named with the rate, the run and a hash of the profile; then
-//! `summary.json`, `summary.md`, `capacity.svg` and `winner.toml`.
+//! `summary.json`, `summary.md`, `capacity.svg` and, when a configuration is known to be the
+//! best (every configuration's knee found, its knee at or above every other's lowest failure),
+//! `winner.toml`.
 
 pub mod plot;
 pub mod remote;
@@ -190,6 +192,10 @@ pub struct ConfigResult {
     pub outcome: Outcome,
     /// p50/p99/p99.9/max at the knee (medians over its runs), ns.
     pub at_knee: Option<KneeLatency>,
+    /// A search the time cap or Ctrl-C stopped before its knee was found: the rate to carry it on
+    /// from with `--start-rate`: its highest pass (half its lowest failure when nothing passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carry_on_from: Option<u64>,
     /// Said when the knee's runs measured too few messages for the highest percentile to be
     /// more than the largest few values ([`thin_percentile_note`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -353,6 +359,10 @@ pub struct CapacityExtra {
     /// Why there is no winner (absent when there is one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_winner: Option<NoWinner>,
+    /// Which configurations kept it from having one, in words (absent when there is a winner, or
+    /// when every configuration failed or the run failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_winner_detail: Option<String>,
     pub winner_profile: Option<PathBuf>,
     pub elapsed_s: f64,
 }
@@ -381,12 +391,17 @@ fn envelope(
 pub enum NoWinner {
     /// Every configuration searched to its end and none passed the SLA at any rate tried.
     NoPass,
-    /// The time cap ended the search before any configuration had a knee.
+    /// The time cap ended the search before every configuration's knee was found (one not
+    /// searched, or stopped before its knee was narrowed to the tolerance).
     Capped,
-    /// Ctrl-C (or SIGTERM) ended the search before any configuration had a knee.
+    /// Ctrl-C (or SIGTERM) ended the search before every configuration's knee was found.
     Interrupted,
     /// A trial could not run (see `error`).
     Failed,
+    /// Every search ended, but no knee is above every other configuration's limit (the lowest
+    /// rate it failed): another configuration may be as good or better; or a knee's
+    /// confirmation kept failing before it was narrowed.
+    Undecided,
 }
 
 impl NoWinner {
@@ -394,11 +409,88 @@ impl NoWinner {
     pub fn text(self) -> &'static str {
         match self {
             NoWinner::NoPass => "no configuration passed",
-            NoWinner::Capped => "the time cap ended the search before a knee",
-            NoWinner::Interrupted => "interrupted before a knee",
+            NoWinner::Capped => "the time cap came before every configuration's knee was found",
+            NoWinner::Interrupted => "interrupted before every configuration's knee was found",
             NoWinner::Failed => "the search failed part way",
+            NoWinner::Undecided => "no configuration is known to be the best",
         }
     }
+}
+
+/// Why a configuration's search does not count for the winner: None when it found its knee to
+/// the tolerance (or ended with no rate passed), else in words: not searched, only a lower
+/// bound, a knee not narrowed, no passing rate yet.
+fn unsettled(c: &ConfigResult, tolerance: f64) -> Option<String> {
+    let o = &c.outcome;
+    if o.ending == Ending::NoPass || (o.knee.is_some() && o.narrowed) {
+        return None;
+    }
+    let name = &c.name;
+    Some(match (o.knee, o.at_least) {
+        _ if o.trials == 0 => format!("`{name}` was not searched (0 trials)"),
+        (Some(k), _) => match o.bracket_above {
+            Some(hi) => format!(
+                "`{name}`'s knee was not narrowed: {k} msg/s passed, {hi} did not ({:.0}% apart; the tolerance is \
+                 {:.0}%)",
+                (hi - k) as f64 * 100.0 / k as f64,
+                tolerance * 100.0
+            ),
+            None => format!("`{name}`'s knee was not narrowed ({})", ending_text(o.ending)),
+        },
+        (None, Some(n)) => format!("`{name}` has only a lower bound: at least {n} msg/s, nothing above it failed"),
+        (None, None) => match o.bracket_above {
+            Some(f) => format!("`{name}` had found no passing rate yet ({f} msg/s did not pass)"),
+            None => format!("`{name}` had found no passing rate yet"),
+        },
+    })
+}
+
+/// A search stopped before its knee was found: the rate to give `--start-rate` to carry it on
+/// (its highest pass, from which the new search brackets again; half its lowest failure when
+/// nothing passed yet). None for a search that found its knee, ended, or never ran.
+fn carry_on_from(o: &Outcome) -> Option<u64> {
+    let stopped = matches!(o.ending, Ending::Capped | Ending::Interrupted | Ending::Failed);
+    if !stopped || o.trials == 0 || (o.knee.is_some() && o.narrowed) {
+        return None;
+    }
+    o.knee.or(o.at_least).or_else(|| o.bracket_above.map(|f| (f / 2).max(search::MIN_RATE)))
+}
+
+/// Why no configuration wins, when every search counts ([`unsettled`]).
+#[derive(Debug, Clone, PartialEq)]
+enum Undecided {
+    /// Some searches did not find their knee: each one, in words.
+    Unsettled(Vec<String>),
+    /// No configuration passed any rate.
+    NoPass,
+    /// Another configuration may take more than the highest knee: why, in words.
+    Overlap(String),
+}
+
+/// `winner: none (…)`'s words: the kind, then which configurations kept the run from a winner.
+pub fn no_winner_text(why: NoWinner, detail: Option<&str>) -> String {
+    match detail {
+        Some(d) => format!("{}: {d}", why.text()),
+        None => why.text().to_string(),
+    }
+}
+
+/// What the results folder holds, for the line that names it: the summaries, the plot, the
+/// winner's profile when there is one, and the finished trials' files (or that there are none).
+pub fn folder_contents(r: &CapacityResult) -> String {
+    let mut parts =
+        vec!["summary.md", "summary.json", "capacity.svg"].into_iter().map(String::from).collect::<Vec<_>>();
+    if r.extra.winner_profile.is_some() {
+        parts.push("winner.toml".into());
+    }
+    let trials = r.extra.configurations.iter().map(|c| c.trials.len()).sum::<usize>();
+    let files = r.extra.configurations.iter().flat_map(|c| &c.trials).map(|t| t.files.len()).sum::<usize>();
+    let mut s = parts.join(", ");
+    match trials {
+        0 => s.push_str("; no trial finished, so no .hlog/.hgrm"),
+        n => s.push_str(&format!(", {files} .hlog/.hgrm of {n} trial(s)")),
+    }
+    s
 }
 
 /// The host name, for the results folder.
@@ -626,8 +718,15 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         let outcome = search.outcome();
         let at_knee = knee_latency(outcome.knee, &trials);
         let thin_percentile = at_knee.as_ref().and_then(|k| thin_percentile_note(&cfg.sla, k.achieved, cfg.hold));
-        let result =
-            ConfigResult { name: c.name.clone(), profile_hash: hash, outcome, at_knee, thin_percentile, trials };
+        let result = ConfigResult {
+            name: c.name.clone(),
+            profile_hash: hash,
+            carry_on_from: carry_on_from(&outcome),
+            outcome,
+            at_knee,
+            thin_percentile,
+            trials,
+        };
         on(Event::ConfigDone { result: &result });
         results.push(result);
         if failure.is_some() {
@@ -646,17 +745,24 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         Some(e) if done == 0 => return Err(e),
         f => f,
     };
-    // A run that failed part way has no winner: the configurations it did not search may have won.
-    let winner = match failure {
-        Some(_) => None,
-        None => winner_of(&results).map(|r| r.name.clone()),
-    };
-    let no_winner = match (&winner, &failure) {
-        (Some(_), _) => None,
-        (None, Some(_)) => Some(NoWinner::Failed),
-        (None, None) if stop.is_stopped() => Some(NoWinner::Interrupted),
-        (None, None) if capped => Some(NoWinner::Capped),
-        (None, None) => Some(NoWinner::NoPass),
+    // A run that failed part way has no winner: the configurations it did not search may have
+    // won. Nor has one that Ctrl-C or the time cap stopped before every knee was found, for the
+    // same reason, nor one whose highest knee another configuration may reach.
+    let (winner, no_winner, no_winner_detail) = match (&failure, winner_of(&results, cfg.search.tolerance)) {
+        (Some(_), _) => (None, Some(NoWinner::Failed), None),
+        (None, Ok(w)) => (Some(w.name.clone()), None, None),
+        (None, Err(Undecided::NoPass)) => (None, Some(NoWinner::NoPass), None),
+        (None, Err(Undecided::Overlap(why))) => (None, Some(NoWinner::Undecided), Some(why)),
+        (None, Err(Undecided::Unsettled(which))) => {
+            let kind = if stop.is_stopped() {
+                NoWinner::Interrupted
+            } else if capped {
+                NoWinner::Capped
+            } else {
+                NoWinner::Undecided
+            };
+            (None, Some(kind), Some(which.join("; ")))
+        }
     };
     let settings = serde_json::json!({
         "sla": describe_sla(&cfg.sla),
@@ -686,6 +792,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             configurations: results,
             winner: winner.clone(),
             no_winner,
+            no_winner_detail,
             winner_profile: None,
             elapsed_s: started.elapsed().as_secs_f64(),
         },
@@ -721,17 +828,52 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     Ok(result)
 }
 
-/// The configuration with the highest knee (confirmed ones first); none when there is no knee,
-/// or when a search stopped early passed at or above that knee (its `at_least`, no knee itself):
-/// that configuration may be the better one.
-fn winner_of(results: &[ConfigResult]) -> Option<&ConfigResult> {
-    let rank = |r: &ConfigResult| {
-        let confirmed = matches!(r.outcome.ending, Ending::Confirmed | Ending::AboveMaxRate | Ending::PublisherLimited);
-        (confirmed, r.outcome.knee.unwrap_or(0))
+/// The winner: only when every configuration's search found its knee to the tolerance (or
+/// ended with no rate passed), and no other configuration may take more than the highest knee:
+/// one that failed nothing above its knee (its maximum rate passed or its publisher short) may
+/// take any more. Two narrowed knees within the tolerance of each other are as good as the
+/// search can tell, and the higher wins. Else why not: a configuration not searched or not
+/// narrowed may be the better one, and so may one with no failure above its knee.
+fn winner_of(results: &[ConfigResult], tolerance: f64) -> Result<&ConfigResult, Undecided> {
+    let unsettled: Vec<String> = results.iter().filter_map(|r| unsettled(r, tolerance)).collect();
+    if !unsettled.is_empty() {
+        return Err(Undecided::Unsettled(unsettled));
+    }
+    let best = results.iter().filter(|r| r.outcome.knee.is_some()).max_by_key(|r| r.outcome.knee);
+    let (Some(best), Some(knee)) = (best, best.and_then(|b| b.outcome.knee)) else {
+        return Err(Undecided::NoPass);
     };
-    let best = results.iter().filter(|r| r.outcome.knee.is_some()).max_by_key(|r| rank(r))?;
-    let knee = best.outcome.knee?;
-    results.iter().all(|r| r.outcome.at_least.is_none_or(|n| n < knee)).then_some(best)
+    let may_be_better: Vec<String> = results
+        .iter()
+        .filter(|r| !std::ptr::eq(*r, best))
+        .filter_map(|r| {
+            let o = &r.outcome;
+            match (o.failed_above, o.knee) {
+                (Some(u), _) if u <= knee => None,
+                // Narrowed (the unsettled are out above) but failing only above the best knee:
+                // the two knees are within the search's resolution of each other, and the
+                // higher one wins, as a user tuning for one profile needs one named.
+                (Some(_), Some(_)) => None,
+                (Some(u), None) => Some(format!("`{}` failed only at {u} msg/s", r.name)),
+                (None, Some(k)) if o.ending == Ending::AboveMaxRate => {
+                    Some(format!("`{}` passed the maximum rate, {k} msg/s, and may take more", r.name))
+                }
+                (None, Some(k)) => Some(format!(
+                    "`{}` failed no rate above its knee {k} msg/s (the publisher could not offer more)",
+                    r.name
+                )),
+                (None, None) => Some(format!("`{}` failed no rate (the publisher could not offer one)", r.name)),
+            }
+        })
+        .collect();
+    if may_be_better.is_empty() {
+        return Ok(best);
+    }
+    Err(Undecided::Overlap(format!(
+        "`{}`'s knee, {knee} msg/s, may not be the best: {}",
+        best.name,
+        may_be_better.join("; ")
+    )))
 }
 
 /// The error of a run that a trial's failure ended after `done` finished trials: where their
@@ -883,7 +1025,13 @@ pub fn summary_md(r: &CapacityResult) -> String {
     let _ = writeln!(s, "- publisher: {}", r.extra.publisher);
     let _ = writeln!(s, "- pass rule: {}", r.settings["sla"].as_str().unwrap_or(""));
     if let Some(why) = r.extra.no_winner {
-        let _ = writeln!(s, "- winner: none ({})", why.text());
+        let _ = writeln!(s, "- winner: none ({})", no_winner_text(why, r.extra.no_winner_detail.as_deref()));
+    }
+    for c in &r.extra.configurations {
+        if let Some(rate) = c.carry_on_from {
+            let _ =
+                writeln!(s, "- `{}` stopped before its knee was found: carry on with `--start-rate {rate}`", c.name);
+        }
     }
     if let Some(failed) = &r.error {
         let _ = writeln!(s, "- the run stopped on a trial that could not run: {failed}");
@@ -1007,6 +1155,9 @@ mod tests {
             lowest_fail: None,
             rate_not_achieved_at: None,
             confirmed_at: Some(2969),
+            failed_above: Some(3500),
+            bracket_above: Some(3200),
+            narrowed: true,
             contradictions: vec![Contradiction { passed_at: 4000, failed_at: 3500 }],
             trials: 9,
         };
@@ -1016,6 +1167,7 @@ mod tests {
             profile_hash: "0123abcd".into(),
             outcome: outcome(knee),
             at_knee: knee.map(|_| at(achieved)),
+            carry_on_from: None,
             thin_percentile: None,
             trials: Vec::new(),
         };
@@ -1059,10 +1211,14 @@ mod tests {
                 lowest_fail: None,
                 rate_not_achieved_at: None,
                 confirmed_at: None,
+                failed_above: None,
+                bracket_above: None,
+                narrowed: knee.is_some(),
                 contradictions: Vec::new(),
                 trials: trials.len(),
             },
             at_knee: knee_latency(knee, &trials),
+            carry_on_from: None,
             thin_percentile: None,
             trials,
         };
@@ -1121,39 +1277,174 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_lower_bound_is_no_knee_and_may_keep_a_knee_below_it_from_winning() {
-        let result = |name: &str, ending, knee, at_least| ConfigResult {
+    /// A configuration's outcome for the winner rule: its knee (or lower bound), how the search
+    /// ended, the lowest failure above, whether narrowed, and the trials.
+    fn standing(
+        name: &str,
+        ending: Ending,
+        (knee, at_least): (Option<u64>, Option<u64>),
+        (failed_above, bracket_above): (Option<u64>, Option<u64>),
+        narrowed: bool,
+        trials: usize,
+    ) -> ConfigResult {
+        ConfigResult {
             name: name.into(),
             profile_hash: "0123abcd".into(),
             outcome: Outcome {
                 knee,
                 at_least,
                 ending,
-                lowest_fail: None,
+                lowest_fail: failed_above,
                 rate_not_achieved_at: None,
                 confirmed_at: None,
+                failed_above,
+                bracket_above,
+                narrowed,
                 contradictions: Vec::new(),
-                trials: 1,
+                trials,
             },
             at_knee: None,
+            carry_on_from: None,
             thin_percentile: None,
             trials: Vec::new(),
-        };
-        let name = |r: &[ConfigResult]| winner_of(r).map(|w| w.name.clone());
+        }
+    }
+
+    fn won(r: &[ConfigResult]) -> Result<String, Undecided> {
+        winner_of(r, 0.05).map(|w| w.name.clone())
+    }
+
+    #[test]
+    fn a_lower_bound_is_no_knee_and_may_keep_a_knee_below_it_from_winning() {
         // The audit's run: one pass, then the cap.
-        let capped = result("b", Ending::Capped, None, Some(10_000));
-        assert_eq!(name(std::slice::from_ref(&capped)), None);
+        let capped = standing("b", Ending::Capped, (None, Some(10_000)), (None, None), false, 1);
+        let bound = "`b` has only a lower bound: at least 10000 msg/s, nothing above it failed".to_string();
+        assert_eq!(won(std::slice::from_ref(&capped)), Err(Undecided::Unsettled(vec![bound.clone()])));
         assert_eq!(knee_text(&capped), "at least 10000 msg/s (no failing rate found before the cap)");
-        let stopped = result("b", Ending::Interrupted, None, Some(10_000));
+        let stopped = standing("b", Ending::Interrupted, (None, Some(10_000)), (None, None), false, 1);
         assert_eq!(knee_text(&stopped), "at least 10000 msg/s (no failing rate found before the interruption)");
-        // A knee above the bound wins; one at or below it does not (the stopped search passed there).
-        let a = |knee| result("a", Ending::Confirmed, Some(knee), None);
-        assert_eq!(name(&[a(20_000), capped.clone()]).as_deref(), Some("a"));
-        assert_eq!(name(&[a(10_000), capped.clone()]), None);
-        assert_eq!(name(&[a(8_000), capped]), None);
-        // A capped search with a failure above its highest pass keeps its knee.
-        assert_eq!(name(&[result("c", Ending::Capped, Some(5_000), None)]).as_deref(), Some("c"));
+        assert_eq!(carry_on_from(&stopped.outcome), Some(10_000));
+        // Not even a knee far above the bound wins: `b` was not searched to its end.
+        let a = |knee: u64| standing("a", Ending::Confirmed, (Some(knee), None), (Some(knee + 400), None), true, 6);
+        assert_eq!(won(&[a(20_000), capped.clone()]), Err(Undecided::Unsettled(vec![bound.clone()])));
+        assert_eq!(won(&[a(8_000), capped]), Err(Undecided::Unsettled(vec![bound])));
+        // A capped search narrowed to the tolerance before the cap keeps its knee, and counts.
+        let narrowed = standing("c", Ending::Capped, (Some(5_000), None), (Some(5_200), Some(5_200)), true, 7);
+        assert_eq!(won(std::slice::from_ref(&narrowed)).as_deref(), Ok("c"));
+        assert_eq!(carry_on_from(&narrowed.outcome), None, "nothing to carry on");
+    }
+
+    /// The reviewer's run: `--profile builtin --profile auto`, Ctrl-C after 12 s. `builtin`
+    /// had passed 7500 and failed 8750 (17 % apart, tolerance 5 %), `auto` had no trial; the
+    /// run said `winner: builtin-2core` and wrote winner.toml. A time cap that leaves a
+    /// configuration unsearched did the same.
+    #[test]
+    fn a_winner_needs_every_configuration_searched_to_its_knee() {
+        let builtin =
+            standing("builtin-2core", Ending::Interrupted, (Some(7500), None), (Some(8750), Some(8750)), false, 4);
+        let auto = standing("auto-2core", Ending::Interrupted, (None, None), (None, None), false, 0);
+        let why = won(&[builtin.clone(), auto.clone()]);
+        assert_eq!(
+            why,
+            Err(Undecided::Unsettled(vec![
+                "`builtin-2core`'s knee was not narrowed: 7500 msg/s passed, 8750 did not (17% apart; the tolerance \
+                 is 5%)"
+                    .into(),
+                "`auto-2core` was not searched (0 trials)".into()
+            ]))
+        );
+        assert_eq!((carry_on_from(&builtin.outcome), carry_on_from(&auto.outcome)), (Some(7500), None));
+        // The time cap's case: the first searched to its knee, the second never started.
+        let done = standing("builtin-2core", Ending::Confirmed, (Some(8000), None), (Some(8200), Some(8200)), true, 8);
+        let left = standing("auto-2core", Ending::Capped, (None, None), (None, None), false, 0);
+        assert_eq!(
+            won(&[done.clone(), left]),
+            Err(Undecided::Unsettled(vec!["`auto-2core` was not searched (0 trials)".into()]))
+        );
+        // Stopped while halving, nothing passed yet: carry on from half the lowest failure.
+        let halving = standing("x", Ending::Interrupted, (None, None), (Some(1000), Some(1000)), false, 2);
+        assert_eq!(carry_on_from(&halving.outcome), Some(500));
+        let lowest = standing("x", Ending::Capped, (None, None), (Some(150), Some(150)), false, 5);
+        assert_eq!(carry_on_from(&lowest.outcome), Some(search::MIN_RATE));
+        assert!(won(&[done.clone(), halving]).is_err_and(
+            |u| matches!(&u, Undecided::Unsettled(w) if w[0].contains("no passing rate yet (1000 msg/s did not pass)"))
+        ));
+        // Every search at its end: the highest knee wins when every other configuration failed
+        // at or below it; a configuration that failed every rate counts as searched.
+        let none = standing("none", Ending::NoPass, (None, None), (Some(100), Some(100)), false, 7);
+        assert_eq!(won(&[done.clone(), none.clone()]).as_deref(), Ok("builtin-2core"));
+        assert_eq!(won(std::slice::from_ref(&none)), Err(Undecided::NoPass));
+        let lower = standing("b", Ending::Confirmed, (Some(4000), None), (Some(4100), Some(4100)), true, 6);
+        assert_eq!(won(&[lower.clone(), done.clone()]).as_deref(), Ok("builtin-2core"));
+    }
+
+    #[test]
+    fn a_knee_another_configuration_may_reach_wins_nothing() {
+        let done = standing("a", Ending::Confirmed, (Some(8000), None), (Some(8200), Some(8200)), true, 8);
+        // Within the tolerance of each other, both narrowed (`b` failed only above `a`'s knee):
+        // the higher knee wins; the two are as good as the search can tell.
+        let close = standing("b", Ending::Confirmed, (Some(7900), None), (Some(8100), Some(8100)), true, 8);
+        assert_eq!(won(&[done.clone(), close]), Ok("a".into()));
+        // Nothing above the knee failed: the maximum rate passed, or the publisher fell short.
+        let top = standing("top", Ending::AboveMaxRate, (Some(5000), None), (None, None), true, 2);
+        let short = standing("short", Ending::PublisherLimited, (Some(6000), None), (None, Some(6100)), true, 6);
+        let why = won(&[done.clone(), top.clone(), short.clone()]);
+        assert!(
+            why.as_ref().is_err_and(|u| matches!(u, Undecided::Overlap(w) if w.contains(
+                "`top` passed the maximum rate, 5000 msg/s, and may take more; `short` failed no rate above its \
+                 knee 6000 msg/s (the publisher could not offer more)"
+            ))),
+            "{why:?}"
+        );
+        // Alone, each still wins: there is nothing to compare.
+        assert_eq!(won(&[top]).as_deref(), Ok("top"));
+        assert_eq!(won(&[short]).as_deref(), Ok("short"));
+    }
+
+    /// A run interrupted in its first trial said `results: DIR (summary.md, summary.json,
+    /// capacity.svg, per-trial .hlog/.hgrm)`, though no trial had left a file.
+    #[test]
+    fn the_results_line_says_what_the_folder_holds() {
+        let mut c = standing("a", Ending::Interrupted, (None, None), (None, None), false, 0);
+        let result = |c: &ConfigResult, winner_profile: Option<PathBuf>| CapacityResult {
+            kind: "capacity",
+            machine: Machine::here(),
+            settings: serde_json::json!({}),
+            runs: Vec::new(),
+            medians: Vec::new(),
+            ratios: Vec::new(),
+            extra: CapacityExtra {
+                folder: PathBuf::from("out"),
+                publisher: String::new(),
+                configurations: vec![c.clone()],
+                winner: None,
+                no_winner: None,
+                no_winner_detail: None,
+                winner_profile,
+                elapsed_s: 1.0,
+            },
+            error: None,
+        };
+        assert_eq!(
+            folder_contents(&result(&c, None)),
+            "summary.md, summary.json, capacity.svg; no trial finished, so no .hlog/.hgrm"
+        );
+        let files = run_files("a", "0123abcd", 1000, 1).to_vec();
+        let summary = TrialSummary {
+            offered: 1000,
+            achieved: 1000.0,
+            lost: Some(0),
+            gaps: 0,
+            latency_ns: Vec::new(),
+            spread_ns: Vec::new(),
+            runs: 2,
+            verdict: Verdict::Pass,
+        };
+        c.trials = vec![TrialRecord { purpose: Purpose::Bracket, summary, files }; 3];
+        assert_eq!(
+            folder_contents(&result(&c, Some(PathBuf::from("out/winner.toml")))),
+            "summary.md, summary.json, capacity.svg, winner.toml, 6 .hlog/.hgrm of 3 trial(s)"
+        );
     }
 
     #[test]

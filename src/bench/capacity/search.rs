@@ -209,8 +209,8 @@ pub fn judge(runs: &[RunMeasure], sla: &Sla) -> TrialSummary {
     TrialSummary { offered, achieved, lost, gaps, latency_ns, spread_ns, runs: runs.len(), verdict }
 }
 
-/// The lowest rate the search offers (msg/s): halving stops above it, and `--start-rate` and
-/// `--max-rate` are refused below it.
+/// The lowest rate the search offers (msg/s): halving ends with it (a half below it offers it
+/// instead), and `--start-rate` and `--max-rate` are refused below it.
 pub const MIN_RATE: u64 = 100;
 
 /// Search settings.
@@ -224,7 +224,7 @@ pub struct SearchConfig {
     pub confirm_factor: f64,
     /// Never offer more than this (msg/s).
     pub max_rate: Option<u64>,
-    /// Halve at most down to this when even the start rate fails.
+    /// Halve down to this (the last rate tried) when even the start rate fails.
     pub min_rate: u64,
     /// Reopenings after failed confirmations before giving up on confirming.
     pub max_reopens: usize,
@@ -323,6 +323,17 @@ pub struct Outcome {
     pub rate_not_achieved_at: Option<u64>,
     /// The confirmation trial's rate, if it passed.
     pub confirmed_at: Option<u64>,
+    /// The lowest rate above the knee (above the highest pass when there is no knee; any rate
+    /// when nothing passed) that failed the engine's rule: the engine's limit is below it. None
+    /// when nothing there failed (the maximum rate passed, only the publisher fell short above
+    /// the knee, the search stopped first): the limit may be any higher.
+    pub failed_above: Option<u64>,
+    /// The lowest rate above the knee that failed or was not achieved: the upper end of the
+    /// bracket the knee was bisected in.
+    pub bracket_above: Option<u64>,
+    /// The knee is found to the tolerance: `bracket_above` is within `tolerance` of it (or the
+    /// knee is the maximum rate). A search stopped early may have a knee it had not narrowed.
+    pub narrowed: bool,
     pub contradictions: Vec<Contradiction>,
     pub trials: usize,
 }
@@ -471,12 +482,15 @@ impl Search {
         }
     }
 
+    /// The next rate down after a failure at `rate` with nothing passed below it: half of it,
+    /// or the lowest rate when half would be below that (so the lowest rate is always tried
+    /// before the search says no rate passed).
     fn halve(&mut self, rate: u64) {
-        let half = rate / 2;
-        if half < self.cfg.min_rate.max(1) {
+        let lowest = self.cfg.min_rate.max(1);
+        if rate <= lowest {
             self.phase = Phase::Done(Ending::NoPass);
         } else {
-            self.next_rate = half;
+            self.next_rate = (rate / 2).max(lowest);
         }
     }
 
@@ -542,6 +556,17 @@ impl Search {
         if ending == Ending::Confirmed && rna.is_some() && lowest_fail.is_none_or(|f| rna.is_some_and(|r| r < f)) {
             ending = Ending::PublisherLimited;
         }
+        let base = knee.or(at_least).unwrap_or(0);
+        let lowest_above = |keep: fn(&Verdict) -> bool| {
+            self.history.iter().filter(|(r, _, v)| *r > base && keep(v)).map(|(r, _, _)| *r).min()
+        };
+        let failed_above = lowest_above(|v| matches!(v, Verdict::Fail { .. }));
+        let bracket_above = lowest_above(|v| !v.is_pass());
+        let narrowed = match (knee, bracket_above) {
+            (Some(_), _) if ending == Ending::AboveMaxRate => true,
+            (Some(k), Some(hi)) => hi.saturating_sub(k) as f64 <= self.cfg.tolerance * k as f64 || hi <= k + 1,
+            _ => false,
+        };
         Outcome {
             knee,
             at_least,
@@ -549,6 +574,9 @@ impl Search {
             lowest_fail,
             rate_not_achieved_at: rna,
             confirmed_at: self.confirmed_at,
+            failed_above,
+            bracket_above,
+            narrowed,
             contradictions: self.contradictions.clone(),
             trials: self.history.len(),
         }
@@ -728,6 +756,49 @@ mod tests {
         // A search that ran to its end keeps its knee, whatever bounded it.
         let o = drive(SearchConfig { max_rate: Some(25_000), ..Default::default() }, u64::MAX, u64::MAX).outcome();
         assert_eq!((o.knee, o.at_least), (Some(25_000), None));
+    }
+
+    /// `--start-rate` says the search halves down to 100 msg/s, but it stopped when the next half
+    /// fell below 100: from 10000 it tried 156 and said `no rate passed`, never offering 100.
+    #[test]
+    fn halving_ends_with_the_lowest_rate_itself() {
+        let rates = |s: &Search| s.history().iter().map(|h| h.0).collect::<Vec<u64>>();
+        let none = drive(SearchConfig::default(), 50, u64::MAX);
+        assert_eq!(rates(&none), [10_000, 5_000, 2_500, 1_250, 625, 312, 156, 100]);
+        assert_eq!((none.outcome().ending, none.outcome().knee), (Ending::NoPass, None));
+        // An engine that takes 120 msg/s has a knee the search finds, between 100 and 156.
+        let slow = drive(SearchConfig::default(), 120, u64::MAX);
+        let o = slow.outcome();
+        assert!(o.knee.is_some_and(|k| (100..=120).contains(&k)), "{o:?}: {:?}", rates(&slow));
+        assert!(rates(&slow).contains(&100));
+        // A start at the lowest rate that fails ends there.
+        let low = drive(SearchConfig { start_rate: 100, ..Default::default() }, 50, u64::MAX);
+        assert_eq!((rates(&low), low.outcome().ending), (vec![100], Ending::NoPass));
+    }
+
+    #[test]
+    fn a_knee_is_narrowed_once_the_rate_above_it_is_within_the_tolerance() {
+        let o = drive(SearchConfig::default(), 37_000, u64::MAX).outcome();
+        let (k, hi) = (o.knee.expect("knee"), o.bracket_above.expect("a failure above"));
+        assert!(o.narrowed && hi as f64 <= k as f64 * 1.05 && o.failed_above == Some(hi), "{o:?}");
+        // Stopped at the first bisection: 7500 passed, 8750 failed, 17 % apart.
+        let mut s = Search::new(SearchConfig { start_rate: 5000, ..Default::default() });
+        s.on_result(5000, Verdict::Pass);
+        s.on_result(10_000, fail());
+        s.on_result(7500, Verdict::Pass);
+        s.on_result(8750, fail());
+        s.interrupt();
+        let o = s.outcome();
+        assert_eq!((o.knee, o.bracket_above, o.failed_above, o.narrowed), (Some(7500), Some(8750), Some(8750), false));
+        // The publisher's shortfall bounds the bracket but is no failure of the engine.
+        let o = drive(SearchConfig::default(), 1_000_000, 30_000).outcome();
+        assert!(o.narrowed && o.failed_above.is_none() && o.bracket_above.is_some(), "{o:?}");
+        // The maximum rate passed: narrowed, nothing above failed.
+        let o = drive(SearchConfig { max_rate: Some(25_000), ..Default::default() }, u64::MAX, u64::MAX).outcome();
+        assert_eq!((o.narrowed, o.failed_above), (true, None));
+        // Nothing passed: the lowest failure bounds it.
+        let o = drive(SearchConfig { start_rate: 800, ..Default::default() }, 50, u64::MAX).outcome();
+        assert_eq!((o.narrowed, o.failed_above), (false, Some(100)));
     }
 
     fn run(offered: u64, achieved: f64, lost: Option<u64>, p99_us: u64) -> RunMeasure {
