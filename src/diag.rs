@@ -20,7 +20,8 @@
 //! - [`ExitCounters`] is the one convention for the counters a command prints when it stops:
 //!   a `NAME: stopped: k=v …` line on stderr, like every other diagnostic, or with `--json`
 //!   one JSON object on stdout.
-//! - [`human_ns`] is a duration as a person reads it (`41.2µs`), for every line and report.
+//! - [`human_ns`] is a duration as a person reads it (`41.2µs`), for every line and report;
+//!   [`human_rate`] a message rate (`312 msg/s`, `15.3 k msg/s`, `1.930 M msg/s`).
 
 use std::fmt::{self, Display, Write as _};
 use std::io::Write;
@@ -32,6 +33,18 @@ pub fn human_ns(ns: u64) -> String {
         1_000..=999_999 => format!("{:.1}µs", ns as f64 / 1e3),
         1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
         _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+/// A rate in messages a second as a person reads it, in the unit that fits: `312 msg/s` below
+/// 1 k, `15.3 k msg/s` below 1 M, `1.930 M msg/s` from there (a few hundred msg/s printed as
+/// `0.000 M msg/s` before); `? msg/s` for one that is not finite or is negative.
+pub fn human_rate(msgs_per_s: f64) -> String {
+    match msgs_per_s {
+        r if !r.is_finite() || r < 0.0 => "? msg/s".into(),
+        r if r < 999.5 => format!("{r:.0} msg/s"),
+        r if r < 999_950.0 => format!("{:.1} k msg/s", r / 1e3),
+        r => format!("{:.3} M msg/s", r / 1e6),
     }
 }
 
@@ -443,6 +456,22 @@ mod tests {
         assert_eq!(human_ns(3_050_000), "3.05ms");
         assert_eq!(human_ns(1_200_000_000), "1.20s");
         assert_eq!(human_ns(2_252_800), "2.25ms");
+        // A rate in the unit that fits: a DBN replay at a few hundred msg/s is not `0.000 M`.
+        let rates = [312.4, 999.4, 999.5, 2_000.0, 15_280.0, 999_949.0, 999_950.0, 4_098_360.6];
+        assert_eq!(
+            rates.map(human_rate),
+            [
+                "312 msg/s",
+                "999 msg/s",
+                "1.0 k msg/s",
+                "2.0 k msg/s",
+                "15.3 k msg/s",
+                "999.9 k msg/s",
+                "1.000 M msg/s",
+                "4.098 M msg/s"
+            ]
+        );
+        assert_eq!([f64::NAN, -1.0].map(human_rate), ["? msg/s", "? msg/s"]);
     }
 
     const S: u64 = 1_000_000_000;

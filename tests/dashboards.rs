@@ -1021,6 +1021,59 @@ fn send_one_level_too_many(publ: &zmq::Socket) {
     }
 }
 
+/// An engine killed with `kill -9` stops publishing its status; the store keeps the last one
+/// until its TTL (three intervals) runs out. `top --once` in between marks it stale with its age
+/// and shows none of its rates as current. Before, `--once` showed the dead engine's last rate
+/// (`shard0 1999`) with no mark until the TTL ran out, and then nothing of it.
+#[test]
+fn top_once_marks_an_engine_killed_with_9_stale_within_its_ttl() {
+    let (store, _server, _replay, eps) = store_and_feed();
+    // A 2 s interval: stale from 4 s after its last status, expired at 6 s.
+    let mut e = engine_json(
+        &eps,
+        &["--expect-eos", "0", "--store", &store, "--metrics-interval", "2s", "--engine-id", "killed-e3"],
+    );
+    let once = || {
+        let (code, out, err) =
+            run_within("top", mdsub().args(["top", "--once", "--store", &store]), Duration::from_secs(30));
+        assert_eq!(code, Some(0), "mdsub top --once failed: {err}");
+        out
+    };
+    let cols = |frame: &str, what: &str| -> Vec<String> {
+        let row = frame.lines().find(|l| l.starts_with("killed-e3 ") && l.contains(&format!(" {what} ")));
+        row.map(|l| l.split_whitespace().map(String::from).collect()).unwrap_or_default()
+    };
+    let mut frame = String::new();
+    wait_until(Duration::from_secs(30), "top --once to show shard0 with a rate", || {
+        frame = once();
+        cols(&frame, "shard0").get(2).is_some_and(|r| r.parse::<f64>().is_ok_and(|r| r > 0.0))
+    });
+    assert!(!frame.contains("stale"), "a live engine is not stale: {frame}");
+
+    e.proc.signal(9);
+    e.proc.wait_exit(Duration::from_secs(10));
+    let killed = std::time::Instant::now();
+    wait_until(Duration::from_secs(20), "top --once to mark the killed engine stale", || {
+        frame = once();
+        assert!(
+            frame.contains("killed-e3 "),
+            "the killed engine left the store {:?} after the kill, never marked stale: {frame}",
+            killed.elapsed()
+        );
+        frame.contains(" stale ")
+    });
+    for shard in ["shard0", "shard1"] {
+        let c = cols(&frame, shard);
+        assert_eq!(c.get(2).map(String::as_str), Some("stale"), "no rate shown as current: {frame}");
+        assert!(c[3..7].iter().all(|p| p == "-"), "no percentile of the last interval as current: {frame}");
+    }
+    let note = cols(&frame, "engine");
+    assert_eq!(note.get(2).map(String::as_str), Some("stale"), "{frame}");
+    let age = note.get(3).and_then(|a| a.strip_suffix('s')).and_then(|a| a.parse::<f64>().ok());
+    assert!(age.is_some_and(|a| (4.0..7.0).contains(&a)), "its age, two intervals and more: {frame}");
+    assert!(frame.lines().all(|l| l.chars().count() <= 100), "fits 100 columns: {frame}");
+}
+
 /// What an operator watching the store or `top` must see while the engine runs: a publisher that
 /// keeps reconnecting to a bound shard (it connects and disconnects twice), the engine itself
 /// stopped past a second (SIGSTOP: a self-stall) and a handler refusing orders (`book`, one

@@ -243,9 +243,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         if !args.json {
             let t = report.latency.get("total").copied().unwrap_or_default();
             crate::outln!(
-                "  run {rep} {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                "  run {rep} {:<22} {:>13}  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                 report.subscriber,
-                report.msgs_per_sec / 1e6,
+                crate::diag::human_rate(report.msgs_per_sec),
                 cpu_ns_per_msg(report),
                 app_cpu_ns_per_msg(report),
                 report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
@@ -265,9 +265,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         );
         for m in &result.medians {
             crate::outln!(
-                "  {:<22} {:>6.3} M msg/s  cpu {:>5.0} ns/msg (own threads {:>4.0})  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+                "  {:<22} {:>13}  cpu {:>5.0} ns/msg (own threads {:>4.0})  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
                 m.subscriber,
-                m.msgs_per_sec / 1e6,
+                crate::diag::human_rate(m.msgs_per_sec),
                 m.cpu_ns_per_msg,
                 m.app_cpu_ns_per_msg,
                 m.lost_total,
@@ -301,9 +301,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
             crate::outln!("publishers (into the baseline; throughput at the subscriber, CPU of the publisher's threads incl. its I/O threads):");
             for m in result.medians.iter().filter(|m| m.subscriber.starts_with("baseline")) {
                 crate::outln!(
-                    "  {:<24} sends {:>6.3} M msg/s  publisher cpu {:>5.0} ns/msg",
+                    "  {:<24} sends {:>13}  publisher cpu {:>5.0} ns/msg",
                     m.subscriber,
-                    m.publisher_msgs_per_sec / 1e6,
+                    crate::diag::human_rate(m.publisher_msgs_per_sec),
                     m.publisher_cpu_ns_per_msg
                 );
             }

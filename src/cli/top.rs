@@ -4,9 +4,12 @@
 //! where latencies above 60 s were recorded as 60 s, `<0s` where latencies below 0 were
 //! recorded as 1 ns), a sparkline of p99, gaps, publisher
 //! connections ended on a bound shard, its reader's self-stalls and the snail verdict; per
-//! engine the busiest agent, what its handlers refused and its longest self-stall. An engine
-//! whose status expired shows as gone. `--once` prints one plain-text frame for scripts.
-//! Both fit 100 columns.
+//! engine the busiest agent, what its handlers refused and its longest self-stall. Both views
+//! judge an engine by one rule ([`EngineView::freshness`]): its last status older than
+//! [`STALE_INTERVALS`] of its intervals is `stale` with its age, and its rates are not shown as
+//! current; a status deleted while `top` watches (expired, or the engine exited) is `gone`, which
+//! only the live view can see: `--once` reads the store once, and an expired status is no longer
+//! in it. `--once` prints one plain-text frame for scripts. Both fit 100 columns.
 //!
 //! The model ([`Top`]) is socket-free: it takes the store's changes and
 //! renders text or a ratatui frame; the command only feeds it.
@@ -28,6 +31,9 @@ use crate::metrics::{human_latency, OutOfBounds};
 pub const STATUS_ROOT: &str = "/mdsub/status/";
 /// p99 values kept per shard for the sparkline.
 pub const HISTORY: usize = 60;
+/// An engine's status older than this many of its intervals is stale: it publishes one every
+/// interval, and its keys expire after [`crate::metrics::store::TTL_INTERVALS`] (at least 1 s).
+pub const STALE_INTERVALS: f64 = 2.0;
 
 /// `mdsub top`.
 #[derive(Args, Debug)]
@@ -35,7 +41,11 @@ pub struct TopArgs {
     /// Clone store server, `[connect:]tcp://HOST:P`; twice for a Binary Star pair.
     #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
-    /// Print one plain-text frame and exit (for scripts).
+    /// Print one plain-text frame and exit (for scripts). An engine whose last status is older
+    /// than two of its intervals shows as `stale AGE` (killed, hung or cut off from the store),
+    /// its rates and percentiles not shown; one whose status already expired (three intervals,
+    /// at least 1 s) is no longer in the store, so --once cannot show it: the live view shows
+    /// `gone` for one that expires while it watches.
     #[arg(long)]
     pub once: bool,
     /// Give up when no server answers within this.
@@ -61,6 +71,43 @@ pub struct EngineView {
     pub shards: BTreeMap<usize, ShardView>,
     /// Its status expired (or it exited).
     pub gone: bool,
+}
+
+/// How current an engine's status is, by the one rule both views use ([`EngineView::freshness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Its last status is at most [`STALE_INTERVALS`] of its intervals old (or says no time).
+    Current,
+    /// Older than that: the engine stopped publishing (killed, hung, cut off from the store) and
+    /// its status has not expired yet. `age_ns`: this host's clock now minus the status's
+    /// `updated_ns` (the engine host's clock).
+    Stale { age_ns: u64 },
+    /// Its status was deleted while `top` watched: it expired or the engine exited.
+    Gone,
+}
+
+impl EngineView {
+    /// Whether the status is current at `now_unix_ns` (this host's wall clock): stale once it is
+    /// older than [`STALE_INTERVALS`] of the interval it says (`interval_ms`), by its
+    /// `updated_ns`. A status that says neither cannot be judged and counts as current; one whose
+    /// time is ahead of this host's clock (the clocks disagree) is not stale.
+    pub fn freshness(&self, now_unix_ns: u64) -> Freshness {
+        if self.gone {
+            return Freshness::Gone;
+        }
+        let (Some(updated_ns), Some(interval_ms)) =
+            (self.status["updated_ns"].as_u64(), self.status["interval_ms"].as_f64())
+        else {
+            return Freshness::Current;
+        };
+        let age_ns = now_unix_ns.saturating_sub(updated_ns);
+        match interval_ms * 1e6 * STALE_INTERVALS {
+            limit_ns if limit_ns.is_finite() && limit_ns > 0.0 && age_ns as f64 > limit_ns => {
+                Freshness::Stale { age_ns }
+            }
+            _ => Freshness::Current,
+        }
+    }
 }
 
 /// How rows are ordered.
@@ -111,8 +158,6 @@ fn text(v: &Value, k: &str) -> String {
     v[k].as_str().map_or_else(|| "-".into(), |s| crate::diag::quoted(s).into_owned())
 }
 
-/// A rate for the screen: whole messages a second; `?` for one no engine can have sent (not
-/// finite, negative, 10^12 or more), which would print as hundreds of digits.
 /// The snail column: the worst verdict since the status before (`snail_worst`, so a SNAIL
 /// shorter than the interval shows), or the verdict now from an engine that does not say it.
 fn snail(v: &Value) -> String {
@@ -123,6 +168,8 @@ fn snail(v: &Value) -> String {
     }
 }
 
+/// A rate for the screen: whole messages a second; `?` for one no engine can have sent (not
+/// finite, negative, 10^12 or more), which would print as hundreds of digits.
 fn rate(v: &Value) -> String {
     match v["msgs_per_s"].as_f64().unwrap_or(0.0) {
         r if (0.0..1e12).contains(&r) => format!("{r:.0}"),
@@ -214,46 +261,68 @@ impl Top {
         ids
     }
 
-    /// Engine `id`'s shard rows (ENGINE SHARD MSG/S P50 P99 P99.9 MAX GAPS DISCONN STALLS SNAIL;
-    /// DISCONN: publisher connections that ended on a bound shard, STALLS: its reader's
-    /// self-stalls, SNAIL: the shard's worst verdict over the interval), none for an engine gone
-    /// or without shards.
-    fn shard_rows(&self, id: &str) -> Vec<[String; 11]> {
-        let Some(e) = self.engines.get(id).filter(|e| !e.gone) else { return Vec::new() };
+    /// Engine `id`'s shard rows at `now_unix_ns` (ENGINE SHARD MSG/S P50 P99 P99.9 MAX GAPS
+    /// DISCONN STALLS SNAIL; DISCONN: publisher connections that ended on a bound shard, STALLS:
+    /// its reader's self-stalls, SNAIL: the shard's worst verdict over the interval), none for an
+    /// engine gone or without shards. A stale engine's rows say `stale` for the rate and `-` for
+    /// the interval's percentiles and verdict (none of them is current); its counters are those
+    /// of its last status.
+    fn shard_rows(&self, id: &str, now_unix_ns: u64) -> Vec<[String; 11]> {
+        let Some(e) = self.engines.get(id) else { return Vec::new() };
+        let stale = match e.freshness(now_unix_ns) {
+            Freshness::Gone => return Vec::new(),
+            Freshness::Stale { .. } => true,
+            Freshness::Current => false,
+        };
         let rows = e.shards.iter().map(|(k, s)| {
             let st = &s.status;
+            let interval = |v: String| if stale { "-".to_string() } else { v };
             [
                 id.to_string(),
                 format!("shard{k}"),
-                rate(st),
-                latency(st, "p50_ns"),
-                latency(st, "p99_ns"),
-                latency(st, "p999_ns"),
-                latency(st, "max_ns"),
+                if stale { "stale".into() } else { rate(st) },
+                interval(latency(st, "p50_ns")),
+                interval(latency(st, "p99_ns")),
+                interval(latency(st, "p999_ns")),
+                interval(latency(st, "max_ns")),
                 u(st, "gaps").to_string(),
                 u(st, "publisher_disconnects").to_string(),
                 u(st, "self_stalls").to_string(),
-                if st["snail"].is_string() { snail(st) } else { snail(&e.status) },
+                interval(if st["snail"].is_string() { snail(st) } else { snail(&e.status) }),
             ]
         });
         rows.collect()
     }
 
-    /// What engine `id` says as a whole: `gone`, or its busiest agent, what its handlers refused
-    /// (by agent and reason, those above 0) and its longest self-stall if it had one.
-    pub fn engine_note(&self, id: &str) -> String {
+    /// What engine `id` says as a whole at `now_unix_ns`: `gone`; or `stale AGE (status due
+    /// every INTERVAL)` and the counts of its last status; or its busiest agent, what its
+    /// handlers refused (by agent and reason, those above 0) and its longest self-stall if it had
+    /// one.
+    pub fn engine_note(&self, id: &str, now_unix_ns: u64) -> String {
         let Some(e) = self.engines.get(id) else { return String::new() };
-        if e.gone {
-            return "gone".into();
-        }
         let st = &e.status;
-        let mut note = match (st["busiest_agent"].as_str(), busy_share(st)) {
-            (Some(_), Some(b)) => format!("busiest {} {b}", text(st, "busiest_agent")),
-            _ => "busiest -".into(),
+        let mut note = match e.freshness(now_unix_ns) {
+            Freshness::Gone => return "gone".into(),
+            // Its busiest agent's share and verdict were of an interval long past: not shown.
+            Freshness::Stale { age_ns } => {
+                let interval_ns = (st["interval_ms"].as_f64().unwrap_or(0.0) * 1e6) as u64;
+                format!(
+                    "stale {} (status due every {})",
+                    crate::diag::human_ns(age_ns),
+                    crate::diag::human_ns(interval_ns)
+                )
+            }
+            Freshness::Current => {
+                let mut note = match (st["busiest_agent"].as_str(), busy_share(st)) {
+                    (Some(_), Some(b)) => format!("busiest {} {b}", text(st, "busiest_agent")),
+                    _ => "busiest -".into(),
+                };
+                if e.shards.is_empty() {
+                    note.push_str(&format!(", snail {}", snail(st)));
+                }
+                note
+            }
         };
-        if e.shards.is_empty() {
-            note.push_str(&format!(", snail {}", snail(st)));
-        }
         let refused = u(st, "handler_refused_total");
         note.push_str(&format!(", handler refused {refused}"));
         if refused > 0 {
@@ -269,7 +338,10 @@ impl Top {
                     })
                 })
                 .collect();
-            note.push_str(&format!(" ({})", by.join(", ")));
+            // An engine that gives no breakdown (an older one): no empty `()`.
+            if !by.is_empty() {
+                note.push_str(&format!(" ({})", by.join(", ")));
+            }
         }
         // Frames its readers dropped (malformed, implausible, over a limit): the reasons are in
         // its report and on its stderr.
@@ -283,25 +355,31 @@ impl Top {
         note
     }
 
-    /// The live view's rows: a shard's columns, then the engine's handler refusals (REF) and
-    /// busiest agent's share (BUSY); an engine gone or without shards is one row, `gone` or
-    /// its share last.
-    pub fn rows(&self) -> Vec<[String; 13]> {
+    /// The live view's rows at `now_unix_ns`: a shard's columns, then the engine's handler
+    /// refusals (REF) and busiest agent's share (BUSY: `stale` for an engine whose status is
+    /// stale, its age in the title); an engine gone or without shards is one row, `gone` or its
+    /// share last.
+    pub fn rows(&self, now_unix_ns: u64) -> Vec<[String; 13]> {
         let mut rows = Vec::new();
         for id in self.order() {
             let e = &self.engines[id];
-            let refused = if e.gone { String::new() } else { u(&e.status, "handler_refused_total").to_string() };
-            let busy = match (e.gone, busy_share(&e.status)) {
-                (true, _) => "gone".to_string(),
-                (false, Some(b)) => b,
-                (false, None) => "-".into(),
+            let freshness = e.freshness(now_unix_ns);
+            let refused = match freshness {
+                Freshness::Gone => String::new(),
+                _ => u(&e.status, "handler_refused_total").to_string(),
             };
-            let shard_rows = self.shard_rows(id);
+            let busy = match (freshness, busy_share(&e.status)) {
+                (Freshness::Gone, _) => "gone".to_string(),
+                (Freshness::Stale { .. }, _) => "stale".to_string(),
+                (Freshness::Current, Some(b)) => b,
+                (Freshness::Current, None) => "-".into(),
+            };
+            let shard_rows = self.shard_rows(id, now_unix_ns);
             if shard_rows.is_empty() {
                 let mut r: [String; 13] = Default::default();
                 r[0] = id.clone();
                 r[1] = "-".into();
-                r[10] = snail(&e.status);
+                r[10] = if freshness == Freshness::Current { snail(&e.status) } else { "-".into() };
                 r[11] = refused;
                 r[12] = busy;
                 rows.push(r);
@@ -315,9 +393,10 @@ impl Top {
         rows
     }
 
-    /// One plain-text frame (at most 97 columns for engine ids of up to 16 characters): each
-    /// engine's shard rows, then its line as a whole (`engine` in the SHARD column).
-    pub fn render_text(&self) -> String {
+    /// One plain-text frame at `now_unix_ns` (at most 97 columns for engine ids of up to 16
+    /// characters): each engine's shard rows, then its line as a whole (`engine` in the SHARD
+    /// column).
+    pub fn render_text(&self, now_unix_ns: u64) -> String {
         let mut s = String::new();
         let head = ["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "DISCONN", "STALLS", "SNAIL"];
         let line = |r: &[String]| {
@@ -332,11 +411,12 @@ impl Top {
             s.push_str("(no engine publishes status in this store)\n");
         }
         for id in order {
-            for r in self.shard_rows(id) {
+            for r in self.shard_rows(id, now_unix_ns) {
                 s.push_str(&line(&r));
             }
             let mut lead = format!("{id:<16} {:<7} ", "engine");
-            for part in wrap_list(&self.engine_note(id), TEXT_COLUMNS.saturating_sub(lead.chars().count())) {
+            for part in wrap_list(&self.engine_note(id, now_unix_ns), TEXT_COLUMNS.saturating_sub(lead.chars().count()))
+            {
                 s.push_str(&format!("{lead}{part}\n"));
                 lead = " ".repeat(lead.chars().count());
             }
@@ -412,7 +492,7 @@ pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
     match tty {
         Some(tty) => interactive(&mut model, &changes, stop, tty),
         None => {
-            crate::out!("{}", model.render_text());
+            crate::out!("{}", model.render_text(crate::clock::realtime_ns()));
             Ok(())
         }
     }
@@ -435,7 +515,8 @@ fn interactive(
                 dirty = true;
             }
             if dirty || last_draw.elapsed() > Duration::from_secs(1) {
-                terminal.draw(|f| draw(f, model))?;
+                // Redrawn at least once a second: an engine whose status stops coming turns stale.
+                terminal.draw(|f| draw(f, model, crate::clock::realtime_ns()))?;
                 last_draw = Instant::now();
                 dirty = false;
             }
@@ -509,7 +590,7 @@ impl Tty {
     }
 }
 
-fn draw(f: &mut ratatui::Frame, model: &Top) {
+fn draw(f: &mut ratatui::Frame, model: &Top, now_unix_ns: u64) {
     use ratatui::layout::{Constraint, Layout};
     use ratatui::style::{Modifier, Style};
     use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table};
@@ -519,7 +600,7 @@ fn draw(f: &mut ratatui::Frame, model: &Top) {
     let order = model.order();
     let selected_id = order.get(model.selected).cloned();
     // The selected engine as a whole: busiest agent, handler refusals by reason, longest self-stall.
-    let mut note = selected_id.map(|id| format!(" · {id}: {}", model.engine_note(id))).unwrap_or_default();
+    let mut note = selected_id.map(|id| format!(" · {id}: {}", model.engine_note(id, now_unix_ns))).unwrap_or_default();
     if model.malformed > 0 {
         note.push_str(&format!(" · {} malformed status values ignored", model.malformed));
     }
@@ -527,7 +608,7 @@ fn draw(f: &mut ratatui::Frame, model: &Top) {
         Paragraph::new(format!("mdsub top: {} engine(s), sorted by {}{note}", model.engines.len(), model.sort.name())),
         title,
     );
-    let rows = model.rows().into_iter().map(|r| {
+    let rows = model.rows(now_unix_ns).into_iter().map(|r| {
         let style = if Some(&r[0]) == selected_id {
             Style::default().add_modifier(Modifier::REVERSED)
         } else {
@@ -580,6 +661,9 @@ mod tests {
     use super::*;
     use crate::clone::client::ChangeKind;
 
+    /// The wall clock the views are drawn at (statuses without `updated_ns` are current at any).
+    const NOW: u64 = 1_800_000_000_000_000_000;
+
     fn change(key: &str, value: Option<&str>) -> Change {
         Change {
             key: key.as_bytes().to_vec(),
@@ -603,13 +687,13 @@ mod tests {
         t.apply(&change("/mdsub/status/e1/engine", Some("{}")));
         t.apply(&change("/mdsub/status/e1/engine", Some("not json")));
         t.apply(&change("/mdsub/status/e1/shardX", Some("{}")));
-        let text = t.render_text();
+        let text = t.render_text(NOW);
         assert!(!text.contains('\u{1b}'), "no raw escape reaches the screen: {text:?}");
         assert!(text.contains("\\u{1b}[2J\\u{1b}[31mEVIL"), "the id shown escaped: {text}");
         assert!(text.contains("busiest w\\nx 10%"), "{text}");
         assert!(text.lines().any(|l| l.contains(" shard0 ") && l.contains("       ? ")), "{text}");
         t.apply(&change("/mdsub/status/e1/engine", Some(r#"{"busiest_agent":"worker0","busiest_busy":1e308}"#)));
-        assert!(t.engine_note("e1").starts_with("busiest worker0 ?,"), "{}", t.engine_note("e1"));
+        assert!(t.engine_note("e1", NOW).starts_with("busiest worker0 ?,"), "{}", t.engine_note("e1", NOW));
         assert_eq!(t.malformed, 2);
         assert!(!t.engines["e1"].gone, "a malformed value is not an engine gone");
         assert!(text.contains("(2 status values in the store were not an engine's status: ignored)"), "{text}");
@@ -631,7 +715,7 @@ mod tests {
         t.apply(&change("/mdsub/status/e2/engine", Some("{}")));
         t.apply(&change("/mdsub/status/e2/engine", None));
         t.apply(&change("/elsewhere/x", Some("{}")));
-        let text = t.render_text();
+        let text = t.render_text(NOW);
         assert!(
             text.contains(
                 "e1               shard0      1000    1.0µs    3.0µs    5.0µs    9.0µs      0       0      0 -\n"
@@ -647,19 +731,19 @@ mod tests {
         // Latencies above 60 s are recorded as 60 s: their percentiles are floors.
         let old = r#"{"msgs_per_s":10,"p50_ns":1000,"p99_ns":60030000000,"p999_ns":60030000000,"max_ns":60030000000,"gaps":0,"intervals":4,"clamped":2}"#;
         t.apply(&change("/mdsub/status/e3/shard0", Some(old)));
-        let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
+        let row = t.render_text(NOW).lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
         assert!(row.contains("   1.0µs     ≥60s     ≥60s     ≥60s "), "{row}");
         // Send times ahead of the engine's clock are recorded as 1 ns: not a 1 ns latency.
         let ahead =
             r#"{"msgs_per_s":10,"p50_ns":1,"p99_ns":1,"p999_ns":1,"max_ns":1,"gaps":0,"intervals":4,"ahead":10}"#;
         t.apply(&change("/mdsub/status/e3/shard0", Some(ahead)));
-        let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
+        let row = t.render_text(NOW).lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
         assert!(row.contains("      <0s      <0s      <0s      <0s "), "{row}");
         // An idle interval: no latency, not 0ns.
         let idle =
             r#"{"msgs_per_s":0,"p50_ns":null,"p99_ns":null,"p999_ns":null,"max_ns":null,"gaps":0,"intervals":5}"#;
         t.apply(&change("/mdsub/status/e3/shard0", Some(idle)));
-        let row = t.render_text().lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
+        let row = t.render_text(NOW).lines().find(|l| l.starts_with("e3 ")).expect("e3's row").to_string();
         assert!(row.contains("        0        -        -        -        - "), "{row}");
         assert_eq!(t.engines["e1"].shards[&1].p99_history.len(), 3, "same interval: no new point");
     }
@@ -675,7 +759,7 @@ mod tests {
         t.apply(&change("/mdsub/status/e1/shard1", Some(r#"{"intervals":1,"snail":"OK","snail_worst":"OK"}"#)));
         t.apply(&change("/mdsub/status/e2/engine", Some(r#"{"snail":"WARN"}"#)));
         t.apply(&change("/mdsub/status/e2/shard0", Some(r#"{"intervals":1}"#)));
-        let rows = t.rows();
+        let rows = t.rows(NOW);
         let snail: Vec<(&str, &str, &str)> = rows.iter().map(|r| (&r[0][..], &r[1][..], &r[10][..])).collect();
         assert_eq!(
             snail,
@@ -694,7 +778,7 @@ mod tests {
             let shard = format!(r#"{{"msgs_per_s":10,"p50_ns":1000,"gaps":0,"intervals":1,"bad_frames":{bad}}}"#);
             t.apply(&change(&format!("/mdsub/status/e1/shard{k}"), Some(&shard)));
         }
-        assert_eq!(t.engine_note("e1"), "busiest worker0 50%, handler refused 0, bad frames 534461");
+        assert_eq!(t.engine_note("e1", NOW), "busiest worker0 50%, handler refused 0, bad frames 534461");
     }
 
     /// A publisher that keeps reconnecting to a bound shard, a reader that stalled and a handler
@@ -711,7 +795,7 @@ mod tests {
             "max_ns":60030000000,"clamped":1,"gaps":123456,"publisher_connects":3,"publisher_disconnects":2,
             "self_stalls":1,"intervals":1}"#;
         t.apply(&change("/mdsub/status/engine-with-a-long/shard0", Some(shard)));
-        let text = t.render_text();
+        let text = t.render_text(NOW);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
@@ -729,18 +813,71 @@ mod tests {
                 "                           handler refused 3 (shard0-reader levels_full 3), longest self-stall 2.34s",
             ]
         );
-        let live = t.rows();
+        let live = t.rows(NOW);
         assert_eq!(live[0][8..], ["2", "1", "WARN", "3", "100%"]);
         // An engine id of up to 16 characters: 100 columns at most.
         t.engines = [("engine-id-16char".to_string(), t.engines["engine-with-a-long"].clone())].into();
-        let text = t.render_text();
+        let text = t.render_text(NOW);
         assert!(text.lines().all(|l| l.chars().count() <= TEXT_COLUMNS), "{text}");
         assert_eq!(text.lines().count(), 4, "{text}");
         assert_eq!(wrap_list("a, bb, c", 4), ["a,", "bb,", "c"]);
         assert_eq!(wrap_list("a, bb, c", 5), ["a,", "bb, c"]);
         assert_eq!(wrap_list("a, bb, c", 6), ["a, bb,", "c"]);
         t.apply(&change("/mdsub/status/engine-id-16char/engine", None));
-        assert_eq!(t.rows()[0][11..], ["", "gone"]);
-        assert!(t.render_text().ends_with("engine-id-16char engine  gone\n"));
+        assert_eq!(t.rows(NOW)[0][11..], ["", "gone"]);
+        assert!(t.render_text(NOW).ends_with("engine-id-16char engine  gone\n"));
+    }
+
+    /// One rule for both views: an engine whose last status is older than two of its intervals
+    /// is stale, with its age, and none of its rates or percentiles shows as current; one whose
+    /// status was deleted is gone. Before, `--once` showed a killed engine's last rate as live
+    /// until its status expired, and the live view said nothing until then either.
+    #[test]
+    fn an_engine_whose_status_stopped_coming_is_stale_in_both_views() {
+        let mut t = Top::default();
+        let at = |age_ms: i64| (NOW as i64 - age_ms * 1_000_000) as u64;
+        let engine = |age_ms: i64| {
+            format!(
+                r#"{{"interval_ms":1000.0,"updated_ns":{},"busiest_agent":"worker0","busiest_busy":0.5,"handler_refused_total":2}}"#,
+                at(age_ms)
+            )
+        };
+        let shard = r#"{"msgs_per_s":1999,"p50_ns":1000,"p99_ns":3000,"p999_ns":5000,"max_ns":9000,"gaps":4,"intervals":7,"snail":"OK"}"#;
+        t.apply(&change("/mdsub/status/e3/engine", Some(&engine(1_900))));
+        t.apply(&change("/mdsub/status/e3/shard0", Some(shard)));
+        assert_eq!(t.engines["e3"].freshness(NOW), Freshness::Current, "within two intervals");
+        let text = t.render_text(NOW);
+        assert!(text.contains("e3               shard0      1999    1.0µs    3.0µs"), "{text}");
+        assert_eq!(t.rows(NOW)[0][12], "50%");
+
+        t.apply(&change("/mdsub/status/e3/engine", Some(&engine(2_500))));
+        assert_eq!(t.engines["e3"].freshness(NOW), Freshness::Stale { age_ns: 2_500_000_000 });
+        let text = t.render_text(NOW);
+        assert!(
+            text.contains(
+                "e3               shard0     stale        -        -        -        -      4       0      0 -\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("e3               engine  stale 2.50s (status due every 1.00s), handler refused 2\n"),
+            "{text}"
+        );
+        assert!(!text.contains("1999") && !text.contains("busiest"), "no rate or share as current: {text}");
+        let live = t.rows(NOW);
+        assert_eq!(
+            (&live[0][2][..], &live[0][4][..], &live[0][11][..], &live[0][12][..]),
+            ("stale", "-", "2", "stale")
+        );
+        assert!(t.engine_note("e3", NOW).starts_with("stale 2.50s"), "the live view's title says its age");
+
+        // A time ahead of this host's clock (the hosts disagree), or none: not judged stale.
+        t.apply(&change("/mdsub/status/e3/engine", Some(&engine(-60_000))));
+        assert_eq!(t.engines["e3"].freshness(NOW), Freshness::Current);
+        t.apply(&change("/mdsub/status/e3/engine", Some(r#"{"interval_ms":1000.0}"#)));
+        assert_eq!(t.engines["e3"].freshness(NOW), Freshness::Current);
+        t.apply(&change("/mdsub/status/e3/engine", None));
+        assert_eq!(t.engines["e3"].freshness(NOW), Freshness::Gone);
+        assert!(t.render_text(NOW).ends_with("e3               engine  gone\n"));
     }
 }
