@@ -121,6 +121,12 @@ fn clap_exit(e: &clap::Error) -> ! {
     }
 }
 
+/// `replay` and `bench`: the generated feed's flags typed with `--from` are refused
+/// ([`cli::replay::refuse_generator_flags`]).
+fn generator_flags(matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    matches.subcommand().map_or(Ok(()), |(_, m)| cli::replay::refuse_generator_flags(m))
+}
+
 fn main() {
     // Before any libzmq thread allocates: glibc keeps what libzmq's I/O threads free
     // (src/zmqx/heap.rs; benches/README.md, "libzmq's heap").
@@ -159,9 +165,9 @@ fn main() {
     }
     let result: anyhow::Result<()> = match &cli.cmd {
         Cmd::Demo(a) => cli::engine::demo(a, &stop).map(|_| ()),
-        Cmd::Replay(a) => cli::replay::replay(a, &stop),
+        Cmd::Replay(a) => generator_flags(&matches).and_then(|()| cli::replay::replay(a, &stop)),
         Cmd::Engine(a) => cli::engine::engine(a, &stop).map(|_| ()),
-        Cmd::Bench(a) => cli::bench::bench(a, &stop).map(|_| ()),
+        Cmd::Bench(a) => generator_flags(&matches).and_then(|()| cli::bench::bench(a, &stop).map(|_| ())),
         Cmd::Capacity(a) => match cli::capacity::capacity(a, &stop).context("capacity") {
             // No winner: the results are written and said; the status tells a script.
             Ok(r) => match cli::capacity::exit_status(&r) {

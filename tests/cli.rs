@@ -411,7 +411,10 @@ fn a_refused_flag_combination_exits_2_naming_the_flags_before_anything_runs() {
     std::fs::write(&capture, b"").expect("an empty capture");
     let capture = capture.to_str().expect("utf-8 path");
     assert_refused_with_usage(&[
-        (&["replay", "--from", capture, "--thread-per-shard"], "--thread-per-shard needs the generated feed"),
+        (
+            &["replay", "--from", capture, "--thread-per-shard"],
+            "--thread-per-shard with --from: it needs the generated feed",
+        ),
         (&["bench", "--compare", "publishers", "--from", capture], "--compare publishers needs the generated feed"),
         (&["bench", "--compare", "publishers", "--rate", "10"], "--compare publishers measures publishers flat out"),
         (&["engine", "--workers", "257"], "invalid value '257' for '--workers <COUNT>': too many: at most 256"),
@@ -432,6 +435,69 @@ fn a_refused_flag_combination_exits_2_naming_the_flags_before_anything_runs() {
     let (_code, out, _err) =
         run_within("bench", mdsub().args(["bench", "--compare", "publishers", "--from", capture]), DEADLINE);
     assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn the_generated_feeds_flags_are_refused_with_from_files_not_ignored() {
+    // Each of these replayed the file as if the flag were not there (review 19); only
+    // --thread-per-shard was refused.
+    let dir = common::temp_dir("cli-from-generator-flags");
+    let empty = dir.join("x.mdcap");
+    std::fs::write(&empty, b"").expect("an empty capture");
+    let f = empty.to_str().expect("utf-8 path");
+    let why = "it sets the generated feed's";
+    assert_refused_with_usage(&[
+        (&["replay", "--from", f, "--symbols", "5"], &format!("error: --symbols with --from: {why} topics")),
+        (
+            &["replay", "--from", f, "--payload-bytes", "5"],
+            &format!("error: --payload-bytes with --from: {why} payload size"),
+        ),
+        (&["replay", "--from", f, "--zipf", "0"], "error: --zipf with --from: it sets how often each"),
+        (&["replay", "--from", f, "--seed", "1"], "error: --seed with --from: it picks the generated feed"),
+        (
+            &["replay", "--from", f, "--burst", "5"],
+            "error: --burst with --from: bursts share one intended send time at a fixed --rate N",
+        ),
+        (&["replay", "--from", f, "--rate", "0", "--burst", "5"], "error: --burst with --from"),
+        (
+            &["replay", "--from", f, "--serve-trials", "tcp://127.0.0.1:1"],
+            "error: --serve-trials with --from: a trial server",
+        ),
+        (&["bench", "--from", f, "--symbols", "5"], "error: --symbols with --from"),
+        (&["bench", "--from", f, "--thread-per-shard"], "error: --thread-per-shard with --from"),
+    ]);
+    // What does apply to a file is taken: --burst at a fixed rate, and --publisher-id (the
+    // replay's own heartbeats and end of stream, for a capture sent byte for byte).
+    let cap = dir.join("three.mdcap");
+    let mut w = mdsub::wire::capture::CaptureWriter::create(&cap).expect("create capture");
+    for i in 1..=3u64 {
+        let h = mdsub::wire::Header {
+            kind: mdsub::wire::Kind::Data,
+            flags: 0,
+            publisher_id: 3,
+            session_id: 77,
+            stream_seq: i,
+            topic_seq: i,
+            send_time_ns: i,
+        };
+        w.write_frame(&mdsub::wire::encode(b"CAP", &h, &i.to_le_bytes()), false, i).expect("write");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let cap = cap.to_str().expect("utf-8 path");
+    for extra in [&["--rate", "1000", "--burst", "2"][..], &["--publisher-id", "99"], &[]] {
+        let (code, out, err) =
+            run_within("replay", mdsub().args(LONE_REPLAY).args(["--from", cap]).args(extra), DEADLINE);
+        assert_eq!(code, Some(0), "{extra:?}: {err}");
+        assert!(out.lines().any(|l| l.starts_with("sent 3 messages")), "{extra:?}: {out}");
+    }
+    // Typed without --from, the same flags shape the generated feed as before.
+    let (code, _out, err) = run_within(
+        "replay",
+        mdsub().args(LONE_REPLAY).args(["--count", "3", "--symbols", "5", "--burst", "2"]),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(0), "{err}");
 }
 
 #[test]

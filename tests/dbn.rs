@@ -551,6 +551,82 @@ fn a_file_cut_inside_its_metadata_is_said_in_words() {
         Duration::from_secs(20),
     );
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("not a readable DBN file: the file ends early while"), "{err}");
+    // Its metadata length, read before anything is taken on trust, is more than the file holds.
+    let want = format!(
+        "its metadata length ({} bytes, at bytes 4-7) is larger than the file ({} bytes)",
+        whole.len() - 8,
+        whole.len() / 2
+    );
+    assert!(err.contains(&want), "{err}");
     assert!(!err.contains("Kind("), "no Debug text: {err}");
+}
+
+/// Run `mdsub replay --from PATH` with its address space limited to 1 GiB (a replay of a
+/// small file needs far less): an allocation sized by a length field fails under it.
+fn replay_within_1gib(path: &Path) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = mdsub();
+    cmd.args([
+        "replay",
+        "--from",
+        path.to_str().expect("utf8"),
+        "--subscribers",
+        "0",
+        "--endpoint",
+        "tcp://127.0.0.1:*",
+    ]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 1 << 30, rlim_max: 1 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (code, _out, err) = run_within("replay", &mut cmd, Duration::from_secs(20));
+    (code, err)
+}
+
+#[test]
+fn a_metadata_length_beyond_the_file_or_the_limit_is_refused_before_any_allocation() {
+    // A 0xFFFFFFF0 metadata length in a small file made the `dbn` crate allocate 4 GiB:
+    // `memory allocation of 4294967288 bytes failed`, a backtrace, exit 134 (review 19).
+    let dir = tmp_dir("metalen");
+    let plain = dir.join("good.dbn");
+    write_dbn(&plain, &metadata(Schema::Mbo, &[("ESH6", 101)]), &mbo_feed(1, 20, 0, 1_000), false);
+    let mut bytes = std::fs::read(&plain).expect("read");
+    let huge = 0xFFFF_FFF0u32;
+    bytes[4..8].copy_from_slice(&huge.to_le_bytes());
+    let lying = dir.join("metalen_huge.dbn");
+    std::fs::write(&lying, &bytes).expect("write");
+    let (code, err) = replay_within_1gib(&lying);
+    assert_eq!(code, Some(1), "{err}");
+    let want = format!(
+        "DBN input {}: its metadata length ({huge} bytes, at bytes 4-7) is larger than the file ({} bytes)",
+        lying.display(),
+        bytes.len()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    // A `.dbn.zst` has no size to check against: its metadata length is bounded by mdsub's limit.
+    let zst = dir.join("metalen_huge.dbn.zst");
+    std::fs::write(&zst, zstd::encode_all(&bytes[..], 3).expect("zstd")).expect("write");
+    let (code, err) = replay_within_1gib(&zst);
+    assert_eq!(code, Some(1), "{err}");
+    let limit = mdsub::feed::dbn_source::MAX_METADATA_LEN;
+    let want = format!("its metadata length ({huge} bytes, at bytes 4-7) is over mdsub's limit of {limit} bytes");
+    assert!(err.contains(&want) && err.lines().count() == 1, "{err}");
+    // Under the limit, what is read grows with the bytes that arrive, not with the length field.
+    let declared = limit - 8;
+    bytes[4..8].copy_from_slice(&declared.to_le_bytes());
+    std::fs::write(&zst, zstd::encode_all(&bytes[..], 3).expect("zstd")).expect("write");
+    let (code, err) = replay_within_1gib(&zst);
+    assert_eq!(code, Some(1), "{err}");
+    let want = format!(
+        "the decompressed stream ends inside its metadata: {} of the {declared} bytes its length field declares",
+        bytes.len() - 8
+    );
+    assert!(err.contains(&want) && err.lines().count() == 1, "{err}");
 }

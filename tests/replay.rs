@@ -820,6 +820,66 @@ fn a_capture_that_ends_inside_a_multipart_message_is_refused_as_cut_off() {
 }
 
 #[test]
+fn a_capture_of_foreign_or_bad_frames_replays_and_one_of_control_frames_is_refused_as_such() {
+    // Before, a capture of 20 `hello world N` frames, or of frames of wire version 9, was
+    // refused as `20 records, all recorded control frames`, while the replay sends such frames
+    // (a capture mixing them with data frames sent every one): the check and the replay now
+    // share one rule (review 19).
+    let dir = temp_dir("replay-foreign-only");
+    let foreign = dir.join("foreign.mdcap");
+    let mut w = CaptureWriter::create(&foreign).expect("create capture");
+    for i in 0..20u64 {
+        w.write_frame(format!("hello world {i}").as_bytes(), false, 1_000 + i).expect("write");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let (code, v, err) = replay_json(&foreign);
+    assert_eq!(code, Some(0), "foreign frames replay: {err}");
+    assert_eq!(v["sent_total"], 20, "every frame sent: {v}");
+    let badver = dir.join("badver.mdcap");
+    let mut w = CaptureWriter::create(&badver).expect("create capture");
+    for i in 1..=10u64 {
+        let mut f = wire::encode(b"ES", &data_header(i, i), &i.to_le_bytes());
+        f[3] = 9; // the version byte, after `ES` and the NUL
+        assert!(wire::decode(&f).is_err(), "not an mdsub frame of this version");
+        w.write_frame(&f, false, 1_000 + i).expect("write");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let (code, v, err) = replay_json(&badver);
+    assert_eq!(code, Some(0), "frames of another wire version replay as recorded: {err}");
+    assert_eq!(v["sent_total"], 10, "{v}");
+    // A benchmark counts what the engine delivers, mdsub data frames only: such a capture is
+    // no benchmark input, refused with what its records are (before, with the same wrong reason).
+    for (path, kinds) in [
+        (&foreign, "20 records: 20 foreign frames (no mdsub header)"),
+        (&badver, "10 records: 10 frames the wire decoder refuses (unknown_version=10)"),
+    ] {
+        let args = ["bench", "--runs", "1", "--from", path.to_str().expect("utf8")];
+        let (code, out, err) = run_within("bench", mdsub().args(args), Duration::from_secs(60));
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(&format!("no mdsub data frames to measure ({kinds})")), "{err}");
+        assert!(out.is_empty(), "refused before the runs: {out}");
+    }
+    // Recorded control frames alone: nothing to replay, and that is the reason said.
+    let control = dir.join("control.mdcap");
+    let mut w = CaptureWriter::create(&control).expect("create capture");
+    for (i, kind) in [Kind::Heartbeat, Kind::Heartbeat, Kind::EndOfStream].into_iter().enumerate() {
+        let h = Header { kind, ..data_header(0, 5) };
+        w.write_frame(&wire::encode(wire::CONTROL_TOPIC, &h, &0u64.to_le_bytes()), false, i as u64).expect("write");
+    }
+    w.flush().expect("flush");
+    drop(w);
+    let (code, _v, err) = replay_json(&control);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("no messages to replay (3 records, all recorded control frames: a replay sends its own)"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_pause_on_purpose_is_not_taken_for_a_rate_not_achieved() {
     // Before: `rate not achieved: offered 10000 msg/s, achieved 4999 msg/s (50%); the publisher
     // could not send faster`, for a 1.5 s pause it was told to make.

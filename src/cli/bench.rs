@@ -33,8 +33,11 @@ pub struct BenchArgs {
     /// Replay these files instead of the generated feed: Databento DBN
     /// (`.dbn`, `.dbn.zst`; several are merged by receive time) or one mdsub
     /// capture. The whole file is sent unless --count or --duration says less.
-    /// A file with nothing to replay is refused; a damaged one is replayed up to
-    /// the damage, said once, and the result is an error (exit status 1).
+    /// A file with nothing to replay is refused, as is a capture without an mdsub
+    /// data frame (the engine delivers none of it); a damaged one is replayed up to
+    /// the damage, said once, and the result is an error (exit status 1). The
+    /// generated feed's flags (--symbols, --payload-bytes, --zipf, --seed,
+    /// --thread-per-shard, and --burst without --rate N) are refused with it.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<std::path::PathBuf>,
     /// With --from: a multiple of the recorded pace (`1x`, `10x`) or `max`
@@ -144,8 +147,11 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         Some(dir) if handoffs.contains(&HandOff::Batch) => Some(claim_outputs(dir, args.save.as_deref())?),
         _ => None,
     };
-    let source =
-        if args.from.is_empty() { Source::Generator(args.feed.generator()?) } else { file_source(&args.from, true)? };
+    let source = if args.from.is_empty() {
+        Source::Generator(args.feed.generator()?)
+    } else {
+        file_source(&args.from, true, true)?
+    };
     let whole_file = !args.from.is_empty();
     let default_count =
         if whole_file || args.feed.duration.is_some() || args.feed.count.is_some() { None } else { Some(2_000_000) };

@@ -1,6 +1,7 @@
 //! `mdsub replay`: the paced publisher's command line.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -16,7 +17,6 @@ use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::faults::FaultPlan;
 use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
-use crate::wire::Kind;
 
 /// `--publisher-id`: a 32-bit unsigned id.
 fn parse_publisher_id(s: &str) -> Result<u32, String> {
@@ -78,7 +78,9 @@ pub fn parse_speed(s: &str) -> Result<Speed, String> {
 }
 
 /// The replay source for `--from` files: one capture, or DBN files to merge.
-pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
+/// `needs_data`: a benchmark's, which counts what the engine delivers: a capture needs an
+/// mdsub data frame, not only something to replay.
+pub fn file_source(from: &[PathBuf], restamp: bool, needs_data: bool) -> anyhow::Result<Source> {
     use anyhow::Context as _;
     let mut kinds = Vec::with_capacity(from.len());
     for p in from {
@@ -114,34 +116,130 @@ pub fn file_source(from: &[PathBuf], restamp: bool) -> anyhow::Result<Source> {
     }
     match from {
         [one] => {
-            // The file header is checked now, before anything binds or waits for subscribers,
-            // and that a message follows it.
-            let cap = |e| anyhow::anyhow!("capture file {}: {e}", one.display());
-            let mut reader = crate::wire::capture::CaptureReader::open(one).map_err(cap)?;
-            loop {
-                match reader.next_record() {
-                    // A recorded control frame is not replayed (the replay sends its own).
-                    Ok(Some(r))
-                        if r.more || crate::wire::decode(r.frame).is_ok_and(|v| v.header.kind == Kind::Data) =>
-                    {
-                        break
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => anyhow::bail!(
-                        "capture file {}: no messages to replay ({})",
-                        one.display(),
-                        match reader.records() {
-                            0 => "a header only".to_string(),
-                            n => format!("{n} records, all recorded control frames: a replay sends its own"),
-                        }
-                    ),
-                    Err(e) => anyhow::bail!("capture file {}: {e}: nothing before it to replay", one.display()),
-                }
-            }
+            check_capture(one, needs_data)?;
             Ok(Source::Capture { path: one.clone(), restamp })
         }
         _ => anyhow::bail!("only DBN files can be merged: give one capture file at a time"),
     }
+}
+
+/// Check a capture before anything binds or waits for subscribers: its header, and that a
+/// message to replay follows it. A replay sends every message but a recorded control frame
+/// ([`crate::replay::is_recorded_control`]: it sends its own), foreign and bad frames as
+/// recorded; with `needs_data` (a benchmark, which counts what the engine delivers) an mdsub
+/// data frame must follow. A capture without one is refused with what its records are.
+fn check_capture(path: &Path, needs_data: bool) -> anyhow::Result<()> {
+    use crate::wire::{self, DecodeError, Kind};
+    let name = path.display();
+    let mut reader =
+        crate::wire::capture::CaptureReader::open(path).map_err(|e| anyhow::anyhow!("capture file {name}: {e}"))?;
+    let (mut control, mut foreign, mut multipart) = (0u64, 0u64, 0u64);
+    let mut refused: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut in_multipart = false;
+    loop {
+        let r = match reader.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) if needs_data => anyhow::bail!("capture file {name}: {e}: no mdsub data frame before it to measure"),
+            Err(e) => anyhow::bail!("capture file {name}: {e}: nothing before it to replay"),
+        };
+        let part_of_multipart = r.more || in_multipart;
+        in_multipart = r.more;
+        let kind =
+            if part_of_multipart { Err(None) } else { wire::decode(r.frame).map(|v| v.header.kind).map_err(Some) };
+        match kind {
+            Ok(Kind::Data) => return Ok(()),
+            Ok(_) => control += 1,
+            _ if !needs_data => return Ok(()),
+            Err(None) => multipart += 1,
+            Err(Some(DecodeError::MissingNul)) => foreign += 1,
+            Err(Some(e)) => {
+                *refused.entry(wire::DROP_REASON_NAMES.get(e.reason()).copied().unwrap_or("bad")).or_default() += 1
+            }
+        }
+    }
+    let n = reader.records();
+    if n == 0 {
+        anyhow::bail!("capture file {name}: no messages to replay (a header only)");
+    }
+    if !needs_data {
+        anyhow::bail!(
+            "capture file {name}: no messages to replay ({n} records, all recorded control frames: a replay sends its own)"
+        );
+    }
+    let mut kinds = Vec::new();
+    if control > 0 {
+        kinds.push(format!("{control} recorded control frames (a replay sends its own)"));
+    }
+    if foreign > 0 {
+        kinds.push(format!("{foreign} foreign frames (no mdsub header)"));
+    }
+    if multipart > 0 {
+        kinds.push(format!("{multipart} frames of foreign multipart messages"));
+    }
+    if !refused.is_empty() {
+        let by: Vec<String> = refused.iter().map(|(r, k)| format!("{r}={k}")).collect();
+        kinds.push(format!("{} frames the wire decoder refuses ({})", refused.values().sum::<u64>(), by.join(" ")));
+    }
+    anyhow::bail!(
+        "capture file {name}: no mdsub data frames to measure ({n} records: {}): a benchmark counts what the engine \
+         delivers, mdsub data frames only",
+        kinds.join(", ")
+    )
+}
+
+/// Flags of `replay` and `bench` that mean nothing with `--from` files, each with why: given
+/// with `--from` they are refused (a [`super::UsageError`], exit 2) rather than ignored in
+/// silence. (`--publisher-id` is not one: a DBN record goes out as this publisher's frame, and a
+/// capture's with `--restamp`; byte for byte, it is the id of the replay's own heartbeats and end
+/// of stream. Nor is `--burst` at a fixed `--rate`, whose schedule a file keeps as well.)
+const GENERATOR_ONLY: [(&str, &str, &str); 5] = [
+    ("symbols", "--symbols", "it sets the generated feed's topics; a file's messages keep their own"),
+    ("payload_bytes", "--payload-bytes", "it sets the generated feed's payload size; a file's messages keep theirs"),
+    (
+        "zipf",
+        "--zipf",
+        "it sets how often each of the generated feed's topics comes; a file's messages come as recorded",
+    ),
+    ("seed", "--seed", "it picks the generated feed; a file's messages are what it holds"),
+    (
+        "thread_per_shard",
+        "--thread-per-shard",
+        "it needs the generated feed, split by shard (a file is read in order by one thread)",
+    ),
+];
+
+/// Refuse a flag given with `--from` that only shapes the generated feed (`GENERATOR_ONLY`),
+/// `--burst` without a fixed `--rate`, and `replay --serve-trials`, each in one line naming the
+/// flag and why. `m` is the command's matches: whether a flag was typed, not its default.
+pub fn refuse_generator_flags(m: &clap::ArgMatches) -> anyhow::Result<()> {
+    use clap::parser::ValueSource;
+    let typed =
+        |id: &str| m.try_contains_id(id).unwrap_or(false) && m.value_source(id) == Some(ValueSource::CommandLine);
+    if !typed("from") {
+        return Ok(());
+    }
+    let refuse = |flag: &str, why: &str| anyhow::Error::new(super::UsageError(format!("{flag} with --from: {why}")));
+    for (id, flag, why) in GENERATOR_ONLY {
+        if typed(id) {
+            return Err(refuse(flag, why));
+        }
+    }
+    if typed("serve_trials") {
+        return Err(refuse(
+            "--serve-trials",
+            "a trial server publishes the generated feed each capacity trial asks for, not a file",
+        ));
+    }
+    let fixed_rate = m.try_get_one::<u64>("rate").ok().flatten().is_some_and(|r| *r > 0);
+    if typed("burst") && !fixed_rate {
+        return Err(refuse(
+            "--burst",
+            "bursts share one intended send time at a fixed --rate N; without one a file replays flat out or \
+             at its recorded pace (--speed), in no bursts",
+        ));
+    }
+    Ok(())
 }
 
 /// `mdsub replay`.
@@ -160,7 +258,9 @@ pub struct ReplayArgs {
     /// damage, which is said with its byte offset and record number and counted
     /// (`refused`: truncated_tail, bad_record, e.g. a DBN record whose length is
     /// not its type's); the exit status is then 1. A file with nothing to replay
-    /// is refused before anything binds.
+    /// is refused before anything binds. The generated feed's flags (--symbols,
+    /// --payload-bytes, --zipf, --seed, --thread-per-shard, --serve-trials, and
+    /// --burst without --rate N) are refused with it.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
@@ -187,7 +287,9 @@ pub struct ReplayArgs {
     pub access: ServerAccessArgs,
     /// Publisher id of shard 0 (shard k uses ID+k). Give every publisher that
     /// feeds the same subscriber its own range: sessions of one id are taken
-    /// for restarts of one publisher.
+    /// for restarts of one publisher. A capture replayed byte for byte (no
+    /// --restamp) keeps its recorded publisher in its data frames: the id is
+    /// then that of the replay's own heartbeats and end of stream.
     #[arg(long, value_parser = parse_publisher_id, default_value = "0", value_name = "ID")]
     pub publisher_id: u32,
     /// Subscribers to wait for on every shard before sending (0: do not wait). A subscriber is a
@@ -272,9 +374,6 @@ fn distinct_binds(endpoints: &[String], control: Option<&str>) -> Result<(), Str
 
 /// Run `mdsub replay`: bind, wait for subscribers, publish.
 pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
-    if args.publisher.thread_per_shard && !args.from.is_empty() {
-        anyhow::bail!(super::UsageError("--thread-per-shard needs the generated feed, not --from files".into()));
-    }
     let endpoints: Vec<String> = args.endpoint.iter().map(|e| e.endpoint.clone()).collect();
     distinct_binds(&endpoints, args.serve_trials.as_ref().map(|c| c.endpoint.as_str())).map_err(super::UsageError)?;
     crate::replay::check_publisher_ids(args.publisher_id, endpoints.len())
@@ -306,7 +405,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let source = if args.from.is_empty() {
         Source::Generator(args.feed.generator()?)
     } else {
-        file_source(&args.from, args.restamp)?
+        file_source(&args.from, args.restamp, false)?
     };
     if let Source::Capture { restamp: false, .. } = source {
         // A subscriber judges lag by the frames' send times: a capture's are as old as it is,

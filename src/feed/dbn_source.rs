@@ -122,6 +122,96 @@ impl Read for Counting {
     }
 }
 
+/// The largest DBN metadata mdsub reads, in bytes (the prelude's length field): 256 MiB. The
+/// metadata is the file's symbology, 71 bytes per requested symbol and 154 per instrument
+/// mapped for one interval (a day) in DBN versions 2 and 3, so 256 MiB holds some 1.7 million
+/// such mappings. The bound is for a `.dbn.zst`, whose decompressed size is not known before it
+/// is read: a length field is four bytes anyone can write, and zstd stores a run of one byte at
+/// over 30 000 to 1, so without it a few kilobytes could make mdsub hold gigabytes. It applies to
+/// a plain file as well (which its size bounds too), so a file replays the same compressed or not.
+pub const MAX_METADATA_LEN: u32 = 256 << 20;
+
+/// Read a DBN stream's 8-byte prelude (`DBN`, version, metadata length) and the metadata it
+/// declares from `inner`, as far as the bytes exist: the buffer grows with what is read, never
+/// from the length field, which is first checked against `file_size` (a plain file) and
+/// [`MAX_METADATA_LEN`]. A stream too short for a prelude, or without the `DBN` magic, is
+/// handed back as read, for the `dbn` crate to refuse in its words.
+fn read_metadata(inner: &mut dyn Read, file_size: Option<u64>, compressed: bool) -> Result<Vec<u8>, String> {
+    let read_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof if compressed => {
+            format!("not a readable DBN file: the file ends inside a zstd frame, in its metadata ({e})")
+        }
+        _ => format!("not a readable DBN file: {e} while reading its metadata"),
+    };
+    let mut head = Vec::with_capacity(8);
+    read_up_to(inner, &mut head, 8).map_err(read_err)?;
+    if head.len() < 8 || !head.starts_with(DBN_MAGIC) {
+        return Ok(head);
+    }
+    let declared = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if let Some(size) = file_size.filter(|size| 8 + u64::from(declared) > *size) {
+        return Err(format!(
+            "its metadata length ({declared} bytes, at bytes 4-7) is larger than the file ({size} bytes): the \
+             file is cut off inside its metadata, or its length field is damaged"
+        ));
+    }
+    if declared > MAX_METADATA_LEN {
+        return Err(format!(
+            "its metadata length ({declared} bytes, at bytes 4-7) is over mdsub's limit of {MAX_METADATA_LEN} \
+             bytes (256 MiB, some 1.7 million symbol mappings): a damaged length field, or a file to split \
+             into fewer symbols or days"
+        ));
+    }
+    read_up_to(inner, &mut head, 8 + declared as usize).map_err(read_err)?;
+    if head.len() < 8 + declared as usize {
+        return Err(format!(
+            "the {} ends inside its metadata: {} of the {declared} bytes its length field declares",
+            if compressed { "decompressed stream" } else { "file" },
+            head.len() - 8
+        ));
+    }
+    Ok(head)
+}
+
+/// Read from `r` into `buf` until it holds `len` bytes or the stream ends, growing `buf` by
+/// what arrives (at most 64 KiB at a time).
+fn read_up_to(r: &mut dyn Read, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    let mut chunk = [0u8; 1 << 16];
+    while buf.len() < len {
+        let want = (len - buf.len()).min(chunk.len());
+        match r.read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `head` (the prelude and metadata [`read_metadata`] took), then the rest of the stream;
+/// `head` is freed once it has been read.
+struct Prefixed {
+    head: Vec<u8>,
+    at: usize,
+    rest: Box<dyn Read + Send>,
+}
+
+impl Read for Prefixed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at < self.head.len() {
+            let n = (self.head.len() - self.at).min(buf.len());
+            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.head.len() {
+                (self.head, self.at) = (Vec::new(), 0);
+            }
+            return Ok(n);
+        }
+        self.rest.read(buf)
+    }
+}
+
 /// Receive time of a record: `ts_recv` where the layout has one (read from
 /// the bytes, so any DBN version works), else `ts_event`.
 pub fn index_ts(bytes: &[u8]) -> u64 {
@@ -195,11 +285,18 @@ impl DbnFile {
         let file = crate::infile::open(path, "a replay file is a capture or a DBN file")
             .map_err(|e| open_err(e.to_string()))?;
         let compressed = kind == FileKind::DbnZstd;
-        let inner: Box<dyn Read + Send> = if compressed {
+        // A plain file's size bounds its metadata; a compressed one's decompressed size is unknown.
+        let file_size = if compressed { None } else { file.metadata().ok().map(|m| m.len()) };
+        let mut inner: Box<dyn Read + Send> = if compressed {
             Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| open_err(format!("starting zstd: {e}")))?)
         } else {
             Box::new(BufReader::with_capacity(1 << 16, file))
         };
+        // The `dbn` crate sizes a buffer from the metadata length before reading it (0xFFFFFFF0
+        // in a 5.7 KB file was a 4 GiB allocation and an abort): the prelude and metadata are
+        // read here first, as far as their bytes exist, and handed on ahead of the rest.
+        let head = read_metadata(&mut inner, file_size, compressed).map_err(open_err)?;
+        let inner: Box<dyn Read + Send> = Box::new(Prefixed { head, at: 0, rest: inner });
         let reader = Counting { inner, read: 0, head: [0; 8], error: None };
         let decoder = Decoder::with_upgrade_policy(reader, VersionUpgradePolicy::AsIs)
             .map_err(|e| open_err(format!("not a readable DBN file: {}", dbn_error_text(&e))))?;

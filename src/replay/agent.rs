@@ -545,7 +545,7 @@ impl PublisherAgent {
                     }
                     let n = std::mem::take(used);
                     // A recorded control frame is skipped: this replay sends its own.
-                    let control = n == 1 && wire::decode(&parts[0]).is_ok_and(|v| v.header.kind != Kind::Data);
+                    let control = n == 1 && super::is_recorded_control(&parts[0]);
                     if !control {
                         *n_parts = n;
                         *recv_ns = rec.recv_ns;

@@ -155,6 +155,16 @@ pub enum Source {
     Prebuilt(GeneratorConfig),
 }
 
+/// Is this one-frame message of a capture a recorded control frame (an mdsub frame of another
+/// kind than data: heartbeat, end of stream), which a replay leaves out, sending its own? Every
+/// other message is replayed as recorded: mdsub data frames, multipart messages, and single
+/// frames that are not mdsub frames (foreign traffic, or a wire version this build does not
+/// read), which a subscriber counts as it would live. The one rule of the replay and of its
+/// check that a capture holds something to replay.
+pub fn is_recorded_control(frame: &[u8]) -> bool {
+    wire::decode(frame).is_ok_and(|v| v.header.kind != Kind::Data)
+}
+
 /// Limits of one replay run (the first reached ends it).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
