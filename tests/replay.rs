@@ -454,7 +454,11 @@ fn a_rate_out_of_reach_ends_at_the_duration_and_says_what_was_achieved() {
     assert_eq!(code, Some(0), "{err}");
     assert!(took < Duration::from_secs(15), "a 1 s replay took {took:?}: {out}");
     let line = out.lines().find(|l| l.starts_with("sent ")).expect("the summary");
-    let secs: f64 = line.split(" in ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).expect("its time");
+    let secs: f64 = line
+        .split(" s in all")
+        .next()
+        .and_then(|r| r.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("its time: {line}"));
     assert!((0.9..3.0).contains(&secs), "the run ends at its duration: {line}");
     assert!(out.contains("rate not achieved: offered 1000000000 msg/s, achieved "), "{out}");
     // --json carries both rates.
@@ -872,8 +876,26 @@ fn the_summary_rate_counts_the_intervals_between_messages() {
     let args = ["--rate", "10", "--count", "3"];
     let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(args), Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
-    let line = out.lines().find(|l| l.starts_with("sent 3 messages in ")).unwrap_or_else(|| panic!("{out}"));
-    assert!(line.contains(" (10 msg/s)"), "3 messages 100 ms apart: {line}");
+    let line = out.lines().find(|l| l.starts_with("sent 3 messages; ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains(" from the first to the last (10 msg/s); "), "3 messages 100 ms apart: {line}");
+    // The rate is over the seconds beside it (before, `sent 300 messages in 0.005 s (1291616
+    // msg/s)`: the seconds were the whole run's), and the whole run is said apart.
+    let span: f64 = line
+        .split("; ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the span: {line}"));
+    assert!((0.19..0.3).contains(&span), "two intervals of 100 ms: {line}");
+    assert!(line.contains(" s in all, with set-up and end of stream; per shard [3]"), "{line}");
+    // --json: the same figures.
+    let json_args = ["--rate", "10", "--count", "3", "--json"];
+    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(json_args), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let s = json(&out);
+    let (span, rate, all) = (s["send_span_s"].as_f64(), s["msgs_per_sec"].as_f64(), s["elapsed_s"].as_f64());
+    let (span, rate, all) = (span.expect("send_span_s"), rate.expect("msgs_per_sec"), all.expect("elapsed_s"));
+    assert!((2.0 / span / rate - 1.0).abs() < 1e-9, "the rate is 2 intervals over send_span_s: {s}");
+    assert!(all >= span, "{s}");
 }
 
 #[test]

@@ -904,7 +904,7 @@ impl PublisherAgent {
             return;
         }
         self.p.achieved_msgs_per_sec = self.schedule.as_ref().and_then(Schedule::achieved_msgs_per_sec);
-        self.p.turn_span_ns = self.schedule.as_ref().and_then(Schedule::turn_span_ns);
+        self.p.turns_mono_ns = self.schedule.as_ref().and_then(Schedule::turns_mono_ns);
         if let Some((started, _)) = self.stall.take() {
             self.p.paused += Duration::from_nanos(monotonic_ns().saturating_sub(started));
         }
