@@ -495,19 +495,41 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The summary's first line: what was sent, the time from the first send to the last with the
+/// rate over it (the rate is that time's: divide), and the whole run's time, in which the
+/// sending threads' start and the end of stream are too (`sent 300 messages in 0.005 s
+/// (1291616 msg/s)` read as a contradiction: the rate was over 0.23 ms of sending).
+fn sent_line(stats: &crate::replay::ReplayStats) -> String {
+    let interrupted = if stats.interrupted { " (interrupted)" } else { "" };
+    let all = format!("{} s in all, with set-up and end of stream", secs(stats.elapsed_s));
+    let n = stats.sent_total;
+    let rate = match (stats.send_span_s, stats.dropped_on_purpose) {
+        (Some(span), 0) => {
+            format!("; {} s from the first to the last ({:.0} msg/s); {all}", secs(span), stats.msgs_per_sec)
+        }
+        (Some(span), d) => format!(
+            "; {} s from the first to the last ({:.0} msg/s, the {d} left out on purpose counted); {all}",
+            secs(span),
+            stats.msgs_per_sec
+        ),
+        (None, _) => format!("; {all} ({:.0} msg/s over it)", stats.msgs_per_sec),
+    };
+    format!("sent {n} messages{rate}{interrupted}; per shard {:?}", stats.sent_per_shard)
+}
+
+/// Seconds with four significant digits at least (three decimals at least): a span of 231 µs
+/// is `0.0002310`, not `0.000`, so a rate over it can be checked by dividing.
+fn secs(s: f64) -> String {
+    let decimals = if s > 0.0 && s.is_finite() { (3 - s.log10().floor() as i32).clamp(3, 12) } else { 3 };
+    format!("{s:.*}", decimals as usize)
+}
+
 /// The replay's summary on stdout: its numbers as JSON (`--json`), or in lines.
 fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::Result<()> {
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
-        crate::outln!(
-            "sent {} messages in {:.3} s ({:.0} msg/s){}; per shard {:?}",
-            stats.sent_total,
-            stats.elapsed_s,
-            stats.msgs_per_sec,
-            if stats.interrupted { " (interrupted)" } else { "" },
-            stats.sent_per_shard
-        );
+        crate::outln!("{}", sent_line(stats));
         if let Some(note) = stats.rate_note() {
             crate::outln!("{note}");
         }
@@ -562,4 +584,67 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::ReplayStats;
+
+    /// The number in `line` after `before` up to the next space.
+    fn number_after(line: &str, before: &str) -> f64 {
+        let rest = line.split(before).nth(1).unwrap_or_else(|| panic!("{before:?} in {line}"));
+        rest.split([' ', ')']).next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a number: {line}"))
+    }
+
+    #[test]
+    fn the_sent_line_gives_a_rate_its_own_seconds_divide_to() {
+        // Before: `sent 300 messages in 0.005 s (1291616 msg/s)` (300 / 0.005 is 60 000): the
+        // rate was over the 231 µs from the first send to the last, the seconds the whole run's.
+        let stats = ReplayStats {
+            sent_total: 300,
+            sent_per_shard: vec![300],
+            elapsed_s: 0.005_21,
+            send_span_s: Some(299.0 / 1_291_616.0),
+            msgs_per_sec: 1_291_616.0,
+            ..Default::default()
+        };
+        let line = sent_line(&stats);
+        assert_eq!(
+            line,
+            "sent 300 messages; 0.0002315 s from the first to the last (1291616 msg/s); 0.005210 s in all, with set-up \
+             and end of stream; per shard [300]"
+        );
+        let (span, rate) = (number_after(&line, "; "), number_after(&line, "last ("));
+        assert!(((300.0 - 1.0) / span / rate - 1.0).abs() < 1e-3, "divides: {line}");
+        // Messages left out on purpose are in the rate (their turns were taken): said.
+        let with_drops = ReplayStats { dropped_on_purpose: 20, send_span_s: Some(2.0), msgs_per_sec: 1_000.0, ..stats };
+        let line = sent_line(&with_drops);
+        assert!(
+            line.contains("2.000 s from the first to the last (1000 msg/s, the 20 left out on purpose counted)"),
+            "{line}"
+        );
+        // No span (one message): the rate is over the whole run, and says so.
+        let one = ReplayStats {
+            sent_total: 1,
+            elapsed_s: 0.004,
+            msgs_per_sec: 250.0,
+            interrupted: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            sent_line(&one),
+            "sent 1 messages; 0.004000 s in all, with set-up and end of stream (250 msg/s over it) (interrupted); per shard []"
+        );
+    }
+
+    #[test]
+    fn seconds_keep_four_significant_digits() {
+        assert_eq!(secs(12.3456), "12.346");
+        assert_eq!(secs(0.5), "0.5000");
+        assert_eq!(secs(0.021_1), "0.02110");
+        assert_eq!(secs(0.000_231), "0.0002310");
+        assert_eq!(secs(0.0), "0.000");
+        assert_eq!(secs(f64::NAN), "NaN");
+    }
 }

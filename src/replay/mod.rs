@@ -178,11 +178,19 @@ pub struct ReplayStats {
     /// Data messages sent, per shard.
     pub sent_per_shard: Vec<u64>,
     pub sent_total: u64,
+    /// The whole run, s: from the start of sending through the end of stream (the sending
+    /// threads' start, the pacing, the waits on full pipes, the end of stream's wait), as a
+    /// person timing the command would see it, after the wait for subscribers.
     pub elapsed_s: f64,
-    /// The rate the replay sent at, msg/s: its turns after the first per second from the first
-    /// to the last (n messages span n-1 intervals; messages dropped on purpose included), summed
-    /// over the sending threads; `sent_total / elapsed_s` when there were not two turns a clock
-    /// reading apart.
+    /// The time from the first send to the last, s (over every sending thread: the earliest
+    /// first to the latest last; to the duration's end when a message held back then was given
+    /// up): what [`msgs_per_sec`](Self::msgs_per_sec) is over. None when there were not two
+    /// sends a clock reading apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_span_s: Option<f64>,
+    /// The rate the replay sent at, msg/s: its messages (those left out on purpose included)
+    /// after the first per second of [`send_span_s`](Self::send_span_s) (n messages span n-1
+    /// intervals); `sent_total / elapsed_s` when there is no span.
     pub msgs_per_sec: f64,
     /// Of the messages sent, those a lossy publisher (`--lossy`) dropped at
     /// its SNDHWM, per shard and in all: they never left this process (the
@@ -369,8 +377,8 @@ pub struct Publisher {
     paused: Duration,
     /// What the last run's pacer achieved at a fixed rate ([`Schedule::achieved_msgs_per_sec`](schedule::Schedule::achieved_msgs_per_sec)).
     achieved_msgs_per_sec: Option<f64>,
-    /// The last run's turns and their span ([`Schedule::turn_span_ns`](schedule::Schedule::turn_span_ns)).
-    turn_span_ns: Option<(u64, u64)>,
+    /// The last run's turns and the clock at the first and the last ([`Schedule::turns_mono_ns`](schedule::Schedule::turns_mono_ns)).
+    turns_mono_ns: Option<(u64, u64, u64)>,
     /// Say what the input refuses (record types not replayed, damage) as it is met; off, it is
     /// only counted (a benchmark's later runs of the same file).
     say_refusals: bool,
@@ -447,7 +455,7 @@ impl Publisher {
             restarts: 0,
             paused: Duration::ZERO,
             achieved_msgs_per_sec: None,
-            turn_span_ns: None,
+            turns_mono_ns: None,
             say_refusals: true,
             thread_per_shard: cfg.thread_per_shard,
             part: (0, 1),
@@ -641,6 +649,7 @@ impl Publisher {
             sent_with_no_subscriber: self.shards.iter().map(|s| s.sent_unheard).sum(),
             elapsed_s: start.elapsed().as_secs_f64(),
             // Set by the run, from its schedules.
+            send_span_s: None,
             msgs_per_sec: 0.0,
             interrupted,
             eos_missed: Vec::new(),
@@ -782,10 +791,10 @@ impl Publisher {
             std::thread::sleep(Duration::from_millis(5));
         }
         let (mut interrupted, mut cpu_ns, mut missed) = (false, 0, Vec::new());
-        // Each thread's share of the rate adds up to the whole: so do the rates they achieved,
-        // and those they sent at.
+        // Each thread's share of the rate adds up to the whole: so do the rates they achieved.
+        // The rate they sent at is over their one span, first send to last.
         let mut achieved = Some(0.0);
-        let mut rate = Some(0.0);
+        let mut turns = Vec::with_capacity(agents.len());
         let mut total = 0;
         for (handle, _, _) in agents {
             let agent_cpu = handle.stats().cpu_ns;
@@ -801,8 +810,7 @@ impl Publisher {
                     self.restarts += one.restarts;
                     self.paused += one.paused;
                     achieved = achieved.zip(one.achieved_msgs_per_sec).map(|(a, b)| a + b);
-                    let one_rate = one.turn_span_ns.map(|(turns, ns)| (turns - 1) as f64 * 1e9 / ns as f64);
-                    rate = rate.zip(one_rate).map(|(a, b)| a + b);
+                    turns.extend(one.turns_mono_ns);
                     self.market_span_ns = self.market_span_ns.or(one.market_span_ns);
                     self.skipped_by_rtype.extend(one.skipped_by_rtype);
                     for (reason, k) in one.refused {
@@ -820,7 +828,12 @@ impl Publisher {
         }
         let mut stats = self.stats(start, interrupted);
         stats.cpu_ns = cpu_ns;
-        stats.msgs_per_sec = rate.unwrap_or(stats.sent_total as f64 / stats.elapsed_s.max(1e-9));
+        let span = send_span(&turns);
+        stats.send_span_s = span.map(|(_, ns)| ns as f64 / 1e9);
+        stats.msgs_per_sec = match span {
+            Some((turns, ns)) => (turns - 1) as f64 * 1e9 / ns as f64,
+            None => stats.sent_total as f64 / stats.elapsed_s.max(1e-9),
+        };
         stats.offered_msgs_per_sec = offered_rate(pacing);
         stats.achieved_msgs_per_sec = achieved.filter(|_| !interrupted && offered_rate(pacing).is_some());
         stats.eos_missed = missed;
@@ -849,7 +862,7 @@ impl Publisher {
             restarts: 0,
             paused: Duration::ZERO,
             achieved_msgs_per_sec: None,
-            turn_span_ns: None,
+            turns_mono_ns: None,
             say_refusals: self.say_refusals,
             thread_per_shard: false,
             part,
@@ -871,6 +884,18 @@ pub fn check_publisher_ids(base: u32, shards: usize) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The sending threads' turns and clock readings at their first and last
+/// ([`Schedule::turns_mono_ns`](schedule::Schedule::turns_mono_ns)) as one: all their turns, and
+/// the time from the earliest first to the latest last, ns; None before two turns a clock
+/// reading apart.
+fn send_span(threads: &[(u64, u64, u64)]) -> Option<(u64, u64)> {
+    let turns: u64 = threads.iter().map(|t| t.0).sum();
+    let first = threads.iter().map(|t| t.1).min()?;
+    let last = threads.iter().map(|t| t.2).max()?;
+    let span_ns = last.saturating_sub(first);
+    (turns >= 2 && span_ns > 0).then_some((turns, span_ns))
 }
 
 /// The fixed rate `pacing` offers, msg/s (None flat out or at a recorded pace).
@@ -954,6 +979,19 @@ pub const EOS_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sending threads' spans make one, from the earliest first send to the latest last,
+    /// over all their turns: the rate over it is what the summary line divides.
+    #[test]
+    fn the_threads_send_over_one_span() {
+        assert_eq!(send_span(&[]), None);
+        assert_eq!(send_span(&[(1, 50, 50)]), None, "one turn spans nothing");
+        assert_eq!(send_span(&[(3, 50, 50)]), None, "three turns on one clock reading (flat out)");
+        assert_eq!(send_span(&[(3, 100, 300)]), Some((3, 200)));
+        // Two threads, the second starting later and ending later: 1 + 4 turns over 100..900.
+        assert_eq!(send_span(&[(1, 100, 100), (4, 200, 900)]), Some((5, 800)));
+        assert_eq!(send_span(&[(10, 100, 500), (10, 120, 480)]), Some((20, 400)));
+    }
 
     /// A template patched per message is the frame encoding that message from scratch would
     /// give, byte for byte, for payloads shorter and longer than the 8-byte counter.

@@ -101,6 +101,16 @@ impl Schedule {
         (self.turns >= 2 && span_ns > 0).then_some((self.turns, span_ns))
     }
 
+    /// The turns granted so far and the clock readings (CLOCK_MONOTONIC ns) at the first and
+    /// the last: the sending threads' schedules together span from the earliest first to the
+    /// latest last (the summary's `send_span_s`). None before a turn.
+    pub fn turns_mono_ns(&self) -> Option<(u64, u64, u64)> {
+        (self.turns > 0).then(|| {
+            let at = |offset: u64| self.start_mono_ns.saturating_add(offset);
+            (self.turns, at(self.first_turn_at_ns), at(self.last_turn_at_ns))
+        })
+    }
+
     /// The message granted the last turn was given up at `now_ns` (the duration ended while a
     /// lossless subscriber held it back): its turn is not counted, and the time held back is,
     /// in the rates (the turns after the first per second from the first to `now_ns`), so that
@@ -364,6 +374,9 @@ mod tests {
         let achieved = s.achieved_msgs_per_sec().expect("a rate was offered");
         assert!(achieved >= 1_000.0, "the stall is left out: {achieved}");
         assert_eq!(s.turn_span_ns(), Some((20, 1_509 * MS + 90_000)), "the span as it was");
+        let (turns, first, last) = s.turns_mono_ns().expect("turns");
+        assert_eq!((turns, last - first), (20, 1_509 * MS + 90_000), "the same, as clock readings");
+        assert!(first >= T0, "on the monotonic clock: {first}");
     }
 
     /// A message held back past the duration's end (and its tenth) is given up: its turn is
