@@ -235,6 +235,110 @@ fn ctrl_c_mid_run_shows_no_cut_short_bench_run() {
 }
 
 #[test]
+fn ctrl_c_after_whole_bench_runs_reports_and_saves_those_runs_marked_interrupted() {
+    // Before, a SIGINT after two of three runs threw them away: `mdsub: interrupted`, exit 130,
+    // no medians, no --save file. Now bench keeps its whole runs as capacity, engine and replay
+    // keep theirs: the medians of those, marked interrupted, saved, exit 0. (A SIGINT before
+    // the first whole run still ends it with nothing: ctrl_c_mid_run_shows_no_cut_short_bench_run.)
+    let dir = common::temp_dir("cli-bench-interrupted");
+    let save = dir.join("bench.json");
+    let runs = 1000;
+    let mut cmd = mdsub();
+    cmd.args(["bench", "--count", "20k", "--runs", &runs.to_string(), "--handoff", "batch", "--json", "--save"]);
+    let mut p = LineProc::spawn_with_stderr("bench", cmd.arg(&save));
+    let err = p.stderr.take().expect("stderr");
+    // Run 1 is whole once its last variant's line is said (on stderr: stdout is the JSON).
+    let mut said = Vec::new();
+    while !said.last().is_some_and(|l: &String| l.starts_with("  run 1 engine/batch ")) {
+        match err.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => said.push(l),
+            Err(e) => panic!("no `run 1 engine/batch` line within 60 s ({e}): {said:?}"),
+        }
+    }
+    p.proc.signal(2);
+    let (status, out) = p.finish(Duration::from_secs(60));
+    said.extend(common::rest_lines(&err, Duration::from_secs(5)));
+    assert_eq!(status.code(), Some(0), "a result of the whole runs, exit 0; stderr: {said:?}");
+    let r = common::bench_result("bench", &out);
+    assert_eq!(r["interrupted"], true, "{r}");
+    let done = r["runs_completed"].as_u64().expect("runs_completed") as usize;
+    assert!((1..runs).contains(&done), "stopped after run 1, before run {runs}: {done}");
+    assert_eq!(r["settings"]["runs"], runs, "{r}");
+    // Every variant's runs are the same whole runs: baseline and engine/batch, `done` each.
+    let measured = r["runs"].as_array().expect("runs");
+    assert_eq!(measured.len(), 2 * done, "{r}");
+    assert_eq!(r["publisher_runs"].as_array().map(Vec::len), Some(2 * done), "{r}");
+    for v in ["baseline", "engine/batch"] {
+        assert_eq!(measured.iter().filter(|m| m["subscriber"] == v).count(), done, "{v}: {r}");
+        assert!(common::medians_of(&r, v)["msgs_per_sec"].as_f64() > Some(0.0), "{v}: {r}");
+    }
+    assert_eq!(r["ratios"][0][0], "engine/batch", "{r}");
+    assert!(r["ratios"][0][1][0].as_f64() > Some(0.0), "engine / baseline throughput: {r}");
+    // The --save file holds the same result.
+    let saved = common::json(&std::fs::read_to_string(&save).expect("--save file written"));
+    assert_eq!(saved, r, "--save and --json hold the one result");
+    // Said with how many of how many runs; a run cut between its variants is left out.
+    let lines = said.iter().filter(|l| l.trim_start().starts_with("run ")).count();
+    let left_out = lines - 2 * done;
+    let note = match left_out {
+        0 => String::new(),
+        n => format!(" (run {}'s {n} finished measurement{} left out)", done + 1, if n == 1 { "" } else { "s" }),
+    };
+    let expected = format!("interrupted after {done} of {runs} runs{note}: the medians and ratios are of those {done}");
+    assert!(said.contains(&expected), "`{expected}` in {said:?}");
+    assert!(!said.iter().any(|l| l == "mdsub: interrupted"), "{said:?}");
+
+    // Without --json, on stdout: the line and the medians' heading say it.
+    let mut cmd = mdsub();
+    cmd.args(["bench", "--count", "20k", "--runs", &runs.to_string(), "--handoff", "batch"]);
+    let mut p = LineProc::spawn_with_stderr("bench", &mut cmd);
+    p.line_starting("  run 1 engine/batch ", Duration::from_secs(60));
+    p.proc.signal(2);
+    let err = p.stderr.take().expect("stderr");
+    let (status, out) = p.finish(Duration::from_secs(60));
+    let said = common::rest_lines(&err, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "stdout: {out}; stderr: {said:?}");
+    let heading = out.lines().find(|l| l.starts_with("medians of ")).unwrap_or_else(|| panic!("medians: {out}"));
+    let (done, rest) = heading["medians of ".len()..].split_once(' ').expect("a count");
+    assert!(done.parse::<usize>().is_ok_and(|d| (1..runs).contains(&d)), "{heading}");
+    assert!(rest.starts_with(&format!("run(s) of {runs}, interrupted (each column is its own median")), "{heading}");
+    assert!(out.lines().any(|l| l.starts_with(&format!("interrupted after {done} of {runs} runs"))), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("  engine/batch ")), "the medians rows: {out}");
+}
+
+#[test]
+fn bench_json_says_its_header_and_run_lines_on_stderr_and_medians_are_true_medians() {
+    // Before, `bench --json` printed no run lines at all (benches/README.md says they go to
+    // stderr, as lvc-bench's and clone-bench's do), and an even --runs took the upper of the
+    // two middle runs column by column.
+    let args = ["bench", "--count", "20k", "--runs", "2", "--handoff", "batch", "--json"];
+    let (code, out, err) = run_within("bench", mdsub().args(args), Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let r = common::bench_result("bench", &out);
+    assert_eq!((&r["interrupted"], &r["runs_completed"]), (&serde_json::json!(false), &serde_json::json!(2)), "{r}");
+    let said: Vec<&str> = err.lines().collect();
+    assert!(said.first().is_some_and(|l| l.starts_with("mdsub bench  ")), "the header first: {err}");
+    assert!(said.iter().any(|l| l.starts_with("feed: ")) && said.iter().any(|l| l.starts_with("engine: ")), "{err}");
+    for rep in [1, 2] {
+        for v in ["baseline", "engine/batch"] {
+            let run = format!("  run {rep} {v} ");
+            assert_eq!(said.iter().filter(|l| l.starts_with(&run)).count(), 1, "`{run}` in {err}");
+        }
+    }
+    // Each column of a medians row is its own median: of two runs, their mean.
+    let runs = r["runs"].as_array().expect("runs");
+    for v in ["baseline", "engine/batch"] {
+        let mine: Vec<&serde_json::Value> = runs.iter().filter(|m| m["subscriber"] == v).collect();
+        let m = common::medians_of(&r, v);
+        let rates: Vec<f64> = mine.iter().map(|x| x["msgs_per_sec"].as_f64().expect("rate")).collect();
+        let rate = m["msgs_per_sec"].as_f64().expect("median rate");
+        assert!((rate - (rates[0] + rates[1]) / 2.0).abs() <= 1e-6 * rate, "{v}: {rate} of {rates:?}");
+        let p50: Vec<u64> = mine.iter().map(|x| x["latency"]["total"]["p50_ns"].as_u64().expect("p50")).collect();
+        assert_eq!(m["p50_ns"].as_u64(), Some(p50[0].midpoint(p50[1])), "{v}: of {p50:?}");
+    }
+}
+
+#[test]
 fn zero_runs_or_messages_are_refused_not_run_as_something_else() {
     // `bench --runs 0` ran one run under a "0 runs" heading; `bench --count 0` printed NaN
     // ratios; `lvc-bench --symbols 0` ran with topics it was not given.
@@ -1142,10 +1246,10 @@ enum Sign {
 fn every_long_running_command_stops_with_its_report_once_its_run_is_under_way() {
     // The rule: once a command's run is under way (cli::run_under_way), the first SIGINT asks it
     // to stop and it ends by its own path, with what it has (report, counters; exit 0, or 130
-    // where a cut-short run is no result: bench, by design). Each command is started, its first
-    // sign of a run awaited, then one SIGINT. Before, lvc and tap were under way before they
-    // bound, and clone-server said `ready on` before its run was: a Ctrl-C on reading it could
-    // meet start-up (130, no counters).
+    // where a cut-short run is no result: bench before its first whole run, by design). Each
+    // command is started, its first sign of a run awaited, then one SIGINT. Before, lvc and tap
+    // were under way before they bound, and clone-server said `ready on` before its run was: a
+    // Ctrl-C on reading it could meet start-up (130, no counters).
     let dir = common::temp_dir("cli-under-way");
     let (_store, store) = store_server("store for watch and top");
     let (code, _, err) =

@@ -134,6 +134,13 @@ pub struct BenchExtra {
     /// so the result is not one (`error`; docs/REFUSALS.md, "Damaged files").
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub refused: std::collections::BTreeMap<String, u64>,
+    /// Ctrl-C (or SIGTERM) ended the benchmark before its last run: `runs`, the medians and the
+    /// ratios are of the whole runs it finished ([`runs_completed`](Self::runs_completed) of
+    /// `settings.runs`).
+    pub interrupted: bool,
+    /// The whole runs measured (every variant once each): `settings.runs`, or fewer when
+    /// [`interrupted`](Self::interrupted).
+    pub runs_completed: usize,
 }
 
 fn medians(name: &str, runs: &[&RunReport], pubs: &[&PublisherRun]) -> Medians {
@@ -198,7 +205,9 @@ fn engine_variant(h: HandOff) -> String {
 /// Run every variant `bench.runs` times, in turn within each run, and return the medians and
 /// ratios (`error` set when the input was damaged; the caller's `finish` makes it the command's
 /// error). `on_run` is given each run's number and report (named by its variant) as it ends.
-/// `None`: a stop request (Ctrl-C) came before every run was whole, so there is no result.
+/// A stop request (Ctrl-C) ends it early: the result is then of the whole runs before it
+/// (`interrupted`, `runs_completed`; the measurements of a run it cut between its variants are
+/// left out, and one it cut mid-measurement is no measurement), and `None` when no run was whole.
 pub fn run(
     bench: &EngineBenchConfig,
     stop: &StopFlag,
@@ -327,10 +336,11 @@ pub fn run(
     let mut runs: Vec<RunReport> = Vec::new();
     let mut publisher_runs: Vec<PublisherRun> = Vec::new();
     let mut refused = std::collections::BTreeMap::new();
-    for rep in 1..=bench.runs.max(1) {
+    let mut runs_completed = 0;
+    'runs: for rep in 1..=bench.runs.max(1) {
         for (k, (name, sub, publisher, source)) in variants.iter().enumerate() {
             if stop.is_stopped() {
-                return Ok(None);
+                break 'runs;
             }
             let spec = RunSpec {
                 publisher: publisher.clone(),
@@ -342,11 +352,16 @@ pub fn run(
                 // Every run replays the same input: what it refuses is said by the first.
                 say_refusals: rep == 1 && k == 0,
             };
-            let mut out = run_once(&spec, stop, &mut |_| {})?;
+            let mut out = match run_once(&spec, stop, &mut |_| {}) {
+                Ok(out) => out,
+                // Ctrl-C while this run waited for its subscriber: it never began.
+                Err(e) if stop.is_stopped() && crate::replay::ReplayError::is_interrupted(&e) => break 'runs,
+                Err(e) => return Err(e),
+            };
             // A run the signal cut short measured a part of its count: not a result to show
             // (a medians table of whole runs is what bench promises).
             if stop.is_stopped() {
-                return Ok(None);
+                break 'runs;
             }
             out.report.subscriber = name.clone();
             on_run(rep, &out.report);
@@ -359,7 +374,15 @@ pub fn run(
             publisher_runs.push(PublisherRun::of(name, &out.replay, out.publisher_io_cpu_ns));
             runs.push(out.report);
         }
+        runs_completed = rep;
     }
+    if runs_completed == 0 {
+        return Ok(None);
+    }
+    // Every variant's medians, and so the ratios, are of the same whole runs.
+    let interrupted = runs_completed < bench.runs.max(1);
+    runs.truncate(runs_completed * variants.len());
+    publisher_runs.truncate(runs_completed * variants.len());
     let meds: Vec<Medians> = variants
         .iter()
         .map(|(name, _, _, _)| {
@@ -428,7 +451,7 @@ pub fn run(
                 list.join(" ")
             )
         }),
-        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons, refused },
+        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons, refused, interrupted, runs_completed },
     }))
 }
 

@@ -22,19 +22,61 @@ pub mod result;
 pub mod run;
 pub mod stamp;
 
-/// The median of `v` (the upper one of an even count; `T::default()` when empty), the one
-/// median every benchmark reports.
-pub fn median<T: Copy + PartialOrd + Default>(mut v: Vec<T>) -> T {
+/// The median of `v`: the middle value of the sorted values, or for an even count the mean of
+/// the two middle ones (`T::default()` when empty). The one median every benchmark reports; a
+/// table of medians takes each column's own (a row is not one run's).
+pub fn median<T: Middle>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(v.len() / 2).copied().unwrap_or_default()
+    let n = v.len();
+    match (v.get(n.wrapping_sub(1) / 2), v.get(n / 2)) {
+        (Some(&lo), Some(&hi)) => lo.mean_with(hi),
+        _ => T::default(),
+    }
+}
+
+/// What [`median`] takes: ordered values with a mean of two (no overflow).
+pub trait Middle: Copy + PartialOrd + Default {
+    /// The mean of `self` and `other`.
+    fn mean_with(self, other: Self) -> Self;
+}
+
+impl Middle for f64 {
+    fn mean_with(self, other: f64) -> f64 {
+        self.midpoint(other)
+    }
+}
+
+impl Middle for u64 {
+    /// Rounded down (nanoseconds, message rates: half of one is below what is measured).
+    fn mean_with(self, other: u64) -> u64 {
+        self.midpoint(other)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::median;
+
     #[test]
     fn median_takes_the_middle_of_the_sorted_runs() {
-        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(vec![4u64, 1, 3, 2]), 3);
-        assert_eq!(super::median(Vec::<f64>::new()), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![5u64, 1, 3]), 3);
+        assert_eq!(median(vec![7.5]), 7.5);
+        assert_eq!(median(Vec::<f64>::new()), 0.0);
+        assert_eq!(median(Vec::<u64>::new()), 0);
+    }
+
+    /// An even count's median is the mean of the two middle values. Before, it was the upper
+    /// one, so `bench --runs 2` showed run 2's throughput beside run 1's CPU and p50 as if they
+    /// were one run's, and neither was a median.
+    #[test]
+    fn an_even_counts_median_is_the_mean_of_the_two_middle_values() {
+        assert_eq!(median(vec![1.0, 2.0]), 1.5);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![4u64, 1, 3, 2]), 2); // 2.5 rounded down
+        assert_eq!(median(vec![100u64, 300]), 200);
+        // No overflow at the top of the range.
+        assert_eq!(median(vec![u64::MAX, u64::MAX - 2]), u64::MAX - 1);
+        assert_eq!(median(vec![f64::MAX, f64::MAX]), f64::MAX);
     }
 }

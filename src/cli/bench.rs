@@ -46,7 +46,8 @@ pub struct BenchArgs {
     pub speed: Option<Speed>,
     #[command(flatten)]
     pub publisher: PublisherArgs,
-    /// Runs of every subscriber; medians are reported.
+    /// Runs of every subscriber; the medians across them are reported, each column its own.
+    /// Ctrl-C after a whole run ends it with the result of the whole runs, marked interrupted.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "5", value_name = "COUNT")]
     pub runs: usize,
     /// Engine tuning profile: a TOML file, `builtin` or `auto`.
@@ -75,7 +76,7 @@ pub struct BenchArgs {
     /// shard over 2 shards); comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = ["shards", "routing", "snail", "publishers"], value_name = "WHAT")]
     pub compare: Vec<String>,
-    /// Print the whole result as JSON.
+    /// Print the whole result as one JSON object on stdout (the header and run lines go to stderr).
     #[arg(long)]
     pub json: bool,
     /// Also write the whole result as JSON to this file.
@@ -192,40 +193,40 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         "handler": profile.handler.to_string(),
         "curve": args.curve,
     });
-    if !args.json {
-        crate::outln!("mdsub bench  {machine}");
-        let what = if whole_file {
-            format!(
-                "{} ({})",
-                settings["source"].as_str().unwrap_or(""),
-                if matches!(source, Source::Dbn { .. }) { "DBN" } else { "capture" }
-            )
-        } else {
-            format!("{}-byte payloads, {} symbols", args.feed.payload_bytes, args.feed.symbols)
-        };
-        crate::outln!(
-            "feed: {}, {what}, {}; publisher {} SNDHWM {}; subscribers RCVHWM {}",
-            describe_pacing(pacing),
-            match (limits.max_msgs, limits.duration) {
-                (Some(n), _) => format!("{n} messages"),
-                (None, Some(d)) => format!("{:.1}s", d.as_secs_f64()),
-                _ if whole_file => "whole file".into(),
-                _ => "unbounded".into(),
-            },
-            settings["publisher"].as_str().unwrap_or(""),
-            publisher.sndhwm_msgs,
-            profile.rcvhwm_msgs
-        );
-        crate::outln!(
-            "engine: profile {}, {} shard(s), {} worker(s), batch_max {}, handler {}; {} run(s), median reported",
-            profile.name,
-            shards,
-            profile.workers.len(),
-            profile.batch_max,
-            profile.handler,
-            args.runs
-        );
-    }
+    // The header and the run lines: stdout, or stderr with --json (stdout is then the JSON alone).
+    let lines = Lines { json: args.json };
+    lines.say(format_args!("mdsub bench  {machine}"));
+    let what = if whole_file {
+        format!(
+            "{} ({})",
+            settings["source"].as_str().unwrap_or(""),
+            if matches!(source, Source::Dbn { .. }) { "DBN" } else { "capture" }
+        )
+    } else {
+        format!("{}-byte payloads, {} symbols", args.feed.payload_bytes, args.feed.symbols)
+    };
+    lines.say(format_args!(
+        "feed: {}, {what}, {}; publisher {} SNDHWM {}; subscribers RCVHWM {}",
+        describe_pacing(pacing),
+        match (limits.max_msgs, limits.duration) {
+            (Some(n), _) => format!("{n} messages"),
+            (None, Some(d)) => format!("{:.1}s", d.as_secs_f64()),
+            _ if whole_file => "whole file".into(),
+            _ => "unbounded".into(),
+        },
+        settings["publisher"].as_str().unwrap_or(""),
+        publisher.sndhwm_msgs,
+        profile.rcvhwm_msgs
+    ));
+    lines.say(format_args!(
+        "engine: profile {}, {} shard(s), {} worker(s), batch_max {}, handler {}; {} run(s), medians reported",
+        profile.name,
+        shards,
+        profile.workers.len(),
+        profile.batch_max,
+        profile.handler,
+        args.runs
+    ));
     let cfg = EngineBenchConfig {
         profile,
         handoffs,
@@ -245,29 +246,52 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         machine,
         settings,
     };
+    let mut shown = 0;
     let show_run = &mut |rep: usize, report: &RunReport| {
-        if !args.json {
-            let t = report.latency.get("total").copied().unwrap_or_default();
-            crate::outln!(
-                "  run {rep} {:<22} {:>13}  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
-                report.subscriber,
-                crate::diag::human_rate(report.msgs_per_sec),
-                cpu_ns_per_msg(report),
-                app_cpu_ns_per_msg(report),
-                report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
-                report.lost.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
-                human_ns(t.p50_ns),
-                human_ns(t.p99_ns),
-                human_ns(t.p999_ns),
-                human_ns(t.max_ns)
-            );
-        }
+        shown += 1;
+        let t = report.latency.get("total").copied().unwrap_or_default();
+        lines.say(format_args!(
+            "  run {rep} {:<22} {:>13}  cpu {:>5.0} ns/msg (own threads {:>4.0})  sent {:>9}  lost {:>7}  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}",
+            report.subscriber,
+            crate::diag::human_rate(report.msgs_per_sec),
+            cpu_ns_per_msg(report),
+            app_cpu_ns_per_msg(report),
+            report.sent.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+            report.lost.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+            human_ns(t.p50_ns),
+            human_ns(t.p99_ns),
+            human_ns(t.p999_ns),
+            human_ns(t.max_ns)
+        ));
     };
     super::run_under_way();
-    let result = crate::bench::engine::run(&cfg, stop, show_run)?.ok_or(super::Interrupted)?.finish(args.json, save)?;
+    // A stop before the first whole run leaves nothing to show (exit 130); after it, the result
+    // is of the whole runs, marked interrupted, and the command ends as one that has a result.
+    let result = crate::bench::engine::run(&cfg, stop, show_run)?.ok_or(super::Interrupted)?;
+    if result.extra.interrupted {
+        let left_out = shown - result.runs.len();
+        lines.say(format_args!(
+            "interrupted after {} of {} runs{}: the medians and ratios are of those {}",
+            result.extra.runs_completed,
+            args.runs,
+            match left_out {
+                0 => String::new(),
+                n => format!(
+                    " (run {}'s {n} finished measurement{} left out)",
+                    result.extra.runs_completed + 1,
+                    if n == 1 { "" } else { "s" }
+                ),
+            },
+            result.extra.runs_completed
+        ));
+    }
+    let result = result.finish(args.json, save)?;
     if !args.json {
         crate::outln!(
-            "medians (cpu: every thread of the subscriber incl. libzmq's I/O threads, per delivered message):"
+            "medians of {} run(s){} (each column is its own median across the runs, not one run's figures; cpu: \
+             every thread of the subscriber incl. libzmq's I/O threads, per delivered message):",
+            result.extra.runs_completed,
+            if result.extra.interrupted { format!(" of {}, interrupted", args.runs) } else { String::new() }
         );
         for m in &result.medians {
             crate::outln!(
