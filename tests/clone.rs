@@ -1958,7 +1958,7 @@ fn a_watch_says_which_server_serves_it_after_a_failover() {
     prim.signal(9);
     prim.wait_exit(Duration::from_secs(5));
     let err = watch.stderr.as_ref().expect("stderr piped");
-    let line = wait_line(err, Duration::from_secs(20), "the failover line", |l| l.contains("failover"));
+    let line = wait_line(err, Duration::from_secs(20), "the failover line", |l| l.contains("failover 1:"));
     assert!(
         line.contains(&format!("failover 1: now served by {}", ep(bp))) && line.contains(&ep(pp)),
         "names the new server and the one left: {line}"

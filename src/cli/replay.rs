@@ -292,9 +292,9 @@ pub struct ReplayArgs {
     /// then that of the replay's own heartbeats and end of stream.
     #[arg(long, value_parser = parse_publisher_id, default_value = "0", value_name = "ID")]
     pub publisher_id: u32,
-    /// Subscribers to wait for on every shard before sending (0: do not wait). A subscriber is a
-    /// connection that completed its ZeroMQ handshake and subscribed to the control topic: a
-    /// shard counts the lesser of the two (random bytes are none, a peer counts once).
+    /// Subscribers to wait for on every shard before sending (0: do not wait). A shard counts the
+    /// subscriptions to the control topic (one per mdsub subscriber, several through one proxy
+    /// connection) once a connection completed its ZeroMQ handshake (random bytes alone are none).
     #[arg(long, value_parser = parse_count_usize, default_value = "1", value_name = "COUNT")]
     pub subscribers: usize,
     /// Give up if the subscribers have not connected by then (e.g. 30s).

@@ -341,14 +341,26 @@ struct TopicFrame {
     topic_seq: u64,
 }
 
-/// The subscribers a shard has: the lesser of the subscriptions open that take the control
-/// topic and the connections open that completed their ZMTP handshake (`handshaken`; None when
-/// the socket has no handshake watch). libzmq does not tie a subscription to its connection, so
-/// neither alone is a count of subscribers: a peer whose bytes libzmq reads as ZMTP 1.0 (random
-/// bytes do) gets a subscription to everything made up for it and never completes a handshake,
-/// and one peer may subscribe several prefixes of the control topic.
+/// Does a subscription to `prefix` take the control topic (a prefix of `CONTROL_TOPIC` and its
+/// NUL)? No allocation: it is asked at every drain round of a flat-out run (tests/alloc.rs).
+fn takes_control(prefix: &[u8]) -> bool {
+    prefix.len() <= CONTROL_TOPIC.len() + 1 && CONTROL_TOPIC.iter().chain(b"\0").zip(prefix).all(|(a, b)| a == b)
+}
+
+/// The subscribers a shard has: the subscriptions open that take the control topic (each mdsub
+/// subscriber makes one), once a connection completed its ZMTP handshake (`handshaken`; None
+/// when the socket has no handshake watch), none before. A peer whose bytes libzmq reads as
+/// ZMTP 1.0 (random bytes do) gets a subscription to everything made up for it and never
+/// completes a handshake, so alone it is no subscriber. Subscriptions are not capped by
+/// connections: libzmq does not tie one to the other, and one connection of a proxy (`mdsub lvc`,
+/// any XSUB) carries the subscriptions of every subscriber behind it (capping them made a replay
+/// behind an LVC wait for ever for its second subscriber). So one peer that subscribes several
+/// prefixes of the control topic still counts several times.
 pub fn subscribers_of(subscriptions: usize, handshaken: Option<usize>) -> usize {
-    handshaken.map_or(subscriptions, |h| subscriptions.min(h))
+    match handshaken {
+        Some(0) => 0,
+        _ => subscriptions,
+    }
 }
 
 /// One XPUB per shard, bound and ready to publish.
@@ -514,10 +526,9 @@ impl Publisher {
         let first = self.part.0;
         for (k, sh) in self.shards.iter_mut().enumerate() {
             let k = first + k;
-            let ctl = [CONTROL_TOPIC, b"\0"].concat();
             while let Ok(ev) = sh.socket.recv_bytes(zmq::DONTWAIT) {
                 if let Some((&kind, topic)) = ev.split_first() {
-                    if ctl.starts_with(topic) {
+                    if takes_control(topic) {
                         if kind == 1 {
                             sh.subscriptions += 1;
                         } else if kind == 0 {
@@ -979,6 +990,22 @@ pub const EOS_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A subscription takes the control topic when it is a prefix of it and its NUL.
+    #[test]
+    fn a_subscription_takes_the_control_topic_when_it_is_a_prefix_of_it() {
+        for (prefix, takes) in [
+            (&b""[..], true),
+            (&b"_md"[..], true),
+            (&b"_mdsub"[..], true),
+            (&b"_mdsub\0"[..], true),
+            (&b"_mdsub\0x"[..], false),
+            (&b"_mdsux"[..], false),
+            (&b"ES"[..], false),
+        ] {
+            assert_eq!(takes_control(prefix), takes, "{prefix:?}");
+        }
+    }
 
     /// The sending threads' spans make one, from the earliest first send to the latest last,
     /// over all their turns: the rate over it is what the summary line divides.
