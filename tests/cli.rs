@@ -569,6 +569,25 @@ fn the_generated_feeds_flags_are_refused_with_from_files_not_ignored() {
         ),
         (&["bench", "--from", f, "--symbols", "5"], "error: --symbols with --from"),
         (&["bench", "--from", f, "--thread-per-shard"], "error: --thread-per-shard with --from"),
+        // Flat out a generated feed has no bursts either (--burst was ignored).
+        (&["replay", "--burst", "5"], "error: --burst without --rate N: bursts share one intended send time"),
+        (&["bench", "--rate", "0", "--burst", "5"], "error: --burst without --rate N"),
+        // A trial server's feed, length and publisher come from the capacity run: its own
+        // were ignored, and its access rules were not served (an open server, said nowhere).
+        (
+            &["replay", "--serve-trials", "tcp://127.0.0.1:1", "--duration", "5s"],
+            "error: --duration with --serve-trials: each trial lasts what the capacity run asks",
+        ),
+        (
+            &["replay", "--serve-trials", "tcp://127.0.0.1:1", "--symbols", "5"],
+            "error: --symbols with --serve-trials: each trial's feed is the one the capacity run asks for",
+        ),
+        (
+            &["replay", "--serve-trials", "tcp://127.0.0.1:1", "--allow-addr", "127.0.0.1"],
+            "error: --allow-addr with --serve-trials: a trial server does not serve address rules",
+        ),
+        (&["replay", "--serve-trials", "tcp://127.0.0.1:1", "--burst", "2"], "error: --burst with --serve-trials"),
+        (&["replay", "--serve-trials", "tcp://127.0.0.1:1", "--lossy"], "error: --lossy with --serve-trials"),
     ]);
     // What does apply to a file is taken: --burst at a fixed rate, and --publisher-id (the
     // replay's own heartbeats and end of stream, for a capture sent byte for byte).
@@ -598,7 +617,7 @@ fn the_generated_feeds_flags_are_refused_with_from_files_not_ignored() {
     // Typed without --from, the same flags shape the generated feed as before.
     let (code, _out, err) = run_within(
         "replay",
-        mdsub().args(LONE_REPLAY).args(["--count", "3", "--symbols", "5", "--burst", "2"]),
+        mdsub().args(LONE_REPLAY).args(["--count", "3", "--symbols", "5", "--rate", "1000", "--burst", "2"]),
         DEADLINE,
     );
     assert_eq!(code, Some(0), "{err}");

@@ -41,7 +41,8 @@ pub struct FeedArgs {
     /// Zipf exponent of symbol popularity (0 = uniform).
     #[arg(long, value_parser = parse_zipf, default_value = "1", value_name = "EXPONENT")]
     pub zipf: f64,
-    /// Send in bursts of this many messages sharing one intended send time.
+    /// Send in bursts of this many messages sharing one intended send time, at a fixed --rate
+    /// (demo's default rate is one; replay and bench refuse --burst flat out, where there are none).
     #[arg(long, value_parser = parse_count_nonzero, default_value = "1", value_name = "COUNT")]
     pub burst: u64,
     /// Generator seed (same seed, same feed).

@@ -209,17 +209,78 @@ const GENERATOR_ONLY: [(&str, &str, &str); 5] = [
     ),
 ];
 
+/// Flags of `replay` that a trial server (`--serve-trials`) does not use, each with why: each
+/// trial's feed, rate and duration come from the capacity run, and its publisher is the plain
+/// lossy one that run measures against.
+const NOT_SERVED: [(&str, &str, &str); 20] = [
+    ("duration", "--duration", "each trial lasts what the capacity run asks; the server runs until that run ends"),
+    ("count", "--count", "each trial lasts what the capacity run asks; the server runs until that run ends"),
+    ("symbols", "--symbols", "each trial's feed is the one the capacity run asks for (its --symbols)"),
+    (
+        "payload_bytes",
+        "--payload-bytes",
+        "each trial's feed is the one the capacity run asks for (its --payload-bytes)",
+    ),
+    ("zipf", "--zipf", "each trial's feed is the one the capacity run asks for"),
+    ("seed", "--seed", "each trial's feed is the one the capacity run asks for"),
+    ("burst", "--burst", "trials send one message per intended send time"),
+    ("lossy", "--lossy", "a trial server always publishes lossy, as capacity's own publisher does"),
+    ("thread_per_shard", "--thread-per-shard", "a trial server publishes from one thread"),
+    (
+        "curve_key",
+        "--curve-key",
+        "a trial server does not serve CURVE (nor address rules): run it on a trusted network",
+    ),
+    (
+        "curve_allow",
+        "--curve-allow",
+        "a trial server does not serve CURVE (nor address rules): run it on a trusted network",
+    ),
+    (
+        "allow_addr",
+        "--allow-addr",
+        "a trial server does not serve address rules (nor CURVE): run it on a trusted network",
+    ),
+    ("publisher_id", "--publisher-id", "trials publish as publisher 0"),
+    ("subscribers", "--subscribers", "each trial waits for the capacity run's engine, which it names"),
+    ("wait_timeout", "--wait-timeout", "each trial waits for the capacity run's engine as long as that run says"),
+    ("pause_at", "--pause-at", "faults are put into a replay's stream, not into capacity trials"),
+    ("drop_every", "--drop-every", "faults are put into a replay's stream, not into capacity trials"),
+    ("restart_at", "--restart-at", "faults are put into a replay's stream, not into capacity trials"),
+    ("idle", "--idle", "a trial's sending thread naps between its turns (block)"),
+    ("json", "--json", "a trial server prints one line per trial; the capacity run keeps the numbers"),
+];
+
 /// Refuse a flag given with `--from` that only shapes the generated feed (`GENERATOR_ONLY`),
-/// `--burst` without a fixed `--rate`, and `replay --serve-trials`, each in one line naming the
-/// flag and why. `m` is the command's matches: whether a flag was typed, not its default.
+/// `--burst` without a fixed `--rate` (flat out or at a file's pace there are no bursts), and a
+/// flag `replay --serve-trials` does not use (`NOT_SERVED`), each in one line naming the flag and
+/// why. `m` is the command's matches: whether a flag was typed, not its default.
 pub fn refuse_generator_flags(m: &clap::ArgMatches) -> anyhow::Result<()> {
     use clap::parser::ValueSource;
     let typed =
         |id: &str| m.try_contains_id(id).unwrap_or(false) && m.value_source(id) == Some(ValueSource::CommandLine);
-    if !typed("from") {
+    let usage = |line: String| anyhow::Error::new(super::UsageError(line));
+    if m.try_contains_id("from").is_err() {
+        // Not `replay` or `bench` (demo's default --rate makes its bursts real).
         return Ok(());
     }
-    let refuse = |flag: &str, why: &str| anyhow::Error::new(super::UsageError(format!("{flag} with --from: {why}")));
+    if typed("serve_trials") {
+        if let Some((_, flag, why)) = NOT_SERVED.iter().find(|(id, _, _)| typed(id)) {
+            return Err(usage(format!("{flag} with --serve-trials: {why}")));
+        }
+    }
+    let fixed_rate = m.try_get_one::<u64>("rate").ok().flatten().is_some_and(|r| *r > 0);
+    if !typed("from") {
+        if typed("burst") && !fixed_rate && !typed("serve_trials") {
+            return Err(usage(
+                "--burst without --rate N: bursts share one intended send time at a fixed rate; flat out \
+                 there are none"
+                    .into(),
+            ));
+        }
+        return Ok(());
+    }
+    let refuse = |flag: &str, why: &str| usage(format!("{flag} with --from: {why}"));
     for (id, flag, why) in GENERATOR_ONLY {
         if typed(id) {
             return Err(refuse(flag, why));
@@ -231,7 +292,6 @@ pub fn refuse_generator_flags(m: &clap::ArgMatches) -> anyhow::Result<()> {
             "a trial server publishes the generated feed each capacity trial asks for, not a file",
         ));
     }
-    let fixed_rate = m.try_get_one::<u64>("rate").ok().flatten().is_some_and(|r| *r > 0);
     if typed("burst") && !fixed_rate {
         return Err(refuse(
             "--burst",
@@ -315,6 +375,9 @@ pub struct ReplayArgs {
     /// trial's rate for its duration on --endpoint (generated feed), until
     /// the capacity run ends. With --rate, never send faster than that (a
     /// load generator that cannot keep up: its trials are "rate not achieved").
+    /// The flags a trial does not use (the feed's, --duration, --count, faults,
+    /// --lossy, --publisher-id, --curve-key and --allow-addr: no access rules
+    /// are served, --idle, --json) are refused with it.
     #[arg(long, value_parser = parse_bind_endpoint, value_name = "[bind:]EP")]
     pub serve_trials: Option<Endpoint>,
 }
