@@ -567,6 +567,52 @@ fn a_subscriber_that_leaves_mid_run_is_said() {
 }
 
 #[test]
+fn a_connection_that_closes_without_lowering_the_subscribers_is_said() {
+    // Behind a proxy (any XSUB: `mdsub lvc`) a subscriber's unsubscribe is forwarded only when
+    // the last one of that prefix left, so replay's count never fell and nothing was said. What
+    // it does see is a connection closing: here a peer whose subscription does not take the
+    // control topic (so it is no subscriber by count) leaves beside a subscriber that stays.
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--duration", "60s", "--subscribers", "1"]);
+    cmd.stderr(std::process::Stdio::piped());
+    let mut replay = LineProc::spawn("replay", &mut cmd);
+    let err = lines_of(replay.proc.child.stderr.take().expect("stderr"));
+    let ep = replay.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
+    let (ctx1, sub1) = subscriber(&ep);
+    wait_line(&err, Duration::from_secs(20), "the replay sending", |l| l.contains("subscribed: sending"));
+    let ctx2 = zmq::Context::new();
+    let other = ctx2.socket(zmq::SUB).expect("sub");
+    other.monitor("inproc://other-handshake", zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32).expect("monitor");
+    let watch = ctx2.socket(zmq::PAIR).expect("pair");
+    watch.set_rcvtimeo(20_000).expect("rcvtimeo");
+    watch.connect("inproc://other-handshake").expect("watch");
+    other.set_subscribe(b"ZZZ").expect("subscribe");
+    other.connect(&ep).expect("connect");
+    watch.recv_multipart(0).expect("the other peer's handshake within 20 s");
+    // The replay's side counts the connection on its own watch: 100 messages more (0.1 s at
+    // 1k msg/s, each read within the deadline) give it many drain rounds to do so.
+    for _ in 0..100 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sub1.recv_bytes(0).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the replay stopped sending");
+        }
+    }
+    drop(watch);
+    drop(other);
+    drop(ctx2);
+    let closed =
+        wait_line(&err, Duration::from_secs(20), "the closed connection said", |l| l.contains("connection closed"));
+    assert!(closed.contains("shard0") && closed.contains("(1 open;"), "{closed}");
+    drop(sub1);
+    drop(ctx1);
+    let left = wait_line(&err, Duration::from_secs(20), "the leave said", |l| l.contains("subscriber left"));
+    assert!(left.contains("0 remain") && left.contains("reaches no one"), "{left}");
+    replay.proc.signal(2);
+    let (status, _) = replay.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
 fn what_is_sent_with_no_subscriber_is_counted() {
     // Before, a replay that did not wait (`--subscribers 0`) or whose subscribers left said so
     // on stderr, but its summary counted every message as sent.

@@ -302,6 +302,8 @@ struct Shard {
     /// Subscribers as last drained: [`subscribers_of`] its `subscriptions` and its handshaken
     /// connections.
     subscribers: usize,
+    /// Handshaken connections open as last drained (0 without a handshake watch).
+    connections: usize,
     /// Subscriptions open that take the control topic (each mdsub subscriber makes one; a
     /// peer may make several, and libzmq makes one up, `""`, for a ZMTP 1.0 peer).
     subscriptions: usize,
@@ -446,6 +448,7 @@ impl Publisher {
                 dropped_at_hwm: 0,
                 sent_unheard: 0,
                 subscribers: 0,
+                connections: 0,
                 subscriptions: 0,
                 handshaken,
                 blocked_ns: 0,
@@ -539,13 +542,23 @@ impl Publisher {
             }
             let handshaken = sh.handshaken.as_ref().map(|h| usize::try_from(h.now()).unwrap_or(usize::MAX));
             let now = subscribers_of(sh.subscriptions, handshaken);
+            let connections = handshaken.unwrap_or(0);
             if say && now > sh.subscribers {
                 crate::diag!("replay: shard{k}: a subscriber joined ({now} now)");
             } else if say && now < sh.subscribers {
                 let none = if now == 0 { ": what it sends now reaches no one" } else { "" };
                 crate::diag!("replay: shard{k}: a subscriber left ({now} remain){none}");
+            } else if say && connections < sh.connections {
+                // A proxy (any XSUB) forwards each subscribe but an unsubscribe only when the
+                // last subscriber of that prefix behind it left: its subscribers leaving never
+                // lower the count. A connection closing is what this side sees of them.
+                crate::diag!(
+                    "replay: shard{k}: a subscriber's connection closed ({connections} open; subscribers behind a \
+                     proxy are counted as they join, not as they leave)"
+                );
             }
             sh.subscribers = now;
+            sh.connections = connections;
         }
         Ok(())
     }
