@@ -72,6 +72,7 @@ pub fn error_line(e: &anyhow::Error) -> String {
 pub fn line(args: fmt::Arguments<'_>) {
     let write = || {
         let mut e = std::io::stderr().lock();
+        write_stamp(&mut e);
         let _ = e.write_fmt(args);
         let _ = e.write_all(b"\n");
     };
@@ -89,9 +90,43 @@ pub fn last_line(args: fmt::Arguments<'_>, code: i32) -> ! {
         bar.finish_and_clear();
     }
     let mut e = std::io::stderr().lock();
+    write_stamp(&mut e);
     let _ = e.write_fmt(args);
     let _ = e.write_all(b"\n");
     std::process::exit(code)
+}
+
+/// Whether every line on stderr begins with its time ([`stamp_lines`]).
+static STAMP_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Begin every line [`line()`] and [`last_line`] write with the UTC wall-clock time, to the
+/// millisecond (`mdsub --log-time`): a log kept in a file places each line in time.
+pub fn stamp_lines(on: bool) {
+    STAMP_LINES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn write_stamp(e: &mut impl Write) {
+    if STAMP_LINES.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = e.write_all(utc_stamp(crate::clock::realtime_ns()).as_bytes());
+    }
+}
+
+/// `ns` since the epoch as `2026-12-05T17:40:01.123Z ` (RFC 3339, UTC, milliseconds).
+pub fn utc_stamp(ns: u64) -> String {
+    let nanos = i128::from(ns);
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z ",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => format!("@{ns}ns "),
+    }
 }
 
 /// The progress line on the terminal now, if any (held weakly: a dropped bar is gone).
@@ -448,6 +483,14 @@ pub fn counters_json(name: &str, text: &str) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
+
+    #[test]
+    fn a_line_stamp_is_rfc3339_utc_to_the_millisecond() {
+        // 2026-12-05T17:40:01.123456789Z: `date -u -d @1796492401`.
+        assert_eq!(utc_stamp(1_796_492_401_123_456_789), "2026-12-05T17:40:01.123Z ");
+        assert_eq!(utc_stamp(0), "1970-01-01T00:00:00.000Z ");
+        assert_eq!(utc_stamp(u64::MAX), "2554-07-21T23:34:33.709Z ");
+    }
 
     #[test]
     fn human_units() {

@@ -19,6 +19,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Begin every line on stderr with its UTC wall-clock time, to the millisecond
+    /// (`2026-12-05T17:40:01.123Z link …`), for a log kept in a file (journald and the like
+    /// stamp lines themselves). Any command, before or after its name.
+    #[arg(long, global = true)]
+    log_time: bool,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +139,7 @@ fn main() {
     let heap = mdsub::zmqx::heap::keep_freed_memory();
     let matches = command().try_get_matches().unwrap_or_else(|e| clap_exit(&e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    mdsub::diag::stamp_lines(cli.log_time);
     let sub = matches.subcommand_name().unwrap_or_default().to_string();
     let stop = StopFlag::new();
     let on_signal = stop.clone();

@@ -27,6 +27,39 @@ fn a_missing_profile_is_named_once_with_its_cause_once() {
 }
 
 #[test]
+fn log_time_begins_every_stderr_line_with_the_utc_time() {
+    // A log in a file could not place a failover or a croak in time: no line carried one.
+    let before = std::time::SystemTime::now();
+    let (code, _out, err) = run_within(
+        "replay",
+        mdsub()
+            .args(["replay", "--log-time", "--endpoint", "tcp://127.0.0.1:*", "--count", "1"])
+            .args(["--wait-timeout", "100ms"]),
+        DEADLINE,
+    );
+    assert_eq!(code, Some(1), "no subscriber came: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.contains("mdsub: error:")), "{err}");
+    let now = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+    let (from, to) = (now(before), now(std::time::SystemTime::now()) + 1);
+    for l in &lines {
+        let (stamp, rest) = l.split_once(' ').expect("a stamp and a line");
+        assert!(!rest.is_empty() && stamp.len() == 24 && stamp.ends_with('Z'), "{l}");
+        // The stamp's time of day, against the test's own clock around the run.
+        let hms: Vec<u64> = stamp[11..19].split(':').map(|x| x.parse().expect("h:m:s")).collect();
+        let secs_of_day = hms[0] * 3600 + hms[1] * 60 + hms[2];
+        assert!((from % 86_400..=to % 86_400).contains(&secs_of_day) || to % 86_400 < from % 86_400, "{l}");
+    }
+    // Without the flag, no stamp (the lines tests and people read stay as they were).
+    let (_, _, plain) = run_within(
+        "replay",
+        mdsub().args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--count", "1", "--wait-timeout", "100ms"]),
+        DEADLINE,
+    );
+    assert!(plain.lines().any(|l| l.starts_with("mdsub: error:")), "{plain}");
+}
+
+#[test]
 fn an_unknown_flag_is_refused_with_usage() {
     let (code, _out, err) = run_within("engine", mdsub().args(["engine", "--no-such-flag"]), DEADLINE);
     assert_eq!(code, Some(2), "clap's usage error code; stderr: {err}");
