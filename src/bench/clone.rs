@@ -543,6 +543,8 @@ pub fn run(args: &CloneBenchConfig, lines: Lines, stop: &StopFlag) -> anyhow::Re
         completed = i;
     }
     if result.error.is_some() {
+        // A failed measurement ended it, not a stop: no result, whatever came before.
+        result.extra = Completed { interrupted: false, runs_completed: completed };
         return Ok(Some(result));
     }
     if completed == 0 {
