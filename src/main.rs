@@ -95,7 +95,7 @@ impl Cmd {
     /// showing what it has, once it said its run is under way: [`cli::run_under_way`]); the
     /// others end at once on the signal.
     fn watches_stop(&self) -> bool {
-        !matches!(self, Cmd::LvcBench(_) | Cmd::CloneBench(_) | Cmd::Info | Cmd::Profile(_) | Cmd::Keygen(_))
+        !matches!(self, Cmd::Info | Cmd::Profile(_) | Cmd::Keygen(_))
     }
 
     /// True for the commands on the market-data path (where libzmq's heap settings matter).
@@ -183,10 +183,10 @@ fn main() {
             Err(e) => Err(e),
         },
         Cmd::Lvc(a) => cli::lvc::run(a, &stop).map(|_| ()).context("lvc"),
-        Cmd::LvcBench(a) => cli::bench::lvc_bench(a).map(|_| ()).context("lvc-bench"),
+        Cmd::LvcBench(a) => cli::bench::lvc_bench(a, &stop).map(|_| ()).context("lvc-bench"),
         Cmd::Tap(a) => cli::tap::run(a, &stop).context("tap").and_then(|r| cli::tap::recorded_whole(a, &r)),
         Cmd::CloneServer(a) => cli::clone::run_server(a, &stop),
-        Cmd::CloneBench(a) => cli::bench::clone_bench(a).map(|_| ()),
+        Cmd::CloneBench(a) => cli::bench::clone_bench(a, &stop).map(|_| ()),
         Cmd::CloneClient(a) => match cli::clone::run_client(a, &stop) {
             // A key that is not there (`get`) exits 1 without an error line.
             Ok(0) => Ok(()),

@@ -239,8 +239,9 @@ fn an_interrupted_demo_reports_what_was_sent_and_that_nothing_was_lost() {
 }
 
 #[test]
-fn ctrl_c_ends_a_command_that_has_no_clean_stop() {
-    // lvc-bench runs for minutes and has no partial result to show: Ctrl-C ends it at once.
+fn ctrl_c_before_the_first_whole_lvc_bench_run_ends_it_with_nothing() {
+    // A Ctrl-C in lvc-bench's first run ends the measurement under way and leaves no whole run to
+    // show: `mdsub: interrupted`, 130 (after a whole run it keeps the whole runs: tests/lvc.rs).
     let mut cmd = mdsub();
     cmd.args(["lvc-bench", "--count", "50M"]).stderr(Stdio::piped());
     let p = LineProc::spawn("lvc-bench", &mut cmd);

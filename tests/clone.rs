@@ -1653,7 +1653,8 @@ fn children_of(parent: u32) -> Vec<u32> {
 #[test]
 fn clone_bench_ended_by_sigterm_leaves_no_server_behind() {
     // clone-bench starts a Binary Star pair of clone-server processes for each failover run.
-    // SIGTERM ends clone-bench at once; before, its servers lived on (parent 1, ports held).
+    // SIGTERM in its first run ends clone-bench with nothing to show (130), its servers with it;
+    // before, its servers lived on (parent 1, ports held).
     let mut cmd = mdsub();
     // `--idle yield`: the servers it starts run with it too (before, `--idle` was refused).
     cmd.args(["clone-bench", "--updates", "1k", "--keys", "1k", "--runs", "1", "--silence", "30s", "--idle", "yield"]);
@@ -1737,6 +1738,56 @@ fn clone_bench_json_is_one_stamped_object_with_the_update_rates_and_snapshot_tim
     assert!(err.contains("median: snapshot of 2000 keys"), "{err}");
     // The agents' idle strategy is a setting: the default, a background client's `block`.
     assert_eq!(r["settings"]["idle"]["kind"], "block", "{r}");
+}
+
+#[test]
+fn clone_bench_interrupted_after_a_whole_run_reports_and_saves_its_whole_runs() {
+    // Before, a SIGINT after run 1 threw it away: `mdsub: interrupted`, exit 130, no medians, no
+    // --save file (and it measured every baseline run first, so no run was whole until the
+    // last variant's first run). Now each run measures every variant in turn, and clone-bench
+    // keeps its whole runs as bench does: their medians and ratios, marked, printed, saved, exit 0.
+    let dir = common::temp_dir("clone-bench-interrupted");
+    let save = dir.join("clone.json");
+    let runs = 1000;
+    let mut cmd = mdsub();
+    cmd.args(["clone-bench", "--updates", "2k", "--keys", "2k", "--skip-failover", "--json", "--save"])
+        .arg(&save)
+        .args(["--runs", &runs.to_string()]);
+    let mut p = LineProc::spawn_with_stderr("clone-bench", &mut cmd);
+    let err = p.stderr.take().expect("stderr");
+    // Run 1 is whole once its last measurement (the snapshot, with --skip-failover) is said.
+    let (mut said, end) = (Vec::new(), Instant::now() + Duration::from_secs(60));
+    while !said.last().is_some_and(|l: &String| l.starts_with("  snapshot run 1: ")) {
+        match err.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(l) => said.push(l),
+            Err(e) => panic!("no `snapshot run 1` line within 60 s ({e}): {said:?}"),
+        }
+    }
+    p.proc.signal(2);
+    let (status, out) = p.finish(Duration::from_secs(60));
+    said.extend(common::rest_lines(&err, Duration::from_secs(5)));
+    assert_eq!(status.code(), Some(0), "a result of the whole runs, exit 0; stderr: {said:?}");
+    let r = common::bench_result("clone-bench", &out);
+    assert_eq!(r["interrupted"], true, "{r}");
+    let done = r["runs_completed"].as_u64().expect("runs_completed") as usize;
+    assert!((1..runs).contains(&done), "stopped after run 1, before run {runs}: {done}");
+    // Each variant once per whole run, none of the run the signal cut.
+    let measured = r["runs"].as_array().expect("runs");
+    let variants = ["baseline", "raw-subscriber", "clone-client", "clone-client/snapshot"];
+    assert_eq!(measured.len(), variants.len() * done, "{r}");
+    for v in variants {
+        assert_eq!(measured.iter().filter(|m| m["subscriber"] == v).count(), done, "{v}: {r}");
+        assert!(common::medians_of(&r, v).is_object(), "{v}: {r}");
+    }
+    assert!(common::ratio(&r, "clone-client / baseline") > 0.0, "{r}");
+    assert!(r.get("error").is_none(), "{r}");
+    let saved = common::json(&std::fs::read_to_string(&save).expect("--save file written"));
+    assert_eq!(saved, r, "--save and --json hold the one result");
+    let expected = format!("interrupted after {done} of {runs} runs");
+    let line = said.iter().find(|l| l.starts_with(&expected)).unwrap_or_else(|| panic!("`{expected}` in {said:?}"));
+    assert!(line.ends_with(&format!("the medians and ratios are of those {done}")), "{line}");
+    assert!(said.iter().any(|l| l.starts_with("median: snapshot of 2000 keys")), "{said:?}");
+    assert!(!said.iter().any(|l| l == "mdsub: interrupted"), "{said:?}");
 }
 
 #[test]

@@ -603,6 +603,75 @@ fn lvc_bench_json_is_one_stamped_object_with_the_three_rates_and_their_ratios() 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The stderr lines of `p` up to and including the first that starts with `prefix`, within 60 s.
+fn stderr_until(p: &common::LineProc, prefix: &str) -> Vec<String> {
+    let err = p.stderr.as_ref().expect("stderr piped");
+    let (mut said, end) = (Vec::new(), Instant::now() + Duration::from_secs(60));
+    while !said.last().is_some_and(|l: &String| l.starts_with(prefix)) {
+        match err.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(l) => said.push(l),
+            Err(e) => panic!("no `{prefix}` line within 60 s ({e}): {said:?}"),
+        }
+    }
+    said
+}
+
+#[test]
+fn lvc_bench_interrupted_after_a_whole_run_reports_and_saves_its_whole_runs() {
+    // Before, a SIGINT after run 1 threw it away: `mdsub: interrupted`, exit 130, no medians, no
+    // --save file. Now lvc-bench keeps its whole runs as bench does: their medians and ratios,
+    // marked interrupted, printed and saved, exit 0.
+    let dir = common::temp_dir("lvc-bench-interrupted");
+    let save = dir.join("lvc.json");
+    let runs = 1000;
+    let mut cmd = common::mdsub();
+    cmd.args(["lvc-bench", "--count", "20k", "--runs", &runs.to_string(), "--json", "--save"]).arg(&save);
+    let mut p = common::LineProc::spawn_with_stderr("lvc-bench", &mut cmd);
+    let mut said = stderr_until(&p, "run 1: ");
+    p.proc.signal(2);
+    let err = p.stderr.take().expect("stderr");
+    let (status, out) = p.finish(Duration::from_secs(60));
+    said.extend(common::rest_lines(&err, Duration::from_secs(5)));
+    assert_eq!(status.code(), Some(0), "a result of the whole runs, exit 0; stderr: {said:?}");
+    let r = common::bench_result("lvc-bench", &out);
+    assert_eq!(r["interrupted"], true, "{r}");
+    let done = r["runs_completed"].as_u64().expect("runs_completed") as usize;
+    assert!((1..runs).contains(&done), "stopped after run 1, before run {runs}: {done}");
+    assert_eq!(r["settings"]["runs"], runs, "{r}");
+    // Three paths per whole run, none of the run the signal cut.
+    let measured = r["runs"].as_array().expect("runs");
+    assert_eq!(measured.len(), 3 * done, "{r}");
+    assert!(measured.iter().all(|m| m["run"].as_u64().is_some_and(|n| (1..=done as u64).contains(&n))), "{r}");
+    for path in ["direct", "plain-proxy", "lvc"] {
+        assert!(common::medians_of(&r, path)["msgs_per_sec"].as_f64() > Some(0.0), "{path}: {r}");
+    }
+    assert!(common::ratio(&r, "lvc / plain-proxy") > 0.0 && common::ratio(&r, "plain-proxy / direct") > 0.0, "{r}");
+    assert!(r.get("error").is_none(), "{r}");
+    let saved = common::json(&std::fs::read_to_string(&save).expect("--save file written"));
+    assert_eq!(saved, r, "--save and --json hold the one result");
+    let expected = format!("interrupted after {done} of {runs} runs");
+    let line = said.iter().find(|l| l.starts_with(&expected)).unwrap_or_else(|| panic!("`{expected}` in {said:?}"));
+    assert!(line.ends_with(&format!("the medians and ratios are of those {done}")), "{line}");
+    assert!(said.iter().any(|l| l.starts_with("median: direct ")), "{said:?}");
+    assert!(!said.iter().any(|l| l == "mdsub: interrupted"), "{said:?}");
+}
+
+#[test]
+fn lvc_bench_caches_every_topic_past_the_lvcs_default_topic_cap() {
+    // Before, the LVC measured kept `mdsub lvc`'s default 100k topics: `--symbols 150k` left a
+    // third of the topics uncached (`lvc: refused (cache_full)` among the run lines, `100000
+    // cached topics`), and the bench measured a cache that passed them through.
+    let args = ["lvc-bench", "--symbols", "150k", "--count", "150k", "--runs", "1", "--json"];
+    let (code, out, err) = common::run_within("lvc-bench", common::mdsub().args(args), Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let r = common::bench_result("lvc-bench", &out);
+    let lvc = r["runs"].as_array().expect("runs").iter().find(|m| m["subscriber"] == "lvc").cloned().expect("lvc");
+    // Every topic and the bench's probe.
+    assert_eq!(lvc["cached_topics"], 150_001, "{lvc}");
+    assert!(r["settings"]["cache_max_topics"].as_u64() > Some(150_000), "{r}");
+    assert!(!err.contains("cache_full"), "{err}");
+}
+
 #[test]
 fn a_subscription_too_long_for_libzmq_is_kept_from_the_publishers() {
     // Before, a 60 000-byte subscription, undone upstream (libzmq's XSUB recurses once per

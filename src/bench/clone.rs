@@ -3,6 +3,10 @@
 //! Update throughput from the
 //! collector through the server to a subscribed client, snapshot time for a large map, and
 //! failover time from the primary's death to a client receiving live updates again.
+//!
+//! Each run measures every variant once, in turn (the baseline beside the measurements it is
+//! compared with). A stop request (Ctrl-C) ends the measurement under way; the result is then of
+//! the whole runs before it ([`Completed`]).
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +15,7 @@ use serde::Serialize;
 
 use crate::agent::{AgentHandle, IdleStrategy, RunSpec, Runner, StopFlag};
 use crate::bench::median;
-use crate::bench::result::Results;
+use crate::bench::result::{Completed, Results};
 use crate::bench::stamp::Machine;
 use crate::clone::client::{ChangeKind, Client, ClientConfig};
 use crate::clone::kvmsg::{recv_frames, KvMsg, HUGZ};
@@ -109,9 +113,14 @@ fn feed(ctx: &zmq::Context, port: u16, n: u64, key_space: u64, prefix: &str) -> 
     Ok(())
 }
 
+/// What a measurement says when `stop` (Ctrl-C) ended it: it is then no measurement.
+fn interrupted() -> anyhow::Error {
+    anyhow::anyhow!("interrupted")
+}
+
 /// Receive and decode updates (HUGZ aside) on `sub` until `n` have come; the time from the
-/// first to the n-th. Gives up after 120 s (loss), naming `who`.
-fn count_updates(sub: &zmq::Socket, n: u64, who: &str) -> anyhow::Result<Duration> {
+/// first to the n-th. Gives up after 120 s (loss), naming `who`, or when `stop` is set.
+fn count_updates(sub: &zmq::Socket, n: u64, who: &str, stop: &StopFlag) -> anyhow::Result<Duration> {
     let mut frames = Vec::new();
     let mut got = 0u64;
     let mut start = Instant::now();
@@ -119,6 +128,9 @@ fn count_updates(sub: &zmq::Socket, n: u64, who: &str) -> anyhow::Result<Duratio
     while got < n {
         if Instant::now() > deadline {
             bail!("{who} got {got} of {n} updates within 120 s (loss?)");
+        }
+        if stop.is_stopped() {
+            return Err(interrupted());
         }
         if sub.poll(zmq::POLLIN, 100)? == 0 {
             continue;
@@ -138,7 +150,7 @@ fn count_updates(sub: &zmq::Socket, n: u64, who: &str) -> anyhow::Result<Duratio
 /// Updates/s from the collector through the server to a raw CHP subscriber that decodes every
 /// KVPUB (`client == false`) or to a `clone::Client` that stores them (`client == true`). The clock
 /// starts at the first update received and stops at the n-th.
-fn throughput_once(n: u64, client: bool, idle: IdleStrategy) -> anyhow::Result<f64> {
+fn throughput_once(n: u64, client: bool, idle: IdleStrategy, stop: &StopFlag) -> anyhow::Result<f64> {
     let server = InProcServer::start(idle)?;
     let ctx = zmq::Context::new();
     let feeder_ctx = ctx.clone();
@@ -157,7 +169,7 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy) -> anyhow::Result<f
             },
             idle,
         )?;
-        c.wait_synced(Duration::from_secs(10))?;
+        c.wait_synced_or_stop(Duration::from_secs(10), stop)?;
         let fed_at = Instant::now();
         let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
         let mut start = None;
@@ -172,9 +184,15 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy) -> anyhow::Result<f
             if Instant::now() > deadline {
                 bail!("client got {} of {n} updates within 120 s", s.live_updates);
             }
+            if stop.is_stopped() {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
         feeder.join()??;
+        if stop.is_stopped() {
+            return Err(interrupted());
+        }
         let (t0, before) = start.unwrap_or((fed_at, 0));
         let timed = n - before.min(n);
         if timed < n / 2 {
@@ -196,7 +214,7 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy) -> anyhow::Result<f
             bail!("no HUGZ from the server within 5 s");
         }
         let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
-        let t = count_updates(&sub, n, "raw subscriber");
+        let t = count_updates(&sub, n, "raw subscriber", stop);
         feeder.join()??;
         (n, t?)
     };
@@ -205,7 +223,7 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy) -> anyhow::Result<f
 
 /// Baseline in the same run: the same five-frame KVSETs from the feeder straight into a raw SUB
 /// that decodes them (one hop, no server). The server path is two such hops plus the server.
-fn baseline_once(n: u64) -> anyhow::Result<f64> {
+fn baseline_once(n: u64, stop: &StopFlag) -> anyhow::Result<f64> {
     let port = free_port_block(3)?;
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB)?;
@@ -215,14 +233,14 @@ fn baseline_once(n: u64) -> anyhow::Result<f64> {
     sub.bind(&format!("tcp://127.0.0.1:{}", port + 2))?;
     let feeder_ctx = ctx.clone();
     let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
-    let t = count_updates(&sub, n, "baseline subscriber");
+    let t = count_updates(&sub, n, "baseline subscriber", stop);
     feeder.join()??;
     let t = t?;
     Ok(n as f64 / t.as_secs_f64().max(1e-9))
 }
 
 /// Seconds for a `clone::Client` to receive and store a snapshot of `keys` keys.
-fn snapshot_once(keys: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
+fn snapshot_once(keys: u64, idle: IdleStrategy, stop: &StopFlag) -> anyhow::Result<f64> {
     let server = InProcServer::start(idle)?;
     let ctx = zmq::Context::new();
     feed(&ctx, server.port, keys, keys, "/s/")?;
@@ -234,6 +252,9 @@ fn snapshot_once(keys: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
         }
         if Instant::now() > end {
             bail!("server did not reach {keys} keys: {st}");
+        }
+        if stop.is_stopped() {
+            return Err(interrupted());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -247,7 +268,7 @@ fn snapshot_once(keys: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
         },
         idle,
     )?;
-    let s = client.wait_synced(Duration::from_secs(60))?;
+    let s = client.wait_synced_or_stop(Duration::from_secs(60), stop)?;
     let t = start.elapsed().as_secs_f64();
     if s.keys as u64 != keys {
         bail!("snapshot carried {} keys, expected {keys}", s.keys);
@@ -256,7 +277,7 @@ fn snapshot_once(keys: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
 }
 
 /// Seconds from kill -9 of the active primary to a client receiving a live update from the backup.
-fn failover_once(silence_ms: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
+fn failover_once(silence_ms: u64, idle: IdleStrategy, stop: &StopFlag) -> anyhow::Result<f64> {
     let exe = std::env::current_exe().context("finding the mdsub binary")?;
     let pp = free_port_block(4)?;
     let bp = free_port_block(4)?;
@@ -267,7 +288,7 @@ fn failover_once(silence_ms: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
             .arg(format!("tcp://127.0.0.1:{peer}"))
             .args(["--idle", idle.name()])
             .stdin(std::process::Stdio::null());
-        // The servers end with this process however it ends (Ctrl-C or SIGTERM ends
+        // The servers end with this process however it ends (a second Ctrl-C or SIGTERM ends
         // clone-bench at once, before it could kill them): the kernel sends them SIGTERM
         // when the thread that started them exits.
         // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, _exit).
@@ -292,6 +313,9 @@ fn failover_once(silence_ms: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
             let end = Instant::now() + Duration::from_secs(10);
             let base = format!("tcp://127.0.0.1:{port}");
             while Instant::now() < end {
+                if stop.is_stopped() {
+                    return Err(interrupted());
+                }
                 if let Ok(s) = crate::clone::server_status(&base, Duration::from_millis(300)) {
                     if s.lines().any(|l| l == format!("state={state}")) {
                         return Ok(());
@@ -310,11 +334,11 @@ fn failover_once(silence_ms: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
         };
         let writer = Client::start_with(cfg.clone(), idle)?;
         let watcher = Client::start_with(cfg, idle)?;
-        writer.wait_synced(Duration::from_secs(5))?;
-        watcher.wait_synced(Duration::from_secs(5))?;
+        writer.wait_synced_or_stop(Duration::from_secs(5), stop)?;
+        watcher.wait_synced_or_stop(Duration::from_secs(5), stop)?;
         let rx = watcher.watch("/f/")?;
-        let stop = StopFlag::new();
-        let s2 = stop.clone();
+        let setter_stop = StopFlag::new();
+        let s2 = setter_stop.clone();
         let setter = Runner::task("bench-setter", None, move || {
             let mut i = 0u64;
             while !s2.is_stopped() {
@@ -325,11 +349,15 @@ fn failover_once(silence_ms: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
             }
         })?;
         // The path writer → primary → watcher works before the kill.
-        let seen =
-            (0..100).any(|_| rx.recv_timeout(Duration::from_millis(100)).is_ok_and(|c| c.kind == ChangeKind::Live));
-        if !seen {
-            stop.stop();
+        let seen = (0..100).any(|_| {
+            stop.is_stopped() || rx.recv_timeout(Duration::from_millis(100)).is_ok_and(|c| c.kind == ChangeKind::Live)
+        });
+        if stop.is_stopped() || !seen {
+            setter_stop.stop();
             let _ = setter.join();
+            if stop.is_stopped() {
+                return Err(interrupted());
+            }
             bail!("the watcher saw no live update from the primary within 10 s");
         }
         let _ = prim.kill();
@@ -338,7 +366,7 @@ fn failover_once(silence_ms: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
         while rx.try_recv().is_ok() {}
         let deadline = killed + Duration::from_secs(20);
         let mut t = None;
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !stop.is_stopped() {
             if let Ok(c) = rx.recv_timeout(Duration::from_millis(50)) {
                 // Live updates after the kill that the dead primary cannot have sent.
                 if c.kind == ChangeKind::Live && watcher.status()?.failovers >= 1 {
@@ -347,8 +375,11 @@ fn failover_once(silence_ms: u64, idle: IdleStrategy) -> anyhow::Result<f64> {
                 }
             }
         }
-        stop.stop();
+        setter_stop.stop();
         let _ = setter.join();
+        if stop.is_stopped() {
+            return Err(interrupted());
+        }
         t.context("no live update within 20 s of the kill")
     })();
     let _ = prim.kill();
@@ -391,8 +422,8 @@ pub struct CloneMedians {
 
 /// `mdsub clone-bench`'s result: the common envelope with one run entry per measurement, medians
 /// per variant and the throughput ratios `raw-subscriber / baseline` and `clone-client / baseline`
-/// (from the medians).
-pub type CloneResult = Results<CloneRun, CloneMedians, f64>;
+/// (from the medians); `interrupted` and `runs_completed` added.
+pub type CloneResult = Results<CloneRun, CloneMedians, f64, Completed>;
 
 /// The variants, in the order measured: (name, figure is a rate (else seconds)).
 const VARIANTS: [(&str, bool); 5] = [
@@ -424,12 +455,33 @@ impl CloneResult {
         });
         figure
     }
+
+    /// Measure `subscriber` in run `run` ([`record`](Self::record)) unless `stop` came before the
+    /// measurement ended: one it cut short is no measurement (None, nothing kept).
+    fn measure(
+        &mut self,
+        subscriber: &'static str,
+        run: usize,
+        stop: &StopFlag,
+        m: impl FnOnce() -> anyhow::Result<f64>,
+    ) -> Option<f64> {
+        if stop.is_stopped() {
+            return None;
+        }
+        let m = m();
+        if stop.is_stopped() {
+            return None;
+        }
+        self.record(subscriber, run, m)
+    }
 }
 
 /// Run the clone benchmarks: one line per measurement and the medians said through `lines`, the
 /// whole as the result. A measurement that fails ends the benchmark; the result then carries its
-/// run with the error, and `error`.
-pub fn run(args: &CloneBenchConfig, lines: Lines) -> anyhow::Result<CloneResult> {
+/// run with the error, and `error`. `stop` (Ctrl-C) ends it early: the result is then of the whole
+/// runs before it (`interrupted`, `runs_completed`; the measurements of the run it cut are left
+/// out), and `None` when no run was whole.
+pub fn run(args: &CloneBenchConfig, lines: Lines, stop: &StopFlag) -> anyhow::Result<Option<CloneResult>> {
     let runs = args.runs.max(1);
     let machine = Machine::here();
     lines.say(format_args!("clone-bench  {machine}"));
@@ -459,43 +511,51 @@ pub fn run(args: &CloneBenchConfig, lines: Lines) -> anyhow::Result<CloneResult>
         runs: Vec::new(),
         medians: Vec::new(),
         ratios: Vec::new(),
-        extra: (),
+        extra: Completed::of(0, runs),
         error: None,
     };
-    'runs: {
-        for i in 1..=runs {
-            let Some(b) = result.record("baseline", i, baseline_once(args.updates)) else { break 'runs };
-            lines.say(format_args!("  baseline run {i}: feeder -> raw SUB, no server: {b:.0} updates/s"));
-        }
-        for i in 1..=runs {
-            let Some(r) = result.record("raw-subscriber", i, throughput_once(args.updates, false, args.idle)) else {
-                break 'runs;
-            };
-            let Some(c) = result.record("clone-client", i, throughput_once(args.updates, true, args.idle)) else {
-                break 'runs;
-            };
-            lines.say(format_args!(
-                "  throughput run {i}: raw CHP subscriber {r:.0} updates/s, clone::Client {c:.0} updates/s"
-            ));
-        }
-        for i in 1..=runs {
-            let Some(t) = result.record("clone-client/snapshot", i, snapshot_once(args.keys, args.idle)) else {
-                break 'runs;
-            };
-            lines.say(format_args!("  snapshot run {i}: {t:.3} s for {} keys", args.keys));
-        }
+    let mut completed = 0;
+    'runs: for i in 1..=runs {
+        let Some(b) = result.measure("baseline", i, stop, || baseline_once(args.updates, stop)) else { break 'runs };
+        lines.say(format_args!("  baseline run {i}: feeder -> raw SUB, no server: {b:.0} updates/s"));
+        let Some(r) =
+            result.measure("raw-subscriber", i, stop, || throughput_once(args.updates, false, args.idle, stop))
+        else {
+            break 'runs;
+        };
+        let Some(c) = result.measure("clone-client", i, stop, || throughput_once(args.updates, true, args.idle, stop))
+        else {
+            break 'runs;
+        };
+        lines.say(format_args!(
+            "  throughput run {i}: raw CHP subscriber {r:.0} updates/s, clone::Client {c:.0} updates/s"
+        ));
+        let Some(t) = result.measure("clone-client/snapshot", i, stop, || snapshot_once(args.keys, args.idle, stop))
+        else {
+            break 'runs;
+        };
+        lines.say(format_args!("  snapshot run {i}: {t:.3} s for {} keys", args.keys));
         if !args.skip_failover {
-            for i in 1..=runs {
-                let Some(t) = result.record("clone-client/failover", i, failover_once(args.silence_ms, args.idle))
-                else {
-                    break 'runs;
-                };
-                lines.say(format_args!("  failover run {i}: {t:.3} s from kill -9 to the next live update"));
-            }
+            let failover = || failover_once(args.silence_ms, args.idle, stop);
+            let Some(t) = result.measure("clone-client/failover", i, stop, failover) else { break 'runs };
+            lines.say(format_args!("  failover run {i}: {t:.3} s from kill -9 to the next live update"));
         }
+        completed = i;
     }
     if result.error.is_some() {
-        return Ok(result);
+        // A failed measurement ended it, not a stop: no result, whatever came before.
+        result.extra = Completed { interrupted: false, runs_completed: completed };
+        return Ok(Some(result));
+    }
+    if completed == 0 {
+        return Ok(None);
+    }
+    // Every variant's median, and so the ratios, are of the same whole runs.
+    let measured = result.runs.len();
+    result.runs.retain(|r| r.run <= completed);
+    result.extra = Completed::of(completed, runs);
+    if let Some(line) = result.extra.said(runs, measured - result.runs.len()) {
+        lines.say(format_args!("{line}"));
     }
     for (subscriber, rate) in VARIANTS {
         let of = |r: &CloneRun| if rate { r.msgs_per_sec } else { r.seconds };
@@ -530,7 +590,7 @@ pub fn run(args: &CloneBenchConfig, lines: Lines) -> anyhow::Result<CloneResult>
         ratio(raw),
         ratio(cli)
     ));
-    Ok(result)
+    Ok(Some(result))
 }
 
 #[cfg(test)]
@@ -546,7 +606,7 @@ mod tests {
             runs: Vec::new(),
             medians: Vec::new(),
             ratios: Vec::new(),
-            extra: (),
+            extra: Completed::of(1, 1),
             error: None,
         };
         assert_eq!(r.record("baseline", 1, Ok(5.0)), Some(5.0));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::median;
-use super::result::Results;
+use super::result::{Completed, Results};
 use super::run::{run_once, RunSpec, Subscriber};
 use super::stamp::Machine;
 use crate::agent::StopFlag;
@@ -134,13 +134,9 @@ pub struct BenchExtra {
     /// so the result is not one (`error`; docs/REFUSALS.md, "Damaged files").
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub refused: std::collections::BTreeMap<String, u64>,
-    /// Ctrl-C (or SIGTERM) ended the benchmark before its last run: `runs`, the medians and the
-    /// ratios are of the whole runs it finished ([`runs_completed`](Self::runs_completed) of
-    /// `settings.runs`).
-    pub interrupted: bool,
-    /// The whole runs measured (every variant once each): `settings.runs`, or fewer when
-    /// [`interrupted`](Self::interrupted).
-    pub runs_completed: usize,
+    /// `interrupted`, `runs_completed`: Ctrl-C after a whole run keeps the whole runs.
+    #[serde(flatten)]
+    pub completed: Completed,
 }
 
 fn medians(name: &str, runs: &[&RunReport], pubs: &[&PublisherRun]) -> Medians {
@@ -380,7 +376,7 @@ pub fn run(
         return Ok(None);
     }
     // Every variant's medians, and so the ratios, are of the same whole runs.
-    let interrupted = runs_completed < bench.runs.max(1);
+    let completed = Completed::of(runs_completed, bench.runs.max(1));
     runs.truncate(runs_completed * variants.len());
     publisher_runs.truncate(runs_completed * variants.len());
     let meds: Vec<Medians> = variants
@@ -451,7 +447,7 @@ pub fn run(
                 list.join(" ")
             )
         }),
-        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons, refused, interrupted, runs_completed },
+        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons, refused, completed },
     }))
 }
 

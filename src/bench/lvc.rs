@@ -6,6 +6,10 @@
 //! cache) → SUB; and PUB → LVC (the guide's Last Value Cache, chapter 5) →
 //! SUB. The ratios LVC / plain proxy (the cache's own cost) and plain proxy /
 //! direct (the hop's cost) are reported per run and as medians.
+//!
+//! The LVC caches every topic sent ([`cache_limits`]: its default limits, raised to hold them), so
+//! the cache measured is one that caches every message. A stop request (Ctrl-C) ends the
+//! measurement under way; the result is then of the whole runs before it ([`Completed`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,7 @@ use crate::agent::{Agent, AgentError, AgentStats, IdleStrategy, RunSpec, Runner,
 use serde::Serialize;
 
 use crate::bench::median;
-use crate::bench::result::Results;
+use crate::bench::result::{Completed, Results};
 use crate::bench::stamp::Machine;
 use crate::diag::Lines;
 use crate::lvc::cache::CacheLimits;
@@ -60,6 +64,23 @@ impl LvcBenchConfig {
     /// least 1 MiB, as before), so every accepted payload is measured, not dropped.
     fn max_frame_bytes(&self) -> usize {
         frame_len(topic_name(self.topics.max(1) - 1).as_bytes(), self.payload_bytes)
+    }
+}
+
+/// The LVC's cache limits for the bench: the default ones (`mdsub lvc`'s), raised where they
+/// would not hold every topic sent (and the probe) with its value. Before, `--symbols 200k` passed
+/// the default 100k topics: half the topics went through uncached (a `cache_full` line among the
+/// run lines), and the bench measured a cache that was not caching.
+pub fn cache_limits(args: &LvcBenchConfig) -> CacheLimits {
+    let d = CacheLimits::default();
+    let topics = args.topics.max(1) + 1; // and the probe's
+                                         // A cached value's footprint: its key (the topic and its NUL) twice, its one frame, and
+                                         // one frame end (`lvc::cache`); twice that for the allocator's rounding.
+    let key = topic_name(args.topics.max(1) - 1).len() + 1;
+    let each = 2 * key + args.max_frame_bytes() + std::mem::size_of::<u32>();
+    CacheLimits {
+        max_topics: d.max_topics.max(topics),
+        max_bytes: d.max_bytes.max(topics.saturating_mul(each).saturating_mul(2)),
     }
 }
 
@@ -111,12 +132,14 @@ fn frames(payload_bytes: usize, topics: usize) -> Vec<Vec<u8>> {
 /// while a SUB on `sub_endpoint` counts them. The publisher comes back (None if its
 /// thread failed), so a proxy in between can stop before it closes: a publisher gone
 /// first is a lost link in the proxy's log.
+/// `stop` (Ctrl-C) ends it early, the publisher too (what it measured is then no measurement).
 fn measure(
     publisher: zmq::Socket,
     sub_ctx: &zmq::Context,
     sub_endpoint: &str,
     hwm: i32,
     args: &LvcBenchConfig,
+    stop: &StopFlag,
 ) -> Result<(Measurement, Option<zmq::Socket>), AgentError> {
     let sub = sub_ctx.socket(zmq::SUB).map_err(berr("making the SUB"))?;
     sub.set_rcvhwm(hwm).map_err(berr("setting RCVHWM"))?;
@@ -129,9 +152,10 @@ fn measure(
     let fs = frames(args.payload_bytes, args.topics);
     let messages = args.messages;
     let probe = encode(PROBE, &bench_header(Kind::Heartbeat), b"");
+    let pub_stop = stop.clone();
     let pub_thread = Runner::task("bench-pub", None, move || -> zmq::Result<zmq::Socket> {
         let give_up = Instant::now() + Duration::from_secs(10);
-        while !ready_p.load(Ordering::Acquire) && Instant::now() < give_up {
+        while !ready_p.load(Ordering::Acquire) && Instant::now() < give_up && !pub_stop.is_stopped() {
             publisher.send(&probe[..], 0)?;
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -139,6 +163,9 @@ fn measure(
             *s = Some(Instant::now());
         }
         for i in 0..messages {
+            if i % 4096 == 0 && pub_stop.is_stopped() {
+                break;
+            }
             let f = &fs[(i % fs.len() as u64) as usize];
             publisher.send(&f[..], 0)?;
         }
@@ -150,7 +177,7 @@ fn measure(
     let mut delivered = 0u64;
     let mut last = Instant::now();
     let deadline = Instant::now() + args.timeout;
-    while delivered < messages && Instant::now() < deadline {
+    while delivered < messages && Instant::now() < deadline && !stop.is_stopped() {
         match sub.recv(&mut msg, 0) {
             Ok(()) => {
                 if msg.len() > PROBE.len() && msg.starts_with(PROBE) && msg[PROBE.len()] == 0 {
@@ -183,13 +210,17 @@ fn make_pub(ctx: &zmq::Context, hwm: i32) -> Result<(zmq::Socket, String), Agent
     Ok((p, ep))
 }
 
-fn direct(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, AgentError> {
+fn direct(args: &LvcBenchConfig, hwm: i32, stop: &StopFlag) -> Result<Measurement, AgentError> {
     let (pub_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
-    measure(p, &sub_ctx, &ep, hwm, args).map(|(m, _)| m)
+    measure(p, &sub_ctx, &ep, hwm, args, stop).map(|(m, _)| m)
 }
 
-fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport, AgentStats), AgentError> {
+fn via_lvc(
+    args: &LvcBenchConfig,
+    hwm: i32,
+    stop: &StopFlag,
+) -> Result<(Measurement, LvcReport, AgentStats), AgentError> {
     let (pub_ctx, lvc_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
     let config = LvcConfig {
@@ -201,16 +232,16 @@ fn via_lvc(args: &LvcBenchConfig, hwm: i32) -> Result<(Measurement, LvcReport, A
             idle: args.idle,
             delivery: crate::proxy::Delivery::Lossless,
         },
-        limits: CacheLimits::default(),
+        limits: cache_limits(args),
         answers: crate::lvc::answer::AnswerLimits::default(),
     };
     let proxy = crate::lvc::new_proxy(&lvc_ctx, &config)?;
     let back = proxy.endpoint("backend").unwrap_or_default().to_string();
-    let stop = StopFlag::new();
-    let handle = Runner::start(RunSpec { core: None, idle: args.idle }, stop.clone(), proxy)?;
+    let proxy_stop = StopFlag::new();
+    let handle = Runner::start(RunSpec { core: None, idle: args.idle }, proxy_stop.clone(), proxy)?;
     let counters = handle.counters().clone();
-    let m = measure(p, &sub_ctx, &back, hwm, args);
-    stop.stop();
+    let m = measure(p, &sub_ctx, &back, hwm, args, stop);
+    proxy_stop.stop();
     let proxy = handle.join()?;
     let stats = counters.snapshot("lvc-proxy");
     let (m, _publisher) = m?; // closed only now, after the proxy
@@ -241,7 +272,7 @@ impl Agent for PlainProxy {
     }
 }
 
-fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, AgentError> {
+fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32, stop: &StopFlag) -> Result<Measurement, AgentError> {
     let (pub_ctx, proxy_ctx, sub_ctx) = (zmq::Context::new(), zmq::Context::new(), zmq::Context::new());
     let (p, ep) = make_pub(&pub_ctx, hwm)?;
     let zmqx::ProxySockets { frontend, backend, endpoints } =
@@ -260,7 +291,7 @@ fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32) -> Result<Measurement, Agent
     let proxy = PlainProxy { frontend, backend, control };
     let spec = RunSpec { core: None, idle: IdleStrategy::Block { wait_us: 100_000 } };
     let handle = Runner::start(spec, StopFlag::new(), proxy)?;
-    let m = measure(p, &sub_ctx, &back, hwm, args);
+    let m = measure(p, &sub_ctx, &back, hwm, args, stop);
     // Ends the proxy whether or not the measurement succeeded.
     let sent = steer.send("TERMINATE", 0).map_err(berr("stopping the plain proxy"));
     let joined = handle.join();
@@ -304,12 +335,14 @@ pub struct LvcMedians {
 
 /// `mdsub lvc-bench`'s result: the common envelope with one run entry per path and run, medians
 /// per path, and the ratios `lvc / plain-proxy` (the cache's own cost) and `plain-proxy / direct`
-/// (the hop's), each the median of the per-run ratios.
-pub type LvcResult = Results<LvcRun, LvcMedians, f64>;
+/// (the hop's), each the median of the per-run ratios; `interrupted` and `runs_completed` added.
+pub type LvcResult = Results<LvcRun, LvcMedians, f64, Completed>;
 
 /// Run the comparison: one line per run and the medians said through `lines`, the whole as
 /// the result. With no run that is a result, the result carries `error` and no medians.
-pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> {
+/// `stop` (Ctrl-C) ends it early: the result is then of the whole runs before it (`interrupted`,
+/// `runs_completed`; the paths a cut run measured are left out), and `None` when no run was whole.
+pub fn run(args: LvcBenchConfig, lines: Lines, stop: &StopFlag) -> Result<Option<LvcResult>, AgentError> {
     args.check().map_err(|message| AgentError::Fatal { role: "lvc-bench".into(), message })?;
     let frame_bytes = frame_len(b"B00000", args.payload_bytes);
     let hwm = i32::try_from(args.messages.saturating_add(10_000)).unwrap_or(i32::MAX);
@@ -321,6 +354,7 @@ pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> 
          TCP loopback, SNDHWM=RCVHWM={hwm} on every socket (lossless), {runs} run(s) of direct, plain proxy, lvc",
         args.messages, args.payload_bytes, args.topics,
     ));
+    let limits = cache_limits(&args);
     let settings = serde_json::json!({
         "count": args.messages,
         "payload_bytes": args.payload_bytes,
@@ -332,14 +366,34 @@ pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> 
         "transport": "tcp loopback",
         "hwm_msgs": hwm,
         "publisher": "PUB, SNDHWM above the count (lossless)",
+        "cache_max_topics": limits.max_topics,
+        "cache_max_bytes": limits.max_bytes,
     });
     let mut all: Vec<LvcRun> = Vec::new();
     let (mut d, mut p, mut l, mut lp, mut pd, mut cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Whole runs measured; the paths the stop's run had measured before it (left out).
+    let (mut completed, mut left_out) = (0, 0);
     for run in 1..=runs {
-        let md = direct(&args, hwm)?;
-        let mp = via_plain_proxy(&args, hwm)?;
-        let (ml, report, stats) = via_lvc(&args, hwm)?;
+        // A path the stop cut short measured a part of its count: no measurement.
+        if stop.is_stopped() {
+            break;
+        }
+        let md = direct(&args, hwm, stop)?;
+        if stop.is_stopped() {
+            break;
+        }
+        let mp = via_plain_proxy(&args, hwm, stop)?;
+        if stop.is_stopped() {
+            left_out = 1;
+            break;
+        }
+        let (ml, report, stats) = via_lvc(&args, hwm, stop)?;
+        if stop.is_stopped() {
+            left_out = 2;
+            break;
+        }
+        completed = run;
         let lvc_plain = ml.msgs_per_s() / mp.msgs_per_s().max(1e-9);
         let plain_direct = mp.msgs_per_s() / md.msgs_per_s().max(1e-9);
         lines.say(format_args!(
@@ -385,6 +439,10 @@ pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> 
         pd.push(plain_direct);
         cpu.push(stats.cpu_ns_per_item());
     }
+    if completed == 0 {
+        return Ok(None);
+    }
+    let completed = Completed::of(completed, runs);
     let mut result = LvcResult {
         kind: "lvc-bench",
         machine,
@@ -392,20 +450,24 @@ pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> 
         runs: all,
         medians: Vec::new(),
         ratios: Vec::new(),
-        extra: (),
+        extra: completed,
         error: None,
     };
+    if let Some(line) = completed.said(runs, left_out) {
+        lines.say(format_args!("{line}"));
+    }
+    let whole = completed.runs_completed;
     // The median is of the runs that are results; with none there is no result to give.
     if d.is_empty() {
         result.error = Some(format!(
-            "none of the {runs} run(s) is a result: every one lost messages (see the LOSS lines); \
+            "none of the {whole} run(s) is a result: every one lost messages (see the LOSS lines); \
              no median is given (a --timeout too short for --count gives up on measurements)"
         ));
-        return Ok(result);
+        return Ok(Some(result));
     }
-    let left_out = runs - d.len();
-    if left_out > 0 {
-        lines.say(format_args!("{left_out} run(s) with loss left out of the medians"));
+    let with_loss = whole - d.len();
+    if with_loss > 0 {
+        lines.say(format_args!("{with_loss} run(s) with loss left out of the medians"));
     }
     let (d, p, l, lp, pd, cpu) = (median(d), median(p), median(l), median(lp), median(pd), median(cpu));
     lines.say(format_args!(
@@ -421,5 +483,47 @@ pub fn run(args: LvcBenchConfig, lines: Lines) -> Result<LvcResult, AgentError> 
         LvcMedians { subscriber: "lvc", msgs_per_sec: l, cpu_ns_per_msg: Some(cpu) },
     ];
     result.ratios = vec![("lvc / plain-proxy".into(), lp), ("plain-proxy / direct".into(), pd)];
-    Ok(result)
+    Ok(Some(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lvc::cache::{LastValueCache, Update};
+
+    fn config(topics: usize, payload_bytes: usize) -> LvcBenchConfig {
+        LvcBenchConfig {
+            messages: 1,
+            payload_bytes,
+            topics,
+            runs: 1,
+            timeout: Duration::from_secs(1),
+            idle: IdleStrategy::default(),
+        }
+    }
+
+    /// Every topic the bench sends, and its probe, is cached: past the default 100k topics
+    /// too. Before, the LVC kept its default limits, and `--symbols 200k` left half the topics
+    /// uncached (measured: 100000 cached topics, `cache_full=200001`).
+    #[test]
+    fn the_lvc_measured_caches_every_topic_sent() {
+        assert_eq!(cache_limits(&config(1000, 100)), CacheLimits::default(), "the default where it holds them");
+        let args = config(100_000, 100);
+        let mut cache = LastValueCache::new(cache_limits(&args));
+        let probe = encode(PROBE, &bench_header(Kind::Heartbeat), b"");
+        assert_eq!(cache.update(&[&probe[..]]), Update::Inserted);
+        for f in frames(args.payload_bytes, args.topics) {
+            assert_eq!(cache.update(&[&f[..]]), Update::Inserted);
+        }
+        assert_eq!(cache.topics(), 100_001);
+        // The largest topic count and the largest frames a check passes, by the arithmetic.
+        for (topics, payload) in [(crate::feed::MAX_SYMBOLS, 192), (15, crate::feed::MAX_PAYLOAD_BYTES)] {
+            let args = config(topics, payload);
+            assert_eq!(args.check(), Ok(()), "{topics} × {payload}");
+            let l = cache_limits(&args);
+            assert!(l.max_topics > topics, "{topics}: {l:?}");
+            let footprint = (topics + 1) * (2 * 9 + args.max_frame_bytes() + 4);
+            assert!(l.max_bytes >= footprint, "{topics} × {payload}: {l:?} under {footprint}");
+        }
+    }
 }

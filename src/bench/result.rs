@@ -9,6 +9,11 @@
 //! `ratios` (`[what, value]` pairs from the same runs), then what the benchmark adds, and `error`
 //! when the whole is not a result (the command then exits non-zero).
 //!
+//! `bench`, `lvc-bench` and `clone-bench` measure in whole runs (each run measures every variant
+//! once) and keep them on Ctrl-C ([`Completed`]: `interrupted`, `runs_completed`): a stop after
+//! the first whole run gives the medians and ratios of the whole runs, marked, printed, saved,
+//! exit 0; before it, nothing (`mdsub: interrupted`, 130).
+//!
 //! `mdsub capacity` ([`CapacityResult`](super::capacity::CapacityResult)) measures per
 //! configuration rather than variants side by side: its `runs` are its trials (each naming its
 //! configuration in `subscriber`), its `medians` each configuration's knee and the latency there,
@@ -61,10 +66,45 @@ impl<Run: Serialize, Med: Serialize, Ratio: Serialize, Extra: Serialize> Results
     }
 }
 
+/// How many of its runs a benchmark measured whole: `bench`'s, `lvc-bench`'s and `clone-bench`'s
+/// (flattened into their results: `interrupted`, `runs_completed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Completed {
+    /// Ctrl-C (or SIGTERM) ended the benchmark before its last run: `runs`, the medians and the
+    /// ratios are of the whole runs it finished ([`runs_completed`](Self::runs_completed) of
+    /// `settings.runs`).
+    pub interrupted: bool,
+    /// The whole runs measured (every variant once each): `settings.runs`, or fewer when
+    /// [`interrupted`](Self::interrupted).
+    pub runs_completed: usize,
+}
+
+impl Completed {
+    /// `done` whole runs of the `runs` asked for (fewer: interrupted).
+    pub fn of(done: usize, runs: usize) -> Completed {
+        Completed { interrupted: done < runs, runs_completed: done }
+    }
+
+    /// The line an interrupted benchmark says before its medians, `None` when it was not:
+    /// `interrupted after 2 of 5 runs (run 3's 1 finished measurement left out): the medians
+    /// and ratios are of those 2`. `left_out`: the measurements of the run the stop cut between
+    /// its variants (none of them is in the result).
+    pub fn said(&self, runs: usize, left_out: usize) -> Option<String> {
+        let done = self.runs_completed;
+        let note = match left_out {
+            0 => String::new(),
+            n => format!(" (run {}'s {n} finished measurement{} left out)", done + 1, if n == 1 { "" } else { "s" }),
+        };
+        self.interrupted.then(|| {
+            format!("interrupted after {done} of {runs} runs{note}: the medians and ratios are of those {done}")
+        })
+    }
+}
+
 /// `--save PATH`: tried before the runs (a bad path fails at once: `PATH.partial` is made and
-/// removed), then written as `PATH.partial` and renamed over PATH at the end, so an interrupted or
-/// failed benchmark leaves an earlier PATH as it was. Nothing stays open during the runs, so the
-/// benchmarks that end at once on Ctrl-C (lvc-bench, clone-bench) leave no partial file either.
+/// removed), then written as `PATH.partial` and renamed over PATH at the end, so a failed benchmark,
+/// or one interrupted before its first whole run, leaves an earlier PATH as it was. Nothing stays
+/// open during the runs, so one ended at once (a second Ctrl-C) leaves no partial file either.
 #[derive(Debug)]
 pub struct SaveFile {
     path: PathBuf,
@@ -114,6 +154,25 @@ impl SaveFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_benchmark_says_how_many_whole_runs_its_result_is_of() {
+        assert_eq!(Completed::of(3, 3), Completed { interrupted: false, runs_completed: 3 });
+        assert_eq!(Completed::of(3, 3).said(3, 0), None);
+        let c = Completed::of(2, 5);
+        assert!(c.interrupted);
+        assert_eq!(
+            c.said(5, 0).as_deref(),
+            Some("interrupted after 2 of 5 runs: the medians and ratios are of those 2")
+        );
+        assert_eq!(
+            c.said(5, 1).as_deref(),
+            Some("interrupted after 2 of 5 runs (run 3's 1 finished measurement left out): the medians and ratios are of those 2")
+        );
+        assert!(c.said(5, 2).is_some_and(|l| l.contains("(run 3's 2 finished measurements left out)")));
+        let v = serde_json::to_value(c).expect("json");
+        assert_eq!(v, serde_json::json!({"interrupted": true, "runs_completed": 2}));
+    }
 
     /// A failed final write or rename names the path given to `--save`, with its cause once,
     /// and leaves no `.partial` behind. Before, it named `PATH.partial` (`writing

@@ -268,30 +268,16 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     // A stop before the first whole run leaves nothing to show (exit 130); after it, the result
     // is of the whole runs, marked interrupted, and the command ends as one that has a result.
     let result = crate::bench::engine::run(&cfg, stop, show_run)?.ok_or(super::Interrupted)?;
-    if result.extra.interrupted {
-        let left_out = shown - result.runs.len();
-        lines.say(format_args!(
-            "interrupted after {} of {} runs{}: the medians and ratios are of those {}",
-            result.extra.runs_completed,
-            args.runs,
-            match left_out {
-                0 => String::new(),
-                n => format!(
-                    " (run {}'s {n} finished measurement{} left out)",
-                    result.extra.runs_completed + 1,
-                    if n == 1 { "" } else { "s" }
-                ),
-            },
-            result.extra.runs_completed
-        ));
+    if let Some(line) = result.extra.completed.said(args.runs, shown - result.runs.len()) {
+        lines.say(format_args!("{line}"));
     }
     let result = result.finish(args.json, save)?;
     if !args.json {
         crate::outln!(
             "medians of {} run(s){} (each column is its own median across the runs, not one run's figures; cpu: \
              every thread of the subscriber incl. libzmq's I/O threads, per delivered message):",
-            result.extra.runs_completed,
-            if result.extra.interrupted { format!(" of {}, interrupted", args.runs) } else { String::new() }
+            result.extra.completed.runs_completed,
+            if result.extra.completed.interrupted { format!(" of {}, interrupted", args.runs) } else { String::new() }
         );
         for m in &result.medians {
             crate::outln!(
@@ -346,18 +332,26 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
 }
 
 /// `mdsub lvc-bench`: the comparison, its lines, and the result printed (`--json`) and saved (`--save`).
-pub fn lvc_bench(args: &LvcBenchArgs) -> anyhow::Result<LvcResult> {
+/// Ctrl-C after a whole run: the result of the whole runs, marked interrupted; before it,
+/// [`super::Interrupted`] (exit 130).
+pub fn lvc_bench(args: &LvcBenchArgs, stop: &StopFlag) -> anyhow::Result<LvcResult> {
     // Before anything is made: a refused size is a usage error (exit 2), not a run.
     let cfg = args.to_config();
     cfg.check().map_err(super::UsageError)?;
     let save = args.save.as_deref().map(SaveFile::create).transpose()?;
-    crate::bench::lvc::run(cfg, Lines { json: args.json })?.finish(args.json, save)
+    super::run_under_way();
+    let result = crate::bench::lvc::run(cfg, Lines { json: args.json }, stop)?.ok_or(super::Interrupted)?;
+    result.finish(args.json, save)
 }
 
 /// `mdsub clone-bench`: the measurements, their lines, and the result printed (`--json`) and saved (`--save`).
-pub fn clone_bench(args: &CloneBenchArgs) -> anyhow::Result<CloneResult> {
+/// Ctrl-C after a whole run: the result of the whole runs, marked interrupted; before it,
+/// [`super::Interrupted`] (exit 130).
+pub fn clone_bench(args: &CloneBenchArgs, stop: &StopFlag) -> anyhow::Result<CloneResult> {
     let save = args.save.as_deref().map(SaveFile::create).transpose()?;
-    crate::bench::clone::run(&args.to_config(), Lines { json: args.json })?.finish(args.json, save)
+    super::run_under_way();
+    let result = crate::bench::clone::run(&args.to_config(), Lines { json: args.json }, stop)?;
+    result.ok_or(super::Interrupted)?.finish(args.json, save)
 }
 
 /// `mdsub lvc-bench`: messages/s through the LVC vs a plain proxy and direct PUB→SUB (TCP loopback).
@@ -374,6 +368,7 @@ pub struct LvcBenchArgs {
     #[arg(long, value_parser = super::feed::parse_symbols, default_value = "1000", value_name = "COUNT")]
     pub symbols: usize,
     /// Runs (each measures direct, then a plain proxy, then the LVC); medians are reported.
+    /// Ctrl-C after a whole run keeps the whole runs.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// Give up on a measurement after this long (reported as loss).
@@ -413,7 +408,8 @@ pub struct CloneBenchArgs {
     /// Keys in the map for the snapshot runs (e.g. 1M).
     #[arg(long, value_parser = parse_count_nonzero, default_value = "1M", value_name = "COUNT")]
     pub keys: u64,
-    /// Runs of each measurement (the median is reported).
+    /// Runs (each measures every variant in turn: baseline, throughput, snapshot, failover);
+    /// medians are reported. Ctrl-C after a whole run keeps the whole runs.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
     /// Skip the failover runs (they start server processes).
