@@ -193,7 +193,13 @@ impl Lines {
 /// are escaped (`\n`, `\u{1b}`): a value from a peer or a store cannot forge a second line or
 /// drive the terminal (clear the screen, recolour what follows).
 pub fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
-    let (shown, cut) = match text.char_indices().nth(QUOTE_CHARS) {
+    quoted_up_to(text, QUOTE_CHARS)
+}
+
+/// [`quoted`], showing up to `chars` characters: for a longer text the screen must show whole
+/// (an engine's own account of how it ended, say), still escaped and bounded.
+pub fn quoted_up_to(text: &str, chars: usize) -> std::borrow::Cow<'_, str> {
+    let (shown, cut) = match text.char_indices().nth(chars) {
         None => (text, false),
         Some((at, _)) => (&text[..at], true),
     };

@@ -383,6 +383,17 @@ fn metrics_scraped_over_http_parse_as_text_format_and_equal_the_report() {
         let snails = sample(&scrape, "mdsub_snail_verdicts_total", &[("site", role), ("verdict", "snail")]);
         assert_eq!(snails, Some(u(site, "snails") as f64), "{role}: {site}");
     }
+    // The live settings in force, as the report has them (before: none on the page, though
+    // docs/SNAIL.md said `/metrics` shows them).
+    let setting = |name: &str| sample(&scrape, "mdsub_setting_seconds", &[("engine", "dash-test"), ("name", name)]);
+    assert_eq!(setting("metrics_interval"), Some(0.2), "--metrics-interval 200ms");
+    assert_eq!(setting("snail_max_lag"), Some(u(&r["snail"], "max_lag_ms") as f64 / 1e3), "{}", r["snail"]);
+    assert_eq!(setting("snail_grace"), Some(u(&r["snail"], "grace_ms") as f64 / 1e3), "{}", r["snail"]);
+    let policy = r["snail"]["policy"].as_str().expect("the report's snail policy");
+    for p in ["croak", "warn", "rest", "off"] {
+        let v = sample(&scrape, "mdsub_snail_policy", &[("engine", "dash-test"), ("policy", p)]);
+        assert_eq!(v, Some(if p == policy { 1.0 } else { 0.0 }), "policy {p} (in force: {policy})");
+    }
 }
 
 /// A capture of 300 frames sent (and recorded) 1 ns apart from `sent_ns`, replayed verbatim
@@ -1424,4 +1435,110 @@ fn one_file_given_to_two_outputs_is_refused() {
     assert_eq!(code, Some(2), "a refused combination of flags: {out}{err}");
     assert!(err.contains(&format!("--hlog and --hgrm both name {}: give each its own file", b.display())), "{err}");
     assert!(!a.exists(), "nothing made");
+}
+
+/// What an operator review saw of an engine's end and its live settings (ops20a). An engine
+/// that croaks (SIGSTOP for 3 s under the default policy, as `kill -STOP; sleep 3; kill -CONT`)
+/// leaves a last status saying so, which `top --once` shows as `ended` with the snail's verdict
+/// until it expires; before, it deleted its status as on a clean exit and `top` said `(no
+/// engine publishes status in this store)` a second later. Its settings in force (changed ones
+/// marked) and its refusals show in `top` (before: each refusal counted as a status value that
+/// was not an engine's), and deleting an applied setting from the store is said (before: only
+/// for a setting that had a refusal). A clean exit still deletes the status at once.
+#[test]
+fn a_croaked_engine_stays_in_top_as_ended_with_its_cause_and_its_settings_show() {
+    use mdsub::clone::client::{Client, ClientConfig};
+    let (store, _server, _replay, eps) = store_and_feed();
+    let engine = |id: &str, interval: &str| {
+        let mut cmd = mdsub();
+        cmd.args(["engine", "--json", "--max-duration", "90s", "--expect-eos", "0", "--snail", "croak"]);
+        for e in &eps {
+            cmd.args(["--endpoint", e]);
+        }
+        cmd.args(["--store", &store, "--metrics-interval", interval, "--engine-id", id]);
+        LineProc::spawn_with_stderr("engine", &mut cmd)
+    };
+    let mut croaks = engine("croak-e1", "1s");
+    // A clean exit with a 5 s interval: its status would live 15 s, so a status gone within 3 s
+    // was deleted.
+    let clean = engine("clean-e2", "5s");
+    let client =
+        Client::start(ClientConfig { servers: vec![store.clone()], subtree: "/mdsub/".into(), ..Default::default() })
+            .expect("a clone client");
+    client.wait_synced(Duration::from_secs(20)).expect("synced with the clone server");
+    let keys = |id: &str| client.dump(format!("/mdsub/status/{id}/")).map(|kv| kv.len()).unwrap_or(0);
+    wait_until(Duration::from_secs(30), "both engines' status in the store", || {
+        keys("croak-e1") >= 3 && keys("clean-e2") >= 3
+    });
+    let client_does = |args: &[&str]| {
+        let (code, _, err) = run_within(
+            "clone-client",
+            mdsub().args(["clone-client", "--server", &store]).args(args),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(0), "clone-client {args:?}: {err}");
+    };
+    let config = |name: &str| format!("/mdsub/config/croak-e1/{name}");
+    client_does(&["set", &config("metrics_interval"), "2s"]);
+    client_does(&["set", &config("snail_grace"), "fast"]);
+    let once = || {
+        let (code, out, err) =
+            run_within("top", mdsub().args(["top", "--once", "--store", &store]), Duration::from_secs(30));
+        assert_eq!(code, Some(0), "mdsub top --once failed: {err}");
+        out
+    };
+    // The engine's lines of a frame, wrapped lines joined.
+    let said = |frame: &str, id: &str| -> String {
+        let lines = frame.lines().skip_while(|l| !l.starts_with(&format!("{id:<16} engine  ")));
+        let lines: Vec<&str> = lines.take_while(|l| l.starts_with(id) || l.starts_with("    ")).collect();
+        lines.iter().map(|l| l.get(25..).unwrap_or_default().trim_end()).collect::<Vec<_>>().join(" ")
+    };
+    let mut frame = String::new();
+    wait_until(Duration::from_secs(30), "top --once to show the applied and the refused setting", || {
+        frame = once();
+        let s = said(&frame, "croak-e1");
+        s.contains("metrics_interval=2s (changed)") && s.contains("refused: snail_grace=fast (")
+    });
+    let s = said(&frame, "croak-e1");
+    assert!(s.contains("settings: log_level=info, metrics_interval=2s (changed), snail_grace="), "{frame}");
+    assert!(s.contains("snail_policy=croak; refused: snail_grace=fast (") && s.contains("not a duration"), "{frame}");
+    assert!(!frame.contains("not an engine's status"), "the engine's refusals are its own: {frame}");
+    assert!(frame.lines().all(|l| l.chars().count() <= 100), "fits 100 columns: {frame}");
+
+    // An applied setting deleted from the store: said once, its value staying in force.
+    client_does(&["del", &config("metrics_interval")]);
+    let err = croaks.stderr.as_ref().expect("stderr piped");
+    let line = "info: setting metrics_interval deleted from the store: 2s stays in force (restart to return to 1s, \
+                its value at start)";
+    wait_line(err, Duration::from_secs(20), "the deleted setting said", |l| l.contains(line));
+
+    // Stopped for 3 s: the backlog's lag croaks the engine when it resumes.
+    croaks.proc.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3)); // the stall itself
+    croaks.proc.signal(libc::SIGCONT);
+    let status = croaks.proc.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "the snail croaked: {status}");
+    let died = std::time::Instant::now();
+    let frame = once();
+    // Its last status lives 6 s (three 2 s intervals): top must have read it well within.
+    assert!(died.elapsed() < Duration::from_secs(5), "top --once took {:?}", died.elapsed());
+    let s = said(&frame, "croak-e1");
+    assert!(s.starts_with("ended: the snail croaked: SNAIL on shard"), "how it ended: {frame}");
+    assert!(s.contains("policy croak"), "{frame}");
+    assert!(s.contains("refused: snail_grace=fast ("), "{frame}");
+    for shard in ["shard0", "shard1"] {
+        let row = frame.lines().find(|l| l.starts_with("croak-e1 ") && l.contains(&format!(" {shard} ")));
+        let cols: Vec<&str> = row.map(|l| l.split_whitespace().collect()).unwrap_or_default();
+        assert_eq!(cols.get(2).copied(), Some("ended"), "no rate shown as current: {frame}");
+    }
+    assert!(frame.lines().all(|l| l.chars().count() <= 100), "fits 100 columns: {frame}");
+    // Left to its TTL, not kept.
+    wait_until(Duration::from_secs(20), "the croaked engine's last status to expire", || keys("croak-e1") == 0);
+
+    clean.proc.signal(2);
+    let asked = std::time::Instant::now();
+    let (status, _) = clean.finish(Duration::from_secs(30));
+    assert!(status.success(), "clean exit on SIGINT: {status}");
+    wait_until(Duration::from_secs(3), "the cleanly stopped engine's status deleted", || keys("clean-e2") == 0);
+    assert!(asked.elapsed() < Duration::from_secs(15), "deleted, not expired");
 }

@@ -4,12 +4,15 @@
 //! where latencies above 60 s were recorded as 60 s, `<0s` where latencies below 0 were
 //! recorded as 1 ns), a sparkline of p99, gaps, publisher
 //! connections ended on a bound shard, its reader's self-stalls and the snail verdict; per
-//! engine the busiest agent, what its handlers refused and its longest self-stall. Both views
-//! judge an engine by one rule ([`EngineView::freshness`]): its last status older than
-//! [`STALE_INTERVALS`] of its intervals is `stale` with its age, and its rates are not shown as
-//! current; a status deleted while `top` watches (expired, or the engine exited) is `gone`, which
-//! only the live view can see: `--once` reads the store once, and an expired status is no longer
-//! in it. `--once` prints one plain-text frame for scripts. Both fit 100 columns.
+//! engine the busiest agent, what its handlers refused and its longest self-stall, and the
+//! settings in force (those changed since start marked) and the values it refused for them
+//! (`refused/NAME`). Both views judge an engine by one rule ([`EngineView::freshness`]): a last
+//! status that says the engine `ended` (a croak, an error) is `ended` with that cause; else one
+//! older than [`STALE_INTERVALS`] of its intervals is `stale` with its age; either way its rates
+//! are not shown as current. A status deleted while `top` watches (expired, or the engine exited)
+//! is `gone`, which only the live view can see: `--once` reads the store once, and an expired
+//! status is no longer in it. `--once` prints one plain-text frame for scripts. Both fit 100
+//! columns.
 //!
 //! The model ([`Top`]) is socket-free: it takes the store's changes and
 //! renders text or a ratatui frame; the command only feeds it.
@@ -41,11 +44,13 @@ pub struct TopArgs {
     /// Clone store server, `[connect:]tcp://HOST:P`; twice for a Binary Star pair.
     #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
-    /// Print one plain-text frame and exit (for scripts). An engine whose last status is older
-    /// than two of its intervals shows as `stale AGE` (killed, hung or cut off from the store),
-    /// its rates and percentiles not shown; one whose status already expired (three intervals,
-    /// at least 1 s) is no longer in the store, so --once cannot show it: the live view shows
-    /// `gone` for one that expires while it watches.
+    /// Print one plain-text frame and exit (for scripts). An engine that ended by a croak or an
+    /// error shows as `ended: CAUSE` until its last status expires; one whose last status is
+    /// older than two of its intervals shows as `stale AGE` (killed, hung or cut off from the
+    /// store); neither's rates and percentiles are shown. One whose status already expired (three
+    /// intervals, at least 1 s) is no longer in the store, so --once cannot show it: the live view
+    /// shows `gone` for one that expires while it watches. Each engine's settings in force
+    /// (`(changed)` since start) and refused values follow its line.
     #[arg(long)]
     pub once: bool,
     /// Give up when no server answers within this.
@@ -69,6 +74,9 @@ pub struct ShardView {
 pub struct EngineView {
     pub status: Value,
     pub shards: BTreeMap<usize, ShardView>,
+    /// Why the engine refused the last value offered for a setting, by setting
+    /// (`/mdsub/status/ID/refused/NAME`, text as the engine wrote it).
+    pub refused: BTreeMap<String, String>,
     /// Its status expired (or it exited).
     pub gone: bool,
 }
@@ -82,18 +90,25 @@ pub enum Freshness {
     /// its status has not expired yet. `age_ns`: this host's clock now minus the status's
     /// `updated_ns` (the engine host's clock).
     Stale { age_ns: u64 },
+    /// Its last status says the engine ended (a croak, an error: its `ended` says how) and has
+    /// not expired yet.
+    Ended,
     /// Its status was deleted while `top` watched: it expired or the engine exited.
     Gone,
 }
 
 impl EngineView {
-    /// Whether the status is current at `now_unix_ns` (this host's wall clock): stale once it is
-    /// older than [`STALE_INTERVALS`] of the interval it says (`interval_ms`), by its
-    /// `updated_ns`. A status that says neither cannot be judged and counts as current; one whose
-    /// time is ahead of this host's clock (the clocks disagree) is not stale.
+    /// Whether the status is current at `now_unix_ns` (this host's wall clock): ended when it says
+    /// so (`ended`, whatever its age), else stale once it is older than [`STALE_INTERVALS`] of the
+    /// interval it says (`interval_ms`), by its `updated_ns`. A status that says neither cannot be
+    /// judged and counts as current; one whose time is ahead of this host's clock (the clocks
+    /// disagree) is not stale.
     pub fn freshness(&self, now_unix_ns: u64) -> Freshness {
         if self.gone {
             return Freshness::Gone;
+        }
+        if self.status["ended"].is_string() {
+            return Freshness::Ended;
         }
         let (Some(updated_ns), Some(interval_ms)) =
             (self.status["updated_ns"].as_u64(), self.status["interval_ms"].as_f64())
@@ -144,7 +159,8 @@ pub struct Top {
     pub selected: usize,
     pub sort: Sort,
     /// Status values that were not JSON (or not under a key of the status's shape): ignored,
-    /// counted and said under the table, the engine's last good status kept.
+    /// counted and said under the table, the engine's last good status kept. An engine's
+    /// `refused/NAME` values are text by design: not counted.
     pub malformed: u64,
 }
 
@@ -156,6 +172,28 @@ fn u(v: &Value, k: &str) -> u64 {
 /// terminal) and cut when long, `-` when absent.
 fn text(v: &Value, k: &str) -> String {
     v[k].as_str().map_or_else(|| "-".into(), |s| crate::diag::quoted(s).into_owned())
+}
+
+/// How much of an engine's own sentence (how it ended, why it refused a value) the screen shows:
+/// a snail's scream is about 200 characters.
+const SENTENCE_CHARS: usize = 400;
+
+/// How an ended engine's status says it ended, for the screen (escaped, bounded).
+fn ended(v: &Value) -> String {
+    v["ended"].as_str().map_or_else(|| "-".into(), |s| crate::diag::quoted_up_to(s, SENTENCE_CHARS).into_owned())
+}
+
+/// A refusal for the screen: `NAME=VALUE (WHY)` from the engine's `` `VALUE` refused: WHY ``,
+/// else `NAME (TEXT)` (an unknown setting's, a value that is not UTF-8).
+fn refusal(name: &str, why: &str) -> String {
+    let name = crate::diag::quoted(name);
+    let split = why.strip_prefix('`').and_then(|rest| rest.split_once("` refused: "));
+    match split {
+        Some((value, reason)) => {
+            format!("{name}={} ({})", crate::diag::quoted(value), crate::diag::quoted_up_to(reason, SENTENCE_CHARS))
+        }
+        None => format!("{name} ({})", crate::diag::quoted_up_to(why, SENTENCE_CHARS)),
+    }
 }
 
 /// The snail column: the worst verdict since the status before (`snail_worst`, so a SNAIL
@@ -201,6 +239,15 @@ impl Top {
         let Some(rest) = c.key.strip_prefix(STATUS_ROOT.as_bytes()) else { return };
         let rest = String::from_utf8_lossy(rest);
         let Some((id, what)) = rest.split_once('/') else { return };
+        // Why the engine refused a setting's value: text, not JSON.
+        if let Some(name) = what.strip_prefix("refused/") {
+            let e = self.engines.entry(crate::diag::quoted(id).into_owned()).or_default();
+            match &c.value {
+                Some(why) => e.refused.insert(name.to_string(), String::from_utf8_lossy(why).into_owned()),
+                None => e.refused.remove(name),
+            };
+            return;
+        }
         let value = match c.value.as_ref().map(|v| serde_json::from_slice::<Value>(v)) {
             Some(Err(_)) => {
                 self.malformed += 1;
@@ -264,23 +311,25 @@ impl Top {
     /// Engine `id`'s shard rows at `now_unix_ns` (ENGINE SHARD MSG/S P50 P99 P99.9 MAX GAPS
     /// DISCONN STALLS SNAIL; DISCONN: publisher connections that ended on a bound shard, STALLS:
     /// its reader's self-stalls, SNAIL: the shard's worst verdict over the interval), none for an
-    /// engine gone or without shards. A stale engine's rows say `stale` for the rate and `-` for
-    /// the interval's percentiles and verdict (none of them is current); its counters are those
-    /// of its last status.
+    /// engine gone or without shards. A stale or ended engine's rows say `stale` or `ended` for
+    /// the rate and `-` for the interval's percentiles and verdict (none of them is current); its
+    /// counters are those of its last status.
     fn shard_rows(&self, id: &str, now_unix_ns: u64) -> Vec<[String; 11]> {
         let Some(e) = self.engines.get(id) else { return Vec::new() };
-        let stale = match e.freshness(now_unix_ns) {
+        let past = match e.freshness(now_unix_ns) {
             Freshness::Gone => return Vec::new(),
-            Freshness::Stale { .. } => true,
-            Freshness::Current => false,
+            Freshness::Stale { .. } => Some("stale"),
+            Freshness::Ended => Some("ended"),
+            Freshness::Current => None,
         };
+        let stale = past.is_some();
         let rows = e.shards.iter().map(|(k, s)| {
             let st = &s.status;
             let interval = |v: String| if stale { "-".to_string() } else { v };
             [
                 id.to_string(),
                 format!("shard{k}"),
-                if stale { "stale".into() } else { rate(st) },
+                past.map_or_else(|| rate(st), String::from),
                 interval(latency(st, "p50_ns")),
                 interval(latency(st, "p99_ns")),
                 interval(latency(st, "p999_ns")),
@@ -294,15 +343,18 @@ impl Top {
         rows.collect()
     }
 
-    /// What engine `id` says as a whole at `now_unix_ns`: `gone`; or `stale AGE (status due
-    /// every INTERVAL)` and the counts of its last status; or its busiest agent, what its
-    /// handlers refused (by agent and reason, those above 0) and its longest self-stall if it had
-    /// one.
+    /// What engine `id` says as a whole at `now_unix_ns`: `gone` (with how it ended, if its last
+    /// status said); or `ended: CAUSE` or `stale AGE (status due every INTERVAL)` and the counts
+    /// of its last status; or its busiest agent, what its handlers refused (by agent and reason,
+    /// those above 0) and its longest self-stall if it had one.
     pub fn engine_note(&self, id: &str, now_unix_ns: u64) -> String {
         let Some(e) = self.engines.get(id) else { return String::new() };
         let st = &e.status;
         let mut note = match e.freshness(now_unix_ns) {
+            Freshness::Gone if st["ended"].is_string() => return format!("gone (ended: {})", ended(st)),
             Freshness::Gone => return "gone".into(),
+            // How it ended says what its last verdict was; its share was of an interval past.
+            Freshness::Ended => format!("ended: {}", ended(st)),
             // Its busiest agent's share and verdict were of an interval long past: not shown.
             Freshness::Stale { age_ns } => {
                 let interval_ns = (st["interval_ms"].as_f64().unwrap_or(0.0) * 1e6) as u64;
@@ -355,10 +407,37 @@ impl Top {
         note
     }
 
+    /// Engine `id`'s live settings as its last status says (`settings: NAME=VALUE, …`, `(changed)`
+    /// after one whose value in force is not its value at start) and the values it refused
+    /// (`refused: NAME=VALUE (WHY), …`), `; ` between; empty for an engine gone or that says
+    /// neither.
+    pub fn settings_note(&self, id: &str) -> String {
+        let Some(e) = self.engines.get(id).filter(|e| !e.gone) else { return String::new() };
+        let st = &e.status;
+        let changed: Vec<&str> =
+            st["settings_changed"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let settings: Vec<String> = (st["settings"].as_object().into_iter().flatten())
+            .map(|(name, v)| {
+                let value = v.as_str().map_or_else(|| "?".into(), crate::diag::quoted);
+                let mark = if changed.contains(&name.as_str()) { " (changed)" } else { "" };
+                format!("{}={value}{mark}", crate::diag::quoted(name))
+            })
+            .collect();
+        let refused: Vec<String> = e.refused.iter().map(|(name, why)| refusal(name, why)).collect();
+        let mut parts = Vec::new();
+        if !settings.is_empty() {
+            parts.push(format!("settings: {}", settings.join(", ")));
+        }
+        if !refused.is_empty() {
+            parts.push(format!("refused: {}", refused.join(", ")));
+        }
+        parts.join("; ")
+    }
+
     /// The live view's rows at `now_unix_ns`: a shard's columns, then the engine's handler
-    /// refusals (REF) and busiest agent's share (BUSY: `stale` for an engine whose status is
-    /// stale, its age in the title); an engine gone or without shards is one row, `gone` or its
-    /// share last.
+    /// refusals (REF) and busiest agent's share (BUSY: `stale` or `ended` for an engine whose
+    /// status is stale or says it ended, its age or cause in the title); an engine gone or
+    /// without shards is one row, `gone` or its share last.
     pub fn rows(&self, now_unix_ns: u64) -> Vec<[String; 13]> {
         let mut rows = Vec::new();
         for id in self.order() {
@@ -371,6 +450,7 @@ impl Top {
             let busy = match (freshness, busy_share(&e.status)) {
                 (Freshness::Gone, _) => "gone".to_string(),
                 (Freshness::Stale { .. }, _) => "stale".to_string(),
+                (Freshness::Ended, _) => "ended".to_string(),
                 (Freshness::Current, Some(b)) => b,
                 (Freshness::Current, None) => "-".into(),
             };
@@ -393,9 +473,9 @@ impl Top {
         rows
     }
 
-    /// One plain-text frame at `now_unix_ns` (at most 97 columns for engine ids of up to 16
+    /// One plain-text frame at `now_unix_ns` (at most 100 columns for engine ids of up to 16
     /// characters): each engine's shard rows, then its line as a whole (`engine` in the SHARD
-    /// column).
+    /// column), then its settings and refusals (indented under that line).
     pub fn render_text(&self, now_unix_ns: u64) -> String {
         let mut s = String::new();
         let head = ["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "DISCONN", "STALLS", "SNAIL"];
@@ -415,10 +495,16 @@ impl Top {
                 s.push_str(&line(&r));
             }
             let mut lead = format!("{id:<16} {:<7} ", "engine");
-            for part in wrap_list(&self.engine_note(id, now_unix_ns), TEXT_COLUMNS.saturating_sub(lead.chars().count()))
-            {
+            let width = TEXT_COLUMNS.saturating_sub(lead.chars().count());
+            for part in wrap_list(&self.engine_note(id, now_unix_ns), width) {
                 s.push_str(&format!("{lead}{part}\n"));
                 lead = " ".repeat(lead.chars().count());
+            }
+            let settings = self.settings_note(id);
+            if !settings.is_empty() {
+                for part in wrap_list(&settings, width) {
+                    s.push_str(&format!("{lead}{part}\n"));
+                }
             }
         }
         if self.malformed > 0 {
@@ -435,22 +521,45 @@ impl Top {
 pub const TEXT_COLUMNS: usize = 100;
 
 /// `list` (items separated by `, `) in lines of at most `width` characters, broken after a
-/// separator (its `,` ends the line); an item longer than `width` has a line of its own.
+/// separator (its `,` ends the line); an item longer than `width` is broken at its spaces, its
+/// words filling the line it starts on (a word longer than `width` has a line of its own).
 fn wrap_list(list: &str, width: usize) -> Vec<String> {
+    let len = |s: &str| s.chars().count();
     let mut lines: Vec<String> = Vec::new();
     let mut current = String::new();
     let items: Vec<&str> = list.split(", ").collect();
     for (i, item) in items.iter().enumerate() {
         // With room for the `,` that ends the line if an item follows.
         let comma = usize::from(i + 1 < items.len());
-        if !current.is_empty() && current.chars().count() + 2 + item.chars().count() + comma > width {
+        let sep = if current.is_empty() { 0 } else { 2 };
+        if len(&current) + sep + len(item) + comma <= width {
+            if sep > 0 {
+                current.push_str(", ");
+            }
+            current.push_str(item);
+            continue;
+        }
+        if len(item) + comma <= width {
+            // On a line of its own (the current one is not empty: the item would fit there).
             lines.push(format!("{current},"));
-            current.clear();
+            current = item.to_string();
+            continue;
         }
+        // Longer than a line: its words fill this line and the next.
         if !current.is_empty() {
-            current.push_str(", ");
+            current.push(',');
         }
-        current.push_str(item);
+        let words: Vec<&str> = item.split(' ').collect();
+        for (j, word) in words.iter().enumerate() {
+            let end = if j + 1 == words.len() { comma } else { 0 };
+            if !current.is_empty() && len(&current) + 1 + len(word) + end > width {
+                lines.push(std::mem::take(&mut current));
+            }
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
     }
     lines.push(current);
     lines
@@ -594,9 +703,14 @@ fn draw(f: &mut ratatui::Frame, model: &Top, now_unix_ns: u64) {
     use ratatui::layout::{Constraint, Layout};
     use ratatui::style::{Modifier, Style};
     use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table};
-    let [title, table, spark, help] =
-        Layout::vertical([Constraint::Length(1), Constraint::Min(4), Constraint::Length(6), Constraint::Length(1)])
-            .areas(f.area());
+    let [title, settings, table, spark, help] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(4),
+        Constraint::Length(6),
+        Constraint::Length(1),
+    ])
+    .areas(f.area());
     let order = model.order();
     let selected_id = order.get(model.selected).cloned();
     // The selected engine as a whole: busiest agent, handler refusals by reason, longest self-stall.
@@ -608,6 +722,8 @@ fn draw(f: &mut ratatui::Frame, model: &Top, now_unix_ns: u64) {
         Paragraph::new(format!("mdsub top: {} engine(s), sorted by {}{note}", model.engines.len(), model.sort.name())),
         title,
     );
+    // The selected engine's settings in force and refused values (cut at the screen's edge).
+    f.render_widget(Paragraph::new(selected_id.map(|id| model.settings_note(id)).unwrap_or_default()), settings);
     let rows = model.rows(now_unix_ns).into_iter().map(|r| {
         let style = if Some(&r[0]) == selected_id {
             Style::default().add_modifier(Modifier::REVERSED)
@@ -879,5 +995,91 @@ mod tests {
         t.apply(&change("/mdsub/status/e3/engine", None));
         assert_eq!(t.engines["e3"].freshness(NOW), Freshness::Gone);
         assert!(t.render_text(NOW).ends_with("e3               engine  gone\n"));
+    }
+
+    /// An engine that ended by a croak leaves a last status saying how: both views show it
+    /// ended with that cause, by the one rule, none of its rates as current; when it expires
+    /// the live view says `gone` with the cause. Before, the engine deleted its status as on a
+    /// clean exit and vanished from `top` without a word.
+    #[test]
+    fn an_engine_that_ended_by_a_croak_shows_ended_with_its_cause_in_both_views() {
+        let mut t = Top::default();
+        let cause = "the snail croaked: SNAIL on shard0 (shard0-reader): publisher 0 topic HGF6: lag 3.01s \
+                     (max_lag 1.00s, above it for 2.01s, grace 1.00s); last good seq 8392; policy croak";
+        // Older than two intervals too: ended says more than stale.
+        let engine = format!(
+            r#"{{"interval_ms":1000.0,"updated_ns":{},"busiest_agent":"worker0","busiest_busy":0.5,"snail":"SNAIL","ended":"{cause}"}}"#,
+            NOW - 5_000_000_000
+        );
+        t.apply(&change("/mdsub/status/croaked-e1/engine", Some(&engine)));
+        let shard = r#"{"msgs_per_s":1999,"p50_ns":1000,"p99_ns":3000,"p999_ns":5000,"max_ns":9000,"gaps":4,"intervals":7,"snail":"SNAIL"}"#;
+        t.apply(&change("/mdsub/status/croaked-e1/shard0", Some(shard)));
+        assert_eq!(t.engines["croaked-e1"].freshness(NOW), Freshness::Ended);
+        let text = t.render_text(NOW);
+        assert!(
+            text.contains(
+                "croaked-e1       shard0     ended        -        -        -        -      4       0      0 -\n"
+            ),
+            "{text}"
+        );
+        let note: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("croaked-e1       engine  ")).collect();
+        let joined = note.iter().map(|l| l[25..].trim_end()).collect::<Vec<_>>().join(" ");
+        assert!(joined.starts_with(&format!("ended: {cause}, handler refused 0")), "{text}");
+        assert!(text.lines().all(|l| l.chars().count() <= TEXT_COLUMNS), "fits 100 columns: {text}");
+        assert!(!text.contains("1999") && !text.contains("busiest"), "no rate or share as current: {text}");
+        let live = t.rows(NOW);
+        assert_eq!((&live[0][2][..], &live[0][10][..], &live[0][12][..]), ("ended", "-", "ended"));
+        assert!(t.engine_note("croaked-e1", NOW).starts_with("ended: the snail croaked: SNAIL on shard0"));
+        // Its keys expire while the live view watches: gone, and how it ended.
+        t.apply(&change("/mdsub/status/croaked-e1/engine", None));
+        t.apply(&change("/mdsub/status/croaked-e1/shard0", None));
+        assert!(t.engine_note("croaked-e1", NOW).starts_with("gone (ended: the snail croaked: SNAIL"));
+        assert_eq!(t.rows(NOW)[0][12], "gone");
+    }
+
+    /// The engine's `refused/NAME` keys are its own (text by design), not junk: shown with the
+    /// settings in force, those changed since start marked. Before, `top` counted each as a
+    /// malformed status value and showed no setting at all.
+    #[test]
+    fn settings_in_force_and_refused_values_are_shown_not_counted_as_malformed() {
+        let mut t = Top::default();
+        let engine = r#"{"busiest_agent":"worker0","busiest_busy":0.5,"settings":{"log_level":"info",
+            "metrics_interval":"2s","snail_grace":"1s","snail_max_lag":"1s","snail_policy":"warn"},
+            "settings_changed":["metrics_interval","snail_policy"]}"#;
+        t.apply(&change("/mdsub/status/e1/engine", Some(engine)));
+        t.apply(&change("/mdsub/status/e1/refused/snail_grace", Some("`fast` refused: not a duration (e.g. 300ms)")));
+        t.apply(&change("/mdsub/status/e1/refused/colour", Some("unknown setting `colour` (known: log_level, …)")));
+        t.apply(&change("/mdsub/status/e1/refused/log_level", Some("`\u{1b}[2J` refused: not a log level")));
+        assert_eq!(t.malformed, 0, "the engine's refusals are not malformed");
+        assert_eq!(
+            t.settings_note("e1"),
+            "settings: log_level=info, metrics_interval=2s (changed), snail_grace=1s, snail_max_lag=1s, \
+             snail_policy=warn (changed); refused: colour (unknown setting `colour` (known: log_level, …)), \
+             log_level=\\u{1b}[2J (not a log level), snail_grace=fast (not a duration (e.g. 300ms))"
+        );
+        let text = t.render_text(NOW);
+        assert!(!text.contains("not an engine's status"), "{text}");
+        assert!(!text.contains('\u{1b}'), "no raw escape reaches the screen: {text:?}");
+        assert!(text.lines().all(|l| l.chars().count() <= TEXT_COLUMNS), "fits 100 columns: {text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "e1               engine  busiest worker0 50%, snail -, handler refused 0");
+        assert!(
+            lines[2].starts_with("                         settings: log_level=info, metrics_interval=2s (changed),")
+        );
+        // A refusal withdrawn (a good value applied, or the setting deleted) leaves the view.
+        t.apply(&change("/mdsub/status/e1/refused/snail_grace", None));
+        t.apply(&change("/mdsub/status/e1/refused/colour", None));
+        t.apply(&change("/mdsub/status/e1/refused/log_level", None));
+        assert!(!t.settings_note("e1").contains("refused"), "{}", t.settings_note("e1"));
+        // An engine that says no settings (an older one): no line.
+        t.apply(&change("/mdsub/status/e2/engine", Some("{}")));
+        assert_eq!(t.settings_note("e2"), "");
+    }
+
+    #[test]
+    fn a_list_item_longer_than_a_line_is_broken_at_its_spaces() {
+        assert_eq!(wrap_list("a, bb cc dd, e", 5), ["a, bb", "cc", "dd, e"]);
+        assert_eq!(wrap_list("aaaa, bb cc dd", 7), ["aaaa,", "bb cc", "dd"]);
+        assert_eq!(wrap_list("abcdefgh, i", 4), ["abcdefgh,", "i"], "a word longer than a line stays whole");
     }
 }

@@ -171,20 +171,25 @@ struct LiveOutputs {
     log: Arc<LogLevel>,
     /// The `/metrics` server, stopped by its own flag once the engine is joined.
     metrics_http: Option<(AgentHandle<MetricsServer>, StopFlag, std::net::SocketAddr)>,
-    /// The status agent (clone store), stopped the same way.
-    store: Option<(AgentHandle<StoreAgent>, StopFlag)>,
+    /// The status agent (clone store), stopped the same way, and where it is told how the
+    /// engine ended (a croak, an error) before it stops.
+    store: Option<(AgentHandle<StoreAgent>, StopFlag, Arc<std::sync::OnceLock<String>>)>,
     /// Its links to the store when it stopped, for the report.
     store_links: Vec<crate::link::LinkStats>,
 }
 
 impl LiveOutputs {
-    /// Stop and join the `/metrics` server and the status agent.
-    fn stop(&mut self) {
+    /// Stop and join the `/metrics` server and the status agent; `ended`: how the engine ended
+    /// when not cleanly (a croak, an error), which its last status says (a clean end deletes it).
+    fn stop(&mut self, ended: Option<String>) {
         if let Some((h, stop, _)) = self.metrics_http.take() {
             stop.stop();
             let _ = h.join();
         }
-        if let Some((h, stop)) = self.store.take() {
+        if let Some((h, stop, how)) = self.store.take() {
+            if let Some(ended) = ended {
+                let _ = how.set(ended);
+            }
             stop.stop();
             match h.join() {
                 Ok(agent) => self.store_links = agent.links(),
@@ -513,14 +518,16 @@ impl Engine {
             interval_ns: self.live.metrics_interval_ns.clone(),
             log: self.live.log.clone(),
             settings,
+            ended: Arc::default(),
         };
+        let ended = inputs.ended.clone();
         let agent = StoreAgent::new(inputs).map_err(EngineError::Config)?;
         let client = agent.client_counters();
         let stop = StopFlag::new();
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
         self.side_agents.push((h.role().to_string(), h.counters().clone()));
         self.side_agents.extend(client);
-        self.live.store = Some((h, stop));
+        self.live.store = Some((h, stop, ended));
         Ok(())
     }
 
@@ -569,6 +576,7 @@ impl Engine {
         };
         let reasons = self.handler_reasons;
         let monitor_zap = self.monitor_access_counters();
+        let interval = self.live.metrics_interval_ns.clone();
         move || EngineLive {
             engine_id: engine_id.clone(),
             shards: shards.iter().zip(&links).map(|(c, l)| shard_live(c, l)).collect(),
@@ -581,6 +589,15 @@ impl Engine {
                 .map(|(site, c)| HandlerRefused { agent: site.clone(), counts: refused_of(c, reasons) })
                 .collect(),
             monitor_refused: monitor_zap.as_ref().map(|c| c.every_reason()),
+            settings: Some({
+                let snail = board.current();
+                crate::metrics::prom::SettingsLive {
+                    snail_policy: snail.policy,
+                    snail_max_lag_ns: snail.max_lag_ns,
+                    snail_grace_ns: snail.grace_ns,
+                    metrics_interval_ns: interval.load(Relaxed),
+                }
+            }),
         }
     }
 
@@ -781,14 +798,20 @@ impl Engine {
         if let Some(z) = self.monitor_zap.as_mut() {
             z.stop();
         }
-        // The status agent's clone client ends with it.
-        self.live.stop();
+        // A croak stops the engine through the stop flag too; that is the croak, not an interruption.
+        let croak = self.snail.croak();
+        // The status agent's clone client ends with it; its last status says how the engine
+        // ended when it was no clean end.
+        let ended = match (&first_err, &croak) {
+            (Some(e), _) => Some(format!("error: {e}")),
+            (None, Some(scream)) => Some(format!("the snail croaked: {scream}")),
+            (None, None) => None,
+        };
+        self.live.stop(ended);
         agents.extend(self.side_agents.iter().map(|(role, c)| c.snapshot(role)));
         if let Some(e) = first_err {
             return Err(e);
         }
-        // A croak stops the engine through the stop flag too; that is the croak, not an interruption.
-        let croak = self.snail.croak();
         let waited = timeout.filter(|_| timed_out);
         let report = self.report(collected, interrupted && croak.is_none(), waited, agents);
         match croak {
@@ -1082,7 +1105,8 @@ fn counts_of(c: &ShardCounters) -> SequenceCounts {
 impl Drop for Engine {
     /// An engine dropped without `join` (an error path) stops its threads.
     fn drop(&mut self) {
-        self.live.stop();
+        // After `join` the status agent is stopped already: this is an error path's end.
+        self.live.stop(Some("error: the engine was stopped before its run ended (its stderr says why)".into()));
         if self.readers.is_empty() && self.workers.is_empty() {
             return;
         }

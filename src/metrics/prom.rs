@@ -82,7 +82,23 @@ pub struct EngineLive {
     /// The monitor PUB's refused subscriber connections, every reason with its count (None: no
     /// monitor): its access policy's and libzmq's handshake's (`security::ZapCounters`).
     pub monitor_refused: Option<Vec<(&'static str, u64)>>,
+    /// The live settings in force now (None: not known, as in a unit test's page).
+    pub settings: Option<SettingsLive>,
 }
+
+/// The engine's settings that change while it runs (`/mdsub/config/<engine-id>/NAME`), as in
+/// force now: read once per scrape from the snail's board and the shared interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingsLive {
+    pub snail_policy: crate::snail::Policy,
+    pub snail_max_lag_ns: u64,
+    pub snail_grace_ns: u64,
+    pub metrics_interval_ns: u64,
+}
+
+/// The snail's policies, in `mdsub_snail_policy`'s order.
+const POLICIES: [crate::snail::Policy; 4] =
+    [crate::snail::Policy::Croak, crate::snail::Policy::Warn, crate::snail::Policy::Rest, crate::snail::Policy::Off];
 
 /// What one worker core's handler refused (a new key past one of its limits), by reason.
 #[derive(Debug, Clone, Default)]
@@ -555,6 +571,36 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             }
         },
     );
+    if let Some(set) = &live.settings {
+        family(
+            &mut s,
+            "mdsub_setting_seconds",
+            "gauge",
+            "A live duration setting in force, by name (metrics_interval, snail_max_lag, snail_grace): \
+             the profile's or a flag's, or the last value applied from the clone store.",
+            |f| {
+                let durations = [
+                    ("metrics_interval", set.metrics_interval_ns),
+                    ("snail_max_lag", set.snail_max_lag_ns),
+                    ("snail_grace", set.snail_grace_ns),
+                ];
+                for (name, ns) in durations {
+                    f.sample("", &format!("engine=\"{id}\",name=\"{name}\""), seconds(ns as f64));
+                }
+            },
+        );
+        family(
+            &mut s,
+            "mdsub_snail_policy",
+            "gauge",
+            "The snail policy in force: 1 for it, 0 for each other (croak, warn, rest, off).",
+            |f| {
+                for p in POLICIES {
+                    f.sample("", &format!("engine=\"{id}\",policy=\"{}\"", p.name()), u8::from(p == set.snail_policy));
+                }
+            },
+        );
+    }
     if let Some(refused) = &live.monitor_refused {
         family(
             &mut s,
@@ -591,6 +637,12 @@ mod tests {
             snail: vec![crate::snail::SiteReport { role: "shard0-reader".into(), ..Default::default() }],
             handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("verify_full", 0)] }],
             monitor_refused: Some(vec![("handshake_failed_protocol", 0)]),
+            settings: Some(SettingsLive {
+                snail_policy: crate::snail::Policy::Croak,
+                snail_max_lag_ns: 1,
+                snail_grace_ns: 1,
+                metrics_interval_ns: 1,
+            }),
             ..Default::default()
         };
         let latency = LiveLatency { cumulative: shard_sets(1), last_interval: shard_sets(1), ..Default::default() };
@@ -694,8 +746,24 @@ mod tests {
             }],
             handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("orders_full", 3)] }],
             monitor_refused: Some(vec![("address_not_allowed", 0), ("handshake_failed_protocol", 2)]),
+            settings: Some(SettingsLive {
+                snail_policy: crate::snail::Policy::Warn,
+                snail_max_lag_ns: 250_000_000,
+                snail_grace_ns: 0,
+                metrics_interval_ns: 2_000_000_000,
+            }),
         };
         let t = render(&live, &latency);
+        // The settings in force (before: none of them on the page, though docs/SNAIL.md said so).
+        for line in [
+            "mdsub_setting_seconds{engine=\"e\\\"1\",name=\"metrics_interval\"} 2\n",
+            "mdsub_setting_seconds{engine=\"e\\\"1\",name=\"snail_max_lag\"} 0.25\n",
+            "mdsub_setting_seconds{engine=\"e\\\"1\",name=\"snail_grace\"} 0\n",
+            "mdsub_snail_policy{engine=\"e\\\"1\",policy=\"croak\"} 0\n",
+            "mdsub_snail_policy{engine=\"e\\\"1\",policy=\"warn\"} 1\n",
+        ] {
+            assert!(t.contains(line), "{line} in {t}");
+        }
         assert!(t.contains("mdsub_snail_verdict{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");
         assert!(t.contains("kind=\"max\"} 1.5"), "{t}");
         assert!(t.contains("mdsub_snail_self_stalls_total{engine=\"e\\\"1\",site=\"worker0\",shard=\"1\"} 2"), "{t}");

@@ -36,6 +36,8 @@ struct Setting {
 pub struct Settings {
     entries: BTreeMap<String, Setting>,
     current: BTreeMap<String, String>,
+    /// Each setting's value at start (the profile's, or a flag's), for what changed since.
+    initial: BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -49,6 +51,7 @@ impl Settings {
         apply: impl FnMut(&str) -> Result<String, String> + Send + 'static,
     ) {
         self.entries.insert(name.to_string(), Setting { help, apply: Box::new(apply) });
+        self.initial.insert(name.to_string(), current.clone());
         self.current.insert(name.to_string(), current);
     }
 
@@ -88,6 +91,16 @@ impl Settings {
     /// Every setting's value in force.
     pub fn current(&self) -> &BTreeMap<String, String> {
         &self.current
+    }
+
+    /// Setting `name`'s value at start (registered), if it is a setting.
+    pub fn initial(&self, name: &str) -> Option<&str> {
+        self.initial.get(name).map(String::as_str)
+    }
+
+    /// The settings whose value in force is not their value at start.
+    pub fn changed(&self) -> Vec<&str> {
+        (self.current.iter()).filter(|(k, v)| self.initial.get(*k) != Some(v)).map(|(k, _)| k.as_str()).collect()
     }
 
     /// `(name, help)` of every setting.
@@ -196,6 +209,10 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert_eq!(s.help(), vec![("n", "a number from 1 to 9")]);
+        assert_eq!((s.initial("n"), s.changed()), (Some("5"), vec!["n"]), "changed since start");
+        assert_eq!(s.offer("n", "5"), Offer::Applied("5".into()));
+        assert!(s.changed().is_empty(), "back to the value at start: {:?}", s.changed());
+        assert_eq!(s.initial("m"), None);
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! Keys, all under `/mdsub/status/<engine-id>/` (values are JSON objects
 //! except `refused/…`):
 //! - `engine`: id, pid, interval, shards, uptime, the busiest agent and its
-//!   busy fraction, log level, the settings in force, the snail's verdict and
-//!   self-stalls, what the handlers refused (total, and per agent by reason);
+//!   busy fraction, log level, the settings in force (and which changed since start), the
+//!   snail's verdict and self-stalls, what the handlers refused (total, and per agent by
+//!   reason); in the last status of an engine that ended by a croak or an error, `ended`: how;
 //! - `shardK`: counters (publisher connections of a bound shard, its reader's
 //!   self-stalls among them) and the last interval's msgs/s and total-stage
 //!   p50/p99/p99.9/max (ns) and how many of its latencies were above 60 s
@@ -19,12 +20,16 @@
 //! Every value is read once per interval from the engine's live counters, never per message.
 //! `docs/CLONE.md` lists each key's fields.
 //!
+//! On a clean exit the agent deletes its keys; an engine that ends by a croak or an error
+//! ([`StoreInputs::ended`] says how) publishes a last status saying so and leaves it to its TTL,
+//! so a dashboard shows why it stopped instead of losing it at once.
+//!
 //! It uses the clone store through [`crate::clone::client::Client`]'s public API
 //! only, on its own thread (started by the client), off the data path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::json;
@@ -105,6 +110,9 @@ pub struct StoreInputs {
     pub interval_ns: Arc<AtomicU64>,
     pub log: Arc<LogLevel>,
     pub settings: Settings,
+    /// How the engine ended, set before the agent is stopped when it ended by a croak or an
+    /// error (unset on a clean exit): the agent's last status says it instead of being deleted.
+    pub ended: Arc<OnceLock<String>>,
 }
 
 /// The status agent.
@@ -124,6 +132,9 @@ pub struct StoreAgent {
     /// When the agent started (monotonic ns), for `uptime_s`.
     started_ns: u64,
     refused: BTreeMap<String, String>,
+    /// Settings with a value under the config prefix now (applied, unchanged or refused): the
+    /// deletion of each is said once.
+    offered: BTreeSet<String>,
     published: BTreeSet<String>,
     /// The worst snail verdict since the last status, the engine's then each shard's.
     worst: (WorstSince, Vec<WorstSince>),
@@ -167,24 +178,26 @@ impl StoreAgent {
             last_status: (0, 0),
             started_ns: clock::monotonic_ns(),
             refused: BTreeMap::new(),
+            offered: BTreeSet::new(),
             published: BTreeSet::new(),
             worst: Default::default(),
             rounds: 0,
         })
     }
 
-    fn set(&mut self, key: String, value: String, ttl: u64) -> Result<(), AgentError> {
-        match self.client.set(key.as_bytes(), value.as_bytes(), Some(ttl)) {
-            Ok(_) => {}
+    /// Set `key` with `ttl`: the update's id, None when it was skipped.
+    fn set(&mut self, key: String, value: String, ttl: u64) -> Result<Option<crate::clone::kvmsg::Uuid>, AgentError> {
+        let id = match self.client.set(key.as_bytes(), value.as_bytes(), Some(ttl)) {
+            Ok(id) => id,
             // The clone agent is behind (its command queue is full): this round's value is
             // skipped (the client counts it); the next interval publishes again.
-            Err(crate::clone::client::ClientError::Busy { .. }) => return Ok(()),
+            Err(crate::clone::client::ClientError::Busy { .. }) => return Ok(None),
             Err(e) => {
                 return Err(AgentError::Fatal { role: "store".into(), message: format!("setting {key}: {e}") });
             }
-        }
+        };
         self.published.insert(key);
-        Ok(())
+        Ok(Some(id))
     }
 
     fn on_change(&mut self, c: Change) -> Result<(), AgentError> {
@@ -192,14 +205,17 @@ impl StoreAgent {
         let name = String::from_utf8_lossy(name).into_owned();
         let log = self.inputs.log.clone();
         let said = crate::diag::quoted(&name);
-        // A deleted setting keeps the value in force; a refusal of the deleted value no longer stands.
+        // A deleted setting keeps the value in force; a refusal of the deleted value no longer
+        // stands. Said once per deletion of a value this engine had (the store lost it, or
+        // someone deleted it: the engine cannot tell which), whatever became of that value.
         let Some(value) = c.value else {
-            if self.withdraw_refusal(&name) {
-                let known = self.inputs.settings.is_known(&name);
-                log.log(Level::Info, format_args!("setting {said}: deleted from the store{}", in_force_stays(known)));
+            let refused = self.withdraw_refusal(&name);
+            if self.offered.remove(&name) || refused {
+                log.log(Level::Info, format_args!("{}", deleted_line(&self.inputs.settings, &name)));
             }
             return Ok(());
         };
+        self.offered.insert(name.clone());
         let outcome = match std::str::from_utf8(&value) {
             Ok(v) => self.inputs.settings.offer(&name, v),
             Err(_) => Offer::Refused("the value is not UTF-8".into()),
@@ -241,8 +257,9 @@ impl StoreAgent {
         true
     }
 
-    /// Publish the status at `now_ns` (monotonic; `updated_ns` in it is the wall clock's).
-    fn publish(&mut self, now_ns: u64) -> Result<(), AgentError> {
+    /// Publish the status at `now_ns` (monotonic; `updated_ns` in it is the wall clock's); with
+    /// `ended`, the engine's last, saying how it ended. The id of the last update set, if any.
+    fn publish(&mut self, now_ns: u64, ended: Option<&str>) -> Result<Option<crate::clone::kvmsg::Uuid>, AgentError> {
         let interval_ns = self.inputs.interval_ns.load(Relaxed).max(1);
         let ttl = ttl_s(interval_ns);
         let live = (self.inputs.live)();
@@ -253,7 +270,7 @@ impl StoreAgent {
         let lat = self.inputs.latency.lock().ok();
         let (closed, closed_at_ns, write_errors) =
             lat.as_ref().map_or((0, 0, 0), |l| (l.intervals, l.last_interval_end_ns, l.write_errors));
-        let engine = json!({
+        let mut engine = json!({
             "engine_id": self.inputs.engine_id,
             "pid": std::process::id(),
             "interval_ms": interval_ns as f64 / 1e6,
@@ -263,6 +280,7 @@ impl StoreAgent {
             "busiest_busy": busiest.map(|b| b.1),
             "log_level": self.inputs.log.get().name(),
             "settings": self.inputs.settings.current(),
+            "settings_changed": self.inputs.settings.changed(),
             "metrics_dropped": live.metrics_dropped,
             "metrics_write_errors": write_errors,
             "snail": live.snail_verdict(None).name(),
@@ -307,19 +325,23 @@ impl StoreAgent {
             }
         }
         drop(lat);
-        for (k, s) in shards {
-            self.set(format!("{}shard{k}", self.status), s.to_string(), ttl)?;
+        if let (Some(how), Some(engine)) = (ended, engine.as_object_mut()) {
+            engine.insert("ended".into(), json!(how));
         }
-        self.set(format!("{}engine", self.status), engine.to_string(), ttl)?;
+        let mut last = None;
+        for (k, s) in shards {
+            last = self.set(format!("{}shard{k}", self.status), s.to_string(), ttl)?.or(last);
+        }
+        last = self.set(format!("{}engine", self.status), engine.to_string(), ttl)?.or(last);
         let refused: Vec<(String, String)> = self.refused.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (name, why) in refused {
-            self.set(format!("{}refused/{name}", self.status), why, ttl)?;
+            last = self.set(format!("{}refused/{name}", self.status), why, ttl)?.or(last);
         }
         self.rounds += 1;
         self.last_status = (closed, now_ns);
         // The collector closes its next interval about then.
         self.next_publish_ns = closed_at_ns.saturating_add(interval_ns).max(now_ns + RECHECK_NS);
-        Ok(())
+        Ok(last)
     }
 
     /// Whether the status is due at `now_ns`: published at once when asked (a setting changed),
@@ -356,7 +378,7 @@ impl Agent for StoreAgent {
         if now >= self.next_publish_ns {
             let closed = self.inputs.latency.lock().map_or(0, |l| l.intervals);
             if self.due(now, closed, self.inputs.interval_ns.load(Relaxed).max(1)) {
-                self.publish(now)?;
+                self.publish(now, None)?;
                 n += 1;
             } else {
                 // The collector is late closing its interval: look again shortly.
@@ -372,15 +394,24 @@ impl Agent for StoreAgent {
     }
 
     fn on_close(&mut self) {
-        // A clean exit removes the status at once (a killed engine's expires). A store never
-        // reached has nothing of ours to remove, and waiting for its acknowledgement would only
-        // add its 2 s to every stop (and to the run's reported duration).
+        // A clean exit removes the status at once (a killed engine's expires); an engine that
+        // ended by a croak or an error publishes a last status saying how, left to its TTL. A
+        // store never reached has nothing of ours to remove, and waiting for its
+        // acknowledgement would only add its 2 s to every stop (and to the run's reported
+        // duration).
         if !self.client.status().is_ok_and(|s| s.synced) {
             return;
         }
         let mut last = None;
-        for key in std::mem::take(&mut self.published) {
-            last = self.client.del(key.as_bytes()).ok().or(last);
+        if let Some(how) = self.inputs.ended.get().cloned() {
+            match self.publish(clock::monotonic_ns(), Some(&how)) {
+                Ok(id) => last = id,
+                Err(e) => crate::diag!("store: the engine's last status (how it ended) not published: {e}"),
+            }
+        } else {
+            for key in std::mem::take(&mut self.published) {
+                last = self.client.del(key.as_bytes()).ok().or(last);
+            }
         }
         if let Some(u) = last {
             let _ = self.client.wait_acked(u, Duration::from_secs(2));
@@ -388,13 +419,23 @@ impl Agent for StoreAgent {
     }
 }
 
-/// The end of a line about a setting refused or deleted: a setting of this engine keeps its
-/// value in force; a name that is no setting has none to keep.
-fn in_force_stays(known: bool) -> &'static str {
-    if known {
-        "; the value in force stays"
-    } else {
-        " (no setting of this engine: nothing is in force under that name)"
+/// The line saying setting `name` was deleted from the store: the value in force stays (a
+/// deletion is not a change: the store may have lost it, both servers restarted empty, and
+/// reverting would change a running engine behind its operator's back), and how to return to
+/// the value at start; a name that is no setting has nothing in force.
+fn deleted_line(settings: &Settings, name: &str) -> String {
+    let said = crate::diag::quoted(name);
+    match (settings.current().get(name), settings.initial(name)) {
+        (Some(now), Some(start)) if now == start => {
+            format!("setting {said} deleted from the store: {now} stays in force (its value at start)")
+        }
+        (Some(now), Some(start)) => format!(
+            "setting {said} deleted from the store: {now} stays in force (restart to return to {start}, its value \
+             at start)"
+        ),
+        _ => format!(
+            "setting {said} deleted from the store (no setting of this engine: nothing is in force under that name)"
+        ),
     }
 }
 
@@ -403,12 +444,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_known_setting_has_a_value_in_force_to_keep() {
+    fn a_deleted_setting_says_its_value_in_force_and_its_value_at_start() {
         let mut settings = Settings::default();
         settings.register("n", "a number", "5".into(), |raw| Ok(raw.to_string()));
-        assert!(settings.is_known("n") && !settings.is_known("m"));
-        assert_eq!(in_force_stays(settings.is_known("n")), "; the value in force stays");
-        assert!(!in_force_stays(settings.is_known("m")).contains("value in force stays"));
+        assert_eq!(
+            deleted_line(&settings, "n"),
+            "setting n deleted from the store: 5 stays in force (its value at start)"
+        );
+        settings.offer("n", "7");
+        assert_eq!(
+            deleted_line(&settings, "n"),
+            "setting n deleted from the store: 7 stays in force (restart to return to 5, its value at start)"
+        );
+        assert!(deleted_line(&settings, "m").contains("no setting of this engine"), "{}", deleted_line(&settings, "m"));
     }
 
     #[test]
