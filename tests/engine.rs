@@ -585,17 +585,6 @@ fn max_duration_stops_a_slow_handlers_backlog_at_the_deadline() {
     }
 }
 
-/// A publisher the test holds (an XPUB that shows the engine's subscription), connected to the
-/// engine's bound endpoint `ep` once that subscription reached it.
-fn connected_publisher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
-    let publ = watching_xpub(ctx);
-    publ.set_sndhwm(0).expect("sndhwm");
-    publ.set_rcvtimeo(20_000).expect("rcvtimeo");
-    publ.connect(ep).expect("connect to the engine");
-    assert_eq!(publ.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
-    publ
-}
-
 /// Data frame `seq` (stream and topic sequence alike) of `publisher_id`'s session `session_id`.
 fn data_frame(publisher_id: u32, session_id: u64, seq: u64) -> Vec<u8> {
     let h = Header { send_time_ns: mdsub::clock::realtime_ns(), ..data_header(publisher_id, session_id, seq) };
