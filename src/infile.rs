@@ -31,9 +31,7 @@ mod tests {
 
     #[test]
     fn only_regular_files_are_opened_and_a_fifo_is_refused_at_once() {
-        let d = std::env::temp_dir().join(format!("mdsub-infile-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
+        let d = crate::test_dir("infile");
         let fifo = d.join("f.toml");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
         assert!(made.success(), "mkfifo");

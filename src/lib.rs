@@ -87,3 +87,13 @@ pub mod snail;
 pub mod tap;
 pub mod wire;
 pub mod zmqx;
+
+/// A fresh, empty folder for a unit test, `$TMPDIR/mdsub-{name}-{pid}` (what a former run left
+/// there is removed first).
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mdsub-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("a test folder");
+    d
+}

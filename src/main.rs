@@ -242,13 +242,26 @@ mod tests {
     use super::*;
 
     /// Every subcommand path (`["engine"]`, `["clone-client", "set"]`) with its command.
-    fn commands(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<(Vec<String>, clap::Command)>) {
-        for sub in cmd.get_subcommands() {
-            let mut p = path.clone();
-            p.push(sub.get_name().to_string());
-            out.push((p.clone(), sub.clone()));
-            commands(sub, p, out);
+    fn every_command() -> Vec<(Vec<String>, clap::Command)> {
+        fn commands(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<(Vec<String>, clap::Command)>) {
+            for sub in cmd.get_subcommands() {
+                let mut p = path.clone();
+                p.push(sub.get_name().to_string());
+                out.push((p.clone(), sub.clone()));
+                commands(sub, p, out);
+            }
         }
+        let mut all = Vec::new();
+        commands(&command(), Vec::new(), &mut all);
+        all
+    }
+
+    /// `mdsub PATH… --FLAG VALUE`.
+    fn argv(path: &[String], flag: &str, value: &str) -> Vec<String> {
+        let mut argv: Vec<String> = vec!["mdsub".into()];
+        argv.extend(path.iter().cloned());
+        argv.extend([format!("--{flag}"), value.to_string()]);
+        argv
     }
 
     #[test]
@@ -256,16 +269,12 @@ mod tests {
         // Before, most numeric flags met clap's "unexpected argument '-1' found" (`engine
         // --workers -1`, `capacity --hold -1s`, `clone-client set /x v --ttl -5s`, which even
         // suggested `-- -5`): only the flags that set allow_negative_numbers got a reason.
-        let mut all = Vec::new();
-        commands(&command(), Vec::new(), &mut all);
         let mut checked = Vec::new();
-        for (path, sub) in &all {
+        for (path, sub) in &every_command() {
             for arg in sub.get_arguments().filter(|a| cli::takes_one_parsed_value(a)) {
                 let Some(long) = arg.get_long() else { continue };
                 for value in ["-1", "-1s", "-5k"] {
-                    let mut argv: Vec<String> = vec!["mdsub".into()];
-                    argv.extend(path.iter().cloned());
-                    argv.extend([format!("--{long}"), value.to_string()]);
+                    let argv = argv(path, long, value);
                     if let Err(e) = command().try_get_matches_from(&argv) {
                         let text = e.to_string();
                         assert_ne!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{argv:?}: {text}");
@@ -294,16 +303,12 @@ mod tests {
     fn every_timeout_refuses_zero() {
         // One rule for every `--timeout` (before: `top --timeout 0s` and `lvc-bench --timeout 0s`
         // were taken, `clone-client --timeout 0s` refused): waiting no time at all is never a wait.
-        let mut all = Vec::new();
-        commands(&command(), Vec::new(), &mut all);
         let mut seen = Vec::new();
-        for (path, sub) in &all {
+        for (path, sub) in &every_command() {
             if !sub.get_arguments().any(|a| a.get_long() == Some("timeout")) {
                 continue;
             }
-            let mut argv: Vec<String> = vec!["mdsub".into()];
-            argv.extend(path.iter().cloned());
-            argv.extend(["--timeout".into(), "0s".into()]);
+            let argv = argv(path, "timeout", "0s");
             let e = command().try_get_matches_from(&argv).expect_err("--timeout 0s refused");
             assert!(e.to_string().contains("'0s' for '--timeout <DURATION>': must be more than 0"), "{argv:?}: {e}");
             seen.push(path.join(" "));

@@ -208,10 +208,7 @@ mod tests {
     use std::os::unix::fs::OpenOptionsExt as _;
 
     fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("mdsub-outfile-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        d
+        crate::test_dir(&format!("outfile-{name}"))
     }
 
     /// A run refused for one busy output leaves its other outputs as they were (the first was

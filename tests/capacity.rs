@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{json, mdsub, run_within, start_replay, wait_until, LineProc, Proc};
+use common::{json, mdsub, run_within, start_replay, wait_until, LineProc};
 use serde_json::Value;
 
 /// The flags every test's search shares: tiny trials, one run each, a cap.
@@ -162,7 +162,7 @@ fn finds_a_known_limit_and_writes_every_output() {
     assert!(md.contains(&format!("| {best} (winner) |")), "{md}");
     // Trials by purpose in words, as the JSON has them (not Rust's `Bracket`).
     assert!(md.contains(" | bracket | ") && !md.contains("Bracket"), "{md}");
-    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    let saved = summary_json(&folder);
     assert_eq!(saved["winner"], v["winner"]);
     // The stamp every benchmark's result carries (bench, lvc-bench, clone-bench): kind, machine, settings.
     assert_eq!(saved["kind"], "capacity", "{saved}");
@@ -273,7 +273,7 @@ fn a_results_folder_that_exists_is_not_shared() {
     );
     assert_eq!(std::fs::read_dir(&taken).map(|d| d.count()).ok(), Some(0), "the taken folder is left alone");
     assert!(folder.join("winner.toml").is_file() && folder.join("summary.json").is_file());
-    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    let saved = summary_json(&folder);
     assert_eq!(saved["folder"], v["folder"]);
 }
 
@@ -291,16 +291,12 @@ fn no_configuration_passing_is_exit_status_5_with_the_results_written() {
     assert!(stdout.contains("\nwinner: none (no configuration passed)\n"), "{stdout}");
     let folder = stdout.lines().find_map(|l| l.strip_prefix("results: ")).expect("the results line");
     let folder = PathBuf::from(folder.split(" (").next().expect("the folder"));
-    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
-    assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some("no-pass")), "{saved}");
+    let (saved, _) = assert_no_winner(&folder, "no-pass", "no configuration passed");
     assert_common_shape(&saved);
     assert_eq!(saved["medians"], serde_json::json!([]), "no knee, no median: {saved}");
     let offered: Vec<u64> =
         saved["runs"].as_array().expect("runs").iter().filter_map(|r| r["offered_msgs_per_sec"].as_u64()).collect();
     assert_eq!(offered, [300, 150, 100], "{saved}");
-    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
-    assert!(md.contains("- winner: none (no configuration passed)\n"), "{md}");
-    assert!(!folder.join("winner.toml").exists());
 }
 
 /// A capacity run on a tiny tmpfs with `options`, its output dir the tmpfs itself, searching
@@ -324,6 +320,22 @@ fn only_folder(out: &Path) -> PathBuf {
         std::fs::read_dir(out).expect("the out dir").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
+}
+
+/// A results folder's summary.json.
+fn summary_json(folder: &Path) -> Value {
+    json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"))
+}
+
+/// The results in `folder` name no winner: summary.json's `no_winner` is `kind`, summary.md says
+/// `- winner: none ({why})`, and no winner.toml is written. Returns summary.json and summary.md.
+fn assert_no_winner(folder: &Path, kind: &str, why: &str) -> (Value, String) {
+    let saved = summary_json(folder);
+    assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some(kind)), "{saved}");
+    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
+    assert!(md.contains(&format!("- winner: none ({why})\n")), "{md}");
+    assert!(!folder.join("winner.toml").exists(), "no winner written");
+    (saved, md)
 }
 
 /// On a full disk (here: out of inodes, so exactly the second trial fails) a search exited 1
@@ -370,7 +382,7 @@ fn a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials() {
         assert!(names.iter().any(|n| n.starts_with("builtin-2core-1000mps-run1-")), "trial 1's files: {names:?}");
         assert!(!names.iter().any(|n| n.contains("-2000mps-")), "the failed trial's are forgotten: {names:?}");
         if kept == "summary.json" {
-            let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+            let saved = summary_json(&folder);
             assert_eq!(saved["no_winner"], "failed", "{saved}");
             assert!(saved["error"].as_str().is_some_and(|f| f.contains("No space left")), "{saved}");
             assert!(saved["settings"].get("failed").is_none(), "the cause is said once, in `error`: {saved}");
@@ -436,11 +448,8 @@ fn a_publisher_short_of_the_rate_is_not_the_knee() {
 fn an_external_publisher_drives_the_trials() {
     let _one = serial();
     let dir = common::temp_dir("capacity-remote");
-    let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
-    let server = LineProc::spawn("replay --serve-trials", &mut cmd);
-    let line = server.line_starting("serving capacity trials on ", Duration::from_secs(20));
-    let control = format!("connect:{}", line.rsplit(' ').next().expect("endpoint"));
+    let (server, control) = trial_server();
+    let control = format!("connect:{control}");
     let v = capacity(&dir, &["--publisher", &control, "--sla", "p50=50ms", "--start-rate", "5k", "--max-rate", "10k"]);
     let c = config(&v, "builtin-2core");
     assert_eq!((c["outcome"]["ending"].as_str(), knee(c)), (Some("above-max-rate"), 10_000), "{c}");
@@ -462,21 +471,15 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     // .hlog comes one metrics interval (1 s) into the run.
     let settings = ["--warmup", "4s", "--hold", "300ms", "--runs", "1", "--time-cap", "90s"];
     cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(settings);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut p = Proc::spawn("capacity", &mut cmd);
-    let mut out = p.child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err = common::lines_of(p.child.stderr.take().expect("stderr"));
+    let mut p = LineProc::spawn_with_stderr("capacity", &mut cmd);
+    let err = p.stderr.take().expect("stderr");
     // A trial is measuring once its interval log has an interval.
     let measuring = || common::trial_hlogs(&dir).iter().any(|f| common::hlog_intervals(f) > 0);
     wait_until(Duration::from_secs(60), "the first trial's first interval", measuring);
-    p.signal(2);
-    assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0), "results so far are written");
-    let v = json(&reader.join().unwrap_or_default());
+    p.proc.signal(2);
+    let (status, stdout) = p.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "results so far are written");
+    let v = json(&stdout);
     let c = config(&v, "builtin-2core");
     assert_eq!(c["outcome"]["ending"], "interrupted", "not the time cap: {c}");
     // Before, the trial the signal cut short was shown (with --json on stderr) with its
@@ -490,21 +493,16 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     // `no configuration passed` (which is exit 5).
     assert_eq!((v["winner"].is_null(), v["no_winner"].as_str()), (true, Some("interrupted")), "{v}");
     let folder = PathBuf::from(v["folder"].as_str().expect("folder"));
-    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
     let why = "interrupted before every configuration's knee was found: `builtin-2core` was not searched (0 trials)";
-    assert!(md.contains(&format!("- winner: none ({why})\n")), "{md}");
+    assert_no_winner(&folder, "interrupted", why);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_trial_server_stops_quietly_on_ctrl_c() {
     // Before: `mdsub: error: waiting for a request: Interrupted system call`, exit 1.
-    let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
-    cmd.stderr(std::process::Stdio::piped());
-    let mut server = LineProc::spawn("replay --serve-trials", &mut cmd);
-    let err = common::lines_of(server.proc.child.stderr.take().expect("stderr"));
-    server.line_starting("serving capacity trials on ", Duration::from_secs(20));
+    let (mut server, _) = trial_server();
+    let err = server.stderr.take().expect("stderr");
     server.proc.signal(2);
     let (status, rest) = server.finish(Duration::from_secs(20));
     let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
@@ -517,21 +515,13 @@ fn a_trial_server_stops_quietly_on_ctrl_c() {
 fn a_trial_server_waiting_for_the_engine_stops_at_once_on_ctrl_c() {
     // Before, a trial server told to go waited out its 10 s for the engine's subscription
     // whatever the signal.
-    let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--serve-trials", "bind:tcp://127.0.0.1:*"]);
-    let server = LineProc::spawn("replay --serve-trials", cmd.stderr(std::process::Stdio::null()));
-    let line = server.line_starting("serving capacity trials on ", Duration::from_secs(20));
-    let control = line.rsplit(' ').next().expect("endpoint").to_string();
+    let (server, control) = trial_server();
     // This test is the capacity side, and its engine never subscribes.
     let ctx = zmq::Context::new();
-    let req = ctx.socket(zmq::REQ).expect("req");
-    req.set_linger(0).expect("linger");
-    req.set_rcvtimeo(20_000).expect("rcvtimeo");
-    req.connect(&control).expect("connect");
+    let req = control_socket(&ctx, &control);
     let prepare =
         r#"{"op":"prepare","rate":1000,"duration_ms":1000,"payload_bytes":100,"symbols":10,"seed":1,"shards":1}"#;
-    req.send(prepare, 0).expect("prepare");
-    let answer = json(&req.recv_string(0).expect("an answer").expect("utf-8"));
+    let answer = ask(&req, &[prepare.as_bytes()]);
     assert!(answer["endpoints"].is_array(), "{answer}");
     req.send(r#"{"op":"go"}"#, 0).expect("go");
     // It answers `go` only when the trial is over; it says when it starts waiting.
@@ -557,8 +547,8 @@ fn a_publisher_nobody_serves_is_said_early_and_ctrl_c_ends_the_wait() {
     let control = format!("connect:tcp://127.0.0.1:{port}");
     let mut cmd = mdsub();
     cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(SHORT).args(["--publisher", &control]);
-    let mut p = LineProc::spawn("capacity", cmd.stderr(std::process::Stdio::piped()));
-    let err = common::lines_of(p.proc.child.stderr.take().expect("stderr"));
+    let mut p = LineProc::spawn_with_stderr("capacity", &mut cmd);
+    let err = p.stderr.take().expect("stderr");
     let said = common::wait_line(&err, Duration::from_secs(15), "not up", |l| l.contains("not up after"));
     assert!(said.contains(&format!("tcp://127.0.0.1:{port}")) && said.contains("nothing answers there"), "{said}");
     let started = std::time::Instant::now();
@@ -732,7 +722,7 @@ fn a_time_cap_before_any_failure_is_a_lower_bound_not_a_winner() {
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
     assert_eq!(code, Some(5), "{stdout}{stderr}");
     let folder = only_folder(&dir);
-    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    let saved = summary_json(&folder);
     let c = config(&saved, "builtin-2core");
     let passed: Vec<u64> = trials(c)
         .iter()
@@ -748,18 +738,14 @@ fn a_time_cap_before_any_failure_is_a_lower_bound_not_a_winner() {
     );
     let line = format!("at least {highest} msg/s (no failing rate found before the cap)");
     assert!(stdout.contains(&format!("  builtin-2core                {line}  p50 -")), "{stdout}");
-    let why = format!("`builtin-2core` has only a lower bound: at least {highest} msg/s, nothing above it failed");
-    assert!(
-        stdout.contains(&format!(
-            "\nwinner: none (the time cap came before every configuration's knee was found: {why})\n"
-        )),
-        "{stdout}"
+    let why = format!(
+        "the time cap came before every configuration's knee was found: `builtin-2core` has only a lower bound: at \
+         least {highest} msg/s, nothing above it failed"
     );
+    assert!(stdout.contains(&format!("\nwinner: none ({why})\n")), "{stdout}");
     assert!(stdout.contains(&format!("carry on with --start-rate {highest}\n")), "{stdout}");
-    assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some("capped")), "{saved}");
-    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
+    let (_, md) = assert_no_winner(&folder, "capped", &why);
     assert!(md.contains(&format!("| builtin-2core | {line} |")), "{md}");
-    assert!(!folder.join("winner.toml").exists(), "no winner written");
 }
 
 /// A trial run's .hlog held its warm-up unmarked: read whole it disagreed with the run's .hgrm and
@@ -884,19 +870,13 @@ fn a_configuration_the_time_cap_left_unsearched_keeps_the_winner_from_being_name
         )),
         "{stdout}"
     );
-    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
-    assert_eq!(
-        (saved["winner"].is_null(), saved["no_winner"].as_str(), saved["no_winner_detail"].as_str()),
-        (true, Some("capped"), Some("`builtin-2core idle=backoff` was not searched (0 trials)")),
-        "{saved}"
-    );
+    let (saved, _) = assert_no_winner(&folder, "capped", why);
+    let detail = saved["no_winner_detail"].as_str();
+    assert_eq!(detail, Some("`builtin-2core idle=backoff` was not searched (0 trials)"), "{saved}");
     let searched = config(&saved, "builtin-2core idle=block");
     assert_eq!((knee(searched), searched["outcome"]["narrowed"].as_bool()), (1000, Some(true)), "{searched}");
     assert_eq!(trials(config(&saved, "builtin-2core idle=backoff")).len(), 0);
     assert_common_shape(&saved);
-    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
-    assert!(md.contains(&format!("- winner: none ({why})\n")), "{md}");
-    assert!(!folder.join("winner.toml").exists(), "no winner written");
 }
 
 /// The reviewer's run: Ctrl-C while the knee was being narrowed (7500 passed, 8750 failed,
@@ -911,27 +891,23 @@ fn ctrl_c_while_a_knee_is_narrowed_names_no_winner_and_where_to_carry_on() {
     let settings = ["--warmup", "3s", "--hold", "300ms", "--runs", "1", "--time-cap", "90s"];
     let search = ["--start-rate", "1000", "--publisher-max-rate", "1500", "--sla", "p50=1s"];
     cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(search);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut p = Proc::spawn("capacity", &mut cmd);
-    let mut out = p.child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err = common::lines_of(p.child.stderr.take().expect("stderr"));
+    let mut p = LineProc::spawn_with_stderr("capacity", &mut cmd);
+    let err = p.stderr.take().expect("stderr");
     // The third trial (the bisection's) is in its warm-up once its interval log has an interval.
     let third = || {
         let logs = common::trial_hlogs(&dir);
         logs.len() == 3 && logs.iter().all(|f| common::hlog_intervals(f) > 0)
     };
     wait_until(Duration::from_secs(60), "the third trial's first interval", third);
-    p.signal(2);
-    assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0), "results so far are written");
-    let stdout = reader.join().unwrap_or_default();
+    p.proc.signal(2);
+    let (status, stdout) = p.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "results so far are written");
     let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(1)).ok()).collect();
     let folder = only_folder(&dir);
-    let saved: Value = json(&std::fs::read_to_string(folder.join("summary.json")).expect("summary.json"));
+    let why = "`builtin-2core`'s knee was not narrowed: 1000 msg/s passed, 2000 did not (100% apart; the \
+               tolerance is 5%)";
+    let none = format!("interrupted before every configuration's knee was found: {why}");
+    let (saved, md) = assert_no_winner(&folder, "interrupted", &none);
     let c = config(&saved, "builtin-2core");
     let verdicts: Vec<(u64, &str)> = trials(c)
         .iter()
@@ -944,20 +920,12 @@ fn ctrl_c_while_a_knee_is_narrowed_names_no_winner_and_where_to_carry_on() {
         (Some("interrupted"), 1000, Some(false)),
         "{c}"
     );
-    let why = "`builtin-2core`'s knee was not narrowed: 1000 msg/s passed, 2000 did not (100% apart; the \
-               tolerance is 5%)";
-    assert!(
-        stdout.contains(&format!("\nwinner: none (interrupted before every configuration's knee was found: {why})\n")),
-        "{stdout}{said:?}"
-    );
+    assert!(stdout.contains(&format!("\nwinner: none ({none})\n")), "{stdout}{said:?}");
     assert!(stdout.contains("\n    stopped before its knee was found: carry on with --start-rate 1000\n"), "{stdout}");
-    assert_eq!((saved["winner"].is_null(), saved["no_winner"].as_str()), (true, Some("interrupted")), "{saved}");
     assert_eq!((saved["no_winner_detail"].as_str(), c["carry_on_from"].as_u64()), (Some(why), Some(1000)), "{saved}");
-    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
     assert!(
         md.contains("- `builtin-2core` stopped before its knee was found: carry on with `--start-rate 1000`\n"),
         "{md}"
     );
-    assert!(!folder.join("winner.toml").exists(), "no winner written");
     assert!(!stdout.contains("winner.toml"), "{stdout}");
 }

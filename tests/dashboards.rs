@@ -1009,17 +1009,6 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
     });
 }
 
-/// An XPUB that connects to the engine's bound `ep` as a publisher does, once the engine's
-/// subscription has reached it (its handshake is done).
-fn connected_publisher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
-    let publ = watching_xpub(ctx);
-    publ.set_sndhwm(0).expect("sndhwm");
-    publ.set_rcvtimeo(20_000).expect("rcvtimeo");
-    publ.connect(ep).expect("connect to the engine");
-    assert_eq!(publ.recv_bytes(0).expect("the engine's subscription").first(), Some(&1));
-    publ
-}
-
 /// One more bid than a side of the `book` handler holds levels, each at a price of its own: the
 /// last is refused (`levels_full`).
 fn send_one_level_too_many(publ: &zmq::Socket) {

@@ -585,17 +585,6 @@ fn max_duration_stops_a_slow_handlers_backlog_at_the_deadline() {
     }
 }
 
-/// A publisher the test holds (an XPUB that shows the engine's subscription), connected to the
-/// engine's bound endpoint `ep` once that subscription reached it.
-fn connected_publisher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
-    let publ = watching_xpub(ctx);
-    publ.set_sndhwm(0).expect("sndhwm");
-    publ.set_rcvtimeo(20_000).expect("rcvtimeo");
-    publ.connect(ep).expect("connect to the engine");
-    assert_eq!(publ.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
-    publ
-}
-
 /// Data frame `seq` (stream and topic sequence alike) of `publisher_id`'s session `session_id`.
 fn data_frame(publisher_id: u32, session_id: u64, seq: u64) -> Vec<u8> {
     let h = Header { send_time_ns: mdsub::clock::realtime_ns(), ..data_header(publisher_id, session_id, seq) };
@@ -716,29 +705,14 @@ fn a_bound_shard_waits_for_the_end_of_stream_of_every_publisher_connected_to_it(
 #[test]
 fn a_connected_shard_behind_a_proxy_waits_for_every_publisher_session_it_saw() {
     let ctx = zmq::Context::new();
-    let backend = watching_xpub(&ctx);
-    backend.set_sndhwm(0).expect("sndhwm");
-    backend.set_rcvtimeo(20_000).expect("rcvtimeo");
-    backend.bind("tcp://127.0.0.1:*").expect("bind");
-    let ep = backend.get_last_endpoint().expect("endpoint").expect("utf8");
-    let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &ep, "--metrics-listen", "127.0.0.1:0"]);
-    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let (backend, engine) = engine_behind_a_backend(&ctx, &["--metrics-listen", "127.0.0.1:0"]);
     let metrics = metrics_addr(&engine);
-    assert_eq!(backend.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
     two_streams_across_the_first_end(&backend, &backend, &metrics);
     both_streams_counted(engine);
 
     // With `--expect-eos 1` one end of stream is the end, as it says: the second publisher,
     // still sending then, counts by its last arrived sequence (a floor).
-    let backend = watching_xpub(&ctx);
-    backend.set_rcvtimeo(20_000).expect("rcvtimeo");
-    backend.bind("tcp://127.0.0.1:*").expect("bind");
-    let ep = backend.get_last_endpoint().expect("endpoint").expect("utf8");
-    let mut cmd = mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &ep, "--expect-eos", "1"]);
-    let engine = LineProc::spawn("engine", &mut cmd);
-    assert_eq!(backend.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
+    let (backend, engine) = engine_behind_a_backend(&ctx, &["--expect-eos", "1"]);
     for seq in 1..=10 {
         backend.send(data_frame(1, 11, seq), 0).expect("send");
         backend.send(data_frame(2, 22, seq), 0).expect("send");
@@ -748,6 +722,21 @@ fn a_connected_shard_behind_a_proxy_waits_for_every_publisher_session_it_saw() {
     assert!(status.success(), "engine failed: {out}");
     let r = json(&out);
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "unended_sessions")), (20, 20, 1), "{r}");
+}
+
+/// A proxy's backend stand-in (an XPUB the test holds, bound to an ephemeral port) and an engine
+/// (`--json`, and `extra`) connected to it, once the engine's subscription reached it (20 s).
+fn engine_behind_a_backend(ctx: &zmq::Context, extra: &[&str]) -> (zmq::Socket, LineProc) {
+    let backend = watching_xpub(ctx);
+    backend.set_sndhwm(0).expect("sndhwm");
+    backend.set_rcvtimeo(20_000).expect("rcvtimeo");
+    backend.bind("tcp://127.0.0.1:*").expect("bind");
+    let ep = backend.get_last_endpoint().expect("endpoint").expect("utf8");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &ep]).args(extra);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    assert_eq!(backend.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
+    (backend, engine)
 }
 
 /// A publisher's end of stream says 5 were sent, and 10 arrived. Before, `sent 5, delivered 10,

@@ -247,11 +247,19 @@ fn proxy_bound_frontend_drop_on_an_oversized_message(tool: &str) {
     }
     // A PUB reconnects by itself: the path comes back.
     handshake(&publ, &sub);
-    let (_, err) = common::proxy::stop(&mut p);
-    let tag = format!("{tool}: stopped:");
-    let line = err.iter().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no `{tag}` line in {err:?}"));
-    assert_eq!(common::proxy::counter(line, "publisher_disconnects"), 1, "{line}");
-    assert_eq!(common::proxy::counter(line, "publisher_connects"), 2, "the publisher came back: {line}");
+    // Two connects: the publisher came back.
+    stop_and_count(&mut p, tool, &[("publisher_disconnects", 1), ("publisher_connects", 2)]);
+}
+
+/// Stop the proxy `p` (`tool`) and check counters of its `TOOL: stopped:` line against `want`;
+/// returns its remaining stderr lines.
+fn stop_and_count(p: &mut common::proxy::Proxy, tool: &str, want: &[(&str, u64)]) -> Vec<String> {
+    let (_, err) = common::proxy::stop(p);
+    let line = common::proxy::stopped_line(tool, &err);
+    for &(name, n) in want {
+        assert_eq!(common::proxy::counter(line, name), n, "{name}: {line}");
+    }
+    err
 }
 
 #[test]
@@ -284,11 +292,7 @@ fn proxy_bound_frontend_refuses_a_raw_connection(tool: &str) {
     let head = format!("{tool} frontend: refused a connection (handshake_failed_");
     let said = wait_line(&p.stderr, Duration::from_secs(20), "the refusal", |l| l.contains(&head));
     assert!(said.contains(p.frontend.as_str()) && !said.contains("max-msg-bytes"), "{said}");
-    let (_, err) = common::proxy::stop(&mut p);
-    let tag = format!("{tool}: stopped:");
-    let line = err.iter().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no `{tag}` line in {err:?}"));
-    assert_eq!(common::proxy::counter(line, "publisher_disconnects"), 0, "{line}");
-    assert_eq!(common::proxy::counter(line, "publisher_refused"), 1, "{line}");
+    let err = stop_and_count(&mut p, tool, &[("publisher_disconnects", 0), ("publisher_refused", 1)]);
     assert!(!err.iter().any(|l| l.contains("connection ended")), "{err:?}");
 }
 
@@ -302,18 +306,29 @@ fn tap_bound_frontend_refuses_a_raw_connection() {
     proxy_bound_frontend_refuses_a_raw_connection("tap");
 }
 
-#[test]
-fn engine_bound_endpoint_refuses_a_raw_connection() {
+/// An engine (`--json`, no snail) bound to an ephemeral port, and that endpoint.
+fn bound_engine() -> (LineProc, String) {
     let mut cmd = common::mdsub();
     cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
     cmd.args(["--expect-eos", "0", "--snail", "off"]);
     let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
-    let err = engine.stderr.as_ref().expect("stderr piped");
     let ep = engine.said_after("shard0: bound ");
-    raw_garbage(&ep);
-    let said = wait_line(err, Duration::from_secs(20), "the refusal", |l| {
+    (engine, ep)
+}
+
+/// The next `shard0: refused a connection (handshake_failed_…` line of `engine`, within 20 s.
+fn refusal(engine: &LineProc) -> String {
+    let err = engine.stderr.as_ref().expect("stderr piped");
+    wait_line(err, Duration::from_secs(20), "the refusal", |l| {
         l.starts_with("shard0: refused a connection (handshake_failed_")
-    });
+    })
+}
+
+#[test]
+fn engine_bound_endpoint_refuses_a_raw_connection() {
+    let (engine, ep) = bound_engine();
+    raw_garbage(&ep);
+    let said = refusal(&engine);
     assert!(said.contains(&ep), "{said}");
     let r = engine.interrupt_for_report(Duration::from_secs(30));
     let shard = &r["shards"][0];
@@ -326,16 +341,9 @@ fn engine_bound_endpoint_refuses_a_raw_connection() {
 /// mdsub's libzmq that ended it over its socket type (mechanism.cpp `check_socket_type`).
 #[test]
 fn engine_bound_endpoint_names_a_peer_of_a_socket_type_it_cannot_talk_to() {
-    let mut cmd = common::mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", "bind:tcp://127.0.0.1:*"]);
-    cmd.args(["--expect-eos", "0", "--snail", "off"]);
-    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
-    let err = engine.stderr.as_ref().expect("stderr piped");
-    let ep = engine.said_after("shard0: bound ");
+    let (engine, ep) = bound_engine();
     let req = common::proxy::RawXsub::connect_as(&ep, "REQ");
-    let said = wait_line(err, Duration::from_secs(20), "the refusal", |l| {
-        l.starts_with("shard0: refused a connection (handshake_failed_")
-    });
+    let said = refusal(&engine);
     drop(req);
     assert!(said.contains("the peer's socket type cannot talk to this socket's"), "{said}");
     assert!(!said.contains(": it ended the connection"), "the peer is not blamed alone: {said}");
@@ -400,13 +408,13 @@ fn proxy_bound_backend_refuses_a_raw_connection_and_counts_subscribers(tool: &st
     drop(sub);
     let said = wait_line(&p.stderr, Duration::from_secs(20), "the subscriber's end", |l| l.starts_with(&ended));
     assert!(said.contains("counted in subscriber_disconnects"), "{said}");
-    let (_, err) = common::proxy::stop(&mut p);
-    let tag = format!("{tool}: stopped:");
-    let line = err.iter().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no `{tag}` line in {err:?}"));
-    assert_eq!(common::proxy::counter(line, "subscriber_refused"), 2, "{line}");
-    assert_eq!(common::proxy::counter(line, "subscriber_connects"), 1, "{line}");
-    assert_eq!(common::proxy::counter(line, "subscriber_disconnects"), 1, "{line}");
-    assert_eq!(common::proxy::counter(line, "publisher_refused"), 0, "{line}");
+    let want = [
+        ("subscriber_refused", 2),
+        ("subscriber_connects", 1),
+        ("subscriber_disconnects", 1),
+        ("publisher_refused", 0),
+    ];
+    stop_and_count(&mut p, tool, &want);
 }
 
 #[test]

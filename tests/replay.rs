@@ -240,6 +240,13 @@ fn damaged_captures_are_refused_by_reason_with_the_place() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `mdsub replay` with no subscriber and `args`, which must succeed within 60 s: its stdout.
+fn lone_replay(args: &[&str]) -> String {
+    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(args), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    out
+}
+
 fn run_err(args: &[&str]) -> (Option<i32>, String) {
     let (code, _, err) = run_within("mdsub", mdsub().args(args), Duration::from_secs(60));
     assert!(!err.contains("panicked"), "mdsub {args:?} panicked: {err}");
@@ -479,9 +486,7 @@ fn a_rate_out_of_reach_ends_at_the_duration_and_says_what_was_achieved() {
     assert!(out.contains("rate not achieved: offered 1000000000 msg/s, achieved "), "{out}");
     // --json carries both rates.
     let json_args = ["--rate", "1000M", "--duration", "300ms", "--json"];
-    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(json_args), Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{err}");
-    let s = json(&out);
+    let s = json(&lone_replay(&json_args));
     assert_eq!(u(&s, "offered_msgs_per_sec"), 1_000_000_000, "{s}");
     let achieved = s["achieved_msgs_per_sec"].as_f64().expect("achieved_msgs_per_sec");
     assert!(achieved > 0.0 && achieved < 0.95e9, "{s}");
@@ -496,12 +501,7 @@ fn a_rate_out_of_reach_ends_at_the_duration_and_says_what_was_achieved() {
 fn replay_json_names_its_two_kinds_of_drop_apart() {
     // Before, the object had `dropped` (--drop-every, on purpose) beside `dropped_total` (a
     // lossy publisher's drops at the SNDHWM): two counts a reader could not tell apart.
-    let args = ["--json"];
-    let feed = ["--count", "2k", "--rate", "0", "--drop-every", "100"];
-    let (code, out, err) =
-        run_within("replay", mdsub().args(LONE_REPLAY).args(args).args(feed), Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{err}");
-    let s = json(&out);
+    let s = json(&lone_replay(&["--json", "--count", "2k", "--rate", "0", "--drop-every", "100"]));
     // Dropped on purpose are never sent; nothing met a full pipe (lossless, and no subscriber).
     assert_eq!((u(&s, "sent_total"), u(&s, "dropped_on_purpose")), (1_980, 20), "{s}");
     assert_eq!(u(&s, "dropped_at_hwm"), 0, "{s}");
@@ -983,9 +983,7 @@ fn a_pause_on_purpose_is_not_taken_for_a_rate_not_achieved() {
     // Before: `rate not achieved: offered 10000 msg/s, achieved 4999 msg/s (50%); the publisher
     // could not send faster`, for a 1.5 s pause it was told to make.
     let args = ["--rate", "10k", "--count", "10k", "--pause-at", "5k", "--pause-for", "1500ms", "--json"];
-    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(args), Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{err}");
-    let s = json(&out);
+    let s = json(&lone_replay(&args));
     assert!((1.5..2.0).contains(&s["paused_s"].as_f64().expect("paused_s")), "{s}");
     let achieved = s["achieved_msgs_per_sec"].as_f64().expect("achieved");
     assert!(achieved >= 9_500.0, "the pause is left out of the achieved rate: {s}");
@@ -996,8 +994,7 @@ fn the_summary_rate_counts_the_intervals_between_messages() {
     // Before, `--rate 1 --count 2` said `sent 2 messages in 1.000 s (2 msg/s)`: n messages over
     // the time from the first to the last, which spans n-1 intervals.
     let args = ["--rate", "10", "--count", "3"];
-    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(args), Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{err}");
+    let out = lone_replay(&args);
     let line = out.lines().find(|l| l.starts_with("sent 3 messages; ")).unwrap_or_else(|| panic!("{out}"));
     assert!(line.contains(" from the first to the last (10 msg/s); "), "3 messages 100 ms apart: {line}");
     // The rate is over the seconds beside it (before, `sent 300 messages in 0.005 s (1291616
@@ -1011,9 +1008,7 @@ fn the_summary_rate_counts_the_intervals_between_messages() {
     assert!(line.contains(" s in all, with set-up and end of stream; per shard [3]"), "{line}");
     // --json: the same figures.
     let json_args = ["--rate", "10", "--count", "3", "--json"];
-    let (code, out, err) = run_within("replay", mdsub().args(LONE_REPLAY).args(json_args), Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{err}");
-    let s = json(&out);
+    let s = json(&lone_replay(&json_args));
     let (span, rate, all) = (s["send_span_s"].as_f64(), s["msgs_per_sec"].as_f64(), s["elapsed_s"].as_f64());
     let (span, rate, all) = (span.expect("send_span_s"), rate.expect("msgs_per_sec"), all.expect("elapsed_s"));
     assert!((2.0 / span / rate - 1.0).abs() < 1e-9, "the rate is 2 intervals over send_span_s: {s}");

@@ -179,9 +179,7 @@ mod tests {
     /// x.json.partial: Is a directory`, `renaming x.json.partial to x.json: …`).
     #[test]
     fn a_failed_commit_names_the_saved_path_and_its_cause_once() {
-        let dir = std::env::temp_dir().join(format!("mdsub-savefile-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = crate::test_dir("savefile");
         let path = dir.join("x.json");
         // The rename fails: a directory took the path during the run.
         let save = SaveFile::create(&path).expect("save");

@@ -448,8 +448,7 @@ mod tests {
 
     #[test]
     fn an_out_that_is_a_file_is_said_as_one() {
-        let dir = std::env::temp_dir().join(format!("mdsub-capacity-out-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let dir = crate::test_dir("capacity-out");
         let file = dir.join("file");
         std::fs::write(&file, b"x").expect("a file");
         let e = check_out_dir(&file).expect_err("a file").to_string();

@@ -1595,6 +1595,14 @@ mod tests {
             }
         }
 
+        /// An update of `key` to `body` (the client's sequence `seq`) and the log's flush: the
+        /// keys published, with their sequences ([`Rig::keys_published`]).
+        fn put(&mut self, key: &str, body: &str, seq: u8) -> Vec<(String, u64)> {
+            self.on(Event::Update(Ok(upd(key, body, seq))));
+            self.on(Event::Flush);
+            self.keys_published()
+        }
+
         fn keys_published(&mut self) -> Vec<(String, u64)> {
             std::mem::take(&mut self.published)
                 .into_iter()
@@ -1887,9 +1895,7 @@ mod tests {
     fn one_fsync_in_flight_and_a_slow_or_failed_one_is_counted_and_said() {
         let mut r = Rig::new(cfg(None), true);
         let syncs_asked = |r: &mut Rig| r.other().iter().filter(|a| **a == Action::SyncLog).count();
-        r.on(Event::Update(Ok(upd("/a", "1", 1))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/a".into(), 1)], "acknowledged before any fsync");
+        assert_eq!(r.put("/a", "1", 1), vec![("/a".into(), 1)], "acknowledged before any fsync");
         r.clock.advance_ms(1000);
         r.on(Event::Tick);
         assert_eq!(syncs_asked(&mut r), 1);
@@ -2087,22 +2093,16 @@ mod tests {
     #[test]
     fn a_failed_append_or_flush_is_neither_applied_published_nor_acknowledged() {
         let mut r = Rig::new(cfg(None), true);
-        r.on(Event::Update(Ok(upd("/ok", "1", 1))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/ok".into(), 1)]);
+        assert_eq!(r.put("/ok", "1", 1), vec![("/ok".into(), 1)]);
         // The disk fills: the append fails.
         r.fail_appends = true;
-        r.on(Event::Update(Ok(upd("/lost", "2", 2))));
-        r.on(Event::Flush);
-        assert!(r.keys_published().is_empty());
+        assert!(r.put("/lost", "2", 2).is_empty());
         assert!(r.core.map().get(b"/lost").is_none());
         assert_eq!(r.core.counters().log_failures, 1);
         assert_eq!(r.core.sequence(), 1, "the failed update's sequence is reused");
         // The client's re-send is taken as new once the disk has room again.
         r.fail_appends = false;
-        r.on(Event::Update(Ok(upd("/lost", "2", 2))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/lost".into(), 2)]);
+        assert_eq!(r.put("/lost", "2", 2), vec![("/lost".into(), 2)]);
         assert_eq!(r.core.counters().duplicates, 0);
         // A failed flush loses the whole batch.
         r.fail_flush = true;
@@ -2113,9 +2113,7 @@ mod tests {
         assert!(r.core.map().get(b"/f1").is_none() && r.core.map().get(b"/f2").is_none());
         assert_eq!(r.core.counters().log_failures, 2);
         r.fail_flush = false;
-        r.on(Event::Update(Ok(upd("/f1", "x", 3))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published().len(), 1, "the re-send is new, not a duplicate");
+        assert_eq!(r.put("/f1", "x", 3).len(), 1, "the re-send is new, not a duplicate");
         assert!(r.core.status_text().contains("log_failures=2\n"));
     }
 
@@ -2161,9 +2159,7 @@ mod tests {
         assert_eq!(r.core.counters().log_failures, 1);
         assert_eq!(r.core.sequence(), 0, "the lost batch's sequences are given back");
         // The clients' re-sends are new, and numbered on from the last published sequence.
-        r.on(Event::Update(Ok(upd("/p3", "v", 3))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/p3".into(), 1)]);
+        assert_eq!(r.put("/p3", "v", 3), vec![("/p3".into(), 1)]);
     }
 
     #[test]
@@ -2187,9 +2183,7 @@ mod tests {
         let status = r.core.status_text();
         assert!(status.contains("sequence=2\n") && status.contains("keys=2\n"), "{status}");
         r.fail_flush = false;
-        r.on(Event::Update(Ok(upd("/c", "v", 99))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/c".into(), 3)], "the next update follows 2 with 3");
+        assert_eq!(r.put("/c", "v", 99), vec![("/c".into(), 3)], "the next update follows 2 with 3");
     }
 
     #[test]
@@ -2217,9 +2211,7 @@ mod tests {
         );
         // The disk has room again; a client sets /t2 anew before the next tick: it needs no delete.
         r.fail_flush = false;
-        r.on(Event::Update(Ok(upd("/t2", "back", 3))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/t2".into(), 3)]);
+        assert_eq!(r.put("/t2", "back", 3), vec![("/t2".into(), 3)]);
         r.appended.clear();
         r.on(Event::Tick);
         let deletes: Vec<KvMsg> = std::mem::take(&mut r.published).into_iter().filter(|m| m.key != HUGZ).collect();
@@ -2238,24 +2230,17 @@ mod tests {
         // taken by another key's update), and the UUID stayed marked re-published, so the
         // client's next re-send was dropped without a word.
         let mut r = Rig::new(cfg(None), true);
-        r.on(Event::Update(Ok(upd("/a", "1", 1))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/a".into(), 1)]);
+        assert_eq!(r.put("/a", "1", 1), vec![("/a".into(), 1)]);
         r.fail_flush = true;
-        r.on(Event::Update(Ok(upd("/a", "1", 1)))); // the client missed its KVPUB: it re-sends
-        r.on(Event::Flush);
-        assert!(r.keys_published().is_empty());
+        // The client missed its KVPUB: it re-sends.
+        assert!(r.put("/a", "1", 1).is_empty());
         assert!(r.logs.iter().any(|l| l.contains("1 re-publishes not sent")), "{:?}", r.logs);
         assert_eq!(r.core.map().get(b"/a").map(|e| e.sequence), Some(1), "not published: the old sequence");
         r.fail_flush = false;
-        r.on(Event::Update(Ok(upd("/b", "2", 2))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/b".into(), 2)]);
+        assert_eq!(r.put("/b", "2", 2), vec![("/b".into(), 2)]);
         assert_eq!(r.core.map().get(b"/a").map(|e| e.sequence), Some(1), "no two keys at sequence 2");
         // The client re-sends again: answered this time.
-        r.on(Event::Update(Ok(upd("/a", "1", 1))));
-        r.on(Event::Flush);
-        assert_eq!(r.keys_published(), vec![("/a".into(), 3)]);
+        assert_eq!(r.put("/a", "1", 1), vec![("/a".into(), 3)]);
         assert_eq!(r.core.map().get(b"/a").map(|e| e.sequence), Some(3));
         assert_eq!(r.core.counters().duplicates, 2);
     }
@@ -2306,9 +2291,7 @@ mod tests {
         assert_eq!(r.state(), "active");
         assert_eq!(r.snapshot_writes.len(), 2, "taking over writes the snapshot first");
         // The snapshot still fails: no client update is applied or acknowledged, and it says so.
-        r.on(Event::Update(Ok(upd("/n", "2", 2))));
-        r.on(Event::Flush);
-        assert!(r.keys_published().iter().all(|(k, _)| k == "HUGZ"), "nothing acknowledged while not durable");
+        assert!(r.put("/n", "2", 2).iter().all(|(k, _)| k == "HUGZ"), "nothing acknowledged while not durable");
         assert_eq!((r.core.pending(), r.core.sequence()), (1, 13), "the pending update is held");
         assert_eq!(r.core.refusals().count("not_durable"), 1);
         assert!(r.logs.iter().any(|l| l.contains("refused (not_durable)")), "{:?}", r.logs);

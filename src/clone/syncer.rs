@@ -151,10 +151,7 @@ mod tests {
     use super::*;
 
     fn log_file(name: &str) -> (PathBuf, File) {
-        let d = std::env::temp_dir().join(format!("mdsub-syncer-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("dir");
-        let path = d.join("log");
+        let path = crate::test_dir(&format!("syncer-{name}")).join("log");
         (path.clone(), File::create(&path).expect("file"))
     }
 

@@ -943,6 +943,22 @@ mod tests {
         h.on_message(&decode(&frame(topic, seq, payload)).expect("frame"));
     }
 
+    /// What `h` says of refusals after its first line: those counted since are not said at
+    /// `quiet_s` s but in the summary `interval` at 12 s; one more, `(topic, seq, payload)`, fed
+    /// after it, is said at the end (13 s) in `end`.
+    fn assert_summarised(
+        h: &mut dyn Handler,
+        quiet_s: u64,
+        interval: &str,
+        (topic, seq, payload): (&[u8], u64, &[u8]),
+        end: &str,
+    ) {
+        assert!(h.refusal_lines(quiet_s * S, false).is_empty(), "counted, said in the next summary");
+        assert_eq!(h.refusal_lines(12 * S, false), [interval]);
+        feed(h, topic, seq, payload);
+        assert_eq!(h.refusal_lines(13 * S, true), [end]);
+    }
+
     fn counter(h: &dyn Handler, name: &str) -> u64 {
         h.counters().into_iter().find(|(k, _)| *k == name).map_or(u64::MAX, |(_, v)| v)
     }
@@ -992,15 +1008,12 @@ mod tests {
         assert!(lines[0].starts_with("handler last: refused (last_too_big): topic `NQ`: a value of 30 B"), "{lines:?}");
         feed(&mut b, b"CL", 1, &[0; 1]);
         feed(&mut b, b"GC", 1, &[0; 1]);
-        assert!(b.refusal_lines(3 * S, false).is_empty(), "counted, said in the next summary");
-        assert_eq!(
-            b.refusal_lines(12 * S, false),
-            ["handler last: refused in the last 11s: last_full=2 (totals: last_full=3 last_too_big=1)"]
-        );
-        feed(&mut b, b"SI", 1, &[0; 1]);
-        assert_eq!(
-            b.refusal_lines(13 * S, true),
-            ["handler last: refused since the last line: last_full=1 (totals: last_full=4 last_too_big=1)"]
+        assert_summarised(
+            &mut b,
+            3,
+            "handler last: refused in the last 11s: last_full=2 (totals: last_full=3 last_too_big=1)",
+            (b"SI", 1, &[0; 1]),
+            "handler last: refused since the last line: last_full=1 (totals: last_full=4 last_too_big=1)",
         );
         assert_eq!((counter(&b, "topics"), counter(&b, "bytes")), (2, 38));
     }
@@ -1083,15 +1096,12 @@ mod tests {
         for (seq, payload) in [(2, &b"short"[..]), (3, &[0u8; 16][..])] {
             feed(&mut h, b"SYM0001", seq, payload);
         }
-        assert!(h.refusal_lines(2 * S, false).is_empty(), "counted, said in the next summary");
-        assert_eq!(
-            h.refusal_lines(12 * S, false),
-            ["handler book: refused in the last 11s: not_dbn=2 (totals: not_dbn=3)"]
-        );
-        feed(&mut h, b"SYM0001", 4, b"");
-        assert_eq!(
-            h.refusal_lines(13 * S, true),
-            ["handler book: refused since the last line: not_dbn=1 (totals: not_dbn=4)"]
+        assert_summarised(
+            &mut h,
+            2,
+            "handler book: refused in the last 11s: not_dbn=2 (totals: not_dbn=3)",
+            (b"SYM0001", 4, b""),
+            "handler book: refused since the last line: not_dbn=1 (totals: not_dbn=4)",
         );
         assert_eq!((counter(&h, "refused_not_dbn"), counter(&h, "mbo_add")), (4, 1));
     }

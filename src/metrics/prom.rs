@@ -462,6 +462,10 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         live.agents.iter().map(|a| (format!("engine=\"{id}\",agent=\"{}\"", escape(&a.role)), a)).collect();
     let agent_metric =
         |s: &mut String, name, kind, help, v: fn(&AgentStats) -> f64| per_row(s, name, kind, help, &agents, v);
+    // A counter with one sample for the whole engine.
+    let engine = format!("engine=\"{id}\"");
+    let engine_counter =
+        |s: &mut String, name, help, v: u64| family(s, name, "counter", help, |f| f.sample("", &engine, v));
     agent_metric(&mut s, "mdsub_agent_cpu_seconds_total", "counter", "CPU time of the agent's thread.", |a| {
         seconds(a.cpu_ns as f64)
     });
@@ -480,9 +484,7 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "Time the agent waited on back-pressure.",
         |a| seconds(a.blocked_ns as f64),
     );
-    family(&mut s, "mdsub_metrics_intervals_total", "counter", "Metric intervals completed.", |f| {
-        f.sample("", &format!("engine=\"{id}\""), latency.intervals)
-    });
+    engine_counter(&mut s, "mdsub_metrics_intervals_total", "Metric intervals completed.", latency.intervals);
     if !live.snail.is_empty() {
         let site = |x: &crate::snail::SiteReport| match x.shard {
             Some(k) => format!("engine=\"{id}\",site=\"{}\",shard=\"{k}\"", x.role),
@@ -546,15 +548,17 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             |x| seconds(x.longest_self_stall_ns as f64),
         );
     }
-    family(&mut s, "mdsub_metrics_dropped_total", "counter", "Metric intervals workers could not ship.", |f| {
-        f.sample("", &format!("engine=\"{id}\""), live.metrics_dropped)
-    });
-    family(
+    engine_counter(
+        &mut s,
+        "mdsub_metrics_dropped_total",
+        "Metric intervals workers could not ship.",
+        live.metrics_dropped,
+    );
+    engine_counter(
         &mut s,
         "mdsub_metrics_write_errors_total",
-        "counter",
         "Interval-log (--hlog) writes that failed (disk full, file gone): the log misses those intervals.",
-        |f| f.sample("", &format!("engine=\"{id}\""), latency.write_errors),
+        latency.write_errors,
     );
     family(
         &mut s,

@@ -1405,8 +1405,7 @@ mod tests {
     fn a_pair_whose_public_key_is_not_its_secrets_is_refused_and_open_modes_are_named() {
         let (a, b) = (Keypair::generate().expect("CURVE"), Keypair::generate().expect("CURVE"));
         assert_eq!(crate::zmqx::curve_public(&a.secret.0), Some(a.public.0), "libzmq derives the public key");
-        let dir = std::env::temp_dir().join(format!("mdsub-mixed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("mixed");
         let mixed = dir.join("mixed.key");
         let text = format!("curve\n    public-key = \"{}\"\n    secret-key = \"{}\"\n", a.public, b.secret_z85());
         write_file(&mixed, text.as_bytes(), 0o600).unwrap();
@@ -1428,8 +1427,7 @@ mod tests {
     #[test]
     fn only_small_regular_files_are_read_as_keys_or_tokens() {
         // Before: /dev/zero as a key was read until memory ran out; a FIFO blocked the open.
-        let dir = std::env::temp_dir().join(format!("mdsub-odd-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("odd-keys");
         let fifo = dir.join("fifo.key");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
@@ -1458,8 +1456,7 @@ mod tests {
 
     #[test]
     fn key_files_round_trip_and_bad_ones_say_why() {
-        let dir = std::env::temp_dir().join(format!("mdsub-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("keys");
         let pair = Keypair::generate().expect("this build has CURVE");
         let (key, public) = pair.write(&dir, "server").unwrap();
         let back = Keypair::load(&key).unwrap();

@@ -1202,8 +1202,7 @@ mod tests {
         // Before: every step that found less than a full batch flushed, 6.9k write() calls a
         // second at 5k msg/s. Now a step flushes once its oldest unflushed item is
         // FLUSH_AFTER_NS old, and an idle sink wakes for that flush.
-        let dir = std::env::temp_dir().join(format!("mdsub-sink-flush-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = crate::test_dir("sink-flush");
         let path = dir.join("flush.cap");
         let rec = Recording::create(&path).expect("recording");
         let (tx, rx) = crossbeam::channel::bounded(16);

@@ -342,6 +342,17 @@ pub fn watching_xpub(ctx: &zmq::Context) -> zmq::Socket {
     s
 }
 
+/// A publisher the test holds ([`watching_xpub`], no send HWM), connected to the engine's bound
+/// endpoint `ep` once the engine's subscription reached it (its handshake is done), within 20 s.
+pub fn connected_publisher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
+    let publ = watching_xpub(ctx);
+    publ.set_sndhwm(0).expect("sndhwm");
+    publ.set_rcvtimeo(20_000).expect("rcvtimeo");
+    publ.connect(ep).expect("connect to the engine");
+    assert_eq!(publ.recv_bytes(0).expect("the engine's subscription within 20 s").first(), Some(&1));
+    publ
+}
+
 /// Run `mdsub ARGS` to success within `deadline` and parse the JSON it prints.
 pub fn mdsub_json(args: &[&str], deadline: Duration) -> serde_json::Value {
     let (code, out, err) = run_within(args[0], mdsub().args(args), deadline);

@@ -302,6 +302,5 @@ pub fn long_subscription_through(tool: &str, extra: &[&str], len: usize) -> Stri
         }
     }
     let (_, err) = stop(&mut p);
-    let tag = format!("{tool}: stopped:");
-    err.into_iter().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no `{tag}` line"))
+    stopped_line(tool, &err).to_string()
 }
