@@ -618,7 +618,7 @@ fn the_generated_feeds_flags_are_refused_with_from_files_not_ignored() {
         ),
         (
             &["replay", "--serve-trials", "tcp://127.0.0.1:1", "--allow-addr", "127.0.0.1"],
-            "error: --allow-addr with --serve-trials: a trial server does not serve address rules",
+            "error: --allow-addr with --serve-trials: a trial server serves no access rules",
         ),
         (&["replay", "--serve-trials", "tcp://127.0.0.1:1", "--burst", "2"], "error: --burst with --serve-trials"),
         (&["replay", "--serve-trials", "tcp://127.0.0.1:1", "--lossy"], "error: --lossy with --serve-trials"),

@@ -51,6 +51,16 @@ fn python_json(args: &[&str]) -> serde_json::Value {
     json(&out)
 }
 
+/// `mdsub clone-client --server STORE ARGS…` that must succeed within 30 s.
+fn clone_client_ok(store: &str, args: &[&str]) {
+    let (code, _, err) = run_within(
+        "clone-client",
+        mdsub().args(["clone-client", "--server", store]).args(args),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "clone-client {args:?}: {err}");
+}
+
 #[test]
 fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers() {
     let dir = temp_dir("dash-hlog");
@@ -829,14 +839,7 @@ fn status_in_the_clone_store_takes_live_settings_refuses_bad_ones_and_expires_af
         assert!(shard[f].is_number(), "shard status has {f}: {shard}");
     }
 
-    let client_does = |args: &[&str]| {
-        let (code, _, err) = run_within(
-            "clone-client",
-            mdsub().args(["clone-client", "--server", &store]).args(args),
-            Duration::from_secs(30),
-        );
-        assert_eq!(code, Some(0), "clone-client {args:?}: {err}");
-    };
+    let client_does = |args: &[&str]| clone_client_ok(&store, args);
     let set = |name: &str, value: &str| client_does(&["set", &format!("/mdsub/config/store-test/{name}"), value]);
     let intervals = || get("shard0").and_then(|s| s["intervals"].as_u64()).unwrap_or(0);
     set("metrics_interval", "200ms");
@@ -1459,14 +1462,7 @@ fn a_croaked_engine_stays_in_top_as_ended_with_its_cause_and_its_settings_show()
     wait_until(Duration::from_secs(30), "both engines' status in the store", || {
         keys("croak-e1") >= 3 && keys("clean-e2") >= 3
     });
-    let client_does = |args: &[&str]| {
-        let (code, _, err) = run_within(
-            "clone-client",
-            mdsub().args(["clone-client", "--server", &store]).args(args),
-            Duration::from_secs(30),
-        );
-        assert_eq!(code, Some(0), "clone-client {args:?}: {err}");
-    };
+    let client_does = |args: &[&str]| clone_client_ok(&store, args);
     let config = |name: &str| format!("/mdsub/config/croak-e1/{name}");
     client_does(&["set", &config("metrics_interval"), "2s"]);
     client_does(&["set", &config("snail_grace"), "fast"]);

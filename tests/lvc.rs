@@ -632,11 +632,7 @@ fn lvc_bench_interrupted_after_a_whole_run_reports_and_saves_its_whole_runs() {
     let err = p.stderr.take().expect("stderr");
     let (status, out) = p.finish(Duration::from_secs(60));
     said.extend(common::rest_lines(&err, Duration::from_secs(5)));
-    assert_eq!(status.code(), Some(0), "a result of the whole runs, exit 0; stderr: {said:?}");
-    let r = common::bench_result("lvc-bench", &out);
-    assert_eq!(r["interrupted"], true, "{r}");
-    let done = r["runs_completed"].as_u64().expect("runs_completed") as usize;
-    assert!((1..runs).contains(&done), "stopped after run 1, before run {runs}: {done}");
+    let (r, done) = common::interrupted_result("lvc-bench", status, &out, &said, &save, runs);
     assert_eq!(r["settings"]["runs"], runs, "{r}");
     // Three paths per whole run, none of the run the signal cut.
     let measured = r["runs"].as_array().expect("runs");
@@ -646,14 +642,7 @@ fn lvc_bench_interrupted_after_a_whole_run_reports_and_saves_its_whole_runs() {
         assert!(common::medians_of(&r, path)["msgs_per_sec"].as_f64() > Some(0.0), "{path}: {r}");
     }
     assert!(common::ratio(&r, "lvc / plain-proxy") > 0.0 && common::ratio(&r, "plain-proxy / direct") > 0.0, "{r}");
-    assert!(r.get("error").is_none(), "{r}");
-    let saved = common::json(&std::fs::read_to_string(&save).expect("--save file written"));
-    assert_eq!(saved, r, "--save and --json hold the one result");
-    let expected = format!("interrupted after {done} of {runs} runs");
-    let line = said.iter().find(|l| l.starts_with(&expected)).unwrap_or_else(|| panic!("`{expected}` in {said:?}"));
-    assert!(line.ends_with(&format!("the medians and ratios are of those {done}")), "{line}");
     assert!(said.iter().any(|l| l.starts_with("median: direct ")), "{said:?}");
-    assert!(!said.iter().any(|l| l == "mdsub: interrupted"), "{said:?}");
 }
 
 #[test]

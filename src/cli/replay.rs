@@ -212,44 +212,34 @@ const GENERATOR_ONLY: [(&str, &str, &str); 5] = [
 /// Flags of `replay` that a trial server (`--serve-trials`) does not use, each with why: each
 /// trial's feed, rate and duration come from the capacity run, and its publisher is the plain
 /// lossy one that run measures against.
-const NOT_SERVED: [(&str, &str, &str); 20] = [
-    ("duration", "--duration", "each trial lasts what the capacity run asks; the server runs until that run ends"),
-    ("count", "--count", "each trial lasts what the capacity run asks; the server runs until that run ends"),
-    ("symbols", "--symbols", "each trial's feed is the one the capacity run asks for (its --symbols)"),
-    (
-        "payload_bytes",
-        "--payload-bytes",
-        "each trial's feed is the one the capacity run asks for (its --payload-bytes)",
-    ),
-    ("zipf", "--zipf", "each trial's feed is the one the capacity run asks for"),
-    ("seed", "--seed", "each trial's feed is the one the capacity run asks for"),
-    ("burst", "--burst", "trials send one message per intended send time"),
-    ("lossy", "--lossy", "a trial server always publishes lossy, as capacity's own publisher does"),
-    ("thread_per_shard", "--thread-per-shard", "a trial server publishes from one thread"),
-    (
-        "curve_key",
-        "--curve-key",
-        "a trial server does not serve CURVE (nor address rules): run it on a trusted network",
-    ),
-    (
-        "curve_allow",
-        "--curve-allow",
-        "a trial server does not serve CURVE (nor address rules): run it on a trusted network",
-    ),
-    (
-        "allow_addr",
-        "--allow-addr",
-        "a trial server does not serve address rules (nor CURVE): run it on a trusted network",
-    ),
-    ("publisher_id", "--publisher-id", "trials publish as publisher 0"),
-    ("subscribers", "--subscribers", "each trial waits for the capacity run's engine, which it names"),
-    ("wait_timeout", "--wait-timeout", "each trial waits for the capacity run's engine as long as that run says"),
-    ("pause_at", "--pause-at", "faults are put into a replay's stream, not into capacity trials"),
-    ("drop_every", "--drop-every", "faults are put into a replay's stream, not into capacity trials"),
-    ("restart_at", "--restart-at", "faults are put into a replay's stream, not into capacity trials"),
-    ("idle", "--idle", "a trial's sending thread naps between its turns (block)"),
-    ("json", "--json", "a trial server prints one line per trial; the capacity run keeps the numbers"),
-];
+const NOT_SERVED: [(&str, &str, &str); 20] = {
+    const LENGTH: &str = "each trial lasts what the capacity run asks; the server runs until that run ends";
+    const FEED: &str = "each trial's feed is the one the capacity run asks for";
+    const ACCESS: &str = "a trial server serves no access rules (CURVE, addresses): run it on a trusted network";
+    const FAULT: &str = "faults are put into a replay's stream, not into capacity trials";
+    [
+        ("duration", "--duration", LENGTH),
+        ("count", "--count", LENGTH),
+        ("symbols", "--symbols", FEED),
+        ("payload_bytes", "--payload-bytes", FEED),
+        ("zipf", "--zipf", FEED),
+        ("seed", "--seed", FEED),
+        ("burst", "--burst", "trials send one message per intended send time"),
+        ("lossy", "--lossy", "a trial server always publishes lossy, as capacity's own publisher does"),
+        ("thread_per_shard", "--thread-per-shard", "a trial server publishes from one thread"),
+        ("curve_key", "--curve-key", ACCESS),
+        ("curve_allow", "--curve-allow", ACCESS),
+        ("allow_addr", "--allow-addr", ACCESS),
+        ("publisher_id", "--publisher-id", "trials publish as publisher 0"),
+        ("subscribers", "--subscribers", "each trial waits for the capacity run's engine, which it names"),
+        ("wait_timeout", "--wait-timeout", "each trial waits for the capacity run's engine as long as that run says"),
+        ("pause_at", "--pause-at", FAULT),
+        ("drop_every", "--drop-every", FAULT),
+        ("restart_at", "--restart-at", FAULT),
+        ("idle", "--idle", "a trial's sending thread naps between its turns (block)"),
+        ("json", "--json", "a trial server prints one line per trial; the capacity run keeps the numbers"),
+    ]
+};
 
 /// Refuse a flag given with `--from` that only shapes the generated feed (`GENERATOR_ONLY`),
 /// `--burst` without a fixed `--rate` (flat out or at a file's pace there are no bursts), and a

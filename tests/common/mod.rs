@@ -377,6 +377,33 @@ pub fn bench_result(kind: &str, stdout: &str) -> serde_json::Value {
     r
 }
 
+/// A bench command (`kind`: lvc-bench, clone-bench) ended by Ctrl-C after its first whole run of
+/// `runs`: exit 0, its JSON result marked interrupted with 1 to runs-1 whole runs, no error, the
+/// `--save` file holding that result, the line that says so on stderr (`said`) and no
+/// `mdsub: interrupted`. Returns the result and its whole runs.
+pub fn interrupted_result(
+    kind: &str,
+    status: std::process::ExitStatus,
+    stdout: &str,
+    said: &[String],
+    save: &std::path::Path,
+    runs: usize,
+) -> (serde_json::Value, usize) {
+    assert_eq!(status.code(), Some(0), "a result of the whole runs, exit 0; stderr: {said:?}");
+    let r = bench_result(kind, stdout);
+    assert_eq!(r["interrupted"], true, "{r}");
+    let done = r["runs_completed"].as_u64().expect("runs_completed") as usize;
+    assert!((1..runs).contains(&done), "stopped after run 1, before run {runs}: {done}");
+    assert!(r.get("error").is_none(), "{r}");
+    let saved = json(&std::fs::read_to_string(save).expect("--save file written"));
+    assert_eq!(saved, r, "--save and --json hold the one result");
+    let expected = format!("interrupted after {done} of {runs} runs");
+    let line = said.iter().find(|l| l.starts_with(&expected)).unwrap_or_else(|| panic!("`{expected}` in {said:?}"));
+    assert!(line.ends_with(&format!("the medians and ratios are of those {done}")), "{line}");
+    assert!(!said.iter().any(|l| l == "mdsub: interrupted"), "{said:?}");
+    (r, done)
+}
+
 /// A `[what, value]` ratio of a benchmark result, by name.
 pub fn ratio(r: &serde_json::Value, what: &str) -> f64 {
     let found = r["ratios"].as_array().and_then(|a| a.iter().find(|x| x[0] == what));
