@@ -302,14 +302,24 @@ impl Refusals {
     /// Count one refusal for `reason` at `now_ns`. Returns the line to say: the first of a
     /// reason (with `detail`), or a summary when one is due; `None` otherwise (no allocation).
     pub fn refuse(&mut self, reason: &'static str, detail: &dyn Display, now_ns: u64) -> Option<String> {
+        self.refuse_many(reason, 1, detail, now_ns)
+    }
+
+    /// [`Refusals::refuse`] for `n` at once (counted where they were seen together: `n` new
+    /// since the last look): the first of a reason is said with `detail` (that of the last of
+    /// them), the others of the `n` counted for the next summary. `n` 0 counts nothing.
+    pub fn refuse_many(&mut self, reason: &'static str, n: u64, detail: &dyn Display, now_ns: u64) -> Option<String> {
+        if n == 0 {
+            return self.due(now_ns);
+        }
         match self.reasons.iter_mut().find(|r| r.name == reason) {
             Some(r) => {
-                r.total += 1;
-                r.unsaid += 1;
+                r.total = r.total.saturating_add(n);
+                r.unsaid = r.unsaid.saturating_add(n);
                 self.due(now_ns)
             }
             None => {
-                self.reasons.push(Reason { name: reason, total: 1, unsaid: 0 });
+                self.reasons.push(Reason { name: reason, total: n, unsaid: n - 1 });
                 self.last_summary_ns.get_or_insert(now_ns);
                 Some(format!(
                     "{} ({reason}): {detail} (the first; more are counted and summarised every {})",

@@ -206,6 +206,49 @@ fn drops_on_purpose_count_alike_in_a_session_that_ended_and_one_restarted_away()
     assert_eq!(u(&r, "delivered") + u(&r, "lost"), u(&r, "sent"), "{r}");
 }
 
+/// Loss, a restart and an end of stream are said on stderr at the default log level, loss in
+/// one line per metrics interval with new gaps (their new gaps add up to the report's). Before,
+/// the same run said only `connecting` and `engine id`: gaps were said at `debug` alone.
+#[test]
+fn loss_restarts_and_ends_of_stream_are_said_on_stderr() {
+    let feed = ["--rate", "20k", "--count", "40k", "--restart-at", "20k", "--drop-every", "100", "--json"];
+    let (replay, eps) = start_replay("replay", 1, &feed);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--endpoint", &eps[0]]);
+    let mut engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let stderr = engine.stderr.take().expect("stderr piped");
+    let (status, out) = engine.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let (status, rest) = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "{rest}");
+    let said: Vec<String> = std::iter::from_fn(|| stderr.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    let loss: Vec<&String> = said.iter().filter(|l| l.starts_with("warn: loss: ")).collect();
+    let new: u64 = loss
+        .iter()
+        .map(|l| l["warn: loss: ".len()..].split(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0))
+        .sum();
+    assert_eq!(new, u(&r, "gaps"), "the lines' new gaps add up to the report's: {said:#?}");
+    assert_eq!(u(&r, "gaps"), 400, "{r}");
+    let last = loss.last().expect("a loss line");
+    assert!(
+        last.contains("shard0: ")
+            && last.contains(", the last in publisher 0 session ")
+            && last.ends_with("total 400)"),
+        "{said:#?}"
+    );
+    assert!(
+        said.iter().any(|l| l.starts_with("info: shard0: publisher sessions (restart): publisher 0 session ")),
+        "{said:#?}"
+    );
+    assert!(
+        said.iter().any(|l| l
+            .starts_with("info: shard0: publisher sessions (end_of_stream): end of stream from publisher 0 session ")
+            && l.contains(": it sent 20000")),
+        "{said:#?}"
+    );
+}
+
 /// Shard 0's series `name` on the `/metrics` page at `addr` (`HOST:PORT`); None when the page
 /// cannot be read or lacks it.
 fn shard0_metric(addr: &str, name: &str) -> Option<u64> {

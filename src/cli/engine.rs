@@ -403,8 +403,10 @@ pub struct OutputArgs {
     /// take live settings from /mdsub/config/ENGINE-ID/NAME.
     #[arg(long, value_parser = parse_clone_server, value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
-    /// What the engine says on stderr while it runs: error, warn, info or
-    /// debug (a line per shard per interval); a live setting too.
+    /// What the engine says on stderr while it runs: error, warn (and loss: a
+    /// `loss:` line per metrics interval with new gaps), info (the default;
+    /// and publisher restarts and ends of stream) or debug (and a line per
+    /// shard per interval); a live setting too.
     #[arg(long, value_parser = Level::parse, value_name = "LEVEL")]
     pub log_level: Option<Level>,
 }

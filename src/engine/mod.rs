@@ -328,14 +328,17 @@ impl Engine {
             hgrm: cfg.outputs.hgrm.clone(),
             quiet_write_errors: cfg.outputs.quiet_write_errors,
         };
-        // Made before the readers, so the collector's debug lines can read their gaps.
+        // Made before the readers, so the collector's lines can read their gaps and sessions.
         let shard_counters: Vec<Arc<ShardCounters>> = cfg.shards.iter().map(|_| Arc::default()).collect();
         let log = Arc::<LogLevel>::default();
         let interval_log = IntervalLog {
             log: log.clone(),
-            gaps: Box::new({
+            counts: Box::new({
                 let shards = shard_counters.clone();
-                move || shards.iter().map(|c| c.gaps.load(Relaxed)).collect()
+                move |out: &mut Vec<_>| {
+                    out.clear();
+                    out.extend(shards.iter().map(|c| c.loss()));
+                }
             }),
         };
         // The agents `/metrics` and the status list, their busy share taken per interval.

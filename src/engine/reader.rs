@@ -7,8 +7,8 @@
 //! after that read ([`clock::PassStamp`]): the frames of one round share their
 //! receive time until one was sent after it.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use super::worker::WorkerCore;
 use crate::agent::{Agent, AgentError, Step, StopFlag};
 use crate::clock;
 use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
+use crate::metrics::collector::ShardLoss;
 use crate::snail::{Action, Guard};
 use crate::wire::{self, topic_hash, FrameView, Kind, DROP_REASONS, DROP_REASON_NAMES};
 use crate::zmqx::frame::{send_bytes, Frame};
@@ -119,6 +120,17 @@ pub struct ShardCounters {
     /// Messages sent before the first live frame of each session this shard saw
     /// ([`super::sequence::SequenceTotals::before_first`]).
     pub before_first: AtomicU64,
+    /// Whose were the last gap, the last restart (its new session) and the last end of stream
+    /// (with the `sent` it carried) ([`SequenceTracker::last_gap_at`] and the like): the
+    /// collector's loss and session lines name them. A publisher and its session are separate
+    /// stores: a reading may pair them wrongly only when two of a kind came in one round.
+    pub last_gap_publisher: AtomicU32,
+    pub last_gap_session: AtomicU64,
+    pub last_restart_publisher: AtomicU32,
+    pub last_restart_session: AtomicU64,
+    pub last_eos_publisher: AtomicU32,
+    pub last_eos_session: AtomicU64,
+    pub last_eos_sent: AtomicU64,
     /// Receive time of the first data message handed to workers (0 before any): the start of
     /// the span the engine's rate is measured over (n messages span n − 1 intervals).
     pub first_recv_ns: AtomicU64,
@@ -160,6 +172,23 @@ impl ShardCounters {
     /// ([`super::sequence::SequenceTotals::sent`]).
     pub fn sent(&self) -> u64 {
         self.eos_sent.load(Relaxed).saturating_add(self.unended_sent.load(Relaxed))
+    }
+
+    /// Its gaps, restarts and ends of stream, and whose the last of each were: what the
+    /// collector says of them as an interval ends.
+    pub fn loss(&self) -> ShardLoss {
+        ShardLoss {
+            gaps: self.gaps.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
+            eos_sessions: self.eos_sessions.load(Relaxed),
+            last_gap: (self.last_gap_publisher.load(Relaxed), self.last_gap_session.load(Relaxed)),
+            last_restart: (self.last_restart_publisher.load(Relaxed), self.last_restart_session.load(Relaxed)),
+            last_eos: (
+                self.last_eos_publisher.load(Relaxed),
+                self.last_eos_session.load(Relaxed),
+                self.last_eos_sent.load(Relaxed),
+            ),
+        }
     }
 }
 
@@ -611,9 +640,20 @@ impl Checks {
             (&c.unended_sent, t.unended_sent),
             (&c.beyond_sent, self.beyond_sent),
         ];
-        for (a, v) in totals.into_iter().chain(c.bad.iter().zip(self.bad)) {
+        let (gap, restart, eos) =
+            (self.tracker.last_gap_at(), self.tracker.last_restart_at(), self.tracker.last_eos_at());
+        let whose = [
+            (&c.last_gap_session, gap.1),
+            (&c.last_restart_session, restart.1),
+            (&c.last_eos_session, eos.1),
+            (&c.last_eos_sent, eos.2),
+        ];
+        for (a, v) in totals.into_iter().chain(whose).chain(c.bad.iter().zip(self.bad)) {
             a.store(v, Relaxed);
         }
+        c.last_gap_publisher.store(gap.0, Relaxed);
+        c.last_restart_publisher.store(restart.0, Relaxed);
+        c.last_eos_publisher.store(eos.0, Relaxed);
         c.first_recv_ns.store(self.first_recv_ns, Relaxed);
         c.full_subscription.store(self.tracker.full_subscription(), Relaxed);
         if let Some(g) = &mut self.guard {

@@ -1,10 +1,14 @@
 //! The metrics collector agent (`metrics`): adds up the per-interval
 //! histograms workers ship over a crossbeam channel and hands each emptied
 //! set back to its worker (the double buffer: nothing is copied or allocated
-//! per interval). It ends when every worker has dropped its sender. At log level
-//! `debug` it says a line per shard per interval ([`IntervalLog`]). The first interval with
-//! latencies below 0 (send times ahead of this host's clock) is said on stderr, once a run
-//! ([`ahead_line`]).
+//! per interval). It ends when every worker has dropped its sender. As each interval ends it
+//! says, from the readers' published counts ([`IntervalLog`]), the interval's new gaps (one
+//! `warn: loss:` line for the interval, whatever the shards) and the publisher sessions that
+//! began as restarts or ended with an end of stream (`info:`, the first of each kind per shard
+//! at once and then one summary per 10 s: [`LossLines`]): loss is said where an operator looks,
+//! and nothing is added to the data path. At log level `debug` it says a line per shard per
+//! interval. The first interval with latencies below 0 (send times ahead of this host's clock)
+//! is said on stderr, once a run ([`ahead_line`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,7 +25,7 @@ use super::settings::{Level, LogLevel};
 use super::{human_latency, shard_name, shard_sets, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, IntervalMarks, Step};
 use crate::clock;
-use crate::diag::human_ns;
+use crate::diag::{human_ns, Refusals, SUMMARY_INTERVAL_NS};
 use crate::outfile::Claimed;
 
 /// What a worker sends to the collector.
@@ -90,13 +94,126 @@ pub struct CollectorOutputs {
     pub quiet_write_errors: bool,
 }
 
-/// What the collector says at log level `debug`, once per interval: a line per shard (rate,
-/// total-stage p50 and p99, gaps), on stderr through [`LogLevel::log`].
+/// What the collector says on stderr through [`LogLevel::log`] as each interval ends: loss and
+/// publisher sessions at the default level ([`LossLines`]), and at `debug` a line per shard
+/// (rate, total-stage p50 and p99, gaps).
 pub struct IntervalLog {
     /// The engine's log level (a live setting).
     pub log: Arc<LogLevel>,
-    /// Each shard's gaps so far, read once per interval while `debug` is on.
-    pub gaps: Box<dyn Fn() -> Vec<u64> + Send>,
+    /// Fills its argument (cleared first) with each shard's counts as its reader last published
+    /// them: read once per interval, into a buffer kept (nothing allocated per interval).
+    pub counts: ReadCounts,
+}
+
+/// How [`IntervalLog`] reads the shards' counts.
+pub type ReadCounts = Box<dyn Fn(&mut Vec<ShardLoss>) + Send>;
+
+/// One shard's gaps, restarts and ends of stream so far, and whose the last of each were, as
+/// its reader last published them ([`crate::engine::reader::ShardCounters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardLoss {
+    pub gaps: u64,
+    pub restarts: u64,
+    pub eos_sessions: u64,
+    /// `(publisher_id, session_id)` of the session of the last gap, and of the new session of
+    /// the last restart.
+    pub last_gap: (u32, u64),
+    pub last_restart: (u32, u64),
+    /// `(publisher_id, session_id, sent)` of the last end of stream.
+    pub last_eos: (u32, u64, u64),
+}
+
+/// The lines loss and publisher sessions are said in, as intervals end (socket-free: each
+/// shard's counts and the time in, lines out). Per interval with new gaps, one line for every
+/// shard (`warn`); per shard, a restart (a publisher's new session) and an end of stream the
+/// first time at once with whose it was, later ones summarised once per
+/// [`SUMMARY_INTERVAL_NS`] ([`Refusals`], `info`). A flood of gaps or sessions costs a line per
+/// interval, or per summary.
+pub struct LossLines {
+    /// The counts at the last interval's end.
+    before: Vec<ShardLoss>,
+    /// Per shard: its restarts and ends of stream.
+    sessions: Vec<Refusals>,
+}
+
+/// `publisher 10 session 000000000000002a` (written only when said: nothing is allocated for a
+/// line not said).
+struct Whose(u32, u64);
+
+impl std::fmt::Display for Whose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "publisher {} session {:016x}", self.0, self.1)
+    }
+}
+
+impl LossLines {
+    pub fn new(shards: usize) -> Self {
+        LossLines {
+            before: vec![ShardLoss::default(); shards],
+            sessions: (0..shards)
+                .map(|k| {
+                    let name = shard_name(k);
+                    Refusals::new(name.clone(), SUMMARY_INTERVAL_NS).said_as(format!("{name}: publisher sessions"))
+                })
+                .collect(),
+        }
+    }
+
+    /// The lines of an interval of `interval_ns` ending at `now_ns`, the shards' counts being
+    /// `now`.
+    pub fn interval(&mut self, now: &[ShardLoss], interval_ns: u64, now_ns: u64) -> Vec<(Level, String)> {
+        let mut lines = Vec::new();
+        if self.before.len() < now.len() {
+            self.before.resize(now.len(), ShardLoss::default());
+        }
+        while self.sessions.len() < now.len() {
+            let name = shard_name(self.sessions.len());
+            let head = format!("{name}: publisher sessions");
+            self.sessions.push(Refusals::new(name, SUMMARY_INTERVAL_NS).said_as(head));
+        }
+        // Gaps can go down (a late frame, a cached value): only what is new is said. Nothing
+        // is allocated unless something is said.
+        let new = |k: usize| now[k].gaps.saturating_sub(self.before[k].gaps);
+        let all_new: u64 = (0..now.len()).map(new).sum();
+        if all_new > 0 {
+            let per_shard: Vec<String> = (0..now.len())
+                .filter(|&k| new(k) > 0)
+                .map(|k| {
+                    let (p, sid) = now[k].last_gap;
+                    format!("{}: {}, the last in {}", shard_name(k), new(k), Whose(p, sid))
+                })
+                .collect();
+            let total: u64 = now.iter().map(|c| c.gaps).sum();
+            lines.push((
+                Level::Warn,
+                format!(
+                    "loss: {all_new} new gap(s) in the last {:.1} s ({}; total {total})",
+                    interval_ns as f64 / 1e9,
+                    per_shard.join("; ")
+                ),
+            ));
+        }
+        for (k, (c, b)) in now.iter().zip(&self.before).enumerate() {
+            let restarts = c.restarts.saturating_sub(b.restarts);
+            let ends = c.eos_sessions.saturating_sub(b.eos_sessions);
+            let r = &mut self.sessions[k];
+            let (p, sid) = c.last_restart;
+            let detail = format_args!("{} began, replacing the one it had (restarts: {})", Whose(p, sid), c.restarts);
+            let said = r.refuse_many("restart", restarts, &detail, now_ns);
+            let (p, sid, sent) = c.last_eos;
+            let detail = format_args!("end of stream from {}: it sent {sent}", Whose(p, sid));
+            let said = said.into_iter().chain(r.refuse_many("end_of_stream", ends, &detail, now_ns));
+            lines.extend(said.map(|l| (Level::Info, l)));
+        }
+        self.before.clear();
+        self.before.extend_from_slice(now);
+        lines
+    }
+
+    /// What went unsaid of the sessions (a summary however recent): at the end of the run.
+    pub fn flush(&mut self) -> Vec<(Level, String)> {
+        self.sessions.iter_mut().filter_map(|r| r.flush()).map(|l| (Level::Info, l)).collect()
+    }
 }
 
 /// The collector agent; [`Collector::into_collected`] after it ends.
@@ -115,8 +232,9 @@ pub struct Collector {
     live: SharedLatency,
     outputs: CollectorOutputs,
     interval_log: Option<IntervalLog>,
-    /// Each shard's gaps at the last debug line (for the interval's own).
-    gaps_before: Vec<u64>,
+    /// What [`IntervalLog`] says of loss and sessions, and the shards' counts it reads into.
+    loss_lines: LossLines,
+    counts: Vec<ShardLoss>,
     /// Latencies below 0 were said ([`ahead_line`]: once a run).
     ahead_said: bool,
     /// The agents whose busy share is taken per interval (marked as each interval ends).
@@ -180,7 +298,8 @@ impl Collector {
             live,
             outputs,
             interval_log: None,
-            gaps_before: Vec::new(),
+            loss_lines: LossLines::new(shards),
+            counts: Vec::with_capacity(shards),
             ahead_said: false,
             marks: None,
         }
@@ -193,22 +312,36 @@ impl Collector {
         self
     }
 
-    /// Say a line per shard per interval at log level `debug`.
+    /// Say loss and publisher sessions as intervals end, and at log level `debug` a line per
+    /// shard per interval.
     pub fn with_interval_log(mut self, log: IntervalLog) -> Self {
         self.interval_log = Some(log);
         self
     }
 
-    /// The interval's line for each shard, at `debug`.
+    /// The interval's lines: loss and sessions ([`LossLines`]), and at `debug` one per shard.
     fn log_interval(&mut self, mono_ns: u64) {
-        let Some(l) = self.interval_log.as_ref().filter(|l| l.log.get() >= Level::Debug) else { return };
-        let gaps = (l.gaps)();
-        let secs = mono_ns.saturating_sub(self.interval_start_mono_ns).max(1) as f64 / 1e9;
+        let Some(l) = self.interval_log.as_ref() else { return };
+        let counts = &mut self.counts;
+        (l.counts)(counts);
+        let span_ns = mono_ns.saturating_sub(self.interval_start_mono_ns).max(1);
+        let debug = l.log.get() >= Level::Debug;
+        let before: Vec<u64> = match debug {
+            true => self.loss_lines.before.iter().map(|c| c.gaps).collect(),
+            false => Vec::new(),
+        };
+        for (level, line) in self.loss_lines.interval(counts, span_ns, mono_ns) {
+            l.log.log(level, line);
+        }
+        if !debug {
+            return;
+        }
+        let secs = span_ns as f64 / 1e9;
         for (k, set) in self.interval.iter().enumerate() {
             let p = set.percentiles(2);
             let q = |v: u64| if p.count == 0 { "-".to_string() } else { human_latency(v, p.out_of_bounds) };
-            let g = gaps.get(k).copied();
-            let new = g.map(|g| g.saturating_sub(self.gaps_before.get(k).copied().unwrap_or(0)));
+            let g = counts.get(k).map(|c| c.gaps);
+            let new = g.map(|g| g.saturating_sub(before.get(k).copied().unwrap_or(0)));
             let gaps = match (g, new) {
                 (Some(g), Some(new)) => format!(", gaps {g} (+{new})"),
                 _ => String::new(),
@@ -224,7 +357,6 @@ impl Collector {
                 ),
             );
         }
-        self.gaps_before = gaps;
     }
 
     fn take(&mut self, mut r: WorkerReport) {
@@ -347,6 +479,11 @@ impl Agent for Collector {
     fn on_close(&mut self) {
         // The last (partial) interval, then the whole run's spectrum.
         self.end_interval(clock::realtime_ns(), clock::monotonic_ns());
+        if let Some(l) = &self.interval_log {
+            for (level, line) in self.loss_lines.flush() {
+                l.log.log(level, line);
+            }
+        }
         if let Some(hgrm) = self.outputs.hgrm.take() {
             let written = hgrm.rewrite().map_err(|e| format!("opening it: {e}")).and_then(|f| {
                 write_hgrm(BufWriter::new(f), &self.total.stages.total, self.total.stages.out_of_bounds[2])
@@ -395,6 +532,78 @@ mod tests {
         let l = live.lock().expect("lock");
         assert_eq!(l.cumulative[0].count(), 2, "live totals follow");
         assert_eq!(l.last_interval.iter().map(|s| s.count()).sum::<u64>(), 3, "the closing interval is shared");
+    }
+
+    /// Loss is said at the default level, one line per interval with new gaps, naming whose;
+    /// a restart and an end of stream are said at once the first time, later ones summarised.
+    /// Before, gaps were said only at `debug`, restarts and ends of stream not at all: an LVC
+    /// down for 9 s (27 304 gaps) left no line on stderr.
+    #[test]
+    fn loss_restarts_and_ends_of_stream_are_said_without_flooding() {
+        const S: u64 = 1_000_000_000;
+        let mut l = LossLines::new(2);
+        let quiet = [ShardLoss::default(); 2];
+        assert_eq!(l.interval(&quiet, S, S), Vec::new(), "nothing new, nothing said");
+        let mut now = [ShardLoss { gaps: 100, last_gap: (10, 0xab), ..Default::default() }, ShardLoss::default()];
+        assert_eq!(
+            l.interval(&now, S, 2 * S),
+            [(
+                Level::Warn,
+                "loss: 100 new gap(s) in the last 1.0 s (shard0: 100, the last in publisher 10 session \
+                 00000000000000ab; total 100)"
+                    .to_string()
+            )]
+        );
+        assert_eq!(l.interval(&now, S, 3 * S), Vec::new(), "no new gaps: no line");
+        now[0].gaps = 27_304;
+        now[1] = ShardLoss { gaps: 4, last_gap: (11, 1), ..Default::default() };
+        let lines = l.interval(&now, 2 * S, 5 * S);
+        assert_eq!(lines.len(), 1, "one line for the interval, whatever the shards: {lines:?}");
+        assert_eq!(
+            lines[0].1,
+            "loss: 27208 new gap(s) in the last 2.0 s (shard0: 27204, the last in publisher 10 session \
+             00000000000000ab; shard1: 4, the last in publisher 11 session 0000000000000001; total 27308)"
+        );
+        // A restart: said at once with whose it is; a hundred more within 10 s: one summary.
+        now[0].restarts = 1;
+        now[0].last_restart = (10, 0xac);
+        let lines = l.interval(&now, S, 6 * S);
+        assert_eq!(
+            lines,
+            [(
+                Level::Info,
+                "shard0: publisher sessions (restart): publisher 10 session 00000000000000ac began, replacing the \
+                 one it had (restarts: 1) (the first; more are counted and summarised every 10s)"
+                    .to_string()
+            )]
+        );
+        let mut said = 0;
+        for t in 7..=15 {
+            now[0].restarts += 11;
+            said += l.interval(&now, S, t * S).len();
+        }
+        assert_eq!(said, 0, "held for the summary");
+        now[0].restarts += 1;
+        let lines = l.interval(&now, S, 16 * S);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].1, "shard0: publisher sessions in the last 10s: restart=100 (totals: restart=101)");
+        // The end of stream: said at once the first time; what is unsaid at the end, flushed.
+        now[0].eos_sessions = 1;
+        now[0].last_eos = (10, 0xac, 10_000);
+        let lines = l.interval(&now, S, 17 * S);
+        assert!(
+            lines.len() == 1
+                && lines[0].1.starts_with(
+                    "shard0: publisher sessions (end_of_stream): end of stream from publisher 10 session \
+                     00000000000000ac: it sent 10000"
+                ),
+            "{lines:?}"
+        );
+        now[0].restarts += 1;
+        assert_eq!(l.interval(&now, S, 18 * S), Vec::new());
+        let end = l.flush();
+        assert_eq!(end.len(), 1, "{end:?}");
+        assert!(end[0].1.contains("restart=1 (totals: restart=102 end_of_stream=1)"), "{end:?}");
     }
 
     /// Send times 30 s ahead of this host's clock: said once, with how many and how far, per

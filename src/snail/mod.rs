@@ -739,6 +739,11 @@ pub struct Guard {
     /// limit, or the verdict left OK), and the highest lag judged since.
     left_ok_ns: u64,
     episode_max_lag_ns: u64,
+    /// The episode held a STOP: when the silence it judged began (the last frame heard before
+    /// it), and when the STOP was judged. 0: no STOP since it left OK. An OK-again line after a
+    /// STOP says how long the site was silent, not only how long since the verdict.
+    silent_from_ns: u64,
+    stop_ns: u64,
     /// Where lines go: stderr ([`crate::diag::line`]); a test collects them.
     say: fn(std::fmt::Arguments<'_>),
     /// Not OK, or not said as it is: messages judged without a change are
@@ -778,6 +783,8 @@ impl Guard {
             unsaid_changes: 0,
             left_ok_ns: 0,
             episode_max_lag_ns: 0,
+            silent_from_ns: 0,
+            stop_ns: 0,
             say: crate::diag::line,
             watching: false,
             stall_lines: Refusals::new(site.clone(), SUMMARY_INTERVAL_NS)
@@ -961,6 +968,12 @@ impl Guard {
             // Since the lag went above the limit (a rising-lag WARN: now).
             self.left_ok_ns = now_ns.saturating_sub(self.lag.above_for_ns(now_ns));
             self.episode_max_lag_ns = 0;
+            self.silent_from_ns = 0;
+            self.stop_ns = 0;
+        }
+        if let (Verdict::Stop, Some(q)) = (v, quiet) {
+            self.silent_from_ns = now_ns.saturating_sub(q).max(1);
+            self.stop_ns = now_ns;
         }
         self.episode_max_lag_ns = self.episode_max_lag_ns.max(self.lag.last_lag_ns());
         self.verdict = v;
@@ -1010,14 +1023,26 @@ impl Guard {
             if self.said != Verdict::Ok {
                 self.said = Verdict::Ok;
                 let shard = scream.shard.map(|k| format!("shard{k}")).unwrap_or_else(|| "a shard".into());
-                (self.say)(format_args!(
-                    "mdsub: snail: OK again on {shard} ({}) after {} (lag {}, max lag {} since it left OK){}",
-                    scream.site,
-                    human_ns(now_ns.saturating_sub(self.left_ok_ns)),
-                    human_ns(scream.lag_ns),
-                    human_ns(self.episode_max_lag_ns),
-                    Unsaid(std::mem::take(&mut self.unsaid_changes))
-                ));
+                let unsaid = Unsaid(std::mem::take(&mut self.unsaid_changes));
+                let (lag, max_lag) = (human_ns(scream.lag_ns), human_ns(self.episode_max_lag_ns));
+                if self.silent_from_ns != 0 {
+                    // A STOP: the silence is what it was about, from the last frame heard before
+                    // it (the STOP itself came `silence` later).
+                    (self.say)(format_args!(
+                        "mdsub: snail: OK again on {shard} ({}): frames again after {} of silence, {} after the \
+                         STOP (lag {lag}, max lag {max_lag} since it left OK){unsaid}",
+                        scream.site,
+                        human_ns(now_ns.saturating_sub(self.silent_from_ns)),
+                        human_ns(now_ns.saturating_sub(self.stop_ns)),
+                    ));
+                } else {
+                    (self.say)(format_args!(
+                        "mdsub: snail: OK again on {shard} ({}) after {} (lag {lag}, max lag {max_lag} since it left \
+                         OK){unsaid}",
+                        scream.site,
+                        human_ns(now_ns.saturating_sub(self.left_ok_ns)),
+                    ));
+                }
             } else {
                 self.unsaid_changes += 1;
             }
@@ -1281,6 +1306,54 @@ mod tests {
         feed(&mut g, &[(1, 5)]);
         let lines = said();
         assert!(lines.len() == 1 && lines[0].contains("OK again"), "{lines:?}");
+    }
+
+    /// After a STOP, the OK-again line says how long the site was silent (from its last frame
+    /// heard), and how long after the STOP the frames came. It said only the time since the
+    /// STOP verdict (`after 2.50s` for 3.50 s of silence), which is `silence` short of it.
+    #[test]
+    fn ok_again_after_a_stop_says_how_long_the_silence_lasted() {
+        let (_b, mut g, clock) = guarded(Policy::Warn);
+        g.say = collect;
+        for seq in 1..=10 {
+            let now = clock.advance_ms(1);
+            g.heard(now);
+            g.on_message(&header(seq, now - MS), b"A", now);
+        }
+        // Silent from here: STOP once `silence` (1 s) has passed, judged at 1.5 s.
+        for _ in 0..15 {
+            g.check_silence(clock.advance_ms(100));
+        }
+        assert_eq!(g.verdict(), Verdict::Stop);
+        let lines = said();
+        assert!(lines.len() == 1 && lines[0].starts_with("mdsub: snail: STOP on shard0"), "{lines:?}");
+        // Frames again 3.5 s after the last one, 2.5 s after the STOP.
+        for _ in 0..20 {
+            g.check_silence(clock.advance_ms(100));
+        }
+        let now = clock.now_ns();
+        g.heard(now);
+        g.on_message(&header(11, now - MS), b"A", now);
+        assert_eq!(g.verdict(), Verdict::Ok);
+        let lines = said();
+        assert_eq!(
+            lines,
+            ["mdsub: snail: OK again on shard0 (shard0-reader): frames again after 3.50s of silence, 2.50s after \
+              the STOP (lag 1.00ms, max lag 1.00ms since it left OK)"],
+        );
+        // A later episode of lag alone says the time since its lag went above max_lag, as before.
+        let mut seq = 11;
+        for lag_ms in [300; 400].into_iter().chain([1; 5]) {
+            seq += 1;
+            let now = clock.advance_ms(1);
+            g.heard(now);
+            g.on_message(&header(seq, now - lag_ms * MS), b"A", now);
+        }
+        let lines = said();
+        assert!(
+            lines.len() == 2 && lines[1].starts_with("mdsub: snail: OK again on shard0 (shard0-reader) after 4"),
+            "{lines:?}"
+        );
     }
 
     #[test]

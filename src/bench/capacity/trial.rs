@@ -99,6 +99,9 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     cfg.metrics_interval = cfg.metrics_interval.min(interval);
     let engine_stop = StopFlag::new();
     let engine = Engine::start(&cfg, engine_stop.clone()).context("starting the engine")?;
+    // A trial at a rate it may not keep up with: its loss is its verdict, said once by the
+    // search, not per interval (of 10 to 250 ms) by the engine.
+    engine.log_level().set(crate::metrics::settings::Level::Error);
     let live = engine.latency();
     let start = Instant::now();
     // A local publisher sends on its own agent thread (`replay`), and `run` calls back on this
