@@ -404,7 +404,7 @@ pub struct OutputArgs {
     #[arg(long, value_parser = parse_clone_server, value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
     /// What the engine says on stderr while it runs: error, warn (and loss: a
-    /// `loss:` line per metrics interval with new gaps), info (the default;
+    /// `loss:` line per metrics interval with new gaps, at most one a second), info (the default;
     /// and publisher restarts and ends of stream) or debug (and a line per
     /// shard per interval); a live setting too.
     #[arg(long, value_parser = Level::parse, value_name = "LEVEL")]

@@ -129,9 +129,18 @@ pub struct ShardLoss {
 /// first time at once with whose it was, later ones summarised once per
 /// [`SUMMARY_INTERVAL_NS`] ([`Refusals`], `info`). A flood of gaps or sessions costs a line per
 /// interval, or per summary.
+/// The loss line speaks at most this often (1 s), whatever the metrics interval.
+pub const LOSS_LINE_SPACING_NS: u64 = 1_000_000_000;
+
 pub struct LossLines {
     /// The counts at the last interval's end.
     before: Vec<ShardLoss>,
+    /// Each shard's gaps when the loss line last spoke (or found none new), and when
+    /// (monotonic ns; None before the first interval): new gaps are said at most once per
+    /// [`LOSS_LINE_SPACING_NS`], so a short `--metrics-interval` under steady loss does not
+    /// flood stderr (what comes between is said with the next line, over its longer span).
+    gaps_said: Vec<u64>,
+    gaps_said_at_ns: Option<u64>,
     /// Per shard: its restarts and ends of stream.
     sessions: Vec<Refusals>,
 }
@@ -150,6 +159,8 @@ impl LossLines {
     pub fn new(shards: usize) -> Self {
         LossLines {
             before: vec![ShardLoss::default(); shards],
+            gaps_said: vec![0; shards],
+            gaps_said_at_ns: None,
             sessions: (0..shards)
                 .map(|k| {
                     let name = shard_name(k);
@@ -166,6 +177,9 @@ impl LossLines {
         if self.before.len() < now.len() {
             self.before.resize(now.len(), ShardLoss::default());
         }
+        if self.gaps_said.len() < now.len() {
+            self.gaps_said.resize(now.len(), 0);
+        }
         while self.sessions.len() < now.len() {
             let name = shard_name(self.sessions.len());
             let head = format!("{name}: publisher sessions");
@@ -173,9 +187,11 @@ impl LossLines {
         }
         // Gaps can go down (a late frame, a cached value): only what is new is said. Nothing
         // is allocated unless something is said.
-        let new = |k: usize| now[k].gaps.saturating_sub(self.before[k].gaps);
+        let new = |k: usize| now[k].gaps.saturating_sub(self.gaps_said[k]);
         let all_new: u64 = (0..now.len()).map(new).sum();
-        if all_new > 0 {
+        let span_ns = self.gaps_said_at_ns.map_or(interval_ns, |at| now_ns.saturating_sub(at));
+        let due = self.gaps_said_at_ns.is_none_or(|_| span_ns >= LOSS_LINE_SPACING_NS);
+        if all_new > 0 && due {
             let per_shard: Vec<String> = (0..now.len())
                 .filter(|&k| new(k) > 0)
                 .map(|k| {
@@ -188,10 +204,15 @@ impl LossLines {
                 Level::Warn,
                 format!(
                     "loss: {all_new} new gap(s) in the last {:.1} s ({}; total {total})",
-                    interval_ns as f64 / 1e9,
+                    span_ns as f64 / 1e9,
                     per_shard.join("; ")
                 ),
             ));
+        }
+        if all_new == 0 || due {
+            self.gaps_said.clear();
+            self.gaps_said.extend(now.iter().map(|c| c.gaps));
+            self.gaps_said_at_ns = Some(now_ns);
         }
         for (k, (c, b)) in now.iter().zip(&self.before).enumerate() {
             let restarts = c.restarts.saturating_sub(b.restarts);
@@ -532,6 +553,27 @@ mod tests {
         let l = live.lock().expect("lock");
         assert_eq!(l.cumulative[0].count(), 2, "live totals follow");
         assert_eq!(l.last_interval.iter().map(|s| s.count()).sum::<u64>(), 3, "the closing interval is shared");
+    }
+
+    /// At a 100 ms metrics interval under steady loss the loss line speaks once a second (it
+    /// spoke ten times), each line over its whole span: nothing new is left out.
+    #[test]
+    fn the_loss_line_speaks_at_most_once_a_second_whatever_the_interval() {
+        const MS: u64 = 1_000_000;
+        let mut l = LossLines::new(1);
+        let mut now = [ShardLoss::default()];
+        let mut said = Vec::new();
+        for t in 1..=30u64 {
+            now[0].gaps += 10;
+            said.extend(l.interval(&now, 100 * MS, t * 100 * MS).into_iter().map(|(_, line)| line));
+        }
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[0].starts_with("loss: 10 new gap(s) in the last 0.1 s"), "the first at once: {said:?}");
+        assert!(said[1].starts_with("loss: 100 new gap(s) in the last 1.0 s"), "{said:?}");
+        assert!(
+            said[2].starts_with("loss: 100 new gap(s) in the last 1.0 s") && said[2].ends_with("total 210)"),
+            "{said:?}"
+        );
     }
 
     /// Loss is said at the default level, one line per interval with new gaps, naming whose;
