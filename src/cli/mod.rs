@@ -195,13 +195,22 @@ pub(crate) const POSITION_STEPS: u64 = 1000;
 /// market time or bytes), the message saying the percentage, the messages sent and the time
 /// left (`crate::replay::progress`).
 pub(crate) fn position_bar_on(target: indicatif::ProgressDrawTarget, what: &str) -> indicatif::ProgressBar {
+    let pb = position_bar_drawn_on(target, what);
+    crate::diag::draw_lines_above(&pb);
+    pb
+}
+
+/// [`position_bar_on`] without keeping diagnostic lines above it (a test's, which must not take
+/// the place of the bar another test keeps them above).
+fn position_bar_drawn_on(target: indicatif::ProgressDrawTarget, what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(POSITION_STEPS);
     pb.set_draw_target(target);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {msg}") {
+    // A bar of its own width: the message (a market time to the ns) would squeeze a wide one
+    // out of an 80-column terminal.
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} {bar:30} {msg}") {
         pb.set_style(style);
     }
     pb.set_prefix(what.to_string());
-    crate::diag::draw_lines_above(&pb);
     pb
 }
 
@@ -430,7 +439,7 @@ mod tests {
     #[test]
     fn a_bar_by_position_shows_its_message() {
         let screen = Screen::default();
-        let pb = position_bar_on(indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone())), "replay");
+        let pb = position_bar_drawn_on(indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone())), "replay");
         pb.set_position(425);
         pb.set_message("42.5% by bytes read, 10 msgs sent");
         pb.tick();

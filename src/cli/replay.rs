@@ -468,11 +468,17 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         _ => None,
     };
     let position = publisher.position();
-    let began = std::time::Instant::now();
+    // Timed from the first message sent: the files' opening and the sending thread's start are
+    // not the pace (counted in, they made the first estimates half as long again).
+    let mut began: Option<std::time::Instant> = None;
     let run = publisher.run(&source, pacing, limits, stop, &mut |n| {
         if by_position {
+            if n > 0 {
+                began.get_or_insert_with(std::time::Instant::now);
+            }
+            let elapsed_s = began.map_or(0.0, |b| b.elapsed().as_secs_f64());
             let extent = position.extent();
-            let est = extent.and_then(|e| estimate(e, began.elapsed().as_secs_f64(), speed));
+            let est = extent.and_then(|e| estimate(e, elapsed_s, speed));
             pb.set_position(est.map_or(0, |e| (e.fraction * super::POSITION_STEPS as f64) as u64));
             pb.set_message(position_line(n, extent, est, position.market_ns()));
             return;
@@ -695,17 +701,17 @@ mod tests {
                 dbn::pretty::fmt_ts(t0 + 900_000_000_000)
             )
         );
-        let bytes = Extent::Bytes { read: 999_999, total: 1_000_000 };
+        let bytes = Extent::Bytes { read: 999_999, from: 0, total: 1_000_000 };
         assert_eq!(
             position_line(7, Some(bytes), estimate(bytes, 1.0, None), None),
             "99.9% by bytes read, 7 msgs sent, eta 1s",
             "not 100.0% before the end"
         );
-        let done = Extent::Bytes { read: 1_000_000, total: 1_000_000 };
+        let done = Extent::Bytes { read: 1_000_000, from: 0, total: 1_000_000 };
         assert_eq!(position_line(8, Some(done), estimate(done, 1.0, None), None), "100.0% by bytes read, 8 msgs sent");
         // Nothing known yet: the count alone.
         assert_eq!(position_line(0, None, None, None), "0 msgs sent");
-        let start = Extent::Bytes { read: 0, total: 10 };
+        let start = Extent::Bytes { read: 0, from: 0, total: 10 };
         assert_eq!(position_line(0, Some(start), estimate(start, 0.0, None), None), "0.0% by bytes read, 0 msgs sent");
         // Centuries left: said, not a panic.
         let slow = Extent::Market { now_ns: t0 + 1, start_ns: t0, end_ns: u64::MAX - 1 };

@@ -629,7 +629,9 @@ mod tests {
     fn byte_fractions(merge: &mut DbnMerge) -> Vec<f64> {
         use crate::replay::progress::{estimate, Extent};
         let total = merge.bytes_total();
-        let at = |m: &DbnMerge| estimate(Extent::Bytes { read: m.bytes_read(), total }, 1.0, None).map(|e| e.fraction);
+        let at = |m: &DbnMerge| {
+            estimate(Extent::Bytes { read: m.bytes_read(), from: 0, total }, 1.0, None).map(|e| e.fraction)
+        };
         let mut seen = vec![at(merge).expect("a size")];
         while merge.next_record().is_some() {
             seen.push(at(merge).expect("a size"));

@@ -197,8 +197,7 @@ fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> 
             reader: {
                 let reader = CaptureReader::open(path)
                     .map_err(|source| ReplayError::Capture { path: path.to_path_buf(), source })?;
-                p.position.set_extent(None, reader.file_len().unwrap_or(0));
-                p.position.at_bytes(reader.offset());
+                p.position.set_extent(None, reader.file_len().unwrap_or(0), reader.offset());
                 reader
             },
             path: path.clone(),
@@ -213,8 +212,7 @@ fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> 
         super::Source::Dbn { paths } => Cursor::Dbn(Box::new(DbnCursor {
             merge: {
                 let merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
-                p.position.set_extent(merge.market_end_ns(), merge.bytes_total());
-                p.position.at_bytes(merge.bytes_read());
+                p.position.set_extent(merge.market_end_ns(), merge.bytes_total(), merge.bytes_read());
                 merge
             },
             slots: Vec::new(),

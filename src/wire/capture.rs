@@ -350,7 +350,7 @@ mod tests {
         let size = std::fs::metadata(&path).expect("stat").len();
         assert_eq!(r.file_len(), Some(size));
         let at = |r: &CaptureReader<_>| {
-            estimate(Extent::Bytes { read: r.offset(), total: size }, 1.0, None).expect("a size").fraction
+            estimate(Extent::Bytes { read: r.offset(), from: 0, total: size }, 1.0, None).expect("a size").fraction
         };
         let mut seen = vec![at(&r)];
         while r.next_record().expect("intact").is_some() {
