@@ -261,7 +261,11 @@ pub struct ReplayArgs {
     /// not its type's); the exit status is then 1. A file with nothing to replay
     /// is refused before anything binds. The generated feed's flags (--symbols,
     /// --payload-bytes, --zipf, --seed, --thread-per-shard, --serve-trials, and
-    /// --burst without --rate N) are refused with it.
+    /// --burst without --rate N) are refused with it. On a terminal (not with
+    /// --json) a bar says how far the replay is, in market time from the first
+    /// record to the end the DBN metadata gives (the latest of merged files),
+    /// else in bytes read of the files' sizes (a capture, a DBN file without an
+    /// end; compressed bytes of a .dbn.zst), with the time left at the pace chosen.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
@@ -478,7 +482,11 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             }
             let elapsed_s = began.map_or(0.0, |b| b.elapsed().as_secs_f64());
             let extent = position.extent();
-            let est = extent.and_then(|e| estimate(e, elapsed_s, speed));
+            // The first quarter second (one redraw) is too short a time to scale.
+            let est = extent.and_then(|e| estimate(e, elapsed_s, speed)).map(|e| match elapsed_s < 0.25 {
+                true => Estimate { left_s: None, ..e },
+                false => e,
+            });
             pb.set_position(est.map_or(0, |e| (e.fraction * super::POSITION_STEPS as f64) as u64));
             pb.set_message(position_line(n, extent, est, position.market_ns()));
             return;
