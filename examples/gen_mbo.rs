@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release --example gen_mbo -- OUT.dbn[.zst] [RECORDS] [INSTRUMENTS] [SPAN_S]
 //! ```
-//! Defaults: 1000000 records, 100 instruments, a 10 s recorded span.
+//! Defaults: 1000000 records, 100 instruments, a 10 s recorded span (the metadata's `end`).
 
 use std::io::BufWriter;
 
@@ -32,7 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (records, instruments, span_s) = (num(1, 1_000_000)?, num(2, 100)?.max(1) as usize, num(3, 10)?.max(1));
     let names = symbol_names(instruments);
     let ids: Vec<(&str, u32)> = names.iter().enumerate().map(|(i, s)| (s.as_str(), 1000 + i as u32)).collect();
-    let meta = symbology_metadata("GLBX.MDP3", Schema::Mbo, T0, &ids);
+    let mut meta = symbology_metadata("GLBX.MDP3", Schema::Mbo, T0, &ids);
+    // The span the records cover, as a query's end (a replay's bar goes by it).
+    meta.end = std::num::NonZeroU64::new(T0 + span_s * 1_000_000_000);
     let file = BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
     let w: Box<dyn std::io::Write> = if out.ends_with(".zst") {
         Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish())

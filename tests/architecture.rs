@@ -180,6 +180,7 @@ const CORES: &[&str] = &[
     "src/bench/capacity/search.rs",
     "src/link/core.rs",
     "src/replay/faults.rs",
+    "src/replay/progress.rs",
     "src/engine/book.rs",
     "src/feed/mod.rs",
 ];

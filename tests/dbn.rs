@@ -630,3 +630,56 @@ fn a_metadata_length_beyond_the_file_or_the_limit_is_refused_before_any_allocati
     );
     assert!(err.contains(&want) && err.lines().count() == 1, "{err}");
 }
+
+/// The positions a replay of `source` shows its progress display, sampled at each progress
+/// call, and the one after the run.
+fn positions(source: &mdsub::replay::Source, speed: f64) -> (Vec<mdsub::replay::progress::Extent>, Option<u64>) {
+    use mdsub::replay::{Limits, Pacing, Publisher, PublisherConfig};
+    let ctx = zmq::Context::new();
+    let mut publisher = Publisher::bind(&ctx, &PublisherConfig::default()).expect("publisher");
+    let position = publisher.position();
+    let mut seen = Vec::new();
+    let never = mdsub::agent::StopFlag::new();
+    let limits = Limits { max_msgs: None, duration: None };
+    publisher
+        .run(source, Pacing::Recorded { speed }, limits, &never, &mut |_| seen.extend(position.extent()))
+        .expect("replay");
+    seen.extend(position.extent());
+    (seen, position.market_ns())
+}
+
+#[test]
+fn a_dbn_replay_is_placed_by_market_time_between_its_first_record_and_its_metadata_end() {
+    use mdsub::replay::progress::{estimate, Extent};
+    let dir = tmp_dir("position");
+    let path = dir.join("mbo.dbn");
+    // 150 records 2 ms apart (0.3 s at 1x), the metadata's end 0.1 s after the last.
+    let recs = mbo_feed(3, 150, 0, 2_000_000);
+    let last = recs.last().map(|r| r.ts_recv).expect("records");
+    let mut meta = metadata(Schema::Mbo, &[("AAPL", 101)]);
+    meta.end = std::num::NonZeroU64::new(last + 100_000_000);
+    write_dbn(&path, &meta, &recs, false);
+    let source = mdsub::replay::Source::Dbn { paths: vec![path] };
+    let (seen, market) = positions(&source, 1.0);
+    // A sample before the sending thread loaded its first record: no market time yet, 0 done.
+    let end = last + 100_000_000;
+    let not_yet = Extent::Market { now_ns: 0, start_ns: 0, end_ns: end };
+    assert_eq!(estimate(not_yet, 1.0, Some(1.0)).map(|e| e.fraction), Some(0.0));
+    let seen: Vec<Extent> = seen.into_iter().filter(|e| *e != not_yet).collect();
+    assert!(seen.len() >= 10, "sampled about every 5 ms: {seen:?}");
+    let fractions: Vec<f64> = seen
+        .iter()
+        .map(|e| {
+            assert!(
+                matches!(e, Extent::Market { start_ns: T0, end_ns, .. } if *end_ns == end),
+                "by market time, from the first record to the metadata's end: {e:?}"
+            );
+            estimate(*e, 1.0, Some(1.0)).expect("a span").fraction
+        })
+        .collect();
+    assert!(fractions[0] < 0.5, "{fractions:?}");
+    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "never backwards: {fractions:?}");
+    let whole = (last - T0) as f64 / (end - T0) as f64;
+    assert!((fractions.last().copied().unwrap_or(0.0) - whole).abs() < 1e-9, "at the last record: {fractions:?}");
+    assert_eq!(market, Some(last));
+}

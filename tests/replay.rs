@@ -1146,3 +1146,43 @@ fn random_bytes_are_no_subscriber() {
     let s = json(&out);
     assert_eq!(u(&s, "sent_with_no_subscriber"), 0, "{s}");
 }
+
+#[test]
+fn a_capture_replay_is_placed_by_the_bytes_read_of_its_size() {
+    // A capture's records carry times, but its span is not known up front: its bytes are.
+    use mdsub::replay::progress::{estimate, Extent};
+    use mdsub::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
+    let dir = temp_dir("replay-position");
+    let path = dir.join("c.cap");
+    let mut w = CaptureWriter::create(&path).expect("create capture");
+    // 100 frames 3 ms apart: 0.3 s at the recorded pace.
+    for i in 1..=100u64 {
+        let frame = wire::encode(b"POS", &data_header(i, 1_000 + i), &[0u8; 200]);
+        w.write_frame(&frame, false, 1_000_000_000 + i * 3_000_000).expect("write");
+    }
+    w.flush().expect("flush");
+    let size = std::fs::metadata(&path).expect("stat").len();
+    let ctx = zmq::Context::new();
+    let mut publisher = Publisher::bind(&ctx, &PublisherConfig::default()).expect("publisher");
+    let position = publisher.position();
+    let mut seen = Vec::new();
+    let source = Source::Capture { path, restamp: true };
+    let limits = Limits { max_msgs: None, duration: None };
+    let never = mdsub::agent::StopFlag::new();
+    publisher
+        .run(&source, Pacing::Recorded { speed: 1.0 }, limits, &never, &mut |_| seen.extend(position.extent()))
+        .expect("replay");
+    seen.extend(position.extent());
+    assert!(seen.len() >= 10, "sampled about every 5 ms: {seen:?}");
+    let fractions: Vec<f64> = seen
+        .iter()
+        .map(|e| {
+            assert!(matches!(e, Extent::Bytes { total, .. } if *total == size), "by bytes of the file's size: {e:?}");
+            estimate(*e, 1.0, Some(1.0)).expect("a size").fraction
+        })
+        .collect();
+    assert!(fractions[0] < 0.5, "{fractions:?}");
+    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "never backwards: {fractions:?}");
+    assert_eq!(fractions.last(), Some(&1.0), "the whole file at its end: {fractions:?}");
+    assert_eq!(position.market_ns(), None, "a capture has no market time");
+}

@@ -177,6 +177,52 @@ pub(crate) fn progress_bar(total: Option<u64>, what: &str) -> indicatif::Progres
     progress_bar_on(indicatif::ProgressDrawTarget::stderr_with_hz(4), total, what)
 }
 
+/// Where a command's progress bar is drawn: on stderr, 4 times a second, which indicatif hides
+/// when stderr is not a terminal; nowhere with `--json` (a run read by a program). One rule for
+/// `replay`'s bars, generated feed or file, as for `capacity`'s.
+pub(crate) fn progress_target(json: bool) -> indicatif::ProgressDrawTarget {
+    if json {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr_with_hz(4)
+    }
+}
+
+/// Steps of a bar by position ([`position_bar_on`]): tenths of a percent.
+pub(crate) const POSITION_STEPS: u64 = 1000;
+
+/// A file replay's bar, drawn on `target`: by position ([`POSITION_STEPS`] of the file's
+/// market time or bytes), the message saying the percentage, the messages sent and the time
+/// left (`crate::replay::progress`).
+pub(crate) fn position_bar_on(target: indicatif::ProgressDrawTarget, what: &str) -> indicatif::ProgressBar {
+    let pb = position_bar_drawn_on(target, what);
+    crate::diag::draw_lines_above(&pb);
+    pb
+}
+
+/// [`position_bar_on`] without keeping diagnostic lines above it (a test's, which must not take
+/// the place of the bar another test keeps them above).
+fn position_bar_drawn_on(target: indicatif::ProgressDrawTarget, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(POSITION_STEPS);
+    pb.set_draw_target(target);
+    // A bar of its own width: the message (a market time to the ns) would squeeze a wide one
+    // out of an 80-column terminal.
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} {bar:30} {msg}") {
+        pb.set_style(style);
+    }
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+/// `eta 1h02m`, `eta 2m05s`, `eta 5s`: `secs` seconds left, as a progress bar says them.
+pub(crate) fn eta_text(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("eta {}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("eta {}m{:02}s", s / 60, s % 60),
+        s => format!("eta {s}s"),
+    }
+}
+
 /// [`progress_bar`] drawn on `target` (a test's terminal).
 pub(crate) fn progress_bar_on(
     target: indicatif::ProgressDrawTarget,
@@ -213,11 +259,7 @@ fn rate_and_eta(pos: u64, per_sec: f64, eta: std::time::Duration, finished: bool
         return rate;
     }
     let secs = eta.as_secs() + u64::from(eta.subsec_nanos() > 0);
-    match secs {
-        s if s >= 3600 => format!("{rate} eta {}h{:02}m", s / 3600, s % 3600 / 60),
-        s if s >= 60 => format!("{rate} eta {}m{:02}s", s / 60, s % 60),
-        s => format!("{rate} eta {s}s"),
-    }
+    format!("{rate} {}", eta_text(secs))
 }
 
 /// Expected messages for a progress bar, when knowable.
@@ -384,6 +426,26 @@ mod tests {
         let drawn = screen.text().len();
         crate::diag::line(format_args!("test: a line after the bar"));
         assert_eq!(screen.text().len(), drawn, "a finished bar is not drawn again");
+    }
+
+    #[test]
+    fn progress_is_drawn_on_a_terminal_and_never_with_json() {
+        use std::io::IsTerminal as _;
+        assert!(progress_target(true).is_hidden(), "--json: no bar");
+        assert_eq!(progress_target(false).is_hidden(), !std::io::stderr().is_terminal(), "a bar on a terminal");
+        assert!(position_bar_on(progress_target(true), "replay").is_hidden());
+    }
+
+    #[test]
+    fn a_bar_by_position_shows_its_message() {
+        let screen = Screen::default();
+        let pb = position_bar_drawn_on(indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone())), "replay");
+        pb.set_position(425);
+        pb.set_message("42.5% by bytes read, 10 msgs sent");
+        pb.tick();
+        assert!(screen.text().contains("42.5% by bytes read, 10 msgs sent"), "{:?}", screen.text());
+        assert!(screen.text().starts_with("replay "), "{:?}", screen.text());
+        pb.finish_and_clear();
     }
 
     #[test]

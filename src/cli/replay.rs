@@ -11,11 +11,12 @@ use super::args::{
 };
 use super::feed::{FeedArgs, PublisherArgs};
 use super::security::ServerAccessArgs;
-use super::{expected_msgs, progress_bar};
+use super::{expected_msgs, position_bar_on, progress_bar_on, progress_target};
 
 use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::faults::FaultPlan;
+use crate::replay::progress::{estimate, Estimate, Extent};
 use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
 
 /// `--publisher-id`: a 32-bit unsigned id.
@@ -310,7 +311,11 @@ pub struct ReplayArgs {
     /// not its type's); the exit status is then 1. A file with nothing to replay
     /// is refused before anything binds. The generated feed's flags (--symbols,
     /// --payload-bytes, --zipf, --seed, --thread-per-shard, --serve-trials, and
-    /// --burst without --rate N) are refused with it.
+    /// --burst without --rate N) are refused with it. On a terminal (not with
+    /// --json) a bar says how far the replay is, in market time from the first
+    /// record to the end the DBN metadata gives (the latest of merged files),
+    /// else in bytes read of the files' sizes (a capture, a DBN file without an
+    /// end; compressed bytes of a .dbn.zst), with the time left at the pace chosen.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
@@ -507,12 +512,40 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         (None, false) => args.feed.pacing(None),
     };
     let limits = args.feed.limits(if args.from.is_empty() { Some(Duration::from_secs(10)) } else { None });
-    let pb = progress_bar(expected_msgs(pacing, limits), "replay");
-    let market = publisher.market_clock();
+    // A file replayed whole: a bar by its position (market time or bytes), with the time left
+    // at the pace chosen; a count known up front (the generated feed, --count): a bar by it.
+    let expected = expected_msgs(pacing, limits);
+    let by_position = !args.from.is_empty() && expected.is_none();
+    let pb = match by_position {
+        true => position_bar_on(progress_target(args.json), "replay"),
+        false => progress_bar_on(progress_target(args.json), expected, "replay"),
+    };
+    let speed = match pacing {
+        Pacing::Recorded { speed } => Some(speed),
+        _ => None,
+    };
+    let position = publisher.position();
+    // Timed from the first message sent: the files' opening and the sending thread's start are
+    // not the pace (counted in, they made the first estimates half as long again).
+    let mut began: Option<std::time::Instant> = None;
     let run = publisher.run(&source, pacing, limits, stop, &mut |n| {
+        if by_position {
+            if n > 0 {
+                began.get_or_insert_with(std::time::Instant::now);
+            }
+            let elapsed_s = began.map_or(0.0, |b| b.elapsed().as_secs_f64());
+            let extent = position.extent();
+            // The first quarter second (one redraw) is too short a time to scale.
+            let est = extent.and_then(|e| estimate(e, elapsed_s, speed)).map(|e| match elapsed_s < 0.25 {
+                true => Estimate { left_s: None, ..e },
+                false => e,
+            });
+            pb.set_position(est.map_or(0, |e| (e.fraction * super::POSITION_STEPS as f64) as u64));
+            pb.set_message(position_line(n, extent, est, position.market_ns()));
+            return;
+        }
         pb.set_position(n);
-        let ts = market.load(std::sync::atomic::Ordering::Relaxed);
-        if ts != 0 {
+        if let Some(ts) = position.market_ns() {
             pb.set_message(format!("{n} msgs sent, market time {}", dbn::pretty::fmt_ts(ts)));
         }
     });
@@ -546,6 +579,31 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         anyhow::bail!(d);
     }
     Ok(())
+}
+
+/// A file replay's progress message: how far it is and by what (`by market time`, the files'
+/// span; `by bytes read`, their sizes), the messages sent, the market time (DBN) and the time
+/// left when it can be told (`42.5% by market time, 1234 msgs sent, market time …, eta 3m05s`).
+fn position_line(sent: u64, extent: Option<Extent>, est: Option<Estimate>, market_ns: Option<u64>) -> String {
+    let mut line = String::with_capacity(96);
+    use std::fmt::Write as _;
+    if let (Some(extent), Some(e)) = (extent, est) {
+        let by = match extent {
+            Extent::Market { .. } => "by market time",
+            Extent::Bytes { .. } => "by bytes read",
+        };
+        // Tenths, rounded down: 100.0% only when whole.
+        let _ = write!(line, "{:.1}% {by}, ", (e.fraction * 1000.0).floor() / 10.0);
+    }
+    let _ = write!(line, "{sent} msgs sent");
+    if let Some(ts) = market_ns {
+        let _ = write!(line, ", market time {}", dbn::pretty::fmt_ts(ts));
+    }
+    if let Some(left) = est.and_then(|e| e.left_s).filter(|s| *s > 0.0) {
+        // `as` saturates: a span of centuries is no panic.
+        let _ = write!(line, ", {}", super::eta_text(left.ceil() as u64));
+    }
+    line
 }
 
 /// The summary's first line: what was sent, the time from the first send to the last with the
@@ -689,6 +747,36 @@ mod tests {
             sent_line(&one),
             "sent 1 messages; 0.004000 s in all, with set-up and end of stream (250 msg/s over it) (interrupted); per shard []"
         );
+    }
+
+    #[test]
+    fn a_file_replay_says_how_far_it_is_by_what_and_the_time_left() {
+        // Before: `5000 msgs sent, market time …`, no percentage and no time left.
+        let t0 = 1_700_000_000_000_000_000u64;
+        let hour = Extent::Market { now_ns: t0 + 900_000_000_000, start_ns: t0, end_ns: t0 + 3_600_000_000_000 };
+        let est = estimate(hour, 90.0, Some(10.0));
+        assert_eq!(
+            position_line(5000, Some(hour), est, Some(t0 + 900_000_000_000)),
+            format!(
+                "25.0% by market time, 5000 msgs sent, market time {}, eta 4m30s",
+                dbn::pretty::fmt_ts(t0 + 900_000_000_000)
+            )
+        );
+        let bytes = Extent::Bytes { read: 999_999, from: 0, total: 1_000_000 };
+        assert_eq!(
+            position_line(7, Some(bytes), estimate(bytes, 1.0, None), None),
+            "99.9% by bytes read, 7 msgs sent, eta 1s",
+            "not 100.0% before the end"
+        );
+        let done = Extent::Bytes { read: 1_000_000, from: 0, total: 1_000_000 };
+        assert_eq!(position_line(8, Some(done), estimate(done, 1.0, None), None), "100.0% by bytes read, 8 msgs sent");
+        // Nothing known yet: the count alone.
+        assert_eq!(position_line(0, None, None, None), "0 msgs sent");
+        let start = Extent::Bytes { read: 0, from: 0, total: 10 };
+        assert_eq!(position_line(0, Some(start), estimate(start, 0.0, None), None), "0.0% by bytes read, 0 msgs sent");
+        // Centuries left: said, not a panic.
+        let slow = Extent::Market { now_ns: t0 + 1, start_ns: t0, end_ns: u64::MAX - 1 };
+        assert!(position_line(1, Some(slow), estimate(slow, 1.0, Some(0.001)), None).contains("eta "));
     }
 
     #[test]

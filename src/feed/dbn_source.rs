@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use dbn::decode::dbn::Decoder;
 use dbn::decode::DbnMetadata;
@@ -189,6 +191,22 @@ fn read_up_to(r: &mut dyn Read, buf: &mut Vec<u8>, len: usize) -> io::Result<()>
     Ok(())
 }
 
+/// A compressed file as read by its decompressor, counting the (compressed) bytes read: a
+/// `.dbn.zst`'s position, loaded by its [`DbnFile`] (an add per read of the decompressor's
+/// buffer, not per record).
+struct CountingFile {
+    file: std::fs::File,
+    read: Arc<AtomicU64>,
+}
+
+impl Read for CountingFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+}
+
 /// `head` (the prelude and metadata [`read_metadata`] took), then the rest of the stream;
 /// `head` is freed once it has been read.
 struct Prefixed {
@@ -273,6 +291,10 @@ struct DbnFile {
     decoder: Decoder<Counting>,
     /// Metadata plus records taken so far, in bytes.
     consumed: u64,
+    /// The file's size in bytes (compressed for zstd), and the compressed bytes its
+    /// decompressor read (zstd only; a plain file's position is `consumed`).
+    size: u64,
+    compressed_read: Option<Arc<AtomicU64>>,
     records: u64,
     next: Vec<u8>,
     next_ts: u64,
@@ -285,9 +307,12 @@ impl DbnFile {
         let file = crate::infile::open(path, "a replay file is a capture or a DBN file")
             .map_err(|e| open_err(e.to_string()))?;
         let compressed = kind == FileKind::DbnZstd;
+        let size = file.metadata().map_err(|e| open_err(format!("reading its size: {e}")))?.len();
         // A plain file's size bounds its metadata; a compressed one's decompressed size is unknown.
-        let file_size = if compressed { None } else { file.metadata().ok().map(|m| m.len()) };
-        let mut inner: Box<dyn Read + Send> = if compressed {
+        let file_size = (!compressed).then_some(size);
+        let compressed_read = compressed.then(|| Arc::new(AtomicU64::new(0)));
+        let mut inner: Box<dyn Read + Send> = if let Some(read) = &compressed_read {
+            let file = CountingFile { file, read: read.clone() };
             Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| open_err(format!("starting zstd: {e}")))?)
         } else {
             Box::new(BufReader::with_capacity(1 << 16, file))
@@ -311,12 +336,30 @@ impl DbnFile {
             ts_out,
             decoder,
             consumed,
+            size,
+            compressed_read,
             records: 0,
             next: Vec::with_capacity(dbn::MAX_RECORD_LEN),
             next_ts: 0,
             has_next: false,
         };
         Ok((f, metadata))
+    }
+
+    /// Bytes of the file read so far, of its `size`: a plain file's metadata
+    /// and the records taken (one ahead of the merge), a `.dbn.zst`'s compressed bytes its
+    /// decompressor read (a buffer ahead of the records).
+    #[inline]
+    fn bytes_read(&self) -> u64 {
+        match &self.compressed_read {
+            Some(read) => read.load(Relaxed).min(self.size),
+            None => self.consumed.min(self.size),
+        }
+    }
+
+    /// The market time its metadata says the data ends at, if it says one.
+    fn end_ns(meta: &Metadata) -> Option<u64> {
+        meta.end.map(|e| e.get()).filter(|e| *e != UNDEF_TS)
     }
 
     fn damaged(&self, reason: String) -> DbnSourceError {
@@ -388,6 +431,8 @@ pub struct DbnRecord<'a> {
 /// ends that file; the others go on, and [`DbnMerge::damage`] reports it.
 pub struct DbnMerge {
     files: Vec<DbnFile>,
+    /// The latest `end` of the files' metadata, when every file has one.
+    end_ns: Option<u64>,
     topics: HashMap<u32, Box<[u8]>>,
     refill: Option<usize>,
     damage: Vec<DbnSourceError>,
@@ -446,6 +491,7 @@ impl DbnMerge {
     pub fn open(paths: &[PathBuf]) -> Result<Self, DbnSourceError> {
         let mut m = DbnMerge {
             files: Vec::with_capacity(paths.len()),
+            end_ns: Some(0),
             topics: HashMap::new(),
             refill: None,
             damage: Vec::new(),
@@ -464,6 +510,7 @@ impl DbnMerge {
             };
             let (mut f, meta) = DbnFile::open(p, kind)?;
             add_symbols(&meta, &mut m.topics);
+            m.end_ns = m.end_ns.zip(DbnFile::end_ns(&meta)).map(|(a, b)| a.max(b));
             if let Err(e) = f.advance(&mut m.skipped) {
                 m.damage.push(e);
             }
@@ -491,6 +538,26 @@ impl DbnMerge {
         let id = u32::from_le_bytes([f.next[4], f.next[5], f.next[6], f.next[7]]);
         let topic = self.topics.entry(id).or_insert_with(|| id.to_string().into_bytes().into());
         Some(DbnRecord { topic, ts_recv_ns: f.next_ts, instrument_id: id, bytes: &f.next })
+    }
+
+    /// Where the files' data ends in market time: the latest `end` of their metadata (ns since
+    /// the epoch), or None when a file's metadata has none (or no files were given).
+    pub fn market_end_ns(&self) -> Option<u64> {
+        self.end_ns.filter(|e| *e != 0)
+    }
+
+    /// The files' sizes in bytes (compressed sizes of `.dbn.zst`), as opened.
+    pub fn bytes_total(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Bytes of the files read so far, of [`Self::bytes_total`]: of a plain file, its metadata
+    /// and the records taken (each file is one record ahead of the merge); of a `.dbn.zst`, the
+    /// compressed bytes its decompressor read (a buffer of some 128 KiB ahead). A sum of a
+    /// field per file: no allocation, no system call.
+    #[inline]
+    pub fn bytes_read(&self) -> u64 {
+        self.files.iter().map(DbnFile::bytes_read).sum()
     }
 
     /// Damage found so far (a file ends at its first damage).
@@ -531,6 +598,89 @@ mod tests {
     use super::*;
     use dbn::RecordRef;
     use dbn::{MboMsg, TradeMsg};
+
+    /// A DBN file of `n` MBO records 1 ms apart from `t0` (zstd when `zstd`), its metadata
+    /// ending at `end` when given.
+    fn mbo_file(path: &Path, n: usize, t0: u64, end: Option<u64>, zstd: bool) {
+        use dbn::encode::{dbn::Encoder, EncodeRecord};
+        let mut meta = symbology_metadata("XNAS.ITCH", dbn::Schema::Mbo, t0, &[("AAA", 101), ("BBB", 102)]);
+        meta.end = end.and_then(std::num::NonZeroU64::new);
+        let records = crate::feed::mbo_synth::MboBooks::new(2, 101, 7).feed(n, t0, 1_000_000);
+        let f = io::BufWriter::new(std::fs::File::create(path).expect("create"));
+        if zstd {
+            let mut e = Encoder::with_zstd(f, &meta).expect("encoder");
+            records.iter().for_each(|r| e.encode_record(r).expect("encode"));
+            e.flush().expect("flush");
+        } else {
+            let mut e = Encoder::new(f, &meta).expect("encoder");
+            records.iter().for_each(|r| e.encode_record(r).expect("encode"));
+            e.flush().expect("flush");
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mdsub-dbn-source-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    /// The fractions a progress display shows while the merge is read to its end, by bytes.
+    fn byte_fractions(merge: &mut DbnMerge) -> Vec<f64> {
+        use crate::replay::progress::{estimate, Extent};
+        let total = merge.bytes_total();
+        let at = |m: &DbnMerge| {
+            estimate(Extent::Bytes { read: m.bytes_read(), from: 0, total }, 1.0, None).map(|e| e.fraction)
+        };
+        let mut seen = vec![at(merge).expect("a size")];
+        while merge.next_record().is_some() {
+            seen.push(at(merge).expect("a size"));
+        }
+        seen
+    }
+
+    #[test]
+    fn the_bytes_read_of_dbn_files_go_from_their_start_to_their_sizes() {
+        let d = temp("bytes");
+        let t0 = 1_700_000_000_000_000_000;
+        let (plain, zst) = (d.join("a.dbn"), d.join("b.dbn.zst"));
+        mbo_file(&plain, 2000, t0, None, false);
+        mbo_file(&zst, 50, t0, Some(t0 + 3_600_000_000_000), true);
+        let size = |p: &Path| std::fs::metadata(p).expect("stat").len();
+        // A plain file: its metadata and one record ahead read at open, then record by record.
+        let mut m = DbnMerge::open(std::slice::from_ref(&plain)).expect("open");
+        assert_eq!(m.market_end_ns(), None, "no end in its metadata");
+        assert_eq!(m.bytes_total(), size(&plain));
+        let seen = byte_fractions(&mut m);
+        assert_eq!(seen.len(), 2001);
+        assert!(seen[0] > 0.0 && seen[0] < 0.01, "at open: {}", seen[0]);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "never backwards");
+        assert!(seen[1000] > 0.4 && seen[1000] < 0.6, "half way: {}", seen[1000]);
+        assert_eq!(seen.last(), Some(&1.0), "whole at the end");
+        assert_eq!(m.bytes_read(), size(&plain));
+        // A compressed file: its compressed bytes, of its compressed size, whole at the end.
+        let mut m = DbnMerge::open(std::slice::from_ref(&zst)).expect("open");
+        assert_eq!(m.market_end_ns(), Some(t0 + 3_600_000_000_000));
+        assert_eq!(m.bytes_total(), size(&zst));
+        assert_eq!(byte_fractions(&mut m).last(), Some(&1.0));
+        // Merged: the sizes of both; an end is known only when every file gives one.
+        let mut m = DbnMerge::open(&[plain.clone(), zst.clone()]).expect("open");
+        assert_eq!((m.market_end_ns(), m.bytes_total()), (None, size(&plain) + size(&zst)));
+        assert_eq!(byte_fractions(&mut m).last(), Some(&1.0));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn merged_files_end_at_the_latest_end_of_their_metadata() {
+        let d = temp("end");
+        let t0 = 1_700_000_000_000_000_000;
+        let (a, b) = (d.join("a.dbn"), d.join("b.dbn"));
+        mbo_file(&a, 5, t0, Some(t0 + 60_000_000_000), false);
+        mbo_file(&b, 5, t0, Some(t0 + 120_000_000_000), false);
+        let m = DbnMerge::open(&[a, b]).expect("open");
+        assert_eq!(m.market_end_ns(), Some(t0 + 120_000_000_000));
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn index_ts_reads_ts_recv_or_falls_back() {

@@ -187,13 +187,19 @@ pub struct PublisherAgent {
 }
 
 /// The source as a cursor for this part.
+/// A file's extent is put in the publisher's [`FilePosition`](super::FilePosition): its
+/// market end (DBN metadata) and its size in bytes.
 fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> {
     Ok(match source {
         super::Source::Generator(cfg) => generator_cursor(p, cfg, false),
         super::Source::Prebuilt(cfg) => generator_cursor(p, cfg, true),
         super::Source::Capture { path, restamp } => Cursor::Capture {
-            reader: CaptureReader::open(path)
-                .map_err(|source| ReplayError::Capture { path: path.to_path_buf(), source })?,
+            reader: {
+                let reader = CaptureReader::open(path)
+                    .map_err(|source| ReplayError::Capture { path: path.to_path_buf(), source })?;
+                p.position.set_extent(None, reader.file_len().unwrap_or(0), reader.offset());
+                reader
+            },
             path: path.clone(),
             restamp: *restamp,
             topic_seq: HashMap::new(),
@@ -204,7 +210,11 @@ fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> 
             used: 0,
         },
         super::Source::Dbn { paths } => Cursor::Dbn(Box::new(DbnCursor {
-            merge: DbnMerge::open(paths).map_err(ReplayError::Dbn)?,
+            merge: {
+                let merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
+                p.position.set_extent(merge.market_end_ns(), merge.bytes_total(), merge.bytes_read());
+                merge
+            },
             slots: Vec::new(),
             slot_of_topic: HashMap::new(),
             slot_of_id: HashMap::new(),
@@ -552,6 +562,7 @@ impl PublisherAgent {
                         *n_parts = n;
                         *recv_ns = rec.recv_ns;
                     }
+                    self.p.position.at_bytes(reader.offset());
                 }
                 Ok(true)
             }
@@ -571,7 +582,8 @@ impl PublisherAgent {
                 d.bytes.extend_from_slice(rec.bytes);
                 d.loaded = true;
                 d.base_ns.get_or_insert(d.ts_ns);
-                self.p.market_ns.store(d.ts_ns, Ordering::Relaxed);
+                self.p.position.at_record(d.ts_ns);
+                self.p.position.at_bytes(d.merge.bytes_read());
                 Ok(true)
             }
         }

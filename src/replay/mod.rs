@@ -26,9 +26,11 @@ use crate::zmqx::frame::send_bytes;
 
 mod agent;
 pub mod faults;
+pub mod progress;
 pub mod schedule;
 pub use agent::PublisherAgent;
 use faults::FaultPlan;
+pub use progress::FilePosition;
 
 /// Errors of a replay.
 #[derive(Debug, thiserror::Error)]
@@ -374,8 +376,8 @@ pub struct Publisher {
     drained_at: Instant,
     buf: Vec<u8>,
     lossless: bool,
-    /// Receive time of the record being sent (DBN sources), for progress displays.
-    market_ns: Arc<AtomicU64>,
+    /// Where a file replay is (its market time and bytes read), for progress displays.
+    position: Arc<FilePosition>,
     /// What the last DBN run reports: its market time span and skipped records.
     market_span_ns: Option<(u64, u64)>,
     skipped_by_rtype: BTreeMap<String, u64>,
@@ -460,7 +462,7 @@ impl Publisher {
             drained_at: Instant::now(),
             buf: Vec::with_capacity(1024),
             lossless: cfg.lossless,
-            market_ns: Arc::new(AtomicU64::new(0)),
+            position: Arc::new(FilePosition::default()),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
             refused: BTreeMap::new(),
@@ -506,10 +508,12 @@ impl Publisher {
         Ok(())
     }
 
-    /// The replayed market time (receive time of the DBN record being sent,
-    /// ns since the epoch; 0 before the first or for other sources).
-    pub fn market_clock(&self) -> Arc<AtomicU64> {
-        self.market_ns.clone()
+    /// Where a file replay is, for a progress display: the replayed market time (receive time
+    /// of the DBN record being sent) between the files' first record and their metadata's end,
+    /// and the bytes read of their sizes ([`FilePosition::extent`]). Stored by the sending
+    /// thread as it loads each message; reset by each [`Publisher::run`].
+    pub fn position(&self) -> Arc<FilePosition> {
+        self.position.clone()
     }
 
     /// The bound endpoints, one per shard, ports resolved.
@@ -712,6 +716,7 @@ impl Publisher {
         (self.dropped_on_purpose, self.restarts, self.paused) = (0, 0, Duration::ZERO);
         self.achieved_msgs_per_sec = None;
         self.market_span_ns = None;
+        self.position.reset();
         self.skipped_by_rtype.clear();
         self.refused.clear();
         match source {
@@ -876,7 +881,7 @@ impl Publisher {
             drained_at: Instant::now(),
             buf: Vec::with_capacity(1024),
             lossless: self.lossless,
-            market_ns: self.market_ns.clone(),
+            position: self.position.clone(),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
             refused: BTreeMap::new(),

@@ -153,6 +153,8 @@ pub struct CaptureReader<R: Read> {
     failed: bool,
     /// Intact records read so far.
     records: u64,
+    /// The file's size in bytes, when read from a file ([`CaptureReader::open`]).
+    len: Option<u64>,
     /// File creation time from the header.
     pub created_ns: u64,
 }
@@ -162,7 +164,10 @@ impl CaptureReader<BufReader<File>> {
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
         let f = crate::infile::open(path, "a capture is a file `mdsub tap --record` wrote")
             .map_err(CaptureError::io("opening the capture file"))?;
-        CaptureReader::new(BufReader::with_capacity(1 << 20, f))
+        let len = f.metadata().map_err(CaptureError::io("reading the capture file's size"))?.len();
+        let mut reader = CaptureReader::new(BufReader::with_capacity(1 << 20, f))?;
+        reader.len = Some(len);
+        Ok(reader)
     }
 }
 
@@ -203,13 +208,22 @@ impl<R: Read> CaptureReader<R> {
             buf: Vec::with_capacity(4096),
             failed: false,
             records: 0,
+            len: None,
             created_ns: u64::from_le_bytes(created),
         })
     }
 
-    /// Byte offset of the next record.
+    /// Byte offset of the next record: the bytes read so far (the file header and the records
+    /// yielded), the reader's position of [`Self::file_len`]. A field: no system call.
+    #[inline]
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The file's size in bytes as opened ([`CaptureReader::open`]; None for another reader):
+    /// [`Self::offset`] reaches it at a clean end of the file.
+    pub fn file_len(&self) -> Option<u64> {
+        self.len
     }
 
     /// Intact records read so far (the damaged one, if any, is record `records() + 1`).
@@ -318,6 +332,37 @@ mod tests {
         let (recs, err) = read_all(&bytes[..second as usize + 3]);
         assert_eq!(recs.len(), 1);
         assert!(matches!(err, Some(CaptureError::Truncated { offset, what: "record header" }) if offset == second));
+    }
+
+    #[test]
+    fn a_capture_file_is_read_from_its_header_to_its_size() {
+        use crate::replay::progress::{estimate, Extent};
+        let d = std::env::temp_dir().join(format!("mdsub-capture-offset-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        let path = d.join("c.cap");
+        let mut w = CaptureWriter::create(&path).expect("create");
+        for k in 0..1000u64 {
+            w.write_frame(&[b'x'; 100], false, 10 + k).expect("write");
+        }
+        drop(w.into_inner().expect("flush"));
+        let mut r = CaptureReader::open(&path).expect("open");
+        let size = std::fs::metadata(&path).expect("stat").len();
+        assert_eq!(r.file_len(), Some(size));
+        let at = |r: &CaptureReader<_>| {
+            estimate(Extent::Bytes { read: r.offset(), from: 0, total: size }, 1.0, None).expect("a size").fraction
+        };
+        let mut seen = vec![at(&r)];
+        while r.next_record().expect("intact").is_some() {
+            seen.push(at(&r));
+        }
+        assert_eq!(seen.len(), 1001);
+        assert!(seen[0] < 0.001, "the header only: {}", seen[0]);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "forward with each record");
+        assert!((seen[500] - 0.5).abs() < 0.01, "half way: {}", seen[500]);
+        assert_eq!(seen.last(), Some(&1.0), "the file's size at its end");
+        assert_eq!(CaptureReader::new(&sample()[..]).expect("header").file_len(), None, "not a file");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
