@@ -141,6 +141,8 @@ pub struct LossLines {
     /// flood stderr (what comes between is said with the next line, over its longer span).
     gaps_said: Vec<u64>,
     gaps_said_at_ns: Option<u64>,
+    /// The next interval is the run's last: what is new is said whatever the spacing.
+    closing: bool,
     /// Per shard: its restarts and ends of stream.
     sessions: Vec<Refusals>,
 }
@@ -161,6 +163,7 @@ impl LossLines {
             before: vec![ShardLoss::default(); shards],
             gaps_said: vec![0; shards],
             gaps_said_at_ns: None,
+            closing: false,
             sessions: (0..shards)
                 .map(|k| {
                     let name = shard_name(k);
@@ -190,7 +193,7 @@ impl LossLines {
         let new = |k: usize| now[k].gaps.saturating_sub(self.gaps_said[k]);
         let all_new: u64 = (0..now.len()).map(new).sum();
         let span_ns = self.gaps_said_at_ns.map_or(interval_ns, |at| now_ns.saturating_sub(at));
-        let due = self.gaps_said_at_ns.is_none_or(|_| span_ns >= LOSS_LINE_SPACING_NS);
+        let due = self.closing || self.gaps_said_at_ns.is_none_or(|_| span_ns >= LOSS_LINE_SPACING_NS);
         if all_new > 0 && due {
             let per_shard: Vec<String> = (0..now.len())
                 .filter(|&k| new(k) > 0)
@@ -229,6 +232,12 @@ impl LossLines {
         self.before.clear();
         self.before.extend_from_slice(now);
         lines
+    }
+
+    /// The next [`LossLines::interval`] is the run's last: its new gaps are said, however soon
+    /// after the line before (nothing held for the spacing is left unsaid).
+    pub fn closing(&mut self) {
+        self.closing = true;
     }
 
     /// What went unsaid of the sessions (a summary however recent): at the end of the run.
@@ -499,6 +508,7 @@ impl Agent for Collector {
 
     fn on_close(&mut self) {
         // The last (partial) interval, then the whole run's spectrum.
+        self.loss_lines.closing();
         self.end_interval(clock::realtime_ns(), clock::monotonic_ns());
         if let Some(l) = &self.interval_log {
             for (level, line) in self.loss_lines.flush() {
@@ -574,6 +584,13 @@ mod tests {
             said[2].starts_with("loss: 100 new gap(s) in the last 1.0 s") && said[2].ends_with("total 210)"),
             "{said:?}"
         );
+        // The run's last interval says what is new however soon after the line before: the 90
+        // held since 2.1 s and 10 more.
+        now[0].gaps += 10;
+        l.closing();
+        let last = l.interval(&now, 20 * MS, 3_020 * MS);
+        assert!(last.len() == 1 && last[0].1.starts_with("loss: 100 new gap(s) in the last 0.9 s"), "{last:?}");
+        assert!(last[0].1.ends_with("total 310)"), "{last:?}");
     }
 
     /// Loss is said at the default level, one line per interval with new gaps, naming whose;
