@@ -41,6 +41,24 @@ pub fn realtime_ns() -> u64 {
 /// so that now plus it never overflows a clock or an `Instant`.
 pub const MAX_DURATION_S: u64 = 1_000_000_000_000;
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for ns since the epoch (UTC, proleptic Gregorian).
+pub fn utc_iso8601(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let ms = (ns / 1_000_000) % 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
 /// Nanoseconds since an arbitrary start (`CLOCK_MONOTONIC`): the clock of
 /// schedules, timeouts and TTLs.
 #[inline]
@@ -231,6 +249,16 @@ impl Clock for SteppingClock {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dates_in_utc() {
+        assert_eq!(utc_iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_iso8601(1_796_185_377_123_000_000), "2026-12-02T04:22:57.123Z");
+        assert_eq!(utc_iso8601(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        // 2026-12-05T17:40:01.123456789Z: `date -u -d @1796492401`; the last ns a u64 holds.
+        assert_eq!(utc_iso8601(1_796_492_401_123_456_789), "2026-12-05T17:40:01.123Z");
+        assert_eq!(utc_iso8601(u64::MAX), "2554-07-21T23:34:33.709Z");
+    }
+
     use super::*;
 
     /// This thread's Linux id as `/proc` numbers it, or None when `/proc` is

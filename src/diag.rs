@@ -107,25 +107,7 @@ pub fn stamp_lines(on: bool) {
 
 fn write_stamp(e: &mut impl Write) {
     if STAMP_LINES.load(std::sync::atomic::Ordering::Relaxed) {
-        let _ = e.write_all(utc_stamp(crate::clock::realtime_ns()).as_bytes());
-    }
-}
-
-/// `ns` since the epoch as `2026-12-05T17:40:01.123Z ` (RFC 3339, UTC, milliseconds).
-pub fn utc_stamp(ns: u64) -> String {
-    let nanos = i128::from(ns);
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z ",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        ),
-        Err(_) => format!("@{ns}ns "),
+        let _ = write!(e, "{} ", crate::clock::utc_iso8601(crate::clock::realtime_ns()));
     }
 }
 
@@ -499,14 +481,6 @@ pub fn counters_json(name: &str, text: &str) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
-
-    #[test]
-    fn a_line_stamp_is_rfc3339_utc_to_the_millisecond() {
-        // 2026-12-05T17:40:01.123456789Z: `date -u -d @1796492401`.
-        assert_eq!(utc_stamp(1_796_492_401_123_456_789), "2026-12-05T17:40:01.123Z ");
-        assert_eq!(utc_stamp(0), "1970-01-01T00:00:00.000Z ");
-        assert_eq!(utc_stamp(u64::MAX), "2554-07-21T23:34:33.709Z ");
-    }
 
     #[test]
     fn human_units() {

@@ -52,24 +52,6 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> HlogError {
     move |source| HlogError::Io { what, source }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for ns since the epoch (UTC, proleptic Gregorian).
-pub fn utc_iso8601(ns: u64) -> String {
-    let secs = ns / 1_000_000_000;
-    let ms = (ns / 1_000_000) % 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
-}
-
 /// An interval log being written.
 pub struct HlogWriter<W: Write> {
     out: W,
@@ -90,7 +72,10 @@ impl<W: Write> HlogWriter<W> {
             head.push_str(&format!("#{line}\n"));
         }
         head.push_str(&format!("#[Histogram log format version {LOG_FORMAT_VERSION}]\n"));
-        head.push_str(&format!("#[StartTime: {secs:.3} (seconds since epoch), {}]\n", utc_iso8601(start_ns)));
+        head.push_str(&format!(
+            "#[StartTime: {secs:.3} (seconds since epoch), {}]\n",
+            crate::clock::utc_iso8601(start_ns)
+        ));
         head.push_str(&format!("#[BaseTime: {secs:.3} (seconds since epoch)]\n"));
         head.push_str(&format!("#[MaxValueDivisor: {MAX_VALUE_DIVISOR:.3}]\n"));
         head.push_str("\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n");
@@ -204,13 +189,6 @@ mod tests {
             h.record(v).expect("in range");
         }
         h
-    }
-
-    #[test]
-    fn dates_in_utc() {
-        assert_eq!(utc_iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc_iso8601(1_796_185_377_123_000_000), "2026-12-02T04:22:57.123Z");
-        assert_eq!(utc_iso8601(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]
