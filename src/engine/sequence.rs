@@ -1063,7 +1063,9 @@ impl SequenceTracker {
                 s.cached_ahead = s.cached_ahead.saturating_add(1);
             }
         }
-        self.last_gap_at = if missed > 0 { (h.publisher_id, h.session_id) } else { self.last_gap_at };
+        if missed > 0 {
+            self.last_gap_at = (h.publisher_id, h.session_id);
+        }
         self.totals.accepted += 1;
         self.totals.gaps = self.totals.gaps.saturating_add(missed);
         Verdict { accept: true, missed, restart }
