@@ -88,7 +88,21 @@ impl Drop for InProcServer {
 
 /// Send `n` KVSETs (distinct UUIDs, keys cycling over `key_space`) to the collector at `port+2`,
 /// once its subscription has arrived (an XPUB sees it: the handshake, no guessed sleep).
-fn feed(ctx: &zmq::Context, port: u16, n: u64, key_space: u64, prefix: &str) -> anyhow::Result<()> {
+///
+/// `held`: a feeder thread keeps its socket open until the measuring side sends on it or drops
+/// it (it counted every update, gave up, or was stopped), then closes it without lingering. A
+/// socket closed with updates still queued and an unbounded linger made the context's end wait
+/// for ever once their receiver was gone (Ctrl-C in the middle of a measurement: clone-bench
+/// never exited). `None` (the caller itself waits for the updates after this returns): the
+/// socket lingers until they are sent.
+fn feed(
+    ctx: &zmq::Context,
+    port: u16,
+    n: u64,
+    key_space: u64,
+    prefix: &str,
+    held: Option<std::sync::mpsc::Receiver<()>>,
+) -> anyhow::Result<()> {
     let s = ctx.socket(zmq::XPUB)?;
     s.set_sndhwm(0)?;
     s.set_linger(-1)?;
@@ -109,6 +123,10 @@ fn feed(ctx: &zmq::Context, port: u16, n: u64, key_space: u64, prefix: &str) -> 
         s.send(&uuid[..], zmq::SNDMORE)?;
         s.send(&b""[..], zmq::SNDMORE)?;
         s.send(&value[..], 0)?;
+    }
+    if let Some(held) = held {
+        let _ = held.recv();
+        s.set_linger(0)?;
     }
     Ok(())
 }
@@ -171,7 +189,8 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy, stop: &StopFlag) ->
         )?;
         c.wait_synced_or_stop(Duration::from_secs(10), stop)?;
         let fed_at = Instant::now();
-        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
+        let (release, held) = std::sync::mpsc::channel();
+        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", Some(held)))?;
         let mut start = None;
         loop {
             let s = c.status()?;
@@ -189,6 +208,7 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy, stop: &StopFlag) ->
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        drop(release);
         feeder.join()??;
         if stop.is_stopped() {
             return Err(interrupted());
@@ -213,8 +233,10 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy, stop: &StopFlag) ->
         if sub.poll(zmq::POLLIN, 5_000)? == 0 {
             bail!("no HUGZ from the server within 5 s");
         }
-        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
+        let (release, held) = std::sync::mpsc::channel();
+        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", Some(held)))?;
         let t = count_updates(&sub, n, "raw subscriber", stop);
+        drop(release);
         feeder.join()??;
         (n, t?)
     };
@@ -232,8 +254,10 @@ fn baseline_once(n: u64, stop: &StopFlag) -> anyhow::Result<f64> {
     // The feeder connects its PUB to port+2, so bind the SUB there.
     sub.bind(&format!("tcp://127.0.0.1:{}", port + 2))?;
     let feeder_ctx = ctx.clone();
-    let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/"))?;
+    let (release, held) = std::sync::mpsc::channel();
+    let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", Some(held)))?;
     let t = count_updates(&sub, n, "baseline subscriber", stop);
+    drop(release);
     feeder.join()??;
     let t = t?;
     Ok(n as f64 / t.as_secs_f64().max(1e-9))
@@ -243,7 +267,7 @@ fn baseline_once(n: u64, stop: &StopFlag) -> anyhow::Result<f64> {
 fn snapshot_once(keys: u64, idle: IdleStrategy, stop: &StopFlag) -> anyhow::Result<f64> {
     let server = InProcServer::start(idle)?;
     let ctx = zmq::Context::new();
-    feed(&ctx, server.port, keys, keys, "/s/")?;
+    feed(&ctx, server.port, keys, keys, "/s/", None)?;
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         let st = crate::clone::server_status(&server.base(), Duration::from_secs(5))?;
