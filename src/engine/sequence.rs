@@ -25,7 +25,8 @@
 //! `after_end`, not taken for a new publisher. Sessions and publishers are found through
 //! maps beside their lists: a frame's cost does not grow with how many came and went.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::wire::{Header, FLAG_FROM_CACHE};
@@ -207,11 +208,14 @@ struct Session {
     heard: u64,
     /// Counted as unended when the subscriber closed ([`SequenceTracker::close`]).
     closed_unended: bool,
-    /// Cached values (`FROM_CACHE`, new to their topic) accepted at stream positions past its
-    /// last live frame, or before its first: they arrived, so the positions a later live frame
-    /// (or its end of stream) skips over count that many fewer as missing, in `gaps` or in
-    /// `before_first` (a last-value cache that restarted, or a late join through one).
-    cached_ahead: u64,
+    /// The stream positions of cached values (`FROM_CACHE`, new to their topic) accepted past
+    /// its last live frame, or before its first, least first: they arrived, so a later live
+    /// frame (or its end of stream) that passes over them does not count them missing, in
+    /// `gaps` or in `before_first` (a last-value cache that restarted, or a late join through
+    /// one), and a live frame at one of them is that value again. Positions, not a count: a
+    /// cache answers ahead of the live stream, and what it holds past a live frame is not what
+    /// that frame skipped.
+    cached_ahead: BinaryHeap<Reverse<u64>>,
     /// The stream sequence of its first live frame (0: none yet), and whether what it sent
     /// before that went into [`SequenceTotals::before_first`].
     first_live_seq: u64,
@@ -346,19 +350,32 @@ impl Session {
             replaced: None,
             heard,
             closed_unended: false,
-            cached_ahead: 0,
+            cached_ahead: BinaryHeap::new(),
             first_live_seq: 0,
             before_counted: false,
         }
     }
 
-    /// Of `n` stream positions about to be counted missing, those a cached value filled
-    /// ([`Session::cached_ahead`]): taken off `n`, and off what is pending.
+    /// How many of the stream positions below `end` a cached value filled
+    /// ([`Session::cached_ahead`]), taken out: a live frame or the end of stream passed them.
     #[inline]
-    fn filled_by_cache(&mut self, n: u64) -> u64 {
-        let t = n.min(self.cached_ahead);
-        self.cached_ahead -= t;
-        n - t
+    fn cached_below(&mut self, end: u64) -> u64 {
+        let mut n = 0;
+        while self.cached_ahead.peek().is_some_and(|&Reverse(p)| p < end) {
+            self.cached_ahead.pop();
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether a cached value was at stream position `p` (taken out), with every position below
+    /// it taken out already ([`Session::cached_below`]).
+    fn cached_at(&mut self, p: u64) -> bool {
+        let here = self.cached_ahead.peek() == Some(&Reverse(p));
+        if here {
+            self.cached_ahead.pop();
+        }
+        here
     }
 
     /// Without an end of stream, and seen live from its first message (what
@@ -928,6 +945,29 @@ impl SequenceTracker {
         self.reject(|t| &mut t.over_limit, restart)
     }
 
+    /// A live frame of session `i` dropped as a value its topic has (where every topic is
+    /// taken). Behind the live stream it is a duplicate. Ahead of it, its topic's value came from
+    /// a cache: the live stream passed its position. The positions it skipped are missing, less
+    /// those cached values filled, and its own is missing too unless a cached value was this
+    /// message (a cache's newer value of the topic replaced it: it was not delivered).
+    fn dropped_ahead(&mut self, i: usize, h: &Header) {
+        let s = &mut self.sessions[i];
+        if h.stream_seq <= s.last_stream_seq {
+            return;
+        }
+        let counts = s.last_stream_seq > 0 || s.from_start;
+        let skipped = if counts { h.stream_seq - s.last_stream_seq - 1 } else { 0 };
+        let mut missed = skipped - s.cached_below(h.stream_seq).min(skipped);
+        if !s.cached_at(h.stream_seq) && (counts || s.before_counted) {
+            missed += 1;
+        }
+        s.last_stream_seq = h.stream_seq;
+        if missed > 0 {
+            self.last_gap_at = (h.publisher_id, h.session_id);
+            self.totals.gaps = self.totals.gaps.saturating_add(missed);
+        }
+    }
+
     fn reject(&mut self, counter: fn(&mut SequenceTotals) -> &mut u64, restart: bool) -> Verdict {
         *counter(&mut self.totals) += 1;
         Verdict { accept: false, missed: 0, restart }
@@ -983,12 +1023,13 @@ impl SequenceTracker {
             // known first from a cache's values, one of them its message 1, was not).
             s.from_start = h.stream_seq <= 1;
             s.first_live_seq = h.stream_seq;
+            // What arrived of it as cached values before this frame was not lost.
+            let cached = s.cached_below(h.stream_seq);
             if full
                 && h.stream_seq <= MAX_SEQ_JUMP
                 && !self.publisher_index.get(&h.publisher_id).is_some_and(|&p| self.publishers[p].shared)
             {
-                // Less what arrived of it as cached values (they were not lost).
-                let before = s.filled_by_cache(h.stream_seq.saturating_sub(1));
+                let before = h.stream_seq.saturating_sub(1).saturating_sub(cached);
                 s.before_counted = true;
                 self.totals.before_first = self.totals.before_first.saturating_add(before);
             }
@@ -1009,6 +1050,9 @@ impl SequenceTracker {
                         ts.seen |= 1 << back;
                         self.totals.gaps = self.totals.gaps.saturating_sub(1);
                         return self.reject(|t| &mut t.reordered, restart);
+                    }
+                    if full && !from_cache {
+                        self.dropped_ahead(i, h);
                     }
                     return self.reject(|t| &mut t.duplicates, restart);
                 }
@@ -1041,9 +1085,9 @@ impl SequenceTracker {
             let next = s.last_stream_seq.saturating_add(1);
             if full && h.stream_seq > next && (s.last_stream_seq > 0 || s.from_start) {
                 missed = h.stream_seq - next;
-                if s.cached_ahead > 0 {
-                    missed = s.filled_by_cache(missed);
-                }
+            }
+            if !s.cached_ahead.is_empty() {
+                missed -= s.cached_below(h.stream_seq).min(missed);
             }
             s.last_stream_seq = s.last_stream_seq.max(h.stream_seq);
         } else if full {
@@ -1059,8 +1103,8 @@ impl SequenceTracker {
                     self.totals.gaps = self.totals.gaps.saturating_sub(1);
                 }
             } else {
-                // Ahead of it: taken off when a live frame or the end of stream skips it.
-                s.cached_ahead = s.cached_ahead.saturating_add(1);
+                // Ahead of it: not counted when a live frame or the end of stream passes it.
+                s.cached_ahead.push(Reverse(h.stream_seq));
             }
         }
         if missed > 0 {
@@ -1105,7 +1149,8 @@ impl SequenceTracker {
             && (s.from_start || s.last_stream_seq > 0)
             && h.stream_seq <= s.last_stream_seq.saturating_add(MAX_SEQ_JUMP)
         {
-            let tail = s.filled_by_cache(h.stream_seq.saturating_sub(s.last_stream_seq));
+            let passed = h.stream_seq.saturating_sub(s.last_stream_seq);
+            let tail = passed - s.cached_below(h.stream_seq.saturating_add(1)).min(passed);
             if tail > 0 {
                 self.last_gap_at = (h.publisher_id, h.session_id);
             }
@@ -1304,6 +1349,48 @@ mod tests {
         let tot = t.totals();
         assert_eq!((tot.accepted, tot.gaps, tot.before_first), (111, 0, 89), "{tot:?}");
         assert_eq!(parts_add_up(&t, 200), Ok(()));
+
+        // A late join through a cache that answers ahead of the live stream (its answer holds
+        // 11..=20, the live frames from 15 on were in flight): the live 15..=20 are its values
+        // again. 1..=14 sent before the first live frame, 11..=14 of them cached: 10. It read 6
+        // (the answer's 20 taken off what came before 15), and 9 with nothing live before 20.
+        let mut t = SequenceTracker::new(true);
+        answer(&mut t, 20);
+        live(&mut t, 21..=30);
+        let mut t2 = SequenceTracker::new(true);
+        answer(&mut t2, 20);
+        for p in 15..=20 {
+            let (hd, topic) = at(p, false);
+            assert!(!t2.on_data(&hd, &topic).accept, "{p}: had from the cache");
+        }
+        live(&mut t2, 21..=30);
+        for (t, first) in [(t, 21), (t2, 15)] {
+            let tot = t.totals();
+            assert_eq!(
+                (tot.accepted, tot.gaps, tot.before_first),
+                (20, 0, first - 1 - (first - 11).min(10)),
+                "{tot:?}"
+            );
+            assert_eq!(parts_add_up(&t, 30), Ok(()));
+        }
+        let mut t = SequenceTracker::new(true);
+        answer(&mut t, 20);
+        let (hd, topic) = at(20, false);
+        assert!(!t.on_data(&hd, &topic).accept);
+        t.on_end_of_stream(&h(1, 9, 20, 0), 20);
+        assert_eq!((t.totals().gaps, t.totals().before_first), (0, 10), "{:?}", t.totals());
+
+        // A live frame older than its topic's cached value (the answer holds 16..=25, live 12 is
+        // topic C's value before 22) is dropped, not delivered: its position is missing too.
+        let mut t = SequenceTracker::new(true);
+        live(&mut t, 1..=10);
+        answer(&mut t, 25);
+        let (hd, topic) = at(12, false);
+        assert!(!t.on_data(&hd, &topic).accept, "topic C has 22");
+        assert_eq!(t.totals().gaps, 2, "11 skipped, 12 not delivered");
+        live(&mut t, 26..=30);
+        assert_eq!(t.totals().gaps, 5, "11..=15: 16..=25 came from the cache");
+        assert_eq!(parts_add_up(&t, 30), Ok(()));
 
         // A hole behind the live stream filled by a cached value (its live frame was lost).
         let mut t = SequenceTracker::new(true);
