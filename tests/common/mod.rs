@@ -65,11 +65,34 @@ impl Proc {
                 Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
                 Ok(None) => {
                     let _ = self.child.kill();
-                    panic!("{} (pid {}) did not exit within {deadline:?}", self.name, self.pid());
+                    let _ = self.child.wait();
+                    let tail = self.stderr_tail(40);
+                    panic!(
+                        "{} (pid {}) did not exit within {deadline:?}; the end of its stderr:\n{tail}",
+                        self.name,
+                        self.pid()
+                    );
                 }
                 Err(e) => panic!("waiting for {}: {e}", self.name),
             }
         }
+    }
+}
+
+impl Proc {
+    /// The last `lines` lines of its stderr, if it was piped and the process is gone (what a
+    /// test that gave up on it shows, so a hang in CI says where it was).
+    fn stderr_tail(&mut self, lines: usize) -> String {
+        use std::io::Read;
+        let mut err = String::new();
+        match self.child.stderr.take() {
+            Some(mut e) => {
+                let _ = e.read_to_string(&mut err);
+            }
+            None => return "(not piped)".into(),
+        }
+        let all: Vec<&str> = err.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
 
