@@ -986,10 +986,10 @@ fn top_once_and_the_interactive_view_in_tmux_show_both_shards() {
     // Every column's name whole: publisher connections ended, self-stalls, handler refusals.
     let head = pane.lines().find(|l| l.trim_start().starts_with("ENGINE")).expect("the table's head");
     let names: Vec<&str> = head.split_whitespace().collect();
-    assert_eq!(names[7..], ["GAPS", "DISC", "STALL", "SNAIL", "REF", "BUSY"], "{pane}");
+    assert_eq!(names[7..], ["GAPS", "DISC", "STALL", "SNAIL", "LINK", "REF", "BUSY"], "{pane}");
     let row = pane.lines().find(|l| l.starts_with("top-test ") && l.contains(" shard1 ")).expect("shard1's row");
     let row: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!((row[8], row[9], row[11]), ("0", "0", "0"), "no disconnect, stall or refusal: {pane}");
+    assert_eq!((row[8], row[9], row[11], row[12]), ("0", "0", "up", "0"), "no disconnect, stall or refusal: {pane}");
     let _ = tmux.cmd().args(["send-keys", "-t", "top", "s"]).status();
     wait_until(Duration::from_secs(10), "the sort key to take", || tmux.capture().contains("sorted by msgs/s"));
     let _ = tmux.cmd().args(["send-keys", "-t", "top", "q"]).status();
@@ -1131,7 +1131,7 @@ fn a_reconnecting_publisher_a_self_stall_and_refused_orders_show_in_the_store_an
         run_within("top", mdsub().args(["top", "--once", "--store", &store]), Duration::from_secs(30));
     assert_eq!(code, Some(0), "mdsub top --once failed: {why}");
     let head: Vec<&str> = frame.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(head[7..], ["GAPS", "DISCONN", "STALLS", "SNAIL"], "{frame}");
+    assert_eq!(head[7..], ["GAPS", "DISCONN", "STALLS", "SNAIL", "LINK"], "{frame}");
     let row = frame.lines().find(|l| l.starts_with("ops-test ") && l.contains(" shard0 ")).expect("shard0's row");
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!((cols[8], cols[9]), ("2", "1"), "publisher disconnects and self-stalls: {frame}");
@@ -1517,8 +1517,11 @@ fn a_croaked_engine_stays_in_top_as_ended_with_its_cause_and_its_settings_show()
         assert_eq!(cols.get(2).copied(), Some("ended"), "no rate shown as current: {frame}");
     }
     assert!(frame.lines().all(|l| l.chars().count() <= 100), "fits 100 columns: {frame}");
-    // Left to its TTL, not kept.
-    wait_until(Duration::from_secs(20), "the croaked engine's last status to expire", || keys("croak-e1") == 0);
+    // Kept past its usual TTL (6 s) for a minute (metrics::store::ENDED_TTL_S): an operator who
+    // looks a while later still reads why it ended (before: gone 6 s after).
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(died.elapsed())); // the usual TTL running out
+    assert!(keys("croak-e1") > 0, "the croaked engine's last status is still in the store");
+    assert!(said(&once(), "croak-e1").starts_with("ended: the snail croaked: SNAIL on shard"));
 
     clean.proc.signal(2);
     let asked = std::time::Instant::now();
@@ -1526,4 +1529,135 @@ fn a_croaked_engine_stays_in_top_as_ended_with_its_cause_and_its_settings_show()
     assert!(status.success(), "clean exit on SIGINT: {status}");
     wait_until(Duration::from_secs(3), "the cleanly stopped engine's status deleted", || keys("clean-e2") == 0);
     assert!(asked.elapsed() < Duration::from_secs(15), "deleted, not expired");
+}
+
+#[test]
+fn link_state_and_time_down_show_on_metrics_and_in_top() {
+    // Before: /metrics said `mdsub_link_up 0` and nothing of since when, the engine's link to
+    // the clone store had no series at all, and `top` had no link column: a feed that never came
+    // up (an LVC outage) showed only as 0 msg/s.
+    if let Some(why) = python_missing(&["prometheus_client"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    // P..P+2 for the store, P+3 for the feed, which nobody serves at first.
+    let port = unserved_port_block(4);
+    let store = format!("tcp://127.0.0.1:{port}");
+    let mut server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let feed = format!("tcp://127.0.0.1:{}", port + 3);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--endpoint", &feed, "--expect-eos", "0", "--max-duration", "90s"]);
+    cmd.args(["--store", &store, "--metrics-listen", "127.0.0.1:0", "--metrics-interval", "300ms"]);
+    cmd.args(["--engine-id", "links-test"]);
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let url = engine.said_after("metrics: ");
+    let feed_link = [("engine", "links-test"), ("shard", "0"), ("endpoint", feed.as_str())];
+    let store_ups = |s: &serde_json::Value| -> Vec<f64> {
+        let samples = s["samples"].as_array().cloned().unwrap_or_default();
+        samples.iter().filter(|x| x[0] == "mdsub_store_link_up").filter_map(|x| x[2].as_f64()).collect()
+    };
+    let mut scrape = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "the feed down 1 s and the store up, on /metrics", || {
+        scrape = python_json(&["scrape", &url]);
+        sample(&scrape, "mdsub_link_up", &feed_link) == Some(0.0)
+            && sample(&scrape, "mdsub_link_down_seconds_total", &feed_link).is_some_and(|s| s >= 1.0)
+            && store_ups(&scrape).len() >= 2
+            && store_ups(&scrape).iter().all(|&v| v == 1.0)
+    });
+    assert_eq!(scrape["types"]["mdsub_link_down_seconds"], "counter", "{scrape}");
+    assert_eq!(scrape["types"]["mdsub_link_state_seconds"], "gauge", "{scrape}");
+    assert_eq!(scrape["types"]["mdsub_store_link_up"], "gauge", "{scrape}");
+    assert_eq!(scrape["types"]["mdsub_store_link_down_seconds"], "counter", "{scrape}");
+    let state_s = sample(&scrape, "mdsub_link_state_seconds", &feed_link).unwrap_or(0.0);
+    assert!(state_s >= 1.0, "connecting since the start: {scrape}");
+    whole_page_in_typed_families(&scrape);
+    let metrics_port: u16 =
+        url.rsplit(':').next().and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok()).expect("port");
+    promtool_accepts(metrics_port);
+
+    // `top` shows the shard's link DOWN and names it, with how long, on the engine's line.
+    let top_frame = || {
+        let (code, frame, why) =
+            run_within("top", mdsub().args(["top", "--once", "--store", &store]), Duration::from_secs(30));
+        assert_eq!(code, Some(0), "mdsub top --once failed: {why}");
+        frame
+    };
+    let link_col = |frame: &str| -> Option<String> {
+        let row = frame.lines().find(|l| l.starts_with("links-test ") && l.contains(" shard0 "))?;
+        row.split_whitespace().last().map(String::from)
+    };
+    let mut frame = String::new();
+    wait_until(Duration::from_secs(30), "top to show the feed's link DOWN", || {
+        frame = top_frame();
+        link_col(&frame).as_deref() == Some("DOWN")
+    });
+    let head: Vec<&str> = frame.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(head.last(), Some(&"LINK"), "{frame}");
+    let whole = frame.split_once("links-test       engine  ").expect("the engine line").1;
+    let note = whole.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(note.contains(&format!("link shard0 {feed} connecting ")), "{frame}");
+    assert!(frame.lines().all(|l| l.chars().count() <= 100), "fits 100 columns: {frame}");
+
+    // The feed comes: up on both, and its time down stops growing.
+    let mut replay = mdsub();
+    replay.args(["replay", "--endpoint", &feed, "--rate", "1k", "--duration", "60s"]);
+    let _replay = LineProc::spawn("replay", &mut replay);
+    wait_until(Duration::from_secs(30), "the feed's link up on /metrics", || {
+        scrape = python_json(&["scrape", &url]);
+        sample(&scrape, "mdsub_link_up", &feed_link) == Some(1.0)
+    });
+    let down = sample(&scrape, "mdsub_link_down_seconds_total", &feed_link).expect("time down");
+    let up_for = sample(&scrape, "mdsub_link_state_seconds", &feed_link).expect("time up");
+    assert!(down >= 1.0, "{scrape}");
+    wait_until(Duration::from_secs(30), "half a second more up", || {
+        scrape = python_json(&["scrape", &url]);
+        sample(&scrape, "mdsub_link_state_seconds", &feed_link).is_some_and(|s| s >= up_for + 0.5)
+    });
+    assert_eq!(sample(&scrape, "mdsub_link_down_seconds_total", &feed_link), Some(down), "{scrape}");
+    wait_until(Duration::from_secs(30), "top to show the feed's link up", || {
+        frame = top_frame();
+        link_col(&frame).as_deref() == Some("up")
+    });
+
+    // The store goes: its links are down on /metrics (the status cannot say it: it is in the store).
+    server.signal(9);
+    server.wait_exit(Duration::from_secs(10));
+    wait_until(Duration::from_secs(30), "the store's links down on /metrics", || {
+        scrape = python_json(&["scrape", &url]);
+        store_ups(&scrape).contains(&0.0)
+    });
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
+    let link = &r["shards"][0]["links"][0];
+    assert!(u(link, "down_ns") >= 1_000_000_000, "the report has the time down too: {r}");
+}
+
+#[test]
+fn a_run_that_fails_leaves_its_last_status_saying_why_after_its_process_is_gone() {
+    // Before: an engine that ended cleanly but exited 1 (its link never came up in its
+    // --max-duration) deleted its status at exit like a successful one, and a croaked one's last
+    // status lived only three intervals: a minute later `top` showed nothing.
+    // P..P+2 for the store, P+3 for the feed, which nobody serves.
+    let port = unserved_port_block(4);
+    let store = format!("tcp://127.0.0.1:{port}");
+    let _server = Proc::spawn("clone-server", mdsub().args(["clone-server", "--endpoint", &store, "--quiet"]));
+    let feed = format!("tcp://127.0.0.1:{}", port + 3);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", &feed, "--expect-eos", "0", "--max-duration", "3s", "--store", &store]);
+    // A TTL of 1 s for the status while it runs.
+    cmd.args(["--metrics-interval", "250ms", "--engine-id", "failed-run"]);
+    let (code, _, err) = run_within("engine", &mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(1), "a link that never came up fails the run: {err}");
+    let exit_line = err.lines().rfind(|l| l.contains("never came up")).expect("the exit line").to_string();
+    // Its process is gone; three times its usual TTL later, its last status is still there.
+    std::thread::sleep(Duration::from_secs(3)); // the usual TTL running out, not a handshake
+    let (code, frame, why) =
+        run_within("top", mdsub().args(["top", "--once", "--store", &store]), Duration::from_secs(30));
+    assert_eq!(code, Some(0), "mdsub top --once failed: {why}");
+    let whole = frame.split_once("failed-run       engine  ").expect("the engine's line, after it is gone").1;
+    let note = whole.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(note.starts_with("ended: error: nothing delivered, and these links never came up: shard0 "), "{frame}");
+    assert!(note.contains(&feed), "{frame}");
+    let row = frame.lines().find(|l| l.starts_with("failed-run ") && l.contains(" shard0 ")).expect("its shard row");
+    assert_eq!(row.split_whitespace().nth(2), Some("ended"), "{frame}");
+    assert!(exit_line.contains(&feed), "the exit line names the same link: {exit_line}");
 }

@@ -188,15 +188,13 @@ fn croak_report(e: &anyhow::Error) -> Option<&RunReport> {
 }
 
 /// A run whose `--hlog`/`--hgrm` writes failed is not a success: the files are incomplete. The
-/// first failure was said when it happened; this ends the command with exit status 1.
+/// first failure was said when it happened; this ends the command with exit status 1
+/// ([`crate::engine::outputs_failure`], which its last status in the store says too).
 fn outputs_written(report: &RunReport) -> anyhow::Result<()> {
-    if report.metrics_write_errors > 0 {
-        bail!(
-            "{} write(s) to the --hlog/--hgrm files failed (the first is said above): they are incomplete",
-            report.metrics_write_errors
-        );
+    match crate::engine::outputs_failure(report.metrics_write_errors) {
+        Some(why) => bail!(why),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
@@ -668,41 +666,15 @@ fn shards_from_flags(args: &EngineArgs, profile: &mut Profile) -> Option<String>
 }
 
 /// An engine that ran to its `--max-duration` having delivered nothing while a link of it
-/// never came up did not do its job (a key the publisher refuses, a wrong port): after its
-/// report, the error that makes it exit 1, naming each such link and what it met. A stop by
-/// Ctrl-C or SIGTERM is a person's (or a supervisor's) decision and keeps its exit 0; a bound
-/// endpoint has no link to judge.
+/// never came up did not do its job: after its report, the error that makes it exit 1
+/// ([`crate::engine::links_failure`], which its last status in the store says too).
 fn a_link_came_up(report: &RunReport) -> anyhow::Result<()> {
-    if !report.time_limit || report.delivered > 0 {
-        return Ok(());
+    let shards: Vec<(&str, &[crate::link::LinkStats])> =
+        report.shards.iter().map(|s| (s.shard.as_str(), s.links.as_slice())).collect();
+    match crate::engine::links_failure(report.time_limit, report.delivered, &shards) {
+        Some(why) => bail!(why),
+        None => Ok(()),
     }
-    let never: Vec<String> = report
-        .shards
-        .iter()
-        .flat_map(|s| s.links.iter().filter(|l| l.connects == 0).map(move |l| (&s.shard, l)))
-        .map(|(shard, l)| {
-            let met: Vec<String> = l.lost.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
-            // The losses by reason, and the attempts they came from: a wrong key fails every
-            // attempt libzmq makes, counted as one loss (`handshake_failed=1` alone, after `33
-            // attempts so far` on its line, read as a contradiction).
-            let met = if !met.is_empty() && l.retries > 0 {
-                format!("lost: {}, over {} connection attempts", met.join(", "), l.retries)
-            } else if !met.is_empty() {
-                format!("lost: {}", met.join(", "))
-            } else if let Some(why) = crate::host::unresolved(&l.endpoint) {
-                why
-            } else if l.retries == 0 {
-                "no connection attempt ended".into()
-            } else {
-                format!("nothing answered {} connection attempts", l.retries)
-            };
-            format!("{shard} {} ({met})", l.endpoint)
-        })
-        .collect();
-    if never.is_empty() {
-        return Ok(());
-    }
-    bail!("nothing delivered, and these links never came up: {}", never.join("; "))
 }
 
 /// The line to say when the verify handler cannot check order: round-robin routing spreads a

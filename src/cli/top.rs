@@ -45,7 +45,8 @@ pub struct TopArgs {
     #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
     /// Print one plain-text frame and exit (for scripts). An engine that ended by a croak or an
-    /// error shows as `ended: CAUSE` until its last status expires; one whose last status is
+    /// error, or whose run failed (it exited 1), shows as `ended: CAUSE` until its last status
+    /// expires, a minute after it ended; one whose last status is
     /// older than two of its intervals shows as `stale AGE` (killed, hung or cut off from the
     /// store); neither's rates and percentiles are shown. One whose status already expired (three
     /// intervals, at least 1 s) is no longer in the store, so --once cannot show it: the live view
@@ -233,6 +234,38 @@ fn latency(v: &Value, k: &str) -> String {
     v[k].as_u64().map_or_else(|| "-".to_string(), |ns| human_latency(ns, b))
 }
 
+/// The LINK column of a shard's status `v`: `up` (every link it connects up), `DOWN` (none up:
+/// connecting or down, so its feed is cut), `UP/ALL` (some down), `end` (its streams ended),
+/// `-` (it connects nowhere: bound endpoints only, or an engine that does not say).
+fn links_cell(v: &Value) -> String {
+    let links = v["links"].as_array().map_or(&[][..], Vec::as_slice);
+    let state = |l: &Value| l["state"].as_str().unwrap_or("").to_string();
+    let up = links.iter().filter(|l| state(l) == "up").count();
+    let ended = links.iter().filter(|l| state(l) == "ended").count();
+    match (links.len(), links.len() - up - ended) {
+        (0, _) => "-".into(),
+        (_, 0) if up == 0 => "end".into(),
+        (_, 0) => "up".into(),
+        (_, down) if down == links.len() => "DOWN".into(),
+        (n, _) => format!("{up}/{n}"),
+    }
+}
+
+/// Each link of `links` (a status's list) that is not up nor ended, as `WHO ENDPOINT STATE FOR`
+/// (`shard0 tcp://lvc:5556 down 9.10s`), escaped: what the engine note says of them.
+fn links_down(who: &str, links: &Value) -> Vec<String> {
+    let links = links.as_array().map_or(&[][..], Vec::as_slice);
+    links
+        .iter()
+        .filter(|l| !matches!(l["state"].as_str(), Some("up" | "ended")))
+        .map(|l| {
+            let state = text(l, "state");
+            let since = l["for_ns"].as_u64().map(|ns| format!(" {}", crate::diag::human_ns(ns))).unwrap_or_default();
+            format!("{who} {} {state}{since}", text(l, "endpoint"))
+        })
+        .collect()
+}
+
 impl Top {
     /// Take one change under [`STATUS_ROOT`].
     pub fn apply(&mut self, c: &Change) {
@@ -309,12 +342,13 @@ impl Top {
     }
 
     /// Engine `id`'s shard rows at `now_unix_ns` (ENGINE SHARD MSG/S P50 P99 P99.9 MAX GAPS
-    /// DISCONN STALLS SNAIL; DISCONN: publisher connections that ended on a bound shard, STALLS:
-    /// its reader's self-stalls, SNAIL: the shard's worst verdict over the interval), none for an
-    /// engine gone or without shards. A stale or ended engine's rows say `stale` or `ended` for
-    /// the rate and `-` for the interval's percentiles and verdict (none of them is current); its
-    /// counters are those of its last status.
-    fn shard_rows(&self, id: &str, now_unix_ns: u64) -> Vec<[String; 11]> {
+    /// DISCONN STALLS SNAIL LINK; DISCONN: publisher connections that ended on a bound shard,
+    /// STALLS: its reader's self-stalls, SNAIL: the shard's worst verdict over the interval,
+    /// LINK: its links to its publishers, [`links_cell`]), none for an engine gone or without
+    /// shards. A stale or ended engine's rows say `stale` or `ended` for the rate and `-` for
+    /// the interval's percentiles, verdict and links (none of them is current); its counters are
+    /// those of its last status.
+    fn shard_rows(&self, id: &str, now_unix_ns: u64) -> Vec<[String; 12]> {
         let Some(e) = self.engines.get(id) else { return Vec::new() };
         let past = match e.freshness(now_unix_ns) {
             Freshness::Gone => return Vec::new(),
@@ -338,6 +372,7 @@ impl Top {
                 u(st, "publisher_disconnects").to_string(),
                 u(st, "self_stalls").to_string(),
                 interval(if st["snail"].is_string() { snail(st) } else { snail(&e.status) }),
+                interval(links_cell(st)),
             ]
         });
         rows.collect()
@@ -371,6 +406,13 @@ impl Top {
                 };
                 if e.shards.is_empty() {
                     note.push_str(&format!(", snail {}", snail(st)));
+                }
+                // Its links that are not up, with how long (a cut feed shows first as 0 msg/s).
+                let mut down: Vec<String> =
+                    e.shards.iter().flat_map(|(k, s)| links_down(&format!("shard{k}"), &s.status["links"])).collect();
+                down.extend(links_down("store", &st["store_links"]));
+                if !down.is_empty() {
+                    note.push_str(&format!(", link {}", down.join(", link ")));
                 }
                 note
             }
@@ -438,7 +480,7 @@ impl Top {
     /// refusals (REF) and busiest agent's share (BUSY: `stale` or `ended` for an engine whose
     /// status is stale or says it ended, its age or cause in the title); an engine gone or
     /// without shards is one row, `gone` or its share last.
-    pub fn rows(&self, now_unix_ns: u64) -> Vec<[String; 13]> {
+    pub fn rows(&self, now_unix_ns: u64) -> Vec<[String; 14]> {
         let mut rows = Vec::new();
         for id in self.order() {
             let e = &self.engines[id];
@@ -456,18 +498,19 @@ impl Top {
             };
             let shard_rows = self.shard_rows(id, now_unix_ns);
             if shard_rows.is_empty() {
-                let mut r: [String; 13] = Default::default();
+                let mut r: [String; 14] = Default::default();
                 r[0] = id.clone();
                 r[1] = "-".into();
                 r[10] = if freshness == Freshness::Current { snail(&e.status) } else { "-".into() };
-                r[11] = refused;
-                r[12] = busy;
+                r[11] = "-".into();
+                r[12] = refused;
+                r[13] = busy;
                 rows.push(r);
                 continue;
             }
             for r in shard_rows {
-                let [a, b, c, d, e, f, g, h, i, j, k] = r;
-                rows.push([a, b, c, d, e, f, g, h, i, j, k, refused.clone(), busy.clone()]);
+                let [a, b, c, d, e, f, g, h, i, j, k, l] = r;
+                rows.push([a, b, c, d, e, f, g, h, i, j, k, l, refused.clone(), busy.clone()]);
             }
         }
         rows
@@ -478,11 +521,12 @@ impl Top {
     /// column), then its settings and refusals (indented under that line).
     pub fn render_text(&self, now_unix_ns: u64) -> String {
         let mut s = String::new();
-        let head = ["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "DISCONN", "STALLS", "SNAIL"];
+        let head =
+            ["ENGINE", "SHARD", "MSG/S", "P50", "P99", "P99.9", "MAX", "GAPS", "DISCONN", "STALLS", "SNAIL", "LINK"];
         let line = |r: &[String]| {
             format!(
-                "{:<16} {:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {}\n",
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]
+                "{:<16} {:<7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>6} {:<5} {}\n",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]
             )
         };
         s.push_str(&line(&head.map(String::from)));
@@ -725,17 +769,20 @@ fn draw(f: &mut ratatui::Frame, model: &Top, now_unix_ns: u64) {
     // The selected engine's settings in force and refused values (cut at the screen's edge).
     f.render_widget(Paragraph::new(selected_id.map(|id| model.settings_note(id)).unwrap_or_default()), settings);
     let rows = model.rows(now_unix_ns).into_iter().map(|r| {
-        let style = if Some(&r[0]) == selected_id {
-            Style::default().add_modifier(Modifier::REVERSED)
-        } else {
-            Style::default()
-        };
+        let mut style = Style::default();
+        // A shard whose links are not all up stands out (its rate alone reads as a quiet feed).
+        if r[11] == "DOWN" || r[11].contains('/') {
+            style = style.fg(ratatui::style::Color::Red).add_modifier(Modifier::BOLD);
+        }
+        if Some(&r[0]) == selected_id {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
         Row::new(r).style(style)
     });
-    // Each column's head and width (the last takes what is left, at least 4): 97 columns with
+    // Each column's head and width (the last takes what is left, at least 4): 100 columns with
     // the spacing.
-    const COLUMNS: [(&str, u16); 13] = [
-        ("ENGINE", 12),
+    const COLUMNS: [(&str, u16); 14] = [
+        ("ENGINE", 10),
         ("SHARD", 6),
         ("MSG/S", 7),
         ("P50", 8),
@@ -746,6 +793,7 @@ fn draw(f: &mut ratatui::Frame, model: &Top, now_unix_ns: u64) {
         ("DISC", 4),
         ("STALL", 5),
         ("SNAIL", 5),
+        ("LINK", 4),
         ("REF", 4),
         ("BUSY", 4),
     ];
@@ -834,7 +882,7 @@ mod tests {
         let text = t.render_text(NOW);
         assert!(
             text.contains(
-                "e1               shard0      1000    1.0µs    3.0µs    5.0µs    9.0µs      0       0      0 -\n"
+                "e1               shard0     1000    1.0µs    3.0µs    5.0µs    9.0µs     0       0      0 -     -\n"
             ),
             "{text}"
         );
@@ -915,12 +963,12 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "ENGINE           SHARD      MSG/S      P50      P99    P99.9      MAX   GAPS DISCONN STALLS SNAIL"
+            "ENGINE           SHARD     MSG/S      P50      P99    P99.9      MAX  GAPS DISCONN STALLS SNAIL LINK"
         );
         let row: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             row[1..],
-            ["shard0", "123456", "123.45ms", "999.99ms", "59.99s", "≥60s", "123456", "2", "1", "WARN"]
+            ["shard0", "123456", "123.45ms", "999.99ms", "59.99s", "≥60s", "123456", "2", "1", "WARN", "-"]
         );
         assert_eq!(
             lines[2..],
@@ -930,7 +978,7 @@ mod tests {
             ]
         );
         let live = t.rows(NOW);
-        assert_eq!(live[0][8..], ["2", "1", "WARN", "3", "100%"]);
+        assert_eq!(live[0][8..], ["2", "1", "WARN", "-", "3", "100%"]);
         // An engine id of up to 16 characters: 100 columns at most.
         t.engines = [("engine-id-16char".to_string(), t.engines["engine-with-a-long"].clone())].into();
         let text = t.render_text(NOW);
@@ -940,8 +988,55 @@ mod tests {
         assert_eq!(wrap_list("a, bb, c", 5), ["a,", "bb, c"]);
         assert_eq!(wrap_list("a, bb, c", 6), ["a, bb,", "c"]);
         t.apply(&change("/mdsub/status/engine-id-16char/engine", None));
-        assert_eq!(t.rows(NOW)[0][11..], ["", "gone"]);
+        assert_eq!(t.rows(NOW)[0][12..], ["", "gone"]);
         assert!(t.render_text(NOW).ends_with("engine-id-16char engine  gone\n"));
+    }
+
+    /// A shard whose links to its publishers are down says so in its LINK column, and the
+    /// engine's line names each link not up (the store's too) with how long. Before, an LVC
+    /// outage showed only as 0 msg/s and rising gaps.
+    #[test]
+    fn links_not_up_show_in_the_link_column_and_the_engine_line() {
+        let mut t = Top::default();
+        let engine = r#"{"busiest_agent":"shard0-reader","busiest_busy":0.01,
+            "store_links":[{"endpoint":"tcp://store:5557","state":"up","for_ns":5000000000}]}"#;
+        t.apply(&change("/mdsub/status/e1/engine", Some(engine)));
+        let link = |ep: &str, state: &str, for_ns: u64| {
+            format!(r#"{{"endpoint":"{ep}","state":"{state}","for_ns":{for_ns},"down_ns":{for_ns}}}"#)
+        };
+        let shard = |links: &[String]| format!(r#"{{"msgs_per_s":0,"intervals":1,"links":[{}]}}"#, links.join(","));
+        t.apply(&change("/mdsub/status/e1/shard0", Some(&shard(&[link("tcp://lvc:5556", "down", 9_100_000_000)]))));
+        let both = [link("tcp://a:1", "up", 1), link("tcp://b:2", "connecting", 3_000_000_000)];
+        t.apply(&change("/mdsub/status/e1/shard1", Some(&shard(&both))));
+        t.apply(&change("/mdsub/status/e1/shard2", Some(&shard(&[link("tcp://a:1", "up", 1)]))));
+        // A bound shard, or an engine that does not say: no links.
+        t.apply(&change("/mdsub/status/e1/shard3", Some(r#"{"msgs_per_s":5,"intervals":1}"#)));
+        let text = t.render_text(NOW);
+        let link_col = |shard: &str| {
+            let row = text.lines().find(|l| l.split_whitespace().nth(1) == Some(shard)).expect("row");
+            row.split_whitespace().last().unwrap_or_default().to_string()
+        };
+        assert_eq!(
+            ["shard0", "shard1", "shard2", "shard3"].map(link_col),
+            ["DOWN", "1/2", "up", "-"].map(String::from),
+            "{text}"
+        );
+        let note = t.engine_note("e1", NOW);
+        assert!(
+            note.contains(", link shard0 tcp://lvc:5556 down 9.10s, link shard1 tcp://b:2 connecting 3.00s,"),
+            "{note}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= TEXT_COLUMNS), "{text}");
+        assert_eq!(t.rows(NOW).iter().map(|r| r[11].as_str()).collect::<Vec<_>>(), ["DOWN", "1/2", "up", "-"]);
+        // The store link down too; and a stale engine's links are of the past: not shown.
+        let engine = r#"{"store_links":[{"endpoint":"tcp://store:5557","state":"down","for_ns":2000000000}]}"#;
+        t.apply(&change("/mdsub/status/e1/engine", Some(engine)));
+        let note = t.engine_note("e1", NOW);
+        assert!(note.contains(", link store tcp://store:5557 down 2.00s,"), "{note}");
+        let stale = r#"{"updated_ns":1,"interval_ms":1000}"#;
+        t.apply(&change("/mdsub/status/e1/engine", Some(stale)));
+        assert!(!t.engine_note("e1", NOW).contains("link"), "{}", t.engine_note("e1", NOW));
+        assert_eq!(t.rows(NOW)[0][11], "-");
     }
 
     /// One rule for both views: an engine whose last status is older than two of its intervals
@@ -963,15 +1058,15 @@ mod tests {
         t.apply(&change("/mdsub/status/e3/shard0", Some(shard)));
         assert_eq!(t.engines["e3"].freshness(NOW), Freshness::Current, "within two intervals");
         let text = t.render_text(NOW);
-        assert!(text.contains("e3               shard0      1999    1.0µs    3.0µs"), "{text}");
-        assert_eq!(t.rows(NOW)[0][12], "50%");
+        assert!(text.contains("e3               shard0     1999    1.0µs    3.0µs"), "{text}");
+        assert_eq!(t.rows(NOW)[0][13], "50%");
 
         t.apply(&change("/mdsub/status/e3/engine", Some(&engine(2_500))));
         assert_eq!(t.engines["e3"].freshness(NOW), Freshness::Stale { age_ns: 2_500_000_000 });
         let text = t.render_text(NOW);
         assert!(
             text.contains(
-                "e3               shard0     stale        -        -        -        -      4       0      0 -\n"
+                "e3               shard0    stale        -        -        -        -     4       0      0 -     -\n"
             ),
             "{text}"
         );
@@ -982,7 +1077,7 @@ mod tests {
         assert!(!text.contains("1999") && !text.contains("busiest"), "no rate or share as current: {text}");
         let live = t.rows(NOW);
         assert_eq!(
-            (&live[0][2][..], &live[0][4][..], &live[0][11][..], &live[0][12][..]),
+            (&live[0][2][..], &live[0][4][..], &live[0][12][..], &live[0][13][..]),
             ("stale", "-", "2", "stale")
         );
         assert!(t.engine_note("e3", NOW).starts_with("stale 2.50s"), "the live view's title says its age");
@@ -1018,7 +1113,7 @@ mod tests {
         let text = t.render_text(NOW);
         assert!(
             text.contains(
-                "croaked-e1       shard0     ended        -        -        -        -      4       0      0 -\n"
+                "croaked-e1       shard0    ended        -        -        -        -     4       0      0 -     -\n"
             ),
             "{text}"
         );
@@ -1028,13 +1123,13 @@ mod tests {
         assert!(text.lines().all(|l| l.chars().count() <= TEXT_COLUMNS), "fits 100 columns: {text}");
         assert!(!text.contains("1999") && !text.contains("busiest"), "no rate or share as current: {text}");
         let live = t.rows(NOW);
-        assert_eq!((&live[0][2][..], &live[0][10][..], &live[0][12][..]), ("ended", "-", "ended"));
+        assert_eq!((&live[0][2][..], &live[0][10][..], &live[0][13][..]), ("ended", "-", "ended"));
         assert!(t.engine_note("croaked-e1", NOW).starts_with("ended: the snail croaked: SNAIL on shard0"));
         // Its keys expire while the live view watches: gone, and how it ended.
         t.apply(&change("/mdsub/status/croaked-e1/engine", None));
         t.apply(&change("/mdsub/status/croaked-e1/shard0", None));
         assert!(t.engine_note("croaked-e1", NOW).starts_with("gone (ended: the snail croaked: SNAIL"));
-        assert_eq!(t.rows(NOW)[0][12], "gone");
+        assert_eq!(t.rows(NOW)[0][13], "gone");
     }
 
     /// The engine's `refused/NAME` keys are its own (text by design), not junk: shown with the

@@ -107,6 +107,9 @@ pub struct Client {
     /// Calls refused because the command queue was full.
     refused: AtomicU64,
     watch_queue_msgs: usize,
+    /// The agent's link counters (its subscribers', then its update publisher's), read here
+    /// without asking the agent.
+    boards: Vec<crate::link::LinkBoard>,
     _ctx: zmq::Context,
 }
 
@@ -165,6 +168,8 @@ impl Client {
         let watch_queue_msgs = cfg.watch_queue_msgs.max(1);
         let stop = StopFlag::new();
         let agent = ClientAgent::new(cfg, keys, ctx.clone(), pull, rx).map_err(ClientError::from)?;
+        let boards = agent.servers.iter().map(|s| &s.links).chain(agent.publisher_links.as_ref()).map(|w| w.board());
+        let boards = boards.collect();
         let handle = Runner::start(RunSpec::unpinned(idle), stop.clone(), agent).map_err(ClientError::from)?;
         Ok(Client {
             tx,
@@ -175,8 +180,16 @@ impl Client {
             counter: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             watch_queue_msgs,
+            boards,
             _ctx: ctx,
         })
+    }
+
+    /// Where its links to the servers are published (state, losses by reason, time not up):
+    /// what [`Client::status`] says of them, read without asking the agent (by a scrape, on any
+    /// thread, after the client has moved to one).
+    pub fn link_boards(&self) -> Vec<crate::link::LinkBoard> {
+        self.boards.clone()
     }
 
     /// Calls refused with [`ClientError::Busy`] so far (the command queue was full).

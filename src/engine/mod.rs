@@ -176,6 +176,9 @@ struct LiveOutputs {
     store: Option<(AgentHandle<StoreAgent>, StopFlag, Arc<std::sync::OnceLock<String>>)>,
     /// Its links to the store when it stopped, for the report.
     store_links: Vec<crate::link::LinkStats>,
+    /// Where the status agent's clone client publishes its links to the store while it runs
+    /// (set when the agent starts), for `/metrics` and the status.
+    store_boards: Arc<std::sync::OnceLock<Vec<LinkBoard>>>,
 }
 
 impl LiveOutputs {
@@ -366,6 +369,7 @@ impl Engine {
                 metrics_http: None,
                 store: None,
                 store_links: Vec::new(),
+                store_boards: Arc::default(),
             }),
             shard_counters: Vec::new(),
             link_boards: Vec::new(),
@@ -525,6 +529,7 @@ impl Engine {
         };
         let ended = inputs.ended.clone();
         let agent = StoreAgent::new(inputs).map_err(EngineError::Config)?;
+        let _ = self.live.store_boards.set(agent.link_boards());
         let client = agent.client_counters();
         let stop = StopFlag::new();
         let h = Runner::start(RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 }), stop.clone(), agent)?;
@@ -580,6 +585,7 @@ impl Engine {
         let reasons = self.handler_reasons;
         let monitor_zap = self.monitor_access_counters();
         let interval = self.live.metrics_interval_ns.clone();
+        let store_boards = self.live.store_boards.clone();
         move || EngineLive {
             engine_id: engine_id.clone(),
             shards: shards.iter().zip(&links).map(|(c, l)| shard_live(c, l)).collect(),
@@ -601,6 +607,7 @@ impl Engine {
                     metrics_interval_ns: interval.load(Relaxed),
                 }
             }),
+            store_links: store_boards.get().into_iter().flatten().flat_map(LinkBoard::snapshot).collect(),
         }
     }
 
@@ -805,10 +812,21 @@ impl Engine {
         let croak = self.snail.croak();
         // The status agent's clone client ends with it; its last status says how the engine
         // ended when it was no clean end.
+        // A run that ends cleanly but did not do its job (the command then exits 1) is no clean
+        // end either: its last status says why, by the words its exit line says.
+        let time_limit = interrupted && timeout.is_some() && timed_out;
+        let failed = || {
+            let links: Vec<(String, Vec<crate::link::LinkStats>)> = (self.link_boards.iter().enumerate())
+                .map(|(k, b)| (crate::metrics::shard_name(k), b.snapshot()))
+                .collect();
+            let shards: Vec<(&str, &[crate::link::LinkStats])> =
+                links.iter().map(|(k, l)| (k.as_str(), l.as_slice())).collect();
+            outputs_failure(collected.write_errors).or_else(|| links_failure(time_limit, self.delivered(), &shards))
+        };
         let ended = match (&first_err, &croak) {
             (Some(e), _) => Some(format!("error: {e}")),
             (None, Some(scream)) => Some(format!("the snail croaked: {scream}")),
-            (None, None) => None,
+            (None, None) => failed().map(|why| format!("error: {why}")),
         };
         self.live.stop(ended);
         agents.extend(self.side_agents.iter().map(|(role, c)| c.snapshot(role)));
@@ -937,6 +955,51 @@ impl Engine {
             threads,
         }
     }
+}
+
+/// Why a run whose `--hlog`/`--hgrm` writes failed (`write_errors` of them) is no success, for
+/// its exit status 1 and its last status in the store: the files are incomplete. None when
+/// none failed.
+pub fn outputs_failure(write_errors: u64) -> Option<String> {
+    (write_errors > 0).then(|| {
+        format!(
+            "{write_errors} write(s) to the --hlog/--hgrm files failed (the first is said above): they are incomplete"
+        )
+    })
+}
+
+/// Why an engine that ran to its time limit (`time_limit`) having delivered nothing while a link
+/// of it never came up did not do its job (a key the publisher refuses, a wrong port), naming
+/// each such link of `shards` (each shard's name and links) and what it met: for its exit status
+/// 1 and its last status in the store. None otherwise: a stop by Ctrl-C or SIGTERM is a person's
+/// (or a supervisor's) decision, and a bound endpoint has no link to judge.
+pub fn links_failure(time_limit: bool, delivered: u64, shards: &[(&str, &[crate::link::LinkStats])]) -> Option<String> {
+    if !time_limit || delivered > 0 {
+        return None;
+    }
+    let never: Vec<String> = shards
+        .iter()
+        .flat_map(|(shard, links)| links.iter().filter(|l| l.connects == 0).map(move |l| (shard, l)))
+        .map(|(shard, l)| {
+            let met: Vec<String> = l.lost.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
+            // The losses by reason, and the attempts they came from: a wrong key fails every
+            // attempt libzmq makes, counted as one loss (`handshake_failed=1` alone, after `33
+            // attempts so far` on its line, read as a contradiction).
+            let met = if !met.is_empty() && l.retries > 0 {
+                format!("lost: {}, over {} connection attempts", met.join(", "), l.retries)
+            } else if !met.is_empty() {
+                format!("lost: {}", met.join(", "))
+            } else if let Some(why) = crate::host::unresolved(&l.endpoint) {
+                why
+            } else if l.retries == 0 {
+                "no connection attempt ended".into()
+            } else {
+                format!("nothing answered {} connection attempts", l.retries)
+            };
+            format!("{shard} {} ({met})", l.endpoint)
+        })
+        .collect();
+    (!never.is_empty()).then(|| format!("nothing delivered, and these links never came up: {}", never.join("; ")))
 }
 
 /// Why a layout cannot run `handoff = "inline"`, in one line naming the fix.

@@ -267,9 +267,34 @@ pub struct LinkStats {
     pub retries: u64,
     /// Losses by reason (`disconnected`, `protocol_error`, `handshake_failed*`).
     pub lost: BTreeMap<String, u64>,
+    /// How long it has been in `state` (ns), as of when the counters were read
+    /// ([`LinkStats::at`]; 0 in a status from an engine that does not say it).
+    #[serde(default)]
+    pub for_ns: u64,
+    /// Time it was not up (ns): connecting (the first time too) or down, the spell it is in now
+    /// included, as of when the counters were read; `ended` is not down.
+    #[serde(default)]
+    pub down_ns: u64,
+    /// When it entered `state` (the owner's monotonic clock, ns): the base of `for_ns`, never
+    /// published (another process's clock means nothing).
+    #[serde(skip)]
+    pub since_ns: u64,
 }
 
 impl LinkStats {
+    /// These counters as of `now_ns` (the owner's monotonic clock): `for_ns` and `down_ns` with
+    /// the spell the link is in now up to then.
+    pub fn at(&self, now_ns: u64) -> LinkStats {
+        let for_ns = now_ns.saturating_sub(self.since_ns);
+        let down_now = if self.is_down() { for_ns } else { 0 };
+        LinkStats { for_ns, down_ns: self.down_ns.saturating_add(down_now), ..self.clone() }
+    }
+
+    /// Not up and not ended: connecting or down.
+    pub fn is_down(&self) -> bool {
+        self.state != "up" && self.state != "ended"
+    }
+
     /// All losses, every reason.
     pub fn lost_total(&self) -> u64 {
         self.lost.values().sum()
@@ -322,12 +347,17 @@ pub struct Links {
 
 impl Links {
     /// Watch `endpoints` (each with the names libzmq may use for it in events,
-    /// see [`aliases`]), all connecting as of now.
-    pub fn new(endpoints: Vec<(String, Vec<String>)>, grace_ns: u64) -> Self {
+    /// see [`aliases`]), all connecting as of `now_ns`.
+    pub fn new(endpoints: Vec<(String, Vec<String>)>, grace_ns: u64, now_ns: u64) -> Self {
         let links = endpoints
             .into_iter()
             .map(|(endpoint, aliases)| Link {
-                stats: LinkStats { endpoint: endpoint.clone(), state: "connecting".into(), ..LinkStats::default() },
+                stats: LinkStats {
+                    endpoint: endpoint.clone(),
+                    state: "connecting".into(),
+                    since_ns: now_ns,
+                    ..LinkStats::default()
+                },
                 endpoint,
                 aliases,
                 state: State::Connecting,
@@ -375,7 +405,7 @@ impl Links {
                 }
                 _ => {}
             }
-            Self::publish_state(l);
+            Self::publish_state(l, now_ns);
         }
         taken_back
     }
@@ -409,7 +439,7 @@ impl Links {
             if event == Event::ConnectRetried {
                 l.stats.retries += 1;
             }
-            Self::publish_state(l);
+            Self::publish_state(l, now_ns);
             return;
         }
         if matches!(event, Event::Disconnected | Event::HandshakeFailed(_)) {
@@ -488,7 +518,7 @@ impl Links {
             }
             Event::Connected | Event::AcceptFailed(_) | Event::Other => {}
         }
-        Self::publish_state(l);
+        Self::publish_state(l, now_ns);
     }
 
     /// Look at the time: a link down for longer than the grace with no retry
@@ -500,7 +530,7 @@ impl Links {
                 {
                     // No attempt said more: a broken-off handshake libzmq retries.
                     Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
-                    Self::publish_state(l);
+                    Self::publish_state(l, now_ns);
                 }
             }
             if let Some(at) = l.still_lost_at {
@@ -526,7 +556,7 @@ impl Links {
                     };
                     Self::lose(l, i, reason, since_ns, out);
                     l.reestablish_at = Some(now_ns.saturating_add(l.backoff_ns));
-                    Self::publish_state(l);
+                    Self::publish_state(l, now_ns);
                 }
             }
             if let Some(at) = l.reestablish_at {
@@ -551,10 +581,10 @@ impl Links {
     /// longer matters), a failed handshake under its kind (`handshake_failed` when libzmq gave
     /// no detail). Its [`Decision::Lost`] goes to `out`, to be said.
     pub fn finish(&mut self, out: &mut Vec<Decision>) {
+        // A retrying or down link is lost now: its published state (`down`) stays as it is.
         for (i, l) in self.links.iter_mut().enumerate() {
             if let State::Retrying { since_ns, .. } = l.state {
                 Self::lose(l, i, Reason::HandshakeFailed, since_ns, out);
-                Self::publish_state(l);
             }
             if let State::Down { since_ns, failure, counted: false, .. } = l.state {
                 let reason = match failure {
@@ -566,7 +596,6 @@ impl Links {
                 };
                 Self::lose(l, i, reason, since_ns, out);
                 l.reestablish_at = None;
-                Self::publish_state(l);
             }
             // Nothing more to say once the owner stops.
             l.still_lost_at = None;
@@ -613,7 +642,9 @@ impl Links {
         out.push(Decision::Lost { link: i, reason });
     }
 
-    fn publish_state(l: &mut Link) {
+    /// Publish the link's state at `now_ns`: a new one starts its `since_ns`, and the spell not
+    /// up that it ends is added to `down_ns`.
+    fn publish_state(l: &mut Link, now_ns: u64) {
         let s = match l.state {
             State::Up => "up",
             State::Connecting => "connecting",
@@ -621,7 +652,11 @@ impl Links {
             State::Ended => "ended",
         };
         if l.stats.state != s {
+            if l.stats.is_down() {
+                l.stats.down_ns = l.stats.down_ns.saturating_add(now_ns.saturating_sub(l.stats.since_ns));
+            }
             l.stats.state = s.to_string();
+            l.stats.since_ns = now_ns;
         }
     }
 
@@ -715,7 +750,7 @@ mod tests {
 
     fn links() -> Links {
         let resolved: Vec<std::net::SocketAddr> = vec!["127.0.0.1:5556".parse().expect("addr")];
-        Links::new(vec![(EP.to_string(), aliases(EP, &resolved))], RETRY_GRACE_NS)
+        Links::new(vec![(EP.to_string(), aliases(EP, &resolved))], RETRY_GRACE_NS, 0)
     }
 
     fn run(l: &mut Links, events: &[(Event, u64)]) -> Vec<Decision> {
@@ -749,6 +784,33 @@ mod tests {
         let d = run(&mut l, &retries);
         assert!(d.iter().all(|d| !matches!(d, Decision::NotUp { .. })), "{d:?}");
         assert!(d.iter().any(|d| matches!(d, Decision::Lost { .. })), "the loss is said: {d:?}");
+    }
+
+    #[test]
+    fn time_not_up_and_time_in_the_state_are_kept_per_link() {
+        // Before: the counters said `down` and how often, never since when nor for how long, so
+        // /metrics and `top` could not tell a link down a second from one down an hour.
+        let mut l = links();
+        let s = 1_000_000_000;
+        // Connecting from 0, up at 2 s: 2 s not up.
+        run(&mut l, &[(Event::ConnectRetried, s), (Event::HandshakeSucceeded, 2 * s)]);
+        let up = l.stats()[0].at(5 * s);
+        assert_eq!((up.state.as_str(), up.for_ns, up.down_ns), ("up", 3 * s, 2 * s), "{up:?}");
+        // Lost at 10 s, still down at 19 s: 2 s before and the 9 s of this spell.
+        run(&mut l, &[(Event::Disconnected, 10 * s), (Event::ConnectRetried, 10 * s + 1)]);
+        let down = l.stats()[0].at(19 * s);
+        assert_eq!((down.state.as_str(), down.for_ns, down.down_ns), ("down", 9 * s, 11 * s), "{down:?}");
+        // Back at 20 s: the spell is closed at 10 s; up for 1 s at 21 s.
+        run(&mut l, &[(Event::HandshakeSucceeded, 20 * s)]);
+        let back = l.stats()[0].at(21 * s);
+        assert_eq!((back.state.as_str(), back.for_ns, back.down_ns, back.reconnects), ("up", s, 12 * s, 1));
+        // Published as counters; the clock they were read by is not.
+        let json = serde_json::to_value(&back).expect("json");
+        assert_eq!((json["for_ns"].as_u64(), json["down_ns"].as_u64()), (Some(s), Some(12 * s)), "{json}");
+        assert!(json.get("since_ns").is_none(), "{json}");
+        // An older status without them still reads.
+        let old: LinkStats = serde_json::from_str(r#"{"endpoint":"tcp://h:1","state":"up","connects":1,"reconnects":0,"reestablished":0,"retries":0,"lost":{}}"#).expect("old");
+        assert_eq!((old.for_ns, old.down_ns), (0, 0));
     }
 
     #[test]

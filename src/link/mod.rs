@@ -87,9 +87,12 @@ pub struct Accepted {
 pub struct LinkBoard(Arc<Mutex<Vec<LinkStats>>>);
 
 impl LinkBoard {
-    /// Every watched endpoint's counters now.
+    /// Every watched endpoint's counters now (how long each has been in its state, and its time
+    /// not up, up to now).
     pub fn snapshot(&self) -> Vec<LinkStats> {
-        self.0.lock().map(|v| v.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        let now = crate::clock::monotonic_ns();
+        let at = |v: &Vec<LinkStats>| v.iter().map(|l| l.at(now)).collect();
+        self.0.lock().map(|v| at(&v)).unwrap_or_else(|p| at(&p.into_inner()))
     }
 
     fn set(&self, stats: Vec<LinkStats>) {
@@ -209,7 +212,7 @@ impl LinkWatch {
             .iter()
             .map(|ep| Refusals::new(name, SUMMARY_INTERVAL_NS).said_as(format!("{name}: link {ep} lost")))
             .collect();
-        let links = Links::new(watched, RETRY_GRACE_NS);
+        let links = Links::new(watched, RETRY_GRACE_NS, crate::clock::monotonic_ns());
         let curve = socket.get_mechanism().is_ok_and(|m| m == zmq::Mechanism::ZMQ_CURVE);
         let board = LinkBoard::default();
         board.set(links.stats());

@@ -84,6 +84,9 @@ pub struct EngineLive {
     pub monitor_refused: Option<Vec<(&'static str, u64)>>,
     /// The live settings in force now (None: not known, as in a unit test's page).
     pub settings: Option<SettingsLive>,
+    /// The status agent's links to the clone store (`--store`; empty without one): its
+    /// subscriber to each server's publisher and its update publisher to each server's collector.
+    pub store_links: Vec<crate::link::LinkStats>,
 }
 
 /// The engine's settings that change while it runs (`/mdsub/config/<engine-id>/NAME`), as in
@@ -243,6 +246,60 @@ fn link_metrics(s: &mut String, id: &str, live: &EngineLive) {
         |l| l.reestablished,
     );
     per_link(s, "mdsub_link_up", "gauge", "1 while the link is up.", |l| u64::from(l.state == "up"));
+    let per_link_s = |s: &mut String, name, kind, help, v: fn(&crate::link::LinkStats) -> u64| {
+        per_row(s, name, kind, help, &links, |l| seconds(v(l) as f64))
+    };
+    per_link_s(
+        s,
+        "mdsub_link_down_seconds_total",
+        "counter",
+        "Time the shard's link was not up (connecting, the first time too, or down), the outage it is \
+         in now included.",
+        |l| l.down_ns,
+    );
+    per_link_s(
+        s,
+        "mdsub_link_state_seconds",
+        "gauge",
+        "How long the shard's link has been in its state now (up or not: see mdsub_link_up).",
+        |l| l.for_ns,
+    );
+    store_link_metrics(s, id, &live.store_links);
+}
+
+/// The status agent's links to the clone store (`--store`): up or not, losses by reason,
+/// reconnects and the time not up, by endpoint (its subscriber's to each server's publisher,
+/// its update publisher's to each server's collector). No sample without a store.
+fn store_link_metrics(s: &mut String, id: &str, store: &[crate::link::LinkStats]) {
+    let links: Vec<(String, &crate::link::LinkStats)> =
+        store.iter().map(|l| (format!("engine=\"{id}\",endpoint=\"{}\"", escape(&l.endpoint)), l)).collect();
+    per_row(s, "mdsub_store_link_up", "gauge", "1 while the engine's link to the clone store is up.", &links, |l| {
+        u64::from(l.state == "up")
+    });
+    family(s, "mdsub_store_link_lost_total", "counter", "Connections to the clone store lost, by reason.", |f| {
+        for (labels, l) in &links {
+            for (reason, n) in &l.lost {
+                f.sample("", &format!("{labels},reason=\"{}\"", escape(reason)), n);
+            }
+        }
+    });
+    per_row(
+        s,
+        "mdsub_store_link_reconnects_total",
+        "counter",
+        "Times a link to the clone store came back after being lost.",
+        &links,
+        |l| l.reconnects,
+    );
+    per_row(
+        s,
+        "mdsub_store_link_down_seconds_total",
+        "counter",
+        "Time the link to the clone store was not up (connecting, the first time too, or down), the \
+         outage it is in now included.",
+        &links,
+        |l| seconds(l.down_ns as f64),
+    );
 }
 
 /// The `/metrics` server's own counters (`super::http::HttpCounters`), appended by the server to
@@ -636,7 +693,8 @@ mod tests {
         let link = crate::link::LinkStats { endpoint: "tcp://127.0.0.1:1".into(), ..Default::default() };
         let live = EngineLive {
             engine_id: "e".into(),
-            shards: vec![ShardLive { links: vec![link], ..Default::default() }],
+            shards: vec![ShardLive { links: vec![link.clone()], ..Default::default() }],
+            store_links: vec![link],
             agents: vec![AgentStats { role: "worker0".into(), ..Default::default() }],
             snail: vec![crate::snail::SiteReport { role: "shard0-reader".into(), ..Default::default() }],
             handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("verify_full", 0)] }],
@@ -663,6 +721,52 @@ mod tests {
             "served, not in docs/METRICS.md"
         );
         assert_eq!(families.len(), rows.len(), "rows of docs/METRICS.md the page does not serve: {rows:?}");
+    }
+
+    #[test]
+    fn links_say_since_when_they_are_down_and_the_store_link_has_its_own_series() {
+        // Before: a link down showed only as mdsub_link_up 0 (for how long: nowhere), and the
+        // engine's link to the clone store had no series at all.
+        let s = 1_000_000_000;
+        let feed = crate::link::LinkStats {
+            endpoint: "tcp://lvc:5556".into(),
+            state: "down".into(),
+            reconnects: 2,
+            for_ns: 9 * s,
+            down_ns: 12 * s + s / 2,
+            lost: [("disconnected".to_string(), 3)].into(),
+            ..Default::default()
+        };
+        let store = crate::link::LinkStats {
+            endpoint: "tcp://store:5557".into(),
+            state: "connecting".into(),
+            for_ns: 4 * s,
+            down_ns: 4 * s,
+            lost: [("handshake_failed".to_string(), 1)].into(),
+            ..Default::default()
+        };
+        let live = EngineLive {
+            engine_id: "e".into(),
+            shards: vec![ShardLive { links: vec![feed], ..Default::default() }],
+            store_links: vec![store],
+            ..Default::default()
+        };
+        let latency = LiveLatency { cumulative: shard_sets(1), last_interval: shard_sets(1), ..Default::default() };
+        let page = render(&live, &latency);
+        let feed = "engine=\"e\",shard=\"0\",endpoint=\"tcp://lvc:5556\"";
+        let store = "engine=\"e\",endpoint=\"tcp://store:5557\"";
+        for line in [
+            format!("mdsub_link_up{{{feed}}} 0"),
+            format!("mdsub_link_reconnects_total{{{feed}}} 2"),
+            format!("mdsub_link_down_seconds_total{{{feed}}} 12.5"),
+            format!("mdsub_link_state_seconds{{{feed}}} 9"),
+            format!("mdsub_store_link_up{{{store}}} 0"),
+            format!("mdsub_store_link_lost_total{{{store},reason=\"handshake_failed\"}} 1"),
+            format!("mdsub_store_link_reconnects_total{{{store}}} 0"),
+            format!("mdsub_store_link_down_seconds_total{{{store}}} 4"),
+        ] {
+            assert!(page.lines().any(|l| l == line), "{line} not in:\n{page}");
+        }
     }
 
     #[test]
@@ -756,6 +860,7 @@ mod tests {
                 snail_grace_ns: 0,
                 metrics_interval_ns: 2_000_000_000,
             }),
+            store_links: Vec::new(),
         };
         let t = render(&live, &latency);
         // The settings in force (before: none of them on the page, though docs/SNAIL.md said so).

@@ -8,7 +8,8 @@
 //! - `engine`: id, pid, interval, shards, uptime, the busiest agent and its
 //!   busy fraction, log level, the settings in force (and which changed since start), the
 //!   snail's verdict and self-stalls, what the handlers refused (total, and per agent by
-//!   reason); in the last status of an engine that ended by a croak or an error, `ended`: how;
+//!   reason); in the last status of an engine that ended by a croak or an error or whose run
+//!   failed, `ended`: how;
 //! - `shardK`: counters (publisher connections of a bound shard, its reader's
 //!   self-stalls among them) and the last interval's msgs/s and total-stage
 //!   p50/p99/p99.9/max (ns) and how many of its latencies were above 60 s
@@ -20,9 +21,10 @@
 //! Every value is read once per interval from the engine's live counters, never per message.
 //! `docs/CLONE.md` lists each key's fields.
 //!
-//! On a clean exit the agent deletes its keys; an engine that ends by a croak or an error
-//! ([`StoreInputs::ended`] says how) publishes a last status saying so and leaves it to its TTL,
-//! so a dashboard shows why it stopped instead of losing it at once.
+//! On a clean exit the agent deletes its keys; an engine that ends by a croak or an error, or
+//! whose run failed (its command exits 1: a link that never came up, `--hlog` writes that
+//! failed; [`StoreInputs::ended`] says how) publishes a last status saying so and leaves it for
+//! [`ENDED_TTL_S`] (a minute), so a dashboard shows why it stopped instead of losing it at once.
 //!
 //! It uses the clone store through [`crate::clone::client::Client`]'s public API
 //! only, on its own thread (started by the client), off the data path.
@@ -44,6 +46,11 @@ use crate::snail::WorstSince;
 
 /// Status keys live this many metric intervals (at least 1 s: the store's TTL unit).
 pub const TTL_INTERVALS: u64 = 3;
+
+/// The last status of an engine that did not end cleanly (a croak, an error, a run that failed:
+/// its `ended` says how) lives this long (s), or its usual TTL when that is longer: long enough
+/// for an operator who looks a while after the engine's process is gone to read why.
+pub const ENDED_TTL_S: u64 = 60;
 
 /// `/mdsub/status/<id>/`.
 pub fn status_prefix(engine_id: &str) -> String {
@@ -111,7 +118,8 @@ pub struct StoreInputs {
     pub log: Arc<LogLevel>,
     pub settings: Settings,
     /// How the engine ended, set before the agent is stopped when it ended by a croak or an
-    /// error (unset on a clean exit): the agent's last status says it instead of being deleted.
+    /// error or its run failed (unset on a clean exit): the agent's last status says it, for
+    /// [`ENDED_TTL_S`], instead of being deleted.
     pub ended: Arc<OnceLock<String>>,
 }
 
@@ -151,6 +159,11 @@ impl StoreAgent {
     /// Its clone client's links to the store now (state, losses by reason), for the report.
     pub fn links(&self) -> Vec<crate::link::LinkStats> {
         self.client.status().map(|s| s.links).unwrap_or_default()
+    }
+
+    /// Where its clone client publishes its links to the store, for `/metrics` and the status.
+    pub fn link_boards(&self) -> Vec<crate::link::LinkBoard> {
+        self.client.link_boards()
     }
 
     /// Connect to the store and watch this engine's config subtree (what is
@@ -261,7 +274,7 @@ impl StoreAgent {
     /// `ended`, the engine's last, saying how it ended. The id of the last update set, if any.
     fn publish(&mut self, now_ns: u64, ended: Option<&str>) -> Result<Option<crate::clone::kvmsg::Uuid>, AgentError> {
         let interval_ns = self.inputs.interval_ns.load(Relaxed).max(1);
-        let ttl = ttl_s(interval_ns);
+        let ttl = if ended.is_some() { ttl_s(interval_ns).max(ENDED_TTL_S) } else { ttl_s(interval_ns) };
         let live = (self.inputs.live)();
         let busiest = busiest(&live.agents);
         let stalls = live.self_stalls(None);
@@ -289,6 +302,7 @@ impl StoreAgent {
             "longest_self_stall_ns": stalls.1,
             "handler_refused_total": live.handler_refused_total(),
             "handler_refused": handler_refused(&live),
+            "store_links": live.store_links,
             "updated_ns": clock::realtime_ns(),
         });
         let mut shards = Vec::new();
@@ -395,7 +409,8 @@ impl Agent for StoreAgent {
 
     fn on_close(&mut self) {
         // A clean exit removes the status at once (a killed engine's expires); an engine that
-        // ended by a croak or an error publishes a last status saying how, left to its TTL. A
+        // ended by a croak or an error, or whose run failed, publishes a last status saying how,
+        // left for ENDED_TTL_S. A
         // store never reached has nothing of ours to remove, and waiting for its
         // acknowledgement would only add its 2 s to every stop (and to the run's reported
         // duration).
