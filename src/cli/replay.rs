@@ -314,8 +314,10 @@ pub struct ReplayArgs {
     /// --burst without --rate N) are refused with it. On a terminal (not with
     /// --json) a bar says how far the replay is, in market time from the first
     /// record to the end the DBN metadata gives (the latest of merged files),
-    /// else in bytes read of the files' sizes (a capture, a DBN file without an
-    /// end; compressed bytes of a .dbn.zst), with the time left at the pace chosen.
+    /// held within what the bytes read of the files' sizes say (that end is the
+    /// query's, often past the data's: the bytes then give the figure), else in
+    /// bytes read alone (a capture, a DBN file without an end; compressed bytes
+    /// of a .dbn.zst), with the time left at the pace chosen.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
@@ -582,16 +584,13 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
 }
 
 /// A file replay's progress message: how far it is and by what (`by market time`, the files'
-/// span; `by bytes read`, their sizes), the messages sent, the market time (DBN) and the time
+/// span; `by bytes read`, their sizes, alone or bounding the market time), the messages sent, the market time (DBN) and the time
 /// left when it can be told (`42.5% by market time, 1234 msgs sent, market time …, eta 3m05s`).
 fn position_line(sent: u64, extent: Option<Extent>, est: Option<Estimate>, market_ns: Option<u64>) -> String {
     let mut line = String::with_capacity(96);
     use std::fmt::Write as _;
-    if let (Some(extent), Some(e)) = (extent, est) {
-        let by = match extent {
-            Extent::Market { .. } => "by market time",
-            Extent::Bytes { .. } => "by bytes read",
-        };
+    if let (Some((_, basis)), Some(e)) = (extent.and_then(|x| x.fraction()), est) {
+        let by = basis.said();
         // Tenths, rounded down: 100.0% only when whole.
         let _ = write!(line, "{:.1}% {by}, ", (e.fraction * 1000.0).floor() / 10.0);
     }
@@ -753,7 +752,8 @@ mod tests {
     fn a_file_replay_says_how_far_it_is_by_what_and_the_time_left() {
         // Before: `5000 msgs sent, market time …`, no percentage and no time left.
         let t0 = 1_700_000_000_000_000_000u64;
-        let hour = Extent::Market { now_ns: t0 + 900_000_000_000, start_ns: t0, end_ns: t0 + 3_600_000_000_000 };
+        let hour =
+            Extent::Market { now_ns: t0 + 900_000_000_000, start_ns: t0, end_ns: t0 + 3_600_000_000_000, bytes: None };
         let est = estimate(hour, 90.0, Some(10.0));
         assert_eq!(
             position_line(5000, Some(hour), est, Some(t0 + 900_000_000_000)),
@@ -761,6 +761,18 @@ mod tests {
                 "25.0% by market time, 5000 msgs sent, market time {}, eta 4m30s",
                 dbn::pretty::fmt_ts(t0 + 900_000_000_000)
             )
+        );
+        // The metadata's end past the data's: the bytes read say how far it is, and that they do.
+        let bounds = crate::replay::progress::ByteBounds { read: 950, from: 0, total: 1000, ahead: 0 };
+        let past = Extent::Market {
+            now_ns: t0 + 900_000_000_000,
+            start_ns: t0,
+            end_ns: t0 + 3_600_000_000_000,
+            bytes: Some(bounds),
+        };
+        assert_eq!(
+            position_line(5000, Some(past), estimate(past, 90.0, Some(10.0)), None),
+            "95.0% by bytes read, 5000 msgs sent, eta 5s"
         );
         let bytes = Extent::Bytes { read: 999_999, from: 0, total: 1_000_000 };
         assert_eq!(
@@ -775,7 +787,7 @@ mod tests {
         let start = Extent::Bytes { read: 0, from: 0, total: 10 };
         assert_eq!(position_line(0, Some(start), estimate(start, 0.0, None), None), "0.0% by bytes read, 0 msgs sent");
         // Centuries left: said, not a panic.
-        let slow = Extent::Market { now_ns: t0 + 1, start_ns: t0, end_ns: u64::MAX - 1 };
+        let slow = Extent::Market { now_ns: t0 + 1, start_ns: t0, end_ns: u64::MAX - 1, bytes: None };
         assert!(position_line(1, Some(slow), estimate(slow, 1.0, Some(0.001)), None).contains("eta "));
     }
 
