@@ -375,7 +375,7 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
         drain_timeout: Duration::from_secs(60),
         say_refusals: true,
     };
-    let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_| {}).expect("run");
+    let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_, _| {}).expect("run");
     let report = out.report;
     assert_eq!(report.delivered, recs.len() as u64, "{}", report.render());
     let h = &report.handler;
@@ -700,4 +700,64 @@ fn a_dbn_replay_whose_metadata_ends_past_its_data_is_whole_at_its_last_record() 
             assert!(f < 0.5, "not done at the first record: {f}");
         }
     }
+}
+
+/// `bench --from`: each measurement shows which run it is and how far its replay is in the file,
+/// by the bytes read when the metadata's end is past the last record (before: no progress at all,
+/// a no-op callback).
+#[test]
+fn a_bench_over_a_dbn_file_says_each_run_and_how_far_its_replay_is() {
+    use mdsub::bench::engine::{run, Compare, EngineBenchConfig};
+    use mdsub::engine::reader::HandOff;
+    use mdsub::replay::{Limits, Pacing, PublisherConfig, Source};
+    let dir = tmp_dir("bench-progress");
+    let path = dir.join("mbo.dbn");
+    let recs = mbo_feed(3, 3000, 0, 1_000);
+    let last = recs.last().map(|r| r.ts_recv).expect("records");
+    let mut meta = metadata(Schema::Mbo, &[("AAPL", 101)]);
+    // The query's end, an hour past the data's.
+    meta.end = std::num::NonZeroU64::new(last + 3_600_000_000_000);
+    write_dbn(&path, &meta, &recs, false);
+    let profile = mdsub::profile::Profile::builtin();
+    let shards = profile.shards.len();
+    let cfg = EngineBenchConfig {
+        profile,
+        handoffs: vec![HandOff::Batch],
+        compare: Compare::default(),
+        curve: false,
+        outputs: None,
+        publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); shards], ..Default::default() },
+        source: Source::Dbn { paths: vec![path] },
+        pacing: Pacing::FlatOut,
+        limits: Limits { max_msgs: None, duration: None },
+        runs: 2,
+        machine: mdsub::bench::stamp::Machine::here(),
+        settings: serde_json::json!({}),
+    };
+    // (run, measurement, of, variant, sent, fraction, basis) at each call.
+    let mut seen = Vec::new();
+    let result = run(&cfg, &mdsub::agent::StopFlag::new(), &mut |_, _| {}, &mut |u| {
+        let f = u.position.extent().and_then(|e| e.fraction());
+        seen.push((u.rep, u.k, u.of, u.runs, u.variant.to_string(), u.sent, f));
+    })
+    .expect("bench")
+    .expect("whole runs");
+    assert_eq!(result.runs.len(), 4, "2 runs of baseline and engine/batch");
+    let measurements = [(1, 1, "baseline"), (1, 2, "engine/batch"), (2, 1, "baseline"), (2, 2, "engine/batch")];
+    for (rep, k, variant) in measurements {
+        let mine: Vec<_> = seen.iter().filter(|s| (s.0, s.1) == (rep, k)).collect();
+        assert!(!mine.is_empty(), "run {rep} measurement {k}: {seen:?}");
+        assert!(mine.iter().all(|s| s.2 == 2 && s.3 == 2 && s.4 == variant), "{mine:?}");
+        assert!(mine.windows(2).all(|w| w[0].5 <= w[1].5), "sent never backwards: {mine:?}");
+        let fractions: Vec<f64> = mine.iter().filter_map(|s| s.6.map(|f| f.0)).collect();
+        assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "never backwards: {fractions:?}");
+        // Its last call: every record sent, the whole file read, though market time stopped an
+        // hour short of the metadata's end (by it, 0.0008%).
+        let end = mine.last().expect("calls");
+        assert_eq!(end.5, recs.len() as u64, "{end:?}");
+        assert_eq!(end.6, Some((1.0, mdsub::replay::progress::Basis::BytesRead)), "{end:?}");
+    }
+    // In the order measured.
+    let order: Vec<(usize, usize)> = seen.iter().map(|s| (s.0, s.1)).collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
 }
