@@ -124,14 +124,17 @@ impl BenchBar {
     fn show(&mut self, u: &Underway<'_>, now: Instant) {
         if (u.rep, u.k) != self.at {
             (self.at, self.began) = ((u.rep, u.k), None);
+            // Back to 0 without a redraw: one would show the last measurement's line on an
+            // empty bar (seen for a quarter second between measurements).
+            self.pb.reset();
         }
         if u.sent > 0 {
             self.began.get_or_insert(now);
         }
         let elapsed_s = self.began.map_or(0.0, |b| now.saturating_duration_since(b).as_secs_f64());
         let (steps, line) = file_progress(u.sent, u.position, elapsed_s, self.speed);
-        self.pb.set_position(steps);
         self.pb.set_message(format!("run {}/{} {} ({}/{}): {line}", u.rep, u.runs, u.variant, u.k, u.of));
+        self.pb.set_position(steps);
     }
 }
 
