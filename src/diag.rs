@@ -146,8 +146,17 @@ macro_rules! diag {
 /// status 0: what it wanted it has, and there is nobody left to tell. Any other failure
 /// (a full disk under a redirect) is said on stderr and ends the process with status 1.
 pub fn out(args: fmt::Arguments<'_>) {
-    let mut o = std::io::stdout().lock();
-    if let Err(e) = o.write_fmt(args).and_then(|()| o.flush()) {
+    let write = || {
+        let mut o = std::io::stdout().lock();
+        o.write_fmt(args).and_then(|()| o.flush())
+    };
+    // Above a progress line on the terminal ([`draw_lines_above`]), as [`line()`] writes:
+    // stdout is often the same terminal (`bench`'s run lines while its bar is drawn).
+    let written = match shown_bar() {
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    };
+    if let Err(e) = written {
         stdout_failed(&e);
     }
 }

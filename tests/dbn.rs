@@ -375,7 +375,7 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
         drain_timeout: Duration::from_secs(60),
         say_refusals: true,
     };
-    let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_| {}).expect("run");
+    let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_, _| {}).expect("run");
     let report = out.report;
     assert_eq!(report.delivered, recs.len() as u64, "{}", report.render());
     let h = &report.handler;
@@ -649,37 +649,115 @@ fn positions(source: &mdsub::replay::Source, speed: f64) -> (Vec<mdsub::replay::
 }
 
 #[test]
-fn a_dbn_replay_is_placed_by_market_time_between_its_first_record_and_its_metadata_end() {
-    use mdsub::replay::progress::{estimate, Extent};
+fn a_dbn_replay_whose_metadata_ends_past_its_data_is_whole_at_its_last_record() {
+    use mdsub::replay::progress::{estimate, Basis, Extent};
     let dir = tmp_dir("position");
-    let path = dir.join("mbo.dbn");
-    // 150 records 2 ms apart (0.3 s at 1x), the metadata's end 0.1 s after the last.
+    // 150 records 2 ms apart (0.3 s at 1x), the metadata's end 0.1 s after the last (a daily
+    // file's end is midnight, its data's hours before): by market time alone the replay ended
+    // at 75% (`(last - first) / (end - first)`), and the bar jumped from there to done.
     let recs = mbo_feed(3, 150, 0, 2_000_000);
     let last = recs.last().map(|r| r.ts_recv).expect("records");
-    let mut meta = metadata(Schema::Mbo, &[("AAPL", 101)]);
-    meta.end = std::num::NonZeroU64::new(last + 100_000_000);
-    write_dbn(&path, &meta, &recs, false);
-    let source = mdsub::replay::Source::Dbn { paths: vec![path] };
-    let (seen, market) = positions(&source, 1.0);
-    // A sample before the sending thread loaded its first record: no market time yet, 0 done.
     let end = last + 100_000_000;
-    let not_yet = Extent::Market { now_ns: 0, start_ns: 0, end_ns: end };
-    assert_eq!(estimate(not_yet, 1.0, Some(1.0)).map(|e| e.fraction), Some(0.0));
-    let seen: Vec<Extent> = seen.into_iter().filter(|e| *e != not_yet).collect();
-    assert!(seen.len() >= 10, "sampled about every 5 ms: {seen:?}");
-    let fractions: Vec<f64> = seen
-        .iter()
-        .map(|e| {
-            assert!(
-                matches!(e, Extent::Market { start_ns: T0, end_ns, .. } if *end_ns == end),
-                "by market time, from the first record to the metadata's end: {e:?}"
-            );
-            estimate(*e, 1.0, Some(1.0)).expect("a span").fraction
-        })
-        .collect();
-    assert!(fractions[0] < 0.5, "{fractions:?}");
-    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "never backwards: {fractions:?}");
-    let whole = (last - T0) as f64 / (end - T0) as f64;
-    assert!((fractions.last().copied().unwrap_or(0.0) - whole).abs() < 1e-9, "at the last record: {fractions:?}");
-    assert_eq!(market, Some(last));
+    let mut meta = metadata(Schema::Mbo, &[("AAPL", 101)]);
+    meta.end = std::num::NonZeroU64::new(end);
+    for zstd in [false, true] {
+        let path = dir.join(if zstd { "mbo.dbn.zst" } else { "mbo.dbn" });
+        write_dbn(&path, &meta, &recs, zstd);
+        let size = std::fs::metadata(&path).expect("stat").len();
+        let source = mdsub::replay::Source::Dbn { paths: vec![path] };
+        let (seen, market) = positions(&source, 1.0);
+        assert_eq!(market, Some(last));
+        // A sample before the sending thread loaded its first record: no market time yet.
+        let seen: Vec<Extent> = seen.into_iter().filter(|e| !matches!(e, Extent::Market { now_ns: 0, .. })).collect();
+        assert!(seen.len() >= 10, "sampled about every 5 ms: {seen:?}");
+        let mut fractions = Vec::new();
+        for e in &seen {
+            let Extent::Market { start_ns: T0, end_ns, bytes: Some(b), .. } = e else {
+                panic!("by market time from the first record to the metadata's end, within the bytes: {e:?}")
+            };
+            assert_eq!((*end_ns, b.total), (end, size), "{e:?}");
+            let (fraction, basis) = e.fraction().expect("a span");
+            if !zstd {
+                // A plain file is read record by record: its bytes are its position.
+                assert_eq!((b.ahead, basis), (0, Basis::BytesRead), "{e:?}");
+                assert_eq!(fraction, b.read as f64 / size as f64, "{e:?}");
+            }
+            assert_eq!(estimate(*e, 1.0, Some(1.0)).map(|x| x.fraction), Some(fraction.min(1.0)));
+            fractions.push(fraction);
+        }
+        assert!(fractions[0] < 0.5, "zstd {zstd}: {fractions:?}");
+        assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "zstd {zstd}: never backwards: {fractions:?}");
+        // Whole once the last record is read, though market time stopped 0.1 s short of the end.
+        assert_eq!(fractions.last(), Some(&1.0), "zstd {zstd}: {fractions:?}");
+        // At the last record, market time alone says a quarter is left.
+        let by_market = (last - T0) as f64 / (end - T0) as f64;
+        assert!((by_market - 0.75).abs() < 0.01, "{by_market}");
+        // A small `.dbn.zst` is read whole in opening it: its read-ahead leaves market time
+        // the measure until its end.
+        if zstd {
+            let (f, basis) = seen[0].fraction().expect("a span");
+            assert_eq!(basis, Basis::MarketTime, "{:?}", seen[0]);
+            assert!(f < 0.5, "not done at the first record: {f}");
+        }
+    }
+}
+
+/// `bench --from`: each measurement shows which run it is and how far its replay is in the file,
+/// by the bytes read when the metadata's end is past the last record (before: no progress at all,
+/// a no-op callback).
+#[test]
+fn a_bench_over_a_dbn_file_says_each_run_and_how_far_its_replay_is() {
+    use mdsub::bench::engine::{run, Compare, EngineBenchConfig};
+    use mdsub::engine::reader::HandOff;
+    use mdsub::replay::{Limits, Pacing, PublisherConfig, Source};
+    let dir = tmp_dir("bench-progress");
+    let path = dir.join("mbo.dbn");
+    let recs = mbo_feed(3, 3000, 0, 1_000);
+    let last = recs.last().map(|r| r.ts_recv).expect("records");
+    let mut meta = metadata(Schema::Mbo, &[("AAPL", 101)]);
+    // The query's end, an hour past the data's.
+    meta.end = std::num::NonZeroU64::new(last + 3_600_000_000_000);
+    write_dbn(&path, &meta, &recs, false);
+    let profile = mdsub::profile::Profile::builtin();
+    let shards = profile.shards.len();
+    let cfg = EngineBenchConfig {
+        profile,
+        handoffs: vec![HandOff::Batch],
+        compare: Compare::default(),
+        curve: false,
+        outputs: None,
+        publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); shards], ..Default::default() },
+        source: Source::Dbn { paths: vec![path] },
+        pacing: Pacing::FlatOut,
+        limits: Limits { max_msgs: None, duration: None },
+        runs: 2,
+        machine: mdsub::bench::stamp::Machine::here(),
+        settings: serde_json::json!({}),
+    };
+    // (run, measurement, of, variant, sent, fraction, basis) at each call.
+    let mut seen = Vec::new();
+    let result = run(&cfg, &mdsub::agent::StopFlag::new(), &mut |_, _| {}, &mut |u| {
+        let f = u.position.extent().and_then(|e| e.fraction());
+        seen.push((u.rep, u.k, u.of, u.runs, u.variant.to_string(), u.sent, f));
+    })
+    .expect("bench")
+    .expect("whole runs");
+    assert_eq!(result.runs.len(), 4, "2 runs of baseline and engine/batch");
+    let measurements = [(1, 1, "baseline"), (1, 2, "engine/batch"), (2, 1, "baseline"), (2, 2, "engine/batch")];
+    for (rep, k, variant) in measurements {
+        let mine: Vec<_> = seen.iter().filter(|s| (s.0, s.1) == (rep, k)).collect();
+        assert!(!mine.is_empty(), "run {rep} measurement {k}: {seen:?}");
+        assert!(mine.iter().all(|s| s.2 == 2 && s.3 == 2 && s.4 == variant), "{mine:?}");
+        assert!(mine.windows(2).all(|w| w[0].5 <= w[1].5), "sent never backwards: {mine:?}");
+        let fractions: Vec<f64> = mine.iter().filter_map(|s| s.6.map(|f| f.0)).collect();
+        assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "never backwards: {fractions:?}");
+        // Its last call: every record sent, the whole file read, though market time stopped an
+        // hour short of the metadata's end (by it, 0.0008%).
+        let end = mine.last().expect("calls");
+        assert_eq!(end.5, recs.len() as u64, "{end:?}");
+        assert_eq!(end.6, Some((1.0, mdsub::replay::progress::Basis::BytesRead)), "{end:?}");
+    }
+    // In the order measured.
+    let order: Vec<(usize, usize)> = seen.iter().map(|s| (s.0, s.1)).collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
 }

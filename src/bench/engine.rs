@@ -17,7 +17,7 @@ use crate::engine::reader::{HandOff, Routing};
 use crate::metrics::RunReport;
 use crate::outfile::Claimed;
 use crate::profile::Profile;
-use crate::replay::{Limits, Pacing, PublisherConfig, Source};
+use crate::replay::{FilePosition, Limits, Pacing, PublisherConfig, Source};
 use crate::snail::Policy;
 
 /// Which engine layouts and publishers `--compare` adds to the runs.
@@ -198,9 +198,24 @@ fn engine_variant(h: HandOff) -> String {
     format!("engine/{}", h.name())
 }
 
+/// Where a benchmark is, for a progress display: measurement `k` (from 1) of the `of`
+/// in run `rep` of `runs`, of `variant`, with the messages its replay scheduled so far and
+/// where that replay is in its files ([`FilePosition::extent`]: None for the generated feed).
+#[derive(Debug, Clone, Copy)]
+pub struct Underway<'a> {
+    pub rep: usize,
+    pub runs: usize,
+    pub k: usize,
+    pub of: usize,
+    pub variant: &'a str,
+    pub sent: u64,
+    pub position: &'a FilePosition,
+}
+
 /// Run every variant `bench.runs` times, in turn within each run, and return the medians and
 /// ratios (`error` set when the input was damaged; the caller's `finish` makes it the command's
-/// error). `on_run` is given each run's number and report (named by its variant) as it ends.
+/// error). `on_run` is given each run's number and report (named by its variant) as it ends;
+/// `on_progress` where a measurement is, about every 5 ms while its replay runs.
 /// A stop request (Ctrl-C) ends it early: the result is then of the whole runs before it
 /// (`interrupted`, `runs_completed`; the measurements of a run it cut between its variants are
 /// left out, and one it cut mid-measurement is no measurement), and `None` when no run was whole.
@@ -208,6 +223,7 @@ pub fn run(
     bench: &EngineBenchConfig,
     stop: &StopFlag,
     on_run: &mut dyn FnMut(usize, &RunReport),
+    on_progress: &mut dyn FnMut(&Underway<'_>),
 ) -> anyhow::Result<Option<BenchResult>> {
     let (profile, publisher, source) = (&bench.profile, &bench.publisher, &bench.source);
     let (pacing, limits) = (bench.pacing, bench.limits);
@@ -348,7 +364,11 @@ pub fn run(
                 // Every run replays the same input: what it refuses is said by the first.
                 say_refusals: rep == 1 && k == 0,
             };
-            let mut out = match run_once(&spec, stop, &mut |_| {}) {
+            let (all, of) = (bench.runs.max(1), variants.len());
+            let progress = &mut |sent, position: &FilePosition| {
+                on_progress(&Underway { rep, runs: all, k: k + 1, of, variant: name, sent, position })
+            };
+            let mut out = match run_once(&spec, stop, progress) {
                 Ok(out) => out,
                 // Ctrl-C while this run waited for its subscriber: it never began.
                 Err(e) if stop.is_stopped() && crate::replay::ReplayError::is_interrupted(&e) => break 'runs,

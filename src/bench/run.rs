@@ -17,7 +17,7 @@ use crate::bench::baseline::Baseline;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::RunReport;
-use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, ReplayStats, Source};
+use crate::replay::{FilePosition, Limits, Pacing, Publisher, PublisherConfig, ReplayStats, Source};
 use crate::security::ClientKeys;
 
 /// Which subscriber a run measures.
@@ -69,10 +69,15 @@ pub const PUBLISHER_IO_THREAD: &str = "replay-io";
 /// report says the end of stream was not seen.
 pub const INTERRUPTED_DRAIN: Duration = Duration::from_secs(5);
 
-/// Run once. `progress(sent)` is called during the replay. `stop` (Ctrl-C) ends the handshake
+/// Run once. `progress(sent, position)` is called during the replay (about every 5 ms, on this
+/// thread): the messages scheduled so far and where a file replay is in its files. `stop` (Ctrl-C) ends the handshake
 /// wait with `ReplayError::Interrupted`, or stops the replay, which sends its end of stream;
 /// the subscriber then drains (see the module doc) and the report is marked interrupted.
-pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) -> anyhow::Result<RunOutcome> {
+pub fn run_once(
+    spec: &RunSpec,
+    stop: &StopFlag,
+    progress: &mut dyn FnMut(u64, &FilePosition),
+) -> anyhow::Result<RunOutcome> {
     use anyhow::Context as _;
     // The publisher's context and sockets are made on a thread named
     // `replay-io`, so libzmq's I/O threads carry that name and their CPU
@@ -138,11 +143,12 @@ pub fn run_once(spec: &RunSpec, stop: &StopFlag, progress: &mut dyn FnMut(u64)) 
     // over to the publisher (Ctrl-C, or the subscriber stopped: a croak, a failed agent), which
     // then ends its stream.
     let pub_stop = StopFlag::new();
+    let position = publisher.position();
     let replay = publisher.run(&spec.source, spec.pacing, spec.limits, &pub_stop, &mut |n| {
         if stop.is_stopped() || sub_stop.is_stopped() {
             pub_stop.stop();
         }
-        progress(n);
+        progress(n, &position);
     });
     // The publisher (its sockets) is kept until the subscriber is done: closed now, its
     // connections would end while the subscriber still has a backlog to read, which the engine

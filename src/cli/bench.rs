@@ -2,7 +2,7 @@
 //! lines (the machine, commit and settings at the top, a line per run, the medians and the
 //! engine/baseline ratios) or `--json`; and the faces of `lvc-bench` and `clone-bench`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -10,11 +10,11 @@ use clap::Args;
 use super::args::{parse_count_nonzero, parse_count_nonzero_usize, parse_duration_nonzero, Idle};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
-use super::replay::{file_source, parse_speed, Speed};
+use super::replay::{file_progress, file_source, parse_speed, Speed};
 use super::{describe_pacing, load_profile, override_idle_handler};
 use crate::agent::StopFlag;
 use crate::bench::clone::{CloneBenchConfig, CloneResult};
-use crate::bench::engine::{app_cpu_ns_per_msg, cpu_ns_per_msg, BenchResult, Compare, EngineBenchConfig};
+use crate::bench::engine::{app_cpu_ns_per_msg, cpu_ns_per_msg, BenchResult, Compare, EngineBenchConfig, Underway};
 use crate::bench::lvc::{LvcBenchConfig, LvcResult};
 use crate::bench::result::SaveFile;
 use crate::bench::stamp::Machine;
@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// the damage, said once, and the result is an error (exit status 1). The
     /// generated feed's flags (--symbols, --payload-bytes, --zipf, --seed,
     /// --thread-per-shard, and --burst without --rate N) are refused with it.
+    /// On a terminal (not with --json) a line says each measurement's run and
+    /// how far its replay is, as replay's bar does (`run 2/5 engine/batch
+    /// (3/4): 42.5% by bytes read, …, 1.2 M msg/s, eta 2s`).
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<std::path::PathBuf>,
     /// With --from: a multiple of the recorded pace (`1x`, `10x`) or `max`
@@ -95,6 +98,44 @@ pub struct BenchArgs {
     /// costs each subscriber (curve / plain).
     #[arg(long)]
     pub curve: bool,
+}
+
+/// `bench`'s progress line while a measurement runs: which (`run 2/5 engine/batch (3/4)`: run
+/// 2 of 5, its third measurement of four) and, from a file, how far its replay is, measured as
+/// `replay --from` measures it ([`file_progress`]: the fraction done and by what, the
+/// messages sent, their rate and the time left of this measurement); from the generated feed,
+/// the messages sent and their rate. Drawn where replay's bar is ([`super::progress_target`]).
+struct BenchBar {
+    pb: indicatif::ProgressBar,
+    speed: Option<f64>,
+    /// The measurement shown (run, measurement), and when its first message went.
+    at: (usize, usize),
+    began: Option<Instant>,
+}
+
+impl BenchBar {
+    /// On `pb` (a [`super::position_bar_on`]), at `speed` times the recorded pace (None: flat
+    /// out or a fixed rate).
+    fn new(pb: indicatif::ProgressBar, speed: Option<f64>) -> Self {
+        BenchBar { pb, speed, at: (0, 0), began: None }
+    }
+
+    /// Show `u` at `now`; a new measurement starts its bar, rate and time again.
+    fn show(&mut self, u: &Underway<'_>, now: Instant) {
+        if (u.rep, u.k) != self.at {
+            (self.at, self.began) = ((u.rep, u.k), None);
+            // Back to 0 without a redraw: one would show the last measurement's line on an
+            // empty bar (seen for a quarter second between measurements).
+            self.pb.reset();
+        }
+        if u.sent > 0 {
+            self.began.get_or_insert(now);
+        }
+        let elapsed_s = self.began.map_or(0.0, |b| now.saturating_duration_since(b).as_secs_f64());
+        let (steps, line) = file_progress(u.sent, u.position, elapsed_s, self.speed);
+        self.pb.set_message(format!("run {}/{} {} ({}/{}): {line}", u.rep, u.runs, u.variant, u.k, u.of));
+        self.pb.set_position(steps);
+    }
 }
 
 /// `--outputs-dir DIR`: made if missing (with its parents, like capacity's `--out`) and its
@@ -246,6 +287,13 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         machine,
         settings,
     };
+    // Where each measurement is, on replay's terms: on stderr when it is a terminal, never with
+    // --json; the run lines are written above it.
+    let speed = match pacing {
+        Pacing::Recorded { speed } => Some(speed),
+        _ => None,
+    };
+    let mut bar = BenchBar::new(super::position_bar_on(super::progress_target(args.json), "bench"), speed);
     let mut shown = 0;
     let show_run = &mut |rep: usize, report: &RunReport| {
         shown += 1;
@@ -267,7 +315,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     super::run_under_way();
     // A stop before the first whole run leaves nothing to show (exit 130); after it, the result
     // is of the whole runs, marked interrupted, and the command ends as one that has a result.
-    let result = crate::bench::engine::run(&cfg, stop, show_run)?.ok_or(super::Interrupted)?;
+    let run = crate::bench::engine::run(&cfg, stop, show_run, &mut |u| bar.show(u, Instant::now()));
+    bar.pb.finish_and_clear();
+    let result = run?.ok_or(super::Interrupted)?;
     if let Some(line) = result.extra.completed.said(args.runs, shown - result.runs.len()) {
         lines.say(format_args!("{line}"));
     }
@@ -463,6 +513,35 @@ impl CloneBenchArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_measurement_shows_its_run_its_messages_and_their_rate() {
+        use crate::replay::FilePosition;
+        // Before: nothing at all while a run went (a no-op progress callback).
+        let screen = super::super::test_screen::Screen::default();
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let mut bar = BenchBar::new(super::super::position_bar_drawn_on(target, "bench"), None);
+        let position = FilePosition::default();
+        let u = |rep, k, sent| Underway { rep, runs: 5, k, of: 3, variant: "engine/batch", sent, position: &position };
+        let t0 = Instant::now();
+        let shown = |bar: &BenchBar| {
+            bar.pb.tick();
+            screen.text().rsplit("<clear>").next().unwrap_or_default().trim_end().to_string()
+        };
+        bar.show(&u(2, 2, 0), t0);
+        assert!(shown(&bar).ends_with("run 2/5 engine/batch (2/3): 0 msgs sent"), "{:?}", screen.text());
+        // The first message at t0, 2000 more in the half second after: their rate.
+        bar.show(&u(2, 2, 1), t0);
+        bar.show(&u(2, 2, 2001), t0 + Duration::from_millis(500));
+        assert!(shown(&bar).ends_with("(2/3): 2001 msgs sent, 4.0 k msg/s"), "{:?}", screen.text());
+        // The next measurement times its own messages: no rate before its first quarter second.
+        bar.show(&u(2, 3, 5), t0 + Duration::from_millis(600));
+        assert!(shown(&bar).ends_with("run 2/5 engine/batch (3/3): 5 msgs sent"), "{:?}", screen.text());
+        bar.pb.finish_and_clear();
+        // Drawn where replay's bar is: never with --json (and not when stderr is no terminal).
+        let hidden = BenchBar::new(super::super::position_bar_on(super::super::progress_target(true), "bench"), None);
+        assert!(hidden.pb.is_hidden());
+    }
 
     #[test]
     fn a_silence_must_outlast_the_heartbeats() {

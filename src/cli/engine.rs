@@ -254,7 +254,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     let pb = progress_bar(expected_msgs(pacing, limits), "replay");
     let mut sending = false;
     super::run_under_way();
-    let out = run_once(&spec, stop, &mut |n| {
+    let out = run_once(&spec, stop, &mut |n, _| {
         if n > 0 && !sending {
             // As `replay` says it: the handshake is done, a Ctrl-C from here gets a report.
             sending = true;

@@ -202,7 +202,7 @@ pub(crate) fn position_bar_on(target: indicatif::ProgressDrawTarget, what: &str)
 
 /// [`position_bar_on`] without keeping diagnostic lines above it (a test's, which must not take
 /// the place of the bar another test keeps them above).
-fn position_bar_drawn_on(target: indicatif::ProgressDrawTarget, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn position_bar_drawn_on(target: indicatif::ProgressDrawTarget, what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(POSITION_STEPS);
     pb.set_draw_target(target);
     // A bar of its own width: the message (a market time to the ns) would squeeze a wide one

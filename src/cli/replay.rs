@@ -17,6 +17,7 @@ use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::faults::FaultPlan;
 use crate::replay::progress::{estimate, Estimate, Extent};
+use crate::replay::FilePosition;
 use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
 
 /// `--publisher-id`: a 32-bit unsigned id.
@@ -314,8 +315,10 @@ pub struct ReplayArgs {
     /// --burst without --rate N) are refused with it. On a terminal (not with
     /// --json) a bar says how far the replay is, in market time from the first
     /// record to the end the DBN metadata gives (the latest of merged files),
-    /// else in bytes read of the files' sizes (a capture, a DBN file without an
-    /// end; compressed bytes of a .dbn.zst), with the time left at the pace chosen.
+    /// held within what the bytes read of the files' sizes say (that end is the
+    /// query's, often past the data's: the bytes then give the figure), else in
+    /// bytes read alone (a capture, a DBN file without an end; compressed bytes
+    /// of a .dbn.zst), with the time left at the pace chosen.
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<PathBuf>,
     /// With --from: give mdsub data frames this publisher's own sequences and
@@ -534,14 +537,9 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
                 began.get_or_insert_with(std::time::Instant::now);
             }
             let elapsed_s = began.map_or(0.0, |b| b.elapsed().as_secs_f64());
-            let extent = position.extent();
-            // The first quarter second (one redraw) is too short a time to scale.
-            let est = extent.and_then(|e| estimate(e, elapsed_s, speed)).map(|e| match elapsed_s < 0.25 {
-                true => Estimate { left_s: None, ..e },
-                false => e,
-            });
-            pb.set_position(est.map_or(0, |e| (e.fraction * super::POSITION_STEPS as f64) as u64));
-            pb.set_message(position_line(n, extent, est, position.market_ns()));
+            let (steps, line) = file_progress(n, &position, elapsed_s, speed);
+            pb.set_position(steps);
+            pb.set_message(line);
             return;
         }
         pb.set_position(n);
@@ -581,21 +579,44 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file replay's bar position ([`super::POSITION_STEPS`]) and message ([`position_line`]),
+/// `sent` messages and `elapsed_s` after its first message at `speed` times the recorded pace
+/// (None: flat out or a fixed rate). The first quarter second (one redraw) is too short a time
+/// to scale: no time left and no rate before it. `replay --from` and `bench --from` show these.
+pub(crate) fn file_progress(sent: u64, position: &FilePosition, elapsed_s: f64, speed: Option<f64>) -> (u64, String) {
+    let early = elapsed_s < 0.25;
+    let extent = position.extent();
+    let est = extent.and_then(|e| estimate(e, elapsed_s, speed)).map(|e| match early {
+        true => Estimate { left_s: None, ..e },
+        false => e,
+    });
+    let steps = est.map_or(0, |e| (e.fraction * super::POSITION_STEPS as f64) as u64);
+    let rate = (!early && sent > 0).then(|| sent as f64 / elapsed_s);
+    (steps, position_line(sent, extent, est, position.market_ns(), rate))
+}
+
 /// A file replay's progress message: how far it is and by what (`by market time`, the files'
-/// span; `by bytes read`, their sizes), the messages sent, the market time (DBN) and the time
-/// left when it can be told (`42.5% by market time, 1234 msgs sent, market time …, eta 3m05s`).
-fn position_line(sent: u64, extent: Option<Extent>, est: Option<Estimate>, market_ns: Option<u64>) -> String {
+/// span; `by bytes read`, their sizes, alone or bounding the market time), the messages sent, the market time (DBN) and the time
+/// left when it can be told, and the rate of the messages since the first (`42.5% by market
+/// time, 1234 msgs sent, 4.1 k msg/s, market time …, eta 3m05s`).
+fn position_line(
+    sent: u64,
+    extent: Option<Extent>,
+    est: Option<Estimate>,
+    market_ns: Option<u64>,
+    rate: Option<f64>,
+) -> String {
     let mut line = String::with_capacity(96);
     use std::fmt::Write as _;
-    if let (Some(extent), Some(e)) = (extent, est) {
-        let by = match extent {
-            Extent::Market { .. } => "by market time",
-            Extent::Bytes { .. } => "by bytes read",
-        };
+    if let (Some((_, basis)), Some(e)) = (extent.and_then(|x| x.fraction()), est) {
+        let by = basis.said();
         // Tenths, rounded down: 100.0% only when whole.
         let _ = write!(line, "{:.1}% {by}, ", (e.fraction * 1000.0).floor() / 10.0);
     }
     let _ = write!(line, "{sent} msgs sent");
+    if let Some(r) = rate {
+        let _ = write!(line, ", {}", crate::diag::human_rate(r));
+    }
     if let Some(ts) = market_ns {
         let _ = write!(line, ", market time {}", dbn::pretty::fmt_ts(ts));
     }
@@ -753,30 +774,54 @@ mod tests {
     fn a_file_replay_says_how_far_it_is_by_what_and_the_time_left() {
         // Before: `5000 msgs sent, market time …`, no percentage and no time left.
         let t0 = 1_700_000_000_000_000_000u64;
-        let hour = Extent::Market { now_ns: t0 + 900_000_000_000, start_ns: t0, end_ns: t0 + 3_600_000_000_000 };
+        let hour =
+            Extent::Market { now_ns: t0 + 900_000_000_000, start_ns: t0, end_ns: t0 + 3_600_000_000_000, bytes: None };
         let est = estimate(hour, 90.0, Some(10.0));
         assert_eq!(
-            position_line(5000, Some(hour), est, Some(t0 + 900_000_000_000)),
+            position_line(5000, Some(hour), est, Some(t0 + 900_000_000_000), None),
             format!(
                 "25.0% by market time, 5000 msgs sent, market time {}, eta 4m30s",
                 dbn::pretty::fmt_ts(t0 + 900_000_000_000)
             )
         );
+        // The metadata's end past the data's: the bytes read say how far it is, and that they do.
+        let bounds = crate::replay::progress::ByteBounds { read: 950, from: 0, total: 1000, ahead: 0 };
+        let past = Extent::Market {
+            now_ns: t0 + 900_000_000_000,
+            start_ns: t0,
+            end_ns: t0 + 3_600_000_000_000,
+            bytes: Some(bounds),
+        };
+        assert_eq!(
+            position_line(5000, Some(past), estimate(past, 90.0, Some(10.0)), None, None),
+            "95.0% by bytes read, 5000 msgs sent, eta 5s"
+        );
         let bytes = Extent::Bytes { read: 999_999, from: 0, total: 1_000_000 };
         assert_eq!(
-            position_line(7, Some(bytes), estimate(bytes, 1.0, None), None),
+            position_line(7, Some(bytes), estimate(bytes, 1.0, None), None, None),
             "99.9% by bytes read, 7 msgs sent, eta 1s",
             "not 100.0% before the end"
         );
         let done = Extent::Bytes { read: 1_000_000, from: 0, total: 1_000_000 };
-        assert_eq!(position_line(8, Some(done), estimate(done, 1.0, None), None), "100.0% by bytes read, 8 msgs sent");
+        assert_eq!(
+            position_line(8, Some(done), estimate(done, 1.0, None), None, None),
+            "100.0% by bytes read, 8 msgs sent"
+        );
+        // A rate once it is known.
+        assert_eq!(
+            position_line(8, Some(done), estimate(done, 1.0, None), None, Some(4_100.0)),
+            "100.0% by bytes read, 8 msgs sent, 4.1 k msg/s"
+        );
         // Nothing known yet: the count alone.
-        assert_eq!(position_line(0, None, None, None), "0 msgs sent");
+        assert_eq!(position_line(0, None, None, None, None), "0 msgs sent");
         let start = Extent::Bytes { read: 0, from: 0, total: 10 };
-        assert_eq!(position_line(0, Some(start), estimate(start, 0.0, None), None), "0.0% by bytes read, 0 msgs sent");
+        assert_eq!(
+            position_line(0, Some(start), estimate(start, 0.0, None), None, None),
+            "0.0% by bytes read, 0 msgs sent"
+        );
         // Centuries left: said, not a panic.
-        let slow = Extent::Market { now_ns: t0 + 1, start_ns: t0, end_ns: u64::MAX - 1 };
-        assert!(position_line(1, Some(slow), estimate(slow, 1.0, Some(0.001)), None).contains("eta "));
+        let slow = Extent::Market { now_ns: t0 + 1, start_ns: t0, end_ns: u64::MAX - 1, bytes: None };
+        assert!(position_line(1, Some(slow), estimate(slow, 1.0, Some(0.001)), None, None).contains("eta "));
     }
 
     #[test]

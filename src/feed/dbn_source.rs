@@ -281,6 +281,13 @@ pub fn is_replayed(rtype: u8) -> bool {
     !matches!(rtype, rtype::ERROR | rtype::SYSTEM | rtype::SYMBOL_MAPPING) && dbn::RType::try_from(rtype).is_ok()
 }
 
+/// The most compressed bytes a `.dbn.zst`'s decompressor has read past the record taken last:
+/// the zstd reader's input buffer and a block it may hold decompressed (each
+/// `ZSTD_DStreamInSize`, a block's most, 128 KiB and 3 bytes), and the `dbn` decoder's own
+/// buffer of decompressed bytes (64 KiB, no more compressed: zstd stores a block it cannot
+/// shrink as it is, 3 bytes of header more).
+pub const ZSTD_READ_AHEAD: u64 = 2 * ((128 << 10) + 3) + (64 << 10) + 3;
+
 /// One open DBN file, one record ahead.
 struct DbnFile {
     path: PathBuf,
@@ -549,6 +556,13 @@ impl DbnMerge {
     /// The files' sizes in bytes (compressed sizes of `.dbn.zst`), as opened.
     pub fn bytes_total(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// How far [`Self::bytes_read`] may be past the record taken last: for each `.dbn.zst` with
+    /// records still to come, [`ZSTD_READ_AHEAD`] (or what it read, if less); 0 for plain files
+    /// and for files read to their end.
+    pub fn bytes_ahead(&self) -> u64 {
+        self.files.iter().filter(|f| f.compressed && f.has_next).map(|f| f.bytes_read().min(ZSTD_READ_AHEAD)).sum()
     }
 
     /// Bytes of the files read so far, of [`Self::bytes_total`]: of a plain file, its metadata

@@ -197,7 +197,7 @@ fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> 
             reader: {
                 let reader = CaptureReader::open(path)
                     .map_err(|source| ReplayError::Capture { path: path.to_path_buf(), source })?;
-                p.position.set_extent(None, reader.file_len().unwrap_or(0), reader.offset());
+                p.position.set_extent(None, reader.file_len().unwrap_or(0), reader.offset(), 0);
                 reader
             },
             path: path.clone(),
@@ -212,7 +212,12 @@ fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> 
         super::Source::Dbn { paths } => Cursor::Dbn(Box::new(DbnCursor {
             merge: {
                 let merge = DbnMerge::open(paths).map_err(ReplayError::Dbn)?;
-                p.position.set_extent(merge.market_end_ns(), merge.bytes_total(), merge.bytes_read());
+                p.position.set_extent(
+                    merge.market_end_ns(),
+                    merge.bytes_total(),
+                    merge.bytes_read(),
+                    merge.bytes_ahead(),
+                );
                 merge
             },
             slots: Vec::new(),
@@ -562,7 +567,7 @@ impl PublisherAgent {
                         *n_parts = n;
                         *recv_ns = rec.recv_ns;
                     }
-                    self.p.position.at_bytes(reader.offset());
+                    self.p.position.at_bytes(reader.offset(), 0);
                 }
                 Ok(true)
             }
@@ -573,7 +578,11 @@ impl PublisherAgent {
                 if d.merge.skipped().len() != d.said_rtypes.len() || d.merge.damage().len() != d.said_damage {
                     say_dbn_refusals(self.p.say_refusals, &d.merge, &mut d.said_rtypes, &mut d.said_damage);
                 }
-                let Some(rec) = d.merge.next_record() else { return Ok(false) };
+                let Some(rec) = d.merge.next_record() else {
+                    // Read to the end: no read-ahead left, the bytes say whole.
+                    self.p.position.at_bytes(d.merge.bytes_read(), d.merge.bytes_ahead());
+                    return Ok(false);
+                };
                 d.ts_ns = rec.ts_recv_ns;
                 d.instrument_id = rec.instrument_id;
                 d.topic.clear();
@@ -583,7 +592,7 @@ impl PublisherAgent {
                 d.loaded = true;
                 d.base_ns.get_or_insert(d.ts_ns);
                 self.p.position.at_record(d.ts_ns);
-                self.p.position.at_bytes(d.merge.bytes_read());
+                self.p.position.at_bytes(d.merge.bytes_read(), d.merge.bytes_ahead());
                 Ok(true)
             }
         }
