@@ -211,9 +211,41 @@ fn snail(v: &Value) -> String {
 /// finite, negative, 10^12 or more), which would print as hundreds of digits.
 fn rate(v: &Value) -> String {
     match v["msgs_per_s"].as_f64().unwrap_or(0.0) {
-        r if (0.0..1e12).contains(&r) => format!("{r:.0}"),
+        r if (0.0..1e12).contains(&r) => fit(r.round() as u64, 7),
         _ => "?".into(),
     }
+}
+
+/// A count in at most `width` characters (at least 4): whole while it fits, else to three
+/// figures with a unit (`123k`, `1.2M`, `45G`): a column never pushes its row out of line.
+fn fit(n: u64, width: usize) -> String {
+    let whole = n.to_string();
+    if whole.len() <= width {
+        return whole;
+    }
+    let mut v = n as f64;
+    for unit in ["k", "M", "G", "T", "P", "E"] {
+        v /= 1000.0;
+        if v >= 999.5 {
+            // Shown rounded it would be 1000 of this unit: the next one.
+            continue;
+        }
+        // Three figures where they fit, fewer where not (rounded as shown: 9.996 is 10.0).
+        let decimals = if v < 9.995 {
+            2
+        } else if v < 99.95 {
+            1
+        } else {
+            0
+        };
+        for d in (0..=decimals).rev() {
+            let shown = format!("{v:.d$}{unit}");
+            if shown.len() <= width {
+                return shown;
+            }
+        }
+    }
+    "?".into()
 }
 
 /// The busiest agent's share for the screen (`87%`), None when the status has none; `?` for one
@@ -368,9 +400,9 @@ impl Top {
                 interval(latency(st, "p99_ns")),
                 interval(latency(st, "p999_ns")),
                 interval(latency(st, "max_ns")),
-                u(st, "gaps").to_string(),
-                u(st, "publisher_disconnects").to_string(),
-                u(st, "self_stalls").to_string(),
+                fit(u(st, "gaps"), 5),
+                fit(u(st, "publisher_disconnects"), 4),
+                fit(u(st, "self_stalls"), 5),
                 interval(if st["snail"].is_string() { snail(st) } else { snail(&e.status) }),
                 interval(links_cell(st)),
             ]
@@ -968,7 +1000,7 @@ mod tests {
         let row: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             row[1..],
-            ["shard0", "123456", "123.45ms", "999.99ms", "59.99s", "≥60s", "123456", "2", "1", "WARN", "-"]
+            ["shard0", "123456", "123.45ms", "999.99ms", "59.99s", "≥60s", "123k", "2", "1", "WARN", "-"]
         );
         assert_eq!(
             lines[2..],
@@ -990,6 +1022,31 @@ mod tests {
         t.apply(&change("/mdsub/status/engine-id-16char/engine", None));
         assert_eq!(t.rows(NOW)[0][12..], ["", "gone"]);
         assert!(t.render_text(NOW).ends_with("engine-id-16char engine  gone\n"));
+    }
+
+    /// Counts past their column's width are cut to three figures with a unit, never wider.
+    #[test]
+    fn counts_fit_their_columns() {
+        let cases = [
+            (99_999, 5, "99999"),
+            (123_456, 5, "123k"),
+            (999_999, 5, "1.00M"),
+            (1_234_567, 5, "1.23M"),
+            (1_234_567, 4, "1.2M"),
+            (12_345_678, 5, "12.3M"),
+            (987_654_321, 5, "988M"),
+            (12_345_678, 7, "12.3M"),
+            (9_999_999, 7, "9999999"),
+            (u64::MAX, 5, "18.4E"),
+        ];
+        for (n, width, shown) in cases {
+            assert_eq!(fit(n, width), shown, "{n} in {width}");
+        }
+        for n in (0..64).map(|b| 1u64 << b).chain((0..20).map(|e| 10u64.pow(e) - 1)) {
+            for width in 4..=8 {
+                assert!(fit(n, width).len() <= width, "{n} in {width}: {}", fit(n, width));
+            }
+        }
     }
 
     /// A shard whose links to its publishers are down says so in its LINK column, and the
