@@ -402,6 +402,13 @@ impl Session {
         n
     }
 
+    /// Of `n` stream positions below `end` that a live frame or the end of stream passed over,
+    /// those no cached value filled ([`Session::cached_below`], taken out whatever `n`).
+    #[inline]
+    fn not_cached(&mut self, n: u64, end: u64) -> u64 {
+        n - self.cached_below(end).min(n)
+    }
+
     /// Whether a cached value was at stream position `p` (taken out), with every position below
     /// it taken out already ([`Session::cached_below`]).
     fn cached_at(&mut self, p: u64) -> bool {
@@ -1042,14 +1049,20 @@ impl SequenceTracker {
         }
         let counts = s.last_stream_seq > 0 || s.from_start;
         let skipped = if counts { h.stream_seq - s.last_stream_seq - 1 } else { 0 };
-        let mut missed = skipped - s.cached_below(h.stream_seq).min(skipped);
+        let mut missed = s.not_cached(skipped, h.stream_seq);
         if !s.cached_at(h.stream_seq) && (counts || s.before_counted) {
             missed += 1;
         }
         s.last_stream_seq = h.stream_seq;
-        if missed > 0 {
+        self.count_gaps(h, missed);
+    }
+
+    /// `n` positions of `h`'s session counted missing (its last gap, if any).
+    #[inline]
+    fn count_gaps(&mut self, h: &Header, n: u64) {
+        if n > 0 {
             self.last_gap_at = (h.publisher_id, h.session_id);
-            self.totals.gaps = self.totals.gaps.saturating_add(missed);
+            self.totals.gaps = self.totals.gaps.saturating_add(n);
         }
     }
 
@@ -1127,12 +1140,11 @@ impl SequenceTracker {
             s.from_start = h.stream_seq <= 1;
             s.first_live_seq = h.stream_seq;
             // What arrived of it as cached values before this frame was not lost.
-            let cached = s.cached_below(h.stream_seq);
+            let before = s.not_cached(h.stream_seq.saturating_sub(1), h.stream_seq);
             if full
                 && h.stream_seq <= MAX_SEQ_JUMP
                 && !self.publisher_index.get(&h.publisher_id).is_some_and(|&p| self.publishers[p].shared)
             {
-                let before = h.stream_seq.saturating_sub(1).saturating_sub(cached);
                 s.before_counted = true;
                 self.totals.before_first = self.totals.before_first.saturating_add(before);
             }
@@ -1193,9 +1205,7 @@ impl SequenceTracker {
                 missed = h.stream_seq - next;
             }
             behind = full && s.last_stream_seq > 0 && h.stream_seq <= s.last_stream_seq;
-            if !s.cached_ahead.is_empty() {
-                missed -= s.cached_below(h.stream_seq).min(missed);
-            }
+            missed = s.not_cached(missed, h.stream_seq);
             s.last_stream_seq = s.last_stream_seq.max(h.stream_seq);
         } else if full {
             // A cached value new to its topic arrived: its stream position is not lost.
@@ -1209,11 +1219,8 @@ impl SequenceTracker {
         if behind {
             self.arrived_behind(i, h.stream_seq);
         }
-        if missed > 0 {
-            self.last_gap_at = (h.publisher_id, h.session_id);
-        }
         self.totals.accepted += 1;
-        self.totals.gaps = self.totals.gaps.saturating_add(missed);
+        self.count_gaps(h, missed);
         Verdict { accept: true, missed, restart }
     }
 
@@ -1251,12 +1258,9 @@ impl SequenceTracker {
         // nothing is counted missing: it is in neither part of `lost`).
         if full && s.live_seen && h.stream_seq <= s.last_stream_seq.saturating_add(MAX_SEQ_JUMP) {
             let passed = h.stream_seq.saturating_sub(s.last_stream_seq);
-            let tail = passed - s.cached_below(h.stream_seq.saturating_add(1)).min(passed);
-            if tail > 0 {
-                self.last_gap_at = (h.publisher_id, h.session_id);
-            }
-            self.totals.gaps = self.totals.gaps.saturating_add(tail);
+            let tail = s.not_cached(passed, h.stream_seq.saturating_add(1));
             s.last_stream_seq = s.last_stream_seq.max(h.stream_seq);
+            self.count_gaps(h, tail);
         }
         self.totals.eos_sessions += 1;
         self.totals.eos_sent = self.totals.eos_sent.saturating_add(sent);
