@@ -16,6 +16,7 @@
 //! | [`proxy`] | the flags `mdsub lvc` and `mdsub tap` share |
 //! | [`lvc`] | `mdsub lvc` |
 //! | [`profile`] | `mdsub profile check`, `mdsub profile show` |
+//! | `progress` | progress lines fitted to the terminal (replay's and bench's bars) |
 //! | [`tap`] | `mdsub tap` |
 //! | [`clone`] | `mdsub clone-server`, `mdsub clone-client` |
 //! | [`security`] | `mdsub keygen` |
@@ -28,6 +29,7 @@ pub mod engine;
 pub mod feed;
 pub mod lvc;
 pub mod profile;
+pub(crate) mod progress;
 pub mod proxy;
 pub mod replay;
 pub mod security;
@@ -193,25 +195,21 @@ pub(crate) const POSITION_STEPS: u64 = 1000;
 
 /// A file replay's bar, drawn on `target`: by position ([`POSITION_STEPS`] of the file's
 /// market time or bytes), the message saying the percentage, the messages sent and the time
-/// left (`crate::replay::progress`).
-pub(crate) fn position_bar_on(target: indicatif::ProgressDrawTarget, what: &str) -> indicatif::ProgressBar {
-    let pb = position_bar_drawn_on(target, what);
-    crate::diag::draw_lines_above(&pb);
-    pb
+/// left (`crate::replay::progress`), fitted to the terminal ([`progress::FitBar`]).
+pub(crate) fn position_bar_on(target: indicatif::ProgressDrawTarget, what: &str) -> progress::FitBar {
+    let bar = position_bar_drawn_on(target, what);
+    crate::diag::draw_lines_above(&bar.pb);
+    bar
 }
 
 /// [`position_bar_on`] without keeping diagnostic lines above it (a test's, which must not take
 /// the place of the bar another test keeps them above).
-pub(crate) fn position_bar_drawn_on(target: indicatif::ProgressDrawTarget, what: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(POSITION_STEPS);
-    pb.set_draw_target(target);
-    // A bar of its own width: the message (a market time to the ns) would squeeze a wide one
-    // out of an 80-column terminal.
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} {bar:30} {msg}") {
-        pb.set_style(style);
-    }
-    pb.set_prefix(what.to_string());
-    pb
+pub(crate) fn position_bar_drawn_on(target: indicatif::ProgressDrawTarget, what: &str) -> progress::FitBar {
+    // Styled before it is drawn anywhere.
+    let pb = indicatif::ProgressBar::with_draw_target(Some(POSITION_STEPS), indicatif::ProgressDrawTarget::hidden());
+    let bar = progress::FitBar::new(pb, what);
+    bar.pb.set_draw_target(target);
+    bar
 }
 
 /// `eta 1h02m`, `eta 2m05s`, `eta 5s`: `secs` seconds left, as a progress bar says them.
@@ -229,15 +227,35 @@ pub(crate) fn progress_bar_on(
     total: Option<u64>,
     what: &str,
 ) -> indicatif::ProgressBar {
+    counted_bar_on(target, total, what, None)
+}
+
+/// [`progress_bar_on`], a counted one saying the market time of the record `market` loaded last
+/// when there is one (a file replayed up to a count or for a time).
+pub(crate) fn counted_bar_on(
+    target: indicatif::ProgressDrawTarget,
+    total: Option<u64>,
+    what: &str,
+    market: Option<std::sync::Arc<crate::replay::FilePosition>>,
+) -> indicatif::ProgressBar {
     let pb = match total {
         Some(n) => indicatif::ProgressBar::new(n),
         None => indicatif::ProgressBar::new_spinner(),
     };
     pb.set_draw_target(target);
-    let style = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} msgs{rate} {msg}")
+    // The counts, rate, time left and message fitted to the terminal at each redraw, beside a
+    // bar of what they leave (at least the narrowest of `progress::bar_and_message`).
+    let prefix = what.to_string();
+    let style = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {fitted}")
         .map(|s| {
-            s.with_key("rate", |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = w.write_str(&rate_and_eta(st.pos(), st.per_sec(), st.eta(), st.is_finished()));
+            s.with_key("fitted", move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let (_, room) = progress::bar_and_message(progress::terminal_columns(), &prefix);
+                let mut fields = count_fields(st.pos(), st.len(), st.per_sec(), st.eta(), st.is_finished());
+                if let Some(ts) = market.as_ref().and_then(|m| m.market_ns()) {
+                    let text = format!("market time {}", dbn::pretty::fmt_ts(ts));
+                    fields.push(progress::Field::spaced(progress::Keep::MarketTime, text));
+                }
+                let _ = w.write_str(&progress::fit(&fields, room));
             })
         })
         .or_else(|_| indicatif::ProgressStyle::with_template("{prefix} {pos}"))
@@ -248,18 +266,28 @@ pub(crate) fn progress_bar_on(
     pb
 }
 
-/// The progress bar's rate and time left: whole messages per second, and nothing before a
-/// rate is known (no `0/s eta 0s` at the start); no time left once finished or none is left.
-fn rate_and_eta(pos: u64, per_sec: f64, eta: std::time::Duration, finished: bool) -> String {
+/// A counted bar's line ([`progress_bar_on`]): `pos/len msgs`, then whole messages per second
+/// and the time left, nothing of them before a rate is known (no `0/s eta 0s` at the start) and
+/// no time left once finished or none is left.
+fn count_fields(
+    pos: u64,
+    len: Option<u64>,
+    per_sec: f64,
+    eta: std::time::Duration,
+    finished: bool,
+) -> Vec<progress::Field> {
+    use progress::{Field, Keep};
+    let len = len.map_or_else(|| "?".into(), |n| n.to_string());
+    let mut fields = vec![Field::spaced(Keep::Done, format!("{pos}/{len} msgs"))];
     if pos == 0 || !per_sec.is_finite() || per_sec < 1.0 {
-        return String::new();
+        return fields;
     }
-    let rate = format!(" {per_sec:.0}/s");
-    if finished || eta.is_zero() {
-        return rate;
+    fields.push(Field::spaced(Keep::Rate, format!("{per_sec:.0}/s")));
+    if !finished && !eta.is_zero() {
+        let secs = eta.as_secs() + u64::from(eta.subsec_nanos() > 0);
+        fields.push(Field::spaced(Keep::Eta, eta_text(secs)));
     }
-    let secs = eta.as_secs() + u64::from(eta.subsec_nanos() > 0);
-    format!("{rate} {}", eta_text(secs))
+    fields
 }
 
 /// Expected messages for a progress bar, when knowable.
@@ -433,32 +461,51 @@ mod tests {
         use std::io::IsTerminal as _;
         assert!(progress_target(true).is_hidden(), "--json: no bar");
         assert_eq!(progress_target(false).is_hidden(), !std::io::stderr().is_terminal(), "a bar on a terminal");
-        assert!(position_bar_on(progress_target(true), "replay").is_hidden());
+        assert!(position_bar_on(progress_target(true), "replay").pb.is_hidden());
     }
 
     #[test]
     fn a_bar_by_position_shows_its_message() {
         let screen = Screen::default();
-        let pb = position_bar_drawn_on(indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone())), "replay");
-        pb.set_position(425);
-        pb.set_message("42.5% by bytes read, 10 msgs sent");
-        pb.tick();
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let mut bar = position_bar_drawn_on(target, "replay").with_columns(120);
+        let fields = [
+            progress::Field::new(progress::Keep::Done, "42.5% by bytes read".into()),
+            progress::Field::new(progress::Keep::Sent, "10 msgs sent".into()),
+        ];
+        bar.show(425, &fields, std::time::Instant::now());
+        bar.pb.tick();
         assert!(screen.text().contains("42.5% by bytes read, 10 msgs sent"), "{:?}", screen.text());
         assert!(screen.text().starts_with("replay "), "{:?}", screen.text());
-        pb.finish_and_clear();
+        bar.pb.finish_and_clear();
+    }
+
+    /// A counted bar's line, as wide as it is.
+    fn count_line(pos: u64, per_sec: f64, eta: std::time::Duration, finished: bool) -> String {
+        progress::fit(&count_fields(pos, Some(10_000), per_sec, eta, finished), usize::MAX)
     }
 
     #[test]
     fn the_progress_rate_is_whole_and_waits_for_a_rate() {
         // Before: `0/10000 msgs 0/s eta 0s` at the start, `4,999.2797/s` at the end.
-        assert_eq!(rate_and_eta(0, 0.0, std::time::Duration::ZERO, false), "");
-        assert_eq!(rate_and_eta(0, 5_000.0, std::time::Duration::ZERO, false), "");
-        assert_eq!(rate_and_eta(10, f64::NAN, std::time::Duration::ZERO, false), "");
-        assert_eq!(rate_and_eta(2_500, 4_999.279_7, std::time::Duration::from_millis(1_500), false), " 4999/s eta 2s");
-        assert_eq!(rate_and_eta(10_000, 4_999.279_7, std::time::Duration::ZERO, true), " 4999/s");
-        assert_eq!(rate_and_eta(10_000, 4_999.279_7, std::time::Duration::ZERO, false), " 4999/s");
-        assert_eq!(rate_and_eta(1, 10.0, std::time::Duration::from_secs(3_725), false), " 10/s eta 1h02m");
-        assert_eq!(rate_and_eta(1, 10.0, std::time::Duration::from_secs(125), false), " 10/s eta 2m05s");
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(count_line(0, 0.0, std::time::Duration::ZERO, false), "0/10000 msgs");
+        assert_eq!(count_line(0, 5_000.0, std::time::Duration::ZERO, false), "0/10000 msgs");
+        assert_eq!(count_line(10, f64::NAN, std::time::Duration::ZERO, false), "10/10000 msgs");
+        assert_eq!(
+            count_line(2_500, 4_999.279_7, std::time::Duration::from_millis(1_500), false),
+            "2500/10000 msgs 4999/s eta 2s"
+        );
+        assert_eq!(count_line(10_000, 4_999.279_7, std::time::Duration::ZERO, true), "10000/10000 msgs 4999/s");
+        assert_eq!(count_line(10_000, 4_999.279_7, std::time::Duration::ZERO, false), "10000/10000 msgs 4999/s");
+        assert_eq!(count_line(1, 10.0, secs(3_725), false), "1/10000 msgs 10/s eta 1h02m");
+        assert_eq!(count_line(1, 10.0, secs(125), false), "1/10000 msgs 10/s eta 2m05s");
+        // Narrowed: the rate goes before the time left, the count last.
+        let fields = count_fields(12_345_678, Some(20_000_000), 1_234_567.0, secs(5), false);
+        assert_eq!(progress::fit(&fields, 40), "12345678/20000000 msgs 1234567/s eta 5s");
+        assert_eq!(progress::fit(&fields, 30), "12345678/20000000 msgs eta 5s");
+        assert_eq!(progress::fit(&fields, 22), "12345678/20000000 msgs");
+        assert_eq!(progress::fit(&fields, 21), "");
     }
 
     #[test]
