@@ -31,6 +31,13 @@ fn data_frame(topic: &[u8], seq: u64, send_time_ns: u64, payload: &[u8]) -> Vec<
 }
 
 /// Why a Python check cannot run here, if it cannot.
+/// `ended AGE ago: CAUSE` (`mdsub top`'s note for an engine that ended): AGE in whole seconds
+/// and the CAUSE.
+fn ended_ago(note: &str) -> Option<(u64, &str)> {
+    let (age, cause) = note.strip_prefix("ended ")?.split_once("s ago: ")?;
+    Some((age.parse().ok()?, cause))
+}
+
 fn python_missing(modules: &[&str]) -> Option<String> {
     for m in modules {
         match Command::new("python3").args(["-c", &format!("import {m}")]).output() {
@@ -1508,7 +1515,9 @@ fn a_croaked_engine_stays_in_top_as_ended_with_its_cause_and_its_settings_show()
     // Its last status lives 6 s (three 2 s intervals): top must have read it well within.
     assert!(died.elapsed() < Duration::from_secs(5), "top --once took {:?}", died.elapsed());
     let s = said(&frame, "croak-e1");
-    assert!(s.starts_with("ended: the snail croaked: SNAIL on shard"), "how it ended: {frame}");
+    let (age, cause) = ended_ago(&s).unwrap_or_else(|| panic!("ended AGE ago: CAUSE: {frame}"));
+    assert!(age < 10, "it ended moments before: {frame}");
+    assert!(cause.starts_with("the snail croaked: SNAIL on shard"), "how it ended: {frame}");
     assert!(s.contains("policy croak"), "{frame}");
     assert!(s.contains("refused: snail_grace=fast ("), "{frame}");
     for shard in ["shard0", "shard1"] {
@@ -1521,7 +1530,11 @@ fn a_croaked_engine_stays_in_top_as_ended_with_its_cause_and_its_settings_show()
     // looks a while later still reads why it ended (before: gone 6 s after).
     std::thread::sleep(Duration::from_secs(7).saturating_sub(died.elapsed())); // the usual TTL running out
     assert!(keys("croak-e1") > 0, "the croaked engine's last status is still in the store");
-    assert!(said(&once(), "croak-e1").starts_with("ended: the snail croaked: SNAIL on shard"));
+    let later = said(&once(), "croak-e1");
+    let (later_age, cause) = ended_ago(&later).unwrap_or_else(|| panic!("ended AGE ago: CAUSE: {later}"));
+    assert!(cause.starts_with("the snail croaked: SNAIL on shard"), "{later}");
+    // Its age counts on: 7 s after it ended at least (less a second of rounding down).
+    assert!((6..60).contains(&later_age) && later_age >= age, "{later_age} s after {age} s: {later}");
 
     clean.proc.signal(2);
     let asked = std::time::Instant::now();
@@ -1655,7 +1668,9 @@ fn a_run_that_fails_leaves_its_last_status_saying_why_after_its_process_is_gone(
     assert_eq!(code, Some(0), "mdsub top --once failed: {why}");
     let whole = frame.split_once("failed-run       engine  ").expect("the engine's line, after it is gone").1;
     let note = whole.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(note.starts_with("ended: error: nothing delivered, and these links never came up: shard0 "), "{frame}");
+    let (age, cause) = ended_ago(&note).unwrap_or_else(|| panic!("ended AGE ago: CAUSE: {frame}"));
+    assert!((3..60).contains(&age), "3 s after its process ended at least: {frame}");
+    assert!(cause.starts_with("error: nothing delivered, and these links never came up: shard0 "), "{frame}");
     assert!(note.contains(&feed), "{frame}");
     let row = frame.lines().find(|l| l.starts_with("failed-run ") && l.contains(" shard0 ")).expect("its shard row");
     assert_eq!(row.split_whitespace().nth(2), Some("ended"), "{frame}");

@@ -7,7 +7,9 @@
 //! engine the busiest agent, what its handlers refused and its longest self-stall, and the
 //! settings in force (those changed since start marked) and the values it refused for them
 //! (`refused/NAME`). Both views judge an engine by one rule ([`EngineView::freshness`]): a last
-//! status that says the engine `ended` (a croak, an error) is `ended` with that cause; else one
+//! status that says the engine `ended` (a croak, an error) is `ended` with how long ago (this
+//! host's wall clock against the `updated_ns` the engine's host wrote in it, as for staleness)
+//! and that cause; else one
 //! older than [`STALE_INTERVALS`] of its intervals is `stale` with its age; either way its rates
 //! are not shown as current. A status deleted while `top` watches (expired, or the engine exited)
 //! is `gone`, which only the live view can see: `--once` reads the store once, and an expired
@@ -45,8 +47,9 @@ pub struct TopArgs {
     #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub store: Vec<Endpoint>,
     /// Print one plain-text frame and exit (for scripts). An engine that ended by a croak or an
-    /// error, or whose run failed (it exited 1), shows as `ended: CAUSE` until its last status
-    /// expires, a minute after it ended; one whose last status is
+    /// error, or whose run failed (it exited 1), shows as `ended AGE ago: CAUSE` until its last
+    /// status expires, a minute after it ended (AGE: this host's clock against the time the
+    /// engine's host wrote in that status, as for `stale`); one whose last status is
     /// older than two of its intervals shows as `stale AGE` (killed, hung or cut off from the
     /// store); neither's rates and percentiles are shown. One whose status already expired (three
     /// intervals, at least 1 s) is no longer in the store, so --once cannot show it: the live view
@@ -92,8 +95,10 @@ pub enum Freshness {
     /// `updated_ns` (the engine host's clock).
     Stale { age_ns: u64 },
     /// Its last status says the engine ended (a croak, an error: its `ended` says how) and has
-    /// not expired yet.
-    Ended,
+    /// not expired yet. `age_ns`: how long ago, as [`Freshness::Stale`]'s (this host's clock now
+    /// minus the last status's `updated_ns`, the engine host's clock, written as it ended); None
+    /// when the status says no time or one ahead of this host's clock (the clocks disagree).
+    Ended { age_ns: Option<u64> },
     /// Its status was deleted while `top` watched: it expired or the engine exited.
     Gone,
 }
@@ -109,7 +114,8 @@ impl EngineView {
             return Freshness::Gone;
         }
         if self.status["ended"].is_string() {
-            return Freshness::Ended;
+            let age_ns = self.status["updated_ns"].as_u64().and_then(|t| now_unix_ns.checked_sub(t));
+            return Freshness::Ended { age_ns };
         }
         let (Some(updated_ns), Some(interval_ms)) =
             (self.status["updated_ns"].as_u64(), self.status["interval_ms"].as_f64())
@@ -178,6 +184,16 @@ fn text(v: &Value, k: &str) -> String {
 /// How much of an engine's own sentence (how it ended, why it refused a value) the screen shows:
 /// a snail's scream is about 200 characters.
 const SENTENCE_CHARS: usize = 400;
+
+/// How long ago an engine ended, for the screen: whole seconds (`12s`), minutes and seconds
+/// from a minute (`1m05s`: a status is kept [`crate::metrics::store::ENDED_TTL_S`] at least,
+/// longer for a long interval).
+fn ago(age_ns: u64) -> String {
+    match age_ns / 1_000_000_000 {
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
 
 /// How an ended engine's status says it ended, for the screen (escaped, bounded).
 fn ended(v: &Value) -> String {
@@ -385,7 +401,7 @@ impl Top {
         let past = match e.freshness(now_unix_ns) {
             Freshness::Gone => return Vec::new(),
             Freshness::Stale { .. } => Some("stale"),
-            Freshness::Ended => Some("ended"),
+            Freshness::Ended { .. } => Some("ended"),
             Freshness::Current => None,
         };
         let stale = past.is_some();
@@ -411,7 +427,7 @@ impl Top {
     }
 
     /// What engine `id` says as a whole at `now_unix_ns`: `gone` (with how it ended, if its last
-    /// status said); or `ended: CAUSE` or `stale AGE (status due every INTERVAL)` and the counts
+    /// status said); or `ended AGE ago: CAUSE` or `stale AGE (status due every INTERVAL)` and the counts
     /// of its last status; or its busiest agent, what its handlers refused (by agent and reason,
     /// those above 0) and its longest self-stall if it had one.
     pub fn engine_note(&self, id: &str, now_unix_ns: u64) -> String {
@@ -421,7 +437,8 @@ impl Top {
             Freshness::Gone if st["ended"].is_string() => return format!("gone (ended: {})", ended(st)),
             Freshness::Gone => return "gone".into(),
             // How it ended says what its last verdict was; its share was of an interval past.
-            Freshness::Ended => format!("ended: {}", ended(st)),
+            Freshness::Ended { age_ns: Some(age_ns) } => format!("ended {} ago: {}", ago(age_ns), ended(st)),
+            Freshness::Ended { age_ns: None } => format!("ended: {}", ended(st)),
             // Its busiest agent's share and verdict were of an interval long past: not shown.
             Freshness::Stale { age_ns } => {
                 let interval_ns = (st["interval_ms"].as_f64().unwrap_or(0.0) * 1e6) as u64;
@@ -524,7 +541,7 @@ impl Top {
             let busy = match (freshness, busy_share(&e.status)) {
                 (Freshness::Gone, _) => "gone".to_string(),
                 (Freshness::Stale { .. }, _) => "stale".to_string(),
-                (Freshness::Ended, _) => "ended".to_string(),
+                (Freshness::Ended { .. }, _) => "ended".to_string(),
                 (Freshness::Current, Some(b)) => b,
                 (Freshness::Current, None) => "-".into(),
             };
@@ -1166,7 +1183,7 @@ mod tests {
         t.apply(&change("/mdsub/status/croaked-e1/engine", Some(&engine)));
         let shard = r#"{"msgs_per_s":1999,"p50_ns":1000,"p99_ns":3000,"p999_ns":5000,"max_ns":9000,"gaps":4,"intervals":7,"snail":"SNAIL"}"#;
         t.apply(&change("/mdsub/status/croaked-e1/shard0", Some(shard)));
-        assert_eq!(t.engines["croaked-e1"].freshness(NOW), Freshness::Ended);
+        assert_eq!(t.engines["croaked-e1"].freshness(NOW), Freshness::Ended { age_ns: Some(5_000_000_000) });
         let text = t.render_text(NOW);
         assert!(
             text.contains(
@@ -1176,12 +1193,18 @@ mod tests {
         );
         let note: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("croaked-e1       engine  ")).collect();
         let joined = note.iter().map(|l| l[25..].trim_end()).collect::<Vec<_>>().join(" ");
-        assert!(joined.starts_with(&format!("ended: {cause}, handler refused 0")), "{text}");
+        assert!(joined.starts_with(&format!("ended 5s ago: {cause}, handler refused 0")), "{text}");
         assert!(text.lines().all(|l| l.chars().count() <= TEXT_COLUMNS), "fits 100 columns: {text}");
         assert!(!text.contains("1999") && !text.contains("busiest"), "no rate or share as current: {text}");
         let live = t.rows(NOW);
         assert_eq!((&live[0][2][..], &live[0][10][..], &live[0][13][..]), ("ended", "-", "ended"));
-        assert!(t.engine_note("croaked-e1", NOW).starts_with("ended: the snail croaked: SNAIL on shard0"));
+        // The live view's title says it too, and the age counts on with the clock.
+        assert!(t.engine_note("croaked-e1", NOW).starts_with("ended 5s ago: the snail croaked: SNAIL on shard0"));
+        let later = NOW + 60_500_000_000;
+        assert!(t.engine_note("croaked-e1", later).starts_with("ended 1m05s ago: the snail croaked"));
+        // A status that says no time, or one ahead of this host's clock: no age.
+        assert_eq!(t.engines["croaked-e1"].freshness(NOW - 6_000_000_000), Freshness::Ended { age_ns: None });
+        assert!(t.engine_note("croaked-e1", NOW - 6_000_000_000).starts_with("ended: the snail croaked"));
         // Its keys expire while the live view watches: gone, and how it ended.
         t.apply(&change("/mdsub/status/croaked-e1/engine", None));
         t.apply(&change("/mdsub/status/croaked-e1/shard0", None));
