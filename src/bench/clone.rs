@@ -89,23 +89,23 @@ impl Drop for InProcServer {
 /// Send `n` KVSETs (distinct UUIDs, keys cycling over `key_space`) to the collector at `port+2`,
 /// once its subscription has arrived (an XPUB sees it: the handshake, no guessed sleep).
 ///
-/// `held`: a feeder thread keeps its socket open until the measuring side sends on it or drops
-/// it (it counted every update, gave up, or was stopped), then closes it without lingering. A
-/// socket closed with updates still queued and an unbounded linger made the context's end wait
-/// for ever once their receiver was gone (Ctrl-C in the middle of a measurement: clone-bench
-/// never exited). `None` (the caller itself waits for the updates after this returns): the
-/// socket lingers until they are sent.
+/// Run on a feeder thread, it keeps its socket open until the measuring side sends on `held` or
+/// drops it (it counted every update, gave up, or was stopped), then closes it without
+/// lingering: the socket never lingers. A socket closed with updates still queued and an
+/// unbounded linger made the context's end wait for ever once their receiver was gone (Ctrl-C in
+/// the middle of a measurement, a server that died: clone-bench never exited); the snapshot
+/// measurement's feed closed its socket so until it held one too.
 fn feed(
     ctx: &zmq::Context,
     port: u16,
     n: u64,
     key_space: u64,
     prefix: &str,
-    held: Option<std::sync::mpsc::Receiver<()>>,
+    held: std::sync::mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
     let s = ctx.socket(zmq::XPUB)?;
     s.set_sndhwm(0)?;
-    s.set_linger(-1)?;
+    s.set_linger(0)?;
     s.set_rcvtimeo(10_000)?;
     s.connect(&format!("tcp://127.0.0.1:{}", port + 2))?;
     s.recv_bytes(0).context("the collector's subscription did not arrive within 10 s")?;
@@ -124,10 +124,7 @@ fn feed(
         s.send(&b""[..], zmq::SNDMORE)?;
         s.send(&value[..], 0)?;
     }
-    if let Some(held) = held {
-        let _ = held.recv();
-        s.set_linger(0)?;
-    }
+    let _ = held.recv();
     Ok(())
 }
 
@@ -190,7 +187,7 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy, stop: &StopFlag) ->
         c.wait_synced_or_stop(Duration::from_secs(10), stop)?;
         let fed_at = Instant::now();
         let (release, held) = std::sync::mpsc::channel();
-        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", Some(held)))?;
+        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", held))?;
         let mut start = None;
         loop {
             let s = c.status()?;
@@ -234,7 +231,7 @@ fn throughput_once(n: u64, client: bool, idle: IdleStrategy, stop: &StopFlag) ->
             bail!("no HUGZ from the server within 5 s");
         }
         let (release, held) = std::sync::mpsc::channel();
-        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", Some(held)))?;
+        let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", held))?;
         let t = count_updates(&sub, n, "raw subscriber", stop);
         drop(release);
         feeder.join()??;
@@ -255,7 +252,7 @@ fn baseline_once(n: u64, stop: &StopFlag) -> anyhow::Result<f64> {
     sub.bind(&format!("tcp://127.0.0.1:{}", port + 2))?;
     let feeder_ctx = ctx.clone();
     let (release, held) = std::sync::mpsc::channel();
-    let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", Some(held)))?;
+    let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, n, 10_000, "/t/", held))?;
     let t = count_updates(&sub, n, "baseline subscriber", stop);
     drop(release);
     feeder.join()??;
@@ -267,21 +264,30 @@ fn baseline_once(n: u64, stop: &StopFlag) -> anyhow::Result<f64> {
 fn snapshot_once(keys: u64, idle: IdleStrategy, stop: &StopFlag) -> anyhow::Result<f64> {
     let server = InProcServer::start(idle)?;
     let ctx = zmq::Context::new();
-    feed(&ctx, server.port, keys, keys, "/s/", None)?;
+    let (feeder_ctx, port) = (ctx.clone(), server.port);
+    let (release, held) = std::sync::mpsc::channel();
+    let feeder = Runner::task("bench-feeder", None, move || feed(&feeder_ctx, port, keys, keys, "/s/", held))?;
     let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        let st = crate::clone::server_status(&server.base(), Duration::from_secs(5))?;
+    let filled = loop {
+        let st = match crate::clone::server_status(&server.base(), Duration::from_secs(5)) {
+            Ok(st) => st,
+            Err(e) => break Err(e),
+        };
         if st.lines().any(|l| l == format!("keys={keys}")) {
-            break;
+            break Ok(());
         }
         if Instant::now() > end {
-            bail!("server did not reach {keys} keys: {st}");
+            break Err(anyhow::anyhow!("server did not reach {keys} keys: {st}"));
         }
         if stop.is_stopped() {
-            return Err(interrupted());
+            break Err(interrupted());
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    // Every update arrived, or none will be waited for: the feeder closes without lingering.
+    drop(release);
+    feeder.join()??;
+    filled?;
     let start = Instant::now();
     let client = Client::start_with(
         ClientConfig {
@@ -620,6 +626,45 @@ pub fn run(args: &CloneBenchConfig, lines: Lines, stop: &StopFlag) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_feed_whose_receiver_died_does_not_hold_the_context_at_its_end() {
+        // Before: the snapshot measurement fed with an unbounded linger, so updates queued for a
+        // server that was gone (or a Ctrl-C before they were read) held the context's end for ever.
+        let port = free_port_block(3).expect("ports");
+        let peer_ctx = zmq::Context::new();
+        let peer = peer_ctx.socket(zmq::SUB).expect("sub");
+        peer.set_subscribe(b"").expect("subscribe");
+        peer.set_rcvhwm(1).expect("hwm");
+        peer.set_linger(0).expect("linger");
+        peer.bind(&format!("tcp://127.0.0.1:{}", port + 2)).expect("bind");
+        let ctx = zmq::Context::new();
+        let feeder_ctx = ctx.clone();
+        let (release, held) = std::sync::mpsc::channel();
+        let (fed_tx, fed_rx) = std::sync::mpsc::channel();
+        let feeder = Runner::task("bench-feeder", None, move || {
+            let r = feed(&feeder_ctx, port, 200_000, 200_000, "/s/", held);
+            let _ = fed_tx.send(());
+            r
+        })
+        .expect("feeder");
+        // The receiver reads one update (the feed is under way) and dies: most of the rest stay
+        // queued in the feeder.
+        peer.set_rcvtimeo(10_000).expect("timeout");
+        peer.recv_bytes(0).expect("the feed started");
+        drop(peer);
+        drop(peer_ctx);
+        drop(release);
+        fed_rx.recv_timeout(Duration::from_secs(20)).expect("the feeder returned");
+        feeder.join().expect("joined").expect("fed");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let _end = Runner::task("ctx-end", None, move || {
+            drop(ctx);
+            let _ = done_tx.send(());
+        })
+        .expect("task");
+        done_rx.recv_timeout(Duration::from_secs(10)).expect("the context ended within 10 s");
+    }
 
     #[test]
     fn a_failed_measurement_is_a_run_with_its_error_and_no_result() {

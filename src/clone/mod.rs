@@ -9,6 +9,7 @@
 //! | [`map`] | socket-free map with TTLs and subtrees, recent-UUID set |
 //! | [`bstar`] | socket-free Binary Star state machine |
 //! | [`persist`] | append-only log + snapshots for `--data-dir` |
+//! | [`compactor`] | the server's compaction (snapshot rewrite) on a thread of its own |
 //! | [`server_core`] | socket-free server core: pending list, takeover, passive re-sync, TTLs, HUGZ, durability |
 //! | [`server`] | the server agent (the shell around [`server_core`]: snapshot ROUTER, PUB, collector SUB, Binary Star sockets, the log) |
 //! | [`client_core`] | socket-free client core: phases, failover, re-sync, acks and re-sends |
@@ -17,6 +18,7 @@
 pub mod bstar;
 pub mod client;
 pub mod client_core;
+pub mod compactor;
 pub mod kvmsg;
 pub mod map;
 pub mod persist;

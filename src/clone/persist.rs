@@ -8,7 +8,8 @@
 //! `snapshot.corrupt-<unix_s>`. A file that is not ours (a wrong magic) stops the start.
 //!
 //! Files: `snapshot` (written to `snapshot.tmp`, fsynced, renamed, directory fsynced) and `log`
-//! (records appended after the snapshot). Each file starts with an 8-byte magic; each record is
+//! (records appended after the snapshot); during a compaction also `log.prev`, the log segment
+//! the compaction folds into the next snapshot ([`Store::rotate`], [`compact_prev`]). Each file starts with an 8-byte magic; each record is
 //! `len u32 LE · crc32 u32 LE · payload` where the payload is `sequence u64 · expires_at_unix_ms u64
 //! (0 = none) · uuid_len u8 · uuid · key_len u32 · key · props_len u32 · props · body_len u32 · body`
 //! (integers little-endian; props in CHP `name=value\n` text; an empty body is a delete).
@@ -30,6 +31,9 @@ use super::kvmsg::{decode_props, encode_props, KvMsg};
 
 const LOG_MAGIC: &[u8; 8] = b"MDCLLOG1";
 const SNAP_MAGIC: &[u8; 8] = b"MDCLSNP1";
+/// The log segment a compaction folds into the snapshot: the log as it was when the compaction
+/// started ([`Store::rotate`]); new records go to a fresh `log` meanwhile.
+pub const PREV_LOG: &str = "log.prev";
 /// Largest record accepted when reading (guards against a corrupt length). The server refuses a
 /// configuration whose key and value limits could produce a larger record (see
 /// [`RECORD_FIXED_BYTES`]).
@@ -61,6 +65,10 @@ pub enum PersistError {
     /// opening a FIFO waits for its other end, so it is refused before anything waits.
     #[error("{path}: it is {what}; the clone server keeps its log, snapshots and lock in --data-dir as regular files")]
     NotRegular { path: PathBuf, what: &'static str },
+    /// A compaction found the snapshot or the log segment it folds damaged: it stops, and leaves
+    /// the files as they are (the next start reports the damage and recovers what is before it).
+    #[error("{0}; the compaction stopped and left the files as they are")]
+    Damaged(TailError),
     /// Another server holds the data directory's lock: it is using the directory now.
     #[error(
         "{path}: another clone server is using this data directory (it holds {path}/lock); give each server \
@@ -123,31 +131,19 @@ pub struct Store {
     /// Length of the log once its last successful flush reached the OS: what
     /// [`Store::rollback`] cuts back to.
     good_len: u64,
+    /// `log.prev` is there: a compaction has not folded it into the snapshot yet.
+    prev: bool,
 }
 
 fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
     move |source| PersistError::Io { path: path.to_path_buf(), context, source }
 }
 
-/// CRC-32 (IEEE 802.3, reflected, poly 0xEDB88320), bitwise with a 256-entry table.
+/// CRC-32 (IEEE 802.3, reflected, poly 0xEDB88320): `crc32fast`'s, the same checksum as the
+/// byte-table loop that wrote the files before (a compaction reads and checks every record of the
+/// snapshot and the log segment, hundreds of MB at 1M keys).
 pub fn crc32(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-            *slot = c;
-        }
-        t
-    });
-    let mut c = !0u32;
-    for &b in data {
-        c = t[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(data)
 }
 
 /// Encode one record (length, crc, payload) onto `out`.
@@ -334,10 +330,10 @@ fn copy_aside(dir: &Path, name: &str, tag: &str) -> Result<PathBuf, PersistError
         copy = dir.join(format!("{name}.{tag}-{secs}.{k}"));
         k += 1;
     }
-    let what = match (name, tag) {
-        ("log", "corrupt") => "copying the damaged log aside",
+    let what = match (name.starts_with("log"), tag) {
+        (true, "corrupt") => "copying the damaged log aside",
         (_, "corrupt") => "copying the damaged snapshot aside",
-        ("log", _) => "copying the log aside",
+        (true, _) => "copying the log aside",
         _ => "copying the snapshot aside",
     };
     std::fs::copy(dir.join(name), &copy).map_err(io_err(&copy, what))?;
@@ -375,6 +371,91 @@ fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = R
     w.write_all(&buf).map_err(io_err(tmp, "writing"))?;
     w.flush().map_err(io_err(tmp, "flushing"))?;
     w.get_ref().sync_all().map_err(io_err(tmp, "fsyncing"))
+}
+
+/// The state `records` (in the order they were written) leave: the last value of each key, in
+/// key order, without deletes (an empty body) and values whose wall-clock deadline is at or
+/// before `wall_ms` (recovery deletes those too).
+fn merge(records: impl IntoIterator<Item = Record>, wall_ms: u64) -> Vec<Record> {
+    let mut state = std::collections::BTreeMap::new();
+    for r in records {
+        if r.msg.body.is_empty() || r.expires_at_unix_ms.is_some_and(|t| t <= wall_ms) {
+            state.remove(&r.msg.key);
+        } else {
+            state.insert(r.msg.key.clone(), r);
+        }
+    }
+    state.into_values().collect()
+}
+
+/// What [`compact_prev`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// Keys in the new snapshot.
+    pub keys: u64,
+    /// Its sequence.
+    pub sequence: u64,
+}
+
+/// Fold `DIR/log.prev` into `DIR/snapshot` ([`Store::rotate`] left it there): fsync the segment
+/// and the directory, merge the snapshot's records with the segment's later ones, write the
+/// result as the snapshot at the segment's last sequence (temp file, fsync, rename, directory
+/// fsync), then remove the segment. `None` when there is no segment.
+///
+/// It reads only files: the serving thread goes on appending to the new `log` meanwhile, every
+/// record of which is past the segment's sequences. A crash at any point leaves files a start
+/// recovers whole: before the rename, the old snapshot and the segment are there; after it, the
+/// segment's records are at or below the new snapshot's sequence and skipped ([`Store::open`]
+/// folds a segment it finds the same way). Damage in either file stops it
+/// ([`PersistError::Damaged`]): nothing is dropped at run time.
+pub fn compact_prev(dir: &Path, wall_ms: u64) -> Result<Option<Compacted>, PersistError> {
+    let prev = dir.join(PREV_LOG);
+    let snap = dir.join("snapshot");
+    let damaged = |path: &Path, offset: u64, reason: String| {
+        PersistError::Damaged(TailError { path: path.to_path_buf(), offset, reason })
+    };
+    let data = match read_file(&prev, LOG_MAGIC, "log")? {
+        FileRead::Absent => return Ok(None),
+        FileRead::CutMagic(0) => Vec::new(),
+        FileRead::CutMagic(n) => return Err(damaged(&prev, n as u64, cut_header(n, 8, "magic"))),
+        FileRead::Body(data) => data,
+    };
+    // The segment's last records may not be fsynced yet (the syncer follows the new log): they
+    // are made durable before a snapshot that stands in for them replaces the old one.
+    File::open(&prev).and_then(|f| f.sync_data()).map_err(io_err(&prev, "fsyncing"))?;
+    fsync_dir(dir);
+    let (later, _, err) = decode_records(&data, 8);
+    if let Some((offset, reason)) = err {
+        return Err(damaged(&prev, offset, reason));
+    }
+    drop(data);
+    let (mut sequence, mut records) = match read_file(&snap, SNAP_MAGIC, "snapshot")? {
+        FileRead::Absent => (0, Vec::new()),
+        FileRead::CutMagic(n) => return Err(damaged(&snap, n as u64, cut_header(n, 16, "magic and sequence"))),
+        FileRead::Body(d) if d.len() < 8 => {
+            return Err(damaged(&snap, 8 + d.len() as u64, cut_header(8 + d.len(), 16, "magic and sequence")))
+        }
+        FileRead::Body(d) => {
+            let seq = u64::from_le_bytes(d[..8].try_into().unwrap_or([0; 8]));
+            let (records, _, err) = decode_records(&d[8..], 16);
+            if let Some((offset, reason)) = err {
+                return Err(damaged(&snap, offset, reason));
+            }
+            (seq, records)
+        }
+    };
+    // As a start reads them: the segment's records after the snapshot's sequence.
+    let snap_seq = sequence;
+    for r in later.into_iter().filter(|r| r.msg.sequence > snap_seq) {
+        sequence = sequence.max(r.msg.sequence);
+        records.push(r);
+    }
+    let merged = merge(records, wall_ms);
+    let keys = merged.len() as u64;
+    write_snapshot_file(dir, sequence, merged.into_iter())?;
+    std::fs::remove_file(&prev).map_err(io_err(&prev, "removing the compacted log segment"))?;
+    fsync_dir(dir);
+    Ok(Some(Compacted { keys, sequence }))
 }
 
 /// Take the data directory's lock (`DIR/lock`, created if missing), before anything in it is
@@ -447,6 +528,30 @@ impl Store {
             write_snapshot_file(dir, rec.sequence, rec.records.iter().cloned())?;
         }
         let snap_seq = rec.sequence;
+        // A compaction's segment (it did not finish): its records come before the log's. Read
+        // like the log; folded into the snapshot below.
+        let prev_path = dir.join(PREV_LOG);
+        let prev_read = read_file(&prev_path, LOG_MAGIC, "log")?;
+        let had_prev = !matches!(prev_read, FileRead::Absent);
+        match prev_read {
+            FileRead::Absent | FileRead::CutMagic(0) => {}
+            FileRead::CutMagic(n) => {
+                rec.tail_errors.push(TailError {
+                    path: prev_path.clone(),
+                    offset: n as u64,
+                    reason: cut_header(n, 8, "magic"),
+                });
+                rec.corrupt_copies.push(copy_aside(dir, PREV_LOG, "corrupt")?);
+            }
+            FileRead::Body(data) => {
+                let (records, _, err) = decode_records(&data, 8);
+                rec.records.extend(records.into_iter().filter(|r| r.msg.sequence > snap_seq));
+                if let Some((offset, reason)) = err {
+                    rec.tail_errors.push(TailError { path: prev_path.clone(), offset, reason });
+                    rec.corrupt_copies.push(copy_aside(dir, PREV_LOG, "corrupt")?);
+                }
+            }
+        }
         let mut good_end = 8u64;
         let mut log_damaged = false;
         match log_read {
@@ -483,6 +588,15 @@ impl Store {
             // damaged file so they can be looked at (or salvaged) by hand.
             rec.corrupt_copies.push(copy_aside(dir, "log", "corrupt")?);
         }
+        if had_prev {
+            // Finish the compaction a stop or a crash interrupted: everything recovered becomes
+            // the snapshot (at the highest sequence), then the segment and the log go.
+            let wall_ms = crate::clock::realtime_ns() / 1_000_000;
+            write_snapshot_file(dir, rec.sequence, merge(rec.records.iter().cloned(), wall_ms).into_iter())?;
+            std::fs::remove_file(&prev_path).map_err(io_err(&prev_path, "removing the compacted log segment"))?;
+            fsync_dir(dir);
+            good_end = 8;
+        }
         let mut file = open_regular(
             &log_path,
             OpenOptions::new().create(true).truncate(false).read(true).write(true),
@@ -504,6 +618,7 @@ impl Store {
             log_records: 0,
             dirty: false,
             good_len: good_end,
+            prev: false,
         };
         Ok((store, rec))
     }
@@ -514,7 +629,7 @@ impl Store {
     pub fn keep_aside(&mut self) -> Result<Vec<PathBuf>, PersistError> {
         self.flush()?;
         let mut copies = Vec::new();
-        for name in ["snapshot", "log"] {
+        for name in ["snapshot", PREV_LOG, "log"] {
             if self.dir.join(name).exists() {
                 copies.push(copy_aside(&self.dir, name, "behind")?);
             }
@@ -522,9 +637,56 @@ impl Store {
         Ok(copies)
     }
 
-    /// Records appended since the last snapshot.
+    /// Records appended since the last snapshot or [`Store::rotate`].
     pub fn log_records(&self) -> u64 {
         self.log_records
+    }
+
+    /// Start a compaction: flush the log, move it to `log.prev` and go on in a fresh `log` (its
+    /// header only), all on the calling thread and in time independent of the map's size; the
+    /// fold of `log.prev` into the snapshot ([`compact_prev`]) runs elsewhere. `false` when a
+    /// segment is still there (an earlier compaction failed): it is folded first, and the log
+    /// stays as it is. `Some`: a second handle on the new log, for the syncer (as
+    /// [`Store::log_handle`]). On an error nothing changed.
+    pub fn rotate(&mut self) -> Result<Option<File>, PersistError> {
+        if self.prev {
+            return Ok(None);
+        }
+        self.flush()?;
+        let (log, prev) = (self.dir.join("log"), self.dir.join(PREV_LOG));
+        std::fs::rename(&log, &prev).map_err(io_err(&prev, "moving the log aside for a compaction"))?;
+        let fresh = open_regular(
+            &log,
+            OpenOptions::new().create(true).truncate(true).read(true).write(true),
+            "creating the new log",
+        )
+        .and_then(|mut f| f.write_all(LOG_MAGIC).map(|()| f).map_err(io_err(&log, "writing the log header")))
+        .and_then(|f| {
+            let handle = f.try_clone().map_err(io_err(&log, "opening a second handle on the log"))?;
+            Ok((f, handle))
+        });
+        let (file, handle) = match fresh {
+            Ok(f) => f,
+            Err(e) => {
+                // The old log goes back: nothing changed.
+                let _ = std::fs::remove_file(&log);
+                let _ = std::fs::rename(&prev, &log);
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(&mut self.log, BufWriter::with_capacity(1 << 16, file));
+        drop(old.into_parts());
+        self.good_len = LOG_MAGIC.len() as u64;
+        self.log_records = 0;
+        self.dirty = true;
+        self.prev = true;
+        Ok(Some(handle))
+    }
+
+    /// The compaction [`Store::rotate`] started is done ([`compact_prev`] succeeded): there is
+    /// no segment left.
+    pub fn compacted(&mut self) {
+        self.prev = false;
     }
 
     /// Append one record (buffered; see [`Store::flush`]).
@@ -614,6 +776,12 @@ impl Store {
         records: impl Iterator<Item = Record> + 'a,
     ) -> Result<(), PersistError> {
         write_snapshot_file(&self.dir, sequence, records)?;
+        // It covers a compaction's segment too (the caller never runs both at once).
+        if self.prev {
+            let prev = self.dir.join(PREV_LOG);
+            std::fs::remove_file(&prev).map_err(io_err(&prev, "removing the compacted log segment"))?;
+            self.prev = false;
+        }
         // The snapshot covers everything in the log: keep its header only. Records still
         // buffered go too (the log's file always starts with its header, see `open`).
         self.good_len = LOG_MAGIC.len() as u64;
@@ -709,6 +877,121 @@ mod tests {
         assert!(r.tail_errors.is_empty(), "{:?}", r.tail_errors);
         assert_eq!(r.records[50..], acked[..], "every acknowledged update since the snapshot");
         assert_eq!((r.records.len(), r.sequence), (52, 52));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// What a start recovers from `d`: its records in key order as the server's map holds
+    /// them (last value per key, no deletes), and the sequence.
+    fn recovered_state(d: &Path) -> (Vec<Record>, u64) {
+        let (s, r) = Store::open(d).expect("open");
+        assert!(r.tail_errors.is_empty(), "{:?}", r.tail_errors);
+        drop(s);
+        (merge(r.records, wall()), r.sequence)
+    }
+
+    /// The wall clock in ms (the test records' deadlines, 123 ms after the epoch, have passed).
+    fn wall() -> u64 {
+        crate::clock::realtime_ns() / 1_000_000
+    }
+
+    /// A data dir with a snapshot of `/k0`..`/k99` at 100, then a log of 100 more updates (half
+    /// of them to the same keys, some deletes), all flushed: what a server had acknowledged.
+    fn compaction_case(name: &str) -> (PathBuf, Store) {
+        let d = tmpdir(name);
+        let (mut s, _) = Store::open(&d).expect("open");
+        let first: Vec<Record> = (0..100).map(|i| rec(&format!("/k{i}"), i + 1, "old")).collect();
+        s.write_snapshot(100, first.into_iter()).expect("snapshot");
+        for i in 0..100u64 {
+            let body = if i % 10 == 3 { "" } else { "new" };
+            s.append(&rec(&format!("/k{}", i * 2), 101 + i, body)).expect("append");
+        }
+        s.flush().expect("flush");
+        (d, s)
+    }
+
+    #[test]
+    fn a_compaction_folds_the_old_segment_while_new_records_go_to_the_new_log() {
+        let (d, mut s) = compaction_case("compact");
+        let before = recovered_state_of_open(&d, &mut s);
+        let handle = s.rotate().expect("rotate").expect("a new log");
+        assert!(d.join(PREV_LOG).exists());
+        assert_eq!(std::fs::metadata(d.join("log")).expect("log").len(), 8, "the new log is its header");
+        drop(handle);
+        assert!(s.rotate().expect("again").is_none(), "no second segment while one is there");
+        // The serving thread goes on: later updates land in the new log.
+        s.append(&rec("/later", 201, "x")).expect("append");
+        s.flush().expect("flush");
+        let done = compact_prev(&d, wall()).expect("compact").expect("a segment was folded");
+        s.compacted();
+        assert_eq!(done.sequence, 200);
+        assert!(!d.join(PREV_LOG).exists() && !d.join("snapshot.tmp").exists());
+        assert_eq!(done.keys as usize, before.0.len());
+        s._lock.unlock().expect("unlock");
+        std::mem::forget(s); // a kill -9: no clean stop
+        let (state, seq) = recovered_state(&d);
+        let mut want = before.0.clone();
+        want.push(rec("/later", 201, "x"));
+        want.sort_by(|a, b| a.msg.key.cmp(&b.msg.key));
+        assert_eq!((state, seq), (want, 201));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The state a start would recover from `d` now, read while `s` holds the lock.
+    fn recovered_state_of_open(d: &Path, s: &mut Store) -> (Vec<Record>, u64) {
+        s._lock.unlock().expect("unlock");
+        let state = recovered_state(d);
+        s._lock.lock().expect("lock again");
+        state
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_a_compaction_loses_no_acknowledged_update() {
+        // Where a kill -9 can leave the files: after the rotation; with a temp snapshot half
+        // written; after the new snapshot's rename, before the segment is removed.
+        for point in ["rotated", "tmp", "renamed"] {
+            let (d, mut s) = compaction_case(&format!("crash-{point}"));
+            let (mut want, _) = recovered_state_of_open(&d, &mut s);
+            s.rotate().expect("rotate").expect("a new log");
+            s.append(&rec("/later", 201, "x")).expect("append");
+            s.flush().expect("flush");
+            match point {
+                "rotated" => {}
+                "tmp" => std::fs::write(d.join("snapshot.tmp"), b"MDCLSNP1\x05").expect("torn temp file"),
+                _ => {
+                    // The fold ran to its rename: put the old segment back as if not yet removed.
+                    let seg = std::fs::read(d.join(PREV_LOG)).expect("segment");
+                    compact_prev(&d, wall()).expect("compact");
+                    std::fs::write(d.join(PREV_LOG), seg).expect("segment back");
+                }
+            }
+            s._lock.unlock().expect("unlock");
+            std::mem::forget(s);
+            let (state, seq) = recovered_state(&d);
+            want.push(rec("/later", 201, "x"));
+            want.sort_by(|a, b| a.msg.key.cmp(&b.msg.key));
+            assert_eq!((&state, seq), (&want, 201), "crash {point}");
+            assert!(!d.join(PREV_LOG).exists(), "{point}: the start finished the compaction");
+            assert_eq!(std::fs::metadata(d.join("log")).expect("log").len(), 8, "{point}: folded, log cut");
+            // And the next start reads the same.
+            assert_eq!(recovered_state(&d), (state, 201), "{point}");
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn a_damaged_segment_stops_the_compaction_and_keeps_the_files() {
+        let (d, mut s) = compaction_case("compact-damaged");
+        s.rotate().expect("rotate").expect("a new log");
+        let mut seg = std::fs::read(d.join(PREV_LOG)).expect("segment");
+        let n = seg.len();
+        seg[n - 1] ^= 0xff;
+        std::fs::write(d.join(PREV_LOG), &seg).expect("damage");
+        let snap = std::fs::read(d.join("snapshot")).expect("snapshot");
+        let e = compact_prev(&d, 0).expect_err("damaged");
+        assert!(matches!(e, PersistError::Damaged(_)), "{e}");
+        assert!(e.to_string().contains("checksum mismatch") && e.to_string().contains("left the files"), "{e}");
+        assert_eq!(std::fs::read(d.join("snapshot")).expect("snapshot"), snap, "untouched");
+        assert_eq!(std::fs::read(d.join(PREV_LOG)).expect("segment"), seg, "untouched");
         let _ = std::fs::remove_dir_all(&d);
     }
 

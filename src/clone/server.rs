@@ -5,11 +5,13 @@
 //! between the sockets and [`ServerCore`] (the protocol: pending list, takeover, passive re-sync,
 //! TTL expiry, HUGZ, durability), runs the update log, and reads the clock once per step (and
 //! around a write to the data directory, whose length it tells the core). The log's fsync runs on
-//! the syncer's thread ([`super::syncer`]), never on this one.
+//! the syncer's thread ([`super::syncer`]) and a compaction's snapshot write on the compactor's
+//! ([`super::compactor`]), never on this one.
 
 use std::time::Duration;
 
 use super::bstar::{BStarError, State};
+use super::compactor::CompactorLink;
 use super::kvmsg::{self, decode_request, recv_frames, KvMsg, FRAME_SLACK_BYTES, KTHXBAI, STATUS_REP};
 use super::map::KvMap;
 use super::persist::{PersistError, Record, Store};
@@ -143,6 +145,8 @@ pub struct Server {
     store: Option<Store>,
     /// The thread that fsyncs the log (with a data directory).
     syncer: Option<SyncerLink>,
+    /// The thread that writes a compaction's snapshot (with a data directory).
+    compactor: Option<CompactorLink>,
     /// Wall clock (ms since the epoch) of this step, for the log's TTL deadlines.
     wall_ms: u64,
     /// Appends up to this token are not written ([`Action::SkipAppends`]).
@@ -270,6 +274,7 @@ impl Server {
             pair,
             store: None,
             syncer: None,
+            compactor: None,
             wall_ms: 0,
             skip_appends_through: 0,
             actions: Vec::new(),
@@ -298,6 +303,7 @@ impl Server {
                 ),
             );
             server.syncer = Some(SyncerLink::start(dir.join("log"), store.log_handle()?, sync)?);
+            server.compactor = Some(CompactorLink::start(dir.clone())?);
             server.store = Some(store);
         }
         Ok(server)
@@ -446,6 +452,7 @@ impl Server {
                     Ok(()) => Event::SnapshotWritten,
                     Err(e) => Event::SnapshotFailed { error: e.to_string() },
                 }),
+                Action::Compact => self.start_compaction()?,
                 Action::Log(text) => {
                     crate::diag!("clone-server: {text}");
                     None
@@ -512,6 +519,58 @@ impl Server {
                 }
             }
             self.step(Event::LogSynced { took_ns: s.took_ns, error: s.error }, now_ns)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// [`Action::Compact`]: move the log aside here (timed like [`Server::on_disk`]; a rename and
+    /// a new file, whatever the map's size), point the syncer at the new log, and ask the
+    /// compactor to fold the old segment into the snapshot; its answer comes in a later step
+    /// ([`Server::take_compactions`]). `Some` when it could not start.
+    fn start_compaction(&mut self) -> Result<Option<Event>, AgentError> {
+        let failed = |e: PersistError| Ok(Some(Event::SnapshotFailed { error: e.to_string() }));
+        match self.on_disk(|s| s.rotate()) {
+            None => return Ok(Some(Event::SnapshotWritten)),
+            Some(Err(e)) => return failed(e),
+            Some(Ok(None)) => {} // an earlier segment is folded first
+            Some(Ok(Some(handle))) => {
+                if let Some(syncer) = self.syncer.as_mut() {
+                    syncer.follow(handle)?;
+                }
+            }
+        }
+        match self.compactor.as_mut() {
+            Some(c) => c.ask(self.wall_ms).map(|()| None),
+            None => Ok(Some(Event::SnapshotWritten)),
+        }
+    }
+
+    /// Feed the compactor's answers to the core.
+    fn take_compactions(&mut self, now_ns: u64) -> Result<usize, AgentError> {
+        let mut n = 0;
+        while let Some(c) = self.compactor.as_mut().map(|l| l.answer()).transpose()?.flatten() {
+            let ev = match c.result {
+                Ok(done) => {
+                    if let Some(store) = self.store.as_mut() {
+                        store.compacted();
+                    }
+                    if let Some(d) = done {
+                        log(
+                            self.cfg.verbose,
+                            format_args!(
+                                "compacted: snapshot of {} keys at sequence {} written in {} ms, off the serving thread",
+                                d.keys,
+                                d.sequence,
+                                c.took_ns / 1_000_000
+                            ),
+                        );
+                    }
+                    Event::SnapshotWritten
+                }
+                Err(error) => Event::SnapshotFailed { error },
+            };
+            self.step(ev, now_ns)?;
             n += 1;
         }
         Ok(n)
@@ -757,6 +816,7 @@ impl Agent for Server {
         n += self.drain_snapshot(now)?;
         n += self.drain_collector(now)?;
         n += self.take_syncs(now)?;
+        n += self.take_compactions(now)?;
         let expired = self.core.counters().expired;
         self.step(Event::Tick, now)?;
         n += (self.core.counters().expired - expired) as usize;
@@ -786,6 +846,12 @@ impl Agent for Server {
         if let Some(last) = self.syncer.as_mut().and_then(|l| l.close()) {
             if let Err(e) = self.step(Event::LogSynced { took_ns: last.took_ns, error: last.error }, now) {
                 crate::diag!("clone-server: {e}");
+            }
+        }
+        // A compaction in flight is finished (a start would finish it otherwise).
+        if let Some(c) = self.compactor.as_mut().and_then(|l| l.close()) {
+            if let Err(e) = c.result {
+                crate::diag!("clone-server: snapshot not written (compaction at stop): {e}");
             }
         }
         if let Some(store) = self.store.as_mut() {

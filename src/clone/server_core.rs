@@ -42,7 +42,10 @@
 //! pause, since the peer heard no heartbeat meanwhile.
 //!
 //! **Snapshot writes** (compaction, a passive re-sync, a disk that fell behind) are answered by
-//! [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`]; a failed one is counted
+//! [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`]. A compaction ([`Action::Compact`])
+//! writes the snapshot from the data directory's files off the serving thread and is answered
+//! later; one is in flight at a time, and a full snapshot of the map ([`Action::WriteSnapshot`],
+//! for a re-sync or a disk behind, which the files do not hold) waits for it. A failed one is counted
 //! (`snapshot_failures`), said like a refusal (the first at once, then a summary per interval),
 //! and retried after a back-off that doubles from [`SNAPSHOT_RETRY_MIN_NS`] up to
 //! [`SNAPSHOT_RETRY_MAX_NS`].
@@ -250,9 +253,11 @@ pub enum Event {
     },
     /// The log has grown well past the map: a snapshot (compaction) is due.
     LogLarge,
-    /// The snapshot asked for by [`Action::WriteSnapshot`] is on disk (the log restarted).
+    /// The snapshot asked for by [`Action::WriteSnapshot`] or [`Action::Compact`] is on disk
+    /// (the log restarted, or its old segment folded into it).
     SnapshotWritten,
-    /// The snapshot asked for by [`Action::WriteSnapshot`] failed (its temp file removed).
+    /// The snapshot asked for by [`Action::WriteSnapshot`] or [`Action::Compact`] failed (its
+    /// temp file removed; a compaction's segment kept, folded at the next try).
     SnapshotFailed {
         /// What went wrong, for the report.
         error: String,
@@ -320,6 +325,12 @@ pub enum Action {
     /// Replace the data directory's snapshot with the map, restart the log, then report
     /// [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`].
     WriteSnapshot,
+    /// Compact the data directory without the map: move the log aside and go on in a new one
+    /// (on the serving thread, in time independent of the map's size), and fold the old segment
+    /// into the snapshot off the serving thread; report [`Event::SnapshotWritten`] or
+    /// [`Event::SnapshotFailed`] when that is done (or at once, when the move fails). Never asked
+    /// for again before that answer.
+    Compact,
     /// Print this line (prefixed with the role) on stderr.
     Log(String),
 }
@@ -456,6 +467,11 @@ pub struct ServerCore {
     disk_behind: bool,
     /// A snapshot write is due (compaction, re-sync, a disk behind), once the back-off allows.
     snapshot_wanted: bool,
+    /// The snapshot due must be of the map ([`Action::WriteSnapshot`]): the data directory's
+    /// files do not hold it (a re-sync replaced the map, or a passive's log failed).
+    full_snapshot_wanted: bool,
+    /// An [`Action::Compact`] is not answered yet.
+    compacting: bool,
     /// No snapshot write before this (after a failed one).
     snapshot_retry_at_ns: u64,
     /// The current back-off (0 after a success).
@@ -511,6 +527,8 @@ impl ServerCore {
             wrote: false,
             disk_behind: false,
             snapshot_wanted: false,
+            full_snapshot_wanted: false,
+            compacting: false,
             snapshot_retry_at_ns: 0,
             snapshot_backoff_ns: 0,
             snapshot_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: snapshot not written")),
@@ -835,6 +853,7 @@ impl ServerCore {
         if !self.is_active() {
             self.disk_behind = true;
             self.snapshot_wanted = true;
+            self.full_snapshot_wanted = true;
             if n <= 10 || n.is_multiple_of(1000) {
                 out.push(Action::Log(format!(
                     "update log write failed ({n} so far): the data directory now lacks replicated updates \
@@ -927,26 +946,44 @@ impl ServerCore {
         }
     }
 
-    /// Ask for a snapshot write (now, or when the back-off after a failed one has passed).
+    /// Ask for a compaction (now, or when the back-off after a failed one has passed).
     fn want_snapshot(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         self.snapshot_wanted = true;
         self.maybe_snapshot(now_ns, out);
     }
 
-    /// Write the wanted snapshot if the back-off allows: first the log (the outbox's updates
-    /// are then applied, so the snapshot holds every update acknowledged before it).
+    /// Ask for a snapshot of the map, which the data directory's files do not hold.
+    fn want_full_snapshot(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        self.full_snapshot_wanted = true;
+        self.want_snapshot(now_ns, out);
+    }
+
+    /// Write the wanted snapshot if the back-off allows and no compaction is in flight: first
+    /// the log (the outbox's updates are then applied, so the snapshot holds every update
+    /// acknowledged before it). A snapshot of the map when one is wanted, else a compaction.
     fn maybe_snapshot(&mut self, now_ns: u64, out: &mut Vec<Action>) {
-        if !self.durable || !self.snapshot_wanted || now_ns < self.snapshot_retry_at_ns {
+        if !self.durable || !self.snapshot_wanted || self.compacting || now_ns < self.snapshot_retry_at_ns {
             return;
         }
         self.snapshot_wanted = false;
         self.flush(out);
-        out.push(Action::WriteSnapshot);
+        if self.full_snapshot_wanted {
+            out.push(Action::WriteSnapshot);
+        } else {
+            self.compacting = true;
+            out.push(Action::Compact);
+        }
     }
 
     fn snapshot_written(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         self.snapshot_backoff_ns = 0;
         self.snapshot_retry_at_ns = 0;
+        if std::mem::take(&mut self.compacting) {
+            // From the files: a snapshot of the map still wanted is written next.
+            self.maybe_snapshot(now_ns, out);
+            return;
+        }
+        self.full_snapshot_wanted = false;
         if self.disk_behind {
             self.disk_behind = false;
             out.push(Action::Log(format!(
@@ -962,6 +999,7 @@ impl ServerCore {
     }
 
     fn snapshot_failed(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
+        self.compacting = false;
         self.counters.snapshot_failures += 1;
         self.snapshot_backoff_ns =
             self.snapshot_backoff_ns.saturating_mul(2).clamp(SNAPSHOT_RETRY_MIN_NS, SNAPSHOT_RETRY_MAX_NS);
@@ -1288,7 +1326,7 @@ impl ServerCore {
         for q in sync.queued {
             self.apply_replicated(q, now_ns, out);
         }
-        self.want_snapshot(now_ns, out);
+        self.want_full_snapshot(now_ns, out);
         self.log(out, format_args!("passive: in sync with {} keys at sequence {}", self.map.len(), self.sequence));
     }
 
@@ -1308,7 +1346,7 @@ impl ServerCore {
                          full snapshot first; until it is written, client updates are refused \
                          (refused_not_durable) and the {held} pending ones held"
                     )));
-                    self.want_snapshot(now_ns, out);
+                    self.want_full_snapshot(now_ns, out);
                 } else {
                     self.replay_pending(now_ns, out);
                 }
@@ -1503,6 +1541,9 @@ mod tests {
         skip_through: u64,
         /// When each snapshot write was tried.
         snapshot_writes: Vec<u64>,
+        /// [`Action::Compact`] is left unanswered (a compaction in flight) and counted here.
+        hold_compactions: bool,
+        compactions_held: u32,
         published: Vec<KvMsg>,
         appended: Vec<KvMsg>,
         other: Vec<Action>,
@@ -1520,6 +1561,8 @@ mod tests {
                 fail_snapshot: false,
                 skip_through: 0,
                 snapshot_writes: Vec::new(),
+                hold_compactions: false,
+                compactions_held: 0,
                 published: Vec::new(),
                 appended: Vec::new(),
                 other: Vec::new(),
@@ -1560,7 +1603,11 @@ mod tests {
                     }
                     Action::FlushLog if self.fail_flush => Some(Event::LogFailed { token: None, error: "EIO".into() }),
                     Action::FlushLog => Some(Event::LogFlushed),
-                    Action::WriteSnapshot => {
+                    Action::Compact if self.hold_compactions => {
+                        self.compactions_held += 1;
+                        None
+                    }
+                    Action::WriteSnapshot | Action::Compact => {
                         self.snapshot_writes.push(now);
                         Some(if self.fail_snapshot {
                             Event::SnapshotFailed { error: "snapshot.tmp: No space left on device".into() }
@@ -2307,6 +2354,45 @@ mod tests {
         r.on(Event::Flush);
         assert_eq!(updates(&mut r), vec![("/n".into(), 15)]);
         assert_eq!(r.appended.len(), 2, "appends again once whole");
+    }
+
+    #[test]
+    fn a_compaction_runs_one_at_a_time_and_a_snapshot_of_the_map_waits_for_it() {
+        let mut r = durable_passive();
+        r.hold_compactions = true;
+        // The log is large: a compaction from the files, not a write of the map.
+        r.on(Event::LogLarge);
+        assert_eq!((r.compactions_held, r.snapshot_writes.len()), (1, 0));
+        // The shell says the log is large at every step: one compaction in flight at a time.
+        for _ in 0..10 {
+            r.on(Event::LogLarge);
+            r.tick_for(HEARTBEAT_MS);
+        }
+        assert_eq!(r.compactions_held, 1, "one in flight");
+        // The passive's log fails meanwhile: only a snapshot of the map makes its disk whole,
+        // and none is written while the compaction writes the snapshot file.
+        r.fail_appends = true;
+        let mut m = upd("/r", "v", 100);
+        m.sequence = 11;
+        r.on(Event::Replicated(Ok(m)));
+        r.on(Event::Flush);
+        r.fail_appends = false;
+        r.tick_for(2 * HEARTBEAT_MS);
+        assert_eq!((r.core.durable(), r.snapshot_writes.len()), (Some(false), 0), "it waits for the compaction");
+        // The compaction is done: it does not make the disk whole; the map's snapshot follows.
+        r.on(Event::SnapshotWritten);
+        assert_eq!(r.snapshot_writes.len(), 1);
+        assert_eq!(r.core.durable(), Some(true));
+        assert_eq!(r.compactions_held, 1, "the map's snapshot was no compaction");
+        // A failed compaction is counted, backed off and tried again (as a compaction).
+        r.on(Event::LogLarge);
+        assert_eq!(r.compactions_held, 2);
+        r.on(Event::SnapshotFailed { error: "DIR/snapshot.tmp: No space left on device".into() });
+        assert_eq!(r.core.counters().snapshot_failures, 1);
+        r.on(Event::Tick);
+        assert_eq!(r.compactions_held, 2, "not before the back-off");
+        r.tick_for(1000 + HEARTBEAT_MS);
+        assert_eq!((r.compactions_held, r.snapshot_writes.len()), (3, 1));
     }
 
     #[test]

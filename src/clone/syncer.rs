@@ -40,12 +40,21 @@ pub struct Synced {
     pub error: Option<String>,
 }
 
+/// What the server asks of its syncer.
+enum Ask {
+    /// Sync the log, and answer.
+    Sync,
+    /// The log was moved aside for a compaction ([`super::persist::Store::rotate`]): sync this
+    /// handle on the new one from now on (the compaction makes the old one durable).
+    Follow(File),
+}
+
 /// The agent: syncs the log each time it is asked, and answers.
 pub struct Syncer {
     path: PathBuf,
     file: File,
     op: LogSync,
-    asks: Inbox<()>,
+    asks: Inbox<Ask>,
     answers: Sender<Synced>,
 }
 
@@ -56,7 +65,11 @@ impl Agent for Syncer {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         match self.asks.next() {
-            Some(()) => {
+            Some(Ask::Follow(file)) => {
+                self.file = file;
+                Ok(Step::Worked(1))
+            }
+            Some(Ask::Sync) => {
                 let t0 = crate::clock::monotonic_ns();
                 let r = (self.op)(&self.file);
                 let took_ns = crate::clock::monotonic_ns().saturating_sub(t0);
@@ -77,7 +90,7 @@ impl Agent for Syncer {
 
 /// The server's end of its syncer: asks out, answers in, the running agent.
 pub struct SyncerLink {
-    asks: Option<Sender<()>>,
+    asks: Option<Sender<Ask>>,
     answers: Receiver<Synced>,
     handle: Option<AgentHandle<Syncer>>,
     stop: StopFlag,
@@ -99,8 +112,17 @@ impl SyncerLink {
 
     /// Ask for one sync (never blocks). An error when the syncer is gone, with why it stopped.
     pub fn ask(&mut self) -> Result<(), AgentError> {
-        let sent = self.asks.as_ref().is_some_and(|tx| tx.send(()).is_ok());
-        if sent {
+        self.send(Ask::Sync)
+    }
+
+    /// Sync `file` from now on (the new log after [`super::persist::Store::rotate`]); asks made
+    /// before are done on the old one.
+    pub fn follow(&mut self, file: File) -> Result<(), AgentError> {
+        self.send(Ask::Follow(file))
+    }
+
+    fn send(&mut self, ask: Ask) -> Result<(), AgentError> {
+        if self.asks.as_ref().is_some_and(|tx| tx.send(ask).is_ok()) {
             return Ok(());
         }
         Err(self.why_gone())
