@@ -444,6 +444,33 @@ fn a_silence_within_the_heartbeat_interval_is_warned_of_once() {
     assert!(warned[0].contains("is not above a server's default HUGZ interval (1s)"), "{err}");
 }
 
+/// Each of these was taken (audit 22): a rate past 64 bits named 2^64 - 1 as its bound (the
+/// bound is 1000M); `tap --queue-msgs 0` exited 1 as a run-time error; a clone server with
+/// `--max-value-bytes 0` refused every set; `watch --count 0` printed nothing, not even the
+/// current entries, and exited 0; `--sla p99=0ms` failed every trial down to 100 msg/s; and a
+/// `--start-rate` above `--max-rate` was said as `from 10000 msg/s` while the search offered the
+/// maximum first.
+#[test]
+fn values_that_could_only_fail_or_be_misread_are_refused() {
+    let dir = common::temp_dir("cli-capacity-start-above-max");
+    let out = dir.display().to_string();
+    assert_refused_with_usage(&[
+        (&["demo", "--rate", "99999999999999999999"], "'--rate <COUNT>': at most 1000M msg/s"),
+        (
+            &["tap", "--frontend", "tcp://127.0.0.1:1", "--backend", "tcp://127.0.0.1:2", "--queue-msgs", "0"],
+            "at least 1",
+        ),
+        (&["clone-server", "--max-value-bytes", "0"], "'--max-value-bytes <BYTES>': at least 1"),
+        (&["clone-client", "--server", "tcp://127.0.0.1:1", "watch", "--count", "0"], "at least 1 (`dump` prints"),
+        (&["capacity", "--sla", "p99=0ms", "--out", &out], "`0ms`: must be more than 0"),
+        (
+            &["capacity", "--start-rate", "10k", "--max-rate", "1k", "--out", &out],
+            "--start-rate 10000 is above --max-rate 1000",
+        ),
+    ]);
+    assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).ok(), Some(0), "no results folder");
+}
+
 /// Run each `(args, cause)`: refused like clap refuses a flag (exit 2, the cause on one
 /// `error:` line, then the usage), never as a run-time error (exit 1, `mdsub: error:`).
 fn assert_refused_with_usage(cases: &[(&[&str], &str)]) {
