@@ -471,6 +471,21 @@ fn values_that_could_only_fail_or_be_misread_are_refused() {
     assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).ok(), Some(0), "no results folder");
 }
 
+/// `--from a.dbn --from ./a.dbn` merged the file with itself: every record sent twice, with fresh
+/// sequences, so no subscriber could tell (a book saw each order added twice).
+#[test]
+fn the_same_file_given_twice_to_from_is_refused() {
+    let dir = common::temp_dir("cli-from-twice");
+    let file = dir.join("a.dbn");
+    std::fs::write(&file, b"whatever it holds").expect("a file");
+    let (once, again) = (file.display().to_string(), dir.join(".").join("a.dbn").display().to_string());
+    let cause = format!("--from {again}: the same file as --from {once}: it would be replayed twice");
+    assert_refused_with_usage(&[
+        (&["replay", "--subscribers", "0", "--from", &once, "--from", &again], &cause),
+        (&["bench", "--from", &once, &again], &cause),
+    ]);
+}
+
 /// Run each `(args, cause)`: refused like clap refuses a flag (exit 2, the cause on one
 /// `error:` line, then the usage), never as a run-time error (exit 1, `mdsub: error:`).
 fn assert_refused_with_usage(cases: &[(&[&str], &str)]) {
