@@ -486,6 +486,24 @@ fn the_same_file_given_twice_to_from_is_refused() {
     ]);
 }
 
+/// An empty token file (mode 0644) was said in two lines: a warning that others can read the
+/// token in it (`mdsub uses it anyway`), then the error that it holds none.
+#[test]
+fn a_refused_token_file_is_said_once_without_a_warning_about_its_mode() {
+    let dir = common::temp_dir("cli-empty-token");
+    let file = dir.join("token");
+    std::fs::write(&file, b"\n").expect("a file");
+    let readable = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    std::fs::set_permissions(&file, readable).expect("mode 0644");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--metrics-listen", "0", "--metrics-token-file"]);
+    let (code, _out, err) = run_within("engine", cmd.arg(&file), DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].ends_with("it must hold one token (no spaces), and it is empty"), "{err}");
+}
+
 /// Run each `(args, cause)`: refused like clap refuses a flag (exit 2, the cause on one
 /// `error:` line, then the usage), never as a run-time error (exit 1, `mdsub: error:`).
 fn assert_refused_with_usage(cases: &[(&[&str], &str)]) {
