@@ -444,6 +444,66 @@ fn a_silence_within_the_heartbeat_interval_is_warned_of_once() {
     assert!(warned[0].contains("is not above a server's default HUGZ interval (1s)"), "{err}");
 }
 
+/// Each of these was taken (audit 22): a rate past 64 bits named 2^64 - 1 as its bound (the
+/// bound is 1000M); `tap --queue-msgs 0` exited 1 as a run-time error; a clone server with
+/// `--max-value-bytes 0` refused every set; `watch --count 0` printed nothing, not even the
+/// current entries, and exited 0; `--sla p99=0ms` failed every trial down to 100 msg/s; and a
+/// `--start-rate` above `--max-rate` was said as `from 10000 msg/s` while the search offered the
+/// maximum first.
+#[test]
+fn values_that_could_only_fail_or_be_misread_are_refused() {
+    let dir = common::temp_dir("cli-capacity-start-above-max");
+    let out = dir.display().to_string();
+    assert_refused_with_usage(&[
+        (&["demo", "--rate", "99999999999999999999"], "'--rate <COUNT>': at most 1000M msg/s"),
+        (
+            &["tap", "--frontend", "tcp://127.0.0.1:1", "--backend", "tcp://127.0.0.1:2", "--queue-msgs", "0"],
+            "at least 1",
+        ),
+        (&["clone-server", "--max-value-bytes", "0"], "'--max-value-bytes <BYTES>': at least 1"),
+        (&["clone-client", "--server", "tcp://127.0.0.1:1", "watch", "--count", "0"], "at least 1 (`dump` prints"),
+        (&["capacity", "--sla", "p99=0ms", "--out", &out], "`0ms`: must be more than 0"),
+        (
+            &["capacity", "--start-rate", "10k", "--max-rate", "1k", "--out", &out],
+            "--start-rate 10000 is above --max-rate 1000",
+        ),
+    ]);
+    assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).ok(), Some(0), "no results folder");
+}
+
+/// `--from a.dbn --from ./a.dbn` merged the file with itself: every record sent twice, with fresh
+/// sequences, so no subscriber could tell (a book saw each order added twice).
+#[test]
+fn the_same_file_given_twice_to_from_is_refused() {
+    let dir = common::temp_dir("cli-from-twice");
+    let file = dir.join("a.dbn");
+    std::fs::write(&file, b"whatever it holds").expect("a file");
+    let (once, again) = (file.display().to_string(), dir.join(".").join("a.dbn").display().to_string());
+    let cause = format!("--from {again}: the same file as --from {once}: it would be replayed twice");
+    assert_refused_with_usage(&[
+        (&["replay", "--subscribers", "0", "--from", &once, "--from", &again], &cause),
+        (&["bench", "--from", &once, &again], &cause),
+    ]);
+}
+
+/// An empty token file (mode 0644) was said in two lines: a warning that others can read the
+/// token in it (`mdsub uses it anyway`), then the error that it holds none.
+#[test]
+fn a_refused_token_file_is_said_once_without_a_warning_about_its_mode() {
+    let dir = common::temp_dir("cli-empty-token");
+    let file = dir.join("token");
+    std::fs::write(&file, b"\n").expect("a file");
+    let readable = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    std::fs::set_permissions(&file, readable).expect("mode 0644");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--metrics-listen", "0", "--metrics-token-file"]);
+    let (code, _out, err) = run_within("engine", cmd.arg(&file), DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].ends_with("it must hold one token (no spaces), and it is empty"), "{err}");
+}
+
 /// Run each `(args, cause)`: refused like clap refuses a flag (exit 2, the cause on one
 /// `error:` line, then the usage), never as a run-time error (exit 1, `mdsub: error:`).
 fn assert_refused_with_usage(cases: &[(&[&str], &str)]) {

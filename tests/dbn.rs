@@ -267,7 +267,9 @@ fn truncated_file_replays_its_prefix_and_names_the_offset() {
     let keep = meta_len + 60 * rec_len + rec_len / 2;
     let bytes = std::fs::read(&whole).expect("read");
     std::fs::write(&cut, &bytes[..keep as usize]).expect("write");
-    let (got, _, out) = replay_damaged("replay-dbn-trunc", &cut, "truncated_tail");
+    let (got, said, out) = replay_damaged("replay-dbn-trunc", &cut, "truncated_tail");
+    // One file replayed alone: no `the other files go on` (said of every damaged file before).
+    assert!(said.ends_with("; the file ends here"), "{said}");
     let offset = meta_len + 60 * rec_len;
     assert!(out.contains(&format!("damaged at byte {offset}")), "offset {offset} named: {out}");
     assert!(out.contains("truncated"), "reason given: {out}");
@@ -276,6 +278,11 @@ fn truncated_file_replays_its_prefix_and_names_the_offset() {
     let want: Vec<Vec<u8>> = recs[..60].iter().map(bytes_of).collect();
     let have: Vec<Vec<u8>> = got.iter().map(|g| g.payload.clone()).collect();
     assert_eq!(have, want);
+    // Merged with a whole file, the whole one goes on after the cut one ended, and that is said.
+    let files = [cut.to_str().expect("utf8"), whole.to_str().expect("utf8")];
+    let (got, _, out) = replay("replay-dbn-trunc-two", 1, &["--from", files[0], files[1]]);
+    assert!(out.contains("; the file ends here, the other files go on"), "{out}");
+    assert_eq!(got.len(), 60 + recs.len(), "the cut file's prefix and the whole file: {out}");
 }
 
 #[test]

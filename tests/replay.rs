@@ -1186,3 +1186,27 @@ fn a_capture_replay_is_placed_by_the_bytes_read_of_its_size() {
     assert_eq!(fractions.last(), Some(&1.0), "the whole file at its end: {fractions:?}");
     assert_eq!(position.market_ns(), None, "a capture has no market time");
 }
+
+/// A replay short of subscribers said nothing between `waiting for 2 subscriber(s) per shard…`
+/// and its --wait-timeout (30 s by default), then `no subscriber reached EP … (expected 2,
+/// saw 1)`, though one had. It now says after 5 s which shards are short, and how many came.
+#[test]
+fn a_replay_short_of_subscribers_says_so_after_5_s_and_names_how_many_came() {
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "2", "--count", "10"]);
+    let p = LineProc::spawn_with_stderr("replay-short", cmd.args(["--wait-timeout", "12s"]));
+    // On stdout (without --json), where `bound_endpoints` would not look with stderr piped.
+    let eps = [p.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("EP").to_string()];
+    let engine = engine_json(&eps, &["--expect-eos", "0"]);
+    let waiting = p.said_after("replay: still waiting for subscribers after 5 s (");
+    assert!(
+        waiting.starts_with(&format!("shard0 {}: ", eps[0]))
+            && waiting.ends_with(" of 2); gives up after 12000 ms (--wait-timeout)"),
+        "{waiting}"
+    );
+    let failed = p.said_after("mdsub: error: ");
+    assert_eq!(failed, format!("only 1 of 2 subscribers reached {} within 12000 ms", eps[0]));
+    let (status, _) = p.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{status}");
+    drop(engine);
+}

@@ -278,11 +278,14 @@ pub fn parse_count_nonzero(s: &str) -> Result<u64, String> {
 /// [`MAX_RATE_MSGS_PER_SEC`](crate::replay::MAX_RATE_MSGS_PER_SEC), one message a nanosecond.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let max = crate::replay::MAX_RATE_MSGS_PER_SEC;
-    match parse_count(s)? {
-        r if r > max => {
-            Err(format!("at most {}M msg/s: one message a nanosecond, the finest the pacer schedules", max / 1_000_000))
-        }
-        r => Ok(r),
+    let too_fast =
+        || format!("at most {}M msg/s: one message a nanosecond, the finest the pacer schedules", max / 1_000_000);
+    match parse_count(s) {
+        // A rate past 64 bits is past this bound too: said as this one (it named 2^64 - 1).
+        Err(e) if e == too_large() => Err(too_fast()),
+        Err(e) => Err(e),
+        Ok(r) if r > max => Err(too_fast()),
+        Ok(r) => Ok(r),
     }
 }
 
@@ -511,7 +514,8 @@ mod tests {
         assert!(parse_count("1.5.5").is_err_and(|e| e.starts_with("not a count")));
         assert_eq!(parse_rate("1000M"), Ok(1_000_000_000));
         assert_eq!(parse_rate("0"), Ok(0));
-        for absurd in ["1001M", "18446744073709551615"] {
+        // Past 64 bits too: it named 2^64 - 1 as the bound of a rate (`--rate 99999999999999999999`).
+        for absurd in ["1001M", "18446744073709551615", "99999999999999999999", "99999999999999999999k"] {
             assert!(parse_rate(absurd).is_err_and(|e| e.starts_with("at most 1000M msg/s")), "{absurd}");
         }
         assert_eq!(parse_count_nonzero("2"), Ok(2));

@@ -107,7 +107,11 @@ pub struct CapacityArgs {
 pub fn parse_sla_point(s: &str) -> Result<SlaPoint, String> {
     let (q, d) = s.split_once('=').ok_or_else(|| "not PERCENTILE=DURATION, e.g. p99=2ms".to_string())?;
     let quantile = in_part(s, q, parse_quantile)?;
-    let budget = in_part(s, d, parse_duration)?;
+    // A budget of 0 was taken: no latency is 0, so every trial failed, down to 100 msg/s.
+    let budget = in_part(s, d, |d| match parse_duration(d)? {
+        b if b.is_zero() => Err("must be more than 0: no message takes no time, so no trial would pass".into()),
+        b => Ok(b),
+    })?;
     Ok(SlaPoint { quantile, budget_ns: budget.as_nanos().min(u64::MAX as u128) as u64 })
 }
 
@@ -199,6 +203,16 @@ pub fn exit_status(r: &CapacityResult) -> i32 {
 /// Run `mdsub capacity`.
 pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<CapacityResult> {
     capacity::check_time_cap(args.time_cap, args.warmup, args.hold, args.runs).map_err(super::UsageError)?;
+    // A start above the maximum was taken, said as `from START msg/s` (summary.json's
+    // `start_rate` too), while the search offered the maximum first.
+    if let Some(max) = args.max_rate.filter(|&m| m < args.start_rate) {
+        return Err(super::UsageError(format!(
+            "--start-rate {} is above --max-rate {max}: the search never offers more than the maximum; \
+             give a start at or below it",
+            args.start_rate
+        ))
+        .into());
+    }
     check_out_dir(&args.out)?;
     let names = if args.profiles.is_empty() { vec!["builtin".to_string()] } else { args.profiles.clone() };
     let mut bases = Vec::with_capacity(names.len());
@@ -387,6 +401,8 @@ mod tests {
     fn flag_values() {
         assert_eq!(parse_sla_point("p99.9=10ms"), Ok(SlaPoint { quantile: 0.999, budget_ns: 10_000_000 }));
         assert!(parse_sla_point("p99").is_err() && parse_sla_point("q99=1ms").is_err());
+        assert!(parse_sla_point("p99=0ms").is_err_and(|e| e.starts_with("`0ms`: must be more than 0")));
+        assert!(parse_sla_point("max=1us").is_ok());
         let workers = Vary {
             key: "workers".into(),
             values: vec![("1".into(), Setting::Workers(1)), ("2".into(), Setting::Workers(2))],

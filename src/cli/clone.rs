@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 
 use super::args::{
     parse_bind_endpoint, parse_bytes_usize, parse_clone_bind, parse_clone_server, parse_connect_endpoint, parse_count,
-    parse_duration, parse_duration_nonzero, parse_hwm, parse_ms_in, parse_whole_ms, whole_ms, Endpoint, Idle,
+    parse_count_nonzero, parse_duration, parse_duration_nonzero, parse_hwm, parse_ms_in, parse_whole_ms, whole_ms,
+    Endpoint, Idle,
 };
 use super::security::{ClientKeyArgs, ServerAccessArgs};
 use crate::agent::{RunSpec, Runner, StopFlag};
@@ -60,8 +61,8 @@ pub struct ServerArgs {
     /// Longest key accepted (longer updates are counted and dropped); at least 1.
     #[arg(long, value_parser = parse_key_bytes, default_value = "1Ki", value_name = "BYTES")]
     pub max_key_bytes: usize,
-    /// Longest value accepted.
-    #[arg(long, value_parser = parse_bytes_usize, default_value = "1Mi", value_name = "BYTES")]
+    /// Longest value accepted; at least 1.
+    #[arg(long, value_parser = parse_value_bytes, default_value = "1Mi", value_name = "BYTES")]
     pub max_value_bytes: usize,
     /// Snapshot messages queued to one client at most (memory bound of the snapshot port); a
     /// client that stops reading at the bound for 100 ms has its snapshot abandoned (counted in
@@ -85,6 +86,23 @@ fn parse_key_bytes(s: &str) -> Result<usize, String> {
     match parse_bytes_usize(s)? {
         0 => Err("at least 1: a server that accepts no key byte can store no key".into()),
         n => Ok(n),
+    }
+}
+
+/// `--max-value-bytes`: a server whose longest value is 0 bytes could store no value (an
+/// empty value is a delete): every `set` was refused, only deletes went through.
+fn parse_value_bytes(s: &str) -> Result<usize, String> {
+    match parse_bytes_usize(s)? {
+        0 => Err("at least 1: a server that accepts no value byte can store no value (an empty one deletes)".into()),
+        n => Ok(n),
+    }
+}
+
+/// `watch --count`: 0 printed nothing, not even the current entries, and ended with exit 0.
+fn parse_watch_count(s: &str) -> Result<u64, String> {
+    match parse_count_nonzero(s) {
+        Err(e) if parse_count(s) == Ok(0) => Err(format!("{e} (`dump` prints the current entries and ends)")),
+        r => r,
     }
 }
 
@@ -259,8 +277,9 @@ pub enum ClientCmd {
         /// Key prefix, e.g. /md/status/.
         #[arg(default_value = "")]
         subtree: String,
-        /// Stop after this many changes (live or found by a re-sync; the initial entries do not count).
-        #[arg(long, value_parser = parse_count, value_name = "COUNT")]
+        /// Stop after this many changes (live or found by a re-sync; the initial entries do not
+        /// count); at least 1 (`dump` prints the current entries and ends).
+        #[arg(long, value_parser = parse_watch_count, value_name = "COUNT")]
         count: Option<u64>,
     },
     /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters); exit

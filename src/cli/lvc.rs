@@ -44,10 +44,11 @@ use crate::lvc::LvcConfig;
 pub struct LvcArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
-    /// Most topics cached; further new topics pass through uncached (counted, logged).
+    /// Most topics cached; further new topics pass through uncached (counted, logged). 0
+    /// caches nothing (unlike --hwm-msgs and the answer budgets, 0 is no cache, not no limit).
     #[arg(long, value_parser = parse_count_usize, default_value = "100k", value_name = "COUNT")]
     pub max_topics: usize,
-    /// Most bytes cached (keys plus message buffers).
+    /// Most bytes cached (keys plus message buffers); 0 caches nothing, as --max-topics 0.
     #[arg(long, value_parser = parse_bytes_usize, default_value = "256Mi", value_name = "BYTES")]
     pub max_bytes: usize,
     /// A subscribe to a prefix unsubscribed less than this long ago gets no answer

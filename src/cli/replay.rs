@@ -85,6 +85,22 @@ pub fn parse_speed(s: &str) -> Result<Speed, String> {
 /// mdsub data frame, not only something to replay.
 pub fn file_source(from: &[PathBuf], restamp: bool, needs_data: bool) -> anyhow::Result<Source> {
     use anyhow::Context as _;
+    // The same file twice (`--from day/*.dbn --from day/a.dbn`) was merged with itself: every
+    // record sent twice with fresh sequences, so no subscriber could tell (a book saw each order
+    // added twice). Told apart by what the paths name, however spelled.
+    let mut seen: Vec<(PathBuf, &PathBuf)> = Vec::with_capacity(from.len());
+    for p in from {
+        let Ok(real) = std::fs::canonicalize(p) else { continue };
+        if let Some((_, first)) = seen.iter().find(|(r, _)| *r == real) {
+            return Err(super::UsageError(format!(
+                "--from {}: the same file as --from {}: it would be replayed twice; give each file once",
+                p.display(),
+                first.display()
+            ))
+            .into());
+        }
+        seen.push((real, p));
+    }
     let mut kinds = Vec::with_capacity(from.len());
     for p in from {
         if std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {

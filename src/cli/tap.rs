@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::args::parse_count_usize;
+use super::args::parse_count_nonzero_usize;
 use super::proxy::ProxyArgs;
 use crate::agent::StopFlag;
 use crate::diag::ExitCounters;
@@ -63,8 +63,9 @@ pub struct TapArgs {
     /// subscriber asked for it (subscribers still get only what they subscribe to).
     #[arg(long)]
     pub subscribe_all: bool,
-    /// Capacity of the proxy → sink queue, messages; when full, copies are dropped (counted).
-    #[arg(long, value_parser = parse_count_usize, default_value = "65536", value_name = "COUNT")]
+    /// Capacity of the proxy → sink queue, messages (at least 1); when full, copies are dropped
+    /// (counted).
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "65536", value_name = "COUNT")]
     pub queue_msgs: usize,
     /// Make stdout JSON Lines: one JSON record per message and (un)subscription (per refresh
     /// with --stats, none with --quiet), then the exit counters as the last line (default:

@@ -574,6 +574,11 @@ impl DbnMerge {
         self.files.iter().map(DbnFile::bytes_read).sum()
     }
 
+    /// How many files are merged.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
     /// Damage found so far (a file ends at its first damage).
     pub fn damage(&self) -> &[DbnSourceError] {
         &self.damage

@@ -1074,7 +1074,9 @@ fn say_dbn_refusals(say: bool, merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said
     }
     for e in merge.damage().iter().skip(*said_damage).filter(|_| say) {
         let reason = e.damage_reason().unwrap_or("bad_record");
-        crate::diag!("replay: refused ({reason}): {e}; {}, the other files go on", stops_here(reason));
+        // `the other files go on` was said of a file replayed alone too.
+        let others = if merge.files() > 1 { ", the other files go on" } else { "" };
+        crate::diag!("replay: refused ({reason}): {e}; {}{others}", stops_here(reason));
     }
     *said_damage = merge.damage().len();
 }

@@ -32,6 +32,9 @@ pub use agent::PublisherAgent;
 use faults::FaultPlan;
 pub use progress::FilePosition;
 
+/// How long a wait for subscribers goes on before the shards still short of them are said.
+const WAITING_SAID_AFTER: Duration = Duration::from_secs(5);
+
 /// Errors of a replay.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -41,7 +44,12 @@ pub enum ReplayError {
         #[source]
         source: zmq::Error,
     },
-    #[error("no subscriber reached {endpoint} within {waited_ms} ms (expected {expected}, saw {seen})")]
+    /// `no subscriber reached EP …` was said also when some had (`expected 2, saw 1`).
+    #[error(
+        "{} reached {endpoint} within {waited_ms} ms{}",
+        if *seen == 0 { "no subscriber".to_string() } else { format!("only {seen} of {expected} subscribers") },
+        if *seen == 0 { format!(" (expected {expected})") } else { String::new() }
+    )]
     NoSubscribers { endpoint: String, expected: usize, seen: usize, waited_ms: u64 },
     #[error("capture file {path}: {source}")]
     Capture {
@@ -581,11 +589,29 @@ impl Publisher {
         stop: &StopFlag,
     ) -> Result<(), ReplayError> {
         let start = Instant::now();
+        let mut said_waiting = false;
         loop {
             self.drain_subscriptions()?;
             if let Some(sh) = self.shards.iter().find(|s| s.subscribers < per_shard) {
                 if stop.is_stopped() {
                     return Err(ReplayError::Interrupted);
+                }
+                // Nothing was said between `waiting for N subscriber(s)` and the timeout (30 s
+                // by default): after 5 s, once, which shards still lack subscribers.
+                if !said_waiting && start.elapsed() >= WAITING_SAID_AFTER && start.elapsed() < timeout {
+                    said_waiting = true;
+                    let first = self.part.0;
+                    let short: Vec<String> = (self.shards.iter().enumerate())
+                        .filter(|(_, s)| s.subscribers < per_shard)
+                        .map(|(k, s)| format!("shard{} {}: {} of {per_shard}", first + k, s.endpoint, s.subscribers))
+                        .collect();
+                    crate::diag!(
+                        "replay: still waiting for subscribers after {} s ({}); gives up after {} ms \
+                         (--wait-timeout)",
+                        WAITING_SAID_AFTER.as_secs(),
+                        short.join(", "),
+                        timeout.as_millis()
+                    );
                 }
                 if start.elapsed() >= timeout {
                     return Err(ReplayError::NoSubscribers {

@@ -535,7 +535,6 @@ impl HttpAccess {
     /// whitespace (as Prometheus reads `credentials_file`); empty is an error.
     pub fn read_token(path: &Path) -> Result<Vec<u8>, SecurityError> {
         let text = read_small(path).map_err(|source| SecurityError::ReadToken { path: path.to_path_buf(), source })?;
-        warn_if_others_can_read(path, Secret::Token);
         let token = text.trim();
         let bad = |why: &str| SecurityError::BadTokenFile {
             path: path.to_path_buf(),
@@ -549,6 +548,8 @@ impl HttpAccess {
             (1, words) => return Err(bad(&format!("it has spaces ({words} words)"))),
             (lines, _) => return Err(bad(&format!("it has {lines} lines"))),
         }
+        // Only of a token it uses: a file refused was warned of first, its mode, then the refusal.
+        warn_if_others_can_read(path, Secret::Token);
         Ok(token.as_bytes().to_vec())
     }
 
