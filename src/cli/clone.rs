@@ -328,12 +328,19 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 /// No clone server answered within `--timeout`: an error of its own kind (`main` exits
 /// [`super::EXIT_NO_SERVER`]), apart from a normal "absent" (`get`, exit 1).
 #[derive(Debug, thiserror::Error)]
-#[error("no clone server answered ({servers}){}", within.map(|d| format!(" within {} s", d.as_secs_f64())).unwrap_or_default())]
+#[error(
+    "no clone server {} ({servers}){}",
+    if *standing_by { "served a snapshot" } else { "answered" },
+    within.map(|d| format!(" within {} s", d.as_secs_f64())).unwrap_or_default()
+)]
 pub struct NoServer {
     /// The servers asked, as the command line named them.
     pub servers: String,
     /// How long they were waited for, when no other cause is known (a timed-out wait).
     pub within: Option<Duration>,
+    /// A server answered STATUS as a Binary Star standby: it answered, but serves no snapshot
+    /// (the cause names it), so the error does not say that nobody answered.
+    pub standing_by: bool,
 }
 
 /// Wait up to `timeout` for `client`'s first snapshot; Ctrl-C ends the wait at once
@@ -359,11 +366,19 @@ pub(crate) fn wait_synced(
             // The handshake refusal when there was one; a standby's state; else the wait is the
             // whole story.
             if let Some(why) = client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys)) {
-                return Err(anyhow::Error::msg(why).context(NoServer { servers: names, within: None }));
+                return Err(anyhow::Error::msg(why).context(NoServer {
+                    servers: names,
+                    within: None,
+                    standing_by: false,
+                }));
             }
             match standing_by(servers, keys, ask, stop) {
-                Some(why) => Err(anyhow::Error::msg(why).context(NoServer { servers: names, within: Some(timeout) })),
-                None => Err(NoServer { servers: names, within: Some(timeout) }.into()),
+                Some(why) => Err(anyhow::Error::msg(why).context(NoServer {
+                    servers: names,
+                    within: Some(timeout),
+                    standing_by: true,
+                })),
+                None => Err(NoServer { servers: names, within: Some(timeout), standing_by: false }.into()),
             }
         }
         Err(e) => interrupted(Err(e)).context("connecting to the clone servers"),
@@ -511,7 +526,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         // A script asking for the status learns from the exit code that a server is down, and
         // a person from the line which one.
         if silent.len() == servers.len() {
-            anyhow::bail!(NoServer { servers: servers.join(", "), within: None });
+            anyhow::bail!(NoServer { servers: servers.join(", "), within: None, standing_by: false });
         }
         if !silent.is_empty() {
             anyhow::bail!(
