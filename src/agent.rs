@@ -672,6 +672,84 @@ impl<T> TaskHandle<T> {
     }
 }
 
+/// The owner's end of an agent that takes asks and sends answers on its own thread (an fsync,
+/// a snapshot rewrite: work its owner must not wait for): asks out and answers in, never
+/// blocking, and why the agent stopped when it is found gone.
+pub struct AskLink<A, Ask, Answer> {
+    asks: Option<crossbeam::channel::Sender<Ask>>,
+    answers: crossbeam::channel::Receiver<Answer>,
+    handle: Option<AgentHandle<A>>,
+    stop: StopFlag,
+    /// Who owns it and what the agent is, for the error when it is gone: (`clone-server`,
+    /// `the update log's syncer`).
+    names: (&'static str, &'static str),
+}
+
+impl<A: Agent + 'static, Ask: Send, Answer> AskLink<A, Ask, Answer> {
+    /// Start the agent `make` builds from its asks and its answers' sender, unpinned, blocking
+    /// on its asks between them (an ask wakes it at once). `names`: the owner's role and what
+    /// the agent is, for the error when it is gone.
+    pub fn start(
+        names: (&'static str, &'static str),
+        make: impl FnOnce(Inbox<Ask>, crossbeam::channel::Sender<Answer>) -> A,
+    ) -> Result<Self, AgentError> {
+        let (ask_tx, ask_rx) = crossbeam::channel::unbounded();
+        let (ans_tx, ans_rx) = crossbeam::channel::unbounded();
+        let stop = StopFlag::new();
+        let spec = RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 });
+        let handle = Runner::start(spec, stop.clone(), make(Inbox::new(ask_rx), ans_tx))?;
+        Ok(AskLink { asks: Some(ask_tx), answers: ans_rx, handle: Some(handle), stop, names })
+    }
+
+    /// Hand the agent one ask (never blocks). An error when it is gone, with why it stopped.
+    pub fn send(&mut self, ask: Ask) -> Result<(), AgentError> {
+        if self.asks.as_ref().is_some_and(|tx| tx.send(ask).is_ok()) {
+            return Ok(());
+        }
+        Err(self.why_gone())
+    }
+
+    /// The next answer, if one has come (never blocks). An error when the agent stopped
+    /// without being told to.
+    pub fn answer(&mut self) -> Result<Option<Answer>, AgentError> {
+        match self.answers.try_recv() {
+            Ok(a) => Ok(Some(a)),
+            Err(crossbeam::channel::TryRecvError::Empty) => Ok(None),
+            Err(crossbeam::channel::TryRecvError::Disconnected) => Err(self.why_gone()),
+        }
+    }
+
+    fn why_gone(&mut self) -> AgentError {
+        let why = match self.handle.take().map(|h| h.join()) {
+            Some(Err(e)) => e.to_string(),
+            Some(Ok(_)) => "it ended".to_string(),
+            None => "it was stopped".to_string(),
+        };
+        let (owner, what) = self.names;
+        AgentError::Fatal { role: owner.into(), message: format!("{what} stopped: {why}") }
+    }
+
+    /// Stop the agent once the ask in flight (if any) is done (it finishes once it has seen
+    /// every ask), and wait for it; its last answer, if one was still unread.
+    pub fn close(&mut self) -> Option<Answer> {
+        self.asks = None;
+        if let Some(h) = self.handle.take() {
+            if let Err(e) = h.join() {
+                crate::diag!("{}: {e}", self.names.0);
+            }
+        }
+        self.stop.stop();
+        self.answers.try_iter().last()
+    }
+}
+
+impl<A, Ask, Answer> Drop for AskLink<A, Ask, Answer> {
+    fn drop(&mut self) {
+        self.asks = None;
+        self.stop.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -684,6 +684,21 @@ fn raw_server(ctx: &zmq::Context, port: u16) -> (zmq::Socket, zmq::Socket, zmq::
     (router, publisher, collector)
 }
 
+/// Wait (10 s at most) until `sub` (subscribed to `key`'s subtree) hears a probe update of `key`
+/// that the raw CHP client's PUB `coll` sends: the subscription and the collector's link are
+/// then both up. A fresh UUID per attempt: the server re-publishes a repeated UUID only once, so
+/// a repeated probe could go unseen while the SUB connects.
+fn wait_probe_published(coll: &zmq::Socket, sub: &zmq::Socket, key: &[u8]) {
+    let mut attempt = 0u32;
+    wait_until(Duration::from_secs(10), "the probe to be published", || {
+        attempt += 1;
+        let mut uuid = *b"probe-uuid-00000";
+        uuid[12..].copy_from_slice(&attempt.to_be_bytes());
+        coll.send_multipart(chp_frames(key, 0, &uuid, b"", b"p"), 0).expect("send");
+        sub.poll(zmq::POLLIN, 50).expect("poll") > 0
+    });
+}
+
 fn chp_frames(key: &[u8], seq: u64, uuid: &[u8], props: &[u8], body: &[u8]) -> Vec<Vec<u8>> {
     vec![key.to_vec(), seq.to_be_bytes().to_vec(), uuid.to_vec(), props.to_vec(), body.to_vec()]
 }
@@ -1257,16 +1272,7 @@ fn an_update_is_in_the_log_before_it_is_published() {
     sub.set_subscribe(b"/burst/").expect("subscribe");
     sub.connect(&format!("tcp://127.0.0.1:{}", p + 1)).expect("connect");
     coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
-    // A fresh UUID per attempt: the server re-publishes a repeated UUID only
-    // once, so a repeated probe could go unseen while the SUB connects.
-    let mut attempt = 0u32;
-    wait_until(Duration::from_secs(10), "the probe to be published", || {
-        attempt += 1;
-        let mut uuid = *b"probe-uuid-00000";
-        uuid[12..].copy_from_slice(&attempt.to_be_bytes());
-        coll.send_multipart(chp_frames(b"/burst/probe", 0, &uuid, b"", b"p"), 0).expect("send");
-        sub.poll(zmq::POLLIN, 50).expect("poll") > 0
-    });
+    wait_probe_published(&coll, &sub, b"/burst/probe");
     while sub.poll(zmq::POLLIN, 200).expect("poll") > 0 {
         sub.recv_multipart(0).expect("recv");
     }
@@ -2147,15 +2153,7 @@ fn a_kill_in_the_middle_of_a_compaction_loses_no_acknowledged_update() {
     coll.set_linger(0).expect("linger");
     coll.set_sndhwm(0).expect("hwm");
     coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
-    // The subscription and the collector's link are up once a probe comes back published.
-    let mut attempt = 0u32;
-    wait_until(Duration::from_secs(10), "the probe to be published", || {
-        attempt += 1;
-        let mut uuid = *b"probe-uuid-00000";
-        uuid[12..].copy_from_slice(&attempt.to_be_bytes());
-        coll.send_multipart(chp_frames(b"/c/probe", 0, &uuid, b"", b"p"), 0).expect("send");
-        sub.poll(zmq::POLLIN, 50).expect("poll") > 0
-    });
+    wait_probe_published(&coll, &sub, b"/c/probe");
     let value = |round: u32, i: u32| format!("r{round}-{i:06}-{}", "v".repeat(88)).into_bytes();
     for round in 0..ROUNDS {
         for i in 0..KEYS {

@@ -6,7 +6,7 @@
 //! waits two heartbeats, 2 s by default), no HUGZ (clients fail over after `--silence`, 2 s) and
 //! published nothing. Now the serving thread only moves the log aside
 //! ([`super::persist::Store::rotate`], a rename and a new file, whatever the map's size) and
-//! asks this agent, on a thread of its own (through [`Runner`]), to fold the old segment into
+//! asks this agent, on a thread of its own (through [`crate::agent::Runner`], by [`AskLink`]), to fold the old segment into
 //! the snapshot ([`super::persist::compact_prev`]), which reads only files. The answer
 //! ([`Compaction`]) is fed to the server's core, which counts and says a failure like any failed
 //! snapshot write. At most one compaction is in flight: the core asks for the next only once
@@ -15,10 +15,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::Sender;
 
 use super::persist::{compact_prev, Compacted};
-use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentError, AskLink, Inbox, Step};
 
 /// One compaction done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,73 +63,30 @@ impl Agent for Compactor {
 }
 
 /// The server's end of its compactor.
-pub struct CompactorLink {
-    asks: Option<Sender<u64>>,
-    answers: Receiver<Compaction>,
-    handle: Option<AgentHandle<Compactor>>,
-    stop: StopFlag,
-}
+pub struct CompactorLink(AskLink<Compactor, u64, Compaction>);
 
 impl CompactorLink {
     /// Start the compactor of the data directory `dir` on its own thread.
     pub fn start(dir: PathBuf) -> Result<CompactorLink, AgentError> {
-        let (ask_tx, ask_rx) = crossbeam::channel::unbounded();
-        let (ans_tx, ans_rx) = crossbeam::channel::unbounded();
-        let agent = Compactor { dir, asks: Inbox::new(ask_rx), answers: ans_tx };
-        let stop = StopFlag::new();
-        let spec = RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 });
-        let handle = Runner::start(spec, stop.clone(), agent)?;
-        Ok(CompactorLink { asks: Some(ask_tx), answers: ans_rx, handle: Some(handle), stop })
+        let names = ("clone-server", "the data directory's compactor");
+        AskLink::start(names, |asks, answers| Compactor { dir, asks, answers }).map(CompactorLink)
     }
 
     /// Ask for one compaction at wall time `wall_ms` (never blocks). An error when the compactor
     /// is gone, with why it stopped.
     pub fn ask(&mut self, wall_ms: u64) -> Result<(), AgentError> {
-        if self.asks.as_ref().is_some_and(|tx| tx.send(wall_ms).is_ok()) {
-            return Ok(());
-        }
-        Err(self.why_gone())
+        self.0.send(wall_ms)
     }
 
     /// The next answer, if one has come (never blocks).
     pub fn answer(&mut self) -> Result<Option<Compaction>, AgentError> {
-        match self.answers.try_recv() {
-            Ok(c) => Ok(Some(c)),
-            Err(crossbeam::channel::TryRecvError::Empty) => Ok(None),
-            Err(crossbeam::channel::TryRecvError::Disconnected) => Err(self.why_gone()),
-        }
-    }
-
-    fn why_gone(&mut self) -> AgentError {
-        let why = match self.handle.take().map(|h| h.join()) {
-            Some(Err(e)) => e.to_string(),
-            Some(Ok(_)) => "it ended".to_string(),
-            None => "it was stopped".to_string(),
-        };
-        AgentError::Fatal {
-            role: "clone-server".into(),
-            message: format!("the data directory's compactor stopped: {why}"),
-        }
+        self.0.answer()
     }
 
     /// Stop the compactor once the compaction in flight (if any) is done, and wait for it; its
     /// last answer, if one was still unread. (Not waiting would be safe too: a start finishes
     /// an interrupted compaction.)
     pub fn close(&mut self) -> Option<Compaction> {
-        self.asks = None;
-        if let Some(h) = self.handle.take() {
-            if let Err(e) = h.join() {
-                crate::diag!("clone-server: {e}");
-            }
-        }
-        self.stop.stop();
-        self.answers.try_iter().last()
-    }
-}
-
-impl Drop for CompactorLink {
-    fn drop(&mut self) {
-        self.asks = None;
-        self.stop.stop();
+        self.0.close()
     }
 }

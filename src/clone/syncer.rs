@@ -18,9 +18,9 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::Sender;
 
-use crate::agent::{Agent, AgentError, AgentHandle, IdleStrategy, Inbox, RunSpec, Runner, Step, StopFlag};
+use crate::agent::{Agent, AgentError, AskLink, Inbox, Step};
 
 /// How the syncer makes the log durable: [`sync_data`] in a server; a test injects one that
 /// blocks until it lets it go (a disk that takes seconds to sync).
@@ -89,82 +89,37 @@ impl Agent for Syncer {
 }
 
 /// The server's end of its syncer: asks out, answers in, the running agent.
-pub struct SyncerLink {
-    asks: Option<Sender<Ask>>,
-    answers: Receiver<Synced>,
-    handle: Option<AgentHandle<Syncer>>,
-    stop: StopFlag,
-}
+pub struct SyncerLink(AskLink<Syncer, Ask, Synced>);
 
 impl SyncerLink {
     /// Start the syncer of the log at `path` (`file`: its handle) on its own thread (through
-    /// [`Runner`]), syncing with `op`.
+    /// [`crate::agent::Runner`]), syncing with `op`.
     pub fn start(path: PathBuf, file: File, op: LogSync) -> Result<SyncerLink, AgentError> {
-        let (ask_tx, ask_rx) = crossbeam::channel::unbounded();
-        let (ans_tx, ans_rx) = crossbeam::channel::unbounded();
-        let agent = Syncer { path, file, op, asks: Inbox::new(ask_rx), answers: ans_tx };
-        let stop = StopFlag::new();
-        // Blocks on its channel between asks: an ask wakes it at once.
-        let spec = RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 });
-        let handle = Runner::start(spec, stop.clone(), agent)?;
-        Ok(SyncerLink { asks: Some(ask_tx), answers: ans_rx, handle: Some(handle), stop })
+        let names = ("clone-server", "the update log's syncer");
+        AskLink::start(names, |asks, answers| Syncer { path, file, op, asks, answers }).map(SyncerLink)
     }
 
     /// Ask for one sync (never blocks). An error when the syncer is gone, with why it stopped.
     pub fn ask(&mut self) -> Result<(), AgentError> {
-        self.send(Ask::Sync)
+        self.0.send(Ask::Sync)
     }
 
     /// Sync `file` from now on (the new log after [`super::persist::Store::rotate`]); asks made
     /// before are done on the old one.
     pub fn follow(&mut self, file: File) -> Result<(), AgentError> {
-        self.send(Ask::Follow(file))
-    }
-
-    fn send(&mut self, ask: Ask) -> Result<(), AgentError> {
-        if self.asks.as_ref().is_some_and(|tx| tx.send(ask).is_ok()) {
-            return Ok(());
-        }
-        Err(self.why_gone())
+        self.0.send(Ask::Follow(file))
     }
 
     /// The next answer, if one has come (never blocks). An error when the syncer stopped
     /// without being told to.
     pub fn answer(&mut self) -> Result<Option<Synced>, AgentError> {
-        match self.answers.try_recv() {
-            Ok(s) => Ok(Some(s)),
-            Err(crossbeam::channel::TryRecvError::Empty) => Ok(None),
-            Err(crossbeam::channel::TryRecvError::Disconnected) => Err(self.why_gone()),
-        }
-    }
-
-    fn why_gone(&mut self) -> AgentError {
-        let why = match self.handle.take().map(|h| h.join()) {
-            Some(Err(e)) => e.to_string(),
-            Some(Ok(_)) => "it ended".to_string(),
-            None => "it was stopped".to_string(),
-        };
-        AgentError::Fatal { role: "clone-server".into(), message: format!("the update log's syncer stopped: {why}") }
+        self.0.answer()
     }
 
     /// Stop the syncer once the sync in flight (if any) is done, and wait for it; its last
     /// answer, if one was still unread.
     pub fn close(&mut self) -> Option<Synced> {
-        self.asks = None; // the syncer finishes once it has seen every ask
-        if let Some(h) = self.handle.take() {
-            if let Err(e) = h.join() {
-                crate::diag!("clone-server: {e}");
-            }
-        }
-        self.stop.stop();
-        self.answers.try_iter().last()
-    }
-}
-
-impl Drop for SyncerLink {
-    fn drop(&mut self) {
-        self.asks = None;
-        self.stop.stop();
+        self.0.close()
     }
 }
 
