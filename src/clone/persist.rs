@@ -319,6 +319,56 @@ fn cut_header(len: usize, header: usize, what: &str) -> String {
     format!("truncated header: the file ends after {len} of its {header} header bytes ({what})")
 }
 
+/// Damage found in a file: the offset it starts at, and what it is.
+type Damage = (u64, String);
+
+/// The snapshot at `path` as read: its sequence, its good records, and the damage found (any,
+/// even a file that ends inside its 16-byte header: a snapshot is only ever written whole).
+/// No file: sequence 0, no records.
+fn read_snapshot(path: &Path) -> Result<(u64, Vec<Record>, Option<Damage>), PersistError> {
+    Ok(match read_file(path, SNAP_MAGIC, "snapshot")? {
+        FileRead::Absent => (0, Vec::new(), None),
+        FileRead::CutMagic(n) => (0, Vec::new(), Some((n as u64, cut_header(n, 16, "magic and sequence")))),
+        FileRead::Body(data) if data.len() < 8 => {
+            (0, Vec::new(), Some((8 + data.len() as u64, cut_header(8 + data.len(), 16, "magic and sequence"))))
+        }
+        FileRead::Body(data) => {
+            let sequence = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]));
+            let (records, _, err) = decode_records(&data[8..], 16);
+            (sequence, records, err)
+        }
+    })
+}
+
+/// A log (`log` or `log.prev`) as read: its good records, the offset they end at (a damaged
+/// tail is cut there), and the damage found.
+struct LogRead {
+    records: Vec<Record>,
+    good_end: u64,
+    damage: Option<Damage>,
+}
+
+/// Read the log at `path`; `None` when there is none. A file created and not yet given its
+/// header (a crash in between) holds nothing and is not damaged.
+fn read_log(path: &Path) -> Result<Option<LogRead>, PersistError> {
+    let (records, good_end, damage) = match read_file(path, LOG_MAGIC, "log")? {
+        FileRead::Absent => return Ok(None),
+        FileRead::CutMagic(0) => (Vec::new(), 8, None),
+        FileRead::CutMagic(n) => (Vec::new(), 8, Some((n as u64, cut_header(n, 8, "magic")))),
+        FileRead::Body(data) => decode_records(&data, 8),
+    };
+    Ok(Some(LogRead { records, good_end, damage }))
+}
+
+/// Add to `records` those of `later` (a log read after the snapshot at `after`) past `after`,
+/// raising `sequence` to the highest: what a start and a compaction both keep of a log.
+fn append_after(records: &mut Vec<Record>, sequence: &mut u64, later: Vec<Record>, after: u64) {
+    for r in later.into_iter().filter(|r| r.msg.sequence > after) {
+        *sequence = (*sequence).max(r.msg.sequence);
+        records.push(r);
+    }
+}
+
 /// Copy the damaged `name` in `dir` aside to `NAME.corrupt-<unix_s>` (`.1`, `.2`, … if taken), so
 /// that what is cut or rewritten can still be looked at (or salvaged) by hand.
 /// Copy `DIR/NAME` to `DIR/NAME.TAG-<unix seconds>` (`.1`, `.2`, … added if that is taken).
@@ -414,42 +464,21 @@ pub fn compact_prev(dir: &Path, wall_ms: u64) -> Result<Option<Compacted>, Persi
     let damaged = |path: &Path, offset: u64, reason: String| {
         PersistError::Damaged(TailError { path: path.to_path_buf(), offset, reason })
     };
-    let data = match read_file(&prev, LOG_MAGIC, "log")? {
-        FileRead::Absent => return Ok(None),
-        FileRead::CutMagic(0) => Vec::new(),
-        FileRead::CutMagic(n) => return Err(damaged(&prev, n as u64, cut_header(n, 8, "magic"))),
-        FileRead::Body(data) => data,
-    };
+    let Some(later) = read_log(&prev)? else { return Ok(None) };
+    if let Some((offset, reason)) = later.damage {
+        return Err(damaged(&prev, offset, reason));
+    }
     // The segment's last records may not be fsynced yet (the syncer follows the new log): they
     // are made durable before a snapshot that stands in for them replaces the old one.
     File::open(&prev).and_then(|f| f.sync_data()).map_err(io_err(&prev, "fsyncing"))?;
     fsync_dir(dir);
-    let (later, _, err) = decode_records(&data, 8);
+    let (mut sequence, mut records, err) = read_snapshot(&snap)?;
     if let Some((offset, reason)) = err {
-        return Err(damaged(&prev, offset, reason));
+        return Err(damaged(&snap, offset, reason));
     }
-    drop(data);
-    let (mut sequence, mut records) = match read_file(&snap, SNAP_MAGIC, "snapshot")? {
-        FileRead::Absent => (0, Vec::new()),
-        FileRead::CutMagic(n) => return Err(damaged(&snap, n as u64, cut_header(n, 16, "magic and sequence"))),
-        FileRead::Body(d) if d.len() < 8 => {
-            return Err(damaged(&snap, 8 + d.len() as u64, cut_header(8 + d.len(), 16, "magic and sequence")))
-        }
-        FileRead::Body(d) => {
-            let seq = u64::from_le_bytes(d[..8].try_into().unwrap_or([0; 8]));
-            let (records, _, err) = decode_records(&d[8..], 16);
-            if let Some((offset, reason)) = err {
-                return Err(damaged(&snap, offset, reason));
-            }
-            (seq, records)
-        }
-    };
     // As a start reads them: the segment's records after the snapshot's sequence.
     let snap_seq = sequence;
-    for r in later.into_iter().filter(|r| r.msg.sequence > snap_seq) {
-        sequence = sequence.max(r.msg.sequence);
-        records.push(r);
-    }
+    append_after(&mut records, &mut sequence, later.records, snap_seq);
     let merged = merge(records, wall_ms);
     let keys = merged.len() as u64;
     write_snapshot_file(dir, sequence, merged.into_iter())?;
@@ -505,21 +534,10 @@ impl Store {
         let mut rec = Recovered::default();
         // A snapshot is only ever written whole (temp file, rename): any damage, even a file
         // that ends inside its 16-byte header, is said.
-        let snap_err = match read_file(&snap_path, SNAP_MAGIC, "snapshot")? {
-            FileRead::Absent => None,
-            FileRead::CutMagic(n) => Some((n as u64, cut_header(n, 16, "magic and sequence"))),
-            FileRead::Body(data) if data.len() < 8 => {
-                Some((8 + data.len() as u64, cut_header(8 + data.len(), 16, "magic and sequence")))
-            }
-            FileRead::Body(data) => {
-                rec.sequence = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]));
-                let (records, _, err) = decode_records(&data[8..], 16);
-                rec.records = records;
-                err
-            }
-        };
+        let (sequence, records, snap_err) = read_snapshot(&snap_path)?;
+        (rec.sequence, rec.records) = (sequence, records);
         // Both files are read before anything is written: one that is not ours stops here.
-        let log_read = read_file(&log_path, LOG_MAGIC, "log")?;
+        let log_read = read_log(&log_path)?;
         if let Some((offset, reason)) = snap_err {
             rec.tail_errors.push(TailError { path: snap_path.clone(), offset, reason });
             // Kept before anything rewrites it; then it holds what was recovered, so the next
@@ -531,53 +549,23 @@ impl Store {
         // A compaction's segment (it did not finish): its records come before the log's. Read
         // like the log; folded into the snapshot below.
         let prev_path = dir.join(PREV_LOG);
-        let prev_read = read_file(&prev_path, LOG_MAGIC, "log")?;
-        let had_prev = !matches!(prev_read, FileRead::Absent);
-        match prev_read {
-            FileRead::Absent | FileRead::CutMagic(0) => {}
-            FileRead::CutMagic(n) => {
-                rec.tail_errors.push(TailError {
-                    path: prev_path.clone(),
-                    offset: n as u64,
-                    reason: cut_header(n, 8, "magic"),
-                });
+        let prev_read = read_log(&prev_path)?;
+        let had_prev = prev_read.is_some();
+        if let Some(prev) = prev_read {
+            append_after(&mut rec.records, &mut rec.sequence, prev.records, snap_seq);
+            if let Some((offset, reason)) = prev.damage {
+                rec.tail_errors.push(TailError { path: prev_path.clone(), offset, reason });
                 rec.corrupt_copies.push(copy_aside(dir, PREV_LOG, "corrupt")?);
-            }
-            FileRead::Body(data) => {
-                let (records, _, err) = decode_records(&data, 8);
-                rec.records.extend(records.into_iter().filter(|r| r.msg.sequence > snap_seq));
-                if let Some((offset, reason)) = err {
-                    rec.tail_errors.push(TailError { path: prev_path.clone(), offset, reason });
-                    rec.corrupt_copies.push(copy_aside(dir, PREV_LOG, "corrupt")?);
-                }
             }
         }
         let mut good_end = 8u64;
         let mut log_damaged = false;
-        match log_read {
-            // Created and not yet given its header (a crash in between): nothing was written.
-            FileRead::Absent | FileRead::CutMagic(0) => {}
-            FileRead::CutMagic(n) => {
-                rec.tail_errors.push(TailError {
-                    path: log_path.clone(),
-                    offset: n as u64,
-                    reason: cut_header(n, 8, "magic"),
-                });
+        if let Some(log) = log_read {
+            good_end = log.good_end;
+            append_after(&mut rec.records, &mut rec.sequence, log.records, snap_seq);
+            if let Some((offset, reason)) = log.damage {
+                rec.tail_errors.push(TailError { path: log_path.clone(), offset, reason });
                 log_damaged = true;
-            }
-            FileRead::Body(data) => {
-                let (records, end, err) = decode_records(&data, 8);
-                good_end = end;
-                for r in records {
-                    if r.msg.sequence > snap_seq {
-                        rec.sequence = rec.sequence.max(r.msg.sequence);
-                        rec.records.push(r);
-                    }
-                }
-                if let Some((offset, reason)) = err {
-                    rec.tail_errors.push(TailError { path: log_path.clone(), offset, reason });
-                    log_damaged = true;
-                }
             }
         }
         for r in &rec.records {
