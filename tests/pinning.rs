@@ -51,21 +51,23 @@ fn reader_worker_and_io_threads_run_where_the_profile_says() {
     };
     let stop = StopFlag::new();
     let engine = Engine::start(&cfg, stop.clone()).expect("engine starts");
-    let find = |name: &str| {
+    // A thread is named when it is spawned and pins itself once it runs: its CPUs are read
+    // until they are the wanted ones (10 s at most), then compared.
+    let find = |name: &str, want: usize| {
         let end = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some((_, cpus)) = threads().into_iter().find(|(n, _)| n == name) {
-                return cpus;
+            let cpus = threads().into_iter().find(|(n, _)| n == name).map(|(_, c)| c);
+            if cpus.as_deref() == Some(want.to_string().as_str()) || std::time::Instant::now() >= end {
+                return cpus.unwrap_or_else(|| panic!("thread {name} not found: {:?}", threads()));
             }
-            assert!(std::time::Instant::now() < end, "thread {name} not found: {:?}", threads());
             std::thread::sleep(Duration::from_millis(10));
         }
     };
-    assert_eq!(find("shard0-reader"), b.to_string());
-    assert_eq!(find("worker0"), a.to_string());
+    assert_eq!(find("shard0-reader", b), b.to_string());
+    assert_eq!(find("worker0", a), a.to_string());
     // libzmq's I/O (and reaper) threads of the shard's context inherited the
     // I/O core and the name of the thread that made the first socket.
-    assert_eq!(find("shard0-io"), a.to_string());
+    assert_eq!(find("shard0-io", a), a.to_string());
     let io: Vec<_> = threads().into_iter().filter(|(n, _)| n == "shard0-io").collect();
     assert_eq!(io.len(), 2, "I/O thread and reaper: {io:?}");
     assert!(io.iter().all(|(_, c)| *c == a.to_string()), "{io:?}");
