@@ -104,12 +104,19 @@ fn endpoint_flags_keep_each_profile_shards_cores() {
         common::Proc::spawn("engine", cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()));
     let pid = engine.pid().to_string();
     let want = [("shard0-reader", a), ("shard0-io", a), ("shard1-reader", b), ("shard1-io", b)];
-    common::wait_until(Duration::from_secs(20), "the shards' threads", || {
-        want.iter().all(|(name, _)| threads_of(&pid).iter().any(|(n, _)| n == name))
-    });
-    let seen = threads_of(&pid);
+    // A thread is named when it is spawned and pins itself once it runs: the CPUs are read
+    // until every wanted thread is there on its core (20 s at most), then compared.
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let seen = loop {
+        let seen = threads_of(&pid);
+        let pinned = want.iter().all(|(name, core)| seen.iter().any(|(n, c)| n == name && *c == core.to_string()));
+        if pinned || std::time::Instant::now() >= end {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     for (name, core) in want {
-        let (_, cpus) = seen.iter().find(|(n, _)| n == name).expect("seen above");
+        let (_, cpus) = seen.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} not found: {seen:?}"));
         assert_eq!(*cpus, core.to_string(), "{name} runs where the profile's shard says: {seen:?}");
     }
     engine.signal(2);
