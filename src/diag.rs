@@ -20,8 +20,9 @@
 //! - [`ExitCounters`] is the one convention for the counters a command prints when it stops:
 //!   a `NAME: stopped: k=v …` line on stderr, like every other diagnostic, or with `--json`
 //!   one JSON object on stdout.
-//! - [`human_ns`] is a duration as a person reads it (`41.2µs`), for every line and report;
-//!   [`human_rate`] a message rate (`312 msg/s`, `15.3 k msg/s`, `1.930 M msg/s`).
+//! - [`human_ns`] is a measured duration as a person reads it (`41.2µs`), for every line and
+//!   report; [`human_duration`] a wait, timeout or setting the way a flag takes it (`30s`,
+//!   `250ms`, else as `human_ns`); [`human_rate`] a message rate (`312 msg/s`, `15.3 k msg/s`, `1.930 M msg/s`).
 
 use std::fmt::{self, Display, Write as _};
 use std::io::Write;
@@ -34,6 +35,28 @@ pub fn human_ns(ns: u64) -> String {
         1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
         _ => format!("{:.2}s", ns as f64 / 1e9),
     }
+}
+
+/// A wait, a timeout or a setting as a person reads it and the duration parser takes it back
+/// (`--timeout 30s`): whole in the largest unit it is whole in (`5s`, `30s`, `250ms`, `2m`,
+/// `1h`, `1500ms`), else as [`human_ns`] says it (`7.30s`, `41.2µs`). The one formatter of the
+/// durations in messages (before, one line said `9000 ms` and another `10 s` for the same kind
+/// of value, neither of which a flag takes).
+pub fn human_duration(ns: u64) -> String {
+    const UNITS: [(u64, &str); 5] =
+        [(3_600_000_000_000, "h"), (60_000_000_000, "m"), (1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "µs")];
+    if ns == 0 {
+        return "0s".into();
+    }
+    match UNITS.iter().find(|(unit, _)| ns >= *unit && ns.is_multiple_of(*unit)) {
+        Some((unit, name)) => format!("{}{name}", ns / unit),
+        None => human_ns(ns),
+    }
+}
+
+/// [`human_duration`] of a [`std::time::Duration`] (whole nanoseconds up to 584 years).
+pub fn human_duration_of(d: std::time::Duration) -> String {
+    human_duration(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// A rate in messages a second as a person reads it, in the unit that fits: `312 msg/s` below
@@ -498,6 +521,15 @@ mod tests {
         assert_eq!(human_ns(3_050_000), "3.05ms");
         assert_eq!(human_ns(1_200_000_000), "1.20s");
         assert_eq!(human_ns(2_252_800), "2.25ms");
+        // Waits and settings: whole where whole, in the largest unit, as a flag takes them.
+        let s = 1_000_000_000;
+        let waits = [0, 9 * s, 10 * s, 30 * s, 90 * s, 120 * s, 3_600 * s, 250_000_000, 1_500_000_000, 1_500_000, 800];
+        assert_eq!(
+            waits.map(human_duration),
+            ["0s", "9s", "10s", "30s", "90s", "2m", "1h", "250ms", "1500ms", "1500µs", "800ns"]
+        );
+        assert_eq!(human_duration(7_301_234_567), "7.30s", "a measured one as human_ns says it");
+        assert_eq!(human_duration_of(std::time::Duration::from_millis(9_000)), "9s");
         // A rate in the unit that fits: a DBN replay at a few hundred msg/s is not `0.000 M`.
         let rates = [312.4, 999.4, 999.5, 2_000.0, 15_280.0, 999_949.0, 999_950.0, 4_098_360.6];
         assert_eq!(
