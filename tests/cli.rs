@@ -94,13 +94,33 @@ fn a_negative_value_gets_its_flags_reason_on_every_command() {
             &["top", "--timeout", "-1s"],
             "invalid value '-1s' for '--timeout <DURATION>': negative: a duration is 0 or more",
         ),
-        (&["engine", "--metrics-listen", "-1"], "invalid value '-1' for '--metrics-listen <[bind:][ADDR:]PORT>'"),
+        (
+            &["engine", "--metrics-listen", "-1"],
+            "invalid value '-1' for '--metrics-listen <[bind:][ADDR:]PORT>': the port is not a number (0 to 65535)",
+        ),
         (&["clone-client", "set", "/x", "v", "--ttl", "-5s"], "invalid value '-5s' for '--ttl <DURATION>'"),
     ]);
     // Free text keeps a missing value missing: `--save --json` is no file named `--json`.
     let (code, _out, err) = run_within("bench", mdsub().args(["bench", "--save", "--json"]), DEADLINE);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("a value is required for '--save <FILE>'"), "{err}");
+}
+
+#[test]
+fn a_refused_listen_address_says_what_is_wrong_with_it() {
+    // Before, each said only `not a listen address ([bind:]PORT or [bind:]ADDR:PORT, …)`.
+    let flag = "for '--metrics-listen <[bind:][ADDR:]PORT>'";
+    assert_refused_with_usage(&[
+        (
+            &["engine", "--metrics-listen", "127.0.0.1:99999"],
+            &format!("'127.0.0.1:99999' {flag}: the port `99999` is out of range (0 to 65535); accepted: "),
+        ),
+        (&["engine", "--metrics-listen", "127.0.0.1"], &format!("'127.0.0.1' {flag}: no port after the address; ")),
+        (
+            &["engine", "--metrics-listen", "host.example:9464"],
+            &format!("{flag}: the address `host.example` is not an IP address"),
+        ),
+    ]);
 }
 
 #[test]

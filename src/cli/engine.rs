@@ -543,16 +543,71 @@ pub fn parse_engine_id(s: &str) -> Result<String, String> {
 }
 
 /// `PORT` (on 127.0.0.1) or `ADDR:PORT`, either after an optional `bind:` (a listener binds;
-/// `connect:` is refused).
+/// `connect:` is refused). A value refused says what is wrong with it: the port out of range or
+/// not a number, no port, no address before the port, an address that is no IP address (a
+/// name is not looked up), an IPv6 address outside its brackets (before: `not a listen
+/// address` for each of them).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     if s.starts_with("connect:") {
         return Err("a listen address binds: write bind:PORT, bind:ADDR:PORT or leave the prefix out".into());
     }
     let s = s.strip_prefix("bind:").unwrap_or(s);
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    let refused = |why: String| {
+        format!("{why}; accepted: [bind:]PORT (on 127.0.0.1) or [bind:]ADDR:PORT, ADDR an IP address, e.g. 9464, 0.0.0.0:9464 or [::1]:9464")
+    };
+    // The port named by itself inside ADDR:PORT; clap already quotes a value that is one.
+    let port = |p: &str| -> Result<u16, String> {
+        let named = if p == s { "the port".to_string() } else { format!("the port `{p}`") };
+        match p.parse::<u16>() {
+            Ok(port) => Ok(port),
+            Err(_) if p.is_empty() => Err(refused("no port after the address".into())),
+            Err(_) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                Err(refused(format!("{named} is out of range (0 to 65535)")))
+            }
+            Err(_) => Err(refused(format!("{named} is not a number (0 to 65535)"))),
+        }
+    };
+    if s.is_empty() {
+        return Err(refused("empty".into()));
     }
-    s.parse().map_err(|_| "not a listen address ([bind:]PORT or [bind:]ADDR:PORT, e.g. 127.0.0.1:9464)".to_string())
+    // A bare port (`9464`), or what was meant for one (`99999`, `-1`).
+    if !s.contains(':') && !s.contains('.') {
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        if digits(s.strip_prefix('-').unwrap_or(s)) {
+            return port(s).map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        }
+        return Err(refused("neither a port nor ADDR:PORT".into()));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match s.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => return Err(refused("no port after the address".into())),
+        Ok(std::net::IpAddr::V6(_)) => {
+            return Err(refused(
+                "no port after the address (an IPv6 address is written in brackets, the port after them: [ADDR]:PORT)"
+                    .into(),
+            ))
+        }
+        Err(_) => {}
+    }
+    let (host, p) = match s.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((v6, rest)) => (v6, rest.strip_prefix(':').unwrap_or(rest)),
+        None => s.rsplit_once(':').unwrap_or((s, "")),
+    };
+    let port = port(p)?;
+    if host.is_empty() {
+        return Err(refused(format!("no address before the port (`{port}` alone listens on 127.0.0.1)")));
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) if !s.starts_with('[') => {
+            Err(refused(format!("an IPv6 address is written in brackets: [{host}]:{port}")))
+        }
+        Ok(ip) => Ok(SocketAddr::new(ip, port)),
+        Err(_) => Err(refused(format!(
+            "the address `{host}` is not an IP address (a listener binds an address of this host; a name is not looked up)"
+        ))),
+    }
 }
 
 /// Parse a hand-off name: `batch`, `per-message` or `inline`.
@@ -901,8 +956,33 @@ mod tests {
         assert_eq!(parse_listen("bind:0.0.0.0:9464"), parse_listen("0.0.0.0:9464"));
         assert_eq!(parse_listen("bind:[::1]:0"), Ok("[::1]:0".parse().expect("an address")));
         assert!(parse_listen("connect:9464").is_err_and(|m| m.contains("binds")));
-        assert!(parse_listen("bind:").is_err());
+        assert!(parse_listen("bind:").is_err_and(|m| m.starts_with("empty; accepted: ")));
         assert!(parse_listen("bind:tcp://127.0.0.1:9464").is_err());
+        assert_eq!(parse_listen("[::1]:9464"), Ok("[::1]:9464".parse().expect("an address")));
+    }
+
+    /// Before, each of these said only `not a listen address`.
+    #[test]
+    fn a_refused_listen_address_says_what_is_wrong_with_it() {
+        for (value, why) in [
+            ("127.0.0.1:99999", "the port `99999` is out of range (0 to 65535)"),
+            ("99999", "the port is out of range (0 to 65535)"),
+            ("-1", "the port is not a number (0 to 65535)"),
+            ("127.0.0.1:abc", "the port `abc` is not a number (0 to 65535)"),
+            ("127.0.0.1:", "no port after the address"),
+            ("127.0.0.1", "no port after the address;"),
+            ("nowhere", "neither a port nor ADDR:PORT"),
+            (":9000", "no address before the port (`9000` alone listens on 127.0.0.1)"),
+            ("localhost:9000", "the address `localhost` is not an IP address"),
+            ("999.1.1.1:80", "the address `999.1.1.1` is not an IP address"),
+            ("::1:9000", "no port after the address (an IPv6 address is written in brackets, the port"),
+            ("[::1]:", "no port after the address"),
+            ("[::1]:70000", "the port `70000` is out of range (0 to 65535)"),
+        ] {
+            let e = parse_listen(value).expect_err(value);
+            assert!(e.starts_with(why), "{value}: {e}");
+            assert!(e.contains("; accepted: [bind:]PORT"), "{value}: {e}");
+        }
     }
 
     #[test]
