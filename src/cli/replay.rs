@@ -507,7 +507,16 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     if args.subscribers > 0 {
         crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         match publisher.wait_for_subscribers_or_stop(args.subscribers, args.wait_timeout, stop) {
-            Err(crate::replay::ReplayError::Interrupted) => return Err(super::Interrupted.into()),
+            // A stop while waiting ends the run as one while sending does: its result so far
+            // (nothing sent), marked interrupted, exit 0 (before: `mdsub: interrupted`, exit
+            // 130, nothing on stdout, while a stop a moment later printed the result and exited 0).
+            Err(crate::replay::ReplayError::Interrupted) => {
+                crate::diag!(
+                    "replay: interrupted while waiting for subscribers ({}): nothing was sent",
+                    publisher.short_of_subscribers(args.subscribers).join(", ")
+                );
+                return summarize(args, &publisher.stopped_before_sending());
+            }
             // Subscribers its access rules refused (ZAP, or libzmq's CURVE handshake) are named
             // by what was counted, not guessed at.
             Err(e @ crate::replay::ReplayError::NoSubscribers { .. }) => {
@@ -663,6 +672,9 @@ fn sent_line(stats: &crate::replay::ReplayStats) -> String {
     let interrupted = if stats.interrupted { " (interrupted)" } else { "" };
     let all = format!("{} s in all, with set-up and end of stream", secs(stats.elapsed_s));
     let n = stats.sent_total;
+    if n == 0 {
+        return format!("sent 0 messages{interrupted}; per shard {:?}", stats.sent_per_shard);
+    }
     let rate = match (stats.send_span_s, stats.dropped_on_purpose) {
         (Some(span), 0) => {
             format!("; {} s from the first to the last ({:.0} msg/s); {all}", secs(span), stats.msgs_per_sec)

@@ -593,6 +593,22 @@ impl Publisher {
         Ok(())
     }
 
+    /// The shards with fewer than `per_shard` subscribers as last drained, each with how many
+    /// it has (`shard0 tcp://127.0.0.1:5556: 0 of 1`).
+    pub fn short_of_subscribers(&self, per_shard: usize) -> Vec<String> {
+        let first = self.part.0;
+        (self.shards.iter().enumerate())
+            .filter(|(_, s)| s.subscribers < per_shard)
+            .map(|(k, s)| format!("shard{} {}: {} of {per_shard}", first + k, s.endpoint, s.subscribers))
+            .collect()
+    }
+
+    /// The result of a replay stopped before it sent anything (Ctrl-C while it waited for its
+    /// subscribers): nothing sent, marked interrupted, what its endpoints refused.
+    pub fn stopped_before_sending(&self) -> ReplayStats {
+        self.stats(Instant::now(), true)
+    }
+
     /// Wait until every shard has `per_shard` subscribers (the handshake).
     pub fn wait_for_subscribers(&mut self, per_shard: usize, timeout: Duration) -> Result<(), ReplayError> {
         self.wait_for_subscribers_or_stop(per_shard, timeout, &StopFlag::new())
