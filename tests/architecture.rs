@@ -217,6 +217,7 @@ const CORE_IMPORTS: &[&str] = &[
     "crate::diag::SUMMARY_INTERVAL_NS",
     "crate::diag::human_ns",
     "crate::diag::human_duration",
+    "crate::diag::human_ms",
 ];
 
 /// Per core, the plain types of its own part it is built on, one by one (docs/ARCHITECTURE.md

@@ -1022,7 +1022,7 @@ fn top_with_no_store_names_the_store_it_waited_for() {
     let last = err.trim().lines().last().unwrap_or_default();
     // Said once (before: `no clone server answered (EP): timed out after 1 s waiting for a
     // snapshot from a clone server`).
-    assert_eq!(last, format!("mdsub: error: top: no clone server answered ({store}) within 2 s"), "{err}");
+    assert_eq!(last, format!("mdsub: error: top: no clone server answered ({store}) within 2s"), "{err}");
     // --timeout is the whole wait: asking the server whether it stands by comes out of it
     // (before, 1 s more per server: 3 s here).
     assert!(took < Duration::from_millis(2900), "took {took:?} for --timeout 2s");

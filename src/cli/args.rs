@@ -323,18 +323,10 @@ pub fn whole_ms(d: Duration) -> u64 {
 pub fn parse_ms_in(s: &str, range_ms: std::ops::RangeInclusive<u64>) -> Result<Duration, String> {
     let d = parse_whole_ms(s)?;
     if !range_ms.contains(&whole_ms(d)) {
-        return Err(format!("out of range: give {} to {}", format_ms(*range_ms.start()), format_ms(*range_ms.end())));
+        let (from, to) = (crate::diag::human_ms(*range_ms.start()), crate::diag::human_ms(*range_ms.end()));
+        return Err(format!("out of range: give {from} to {to}"));
     }
     Ok(d)
-}
-
-/// `10ms`, `60s`, `1h`: milliseconds as the duration parser reads them.
-fn format_ms(ms: u64) -> String {
-    match ms {
-        m if m >= 3_600_000 && m.is_multiple_of(3_600_000) => format!("{}h", m / 3_600_000),
-        m if m >= 1_000 && m.is_multiple_of(1_000) => format!("{}s", m / 1_000),
-        m => format!("{m}ms"),
-    }
 }
 
 /// [`parse_count_nonzero`] into a `usize`.
@@ -474,7 +466,9 @@ mod tests {
         assert_eq!(parse_duration("41.2\u{b5}s"), Ok(Duration::from_nanos(41_200)));
         assert_eq!(parse_duration("41.2\u{3bc}s"), Ok(Duration::from_nanos(41_200)));
         assert_eq!(parse_duration("800ns"), Ok(Duration::from_nanos(800)));
-        for ns in [0, 800, 41_200, 1_500_000, 250_000_000, 9_000_000_000, 120_000_000_000, 3_600_000_000_000] {
+        for ns in
+            [0, 800, 41_200, 1_500_000, 250_000_000, 9_000_000_000, 120_000_000_000, 900_000_000_000, 3_600_000_000_000]
+        {
             let said = crate::diag::human_duration(ns);
             assert_eq!(parse_duration(&said), Ok(Duration::from_nanos(ns)), "{said}");
         }

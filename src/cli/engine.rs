@@ -121,13 +121,13 @@ impl SnailArgs {
     /// the flags of these that set it (`None`: none did, the profile is at fault).
     pub fn refused(&self, profile: &Profile, field: &str, message: &str) -> Option<String> {
         let s = &profile.snail;
-        let ms = |v: u64| format_duration(Duration::from_millis(v));
+        let ms = |v: u64| crate::diag::human_duration_of(Duration::from_millis(v));
         match field {
             "snail.skew_window_ms" => {
                 let given: Vec<String> = [
                     self.skew.map(|k| format!("--skew {}", k.name())),
-                    self.skew_window.map(|d| format!("--skew-window {}", format_duration(d))),
-                    self.grace.map(|d| format!("--grace {}", format_duration(d))),
+                    self.skew_window.map(|d| format!("--skew-window {}", crate::diag::human_duration_of(d))),
+                    self.grace.map(|d| format!("--grace {}", crate::diag::human_duration_of(d))),
                 ]
                 .into_iter()
                 .flatten()
@@ -143,7 +143,9 @@ impl SnailArgs {
                     )
                 })
             }
-            "snail.max_lag_ms" => self.max_lag.map(|d| format!("--max-lag {}: {message}", format_duration(d))),
+            "snail.max_lag_ms" => {
+                self.max_lag.map(|d| format!("--max-lag {}: {message}", crate::diag::human_duration_of(d)))
+            }
             "snail.monitor" => self.monitor.as_ref().map(|ep| format!("--monitor {}: {message}", ep.endpoint)),
             _ => None,
         }
@@ -238,7 +240,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     if !args.json {
         crate::outln!(
             "mdsub demo: {} of {}-byte payloads over {} symbols, {}, {} shard(s), {} worker(s), profile {}",
-            limits.duration.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "a run".into()),
+            limits.duration.map(crate::diag::human_duration_of).unwrap_or_else(|| "a run".into()),
             args.feed.payload_bytes,
             args.feed.symbols,
             describe_pacing(pacing),
@@ -266,14 +268,14 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     match out {
         Ok(out) => {
             if out.replay.interrupted {
-                let drain = crate::bench::run::INTERRUPTED_DRAIN.as_secs();
+                let drain = crate::diag::human_duration_of(crate::bench::run::INTERRUPTED_DRAIN);
                 // Stopped at the drain, the engine still knows its loss up to the last message
                 // that arrived (the session counted without its end of stream), so a known loss
                 // alone does not say it read the end of stream; no session left unended does.
                 let read_to_the_end = out.report.lost.is_some() && out.report.unended_sessions == 0;
                 let engine = match read_to_the_end {
                     true => "the engine read up to it".to_string(),
-                    false => format!("the engine did not reach it within the {drain} s drain and was stopped"),
+                    false => format!("the engine did not reach it within the {drain} drain and was stopped"),
                 };
                 crate::diag!(
                     "interrupted: the publisher stopped after {} messages and sent its end of stream; {engine}",
@@ -508,22 +510,11 @@ fn register_duration(
     range_ms: std::ops::RangeInclusive<u64>,
     apply: impl Fn(Duration) + Send + 'static,
 ) {
-    s.register(name, help, format_duration(now), move |raw| {
+    s.register(name, help, crate::diag::human_duration_of(now), move |raw| {
         let d = parse_ms_in(raw, range_ms.clone())?;
         apply(d);
-        Ok(format_duration(d))
+        Ok(crate::diag::human_duration_of(d))
     });
-}
-
-/// A duration as the shared parser reads it back (`250ms`, `2s`).
-pub(crate) fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d.as_nanos().is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}us", d.as_micros())
-    }
 }
 
 /// An engine id: one path segment of the store's keys (`/mdsub/status/ID/`) and a metrics

@@ -712,16 +712,17 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
         let blocked: f64 = stats.blocked_s_per_shard.iter().sum();
         if blocked >= 0.001 {
             crate::outln!(
-                "held back {blocked:.3} s by a lossless subscriber's full pipe; per shard {:?}",
+                "held back {} by a lossless subscriber's full pipe; per shard {:?}",
+                crate::diag::human_duration((blocked * 1e9) as u64),
                 stats.blocked_s_per_shard.iter().map(|s| (s * 1e3).round() / 1e3).collect::<Vec<_>>()
             );
         }
         if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
-                "on purpose: dropped {}, restarts {}, paused {:.3} s",
+                "on purpose: dropped {}, restarts {}, paused {}",
                 stats.dropped_on_purpose,
                 stats.restarts,
-                stats.paused_s
+                crate::diag::human_duration((stats.paused_s * 1e9) as u64)
             );
         }
         if !stats.subscribers_refused.is_empty() {
@@ -748,10 +749,10 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
         }
         if let Some((first, last)) = stats.market_span_ns {
             crate::outln!(
-                "market time {} to {} ({:.3} s recorded)",
+                "market time {} to {} ({} recorded)",
                 dbn::pretty::fmt_ts(first),
                 dbn::pretty::fmt_ts(last),
-                last.saturating_sub(first) as f64 / 1e9
+                crate::diag::human_duration(last.saturating_sub(first))
             );
         }
     }

@@ -893,7 +893,8 @@ impl Engine {
             })
             .collect();
         let (lost, loss_basis) = if !unheard.is_empty() {
-            let within = waited.map(|t| format!(" within the {:.1} s wait", t.as_secs_f64())).unwrap_or_default();
+            let within =
+                waited.map(|t| format!(" within the {} wait", crate::diag::human_duration_of(t))).unwrap_or_default();
             (None, format!("unknown: end of stream not seen on every shard{within} ({})", unheard.join("; ")))
         } else if losses.contains(&Err(LossUnknown::Filtered)) {
             (None, FILTERED_BASIS.to_string())

@@ -644,9 +644,9 @@ impl LinkWatch {
                 crate::diag!(
                     "{}: link {ep} still lost after {} ({}): {how}; said again every {} while it stays lost",
                     self.name,
-                    human_s(for_ns),
+                    core::whole_seconds(for_ns),
                     reason.name(),
-                    human_s(core::STILL_LOST_EVERY_NS)
+                    core::whole_seconds(core::STILL_LOST_EVERY_NS)
                 );
                 // Its return is said too.
                 self.said[link] = true;
@@ -684,7 +684,7 @@ impl LinkWatch {
                     "{}: link {} up again after {} down (reconnect {reconnects})",
                     self.name,
                     self.links.endpoint(link),
-                    crate::diag::human_ns(down_ns)
+                    crate::diag::human_duration(down_ns)
                 );
             }
         }
@@ -709,11 +709,6 @@ impl Drop for LinkWatch {
             }
         }
     }
-}
-
-/// A while in whole seconds (`5 s`, `60 s`), as the link lines say it.
-fn human_s(ns: u64) -> String {
-    format!("{:.0} s", ns as f64 / 1e9)
 }
 
 /// One monitor message: `[u16 event, u32 value]` (native order) and the endpoint. A failed

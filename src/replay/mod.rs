@@ -46,8 +46,9 @@ pub enum ReplayError {
     },
     /// `no subscriber reached EP …` was said also when some had (`expected 2, saw 1`).
     #[error(
-        "{} reached {endpoint} within {waited_ms} ms{}",
+        "{} reached {endpoint} within {}{}",
         if *seen == 0 { "no subscriber".to_string() } else { format!("only {seen} of {expected} subscribers") },
+        crate::diag::human_duration(waited_ms.saturating_mul(1_000_000)),
         if *seen == 0 { format!(" (expected {expected})") } else { String::new() }
     )]
     NoSubscribers { endpoint: String, expected: usize, seen: usize, waited_ms: u64 },
@@ -67,9 +68,9 @@ pub enum ReplayError {
     /// The replay ran, but shards could not take their end of stream in time (a lossless
     /// subscriber stopped reading): what it did, for its summary.
     #[error(
-        "{} could not take the end of stream within {} s (a subscriber stopped reading)",
+        "{} could not take the end of stream within {} (a subscriber stopped reading)",
         .0.eos_missed.join(", "),
-        EOS_TIMEOUT.as_secs()
+        crate::diag::human_duration_of(EOS_TIMEOUT)
     )]
     EndOfStreamMissed(Box<ReplayStats>),
 }
@@ -634,17 +635,11 @@ impl Publisher {
                 // by default): after 5 s, once, which shards still lack subscribers.
                 if !said_waiting && start.elapsed() >= WAITING_SAID_AFTER && start.elapsed() < timeout {
                     said_waiting = true;
-                    let first = self.part.0;
-                    let short: Vec<String> = (self.shards.iter().enumerate())
-                        .filter(|(_, s)| s.subscribers < per_shard)
-                        .map(|(k, s)| format!("shard{} {}: {} of {per_shard}", first + k, s.endpoint, s.subscribers))
-                        .collect();
                     crate::diag!(
-                        "replay: still waiting for subscribers after {} s ({}); gives up after {} ms \
-                         (--wait-timeout)",
-                        WAITING_SAID_AFTER.as_secs(),
-                        short.join(", "),
-                        timeout.as_millis()
+                        "replay: still waiting for subscribers after {} ({}); gives up after {} (--wait-timeout)",
+                        crate::diag::human_duration_of(WAITING_SAID_AFTER),
+                        self.short_of_subscribers(per_shard).join(", "),
+                        crate::diag::human_duration_of(timeout)
                     );
                 }
                 if start.elapsed() >= timeout {
