@@ -20,8 +20,9 @@
 //! - [`ExitCounters`] is the one convention for the counters a command prints when it stops:
 //!   a `NAME: stopped: k=v …` line on stderr, like every other diagnostic, or with `--json`
 //!   one JSON object on stdout.
-//! - [`human_ns`] is a duration as a person reads it (`41.2µs`), for every line and report;
-//!   [`human_rate`] a message rate (`312 msg/s`, `15.3 k msg/s`, `1.930 M msg/s`).
+//! - [`human_ns`] is a measured duration as a person reads it (`41.2µs`), for every line and
+//!   report; [`human_duration`] a wait, timeout or setting the way a flag takes it (`30s`,
+//!   `250ms`, else as `human_ns`); [`human_rate`] a message rate (`312 msg/s`, `15.3 k msg/s`, `1.930 M msg/s`).
 
 use std::fmt::{self, Display, Write as _};
 use std::io::Write;
@@ -34,6 +35,39 @@ pub fn human_ns(ns: u64) -> String {
         1_000_000..=999_999_999 => format!("{:.2}ms", ns as f64 / 1e6),
         _ => format!("{:.2}s", ns as f64 / 1e9),
     }
+}
+
+/// A wait, a timeout or a setting as a person reads it and the duration parser takes it back
+/// (`--timeout 30s`): whole in the largest unit it is whole in (`5s`, `30s`, `250ms`, `1h`,
+/// `1500ms`; minutes from 10 on, `15m`, so `60s` is never a `1m` to be read as a millisecond),
+/// from 10 minutes on in tenths of minutes, from 3 hours on in tenths of hours (`12.5m`,
+/// `277777.8h`), else as [`human_ns`] says it (`7.30s`, `41.2µs`). The one formatter of the
+/// durations in messages (before, one line said `9000 ms` and another `10 s` for the same kind
+/// of value, neither of which a flag takes).
+pub fn human_duration(ns: u64) -> String {
+    const MINUTE: u64 = 60_000_000_000;
+    const HOUR: u64 = 60 * MINUTE;
+    let whole = |unit: u64, name: &str| (ns >= unit && ns.is_multiple_of(unit)).then(|| format!("{}{name}", ns / unit));
+    match ns {
+        0 => "0s".into(),
+        n if n >= HOUR && n.is_multiple_of(HOUR) => format!("{}h", n / HOUR),
+        n if n >= 3 * HOUR => format!("{:.1}h", n as f64 / HOUR as f64),
+        n if n >= 10 * MINUTE => whole(MINUTE, "m").unwrap_or_else(|| format!("{:.1}m", n as f64 / MINUTE as f64)),
+        n => whole(1_000_000_000, "s")
+            .or_else(|| whole(1_000_000, "ms"))
+            .or_else(|| whole(1_000, "µs"))
+            .unwrap_or_else(|| human_ns(n)),
+    }
+}
+
+/// [`human_duration`] of a setting kept in milliseconds (`2000` is `2s`).
+pub fn human_ms(ms: u64) -> String {
+    human_duration(ms.saturating_mul(1_000_000))
+}
+
+/// [`human_duration`] of a [`std::time::Duration`] (whole nanoseconds up to 584 years).
+pub fn human_duration_of(d: std::time::Duration) -> String {
+    human_duration(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// A rate in messages a second as a person reads it, in the unit that fits: `312 msg/s` below
@@ -315,7 +349,7 @@ impl Refusals {
                 Some(format!(
                     "{} ({reason}): {detail} (the first; more are counted and summarised every {})",
                     self.head,
-                    secs(self.interval_ns)
+                    human_duration(self.interval_ns)
                 ))
             }
         }
@@ -329,7 +363,7 @@ impl Refusals {
         }
         let since = now_ns.saturating_sub(last);
         self.last_summary_ns = Some(now_ns);
-        Some(self.summary(&format!("in the last {}", secs(since))))
+        Some(self.summary(&format!("in the last {}", human_duration(since))))
     }
 
     /// The summary of what went unsaid, however recent (for the end of a run); `None` if nothing did.
@@ -369,15 +403,6 @@ impl Refusals {
     /// `(reason, count)` in the order the reasons first occurred.
     pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         self.reasons.iter().map(|r| (r.name, r.total))
-    }
-}
-
-/// `10s`, `2.5s`: a duration in seconds for the lines.
-fn secs(ns: u64) -> String {
-    if ns.is_multiple_of(1_000_000_000) {
-        format!("{}s", ns / 1_000_000_000)
-    } else {
-        format!("{:.1}s", ns as f64 / 1e9)
     }
 }
 
@@ -498,6 +523,21 @@ mod tests {
         assert_eq!(human_ns(3_050_000), "3.05ms");
         assert_eq!(human_ns(1_200_000_000), "1.20s");
         assert_eq!(human_ns(2_252_800), "2.25ms");
+        // Waits and settings: whole where whole, in the largest unit, as a flag takes them.
+        let s = 1_000_000_000;
+        let waits =
+            [0, 9 * s, 10 * s, 30 * s, 60 * s, 120 * s, 900 * s, 3_600 * s, 250_000_000, 1_500_000_000, 1_500_000, 800];
+        assert_eq!(
+            waits.map(human_duration),
+            ["0s", "9s", "10s", "30s", "60s", "120s", "15m", "1h", "250ms", "1500ms", "1500µs", "800ns"]
+        );
+        assert_eq!(human_duration(7_301_234_567), "7.30s", "a measured one as human_ns says it");
+        // Long waits in tenths of minutes, then of hours (a replay's jump in the recorded clock).
+        assert_eq!(human_duration(750_500_000_000), "12.5m");
+        assert_eq!(human_duration(5_400 * s), "90m");
+        assert_eq!(human_duration(10_801 * s), "3.0h");
+        assert_eq!(human_duration(1_000_000_000_000_000_000), "277777.8h");
+        assert_eq!(human_duration_of(std::time::Duration::from_millis(9_000)), "9s");
         // A rate in the unit that fits: a DBN replay at a few hundred msg/s is not `0.000 M`.
         let rates = [312.4, 999.4, 999.5, 2_000.0, 15_280.0, 999_949.0, 999_950.0, 4_098_360.6];
         assert_eq!(

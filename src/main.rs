@@ -15,7 +15,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Start with `mdsub demo`: a generated feed replayed into the engine over TCP
 /// loopback, then a report of throughput, loss and latency.
 #[derive(Parser)]
-#[command(name = "mdsub", version, about, long_about)]
+#[command(
+    name = "mdsub",
+    version,
+    about,
+    long_about,
+    after_long_help = "Exit status: 0 done, or stopped by a first Ctrl-C/SIGTERM with what it had printed, \
+                       marked interrupted (--json too); 1 an error; 2 a flag or value refused; 3 a croaked \
+                       snail; 4 no clone server answered; 5 capacity found no winner; 130 interrupted with \
+                       nothing to show (still starting, a benchmark before its first whole measurement, a \
+                       second signal). README, \"Exit codes\"."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -33,8 +43,14 @@ enum Cmd {
     Demo(cli::engine::DemoArgs),
     /// Publish a generated feed, a capture file or Databento DBN data on one XPUB endpoint per
     /// shard, paced or flat out, after waiting for subscribers.
+    ///
+    /// Ctrl-C (or SIGTERM) stops it, while it waits for subscribers as while it sends: it
+    /// prints what it sent so far, marked interrupted (--json: `"interrupted": true`), and exits 0.
     Replay(cli::replay::ReplayArgs),
     /// Run the engine against running publishers until end of stream or Ctrl-C.
+    ///
+    /// Ctrl-C (or SIGTERM) stops it with its report, marked interrupted (--json:
+    /// `"interrupted": true`), exit 0.
     Engine(Box<cli::engine::EngineArgs>),
     /// Replay benchmark: the engine against a plain single-thread SUB reader
     /// on the same feed, medians of runs and ratios.

@@ -208,7 +208,7 @@ fn cores_take_now_ns_and_touch_no_socket_thread_or_file() {
 }
 
 /// What every core may import: the socket-free, clock-free primitives (`diag` only for its
-/// `Refusals` core and the `human_ns` words), besides the other cores.
+/// `Refusals` core and the `human_ns` and `human_duration` words), besides the other cores.
 const CORE_IMPORTS: &[&str] = &[
     "crate::wire",
     "crate::clock",
@@ -216,6 +216,8 @@ const CORE_IMPORTS: &[&str] = &[
     "crate::diag::Refusals",
     "crate::diag::SUMMARY_INTERVAL_NS",
     "crate::diag::human_ns",
+    "crate::diag::human_duration",
+    "crate::diag::human_ms",
 ];
 
 /// Per core, the plain types of its own part it is built on, one by one (docs/ARCHITECTURE.md

@@ -94,13 +94,33 @@ fn a_negative_value_gets_its_flags_reason_on_every_command() {
             &["top", "--timeout", "-1s"],
             "invalid value '-1s' for '--timeout <DURATION>': negative: a duration is 0 or more",
         ),
-        (&["engine", "--metrics-listen", "-1"], "invalid value '-1' for '--metrics-listen <[bind:][ADDR:]PORT>'"),
+        (
+            &["engine", "--metrics-listen", "-1"],
+            "invalid value '-1' for '--metrics-listen <[bind:][ADDR:]PORT>': the port is not a number (0 to 65535)",
+        ),
         (&["clone-client", "set", "/x", "v", "--ttl", "-5s"], "invalid value '-5s' for '--ttl <DURATION>'"),
     ]);
     // Free text keeps a missing value missing: `--save --json` is no file named `--json`.
     let (code, _out, err) = run_within("bench", mdsub().args(["bench", "--save", "--json"]), DEADLINE);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("a value is required for '--save <FILE>'"), "{err}");
+}
+
+#[test]
+fn a_refused_listen_address_says_what_is_wrong_with_it() {
+    // Before, each said only `not a listen address ([bind:]PORT or [bind:]ADDR:PORT, …)`.
+    let flag = "for '--metrics-listen <[bind:][ADDR:]PORT>'";
+    assert_refused_with_usage(&[
+        (
+            &["engine", "--metrics-listen", "127.0.0.1:99999"],
+            &format!("'127.0.0.1:99999' {flag}: the port `99999` is out of range (0 to 65535); accepted: "),
+        ),
+        (&["engine", "--metrics-listen", "127.0.0.1"], &format!("'127.0.0.1' {flag}: no port after the address; ")),
+        (
+            &["engine", "--metrics-listen", "host.example:9464"],
+            &format!("{flag}: the address `host.example` is not an IP address"),
+        ),
+    ]);
 }
 
 #[test]
@@ -206,11 +226,48 @@ fn ctrl_c_ends_a_wait_for_a_peer_nobody_serves() {
     let (code, err) = interrupt(p);
     assert_eq!(code, Some(130), "stderr: {err}");
     assert_eq!(err.trim(), "mdsub: interrupted", "one line saying so: {err}");
+}
 
-    // A replay waiting for its subscribers.
-    let (replay, _eps) = start_replay("replay", 1, &["--count", "10", "--wait-timeout", "60s"]);
-    let (code, _) = interrupt(replay.proc);
-    assert_eq!(code, Some(130), "replay interrupted while waiting for subscribers");
+/// `mdsub replay --json` stopped by one SIGINT (by pid) once `wait` has come: its exit status,
+/// its one JSON object and what it said on stderr.
+fn interrupted_replay(extra: &[&str], wait: impl FnOnce(&LineProc)) -> (Option<i32>, serde_json::Value, Vec<String>) {
+    let (mut replay, _eps) = start_replay("replay", 1, &[&["--json"][..], extra].concat());
+    wait(&replay);
+    let err = replay.stderr.take().expect("stderr lines");
+    replay.proc.signal(2);
+    let (status, out) = replay.finish(DEADLINE);
+    let said = common::rest_lines(&err, Duration::from_secs(5));
+    (status.code(), common::json(&out), said)
+}
+
+#[test]
+fn an_interrupted_replay_prints_its_result_and_exits_0_waiting_or_sending() {
+    // One rule for a replay stopped by Ctrl-C (README, "Exit codes"): its result so far, marked
+    // interrupted, exit 0. Before, stopped while waiting for subscribers it said `mdsub:
+    // interrupted` and exited 130 with nothing on stdout; a moment later, sending, it printed
+    // its result and exited 0.
+    let (code, r, said) = interrupted_replay(&["--count", "10", "--wait-timeout", "60s"], |p| {
+        let err = p.stderr.as_ref().expect("stderr lines");
+        common::wait_line(err, DEADLINE, "the wait", |l| l.starts_with("waiting for 1 subscriber(s) per shard"));
+    });
+    assert_eq!(code, Some(0), "{said:?}");
+    assert_eq!((r["interrupted"].as_bool(), r["sent_total"].as_u64()), (Some(true), Some(0)), "{r}");
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("replay: interrupted while waiting for subscribers (shard0 tcp://127.0.0.1:")
+                && l.ends_with(": 0 of 1): nothing was sent")),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|l| l == "mdsub: interrupted"), "{said:?}");
+
+    // Sending: the same.
+    let (code, r, said) = interrupted_replay(&["--subscribers", "0", "--rate", "1k", "--duration", "60s"], |p| {
+        let pid = p.proc.pid();
+        wait_until(DEADLINE, "the replay's sending thread", || thread_cpu_ms(pid, "replay").is_some());
+    });
+    assert_eq!(code, Some(0), "{said:?}");
+    assert_eq!(r["interrupted"], true, "{r}");
+    assert!(!said.iter().any(|l| l == "mdsub: interrupted"), "{said:?}");
 }
 
 #[test]
@@ -965,7 +1022,7 @@ fn top_with_no_store_names_the_store_it_waited_for() {
     let last = err.trim().lines().last().unwrap_or_default();
     // Said once (before: `no clone server answered (EP): timed out after 1 s waiting for a
     // snapshot from a clone server`).
-    assert_eq!(last, format!("mdsub: error: top: no clone server answered ({store}) within 2 s"), "{err}");
+    assert_eq!(last, format!("mdsub: error: top: no clone server answered ({store}) within 2s"), "{err}");
     // --timeout is the whole wait: asking the server whether it stands by comes out of it
     // (before, 1 s more per server: 3 s here).
     assert!(took < Duration::from_millis(2900), "took {took:?} for --timeout 2s");

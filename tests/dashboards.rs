@@ -597,7 +597,10 @@ fn bad_output_settings_are_one_clear_error() {
     let (code, _, err) =
         run_within("engine", mdsub().args(["engine", "--metrics-listen", "nowhere"]), Duration::from_secs(30));
     assert_ne!(code, Some(0));
-    assert!(err.contains("not a listen address"), "{err}");
+    assert!(
+        err.contains("'nowhere' for '--metrics-listen <[bind:][ADDR:]PORT>': neither a port nor ADDR:PORT"),
+        "{err}"
+    );
     assert!(!Path::new("/nonexistent-dir").exists());
 }
 

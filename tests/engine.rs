@@ -612,6 +612,35 @@ fn bound_engine(extra: &[&str]) -> (LineProc, String) {
     (engine, ep)
 }
 
+/// A bound shard no publisher reaches for 5 s says so once (which shard, which endpoint, still
+/// waiting), as a shard that connects says `not up after 5 s`; and says when one comes. Before,
+/// a bound shard said nothing however long it waited.
+#[test]
+fn a_bound_shard_with_no_publisher_for_5_s_says_so_once_and_when_one_comes() {
+    let started = std::time::Instant::now();
+    let (mut engine, ep) = bound_engine(&["--expect-eos", "0"]);
+    let err = engine.stderr.take().expect("stderr piped");
+    let waiting = wait_line(&err, Duration::from_secs(30), "the shard's no-publisher line", |l| {
+        l.starts_with("shard0: no publisher")
+    });
+    assert!(started.elapsed() >= Duration::from_secs(5), "said after 5 s: {waiting}");
+    assert_eq!(
+        waiting,
+        format!("shard0: no publisher has connected to bound {ep} in 5s; still waiting (said again when one does)")
+    );
+    let ctx = zmq::Context::new();
+    let _publisher = connected_publisher(&ctx, &ep);
+    let came = wait_line(&err, Duration::from_secs(30), "the shard's publisher line", |l| {
+        l.starts_with("shard0: a publisher connected")
+    });
+    assert!(came.starts_with(&format!("shard0: a publisher connected to {ep} after ")), "{came}");
+    engine.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+    let rest: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(5)).ok()).collect();
+    assert!(!rest.iter().any(|l| l.contains("no publisher has connected")), "said once: {rest:?}");
+}
+
 /// One publisher sends `frames` to a bound engine, which ends on its end of stream: the report,
 /// and what the engine said on stderr.
 fn one_publisher_run(frames: &[Vec<u8>]) -> (serde_json::Value, Vec<String>) {

@@ -776,7 +776,7 @@ fn a_snail_threshold_finer_than_a_millisecond_is_refused_naming_the_flag() {
         ("--max-lag", "0s", "invalid value '0s' for '--max-lag <DURATION>': out of range: give 1ms to 1h"),
         // Before: `--max-lag 2h` ran, though the live setting `snail_max_lag` refused over 1h.
         ("--max-lag", "2h", "invalid value '2h' for '--max-lag <DURATION>': out of range: give 1ms to 1h"),
-        ("--grace", "61m", "invalid value '61m' for '--grace <DURATION>': out of range: give 0ms to 1h"),
+        ("--grace", "61m", "invalid value '61m' for '--grace <DURATION>': out of range: give 0s to 1h"),
     ] {
         let (code, _out, err) = run_within(
             "engine",

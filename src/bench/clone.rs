@@ -516,11 +516,11 @@ pub fn run(args: &CloneBenchConfig, lines: Lines, stop: &StopFlag) -> anyhow::Re
     let machine = Machine::here();
     lines.say(format_args!("clone-bench  {machine}"));
     lines.say(format_args!(
-        "clone-bench: {runs} run(s) each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {} ms, \
+        "clone-bench: {runs} run(s) each; updates {} (16-byte values, 10k keys), snapshot {} keys, silence {}, \
          idle {}",
         args.updates,
         args.keys,
-        args.silence_ms,
+        crate::diag::human_ms(args.silence_ms),
         args.idle.name()
     ));
     let settings = serde_json::json!({

@@ -28,7 +28,7 @@ use crate::zmqx::{endpoint_transport, Attach, Transport};
 /// What an `EP` is, in the forms an endpoint error states.
 const EP_LIKE: &str = "with EP like tcp://127.0.0.1:5556 or ipc:///tmp/md";
 /// The accepted duration forms, as every duration error states them.
-pub const DURATION_FORMS: &str = "a number with a unit: us, ms, s, m or h (e.g. 500ms, 5s, 2m)";
+pub const DURATION_FORMS: &str = "a number with a unit: ns, us (or µs), ms, s, m or h (e.g. 500ms, 5s, 2m)";
 /// The accepted size forms, as every `--*-bytes` error states them.
 pub const BYTES_FORMS: &str =
     "a whole number of bytes, optionally with k or M (10^3, 10^6) or Ki, Mi or Gi (2^10, 2^20, 2^30), e.g. 64k, 1Mi";
@@ -194,16 +194,19 @@ pub fn parse_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
     Ok(list)
 }
 
-/// Parse a duration with its unit: `250us`, `500ms`, `5s`, `1.5s`, `2m`, `1h`.
+/// Parse a duration with its unit: `250us`, `500ms`, `5s`, `1.5s`, `2m`, `1h`; also `µs` and
+/// `ns`, so that every duration a message says ([`crate::diag::human_duration`], `41.2µs`) is
+/// one a flag takes.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let split = t.find(|c: char| c.is_ascii_alphabetic() || MICRO.contains(&c)).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let Ok(v) = num.trim().parse::<f64>() else {
         return Err(format!("not a duration; accepted: {DURATION_FORMS}"));
     };
     let scale = match unit {
-        "us" => 1e-6,
+        "ns" => 1e-9,
+        "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
         "ms" => 1e-3,
         "s" => 1.0,
         "m" => 60.0,
@@ -220,6 +223,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Err(format!("out of range: at most {}s", crate::clock::MAX_DURATION_S))
     }
 }
+
+/// The micro sign (`µ`, what [`crate::diag::human_ns`] writes) and the Greek mu (`μ`) that
+/// looks the same: either begins `µs`.
+const MICRO: [char; 2] = ['\u{b5}', '\u{3bc}'];
 
 /// Parse a count: `100000`, `100k`, `2M`, `1.5M`, `1_000_000`.
 pub fn parse_count(s: &str) -> Result<u64, String> {
@@ -316,18 +323,10 @@ pub fn whole_ms(d: Duration) -> u64 {
 pub fn parse_ms_in(s: &str, range_ms: std::ops::RangeInclusive<u64>) -> Result<Duration, String> {
     let d = parse_whole_ms(s)?;
     if !range_ms.contains(&whole_ms(d)) {
-        return Err(format!("out of range: give {} to {}", format_ms(*range_ms.start()), format_ms(*range_ms.end())));
+        let (from, to) = (crate::diag::human_ms(*range_ms.start()), crate::diag::human_ms(*range_ms.end()));
+        return Err(format!("out of range: give {from} to {to}"));
     }
     Ok(d)
-}
-
-/// `10ms`, `60s`, `1h`: milliseconds as the duration parser reads them.
-fn format_ms(ms: u64) -> String {
-    match ms {
-        m if m >= 3_600_000 && m.is_multiple_of(3_600_000) => format!("{}h", m / 3_600_000),
-        m if m >= 1_000 && m.is_multiple_of(1_000) => format!("{}s", m / 1_000),
-        m => format!("{m}ms"),
-    }
 }
 
 /// [`parse_count_nonzero`] into a `usize`.
@@ -463,6 +462,16 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        // What the messages say reads back: `41.2µs` (micro sign or Greek mu), `800ns`.
+        assert_eq!(parse_duration("41.2\u{b5}s"), Ok(Duration::from_nanos(41_200)));
+        assert_eq!(parse_duration("41.2\u{3bc}s"), Ok(Duration::from_nanos(41_200)));
+        assert_eq!(parse_duration("800ns"), Ok(Duration::from_nanos(800)));
+        for ns in
+            [0, 800, 41_200, 1_500_000, 250_000_000, 9_000_000_000, 120_000_000_000, 900_000_000_000, 3_600_000_000_000]
+        {
+            let said = crate::diag::human_duration(ns);
+            assert_eq!(parse_duration(&said), Ok(Duration::from_nanos(ns)), "{said}");
+        }
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         for bad in ["5", "", "soon", "5x", "-1s", "s", "1e300s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} refused");

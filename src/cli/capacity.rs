@@ -305,7 +305,8 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         Event::TrialStarted { config, rate, purpose, done, estimate_left, eta_s } => {
             pb.set_length((done + estimate_left) as u64);
             pb.set_position(done as u64);
-            pb.set_message(format!("`{config}` {rate} msg/s ({}), about {:.0} s left", purpose.name(), eta_s.max(0.0)));
+            let left = crate::diag::human_duration((eta_s.max(0.0).round() as u64).saturating_mul(1_000_000_000));
+            pb.set_message(format!("`{config}` {rate} msg/s ({}), about {left} left", purpose.name()));
         }
         Event::TrialDone { config, summary } => {
             pb.inc(1);

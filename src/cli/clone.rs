@@ -308,8 +308,8 @@ pub(crate) fn silence_warning(silence: Duration) -> Option<String> {
             "warning: --silence {} is not above a server's default HUGZ interval ({}): a live server with \
              nothing to publish is taken for dead between its heartbeats (failovers, hops); give more than \
              the servers' --hugz-interval",
-            super::engine::format_duration(silence),
-            super::engine::format_duration(hugz)
+            crate::diag::human_duration_of(silence),
+            crate::diag::human_duration_of(hugz)
         )
     })
 }
@@ -331,7 +331,7 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 #[error(
     "no clone server {} ({servers}){}",
     if *standing_by { "served a snapshot" } else { "answered" },
-    within.map(|d| format!(" within {} s", d.as_secs_f64())).unwrap_or_default()
+    within.map(|d| format!(" within {}", crate::diag::human_duration_of(d))).unwrap_or_default()
 )]
 pub struct NoServer {
     /// The servers asked, as the command line named them.

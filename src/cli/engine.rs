@@ -121,13 +121,13 @@ impl SnailArgs {
     /// the flags of these that set it (`None`: none did, the profile is at fault).
     pub fn refused(&self, profile: &Profile, field: &str, message: &str) -> Option<String> {
         let s = &profile.snail;
-        let ms = |v: u64| format_duration(Duration::from_millis(v));
+        let ms = |v: u64| crate::diag::human_duration_of(Duration::from_millis(v));
         match field {
             "snail.skew_window_ms" => {
                 let given: Vec<String> = [
                     self.skew.map(|k| format!("--skew {}", k.name())),
-                    self.skew_window.map(|d| format!("--skew-window {}", format_duration(d))),
-                    self.grace.map(|d| format!("--grace {}", format_duration(d))),
+                    self.skew_window.map(|d| format!("--skew-window {}", crate::diag::human_duration_of(d))),
+                    self.grace.map(|d| format!("--grace {}", crate::diag::human_duration_of(d))),
                 ]
                 .into_iter()
                 .flatten()
@@ -143,7 +143,9 @@ impl SnailArgs {
                     )
                 })
             }
-            "snail.max_lag_ms" => self.max_lag.map(|d| format!("--max-lag {}: {message}", format_duration(d))),
+            "snail.max_lag_ms" => {
+                self.max_lag.map(|d| format!("--max-lag {}: {message}", crate::diag::human_duration_of(d)))
+            }
             "snail.monitor" => self.monitor.as_ref().map(|ep| format!("--monitor {}: {message}", ep.endpoint)),
             _ => None,
         }
@@ -238,7 +240,7 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     if !args.json {
         crate::outln!(
             "mdsub demo: {} of {}-byte payloads over {} symbols, {}, {} shard(s), {} worker(s), profile {}",
-            limits.duration.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "a run".into()),
+            limits.duration.map(crate::diag::human_duration_of).unwrap_or_else(|| "a run".into()),
             args.feed.payload_bytes,
             args.feed.symbols,
             describe_pacing(pacing),
@@ -266,14 +268,14 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     match out {
         Ok(out) => {
             if out.replay.interrupted {
-                let drain = crate::bench::run::INTERRUPTED_DRAIN.as_secs();
+                let drain = crate::diag::human_duration_of(crate::bench::run::INTERRUPTED_DRAIN);
                 // Stopped at the drain, the engine still knows its loss up to the last message
                 // that arrived (the session counted without its end of stream), so a known loss
                 // alone does not say it read the end of stream; no session left unended does.
                 let read_to_the_end = out.report.lost.is_some() && out.report.unended_sessions == 0;
                 let engine = match read_to_the_end {
                     true => "the engine read up to it".to_string(),
-                    false => format!("the engine did not reach it within the {drain} s drain and was stopped"),
+                    false => format!("the engine did not reach it within the {drain} drain and was stopped"),
                 };
                 crate::diag!(
                     "interrupted: the publisher stopped after {} messages and sent its end of stream; {engine}",
@@ -508,22 +510,11 @@ fn register_duration(
     range_ms: std::ops::RangeInclusive<u64>,
     apply: impl Fn(Duration) + Send + 'static,
 ) {
-    s.register(name, help, format_duration(now), move |raw| {
+    s.register(name, help, crate::diag::human_duration_of(now), move |raw| {
         let d = parse_ms_in(raw, range_ms.clone())?;
         apply(d);
-        Ok(format_duration(d))
+        Ok(crate::diag::human_duration_of(d))
     });
-}
-
-/// A duration as the shared parser reads it back (`250ms`, `2s`).
-pub(crate) fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d.as_nanos().is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}us", d.as_micros())
-    }
 }
 
 /// An engine id: one path segment of the store's keys (`/mdsub/status/ID/`) and a metrics
@@ -543,16 +534,71 @@ pub fn parse_engine_id(s: &str) -> Result<String, String> {
 }
 
 /// `PORT` (on 127.0.0.1) or `ADDR:PORT`, either after an optional `bind:` (a listener binds;
-/// `connect:` is refused).
+/// `connect:` is refused). A value refused says what is wrong with it: the port out of range or
+/// not a number, no port, no address before the port, an address that is no IP address (a
+/// name is not looked up), an IPv6 address outside its brackets (before: `not a listen
+/// address` for each of them).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     if s.starts_with("connect:") {
         return Err("a listen address binds: write bind:PORT, bind:ADDR:PORT or leave the prefix out".into());
     }
     let s = s.strip_prefix("bind:").unwrap_or(s);
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    let refused = |why: String| {
+        format!("{why}; accepted: [bind:]PORT (on 127.0.0.1) or [bind:]ADDR:PORT, ADDR an IP address, e.g. 9464, 0.0.0.0:9464 or [::1]:9464")
+    };
+    // The port named by itself inside ADDR:PORT; clap already quotes a value that is one.
+    let port = |p: &str| -> Result<u16, String> {
+        let named = if p == s { "the port".to_string() } else { format!("the port `{p}`") };
+        match p.parse::<u16>() {
+            Ok(port) => Ok(port),
+            Err(_) if p.is_empty() => Err(refused("no port after the address".into())),
+            Err(_) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                Err(refused(format!("{named} is out of range (0 to 65535)")))
+            }
+            Err(_) => Err(refused(format!("{named} is not a number (0 to 65535)"))),
+        }
+    };
+    if s.is_empty() {
+        return Err(refused("empty".into()));
     }
-    s.parse().map_err(|_| "not a listen address ([bind:]PORT or [bind:]ADDR:PORT, e.g. 127.0.0.1:9464)".to_string())
+    // A bare port (`9464`), or what was meant for one (`99999`, `-1`).
+    if !s.contains(':') && !s.contains('.') {
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        if digits(s.strip_prefix('-').unwrap_or(s)) {
+            return port(s).map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        }
+        return Err(refused("neither a port nor ADDR:PORT".into()));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match s.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => return Err(refused("no port after the address".into())),
+        Ok(std::net::IpAddr::V6(_)) => {
+            return Err(refused(
+                "no port after the address (an IPv6 address is written in brackets, the port after them: [ADDR]:PORT)"
+                    .into(),
+            ))
+        }
+        Err(_) => {}
+    }
+    let (host, p) = match s.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((v6, rest)) => (v6, rest.strip_prefix(':').unwrap_or(rest)),
+        None => s.rsplit_once(':').unwrap_or((s, "")),
+    };
+    let port = port(p)?;
+    if host.is_empty() {
+        return Err(refused(format!("no address before the port (`{port}` alone listens on 127.0.0.1)")));
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) if !s.starts_with('[') => {
+            Err(refused(format!("an IPv6 address is written in brackets: [{host}]:{port}")))
+        }
+        Ok(ip) => Ok(SocketAddr::new(ip, port)),
+        Err(_) => Err(refused(format!(
+            "the address `{host}` is not an IP address (a listener binds an address of this host; a name is not looked up)"
+        ))),
+    }
 }
 
 /// Parse a hand-off name: `batch`, `per-message` or `inline`.
@@ -901,8 +947,33 @@ mod tests {
         assert_eq!(parse_listen("bind:0.0.0.0:9464"), parse_listen("0.0.0.0:9464"));
         assert_eq!(parse_listen("bind:[::1]:0"), Ok("[::1]:0".parse().expect("an address")));
         assert!(parse_listen("connect:9464").is_err_and(|m| m.contains("binds")));
-        assert!(parse_listen("bind:").is_err());
+        assert!(parse_listen("bind:").is_err_and(|m| m.starts_with("empty; accepted: ")));
         assert!(parse_listen("bind:tcp://127.0.0.1:9464").is_err());
+        assert_eq!(parse_listen("[::1]:9464"), Ok("[::1]:9464".parse().expect("an address")));
+    }
+
+    /// Before, each of these said only `not a listen address`.
+    #[test]
+    fn a_refused_listen_address_says_what_is_wrong_with_it() {
+        for (value, why) in [
+            ("127.0.0.1:99999", "the port `99999` is out of range (0 to 65535)"),
+            ("99999", "the port is out of range (0 to 65535)"),
+            ("-1", "the port is not a number (0 to 65535)"),
+            ("127.0.0.1:abc", "the port `abc` is not a number (0 to 65535)"),
+            ("127.0.0.1:", "no port after the address"),
+            ("127.0.0.1", "no port after the address;"),
+            ("nowhere", "neither a port nor ADDR:PORT"),
+            (":9000", "no address before the port (`9000` alone listens on 127.0.0.1)"),
+            ("localhost:9000", "the address `localhost` is not an IP address"),
+            ("999.1.1.1:80", "the address `999.1.1.1` is not an IP address"),
+            ("::1:9000", "no port after the address (an IPv6 address is written in brackets, the port"),
+            ("[::1]:", "no port after the address"),
+            ("[::1]:70000", "the port `70000` is out of range (0 to 65535)"),
+        ] {
+            let e = parse_listen(value).expect_err(value);
+            assert!(e.starts_with(why), "{value}: {e}");
+            assert!(e.contains("; accepted: [bind:]PORT"), "{value}: {e}");
+        }
     }
 
     #[test]

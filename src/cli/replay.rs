@@ -507,7 +507,16 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     if args.subscribers > 0 {
         crate::diag!("waiting for {} subscriber(s) per shard…", args.subscribers);
         match publisher.wait_for_subscribers_or_stop(args.subscribers, args.wait_timeout, stop) {
-            Err(crate::replay::ReplayError::Interrupted) => return Err(super::Interrupted.into()),
+            // A stop while waiting ends the run as one while sending does: its result so far
+            // (nothing sent), marked interrupted, exit 0 (before: `mdsub: interrupted`, exit
+            // 130, nothing on stdout, while a stop a moment later printed the result and exited 0).
+            Err(crate::replay::ReplayError::Interrupted) => {
+                crate::diag!(
+                    "replay: interrupted while waiting for subscribers ({}): nothing was sent",
+                    publisher.short_of_subscribers(args.subscribers).join(", ")
+                );
+                return summarize(args, &publisher.stopped_before_sending());
+            }
             // Subscribers its access rules refused (ZAP, or libzmq's CURVE handshake) are named
             // by what was counted, not guessed at.
             Err(e @ crate::replay::ReplayError::NoSubscribers { .. }) => {
@@ -663,6 +672,9 @@ fn sent_line(stats: &crate::replay::ReplayStats) -> String {
     let interrupted = if stats.interrupted { " (interrupted)" } else { "" };
     let all = format!("{} s in all, with set-up and end of stream", secs(stats.elapsed_s));
     let n = stats.sent_total;
+    if n == 0 {
+        return format!("sent 0 messages{interrupted}; per shard {:?}", stats.sent_per_shard);
+    }
     let rate = match (stats.send_span_s, stats.dropped_on_purpose) {
         (Some(span), 0) => {
             format!("; {} s from the first to the last ({:.0} msg/s); {all}", secs(span), stats.msgs_per_sec)
@@ -700,16 +712,17 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
         let blocked: f64 = stats.blocked_s_per_shard.iter().sum();
         if blocked >= 0.001 {
             crate::outln!(
-                "held back {blocked:.3} s by a lossless subscriber's full pipe; per shard {:?}",
+                "held back {} by a lossless subscriber's full pipe; per shard {:?}",
+                crate::diag::human_duration((blocked * 1e9) as u64),
                 stats.blocked_s_per_shard.iter().map(|s| (s * 1e3).round() / 1e3).collect::<Vec<_>>()
             );
         }
         if stats.dropped_on_purpose + stats.restarts > 0 || stats.paused_s > 0.0 {
             crate::outln!(
-                "on purpose: dropped {}, restarts {}, paused {:.3} s",
+                "on purpose: dropped {}, restarts {}, paused {}",
                 stats.dropped_on_purpose,
                 stats.restarts,
-                stats.paused_s
+                crate::diag::human_duration((stats.paused_s * 1e9) as u64)
             );
         }
         if !stats.subscribers_refused.is_empty() {
@@ -736,10 +749,10 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
         }
         if let Some((first, last)) = stats.market_span_ns {
             crate::outln!(
-                "market time {} to {} ({:.3} s recorded)",
+                "market time {} to {} ({} recorded)",
                 dbn::pretty::fmt_ts(first),
                 dbn::pretty::fmt_ts(last),
-                last.saturating_sub(first) as f64 / 1e9
+                crate::diag::human_duration(last.saturating_sub(first))
             );
         }
     }

@@ -62,7 +62,7 @@ pub enum ClientError {
     #[error("interrupted")]
     Interrupted,
     /// A wait ran out.
-    #[error("timed out after {} s waiting for {what}", after.as_secs_f64())]
+    #[error("timed out after {} waiting for {what}", crate::diag::human_duration_of(*after))]
     Timeout { what: &'static str, after: Duration },
     /// A key the store cannot carry.
     #[error("{0}")]
@@ -718,7 +718,7 @@ mod tests {
     #[test]
     fn errors_read_as_words_not_debug_output() {
         let t = ClientError::Timeout { what: "the snapshot", after: Duration::from_millis(500) };
-        assert_eq!(t.to_string(), "timed out after 0.5 s waiting for the snapshot");
+        assert_eq!(t.to_string(), "timed out after 500ms waiting for the snapshot");
         let n = ClientError::NotAcked(AckState::Untracked).to_string();
         assert!(n.starts_with("the update will not be acknowledged: it is untracked ("), "{n}");
     }

@@ -623,7 +623,10 @@ impl ClientCore {
                     let since = *self.initial_since_ns.get_or_insert(now_ns);
                     if now_ns.saturating_sub(since) > self.cfg.snapshot_retry_ms.saturating_mul(1_000_000) {
                         self.initial_since_ns = None;
-                        let why = format!("its publisher did not connect within {} ms", self.cfg.snapshot_retry_ms);
+                        let why = format!(
+                            "its publisher did not connect within {}",
+                            crate::diag::human_ms(self.cfg.snapshot_retry_ms)
+                        );
                         self.hop(why, out);
                     }
                 }
@@ -632,12 +635,12 @@ impl ClientCore {
                 if now_ns > s.deadline_ns {
                     let why = if s.entries.is_empty() {
                         format!(
-                            "did not answer a snapshot request within {} ms (a passive server ignores it while \
+                            "did not answer a snapshot request within {} (a passive server ignores it while \
                              its active peer lives)",
-                            self.cfg.snapshot_retry_ms
+                            crate::diag::human_ms(self.cfg.snapshot_retry_ms)
                         )
                     } else {
-                        format!("stopped sending its snapshot for {} ms", self.cfg.silence_ms)
+                        format!("stopped sending its snapshot for {}", crate::diag::human_ms(self.cfg.silence_ms))
                     };
                     self.hop(why, out);
                 }
@@ -781,7 +784,7 @@ impl ClientCore {
             return;
         }
         if now_ns.saturating_sub(self.last_msg_ns) > self.cfg.silence_ms.saturating_mul(1_000_000) {
-            let why = format!("was silent for {} ms (no update, no HUGZ)", self.cfg.silence_ms);
+            let why = format!("was silent for {} (no update, no HUGZ)", crate::diag::human_ms(self.cfg.silence_ms));
             self.hop(why, out);
             return;
         }
@@ -984,11 +987,11 @@ impl NotUpLines {
         }
         s.said = true;
         let line = format!(
-            "{}: server {} not up after {:.0} s ({} connection attempts): nothing answers there \
+            "{}: server {} not up after {} ({} connection attempts): nothing answers there \
              (its publisher {}, its collector {}); libzmq keeps trying",
             self.name,
             s.base,
-            p.for_ns as f64 / 1e9,
+            crate::link::core::whole_seconds(p.for_ns),
             p.attempts,
             s.publisher,
             s.collector
@@ -1306,7 +1309,7 @@ mod tests {
         assert!(
             a.contains(&Action::Say(
                 "clone-client: failover 1: now served by tcp://127.0.0.1:6000; tcp://127.0.0.1:6010 was silent \
-                 for 2000 ms (no update, no HUGZ)"
+                 for 2s (no update, no HUGZ)"
                     .into()
             )),
             "{a:?}"
@@ -1557,7 +1560,7 @@ mod tests {
         }
     }
 
-    const SERVER0_NOT_UP: &str = "clone-client: server tcp://127.0.0.1:6000 not up after 5 s (51 connection \
+    const SERVER0_NOT_UP: &str = "clone-client: server tcp://127.0.0.1:6000 not up after 5s (51 connection \
         attempts): nothing answers there (its publisher tcp://127.0.0.1:6001, its collector tcp://127.0.0.1:6002); \
         libzmq keeps trying";
 

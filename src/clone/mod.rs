@@ -78,7 +78,7 @@ pub fn server_status_or_stop(
         }
         let left = end.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            anyhow::bail!("{base}: no STATUS reply within {} s", timeout.as_secs_f64());
+            anyhow::bail!("{base}: no STATUS reply within {}", crate::diag::human_duration_of(timeout));
         }
         let slice = i64::try_from(left.min(STATUS_STOP_CHECK).as_millis()).unwrap_or(i64::MAX).max(1);
         match d.poll(zmq::POLLIN, slice) {

@@ -655,7 +655,7 @@ impl Engine {
             // Watched before binding and connecting, so the first connect is seen too. A shard
             // that binds is watched for the publisher connections it accepts, each end said.
             let name = format!("shard{k}");
-            let links = if shard.binds.is_empty() {
+            let mut links = if shard.binds.is_empty() {
                 LinkWatch::attach(&ctx, &sub, &name, &shard.endpoints)
             } else {
                 let head = format!("{name}: a publisher's connection ended");
@@ -666,6 +666,10 @@ impl Engine {
             let mut bound = Vec::with_capacity(shard.binds.len());
             for ep in &shard.binds {
                 bound.push(crate::zmqx::bind_resolved(&sub, ep).map_err(|e| zerr(crate::zmqx::binding(ep, e))(e))?);
+            }
+            // No publisher at a bound endpoint 5 s on is said, as a connect that is not up is.
+            if let Some(w) = links.as_mut() {
+                w.awaiting_publishers(&bound);
             }
             for ep in &shard.endpoints {
                 sub.connect(ep).map_err(zerr(format!("connecting to {ep}")))?;
@@ -889,7 +893,8 @@ impl Engine {
             })
             .collect();
         let (lost, loss_basis) = if !unheard.is_empty() {
-            let within = waited.map(|t| format!(" within the {:.1} s wait", t.as_secs_f64())).unwrap_or_default();
+            let within =
+                waited.map(|t| format!(" within the {} wait", crate::diag::human_duration_of(t))).unwrap_or_default();
             (None, format!("unknown: end of stream not seen on every shard{within} ({})", unheard.join("; ")))
         } else if losses.contains(&Err(LossUnknown::Filtered)) {
             (None, FILTERED_BASIS.to_string())

@@ -193,7 +193,7 @@ pub struct NotUp {
 }
 
 impl NotUp {
-    /// The line a watch says for it: `NAME: link EP not up after 5 s (N connection attempts): …`.
+    /// The line a watch says for it: `NAME: link EP not up after 5s (N connection attempts): …`.
     pub fn line(&self, name: &str) -> String {
         self.line_because(name, None)
     }
@@ -201,16 +201,22 @@ impl NotUp {
     /// [`NotUp::line`]; with `cause` (known to the shell, such as a name that does not resolve),
     /// that instead of the attempts and "nothing answers there".
     pub fn line_because(&self, name: &str, cause: Option<&str>) -> String {
-        let (ep, secs) = (&self.endpoint, self.for_ns as f64 / 1e9);
+        let (ep, after) = (&self.endpoint, whole_seconds(self.for_ns));
         match cause {
-            Some(why) => format!("{name}: link {ep} not up after {secs:.0} s: {why}; libzmq keeps trying"),
+            Some(why) => format!("{name}: link {ep} not up after {after}: {why}; libzmq keeps trying"),
             None => format!(
-                "{name}: link {ep} not up after {secs:.0} s ({} connection attempts): nothing answers there; libzmq \
+                "{name}: link {ep} not up after {after} ({} connection attempts): nothing answers there; libzmq \
                  keeps trying",
                 self.attempts
             ),
         }
     }
+}
+
+/// A while of a link's (`5s`, `65s`, `1m`): whole seconds, as the duration flags take them
+/// ([`crate::diag::human_duration`]); a line said when a threshold passed needs no finer.
+pub fn whole_seconds(ns: u64) -> String {
+    crate::diag::human_duration(ns - ns % 1_000_000_000)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -163,6 +163,17 @@ pub struct LinkWatch {
     refused_open: u64,
     /// The refused accepted connections, said by the rule for repeated lines.
     accepted_refused: Refusals,
+    /// With [`LinkWatch::awaiting_publishers`]: the bound endpoints while no publisher has
+    /// connected to them.
+    awaiting: Option<Awaiting>,
+}
+
+/// A socket's bound endpoints that no publisher has connected to yet: said once after
+/// [`core::NOT_UP_AFTER_NS`], as a link that is not up is, and again when one comes if it was.
+struct Awaiting {
+    endpoints: Vec<String>,
+    since_ns: u64,
+    said: bool,
 }
 
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
@@ -239,7 +250,45 @@ impl LinkWatch {
             accepted_ends: None,
             refused_open: 0,
             accepted_refused: Refusals::new(name, SUMMARY_INTERVAL_NS).said_as(format!("{name}: refused a connection")),
+            awaiting: None,
         })
+    }
+
+    /// Publishers connect to `bound`, the socket's bound endpoints (as bound, ports resolved):
+    /// when none has completed a handshake [`core::NOT_UP_AFTER_NS`] from now, say so once
+    /// (`shard0: no publisher has connected to bound EP in 5s; still waiting …`), and when one
+    /// does after that, say that too. A connecting endpoint says `not up after 5s`; a bound
+    /// one said nothing, however long no publisher came.
+    pub fn awaiting_publishers(&mut self, bound: &[String]) {
+        if !bound.is_empty() && self.accepted.connects == 0 {
+            let since_ns = crate::clock::monotonic_ns();
+            self.awaiting = Some(Awaiting { endpoints: bound.to_vec(), since_ns, said: false });
+        }
+    }
+
+    /// A publisher completed its handshake on bound `endpoint`, ending the wait `w` of the
+    /// socket `name`: said when the wait was.
+    fn publisher_came(name: &str, w: Awaiting, endpoint: &str, now: u64) {
+        if w.said {
+            let after = crate::diag::human_duration(now.saturating_sub(w.since_ns));
+            crate::diag!("{name}: a publisher connected to {endpoint} after {after}");
+        }
+    }
+
+    /// Say, once, that no publisher has connected to the bound endpoints for
+    /// [`core::NOT_UP_AFTER_NS`].
+    fn say_awaiting(&mut self, now: u64) {
+        let Some(w) = self.awaiting.as_mut().filter(|w| !w.said) else { return };
+        if now.saturating_sub(w.since_ns) < core::NOT_UP_AFTER_NS || !self.log {
+            return;
+        }
+        w.said = true;
+        crate::diag!(
+            "{}: no publisher has connected to bound {} in {}; still waiting (said again when one does)",
+            self.name,
+            w.endpoints.join(" or "),
+            crate::diag::human_duration(core::NOT_UP_AFTER_NS)
+        );
     }
 
     /// Keep the ups and downs for [`LinkWatch::take_updowns`] (an owner whose core follows
@@ -395,7 +444,12 @@ impl LinkWatch {
                 } else if self.links.find(endpoint).is_none() {
                     // A connection accepted on an endpoint the socket binds.
                     match event {
-                        Event::HandshakeSucceeded => self.accepted.connects += 1,
+                        Event::HandshakeSucceeded => {
+                            self.accepted.connects += 1;
+                            if let Some(w) = self.awaiting.take() {
+                                Self::publisher_came(&self.name, w, endpoint, now);
+                            }
+                        }
                         // libzmq's handshake refused it (ZAP's own refusals are its handler's).
                         // A subscriber that hangs up before its handshake ends (a benchmark's
                         // SUB torn down as it joins) refuses nothing: no detail on a
@@ -450,14 +504,17 @@ impl LinkWatch {
         }
         let accepted_unsaid =
             self.accepted_ends.as_ref().is_some_and(|(said, _)| said.unsaid()) || self.accepted_refused.unsaid();
+        let awaiting_unsaid = self.awaiting.as_ref().is_some_and(|w| !w.said);
         if seen == 0
             && !self.links.pending()
             && self.held.is_empty()
             && !self.losses.iter().any(Refusals::unsaid)
             && !accepted_unsaid
+            && !awaiting_unsaid
         {
             return 0;
         }
+        self.say_awaiting(now);
         self.links.tick(now, &mut self.out);
         for d in std::mem::take(&mut self.out) {
             self.act(socket, d, now);
@@ -587,9 +644,9 @@ impl LinkWatch {
                 crate::diag!(
                     "{}: link {ep} still lost after {} ({}): {how}; said again every {} while it stays lost",
                     self.name,
-                    human_s(for_ns),
+                    core::whole_seconds(for_ns),
                     reason.name(),
-                    human_s(core::STILL_LOST_EVERY_NS)
+                    core::whole_seconds(core::STILL_LOST_EVERY_NS)
                 );
                 // Its return is said too.
                 self.said[link] = true;
@@ -627,7 +684,7 @@ impl LinkWatch {
                     "{}: link {} up again after {} down (reconnect {reconnects})",
                     self.name,
                     self.links.endpoint(link),
-                    crate::diag::human_ns(down_ns)
+                    crate::diag::human_duration(down_ns)
                 );
             }
         }
@@ -652,11 +709,6 @@ impl Drop for LinkWatch {
             }
         }
     }
-}
-
-/// A while in whole seconds (`5 s`, `60 s`), as the link lines say it.
-fn human_s(ns: u64) -> String {
-    format!("{:.0} s", ns as f64 / 1e9)
 }
 
 /// One monitor message: `[u16 event, u32 value]` (native order) and the endpoint. A failed

@@ -122,6 +122,11 @@ impl LvcHooks {
         }
     }
 
+    /// The cache, as it is now (what a benchmark reads of it after its run).
+    pub fn cache(&self) -> &LastValueCache {
+        &self.cache
+    }
+
     /// Answer a subscribe to `prefix` (already applied) within the gate's bounds.
     ///
     /// The answer is the matching cached values in topic order and stops at the

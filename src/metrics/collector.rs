@@ -206,8 +206,8 @@ impl LossLines {
             lines.push((
                 Level::Warn,
                 format!(
-                    "loss: {all_new} new gap(s) in the last {:.1} s ({}; total {total})",
-                    span_ns as f64 / 1e9,
+                    "loss: {all_new} new gap(s) in the last {} ({}; total {total})",
+                    crate::diag::human_duration(span_ns),
                     per_shard.join("; ")
                 ),
             ));
@@ -578,10 +578,10 @@ mod tests {
             said.extend(l.interval(&now, 100 * MS, t * 100 * MS).into_iter().map(|(_, line)| line));
         }
         assert_eq!(said.len(), 3, "{said:?}");
-        assert!(said[0].starts_with("loss: 10 new gap(s) in the last 0.1 s"), "the first at once: {said:?}");
-        assert!(said[1].starts_with("loss: 100 new gap(s) in the last 1.0 s"), "{said:?}");
+        assert!(said[0].starts_with("loss: 10 new gap(s) in the last 100ms"), "the first at once: {said:?}");
+        assert!(said[1].starts_with("loss: 100 new gap(s) in the last 1s"), "{said:?}");
         assert!(
-            said[2].starts_with("loss: 100 new gap(s) in the last 1.0 s") && said[2].ends_with("total 210)"),
+            said[2].starts_with("loss: 100 new gap(s) in the last 1s") && said[2].ends_with("total 210)"),
             "{said:?}"
         );
         // The run's last interval says what is new however soon after the line before: the 90
@@ -589,7 +589,7 @@ mod tests {
         now[0].gaps += 10;
         l.closing();
         let last = l.interval(&now, 20 * MS, 3_020 * MS);
-        assert!(last.len() == 1 && last[0].1.starts_with("loss: 100 new gap(s) in the last 0.9 s"), "{last:?}");
+        assert!(last.len() == 1 && last[0].1.starts_with("loss: 100 new gap(s) in the last 920ms"), "{last:?}");
         assert!(last[0].1.ends_with("total 310)"), "{last:?}");
     }
 
@@ -608,7 +608,7 @@ mod tests {
             l.interval(&now, S, 2 * S),
             [(
                 Level::Warn,
-                "loss: 100 new gap(s) in the last 1.0 s (shard0: 100, the last in publisher 10 session \
+                "loss: 100 new gap(s) in the last 1s (shard0: 100, the last in publisher 10 session \
                  00000000000000ab; total 100)"
                     .to_string()
             )]
@@ -620,7 +620,7 @@ mod tests {
         assert_eq!(lines.len(), 1, "one line for the interval, whatever the shards: {lines:?}");
         assert_eq!(
             lines[0].1,
-            "loss: 27208 new gap(s) in the last 2.0 s (shard0: 27204, the last in publisher 10 session \
+            "loss: 27208 new gap(s) in the last 2s (shard0: 27204, the last in publisher 10 session \
              00000000000000ab; shard1: 4, the last in publisher 11 session 0000000000000001; total 27308)"
         );
         // A restart: said at once with whose it is; a hundred more within 10 s: one summary.

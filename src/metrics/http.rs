@@ -317,8 +317,8 @@ impl MetricsServer {
                         HttpCounters::bump(&self.counters.accept_errors);
                         self.pause.failed(now_ns);
                         let detail = format_args!(
-                            "{e}; the listener rests {} ms, the connections open are served meanwhile ({} now)",
-                            ACCEPT_PAUSE.as_millis(),
+                            "{e}; the listener rests {}, the connections open are served meanwhile ({} now)",
+                            crate::diag::human_duration_of(ACCEPT_PAUSE),
                             self.conns.len()
                         );
                         self.accept_failures.refuse(reason, &detail, now_ns);
@@ -338,10 +338,10 @@ impl MetricsServer {
         let c = self.conns.remove(0);
         HttpCounters::bump(&self.counters.evicted);
         let detail = format_args!(
-            "{}: closed unanswered after {} ms ({} bytes of request), the oldest of {} open connections \
+            "{}: closed unanswered after {} ({} bytes of request), the oldest of {} open connections \
              when another came",
             c.peer.ip(),
-            now_ns.saturating_sub(c.opened_ns) / 1_000_000,
+            crate::diag::human_duration(now_ns.saturating_sub(c.opened_ns)),
             c.head.len(),
             MAX_CONNECTIONS
         );
@@ -399,7 +399,8 @@ impl MetricsServer {
                 None => format!("no whole request ({} bytes came)", c.head.len()),
                 Some((bytes, written)) => format!("the answer not taken ({written} of {} bytes)", bytes.len()),
             };
-            let detail = format_args!("{}: {what} within {} ms", c.peer.ip(), REQUEST_DEADLINE.as_millis());
+            let detail =
+                format_args!("{}: {what} within {}", c.peer.ip(), crate::diag::human_duration_of(REQUEST_DEADLINE));
             self.refusals.refuse("request_timeout", &detail, now_ns);
             if c.answer.is_none() {
                 let _ = c.stream.write(&unanswered("408 Request Timeout"));
@@ -669,7 +670,7 @@ mod tests {
         assert!(
             said[0].starts_with(
                 "metrics-http: cannot accept connections (out_of_descriptors): Too many open files (os error 24); \
-                 the listener rests 100 ms, the connections open are served meanwhile (1 now) (the first;"
+                 the listener rests 100ms, the connections open are served meanwhile (1 now) (the first;"
             ),
             "{err}"
         );

@@ -440,23 +440,24 @@ impl PublisherAgent {
             };
             crate::diag!(
                 "replay: shard{k} {}: the end of stream waits for a lossless subscriber whose pipe is full (it \
-                 stopped reading?), up to {:.1} s more; then the shard is named as not ended",
+                 stopped reading?), up to {} more; then the shard is named as not ended",
                 sh.endpoint,
-                left as f64 / 1e9
+                crate::diag::human_duration(left)
             );
             return;
         }
         let ends = match self.schedule.as_ref().and_then(Schedule::stop_at_ns) {
             Some(stop) => {
-                format!("the duration's end (in {:.1} s) or Ctrl-C end the wait", stop.saturating_sub(now) as f64 / 1e9)
+                let left = crate::diag::human_duration(stop.saturating_sub(now));
+                format!("the duration's end (in {left}) or Ctrl-C end the wait")
             }
             None => "Ctrl-C ends the wait".to_string(),
         };
         crate::diag!(
-            "replay: shard{k} {}: held back for {:.1} s by a lossless subscriber whose pipe is full (it stopped \
+            "replay: shard{k} {}: held back for {} by a lossless subscriber whose pipe is full (it stopped \
              reading?): sending waits at message {}; {ends}",
             sh.endpoint,
-            now.saturating_sub(held.since_ns) as f64 / 1e9,
+            crate::diag::human_duration(now.saturating_sub(held.since_ns)),
             self.i + 1
         );
     }
@@ -476,10 +477,10 @@ impl PublisherAgent {
                 "sending moves again"
             };
             crate::diag!(
-                "replay: shard{} {}: {what} after {:.1} s held back by a lossless subscriber",
+                "replay: shard{} {}: {what} after {} held back by a lossless subscriber",
                 self.p.part.0 + held.shard,
                 sh.endpoint,
-                ns as f64 / 1e9
+                crate::diag::human_duration(ns)
             );
         }
     }
@@ -872,9 +873,9 @@ impl PublisherAgent {
     fn say_held_back(&self) {
         crate::diag!(
             "replay: the duration is over while a lossless subscriber holds the publisher back (its pipe is \
-             full): sending stops at message {}, the end of stream follows (each shard waits at most {} s for it)",
+             full): sending stops at message {}, the end of stream follows (each shard waits at most {} for it)",
             self.i + 1,
-            EOS_TIMEOUT.as_secs()
+            crate::diag::human_duration_of(EOS_TIMEOUT)
         );
     }
 
@@ -899,8 +900,8 @@ impl PublisherAgent {
             "replay: message {} ({place}) is recorded {} after the one before: at {speed}x the replay waits {} \
              for it (a jump in the recorded clock?); --duration or Ctrl-C end the wait",
             self.i + 1,
-            long_ns(gap),
-            long_ns(left)
+            crate::diag::human_duration(gap),
+            crate::diag::human_duration(left)
         );
     }
 
@@ -1045,17 +1046,6 @@ impl Agent for PublisherAgent {
 /// [`HELD_SAID_AFTER_NS`]: data and the end of stream alike.
 fn held_is_said(held: Held, now_ns: u64) -> bool {
     !held.said && now_ns.saturating_sub(held.since_ns) >= HELD_SAID_AFTER_NS
-}
-
-/// A long wait in words: `90.0 s`, `12.5 min`, `3.2 h`, `11574.1 days`.
-fn long_ns(ns: u64) -> String {
-    let s = ns as f64 / 1e9;
-    match s {
-        s if s < 600.0 => format!("{s:.1} s"),
-        s if s < 3.0 * 3600.0 => format!("{:.1} min", s / 60.0),
-        s if s < 3.0 * 86_400.0 => format!("{:.1} h", s / 3600.0),
-        s => format!("{:.1} days", s / 86_400.0),
-    }
 }
 
 /// Say (stderr) each record type not replayed and each damaged file the first time they

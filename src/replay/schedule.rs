@@ -293,6 +293,7 @@ mod tests {
             let achieved = s.achieved_msgs_per_sec().expect("a rate was offered");
             assert!((achieved - 1e6).abs() < 1.0, "achieved {achieved}, sent one a µs");
             let stats = ReplayStats {
+                sent_total: i,
                 offered_msgs_per_sec: Some(rate),
                 achieved_msgs_per_sec: Some(achieved),
                 ..Default::default()
@@ -354,6 +355,33 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(stats.rate_note(), None);
+    }
+
+    /// A run too short to measure a rate is not judged by it: 10 messages due over 90 µs at
+    /// 100k msg/s whose first went out 70 µs late achieved "57%" (before: `demo --count 10`
+    /// said `rate not achieved`). Behind by 10 ms or more, a short run is judged as before.
+    #[test]
+    fn a_run_too_short_to_measure_its_rate_is_not_said_to_miss_it() {
+        let mut s = Schedule::new(Pacing::Rate { msgs_per_sec: 100_000, burst: 1 }, None, T0, RT0);
+        for i in 0..10 {
+            let due = i * 10_000;
+            let late = if i == 0 { 0 } else { 70_000 };
+            assert_eq!(s.turn(i, T0 + due + late), Turn::Send(RT0 + due), "turn {i}");
+        }
+        let achieved = s.achieved_msgs_per_sec().expect("a rate was offered");
+        assert!(achieved < 0.6 * 100_000.0, "achieved {achieved}: far below the ratio");
+        let stats = |sent_total, achieved| ReplayStats {
+            sent_total,
+            offered_msgs_per_sec: Some(100_000),
+            achieved_msgs_per_sec: Some(achieved),
+            ..Default::default()
+        };
+        assert_eq!(stats(10, achieved).rate_note(), None, "70 µs behind: no measure of a rate");
+        // 1 000 messages due over 10 ms that took 25 ms: 15 ms behind, said.
+        let slow = 999.0 / 0.025;
+        assert!(stats(1_000, slow).rate_note().is_some_and(|n| n.starts_with("rate not achieved")));
+        // 200 messages due over 2 ms that took 4 ms: 2 ms behind, not judged.
+        assert_eq!(stats(200, 199.0 / 0.004).rate_note(), None);
     }
 
     /// A stall on purpose between two turns is left out of the achieved rate (before, `--rate

@@ -86,9 +86,9 @@ impl RemotePublisher {
             let left_ms = deadline.saturating_duration_since(Instant::now()).as_millis().min(100) as i64;
             if left_ms == 0 {
                 anyhow::bail!(
-                    "no answer from the publisher to {what} within {} ms (is `mdsub replay --serve-trials` \
+                    "no answer from the publisher to {what} within {} (is `mdsub replay --serve-trials` \
                      running there, and reachable?)",
-                    timeout.as_millis()
+                    crate::diag::human_duration_of(timeout)
                 )
             }
             match self.req.poll(zmq::POLLIN, left_ms) {
