@@ -468,8 +468,9 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     let dir = common::temp_dir("capacity-int");
     let mut cmd = mdsub();
     // A warm-up long enough that the signal lands in it: the first interval in the trial's
-    // .hlog comes one metrics interval (1 s) into the run.
-    let settings = ["--warmup", "4s", "--hold", "300ms", "--runs", "1", "--time-cap", "90s"];
+    // .hlog comes one metrics interval (1 s) into the run. Three runs: the stop in the first
+    // starts no other.
+    let settings = ["--warmup", "4s", "--hold", "300ms", "--runs", "3", "--time-cap", "90s"];
     cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(settings);
     let mut p = LineProc::spawn_with_stderr("capacity", &mut cmd);
     let err = p.stderr.take().expect("stderr");
@@ -487,6 +488,9 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     let said: Vec<String> = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(2)).ok()).collect();
     let shown = said.iter().filter(|l| l.contains(" msg/s  achieved ")).count();
     assert_eq!(shown, trials(c).len(), "every trial shown is a trial kept: {said:?}");
+    // Before, the run after the stopped one started anyway, and its engine, still in its
+    // handshake when the publisher closed, said `shard0: link … lost (handshake_failed)`.
+    assert!(!said.iter().any(|l| l.contains(" lost (")), "a stop is no lost link: {said:?}");
     assert_eq!(v["settings"]["interrupted"], true, "{}", v["settings"]);
     assert_eq!(v["settings"]["capped"], false, "{}", v["settings"]);
     // Stopped in its first trial: no winner, said as an interruption (exit 0 above), not as

@@ -556,7 +556,9 @@ fn without_coalescing_the_answer_budget_bounds_the_flood_exactly() {
 #[test]
 fn lvc_bench_runs_clean_and_says_no_link_was_lost() {
     // Before, every run's publisher closed before the LVC stopped, and the bench said
-    // `lvc frontend: link … lost (disconnected)` after each run it had measured fine.
+    // `lvc frontend: link … lost (disconnected)` after each run it had measured fine; and its
+    // subscriber did too: `lvc-proxy: a subscriber's connection to the backend ended
+    // (disconnected): … libzmq gives no cause …` after every run.
     let (code, out, err) = common::run_within(
         "lvc-bench",
         common::mdsub().args(["lvc-bench", "--count", "20k", "--runs", "2"]),
@@ -565,6 +567,7 @@ fn lvc_bench_runs_clean_and_says_no_link_was_lost() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("median:"), "{out}");
     assert!(!err.contains("lost"), "no link lost in a clean run: {err}");
+    assert!(!err.contains("connection to the backend ended"), "the bench's own subscriber is no news: {err}");
 }
 
 #[test]

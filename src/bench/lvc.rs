@@ -127,10 +127,15 @@ fn frames(payload_bytes: usize, topics: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The sockets of a measurement, kept open until a proxy in between has stopped: the publisher
+/// (None if its thread failed) and the subscriber.
+type Ends = (Option<zmq::Socket>, zmq::Socket);
+
 /// Publish `messages` frames on `publisher` once `ready` is set (after probes),
-/// while a SUB on `sub_endpoint` counts them. The publisher comes back (None if its
-/// thread failed), so a proxy in between can stop before it closes: a publisher gone
-/// first is a lost link in the proxy's log.
+/// while a SUB on `sub_endpoint` counts them. The publisher and the SUB come back, so a proxy in
+/// between can stop before they close: a publisher gone first is a lost link in the proxy's
+/// log, a subscriber gone first a `subscriber's connection … ended` line (said after every run
+/// of the LVC before).
 /// `stop` (Ctrl-C) ends it early, the publisher too (what it measured is then no measurement).
 fn measure(
     publisher: zmq::Socket,
@@ -139,7 +144,7 @@ fn measure(
     hwm: i32,
     args: &LvcBenchConfig,
     stop: &StopFlag,
-) -> Result<(Measurement, Option<zmq::Socket>), AgentError> {
+) -> Result<(Measurement, Ends), AgentError> {
     let sub = sub_ctx.socket(zmq::SUB).map_err(berr("making the SUB"))?;
     sub.set_rcvhwm(hwm).map_err(berr("setting RCVHWM"))?;
     sub.set_rcvtimeo(100).map_err(berr("setting RCVTIMEO"))?;
@@ -199,7 +204,8 @@ fn measure(
         let _ = p.set_linger(0);
     }
     let started = start.lock().ok().and_then(|s| *s).unwrap_or(last);
-    Ok((Measurement { sent: messages, delivered, elapsed: last.saturating_duration_since(started) }, publisher))
+    let m = Measurement { sent: messages, delivered, elapsed: last.saturating_duration_since(started) };
+    Ok((m, (publisher, sub)))
 }
 
 fn make_pub(ctx: &zmq::Context, hwm: i32) -> Result<(zmq::Socket, String), AgentError> {
@@ -241,7 +247,7 @@ fn via_lvc(args: &LvcBenchConfig, hwm: i32, stop: &StopFlag) -> Result<(Measurem
     proxy_stop.stop();
     let proxy = handle.join()?;
     let stats = counters.snapshot("lvc-proxy");
-    let (m, _publisher) = m?; // closed only now, after the proxy
+    let (m, _ends) = m?; // closed only now, after the proxy
     let probe_key = [PROBE, b"\0"].concat();
     let probe_cached = proxy.hooks().cache().get(&probe_key).is_some();
     Ok((m, symbol_topics(proxy.report().topics, probe_cached), stats))
@@ -302,7 +308,7 @@ fn via_plain_proxy(args: &LvcBenchConfig, hwm: i32, stop: &StopFlag) -> Result<M
     let joined = handle.join();
     sent?;
     joined?;
-    m.map(|(m, _publisher)| m)
+    m.map(|(m, _ends)| m)
 }
 
 /// One path's measurement in one run.

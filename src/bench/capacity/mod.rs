@@ -663,6 +663,12 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             let mut files = Vec::new();
             let mut cut_short = false;
             for r in 1..=cfg.runs.max(1) {
+                // A stop during a run ends the trial there: no further run is started (one was,
+                // and its engine read the publisher's close in its handshake as a lost link).
+                if stop.is_stopped() {
+                    cut_short = true;
+                    break;
+                }
                 let names = run_files(&c.slug(), &hash, rate, r);
                 let [hlog, hgrm] = names.clone().map(|f| folder.join(f));
                 // Listed before the run: an interrupted run's files go with the trial's.

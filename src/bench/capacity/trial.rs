@@ -111,8 +111,13 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     let mut remote = None;
     let local_run = match publisher {
         Pub::Local(mut p, sent_rate) => {
-            p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop)
-                .context("waiting for the engine to subscribe")?;
+            if let Err(e) = p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop) {
+                // Stopped (Ctrl-C) or failed in the handshake: the engine goes first, so the
+                // publisher's close is no link lost in its handshake (`shard0: link … lost
+                // (handshake_failed)`, said at every Ctrl-C before).
+                drop(engine);
+                return Err(e).context("waiting for the engine to subscribe");
+            }
             let pacing = Pacing::Rate { msgs_per_sec: sent_rate, burst: 1 };
             let source = Source::Generator(spec.feed.clone());
             let limits = Limits { max_msgs: None, duration: Some(duration) };
