@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    lines_of, mdsub, run_within, start_replay, thread_cpu_ms, unserved_port_block, wait_until, LineProc, Proc,
-    LONE_REPLAY,
+    lines_of, mdsub, on_a_terminal, run_within, start_replay, thread_cpu_ms, unserved_port_block, wait_until, LineProc,
+    Proc, LONE_REPLAY,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -1703,4 +1703,56 @@ fn the_first_signal_ends_a_command_blocked_before_its_run() {
         assert_eq!(status.code(), Some(130), "{name}: one SIGINT ends it: {said:?}");
         assert_eq!(said.last().map(String::as_str), Some("mdsub: interrupted"), "{name}: said so last: {said:?}");
     }
+}
+
+/// The lines of `lines` a terminal `columns` wide was drawn that `drawn` picks (a bar's, a
+/// status line's), each asserted to fit in it: a wider one wraps, and every redraw leaves its
+/// wrapped part behind.
+fn fitted(lines: &[String], columns: u16, drawn: impl Fn(&str) -> bool) -> Vec<&str> {
+    let mine: Vec<&str> = lines.iter().map(String::as_str).filter(|l| drawn(l)).collect();
+    for l in &mine {
+        assert!(l.chars().count() <= usize::from(columns), "wider than {columns} columns: {l:?}\nall: {lines:#?}");
+    }
+    mine
+}
+
+#[test]
+fn replay_and_demo_flat_out_for_a_duration_say_how_far_they_are_fitted_to_the_terminal() {
+    // Before: a spinner with no text at all (the count was not known up front), where a count
+    // or a fixed rate drew `12000/30000 msgs 4999/s eta 2s`.
+    let test = "replay_and_demo_flat_out_for_a_duration_say_how_far_they_are_fitted_to_the_terminal";
+    let replay = [&LONE_REPLAY[..], &["--duration", "1500ms"]].concat();
+    let demo = ["demo", "--rate", "0", "--duration", "1500ms"];
+    for (what, args) in [("replay", &replay[..]), ("demo", &demo[..])] {
+        for columns in [100, 50] {
+            let Some((code, lines)) = on_a_terminal(test, columns, args, Duration::from_secs(60)) else { return };
+            assert_eq!(code, Some(0), "{what}: {lines:#?}");
+            let bars = fitted(&lines, columns, |l| l.starts_with("replay "));
+            // Wide: how far of the duration, the messages sent, their rate and the time left;
+            // narrow: the rate and the count go first.
+            let whole =
+                |l: &&str| l.contains("% of 1.5s, ") && l.contains(" msgs sent, ") && l.contains(" msg/s, eta ");
+            let narrow = |l: &&str| l.contains("% of 1.5s, eta ") && !l.contains("msgs sent");
+            let shown = if columns == 100 { bars.iter().any(whole) } else { bars.iter().any(narrow) };
+            assert!(shown, "{what} at {columns} columns: {bars:#?}");
+        }
+    }
+}
+
+#[test]
+fn the_engine_s_status_line_fits_the_terminal() {
+    // Before: `engine: 59938 msgs, 19997 msg/s, p99 2.52ms, snail OK` on a 30-column
+    // terminal, wrapped, a line left behind at every redraw.
+    let test = "the_engine_s_status_line_fits_the_terminal";
+    let (replay, eps) = start_replay("replay", 1, &["--rate", "20k", "--duration", "3s", "--wait-timeout", "60s"]);
+    let args = ["engine", "--endpoint", &eps[0], "--max-duration", "60s"];
+    let Some((code, lines)) = on_a_terminal(test, 30, &args, Duration::from_secs(90)) else { return };
+    assert_eq!(code, Some(0), "{lines:#?}");
+    drop(replay);
+    // The spinner (a braille pattern) begins the status line.
+    let status = fitted(&lines, 30, |l| l.starts_with(|c| ('\u{2800}'..='\u{28ff}').contains(&c)));
+    assert!(status.iter().any(|l| l.ends_with("engine: running")), "the first line, its note dropped: {status:#?}");
+    // The messages handled and their rate dropped; the p99 and the snail's verdict kept.
+    let kept = |l: &&str| l.contains(" p99 ") && l.ends_with(", snail OK") && !l.contains("msg");
+    assert!(status.iter().any(kept), "{status:#?}");
 }

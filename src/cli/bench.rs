@@ -10,8 +10,8 @@ use clap::Args;
 use super::args::{parse_count_nonzero, parse_count_nonzero_usize, parse_duration_nonzero, Idle};
 use super::engine::parse_handoff;
 use super::feed::{FeedArgs, PublisherArgs};
-use super::progress::{Field, FitBar, Keep};
-use super::replay::{file_progress, file_source, parse_speed, Speed};
+use super::progress::{Field, Keep, RunBar};
+use super::replay::{file_source, parse_speed, Speed};
 use super::{describe_pacing, load_profile, override_idle_handler};
 use crate::agent::StopFlag;
 use crate::bench::clone::{CloneBenchConfig, CloneResult};
@@ -24,7 +24,7 @@ use crate::diag::Lines;
 use crate::engine::reader::HandOff;
 use crate::metrics::RunReport;
 use crate::outfile::Claimed;
-use crate::replay::{Limits, Pacing, PublisherConfig, Source};
+use crate::replay::{Pacing, PublisherConfig, Source};
 
 #[derive(Args, Debug)]
 #[command(mut_arg("payload_bytes", super::feed::payload_into_the_engine))]
@@ -39,11 +39,10 @@ pub struct BenchArgs {
     /// the damage, said once, and the result is an error (exit status 1). The
     /// generated feed's flags (--symbols, --payload-bytes, --zipf, --seed,
     /// --thread-per-shard, and --burst without --rate N) are refused with it.
-    /// On a terminal (not with --json) a line says each measurement's run and
-    /// how far its replay is, as replay's bar does (`run 2/5 engine/batch
-    /// (3/4): 42.5% by bytes read, …, 1.2 M msg/s, eta 2s`); from the generated
-    /// feed, how far by its count or duration (`42.5% of 2000000 msgs, …`). A
-    /// line wider than the terminal drops whole fields (market time first).
+    /// On a terminal (not with --json) each measurement's line says how far
+    /// its replay is in the files, as replay's bar does (`42.5% by bytes
+    /// read`), or by --count or --duration when one ends it first (`42.5% of
+    /// 4000 msgs`).
     #[arg(long = "from", num_args = 1.., value_name = "FILE")]
     pub from: Vec<std::path::PathBuf>,
     /// With --from: a multiple of the recorded pace (`1x`, `10x`) or `max`
@@ -104,94 +103,30 @@ pub struct BenchArgs {
 }
 
 /// `bench`'s progress line while a measurement runs: which (`run 2/5 engine/batch (3/4)`: run
-/// 2 of 5, its third measurement of four) and, from a file, how far its replay is, measured as
-/// `replay --from` measures it ([`file_progress`]: the fraction done and by what, the
-/// messages sent, their rate and the time left of this measurement); from the generated feed,
-/// the same by its count or duration when it has one ([`feed_progress`]), else the messages
-/// sent and their rate. Drawn where replay's bar is ([`super::progress_target`]), fitted to the
-/// terminal ([`super::progress::FitBar`]).
+/// 2 of 5, its third measurement of four) and how far its replay is, as `replay`'s bar says it
+/// ([`RunBar`]: by its count, duration or files' position, whichever is further on, the
+/// messages sent, their rate and the time left of this measurement). Drawn where replay's bar
+/// is ([`super::progress_target`]), fitted to the terminal ([`super::progress::FitBar`]).
 struct BenchBar {
-    bar: FitBar,
-    speed: Option<f64>,
-    /// The generated feed's bounds: its count and duration (None: a file, or unbounded).
-    bounds: Option<Limits>,
-    /// The measurement shown (run, measurement), and when its first message went.
+    run: RunBar,
+    /// The measurement shown (run, measurement).
     at: (usize, usize),
-    began: Option<Instant>,
 }
 
 impl BenchBar {
-    /// On `bar` (a [`super::position_bar_on`]), at `speed` times the recorded pace (None: flat
-    /// out or a fixed rate); `bounds`: the generated feed's limits (None for files).
-    fn new(bar: FitBar, speed: Option<f64>, bounds: Option<Limits>) -> Self {
-        BenchBar { bar, speed, bounds, at: (0, 0), began: None }
+    fn new(run: RunBar) -> Self {
+        BenchBar { run, at: (0, 0) }
     }
 
     /// Show `u` at `now`; a new measurement starts its bar, rate and time again.
     fn show(&mut self, u: &Underway<'_>, now: Instant) {
         if (u.rep, u.k) != self.at {
-            (self.at, self.began) = ((u.rep, u.k), None);
-            // Back to 0 without a redraw: one would show the last measurement's line on an
-            // empty bar (seen for a quarter second between measurements).
-            self.bar.pb.reset();
+            self.at = (u.rep, u.k);
+            self.run.restart();
         }
-        if u.sent > 0 {
-            self.began.get_or_insert(now);
-        }
-        let elapsed_s = self.began.map_or(0.0, |b| now.saturating_duration_since(b).as_secs_f64());
-        let (steps, fields) = match self.bounds {
-            Some(limits) => feed_progress(u.sent, limits, elapsed_s),
-            None => file_progress(u.sent, u.position, elapsed_s, self.speed),
-        };
         let label = format!("run {}/{} {} ({}/{}):", u.rep, u.runs, u.variant, u.k, u.of);
-        let line: Vec<Field> = std::iter::once(Field::new(Keep::Label, label)).chain(fields).collect();
-        self.bar.show(steps, &line, now);
+        self.run.show(u.sent, u.position, Some(Field::new(Keep::Label, label)), now);
     }
-}
-
-/// A generated feed's bar position ([`super::POSITION_STEPS`]) and line, `sent` messages and
-/// `elapsed_s` after its first under `limits`: how far it is by its count (`sent / count`) or
-/// its duration (`elapsed / duration`; with both, the one further on, which ends it first), the
-/// messages sent, their rate and the time left (by count, the time so far scaled by what is
-/// left; by duration, what is left of it), as `replay --from`'s line says them. No rate and no
-/// time left in the first quarter second (one redraw, too short to scale); no fraction and no
-/// time left when neither bounds it.
-fn feed_progress(sent: u64, limits: Limits, elapsed_s: f64) -> (u64, Vec<Field>) {
-    let elapsed_s = if elapsed_s.is_finite() && elapsed_s > 0.0 { elapsed_s } else { 0.0 };
-    let early = elapsed_s < 0.25;
-    let by_count = limits.max_msgs.filter(|&n| n > 0).map(|n| {
-        let f = (sent as f64 / n as f64).min(1.0);
-        let left = (f > 0.0 && elapsed_s > 0.0).then(|| elapsed_s * (1.0 - f) / f);
-        (f, left, format!("of {n} msgs"))
-    });
-    let by_time = limits.duration.filter(|d| !d.is_zero()).map(|d| {
-        let f = (elapsed_s / d.as_secs_f64()).min(1.0);
-        let of = match d.subsec_millis() {
-            0 => format!("of {}s", d.as_secs()),
-            _ => format!("of {:.1}s", d.as_secs_f64()),
-        };
-        (f, Some((d.as_secs_f64() - elapsed_s).max(0.0)), of)
-    });
-    let done = match (by_count, by_time) {
-        (Some(c), Some(t)) => Some(if t.0 > c.0 { t } else { c }),
-        (c, t) => c.or(t),
-    };
-    let mut fields = Vec::with_capacity(4);
-    let mut steps = 0;
-    if let Some((f, _, of)) = &done {
-        // Tenths, rounded down: 100.0% only when whole.
-        fields.push(Field::new(Keep::Done, format!("{:.1}% {of}", (f * 1000.0).floor() / 10.0)));
-        steps = (f * super::POSITION_STEPS as f64) as u64;
-    }
-    fields.push(Field::new(Keep::Sent, format!("{sent} msgs sent")));
-    if !early && sent > 0 {
-        fields.push(Field::new(Keep::Rate, crate::diag::human_rate(sent as f64 / elapsed_s)));
-    }
-    if let Some(left) = done.and_then(|(_, left, _)| left).filter(|s| !early && *s > 0.0) {
-        // `as` saturates: no panic whatever the count.
-        fields.push(Field::new(Keep::Eta, super::eta_text(left.ceil() as u64)));
-    }
-    (steps, fields)
 }
 
 /// `--outputs-dir DIR`: made if missing (with its parents, like capacity's `--out`) and its
@@ -345,12 +280,8 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     };
     // Where each measurement is, on replay's terms: on stderr when it is a terminal, never with
     // --json; the run lines are written above it.
-    let speed = match pacing {
-        Pacing::Recorded { speed } => Some(speed),
-        _ => None,
-    };
-    let bounds = (!whole_file).then_some(limits);
-    let mut bar = BenchBar::new(super::position_bar_on(super::progress_target(args.json), "bench"), speed, bounds);
+    let bar = super::position_bar_on(super::progress_target(args.json), "bench");
+    let mut bar = BenchBar::new(RunBar::new(bar, pacing, limits));
     let mut shown = 0;
     let show_run = &mut |rep: usize, report: &RunReport| {
         shown += 1;
@@ -373,7 +304,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     // A stop before the first whole run leaves nothing to show (exit 130); after it, the result
     // is of the whole runs, marked interrupted, and the command ends as one that has a result.
     let run = crate::bench::engine::run(&cfg, stop, show_run, &mut |u| bar.show(u, Instant::now()));
-    bar.bar.pb.finish_and_clear();
+    bar.run.bar.pb.finish_and_clear();
     let result = run?.ok_or(super::Interrupted)?;
     if let Some(line) = result.extra.completed.said(args.runs, shown - result.runs.len()) {
         lines.say(format_args!("{line}"));
@@ -570,6 +501,7 @@ impl CloneBenchArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replay::Limits;
 
     #[test]
     fn a_measurement_shows_its_run_how_far_it_is_its_messages_and_their_rate() {
@@ -580,12 +512,12 @@ mod tests {
         let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
         let count = Limits { max_msgs: Some(10_000), duration: None };
         let fitted = super::super::position_bar_drawn_on(target, "bench").with_columns(200);
-        let mut bar = BenchBar::new(fitted, None, Some(count));
+        let mut bar = BenchBar::new(RunBar::new(fitted, Pacing::FlatOut, count));
         let position = FilePosition::default();
         let u = |rep, k, sent| Underway { rep, runs: 5, k, of: 3, variant: "engine/batch", sent, position: &position };
         let t0 = Instant::now();
         let shown = |bar: &BenchBar| {
-            bar.bar.pb.tick();
+            bar.run.bar.pb.tick();
             screen.text().rsplit("<clear>").next().unwrap_or_default().trim_end().to_string()
         };
         bar.show(&u(2, 2, 0), t0);
@@ -602,7 +534,7 @@ mod tests {
             "{:?}",
             screen.text()
         );
-        assert_eq!(bar.bar.pb.position(), 200);
+        assert_eq!(bar.run.bar.pb.position(), 200);
         // The next measurement times its own messages: no rate before its first quarter second.
         bar.show(&u(2, 3, 5), t0 + Duration::from_millis(600));
         assert!(
@@ -610,51 +542,10 @@ mod tests {
             "{:?}",
             screen.text()
         );
-        bar.bar.pb.finish_and_clear();
+        bar.run.bar.pb.finish_and_clear();
         // Drawn where replay's bar is: never with --json (and not when stderr is no terminal).
-        let hidden =
-            BenchBar::new(super::super::position_bar_on(super::super::progress_target(true), "bench"), None, None);
-        assert!(hidden.bar.pb.is_hidden());
-    }
-
-    fn feed_line(sent: u64, max_msgs: Option<u64>, duration_s: Option<f64>, elapsed_s: f64) -> (u64, String) {
-        let limits = Limits { max_msgs, duration: duration_s.map(Duration::from_secs_f64) };
-        let (steps, fields) = feed_progress(sent, limits, elapsed_s);
-        (steps, super::super::progress::fit(&fields, usize::MAX))
-    }
-
-    #[test]
-    fn a_generated_feed_says_how_far_it_is_by_its_count_or_its_duration() {
-        // By count (`--count`, or the default 2M): sent / count, the time so far scaled.
-        assert_eq!(
-            feed_line(500_000, Some(2_000_000), None, 2.0),
-            (250, "25.0% of 2000000 msgs, 500000 msgs sent, 250.0 k msg/s, eta 6s".into())
-        );
-        // By duration: the time so far of it, and what is left of it.
-        assert_eq!(
-            feed_line(30_000, None, Some(10.0), 2.5),
-            (250, "25.0% of 10s, 30000 msgs sent, 12.0 k msg/s, eta 8s".into())
-        );
-        assert_eq!(feed_line(0, None, Some(2.5), 0.0), (0, "0.0% of 2.5s, 0 msgs sent".into()));
-        // Both: the one further on ends the run first.
-        assert_eq!(
-            feed_line(50_000, Some(100_000), Some(10.0), 2.5),
-            (500, "50.0% of 100000 msgs, 50000 msgs sent, 20.0 k msg/s, eta 3s".into())
-        );
-        assert_eq!(
-            feed_line(10_000, Some(100_000), Some(10.0), 7.5),
-            (750, "75.0% of 10s, 10000 msgs sent, 1.3 k msg/s, eta 3s".into())
-        );
-        // Unbounded: the messages and their rate only.
-        assert_eq!(feed_line(30_000, None, None, 2.5), (0, "30000 msgs sent, 12.0 k msg/s".into()));
-        // The first quarter second: too short to scale.
-        assert_eq!(feed_line(100, Some(1_000), None, 0.1), (100, "10.0% of 1000 msgs, 100 msgs sent".into()));
-        // Done: whole, nothing left; not 100.0% before.
-        assert_eq!(
-            feed_line(1_000, Some(1_000), None, 1.0),
-            (1000, "100.0% of 1000 msgs, 1000 msgs sent, 1.0 k msg/s".into())
-        );
-        assert!(feed_line(9_999, Some(10_000), None, 1.0).1.starts_with("99.9% of 10000 msgs"));
+        let hidden = super::super::position_bar_on(super::super::progress_target(true), "bench");
+        assert!(BenchBar::new(RunBar::new(hidden, Pacing::FlatOut, count)).run.bar.pb.is_hidden());
     }
 
     #[test]

@@ -12,8 +12,11 @@ use super::args::{
     parse_ms_in, parse_thread_count, parse_whole_ms, whole_ms, Endpoint, How, Idle,
 };
 use super::feed::FeedArgs;
+use super::progress::{Field, FitBar, Keep, RunBar};
 use super::security::{apply_security, apply_what_a_local_run_can, EngineAccessArgs};
-use super::{describe_pacing, expected_msgs, load_profile, override_idle_handler, progress_bar, store_servers};
+use super::{
+    describe_pacing, load_profile, override_idle_handler, position_bar_on, progress_target, status_on, store_servers,
+};
 use crate::agent::StopFlag;
 use crate::bench::run::{run_once, RunSpec, Subscriber};
 use crate::engine::defaults::METRICS_INTERVAL_RANGE_MS;
@@ -253,18 +256,19 @@ pub fn demo(args: &DemoArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
             spec.publisher.sndhwm_msgs
         );
     }
-    let pb = progress_bar(expected_msgs(pacing, limits), "replay");
+    // The replay's bar, as `replay` draws it.
+    let mut bar = RunBar::new(position_bar_on(progress_target(args.json), "replay"), pacing, limits);
     let mut sending = false;
     super::run_under_way();
-    let out = run_once(&spec, stop, &mut |n, _| {
+    let out = run_once(&spec, stop, &mut |n, position| {
         if n > 0 && !sending {
             // As `replay` says it: the handshake is done, a Ctrl-C from here gets a report.
             sending = true;
             crate::diag!("subscribed: sending");
         }
-        pb.set_position(n)
+        bar.show(n, position, None, std::time::Instant::now())
     });
-    pb.finish_and_clear();
+    bar.bar.pb.finish_and_clear();
     match out {
         Ok(out) => {
             if out.replay.interrupted {
@@ -798,14 +802,14 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     if let Some(addr) = engine.metrics_addr() {
         crate::diag!("metrics: http://{addr}/metrics");
     }
-    let mut status = EngineStatus::on(progress_bar(None, "engine"));
+    let mut status = EngineStatus::on(status_on(progress_target(args.json)));
     let joined = engine.join_watching(args.max_duration, &mut |e| {
         if let Some(s) = status.as_mut() {
-            s.tick(e, crate::clock::monotonic_ns());
+            s.tick(e, crate::clock::monotonic_ns(), std::time::Instant::now());
         }
     });
     if let Some(s) = &status {
-        s.pb.finish_and_clear();
+        s.bar.pb.finish_and_clear();
     }
     match joined {
         Ok(report) => {
@@ -824,10 +828,14 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
 
 /// The engine's one-line status on stderr while it runs, once a metrics interval: messages
 /// handled, their rate over the interval, the total stage's p99 over the last metrics interval,
-/// the snail's worst verdict. It is drawn on replay's progress target ([`progress_bar`]), so it
-/// shows only when stderr is a terminal (the same decision); on a log or a pipe it writes nothing.
+/// the snail's worst verdict, fitted to the terminal as replay's bar is (whole fields dropped,
+/// the least useful first: [`status_fields`]). It is drawn on replay's progress target
+/// ([`progress_target`]), so it shows only when stderr is a terminal and not with `--json` (the
+/// same decision); on a log or a pipe it writes nothing.
 struct EngineStatus {
-    pb: indicatif::ProgressBar,
+    bar: FitBar,
+    /// The line said last, fitted again as the terminal's width changes.
+    line: Vec<Field>,
     /// What the line saw when it was last drawn.
     last: Option<Last>,
     /// The snail's worst verdict since the last line (a SNAIL shorter than an interval is
@@ -836,26 +844,46 @@ struct EngineStatus {
 }
 
 impl EngineStatus {
-    /// A status drawn on `pb`; None when its target is hidden (stderr is no terminal).
-    fn on(pb: indicatif::ProgressBar) -> Option<EngineStatus> {
-        if pb.is_hidden() {
+    /// A status drawn on `bar` ([`status_on`]); None when its target is hidden (stderr is no
+    /// terminal, or --json).
+    fn on(bar: FitBar) -> Option<EngineStatus> {
+        if bar.pb.is_hidden() {
             return None;
         }
-        pb.set_message("engine: running (a status line every metrics interval)");
-        Some(EngineStatus { pb, last: None, worst: Default::default() })
+        let line = vec![
+            Field::spaced(Keep::Label, "engine:".into()),
+            Field::new(Keep::Done, "running".into()),
+            Field::spaced(Keep::Note, "(a status line every metrics interval)".into()),
+        ];
+        Some(EngineStatus { bar, line, last: None, worst: Default::default() })
     }
 
-    /// Called often (every few ms); draws the line when the metrics collector has closed an
-    /// interval, so the rate and the p99 cover the same stretch of time (a line drawn on its
-    /// own clock showed `p99 -` when the collector's last interval, out of phase with it, was
-    /// empty while the line's window held messages). A collector that closes none for two
-    /// intervals still gets a line, with the p99 of the last interval it closed.
-    fn tick(&mut self, engine: &Engine, now_ns: u64) {
+    /// Called often (every few ms, at `now_ns` and `now`); draws the line when the metrics
+    /// collector has closed an interval, so the rate and the p99 cover the same stretch of time
+    /// (a line drawn on its own clock showed `p99 -` when the collector's last interval, out of
+    /// phase with it, was empty while the line's window held messages). A collector that closes
+    /// none for two intervals still gets a line, with the p99 of the last interval it closed.
+    /// Between lines the last is fitted again to the terminal's width.
+    fn tick(&mut self, engine: &Engine, now_ns: u64, now: std::time::Instant) {
+        let line = self.next_line(engine, now_ns);
+        self.show(line, now);
+    }
+
+    /// Say `line` when there is a new one, else the last again, fitted to the terminal at `now`.
+    fn show(&mut self, line: Option<Vec<Field>>, now: std::time::Instant) {
+        if let Some(line) = line {
+            self.line = line;
+        }
+        self.bar.say(&self.line, now);
+    }
+
+    /// The next line's fields when one is due.
+    fn next_line(&mut self, engine: &Engine, now_ns: u64) -> Option<Vec<Field>> {
         let interval_ns = engine.metrics_interval_ns().load(std::sync::atomic::Ordering::Relaxed);
         let msgs = engine.delivered();
         let latency = engine.latency();
-        let Ok(l) = latency.lock() else { return };
-        let Some(rate) = self.due(now_ns, l.intervals, interval_ns, msgs) else { return };
+        let l = latency.lock().ok()?;
+        let rate = self.due(now_ns, l.intervals, interval_ns, msgs)?;
         let mut all = crate::metrics::StageHistograms::default();
         for shard in &l.last_interval {
             all.add(shard);
@@ -864,9 +892,8 @@ impl EngineStatus {
         drop(l);
         let snail = engine.snail().report();
         let worst = self.worst.next(snail.verdict, crate::snail::turns(&snail.sites));
-        self.pb.set_message(status_line(msgs, rate, Some(p99), (snail.verdict, worst)));
+        Some(status_fields(msgs, rate, Some(p99), (snail.verdict, worst)))
     }
-
     /// The rate (msg/s) since the last line when a line is due at `now_ns`: when the collector's
     /// interval count has moved past `intervals` seen at the last line, or two `interval_ns`
     /// have passed without it. The first call starts the count.
@@ -901,20 +928,32 @@ struct Last {
 
 /// The status line: `engine: 120000 msgs, 20000 msg/s, p99 1.2ms, snail OK` (`p99 -` before
 /// an interval with messages; `p99` is the total stage's, receive to handled). `snail` is the
-/// verdict now and the worst since the last line: `snail OK (SNAIL since the last line)`.
-fn status_line(
+/// verdict now and the worst since the last line: `snail OK (SNAIL since the last line)`. As
+/// fields a narrow terminal drops some of ([`super::progress::fit`]): the messages handled
+/// first (the rate says more of a live engine), then the rate, the p99, `engine:`, the worst
+/// verdict since the last line, the verdict now last.
+fn status_fields(
     msgs: u64,
     rate: f64,
     p99: Option<crate::metrics::Percentiles>,
     snail: (crate::snail::Verdict, crate::snail::Verdict),
-) -> String {
+) -> Vec<Field> {
     let p99 = match p99 {
         Some(p) if p.count > 0 => crate::metrics::human_latency(p.p99_ns, p.out_of_bounds),
         _ => "-".into(),
     };
     let (now, worst) = snail;
-    let since = if worst > now { format!(" ({} since the last line)", worst.name()) } else { String::new() };
-    format!("engine: {msgs} msgs, {rate:.0} msg/s, p99 {p99}, snail {}{since}", now.name())
+    let mut fields = vec![
+        Field::spaced(Keep::Label, "engine:".into()),
+        Field::new(Keep::Handled, format!("{msgs} msgs")),
+        Field::new(Keep::Rate, format!("{rate:.0} msg/s")),
+        Field::new(Keep::Latency, format!("p99 {p99}")),
+        Field::new(Keep::Verdict, format!("snail {}", now.name())),
+    ];
+    if worst > now {
+        fields.push(Field::spaced(Keep::Since, format!("({} since the last line)", worst.name())));
+    }
+    fields
 }
 
 #[cfg(test)]
@@ -978,23 +1017,56 @@ mod tests {
 
     #[test]
     fn the_status_shows_on_a_terminal_and_writes_nothing_elsewhere() {
-        // Replay's bar decides: shown when stderr is a terminal.
-        let real = EngineStatus::on(progress_bar(None, "engine"));
+        // Replay's bar decides: shown when stderr is a terminal, never with --json.
+        let real = EngineStatus::on(status_on(progress_target(false)));
         assert_eq!(real.is_some(), std::io::stderr().is_terminal(), "the status follows stderr");
-        let hidden = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
-        assert!(EngineStatus::on(hidden).is_none(), "not a terminal: no status");
+        assert!(EngineStatus::on(status_on(progress_target(true))).is_none(), "--json: no status");
         let screen = Screen::default();
         let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
-        let s = EngineStatus::on(super::super::progress_bar_on(target, None, "engine")).expect("a terminal: a status");
-        s.pb.set_message(status_line(5, 1.0, None, (crate::snail::Verdict::Ok, crate::snail::Verdict::Ok)));
+        let mut s = EngineStatus::on(status_on(target).with_columns(120)).expect("a terminal: a status");
+        s.show(
+            Some(status_fields(5, 1.0, None, (crate::snail::Verdict::Ok, crate::snail::Verdict::Ok))),
+            std::time::Instant::now(),
+        );
         let drawn = screen.text();
         assert!(drawn.contains("engine: 5 msgs, 1 msg/s, p99 -, snail OK"), "drawn: {drawn:?}");
+        s.bar.pb.finish_and_clear();
+    }
+
+    #[test]
+    fn the_status_line_fits_the_terminal_by_dropping_whole_fields() {
+        // Before: `engine: 123456789 msgs, 2038919 msg/s, p99 126.68ms, snail OK (SNAIL since
+        // the last line)` whatever the terminal: a narrow one wrapped it, and each redraw left
+        // a line behind.
+        let (ok, snail) = (crate::snail::Verdict::Ok, crate::snail::Verdict::Snail);
+        let p = crate::metrics::Percentiles { count: 10, p99_ns: 126_680_000, ..Default::default() };
+        let fields = status_fields(123_456_789, 2_038_919.0, Some(p), (ok, snail));
+        let p99 = crate::metrics::human_latency(p.p99_ns, p.out_of_bounds);
+        let at = |columns: usize| super::super::progress::fit(&fields, columns - 2);
+        assert_eq!(
+            at(200),
+            format!("engine: 123456789 msgs, 2038919 msg/s, p99 {p99}, snail OK (SNAIL since the last line)")
+        );
+        assert_eq!(at(80), format!("engine: 2038919 msg/s, p99 {p99}, snail OK (SNAIL since the last line)"));
+        assert_eq!(at(60), format!("engine: p99 {p99}, snail OK (SNAIL since the last line)"));
+        assert_eq!(at(40), "snail OK (SNAIL since the last line)");
+        assert_eq!(at(20), "snail OK");
+        // Drawn: the spinner, a space and the line within the columns.
+        let screen = Screen::default();
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let mut s = EngineStatus::on(status_on(target).with_columns(60)).expect("a status");
+        s.show(Some(fields.clone()), std::time::Instant::now());
+        s.bar.pb.tick();
+        let drawn = screen.text().rsplit("<clear>").next().unwrap_or_default().trim_end().to_string();
+        assert!(drawn.ends_with(&at(60)), "{drawn:?}");
+        assert!(drawn.chars().count() <= 60, "{drawn:?}");
+        s.bar.pb.finish_and_clear();
     }
 
     #[test]
     fn the_status_line_comes_when_the_collector_closes_an_interval_with_its_rate() {
-        let pb = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
-        let mut s = EngineStatus { pb, last: None, worst: Default::default() };
+        let bar = status_on(indicatif::ProgressDrawTarget::hidden());
+        let mut s = EngineStatus { bar, line: Vec::new(), last: None, worst: Default::default() };
         let sec = 1_000_000_000;
         assert_eq!(s.due(10 * sec, 3, sec, 100), None, "the first call starts the count");
         assert_eq!(s.due(10 * sec + sec / 2, 3, sec, 5_000), None, "the collector closed no interval");
@@ -1007,6 +1079,16 @@ mod tests {
             Some(10_000.0),
             "a stalled collector: a line after two intervals, the rate over the time since"
         );
+    }
+
+    /// The whole status line, as a terminal wide enough shows it.
+    fn status_line(
+        msgs: u64,
+        rate: f64,
+        p99: Option<crate::metrics::Percentiles>,
+        snail: (crate::snail::Verdict, crate::snail::Verdict),
+    ) -> String {
+        super::super::progress::fit(&status_fields(msgs, rate, p99, snail), usize::MAX)
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | [`proxy`] | the flags `mdsub lvc` and `mdsub tap` share |
 //! | [`lvc`] | `mdsub lvc` |
 //! | [`profile`] | `mdsub profile check`, `mdsub profile show` |
-//! | `progress` | progress lines fitted to the terminal (replay's and bench's bars) |
+//! | `progress` | progress and status lines fitted to the terminal (the bars of replay, bench and demo; the engine's status line) |
 //! | [`tap`] | `mdsub tap` |
 //! | [`clone`] | `mdsub clone-server`, `mdsub clone-client` |
 //! | [`security`] | `mdsub keygen` |
@@ -173,15 +173,12 @@ pub fn on_signal(first_ns: Option<u64>, now_ns: u64, watches_stop: bool, under_w
 
 use crate::engine::handler::HandlerSpec;
 use crate::profile::{Profile, ProfileError};
-use crate::replay::{Limits, Pacing};
+use crate::replay::Pacing;
 
-pub(crate) fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
-    progress_bar_on(indicatif::ProgressDrawTarget::stderr_with_hz(4), total, what)
-}
-
-/// Where a command's progress bar is drawn: on stderr, 4 times a second, which indicatif hides
-/// when stderr is not a terminal; nowhere with `--json` (a run read by a program). One rule for
-/// `replay`'s bars, generated feed or file, as for `capacity`'s.
+/// Where a command's progress bar or status line is drawn: on stderr, 4 times a second, which
+/// indicatif hides when stderr is not a terminal (a pipe or a file gets none); nowhere with
+/// `--json` (a run read by a program). One rule for the bars of `replay`, `bench`, `demo` and
+/// `capacity` and the status line of `engine`.
 pub(crate) fn progress_target(json: bool) -> indicatif::ProgressDrawTarget {
     if json {
         indicatif::ProgressDrawTarget::hidden()
@@ -193,9 +190,9 @@ pub(crate) fn progress_target(json: bool) -> indicatif::ProgressDrawTarget {
 /// Steps of a bar by position ([`position_bar_on`]): tenths of a percent.
 pub(crate) const POSITION_STEPS: u64 = 1000;
 
-/// A file replay's bar, drawn on `target`: by position ([`POSITION_STEPS`] of the file's
-/// market time or bytes), the message saying the percentage, the messages sent and the time
-/// left (`crate::replay::progress`), fitted to the terminal ([`progress::FitBar`]).
+/// A run's bar, drawn on `target`: by position ([`POSITION_STEPS`] of its count, duration or
+/// files), the message saying the percentage, the messages sent, their rate and the time left
+/// ([`progress::RunBar`]), fitted to the terminal ([`progress::FitBar`]).
 pub(crate) fn position_bar_on(target: indicatif::ProgressDrawTarget, what: &str) -> progress::FitBar {
     let bar = position_bar_drawn_on(target, what);
     crate::diag::draw_lines_above(&bar.pb);
@@ -221,85 +218,16 @@ pub(crate) fn eta_text(secs: u64) -> String {
     }
 }
 
-/// [`progress_bar`] drawn on `target` (a test's terminal).
-pub(crate) fn progress_bar_on(
-    target: indicatif::ProgressDrawTarget,
-    total: Option<u64>,
-    what: &str,
-) -> indicatif::ProgressBar {
-    counted_bar_on(target, total, what, None)
-}
-
-/// [`progress_bar_on`], a counted one saying the market time of the record `market` loaded last
-/// when there is one (a file replayed up to a count or for a time).
-pub(crate) fn counted_bar_on(
-    target: indicatif::ProgressDrawTarget,
-    total: Option<u64>,
-    what: &str,
-    market: Option<std::sync::Arc<crate::replay::FilePosition>>,
-) -> indicatif::ProgressBar {
-    let pb = match total {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    pb.set_draw_target(target);
-    // The counts, rate, time left and message fitted to the terminal at each redraw, beside a
-    // bar of what they leave (at least the narrowest of `progress::bar_and_message`).
-    let prefix = what.to_string();
-    let style = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {fitted}")
-        .map(|s| {
-            s.with_key("fitted", move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let (_, room) = progress::bar_and_message(progress::terminal_columns(), &prefix);
-                let mut fields = count_fields(st.pos(), st.len(), st.per_sec(), st.eta(), st.is_finished());
-                if let Some(ts) = market.as_ref().and_then(|m| m.market_ns()) {
-                    let text = format!("market time {}", dbn::pretty::fmt_ts(ts));
-                    fields.push(progress::Field::spaced(progress::Keep::MarketTime, text));
-                }
-                let _ = w.write_str(&progress::fit(&fields, room));
-            })
-        })
-        .or_else(|_| indicatif::ProgressStyle::with_template("{prefix} {pos}"))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    pb.set_style(if total.is_some() { style } else { indicatif::ProgressStyle::default_spinner() });
-    pb.set_prefix(what.to_string());
-    crate::diag::draw_lines_above(&pb);
-    pb
-}
-
-/// A counted bar's line ([`progress_bar_on`]): `pos/len msgs`, then whole messages per second
-/// and the time left, nothing of them before a rate is known (no `0/s eta 0s` at the start) and
-/// no time left once finished or none is left.
-fn count_fields(
-    pos: u64,
-    len: Option<u64>,
-    per_sec: f64,
-    eta: std::time::Duration,
-    finished: bool,
-) -> Vec<progress::Field> {
-    use progress::{Field, Keep};
-    let len = len.map_or_else(|| "?".into(), |n| n.to_string());
-    let mut fields = vec![Field::spaced(Keep::Done, format!("{pos}/{len} msgs"))];
-    if pos == 0 || !per_sec.is_finite() || per_sec < 1.0 {
-        return fields;
-    }
-    fields.push(Field::spaced(Keep::Rate, format!("{per_sec:.0}/s")));
-    if !finished && !eta.is_zero() {
-        let secs = eta.as_secs() + u64::from(eta.subsec_nanos() > 0);
-        fields.push(Field::spaced(Keep::Eta, eta_text(secs)));
-    }
-    fields
-}
-
-/// Expected messages for a progress bar, when knowable.
-pub(crate) fn expected_msgs(pacing: Pacing, limits: Limits) -> Option<u64> {
-    let by_time = match (pacing, limits.duration) {
-        (Pacing::Rate { msgs_per_sec, .. }, Some(d)) => Some((msgs_per_sec as f64 * d.as_secs_f64()) as u64),
-        _ => None,
-    };
-    match (limits.max_msgs, by_time) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// A status line drawn on `target` (the engine's, [`progress_target`]): a spinner and a message
+/// fitted to the terminal ([`progress::FitBar::say`]), diagnostic lines kept above it.
+pub(crate) fn status_on(target: indicatif::ProgressDrawTarget) -> progress::FitBar {
+    let bar = progress::FitBar::status(indicatif::ProgressBar::with_draw_target(
+        None,
+        indicatif::ProgressDrawTarget::hidden(),
+    ));
+    bar.pb.set_draw_target(target);
+    crate::diag::draw_lines_above(&bar.pb);
+    bar
 }
 
 pub(crate) fn describe_pacing(p: Pacing) -> String {
@@ -436,8 +364,9 @@ mod tests {
         // line, and the two garbled each other until the next redraw.
         let screen = Screen::default();
         let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
-        let pb = progress_bar_on(target, None, "engine");
-        pb.set_message("status-before");
+        let mut status = status_on(target).with_columns(120);
+        status.say(&[progress::Field::new(progress::Keep::Done, "status-before".into())], std::time::Instant::now());
+        let pb = status.pb.clone();
         assert!(screen.text().trim_end().ends_with("status-before"), "drawn: {:?}", screen.text());
         let cleared_before = screen.text().matches("<clear>").count();
         // (Another test's bar drawn since would be the one kept: the latest wins.)
@@ -480,32 +409,11 @@ mod tests {
         bar.pb.finish_and_clear();
     }
 
-    /// A counted bar's line, as wide as it is.
-    fn count_line(pos: u64, per_sec: f64, eta: std::time::Duration, finished: bool) -> String {
-        progress::fit(&count_fields(pos, Some(10_000), per_sec, eta, finished), usize::MAX)
-    }
-
     #[test]
-    fn the_progress_rate_is_whole_and_waits_for_a_rate() {
-        // Before: `0/10000 msgs 0/s eta 0s` at the start, `4,999.2797/s` at the end.
-        let secs = std::time::Duration::from_secs;
-        assert_eq!(count_line(0, 0.0, std::time::Duration::ZERO, false), "0/10000 msgs");
-        assert_eq!(count_line(0, 5_000.0, std::time::Duration::ZERO, false), "0/10000 msgs");
-        assert_eq!(count_line(10, f64::NAN, std::time::Duration::ZERO, false), "10/10000 msgs");
-        assert_eq!(
-            count_line(2_500, 4_999.279_7, std::time::Duration::from_millis(1_500), false),
-            "2500/10000 msgs 4999/s eta 2s"
-        );
-        assert_eq!(count_line(10_000, 4_999.279_7, std::time::Duration::ZERO, true), "10000/10000 msgs 4999/s");
-        assert_eq!(count_line(10_000, 4_999.279_7, std::time::Duration::ZERO, false), "10000/10000 msgs 4999/s");
-        assert_eq!(count_line(1, 10.0, secs(3_725), false), "1/10000 msgs 10/s eta 1h02m");
-        assert_eq!(count_line(1, 10.0, secs(125), false), "1/10000 msgs 10/s eta 2m05s");
-        // Narrowed: the rate goes before the time left, the count last.
-        let fields = count_fields(12_345_678, Some(20_000_000), 1_234_567.0, secs(5), false);
-        assert_eq!(progress::fit(&fields, 40), "12345678/20000000 msgs 1234567/s eta 5s");
-        assert_eq!(progress::fit(&fields, 30), "12345678/20000000 msgs eta 5s");
-        assert_eq!(progress::fit(&fields, 22), "12345678/20000000 msgs");
-        assert_eq!(progress::fit(&fields, 21), "");
+    fn the_time_left_is_said_in_hours_minutes_or_seconds() {
+        assert_eq!(eta_text(3_725), "eta 1h02m");
+        assert_eq!(eta_text(125), "eta 2m05s");
+        assert_eq!(eta_text(59), "eta 59s");
     }
 
     #[test]

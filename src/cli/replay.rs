@@ -10,15 +10,13 @@ use super::args::{
     parse_bind_endpoint, parse_count, parse_count_usize, parse_duration, parse_whole_up_to, Endpoint, Idle,
 };
 use super::feed::{FeedArgs, PublisherArgs};
-use super::progress::{Field, Keep};
+use super::progress::RunBar;
 use super::security::ServerAccessArgs;
-use super::{counted_bar_on, expected_msgs, position_bar_on, progress_target};
+use super::{position_bar_on, progress_target};
 
 use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::faults::FaultPlan;
-use crate::replay::progress::{estimate, Estimate, Extent};
-use crate::replay::FilePosition;
 use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
 
 /// `--publisher-id`: a 32-bit unsigned id.
@@ -330,7 +328,8 @@ pub struct ReplayArgs {
     /// is refused before anything binds. The generated feed's flags (--symbols,
     /// --payload-bytes, --zipf, --seed, --thread-per-shard, --serve-trials, and
     /// --burst without --rate N) are refused with it. On a terminal (not with
-    /// --json) a bar says how far the replay is, in market time from the first
+    /// --json) a bar says how far the replay is (by --count or --duration when
+    /// one ends it first), in market time from the first
     /// record to the end the DBN metadata gives (the latest of merged files),
     /// held within what the bytes read of the files' sizes say (that end is the
     /// query's, often past the data's: the bytes then give the figure), else in
@@ -541,45 +540,12 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         (None, false) => args.feed.pacing(None),
     };
     let limits = args.feed.limits(if args.from.is_empty() { Some(Duration::from_secs(10)) } else { None });
-    // A file replayed whole: a bar by its position (market time or bytes), with the time left
-    // at the pace chosen; a count known up front (the generated feed, --count): a bar by it.
-    let expected = expected_msgs(pacing, limits);
-    let by_position = !args.from.is_empty() && expected.is_none();
-    enum Bar {
-        Position(super::progress::FitBar),
-        Counted(indicatif::ProgressBar),
-    }
-    let mut pb = match by_position {
-        true => Bar::Position(position_bar_on(progress_target(args.json), "replay")),
-        false => {
-            Bar::Counted(counted_bar_on(progress_target(args.json), expected, "replay", Some(publisher.position())))
-        }
-    };
-    let speed = match pacing {
-        Pacing::Recorded { speed } => Some(speed),
-        _ => None,
-    };
+    // How far by the count, the duration or the files' position, whichever is further on.
+    let mut bar = RunBar::new(position_bar_on(progress_target(args.json), "replay"), pacing, limits);
     let position = publisher.position();
-    // Timed from the first message sent: the files' opening and the sending thread's start are
-    // not the pace (counted in, they made the first estimates half as long again).
-    let mut began: Option<std::time::Instant> = None;
-    let run = publisher.run(&source, pacing, limits, stop, &mut |n| match &mut pb {
-        Bar::Position(bar) => {
-            let now = std::time::Instant::now();
-            if n > 0 {
-                began.get_or_insert(now);
-            }
-            let elapsed_s = began.map_or(0.0, |b| now.saturating_duration_since(b).as_secs_f64());
-            let (steps, fields) = file_progress(n, &position, elapsed_s, speed);
-            bar.show(steps, &fields, now);
-        }
-        // Its market time is read as it is drawn.
-        Bar::Counted(pb) => pb.set_position(n),
-    });
-    match pb {
-        Bar::Position(bar) => bar.pb.finish_and_clear(),
-        Bar::Counted(pb) => pb.finish_and_clear(),
-    }
+    let run =
+        publisher.run(&source, pacing, limits, stop, &mut |n| bar.show(n, &position, None, std::time::Instant::now()));
+    bar.bar.pb.finish_and_clear();
     // A stream that could not be ended still gets its summary, then the error.
     let (stats, eos_error) = match run {
         Ok(stats) => (stats, None),
@@ -609,59 +575,6 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         anyhow::bail!(d);
     }
     Ok(())
-}
-
-/// A file replay's bar position ([`super::POSITION_STEPS`]) and message ([`position_line`]),
-/// `sent` messages and `elapsed_s` after its first message at `speed` times the recorded pace
-/// (None: flat out or a fixed rate). The first quarter second (one redraw) is too short a time
-/// to scale: no time left and no rate before it. `replay --from` and `bench --from` show these.
-pub(crate) fn file_progress(
-    sent: u64,
-    position: &FilePosition,
-    elapsed_s: f64,
-    speed: Option<f64>,
-) -> (u64, Vec<Field>) {
-    let early = elapsed_s < 0.25;
-    let extent = position.extent();
-    let est = extent.and_then(|e| estimate(e, elapsed_s, speed)).map(|e| match early {
-        true => Estimate { left_s: None, ..e },
-        false => e,
-    });
-    let steps = est.map_or(0, |e| (e.fraction * super::POSITION_STEPS as f64) as u64);
-    let rate = (!early && sent > 0).then(|| sent as f64 / elapsed_s);
-    (steps, position_fields(sent, extent, est, position.market_ns(), rate))
-}
-
-/// A file replay's progress message: how far it is and by what (`by market time`, the files'
-/// span; `by bytes read`, their sizes, alone or bounding the market time), the messages sent, the market time (DBN) and the time
-/// left when it can be told, and the rate of the messages since the first (`42.5% by market
-/// time, 1234 msgs sent, 4.1 k msg/s, market time …, eta 3m05s`), as fields a narrow terminal
-/// drops some of ([`super::progress::fit`]).
-fn position_fields(
-    sent: u64,
-    extent: Option<Extent>,
-    est: Option<Estimate>,
-    market_ns: Option<u64>,
-    rate: Option<f64>,
-) -> Vec<Field> {
-    let mut fields = Vec::with_capacity(5);
-    if let (Some((_, basis)), Some(e)) = (extent.and_then(|x| x.fraction()), est) {
-        let by = basis.said();
-        // Tenths, rounded down: 100.0% only when whole.
-        fields.push(Field::new(Keep::Done, format!("{:.1}% {by}", (e.fraction * 1000.0).floor() / 10.0)));
-    }
-    fields.push(Field::new(Keep::Sent, format!("{sent} msgs sent")));
-    if let Some(r) = rate {
-        fields.push(Field::new(Keep::Rate, crate::diag::human_rate(r)));
-    }
-    if let Some(ts) = market_ns {
-        fields.push(Field::new(Keep::MarketTime, format!("market time {}", dbn::pretty::fmt_ts(ts))));
-    }
-    if let Some(left) = est.and_then(|e| e.left_s).filter(|s| *s > 0.0) {
-        // `as` saturates: a span of centuries is no panic.
-        fields.push(Field::new(Keep::Eta, super::eta_text(left.ceil() as u64)));
-    }
-    fields
 }
 
 /// The summary's first line: what was sent, the time from the first send to the last with the
@@ -764,17 +677,6 @@ mod tests {
     use super::*;
     use crate::replay::ReplayStats;
 
-    /// The whole line of [`position_fields`], as a terminal wide enough shows it.
-    fn position_line(
-        sent: u64,
-        extent: Option<Extent>,
-        est: Option<Estimate>,
-        market_ns: Option<u64>,
-        rate: Option<f64>,
-    ) -> String {
-        super::super::progress::fit(&position_fields(sent, extent, est, market_ns, rate), usize::MAX)
-    }
-
     /// The number in `line` after `before` up to the next space.
     fn number_after(line: &str, before: &str) -> f64 {
         let rest = line.split(before).nth(1).unwrap_or_else(|| panic!("{before:?} in {line}"));
@@ -820,87 +722,6 @@ mod tests {
             sent_line(&one),
             "sent 1 messages; 0.004000 s in all, with set-up and end of stream (250 msg/s over it) (interrupted); per shard []"
         );
-    }
-
-    #[test]
-    fn a_file_replay_says_how_far_it_is_by_what_and_the_time_left() {
-        // Before: `5000 msgs sent, market time …`, no percentage and no time left.
-        let t0 = 1_700_000_000_000_000_000u64;
-        let hour =
-            Extent::Market { now_ns: t0 + 900_000_000_000, start_ns: t0, end_ns: t0 + 3_600_000_000_000, bytes: None };
-        let est = estimate(hour, 90.0, Some(10.0));
-        assert_eq!(
-            position_line(5000, Some(hour), est, Some(t0 + 900_000_000_000), None),
-            format!(
-                "25.0% by market time, 5000 msgs sent, market time {}, eta 4m30s",
-                dbn::pretty::fmt_ts(t0 + 900_000_000_000)
-            )
-        );
-        // The metadata's end past the data's: the bytes read say how far it is, and that they do.
-        let bounds = crate::replay::progress::ByteBounds { read: 950, from: 0, total: 1000, ahead: 0 };
-        let past = Extent::Market {
-            now_ns: t0 + 900_000_000_000,
-            start_ns: t0,
-            end_ns: t0 + 3_600_000_000_000,
-            bytes: Some(bounds),
-        };
-        assert_eq!(
-            position_line(5000, Some(past), estimate(past, 90.0, Some(10.0)), None, None),
-            "95.0% by bytes read, 5000 msgs sent, eta 5s"
-        );
-        let bytes = Extent::Bytes { read: 999_999, from: 0, total: 1_000_000 };
-        assert_eq!(
-            position_line(7, Some(bytes), estimate(bytes, 1.0, None), None, None),
-            "99.9% by bytes read, 7 msgs sent, eta 1s",
-            "not 100.0% before the end"
-        );
-        let done = Extent::Bytes { read: 1_000_000, from: 0, total: 1_000_000 };
-        assert_eq!(
-            position_line(8, Some(done), estimate(done, 1.0, None), None, None),
-            "100.0% by bytes read, 8 msgs sent"
-        );
-        // A rate once it is known.
-        assert_eq!(
-            position_line(8, Some(done), estimate(done, 1.0, None), None, Some(4_100.0)),
-            "100.0% by bytes read, 8 msgs sent, 4.1 k msg/s"
-        );
-        // Nothing known yet: the count alone.
-        assert_eq!(position_line(0, None, None, None, None), "0 msgs sent");
-        let start = Extent::Bytes { read: 0, from: 0, total: 10 };
-        assert_eq!(
-            position_line(0, Some(start), estimate(start, 0.0, None), None, None),
-            "0.0% by bytes read, 0 msgs sent"
-        );
-        // Centuries left: said, not a panic.
-        let slow = Extent::Market { now_ns: t0 + 1, start_ns: t0, end_ns: u64::MAX - 1, bytes: None };
-        assert!(position_line(1, Some(slow), estimate(slow, 1.0, Some(0.001)), None, None).contains("eta "));
-    }
-
-    #[test]
-    fn a_file_replay_s_line_fits_the_terminal_by_dropping_whole_fields() {
-        // Before: 112 columns whatever the terminal (the market time to the ns): an 80-column
-        // terminal wrapped it and every redraw left a line behind.
-        use super::super::progress::{bar_and_message, fit};
-        let t0 = 1_700_000_000_000_000_000u64;
-        let hour =
-            Extent::Market { now_ns: t0 + 900_000_000_000, start_ns: t0, end_ns: t0 + 3_600_000_000_000, bytes: None };
-        let fields =
-            position_fields(12_345_678, Some(hour), estimate(hour, 90.0, Some(10.0)), Some(t0 + 1), Some(137_174.2));
-        let at = |columns| fit(&fields, bar_and_message(columns, "replay").1);
-        assert_eq!(at(40), "25.0% by market time");
-        assert_eq!(at(80), "25.0% by market time, eta 4m30s");
-        assert_eq!(at(100), "25.0% by market time, 12345678 msgs sent, eta 4m30s");
-        assert_eq!(
-            at(200),
-            format!(
-                "25.0% by market time, 12345678 msgs sent, 137.2 k msg/s, market time {}, eta 4m30s",
-                dbn::pretty::fmt_ts(t0 + 1)
-            )
-        );
-        for columns in [40, 80, 200] {
-            let (bar, _) = bar_and_message(columns, "replay");
-            assert!("replay ".len() + bar + 1 + at(columns).len() <= columns, "{columns}: {}", at(columns));
-        }
     }
 
     #[test]

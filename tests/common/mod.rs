@@ -559,3 +559,57 @@ impl Drop for Tmpfs {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// What `mdsub ARGS` showed on a terminal `columns` wide: its exit code and each line the
+/// terminal was given, a redraw (`\r`, back to the line's start) starting a new one, without
+/// escape sequences or trailing blanks. Run within `deadline` on the pseudo-terminal of
+/// util-linux `script` with 24 rows (`stty cols` alone leaves 0 rows, a size the terminal crate
+/// reads as none, and the width is then 80); None when `script` is missing, said on stderr as
+/// `test` skipped.
+pub fn on_a_terminal(
+    test: &str,
+    columns: u16,
+    args: &[&str],
+    deadline: Duration,
+) -> Option<(Option<i32>, Vec<String>)> {
+    if Command::new("script").arg("--version").stdout(Stdio::null()).status().is_err() {
+        eprintln!("{test}: skipped: `script` (util-linux) is missing, and with it a terminal to draw on");
+        return None;
+    }
+    // Single-quoted for the shell `script` runs the command in.
+    let quoted = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let command: Vec<String> =
+        std::iter::once(env!("CARGO_BIN_EXE_mdsub")).chain(args.iter().copied()).map(quoted).collect();
+    let shell = format!("stty rows 24 cols {columns} && exec {}", command.join(" "));
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-f", "-c", &shell, "/dev/null"]).env("TERM", "xterm").env_remove("COLUMNS");
+    let (code, out, _) = run_within(test, &mut cmd, deadline);
+    Some((code, screen_lines(&out)))
+}
+
+/// The lines of what a terminal was given ([`on_a_terminal`]).
+pub fn screen_lines(out: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for part in out.split(['\r', '\n']) {
+        // Escape sequences (CSI: ESC [ parameters, a final letter) removed.
+        let mut text = String::with_capacity(part.len());
+        let mut chars = part.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' && chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                text.push(c);
+            }
+        }
+        let text = text.trim_end();
+        if !text.is_empty() {
+            lines.push(text.to_string());
+        }
+    }
+    lines
+}
