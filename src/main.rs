@@ -40,20 +40,46 @@ struct Cli {
 enum Cmd {
     /// Replay a generated feed into the engine in one process and report
     /// throughput, loss and latency (default: 100k msg/s for 3 s).
+    ///
+    /// On a terminal, and not with --json, a bar on stderr says how far the replay is, as
+    /// `mdsub replay`'s does (by --count or --duration, whichever ends it first). A pipe or a
+    /// file gets no bar.
     Demo(cli::engine::DemoArgs),
     /// Publish a generated feed, a capture file or Databento DBN data on one XPUB endpoint per
     /// shard, paced or flat out, after waiting for subscribers.
     ///
     /// Ctrl-C (or SIGTERM) stops it, while it waits for subscribers as while it sends: it
     /// prints what it sent so far, marked interrupted (--json: `"interrupted": true`), and exits 0.
+    ///
+    /// On a terminal, and not with --json, a bar on stderr says how far the replay is: by its
+    /// --count, its --duration (10 s for the generated feed without --count) or its --from
+    /// files' position, whichever is further on (it ends the replay first), with the messages
+    /// sent, their rate and the time left (`42.5% of 10s, 9876543 msgs sent, 2.3 M msg/s, eta
+    /// 6s`; a file's market time too). A line wider than the terminal drops whole fields: the
+    /// market time first, then the rate, the messages sent, the time left. A pipe or a file
+    /// gets no bar.
     Replay(cli::replay::ReplayArgs),
     /// Run the engine against running publishers until end of stream or Ctrl-C.
     ///
     /// Ctrl-C (or SIGTERM) stops it with its report, marked interrupted (--json:
     /// `"interrupted": true`), exit 0.
+    ///
+    /// On a terminal, and not with --json, a status line on stderr says every metrics
+    /// interval the messages handled, their rate over it, the p99 from receive to handled and
+    /// the snail's verdict (`engine: 120000 msgs, 20000 msg/s, p99 1.2ms, snail OK`). A line
+    /// wider than the terminal drops whole fields: the messages handled first, then the rate,
+    /// the p99, the verdict last. A pipe or a file (a log) gets no status line, only the
+    /// engine's log lines, whole.
     Engine(Box<cli::engine::EngineArgs>),
     /// Replay benchmark: the engine against a plain single-thread SUB reader
     /// on the same feed, medians of runs and ratios.
+    ///
+    /// On a terminal, and not with --json, a line on stderr says each measurement's run and
+    /// how far its replay is, as `mdsub replay`'s bar does: by --count (2M without --count,
+    /// --duration or --from), --duration or the --from files' position, whichever is further
+    /// on (`run 2/5 engine/batch (3/4): 42.5% of 2000000 msgs, …, 1.2 M msg/s, eta 2s`). A line
+    /// wider than the terminal drops whole fields (the market time first). A pipe or a file
+    /// gets no such line.
     Bench(cli::bench::BenchArgs),
     /// Capacity search: the highest rate this host sustains inside a latency
     /// budget (--sla), per configuration (--profile, --vary); writes a results
