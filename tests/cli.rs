@@ -1731,8 +1731,8 @@ fn replay_and_demo_flat_out_for_a_duration_say_how_far_they_are_fitted_to_the_te
             // Wide: how far of the duration, the messages sent, their rate and the time left;
             // narrow: the rate and the count go first.
             let whole =
-                |l: &&str| l.contains("% of 1.5s, ") && l.contains(" msgs sent, ") && l.contains(" msg/s, eta ");
-            let narrow = |l: &&str| l.contains("% of 1.5s, eta ") && !l.contains("msgs sent");
+                |l: &&str| l.contains("% of 1500ms, ") && l.contains(" msgs sent, ") && l.contains(" msg/s, eta ");
+            let narrow = |l: &&str| l.contains("% of 1500ms, eta ") && !l.contains("msgs sent");
             let shown = if columns == 100 { bars.iter().any(whole) } else { bars.iter().any(narrow) };
             assert!(shown, "{what} at {columns} columns: {bars:#?}");
         }

@@ -318,11 +318,7 @@ pub(crate) fn run_progress(
     let by_file = by_file.map(|(basis, e)| (e.fraction, e.left_s, basis.said().to_string()));
     let by_time = limits.duration.filter(|d| !d.is_zero()).map(|d| {
         let f = (elapsed_s / d.as_secs_f64()).min(1.0);
-        let of = match d.subsec_millis() {
-            0 => format!("of {}s", d.as_secs()),
-            _ => format!("of {:.1}s", d.as_secs_f64()),
-        };
-        (f, Some((d.as_secs_f64() - elapsed_s).max(0.0)), of)
+        (f, Some((d.as_secs_f64() - elapsed_s).max(0.0)), format!("of {}", crate::diag::human_duration_of(d)))
     });
     let by_count = limits.max_msgs.filter(|&n| n > 0).map(|n| {
         let f = (sent as f64 / n as f64).min(1.0);
@@ -518,7 +514,7 @@ mod tests {
             feed_line(30_000, None, Some(10.0), 2.5),
             (250, "25.0% of 10s, 30000 msgs sent, 12.0 k msg/s, eta 8s".into())
         );
-        assert_eq!(feed_line(0, None, Some(2.5), 0.0), (0, "0.0% of 2.5s, 0 msgs sent".into()));
+        assert_eq!(feed_line(0, None, Some(2.5), 0.0), (0, "0.0% of 2500ms, 0 msgs sent".into()));
         // Both: the one further on ends the run first.
         assert_eq!(
             feed_line(50_000, Some(100_000), Some(10.0), 2.5),
