@@ -27,7 +27,7 @@
 //! Clients that re-send un-acknowledged updates after a failover cover part of that window.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::kvmsg::{decode_props, encode_props, KvMsg};
@@ -240,57 +240,89 @@ fn decode_payload(p: &[u8]) -> Result<Record, String> {
     Ok(Record { msg: KvMsg { key, sequence, uuid, props, body }, expires_at_unix_ms: (exp != 0).then_some(exp) })
 }
 
-/// Decode the records in `data` (after the magic, which starts at `base` in the file). Returns the
-/// records, the offset just past the last good record, and the reason reading stopped early.
-pub fn decode_records(data: &[u8], base: u64) -> (Vec<Record>, u64, Option<(u64, String)>) {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at < data.len() {
-        let rest = &data[at..];
-        let err = |reason: String| Some((base + at as u64, reason));
-        if rest.len() < 8 {
-            return (out, base + at as u64, err(format!("truncated record header ({} bytes)", rest.len())));
+/// Reads a file's records one at a time (the whole file is never in memory), checking each: its
+/// length within bounds, its checksum, its payload.
+struct RecordReader<R> {
+    r: R,
+    /// The offset in the file of the next record.
+    at: u64,
+    /// One payload (reused).
+    buf: Vec<u8>,
+}
+
+impl<R: Read> RecordReader<R> {
+    /// Read from `r`, whose next byte is at offset `at` of its file.
+    fn new(r: R, at: u64) -> Self {
+        RecordReader { r, at, buf: Vec::new() }
+    }
+
+    /// The next record and its offset; `None` at the end of the file; `Err` where it stops
+    /// early ([`RecordReader::at`] stays there: what is before it is good). An I/O error is the
+    /// outer one.
+    fn next(&mut self) -> std::io::Result<Result<Option<(u64, Record)>, Damage>> {
+        let at = self.at;
+        let mut head = [0u8; 8];
+        let n = crate::infile::read_full(&mut self.r, &mut head)?;
+        if n == 0 {
+            return Ok(Ok(None));
         }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if n < 8 {
+            return Ok(Err((at, format!("truncated record header ({n} bytes)"))));
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if len > MAX_RECORD_BYTES {
-            return (out, base + at as u64, err(format!("record length {len} exceeds the limit")));
+            return Ok(Err((at, format!("record length {len} exceeds the limit"))));
         }
         if len < MIN_RECORD_BYTES {
             // Zeros (a file grown by a write past its end) would otherwise pass the checksum:
             // the CRC-32 of nothing is 0.
-            return (
-                out,
-                base + at as u64,
-                err(format!("record length {len} is below the smallest record ({MIN_RECORD_BYTES} bytes)")),
-            );
+            let reason = format!("record length {len} is below the smallest record ({MIN_RECORD_BYTES} bytes)");
+            return Ok(Err((at, reason)));
         }
-        if rest.len() < 8 + len {
-            return (
-                out,
-                base + at as u64,
-                err(format!("truncated record: {} of {len} payload bytes", rest.len() - 8)),
-            );
+        // Grown as bytes come: a corrupt length at the end of a short file allocates nothing.
+        self.buf.clear();
+        (&mut self.r).take(len as u64).read_to_end(&mut self.buf)?;
+        if self.buf.len() < len {
+            return Ok(Err((at, format!("truncated record: {} of {len} payload bytes", self.buf.len()))));
         }
-        let payload = &rest[8..8 + len];
-        if crc32(payload) != crc {
-            return (out, base + at as u64, err("checksum mismatch".to_string()));
+        if crc32(&self.buf) != crc {
+            return Ok(Err((at, "checksum mismatch".to_string())));
         }
-        match decode_payload(payload) {
-            Ok(r) => out.push(r),
-            Err(reason) => return (out, base + at as u64, err(reason)),
-        }
-        at += 8 + len;
+        let rec = match decode_payload(&self.buf) {
+            Ok(r) => r,
+            Err(reason) => return Ok(Err((at, reason))),
+        };
+        self.at += 8 + len as u64;
+        Ok(Ok(Some((at, rec))))
     }
-    (out, base + at as u64, None)
+
+    /// Every record to the end or to the damage: the records, the offset just past the last
+    /// good one, and the damage.
+    fn read_all(mut self) -> std::io::Result<(Vec<Record>, u64, Option<Damage>)> {
+        let mut out = Vec::new();
+        loop {
+            match self.next()? {
+                Ok(Some((_, r))) => out.push(r),
+                Ok(None) => return Ok((out, self.at, None)),
+                Err(d) => return Ok((out, self.at, Some(d))),
+            }
+        }
+    }
 }
 
-/// A data-dir file as read.
-enum FileRead {
+/// Decode the records in `data` (after the magic, which starts at `base` in the file). Returns the
+/// records, the offset just past the last good record, and the reason reading stopped early.
+pub fn decode_records(data: &[u8], base: u64) -> (Vec<Record>, u64, Option<(u64, String)>) {
+    RecordReader::new(data, base).read_all().unwrap_or_else(|e| (Vec::new(), base, Some((base, e.to_string()))))
+}
+
+/// A data-dir file as opened.
+enum FileRead<B> {
     /// There is none.
     Absent,
     /// Its bytes after the 8-byte magic.
-    Body(Vec<u8>),
+    Body(B),
     /// It ends inside its magic: it holds this many bytes (0 to 7), all of them the magic's.
     CutMagic(usize),
 }
@@ -324,23 +356,25 @@ fn open_regular(path: &Path, opts: &mut OpenOptions, context: &'static str) -> R
     }
 }
 
-fn read_file(path: &Path, magic: &[u8; 8], what: &'static str) -> Result<FileRead, PersistError> {
-    let mut f = match open_regular(path, OpenOptions::new().read(true), "opening") {
+/// Open the data-dir file `path` and read past its magic (`what` names the file in an error).
+fn open_file(path: &Path, magic: &[u8; 8], what: &'static str) -> Result<FileRead<BufReader<File>>, PersistError> {
+    let f = match open_regular(path, OpenOptions::new().read(true), "opening") {
         Ok(f) => f,
         Err(PersistError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(FileRead::Absent)
         }
         Err(e) => return Err(e),
     };
-    let mut data = Vec::new();
-    f.read_to_end(&mut data).map_err(io_err(path, "reading"))?;
-    if data.len() < 8 && magic.starts_with(&data) {
-        return Ok(FileRead::CutMagic(data.len()));
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut head = [0u8; 8];
+    let n = crate::infile::read_full(&mut r, &mut head).map_err(io_err(path, "reading"))?;
+    if n < 8 && magic.starts_with(&head[..n]) {
+        return Ok(FileRead::CutMagic(n));
     }
-    if data.len() < 8 || &data[..8] != magic {
+    if n < 8 || &head != magic {
         return Err(PersistError::BadMagic { path: path.to_path_buf(), what });
     }
-    Ok(FileRead::Body(data.split_off(8)))
+    Ok(FileRead::Body(r))
 }
 
 /// The reason for a file that ends inside its header of `header` bytes after `len` bytes.
@@ -351,22 +385,31 @@ fn cut_header(len: usize, header: usize, what: &str) -> String {
 /// Damage found in a file: the offset it starts at, and what it is.
 type Damage = (u64, String);
 
-/// The snapshot at `path` as read: its sequence, its good records, and the damage found (any,
-/// even a file that ends inside its 16-byte header: a snapshot is only ever written whole).
-/// No file: sequence 0, no records.
-fn read_snapshot(path: &Path) -> Result<(u64, Vec<Record>, Option<Damage>), PersistError> {
-    Ok(match read_file(path, SNAP_MAGIC, "snapshot")? {
-        FileRead::Absent => (0, Vec::new(), None),
-        FileRead::CutMagic(n) => (0, Vec::new(), Some((n as u64, cut_header(n, 16, "magic and sequence")))),
-        FileRead::Body(data) if data.len() < 8 => {
-            (0, Vec::new(), Some((8 + data.len() as u64, cut_header(8 + data.len(), 16, "magic and sequence"))))
-        }
-        FileRead::Body(data) => {
-            let sequence = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]));
-            let (records, _, err) = decode_records(&data[8..], 16);
-            (sequence, records, err)
+/// The snapshot at `path` opened: its sequence, a reader of its records, or the damage in its
+/// header (any, even a file that ends inside its 16-byte header: a snapshot is only ever
+/// written whole). No file: sequence 0, no records.
+fn open_snapshot(path: &Path) -> Result<(u64, Option<FileRecords>, Option<Damage>), PersistError> {
+    let cut = |n: usize| Some((n as u64, cut_header(n, 16, "magic and sequence")));
+    Ok(match open_file(path, SNAP_MAGIC, "snapshot")? {
+        FileRead::Absent => (0, None, None),
+        FileRead::CutMagic(n) => (0, None, cut(n)),
+        FileRead::Body(mut r) => {
+            let mut seq = [0u8; 8];
+            match crate::infile::read_full(&mut r, &mut seq).map_err(io_err(path, "reading"))? {
+                8 => (u64::from_le_bytes(seq), Some(RecordReader::new(r, 16)), None),
+                n => (0, None, cut(8 + n)),
+            }
         }
     })
+}
+
+/// The snapshot at `path` as read: its sequence, its good records, and the damage found
+/// ([`open_snapshot`]).
+fn read_snapshot(path: &Path) -> Result<(u64, Vec<Record>, Option<Damage>), PersistError> {
+    let (sequence, reader, damage) = open_snapshot(path)?;
+    let Some(reader) = reader else { return Ok((sequence, Vec::new(), damage)) };
+    let (records, _, damage) = reader.read_all().map_err(io_err(path, "reading"))?;
+    Ok((sequence, records, damage))
 }
 
 /// A log (`log` or `log.prev`) as read: its good records, the offset they end at (a damaged
@@ -377,14 +420,28 @@ struct LogRead {
     damage: Option<Damage>,
 }
 
-/// Read the log at `path`; `None` when there is none. A file created and not yet given its
-/// header (a crash in between) holds nothing and is not damaged.
+/// Records read from a data-dir file.
+type FileRecords = RecordReader<BufReader<File>>;
+
+/// The log at `path` opened: a reader of its records (`None`: it holds only its header, or not
+/// even that: a file created and not yet given its header, a crash in between, holds nothing and
+/// is not damaged), or the damage in its header; `None` when there is no file.
+fn open_log(path: &Path) -> Result<Option<Result<Option<FileRecords>, Damage>>, PersistError> {
+    Ok(match open_file(path, LOG_MAGIC, "log")? {
+        FileRead::Absent => None,
+        FileRead::CutMagic(0) => Some(Ok(None)),
+        FileRead::CutMagic(n) => Some(Err((n as u64, cut_header(n, 8, "magic")))),
+        FileRead::Body(r) => Some(Ok(Some(RecordReader::new(r, 8)))),
+    })
+}
+
+/// Read the log at `path`; `None` when there is none ([`open_log`]).
 fn read_log(path: &Path) -> Result<Option<LogRead>, PersistError> {
-    let (records, good_end, damage) = match read_file(path, LOG_MAGIC, "log")? {
-        FileRead::Absent => return Ok(None),
-        FileRead::CutMagic(0) => (Vec::new(), 8, None),
-        FileRead::CutMagic(n) => (Vec::new(), 8, Some((n as u64, cut_header(n, 8, "magic")))),
-        FileRead::Body(data) => decode_records(&data, 8),
+    let (records, good_end, damage) = match open_log(path)? {
+        None => return Ok(None),
+        Some(Err(damage)) => (Vec::new(), 8, Some(damage)),
+        Some(Ok(None)) => (Vec::new(), 8, None),
+        Some(Ok(Some(reader))) => reader.read_all().map_err(io_err(path, "reading"))?,
     };
     Ok(Some(LogRead { records, good_end, damage }))
 }
@@ -437,6 +494,16 @@ fn keep_files_aside(dir: &Path) -> Result<Vec<PathBuf>, PersistError> {
 /// Write a snapshot file of `records` at `sequence` atomically (temp file, fsync, rename,
 /// directory fsync). On failure the temp file is removed (a disk that is full stays no fuller).
 fn write_snapshot_file(dir: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
+    write_snapshot_from(dir, sequence, records.map(Ok))
+}
+
+/// [`write_snapshot_file`] of records read as they are written: the first error stops it (the
+/// temp file removed, the snapshot untouched).
+fn write_snapshot_from(
+    dir: &Path,
+    sequence: u64,
+    records: impl Iterator<Item = Result<Record, PersistError>>,
+) -> Result<(), PersistError> {
     let tmp = dir.join("snapshot.tmp");
     let path = dir.join("snapshot");
     let written = write_tmp_snapshot(&tmp, sequence, records)
@@ -449,14 +516,18 @@ fn write_snapshot_file(dir: &Path, sequence: u64, records: impl Iterator<Item = 
     Ok(())
 }
 
-fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
+fn write_tmp_snapshot(
+    tmp: &Path,
+    sequence: u64,
+    records: impl Iterator<Item = Result<Record, PersistError>>,
+) -> Result<(), PersistError> {
     let f = open_regular(tmp, OpenOptions::new().write(true).create(true).truncate(true), "creating")?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut buf = Vec::with_capacity(1 << 16);
     buf.extend_from_slice(SNAP_MAGIC);
     buf.extend_from_slice(&sequence.to_le_bytes());
     for r in records {
-        encode_record(&r, &mut buf);
+        encode_record(&r?, &mut buf);
         if buf.len() >= 1 << 16 {
             w.write_all(&buf).map_err(io_err(tmp, "writing"))?;
             buf.clear();
@@ -491,6 +562,11 @@ pub struct Compacted {
     pub sequence: u64,
 }
 
+/// A compaction that found `path` damaged.
+fn damaged(path: &Path, (offset, reason): Damage) -> PersistError {
+    PersistError::Damaged(TailError { path: path.to_path_buf(), offset, reason })
+}
+
 /// Fold `DIR/log.prev` into `DIR/snapshot` ([`Store::rotate`] left it there): fsync the segment
 /// and the directory, merge the snapshot's records with the segment's later ones, write the
 /// result as the snapshot at the segment's last sequence (temp file, fsync, rename, directory
@@ -502,33 +578,192 @@ pub struct Compacted {
 /// segment's records are at or below the new snapshot's sequence and skipped ([`Store::open`]
 /// folds a segment it finds the same way). Damage in either file stops it
 /// ([`PersistError::Damaged`]): nothing is dropped at run time.
+///
+/// **Memory**: neither file is held. The segment is read once for an index of its keys (the
+/// offset of each key's last record after the snapshot's sequence); the snapshot, written in key
+/// order, is then read a record at a time and merged with the index in key order, each key's
+/// segment record read again at its offset, and each record written out as it comes. A
+/// snapshot not in key order (one a re-sync wrote in the order a peer sent it: the guide's
+/// servers send their hash table's) is merged in memory instead.
 pub fn compact_prev(dir: &Path, wall_ms: u64) -> Result<Option<Compacted>, PersistError> {
     let prev = dir.join(PREV_LOG);
     let snap = dir.join("snapshot");
-    let damaged = |path: &Path, offset: u64, reason: String| {
-        PersistError::Damaged(TailError { path: path.to_path_buf(), offset, reason })
+    let segment = match open_log(&prev)? {
+        None => return Ok(None),
+        Some(Err(d)) => return Err(damaged(&prev, d)),
+        Some(Ok(segment)) => segment,
     };
-    let Some(later) = read_log(&prev)? else { return Ok(None) };
-    if let Some((offset, reason)) = later.damage {
-        return Err(damaged(&prev, offset, reason));
+    let (snap_seq, snapshot, damage) = open_snapshot(&snap)?;
+    if let Some(d) = damage {
+        return Err(damaged(&snap, d));
+    }
+    // As a start reads them: the segment's records after the snapshot's sequence, the last of
+    // each key winning.
+    let mut index = std::collections::BTreeMap::new();
+    let mut sequence = snap_seq;
+    if let Some(mut segment) = segment {
+        while let Some((at, r)) = segment.next().map_err(io_err(&prev, "reading"))?.map_err(|d| damaged(&prev, d))? {
+            if r.msg.sequence > snap_seq {
+                sequence = sequence.max(r.msg.sequence);
+                index.insert(r.msg.key, at);
+            }
+        }
     }
     // The segment's last records may not be fsynced yet (the syncer follows the new log): they
     // are made durable before a snapshot that stands in for them replaces the old one.
-    File::open(&prev).and_then(|f| f.sync_data()).map_err(io_err(&prev, "fsyncing"))?;
+    let segment = File::open(&prev).map_err(io_err(&prev, "opening"))?;
+    segment.sync_data().map_err(io_err(&prev, "fsyncing"))?;
     fsync_dir(dir);
-    let (mut sequence, mut records, err) = read_snapshot(&snap)?;
-    if let Some((offset, reason)) = err {
-        return Err(damaged(&snap, offset, reason));
-    }
-    // As a start reads them: the segment's records after the snapshot's sequence.
-    let snap_seq = sequence;
-    append_after(&mut records, &mut sequence, later.records, snap_seq);
-    let merged = merge(records, wall_ms);
-    let keys = merged.len() as u64;
-    write_snapshot_file(dir, sequence, merged.into_iter())?;
+    let mut merged = Merge {
+        snapshot,
+        snap_path: &snap,
+        next_snap: None,
+        last_key: None,
+        index: index.into_iter().peekable(),
+        segment: RecordReader::new(ReadAt { file: segment, pos: 0 }, 0),
+        seg_path: &prev,
+        wall_ms,
+        written: 0,
+        unsorted: false,
+    };
+    let keys = match write_snapshot_from(dir, sequence, &mut merged) {
+        Ok(()) => merged.written,
+        Err(_) if merged.unsorted => {
+            drop(merged);
+            let (seq, records) = read_both(&snap, &prev)?;
+            let state = merge(records, wall_ms);
+            let keys = state.len() as u64;
+            write_snapshot_file(dir, seq, state.into_iter())?;
+            keys
+        }
+        Err(e) => return Err(e),
+    };
     std::fs::remove_file(&prev).map_err(io_err(&prev, "removing the compacted log segment"))?;
     fsync_dir(dir);
     Ok(Some(Compacted { keys, sequence }))
+}
+
+/// The snapshot's records and the segment's after its sequence, in the order a start reads them,
+/// and the highest sequence: a compaction's merge in memory.
+fn read_both(snap: &Path, prev: &Path) -> Result<(u64, Vec<Record>), PersistError> {
+    let (mut sequence, mut records, damage) = read_snapshot(snap)?;
+    if let Some(d) = damage {
+        return Err(damaged(snap, d));
+    }
+    let later = read_log(prev)?.unwrap_or(LogRead { records: Vec::new(), good_end: 8, damage: None });
+    if let Some(d) = later.damage {
+        return Err(damaged(prev, d));
+    }
+    let snap_seq = sequence;
+    append_after(&mut records, &mut sequence, later.records, snap_seq);
+    Ok((sequence, records))
+}
+
+/// Reads a file from `pos` on, by `pread` (no seek, no shared position).
+struct ReadAt {
+    file: File,
+    pos: u64,
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt as _;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A compaction's merge, streamed ([`compact_prev`]): the snapshot's records in key order and
+/// the segment's index (each key's last record, by offset), the segment's winning; deletes and
+/// values whose deadline passed are left out, as [`merge`] does.
+struct Merge<'a> {
+    snapshot: Option<FileRecords>,
+    snap_path: &'a Path,
+    /// The snapshot's record not yet merged.
+    next_snap: Option<Record>,
+    /// The key of the snapshot's last record read (its keys must increase).
+    last_key: Option<Vec<u8>>,
+    index: std::iter::Peekable<std::collections::btree_map::IntoIter<Vec<u8>, u64>>,
+    segment: RecordReader<ReadAt>,
+    seg_path: &'a Path,
+    wall_ms: u64,
+    /// Records merged so far.
+    written: u64,
+    /// The snapshot's keys do not increase: the merge stopped, to be done in memory.
+    unsorted: bool,
+}
+
+impl Merge<'_> {
+    /// The snapshot's next record, checked to come after the one before in key order.
+    fn snapshot_next(&mut self) -> Result<Option<Record>, PersistError> {
+        let Some(reader) = self.snapshot.as_mut() else { return Ok(None) };
+        let Some((_, r)) =
+            reader.next().map_err(io_err(self.snap_path, "reading"))?.map_err(|d| damaged(self.snap_path, d))?
+        else {
+            self.snapshot = None;
+            return Ok(None);
+        };
+        if self.last_key.as_ref().is_some_and(|k| r.msg.key <= *k) {
+            self.unsorted = true;
+            let source = std::io::Error::other("its records are not in key order");
+            return Err(PersistError::Io { path: self.snap_path.to_path_buf(), context: "merging", source });
+        }
+        let last = self.last_key.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(&r.msg.key);
+        Ok(Some(r))
+    }
+
+    /// The segment's record at `at` (read and checked again).
+    fn segment_at(&mut self, at: u64) -> Result<Record, PersistError> {
+        (self.segment.r.pos, self.segment.at) = (at, at);
+        match self.segment.next().map_err(io_err(self.seg_path, "reading"))? {
+            Ok(Some((_, r))) => Ok(r),
+            Ok(None) => Err(damaged(self.seg_path, (at, "the file ends before a record it held".into()))),
+            Err(d) => Err(damaged(self.seg_path, d)),
+        }
+    }
+
+    /// The next record of the merged state.
+    fn step(&mut self) -> Result<Option<Record>, PersistError> {
+        loop {
+            if self.next_snap.is_none() {
+                self.next_snap = self.snapshot_next()?;
+            }
+            let from_segment = match (&self.next_snap, self.index.peek()) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(s), Some((key, _))) => s.msg.key >= *key,
+            };
+            let rec = if from_segment {
+                let Some((key, at)) = self.index.next() else { return Ok(None) };
+                if self.next_snap.as_ref().is_some_and(|s| s.msg.key == key) {
+                    self.next_snap = None; // the segment's later value wins
+                }
+                self.segment_at(at)?
+            } else {
+                match self.next_snap.take() {
+                    Some(r) => r,
+                    None => return Ok(None),
+                }
+            };
+            if rec.msg.body.is_empty() || rec.expires_at_unix_ms.is_some_and(|t| t <= self.wall_ms) {
+                continue;
+            }
+            self.written += 1;
+            return Ok(Some(rec));
+        }
+    }
+}
+
+impl Iterator for Merge<'_> {
+    type Item = Result<Record, PersistError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step().transpose()
+    }
 }
 
 /// What [`switch_to_peer_snapshot`] did.
@@ -1360,6 +1595,40 @@ mod tests {
         std::fs::remove_dir_all(d.join(PEER_SNAPSHOT)).expect("rm");
         assert_eq!(recovered_state_of_open(&d, &mut s), before);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_compaction_streams_a_sorted_snapshot_and_merges_an_unsorted_one_in_memory_to_the_same_state() {
+        for sorted in [true, false] {
+            let d = tmpdir(&format!("compact-merge-{sorted}"));
+            let (mut s, _) = Store::open(&d).expect("open");
+            let first: Vec<Record> = (0..60).map(|i| rec(&format!("/k{i:02}"), i + 1, "old")).collect();
+            // A re-sync writes a snapshot in the order its peer sent it.
+            let order: Vec<Record> = if sorted { first } else { first.into_iter().rev().collect() };
+            s.write_snapshot(60, order.into_iter()).expect("snapshot");
+            s.append(&rec("/k01", 5, "at or below the snapshot's sequence: skipped")).expect("append");
+            for i in (0..60u64).step_by(3) {
+                let body = if i % 5 == 0 { "" } else { "new" };
+                s.append(&rec(&format!("/k{i:02}"), 61 + i, body)).expect("append");
+            }
+            for i in 0..10u64 {
+                s.append(&rec(&format!("/n{i}"), 200 + i, "only in the segment")).expect("append");
+            }
+            s.append(&rec("/k03", 301, "the last of two")).expect("append");
+            s.flush().expect("flush");
+            s.rotate().expect("rotate").expect("a segment");
+            let (seq, records) = read_both(&d.join("snapshot"), &d.join(PREV_LOG)).expect("read");
+            let want = merge(records, wall());
+            let done = compact_prev(&d, wall()).expect("compact").expect("folded");
+            assert_eq!((done.keys as usize, done.sequence), (want.len(), seq), "sorted {sorted}");
+            assert_eq!((done.sequence, want.iter().any(|r| r.msg.key == b"/k03")), (301, true));
+            let (snap_seq, written, damage) = read_snapshot(&d.join("snapshot")).expect("snapshot");
+            assert_eq!((snap_seq, damage), (301, None));
+            assert_eq!(written, want, "sorted {sorted}: the state a start reads, in key order");
+            s._lock.unlock().expect("unlock");
+            drop(s);
+            let _ = std::fs::remove_dir_all(&d);
+        }
     }
 
     #[test]
