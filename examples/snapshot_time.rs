@@ -1,7 +1,10 @@
 //! How long the clone server's snapshot rewrite of a map of N keys (100-byte values) takes, the
-//! way the server does it: the full write of the map (still used for a passive's re-sync and a
-//! data dir behind, on the serving thread) and a compaction (the serving thread's part, moving
-//! the log aside, and the fold off that thread). docs/CLONE.md, "Durability", quotes its figures.
+//! way the server does it: the full write of the map (on the serving thread: a data dir behind;
+//! a passive's re-sync did it too before it wrote the active's snapshot as it arrived), a
+//! compaction (the serving thread's part, moving the log aside, and the fold off that thread),
+//! and a passive's re-sync (the entries written as they arrive, in the server's batches of
+//! 16384, its end on the serving thread, and the switch off that thread). docs/CLONE.md,
+//! "Durability", quotes its figures.
 //!
 //! `cargo run --release --example snapshot_time -- 1000000 /tmp/snap` (N, a scratch directory,
 //! emptied first).
@@ -9,7 +12,7 @@ use std::time::Instant;
 
 use mdsub::clone::kvmsg::{KvMsg, TTL_PROP};
 use mdsub::clone::map::KvMap;
-use mdsub::clone::persist::{compact_prev, Record, Store};
+use mdsub::clone::persist::{compact_prev, switch_to_peer_snapshot, Record, Store};
 
 /// The server's allocator (src/main.rs): with glibc's, the first 64 KiB allocation after a
 /// million small frees (the map's copy below) consolidates them all, a quarter of a second.
@@ -62,9 +65,32 @@ fn main() {
     let done = compact_prev(&dir, 0).expect("compaction");
     let fold = ms(t);
     let bytes = std::fs::metadata(dir.join("snapshot")).map(|m| m.len()).unwrap_or(0);
+    // A re-sync: each entry as the core hands it over (a copy without `ttl`), then its end.
+    let t = Instant::now();
+    store.begin_peer_snapshot();
+    let (mut batch, mut worst_batch) = (Instant::now(), 0f64);
+    for (i, (k, e)) in map.iter().enumerate() {
+        let mut m = KvMap::to_msg(k, e, 0);
+        m.remove_prop(TTL_PROP);
+        store.peer_snapshot_entry(&Record { msg: m, expires_at_unix_ms: None });
+        if i % 16_384 == 16_383 {
+            worst_batch = worst_batch.max(ms(batch));
+            batch = Instant::now();
+        }
+    }
+    let stream = ms(t);
+    let t = Instant::now();
+    store.end_peer_snapshot(n, false).expect("the re-sync's snapshot");
+    let end = ms(t);
+    let t = Instant::now();
+    switch_to_peer_snapshot(&dir, false).expect("switch");
+    store.switched();
+    let switch = ms(t);
     println!(
         "keys={n} snapshot_bytes={bytes} full_write_ms={full:.1} map_clone_ms={clone:.1} \
-         compaction_serving_thread_ms={rotate:.3} compaction_fold_ms={fold:.1} ({done:?})"
+         compaction_serving_thread_ms={rotate:.3} compaction_fold_ms={fold:.1} ({done:?}) \
+         resync_stream_ms={stream:.1} (worst batch of 16384 entries {worst_batch:.1} ms) \
+         resync_end_serving_thread_ms={end:.3} resync_switch_ms={switch:.1}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,6 +24,21 @@ pub fn open(path: &Path, expected: &str) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Read into `buf` until it is full or `r` ends (a short read is no error): how many bytes were
+/// read, fewer than `buf.len()` only at the end of the input.
+pub fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

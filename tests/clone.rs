@@ -2134,6 +2134,75 @@ fn a_slow_log_fsync_does_not_stop_the_server() {
 /// there (the compaction in flight) under a stream of updates; restarted on the same data
 /// directory it holds every update a subscriber saw published (its acknowledgement), the ones
 /// logged after the switch-over too.
+/// Send `rounds` updates of each of `keys` keys `/c/NNNNNN` (100-byte values `rR-NNNNNN-vvv…`,
+/// round R) to the server at base port `port`, from a raw CHP client's PUB that never drops (a
+/// PUB at its HWM would), once a subscriber to `/c/` on the server's publisher hears its probe.
+/// Returns the context (keep it) and that subscriber, unread.
+fn flood_updates(port: u16, keys: u32, rounds: u32) -> (zmq::Context, zmq::Socket) {
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).expect("sub");
+    sub.set_linger(0).expect("linger");
+    sub.set_rcvhwm(0).expect("hwm");
+    sub.set_subscribe(b"/c/").expect("subscribe");
+    sub.connect(&format!("tcp://127.0.0.1:{}", port + 1)).expect("connect");
+    let coll = ctx.socket(zmq::PUB).expect("pub");
+    coll.set_linger(0).expect("linger");
+    coll.set_sndhwm(0).expect("hwm");
+    coll.connect(&format!("tcp://127.0.0.1:{}", port + 2)).expect("connect");
+    wait_probe_published(&coll, &sub, b"/c/probe");
+    let value = |round: u32, i: u32| format!("r{round}-{i:06}-{}", "v".repeat(88)).into_bytes();
+    for round in 0..rounds {
+        for i in 0..keys {
+            let mut uuid = [0u8; 16];
+            uuid[..4].copy_from_slice(&round.to_be_bytes());
+            uuid[4..8].copy_from_slice(&i.to_be_bytes());
+            let key = format!("/c/{i:06}");
+            coll.send_multipart(chp_frames(key.as_bytes(), 0, &uuid, b"", &value(round, i)), 0).expect("send");
+        }
+    }
+    (ctx, sub)
+}
+
+/// One counter of the server's STATUS (0 when it is not there).
+fn status_count(port: u16, name: &str) -> u64 {
+    status(port).get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn compactions_are_counted_in_status_with_the_last_length_and_error() {
+    // Before: a compaction was said only by a verbose `compacted: …` line; a failed one only in
+    // `snapshot_failures`, with a passive's re-sync and a data dir behind.
+    let dir = common::temp_dir("clone-compact-status");
+    let d = dir.to_str().expect("utf8");
+    let p = free_port_block(3);
+    let _s = server("server", p, &["--data-dir", d]);
+    wait_until(Duration::from_secs(10), "STATUS to count compactions", || {
+        let st = status(p);
+        st.get("compactions").map(String::as_str) == Some("0") && st.contains_key("last_compaction_error")
+    });
+    // The compactor cannot create its temp file: a directory stands in its place.
+    std::fs::create_dir_all(dir.join("snapshot.tmp").join("in-the-way")).expect("mkdir");
+    // 150k updates of 50k keys: the log passes 100k records (twice the map), a compaction is due.
+    let (_ctx, _sub) = flood_updates(p, 50_000, 3);
+    wait_until(Duration::from_secs(60), "a compaction to fail", || status_count(p, "compaction_failures") > 0);
+    let st = status(p);
+    let error = st.get("last_compaction_error").cloned().unwrap_or_default();
+    assert!(error.contains("snapshot.tmp") && error.contains("a directory"), "{st:?}");
+    assert_eq!(st.get("compactions").map(String::as_str), Some("0"), "{st:?}");
+    assert!(dir.join("log.prev").exists(), "the segment is kept for the next try");
+    // The way cleared, the next try (after a back-off of a second or two) succeeds.
+    std::fs::remove_dir_all(dir.join("snapshot.tmp")).expect("rm");
+    wait_until(Duration::from_secs(30), "the compaction to succeed", || status_count(p, "compactions") > 0);
+    let st = status(p);
+    assert!(st.get("last_compaction_ms").and_then(|v| v.parse::<u64>().ok()).is_some(), "{st:?}");
+    assert!(status_count(p, "compaction_failures") >= 1);
+    assert!(
+        st.get("last_compaction_error").is_some_and(|e| e.contains("snapshot.tmp")),
+        "the last error stays: {st:?}"
+    );
+    assert!(!dir.join("log.prev").exists(), "folded");
+}
+
 #[test]
 fn a_kill_in_the_middle_of_a_compaction_loses_no_acknowledged_update() {
     const KEYS: u32 = 50_000;
@@ -2142,28 +2211,7 @@ fn a_kill_in_the_middle_of_a_compaction_loses_no_acknowledged_update() {
     let d = dir.to_str().expect("utf8");
     let p = free_port_block(3);
     let mut s = server("server", p, &["--data-dir", d]);
-    let ctx = zmq::Context::new();
-    let sub = ctx.socket(zmq::SUB).expect("sub");
-    sub.set_linger(0).expect("linger");
-    sub.set_rcvhwm(0).expect("hwm");
-    sub.set_subscribe(b"/c/").expect("subscribe");
-    sub.connect(&format!("tcp://127.0.0.1:{}", p + 1)).expect("connect");
-    // A raw CHP client's PUB that never drops (a PUB at its HWM would).
-    let coll = ctx.socket(zmq::PUB).expect("pub");
-    coll.set_linger(0).expect("linger");
-    coll.set_sndhwm(0).expect("hwm");
-    coll.connect(&format!("tcp://127.0.0.1:{}", p + 2)).expect("connect");
-    wait_probe_published(&coll, &sub, b"/c/probe");
-    let value = |round: u32, i: u32| format!("r{round}-{i:06}-{}", "v".repeat(88)).into_bytes();
-    for round in 0..ROUNDS {
-        for i in 0..KEYS {
-            let mut uuid = [0u8; 16];
-            uuid[..4].copy_from_slice(&round.to_be_bytes());
-            uuid[4..8].copy_from_slice(&i.to_be_bytes());
-            let key = format!("/c/{i:06}");
-            coll.send_multipart(chp_frames(key.as_bytes(), 0, &uuid, b"", &value(round, i)), 0).expect("send");
-        }
-    }
+    let (_ctx, sub) = flood_updates(p, KEYS, ROUNDS);
     // What the subscriber sees published, key -> the latest round; until `log.prev` shows.
     let mut acked: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
     let take = |sub: &zmq::Socket, acked: &mut BTreeMap<Vec<u8>, u32>| {

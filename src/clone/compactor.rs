@@ -11,29 +11,60 @@
 //! ([`Compaction`]) is fed to the server's core, which counts and says a failure like any failed
 //! snapshot write. At most one compaction is in flight: the core asks for the next only once
 //! this one is answered.
+//!
+//! It also puts a passive's re-sync in place ([`Job::Switch`], [`super::persist::switch_to_peer_snapshot`]):
+//! the serving thread wrote the active's snapshot to `snapshot.peer` as it arrived and started a
+//! fresh log at its end; this agent copies the old files aside when asked, fsyncs it and renames
+//! it to `snapshot`. Its asks are done in order, so that never runs while a compaction does, nor
+//! a compaction's `log.prev` disappears under the copies.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crossbeam::channel::Sender;
 
-use super::persist::{compact_prev, Compacted};
+use super::persist::{compact_prev, switch_to_peer_snapshot, Compacted, Switched};
 use crate::agent::{Agent, AgentError, AskLink, Inbox, Step};
 
-/// One compaction done.
+/// What the server asks of its compactor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Fold `DIR/log.prev` into `DIR/snapshot`, at the wall clock of the ask (ms since the
+    /// epoch: values whose deadline passed by then are left out).
+    Compact {
+        /// The wall clock of the ask.
+        wall_ms: u64,
+    },
+    /// Put a re-sync's `snapshot.peer` in place, copying the files it replaces aside first if
+    /// `keep_aside`.
+    Switch {
+        /// Copy the old files aside first.
+        keep_aside: bool,
+    },
+}
+
+/// What a job did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// A compaction: what it wrote (`None`: there was no segment to fold).
+    Compacted(Option<Compacted>),
+    /// A re-sync's snapshot is in place.
+    Switched(Switched),
+}
+
+/// One job done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compaction {
     /// How long it took (the compactor's clock).
     pub took_ns: u64,
-    /// What it wrote (`None`: there was no segment to fold), or why it failed.
-    pub result: Result<Option<Compacted>, String>,
+    /// What it did, or why it failed.
+    pub result: Result<Done, String>,
 }
 
-/// The agent: folds `DIR/log.prev` into `DIR/snapshot` each time it is asked (with the wall
-/// clock of the ask, in ms since the epoch: values whose deadline passed by then are left out).
+/// The agent: does each [`Job`] it is asked, in order, and answers.
 pub struct Compactor {
     dir: PathBuf,
-    asks: Inbox<u64>,
+    asks: Inbox<Job>,
     answers: Sender<Compaction>,
 }
 
@@ -44,9 +75,13 @@ impl Agent for Compactor {
 
     fn do_work(&mut self) -> Result<Step, AgentError> {
         match self.asks.next() {
-            Some(wall_ms) => {
+            Some(job) => {
                 let t0 = crate::clock::monotonic_ns();
-                let result = compact_prev(&self.dir, wall_ms).map_err(|e| e.to_string());
+                let result = match job {
+                    Job::Compact { wall_ms } => compact_prev(&self.dir, wall_ms).map(Done::Compacted),
+                    Job::Switch { keep_aside } => switch_to_peer_snapshot(&self.dir, keep_aside).map(Done::Switched),
+                }
+                .map_err(|e| e.to_string());
                 let took_ns = crate::clock::monotonic_ns().saturating_sub(t0);
                 // The server gone (it stops by closing the asks): nothing to tell.
                 let _ = self.answers.send(Compaction { took_ns, result });
@@ -63,7 +98,7 @@ impl Agent for Compactor {
 }
 
 /// The server's end of its compactor.
-pub struct CompactorLink(AskLink<Compactor, u64, Compaction>);
+pub struct CompactorLink(AskLink<Compactor, Job, Compaction>);
 
 impl CompactorLink {
     /// Start the compactor of the data directory `dir` on its own thread.
@@ -72,10 +107,9 @@ impl CompactorLink {
         AskLink::start(names, |asks, answers| Compactor { dir, asks, answers }).map(CompactorLink)
     }
 
-    /// Ask for one compaction at wall time `wall_ms` (never blocks). An error when the compactor
-    /// is gone, with why it stopped.
-    pub fn ask(&mut self, wall_ms: u64) -> Result<(), AgentError> {
-        self.0.send(wall_ms)
+    /// Ask for one job (never blocks). An error when the compactor is gone, with why it stopped.
+    pub fn ask(&mut self, job: Job) -> Result<(), AgentError> {
+        self.0.send(job)
     }
 
     /// The next answer, if one has come (never blocks).

@@ -9,7 +9,10 @@
 //!
 //! Files: `snapshot` (written to `snapshot.tmp`, fsynced, renamed, directory fsynced) and `log`
 //! (records appended after the snapshot); during a compaction also `log.prev`, the log segment
-//! the compaction folds into the next snapshot ([`Store::rotate`], [`compact_prev`]). Each file starts with an 8-byte magic; each record is
+//! the compaction folds into the next snapshot ([`Store::rotate`], [`compact_prev`]); during a
+//! passive's re-sync also `snapshot.peer` (the active's snapshot, written as it arrives) and, once
+//! it is complete, `log.old` (the log of the files it replaces) until [`switch_to_peer_snapshot`]
+//! puts it in place. Each file starts with an 8-byte magic; each record is
 //! `len u32 LE · crc32 u32 LE · payload` where the payload is `sequence u64 · expires_at_unix_ms u64
 //! (0 = none) · uuid_len u8 · uuid · key_len u32 · key · props_len u32 · props · body_len u32 · body`
 //! (integers little-endian; props in CHP `name=value\n` text; an empty body is a delete).
@@ -24,7 +27,7 @@
 //! Clients that re-send un-acknowledged updates after a failover cover part of that window.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::kvmsg::{decode_props, encode_props, KvMsg};
@@ -34,6 +37,15 @@ const SNAP_MAGIC: &[u8; 8] = b"MDCLSNP1";
 /// The log segment a compaction folds into the snapshot: the log as it was when the compaction
 /// started ([`Store::rotate`]); new records go to a fresh `log` meanwhile.
 pub const PREV_LOG: &str = "log.prev";
+/// A passive's re-sync: the active's snapshot, written as it arrives
+/// ([`Store::begin_peer_snapshot`]); renamed to `snapshot` by [`switch_to_peer_snapshot`]. A start
+/// that finds it removes it: the re-sync did not end, and the files before it stand.
+pub const PEER_SNAPSHOT: &str = "snapshot.peer";
+/// The log of the files a re-sync replaces, moved aside once the active's snapshot is complete
+/// ([`Store::end_peer_snapshot`]); new records go to a fresh `log`, which follows that snapshot. A
+/// start that finds it with `snapshot.peer` puts it back (the re-sync's snapshot was not in place);
+/// without, removes it and `log.prev` (it was).
+pub const OLD_LOG: &str = "log.old";
 /// Largest record accepted when reading (guards against a corrupt length). The server refuses a
 /// configuration whose key and value limits could produce a larger record (see
 /// [`RECORD_FIXED_BYTES`]).
@@ -115,6 +127,16 @@ pub struct Recovered {
     /// Where damaged files were copied before they were cut or rewritten
     /// (`log.corrupt-<unix_s>`, `snapshot.corrupt-<unix_s>`).
     pub corrupt_copies: Vec<PathBuf>,
+    /// What the start settled of a re-sync a stop or a crash interrupted, to be said.
+    pub resync_settled: Option<String>,
+}
+
+/// A passive's re-sync being written: the active's snapshot, record by record.
+struct PeerStream {
+    /// The file, or why writing it failed (the re-sync then needs a full snapshot of the map).
+    out: Result<BufWriter<File>, String>,
+    /// One record's bytes (reused).
+    buf: Vec<u8>,
 }
 
 /// The open data directory.
@@ -133,6 +155,13 @@ pub struct Store {
     good_len: u64,
     /// `log.prev` is there: a compaction has not folded it into the snapshot yet.
     prev: bool,
+    /// A passive's re-sync under way: the active's snapshot written to `snapshot.peer`.
+    peer: Option<PeerStream>,
+    /// `snapshot.peer` is complete, the old log is `log.old` and appends go to a fresh `log`:
+    /// [`switch_to_peer_snapshot`] has not put it in place yet.
+    switching: bool,
+    /// The files the re-sync replaces are copied aside first (a data dir newer than the active's).
+    keep_aside: bool,
 }
 
 fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
@@ -211,57 +240,89 @@ fn decode_payload(p: &[u8]) -> Result<Record, String> {
     Ok(Record { msg: KvMsg { key, sequence, uuid, props, body }, expires_at_unix_ms: (exp != 0).then_some(exp) })
 }
 
-/// Decode the records in `data` (after the magic, which starts at `base` in the file). Returns the
-/// records, the offset just past the last good record, and the reason reading stopped early.
-pub fn decode_records(data: &[u8], base: u64) -> (Vec<Record>, u64, Option<(u64, String)>) {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at < data.len() {
-        let rest = &data[at..];
-        let err = |reason: String| Some((base + at as u64, reason));
-        if rest.len() < 8 {
-            return (out, base + at as u64, err(format!("truncated record header ({} bytes)", rest.len())));
+/// Reads a file's records one at a time (the whole file is never in memory), checking each: its
+/// length within bounds, its checksum, its payload.
+struct RecordReader<R> {
+    r: R,
+    /// The offset in the file of the next record.
+    at: u64,
+    /// One payload (reused).
+    buf: Vec<u8>,
+}
+
+impl<R: Read> RecordReader<R> {
+    /// Read from `r`, whose next byte is at offset `at` of its file.
+    fn new(r: R, at: u64) -> Self {
+        RecordReader { r, at, buf: Vec::new() }
+    }
+
+    /// The next record and its offset; `None` at the end of the file; `Err` where it stops
+    /// early ([`RecordReader::at`] stays there: what is before it is good). An I/O error is the
+    /// outer one.
+    fn next(&mut self) -> std::io::Result<Result<Option<(u64, Record)>, Damage>> {
+        let at = self.at;
+        let mut head = [0u8; 8];
+        let n = crate::infile::read_full(&mut self.r, &mut head)?;
+        if n == 0 {
+            return Ok(Ok(None));
         }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if n < 8 {
+            return Ok(Err((at, format!("truncated record header ({n} bytes)"))));
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if len > MAX_RECORD_BYTES {
-            return (out, base + at as u64, err(format!("record length {len} exceeds the limit")));
+            return Ok(Err((at, format!("record length {len} exceeds the limit"))));
         }
         if len < MIN_RECORD_BYTES {
             // Zeros (a file grown by a write past its end) would otherwise pass the checksum:
             // the CRC-32 of nothing is 0.
-            return (
-                out,
-                base + at as u64,
-                err(format!("record length {len} is below the smallest record ({MIN_RECORD_BYTES} bytes)")),
-            );
+            let reason = format!("record length {len} is below the smallest record ({MIN_RECORD_BYTES} bytes)");
+            return Ok(Err((at, reason)));
         }
-        if rest.len() < 8 + len {
-            return (
-                out,
-                base + at as u64,
-                err(format!("truncated record: {} of {len} payload bytes", rest.len() - 8)),
-            );
+        // Grown as bytes come: a corrupt length at the end of a short file allocates nothing.
+        self.buf.clear();
+        (&mut self.r).take(len as u64).read_to_end(&mut self.buf)?;
+        if self.buf.len() < len {
+            return Ok(Err((at, format!("truncated record: {} of {len} payload bytes", self.buf.len()))));
         }
-        let payload = &rest[8..8 + len];
-        if crc32(payload) != crc {
-            return (out, base + at as u64, err("checksum mismatch".to_string()));
+        if crc32(&self.buf) != crc {
+            return Ok(Err((at, "checksum mismatch".to_string())));
         }
-        match decode_payload(payload) {
-            Ok(r) => out.push(r),
-            Err(reason) => return (out, base + at as u64, err(reason)),
-        }
-        at += 8 + len;
+        let rec = match decode_payload(&self.buf) {
+            Ok(r) => r,
+            Err(reason) => return Ok(Err((at, reason))),
+        };
+        self.at += 8 + len as u64;
+        Ok(Ok(Some((at, rec))))
     }
-    (out, base + at as u64, None)
+
+    /// Every record to the end or to the damage: the records, the offset just past the last
+    /// good one, and the damage.
+    fn read_all(mut self) -> std::io::Result<(Vec<Record>, u64, Option<Damage>)> {
+        let mut out = Vec::new();
+        loop {
+            match self.next()? {
+                Ok(Some((_, r))) => out.push(r),
+                Ok(None) => return Ok((out, self.at, None)),
+                Err(d) => return Ok((out, self.at, Some(d))),
+            }
+        }
+    }
 }
 
-/// A data-dir file as read.
-enum FileRead {
+/// Decode the records in `data` (after the magic, which starts at `base` in the file). Returns the
+/// records, the offset just past the last good record, and the reason reading stopped early.
+pub fn decode_records(data: &[u8], base: u64) -> (Vec<Record>, u64, Option<(u64, String)>) {
+    RecordReader::new(data, base).read_all().unwrap_or_else(|e| (Vec::new(), base, Some((base, e.to_string()))))
+}
+
+/// A data-dir file as opened.
+enum FileRead<B> {
     /// There is none.
     Absent,
     /// Its bytes after the 8-byte magic.
-    Body(Vec<u8>),
+    Body(B),
     /// It ends inside its magic: it holds this many bytes (0 to 7), all of them the magic's.
     CutMagic(usize),
 }
@@ -295,23 +356,25 @@ fn open_regular(path: &Path, opts: &mut OpenOptions, context: &'static str) -> R
     }
 }
 
-fn read_file(path: &Path, magic: &[u8; 8], what: &'static str) -> Result<FileRead, PersistError> {
-    let mut f = match open_regular(path, OpenOptions::new().read(true), "opening") {
+/// Open the data-dir file `path` and read past its magic (`what` names the file in an error).
+fn open_file(path: &Path, magic: &[u8; 8], what: &'static str) -> Result<FileRead<BufReader<File>>, PersistError> {
+    let f = match open_regular(path, OpenOptions::new().read(true), "opening") {
         Ok(f) => f,
         Err(PersistError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(FileRead::Absent)
         }
         Err(e) => return Err(e),
     };
-    let mut data = Vec::new();
-    f.read_to_end(&mut data).map_err(io_err(path, "reading"))?;
-    if data.len() < 8 && magic.starts_with(&data) {
-        return Ok(FileRead::CutMagic(data.len()));
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut head = [0u8; 8];
+    let n = crate::infile::read_full(&mut r, &mut head).map_err(io_err(path, "reading"))?;
+    if n < 8 && magic.starts_with(&head[..n]) {
+        return Ok(FileRead::CutMagic(n));
     }
-    if data.len() < 8 || &data[..8] != magic {
+    if n < 8 || &head != magic {
         return Err(PersistError::BadMagic { path: path.to_path_buf(), what });
     }
-    Ok(FileRead::Body(data.split_off(8)))
+    Ok(FileRead::Body(r))
 }
 
 /// The reason for a file that ends inside its header of `header` bytes after `len` bytes.
@@ -322,22 +385,31 @@ fn cut_header(len: usize, header: usize, what: &str) -> String {
 /// Damage found in a file: the offset it starts at, and what it is.
 type Damage = (u64, String);
 
-/// The snapshot at `path` as read: its sequence, its good records, and the damage found (any,
-/// even a file that ends inside its 16-byte header: a snapshot is only ever written whole).
-/// No file: sequence 0, no records.
-fn read_snapshot(path: &Path) -> Result<(u64, Vec<Record>, Option<Damage>), PersistError> {
-    Ok(match read_file(path, SNAP_MAGIC, "snapshot")? {
-        FileRead::Absent => (0, Vec::new(), None),
-        FileRead::CutMagic(n) => (0, Vec::new(), Some((n as u64, cut_header(n, 16, "magic and sequence")))),
-        FileRead::Body(data) if data.len() < 8 => {
-            (0, Vec::new(), Some((8 + data.len() as u64, cut_header(8 + data.len(), 16, "magic and sequence"))))
-        }
-        FileRead::Body(data) => {
-            let sequence = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]));
-            let (records, _, err) = decode_records(&data[8..], 16);
-            (sequence, records, err)
+/// The snapshot at `path` opened: its sequence, a reader of its records, or the damage in its
+/// header (any, even a file that ends inside its 16-byte header: a snapshot is only ever
+/// written whole). No file: sequence 0, no records.
+fn open_snapshot(path: &Path) -> Result<(u64, Option<FileRecords>, Option<Damage>), PersistError> {
+    let cut = |n: usize| Some((n as u64, cut_header(n, 16, "magic and sequence")));
+    Ok(match open_file(path, SNAP_MAGIC, "snapshot")? {
+        FileRead::Absent => (0, None, None),
+        FileRead::CutMagic(n) => (0, None, cut(n)),
+        FileRead::Body(mut r) => {
+            let mut seq = [0u8; 8];
+            match crate::infile::read_full(&mut r, &mut seq).map_err(io_err(path, "reading"))? {
+                8 => (u64::from_le_bytes(seq), Some(RecordReader::new(r, 16)), None),
+                n => (0, None, cut(8 + n)),
+            }
         }
     })
+}
+
+/// The snapshot at `path` as read: its sequence, its good records, and the damage found
+/// ([`open_snapshot`]).
+fn read_snapshot(path: &Path) -> Result<(u64, Vec<Record>, Option<Damage>), PersistError> {
+    let (sequence, reader, damage) = open_snapshot(path)?;
+    let Some(reader) = reader else { return Ok((sequence, Vec::new(), damage)) };
+    let (records, _, damage) = reader.read_all().map_err(io_err(path, "reading"))?;
+    Ok((sequence, records, damage))
 }
 
 /// A log (`log` or `log.prev`) as read: its good records, the offset they end at (a damaged
@@ -348,14 +420,28 @@ struct LogRead {
     damage: Option<Damage>,
 }
 
-/// Read the log at `path`; `None` when there is none. A file created and not yet given its
-/// header (a crash in between) holds nothing and is not damaged.
+/// Records read from a data-dir file.
+type FileRecords = RecordReader<BufReader<File>>;
+
+/// The log at `path` opened: a reader of its records (`None`: it holds only its header, or not
+/// even that: a file created and not yet given its header, a crash in between, holds nothing and
+/// is not damaged), or the damage in its header; `None` when there is no file.
+fn open_log(path: &Path) -> Result<Option<Result<Option<FileRecords>, Damage>>, PersistError> {
+    Ok(match open_file(path, LOG_MAGIC, "log")? {
+        FileRead::Absent => None,
+        FileRead::CutMagic(0) => Some(Ok(None)),
+        FileRead::CutMagic(n) => Some(Err((n as u64, cut_header(n, 8, "magic")))),
+        FileRead::Body(r) => Some(Ok(Some(RecordReader::new(r, 8)))),
+    })
+}
+
+/// Read the log at `path`; `None` when there is none ([`open_log`]).
 fn read_log(path: &Path) -> Result<Option<LogRead>, PersistError> {
-    let (records, good_end, damage) = match read_file(path, LOG_MAGIC, "log")? {
-        FileRead::Absent => return Ok(None),
-        FileRead::CutMagic(0) => (Vec::new(), 8, None),
-        FileRead::CutMagic(n) => (Vec::new(), 8, Some((n as u64, cut_header(n, 8, "magic")))),
-        FileRead::Body(data) => decode_records(&data, 8),
+    let (records, good_end, damage) = match open_log(path)? {
+        None => return Ok(None),
+        Some(Err(damage)) => (Vec::new(), 8, Some(damage)),
+        Some(Ok(None)) => (Vec::new(), 8, None),
+        Some(Ok(Some(reader))) => reader.read_all().map_err(io_err(path, "reading"))?,
     };
     Ok(Some(LogRead { records, good_end, damage }))
 }
@@ -369,18 +455,18 @@ fn append_after(records: &mut Vec<Record>, sequence: &mut u64, later: Vec<Record
     }
 }
 
-/// Copy the damaged `name` in `dir` aside to `NAME.corrupt-<unix_s>` (`.1`, `.2`, … if taken), so
-/// that what is cut or rewritten can still be looked at (or salvaged) by hand.
-/// Copy `DIR/NAME` to `DIR/NAME.TAG-<unix seconds>` (`.1`, `.2`, … added if that is taken).
-fn copy_aside(dir: &Path, name: &str, tag: &str) -> Result<PathBuf, PersistError> {
+/// Copy `DIR/NAME` to `DIR/AS.TAG-<unix seconds>` (`.1`, `.2`, … added if that is taken): a damaged
+/// file before it is cut or rewritten (`corrupt`), so what is after the damage can still be looked
+/// at (or salvaged) by hand; files a re-sync replaces (`behind`).
+fn copy_aside(dir: &Path, name: &str, as_name: &str, tag: &str) -> Result<PathBuf, PersistError> {
     let secs = crate::clock::realtime_ns() / 1_000_000_000;
-    let mut copy = dir.join(format!("{name}.{tag}-{secs}"));
+    let mut copy = dir.join(format!("{as_name}.{tag}-{secs}"));
     let mut k = 1;
     while copy.exists() {
-        copy = dir.join(format!("{name}.{tag}-{secs}.{k}"));
+        copy = dir.join(format!("{as_name}.{tag}-{secs}.{k}"));
         k += 1;
     }
-    let what = match (name.starts_with("log"), tag) {
+    let what = match (as_name.starts_with("log"), tag) {
         (true, "corrupt") => "copying the damaged log aside",
         (_, "corrupt") => "copying the damaged snapshot aside",
         (true, _) => "copying the log aside",
@@ -390,9 +476,34 @@ fn copy_aside(dir: &Path, name: &str, tag: &str) -> Result<PathBuf, PersistError
     Ok(copy)
 }
 
+/// Copy the files a start would recover now (`snapshot`, `log.prev`, and `log`, or `log.old`
+/// during a re-sync's switch) to `NAME.behind-<unix s>`, those there are: kept before a re-sync
+/// replaces a directory newer than the active peer's map. Returns the copies.
+fn keep_files_aside(dir: &Path) -> Result<Vec<PathBuf>, PersistError> {
+    let switching = dir.join(PEER_SNAPSHOT).exists() && dir.join(OLD_LOG).exists();
+    let log = if switching { OLD_LOG } else { "log" };
+    let mut copies = Vec::new();
+    for (name, as_name) in [("snapshot", "snapshot"), (PREV_LOG, PREV_LOG), (log, "log")] {
+        if dir.join(name).exists() {
+            copies.push(copy_aside(dir, name, as_name, "behind")?);
+        }
+    }
+    Ok(copies)
+}
+
 /// Write a snapshot file of `records` at `sequence` atomically (temp file, fsync, rename,
 /// directory fsync). On failure the temp file is removed (a disk that is full stays no fuller).
 fn write_snapshot_file(dir: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
+    write_snapshot_from(dir, sequence, records.map(Ok))
+}
+
+/// [`write_snapshot_file`] of records read as they are written: the first error stops it (the
+/// temp file removed, the snapshot untouched).
+fn write_snapshot_from(
+    dir: &Path,
+    sequence: u64,
+    records: impl Iterator<Item = Result<Record, PersistError>>,
+) -> Result<(), PersistError> {
     let tmp = dir.join("snapshot.tmp");
     let path = dir.join("snapshot");
     let written = write_tmp_snapshot(&tmp, sequence, records)
@@ -405,14 +516,18 @@ fn write_snapshot_file(dir: &Path, sequence: u64, records: impl Iterator<Item = 
     Ok(())
 }
 
-fn write_tmp_snapshot(tmp: &Path, sequence: u64, records: impl Iterator<Item = Record>) -> Result<(), PersistError> {
+fn write_tmp_snapshot(
+    tmp: &Path,
+    sequence: u64,
+    records: impl Iterator<Item = Result<Record, PersistError>>,
+) -> Result<(), PersistError> {
     let f = open_regular(tmp, OpenOptions::new().write(true).create(true).truncate(true), "creating")?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut buf = Vec::with_capacity(1 << 16);
     buf.extend_from_slice(SNAP_MAGIC);
     buf.extend_from_slice(&sequence.to_le_bytes());
     for r in records {
-        encode_record(&r, &mut buf);
+        encode_record(&r?, &mut buf);
         if buf.len() >= 1 << 16 {
             w.write_all(&buf).map_err(io_err(tmp, "writing"))?;
             buf.clear();
@@ -447,6 +562,11 @@ pub struct Compacted {
     pub sequence: u64,
 }
 
+/// A compaction that found `path` damaged.
+fn damaged(path: &Path, (offset, reason): Damage) -> PersistError {
+    PersistError::Damaged(TailError { path: path.to_path_buf(), offset, reason })
+}
+
 /// Fold `DIR/log.prev` into `DIR/snapshot` ([`Store::rotate`] left it there): fsync the segment
 /// and the directory, merge the snapshot's records with the segment's later ones, write the
 /// result as the snapshot at the segment's last sequence (temp file, fsync, rename, directory
@@ -458,33 +578,266 @@ pub struct Compacted {
 /// segment's records are at or below the new snapshot's sequence and skipped ([`Store::open`]
 /// folds a segment it finds the same way). Damage in either file stops it
 /// ([`PersistError::Damaged`]): nothing is dropped at run time.
+///
+/// **Memory**: neither file is held. The segment is read once for an index of its keys (the
+/// offset of each key's last record after the snapshot's sequence); the snapshot, written in key
+/// order, is then read a record at a time and merged with the index in key order, each key's
+/// segment record read again at its offset, and each record written out as it comes. A
+/// snapshot not in key order (one a re-sync wrote in the order a peer sent it: the guide's
+/// servers send their hash table's) is merged in memory instead.
 pub fn compact_prev(dir: &Path, wall_ms: u64) -> Result<Option<Compacted>, PersistError> {
     let prev = dir.join(PREV_LOG);
     let snap = dir.join("snapshot");
-    let damaged = |path: &Path, offset: u64, reason: String| {
-        PersistError::Damaged(TailError { path: path.to_path_buf(), offset, reason })
+    let segment = match open_log(&prev)? {
+        None => return Ok(None),
+        Some(Err(d)) => return Err(damaged(&prev, d)),
+        Some(Ok(segment)) => segment,
     };
-    let Some(later) = read_log(&prev)? else { return Ok(None) };
-    if let Some((offset, reason)) = later.damage {
-        return Err(damaged(&prev, offset, reason));
+    let (snap_seq, snapshot, damage) = open_snapshot(&snap)?;
+    if let Some(d) = damage {
+        return Err(damaged(&snap, d));
+    }
+    // As a start reads them: the segment's records after the snapshot's sequence, the last of
+    // each key winning.
+    let mut index = std::collections::BTreeMap::new();
+    let mut sequence = snap_seq;
+    if let Some(mut segment) = segment {
+        while let Some((at, r)) = segment.next().map_err(io_err(&prev, "reading"))?.map_err(|d| damaged(&prev, d))? {
+            if r.msg.sequence > snap_seq {
+                sequence = sequence.max(r.msg.sequence);
+                index.insert(r.msg.key, at);
+            }
+        }
     }
     // The segment's last records may not be fsynced yet (the syncer follows the new log): they
     // are made durable before a snapshot that stands in for them replaces the old one.
-    File::open(&prev).and_then(|f| f.sync_data()).map_err(io_err(&prev, "fsyncing"))?;
+    let segment = File::open(&prev).map_err(io_err(&prev, "opening"))?;
+    segment.sync_data().map_err(io_err(&prev, "fsyncing"))?;
     fsync_dir(dir);
-    let (mut sequence, mut records, err) = read_snapshot(&snap)?;
-    if let Some((offset, reason)) = err {
-        return Err(damaged(&snap, offset, reason));
-    }
-    // As a start reads them: the segment's records after the snapshot's sequence.
-    let snap_seq = sequence;
-    append_after(&mut records, &mut sequence, later.records, snap_seq);
-    let merged = merge(records, wall_ms);
-    let keys = merged.len() as u64;
-    write_snapshot_file(dir, sequence, merged.into_iter())?;
+    let mut merged = Merge {
+        snapshot,
+        snap_path: &snap,
+        next_snap: None,
+        last_key: None,
+        index: index.into_iter().peekable(),
+        segment: RecordReader::new(ReadAt { file: segment, pos: 0 }, 0),
+        seg_path: &prev,
+        wall_ms,
+        written: 0,
+        unsorted: false,
+    };
+    let keys = match write_snapshot_from(dir, sequence, &mut merged) {
+        Ok(()) => merged.written,
+        Err(_) if merged.unsorted => {
+            drop(merged);
+            let (seq, records) = read_both(&snap, &prev)?;
+            let state = merge(records, wall_ms);
+            let keys = state.len() as u64;
+            write_snapshot_file(dir, seq, state.into_iter())?;
+            keys
+        }
+        Err(e) => return Err(e),
+    };
     std::fs::remove_file(&prev).map_err(io_err(&prev, "removing the compacted log segment"))?;
     fsync_dir(dir);
     Ok(Some(Compacted { keys, sequence }))
+}
+
+/// The snapshot's records and the segment's after its sequence, in the order a start reads them,
+/// and the highest sequence: a compaction's merge in memory.
+fn read_both(snap: &Path, prev: &Path) -> Result<(u64, Vec<Record>), PersistError> {
+    let (mut sequence, mut records, damage) = read_snapshot(snap)?;
+    if let Some(d) = damage {
+        return Err(damaged(snap, d));
+    }
+    let later = read_log(prev)?.unwrap_or(LogRead { records: Vec::new(), good_end: 8, damage: None });
+    if let Some(d) = later.damage {
+        return Err(damaged(prev, d));
+    }
+    let snap_seq = sequence;
+    append_after(&mut records, &mut sequence, later.records, snap_seq);
+    Ok((sequence, records))
+}
+
+/// Reads a file from `pos` on, by `pread` (no seek, no shared position).
+struct ReadAt {
+    file: File,
+    pos: u64,
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt as _;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A compaction's merge, streamed ([`compact_prev`]): the snapshot's records in key order and
+/// the segment's index (each key's last record, by offset), the segment's winning; deletes and
+/// values whose deadline passed are left out, as [`merge`] does.
+struct Merge<'a> {
+    snapshot: Option<FileRecords>,
+    snap_path: &'a Path,
+    /// The snapshot's record not yet merged.
+    next_snap: Option<Record>,
+    /// The key of the snapshot's last record read (its keys must increase).
+    last_key: Option<Vec<u8>>,
+    index: std::iter::Peekable<std::collections::btree_map::IntoIter<Vec<u8>, u64>>,
+    segment: RecordReader<ReadAt>,
+    seg_path: &'a Path,
+    wall_ms: u64,
+    /// Records merged so far.
+    written: u64,
+    /// The snapshot's keys do not increase: the merge stopped, to be done in memory.
+    unsorted: bool,
+}
+
+impl Merge<'_> {
+    /// The snapshot's next record, checked to come after the one before in key order.
+    fn snapshot_next(&mut self) -> Result<Option<Record>, PersistError> {
+        let Some(reader) = self.snapshot.as_mut() else { return Ok(None) };
+        let Some((_, r)) =
+            reader.next().map_err(io_err(self.snap_path, "reading"))?.map_err(|d| damaged(self.snap_path, d))?
+        else {
+            self.snapshot = None;
+            return Ok(None);
+        };
+        if self.last_key.as_ref().is_some_and(|k| r.msg.key <= *k) {
+            self.unsorted = true;
+            let source = std::io::Error::other("its records are not in key order");
+            return Err(PersistError::Io { path: self.snap_path.to_path_buf(), context: "merging", source });
+        }
+        let last = self.last_key.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(&r.msg.key);
+        Ok(Some(r))
+    }
+
+    /// The segment's record at `at` (read and checked again).
+    fn segment_at(&mut self, at: u64) -> Result<Record, PersistError> {
+        (self.segment.r.pos, self.segment.at) = (at, at);
+        match self.segment.next().map_err(io_err(self.seg_path, "reading"))? {
+            Ok(Some((_, r))) => Ok(r),
+            Ok(None) => Err(damaged(self.seg_path, (at, "the file ends before a record it held".into()))),
+            Err(d) => Err(damaged(self.seg_path, d)),
+        }
+    }
+
+    /// The next record of the merged state.
+    fn step(&mut self) -> Result<Option<Record>, PersistError> {
+        loop {
+            if self.next_snap.is_none() {
+                self.next_snap = self.snapshot_next()?;
+            }
+            let from_segment = match (&self.next_snap, self.index.peek()) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(s), Some((key, _))) => s.msg.key >= *key,
+            };
+            let rec = if from_segment {
+                let Some((key, at)) = self.index.next() else { return Ok(None) };
+                if self.next_snap.as_ref().is_some_and(|s| s.msg.key == key) {
+                    self.next_snap = None; // the segment's later value wins
+                }
+                self.segment_at(at)?
+            } else {
+                match self.next_snap.take() {
+                    Some(r) => r,
+                    None => return Ok(None),
+                }
+            };
+            if rec.msg.body.is_empty() || rec.expires_at_unix_ms.is_some_and(|t| t <= self.wall_ms) {
+                continue;
+            }
+            self.written += 1;
+            return Ok(Some(rec));
+        }
+    }
+}
+
+impl Iterator for Merge<'_> {
+    type Item = Result<Record, PersistError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step().transpose()
+    }
+}
+
+/// What [`switch_to_peer_snapshot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switched {
+    /// The files the re-sync replaced, copied aside when asked (`NAME.behind-<unix s>`), or why
+    /// they could not be (the switch went on: the active's map is the one followed).
+    pub copies: Result<Vec<PathBuf>, String>,
+}
+
+/// Put a passive's re-sync in place ([`Store::end_peer_snapshot`] left `snapshot.peer` complete
+/// and the old log at `log.old`): copy the files it replaces aside if `keep_aside`, fsync
+/// `snapshot.peer` and rename it to `snapshot` (directory fsynced), then remove `log.prev` and
+/// `log.old`. It touches no file the serving thread writes (that one appends to the fresh `log`,
+/// whose records all follow the active's snapshot).
+///
+/// A crash at any point leaves files a start recovers whole: before the rename, `snapshot.peer`
+/// is there and the start removes it and puts `log.old` back (the files before the re-sync);
+/// after it, the start removes `log.prev` and `log.old` (the new snapshot and the fresh log). Run
+/// again after a failure it goes on where that one stopped.
+pub fn switch_to_peer_snapshot(dir: &Path, keep_aside: bool) -> Result<Switched, PersistError> {
+    let peer = dir.join(PEER_SNAPSHOT);
+    let mut copies = Ok(Vec::new());
+    if peer.exists() {
+        if keep_aside {
+            copies = keep_files_aside(dir).map_err(|e| e.to_string());
+        }
+        File::open(&peer).and_then(|f| f.sync_all()).map_err(io_err(&peer, "fsyncing the re-sync's snapshot"))?;
+        let snap = dir.join("snapshot");
+        std::fs::rename(&peer, &snap).map_err(io_err(&snap, "putting the re-sync's snapshot in place"))?;
+        fsync_dir(dir);
+    }
+    for name in [PREV_LOG, OLD_LOG] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(&path, "removing a log the re-sync replaced")(e))
+            }
+            _ => {}
+        }
+    }
+    fsync_dir(dir);
+    Ok(Switched { copies })
+}
+
+/// At a start, settle a passive's re-sync that a stop or a crash interrupted (before anything is
+/// read): with `snapshot.peer` there it was not put in place, so `log.old` (if any) goes back to
+/// `log` and `snapshot.peer` is removed; with `log.old` alone it was, so `log.prev` and `log.old`
+/// go. What was done, to be said.
+fn settle_resync(dir: &Path) -> Result<Option<String>, PersistError> {
+    let (peer, old, log) = (dir.join(PEER_SNAPSHOT), dir.join(OLD_LOG), dir.join("log"));
+    let said = if peer.exists() {
+        // `log.old` back first: a crash after it still finds `snapshot.peer`, the same case.
+        if old.exists() {
+            std::fs::rename(&old, &log).map_err(io_err(&log, "putting back the log a re-sync replaced"))?;
+        }
+        std::fs::remove_file(&peer).map_err(io_err(&peer, "removing a re-sync's unfinished snapshot"))?;
+        format!(
+            "{}: a re-sync's snapshot that was not in place when the server stopped was removed; the files \
+             before the re-sync were recovered (the active peer's map is fetched again)",
+            peer.display()
+        )
+    } else if old.exists() {
+        let _ = std::fs::remove_file(dir.join(PREV_LOG));
+        std::fs::remove_file(&old).map_err(io_err(&old, "removing a log a re-sync replaced"))?;
+        format!(
+            "{}: the log a re-sync replaced was removed; its snapshot was in place when the server stopped",
+            old.display()
+        )
+    } else {
+        return Ok(None);
+    };
+    fsync_dir(dir);
+    Ok(Some(said))
 }
 
 /// Take the data directory's lock (`DIR/lock`, created if missing), before anything in it is
@@ -525,13 +878,16 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(io_err(dir, "creating the data directory"))?;
         let lock = lock_dir(dir)?;
         // Written at each snapshot, long after the start: anything but a file there is said now.
-        let tmp = dir.join("snapshot.tmp");
-        if let Some(what) = std::fs::metadata(&tmp).ok().as_ref().and_then(not_regular) {
-            return Err(PersistError::NotRegular { path: tmp, what });
+        for name in ["snapshot.tmp", PEER_SNAPSHOT, OLD_LOG] {
+            let path = dir.join(name);
+            if let Some(what) = std::fs::metadata(&path).ok().as_ref().and_then(not_regular) {
+                return Err(PersistError::NotRegular { path, what });
+            }
         }
+        let resync_settled = settle_resync(dir)?;
         let snap_path = dir.join("snapshot");
         let log_path = dir.join("log");
-        let mut rec = Recovered::default();
+        let mut rec = Recovered { resync_settled, ..Recovered::default() };
         // A snapshot is only ever written whole (temp file, rename): any damage, even a file
         // that ends inside its 16-byte header, is said.
         let (sequence, records, snap_err) = read_snapshot(&snap_path)?;
@@ -542,7 +898,7 @@ impl Store {
             rec.tail_errors.push(TailError { path: snap_path.clone(), offset, reason });
             // Kept before anything rewrites it; then it holds what was recovered, so the next
             // start reads it clean and the log (records after its sequence) still follows it.
-            rec.corrupt_copies.push(copy_aside(dir, "snapshot", "corrupt")?);
+            rec.corrupt_copies.push(copy_aside(dir, "snapshot", "snapshot", "corrupt")?);
             write_snapshot_file(dir, rec.sequence, rec.records.iter().cloned())?;
         }
         let snap_seq = rec.sequence;
@@ -555,7 +911,7 @@ impl Store {
             append_after(&mut rec.records, &mut rec.sequence, prev.records, snap_seq);
             if let Some((offset, reason)) = prev.damage {
                 rec.tail_errors.push(TailError { path: prev_path.clone(), offset, reason });
-                rec.corrupt_copies.push(copy_aside(dir, PREV_LOG, "corrupt")?);
+                rec.corrupt_copies.push(copy_aside(dir, PREV_LOG, PREV_LOG, "corrupt")?);
             }
         }
         let mut good_end = 8u64;
@@ -574,7 +930,7 @@ impl Store {
         if log_damaged {
             // Everything from the damage on is cut, valid records after a bad one too: keep the
             // damaged file so they can be looked at (or salvaged) by hand.
-            rec.corrupt_copies.push(copy_aside(dir, "log", "corrupt")?);
+            rec.corrupt_copies.push(copy_aside(dir, "log", "log", "corrupt")?);
         }
         if had_prev {
             // Finish the compaction a stop or a crash interrupted: everything recovered becomes
@@ -607,22 +963,20 @@ impl Store {
             dirty: false,
             good_len: good_end,
             prev: false,
+            peer: None,
+            switching: false,
+            keep_aside: false,
         };
         Ok((store, rec))
     }
 
     /// Copy the snapshot and the log (flushed first), those there are, to
-    /// `snapshot.behind-<unix s>` and `log.behind-<unix s>`: kept before a passive server
-    /// replaces a directory newer than its active peer's map. Returns the copies.
+    /// `snapshot.behind-<unix s>` and `log.behind-<unix s>` (and `log.prev`'s): kept before a
+    /// passive server replaces a directory newer than its active peer's map. Returns the copies.
+    /// Never while a compaction is in flight (the compactor may remove `log.prev` meanwhile).
     pub fn keep_aside(&mut self) -> Result<Vec<PathBuf>, PersistError> {
         self.flush()?;
-        let mut copies = Vec::new();
-        for name in ["snapshot", PREV_LOG, "log"] {
-            if self.dir.join(name).exists() {
-                copies.push(copy_aside(&self.dir, name, "behind")?);
-            }
-        }
-        Ok(copies)
+        keep_files_aside(&self.dir)
     }
 
     /// Records appended since the last snapshot or [`Store::rotate`].
@@ -632,17 +986,26 @@ impl Store {
 
     /// Start a compaction: flush the log, move it to `log.prev` and go on in a fresh `log` (its
     /// header only), all on the calling thread and in time independent of the map's size; the
-    /// fold of `log.prev` into the snapshot ([`compact_prev`]) runs elsewhere. `false` when a
-    /// segment is still there (an earlier compaction failed): it is folded first, and the log
+    /// fold of `log.prev` into the snapshot ([`compact_prev`]) runs elsewhere. `None` when a
+    /// segment is still there (an earlier compaction failed: it is folded first) or a re-sync's
+    /// snapshot waits to be put in place ([`Store::switch_pending`]: that goes first); the log
     /// stays as it is. `Some`: a second handle on the new log, for the syncer (as
     /// [`Store::log_handle`]). On an error nothing changed.
     pub fn rotate(&mut self) -> Result<Option<File>, PersistError> {
-        if self.prev {
+        if self.prev || self.switching {
             return Ok(None);
         }
+        let handle = self.fresh_log(PREV_LOG, "moving the log aside for a compaction")?;
+        self.prev = true;
+        Ok(Some(handle))
+    }
+
+    /// Flush the log, rename it to `aside` and go on in a fresh `log` (its header only); a second
+    /// handle on the new log, for the syncer. On an error the old log is put back: nothing changed.
+    fn fresh_log(&mut self, aside: &str, context: &'static str) -> Result<File, PersistError> {
         self.flush()?;
-        let (log, prev) = (self.dir.join("log"), self.dir.join(PREV_LOG));
-        std::fs::rename(&log, &prev).map_err(io_err(&prev, "moving the log aside for a compaction"))?;
+        let (log, moved) = (self.dir.join("log"), self.dir.join(aside));
+        std::fs::rename(&log, &moved).map_err(io_err(&moved, context))?;
         let fresh = open_regular(
             &log,
             OpenOptions::new().create(true).truncate(true).read(true).write(true),
@@ -656,9 +1019,8 @@ impl Store {
         let (file, handle) = match fresh {
             Ok(f) => f,
             Err(e) => {
-                // The old log goes back: nothing changed.
                 let _ = std::fs::remove_file(&log);
-                let _ = std::fs::rename(&prev, &log);
+                let _ = std::fs::rename(&moved, &log);
                 return Err(e);
             }
         };
@@ -667,8 +1029,99 @@ impl Store {
         self.good_len = LOG_MAGIC.len() as u64;
         self.log_records = 0;
         self.dirty = true;
-        self.prev = true;
-        Ok(Some(handle))
+        Ok(handle)
+    }
+
+    /// A passive's re-sync starts: write the active's snapshot to `snapshot.peer` as it arrives
+    /// ([`Store::peer_snapshot_entry`]), on the serving thread a record at a time, so that the
+    /// end of the re-sync ([`Store::end_peer_snapshot`]) has no map to write. A failure here or
+    /// later is kept and told by [`Store::end_peer_snapshot`] (the map is then written whole).
+    /// An earlier re-sync's file not ended is replaced.
+    pub fn begin_peer_snapshot(&mut self) {
+        let path = self.dir.join(PEER_SNAPSHOT);
+        let out = if self.switching {
+            Err(format!("{}: the previous re-sync's snapshot is not in place yet", path.display()))
+        } else {
+            open_regular(&path, OpenOptions::new().create(true).truncate(true).write(true), "creating")
+                .and_then(|f| {
+                    let mut w = BufWriter::with_capacity(1 << 20, f);
+                    w.write_all(SNAP_MAGIC)
+                        .and_then(|()| w.write_all(&0u64.to_le_bytes()))
+                        .map_err(io_err(&path, "writing"))?;
+                    Ok(w)
+                })
+                .map_err(|e| e.to_string())
+        };
+        self.peer = Some(PeerStream { out, buf: Vec::new() });
+    }
+
+    /// One entry of the active's snapshot (a re-sync under way; else nothing): appended to
+    /// `snapshot.peer` (buffered).
+    pub fn peer_snapshot_entry(&mut self, rec: &Record) {
+        let Some(p) = self.peer.as_mut() else { return };
+        let Ok(w) = p.out.as_mut() else { return };
+        p.buf.clear();
+        encode_record(rec, &mut p.buf);
+        if let Err(e) = w.write_all(&p.buf) {
+            let path = self.dir.join(PEER_SNAPSHOT);
+            p.out = Err(io_err(&path, "writing")(e).to_string());
+        }
+    }
+
+    /// The active's snapshot ended at `sequence` (its KTHXBAI): complete `snapshot.peer` (its
+    /// sequence, flushed to the OS), move the log aside to `log.old` and go on in a fresh `log`
+    /// (as [`Store::rotate`]: time independent of the map's size), whose records follow the new
+    /// snapshot. [`switch_to_peer_snapshot`] puts it in place, off the serving thread (copying
+    /// the old files aside first if `keep_aside`); until then a start recovers the files before
+    /// the re-sync. `Ok`: a second handle on the new log, for the syncer. `Err`: why there is no
+    /// complete `snapshot.peer` (nothing changed; the map must be written whole).
+    pub fn end_peer_snapshot(&mut self, sequence: u64, keep_aside: bool) -> Result<File, String> {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.dir.join(PEER_SNAPSHOT);
+        let stream = self.peer.take().ok_or_else(|| format!("{}: no re-sync was written", path.display()))?;
+        let mut w = stream.out?;
+        let file = w
+            .flush()
+            .map_err(io_err(&path, "flushing"))
+            .and_then(|()| {
+                let (f, _) = w.into_parts();
+                f.write_all_at(&sequence.to_le_bytes(), SNAP_MAGIC.len() as u64)
+                    .map_err(io_err(&path, "writing the snapshot's sequence"))
+            })
+            .and_then(|()| self.fresh_log(OLD_LOG, "moving the log aside for a re-sync"));
+        match file {
+            Ok(handle) => {
+                self.switching = true;
+                self.keep_aside = keep_aside;
+                Ok(handle)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// A re-sync ended without its snapshot (the sync timed out, this server took over): its
+    /// file, if any, is removed.
+    pub fn abandon_peer_snapshot(&mut self) {
+        if self.peer.take().is_some() {
+            let _ = std::fs::remove_file(self.dir.join(PEER_SNAPSHOT));
+        }
+    }
+
+    /// A re-sync's snapshot waits to be put in place ([`switch_to_peer_snapshot`]): `Some`, with
+    /// whether the old files are to be kept aside first.
+    pub fn switch_pending(&self) -> Option<bool> {
+        self.switching.then_some(self.keep_aside)
+    }
+
+    /// [`switch_to_peer_snapshot`] succeeded: the re-sync's snapshot is in place, `log.prev` and
+    /// `log.old` are gone.
+    pub fn switched(&mut self) {
+        self.switching = false;
+        self.keep_aside = false;
+        self.prev = false;
     }
 
     /// The compaction [`Store::rotate`] started is done ([`compact_prev`] succeeded): there is
@@ -763,6 +1216,11 @@ impl Store {
         sequence: u64,
         records: impl Iterator<Item = Record> + 'a,
     ) -> Result<(), PersistError> {
+        if self.switching {
+            // The server puts a re-sync's snapshot in place before it writes one of the map.
+            let source = std::io::Error::other("a re-sync's snapshot waits to be put in place; it goes first");
+            return Err(PersistError::Io { path: self.dir.join(PEER_SNAPSHOT), context: "writing a snapshot", source });
+        }
         write_snapshot_file(&self.dir, sequence, records)?;
         // It covers a compaction's segment too (the caller never runs both at once).
         if self.prev {
@@ -962,6 +1420,213 @@ mod tests {
             assert_eq!(std::fs::metadata(d.join("log")).expect("log").len(), 8, "{point}: folded, log cut");
             // And the next start reads the same.
             assert_eq!(recovered_state(&d), (state, 201), "{point}");
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    /// A state as a start recovers it: the records in key order, and the sequence.
+    type State = (Vec<Record>, u64);
+
+    /// The active's map a re-sync fetches: `/p0`..`/p49` at sequence `at` (their own sequences
+    /// below it).
+    fn peer_map(at: u64) -> Vec<Record> {
+        (0..50u64).map(|i| rec(&format!("/p{i:02}"), at - 50 + i, "peer")).collect()
+    }
+
+    /// A data dir as a passive finds it when its re-sync ends: `compaction_case`'s files (and a
+    /// `log.prev` left by a compaction, if `with_prev`), the active's map at `at` written as it
+    /// arrived, the log restarted after it and two updates that followed it appended there.
+    /// The state before the re-sync and the one after, as a start would recover them.
+    fn resync_case(name: &str, at: u64, with_prev: bool) -> (PathBuf, Store, State, State) {
+        let (d, mut s) = compaction_case(name);
+        if with_prev {
+            s.rotate().expect("rotate").expect("a segment");
+            s.append(&rec("/k7", 201, "after the rotation")).expect("append");
+            s.flush().expect("flush");
+        }
+        let before = state_of_a_copy(&d);
+        assert_eq!(d.join(PREV_LOG).exists(), with_prev);
+        s.begin_peer_snapshot();
+        for r in peer_map(at) {
+            s.peer_snapshot_entry(&r);
+        }
+        let handle = s.end_peer_snapshot(at, false).expect("the re-sync's file is complete");
+        drop(handle);
+        let later = [rec("/p01", at + 1, "later"), rec("/q", at + 2, "later")];
+        for r in &later {
+            s.append(r).expect("append");
+        }
+        s.flush().expect("flush");
+        let mut after = peer_map(at);
+        after.extend(later);
+        (d, s, before, (merge(after, wall()), at + 2))
+    }
+
+    /// What a start would recover from a copy of `d` now (`d` itself is left as it is: a start
+    /// there would finish a compaction).
+    fn state_of_a_copy(d: &Path) -> (Vec<Record>, u64) {
+        let copy = tmpdir(&format!("copy-of-{}", d.file_name().and_then(|n| n.to_str()).unwrap_or("dir")));
+        std::fs::create_dir_all(&copy).expect("mkdir");
+        for e in std::fs::read_dir(d).expect("dir") {
+            let name = e.expect("entry").file_name();
+            if name != "lock" {
+                std::fs::copy(d.join(&name), copy.join(&name)).expect("copy");
+            }
+        }
+        let state = recovered_state(&copy);
+        let _ = std::fs::remove_dir_all(&copy);
+        state
+    }
+
+    /// Kill -9 `s`: no clean stop; the kernel drops the lock.
+    fn crash(s: Store) {
+        s._lock.unlock().expect("unlock");
+        std::mem::forget(s);
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_a_resync_recovers_the_files_before_it_or_after_it_never_a_mix() {
+        // The active's map at 150 (behind the old files' 200: their records past it must not
+        // come back over it) or at 300 (ahead, the usual case); with or without a `log.prev`.
+        for (at, with_prev) in [(150, false), (150, true), (300, false), (300, true)] {
+            for point in ["streaming", "no-new-log", "ended", "renamed", "prev-removed", "switched"] {
+                let name = format!("resync-{at}-{with_prev}-{point}");
+                let (d, mut s, before, after) = resync_case(&name, at, with_prev);
+                let want = match point {
+                    "streaming" => {
+                        // The snapshot was still arriving: a new one began, nothing ended.
+                        s.begin_peer_snapshot();
+                        s.peer_snapshot_entry(&rec("/p00", 1, "x"));
+                        let _ = std::fs::rename(d.join(OLD_LOG), d.join("log")); // as before its end
+                        &before
+                    }
+                    "no-new-log" => {
+                        // Between the old log's rename and the new one's creation.
+                        std::fs::remove_file(d.join("log")).expect("rm");
+                        &before
+                    }
+                    "ended" => &before,
+                    _ => {
+                        std::fs::rename(d.join(PEER_SNAPSHOT), d.join("snapshot")).expect("rename");
+                        if point != "renamed" {
+                            let _ = std::fs::remove_file(d.join(PREV_LOG));
+                        }
+                        if point == "switched" {
+                            std::fs::remove_file(d.join(OLD_LOG)).expect("rm");
+                        }
+                        &after
+                    }
+                };
+                crash(s);
+                let (s2, r) = Store::open(&d).expect("open");
+                assert!(r.tail_errors.is_empty(), "{name}: {:?}", r.tail_errors);
+                let said = r.resync_settled.clone().unwrap_or_default();
+                drop(s2);
+                for f in [PEER_SNAPSHOT, OLD_LOG] {
+                    assert!(!d.join(f).exists(), "{name}: {f} settled");
+                }
+                let got = recovered_state(&d);
+                assert_eq!((&got.0, got.1), (&want.0, want.1), "{name}: recovered {said}");
+                if point != "switched" {
+                    assert!(said.contains("re-sync"), "{name}: said: {said}");
+                }
+                let _ = std::fs::remove_dir_all(&d);
+            }
+        }
+    }
+
+    #[test]
+    fn a_resync_put_in_place_keeps_the_appends_after_it_and_the_old_files_aside_when_asked() {
+        let (d, mut s, before, after) = resync_case("resync-switch", 150, true);
+        assert_eq!(s.switch_pending(), Some(false));
+        assert!(s.rotate().expect("no rotation").is_none(), "the switch goes first");
+        let e = s.write_snapshot(1, std::iter::empty()).expect_err("the switch goes first");
+        assert!(e.to_string().contains("re-sync"), "{e}");
+        s.begin_peer_snapshot();
+        let e = s.end_peer_snapshot(9, false).expect_err("a second re-sync waits for the first");
+        assert!(e.contains("not in place yet"), "{e}");
+        let done = switch_to_peer_snapshot(&d, true).expect("switch");
+        let copies = done.copies.expect("copies");
+        s.switched();
+        assert_eq!(s.switch_pending(), None);
+        for f in [PEER_SNAPSHOT, OLD_LOG, PREV_LOG] {
+            assert!(!d.join(f).exists(), "{f} gone");
+        }
+        // Later updates follow in the same log.
+        s.append(&rec("/r", 153, "x")).expect("append");
+        s.flush().expect("flush");
+        crash(s);
+        let mut want = after.0.clone();
+        want.push(rec("/r", 153, "x"));
+        want.sort_by(|a, b| a.msg.key.cmp(&b.msg.key));
+        assert_eq!(recovered_state(&d), (want, 153));
+        // The copies are the files before the re-sync: put back as a data dir, they recover it.
+        let names: Vec<String> = copies.iter().filter_map(|c| c.file_name()?.to_str().map(str::to_string)).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        let kept = tmpdir("resync-kept");
+        std::fs::create_dir_all(&kept).expect("mkdir");
+        for (copy, name) in copies.iter().zip(&names) {
+            let as_name = ["snapshot", PREV_LOG, "log"].into_iter().find(|n| name.starts_with(&format!("{n}.behind-")));
+            std::fs::copy(copy, kept.join(as_name.expect("a known name"))).expect("copy");
+        }
+        assert_eq!(recovered_state(&kept), before);
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_dir_all(&kept);
+    }
+
+    #[test]
+    fn a_resync_whose_file_failed_or_was_abandoned_changes_nothing() {
+        let (d, mut s) = compaction_case("resync-abandon");
+        let before = recovered_state_of_open(&d, &mut s);
+        // Abandoned (a timeout, a takeover): the file goes.
+        s.begin_peer_snapshot();
+        s.peer_snapshot_entry(&rec("/p", 1, "x"));
+        s.abandon_peer_snapshot();
+        assert!(!d.join(PEER_SNAPSHOT).exists());
+        let e = s.end_peer_snapshot(5, false).expect_err("nothing to end");
+        assert!(e.contains("no re-sync was written"), "{e}");
+        // Its file could not be created (a directory in the way): said at its end, nothing moved.
+        std::fs::create_dir_all(d.join(PEER_SNAPSHOT).join("x")).expect("mkdir");
+        s.begin_peer_snapshot();
+        s.peer_snapshot_entry(&rec("/p", 1, "x"));
+        let e = s.end_peer_snapshot(5, false).expect_err("not written");
+        assert!(e.contains(PEER_SNAPSHOT), "{e}");
+        assert!(!d.join(OLD_LOG).exists() && s.switch_pending().is_none());
+        std::fs::remove_dir_all(d.join(PEER_SNAPSHOT)).expect("rm");
+        assert_eq!(recovered_state_of_open(&d, &mut s), before);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_compaction_streams_a_sorted_snapshot_and_merges_an_unsorted_one_in_memory_to_the_same_state() {
+        for sorted in [true, false] {
+            let d = tmpdir(&format!("compact-merge-{sorted}"));
+            let (mut s, _) = Store::open(&d).expect("open");
+            let first: Vec<Record> = (0..60).map(|i| rec(&format!("/k{i:02}"), i + 1, "old")).collect();
+            // A re-sync writes a snapshot in the order its peer sent it.
+            let order: Vec<Record> = if sorted { first } else { first.into_iter().rev().collect() };
+            s.write_snapshot(60, order.into_iter()).expect("snapshot");
+            s.append(&rec("/k01", 5, "at or below the snapshot's sequence: skipped")).expect("append");
+            for i in (0..60u64).step_by(3) {
+                let body = if i % 5 == 0 { "" } else { "new" };
+                s.append(&rec(&format!("/k{i:02}"), 61 + i, body)).expect("append");
+            }
+            for i in 0..10u64 {
+                s.append(&rec(&format!("/n{i}"), 200 + i, "only in the segment")).expect("append");
+            }
+            s.append(&rec("/k03", 301, "the last of two")).expect("append");
+            s.flush().expect("flush");
+            s.rotate().expect("rotate").expect("a segment");
+            let (seq, records) = read_both(&d.join("snapshot"), &d.join(PREV_LOG)).expect("read");
+            let want = merge(records, wall());
+            let done = compact_prev(&d, wall()).expect("compact").expect("folded");
+            assert_eq!((done.keys as usize, done.sequence), (want.len(), seq), "sorted {sorted}");
+            assert_eq!((done.sequence, want.iter().any(|r| r.msg.key == b"/k03")), (301, true));
+            let (snap_seq, written, damage) = read_snapshot(&d.join("snapshot")).expect("snapshot");
+            assert_eq!((snap_seq, damage), (301, None));
+            assert_eq!(written, want, "sorted {sorted}: the state a start reads, in key order");
+            s._lock.unlock().expect("unlock");
+            drop(s);
             let _ = std::fs::remove_dir_all(&d);
         }
     }

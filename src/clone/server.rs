@@ -6,12 +6,13 @@
 //! TTL expiry, HUGZ, durability), runs the update log, and reads the clock once per step (and
 //! around a write to the data directory, whose length it tells the core). The log's fsync runs on
 //! the syncer's thread ([`super::syncer`]) and a compaction's snapshot write on the compactor's
-//! ([`super::compactor`]), never on this one.
+//! ([`super::compactor`]), never on this one. A passive's re-sync writes the active's snapshot to
+//! the data directory entry by entry as it arrives, and the compactor puts it in place.
 
 use std::time::Duration;
 
 use super::bstar::{BStarError, State};
-use super::compactor::CompactorLink;
+use super::compactor::{CompactorLink, Done, Job};
 use super::kvmsg::{self, decode_request, recv_frames, KvMsg, FRAME_SLACK_BYTES, KTHXBAI, STATUS_REP};
 use super::map::KvMap;
 use super::persist::{PersistError, Record, Store};
@@ -287,6 +288,9 @@ impl Server {
             for e in &rec.tail_errors {
                 crate::diag!("clone-server: data dir: stopped reading at {e}; everything before it was recovered");
             }
+            if let Some(said) = &rec.resync_settled {
+                crate::diag!("clone-server: data dir: {said}");
+            }
             for copy in &rec.corrupt_copies {
                 crate::diag!(
                     "clone-server: data dir: the damaged file was copied to {} before it was cut to what was recovered",
@@ -396,10 +400,27 @@ impl Server {
                         Err(cut) => Event::SnapshotCut(cut),
                     })
                 }
-                Action::RequestPeerSnapshot => (!self.open_peer_sync()?).then_some(Event::PeerSyncFailed),
+                Action::RequestPeerSnapshot => {
+                    let opened = self.open_peer_sync()?;
+                    if let (true, Some(store)) = (opened, self.store.as_mut()) {
+                        store.begin_peer_snapshot();
+                    }
+                    (!opened).then_some(Event::PeerSyncFailed)
+                }
+                Action::StreamPeerEntry { msg, expires_in_ms } => {
+                    let rec = Record { msg, expires_at_unix_ms: expires_in_ms.map(|ms| self.wall_ms + ms) };
+                    if let Some(store) = self.store.as_mut() {
+                        store.peer_snapshot_entry(&rec);
+                    }
+                    None
+                }
+                Action::PeerSnapshotEnd { sequence, keep_aside } => Some(self.end_peer_snapshot(sequence, keep_aside)?),
                 Action::EndPeerSnapshot => {
                     if let Some(p) = self.pair.as_mut() {
                         p.sync = None;
+                    }
+                    if let Some(store) = self.store.as_mut() {
+                        store.abandon_peer_snapshot();
                     }
                     None
                 }
@@ -429,22 +450,8 @@ impl Server {
                     }
                 }
                 Action::KeepAside => {
-                    let dir = self.cfg.data_dir.clone().unwrap_or_default();
-                    let dir = dir.display();
-                    match self.on_disk(|s| s.keep_aside()) {
-                        Some(Ok(copies)) => {
-                            let copies: Vec<String> = copies.iter().map(|c| c.display().to_string()).collect();
-                            crate::diag!(
-                                "clone-server: data dir: {dir}: kept aside as {} before the active's snapshot \
-                                 replaces it",
-                                copies.join(" and ")
-                            );
-                        }
-                        Some(Err(e)) => crate::diag!(
-                            "clone-server: data dir: {dir}: could not keep its files aside ({e}); the active's \
-                             snapshot replaces them"
-                        ),
-                        None => {}
+                    if let Some(copies) = self.on_disk(|s| s.keep_aside()) {
+                        self.say_kept_aside(copies.map_err(|e| e.to_string()));
                     }
                     None
                 }
@@ -524,14 +531,41 @@ impl Server {
         Ok(n)
     }
 
+    /// [`Action::PeerSnapshotEnd`]: complete the re-sync's file and restart the log after it
+    /// (timed like [`Server::on_disk`]; a rename and a new file, whatever the map's size), and
+    /// point the syncer at the new log; or say why there is no such file.
+    fn end_peer_snapshot(&mut self, sequence: u64, keep_aside: bool) -> Result<Event, AgentError> {
+        let ended = self.on_disk(|s| s.end_peer_snapshot(sequence, keep_aside));
+        Ok(match ended {
+            None => Event::PeerSnapshotUnwritten { error: "no data directory".into() },
+            Some(Err(error)) => Event::PeerSnapshotUnwritten { error },
+            Some(Ok(handle)) => {
+                if let Some(syncer) = self.syncer.as_mut() {
+                    syncer.follow(handle)?;
+                }
+                Event::PeerSnapshotWritten
+            }
+        })
+    }
+
     /// [`Action::Compact`]: move the log aside here (timed like [`Server::on_disk`]; a rename and
     /// a new file, whatever the map's size), point the syncer at the new log, and ask the
-    /// compactor to fold the old segment into the snapshot; its answer comes in a later step
-    /// ([`Server::take_compactions`]). `Some` when it could not start.
+    /// compactor to fold the old segment into the snapshot; or, with a re-sync's snapshot
+    /// waiting, ask it to put that in place (the log flushed first). Its answer comes in a later
+    /// step ([`Server::take_compactions`]). `Some` when it could not start.
     fn start_compaction(&mut self) -> Result<Option<Event>, AgentError> {
-        let failed = |e: PersistError| Ok(Some(Event::SnapshotFailed { error: e.to_string() }));
+        let failed = |e: PersistError| Ok(Some(Event::CompactionDone { took_ns: 0, error: Some(e.to_string()) }));
+        if let Some(keep_aside) = self.store.as_ref().and_then(|s| s.switch_pending()) {
+            if let Some(Err(e)) = self.on_disk(|s| s.flush()) {
+                return failed(e);
+            }
+            return match self.compactor.as_mut() {
+                Some(c) => c.ask(Job::Switch { keep_aside }).map(|()| None),
+                None => Ok(Some(Event::CompactionDone { took_ns: 0, error: Some("no compactor".into()) })),
+            };
+        }
         match self.on_disk(|s| s.rotate()) {
-            None => return Ok(Some(Event::SnapshotWritten)),
+            None => return Ok(Some(Event::CompactionDone { took_ns: 0, error: None })),
             Some(Err(e)) => return failed(e),
             Some(Ok(None)) => {} // an earlier segment is folded first
             Some(Ok(Some(handle))) => {
@@ -541,8 +575,28 @@ impl Server {
             }
         }
         match self.compactor.as_mut() {
-            Some(c) => c.ask(self.wall_ms).map(|()| None),
-            None => Ok(Some(Event::SnapshotWritten)),
+            Some(c) => c.ask(Job::Compact { wall_ms: self.wall_ms }).map(|()| None),
+            None => Ok(Some(Event::CompactionDone { took_ns: 0, error: None })),
+        }
+    }
+
+    /// Say where the files a re-sync replaces were kept aside, or why they could not be.
+    fn say_kept_aside(&self, copies: Result<Vec<std::path::PathBuf>, String>) {
+        let dir = self.cfg.data_dir.clone().unwrap_or_default();
+        let dir = dir.display();
+        match copies {
+            Ok(copies) if copies.is_empty() => {}
+            Ok(copies) => {
+                let copies: Vec<String> = copies.iter().map(|c| c.display().to_string()).collect();
+                crate::diag!(
+                    "clone-server: data dir: {dir}: kept aside as {} before the active's snapshot replaces it",
+                    copies.join(" and ")
+                );
+            }
+            Err(e) => crate::diag!(
+                "clone-server: data dir: {dir}: could not keep its files aside ({e}); the active's snapshot \
+                 replaces them"
+            ),
         }
     }
 
@@ -550,8 +604,9 @@ impl Server {
     fn take_compactions(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
         while let Some(c) = self.compactor.as_mut().map(|l| l.answer()).transpose()?.flatten() {
-            let ev = match c.result {
-                Ok(done) => {
+            let took_ms = c.took_ns / 1_000_000;
+            let error = match c.result {
+                Ok(Done::Compacted(done)) => {
                     if let Some(store) = self.store.as_mut() {
                         store.compacted();
                     }
@@ -559,18 +614,30 @@ impl Server {
                         log(
                             self.cfg.verbose,
                             format_args!(
-                                "compacted: snapshot of {} keys at sequence {} written in {} ms, off the serving thread",
-                                d.keys,
-                                d.sequence,
-                                c.took_ns / 1_000_000
+                                "compacted: snapshot of {} keys at sequence {} written in {took_ms} ms, off the \
+                                 serving thread",
+                                d.keys, d.sequence
                             ),
                         );
                     }
-                    Event::SnapshotWritten
+                    None
                 }
-                Err(error) => Event::SnapshotFailed { error },
+                Ok(Done::Switched(done)) => {
+                    if let Some(store) = self.store.as_mut() {
+                        store.switched();
+                    }
+                    self.say_kept_aside(done.copies);
+                    log(
+                        self.cfg.verbose,
+                        format_args!(
+                            "re-sync: the active's snapshot put in place in {took_ms} ms, off the serving thread"
+                        ),
+                    );
+                    None
+                }
+                Err(error) => Some(error),
             };
-            self.step(ev, now_ns)?;
+            self.step(Event::CompactionDone { took_ns: c.took_ns, error }, now_ns)?;
             n += 1;
         }
         Ok(n)

@@ -45,10 +45,23 @@
 //! [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`]. A compaction ([`Action::Compact`])
 //! writes the snapshot from the data directory's files off the serving thread and is answered
 //! later; one is in flight at a time, and a full snapshot of the map ([`Action::WriteSnapshot`],
-//! for a re-sync or a disk behind, which the files do not hold) waits for it. A failed one is counted
+//! for a disk behind, which the files do not hold) waits for it. A failed one is counted
 //! (`snapshot_failures`), said like a refusal (the first at once, then a summary per interval),
 //! and retried after a back-off that doubles from [`SNAPSHOT_RETRY_MIN_NS`] up to
-//! [`SNAPSHOT_RETRY_MAX_NS`].
+//! [`SNAPSHOT_RETRY_MAX_NS`]. The compactor's answers ([`Event::CompactionDone`]) are counted
+//! apart too (`compactions`, `compaction_failures`, `last_compaction_ms`, `last_compaction_error`).
+//!
+//! **A passive's re-sync** writes no map at its end: each entry of the active's snapshot is
+//! handed to the shell as it is applied ([`Action::StreamPeerEntry`], written to the data
+//! directory as it arrives), and its KTHXBAI ends that file ([`Action::PeerSnapshotEnd`]: the log
+//! moves aside, a fresh one takes what follows). The shell answers [`Event::PeerSnapshotWritten`],
+//! and the snapshot is put in place off the serving thread like a compaction ([`Action::Compact`],
+//! before any other snapshot write); until then the data directory alone recovers the files before
+//! the re-sync, so the server is not durable (`durable=no`): taking over meanwhile, it acknowledges
+//! nothing new (client updates refused as `not_durable`, its pending list held) until it is. When
+//! the file could not be written ([`Event::PeerSnapshotUnwritten`]) the data directory is behind
+//! and a full snapshot of the map is written instead (files kept aside first, if asked, once no
+//! compaction is in flight).
 //!
 //! **Refusals**: every input the core drops (an update, request, heartbeat or peer message that
 //! does not decode or validate, a peer snapshot entry it cannot apply) is counted by reason in a
@@ -253,11 +266,26 @@ pub enum Event {
     },
     /// The log has grown well past the map: a snapshot (compaction) is due.
     LogLarge,
-    /// The snapshot asked for by [`Action::WriteSnapshot`] or [`Action::Compact`] is on disk
-    /// (the log restarted, or its old segment folded into it).
+    /// [`Action::PeerSnapshotEnd`] done: the active's snapshot is complete in the data directory,
+    /// and the log restarted after it; it waits to be put in place ([`Action::Compact`]).
+    PeerSnapshotWritten,
+    /// [`Action::PeerSnapshotEnd`] failed: the active's snapshot could not be written as it
+    /// arrived (nothing changed in the data directory); a full snapshot of the map is due.
+    PeerSnapshotUnwritten {
+        /// What went wrong, for the report.
+        error: String,
+    },
+    /// The compactor answered an [`Action::Compact`]: it took `took_ns`, and failed with
+    /// `error` (else the snapshot is on disk).
+    CompactionDone {
+        /// How long it took (the compactor's clock).
+        took_ns: u64,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
+    /// The snapshot asked for by [`Action::WriteSnapshot`] is on disk (the log restarted).
     SnapshotWritten,
-    /// The snapshot asked for by [`Action::WriteSnapshot`] or [`Action::Compact`] failed (its
-    /// temp file removed; a compaction's segment kept, folded at the next try).
+    /// The snapshot asked for by [`Action::WriteSnapshot`] failed (its temp file removed).
     SnapshotFailed {
         /// What went wrong, for the report.
         error: String,
@@ -292,9 +320,28 @@ pub enum Action {
         /// The subtree asked for.
         subtree: Vec<u8>,
     },
-    /// Open a snapshot request (`ICANHAZ?` for everything) to the peer.
+    /// Open a snapshot request (`ICANHAZ?` for everything) to the peer, and (with a data
+    /// directory) start writing its entries to disk.
     RequestPeerSnapshot,
-    /// Close the snapshot request to the peer.
+    /// An entry of the peer's snapshot, applied: write it to the data directory's re-sync file
+    /// (no `ttl` property; nothing is answered, a failure is told at [`Action::PeerSnapshotEnd`]).
+    StreamPeerEntry {
+        /// The entry.
+        msg: KvMsg,
+        /// Milliseconds from now until it expires (wall-clock deadline = now + this).
+        expires_in_ms: Option<u64>,
+    },
+    /// The peer's snapshot ended at `sequence`: complete its file, restart the log after it, and
+    /// report [`Event::PeerSnapshotWritten`] or [`Event::PeerSnapshotUnwritten`] at once (before
+    /// the appends that follow). `keep_aside`: the files it replaces hold updates the active
+    /// lacks, to be copied aside before it is put in place.
+    PeerSnapshotEnd {
+        /// The snapshot's sequence (its KTHXBAI's).
+        sequence: u64,
+        /// Copy the files it replaces aside first.
+        keep_aside: bool,
+    },
+    /// Close the snapshot request to the peer (and drop a re-sync file not ended).
     EndPeerSnapshot,
     /// Append `msg` (no `ttl` property) to the log; on failure roll the log back and report
     /// [`Event::LogFailed`] with `token` at once.
@@ -320,15 +367,18 @@ pub enum Action {
     SyncLog,
     /// Copy the data directory's snapshot and log aside (`snapshot.behind-<unix s>`,
     /// `log.behind-<unix s>`) and say where: it holds updates the active peer's snapshot, which
-    /// is about to replace it, lacks.
+    /// is about to replace it, lacks. Asked just before the [`Action::WriteSnapshot`] that
+    /// replaces them, never while a compaction is in flight (the compactor may be removing
+    /// `log.prev`); with the re-sync's file written, the compactor makes the copies instead.
     KeepAside,
     /// Replace the data directory's snapshot with the map, restart the log, then report
     /// [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`].
     WriteSnapshot,
     /// Compact the data directory without the map: move the log aside and go on in a new one
     /// (on the serving thread, in time independent of the map's size), and fold the old segment
-    /// into the snapshot off the serving thread; report [`Event::SnapshotWritten`] or
-    /// [`Event::SnapshotFailed`] when that is done (or at once, when the move fails). Never asked
+    /// into the snapshot off the serving thread; or, after [`Event::PeerSnapshotWritten`], put
+    /// the re-sync's snapshot in place off the serving thread. Report
+    /// [`Event::CompactionDone`] when that is done (or at once, when the move fails). Never asked
     /// for again before that answer.
     Compact,
     /// Print this line (prefixed with the role) on stderr.
@@ -401,6 +451,12 @@ pub struct Counters {
     pub longest_sync_ms: u64,
     /// fsyncs that failed (the next interval tries again).
     pub sync_failures: u64,
+    /// Snapshots the compactor wrote off the serving thread (log folds, re-syncs put in place).
+    pub compactions: u64,
+    /// Of them, those that failed (retried with back-off).
+    pub compaction_failures: u64,
+    /// How long the last one took, in ms (0 before the first).
+    pub last_compaction_ms: u64,
 }
 
 /// What waits in the outbox for the update log's flush.
@@ -472,6 +528,16 @@ pub struct ServerCore {
     full_snapshot_wanted: bool,
     /// An [`Action::Compact`] is not answered yet.
     compacting: bool,
+    /// That [`Action::Compact`] puts a re-sync's snapshot in place.
+    compacting_switch: bool,
+    /// A re-sync's snapshot is written but not in place yet: the data directory alone would
+    /// recover the files before the re-sync (see the module doc).
+    switch_pending: bool,
+    /// Copy the data directory's files aside before the next full snapshot of the map replaces
+    /// them ([`Action::KeepAside`]; the re-sync file could not be written).
+    keep_aside_wanted: bool,
+    /// Why the last failed compaction failed.
+    last_compaction_error: Option<String>,
     /// No snapshot write before this (after a failed one).
     snapshot_retry_at_ns: u64,
     /// The current back-off (0 after a success).
@@ -529,6 +595,10 @@ impl ServerCore {
             snapshot_wanted: false,
             full_snapshot_wanted: false,
             compacting: false,
+            compacting_switch: false,
+            switch_pending: false,
+            keep_aside_wanted: false,
+            last_compaction_error: None,
             snapshot_retry_at_ns: 0,
             snapshot_backoff_ns: 0,
             snapshot_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: snapshot not written")),
@@ -669,6 +739,13 @@ impl ServerCore {
             Event::LogSynced { took_ns, error } => self.log_synced(took_ns, error, out),
             Event::NothingToSync => self.sync_in_flight = false,
             Event::LogLarge => self.want_snapshot(now_ns, out),
+            Event::PeerSnapshotWritten => {
+                // The re-sync's snapshot is put in place by the compactor (copies aside included).
+                self.keep_aside_wanted = false;
+                self.want_snapshot(now_ns, out);
+            }
+            Event::PeerSnapshotUnwritten { error } => self.peer_snapshot_unwritten(&error, now_ns, out),
+            Event::CompactionDone { took_ns, error } => self.compaction_done(took_ns, error, now_ns, out),
             Event::SnapshotWritten => self.snapshot_written(now_ns, out),
             Event::SnapshotFailed { error } => self.snapshot_failed(&error, now_ns, out),
         }
@@ -729,7 +806,13 @@ impl ServerCore {
     /// The data directory holds everything in memory: `None` without one, `Some(false)` while
     /// a passive's failed log left it behind and no snapshot has made it whole yet.
     pub fn durable(&self) -> Option<bool> {
-        self.durable.then_some(!self.disk_behind)
+        self.durable.then_some(self.disk_whole())
+    }
+
+    /// The data directory alone recovers everything in memory (or there is none): not behind
+    /// after a failed log write, no re-sync's snapshot waiting to be put in place.
+    fn disk_whole(&self) -> bool {
+        !self.disk_behind && !self.switch_pending
     }
 
     /// Updates held in the pending list (passive).
@@ -776,7 +859,8 @@ impl ServerCore {
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
              published={}\nhugz={}\nexpired={}\npending_dropped={}\nlog_failures={}\n\
              snapshot_failures={}\ndurable={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
-             snapshots_client_gone={}\nsnapshot_send_errors={}\npauses={}\ndisk_stalls={}\nsyncs={}\nslow_syncs={}\nlongest_sync_ms={}\nsync_failures={}\n{}",
+             snapshots_client_gone={}\nsnapshot_send_errors={}\npauses={}\ndisk_stalls={}\nsyncs={}\nslow_syncs={}\nlongest_sync_ms={}\nsync_failures={}\n\
+             compactions={}\ncompaction_failures={}\nlast_compaction_ms={}\nlast_compaction_error={}\n{}",
             self.state_name(),
             self.role,
             self.sequence,
@@ -810,6 +894,10 @@ impl ServerCore {
             c.slow_syncs,
             c.longest_sync_ms,
             c.sync_failures,
+            c.compactions,
+            c.compaction_failures,
+            c.last_compaction_ms,
+            self.last_compaction_error.as_deref().unwrap_or("").replace('\n', " "),
             self.refusals.counts().map(|(r, n)| format!("refused_{r}={n}\n")).collect::<String>()
         )
     }
@@ -967,18 +1055,61 @@ impl ServerCore {
         }
         self.snapshot_wanted = false;
         self.flush(out);
-        if self.full_snapshot_wanted {
+        if self.switch_pending {
+            // The re-sync's snapshot first; a full snapshot still wanted follows it.
+            self.snapshot_wanted = self.full_snapshot_wanted;
+            (self.compacting, self.compacting_switch) = (true, true);
+            out.push(Action::Compact);
+        } else if self.full_snapshot_wanted {
+            // The copies are made now: no compaction is in flight to remove `log.prev` under them.
+            if std::mem::take(&mut self.keep_aside_wanted) {
+                out.push(Action::KeepAside);
+            }
             out.push(Action::WriteSnapshot);
         } else {
-            self.compacting = true;
+            (self.compacting, self.compacting_switch) = (true, false);
             out.push(Action::Compact);
         }
+    }
+
+    /// The compactor answered: count it, then go on as for any snapshot write.
+    fn compaction_done(&mut self, took_ns: u64, error: Option<String>, now_ns: u64, out: &mut Vec<Action>) {
+        let c = &mut self.counters;
+        c.last_compaction_ms = took_ns / 1_000_000;
+        match error {
+            None => {
+                c.compactions += 1;
+                self.snapshot_written(now_ns, out);
+            }
+            Some(e) => {
+                c.compaction_failures += 1;
+                self.last_compaction_error = Some(e.clone());
+                self.snapshot_failed(&e, now_ns, out);
+            }
+        }
+    }
+
+    /// The re-sync file could not be written: the data directory is behind the map (its files
+    /// are those before the re-sync) until a full snapshot of it is written.
+    fn peer_snapshot_unwritten(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
+        self.switch_pending = false;
+        self.disk_behind = true;
+        out.push(Action::Log(format!(
+            "passive: the active's snapshot could not be written to the data directory as it arrived ({error}); \
+             not durable (STATUS durable=no) until a full snapshot of the map is written"
+        )));
+        self.want_full_snapshot(now_ns, out);
     }
 
     fn snapshot_written(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         self.snapshot_backoff_ns = 0;
         self.snapshot_retry_at_ns = 0;
         if std::mem::take(&mut self.compacting) {
+            if std::mem::take(&mut self.compacting_switch) {
+                self.switch_pending = false;
+                self.log(out, format_args!("passive: the re-sync's snapshot is in place (durable=yes)"));
+                self.whole_again(now_ns, out);
+            }
             // From the files: a snapshot of the map still wanted is written next.
             self.maybe_snapshot(now_ns, out);
             return;
@@ -991,15 +1122,22 @@ impl ServerCore {
                 self.map.len(),
                 self.sequence
             )));
-            if self.is_active() {
-                self.replay_pending(now_ns, out);
-                self.flush(out);
-            }
+            self.whole_again(now_ns, out);
+        }
+    }
+
+    /// The data directory may have just become whole: an active server applies the pending list
+    /// it held meanwhile.
+    fn whole_again(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+        if self.disk_whole() && self.is_active() {
+            self.replay_pending(now_ns, out);
+            self.flush(out);
         }
     }
 
     fn snapshot_failed(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
         self.compacting = false;
+        self.compacting_switch = false;
         self.counters.snapshot_failures += 1;
         self.snapshot_backoff_ns =
             self.snapshot_backoff_ns.saturating_mul(2).clamp(SNAPSHOT_RETRY_MIN_NS, SNAPSHOT_RETRY_MAX_NS);
@@ -1173,10 +1311,18 @@ impl ServerCore {
             return;
         }
         if self.is_active() {
-            if self.disk_behind {
+            if !self.disk_whole() {
                 // It could not be made durable: not acknowledged; the client re-sends it.
-                let words = "update refused: the data directory lacks updates held in memory \
-                             until a full snapshot is written (STATUS durable=no)";
+                let words = match self.disk_behind {
+                    true => {
+                        "update refused: the data directory lacks updates held in memory \
+                         until a full snapshot is written (STATUS durable=no)"
+                    }
+                    false => {
+                        "update refused: the data directory holds the files before the last re-sync \
+                         until its snapshot is put in place (STATUS durable=no)"
+                    }
+                };
                 self.refuse("not_durable", &words, now_ns, out);
                 return;
             }
@@ -1283,6 +1429,20 @@ impl ServerCore {
                 self.counters.peer_entries_refused += 1;
                 return;
             }
+            let ttl = match ttl_ns(&m) {
+                Ok(ttl) => ttl,
+                Err(e) => {
+                    self.counters.peer_entries_refused += 1;
+                    self.refuse("peer_snapshot_bad_ttl", &e, now_ns, out);
+                    return;
+                }
+            };
+            if self.durable {
+                // Written to disk as it arrives: the end of the re-sync has no map to write.
+                let mut msg = m.clone();
+                msg.remove_prop(kvmsg::TTL_PROP);
+                out.push(Action::StreamPeerEntry { msg, expires_in_ms: ttl.map(|t| t / 1_000_000 + 1) });
+            }
             let Some(sync) = self.pair.as_mut().and_then(|p| p.sync.as_mut()) else { return };
             if let Err(e) = sync.map.apply_owned(m, now_ns) {
                 self.counters.peer_entries_refused += 1;
@@ -1292,8 +1452,17 @@ impl ServerCore {
         }
         let Some(p) = self.pair.as_mut() else { return };
         let Some(sync) = p.sync.take() else { return };
-        out.push(Action::EndPeerSnapshot);
         p.synced = true;
+        let keep_aside = self.durable && m.sequence < self.sequence;
+        if self.durable {
+            // Before the appends of the updates queued meanwhile: they go to the log that follows
+            // it. Until it is in place the data directory recovers the files before the re-sync.
+            self.switch_pending = true;
+            self.disk_behind = false;
+            self.keep_aside_wanted = keep_aside;
+            out.push(Action::PeerSnapshotEnd { sequence: m.sequence, keep_aside });
+        }
+        out.push(Action::EndPeerSnapshot);
         if m.sequence < self.sequence {
             // We hold updates the active lacks (a data dir newer than the active's, e.g. the
             // backup's after it served while the primary was down): never replaced unsaid.
@@ -1310,9 +1479,6 @@ impl ServerCore {
                     " (no data directory: they are gone)"
                 }
             )));
-            if self.durable {
-                out.push(Action::KeepAside);
-            }
         }
         self.map = sync.map;
         self.sequence = m.sequence;
@@ -1326,7 +1492,6 @@ impl ServerCore {
         for q in sync.queued {
             self.apply_replicated(q, now_ns, out);
         }
-        self.want_full_snapshot(now_ns, out);
         self.log(out, format_args!("passive: in sync with {} keys at sequence {}", self.map.len(), self.sequence));
     }
 
@@ -1347,6 +1512,11 @@ impl ServerCore {
                          (refused_not_durable) and the {held} pending ones held"
                     )));
                     self.want_full_snapshot(now_ns, out);
+                } else if self.switch_pending {
+                    out.push(Action::Log(format!(
+                        "taking over while the re-sync's snapshot is put in place: until it is, client \
+                         updates are refused (refused_not_durable) and the {held} pending ones held"
+                    )));
                 } else {
                     self.replay_pending(now_ns, out);
                 }
@@ -1415,7 +1585,7 @@ impl ServerCore {
                 out.push(Action::Log(
                     "binary star: the peer did not say it is active after the pause: active again".into(),
                 ));
-                if !self.disk_behind {
+                if self.disk_whole() {
                     self.replay_pending(now_ns, out); // else once the snapshot is written
                 }
                 self.last_pub_ns = 0; // HUGZ at once so clients see us
@@ -1544,6 +1714,10 @@ mod tests {
         /// [`Action::Compact`] is left unanswered (a compaction in flight) and counted here.
         hold_compactions: bool,
         compactions_held: u32,
+        /// [`Action::PeerSnapshotEnd`] is answered [`Event::PeerSnapshotUnwritten`].
+        fail_peer_stream: bool,
+        /// Entries written by [`Action::StreamPeerEntry`].
+        streamed: Vec<KvMsg>,
         published: Vec<KvMsg>,
         appended: Vec<KvMsg>,
         other: Vec<Action>,
@@ -1563,6 +1737,8 @@ mod tests {
                 snapshot_writes: Vec::new(),
                 hold_compactions: false,
                 compactions_held: 0,
+                fail_peer_stream: false,
+                streamed: Vec::new(),
                 published: Vec::new(),
                 appended: Vec::new(),
                 other: Vec::new(),
@@ -1607,7 +1783,7 @@ mod tests {
                         self.compactions_held += 1;
                         None
                     }
-                    Action::WriteSnapshot | Action::Compact => {
+                    Action::WriteSnapshot => {
                         self.snapshot_writes.push(now);
                         Some(if self.fail_snapshot {
                             Event::SnapshotFailed { error: "snapshot.tmp: No space left on device".into() }
@@ -1615,6 +1791,19 @@ mod tests {
                             Event::SnapshotWritten
                         })
                     }
+                    Action::Compact => {
+                        self.snapshot_writes.push(now);
+                        let error = self.fail_snapshot.then(|| "snapshot.tmp: No space left on device".to_string());
+                        Some(Event::CompactionDone { took_ns: 7_000_000, error })
+                    }
+                    Action::StreamPeerEntry { msg, .. } => {
+                        self.streamed.push(msg);
+                        None
+                    }
+                    Action::PeerSnapshotEnd { .. } if self.fail_peer_stream => {
+                        Some(Event::PeerSnapshotUnwritten { error: "snapshot.peer: No space left on device".into() })
+                    }
+                    Action::PeerSnapshotEnd { .. } => Some(Event::PeerSnapshotWritten),
                     Action::Log(l) => {
                         self.logs.push(l);
                         None
@@ -1684,7 +1873,9 @@ mod tests {
                 self.on(Event::PeerSnapshot(Ok(m)));
             }
             self.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, seq, ""))));
-            assert_eq!(self.other(), vec![Action::EndPeerSnapshot]);
+            let mut other = self.other();
+            other.retain(|a| !matches!(a, Action::PeerSnapshotEnd { .. }));
+            assert_eq!(other, vec![Action::EndPeerSnapshot]);
             assert!(!self.core.peer_syncing());
         }
     }
@@ -2023,12 +2214,14 @@ mod tests {
                     && l.contains("the 5 updates after it held here (sequences 40..=44)")),
                 "said loudly, whatever --quiet says: {said:?}"
             );
-            let aside = out.iter().position(|a| *a == Action::KeepAside);
-            let write = out.iter().position(|a| *a == Action::WriteSnapshot);
+            let end = out.iter().position(|a| matches!(a, Action::PeerSnapshotEnd { .. }));
             if durable {
-                assert!(aside.is_some() && aside < write, "kept aside before it is replaced: {out:?}");
+                // The compactor copies the files aside before it puts the snapshot in place.
+                let want = Action::PeerSnapshotEnd { sequence: 39, keep_aside: true };
+                assert_eq!(end.map(|i| &out[i]), Some(&want), "{out:?}");
             } else {
-                assert_eq!((aside, write), (None, None), "{out:?}");
+                assert_eq!(end, None, "{out:?}");
+                assert!(!out.contains(&Action::KeepAside), "{out:?}");
                 assert!(said.iter().any(|l| l.contains("no data directory: they are gone")), "{said:?}");
             }
             assert_eq!((r.core.sequence(), r.core.map().len()), (39, 39), "the active's map is followed");
@@ -2042,7 +2235,7 @@ mod tests {
         let mut out = Vec::new();
         let now = r.clock.now_ns();
         r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 12, ""))), now, &mut out).expect("ok");
-        assert!(!out.contains(&Action::KeepAside), "{out:?}");
+        assert!(out.contains(&Action::PeerSnapshotEnd { sequence: 12, keep_aside: false }), "{out:?}");
         assert!(r.logs.iter().all(|l| !l.contains("behind this server's")), "{:?}", r.logs);
     }
 
@@ -2300,6 +2493,141 @@ mod tests {
         assert_eq!(r.snapshot_writes.len(), 1, "a re-synced passive writes its snapshot");
         r.snapshot_writes.clear();
         r
+    }
+
+    /// A durable backup, passive, its sync started: the peer's snapshot request is open.
+    fn durable_passive_syncing() -> Rig {
+        let mut r = Rig::new(cfg(Some(Role::Backup)), true);
+        r.on(Event::PeerState(Some(State::Active)));
+        r.on(Event::PeerLink(true));
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+        r
+    }
+
+    #[test]
+    fn a_resync_writes_its_snapshot_as_it_arrives_and_puts_it_in_place_off_the_serving_thread() {
+        // Before: the KTHXBAI asked for a full snapshot of the map (Action::WriteSnapshot), written
+        // on the serving thread: about 0.3-0.5 s at 1M keys with no heartbeat, HUGZ or publish.
+        let mut r = durable_passive_syncing();
+        r.hold_compactions = true;
+        let mut ttl = KvMsg::new("/t", 4, "v");
+        ttl.set_prop(kvmsg::TTL_PROP, "30");
+        for m in [KvMsg::new("/a", 2, "x"), KvMsg::new("/b", 3, "y"), ttl] {
+            r.on(Event::PeerSnapshot(Ok(m)));
+        }
+        let streamed: Vec<_> = r.streamed.iter().map(|m| (m.key.clone(), m.prop(kvmsg::TTL_PROP).is_none())).collect();
+        assert_eq!(streamed, vec![(b"/a".to_vec(), true), (b"/b".to_vec(), true), (b"/t".to_vec(), true)]);
+        // A replicated update while the snapshot arrives is queued, then applied after it.
+        let mut q = KvMsg::new("/q", 5, "z");
+        q.uuid = Some(uuid(5));
+        r.on(Event::Replicated(Ok(q)));
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 4, ""))), now, &mut out).expect("ok");
+        let end = out.iter().position(|a| *a == Action::PeerSnapshotEnd { sequence: 4, keep_aside: false });
+        let append = out.iter().position(|a| matches!(a, Action::Append { .. }));
+        assert!(end.is_some() && end < append, "the log restarts before the queued update's append: {out:?}");
+        assert!(!out.contains(&Action::WriteSnapshot), "no map written on the serving thread: {out:?}");
+        r.run(out);
+        assert!(r.snapshot_writes.is_empty());
+        assert_eq!(r.compactions_held, 1, "put in place by the compactor");
+        assert_eq!(r.appended.iter().map(|m| m.sequence).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(r.core.durable(), Some(false), "the data dir alone still holds the files before the re-sync");
+        assert!(r.core.status_text().contains("durable=no\n"));
+        // Taking over meanwhile: nothing is acknowledged until the snapshot is in place.
+        r.on(Event::PeerState(None));
+        r.tick_for(3 * HEARTBEAT_MS);
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "active");
+        assert!(
+            r.logs.iter().any(|l| l.contains("taking over while the re-sync's snapshot is put in place")),
+            "{:?}",
+            r.logs
+        );
+        r.keys_published();
+        assert!(r.put("/c", "1", 9).iter().all(|(k, _)| k == "HUGZ"), "refused while not durable");
+        assert_eq!(r.core.refusals().count("not_durable"), 1);
+        assert!(r.logs.iter().any(|l| l.contains("until its snapshot is put in place")), "{:?}", r.logs);
+        // A large log meanwhile asks for nothing more: one job in flight.
+        r.on(Event::LogLarge);
+        assert_eq!(r.compactions_held, 1);
+        // In place: durable, and the re-sent update is applied.
+        r.on(Event::CompactionDone { took_ns: 12_000_000, error: None });
+        assert_eq!(r.core.durable(), Some(true));
+        assert_eq!(r.keys_published().iter().filter(|(k, _)| k == "/c").count(), 0, "refused, not held");
+        assert_eq!(r.put("/c", "1", 9), vec![("/c".into(), 6)]);
+        let c = r.core.counters();
+        assert_eq!((c.compactions, c.last_compaction_ms), (1, 12));
+        // The large log then gets its compaction.
+        assert_eq!(r.compactions_held, 2);
+    }
+
+    #[test]
+    fn a_resync_whose_file_failed_writes_the_map_keeping_its_files_aside_only_between_compactions() {
+        // Issue (clone23-3): the copies aside were made on the serving thread while the compactor
+        // could be removing `log.prev`: a copy that failed, or one that missed the segment.
+        let now = 1_000_000_000;
+        let recovered: Vec<Record> = (1..=8u64)
+            .map(|i| Record { msg: KvMsg::new(format!("/k{i}"), i, "v"), expires_at_unix_ms: None })
+            .collect();
+        let mut r = Rig::new(cfg(Some(Role::Backup)), true);
+        r.core.recover(recovered, 8, 0, now);
+        r.on(Event::PeerState(Some(State::Active)));
+        r.hold_compactions = true;
+        r.on(Event::LogLarge);
+        assert_eq!(r.compactions_held, 1, "a compaction in flight");
+        r.on(Event::PeerLink(true));
+        r.on(Event::PeerSyncCheck);
+        r.other();
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/k1", 1, "v"))));
+        r.fail_peer_stream = true;
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
+        assert!(
+            r.logs.iter().any(|l| l.contains("could not be written to the data directory as it arrived")),
+            "{:?}",
+            r.logs
+        );
+        assert_eq!(r.core.durable(), Some(false));
+        let other = r.other();
+        assert!(!other.contains(&Action::KeepAside), "not while the compaction runs: {other:?}");
+        assert!(r.snapshot_writes.is_empty(), "the map waits for the compaction");
+        // The compaction is answered: the files are kept aside, then the map written.
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::CompactionDone { took_ns: 1, error: None }, now, &mut out).expect("ok");
+        let aside = out.iter().position(|a| *a == Action::KeepAside);
+        let write = out.iter().position(|a| *a == Action::WriteSnapshot);
+        assert!(aside.is_some() && aside < write, "{out:?}");
+        r.run(out);
+        assert_eq!(r.core.durable(), Some(true));
+        r.other();
+        // Kept once: a later full snapshot keeps nothing aside.
+        r.on(Event::PeerSnapshotUnwritten { error: "again".into() });
+        assert!(!r.other().contains(&Action::KeepAside));
+    }
+
+    #[test]
+    fn compactions_are_counted_in_status_with_the_last_length_and_error() {
+        let mut r = Rig::new(cfg(None), true);
+        assert!(r
+            .core
+            .status_text()
+            .contains("compactions=0\ncompaction_failures=0\nlast_compaction_ms=0\nlast_compaction_error=\n"));
+        r.fail_snapshot = true;
+        r.on(Event::LogLarge);
+        let st = r.core.status_text();
+        assert!(st.contains("compactions=0\ncompaction_failures=1\nlast_compaction_ms=7\n"), "{st}");
+        assert!(st.contains("last_compaction_error=snapshot.tmp: No space left on device\n"), "{st}");
+        r.fail_snapshot = false;
+        r.clock.advance_ms(1_000);
+        r.on(Event::Tick); // the retry after the back-off
+        let st = r.core.status_text();
+        assert!(st.contains("compactions=1\ncompaction_failures=1\n"), "{st}");
+        assert!(st.contains("last_compaction_error=snapshot.tmp"), "the last error stays said: {st}");
+        // An error of several lines stays one STATUS line.
+        r.on(Event::CompactionDone { took_ns: 0, error: Some("a\nb".into()) });
+        assert!(r.core.status_text().contains("last_compaction_error=a b\n"));
     }
 
     #[test]

@@ -171,25 +171,11 @@ impl CaptureReader<BufReader<File>> {
     }
 }
 
-/// Read exactly `buf.len()` bytes; Ok(n < len) at EOF instead of an error.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 impl<R: Read> CaptureReader<R> {
     /// Check the file header of `input`.
     pub fn new(mut input: R) -> Result<Self, CaptureError> {
         let mut h = [0u8; FILE_HEADER_LEN];
-        let got = read_full(&mut input, &mut h).map_err(CaptureError::io("reading the file header"))?;
+        let got = crate::infile::read_full(&mut input, &mut h).map_err(CaptureError::io("reading the file header"))?;
         if got >= 8 && &h[..8] != MAGIC {
             return Err(CaptureError::BadMagic);
         }
@@ -239,7 +225,8 @@ impl<R: Read> CaptureReader<R> {
         }
         let at = self.offset;
         let mut h = [0u8; RECORD_HEADER_LEN];
-        let got = read_full(&mut self.input, &mut h).map_err(CaptureError::io("reading a record header"))?;
+        let got =
+            crate::infile::read_full(&mut self.input, &mut h).map_err(CaptureError::io("reading a record header"))?;
         if got == 0 {
             return Ok(None);
         }
@@ -263,7 +250,8 @@ impl<R: Read> CaptureReader<R> {
         let recv_ns = u64::from_le_bytes(ns);
         let crc = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
         self.buf.resize(len as usize, 0);
-        let got = read_full(&mut self.input, &mut self.buf).map_err(CaptureError::io("reading a record"))?;
+        let got =
+            crate::infile::read_full(&mut self.input, &mut self.buf).map_err(CaptureError::io("reading a record"))?;
         if got < len as usize {
             return fail(self, CaptureError::Truncated { offset: at, what: "record body" });
         }
