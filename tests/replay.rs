@@ -824,6 +824,27 @@ fn a_flat_out_replay_into_a_reading_subscriber_raises_no_false_alarm() {
     }
 }
 
+#[test]
+fn a_subscriber_to_everything_is_not_waited_for_after_the_end_of_stream() {
+    // The end of stream waits (--eos-wait) for the subscribers that end at one and confirm it
+    // (an engine's shard); a plain SUB taking everything, as a tap or a pyzmq script does, never
+    // confirms nor leaves on its own: the replay does not wait for it, though it stays
+    // subscribed after the end of stream, and nothing is sent again to it.
+    let args = ["--count", "200", "--rate", "0", "--json", "--eos-wait", "30s"];
+    let (mut replay, eps) = start_replay("replay", 1, &args);
+    let (_ctx, sub) = subscriber(&eps[0]);
+    assert_eq!(receive_until_eos(&sub).len(), 200);
+    let t0 = std::time::Instant::now();
+    let status = replay.proc.wait_exit(Duration::from_secs(40));
+    let took = t0.elapsed();
+    let (_, out) = replay.finish(Duration::from_secs(5));
+    assert!(status.success(), "{out}");
+    assert!(took < Duration::from_secs(15), "not waited for: the replay ended {took:?} after its end of stream");
+    let s = json(&out);
+    assert!(s.get("eos_unconfirmed").is_none() && s.get("eos_resent").is_none(), "{s}");
+    assert!(s["eos_wait_s"].as_f64().is_some_and(|w| w < 1.0), "nobody was waited for: {s}");
+}
+
 /// The replay's stderr line saying that a lossless subscriber has held shard0 back for 1 s,
 /// within `deadline`.
 fn held_back_line(err: &std::sync::mpsc::Receiver<String>, deadline: Duration) -> String {
