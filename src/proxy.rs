@@ -22,6 +22,7 @@ use crate::agent::{Agent, AgentError, IdleStrategy, RunSpec, Runner, Step, StopF
 use crate::clock;
 use crate::diag::ExitCounters;
 use crate::link::{KeyFlags, LinkBoard, LinkStats, LinkWatch};
+use crate::wire;
 use crate::zmqx::frame::{recv_frames, send_frames_from, Frame};
 use crate::zmqx::{self, Attach};
 
@@ -109,7 +110,8 @@ pub struct ShellCounters {
     pub forwarded_down: u64,
     /// Messages from subscribers sent on to the publishers.
     pub forwarded_up: u64,
-    /// Messages from subscribers the hooks kept from the publishers.
+    /// Messages from subscribers the hooks kept from the publishers, and the repeats of the
+    /// end-of-stream wait's subscription and withdrawal that one stands for (`passes_eos_wait`).
     pub not_forwarded: u64,
     /// Messages from subscribers with a frame over [`zmqx::MAX_PREFIX_BYTES`]
     /// (+1 for the subscribe byte): kept from the publishers (the hooks still see them).
@@ -280,6 +282,34 @@ pub struct ProxyShell<H: ProxyHooks> {
     links: [Option<LinkWatch>; 2],
     /// Handshakes read from the watches, taken after each service (reused).
     updowns: Vec<bool>,
+    /// Subscribers behind the proxy that hold [`wire::AWAITS_EOS`] ([`passes_eos_wait`]).
+    eos_waits: u64,
+}
+
+/// Whether a subscriber's `msg` goes on to the publishers as far as the end-of-stream wait is
+/// concerned, with `waits` the subscribers behind the proxy that hold [`wire::AWAITS_EOS`]: its
+/// subscription goes up for the first of them and its withdrawal for the last, so a publisher
+/// sees one such subscriber on the proxy's connection while any waits, and none once all left
+/// (the first confirmation through the proxy, [`wire::TOOK_EOS`], then confirms the end of
+/// stream reached it). Forwarded one by one, the XSUB passes every subscription but a withdrawal
+/// only when its last one goes: of two subscribers, one that left before the end of stream still
+/// counted upstream, and a replay waited its whole `--eos-wait` for its confirmation. Anything
+/// else passes (confirmations each).
+fn passes_eos_wait(waits: &mut u64, msg: FromSubscriber<'_>) -> bool {
+    match msg {
+        FromSubscriber::Subscribe(p) if p == wire::AWAITS_EOS => {
+            *waits += 1;
+            *waits == 1
+        }
+        FromSubscriber::Unsubscribe(p) if p == wire::AWAITS_EOS => match *waits {
+            0 => false,
+            n => {
+                *waits = n - 1;
+                n == 1
+            }
+        },
+        _ => true,
+    }
 }
 
 /// A proxy's watched links, by side, for its exit line.
@@ -397,6 +427,7 @@ impl<H: ProxyHooks> ProxyShell<H> {
             endpoints,
             links,
             updowns: Vec::new(),
+            eos_waits: 0,
         })
     }
 
@@ -562,7 +593,8 @@ impl<H: ProxyHooks> Agent for ProxyShell<H> {
                 send_failures: &mut self.counters.send_failures,
                 round_msgs: &mut round_msgs,
             };
-            let forward = self.hooks.on_subscriber_message(msg, &self.frames, &mut down, now_ns);
+            let forward = self.hooks.on_subscriber_message(msg, &self.frames, &mut down, now_ns)
+                && passes_eos_wait(&mut self.eos_waits, msg);
             if forward && self.frames.iter().any(|f| f.len() > zmqx::MAX_PREFIX_BYTES + 1) {
                 self.counters.too_long_up += 1;
                 if self.counters.too_long_up == 1 {
@@ -699,6 +731,64 @@ mod tests {
             );
             drop(shell);
         }
+    }
+
+    /// Two subscribers behind the proxy wait for an end of stream, then leave one after the
+    /// other: upstream (a verbose XPUB, as a replay's) sees one such subscriber while either
+    /// waits, and its withdrawal when the second leaves. Before, it saw two join and one leave
+    /// (the XSUB passes a withdrawal only when its last one goes), so a replay upstream waited
+    /// its whole `--eos-wait` for the confirmation of a subscriber long gone.
+    #[test]
+    fn subscribers_waiting_for_an_end_of_stream_show_upstream_as_one_while_any_waits() {
+        let ctx = zmq::Context::new();
+        let mut upstream = ctx.socket(zmq::XPUB).expect("xpub");
+        upstream.set_xpub_verbose(true).expect("verbose");
+        zmqx::set_xpub_verboser(&mut upstream, true).expect("verboser");
+        let ep = zmqx::bind_resolved(&upstream, "tcp://127.0.0.1:*").expect("bind");
+        let config = ProxyConfig {
+            frontend: vec![Attach::Connect(ep)],
+            backend: vec![Attach::Bind("tcp://127.0.0.1:*".into())],
+            hwm_msgs: 1_000,
+            max_msg_bytes: 1 << 20,
+            idle: IdleStrategy::default(),
+            delivery: Delivery::Lossless,
+        };
+        let mut shell = ProxyShell::new(&ctx, &config, false, Plain).expect("proxy");
+        let back = shell.endpoint("backend").expect("bound").to_string();
+        let [first, second]: [zmq::Socket; 2] = std::array::from_fn(|_| {
+            let s = ctx.socket(zmq::SUB).expect("sub");
+            s.connect(&back).expect("connect");
+            s.set_subscribe(b"ES").expect("subscribe");
+            s.set_subscribe(wire::AWAITS_EOS).expect("subscribe");
+            s
+        });
+        // The proxy's steps until upstream has seen `until` (10 s at most); what it saw.
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let mut pump = |until: &[u8], times: usize, seen: &mut Vec<Vec<u8>>| {
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            while seen.iter().filter(|e| e.as_slice() == until).count() < times {
+                assert!(std::time::Instant::now() < end, "upstream never saw {until:?} x{times}: {seen:?}");
+                shell.do_work().expect("the proxy's step");
+                while let Ok(ev) = upstream.recv_bytes(zmq::DONTWAIT) {
+                    seen.push(ev);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let ev = |kind: u8, prefix: &[u8]| [&[kind][..], prefix].concat();
+        let waits = |seen: &[Vec<u8>], kind: u8| seen.iter().filter(|e| **e == ev(kind, wire::AWAITS_EOS)).count();
+        // Both subscribers' subscriptions were forwarded (each `ES` is, verbose).
+        pump(&ev(1, b"ES"), 2, &mut seen);
+        assert_eq!(waits(&seen, 1), 1, "one subscriber waiting, however many behind: {seen:?}");
+        // The first leaves; a subscription after its withdrawal marks when that was read.
+        first.set_unsubscribe(wire::AWAITS_EOS).expect("unsubscribe");
+        first.set_subscribe(b"X0").expect("subscribe");
+        pump(&ev(1, b"X0"), 1, &mut seen);
+        assert_eq!(waits(&seen, 0), 0, "the second still waits: {seen:?}");
+        // The second leaves by closing: its connection's end withdraws its subscriptions.
+        drop(second);
+        pump(&ev(0, wire::AWAITS_EOS), 1, &mut seen);
+        assert_eq!((waits(&seen, 1), waits(&seen, 0)), (1, 1), "{seen:?}");
     }
 
     #[test]

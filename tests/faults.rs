@@ -2,7 +2,9 @@
 //! two mdsub parts cuts the link mid-stream; the parts reconnect and account
 //! exactly for what the cut cost. Replay → engine: the engine reports the
 //! loss and the reconnect, and its loss is exactly what never arrived.
-//! Clone server → client: the client re-syncs and ends with every key.
+//! Clone server → client: the client re-syncs and ends with every key. A
+//! connection that dies without a close (a black hole) swallows the replay's
+//! end of stream: the engine's reconnect is sent it again.
 
 mod common;
 
@@ -10,9 +12,10 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::relay::{Faults, Relay, RelayStats};
-use common::{json, lines_of, mdsub, start_replay, u, wait_line, wait_until, LineProc, Proc};
+use common::relay::{BlackHole, Faults, Relay, RelayStats};
+use common::{json, lines_of, mdsub, rest_lines, start_replay, u, wait_line, wait_until, LineProc, Proc};
 use mdsub::clone::client::{Client, ClientConfig};
+use mdsub::wire::{self, Kind};
 
 /// The seed every relay here uses; a failure names it (change it to explore).
 const SEED: u64 = 0x13_2026;
@@ -87,6 +90,50 @@ fn replay_to_engine_cut_mid_stream_reconnects_with_exact_accounting() {
     assert_eq!(relay.stats().cuts, 1);
     let (status, _) = replay.finish(Duration::from_secs(30));
     assert!(status.success());
+}
+
+#[test]
+fn an_end_of_stream_a_dead_connection_swallowed_reaches_the_engine_after_its_reconnect() {
+    // Before: the replay sent its last messages and its end of stream into a connection whose
+    // other end was gone (a path down longer than the engine's TCP keepalive), then exited; the
+    // engine reconnected to nothing and waited for ever (here: until --max-duration, its
+    // report's time_limit). Now the replay keeps its endpoint until the engine, which holds
+    // the end-of-stream wait's subscription, leaves, and sends the end of stream again to the
+    // engine's reconnect. The black hole closes the engine's side after 4 KiB and swallows the
+    // rest of the replay's stream, and holds the reconnect until the end of stream is in it.
+    const COUNT: u64 = 400;
+    let (replay, eps) =
+        start_replay("replay", 1, &["--count", &COUNT.to_string(), "--rate", "200", "--json", "--eos-wait", "30s"]);
+    let eos = [wire::CONTROL_TOPIC, b"\0", &[wire::VERSION, Kind::EndOfStream as u8]].concat();
+    let hole = BlackHole::start(addr_of(&eps[0]), 4_096, eos);
+    let mut cmd = mdsub();
+    // The snail warns: the silence while the stream goes into the hole is the fault itself.
+    cmd.args(["engine", "--json", "--max-duration", "30s", "--snail", "warn", "--endpoint", &hole.endpoint()]);
+    let mut engine = LineProc::spawn("engine", cmd.stderr(Stdio::piped()));
+    let engine_err = lines_of(engine.proc.child.stderr.take().unwrap_or_else(|| panic!("stderr piped")));
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    let engine_said = rest_lines(&engine_err, Duration::from_secs(5));
+    let r = json(&out);
+    assert!(status.success(), "engine failed: {out} {engine_said:?}");
+    assert_eq!(r["time_limit"], false, "the end of stream came, not --max-duration: {engine_said:?}");
+    let stats = hole.stats();
+    assert!(
+        stats.seen && stats.relayed >= 2,
+        "the end of stream went into the hole, the engine reconnected: {stats:?}"
+    );
+    let (delivered, lost) = (u(&r, "delivered"), u(&r, "lost"));
+    assert_eq!((u(&r, "sent"), u(&r, "unended_sessions")), (COUNT, 0), "its end of stream counted: {r}");
+    assert!(delivered > 0 && lost > 0, "what the hole swallowed is lost: {r}");
+    assert_eq!(delivered + lost, COUNT, "exact accounting: {r}");
+    let err = replay.stderr.as_ref().expect("stderr piped");
+    let said = rest_lines(err, Duration::from_secs(20));
+    let (status, rest) = replay.finish(Duration::from_secs(10));
+    assert!(status.success(), "{said:?}");
+    let s = json(&rest);
+    assert!(u(&s, "eos_resent") >= 1, "sent again to the reconnect: {s}");
+    assert!(s.get("eos_unconfirmed").is_none(), "the engine left: confirmed: {s}");
+    assert!(s["eos_wait_s"].as_f64().is_some_and(|w| w > 0.0 && w < 20.0), "{s}");
+    assert!(said.iter().any(|l| l.contains("sent it again")), "the resend is said: {said:?}");
 }
 
 #[test]

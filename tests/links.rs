@@ -31,15 +31,16 @@ fn peer(ctx: &zmq::Context) -> (zmq::Socket, String) {
     (s, ep)
 }
 
-/// Wait until the peer sees a subscription (a connection's handshake is done
-/// and its subscriptions sent): the first one, or the one a re-established
-/// link sends again.
+/// Wait until the peer sees the engine's subscription to everything (a connection's handshake
+/// is done and its subscriptions sent): the first one, or the one a re-established link sends
+/// again. Its other subscription (the end-of-stream wait's, `wire::AWAITS_EOS`) is passed over:
+/// taken for the re-established link's, it let the test send before that link was up.
 fn subscribed(peer: &zmq::Socket, what: &str) {
     let end = Instant::now() + Duration::from_secs(20);
     peer.set_rcvtimeo(200).expect("rcvtimeo");
     loop {
         match peer.recv_bytes(0) {
-            Ok(m) if m.first() == Some(&1) => return,
+            Ok(m) if m == [1] => return,
             Ok(_) => {}
             Err(zmq::Error::EAGAIN) => {}
             Err(e) => panic!("peer: {e}"),

@@ -126,6 +126,25 @@ impl Testbed {
         )
     }
 
+    /// Run the engine (`profile`) to its end, taking path A down for `secs` once `traffic` bytes
+    /// flowed on it (the wait inside `flap` is the fault itself, not a handshake); (JSON report,
+    /// stderr), once every shard heard its end of stream. Bounded: an end of stream that never
+    /// comes shows as the report's time limit (--max-duration 60s), with the engine's stderr,
+    /// not as a hang. It hung once under load: shard 0's connection ended after a 2 s flap
+    /// stretched to ~6 s (`link ... lost (disconnected)`), its replay ended too, and its end of
+    /// stream never came (the reconnects were refused for 65 s).
+    fn engine_through_a_flap(&self, profile: &str, traffic: u64, secs: &str) -> (serde_json::Value, String) {
+        let (a0, _) = self.rx_bytes();
+        let mut engine = self.engine_flags(profile, &["--max-duration", "60s"]);
+        wait_until(Duration::from_secs(30), "traffic on nicA", || self.rx_bytes().0 > a0 + traffic);
+        self.tool(&["flap", &self.name, "A", secs]);
+        engine.wait_exit(Duration::from_secs(90));
+        let (out, err) = read_all(&mut engine);
+        let report = json(&out);
+        assert_eq!(report["time_limit"], false, "every shard heard its end of stream, not --max-duration: {err}");
+        (report, err)
+    }
+
     /// Bytes received on the subscriber's nicA and nicB.
     fn rx_bytes(&self) -> (u64, u64) {
         let read = |nic: &str| -> u64 {
@@ -283,20 +302,7 @@ fn link_down_two_seconds_is_reported_and_accounted() {
     // A 2 s outage is longer than the snail's max_lag + grace (1 s + 1 s): it
     // would croak; this test is about the link's accounting, so the snail warns.
     let profile = tb.profile(&[(5611, "nicA"), (5612, "nicA"), (5613, "nicB")], "[snail]\npolicy = \"warn\"");
-    let (a0, _) = tb.rx_bytes();
-    // Bounded: an end of stream that never comes shows as the report's time limit, with the
-    // engine's stderr, not as a hang. It hung once under load: shard 0's connection ended after
-    // the outage (`link ... lost (disconnected)`), its replay ended too, and its end of stream
-    // never came (the reconnects were refused for 65 s).
-    let mut engine = tb.engine_flags(&profile, &["--max-duration", "60s"]);
-    // Take path A down for 2 s once traffic flows on it (the wait inside
-    // `flap` is the fault itself, not a handshake).
-    wait_until(Duration::from_secs(30), "traffic on nicA", || tb.rx_bytes().0 > a0 + 500_000);
-    tb.tool(&["flap", &tb.name, "A", "2"]);
-    engine.wait_exit(Duration::from_secs(90));
-    let (out, err) = read_all(&mut engine);
-    let report = json(&out);
-    assert_eq!(report["time_limit"], false, "every shard heard its end of stream: {err}");
+    let (report, err) = tb.engine_through_a_flap(&profile, 500_000, "2");
     for p in [p0, p1, p2] {
         replay_stats(p);
     }
@@ -327,6 +333,32 @@ fn link_down_two_seconds_is_reported_and_accounted() {
     assert!(lost > 0, "2 s at 10k msg/s overflows a 1000-message HWM: {report}");
     assert_eq!(s1["gaps"], lost, "{report}");
     assert_eq!(report["lost"], lost, "{report}");
+}
+
+#[test]
+fn an_outage_longer_than_keepalive_as_the_replay_ends_still_ends_the_stream() {
+    // Before: a 6 s outage of path A (longer than the engine's TCP keepalive: 2 s idle and
+    // 3 probes 1 s apart) ended the engine's connection; the replay, which could not know, sent
+    // its last messages and its end of stream into it and exited, and the engine reconnected to
+    // nothing and waited for ever (here: until --max-duration, its report's time_limit). Now the
+    // replay keeps its endpoint until the engine confirms its end of stream, and sends it again
+    // to the engine's reconnect. Seen under load in the 2 s flap above, stretched to ~6 s.
+    let Some(tb) = Testbed::up("an_outage_longer_than_keepalive_as_the_replay_ends_still_ends_the_stream") else {
+        return;
+    };
+    let n = 30_000u64;
+    // 3 s at 10k msg/s, ending inside the outage; the wait for the confirmation outlasts it.
+    let p0 = tb.replay(5671, &["--count", &n.to_string(), "--rate", "10k", "--eos-wait", "60s"]);
+    let profile = tb.profile(&[(5671, "nicA")], "[snail]\npolicy = \"warn\"");
+    let (report, err) = tb.engine_through_a_flap(&profile, 200_000, "6");
+    assert!(err.contains("shard0: link") && err.contains(" lost ("), "keepalive ended the connection: {err}");
+    let s0 = shard(&report, 0);
+    assert_eq!((s0["sent"].as_u64(), report["unended_sessions"].as_u64()), (Some(n), Some(0)), "{report}");
+    let (msgs, lost) = (s0["msgs"].as_u64().expect("msgs"), s0["lost"].as_u64().expect("lost"));
+    assert_eq!(msgs + lost, n, "exact accounting: {report}");
+    let s = replay_stats(p0);
+    assert!(s["eos_resent"].as_u64().is_some_and(|r| r >= 1), "sent again to the reconnect: {s}");
+    assert!(s.get("eos_unconfirmed").is_none(), "the engine confirmed it: {s}");
 }
 
 fn read_all(p: &mut Proc) -> (String, String) {

@@ -824,6 +824,78 @@ fn a_flat_out_replay_into_a_reading_subscriber_raises_no_false_alarm() {
     }
 }
 
+#[test]
+fn a_subscriber_to_everything_is_not_waited_for_after_the_end_of_stream() {
+    // The end of stream waits (--eos-wait) for the subscribers that end at one and confirm it
+    // (an engine's shard); a plain SUB taking everything, as a tap or a pyzmq script does, never
+    // confirms nor leaves on its own: the replay does not wait for it, though it stays
+    // subscribed after the end of stream, and nothing is sent again to it.
+    let args = ["--count", "200", "--rate", "0", "--json", "--eos-wait", "30s"];
+    let (mut replay, eps) = start_replay("replay", 1, &args);
+    let (_ctx, sub) = subscriber(&eps[0]);
+    assert_eq!(receive_until_eos(&sub).len(), 200);
+    let t0 = std::time::Instant::now();
+    let status = replay.proc.wait_exit(Duration::from_secs(40));
+    let took = t0.elapsed();
+    let (_, out) = replay.finish(Duration::from_secs(5));
+    assert!(status.success(), "{out}");
+    assert!(took < Duration::from_secs(15), "not waited for: the replay ended {took:?} after its end of stream");
+    let s = json(&out);
+    assert!(s.get("eos_unconfirmed").is_none() && s.get("eos_resent").is_none(), "{s}");
+    assert!(s["eos_wait_s"].as_f64().is_some_and(|w| w < 1.0), "nobody was waited for: {s}");
+}
+
+/// A SUB on `ep` that takes everything and holds the end-of-stream wait's subscription, as an
+/// engine's shard does, but never confirms: what a subscriber whose end of stream was lost
+/// looks like to the replay.
+fn waiting_subscriber(ep: &str) -> (zmq::Context, zmq::Socket) {
+    let (ctx, sub) = subscriber(ep);
+    sub.set_subscribe(wire::AWAITS_EOS).expect("subscribe");
+    (ctx, sub)
+}
+
+#[test]
+fn an_end_of_stream_left_unconfirmed_is_said_and_listed_and_ctrl_c_ends_the_wait() {
+    // Before: the replay exited as soon as its end of stream was in the pipe, whoever had it.
+    // Now it waits --eos-wait for the subscribers that end at one to confirm it; one that never
+    // does is said once when the wait ends, and listed in the JSON, and the exit status stays 0
+    // (the end of stream went out). Ctrl-C ends the wait at once.
+    for ctrl_c in [false, true] {
+        let wait = if ctrl_c { "60s" } else { "1s" };
+        let args = ["--count", "100", "--rate", "0", "--json", "--eos-wait", wait];
+        let (mut replay, eps) = start_replay("replay", 1, &args);
+        let (_ctx, sub) = waiting_subscriber(&eps[0]);
+        assert_eq!(receive_until_eos(&sub).len(), 100);
+        let t0 = std::time::Instant::now();
+        if ctrl_c {
+            // Still waiting a while after the end of stream: no exit of its own.
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(replay.proc.child.try_wait().expect("try_wait").is_none(), "it waits for the confirmation");
+            replay.proc.signal(2);
+        }
+        let status = replay.proc.wait_exit(Duration::from_secs(20));
+        let took = t0.elapsed();
+        let err = replay.stderr.take().expect("stderr piped");
+        let said = rest_lines(&err, Duration::from_secs(10));
+        let (_, out) = replay.finish(Duration::from_secs(5));
+        assert!(status.success(), "ctrl_c={ctrl_c}: {said:?}");
+        assert!(took < Duration::from_secs(5), "ctrl_c={ctrl_c}: ended {took:?} after the end of stream");
+        let unconfirmed: Vec<&String> =
+            said.iter().filter(|l| l.contains("the end of stream is not confirmed")).collect();
+        assert_eq!(unconfirmed.len(), 1, "said once: {said:?}");
+        let why = if ctrl_c { "a stop request ended the wait" } else { "after 1.00s (--eos-wait)" };
+        assert!(
+            unconfirmed[0].starts_with("replay: shard0 tcp://127.0.0.1:") && unconfirmed[0].contains(why),
+            "{said:?}"
+        );
+        let s = json(&out);
+        let listed = &s["eos_unconfirmed"];
+        assert_eq!(listed.as_array().map(Vec::len), Some(1), "{s}");
+        assert_eq!(listed[0], serde_json::json!({"shard": 0, "endpoint": eps[0], "waiting": 1}), "{s}");
+        assert_eq!(s["interrupted"], false, "the run itself ended: {s}");
+    }
+}
+
 /// The replay's stderr line saying that a lossless subscriber has held shard0 back for 1 s,
 /// within `deadline`.
 fn held_back_line(err: &std::sync::mpsc::Receiver<String>, deadline: Duration) -> String {

@@ -229,7 +229,7 @@ const GENERATOR_ONLY: [(&str, &str, &str); 5] = [
 /// Flags of `replay` that a trial server (`--serve-trials`) does not use, each with why: each
 /// trial's feed, rate and duration come from the capacity run, and its publisher is the plain
 /// lossy one that run measures against.
-const NOT_SERVED: [(&str, &str, &str); 20] = {
+const NOT_SERVED: [(&str, &str, &str); 21] = {
     const LENGTH: &str = "each trial lasts what the capacity run asks; the server runs until that run ends";
     const FEED: &str = "each trial's feed is the one the capacity run asks for";
     const ACCESS: &str = "a trial server serves no access rules (CURVE, addresses): run it on a trusted network";
@@ -250,6 +250,11 @@ const NOT_SERVED: [(&str, &str, &str); 20] = {
         ("publisher_id", "--publisher-id", "trials publish as publisher 0"),
         ("subscribers", "--subscribers", "each trial waits for the capacity run's engine, which it names"),
         ("wait_timeout", "--wait-timeout", "each trial waits for the capacity run's engine as long as that run says"),
+        (
+            "eos_wait",
+            "--eos-wait",
+            "each trial's end of stream waits for the capacity run's engine as a replay's does by default",
+        ),
         ("pause_at", "--pause-at", FAULT),
         ("drop_every", "--drop-every", FAULT),
         ("restart_at", "--restart-at", FAULT),
@@ -374,6 +379,14 @@ pub struct ReplayArgs {
     /// Give up if the subscribers have not connected by then (e.g. 30s).
     #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub wait_timeout: Duration,
+    /// After the end of stream, keep the endpoints up to this long until every subscriber that
+    /// ends at one (an `mdsub engine` shard, directly or behind `mdsub lvc`/`tap`) confirmed it
+    /// arrived. One that takes the control topic meanwhile (a reconnect after its connection
+    /// died, with the end of stream in it) is sent it again. Shards still unconfirmed at the end
+    /// are said and listed (`eos_unconfirmed`); Ctrl-C ends the wait at once. Subscribers to
+    /// everything alone (a tap, a plain SUB) are not waited for. 0: no wait, nothing sent again.
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub eos_wait: Duration,
     #[command(flatten)]
     pub faults: FaultArgs,
     /// Idle strategy of the sending thread(s) (one agent each): what a paced replay does
@@ -497,6 +510,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     let mut publisher = Publisher::bind(&ctx, &cfg)?;
     publisher.set_faults(args.faults.plan())?;
     publisher.set_idle(args.idle.strategy());
+    publisher.set_eos_wait(args.eos_wait);
     for (k, ep) in publisher.endpoints().iter().enumerate() {
         // With --json, stdout is the one JSON object at the end: the endpoints go to stderr.
         crate::diag::Lines { json: args.json }.say(format_args!("bound shard{k} {ep}"));

@@ -430,8 +430,19 @@ impl Engine {
         for (k, shard) in cfg.shards.iter().enumerate() {
             let io_name = format!("shard{k}-io");
             let before = crate::clock::task_ids_named(&io_name);
-            let (ctx, sub, links, bound) =
-                Self::make_shard_socket(k, shard, cfg.rcvhwm_msgs, cfg.max_msg_bytes, cfg.feed_keys.clone())?;
+            // One publisher per endpoint, bound or connected: at least (a bound one has as many as
+            // connect to it, a connected one behind a proxy all the proxy's: the reader waits for
+            // every session it saw, `EndWait`).
+            let publishers = shard.endpoints.len() + shard.binds.len();
+            let expect_eos = cfg.expect_eos_per_shard.unwrap_or(publishers);
+            let (ctx, sub, links, bound) = Self::make_shard_socket(
+                k,
+                shard,
+                cfg.rcvhwm_msgs,
+                cfg.max_msg_bytes,
+                cfg.feed_keys.clone(),
+                expect_eos > 0,
+            )?;
             engine.link_boards.push(links.as_ref().map(|w| w.board()).unwrap_or_default());
             engine.bound.push(bound);
             engine._contexts.push(ctx);
@@ -439,11 +450,6 @@ impl Engine {
             engine
                 .io_tids
                 .push(crate::clock::task_ids_named(&io_name).into_iter().filter(|t| !before.contains(t)).collect());
-            // One publisher per endpoint, bound or connected: at least (a bound one has as many as
-            // connect to it, a connected one behind a proxy all the proxy's: the reader waits for
-            // every session it saw, `EndWait`).
-            let publishers = shard.endpoints.len() + shard.binds.len();
-            let expect_eos = cfg.expect_eos_per_shard.unwrap_or(publishers);
             engine.ends_needed.push(ends_needed(cfg.expect_eos_per_shard, shard.endpoints.len()));
             let counters = shard_counters[k].clone();
             engine.shard_counters.push(counters.clone());
@@ -614,13 +620,17 @@ impl Engine {
     /// Make shard `k`'s context and SUB socket on a thread pinned to the
     /// shard's I/O core: libzmq starts the context's I/O thread with the first
     /// socket, and the thread inherits the creator's CPU mask (and its name,
-    /// so the shard's I/O thread shows as `shardK-io` in `top -H`).
+    /// so the shard's I/O thread shows as `shardK-io` in `top -H`). A shard that ends at
+    /// ends of stream (`awaits_eos`) subscribes [`wire::AWAITS_EOS`](crate::wire::AWAITS_EOS)
+    /// too: its reader confirms each end of stream it counts
+    /// ([`wire::TOOK_EOS`](crate::wire::TOOK_EOS)), which its publishers wait for.
     fn make_shard_socket(
         k: usize,
         shard: &ShardConfig,
         rcvhwm: i32,
         max_msg_bytes: i64,
         keys: Option<ClientKeys>,
+        awaits_eos: bool,
     ) -> Result<ShardSocket, EngineError> {
         let shard = shard.clone();
         let name = format!("shard{k}-io");
@@ -651,6 +661,10 @@ impl Engine {
                 if !shard.subscribe.iter().any(|t| control.starts_with(t.as_bytes())) {
                     sub.set_subscribe(&control).map_err(zerr("subscribing to control frames".into()))?;
                 }
+            }
+            if awaits_eos {
+                sub.set_subscribe(crate::wire::AWAITS_EOS)
+                    .map_err(zerr("subscribing the end-of-stream wait".into()))?;
             }
             // Watched before binding and connecting, so the first connect is seen too. A shard
             // that binds is watched for the publisher connections it accepts, each end said.

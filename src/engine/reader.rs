@@ -708,8 +708,19 @@ pub struct ReaderAgent {
     /// Unless [`EndWait::Count`]: the end-of-stream count last looked at, and whether a
     /// session was open then ([`ReaderAgent::all_ended`]).
     open_at_eos: (u64, bool),
+    /// Ends of stream counted as of the last look, and those counted since that are still to
+    /// confirm ([`ReaderAgent::send_confirmations`]): publisher and session.
+    eos_told: u64,
+    took: Vec<(u32, u64)>,
     /// The SUB's watched links, serviced between rounds, never per message.
     links: Option<crate::link::LinkWatch>,
+}
+
+/// Subscribe `prefix` and withdraw it at once: what a publisher reading its subscriptions sees
+/// as a message ([`wire::TOOK_EOS`]).
+fn confirm(sub: &zmq::Socket, prefix: &[u8]) -> zmq::Result<()> {
+    sub.set_subscribe(prefix)?;
+    sub.set_unsubscribe(prefix)
 }
 
 fn zerr<'a>(role: &'a str, context: &'static str) -> impl FnOnce(zmq::Error) -> AgentError + 'a {
@@ -779,6 +790,8 @@ impl ReaderAgent {
             counters,
             finished: false,
             open_at_eos: (0, false),
+            eos_told: 0,
+            took: Vec::with_capacity(4),
             links: None,
         })
     }
@@ -843,6 +856,18 @@ impl ReaderAgent {
         }
         let a = self.links.as_ref().map(|w| w.accepted()).unwrap_or_default();
         wait.ended(self.open_at_eos.1, eos, a.connects.saturating_sub(a.disconnects))
+    }
+
+    /// Confirm to the publishers the ends of stream counted in this round (a shard that ends
+    /// at ends of stream: it subscribed [`wire::AWAITS_EOS`]): each is a subscription to
+    /// [`wire::took_eos`] of its session, made and withdrawn at once, which every publisher of
+    /// the shard sees and the one whose session it names counts (`mdsub replay` waits for it).
+    fn send_confirmations(&mut self) -> Result<(), AgentError> {
+        while let Some((publisher_id, session_id)) = self.took.pop() {
+            confirm(&self.sub, &wire::took_eos(publisher_id, session_id))
+                .map_err(zerr(&self.role, "confirming an end of stream"))?;
+        }
+        Ok(())
     }
 
     /// Judge this shard's lag and silence with `guard`.
@@ -987,6 +1012,14 @@ impl Agent for ReaderAgent {
             let decoded = wire::decode(frame);
             let recv_ns = self.stamp.of(decoded.as_ref().map_or(0, |v| v.header.send_time_ns), &*self.clock);
             let Some((w, view)) = self.checks.check_decoded(frame, decoded, recv_ns) else {
+                if self.cfg.expect_eos > 0 && self.checks.eos_sessions() != self.eos_told {
+                    // This frame was an end of stream, counted now (a repeat is not): its session
+                    // is confirmed after the round.
+                    self.eos_told = self.checks.eos_sessions();
+                    if let Ok(v) = wire::decode(frame) {
+                        self.took.push((v.header.publisher_id, v.header.session_id));
+                    }
+                }
                 if let Some(l) = self.checks.take_refusal_line() {
                     crate::diag!("{l}");
                 }
@@ -1024,6 +1057,9 @@ impl Agent for ReaderAgent {
         }
         while let Some(c) = self.checks.take_id_conflict() {
             crate::diag!("{}: {c}", self.role);
+        }
+        if !self.took.is_empty() {
+            self.send_confirmations()?;
         }
         let round_ns = if n == 0 {
             let now = self.clock.now_ns();
@@ -1104,6 +1140,17 @@ impl Agent for ReaderAgent {
     }
 
     fn on_close(&mut self) {
+        if self.cfg.expect_eos > 0 {
+            // Its reading ends. Ended by a stop or a croak, it confirms, bare, that it waits for
+            // no end of stream any more (ended by its ends of stream, it confirmed each). An
+            // error here is a context already ending, whose close of the SUB withdraws every
+            // subscription anyway.
+            let _ = self.send_confirmations();
+            if !self.finished {
+                let _ = confirm(&self.sub, wire::TOOK_EOS);
+            }
+            let _ = self.sub.set_unsubscribe(wire::AWAITS_EOS);
+        }
         // The last events (a reconnect just before the end) reach the report.
         self.service_links(true);
         if let Some(l) = self.checks.refusal_summary(0, true) {
@@ -1216,6 +1263,35 @@ mod tests {
         assert!(!EndWait::EveryPublisher.ended(false, 3, 4));
         assert!(EndWait::EveryPublisher.ended(false, 3, 3));
         assert!(!EndWait::EveryPublisher.ended(true, 3, 3));
+    }
+
+    /// A replay sends its end of stream again to a subscriber that took the control topic after
+    /// it went out (a reconnect: the first may have gone into the dead connection with the
+    /// messages before it), and to every subscriber of the shard with it: heard once or three
+    /// times, it counts once, and so does the tail that the dead connection swallowed (30 gaps,
+    /// not 60 or 90); the shard's stream ends at the first.
+    #[test]
+    fn an_end_of_stream_sent_again_after_a_reconnect_counts_once() {
+        for heard in 1..=3 {
+            let mut c = Checks::new(Routing::ByTopic, 1, true);
+            let counters = ShardCounters::default();
+            for seq in 1..=20 {
+                assert!(c.check(&frame_of(1, 10, seq, Kind::Data, false), seq).is_some());
+            }
+            // 21..=50 were lost with the connection; the end of stream says 50 were sent.
+            for k in 0..heard {
+                c.check(&frame_of(1, 10, 50, Kind::EndOfStream, false), 100 + k);
+                assert!(!c.any_open(), "heard {heard}: the session ended at the first");
+            }
+            c.publish(&counters);
+            let read = |a: &AtomicU64| a.load(Relaxed);
+            assert_eq!(
+                (read(&counters.eos_sessions), read(&counters.eos_sent), read(&counters.gaps)),
+                (1, 50, 30),
+                "heard {heard} times"
+            );
+            assert!(EndWait::of_shard(None, false).ended(c.any_open(), c.eos_sessions(), 0));
+        }
     }
 
     /// `beyond_sent` (an end of stream claiming fewer than arrived) is live in the shard's

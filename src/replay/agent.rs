@@ -143,6 +143,12 @@ enum Phase {
         shard: usize,
         deadline_ns: u64,
     },
+    /// Every shard's end of stream is out: waiting until then (mono ns) for the subscribers that
+    /// end at one to confirm it ([`Publisher::set_eos_wait`](super::Publisher::set_eos_wait)).
+    Confirming {
+        since_ns: u64,
+        deadline_ns: u64,
+    },
     Done,
 }
 
@@ -176,6 +182,10 @@ pub struct PublisherAgent {
     pub(super) interrupted: bool,
     /// Shards that could not take their end of stream in time (`shardK ENDPOINT`).
     pub(super) eos_missed: Vec<String>,
+    /// Shards whose end of stream went out but was not confirmed in time.
+    pub(super) eos_unconfirmed: Vec<super::EosUnconfirmed>,
+    /// How long the end of stream waited for its confirmation, ns.
+    pub(super) eos_waited_ns: u64,
     /// Recorded pace: the previous message's recorded offset (unscaled), and the index + 1 of
     /// the message whose long wait was said.
     prev_offset_ns: u64,
@@ -283,6 +293,8 @@ impl PublisherAgent {
             held: None,
             interrupted: false,
             eos_missed: Vec::new(),
+            eos_unconfirmed: Vec::new(),
+            eos_waited_ns: 0,
             prev_offset_ns: 0,
             said_gap_of: 0,
             progress,
@@ -385,7 +397,10 @@ impl PublisherAgent {
                 self.p.shards[pd.shard].count_sent(data);
                 self.advance();
             }
-            None => self.next_eos_shard(),
+            None => {
+                self.p.shards[pd.shard].eos_went();
+                self.next_eos_shard();
+            }
         }
     }
 
@@ -967,8 +982,13 @@ impl PublisherAgent {
                 self.p.sending = false;
             }
             if shard >= self.p.shards.len() {
-                self.phase = Phase::Done;
-                return Ok(Step::Finished(n));
+                if self.p.eos_wait.is_zero() {
+                    self.phase = Phase::Done;
+                    return Ok(Step::Finished(n));
+                }
+                let (wait, now) = (self.p.eos_wait.as_nanos().min(u64::MAX as u128) as u64, monotonic_ns());
+                self.phase = Phase::Confirming { since_ns: now, deadline_ns: now.saturating_add(wait) };
+                return Ok(Step::Worked(n));
             }
             let now = monotonic_ns();
             if deadline_ns == 0 {
@@ -992,6 +1012,58 @@ impl PublisherAgent {
     }
 }
 
+impl PublisherAgent {
+    /// Wait for the subscribers that end at an end of stream to confirm it, until `deadline_ns`
+    /// or a stop request: the subscription events are read, a shard where a subscriber took
+    /// the control topic since its end of stream went out (a reconnect) sends it again, and the
+    /// agent finishes once no shard waits; what is still waited for then is said and kept.
+    fn confirm_step(&mut self, since_ns: u64, deadline_ns: u64) -> Result<Step, ReplayError> {
+        self.p.drain_subscriptions()?;
+        let first = self.p.part.0;
+        let mut n = 0;
+        for k in 0..self.p.shards.len() {
+            if self.p.shards[k].eos_resend_due() && self.p.resend_eos(k)? {
+                n += 1;
+                crate::diag!(
+                    "replay: shard{} {}: a subscriber took the control topic after the end of stream went out (a \
+                     reconnect?): sent it again",
+                    first + k,
+                    self.p.shards[k].endpoint
+                );
+            }
+        }
+        let waiting = |sh: &super::Shard| sh.eos_waiting() > 0;
+        let now = monotonic_ns();
+        self.eos_waited_ns = now.saturating_sub(since_ns);
+        if !self.p.shards.iter().any(waiting) {
+            self.phase = Phase::Done;
+            return Ok(Step::Finished(n));
+        }
+        let stopped = self.stop.is_stopped();
+        if !stopped && now < deadline_ns {
+            return Ok(Step::Worked(n));
+        }
+        for (k, sh) in self.p.shards.iter().enumerate().filter(|(_, sh)| waiting(sh)) {
+            let shard = first + k;
+            let left = sh.eos_waiting();
+            let ended = if stopped {
+                "a stop request ended the wait".to_string()
+            } else {
+                format!("after {} (--eos-wait)", crate::diag::human_ns(self.p.eos_wait.as_nanos() as u64))
+            };
+            crate::diag!(
+                "replay: shard{shard} {}: the end of stream is not confirmed by {left} subscriber(s) that end at \
+                 one, {ended}; they may not have it (a connection dead without a close, a subscriber still behind \
+                 or killed), and may not know their loss",
+                sh.endpoint
+            );
+            self.eos_unconfirmed.push(super::EosUnconfirmed { shard, endpoint: sh.endpoint.clone(), waiting: left });
+        }
+        self.phase = Phase::Done;
+        Ok(Step::Finished(n))
+    }
+}
+
 impl Agent for PublisherAgent {
     fn role(&self) -> &str {
         &self.role
@@ -1004,6 +1076,7 @@ impl Agent for PublisherAgent {
         let step = match self.phase {
             Phase::Sending => self.send_batch(),
             Phase::Ending { .. } => self.end_step(),
+            Phase::Confirming { since_ns, deadline_ns } => self.confirm_step(since_ns, deadline_ns),
             Phase::Done => Ok(Step::Finished(0)),
         };
         step.map_err(|e| self.zmq_error(e))
@@ -1012,6 +1085,17 @@ impl Agent for PublisherAgent {
     /// Nap until the next turn (or the stall's end), at most `timeout`: about 2 µs before
     /// it, spinning the rest, so the turn is taken on time whatever the idle strategy.
     fn idle_wait(&mut self, timeout: Duration) {
+        if let Phase::Confirming { deadline_ns, .. } = self.phase {
+            // Until a subscription event, the wait's end, or (a resend that found a pipe full)
+            // a short while.
+            let resend = self.p.shards.iter().any(super::Shard::eos_resend_due);
+            let mut wait = timeout.min(Duration::from_nanos(deadline_ns.saturating_sub(monotonic_ns())));
+            if resend {
+                wait = wait.min(Duration::from_millis(1));
+            }
+            let _ = crate::zmqx::wait_any(self.p.shards.iter().map(|s| &s.socket), zmq::POLLIN, wait);
+            return;
+        }
         let left = self.next_due_ns.saturating_sub(monotonic_ns());
         let left = left.min(timeout.as_nanos().min(u64::MAX as u128) as u64);
         if left > 4_000 {

@@ -190,8 +190,9 @@ pub struct ReplayStats {
     pub sent_per_shard: Vec<u64>,
     pub sent_total: u64,
     /// The whole run, s: from the start of sending through the end of stream (the sending
-    /// threads' start, the pacing, the waits on full pipes, the end of stream's wait), as a
-    /// person timing the command would see it, after the wait for subscribers.
+    /// threads' start, the pacing, the waits on full pipes, the end of stream's waits to go out
+    /// and to be confirmed), as a person timing the command would see it, after the wait for
+    /// subscribers.
     pub elapsed_s: f64,
     /// The time from the first send to the last, s (over every sending thread: the earliest
     /// first to the latest last; to the duration's end when a message held back then was given
@@ -224,6 +225,21 @@ pub struct ReplayStats {
     /// stopped reading (an error unless `interrupted`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub eos_missed: Vec<String>,
+    /// Shards whose end of stream went out but not every subscriber that ends at one (holding
+    /// [`wire::AWAITS_EOS`], as an mdsub engine's shard does) confirmed it ([`wire::TOOK_EOS`])
+    /// within `--eos-wait`, or before a stop request ended the wait: such a subscriber may not
+    /// have it (its connection died without a close, it is still behind, it was killed). Said on
+    /// stderr when the wait ends. Subscribers to everything (a tap, a plain SUB) are not waited
+    /// for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub eos_unconfirmed: Vec<EosUnconfirmed>,
+    /// Ends of stream sent again on a shard to a subscriber that took the control topic after
+    /// it went out (a reconnect, whose old connection may have swallowed the first).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub eos_resent: u64,
+    /// How long the end of stream waited for its confirmation, s (the longest of the sending
+    /// threads'; in `elapsed_s`): 0 with no subscriber that ends at one, or `--eos-wait 0`.
+    pub eos_wait_s: f64,
     /// CPU time of the sending thread(s) (not libzmq's I/O threads), ns.
     pub cpu_ns: u64,
     /// DBN sources: receive time of the first and last record sent (ns since the epoch).
@@ -258,6 +274,24 @@ pub struct ReplayStats {
     pub restarts: u64,
     pub paused_s: f64,
 }
+
+/// A shard whose end of stream was not confirmed by every subscriber that ends at one
+/// ([`ReplayStats::eos_unconfirmed`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EosUnconfirmed {
+    pub shard: usize,
+    pub endpoint: String,
+    /// Subscribers that end at an end of stream and had not confirmed it when the wait ended.
+    pub waiting: usize,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How long a replay waits, after its end of stream, for the subscribers that end at one to
+/// confirm it, unless told otherwise ([`Publisher::set_eos_wait`], `--eos-wait`).
+pub const DEFAULT_EOS_WAIT: Duration = Duration::from_secs(10);
 
 /// The sending threads' idle strategy unless told otherwise: block (up to 100 ms), that is
 /// nap until the next turn and wait in a full pipe's send, as the publisher always did: it
@@ -343,6 +377,29 @@ struct Shard {
     sent_unheard: u64,
     /// Time a full pipe (a lossless subscriber not reading) held its sends back, ns.
     blocked_ns: u64,
+    /// Subscriptions open to [`wire::AWAITS_EOS`]: subscribers that end at an end of stream and
+    /// confirm it (an mdsub engine's shard; a proxy's connection holds one while any such
+    /// subscriber behind it does).
+    awaiting: usize,
+    /// Confirmations of this shard's session's end of stream ([`wire::confirms_eos`]), and
+    /// subscriptions taking the control topic (a subscriber that joins, or joins again: a
+    /// reconnect), since bind.
+    took: u64,
+    control_joins: u64,
+    /// Where those stood when its end of stream went out (None: it has not, or not in time).
+    eos_at: Option<EosAt>,
+    /// Ends of stream sent again to subscribers that joined after it went out.
+    eos_resent: u64,
+}
+
+/// A shard's subscriptions when its end of stream went out: what its wait for them counts from
+/// ([`Shard::eos_waiting`]).
+#[derive(Debug, Clone, Copy)]
+struct EosAt {
+    awaiting: usize,
+    took: u64,
+    /// The control-topic subscriptions it was last sent for (a later one is sent it again).
+    control_joins: u64,
 }
 
 impl Shard {
@@ -359,6 +416,29 @@ impl Shard {
 
     fn send_error(&self, source: zmq::Error) -> ReplayError {
         ReplayError::Zmq { context: format!("sending on {}", self.endpoint), source }
+    }
+
+    /// Its end of stream went out: the wait for its subscribers counts from here.
+    fn eos_went(&mut self) {
+        let (awaiting, took, control_joins) = (self.awaiting, self.took, self.control_joins);
+        self.eos_at = Some(EosAt { awaiting, took, control_joins });
+    }
+
+    /// Subscribers that end at an end of stream and have not confirmed this one: those that held
+    /// [`wire::AWAITS_EOS`] when it went out, less the confirmations since. A holder's connection
+    /// that ends withdraws it, which confirms nothing: it may have died without a close with the
+    /// end of stream in it, its subscriber reconnecting (that reconnect is sent it again, and its
+    /// confirmation stands for the dead connection's). 0 when it never went out.
+    fn eos_waiting(&self) -> usize {
+        let Some(at) = self.eos_at else { return 0 };
+        let took = usize::try_from(self.took.saturating_sub(at.took)).unwrap_or(usize::MAX);
+        at.awaiting.saturating_sub(took)
+    }
+
+    /// A subscriber took the control topic after the end of stream was last sent: it is sent
+    /// again.
+    fn eos_resend_due(&self) -> bool {
+        self.eos_at.is_some_and(|at| self.control_joins > at.control_joins)
     }
 }
 
@@ -432,6 +512,8 @@ pub struct Publisher {
     part: (usize, usize),
     /// The idle strategy of the sending threads.
     idle: IdleStrategy,
+    /// How long the end of stream waits for its confirmation ([`Publisher::set_eos_wait`]).
+    eos_wait: Duration,
 }
 
 impl Publisher {
@@ -481,6 +563,11 @@ impl Publisher {
                 subscriptions: 0,
                 handshaken,
                 blocked_ns: 0,
+                awaiting: 0,
+                took: 0,
+                control_joins: 0,
+                eos_at: None,
+                eos_resent: 0,
             });
         }
         Ok(Publisher {
@@ -504,6 +591,7 @@ impl Publisher {
             thread_per_shard: cfg.thread_per_shard,
             part: (0, 1),
             idle: DEFAULT_IDLE,
+            eos_wait: DEFAULT_EOS_WAIT,
         })
     }
 
@@ -525,6 +613,18 @@ impl Publisher {
     /// pipe is full.
     pub fn set_idle(&mut self, idle: IdleStrategy) {
         self.idle = idle;
+    }
+
+    /// How long a run, after its end of stream, keeps its endpoints for the subscribers that end
+    /// at one (an mdsub engine's shard: it subscribes [`wire::AWAITS_EOS`]) to confirm it
+    /// ([`wire::TOOK_EOS`]; default [`DEFAULT_EOS_WAIT`]). A subscriber that takes
+    /// the control topic in that time (a reconnect, whose old connection may have swallowed the
+    /// first) is sent the end of stream again; what is not confirmed in time is said and kept in
+    /// [`ReplayStats::eos_unconfirmed`]. A stop request ends the wait at once; zero waits for
+    /// nothing and sends nothing again. Subscribers to everything alone (a tap, a plain SUB) are
+    /// not waited for.
+    pub fn set_eos_wait(&mut self, wait: Duration) {
+        self.eos_wait = wait;
     }
 
     /// Put snails on purpose into the next runs: a pause, dropped messages,
@@ -561,14 +661,18 @@ impl Publisher {
         for (k, sh) in self.shards.iter_mut().enumerate() {
             let k = first + k;
             while let Ok(ev) = sh.socket.recv_bytes(zmq::DONTWAIT) {
-                if let Some((&kind, topic)) = ev.split_first() {
-                    if takes_control(topic) {
-                        if kind == 1 {
-                            sh.subscriptions += 1;
-                        } else if kind == 0 {
-                            sh.subscriptions = sh.subscriptions.saturating_sub(1);
-                        }
+                match ev.split_first() {
+                    Some((1, topic)) if takes_control(topic) => {
+                        sh.subscriptions += 1;
+                        sh.control_joins += 1;
                     }
+                    Some((0, topic)) if takes_control(topic) => {
+                        sh.subscriptions = sh.subscriptions.saturating_sub(1);
+                    }
+                    Some((1, wire::AWAITS_EOS)) => sh.awaiting += 1,
+                    Some((0, wire::AWAITS_EOS)) => sh.awaiting = sh.awaiting.saturating_sub(1),
+                    Some((1, p)) if wire::confirms_eos(p, sh.publisher_id, sh.session_id) => sh.took += 1,
+                    _ => {}
                 }
             }
             let handshaken = sh.handshaken.as_ref().map(|h| usize::try_from(h.now()).unwrap_or(usize::MAX));
@@ -705,6 +809,24 @@ impl Publisher {
         wire::encode_into(&mut self.buf, CONTROL_TOPIC, &h, &payload);
     }
 
+    /// Send shard `k`'s end of stream again (its count as when it first went), without waiting:
+    /// false when a pipe is full (to try again).
+    fn resend_eos(&mut self, k: usize) -> Result<bool, ReplayError> {
+        self.encode_control(k, Kind::EndOfStream);
+        let sh = &mut self.shards[k];
+        match send_bytes(&mut sh.socket, &self.buf, zmq::DONTWAIT) {
+            Ok(()) => {
+                if let Some(at) = &mut sh.eos_at {
+                    at.control_joins = sh.control_joins;
+                }
+                sh.eos_resent += 1;
+                Ok(true)
+            }
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(false),
+            Err(e) => Err(sh.send_error(e)),
+        }
+    }
+
     /// Drain the subscription events, then send a heartbeat on every shard (skipped on a
     /// shard whose pipe is full).
     fn heartbeat_once(&mut self) -> Result<(), ReplayError> {
@@ -736,6 +858,10 @@ impl Publisher {
             msgs_per_sec: 0.0,
             interrupted,
             eos_missed: Vec::new(),
+            eos_unconfirmed: Vec::new(),
+            eos_resent: self.shards.iter().map(|s| s.eos_resent).sum(),
+            // Set by the run, from its sending threads.
+            eos_wait_s: 0.0,
             cpu_ns: 0,
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
@@ -774,6 +900,9 @@ impl Publisher {
         self.position.reset();
         self.skipped_by_rtype.clear();
         self.refused.clear();
+        for sh in &mut self.shards {
+            (sh.eos_at, sh.eos_resent) = (None, 0);
+        }
         match source {
             _ if threaded && self.faults != FaultPlan::default() => {
                 return Err(ReplayError::Config(
@@ -874,7 +1003,8 @@ impl Publisher {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (mut interrupted, mut cpu_ns, mut missed) = (false, 0, Vec::new());
+        let (mut interrupted, mut cpu_ns, mut missed, mut unconfirmed) = (false, 0, Vec::new(), Vec::new());
+        let mut eos_waited_ns = 0;
         // Each thread's share of the rate adds up to the whole: so do the rates they achieved.
         // The rate they sent at is over their one span, first send to last.
         let mut achieved = Some(0.0);
@@ -887,6 +1017,8 @@ impl Publisher {
                     cpu_ns += agent_cpu;
                     interrupted |= a.interrupted;
                     missed.extend(a.eos_missed.iter().cloned());
+                    unconfirmed.extend(a.eos_unconfirmed.iter().cloned());
+                    eos_waited_ns = eos_waited_ns.max(a.eos_waited_ns);
                     total += a.scheduled();
                     let one = a.p;
                     self.shards.extend(one.shards);
@@ -921,6 +1053,8 @@ impl Publisher {
         stats.offered_msgs_per_sec = offered_rate(pacing);
         stats.achieved_msgs_per_sec = achieved.filter(|_| !interrupted && offered_rate(pacing).is_some());
         stats.eos_missed = missed;
+        stats.eos_unconfirmed = unconfirmed;
+        stats.eos_wait_s = eos_waited_ns as f64 / 1e9;
         if !stats.eos_missed.is_empty() && !interrupted {
             return Err(ReplayError::EndOfStreamMissed(Box::new(stats)));
         }
@@ -951,6 +1085,7 @@ impl Publisher {
             thread_per_shard: false,
             part,
             idle: self.idle,
+            eos_wait: self.eos_wait,
         }
     }
 }

@@ -389,6 +389,39 @@ pub fn mark_from_cache(frame: &mut [u8]) -> bool {
 /// Topic of heartbeat and end-of-stream frames (see docs/WIRE.md).
 pub const CONTROL_TOPIC: &[u8] = b"_mdsub";
 
+/// The subscription a subscriber that ends at an end of stream holds while it waits for one
+/// (an `mdsub engine` shard): a publisher that has it on a connection when its end of stream
+/// goes out (`mdsub replay`) waits for that many confirmations ([`TOOK_EOS`]). Like them it
+/// matches no frame (after the control topic's NUL comes a header, whose version is never 0),
+/// so it changes no delivery, and it does not take the control topic: it is no subscriber of its
+/// own in a publisher's count (docs/WIRE.md).
+pub const AWAITS_EOS: &[u8] = b"_mdsub\0\0awaits-eos";
+
+/// A subscriber's confirmation that an end of stream arrived: a subscription made and withdrawn
+/// at once (withdrawals alone come from connections that end, too: never taken for one). Followed
+/// by the publisher id (u32 LE) and session id (u64 LE), [`took_eos`]: this session's end of
+/// stream was counted. Bare: the subscriber's reading ended (a stop, a croak), it waits for no
+/// end of stream any more.
+pub const TOOK_EOS: &[u8] = b"_mdsub\0\0took-eos";
+
+/// Bytes of [`took_eos`]'s subscription.
+pub const TOOK_EOS_LEN: usize = TOOK_EOS.len() + 12;
+
+/// The subscription that confirms the end of stream of `publisher_id`'s session `session_id`.
+pub fn took_eos(publisher_id: u32, session_id: u64) -> [u8; TOOK_EOS_LEN] {
+    let mut p = [0u8; TOOK_EOS_LEN];
+    p[..TOOK_EOS.len()].copy_from_slice(TOOK_EOS);
+    p[TOOK_EOS.len()..TOOK_EOS.len() + 4].copy_from_slice(&publisher_id.to_le_bytes());
+    p[TOOK_EOS.len() + 4..].copy_from_slice(&session_id.to_le_bytes());
+    p
+}
+
+/// Does subscription `prefix` confirm the end of stream of `publisher_id`'s session `session_id`
+/// ([`took_eos`] of it, or a bare [`TOOK_EOS`]: one that waits for none any more)?
+pub fn confirms_eos(prefix: &[u8], publisher_id: u32, session_id: u64) -> bool {
+    prefix == TOOK_EOS || prefix == took_eos(publisher_id, session_id)
+}
+
 /// FNV-1a's offset basis: the starting state of [`fnv1a`].
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -448,6 +481,30 @@ mod tests {
         // What the rule says is what the decoder does: a frame of each accepted prefix decodes.
         let f = encode(b"ESH6", &Header::data(1, 0), b"x");
         assert!(f.starts_with(b"ESH6\0") && decode(&f).is_ok());
+    }
+
+    /// The end-of-stream wait's subscriptions match no frame the decoder accepts (so adding them
+    /// changes what no subscriber receives), are no prefix a profile takes, and lie within the
+    /// control topic's own subscription (a subscriber holding them takes control frames anyway).
+    #[test]
+    fn the_end_of_stream_wait_subscriptions_match_no_frame() {
+        let ack = took_eos(7, 0xdead_beef);
+        for p in [AWAITS_EOS, TOOK_EOS, &ack] {
+            assert!(prefix_problem(p).is_some_and(|w| w.contains("goes on after its NUL")), "{p:?}");
+            assert!(p.starts_with(&[CONTROL_TOPIC, b"\0", b"\0"].concat()), "{p:?}");
+            for kind in [Kind::Data, Kind::Heartbeat, Kind::EndOfStream] {
+                let f = encode(CONTROL_TOPIC, &header(kind), &8u64.to_le_bytes());
+                assert!(decode(&f).is_ok() && !f.starts_with(p), "{kind:?}");
+            }
+        }
+        // The byte after the NUL is a header's version: 0 is none.
+        let mut f = encode(CONTROL_TOPIC, &header(Kind::EndOfStream), &[0u8; 8]);
+        f[CONTROL_TOPIC.len() + 1] = 0;
+        assert_eq!(decode(&f), Err(DecodeError::UnknownVersion(0)));
+        // A confirmation names its session, or none.
+        assert!(confirms_eos(&ack, 7, 0xdead_beef) && confirms_eos(TOOK_EOS, 7, 0xdead_beef));
+        assert!(!confirms_eos(&ack, 8, 0xdead_beef) && !confirms_eos(&ack, 7, 1) && !confirms_eos(AWAITS_EOS, 7, 1));
+        assert!(!confirms_eos(&ack[..TOOK_EOS_LEN - 1], 7, 0xdead_beef));
     }
 
     #[test]

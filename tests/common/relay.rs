@@ -118,12 +118,7 @@ impl Relay {
             while !s.load(Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let Ok(server) = TcpStream::connect(target) else {
-                            let _ = client.shutdown(Shutdown::Both);
-                            continue;
-                        };
-                        let _ = client.set_nonblocking(false);
-                        let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                        let Some((client, server)) = pair_with(client, target) else { continue };
                         sh.connections.fetch_add(1, Relaxed);
                         connect_pair(client, server, i, &faults, &sh);
                         i += 1;
@@ -168,16 +163,34 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Ok(mut live) = self.shared.live.lock() {
-            for s in live.drain(..) {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
+        stop_relaying(&self.stop, &self.shared.live, &mut self.acceptor);
+    }
+}
+
+/// A relay's end: its threads told to stop, every live connection shut down, its acceptor
+/// joined.
+fn stop_relaying(stop: &AtomicBool, live: &Mutex<Vec<TcpStream>>, acceptor: &mut Option<JoinHandle<()>>) {
+    stop.store(true, Relaxed);
+    if let Ok(mut live) = live.lock() {
+        for s in live.drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
         }
     }
+    if let Some(a) = acceptor.take() {
+        let _ = a.join();
+    }
+}
+
+/// `client`, just accepted, and a fresh connection to `target` for it (both blocking, no
+/// Nagle); None, the client closed, when the target does not answer (it tries again).
+fn pair_with(client: TcpStream, target: SocketAddr) -> Option<(TcpStream, TcpStream)> {
+    let Ok(server) = TcpStream::connect(target) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return None;
+    };
+    let _ = client.set_nonblocking(false);
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    Some((client, server))
 }
 
 /// Start the two pumps of one relayed connection.
@@ -244,4 +257,163 @@ fn pump(mut from: TcpStream, mut to: TcpStream, plan: Plan, faults: &Faults, sha
         offset = end;
     }
     let _ = (from.shutdown(Shutdown::Both), to.shutdown(Shutdown::Both));
+}
+
+/// A relay whose first connection dies without a close, as a path that went down does: once
+/// `cut_at` bytes went down, the client's side is closed (the client sees its link go and
+/// reconnects) while the target's side stays open and is read on, what the target sends
+/// swallowed (to the target the connection lives on). The client's next connections are held
+/// (their connects wait in the listen backlog) until `until` has appeared in the swallowed
+/// bytes, then each is relayed to a fresh connection to the target, untouched.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    shared: Arc<HoleShared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct HoleShared {
+    /// Bytes of the first connection's down stream swallowed after the cut.
+    swallowed: AtomicU64,
+    /// `until` was seen among them.
+    seen: AtomicBool,
+    /// Client connections relayed to a connected target (the first included).
+    relayed: AtomicU64,
+    live: Mutex<Vec<TcpStream>>,
+}
+
+/// What a [`BlackHole`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoleStats {
+    pub swallowed: u64,
+    pub seen: bool,
+    pub relayed: u64,
+}
+
+impl BlackHole {
+    /// Listen on an ephemeral port of 127.0.0.1 and relay to `target` as the type says.
+    pub fn start(target: SocketAddr, cut_at: u64, until: Vec<u8>) -> BlackHole {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("black hole: binding");
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let addr = listener.local_addr().expect("black hole addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(HoleShared::default());
+        let (stop2, sh) = (stop.clone(), shared.clone());
+        let acceptor = std::thread::spawn(move || {
+            let mut first = true;
+            while !stop2.load(Relaxed) {
+                let held = !first && !sh.seen.load(Relaxed);
+                let accepted = if held { None } else { listener.accept().ok() };
+                let Some((client, _)) = accepted else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Some((client, server)) = pair_with(client, target) else { continue };
+                for st in [&client, &server] {
+                    let _ = st.set_read_timeout(Some(Duration::from_millis(100)));
+                }
+                let (Ok(c_up), Ok(s_up), Ok(c_keep), Ok(s_keep)) =
+                    (client.try_clone(), server.try_clone(), client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                if let Ok(mut live) = sh.live.lock() {
+                    live.extend([c_keep, s_keep]);
+                }
+                sh.relayed.fetch_add(1, Relaxed);
+                let (up_stop, down_stop, down_sh) = (stop2.clone(), stop2.clone(), sh.clone());
+                // Up: the first connection's ends at the cut and leaves the target's side open.
+                let close_target = !first;
+                std::thread::spawn(move || copy_until_stopped(c_up, s_up, &up_stop, close_target));
+                if first {
+                    let until = until.clone();
+                    std::thread::spawn(move || swallow_after(server, client, cut_at, &until, &down_sh, &down_stop));
+                } else {
+                    std::thread::spawn(move || copy_until_stopped(server, client, &down_stop, true));
+                }
+                first = false;
+            }
+        });
+        BlackHole { addr, stop, shared, acceptor: Some(acceptor) }
+    }
+
+    /// `tcp://127.0.0.1:PORT`, for a connect endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> HoleStats {
+        let s = &self.shared;
+        HoleStats { swallowed: s.swallowed.load(Relaxed), seen: s.seen.load(Relaxed), relayed: s.relayed.load(Relaxed) }
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        stop_relaying(&self.stop, &self.shared.live, &mut self.acceptor);
+    }
+}
+
+/// Copy `from` to `to` until `from` ends or `stop` is set; then close `from`, and `to` too
+/// when `close_to`.
+fn copy_until_stopped(mut from: TcpStream, mut to: TcpStream, stop: &AtomicBool, close_to: bool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while !stop.load(Relaxed) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if to.write_all(&buf[..n]).is_ok() => {}
+            Ok(_) => break,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    if close_to {
+        let _ = to.shutdown(Shutdown::Both);
+    }
+}
+
+/// The first connection's down stream: `cut_at` bytes from `target` go to `client`, which is
+/// then closed; the rest is read and swallowed, watched for `until`, until the target closes
+/// or `stop` is set.
+fn swallow_after(
+    mut target: TcpStream,
+    client: TcpStream,
+    cut_at: u64,
+    until: &[u8],
+    sh: &HoleShared,
+    stop: &AtomicBool,
+) {
+    let mut client = Some(client);
+    let mut buf = vec![0u8; 16 * 1024];
+    let (mut passed, mut tail) = (0u64, Vec::new());
+    while !stop.load(Relaxed) {
+        let n = match target.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => break,
+        };
+        let mut chunk = &buf[..n];
+        if let Some(c) = &mut client {
+            let take = (cut_at.saturating_sub(passed) as usize).min(n);
+            let _ = c.write_all(&chunk[..take]);
+            passed += take as u64;
+            chunk = &chunk[take..];
+            if passed >= cut_at {
+                let _ = c.shutdown(Shutdown::Both);
+                client = None;
+            }
+        }
+        if client.is_none() && !chunk.is_empty() {
+            sh.swallowed.fetch_add(chunk.len() as u64, Relaxed);
+            tail.extend_from_slice(chunk);
+            if tail.windows(until.len().max(1)).any(|w| w == until) {
+                sh.seen.store(true, Relaxed);
+            }
+            let keep = tail.len().saturating_sub(until.len());
+            tail.drain(..keep);
+        }
+    }
 }
