@@ -137,6 +137,8 @@ struct PeerStream {
     out: Result<BufWriter<File>, String>,
     /// One record's bytes (reused).
     buf: Vec<u8>,
+    /// This stream created `snapshot.peer` (not one an earlier re-sync's switch still waits on).
+    opened: bool,
 }
 
 /// The open data directory.
@@ -1052,7 +1054,8 @@ impl Store {
                 })
                 .map_err(|e| e.to_string())
         };
-        self.peer = Some(PeerStream { out, buf: Vec::new() });
+        let opened = out.is_ok();
+        self.peer = Some(PeerStream { out, buf: Vec::new(), opened });
     }
 
     /// One entry of the active's snapshot (a re-sync under way; else nothing): appended to
@@ -1102,10 +1105,10 @@ impl Store {
         }
     }
 
-    /// A re-sync ended without its snapshot (the sync timed out, this server took over): its
-    /// file, if any, is removed.
+    /// A re-sync ended without its snapshot (the sync timed out, this server took over): the
+    /// file it wrote, if any, is removed (never one an earlier re-sync's switch waits on).
     pub fn abandon_peer_snapshot(&mut self) {
-        if self.peer.take().is_some() {
+        if self.peer.take().is_some_and(|p| p.opened) {
             let _ = std::fs::remove_file(self.dir.join(PEER_SNAPSHOT));
         }
     }
@@ -1545,6 +1548,9 @@ mod tests {
         s.begin_peer_snapshot();
         let e = s.end_peer_snapshot(9, false).expect_err("a second re-sync waits for the first");
         assert!(e.contains("not in place yet"), "{e}");
+        s.begin_peer_snapshot();
+        s.abandon_peer_snapshot();
+        assert!(d.join(PEER_SNAPSHOT).exists(), "the first one's file is kept");
         let done = switch_to_peer_snapshot(&d, true).expect("switch");
         let copies = done.copies.expect("copies");
         s.switched();

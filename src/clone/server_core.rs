@@ -1454,7 +1454,14 @@ impl ServerCore {
         let Some(sync) = p.sync.take() else { return };
         p.synced = true;
         let keep_aside = self.durable && m.sequence < self.sequence;
-        if self.durable {
+        if self.durable && self.switch_pending {
+            // An earlier re-sync's snapshot is not in place yet (its file is still in use, this
+            // one was not written): that goes first, then the map is written whole.
+            self.disk_behind = true;
+            self.keep_aside_wanted |= keep_aside;
+            self.full_snapshot_wanted = true;
+            self.snapshot_wanted = true;
+        } else if self.durable {
             // Before the appends of the updates queued meanwhile: they go to the log that follows
             // it. Until it is in place the data directory recovers the files before the re-sync.
             self.switch_pending = true;
@@ -2561,6 +2568,31 @@ mod tests {
         assert_eq!((c.compactions, c.last_compaction_ms), (1, 12));
         // The large log then gets its compaction.
         assert_eq!(r.compactions_held, 2);
+    }
+
+    #[test]
+    fn a_second_resync_before_the_first_is_in_place_writes_the_map_after_it() {
+        let mut r = durable_passive_syncing();
+        r.hold_compactions = true;
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/a", 2, "x"))));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 2, ""))));
+        assert_eq!(r.compactions_held, 1, "the first re-sync's switch in flight");
+        // A gap: the passive re-syncs while that switch runs (its file is in use).
+        r.on(Event::Replicated(Ok(KvMsg::new("/g", 9, "gap"))));
+        r.on(Event::PeerSyncCheck);
+        r.other();
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/a", 8, "y"))));
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 8, ""))), now, &mut out).expect("ok");
+        assert!(!out.iter().any(|a| matches!(a, Action::PeerSnapshotEnd { .. })), "{out:?}");
+        r.run(out);
+        assert_eq!(r.core.durable(), Some(false));
+        assert!(r.snapshot_writes.is_empty(), "not before the first switch is answered");
+        // The first switch lands: then the map is written whole.
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
+        assert_eq!(r.snapshot_writes.len(), 1);
+        assert_eq!(r.core.durable(), Some(true));
     }
 
     #[test]
