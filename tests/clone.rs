@@ -2138,7 +2138,10 @@ fn a_slow_log_fsync_does_not_stop_the_server() {
 /// round R) to the server at base port `port`, from a raw CHP client's PUB that never drops (a
 /// PUB at its HWM would), once a subscriber to `/c/` on the server's publisher hears its probe.
 /// Returns the context (keep it) and that subscriber, unread.
-fn flood_updates(port: u16, keys: u32, rounds: u32) -> (zmq::Context, zmq::Socket) {
+/// The collector socket is returned too: with a linger of 0, closing it would discard every
+/// update still queued behind a server slower than the test (a loaded CI host), and the log
+/// would then never reach the compaction size.
+fn flood_updates(port: u16, keys: u32, rounds: u32) -> (zmq::Context, zmq::Socket, zmq::Socket) {
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).expect("sub");
     sub.set_linger(0).expect("linger");
@@ -2160,7 +2163,7 @@ fn flood_updates(port: u16, keys: u32, rounds: u32) -> (zmq::Context, zmq::Socke
             coll.send_multipart(chp_frames(key.as_bytes(), 0, &uuid, b"", &value(round, i)), 0).expect("send");
         }
     }
-    (ctx, sub)
+    (ctx, coll, sub)
 }
 
 /// One counter of the server's STATUS (0 when it is not there).
@@ -2183,7 +2186,7 @@ fn compactions_are_counted_in_status_with_the_last_length_and_error() {
     // The compactor cannot create its temp file: a directory stands in its place.
     std::fs::create_dir_all(dir.join("snapshot.tmp").join("in-the-way")).expect("mkdir");
     // 150k updates of 50k keys: the log passes 100k records (twice the map), a compaction is due.
-    let (_ctx, _sub) = flood_updates(p, 50_000, 3);
+    let (_ctx, _coll, _sub) = flood_updates(p, 50_000, 3);
     wait_until(Duration::from_secs(60), "a compaction to fail", || status_count(p, "compaction_failures") > 0);
     let st = status(p);
     let error = st.get("last_compaction_error").cloned().unwrap_or_default();
@@ -2211,7 +2214,7 @@ fn a_kill_in_the_middle_of_a_compaction_loses_no_acknowledged_update() {
     let d = dir.to_str().expect("utf8");
     let p = free_port_block(3);
     let mut s = server("server", p, &["--data-dir", d]);
-    let (_ctx, sub) = flood_updates(p, KEYS, ROUNDS);
+    let (_ctx, _coll, sub) = flood_updates(p, KEYS, ROUNDS);
     // What the subscriber sees published, key -> the latest round; until `log.prev` shows.
     let mut acked: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
     let take = |sub: &zmq::Socket, acked: &mut BTreeMap<Vec<u8>, u32>| {
