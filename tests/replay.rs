@@ -883,7 +883,7 @@ fn an_end_of_stream_left_unconfirmed_is_said_and_listed_and_ctrl_c_ends_the_wait
         let unconfirmed: Vec<&String> =
             said.iter().filter(|l| l.contains("the end of stream is not confirmed")).collect();
         assert_eq!(unconfirmed.len(), 1, "said once: {said:?}");
-        let why = if ctrl_c { "a stop request ended the wait" } else { "after 1.00s (--eos-wait)" };
+        let why = if ctrl_c { "a stop request ended the wait" } else { "after 1s (--eos-wait)" };
         assert!(
             unconfirmed[0].starts_with("replay: shard0 tcp://127.0.0.1:") && unconfirmed[0].contains(why),
             "{said:?}"

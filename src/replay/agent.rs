@@ -1049,7 +1049,7 @@ impl PublisherAgent {
             let ended = if stopped {
                 "a stop request ended the wait".to_string()
             } else {
-                format!("after {} (--eos-wait)", crate::diag::human_ns(self.p.eos_wait.as_nanos() as u64))
+                format!("after {} (--eos-wait)", crate::diag::human_duration_of(self.p.eos_wait))
             };
             crate::diag!(
                 "replay: shard{shard} {}: the end of stream is not confirmed by {left} subscriber(s) that end at \
