@@ -24,7 +24,7 @@ use super::faults::{Due, Faults};
 use super::schedule::{Schedule, Turn};
 use super::{
     encode_data, patch_generated, scale_ns, shard_of, stops_here, Pacing, Publisher, ReplayError, TopicFrame,
-    EOS_TIMEOUT,
+    EOS_AFTER_STOP, EOS_TIMEOUT,
 };
 use crate::agent::{Agent, AgentError, Step};
 use crate::clock::monotonic_ns;
@@ -145,9 +145,12 @@ enum Phase {
     },
     /// Every shard's end of stream is out: waiting until then (mono ns) for the subscribers that
     /// end at one to confirm it ([`Publisher::set_eos_wait`](super::Publisher::set_eos_wait)).
+    /// `after_stop`: a stop request came before the wait (the run was stopped while sending),
+    /// which it does not end: its deadline is [`EOS_AFTER_STOP`] at most.
     Confirming {
         since_ns: u64,
         deadline_ns: u64,
+        after_stop: bool,
     },
     Done,
 }
@@ -986,13 +989,23 @@ impl PublisherAgent {
                     self.phase = Phase::Done;
                     return Ok(Step::Finished(n));
                 }
-                let (wait, now) = (self.p.eos_wait.as_nanos().min(u64::MAX as u128) as u64, monotonic_ns());
-                self.phase = Phase::Confirming { since_ns: now, deadline_ns: now.saturating_add(wait) };
-                return Ok(Step::Worked(n));
+                // A run stopped while sending leaves its subscribers a moment to confirm (its
+                // end of stream went out just now), as it left the end of stream a moment to go.
+                let after_stop = self.stop.is_stopped();
+                let wait = if after_stop { self.p.eos_wait.min(EOS_AFTER_STOP) } else { self.p.eos_wait };
+                let (wait, now) = (wait.as_nanos().min(u64::MAX as u128) as u64, monotonic_ns());
+                let deadline_ns = now.saturating_add(wait);
+                self.phase = Phase::Confirming { since_ns: now, deadline_ns, after_stop };
+                // Looked at now: with nobody to wait for, the run ends without a nap first.
+                return Ok(match self.confirm_step(now, deadline_ns, after_stop)? {
+                    Step::Finished(k) => Step::Finished(n + k),
+                    Step::Worked(k) => Step::Worked(n + k),
+                    Step::Blocked(k) => Step::Blocked(n + k),
+                });
             }
             let now = monotonic_ns();
             if deadline_ns == 0 {
-                let wait = if self.stop.is_stopped() { Duration::from_secs(1) } else { EOS_TIMEOUT };
+                let wait = if self.stop.is_stopped() { EOS_AFTER_STOP } else { EOS_TIMEOUT };
                 self.phase = Phase::Ending { shard, deadline_ns: now + wait.as_nanos() as u64 };
                 self.p.encode_control(shard, Kind::EndOfStream);
                 self.pending = Some(Pending { shard, at: FrameAt::Buf, n_parts: 1, data: None, seq: false });
@@ -1014,10 +1027,11 @@ impl PublisherAgent {
 
 impl PublisherAgent {
     /// Wait for the subscribers that end at an end of stream to confirm it, until `deadline_ns`
-    /// or a stop request: the subscription events are read, a shard where a subscriber took
-    /// the control topic since its end of stream went out (a reconnect) sends it again, and the
-    /// agent finishes once no shard waits; what is still waited for then is said and kept.
-    fn confirm_step(&mut self, since_ns: u64, deadline_ns: u64) -> Result<Step, ReplayError> {
+    /// or a stop request (one that came before the wait, `after_stop`, does not end it): the
+    /// subscription events are read, a shard where a subscriber took the control topic since
+    /// its end of stream went out (a reconnect) sends it again, and the agent finishes once no
+    /// shard waits; what is still waited for then is said and kept.
+    fn confirm_step(&mut self, since_ns: u64, deadline_ns: u64, after_stop: bool) -> Result<Step, ReplayError> {
         self.p.drain_subscriptions()?;
         let first = self.p.part.0;
         let mut n = 0;
@@ -1039,7 +1053,7 @@ impl PublisherAgent {
             self.phase = Phase::Done;
             return Ok(Step::Finished(n));
         }
-        let stopped = self.stop.is_stopped();
+        let stopped = !after_stop && self.stop.is_stopped();
         if !stopped && now < deadline_ns {
             return Ok(Step::Worked(n));
         }
@@ -1048,6 +1062,9 @@ impl PublisherAgent {
             let left = sh.eos_waiting();
             let ended = if stopped {
                 "a stop request ended the wait".to_string()
+            } else if after_stop {
+                let wait = crate::diag::human_duration(deadline_ns.saturating_sub(since_ns));
+                format!("within {wait} (a run stopped while sending waits no longer)")
             } else {
                 format!("after {} (--eos-wait)", crate::diag::human_duration_of(self.p.eos_wait))
             };
@@ -1076,7 +1093,9 @@ impl Agent for PublisherAgent {
         let step = match self.phase {
             Phase::Sending => self.send_batch(),
             Phase::Ending { .. } => self.end_step(),
-            Phase::Confirming { since_ns, deadline_ns } => self.confirm_step(since_ns, deadline_ns),
+            Phase::Confirming { since_ns, deadline_ns, after_stop } => {
+                self.confirm_step(since_ns, deadline_ns, after_stop)
+            }
             Phase::Done => Ok(Step::Finished(0)),
         };
         step.map_err(|e| self.zmq_error(e))

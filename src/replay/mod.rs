@@ -620,8 +620,9 @@ impl Publisher {
     /// ([`wire::TOOK_EOS`]; default [`DEFAULT_EOS_WAIT`]). A subscriber that takes
     /// the control topic in that time (a reconnect, whose old connection may have swallowed the
     /// first) is sent the end of stream again; what is not confirmed in time is said and kept in
-    /// [`ReplayStats::eos_unconfirmed`]. A stop request ends the wait at once; zero waits for
-    /// nothing and sends nothing again. Subscribers to everything alone (a tap, a plain SUB) are
+    /// [`ReplayStats::eos_unconfirmed`]. A stop request during the wait ends it at once; one
+    /// before it (a run stopped while sending) leaves it [`EOS_AFTER_STOP`] at most, as it
+    /// leaves the end of stream to go out. Zero waits for nothing and sends nothing again. Subscribers to everything alone (a tap, a plain SUB) are
     /// not waited for.
     pub fn set_eos_wait(&mut self, wait: Duration) {
         self.eos_wait = wait;
@@ -1194,6 +1195,10 @@ fn encode_data(sh: &mut Shard, buf: &mut Vec<u8>, topic: &[u8], topic_seq: u64, 
 
 /// How long a shard may take to accept its end of stream.
 pub const EOS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a stop request (Ctrl-C while sending), how long a shard may take to accept its end of
+/// stream, and how long (within `--eos-wait`) its subscribers then have to confirm it.
+pub const EOS_AFTER_STOP: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
