@@ -1048,7 +1048,9 @@ impl PublisherAgent {
         }
         let waiting = |sh: &super::Shard| sh.eos_waiting() > 0;
         let now = monotonic_ns();
-        self.eos_waited_ns = now.saturating_sub(since_ns);
+        // Nothing waited for (no such subscriber when the ends of stream went out): no wait.
+        let awaited = self.p.shards.iter().any(super::Shard::eos_awaited);
+        self.eos_waited_ns = if awaited { now.saturating_sub(since_ns) } else { 0 };
         if !self.p.shards.iter().any(waiting) {
             self.phase = Phase::Done;
             return Ok(Step::Finished(n));

@@ -435,6 +435,11 @@ impl Shard {
         at.awaiting.saturating_sub(took)
     }
 
+    /// Its end of stream went out to a subscriber that ends at one (one to wait for).
+    fn eos_awaited(&self) -> bool {
+        self.eos_at.is_some_and(|at| at.awaiting > 0)
+    }
+
     /// A subscriber took the control topic after the end of stream was last sent: it is sent
     /// again.
     fn eos_resend_due(&self) -> bool {
@@ -622,8 +627,8 @@ impl Publisher {
     /// first) is sent the end of stream again; what is not confirmed in time is said and kept in
     /// [`ReplayStats::eos_unconfirmed`]. A stop request during the wait ends it at once; one
     /// before it (a run stopped while sending) leaves it [`EOS_AFTER_STOP`] at most, as it
-    /// leaves the end of stream to go out. Zero waits for nothing and sends nothing again. Subscribers to everything alone (a tap, a plain SUB) are
-    /// not waited for.
+    /// leaves the end of stream to go out. Zero waits for nothing and sends nothing again.
+    /// Subscribers to everything alone (a tap, a plain SUB) are not waited for.
     pub fn set_eos_wait(&mut self, wait: Duration) {
         self.eos_wait = wait;
     }
