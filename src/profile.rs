@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::IdleStrategy;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
-use crate::engine::{defaults, EngineConfig, ShardConfig};
+use crate::engine::{defaults, EngineConfig, Keepalive, ShardConfig};
 use crate::snail::{self, Policy, SkewMode, SnailConfig};
 
 use crate::nic::{check_connect, check_interface, interface_down, with_source};
@@ -224,6 +224,10 @@ pub struct Profile {
     /// The snail's thresholds and policy.
     #[serde(default)]
     pub snail: SnailProfile,
+    /// TCP keepalive on every shard's SUB (`[keepalive]`): how soon a dead path ends a
+    /// connection.
+    #[serde(default)]
+    pub keepalive: Keepalive,
     /// Keys and allow-lists (docs/SECURITY.md); nothing by default.
     #[serde(default)]
     pub security: SecurityProfile,
@@ -358,6 +362,7 @@ impl Profile {
             handler: HandlerSpec::Latency,
             metrics_interval_ms: default_interval_ms(),
             snail: SnailProfile::default(),
+            keepalive: Keepalive::default(),
             security: SecurityProfile::default(),
         }
     }
@@ -516,6 +521,9 @@ impl Profile {
             ));
         }
         self.snail.validate()?;
+        if let Some((field, why)) = self.keepalive.problem() {
+            return Err(invalid(format!("keepalive.{field}"), why));
+        }
         self.security.validate(this_host)?;
         let mut used: Vec<(usize, String)> = Vec::new();
         let mut claim = |core: Option<usize>, field: String| -> Result<(), ProfileError> {
@@ -742,6 +750,7 @@ impl Profile {
             expect_eos_per_shard: None,
             snail: self.snail.config(),
             monitor: self.snail.monitor.clone(),
+            keepalive: self.keepalive,
             ..EngineConfig::default()
         }
     }
@@ -970,6 +979,44 @@ mod tests {
         assert_eq!(err_field(&p, &[0, 1]), "snail.grace_ms");
         let bad = default_2core_with("[snail]\npolicy = \"scream\"\n");
         assert!(matches!(Profile::from_toml(&bad, "b.toml"), Err(ProfileError::Parse { .. })));
+    }
+
+    #[test]
+    fn keepalive_section_parses_resolves_and_names_bad_fields() {
+        // Before: 2 s, 1 s and 3 probes were constants; a WAN feed that must ride out a longer
+        // outage on the same connection, or a desk that must hear of a dead path sooner, could
+        // not set them.
+        let cfg = Profile::builtin().engine_config(None);
+        assert_eq!(cfg.keepalive, Keepalive { enabled: true, idle_s: 2, interval_s: 1, probes: 3 });
+        assert_eq!(cfg.keepalive.dead_after_s(), 5);
+        let p = valid_2core_with(
+            "[keepalive]
+idle_s = 30
+probes = 5
+",
+        );
+        let cfg = p.engine_config(None);
+        assert_eq!(cfg.keepalive, Keepalive { enabled: true, idle_s: 30, interval_s: 1, probes: 5 });
+        assert_eq!(Profile::from_toml(&p.to_toml(), "x").expect("round trip"), p);
+        assert!(
+            !valid_2core_with(
+                "[keepalive]
+enabled = false
+"
+            )
+            .engine_config(None)
+            .keepalive
+            .enabled
+        );
+        for (field, bad) in
+            [("idle_s", 0), ("idle_s", Keepalive::MAX_S + 1), ("interval_s", 0), ("probes", 0), ("probes", 128)]
+        {
+            let p = Profile::from_toml(&default_2core_with(&format!("[keepalive]\n{field} = {bad}\n")), "k.toml")
+                .expect("parses");
+            assert_eq!(err_field(&p, &[0, 1]), format!("keepalive.{field}"), "{field} = {bad}");
+        }
+        let bad = default_2core_with("[keepalive]\nidle_ms = 2000\n");
+        assert!(matches!(Profile::from_toml(&bad, "b.toml"), Err(ProfileError::Parse { .. })), "unknown field");
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use common::proxy::{frame, handshake, subscriber, until_probe};
 use common::{json, lines_of, mdsub, run_within, start_replay, u, wait_line, LineProc};
@@ -602,4 +602,77 @@ fn a_key_the_server_refuses_is_said_once_and_retried_with_a_back_off() {
         .unwrap_or(1);
     assert_eq!(said, lost, "the lines' totals are the report's: {lines:#?}");
     drop(replay);
+}
+
+/// The keepalive timer the kernel shows (`ss -o`) on the engine's connection to `port`, in
+/// seconds: `Some(None)` when the connection is idle (nothing unacknowledged, no retransmit
+/// timer in its place) without one, None while it is not there or not idle.
+fn keepalive_timer_s(port: u16) -> Option<Option<f64>> {
+    let out = Command::new("ss")
+        .args(["-tnoH", "state", "established", &format!("( dport = :{port} )")])
+        .output()
+        .unwrap_or_else(|e| panic!("running ss: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text.lines().next()?;
+    // `Recv-Q Send-Q local peer [timer:(…)]`: the subscriptions just sent, unacknowledged,
+    // show a retransmit timer (`timer:(on,…)`) where the keepalive one goes.
+    if line.split_whitespace().nth(1) != Some("0") || line.contains("timer:(on,") {
+        return None;
+    }
+    let Some((_, timer)) = line.split_once("timer:(keepalive,") else { return Some(None) };
+    let left = timer.split(',').next().unwrap_or_default();
+    let (number, unit) = left.split_at(left.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(left.len()));
+    let v: f64 = number.parse().unwrap_or_else(|_| panic!("ss timer `{left}` in `{line}`"));
+    Some(Some(match unit {
+        "ms" => v / 1e3,
+        "sec" => v,
+        "min" => v * 60.0,
+        other => panic!("ss timer unit `{other}` in `{line}`"),
+    }))
+}
+
+/// An engine connected by a profile with `keepalive` to a bound XPUB, until `ss` shows its
+/// connection (20 s at most): what its keepalive timer is then.
+fn engine_keepalive_timer(keepalive: &str) -> Option<f64> {
+    let dir = common::temp_dir("keepalive");
+    let profile = dir.join("p.toml");
+    std::fs::write(&profile, format!("allow_shared_cores = true\n[[shards]]\n[[workers]]\n[keepalive]\n{keepalive}\n"))
+        .expect("write profile");
+    let ctx = zmq::Context::new();
+    let (pub_, ep) = peer(&ctx);
+    let port: u16 = ep.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--max-duration", "60s", "--endpoint", &ep, "--profile"])
+        .arg(&profile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut engine = common::Proc::spawn("engine", &mut cmd);
+    subscribed(&pub_, "the engine's connection");
+    let end = Instant::now() + Duration::from_secs(20);
+    let timer = loop {
+        if let Some(t) = keepalive_timer_s(port) {
+            break t;
+        }
+        assert!(Instant::now() < end, "ss shows no idle connection to port {port} within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    engine.signal(9);
+    engine.wait_exit(Duration::from_secs(10));
+    timer
+}
+
+#[test]
+fn a_profile_sets_the_shards_tcp_keepalive() {
+    // Before: 2 s, 1 s and 3 probes were constants (a dead path ended its connection in about
+    // 5 s, whatever the feed): a profile's `[keepalive]` was refused as an unknown field.
+    if Command::new("ss").arg("-V").output().is_err() {
+        eprintln!("SKIP a_profile_sets_the_shards_tcp_keepalive: no `ss` (iproute2; tools/ci-setup.sh installs it)");
+        return;
+    }
+    let long = engine_keepalive_timer("idle_s = 40").expect("a keepalive timer on the engine's connection");
+    // The first probe is due 40 s after the connection's last packet: more than the 2 s default.
+    assert!(long > 10.0 && long <= 40.0, "keepalive timer {long} s, with idle_s = 40");
+    let default = engine_keepalive_timer("probes = 3").expect("a keepalive timer by default");
+    assert!(default <= 2.0, "keepalive timer {default} s by default (2 s idle)");
+    assert_eq!(engine_keepalive_timer("enabled = false"), None, "no keepalive timer when it is off");
 }

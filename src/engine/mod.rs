@@ -130,6 +130,8 @@ pub struct EngineConfig {
     pub monitor_access: ServerAccess,
     /// CURVE keys every shard's SUB presents to its publishers (None: plain).
     pub feed_keys: Option<ClientKeys>,
+    /// TCP keepalive on every shard's SUB.
+    pub keepalive: Keepalive,
     /// The engine's name in its metrics and status (default `HOST-PID`).
     pub engine_id: Option<String>,
     /// Interval log, spectrum, `/metrics`.
@@ -155,6 +157,7 @@ impl Default for EngineConfig {
             monitor: None,
             monitor_access: ServerAccess::default(),
             feed_keys: None,
+            keepalive: Keepalive::default(),
             engine_id: None,
             outputs: OutputsConfig::default(),
         }
@@ -202,12 +205,75 @@ impl LiveOutputs {
     }
 }
 
-/// TCP keepalive on the shards' SUBs: probes after this many seconds without a packet…
-pub const TCP_KEEPALIVE_IDLE_S: i32 = 2;
-/// …then one every this many seconds…
-pub const TCP_KEEPALIVE_INTVL_S: i32 = 1;
-/// …and this many unanswered end the connection: a dead path is a lost link in about 5 s.
-pub const TCP_KEEPALIVE_CNT: i32 = 3;
+/// TCP keepalive on the shards' SUBs (a profile's `[keepalive]`). A dead path (a NIC down or
+/// gone, a cable pulled) sends no FIN: without keepalive the connection, and the link, stayed
+/// `up` for ever. With it the kernel probes after `idle_s` without a packet, then every
+/// `interval_s`, and `probes` unanswered ones end the connection (libzmq then says
+/// DISCONNECTED and reconnects): by default a dead path is a lost link about 5 s after its last
+/// packet. Longer settings ride out longer outages on the same connection (nothing is lost if
+/// the path comes back before the kernel gives up); shorter ones say a dead path sooner. Whole
+/// seconds: the kernel's unit for all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keepalive {
+    /// False: no keepalive (a dead path then keeps its link `up` until a packet is sent on it).
+    pub enabled: bool,
+    /// Seconds without a packet before the first probe.
+    pub idle_s: u32,
+    /// Seconds between probes.
+    pub interval_s: u32,
+    /// Unanswered probes that end the connection.
+    pub probes: u32,
+}
+
+impl Keepalive {
+    /// The longest `idle_s` and `interval_s` Linux takes (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`).
+    pub const MAX_S: u32 = 32_767;
+    /// The most `probes` Linux takes (`TCP_KEEPCNT`).
+    pub const MAX_PROBES: u32 = 127;
+
+    /// Seconds from a dead path's last packet to the end of its connection.
+    pub fn dead_after_s(&self) -> u64 {
+        u64::from(self.idle_s) + u64::from(self.interval_s) * u64::from(self.probes)
+    }
+
+    /// Each setting out of the kernel's range: the field and why.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let range = |v: u32, max: u32| {
+            (1..=max).contains(&v).then_some(()).ok_or(format!("{v} is out of range: give 1 to {max}"))
+        };
+        [
+            ("idle_s", range(self.idle_s, Self::MAX_S)),
+            ("interval_s", range(self.interval_s, Self::MAX_S)),
+            ("probes", range(self.probes, Self::MAX_PROBES)),
+        ]
+        .into_iter()
+        .find_map(|(f, r)| r.err().map(|m| (f, m)))
+    }
+
+    /// Set on `sub` (before it connects or binds: libzmq applies them to each connection).
+    fn apply(&self, sub: &zmq::Socket) -> Result<(), EngineError> {
+        let zerr = |context: &str| {
+            let context = context.to_string();
+            move |source| EngineError::Zmq { context, source }
+        };
+        if !self.enabled {
+            return sub.set_tcp_keepalive(0).map_err(zerr("setting TCP_KEEPALIVE"));
+        }
+        // In range ([`Keepalive::problem`]): the `as` casts keep the values.
+        sub.set_tcp_keepalive(1).map_err(zerr("setting TCP_KEEPALIVE"))?;
+        sub.set_tcp_keepalive_idle(self.idle_s as i32).map_err(zerr("setting TCP_KEEPALIVE_IDLE"))?;
+        sub.set_tcp_keepalive_intvl(self.interval_s as i32).map_err(zerr("setting TCP_KEEPALIVE_INTVL"))?;
+        sub.set_tcp_keepalive_cnt(self.probes as i32).map_err(zerr("setting TCP_KEEPALIVE_CNT"))
+    }
+}
+
+impl Default for Keepalive {
+    /// 2 s, then 3 probes 1 s apart: a dead path is a lost link in about 5 s.
+    fn default() -> Self {
+        Keepalive { enabled: true, idle_s: 2, interval_s: 1, probes: 3 }
+    }
+}
 
 /// A running engine: its agents, their counters and the contexts they use.
 pub struct Engine {
@@ -441,6 +507,7 @@ impl Engine {
                 cfg.rcvhwm_msgs,
                 cfg.max_msg_bytes,
                 cfg.feed_keys.clone(),
+                cfg.keepalive,
                 expect_eos > 0,
             )?;
             engine.link_boards.push(links.as_ref().map(|w| w.board()).unwrap_or_default());
@@ -630,6 +697,7 @@ impl Engine {
         rcvhwm: i32,
         max_msg_bytes: i64,
         keys: Option<ClientKeys>,
+        keepalive: Keepalive,
         awaits_eos: bool,
     ) -> Result<ShardSocket, EngineError> {
         let shard = shard.clone();
@@ -643,13 +711,8 @@ impl Engine {
             sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
             sub.set_maxmsgsize(max_msg_bytes).map_err(zerr("setting MAXMSGSIZE".into()))?;
             sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
-            // A dead path (a NIC down or gone, a cable pulled) sends no FIN: without keepalive
-            // the connection, and the link, stayed `up` for ever. Probed after 2 s of quiet,
-            // then every 1 s; 3 unanswered probes end it (libzmq then says DISCONNECTED).
-            sub.set_tcp_keepalive(1).map_err(zerr("setting TCP_KEEPALIVE".into()))?;
-            sub.set_tcp_keepalive_idle(TCP_KEEPALIVE_IDLE_S).map_err(zerr("setting TCP_KEEPALIVE_IDLE".into()))?;
-            sub.set_tcp_keepalive_intvl(TCP_KEEPALIVE_INTVL_S).map_err(zerr("setting TCP_KEEPALIVE_INTVL".into()))?;
-            sub.set_tcp_keepalive_cnt(TCP_KEEPALIVE_CNT).map_err(zerr("setting TCP_KEEPALIVE_CNT".into()))?;
+            // A dead path sends no FIN: keepalive ends its connection ([`Keepalive`]).
+            keepalive.apply(&sub)?;
             ClientKeys::apply_if(keys.as_ref(), &sub).map_err(zerr("setting CURVE keys".into()))?;
             let control = [crate::wire::CONTROL_TOPIC, b"\0"].concat();
             if shard.subscribe.is_empty() {
