@@ -129,6 +129,9 @@ pub struct Recovered {
     pub corrupt_copies: Vec<PathBuf>,
     /// What the start settled of a re-sync a stop or a crash interrupted, to be said.
     pub resync_settled: Option<String>,
+    /// A snapshot's temp file a stop or a crash left unfinished (never renamed into place, so
+    /// never part of the recovered state), removed at start, and its size in bytes: to be said.
+    pub temp_removed: Option<(PathBuf, u64)>,
 }
 
 /// A passive's re-sync being written: the active's snapshot, record by record.
@@ -842,6 +845,20 @@ fn settle_resync(dir: &Path) -> Result<Option<String>, PersistError> {
     Ok(Some(said))
 }
 
+/// At a start, remove `snapshot.tmp` if a stop or a crash left one (a compaction's or a full
+/// snapshot's, never renamed into place): it can be as large as the map, and nothing reads it.
+/// Before, it stayed until the next snapshot was written. Its path and size, to be said.
+fn remove_temp_snapshot(dir: &Path) -> Result<Option<(PathBuf, u64)>, PersistError> {
+    let tmp = dir.join("snapshot.tmp");
+    let len = match std::fs::metadata(&tmp) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&tmp, "reading a leftover temp snapshot's size")(e)),
+    };
+    std::fs::remove_file(&tmp).map_err(io_err(&tmp, "removing a leftover temp snapshot"))?;
+    Ok(Some((tmp, len)))
+}
+
 /// Take the data directory's lock (`DIR/lock`, created if missing), before anything in it is
 /// read or written; [`PersistError::InUse`] when another process holds it.
 fn lock_dir(dir: &Path) -> Result<File, PersistError> {
@@ -887,9 +904,10 @@ impl Store {
             }
         }
         let resync_settled = settle_resync(dir)?;
+        let temp_removed = remove_temp_snapshot(dir)?;
         let snap_path = dir.join("snapshot");
         let log_path = dir.join("log");
-        let mut rec = Recovered { resync_settled, ..Recovered::default() };
+        let mut rec = Recovered { resync_settled, temp_removed, ..Recovered::default() };
         // A snapshot is only ever written whole (temp file, rename): any damage, even a file
         // that ends inside its 16-byte header, is said.
         let (sequence, records, snap_err) = read_snapshot(&snap_path)?;
@@ -1600,6 +1618,23 @@ mod tests {
         assert!(!d.join(OLD_LOG).exists() && s.switch_pending().is_none());
         std::fs::remove_dir_all(d.join(PEER_SNAPSHOT)).expect("rm");
         assert_eq!(recovered_state_of_open(&d, &mut s), before);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_temp_snapshot_a_crash_left_is_removed_at_start_and_said() {
+        // Before: a kill -9 while a snapshot was written left `snapshot.tmp` (up to the map's
+        // size) until the next snapshot, and nothing said it.
+        let (d, s) = one_record("tmp-leftover");
+        crash(s);
+        std::fs::write(d.join("snapshot.tmp"), b"MDCLSNP1\x05 half written").expect("torn temp file");
+        let (s, r) = Store::open(&d).expect("restart");
+        assert!(!d.join("snapshot.tmp").exists(), "removed at start");
+        assert_eq!(r.temp_removed, Some((d.join("snapshot.tmp"), 22)));
+        assert_eq!((r.records.len(), r.sequence), (1, 1), "the state is the log's, untouched");
+        crash(s);
+        let (_s, r) = Store::open(&d).expect("again");
+        assert_eq!(r.temp_removed, None, "nothing to remove the next time");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -291,6 +291,13 @@ impl Server {
             if let Some(said) = &rec.resync_settled {
                 crate::diag!("clone-server: data dir: {said}");
             }
+            if let Some((tmp, bytes)) = &rec.temp_removed {
+                crate::diag!(
+                    "clone-server: data dir: removed {} ({bytes} bytes): a snapshot a stop or a crash left \
+                     unfinished; the files it was to replace were recovered",
+                    tmp.display()
+                );
+            }
             for copy in &rec.corrupt_copies {
                 crate::diag!(
                     "clone-server: data dir: the damaged file was copied to {} before it was cut to what was recovered",
