@@ -1094,6 +1094,10 @@ impl ServerCore {
     fn peer_snapshot_unwritten(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
         self.switch_pending = false;
         self.disk_behind = true;
+        // The updates queued during the sync were asked to be appended after the file's end (to
+        // the log that was to follow it): with no such log they would go after the files before
+        // the re-sync, a mix a start would read as one state. The full snapshot holds them.
+        out.push(Action::SkipAppends { through: self.appends });
         out.push(Action::Log(format!(
             "passive: the active's snapshot could not be written to the data directory as it arrived ({error}); \
              not durable (STATUS durable=no) until a full snapshot of the map is written"
@@ -2637,6 +2641,41 @@ mod tests {
         // Kept once: a later full snapshot keeps nothing aside.
         r.on(Event::PeerSnapshotUnwritten { error: "again".into() });
         assert!(!r.other().contains(&Action::KeepAside));
+    }
+
+    #[test]
+    fn a_resync_whose_file_failed_appends_its_queued_updates_to_no_log_before_it() {
+        // Before: the updates queued while the active's snapshot arrived were appended to the
+        // log of the files before the re-sync (no fresh log followed the unwritten file): until
+        // the full snapshot was written (a compaction in flight, a full disk), a start read the
+        // old files with the active's later updates over them, a state neither side ever held.
+        let now = 1_000_000_000;
+        let recovered: Vec<Record> = (1..=8u64)
+            .map(|i| Record { msg: KvMsg::new(format!("/k{i}"), i, "v"), expires_at_unix_ms: None })
+            .collect();
+        let mut r = Rig::new(cfg(Some(Role::Backup)), true);
+        r.core.recover(recovered, 8, 0, now);
+        r.on(Event::PeerState(Some(State::Active)));
+        r.hold_compactions = true;
+        r.on(Event::LogLarge);
+        r.on(Event::PeerLink(true));
+        r.on(Event::PeerSyncCheck);
+        r.other();
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/k1", 1, "v"))));
+        let mut q = KvMsg::new("/q", 6, "queued");
+        q.uuid = Some(uuid(6));
+        r.on(Event::Replicated(Ok(q)));
+        r.fail_peer_stream = true;
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
+        assert_eq!(r.core.sequence(), 6, "the queued update is applied");
+        assert!(r.appended.is_empty(), "not appended after the files before the re-sync: {:?}", r.appended);
+        // The compaction lands: the map, the queued update in it, is written whole.
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
+        assert_eq!((r.snapshot_writes.len(), r.core.durable()), (1, Some(true)));
+        // What follows is appended again.
+        r.on(Event::Replicated(Ok(KvMsg::new("/r", 7, "later"))));
+        r.on(Event::Tick);
+        assert_eq!(r.appended.iter().map(|m| m.sequence).collect::<Vec<_>>(), vec![7]);
     }
 
     #[test]
