@@ -478,6 +478,12 @@ fn copy_aside(dir: &Path, name: &str, as_name: &str, tag: &str) -> Result<PathBu
         _ => "copying the snapshot aside",
     };
     std::fs::copy(dir.join(name), &copy).map_err(io_err(&copy, what))?;
+    // Durable before the original is cut, rewritten or removed: a re-sync removes the files it
+    // replaces right after (`behind`: the only copy of updates the active lacks), and a start
+    // rewrites a damaged one. Before, a machine crash could leave the copy empty and the
+    // original gone.
+    File::open(&copy).and_then(|f| f.sync_all()).map_err(io_err(&copy, "fsyncing the copy"))?;
+    fsync_dir(dir);
     Ok(copy)
 }
 
@@ -802,16 +808,18 @@ pub fn switch_to_peer_snapshot(dir: &Path, keep_aside: bool) -> Result<Switched,
         fsync_dir(dir);
     }
     for name in [PREV_LOG, OLD_LOG] {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err(&path, "removing a log the re-sync replaced")(e))
-            }
-            _ => {}
-        }
+        remove_if_there(&dir.join(name), "removing a log the re-sync replaced")?;
     }
     fsync_dir(dir);
     Ok(Switched { copies })
+}
+
+/// Remove `path`; one that is not there is no error.
+fn remove_if_there(path: &Path, context: &'static str) -> Result<(), PersistError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path, context)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// At a start, settle a passive's re-sync that a stop or a crash interrupted (before anything is
@@ -832,7 +840,9 @@ fn settle_resync(dir: &Path) -> Result<Option<String>, PersistError> {
             peer.display()
         )
     } else if old.exists() {
-        let _ = std::fs::remove_file(dir.join(PREV_LOG));
+        // Its records are from before the re-sync: one left behind would be read as a
+        // compaction's segment over the active's snapshot. Before, a failed removal was ignored.
+        remove_if_there(&dir.join(PREV_LOG), "removing a log segment a re-sync replaced")?;
         std::fs::remove_file(&old).map_err(io_err(&old, "removing a log a re-sync replaced"))?;
         format!(
             "{}: the log a re-sync replaced was removed; its snapshot was in place when the server stopped",
