@@ -77,7 +77,7 @@ use super::bstar::{BStar, BStarError, Event as BEvent, Pause, Role, State};
 use super::kvmsg::{self, KvMsg, Limits, Request, Uuid, HUGZ, KTHXBAI};
 use super::map::{normalize_peer_ttl, ttl_ns, wire_ttl_s, KvMap, RecentUuids};
 use super::persist::{self, Record};
-use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
+use crate::diag::{human_duration, human_ms, Refusals, SUMMARY_INTERVAL_NS};
 
 /// How long sending a snapshot may wait on a client whose queue is at the snapshot HWM before
 /// the snapshot is abandoned.
@@ -186,17 +186,18 @@ impl ServerConfig {
                 Ok(())
             } else {
                 Err(format!(
-                    "{flag} {ms} is out of range: give {}..={} ms",
-                    INTERVAL_RANGE_MS.start(),
-                    INTERVAL_RANGE_MS.end()
+                    "{flag} {} is out of range: give {} to {}",
+                    human_ms(ms),
+                    human_ms(*INTERVAL_RANGE_MS.start()),
+                    human_ms(*INTERVAL_RANGE_MS.end())
                 ))
             }
         };
         if let Some(p) = &self.pair {
-            in_range("--heartbeat-ms", p.heartbeat_ms)?;
+            in_range("--heartbeat-interval", p.heartbeat_ms)?;
         }
-        in_range("--hugz-ms", self.hugz_interval_ms)?;
-        in_range("fsync interval (ms)", self.fsync_interval_ms)?;
+        in_range("--hugz-interval", self.hugz_interval_ms)?;
+        in_range("the fsync interval", self.fsync_interval_ms)?;
         let record = self
             .max_key_bytes
             .checked_add(self.max_value_bytes)
@@ -1009,9 +1010,9 @@ impl ServerCore {
             let n = c.sync_failures;
             if n <= 10 || n.is_multiple_of(1000) {
                 out.push(Action::Log(format!(
-                    "update log fsync failed ({n} so far; tried again in {} ms): {e}; acknowledged updates are \
+                    "update log fsync failed ({n} so far; tried again in {}): {e}; acknowledged updates are \
                      in the OS, safe from a crash of this process, not yet from a crash of the machine",
-                    self.fsync_ns / 1_000_000
+                    human_duration(self.fsync_ns)
                 )));
             }
             return;
@@ -1023,11 +1024,11 @@ impl ServerCore {
             let n = c.slow_syncs;
             if n <= 10 || n.is_multiple_of(100) {
                 out.push(Action::Log(format!(
-                    "slow disk: an fsync of the update log took {} ms, longer than its {} ms interval, so a \
+                    "slow disk: an fsync of the update log took {}, longer than its {} interval, so a \
                      machine crash meanwhile could lose that long of acknowledged updates; the server kept \
                      serving (slow_syncs={n}, longest_sync_ms={})",
-                    took_ns / 1_000_000,
-                    self.fsync_ns / 1_000_000,
+                    human_duration(took_ns),
+                    human_duration(self.fsync_ns),
                     c.longest_sync_ms
                 )));
             }
@@ -1562,7 +1563,7 @@ impl ServerCore {
         }
         let Some(p) = self.pair.as_mut() else { return };
         p.bstar.observe(now_ns);
-        let timeout_ms = p.bstar.ns_to_expiry(now_ns) / 1_000_000;
+        let timeout = human_duration(p.bstar.ns_to_expiry(now_ns));
         match p.bstar.take_pause() {
             None => {}
             Some(Pause::Resumed { gap_ns, state }) => {
@@ -1570,26 +1571,26 @@ impl ServerCore {
                     format!(
                         "the peer may have taken over: held (no heartbeat, no client served, updates kept \
                          pending) until it says it is active, then passive and re-synced from it, or for \
-                         {timeout_ms} ms, then active again"
+                         {timeout}, then active again"
                     )
                 } else {
-                    format!("a client's vote is taken only once the peer has been silent {timeout_ms} ms from now")
+                    format!("a client's vote is taken only once the peer has been silent {timeout} from now")
                 };
                 // Mostly inside a write to the data directory: a slow disk, not a stopped process.
                 let why = if disk_ns.saturating_mul(2) >= gap_ns {
                     self.counters.disk_stalls += 1;
                     format!(
-                        "{} ms of it writing to the data directory (a slow disk, not a pause: STATUS disk_stalls)",
-                        disk_ns / 1_000_000
+                        "{} of it writing to the data directory (a slow disk, not a pause: STATUS disk_stalls)",
+                        human_duration(disk_ns)
                     )
                 } else {
                     self.counters.pauses += 1;
                     "SIGSTOP, a VM pause".to_string()
                 };
                 out.push(Action::Log(format!(
-                    "binary star: this server did not run for {} ms, longer than its peer waits for a heartbeat \
+                    "binary star: this server did not run for {}, longer than its peer waits for a heartbeat \
                      ({why}); {then}",
-                    gap_ns / 1_000_000
+                    human_duration(gap_ns)
                 )));
             }
             Some(Pause::HoldOver) => {
@@ -2070,7 +2071,7 @@ mod tests {
         r.on(Event::Tick);
         let heartbeats: Vec<Action> = r.other().into_iter().filter(|a| matches!(a, Action::Heartbeat(_))).collect();
         assert!(heartbeats.is_empty(), "held: no overdue heartbeat: {heartbeats:?}");
-        assert!(r.logs.iter().any(|l| l.contains(&format!("did not run for {ms} ms"))), "said: {:?}", r.logs);
+        assert!(r.logs.iter().any(|l| l.contains(&format!("did not run for {}", human_ms(ms)))), "said: {:?}", r.logs);
         assert_eq!(r.core.counters().pauses, 1);
         assert!(r.core.status_text().contains("pauses=1\n"));
         // Held: a client's update waits in the pending list, a vote is refused, no HUGZ.
@@ -2117,8 +2118,8 @@ mod tests {
         r.on(Event::SnapshotWritten);
         r.clock.advance_ms(3000);
         r.on(Event::Tick);
-        let said = r.logs.iter().find(|l| l.contains("did not run for 3000 ms")).expect("said");
-        assert!(said.contains("2900 ms of it writing to the data directory (a slow disk, not a pause"), "{said}");
+        let said = r.logs.iter().find(|l| l.contains("did not run for 3s,")).expect("said");
+        assert!(said.contains("(2900ms of it writing to the data directory (a slow disk, not a pause"), "{said}");
         assert_eq!((r.core.counters().pauses, r.core.counters().disk_stalls), (0, 1));
         assert!(r.core.status_text().contains("pauses=0\ndisk_stalls=1\n"));
         // Held all the same: the peer heard no heartbeat for that long.
@@ -2136,7 +2137,7 @@ mod tests {
         r.logs.clear();
         r.clock.advance_ms(2000);
         r.on(Event::Tick);
-        assert!(r.logs.iter().any(|l| l.contains("did not run for 2000 ms") && l.contains("(SIGSTOP, a VM pause)")));
+        assert!(r.logs.iter().any(|l| l.contains("did not run for 2s,") && l.contains("(SIGSTOP, a VM pause)")));
         assert_eq!((r.core.counters().pauses, r.core.counters().disk_stalls), (1, 1));
     }
 
@@ -2160,7 +2161,7 @@ mod tests {
         assert_eq!(r.keys_published().iter().filter(|(k, _)| k.starts_with("/k")).count(), 20);
         r.on(Event::LogSynced { took_ns: 5_000_000_000, error: None });
         let said = r.logs.iter().find(|l| l.contains("slow disk")).expect("a slow sync is said");
-        assert!(said.contains("took 5000 ms, longer than its 1000 ms interval"), "{said}");
+        assert!(said.contains("took 5s, longer than its 1s interval"), "{said}");
         let c = r.core.counters().clone();
         assert_eq!((c.syncs, c.slow_syncs, c.longest_sync_ms, c.sync_failures), (1, 1, 5000, 0));
         assert!(r.core.status_text().contains("syncs=1\nslow_syncs=1\nlongest_sync_ms=5000\nsync_failures=0\n"));
@@ -2908,9 +2909,10 @@ mod tests {
         };
         for ms in [0, 9, 60_001, u64::MAX] {
             let cfg = ServerConfig { pair: Some(pair(ms)), ..ServerConfig::default() };
-            assert!(cfg.check().expect_err("out of range").contains("--heartbeat-ms"), "{ms}");
+            let e = cfg.check().expect_err("out of range");
+            assert!(e.contains("--heartbeat-interval ") && e.ends_with(" is out of range: give 10ms to 60s"), "{e}");
             let cfg = ServerConfig { hugz_interval_ms: ms, ..ServerConfig::default() };
-            assert!(cfg.check().expect_err("out of range").contains("--hugz-ms"), "{ms}");
+            assert!(cfg.check().expect_err("out of range").contains("--hugz-interval "), "{ms}");
         }
         let cfg = ServerConfig { pair: Some(pair(10)), hugz_interval_ms: 60_000, ..ServerConfig::default() };
         assert!(cfg.check().is_ok());
