@@ -2600,10 +2600,9 @@ mod tests {
         assert_eq!(r.core.durable(), Some(true));
     }
 
-    #[test]
-    fn a_resync_whose_file_failed_writes_the_map_keeping_its_files_aside_only_between_compactions() {
-        // Issue (clone23-3): the copies aside were made on the serving thread while the compactor
-        // could be removing `log.prev`: a copy that failed, or one that missed the segment.
+    /// A durable backup that recovered `/k1`..`/k8` at 8, passive, a compaction in flight, its
+    /// sync under way with the active's first entry (`/k1`) in.
+    fn passive_ahead_syncing_while_compacting() -> Rig {
         let now = 1_000_000_000;
         let recovered: Vec<Record> = (1..=8u64)
             .map(|i| Record { msg: KvMsg::new(format!("/k{i}"), i, "v"), expires_at_unix_ms: None })
@@ -2618,6 +2617,14 @@ mod tests {
         r.on(Event::PeerSyncCheck);
         r.other();
         r.on(Event::PeerSnapshot(Ok(KvMsg::new("/k1", 1, "v"))));
+        r
+    }
+
+    #[test]
+    fn a_resync_whose_file_failed_writes_the_map_keeping_its_files_aside_only_between_compactions() {
+        // Issue (clone23-3): the copies aside were made on the serving thread while the compactor
+        // could be removing `log.prev`: a copy that failed, or one that missed the segment.
+        let mut r = passive_ahead_syncing_while_compacting();
         r.fail_peer_stream = true;
         r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
         assert!(
@@ -2650,19 +2657,7 @@ mod tests {
         // log of the files before the re-sync (no fresh log followed the unwritten file): until
         // the full snapshot was written (a compaction in flight, a full disk), a start read the
         // old files with the active's later updates over them, a state neither side ever held.
-        let now = 1_000_000_000;
-        let recovered: Vec<Record> = (1..=8u64)
-            .map(|i| Record { msg: KvMsg::new(format!("/k{i}"), i, "v"), expires_at_unix_ms: None })
-            .collect();
-        let mut r = Rig::new(cfg(Some(Role::Backup)), true);
-        r.core.recover(recovered, 8, 0, now);
-        r.on(Event::PeerState(Some(State::Active)));
-        r.hold_compactions = true;
-        r.on(Event::LogLarge);
-        r.on(Event::PeerLink(true));
-        r.on(Event::PeerSyncCheck);
-        r.other();
-        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/k1", 1, "v"))));
+        let mut r = passive_ahead_syncing_while_compacting();
         let mut q = KvMsg::new("/q", 6, "queued");
         q.uuid = Some(uuid(6));
         r.on(Event::Replicated(Ok(q)));
