@@ -129,6 +129,9 @@ pub struct Recovered {
     pub corrupt_copies: Vec<PathBuf>,
     /// What the start settled of a re-sync a stop or a crash interrupted, to be said.
     pub resync_settled: Option<String>,
+    /// A snapshot's temp file a stop or a crash left unfinished (never renamed into place, so
+    /// never part of the recovered state), removed at start, and its size in bytes: to be said.
+    pub temp_removed: Option<(PathBuf, u64)>,
 }
 
 /// A passive's re-sync being written: the active's snapshot, record by record.
@@ -475,6 +478,12 @@ fn copy_aside(dir: &Path, name: &str, as_name: &str, tag: &str) -> Result<PathBu
         _ => "copying the snapshot aside",
     };
     std::fs::copy(dir.join(name), &copy).map_err(io_err(&copy, what))?;
+    // Durable before the original is cut, rewritten or removed: a re-sync removes the files it
+    // replaces right after (`behind`: the only copy of updates the active lacks), and a start
+    // rewrites a damaged one. Before, a machine crash could leave the copy empty and the
+    // original gone.
+    File::open(&copy).and_then(|f| f.sync_all()).map_err(io_err(&copy, "fsyncing the copy"))?;
+    fsync_dir(dir);
     Ok(copy)
 }
 
@@ -799,16 +808,18 @@ pub fn switch_to_peer_snapshot(dir: &Path, keep_aside: bool) -> Result<Switched,
         fsync_dir(dir);
     }
     for name in [PREV_LOG, OLD_LOG] {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err(&path, "removing a log the re-sync replaced")(e))
-            }
-            _ => {}
-        }
+        remove_if_there(&dir.join(name), "removing a log the re-sync replaced")?;
     }
     fsync_dir(dir);
     Ok(Switched { copies })
+}
+
+/// Remove `path`; one that is not there is no error.
+fn remove_if_there(path: &Path, context: &'static str) -> Result<(), PersistError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path, context)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// At a start, settle a passive's re-sync that a stop or a crash interrupted (before anything is
@@ -829,7 +840,9 @@ fn settle_resync(dir: &Path) -> Result<Option<String>, PersistError> {
             peer.display()
         )
     } else if old.exists() {
-        let _ = std::fs::remove_file(dir.join(PREV_LOG));
+        // Its records are from before the re-sync: one left behind would be read as a
+        // compaction's segment over the active's snapshot. Before, a failed removal was ignored.
+        remove_if_there(&dir.join(PREV_LOG), "removing a log segment a re-sync replaced")?;
         std::fs::remove_file(&old).map_err(io_err(&old, "removing a log a re-sync replaced"))?;
         format!(
             "{}: the log a re-sync replaced was removed; its snapshot was in place when the server stopped",
@@ -840,6 +853,20 @@ fn settle_resync(dir: &Path) -> Result<Option<String>, PersistError> {
     };
     fsync_dir(dir);
     Ok(Some(said))
+}
+
+/// At a start, remove `snapshot.tmp` if a stop or a crash left one (a compaction's or a full
+/// snapshot's, never renamed into place): it can be as large as the map, and nothing reads it.
+/// Before, it stayed until the next snapshot was written. Its path and size, to be said.
+fn remove_temp_snapshot(dir: &Path) -> Result<Option<(PathBuf, u64)>, PersistError> {
+    let tmp = dir.join("snapshot.tmp");
+    let len = match std::fs::metadata(&tmp) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&tmp, "reading a leftover temp snapshot's size")(e)),
+    };
+    std::fs::remove_file(&tmp).map_err(io_err(&tmp, "removing a leftover temp snapshot"))?;
+    Ok(Some((tmp, len)))
 }
 
 /// Take the data directory's lock (`DIR/lock`, created if missing), before anything in it is
@@ -887,9 +914,10 @@ impl Store {
             }
         }
         let resync_settled = settle_resync(dir)?;
+        let temp_removed = remove_temp_snapshot(dir)?;
         let snap_path = dir.join("snapshot");
         let log_path = dir.join("log");
-        let mut rec = Recovered { resync_settled, ..Recovered::default() };
+        let mut rec = Recovered { resync_settled, temp_removed, ..Recovered::default() };
         // A snapshot is only ever written whole (temp file, rename): any damage, even a file
         // that ends inside its 16-byte header, is said.
         let (sequence, records, snap_err) = read_snapshot(&snap_path)?;
@@ -1600,6 +1628,23 @@ mod tests {
         assert!(!d.join(OLD_LOG).exists() && s.switch_pending().is_none());
         std::fs::remove_dir_all(d.join(PEER_SNAPSHOT)).expect("rm");
         assert_eq!(recovered_state_of_open(&d, &mut s), before);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_temp_snapshot_a_crash_left_is_removed_at_start_and_said() {
+        // Before: a kill -9 while a snapshot was written left `snapshot.tmp` (up to the map's
+        // size) until the next snapshot, and nothing said it.
+        let (d, s) = one_record("tmp-leftover");
+        crash(s);
+        std::fs::write(d.join("snapshot.tmp"), b"MDCLSNP1\x05 half written").expect("torn temp file");
+        let (s, r) = Store::open(&d).expect("restart");
+        assert!(!d.join("snapshot.tmp").exists(), "removed at start");
+        assert_eq!(r.temp_removed, Some((d.join("snapshot.tmp"), 22)));
+        assert_eq!((r.records.len(), r.sequence), (1, 1), "the state is the log's, untouched");
+        crash(s);
+        let (_s, r) = Store::open(&d).expect("again");
+        assert_eq!(r.temp_removed, None, "nothing to remove the next time");
         let _ = std::fs::remove_dir_all(&d);
     }
 

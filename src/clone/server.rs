@@ -19,6 +19,7 @@ use super::persist::{PersistError, Record, Store};
 use super::server_core::{Action, Event, ServerCore, SnapshotCut, SNAPSHOT_STALL_MS};
 use super::syncer::{LogSync, SyncerLink};
 use crate::agent::{Agent, AgentError, Step};
+use crate::diag::{human_duration, human_ms};
 use crate::security::{ClientKeys, ServerAccess, ZapCounters, ZapHandler};
 
 pub use super::server_core::{
@@ -290,6 +291,13 @@ impl Server {
             }
             if let Some(said) = &rec.resync_settled {
                 crate::diag!("clone-server: data dir: {said}");
+            }
+            if let Some((tmp, bytes)) = &rec.temp_removed {
+                crate::diag!(
+                    "clone-server: data dir: removed {} ({bytes} bytes): a snapshot a stop or a crash left \
+                     unfinished; the files it was to replace were recovered",
+                    tmp.display()
+                );
             }
             for copy in &rec.corrupt_copies {
                 crate::diag!(
@@ -604,7 +612,6 @@ impl Server {
     fn take_compactions(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
         while let Some(c) = self.compactor.as_mut().map(|l| l.answer()).transpose()?.flatten() {
-            let took_ms = c.took_ns / 1_000_000;
             let error = match c.result {
                 Ok(Done::Compacted(done)) => {
                     if let Some(store) = self.store.as_mut() {
@@ -614,9 +621,11 @@ impl Server {
                         log(
                             self.cfg.verbose,
                             format_args!(
-                                "compacted: snapshot of {} keys at sequence {} written in {took_ms} ms, off the \
-                                 serving thread",
-                                d.keys, d.sequence
+                                "compacted: snapshot of {} keys at sequence {} written in {}, off the serving \
+                                 thread",
+                                d.keys,
+                                d.sequence,
+                                human_duration(c.took_ns)
                             ),
                         );
                     }
@@ -630,7 +639,8 @@ impl Server {
                     log(
                         self.cfg.verbose,
                         format_args!(
-                            "re-sync: the active's snapshot put in place in {took_ms} ms, off the serving thread"
+                            "re-sync: the active's snapshot put in place in {}, off the serving thread",
+                            human_duration(c.took_ns)
                         ),
                     );
                     None
@@ -929,8 +939,13 @@ impl Agent for Server {
         let c = self.core.counters();
         let disk = match self.store.is_some() {
             true => format!(
-                "; log fsyncs: {} ({} slower than the {} ms interval, longest {} ms, {} failed); slow-disk stalls: {}",
-                c.syncs, c.slow_syncs, self.cfg.fsync_interval_ms, c.longest_sync_ms, c.sync_failures, c.disk_stalls
+                "; log fsyncs: {} ({} slower than the {} interval, longest {}, {} failed); slow-disk stalls: {}",
+                c.syncs,
+                c.slow_syncs,
+                human_ms(self.cfg.fsync_interval_ms),
+                human_ms(c.longest_sync_ms),
+                c.sync_failures,
+                c.disk_stalls
             ),
             false => String::new(),
         };

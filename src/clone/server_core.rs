@@ -77,7 +77,7 @@ use super::bstar::{BStar, BStarError, Event as BEvent, Pause, Role, State};
 use super::kvmsg::{self, KvMsg, Limits, Request, Uuid, HUGZ, KTHXBAI};
 use super::map::{normalize_peer_ttl, ttl_ns, wire_ttl_s, KvMap, RecentUuids};
 use super::persist::{self, Record};
-use crate::diag::{Refusals, SUMMARY_INTERVAL_NS};
+use crate::diag::{human_duration, human_ms, Refusals, SUMMARY_INTERVAL_NS};
 
 /// How long sending a snapshot may wait on a client whose queue is at the snapshot HWM before
 /// the snapshot is abandoned.
@@ -186,17 +186,18 @@ impl ServerConfig {
                 Ok(())
             } else {
                 Err(format!(
-                    "{flag} {ms} is out of range: give {}..={} ms",
-                    INTERVAL_RANGE_MS.start(),
-                    INTERVAL_RANGE_MS.end()
+                    "{flag} {} is out of range: give {} to {}",
+                    human_ms(ms),
+                    human_ms(*INTERVAL_RANGE_MS.start()),
+                    human_ms(*INTERVAL_RANGE_MS.end())
                 ))
             }
         };
         if let Some(p) = &self.pair {
-            in_range("--heartbeat-ms", p.heartbeat_ms)?;
+            in_range("--heartbeat-interval", p.heartbeat_ms)?;
         }
-        in_range("--hugz-ms", self.hugz_interval_ms)?;
-        in_range("fsync interval (ms)", self.fsync_interval_ms)?;
+        in_range("--hugz-interval", self.hugz_interval_ms)?;
+        in_range("the fsync interval", self.fsync_interval_ms)?;
         let record = self
             .max_key_bytes
             .checked_add(self.max_value_bytes)
@@ -1009,9 +1010,9 @@ impl ServerCore {
             let n = c.sync_failures;
             if n <= 10 || n.is_multiple_of(1000) {
                 out.push(Action::Log(format!(
-                    "update log fsync failed ({n} so far; tried again in {} ms): {e}; acknowledged updates are \
+                    "update log fsync failed ({n} so far; tried again in {}): {e}; acknowledged updates are \
                      in the OS, safe from a crash of this process, not yet from a crash of the machine",
-                    self.fsync_ns / 1_000_000
+                    human_duration(self.fsync_ns)
                 )));
             }
             return;
@@ -1023,11 +1024,11 @@ impl ServerCore {
             let n = c.slow_syncs;
             if n <= 10 || n.is_multiple_of(100) {
                 out.push(Action::Log(format!(
-                    "slow disk: an fsync of the update log took {} ms, longer than its {} ms interval, so a \
+                    "slow disk: an fsync of the update log took {}, longer than its {} interval, so a \
                      machine crash meanwhile could lose that long of acknowledged updates; the server kept \
                      serving (slow_syncs={n}, longest_sync_ms={})",
-                    took_ns / 1_000_000,
-                    self.fsync_ns / 1_000_000,
+                    human_duration(took_ns),
+                    human_duration(self.fsync_ns),
                     c.longest_sync_ms
                 )));
             }
@@ -1094,6 +1095,10 @@ impl ServerCore {
     fn peer_snapshot_unwritten(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
         self.switch_pending = false;
         self.disk_behind = true;
+        // The updates queued during the sync were asked to be appended after the file's end (to
+        // the log that was to follow it): with no such log they would go after the files before
+        // the re-sync, a mix a start would read as one state. The full snapshot holds them.
+        out.push(Action::SkipAppends { through: self.appends });
         out.push(Action::Log(format!(
             "passive: the active's snapshot could not be written to the data directory as it arrived ({error}); \
              not durable (STATUS durable=no) until a full snapshot of the map is written"
@@ -1558,7 +1563,7 @@ impl ServerCore {
         }
         let Some(p) = self.pair.as_mut() else { return };
         p.bstar.observe(now_ns);
-        let timeout_ms = p.bstar.ns_to_expiry(now_ns) / 1_000_000;
+        let timeout = human_duration(p.bstar.ns_to_expiry(now_ns));
         match p.bstar.take_pause() {
             None => {}
             Some(Pause::Resumed { gap_ns, state }) => {
@@ -1566,26 +1571,26 @@ impl ServerCore {
                     format!(
                         "the peer may have taken over: held (no heartbeat, no client served, updates kept \
                          pending) until it says it is active, then passive and re-synced from it, or for \
-                         {timeout_ms} ms, then active again"
+                         {timeout}, then active again"
                     )
                 } else {
-                    format!("a client's vote is taken only once the peer has been silent {timeout_ms} ms from now")
+                    format!("a client's vote is taken only once the peer has been silent {timeout} from now")
                 };
                 // Mostly inside a write to the data directory: a slow disk, not a stopped process.
                 let why = if disk_ns.saturating_mul(2) >= gap_ns {
                     self.counters.disk_stalls += 1;
                     format!(
-                        "{} ms of it writing to the data directory (a slow disk, not a pause: STATUS disk_stalls)",
-                        disk_ns / 1_000_000
+                        "{} of it writing to the data directory (a slow disk, not a pause: STATUS disk_stalls)",
+                        human_duration(disk_ns)
                     )
                 } else {
                     self.counters.pauses += 1;
                     "SIGSTOP, a VM pause".to_string()
                 };
                 out.push(Action::Log(format!(
-                    "binary star: this server did not run for {} ms, longer than its peer waits for a heartbeat \
+                    "binary star: this server did not run for {}, longer than its peer waits for a heartbeat \
                      ({why}); {then}",
-                    gap_ns / 1_000_000
+                    human_duration(gap_ns)
                 )));
             }
             Some(Pause::HoldOver) => {
@@ -2066,7 +2071,7 @@ mod tests {
         r.on(Event::Tick);
         let heartbeats: Vec<Action> = r.other().into_iter().filter(|a| matches!(a, Action::Heartbeat(_))).collect();
         assert!(heartbeats.is_empty(), "held: no overdue heartbeat: {heartbeats:?}");
-        assert!(r.logs.iter().any(|l| l.contains(&format!("did not run for {ms} ms"))), "said: {:?}", r.logs);
+        assert!(r.logs.iter().any(|l| l.contains(&format!("did not run for {}", human_ms(ms)))), "said: {:?}", r.logs);
         assert_eq!(r.core.counters().pauses, 1);
         assert!(r.core.status_text().contains("pauses=1\n"));
         // Held: a client's update waits in the pending list, a vote is refused, no HUGZ.
@@ -2113,8 +2118,8 @@ mod tests {
         r.on(Event::SnapshotWritten);
         r.clock.advance_ms(3000);
         r.on(Event::Tick);
-        let said = r.logs.iter().find(|l| l.contains("did not run for 3000 ms")).expect("said");
-        assert!(said.contains("2900 ms of it writing to the data directory (a slow disk, not a pause"), "{said}");
+        let said = r.logs.iter().find(|l| l.contains("did not run for 3s,")).expect("said");
+        assert!(said.contains("(2900ms of it writing to the data directory (a slow disk, not a pause"), "{said}");
         assert_eq!((r.core.counters().pauses, r.core.counters().disk_stalls), (0, 1));
         assert!(r.core.status_text().contains("pauses=0\ndisk_stalls=1\n"));
         // Held all the same: the peer heard no heartbeat for that long.
@@ -2132,7 +2137,7 @@ mod tests {
         r.logs.clear();
         r.clock.advance_ms(2000);
         r.on(Event::Tick);
-        assert!(r.logs.iter().any(|l| l.contains("did not run for 2000 ms") && l.contains("(SIGSTOP, a VM pause)")));
+        assert!(r.logs.iter().any(|l| l.contains("did not run for 2s,") && l.contains("(SIGSTOP, a VM pause)")));
         assert_eq!((r.core.counters().pauses, r.core.counters().disk_stalls), (1, 1));
     }
 
@@ -2156,7 +2161,7 @@ mod tests {
         assert_eq!(r.keys_published().iter().filter(|(k, _)| k.starts_with("/k")).count(), 20);
         r.on(Event::LogSynced { took_ns: 5_000_000_000, error: None });
         let said = r.logs.iter().find(|l| l.contains("slow disk")).expect("a slow sync is said");
-        assert!(said.contains("took 5000 ms, longer than its 1000 ms interval"), "{said}");
+        assert!(said.contains("took 5s, longer than its 1s interval"), "{said}");
         let c = r.core.counters().clone();
         assert_eq!((c.syncs, c.slow_syncs, c.longest_sync_ms, c.sync_failures), (1, 1, 5000, 0));
         assert!(r.core.status_text().contains("syncs=1\nslow_syncs=1\nlongest_sync_ms=5000\nsync_failures=0\n"));
@@ -2595,10 +2600,9 @@ mod tests {
         assert_eq!(r.core.durable(), Some(true));
     }
 
-    #[test]
-    fn a_resync_whose_file_failed_writes_the_map_keeping_its_files_aside_only_between_compactions() {
-        // Issue (clone23-3): the copies aside were made on the serving thread while the compactor
-        // could be removing `log.prev`: a copy that failed, or one that missed the segment.
+    /// A durable backup that recovered `/k1`..`/k8` at 8, passive, a compaction in flight, its
+    /// sync under way with the active's first entry (`/k1`) in.
+    fn passive_ahead_syncing_while_compacting() -> Rig {
         let now = 1_000_000_000;
         let recovered: Vec<Record> = (1..=8u64)
             .map(|i| Record { msg: KvMsg::new(format!("/k{i}"), i, "v"), expires_at_unix_ms: None })
@@ -2613,6 +2617,14 @@ mod tests {
         r.on(Event::PeerSyncCheck);
         r.other();
         r.on(Event::PeerSnapshot(Ok(KvMsg::new("/k1", 1, "v"))));
+        r
+    }
+
+    #[test]
+    fn a_resync_whose_file_failed_writes_the_map_keeping_its_files_aside_only_between_compactions() {
+        // Issue (clone23-3): the copies aside were made on the serving thread while the compactor
+        // could be removing `log.prev`: a copy that failed, or one that missed the segment.
+        let mut r = passive_ahead_syncing_while_compacting();
         r.fail_peer_stream = true;
         r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
         assert!(
@@ -2637,6 +2649,29 @@ mod tests {
         // Kept once: a later full snapshot keeps nothing aside.
         r.on(Event::PeerSnapshotUnwritten { error: "again".into() });
         assert!(!r.other().contains(&Action::KeepAside));
+    }
+
+    #[test]
+    fn a_resync_whose_file_failed_appends_its_queued_updates_to_no_log_before_it() {
+        // Before: the updates queued while the active's snapshot arrived were appended to the
+        // log of the files before the re-sync (no fresh log followed the unwritten file): until
+        // the full snapshot was written (a compaction in flight, a full disk), a start read the
+        // old files with the active's later updates over them, a state neither side ever held.
+        let mut r = passive_ahead_syncing_while_compacting();
+        let mut q = KvMsg::new("/q", 6, "queued");
+        q.uuid = Some(uuid(6));
+        r.on(Event::Replicated(Ok(q)));
+        r.fail_peer_stream = true;
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
+        assert_eq!(r.core.sequence(), 6, "the queued update is applied");
+        assert!(r.appended.is_empty(), "not appended after the files before the re-sync: {:?}", r.appended);
+        // The compaction lands: the map, the queued update in it, is written whole.
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
+        assert_eq!((r.snapshot_writes.len(), r.core.durable()), (1, Some(true)));
+        // What follows is appended again.
+        r.on(Event::Replicated(Ok(KvMsg::new("/r", 7, "later"))));
+        r.on(Event::Tick);
+        assert_eq!(r.appended.iter().map(|m| m.sequence).collect::<Vec<_>>(), vec![7]);
     }
 
     #[test]
@@ -2869,9 +2904,10 @@ mod tests {
         };
         for ms in [0, 9, 60_001, u64::MAX] {
             let cfg = ServerConfig { pair: Some(pair(ms)), ..ServerConfig::default() };
-            assert!(cfg.check().expect_err("out of range").contains("--heartbeat-ms"), "{ms}");
+            let e = cfg.check().expect_err("out of range");
+            assert!(e.contains("--heartbeat-interval ") && e.ends_with(" is out of range: give 10ms to 60s"), "{e}");
             let cfg = ServerConfig { hugz_interval_ms: ms, ..ServerConfig::default() };
-            assert!(cfg.check().expect_err("out of range").contains("--hugz-ms"), "{ms}");
+            assert!(cfg.check().expect_err("out of range").contains("--hugz-interval "), "{ms}");
         }
         let cfg = ServerConfig { pair: Some(pair(10)), hugz_interval_ms: 60_000, ..ServerConfig::default() };
         assert!(cfg.check().is_ok());
