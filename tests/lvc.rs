@@ -725,6 +725,12 @@ fn frames_the_wire_decoder_refuses_are_counted_said_and_never_served() {
     );
 }
 
+#[test]
+fn a_bound_frontend_no_publisher_reached_is_said_and_so_is_the_publisher_that_comes() {
+    // Before, the LVC said nothing however long no publisher came (an engine's bound shard says it).
+    says_when_no_publisher_came("lvc", &[]);
+}
+
 /// `mdsub replay` of 5 topics bound to `ep` (`args`: how many, how fast, how many subscribers
 /// to wait for), its JSON on stdout.
 fn replay_run(ep: &str, args: &[&str]) -> common::LineProc {
