@@ -408,9 +408,19 @@ impl<H: ProxyHooks> ProxyShell<H> {
         set_delivery_options(&mut sockets.backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
         // Watched before connecting: a peer already listening completes the handshake within
         // microseconds, and a monitor attached after it would never see the link come up.
-        let links = watch_links(ctx, role, config, &sockets.frontend, &sockets.backend, hooks.follows_joins())?;
+        let mut links = watch_links(ctx, role, config, &sockets.frontend, &sockets.backend, hooks.follows_joins())?;
         sockets.attach(&config.frontend, &config.backend).map_err(fatal)?;
         let zmqx::ProxySockets { frontend, backend, endpoints } = sockets;
+        // No publisher at a bound frontend endpoint 5 s on is said, as an engine's shard says it
+        // (`lvc frontend: no publisher has connected to bound EP in 5s; …`), and when one comes.
+        if let Some(w) = links[0].as_mut() {
+            // `endpoints` holds the frontend's attaches first, in order, as bound (ports resolved).
+            let bound: Vec<String> = (config.frontend.iter().zip(&endpoints))
+                .filter(|(a, _)| matches!(a, Attach::Bind(_)))
+                .map(|(_, (_, _, ep))| ep.clone())
+                .collect();
+            w.awaiting_publishers(&bound);
+        }
         if subscribe_all {
             frontend.send(&[1u8][..], 0).map_err(zerr(role, "subscribing upstream"))?;
         }

@@ -724,3 +724,71 @@ fn frames_the_wire_decoder_refuses_are_counted_said_and_never_served() {
         "the first bad frame is said with its reason: {err:?}"
     );
 }
+
+#[test]
+fn a_bound_frontend_no_publisher_reached_is_said_and_so_is_the_publisher_that_comes() {
+    // Before, the LVC said nothing however long no publisher came (an engine's bound shard says it).
+    says_when_no_publisher_came("lvc", &[]);
+}
+
+/// `mdsub replay` of 5 topics bound to `ep` (`args`: how many, how fast, how many subscribers
+/// to wait for), its JSON on stdout.
+fn replay_run(ep: &str, args: &[&str]) -> common::LineProc {
+    let mut cmd = common::mdsub();
+    cmd.args(["replay", "--endpoint", ep, "--symbols", "5", "--json", "--eos-wait", "20s"]).args(args);
+    common::LineProc::spawn_with_stderr("replay", &mut cmd)
+}
+
+/// The JSON of a process that ends by itself within 60 s, after checking it ended well.
+fn finished(p: common::LineProc) -> serde_json::Value {
+    let name = p.proc.name.clone();
+    let (status, out) = p.finish(Duration::from_secs(60));
+    assert!(status.success(), "{name}: {status}: {out}");
+    common::json(&out)
+}
+
+#[test]
+fn control_frames_pass_live_and_are_never_cached_or_answered() {
+    // Before, the LVC cached the replay's end of stream under `_mdsub` (a topic slot) and
+    // answered it, flagged FROM_CACHE, to every late subscriber of that prefix long after the
+    // run ended. An mdsub engine ignores a cached control frame (it neither ended at once nor
+    // counted it against the next run, as run 2 here shows); any other subscriber was misled.
+    let ep = format!("tcp://127.0.0.1:{}", common::free_port_block(1));
+    let mut lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
+    // Run 1: replay → LVC → engine. The end of stream reaches the engine live, and the
+    // engine's confirmation reaches the replay through the LVC.
+    // Two subscribers: the LVC's own and the engine's through it.
+    let replay = replay_run(&ep, &["--count", "2000", "--rate", "0", "--subscribers", "2"]);
+    let engine = common::engine_json(&[&lvc.backend], &[]);
+    let r = finished(engine);
+    assert_eq!((common::u(&r, "sent"), common::u(&r, "delivered"), common::u(&r, "lost")), (2000, 2000, 0), "{r}");
+    let s = finished(replay);
+    assert!(s.get("eos_unconfirmed").is_none(), "the engine's confirmation came back through the LVC: {s}");
+    // A late plain SUB to everything: the answer is the 5 topics' last values, no control frame.
+    let ctx = zmq::Context::new();
+    let late = subscriber(&ctx, &lvc.backend, &[b""]);
+    let answer = recv_within(&late, Duration::from_secs(5), "the answer to a subscribe to everything");
+    let names: Vec<String> = answer.iter().map(|f| name(f)).collect();
+    assert_eq!(names.len(), 5, "the 5 data topics only: {names:?}");
+    assert!(names.iter().all(|n| n.as_bytes() != mdsub::wire::CONTROL_TOPIC), "{names:?}");
+    assert!(late.recv_multipart(0).is_err(), "nothing more: no control frame answered on its own");
+    drop(late);
+    // Run 2 on the same endpoint, 5 s long: an engine that joins it through the LVC after run 1
+    // ended takes run 2's live data and ends with run 2's end of stream, counting run 2 alone
+    // (what it missed before it joined is lost, not the point here).
+    let replay = replay_run(&ep, &["--count", "5000", "--rate", "1k", "--subscribers", "1"]);
+    common::wait_line(&lvc.stderr, Duration::from_secs(20), "the LVC on run 2", |l| {
+        l.starts_with("lvc frontend: link ") && l.contains(" up again after ")
+    });
+    let engine = common::engine_json(&[&lvc.backend], &[]);
+    let r = finished(engine);
+    assert_eq!(common::u(&r, "sent"), 5000, "run 2 alone: {r}");
+    assert!(common::u(&r, "delivered") > 5, "not ended at once: it took run 2's live data: {r}");
+    let s = finished(replay);
+    assert!(s.get("eos_unconfirmed").is_none(), "{s}");
+    let (_, err) = stop(&mut lvc);
+    let last = stopped_line("lvc", &err);
+    assert_eq!(counter(last, "topics"), 5, "no `_mdsub` topic held: {last}");
+    assert!(counter(last, "control") >= 2, "both ends of stream passed live: {last}");
+    assert!(!err.iter().any(|l| l.starts_with("lvc: refused")), "a control frame is no refusal: {err:?}");
+}

@@ -327,3 +327,9 @@ fn a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_f
     assert!(said[0].contains(&format!("holds {records} whole messages")), "{}", said[0]);
     assert!(said[0].contains("No space left on device"), "the cause: {}", said[0]);
 }
+
+#[test]
+fn a_bound_frontend_no_publisher_reached_is_said_and_so_is_the_publisher_that_comes() {
+    // Before, the tap said nothing however long no publisher came (an engine's bound shard says it).
+    common::proxy::says_when_no_publisher_came("tap", &["--quiet"]);
+}

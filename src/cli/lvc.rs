@@ -31,6 +31,8 @@ use crate::lvc::LvcConfig;
     Answers are bounded: a re-subscription within --coalesce-window gets none (coalesced=),\n\
     except one per prefix for each subscriber connection made within it (joiner_answers=), and\n\
     --answer-msgs / --answer-bytes per second cap them (truncated=, suppressed_msgs=).\n\
+    Control frames (topic _mdsub: heartbeats, ends of stream) pass live but are never cached nor\n\
+    answered, and take no --max-topics slot (control=).\n\
     SIGINT/SIGTERM stop it cleanly; the counters are printed on exit, on stderr as\n  \
     lvc: stopped: messages_in=N ...\n\
     like every diagnostic (refusals: the first of each reason at once, then a summary every 10 s),\n\
@@ -44,7 +46,8 @@ use crate::lvc::LvcConfig;
 pub struct LvcArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
-    /// Most topics cached; further new topics pass through uncached (counted, logged). 0
+    /// Most topics cached (data topics: control frames are never cached); further new topics
+    /// pass through uncached (counted, logged). 0
     /// caches nothing (unlike --hwm-msgs and the answer budgets, 0 is no cache, not no limit).
     #[arg(long, value_parser = parse_count_usize, default_value = "100k", value_name = "COUNT")]
     pub max_topics: usize,

@@ -11,7 +11,11 @@
 //! topic NUL is an mdsub frame and is cached only when the wire decoder takes
 //! it ([`crate::wire::decode`]): one it refuses (unknown version or kind, wrong
 //! payload length, …) is not cached ([`Update::BadFrame`]); an mdsub subscriber
-//! would drop it, so the topic's last good value stays. Values sit in a `HashMap`
+//! would drop it, so the topic's last good value stays. A control frame (topic
+//! [`CONTROL_TOPIC`]: a heartbeat, an end of stream) is never cached ([`Update::Control`]):
+//! it says something of its publisher's run as it happens, and replayed to a late subscriber
+//! it would speak of a run long over (or take a `--max-topics` slot from a data topic); the
+//! proxy forwards it live all the same. Values sit in a `HashMap`
 //! keyed by those bytes (one SipHash per message on the hot path, which resists
 //! crafted topics; measured 3× cheaper than a `BTreeMap` walk over 1 000
 //! topics, `benches/lvc.rs`), and the keys also sit in
@@ -23,7 +27,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::{Bound, Deref};
 
-use crate::wire::{DecodeError, OneFrame, MAX_TOPIC_LEN};
+use crate::wire::{DecodeError, OneFrame, CONTROL_TOPIC, MAX_TOPIC_LEN};
 
 /// Most frames a cached message may have; longer messages pass but are not cached.
 pub const MAX_FRAMES: usize = 64;
@@ -61,6 +65,10 @@ pub enum Update {
     /// One frame with a topic NUL that the wire decoder refuses (why): not
     /// cached; the topic's last good value, if any, stays.
     BadFrame(DecodeError),
+    /// An mdsub control frame (topic [`CONTROL_TOPIC`]: a heartbeat, an end of stream): news
+    /// of its publisher's run as it happens, never a last value. Not cached; no topic's value
+    /// is touched.
+    Control,
 }
 
 /// Cache counters (monotonic).
@@ -73,6 +81,8 @@ pub struct CacheCounters {
     pub uncacheable: u64,
     /// One-frame messages the wire decoder refuses ([`Update::BadFrame`]).
     pub bad_frames: u64,
+    /// Control frames seen ([`Update::Control`]): forwarded live, never cached.
+    pub control: u64,
 }
 
 /// One cached message: its frames concatenated, with their end offsets.
@@ -145,10 +155,12 @@ impl<'a> Iterator for CachedFrames<'a> {
 }
 
 /// The key a message is cached under, or why it has none: [`Update::BadFrame`] or
-/// [`Update::Uncacheable`] (see the module doc). A one-frame message is decoded once, here.
+/// [`Update::Uncacheable`], or none wanted: [`Update::Control`] (see the module doc). A one-frame
+/// message is decoded once, here.
 pub fn message_key<F: Deref<Target = [u8]>>(frames: &[F]) -> Result<&[u8], Update> {
     match frames {
         [only] => match OneFrame::of(only) {
+            OneFrame::Mdsub(v) if v.topic == CONTROL_TOPIC => Err(Update::Control),
             OneFrame::Mdsub(v) => Ok(&only[..v.topic.len() + 1]),
             OneFrame::Bad(why) => Err(Update::BadFrame(why)),
             OneFrame::Foreign => Err(Update::Uncacheable),
@@ -213,6 +225,10 @@ impl LastValueCache {
             Err(bad @ Update::BadFrame(_)) => {
                 self.counters.bad_frames += 1;
                 return bad;
+            }
+            Err(Update::Control) => {
+                self.counters.control += 1;
+                return Update::Control;
             }
             Err(_) => {
                 // A multipart message on a cached topic that cannot be stored (too
@@ -440,6 +456,23 @@ mod tests {
         // A foreign topic in a multipart message is no mdsub frame: still cached whole.
         let foreign: [&[u8]; 2] = [b"VER9\0\x09", b"body"];
         assert_eq!(c.update(&foreign), Update::Inserted);
+    }
+
+    #[test]
+    fn control_frames_are_never_cached_and_take_no_topic_slot() {
+        // Before, an end of stream was cached under `_mdsub` and answered to late subscribers.
+        let mut c = LastValueCache::new(CacheLimits { max_topics: 1, max_bytes: 1 << 20 });
+        let control = |kind, seq| {
+            let h = Header { kind, ..Header::data(seq, 0) };
+            encode(CONTROL_TOPIC, &h, &seq.to_le_bytes())
+        };
+        for f in [control(Kind::Heartbeat, 1), control(Kind::EndOfStream, 2)] {
+            assert_eq!(c.update(&[f.as_slice()]), Update::Control);
+        }
+        assert_eq!((c.topics(), c.bytes(), c.counters().control), (0, 0, 2));
+        assert_eq!(c.update(&[frame("ES", 1, b"x")]), Update::Inserted, "the one slot is a data topic's");
+        assert_eq!(c.matching(CONTROL_TOPIC).count(), 0);
+        assert_eq!(topics_of(&c, b""), ["ES"]);
     }
 
     #[test]

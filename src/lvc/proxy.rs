@@ -34,9 +34,11 @@ pub struct LvcReport {
     pub cache_answers: u64,
     /// How answers were bounded (coalesced, truncated, suppressed).
     pub answers: AnswerCounters,
-    /// Topics and bytes held at the end.
+    /// Topics and bytes held at the end (data topics only: a control frame is never cached).
     pub topics: u64,
     pub cache_bytes: u64,
+    /// What the cache did with each message from the publishers (`control`: control frames,
+    /// forwarded live and never cached).
     pub cache: CacheCounters,
 }
 
@@ -49,7 +51,7 @@ impl std::fmt::Display for LvcReport {
              not_forwarded={} too_long_up={} cache_answers={} {} answered={} \
              answer_msgs={} answer_bytes={} coalesced={} coalesced_msgs={} joiner_answers={} truncated={} suppressed_msgs={} \
              suppressed_bytes={} topics={} cache_bytes={} inserted={} replaced={} rejected_full={} \
-             evicted_too_big={} uncacheable={} bad_frames={}",
+             evicted_too_big={} uncacheable={} bad_frames={} control={}",
             sh.messages_in,
             sh.frames_in,
             sh.bytes_in,
@@ -76,7 +78,8 @@ impl std::fmt::Display for LvcReport {
             c.rejected_full,
             c.evicted_too_big,
             c.uncacheable,
-            c.bad_frames
+            c.bad_frames,
+            c.control
         )
     }
 }
@@ -250,7 +253,6 @@ impl ProxyHooks for LvcHooks {
         "lvc-proxy"
     }
 
-    /// Cache it (the shell forwards it).
     /// The LVC applies subscriptions itself, to answer the joiner alone.
     fn manual_subscriptions(&self) -> bool {
         true
@@ -266,9 +268,11 @@ impl ProxyHooks for LvcHooks {
         self.gate.on_join(now_ns);
     }
 
+    /// Cache it (the shell forwards it), unless it is a control frame: those pass live only.
     fn on_upstream_message(&mut self, frames: &[Frame], now_ns: u64) {
         match self.cache.update(frames) {
-            Update::Inserted | Update::Replaced => {}
+            // A control frame is forwarded live, never cached (counted in control=).
+            Update::Inserted | Update::Replaced | Update::Control => {}
             refused => self.refuse(refused, now_ns),
         }
     }

@@ -304,3 +304,28 @@ pub fn long_subscription_through(tool: &str, extra: &[&str], len: usize) -> Stri
     let (_, err) = stop(&mut p);
     stopped_line(tool, &err).to_string()
 }
+
+/// `mdsub <tool>` with a bound frontend no publisher reaches says so on stderr after 5 s, in
+/// the words an engine's bound shard uses (`TOOL frontend: no publisher has connected to bound
+/// EP in 5s; still waiting (said again when one does)`), and says when one then connects.
+pub fn says_when_no_publisher_came(tool: &str, extra: &[&str]) {
+    let mut p = start(tool, extra);
+    let t0 = Instant::now();
+    let head = format!("{tool} frontend: ");
+    let waiting = wait_line(&p.stderr, Duration::from_secs(15), "the no-publisher line", |l| l.starts_with(&head));
+    assert_eq!(
+        waiting,
+        format!(
+            "{head}no publisher has connected to bound {} in 5s; still waiting (said again when one does)",
+            p.frontend
+        )
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(4), "said after 5 s, not {:?}", t0.elapsed());
+    let ctx = zmq::Context::new();
+    let _publisher = publisher(&ctx, &p.frontend);
+    let came = wait_line(&p.stderr, Duration::from_secs(10), "the publisher line", |l| l.starts_with(&head));
+    let said = format!("{head}a publisher connected to {} after ", p.frontend);
+    assert!(came.starts_with(&said), "{came}");
+    let (_, err) = stop(&mut p);
+    assert!(!err.iter().any(|l| l.contains("no publisher has connected")), "said once: {err:?}");
+}
