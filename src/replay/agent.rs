@@ -1085,13 +1085,23 @@ impl PublisherAgent {
             } else {
                 format!("after {} (--eos-wait)", crate::diag::human_duration_of(self.p.eos_wait))
             };
+            // A resend held back by a full pipe until now: the reconnected subscriber never got
+            // it, and a lossless subscriber on the shard is far behind (or stopped reading).
+            let resend_pending = sh.eos_resend_due();
+            let why = if resend_pending {
+                "; it was to go again to a subscriber that took the control topic after it went (a reconnect?), \
+                 but a full pipe held the resend back until then: a lossless subscriber is far behind (a longer \
+                 --eos-wait lets it catch up) or stopped reading; they may not have it"
+            } else {
+                "; they may not have it (a connection dead without a close, a subscriber still behind or killed)"
+            };
             crate::diag!(
                 "replay: shard{shard} {}: the end of stream is not confirmed by {left} subscriber(s) that end at \
-                 one, {ended}; they may not have it (a connection dead without a close, a subscriber still behind \
-                 or killed), and may not know their loss",
+                 one, {ended}{why}, and may not know their loss",
                 sh.endpoint
             );
-            self.eos_unconfirmed.push(super::EosUnconfirmed { shard, endpoint: sh.endpoint.clone(), waiting: left });
+            let endpoint = sh.endpoint.clone();
+            self.eos_unconfirmed.push(super::EosUnconfirmed { shard, endpoint, waiting: left, resend_pending });
         }
         self.phase = Phase::Done;
         Ok(Step::Finished(n))
