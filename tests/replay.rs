@@ -1353,3 +1353,67 @@ fn a_replay_short_of_subscribers_says_so_after_5_s_and_names_how_many_came() {
     assert_eq!(status.code(), Some(1), "{status}");
     drop(engine);
 }
+
+/// The replay's sockets on `port` (its side of each connection to it), by `ss`.
+fn connections_on(port: &str) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-tnH", &format!("( sport = :{port} )")])
+        .output()
+        .unwrap_or_else(|e| panic!("running ss: {e}"));
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn a_later_shards_subscriber_that_left_while_an_earlier_end_of_stream_was_held_back_is_not_waited_for() {
+    // Before: the subscription events were read once, before shard0's end of stream; shard1's
+    // subscriber that ends at one, gone while shard0's end of stream was held back by a full
+    // pipe, was still counted on shard1 when its end of stream went: waited for, then said not
+    // to have confirmed it (`not confirmed by 1 subscriber(s)`, listed in eos_unconfirmed).
+    // Now each shard's events are read right before its end of stream goes.
+    let args = ["--rate", "200k", "--sndhwm-msgs", "1k", "--duration", "1s", "--json", "--eos-wait", "3s"];
+    let (replay, eps) = start_replay("replay", 2, &args);
+    // Shard0's subscriber never reads until told: it holds the end of stream back.
+    let (_ctx0, sub0) = subscriber(&eps[0]);
+    sub0.set_rcvhwm(1_000).expect("rcvhwm");
+    // Shard1's ends at an end of stream, reads on, and leaves when told.
+    let leave = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (leave, ep) = (leave.clone(), eps[1].clone());
+        std::thread::spawn(move || {
+            let (ctx, sub) = waiting_subscriber(&ep);
+            while !leave.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sub.recv_bytes(0);
+            }
+            sub.set_linger(0).expect("linger");
+            drop(sub);
+            drop(ctx);
+        })
+    };
+    let err = replay.stderr.as_ref().expect("stderr piped");
+    let held = wait_line(err, Duration::from_secs(15), "shard0's end of stream held", |l| {
+        l.contains("the end of stream waits")
+    });
+    assert!(held.starts_with("replay: shard0 "), "{held}");
+    leave.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().expect("reader");
+    // The replay closed its side of shard1's connection: it has the subscriber's leaving.
+    let port = eps[1].rsplit(':').next().expect("port").to_string();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while connections_on(&port) > 0 {
+        assert!(std::time::Instant::now() < end, "the replay kept shard1's connection 5 s after it closed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // libzmq's socket learns of a closed connection through a round trip of commands with its
+    // I/O thread (run while the held-back send waits); nothing outside shows when it is done,
+    // so it is given 500 ms, some hundred times what it takes.
+    std::thread::sleep(Duration::from_millis(500));
+    // Shard0's subscriber reads again: its end of stream goes, then shard1's.
+    end_of_stream_of(&sub0);
+    let said = rest_lines(err, Duration::from_secs(15));
+    let (status, out) = replay.finish(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{said:?}");
+    assert!(!said.iter().any(|l| l.contains("not confirmed")), "nobody left to confirm: {said:?}");
+    let s = json(&out);
+    assert!(s.get("eos_unconfirmed").is_none() && s.get("eos_missed").is_none(), "{s}");
+    assert_eq!(s["eos_wait_s"].as_f64(), Some(0.0), "nobody was waited for: {s}");
+}

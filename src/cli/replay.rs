@@ -383,7 +383,9 @@ pub struct ReplayArgs {
     /// ends at one (an `mdsub engine` shard, directly or behind `mdsub lvc`/`tap`) confirmed it
     /// arrived. One that takes the control topic meanwhile (a reconnect after its connection
     /// died, with the end of stream in it) is sent it again. Shards still unconfirmed at the end
-    /// are said and listed (`eos_unconfirmed`); Ctrl-C ends the wait at once (a run stopped
+    /// are said and listed (`eos_unconfirmed`; `resend_pending` when a full lossless pipe held
+    /// that resend back: a subscriber far behind needs a longer wait); Ctrl-C ends the wait at
+    /// once (a run stopped
     /// by Ctrl-C while sending waits 1s at most, as its end of stream does). Subscribers to
     /// everything alone (a tap, a plain SUB) are not waited for. 0: no wait, nothing sent again.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]

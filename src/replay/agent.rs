@@ -970,6 +970,20 @@ impl PublisherAgent {
         }
     }
 
+    /// The pending message is an end of stream: the subscription events are read right before
+    /// each try (a held-back one's blocked send runs the socket's commands in between), so the
+    /// count its wait starts from (`Shard::eos_went`) is of the subscribers it goes to. Read once
+    /// before the first shard's alone, a later shard's subscriber that left while an earlier
+    /// shard's end of stream was held back by a full pipe (up to [`EOS_TIMEOUT`]) was still
+    /// waited for, and said not to have confirmed. Not after the send: a confirmation that came
+    /// at once would be taken for the count's.
+    fn drain_before_eos(&mut self) -> Result<(), ReplayError> {
+        if self.pending.is_some_and(|p| p.data.is_none()) {
+            self.p.drain_subscriptions()?;
+        }
+        Ok(())
+    }
+
     /// Send end of stream on every shard: payload = mdsub data frames numbered in its session
     /// (u64 LE): sent, dropped at the SNDHWM, or left out on purpose.
     /// Sent lossless even by a lossy publisher, waiting at most [`EOS_TIMEOUT`] per shard (1 s
@@ -1010,6 +1024,7 @@ impl PublisherAgent {
                 self.p.encode_control(shard, Kind::EndOfStream);
                 self.pending = Some(Pending { shard, at: FrameAt::Buf, n_parts: 1, data: None, seq: false });
             }
+            self.drain_before_eos()?;
             match self.push(None)? {
                 Push::Done => {}
                 Push::Full if now >= deadline_ns && deadline_ns != 0 => {
@@ -1070,13 +1085,23 @@ impl PublisherAgent {
             } else {
                 format!("after {} (--eos-wait)", crate::diag::human_duration_of(self.p.eos_wait))
             };
+            // A resend held back by a full pipe until now: the reconnected subscriber never got
+            // it, and a lossless subscriber on the shard is far behind (or stopped reading).
+            let resend_pending = sh.eos_resend_due();
+            let why = if resend_pending {
+                "; it was to go again to a subscriber that took the control topic after it went (a reconnect?), \
+                 but a full pipe held the resend back until then: a lossless subscriber is far behind (a longer \
+                 --eos-wait lets it catch up) or stopped reading; they may not have it"
+            } else {
+                "; they may not have it (a connection dead without a close, a subscriber still behind or killed)"
+            };
             crate::diag!(
                 "replay: shard{shard} {}: the end of stream is not confirmed by {left} subscriber(s) that end at \
-                 one, {ended}; they may not have it (a connection dead without a close, a subscriber still behind \
-                 or killed), and may not know their loss",
+                 one, {ended}{why}, and may not know their loss",
                 sh.endpoint
             );
-            self.eos_unconfirmed.push(super::EosUnconfirmed { shard, endpoint: sh.endpoint.clone(), waiting: left });
+            let endpoint = sh.endpoint.clone();
+            self.eos_unconfirmed.push(super::EosUnconfirmed { shard, endpoint, waiting: left, resend_pending });
         }
         self.phase = Phase::Done;
         Ok(Step::Finished(n))
@@ -1139,6 +1164,10 @@ impl Agent for PublisherAgent {
             ms = ms.min(left_ms.clamp(1, i32::MAX as u64) as i32);
         }
         let was = self.pending.and_then(|p| p.data);
+        if let Err(e) = self.drain_before_eos() {
+            self.error = Some(e);
+            return;
+        }
         match self.push(Some(ms)) {
             Ok(Push::Done) if was.is_some() => self.sent_in_wait += 1,
             Ok(_) => {}

@@ -283,6 +283,11 @@ pub struct EosUnconfirmed {
     pub endpoint: String,
     /// Subscribers that end at an end of stream and had not confirmed it when the wait ended.
     pub waiting: usize,
+    /// Its end of stream was due to go again (a subscriber took the control topic after it
+    /// went: a reconnect) but a full pipe held the resend back until the wait ended: a lossless
+    /// subscriber on the shard is far behind or stopped reading. Not serialized when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resend_pending: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -441,7 +446,8 @@ impl Shard {
     }
 
     /// A subscriber took the control topic after the end of stream was last sent: it is sent
-    /// again.
+    /// again. Still true after a try ([`Publisher::resend_eos`]) only when a full pipe held the
+    /// resend back: the shard's "resend pending".
     fn eos_resend_due(&self) -> bool {
         self.eos_at.is_some_and(|at| self.control_joins > at.control_joins)
     }
@@ -1223,6 +1229,18 @@ mod tests {
         ] {
             assert_eq!(takes_control(prefix), takes, "{prefix:?}");
         }
+    }
+
+    #[test]
+    fn an_unconfirmed_shard_lists_a_pending_resend_only_when_there_is_one() {
+        let entry =
+            |resend_pending| EosUnconfirmed { shard: 1, endpoint: "tcp://h:1".into(), waiting: 2, resend_pending };
+        let json = |e: EosUnconfirmed| serde_json::to_value(e).expect("json");
+        assert_eq!(json(entry(false)), serde_json::json!({"shard": 1, "endpoint": "tcp://h:1", "waiting": 2}));
+        assert_eq!(
+            json(entry(true)),
+            serde_json::json!({"shard": 1, "endpoint": "tcp://h:1", "waiting": 2, "resend_pending": true})
+        );
     }
 
     /// The sending threads' spans make one, from the earliest first send to the latest last,
