@@ -897,6 +897,37 @@ fn an_end_of_stream_left_unconfirmed_is_said_and_listed_and_ctrl_c_ends_the_wait
     }
 }
 
+#[test]
+fn resends_to_subscribers_that_keep_joining_are_said_once_and_summed() {
+    // Before: each resend of the end of stream (a subscriber that took the control topic after
+    // it went out) was a line of its own: one that reconnects over and over flooded stderr (10k
+    // lines in 3 s). Now the first is said, and the whole count once the wait ends.
+    const JOINS: u64 = 5;
+    let args = ["--count", "100", "--rate", "0", "--json", "--eos-wait", "3s"];
+    let (mut replay, eps) = start_replay("replay", 1, &args);
+    // Never confirms: the replay waits its --eos-wait, resending to every new subscriber.
+    let (_ctx, sub) = waiting_subscriber(&eps[0]);
+    assert_eq!(receive_until_eos(&sub).len(), 100);
+    for _ in 0..JOINS {
+        // A new subscriber to everything, after the end of stream went out: a reconnect, as
+        // the replay sees it. The end of stream is sent again, and it gets it.
+        let (_c, late) = subscriber(&eps[0]);
+        end_of_stream_of(&late);
+    }
+    let status = replay.proc.wait_exit(Duration::from_secs(20));
+    let err = replay.stderr.take().expect("stderr piped");
+    let said = rest_lines(&err, Duration::from_secs(10));
+    let (_, out) = replay.finish(Duration::from_secs(5));
+    assert!(status.success(), "{said:?}");
+    let s = json(&out);
+    assert_eq!(s["eos_resent"].as_u64(), Some(JOINS), "{s}");
+    let again: Vec<&String> = said.iter().filter(|l| l.contains("sent it again")).collect();
+    assert_eq!(again.len(), 1, "the first resend alone is said: {said:?}");
+    let summed: Vec<&String> = said.iter().filter(|l| l.contains("sent the end of stream again")).collect();
+    assert_eq!(summed.len(), 1, "{said:?}");
+    assert!(summed[0].contains(&format!("again {JOINS} times in all")), "{said:?}");
+}
+
 /// The header of the end of stream `sub` receives (30 s at most), what came before it dropped.
 fn end_of_stream_of(sub: &zmq::Socket) -> Header {
     let end = std::time::Instant::now() + Duration::from_secs(30);

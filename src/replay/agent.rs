@@ -1051,11 +1051,16 @@ impl PublisherAgent {
         let first = self.p.part.0;
         let mut n = 0;
         for k in 0..self.p.shards.len() {
-            if self.p.shards[k].eos_resend_due() && self.p.resend_eos(k)? {
-                n += 1;
+            // The first resend of a shard is said; the others are summed when the wait ends
+            // (a subscriber that reconnects over and over would flood stderr, a line each).
+            if !(self.p.shards[k].eos_resend_due() && self.p.resend_eos(k)?) {
+                continue;
+            }
+            n += 1;
+            if self.p.shards[k].eos_resent == 1 {
                 crate::diag!(
                     "replay: shard{} {}: a subscriber took the control topic after the end of stream went out (a \
-                     reconnect?): sent it again",
+                     reconnect?): sent it again (further resends are counted, eos_resent)",
                     first + k,
                     self.p.shards[k].endpoint
                 );
@@ -1067,6 +1072,7 @@ impl PublisherAgent {
         let awaited = self.p.shards.iter().any(super::Shard::eos_awaited);
         self.eos_waited_ns = if awaited { now.saturating_sub(since_ns) } else { 0 };
         if !self.p.shards.iter().any(waiting) {
+            self.say_resends();
             self.phase = Phase::Done;
             return Ok(Step::Finished(n));
         }
@@ -1103,8 +1109,24 @@ impl PublisherAgent {
             let endpoint = sh.endpoint.clone();
             self.eos_unconfirmed.push(super::EosUnconfirmed { shard, endpoint, waiting: left, resend_pending });
         }
+        self.say_resends();
         self.phase = Phase::Done;
         Ok(Step::Finished(n))
+    }
+
+    /// Once the wait ends: each shard that sent its end of stream again more than once (only the
+    /// first was said), with how often.
+    fn say_resends(&self) {
+        let first = self.p.part.0;
+        for (k, sh) in self.p.shards.iter().enumerate().filter(|(_, sh)| sh.eos_resent > 1) {
+            crate::diag!(
+                "replay: shard{} {}: sent the end of stream again {} times in all, once for each subscriber that \
+                 took the control topic after it went out (reconnects)",
+                first + k,
+                sh.endpoint,
+                sh.eos_resent
+            );
+        }
     }
 }
 
