@@ -897,6 +897,15 @@ fn an_end_of_stream_left_unconfirmed_is_said_and_listed_and_ctrl_c_ends_the_wait
     }
 }
 
+/// A replay's exit (20 s at most): its status, its stdout after what was read, its stderr lines.
+fn exit_of(mut replay: LineProc) -> (std::process::ExitStatus, String, Vec<String>) {
+    let status = replay.proc.wait_exit(Duration::from_secs(20));
+    let err = replay.stderr.take().expect("stderr piped");
+    let said = rest_lines(&err, Duration::from_secs(10));
+    let (_, out) = replay.finish(Duration::from_secs(5));
+    (status, out, said)
+}
+
 #[test]
 fn resends_to_subscribers_that_keep_joining_are_said_once_and_summed() {
     // Before: each resend of the end of stream (a subscriber that took the control topic after
@@ -904,7 +913,7 @@ fn resends_to_subscribers_that_keep_joining_are_said_once_and_summed() {
     // lines in 3 s). Now the first is said, and the whole count once the wait ends.
     const JOINS: u64 = 5;
     let args = ["--count", "100", "--rate", "0", "--json", "--eos-wait", "3s"];
-    let (mut replay, eps) = start_replay("replay", 1, &args);
+    let (replay, eps) = start_replay("replay", 1, &args);
     // Never confirms: the replay waits its --eos-wait, resending to every new subscriber.
     let (_ctx, sub) = waiting_subscriber(&eps[0]);
     assert_eq!(receive_until_eos(&sub).len(), 100);
@@ -914,10 +923,7 @@ fn resends_to_subscribers_that_keep_joining_are_said_once_and_summed() {
         let (_c, late) = subscriber(&eps[0]);
         end_of_stream_of(&late);
     }
-    let status = replay.proc.wait_exit(Duration::from_secs(20));
-    let err = replay.stderr.take().expect("stderr piped");
-    let said = rest_lines(&err, Duration::from_secs(10));
-    let (_, out) = replay.finish(Duration::from_secs(5));
+    let (status, out, said) = exit_of(replay);
     assert!(status.success(), "{said:?}");
     let s = json(&out);
     assert_eq!(s["eos_resent"].as_u64(), Some(JOINS), "{s}");
@@ -952,7 +958,7 @@ fn a_ctrl_c_while_sending_leaves_the_subscribers_a_moment_to_confirm_the_end_of_
     // eos_unconfirmed. Now a stop request before the wait leaves it 1 s, as it leaves the end
     // of stream 1 s to go out; a Ctrl-C during the wait still ends it at once.
     let args = ["--count", "1M", "--rate", "1000", "--json", "--eos-wait", "30s"];
-    let (mut replay, eps) = start_replay("replay", 1, &args);
+    let (replay, eps) = start_replay("replay", 1, &args);
     let (_ctx, sub) = waiting_subscriber(&eps[0]);
     let first = std::time::Instant::now() + Duration::from_secs(30);
     while sub.recv_bytes(0).is_err() {
@@ -964,10 +970,7 @@ fn a_ctrl_c_while_sending_leaves_the_subscribers_a_moment_to_confirm_the_end_of_
     let took = wire::took_eos(eos.publisher_id, eos.session_id);
     sub.set_subscribe(&took).expect("confirm");
     sub.set_unsubscribe(&took).expect("confirm");
-    let status = replay.proc.wait_exit(Duration::from_secs(20));
-    let err = replay.stderr.take().expect("stderr piped");
-    let said = rest_lines(&err, Duration::from_secs(10));
-    let (_, out) = replay.finish(Duration::from_secs(5));
+    let (status, out, said) = exit_of(replay);
     assert!(status.success(), "{said:?}");
     let s = json(&out);
     assert_eq!(s["interrupted"], true, "{s}");
