@@ -988,7 +988,6 @@ mod tests {
         // not set them.
         let cfg = Profile::builtin().engine_config(None);
         assert_eq!(cfg.keepalive, Keepalive { enabled: true, idle_s: 2, interval_s: 1, probes: 3 });
-        assert_eq!(cfg.keepalive.dead_after_s(), 5);
         let p = valid_2core_with(
             "[keepalive]
 idle_s = 30

@@ -232,11 +232,6 @@ impl Keepalive {
     /// The most `probes` Linux takes (`TCP_KEEPCNT`).
     pub const MAX_PROBES: u32 = 127;
 
-    /// Seconds from a dead path's last packet to the end of its connection.
-    pub fn dead_after_s(&self) -> u64 {
-        u64::from(self.idle_s) + u64::from(self.interval_s) * u64::from(self.probes)
-    }
-
     /// Each setting out of the kernel's range: the field and why.
     pub fn problem(&self) -> Option<(&'static str, String)> {
         let range = |v: u32, max: u32| {

@@ -45,15 +45,7 @@ pub enum FileKind {
 pub fn detect(path: &Path) -> io::Result<Option<FileKind>> {
     let mut f = crate::infile::open(path, "a replay file is a capture or a DBN file")?;
     let mut head = [0u8; 8];
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let n = crate::infile::read_full(&mut f, &mut head)?;
     let h = &head[..n];
     // A zstd skippable frame (0x184D2A50..5F, little endian) may lead too.
     let skippable = n >= 4 && h[0] & 0xF0 == 0x50 && h[1..4] == [0x2A, 0x4D, 0x18];

@@ -107,9 +107,7 @@ impl Relay {
 
     /// Listen on `listen` and relay to `target`.
     pub fn start_on(listen: SocketAddr, target: SocketAddr, faults: Faults) -> Relay {
-        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("relay: binding {listen}: {e}"));
-        listener.set_nonblocking(true).expect("nonblocking listener");
-        let addr = listener.local_addr().expect("relay addr");
+        let (listener, addr) = listen_on(listen, "relay");
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared::default());
         let (s, sh) = (stop.clone(), shared.clone());
@@ -140,11 +138,7 @@ impl Relay {
 
     /// Cut every live connection now (the clients see the link go down).
     pub fn cut_all(&self) {
-        if let Ok(mut live) = self.shared.live.lock() {
-            for s in live.drain(..) {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
+        shut_down(&self.shared.live);
         self.shared.cuts.fetch_add(1, Relaxed);
     }
 
@@ -171,14 +165,27 @@ impl Drop for Relay {
 /// joined.
 fn stop_relaying(stop: &AtomicBool, live: &Mutex<Vec<TcpStream>>, acceptor: &mut Option<JoinHandle<()>>) {
     stop.store(true, Relaxed);
+    shut_down(live);
+    if let Some(a) = acceptor.take() {
+        let _ = a.join();
+    }
+}
+
+/// Shut down every connection in `live` (their peers see them end), and forget them.
+fn shut_down(live: &Mutex<Vec<TcpStream>>) {
     if let Ok(mut live) = live.lock() {
         for s in live.drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
-    if let Some(a) = acceptor.take() {
-        let _ = a.join();
-    }
+}
+
+/// A non-blocking listener on `at` (port 0: an ephemeral one) for `who`, and its address.
+fn listen_on(at: SocketAddr, who: &str) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind(at).unwrap_or_else(|e| panic!("{who}: binding {at}: {e}"));
+    listener.set_nonblocking(true).expect("nonblocking listener");
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{who}: its address: {e}"));
+    (listener, addr)
 }
 
 /// `client`, just accepted, and a fresh connection to `target` for it (both blocking, no
@@ -294,9 +301,7 @@ pub struct HoleStats {
 impl BlackHole {
     /// Listen on an ephemeral port of 127.0.0.1 and relay to `target` as the type says.
     pub fn start(target: SocketAddr, cut_at: u64, until: Vec<u8>) -> BlackHole {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("black hole: binding");
-        listener.set_nonblocking(true).expect("nonblocking listener");
-        let addr = listener.local_addr().expect("black hole addr");
+        let (listener, addr) = listen_on("127.0.0.1:0".parse().expect("addr"), "black hole");
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(HoleShared::default());
         let (stop2, sh) = (stop.clone(), shared.clone());
