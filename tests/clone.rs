@@ -742,10 +742,11 @@ fn independent_chp_client_interoperates_with_mdsub_server() {
         assert_eq!(f[1].len(), 8);
         if f[0] == b"KTHXBAI" {
             assert_eq!(f[4], b"/spec/", "KTHXBAI carries the subtree");
-            // mdsub's extension: the server's limits, as ordinary `name=value` properties.
+            // mdsub's extensions: the server's limits and HUGZ interval, as ordinary
+            // `name=value` properties.
             let props = String::from_utf8(f[3].clone()).expect("props are text");
             let lines: Vec<&str> = props.lines().collect();
-            assert_eq!(lines, ["max-key-bytes=1024", "max-value-bytes=1048576"], "{props:?}");
+            assert_eq!(lines, ["max-key-bytes=1024", "max-value-bytes=1048576", "hugz-interval-ms=1000"], "{props:?}");
             break chp_seq(&f[1]);
         }
         snap.push(f);
@@ -977,6 +978,31 @@ fn clone_client_watch_counts_live_and_resync_changes_apart() {
     let err = w.stderr.as_ref().expect("stderr piped");
     let line = wait_line(err, Duration::from_secs(10), "the exit counters", |l| l.contains("stopped:"));
     assert!(line.contains(" live=1 ") && line.contains(" resync_changes=1 "), "{line}");
+}
+
+/// A server run with a HUGZ interval above a client's `--silence` was left by the client
+/// whenever it had nothing to publish (hops over and over, every one a re-sync), though it
+/// was alive. The server states its interval in its snapshot; the client waits twice that.
+#[test]
+fn a_client_keeps_a_quiet_server_whose_hugz_are_slower_than_its_silence() {
+    let p = free_port_block(3);
+    let _s = server("server", p, &["--hugz-interval", "1500ms"]);
+    let mut cmd = mdsub();
+    cmd.args(["clone-client", "--server", &ep(p), "--silence", "1200ms", "watch", "/quiet/"]);
+    let w = LineProc::spawn_with_stderr("watch", &mut cmd);
+    let err = w.stderr.as_ref().expect("stderr piped");
+    let said = wait_line(err, Duration::from_secs(10), "the silence line", |l| l.contains("publishes HUGZ every"));
+    assert!(
+        said.contains(&format!("{} publishes HUGZ every 1500ms", ep(p)))
+            && said.ends_with("left after 3s of silence instead"),
+        "{said}"
+    );
+    // Nothing is published: only HUGZ, every 1.5 s, reach the client for 4 s (more than
+    // three of its configured silences, one of what it now allows).
+    std::thread::sleep(Duration::from_secs(4));
+    w.proc.signal(15);
+    let line = wait_line(err, Duration::from_secs(10), "the exit counters", |l| l.contains("stopped:"));
+    assert!(line.contains(" failovers=0 hops=0 resyncs=0 "), "{line}");
 }
 
 #[test]

@@ -218,7 +218,8 @@ pub struct ClientArgs {
     /// Fail over after this long without an update or HUGZ (e.g. 2s; whole milliseconds, more
     /// than 0). A quiet server sends HUGZ once a second by default (its --hugz-interval): a
     /// silence not above that takes a live, quiet server for dead between heartbeats and fails
-    /// over again and again, so one up to 1s is warned of.
+    /// over again and again, so one up to 1s is warned of; a server that states a longer
+    /// interval in its snapshot (mdsub's do) is given twice its interval instead, said once.
     #[arg(long, value_parser = parse_silence, default_value = "2s", value_name = "DURATION")]
     pub silence: Duration,
     /// Give up when no server answers within this (e.g. 10s).
@@ -299,8 +300,8 @@ pub(crate) fn parse_silence(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The warning for a `--silence` not above the servers' default HUGZ interval (the client
-/// cannot know theirs), None for a longer one.
+/// The warning for a `--silence` not above the servers' default HUGZ interval (said at start,
+/// before any server has stated its own), None for a longer one.
 pub(crate) fn silence_warning(silence: Duration) -> Option<String> {
     let hugz = Duration::from_millis(crate::clone::server::DEFAULT_HUGZ_INTERVAL_MS);
     (silence <= hugz).then(|| {

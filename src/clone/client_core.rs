@@ -206,6 +206,12 @@ pub struct ClientStatus {
     /// The longest key and value the server in use accepts, as its last snapshot stated them
     /// (`None` before the first snapshot, or from a server that does not state them).
     pub limits: Option<Limits>,
+    /// How often the server in use publishes HUGZ when quiet, ms, as its last snapshot stated it
+    /// (`None` before the first snapshot, or from a server that does not state it).
+    pub hugz_interval_ms: Option<u64>,
+    /// How long the server in use may be silent before it is left, ms: the configured silence,
+    /// or twice `hugz_interval_ms` where that is not below it (0 before the first snapshot).
+    pub silence_ms: u64,
 }
 
 /// Input to the core.
@@ -353,6 +359,9 @@ pub struct ClientCore {
     refused: RecentUuids,
     /// What the server in use accepts, from its last KTHXBAI.
     limits: Option<Limits>,
+    /// How long silence lasts before the server in use is left, ms: `cfg.silence_ms`, or twice
+    /// the server's HUGZ interval where its last KTHXBAI stated one not below that.
+    silence_ms: u64,
     watchers: Vec<(Vec<u8>, Sender<Change>)>,
     status: ClientStatus,
     ever_synced: bool,
@@ -384,6 +393,7 @@ impl ClientCore {
             untracked: RecentUuids::new(REMEMBERED_OUTCOMES),
             refused: RecentUuids::new(REMEMBERED_OUTCOMES),
             limits: None,
+            silence_ms: cfg.silence_ms,
             watchers: Vec::new(),
             status: ClientStatus::default(),
             ever_synced: false,
@@ -593,6 +603,7 @@ impl ClientCore {
             // The server's limits come with its snapshot (a server that does not state them
             // leaves nothing to check).
             self.limits = Limits::stated_by(&m);
+            self.heed_hugz_interval(super::kvmsg::hugz_interval_stated_by(&m), out);
             if let Phase::Syncing(s) = std::mem::replace(&mut self.phase, Phase::Live) {
                 out.push(Action::EndSnapshot);
                 self.finish_sync(*s, m.sequence, now_ns, out);
@@ -744,6 +755,34 @@ impl ClientCore {
         self.unacked.retain(|u| self.unacked_ids.contains(&u.uuid));
     }
 
+    /// The HUGZ interval the server in use stated (`None`: it did not): a server quiet for
+    /// `silence_ms` is left, so a stated interval not below it would make the client leave a live
+    /// server whenever nothing is published. The client then waits twice the interval instead,
+    /// and says so when that changes.
+    fn heed_hugz_interval(&mut self, stated_ms: Option<u64>, out: &mut Vec<Action>) {
+        self.status.hugz_interval_ms = stated_ms;
+        let silence_ms = match stated_ms {
+            Some(h) if h >= self.cfg.silence_ms => h.saturating_mul(2),
+            _ => self.cfg.silence_ms,
+        };
+        if silence_ms != self.silence_ms {
+            let (name, server) = (&self.cfg.name, &self.cfg.servers[self.cur]);
+            let human = crate::diag::human_ms;
+            out.push(Action::Say(match stated_ms {
+                Some(h) if silence_ms != self.cfg.silence_ms => format!(
+                    "{name}: {server} publishes HUGZ every {} when quiet, not under the silence limit {}: it is \
+                     left after {} of silence instead",
+                    human(h),
+                    human(self.cfg.silence_ms),
+                    human(silence_ms)
+                ),
+                _ => format!("{name}: {server} is left after {} of silence again", human(silence_ms)),
+            }));
+            self.silence_ms = silence_ms;
+        }
+        self.status.silence_ms = silence_ms;
+    }
+
     /// Served by another server than before (than the first configured, at the first sync):
     /// say which, once, and why the one before was left.
     fn say_served(&mut self, out: &mut Vec<Action>) {
@@ -783,8 +822,8 @@ impl ClientCore {
             self.restart_sync(out);
             return;
         }
-        if now_ns.saturating_sub(self.last_msg_ns) > self.cfg.silence_ms.saturating_mul(1_000_000) {
-            let why = format!("was silent for {} (no update, no HUGZ)", crate::diag::human_ms(self.cfg.silence_ms));
+        if now_ns.saturating_sub(self.last_msg_ns) > self.silence_ms.saturating_mul(1_000_000) {
+            let why = format!("was silent for {} (no update, no HUGZ)", crate::diag::human_ms(self.silence_ms));
             self.hop(why, out);
             return;
         }
@@ -1191,6 +1230,75 @@ mod tests {
         }
         assert_eq!(r.core.ack_state(&uuid(1)), AckState::Abandoned, "given up after 30 s");
         assert_eq!(r.core.status().abandoned, 1);
+    }
+
+    /// Live on `server` from an empty snapshot whose KTHXBAI states `hugz_ms` (if any); the
+    /// actions after the end of the snapshot.
+    fn sync_stating(r: &mut Rig, server: usize, hugz_ms: Option<u64>) -> Vec<Action> {
+        r.on(Event::Link { server, up: true });
+        r.on(Event::Tick);
+        let mut end = KvMsg::new(KTHXBAI, 1, "");
+        if let Some(h) = hugz_ms {
+            super::super::kvmsg::stamp_hugz_interval(&mut end, h);
+        }
+        let a = r.on(Event::Snapshot(Ok(end)));
+        assert_eq!(r.core.phase(), PhaseKind::Live);
+        a
+    }
+
+    fn says(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Say(l) => Some(l.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_server_stating_hugz_slower_than_the_silence_is_given_twice_its_interval() {
+        // Before: a server run with --hugz-interval 5s was left by every client (silence 2s)
+        // whenever nothing was published for 2 s, though it was alive: hops over and over.
+        let mut r = Rig::new(cfg(2, ""));
+        let a = sync_stating(&mut r, 0, Some(5000));
+        let said = says(&a);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("tcp://127.0.0.1:6000 publishes HUGZ every 5s")
+                && said[0].contains("silence limit 2s")
+                && said[0].ends_with("left after 10s of silence instead"),
+            "{}",
+            said[0]
+        );
+        assert_eq!((r.core.status().hugz_interval_ms, r.core.status().silence_ms), (Some(5000), 10_000));
+        // Quiet but alive: HUGZ every 5 s keeps it.
+        for seq in 2..6 {
+            r.clock.advance_ms(5000);
+            r.on(published("HUGZ", seq, "", None));
+            r.on(Event::Tick);
+        }
+        assert_eq!((r.core.current(), r.core.status().hops), (0, 0), "a live, quiet server is kept");
+        // Dead: left after 10 s, not 5.
+        r.tick_after_ms(9_999);
+        assert_eq!(r.core.current(), 0);
+        r.tick_after_ms(2);
+        assert_eq!(r.core.current(), 1, "left after twice its interval");
+        // The other server states nothing (another CHP implementation): the silence is the
+        // configured one again, said once.
+        let a = sync_stating(&mut r, 1, None);
+        assert!(says(&a).iter().any(|l| l.ends_with("is left after 2s of silence again")), "{a:?}");
+        assert_eq!((r.core.status().hugz_interval_ms, r.core.status().silence_ms), (None, 2000));
+        r.tick_after_ms(2001);
+        assert_eq!(r.core.current(), 0, "the configured silence applies to a server that states nothing");
+    }
+
+    #[test]
+    fn a_server_stating_hugz_faster_than_the_silence_changes_nothing_and_says_nothing() {
+        let mut r = Rig::new(cfg(1, ""));
+        let a = sync_stating(&mut r, 0, Some(1000));
+        assert!(says(&a).is_empty(), "{a:?}");
+        assert_eq!((r.core.status().hugz_interval_ms, r.core.status().silence_ms), (Some(1000), 2000));
     }
 
     #[test]

@@ -30,6 +30,21 @@ pub const FRAME_SLACK_BYTES: usize = 4096;
 pub const MAX_KEY_BYTES_PROP: &str = "max-key-bytes";
 /// mdsub extension on KTHXBAI: the longest value the server accepts (`--max-value-bytes`).
 pub const MAX_VALUE_BYTES_PROP: &str = "max-value-bytes";
+/// mdsub extension on KTHXBAI: how often the server publishes HUGZ when it has nothing else to
+/// publish, ms (`--hugz-interval`), so a client can tell a quiet server from a dead one whatever
+/// the server was told ([`stamp_hugz_interval`]).
+pub const HUGZ_INTERVAL_MS_PROP: &str = "hugz-interval-ms";
+
+/// State the server's HUGZ interval on `msg` (a KTHXBAI) as a property.
+pub fn stamp_hugz_interval(msg: &mut KvMsg, interval_ms: u64) {
+    msg.set_prop(HUGZ_INTERVAL_MS_PROP, interval_ms.to_string());
+}
+
+/// The HUGZ interval `msg` states, ms: `None` from a server that does not say (another CHP
+/// implementation, an older mdsub) or says something that is not a number above 0.
+pub fn hugz_interval_stated_by(msg: &KvMsg) -> Option<u64> {
+    msg.prop(HUGZ_INTERVAL_MS_PROP).and_then(|v| v.parse::<u64>().ok()).filter(|&ms| ms > 0)
+}
 
 /// The longest key and value a server accepts: checked by the server on every update, and
 /// stated as properties on each snapshot's KTHXBAI ([`Limits::stamp`]) so that mdsub's client

@@ -699,6 +699,8 @@ impl Server {
         let mut end = KvMsg::new(KTHXBAI, self.core.sequence(), subtree.to_vec());
         // Our limits, so that mdsub's clients refuse an update we would drop at once.
         self.core.limits().stamp(&mut end);
+        // And how often we say HUGZ, so that they can tell us quiet from us dead.
+        kvmsg::stamp_hugz_interval(&mut end, self.core.hugz_interval_ms());
         end.send(&self.snapshot, Some(identity)).map_err(send_cut)
     }
 

@@ -789,6 +789,12 @@ impl ServerCore {
         self.limits
     }
 
+    /// How often HUGZ are published when nothing else is, ms (stated on every snapshot's
+    /// KTHXBAI).
+    pub fn hugz_interval_ms(&self) -> u64 {
+        self.hugz_ns / 1_000_000
+    }
+
     /// Current sequence (highest published or replicated).
     pub fn sequence(&self) -> u64 {
         self.sequence
