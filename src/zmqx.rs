@@ -356,9 +356,34 @@ pub fn binding(what: impl std::fmt::Display, e: zmq::Error) -> String {
     format!("binding {what}{}", bind_hint(e))
 }
 
+/// The ZAP domain of a server socket under no access policy ([`refuse_zmtp1`]). A context's
+/// ZAP handler, where one runs (another socket of it has a policy), lets every peer of this
+/// domain in.
+pub const OPEN_ZAP_DOMAIN: &str = "mdsub-open";
+
+/// Make `socket`, a server socket about to bind, end connections whose first bytes libzmq
+/// takes for ZMTP 1.0 (libzmq 2.x; random bytes are, whenever their first is not 0xFF): without a
+/// ZAP domain libzmq 4.3.5 accepts such a peer with no handshake and reads whatever it sends as
+/// messages, so a port scanner or a stray client at a bound frontend put garbage into a proxy's
+/// stream (an LVC cached it as a topic, a tap forwarded it) and a made-up subscription to
+/// everything into a publisher. With a domain, libzmq ends a ZMTP 1.0 connection in its
+/// handshake (a protocol error: counted as `handshake_failed_protocol` where the socket's
+/// handshakes are watched) and asks the context's ZAP handler about the others only if one is
+/// bound (a domain does not make ZAP compulsory: `ZMQ_ZAP_ENFORCE_DOMAIN` is off). A socket
+/// that already has a domain (an access policy's) keeps it. ZMTP 2.0 and 3.x peers are not
+/// touched.
+pub fn refuse_zmtp1(socket: &zmq::Socket) -> zmq::Result<()> {
+    if matches!(socket.get_zap_domain()?, Ok(d) if d.is_empty()) {
+        socket.set_zap_domain(OPEN_ZAP_DOMAIN)?;
+    }
+    Ok(())
+}
+
 /// Bind `socket` to `endpoint` and return the endpoint actually bound (so
-/// `tcp://127.0.0.1:*` comes back with its port).
+/// `tcp://127.0.0.1:*` comes back with its port). The socket refuses ZMTP 1.0 peers first
+/// ([`refuse_zmtp1`]).
 pub fn bind_resolved(socket: &zmq::Socket, endpoint: &str) -> zmq::Result<String> {
+    refuse_zmtp1(socket)?;
     socket.bind(endpoint)?;
     match socket.get_last_endpoint()? {
         Ok(s) => Ok(s),

@@ -702,3 +702,50 @@ fn tap_counts_every_captured_item_printed_or_unprinted_when_its_reader_leaves() 
     let stopped = err.iter().find(|l| l.starts_with("tap: printing stopped: stdout: ")).expect("said");
     assert!(stopped.contains(&format!("{printed} item(s) printed")), "{stopped} / {last}");
 }
+
+/// Bytes libzmq takes for ZMTP 1.0 (a first byte that is not 0xFF: random bytes, a stray
+/// client) at a proxy's bound frontend: before, libzmq 4.3.5 accepted them with no handshake and
+/// read them as messages, which the tap forwarded and showed and the LVC cached as a topic.
+/// Now the connection is ended in its handshake and nothing of it passes.
+#[test]
+fn zmtp1_bytes_at_a_bound_proxy_frontend_are_ended_and_never_forwarded() {
+    use std::io::Write;
+    for tool in ["tap", "lvc"] {
+        let mut proxy = start(tool, &[]);
+        let ctx = zmq::Context::new();
+        let sub = common::proxy::subscriber(&ctx, &proxy.backend, &[b""]);
+        let publ = common::proxy::publisher(&ctx, &proxy.frontend);
+        common::proxy::handshake(&publ, &sub);
+        let port: u16 = proxy.frontend.rsplit(':').next().and_then(|p| p.parse().ok()).expect("frontend port");
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        // ZMTP 1.0: an empty identity, then two one-frame messages (length byte, flags, body).
+        let mut bytes = vec![0x01, 0x00];
+        for body in [&b"GARBAGE\0one"[..], b"GARBAGE\0two"] {
+            bytes.extend_from_slice(&[body.len() as u8 + 1, 0x00]);
+            bytes.extend_from_slice(body);
+        }
+        raw.write_all(&bytes).expect("write");
+        raw.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        // libzmq sends its own greeting first; then the end of the connection.
+        let mut buf = [0u8; 64];
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match raw.read(&mut buf) {
+                Ok(0) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Ok(_) if Instant::now() < end => {}
+                other => panic!("{tool}: the ZMTP 1.0 connection was not ended within 10 s: {other:?}"),
+            }
+        }
+        // Whatever the frontend took in before the probe reached the subscriber first.
+        publ.send(common::proxy::frame(common::proxy::PROBE, 0, 0, b"after"), 0).expect("probe");
+        let before = common::proxy::until_probe(&sub, Duration::from_secs(10), Some(b"after"));
+        let leaked: Vec<_> = before.iter().filter(|m| m.iter().any(|f| f.starts_with(b"GARBAGE"))).collect();
+        assert!(leaked.is_empty(), "{tool} forwarded the ZMTP 1.0 peer's bytes: {leaked:?}");
+        let (_, err) = stop(&mut proxy);
+        let last = common::proxy::stopped_line(tool, &err);
+        if tool == "lvc" {
+            assert_eq!(common::proxy::counter(last, "topics"), 1, "the probe's topic only: {last}");
+        }
+    }
+}

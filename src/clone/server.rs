@@ -219,13 +219,15 @@ impl Server {
         snapshot.set_linger(0).map_err(zerr("setting linger"))?;
         secure(&mut snapshot)?;
         let ep = format!("tcp://{host}:{p}");
-        snapshot.bind(&ep).map_err(|e| zerr(crate::zmqx::binding(format_args!("snapshot {ep}"), e))(e))?;
+        crate::zmqx::bind_resolved(&snapshot, &ep)
+            .map_err(|e| zerr(crate::zmqx::binding(format_args!("snapshot {ep}"), e))(e))?;
         let mut publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the publisher"))?;
         publisher.set_sndhwm(cfg.pub_hwm_msgs).map_err(zerr("setting publisher HWM"))?;
         publisher.set_linger(100).map_err(zerr("setting linger"))?;
         secure(&mut publisher)?;
         let ep = format!("tcp://{host}:{}", p + 1);
-        publisher.bind(&ep).map_err(|e| zerr(crate::zmqx::binding(format_args!("publisher {ep}"), e))(e))?;
+        crate::zmqx::bind_resolved(&publisher, &ep)
+            .map_err(|e| zerr(crate::zmqx::binding(format_args!("publisher {ep}"), e))(e))?;
         let mut collector = ctx.socket(zmq::SUB).map_err(zerr("creating the collector"))?;
         collector.set_rcvhwm(cfg.collector_hwm_msgs).map_err(zerr("setting collector HWM"))?;
         collector.set_maxmsgsize(update_max).map_err(zerr("setting collector max message size"))?;
@@ -233,7 +235,8 @@ impl Server {
         collector.set_linger(0).map_err(zerr("setting linger"))?;
         secure(&mut collector)?;
         let ep = format!("tcp://{host}:{}", p + 2);
-        collector.bind(&ep).map_err(|e| zerr(crate::zmqx::binding(format_args!("collector {ep}"), e))(e))?;
+        crate::zmqx::bind_resolved(&collector, &ep)
+            .map_err(|e| zerr(crate::zmqx::binding(format_args!("collector {ep}"), e))(e))?;
         let now = crate::clock::monotonic_ns();
         let pair = match &cfg.pair {
             None => None,
@@ -241,8 +244,7 @@ impl Server {
                 let mut statepub = ctx.socket(zmq::PUB).map_err(zerr("creating the state publisher"))?;
                 statepub.set_linger(0).map_err(zerr("setting linger"))?;
                 secure(&mut statepub)?;
-                statepub
-                    .bind(&pc.state_bind)
+                crate::zmqx::bind_resolved(&statepub, &pc.state_bind)
                     .map_err(|e| zerr(crate::zmqx::binding(format_args!("state {}", pc.state_bind), e))(e))?;
                 let (statesub, state_links) = peer_subscriber(
                     &ctx,

@@ -472,8 +472,8 @@ fn takes_control(prefix: &[u8]) -> bool {
 /// The subscribers a shard has: the subscriptions open that take the control topic (each mdsub
 /// subscriber makes one), once a connection completed its ZMTP handshake (`handshaken`; None
 /// when the socket has no handshake watch), none before. A peer whose bytes libzmq reads as
-/// ZMTP 1.0 (random bytes do) gets a subscription to everything made up for it and never
-/// completes a handshake, so alone it is no subscriber. Subscriptions are not capped by
+/// ZMTP 1.0 (random bytes do) is ended in its handshake ([`crate::zmqx::refuse_zmtp1`]); were
+/// it not, libzmq would make up a subscription to everything for it. Subscriptions are not capped by
 /// connections: libzmq does not tie one to the other, and one connection of a proxy (`mdsub lvc`,
 /// any XSUB) carries the subscriptions of every subscriber behind it (capping them made a replay
 /// behind an LVC wait for ever for its second subscriber). So one peer that subscribes several

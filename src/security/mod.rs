@@ -896,6 +896,9 @@ pub struct ZapPolicy {
 impl ZapPolicy {
     /// Accept (Ok) or refuse (the reason) one request.
     pub fn decide(&self, req: &ZapRequest) -> Result<(), Refusal> {
+        if req.domain == crate::zmqx::OPEN_ZAP_DOMAIN {
+            return Ok(()); // a socket of this context under no policy
+        }
         if !self.allow_addrs.is_empty() {
             let ip = req.address.parse::<IpAddr>().ok();
             if !ip.is_some_and(|ip| self.allow_addrs.iter().any(|b| b.contains(ip))) {
@@ -1323,6 +1326,9 @@ mod tests {
         assert_eq!(policy.decide(&req("127.0.0.1", "NULL", None)), Err(Refusal::Mechanism));
         assert_eq!(policy.decide(&req("127.0.0.1", "CURVE", Some([8; 32]))), Err(Refusal::Key));
         assert_eq!(policy.decide(&req("garbage", "CURVE", Some(allowed))), Err(Refusal::Address));
+        // A socket of the same context under no policy (its domain says so) is not judged by it.
+        let open = ZapRequest { domain: crate::zmqx::OPEN_ZAP_DOMAIN.into(), ..req("127.0.0.2", "NULL", None) };
+        assert_eq!(policy.decide(&open), Ok(()));
     }
 
     #[test]
