@@ -1425,6 +1425,12 @@ impl Store {
             return Err(PersistError::Io { path: self.dir.join(PEER_SNAPSHOT), context: "writing a snapshot", source });
         }
         let (peer, snap) = (self.dir.join(PEER_SNAPSHOT), self.dir.join("snapshot"));
+        // A re-sync whose snapshot is still arriving writes the same file: it cannot be ended
+        // now (its end says so, and the map is written whole again after it). Its writer goes
+        // first, its buffer with it, before the file is truncated for this one.
+        if let Some(p) = self.peer.as_mut().filter(|p| p.opened && p.out.is_ok()) {
+            p.out = Err(format!("{}: a full snapshot of the map was written meanwhile", peer.display()));
+        }
         // No re-sync's end may stand for this file (a start would take it for a complete re-sync).
         remove_if_there(&self.dir.join(PEER_END), "removing an earlier re-sync's end")?;
         if let Err(e) = write_tmp_snapshot(&peer, sequence, records.map(Ok)) {
@@ -1854,6 +1860,26 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&d);
             }
         }
+    }
+
+    #[test]
+    fn a_full_snapshot_while_a_resync_arrives_ends_that_resync_unwritten_and_stays_whole() {
+        // Both go through `snapshot.peer`: the re-sync's writer must not write into the full
+        // snapshot's file (renamed to `snapshot`) when it ends.
+        let (d, mut s) = compaction_case("full-during-resync");
+        s.begin_peer_snapshot();
+        for r in peer_map(300) {
+            s.peer_snapshot_entry(&r);
+        }
+        let map = merge(peer_map(400), wall());
+        s.write_snapshot(400, map.clone().into_iter()).expect("full snapshot");
+        s.peer_snapshot_entry(&rec("/late", 299, "x"));
+        let e = s.end_peer_snapshot(300, false).expect_err("the re-sync's file was replaced");
+        assert!(e.contains("a full snapshot of the map was written meanwhile"), "{e}");
+        assert_eq!(s.switch_pending(), None);
+        crash(s);
+        assert_eq!(recovered_state(&d), (map, 400));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -542,6 +542,9 @@ pub struct ServerCore {
     /// A re-sync's snapshot is written but not in place yet: the data directory alone would
     /// recover the files before the re-sync (see the module doc).
     switch_pending: bool,
+    /// An [`Action::KeepAside`] is not answered yet: the compactor is copying the files, so a
+    /// re-sync that ends meanwhile moves no log (its map is written whole after the copies).
+    keeping_aside: bool,
     /// Copy the data directory's files aside before the next full snapshot of the map replaces
     /// them ([`Action::KeepAside`]; the re-sync file could not be written).
     keep_aside_wanted: bool,
@@ -607,6 +610,7 @@ impl ServerCore {
             compacting_switch: false,
             switch_pending: false,
             keep_aside_wanted: false,
+            keeping_aside: false,
             last_compaction_error: None,
             snapshot_retry_at_ns: 0,
             snapshot_backoff_ns: 0,
@@ -756,7 +760,7 @@ impl ServerCore {
             Event::PeerSnapshotUnwritten { error } => self.peer_snapshot_unwritten(&error, now_ns, out),
             Event::CompactionDone { took_ns, error } => self.compaction_done(took_ns, error, now_ns, out),
             Event::KeptAside => {
-                self.compacting = false;
+                (self.compacting, self.keeping_aside) = (false, false);
                 self.maybe_snapshot(now_ns, out);
             }
             Event::SnapshotWritten => self.snapshot_written(now_ns, out),
@@ -1079,7 +1083,8 @@ impl ServerCore {
             // `log.prev` under them, and none starts until they are answered; the map's snapshot
             // is written then ([`Event::KeptAside`]). Before, they were made on the serving thread.
             // Nothing is appended meanwhile: the data directory is behind (see `persist`).
-            (self.keep_aside_wanted, self.compacting, self.snapshot_wanted) = (false, true, true);
+            (self.keep_aside_wanted, self.keeping_aside) = (false, true);
+            (self.compacting, self.snapshot_wanted) = (true, true);
             out.push(Action::KeepAside);
         } else if self.full_snapshot_wanted {
             out.push(Action::WriteSnapshot);
@@ -1475,9 +1480,10 @@ impl ServerCore {
         let Some(sync) = p.sync.take() else { return };
         p.synced = true;
         let keep_aside = self.durable && m.sequence < self.sequence;
-        if self.durable && self.switch_pending {
+        if self.durable && (self.switch_pending || self.keeping_aside) {
             // An earlier re-sync's snapshot is not in place yet (its file is still in use, this
-            // one was not written): that goes first, then the map is written whole.
+            // one was not written), or the compactor is copying the files aside (moving the log
+            // now could cut a copy short): that goes first, then the map is written whole.
             self.disk_behind = true;
             self.keep_aside_wanted |= keep_aside;
             self.full_snapshot_wanted = true;
@@ -2675,6 +2681,18 @@ mod tests {
         // Nothing else runs on the compactor meanwhile (a compaction would race the copies).
         r.on(Event::LogLarge);
         assert!(r.snapshot_writes.is_empty() && r.compactions_held == 1, "{:?}", r.snapshot_writes);
+        // A re-sync that ends meanwhile moves no log under the copies: its map is written whole
+        // after them.
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 9, ""))));
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().contains(&Action::RequestPeerSnapshot));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/k1", 1, "v"))));
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 9, ""))), now, &mut out).expect("ok");
+        assert!(!out.iter().any(|a| matches!(a, Action::PeerSnapshotEnd { .. })), "{out:?}");
+        r.run(out);
+        assert!(r.snapshot_writes.is_empty());
         // The copies are answered: then the map is written, once.
         r.on(Event::KeptAside);
         assert_eq!(r.snapshot_writes.len(), 1);
