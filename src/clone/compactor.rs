@@ -17,13 +17,18 @@
 //! fresh log at its end; this agent copies the old files aside when asked, fsyncs it and renames
 //! it to `snapshot`. Its asks are done in order, so that never runs while a compaction does, nor
 //! a compaction's `log.prev` disappears under the copies.
+//!
+//! And it copies the data directory's files aside before a full snapshot of the map replaces
+//! them ([`Job::KeepAside`], [`super::persist::keep_files_aside`]; a re-sync to an active behind
+//! them whose file could not be written): copies as large as the files, each fsynced, which held
+//! the serving thread for as long before.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crossbeam::channel::Sender;
 
-use super::persist::{compact_prev, switch_to_peer_snapshot, Compacted, Switched};
+use super::persist::{compact_prev, keep_files_aside, switch_to_peer_snapshot, Compacted, Switched};
 use crate::agent::{Agent, AgentError, AskLink, Inbox, Step};
 
 /// What the server asks of its compactor.
@@ -41,6 +46,10 @@ pub enum Job {
         /// Copy the old files aside first.
         keep_aside: bool,
     },
+    /// Copy the files a start would recover now aside (`NAME.behind-<unix s>`), before a full
+    /// snapshot of the map replaces them (the serving thread flushed the log first and appends
+    /// nothing meanwhile).
+    KeepAside,
 }
 
 /// What a job did.
@@ -50,6 +59,9 @@ pub enum Done {
     Compacted(Option<Compacted>),
     /// A re-sync's snapshot is in place.
     Switched(Switched),
+    /// The files were copied aside (the copies), or why they could not be (the snapshot that
+    /// replaces them goes on: the active's map is the one followed).
+    KeptAside(Result<Vec<PathBuf>, String>),
 }
 
 /// One job done.
@@ -80,6 +92,7 @@ impl Agent for Compactor {
                 let result = match job {
                     Job::Compact { wall_ms } => compact_prev(&self.dir, wall_ms).map(Done::Compacted),
                     Job::Switch { keep_aside } => switch_to_peer_snapshot(&self.dir, keep_aside).map(Done::Switched),
+                    Job::KeepAside => Ok(Done::KeptAside(keep_files_aside(&self.dir).map_err(|e| e.to_string()))),
                 }
                 .map_err(|e| e.to_string());
                 let took_ns = crate::clock::monotonic_ns().saturating_sub(t0);

@@ -258,6 +258,12 @@ pub fn decode_props(frame: &[u8]) -> Result<Vec<(String, String)>, DecodeError> 
         if name.is_empty() {
             return Err(DecodeError::Property { line: i + 1, reason: "empty name" });
         }
+        // What `encode_props` cannot write back (to a snapshot, the data directory) is refused
+        // here, so every property held in a map can be: before, a peer's `a=b\rc` was stored,
+        // then written to the data directory as no properties at all.
+        if line.contains('\r') {
+            return Err(DecodeError::Property { line: i + 1, reason: "a carriage return inside the line" });
+        }
         props.push((name.to_string(), value.to_string()));
     }
     Ok(props)
@@ -367,6 +373,17 @@ mod tests {
     }
 
     #[test]
+    fn decoded_properties_always_encode_again() {
+        // Before, `a=b\rc` decoded (a carriage return inside a line), then failed to encode: a
+        // peer's update carrying it was written to the data directory with no properties.
+        for bad in [&b"a=b\rc\n"[..], b"a\rb=c\n", b"x=1\r\na=\r\r\n"] {
+            let e = decode_props(bad).expect_err("refused");
+            assert!(matches!(e, DecodeError::Property { reason: "a carriage return inside the line", .. }), "{e:?}");
+        }
+        assert_eq!(decode_props(b"a=b\r\n").expect("a CRLF line"), vec![("a".into(), "b".into())]);
+    }
+
+    #[test]
     fn requests() {
         assert_eq!(decode_request(&[ICANHAZ, b"/x/"]), Ok(Request::Snapshot { subtree: b"/x/".to_vec() }));
         assert_eq!(decode_request(&[ICANHAZ]), Ok(Request::Snapshot { subtree: vec![] }));
@@ -385,6 +402,14 @@ mod tests {
         fn no_input_panics(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..24), 0..7)) {
             let _ = KvMsg::decode(&frames);
             let _ = decode_request(&frames);
+        }
+
+        #[test]
+        fn what_decodes_encodes(frame in proptest::collection::vec(
+            proptest::sample::select(b"ab=\r\n".to_vec()), 0..16)) {
+            if let Ok(props) = decode_props(&frame) {
+                prop_assert!(encode_props(&props).is_ok(), "{:?} decoded to {:?}", frame, props);
+            }
         }
 
         #[test]

@@ -11,8 +11,9 @@
 //! (records appended after the snapshot); during a compaction also `log.prev`, the log segment
 //! the compaction folds into the next snapshot ([`Store::rotate`], [`compact_prev`]); during a
 //! passive's re-sync also `snapshot.peer` (the active's snapshot, written as it arrives) and, once
-//! it is complete, `log.old` (the log of the files it replaces) until [`switch_to_peer_snapshot`]
-//! puts it in place. Each file starts with an 8-byte magic; each record is
+//! it is complete, its end `snapshot.peer.end` and `log.old` (the log of the files it replaces)
+//! until [`switch_to_peer_snapshot`] puts it in place (a full snapshot of the map goes through
+//! `snapshot.peer` and `log.old` the same way, [`Store::write_snapshot`]). Each file starts with an 8-byte magic; each record is
 //! `len u32 LE · crc32 u32 LE · payload` where the payload is `sequence u64 · expires_at_unix_ms u64
 //! (0 = none) · uuid_len u8 · uuid · key_len u32 · key · props_len u32 · props · body_len u32 · body`
 //! (integers little-endian; props in CHP `name=value\n` text; an empty body is a delete).
@@ -30,7 +31,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::kvmsg::{decode_props, encode_props, KvMsg};
+use super::kvmsg::{decode_props, encode_props, EncodeError, KvMsg};
 
 const LOG_MAGIC: &[u8; 8] = b"MDCLLOG1";
 const SNAP_MAGIC: &[u8; 8] = b"MDCLSNP1";
@@ -46,6 +47,17 @@ pub const PEER_SNAPSHOT: &str = "snapshot.peer";
 /// start that finds it with `snapshot.peer` puts it back (the re-sync's snapshot was not in place);
 /// without, removes it and `log.prev` (it was).
 pub const OLD_LOG: &str = "log.old";
+/// The end of a re-sync's `snapshot.peer`, written when it is complete ([`Store::end_peer_snapshot`],
+/// before the log moves to `log.old`): its sequence, the length and CRC-32 of its records, and
+/// whether the files it replaces are to be kept aside. A start that finds `snapshot.peer` and
+/// `log.old` puts the re-sync in place when the file matches it (a crash before the switch rolls
+/// forward, keeping the log that followed the snapshot); else it recovers the files before it.
+pub const PEER_END: &str = "snapshot.peer.end";
+/// The magic of [`PEER_END`].
+const PEER_END_MAGIC: &[u8; 8] = b"MDCLPEN1";
+/// Bytes of [`PEER_END`]: magic, sequence, records' length, their CRC-32, keep-aside flag, and
+/// the CRC-32 of all that.
+const PEER_END_BYTES: usize = 8 + 8 + 8 + 4 + 1 + 4;
 /// Largest record accepted when reading (guards against a corrupt length). The server refuses a
 /// configuration whose key and value limits could produce a larger record (see
 /// [`RECORD_FIXED_BYTES`]).
@@ -87,6 +99,18 @@ pub enum PersistError {
          its own --data-dir"
     )]
     InUse { path: PathBuf },
+    /// A record whose properties the file format's `name=value` lines cannot hold: not written
+    /// (never silently without them). Every path into the map refuses such properties
+    /// (a client's update as `bad_properties`, a peer's as malformed): seeing this is a bug.
+    #[error(
+        "the update of key `{key}` was not written to the data directory: {source} (a property name or value \
+         with a line break, or a name that is empty or holds `=`)"
+    )]
+    Unencodable {
+        key: String,
+        #[source]
+        source: EncodeError,
+    },
 }
 
 /// Where reading a file stopped early, and why.
@@ -142,6 +166,10 @@ struct PeerStream {
     buf: Vec<u8>,
     /// This stream created `snapshot.peer` (not one an earlier re-sync's switch still waits on).
     opened: bool,
+    /// CRC-32 of the records written so far (after the 16-byte header), for [`PEER_END`].
+    crc: crc32fast::Hasher,
+    /// Their length in bytes.
+    len: u64,
 }
 
 /// The open data directory.
@@ -167,6 +195,9 @@ pub struct Store {
     switching: bool,
     /// The files the re-sync replaces are copied aside first (a data dir newer than the active's).
     keep_aside: bool,
+    /// Test seam: a multi-step write stops at this step as a crash there would (no clean-up).
+    #[cfg(test)]
+    crash_at: Option<&'static str>,
 }
 
 fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
@@ -180,9 +211,13 @@ pub fn crc32(data: &[u8]) -> u32 {
     crc32fast::hash(data)
 }
 
-/// Encode one record (length, crc, payload) onto `out`.
-pub fn encode_record(rec: &Record, out: &mut Vec<u8>) {
-    let props = encode_props(&rec.msg.props).unwrap_or_default();
+/// Encode one record (length, crc, payload) onto `out`; nothing when its properties cannot be
+/// encoded ([`PersistError::Unencodable`]). Before, they were written as none, silently.
+pub fn encode_record(rec: &Record, out: &mut Vec<u8>) -> Result<(), PersistError> {
+    let props = encode_props(&rec.msg.props).map_err(|source| PersistError::Unencodable {
+        key: String::from_utf8_lossy(&rec.msg.key).into_owned(),
+        source,
+    })?;
     let mut p = Vec::with_capacity(32 + rec.msg.key.len() + props.len() + rec.msg.body.len());
     p.extend_from_slice(&rec.msg.sequence.to_le_bytes());
     p.extend_from_slice(&rec.expires_at_unix_ms.unwrap_or(0).to_le_bytes());
@@ -200,6 +235,7 @@ pub fn encode_record(rec: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&(p.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32(&p).to_le_bytes());
     out.extend_from_slice(&p);
+    Ok(())
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -490,7 +526,7 @@ fn copy_aside(dir: &Path, name: &str, as_name: &str, tag: &str) -> Result<PathBu
 /// Copy the files a start would recover now (`snapshot`, `log.prev`, and `log`, or `log.old`
 /// during a re-sync's switch) to `NAME.behind-<unix s>`, those there are: kept before a re-sync
 /// replaces a directory newer than the active peer's map. Returns the copies.
-fn keep_files_aside(dir: &Path) -> Result<Vec<PathBuf>, PersistError> {
+pub fn keep_files_aside(dir: &Path) -> Result<Vec<PathBuf>, PersistError> {
     let switching = dir.join(PEER_SNAPSHOT).exists() && dir.join(OLD_LOG).exists();
     let log = if switching { OLD_LOG } else { "log" };
     let mut copies = Vec::new();
@@ -538,7 +574,7 @@ fn write_tmp_snapshot(
     buf.extend_from_slice(SNAP_MAGIC);
     buf.extend_from_slice(&sequence.to_le_bytes());
     for r in records {
-        encode_record(&r?, &mut buf);
+        encode_record(&r?, &mut buf)?;
         if buf.len() >= 1 << 16 {
             w.write_all(&buf).map_err(io_err(tmp, "writing"))?;
             buf.clear();
@@ -777,6 +813,72 @@ impl Iterator for Merge<'_> {
     }
 }
 
+/// A complete `snapshot.peer`'s end ([`PEER_END`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerEnd {
+    /// The snapshot's sequence (in its header too).
+    sequence: u64,
+    /// Bytes of its records, after the 16-byte header.
+    len: u64,
+    /// CRC-32 of those bytes.
+    crc: u32,
+    /// The files it replaces are to be copied aside first.
+    keep_aside: bool,
+}
+
+impl PeerEnd {
+    /// Write it to `DIR/snapshot.peer.end` (to the OS; no fsync: a machine crash that loses it
+    /// rolls the re-sync back, as before there was one).
+    fn write(&self, dir: &Path) -> Result<(), PersistError> {
+        let mut b = Vec::with_capacity(PEER_END_BYTES);
+        b.extend_from_slice(PEER_END_MAGIC);
+        b.extend_from_slice(&self.sequence.to_le_bytes());
+        b.extend_from_slice(&self.len.to_le_bytes());
+        b.extend_from_slice(&self.crc.to_le_bytes());
+        b.push(self.keep_aside as u8);
+        b.extend_from_slice(&crc32(&b).to_le_bytes());
+        let path = dir.join(PEER_END);
+        std::fs::write(&path, b).map_err(io_err(&path, "writing the re-sync's end"))
+    }
+
+    /// The end in `DIR`, if there is one that is whole and matches `snapshot.peer` (its length,
+    /// its sequence, and the CRC-32 of its records, read through once): the re-sync's snapshot
+    /// reached the disk complete. `None` for anything else (no end, a torn one, a file that does
+    /// not match it, one that cannot be read): the re-sync is then rolled back.
+    fn matching(dir: &Path) -> Option<PeerEnd> {
+        let b = std::fs::read(dir.join(PEER_END)).ok()?;
+        if b.len() != PEER_END_BYTES || &b[..8] != PEER_END_MAGIC {
+            return None;
+        }
+        let (body, sum) = b.split_at(PEER_END_BYTES - 4);
+        if crc32(body).to_le_bytes() != sum {
+            return None;
+        }
+        let u64_at = |i: usize| b.get(i..i + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes);
+        let crc = b.get(24..28).and_then(|x| x.try_into().ok()).map(u32::from_le_bytes)?;
+        let end = PeerEnd { sequence: u64_at(8)?, len: u64_at(16)?, crc, keep_aside: b[28] != 0 };
+        let mut f = File::open(dir.join(PEER_SNAPSHOT)).ok()?;
+        if f.metadata().ok()?.len() != 16 + end.len {
+            return None;
+        }
+        let mut header = [0u8; 16];
+        f.read_exact(&mut header).ok()?;
+        if &header[..8] != SNAP_MAGIC || header[8..] != end.sequence.to_le_bytes() {
+            return None;
+        }
+        let (mut hasher, mut buf) = (crc32fast::Hasher::new(), vec![0u8; 1 << 20]);
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        (hasher.finalize() == end.crc).then_some(end)
+    }
+}
+
 /// What [`switch_to_peer_snapshot`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Switched {
@@ -810,6 +912,7 @@ pub fn switch_to_peer_snapshot(dir: &Path, keep_aside: bool) -> Result<Switched,
     for name in [PREV_LOG, OLD_LOG] {
         remove_if_there(&dir.join(name), "removing a log the re-sync replaced")?;
     }
+    remove_if_there(&dir.join(PEER_END), "removing the re-sync's end")?;
     fsync_dir(dir);
     Ok(Switched { copies })
 }
@@ -822,21 +925,57 @@ fn remove_if_there(path: &Path, context: &'static str) -> Result<(), PersistErro
     }
 }
 
-/// At a start, settle a passive's re-sync that a stop or a crash interrupted (before anything is
-/// read): with `snapshot.peer` there it was not put in place, so `log.old` (if any) goes back to
-/// `log` and `snapshot.peer` is removed; with `log.old` alone it was, so `log.prev` and `log.old`
-/// go. What was done, to be said.
+/// At a start, settle a passive's re-sync (or a full snapshot of the map, written the same way:
+/// [`Store::write_snapshot`]) that a stop or a crash interrupted, before anything is read:
+/// - `snapshot.peer` and `log.old` there, and the file matches its end ([`PEER_END`]): the
+///   re-sync was complete and only its switch was pending; it is put in place now
+///   ([`switch_to_peer_snapshot`], the old files copied aside first when that was asked), so the
+///   log that followed it (the updates the active published after its snapshot) is kept. When
+///   the copies fail, it is rolled back instead: those files may hold updates the active lacks.
+/// - `snapshot.peer` there otherwise (no end, or one the file does not match: it did not reach
+///   the disk whole before a machine crash): it was not put in place, so `log.old` (if any) goes
+///   back to `log` and `snapshot.peer` is removed.
+/// - `log.old` alone: the snapshot was in place, so `log.prev` and `log.old` go.
+///
+/// What was done, to be said.
 fn settle_resync(dir: &Path) -> Result<Option<String>, PersistError> {
-    let (peer, old, log) = (dir.join(PEER_SNAPSHOT), dir.join(OLD_LOG), dir.join("log"));
+    let (peer, old, log, end) = (dir.join(PEER_SNAPSHOT), dir.join(OLD_LOG), dir.join("log"), dir.join(PEER_END));
     let said = if peer.exists() {
+        let complete = if old.exists() { PeerEnd::matching(dir) } else { None };
+        let copies = match complete {
+            Some(e) if e.keep_aside => Some(keep_files_aside(dir).map_err(|e| e.to_string())),
+            _ => None,
+        };
+        if let (Some(e), None | Some(Ok(_))) = (complete, &copies) {
+            switch_to_peer_snapshot(dir, false)?;
+            let kept = match copies {
+                Some(Ok(c)) if !c.is_empty() => {
+                    let c: Vec<String> = c.iter().map(|c| c.display().to_string()).collect();
+                    format!("; the files it replaced were kept aside as {}", c.join(" and "))
+                }
+                _ => String::new(),
+            };
+            return Ok(Some(format!(
+                "{}: a re-sync's snapshot at sequence {} was complete but not yet in place when the server \
+                 stopped: it was put in place, with the log of the updates that followed it{kept}",
+                peer.display(),
+                e.sequence
+            )));
+        }
         // `log.old` back first: a crash after it still finds `snapshot.peer`, the same case.
         if old.exists() {
             std::fs::rename(&old, &log).map_err(io_err(&log, "putting back the log a re-sync replaced"))?;
         }
         std::fs::remove_file(&peer).map_err(io_err(&peer, "removing a re-sync's unfinished snapshot"))?;
+        remove_if_there(&end, "removing a re-sync's end")?;
+        let why = match copies {
+            Some(Err(e)) => format!(" (it was complete, but the files it replaces could not be kept aside first: {e})"),
+            _ => String::new(),
+        };
         format!(
-            "{}: a re-sync's snapshot that was not in place when the server stopped was removed; the files \
-             before the re-sync were recovered (the active peer's map is fetched again)",
+            "{}: a snapshot that was not in place when the server stopped (a re-sync's, or the map's written \
+             whole) was removed{why}; the files before it were recovered (a passive fetches the active \
+             peer's map again)",
             peer.display()
         )
     } else if old.exists() {
@@ -844,11 +983,15 @@ fn settle_resync(dir: &Path) -> Result<Option<String>, PersistError> {
         // compaction's segment over the active's snapshot. Before, a failed removal was ignored.
         remove_if_there(&dir.join(PREV_LOG), "removing a log segment a re-sync replaced")?;
         std::fs::remove_file(&old).map_err(io_err(&old, "removing a log a re-sync replaced"))?;
+        remove_if_there(&end, "removing a re-sync's end")?;
         format!(
-            "{}: the log a re-sync replaced was removed; its snapshot was in place when the server stopped",
+            "{}: the log a snapshot replaced (a re-sync's, or the map's written whole) was removed; the snapshot \
+             was in place when the server stopped",
             old.display()
         )
     } else {
+        // A re-sync's end left after its switch (a crash before its removal): nothing to say.
+        remove_if_there(&end, "removing a re-sync's end")?;
         return Ok(None);
     };
     fsync_dir(dir);
@@ -907,7 +1050,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(io_err(dir, "creating the data directory"))?;
         let lock = lock_dir(dir)?;
         // Written at each snapshot, long after the start: anything but a file there is said now.
-        for name in ["snapshot.tmp", PEER_SNAPSHOT, OLD_LOG] {
+        for name in ["snapshot.tmp", PEER_SNAPSHOT, OLD_LOG, PEER_END] {
             let path = dir.join(name);
             if let Some(what) = std::fs::metadata(&path).ok().as_ref().and_then(not_regular) {
                 return Err(PersistError::NotRegular { path, what });
@@ -996,17 +1139,22 @@ impl Store {
             peer: None,
             switching: false,
             keep_aside: false,
+            #[cfg(test)]
+            crash_at: None,
         };
         Ok((store, rec))
     }
 
-    /// Copy the snapshot and the log (flushed first), those there are, to
-    /// `snapshot.behind-<unix s>` and `log.behind-<unix s>` (and `log.prev`'s): kept before a
-    /// passive server replaces a directory newer than its active peer's map. Returns the copies.
-    /// Never while a compaction is in flight (the compactor may remove `log.prev` meanwhile).
-    pub fn keep_aside(&mut self) -> Result<Vec<PathBuf>, PersistError> {
-        self.flush()?;
-        keep_files_aside(&self.dir)
+    /// A step of a multi-step write: under test, where [`Store::crash_at`] stops it as a crash
+    /// there would (an error, and no clean-up); nothing otherwise.
+    fn step_done(&self, step: &'static str) -> Result<(), PersistError> {
+        #[cfg(test)]
+        if self.crash_at == Some(step) {
+            let source = std::io::Error::other(format!("a crash the test simulates after `{step}`"));
+            return Err(PersistError::Io { path: self.dir.clone(), context: "a simulated crash", source });
+        }
+        let _ = step;
+        Ok(())
     }
 
     /// Records appended since the last snapshot or [`Store::rotate`].
@@ -1072,7 +1220,11 @@ impl Store {
         let out = if self.switching {
             Err(format!("{}: the previous re-sync's snapshot is not in place yet", path.display()))
         } else {
-            open_regular(&path, OpenOptions::new().create(true).truncate(true).write(true), "creating")
+            // An earlier re-sync's end, if a crash left one, must not be taken for this one's.
+            remove_if_there(&self.dir.join(PEER_END), "removing an earlier re-sync's end")
+                .and_then(|()| {
+                    open_regular(&path, OpenOptions::new().create(true).truncate(true).write(true), "creating")
+                })
                 .and_then(|f| {
                     let mut w = BufWriter::with_capacity(1 << 20, f);
                     w.write_all(SNAP_MAGIC)
@@ -1083,7 +1235,7 @@ impl Store {
                 .map_err(|e| e.to_string())
         };
         let opened = out.is_ok();
-        self.peer = Some(PeerStream { out, buf: Vec::new(), opened });
+        self.peer = Some(PeerStream { out, buf: Vec::new(), opened, crc: crc32fast::Hasher::new(), len: 0 });
     }
 
     /// One entry of the active's snapshot (a re-sync under way; else nothing): appended to
@@ -1092,15 +1244,22 @@ impl Store {
         let Some(p) = self.peer.as_mut() else { return };
         let Ok(w) = p.out.as_mut() else { return };
         p.buf.clear();
-        encode_record(rec, &mut p.buf);
-        if let Err(e) = w.write_all(&p.buf) {
-            let path = self.dir.join(PEER_SNAPSHOT);
-            p.out = Err(io_err(&path, "writing")(e).to_string());
+        let path = self.dir.join(PEER_SNAPSHOT);
+        let written =
+            encode_record(rec, &mut p.buf).and_then(|()| w.write_all(&p.buf).map_err(io_err(&path, "writing")));
+        match written {
+            Ok(()) => {
+                p.crc.update(&p.buf);
+                p.len += p.buf.len() as u64;
+            }
+            Err(e) => p.out = Err(e.to_string()),
         }
     }
 
     /// The active's snapshot ended at `sequence` (its KTHXBAI): complete `snapshot.peer` (its
-    /// sequence, flushed to the OS), move the log aside to `log.old` and go on in a fresh `log`
+    /// sequence, flushed to the OS), write its end ([`PEER_END`]: a start that finds the
+    /// re-sync not in place then puts it in place when the file matches its end, instead of
+    /// dropping the log that followed it), move the log aside to `log.old` and go on in a fresh `log`
     /// (as [`Store::rotate`]: time independent of the map's size), whose records follow the new
     /// snapshot. [`switch_to_peer_snapshot`] puts it in place, off the serving thread (copying
     /// the old files aside first if `keep_aside`); until then a start recovers the files before
@@ -1111,6 +1270,7 @@ impl Store {
         let path = self.dir.join(PEER_SNAPSHOT);
         let stream = self.peer.take().ok_or_else(|| format!("{}: no re-sync was written", path.display()))?;
         let mut w = stream.out?;
+        let end = PeerEnd { sequence, len: stream.len, crc: stream.crc.finalize(), keep_aside };
         let file = w
             .flush()
             .map_err(io_err(&path, "flushing"))
@@ -1119,6 +1279,7 @@ impl Store {
                 f.write_all_at(&sequence.to_le_bytes(), SNAP_MAGIC.len() as u64)
                     .map_err(io_err(&path, "writing the snapshot's sequence"))
             })
+            .and_then(|()| end.write(&self.dir))
             .and_then(|()| self.fresh_log(OLD_LOG, "moving the log aside for a re-sync"));
         match file {
             Ok(handle) => {
@@ -1127,6 +1288,7 @@ impl Store {
                 Ok(handle)
             }
             Err(e) => {
+                let _ = std::fs::remove_file(self.dir.join(PEER_END));
                 let _ = std::fs::remove_file(&path);
                 Err(e.to_string())
             }
@@ -1164,7 +1326,7 @@ impl Store {
     /// Append one record (buffered; see [`Store::flush`]).
     pub fn append(&mut self, rec: &Record) -> Result<(), PersistError> {
         let mut buf = Vec::new();
-        encode_record(rec, &mut buf);
+        encode_record(rec, &mut buf)?;
         self.log.write_all(&buf).map_err(io_err(&self.dir.join("log"), "appending"))?;
         self.log_records += 1;
         self.dirty = true;
@@ -1206,8 +1368,9 @@ impl Store {
     }
 
     /// A second handle on the log's file, for the syncer thread's `fdatasync`: the same open
-    /// file, so a sync through it makes durable what this store flushed (the file is never
-    /// replaced while the store is open; a snapshot cuts it in place).
+    /// file, so a sync through it makes durable what this store flushed. The file is replaced by
+    /// a fresh one at [`Store::rotate`], [`Store::end_peer_snapshot`] and
+    /// [`Store::write_snapshot`]: the syncer is then pointed at the new one.
     pub fn log_handle(&self) -> Result<File, PersistError> {
         self.log.get_ref().try_clone().map_err(io_err(&self.dir.join("log"), "opening a second handle on the log"))
     }
@@ -1234,14 +1397,23 @@ impl Store {
         Ok(())
     }
 
-    /// Write a snapshot of `records` at `sequence` atomically, then cut the log back to its
-    /// header.
+    /// Write a snapshot of `records` at `sequence` (the map's, written whole) and restart the log
+    /// after it, in an order a crash at any point recovers whole (a start settles it, as for a
+    /// re-sync's): the snapshot is written to `snapshot.peer` and fsynced, the log moves aside to
+    /// `log.old` and a fresh `log` starts (directory fsynced), the snapshot is renamed into place
+    /// (directory fsynced), then `log.prev` and `log.old` go. A start before the rename removes
+    /// `snapshot.peer` and puts `log.old` back: the files before it; after it, removes the old
+    /// logs: the snapshot and the fresh log.
     ///
-    /// Once the snapshot is in place its header is the log's last good end, whatever fails
-    /// after: a later [`Store::rollback`] then cuts to the header, never back out to the old
-    /// length (which grew the file with zeros that hid every later record at recovery). A
-    /// failure after the rename leaves the log as its header plus, at worst, records the
-    /// snapshot already covers (recovery skips them).
+    /// Before, the snapshot was renamed into place and the log then cut in place: a crash
+    /// between the two left both, and a start read the log's records past the snapshot's
+    /// sequence over it. Those are none when the snapshot is the same history (its sequence is
+    /// the highest), but a passive that re-synced to an active behind its files writes the
+    /// active's map at a lower sequence: the old log's later records came back over it, a state
+    /// neither server held.
+    ///
+    /// The log's file changes: point the syncer at [`Store::log_handle`] after it, whatever the
+    /// outcome (on a failure before the rename the old log is back in place, appended to again).
     pub fn write_snapshot<'a>(
         &mut self,
         sequence: u64,
@@ -1252,20 +1424,61 @@ impl Store {
             let source = std::io::Error::other("a re-sync's snapshot waits to be put in place; it goes first");
             return Err(PersistError::Io { path: self.dir.join(PEER_SNAPSHOT), context: "writing a snapshot", source });
         }
-        write_snapshot_file(&self.dir, sequence, records)?;
-        // It covers a compaction's segment too (the caller never runs both at once).
-        if self.prev {
-            let prev = self.dir.join(PREV_LOG);
-            std::fs::remove_file(&prev).map_err(io_err(&prev, "removing the compacted log segment"))?;
-            self.prev = false;
+        let (peer, snap) = (self.dir.join(PEER_SNAPSHOT), self.dir.join("snapshot"));
+        // A re-sync whose snapshot is still arriving writes the same file: it cannot be ended
+        // now (its end says so, and the map is written whole again after it). Its writer goes
+        // first, its buffer with it, before the file is truncated for this one.
+        if let Some(p) = self.peer.as_mut().filter(|p| p.opened && p.out.is_ok()) {
+            p.out = Err(format!("{}: a full snapshot of the map was written meanwhile", peer.display()));
         }
-        // The snapshot covers everything in the log: keep its header only. Records still
-        // buffered go too (the log's file always starts with its header, see `open`).
-        self.good_len = LOG_MAGIC.len() as u64;
-        self.log_records = 0;
-        self.cut_back("cutting the log back to its header after a snapshot")?;
-        self.log.get_ref().sync_data().map_err(io_err(&self.dir.join("log"), "fsyncing"))?;
-        self.dirty = false;
+        // No re-sync's end may stand for this file (a start would take it for a complete re-sync).
+        remove_if_there(&self.dir.join(PEER_END), "removing an earlier re-sync's end")?;
+        if let Err(e) = write_tmp_snapshot(&peer, sequence, records.map(Ok)) {
+            let _ = std::fs::remove_file(&peer);
+            return Err(e);
+        }
+        self.step_done("written")?;
+        let (good_len, log_records) = (self.good_len, self.log_records);
+        if let Err(e) = self.fresh_log(OLD_LOG, "moving the log aside for a snapshot") {
+            let _ = std::fs::remove_file(&peer);
+            return Err(e);
+        }
+        fsync_dir(&self.dir);
+        self.step_done("log-moved")?;
+        if let Err(e) = std::fs::rename(&peer, &snap).map_err(io_err(&snap, "renaming the snapshot into place")) {
+            // Nothing was appended to the fresh log: the old one goes back, as a start would.
+            let back = self.restore_log(OLD_LOG, good_len, log_records);
+            let _ = std::fs::remove_file(&peer);
+            return Err(match back {
+                Ok(()) => e,
+                Err(b) => {
+                    let source = std::io::Error::other(format!("{e}; then {b}"));
+                    PersistError::Io { path: self.dir.join("log"), context: "undoing a failed snapshot", source }
+                }
+            });
+        }
+        fsync_dir(&self.dir);
+        self.step_done("renamed")?;
+        // Both are covered by the snapshot: the log it replaced, and a compaction's segment (the
+        // caller never runs both at once). A failure here is retried by the next snapshot (a
+        // start removes them too).
+        for name in [PREV_LOG, OLD_LOG] {
+            remove_if_there(&self.dir.join(name), "removing a log the snapshot replaced")?;
+        }
+        self.prev = false;
+        fsync_dir(&self.dir);
+        Ok(())
+    }
+
+    /// Undo [`Store::fresh_log`] that moved the log to `aside` (nothing was appended to the
+    /// fresh one): the old log back at `log`, appended to from `good_len` again.
+    fn restore_log(&mut self, aside: &str, good_len: u64, log_records: u64) -> Result<(), PersistError> {
+        let (log, moved) = (self.dir.join("log"), self.dir.join(aside));
+        std::fs::rename(&moved, &log).map_err(io_err(&log, "putting the log back"))?;
+        let mut f = open_regular(&log, OpenOptions::new().read(true).write(true), "reopening the log")?;
+        f.seek(SeekFrom::Start(good_len)).map_err(io_err(&log, "seeking the log"))?;
+        self.log = BufWriter::with_capacity(1 << 16, f);
+        (self.good_len, self.log_records, self.dirty) = (good_len, log_records, true);
         Ok(())
     }
 }
@@ -1455,6 +1668,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_crash_at_any_point_of_a_full_snapshot_recovers_the_files_before_it_or_after_it_never_a_mix() {
+        // The map written whole at 152 (a passive re-synced to an active behind the old files'
+        // 200 and could not write its snapshot as it arrived: the old log's records 153..=200 are
+        // of another history, never to come back over it) or at 300 (the usual case). Before, a
+        // crash between the snapshot's rename and the log's cut read the old log's records past
+        // 152 over the new snapshot: a state that never was.
+        for at in [152u64, 300] {
+            for point in ["renamed", "written", "log-moved", "done"] {
+                let name = format!("full-{at}-{point}");
+                let (d, mut s) = compaction_case(&name);
+                let before = recovered_state_of_open(&d, &mut s);
+                let map = merge(peer_map(at), wall());
+                let after = (map.clone(), at);
+                s.crash_at = (point != "done").then_some(point);
+                let r = s.write_snapshot(at, map.into_iter());
+                assert_eq!(r.is_ok(), point == "done", "{name}: {r:?}");
+                crash(s);
+                let got = recovered_state(&d);
+                let want = if ["renamed", "done"].contains(&point) { &after } else { &before };
+                assert_eq!((&got.0, got.1), (&want.0, want.1), "{name}");
+                assert_eq!(recovered_state(&d), got, "{name}: the next start reads the same");
+                for f in [PEER_SNAPSHOT, OLD_LOG, PREV_LOG, "snapshot.tmp"] {
+                    assert!(!d.join(f).exists(), "{name}: {f} settled");
+                }
+                let _ = std::fs::remove_dir_all(&d);
+            }
+        }
+    }
+
     /// A state as a start recovers it: the records in key order, and the sequence.
     type State = (Vec<Record>, u64);
 
@@ -1467,8 +1710,9 @@ mod tests {
     /// A data dir as a passive finds it when its re-sync ends: `compaction_case`'s files (and a
     /// `log.prev` left by a compaction, if `with_prev`), the active's map at `at` written as it
     /// arrived, the log restarted after it and two updates that followed it appended there.
-    /// The state before the re-sync and the one after, as a start would recover them.
-    fn resync_case(name: &str, at: u64, with_prev: bool) -> (PathBuf, Store, State, State) {
+    /// The state before the re-sync and the one after, as a start would recover them. `keep_aside`:
+    /// the old files are to be copied aside before they are replaced.
+    fn resync_case(name: &str, at: u64, with_prev: bool, keep_aside: bool) -> (PathBuf, Store, State, State) {
         let (d, mut s) = compaction_case(name);
         if with_prev {
             s.rotate().expect("rotate").expect("a segment");
@@ -1481,7 +1725,7 @@ mod tests {
         for r in peer_map(at) {
             s.peer_snapshot_entry(&r);
         }
-        let handle = s.end_peer_snapshot(at, false).expect("the re-sync's file is complete");
+        let handle = s.end_peer_snapshot(at, keep_aside).expect("the re-sync's file is complete");
         drop(handle);
         let later = [rec("/p01", at + 1, "later"), rec("/q", at + 2, "later")];
         for r in &later {
@@ -1519,10 +1763,33 @@ mod tests {
     fn a_crash_at_any_point_of_a_resync_recovers_the_files_before_it_or_after_it_never_a_mix() {
         // The active's map at 150 (behind the old files' 200: their records past it must not
         // come back over it) or at 300 (ahead, the usual case); with or without a `log.prev`.
+        // A crash once the re-sync's file is complete and its end written rolls forward: the
+        // updates that followed it in the fresh log are kept (before, they were dropped with
+        // it: gone if the active was lost too). One whose file did not reach the disk whole (a
+        // machine crash: it is not fsynced before the switch) rolls back, as before.
         for (at, with_prev) in [(150, false), (150, true), (300, false), (300, true)] {
-            for point in ["streaming", "no-new-log", "ended", "renamed", "prev-removed", "switched"] {
+            let points = [
+                "streaming",
+                "end-no-old",
+                "no-end",
+                "torn",
+                "cut-at-a-record",
+                "zeroed",
+                "no-new-log",
+                "ended",
+                "renamed",
+                "prev-removed",
+                "switched",
+            ];
+            for point in points {
                 let name = format!("resync-{at}-{with_prev}-{point}");
-                let (d, mut s, before, after) = resync_case(&name, at, with_prev);
+                let (d, mut s, before, after) = resync_case(&name, at, with_prev, false);
+                let peer = d.join(PEER_SNAPSHOT);
+                let len = std::fs::metadata(&peer).expect("peer").len();
+                let cut = |to: u64| {
+                    OpenOptions::new().write(true).open(&peer).and_then(|f| f.set_len(to)).expect("cut");
+                };
+                let peer_only = (merge(peer_map(at), wall()), at);
                 let want = match point {
                     "streaming" => {
                         // The snapshot was still arriving: a new one began, nothing ended.
@@ -1531,14 +1798,41 @@ mod tests {
                         let _ = std::fs::rename(d.join(OLD_LOG), d.join("log")); // as before its end
                         &before
                     }
+                    "end-no-old" => {
+                        // Between the end's write and the log's move.
+                        std::fs::rename(d.join(OLD_LOG), d.join("log")).expect("as before the move");
+                        &before
+                    }
+                    "no-end" => {
+                        // A machine crash lost the end (written, not fsynced).
+                        std::fs::remove_file(d.join(PEER_END)).expect("rm");
+                        &before
+                    }
+                    // Or the file's tail, or its last blocks (zeros where they were).
+                    "torn" => {
+                        cut(len - 1);
+                        &before
+                    }
+                    "cut-at-a-record" => {
+                        let mut one = Vec::new();
+                        encode_record(&peer_map(at)[49], &mut one).expect("encode");
+                        cut(len - one.len() as u64);
+                        &before
+                    }
+                    "zeroed" => {
+                        use std::os::unix::fs::FileExt as _;
+                        let f = OpenOptions::new().write(true).open(&peer).expect("open");
+                        f.write_all_at(&[0u8; 8], len - 8).expect("zeros");
+                        &before
+                    }
                     "no-new-log" => {
                         // Between the old log's rename and the new one's creation.
                         std::fs::remove_file(d.join("log")).expect("rm");
-                        &before
+                        &peer_only
                     }
-                    "ended" => &before,
+                    "ended" => &after,
                     _ => {
-                        std::fs::rename(d.join(PEER_SNAPSHOT), d.join("snapshot")).expect("rename");
+                        std::fs::rename(&peer, d.join("snapshot")).expect("rename");
                         if point != "renamed" {
                             let _ = std::fs::remove_file(d.join(PREV_LOG));
                         }
@@ -1553,7 +1847,7 @@ mod tests {
                 assert!(r.tail_errors.is_empty(), "{name}: {:?}", r.tail_errors);
                 let said = r.resync_settled.clone().unwrap_or_default();
                 drop(s2);
-                for f in [PEER_SNAPSHOT, OLD_LOG] {
+                for f in [PEER_SNAPSHOT, OLD_LOG, PEER_END] {
                     assert!(!d.join(f).exists(), "{name}: {f} settled");
                 }
                 let got = recovered_state(&d);
@@ -1561,14 +1855,66 @@ mod tests {
                 if point != "switched" {
                     assert!(said.contains("re-sync"), "{name}: said: {said}");
                 }
+                let rolled_forward = ["no-new-log", "ended"].contains(&point);
+                assert_eq!(said.contains("was put in place"), rolled_forward, "{name}: said: {said}");
                 let _ = std::fs::remove_dir_all(&d);
             }
         }
     }
 
     #[test]
+    fn a_full_snapshot_while_a_resync_arrives_ends_that_resync_unwritten_and_stays_whole() {
+        // Both go through `snapshot.peer`: the re-sync's writer must not write into the full
+        // snapshot's file (renamed to `snapshot`) when it ends.
+        let (d, mut s) = compaction_case("full-during-resync");
+        s.begin_peer_snapshot();
+        for r in peer_map(300) {
+            s.peer_snapshot_entry(&r);
+        }
+        let map = merge(peer_map(400), wall());
+        s.write_snapshot(400, map.clone().into_iter()).expect("full snapshot");
+        s.peer_snapshot_entry(&rec("/late", 299, "x"));
+        let e = s.end_peer_snapshot(300, false).expect_err("the re-sync's file was replaced");
+        assert!(e.contains("a full snapshot of the map was written meanwhile"), "{e}");
+        assert_eq!(s.switch_pending(), None);
+        crash(s);
+        assert_eq!(recovered_state(&d), (map, 400));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_crash_before_a_resyncs_switch_rolls_forward_keeping_the_old_files_aside_when_asked() {
+        // The active's map behind this server's files: they are copied aside before the
+        // start puts the re-sync in place, as the compactor would have.
+        let (d, s, before, after) = resync_case("resync-forward-aside", 150, true, true);
+        crash(s);
+        let (s2, r) = Store::open(&d).expect("open");
+        let said = r.resync_settled.clone().unwrap_or_default();
+        drop(s2);
+        assert!(said.contains("was put in place") && said.contains("kept aside as"), "{said}");
+        assert_eq!(recovered_state(&d), after);
+        let kept = tmpdir("resync-forward-kept");
+        std::fs::create_dir_all(&kept).expect("mkdir");
+        let mut n = 0;
+        for e in std::fs::read_dir(&d).expect("dir") {
+            let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+            let Some(as_name) =
+                ["snapshot", PREV_LOG, "log"].into_iter().find(|n| name.starts_with(&format!("{n}.behind-")))
+            else {
+                continue;
+            };
+            std::fs::copy(d.join(&name), kept.join(as_name)).expect("copy");
+            n += 1;
+        }
+        assert_eq!(n, 3, "snapshot, log.prev and log kept aside");
+        assert_eq!(recovered_state(&kept), before);
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_dir_all(&kept);
+    }
+
+    #[test]
     fn a_resync_put_in_place_keeps_the_appends_after_it_and_the_old_files_aside_when_asked() {
-        let (d, mut s, before, after) = resync_case("resync-switch", 150, true);
+        let (d, mut s, before, after) = resync_case("resync-switch", 150, true, false);
         assert_eq!(s.switch_pending(), Some(false));
         assert!(s.rotate().expect("no rotation").is_none(), "the switch goes first");
         let e = s.write_snapshot(1, std::iter::empty()).expect_err("the switch goes first");
@@ -1710,7 +2056,7 @@ mod tests {
         assert!(reason.contains("record length 0 is below the smallest record (29 bytes)"), "{reason}");
         // The smallest record there is still decodes.
         let mut buf = Vec::new();
-        encode_record(&Record { msg: KvMsg::new("", 1, ""), expires_at_unix_ms: None }, &mut buf);
+        encode_record(&Record { msg: KvMsg::new("", 1, ""), expires_at_unix_ms: None }, &mut buf).expect("encode");
         assert_eq!(buf.len(), 8 + MIN_RECORD_BYTES);
         let (got, _, err) = decode_records(&buf, 8);
         assert_eq!((got.len(), err), (1, None));
@@ -1898,7 +2244,7 @@ mod tests {
             msg.set_prop("src", "x=y");
             let rec = Record { msg, expires_at_unix_ms: exp };
             let mut buf = Vec::new();
-            encode_record(&rec, &mut buf);
+            encode_record(&rec, &mut buf).expect("encode");
             let (got, end, err) = decode_records(&buf, 8);
             proptest::prop_assert_eq!(got, vec![rec]);
             proptest::prop_assert_eq!(end, 8 + buf.len() as u64);

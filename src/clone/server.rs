@@ -459,16 +459,22 @@ impl Server {
                         _ => Some(Event::NothingToSync),
                     }
                 }
-                Action::KeepAside => {
-                    if let Some(copies) = self.on_disk(|s| s.keep_aside()) {
-                        self.say_kept_aside(copies.map_err(|e| e.to_string()));
+                Action::KeepAside => self.keep_aside()?,
+                Action::WriteSnapshot => {
+                    let written = self.rewrite_store(now_ns);
+                    // The log's file changed (a fresh one after the snapshot; the old one back
+                    // after a failure): the syncer follows the one appended to now.
+                    if let (Some(store), Some(syncer)) = (self.store.as_ref(), self.syncer.as_mut()) {
+                        match store.log_handle() {
+                            Ok(handle) => syncer.follow(handle)?,
+                            Err(e) => crate::diag!("clone-server: {e}; the log is fsynced at the next compaction"),
+                        }
                     }
-                    None
+                    Some(match written {
+                        Ok(()) => Event::SnapshotWritten,
+                        Err(e) => Event::SnapshotFailed { error: e.to_string() },
+                    })
                 }
-                Action::WriteSnapshot => Some(match self.rewrite_store(now_ns) {
-                    Ok(()) => Event::SnapshotWritten,
-                    Err(e) => Event::SnapshotFailed { error: e.to_string() },
-                }),
                 Action::Compact => self.start_compaction()?,
                 Action::Log(text) => {
                     crate::diag!("clone-server: {text}");
@@ -590,6 +596,19 @@ impl Server {
         }
     }
 
+    /// [`Action::KeepAside`]: flush the log here, then ask the compactor for the copies (its
+    /// answer comes in a later step, [`Server::take_compactions`]). `Some` when it could not ask.
+    fn keep_aside(&mut self) -> Result<Option<Event>, AgentError> {
+        if let Some(Err(e)) = self.on_disk(|s| s.flush()) {
+            self.say_kept_aside(Err(e.to_string()));
+            return Ok(Some(Event::KeptAside));
+        }
+        match self.compactor.as_mut() {
+            Some(c) => c.ask(Job::KeepAside).map(|()| None),
+            None => Ok(Some(Event::KeptAside)),
+        }
+    }
+
     /// Say where the files a re-sync replaces were kept aside, or why they could not be.
     fn say_kept_aside(&self, copies: Result<Vec<std::path::PathBuf>, String>) {
         let dir = self.cfg.data_dir.clone().unwrap_or_default();
@@ -614,7 +633,13 @@ impl Server {
     fn take_compactions(&mut self, now_ns: u64) -> Result<usize, AgentError> {
         let mut n = 0;
         while let Some(c) = self.compactor.as_mut().map(|l| l.answer()).transpose()?.flatten() {
+            n += 1;
             let error = match c.result {
+                Ok(Done::KeptAside(copies)) => {
+                    self.say_kept_aside(copies);
+                    self.step(Event::KeptAside, now_ns)?;
+                    continue;
+                }
                 Ok(Done::Compacted(done)) => {
                     if let Some(store) = self.store.as_mut() {
                         store.compacted();
@@ -650,7 +675,6 @@ impl Server {
                 Err(error) => Some(error),
             };
             self.step(Event::CompactionDone { took_ns: c.took_ns, error }, now_ns)?;
-            n += 1;
         }
         Ok(n)
     }

@@ -56,12 +56,14 @@
 //! directory as it arrives), and its KTHXBAI ends that file ([`Action::PeerSnapshotEnd`]: the log
 //! moves aside, a fresh one takes what follows). The shell answers [`Event::PeerSnapshotWritten`],
 //! and the snapshot is put in place off the serving thread like a compaction ([`Action::Compact`],
-//! before any other snapshot write); until then the data directory alone recovers the files before
-//! the re-sync, so the server is not durable (`durable=no`): taking over meanwhile, it acknowledges
-//! nothing new (client updates refused as `not_durable`, its pending list held) until it is. When
-//! the file could not be written ([`Event::PeerSnapshotUnwritten`]) the data directory is behind
-//! and a full snapshot of the map is written instead (files kept aside first, if asked, once no
-//! compaction is in flight).
+//! before any other snapshot write); until then the file is not fsynced, and after a machine crash
+//! the data directory alone may recover only the files before the re-sync (a process crash rolls
+//! it forward: `persist`), so the server is not durable (`durable=no`): taking over meanwhile, it
+//! acknowledges nothing new (client updates refused as `not_durable`, its pending list held) until
+//! it is. When the file could not be written ([`Event::PeerSnapshotUnwritten`]) the data directory
+//! is behind and a full snapshot of the map is written instead (files kept aside first, if asked,
+//! by the compactor once no compaction is in flight: [`Action::KeepAside`], answered by
+//! [`Event::KeptAside`]).
 //!
 //! **Refusals**: every input the core drops (an update, request, heartbeat or peer message that
 //! does not decode or validate, a peer snapshot entry it cannot apply) is counted by reason in a
@@ -284,6 +286,9 @@ pub enum Event {
         /// Why it failed, if it did.
         error: Option<String>,
     },
+    /// The compactor answered an [`Action::KeepAside`] (its copies, or why there are none, are
+    /// said by the shell): the map's snapshot that replaces the files can be written now.
+    KeptAside,
     /// The snapshot asked for by [`Action::WriteSnapshot`] is on disk (the log restarted).
     SnapshotWritten,
     /// The snapshot asked for by [`Action::WriteSnapshot`] failed (its temp file removed).
@@ -366,11 +371,14 @@ pub enum Action {
     /// fsync the log off the serving thread, then report [`Event::LogSynced`] (or
     /// [`Event::NothingToSync`]). Never asked for again before that answer.
     SyncLog,
-    /// Copy the data directory's snapshot and log aside (`snapshot.behind-<unix s>`,
-    /// `log.behind-<unix s>`) and say where: it holds updates the active peer's snapshot, which
-    /// is about to replace it, lacks. Asked just before the [`Action::WriteSnapshot`] that
-    /// replaces them, never while a compaction is in flight (the compactor may be removing
-    /// `log.prev`); with the re-sync's file written, the compactor makes the copies instead.
+    /// Copy the data directory's snapshot and logs aside (`snapshot.behind-<unix s>`,
+    /// `log.behind-<unix s>`, …) off the serving thread (the log flushed first; the compactor
+    /// copies and fsyncs them), say where, then report [`Event::KeptAside`]: they hold updates
+    /// the active peer's map, which is about to replace them, lacks. Asked before the
+    /// [`Action::WriteSnapshot`] that replaces them, which waits for that answer; never while a
+    /// compaction is in flight (the compactor may be removing `log.prev`), and none starts
+    /// before the answer. With the re-sync's file written, [`Action::Compact`]'s switch makes
+    /// the copies instead.
     KeepAside,
     /// Replace the data directory's snapshot with the map, restart the log, then report
     /// [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`].
@@ -534,6 +542,9 @@ pub struct ServerCore {
     /// A re-sync's snapshot is written but not in place yet: the data directory alone would
     /// recover the files before the re-sync (see the module doc).
     switch_pending: bool,
+    /// An [`Action::KeepAside`] is not answered yet: the compactor is copying the files, so a
+    /// re-sync that ends meanwhile moves no log (its map is written whole after the copies).
+    keeping_aside: bool,
     /// Copy the data directory's files aside before the next full snapshot of the map replaces
     /// them ([`Action::KeepAside`]; the re-sync file could not be written).
     keep_aside_wanted: bool,
@@ -599,6 +610,7 @@ impl ServerCore {
             compacting_switch: false,
             switch_pending: false,
             keep_aside_wanted: false,
+            keeping_aside: false,
             last_compaction_error: None,
             snapshot_retry_at_ns: 0,
             snapshot_backoff_ns: 0,
@@ -747,6 +759,10 @@ impl ServerCore {
             }
             Event::PeerSnapshotUnwritten { error } => self.peer_snapshot_unwritten(&error, now_ns, out),
             Event::CompactionDone { took_ns, error } => self.compaction_done(took_ns, error, now_ns, out),
+            Event::KeptAside => {
+                (self.compacting, self.keeping_aside) = (false, false);
+                self.maybe_snapshot(now_ns, out);
+            }
             Event::SnapshotWritten => self.snapshot_written(now_ns, out),
             Event::SnapshotFailed { error } => self.snapshot_failed(&error, now_ns, out),
         }
@@ -1067,11 +1083,16 @@ impl ServerCore {
             self.snapshot_wanted = self.full_snapshot_wanted;
             (self.compacting, self.compacting_switch) = (true, true);
             out.push(Action::Compact);
+        } else if self.full_snapshot_wanted && self.keep_aside_wanted {
+            // The copies first, by the compactor (fsynced copies as large as the files: seconds at
+            // 1M keys, on the serving thread before): no compaction is in flight to remove
+            // `log.prev` under them, and none starts until they are answered; the map's snapshot
+            // is written then ([`Event::KeptAside`]). Before, they were made on the serving thread.
+            // Nothing is appended meanwhile: the data directory is behind (see `persist`).
+            (self.keep_aside_wanted, self.keeping_aside) = (false, true);
+            (self.compacting, self.snapshot_wanted) = (true, true);
+            out.push(Action::KeepAside);
         } else if self.full_snapshot_wanted {
-            // The copies are made now: no compaction is in flight to remove `log.prev` under them.
-            if std::mem::take(&mut self.keep_aside_wanted) {
-                out.push(Action::KeepAside);
-            }
             out.push(Action::WriteSnapshot);
         } else {
             (self.compacting, self.compacting_switch) = (true, false);
@@ -1465,9 +1486,10 @@ impl ServerCore {
         let Some(sync) = p.sync.take() else { return };
         p.synced = true;
         let keep_aside = self.durable && m.sequence < self.sequence;
-        if self.durable && self.switch_pending {
+        if self.durable && (self.switch_pending || self.keeping_aside) {
             // An earlier re-sync's snapshot is not in place yet (its file is still in use, this
-            // one was not written): that goes first, then the map is written whole.
+            // one was not written), or the compactor is copying the files aside (moving the log
+            // now could cut a copy short): that goes first, then the map is written whole.
             self.disk_behind = true;
             self.keep_aside_wanted |= keep_aside;
             self.full_snapshot_wanted = true;
@@ -1732,6 +1754,9 @@ mod tests {
         /// [`Action::Compact`] is left unanswered (a compaction in flight) and counted here.
         hold_compactions: bool,
         compactions_held: u32,
+        /// [`Action::KeepAside`] is left unanswered (the compactor still copying); else it is
+        /// answered [`Event::KeptAside`] at once (and kept in `other`).
+        hold_keep_aside: bool,
         /// [`Action::PeerSnapshotEnd`] is answered [`Event::PeerSnapshotUnwritten`].
         fail_peer_stream: bool,
         /// Entries written by [`Action::StreamPeerEntry`].
@@ -1755,6 +1780,7 @@ mod tests {
                 snapshot_writes: Vec::new(),
                 hold_compactions: false,
                 compactions_held: 0,
+                hold_keep_aside: false,
                 fail_peer_stream: false,
                 streamed: Vec::new(),
                 published: Vec::new(),
@@ -1817,6 +1843,10 @@ mod tests {
                     Action::StreamPeerEntry { msg, .. } => {
                         self.streamed.push(msg);
                         None
+                    }
+                    Action::KeepAside => {
+                        self.other.push(Action::KeepAside);
+                        (!self.hold_keep_aside).then_some(Event::KeptAside)
                     }
                     Action::PeerSnapshotEnd { .. } if self.fail_peer_stream => {
                         Some(Event::PeerSnapshotUnwritten { error: "snapshot.peer: No space left on device".into() })
@@ -2629,9 +2659,12 @@ mod tests {
     #[test]
     fn a_resync_whose_file_failed_writes_the_map_keeping_its_files_aside_only_between_compactions() {
         // Issue (clone23-3): the copies aside were made on the serving thread while the compactor
-        // could be removing `log.prev`: a copy that failed, or one that missed the segment.
+        // could be removing `log.prev`: a copy that failed, or one that missed the segment. And
+        // (clone25-2) they were still made on the serving thread (fsynced copies as large as the
+        // files): now asked of the compactor, the map written once it answers.
         let mut r = passive_ahead_syncing_while_compacting();
         r.fail_peer_stream = true;
+        r.hold_keep_aside = true;
         r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
         assert!(
             r.logs.iter().any(|l| l.contains("could not be written to the data directory as it arrived")),
@@ -2646,10 +2679,29 @@ mod tests {
         let mut out = Vec::new();
         let now = r.clock.now_ns();
         r.core.on_event(Event::CompactionDone { took_ns: 1, error: None }, now, &mut out).expect("ok");
-        let aside = out.iter().position(|a| *a == Action::KeepAside);
-        let write = out.iter().position(|a| *a == Action::WriteSnapshot);
-        assert!(aside.is_some() && aside < write, "{out:?}");
+        assert!(out.contains(&Action::KeepAside), "{out:?}");
+        assert!(!out.contains(&Action::WriteSnapshot), "the map waits for the copies: {out:?}");
         r.run(out);
+        assert!(r.snapshot_writes.is_empty(), "not before the compactor answers");
+        assert_eq!(r.core.durable(), Some(false));
+        // Nothing else runs on the compactor meanwhile (a compaction would race the copies).
+        r.on(Event::LogLarge);
+        assert!(r.snapshot_writes.is_empty() && r.compactions_held == 1, "{:?}", r.snapshot_writes);
+        // A re-sync that ends meanwhile moves no log under the copies: its map is written whole
+        // after them.
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 9, ""))));
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().contains(&Action::RequestPeerSnapshot));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/k1", 1, "v"))));
+        let mut out = Vec::new();
+        let now = r.clock.now_ns();
+        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 9, ""))), now, &mut out).expect("ok");
+        assert!(!out.iter().any(|a| matches!(a, Action::PeerSnapshotEnd { .. })), "{out:?}");
+        r.run(out);
+        assert!(r.snapshot_writes.is_empty());
+        // The copies are answered: then the map is written, once.
+        r.on(Event::KeptAside);
+        assert_eq!(r.snapshot_writes.len(), 1);
         assert_eq!(r.core.durable(), Some(true));
         r.other();
         // Kept once: a later full snapshot keeps nothing aside.
