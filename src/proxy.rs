@@ -223,6 +223,15 @@ pub trait ProxyHooks: Send {
         false
     }
 
+    /// Whether the proxy's own subscription to everything (`subscribe_all` of
+    /// [`ProxyShell::new`]) makes it a subscriber in a publisher's count (`mdsub replay
+    /// --subscribers`): the tap's, which records or shows what passes, does. The LVC's, which only
+    /// keeps its cache warm, does not: the shell marks it with [`wire::PROXY_OWN`], so that a
+    /// replay waits for the subscribers behind the proxy, not for the proxy alone.
+    fn own_subscription_counts(&self) -> bool {
+        true
+    }
+
     /// Whether the hooks follow subscriber connections ([`ProxyHooks::on_subscriber_joined`]):
     /// the shell then monitors the subscriber side even where it only binds.
     fn follows_joins(&self) -> bool {
@@ -422,6 +431,12 @@ impl<H: ProxyHooks> ProxyShell<H> {
             w.awaiting_publishers(&bound);
         }
         if subscribe_all {
+            if !hooks.own_subscription_counts() {
+                // Before the `""` it marks: a publisher reading the two apart never counts the
+                // proxy as a subscriber in between.
+                let mark = [&[1u8][..], wire::PROXY_OWN].concat();
+                frontend.send(mark, 0).map_err(zerr(role, "subscribing upstream"))?;
+            }
             frontend.send(&[1u8][..], 0).map_err(zerr(role, "subscribing upstream"))?;
         }
         Ok(ProxyShell {

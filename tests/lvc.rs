@@ -757,8 +757,8 @@ fn control_frames_pass_live_and_are_never_cached_or_answered() {
     let mut lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
     // Run 1: replay → LVC → engine. The end of stream reaches the engine live, and the
     // engine's confirmation reaches the replay through the LVC.
-    // Two subscribers: the LVC's own and the engine's through it.
-    let replay = replay_run(&ep, &["--count", "2000", "--rate", "0", "--subscribers", "2"]);
+    // One subscriber: the engine through the LVC (the LVC's own subscription is none).
+    let replay = replay_run(&ep, &["--count", "2000", "--rate", "0", "--subscribers", "1"]);
     let engine = common::engine_json(&[&lvc.backend], &[]);
     let r = finished(engine);
     assert_eq!((common::u(&r, "sent"), common::u(&r, "delivered"), common::u(&r, "lost")), (2000, 2000, 0), "{r}");
@@ -791,4 +791,45 @@ fn control_frames_pass_live_and_are_never_cached_or_answered() {
     assert_eq!(counter(last, "topics"), 5, "no `_mdsub` topic held: {last}");
     assert!(counter(last, "control") >= 2, "both ends of stream passed live: {last}");
     assert!(!err.iter().any(|l| l.starts_with("lvc: refused")), "a control frame is no refusal: {err:?}");
+}
+
+#[test]
+fn a_replay_behind_the_lvc_waits_for_the_engine_and_it_loses_nothing_when_a_peer_is_killed() {
+    // The reviewer's run: replay → LVC → engines, one killed (-9) mid-run and replaced; the
+    // engine never killed reported `lost` 784 of 8000. Those were never sent to it: the replay
+    // counted the LVC's own subscription to everything (its cache) as its one subscriber
+    // (`--subscribers 1`, the default) and started sending before any engine was behind the LVC;
+    // the engine counted what was sent before it joined as lost (`before_first`). The kill had
+    // no part in it. Now the LVC marks its own subscription and the replay waits for the engine.
+    let ep = format!("tcp://127.0.0.1:{}", common::free_port_block(1));
+    let replay = replay_run(&ep, &["--count", "10k", "--rate", "2k", "--subscribers", "1"]);
+    let said = replay.stderr.as_ref().expect("stderr piped");
+    let mut lvc = start_with("lvc", &format!("connect:{ep}"), "bind:tcp://127.0.0.1:*", &[]);
+    // The LVC has subscribed: before, the replay started sending then (`subscribed: sending`).
+    let first = wait_line(said, Duration::from_secs(20), "the LVC's subscription at the replay", |l| {
+        l.starts_with("subscribed: sending") || l.contains("a proxy subscribed to everything for itself")
+    });
+    let survivor = common::engine_json(&[&lvc.backend], &[]);
+    if !first.starts_with("subscribed: sending") {
+        wait_line(said, Duration::from_secs(20), "the replay starting", |l| l.starts_with("subscribed: sending"));
+    }
+    // A second engine joins mid-run and is killed; a third takes its place.
+    let joined = |what: &str| wait_line(said, Duration::from_secs(20), what, |l| l.contains("a subscriber joined"));
+    let mut doomed = common::engine_json(&[&lvc.backend], &[]);
+    joined("the second engine joining");
+    doomed.proc.signal(9);
+    doomed.proc.wait_exit(Duration::from_secs(10));
+    let late = common::engine_json(&[&lvc.backend], &[]);
+    joined("the third engine joining");
+    let r = finished(survivor);
+    let counts = |r: &serde_json::Value| ["sent", "delivered", "lost", "gaps"].map(|k| common::u(r, k));
+    assert_eq!(counts(&r), [10_000, 10_000, 0, 0], "the engine the replay waited for: {r}");
+    assert!(first.contains("it is not counted as a subscriber"), "the replay says why it waits: {first}");
+    // The late joiner lost only what was sent before it joined, and says so.
+    let l = finished(late);
+    assert_eq!(common::u(&l, "sent"), 10_000, "{l}");
+    assert_eq!((common::u(&l, "gaps"), common::u(&l, "lost")), (0, common::u(&l, "before_first")), "{l}");
+    let s = finished(replay);
+    assert_eq!(common::u(&s, "sent_with_no_subscriber"), 0, "{s}");
+    stop(&mut lvc);
 }

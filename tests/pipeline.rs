@@ -29,10 +29,10 @@ fn saw_cached_within(sub: &zmq::Socket, window: Duration) -> bool {
 
 #[test]
 fn engine_behind_the_lvc_sees_no_duplicate_from_late_joiners_and_loses_nothing() {
-    let (replay, eps) = start_replay("replay", 1, &["--count", "30000", "--rate", "10000", "--subscribers", "2"]);
+    let (replay, eps) = start_replay("replay", 1, &["--count", "30000", "--rate", "10000", "--subscribers", "1"]);
     let mut lvc = start_with("lvc", &format!("connect:{}", eps[0]), "bind:tcp://127.0.0.1:*", &[]);
-    // The engine subscribes through the LVC; with the LVC's own upstream
-    // subscription that makes the replay's two subscribers (the handshake).
+    // The engine subscribes through the LVC: the replay's one subscriber (the handshake; the
+    // LVC's own upstream subscription is none).
     let mut cmd = mdsub();
     cmd.args(["engine", "--json", "--max-duration", "60s", "--handler", "verify", "--endpoint", &lvc.backend]);
     let engine = LineProc::spawn("engine", &mut cmd);

@@ -48,22 +48,22 @@ echo "soak: $("$bin" info 2>/dev/null | sed -n 1p) on $(nproc) cores, load $(cut
 echo "soak: paths ${paths[*]}, $duration each at $rate msg/s, ${payload}-byte payloads, sampled every $interval -> $out"
 for p in "${paths[@]}"; do
     pub=$(port) met=$(port)
-    # Replay counts subscriptions that reach it: through the LVC that is the LVC's own
-    # subscribe-all and then the engine's, forwarded; so it starts only once the engine is there.
+    # Replay counts subscriptions that reach it: through the LVC, the engine's, forwarded (the
+    # LVC's own subscribe-all is marked as no subscriber); so it starts once the engine is there.
     engine_ep=$pub extra=() subs=1
     if [ "$p" = lvc ]; then
         back=$(port)
         "$bin" lvc --frontend "connect:tcp://127.0.0.1:$pub" --backend "bind:tcp://127.0.0.1:$back" \
             >"$out/$p-lvc.out" 2>"$out/$p-lvc.err" &
         lvc_pid=$!; pids+=("$lvc_pid"); extra=(--lvc-pid "$lvc_pid")
-        engine_ep=$back subs=2
+        engine_ep=$back
     fi
     # The engine ends at the publisher's end of stream; --max-duration is the safety net.
     "$bin" engine --endpoint "connect:tcp://127.0.0.1:$engine_ep" --metrics-listen "127.0.0.1:$met" \
         --metrics-interval "$interval" --max-duration "$(python3 -c "print(int($dur_s + 120))")s" --json \
         >"$out/$p-engine.json" 2>"$out/$p-engine.err" &
     engine_pid=$!; pids+=("$engine_pid")
-    # Replay waits for its one subscriber (the engine, or the LVC) before sending.
+    # Replay waits for its one subscriber (the engine, directly or through the LVC) before sending.
     "$bin" replay --endpoint "bind:tcp://127.0.0.1:$pub" --rate "$rate" --duration "$duration" \
         --payload-bytes "$payload" --subscribers "$subs" --json >"$out/$p-replay.json" 2>"$out/$p-replay.err" &
     replay_pid=$!; pids+=("$replay_pid")

@@ -374,6 +374,8 @@ pub struct ReplayArgs {
     /// Subscribers to wait for on every shard before sending (0: do not wait). A shard counts the
     /// subscriptions to the control topic (one per mdsub subscriber, several through one proxy
     /// connection) once a connection completed its ZeroMQ handshake (random bytes alone are none).
+    /// `mdsub lvc`'s own subscription to everything (its cache) is no subscriber: behind an LVC,
+    /// N engines are N subscribers (a tap's own, with --subscribe-all, counts as one).
     #[arg(long, value_parser = parse_count_usize, default_value = "1", value_name = "COUNT")]
     pub subscribers: usize,
     /// Give up if the subscribers have not connected by then (e.g. 30s).

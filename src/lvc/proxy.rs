@@ -258,6 +258,12 @@ impl ProxyHooks for LvcHooks {
         true
     }
 
+    /// Its own subscription to everything keeps the cache warm: the LVC is no subscriber in a
+    /// publisher's count, the subscribers behind it are (docs/LVC-TAP.md).
+    fn own_subscription_counts(&self) -> bool {
+        false
+    }
+
     /// Subscriber connections let a subscribe inside the coalescing window through (the gate's
     /// joiners); nothing to follow when coalescing is off.
     fn follows_joins(&self) -> bool {

@@ -367,9 +367,17 @@ struct Shard {
     data_sent: u64,
     /// Data messages dropped at the SNDHWM (lossy).
     dropped_at_hwm: u64,
-    /// Subscribers as last drained: [`subscribers_of`] its `subscriptions` and its handshaken
-    /// connections.
+    /// Subscribers as last drained: [`subscribers_of`] its `subscriptions` (less the proxies'
+    /// own, `proxies`) and its handshaken connections.
     subscribers: usize,
+    /// Whether anyone at all took its frames as last drained: a subscriber, or a proxy for
+    /// itself (an LVC keeping its cache warm).
+    heard: bool,
+    /// Proxies' own subscriptions to everything open, each marked [`wire::PROXY_OWN`] (an LVC's,
+    /// which keeps its cache warm): no subscribers of their own, taken off `subscriptions`.
+    proxies: usize,
+    /// Whether a proxy's own subscription was said (once a shard).
+    proxy_said: bool,
     /// Handshaken connections open as last drained (0 without a handshake watch).
     connections: usize,
     /// Subscriptions open that take the control topic (each mdsub subscriber makes one; a
@@ -378,7 +386,7 @@ struct Shard {
     /// The XPUB's connections that completed their handshake and are open (its handshake
     /// watch's count; None without one: subscriptions alone count).
     handshaken: Option<Arc<HandshakenPeers>>,
-    /// Data messages sent while `subscribers` was 0: they reached no one.
+    /// Data messages sent while nobody took them (`heard` false): they reached no one.
     sent_unheard: u64,
     /// Time a full pipe (a lossless subscriber not reading) held its sends back, ns.
     blocked_ns: u64,
@@ -414,7 +422,7 @@ impl Shard {
     fn count_sent(&mut self, data: u64) {
         self.sent += 1;
         self.data_sent += data;
-        if self.subscribers == 0 {
+        if !self.heard {
             self.sent_unheard += data;
         }
     }
@@ -477,7 +485,9 @@ fn takes_control(prefix: &[u8]) -> bool {
 /// connections: libzmq does not tie one to the other, and one connection of a proxy (`mdsub lvc`,
 /// any XSUB) carries the subscriptions of every subscriber behind it (capping them made a replay
 /// behind an LVC wait for ever for its second subscriber). So one peer that subscribes several
-/// prefixes of the control topic still counts several times.
+/// prefixes of the control topic still counts several times. A proxy's own subscription to
+/// everything, marked [`wire::PROXY_OWN`] (an LVC keeping its cache warm), is taken off before:
+/// a replay behind an LVC waits for the subscribers behind it, not for the LVC alone.
 pub fn subscribers_of(subscriptions: usize, handshaken: Option<usize>) -> usize {
     match handshaken {
         Some(0) => 0,
@@ -570,6 +580,9 @@ impl Publisher {
                 dropped_at_hwm: 0,
                 sent_unheard: 0,
                 subscribers: 0,
+                heard: false,
+                proxies: 0,
+                proxy_said: false,
                 connections: 0,
                 subscriptions: 0,
                 handshaken,
@@ -681,6 +694,17 @@ impl Publisher {
                     Some((0, topic)) if takes_control(topic) => {
                         sh.subscriptions = sh.subscriptions.saturating_sub(1);
                     }
+                    Some((1, wire::PROXY_OWN)) => {
+                        sh.proxies += 1;
+                        if !std::mem::replace(&mut sh.proxy_said, true) {
+                            crate::diag!(
+                                "replay: shard{k}: a proxy subscribed to everything for itself (mdsub lvc, keeping its \
+                                 cache warm): it is not counted as a subscriber; the subscribers behind it are, as \
+                                 their subscriptions come through it"
+                            );
+                        }
+                    }
+                    Some((0, wire::PROXY_OWN)) => sh.proxies = sh.proxies.saturating_sub(1),
                     Some((1, wire::AWAITS_EOS)) => sh.awaiting += 1,
                     Some((0, wire::AWAITS_EOS)) => sh.awaiting = sh.awaiting.saturating_sub(1),
                     Some((1, p)) if wire::confirms_eos(p, sh.publisher_id, sh.session_id) => sh.took += 1,
@@ -688,12 +712,17 @@ impl Publisher {
                 }
             }
             let handshaken = sh.handshaken.as_ref().map(|h| usize::try_from(h.now()).unwrap_or(usize::MAX));
-            let now = subscribers_of(sh.subscriptions, handshaken);
+            let now = subscribers_of(sh.subscriptions.saturating_sub(sh.proxies), handshaken);
+            let heard = subscribers_of(sh.subscriptions, handshaken) > 0;
             let connections = handshaken.unwrap_or(0);
             if say && now > sh.subscribers {
                 crate::diag!("replay: shard{k}: a subscriber joined ({now} now)");
             } else if say && now < sh.subscribers {
-                let none = if now == 0 { ": what it sends now reaches no one" } else { "" };
+                let none = match (now, heard) {
+                    (0, false) => ": what it sends now reaches no one",
+                    (0, true) => ": what it sends now reaches a proxy alone (an LVC's cache)",
+                    _ => "",
+                };
                 crate::diag!("replay: shard{k}: a subscriber left ({now} remain){none}");
             } else if say && connections < sh.connections {
                 // A proxy (any XSUB) forwards each subscribe but an unsubscribe only when the
@@ -705,6 +734,7 @@ impl Publisher {
                 );
             }
             sh.subscribers = now;
+            sh.heard = heard;
             sh.connections = connections;
         }
         Ok(())

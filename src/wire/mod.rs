@@ -397,6 +397,14 @@ pub const CONTROL_TOPIC: &[u8] = b"_mdsub";
 /// own in a publisher's count (docs/WIRE.md).
 pub const AWAITS_EOS: &[u8] = b"_mdsub\0\0awaits-eos";
 
+/// The mark of a proxy's own subscription to everything (`mdsub lvc`, which takes every topic to
+/// keep its cache warm): the proxy subscribes it before its `""` on the same connection, and a
+/// publisher that counts its subscribers (`mdsub replay --subscribers`) takes one subscription
+/// to the control topic off per mark open: the proxy is no subscriber of its own, the subscribers
+/// behind it count as their subscriptions come through. Like [`AWAITS_EOS`] it matches no frame
+/// and does not take the control topic.
+pub const PROXY_OWN: &[u8] = b"_mdsub\0\0proxy-own";
+
 /// A subscriber's confirmation that an end of stream arrived: a subscription made and withdrawn
 /// at once (withdrawals alone come from connections that end, too: never taken for one). Followed
 /// by the publisher id (u32 LE) and session id (u64 LE), [`took_eos`]: this session's end of
@@ -489,7 +497,7 @@ mod tests {
     #[test]
     fn the_end_of_stream_wait_subscriptions_match_no_frame() {
         let ack = took_eos(7, 0xdead_beef);
-        for p in [AWAITS_EOS, TOOK_EOS, &ack] {
+        for p in [AWAITS_EOS, TOOK_EOS, &ack, PROXY_OWN] {
             assert!(prefix_problem(p).is_some_and(|w| w.contains("goes on after its NUL")), "{p:?}");
             assert!(p.starts_with(&[CONTROL_TOPIC, b"\0", b"\0"].concat()), "{p:?}");
             for kind in [Kind::Data, Kind::Heartbeat, Kind::EndOfStream] {
