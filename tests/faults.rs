@@ -137,6 +137,49 @@ fn an_end_of_stream_a_dead_connection_swallowed_reaches_the_engine_after_its_rec
 }
 
 #[test]
+fn a_reconnect_beside_a_connection_dead_without_a_close_confirms_the_end_of_stream_at_once() {
+    // Before: the engine's first connection died without a close as far as the replay could
+    // tell (a host gone: no FIN, no RST; here a black hole that keeps reading the replay's side),
+    // the engine reconnected before the end of stream, and both connections held the
+    // end-of-stream wait's subscription when it went out. Only the live one confirmed, so the
+    // replay waited its whole --eos-wait and said a subscriber had not confirmed. Now the
+    // engine's subscriptions name it (one id per shard) and its confirmation settles every
+    // connection of it. The hole cuts the engine's side after 4 KiB and lets its reconnect
+    // through as soon as the replay's next data frame goes into the dead connection.
+    const COUNT: u64 = 400;
+    let (replay, eps) =
+        start_replay("replay", 1, &["--count", &COUNT.to_string(), "--rate", "200", "--json", "--eos-wait", "15s"]);
+    let data = [b"\0".as_slice(), &[wire::VERSION, Kind::Data as u8]].concat();
+    let hole = BlackHole::start(addr_of(&eps[0]), 4_096, data);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "30s", "--snail", "warn", "--endpoint", &hole.endpoint()]);
+    let mut engine = LineProc::spawn("engine", cmd.stderr(Stdio::piped()));
+    let engine_err = lines_of(engine.proc.child.stderr.take().unwrap_or_else(|| panic!("stderr piped")));
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    let engine_said = rest_lines(&engine_err, Duration::from_secs(5));
+    let r = json(&out);
+    assert!(status.success(), "engine failed: {out} {engine_said:?}");
+    assert_eq!(r["time_limit"], false, "the end of stream came: {engine_said:?}");
+    assert_eq!((u(&r, "sent"), u(&r, "unended_sessions")), (COUNT, 0), "{r}");
+    let stats = hole.stats();
+    assert!(stats.seen && stats.relayed >= 2, "the engine reconnected before the end of stream: {stats:?}");
+    let err = replay.stderr.as_ref().expect("stderr piped");
+    let said = rest_lines(err, Duration::from_secs(20));
+    let (status, rest) = replay.finish(Duration::from_secs(10));
+    assert!(status.success(), "{said:?}");
+    let s = json(&rest);
+    // Both connections held the wait when the end of stream went out: the reconnect came
+    // before it (no resend), while the dead one still counted as a subscriber.
+    assert!(said.iter().any(|l| l.contains("a subscriber joined (2 now)")), "{said:?}");
+    assert!(s.get("eos_resent").is_none(), "the reconnect came before the end of stream: {s}");
+    assert!(s.get("eos_unconfirmed").is_none(), "the engine confirmed on its live connection: {s} {said:?}");
+    assert!(!said.iter().any(|l| l.contains("not confirmed")), "{said:?}");
+    assert!(s["eos_wait_s"].as_f64().is_some_and(|w| w < 5.0), "no wait for the dead connection: {s}");
+    // The dead connection was open on the replay's side until here.
+    drop(hole);
+}
+
+#[test]
 fn clone_client_cut_from_its_server_resyncs_and_loses_nothing() {
     const KEYS: usize = 3_000;
     let p = common::free_port_block(3);
