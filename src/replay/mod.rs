@@ -422,6 +422,41 @@ struct EosAt {
 }
 
 impl Shard {
+    /// A bound shard of `publisher_id`'s session `session_id`, nothing sent or heard yet.
+    fn new(
+        socket: zmq::Socket,
+        endpoint: String,
+        publisher_id: u32,
+        session_id: u64,
+        handshaken: Option<Arc<HandshakenPeers>>,
+    ) -> Shard {
+        Shard {
+            socket,
+            endpoint,
+            publisher_id,
+            session_id,
+            stream_seq: 0,
+            sent: 0,
+            data_sent: 0,
+            dropped_at_hwm: 0,
+            sent_unheard: 0,
+            subscribers: 0,
+            connections: 0,
+            subscriptions: 0,
+            handshaken,
+            blocked_ns: 0,
+            awaiting: 0,
+            awaiting_named: Vec::new(),
+            took: 0,
+            control_joins: 0,
+            took_named: 0,
+            confirmed_named: Vec::new(),
+            eos_at: None,
+            eos_named: Vec::new(),
+            eos_resent: 0,
+        }
+    }
+
     /// One message sent (or dropped by a lossy publisher: its sequences are
     /// spent), `data` of them data messages (the end-of-stream count).
     #[inline]
@@ -611,32 +646,9 @@ impl Publisher {
                 SecureError::Watch(e) => ReplayError::Config(e.to_string()),
             })?;
             let endpoint = crate::zmqx::bind_resolved(&s, ep).map_err(|e| zerr(crate::zmqx::binding(ep, e))(e))?;
-            shards.push(Shard {
-                socket: s,
-                endpoint,
-                // In range: checked above.
-                publisher_id: cfg.publisher_id_base.saturating_add(i as u32),
-                session_id: seed.next_u64(),
-                stream_seq: 0,
-                sent: 0,
-                data_sent: 0,
-                dropped_at_hwm: 0,
-                sent_unheard: 0,
-                subscribers: 0,
-                connections: 0,
-                subscriptions: 0,
-                handshaken,
-                blocked_ns: 0,
-                awaiting: 0,
-                awaiting_named: Vec::new(),
-                took: 0,
-                control_joins: 0,
-                took_named: 0,
-                confirmed_named: Vec::new(),
-                eos_at: None,
-                eos_named: Vec::new(),
-                eos_resent: 0,
-            });
+            // In range: checked above.
+            let publisher_id = cfg.publisher_id_base.saturating_add(i as u32);
+            shards.push(Shard::new(s, endpoint, publisher_id, seed.next_u64(), handshaken));
         }
         Ok(Publisher {
             shards,
@@ -1289,31 +1301,7 @@ mod tests {
     /// A shard of publisher 7, session 9, on an unbound XPUB of `ctx` (its end-of-stream
     /// bookkeeping is all that is asked of it).
     fn shard(ctx: &zmq::Context) -> Shard {
-        Shard {
-            socket: ctx.socket(zmq::XPUB).expect("xpub"),
-            endpoint: "tcp://h:1".into(),
-            publisher_id: 7,
-            session_id: 9,
-            stream_seq: 0,
-            sent: 0,
-            data_sent: 0,
-            dropped_at_hwm: 0,
-            subscribers: 0,
-            connections: 0,
-            subscriptions: 0,
-            handshaken: None,
-            sent_unheard: 0,
-            blocked_ns: 0,
-            awaiting: 0,
-            awaiting_named: Vec::new(),
-            took: 0,
-            control_joins: 0,
-            took_named: 0,
-            confirmed_named: Vec::new(),
-            eos_at: None,
-            eos_named: Vec::new(),
-            eos_resent: 0,
-        }
+        Shard::new(ctx.socket(zmq::XPUB).expect("xpub"), "tcp://h:1".into(), 7, 9, None)
     }
 
     /// The subscriptions an engine's shard named `id` makes on one connection (bare, then named).
