@@ -303,7 +303,8 @@ pub struct ProxyShell<H: ProxyHooks> {
 /// stream reached it). Forwarded one by one, the XSUB passes every subscription but a withdrawal
 /// only when its last one goes: of two subscribers, one that left before the end of stream still
 /// counted upstream, and a replay waited its whole `--eos-wait` for its confirmation. Anything
-/// else passes (confirmations each).
+/// else passes (confirmations each; the forms naming a subscriber, [`wire::awaits_eos_as`], each
+/// too: a replay waits for each named subscriber behind the proxy by its name).
 fn passes_eos_wait(waits: &mut u64, msg: FromSubscriber<'_>) -> bool {
     match msg {
         FromSubscriber::Subscribe(p) if p == wire::AWAITS_EOS => {

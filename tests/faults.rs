@@ -92,20 +92,19 @@ fn replay_to_engine_cut_mid_stream_reconnects_with_exact_accounting() {
     assert!(status.success());
 }
 
-#[test]
-fn an_end_of_stream_a_dead_connection_swallowed_reaches_the_engine_after_its_reconnect() {
-    // Before: the replay sent its last messages and its end of stream into a connection whose
-    // other end was gone (a path down longer than the engine's TCP keepalive), then exited; the
-    // engine reconnected to nothing and waited for ever (here: until --max-duration, its
-    // report's time_limit). Now the replay keeps its endpoint until the engine, which holds
-    // the end-of-stream wait's subscription, leaves, and sends the end of stream again to the
-    // engine's reconnect. The black hole closes the engine's side after 4 KiB and swallows the
-    // rest of the replay's stream, and holds the reconnect until the end of stream is in it.
-    const COUNT: u64 = 400;
+/// Messages of a replay behind a black hole.
+const HOLE_COUNT: u64 = 400;
+
+/// A one-shard replay of [`HOLE_COUNT`] messages at 200 msg/s (`--json`, `--eos-wait eos_wait`)
+/// behind a [`BlackHole`] that closes the engine's side after 4 KiB, swallows the rest, and lets
+/// the engine's reconnect through once `until` went into the hole; an engine through it, ended
+/// by its end of stream (its whole count accounted for): the engine's report, the hole (open until
+/// dropped) and the replay.
+fn engine_through_a_black_hole(eos_wait: &str, until: Vec<u8>) -> (serde_json::Value, BlackHole, LineProc) {
+    let count = HOLE_COUNT.to_string();
     let (replay, eps) =
-        start_replay("replay", 1, &["--count", &COUNT.to_string(), "--rate", "200", "--json", "--eos-wait", "30s"]);
-    let eos = [wire::CONTROL_TOPIC, b"\0", &[wire::VERSION, Kind::EndOfStream as u8]].concat();
-    let hole = BlackHole::start(addr_of(&eps[0]), 4_096, eos);
+        start_replay("replay", 1, &["--count", &count, "--rate", "200", "--json", "--eos-wait", eos_wait]);
+    let hole = BlackHole::start(addr_of(&eps[0]), 4_096, until);
     let mut cmd = mdsub();
     // The snail warns: the silence while the stream goes into the hole is the fault itself.
     cmd.args(["engine", "--json", "--max-duration", "30s", "--snail", "warn", "--endpoint", &hole.endpoint()]);
@@ -116,24 +115,69 @@ fn an_end_of_stream_a_dead_connection_swallowed_reaches_the_engine_after_its_rec
     let r = json(&out);
     assert!(status.success(), "engine failed: {out} {engine_said:?}");
     assert_eq!(r["time_limit"], false, "the end of stream came, not --max-duration: {engine_said:?}");
+    assert_eq!((u(&r, "sent"), u(&r, "unended_sessions")), (HOLE_COUNT, 0), "its end of stream counted: {r}");
+    (r, hole, replay)
+}
+
+/// A `--json` replay's exit, a success: its JSON and what it said on stderr.
+fn replay_exit(replay: LineProc) -> (serde_json::Value, Vec<String>) {
+    let err = replay.stderr.as_ref().expect("stderr piped");
+    let said = rest_lines(err, Duration::from_secs(20));
+    let (status, rest) = replay.finish(Duration::from_secs(10));
+    assert!(status.success(), "{said:?}");
+    (json(&rest), said)
+}
+
+#[test]
+fn an_end_of_stream_a_dead_connection_swallowed_reaches_the_engine_after_its_reconnect() {
+    // Before: the replay sent its last messages and its end of stream into a connection whose
+    // other end was gone (a path down longer than the engine's TCP keepalive), then exited; the
+    // engine reconnected to nothing and waited for ever (here: until --max-duration, its
+    // report's time_limit). Now the replay keeps its endpoint until the engine, which holds
+    // the end-of-stream wait's subscription, leaves, and sends the end of stream again to the
+    // engine's reconnect. The black hole closes the engine's side after 4 KiB and swallows the
+    // rest of the replay's stream, and holds the reconnect until the end of stream is in it.
+    let eos = [wire::CONTROL_TOPIC, b"\0", &[wire::VERSION, Kind::EndOfStream as u8]].concat();
+    let (r, hole, replay) = engine_through_a_black_hole("30s", eos);
     let stats = hole.stats();
     assert!(
         stats.seen && stats.relayed >= 2,
         "the end of stream went into the hole, the engine reconnected: {stats:?}"
     );
     let (delivered, lost) = (u(&r, "delivered"), u(&r, "lost"));
-    assert_eq!((u(&r, "sent"), u(&r, "unended_sessions")), (COUNT, 0), "its end of stream counted: {r}");
     assert!(delivered > 0 && lost > 0, "what the hole swallowed is lost: {r}");
-    assert_eq!(delivered + lost, COUNT, "exact accounting: {r}");
-    let err = replay.stderr.as_ref().expect("stderr piped");
-    let said = rest_lines(err, Duration::from_secs(20));
-    let (status, rest) = replay.finish(Duration::from_secs(10));
-    assert!(status.success(), "{said:?}");
-    let s = json(&rest);
+    assert_eq!(delivered + lost, HOLE_COUNT, "exact accounting: {r}");
+    let (s, said) = replay_exit(replay);
     assert!(u(&s, "eos_resent") >= 1, "sent again to the reconnect: {s}");
     assert!(s.get("eos_unconfirmed").is_none(), "the engine left: confirmed: {s}");
     assert!(s["eos_wait_s"].as_f64().is_some_and(|w| w > 0.0 && w < 20.0), "{s}");
     assert!(said.iter().any(|l| l.contains("sent it again")), "the resend is said: {said:?}");
+}
+
+#[test]
+fn a_reconnect_beside_a_connection_dead_without_a_close_confirms_the_end_of_stream_at_once() {
+    // Before: the engine's first connection died without a close as far as the replay could
+    // tell (a host gone: no FIN, no RST; here a black hole that keeps reading the replay's side),
+    // the engine reconnected before the end of stream, and both connections held the
+    // end-of-stream wait's subscription when it went out. Only the live one confirmed, so the
+    // replay waited its whole --eos-wait and said a subscriber had not confirmed. Now the
+    // engine's subscriptions name it (one id per shard) and its confirmation settles every
+    // connection of it. The hole cuts the engine's side after 4 KiB and lets its reconnect
+    // through as soon as the replay's next data frame goes into the dead connection.
+    let data = [b"\0".as_slice(), &[wire::VERSION, Kind::Data as u8]].concat();
+    let (_, hole, replay) = engine_through_a_black_hole("15s", data);
+    let stats = hole.stats();
+    assert!(stats.seen && stats.relayed >= 2, "the engine reconnected before the end of stream: {stats:?}");
+    let (s, said) = replay_exit(replay);
+    // Both connections held the wait when the end of stream went out: the reconnect came
+    // before it (no resend), while the dead one still counted as a subscriber.
+    assert!(said.iter().any(|l| l.contains("a subscriber joined (2 now)")), "{said:?}");
+    assert!(s.get("eos_resent").is_none(), "the reconnect came before the end of stream: {s}");
+    assert!(s.get("eos_unconfirmed").is_none(), "the engine confirmed on its live connection: {s} {said:?}");
+    assert!(!said.iter().any(|l| l.contains("not confirmed")), "{said:?}");
+    assert!(s["eos_wait_s"].as_f64().is_some_and(|w| w < 5.0), "no wait for the dead connection: {s}");
+    // The dead connection was open on the replay's side until here.
+    drop(hole);
 }
 
 #[test]

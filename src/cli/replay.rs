@@ -383,7 +383,8 @@ pub struct ReplayArgs {
     pub wait_timeout: Duration,
     /// After the end of stream, keep the endpoints up to this long until every subscriber that
     /// ends at one (an `mdsub engine` shard, directly or behind `mdsub lvc`/`tap`) confirmed it
-    /// arrived. One that takes the control topic meanwhile (a reconnect after its connection
+    /// arrived; an engine counts once however many of its connections hold the wait (an old one
+    /// dead without a close beside its reconnect). One that takes the control topic meanwhile (a reconnect after its connection
     /// died, with the end of stream in it) is sent it again. Shards still unconfirmed at the end
     /// are said and listed (`eos_unconfirmed`; `resend_pending` when a full lossless pipe held
     /// that resend back: a subscriber far behind needs a longer wait); Ctrl-C ends the wait at

@@ -496,6 +496,7 @@ impl Engine {
             // every session it saw, `EndWait`).
             let publishers = shard.endpoints.len() + shard.binds.len();
             let expect_eos = cfg.expect_eos_per_shard.unwrap_or(publishers);
+            let eos_id = subscriber_id(k);
             let (ctx, sub, links, bound) = Self::make_shard_socket(
                 k,
                 shard,
@@ -503,7 +504,7 @@ impl Engine {
                 cfg.max_msg_bytes,
                 cfg.feed_keys.clone(),
                 cfg.keepalive,
-                expect_eos > 0,
+                (expect_eos > 0).then_some(eos_id),
             )?;
             engine.link_boards.push(links.as_ref().map(|w| w.board()).unwrap_or_default());
             engine.bound.push(bound);
@@ -528,6 +529,7 @@ impl Engine {
                 routing: cfg.routing,
                 worker_endpoints: worker_endpoints.clone(),
                 expect_eos,
+                eos_id,
                 end_wait: EndWait::of_shard(cfg.expect_eos_per_shard, !shard.binds.is_empty()),
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 handoff_hwm_msgs: cfg.handoff_hwm_msgs,
@@ -683,9 +685,10 @@ impl Engine {
     /// shard's I/O core: libzmq starts the context's I/O thread with the first
     /// socket, and the thread inherits the creator's CPU mask (and its name,
     /// so the shard's I/O thread shows as `shardK-io` in `top -H`). A shard that ends at
-    /// ends of stream (`awaits_eos`) subscribes [`wire::AWAITS_EOS`](crate::wire::AWAITS_EOS)
-    /// too: its reader confirms each end of stream it counts
-    /// ([`wire::TOOK_EOS`](crate::wire::TOOK_EOS)), which its publishers wait for.
+    /// ends of stream (`awaits_eos`: its subscriber id) subscribes
+    /// [`wire::AWAITS_EOS`](crate::wire::AWAITS_EOS) too, bare and naming it
+    /// ([`wire::awaits_eos_as`](crate::wire::awaits_eos_as)): its reader confirms each end of
+    /// stream it counts ([`wire::TOOK_EOS`](crate::wire::TOOK_EOS)), which its publishers wait for.
     fn make_shard_socket(
         k: usize,
         shard: &ShardConfig,
@@ -693,7 +696,7 @@ impl Engine {
         max_msg_bytes: i64,
         keys: Option<ClientKeys>,
         keepalive: Keepalive,
-        awaits_eos: bool,
+        awaits_eos: Option<u64>,
     ) -> Result<ShardSocket, EngineError> {
         let shard = shard.clone();
         let name = format!("shard{k}-io");
@@ -720,8 +723,11 @@ impl Engine {
                     sub.set_subscribe(&control).map_err(zerr("subscribing to control frames".into()))?;
                 }
             }
-            if awaits_eos {
+            if let Some(id) = awaits_eos {
+                // Bare for an older publisher; named for one that counts each subscriber once
+                // across its connections (a reconnect beside a connection dead without a close).
                 sub.set_subscribe(crate::wire::AWAITS_EOS)
+                    .and_then(|()| sub.set_subscribe(&crate::wire::awaits_eos_as(id)))
                     .map_err(zerr("subscribing the end-of-stream wait".into()))?;
             }
             // Watched before binding and connecting, so the first connect is seen too. A shard
@@ -1266,6 +1272,15 @@ impl Drop for Engine {
 
 /// The loss basis of a shard that takes only some topics: what was sent is not all for it.
 const FILTERED_BASIS: &str = "unknown: topics are filtered (gaps are counted by topic sequence)";
+
+/// Shard `k`'s subscriber id in the end-of-stream wait ([`crate::wire::awaits_eos_as`]): drawn
+/// from the clock, the process and the shard, so two engines (or shards) on one publisher are
+/// told apart; the same across the shard's reconnects (its SUB holds the subscription).
+fn subscriber_id(k: usize) -> u64 {
+    let pid = u64::from(std::process::id());
+    let seed = [crate::clock::realtime_ns().to_le_bytes(), pid.to_le_bytes(), (k as u64).to_le_bytes()].concat();
+    crate::wire::fnv1a(crate::wire::FNV_OFFSET, &seed)
+}
 
 /// The publisher sessions a shard must have heard to an end (by its end of stream, or counted
 /// to its last arrived message when the shard's reading ended without one) for its loss to be

@@ -258,6 +258,9 @@ pub struct ReaderConfig {
     pub worker_endpoints: Vec<String>,
     /// End of stream after this many publishers said so (0: run until stopped).
     pub expect_eos: usize,
+    /// The shard's subscriber id in the end-of-stream wait ([`wire::awaits_eos_as`], which the
+    /// SUB holds when `expect_eos` > 0): its confirmations name it.
+    pub eos_id: u64,
     /// What the shard waits for besides `expect_eos` ends of stream.
     pub end_wait: EndWait,
     /// The shard subscribes to every topic (stream gaps are then real loss).
@@ -864,7 +867,10 @@ impl ReaderAgent {
     /// the shard sees and the one whose session it names counts (`mdsub replay` waits for it).
     fn send_confirmations(&mut self) -> Result<(), AgentError> {
         while let Some((publisher_id, session_id)) = self.took.pop() {
-            confirm(&self.sub, &wire::took_eos(publisher_id, session_id))
+            // Named first: a publisher that reads the named form counts the bare one that
+            // follows it as this subscriber's (an older one reads the bare one alone).
+            confirm(&self.sub, &wire::took_eos_as(publisher_id, session_id, self.cfg.eos_id))
+                .and_then(|()| confirm(&self.sub, &wire::took_eos(publisher_id, session_id)))
                 .map_err(zerr(&self.role, "confirming an end of stream"))?;
         }
         Ok(())
@@ -1147,8 +1153,10 @@ impl Agent for ReaderAgent {
             // subscription anyway.
             let _ = self.send_confirmations();
             if !self.finished {
+                let _ = confirm(&self.sub, &wire::stopped_awaiting_as(self.cfg.eos_id));
                 let _ = confirm(&self.sub, wire::TOOK_EOS);
             }
+            let _ = self.sub.set_unsubscribe(&wire::awaits_eos_as(self.cfg.eos_id));
             let _ = self.sub.set_unsubscribe(wire::AWAITS_EOS);
         }
         // The last events (a reconnect just before the end) reach the report.
@@ -1567,6 +1575,7 @@ mod tests {
             routing: Routing::ByTopic,
             worker_endpoints: vec![format!("inproc://{name}-worker")],
             expect_eos: 0,
+            eos_id: 0,
             end_wait: EndWait::Count,
             full_subscription: true,
             handoff_hwm_msgs: 4,
@@ -1675,6 +1684,7 @@ mod tests {
             routing: Routing::ByTopic,
             worker_endpoints: vec!["inproc://reader-trim-worker".into()],
             expect_eos: 0,
+            eos_id: 0,
             end_wait: EndWait::Count,
             full_subscription: true,
             handoff_hwm_msgs: 4,

@@ -392,15 +392,26 @@ struct Shard {
     blocked_ns: u64,
     /// Subscriptions open to [`wire::AWAITS_EOS`]: subscribers that end at an end of stream and
     /// confirm it (an mdsub engine's shard; a proxy's connection holds one while any such
-    /// subscriber behind it does).
+    /// subscriber behind it does). Each connection of a subscriber counts.
     awaiting: usize,
+    /// Those subscribers that name themselves ([`wire::awaits_eos_as`], beside the bare one):
+    /// id and how many connections hold it (a reconnect beside a connection dead without a
+    /// close: two). Counted once each, however many.
+    awaiting_named: Vec<(u64, usize)>,
     /// Confirmations of this shard's session's end of stream ([`wire::confirms_eos`]), and
     /// subscriptions taking the control topic (a subscriber that joins, or joins again: a
     /// reconnect), since bind.
     took: u64,
     control_joins: u64,
+    /// Of the confirmations, those in the named form ([`wire::confirming_id`]), since bind (each
+    /// is followed by a bare one, in `took`), and the subscribers they named since its end of
+    /// stream last went out.
+    took_named: u64,
+    confirmed_named: Vec<u64>,
     /// Where those stood when its end of stream went out (None: it has not, or not in time).
     eos_at: Option<EosAt>,
+    /// The subscribers that named themselves when it went out ([`Shard::awaiting_named`]'s ids).
+    eos_named: Vec<u64>,
     /// Ends of stream sent again to subscribers that joined after it went out.
     eos_resent: u64,
 }
@@ -409,13 +420,54 @@ struct Shard {
 /// ([`Shard::eos_waiting`]).
 #[derive(Debug, Clone, Copy)]
 struct EosAt {
+    /// The subscriptions to the bare [`wire::AWAITS_EOS`] of subscribers that did not name
+    /// themselves (an older engine; a proxy's).
     awaiting: usize,
     took: u64,
+    took_named: u64,
     /// The control-topic subscriptions it was last sent for (a later one is sent it again).
     control_joins: u64,
 }
 
 impl Shard {
+    /// A bound shard of `publisher_id`'s session `session_id`, nothing sent or heard yet.
+    fn new(
+        socket: zmq::Socket,
+        endpoint: String,
+        publisher_id: u32,
+        session_id: u64,
+        handshaken: Option<Arc<HandshakenPeers>>,
+    ) -> Shard {
+        Shard {
+            socket,
+            endpoint,
+            publisher_id,
+            session_id,
+            stream_seq: 0,
+            sent: 0,
+            data_sent: 0,
+            dropped_at_hwm: 0,
+            sent_unheard: 0,
+            subscribers: 0,
+            heard: false,
+            proxies: 0,
+            proxy_said: false,
+            connections: 0,
+            subscriptions: 0,
+            handshaken,
+            blocked_ns: 0,
+            awaiting: 0,
+            awaiting_named: Vec::new(),
+            took: 0,
+            control_joins: 0,
+            took_named: 0,
+            confirmed_named: Vec::new(),
+            eos_at: None,
+            eos_named: Vec::new(),
+            eos_resent: 0,
+        }
+    }
+
     /// One message sent (or dropped by a lossy publisher: its sequences are
     /// spent), `data` of them data messages (the end-of-stream count).
     #[inline]
@@ -433,24 +485,63 @@ impl Shard {
 
     /// Its end of stream went out: the wait for its subscribers counts from here.
     fn eos_went(&mut self) {
-        let (awaiting, took, control_joins) = (self.awaiting, self.took, self.control_joins);
-        self.eos_at = Some(EosAt { awaiting, took, control_joins });
+        // A named subscriber holds the bare subscription beside the named one on each connection.
+        let named_holds: usize = self.awaiting_named.iter().map(|&(_, n)| n).sum();
+        let awaiting = self.awaiting.saturating_sub(named_holds);
+        let (took, took_named, control_joins) = (self.took, self.took_named, self.control_joins);
+        self.eos_at = Some(EosAt { awaiting, took, took_named, control_joins });
+        self.eos_named.clear();
+        self.eos_named.extend(self.awaiting_named.iter().map(|&(id, _)| id));
+        self.confirmed_named.clear();
     }
 
     /// Subscribers that end at an end of stream and have not confirmed this one: those that held
     /// [`wire::AWAITS_EOS`] when it went out, less the confirmations since. A holder's connection
     /// that ends withdraws it, which confirms nothing: it may have died without a close with the
     /// end of stream in it, its subscriber reconnecting (that reconnect is sent it again, and its
-    /// confirmation stands for the dead connection's). 0 when it never went out.
+    /// confirmation stands for the dead connection's). A subscriber that names itself
+    /// ([`wire::awaits_eos_as`]) counts once however many of its connections held it (one dead
+    /// without a close beside its reconnect), and is settled by a confirmation naming it; the
+    /// others by the bare confirmations that no named one came with. 0 when it never went out.
     fn eos_waiting(&self) -> usize {
         let Some(at) = self.eos_at else { return 0 };
-        let took = usize::try_from(self.took.saturating_sub(at.took)).unwrap_or(usize::MAX);
-        at.awaiting.saturating_sub(took)
+        let named = self.took_named.saturating_sub(at.took_named);
+        let bare = self.took.saturating_sub(at.took).saturating_sub(named);
+        let bare = usize::try_from(bare).unwrap_or(usize::MAX);
+        let named_left = self.eos_named.iter().filter(|id| !self.confirmed_named.contains(id)).count();
+        at.awaiting.saturating_sub(bare) + named_left
     }
 
     /// Its end of stream went out to a subscriber that ends at one (one to wait for).
     fn eos_awaited(&self) -> bool {
-        self.eos_at.is_some_and(|at| at.awaiting > 0)
+        self.eos_at.is_some_and(|at| at.awaiting > 0) || !self.eos_named.is_empty()
+    }
+
+    /// A subscription event of the end-of-stream wait: `subscribe` (1) or withdraw (0) `prefix`.
+    /// Confirmations are subscriptions (their withdrawal follows at once, and a connection that
+    /// ends withdraws them too: never taken for one).
+    fn eos_event(&mut self, subscribe: bool, prefix: &[u8]) {
+        if prefix == wire::AWAITS_EOS {
+            self.awaiting = if subscribe { self.awaiting + 1 } else { self.awaiting.saturating_sub(1) };
+        } else if let Some(id) = wire::awaiting_id(prefix) {
+            let at = self.awaiting_named.iter().position(|&(held, _)| held == id);
+            match (subscribe, at) {
+                (true, Some(i)) => self.awaiting_named[i].1 += 1,
+                (true, None) => self.awaiting_named.push((id, 1)),
+                (false, Some(i)) if self.awaiting_named[i].1 > 1 => self.awaiting_named[i].1 -= 1,
+                (false, Some(i)) => {
+                    self.awaiting_named.swap_remove(i);
+                }
+                (false, None) => {}
+            }
+        } else if subscribe && wire::confirms_eos(prefix, self.publisher_id, self.session_id) {
+            self.took += 1;
+        } else if let Some(id) = wire::confirming_id(prefix, self.publisher_id, self.session_id).filter(|_| subscribe) {
+            self.took_named += 1;
+            if !self.confirmed_named.contains(&id) {
+                self.confirmed_named.push(id);
+            }
+        }
     }
 
     /// A subscriber took the control topic after the end of stream was last sent: it is sent
@@ -568,31 +659,9 @@ impl Publisher {
                 SecureError::Watch(e) => ReplayError::Config(e.to_string()),
             })?;
             let endpoint = crate::zmqx::bind_resolved(&s, ep).map_err(|e| zerr(crate::zmqx::binding(ep, e))(e))?;
-            shards.push(Shard {
-                socket: s,
-                endpoint,
-                // In range: checked above.
-                publisher_id: cfg.publisher_id_base.saturating_add(i as u32),
-                session_id: seed.next_u64(),
-                stream_seq: 0,
-                sent: 0,
-                data_sent: 0,
-                dropped_at_hwm: 0,
-                sent_unheard: 0,
-                subscribers: 0,
-                heard: false,
-                proxies: 0,
-                proxy_said: false,
-                connections: 0,
-                subscriptions: 0,
-                handshaken,
-                blocked_ns: 0,
-                awaiting: 0,
-                took: 0,
-                control_joins: 0,
-                eos_at: None,
-                eos_resent: 0,
-            });
+            // In range: checked above.
+            let publisher_id = cfg.publisher_id_base.saturating_add(i as u32);
+            shards.push(Shard::new(s, endpoint, publisher_id, seed.next_u64(), handshaken));
         }
         Ok(Publisher {
             shards,
@@ -705,9 +774,7 @@ impl Publisher {
                         }
                     }
                     Some((0, wire::PROXY_OWN)) => sh.proxies = sh.proxies.saturating_sub(1),
-                    Some((1, wire::AWAITS_EOS)) => sh.awaiting += 1,
-                    Some((0, wire::AWAITS_EOS)) => sh.awaiting = sh.awaiting.saturating_sub(1),
-                    Some((1, p)) if wire::confirms_eos(p, sh.publisher_id, sh.session_id) => sh.took += 1,
+                    Some((kind @ (0 | 1), p)) => sh.eos_event(*kind == 1, p),
                     _ => {}
                 }
             }
@@ -1259,6 +1326,80 @@ mod tests {
         ] {
             assert_eq!(takes_control(prefix), takes, "{prefix:?}");
         }
+    }
+
+    /// A shard of publisher 7, session 9, on an unbound XPUB of `ctx` (its end-of-stream
+    /// bookkeeping is all that is asked of it).
+    fn shard(ctx: &zmq::Context) -> Shard {
+        Shard::new(ctx.socket(zmq::XPUB).expect("xpub"), "tcp://h:1".into(), 7, 9, None)
+    }
+
+    /// The subscriptions an engine's shard named `id` makes on one connection (bare, then named).
+    fn engine_awaits(sh: &mut Shard, subscribe: bool, id: u64) {
+        sh.eos_event(subscribe, wire::AWAITS_EOS);
+        sh.eos_event(subscribe, &wire::awaits_eos_as(id));
+    }
+
+    /// Its confirmation of session 9 (named, then bare).
+    fn engine_confirms(sh: &mut Shard, id: u64) {
+        sh.eos_event(true, &wire::took_eos_as(7, 9, id));
+        sh.eos_event(true, &wire::took_eos(7, 9));
+    }
+
+    #[test]
+    fn a_named_subscriber_on_two_connections_is_waited_for_once_and_settled_by_its_confirmation() {
+        let ctx = zmq::Context::new();
+        let mut sh = shard(&ctx);
+        // Its first connection died without a close (still open here), it reconnected.
+        engine_awaits(&mut sh, true, 41);
+        engine_awaits(&mut sh, true, 41);
+        sh.eos_went();
+        assert!(sh.eos_awaited());
+        assert_eq!(sh.eos_waiting(), 1, "one subscriber, on two connections");
+        // Another session's confirmation, and a withdrawal, settle nothing.
+        sh.eos_event(true, &wire::took_eos_as(7, 8, 41));
+        sh.eos_event(false, &wire::took_eos_as(7, 9, 41));
+        assert_eq!(sh.eos_waiting(), 1);
+        engine_confirms(&mut sh, 41);
+        assert_eq!(sh.eos_waiting(), 0, "its live connection's confirmation stands for both");
+        // The dead connection going later changes nothing.
+        engine_awaits(&mut sh, false, 41);
+        assert_eq!(sh.eos_waiting(), 0);
+        // A bare confirmation of its reading's end, named, settles it too (next run).
+        sh.eos_went();
+        assert_eq!(sh.eos_waiting(), 1);
+        sh.eos_event(true, &wire::stopped_awaiting_as(41));
+        sh.eos_event(true, wire::TOOK_EOS);
+        assert_eq!(sh.eos_waiting(), 0);
+    }
+
+    #[test]
+    fn older_subscribers_beside_named_ones_are_counted_and_settled_by_the_bare_forms_as_before() {
+        let ctx = zmq::Context::new();
+        let mut sh = shard(&ctx);
+        // Two older engines (bare forms only) and a named one.
+        sh.eos_event(true, wire::AWAITS_EOS);
+        sh.eos_event(true, wire::AWAITS_EOS);
+        engine_awaits(&mut sh, true, 5);
+        sh.eos_went();
+        assert_eq!(sh.eos_waiting(), 3);
+        // The named one's bare confirmation is its own, not an older engine's.
+        engine_confirms(&mut sh, 5);
+        assert_eq!(sh.eos_waiting(), 2);
+        // A named confirmation again (a resend it counted again) settles no one else.
+        engine_confirms(&mut sh, 5);
+        assert_eq!(sh.eos_waiting(), 2);
+        sh.eos_event(true, &wire::took_eos(7, 9));
+        assert_eq!(sh.eos_waiting(), 1);
+        // An older engine's connection that ends confirms nothing (it may have swallowed it).
+        sh.eos_event(false, wire::AWAITS_EOS);
+        assert_eq!(sh.eos_waiting(), 1);
+        sh.eos_event(true, wire::TOOK_EOS);
+        assert_eq!(sh.eos_waiting(), 0);
+        // Nobody awaiting: nothing waited for.
+        let mut none = shard(&ctx);
+        none.eos_went();
+        assert!(!none.eos_awaited() && none.eos_waiting() == 0);
     }
 
     #[test]

@@ -430,6 +430,59 @@ pub fn confirms_eos(prefix: &[u8], publisher_id: u32, session_id: u64) -> bool {
     prefix == TOOK_EOS || prefix == took_eos(publisher_id, session_id)
 }
 
+/// Bytes of a subscriber id: what follows [`AWAITS_EOS`], [`took_eos`] or a bare [`TOOK_EOS`] in
+/// their named forms ([`awaits_eos_as`], [`took_eos_as`], [`stopped_awaiting_as`]).
+pub const SUBSCRIBER_ID_LEN: usize = 8;
+
+/// [`AWAITS_EOS`] naming the subscriber that holds it (its id, u64 LE, drawn once per engine
+/// shard): held beside the bare one, on every connection of that subscriber. A publisher that
+/// reads the named forms counts a subscriber once however many of its connections hold it (a
+/// reconnect beside a connection dead without a close: both hold it), and takes a confirmation
+/// that names it ([`took_eos_as`]) for all of them; one that does not (an older `mdsub replay`)
+/// counts the bare subscription and the bare confirmation as before (docs/WIRE.md).
+pub fn awaits_eos_as(subscriber_id: u64) -> [u8; AWAITS_EOS.len() + SUBSCRIBER_ID_LEN] {
+    let mut p = [0u8; AWAITS_EOS.len() + SUBSCRIBER_ID_LEN];
+    p[..AWAITS_EOS.len()].copy_from_slice(AWAITS_EOS);
+    p[AWAITS_EOS.len()..].copy_from_slice(&subscriber_id.to_le_bytes());
+    p
+}
+
+/// [`took_eos`] naming the subscriber that confirms ([`awaits_eos_as`]): sent before the bare
+/// form, which an older publisher counts.
+pub fn took_eos_as(publisher_id: u32, session_id: u64, subscriber_id: u64) -> [u8; TOOK_EOS_LEN + SUBSCRIBER_ID_LEN] {
+    let mut p = [0u8; TOOK_EOS_LEN + SUBSCRIBER_ID_LEN];
+    p[..TOOK_EOS_LEN].copy_from_slice(&took_eos(publisher_id, session_id));
+    p[TOOK_EOS_LEN..].copy_from_slice(&subscriber_id.to_le_bytes());
+    p
+}
+
+/// A bare [`TOOK_EOS`] naming the subscriber ([`awaits_eos_as`]): its reading ended, it waits
+/// for no end of stream any more. Sent before the bare form.
+pub fn stopped_awaiting_as(subscriber_id: u64) -> [u8; TOOK_EOS.len() + SUBSCRIBER_ID_LEN] {
+    let mut p = [0u8; TOOK_EOS.len() + SUBSCRIBER_ID_LEN];
+    p[..TOOK_EOS.len()].copy_from_slice(TOOK_EOS);
+    p[TOOK_EOS.len()..].copy_from_slice(&subscriber_id.to_le_bytes());
+    p
+}
+
+/// The subscriber a subscription `prefix` names if it is [`awaits_eos_as`] of it.
+pub fn awaiting_id(prefix: &[u8]) -> Option<u64> {
+    id_after(prefix, AWAITS_EOS)
+}
+
+/// The subscriber a subscription `prefix` names if it confirms the end of stream of
+/// `publisher_id`'s session `session_id` in a named form ([`took_eos_as`] of it, or
+/// [`stopped_awaiting_as`]).
+pub fn confirming_id(prefix: &[u8], publisher_id: u32, session_id: u64) -> Option<u64> {
+    id_after(prefix, TOOK_EOS).or_else(|| id_after(prefix, &took_eos(publisher_id, session_id)))
+}
+
+/// The id after `head` when `prefix` is `head` and [`SUBSCRIBER_ID_LEN`] bytes.
+fn id_after(prefix: &[u8], head: &[u8]) -> Option<u64> {
+    let id = prefix.strip_prefix(head)?;
+    Some(u64::from_le_bytes(id.try_into().ok()?))
+}
+
 /// FNV-1a's offset basis: the starting state of [`fnv1a`].
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -513,6 +566,27 @@ mod tests {
         assert!(confirms_eos(&ack, 7, 0xdead_beef) && confirms_eos(TOOK_EOS, 7, 0xdead_beef));
         assert!(!confirms_eos(&ack, 8, 0xdead_beef) && !confirms_eos(&ack, 7, 1) && !confirms_eos(AWAITS_EOS, 7, 1));
         assert!(!confirms_eos(&ack[..TOOK_EOS_LEN - 1], 7, 0xdead_beef));
+    }
+
+    #[test]
+    fn the_named_end_of_stream_forms_carry_their_subscriber_and_nothing_else_does() {
+        let id = 0x0123_4567_89ab_cdef;
+        assert_eq!(awaiting_id(&awaits_eos_as(id)), Some(id));
+        assert_eq!(confirming_id(&took_eos_as(7, 0xdead_beef, id), 7, 0xdead_beef), Some(id));
+        assert_eq!(confirming_id(&stopped_awaiting_as(id), 7, 0xdead_beef), Some(id));
+        // Another session's, a cut one, the bare forms: none.
+        assert_eq!(confirming_id(&took_eos_as(7, 1, id), 7, 0xdead_beef), None);
+        assert_eq!(confirming_id(&took_eos_as(8, 0xdead_beef, id), 7, 0xdead_beef), None);
+        assert_eq!(confirming_id(&took_eos_as(7, 0xdead_beef, id)[..TOOK_EOS_LEN + 7], 7, 0xdead_beef), None);
+        for bare in [AWAITS_EOS, TOOK_EOS, &took_eos(7, 0xdead_beef)] {
+            assert_eq!((awaiting_id(bare), confirming_id(bare, 7, 0xdead_beef)), (None, None));
+        }
+        // An older publisher reads neither named form as the bare one, nor as a confirmation.
+        assert!(!confirms_eos(&took_eos_as(7, 0xdead_beef, id), 7, 0xdead_beef));
+        assert!(!confirms_eos(&stopped_awaiting_as(id), 7, 0xdead_beef));
+        // Like the bare forms they match no frame (their control topic's NUL is followed by a
+        // 0, never a header's version).
+        assert_eq!(&awaits_eos_as(id)[..CONTROL_TOPIC.len() + 2], b"_mdsub\0\0");
     }
 
     #[test]
