@@ -433,13 +433,22 @@ fn a_publisher_short_of_the_rate_is_not_the_knee() {
     let o = &c["outcome"];
     assert_eq!(o["ending"], "publisher-limited", "{c}");
     assert!(o["lowest_fail"].is_null(), "no engine failure: {c}");
-    assert!(o["rate_not_achieved_at"].as_u64().is_some_and(|r| r > 15_000), "{c}");
+    // Where the publisher first fell short is the box's: its cap makes every rate above
+    // 15k / 0.95 unreachable, but on a 2-core host shared with builds it can fall short below
+    // the cap too (14250 offered, 12966 achieved, with two `yes` and other tests running), and
+    // saying so is right. What is certain: the knee is below the lowest rate it fell short at,
+    // and no rate above the cap was reached.
+    let rna_at = o["rate_not_achieved_at"].as_u64().unwrap_or_else(|| panic!("a rate not achieved: {c}"));
+    assert!(knee(c) < rna_at, "the knee is below the publisher's shortfall: {c}");
     assert!(knee(c) <= 15_000, "the knee is a rate the publisher reached: {c}");
     let rna: Vec<&Value> = trials(c).iter().filter(|t| t["verdict"]["result"] == "rate-not-achieved").collect();
     assert!(!rna.is_empty());
     for t in rna {
         let (offered, achieved) = (t["offered"].as_f64().expect("offered"), t["achieved"].as_f64().expect("achieved"));
         assert!(achieved < 0.95 * offered && achieved < 15_500.0, "{t}");
+    }
+    for t in trials(c).iter().filter(|t| t["offered"].as_f64().is_some_and(|r| 0.95 * r > 15_500.0)) {
+        assert_eq!(t["verdict"]["result"], "rate-not-achieved", "above the publisher's cap: {t}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
