@@ -17,8 +17,13 @@ const SHORT: [&str; 10] =
     ["--warmup", "200ms", "--hold", "300ms", "--runs", "1", "--tolerance", "10%", "--time-cap", "90s"];
 
 fn capacity(out: &Path, extra: &[&str]) -> Value {
+    capacity_with(out, &SHORT, extra)
+}
+
+/// [`capacity`] with `settings` instead of [`SHORT`].
+fn capacity_with(out: &Path, settings: &[&str], extra: &[&str]) -> Value {
     let mut cmd = mdsub();
-    cmd.args(["capacity", "--json", "--out"]).arg(out).args(SHORT).args(extra);
+    cmd.args(["capacity", "--json", "--out"]).arg(out).args(settings).args(extra);
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(150));
     assert_eq!(code, Some(0), "mdsub capacity failed: {stderr}");
     // With --json the trials show on stderr (progress without a terminal), stdout is the object.
@@ -114,19 +119,40 @@ fn finds_a_known_limit_and_writes_every_output() {
     let dir = common::temp_dir("capacity-limit");
     // One worker at 20 µs of work per message can take at most 50k msg/s.
     // p50 over budget is what an engine past its ceiling shows first: the
-    // backlog grows through the whole hold.
-    let v = capacity(
+    // backlog grows through the whole hold. The budget is well above what the
+    // scheduler alone keeps a worker waiting on a loaded 2-core host: with a
+    // 10 ms p50 and two `yes` and other tests running, trials at 99 msg/s
+    // failed (p50 10.8 ms at 1562 msg/s) and the knees were the scheduler's.
+    // Three runs a trial, judged by their medians: a run whose worker a build's link step
+    // starved for its whole hold (p50 368 ms at 17812 msg/s between passes at 16484 and 18750)
+    // is outvoted, where alone it failed the knee's confirmation.
+    let settings = ["--warmup", "200ms", "--hold", "300ms", "--runs", "3", "--tolerance", "10%", "--time-cap", "120s"];
+    let v = capacity_with(
         &dir,
-        &["--vary", "handler=work:20000,latency", "--sla", "p50=10ms", "--start-rate", "25k", "--max-rate", "100k"],
+        &settings,
+        &["--vary", "handler=work:20000,latency", "--sla", "p50=50ms", "--start-rate", "25k", "--max-rate", "100k"],
     );
     let work = config(&v, "builtin-2core handler=work:20000");
     let none = config(&v, "builtin-2core handler=latency");
-    // The knee passed its own confirmation at 0.95x.
-    let confirmed = work["outcome"]["confirmed_at"].as_u64().expect("a confirmation passed");
-    assert_eq!(confirmed, (knee(work) as f64 * 0.95) as u64);
-    assert!(trials(work)
-        .iter()
-        .any(|t| t["purpose"] == "confirm" && t["offered"] == confirmed && t["verdict"]["result"] == "pass"));
+    // The knee passed its own confirmation at 0.95x, or the search says it could not confirm
+    // one. Which is the box's: on a 2-core host shared with builds the worker's share of a core
+    // moves from trial to trial (a build's link step starts, another test's engine ends), so a
+    // trial at 0.95x a pass can fail; then the search reopens below it twice and ends
+    // `unconfirmed` after the third failed confirmation.
+    let confirms: Vec<&Value> = trials(work).iter().filter(|t| t["purpose"] == "confirm").collect();
+    match work["outcome"]["ending"].as_str() {
+        Some("confirmed") => {
+            let confirmed = work["outcome"]["confirmed_at"].as_u64().expect("a confirmation passed");
+            assert_eq!(confirmed, (knee(work) as f64 * 0.95) as u64);
+            assert!(confirms.iter().any(|t| t["offered"] == confirmed && t["verdict"]["result"] == "pass"), "{work}");
+        }
+        Some("unconfirmed") => {
+            assert!(work["outcome"]["confirmed_at"].is_null(), "{work}");
+            assert_eq!(confirms.len(), 3, "the confirmation and two reopenings: {work}");
+            assert!(confirms.iter().all(|t| t["verdict"]["result"] != "pass"), "{work}");
+        }
+        other => panic!("ended {other:?}, neither confirmed nor unconfirmed: {work}"),
+    }
     assert!(v["publisher"].as_str().expect("publisher").contains("sharing this host"));
 
     // Every output, in one folder named with the date, host and commit.
@@ -144,7 +170,7 @@ fn finds_a_known_limit_and_writes_every_output() {
         let hash = c["profile_hash"].as_str().expect("hash");
         for t in trials(c) {
             let files = t["files"].as_array().expect("files");
-            assert_eq!(files.len(), 2, "an .hlog and an .hgrm per run: {t}");
+            assert_eq!((files.len(), t["runs"].as_u64()), (6, Some(3)), "an .hlog and an .hgrm per run: {t}");
             for f in files {
                 let name = f.as_str().expect("name");
                 assert!(name.contains(&format!("-{}mps-", t["offered"])) && name.contains(hash), "{name}");
@@ -192,13 +218,13 @@ fn finds_a_known_limit_and_writes_every_output() {
         }
         assert!(texts.iter().any(|t| t.starts_with(&format!("{c} knee "))), "knee marked for {c}");
     }
-    assert!(texts.iter().any(|t| t == "SLA p50 10.00ms"), "the SLA line: {texts:?}");
+    assert!(texts.iter().any(|t| t == "SLA p50 50.00ms"), "the SLA line: {texts:?}");
     assert!(lines >= 2 * 4 + 2, "a line per series, knee and SLA: {lines}");
 
     // The winner: a profile that `mdsub profile check` accepts and the engine runs.
     let winner = folder.join("winner.toml");
     let text = std::fs::read_to_string(&winner).expect("winner.toml");
-    for head in ["# Knee: ", "# SLA: p50 <= 10.00ms", "# Machine: ", &format!("# Commit: {commit}")] {
+    for head in ["# Knee: ", "# SLA: p50 <= 50.00ms", "# Machine: ", &format!("# Commit: {commit}")] {
         assert!(text.contains(head), "winner header has `{head}`: {text}");
     }
     let w = winner.to_str().expect("utf8 path");
@@ -214,13 +240,16 @@ fn finds_a_known_limit_and_writes_every_output() {
     let _ = replay.finish(Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&dir);
     // The limit, last: every output above is checked whatever the box's load
-    // did to the knees. 20 µs a message caps the worker at 50k msg/s: a knee
-    // at or above that is a wrong search. How far below it the knee falls is
-    // the box's speed (on a 2-core host shared with busy builds the worker
-    // gets a fraction of a core: 23k was seen), which is a benchmark's
-    // business, not a test's; the floor only says a limit was found, not 0.
+    // did to the knees. 20 µs a message caps the worker at 50k msg/s; past its
+    // ceiling c, at f x c, the backlog's latency grows as (f - 1) x t, so the
+    // hold's p50 (t about 200 ms of warm-up + 150 ms) passes 50 ms from
+    // f = 1 + 0.05 / 0.35: a knee at or above 50k x that (57142) is a wrong
+    // search. How far below it the knee falls is the box's speed (on a 2-core
+    // host shared with busy builds the worker gets a fraction of a core: 23k
+    // was seen), which is a benchmark's business, not a test's; the floor (the
+    // lowest rate the search offers) only says a limit was found, not 0.
     let (k_work, k_none) = (knee(work), knee(none));
-    assert!((5_000..50_000).contains(&k_work), "knee with 20 µs of work: {k_work} msg/s: {work}");
+    assert!((100..57_142).contains(&k_work), "knee with 20 µs of work: {k_work} msg/s: {work}");
     // The knee is the engine's: a trial above it failed the SLA (not a publisher short of the rate).
     assert!(
         trials(work).iter().any(|t| t["offered"].as_u64() > Some(k_work) && t["verdict"]["result"] == "fail"),
@@ -433,13 +462,22 @@ fn a_publisher_short_of_the_rate_is_not_the_knee() {
     let o = &c["outcome"];
     assert_eq!(o["ending"], "publisher-limited", "{c}");
     assert!(o["lowest_fail"].is_null(), "no engine failure: {c}");
-    assert!(o["rate_not_achieved_at"].as_u64().is_some_and(|r| r > 15_000), "{c}");
+    // Where the publisher first fell short is the box's: its cap makes every rate above
+    // 15k / 0.95 unreachable, but on a 2-core host shared with builds it can fall short below
+    // the cap too (14250 offered, 12966 achieved, with two `yes` and other tests running), and
+    // saying so is right. What is certain: the knee is below the lowest rate it fell short at,
+    // and no rate above the cap was reached.
+    let rna_at = o["rate_not_achieved_at"].as_u64().unwrap_or_else(|| panic!("a rate not achieved: {c}"));
+    assert!(knee(c) < rna_at, "the knee is below the publisher's shortfall: {c}");
     assert!(knee(c) <= 15_000, "the knee is a rate the publisher reached: {c}");
     let rna: Vec<&Value> = trials(c).iter().filter(|t| t["verdict"]["result"] == "rate-not-achieved").collect();
     assert!(!rna.is_empty());
     for t in rna {
         let (offered, achieved) = (t["offered"].as_f64().expect("offered"), t["achieved"].as_f64().expect("achieved"));
         assert!(achieved < 0.95 * offered && achieved < 15_500.0, "{t}");
+    }
+    for t in trials(c).iter().filter(|t| t["offered"].as_f64().is_some_and(|r| 0.95 * r > 15_500.0)) {
+        assert_eq!(t["verdict"]["result"], "rate-not-achieved", "above the publisher's cap: {t}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

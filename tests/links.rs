@@ -537,8 +537,16 @@ fn an_engine_whose_links_never_came_up_exits_1_and_names_them() {
     let last = err.lines().last().unwrap_or_default();
     assert!(last.starts_with("mdsub: error: nothing delivered, and these links never came up: "), "{err}");
     let shard0 = last.split(&format!("shard0 {} (", eps[0])).nth(1).unwrap_or_default();
-    // Losses said as losses (with the attempts they came from, when libzmq retried).
-    assert!(shard0.split(')').next().unwrap_or_default().starts_with("lost: handshake_failed_mechanism="), "{last}");
+    // Losses said as losses (with the attempts they came from, when libzmq retried). Which end
+    // reads the other's greeting first is libzmq's timing (48d660c): the keyless engine names
+    // the mismatch, or the CURVE replay reads it first and hangs up and the engine sees a
+    // handshake with no detail at every attempt (1 of 4 runs of this file under load:
+    // `lost: handshake_failed=1, over 14 connection attempts`).
+    let shard0 = shard0.split(')').next().unwrap_or_default();
+    assert!(
+        shard0.starts_with("lost: handshake_failed_mechanism=") || shard0.starts_with("lost: handshake_failed="),
+        "{last}"
+    );
     assert!(last.contains(&format!("shard1 {nobody} (nothing answered ")), "{last}");
     assert!(last.contains("shard2 tcp://nohost.invalid:5556 (the name nohost.invalid does not resolve"), "{last}");
     // A run that delivered is a success, a link of it that never came up said on its own.

@@ -1053,6 +1053,23 @@ fn a_profiles_access_fields_without_what_they_protect_are_named_as_the_profiles(
     assert!(err.contains("--metrics-token-file: protects /metrics, and it is not served"), "{err}");
 }
 
+/// The first loss line of a link with no keys (a tap's, an engine's store's) at a CURVE server:
+/// it names no flag the command lacks. Which end reads the other's greeting first is libzmq's
+/// timing (48d660c): when the keyless end does, it names the mismatch; when the server does, it
+/// hangs up and the keyless end sees a handshake with no detail at every attempt (under load, 6
+/// of 10 runs: `store: link … lost (handshake_failed): handshake broke off; libzmq retries`).
+/// True when the line named the mismatch.
+fn keyless_at_curve(line: &str) -> bool {
+    let mismatch = line.contains(" lost (handshake_failed_mechanism): ");
+    if mismatch {
+        assert!(line.contains("this command does not speak CURVE"), "{line}");
+    } else {
+        assert!(line.contains(" lost (handshake_failed): handshake broke off; libzmq retries"), "{line}");
+    }
+    assert!(!line.contains("--server-key"), "a flag the command lacks: {line}");
+    mismatch
+}
+
 #[test]
 fn loss_lines_name_only_the_flags_a_command_has() {
     // Before: a tap (no key flags) at a CURVE replay, and an engine's --store (its keys are its
@@ -1064,8 +1081,8 @@ fn loss_lines_name_only_the_flags_a_command_has() {
     let mut cmd = mdsub();
     cmd.args(["tap", "--frontend", &format!("connect:{curve_ep}"), "--backend", "tcp://127.0.0.1:*"]);
     let tap = Both::spawn("tap", &mut cmd);
-    let line = tap.err_line("lost (handshake_failed_mechanism)");
-    assert!(line.contains("this command does not speak CURVE") && !line.contains("--server-key"), "{line}");
+    let said = tap.err_lines(&["lost (handshake_failed_mechanism)|lost (handshake_failed)"]);
+    keyless_at_curve(&said[0]);
     drop(tap);
     drop(replay);
 
@@ -1109,10 +1126,9 @@ fn loss_lines_name_only_the_flags_a_command_has() {
         assert!(said[0].contains(" lost (handshake_failed): handshake broke off"), "{said:?}");
         assert!(said[0].contains("a server that does not speak CURVE"), "{said:?}");
     }
-    // The store (no keys of its own) at the CURVE clone server reads the mismatch, and its line
-    // names no flag the command lacks.
-    assert!(said[1].contains(" lost (handshake_failed_mechanism): "), "{said:?}");
-    assert!(said[1].contains("this command does not speak CURVE") && !said[1].contains("--server-key"), "{said:?}");
+    // The store (no keys of its own) at the CURVE clone server: its line names no flag the
+    // command lacks.
+    let store_mismatch = keyless_at_curve(&said[1]);
     let r = keyed.report();
     let lost = &r["shards"][0]["links"][0]["lost"];
     let (said_reason, other) = if mismatch {
@@ -1124,8 +1140,10 @@ fn loss_lines_name_only_the_flags_a_command_has() {
     if mismatch {
         assert_eq!(lost.get(other), None, "the mismatch said first, no broken-off handshake counted: {r}");
     }
+    // The store's loss is counted as said.
+    let store_reason = if store_mismatch { "handshake_failed_mechanism" } else { "handshake_failed" };
     let store_links = r["store_links"].as_array().expect("the report gives the store's links");
-    assert!(store_links.iter().any(|l| u(&l["lost"], "handshake_failed_mechanism") >= 1), "{r}");
+    assert!(store_links.iter().any(|l| l["lost"][store_reason].as_u64().is_some_and(|n| n >= 1)), "{r}");
     drop(plain);
     drop(store);
 }

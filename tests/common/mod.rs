@@ -115,36 +115,69 @@ impl Drop for Proc {
 /// bind; a Binary Star pair in CI never settled that way). Blocks are handed out in turn from a
 /// cursor seeded by the pid, so two tests of one binary never get the same block.
 pub fn free_port_block(n: u16) -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
     static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
-    const LO: u32 = 10_000;
-    const HI: u32 = 20_000;
     let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next().and_then(|lo| lo.parse::<u32>().ok()))
         .unwrap_or(32_768);
-    assert!(ephemeral_lo >= HI, "the ephemeral port range starts at {ephemeral_lo}, inside the tests' {LO}-{HI}");
-    let span = HI - LO;
-    let seed = std::process::id().wrapping_mul(97) % span;
-    for _ in 0..span / u32::from(n.max(1)) {
-        let base = LO + (seed + HANDED_OUT.fetch_add(u32::from(n), Ordering::Relaxed)) % span;
-        if base + u32::from(n) > HI {
-            continue;
-        }
-        let base = base as u16;
-        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no block of {n} free ports in {LO}-{HI}");
+    assert!(ephemeral_lo >= 20_000, "the ephemeral port range starts at {ephemeral_lo}, inside the tests' 10000-19999");
+    port_block(n, 10_000..20_000, &HANDED_OUT)
 }
 
 /// The first of `n` consecutive ports nothing listens on, outside the kernel's ephemeral range
-/// (so libzmq's retries cannot connect a socket to itself), for endpoints nobody serves.
+/// (so libzmq's retries cannot connect a socket to itself), for endpoints nobody serves (or that
+/// the test serves later itself). Handed out in turn like [`free_port_block`]'s, in 20000-29999.
+///
+/// Before, every call took the first free port from 20000 with a listening probe: two tests of
+/// one binary (or of two test runs on one host) got the same "unserved" port, and the one's
+/// probe listened on it for a moment, long enough on a loaded host for the other's engine to
+/// connect there and lose the connection, so it never said its link was not up (3 of 5 runs of
+/// `an_endpoint_nobody_serves_is_said_not_silently_waited_on` with a prober on 20000).
 pub fn unserved_port_block(n: u16) -> u16 {
-    (20_000..30_000)
-        .find(|&p| (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
-        .expect("free ports in 20000-29999")
+    static HANDED_OUT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    port_block(n, 20_000..30_000, &HANDED_OUT)
+}
+
+/// `n` consecutive ports of `range` that can be bound on 127.0.0.1, from a cursor (`handed_out`)
+/// seeded by the pid, so two tests of one binary never get the same block.
+fn port_block(n: u16, range: std::ops::Range<u32>, handed_out: &std::sync::atomic::AtomicU32) -> u16 {
+    let n32 = u32::from(n.max(1));
+    let span = range.end - range.start;
+    let seed = std::process::id().wrapping_mul(97) % span;
+    for _ in 0..span / n32 {
+        let base = range.start + (seed + handed_out.fetch_add(n32, std::sync::atomic::Ordering::Relaxed)) % span;
+        if base + n32 > range.end {
+            continue;
+        }
+        let base = base as u16;
+        if (0..n).all(|i| bindable(base + i)) {
+            return base;
+        }
+    }
+    panic!("no block of {n} free ports in {}-{}", range.start, range.end - 1);
+}
+
+/// Whether 127.0.0.1:`port` can be bound: a TCP socket is bound there (without SO_REUSEADDR, so
+/// any socket bound there, listening or not, refuses it) and closed without listening. A probe
+/// that listened (`TcpListener::bind`) served the port for that moment: a connect from another
+/// test to a port it took for unserved could land there.
+fn bindable(port: u16) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, owned (and closed) by `OwnedFd`; the address outlives the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let _owned = OwnedFd::from_raw_fd(fd);
+        libc::bind(fd, &addr as *const libc::sockaddr_in as *const libc::sockaddr, len) == 0
+    }
 }
 
 /// True once a `mdsub capacity --out dir` results folder holds an interval log: a trial's
