@@ -1246,30 +1246,20 @@ mod tests {
         a
     }
 
-    fn says(actions: &[Action]) -> Vec<&str> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Say(l) => Some(l.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[test]
     fn a_server_stating_hugz_slower_than_the_silence_is_given_twice_its_interval() {
         // Before: a server run with --hugz-interval 5s was left by every client (silence 2s)
         // whenever nothing was published for 2 s, though it was alive: hops over and over.
         let mut r = Rig::new(cfg(2, ""));
         let a = sync_stating(&mut r, 0, Some(5000));
-        let said = says(&a);
-        assert_eq!(said.len(), 1, "{said:?}");
+        let lines = said(&a);
+        assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
-            said[0].contains("tcp://127.0.0.1:6000 publishes HUGZ every 5s")
-                && said[0].contains("silence limit 2s")
-                && said[0].ends_with("left after 10s of silence instead"),
+            lines[0].contains("tcp://127.0.0.1:6000 publishes HUGZ every 5s")
+                && lines[0].contains("silence limit 2s")
+                && lines[0].ends_with("left after 10s of silence instead"),
             "{}",
-            said[0]
+            lines[0]
         );
         assert_eq!((r.core.status().hugz_interval_ms, r.core.status().silence_ms), (Some(5000), 10_000));
         // Quiet but alive: HUGZ every 5 s keeps it.
@@ -1287,7 +1277,7 @@ mod tests {
         // The other server states nothing (another CHP implementation): the silence is the
         // configured one again, said once.
         let a = sync_stating(&mut r, 1, None);
-        assert!(says(&a).iter().any(|l| l.ends_with("is left after 2s of silence again")), "{a:?}");
+        assert!(said(&a).iter().any(|l| l.ends_with("is left after 2s of silence again")), "{a:?}");
         assert_eq!((r.core.status().hugz_interval_ms, r.core.status().silence_ms), (None, 2000));
         r.tick_after_ms(2001);
         assert_eq!(r.core.current(), 0, "the configured silence applies to a server that states nothing");
@@ -1297,7 +1287,7 @@ mod tests {
     fn a_server_stating_hugz_faster_than_the_silence_changes_nothing_and_says_nothing() {
         let mut r = Rig::new(cfg(1, ""));
         let a = sync_stating(&mut r, 0, Some(1000));
-        assert!(says(&a).is_empty(), "{a:?}");
+        assert!(said(&a).is_empty(), "{a:?}");
         assert_eq!((r.core.status().hugz_interval_ms, r.core.status().silence_ms), (Some(1000), 2000));
     }
 
