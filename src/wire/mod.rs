@@ -441,27 +441,27 @@ pub const SUBSCRIBER_ID_LEN: usize = 8;
 /// that names it ([`took_eos_as`]) for all of them; one that does not (an older `mdsub replay`)
 /// counts the bare subscription and the bare confirmation as before (docs/WIRE.md).
 pub fn awaits_eos_as(subscriber_id: u64) -> [u8; AWAITS_EOS.len() + SUBSCRIBER_ID_LEN] {
-    let mut p = [0u8; AWAITS_EOS.len() + SUBSCRIBER_ID_LEN];
-    p[..AWAITS_EOS.len()].copy_from_slice(AWAITS_EOS);
-    p[AWAITS_EOS.len()..].copy_from_slice(&subscriber_id.to_le_bytes());
-    p
+    naming(AWAITS_EOS, subscriber_id)
 }
 
 /// [`took_eos`] naming the subscriber that confirms ([`awaits_eos_as`]): sent before the bare
 /// form, which an older publisher counts.
 pub fn took_eos_as(publisher_id: u32, session_id: u64, subscriber_id: u64) -> [u8; TOOK_EOS_LEN + SUBSCRIBER_ID_LEN] {
-    let mut p = [0u8; TOOK_EOS_LEN + SUBSCRIBER_ID_LEN];
-    p[..TOOK_EOS_LEN].copy_from_slice(&took_eos(publisher_id, session_id));
-    p[TOOK_EOS_LEN..].copy_from_slice(&subscriber_id.to_le_bytes());
-    p
+    naming(&took_eos(publisher_id, session_id), subscriber_id)
 }
 
 /// A bare [`TOOK_EOS`] naming the subscriber ([`awaits_eos_as`]): its reading ended, it waits
 /// for no end of stream any more. Sent before the bare form.
 pub fn stopped_awaiting_as(subscriber_id: u64) -> [u8; TOOK_EOS.len() + SUBSCRIBER_ID_LEN] {
-    let mut p = [0u8; TOOK_EOS.len() + SUBSCRIBER_ID_LEN];
-    p[..TOOK_EOS.len()].copy_from_slice(TOOK_EOS);
-    p[TOOK_EOS.len()..].copy_from_slice(&subscriber_id.to_le_bytes());
+    naming(TOOK_EOS, subscriber_id)
+}
+
+/// `head` followed by `subscriber_id` (u64 LE): a named form of `N` = `head.len()` +
+/// [`SUBSCRIBER_ID_LEN`] bytes, as [`id_after`] reads it back.
+fn naming<const N: usize>(head: &[u8], subscriber_id: u64) -> [u8; N] {
+    let mut p = [0u8; N];
+    p[..N - SUBSCRIBER_ID_LEN].copy_from_slice(head);
+    p[N - SUBSCRIBER_ID_LEN..].copy_from_slice(&subscriber_id.to_le_bytes());
     p
 }
 
