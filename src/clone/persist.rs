@@ -868,11 +868,9 @@ impl PeerEnd {
         }
         let (mut hasher, mut buf) = (crc32fast::Hasher::new(), vec![0u8; 1 << 20]);
         loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return None,
+            match crate::infile::read_full(&mut f, &mut buf).ok()? {
+                0 => break,
+                n => hasher.update(&buf[..n]),
             }
         }
         (hasher.finalize() == end.crc).then_some(end)
