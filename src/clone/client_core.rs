@@ -210,7 +210,7 @@ pub struct ClientStatus {
     /// (`None` before the first snapshot, or from a server that does not state it).
     pub hugz_interval_ms: Option<u64>,
     /// How long the server in use may be silent before it is left, ms: the configured silence,
-    /// or twice `hugz_interval_ms` where that is not below it (0 before the first snapshot).
+    /// or twice `hugz_interval_ms` where that is not below it.
     pub silence_ms: u64,
 }
 
@@ -511,6 +511,7 @@ impl ClientCore {
         s.keys = self.map.len();
         s.unacked = self.unacked_ids.len();
         s.limits = self.limits;
+        s.silence_ms = self.silence_ms;
         s
     }
 
@@ -780,7 +781,6 @@ impl ClientCore {
             }));
             self.silence_ms = silence_ms;
         }
-        self.status.silence_ms = silence_ms;
     }
 
     /// Served by another server than before (than the first configured, at the first sync):
