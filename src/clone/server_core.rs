@@ -1791,10 +1791,16 @@ mod tests {
         }
 
         fn on(&mut self, ev: Event) {
+            let out = self.actions(ev);
+            self.run(out);
+        }
+
+        /// Feed `ev` now; the actions it asks for, not run yet (a test looks at them first).
+        fn actions(&mut self, ev: Event) -> Vec<Action> {
             let now = self.clock.now_ns();
             let mut out = Vec::new();
             self.core.on_event(ev, now, &mut out).expect("no binary star error");
-            self.run(out);
+            out
         }
 
         fn run(&mut self, actions: Vec<Action>) {
@@ -2280,9 +2286,7 @@ mod tests {
         r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 12, ""))));
         r.on(Event::PeerSyncCheck);
         r.other();
-        let mut out = Vec::new();
-        let now = r.clock.now_ns();
-        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 12, ""))), now, &mut out).expect("ok");
+        let out = r.actions(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 12, ""))));
         assert!(out.contains(&Action::PeerSnapshotEnd { sequence: 12, keep_aside: false }), "{out:?}");
         assert!(r.logs.iter().all(|l| !l.contains("behind this server's")), "{:?}", r.logs);
     }
@@ -2570,9 +2574,7 @@ mod tests {
         let mut q = KvMsg::new("/q", 5, "z");
         q.uuid = Some(uuid(5));
         r.on(Event::Replicated(Ok(q)));
-        let mut out = Vec::new();
-        let now = r.clock.now_ns();
-        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 4, ""))), now, &mut out).expect("ok");
+        let out = r.actions(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 4, ""))));
         let end = out.iter().position(|a| *a == Action::PeerSnapshotEnd { sequence: 4, keep_aside: false });
         let append = out.iter().position(|a| matches!(a, Action::Append { .. }));
         assert!(end.is_some() && end < append, "the log restarts before the queued update's append: {out:?}");
@@ -2623,9 +2625,7 @@ mod tests {
         r.on(Event::PeerSyncCheck);
         r.other();
         r.on(Event::PeerSnapshot(Ok(KvMsg::new("/a", 8, "y"))));
-        let mut out = Vec::new();
-        let now = r.clock.now_ns();
-        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 8, ""))), now, &mut out).expect("ok");
+        let out = r.actions(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 8, ""))));
         assert!(!out.iter().any(|a| matches!(a, Action::PeerSnapshotEnd { .. })), "{out:?}");
         r.run(out);
         assert_eq!(r.core.durable(), Some(false));
@@ -2676,9 +2676,7 @@ mod tests {
         assert!(!other.contains(&Action::KeepAside), "not while the compaction runs: {other:?}");
         assert!(r.snapshot_writes.is_empty(), "the map waits for the compaction");
         // The compaction is answered: the files are kept aside, then the map written.
-        let mut out = Vec::new();
-        let now = r.clock.now_ns();
-        r.core.on_event(Event::CompactionDone { took_ns: 1, error: None }, now, &mut out).expect("ok");
+        let out = r.actions(Event::CompactionDone { took_ns: 1, error: None });
         assert!(out.contains(&Action::KeepAside), "{out:?}");
         assert!(!out.contains(&Action::WriteSnapshot), "the map waits for the copies: {out:?}");
         r.run(out);
@@ -2693,9 +2691,7 @@ mod tests {
         r.on(Event::PeerSyncCheck);
         assert!(r.other().contains(&Action::RequestPeerSnapshot));
         r.on(Event::PeerSnapshot(Ok(KvMsg::new("/k1", 1, "v"))));
-        let mut out = Vec::new();
-        let now = r.clock.now_ns();
-        r.core.on_event(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 9, ""))), now, &mut out).expect("ok");
+        let out = r.actions(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 9, ""))));
         assert!(!out.iter().any(|a| matches!(a, Action::PeerSnapshotEnd { .. })), "{out:?}");
         r.run(out);
         assert!(r.snapshot_writes.is_empty());
