@@ -18,6 +18,12 @@
 //! it to `snapshot`. Its asks are done in order, so that never runs while a compaction does, nor
 //! a compaction's `log.prev` disappears under the copies.
 //!
+//! It writes a full snapshot of the map ([`Job::WriteMap`], [`super::persist::write_map_snapshot`]:
+//! a data directory behind the map), from a frozen copy the serving thread took in O(1)
+//! ([`super::map::KvMap::freeze`]) while that thread goes on serving, and appends after it held
+//! ([`super::persist::Store::begin_full_snapshot`]). Written on the serving thread before, it
+//! held the server 0.6-1.3 s at 1M keys of 100-byte values.
+//!
 //! And it copies the data directory's files aside before a full snapshot of the map replaces
 //! them ([`Job::KeepAside`], [`super::persist::keep_files_aside`]; a re-sync to an active behind
 //! them whose file could not be written): copies as large as the files, each fsynced, which held
@@ -28,11 +34,15 @@ use std::time::Duration;
 
 use crossbeam::channel::Sender;
 
-use super::persist::{compact_prev, keep_files_aside, switch_to_peer_snapshot, Compacted, Switched};
+use super::kvmsg::TTL_PROP;
+use super::map::{FrozenMap, KvMap};
+use super::persist::{
+    compact_prev, keep_files_aside, switch_to_peer_snapshot, write_map_snapshot, Compacted, Record, Switched,
+};
 use crate::agent::{Agent, AgentError, AskLink, Inbox, Step};
 
 /// What the server asks of its compactor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Job {
     /// Fold `DIR/log.prev` into `DIR/snapshot`, at the wall clock of the ask (ms since the
     /// epoch: values whose deadline passed by then are left out).
@@ -50,6 +60,32 @@ pub enum Job {
     /// snapshot of the map replaces them (the serving thread flushed the log first and appends
     /// nothing meanwhile).
     KeepAside,
+    /// Write `map` (frozen at `sequence`, at the monotonic `now_ns` and the wall clock `wall_ms`
+    /// of the freeze, for its TTL deadlines) to `snapshot.peer` with its end
+    /// ([`write_map_snapshot`]).
+    WriteMap {
+        /// The frozen map.
+        map: FrozenMap,
+        /// Its sequence.
+        sequence: u64,
+        /// The monotonic clock of the freeze (the map's deadlines are on it).
+        now_ns: u64,
+        /// The wall clock of the freeze (ms since the epoch), for the file's deadlines.
+        wall_ms: u64,
+    },
+}
+
+/// The records of a frozen map, as the data directory keeps them: its `ttl`s as wall-clock
+/// deadlines (`now_ns` and `wall_ms`: the clocks of the freeze).
+fn map_records(map: &FrozenMap, now_ns: u64, wall_ms: u64) -> impl Iterator<Item = Record> + '_ {
+    map.iter().map(move |(k, e)| {
+        let mut m = KvMap::to_msg(k, e, now_ns);
+        m.remove_prop(TTL_PROP);
+        Record {
+            msg: m,
+            expires_at_unix_ms: e.expires_at_ns.map(|t| wall_ms + t.saturating_sub(now_ns) / 1_000_000 + 1),
+        }
+    })
 }
 
 /// What a job did.
@@ -62,6 +98,8 @@ pub enum Done {
     /// The files were copied aside (the copies), or why they could not be (the snapshot that
     /// replaces them goes on: the active's map is the one followed).
     KeptAside(Result<Vec<PathBuf>, String>),
+    /// The frozen map is in `snapshot.peer` with its end: this many keys.
+    MapWritten(u64),
 }
 
 /// One job done.
@@ -93,6 +131,10 @@ impl Agent for Compactor {
                     Job::Compact { wall_ms } => compact_prev(&self.dir, wall_ms).map(Done::Compacted),
                     Job::Switch { keep_aside } => switch_to_peer_snapshot(&self.dir, keep_aside).map(Done::Switched),
                     Job::KeepAside => Ok(Done::KeptAside(keep_files_aside(&self.dir).map_err(|e| e.to_string()))),
+                    Job::WriteMap { map, sequence, now_ns, wall_ms } => {
+                        write_map_snapshot(&self.dir, sequence, map_records(&map, now_ns, wall_ms))
+                            .map(Done::MapWritten)
+                    }
                 }
                 .map_err(|e| e.to_string());
                 let took_ns = crate::clock::monotonic_ns().saturating_sub(t0);

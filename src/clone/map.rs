@@ -4,7 +4,7 @@
 //! `now_ns` from the caller, so expiry is tested with a manual clock. Also the bounded set of
 //! recently applied update UUIDs used to match and de-duplicate updates.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use super::kvmsg::{KvMsg, Uuid, TTL_PROP};
 
@@ -108,10 +108,36 @@ pub enum Applied {
 }
 
 /// An ordered map (so a subtree is a range scan) plus an expiry index.
+///
+/// The entries are a persistent B-tree ([`imbl::OrdMap`]): [`KvMap::freeze`] takes a copy in
+/// O(1) that shares its nodes, which a full snapshot writes on another thread while this map
+/// goes on changing (a node shared with a copy is copied at its first change). A std `BTreeMap`
+/// copy of 1M keys took 0.8-1.6 s, on the serving thread.
 #[derive(Debug, Default, Clone)]
 pub struct KvMap {
-    entries: BTreeMap<Vec<u8>, Entry>,
+    entries: imbl::OrdMap<Vec<u8>, Entry>,
     expiry: BTreeSet<(u64, Vec<u8>)>,
+}
+
+/// A copy of a [`KvMap`]'s entries as they were at [`KvMap::freeze`], for another thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrozenMap(imbl::OrdMap<Vec<u8>, Entry>);
+
+impl FrozenMap {
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// All entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Entry)> {
+        self.0.iter()
+    }
 }
 
 impl KvMap {
@@ -221,13 +247,18 @@ impl KvMap {
     /// Entries whose key starts with `prefix`, in key order.
     pub fn subtree<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Entry)> + 'a {
         self.entries
-            .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<_, [u8]>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(prefix))
     }
 
     /// All entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Entry)> {
         self.entries.iter()
+    }
+
+    /// The entries as they are now, in O(1): see [`KvMap`].
+    pub fn freeze(&self) -> FrozenMap {
+        FrozenMap(self.entries.clone())
     }
 
     /// The entry as a message for a snapshot at `now_ns`: the `ttl` property carries the seconds

@@ -13,7 +13,8 @@
 //! passive's re-sync also `snapshot.peer` (the active's snapshot, written as it arrives) and, once
 //! it is complete, its end `snapshot.peer.end` and `log.old` (the log of the files it replaces)
 //! until [`switch_to_peer_snapshot`] puts it in place (a full snapshot of the map goes through
-//! `snapshot.peer` and `log.old` the same way, [`Store::write_snapshot`]). Each file starts with an 8-byte magic; each record is
+//! `snapshot.peer` and `log.old` the same way, written off the serving thread:
+//! [`Store::begin_full_snapshot`]). Each file starts with an 8-byte magic; each record is
 //! `len u32 LE · crc32 u32 LE · payload` where the payload is `sequence u64 · expires_at_unix_ms u64
 //! (0 = none) · uuid_len u8 · uuid · key_len u32 · key · props_len u32 · props · body_len u32 · body`
 //! (integers little-endian; props in CHP `name=value\n` text; an empty body is a delete).
@@ -195,6 +196,12 @@ pub struct Store {
     switching: bool,
     /// The files the re-sync replaces are copied aside first (a data dir newer than the active's).
     keep_aside: bool,
+    /// A full snapshot of the map is being written off the serving thread
+    /// ([`Store::begin_full_snapshot`]): the records appended since it was frozen, encoded and
+    /// held here until [`Store::end_full_snapshot`] writes them to the log that follows it.
+    held: Option<Vec<u8>>,
+    /// [`Store::log_records`] when the records began to be held.
+    held_from: u64,
     /// Test seam: a multi-step write stops at this step as a crash there would (no clean-up).
     #[cfg(test)]
     crash_at: Option<&'static str>,
@@ -554,7 +561,7 @@ fn write_snapshot_from(
     let tmp = dir.join("snapshot.tmp");
     let path = dir.join("snapshot");
     let written = write_tmp_snapshot(&tmp, sequence, records)
-        .and_then(|()| std::fs::rename(&tmp, &path).map_err(io_err(&path, "renaming the snapshot into place")));
+        .and_then(|_| std::fs::rename(&tmp, &path).map_err(io_err(&path, "renaming the snapshot into place")));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -563,18 +570,24 @@ fn write_snapshot_from(
     Ok(())
 }
 
+/// Write a snapshot file of `records` at `sequence` to `tmp` and fsync it; the length and CRC-32
+/// of its records (the bytes after its 16-byte header, as [`PEER_END`] states them).
 fn write_tmp_snapshot(
     tmp: &Path,
     sequence: u64,
     records: impl Iterator<Item = Result<Record, PersistError>>,
-) -> Result<(), PersistError> {
+) -> Result<(u64, u32), PersistError> {
     let f = open_regular(tmp, OpenOptions::new().write(true).create(true).truncate(true), "creating")?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut buf = Vec::with_capacity(1 << 16);
+    let (mut crc, mut len) = (crc32fast::Hasher::new(), 0u64);
     buf.extend_from_slice(SNAP_MAGIC);
     buf.extend_from_slice(&sequence.to_le_bytes());
     for r in records {
+        let at = buf.len();
         encode_record(&r?, &mut buf)?;
+        crc.update(&buf[at..]);
+        len += (buf.len() - at) as u64;
         if buf.len() >= 1 << 16 {
             w.write_all(&buf).map_err(io_err(tmp, "writing"))?;
             buf.clear();
@@ -582,7 +595,35 @@ fn write_tmp_snapshot(
     }
     w.write_all(&buf).map_err(io_err(tmp, "writing"))?;
     w.flush().map_err(io_err(tmp, "flushing"))?;
-    w.get_ref().sync_all().map_err(io_err(tmp, "fsyncing"))
+    w.get_ref().sync_all().map_err(io_err(tmp, "fsyncing"))?;
+    Ok((len, crc.finalize()))
+}
+
+/// The compactor's part of a full snapshot of the map ([`Store::begin_full_snapshot`]): write
+/// `records` (a frozen copy of the map at `sequence`) to `snapshot.peer`, fsync it, and write its
+/// end ([`PEER_END`]), so that once the serving thread has moved the log aside
+/// ([`Store::end_full_snapshot`]) a start puts it in place with the log that follows it, as for
+/// a re-sync. It touches no file the serving thread writes. On a failure `snapshot.peer` and its
+/// end are removed: nothing changed. The number of records written.
+pub fn write_map_snapshot(
+    dir: &Path,
+    sequence: u64,
+    records: impl Iterator<Item = Record>,
+) -> Result<u64, PersistError> {
+    let (peer, end) = (dir.join(PEER_SNAPSHOT), dir.join(PEER_END));
+    // No earlier end may stand for this file (a start would take it for a complete one).
+    remove_if_there(&end, "removing an earlier re-sync's end")?;
+    let mut keys = 0u64;
+    let written = write_tmp_snapshot(&peer, sequence, records.inspect(|_| keys += 1).map(Ok)).and_then(|(len, crc)| {
+        PeerEnd { sequence, len, crc, keep_aside: false }.write(dir)?;
+        fsync_dir(dir);
+        Ok(keys)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&end);
+        let _ = std::fs::remove_file(&peer);
+    }
+    written
 }
 
 /// The state `records` (in the order they were written) leave: the last value of each key, in
@@ -1137,6 +1178,8 @@ impl Store {
             peer: None,
             switching: false,
             keep_aside: false,
+            held: None,
+            held_from: 0,
             #[cfg(test)]
             crash_at: None,
         };
@@ -1217,6 +1260,8 @@ impl Store {
         let path = self.dir.join(PEER_SNAPSHOT);
         let out = if self.switching {
             Err(format!("{}: the previous re-sync's snapshot is not in place yet", path.display()))
+        } else if self.held.is_some() {
+            Err(format!("{}: a full snapshot of the map is being written to it", path.display()))
         } else {
             // An earlier re-sync's end, if a crash left one, must not be taken for this one's.
             remove_if_there(&self.dir.join(PEER_END), "removing an earlier re-sync's end")
@@ -1323,6 +1368,12 @@ impl Store {
 
     /// Append one record (buffered; see [`Store::flush`]).
     pub fn append(&mut self, rec: &Record) -> Result<(), PersistError> {
+        if let Some(held) = self.held.as_mut() {
+            // After the frozen map: to the log that follows its snapshot (see `held`).
+            encode_record(rec, held)?;
+            self.log_records += 1;
+            return Ok(());
+        }
         let mut buf = Vec::new();
         encode_record(rec, &mut buf)?;
         self.log.write_all(&buf).map_err(io_err(&self.dir.join("log"), "appending"))?;
@@ -1395,89 +1446,126 @@ impl Store {
         Ok(())
     }
 
-    /// Write a snapshot of `records` at `sequence` (the map's, written whole) and restart the log
-    /// after it, in an order a crash at any point recovers whole (a start settles it, as for a
-    /// re-sync's): the snapshot is written to `snapshot.peer` and fsynced, the log moves aside to
-    /// `log.old` and a fresh `log` starts (directory fsynced), the snapshot is renamed into place
-    /// (directory fsynced), then `log.prev` and `log.old` go. A start before the rename removes
-    /// `snapshot.peer` and puts `log.old` back: the files before it; after it, removes the old
-    /// logs: the snapshot and the fresh log.
+    /// Start a full snapshot of the map, written off the serving thread: the caller freezes the
+    /// map (at the sequence of the last record appended) and has [`write_map_snapshot`] write it
+    /// to `snapshot.peer` elsewhere, while appends go on here, held in memory (they follow the
+    /// frozen map; the log they would go to is about to be moved aside). Then
+    /// [`Store::end_full_snapshot`] (or [`Store::abandon_full_snapshot`] when the write failed),
+    /// then [`switch_to_peer_snapshot`] puts it in place. A crash at any point recovers whole, in
+    /// this order: `snapshot.peer` fsynced with its end, the log moved to `log.old` (a fresh
+    /// `log` taking the held records and what follows), the rename, the old logs removed. A
+    /// start before the log moved removes `snapshot.peer` (the files before it); after, puts it
+    /// in place with the fresh log (as a re-sync's, at [`Store::open`]).
     ///
-    /// Before, the snapshot was renamed into place and the log then cut in place: a crash
-    /// between the two left both, and a start read the log's records past the snapshot's
-    /// sequence over it. Those are none when the snapshot is the same history (its sequence is
-    /// the highest), but a passive that re-synced to an active behind its files writes the
-    /// active's map at a lower sequence: the old log's later records came back over it, a state
-    /// neither server held.
-    ///
-    /// The log's file changes: point the syncer at [`Store::log_handle`] after it, whatever the
-    /// outcome (on a failure before the rename the old log is back in place, appended to again).
-    pub fn write_snapshot<'a>(
-        &mut self,
-        sequence: u64,
-        records: impl Iterator<Item = Record> + 'a,
-    ) -> Result<(), PersistError> {
-        if self.switching {
+    /// Before, the map was written on the serving thread (1M keys of 100-byte values: 0.6-1.3 s
+    /// without a HUGZ, a heartbeat or a snapshot served).
+    pub fn begin_full_snapshot(&mut self) -> Result<(), PersistError> {
+        let peer = self.dir.join(PEER_SNAPSHOT);
+        let busy = match (self.switching, self.held.is_some()) {
             // The server puts a re-sync's snapshot in place before it writes one of the map.
-            let source = std::io::Error::other("a re-sync's snapshot waits to be put in place; it goes first");
-            return Err(PersistError::Io { path: self.dir.join(PEER_SNAPSHOT), context: "writing a snapshot", source });
+            (true, _) => "a re-sync's snapshot waits to be put in place; it goes first",
+            (_, true) => "a full snapshot of the map is already being written",
+            _ => "",
+        };
+        if !busy.is_empty() {
+            let source = std::io::Error::other(busy);
+            return Err(PersistError::Io { path: peer, context: "writing a snapshot", source });
         }
-        let (peer, snap) = (self.dir.join(PEER_SNAPSHOT), self.dir.join("snapshot"));
         // A re-sync whose snapshot is still arriving writes the same file: it cannot be ended
         // now (its end says so, and the map is written whole again after it). Its writer goes
         // first, its buffer with it, before the file is truncated for this one.
         if let Some(p) = self.peer.as_mut().filter(|p| p.opened && p.out.is_ok()) {
             p.out = Err(format!("{}: a full snapshot of the map was written meanwhile", peer.display()));
         }
-        // No re-sync's end may stand for this file (a start would take it for a complete re-sync).
-        remove_if_there(&self.dir.join(PEER_END), "removing an earlier re-sync's end")?;
-        if let Err(e) = write_tmp_snapshot(&peer, sequence, records.map(Ok)) {
-            let _ = std::fs::remove_file(&peer);
-            return Err(e);
-        }
-        self.step_done("written")?;
-        let (good_len, log_records) = (self.good_len, self.log_records);
-        if let Err(e) = self.fresh_log(OLD_LOG, "moving the log aside for a snapshot") {
-            let _ = std::fs::remove_file(&peer);
-            return Err(e);
-        }
-        fsync_dir(&self.dir);
-        self.step_done("log-moved")?;
-        if let Err(e) = std::fs::rename(&peer, &snap).map_err(io_err(&snap, "renaming the snapshot into place")) {
-            // Nothing was appended to the fresh log: the old one goes back, as a start would.
-            let back = self.restore_log(OLD_LOG, good_len, log_records);
-            let _ = std::fs::remove_file(&peer);
-            return Err(match back {
-                Ok(()) => e,
-                Err(b) => {
-                    let source = std::io::Error::other(format!("{e}; then {b}"));
-                    PersistError::Io { path: self.dir.join("log"), context: "undoing a failed snapshot", source }
-                }
-            });
-        }
-        fsync_dir(&self.dir);
-        self.step_done("renamed")?;
-        // Both are covered by the snapshot: the log it replaced, and a compaction's segment (the
-        // caller never runs both at once). A failure here is retried by the next snapshot (a
-        // start removes them too).
-        for name in [PREV_LOG, OLD_LOG] {
-            remove_if_there(&self.dir.join(name), "removing a log the snapshot replaced")?;
-        }
-        self.prev = false;
-        fsync_dir(&self.dir);
+        self.flush()?;
+        self.held = Some(Vec::new());
+        self.held_from = self.log_records;
         Ok(())
     }
 
-    /// Undo [`Store::fresh_log`] that moved the log to `aside` (nothing was appended to the
-    /// fresh one): the old log back at `log`, appended to from `good_len` again.
-    fn restore_log(&mut self, aside: &str, good_len: u64, log_records: u64) -> Result<(), PersistError> {
-        let (log, moved) = (self.dir.join("log"), self.dir.join(aside));
-        std::fs::rename(&moved, &log).map_err(io_err(&log, "putting the log back"))?;
-        let mut f = open_regular(&log, OpenOptions::new().read(true).write(true), "reopening the log")?;
-        f.seek(SeekFrom::Start(good_len)).map_err(io_err(&log, "seeking the log"))?;
-        self.log = BufWriter::with_capacity(1 << 16, f);
-        (self.good_len, self.log_records, self.dirty) = (good_len, log_records, true);
-        Ok(())
+    /// A full snapshot of the map is being written ([`Store::begin_full_snapshot`]), not yet
+    /// ended or abandoned.
+    pub fn full_pending(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The full snapshot's write failed ([`write_map_snapshot`] removed its files): the records
+    /// held since [`Store::begin_full_snapshot`] are dropped (the data directory stays behind the
+    /// map; the next full snapshot holds them) and appends go to the log again.
+    pub fn abandon_full_snapshot(&mut self) {
+        if self.held.take().is_some() {
+            self.log_records = self.held_from;
+        }
+    }
+
+    /// The frozen map is complete in `snapshot.peer` with its end ([`write_map_snapshot`]): move
+    /// the log aside to `log.old` and go on in a fresh `log` (as [`Store::rotate`]: time
+    /// independent of the map's size) that starts with the records held since the freeze; the
+    /// snapshot then waits to be put in place ([`Store::switch_pending`],
+    /// [`switch_to_peer_snapshot`], off the serving thread). `Ok`: a second handle on the new log,
+    /// for the syncer, and why the held records could not be written to it, if they could not
+    /// (the log is then cut back to its header: the data directory is behind the map again, but
+    /// the snapshot still goes in place). `Err`: the log could not be moved (the held records are
+    /// dropped; nothing changed, as far as the put-back of the log could undo it).
+    pub fn end_full_snapshot(&mut self) -> Result<(File, Option<PersistError>), PersistError> {
+        let Some(held) = self.held.take() else {
+            let source = std::io::Error::other("no full snapshot of the map was begun");
+            return Err(PersistError::Io { path: self.dir.join(PEER_SNAPSHOT), context: "ending a snapshot", source });
+        };
+        let records = self.log_records - self.held_from;
+        self.log_records = self.held_from;
+        let handle = self.fresh_log(OLD_LOG, "moving the log aside for a snapshot")?;
+        fsync_dir(&self.dir);
+        (self.switching, self.keep_aside) = (true, false);
+        let path = self.dir.join("log");
+        let lost = match self.log.write_all(&held).map_err(io_err(&path, "appending")).and_then(|()| self.flush()) {
+            Ok(()) => {
+                self.log_records = records;
+                None
+            }
+            Err(e) => {
+                if let Err(cut) = self.cut_back("cutting back a failed write") {
+                    crate::diag!("clone-server: {cut}");
+                }
+                Some(e)
+            }
+        };
+        Ok((handle, lost))
+    }
+
+    /// Write a snapshot of `records` at `sequence` (the map's, written whole) and restart the log
+    /// after it, on the calling thread: [`Store::begin_full_snapshot`], [`write_map_snapshot`],
+    /// [`Store::end_full_snapshot`] and [`switch_to_peer_snapshot`] in a row (the server runs
+    /// the second and the last on its compactor). A crash at any point recovers the files before
+    /// it or after it, never a mix: see [`Store::begin_full_snapshot`].
+    ///
+    /// Before the order was snapshot, log moved, rename, the snapshot was renamed into place and
+    /// the log then cut in place: a crash between the two left both, and a start read the log's
+    /// records past the snapshot's sequence over it. Those are none when the snapshot is the
+    /// same history (its sequence is the highest), but a passive that re-synced to an active
+    /// behind its files writes the active's map at a lower sequence: the old log's later records
+    /// came back over it, a state neither server held.
+    ///
+    /// The log's file changes: point the syncer at [`Store::log_handle`] after it.
+    pub fn write_snapshot<'a>(
+        &mut self,
+        sequence: u64,
+        records: impl Iterator<Item = Record> + 'a,
+    ) -> Result<(), PersistError> {
+        self.begin_full_snapshot()?;
+        if let Err(e) = write_map_snapshot(&self.dir, sequence, records) {
+            self.abandon_full_snapshot();
+            return Err(e);
+        }
+        self.step_done("written")?;
+        let (_, lost) = self.end_full_snapshot()?;
+        if let Some(e) = lost {
+            return Err(e);
+        }
+        self.step_done("log-moved")?;
+        switch_to_peer_snapshot(&self.dir, false)?;
+        self.switched();
+        self.step_done("renamed")
     }
 }
 
@@ -1521,15 +1609,78 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_snapshot_write_removes_its_temp_file_and_keeps_the_log() {
+    fn a_failed_snapshot_write_removes_its_file_and_keeps_the_log() {
         let (d, mut s) = one_record("snapfail");
-        // The rename cannot put the snapshot in place over a directory that holds something.
-        std::fs::create_dir_all(d.join("snapshot").join("in-the-way")).expect("mkdir");
-        let e = s.write_snapshot(1, vec![rec("/a", 1, "x")].into_iter()).expect_err("rename fails");
-        assert!(e.to_string().contains("renaming the snapshot into place"), "{e}");
-        assert!(!d.join("snapshot.tmp").exists(), "the temp file is removed, not left to fill the disk");
+        // `snapshot.peer` cannot be created: a directory stands in its place.
+        std::fs::create_dir_all(d.join(PEER_SNAPSHOT).join("in-the-way")).expect("mkdir");
+        let e = s.write_snapshot(1, vec![rec("/a", 1, "x")].into_iter()).expect_err("the write fails");
+        assert!(e.to_string().contains(PEER_SNAPSHOT), "{e}");
+        assert!(!d.join(PEER_END).exists(), "no end for a file that is not there");
         assert_eq!(s.log_records(), 1, "the log is kept: the snapshot did not replace it");
+        assert!(!s.full_pending(), "appends go to the log again");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_snapshot_whose_rename_fails_stays_pending_and_a_start_puts_it_in_place_with_the_log_after_it() {
+        // Session 25's note: a failed rename whose put-back of the log also failed left the store
+        // appending to a fresh log that a start rolled back (it removed `log.old` with no
+        // `snapshot.peer` beside it). Now nothing is put back: the snapshot is complete with its
+        // end once the log moves, the rename is tried again, and a start rolls forward.
+        let (d, mut s) = one_record("renamefail");
+        std::fs::create_dir_all(d.join("snapshot").join("in-the-way")).expect("mkdir");
+        let map = vec![rec("/a", 1, "x"), rec("/b", 2, "y")];
+        let e = s.write_snapshot(2, map.clone().into_iter()).expect_err("rename fails");
+        assert!(e.to_string().contains("putting the re-sync's snapshot in place"), "{e}");
+        assert_eq!(s.switch_pending(), Some(false), "it waits to be put in place");
+        // Appended after it (an acknowledged update), then a crash: nothing is lost.
+        s.append(&rec("/c", 3, "z")).expect("append");
+        s.flush().expect("flush");
+        crash(s);
+        std::fs::remove_dir_all(d.join("snapshot")).expect("rmdir");
+        let want = merge(map.into_iter().chain([rec("/c", 3, "z")]), wall());
+        assert_eq!(recovered_state(&d), (want, 3));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_full_snapshot_written_elsewhere_keeps_the_appends_made_meanwhile_at_any_crash() {
+        // The serving thread appends while the compactor writes the frozen map: those records
+        // follow it, held until the log moves aside, then the first of the fresh log.
+        for point in ["frozen", "written", "log-moved", "placed"] {
+            let name = format!("held-{point}");
+            let (d, mut s) = compaction_case(&name);
+            let before = recovered_state_of_open(&d, &mut s);
+            let map = merge(before.0.clone(), wall());
+            s.begin_full_snapshot().expect("begin");
+            let after_freeze = rec("/held", before.1 + 1, "after the freeze");
+            s.append(&after_freeze).expect("held");
+            s.flush().expect("flush");
+            assert!(s.full_pending());
+            if point != "frozen" {
+                assert_eq!(write_map_snapshot(&d, before.1, map.clone().into_iter()).expect("write"), map.len() as u64);
+            }
+            if ["log-moved", "placed"].contains(&point) {
+                let (_, lost) = s.end_full_snapshot().expect("end");
+                assert!(lost.is_none());
+                assert_eq!(s.log_records(), 1, "the held record is the new log's first");
+            }
+            if point == "placed" {
+                switch_to_peer_snapshot(&d, false).expect("switch");
+                s.switched();
+            }
+            crash(s);
+            let got = recovered_state(&d);
+            let mut want = before.clone();
+            if ["log-moved", "placed"].contains(&point) {
+                want = (merge(map.into_iter().chain([after_freeze]), wall()), before.1 + 1);
+            }
+            assert_eq!(got, want, "{name}");
+            for f in [PEER_SNAPSHOT, OLD_LOG, PREV_LOG, PEER_END] {
+                assert!(!d.join(f).exists(), "{name}: {f} settled");
+            }
+            let _ = std::fs::remove_dir_all(&d);
+        }
     }
 
     #[test]
@@ -1685,7 +1836,9 @@ mod tests {
                 assert_eq!(r.is_ok(), point == "done", "{name}: {r:?}");
                 crash(s);
                 let got = recovered_state(&d);
-                let want = if ["renamed", "done"].contains(&point) { &after } else { &before };
+                // Once the log moved aside, `snapshot.peer` is complete with its end: a start puts
+                // it in place (before, it was removed and the old log put back).
+                let want = if point == "written" { &before } else { &after };
                 assert_eq!((&got.0, got.1), (&want.0, want.1), "{name}");
                 assert_eq!(recovered_state(&d), got, "{name}: the next start reads the same");
                 for f in [PEER_SNAPSHOT, OLD_LOG, PREV_LOG, "snapshot.tmp"] {

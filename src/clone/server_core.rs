@@ -45,7 +45,11 @@
 //! [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`]. A compaction ([`Action::Compact`])
 //! writes the snapshot from the data directory's files off the serving thread and is answered
 //! later; one is in flight at a time, and a full snapshot of the map ([`Action::WriteSnapshot`],
-//! for a disk behind, which the files do not hold) waits for it. A failed one is counted
+//! for a disk behind, which the files do not hold) waits for it; it is written off the serving
+//! thread too, from the map frozen when it is asked for: the appends asked for after it follow
+//! that snapshot (held by the shell until the log moves aside), and it is put in place by an
+//! [`Action::Compact`] as a re-sync's ([`Event::SnapshotWritten`]). The data directory is whole
+//! once it is, unless it fell behind again meanwhile (then another follows). A failed one is counted
 //! (`snapshot_failures`), said like a refusal (the first at once, then a summary per interval),
 //! and retried after a back-off that doubles from [`SNAPSHOT_RETRY_MIN_NS`] up to
 //! [`SNAPSHOT_RETRY_MAX_NS`]. The compactor's answers ([`Event::CompactionDone`]) are counted
@@ -289,8 +293,13 @@ pub enum Event {
     /// The compactor answered an [`Action::KeepAside`] (its copies, or why there are none, are
     /// said by the shell): the map's snapshot that replaces the files can be written now.
     KeptAside,
-    /// The snapshot asked for by [`Action::WriteSnapshot`] is on disk (the log restarted).
-    SnapshotWritten,
+    /// The snapshot asked for by [`Action::WriteSnapshot`] is on disk and the log restarted after
+    /// it; it waits to be put in place. `lost`: why the appends held meanwhile could not be
+    /// written to the new log (the data directory is behind the map again).
+    SnapshotWritten {
+        /// Why the held appends were lost, if they were.
+        lost: Option<String>,
+    },
     /// The snapshot asked for by [`Action::WriteSnapshot`] failed (its temp file removed).
     SnapshotFailed {
         /// What went wrong, for the report.
@@ -380,8 +389,12 @@ pub enum Action {
     /// before the answer. With the re-sync's file written, [`Action::Compact`]'s switch makes
     /// the copies instead.
     KeepAside,
-    /// Replace the data directory's snapshot with the map, restart the log, then report
-    /// [`Event::SnapshotWritten`] or [`Event::SnapshotFailed`].
+    /// Replace the data directory's snapshot with the map, off the serving thread: freeze the map
+    /// (at the sequence now), hold the appends that follow, and have the compactor write the
+    /// frozen copy; when it is written, move the log aside and start a fresh one with the held
+    /// records, then report [`Event::SnapshotWritten`] (the snapshot then waits to be put in
+    /// place by [`Action::Compact`], as a re-sync's), or [`Event::SnapshotFailed`]. The appends
+    /// asked for meanwhile follow the frozen map. Never asked for again before that answer.
     WriteSnapshot,
     /// Compact the data directory without the map: move the log aside and go on in a new one
     /// (on the serving thread, in time independent of the map's size), and fold the old segment
@@ -542,6 +555,15 @@ pub struct ServerCore {
     /// A re-sync's snapshot is written but not in place yet: the data directory alone would
     /// recover the files before the re-sync (see the module doc).
     switch_pending: bool,
+    /// That snapshot is the map's ([`Action::WriteSnapshot`]), not a re-sync's.
+    switch_of_map: bool,
+    /// An [`Action::WriteSnapshot`] is not answered yet: the map was frozen (keys, sequence), and
+    /// the appends after it are asked for again (they follow that snapshot).
+    full_in_flight: Option<(usize, u64)>,
+    /// Times the data directory fell behind the map; `frozen_gen`: its value at the freeze. A
+    /// full snapshot makes the directory whole only if it did not fall behind again meanwhile.
+    behind_gen: u64,
+    frozen_gen: u64,
     /// An [`Action::KeepAside`] is not answered yet: the compactor is copying the files, so a
     /// re-sync that ends meanwhile moves no log (its map is written whole after the copies).
     keeping_aside: bool,
@@ -608,6 +630,10 @@ impl ServerCore {
             full_snapshot_wanted: false,
             compacting: false,
             compacting_switch: false,
+            switch_of_map: false,
+            full_in_flight: None,
+            behind_gen: 0,
+            frozen_gen: 0,
             switch_pending: false,
             keep_aside_wanted: false,
             keeping_aside: false,
@@ -763,7 +789,7 @@ impl ServerCore {
                 (self.compacting, self.keeping_aside) = (false, false);
                 self.maybe_snapshot(now_ns, out);
             }
-            Event::SnapshotWritten => self.snapshot_written(now_ns, out),
+            Event::SnapshotWritten { lost } => self.map_snapshot_written(lost, now_ns, out),
             Event::SnapshotFailed { error } => self.snapshot_failed(&error, now_ns, out),
         }
         Ok(())
@@ -933,8 +959,11 @@ impl ServerCore {
 
     /// Append `msg` to the update log (no data dir: nothing to do).
     fn persist(&mut self, msg: &KvMsg, expires_at_ns: Option<u64>, now_ns: u64, out: &mut Vec<Action>) {
-        if !self.durable || self.disk_behind {
-            return; // behind: the snapshot that makes the disk whole will hold it
+        // Behind: the snapshot that makes the disk whole holds it; once the map is frozen for
+        // that snapshot, what follows goes to the log after it (unless it fell behind again).
+        let after_freeze = self.full_in_flight.is_some() && self.frozen_gen == self.behind_gen;
+        if !self.durable || (self.disk_behind && !after_freeze) {
+            return;
         }
         let mut m = msg.clone();
         m.remove_prop(kvmsg::TTL_PROP);
@@ -962,7 +991,7 @@ impl ServerCore {
             out.push(Action::SkipAppends { through: self.appends });
         }
         if !self.is_active() {
-            self.disk_behind = true;
+            self.fall_behind();
             self.snapshot_wanted = true;
             self.full_snapshot_wanted = true;
             if n <= 10 || n.is_multiple_of(1000) {
@@ -1093,6 +1122,10 @@ impl ServerCore {
             (self.compacting, self.snapshot_wanted) = (true, true);
             out.push(Action::KeepAside);
         } else if self.full_snapshot_wanted {
+            // The map is frozen now (the shell's copy shares its nodes); the compactor writes it.
+            self.compacting = true;
+            self.full_in_flight = Some((self.map.len(), self.sequence));
+            self.frozen_gen = self.behind_gen;
             out.push(Action::WriteSnapshot);
         } else {
             (self.compacting, self.compacting_switch) = (true, false);
@@ -1121,7 +1154,7 @@ impl ServerCore {
     /// are those before the re-sync) until a full snapshot of it is written.
     fn peer_snapshot_unwritten(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
         self.switch_pending = false;
-        self.disk_behind = true;
+        self.fall_behind();
         // The updates queued during the sync were asked to be appended after the file's end (to
         // the log that was to follow it): with no such log they would go after the files before
         // the re-sync, a mix a start would read as one state. The full snapshot holds them.
@@ -1133,29 +1166,59 @@ impl ServerCore {
         self.want_full_snapshot(now_ns, out);
     }
 
+    /// The data directory fell behind the map (a passive's log failed, a re-sync's file could not
+    /// be written): no appends until a full snapshot of the map is written.
+    fn fall_behind(&mut self) {
+        self.disk_behind = true;
+        self.behind_gen += 1;
+    }
+
+    /// The compactor answered an [`Action::Compact`] (a compaction, or a snapshot put in place).
     fn snapshot_written(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         self.snapshot_backoff_ns = 0;
         self.snapshot_retry_at_ns = 0;
-        if std::mem::take(&mut self.compacting) {
-            if std::mem::take(&mut self.compacting_switch) {
-                self.switch_pending = false;
+        self.compacting = false;
+        if std::mem::take(&mut self.compacting_switch) {
+            self.switch_pending = false;
+            if !std::mem::take(&mut self.switch_of_map) {
                 self.log(out, format_args!("passive: the re-sync's snapshot is in place (durable=yes)"));
-                self.whole_again(now_ns, out);
+            } else if !self.disk_behind {
+                out.push(Action::Log(
+                    "data directory whole again: the snapshot of the map is in place (durable=yes)".into(),
+                ));
             }
-            // From the files: a snapshot of the map still wanted is written next.
-            self.maybe_snapshot(now_ns, out);
-            return;
-        }
-        self.full_snapshot_wanted = false;
-        if self.disk_behind {
-            self.disk_behind = false;
-            out.push(Action::Log(format!(
-                "data directory whole again: snapshot of {} keys at sequence {} written (durable=yes)",
-                self.map.len(),
-                self.sequence
-            )));
             self.whole_again(now_ns, out);
         }
+        // From the files: a snapshot of the map still wanted is written next.
+        self.maybe_snapshot(now_ns, out);
+    }
+
+    /// The map frozen for [`Action::WriteSnapshot`] is on disk and the log restarted after it
+    /// (with the appends held meanwhile, unless `lost` says why not): it is put in place off the
+    /// serving thread next, as a re-sync's; the data directory is whole once it is, unless it
+    /// fell behind again meanwhile (then another full snapshot follows).
+    fn map_snapshot_written(&mut self, lost: Option<String>, now_ns: u64, out: &mut Vec<Action>) {
+        let (keys, sequence) = self.full_in_flight.take().unwrap_or_default();
+        self.compacting = false;
+        self.snapshot_backoff_ns = 0;
+        self.snapshot_retry_at_ns = 0;
+        (self.switch_pending, self.switch_of_map) = (true, true);
+        if let Some(e) = lost {
+            self.fall_behind();
+            out.push(Action::Log(format!(
+                "the snapshot of the map ({keys} keys at sequence {sequence}) was written, but not the updates \
+                 that followed it to the new log: {e}; not durable (STATUS durable=no) until another full \
+                 snapshot is written"
+            )));
+        } else if self.frozen_gen == self.behind_gen {
+            self.disk_behind = false;
+            self.full_snapshot_wanted = false;
+            self.log(
+                out,
+                format_args!("snapshot of the map ({keys} keys at sequence {sequence}) written off the serving thread"),
+            );
+        }
+        self.want_snapshot(now_ns, out);
     }
 
     /// The data directory may have just become whole: an active server applies the pending list
@@ -1169,6 +1232,7 @@ impl ServerCore {
 
     fn snapshot_failed(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
         self.compacting = false;
+        self.full_in_flight = None;
         self.compacting_switch = false;
         self.counters.snapshot_failures += 1;
         self.snapshot_backoff_ns =
@@ -1486,11 +1550,12 @@ impl ServerCore {
         let Some(sync) = p.sync.take() else { return };
         p.synced = true;
         let keep_aside = self.durable && m.sequence < self.sequence;
-        if self.durable && (self.switch_pending || self.keeping_aside) {
+        if self.durable && (self.switch_pending || self.keeping_aside || self.full_in_flight.is_some()) {
             // An earlier re-sync's snapshot is not in place yet (its file is still in use, this
-            // one was not written), or the compactor is copying the files aside (moving the log
-            // now could cut a copy short): that goes first, then the map is written whole.
-            self.disk_behind = true;
+            // one was not written), the compactor is copying the files aside (moving the log
+            // now could cut a copy short), or writing the map to that file: that goes first,
+            // then the map is written whole.
+            (self.disk_behind, self.behind_gen) = (true, self.behind_gen + 1);
             self.keep_aside_wanted |= keep_aside;
             self.full_snapshot_wanted = true;
             self.snapshot_wanted = true;
@@ -1838,7 +1903,7 @@ mod tests {
                         Some(if self.fail_snapshot {
                             Event::SnapshotFailed { error: "snapshot.tmp: No space left on device".into() }
                         } else {
-                            Event::SnapshotWritten
+                            Event::SnapshotWritten { lost: None }
                         })
                     }
                     Action::Compact => {
@@ -2157,7 +2222,7 @@ mod tests {
         // The step at this time wrote a snapshot that took 3 s (told to the core after the
         // write, its answer fed at the step's time: the clock has not moved yet).
         r.core.disk_waited(2_900_000_000);
-        r.on(Event::SnapshotWritten);
+        r.on(Event::NothingToSync);
         r.clock.advance_ms(3000);
         r.on(Event::Tick);
         let said = r.logs.iter().find(|l| l.contains("did not run for 3s,")).expect("said");
@@ -2633,6 +2698,9 @@ mod tests {
         // The first switch lands: then the map is written whole.
         r.on(Event::CompactionDone { took_ns: 1, error: None });
         assert_eq!(r.snapshot_writes.len(), 1);
+        // Written off the serving thread, it is put in place by the compactor, as a re-sync's.
+        assert_eq!(r.core.durable(), Some(false), "not before it is in place");
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
         assert_eq!(r.core.durable(), Some(true));
     }
 
@@ -2698,6 +2766,9 @@ mod tests {
         // The copies are answered: then the map is written, once.
         r.on(Event::KeptAside);
         assert_eq!(r.snapshot_writes.len(), 1);
+        // Written off the serving thread, it is put in place by the compactor, as a re-sync's.
+        assert_eq!(r.core.durable(), Some(false), "not before it is in place");
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
         assert_eq!(r.core.durable(), Some(true));
         r.other();
         // Kept once: a later full snapshot keeps nothing aside.
@@ -2721,7 +2792,11 @@ mod tests {
         assert!(r.appended.is_empty(), "not appended after the files before the re-sync: {:?}", r.appended);
         // The compaction lands: the map, the queued update in it, is written whole.
         r.on(Event::CompactionDone { took_ns: 1, error: None });
-        assert_eq!((r.snapshot_writes.len(), r.core.durable()), (1, Some(true)));
+        assert_eq!(r.snapshot_writes.len(), 1);
+        // Written off the serving thread, it is put in place by the compactor, as a re-sync's.
+        assert_eq!(r.core.durable(), Some(false), "not before it is in place");
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
+        assert_eq!(r.core.durable(), Some(true));
         // What follows is appended again.
         r.on(Event::Replicated(Ok(KvMsg::new("/r", 7, "later"))));
         r.on(Event::Tick);
@@ -2829,19 +2904,23 @@ mod tests {
         r.tick_for(2 * HEARTBEAT_MS);
         assert_eq!((r.core.durable(), r.snapshot_writes.len()), (Some(false), 0), "it waits for the compaction");
         // The compaction is done: it does not make the disk whole; the map's snapshot follows.
-        r.on(Event::SnapshotWritten);
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
         assert_eq!(r.snapshot_writes.len(), 1);
+        // Written (off the serving thread), it is put in place by the compactor, as a re-sync's.
+        assert_eq!(r.compactions_held, 2, "the switch");
+        assert_eq!(r.core.durable(), Some(false), "not before it is in place");
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
         assert_eq!(r.core.durable(), Some(true));
-        assert_eq!(r.compactions_held, 1, "the map's snapshot was no compaction");
+        assert!(r.logs.iter().any(|l| l.contains("data directory whole again")), "{:?}", r.logs);
         // A failed compaction is counted, backed off and tried again (as a compaction).
         r.on(Event::LogLarge);
-        assert_eq!(r.compactions_held, 2);
+        assert_eq!(r.compactions_held, 3);
         r.on(Event::SnapshotFailed { error: "DIR/snapshot.tmp: No space left on device".into() });
         assert_eq!(r.core.counters().snapshot_failures, 1);
         r.on(Event::Tick);
-        assert_eq!(r.compactions_held, 2, "not before the back-off");
+        assert_eq!(r.compactions_held, 3, "not before the back-off");
         r.tick_for(1000 + HEARTBEAT_MS);
-        assert_eq!((r.compactions_held, r.snapshot_writes.len()), (3, 1));
+        assert_eq!((r.compactions_held, r.snapshot_writes.len()), (4, 1));
     }
 
     #[test]
