@@ -69,8 +69,12 @@ const EVENTS: u64 = (zmq_sys::ZMQ_EVENT_CONNECTED
 /// its links every this many rounds; an idle one on every wait).
 pub const SERVICE_EVERY_ROUNDS: u32 = 1024;
 
-/// Most events taken per service.
-const EVENTS_PER_SERVICE: usize = 64;
+/// Most events taken per service: at least half the monitor queue's 2000 (libzmq's pipe
+/// low-water mark), so that one service releases an I/O thread blocked on a full queue (libzmq
+/// sends each event with a blocking send from the thread that has it; docs/ARCHITECTURE.md,
+/// "The link watch's queue"). Reading an event costs about a microsecond; a service reads this
+/// many only after a burst (a port scan, a descriptor shortage's `accept_failed` spin).
+const EVENTS_PER_SERVICE: usize = 1024;
 
 /// Connections accepted on a socket's bound endpoints, counted by its watch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -849,6 +853,57 @@ mod tests {
             AcceptedStep::Refused(Refusal::HandshakeMechanism)
         );
         assert_eq!((quiet.counts.refused, quiet.counts.disconnects), (1, 0));
+    }
+
+    /// libzmq sends monitor events with a blocking send from its I/O thread: with the watch's
+    /// queue full (2000 events, the two sockets' default HWMs of 1000 added), the I/O thread
+    /// waits until the watch has read half of it (the pipe's low-water mark), and every
+    /// connection it serves stalls meanwhile: here a PUB's message to a SUB of the same context.
+    /// One service must release it (it read 64 events, and 16 services were needed).
+    #[test]
+    fn one_service_releases_an_io_thread_blocked_on_a_full_monitor_queue() {
+        let ctx = zmq::Context::new();
+        let publ = ctx.socket(zmq::PUB).expect("pub");
+        publ.set_linger(0).expect("linger");
+        let data_ep = crate::zmqx::bind_resolved(&publ, "tcp://127.0.0.1:*").expect("bind");
+        let sub = ctx.socket(zmq::SUB).expect("sub");
+        sub.set_linger(0).expect("linger");
+        sub.set_subscribe(b"").expect("subscribe");
+        sub.connect(&data_ep).expect("connect");
+        sub.set_rcvtimeo(100).expect("rcvtimeo");
+        // The data path works: a message gets through within 10 s.
+        let through = |within: Duration| {
+            let end = Instant::now() + within;
+            while Instant::now() < end {
+                publ.send(&b"x"[..], 0).expect("send");
+                if sub.recv_bytes(0).is_ok() {
+                    return true;
+                }
+            }
+            false
+        };
+        assert!(through(Duration::from_secs(10)), "the data path never worked");
+        let mut sock = ctx.socket(zmq::XSUB).expect("xsub");
+        sock.set_linger(0).expect("linger");
+        let mut watch = LinkWatch::attach_always(&ctx, &mut sock, "test", &[]).expect("watch");
+        watch.log = false;
+        let ep = crate::zmqx::bind_resolved(&sock, "tcp://127.0.0.1:*").expect("bind");
+        let addr: std::net::SocketAddr = ep.trim_start_matches("tcp://").parse().expect("addr");
+        // Connections that hang up at once: two events each (no detail, disconnected), until the
+        // queue is full and the data path stops. Past the block the rest wait in the listen
+        // backlog, or time out.
+        let mut made = 0;
+        while through(Duration::from_millis(300)) {
+            assert!(made < 4000, "{made} connections and the I/O thread never blocked");
+            for _ in 0..100 {
+                let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50));
+            }
+            made += 100;
+        }
+        while sub.recv_bytes(zmq::DONTWAIT).is_ok() {}
+        assert!(!through(Duration::from_secs(1)), "the I/O thread was not blocked after {made} connections");
+        watch.service(&sock);
+        assert!(through(Duration::from_secs(10)), "one service did not release the I/O thread");
     }
 
     /// Service `watch` until `what` holds of its counters, at most 10 s.
