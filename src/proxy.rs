@@ -346,8 +346,8 @@ fn watch_links(
     ctx: &zmq::Context,
     role: &'static str,
     config: &ProxyConfig,
-    frontend: &zmq::Socket,
-    backend: &zmq::Socket,
+    frontend: &mut zmq::Socket,
+    backend: &mut zmq::Socket,
     follow_joins: bool,
 ) -> Result<[Option<LinkWatch>; 2], AgentError> {
     let connects = |a: &[Attach]| -> Vec<String> {
@@ -360,7 +360,7 @@ fn watch_links(
     };
     let part = role.strip_suffix("-proxy").unwrap_or(role);
     let name = |side: &str| format!("{part} {side}");
-    let watch = |s: &zmq::Socket, side: &str, eps: Vec<String>| {
+    let watch = |s: &mut zmq::Socket, side: &str, eps: Vec<String>| {
         LinkWatch::attach(ctx, s, &name(side), &eps).map_err(zerr(role, "starting the link monitor"))
     };
     let front = if config.frontend.iter().any(|a| matches!(a, Attach::Bind(_))) {
@@ -418,7 +418,8 @@ impl<H: ProxyHooks> ProxyShell<H> {
         set_delivery_options(&mut sockets.backend, hooks.manual_subscriptions()).map_err(|(c, e)| zerr(role, c)(e))?;
         // Watched before connecting: a peer already listening completes the handshake within
         // microseconds, and a monitor attached after it would never see the link come up.
-        let mut links = watch_links(ctx, role, config, &sockets.frontend, &sockets.backend, hooks.follows_joins())?;
+        let mut links =
+            watch_links(ctx, role, config, &mut sockets.frontend, &mut sockets.backend, hooks.follows_joins())?;
         sockets.attach(&config.frontend, &config.backend).map_err(fatal)?;
         let zmqx::ProxySockets { frontend, backend, endpoints } = sockets;
         // No publisher at a bound frontend endpoint 5 s on is said, as an engine's shard says it

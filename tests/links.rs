@@ -307,6 +307,78 @@ fn tap_bound_frontend_refuses_a_raw_connection() {
     proxy_bound_frontend_refuses_a_raw_connection("tap");
 }
 
+/// A publisher stays connected to the LVC's or the tap's bound frontend while a ZMTP 1.0 peer
+/// (raw TCP bytes) and a peer of another security mechanism (CURVE keys at a plain frontend)
+/// come and go. Before, the watch read libzmq's version 1 monitor events, which name only the
+/// bound endpoint: with a publisher connected, the ZMTP 1.0 peer's end (libzmq ends it with no
+/// handshake event) was counted in `publisher_disconnects` and said as a publisher's end; with
+/// none connected, as a refusal. Now each connection is told by its two ends: both peers are
+/// refusals, counted and said once each, and no publisher disconnected.
+fn proxy_bound_frontend_tells_refused_peers_from_a_publisher(tool: &str) {
+    use std::io::Write;
+    let ctx = zmq::Context::new();
+    let mut p = common::proxy::start(tool, &[]);
+    let publ = common::proxy::publisher(&ctx, &p.frontend);
+    let sub = subscriber(&ctx, &p.backend, &[b""]);
+    handshake(&publ, &sub);
+    // The ZMTP 1.0 peer: libzmq ends it in its handshake (the frontend refuses ZMTP 1.0).
+    let addr = p.frontend.trim_start_matches("tcp://").to_string();
+    let mut raw = std::net::TcpStream::connect(&addr).expect("raw connect");
+    raw.write_all(&common::proxy::zmtp1_bytes(&[b"GARBAGE\0one"])).expect("write");
+    assert!(common::proxy::ended_within_10s(&mut raw), "{tool}: the ZMTP 1.0 peer was not ended");
+    // The peer of another mechanism: a CURVE client at the plain frontend, gone again.
+    let keys = zmq::CurveKeyPair::new().expect("keys");
+    let curve = ctx.socket(zmq::PUB).expect("pub");
+    curve.set_linger(0).expect("linger");
+    curve.set_curve_serverkey(&keys.public_key).expect("server key");
+    curve.set_curve_publickey(&keys.public_key).expect("public key");
+    curve.set_curve_secretkey(&keys.secret_key).expect("secret key");
+    curve.connect(&p.frontend).expect("connect");
+    // Each refusal said once, as it came; nothing said as a publisher's end.
+    let mut said = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    let refused = |said: &[String], reason: &str| {
+        said.iter().filter(|l| l.contains(&format!("{tool} frontend: refused a connection ({reason})"))).count()
+    };
+    // The CURVE client and the frontend read each other's greeting at once: the frontend names
+    // the mismatch, or the client reads first and hangs up and the frontend sees a handshake that
+    // ended with no detail (libzmq's timing).
+    let other =
+        |said: &[String]| refused(said, "handshake_failed_mechanism") + refused(said, "handshake_failed_no_detail");
+    while refused(&said, "handshake_failed_protocol") == 0 || other(&said) == 0 {
+        let left = end.saturating_duration_since(Instant::now());
+        match p.stderr.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => panic!("{tool}: both refusals not said within {DEADLINE:?}: {said:?}"),
+        }
+    }
+    drop(curve);
+    // The path still carries the publisher's messages.
+    handshake(&publ, &sub);
+    let err = stop_and_count(
+        &mut p,
+        tool,
+        &[("publisher_connects", 1), ("publisher_disconnects", 0), ("publisher_refused", 2)],
+    );
+    said.extend(err);
+    assert_eq!(refused(&said, "handshake_failed_protocol"), 1, "the ZMTP 1.0 peer said once: {said:?}");
+    assert_eq!(other(&said), 1, "the CURVE client said once: {said:?}");
+    let ends = format!("{tool}-proxy: a publisher's connection to the frontend ended");
+    assert!(!said.iter().any(|l| l.contains(&ends)), "no publisher's end said: {said:?}");
+    let zmtp1 = said.iter().find(|l| l.contains("refused a connection (handshake_failed_protocol)")).expect("said");
+    assert!(zmtp1.contains(&format!("at {}", p.frontend)), "the peer and the endpoint it reached: {zmtp1}");
+}
+
+#[test]
+fn lvc_bound_frontend_tells_refused_peers_from_a_publisher() {
+    proxy_bound_frontend_tells_refused_peers_from_a_publisher("lvc");
+}
+
+#[test]
+fn tap_bound_frontend_tells_refused_peers_from_a_publisher() {
+    proxy_bound_frontend_tells_refused_peers_from_a_publisher("tap");
+}
+
 /// An engine (`--json`, no snail) bound to an ephemeral port, and that endpoint.
 fn bound_engine() -> (LineProc, String) {
     let mut cmd = common::mdsub();
@@ -339,14 +411,15 @@ fn engine_bound_endpoint_refuses_a_raw_connection() {
 
 /// Before: a REQ at an engine's bound SUB was said as "it ended the connection during the
 /// handshake (a port check, or a peer that gave up)": the peer was blamed, though it was
-/// mdsub's libzmq that ended it over its socket type (mechanism.cpp `check_socket_type`).
+/// mdsub's libzmq that ended it over its socket type (mechanism.cpp `check_socket_type`), with
+/// no handshake event: only the connection's end, a broken handshake (`handshake_failed_protocol`).
 #[test]
 fn engine_bound_endpoint_names_a_peer_of_a_socket_type_it_cannot_talk_to() {
     let (engine, ep) = bound_engine();
     let req = common::proxy::RawXsub::connect_as(&ep, "REQ");
     let said = refusal(&engine);
     drop(req);
-    assert!(said.contains("the peer's socket type cannot talk to this socket's"), "{said}");
+    assert!(said.contains("its socket type cannot talk to this socket's"), "{said}");
     assert!(!said.contains(": it ended the connection"), "the peer is not blamed alone: {said}");
     let r = engine.interrupt_for_report(Duration::from_secs(30));
     assert_eq!(u(&r["shards"][0], "publisher_refused"), 1, "{}", r["shards"][0]);

@@ -718,25 +718,10 @@ fn zmtp1_bytes_at_a_bound_proxy_frontend_are_ended_and_never_forwarded() {
         common::proxy::handshake(&publ, &sub);
         let port: u16 = proxy.frontend.rsplit(':').next().and_then(|p| p.parse().ok()).expect("frontend port");
         let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        // ZMTP 1.0: an empty identity, then two one-frame messages (length byte, flags, body).
-        let mut bytes = vec![0x01, 0x00];
-        for body in [&b"GARBAGE\0one"[..], b"GARBAGE\0two"] {
-            bytes.extend_from_slice(&[body.len() as u8 + 1, 0x00]);
-            bytes.extend_from_slice(body);
-        }
-        raw.write_all(&bytes).expect("write");
-        raw.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        // ZMTP 1.0: an empty identity, then two one-frame messages.
+        raw.write_all(&common::proxy::zmtp1_bytes(&[b"GARBAGE\0one", b"GARBAGE\0two"])).expect("write");
         // libzmq sends its own greeting first; then the end of the connection.
-        let mut buf = [0u8; 64];
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            match raw.read(&mut buf) {
-                Ok(0) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-                Ok(_) if Instant::now() < end => {}
-                other => panic!("{tool}: the ZMTP 1.0 connection was not ended within 10 s: {other:?}"),
-            }
-        }
+        assert!(common::proxy::ended_within_10s(&mut raw), "{tool}: the ZMTP 1.0 connection was not ended within 10 s");
         // Whatever the frontend took in before the probe reached the subscriber first.
         publ.send(common::proxy::frame(common::proxy::PROBE, 0, 0, b"after"), 0).expect("probe");
         let before = common::proxy::until_probe(&sub, Duration::from_secs(10), Some(b"after"));

@@ -798,10 +798,18 @@ fn curve_on_one_side_only_is_named_as_a_mechanism_mismatch_on_both_sides() {
     let dir = temp_dir("sec-mismatch");
     let (mut replay, ep) = curve_replay(&dir, &["--count", "10", "--wait-timeout", "3s"]);
     let plain = engine(&ep, &["--expect-eos", "0", "--snail", "off"]);
-    // The first attempts may break off before the greeting is read (no detail); a
-    // re-established one reads it.
-    let line = plain.err_line("lost (handshake_failed_mechanism)");
-    assert!(line.contains("the peer uses another security mechanism"), "{line}");
+    // Which end reads the other's greeting first is libzmq's timing (48d660c): the keyless
+    // engine names the mismatch, or the CURVE replay reads first and hangs up and the engine
+    // sees a handshake with no detail at every attempt, for as long as the replay waits (3 s).
+    // Either is said as what it is, the broken-off one with the CURVE hint.
+    let said = plain.err_lines(&["lost (handshake_failed_mechanism)|lost (handshake_failed)"]);
+    let mismatch = said[0].contains("lost (handshake_failed_mechanism)");
+    if mismatch {
+        assert!(said[0].contains("the peer uses another security mechanism"), "{said:?}");
+    } else {
+        assert!(said[0].contains("a server that demands CURVE"), "{said:?}");
+        assert!(said[0].contains("give --server-key"), "{said:?}");
+    }
     let status = replay.proc.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(1), "{status}");
     let said = rest_lines(&replay.err, DEADLINE).join("\n");
@@ -818,7 +826,8 @@ fn curve_on_one_side_only_is_named_as_a_mechanism_mismatch_on_both_sides() {
         "{said}"
     );
     let r = plain.report();
-    assert!(u(&r["shards"][0]["links"][0]["lost"], "handshake_failed_mechanism") >= 1, "{r}");
+    let counted = if mismatch { "handshake_failed_mechanism" } else { "handshake_failed" };
+    assert!(u(&r["shards"][0]["links"][0]["lost"], counted) >= 1, "counted as said: {r}");
 }
 
 #[test]
@@ -1065,6 +1074,8 @@ fn keyless_at_curve(line: &str) -> bool {
         assert!(line.contains("this command does not speak CURVE"), "{line}");
     } else {
         assert!(line.contains(" lost (handshake_failed): handshake broke off; libzmq retries"), "{line}");
+        // With the hint a keyless link needs, in the words of a command that has no key flags.
+        assert!(line.contains("a server that demands CURVE") && line.contains("does not speak CURVE"), "{line}");
     }
     assert!(!line.contains("--server-key"), "a flag the command lacks: {line}");
     mismatch

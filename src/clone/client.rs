@@ -426,7 +426,7 @@ impl ClientAgent {
         rx: Receiver<Cmd>,
     ) -> Result<Self, AgentError> {
         let secure = |socket: &zmq::Socket| ClientKeys::apply_if(keys.as_ref(), socket);
-        let publisher = ctx.socket(zmq::PUB).map_err(agent_err("creating the update publisher"))?;
+        let mut publisher = ctx.socket(zmq::PUB).map_err(agent_err("creating the update publisher"))?;
         secure(&publisher).map_err(agent_err("setting CURVE keys"))?;
         publisher.set_sndhwm(100_000).map_err(agent_err("setting HWM"))?;
         publisher.set_linger(200).map_err(agent_err("setting linger"))?;
@@ -436,19 +436,19 @@ impl ClientAgent {
             cfg.servers.iter().filter_map(|b| super::endpoints(b).ok()).map(|[_, _, coll]| coll).collect();
         let quiet = !cfg.log_links;
         // "Not up" is said by the agent, once per server for both of its links.
-        let publisher_links = LinkWatch::attach(&ctx, &publisher, &format!("{} collectors", cfg.name), &collectors)
+        let publisher_links = LinkWatch::attach(&ctx, &mut publisher, &format!("{} collectors", cfg.name), &collectors)
             .map_err(agent_err("monitoring the update publisher"))?
             .map(|w| w.quiet(quiet).keys_by(cfg.key_flags).hold_not_up());
         for base in &cfg.servers {
             let [snap, pubep, coll] =
                 super::endpoints(base).map_err(|message| AgentError::Fatal { role: "clone-client".into(), message })?;
             publisher.connect(&coll).map_err(agent_err("connecting to a collector"))?;
-            let sub = ctx.socket(zmq::SUB).map_err(agent_err("creating a subscriber"))?;
+            let mut sub = ctx.socket(zmq::SUB).map_err(agent_err("creating a subscriber"))?;
             sub.set_rcvhwm(cfg.sub_hwm_msgs).map_err(agent_err("setting HWM"))?;
             sub.set_linger(0).map_err(agent_err("setting linger"))?;
             secure(&sub).map_err(agent_err("setting CURVE keys"))?;
             subscribe(&sub, subtree, true).map_err(agent_err("subscribing"))?;
-            let links = LinkWatch::attach(&ctx, &sub, &cfg.name, std::slice::from_ref(&pubep))
+            let links = LinkWatch::attach(&ctx, &mut sub, &cfg.name, std::slice::from_ref(&pubep))
                 .map_err(agent_err("monitoring a subscriber"))?
                 .ok_or_else(|| AgentError::Fatal {
                     role: "clone-client".into(),

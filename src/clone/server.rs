@@ -96,7 +96,7 @@ fn peer_subscriber(
     peer_keys: Option<&ClientKeys>,
 ) -> Result<(zmq::Socket, crate::link::LinkWatch), ServerError> {
     let PeerLink { what, link, endpoint } = peer;
-    let sub = ctx.socket(zmq::SUB).map_err(zerr(format!("creating the {what}")))?;
+    let mut sub = ctx.socket(zmq::SUB).map_err(zerr(format!("creating the {what}")))?;
     sub.set_subscribe(b"").map_err(zerr(format!("subscribing the {what}")))?;
     if let Some(hwm) = rcvhwm_msgs {
         sub.set_rcvhwm(hwm).map_err(zerr(format!("setting the {what}'s HWM")))?;
@@ -104,7 +104,7 @@ fn peer_subscriber(
     sub.set_maxmsgsize(max_msg_bytes).map_err(zerr(format!("setting the {what}'s max message size")))?;
     sub.set_linger(0).map_err(zerr("setting linger"))?;
     ClientKeys::apply_if(peer_keys, &sub).map_err(zerr(format!("setting the peer's keys on the {what}")))?;
-    let watch = crate::link::LinkWatch::attach(ctx, &sub, link, std::slice::from_ref(&endpoint.to_string()))
+    let watch = crate::link::LinkWatch::attach(ctx, &mut sub, link, std::slice::from_ref(&endpoint.to_string()))
         .map_err(zerr(format!("monitoring the {what}")))?
         .ok_or_else(|| ServerError::Config(format!("no endpoint to watch for the {what}")))?
         .keys_by(crate::link::KeyFlags::SameCurveKey);

@@ -705,7 +705,7 @@ impl Engine {
             let zerr = |context: String| move |source| EngineError::Zmq { context, source };
             let ctx = zmq::Context::new();
             ctx.set_io_threads(1).map_err(zerr("configuring the shard context".into()))?;
-            let sub = ctx.socket(zmq::SUB).map_err(zerr("creating the SUB".into()))?;
+            let mut sub = ctx.socket(zmq::SUB).map_err(zerr("creating the SUB".into()))?;
             sub.set_rcvhwm(rcvhwm).map_err(zerr("setting RCVHWM".into()))?;
             sub.set_maxmsgsize(max_msg_bytes).map_err(zerr("setting MAXMSGSIZE".into()))?;
             sub.set_linger(0).map_err(zerr("setting LINGER".into()))?;
@@ -734,10 +734,10 @@ impl Engine {
             // that binds is watched for the publisher connections it accepts, each end said.
             let name = format!("shard{k}");
             let mut links = if shard.binds.is_empty() {
-                LinkWatch::attach(&ctx, &sub, &name, &shard.endpoints)
+                LinkWatch::attach(&ctx, &mut sub, &name, &shard.endpoints)
             } else {
                 let head = format!("{name}: a publisher's connection ended");
-                LinkWatch::attach_always(&ctx, &sub, &name, &shard.endpoints)
+                LinkWatch::attach_always(&ctx, &mut sub, &name, &shard.endpoints)
                     .map(|w| Some(w.saying_publisher_ends(head, "max_msg_bytes", max_msg_bytes)))
             }
             .map_err(zerr("starting the link monitor".into()))?;

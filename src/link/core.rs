@@ -151,7 +151,15 @@ impl Reason {
                  or a malformed stream) and not reconnected by it; mdsub re-establishes the link \
                  (backing off to once every 30 s while it keeps failing)"
             }
-            (Reason::HandshakeFailed, false) => "handshake broke off; libzmq retries",
+            // A keyless link at a server that demands CURVE: whichever end reads the other's
+            // greeting first is libzmq's timing; when the server does, it hangs up and this side
+            // sees a handshake with no detail at every attempt, never the mismatch.
+            (Reason::HandshakeFailed, false) => {
+                "handshake broke off; libzmq retries (one that breaks off at every attempt is most \
+                 often a server that demands CURVE, which hangs up on this side's greeting without \
+                 keys: give --server-key (the server's NAME.pub) and --curve-key (this side's \
+                 NAME.key), or a peer that is no ZeroMQ peer)"
+            }
             (Reason::HandshakeFailed, true) => {
                 "handshake broke off; libzmq retries (with CURVE, one that breaks off at every \
                  attempt is most often a --server-key that is not the server's public key, so the \
@@ -726,6 +734,17 @@ impl KeyFlags {
                  --curve-key and the other has not. That will not fix itself: give both halves the \
                  same --curve-key (or neither). mdsub keeps re-establishing the link, backing off to \
                  once every 30 s"
+            }
+            (KeyFlags::NoKeys, Reason::HandshakeFailed, false) => {
+                "handshake broke off; libzmq retries (one that breaks off at every attempt is most \
+                 often a server that demands CURVE, which hangs up on this side's greeting without \
+                 keys: this command does not speak CURVE on this link, so connect it to a server \
+                 without --curve-key; or a peer that is no ZeroMQ peer)"
+            }
+            (KeyFlags::SameCurveKey, Reason::HandshakeFailed, false) => {
+                "handshake broke off; libzmq retries (one that breaks off at every attempt is most \
+                 often the other half of the pair given --curve-key and this half not: give both \
+                 halves the same --curve-key, or neither)"
             }
             (KeyFlags::SameCurveKey, Reason::HandshakeFailed, true) => {
                 "handshake broke off; libzmq retries (with CURVE, one that breaks off at every attempt \

@@ -48,6 +48,34 @@ pub fn start_with(tool: &str, frontend: &str, backend: &str, extra: &[&str]) -> 
     Proxy { proc, frontend, backend, stdout, stderr }
 }
 
+/// Bytes libzmq takes for ZMTP 1.0 (a first byte that is not 0xFF, as random bytes or a stray
+/// client send): an empty identity, then one-frame messages of `bodies` (length byte, flags, body).
+pub fn zmtp1_bytes(bodies: &[&[u8]]) -> Vec<u8> {
+    let mut bytes = vec![0x01, 0x00];
+    for body in bodies {
+        bytes.extend_from_slice(&[body.len() as u8 + 1, 0x00]);
+        bytes.extend_from_slice(body);
+    }
+    bytes
+}
+
+/// Read `raw` until its peer ends the connection (EOF or a reset), at most 10 s: false when it
+/// did not.
+pub fn ended_within_10s(raw: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let _ = raw.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = [0u8; 64];
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Ok(_) if Instant::now() < end => {}
+            _ => return false,
+        }
+    }
+}
+
 /// Stop a proxy with SIGINT; returns its remaining stdout and stderr lines.
 pub fn stop(p: &mut Proxy) -> (Vec<String>, Vec<String>) {
     let (status, out, err) = interrupt(p);

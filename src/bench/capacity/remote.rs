@@ -59,14 +59,14 @@ impl RemotePublisher {
     /// Connect to the publisher's control endpoint; its waits end at once when `stop` is set.
     pub fn connect(ctx: &zmq::Context, control: &str, stop: &StopFlag) -> anyhow::Result<RemotePublisher> {
         crate::zmqx::check_endpoint(control).map_err(anyhow::Error::msg)?;
-        let req = ctx.socket(zmq::REQ).context("creating the control socket")?;
+        let mut req = ctx.socket(zmq::REQ).context("creating the control socket")?;
         req.set_linger(0).context("setting LINGER")?;
         req.set_sndtimeo(30_000).context("setting SNDTIMEO")?;
         // A path that drops SYNs (a firewall, a host that is down) would hold libzmq's first
         // connect for the kernel's SYN timeout (~2 min), and "not up" is said on a retry: give
         // each attempt 1 s, so the link watch says it after 5 s there too.
         req.set_connect_timeout(1000).context("setting CONNECT_TIMEOUT")?;
-        let watch = LinkWatch::attach(ctx, &req, "capacity publisher control", &[control.to_string()])
+        let watch = LinkWatch::attach(ctx, &mut req, "capacity publisher control", &[control.to_string()])
             .context("watching the control socket")?;
         req.connect(control).with_context(|| format!("connecting to the publisher at {control}"))?;
         Ok(RemotePublisher { req, control: control.to_string(), watch, stop: stop.clone() })
