@@ -51,9 +51,9 @@ fn a_subscribers_host_vanishing_mid_replay_is_left_named_and_the_other_subscribe
     // Before: the vanished engine's connection stayed open on the replay's side, sent data
     // unacknowledged, for the kernel's ~15 minutes of retransmissions; its pipe filled and the
     // lossless replay waited on it, and so did every other subscriber: the live engine heard
-    // nothing more (its snail croaked after 5 s of silence) and no end of stream came. Now the
-    // replay ends a connection whose data stays unacknowledged for --peer-timeout and says which
-    // subscriber left; its end of stream then waits for the subscribers still there (the docs'
+    // nothing more (its snail croaked after 5 s of silence) and no end of stream came (still so
+    // by default). With --peer-timeout the replay ends a connection whose data stays
+    // unacknowledged that long and says which subscriber left; its end of stream then waits for the subscribers still there (the docs'
     // rule: those holding the wait when it goes out), so the live engine ends at once.
     let test = "a_subscribers_host_vanishing_mid_replay_is_left_named_and_the_other_subscriber_ends_at_once";
     let Some(tb) = bed(test) else { return };
@@ -105,6 +105,40 @@ fn a_subscribers_host_vanishing_mid_replay_is_left_named_and_the_other_subscribe
     let s0 = &s["shards"][0];
     assert_eq!((s0["msgs"].as_u64(), s0["lost"].as_u64()), (Some(n), Some(0)), "lossless, all of it: {s} {err:?}");
     assert_eq!(s["time_limit"], false, "ended by its end of stream: {s}");
+    gone.proc.signal(9);
+    gone.proc.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn a_subscriber_vanished_as_the_end_of_stream_goes_is_waited_for_up_to_eos_wait_and_named_once() {
+    // Before: `not confirmed by 1 subscriber(s)`, not which. The vanished engine's connection
+    // still stands on the replay's side when the end of stream goes out (its --peer-timeout is
+    // far off): it holds the wait, which the docs bound by --eos-wait, and the replay names it.
+    let test = "a_subscriber_vanished_as_the_end_of_stream_goes_is_waited_for_up_to_eos_wait_and_named_once";
+    let Some(tb) = bed(test) else { return };
+    let port = 5741;
+    let ep = format!("tcp://{FEED}:{port}");
+    let replay = tb.replay(
+        port,
+        &["--count", "30000", "--rate", "10k", "--subscribers", "2", "--peer-timeout", "60s", "--eos-wait", "2s"],
+    );
+    let stays = engine_in(&tb, &tb.pub_ns.clone(), "engine (stays)", &["--endpoint", &ep]);
+    let mut gone = engine_in(&tb, &tb.sub_ns.clone(), "engine (vanishes)", &["--endpoint", &ep]);
+    traffic_on_path_a(&tb, 300_000);
+    tb.vanish(&tb.sub_ns);
+    let (r, said) = report_of(replay, Duration::from_secs(30));
+    eprintln!("{r}\n{said:?}");
+    let waited = r["eos_wait_s"].as_f64().expect("eos_wait_s");
+    assert!((2.0..4.0).contains(&waited), "the whole --eos-wait, and no more: {r}");
+    let unconfirmed = &r["eos_unconfirmed"][0];
+    assert_eq!(unconfirmed["waiting"], 1, "{r}");
+    let named = unconfirmed["subscribers"][0].as_str().expect("the subscriber named");
+    assert!(named.starts_with(&format!("{SUB_A} (subscriber ")), "{r}");
+    let lines: Vec<&String> = said.iter().filter(|l| l.contains("not confirmed")).collect();
+    assert_eq!(lines.len(), 1, "said once: {said:?}");
+    assert!(lines[0].contains(&format!("not confirmed by 1 subscriber(s) that end at one ({named})")), "{}", lines[0]);
+    let (s, err) = report_of(stays, Duration::from_secs(30));
+    assert_eq!((s["shards"][0]["msgs"].as_u64(), s["time_limit"].as_bool()), (Some(30_000), Some(false)), "{err:?}");
     gone.proc.signal(9);
     gone.proc.wait_exit(Duration::from_secs(10));
 }

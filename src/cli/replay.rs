@@ -259,11 +259,7 @@ const NOT_SERVED: [(&str, &str, &str); 22] = {
         ("drop_every", "--drop-every", FAULT),
         ("restart_at", "--restart-at", FAULT),
         ("idle", "--idle", "a trial's sending thread naps between its turns (block)"),
-        (
-            "peer_timeout",
-            "--peer-timeout",
-            "a trial server publishes lossy, held by no subscriber, and ends a dead one's connection after the default 10s",
-        ),
+        ("peer_timeout", "--peer-timeout", "a trial server publishes lossy: no subscriber holds it, dead or alive"),
         ("json", "--json", "a trial server prints one line per trial; the capacity run keeps the numbers"),
     ]
 };
@@ -401,10 +397,11 @@ pub struct ReplayArgs {
     /// End a subscriber's connection when data sent on it stays unacknowledged this long (e.g.
     /// 10s): a subscriber's host gone without a close (powered off, cable pulled, path down for
     /// good) then no longer holds a lossless replay, and every other subscriber with it, for the
-    /// kernel's ~15 minutes of retransmissions; the subscriber it was is said as it leaves. A live
-    /// subscriber that stops reading is not ended by it (a lossless replay waits for it, as
-    /// ever). Give more than the outages a subscriber should ride out; 0s: the kernel's limit.
-    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    /// kernel's ~15 minutes of retransmissions; the subscriber it was is said as it leaves. Linux
+    /// (5.11 and later) ends a subscriber that stopped reading for that long alike (its window
+    /// closed), which a lossless replay otherwise waits for. Give more than the outages and stalls
+    /// a subscriber should ride out; 0s (the default): the kernel's limits.
+    #[arg(long, value_parser = parse_duration, default_value = "0s", value_name = "DURATION")]
     pub peer_timeout: Duration,
     #[command(flatten)]
     pub faults: FaultArgs,

@@ -116,15 +116,16 @@ pub struct PublisherConfig {
     /// A subscriber's connection whose sent data stays unacknowledged this long is ended
     /// (`TCP_USER_TIMEOUT`, libzmq's `ZMQ_TCP_MAXRT`): a host gone without a close (powered off,
     /// its cable pulled) no longer holds a lossless publisher, and every other subscriber, for
-    /// the kernel's own ~15 minutes of retransmissions. Zero: the kernel's. A live subscriber
-    /// that stops reading acknowledges the kernel's window probes and is not ended by it.
+    /// the kernel's own ~15 minutes of retransmissions. Linux (5.11 and later) also ends a
+    /// connection whose receive window stays closed that long: a live subscriber that stopped
+    /// reading is cut alike, which a lossless publisher otherwise waits for. Zero: the kernel's
+    /// limits ([`DEFAULT_PEER_TIMEOUT`]).
     pub peer_timeout: Duration,
 }
 
-/// [`PublisherConfig::peer_timeout`] unless told otherwise (`--peer-timeout`): longer than a
-/// subscriber's own TCP keepalive gives a dead path (an engine's `[keepalive]`, 5 s), so a path
-/// back within it keeps its connection.
-pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`PublisherConfig::peer_timeout`] unless told otherwise (`--peer-timeout`): none of mdsub's,
+/// so a lossless publisher keeps waiting for a subscriber that stopped reading, as ever.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::ZERO;
 
 impl Default for PublisherConfig {
     fn default() -> Self {
