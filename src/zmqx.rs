@@ -11,6 +11,7 @@ pub mod pool;
 const ZMQ_XPUB_NODROP: c_int = 69;
 const ZMQ_XPUB_VERBOSER: c_int = 78;
 const ZMQ_XPUB_MANUAL: c_int = 71;
+const ZMQ_TCP_MAXRT: c_int = 80;
 /// Draft API (libzmq built with it: the workspace's zmq-sys).
 const ZMQ_XPUB_MANUAL_LAST_VALUE: c_int = 98;
 
@@ -37,6 +38,13 @@ fn set_int_option(socket: &mut zmq::Socket, option: c_int, value: c_int) -> zmq:
 /// so a publisher can wait and send again (lossless back-pressure).
 pub fn set_xpub_nodrop(socket: &mut zmq::Socket, on: bool) -> zmq::Result<()> {
     set_int_option(socket, ZMQ_XPUB_NODROP, on as c_int)
+}
+
+/// ZMQ_TCP_MAXRT: each TCP connection of the socket made after this is ended once data it
+/// sent stays unacknowledged for `ms` milliseconds (Linux `TCP_USER_TIMEOUT`); 0: the kernel's
+/// retransmission limit.
+pub fn set_tcp_maxrt(socket: &mut zmq::Socket, ms: i32) -> zmq::Result<()> {
+    set_int_option(socket, ZMQ_TCP_MAXRT, ms)
 }
 
 /// ZMQ_XPUB_VERBOSER: like ZMQ_XPUB_VERBOSE (every subscribe is passed up,

@@ -6,91 +6,16 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::Duration;
 
+use common::testbed::{have, skip, Testbed};
 use common::{json, run_within, wait_until, LineProc, Proc};
 use serde_json::Value;
 
-const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/testbed.sh");
 const PAYLOAD: u64 = 100;
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// One testbed (two namespaces), removed when dropped.
-struct Testbed {
-    name: String,
-    sub_ns: String,
-    pub_ns: String,
-    dir: std::path::PathBuf,
-}
-
-fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 impl Testbed {
-    /// Build a testbed with a name unique to this process and test, or say
-    /// why not (and return None).
-    fn up(test: &str) -> Option<Testbed> {
-        // SAFETY: geteuid only reads the process's credentials.
-        if unsafe { libc::geteuid() } != 0 {
-            skip(test, "needs root for network namespaces (CI runs as root)");
-            return None;
-        }
-        if !have("ip") {
-            skip(test, "needs `ip` (Debian package iproute2; tools/ci-setup.sh installs it)");
-            return None;
-        }
-        let name = format!("mdsnic{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let out = Command::new(TESTBED).args(["up", &name]).output().expect("running tools/testbed.sh");
-        if !out.status.success() {
-            skip(test, &format!("tools/testbed.sh up failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-            return None;
-        }
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Some(Testbed { sub_ns: format!("{name}-s"), pub_ns: format!("{name}-p"), name, dir })
-    }
-
-    /// `mdsub ARGS` inside namespace `ns` (`ip netns exec` execs it: the pid is mdsub's).
-    fn mdsub(&self, ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_mdsub")]).args(args);
-        c
-    }
-
-    /// A replay publisher in the publisher namespace on the feed address; returns once bound.
-    fn replay(&self, port: u16, args: &[&str]) -> LineProc {
-        let ep = format!("tcp://10.91.9.1:{port}");
-        let mut all = vec!["replay", "--endpoint", &ep, "--json"];
-        all.extend_from_slice(args);
-        let p = LineProc::spawn_with_stderr(&format!("replay:{port}"), &mut self.mdsub(&self.pub_ns.clone(), &all));
-        common::bound_endpoints(&p, 1);
-        p
-    }
-
-    /// A profile with one shard per (port, interface), written to the temp dir.
-    fn profile(&self, shards: &[(u16, &str)], extra: &str) -> String {
-        let mut t = format!("name = \"testbed\"\nallow_shared_cores = true\nhandler = \"verify\"\n{extra}\n");
-        for (port, nic) in shards {
-            t += &format!("[[shards]]\nendpoints = [\"tcp://10.91.9.1:{port}\"]\ninterface = \"{nic}\"\n");
-        }
-        t += "[[workers]]\n";
-        let path = self.dir.join("profile.toml");
-        std::fs::write(&path, t).expect("writing the profile");
-        path.to_string_lossy().into_owned()
-    }
-
     /// Run the engine in the subscriber namespace to its end; (JSON report, stderr).
     fn engine_to_end(&self, profile: &str, deadline: Duration) -> (serde_json::Value, String) {
         self.engine_with(profile, &[], deadline)
@@ -108,22 +33,6 @@ impl Testbed {
     fn ip(&self, args: &[&str]) {
         let out = Command::new("ip").arg("-n").arg(&self.sub_ns).args(args).output().expect("running ip");
         assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Start the engine in the subscriber namespace (ended by the caller).
-    fn engine(&self, profile: &str) -> Proc {
-        self.engine_flags(profile, &[])
-    }
-
-    /// [`Testbed::engine`] with more flags.
-    fn engine_flags(&self, profile: &str, flags: &[&str]) -> Proc {
-        Proc::spawn(
-            "engine",
-            self.mdsub(&self.sub_ns, &["engine", "--profile", profile, "--json"])
-                .args(flags)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        )
     }
 
     /// Run the engine (`profile`) to its end, taking path A down for `secs` once `traffic` bytes
@@ -145,23 +54,6 @@ impl Testbed {
         (report, err)
     }
 
-    /// Bytes received on the subscriber's nicA and nicB.
-    fn rx_bytes(&self) -> (u64, u64) {
-        let read = |nic: &str| -> u64 {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.sub_ns, "cat", &format!("/sys/class/net/{nic}/statistics/rx_bytes")])
-                .output()
-                .expect("reading counters");
-            String::from_utf8_lossy(&out.stdout).trim().parse().expect("a byte count")
-        };
-        (read("nicA"), read("nicB"))
-    }
-
-    fn tool(&self, args: &[&str]) {
-        let out = Command::new(TESTBED).args(args).output().expect("running tools/testbed.sh");
-        assert!(out.status.success(), "testbed.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
     /// Packets the nftables loss rule on `path` dropped so far.
     fn dropped(&self, path: &str) -> u64 {
         let out = Command::new("ip")
@@ -171,13 +63,6 @@ impl Testbed {
         let text = String::from_utf8_lossy(&out.stdout);
         let after = text.split("counter packets ").nth(1).unwrap_or("0");
         after.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let _ = Command::new(TESTBED).args(["down", &self.name]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

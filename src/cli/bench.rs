@@ -198,6 +198,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         thread_per_shard: args.publisher.thread_per_shard,
         publisher_id_base: 0,
         access: Default::default(),
+        peer_timeout: crate::replay::DEFAULT_PEER_TIMEOUT,
     };
     let machine = Machine::here();
     let settings = serde_json::json!({

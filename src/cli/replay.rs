@@ -229,7 +229,7 @@ const GENERATOR_ONLY: [(&str, &str, &str); 5] = [
 /// Flags of `replay` that a trial server (`--serve-trials`) does not use, each with why: each
 /// trial's feed, rate and duration come from the capacity run, and its publisher is the plain
 /// lossy one that run measures against.
-const NOT_SERVED: [(&str, &str, &str); 21] = {
+const NOT_SERVED: [(&str, &str, &str); 22] = {
     const LENGTH: &str = "each trial lasts what the capacity run asks; the server runs until that run ends";
     const FEED: &str = "each trial's feed is the one the capacity run asks for";
     const ACCESS: &str = "a trial server serves no access rules (CURVE, addresses): run it on a trusted network";
@@ -259,6 +259,7 @@ const NOT_SERVED: [(&str, &str, &str); 21] = {
         ("drop_every", "--drop-every", FAULT),
         ("restart_at", "--restart-at", FAULT),
         ("idle", "--idle", "a trial's sending thread naps between its turns (block)"),
+        ("peer_timeout", "--peer-timeout", "a trial server publishes lossy: no subscriber holds it, dead or alive"),
         ("json", "--json", "a trial server prints one line per trial; the capacity run keeps the numbers"),
     ]
 };
@@ -393,6 +394,15 @@ pub struct ReplayArgs {
     /// everything alone (a tap, a plain SUB) are not waited for. 0: no wait, nothing sent again.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     pub eos_wait: Duration,
+    /// End a subscriber's connection when data sent on it stays unacknowledged this long (e.g.
+    /// 10s): a subscriber's host gone without a close (powered off, cable pulled, path down for
+    /// good) then no longer holds a lossless replay, and every other subscriber with it, for the
+    /// kernel's ~15 minutes of retransmissions; the subscriber it was is said as it leaves. Linux
+    /// (5.11 and later) ends a subscriber that stopped reading for that long alike (its window
+    /// closed), which a lossless replay otherwise waits for. Give more than the outages and stalls
+    /// a subscriber should ride out; 0s (the default): the kernel's limits.
+    #[arg(long, value_parser = parse_duration, default_value = "0s", value_name = "DURATION")]
+    pub peer_timeout: Duration,
     #[command(flatten)]
     pub faults: FaultArgs,
     /// Idle strategy of the sending thread(s) (one agent each): what a paced replay does
@@ -493,6 +503,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         thread_per_shard: args.publisher.thread_per_shard,
         publisher_id_base: args.publisher_id,
         access: args.access.to_access()?,
+        peer_timeout: args.peer_timeout,
     };
     let ctx = zmq::Context::new();
     if cfg.thread_per_shard {

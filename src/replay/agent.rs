@@ -1101,13 +1101,17 @@ impl PublisherAgent {
             } else {
                 "; they may not have it (a connection dead without a close, a subscriber still behind or killed)"
             };
+            // Which ones, of those that named themselves (an older engine or a proxy does not).
+            let subscribers = sh.unconfirmed_named();
+            let named = if subscribers.is_empty() { String::new() } else { format!(" ({})", subscribers.join(", ")) };
             crate::diag!(
                 "replay: shard{shard} {}: the end of stream is not confirmed by {left} subscriber(s) that end at \
-                 one, {ended}{why}, and may not know their loss",
+                 one{named}, {ended}{why}, and may not know their loss",
                 sh.endpoint
             );
             let endpoint = sh.endpoint.clone();
-            self.eos_unconfirmed.push(super::EosUnconfirmed { shard, endpoint, waiting: left, resend_pending });
+            let unconfirmed = super::EosUnconfirmed { shard, endpoint, waiting: left, subscribers, resend_pending };
+            self.eos_unconfirmed.push(unconfirmed);
         }
         self.say_resends();
         self.phase = Phase::Done;

@@ -113,7 +113,19 @@ pub struct PublisherConfig {
     /// One sending thread per shard (generated feeds only), each sending its
     /// shard's topics; give the context one I/O thread per shard too.
     pub thread_per_shard: bool,
+    /// A subscriber's connection whose sent data stays unacknowledged this long is ended
+    /// (`TCP_USER_TIMEOUT`, libzmq's `ZMQ_TCP_MAXRT`): a host gone without a close (powered off,
+    /// its cable pulled) no longer holds a lossless publisher, and every other subscriber, for
+    /// the kernel's own ~15 minutes of retransmissions. Linux (5.11 and later) also ends a
+    /// connection whose receive window stays closed that long: a live subscriber that stopped
+    /// reading is cut alike, which a lossless publisher otherwise waits for. Zero: the kernel's
+    /// limits ([`DEFAULT_PEER_TIMEOUT`]).
+    pub peer_timeout: Duration,
 }
+
+/// [`PublisherConfig::peer_timeout`] unless told otherwise (`--peer-timeout`): none of mdsub's,
+/// so a lossless publisher keeps waiting for a subscriber that stopped reading, as ever.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::ZERO;
 
 impl Default for PublisherConfig {
     fn default() -> Self {
@@ -124,6 +136,7 @@ impl Default for PublisherConfig {
             publisher_id_base: 0,
             access: ServerAccess::default(),
             thread_per_shard: false,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
         }
     }
 }
@@ -283,6 +296,10 @@ pub struct EosUnconfirmed {
     pub endpoint: String,
     /// Subscribers that end at an end of stream and had not confirmed it when the wait ended.
     pub waiting: usize,
+    /// Of those, the ones that named themselves (an `mdsub engine` shard does): where each
+    /// subscribed from and its id (`10.0.0.7 (subscriber 5f0c…)`). Not serialized when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subscribers: Vec<String>,
     /// Its end of stream was due to go again (a subscriber took the control topic after it
     /// went: a reconnect) but a full pipe held the resend back until the wait ended: a lossless
     /// subscriber on the shard is far behind or stopped reading. Not serialized when false.
@@ -398,6 +415,12 @@ struct Shard {
     /// id and how many connections hold it (a reconnect beside a connection dead without a
     /// close: two). Counted once each, however many.
     awaiting_named: Vec<(u64, usize)>,
+    /// Where each named subscriber's last [`wire::awaits_eos_as`] came from (its connection's
+    /// peer address, libzmq's `Peer-Address`: the IP alone), to say which one left or did not confirm ([`Shard::who`]).
+    named_from: Vec<(u64, String)>,
+    /// The named subscribers whose last connection holding the wait ended since the last drain
+    /// of the subscription events: said with the "a subscriber left" line.
+    left_named: Vec<u64>,
     /// Confirmations of this shard's session's end of stream ([`wire::confirms_eos`]), and
     /// subscriptions taking the control topic (a subscriber that joins, or joins again: a
     /// reconnect), since bind.
@@ -458,6 +481,8 @@ impl Shard {
             blocked_ns: 0,
             awaiting: 0,
             awaiting_named: Vec::new(),
+            named_from: Vec::new(),
+            left_named: Vec::new(),
             took: 0,
             control_joins: 0,
             took_named: 0,
@@ -512,6 +537,29 @@ impl Shard {
         at.awaiting.saturating_sub(bare) + named_left
     }
 
+    /// Named subscriber `id`'s awaits-eos came from `peer` (a connection's address).
+    fn heard_from(&mut self, id: u64, peer: &str) {
+        match self.named_from.iter_mut().find(|(held, _)| *held == id) {
+            Some((_, from)) if from != peer => *from = peer.to_string(),
+            Some(_) => {}
+            None => self.named_from.push((id, peer.to_string())),
+        }
+    }
+
+    /// Named subscriber `id` as a line says it: where it subscribed from, and its id (the same
+    /// across its reconnects; an engine draws one per shard).
+    fn who(&self, id: u64) -> String {
+        match self.named_from.iter().find(|(held, _)| *held == id) {
+            Some((_, from)) => format!("{from} (subscriber {id:016x})"),
+            None => format!("subscriber {id:016x}"),
+        }
+    }
+
+    /// The named subscribers that have not confirmed its end of stream, as lines say them.
+    fn unconfirmed_named(&self) -> Vec<String> {
+        self.eos_named.iter().filter(|id| !self.confirmed_named.contains(id)).map(|&id| self.who(id)).collect()
+    }
+
     /// Its end of stream went out to a subscriber that ends at one (one to wait for).
     fn eos_awaited(&self) -> bool {
         self.eos_at.is_some_and(|at| at.awaiting > 0) || !self.eos_named.is_empty()
@@ -531,6 +579,7 @@ impl Shard {
                 (false, Some(i)) if self.awaiting_named[i].1 > 1 => self.awaiting_named[i].1 -= 1,
                 (false, Some(i)) => {
                     self.awaiting_named.swap_remove(i);
+                    self.left_named.push(id);
                 }
                 (false, None) => {}
             }
@@ -654,6 +703,9 @@ impl Publisher {
             crate::zmqx::set_xpub_nodrop(&mut s, true).map_err(zerr("setting XPUB_NODROP"))?;
             s.set_sndtimeo(100).map_err(zerr("setting SNDTIMEO"))?;
             s.set_linger(2000).map_err(zerr("setting LINGER"))?;
+            // Before the bind: libzmq gives each accepted connection the listener's options.
+            let maxrt = i32::try_from(cfg.peer_timeout.as_millis()).unwrap_or(i32::MAX);
+            crate::zmqx::set_tcp_maxrt(&mut s, maxrt).map_err(zerr("setting TCP_MAXRT"))?;
             let handshaken = cfg.access.secure(ctx, &mut s, zap.as_ref()).map_err(|e| match e {
                 SecureError::Options(source) => zerr("setting the access options")(source),
                 SecureError::Watch(e) => ReplayError::Config(e.to_string()),
@@ -754,14 +806,17 @@ impl Publisher {
         let first = self.part.0;
         for (k, sh) in self.shards.iter_mut().enumerate() {
             let k = first + k;
-            while let Ok(ev) = sh.socket.recv_bytes(zmq::DONTWAIT) {
-                match ev.split_first() {
+            let mut ev = zmq::Message::new();
+            while sh.socket.recv(&mut ev, zmq::DONTWAIT).is_ok() {
+                let named = match ev.split_first() {
                     Some((1, topic)) if takes_control(topic) => {
                         sh.subscriptions += 1;
                         sh.control_joins += 1;
+                        None
                     }
                     Some((0, topic)) if takes_control(topic) => {
                         sh.subscriptions = sh.subscriptions.saturating_sub(1);
+                        None
                     }
                     Some((1, wire::PROXY_OWN)) => {
                         sh.proxies += 1;
@@ -772,12 +827,24 @@ impl Publisher {
                                  their subscriptions come through it"
                             );
                         }
+                        None
                     }
-                    Some((0, wire::PROXY_OWN)) => sh.proxies = sh.proxies.saturating_sub(1),
-                    Some((kind @ (0 | 1), p)) => sh.eos_event(*kind == 1, p),
-                    _ => {}
+                    Some((0, wire::PROXY_OWN)) => {
+                        sh.proxies = sh.proxies.saturating_sub(1);
+                        None
+                    }
+                    Some((kind @ (0 | 1), p)) => {
+                        sh.eos_event(*kind == 1, p);
+                        wire::awaiting_id(p).filter(|_| *kind == 1)
+                    }
+                    _ => None,
+                };
+                // Where it came from: the subscription carries its connection's metadata.
+                if let Some((id, peer)) = named.and_then(|id| Some((id, ev.gets("Peer-Address")?.to_string()))) {
+                    sh.heard_from(id, &peer);
                 }
             }
+            let left = std::mem::take(&mut sh.left_named);
             let handshaken = sh.handshaken.as_ref().map(|h| usize::try_from(h.now()).unwrap_or(usize::MAX));
             let now = subscribers_of(sh.subscriptions.saturating_sub(sh.proxies), handshaken);
             let heard = subscribers_of(sh.subscriptions, handshaken) > 0;
@@ -790,7 +857,10 @@ impl Publisher {
                     (0, true) => ": what it sends now reaches a proxy alone (an LVC's cache)",
                     _ => "",
                 };
-                crate::diag!("replay: shard{k}: a subscriber left ({now} remain){none}");
+                // The subscribers that named themselves and have no connection left: which ones.
+                let who = left.iter().map(|&id| sh.who(id)).collect::<Vec<_>>().join(", ");
+                let who = if who.is_empty() { who } else { format!(": {who}") };
+                crate::diag!("replay: shard{k}: a subscriber left ({now} remain){who}{none}");
             } else if say && connections < sh.connections {
                 // A proxy (any XSUB) forwards each subscribe but an unsubscribe only when the
                 // last subscriber of that prefix behind it left: its subscribers leaving never
@@ -1373,6 +1443,28 @@ mod tests {
         assert_eq!(sh.eos_waiting(), 0);
     }
 
+    /// Which subscriber left, or did not confirm, is said by where it subscribed from (its
+    /// latest connection's) and its id; one that never said where is said by its id.
+    #[test]
+    fn a_named_subscriber_is_said_by_its_address_when_it_leaves_and_when_it_does_not_confirm() {
+        let ctx = zmq::Context::new();
+        let mut sh = shard(&ctx);
+        engine_awaits(&mut sh, true, 0x41);
+        sh.heard_from(0x41, "10.0.0.6");
+        engine_awaits(&mut sh, true, 0x41);
+        sh.heard_from(0x41, "10.0.0.7");
+        engine_awaits(&mut sh, true, 0x5);
+        sh.eos_went();
+        engine_confirms(&mut sh, 0x5);
+        assert_eq!(sh.unconfirmed_named(), ["10.0.0.7 (subscriber 0000000000000041)"]);
+        // Its first connection ending leaves it one: it has not left.
+        engine_awaits(&mut sh, false, 0x41);
+        assert!(sh.left_named.is_empty());
+        engine_awaits(&mut sh, false, 0x41);
+        assert_eq!(sh.left_named, [0x41]);
+        assert_eq!(sh.who(0x5), "subscriber 0000000000000005");
+    }
+
     #[test]
     fn older_subscribers_beside_named_ones_are_counted_and_settled_by_the_bare_forms_as_before() {
         let ctx = zmq::Context::new();
@@ -1404,8 +1496,13 @@ mod tests {
 
     #[test]
     fn an_unconfirmed_shard_lists_a_pending_resend_only_when_there_is_one() {
-        let entry =
-            |resend_pending| EosUnconfirmed { shard: 1, endpoint: "tcp://h:1".into(), waiting: 2, resend_pending };
+        let entry = |resend_pending| EosUnconfirmed {
+            shard: 1,
+            endpoint: "tcp://h:1".into(),
+            waiting: 2,
+            subscribers: Vec::new(),
+            resend_pending,
+        };
         let json = |e: EosUnconfirmed| serde_json::to_value(e).expect("json");
         assert_eq!(json(entry(false)), serde_json::json!({"shard": 1, "endpoint": "tcp://h:1", "waiting": 2}));
         assert_eq!(

@@ -9,6 +9,8 @@ pub mod proxy;
 
 pub mod relay;
 
+pub mod testbed;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};

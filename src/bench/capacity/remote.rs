@@ -327,6 +327,7 @@ fn prepare(cfg: &ServeConfig, trial: Trial) -> anyhow::Result<Prepared> {
         publisher_id_base: 0,
         access: Default::default(),
         thread_per_shard: false,
+        peer_timeout: crate::replay::DEFAULT_PEER_TIMEOUT,
     };
     let p = Publisher::bind(&ctx, &pc).context("binding the data endpoints")?;
     let sent_rate = cfg.max_rate.map_or(trial.rate, |m| trial.rate.min(m.max(1)));

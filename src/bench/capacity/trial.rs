@@ -74,6 +74,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
                 publisher_id_base: 0,
                 access: Default::default(),
                 thread_per_shard: false,
+                peer_timeout: crate::replay::DEFAULT_PEER_TIMEOUT,
             };
             let p = Publisher::bind(&ctx, &cfg).context("starting the publisher")?;
             let eps = p.endpoints();
