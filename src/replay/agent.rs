@@ -471,9 +471,16 @@ impl PublisherAgent {
             }
             None => "Ctrl-C ends the wait".to_string(),
         };
+        // A host gone without a close looks the same from here, and holds until the kernel gives
+        // up on the connection unless --peer-timeout ends it sooner.
+        let gone = if self.p.peer_timeout_set {
+            ""
+        } else {
+            "; or its host is gone, which holds it for the kernel's ~15 min unless --peer-timeout ends it sooner"
+        };
         crate::diag!(
             "replay: shard{k} {}: held back for {} by a lossless subscriber whose pipe is full (it stopped \
-             reading?): sending waits at message {}; {ends}",
+             reading?{gone}): sending waits at message {}; {ends}",
             sh.endpoint,
             crate::diag::human_duration(now.saturating_sub(held.since_ns)),
             self.i + 1

@@ -644,6 +644,8 @@ pub struct Publisher {
     drained_at: Instant,
     buf: Vec<u8>,
     lossless: bool,
+    /// `--peer-timeout` is set: a connection whose data stays unacknowledged that long is ended.
+    pub(super) peer_timeout_set: bool,
     /// Where a file replay is (its market time and bytes read), for progress displays.
     position: Arc<FilePosition>,
     /// What the last DBN run reports: its market time span and skipped records.
@@ -721,6 +723,7 @@ impl Publisher {
             drained_at: Instant::now(),
             buf: Vec::with_capacity(1024),
             lossless: cfg.lossless,
+            peer_timeout_set: !cfg.peer_timeout.is_zero(),
             position: Arc::new(FilePosition::default()),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
@@ -1249,6 +1252,7 @@ impl Publisher {
             drained_at: Instant::now(),
             buf: Vec::with_capacity(1024),
             lossless: self.lossless,
+            peer_timeout_set: self.peer_timeout_set,
             position: self.position.clone(),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
