@@ -1360,6 +1360,34 @@ fn store_server(name: &str) -> (Proc, String) {
     (p, format!("tcp://127.0.0.1:{port}"))
 }
 
+#[test]
+fn dump_and_watch_escape_what_a_writer_put_in_keys_and_values() {
+    // Before: a key with a newline printed as two lines (the second a forged `key=value`) and an
+    // escape sequence in a value reached the terminal as is (here: clear the screen).
+    let (_store, store) = store_server("store for hostile keys");
+    let set = |k: &str, v: &str| {
+        let (code, _, err) =
+            run_within("set", mdsub().args(["clone-client", "--server", &store, "set", k, v]), DEADLINE);
+        assert_eq!(code, Some(0), "set {k:?}: {err}");
+    };
+    set("/evil\n/forged", "x\u{1b}[2J\\y");
+    let (code, out, err) = run_within("dump", mdsub().args(["clone-client", "--server", &store, "dump"]), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "/evil\\n/forged=x\\u{1b}[2J\\\\y\n", "one line, escaped, the backslash doubled");
+    // watch: the initial entry and a live change, each one line, escaped.
+    let mut watch = Proc::spawn(
+        "watch",
+        mdsub().args(["clone-client", "--server", &store, "watch", "--count", "1"]).stdout(Stdio::piped()),
+    );
+    let lines = lines_of(watch.child.stdout.take().expect("stdout"));
+    let initial = common::wait_line(&lines, DEADLINE, "the initial entry", |l| l.starts_with("initial "));
+    assert!(initial.ends_with(" /evil\\n/forged=x\\u{1b}[2J\\\\y"), "{initial:?}");
+    set("/evil\r2", "\u{7}");
+    let live = common::wait_line(&lines, DEADLINE, "the live change", |l| l.starts_with("live "));
+    assert!(live.ends_with(" /evil\\r2=\\u{7}"), "{live:?}");
+    assert!(watch.wait_exit(DEADLINE).success(), "watch --count 1 ends after the change");
+}
+
 /// `mdsub top` on a pseudo-terminal of its own (its controlling terminal), the terminal's
 /// output drained by a thread; the returned flag is set once it has drawn anything. With its
 /// stderr's lines.

@@ -497,6 +497,28 @@ fn parse_key(s: &str) -> Result<String, String> {
     }
 }
 
+/// A key or value as one field of a `dump` or `watch` line: as stored when it is UTF-8 without
+/// control characters; else escaped, control characters and backslashes as Rust writes them
+/// (`\n`, `\u{1b}`, `\\`; bytes that are not UTF-8 as `\xNN`). Anyone who can reach the
+/// collector writes keys and values: printed raw, a newline forged a line of its own (another
+/// key, another change) and an escape sequence drove the operator's terminal. (`get` prints the
+/// one value as stored, for scripts.)
+fn line_field(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if !s.contains(char::is_control) => s.into(),
+        Ok(s) => s
+            .chars()
+            .map(|c| match c {
+                '\\' => "\\\\".to_string(),
+                c if c.is_control() => c.escape_debug().to_string(),
+                c => c.to_string(),
+            })
+            .collect::<String>()
+            .into(),
+        Err(_) => show(bytes).into(),
+    }
+}
+
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
@@ -583,7 +605,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         },
         ClientCmd::Dump { subtree } => {
             for (k, v) in client.dump(subtree.as_bytes())? {
-                crate::outln!("{}={}", show(&k), show(&v));
+                crate::outln!("{}={}", line_field(&k), line_field(&v));
             }
         }
         ClientCmd::Watch { subtree, count } => {
@@ -611,8 +633,8 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
                 live += u64::from(c.kind == ChangeKind::Live);
                 resync_changes += u64::from(c.kind == ChangeKind::Resync);
                 match c.value {
-                    Some(v) => crate::outln!("{kind} {} {}={}", c.sequence, show(&c.key), show(&v)),
-                    None => crate::outln!("{kind} {} {} deleted", c.sequence, show(&c.key)),
+                    Some(v) => crate::outln!("{kind} {} {}={}", c.sequence, line_field(&c.key), line_field(&v)),
+                    None => crate::outln!("{kind} {} {} deleted", c.sequence, line_field(&c.key)),
                 }
             }
             // The exit counters (stderr, like every diagnostic): what came in and what was refused.
