@@ -1029,6 +1029,33 @@ fn top_with_no_store_names_the_store_it_waited_for() {
 }
 
 #[test]
+fn a_clone_server_name_that_does_not_resolve_is_the_cause_said_not_nothing_answers() {
+    // Before: `server tcp://nohost.invalid:5556 not up after 5s (35 connection attempts): nothing
+    // answers there`, and at the end only `no clone server answered (…) within 8s`: the name that
+    // does not resolve (what a shard's link says) was never said.
+    let store = "tcp://nohost.invalid:5556";
+    for (cmd, args) in [
+        ("clone-client", vec!["clone-client", "--server", store, "--timeout", "8s", "get", "k"]),
+        ("top", vec!["top", "--once", "--store", store, "--timeout", "8s"]),
+    ] {
+        let (code, out, err) = run_within(cmd, mdsub().args(&args), DEADLINE);
+        assert_eq!(code, Some(4), "{cmd}: no server answered: {out}{err}");
+        let not_up = err.lines().find(|l| l.contains("not up after")).unwrap_or_else(|| panic!("{cmd}: {err}"));
+        assert!(
+            not_up.contains(&format!("server {store} not up after 5s: the name nohost.invalid does not resolve")),
+            "{not_up}"
+        );
+        assert!(!not_up.contains("nothing answers there"), "{not_up}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("no clone server answered ({store}): the name nohost.invalid does not resolve")),
+            "{cmd}: {err}"
+        );
+        assert!(!last.contains("within"), "the cause, not the wait: {last}");
+    }
+}
+
+#[test]
 fn an_inproc_endpoint_is_refused_where_another_process_would_serve_it() {
     // Before: `engine --endpoint inproc://x` ran silently, its link never up (only sockets of
     // one process meet on inproc, and nothing in the engine's process binds it).

@@ -364,6 +364,15 @@ pub(crate) fn wait_synced(
         Ok(_) => Ok(()),
         Err(ClientError::Timeout { .. }) => {
             let names = servers.join(", ");
+            // A name that does not resolve here is why nothing answered (before, only the wait
+            // was said: `no clone server answered (tcp://nohost:5556) within 10s`).
+            if let Some(why) = unresolved(servers) {
+                return Err(anyhow::Error::msg(why).context(NoServer {
+                    servers: names,
+                    within: None,
+                    standing_by: false,
+                }));
+            }
             // The handshake refusal when there was one; a standby's state; else the wait is the
             // whole story.
             if let Some(why) = client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys)) {
@@ -383,6 +392,18 @@ pub(crate) fn wait_synced(
             }
         }
         Err(e) => interrupted(Err(e)).context("connecting to the clone servers"),
+    }
+}
+
+/// Why the names of `servers` that do not resolve here do not (`the name H does not resolve:
+/// …`; each server named before its cause when two were given), or None when they all resolve.
+fn unresolved(servers: &[String]) -> Option<String> {
+    let why: Vec<(&String, String)> =
+        servers.iter().filter_map(|s| crate::host::unresolved(s).map(|why| (s, why))).collect();
+    match why.as_slice() {
+        [] => None,
+        [(_, why)] if servers.len() == 1 => Some(why.clone()),
+        _ => Some(why.iter().map(|(s, why)| format!("{s}: {why}")).collect::<Vec<_>>().join("; ")),
     }
 }
 
