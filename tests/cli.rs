@@ -637,6 +637,28 @@ fn every_refused_flag_value_exits_2_with_one_line() {
 }
 
 #[test]
+fn a_clone_server_on_port_0_is_refused_not_bound_to_four_random_ports() {
+    // Before: it bound each socket to a port of the OS's choosing and said
+    // `ready on 127.0.0.1:0 (snapshot), :1 (publisher), :2 (collector)`, ports no client finds.
+    assert_refused_with_usage(&[
+        (&["clone-server", "--endpoint", "tcp://127.0.0.1:0"], "port 0 (any port) cannot be a clone server's base"),
+        (&["clone-server", "--endpoint", "bind:tcp://127.0.0.1:0"], "give a port P from 1 to 65532"),
+    ]);
+}
+
+#[test]
+fn a_binary_star_flag_without_a_pair_or_a_peer_without_room_is_refused_with_usage() {
+    // Before: a lone server took --state-endpoint and --peer-state and ignored them (a port in
+    // use there was never even tried), and --peer on port 65535 exited 1 as a run-time error.
+    let p = ["clone-server", "--endpoint", "tcp://127.0.0.1:1"];
+    assert_refused_with_usage(&[
+        (&[p[0], p[1], p[2], "--state-endpoint", "tcp://127.0.0.1:4"], "--state-endpoint is for a Binary Star pair"),
+        (&[p[0], p[1], p[2], "--peer-state", "tcp://127.0.0.1:4"], "--peer-state is for a Binary Star pair"),
+        (&[p[0], p[1], p[2], "--primary", "--peer", "tcp://127.0.0.1:65535"], "--peer: server `tcp://127.0.0.1:65535`"),
+    ]);
+}
+
+#[test]
 fn refused_values_found_after_parsing_or_at_start_exit_2_with_the_usage() {
     // Each of these exited 1: a profile file listing no endpoint (the builtin one exited 2), an
     // engine id refused by a plain error without the usage, and connect endpoints libzmq

@@ -139,9 +139,26 @@ impl ServerArgs {
                 u16::MAX - 3
             )));
         }
+        // Port 0 bound each of the four sockets to a port of the OS's choosing (and the server
+        // said `ready on HOST:0 (snapshot), :1 (publisher), :2 (collector)`): no client finds
+        // P+1 and P+2 from P then.
+        if port == 0 {
+            bail!(super::UsageError(format!(
+                "--endpoint `{base}`: port 0 (any port) cannot be a clone server's base: clients find its \
+                 publisher and collector at P+1 and P+2; give a port P from 1 to {}",
+                u16::MAX - 3
+            )));
+        }
         let heartbeat_ms = whole_ms(self.heartbeat_interval);
         let hugz_interval_ms = whole_ms(self.hugz_interval);
         let pair = match (&self.peer, self.primary, self.backup) {
+            // A lone server has no Binary Star state socket: these were taken and ignored.
+            (None, false, false) if self.state_endpoint.is_some() || self.peer_state.is_some() => {
+                let flag = if self.state_endpoint.is_some() { "--state-endpoint" } else { "--peer-state" };
+                bail!(super::UsageError(format!(
+                    "{flag} is for a Binary Star pair: give --primary or --backup with --peer too, or leave it out"
+                )))
+            }
             (None, false, false) => None,
             (None, _, _) => bail!(super::UsageError("--primary/--backup need --peer tcp://HOST:P2".into())),
             (Some(_), false, false) => bail!(super::UsageError(
@@ -149,7 +166,8 @@ impl ServerArgs {
             )),
             (Some(peer), primary, _) => {
                 let peer = peer.endpoint.clone();
-                let [snap, _, _] = crate::clone::endpoints(&peer).map_err(anyhow::Error::msg)?;
+                let [snap, _, _] =
+                    crate::clone::endpoints(&peer).map_err(|e| super::UsageError(format!("--peer: {e}")))?;
                 let peer_state = match &self.peer_state {
                     Some(s) => s.endpoint.clone(),
                     None => {
