@@ -659,6 +659,21 @@ fn a_binary_star_flag_without_a_pair_or_a_peer_without_room_is_refused_with_usag
 }
 
 #[test]
+fn one_clone_server_given_twice_is_refused_not_taken_for_a_pair() {
+    // Before: taken for a Binary Star pair of one server (a client failing over to the server it
+    // had just left).
+    let s = "tcp://127.0.0.1:1";
+    assert_refused_with_usage(&[
+        (&["clone-client", "--server", s, "--server", s, "get", "k"], "--server tcp://127.0.0.1:1 given twice"),
+        (&["top", "--once", "--store", s, "--store", s], "--store tcp://127.0.0.1:1 given twice: a pair is two"),
+        (
+            &["engine", "--endpoint", "tcp://127.0.0.1:2", "--store", s, "--store", s],
+            "--store tcp://127.0.0.1:1 given twice",
+        ),
+    ]);
+}
+
+#[test]
 fn refused_values_found_after_parsing_or_at_start_exit_2_with_the_usage() {
     // Each of these exited 1: a profile file listing no endpoint (the builtin one exited 2), an
     // engine id refused by a plain error without the usage, and connect endpoints libzmq
