@@ -674,6 +674,15 @@ fn one_clone_server_given_twice_is_refused_not_taken_for_a_pair() {
 }
 
 #[test]
+fn one_percentile_given_two_budgets_is_refused() {
+    // Before: both were judged (`pass rule: p99 <= 1.00ms, p99 <= 2.00ms`) and the search ran.
+    assert_refused_with_usage(&[
+        (&["capacity", "--sla", "p99=1ms", "--sla", "p99=2ms"], "--sla p99 given twice (1.00ms and 2.00ms)"),
+        (&["capacity", "--sla", "max=1ms", "--sla", "p100=5ms"], "--sla max given twice"),
+    ]);
+}
+
+#[test]
 fn refused_values_found_after_parsing_or_at_start_exit_2_with_the_usage() {
     // Each of these exited 1: a profile file listing no endpoint (the builtin one exited 2), an
     // engine id refused by a plain error without the usage, and connect endpoints libzmq
