@@ -683,6 +683,16 @@ fn one_percentile_given_two_budgets_is_refused() {
 }
 
 #[test]
+fn a_proxy_that_would_drop_every_publisher_is_refused() {
+    // Before: `--max-msg-bytes 0` ran, and libzmq dropped every publisher at its first message
+    // (a connecting frontend said `lost (protocol_error)` and re-established, again and again).
+    for cmd in ["lvc", "tap"] {
+        let args = [cmd, "--frontend", "tcp://127.0.0.1:1", "--backend", "tcp://127.0.0.1:2", "--max-msg-bytes", "0"];
+        assert_refused_with_usage(&[(&args, "for '--max-msg-bytes <BYTES>': at least 1: with 0 libzmq drops every")]);
+    }
+}
+
+#[test]
 fn refused_values_found_after_parsing_or_at_start_exit_2_with_the_usage() {
     // Each of these exited 1: a profile file listing no endpoint (the builtin one exited 2), an
     // engine id refused by a plain error without the usage, and connect endpoints libzmq
