@@ -674,6 +674,16 @@ fn one_clone_server_given_twice_is_refused_not_taken_for_a_pair() {
 }
 
 #[test]
+fn a_proxy_that_would_drop_every_publisher_is_refused() {
+    // Before: `--max-msg-bytes 0` ran, and libzmq dropped every publisher at its first message
+    // (a connecting frontend said `lost (protocol_error)` and re-established, again and again).
+    for cmd in ["lvc", "tap"] {
+        let args = [cmd, "--frontend", "tcp://127.0.0.1:1", "--backend", "tcp://127.0.0.1:2", "--max-msg-bytes", "0"];
+        assert_refused_with_usage(&[(&args, "for '--max-msg-bytes <BYTES>': at least 1: with 0 libzmq drops every")]);
+    }
+}
+
+#[test]
 fn one_percentile_given_two_budgets_is_refused() {
     // Before: both were judged (`pass rule: p99 <= 1.00ms, p99 <= 2.00ms`) and the search ran.
     assert_refused_with_usage(&[
@@ -683,12 +693,18 @@ fn one_percentile_given_two_budgets_is_refused() {
 }
 
 #[test]
-fn a_proxy_that_would_drop_every_publisher_is_refused() {
-    // Before: `--max-msg-bytes 0` ran, and libzmq dropped every publisher at its first message
-    // (a connecting frontend said `lost (protocol_error)` and re-established, again and again).
-    for cmd in ["lvc", "tap"] {
-        let args = [cmd, "--frontend", "tcp://127.0.0.1:1", "--backend", "tcp://127.0.0.1:2", "--max-msg-bytes", "0"];
-        assert_refused_with_usage(&[(&args, "for '--max-msg-bytes <BYTES>': at least 1: with 0 libzmq drops every")]);
+fn a_replay_fault_its_count_never_reaches_is_refused() {
+    // Before: each ran its 10 messages without the fault and said nothing, exit 0.
+    let r = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--count", "10"];
+    assert_refused_with_usage(&[
+        (&[&r[..], &["--pause-at", "10", "--pause-for", "1s"]].concat(), "--pause-at 10 with --count 10: the stall"),
+        (&[&r[..], &["--restart-at", "50"]].concat(), "--restart-at 50 with --count 10: the new session starts after"),
+        (&[&r[..], &["--drop-every", "50"]].concat(), "the first message it leaves out is number 25"),
+    ]);
+    // Within reach, each runs (the last message, the 10th, is the one --drop-every 19 leaves out).
+    for fault in [&["--pause-at", "9", "--pause-for", "1ms"][..], &["--restart-at", "9"], &["--drop-every", "19"]] {
+        let (code, out, err) = run_within("replay", mdsub().args(r).args(fault), DEADLINE);
+        assert_eq!(code, Some(0), "{fault:?}: {out}{err}");
     }
 }
 
