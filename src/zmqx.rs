@@ -280,8 +280,20 @@ pub fn send_message(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq
     Ok(())
 }
 
-/// Largest message a proxy takes from its subscribers (they send subscriptions).
+/// Largest message a publishing socket (PUB, XPUB) mdsub binds or connects takes from its
+/// subscribers, who send subscriptions ([`bound_subscriptions`]).
 pub const MAX_SUBSCRIPTION_BYTES: i64 = 64 << 10;
+
+/// Bound what a publishing socket (PUB, XPUB) takes from its subscribers, their subscriptions,
+/// to [`MAX_SUBSCRIPTION_BYTES`] a message: a longer one ends that subscriber's connection, as
+/// ZMQ_MAXMSGSIZE does. Without it libzmq takes a subscription of any length and keeps it in its
+/// subscription trie, a node of some 40 bytes per byte: one peer's 500 MB subscription, sent
+/// before any access check of mdsub's (none is asked of a plain socket), grew a replay and a clone
+/// server past 20 GB of memory until the kernel's OOM killer ended them. (Only inbound messages
+/// are bounded: what the socket publishes is not.)
+pub fn bound_subscriptions(socket: &zmq::Socket) -> Result<(), zmq::Error> {
+    socket.set_maxmsgsize(MAX_SUBSCRIPTION_BYTES)
+}
 
 /// Longest subscription prefix mdsub hands to a libzmq socket that keeps a subscription trie
 /// (XSUB, SUB): a proxy's forwarding from its subscribers to its publishers, an engine
@@ -328,7 +340,7 @@ pub fn proxy_sockets(
         s.set_linger(0).map_err(ctxt("setting LINGER"))?;
     }
     front.set_maxmsgsize(max_msg_bytes).map_err(ctxt("setting MAXMSGSIZE"))?;
-    back.set_maxmsgsize(MAX_SUBSCRIPTION_BYTES).map_err(ctxt("setting MAXMSGSIZE"))?;
+    bound_subscriptions(&back).map_err(ctxt("setting MAXMSGSIZE"))?;
     back.set_xpub_verbose(true).map_err(ctxt("setting XPUB_VERBOSE"))?;
     set_xpub_verboser(&mut back, true).map_err(ctxt("setting XPUB_VERBOSER"))?;
     Ok(ProxySockets { frontend: front, backend: back, endpoints: Vec::new() })

@@ -637,6 +637,78 @@ fn every_refused_flag_value_exits_2_with_one_line() {
 }
 
 #[test]
+fn a_clone_server_on_port_0_is_refused_not_bound_to_four_random_ports() {
+    // Before: it bound each socket to a port of the OS's choosing and said
+    // `ready on 127.0.0.1:0 (snapshot), :1 (publisher), :2 (collector)`, ports no client finds.
+    assert_refused_with_usage(&[
+        (&["clone-server", "--endpoint", "tcp://127.0.0.1:0"], "port 0 (any port) cannot be a clone server's base"),
+        (&["clone-server", "--endpoint", "bind:tcp://127.0.0.1:0"], "give a port P from 1 to 65532"),
+    ]);
+}
+
+#[test]
+fn a_binary_star_flag_without_a_pair_or_a_peer_without_room_is_refused_with_usage() {
+    // Before: a lone server took --state-endpoint and --peer-state and ignored them (a port in
+    // use there was never even tried), and --peer on port 65535 exited 1 as a run-time error.
+    let p = ["clone-server", "--endpoint", "tcp://127.0.0.1:1"];
+    assert_refused_with_usage(&[
+        (&[p[0], p[1], p[2], "--state-endpoint", "tcp://127.0.0.1:4"], "--state-endpoint is for a Binary Star pair"),
+        (&[p[0], p[1], p[2], "--peer-state", "tcp://127.0.0.1:4"], "--peer-state is for a Binary Star pair"),
+        (&[p[0], p[1], p[2], "--primary", "--peer", "tcp://127.0.0.1:65535"], "--peer: server `tcp://127.0.0.1:65535`"),
+    ]);
+}
+
+#[test]
+fn one_clone_server_given_twice_is_refused_not_taken_for_a_pair() {
+    // Before: taken for a Binary Star pair of one server (a client failing over to the server it
+    // had just left).
+    let s = "tcp://127.0.0.1:1";
+    assert_refused_with_usage(&[
+        (&["clone-client", "--server", s, "--server", s, "get", "k"], "--server tcp://127.0.0.1:1 given twice"),
+        (&["top", "--once", "--store", s, "--store", s], "--store tcp://127.0.0.1:1 given twice: a pair is two"),
+        (
+            &["engine", "--endpoint", "tcp://127.0.0.1:2", "--store", s, "--store", s],
+            "--store tcp://127.0.0.1:1 given twice",
+        ),
+    ]);
+}
+
+#[test]
+fn a_proxy_that_would_drop_every_publisher_is_refused() {
+    // Before: `--max-msg-bytes 0` ran, and libzmq dropped every publisher at its first message
+    // (a connecting frontend said `lost (protocol_error)` and re-established, again and again).
+    for cmd in ["lvc", "tap"] {
+        let args = [cmd, "--frontend", "tcp://127.0.0.1:1", "--backend", "tcp://127.0.0.1:2", "--max-msg-bytes", "0"];
+        assert_refused_with_usage(&[(&args, "for '--max-msg-bytes <BYTES>': at least 1: with 0 libzmq drops every")]);
+    }
+}
+
+#[test]
+fn one_percentile_given_two_budgets_is_refused() {
+    // Before: both were judged (`pass rule: p99 <= 1.00ms, p99 <= 2.00ms`) and the search ran.
+    assert_refused_with_usage(&[
+        (&["capacity", "--sla", "p99=1ms", "--sla", "p99=2ms"], "--sla p99 given twice (1.00ms and 2.00ms)"),
+        (&["capacity", "--sla", "max=1ms", "--sla", "p100=5ms"], "--sla max given twice"),
+    ]);
+}
+
+#[test]
+fn a_replay_fault_its_count_never_reaches_is_refused() {
+    // Before: each ran its 10 messages without the fault and said nothing, exit 0.
+    let r = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "0", "--count", "10"];
+    assert_refused_with_usage(&[
+        (&[&r[..], &["--pause-at", "10", "--pause-for", "1s"]].concat(), "--pause-at 10 with --count 10: the stall"),
+        (&[&r[..], &["--restart-at", "50"]].concat(), "--restart-at 50 with --count 10: the new session starts after"),
+        (&[&r[..], &["--drop-every", "50"]].concat(), "the first message it leaves out is number 25"),
+    ]);
+    // Within reach, each runs (the last message, the 10th, is the one --drop-every 19 leaves out).
+    for fault in [&["--pause-at", "9", "--pause-for", "1ms"][..], &["--restart-at", "9"], &["--drop-every", "19"]] {
+        let (code, out, err) = run_within("replay", mdsub().args(r).args(fault), DEADLINE);
+        assert_eq!(code, Some(0), "{fault:?}: {out}{err}");
+    }
+}
+
+#[test]
 fn refused_values_found_after_parsing_or_at_start_exit_2_with_the_usage() {
     // Each of these exited 1: a profile file listing no endpoint (the builtin one exited 2), an
     // engine id refused by a plain error without the usage, and connect endpoints libzmq
@@ -1029,6 +1101,33 @@ fn top_with_no_store_names_the_store_it_waited_for() {
 }
 
 #[test]
+fn a_clone_server_name_that_does_not_resolve_is_the_cause_said_not_nothing_answers() {
+    // Before: `server tcp://nohost.invalid:5556 not up after 5s (35 connection attempts): nothing
+    // answers there`, and at the end only `no clone server answered (…) within 8s`: the name that
+    // does not resolve (what a shard's link says) was never said.
+    let store = "tcp://nohost.invalid:5556";
+    for (cmd, args) in [
+        ("clone-client", vec!["clone-client", "--server", store, "--timeout", "8s", "get", "k"]),
+        ("top", vec!["top", "--once", "--store", store, "--timeout", "8s"]),
+    ] {
+        let (code, out, err) = run_within(cmd, mdsub().args(&args), DEADLINE);
+        assert_eq!(code, Some(4), "{cmd}: no server answered: {out}{err}");
+        let not_up = err.lines().find(|l| l.contains("not up after")).unwrap_or_else(|| panic!("{cmd}: {err}"));
+        assert!(
+            not_up.contains(&format!("server {store} not up after 5s: the name nohost.invalid does not resolve")),
+            "{not_up}"
+        );
+        assert!(!not_up.contains("nothing answers there"), "{not_up}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("no clone server answered ({store}): the name nohost.invalid does not resolve")),
+            "{cmd}: {err}"
+        );
+        assert!(!last.contains("within"), "the cause, not the wait: {last}");
+    }
+}
+
+#[test]
 fn an_inproc_endpoint_is_refused_where_another_process_would_serve_it() {
     // Before: `engine --endpoint inproc://x` ran silently, its link never up (only sockets of
     // one process meet on inproc, and nothing in the engine's process binds it).
@@ -1358,6 +1457,34 @@ fn store_server(name: &str) -> (Proc, String) {
     // Its later lines are not read: it says little, and is killed when dropped.
     std::thread::spawn(move || while err.recv().is_ok() {});
     (p, format!("tcp://127.0.0.1:{port}"))
+}
+
+#[test]
+fn dump_and_watch_escape_what_a_writer_put_in_keys_and_values() {
+    // Before: a key with a newline printed as two lines (the second a forged `key=value`) and an
+    // escape sequence in a value reached the terminal as is (here: clear the screen).
+    let (_store, store) = store_server("store for hostile keys");
+    let set = |k: &str, v: &str| {
+        let (code, _, err) =
+            run_within("set", mdsub().args(["clone-client", "--server", &store, "set", k, v]), DEADLINE);
+        assert_eq!(code, Some(0), "set {k:?}: {err}");
+    };
+    set("/evil\n/forged", "x\u{1b}[2J\\y");
+    let (code, out, err) = run_within("dump", mdsub().args(["clone-client", "--server", &store, "dump"]), DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "/evil\\n/forged=x\\u{1b}[2J\\\\y\n", "one line, escaped, the backslash doubled");
+    // watch: the initial entry and a live change, each one line, escaped.
+    let mut watch = Proc::spawn(
+        "watch",
+        mdsub().args(["clone-client", "--server", &store, "watch", "--count", "1"]).stdout(Stdio::piped()),
+    );
+    let lines = lines_of(watch.child.stdout.take().expect("stdout"));
+    let initial = common::wait_line(&lines, DEADLINE, "the initial entry", |l| l.starts_with("initial "));
+    assert!(initial.ends_with(" /evil\\n/forged=x\\u{1b}[2J\\\\y"), "{initial:?}");
+    set("/evil\r2", "\u{7}");
+    let live = common::wait_line(&lines, DEADLINE, "the live change", |l| l.starts_with("live "));
+    assert!(live.ends_with(" /evil\\r2=\\u{7}"), "{live:?}");
+    assert!(watch.wait_exit(DEADLINE).success(), "watch --count 1 ends after the change");
 }
 
 /// `mdsub top` on a pseudo-terminal of its own (its controlling terminal), the terminal's

@@ -734,3 +734,43 @@ fn zmtp1_bytes_at_a_bound_proxy_frontend_are_ended_and_never_forwarded() {
         }
     }
 }
+
+/// Wait (up to 20 s) until something accepts TCP connections at `endpoint`.
+fn until_listening(endpoint: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(endpoint.trim_start_matches("tcp://")).is_err() {
+        assert!(Instant::now() < end, "nothing listens at {endpoint} after 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_subscription_over_the_limit_ends_its_connection_at_every_publishing_socket() {
+    // Before: a replay's XPUB, an engine's monitor PUB and a clone server's publisher and state
+    // PUB took a subscription of any length into libzmq's trie (some 40 bytes a byte): one peer's
+    // 500 MB subscription grew a replay and a clone server past 20 GB until the OOM killer ended
+    // them. Here a 1 MiB one is declared: the connection is now ended at its head.
+    let (_replay, eps) = common::start_replay("replay", 1, &["--subscribers", "1", "--wait-timeout", "60s"]);
+    let (clone_port, _server, _said) =
+        clone_server(&["--primary", "--peer", &format!("tcp://127.0.0.1:{}", free_port_block(4))]);
+    let monitor = format!("tcp://127.0.0.1:{}", free_port_block(1));
+    let mut engine = mdsub();
+    engine.args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--expect-eos", "0", "--monitor", &monitor]);
+    let (_engine, _engine_said) = spawn_said("engine", &mut engine);
+    let sockets = [
+        ("replay shard0 XPUB", eps[0].clone()),
+        ("clone-server publisher (P+1)", format!("tcp://127.0.0.1:{}", clone_port + 1)),
+        ("clone-server state PUB (P+3)", format!("tcp://127.0.0.1:{}", clone_port + 3)),
+        ("engine monitor PUB", monitor),
+    ];
+    for (what, ep) in sockets {
+        until_listening(&ep);
+        let mut sub = common::proxy::RawXsub::connect_as(&ep, "SUB");
+        sub.send_head_of(1 << 20, &[&[1u8][..], &[b'A'; 100]].concat());
+        assert!(sub.ended_within(Duration::from_secs(10)), "{what} at {ep} kept a 1 MiB subscription's connection");
+        // A subscription within the bound is taken: its connection stays.
+        let mut ok = common::proxy::RawXsub::connect_as(&ep, "SUB");
+        ok.send(&[&[1u8][..], &[b'A'; 1000]].concat());
+        assert!(!ok.ended_within(Duration::from_millis(500)), "{what} at {ep} ended a 1000-byte subscription");
+    }
+}

@@ -228,6 +228,18 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     // What the grid refuses is a --vary value (the base profiles were checked as they loaded).
     let configurations = expand_grid(&bases, &args.vary, &host).map_err(super::UsageError)?;
     let mut points = args.sla.clone();
+    // One percentile given two budgets was taken, both judged (`pass rule: p99 <= 1.00ms, p99 <=
+    // 2.00ms`): the larger one never decided anything.
+    for (i, p) in points.iter().enumerate() {
+        if let Some(q) = points[..i].iter().find(|q| q.quantile == p.quantile) {
+            anyhow::bail!(super::UsageError(format!(
+                "--sla {} given twice ({} and {}): give each percentile one budget",
+                p.name(),
+                crate::diag::human_ns(q.budget_ns),
+                crate::diag::human_ns(p.budget_ns)
+            )));
+        }
+    }
     if points.is_empty() {
         points = vec![
             SlaPoint { quantile: 0.99, budget_ns: 2_000_000 },

@@ -139,9 +139,26 @@ impl ServerArgs {
                 u16::MAX - 3
             )));
         }
+        // Port 0 bound each of the four sockets to a port of the OS's choosing (and the server
+        // said `ready on HOST:0 (snapshot), :1 (publisher), :2 (collector)`): no client finds
+        // P+1 and P+2 from P then.
+        if port == 0 {
+            bail!(super::UsageError(format!(
+                "--endpoint `{base}`: port 0 (any port) cannot be a clone server's base: clients find its \
+                 publisher and collector at P+1 and P+2; give a port P from 1 to {}",
+                u16::MAX - 3
+            )));
+        }
         let heartbeat_ms = whole_ms(self.heartbeat_interval);
         let hugz_interval_ms = whole_ms(self.hugz_interval);
         let pair = match (&self.peer, self.primary, self.backup) {
+            // A lone server has no Binary Star state socket: these were taken and ignored.
+            (None, false, false) if self.state_endpoint.is_some() || self.peer_state.is_some() => {
+                let flag = if self.state_endpoint.is_some() { "--state-endpoint" } else { "--peer-state" };
+                bail!(super::UsageError(format!(
+                    "{flag} is for a Binary Star pair: give --primary or --backup with --peer too, or leave it out"
+                )))
+            }
             (None, false, false) => None,
             (None, _, _) => bail!(super::UsageError("--primary/--backup need --peer tcp://HOST:P2".into())),
             (Some(_), false, false) => bail!(super::UsageError(
@@ -149,7 +166,8 @@ impl ServerArgs {
             )),
             (Some(peer), primary, _) => {
                 let peer = peer.endpoint.clone();
-                let [snap, _, _] = crate::clone::endpoints(&peer).map_err(anyhow::Error::msg)?;
+                let [snap, _, _] =
+                    crate::clone::endpoints(&peer).map_err(|e| super::UsageError(format!("--peer: {e}")))?;
                 let peer_state = match &self.peer_state {
                     Some(s) => s.endpoint.clone(),
                     None => {
@@ -364,6 +382,15 @@ pub(crate) fn wait_synced(
         Ok(_) => Ok(()),
         Err(ClientError::Timeout { .. }) => {
             let names = servers.join(", ");
+            // A name that does not resolve here is why nothing answered (before, only the wait
+            // was said: `no clone server answered (tcp://nohost:5556) within 10s`).
+            if let Some(why) = unresolved(servers) {
+                return Err(anyhow::Error::msg(why).context(NoServer {
+                    servers: names,
+                    within: None,
+                    standing_by: false,
+                }));
+            }
             // The handshake refusal when there was one; a standby's state; else the wait is the
             // whole story.
             if let Some(why) = client.status().ok().and_then(|st| refused_handshake(&st.links, has_keys)) {
@@ -383,6 +410,18 @@ pub(crate) fn wait_synced(
             }
         }
         Err(e) => interrupted(Err(e)).context("connecting to the clone servers"),
+    }
+}
+
+/// Why the names of `servers` that do not resolve here do not (`the name H does not resolve:
+/// …`; each server named before its cause when two were given), or None when they all resolve.
+fn unresolved(servers: &[String]) -> Option<String> {
+    let why: Vec<(&String, String)> =
+        servers.iter().filter_map(|s| crate::host::unresolved(s).map(|why| (s, why))).collect();
+    match why.as_slice() {
+        [] => None,
+        [(_, why)] if servers.len() == 1 => Some(why.clone()),
+        _ => Some(why.iter().map(|(s, why)| format!("{s}: {why}")).collect::<Vec<_>>().join("; ")),
     }
 }
 
@@ -497,6 +536,28 @@ fn parse_key(s: &str) -> Result<String, String> {
     }
 }
 
+/// A key or value as one field of a `dump` or `watch` line: as stored when it is UTF-8 without
+/// control characters; else escaped, control characters and backslashes as Rust writes them
+/// (`\n`, `\u{1b}`, `\\`; bytes that are not UTF-8 as `\xNN`). Anyone who can reach the
+/// collector writes keys and values: printed raw, a newline forged a line of its own (another
+/// key, another change) and an escape sequence drove the operator's terminal. (`get` prints the
+/// one value as stored, for scripts.)
+fn line_field(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if !s.contains(char::is_control) => s.into(),
+        Ok(s) => s
+            .chars()
+            .map(|c| match c {
+                '\\' => "\\\\".to_string(),
+                c if c.is_control() => c.escape_debug().to_string(),
+                c => c.to_string(),
+            })
+            .collect::<String>()
+            .into(),
+        Err(_) => show(bytes).into(),
+    }
+}
+
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
@@ -583,7 +644,7 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
         },
         ClientCmd::Dump { subtree } => {
             for (k, v) in client.dump(subtree.as_bytes())? {
-                crate::outln!("{}={}", show(&k), show(&v));
+                crate::outln!("{}={}", line_field(&k), line_field(&v));
             }
         }
         ClientCmd::Watch { subtree, count } => {
@@ -611,8 +672,8 @@ pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
                 live += u64::from(c.kind == ChangeKind::Live);
                 resync_changes += u64::from(c.kind == ChangeKind::Resync);
                 match c.value {
-                    Some(v) => crate::outln!("{kind} {} {}={}", c.sequence, show(&c.key), show(&v)),
-                    None => crate::outln!("{kind} {} {} deleted", c.sequence, show(&c.key)),
+                    Some(v) => crate::outln!("{kind} {} {}={}", c.sequence, line_field(&c.key), line_field(&v)),
+                    None => crate::outln!("{kind} {} {} deleted", c.sequence, line_field(&c.key)),
                 }
             }
             // The exit counters (stderr, like every diagnostic): what came in and what was refused.

@@ -269,6 +269,16 @@ pub(crate) fn store_servers(store: &[args::Endpoint], flag: &str) -> anyhow::Res
             )));
         }
     }
+    // One server given twice was taken for a Binary Star pair: the client "failed over" to the
+    // server it had just left, and `top` showed its engines from one store as if from two.
+    if let [a, b] = servers.as_slice() {
+        if a == b {
+            anyhow::bail!(UsageError(format!(
+                "{flag} {a} given twice: a pair is two servers (tcp://HOST1:P1 and tcp://HOST2:P2); give it once \
+                 for a lone server"
+            )));
+        }
+    }
     Ok(servers)
 }
 

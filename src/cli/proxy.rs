@@ -44,7 +44,7 @@ pub struct ProxyArgs {
     /// it in the exit line's `links` and connects again; on a side that binds,
     /// libzmq says only that the connection ended: mdsub logs each end and
     /// counts it in `publisher_disconnects=`).
-    #[arg(long, value_parser = parse_bytes_i64, default_value = "1Mi", value_name = "BYTES")]
+    #[arg(long, value_parser = parse_max_msg_bytes, default_value = "1Mi", value_name = "BYTES")]
     pub max_msg_bytes: i64,
     /// Idle strategy of the proxy's threads.
     #[arg(long, value_enum, default_value_t = Idle::Backoff)]
@@ -54,6 +54,16 @@ pub struct ProxyArgs {
     /// (dropped_full=). Both counters are in the exit line.
     #[arg(long, value_enum, default_value_t = DeliveryArg::Lossless)]
     pub delivery: DeliveryArg,
+}
+
+/// `--max-msg-bytes`: at least 1. libzmq reads 0 as "only empty messages", so every publisher
+/// was dropped at its first message (a connecting side then re-established again and again, said
+/// as a protocol error of the link, never as this flag).
+fn parse_max_msg_bytes(s: &str) -> Result<i64, String> {
+    match parse_bytes_i64(s)? {
+        0 => Err("at least 1: with 0 libzmq drops every publisher at its first message".into()),
+        n => Ok(n),
+    }
 }
 
 impl ProxyArgs {

@@ -457,6 +457,23 @@ impl FaultArgs {
     pub fn plan(&self) -> FaultPlan {
         FaultPlan { pause: self.pause_at.zip(self.pause_for), drop_every: self.drop_every, restart_at: self.restart_at }
     }
+
+    /// The fault a run of `count` messages never reaches, said as its refusal. Before, such a
+    /// run went through without the fault and said nothing: a test of a subscriber's stall,
+    /// restart or gap handling that tested nothing.
+    pub fn beyond(&self, count: u64) -> Option<String> {
+        let never = |flag: &str, at: u64, what: &str| {
+            format!("{flag} {at} with --count {count}: {what}, and the run ends after {count}: it would never happen")
+        };
+        if let Some(at) = self.pause_at.filter(|&at| at >= count) {
+            return Some(never("--pause-at", at, &format!("the stall comes after {at} messages")));
+        }
+        if let Some(at) = self.restart_at.filter(|&at| at >= count) {
+            return Some(never("--restart-at", at, &format!("the new session starts after {at} messages")));
+        }
+        let first = self.drop_every.map(|n| (n, n.div_ceil(2))).filter(|&(_, first)| first > count);
+        first.map(|(n, first)| never("--drop-every", n, &format!("the first message it leaves out is number {first}")))
+    }
 }
 
 /// Each `--endpoint` (a shard) and the `--serve-trials` control endpoint on an address of its
@@ -484,6 +501,9 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     distinct_binds(&endpoints, args.serve_trials.as_ref().map(|c| c.endpoint.as_str())).map_err(super::UsageError)?;
     crate::replay::check_publisher_ids(args.publisher_id, endpoints.len())
         .map_err(|e| super::UsageError(format!("--publisher-id: {e}")))?;
+    if let Some(why) = args.feed.count.and_then(|count| args.faults.beyond(count)) {
+        anyhow::bail!(super::UsageError(why));
+    }
     if let Some(control) = &args.serve_trials {
         let cfg = crate::bench::capacity::remote::ServeConfig {
             control: control.endpoint.clone(),

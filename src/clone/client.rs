@@ -430,6 +430,7 @@ impl ClientAgent {
         secure(&publisher).map_err(agent_err("setting CURVE keys"))?;
         publisher.set_sndhwm(100_000).map_err(agent_err("setting HWM"))?;
         publisher.set_linger(200).map_err(agent_err("setting linger"))?;
+        crate::zmqx::bound_subscriptions(&publisher).map_err(agent_err("setting max message size"))?;
         let subtree = cfg.subtree.as_bytes();
         let mut servers = Vec::new();
         let collectors: Vec<String> =

@@ -1025,13 +1025,15 @@ impl NotUpLines {
             return self.say(line, out);
         }
         s.said = true;
+        let why = match &p.cause {
+            Some(cause) => format!(": {cause}"),
+            None => format!(" ({} connection attempts): nothing answers there", p.attempts),
+        };
         let line = format!(
-            "{}: server {} not up after {} ({} connection attempts): nothing answers there \
-             (its publisher {}, its collector {}); libzmq keeps trying",
+            "{}: server {} not up after {}{why} (its publisher {}, its collector {}); libzmq keeps trying",
             self.name,
             s.base,
             crate::link::core::whole_seconds(p.for_ns),
-            p.attempts,
             s.publisher,
             s.collector
         );
@@ -1632,7 +1634,7 @@ mod tests {
     }
 
     fn not_up(endpoint: &str) -> NotUp {
-        NotUp { endpoint: endpoint.into(), for_ns: 5_000 * MS, attempts: 51 }
+        NotUp { endpoint: endpoint.into(), for_ns: 5_000 * MS, attempts: 51, cause: None }
     }
 
     /// The line for a link said alone: a collector's, or (with `clone-client`) a publisher's.

@@ -225,6 +225,7 @@ impl Server {
         let mut publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the publisher"))?;
         publisher.set_sndhwm(cfg.pub_hwm_msgs).map_err(zerr("setting publisher HWM"))?;
         publisher.set_linger(100).map_err(zerr("setting linger"))?;
+        crate::zmqx::bound_subscriptions(&publisher).map_err(zerr("setting publisher max message size"))?;
         secure(&mut publisher)?;
         let ep = format!("tcp://{host}:{}", p + 1);
         crate::zmqx::bind_resolved(&publisher, &ep)
@@ -244,6 +245,8 @@ impl Server {
             Some(pc) => {
                 let mut statepub = ctx.socket(zmq::PUB).map_err(zerr("creating the state publisher"))?;
                 statepub.set_linger(0).map_err(zerr("setting linger"))?;
+                crate::zmqx::bound_subscriptions(&statepub)
+                    .map_err(zerr("setting the state publisher's max message size"))?;
                 secure(&mut statepub)?;
                 crate::zmqx::bind_resolved(&statepub, &pc.state_bind)
                     .map_err(|e| zerr(crate::zmqx::binding(format_args!("state {}", pc.state_bind), e))(e))?;

@@ -198,19 +198,17 @@ pub struct NotUp {
     pub endpoint: String,
     pub for_ns: u64,
     pub attempts: u64,
+    /// Why, when the shell knows (a name that does not resolve): said instead of the attempts and
+    /// "nothing answers there".
+    pub cause: Option<String>,
 }
 
 impl NotUp {
-    /// The line a watch says for it: `NAME: link EP not up after 5s (N connection attempts): …`.
+    /// The line a watch says for it: `NAME: link EP not up after 5s (N connection attempts):
+    /// nothing answers there; …`, or with its cause, `NAME: link EP not up after 5s: CAUSE; …`.
     pub fn line(&self, name: &str) -> String {
-        self.line_because(name, None)
-    }
-
-    /// [`NotUp::line`]; with `cause` (known to the shell, such as a name that does not resolve),
-    /// that instead of the attempts and "nothing answers there".
-    pub fn line_because(&self, name: &str, cause: Option<&str>) -> String {
         let (ep, after) = (&self.endpoint, whole_seconds(self.for_ns));
-        match cause {
+        match &self.cause {
             Some(why) => format!("{name}: link {ep} not up after {after}: {why}; libzmq keeps trying"),
             None => format!(
                 "{name}: link {ep} not up after {after} ({} connection attempts): nothing answers there; libzmq \

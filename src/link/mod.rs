@@ -681,14 +681,14 @@ impl LinkWatch {
                 self.said[link] = true;
             }
             Decision::NotUp { link, for_ns, attempts } => {
-                let not_up = NotUp { endpoint: self.links.endpoint(link).to_string(), for_ns, attempts };
+                // A name that does not resolve is why nothing answers: said instead, here or by
+                // the owner that holds the line (the clone client's server line).
+                let endpoint = self.links.endpoint(link).to_string();
+                let cause = crate::host::unresolved(&endpoint);
+                let not_up = NotUp { endpoint, for_ns, attempts, cause };
                 match self.not_ups.as_mut() {
                     Some(held) => held.push(not_up),
-                    // A name that does not resolve is why nothing answers: say that instead.
-                    None => {
-                        let cause = crate::host::unresolved(&not_up.endpoint);
-                        crate::diag!("{}", not_up.line_because(&self.name, cause.as_deref()));
-                    }
+                    None => crate::diag!("{}", not_up.line(&self.name)),
                 }
             }
             Decision::Lost { link, reason } => self.say_lost(link, reason, now),

@@ -693,6 +693,7 @@ impl Publisher {
             crate::zmqx::check_endpoint(ep).map_err(ReplayError::Config)?;
             let mut s = ctx.socket(zmq::XPUB).map_err(zerr("creating the XPUB"))?;
             s.set_sndhwm(cfg.sndhwm_msgs).map_err(zerr("setting SNDHWM"))?;
+            crate::zmqx::bound_subscriptions(&s).map_err(zerr("setting MAXMSGSIZE"))?;
             s.set_xpub_verbose(true).map_err(zerr("setting XPUB_VERBOSE"))?;
             // Every unsubscription too, not only a topic's last: the subscriber count (and the
             // "a subscriber left" line) stays true with several subscribers on a shard.

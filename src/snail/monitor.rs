@@ -52,6 +52,7 @@ impl MonitorAgent {
         let mut publisher = ctx.socket(zmq::PUB).map_err(zerr("creating the monitor PUB"))?;
         // A croak is the last thing the engine says: give it a second to leave.
         publisher.set_linger(1_000).map_err(zerr("setting LINGER"))?;
+        crate::zmqx::bound_subscriptions(&publisher).map_err(zerr("setting MAXMSGSIZE"))?;
         access.secure(ctx, &mut publisher, zap).map_err(|e| match e {
             SecureError::Options(source) => zerr("setting the access options")(source),
             SecureError::Watch(e) => e,

@@ -264,6 +264,29 @@ impl RawXsub {
         self.tcp.write_all(&f).expect("frame");
     }
 
+    /// The head of a one-frame message declaring `len` bytes, then `first` of them (a peer that
+    /// may stop reading at the head: an error writing is the peer's end, not the test's).
+    pub fn send_head_of(&mut self, len: u64, first: &[u8]) {
+        use std::io::Write;
+        let _ = self.tcp.write_all(&[&[0x02][..], &len.to_be_bytes(), first].concat());
+    }
+
+    /// True once the peer ends the connection (its close or reset), false if it is still open
+    /// after `deadline` (what it sends meanwhile is skipped).
+    pub fn ended_within(&mut self, deadline: Duration) -> bool {
+        use std::io::Read;
+        let end = Instant::now() + deadline;
+        let mut chunk = [0u8; 4096];
+        while Instant::now() < end {
+            match self.tcp.read(&mut chunk) {
+                Ok(0) => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// True once a message frame starting with `prefix` arrives (skips the
     /// peer's commands), false after `deadline`.
     pub fn wait_for(&mut self, prefix: &[u8], deadline: Duration) -> bool {
