@@ -450,11 +450,12 @@ impl MetricsServer {
         } else if path != "/metrics" {
             HttpCounters::bump(&self.counters.served);
         }
+        // HEAD: the headers GET would have, its Content-Length too (RFC 9110 9.3.2), no body.
+        let length = body.len();
         let body = if method == "HEAD" { "" } else { body.as_str() };
         let challenge = if status.starts_with("401") { "WWW-Authenticate: Bearer realm=\"mdsub\"\r\n" } else { "" };
         let mut out = format!(
-            "HTTP/1.1 {status}\r\n{challenge}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
+            "HTTP/1.1 {status}\r\n{challenge}Content-Type: {ctype}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
         )
         .into_bytes();
         out.extend_from_slice(body.as_bytes());
@@ -595,6 +596,21 @@ mod tests {
         stop.stop();
         let s = h.join().expect("joins").counters().snapshot(&HttpAccessCounters::default());
         assert_eq!((s.served, s.timed_out, s.evicted), (2, 1, 0));
+    }
+
+    #[test]
+    fn head_says_the_length_get_would_send_and_sends_no_body() {
+        // Before, HEAD said `Content-Length: 0`: a client checking the page's size by HEAD read 0.
+        let (addr, stop, h) = start();
+        for path in ["/", "/nowhere"] {
+            let got = get(addr, format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes());
+            let head = get(addr, format!("HEAD {path} HTTP/1.1\r\n\r\n").as_bytes());
+            let (get_head, get_body) = got.split_once("\r\n\r\n").expect("a GET answer has a head");
+            assert!(get_head.contains(&format!("Content-Length: {}\r\n", get_body.len())), "{got}");
+            assert_eq!(head, format!("{get_head}\r\n\r\n"), "HEAD: GET's head, no body");
+        }
+        stop.stop();
+        h.join().expect("joins");
     }
 
     #[test]
