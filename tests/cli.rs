@@ -701,6 +701,11 @@ fn a_replay_fault_its_count_never_reaches_is_refused() {
         (&[&r[..], &["--restart-at", "50"]].concat(), "--restart-at 50 with --count 10: the new session starts after"),
         (&[&r[..], &["--drop-every", "50"]].concat(), "the first message it leaves out is number 25"),
     ]);
+    // Before: gave up at once (`no subscriber reached … within 0s`), exit 1; --subscribers 0 runs.
+    let w = ["replay", "--endpoint", "tcp://127.0.0.1:*", "--count", "10", "--wait-timeout", "0s"];
+    assert_refused_with_usage(&[(&w[..], "--wait-timeout 0s with --subscribers 1: the replay would give up before")]);
+    let (code, out, err) = run_within("replay", mdsub().args(w).args(["--subscribers", "0"]), DEADLINE);
+    assert_eq!(code, Some(0), "--subscribers 0 does not wait: {out}{err}");
     // Within reach, each runs (the last message, the 10th, is the one --drop-every 19 leaves out).
     for fault in [&["--pause-at", "9", "--pause-for", "1ms"][..], &["--restart-at", "9"], &["--drop-every", "19"]] {
         let (code, out, err) = run_within("replay", mdsub().args(r).args(fault), DEADLINE);

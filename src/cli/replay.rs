@@ -504,6 +504,13 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     if let Some(why) = args.feed.count.and_then(|count| args.faults.beyond(count)) {
         anyhow::bail!(super::UsageError(why));
     }
+    if args.subscribers > 0 && args.wait_timeout.is_zero() {
+        anyhow::bail!(super::UsageError(format!(
+            "--wait-timeout 0s with --subscribers {}: the replay would give up before any subscriber could \
+             connect; give it time (e.g. 30s), or --subscribers 0 not to wait",
+            args.subscribers
+        )));
+    }
     if let Some(control) = &args.serve_trials {
         let cfg = crate::bench::capacity::remote::ServeConfig {
             control: control.endpoint.clone(),
