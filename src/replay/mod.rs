@@ -123,6 +123,9 @@ pub struct PublisherConfig {
     pub peer_timeout: Duration,
 }
 
+/// The most named subscribers' addresses a shard keeps to say them ([`Shard::heard_from`]).
+const NAMED_FROM_MAX: usize = 1024;
+
 /// [`PublisherConfig::peer_timeout`] unless told otherwise (`--peer-timeout`): none of mdsub's,
 /// so a lossless publisher keeps waiting for a subscriber that stopped reading, as ever.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::ZERO;
@@ -537,12 +540,25 @@ impl Shard {
         at.awaiting.saturating_sub(bare) + named_left
     }
 
-    /// Named subscriber `id`'s awaits-eos came from `peer` (a connection's address).
+    /// Named subscriber `id`'s awaits-eos came from `peer` (a connection's address). Bounded
+    /// ([`NAMED_FROM_MAX`]): when full, the addresses of subscribers no longer held nor waited
+    /// for go (a peer subscribing under ever new ids grew it without end); still full, the new
+    /// one is said by its id alone.
     fn heard_from(&mut self, id: u64, peer: &str) {
         match self.named_from.iter_mut().find(|(held, _)| *held == id) {
             Some((_, from)) if from != peer => *from = peer.to_string(),
             Some(_) => {}
-            None => self.named_from.push((id, peer.to_string())),
+            None => {
+                if self.named_from.len() >= NAMED_FROM_MAX {
+                    let (holding, waited, left) = (&self.awaiting_named, &self.eos_named, &self.left_named);
+                    self.named_from.retain(|&(k, _)| {
+                        holding.iter().any(|&(h, _)| h == k) || waited.contains(&k) || left.contains(&k)
+                    });
+                }
+                if self.named_from.len() < NAMED_FROM_MAX {
+                    self.named_from.push((id, peer.to_string()));
+                }
+            }
         }
     }
 
@@ -1468,6 +1484,23 @@ mod tests {
         engine_awaits(&mut sh, false, 0x41);
         assert_eq!(sh.left_named, [0x41]);
         assert_eq!(sh.who(0x5), "subscriber 0000000000000005");
+    }
+
+    #[test]
+    fn addresses_of_subscribers_under_ever_new_ids_are_bounded_and_the_held_ones_kept() {
+        // Before: every id's address was kept for the replay's life, and looked up one by one.
+        let ctx = zmq::Context::new();
+        let mut sh = shard(&ctx);
+        engine_awaits(&mut sh, true, 7);
+        sh.heard_from(7, "10.0.0.7");
+        for id in 100..100 + 3 * NAMED_FROM_MAX as u64 {
+            engine_awaits(&mut sh, true, id);
+            sh.heard_from(id, "10.0.0.66");
+            engine_awaits(&mut sh, false, id);
+            sh.left_named.clear(); // said by the drain
+        }
+        assert!(sh.named_from.len() <= NAMED_FROM_MAX, "{}", sh.named_from.len());
+        assert_eq!(sh.who(7), "10.0.0.7 (subscriber 0000000000000007)", "the one still held keeps its address");
     }
 
     #[test]
