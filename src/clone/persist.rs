@@ -202,10 +202,21 @@ pub struct Store {
     held: Option<Vec<u8>>,
     /// [`Store::log_records`] when the records began to be held.
     held_from: u64,
+    /// Records past [`HELD_MAX_BYTES`] arrived while the map was written: the held ones were
+    /// dropped, and the data directory falls behind again when the snapshot ends.
+    held_over: bool,
     /// Test seam: a multi-step write stops at this step as a crash there would (no clean-up).
     #[cfg(test)]
     crash_at: Option<&'static str>,
 }
+
+/// The most the updates that arrive while the map's snapshot is written take in memory
+/// ([`Store::begin_full_snapshot`]); past it they are dropped and the data directory is written
+/// whole again after (a disk slow enough to hold a snapshot that long is no place to grow them).
+#[cfg(not(test))]
+const HELD_MAX_BYTES: usize = 256 << 20;
+#[cfg(test)]
+const HELD_MAX_BYTES: usize = 4 << 10;
 
 fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
     move |source| PersistError::Io { path: path.to_path_buf(), context, source }
@@ -1180,6 +1191,7 @@ impl Store {
             keep_aside: false,
             held: None,
             held_from: 0,
+            held_over: false,
             #[cfg(test)]
             crash_at: None,
         };
@@ -1341,7 +1353,9 @@ impl Store {
     /// A re-sync ended without its snapshot (the sync timed out, this server took over): the
     /// file it wrote, if any, is removed (never one an earlier re-sync's switch waits on).
     pub fn abandon_peer_snapshot(&mut self) {
-        if self.peer.take().is_some_and(|p| p.opened) {
+        // Never the map's snapshot being written or a snapshot waiting to be put in place.
+        let theirs = self.held.is_some() || self.switching;
+        if self.peer.take().is_some_and(|p| p.opened) && !theirs {
             let _ = std::fs::remove_file(self.dir.join(PEER_SNAPSHOT));
         }
     }
@@ -1369,8 +1383,14 @@ impl Store {
     /// Append one record (buffered; see [`Store::flush`]).
     pub fn append(&mut self, rec: &Record) -> Result<(), PersistError> {
         if let Some(held) = self.held.as_mut() {
-            // After the frozen map: to the log that follows its snapshot (see `held`).
-            encode_record(rec, held)?;
+            // After the frozen map: to the log that follows its snapshot (see `held`), as long
+            // as they fit; past that they are dropped ([`Store::end_full_snapshot`] says so).
+            if !self.held_over {
+                encode_record(rec, held)?;
+                if held.len() > HELD_MAX_BYTES {
+                    (*held, self.held_over) = (Vec::new(), true);
+                }
+            }
             self.log_records += 1;
             return Ok(());
         }
@@ -1474,12 +1494,19 @@ impl Store {
         // A re-sync whose snapshot is still arriving writes the same file: it cannot be ended
         // now (its end says so, and the map is written whole again after it). Its writer goes
         // first, its buffer with it, before the file is truncated for this one.
-        if let Some(p) = self.peer.as_mut().filter(|p| p.opened && p.out.is_ok()) {
-            p.out = Err(format!("{}: a full snapshot of the map was written meanwhile", peer.display()));
+        // The file is this snapshot's from now on: the re-sync's end must not remove it
+        // ([`Store::abandon_peer_snapshot`]; it did, under the compactor writing the map, and
+        // the log moved aside after it was then dropped as if the snapshot were in place).
+        if let Some(p) = self.peer.as_mut().filter(|p| p.opened) {
+            if p.out.is_ok() {
+                p.out = Err(format!("{}: a full snapshot of the map was written meanwhile", peer.display()));
+            }
+            p.opened = false;
         }
         self.flush()?;
         self.held = Some(Vec::new());
         self.held_from = self.log_records;
+        self.held_over = false;
         Ok(())
     }
 
@@ -1496,6 +1523,7 @@ impl Store {
         if self.held.take().is_some() {
             self.log_records = self.held_from;
         }
+        self.held_over = false;
     }
 
     /// The frozen map is complete in `snapshot.peer` with its end ([`write_map_snapshot`]): move
@@ -1518,7 +1546,17 @@ impl Store {
         fsync_dir(&self.dir);
         (self.switching, self.keep_aside) = (true, false);
         let path = self.dir.join("log");
-        let lost = match self.log.write_all(&held).map_err(io_err(&path, "appending")).and_then(|()| self.flush()) {
+        let written = if std::mem::take(&mut self.held_over) {
+            let why = format!(
+                "{records} updates arrived while the map was written, more than the {} KiB held for the log \
+                 after it; they were dropped",
+                HELD_MAX_BYTES >> 10
+            );
+            Err(PersistError::Io { path: path.clone(), context: "holding updates", source: std::io::Error::other(why) })
+        } else {
+            self.log.write_all(&held).map_err(io_err(&path, "appending")).and_then(|()| self.flush())
+        };
+        let lost = match written {
             Ok(()) => {
                 self.log_records = records;
                 None
@@ -1681,6 +1719,70 @@ mod tests {
             }
             let _ = std::fs::remove_dir_all(&d);
         }
+    }
+
+    #[test]
+    fn a_resync_ended_while_the_maps_snapshot_is_written_leaves_that_snapshot_alone() {
+        // Before: a re-sync open when the map's full snapshot began kept its claim on
+        // `snapshot.peer`; its end (KTHXBAI, a timeout, a takeover) removed the file the
+        // compactor wrote the map to, the log then moved to `log.old`, and the switch, finding no
+        // snapshot, removed `log.old`: every record of the old log was gone, said durable.
+        for removed_when in ["before the map is written", "after the map is written"] {
+            let name = format!("resync-during-full-{}", removed_when.len());
+            let (d, mut s) = compaction_case(&name);
+            let before = recovered_state_of_open(&d, &mut s);
+            let map = merge(before.0.clone(), wall());
+            s.begin_peer_snapshot();
+            s.peer_snapshot_entry(&rec("/from-the-active", 1, "half a re-sync"));
+            s.begin_full_snapshot().expect("begin");
+            if removed_when.starts_with("before") {
+                s.abandon_peer_snapshot();
+            }
+            write_map_snapshot(&d, before.1, map.clone().into_iter()).expect("write");
+            if removed_when.starts_with("after") {
+                s.abandon_peer_snapshot();
+            }
+            assert!(d.join(PEER_SNAPSHOT).exists(), "{removed_when}: the map's snapshot stays");
+            let (_, lost) = s.end_full_snapshot().expect("end");
+            assert!(lost.is_none());
+            switch_to_peer_snapshot(&d, false).expect("switch");
+            s.switched();
+            crash(s);
+            assert_eq!(recovered_state(&d), (map, before.1), "{removed_when}");
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn updates_past_the_held_bound_while_the_map_is_written_are_dropped_and_said_lost() {
+        // Before: every update that arrived while the compactor wrote the map was held in memory,
+        // however many, for as long as a slow disk took. Past HELD_MAX_BYTES they are dropped,
+        // the snapshot ends with them said lost (the server falls behind: another full snapshot),
+        // and the data directory recovers the map as written.
+        let (d, mut s) = compaction_case("held-over");
+        let before = recovered_state_of_open(&d, &mut s);
+        let map = merge(before.0.clone(), wall());
+        s.begin_full_snapshot().expect("begin");
+        let n = (HELD_MAX_BYTES / 100 + 10) as u64;
+        for i in 1..=n {
+            s.append(&rec(&format!("/held{i}"), before.1 + i, &"v".repeat(100))).expect("held");
+        }
+        assert!(s.held.as_ref().is_some_and(|h| h.len() <= HELD_MAX_BYTES), "bounded");
+        write_map_snapshot(&d, before.1, map.clone().into_iter()).expect("write");
+        let (_, lost) = s.end_full_snapshot().expect("end");
+        let lost = lost.expect("said lost").to_string();
+        assert!(lost.contains(&format!("{n} updates arrived while the map was written")), "{lost}");
+        assert_eq!(s.log_records(), 0, "none of them reached the log");
+        switch_to_peer_snapshot(&d, false).expect("switch");
+        s.switched();
+        // The next snapshot starts clean: what fits is held again.
+        s.begin_full_snapshot().expect("begin again");
+        s.append(&rec("/after", before.1 + n + 1, "fits")).expect("held");
+        assert!(!s.held_over);
+        s.abandon_full_snapshot();
+        crash(s);
+        assert_eq!(recovered_state(&d), (map, before.1));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
