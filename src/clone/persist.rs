@@ -1353,9 +1353,9 @@ impl Store {
     /// A re-sync ended without its snapshot (the sync timed out, this server took over): the
     /// file it wrote, if any, is removed (never one an earlier re-sync's switch waits on).
     pub fn abandon_peer_snapshot(&mut self) {
-        // Never the map's snapshot being written or a snapshot waiting to be put in place.
-        let theirs = self.held.is_some() || self.switching;
-        if self.peer.take().is_some_and(|p| p.opened) && !theirs {
+        // `opened`: the file is still this re-sync's (a full snapshot of the map takes it over:
+        // [`Store::begin_full_snapshot`]; a switch waits only on an ended one, taken already).
+        if self.peer.take().is_some_and(|p| p.opened) {
             let _ = std::fs::remove_file(self.dir.join(PEER_SNAPSHOT));
         }
     }
