@@ -672,37 +672,78 @@ impl<T> TaskHandle<T> {
     }
 }
 
-/// The owner's end of an agent that takes asks and sends answers on its own thread (an fsync,
-/// a snapshot rewrite: work its owner must not wait for): asks out and answers in, never
-/// blocking, and why the agent stopped when it is found gone.
-pub struct AskLink<A, Ask, Answer> {
-    asks: Option<crossbeam::channel::Sender<Ask>>,
-    answers: crossbeam::channel::Receiver<Answer>,
-    handle: Option<AgentHandle<A>>,
+/// Work an [`AskLink`] does on a thread of its own (an fsync, a snapshot rewrite: work its
+/// owner must not wait for): each ask in the order it was made, and its answer, if it has one.
+pub trait AskHandler: Send + 'static {
+    type Ask: Send + 'static;
+    type Answer: Send + 'static;
+
+    /// Role name of its thread (see [`Agent::role`]).
+    fn role(&self) -> &str;
+
+    /// Do one ask; what to answer, if anything.
+    fn handle(&mut self, ask: Self::Ask) -> Option<Self::Answer>;
+}
+
+/// The agent an [`AskLink`] runs: one ask a step, blocking on its asks between them (an ask
+/// wakes it at once); finished once every ask is done and the owner has closed the link.
+pub struct AskAgent<H: AskHandler> {
+    handler: H,
+    asks: Inbox<H::Ask>,
+    answers: crossbeam::channel::Sender<H::Answer>,
+}
+
+impl<H: AskHandler> Agent for AskAgent<H> {
+    fn role(&self) -> &str {
+        self.handler.role()
+    }
+
+    fn do_work(&mut self) -> Result<Step, AgentError> {
+        match self.asks.next() {
+            Some(ask) => {
+                if let Some(answer) = self.handler.handle(ask) {
+                    // The owner gone (it stops by closing the asks): nothing to tell.
+                    let _ = self.answers.send(answer);
+                }
+                Ok(Step::Worked(1))
+            }
+            None if self.asks.is_closed() => Ok(Step::Finished(0)),
+            None => Ok(Step::Worked(0)),
+        }
+    }
+
+    fn idle_wait(&mut self, timeout: Duration) {
+        self.asks.wait(timeout);
+    }
+}
+
+/// The owner's end of an [`AskHandler`] running on its own thread: asks out and answers in,
+/// never blocking, and why the agent stopped when it is found gone.
+pub struct AskLink<H: AskHandler> {
+    asks: Option<crossbeam::channel::Sender<H::Ask>>,
+    answers: crossbeam::channel::Receiver<H::Answer>,
+    handle: Option<AgentHandle<AskAgent<H>>>,
     stop: StopFlag,
     /// Who owns it and what the agent is, for the error when it is gone: (`clone-server`,
     /// `the update log's syncer`).
     names: (&'static str, &'static str),
 }
 
-impl<A: Agent + 'static, Ask: Send, Answer> AskLink<A, Ask, Answer> {
-    /// Start the agent `make` builds from its asks and its answers' sender, unpinned, blocking
-    /// on its asks between them (an ask wakes it at once). `names`: the owner's role and what
-    /// the agent is, for the error when it is gone.
-    pub fn start(
-        names: (&'static str, &'static str),
-        make: impl FnOnce(Inbox<Ask>, crossbeam::channel::Sender<Answer>) -> A,
-    ) -> Result<Self, AgentError> {
+impl<H: AskHandler> AskLink<H> {
+    /// Start `handler` on a thread of its own (through [`Runner`], unpinned). `names`: the
+    /// owner's role and what the agent is, for the error when it is gone.
+    pub fn start(names: (&'static str, &'static str), handler: H) -> Result<Self, AgentError> {
         let (ask_tx, ask_rx) = crossbeam::channel::unbounded();
         let (ans_tx, ans_rx) = crossbeam::channel::unbounded();
         let stop = StopFlag::new();
         let spec = RunSpec::unpinned(IdleStrategy::Block { wait_us: 100_000 });
-        let handle = Runner::start(spec, stop.clone(), make(Inbox::new(ask_rx), ans_tx))?;
+        let agent = AskAgent { handler, asks: Inbox::new(ask_rx), answers: ans_tx };
+        let handle = Runner::start(spec, stop.clone(), agent)?;
         Ok(AskLink { asks: Some(ask_tx), answers: ans_rx, handle: Some(handle), stop, names })
     }
 
     /// Hand the agent one ask (never blocks). An error when it is gone, with why it stopped.
-    pub fn send(&mut self, ask: Ask) -> Result<(), AgentError> {
+    pub fn send(&mut self, ask: H::Ask) -> Result<(), AgentError> {
         if self.asks.as_ref().is_some_and(|tx| tx.send(ask).is_ok()) {
             return Ok(());
         }
@@ -711,7 +752,7 @@ impl<A: Agent + 'static, Ask: Send, Answer> AskLink<A, Ask, Answer> {
 
     /// The next answer, if one has come (never blocks). An error when the agent stopped
     /// without being told to.
-    pub fn answer(&mut self) -> Result<Option<Answer>, AgentError> {
+    pub fn answer(&mut self) -> Result<Option<H::Answer>, AgentError> {
         match self.answers.try_recv() {
             Ok(a) => Ok(Some(a)),
             Err(crossbeam::channel::TryRecvError::Empty) => Ok(None),
@@ -731,7 +772,7 @@ impl<A: Agent + 'static, Ask: Send, Answer> AskLink<A, Ask, Answer> {
 
     /// Stop the agent once the ask in flight (if any) is done (it finishes once it has seen
     /// every ask), and wait for it; its last answer, if one was still unread.
-    pub fn close(&mut self) -> Option<Answer> {
+    pub fn close(&mut self) -> Option<H::Answer> {
         self.asks = None;
         if let Some(h) = self.handle.take() {
             if let Err(e) = h.join() {
@@ -743,7 +784,7 @@ impl<A: Agent + 'static, Ask: Send, Answer> AskLink<A, Ask, Answer> {
     }
 }
 
-impl<A, Ask, Answer> Drop for AskLink<A, Ask, Answer> {
+impl<H: AskHandler> Drop for AskLink<H> {
     fn drop(&mut self) {
         self.asks = None;
         self.stop.stop();

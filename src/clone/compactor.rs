@@ -30,16 +30,13 @@
 //! the serving thread for as long before.
 
 use std::path::PathBuf;
-use std::time::Duration;
-
-use crossbeam::channel::Sender;
 
 use super::kvmsg::TTL_PROP;
 use super::map::{FrozenMap, KvMap};
 use super::persist::{
     compact_prev, keep_files_aside, switch_to_peer_snapshot, write_map_snapshot, Compacted, Record, Switched,
 };
-use crate::agent::{Agent, AgentError, AskLink, Inbox, Step};
+use crate::agent::{AgentError, AskHandler, AskLink};
 
 /// What the server asks of its compactor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,55 +108,43 @@ pub struct Compaction {
     pub result: Result<Done, String>,
 }
 
-/// The agent: does each [`Job`] it is asked, in order, and answers.
+/// The agent's work: does each [`Job`] it is asked, in order, and answers.
 pub struct Compactor {
     dir: PathBuf,
-    asks: Inbox<Job>,
-    answers: Sender<Compaction>,
 }
 
-impl Agent for Compactor {
+impl AskHandler for Compactor {
+    type Ask = Job;
+    type Answer = Compaction;
+
     fn role(&self) -> &str {
         "clone-compactor"
     }
 
-    fn do_work(&mut self) -> Result<Step, AgentError> {
-        match self.asks.next() {
-            Some(job) => {
-                let t0 = crate::clock::monotonic_ns();
-                let result = match job {
-                    Job::Compact { wall_ms } => compact_prev(&self.dir, wall_ms).map(Done::Compacted),
-                    Job::Switch { keep_aside } => switch_to_peer_snapshot(&self.dir, keep_aside).map(Done::Switched),
-                    Job::KeepAside => Ok(Done::KeptAside(keep_files_aside(&self.dir).map_err(|e| e.to_string()))),
-                    Job::WriteMap { map, sequence, now_ns, wall_ms } => {
-                        write_map_snapshot(&self.dir, sequence, map_records(&map, now_ns, wall_ms))
-                            .map(Done::MapWritten)
-                    }
-                }
-                .map_err(|e| e.to_string());
-                let took_ns = crate::clock::monotonic_ns().saturating_sub(t0);
-                // The server gone (it stops by closing the asks): nothing to tell.
-                let _ = self.answers.send(Compaction { took_ns, result });
-                Ok(Step::Worked(1))
+    fn handle(&mut self, job: Job) -> Option<Compaction> {
+        let t0 = crate::clock::monotonic_ns();
+        let result = match job {
+            Job::Compact { wall_ms } => compact_prev(&self.dir, wall_ms).map(Done::Compacted),
+            Job::Switch { keep_aside } => switch_to_peer_snapshot(&self.dir, keep_aside).map(Done::Switched),
+            Job::KeepAside => Ok(Done::KeptAside(keep_files_aside(&self.dir).map_err(|e| e.to_string()))),
+            Job::WriteMap { map, sequence, now_ns, wall_ms } => {
+                write_map_snapshot(&self.dir, sequence, map_records(&map, now_ns, wall_ms)).map(Done::MapWritten)
             }
-            None if self.asks.is_closed() => Ok(Step::Finished(0)),
-            None => Ok(Step::Worked(0)),
         }
-    }
-
-    fn idle_wait(&mut self, timeout: Duration) {
-        self.asks.wait(timeout);
+        .map_err(|e| e.to_string());
+        let took_ns = crate::clock::monotonic_ns().saturating_sub(t0);
+        Some(Compaction { took_ns, result })
     }
 }
 
 /// The server's end of its compactor.
-pub struct CompactorLink(AskLink<Compactor, Job, Compaction>);
+pub struct CompactorLink(AskLink<Compactor>);
 
 impl CompactorLink {
     /// Start the compactor of the data directory `dir` on its own thread.
     pub fn start(dir: PathBuf) -> Result<CompactorLink, AgentError> {
         let names = ("clone-server", "the data directory's compactor");
-        AskLink::start(names, |asks, answers| Compactor { dir, asks, answers }).map(CompactorLink)
+        AskLink::start(names, Compactor { dir }).map(CompactorLink)
     }
 
     /// Ask for one job (never blocks). An error when the compactor is gone, with why it stopped.

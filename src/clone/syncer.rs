@@ -16,11 +16,8 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use crossbeam::channel::Sender;
-
-use crate::agent::{Agent, AgentError, AskLink, Inbox, Step};
+use crate::agent::{AgentError, AskHandler, AskLink};
 
 /// How the syncer makes the log durable: [`sync_data`] in a server; a test injects one that
 /// blocks until it lets it go (a disk that takes seconds to sync).
@@ -41,7 +38,7 @@ pub struct Synced {
 }
 
 /// What the server asks of its syncer.
-enum Ask {
+pub enum Ask {
     /// Sync the log, and answer.
     Sync,
     /// The log was moved aside for a compaction ([`super::persist::Store::rotate`]): sync this
@@ -49,54 +46,47 @@ enum Ask {
     Follow(File),
 }
 
-/// The agent: syncs the log each time it is asked, and answers.
+/// The agent's work: syncs the log each time it is asked, and answers.
 pub struct Syncer {
     path: PathBuf,
     file: File,
     op: LogSync,
-    asks: Inbox<Ask>,
-    answers: Sender<Synced>,
 }
 
-impl Agent for Syncer {
+impl AskHandler for Syncer {
+    type Ask = Ask;
+    type Answer = Synced;
+
     fn role(&self) -> &str {
         "clone-syncer"
     }
 
-    fn do_work(&mut self) -> Result<Step, AgentError> {
-        match self.asks.next() {
-            Some(Ask::Follow(file)) => {
+    fn handle(&mut self, ask: Ask) -> Option<Synced> {
+        match ask {
+            Ask::Follow(file) => {
                 self.file = file;
-                Ok(Step::Worked(1))
+                None
             }
-            Some(Ask::Sync) => {
+            Ask::Sync => {
                 let t0 = crate::clock::monotonic_ns();
                 let r = (self.op)(&self.file);
                 let took_ns = crate::clock::monotonic_ns().saturating_sub(t0);
                 let error = r.err().map(|e| format!("{}: {e} while fsyncing", self.path.display()));
-                // The server gone (it stops by closing the asks): nothing to tell.
-                let _ = self.answers.send(Synced { took_ns, error });
-                Ok(Step::Worked(1))
+                Some(Synced { took_ns, error })
             }
-            None if self.asks.is_closed() => Ok(Step::Finished(0)),
-            None => Ok(Step::Worked(0)),
         }
-    }
-
-    fn idle_wait(&mut self, timeout: Duration) {
-        self.asks.wait(timeout);
     }
 }
 
 /// The server's end of its syncer: asks out, answers in, the running agent.
-pub struct SyncerLink(AskLink<Syncer, Ask, Synced>);
+pub struct SyncerLink(AskLink<Syncer>);
 
 impl SyncerLink {
     /// Start the syncer of the log at `path` (`file`: its handle) on its own thread (through
     /// [`crate::agent::Runner`]), syncing with `op`.
     pub fn start(path: PathBuf, file: File, op: LogSync) -> Result<SyncerLink, AgentError> {
         let names = ("clone-server", "the update log's syncer");
-        AskLink::start(names, |asks, answers| Syncer { path, file, op, asks, answers }).map(SyncerLink)
+        AskLink::start(names, Syncer { path, file, op }).map(SyncerLink)
     }
 
     /// Ask for one sync (never blocks). An error when the syncer is gone, with why it stopped.
@@ -126,6 +116,7 @@ impl SyncerLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn log_file(name: &str) -> (PathBuf, File) {
         let path = crate::test_dir(&format!("syncer-{name}")).join("log");
