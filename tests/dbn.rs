@@ -242,6 +242,26 @@ fn speed_10x_replays_a_2s_span_in_about_0_2s() {
     assert!(took < Duration::from_millis(1500), "far slower than 10x: {took:?}");
 }
 
+/// A recorded pace the publisher cannot keep is said, as a `--rate` it cannot reach is: the
+/// engine measures latency from the schedule, so a replay far behind it makes the engine look
+/// slow. Before, `--speed 10x` of a feed this box sends at 58% of that pace said nothing.
+#[test]
+fn a_recorded_pace_the_replay_cannot_keep_is_said_with_how_far_behind() {
+    let dir = tmp_dir("pace");
+    let path = dir.join("dense.dbn");
+    // 100 000 records 1 µs apart: 100 ms recorded, due in 100 µs at 1000x: no publisher sends
+    // 100 000 frames that fast.
+    write_dbn(&path, &metadata(Schema::Mbo, &[("AAPL", 101)]), &mbo_feed(1, 100_000, 0, 1_000), false);
+    let (got, status, out) =
+        replay("replay-dbn-pace", 1, &["--from", path.to_str().expect("utf8"), "--speed", "1000x"]);
+    assert!(status.success(), "replay failed: {out}");
+    assert_eq!(got.len(), 100_000);
+    let note = out.lines().find(|l| l.starts_with("pace not kept: ")).unwrap_or_else(|| panic!("no pace note: {out}"));
+    for part in ["recorded at 1000x were due in ", "; sending took ", "behind the recorded schedule"] {
+        assert!(note.contains(part), "{part:?} in {note}");
+    }
+}
+
 /// Replay the damaged DBN file `path` (one shard): the run fails, says the damage once, on a
 /// `replay: refused (REASON): ` line, and counts it under `reason`. Returns what a subscriber
 /// received, that line, and everything the replay printed.

@@ -493,10 +493,12 @@ impl Checks {
                 if view.header.flags & wire::FLAG_FROM_CACHE == 0 {
                     if let Some(g) = &mut self.guard {
                         if g.on_message(&view.header, view.topic, recv_ns) == Action::Croak {
-                            // The engine stops at this frame: it is not handed on (so not
-                            // counted as forwarded, nor in the workers' latency figures),
-                            // but its lag is the shard's, as the scream says.
+                            // The engine stops at this frame: it is not handed on (nor in the
+                            // workers' latency figures), but it arrived and its sequence counts
+                            // in what was sent, so it is counted as accepted (then not handled),
+                            // not lost; its lag is the shard's, as the scream says.
                             self.croaked = true;
+                            self.count_accepted(frame, recv_ns);
                             self.note_lag(recv_ns, view.header.send_time_ns);
                             return None;
                         }
@@ -506,11 +508,7 @@ impl Checks {
                         }
                     }
                 }
-                if self.forwarded == 0 {
-                    self.first_recv_ns = recv_ns;
-                }
-                self.forwarded += 1;
-                self.forwarded_bytes += frame.len() as u64;
+                self.count_accepted(frame, recv_ns);
                 self.note_lag(recv_ns, view.header.send_time_ns);
                 let w = match self.routing {
                     _ if self.workers == 1 => 0,
@@ -548,6 +546,17 @@ impl Checks {
                 None
             }
         }
+    }
+
+    /// A data frame the sequence checks accepted: it arrived, so it counts against what was sent
+    /// (`forwarded`; the workers' `delivered` or, when the engine stopped first, not handled).
+    #[inline]
+    fn count_accepted(&mut self, frame: &[u8], recv_ns: u64) {
+        if self.forwarded == 0 {
+            self.first_recv_ns = recv_ns;
+        }
+        self.forwarded += 1;
+        self.forwarded_bytes += frame.len() as u64;
     }
 
     /// The shard's lag: receive time minus the intended send time.
@@ -1459,7 +1468,8 @@ mod tests {
     }
 
     /// The frame a reader's snail croaks on is not handed on (the engine stops
-    /// there): not counted as forwarded, so `msgs` stays what the workers got,
+    /// there), but it arrived: counted as accepted (so not handled, never lost:
+    /// before, a croak at the reader made the report's `lost` 1 with no gap),
     /// while its lag is the shard's (`lag_max_ms`), as in the scream.
     #[test]
     fn the_frame_a_reader_croaks_on_is_not_forwarded_but_its_lag_is_the_shards() {
@@ -1478,7 +1488,7 @@ mod tests {
         assert!(board.croak().is_some_and(|s| s.lag_ns == 3_000 * ms));
         let counters = ShardCounters::default();
         c.publish(&counters);
-        assert_eq!(counters.forwarded.load(Relaxed), 1, "only what was handed on");
+        assert_eq!(counters.forwarded.load(Relaxed), 2, "it arrived: accepted, then not handled");
         assert_eq!(counters.max_lag_ns.load(Relaxed), 3_000 * ms, "the shard's lag, as the scream says");
     }
 

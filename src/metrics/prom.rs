@@ -359,7 +359,9 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         live.shards.iter().enumerate().map(|(k, sh)| (format!("engine=\"{id}\",shard=\"{k}\""), sh)).collect();
     let counter = |s: &mut String, name, help, v: fn(&ShardLive) -> u64| per_row(s, name, "counter", help, &shards, v);
     counter(&mut s, "mdsub_shard_received_total", "Frames the shard's SUB reader received.", |c| c.received);
-    counter(&mut s, "mdsub_shard_forwarded_total", "Data frames the reader handed to workers.", |c| c.forwarded);
+    counter(&mut s, "mdsub_shard_forwarded_total", "Data frames the reader accepted and handed to workers.", |c| {
+        c.forwarded
+    });
     counter(&mut s, "mdsub_shard_gaps_total", "Messages missing by sequence number.", |c| c.counts.gaps);
     counter(&mut s, "mdsub_shard_duplicates_total", "Duplicate messages dropped.", |c| c.counts.duplicates);
     counter(

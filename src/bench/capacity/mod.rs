@@ -426,8 +426,15 @@ fn unsettled(c: &ConfigResult, tolerance: f64) -> Option<String> {
         return None;
     }
     let name = &c.name;
+    let contradicted = o.contradictions.iter().map(|c| c.passed_at).max();
     Some(match (o.knee, o.at_least) {
         _ if o.trials == 0 => format!("`{name}` was not searched (0 trials)"),
+        (None, None) if o.ending == Ending::Unconfirmed => format!(
+            "`{name}` has no knee: {} msg/s passed, but its 0.95x confirmation and every rate tried below it failed, \
+             down to {} msg/s: the results contradict each other (a host busy with other work? more --runs)",
+            contradicted.unwrap_or(0),
+            o.lowest_fail.unwrap_or(search::MIN_RATE)
+        ),
         (Some(k), _) => match o.bracket_above {
             Some(hi) => format!(
                 "`{name}`'s knee was not narrowed: {k} msg/s passed, {hi} did not ({:.0}% apart; the tolerance is \
@@ -1382,6 +1389,38 @@ mod tests {
         assert_eq!(won(std::slice::from_ref(&none)), Err(Undecided::NoPass));
         let lower = standing("b", Ending::Confirmed, (Some(4000), None), (Some(4100), Some(4100)), true, 6);
         assert_eq!(won(&[lower.clone(), done.clone()]).as_deref(), Ok("builtin-2core"));
+    }
+
+    /// A run on a busy host (this project's VM, three builds beside it): 10000 failed, 5000
+    /// passed, everything bisected above it failed, then its 0.95x confirmation and every rate
+    /// halved down to 100 failed too. It said `no rate passed` and `winner: none (no
+    /// configuration passed)`, though 5000 had passed: the pass is contradicted, not absent.
+    #[test]
+    fn a_pass_whose_confirmation_and_every_rate_below_failed_is_no_knee_and_no_no_pass() {
+        let mut s = Search::new(SearchConfig::default());
+        for _ in 0..100 {
+            let Next::Trial { rate, .. } = s.next() else { break };
+            let v = match rate {
+                5000 => Verdict::Pass,
+                _ => Verdict::Fail { reasons: vec!["p99 over".into()] },
+            };
+            s.on_result(rate, v);
+        }
+        assert_eq!(s.next(), Next::Done, "the search ends");
+        let o = s.outcome();
+        assert!(s.history().iter().any(|h| h.0 == search::MIN_RATE), "it halved to the lowest rate");
+        assert_eq!((o.ending, o.knee, o.at_least), (Ending::Unconfirmed, None, None), "{o:?}");
+        assert!(o.contradictions.contains(&Contradiction { passed_at: 5000, failed_at: 4750 }), "{o:?}");
+        let mut c = standing("busy", Ending::NoPass, (None, None), (None, None), false, 0);
+        c.outcome = o;
+        let why = won(std::slice::from_ref(&c));
+        assert!(
+            why.as_ref().is_err_and(|u| matches!(u, Undecided::Unsettled(w) if w[0].contains(
+                "`busy` has no knee: 5000 msg/s passed, but its 0.95x confirmation and every rate tried below it \
+                 failed, down to 100 msg/s"
+            ))),
+            "{why:?}"
+        );
     }
 
     #[test]

@@ -286,7 +286,9 @@ pub struct Contradiction {
 pub enum Ending {
     /// Bracketed, bisected to the tolerance and confirmed.
     Confirmed,
-    /// The confirmation kept failing after every reopening: the knee is unconfirmed.
+    /// The confirmation kept failing after every reopening: the knee is unconfirmed (none when
+    /// no rate below the failed confirmation passed: halved down to the lowest rate, every one
+    /// failed, and the pass above them is contradicted).
     Unconfirmed,
     /// Even the lowest rate tried failed: no knee.
     NoPass,
@@ -484,11 +486,14 @@ impl Search {
 
     /// The next rate down after a failure at `rate` with nothing passed below it: half of it,
     /// or the lowest rate when half would be below that (so the lowest rate is always tried
-    /// before the search says no rate passed).
+    /// before the search says no rate passed). A rate that passed above them all (a knee whose
+    /// confirmation failed, reopened down to the lowest rate) is contradicted, not absent: the
+    /// search ends unconfirmed, without a knee.
     fn halve(&mut self, rate: u64) {
         let lowest = self.cfg.min_rate.max(1);
         if rate <= lowest {
-            self.phase = Phase::Done(Ending::NoPass);
+            let passed = self.history.iter().any(|(_, _, v)| v.is_pass());
+            self.phase = Phase::Done(if passed { Ending::Unconfirmed } else { Ending::NoPass });
         } else {
             self.next_rate = (rate / 2).max(lowest);
         }
@@ -544,6 +549,8 @@ impl Search {
         let highest_pass = self.lo.or_else(|| self.highest_pass_below(u64::MAX));
         let (knee, at_least) = match ending {
             Ending::NoPass => (None, None),
+            // Its confirmation failed and no rate below it passed: no knee.
+            Ending::Unconfirmed if self.lo.is_none() => (None, None),
             // Stopped before any rate above the highest pass failed (or went unachieved): the
             // search had not found where the engine stops passing, only that it passes there.
             Ending::Capped | Ending::Interrupted | Ending::Failed if self.hi.is_none() => (None, highest_pass),
