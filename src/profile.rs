@@ -651,6 +651,27 @@ impl Profile {
         Ok(())
     }
 
+    /// What an engine runs with this profile, in a line: `2 shard(s) (pinned), 1 worker(s),
+    /// handoff batch, routing by-topic, idle backoff, handler latency`. An engine says it at its
+    /// start, so that a user can see the profile (a capacity run's winner) was the one applied.
+    pub fn summary(&self) -> String {
+        let pinned = self.shards.iter().any(|s| s.io_core.is_some() || s.reader_core.is_some())
+            || self.workers.iter().any(|w| w.core.is_some());
+        let routing = match self.routing {
+            Routing::ByTopic => "by-topic",
+            Routing::RoundRobin => "round-robin",
+        };
+        format!(
+            "{} shard(s){}, {} worker(s), handoff {}, routing {routing}, idle {}, handler {}",
+            self.shards.len(),
+            if pinned { " (pinned)" } else { "" },
+            self.workers.len(),
+            self.handoff.name(),
+            self.idle,
+            self.handler
+        )
+    }
+
     /// Each shard's interface (its `interface`, or the source an endpoint of it names) that
     /// is down or without a link now: (shard, why). Not a refusal: an interface may come up
     /// later (a boot, a flap), and libzmq keeps trying to connect until it does.

@@ -233,7 +233,12 @@ fn finds_a_known_limit_and_writes_every_output() {
     let (replay, eps) = start_replay("replay", 1, &["--count", "2000", "--rate", "20k"]);
     let mut cmd = mdsub();
     cmd.args(["engine", "--json", "--max-duration", "60s", "--profile", w, "--endpoint", &eps[0]]);
-    let (status, out) = LineProc::spawn("engine", &mut cmd).finish(Duration::from_secs(60));
+    let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
+    // It says the profile it runs (before, nothing did: a user could not tell the winner was applied).
+    let said = engine.said_after("profile ");
+    let name = text.lines().find_map(|l| l.strip_prefix("name = ")).map(|n| n.trim_matches('"')).expect("a name");
+    assert!(said.starts_with(&format!("{name} (--profile {w}): 1 shard(s), ")), "{said}");
+    let (status, out) = engine.finish(Duration::from_secs(60));
     assert!(status.success(), "engine with the winner: {out}");
     let report = json(&out);
     assert_eq!((report["delivered"].as_u64(), report["lost"].as_u64()), (Some(2000), Some(0)), "{report}");

@@ -799,6 +799,7 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
         }
     }
     crate::diag!("engine id: {}", engine.engine_id());
+    crate::diag!("profile {} (--profile {}): {}", profile.name, args.profile, profile.summary());
     if let Some(addr) = engine.metrics_addr() {
         crate::diag!("metrics: http://{addr}/metrics");
     }
