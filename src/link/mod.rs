@@ -642,7 +642,11 @@ impl LinkWatch {
     /// publisher's arrival, an end (when the owner says them) or a refusal said.
     fn on_accepted(&mut self, e: &crate::zmqx::MonitorEventV2, now: u64) {
         let peer = e.remote.strip_prefix("tcp://").unwrap_or(&e.remote);
-        match self.accepts.on_event(e) {
+        let step = self.accepts.on_event(e);
+        if let (Some(line), true) = (self.accepts.ledger.take_full_line(), self.log) {
+            crate::diag!("{}: {line}", self.name);
+        }
+        match step {
             AcceptedStep::None => {}
             AcceptedStep::Joined => {
                 if let Some(w) = self.awaiting.take() {
