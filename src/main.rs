@@ -224,9 +224,17 @@ fn main() {
             },
             Err(e) => Err(e),
         },
-        Cmd::Lvc(a) => cli::lvc::run(a, &stop).map(|_| ()).context("lvc"),
+        Cmd::Lvc(a) => a
+            .proxy
+            .check_loop("lvc")
+            .map_err(anyhow::Error::from)
+            .and_then(|()| cli::lvc::run(a, &stop).map(|_| ()).context("lvc")),
         Cmd::LvcBench(a) => cli::bench::lvc_bench(a, &stop).map(|_| ()).context("lvc-bench"),
-        Cmd::Tap(a) => cli::tap::run(a, &stop).context("tap").and_then(|r| cli::tap::recorded_whole(a, &r)),
+        Cmd::Tap(a) => a
+            .proxy
+            .check_loop("tap")
+            .map_err(anyhow::Error::from)
+            .and_then(|()| cli::tap::run(a, &stop).context("tap").and_then(|r| cli::tap::recorded_whole(a, &r))),
         Cmd::CloneServer(a) => cli::clone::run_server(a, &stop),
         Cmd::CloneBench(a) => cli::bench::clone_bench(a, &stop).map(|_| ()),
         Cmd::CloneClient(a) => match cli::clone::run_client(a, &stop) {

@@ -464,12 +464,13 @@ impl<H: ProxyHooks> ProxyShell<H> {
         ProxyLinks(sides.iter().zip(&self.links).filter_map(|(s, w)| Some((*s, w.as_ref()?.board()))).collect())
     }
 
-    /// Look at the links when due (every so many rounds; `at_once`: now).
+    /// Look at the links when due (every so many rounds or [`crate::link::SERVICE_EVERY_NS`],
+    /// so a proxy blocked on a full backend still sees a publisher's loss; `at_once`: now).
     fn service_links(&mut self, at_once: bool, now_ns: u64) {
         let [front, back] = &mut self.links;
         for (w, socket) in [(front, &self.frontend), (back, &self.backend)] {
             if let Some(w) = w {
-                if at_once || w.due() {
+                if at_once || w.due_at(now_ns) {
                     w.service(socket);
                 }
             }

@@ -429,6 +429,17 @@ fn bench_json_says_its_header_and_run_lines_on_stderr_and_medians_are_true_media
     }
 }
 
+/// Before: an LVC or tap whose backend connected to its own bound frontend ran, subscriptions
+/// and data going round it. Refused before anything binds (the port is never taken).
+#[test]
+fn a_proxy_wired_to_itself_is_refused_with_usage() {
+    let cause = "are one endpoint: the";
+    assert_refused_with_usage(&[
+        (&["lvc", "--frontend", "tcp://*:1", "--backend", "connect:tcp://127.0.0.1:1"], cause),
+        (&["tap", "--frontend", "connect:tcp://localhost:1", "--backend", "tcp://0.0.0.0:1"], cause),
+    ]);
+}
+
 #[test]
 fn zero_runs_or_messages_are_refused_not_run_as_something_else() {
     // `bench --runs 0` ran one run under a "0 runs" heading; `bench --count 0` printed NaN

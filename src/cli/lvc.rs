@@ -25,6 +25,9 @@ use crate::lvc::LvcConfig;
     Repeat an option to attach a side to several endpoints. With tcp://127.0.0.1:* the OS picks\n\
     the port; every endpoint in effect is printed on startup, one line each:\n  \
     lvc: frontend bound tcp://127.0.0.1:PORT\n\
+    A side that connects to this proxy's own other side (--backend connect:EP at its bound\n\
+    --frontend EP, or the reverse) is refused: it would loop. A loop through another proxy, or\n\
+    through another of this host's addresses, cannot be seen.\n\
     A subscription is a prefix: it is answered at once, to that subscriber only, with the cached\n\
     last value of every topic that starts with it, in topic order, as ONE multipart message (the\n\
     cached messages' frames back to back; mdsub frames re-sent from the cache carry FROM_CACHE).\n\

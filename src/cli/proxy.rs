@@ -67,6 +67,32 @@ fn parse_max_msg_bytes(s: &str) -> Result<i64, String> {
 }
 
 impl ProxyArgs {
+    /// Refuse (a usage error, before anything binds) a proxy wired to itself: a frontend bound
+    /// where its backend connects, or a backend bound where its frontend connects. Its XSUB and
+    /// XPUB would be each other's peer: subscriptions and data go round the proxy. Only what is
+    /// sure from the words is seen: the same endpoint, or a tcp port bound on every address
+    /// (`*`, `0.0.0.0`) or on 127.0.0.1 and connected to at a loopback address (`127.x.x.x`,
+    /// `localhost`). A loop through another proxy, or through this host's other addresses or
+    /// names, cannot be seen here.
+    pub fn check_loop(&self, command: &str) -> Result<(), super::UsageError> {
+        let sides = [("--frontend", &self.frontend), ("--backend", &self.backend)];
+        for (i, (bound_flag, bound)) in sides.iter().enumerate() {
+            let (connect_flag, connects) = sides[1 - i];
+            for b in bound.iter().filter(|e| e.how != Some(How::Connect)) {
+                for c in connects.iter().filter(|e| e.how == Some(How::Connect)) {
+                    if same_place(&b.endpoint, &c.endpoint) {
+                        return Err(super::UsageError(format!(
+                            "{bound_flag} {b} and {connect_flag} {c} are one endpoint: the {command} would \
+                             connect to itself and its subscriptions and data would go round; give the \
+                             {connect_flag} the endpoint of another server"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The proxy shell's configuration (a bare endpoint binds).
     pub fn to_config(&self) -> ProxyConfig {
         ProxyConfig {
@@ -77,5 +103,70 @@ impl ProxyArgs {
             idle: self.idle.strategy(),
             delivery: self.delivery.delivery(),
         }
+    }
+}
+
+/// A socket bound at `bound` surely accepts a connection to `connected`: the same endpoint, or
+/// tcp on one numeric port with the bound host every address (`*`, `0.0.0.0`) or 127.0.0.1 and
+/// the connected one a loopback address (`127.x.x.x`, `localhost`). `false` when unsure.
+fn same_place(bound: &str, connected: &str) -> bool {
+    if bound == connected {
+        return true;
+    }
+    let host_port = |e: &str| -> Option<(String, u16)> {
+        let (host, port) = e.strip_prefix("tcp://")?.rsplit_once(':')?;
+        Some((host.to_ascii_lowercase(), port.parse().ok()?))
+    };
+    let (Some((bhost, bport)), Some((chost, cport))) = (host_port(bound), host_port(connected)) else {
+        return false;
+    };
+    let loopback = |h: &str| h == "localhost" || h.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback());
+    bport == cport && loopback(&chost) && matches!(bhost.as_str(), "*" | "0.0.0.0" | "127.0.0.1" | "localhost")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+
+    fn check(args: &[&str]) -> Result<(), String> {
+        let cmd = Cmd::try_parse_from(std::iter::once("lvc").chain(args.iter().copied())).expect("parses");
+        cmd.proxy.check_loop("lvc").map_err(|e| e.0)
+    }
+
+    /// Before: `mdsub lvc --frontend tcp://*:5556 --backend connect:tcp://127.0.0.1:5556` ran,
+    /// its XPUB a peer of its own XSUB, subscriptions and data going round.
+    #[test]
+    fn a_proxy_wired_to_itself_is_refused_and_what_is_unsure_is_let_through() {
+        // (frontend, backend, surely a loop)
+        let cases = [
+            ("tcp://*:5556", "connect:tcp://127.0.0.1:5556", true),
+            ("bind:tcp://0.0.0.0:5556", "connect:tcp://localhost:5556", true),
+            ("tcp://127.0.0.1:5556", "connect:tcp://127.0.0.1:5556", true),
+            ("bind:tcp://localhost:5556", "connect:tcp://127.0.0.2:5556", true),
+            ("connect:ipc:///tmp/x", "ipc:///tmp/x", true),
+            ("tcp://*:5556", "tcp://*:5557", false),
+            ("tcp://*:5556", "connect:tcp://127.0.0.1:5557", false),
+            ("tcp://*:5556", "connect:tcp://10.0.0.5:5556", false),
+            ("tcp://127.0.0.1:*", "connect:tcp://127.0.0.1:5556", false),
+            ("tcp://10.0.0.5:5556", "connect:tcp://127.0.0.1:5556", false),
+            ("connect:tcp://127.0.0.1:5556", "connect:tcp://127.0.0.1:5556", false),
+            ("tcp://*:5556", "tcp://127.0.0.1:5556", false),
+        ];
+        for (front, back, loops) in cases {
+            match check(&["--frontend", front, "--backend", back]) {
+                Err(e) => assert!(loops && e.contains("are one endpoint") && e.contains("connect to itself"), "{e}"),
+                Ok(()) => assert!(!loops, "{front} {back}: a loop let through"),
+            }
+        }
+        let err = check(&["--frontend", "tcp://*:5556", "--backend", "connect:tcp://127.0.0.1:5556"]).unwrap_err();
+        assert!(err.starts_with("--frontend tcp://*:5556 and --backend connect:tcp://127.0.0.1:5556 are one"), "{err}");
+        assert!(err.ends_with("give the --backend the endpoint of another server"), "{err}");
     }
 }

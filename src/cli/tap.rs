@@ -28,6 +28,9 @@ fn parse_filter(s: &str) -> Result<String, String> {
 #[command(after_help = "Endpoints: write each side as bind:EP, connect:EP or EP (a bare EP binds), e.g.\n  \
     mdsub tap --frontend connect:tcp://10.0.0.5:5556 --backend tcp://*:5557 --filter 'ESH6\\0'\n\
     Every endpoint in effect is printed on startup, one line each: tap: frontend bound tcp://...\n\
+    A side that connects to this proxy's own other side (--backend connect:EP at its bound\n\
+    --frontend EP, or the reverse) is refused: it would loop. A loop through another proxy, or\n\
+    through another of this host's addresses, cannot be seen.\n\
     Copies go to the printer/recorder through a bounded queue (--queue-msgs); when it is full they\n\
     are dropped and counted, the proxy keeps forwarding. SIGINT/SIGTERM stop it; counters (drops\n\
     included) go to stderr as tap: stopped: k=v ...\n\

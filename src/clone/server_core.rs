@@ -420,6 +420,47 @@ pub enum SnapshotCut {
     Failed(String),
 }
 
+/// Why a durable server's data directory alone does not recover its map (`durable=no`): an
+/// active one refuses client updates as `not_durable` until it does, and says which of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotDurable {
+    /// It lacks updates held in memory (a passive's log failed, a re-sync's file could not be
+    /// written) until a full snapshot of the map is written.
+    Behind,
+    /// A re-sync's snapshot is written but not in place: after a machine crash the directory
+    /// alone may recover only the files before that re-sync.
+    ResyncNotInPlace,
+    /// The full snapshot of the map (written because the directory was behind) is on disk but
+    /// not in place yet.
+    MapSnapshotNotInPlace,
+}
+
+impl NotDurable {
+    /// Its name in STATUS (`durable_why=NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            NotDurable::Behind => "behind",
+            NotDurable::ResyncNotInPlace => "resync_not_in_place",
+            NotDurable::MapSnapshotNotInPlace => "map_snapshot_not_in_place",
+        }
+    }
+
+    /// What a refused update says of it.
+    pub fn words(self) -> &'static str {
+        match self {
+            NotDurable::Behind => {
+                "the data directory lacks updates held in memory until a full snapshot of the map is written"
+            }
+            NotDurable::ResyncNotInPlace => {
+                "the data directory holds the files before the last re-sync until its snapshot is put in place"
+            }
+            NotDurable::MapSnapshotNotInPlace => {
+                "the snapshot of the map is written to the data directory but not put in place yet"
+            }
+        }
+    }
+}
+
 /// Counters reported by `STATUS?`.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -864,6 +905,22 @@ impl ServerCore {
         !self.disk_behind && !self.switch_pending
     }
 
+    /// Why the data directory alone does not recover the map (`durable=no`), if it does not: what
+    /// a refused client update and STATUS (`durable_why=`) say.
+    pub fn not_durable(&self) -> Option<NotDurable> {
+        if !self.durable {
+            None
+        } else if self.disk_behind {
+            Some(NotDurable::Behind)
+        } else if self.switch_pending && self.switch_of_map {
+            Some(NotDurable::MapSnapshotNotInPlace)
+        } else if self.switch_pending {
+            Some(NotDurable::ResyncNotInPlace)
+        } else {
+            None
+        }
+    }
+
     /// Updates held in the pending list (passive).
     pub fn pending(&self) -> usize {
         self.pair.as_ref().map_or(0, |p| p.pending.len())
@@ -907,7 +964,7 @@ impl ServerCore {
             "state={}\nrole={}\nsequence={}\nkeys={}\npending={}\nmalformed_requests={}\n\
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
              published={}\nhugz={}\nexpired={}\npending_dropped={}\nlog_failures={}\n\
-             snapshot_failures={}\ndurable={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
+             snapshot_failures={}\ndurable={}\ndurable_why={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
              snapshots_client_gone={}\nsnapshot_send_errors={}\npauses={}\ndisk_stalls={}\nsyncs={}\nslow_syncs={}\nlongest_sync_ms={}\nsync_failures={}\n\
              compactions={}\ncompaction_failures={}\nlast_compaction_ms={}\nlast_compaction_error={}\n{}",
             self.state_name(),
@@ -932,6 +989,7 @@ impl ServerCore {
                 Some(true) => "yes",
                 Some(false) => "no",
             },
+            self.not_durable().map_or("", NotDurable::name),
             c.peer_entries_refused,
             c.absolute_ttls,
             c.snapshots_abandoned,
@@ -1409,17 +1467,8 @@ impl ServerCore {
         if self.is_active() {
             if !self.disk_whole() {
                 // It could not be made durable: not acknowledged; the client re-sends it.
-                let words = match self.disk_behind {
-                    true => {
-                        "update refused: the data directory lacks updates held in memory \
-                         until a full snapshot is written (STATUS durable=no)"
-                    }
-                    false => {
-                        "update refused: the data directory holds the files before the last re-sync \
-                         until its snapshot is put in place (STATUS durable=no)"
-                    }
-                };
-                self.refuse("not_durable", &words, now_ns, out);
+                let why = self.not_durable().map_or("", NotDurable::words);
+                self.refuse("not_durable", &format_args!("update refused: {why} (STATUS durable=no)"), now_ns, out);
                 return;
             }
             self.apply_update(msg, now_ns, out);
@@ -1618,9 +1667,10 @@ impl ServerCore {
                     )));
                     self.want_full_snapshot(now_ns, out);
                 } else if self.switch_pending {
+                    let what = if self.switch_of_map { "the snapshot of the map" } else { "the re-sync's snapshot" };
                     out.push(Action::Log(format!(
-                        "taking over while the re-sync's snapshot is put in place: until it is, client \
-                         updates are refused (refused_not_durable) and the {held} pending ones held"
+                        "taking over while {what} is put in place: until it is, client updates are \
+                         refused (refused_not_durable) and the {held} pending ones held"
                     )));
                 } else {
                     self.replay_pending(now_ns, out);
@@ -2649,7 +2699,8 @@ mod tests {
         assert_eq!(r.compactions_held, 1, "put in place by the compactor");
         assert_eq!(r.appended.iter().map(|m| m.sequence).collect::<Vec<_>>(), vec![5]);
         assert_eq!(r.core.durable(), Some(false), "the data dir alone still holds the files before the re-sync");
-        assert!(r.core.status_text().contains("durable=no\n"));
+        assert_eq!(r.core.not_durable(), Some(NotDurable::ResyncNotInPlace));
+        assert!(r.core.status_text().contains("durable=no\ndurable_why=resync_not_in_place\n"));
         // Taking over meanwhile: nothing is acknowledged until the snapshot is in place.
         r.on(Event::PeerState(None));
         r.tick_for(3 * HEARTBEAT_MS);
@@ -2824,6 +2875,57 @@ mod tests {
         // An error of several lines stays one STATUS line.
         r.on(Event::CompactionDone { took_ns: 0, error: Some("a\nb".into()) });
         assert!(r.core.status_text().contains("last_compaction_error=a b\n"));
+    }
+
+    #[test]
+    fn while_the_maps_snapshot_is_put_in_place_a_refused_update_says_so_not_a_resync() {
+        // Before: the refusal (and the take-over line) said "the files before the last re-sync"
+        // when the snapshot waiting to be put in place was the map's, written for a disk behind.
+        let mut r = durable_passive();
+        assert_eq!((r.core.not_durable(), r.core.durable()), (None, Some(true)));
+        assert!(r.core.status_text().contains("durable=yes\ndurable_why=\n"));
+        // The passive's log fails: behind until a full snapshot of the map is written.
+        (r.fail_appends, r.fail_snapshot) = (true, true);
+        let mut m = upd("/r", "v", 100);
+        m.sequence = 11;
+        r.on(Event::Replicated(Ok(m)));
+        r.on(Event::Flush);
+        r.on(Event::Tick);
+        assert_eq!(r.snapshot_writes.len(), 1, "the full snapshot tried, and failed");
+        assert_eq!(r.core.not_durable(), Some(NotDurable::Behind));
+        assert!(r.core.status_text().contains("durable=no\ndurable_why=behind\n"));
+        // The map's snapshot is written after the back-off; putting it in place is held.
+        (r.fail_appends, r.fail_snapshot, r.hold_compactions) = (false, false, true);
+        r.tick_for(1500);
+        assert_eq!((r.snapshot_writes.len(), r.compactions_held), (2, 1), "written, then put in place");
+        assert_eq!(r.core.durable(), Some(false), "not in place yet");
+        assert_eq!(r.core.not_durable(), Some(NotDurable::MapSnapshotNotInPlace));
+        let st = r.core.status_text();
+        assert!(st.contains("durable=no\ndurable_why=map_snapshot_not_in_place\n"), "{st}");
+        // Taking over meanwhile: it says which snapshot it waits for, and a refused update too.
+        r.logs.clear();
+        r.on(Event::PeerState(None));
+        r.tick_for(3 * HEARTBEAT_MS);
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "active");
+        assert!(
+            r.logs.iter().any(|l| l.contains("taking over while the snapshot of the map is put in place")),
+            "{:?}",
+            r.logs
+        );
+        r.keys_published();
+        assert!(r.put("/c", "1", 9).iter().all(|(k, _)| k == "HUGZ"), "refused while not durable");
+        assert_eq!(r.core.refusals().count("not_durable"), 1);
+        let refused: Vec<_> = r.logs.iter().filter(|l| l.contains("refused (not_durable)")).collect();
+        assert_eq!(refused.len(), 1, "{:?}", r.logs);
+        assert!(refused[0].contains(NotDurable::MapSnapshotNotInPlace.words()), "{refused:?}");
+        assert!(!refused[0].contains("re-sync"), "{refused:?}");
+        // In place: durable, the reason gone, the re-sent update applied.
+        r.hold_compactions = false;
+        r.on(Event::CompactionDone { took_ns: 1_000_000, error: None });
+        assert_eq!((r.core.not_durable(), r.core.durable()), (None, Some(true)));
+        assert!(r.core.status_text().contains("durable=yes\ndurable_why=\n"));
+        assert_eq!(r.put("/c", "1", 9).into_iter().filter(|(k, _)| k == "/c").count(), 1);
     }
 
     #[test]

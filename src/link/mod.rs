@@ -69,6 +69,41 @@ const EVENTS: u64 = (zmq_sys::ZMQ_EVENT_CONNECTED
 /// its links every this many rounds; an idle one on every wait).
 pub const SERVICE_EVERY_ROUNDS: u32 = 1024;
 
+/// Longest time between two services of an owner that gives the time ([`LinkWatch::due_at`]):
+/// one blocked on a full peer waits up to its idle strategy's wait each round, so rounds alone
+/// let a link's loss or a refusal wait 1024 waits (1 s and more) to be seen.
+pub const SERVICE_EVERY_NS: u64 = 10_000_000;
+
+/// Socket-free: when a busy owner next services its link watch: every
+/// [`SERVICE_EVERY_ROUNDS`] rounds, and, for an owner that gives the time, once
+/// [`SERVICE_EVERY_NS`] has passed since the last service.
+#[derive(Debug, Default)]
+pub struct ServiceCadence {
+    rounds: u32,
+    last_ns: u64,
+}
+
+impl ServiceCadence {
+    /// One round: true once every [`SERVICE_EVERY_ROUNDS`] calls.
+    #[inline]
+    pub fn due(&mut self) -> bool {
+        self.rounds += 1;
+        self.rounds >= SERVICE_EVERY_ROUNDS
+    }
+
+    /// One round at `now_ns`: [`ServiceCadence::due`], or [`SERVICE_EVERY_NS`] since the last
+    /// service.
+    #[inline]
+    pub fn due_at(&mut self, now_ns: u64) -> bool {
+        self.due() || now_ns.saturating_sub(self.last_ns) >= SERVICE_EVERY_NS
+    }
+
+    /// The watch was serviced at `now_ns`.
+    pub fn serviced(&mut self, now_ns: u64) {
+        (self.rounds, self.last_ns) = (0, now_ns);
+    }
+}
+
 /// Most events taken per service: at least half the monitor queue's 2000 (libzmq's pipe
 /// low-water mark), so that one service releases an I/O thread blocked on a full queue (libzmq
 /// sends each event with a blocking send from the thread that has it; docs/ARCHITECTURE.md,
@@ -198,7 +233,7 @@ pub struct LinkWatch {
     board: LinkBoard,
     frames: Vec<zmq::Message>,
     out: Vec<Decision>,
-    rounds: u32,
+    cadence: ServiceCadence,
     /// Raw ups (handshake done), downs (disconnected) and, with [`LinkWatch::following_changes`],
     /// retries since the last [`LinkWatch::take_updowns`] / [`LinkWatch::take_changes`], kept only
     /// for an owner whose core follows them ([`LinkWatch::following_updowns`]): nobody else
@@ -303,7 +338,7 @@ impl LinkWatch {
             // Event, value count, one value, local and remote address.
             frames: Vec::with_capacity(5),
             out: Vec::new(),
-            rounds: 0,
+            cadence: ServiceCadence::default(),
             changes: Vec::new(),
             follow: false,
             follow_retries: false,
@@ -470,21 +505,23 @@ impl LinkWatch {
     /// each round and [`LinkWatch::service`] when it says so.
     #[inline]
     pub fn due(&mut self) -> bool {
-        self.rounds += 1;
-        if self.rounds >= SERVICE_EVERY_ROUNDS {
-            self.rounds = 0;
-            true
-        } else {
-            false
-        }
+        self.cadence.due()
+    }
+
+    /// [`LinkWatch::due`] for an owner that gives the time (`now_ns`, monotonic): also true once
+    /// [`SERVICE_EVERY_NS`] has passed since the last [`LinkWatch::service`], so an owner blocked
+    /// on a full peer (slow rounds) still sees its links' changes within that.
+    #[inline]
+    pub fn due_at(&mut self, now_ns: u64) -> bool {
+        self.cadence.due_at(now_ns)
     }
 
     /// Take the monitor's events, act on the decisions (log, re-establish
     /// `socket`'s link) and publish the counters. Never blocks. Returns
     /// how many events it read.
     pub fn service(&mut self, socket: &zmq::Socket) -> usize {
-        self.rounds = 0;
         let now = crate::clock::monotonic_ns();
+        self.cadence.serviced(now);
         let mut seen = 0;
         while seen < EVENTS_PER_SERVICE {
             match crate::zmqx::recv_message(&self.monitor, &mut self.frames) {
@@ -605,7 +642,11 @@ impl LinkWatch {
     /// publisher's arrival, an end (when the owner says them) or a refusal said.
     fn on_accepted(&mut self, e: &crate::zmqx::MonitorEventV2, now: u64) {
         let peer = e.remote.strip_prefix("tcp://").unwrap_or(&e.remote);
-        match self.accepts.on_event(e) {
+        let step = self.accepts.on_event(e);
+        if let (Some(line), true) = (self.accepts.ledger.take_full_line(), self.log) {
+            crate::diag!("{}: {line}", self.name);
+        }
+        match step {
             AcceptedStep::None => {}
             AcceptedStep::Joined => {
                 if let Some(w) = self.awaiting.take() {
@@ -761,6 +802,33 @@ fn event_of(e: &crate::zmqx::MonitorEventV2) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Before: an owner serviced its watch every 1024 rounds only; a proxy blocked on a full
+    /// backend waits 1 ms (backoff) each round, so a lost publisher was said a second late and
+    /// more (10 s under a 10 ms block wait). Rounds 1 ms apart: serviced within 10 ms now.
+    #[test]
+    fn a_watch_is_due_by_time_as_well_as_by_rounds() {
+        let mut c = ServiceCadence::default();
+        let t0 = 5_000_000_000u64;
+        c.serviced(t0);
+        let mut now = t0;
+        let mut rounds = 0u64;
+        while !c.due_at(now) {
+            now += 1_000_000;
+            rounds += 1;
+            assert!(rounds < 1024, "not due within 1024 rounds of 1 ms");
+        }
+        assert_eq!(now - t0, SERVICE_EVERY_NS, "due once 10 ms have passed, not before");
+        c.serviced(now);
+        assert!(!c.due_at(now + SERVICE_EVERY_NS - 1));
+        // Fast rounds: due by count, as before (the owner that gives no time too).
+        c.serviced(now);
+        assert_eq!((1..=SERVICE_EVERY_ROUNDS).find(|_| c.due_at(now)), Some(SERVICE_EVERY_ROUNDS));
+        let mut d = ServiceCadence::default();
+        assert_eq!((1..=SERVICE_EVERY_ROUNDS).find(|_| d.due()), Some(SERVICE_EVERY_ROUNDS));
+        d.serviced(0);
+        assert!(!d.due(), "counting again after a service");
+    }
     use std::time::{Duration, Instant};
 
     /// A hint names only flags its command has: none for a command without key flags, and

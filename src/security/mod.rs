@@ -722,20 +722,39 @@ const HANDSHAKE_EVENTS: u64 = (zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq_sys::ZMQ_EVENT_DISCONNECTED
     | zmq_sys::ZMQ_EVENT_ACCEPT_FAILED) as u64;
 
-/// The most connections a [`HandshakeLedger`] remembers the outcome of at once.
-const MAX_LEDGER_CONNECTIONS: usize = 1 << 16;
+/// The fewest connections a [`HandshakeLedger`] remembers the outcome of at once; it remembers
+/// as many as this process may hold descriptors for, when that is more.
+const MIN_LEDGER_CONNECTIONS: usize = 1 << 16;
 
 /// Socket-free: which connections of a server socket's monitor have an outcome, so one that
 /// ends without any is a refusal too. libzmq says nothing but `DISCONNECTED` of a peer whose
 /// bytes are not ZMTP 3 (random bytes, a ZMTP 1.0 or 2.0 greeting at a socket under a policy,
 /// a ZMTP 1.0 stream it cannot decode): such a peer broke the handshake
-/// ([`Refusal::HandshakeProtocol`]). Bounded by the connections open at once (at most
-/// 65 536: past it, an outcome is not remembered and that peer's end is
-/// counted as a refusal).
-#[derive(Debug, Default)]
+/// ([`Refusal::HandshakeProtocol`]). Bounded by the connections open at once: each needs a
+/// descriptor, so the bound is this process's descriptor limit (RLIMIT_NOFILE, at least 65 536)
+/// and real connections do not reach it. Should it be reached anyway (the limit raised while
+/// running, or ends libzmq's monitor never said), an outcome past it is not remembered: that
+/// connection is neither joined nor left, and its end is counted as a refusal (twice for one
+/// already refused). Each such one is counted ([`HandshakeLedger::forgotten`]) and the first
+/// said ([`HandshakeLedger::take_full_line`]).
+#[derive(Debug)]
 pub struct HandshakeLedger {
     /// Each open connection with an outcome: true when its handshake succeeded.
     settled: std::collections::HashMap<(String, String), bool>,
+    /// The most it remembers at once.
+    bound: usize,
+    /// Outcomes not remembered because it held `bound` already.
+    forgotten: u64,
+    /// The first of them is said.
+    full_said: bool,
+}
+
+impl Default for HandshakeLedger {
+    fn default() -> Self {
+        let nofile =
+            crate::wire::handshake::nofile_limit().map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        HandshakeLedger::with_bound(nofile.max(MIN_LEDGER_CONNECTIONS))
+    }
 }
 
 /// What one monitor event changed in a server socket's connections that completed their
@@ -750,6 +769,29 @@ pub enum PeerChange {
 }
 
 impl HandshakeLedger {
+    /// One that remembers at most `bound` connections' outcomes at once.
+    pub fn with_bound(bound: usize) -> Self {
+        HandshakeLedger { settled: std::collections::HashMap::new(), bound, forgotten: 0, full_said: false }
+    }
+
+    /// Outcomes not remembered because it was full: connections whose end is then counted
+    /// as a refusal though their handshake had an outcome.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// The line to say the first time an outcome is not remembered (once per ledger).
+    pub fn take_full_line(&mut self) -> Option<String> {
+        (self.forgotten > 0 && !std::mem::replace(&mut self.full_said, true)).then(|| {
+            format!(
+                "handshake ledger full ({} connections with an outcome open at once): the outcome of \
+                 the ones past it is not remembered, so their ends are counted as refused \
+                 (handshake_failed_protocol) and a peer's arrival and end are not counted; said once",
+                self.bound
+            )
+        })
+    }
+
     /// Take one monitor event: the refusal it says, if any.
     pub fn on_event(&mut self, e: &crate::zmqx::MonitorEventV2) -> Option<Refusal> {
         self.step(e).0
@@ -770,11 +812,13 @@ impl HandshakeLedger {
         let succeeded = event == zmq_sys::ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
         let outcome = succeeded || HandshakeFailure::of_event(e.event, e.value).is_some();
         let mut change = PeerChange::None;
-        if outcome && self.settled.len() < MAX_LEDGER_CONNECTIONS {
+        if outcome && self.settled.len() < self.bound {
             self.settled.insert(key, succeeded);
             if succeeded {
                 change = PeerChange::Joined;
             }
+        } else if outcome {
+            self.forgotten += 1;
         }
         (Refusal::of_handshake(e.event, e.value), change)
     }
@@ -1095,6 +1139,9 @@ impl ZapHandler {
         }
         let refused = event.and_then(|e| {
             let (refusal, change) = self.ledger.step(&e);
+            if let Some(line) = self.ledger.take_full_line() {
+                crate::diag!("{}: {line}", self.role);
+            }
             let peers = &self.watches[i].peers.0;
             match change {
                 PeerChange::Joined => _ = peers.fetch_add(1, Relaxed),
@@ -1401,6 +1448,39 @@ mod tests {
         // Bytes that are not ZMTP 3: libzmq says only that the connection ended.
         assert_eq!(l.on_event(&ev(z::ZMQ_EVENT_DISCONNECTED, "tcp://127.0.0.1:4")), Some(Refusal::HandshakeProtocol));
         assert!(l.settled.is_empty(), "nothing kept past a connection's end");
+    }
+
+    /// Past its bound a ledger mis-counts: a peer that got in is not joined, and its end is a
+    /// refusal. Before, that was silent and the bound was 65 536 whatever the descriptor limit.
+    #[test]
+    fn a_full_ledger_counts_and_says_what_it_mis_counts_and_real_connections_do_not_fill_it() {
+        use zmq_sys as z;
+        let ev = |event: u32, port: u16| crate::zmqx::MonitorEventV2 {
+            event: u64::from(event),
+            value: Some(0),
+            local: "tcp://127.0.0.1:5556".into(),
+            remote: format!("tcp://127.0.0.1:{port}"),
+        };
+        let mut l = HandshakeLedger::with_bound(2);
+        for port in 1..=2 {
+            assert_eq!(l.step(&ev(z::ZMQ_EVENT_HANDSHAKE_SUCCEEDED, port)), (None, PeerChange::Joined));
+        }
+        assert_eq!((l.forgotten(), l.take_full_line()), (0, None));
+        // The third good peer: not remembered, so neither joined nor left, and its end a refusal.
+        assert_eq!(l.step(&ev(z::ZMQ_EVENT_HANDSHAKE_SUCCEEDED, 3)), (None, PeerChange::None));
+        let refused = l.step(&ev(z::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, 4));
+        assert_eq!(refused, (Some(Refusal::HandshakeNoDetail), PeerChange::None));
+        assert_eq!(l.forgotten(), 2);
+        let line = l.take_full_line().expect("said");
+        assert!(line.contains("handshake ledger full (2 connections") && line.contains("said once"), "{line}");
+        assert_eq!(l.take_full_line(), None, "once");
+        assert_eq!(l.step(&ev(z::ZMQ_EVENT_DISCONNECTED, 3)), (Some(Refusal::HandshakeProtocol), PeerChange::None));
+        assert_eq!(l.step(&ev(z::ZMQ_EVENT_DISCONNECTED, 1)), (None, PeerChange::Left));
+        // The default bound is at least the descriptor limit: connections that can be open at
+        // once (each holds a descriptor) never fill it.
+        let nofile = crate::wire::handshake::nofile_limit().unwrap_or(0);
+        let default = HandshakeLedger::default().bound as u64;
+        assert!(default >= nofile.max(MIN_LEDGER_CONNECTIONS as u64), "{default} < {nofile}");
     }
 
     #[test]

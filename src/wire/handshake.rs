@@ -109,19 +109,16 @@ impl HandshakeFailure {
             }
             // The two ends read each other's greeting at once: a client without keys that reads
             // this server's CURVE greeting first hangs up before this end reads its own.
-            // libzmq ends a peer whose READY names a socket type this socket cannot talk to
-            // (mechanism.cpp, `check_socket_type`: EINVAL) with no handshake event of its own:
-            // only its end is seen, as of a peer that hung up.
+            // A peer whose socket type this socket cannot talk to is not one of these: libzmq
+            // ends it (mechanism.cpp, `check_socket_type`: EINVAL) with no handshake event at
+            // all, only the connection's end, which `security::HandshakeLedger` counts under
+            // `Protocol` (above).
             (Side::Server, NoDetail, true) => {
-                "the connection ended during the handshake: the peer's socket type cannot talk to this \
-                 socket's (a REQ or a SUB at a SUB, a PUB at a PUB: libzmq ends it itself), a client \
-                 without CURVE keys that read this server's CURVE greeting first, a port check, or a \
-                 peer that gave up"
+                "the connection ended during the handshake: a client without CURVE keys that read this \
+                 server's CURVE greeting first, a port check, or a peer that gave up"
             }
             (Side::Server, NoDetail, false) => {
-                "the connection ended during the handshake: the peer's socket type cannot talk to this \
-                 socket's (a REQ or a SUB at a SUB, a PUB at a PUB: libzmq ends it itself), a port \
-                 check, or a peer that gave up"
+                "the connection ended during the handshake: a port check, or a peer that gave up"
             }
             (Side::Server, Auth, _) => "its ZAP handler refused it",
         }
@@ -219,6 +216,21 @@ mod tests {
         assert_eq!(of(zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH as u64, None), Some(HandshakeFailure::Auth));
         assert_eq!(of(zmq_sys::ZMQ_EVENT_CONNECTED as u64, None), None);
         assert_eq!(of(u64::MAX, None), None);
+    }
+
+    /// Before: a server's no-detail failure still named a socket-type mismatch, which libzmq
+    /// ends with no handshake event (counted under `handshake_failed_protocol`, whose words
+    /// name it): docs/REFUSALS.md and the text disagreed.
+    #[test]
+    fn a_socket_type_mismatch_is_named_under_protocol_not_no_detail() {
+        use HandshakeFailure::*;
+        for curve in [false, true] {
+            let no_detail = NoDetail.explain(Side::Server, curve);
+            assert!(!no_detail.contains("socket type"), "{no_detail}");
+            assert!(no_detail.contains("a port check, or a peer that gave up"), "{no_detail}");
+            assert!(Protocol.explain(Side::Server, curve).contains("its socket type cannot talk to"));
+        }
+        assert!(NoDetail.explain(Side::Server, true).contains("without CURVE keys"));
     }
 
     #[test]
