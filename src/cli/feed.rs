@@ -145,9 +145,12 @@ pub struct PublisherArgs {
     /// Publisher send high-water mark per subscriber, in messages (e.g. 100k).
     #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
     pub sndhwm_msgs: i32,
-    /// Drop a message when a subscriber's queue is at the HWM instead of
-    /// pushing back; each drop is counted (`dropped_at_hwm` in the replay's numbers)
-    /// and the end of stream is always delivered (sent waiting for room).
+    /// Drop a message for a subscriber whose queue is at the HWM instead of
+    /// pushing back; the others still get it. Each message a full queue refused
+    /// is counted (`dropped_at_hwm` in the replay's numbers: messages at least one
+    /// subscriber missed; with several, the full one then misses more until it
+    /// drains, which it counts as lost) and the end of stream is always delivered
+    /// (sent waiting for room, and again to a subscriber it passed over).
     #[arg(long)]
     pub lossy: bool,
     /// With several shards (endpoints), send each shard's part of the

@@ -745,7 +745,8 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
         }
         if args.publisher.lossy {
             crate::outln!(
-                "dropped {} of them at the SNDHWM (--lossy; the subscriber counts them as lost); per shard {:?}",
+                "{} of them met a subscriber's full pipe and were dropped for it (--lossy: the others with room \
+                 got them; a subscriber counts what it missed as lost); per shard {:?}",
                 stats.dropped_at_hwm,
                 stats.dropped_at_hwm_per_shard
             );

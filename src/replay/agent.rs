@@ -182,6 +182,9 @@ pub struct PublisherAgent {
     error: Option<ReplayError>,
     /// A shard holding the pending message back, if one is.
     held: Option<Held>,
+    /// A lossy data message is being sent past a full pipe ([`Self::pass_over`]): a refusal
+    /// now drops it as with one subscriber, without trying again.
+    passing_over: bool,
     pub(super) interrupted: bool,
     /// Shards that could not take their end of stream in time (`shardK ENDPOINT`).
     pub(super) eos_missed: Vec<String>,
@@ -294,6 +297,7 @@ impl PublisherAgent {
             sent_in_wait: 0,
             error: None,
             held: None,
+            passing_over: false,
             interrupted: false,
             eos_missed: Vec::new(),
             eos_unconfirmed: Vec::new(),
@@ -408,12 +412,15 @@ impl PublisherAgent {
     }
 
     /// A frame of `pd` was refused with `e`: a lossy publisher's data message refused at its
-    /// first frame (`lossy_first`) for a full pipe is dropped and counted (its sequences are
-    /// spent); else a full pipe keeps it pending, and an error is returned (it is kept too).
+    /// first frame (`lossy_first`) for a full pipe goes to the shard's other subscribers
+    /// ([`Self::pass_over`]) or, with one subscriber, is dropped; counted either way (its
+    /// sequences are spent). Else a full pipe keeps it pending, and an error is returned (it is
+    /// kept too).
     #[cold]
     fn not_sent(&mut self, pd: Pending, e: zmq::Error, lossy_first: bool) -> Result<Push, ReplayError> {
         let sh = &mut self.p.shards[pd.shard];
         match e {
+            zmq::Error::EAGAIN if lossy_first && sh.subscribers > 1 && !self.passing_over => self.pass_over(pd),
             zmq::Error::EAGAIN if lossy_first => {
                 sh.dropped_at_hwm += 1;
                 self.sent_whole(pd);
@@ -430,6 +437,45 @@ impl PublisherAgent {
                 Err(e)
             }
         }
+    }
+
+    /// A lossy data message `pd` that a full pipe refused, on a shard with more than one
+    /// subscriber: sent with the XPUB lossy for this message alone, so libzmq writes it to every
+    /// subscriber whose pipe has room and drops it for the full ones, as a lossy PUB does per
+    /// subscriber (with NODROP, libzmq refuses a message for all of them while any one's pipe
+    /// is full: one subscriber that stopped reading starved the others). Counted in
+    /// `dropped_at_hwm`, and the shard marked [`passed_over`](super::Shard::passed_over).
+    ///
+    /// libzmq (4.3.5, `xpub_t::xsend`, `dist_t`) reads XPUB_NODROP at each send; a pipe that
+    /// refuses a message's first frame leaves the matching set for its later frames (the
+    /// message stays whole for each subscriber) and libzmq's sending set until its reader has
+    /// drained it to the low-water mark: until then the sends skip it with no refusal to count.
+    /// With one subscriber that would make every later drop, and the end of stream, vanish
+    /// uncounted: it is dropped there as before ([`Self::not_sent`]).
+    #[cold]
+    fn pass_over(&mut self, pd: Pending) -> Result<Push, ReplayError> {
+        let nodrop = |sh: &mut super::Shard, on: bool| {
+            crate::zmqx::set_xpub_nodrop(&mut sh.socket, on).map_err(|source| ReplayError::Zmq {
+                context: format!("setting XPUB_NODROP on {}", sh.endpoint),
+                source,
+            })
+        };
+        let sh = &mut self.p.shards[pd.shard];
+        let dropped = sh.dropped_at_hwm;
+        nodrop(sh, false)?;
+        self.passing_over = true;
+        // Lossy, no frame is refused for a full pipe: the message goes whole, or an error (a
+        // refusal all the same is a drop, counted by `not_sent`).
+        let sent = self.push_this(pd, None);
+        self.passing_over = false;
+        let sh = &mut self.p.shards[pd.shard];
+        let restored = nodrop(sh, true);
+        if matches!(sent, Ok(Push::Done)) && sh.dropped_at_hwm == dropped {
+            sh.dropped_at_hwm += 1;
+            sh.passed_over = true;
+        }
+        restored?;
+        sent
     }
 
     /// Shard `shard`'s pipe is full (`eos`: for its end of stream): a hold starts, or goes on.
@@ -1073,8 +1119,13 @@ impl PublisherAgent {
                 );
             }
         }
-        let waiting = |sh: &super::Shard| sh.eos_waiting() > 0;
         let now = monotonic_ns();
+        for k in 0..self.p.shards.len() {
+            if self.p.shards[k].eos_repeat_due(now) {
+                self.p.repeat_eos(k, now)?;
+            }
+        }
+        let waiting = |sh: &super::Shard| sh.eos_waiting() > 0;
         // Nothing waited for (no such subscriber when the ends of stream went out): no wait.
         let awaited = self.p.shards.iter().any(super::Shard::eos_awaited);
         self.eos_waited_ns = if awaited { now.saturating_sub(since_ns) } else { 0 };
@@ -1168,9 +1219,14 @@ impl Agent for PublisherAgent {
             // Until a subscription event, the wait's end, or (a resend that found a pipe full)
             // a short while.
             let resend = self.p.shards.iter().any(super::Shard::eos_resend_due);
-            let mut wait = timeout.min(Duration::from_nanos(deadline_ns.saturating_sub(monotonic_ns())));
+            let now = monotonic_ns();
+            let mut wait = timeout.min(Duration::from_nanos(deadline_ns.saturating_sub(now)));
             if resend {
                 wait = wait.min(Duration::from_millis(1));
+            }
+            // A repeat for a subscriber a lossy message went past: at its turn.
+            if let Some(next_ns) = self.p.shards.iter().filter_map(|sh| sh.eos_repeat_in(now)).min() {
+                wait = wait.min(Duration::from_nanos(next_ns.max(1_000_000)));
             }
             let _ = crate::zmqx::wait_any(self.p.shards.iter().map(|s| &s.socket), zmq::POLLIN, wait);
             return;

@@ -9,6 +9,10 @@
 //! mode ZMQ_XPUB_NODROP makes a full pipe push back on the publisher instead
 //! of dropping (PERF-ANCHORS: a default-HWM publisher flat out delivers only
 //! ~0.74 M msg/s of 100 B and drops the rest, so benchmarks would measure it).
+//! A lossy publisher keeps NODROP on too, to see and count each full pipe, and
+//! sends a message a full pipe refused to the shard's other subscribers (the
+//! socket lossy for that message alone): it drops per subscriber, as a lossy
+//! PUB does.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +35,10 @@ pub mod schedule;
 pub use agent::PublisherAgent;
 use faults::FaultPlan;
 pub use progress::FilePosition;
+
+/// How often the end of stream goes again, while unconfirmed, on a shard where a lossy message
+/// went past a subscriber's full pipe ([`Shard::eos_repeat_due`]).
+const EOS_REPEAT_EVERY: Duration = Duration::from_millis(100);
 
 /// How long a wait for subscribers goes on before the shards still short of them are said.
 const WAITING_SAID_AFTER: Duration = Duration::from_secs(5);
@@ -220,10 +228,14 @@ pub struct ReplayStats {
     /// after the first per second of [`send_span_s`](Self::send_span_s) (n messages span n-1
     /// intervals); `sent_total / elapsed_s` when there is no span.
     pub msgs_per_sec: f64,
-    /// Of the messages sent, those a lossy publisher (`--lossy`) dropped at
-    /// its SNDHWM, per shard and in all: they never left this process (the
-    /// engine counts them as lost, by sequence and from the end-of-stream
-    /// count). Not [`dropped_on_purpose`](Self::dropped_on_purpose).
+    /// Of the messages sent, those a lossy publisher (`--lossy`) found a subscriber's pipe
+    /// full for (at its SNDHWM), per shard and in all: messages at least one subscriber missed
+    /// at its HWM. With one subscriber each was dropped and never left this process; with
+    /// several each went to those with room and was dropped for the full one alone, which
+    /// libzmq then skips in silence until its reader has drained it to its low-water mark (the
+    /// messages it misses meanwhile are not in this count: that subscriber counts them, an
+    /// engine as lost, by sequence and from the end-of-stream count). Not
+    /// [`dropped_on_purpose`](Self::dropped_on_purpose).
     pub dropped_at_hwm_per_shard: Vec<u64>,
     pub dropped_at_hwm: u64,
     /// Time each shard's sends (data or its end of stream) waited on a full pipe, s: a lossless
@@ -385,8 +397,16 @@ struct Shard {
     /// mdsub data frames numbered in this session (what the end of stream reports): sent,
     /// dropped at the SNDHWM, or left out on purpose.
     data_sent: u64,
-    /// Data messages dropped at the SNDHWM (lossy).
+    /// Data messages a full pipe refused (lossy): dropped for that subscriber, sent to the
+    /// others with room (more than one subscriber), or dropped for all (one).
     dropped_at_hwm: u64,
+    /// A lossy data message went past a subscriber's full pipe in this run
+    /// ([`PublisherAgent::pass_over`](agent::PublisherAgent)): that pipe may be out of libzmq's
+    /// sending set still, so its end of stream may have skipped it. It is sent again while one
+    /// of its subscribers has not confirmed it ([`Shard::eos_repeat_due`]).
+    passed_over: bool,
+    /// When the end of stream was last sent again for that (mono ns).
+    eos_repeated_ns: u64,
     /// Subscribers as last drained: [`subscribers_of`] its `subscriptions` (less the proxies'
     /// own, `proxies`) and its handshaken connections.
     subscribers: usize,
@@ -473,6 +493,8 @@ impl Shard {
             sent: 0,
             data_sent: 0,
             dropped_at_hwm: 0,
+            passed_over: false,
+            eos_repeated_ns: 0,
             sent_unheard: 0,
             subscribers: 0,
             heard: false,
@@ -518,6 +540,7 @@ impl Shard {
         let awaiting = self.awaiting.saturating_sub(named_holds);
         let (took, took_named, control_joins) = (self.took, self.took_named, self.control_joins);
         self.eos_at = Some(EosAt { awaiting, took, took_named, control_joins });
+        self.eos_repeated_ns = crate::clock::monotonic_ns();
         self.eos_named.clear();
         self.eos_named.extend(self.awaiting_named.iter().map(|&(id, _)| id));
         self.confirmed_named.clear();
@@ -614,6 +637,22 @@ impl Shard {
     /// resend back: the shard's "resend pending".
     fn eos_resend_due(&self) -> bool {
         self.eos_at.is_some_and(|at| self.control_joins > at.control_joins)
+    }
+
+    /// Whether its end of stream is to go again at `now_ns` for a subscriber whose full pipe a
+    /// lossy message went past ([`Shard::passed_over`]): libzmq skips that pipe, in silence,
+    /// until its reader has drained it to the low-water mark, so the end of stream sent
+    /// meanwhile never reached it. Every [`EOS_REPEAT_EVERY`] while a subscriber that ends at
+    /// one has not confirmed it (a repeat counts once: the engine's `on_end_of_stream`).
+    fn eos_repeat_due(&self, now_ns: u64) -> bool {
+        self.eos_repeat_in(now_ns) == Some(0)
+    }
+
+    /// How long until its end of stream is to go again ([`Shard::eos_repeat_due`]), ns; None:
+    /// not to go again.
+    fn eos_repeat_in(&self, now_ns: u64) -> Option<u64> {
+        let next_ns = self.eos_repeated_ns.saturating_add(EOS_REPEAT_EVERY.as_nanos() as u64);
+        (self.passed_over && self.eos_waiting() > 0).then(|| next_ns.saturating_sub(now_ns))
     }
 }
 
@@ -718,7 +757,9 @@ impl Publisher {
             // take the pipe out of its active set until the reader drains it,
             // so a control frame sent then (the end of stream) is dropped
             // although the send says it went. With NODROP a full pipe says
-            // EAGAIN: lossless waits, lossy drops that message and counts it.
+            // EAGAIN: lossless waits; lossy counts the message and sends it
+            // lossy to the shard's other subscribers, or with one drops it
+            // (PublisherAgent::pass_over).
             crate::zmqx::set_xpub_nodrop(&mut s, true).map_err(zerr("setting XPUB_NODROP"))?;
             s.set_sndtimeo(100).map_err(zerr("setting SNDTIMEO"))?;
             s.set_linger(2000).map_err(zerr("setting LINGER"))?;
@@ -1008,19 +1049,36 @@ impl Publisher {
         wire::encode_into(&mut self.buf, CONTROL_TOPIC, &h, &payload);
     }
 
-    /// Send shard `k`'s end of stream again (its count as when it first went), without waiting:
-    /// false when a pipe is full (to try again).
+    /// Send shard `k`'s end of stream again (its count as when it first went), without waiting,
+    /// for a subscriber that took the control topic after it went: false when a pipe is full
+    /// (to try again).
     fn resend_eos(&mut self, k: usize) -> Result<bool, ReplayError> {
+        let sent = self.send_eos_again(k)?;
+        if sent {
+            let sh = &mut self.shards[k];
+            if let Some(at) = &mut sh.eos_at {
+                at.control_joins = sh.control_joins;
+            }
+            sh.eos_resent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Send shard `k`'s end of stream again for a subscriber a lossy message went past
+    /// ([`Shard::eos_repeat_due`]), without waiting; the next try is [`EOS_REPEAT_EVERY`] on,
+    /// sent or not.
+    fn repeat_eos(&mut self, k: usize, now_ns: u64) -> Result<(), ReplayError> {
+        self.shards[k].eos_repeated_ns = now_ns;
+        self.send_eos_again(k).map(|_| ())
+    }
+
+    /// Send shard `k`'s end of stream (its count as when it first went) without waiting: false
+    /// when a pipe is full.
+    fn send_eos_again(&mut self, k: usize) -> Result<bool, ReplayError> {
         self.encode_control(k, Kind::EndOfStream);
         let sh = &mut self.shards[k];
         match send_bytes(&mut sh.socket, &self.buf, zmq::DONTWAIT) {
-            Ok(()) => {
-                if let Some(at) = &mut sh.eos_at {
-                    at.control_joins = sh.control_joins;
-                }
-                sh.eos_resent += 1;
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(false),
             Err(e) => Err(sh.send_error(e)),
         }
