@@ -312,7 +312,7 @@ def fit_slope(points):
     return 0.0 if den == 0 else sum((t - mt) * (v - mv) for t, v in points) / den
 
 
-def table(tsv_path, minutes):
+def table(tsv_path):
     rows = [line.rstrip("\n").split("\t") for line in open(tsv_path)]
     hdr, rows = rows[0], rows[1:]
     cols = ["rss_kib", "fds", "threads", "file_bytes", "stderr_bytes", "metrics_bytes", "publishers_held", "topics_held"]
@@ -334,17 +334,17 @@ def table(tsv_path, minutes):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=10)
+    ap.add_argument("--minutes", type=float, default=10, help="how long to run (default 10)")
     ap.add_argument("--rate", type=int, default=5000, help="msg/s of each publisher slot (default 5000)")
-    ap.add_argument("--sample-s", type=float, default=5)
-    ap.add_argument("--new-symbols", type=int, default=200, help="symbols added at each publisher start")
-    ap.add_argument("--lvc-max-topics", type=int, default=100_000)
-    ap.add_argument("--subscriber-every-s", type=float, default=1.0)
-    ap.add_argument("--client-every-s", type=float, default=0.25)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--sample-s", type=float, default=5, help="seconds between samples (default 5)")
+    ap.add_argument("--new-symbols", type=int, default=200, help="symbols added at each publisher start (default 200)")
+    ap.add_argument("--lvc-max-topics", type=int, default=100_000, help="the lvc's --max-topics (default its own, 100000)")
+    ap.add_argument("--subscriber-every-s", type=float, default=1.0, help="a new LVC subscriber this often (default 1)")
+    ap.add_argument("--client-every-s", type=float, default=0.25, help="a new clone client this often (default 0.25)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the churn's choices (default 1)")
+    ap.add_argument("--out", default=None, help="folder for samples.tsv and each process's stderr (default: a new /tmp folder)")
     here = os.path.dirname(os.path.abspath(__file__))
-    ap.add_argument("--bin", default=os.path.join(here, "..", "target", "release", "mdsub"))
+    ap.add_argument("--bin", default=os.path.join(here, "..", "target", "release", "mdsub"), help="the mdsub binary (default: target/release/mdsub)")
     a = ap.parse_args()
     if not os.access(a.bin, os.X_OK):
         sys.exit(f"churn-soak: no mdsub binary at {a.bin} (cargo build --release, or --bin)")
@@ -358,7 +358,7 @@ def main():
     finally:
         s.stop_all()
     print("churn-soak: " + ", ".join(f"{k}={v}" for k, v in s.counts.items()))
-    table(os.path.join(a.out, "samples.tsv"), a.minutes)
+    table(os.path.join(a.out, "samples.tsv"))
     print(f"churn-soak: samples {a.out}/samples.tsv, stderr of each process {a.out}/*.err")
     sys.exit(0 if ok else 1)
 
