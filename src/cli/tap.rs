@@ -51,7 +51,10 @@ pub struct TapArgs {
     /// Does not change what the proxy forwards.
     #[arg(long, value_parser = parse_filter, value_name = "PREFIX")]
     pub filter: Vec<String>,
-    /// Print only message counts per topic, refreshed once a second.
+    /// Print only message counts per topic, refreshed once a second: the first
+    /// 10000 distinct topics seen, each by name; later new ones count together
+    /// under `(other)`, so a feed whose topics keep changing holds the tap's
+    /// memory at that.
     #[arg(long, conflicts_with = "quiet")]
     pub stats: bool,
     /// Print nothing per message (useful with --record).

@@ -1109,6 +1109,8 @@ fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
         publisher_refused: c.publisher_refused.load(Relaxed),
         accept_failed: c.accept_failed.load(Relaxed),
         beyond_sent: beyond_sent_of(c),
+        publishers_held: c.publishers_held.load(Relaxed),
+        topics_held: c.topics_held.load(Relaxed),
         received: c.received.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed),
         counts: counts_of(c),

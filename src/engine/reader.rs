@@ -117,6 +117,12 @@ pub struct ShardCounters {
     /// is wrong: loss unknown), as of the last end of stream after which no session of the
     /// shard was open, and at the end (the report's `beyond_sent`).
     pub beyond_sent: AtomicU64,
+    /// What the reader's sequence tracker holds now: publishers (live ones, and the last
+    /// [`super::sequence::ENDED_KEPT`] that ended) and topics across their sessions
+    /// ([`SequenceTracker::publishers`], [`SequenceTracker::topics`]). Gauges: what grows here
+    /// all day is publishers that went without an end of stream under ids never heard again.
+    pub publishers_held: AtomicU64,
+    pub topics_held: AtomicU64,
     /// Messages sent before the first live frame of each session this shard saw
     /// ([`super::sequence::SequenceTotals::before_first`]).
     pub before_first: AtomicU64,
@@ -651,6 +657,8 @@ impl Checks {
             (&c.unended_sessions, t.unended_sessions),
             (&c.unended_sent, t.unended_sent),
             (&c.beyond_sent, self.beyond_sent),
+            (&c.publishers_held, self.tracker.publishers() as u64),
+            (&c.topics_held, self.tracker.topics() as u64),
         ];
         let (gap, restart, eos) =
             (self.tracker.last_gap_at(), self.tracker.last_restart_at(), self.tracker.last_eos_at());

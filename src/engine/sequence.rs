@@ -45,6 +45,14 @@ pub const MAX_PUBLISHERS: usize = 1024;
 /// ([`SequenceTotals::after_end`]), not taken for a new publisher. Past this many, the oldest
 /// is forgotten for good (about 100 KiB).
 pub const FORGOTTEN_KEPT: usize = 4096;
+/// Publishers whose sessions all ended that stay held, with their sessions and topics, so that a
+/// late frame of one is still judged (a duplicate dropped, a reordered frame told apart). Past
+/// this many, the one that ended longest ago is forgotten at once (its session ids kept in
+/// [`FORGOTTEN_KEPT`]: a late frame of it is then dropped and counted as `after_end`), not when
+/// a new publisher or topic next needs room: an engine whose publishers come and go under new
+/// ids (a new id per start, each session with its own topics) otherwise held every ended one's
+/// topics up to [`MAX_TRACKED_TOPICS`] (about 620 MiB), and grew towards that all day.
+pub const ENDED_KEPT: usize = 16;
 /// Up to this many sessions, a frame's session is found by a scan (as fast as a map's hash
 /// for one or two publishers); past it, through the map.
 const SCAN_MAX: usize = 8;
@@ -523,8 +531,8 @@ pub struct SequenceTracker {
     /// The session of the last frame (an index into `sessions`, checked before use).
     last: usize,
     /// Publishers whose sessions all ended, oldest first: they give their place (and their
-    /// topics) back when a new publisher or topic needs it. An id heard again since is
-    /// skipped when its turn comes.
+    /// topics) back when a new publisher or topic needs it, or once more than [`ENDED_KEPT`]
+    /// ended. An id heard again since is skipped when its turn comes.
     ended: VecDeque<u32>,
     /// Sessions of publishers forgotten after they ended ([`FORGOTTEN_KEPT`]), oldest first,
     /// and the same as a set.
@@ -678,10 +686,15 @@ impl SequenceTracker {
 
     /// After an end of stream of publisher `p`: if every session of it ended, it may give its
     /// place back ([`SequenceTracker::ended`]).
+    /// Past [`ENDED_KEPT`] such publishers, the one that ended longest ago is forgotten now.
     fn note_if_ended(&mut self, p: usize) {
         if !self.publishers[p].queued && self.all_ended(p) {
+            let id = self.publishers[p].publisher_id;
             self.publishers[p].queued = true;
-            self.ended.push_back(self.publishers[p].publisher_id);
+            self.ended.push_back(id);
+            // The queue may hold ids heard again since they ended: forget_one_ended drops
+            // those as it goes, and says false when none is left to forget.
+            while self.ended.len() > ENDED_KEPT && self.forget_one_ended(id) {}
         }
     }
 
@@ -2340,6 +2353,45 @@ mod tests {
         assert!(!t.on_end_of_stream(&h(n - 4000, 1000 + u64::from(n - 4000), 1, 0), 1));
         let tot = t.totals();
         assert_eq!((tot.after_end, tot.eos_sessions, tot.before_first, tot.restarts), (1, 5120, 0, 0), "{tot:?}");
+        maps_agree(&t).unwrap();
+    }
+
+    /// Publishers that come and go under new ids (the churn soak's publisher restarted under a
+    /// new id every few seconds, each session with thousands of topics): only the last
+    /// [`ENDED_KEPT`] to end stay held with their topics. Before, every ended one was held until
+    /// a new publisher or topic needed room, so the topics held (and the engine's memory) grew
+    /// with each publisher that came and went, up to MAX_TRACKED_TOPICS.
+    #[test]
+    fn publishers_that_came_and_went_are_not_held_past_the_last_few() {
+        const TOPICS: u64 = 100;
+        let mut t = SequenceTracker::new(true);
+        for id in 0..(4 * ENDED_KEPT) as u32 {
+            for seq in 1..=TOPICS {
+                assert!(t.on_data(&h(id, 7, seq, 1), format!("T{id}.{seq}").as_bytes()).accept);
+            }
+            assert!(t.on_end_of_stream(&h(id, 7, TOPICS, 0), TOPICS));
+            assert!(t.publishers() <= ENDED_KEPT, "{id}: {} publishers held", t.publishers());
+            assert_eq!(t.topics(), held(&t));
+            assert!(t.topics() <= ENDED_KEPT * TOPICS as usize, "{id}: {} topics held", t.topics());
+        }
+        let tot = t.totals();
+        let n = 4 * ENDED_KEPT as u64;
+        assert_eq!((tot.accepted, tot.eos_sessions, tot.eos_sent, tot.gaps), (n * TOPICS, n, n * TOPICS, 0));
+        // The last to end is still held: a late frame of it is judged (a duplicate); one of a
+        // forgotten one is dropped and counted as after its end.
+        let last = n as u32 - 1;
+        assert!(!t.on_data(&h(last, 7, 1, 1), format!("T{last}.1").as_bytes()).accept);
+        assert!(!t.on_data(&h(0, 7, 1, 1), b"T0.1").accept);
+        let tot = t.totals();
+        assert_eq!((tot.duplicates, tot.after_end, tot.over_limit), (1, 1, 0), "{tot:?}");
+        // A live publisher is never forgotten for the ended ones: one that keeps sending while
+        // others come and go is still judged (its gap seen).
+        assert!(t.on_data(&h(9999, 1, 1, 1), b"LIVE").accept);
+        for id in 10_000..10_000 + 2 * ENDED_KEPT as u32 {
+            assert!(t.on_data(&h(id, 7, 1, 1), b"X").accept);
+            assert!(t.on_end_of_stream(&h(id, 7, 1, 0), 1));
+        }
+        assert_eq!(t.on_data(&h(9999, 1, 3, 2), b"LIVE").missed, 1);
         maps_agree(&t).unwrap();
     }
 

@@ -65,6 +65,9 @@ pub struct ShardLive {
     /// Messages that arrived beyond what its publishers' ends of stream say they sent
     /// (`beyond_sent`: a publisher's count is wrong, loss unknown).
     pub beyond_sent: u64,
+    /// Publishers and topics its reader's sequence tracker holds now.
+    pub publishers_held: u64,
+    pub topics_held: u64,
 }
 
 /// What the engine knows now, apart from latency.
@@ -380,6 +383,24 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
          shard was open; a later one can take it back (counts are per shard), so not a counter.",
         &shards,
         |c| c.beyond_sent,
+    );
+    per_row(
+        &mut s,
+        "mdsub_shard_publishers_held",
+        "gauge",
+        "Publishers the shard's reader tracks now: live ones (no end of stream yet), and the last 16 \
+         that ended. At 1024 live ones a new publisher is dropped (bad_frames over_limit_publishers).",
+        &shards,
+        |c| c.publishers_held,
+    );
+    per_row(
+        &mut s,
+        "mdsub_shard_topics_held",
+        "gauge",
+        "Topics the shard's reader tracks now across those publishers' sessions (at most 4 Mi; past it \
+         new topics are dropped, bad_frames over_limit_topics).",
+        &shards,
+        |c| c.topics_held,
     );
     counter(
         &mut s,
@@ -829,7 +850,10 @@ mod tests {
         latency.last_interval[1].record(1_000, 2_000, 3_000);
         let live = EngineLive {
             engine_id: "e\"1".into(),
-            shards: vec![ShardLive { received: 7, beyond_sent: 5, ..Default::default() }, ShardLive::default()],
+            shards: vec![
+                ShardLive { received: 7, beyond_sent: 5, publishers_held: 3, topics_held: 40, ..Default::default() },
+                ShardLive::default(),
+            ],
             // Busy half of its run, idle over the last interval: the gauge is the interval's.
             agents: vec![AgentStats {
                 role: "worker0".into(),
@@ -886,6 +910,9 @@ mod tests {
         assert_eq!(live.snail_verdict(Some(1)), crate::snail::Verdict::Snail);
         assert_eq!(live.snail_verdict(Some(0)), crate::snail::Verdict::Ok);
         assert!(t.contains("mdsub_shard_received_total{engine=\"e\\\"1\",shard=\"0\"} 7"), "{t}");
+        assert!(t.contains("mdsub_shard_publishers_held{engine=\"e\\\"1\",shard=\"0\"} 3\n"), "{t}");
+        assert!(t.contains("mdsub_shard_topics_held{engine=\"e\\\"1\",shard=\"0\"} 40\n"), "{t}");
+        assert!(t.contains("# TYPE mdsub_shard_topics_held gauge\n"), "{t}");
         assert!(t.contains("# TYPE mdsub_shard_beyond_sent gauge\n"), "{t}");
         assert!(t.contains("mdsub_shard_beyond_sent{engine=\"e\\\"1\",shard=\"0\"} 5\n"), "{t}");
         let refused = "mdsub_handler_refused_total{engine=\"e\\\"1\",agent=\"worker0\",reason=\"orders_full\"} 3\n";
