@@ -596,6 +596,72 @@ fn a_lossy_replay_drops_for_the_subscriber_that_stopped_reading_alone() {
     assert!(s.get("eos_unconfirmed").is_none() && s.get("eos_missed").is_none(), "{s}");
 }
 
+/// A lossy replay whose one connection carries two subscribers (a proxy such as `mdsub lvc`
+/// forwards each subscriber's subscription to the control topic; here one peer subscribes twice)
+/// counts every message that connection's full pipe refused and ends its stream, as with one
+/// subscriber. Before, two subscriptions were taken for two pipes: the first refused message
+/// was sent lossy to "the others", there were none, and libzmq then skipped that one pipe in
+/// silence until its reader drained it: every later drop went uncounted (1 counted), and the
+/// end of stream, sent while it was skipped, was lost.
+#[test]
+fn a_lossy_replay_whose_one_connection_carries_two_subscribers_counts_every_drop() {
+    use mdsub::feed::GeneratorConfig;
+    use mdsub::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const N: u64 = 200_000;
+    let ctx = zmq::Context::new();
+    let cfg = PublisherConfig { lossless: false, sndhwm_msgs: 100, ..Default::default() };
+    let mut publisher = Publisher::bind(&ctx, &cfg).expect("publisher");
+    publisher.set_eos_wait(Duration::ZERO);
+    let ep = publisher.endpoints()[0].clone();
+    let sub = ctx.socket(zmq::SUB).expect("sub");
+    sub.set_rcvhwm(100).expect("rcvhwm");
+    sub.set_rcvbuf(4096).expect("rcvbuf");
+    sub.set_rcvtimeo(200).expect("rcvtimeo");
+    sub.connect(&ep).expect("connect");
+    sub.set_subscribe(b"").expect("subscribe");
+    sub.set_subscribe(wire::CONTROL_TOPIC).expect("subscribe");
+    publisher.wait_for_subscribers(2, Duration::from_secs(20)).expect("two subscriptions, one connection");
+    // It reads nothing until every message was scheduled, then all there is to its end of stream.
+    let go = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let go = go.clone();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(60);
+            while !go.load(Ordering::Acquire) && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            let (mut data, mut eos) = (0u64, false);
+            while !eos && std::time::Instant::now() < until {
+                let Ok(f) = sub.recv_bytes(0) else { continue };
+                match wire::decode(&f).map(|v| v.header.kind) {
+                    Ok(Kind::Data) => data += 1,
+                    Ok(Kind::EndOfStream) => eos = true,
+                    _ => {}
+                }
+            }
+            (data, eos)
+        })
+    };
+    let gen = GeneratorConfig { symbols: 20, zipf_s: 0.0, payload_bytes: 100, seed: 1 };
+    let limits = Limits { max_msgs: Some(N), duration: None };
+    let never = mdsub::agent::StopFlag::new();
+    let stats = publisher
+        .run(&Source::Generator(gen), Pacing::FlatOut, limits, &never, &mut |n| {
+            if n >= N {
+                go.store(true, Ordering::Release);
+            }
+        })
+        .expect("replay");
+    go.store(true, Ordering::Release);
+    let (data, eos) = reader.join().expect("reader");
+    assert_eq!(stats.sent_total, N, "{stats:?}");
+    assert!(eos, "the end of stream reached the connection ({data} data messages did, {stats:?})");
+    assert_eq!(data + stats.dropped_at_hwm, N, "each message arrived or was counted dropped: {stats:?}");
+}
+
 #[test]
 fn a_subscriber_that_leaves_mid_run_is_said() {
     // Before, the replay went on sending to no one and said nothing.

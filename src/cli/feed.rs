@@ -148,8 +148,9 @@ pub struct PublisherArgs {
     /// Drop a message for a subscriber whose queue is at the HWM instead of
     /// pushing back; the others still get it. Each message a full queue refused
     /// is counted (`dropped_at_hwm` in the replay's numbers: messages at least one
-    /// subscriber missed; with several, the full one then misses more until it
-    /// drains, which it counts as lost) and the end of stream is always delivered
+    /// subscriber missed; with several on their own connections, the full one
+    /// then misses more until it drains, which it counts as lost; several behind
+    /// one proxy share one queue, dropped for all as with one) and the end of stream is always delivered
     /// (sent waiting for room, and again to a subscriber it passed over).
     #[arg(long)]
     pub lossy: bool,

@@ -413,14 +413,15 @@ impl PublisherAgent {
 
     /// A frame of `pd` was refused with `e`: a lossy publisher's data message refused at its
     /// first frame (`lossy_first`) for a full pipe goes to the shard's other subscribers
-    /// ([`Self::pass_over`]) or, with one subscriber, is dropped; counted either way (its
+    /// ([`Self::pass_over`]) or, with one subscriber or one connection, is dropped; counted
+    /// either way (its
     /// sequences are spent). Else a full pipe keeps it pending, and an error is returned (it is
     /// kept too).
     #[cold]
     fn not_sent(&mut self, pd: Pending, e: zmq::Error, lossy_first: bool) -> Result<Push, ReplayError> {
         let sh = &mut self.p.shards[pd.shard];
         match e {
-            zmq::Error::EAGAIN if lossy_first && sh.subscribers > 1 && !self.passing_over => self.pass_over(pd),
+            zmq::Error::EAGAIN if lossy_first && sh.passes_over() && !self.passing_over => self.pass_over(pd),
             zmq::Error::EAGAIN if lossy_first => {
                 sh.dropped_at_hwm += 1;
                 self.sent_whole(pd);
@@ -440,7 +441,8 @@ impl PublisherAgent {
     }
 
     /// A lossy data message `pd` that a full pipe refused, on a shard with more than one
-    /// subscriber: sent with the XPUB lossy for this message alone, so libzmq writes it to every
+    /// subscriber on more than one connection ([`Shard::passes_over`](super::Shard)): sent with
+    /// the XPUB lossy for this message alone, so libzmq writes it to every
     /// subscriber whose pipe has room and drops it for the full ones, as a lossy PUB does per
     /// subscriber (with NODROP, libzmq refuses a message for all of them while any one's pipe
     /// is full: one subscriber that stopped reading starved the others). Counted in
@@ -450,8 +452,9 @@ impl PublisherAgent {
     /// refuses a message's first frame leaves the matching set for its later frames (the
     /// message stays whole for each subscriber) and libzmq's sending set until its reader has
     /// drained it to the low-water mark: until then the sends skip it with no refusal to count.
-    /// With one subscriber that would make every later drop, and the end of stream, vanish
-    /// uncounted: it is dropped there as before ([`Self::not_sent`]).
+    /// With one subscriber, or one connection (a proxy carrying several subscribers' subscriptions,
+    /// one pipe), that would make every later drop, and the end of stream, vanish uncounted: it
+    /// is dropped there as before ([`Self::not_sent`]).
     #[cold]
     fn pass_over(&mut self, pd: Pending) -> Result<Push, ReplayError> {
         let nodrop = |sh: &mut super::Shard, on: bool| {

@@ -639,6 +639,16 @@ impl Shard {
         self.eos_at.is_some_and(|at| self.control_joins > at.control_joins)
     }
 
+    /// Whether a lossy message a full pipe refused goes to the shard's other subscribers
+    /// ([`PublisherAgent::pass_over`](agent::PublisherAgent)): more than one subscriber, on more
+    /// than one connection. One connection is one pipe however many subscribers it carries (a
+    /// proxy, `mdsub lvc` or `mdsub tap`, forwards each one's subscription): there is no other
+    /// pipe to reach, and libzmq would skip that one in silence after it, its later drops and
+    /// the end of stream gone uncounted; it is dropped and counted, as with one subscriber.
+    fn passes_over(&self) -> bool {
+        self.subscribers > 1 && self.connections > 1
+    }
+
     /// Whether its end of stream is to go again at `now_ns` for a subscriber whose full pipe a
     /// lossy message went past ([`Shard::passed_over`]): libzmq skips that pipe, in silence,
     /// until its reader has drained it to the low-water mark, so the end of stream sent
