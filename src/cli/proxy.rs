@@ -71,9 +71,9 @@ impl ProxyArgs {
     /// where its backend connects, or a backend bound where its frontend connects. Its XSUB and
     /// XPUB would be each other's peer: subscriptions and data go round the proxy. Only what is
     /// sure from the words is seen: the same endpoint, or a tcp port bound on every address
-    /// (`*`, `0.0.0.0`) or on 127.0.0.1 and connected to at a loopback address (`127.x.x.x`,
-    /// `localhost`). A loop through another proxy, or through this host's other addresses or
-    /// names, cannot be seen here.
+    /// (`*`, `0.0.0.0`) and connected to at a loopback address (`127.x.x.x`, `localhost`), or
+    /// bound on 127.0.0.1 and connected to there (`localhost` for either). A loop through
+    /// another proxy, or through this host's other addresses or names, cannot be seen here.
     pub fn check_loop(&self, command: &str) -> Result<(), super::UsageError> {
         let sides = [("--frontend", &self.frontend), ("--backend", &self.backend)];
         for (i, (bound_flag, bound)) in sides.iter().enumerate() {
@@ -107,8 +107,10 @@ impl ProxyArgs {
 }
 
 /// A socket bound at `bound` surely accepts a connection to `connected`: the same endpoint, or
-/// tcp on one numeric port with the bound host every address (`*`, `0.0.0.0`) or 127.0.0.1 and
-/// the connected one a loopback address (`127.x.x.x`, `localhost`). `false` when unsure.
+/// tcp on one numeric port with the bound host every address (`*`, `0.0.0.0`) and the connected
+/// one a loopback address (`127.x.x.x`, `localhost`), or both 127.0.0.1 (`localhost`). One bound
+/// on 127.0.0.1 alone is not reached at 127.0.0.2: another server may be bound there on the same
+/// port (hosts played by loopback addresses). `false` when unsure.
 fn same_place(bound: &str, connected: &str) -> bool {
     if bound == connected {
         return true;
@@ -121,7 +123,12 @@ fn same_place(bound: &str, connected: &str) -> bool {
         return false;
     };
     let loopback = |h: &str| h == "localhost" || h.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback());
-    bport == cport && loopback(&chost) && matches!(bhost.as_str(), "*" | "0.0.0.0" | "127.0.0.1" | "localhost")
+    let local = |h: &str| matches!(h, "127.0.0.1" | "localhost");
+    bport == cport
+        && match bhost.as_str() {
+            "*" | "0.0.0.0" => loopback(&chost),
+            h => local(h) && local(&chost),
+        }
 }
 
 #[cfg(test)]
@@ -149,7 +156,11 @@ mod tests {
             ("tcp://*:5556", "connect:tcp://127.0.0.1:5556", true),
             ("bind:tcp://0.0.0.0:5556", "connect:tcp://localhost:5556", true),
             ("tcp://127.0.0.1:5556", "connect:tcp://127.0.0.1:5556", true),
-            ("bind:tcp://localhost:5556", "connect:tcp://127.0.0.2:5556", true),
+            ("bind:tcp://localhost:5556", "connect:tcp://127.0.0.1:5556", true),
+            ("tcp://*:5556", "connect:tcp://127.0.0.2:5556", true),
+            // Bound on 127.0.0.1 alone: 127.0.0.2:5556 is another socket's (a valid setup).
+            ("bind:tcp://localhost:5556", "connect:tcp://127.0.0.2:5556", false),
+            ("tcp://127.0.0.1:5556", "connect:tcp://127.0.0.2:5556", false),
             ("connect:ipc:///tmp/x", "ipc:///tmp/x", true),
             ("tcp://*:5556", "tcp://*:5557", false),
             ("tcp://*:5556", "connect:tcp://127.0.0.1:5557", false),
