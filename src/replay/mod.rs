@@ -1168,7 +1168,7 @@ impl Publisher {
         self.skipped_by_rtype.clear();
         self.refused.clear();
         for sh in &mut self.shards {
-            (sh.eos_at, sh.eos_resent) = (None, 0);
+            (sh.eos_at, sh.eos_resent, sh.passed_over) = (None, 0, false);
         }
         match source {
             _ if threaded && self.faults != FaultPlan::default() => {
