@@ -672,40 +672,13 @@ fn pacing_of(args: &ReplayArgs) -> Pacing {
     }
 }
 
-/// `pace not kept: …` when a DBN file replayed at a multiple of its recorded pace fell behind
-/// it as far as a `--rate` not achieved does ([`crate::replay::MIN_ACHIEVED_RATIO`],
-/// [`crate::replay::BEHIND_SCHEDULE_JUDGED_NS`]): a subscriber measures latency from the
-/// schedule, so it counts how far behind the publisher went (time paused on purpose aside).
-fn pace_note(pacing: Pacing, stats: &crate::replay::ReplayStats) -> Option<String> {
-    let Pacing::Recorded { speed } = pacing else { return None };
-    let ((first, last), span_s) = (stats.market_span_ns?, stats.send_span_s?);
-    let due_s = last.saturating_sub(first) as f64 / 1e9 / speed;
-    let took_s = (span_s - stats.paused_s).max(0.0);
-    let behind_ns = (took_s - due_s) * 1e9;
-    let kept = due_s >= crate::replay::MIN_ACHIEVED_RATIO * took_s
-        || behind_ns < crate::replay::BEHIND_SCHEDULE_JUDGED_NS as f64;
-    let ns = |s: f64| crate::diag::human_ns((s * 1e9) as u64);
-    (!kept).then(|| {
-        format!(
-            "pace not kept: the {} recorded at {speed}x were due in {}; sending took {} ({:.0}% of the pace), so the \
-             last message went {} behind the recorded schedule, and a subscriber's latency, measured from it, \
-             includes that (the publisher could not send faster, or, lossless, a subscriber held it back)",
-            crate::diag::human_ns(last.saturating_sub(first)),
-            ns(due_s),
-            ns(took_s),
-            100.0 * due_s / took_s,
-            ns(took_s - due_s)
-        )
-    })
-}
-
 /// The replay's summary on stdout: its numbers as JSON (`--json`), or in lines.
 fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::Result<()> {
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
         crate::outln!("{}", sent_line(stats));
-        if let Some(note) = stats.rate_note().or_else(|| pace_note(pacing_of(args), stats)) {
+        if let Some(note) = stats.rate_note().or_else(|| stats.pace_note(pacing_of(args))) {
             crate::outln!("{note}");
         }
         if stats.interrupted && !stats.eos_missed.is_empty() {

@@ -360,8 +360,7 @@ impl ReplayStats {
     pub fn rate_not_achieved(&self) -> Option<(u64, f64)> {
         let (offered, achieved) = (self.offered_msgs_per_sec?, self.achieved_msgs_per_sec?);
         let short = achieved < MIN_ACHIEVED_RATIO * offered as f64;
-        (short && self.behind_schedule_ns(offered, achieved) >= BEHIND_SCHEDULE_JUDGED_NS as f64)
-            .then_some((offered, achieved))
+        fell_behind(short, self.behind_schedule_ns(offered, achieved)).then_some((offered, achieved))
     }
 
     /// How far behind its schedule the publisher's last message went, ns: its messages (those
@@ -384,6 +383,38 @@ impl ReplayStats {
             100.0 * achieved / offered as f64
         ))
     }
+
+    /// `pace not kept: …` when a file replayed at a multiple of its recorded pace (`pacing`)
+    /// fell behind it by the rule a `--rate` not achieved is judged by (`fell_behind`): a
+    /// subscriber measures latency from the schedule, so it counts how far behind the publisher
+    /// went (time paused on purpose aside). None for any other pacing.
+    pub fn pace_note(&self, pacing: Pacing) -> Option<String> {
+        let Pacing::Recorded { speed } = pacing else { return None };
+        let ((first, last), span_s) = (self.market_span_ns?, self.send_span_s?);
+        let due_s = last.saturating_sub(first) as f64 / 1e9 / speed;
+        let took_s = (span_s - self.paused_s).max(0.0);
+        let short = due_s < MIN_ACHIEVED_RATIO * took_s;
+        let ns = |s: f64| crate::diag::human_ns((s * 1e9) as u64);
+        fell_behind(short, (took_s - due_s) * 1e9).then(|| {
+            format!(
+                "pace not kept: the {} recorded at {speed}x were due in {}; sending took {} ({:.0}% of the pace), so \
+                 the last message went {} behind the recorded schedule, and a subscriber's latency, measured from \
+                 it, includes that (the publisher could not send faster, or, lossless, a subscriber held it back)",
+                crate::diag::human_ns(last.saturating_sub(first)),
+                ns(due_s),
+                ns(took_s),
+                100.0 * due_s / took_s,
+                ns(took_s - due_s)
+            )
+        })
+    }
+}
+
+/// A schedule (a `--rate`, a recorded pace) counts as not kept when the publisher went below
+/// [`MIN_ACHIEVED_RATIO`] of it (`short`) and its last message [`BEHIND_SCHEDULE_JUDGED_NS`] or
+/// more behind it (`behind_ns`).
+fn fell_behind(short: bool, behind_ns: f64) -> bool {
+    short && behind_ns >= BEHIND_SCHEDULE_JUDGED_NS as f64
 }
 
 struct Shard {
