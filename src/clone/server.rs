@@ -537,6 +537,14 @@ impl Server {
         Ok(n)
     }
 
+    /// Point the syncer (if any) at `handle`, the log that took the old one's place.
+    fn sync_new_log(&mut self, handle: std::fs::File) -> Result<(), AgentError> {
+        match self.syncer.as_mut() {
+            Some(syncer) => syncer.follow(handle),
+            None => Ok(()),
+        }
+    }
+
     /// [`Action::PeerSnapshotEnd`]: complete the re-sync's file and restart the log after it
     /// (timed like [`Server::on_disk`]; a rename and a new file, whatever the map's size), and
     /// point the syncer at the new log; or say why there is no such file.
@@ -546,9 +554,7 @@ impl Server {
             None => Event::PeerSnapshotUnwritten { error: "no data directory".into() },
             Some(Err(error)) => Event::PeerSnapshotUnwritten { error },
             Some(Ok(handle)) => {
-                if let Some(syncer) = self.syncer.as_mut() {
-                    syncer.follow(handle)?;
-                }
+                self.sync_new_log(handle)?;
                 Event::PeerSnapshotWritten
             }
         })
@@ -574,11 +580,7 @@ impl Server {
             None => return Ok(Some(Event::CompactionDone { took_ns: 0, error: None })),
             Some(Err(e)) => return failed(e),
             Some(Ok(None)) => {} // an earlier segment is folded first
-            Some(Ok(Some(handle))) => {
-                if let Some(syncer) = self.syncer.as_mut() {
-                    syncer.follow(handle)?;
-                }
-            }
+            Some(Ok(Some(handle))) => self.sync_new_log(handle)?,
         }
         match self.compactor.as_mut() {
             Some(c) => c.ask(Job::Compact { wall_ms: self.wall_ms }).map(|()| None),
@@ -625,9 +627,7 @@ impl Server {
             None => Event::SnapshotFailed { error: "no data directory".into() },
             Some(Err(e)) => Event::SnapshotFailed { error: e.to_string() },
             Some(Ok((handle, lost))) => {
-                if let Some(syncer) = self.syncer.as_mut() {
-                    syncer.follow(handle)?;
-                }
+                self.sync_new_log(handle)?;
                 log(
                     self.cfg.verbose,
                     format_args!(
