@@ -91,6 +91,9 @@ fn default_handoff_hwm() -> i32 {
 fn default_interval_ms() -> u64 {
     defaults::METRICS_INTERVAL_MS
 }
+fn default_forget_silent_after_ms() -> u64 {
+    defaults::FORGET_SILENT_AFTER_MS
+}
 
 /// The snail's section of a profile (`[snail]`): lag and silence checks
 /// and what their verdicts do (docs/SNAIL.md).
@@ -221,6 +224,11 @@ pub struct Profile {
     pub handler: HandlerSpec,
     #[serde(default = "default_interval_ms")]
     pub metrics_interval_ms: u64,
+    /// A publisher of which nothing (no data, no heartbeat, no end of stream) was heard for
+    /// this long is forgotten as vanished, its topics released and its open session counted as
+    /// unended (0: never; `--forget-silent-after`).
+    #[serde(default = "default_forget_silent_after_ms")]
+    pub forget_silent_after_ms: u64,
     /// The snail's thresholds and policy.
     #[serde(default)]
     pub snail: SnailProfile,
@@ -361,6 +369,7 @@ impl Profile {
             idle: "backoff".into(),
             handler: HandlerSpec::Latency,
             metrics_interval_ms: default_interval_ms(),
+            forget_silent_after_ms: default_forget_silent_after_ms(),
             snail: SnailProfile::default(),
             keepalive: Keepalive::default(),
             security: SecurityProfile::default(),
@@ -768,6 +777,7 @@ impl Profile {
             idle: IdleStrategy::from_name(&self.idle).unwrap_or_default(),
             handler: self.handler,
             metrics_interval: std::time::Duration::from_millis(self.metrics_interval_ms),
+            forget_silent_after: std::time::Duration::from_millis(self.forget_silent_after_ms),
             expect_eos_per_shard: None,
             snail: self.snail.config(),
             monitor: self.snail.monitor.clone(),

@@ -357,8 +357,14 @@ fn shard0_metric(addr: &str, name: &str) -> Option<u64> {
 /// `mdsub engine --json` on `endpoint` (one shard) with `/metrics` on an ephemeral port, shipped
 /// every 100 ms; the engine and the metrics address.
 fn watched_engine(endpoint: &str) -> (LineProc, String) {
+    watched_engine_with(endpoint, &[])
+}
+
+/// [`watched_engine`] with `extra` flags.
+fn watched_engine_with(endpoint: &str, extra: &[&str]) -> (LineProc, String) {
     let mut cmd = mdsub();
     cmd.args(["engine", "--json", "--max-duration", "90s", "--snail", "off", "--endpoint", endpoint]);
+    cmd.args(extra);
     cmd.args(["--metrics-listen", "127.0.0.1:0", "--metrics-interval", "100ms"]);
     let engine = LineProc::spawn_with_stderr("engine", &mut cmd);
     let url = engine.said_after("metrics: ");
@@ -419,6 +425,49 @@ fn a_publisher_killed_mid_stream_leaves_sent_and_lost_known_to_its_last_arrived_
     let shard = &r["shards"][0];
     assert_eq!((u(shard, "sent"), u(shard, "lost")), (sent, lost), "{shard}");
     assert_eq!(shard["loss_basis"], basis, "{shard}");
+}
+
+/// The publisher is killed (SIGKILL) mid-stream and its id is never heard again: after
+/// `--forget-silent-after` of nothing from it, the engine forgets it (the gauges of what its
+/// tracker holds go back to 0), says so once on stderr, counts it (`vanished`, on /metrics and in
+/// the report), and its session counts once, as unended to its last arrived message: the stop
+/// that ends the run counts nothing again, and the report adds up. Before, it was held with its
+/// topics for the rest of the run (and the flag did not exist).
+#[test]
+fn a_publisher_killed_and_never_heard_again_is_forgotten_after_the_bound_and_counted_once() {
+    let feed = ["--count", "10M", "--rate", "20k", "--drop-every", "100"];
+    let (replay, eps) = start_replay("replay", 1, &feed);
+    let (mut engine, addr) = watched_engine_with(&eps[0], &["--forget-silent-after", "2s"]);
+    let err = engine.stderr.take().expect("stderr piped");
+    wait_until(Duration::from_secs(60), "the engine to receive 5 000 frames", || {
+        shard0_metric(&addr, "mdsub_shard_received_total").is_some_and(|n| n >= 5_000)
+    });
+    let held = |name| shard0_metric(&addr, name).unwrap_or(u64::MAX);
+    assert!(held("mdsub_shard_topics_held") > 0 && held("mdsub_shard_publishers_held") == 1);
+    let mut replay = replay.proc;
+    replay.signal(9);
+    replay.wait_exit(Duration::from_secs(10));
+    let line = wait_line(&err, Duration::from_secs(30), "the vanished publisher said", |l| {
+        l.contains("vanished: nothing heard from it (no data, no heartbeat, no end of stream) for 2s")
+    });
+    assert!(line.contains("shard0-reader: publisher ") && line.contains("counted as unended"), "{line}");
+    wait_until(Duration::from_secs(30), "the tracker to give its publisher and topics back", || {
+        (
+            held("mdsub_shard_publishers_held"),
+            held("mdsub_shard_topics_held"),
+            held("mdsub_shard_vanished_sessions_total"),
+        ) == (0, 0, 1)
+    });
+    wait_idle_after(&addr, 5_000);
+    let r = engine.interrupt_for_report(Duration::from_secs(30));
+    let more: Vec<String> =
+        rest_lines(&err, Duration::from_secs(5)).into_iter().filter(|l| l.contains("vanished")).collect();
+    assert!(more.is_empty(), "said once: {more:?}");
+    assert_eq!((u(&r, "vanished"), u(&r, "vanished_back"), u(&r, "unended_sessions")), (1, 0, 1), "{r}");
+    let (sent, delivered, lost) = (u(&r, "sent"), u(&r, "delivered"), u(&r, "lost"));
+    assert_eq!((sent, u(&r, "not_handled"), u(&r, "beyond_sent")), (u(&r, "unended_sent"), 0, 0), "{r}");
+    assert_eq!(delivered + lost, sent, "the report adds up, its session counted once: {r}");
+    assert!(lost >= 50 && lost == u(&r, "gaps"), "{r}");
 }
 
 /// One shard connects to a replay and binds an endpoint nobody connects to. The replay runs to

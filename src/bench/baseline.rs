@@ -204,6 +204,8 @@ impl Baseline {
                 reordered: t.reordered,
                 restarts: t.restarts,
                 id_conflicts: t.id_conflicts,
+                vanished: t.vanished,
+                vanished_back: t.vanished_back,
                 bad_frames: (0..DROP_REASONS).map(|r| (DROP_REASON_NAMES[r].to_string(), self.bad[r])).collect(),
             },
             msgs_per_sec,

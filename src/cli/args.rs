@@ -313,6 +313,15 @@ pub fn parse_whole_ms(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration in whole milliseconds ([`parse_whole_ms`]), or `off` (also a bare `0`): never,
+/// as a zero duration.
+pub fn parse_whole_ms_or_off(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "off" | "0" => Ok(Duration::ZERO),
+        t => parse_whole_ms(t).map_err(|e| format!("{e}; or off (never)")),
+    }
+}
+
 /// The milliseconds of `d` (a duration [`parse_whole_ms`] or [`parse_ms_in`] accepted, so
 /// nothing is cut), for settings kept in milliseconds.
 pub fn whole_ms(d: Duration) -> u64 {
@@ -452,6 +461,15 @@ mod tests {
     fn error(flag: &str, value: &str) -> String {
         let e = Probe::try_parse_from(["probe", flag, value]).expect_err("refused");
         e.to_string()
+    }
+
+    #[test]
+    fn a_duration_that_may_be_off_takes_off_and_zero_as_never() {
+        assert_eq!(parse_whole_ms_or_off("off"), Ok(Duration::ZERO));
+        assert_eq!(parse_whole_ms_or_off("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_whole_ms_or_off("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_whole_ms_or_off("5").unwrap_err().starts_with("no unit; accepted: "));
+        assert!(parse_whole_ms_or_off("never").unwrap_err().ends_with("; or off (never)"));
     }
 
     #[test]

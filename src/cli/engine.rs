@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::args::{
     parse_bind_endpoint, parse_clone_server, parse_count_usize, parse_duration_nonzero, parse_endpoint_list,
-    parse_ms_in, parse_thread_count, parse_whole_ms, whole_ms, Endpoint, How, Idle,
+    parse_ms_in, parse_thread_count, parse_whole_ms, parse_whole_ms_or_off, whole_ms, Endpoint, How, Idle,
 };
 use super::feed::FeedArgs;
 use super::progress::{Field, FitBar, Keep, RunBar};
@@ -366,6 +366,16 @@ pub struct EngineArgs {
     /// of it never came up exits 1, naming the links.
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub max_duration: Option<Duration>,
+    /// Forget a publisher of which nothing at all (no data, no heartbeat, no end of stream) was
+    /// heard for this long (e.g. 5m; 0 or off: never) [default: the profile's
+    /// forget_silent_after_ms, else 5m]. A publisher killed without an end of stream under an
+    /// id never heard again is otherwise held with its topics for the rest of the run. Its
+    /// open session is counted as unended to its last arrived message (the report's
+    /// `vanished`), its topics are released, and it is said once. A live publisher heartbeats
+    /// after 1s without data, so a quiet one is never forgotten; one heard again later (a link
+    /// down that long) is taken up where it was.
+    #[arg(long, value_parser = parse_whole_ms_or_off, value_name = "DURATION|off")]
+    pub forget_silent_after: Option<Duration>,
     #[command(flatten)]
     pub snail: SnailArgs,
     #[command(flatten)]
@@ -766,6 +776,9 @@ pub fn engine(args: &EngineArgs, stop: &StopFlag) -> anyhow::Result<RunReport> {
     }
     if let Some(r) = args.routing {
         profile.routing = r;
+    }
+    if let Some(d) = args.forget_silent_after {
+        profile.forget_silent_after_ms = whole_ms(d);
     }
     args.snail.apply(&mut profile)?;
     args.access.apply(&mut profile.security);

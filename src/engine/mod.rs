@@ -56,6 +56,13 @@ pub mod defaults {
     pub const METRICS_INTERVAL_MS: u64 = 1_000;
     /// The shortest and longest metrics interval (flag, profile and live setting alike).
     pub const METRICS_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
+    /// A publisher of which nothing (no data, no heartbeat, no end of stream) was heard for
+    /// this long is forgotten as vanished (`--forget-silent-after`, profile
+    /// `forget_silent_after_ms`; 0: never): 5 minutes. A live publisher heartbeats after 1 s
+    /// without data, and the snail calls a shard silent (STOP) after 5 s: 5 minutes is three
+    /// hundred heartbeats missed, long past any silence said, and long enough for a link to
+    /// come back (a session heard again after it is taken up where it was, not lost).
+    pub const FORGET_SILENT_AFTER_MS: u64 = 300_000;
 }
 
 /// Errors starting or running the engine.
@@ -122,6 +129,9 @@ pub struct EngineConfig {
     /// (0: run until stopped; None: one per endpoint, and one from every publisher session it
     /// saw, and on a shard that binds one per publisher connected: [`reader::EndWait`]).
     pub expect_eos_per_shard: Option<usize>,
+    /// A publisher of which nothing was heard for this long is forgotten as vanished (zero:
+    /// never; [`sequence::SequenceTracker::sweep`]).
+    pub forget_silent_after: Duration,
     /// Lag and silence checks and what their verdicts do.
     pub snail: SnailConfig,
     /// Endpoint to bind the monitor PUB on (screams and state; None: no monitor).
@@ -153,6 +163,7 @@ impl Default for EngineConfig {
             handler: HandlerSpec::Latency,
             metrics_interval: Duration::from_millis(defaults::METRICS_INTERVAL_MS),
             expect_eos_per_shard: None,
+            forget_silent_after: Duration::from_millis(defaults::FORGET_SILENT_AFTER_MS),
             snail: SnailConfig::default(),
             monitor: None,
             monitor_access: ServerAccess::default(),
@@ -531,6 +542,7 @@ impl Engine {
                 expect_eos,
                 eos_id,
                 end_wait: EndWait::of_shard(cfg.expect_eos_per_shard, !shard.binds.is_empty()),
+                forget_silent_after_ns: u64::try_from(cfg.forget_silent_after.as_nanos()).unwrap_or(u64::MAX),
                 full_subscription: shard.subscribe.is_empty() || shard.subscribe.iter().any(|s| s.is_empty()),
                 handoff_hwm_msgs: cfg.handoff_hwm_msgs,
             };
@@ -1243,6 +1255,8 @@ fn counts_of(c: &ShardCounters) -> SequenceCounts {
     bad_frames.insert("over_limit_topics".into(), c.over_limit_topics.load(Relaxed));
     bad_frames.insert("after_end".into(), c.after_end.load(Relaxed));
     SequenceCounts {
+        vanished: c.vanished.load(Relaxed),
+        vanished_back: c.vanished_back.load(Relaxed),
         before_first: c.before_first.load(Relaxed),
         gaps: c.gaps.load(Relaxed),
         duplicates: c.duplicates.load(Relaxed),

@@ -113,6 +113,11 @@ pub struct ShardCounters {
     /// ([`super::sequence::SequenceTotals::unended_sent`]).
     pub unended_sessions: AtomicU64,
     pub unended_sent: AtomicU64,
+    /// Sessions forgotten as vanished (nothing heard of their publisher for
+    /// `--forget-silent-after`), and those of them heard again after that
+    /// ([`super::sequence::SequenceTotals::vanished`]).
+    pub vanished: AtomicU64,
+    pub vanished_back: AtomicU64,
     /// Messages that arrived beyond what the ends of stream say were sent (a publisher's count
     /// is wrong: loss unknown), as of the last end of stream after which no session of the
     /// shard was open, and at the end (the report's `beyond_sent`).
@@ -264,6 +269,9 @@ pub struct ReaderConfig {
     pub worker_endpoints: Vec<String>,
     /// End of stream after this many publishers said so (0: run until stopped).
     pub expect_eos: usize,
+    /// A publisher of which nothing was heard for this long is forgotten as vanished (0:
+    /// never; [`SequenceTracker::sweep`]).
+    pub forget_silent_after_ns: u64,
     /// The shard's subscriber id in the end-of-stream wait ([`wire::awaits_eos_as`], which the
     /// SUB holds when `expect_eos` > 0): its confirmations name it.
     pub eos_id: u64,
@@ -317,7 +325,15 @@ pub struct Checks {
     refused_over_publishers: u64,
     refused_over_topics: u64,
     refused_after_end: u64,
+    /// Lines of vanished sessions said in the current interval (from its start), and those
+    /// left unsaid in it ([`Checks::vanished_lines`]).
+    vanished_window: (u64, usize),
+    vanished_unsaid: u64,
 }
+
+/// Lines a reader says per [`SUMMARY_INTERVAL_NS`] of publisher sessions forgotten as
+/// vanished; the rest are counted and said as one.
+pub const VANISHED_LINES_PER_INTERVAL: usize = 5;
 
 impl Checks {
     pub fn new(routing: Routing, workers: usize, full_subscription: bool) -> Self {
@@ -349,7 +365,56 @@ impl Checks {
             refused_over_publishers: 0,
             refused_over_topics: 0,
             refused_after_end: 0,
+            vanished_window: (0, 0),
+            vanished_unsaid: 0,
         }
+    }
+
+    /// Forget a publisher of which nothing was heard for `ns` as vanished (0: never;
+    /// [`SequenceTracker::sweep`]).
+    pub fn with_forget_silent_after(mut self, ns: u64) -> Self {
+        self.tracker = std::mem::replace(&mut self.tracker, SequenceTracker::new(true)).with_forget_silent_after(ns);
+        self
+    }
+
+    /// The reader's round ended at `now_ns` (read after its frames): publishers silent for the
+    /// bound are forgotten as vanished ([`SequenceTracker::sweep`]: bounded work, at most every
+    /// 10 ms). True: one was (the counters to publish changed).
+    pub fn sweep(&mut self, now_ns: u64) -> bool {
+        self.tracker.sweep(now_ns)
+    }
+
+    /// The lines to say of sessions forgotten as vanished, as of `now_ns`: one each, up to
+    /// [`VANISHED_LINES_PER_INTERVAL`] per [`SUMMARY_INTERVAL_NS`]; the rest as one line with
+    /// their count when the interval is over, or at the end (`end`). Empty (no allocation)
+    /// when there is nothing to say.
+    pub fn vanished_lines(&mut self, now_ns: u64, end: bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        let over = now_ns.saturating_sub(self.vanished_window.0) >= SUMMARY_INTERVAL_NS;
+        if (over || end) && self.vanished_unsaid > 0 {
+            lines.push(format!(
+                "{} more publisher session(s) vanished in the last {} (nothing heard from them for \
+                 --forget-silent-after): forgotten, counted as unended (the report's vanished)",
+                std::mem::take(&mut self.vanished_unsaid),
+                crate::diag::human_duration(SUMMARY_INTERVAL_NS)
+            ));
+        }
+        if over {
+            self.vanished_window = (now_ns, 0);
+        }
+        while let Some((v, more)) = self.tracker.take_vanished() {
+            self.vanished_unsaid += more;
+            if self.vanished_window.1 < VANISHED_LINES_PER_INTERVAL {
+                self.vanished_window.1 += 1;
+                lines.push(v.to_string());
+            } else {
+                self.vanished_unsaid += 1;
+            }
+        }
+        if end && self.vanished_unsaid > 0 {
+            lines.extend(self.vanished_lines(now_ns, true));
+        }
+        lines
     }
 
     /// Name the site in refusal lines (the reader's role, e.g. `shard0-reader`).
@@ -392,7 +457,8 @@ impl Checks {
             self.refused(
                 "after_end",
                 &"a frame of a publisher session that had ended (its end of stream heard) and was forgotten \
-                  to make room: too late to tell a duplicate from a late frame",
+                  to make room, or that vanished (--forget-silent-after) and was forgotten, from before the \
+                  forget: too late to tell a duplicate from a late frame",
                 now_ns,
             );
         }
@@ -528,7 +594,11 @@ impl Checks {
             }
             // A cache (LVC) may re-send a publisher's control frames: only live ones count.
             _ if view.header.flags & wire::FLAG_FROM_CACHE != 0 => None,
-            Kind::Heartbeat => None,
+            Kind::Heartbeat => {
+                // Its publisher is alive, though quiet: not to be forgotten as vanished.
+                self.tracker.on_heartbeat(&view.header);
+                None
+            }
             Kind::EndOfStream => {
                 let sent = match view.payload.try_into() {
                     Ok(b) => u64::from_le_bytes(b),
@@ -656,6 +726,8 @@ impl Checks {
             (&c.before_first, t.before_first),
             (&c.unended_sessions, t.unended_sessions),
             (&c.unended_sent, t.unended_sent),
+            (&c.vanished, t.vanished),
+            (&c.vanished_back, t.vanished_back),
             (&c.beyond_sent, self.beyond_sent),
             (&c.publishers_held, self.tracker.publishers() as u64),
             (&c.topics_held, self.tracker.topics() as u64),
@@ -785,7 +857,9 @@ impl ReaderAgent {
         counters.handoff_buffers.store(pool.made(), Relaxed);
         let idle_trim = IdleTrim::new(IDLE_BUFFERS_WINDOW_NS, IDLE_BUFFERS_SPARE_PER_WORKER * pushes.len());
         let unsent = (0..pushes.len()).map(|_| None).collect();
-        let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription).with_site(&role);
+        let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription)
+            .with_site(&role)
+            .with_forget_silent_after(cfg.forget_silent_after_ns);
         let inline = inline.map(|core| core.said_by(&role));
         Ok(ReaderAgent {
             role,
@@ -1090,6 +1164,10 @@ impl Agent for ReaderAgent {
             if let Some(l) = self.checks.refusal_summary(now, false) {
                 crate::diag!("{l}");
             }
+            // The count of vanished sessions left unsaid in an interval, once it is over.
+            for l in self.checks.vanished_lines(now, false) {
+                crate::diag!("{}: {l}", self.role);
+            }
             if now.saturating_sub(self.last_sample_ns) >= IDLE_SAMPLE_NS {
                 self.trim_idle_buffers(now);
             }
@@ -1106,6 +1184,14 @@ impl Agent for ReaderAgent {
             // The round's time (its last stamp, or now when idle) is close
             // enough for the report period (≥ 1 ms).
             core.end_round(round_ns);
+        }
+        // Publishers silent past the bound are forgotten here, once per round, never per frame
+        // (the round's time was read after the frames of the rounds before it).
+        if self.checks.sweep(round_ns) {
+            for l in self.checks.vanished_lines(round_ns, false) {
+                crate::diag!("{}: {l}", self.role);
+            }
+            self.checks.publish(&self.counters);
         }
         if self.checks.croaked() {
             return self.croak(n);
@@ -1181,6 +1267,9 @@ impl Agent for ReaderAgent {
         if let Some(l) = self.checks.refusal_summary(0, true) {
             crate::diag!("{l}");
         }
+        for l in self.checks.vanished_lines(0, true) {
+            crate::diag!("{}: {l}", self.role);
+        }
         if let Some(l) = self.checks.end(&format!("shard{}", self.cfg.shard)) {
             crate::diag!("{l}");
         }
@@ -1254,6 +1343,45 @@ mod tests {
     /// (a connected one ended on one end of stream per endpoint). A session seen only from a
     /// cache (an older session a last-value cache still holds) or replaced by a restart is no
     /// open session; one joined late is (its end of stream is still to come).
+    /// Publishers killed without an end of stream are forgotten at the reader's sweep once
+    /// silent for the bound: each said in one line, five per interval, the rest as one line
+    /// with their count when the interval is over; counted and published (the gauges back to
+    /// what is left). One that heartbeats is kept, and its heartbeats are no data.
+    #[test]
+    fn vanished_publishers_are_said_once_each_and_past_a_few_as_a_count() {
+        const BOUND_NS: u64 = 1_000_000_000;
+        let mut c = Checks::new(Routing::ByTopic, 1, true).with_forget_silent_after(BOUND_NS);
+        let t0 = 1_000_000_000_000;
+        c.sweep(t0);
+        for id in 1..=9 {
+            assert!(c.check(&frame_of(id, 10 * u64::from(id), 1, Kind::Data, false), t0).is_some());
+        }
+        let (mut now, mut lines) = (t0, Vec::new());
+        while now < t0 + 3 * BOUND_NS {
+            now += 10_000_000;
+            if now % 500_000_000 == 0 {
+                assert!(c.check(&frame_of(9, 90, 1, Kind::Heartbeat, false), now).is_none());
+            }
+            c.sweep(now);
+            lines.extend(c.vanished_lines(now, false));
+        }
+        assert_eq!(lines.len(), VANISHED_LINES_PER_INTERVAL, "{lines:?}");
+        assert!(
+            lines.iter().all(|l| l.contains("vanished: nothing heard from it") && l.contains("for 1s")),
+            "{lines:?}"
+        );
+        let counters = ShardCounters::default();
+        c.publish(&counters);
+        let held = (counters.publishers_held.load(Relaxed), counters.topics_held.load(Relaxed));
+        assert_eq!((counters.vanished.load(Relaxed), counters.unended_sessions.load(Relaxed), held), (8, 8, (1, 1)));
+        assert_eq!((counters.forwarded.load(Relaxed), counters.vanished_back.load(Relaxed)), (9, 0));
+        // The other three as one line, once the interval is over; then nothing more.
+        let later = c.vanished_lines(now + SUMMARY_INTERVAL_NS, false);
+        assert_eq!(later.len(), 1, "{later:?}");
+        assert!(later[0].starts_with("3 more publisher session(s) vanished in the last 10s"), "{later:?}");
+        assert!(c.vanished_lines(now + 2 * SUMMARY_INTERVAL_NS, true).is_empty());
+    }
+
     #[test]
     fn a_connected_shard_waits_for_every_session_it_saw() {
         assert_eq!(EndWait::of_shard(None, false), EndWait::EverySession);
@@ -1595,6 +1723,7 @@ mod tests {
             expect_eos: 0,
             eos_id: 0,
             end_wait: EndWait::Count,
+            forget_silent_after_ns: 0,
             full_subscription: true,
             handoff_hwm_msgs: 4,
         };
@@ -1704,6 +1833,7 @@ mod tests {
             expect_eos: 0,
             eos_id: 0,
             end_wait: EndWait::Count,
+            forget_silent_after_ns: 0,
             full_subscription: true,
             handoff_hwm_msgs: 4,
         };

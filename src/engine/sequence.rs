@@ -28,9 +28,20 @@
 //! remembered ([`FORGOTTEN_KEPT`] of them), so that a late frame of one is counted as
 //! `after_end`, not taken for a new publisher. Sessions and publishers are found through
 //! maps beside their lists: a frame's cost does not grow with how many came and went.
+//!
+//! A publisher that went away without an end of stream (killed, its host gone) and whose id
+//! is never heard again would stay held, with its topics, for the rest of the run. One of
+//! which nothing at all (no data, no heartbeat, no end of stream) was heard for the tracker's
+//! bound ([`SequenceTracker::with_forget_silent_after`], `--forget-silent-after`) is *vanished*:
+//! [`SequenceTracker::sweep`], on the reader's round (never per message), closes its open
+//! sessions as [`SequenceTracker::close`] would (unended, to their last arrived message),
+//! counts them ([`SequenceTotals::vanished`]) and forgets it. A frame of such a session that
+//! comes later (a link that was down for that long) takes it up again where it was
+//! ([`SequenceTotals::vanished_back`]): its unended count is taken back, so nothing is counted
+//! twice, and a data frame at or before the position it was forgotten at is `after_end`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use crate::wire::{Header, FLAG_FROM_CACHE};
@@ -53,6 +64,17 @@ pub const FORGOTTEN_KEPT: usize = 4096;
 /// ids (a new id per start, each session with its own topics) otherwise held every ended one's
 /// topics up to [`MAX_TRACKED_TOPICS`] (about 620 MiB), and grew towards that all day.
 pub const ENDED_KEPT: usize = 16;
+/// Publishers [`SequenceTracker::sweep`] looks at per call at most: a sweep's cost is bounded
+/// whatever the tracker holds ([`MAX_PUBLISHERS`] are looked at in 16 sweeps).
+const SWEEP_PUBLISHERS: usize = 64;
+/// How often [`SequenceTracker::sweep`] looks (at most), and how often it notes the time
+/// against the frame count (a sixty-fourth of the bound, at least this): a session is
+/// forgotten no sooner than the bound after its last frame, and at most that much later.
+const SWEEP_EVERY_MIN_NS: u64 = 10_000_000;
+const SWEEP_EVERY_MAX_NS: u64 = 100_000_000;
+/// Sessions forgotten as vanished whose lines are waiting for the reader
+/// ([`SequenceTracker::take_vanished`]); past this many only the count grows.
+const VANISHED_NOTES_KEPT: usize = 64;
 /// Up to this many sessions, a frame's session is found by a scan (as fast as a map's hash
 /// for one or two publishers); past it, through the map.
 const SCAN_MAX: usize = 8;
@@ -248,6 +270,13 @@ struct Session {
     /// When a frame of it last came ([`SequenceTracker::tick`]): the least
     /// recently heard session of a publisher makes room for a new one.
     heard: u64,
+    /// When its last heartbeat came (same clock; 0: none): it is alive, though it sends no
+    /// data ([`SequenceTracker::sweep`]). Apart from `heard`, which says where its data is.
+    beat: u64,
+    /// Taken up again after it was forgotten as vanished ([`SequenceTracker::resume`]): a
+    /// topic new to it may have been sent before, so it counts nothing missing before its
+    /// first sequence (as a late join does).
+    resumed: bool,
     /// Counted as unended when the subscriber closed ([`SequenceTracker::close`]).
     closed_unended: bool,
     /// The stream positions of cached values (`FROM_CACHE`, new to their topic) accepted past
@@ -271,6 +300,53 @@ enum Refused {
     OverLimit,
     /// Its session ended and was forgotten ([`SequenceTracker::forgotten`]).
     AfterEnd,
+}
+
+/// Where a session forgotten as vanished was ([`SequenceTracker::sweep`]), to take it up
+/// again there if a frame of it comes ([`SequenceTracker::resume`]).
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    last_stream_seq: u64,
+    from_start: bool,
+    first_live_seq: u64,
+    before_counted: bool,
+    /// What it was counted in `unended_*` with, if it was.
+    unended_sent: Option<u64>,
+}
+
+/// A session forgotten as vanished: whose, what it held, and what it was counted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vanished {
+    pub publisher_id: u32,
+    pub session_id: u64,
+    /// Its last arrived stream sequence, and whether that went into `unended_*` (it was seen
+    /// from its first message: what it sent before is not this subscriber's to count).
+    pub last_stream_seq: u64,
+    pub counted: bool,
+    /// Topics it gave back.
+    pub topics: usize,
+    /// The bound: nothing of it was heard for at least this long.
+    pub silent_ns: u64,
+}
+
+impl std::fmt::Display for Vanished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "publisher {} session {:016x} vanished: nothing heard from it (no data, no heartbeat, no end of \
+             stream) for {}; forgotten, its {} topic(s) released, ",
+            self.publisher_id,
+            self.session_id,
+            crate::diag::human_duration(self.silent_ns),
+            self.topics
+        )?;
+        if self.counted {
+            write!(f, "counted as unended to its last arrived message (stream sequence {})", self.last_stream_seq)?;
+        } else {
+            write!(f, "not counted as unended (not seen from its first message)")?;
+        }
+        write!(f, "; a later frame of it takes it up again (--forget-silent-after sets the bound)")
+    }
 }
 
 /// What a session's replacement by a later one counted.
@@ -391,6 +467,8 @@ impl Session {
             current: true,
             replaced: None,
             heard,
+            beat: 0,
+            resumed: false,
             closed_unended: false,
             cached_ahead: BinaryHeap::new(),
             first_live_seq: 0,
@@ -492,6 +570,14 @@ pub struct SequenceTotals {
     /// by side (gaps, duplicates and ends of stream per session, so loss stays
     /// exact), and a new session of such an id is not counted as a restart.
     pub id_conflicts: u64,
+    /// Sessions forgotten as vanished ([`SequenceTracker::sweep`]): open (no end of stream),
+    /// and nothing heard of them, nor of any session of their publisher id, for the tracker's
+    /// bound. Each is counted in `unended_*` as the close counts one still open (when seen
+    /// from its start), and its topics are given back.
+    pub vanished: u64,
+    /// Of `vanished`, those a frame came from afterwards (data, a heartbeat or the end of
+    /// stream): taken up again where they were, their `unended_*` count taken back.
+    pub vanished_back: u64,
 }
 
 impl SequenceTotals {
@@ -537,7 +623,27 @@ pub struct SequenceTracker {
     /// Sessions of publishers forgotten after they ended ([`FORGOTTEN_KEPT`]), oldest first,
     /// and the same as a set.
     forgotten: VecDeque<(u32, u64)>,
-    forgotten_set: HashSet<(u32, u64), BuildHasherDefault<WordHasher>>,
+    /// The same as a map: None for one that ended, where a vanished one was
+    /// ([`SequenceTracker::sweep`]).
+    forgotten_set: HashMap<(u32, u64), Option<Resume>, BuildHasherDefault<WordHasher>>,
+    /// A publisher nothing was heard of for this long is forgotten as vanished (0: never).
+    forget_after_ns: u64,
+    /// When [`SequenceTracker::sweep`] looks next; where in `publishers` it goes on.
+    next_sweep_ns: u64,
+    sweep_at: usize,
+    /// `(now_ns, tick)` noted by the sweeps, oldest first, back to the bound: a session last
+    /// heard at or before `tick` was last heard before `now_ns`. How a frame's count tells the
+    /// time without a clock read per frame.
+    checkpoints: VecDeque<(u64, u64)>,
+    /// The frame count at the last call of [`SequenceTracker::sweep`]: every frame up to it
+    /// was judged before the next call's time was read.
+    swept_tick: u64,
+    /// The time of the last call of [`SequenceTracker::sweep`].
+    swept_ns: u64,
+    /// Sessions forgotten as vanished not yet taken by [`SequenceTracker::take_vanished`], and
+    /// how many more there were past [`VANISHED_NOTES_KEPT`].
+    vanished_notes: VecDeque<Vanished>,
+    vanished_unnoted: u64,
     /// The last frame dropped over a limit: what and whose.
     over_limit_cause: OverLimit,
     /// Whose were the last gap, the last restart (the new session) and the last end of stream
@@ -572,12 +678,27 @@ impl SequenceTracker {
             last: 0,
             ended: VecDeque::new(),
             forgotten: VecDeque::new(),
-            forgotten_set: HashSet::default(),
+            forgotten_set: HashMap::default(),
+            forget_after_ns: 0,
+            next_sweep_ns: 0,
+            sweep_at: 0,
+            checkpoints: VecDeque::new(),
+            swept_tick: 0,
+            swept_ns: 0,
+            vanished_notes: VecDeque::new(),
+            vanished_unnoted: 0,
             over_limit_cause: OverLimit::None,
             last_gap_at: (0, 0),
             last_restart_at: (0, 0),
             last_eos_at: (0, 0, 0),
         }
+    }
+
+    /// Forget a publisher of which nothing was heard for `ns` as vanished
+    /// ([`SequenceTracker::sweep`]); 0: never.
+    pub fn with_forget_silent_after(mut self, ns: u64) -> Self {
+        self.forget_after_ns = ns;
+        self
     }
 
     /// `(publisher_id, session_id)` of the session of the last gap counted ((0, 0) before any).
@@ -714,42 +835,55 @@ impl SequenceTracker {
             if !self.all_ended(p) {
                 continue;
             }
-            for sid in std::mem::take(&mut self.publishers[p].sessions) {
-                if let Some(i) = self.index.get(&(id, sid)).copied() {
-                    // One known from a cache only is not remembered: a live frame of it, if
-                    // one comes, is of a session this subscriber never saw end.
-                    let s = &self.sessions[i];
-                    if s.live_seen || s.eos_seen {
-                        self.remember_forgotten((id, sid));
-                    }
-                    self.remove_session(i);
-                }
-            }
-            self.publisher_index.remove(&id);
-            self.publishers.swap_remove(p);
-            if let Some(moved) = self.publishers.get(p) {
-                self.publisher_index.insert(moved.publisher_id, p);
-            }
+            self.forget_publisher(p, |_| None);
             return true;
         }
         false
     }
 
-    /// Remember the ids of a session forgotten after it ended ([`FORGOTTEN_KEPT`] of them).
-    fn remember_forgotten(&mut self, key: (u32, u64)) {
+    /// Forget publisher `p` and its sessions (their topics back to the budget). The ids of
+    /// those heard live or ended are remembered ([`SequenceTracker::forgotten`]), with where
+    /// `resume` says one was, to take it up again (None: a frame of it is `after_end`).
+    fn forget_publisher(&mut self, p: usize, resume: impl Fn(&Session) -> Option<Resume>) {
+        let id = self.publishers[p].publisher_id;
+        for sid in std::mem::take(&mut self.publishers[p].sessions) {
+            if let Some(i) = self.index.get(&(id, sid)).copied() {
+                // One known from a cache only is not remembered: a live frame of it, if
+                // one comes, is of a session this subscriber never saw end.
+                let s = &self.sessions[i];
+                if s.live_seen || s.eos_seen {
+                    self.remember_forgotten((id, sid), resume(s));
+                }
+                self.remove_session(i);
+            }
+        }
+        self.publisher_index.remove(&id);
+        self.publishers.swap_remove(p);
+        if let Some(moved) = self.publishers.get(p) {
+            self.publisher_index.insert(moved.publisher_id, p);
+        }
+    }
+
+    /// Remember the ids of a session forgotten ([`FORGOTTEN_KEPT`] of them), and where it was
+    /// if it vanished.
+    fn remember_forgotten(&mut self, key: (u32, u64), resume: Option<Resume>) {
         if self.forgotten.len() == FORGOTTEN_KEPT {
             if let Some(old) = self.forgotten.pop_front() {
                 self.forgotten_set.remove(&old);
             }
         }
-        if self.forgotten_set.insert(key) {
+        if self.forgotten_set.insert(key, resume).is_none() {
             self.forgotten.push_back(key);
         }
     }
 
-    /// Whether `h`'s session ended and was forgotten.
-    fn was_forgotten(&self, h: &Header) -> bool {
-        !self.forgotten_set.is_empty() && self.forgotten_set.contains(&(h.publisher_id, h.session_id))
+    /// Whether `h`'s session was forgotten: `Some(None)` after it ended, `Some(Some(_))` after
+    /// it vanished, with where it was.
+    fn was_forgotten(&self, h: &Header) -> Option<Option<Resume>> {
+        if self.forgotten_set.is_empty() {
+            return None;
+        }
+        self.forgotten_set.get(&(h.publisher_id, h.session_id)).copied()
     }
 
     /// Remove session `i` (its topics back to the budget), keeping the maps true.
@@ -899,8 +1033,14 @@ impl SequenceTracker {
         let (i, restarted) = match self.find(h) {
             Some(i) if self.sessions[i].current => (i, false),
             Some(i) => self.revive(i, live),
-            None if self.was_forgotten(h) => return Err(Refused::AfterEnd),
-            None => self.admit(h, live).ok_or(Refused::OverLimit)?,
+            None => match self.was_forgotten(h) {
+                // Vanished, and this data frame is past where it was: taken up again.
+                Some(Some(r)) if live && h.stream_seq > r.last_stream_seq => {
+                    self.resume(h, r).ok_or(Refused::AfterEnd)?
+                }
+                Some(_) => return Err(Refused::AfterEnd),
+                None => self.admit(h, live).ok_or(Refused::OverLimit)?,
+            },
         };
         self.sessions[i].heard = self.tick;
         self.last = i;
@@ -932,7 +1072,7 @@ impl SequenceTracker {
                 }
                 i
             }
-            None if self.was_forgotten(h) => return Err(Refused::AfterEnd),
+            None if self.was_forgotten(h).is_some() => return Err(Refused::AfterEnd),
             None => {
                 let p = self.publisher(h.publisher_id).ok_or(Refused::OverLimit)?;
                 let full = self.publishers[p].sessions.len() >= MAX_SESSIONS_PER_ID;
@@ -1032,6 +1172,169 @@ impl SequenceTracker {
                 r.unended_in_totals = true;
             }
         }
+    }
+
+    /// A heartbeat of `h`'s session: it is alive though it sends no data, so it is not
+    /// forgotten as vanished ([`SequenceTracker::sweep`]). One of a session forgotten as
+    /// vanished takes it up again; one of a session not held holds nothing (its data will).
+    pub fn on_heartbeat(&mut self, h: &Header) {
+        self.tick += 1;
+        let i = match self.find(h) {
+            Some(i) => Some(i),
+            None => match self.was_forgotten(h) {
+                Some(Some(r)) => self.resume(h, r).map(|(i, _)| i),
+                _ => None,
+            },
+        };
+        if let Some(i) = i {
+            self.sessions[i].beat = self.tick;
+        }
+    }
+
+    /// Take up again session `h`, forgotten as vanished at `r`, now that a live frame of it
+    /// came: its `unended_*` count is taken back (it did not end; its end of stream or the
+    /// close counts it), and it goes on from its last stream position, so the stream gap
+    /// across its silence is counted and nothing before it is counted again. None (it stays
+    /// forgotten, its frames `after_end`): its publisher started another session since (that
+    /// one ended it), or a new publisher would be over the limit.
+    #[cold]
+    fn resume(&mut self, h: &Header, r: Resume) -> Option<(usize, bool)> {
+        if self.has_live_current(h.publisher_id) {
+            return None;
+        }
+        let (i, restarted) = self.admit(h, true)?;
+        let key = (h.publisher_id, h.session_id);
+        self.forgotten_set.remove(&key);
+        self.forgotten.retain(|&k| k != key);
+        if let Some(n) = r.unended_sent {
+            self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
+            self.totals.unended_sent = self.totals.unended_sent.saturating_sub(n);
+        }
+        self.totals.vanished_back += 1;
+        let s = &mut self.sessions[i];
+        s.last_stream_seq = r.last_stream_seq;
+        s.from_start = r.from_start;
+        s.first_live_seq = r.first_live_seq;
+        s.before_counted = r.before_counted;
+        s.live_seen = true;
+        s.resumed = true;
+        Some((i, restarted))
+    }
+
+    /// Look for publishers of which nothing was heard (no data, heartbeat or end of stream of
+    /// any session of theirs) for the bound ([`SequenceTracker::with_forget_silent_after`]), as
+    /// of `now_ns`, read after the frames judged before the previous call. Each one's open
+    /// sessions are closed as vanished (counted as [`SequenceTracker::close`] counts one, in
+    /// [`SequenceTotals::vanished`], noted for [`SequenceTracker::take_vanished`]) and it is
+    /// forgotten with its topics. Called every round of the reader, never per message: it
+    /// looks at most every hundredth of a second and at 64 publishers then.
+    /// The time of a frame is its count, noted against the clock at the sweeps (no clock read
+    /// per frame): a publisher is forgotten no sooner than the bound after its last frame, and
+    /// at most a sixty-fourth of the bound (at least 10 ms) and a few sweeps later. Only time
+    /// the reader ran is judged: after a second or more without a call (a stall of the reader,
+    /// or a back-pressure episode, when frames may wait unread in its queue) silence counts
+    /// from the resumption. True: one was forgotten (what the reader publishes changed).
+    pub fn sweep(&mut self, now_ns: u64) -> bool {
+        let judged = std::mem::replace(&mut self.swept_tick, self.tick);
+        if now_ns.saturating_sub(std::mem::replace(&mut self.swept_ns, now_ns)) >= crate::snail::SELF_STALL_NS {
+            // The reader did not run (a stall, or blocked behind its workers): frames may be
+            // waiting in its queue, so silence is judged from its resumption, as the snail's is.
+            self.checkpoints.clear();
+        }
+        if self.forget_after_ns == 0 || now_ns < self.next_sweep_ns {
+            return false;
+        }
+        let every = (self.forget_after_ns / 64).max(SWEEP_EVERY_MIN_NS);
+        self.next_sweep_ns = now_ns.saturating_add(every.min(SWEEP_EVERY_MAX_NS));
+        if self.checkpoints.back().is_none_or(|&(t, _)| now_ns.saturating_sub(t) >= every) {
+            self.checkpoints.push_back((now_ns, judged));
+        }
+        let Some(cut_ns) = now_ns.checked_sub(self.forget_after_ns) else { return false };
+        while self.checkpoints.get(1).is_some_and(|&(t, _)| t <= cut_ns) {
+            self.checkpoints.pop_front();
+        }
+        let Some(&(_, before)) = self.checkpoints.front().filter(|&&(t, _)| t <= cut_ns) else { return false };
+        let mut forgot = false;
+        for _ in 0..SWEEP_PUBLISHERS.min(self.publishers.len()) {
+            if self.sweep_at >= self.publishers.len() {
+                self.sweep_at = 0;
+            }
+            let p = self.sweep_at;
+            let silent =
+                self.sessions_of(p).into_iter().all(|i| self.sessions[i].heard.max(self.sessions[i].beat) <= before);
+            if silent {
+                // Its place is taken by the last publisher: looked at next.
+                self.vanish(p);
+                forgot = true;
+            } else {
+                self.sweep_at += 1;
+            }
+        }
+        forgot
+    }
+
+    /// Forget publisher `p`, silent for the bound: its open sessions (as
+    /// [`SequenceTracker::close`] finds them) are vanished, counted as the close counts them.
+    #[cold]
+    fn vanish(&mut self, p: usize) {
+        let id = self.publishers[p].publisher_id;
+        let mine = self.sessions_of(p);
+        // An end of stream of its id heard after a session's last frame speaks for it, as one
+        // of a session with no data of its own does (SequenceTracker::open_sessions).
+        let last_end = mine.iter().filter(|&&i| self.sessions[i].eos_seen).map(|&i| self.sessions[i].heard).max();
+        let spoken = self.spokesman_heard.max(last_end.unwrap_or(0));
+        let mut resumes: Vec<(u64, Resume)> = Vec::new();
+        let mut counted_any = false;
+        for i in mine {
+            let s = &mut self.sessions[i];
+            if !(s.current && s.live_seen && !s.eos_seen && spoken <= s.heard) {
+                continue;
+            }
+            // Counted now, or by a close already (taken back together if it comes back).
+            let counted = s.closed_unended || s.counts_unended();
+            if counted && !s.closed_unended {
+                s.closed_unended = true;
+                counted_any = true;
+                self.totals.unended_sessions += 1;
+                self.totals.unended_sent = self.totals.unended_sent.saturating_add(s.last_stream_seq);
+            }
+            let r = Resume {
+                last_stream_seq: s.last_stream_seq,
+                from_start: s.from_start,
+                first_live_seq: s.first_live_seq,
+                before_counted: s.before_counted,
+                unended_sent: counted.then_some(s.last_stream_seq),
+            };
+            resumes.push((s.session_id, r));
+            self.totals.vanished += 1;
+            let note = Vanished {
+                publisher_id: id,
+                session_id: s.session_id,
+                last_stream_seq: s.last_stream_seq,
+                counted,
+                topics: s.topics.len(),
+                silent_ns: self.forget_after_ns,
+            };
+            if self.vanished_notes.len() < VANISHED_NOTES_KEPT {
+                self.vanished_notes.push_back(note);
+            } else {
+                self.vanished_unnoted += 1;
+            }
+        }
+        if counted_any {
+            // Its sessions that ended by a restart are its to count, as at the close.
+            self.fold_pending(id);
+        }
+        self.ended.retain(|&e| e != id);
+        self.forget_publisher(p, |s| resumes.iter().find(|(sid, _)| *sid == s.session_id).map(|&(_, r)| r));
+    }
+
+    /// The next session forgotten as vanished not yet taken, to say; and how many more were
+    /// past what is kept to say (64), taken with the last one.
+    pub fn take_vanished(&mut self) -> Option<(Vanished, u64)> {
+        let v = self.vanished_notes.pop_front()?;
+        let more = if self.vanished_notes.is_empty() { std::mem::take(&mut self.vanished_unnoted) } else { 0 };
+        Some((v, more))
     }
 
     /// Publisher id found shared by two publishers since the last call (said once per id).
@@ -1199,12 +1502,14 @@ impl SequenceTracker {
                 if s.topics.len() >= MAX_TOPICS_PER_SESSION {
                     return self.over_topics(h, true, restart);
                 }
-                if !full && !from_cache && s.from_start {
+                // Of a session taken up again, a topic new here may have been sent before.
+                let from_first = s.from_start && !s.resumed;
+                if !full && !from_cache && from_first {
                     missed = h.topic_seq.saturating_sub(1);
                 }
                 // Bit 0 stands for sequence 0, which no publisher sends.
                 let mut ts = TopicSeq { last: 0, seen: 1 };
-                ts.advance(h.topic_seq, !from_cache && s.from_start);
+                ts.advance(h.topic_seq, !from_cache && from_first);
                 s.topics.insert_unique(hash, TopicEntry { topic: topic.into(), seq: ts }, |e| topic_hash(&e.topic));
                 self.topics += 1;
             }
@@ -1241,9 +1546,20 @@ impl SequenceTracker {
     /// Counts messages lost at the tail as gaps. Returns false if this session's
     /// end was already seen (a repeat changes nothing).
     pub fn on_end_of_stream(&mut self, h: &Header, sent: u64) -> bool {
-        if self.was_forgotten(h) {
+        match self.was_forgotten(h) {
             // Its end was heard already: a repeat counts nothing.
-            return false;
+            Some(None) => return false,
+            // Vanished, and ending now after all: taken up again, then ended as any is. Not
+            // taken up (its publisher restarted since, or over the limit): too late, dropped and
+            // counted, its count already in `unended_*` (a floor).
+            Some(Some(r)) => {
+                let taken_up = self.resume(h, r).is_some();
+                if !taken_up {
+                    self.totals.after_end += 1;
+                    return false;
+                }
+            }
+            None => {}
         }
         let Some(i) = self.end_session(h) else {
             self.totals.over_limit += 1;
@@ -1299,6 +1615,7 @@ mod tests {
     use super::*;
     use crate::wire::Kind;
     use proptest::prelude::*;
+    use std::collections::HashSet;
     use std::ops::RangeInclusive;
 
     fn h(publisher_id: u32, session_id: u64, stream_seq: u64, topic_seq: u64) -> Header {
@@ -2393,6 +2710,185 @@ mod tests {
         }
         assert_eq!(t.on_data(&h(9999, 1, 3, 2), b"LIVE").missed, 1);
         maps_agree(&t).unwrap();
+    }
+
+    /// The bound of the vanished-publisher tests, and a heartbeat's frame.
+    const FORGET_NS: u64 = 60_000_000_000;
+    fn hb(publisher_id: u32, session_id: u64, stream_seq: u64) -> Header {
+        Header { kind: Kind::Heartbeat, topic_seq: 0, ..h(publisher_id, session_id, stream_seq, 0) }
+    }
+
+    /// A tracker that forgets after `bound_ns` (0: never), swept once, and its clock.
+    fn forgetting(bound_ns: u64) -> (SequenceTracker, crate::clock::ManualClock) {
+        use crate::clock::Clock;
+        let clock = crate::clock::ManualClock::new(5_000_000_000);
+        let mut t = SequenceTracker::new(true).with_forget_silent_after(bound_ns);
+        t.sweep(clock.now_ns());
+        (t, clock)
+    }
+
+    /// [`sweep_for`] `for_ns`: when the tracker first held no publisher, if it did.
+    fn sweep_until_none_held(t: &mut SequenceTracker, clock: &crate::clock::ManualClock, for_ns: u64) -> Option<u64> {
+        let mut forgotten_at = None;
+        sweep_for(t, clock, for_ns, |t, now| {
+            if forgotten_at.is_none() && t.publishers() == 0 {
+                forgotten_at = Some(now);
+            }
+        });
+        forgotten_at
+    }
+
+    /// Sweep `t` every 100 ms of `clock` for `for_ns`, `each` told the time after each sweep.
+    fn sweep_for(
+        t: &mut SequenceTracker,
+        clock: &crate::clock::ManualClock,
+        for_ns: u64,
+        mut each: impl FnMut(&mut SequenceTracker, u64),
+    ) {
+        use crate::clock::Clock;
+        let until = clock.now_ns() + for_ns;
+        while clock.now_ns() < until {
+            let now = clock.advance_ms(100);
+            t.sweep(now);
+            each(t, now);
+        }
+    }
+
+    /// A publisher killed without an end of stream, its id never heard again, is forgotten as
+    /// vanished once nothing of it was heard for the bound, not before (and not much after):
+    /// its topics and its place come back, its session counts as unended to its last arrived
+    /// message once, with its restarted session, as the close would count them, and is said once.
+    /// Before, it was held with its topics for the rest of the run.
+    #[test]
+    fn a_publisher_silent_for_the_bound_is_forgotten_as_vanished_not_before() {
+        use crate::clock::Clock;
+        let (mut t, clock) = forgetting(FORGET_NS);
+        // Session 9 sends 3 and restarts as session 10, which sends 1..=10 less 4 (a gap).
+        for seq in 1..=3 {
+            assert!(t.on_data(&h(1, 9, seq, seq), b"A").accept);
+        }
+        for seq in (1..=10).filter(|&s| s != 4) {
+            assert!(t.on_data(&h(1, 10, seq, seq), if seq % 2 == 0 { b"A" } else { b"B" }).accept);
+        }
+        let last_ns = clock.now_ns();
+        assert_eq!((t.publishers(), t.topics()), (1, 3));
+        let forgotten_at = sweep_until_none_held(&mut t, &clock, FORGET_NS + FORGET_NS / 8);
+        let at = forgotten_at.expect("forgotten within an eighth of the bound after it");
+        assert!(at - last_ns >= FORGET_NS, "forgotten {} ns after its last frame", at - last_ns);
+        assert_eq!((t.publishers(), t.topics(), held(&t)), (0, 0, 0));
+        let tot = t.totals();
+        // Both sessions unended (3 and 10 sent), the gap of 4 counted once: sent 13, 12 arrived.
+        assert_eq!((tot.vanished, tot.vanished_back, tot.unended_sessions, tot.unended_sent), (1, 0, 2, 13));
+        assert_eq!((tot.accepted, tot.gaps, tot.sent()), (12, 1, 13));
+        let (said, more) = t.take_vanished().expect("said");
+        assert_eq!(
+            (said.publisher_id, said.session_id, said.last_stream_seq, said.counted, more),
+            (1, 10, 10, true, 0)
+        );
+        assert!(said.to_string().contains("publisher 1 session 000000000000000a vanished"), "{said}");
+        assert!(t.take_vanished().is_none(), "said once");
+        // The close counts nothing again, nor does a later sweep.
+        t.close();
+        sweep_for(&mut t, &clock, FORGET_NS, |_, _| {});
+        assert_eq!(t.totals(), tot);
+        maps_agree(&t).unwrap();
+    }
+
+    /// A quiet market's publisher sends no data but heartbeats (after 1 s without data): it is
+    /// never forgotten while it does, however long, while one beside it that went silent is.
+    #[test]
+    fn a_publisher_that_heartbeats_while_idle_is_never_forgotten() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        assert!(t.on_data(&h(1, 10, 1, 1), b"QUIET").accept);
+        assert!(t.on_data(&h(2, 20, 1, 1), b"GONE").accept);
+        let mut beats = 0;
+        sweep_for(&mut t, &clock, 5 * FORGET_NS, |t, now| {
+            if now % 1_000_000_000 == 0 {
+                t.on_heartbeat(&hb(1, 10, 1));
+                beats += 1;
+            }
+        });
+        assert!(beats >= 5 * FORGET_NS / 1_000_000_000 - 1, "{beats} heartbeats");
+        assert_eq!((t.publishers(), t.topics()), (1, 1), "the heartbeating one is held, the silent one is not");
+        let tot = t.totals();
+        assert_eq!((tot.vanished, tot.unended_sessions, tot.unended_sent), (1, 1, 1));
+        assert_eq!(t.take_vanished().map(|(v, _)| v.publisher_id), Some(2));
+        // Its data goes on in its session: no restart, no gap, its topic still known.
+        assert_eq!(t.on_data(&h(1, 10, 2, 2), b"QUIET"), Verdict { accept: true, missed: 0, restart: false });
+        assert!(!t.on_data(&h(1, 10, 2, 2), b"QUIET").accept, "a duplicate still");
+        maps_agree(&t).unwrap();
+    }
+
+    /// A frame of a vanished session that comes later (a link down for longer than the bound)
+    /// takes it up where it was: its unended count is taken back, the gap across the silence
+    /// is counted, and its end of stream then counts what it sent once. A frame from before it
+    /// was forgotten is `after_end`; one of a session whose publisher started another since is
+    /// too (that one ended it); a heartbeat takes one up as data does.
+    #[test]
+    fn a_frame_of_a_vanished_session_takes_it_up_again_where_it_was() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        for seq in 1..=10 {
+            assert!(t.on_data(&h(1, 10, seq, seq), b"A").accept);
+            assert!(t.on_data(&h(2, 20, seq, seq), b"B").accept);
+            assert!(t.on_data(&h(3, 30, seq, seq), b"C").accept);
+        }
+        sweep_for(&mut t, &clock, FORGET_NS + FORGET_NS / 8, |_, _| {});
+        let tot = t.totals();
+        assert_eq!((t.publishers(), tot.vanished, tot.unended_sessions, tot.unended_sent), (0, 3, 3, 30));
+        // Late, from before it was forgotten: too late to judge.
+        assert!(!t.on_data(&h(1, 10, 9, 9), b"A").accept);
+        assert_eq!(t.totals().after_end, 1);
+        // Past it: taken up again; 11 went missing meanwhile.
+        assert_eq!(t.on_data(&h(1, 10, 12, 12), b"A"), Verdict { accept: true, missed: 1, restart: false });
+        assert!(!t.on_data(&h(1, 10, 12, 12), b"A").accept, "its topic known again: a duplicate");
+        assert!(t.on_end_of_stream(&h(1, 10, 12, 0), 12));
+        let tot = t.totals();
+        assert_eq!((tot.vanished_back, tot.unended_sessions, tot.unended_sent), (1, 2, 20));
+        assert_eq!((tot.eos_sessions, tot.eos_sent, tot.gaps, tot.restarts), (1, 12, 1, 0));
+        // Sent 12 + 10 + 10, arrived 11 + 10 + 10: the one gap.
+        assert_eq!((tot.sent(), tot.accepted), (32, 31));
+        // Publisher 2 restarted (session 21) after its session 20 vanished: 20 stays ended.
+        assert!(t.on_data(&h(2, 21, 1, 1), b"B").accept);
+        assert!(!t.on_data(&h(2, 20, 11, 11), b"B").accept);
+        assert!(!t.on_end_of_stream(&h(2, 20, 11, 0), 11), "its end of stream too: counted unended already");
+        assert_eq!((t.totals().after_end, t.totals().eos_sessions), (3, 1));
+        // Publisher 3's heartbeat takes its session up; its end of stream counts it once.
+        t.on_heartbeat(&hb(3, 30, 10));
+        assert_eq!((t.totals().vanished_back, t.totals().unended_sessions), (2, 1));
+        assert!(t.on_end_of_stream(&h(3, 30, 10, 0), 10));
+        assert!(!t.on_end_of_stream(&h(3, 30, 10, 0), 10), "a repeat counts nothing");
+        let tot = t.totals();
+        assert_eq!((tot.eos_sessions, tot.eos_sent, tot.unended_sessions, tot.unended_sent), (2, 22, 1, 10));
+        t.close();
+        let tot = t.totals();
+        // Publisher 2's new session counts at the close; nothing twice: sent 12 + 10 + 10 + 1.
+        assert_eq!((tot.unended_sessions, tot.sent(), tot.accepted, tot.gaps), (2, 33, 32, 1));
+        maps_agree(&t).unwrap();
+    }
+
+    /// A reader that did not run (a stall, or blocked behind its workers) may have frames of a
+    /// publisher waiting unread: silence is judged from its resumption, not across the pause.
+    #[test]
+    fn a_pause_of_the_reader_is_no_silence_of_its_publishers() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        assert!(t.on_data(&h(1, 10, 1, 1), b"A").accept);
+        sweep_for(&mut t, &clock, FORGET_NS / 2, |_, _| {});
+        // No sweep for twice the bound, then one as the reader resumes: nothing is forgotten.
+        let resumed = clock.advance_ns(2 * FORGET_NS);
+        t.sweep(resumed);
+        assert_eq!(t.publishers(), 1);
+        let forgotten_at = sweep_until_none_held(&mut t, &clock, FORGET_NS + FORGET_NS / 8);
+        let at = forgotten_at.expect("forgotten once silent for the bound after the resumption");
+        assert!(at - resumed >= FORGET_NS, "forgotten {} ns after the resumption", at - resumed);
+    }
+
+    /// Off (0), nothing is forgotten, however long it is silent.
+    #[test]
+    fn a_tracker_without_a_bound_forgets_nobody() {
+        let (mut t, clock) = forgetting(0);
+        assert!(t.on_data(&h(1, 10, 1, 1), b"A").accept);
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.topics(), t.totals().vanished), (1, 1, 0));
     }
 
     /// Live publishers hold their places: past MAX_PUBLISHERS live ones, a new one is dropped,

@@ -364,6 +364,13 @@ pub struct SequenceCounts {
     /// Publisher ids two or more publishers were found to share (their sessions are then
     /// tracked side by side, and new sessions of the id are not counted as restarts).
     pub id_conflicts: u64,
+    /// Publisher sessions forgotten as vanished: nothing (no data, no heartbeat, no end of
+    /// stream) was heard of their publisher for `--forget-silent-after`. Each is in
+    /// `unended_sessions`, counted to its last arrived message (seen from its first).
+    pub vanished: u64,
+    /// Of `vanished`, those heard again afterwards (a link down that long): taken up where
+    /// they were, out of `unended_sessions` again.
+    pub vanished_back: u64,
     /// Malformed or rejected frames dropped, by reason.
     pub bad_frames: BTreeMap<String, u64>,
 }
@@ -378,6 +385,8 @@ impl SequenceCounts {
         self.reordered = self.reordered.saturating_add(other.reordered);
         self.restarts = self.restarts.saturating_add(other.restarts);
         self.id_conflicts = self.id_conflicts.saturating_add(other.id_conflicts);
+        self.vanished = self.vanished.saturating_add(other.vanished);
+        self.vanished_back = self.vanished_back.saturating_add(other.vanished_back);
         for (reason, n) in &other.bad_frames {
             let total = self.bad_frames.entry(reason.clone()).or_insert(0);
             *total = total.saturating_add(*n);
@@ -722,6 +731,18 @@ impl RunReport {
                 s,
                 "  id conflicts {}   (publisher ids two publishers share: each needs its own --publisher-id)",
                 self.counts.id_conflicts
+            );
+        }
+        if self.counts.vanished > 0 {
+            let back = match self.counts.vanished_back {
+                0 => String::new(),
+                n => format!("; {n} heard again after, taken up where they were"),
+            };
+            let _ = writeln!(
+                s,
+                "  vanished     {}   (publisher sessions forgotten after nothing was heard of them for \
+                 --forget-silent-after: counted as unended{back})",
+                self.counts.vanished
             );
         }
         let bad: u64 = self.counts.bad_frames.values().sum();

@@ -374,6 +374,19 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         |c| c.counts.reordered,
     );
     counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", |c| c.counts.restarts);
+    counter(
+        &mut s,
+        "mdsub_shard_vanished_sessions_total",
+        "Publisher sessions forgotten as vanished: nothing (no data, no heartbeat, no end of stream) \
+         heard of their publisher for --forget-silent-after; counted as unended, topics released.",
+        |c| c.counts.vanished,
+    );
+    counter(
+        &mut s,
+        "mdsub_shard_vanished_back_total",
+        "Of the vanished sessions, those heard again afterwards: taken up where they were.",
+        |c| c.counts.vanished_back,
+    );
     per_row(
         &mut s,
         "mdsub_shard_beyond_sent",
@@ -388,8 +401,9 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         &mut s,
         "mdsub_shard_publishers_held",
         "gauge",
-        "Publishers the shard's reader tracks now: live ones (no end of stream yet), and the last 16 \
-         that ended. At 1024 live ones a new publisher is dropped (bad_frames over_limit_publishers).",
+        "Publishers the shard's reader tracks now: live ones (no end of stream yet, heard within \
+         --forget-silent-after), and the last 16 that ended. At 1024 live ones a new publisher is \
+         dropped (bad_frames over_limit_publishers).",
         &shards,
         |c| c.publishers_held,
     );
