@@ -2,6 +2,7 @@
 """Churn soak: run mdsub's long-lived parts for a while under churn and watch what grows.
 
   tools/churn-soak.py [--minutes 10] [--rate 5000] [--sample-s 5] [--out DIR] [--bin PATH]
+                      [--engine-arg=FLAGS]
 
 tools/soak.sh runs one steady feed; this one keeps everything changing, as a day of a live
 feed does, and watches the memory, descriptors, threads and files of each long-lived process:
@@ -183,7 +184,8 @@ class Soak:
                               "--snail", "warn", "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
                               "--metrics-interval", "1s", "--hlog", self.hlog,
                               "--monitor", f"bind:{ep(self.monitor_port)}",
-                              "--store", f"connect:{ep(self.clone_base)}", "--engine-id", "soak"])
+                              "--store", f"connect:{ep(self.clone_base)}", "--engine-id", "soak"]
+                   + [x for arg in self.a.engine_arg for x in arg.split()])
         self.spawn("lvc", ["lvc", "--frontend", f"connect:{ep(self.slot_ports['A'])}",
                            "--frontend", f"connect:{ep(self.slot_ports['B'])}",
                            "--backend", f"bind:{ep(self.lvc_back)}", "--max-topics", str(a.lvc_max_topics)])
@@ -341,6 +343,8 @@ def main():
     ap.add_argument("--lvc-max-topics", type=int, default=100_000, help="the lvc's --max-topics (default its own, 100000)")
     ap.add_argument("--subscriber-every-s", type=float, default=1.0, help="a new LVC subscriber this often (default 1)")
     ap.add_argument("--client-every-s", type=float, default=0.25, help="a new clone client this often (default 0.25)")
+    ap.add_argument("--engine-arg", action="append", default=[],
+                    help="more flags for the engine, split at spaces (repeatable; give it with =, e.g. --engine-arg='--forget-silent-after 1m')")
     ap.add_argument("--seed", type=int, default=1, help="seed of the churn's choices (default 1)")
     ap.add_argument("--out", default=None, help="folder for samples.tsv and each process's stderr (default: a new /tmp folder)")
     here = os.path.dirname(os.path.abspath(__file__))
