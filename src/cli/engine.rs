@@ -374,7 +374,7 @@ pub struct EngineArgs {
     /// `vanished`), its topics are released, and it is said once. A live publisher heartbeats
     /// after 1s without data, so a quiet one is never forgotten; one heard again later (a link
     /// down that long) is taken up where it was.
-    #[arg(long, value_parser = parse_whole_ms_or_off, value_name = "DURATION|off")]
+    #[arg(long, value_parser = parse_whole_ms_or_off, value_name = "DURATION")]
     pub forget_silent_after: Option<Duration>,
     #[command(flatten)]
     pub snail: SnailArgs,

@@ -331,6 +331,9 @@ pub struct Checks {
     vanished_unsaid: u64,
 }
 
+// The tracker judges a publisher's silence across a pause of the reader as the snail does.
+const _: () = assert!(super::sequence::READER_PAUSE_NS == crate::snail::SELF_STALL_NS);
+
 /// Lines a reader says per [`SUMMARY_INTERVAL_NS`] of publisher sessions forgotten as
 /// vanished; the rest are counted and said as one.
 pub const VANISHED_LINES_PER_INTERVAL: usize = 5;

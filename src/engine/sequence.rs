@@ -72,6 +72,9 @@ const SWEEP_PUBLISHERS: usize = 64;
 /// forgotten no sooner than the bound after its last frame, and at most that much later.
 const SWEEP_EVERY_MIN_NS: u64 = 10_000_000;
 const SWEEP_EVERY_MAX_NS: u64 = 100_000_000;
+/// A reader that did not sweep for this long paused (a stall, or blocked behind its workers):
+/// the snail's self-stall (`snail::SELF_STALL_NS`, the same; a core imports no snail).
+pub const READER_PAUSE_NS: u64 = 1_000_000_000;
 /// Sessions forgotten as vanished whose lines are waiting for the reader
 /// ([`SequenceTracker::take_vanished`]); past this many only the count grows.
 const VANISHED_NOTES_KEPT: usize = 64;
@@ -1236,7 +1239,7 @@ impl SequenceTracker {
     /// from the resumption. True: one was forgotten (what the reader publishes changed).
     pub fn sweep(&mut self, now_ns: u64) -> bool {
         let judged = std::mem::replace(&mut self.swept_tick, self.tick);
-        if now_ns.saturating_sub(std::mem::replace(&mut self.swept_ns, now_ns)) >= crate::snail::SELF_STALL_NS {
+        if now_ns.saturating_sub(std::mem::replace(&mut self.swept_ns, now_ns)) >= READER_PAUSE_NS {
             // The reader did not run (a stall, or blocked behind its workers): frames may be
             // waiting in its queue, so silence is judged from its resumption, as the snail's is.
             self.checkpoints.clear();
