@@ -709,6 +709,13 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
                 said.join(", ")
             );
         }
+        if stats.subscribers_ledger_forgotten > 0 {
+            crate::outln!(
+                "handshake_ledger_forgotten={}: the handshake ledger was full, so the subscriber connections \
+                 refused and counted are off by as many",
+                stats.subscribers_ledger_forgotten
+            );
+        }
         if stats.sent_with_no_subscriber > 0 {
             crate::outln!(
                 "{} of them were sent while their shard had no mdsub subscriber (none took the control topic): \

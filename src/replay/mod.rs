@@ -285,6 +285,11 @@ pub struct ReplayStats {
     /// when first met; with or without an access policy (a peer that is not ZeroMQ).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub subscribers_refused: BTreeMap<String, u64>,
+    /// Handshake outcomes at the data endpoints not remembered because the handshake ledger
+    /// was full (one entry per connection open at once, bounded by the descriptor limit): by
+    /// how many `subscribers_refused` and the subscribers counted are off. 0 unless it filled.
+    #[serde(skip_serializing_if = "crate::diag::is_zero")]
+    pub subscribers_ledger_forgotten: u64,
     /// A fixed rate (`--rate`): the rate offered and what the publisher achieved, msg/s (its
     /// turns after the first per second from the first to the last, less the time paused on
     /// purpose in between (`paused_s`); the schedule's turns, messages dropped on purpose
@@ -1167,6 +1172,9 @@ impl Publisher {
             subscribers_refused: (self.access_counters().map(|c| c.by_reason()).unwrap_or_default().into_iter())
                 .map(|(reason, n)| (reason.to_string(), n))
                 .collect(),
+            subscribers_ledger_forgotten: self
+                .access_counters()
+                .map_or(0, |c| c.ledger_forgotten.load(Ordering::Relaxed)),
             // Set by the run, which knows its pacing.
             offered_msgs_per_sec: None,
             achieved_msgs_per_sec: None,
