@@ -276,6 +276,12 @@ pub struct ReplayStats {
     /// DBN sources: records not replayed (control and unknown types), by record type.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_by_rtype: BTreeMap<String, u64>,
+    /// DBN records received before the record ahead of them in their file, sent as they are:
+    /// DBN files are written in receive-time order, so the file is corrupted (a `.dbn.zst`
+    /// without a zstd checksum hands corrupted bytes on) or was not written in order. The first
+    /// is said on stderr.
+    #[serde(skip_serializing_if = "crate::diag::is_zero")]
+    pub ts_recv_backwards: u64,
     /// Damaged input files, by reason (`truncated_tail`, `bad_record`): a file is replayed up
     /// to its first damage and ends there (the damage was said on stderr when met).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -752,6 +758,7 @@ pub struct Publisher {
     /// What the last DBN run reports: its market time span and skipped records.
     market_span_ns: Option<(u64, u64)>,
     skipped_by_rtype: BTreeMap<String, u64>,
+    ts_recv_backwards: u64,
     /// Damaged input files of the last run, by reason.
     refused: BTreeMap<String, u64>,
     /// The context's ZAP handler when `access` needs one (dropped with the
@@ -831,6 +838,7 @@ impl Publisher {
             position: Arc::new(FilePosition::default()),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
+            ts_recv_backwards: 0,
             refused: BTreeMap::new(),
             zap,
             faults: FaultPlan::default(),
@@ -1168,6 +1176,7 @@ impl Publisher {
             cpu_ns: 0,
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
+            ts_recv_backwards: self.ts_recv_backwards,
             refused: self.refused.clone(),
             subscribers_refused: (self.access_counters().map(|c| c.by_reason()).unwrap_or_default().into_iter())
                 .map(|(reason, n)| (reason.to_string(), n))
@@ -1205,6 +1214,7 @@ impl Publisher {
         self.market_span_ns = None;
         self.position.reset();
         self.skipped_by_rtype.clear();
+        self.ts_recv_backwards = 0;
         self.refused.clear();
         for sh in &mut self.shards {
             (sh.eos_at, sh.eos_resent, sh.passed_over) = (None, 0, false);
@@ -1335,6 +1345,7 @@ impl Publisher {
                     turns.extend(one.turns_mono_ns);
                     self.market_span_ns = self.market_span_ns.or(one.market_span_ns);
                     self.skipped_by_rtype.extend(one.skipped_by_rtype);
+                    self.ts_recv_backwards += one.ts_recv_backwards;
                     for (reason, k) in one.refused {
                         *self.refused.entry(reason).or_default() += k;
                     }
@@ -1380,6 +1391,7 @@ impl Publisher {
             position: self.position.clone(),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
+            ts_recv_backwards: 0,
             refused: BTreeMap::new(),
             zap: None,
             faults: self.faults,
