@@ -687,6 +687,15 @@ impl Shard {
     /// proxy, `mdsub lvc` or `mdsub tap`, forwards each one's subscription): there is no other
     /// pipe to reach, and libzmq would skip that one in silence after it, its later drops and
     /// the end of stream gone uncounted; it is dropped and counted, as with one subscriber.
+    ///
+    /// `connections` are those whose handshake completed, whether or not they subscribed: the
+    /// replay cannot know which did, since libzmq's XPUB hands a subscription over with its
+    /// connection's metadata (`Peer-Address`, the peer's IP alone; a `User-Id` only from a ZAP
+    /// handler, which answers none), never the connection itself. So a proxy beside a
+    /// connection that subscribed to nothing (a probe, a SUB that has not subscribed yet)
+    /// passes over: after that first counted drop, libzmq skips the proxy's pipe in silence
+    /// until it drains, and those messages are missing from `dropped_at_hwm` (the subscribers
+    /// behind the proxy count them as gaps). README (`--lossy`) says so.
     fn passes_over(&self) -> bool {
         self.subscribers > 1 && self.connections > 1
     }
