@@ -511,6 +511,12 @@ pub fn counters_json(name: &str, text: &str) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
+/// A count a JSON report leaves out while it is 0 (`#[serde(skip_serializing_if = ...)]`): one
+/// that says a rare trouble.
+pub fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,18 +142,26 @@ pub struct ShellCounters {
     /// Times libzmq could not accept a connection on either side's bound endpoints (`accept()`
     /// failed, most often out of descriptors): attempts, not peers, since libzmq retries at once.
     pub accept_failed: u64,
+    /// Handshake outcomes on either side's bound endpoints not remembered because the handshake
+    /// ledger was full ([`crate::link::Accepted::ledger_forgotten`]): by how many the connects,
+    /// disconnects and refusals above are off. 0 unless it filled.
+    pub handshake_ledger_forgotten: u64,
 }
 
 impl ShellCounters {
     /// The delivery and connection counters as the LVC's and the tap's exit lines say them:
     /// `dropped_full=… blocked=… send_failures=… publisher_connects=… publisher_disconnects=…
     /// publisher_refused=… subscriber_connects=… subscriber_disconnects=… subscriber_refused=…
-    /// accept_failed=…`.
+    /// accept_failed=…`, and `handshake_ledger_forgotten=…` once the handshake ledger filled.
     pub fn delivery_fields(&self) -> String {
+        let forgotten = match self.handshake_ledger_forgotten {
+            0 => String::new(),
+            n => format!(" handshake_ledger_forgotten={n}"),
+        };
         format!(
             "dropped_full={} blocked={} send_failures={} publisher_connects={} publisher_disconnects={} \
              publisher_refused={} subscriber_connects={} subscriber_disconnects={} subscriber_refused={} \
-             accept_failed={}",
+             accept_failed={}{forgotten}",
             self.dropped_full,
             self.blocked,
             self.send_failures,
@@ -486,6 +494,8 @@ impl<H: ProxyHooks> ProxyShell<H> {
             self.counters.subscriber_refused = a.refused;
         }
         self.counters.accept_failed = self.links.iter().flatten().map(|w| w.accepted().accept_failed).sum();
+        self.counters.handshake_ledger_forgotten =
+            self.links.iter().flatten().map(|w| w.accepted().ledger_forgotten).sum();
         self.take_joins(now_ns);
     }
 

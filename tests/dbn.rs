@@ -488,6 +488,74 @@ fn a_record_length_wrong_for_its_type_is_damage_at_that_record() {
     }
 }
 
+/// `path`: a `.dbn.zst` of `n` MBO records (AAPL 101, MSFT 102; the metadata's span ending
+/// just after the last), compressed with no zstd checksum (zstd's default, as any `zstd::Encoder`
+/// writes it), whose record `damaged` (1-based) had its receive time set by `ts_recv(old)` before
+/// compressing: what a corrupted checksum-less file decompresses to. Returns the records and the
+/// damaged record's offset in the decompressed stream.
+fn zst_without_checksum_with_ts_recv(
+    path: &Path,
+    n: usize,
+    damaged: usize,
+    ts_recv: impl Fn(u64) -> u64,
+) -> (Vec<MboMsg>, u64) {
+    let recs = mbo_feed(2, n, 0, 1_000);
+    let mut meta = metadata(Schema::Mbo, &[("AAPL", 101), ("MSFT", 102)]);
+    meta.end = std::num::NonZeroU64::new(recs.last().map(|r| r.ts_recv).expect("records") + 1);
+    let plain = path.with_extension("plain");
+    let len = write_dbn(&plain, &meta, &recs, false);
+    let rec_len = std::mem::size_of::<MboMsg>();
+    let offset = len as usize - rec_len * n + (damaged - 1) * rec_len;
+    let mut bytes = std::fs::read(&plain).expect("read");
+    let at = offset + std::mem::offset_of!(MboMsg, ts_recv);
+    let old = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    bytes[at..at + 8].copy_from_slice(&ts_recv(old).to_le_bytes());
+    let zst = zstd::encode_all(&bytes[..], 3).expect("zstd");
+    assert_eq!(zst[4] & 0x04, 0, "no content checksum in the frame header");
+    std::fs::write(path, &zst).expect("write");
+    (recs, offset as u64)
+}
+
+/// A `.dbn.zst` without a zstd checksum hands corrupted bytes on as data. A record whose receive
+/// time is outside the span its metadata gives (a high bit flipped: 36 years on) is damage at that
+/// record, said there, and nothing from it on is sent; before, it went out, and at a recorded
+/// pace the replay would have waited for it for 36 years.
+#[test]
+fn a_corrupted_zstd_file_without_a_checksum_stops_at_a_receive_time_outside_its_span() {
+    let dir = tmp_dir("span");
+    let path = dir.join("flipped.dbn.zst");
+    let (recs, offset) = zst_without_checksum_with_ts_recv(&path, 100, 41, |t| t ^ (1 << 60));
+    let (got, said, out) = replay_damaged("replay-dbn-span", &path, "bad_record");
+    let want = format!("damaged at byte {offset} of the decompressed stream: its receive time ");
+    assert!(said.contains(&want), "want `{want}`: {out}");
+    assert!(
+        said.contains("is outside the span the file's metadata gives its data (2023-11-14T22:13:20.000Z to "),
+        "{said}"
+    );
+    assert!(said.contains("(record 41;"), "{said}");
+    assert_eq!(got.len(), 40, "the 40 records before it, nothing from it on");
+    assert!(got.iter().zip(&recs).all(|(g, r)| g.payload == bytes_of(r)), "each as it was");
+}
+
+/// A record received before the one ahead of it in its file (a low bit flipped, within the span)
+/// is sent as it is, counted and the first said once: DBN files are written in receive-time
+/// order. Before, nothing was said.
+#[test]
+fn a_record_received_before_the_one_ahead_of_it_is_counted_and_said_once() {
+    let dir = tmp_dir("back");
+    let path = dir.join("back.dbn.zst");
+    let (recs, offset) = zst_without_checksum_with_ts_recv(&path, 100, 41, |t| t - 30_500);
+    let (got, status, out) = replay("replay-dbn-back", 1, &["--from", path.to_str().expect("utf8")]);
+    assert!(status.success(), "sent, not refused: {out}");
+    assert_eq!(got.len(), recs.len(), "every record sent: {out}");
+    let said: Vec<&str> = out.lines().filter(|l| l.contains("before the record ahead of it")).collect();
+    assert_eq!(said.len(), 1, "said once: {out}");
+    let want = format!("record 41 (byte {offset} of the decompressed stream) is received at ");
+    assert!(said[0].contains(&want) && said[0].contains("29.5µs before the record ahead of it"), "{}", said[0]);
+    assert!(said[0].contains("the file is corrupted"), "{}", said[0]);
+    assert!(out.contains("replay: 1 DBN records were received before the record ahead of them"), "counted: {out}");
+}
+
 /// The one case where a record is longer than its struct: the live gateway's send time
 /// (`ts_out`, 8 bytes) after every record of a stream whose metadata says so. Such a file
 /// replays whole, each record with its `ts_out`.

@@ -150,8 +150,12 @@ pub struct PublisherArgs {
     /// is counted (`dropped_at_hwm` in the replay's numbers: messages at least one
     /// subscriber missed; with several on their own connections, the full one
     /// then misses more until it drains, which it counts as lost; several behind
-    /// one proxy share one queue, dropped for all as with one) and the end of stream is always delivered
-    /// (sent waiting for room, and again to a subscriber it passed over).
+    /// one proxy share one queue, dropped for all as with one, unless another
+    /// connection is open, even one that subscribed to nothing: libzmq does not
+    /// say which connection a subscription came from, so the proxy's later drops
+    /// are then missing from the count, and its subscribers count them as gaps)
+    /// and the end of stream is always delivered (sent waiting for room, and
+    /// again to a subscriber it passed over).
     #[arg(long)]
     pub lossy: bool,
     /// With several shards (endpoints), send each shard's part of the

@@ -330,7 +330,10 @@ pub struct ReplayArgs {
     /// or --rate a file replays flat out. A damaged file is replayed up to the
     /// damage, which is said with its byte offset and record number and counted
     /// (`refused`: truncated_tail, bad_record, e.g. a DBN record whose length is
-    /// not its type's); the exit status is then 1. A file with nothing to replay
+    /// not its type's, or whose receive time is outside the span its metadata
+    /// gives); the exit status is then 1. A DBN record received before the one
+    /// ahead of it in its file is sent, counted (ts_recv_backwards) and the
+    /// first said: the file is corrupted or not in order. A file with nothing to replay
     /// is refused before anything binds. The generated feed's flags (--symbols,
     /// --payload-bytes, --zipf, --seed, --thread-per-shard, --serve-trials, and
     /// --burst without --rate N) are refused with it. On a terminal (not with
@@ -613,6 +616,13 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
         crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
     }
+    if stats.ts_recv_backwards > 0 {
+        crate::diag!(
+            "replay: {} DBN records were received before the record ahead of them in their file (the first said \
+             above): the file is corrupted or not in receive-time order; they were sent as they are",
+            stats.ts_recv_backwards
+        );
+    }
     // Damaged input: what came before the damage was replayed and the stream ended, and the
     // exit status says the input was not whole.
     let damaged = (!stats.refused.is_empty()).then(|| {
@@ -707,6 +717,13 @@ fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::R
                 "refused {} subscriber connection(s): {} (each reason said on stderr with what it means)",
                 stats.subscribers_refused.values().sum::<u64>(),
                 said.join(", ")
+            );
+        }
+        if stats.subscribers_ledger_forgotten > 0 {
+            crate::outln!(
+                "handshake_ledger_forgotten={}: the handshake ledger was full, so the subscriber connections \
+                 refused and counted are off by as many",
+                stats.subscribers_ledger_forgotten
             );
         }
         if stats.sent_with_no_subscriber > 0 {

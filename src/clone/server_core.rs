@@ -435,6 +435,32 @@ pub enum NotDurable {
     MapSnapshotNotInPlace,
 }
 
+/// Whose snapshot is written but not in place yet ([`ServerCore::not_durable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    /// A re-sync's, the active's map as it arrived ([`Action::PeerSnapshotEnd`]).
+    Resync,
+    /// The map's, written because the directory was behind ([`Action::WriteSnapshot`]).
+    Map,
+}
+
+impl Switch {
+    fn not_durable(self) -> NotDurable {
+        match self {
+            Switch::Resync => NotDurable::ResyncNotInPlace,
+            Switch::Map => NotDurable::MapSnapshotNotInPlace,
+        }
+    }
+
+    /// What a take-over line calls it.
+    fn what(self) -> &'static str {
+        match self {
+            Switch::Resync => "the re-sync's snapshot",
+            Switch::Map => "the snapshot of the map",
+        }
+    }
+}
+
 impl NotDurable {
     /// Its name in STATUS (`durable_why=NAME`).
     pub fn name(self) -> &'static str {
@@ -593,11 +619,11 @@ pub struct ServerCore {
     compacting: bool,
     /// That [`Action::Compact`] puts a re-sync's snapshot in place.
     compacting_switch: bool,
-    /// A re-sync's snapshot is written but not in place yet: the data directory alone would
-    /// recover the files before the re-sync (see the module doc).
-    switch_pending: bool,
-    /// That snapshot is the map's ([`Action::WriteSnapshot`]), not a re-sync's.
-    switch_of_map: bool,
+    /// A snapshot is written but not in place yet, and whose: the data directory alone would
+    /// recover the files before it (see the module doc). One field, so which snapshot waits
+    /// cannot outlive its wait (two flags did: the map's mark stayed when a late answer to a
+    /// re-sync's end cleared the wait, and the next re-sync's wait was said as the map's).
+    switch: Option<Switch>,
     /// An [`Action::WriteSnapshot`] is not answered yet: the map was frozen (keys, sequence), and
     /// the appends after it are asked for again (they follow that snapshot).
     full_in_flight: Option<(usize, u64)>,
@@ -671,11 +697,10 @@ impl ServerCore {
             full_snapshot_wanted: false,
             compacting: false,
             compacting_switch: false,
-            switch_of_map: false,
             full_in_flight: None,
             behind_gen: 0,
             frozen_gen: 0,
-            switch_pending: false,
+            switch: None,
             keep_aside_wanted: false,
             keeping_aside: false,
             last_compaction_error: None,
@@ -902,7 +927,7 @@ impl ServerCore {
     /// The data directory alone recovers everything in memory (or there is none): not behind
     /// after a failed log write, no re-sync's snapshot waiting to be put in place.
     fn disk_whole(&self) -> bool {
-        !self.disk_behind && !self.switch_pending
+        !self.disk_behind && self.switch.is_none()
     }
 
     /// Why the data directory alone does not recover the map (`durable=no`), if it does not: what
@@ -912,12 +937,8 @@ impl ServerCore {
             None
         } else if self.disk_behind {
             Some(NotDurable::Behind)
-        } else if self.switch_pending && self.switch_of_map {
-            Some(NotDurable::MapSnapshotNotInPlace)
-        } else if self.switch_pending {
-            Some(NotDurable::ResyncNotInPlace)
         } else {
-            None
+            self.switch.map(Switch::not_durable)
         }
     }
 
@@ -1165,7 +1186,7 @@ impl ServerCore {
         }
         self.snapshot_wanted = false;
         self.flush(out);
-        if self.switch_pending {
+        if self.switch.is_some() {
             // The re-sync's snapshot first; a full snapshot still wanted follows it.
             self.snapshot_wanted = self.full_snapshot_wanted;
             (self.compacting, self.compacting_switch) = (true, true);
@@ -1211,7 +1232,7 @@ impl ServerCore {
     /// The re-sync file could not be written: the data directory is behind the map (its files
     /// are those before the re-sync) until a full snapshot of it is written.
     fn peer_snapshot_unwritten(&mut self, error: &str, now_ns: u64, out: &mut Vec<Action>) {
-        self.switch_pending = false;
+        self.switch = None;
         self.fall_behind();
         // The updates queued during the sync were asked to be appended after the file's end (to
         // the log that was to follow it): with no such log they would go after the files before
@@ -1237,8 +1258,7 @@ impl ServerCore {
         self.snapshot_retry_at_ns = 0;
         self.compacting = false;
         if std::mem::take(&mut self.compacting_switch) {
-            self.switch_pending = false;
-            if !std::mem::take(&mut self.switch_of_map) {
+            if self.switch.take() != Some(Switch::Map) {
                 self.log(out, format_args!("passive: the re-sync's snapshot is in place (durable=yes)"));
             } else if !self.disk_behind {
                 out.push(Action::Log(
@@ -1260,7 +1280,7 @@ impl ServerCore {
         self.compacting = false;
         self.snapshot_backoff_ns = 0;
         self.snapshot_retry_at_ns = 0;
-        (self.switch_pending, self.switch_of_map) = (true, true);
+        self.switch = Some(Switch::Map);
         if let Some(e) = lost {
             self.fall_behind();
             out.push(Action::Log(format!(
@@ -1599,7 +1619,7 @@ impl ServerCore {
         let Some(sync) = p.sync.take() else { return };
         p.synced = true;
         let keep_aside = self.durable && m.sequence < self.sequence;
-        if self.durable && (self.switch_pending || self.keeping_aside || self.full_in_flight.is_some()) {
+        if self.durable && (self.switch.is_some() || self.keeping_aside || self.full_in_flight.is_some()) {
             // An earlier re-sync's snapshot is not in place yet (its file is still in use, this
             // one was not written), the compactor is copying the files aside (moving the log
             // now could cut a copy short), or writing the map to that file: that goes first,
@@ -1611,7 +1631,7 @@ impl ServerCore {
         } else if self.durable {
             // Before the appends of the updates queued meanwhile: they go to the log that follows
             // it. Until it is in place the data directory recovers the files before the re-sync.
-            self.switch_pending = true;
+            self.switch = Some(Switch::Resync);
             self.disk_behind = false;
             self.keep_aside_wanted = keep_aside;
             out.push(Action::PeerSnapshotEnd { sequence: m.sequence, keep_aside });
@@ -1666,8 +1686,8 @@ impl ServerCore {
                          (refused_not_durable) and the {held} pending ones held"
                     )));
                     self.want_full_snapshot(now_ns, out);
-                } else if self.switch_pending {
-                    let what = if self.switch_of_map { "the snapshot of the map" } else { "the re-sync's snapshot" };
+                } else if let Some(switch) = self.switch {
+                    let what = switch.what();
                     out.push(Action::Log(format!(
                         "taking over while {what} is put in place: until it is, client updates are \
                          refused (refused_not_durable) and the {held} pending ones held"
@@ -1874,6 +1894,9 @@ mod tests {
         hold_keep_aside: bool,
         /// [`Action::PeerSnapshotEnd`] is answered [`Event::PeerSnapshotUnwritten`].
         fail_peer_stream: bool,
+        /// [`Action::PeerSnapshotEnd`] is left unanswered (the test answers it later) and counted.
+        hold_peer_end: bool,
+        peer_ends_held: u32,
         /// Entries written by [`Action::StreamPeerEntry`].
         streamed: Vec<KvMsg>,
         published: Vec<KvMsg>,
@@ -1897,6 +1920,8 @@ mod tests {
                 compactions_held: 0,
                 hold_keep_aside: false,
                 fail_peer_stream: false,
+                hold_peer_end: false,
+                peer_ends_held: 0,
                 streamed: Vec::new(),
                 published: Vec::new(),
                 appended: Vec::new(),
@@ -1969,6 +1994,10 @@ mod tests {
                         self.other.push(Action::KeepAside);
                         (!self.hold_keep_aside).then_some(Event::KeptAside)
                     }
+                    Action::PeerSnapshotEnd { .. } if self.hold_peer_end => {
+                        self.peer_ends_held += 1;
+                        None
+                    }
                     Action::PeerSnapshotEnd { .. } if self.fail_peer_stream => {
                         Some(Event::PeerSnapshotUnwritten { error: "snapshot.peer: No space left on device".into() })
                     }
@@ -2006,6 +2035,18 @@ mod tests {
             self.on(Event::Update(Ok(upd(key, body, seq))));
             self.on(Event::Flush);
             self.keys_published()
+        }
+
+        /// A durable passive's log fails on a replicated update (sequence 11), and the full
+        /// snapshot of the map it then writes fails too: behind, tried again after the back-off.
+        /// The rig goes on failing appends and snapshots until told otherwise.
+        fn behind_with_snapshots_failing(&mut self) {
+            (self.fail_appends, self.fail_snapshot) = (true, true);
+            let mut m = upd("/r", "v", 100);
+            m.sequence = 11;
+            self.on(Event::Replicated(Ok(m)));
+            self.on(Event::Flush);
+            self.on(Event::Tick);
         }
 
         fn keys_published(&mut self) -> Vec<(String, u64)> {
@@ -2885,12 +2926,7 @@ mod tests {
         assert_eq!((r.core.not_durable(), r.core.durable()), (None, Some(true)));
         assert!(r.core.status_text().contains("durable=yes\ndurable_why=\n"));
         // The passive's log fails: behind until a full snapshot of the map is written.
-        (r.fail_appends, r.fail_snapshot) = (true, true);
-        let mut m = upd("/r", "v", 100);
-        m.sequence = 11;
-        r.on(Event::Replicated(Ok(m)));
-        r.on(Event::Flush);
-        r.on(Event::Tick);
+        r.behind_with_snapshots_failing();
         assert_eq!(r.snapshot_writes.len(), 1, "the full snapshot tried, and failed");
         assert_eq!(r.core.not_durable(), Some(NotDurable::Behind));
         assert!(r.core.status_text().contains("durable=no\ndurable_why=behind\n"));
@@ -2926,6 +2962,54 @@ mod tests {
         assert_eq!((r.core.not_durable(), r.core.durable()), (None, Some(true)));
         assert!(r.core.status_text().contains("durable=yes\ndurable_why=\n"));
         assert_eq!(r.put("/c", "1", 9).into_iter().filter(|(k, _)| k == "/c").count(), 1);
+    }
+
+    /// A passive re-syncs: the active's HUGZ is ahead of it, it fetches the snapshot, and the
+    /// snapshot ends at `seq` (its end answered by the rig, or held).
+    fn resync_to(r: &mut Rig, seq: u64) {
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, seq, ""))));
+        r.on(Event::PeerSyncCheck);
+        assert!(r.other().contains(&Action::RequestPeerSnapshot));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new("/old", 10, "v"))));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, seq, ""))));
+        assert_eq!(r.core.sequence(), seq);
+    }
+
+    #[test]
+    fn which_snapshot_waits_is_the_last_ones_even_when_a_resyncs_end_is_answered_late() {
+        // Before: two flags (a snapshot waits; it is the map's). A late answer to a re-sync's end
+        // (after the map's snapshot was written) cleared the wait but left the map's mark, so the
+        // next re-sync's wait was said as the map's (STATUS durable_why, a refused update, the
+        // take-over line). Now one field says which snapshot waits; a late answer cannot split it.
+        let mut r = durable_passive();
+        // The passive's log fails and its full snapshot fails too: behind, retried after 1 s.
+        r.behind_with_snapshots_failing();
+        assert_eq!(r.core.not_durable(), Some(NotDurable::Behind));
+        // A re-sync ends; the shell does not answer its end at once.
+        (r.fail_appends, r.fail_snapshot, r.hold_peer_end, r.hold_compactions) = (false, false, true, true);
+        resync_to(&mut r, 20);
+        assert_eq!(r.peer_ends_held, 1);
+        assert_eq!(r.core.not_durable(), Some(NotDurable::ResyncNotInPlace));
+        // Meanwhile the re-sync's snapshot is put in place, then the map's written (still wanted).
+        r.tick_for(1500);
+        assert_eq!(r.compactions_held, 1);
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
+        assert_eq!((r.compactions_held, r.snapshot_writes.len()), (2, 2), "the map's written, held in place");
+        assert_eq!(r.core.not_durable(), Some(NotDurable::MapSnapshotNotInPlace));
+        // The re-sync's end is answered now, late: its file was not written. Behind again.
+        r.on(Event::PeerSnapshotUnwritten { error: "snapshot.peer: No space left on device".into() });
+        assert_eq!(r.core.not_durable(), Some(NotDurable::Behind));
+        // Putting the map's snapshot in place fails; before the retry, another re-sync ends.
+        r.on(Event::CompactionDone { took_ns: 1, error: Some("rename: EIO".into()) });
+        r.hold_peer_end = false;
+        resync_to(&mut r, 30);
+        assert_eq!(r.core.not_durable(), Some(NotDurable::ResyncNotInPlace), "the re-sync's snapshot waits");
+        let st = r.core.status_text();
+        assert!(st.contains("durable=no\ndurable_why=resync_not_in_place\n"), "{st}");
+        // Its snapshot in place: durable.
+        r.hold_compactions = false;
+        r.tick_for(1500);
+        assert_eq!((r.core.not_durable(), r.core.durable()), (None, Some(true)));
     }
 
     #[test]

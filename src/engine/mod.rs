@@ -680,6 +680,7 @@ impl Engine {
                 .map(|(site, c)| HandlerRefused { agent: site.clone(), counts: refused_of(c, reasons) })
                 .collect(),
             monitor_refused: monitor_zap.as_ref().map(|c| c.every_reason()),
+            monitor_ledger_forgotten: monitor_zap.as_ref().map(|c| c.ledger_forgotten.load(Relaxed)),
             settings: Some({
                 let snail = board.current();
                 crate::metrics::prom::SettingsLive {
@@ -1039,6 +1040,7 @@ impl Engine {
             monitor_refused: (self.monitor_access_counters().map(|c| c.by_reason()).unwrap_or_default().into_iter())
                 .map(|(reason, n)| (reason.to_string(), n))
                 .collect(),
+            monitor_ledger_forgotten: self.monitor_access_counters().map_or(0, |c| c.ledger_forgotten.load(Relaxed)),
             handler: collected.handler,
             handler_summary: collected.handler_summary,
             agents,
@@ -1120,6 +1122,7 @@ fn shard_live(c: &ShardCounters, links: &LinkBoard) -> ShardLive {
         publisher_disconnects: c.publisher_disconnects.load(Relaxed),
         publisher_refused: c.publisher_refused.load(Relaxed),
         accept_failed: c.accept_failed.load(Relaxed),
+        handshake_ledger_forgotten: c.handshake_ledger_forgotten.load(Relaxed),
         beyond_sent: beyond_sent_of(c),
         publishers_held: c.publishers_held.load(Relaxed),
         topics_held: c.topics_held.load(Relaxed),
@@ -1212,6 +1215,7 @@ impl Engine {
                     publisher_disconnects: c.publisher_disconnects.load(Relaxed),
                     publisher_refused: c.publisher_refused.load(Relaxed),
                     accept_failed: c.accept_failed.load(Relaxed),
+                    handshake_ledger_forgotten: c.handshake_ledger_forgotten.load(Relaxed),
                     silences: c.silences.load(Relaxed),
                     longest_silence_ms: c.longest_silence_ns.load(Relaxed) as f64 / 1e6,
                     lag_last_ms: c.last_lag_ns.load(Relaxed) as f64 / 1e6,

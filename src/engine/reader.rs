@@ -176,6 +176,9 @@ pub struct ShardCounters {
     /// Times libzmq could not accept a connection there (`accept()` failed, most often out of
     /// descriptors): attempts, not peers ([`crate::link::Accepted::accept_failed`]).
     pub accept_failed: AtomicU64,
+    /// Handshake outcomes there not remembered, the handshake ledger being full: how many of
+    /// the three counts above are off ([`crate::link::Accepted::ledger_forgotten`]).
+    pub handshake_ledger_forgotten: AtomicU64,
 }
 
 impl ShardCounters {
@@ -930,6 +933,7 @@ impl ReaderAgent {
                 self.counters.publisher_disconnects.store(a.disconnects, Relaxed);
                 self.counters.publisher_refused.store(a.refused, Relaxed);
                 self.counters.accept_failed.store(a.accept_failed, Relaxed);
+                self.counters.handshake_ledger_forgotten.store(a.ledger_forgotten, Relaxed);
             }
         }
     }

@@ -266,6 +266,29 @@ fn wrong_length(version: u8, ts_out: bool, rtype: u8, len: usize) -> Option<Stri
     })
 }
 
+/// Why a replayed record's receive time `ts` (its index time, [`index_ts`]) cannot be in a file
+/// whose metadata gives `span` (`start`, and `end` when it says one), if it cannot: Databento's
+/// files hold the records of their query's span, so one outside it (or with no time at all) is
+/// damage, most often a `.dbn.zst` corrupted where no zstd checksum could tell.
+fn outside_span(ts: u64, (start, end): (u64, Option<u64>)) -> Option<String> {
+    let human = crate::clock::utc_iso8601;
+    if ts == UNDEF_TS {
+        return Some("its receive time and event time are both undefined".into());
+    }
+    let span = || match end {
+        Some(end) => format!("{} to {}", human(start), human(end)),
+        None => format!("from {}", human(start)),
+    };
+    (ts < start || end.is_some_and(|end| ts > end)).then(|| {
+        format!(
+            "its receive time {} ({ts} ns) is outside the span the file's metadata gives its data ({}): \
+             the record is corrupted (a .dbn.zst written without a zstd checksum cannot tell otherwise)",
+            human(ts),
+            span()
+        )
+    })
+}
+
 /// Is this record type replayed? Market data is; the stream's own control
 /// records (errors, system messages, live symbol mappings) and types the
 /// `dbn` crate does not know are skipped and counted.
@@ -287,6 +310,9 @@ struct DbnFile {
     /// The file's DBN version and `ts_out`: what the length of each record type is.
     version: u8,
     ts_out: bool,
+    /// The span its metadata says its data is in (`start`, and `end` when it says one), ns
+    /// since the epoch: a record's receive time outside it is damage ([`outside_span`]).
+    span: (u64, Option<u64>),
     decoder: Decoder<Counting>,
     /// Metadata plus records taken so far, in bytes.
     consumed: u64,
@@ -298,6 +324,11 @@ struct DbnFile {
     next: Vec<u8>,
     next_ts: u64,
     has_next: bool,
+    /// Replayed records received before the one ahead of them in this file (DBN files are
+    /// written in receive-time order), and what the first was: the file is corrupted, or was
+    /// not written in order. Each is sent as it is.
+    backwards: u64,
+    first_backwards: Option<String>,
 }
 
 impl DbnFile {
@@ -326,6 +357,7 @@ impl DbnFile {
             .map_err(|e| open_err(format!("not a readable DBN file: {}", dbn_error_text(&e))))?;
         let metadata = decoder.metadata().clone();
         let (version, ts_out) = (metadata.version, metadata.ts_out);
+        let span = (metadata.start, DbnFile::end_ns(&metadata));
         let head = decoder.get_ref().head;
         let consumed = 8 + u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
         let f = DbnFile {
@@ -333,6 +365,7 @@ impl DbnFile {
             compressed,
             version,
             ts_out,
+            span,
             decoder,
             consumed,
             size,
@@ -341,6 +374,8 @@ impl DbnFile {
             next: Vec::with_capacity(dbn::MAX_RECORD_LEN),
             next_ts: 0,
             has_next: false,
+            backwards: 0,
+            first_backwards: None,
         };
         Ok((f, metadata))
     }
@@ -371,6 +406,25 @@ impl DbnFile {
         }
     }
 
+    /// The record just taken (`next`, received at `next_ts`) is received before the replayed
+    /// record ahead of it (at `ahead_ts`): counted, and the first described.
+    #[cold]
+    fn went_back(&mut self, ahead_ts: u64) {
+        self.backwards += 1;
+        if self.first_backwards.is_none() {
+            let ts = self.next_ts;
+            self.first_backwards = Some(format!(
+                "{}: record {} (byte {}{}) is received at {} ({ts} ns), {} before the record ahead of it",
+                self.path.display(),
+                self.records,
+                self.consumed - self.next.len() as u64,
+                if self.compressed { " of the decompressed stream" } else { "" },
+                crate::clock::utc_iso8601(ts),
+                crate::diag::human_ns(ahead_ts - ts),
+            ));
+        }
+    }
+
     /// Load the next replayed record; skipped types are counted in `skipped`.
     /// At the end `has_next` is false, with an error when the file was damaged.
     fn advance(&mut self, skipped: &mut BTreeMap<u8, u64>) -> Result<(), DbnSourceError> {
@@ -398,16 +452,28 @@ impl DbnFile {
             if let Some(why) = wrong_length(self.version, self.ts_out, rt, bytes.len()) {
                 return Err(self.damaged(why));
             }
-            self.consumed += bytes.len() as u64;
-            self.records += 1;
             if !is_replayed(rt) {
+                self.consumed += bytes.len() as u64;
+                self.records += 1;
                 *skipped.entry(rt).or_default() += 1;
                 continue;
             }
-            self.next_ts = index_ts(bytes);
+            let ts = index_ts(bytes);
+            // zstd without a checksum hands corrupted bytes on as data: a receive time outside
+            // the file's own span is such damage (and a paced replay would wait for it for years).
+            if let Some(why) = outside_span(ts, self.span) {
+                return Err(self.damaged(why));
+            }
+            let ahead_ts = self.next_ts;
+            self.consumed += bytes.len() as u64;
+            self.records += 1;
+            self.next_ts = ts;
             self.next.clear();
             self.next.extend_from_slice(bytes);
             self.has_next = true;
+            if ts < ahead_ts {
+                self.went_back(ahead_ts);
+            }
             return Ok(());
         }
     }
@@ -579,6 +645,14 @@ impl DbnMerge {
     /// Take the damage found so far.
     pub fn take_damage(&mut self) -> Vec<DbnSourceError> {
         std::mem::take(&mut self.damage)
+    }
+
+    /// Records received before the replayed record ahead of them in their file, in every file
+    /// (DBN files are written in receive-time order: a corrupted file, or one not written in
+    /// order; each was sent as it is), and the first of them described, if any.
+    pub fn backwards(&self) -> (u64, Option<&str>) {
+        let n = self.files.iter().map(|f| f.backwards).sum();
+        (n, self.files.iter().find_map(|f| f.first_backwards.as_deref()))
     }
 
     /// Records skipped (not replayed), by record type.

@@ -127,6 +127,11 @@ pub struct Accepted {
     /// out of descriptors): attempts, not peers, since libzmq tries again at once while the cause
     /// holds ([`AcceptFailure`]); said by the rule for repeated lines, under `accept_failed`.
     pub accept_failed: u64,
+    /// Handshake outcomes not remembered because the handshake ledger was full
+    /// ([`crate::security::HandshakeLedger::forgotten`]): how many of the counts above are off
+    /// (such a connection is neither counted in `connects` nor `disconnects`, and its end is
+    /// counted in `refused` when the owner says each end). 0 unless the ledger filled.
+    pub ledger_forgotten: u64,
 }
 
 /// What one monitor event of a connection accepted on a bound endpoint came to
@@ -163,6 +168,7 @@ impl Accepts {
     pub fn on_event(&mut self, e: &crate::zmqx::MonitorEventV2) -> AcceptedStep {
         use crate::security::{PeerChange, Refusal};
         let (refusal, change) = self.ledger.step(e);
+        self.counts.ledger_forgotten = self.ledger.forgotten();
         match change {
             PeerChange::Joined => {
                 self.counts.connects += 1;
@@ -921,6 +927,25 @@ mod tests {
             AcceptedStep::Refused(Refusal::HandshakeMechanism)
         );
         assert_eq!((quiet.counts.refused, quiet.counts.disconnects), (1, 0));
+    }
+
+    /// Past the handshake ledger's bound the accepted counts are off, and that is counted with
+    /// them (before: in one stderr line only).
+    #[test]
+    fn a_full_handshake_ledger_is_counted_with_the_accepted_counts() {
+        use zmq_sys::{ZMQ_EVENT_DISCONNECTED as GONE, ZMQ_EVENT_HANDSHAKE_SUCCEEDED as UP};
+        let mut a = Accepts {
+            ledger: crate::security::HandshakeLedger::with_bound(1),
+            ends_said: true,
+            counts: Accepted::default(),
+        };
+        assert_eq!(a.on_event(&v2(UP, 0, "40001")), AcceptedStep::Joined);
+        assert_eq!(a.on_event(&v2(UP, 0, "40002")), AcceptedStep::None, "not remembered");
+        assert_eq!(a.counts.ledger_forgotten, 1);
+        // Its end is then miscounted as a refusal: the count says by how many.
+        assert!(matches!(a.on_event(&v2(GONE, 0, "40002")), AcceptedStep::Refused(_)));
+        let c = a.counts;
+        assert_eq!((c.connects, c.refused, c.ledger_forgotten), (1, 1, 1), "{c:?}");
     }
 
     /// libzmq sends monitor events with a blocking send from its I/O thread: with the watch's

@@ -456,6 +456,10 @@ pub struct RunReport {
     /// libzmq's handshake's: docs/REFUSALS.md); each reason was said on stderr when first met.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub monitor_refused: BTreeMap<String, u64>,
+    /// Of the monitor PUB's connections, handshake outcomes its handshake ledger did not
+    /// remember, being full: by how many `monitor_refused` is off (said once on stderr).
+    #[serde(default, skip_serializing_if = "crate::diag::is_zero")]
+    pub monitor_ledger_forgotten: u64,
     /// Hand-offs or handed-off frames a worker could not read (a fault of mdsub's own; should
     /// be 0). Their messages are in `not_handled`.
     #[serde(default)]
@@ -535,6 +539,10 @@ pub struct ShardReport {
     /// most often EMFILE: out of descriptors): attempts, not peers, since libzmq retries at once.
     #[serde(default)]
     pub accept_failed: u64,
+    /// Handshake outcomes there not remembered because the handshake ledger was full: by how
+    /// many the three counts above are off (0 unless it filled; said once on stderr when it did).
+    #[serde(default)]
+    pub handshake_ledger_forgotten: u64,
     /// Times the shard went silent (no frame, not even a heartbeat, for 1.5 s).
     pub silences: u64,
     pub longest_silence_ms: f64,
@@ -855,10 +863,14 @@ impl RunReport {
                     || sh.publisher_refused > 0
                     || sh.accept_failed > 0
                 {
+                    let forgotten = match sh.handshake_ledger_forgotten {
+                        0 => String::new(),
+                        n => format!(" handshake_ledger_forgotten={n}"),
+                    };
                     let _ = writeln!(
                         s,
                         "    {:<11} bound: publisher_connects={} publisher_disconnects={} publisher_refused={} \
-                         accept_failed={}",
+                         accept_failed={}{forgotten}",
                         sh.shard,
                         sh.publisher_connects,
                         sh.publisher_disconnects,
@@ -893,6 +905,14 @@ impl RunReport {
                 "  monitor: refused {} subscriber connection(s): {}",
                 self.monitor_refused.values().sum::<u64>(),
                 said.join(", ")
+            );
+        }
+        if self.monitor_ledger_forgotten > 0 {
+            let _ = writeln!(
+                s,
+                "  monitor: handshake_ledger_forgotten={} (the handshake ledger was full: the refusals above are \
+                 off by as many)",
+                self.monitor_ledger_forgotten
             );
         }
         if self.metrics_dropped > 0 {

@@ -62,6 +62,8 @@ pub struct ShardLive {
     pub publisher_refused: u64,
     /// Times libzmq could not accept a connection on its bound endpoints (attempts).
     pub accept_failed: u64,
+    /// Handshake outcomes there its handshake ledger did not remember (it was full).
+    pub handshake_ledger_forgotten: u64,
     /// Messages that arrived beyond what its publishers' ends of stream say they sent
     /// (`beyond_sent`: a publisher's count is wrong, loss unknown).
     pub beyond_sent: u64,
@@ -85,6 +87,9 @@ pub struct EngineLive {
     /// The monitor PUB's refused subscriber connections, every reason with its count (None: no
     /// monitor): its access policy's and libzmq's handshake's (`security::ZapCounters`).
     pub monitor_refused: Option<Vec<(&'static str, u64)>>,
+    /// The monitor PUB's handshake outcomes its handshake ledger did not remember, being full
+    /// (`security::ZapCounters::ledger_forgotten`; None: no monitor).
+    pub monitor_ledger_forgotten: Option<u64>,
     /// The live settings in force now (None: not known, as in a unit test's page).
     pub settings: Option<SettingsLive>,
     /// The status agent's links to the clone store (`--store`; empty without one): its
@@ -443,6 +448,14 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
          most often EMFILE: out of file descriptors); attempts, not peers: libzmq retries at once.",
         |c| c.accept_failed,
     );
+    counter(
+        &mut s,
+        "mdsub_shard_handshake_ledger_forgotten_total",
+        "Handshake outcomes on the shard's bound endpoints not remembered because the handshake ledger \
+         (one entry per connection open at once, bounded by the descriptor limit) was full: by how many \
+         the publisher connects, disconnects and refusals are off. 0 unless it filled.",
+        |c| c.handshake_ledger_forgotten,
+    );
     family(
         &mut s,
         "mdsub_shard_bad_frames_total",
@@ -714,6 +727,17 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
             },
         );
     }
+    if let Some(forgotten) = live.monitor_ledger_forgotten {
+        family(
+            &mut s,
+            "mdsub_monitor_handshake_ledger_forgotten_total",
+            "counter",
+            "Handshake outcomes at the monitor PUB not remembered because the handshake ledger (one entry \
+             per connection open at once, bounded by the descriptor limit) was full: by how many the \
+             refusals above are off. 0 unless it filled.",
+            |f| f.sample("", &format!("engine=\"{id}\""), forgotten),
+        );
+    }
     s
 }
 
@@ -736,6 +760,7 @@ mod tests {
             snail: vec![crate::snail::SiteReport { role: "shard0-reader".into(), ..Default::default() }],
             handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("verify_full", 0)] }],
             monitor_refused: Some(vec![("handshake_failed_protocol", 0)]),
+            monitor_ledger_forgotten: Some(0),
             settings: Some(SettingsLive {
                 snail_policy: crate::snail::Policy::Croak,
                 snail_max_lag_ns: 1,
@@ -865,7 +890,14 @@ mod tests {
         let live = EngineLive {
             engine_id: "e\"1".into(),
             shards: vec![
-                ShardLive { received: 7, beyond_sent: 5, publishers_held: 3, topics_held: 40, ..Default::default() },
+                ShardLive {
+                    received: 7,
+                    beyond_sent: 5,
+                    publishers_held: 3,
+                    topics_held: 40,
+                    handshake_ledger_forgotten: 4,
+                    ..Default::default()
+                },
                 ShardLive::default(),
             ],
             // Busy half of its run, idle over the last interval: the gauge is the interval's.
@@ -894,6 +926,7 @@ mod tests {
             }],
             handler_refused: vec![HandlerRefused { agent: "worker0".into(), counts: vec![("orders_full", 3)] }],
             monitor_refused: Some(vec![("address_not_allowed", 0), ("handshake_failed_protocol", 2)]),
+            monitor_ledger_forgotten: Some(6),
             settings: Some(SettingsLive {
                 snail_policy: crate::snail::Policy::Warn,
                 snail_max_lag_ns: 250_000_000,
@@ -933,6 +966,10 @@ mod tests {
         assert!(t.contains(refused), "{t}");
         let monitor = "mdsub_monitor_access_refused_total{engine=\"e\\\"1\",reason=\"handshake_failed_protocol\"} 2\n";
         assert!(t.contains(monitor), "{t}");
+        // A full handshake ledger is counted beside the counts it puts off.
+        let forgotten = "mdsub_shard_handshake_ledger_forgotten_total{engine=\"e\\\"1\",shard=\"0\"} 4\n";
+        assert!(t.contains(forgotten), "{t}");
+        assert!(t.contains("mdsub_monitor_handshake_ledger_forgotten_total{engine=\"e\\\"1\"} 6\n"), "{t}");
         assert!(t.contains("mdsub_shard_delivered_total{engine=\"e\\\"1\",shard=\"1\"} 1"), "{t}");
         assert!(t.contains("mdsub_shard_delivered_bytes_total{engine=\"e\\\"1\",shard=\"1\"} 120"), "{t}");
         assert!(t.contains("stage=\"total\",le=\"0.000005\"} 1"), "{t}");

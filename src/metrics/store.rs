@@ -330,6 +330,7 @@ impl StoreAgent {
                     "publisher_disconnects": sh.publisher_disconnects,
                     "publisher_refused": sh.publisher_refused,
                     "accept_failed": sh.accept_failed,
+                    "handshake_ledger_forgotten": sh.handshake_ledger_forgotten,
                     "links": sh.links,
                 });
                 if let (Some(status), serde_json::Value::Object(more)) = (status.as_object_mut(), more) {

@@ -93,6 +93,7 @@ struct DbnCursor {
     bytes: Vec<u8>,
     said_rtypes: Vec<u8>,
     said_damage: usize,
+    said_backwards: bool,
 }
 
 /// Where the frame of the message being sent is.
@@ -248,6 +249,7 @@ fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> 
             bytes: Vec::new(),
             said_rtypes: Vec::new(),
             said_damage: 0,
+            said_backwards: false,
         })),
     })
 }
@@ -650,8 +652,11 @@ impl PublisherAgent {
                 if d.loaded {
                     return Ok(true);
                 }
-                if d.merge.skipped().len() != d.said_rtypes.len() || d.merge.damage().len() != d.said_damage {
-                    say_dbn_refusals(self.p.say_refusals, &d.merge, &mut d.said_rtypes, &mut d.said_damage);
+                if d.merge.skipped().len() != d.said_rtypes.len()
+                    || d.merge.damage().len() != d.said_damage
+                    || (!d.said_backwards && d.merge.backwards().0 > 0)
+                {
+                    say_dbn_refusals(self.p.say_refusals, d);
                 }
                 let Some(rec) = d.merge.next_record() else {
                     // Read to the end: no read-ahead left, the bytes say whole.
@@ -1007,7 +1012,8 @@ impl PublisherAgent {
         self.progress.store(self.i, Ordering::Relaxed);
         self.schedule_done.store(monotonic_ns().max(1), Ordering::Release);
         if let Cursor::Dbn(d) = &mut self.cursor {
-            say_dbn_refusals(self.p.say_refusals, &d.merge, &mut d.said_rtypes, &mut d.said_damage);
+            say_dbn_refusals(self.p.say_refusals, d);
+            self.p.ts_recv_backwards = d.merge.backwards().0;
             self.p.skipped_by_rtype = d.merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
             self.p.market_span_ns = d.span;
             for e in d.merge.take_damage() {
@@ -1274,10 +1280,22 @@ fn held_is_said(held: Held, now_ns: u64) -> bool {
     !held.said && now_ns.saturating_sub(held.since_ns) >= HELD_SAID_AFTER_NS
 }
 
-/// Say (stderr) each record type not replayed and each damaged file the first time they
-/// are met (unless told not to: [`Publisher::say_refusals`]); the counts per type are in
-/// the run's stats (`skipped_by_rtype`) and its summary line.
-fn say_dbn_refusals(say: bool, merge: &DbnMerge, said_rtypes: &mut Vec<u8>, said_damage: &mut usize) {
+/// Say (stderr) each record type not replayed, each damaged file and the first record received
+/// before the one ahead of it in its file, the first time they are met (unless told not to:
+/// [`Publisher::say_refusals`]); the counts per type are in the run's stats
+/// (`skipped_by_rtype`, `ts_recv_backwards`) and its summary line.
+fn say_dbn_refusals(say: bool, d: &mut DbnCursor) {
+    let (merge, said_rtypes, said_damage) = (&d.merge, &mut d.said_rtypes, &mut d.said_damage);
+    if let (false, (_, Some(first))) = (d.said_backwards, merge.backwards()) {
+        d.said_backwards = true;
+        if say {
+            crate::diag!(
+                "replay: {first}: DBN files are written in receive-time order, so the file is corrupted (a \
+                 .dbn.zst written without a zstd checksum hands corrupted bytes on) or was not written in \
+                 order; sent as it is, and every such record counted (ts_recv_backwards); said once"
+            );
+        }
+    }
     for rt in merge.skipped().keys() {
         if !said_rtypes.contains(rt) {
             said_rtypes.push(*rt);

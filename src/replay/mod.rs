@@ -276,6 +276,12 @@ pub struct ReplayStats {
     /// DBN sources: records not replayed (control and unknown types), by record type.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_by_rtype: BTreeMap<String, u64>,
+    /// DBN records received before the record ahead of them in their file, sent as they are:
+    /// DBN files are written in receive-time order, so the file is corrupted (a `.dbn.zst`
+    /// without a zstd checksum hands corrupted bytes on) or was not written in order. The first
+    /// is said on stderr.
+    #[serde(skip_serializing_if = "crate::diag::is_zero")]
+    pub ts_recv_backwards: u64,
     /// Damaged input files, by reason (`truncated_tail`, `bad_record`): a file is replayed up
     /// to its first damage and ends there (the damage was said on stderr when met).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -285,6 +291,11 @@ pub struct ReplayStats {
     /// when first met; with or without an access policy (a peer that is not ZeroMQ).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub subscribers_refused: BTreeMap<String, u64>,
+    /// Handshake outcomes at the data endpoints not remembered because the handshake ledger
+    /// was full (one entry per connection open at once, bounded by the descriptor limit): by
+    /// how many `subscribers_refused` and the subscribers counted are off. 0 unless it filled.
+    #[serde(skip_serializing_if = "crate::diag::is_zero")]
+    pub subscribers_ledger_forgotten: u64,
     /// A fixed rate (`--rate`): the rate offered and what the publisher achieved, msg/s (its
     /// turns after the first per second from the first to the last, less the time paused on
     /// purpose in between (`paused_s`); the schedule's turns, messages dropped on purpose
@@ -676,6 +687,15 @@ impl Shard {
     /// proxy, `mdsub lvc` or `mdsub tap`, forwards each one's subscription): there is no other
     /// pipe to reach, and libzmq would skip that one in silence after it, its later drops and
     /// the end of stream gone uncounted; it is dropped and counted, as with one subscriber.
+    ///
+    /// `connections` are those whose handshake completed, whether or not they subscribed: the
+    /// replay cannot know which did, since libzmq's XPUB hands a subscription over with its
+    /// connection's metadata (`Peer-Address`, the peer's IP alone; a `User-Id` only from a ZAP
+    /// handler, which answers none), never the connection itself. So a proxy beside a
+    /// connection that subscribed to nothing (a probe, a SUB that has not subscribed yet)
+    /// passes over: after that first counted drop, libzmq skips the proxy's pipe in silence
+    /// until it drains, and those messages are missing from `dropped_at_hwm` (the subscribers
+    /// behind the proxy count them as gaps). README (`--lossy`) says so.
     fn passes_over(&self) -> bool {
         self.subscribers > 1 && self.connections > 1
     }
@@ -747,6 +767,7 @@ pub struct Publisher {
     /// What the last DBN run reports: its market time span and skipped records.
     market_span_ns: Option<(u64, u64)>,
     skipped_by_rtype: BTreeMap<String, u64>,
+    ts_recv_backwards: u64,
     /// Damaged input files of the last run, by reason.
     refused: BTreeMap<String, u64>,
     /// The context's ZAP handler when `access` needs one (dropped with the
@@ -826,6 +847,7 @@ impl Publisher {
             position: Arc::new(FilePosition::default()),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
+            ts_recv_backwards: 0,
             refused: BTreeMap::new(),
             zap,
             faults: FaultPlan::default(),
@@ -1163,10 +1185,14 @@ impl Publisher {
             cpu_ns: 0,
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
+            ts_recv_backwards: self.ts_recv_backwards,
             refused: self.refused.clone(),
             subscribers_refused: (self.access_counters().map(|c| c.by_reason()).unwrap_or_default().into_iter())
                 .map(|(reason, n)| (reason.to_string(), n))
                 .collect(),
+            subscribers_ledger_forgotten: self
+                .access_counters()
+                .map_or(0, |c| c.ledger_forgotten.load(Ordering::Relaxed)),
             // Set by the run, which knows its pacing.
             offered_msgs_per_sec: None,
             achieved_msgs_per_sec: None,
@@ -1197,6 +1223,7 @@ impl Publisher {
         self.market_span_ns = None;
         self.position.reset();
         self.skipped_by_rtype.clear();
+        self.ts_recv_backwards = 0;
         self.refused.clear();
         for sh in &mut self.shards {
             (sh.eos_at, sh.eos_resent, sh.passed_over) = (None, 0, false);
@@ -1327,6 +1354,7 @@ impl Publisher {
                     turns.extend(one.turns_mono_ns);
                     self.market_span_ns = self.market_span_ns.or(one.market_span_ns);
                     self.skipped_by_rtype.extend(one.skipped_by_rtype);
+                    self.ts_recv_backwards += one.ts_recv_backwards;
                     for (reason, k) in one.refused {
                         *self.refused.entry(reason).or_default() += k;
                     }
@@ -1372,6 +1400,7 @@ impl Publisher {
             position: self.position.clone(),
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
+            ts_recv_backwards: 0,
             refused: BTreeMap::new(),
             zap: None,
             faults: self.faults,

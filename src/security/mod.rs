@@ -978,6 +978,11 @@ pub struct ZapCounters {
     pub handshake_protocol: AtomicU64,
     pub handshake_no_detail: AtomicU64,
     pub accept_failed: AtomicU64,
+    /// Handshake outcomes its [`HandshakeLedger`] did not remember, being full: not a refusal
+    /// reason but how many counts above are off (each such connection's end is counted as
+    /// `handshake_failed_protocol`, and a peer's arrival and end are not counted). 0 unless the
+    /// ledger filled ([`HandshakeLedger::take_full_line`] says when).
+    pub ledger_forgotten: AtomicU64,
 }
 
 /// Every refusal, in the order counters and lines name them.
@@ -1009,11 +1014,16 @@ impl ZapCounters {
     }
 
     /// The lines a server's `STATUS?` reply carries: `access_refused=N` (every reason, always
-    /// there), then `refused_REASON=N` for each reason seen.
+    /// there), then `refused_REASON=N` for each reason seen, then `handshake_ledger_forgotten=N`
+    /// once the handshake ledger filled ([`ZapCounters::ledger_forgotten`]).
     pub fn status_lines(&self) -> String {
         let mut out = format!("access_refused={}\n", self.refused());
         for (reason, n) in self.by_reason() {
             out.push_str(&format!("refused_{reason}={n}\n"));
+        }
+        let forgotten = self.ledger_forgotten.load(Relaxed);
+        if forgotten > 0 {
+            out.push_str(&format!("handshake_ledger_forgotten={forgotten}\n"));
         }
         out
     }
@@ -1142,6 +1152,7 @@ impl ZapHandler {
             if let Some(line) = self.ledger.take_full_line() {
                 crate::diag!("{}: {line}", self.role);
             }
+            self.counters.ledger_forgotten.store(self.ledger.forgotten(), Relaxed);
             let peers = &self.watches[i].peers.0;
             match change {
                 PeerChange::Joined => _ = peers.fetch_add(1, Relaxed),
@@ -1481,6 +1492,39 @@ mod tests {
         let nofile = crate::wire::handshake::nofile_limit().unwrap_or(0);
         let default = HandshakeLedger::default().bound as u64;
         assert!(default >= nofile.max(MIN_LEDGER_CONNECTIONS as u64), "{default} < {nofile}");
+    }
+
+    /// Before: the count was in the one stderr line only; now it is in the handler's counters
+    /// (STATUS, the engine's monitor, the replay's stats read them).
+    #[test]
+    fn a_full_ledger_is_counted_where_the_handshake_refusals_are() {
+        let ctx = zmq::Context::new();
+        let access = ServerAccess::default();
+        let mut handler = ZapHandler::for_access(&ctx, "test-zap", &access).expect("handler");
+        handler.ledger = HandshakeLedger::with_bound(1);
+        let mut server = ctx.socket(zmq::PUB).expect("pub");
+        server.set_linger(0).expect("linger");
+        access.secure(&ctx, &mut server, Some(&mut handler)).expect("secure");
+        let endpoint = crate::zmqx::bind_resolved(&server, "tcp://127.0.0.1:*").expect("bind");
+        let clients: Vec<zmq::Socket> = (0..2)
+            .map(|_| {
+                let c = ctx.socket(zmq::SUB).expect("sub");
+                c.set_linger(0).expect("linger");
+                c.connect(&endpoint).expect("connect");
+                c
+            })
+            .collect();
+        let counters = handler.counters();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while counters.ledger_forgotten.load(Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the second handshake was never taken");
+            let _ = crate::zmqx::wait_any(handler.sockets(), zmq::POLLIN, Duration::from_millis(100));
+            handler.serve().expect("serve");
+        }
+        assert_eq!(counters.ledger_forgotten.load(Relaxed), 1, "one of two outcomes past a bound of one");
+        assert!(counters.status_lines().ends_with("handshake_ledger_forgotten=1\n"), "{}", counters.status_lines());
+        assert_eq!(counters.refused(), 0, "not a refusal");
+        drop(clients);
     }
 
     #[test]
