@@ -690,10 +690,10 @@ fn pacing_of(args: &ReplayArgs) -> Pacing {
 /// The replay's summary on stdout: its numbers as JSON (`--json`), or in lines.
 fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::Result<()> {
     if args.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&stats)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&stats.to_json(pacing_of(args))?)?);
     } else {
         crate::outln!("{}", sent_line(stats));
-        if let Some(note) = stats.rate_note().or_else(|| stats.pace_note(pacing_of(args))) {
+        if let Some(note) = stats.schedule_note(pacing_of(args)) {
             crate::outln!("{note}");
         }
         if stats.interrupted && !stats.eos_missed.is_empty() {
