@@ -260,6 +260,32 @@ fn a_recorded_pace_the_replay_cannot_keep_is_said_with_how_far_behind() {
     for part in ["recorded at 1000x were due in ", "; sending took ", "behind the recorded schedule"] {
         assert!(note.contains(part), "{part:?} in {note}");
     }
+    let file = path.to_str().expect("utf8");
+
+    // `--json` has it as a field (before: in the text summary only), and no rate note (no --rate).
+    let (replay, eps) = start_replay("replay-dbn-pace-json", 1, &["--json", "--from", file, "--speed", "1000x"]);
+    assert_eq!(collect(&eps, Duration::from_secs(60)).len(), 100_000);
+    let (status, out) = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    let field = r["pace_note"].as_str().unwrap_or_else(|| panic!("a pace_note field: {r}"));
+    assert!(field.starts_with("pace not kept: ") && field.contains("recorded at 1000x were due in "), "{field}");
+    assert!(r.get("rate_note").is_none(), "{r}");
+
+    // `bench --from FILE --speed` says it too (before: only a rate not achieved was said), on
+    // stderr for each run and in the run's publisher numbers.
+    let args = ["bench", "--from", file, "--speed", "1000x", "--runs", "1", "--handoff", "batch", "--json"];
+    let (code, out, err) = run_within("bench", mdsub().args(args), Duration::from_secs(180));
+    assert_eq!(code, Some(0), "{err}");
+    let said: Vec<&str> = err.lines().filter(|l| l.contains(": publisher: pace not kept: ")).collect();
+    assert!(!said.is_empty() && said.iter().all(|l| l.starts_with("bench: run 1 ")), "{err}");
+    let r = bench_result("bench", &out);
+    let runs = r["publisher_runs"].as_array().unwrap_or_else(|| panic!("publisher_runs: {r}"));
+    assert!(!runs.is_empty(), "{r}");
+    for run in runs {
+        let note = run["note"].as_str().unwrap_or_else(|| panic!("a note in {run}"));
+        assert!(note.starts_with("pace not kept: "), "{note}");
+    }
 }
 
 /// Replay the damaged DBN file `path` (one shard): the run fails, says the damage once, on a

@@ -100,6 +100,7 @@ fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
     wait_line(&tap.stdout, DEADLINE, "the unsubscribe event", |l| l == "unsubscribe prefix=\"\"");
 
     stop_and_read_back(&mut tap, "dropped", &path, &sent);
+    assert!(!CaptureReader::open(&path).expect("opens").filtered(), "no filter: a replay sends it byte for byte");
 }
 
 /// Two taps given one `--record` file used to write it together (the second truncated the
@@ -143,6 +144,7 @@ fn filters_choose_what_is_shown_and_recorded_not_what_passes() {
     let (out, _) = stop(&mut tap);
     let want: Vec<Vec<Vec<u8>>> = vec![sent[0].clone(), sent[4].clone(), sent[6].clone()];
     assert_eq!(read_capture(&path), want, "only ESH6 exactly, NQZ5 and NQ1 recorded");
+    assert!(CaptureReader::open(&path).expect("opens").filtered(), "the header says a filter chose what is in it");
     let shown: Vec<&String> = out.iter().filter(|l| l.starts_with("msg ")).collect();
     assert_eq!(shown.len(), 3, "{shown:?}");
     assert!(shown[0].starts_with("msg topic=ESH6 "), "{shown:?}");
@@ -332,4 +334,64 @@ fn a_recording_on_a_full_disk_keeps_whole_messages_and_counts_what_reached_the_f
 fn a_bound_frontend_no_publisher_reached_is_said_and_so_is_the_publisher_that_comes() {
     // Before, the tap said nothing however long no publisher came (an engine's bound shard says it).
     common::proxy::says_when_no_publisher_came("tap", &["--quiet"]);
+}
+
+/// A capture recorded through `--filter` replayed into an engine: the recorded stream sequences
+/// skip what the filter left out, which the engine said as `warn: loss:` lines (one gap per
+/// message left out) while its report said `lost 0`. The tap flags the capture as filtered, and
+/// the replay renumbers it (as `--restamp` does), saying why once: no gap, no loss line.
+#[test]
+fn a_capture_recorded_through_a_filter_replays_without_false_loss() {
+    let (dir, path) = temp_file("filtered-then-replayed.cap");
+    let cap = path.to_str().expect("utf-8 path");
+    let mut tap = start("tap", &["--quiet", "--subscribe-all", "--filter", "ESH6\\0", "--record", cap]);
+    // One publisher's stream of two topics taking turns: the filter keeps every other message.
+    let msgs: Vec<Vec<Vec<u8>>> = (1..=100u64)
+        .map(|i| vec![frame(if i % 2 == 1 { "ESH6" } else { "NQZ5" }, i, i.div_ceil(2), &i.to_le_bytes())])
+        .collect();
+    let (got, _sockets) = publish_through(&tap, &msgs, DEADLINE);
+    assert_eq!(got.len(), 100, "everything passes the tap");
+    stop(&mut tap);
+    assert_eq!(read_capture(&path).len(), 50, "the ESH6 half is recorded");
+
+    let mut cmd = common::mdsub();
+    cmd.args(["replay", "--json", "--endpoint", "tcp://127.0.0.1:*", "--from", cap, "--rate", "0"]);
+    let replay = common::LineProc::spawn_with_stderr("replay", &mut cmd);
+    let replay_err = replay.stderr.as_ref().expect("stderr piped");
+    // What it says before its endpoint is kept: the note on the filter comes first.
+    let mut replay_said = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let ep = loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let line = replay_err.recv_timeout(left).unwrap_or_else(|e| panic!("no `bound shard0` line: {e}"));
+        if let Some(ep) = line.strip_prefix("bound shard0 ") {
+            break ep.to_string();
+        }
+        replay_said.push(line);
+    };
+    let eps = [ep];
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &eps[0]]);
+    let mut engine = common::LineProc::spawn_with_stderr("engine", &mut cmd);
+    let err = engine.stderr.take().expect("stderr piped");
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    let said = common::rest_lines(&err, Duration::from_secs(10));
+    assert!(status.success(), "{out} {said:?}");
+    let r = common::json(&out);
+    assert_eq!((common::u(&r, "sent"), common::u(&r, "delivered")), (50, 50), "{r}");
+    assert_eq!(
+        (common::u(&r, "lost"), common::u(&r, "gaps")),
+        (0, 0),
+        "no gap where the filter left a message out: {r}"
+    );
+    let loss: Vec<&String> = said.iter().filter(|l| l.contains("loss:")).collect();
+    assert!(loss.is_empty(), "no loss line for what is not loss: {loss:?}");
+
+    replay_said.extend(common::rest_lines(replay_err, Duration::from_secs(30)));
+    let (status, _) = replay.finish(Duration::from_secs(20));
+    assert!(status.success(), "{replay_said:?}");
+    let notes: Vec<&String> = replay_said.iter().filter(|l| l.contains("recorded through a filter")).collect();
+    assert_eq!(notes.len(), 1, "said once: {replay_said:?}");
+    assert!(notes[0].contains("renumbered") && notes[0].contains("--restamp"), "{}", notes[0]);
+    drop(dir);
 }

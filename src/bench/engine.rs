@@ -94,6 +94,10 @@ pub struct PublisherRun {
     /// CPU ns per message sent of the sending thread(s) and of the I/O thread(s).
     pub send_cpu_ns_per_msg: f64,
     pub io_cpu_ns_per_msg: f64,
+    /// The publisher fell behind its schedule (`rate not achieved: …` at a fixed `--rate`, `pace
+    /// not kept: …` at a file's `--speed`): said on stderr too. Absent when it kept it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl PublisherRun {
@@ -101,7 +105,7 @@ impl PublisherRun {
     /// is the replay's own (n − 1 intervals over the span first..last send, the kind of figure
     /// the subscribers' `msgs_per_sec` is, [`crate::metrics::span_rate`]), not `sent / elapsed`
     /// (n messages over a time that also holds the sending threads' start and the end of stream).
-    pub fn of(variant: &str, replay: &crate::replay::ReplayStats, io_cpu_ns: u64) -> Self {
+    pub fn of(variant: &str, replay: &crate::replay::ReplayStats, pacing: Pacing, io_cpu_ns: u64) -> Self {
         let sent = replay.sent_total.max(1) as f64;
         PublisherRun {
             variant: variant.to_string(),
@@ -109,6 +113,7 @@ impl PublisherRun {
             msgs_per_sec: replay.msgs_per_sec,
             send_cpu_ns_per_msg: replay.cpu_ns as f64 / sent,
             io_cpu_ns_per_msg: io_cpu_ns as f64 / sent,
+            note: replay.schedule_note(pacing),
         }
     }
 }
@@ -384,10 +389,11 @@ pub fn run(
             if refused.is_empty() {
                 refused = out.replay.refused.clone();
             }
-            if let Some(note) = out.replay.rate_note() {
+            let run = PublisherRun::of(name, &out.replay, pacing, out.publisher_io_cpu_ns);
+            if let Some(note) = &run.note {
                 crate::diag!("bench: run {rep} {name}: publisher: {note}");
             }
-            publisher_runs.push(PublisherRun::of(name, &out.replay, out.publisher_io_cpu_ns));
+            publisher_runs.push(run);
             runs.push(out.report);
         }
         runs_completed = rep;
@@ -487,7 +493,7 @@ mod tests {
             cpu_ns: 400,
             ..Default::default()
         };
-        let p = PublisherRun::of("baseline", &replay, 800);
+        let p = PublisherRun::of("baseline", &replay, crate::replay::Pacing::FlatOut, 800);
         assert_eq!(p.msgs_per_sec, crate::metrics::span_rate(4, 600_000_000, 1.0));
         assert_eq!((p.sent, p.send_cpu_ns_per_msg, p.io_cpu_ns_per_msg), (4, 100.0, 200.0));
     }

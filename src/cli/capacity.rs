@@ -395,13 +395,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         }
     }
     crate::outln!("publisher: {}", result.extra.publisher);
-    match (&result.extra.winner, &result.extra.winner_profile, result.extra.no_winner) {
-        (Some(w), Some(p), _) => crate::outln!("winner: `{w}`, written to {}", p.display()),
-        (_, _, Some(why)) => {
-            crate::outln!("winner: none ({})", capacity::no_winner_text(why, result.extra.no_winner_detail.as_deref()))
-        }
-        _ => crate::outln!("winner: none"),
-    }
+    crate::outln!("winner: {}", capacity::winner_text(&result));
     crate::outln!("results: {} ({})", result.extra.folder.display(), capacity::folder_contents(&result));
     Ok(result)
 }

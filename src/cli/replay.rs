@@ -133,8 +133,19 @@ pub fn file_source(from: &[PathBuf], restamp: bool, needs_data: bool) -> anyhow:
     }
     match from {
         [one] => {
-            check_capture(one, needs_data)?;
-            Ok(Source::Capture { path: one.clone(), restamp })
+            let filtered = check_capture(one, needs_data)?;
+            if filtered && !restamp {
+                // Byte for byte, the stream sequences would skip what the filter left out, and a
+                // subscriber taking every topic counts each skip as a gap (`loss:` lines for
+                // messages that were never in the file).
+                crate::diag!(
+                    "note: capture file {} was recorded through a filter (`mdsub tap --filter`): the messages it \
+                     left out are not in it, and its mdsub frames' sequences skip them, which a subscriber would \
+                     count as loss; they go out renumbered and timed from now, as with --restamp",
+                    one.display()
+                );
+            }
+            Ok(Source::Capture { path: one.clone(), restamp: restamp || filtered })
         }
         _ => anyhow::bail!("only DBN files can be merged: give one capture file at a time"),
     }
@@ -145,11 +156,13 @@ pub fn file_source(from: &[PathBuf], restamp: bool, needs_data: bool) -> anyhow:
 /// ([`crate::replay::is_recorded_control`]: it sends its own), foreign and bad frames as
 /// recorded; with `needs_data` (a benchmark, which counts what the engine delivers) an mdsub
 /// data frame must follow. A capture without one is refused with what its records are.
-fn check_capture(path: &Path, needs_data: bool) -> anyhow::Result<()> {
+/// Whether it was recorded through a filter ([`crate::wire::capture::HEADER_FILTERED`]).
+fn check_capture(path: &Path, needs_data: bool) -> anyhow::Result<bool> {
     use crate::wire::{self, DecodeError, Kind};
     let name = path.display();
     let mut reader =
         crate::wire::capture::CaptureReader::open(path).map_err(|e| anyhow::anyhow!("capture file {name}: {e}"))?;
+    let filtered = reader.filtered();
     let (mut control, mut foreign, mut multipart) = (0u64, 0u64, 0u64);
     let mut refused: BTreeMap<&str, u64> = BTreeMap::new();
     let mut in_multipart = false;
@@ -165,9 +178,9 @@ fn check_capture(path: &Path, needs_data: bool) -> anyhow::Result<()> {
         let kind =
             if part_of_multipart { Err(None) } else { wire::decode(r.frame).map(|v| v.header.kind).map_err(Some) };
         match kind {
-            Ok(Kind::Data) => return Ok(()),
+            Ok(Kind::Data) => return Ok(filtered),
             Ok(_) => control += 1,
-            _ if !needs_data => return Ok(()),
+            _ if !needs_data => return Ok(filtered),
             Err(None) => multipart += 1,
             Err(Some(DecodeError::MissingNul)) => foreign += 1,
             Err(Some(e)) => {
@@ -349,7 +362,9 @@ pub struct ReplayArgs {
     /// With --from: give mdsub data frames this publisher's own sequences and
     /// fresh intended send times (so latency is measured from now); without it
     /// frames go out byte for byte, keeping their recorded publisher, session
-    /// and send time.
+    /// and send time. A capture recorded through `mdsub tap --filter` is
+    /// renumbered all the same (said once): its sequences skip what the filter
+    /// left out, which a subscriber would count as loss.
     #[arg(long, requires = "from")]
     pub restamp: bool,
     /// With --from: keep the recorded gaps between frames (same as --speed 1x).
@@ -685,10 +700,10 @@ fn pacing_of(args: &ReplayArgs) -> Pacing {
 /// The replay's summary on stdout: its numbers as JSON (`--json`), or in lines.
 fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::Result<()> {
     if args.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&stats)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&stats.to_json(pacing_of(args))?)?);
     } else {
         crate::outln!("{}", sent_line(stats));
-        if let Some(note) = stats.rate_note().or_else(|| stats.pace_note(pacing_of(args))) {
+        if let Some(note) = stats.schedule_note(pacing_of(args)) {
             crate::outln!("{note}");
         }
         if stats.interrupted && !stats.eos_missed.is_empty() {

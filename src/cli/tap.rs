@@ -61,7 +61,9 @@ pub struct TapArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Record the (filtered) messages to this capture file, frames verbatim
-    /// with the MORE flag; `mdsub replay --from FILE` replays it. The file is
+    /// with the MORE flag; `mdsub replay --from FILE` replays it (byte for byte;
+    /// with --filter the file says so, and the replay renumbers its messages, as
+    /// --restamp: their sequences skip what the filter left out). The file is
     /// locked while recording: a second tap given it is refused.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,

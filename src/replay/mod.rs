@@ -419,6 +419,27 @@ impl ReplayStats {
             )
         })
     }
+
+    /// The note on the schedule the replay kept, if it fell behind it: the rate's
+    /// ([`rate_note`](Self::rate_note)) or the recorded pace's ([`pace_note`](Self::pace_note);
+    /// only one of the two applies to a run).
+    pub fn schedule_note(&self, pacing: Pacing) -> Option<String> {
+        self.rate_note().or_else(|| self.pace_note(pacing))
+    }
+
+    /// The replay's numbers as JSON (`mdsub replay --json`): these stats with the notes the text
+    /// summary prints, `rate_note` and `pace_note`, each present only when said.
+    pub fn to_json(&self, pacing: Pacing) -> serde_json::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(self)?;
+        if let Some(o) = v.as_object_mut() {
+            for (name, note) in [("rate_note", self.rate_note()), ("pace_note", self.pace_note(pacing))] {
+                if let Some(n) = note {
+                    o.insert(name.into(), n.into());
+                }
+            }
+        }
+        Ok(v)
+    }
 }
 
 /// A schedule (a `--rate`, a recorded pace) counts as not kept when the publisher went below

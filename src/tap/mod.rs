@@ -113,8 +113,10 @@ pub fn run(
         .iter()
         .map(|f| parse_prefix(f).map_err(|e| TapError::BadFilter(format!("`{f}`: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
+    // A filter with an empty prefix passes everything: no message is left out of the recording.
+    let filtered = !prefixes.is_empty() && prefixes.iter().all(|p| !p.is_empty());
     let recorder = match &args.record {
-        Some(path) => Some(Recording::create(path)?),
+        Some(path) => Some(Recording::create(path, filtered)?),
         None => None,
     };
     let ctx = zmq::Context::new();

@@ -27,7 +27,9 @@ use crate::diag::RefusalLog;
 use crate::outfile::{Claimed, OutFileError};
 use crate::tap::proxy::Captured;
 use crate::tap::TapError;
-use crate::wire::capture::{CaptureError, CaptureWriter, FILE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
+use crate::wire::capture::{
+    CaptureError, CaptureWriter, FILE_HEADER_LEN, HEADER_FILTERED, MAX_RECORD_LEN, RECORD_HEADER_LEN,
+};
 use crate::wire::dbn::{get, AlignedRecord};
 use crate::wire::{
     decode, frame_len, split_topic, DecodeError, FrameView, Kind, OneFrame, DROP_REASON_NAMES, FLAG_FROM_CACHE,
@@ -303,8 +305,10 @@ struct Stopped {
 
 impl Recording {
     /// Claim `path` ([`Claimed`]: made or emptied, locked for the run, so a second tap
-    /// recording it is refused) and write the capture file's header.
-    pub fn create(path: &Path) -> Result<Self, TapError> {
+    /// recording it is refused) and write the capture file's header, flagged
+    /// [`HEADER_FILTERED`] when `filtered` (`--filter`: the messages it leaves out are missing,
+    /// so a replay must renumber what it sends).
+    pub fn create(path: &Path, filtered: bool) -> Result<Self, TapError> {
         let record = |error| TapError::Record { path: path.to_path_buf(), error };
         let io = |source| record(CaptureError::Io { context: "creating the capture file", source });
         let f = match Claimed::claim("--record", path) {
@@ -314,7 +318,8 @@ impl Recording {
         };
         let file = f.try_clone().map_err(io)?;
         let (tally, ledger) = Ledger::over(f, FILE_HEADER_LEN as u64);
-        let writer = CaptureWriter::new(BufWriter::with_capacity(1 << 20, tally)).map_err(record)?;
+        let flags = if filtered { HEADER_FILTERED } else { 0 };
+        let writer = CaptureWriter::with_flags(BufWriter::with_capacity(1 << 20, tally), flags).map_err(record)?;
         Ok(Recording { path: path.to_path_buf(), writer, file, ledger })
     }
 
@@ -1204,7 +1209,7 @@ mod tests {
         // FLUSH_AFTER_NS old, and an idle sink wakes for that flush.
         let dir = crate::test_dir("sink-flush");
         let path = dir.join("flush.cap");
-        let rec = Recording::create(&path).expect("recording");
+        let rec = Recording::create(&path, false).expect("recording");
         let (tx, rx) = crossbeam::channel::bounded(16);
         let shared = Arc::new(Mutex::new(TapSinkReport::default()));
         let mut sink = TapSink::new(rx, Show::Nothing, false, Some(rec), shared.clone());

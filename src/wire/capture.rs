@@ -24,6 +24,11 @@ pub const RECORD_HEADER_LEN: usize = 20;
 pub const MAX_RECORD_LEN: u32 = 64 << 20;
 /// Record flag: another frame of the same message follows.
 pub const RECORD_MORE: u8 = 1;
+/// File header flag: recorded through a filter (`mdsub tap --record --filter`), so the
+/// messages it left out are missing from the file: an mdsub publisher's stream sequences skip
+/// them, which a subscriber taking every topic would count as gaps. Readers that do not know it
+/// read the file as before (the header's flags were always written 0 and never checked).
+pub const HEADER_FILTERED: u16 = 1;
 
 /// What went wrong reading or writing a capture file.
 #[derive(Debug, thiserror::Error)]
@@ -90,11 +95,17 @@ impl CaptureWriter<BufWriter<File>> {
 }
 
 impl<W: Write> CaptureWriter<W> {
-    /// Write the file header to `out`.
-    pub fn new(mut out: W) -> Result<Self, CaptureError> {
+    /// Write the file header to `out` (no header flags).
+    pub fn new(out: W) -> Result<Self, CaptureError> {
+        CaptureWriter::with_flags(out, 0)
+    }
+
+    /// Write the file header to `out` with these header flags ([`HEADER_FILTERED`]).
+    pub fn with_flags(mut out: W, flags: u16) -> Result<Self, CaptureError> {
         let mut h = [0u8; FILE_HEADER_LEN];
         h[..8].copy_from_slice(MAGIC);
         h[8..10].copy_from_slice(&CAPTURE_VERSION.to_le_bytes());
+        h[10..12].copy_from_slice(&flags.to_le_bytes());
         h[16..24].copy_from_slice(&crate::clock::realtime_ns().to_le_bytes());
         out.write_all(&h).map_err(CaptureError::io("writing the file header"))?;
         Ok(CaptureWriter { out, records: 0 })
@@ -157,6 +168,8 @@ pub struct CaptureReader<R: Read> {
     len: Option<u64>,
     /// File creation time from the header.
     pub created_ns: u64,
+    /// The header's flags ([`HEADER_FILTERED`]); unknown bits are kept, not refused.
+    pub header_flags: u16,
 }
 
 impl CaptureReader<BufReader<File>> {
@@ -189,6 +202,7 @@ impl<R: Read> CaptureReader<R> {
         let mut created = [0u8; 8];
         created.copy_from_slice(&h[16..24]);
         Ok(CaptureReader {
+            header_flags: u16::from_le_bytes([h[10], h[11]]),
             input,
             offset: FILE_HEADER_LEN as u64,
             buf: Vec::with_capacity(4096),
@@ -210,6 +224,12 @@ impl<R: Read> CaptureReader<R> {
     /// [`Self::offset`] reaches it at a clean end of the file.
     pub fn file_len(&self) -> Option<u64> {
         self.len
+    }
+
+    /// Recorded through a filter ([`HEADER_FILTERED`]): the messages it left out are missing,
+    /// and a publisher's stream sequences skip them.
+    pub fn filtered(&self) -> bool {
+        self.header_flags & HEADER_FILTERED != 0
     }
 
     /// Intact records read so far (the damaged one, if any, is record `records() + 1`).
@@ -361,6 +381,29 @@ mod tests {
         let (recs, err) = read_all(&bytes);
         assert_eq!(recs.len(), 2);
         assert!(matches!(err, Some(CaptureError::Checksum { .. })), "{err:?}");
+    }
+
+    /// A capture recorded through a filter says so in its header's flags; one without (an older
+    /// tap's, or unfiltered) reads as unfiltered, and the records read the same either way.
+    #[test]
+    fn the_header_says_a_capture_was_recorded_through_a_filter() {
+        let plain = sample();
+        assert_eq!(&plain[10..12], &[0, 0], "an unfiltered capture's header is as before");
+        assert!(!CaptureReader::new(&plain[..]).expect("header").filtered());
+        let mut w = CaptureWriter::with_flags(Vec::new(), HEADER_FILTERED).expect("header");
+        w.write_frame(b"first", false, 10).expect("write");
+        let bytes = w.into_inner().expect("flush");
+        assert_eq!(&bytes[10..12], &[1, 0]);
+        let r = CaptureReader::new(&bytes[..]).expect("header");
+        assert!(r.filtered());
+        let (recs, err) = read_all(&bytes);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(recs, vec![(b"first".to_vec(), false, 10)]);
+        // A flag this build does not know is kept, not refused (the file still reads).
+        let mut other = plain.clone();
+        other[10] = 0x80;
+        let r = CaptureReader::new(&other[..]).expect("header");
+        assert!(!r.filtered() && r.header_flags == 0x80);
     }
 
     #[test]

@@ -474,6 +474,28 @@ enum Undecided {
     Overlap(String),
 }
 
+/// What `winner:` says of a run (after `winner: `): the winner, its knee and where its profile
+/// was written; a knee nothing above failed (the publisher could not offer more, or the maximum
+/// rate passed) is said to be a lower bound, as its ending is everywhere else. Without a winner,
+/// `none (why)`.
+pub fn winner_text(r: &CapacityResult) -> String {
+    let x = &r.extra;
+    match (&x.winner, &x.winner_profile, x.no_winner) {
+        (Some(w), Some(path), _) => {
+            let at = match x.configurations.iter().find(|c| &c.name == w) {
+                Some(c) if matches!(c.outcome.ending, Ending::PublisherLimited | Ending::AboveMaxRate) => {
+                    format!(" at {}, a lower bound: {};", knee_text(c), ending_text(c.outcome.ending))
+                }
+                Some(c) => format!(" at {},", knee_text(c)),
+                None => ",".into(),
+            };
+            format!("`{w}`{at} written to {}", path.display())
+        }
+        (_, _, Some(why)) => format!("none ({})", no_winner_text(why, x.no_winner_detail.as_deref())),
+        _ => "none".into(),
+    }
+}
+
 /// `winner: none (…)`'s words: the kind, then which configurations kept the run from a winner.
 pub fn no_winner_text(why: NoWinner, detail: Option<&str>) -> String {
     match detail {
@@ -1448,10 +1470,14 @@ mod tests {
 
     /// A run interrupted in its first trial said `results: DIR (summary.md, summary.json,
     /// capacity.svg, per-trial .hlog/.hgrm)`, though no trial had left a file.
-    #[test]
-    fn the_results_line_says_what_the_folder_holds() {
-        let mut c = standing("a", Ending::Interrupted, (None, None), (None, None), false, 0);
-        let result = |c: &ConfigResult, winner_profile: Option<PathBuf>| CapacityResult {
+    /// A run's result of `configurations` (in folder `out`) whose winner is `winner`, its profile
+    /// written to `winner_profile`.
+    fn result_of(
+        configurations: &[ConfigResult],
+        winner: Option<&str>,
+        winner_profile: Option<PathBuf>,
+    ) -> CapacityResult {
+        CapacityResult {
             kind: "capacity",
             machine: Machine::here(),
             settings: serde_json::json!({}),
@@ -1461,14 +1487,53 @@ mod tests {
             extra: CapacityExtra {
                 folder: PathBuf::from("out"),
                 publisher: String::new(),
-                configurations: vec![c.clone()],
-                winner: None,
+                configurations: configurations.to_vec(),
+                winner: winner.map(String::from),
                 no_winner: None,
                 no_winner_detail: None,
                 winner_profile,
                 elapsed_s: 1.0,
             },
             error: None,
+        }
+    }
+
+    /// The `winner:` line of a winner whose knee nothing above failed says the rate is a lower
+    /// bound, as the knees' lines and summary.md say of it. Before: ``winner: `short`, written to
+    /// out/winner.toml``, the same as for a knee found between a pass and a failure.
+    #[test]
+    fn a_winner_whose_knee_is_a_lower_bound_is_said_so() {
+        let winner = |c: ConfigResult| {
+            let name = c.name.clone();
+            winner_text(&result_of(&[c], Some(&name), Some(PathBuf::from("out/winner.toml"))))
+        };
+        let short = standing("short", Ending::PublisherLimited, (Some(6000), None), (None, Some(6100)), true, 6);
+        assert_eq!(won(std::slice::from_ref(&short)).as_deref(), Ok("short"), "alone, it wins");
+        assert_eq!(
+            winner(short),
+            "`short` at 6000 msg/s, a lower bound: publisher-limited: the engine's limit is higher than the \
+             publisher could offer; written to out/winner.toml"
+        );
+        let top = standing("top", Ending::AboveMaxRate, (Some(5000), None), (None, None), true, 2);
+        assert_eq!(
+            winner(top),
+            "`top` at 5000 msg/s, a lower bound: the maximum rate passed: the knee is above it; written to \
+             out/winner.toml"
+        );
+        let found = standing("a", Ending::Confirmed, (Some(8000), None), (Some(8200), Some(8200)), true, 8);
+        assert_eq!(winner(found), "`a` at 8000 msg/s, written to out/winner.toml");
+        let none = CapacityResult {
+            extra: CapacityExtra { no_winner: Some(NoWinner::NoPass), ..result_of(&[], None, None).extra },
+            ..result_of(&[], None, None)
+        };
+        assert_eq!(winner_text(&none), format!("none ({})", NoWinner::NoPass.text()));
+    }
+
+    #[test]
+    fn the_results_line_says_what_the_folder_holds() {
+        let mut c = standing("a", Ending::Interrupted, (None, None), (None, None), false, 0);
+        let result = |c: &ConfigResult, winner_profile: Option<PathBuf>| {
+            result_of(std::slice::from_ref(c), None, winner_profile)
         };
         assert_eq!(
             folder_contents(&result(&c, None)),
