@@ -467,7 +467,7 @@ impl Collector {
                     }
                 }
             }
-            if let Err(e) = w.flush() {
+            if let Err(e) = f.flush() {
                 failed = Some(e);
             }
             if let Some(e) = failed {

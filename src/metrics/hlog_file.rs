@@ -86,6 +86,9 @@ pub struct HlogFile {
     due_ns: Option<u64>,
     /// Rotate once the file holds this many bytes, if by size.
     due_bytes: Option<u64>,
+    /// Bytes of this file flushed to it (0 until its first flush): a file shorter than that was
+    /// emptied by someone else.
+    flushed: u64,
 }
 
 impl HlogFile {
@@ -100,7 +103,15 @@ impl HlogFile {
             comment,
             rotation,
             start_ns,
+            flushed: 0,
         })
+    }
+
+    /// Flush what was written to the file.
+    pub fn flush(&mut self) -> Result<(), HlogError> {
+        self.writer.flush()?;
+        self.flushed = self.writer.written();
+        Ok(())
     }
 
     /// FILE.
@@ -133,7 +144,7 @@ impl HlogFile {
                     )))
                 }
             }
-        } else if self.writer.written() > 0 && self.claimed.file_len().is_ok_and(|n| n == 0) {
+        } else if self.flushed > 0 && self.claimed.file_len().is_ok_and(|n| n == 0) {
             (self.claimed.clone(), "was emptied (an external logrotate's copytruncate?)")
         } else {
             return None;
@@ -185,6 +196,7 @@ impl HlogFile {
         self.writer = start(&claimed, start_ns, &self.comment)?;
         self.claimed = claimed;
         self.start_ns = start_ns;
+        self.flushed = 0;
         self.due_ns = self.rotation.next_bound_ns(start_ns);
         self.due_bytes = self.rotation.bytes;
         Ok(())
