@@ -104,6 +104,60 @@ impl Claimed {
         &self.path
     }
 
+    /// A regular file (one that can be locked, emptied, renamed); not a device or FIFO.
+    pub fn is_regular(&self) -> bool {
+        self.regular
+    }
+
+    /// Whether the path still names this file: false once it was moved or removed (an external
+    /// logrotate's rename), or another file was put there. A path that cannot be looked at for
+    /// another reason (a folder not searchable any more) is said as that error.
+    pub fn still_named(&self) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        match std::fs::metadata(&self.path) {
+            Ok(m) => Ok(Some((m.dev(), m.ino())) == self.identity()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The file's length now (0 once an external `copytruncate` emptied it).
+    pub fn file_len(&self) -> std::io::Result<u64> {
+        self.file.metadata().map(|m| m.len())
+    }
+
+    /// Claim this path anew, for this flag: the file now there (made if missing), locked,
+    /// emptied. For a path whose file was moved away ([`still_named`](Self::still_named) false).
+    pub fn again(&self) -> Result<Claimed, OutFileError> {
+        Claimed::claim(&self.flag, &self.path)
+    }
+
+    /// Close this file under a second name and put a new one, claimed and empty, at its path: the
+    /// content stays under `closed` (a hard link; a file already there is never replaced: that
+    /// is an error), then a new file is claimed beside it (`.NAME.next`) and renamed over the
+    /// path, so the path names a locked file throughout and another run given it is still
+    /// refused. On an error nothing is left changed (the link and the new file are removed) and
+    /// this claim stays as it was; the error names the step and the file.
+    pub fn rotate(&self, closed: &Path) -> Result<Claimed, OutFileError> {
+        std::fs::hard_link(&self.path, closed).map_err(io(&self.flag, closed))?;
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let next = self.path.with_file_name(format!(".{name}.next"));
+        let fresh = Claimed::claim(&self.flag, &next).and_then(|fresh| {
+            std::fs::rename(&next, &self.path).map_err(|e| {
+                let _ = std::fs::remove_file(&next);
+                io(&self.flag, &self.path)(e)
+            })?;
+            Ok(fresh)
+        });
+        match fresh {
+            Ok(fresh) => Ok(Claimed { path: self.path.clone(), ..fresh }),
+            Err(e) => {
+                let _ = std::fs::remove_file(closed);
+                Err(e)
+            }
+        }
+    }
+
     /// `FLAG PATH`, as an error about the file starts.
     pub fn named(&self) -> String {
         format!("{} {}", self.flag, self.path.display())

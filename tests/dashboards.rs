@@ -1697,3 +1697,228 @@ fn a_run_that_fails_leaves_its_last_status_saying_why_after_its_process_is_gone(
     assert_eq!(row.split_whitespace().nth(2), Some("ended"), "{frame}");
     assert!(exit_line.contains(&feed), "the exit line names the same link: {exit_line}");
 }
+
+/// The closed files an `--hlog FILE` run left beside FILE (`NAME.YYYYMMDDTHHMMSS.mmmZ.EXT`), in
+/// `ls` order: found by the name the docs give, not by mdsub's code.
+fn closed_hlogs(hlog: &Path) -> Vec<std::path::PathBuf> {
+    let stem = hlog.file_stem().and_then(|s| s.to_str()).expect("a stem");
+    let dir = hlog.parent().expect("a folder");
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("the folder")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let stamp = name.strip_prefix(stem).and_then(|r| r.strip_prefix('.')).and_then(|r| r.strip_suffix(".hlog"));
+            stamp.is_some_and(|s| s.len() == 20 && s.as_bytes()[8] == b'T' && s.ends_with('Z'))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Every interval of `files` as Python's `hdrhistogram` reads them, each file on its own: per
+/// tag, `(start ms, end ms, count)` in time order. Checks that each file is a whole interval
+/// log: its own `StartTime`, at its first interval's start (the run's first file: at or before
+/// it), later than the file before.
+fn intervals_of(files: &[std::path::PathBuf]) -> std::collections::BTreeMap<String, Vec<(f64, f64, u64)>> {
+    let mut all: std::collections::BTreeMap<String, Vec<(f64, f64, u64)>> = Default::default();
+    let mut last_start = 0.0;
+    for (i, f) in files.iter().enumerate() {
+        let read = python_json(&["hlog", f.to_str().expect("utf8")]);
+        let start_ms = read["start_time_sec"].as_f64().expect("a StartTime") * 1e3;
+        assert!(start_ms > last_start, "{}: starts after the file before: {read}", f.display());
+        last_start = start_ms;
+        let tags = read["tags"].as_object().expect("tags");
+        assert!(!tags.is_empty(), "{}: no intervals", f.display());
+        for (tag, t) in tags {
+            let spans = t["spans"].as_array().expect("spans");
+            let counts = t["interval_counts"].as_array().expect("counts");
+            let first = spans[0][0].as_f64().expect("a start");
+            // The run's first file starts as the engine does, its first interval a moment later;
+            // a file started since starts with its first interval.
+            let at_start = if i == 0 { first > start_ms - 2.0 } else { (first - start_ms).abs() < 2.0 };
+            assert!(at_start, "{}: {tag} starts at its header's StartTime: {read}", f.display());
+            for (s, c) in spans.iter().zip(counts) {
+                let (a, b) = (s[0].as_f64().expect("start"), s[1].as_f64().expect("end"));
+                all.entry(tag.clone()).or_default().push((a, b, c.as_u64().expect("count")));
+            }
+        }
+    }
+    for spans in all.values_mut() {
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    all
+}
+
+/// The intervals of a tag, from all files: one after another, none missing or twice (each starts
+/// where the one before ended, to the log's ms rounding).
+fn assert_contiguous(tag: &str, spans: &[(f64, f64, u64)]) {
+    for w in spans.windows(2) {
+        assert!((w[1].0 - w[0].1).abs() < 2.5, "{tag}: an interval split, lost or twice across files: {w:?}");
+    }
+}
+
+/// An engine left running for days rotates its interval log: `--hlog-rotate-every` closes FILE
+/// on each bound into a file named by its start, each a whole interval log read by Python's
+/// `hdrhistogram` on its own, and all together hold exactly the run's intervals (every count the
+/// report has, none split or lost). FILE stays locked across rotations: a second engine given it
+/// is refused. Before, there was no such flag (`unexpected argument`) and FILE grew for ever.
+#[test]
+fn a_rotated_hlog_is_whole_files_that_together_hold_every_interval_of_the_run() {
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-rotate");
+    let hlog = dir.join("run.hlog");
+    let hlog_arg = hlog.to_str().expect("utf8");
+    let (replay, eps) = start_replay("replay", 2, &["--count", "40000", "--rate", "10k", "--symbols", "40"]);
+    let rotate = ["--hlog", hlog_arg, "--metrics-interval", "200ms", "--hlog-rotate-every", "1s", "--hlog-keep", "100"];
+    let e = engine_json(&eps, &rotate);
+    wait_until(Duration::from_secs(30), "a closed interval log", || !closed_hlogs(&hlog).is_empty());
+    let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let (code, out, err) =
+        run_within("engine", mdsub().args(["engine", "--endpoint", &ep, "--hlog", hlog_arg]), Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("another process is writing this file"), "FILE still locked after a rotation: {err}");
+    let (status, out) = e.finish(Duration::from_secs(90));
+    assert!(status.success(), "engine failed: {out}");
+    let _ = replay.finish(Duration::from_secs(30));
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 40_000, "{r}");
+    assert_eq!(u(&r, "metrics_write_errors"), 0, "{r}");
+    let mut files = closed_hlogs(&hlog);
+    assert!(files.len() >= 2, "a 4 s feed rotated every second: {files:?}");
+    files.push(hlog.to_path_buf());
+    let all = intervals_of(&files);
+    let shards = r["shards"].as_array().expect("per-shard report");
+    let n = all.values().next().map(Vec::len).expect("intervals");
+    for (k, s) in shards.iter().enumerate() {
+        for stage in ["wire", "queue", "total"] {
+            let tag = format!("shard{k}.{stage}");
+            let spans = &all[&tag];
+            assert_eq!(spans.len(), n, "{tag}: every tag in every interval");
+            assert_contiguous(&tag, spans);
+            let count: u64 = spans.iter().map(|s| s.2).sum();
+            assert_eq!(count, u(&s["latency"][stage], "count"), "{tag}: the files hold the run's count");
+        }
+    }
+}
+
+/// `--hlog-keep N` keeps the N newest closed files and removes the older ones, oldest first,
+/// each said on stderr; `--hlog-rotate-bytes` closes FILE once it holds that much (here every
+/// interval). Before, neither flag existed.
+#[test]
+fn hlog_keep_removes_the_oldest_closed_files_each_said() {
+    let dir = temp_dir("dash-keep");
+    let hlog = dir.join("k.hlog");
+    let (replay, eps) = start_replay("replay", 1, &["--count", "20000", "--rate", "10k"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--log-level", "debug", "--metrics-interval", "100ms"]);
+    for e in &eps {
+        cmd.args(["--endpoint", e]);
+    }
+    cmd.args(["--hlog", hlog.to_str().expect("utf8"), "--hlog-rotate-bytes", "1", "--hlog-keep", "2"]);
+    let e = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let said = rest_lines(e.stderr.as_ref().expect("piped"), Duration::from_secs(90));
+    let (status, out) = e.finish(Duration::from_secs(30));
+    let _ = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+    assert_eq!(u(&json(&out), "metrics_write_errors"), 0, "{out}");
+    // Every closed file is said (debug), and every removal (info).
+    let closed: Vec<&String> = said.iter().filter(|l| l.contains("metrics: --hlog: closed ")).collect();
+    let removed: Vec<&String> = said.iter().filter(|l| l.contains("metrics: --hlog: removed ")).collect();
+    assert!(closed.len() > 3, "rotated every interval: {said:?}");
+    assert_eq!(removed.len(), closed.len() - 2, "one line per removal: {said:?}");
+    let left = closed_hlogs(&hlog);
+    assert_eq!(left.len(), 2, "{left:?}");
+    // Oldest first: each removal names a file gone and older than the one removed after it
+    // and than those kept.
+    let names: Vec<&str> = removed
+        .iter()
+        .map(|l| l.split("removed ").nth(1).and_then(|r| r.split(", ").next()).expect("a path"))
+        .collect();
+    for (line, name) in removed.iter().zip(&names) {
+        assert!(line.ends_with("the oldest closed interval log beyond --hlog-keep 2"), "{line}");
+        assert!(Path::new(name) < left[0].as_path() && !Path::new(name).exists(), "{line} vs kept {left:?}");
+    }
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "oldest first: {names:?}");
+}
+
+/// A rotation that fails (here the new file cannot be made beside FILE: a folder is in its
+/// place) is one line on stderr and counted as a failed write; the engine goes on writing FILE,
+/// which holds every interval, nothing is left half-made, and the run exits 1 as for any failed
+/// write. Before, `--hlog-rotate-bytes` did not exist.
+#[test]
+fn a_rotation_that_fails_is_one_line_counted_and_the_log_goes_on() {
+    let dir = temp_dir("dash-rotate-err");
+    let hlog = dir.join("e.hlog");
+    std::fs::create_dir(dir.join(".e.hlog.next")).expect("a folder where the new file would be made");
+    let (replay, eps) = start_replay("replay", 1, &["--count", "10000", "--rate", "10k"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--metrics-interval", "100ms"]);
+    for e in &eps {
+        cmd.args(["--endpoint", e]);
+    }
+    cmd.args(["--hlog", hlog.to_str().expect("utf8"), "--hlog-rotate-bytes", "1"]);
+    let e = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let stderr = e.stderr.as_ref().expect("piped");
+    let said: Vec<String> = rest_lines(stderr, Duration::from_secs(90));
+    let (status, out) = e.finish(Duration::from_secs(30));
+    let _ = replay.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "a failed write fails the run: {out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "delivered"), 10_000, "{r}");
+    assert!(u(&r, "metrics_write_errors") >= 1, "{r}");
+    let rotating: Vec<&String> = said.iter().filter(|l| l.contains("rotating to")).collect();
+    assert_eq!(rotating.len(), 1, "one line: {said:?}");
+    assert!(rotating[0].contains("this run goes on writing"), "{}", rotating[0]);
+    assert!(closed_hlogs(&hlog).is_empty(), "no closed file left half-made");
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED the .hlog read-back: {why}");
+        return;
+    }
+    let read = python_json(&["hlog", hlog.to_str().expect("utf8")]);
+    assert_eq!(u(&read["tags"]["shard0.total"], "count"), 10_000, "FILE holds every interval: {read}");
+}
+
+/// An external logrotate is followed without a signal: FILE renamed away (logrotate's default)
+/// is started anew at the next interval, and emptied (`copytruncate`) it starts again from its
+/// header. The renamed file and the new FILE hold the run's intervals between them. Before,
+/// the engine went on writing the renamed file and FILE never came back; emptied, the next
+/// line went where the old end was, after a hole of zero bytes no reader takes.
+#[test]
+fn an_hlog_moved_or_emptied_by_logrotate_is_started_anew() {
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-logrotate");
+    let (hlog, moved) = (dir.join("l.hlog"), dir.join("l.hlog.1"));
+    let (replay, eps) = start_replay("replay", 1, &["--count", "50000", "--rate", "10k"]);
+    let e = engine_json(&eps, &["--hlog", hlog.to_str().expect("utf8"), "--metrics-interval", "100ms"]);
+    wait_until(Duration::from_secs(30), "the first intervals", || hlog_intervals(&hlog) > 3);
+    std::fs::rename(&hlog, &moved).expect("rename");
+    wait_until(Duration::from_secs(20), "FILE started anew", || hlog_intervals(&hlog) > 3);
+    // copytruncate: copy, then empty in place.
+    let copy = dir.join("l.copy.hlog");
+    std::fs::copy(&hlog, &copy).expect("copy");
+    std::fs::OpenOptions::new().write(true).open(&hlog).and_then(|f| f.set_len(0)).expect("truncate");
+    wait_until(Duration::from_secs(20), "FILE started again", || hlog_intervals(&hlog) > 0);
+    let (status, out) = e.finish(Duration::from_secs(90));
+    let _ = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "metrics_write_errors"), 0, "{r}");
+    let text = std::fs::read_to_string(&hlog).expect("FILE");
+    assert!(text.starts_with("#[mdsub engine"), "FILE starts with its header: {:?}", &text[..text.len().min(80)]);
+    // Renamed and new FILE, before the truncation: one run's intervals, each once.
+    let all = intervals_of(&[moved.clone(), copy.clone()]);
+    assert_contiguous("shard0.total", &all["shard0.total"]);
+    let after = intervals_of(&[hlog.to_path_buf()]);
+    let last_copied = all["shard0.total"].last().expect("copied").1;
+    assert!(after["shard0.total"][0].0 >= last_copied - 2.5, "the emptied FILE goes on after the copy");
+    let total: u64 = [&all, &after].iter().flat_map(|m| m["shard0.total"].iter().map(|s| s.2)).sum();
+    let ours = u(&r["shards"][0]["latency"]["total"], "count");
+    assert!(total > 0 && total <= ours, "what copytruncate may lose is only what it loses: {total} of {ours}");
+}

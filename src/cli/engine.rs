@@ -8,8 +8,9 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::args::{
-    parse_bind_endpoint, parse_clone_server, parse_count_usize, parse_duration_nonzero, parse_endpoint_list,
-    parse_ms_in, parse_thread_count, parse_whole_ms, parse_whole_ms_or_off, whole_ms, Endpoint, How, Idle,
+    parse_bind_endpoint, parse_bytes, parse_clone_server, parse_count_nonzero_usize, parse_count_usize,
+    parse_duration_nonzero, parse_endpoint_list, parse_ms_in, parse_thread_count, parse_whole_ms,
+    parse_whole_ms_or_off, whole_ms, Endpoint, How, Idle,
 };
 use super::feed::FeedArgs;
 use super::progress::{Field, FitBar, Keep, RunBar};
@@ -23,6 +24,7 @@ use crate::engine::defaults::METRICS_INTERVAL_RANGE_MS;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
+use crate::metrics::hlog_file::Rotation;
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::RunReport;
 use crate::profile::{Profile, ProfileError};
@@ -396,9 +398,29 @@ pub struct OutputArgs {
     /// refused before the run starts. It grows for as long as the engine runs, by
     /// three lines per shard every interval, about 3 KB each (more for a wider
     /// spread of latencies): at the 1s interval about 9 KB/s, some 750 MB a day
-    /// per shard; a longer --metrics-interval shrinks it as much.
+    /// per shard; a longer --metrics-interval shrinks it as much, and
+    /// --hlog-rotate-every/--hlog-rotate-bytes bound it. Moved away or emptied
+    /// by an external logrotate (rename, or copytruncate), it is started anew at
+    /// the next interval, with no signal (SIGHUP ends the engine).
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
+    /// Close the --hlog FILE and start a new one as the first interval ends at
+    /// or after each multiple of DURATION in UTC (e.g. 1h: on the hour). The
+    /// closed file keeps its intervals under FILE's name stamped with its start
+    /// (run.hlog: run.20261206T170000.002Z.hlog), a whole interval log with
+    /// its own header; no interval is split. FILE stays locked throughout.
+    #[arg(long, requires = "hlog", value_parser = parse_duration_nonzero, value_name = "DURATION")]
+    pub hlog_rotate_every: Option<Duration>,
+    /// Close the --hlog FILE, as --hlog-rotate-every does, as the first
+    /// interval ends at which it holds BYTES or more (e.g. 256Mi): a file
+    /// exceeds it by at most one interval's lines.
+    #[arg(long, requires = "hlog", value_parser = parse_bytes, value_name = "BYTES")]
+    pub hlog_rotate_bytes: Option<u64>,
+    /// Closed --hlog files kept (of FILE's name, earlier runs' too); older ones
+    /// are removed at each rotation, oldest first, each said on stderr
+    /// [default: 24].
+    #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
+    pub hlog_keep: Option<usize>,
     /// Write the whole run's percentile spectrum of the total stage (.hgrm,
     /// values in ms) at the end.
     #[arg(long, value_name = "FILE")]
@@ -446,6 +468,7 @@ impl OutputArgs {
             .collect();
         let mut claimed = crate::outfile::claim_all(&named).map_err(super::outfile_error)?.into_iter();
         cfg.outputs.hlog = self.hlog.as_ref().and_then(|_| claimed.next());
+        cfg.outputs.hlog_rotation = self.hlog_rotation(cfg.outputs.hlog.as_ref())?;
         cfg.outputs.hgrm = self.hgrm.as_ref().and_then(|_| claimed.next());
         cfg.outputs.listen = self.metrics_listen;
         Ok(())
@@ -453,6 +476,22 @@ impl OutputArgs {
 }
 
 impl OutputArgs {
+    /// `--hlog-rotate-every`, `--hlog-rotate-bytes` and `--hlog-keep` for the claimed `--hlog`.
+    fn hlog_rotation(&self, hlog: Option<&crate::outfile::Claimed>) -> anyhow::Result<Rotation> {
+        let rotation = Rotation {
+            every: self.hlog_rotate_every,
+            bytes: self.hlog_rotate_bytes,
+            keep: self.hlog_keep.unwrap_or(crate::metrics::hlog_file::DEFAULT_KEEP),
+        };
+        if self.hlog_keep.is_some() && !rotation.is_on() {
+            bail!("--hlog-keep: the --hlog file is never closed without --hlog-rotate-every or --hlog-rotate-bytes");
+        }
+        if let Some(h) = hlog.filter(|h| rotation.is_on() && !h.is_regular()) {
+            bail!("{}: not a regular file, so it cannot be rotated; give a file, or no --hlog-rotate-*", h.named());
+        }
+        Ok(rotation)
+    }
+
     /// After the engine started: the log level, then the status agent.
     pub fn start_live(&self, engine: &mut Engine) -> anyhow::Result<()> {
         if let Some(l) = self.log_level {

@@ -350,20 +350,20 @@ impl Engine {
         let hlog = match &cfg.outputs.hlog {
             Some(claimed) => {
                 let hlog_err = |e: &dyn std::fmt::Display| EngineError::Config(format!("{}: {e}", claimed.named()));
-                let f = claimed.rewrite().map_err(|e| hlog_err(&e))?;
                 let comment = format!(
                     "[mdsub engine {engine_id}: latency in ns per shard and stage, tags shardK.wire|queue|total, \
                      one histogram per tag every {} ms at the start (a live metrics_interval \
                      changes it; each line has its own interval)]",
                     cfg.metrics_interval.as_millis()
                 );
-                let w = crate::metrics::hlog::HlogWriter::new(
-                    std::io::BufWriter::new(f),
+                let f = crate::metrics::hlog_file::HlogFile::open(
+                    claimed.clone(),
                     crate::clock::realtime_ns(),
-                    &comment,
+                    comment,
+                    cfg.outputs.hlog_rotation,
                 )
                 .map_err(|e| hlog_err(&e))?;
-                Some((claimed.path().to_path_buf(), w))
+                Some(f)
             }
             None => None,
         };

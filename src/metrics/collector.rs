@@ -11,16 +11,15 @@
 //! is said on stderr, once a run ([`ahead_line`]).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::BufWriter;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam::channel::{Receiver, Sender};
 
-use super::hlog::{write_hgrm, HlogWriter};
+use super::hlog::write_hgrm;
+use super::hlog_file::{HlogFile, Note};
 use super::settings::{Level, LogLevel};
 use super::{human_latency, shard_name, shard_sets, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, IntervalMarks, Step};
@@ -85,8 +84,8 @@ pub type SharedLatency = Arc<Mutex<LiveLatency>>;
 /// Where the collector writes, besides adding up.
 #[derive(Default)]
 pub struct CollectorOutputs {
-    /// The interval log (`--hlog`), already opened with its header written, and its path.
-    pub hlog: Option<(PathBuf, HlogWriter<BufWriter<File>>)>,
+    /// The interval log (`--hlog`), already opened with its header written, and its rotation.
+    pub hlog: Option<HlogFile>,
     /// The end-of-run spectrum (`--hgrm`), written when the collector ends.
     pub hgrm: Option<Claimed>,
     /// Keep a failed write's cause for the report instead of saying it as it happens: the
@@ -427,9 +426,24 @@ impl Collector {
         self.total.write_errors += 1;
     }
 
+    /// Say what the interval log's rotation did: a removal at info, a new file at debug (through
+    /// the engine's log level, else on stderr), an error counted as a failed write.
+    fn hlog_note(&mut self, note: Note) {
+        let (level, line) = match note {
+            Note::Error(e) => return self.write_error(e),
+            Note::Removed(line) => (Level::Info, line),
+            Note::Started(line) => (Level::Debug, line),
+        };
+        match &self.interval_log {
+            Some(l) => l.log.log(level, format_args!("metrics: --hlog: {line}")),
+            None if level == Level::Info => crate::diag!("metrics: --hlog: {line}"),
+            None => {}
+        }
+    }
+
     /// Close the interval ending at `wall_ns` (realtime) and `mono_ns` (monotonic): log it, share
     /// it, start the next.
-    fn end_interval(&mut self, wall_ns: u64, mono_ns: u64) {
+    fn end_interval(&mut self, wall_ns: u64, mono_ns: u64, closing: bool) {
         self.log_interval(mono_ns);
         if !self.ahead_said {
             if let Some(l) = ahead_line(&self.interval) {
@@ -437,8 +451,10 @@ impl Collector {
                 self.ahead_said = true;
             }
         }
-        if let Some((path, w)) = self.outputs.hlog.as_mut() {
+        if let Some(f) = self.outputs.hlog.as_mut() {
+            let mut notes: Vec<Note> = f.follow(self.interval_start_ns).into_iter().collect();
             let mut failed = None;
+            let w = f.writer();
             for (k, set) in self.interval.iter().enumerate() {
                 for ((stage, h), bounds) in set.stages().into_iter().zip(set.out_of_bounds) {
                     let tag = format!("{}.{stage}", shard_name(k));
@@ -451,12 +467,18 @@ impl Collector {
                     }
                 }
             }
-            if let Err(e) = w.flush() {
+            if let Err(e) = f.flush() {
                 failed = Some(e);
             }
             if let Some(e) = failed {
-                let path = path.display().to_string();
-                self.write_error(format_args!("{path}: {e}"));
+                notes.push(Note::Error(format!("{}: {e}", f.path().display())));
+            }
+            // The last interval closes the run, not the file: nothing starts after it.
+            if !closing {
+                notes.extend(f.rotate_if_due(wall_ns));
+            }
+            for note in notes {
+                self.hlog_note(note);
             }
         }
         // Before the interval is shared: whoever sees it closed sees the agents' share of it too.
@@ -495,7 +517,7 @@ impl Agent for Collector {
         let finished = self.inbox.is_closed();
         let now = clock::monotonic_ns();
         if now.saturating_sub(self.interval_start_mono_ns) >= self.interval_ns.load(Relaxed) {
-            self.end_interval(clock::realtime_ns(), now);
+            self.end_interval(clock::realtime_ns(), now, false);
         }
         Ok(if finished { Step::Finished(n) } else { Step::Worked(n) })
     }
@@ -509,7 +531,7 @@ impl Agent for Collector {
     fn on_close(&mut self) {
         // The last (partial) interval, then the whole run's spectrum.
         self.loss_lines.closing();
-        self.end_interval(clock::realtime_ns(), clock::monotonic_ns());
+        self.end_interval(clock::realtime_ns(), clock::monotonic_ns(), true);
         if let Some(l) = &self.interval_log {
             for (level, line) in self.loss_lines.flush() {
                 l.log.log(level, line);

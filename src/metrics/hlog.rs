@@ -59,6 +59,8 @@ pub struct HlogWriter<W: Write> {
     buf: Vec<u8>,
     text: String,
     base_ns: u64,
+    /// Bytes handed to `out` so far, the header's included.
+    written: u64,
 }
 
 impl<W: Write> HlogWriter<W> {
@@ -86,6 +88,7 @@ impl<W: Write> HlogWriter<W> {
             buf: Vec::new(),
             text: String::new(),
             base_ns: start_ns,
+            written: head.len() as u64,
         })
     }
 
@@ -103,7 +106,9 @@ impl<W: Write> HlogWriter<W> {
         self.text.push_str(&format!("Tag={tag},{start:.3},{length:.3},{max:.3},"));
         base64::engine::general_purpose::STANDARD.encode_string(&self.buf, &mut self.text);
         self.text.push('\n');
-        self.out.write_all(self.text.as_bytes()).map_err(io_err("an interval histogram"))
+        self.out.write_all(self.text.as_bytes()).map_err(io_err("an interval histogram"))?;
+        self.written += self.text.len() as u64;
+        Ok(())
     }
 
     /// Comment lines after `tag`'s histogram of the interval starting at `start_ns`, for what it
@@ -126,7 +131,14 @@ impl<W: Write> HlogWriter<W> {
             let n = b.ahead;
             lines.push_str(&format!("#[Ahead: Tag={tag},StartTimestamp={start:.3},Count={n} ({})]\n", ahead_words(&b)));
         }
-        self.out.write_all(lines.as_bytes()).map_err(io_err("an interval histogram"))
+        self.out.write_all(lines.as_bytes()).map_err(io_err("an interval histogram"))?;
+        self.written += lines.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far (to the writer: a buffered one holds some until [`flush`](Self::flush)).
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Flush what was written to the file.

@@ -20,6 +20,7 @@ use crate::diag::human_ns;
 
 pub mod collector;
 pub mod hlog;
+pub mod hlog_file;
 pub mod http;
 pub mod prom;
 pub mod settings;
@@ -335,6 +336,9 @@ pub fn span_rate(n: u64, span_ns: u64, fallback_s: f64) -> f64 {
 pub struct OutputsConfig {
     /// HdrHistogram interval log (`--hlog`), claimed by whoever owns the run.
     pub hlog: Option<crate::outfile::Claimed>,
+    /// When the interval log is closed and a new one started, and how many closed ones are kept
+    /// (`--hlog-rotate-every`, `--hlog-rotate-bytes`, `--hlog-keep`; never by default).
+    pub hlog_rotation: hlog_file::Rotation,
     /// End-of-run percentile spectrum of the `total` stage (`--hgrm`), claimed likewise.
     pub hgrm: Option<crate::outfile::Claimed>,
     /// Serve `/metrics` here (`--metrics-listen`).

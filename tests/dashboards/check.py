@@ -3,7 +3,9 @@
 
   check.py hlog FILE   read an HdrHistogram interval log with the `hdrhistogram`
                        package's HistogramLogReader; print per tag the total
-                       count, p99 (ns) and the number of intervals, as JSON.
+                       count, p99 (ns), the number of intervals and each
+                       interval's count and [start, end] (ms since the epoch,
+                       as the reader computes them from the header), as JSON.
   check.py promql BASE QUERY
                        ask a Prometheus server at BASE (http://HOST:PORT) for
                        the instant QUERY through its HTTP API; print the
@@ -42,7 +44,7 @@ def hlog(path):
 
     reference = HdrHistogram(1, 60_000_000_000, 3)
     reader = HistogramLogReader(path, reference)
-    acc, intervals, counts = {}, {}, {}
+    acc, intervals, counts, spans = {}, {}, {}, {}
     while True:
         h = reader.get_next_interval_histogram()
         if h is None:
@@ -52,9 +54,11 @@ def hlog(path):
             acc[tag] = HdrHistogram(1, 60_000_000_000, 3)
             intervals[tag] = 0
             counts[tag] = []
+            spans[tag] = []
         acc[tag].add(h)
         intervals[tag] += 1
         counts[tag].append(h.get_total_count())
+        spans[tag].append([h.get_start_time_stamp(), h.get_end_time_stamp()])
     out = {
         tag: {
             "count": h.get_total_count(),
@@ -62,6 +66,7 @@ def hlog(path):
             "p99_ceil_rank": at_rank(h, math.ceil(0.99 * h.get_total_count())),
             "intervals": intervals[tag],
             "interval_counts": counts[tag],
+            "spans": spans[tag],
         }
         for tag, h in acc.items()
     }
