@@ -15,7 +15,7 @@ use dbn::encode::dbn::Encoder;
 use dbn::encode::EncodeRecord;
 use dbn::Schema;
 use mdsub::feed::dbn_source::symbology_metadata;
-use mdsub::feed::mbo_synth::MboBooks;
+use mdsub::feed::mbo_synth::{spread_ts, MboBooks};
 use mdsub::feed::{symbol_names, Generator, GeneratorConfig};
 
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -44,9 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut enc = Encoder::new(w, &meta)?;
     let mut gen = Generator::new(&GeneratorConfig { symbols: instruments, zipf_s: 1.0, payload_bytes: 0, seed: 7 });
     let mut books = MboBooks::new(instruments, 1000, 11);
-    let step_ns = (span_s * 1_000_000_000 / records.max(1)).max(1);
+    // Every receive time inside the span (a replay refuses one past the metadata's end).
+    let span_ns = span_s * 1_000_000_000;
     for n in 0..records {
-        let mut m = books.next_for(gen.next_topic(), T0 + n * step_ns + 500);
+        let mut m = books.next_for(gen.next_topic(), spread_ts(T0, span_ns, records, n));
         m.sequence = n as u32;
         enc.encode_record(&m)?;
     }

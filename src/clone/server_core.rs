@@ -1258,12 +1258,16 @@ impl ServerCore {
         self.snapshot_retry_at_ns = 0;
         self.compacting = false;
         if std::mem::take(&mut self.compacting_switch) {
-            if self.switch.take() != Some(Switch::Map) {
-                self.log(out, format_args!("passive: the re-sync's snapshot is in place (durable=yes)"));
-            } else if !self.disk_behind {
+            let placed = self.switch.take();
+            if self.disk_behind {
+                // Behind meanwhile (a log failed, or a late answer said the re-sync's file was
+                // not written, which ended the wait): not durable, said when it fell behind.
+            } else if placed == Some(Switch::Map) {
                 out.push(Action::Log(
                     "data directory whole again: the snapshot of the map is in place (durable=yes)".into(),
                 ));
+            } else {
+                self.log(out, format_args!("passive: the re-sync's snapshot is in place (durable=yes)"));
             }
             self.whole_again(now_ns, out);
         }
@@ -3010,6 +3014,26 @@ mod tests {
         r.hold_compactions = false;
         r.tick_for(1500);
         assert_eq!((r.core.not_durable(), r.core.durable()), (None, Some(true)));
+    }
+
+    #[test]
+    fn a_snapshot_put_in_place_after_its_wait_ended_says_no_durable_yes_while_not_durable() {
+        // The map's snapshot is being put in place when a late answer to a re-sync's end says its
+        // file was not written (behind again). Before, the compactor's answer then said "the
+        // re-sync's snapshot is in place (durable=yes)": the wrong snapshot, and not durable.
+        let mut r = durable_passive();
+        r.behind_with_snapshots_failing();
+        (r.fail_appends, r.fail_snapshot, r.hold_peer_end, r.hold_compactions) = (false, false, true, true);
+        resync_to(&mut r, 20);
+        r.tick_for(1500);
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
+        assert_eq!(r.core.not_durable(), Some(NotDurable::MapSnapshotNotInPlace));
+        r.on(Event::PeerSnapshotUnwritten { error: "snapshot.peer: No space left on device".into() });
+        assert_eq!(r.core.not_durable(), Some(NotDurable::Behind));
+        (r.core.verbose, r.logs) = (true, Vec::new());
+        r.on(Event::CompactionDone { took_ns: 1, error: None });
+        assert_ne!(r.core.durable(), Some(true), "a full snapshot of the map is still to be put in place");
+        assert!(!r.logs.iter().any(|l| l.contains("durable=yes")), "{:?}", r.logs);
     }
 
     #[test]

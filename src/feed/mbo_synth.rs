@@ -29,6 +29,13 @@ pub fn mbo(instrument_id: u32, ts_recv: u64, order_id: u64, action: u8, side: u8
     }
 }
 
+/// The receive time of record `n` of `records` spread evenly over `span_ns` from `t0`: in
+/// `[t0, t0 + span_ns)` whatever the count, as a Databento file's records are in the span its
+/// metadata gives (a replay refuses a record outside it as damage). Non-decreasing in `n`.
+pub fn spread_ts(t0: u64, span_ns: u64, records: u64, n: u64) -> u64 {
+    t0 + (u128::from(n) * u128::from(span_ns) / u128::from(records.max(1))) as u64
+}
+
 /// Order-book activity over `instruments` instruments with ids
 /// `first_id..first_id + instruments`.
 #[derive(Debug, Clone)]
@@ -119,5 +126,22 @@ mod tests {
         }
         assert!(a.windows(2).all(|w| w[0].ts_recv < w[1].ts_recv));
         assert!(a.iter().all(|m| (101..104).contains(&m.hd.instrument_id)));
+    }
+
+    /// `gen_mbo` wrote record n at `t0 + n * (span / records) + 500`: with 2.5M records over 1 s
+    /// the last was received 100 ns after the metadata's end, and the replay refused the file
+    /// it wrote as damaged (`bad_record`, exit 1). Every record is inside the span now.
+    #[test]
+    fn spread_receive_times_stay_inside_the_span_whatever_the_count() {
+        let t0 = 1_700_000_000_000_000_000;
+        for (records, span_ns) in [(2_500_000, 1_000_000_000), (1_000_000, 10_000_000_000), (7, 3), (5_000, 1_000)] {
+            let last = spread_ts(t0, span_ns, records, records - 1);
+            assert!(last < t0 + span_ns, "{records} over {span_ns} ns: the last at {last}");
+            assert_eq!(spread_ts(t0, span_ns, records, 0), t0);
+            let mid = spread_ts(t0, span_ns, records, records / 2);
+            assert!(t0 <= mid && mid <= last);
+        }
+        let ts: Vec<u64> = (0..1_000).map(|n| spread_ts(t0, 10_000, 1_000, n)).collect();
+        assert!(ts.windows(2).all(|w| w[0] < w[1]), "distinct when the span allows");
     }
 }

@@ -483,8 +483,15 @@ pub fn winner_text(r: &CapacityResult) -> String {
     match (&x.winner, &x.winner_profile, x.no_winner) {
         (Some(w), Some(path), _) => {
             let at = match x.configurations.iter().find(|c| &c.name == w) {
-                Some(c) if matches!(c.outcome.ending, Ending::PublisherLimited | Ending::AboveMaxRate) => {
-                    format!(" at {}, a lower bound: {};", knee_text(c), ending_text(c.outcome.ending))
+                // Nothing above it failed: the maximum rate passed, or the publisher fell short
+                // above it (a narrowed knee's bracket is the one or the other), whichever way the
+                // search ended (the time cap may end it before it is called publisher-limited).
+                Some(c) if c.outcome.failed_above.is_none() => {
+                    let why = match c.outcome.ending {
+                        Ending::AboveMaxRate => Ending::AboveMaxRate,
+                        _ => Ending::PublisherLimited,
+                    };
+                    format!(" at {}, a lower bound: {};", knee_text(c), ending_text(why))
                 }
                 Some(c) => format!(" at {},", knee_text(c)),
                 None => ",".into(),
@@ -1522,6 +1529,15 @@ mod tests {
         );
         let found = standing("a", Ending::Confirmed, (Some(8000), None), (Some(8200), Some(8200)), true, 8);
         assert_eq!(winner(found), "`a` at 8000 msg/s, written to out/winner.toml");
+        // The time cap ended its search after the publisher fell short just above its knee (its
+        // confirmation not run): nothing above it failed either. Before: said as a knee found.
+        let capped = standing("c", Ending::Capped, (Some(7000), None), (None, Some(7200)), true, 5);
+        assert_eq!(won(std::slice::from_ref(&capped)).as_deref(), Ok("c"), "narrowed, it wins");
+        assert_eq!(
+            winner(capped),
+            "`c` at 7000 msg/s, a lower bound: publisher-limited: the engine's limit is higher than the \
+             publisher could offer; written to out/winner.toml"
+        );
         let none = CapacityResult {
             extra: CapacityExtra { no_winner: Some(NoWinner::NoPass), ..result_of(&[], None, None).extra },
             ..result_of(&[], None, None)
