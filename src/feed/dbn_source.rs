@@ -268,26 +268,36 @@ fn wrong_length(version: u8, ts_out: bool, rtype: u8, len: usize) -> Option<Stri
 
 /// Why a replayed record's receive time `ts` (its index time, [`index_ts`]) cannot be in a file
 /// whose metadata gives `span` (`start`, and `end` when it says one), if it cannot: Databento's
-/// files hold the records of their query's span, so one outside it (or with no time at all) is
-/// damage, most often a `.dbn.zst` corrupted where no zstd checksum could tell.
-fn outside_span(ts: u64, (start, end): (u64, Option<u64>)) -> Option<String> {
+/// historical files hold the records of their query's `[start, end)`, so one outside it (or with
+/// no time at all) is damage, most often a `.dbn.zst` corrupted where no zstd checksum could tell.
+/// A live recording's metadata has no end, and its `start` does not bound what an intraday replay
+/// sends before it, so there only a time after `recorded_by` (the replay's own clock when it opened
+/// the file, a day ahead for clocks that differ) is damage: nothing recorded was received later.
+fn outside_span(ts: u64, (start, end): (u64, Option<u64>), recorded_by: u64) -> Option<String> {
     let human = crate::clock::utc_iso8601;
     if ts == UNDEF_TS {
         return Some("its receive time and event time are both undefined".into());
     }
-    let span = || match end {
-        Some(end) => format!("{} to {}", human(start), human(end)),
-        None => format!("from {}", human(start)),
+    let why = match end {
+        Some(end) if ts < start || ts > end => {
+            format!("is outside the span the file's metadata gives its data ({} to {})", human(start), human(end))
+        }
+        None if ts > recorded_by => format!(
+            "is more than a day after this replay began ({}): no record of a file could have been \
+             received then",
+            human(recorded_by.saturating_sub(DAY_NS))
+        ),
+        _ => return None,
     };
-    (ts < start || end.is_some_and(|end| ts > end)).then(|| {
-        format!(
-            "its receive time {} ({ts} ns) is outside the span the file's metadata gives its data ({}): \
-             the record is corrupted (a .dbn.zst written without a zstd checksum cannot tell otherwise)",
-            human(ts),
-            span()
-        )
-    })
+    Some(format!(
+        "its receive time {} ({ts} ns) {why}: the record is corrupted (a .dbn.zst written without a zstd \
+         checksum cannot tell otherwise)",
+        human(ts)
+    ))
 }
+
+/// One day, ns: how far a live recording's receive times may be ahead of this host's clock.
+const DAY_NS: u64 = 86_400_000_000_000;
 
 /// Is this record type replayed? Market data is; the stream's own control
 /// records (errors, system messages, live symbol mappings) and types the
@@ -313,6 +323,9 @@ struct DbnFile {
     /// The span its metadata says its data is in (`start`, and `end` when it says one), ns
     /// since the epoch: a record's receive time outside it is damage ([`outside_span`]).
     span: (u64, Option<u64>),
+    /// A day past the realtime clock when the file was opened: a live recording's (no `end`)
+    /// latest possible receive time ([`outside_span`]).
+    recorded_by: u64,
     decoder: Decoder<Counting>,
     /// Metadata plus records taken so far, in bytes.
     consumed: u64,
@@ -366,6 +379,7 @@ impl DbnFile {
             version,
             ts_out,
             span,
+            recorded_by: crate::clock::realtime_ns().saturating_add(DAY_NS),
             decoder,
             consumed,
             size,
@@ -461,7 +475,7 @@ impl DbnFile {
             let ts = index_ts(bytes);
             // zstd without a checksum hands corrupted bytes on as data: a receive time outside
             // the file's own span is such damage (and a paced replay would wait for it for years).
-            if let Some(why) = outside_span(ts, self.span) {
+            if let Some(why) = outside_span(ts, self.span, self.recorded_by) {
                 return Err(self.damaged(why));
             }
             let ahead_ts = self.next_ts;
@@ -765,6 +779,22 @@ mod tests {
         let m = DbnMerge::open(&[a, b]).expect("open");
         assert_eq!(m.market_end_ns(), Some(t0 + 120_000_000_000));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A historical file's records lie in its metadata's span; a live recording's (no end) may
+    /// come before its start (an intraday replay), and only a time after the replay's own clock
+    /// (a day ahead) is damage there.
+    #[test]
+    fn a_live_recordings_span_is_bounded_by_the_clock_not_its_start() {
+        let (start, end, by) = (1_000, 2_000, 10_000);
+        assert_eq!(outside_span(1_500, (start, Some(end)), by), None);
+        assert!(outside_span(999, (start, Some(end)), by).is_some_and(|w| w.contains("outside the span")));
+        assert!(outside_span(2_001, (start, Some(end)), by).is_some());
+        assert_eq!(outside_span(5, (start, None), by), None, "before a live file's start is no damage");
+        assert_eq!(outside_span(10_000, (start, None), by), None);
+        let why = outside_span(DAY_NS + 10_001, (start, None), DAY_NS + 10_000);
+        assert!(why.is_some_and(|w| w.contains("more than a day after this replay began")));
+        assert!(outside_span(UNDEF_TS, (start, None), by).is_some_and(|w| w.contains("undefined")));
     }
 
     #[test]

@@ -1290,9 +1290,10 @@ fn say_dbn_refusals(say: bool, d: &mut DbnCursor) {
         d.said_backwards = true;
         if say {
             crate::diag!(
-                "replay: {first}: DBN files are written in receive-time order, so the file is corrupted (a \
-                 .dbn.zst written without a zstd checksum hands corrupted bytes on) or was not written in \
-                 order; sent as it is, and every such record counted (ts_recv_backwards); said once"
+                "replay: {first}: a historical DBN file is in receive-time order, so the file is corrupted \
+                 (a .dbn.zst written without a zstd checksum hands corrupted bytes on), or it was not \
+                 written in that order (a live recording mixing schemas may not be); sent as it is, and \
+                 every such record counted (ts_recv_backwards); said once"
             );
         }
     }

@@ -277,8 +277,9 @@ pub struct ReplayStats {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_by_rtype: BTreeMap<String, u64>,
     /// DBN records received before the record ahead of them in their file, sent as they are:
-    /// DBN files are written in receive-time order, so the file is corrupted (a `.dbn.zst`
-    /// without a zstd checksum hands corrupted bytes on) or was not written in order. The first
+    /// historical DBN files are in receive-time order, so the file is corrupted (a `.dbn.zst`
+    /// without a zstd checksum hands corrupted bytes on) or was not written in that order (a live
+    /// recording mixing schemas may not be). The first
     /// is said on stderr.
     #[serde(skip_serializing_if = "crate::diag::is_zero")]
     pub ts_recv_backwards: u64,
