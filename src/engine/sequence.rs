@@ -698,9 +698,12 @@ impl SequenceTracker {
     }
 
     /// Forget a publisher of which nothing was heard for `ns` as vanished
-    /// ([`SequenceTracker::sweep`]); 0: never.
+    /// ([`SequenceTracker::sweep`]); 0: never. Never through a topic filter: a live publisher's
+    /// data on the topics it leaves out does not come here, and it heartbeats only when it sends
+    /// nothing at all, so its silence here says nothing (forgetting it would say a live
+    /// publisher vanished, and lose the gaps of its topics across the silence).
     pub fn with_forget_silent_after(mut self, ns: u64) -> Self {
-        self.forget_after_ns = ns;
+        self.forget_after_ns = if self.full_subscription { ns } else { 0 };
         self
     }
 
@@ -2883,6 +2886,23 @@ mod tests {
         let forgotten_at = sweep_until_none_held(&mut t, &clock, FORGET_NS + FORGET_NS / 8);
         let at = forgotten_at.expect("forgotten once silent for the bound after the resumption");
         assert!(at - resumed >= FORGET_NS, "forgotten {} ns after the resumption", at - resumed);
+    }
+
+    /// Through a topic filter a live publisher's data on the other topics never comes, and it
+    /// heartbeats only when it sends nothing at all: however long nothing of it comes, it is not
+    /// forgotten, and a gap of its topic across that silence is counted. Before, it was said
+    /// vanished, and its topic taken up again after the silence counted no gap.
+    #[test]
+    fn a_publisher_heard_through_a_topic_filter_is_never_forgotten() {
+        use crate::clock::Clock;
+        let clock = crate::clock::ManualClock::new(5_000_000_000);
+        let mut t = SequenceTracker::new(false).with_forget_silent_after(FORGET_NS);
+        t.sweep(clock.now_ns());
+        assert!(t.on_data(&h(1, 10, 7, 5), b"A").accept);
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.topics(), t.totals().vanished), (1, 1, 0));
+        assert!(t.take_vanished().is_none());
+        assert_eq!(t.on_data(&h(1, 10, 900, 8), b"A"), Verdict { accept: true, missed: 2, restart: false });
     }
 
     /// Off (0), nothing is forgotten, however long it is silent.
