@@ -529,6 +529,9 @@ impl Profile {
                 format!("{} is out of range: give {} to {}", self.metrics_interval_ms, range.start(), range.end()),
             ));
         }
+        if let Some(why) = crate::engine::defaults::forget_silent_after_problem(self.forget_silent_after_ms) {
+            return Err(invalid("forget_silent_after_ms", why));
+        }
         self.snail.validate()?;
         if let Some((field, why)) = self.keepalive.problem() {
             return Err(invalid(format!("keepalive.{field}"), why));

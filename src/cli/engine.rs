@@ -162,6 +162,16 @@ pub fn parse_metrics_interval(s: &str) -> Result<Duration, String> {
     parse_ms_in(s, METRICS_INTERVAL_RANGE_MS)
 }
 
+/// `--forget-silent-after`: whole milliseconds, 2s at least
+/// ([`FORGET_SILENT_AFTER_MIN_MS`](crate::engine::defaults::FORGET_SILENT_AFTER_MIN_MS)), or off.
+fn parse_forget_silent_after(s: &str) -> Result<Duration, String> {
+    let d = parse_whole_ms_or_off(s)?;
+    match crate::engine::defaults::forget_silent_after_problem(whole_ms(d)) {
+        Some(why) => Err(why),
+        None => Ok(d),
+    }
+}
+
 /// `--max-lag`: whole milliseconds inside [`MAX_LAG_RANGE_MS`](crate::snail::defaults::MAX_LAG_RANGE_MS).
 fn parse_max_lag(s: &str) -> Result<Duration, String> {
     parse_ms_in(s, crate::snail::defaults::MAX_LAG_RANGE_MS)
@@ -369,14 +379,15 @@ pub struct EngineArgs {
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub max_duration: Option<Duration>,
     /// Forget a publisher of which nothing at all (no data, no heartbeat, no end of stream) was
-    /// heard for this long (e.g. 5m; 0 or off: never) [default: the profile's
+    /// heard for this long (e.g. 5m, 2s at least; 0 or off: never) [default: the profile's
     /// forget_silent_after_ms, else 5m]. A publisher killed without an end of stream under an
     /// id never heard again is otherwise held with its topics for the rest of the run. Its
     /// open session is counted as unended to its last arrived message (the report's
     /// `vanished`), its topics are released, and it is said once. A live publisher heartbeats
     /// after 1s without data, so a quiet one is never forgotten; one heard again later (a link
-    /// down that long) is taken up where it was.
-    #[arg(long, value_parser = parse_whole_ms_or_off, value_name = "DURATION")]
+    /// down that long) is taken up where it was. Not on a shard with a --subscribe filter: a
+    /// live publisher's data on other topics does not reach it, so its silence says nothing.
+    #[arg(long, value_parser = parse_forget_silent_after, value_name = "DURATION")]
     pub forget_silent_after: Option<Duration>,
     #[command(flatten)]
     pub snail: SnailArgs,
@@ -1017,6 +1028,26 @@ mod tests {
     use super::*;
     use crate::cli::test_screen::Screen;
     use std::io::IsTerminal as _;
+
+    /// A bound under 2s would forget a quiet live publisher between its heartbeats (one a
+    /// second): refused, as in a profile; off and 0 are never. Before, 500ms was taken.
+    #[test]
+    fn a_bound_for_silent_publishers_under_two_heartbeats_is_refused() {
+        assert_eq!(parse_forget_silent_after("off"), Ok(Duration::ZERO));
+        assert_eq!(parse_forget_silent_after("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_forget_silent_after("2s"), Ok(Duration::from_secs(2)));
+        for short in ["500ms", "1s", "1999ms"] {
+            let e = parse_forget_silent_after(short).unwrap_err();
+            assert!(e.contains("is too short: a live publisher heartbeats after 1s"), "{short}: {e}");
+            assert!(e.ends_with("give 2s or more, or off (never)"), "{short}: {e}");
+        }
+        let mut p = Profile::builtin();
+        p.forget_silent_after_ms = 500;
+        let e = p.validate_for(&[0, 1], false).unwrap_err().to_string();
+        assert!(e.contains("forget_silent_after_ms") && e.contains("500ms is too short"), "{e}");
+        p.forget_silent_after_ms = 0;
+        assert!(p.validate_for(&[0, 1], false).is_ok());
+    }
 
     #[test]
     fn verify_over_round_robin_says_order_is_not_checked() {

@@ -63,6 +63,27 @@ pub mod defaults {
     /// hundred heartbeats missed, long past any silence said, and long enough for a link to
     /// come back (a session heard again after it is taken up where it was, not lost).
     pub const FORGET_SILENT_AFTER_MS: u64 = 300_000;
+    /// The shortest bound `--forget-silent-after` takes (besides 0, never): twice the second a
+    /// live publisher waits without data before it heartbeats, and twice the pause of a reader
+    /// after which silence is judged from its resumption (`sequence::READER_PAUSE_NS`). A
+    /// shorter one would forget quiet live publishers between their heartbeats, and publishers
+    /// whose frames wait unread behind a shorter pause.
+    pub const FORGET_SILENT_AFTER_MIN_MS: u64 = 2_000;
+
+    /// Why `ms` is no bound for forgetting a silent publisher (`--forget-silent-after`, profile
+    /// `forget_silent_after_ms`), if it is not: 0 (never) or at least
+    /// [`FORGET_SILENT_AFTER_MIN_MS`].
+    pub fn forget_silent_after_problem(ms: u64) -> Option<String> {
+        (ms != 0 && ms < FORGET_SILENT_AFTER_MIN_MS).then(|| {
+            format!(
+                "{} is too short: a live publisher heartbeats after 1s without data, so a bound under {} \
+                 would forget quiet ones between their heartbeats; give {} or more, or off (never)",
+                crate::diag::human_ms(ms),
+                crate::diag::human_ms(FORGET_SILENT_AFTER_MIN_MS),
+                crate::diag::human_ms(FORGET_SILENT_AFTER_MIN_MS)
+            )
+        })
+    }
 }
 
 /// Errors starting or running the engine.

@@ -1344,12 +1344,6 @@ mod tests {
         }
     }
 
-    /// A shard that connects, with no `--expect-eos`, waits for every session it saw: behind a
-    /// proxy one endpoint carries two publishers, and the first one's end of stream is not the
-    /// end while the second still sends. Before, only a shard that binds waited for them
-    /// (a connected one ended on one end of stream per endpoint). A session seen only from a
-    /// cache (an older session a last-value cache still holds) or replaced by a restart is no
-    /// open session; one joined late is (its end of stream is still to come).
     /// Publishers killed without an end of stream are forgotten at the reader's sweep once
     /// silent for the bound: each said in one line, five per interval, the rest as one line
     /// with their count when the interval is over; counted and published (the gauges back to
@@ -1389,6 +1383,12 @@ mod tests {
         assert!(c.vanished_lines(now + 2 * SUMMARY_INTERVAL_NS, true).is_empty());
     }
 
+    /// A shard that connects, with no `--expect-eos`, waits for every session it saw: behind a
+    /// proxy one endpoint carries two publishers, and the first one's end of stream is not the
+    /// end while the second still sends. Before, only a shard that binds waited for them
+    /// (a connected one ended on one end of stream per endpoint). A session seen only from a
+    /// cache (an older session a last-value cache still holds) or replaced by a restart is no
+    /// open session; one joined late is (its end of stream is still to come).
     #[test]
     fn a_connected_shard_waits_for_every_session_it_saw() {
         assert_eq!(EndWait::of_shard(None, false), EndWait::EverySession);

@@ -315,6 +315,10 @@ struct Resume {
     before_counted: bool,
     /// What it was counted in `unended_*` with, if it was.
     unended_sent: Option<u64>,
+    /// Its publisher's sessions that ended by a restart, not counted when it vanished (none of
+    /// its open sessions was seen from its first message, as at the close): its own end of
+    /// stream, once taken up again, counts them ([`PublisherState::pending_unended`]).
+    pending: (u64, u64),
 }
 
 /// A session forgotten as vanished: whose, what it held, and what it was counted with.
@@ -698,9 +702,12 @@ impl SequenceTracker {
     }
 
     /// Forget a publisher of which nothing was heard for `ns` as vanished
-    /// ([`SequenceTracker::sweep`]); 0: never.
+    /// ([`SequenceTracker::sweep`]); 0: never. Never through a topic filter: a live publisher's
+    /// data on the topics it leaves out does not come here, and it heartbeats only when it sends
+    /// nothing at all, so its silence here says nothing (forgetting it would say a live
+    /// publisher vanished, and lose the gaps of its topics across the silence).
     pub fn with_forget_silent_after(mut self, ns: u64) -> Self {
-        self.forget_after_ns = ns;
+        self.forget_after_ns = if self.full_subscription { ns } else { 0 };
         self
     }
 
@@ -1214,6 +1221,10 @@ impl SequenceTracker {
             self.totals.unended_sent = self.totals.unended_sent.saturating_sub(n);
         }
         self.totals.vanished_back += 1;
+        if let Some(p) = self.publisher_of(h.publisher_id) {
+            let pending = &mut self.publishers[p].pending_unended;
+            *pending = (pending.0 + r.pending.0, pending.1.saturating_add(r.pending.1));
+        }
         let s = &mut self.sessions[i];
         s.last_stream_seq = r.last_stream_seq;
         s.from_start = r.from_start;
@@ -1307,6 +1318,7 @@ impl SequenceTracker {
                 first_live_seq: s.first_live_seq,
                 before_counted: s.before_counted,
                 unended_sent: counted.then_some(s.last_stream_seq),
+                pending: (0, 0),
             };
             resumes.push((s.session_id, r));
             self.totals.vanished += 1;
@@ -1327,6 +1339,9 @@ impl SequenceTracker {
         if counted_any {
             // Its sessions that ended by a restart are its to count, as at the close.
             self.fold_pending(id);
+        } else if let Some((_, r)) = resumes.first_mut() {
+            // Not counted now, as at the close; kept with a session taken up again if one is.
+            r.pending = std::mem::take(&mut self.publishers[p].pending_unended);
         }
         self.ended.retain(|&e| e != id);
         self.forget_publisher(p, |s| resumes.iter().find(|(sid, _)| *sid == s.session_id).map(|&(_, r)| r));
@@ -2869,6 +2884,32 @@ mod tests {
         maps_agree(&t).unwrap();
     }
 
+    /// A publisher restarted (session 10 by 11) and the first frames of its new session were
+    /// lost (not seen from its first message: not counted unended), then nothing came of it
+    /// for the bound: it vanished. Taken up again later and ended by its end of stream, its
+    /// restarted session counts as unended, as it would had it never vanished. Before, that
+    /// count was dropped when it vanished: what it sent was out of `sent`, less than arrived.
+    #[test]
+    fn a_vanished_session_taken_up_again_still_counts_the_sessions_its_publisher_restarted() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        for seq in 1..=3 {
+            assert!(t.on_data(&h(1, 10, seq, seq), b"A").accept);
+        }
+        assert!(t.on_data(&h(1, 11, 3, 1), b"A").restart);
+        sweep_for(&mut t, &clock, FORGET_NS + FORGET_NS / 8, |_, _| {});
+        let tot = t.totals();
+        assert_eq!((t.publishers(), tot.vanished, tot.unended_sessions), (0, 1, 0));
+        assert!(t.on_data(&h(1, 11, 4, 2), b"A").accept);
+        assert!(t.on_end_of_stream(&h(1, 11, 4, 0), 4));
+        let tot = t.totals();
+        assert_eq!((tot.vanished_back, tot.unended_sessions, tot.unended_sent, tot.eos_sent), (1, 1, 3, 4));
+        // Sent 3 + 4, arrived 3 + 2: the two before session 11's first frame seen.
+        assert_eq!((tot.sent(), tot.accepted, tot.before_first, tot.gaps), (7, 5, 2, 0));
+        t.close();
+        assert_eq!(t.totals(), tot);
+        maps_agree(&t).unwrap();
+    }
+
     /// A reader that did not run (a stall, or blocked behind its workers) may have frames of a
     /// publisher waiting unread: silence is judged from its resumption, not across the pause.
     #[test]
@@ -2883,6 +2924,23 @@ mod tests {
         let forgotten_at = sweep_until_none_held(&mut t, &clock, FORGET_NS + FORGET_NS / 8);
         let at = forgotten_at.expect("forgotten once silent for the bound after the resumption");
         assert!(at - resumed >= FORGET_NS, "forgotten {} ns after the resumption", at - resumed);
+    }
+
+    /// Through a topic filter a live publisher's data on the other topics never comes, and it
+    /// heartbeats only when it sends nothing at all: however long nothing of it comes, it is not
+    /// forgotten, and a gap of its topic across that silence is counted. Before, it was said
+    /// vanished, and its topic taken up again after the silence counted no gap.
+    #[test]
+    fn a_publisher_heard_through_a_topic_filter_is_never_forgotten() {
+        use crate::clock::Clock;
+        let clock = crate::clock::ManualClock::new(5_000_000_000);
+        let mut t = SequenceTracker::new(false).with_forget_silent_after(FORGET_NS);
+        t.sweep(clock.now_ns());
+        assert!(t.on_data(&h(1, 10, 7, 5), b"A").accept);
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.topics(), t.totals().vanished), (1, 1, 0));
+        assert!(t.take_vanished().is_none());
+        assert_eq!(t.on_data(&h(1, 10, 900, 8), b"A"), Verdict { accept: true, missed: 2, restart: false });
     }
 
     /// Off (0), nothing is forgotten, however long it is silent.

@@ -748,12 +748,12 @@ impl RunReport {
         if self.counts.vanished > 0 {
             let back = match self.counts.vanished_back {
                 0 => String::new(),
-                n => format!("; {n} heard again after, taken up where they were"),
+                n => format!("; {n} heard again after, taken up where they were and that count taken back"),
             };
             let _ = writeln!(
                 s,
                 "  vanished     {}   (publisher sessions forgotten after nothing was heard of them for \
-                 --forget-silent-after: counted as unended{back})",
+                 --forget-silent-after: counted as unended when seen from their first message{back})",
                 self.counts.vanished
             );
         }
@@ -1062,6 +1062,23 @@ mod tests {
         let t = r.render();
         assert!(t.contains("lost         1   (gaps by sequence: 0,"), "{t}");
         assert!(t.contains(&format!("  loss basis   {}\n", r.loss_basis)), "{t}");
+    }
+
+    /// A vanished session joined late (the engine started after its publisher) is not in
+    /// `unended_sessions`: the report's line does not say every one is, and says that those
+    /// heard again had that count taken back. Before, it said they all were counted.
+    #[test]
+    fn the_vanished_line_says_which_sessions_count_as_unended() {
+        let mut gone = RunReport::default();
+        (gone.counts.vanished, gone.counts.vanished_back) = (2, 1);
+        assert!(
+            gone.render().contains(
+                "--forget-silent-after: counted as unended when seen from their first message; 1 heard again \
+                 after, taken up where they were and that count taken back)\n"
+            ),
+            "{}",
+            gone.render()
+        );
     }
 
     #[test]

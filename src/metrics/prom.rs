@@ -383,7 +383,8 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         &mut s,
         "mdsub_shard_vanished_sessions_total",
         "Publisher sessions forgotten as vanished: nothing (no data, no heartbeat, no end of stream) \
-         heard of their publisher for --forget-silent-after; counted as unended, topics released.",
+         heard of their publisher for --forget-silent-after; counted as unended when seen from their first \
+         message, topics released.",
         |c| c.counts.vanished,
     );
     counter(
