@@ -226,7 +226,9 @@ pub enum EndWait {
     Count,
     /// No publisher session it saw still open ([`Checks::any_open`]): a shard that connects,
     /// with no `--expect-eos`. One endpoint is one publisher only when nothing stands between:
-    /// behind a proxy (`mdsub lvc`, any XSUB/XPUB) it carries every publisher of the proxy.
+    /// behind a proxy (`mdsub lvc`, any XSUB/XPUB) it carries every publisher of the proxy. A
+    /// session forgotten as vanished (`--forget-silent-after`) is no longer open: the stream can
+    /// end without it, its messages counted as unended.
     EverySession,
     /// That, and an end of stream for each publisher connected to its bound endpoints now
     /// (`publisher_connects` less `publisher_disconnects`): a shard that binds, with no
