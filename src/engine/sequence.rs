@@ -512,6 +512,12 @@ impl Session {
         here
     }
 
+    /// Open: current, heard live, no end of stream of its own, and none of its id (or a
+    /// spokesman's) heard after its last frame (`spoken`, when the last such was heard).
+    fn open_unless_spoken_for(&self, spoken: u64) -> bool {
+        self.current && self.live_seen && !self.eos_seen && spoken <= self.heard
+    }
+
     /// Without an end of stream, and seen live from its first message (what
     /// a session sent before a subscriber joined, or a session known only
     /// from a cache, is not this subscriber's to count).
@@ -1143,9 +1149,22 @@ impl SequenceTracker {
         }
         let spokesman = self.spokesman_heard;
         self.sessions.iter().enumerate().filter_map(move |(i, s)| {
-            let spoken_for = spokesman > s.heard || last_end.get(&s.publisher_id).is_some_and(|&t| t > s.heard);
-            (s.current && s.live_seen && !s.eos_seen && !spoken_for).then_some(i)
+            let spoken = spokesman.max(last_end.get(&s.publisher_id).copied().unwrap_or(0));
+            s.open_unless_spoken_for(spoken).then_some(i)
         })
+    }
+
+    /// Count session `i`, open at the close or as it vanished, as unended by its last arrived
+    /// sequence, if it was seen from its first message and is not counted yet. True: counted now.
+    fn count_unended(&mut self, i: usize) -> bool {
+        let s = &mut self.sessions[i];
+        if s.closed_unended || !s.counts_unended() {
+            return false;
+        }
+        s.closed_unended = true;
+        self.totals.unended_sessions += 1;
+        self.totals.unended_sent = self.totals.unended_sent.saturating_add(s.last_stream_seq);
+        true
     }
 
     /// The subscriber closes: the sessions still open (no end of stream of theirs, nor one that
@@ -1158,15 +1177,9 @@ impl SequenceTracker {
     pub fn close(&mut self) {
         let open: Vec<usize> = self.open_sessions().collect();
         for i in open {
-            let s = &mut self.sessions[i];
-            if s.closed_unended || !s.counts_unended() {
-                continue;
+            if self.count_unended(i) {
+                self.fold_pending(self.sessions[i].publisher_id);
             }
-            s.closed_unended = true;
-            let (id, sent) = (s.publisher_id, s.last_stream_seq);
-            self.totals.unended_sessions += 1;
-            self.totals.unended_sent = self.totals.unended_sent.saturating_add(sent);
-            self.fold_pending(id);
         }
     }
 
@@ -1300,18 +1313,13 @@ impl SequenceTracker {
         let mut resumes: Vec<(u64, Resume)> = Vec::new();
         let mut counted_any = false;
         for i in mine {
-            let s = &mut self.sessions[i];
-            if !(s.current && s.live_seen && !s.eos_seen && spoken <= s.heard) {
+            if !self.sessions[i].open_unless_spoken_for(spoken) {
                 continue;
             }
             // Counted now, or by a close already (taken back together if it comes back).
-            let counted = s.closed_unended || s.counts_unended();
-            if counted && !s.closed_unended {
-                s.closed_unended = true;
-                counted_any = true;
-                self.totals.unended_sessions += 1;
-                self.totals.unended_sent = self.totals.unended_sent.saturating_add(s.last_stream_seq);
-            }
+            let counted = self.sessions[i].closed_unended || self.sessions[i].counts_unended();
+            counted_any |= self.count_unended(i);
+            let s = &self.sessions[i];
             let r = Resume {
                 last_stream_seq: s.last_stream_seq,
                 from_start: s.from_start,
