@@ -1695,6 +1695,26 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000_000_000;
 
+    /// Shard 0's reader handing off to the one worker at `worker`, `batch_max` frames a drain
+    /// round, subscribed to everything, with no end of stream awaited and no publisher
+    /// forgotten: what the reader tests do not vary.
+    fn test_config(worker: &str, batch_max: usize, handoff: HandOff) -> ReaderConfig {
+        ReaderConfig {
+            sources: Vec::new(),
+            shard: 0,
+            batch_max,
+            handoff,
+            routing: Routing::ByTopic,
+            worker_endpoints: vec![worker.to_string()],
+            expect_eos: 0,
+            eos_id: 0,
+            end_wait: EndWait::Count,
+            forget_silent_after_ns: 0,
+            full_subscription: true,
+            handoff_hwm_msgs: 4,
+        }
+    }
+
     /// A reader of `handoff` (to the returned PULL, a worker's; with `reports`, inline: a worker
     /// core of its own shipping there, and the PULL takes nothing) on a SUB fed by the returned
     /// PUB, whose clock reads `T0` first and moves 1 µs on every read: what it reads are its
@@ -1722,20 +1742,7 @@ mod tests {
             let _ = crate::zmqx::wait_ready(&sub, zmq::POLLIN, Duration::from_millis(10));
         }
         while sub.recv_bytes(zmq::DONTWAIT).is_ok() {}
-        let cfg = ReaderConfig {
-            sources: Vec::new(),
-            shard: 0,
-            batch_max: 64,
-            handoff,
-            routing: Routing::ByTopic,
-            worker_endpoints: vec![format!("inproc://{name}-worker")],
-            expect_eos: 0,
-            eos_id: 0,
-            end_wait: EndWait::Count,
-            forget_silent_after_ns: 0,
-            full_subscription: true,
-            handoff_hwm_msgs: 4,
-        };
+        let cfg = test_config(&format!("inproc://{name}-worker"), 64, handoff);
         let inline = reports.map(|tx| {
             let (_spares, spare_rx) = crossbeam::channel::bounded(1);
             let link = crate::engine::worker::MetricsLink {
@@ -1832,20 +1839,7 @@ mod tests {
         let worker = ctx.socket(zmq::PULL).expect("pull");
         worker.set_rcvhwm(2).expect("hwm");
         worker.bind("inproc://reader-trim-worker").expect("bind");
-        let cfg = ReaderConfig {
-            sources: Vec::new(),
-            shard: 0,
-            batch_max: 1,
-            handoff: HandOff::Batch,
-            routing: Routing::ByTopic,
-            worker_endpoints: vec!["inproc://reader-trim-worker".into()],
-            expect_eos: 0,
-            eos_id: 0,
-            end_wait: EndWait::Count,
-            forget_silent_after_ns: 0,
-            full_subscription: true,
-            handoff_hwm_msgs: 4,
-        };
+        let cfg = test_config("inproc://reader-trim-worker", 1, HandOff::Batch);
         let counters = Arc::new(ShardCounters::default());
         let mut r = ReaderAgent::new(cfg, sub, &ctx, None, counters.clone(), StopFlag::new()).expect("reader");
         // Every sample ends a window (the reader's own is 30 s), 2 kept spare.
