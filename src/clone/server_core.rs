@@ -2053,6 +2053,21 @@ mod tests {
             self.on(Event::Tick);
         }
 
+        /// The peer falls silent while `snapshot` (as the take-over line names it) waits to be
+        /// put in place: asked by a client, this passive takes over and says what it waits for,
+        /// and an update from a client is refused as not durable, counted once.
+        fn take_over_before_the_snapshot_is_in_place(&mut self, snapshot: &str) {
+            self.on(Event::PeerState(None));
+            self.tick_for(3 * HEARTBEAT_MS);
+            self.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+            assert_eq!(self.state(), "active");
+            let says = format!("taking over while {snapshot} is put in place");
+            assert!(self.logs.iter().any(|l| l.contains(&says)), "{says}: {:?}", self.logs);
+            self.keys_published();
+            assert!(self.put("/c", "1", 9).iter().all(|(k, _)| k == "HUGZ"), "refused while not durable");
+            assert_eq!(self.core.refusals().count("not_durable"), 1);
+        }
+
         fn keys_published(&mut self) -> Vec<(String, u64)> {
             std::mem::take(&mut self.published)
                 .into_iter()
@@ -2747,18 +2762,7 @@ mod tests {
         assert_eq!(r.core.not_durable(), Some(NotDurable::ResyncNotInPlace));
         assert!(r.core.status_text().contains("durable=no\ndurable_why=resync_not_in_place\n"));
         // Taking over meanwhile: nothing is acknowledged until the snapshot is in place.
-        r.on(Event::PeerState(None));
-        r.tick_for(3 * HEARTBEAT_MS);
-        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
-        assert_eq!(r.state(), "active");
-        assert!(
-            r.logs.iter().any(|l| l.contains("taking over while the re-sync's snapshot is put in place")),
-            "{:?}",
-            r.logs
-        );
-        r.keys_published();
-        assert!(r.put("/c", "1", 9).iter().all(|(k, _)| k == "HUGZ"), "refused while not durable");
-        assert_eq!(r.core.refusals().count("not_durable"), 1);
+        r.take_over_before_the_snapshot_is_in_place("the re-sync's snapshot");
         assert!(r.logs.iter().any(|l| l.contains("until its snapshot is put in place")), "{:?}", r.logs);
         // A large log meanwhile asks for nothing more: one job in flight.
         r.on(Event::LogLarge);
@@ -2944,18 +2948,7 @@ mod tests {
         assert!(st.contains("durable=no\ndurable_why=map_snapshot_not_in_place\n"), "{st}");
         // Taking over meanwhile: it says which snapshot it waits for, and a refused update too.
         r.logs.clear();
-        r.on(Event::PeerState(None));
-        r.tick_for(3 * HEARTBEAT_MS);
-        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
-        assert_eq!(r.state(), "active");
-        assert!(
-            r.logs.iter().any(|l| l.contains("taking over while the snapshot of the map is put in place")),
-            "{:?}",
-            r.logs
-        );
-        r.keys_published();
-        assert!(r.put("/c", "1", 9).iter().all(|(k, _)| k == "HUGZ"), "refused while not durable");
-        assert_eq!(r.core.refusals().count("not_durable"), 1);
+        r.take_over_before_the_snapshot_is_in_place("the snapshot of the map");
         let refused: Vec<_> = r.logs.iter().filter(|l| l.contains("refused (not_durable)")).collect();
         assert_eq!(refused.len(), 1, "{:?}", r.logs);
         assert!(refused[0].contains(NotDurable::MapSnapshotNotInPlace.words()), "{refused:?}");
