@@ -74,6 +74,17 @@ fn receive_until_eos(sub: &zmq::Socket) -> Vec<Part> {
     }
 }
 
+/// `mdsub replay` on one ephemeral 127.0.0.1 endpoint, then `args`, its stderr read apart (in
+/// `stderr`): the replay and the endpoint it bound, which it says on stdout without `--json`
+/// (where [`bound_endpoints`] would not look with stderr piped).
+fn replay_on_one_endpoint(name: &str, args: &[&str]) -> (LineProc, String) {
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*"]).args(args);
+    let p = LineProc::spawn_with_stderr(name, &mut cmd);
+    let ep = p.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("EP").to_string();
+    (p, ep)
+}
+
 fn subscriber(ep: &str) -> (zmq::Context, zmq::Socket) {
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).expect("sub");
@@ -127,27 +138,16 @@ fn damaged_capture_sends_the_intact_prefix_and_names_the_offset() {
     let len = std::fs::metadata(&path).expect("meta").len();
     let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
     f.set_len(len - 3).expect("truncate");
-    let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "0", "--from", path.to_str().expect("utf8")]);
-    let p = LineProc::spawn("replay", cmd.stderr(std::process::Stdio::piped()));
-    let ep = p.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
+    let (mut p, ep) = replay_on_one_endpoint("replay", &["--rate", "0", "--from", path.to_str().expect("utf8")]);
     let (_ctx, sub) = subscriber(&ep);
     let got = receive_until_eos(&sub);
     // The last message is multipart [topic][body] and its body is damaged:
     // every message before it arrives, and no half of it.
     assert_eq!(got.len(), records.len() - 2, "all but the damaged last message");
     assert!(got[..] == records[..records.len() - 2]);
-    let mut proc = p.proc;
-    let mut stderr = proc.child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = proc.wait_exit(Duration::from_secs(20));
+    let status = p.proc.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1));
-    let err = reader.join().expect("stderr reader");
+    let err = rest_lines(p.stderr.as_ref().expect("stderr"), Duration::from_secs(20)).join("\n");
     assert!(err.contains("truncated at byte offset"), "{err}");
     assert!(err.contains("cut.mdcap"), "error names the file: {err}");
     // Byte for byte, the frames keep their recorded send times: said once, with the way out.
@@ -665,14 +665,11 @@ fn a_lossy_replay_whose_one_connection_carries_two_subscribers_counts_every_drop
 #[test]
 fn a_subscriber_that_leaves_mid_run_is_said() {
     // Before, the replay went on sending to no one and said nothing.
-    let mut cmd = mdsub();
     // Two subscribers: each leave is said with the right count (libzmq passes only a topic's
     // last unsubscription unless the XPUB is VERBOSER).
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--duration", "60s", "--subscribers", "2"]);
-    cmd.stderr(std::process::Stdio::piped());
-    let mut replay = LineProc::spawn("replay", &mut cmd);
-    let err = lines_of(replay.proc.child.stderr.take().expect("stderr"));
-    let ep = replay.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
+    let (mut replay, ep) =
+        replay_on_one_endpoint("replay", &["--rate", "1k", "--duration", "60s", "--subscribers", "2"]);
+    let err = replay.stderr.take().expect("stderr");
     let (ctx1, sub1) = subscriber(&ep);
     let (ctx2, sub2) = subscriber(&ep);
     wait_line(&err, Duration::from_secs(20), "the replay sending", |l| l.contains("subscribed: sending"));
@@ -695,12 +692,9 @@ fn a_connection_that_closes_without_lowering_the_subscribers_is_said() {
     // the last one of that prefix left, so replay's count never fell and nothing was said. What
     // it does see is a connection closing: here a peer whose subscription does not take the
     // control topic (so it is no subscriber by count) leaves beside a subscriber that stays.
-    let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--duration", "60s", "--subscribers", "1"]);
-    cmd.stderr(std::process::Stdio::piped());
-    let mut replay = LineProc::spawn("replay", &mut cmd);
-    let err = lines_of(replay.proc.child.stderr.take().expect("stderr"));
-    let ep = replay.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
+    let (mut replay, ep) =
+        replay_on_one_endpoint("replay", &["--rate", "1k", "--duration", "60s", "--subscribers", "1"]);
+    let err = replay.stderr.take().expect("stderr");
     let (ctx1, sub1) = subscriber(&ep);
     wait_line(&err, Duration::from_secs(20), "the replay sending", |l| l.contains("subscribed: sending"));
     let ctx2 = zmq::Context::new();
@@ -768,12 +762,9 @@ fn a_subscriber_that_leaves_a_file_replay_is_said_while_it_runs() {
     let dir = temp_dir("replay-file-leave");
     let path = dir.join("long.mdcap");
     data_capture(&path, b"LONG", (1..=30_000).map(|i| (i, i))).flush().expect("flush");
-    let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--rate", "1k", "--subscribers", "1", "--from"]).arg(&path);
-    cmd.stderr(std::process::Stdio::piped());
-    let mut replay = LineProc::spawn("replay", &mut cmd);
-    let err = lines_of(replay.proc.child.stderr.take().expect("stderr"));
-    let ep = replay.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("ep").to_string();
+    let from = path.to_str().expect("utf8");
+    let (mut replay, ep) = replay_on_one_endpoint("replay", &["--rate", "1k", "--subscribers", "1", "--from", from]);
+    let err = replay.stderr.take().expect("stderr");
     let (ctx, sub) = subscriber(&ep);
     wait_line(&err, Duration::from_secs(20), "the replay sending", |l| l.contains("subscribed: sending"));
     drop(sub);
@@ -1492,11 +1483,9 @@ fn a_capture_replay_is_placed_by_the_bytes_read_of_its_size() {
 /// saw 1)`, though one had. It now says after 5 s which shards are short, and how many came.
 #[test]
 fn a_replay_short_of_subscribers_says_so_after_5_s_and_names_how_many_came() {
-    let mut cmd = mdsub();
-    cmd.args(["replay", "--endpoint", "tcp://127.0.0.1:*", "--subscribers", "2", "--count", "10"]);
-    let p = LineProc::spawn_with_stderr("replay-short", cmd.args(["--wait-timeout", "12s"]));
-    // On stdout (without --json), where `bound_endpoints` would not look with stderr piped.
-    let eps = [p.line_starting("bound shard0 ", Duration::from_secs(20)).rsplit(' ').next().expect("EP").to_string()];
+    let (p, ep) =
+        replay_on_one_endpoint("replay-short", &["--subscribers", "2", "--count", "10", "--wait-timeout", "12s"]);
+    let eps = [ep];
     let engine = engine_json(&eps, &["--expect-eos", "0"]);
     // Its durations as the flags take them (before: `after 5 s`, `after 12000 ms`, `within
     // 12000 ms`: two wordings, neither of them one --wait-timeout takes).
