@@ -237,9 +237,7 @@ fn tap_frontend_cut_by_an_oversized_frame_is_counted_and_reestablished() {
 fn proxy_bound_frontend_drop_on_an_oversized_message(tool: &str) {
     let ctx = zmq::Context::new();
     let mut p = common::proxy::start(tool, &["--max-msg-bytes", "1Ki"]);
-    let publ = common::proxy::publisher(&ctx, &p.frontend);
-    let sub = subscriber(&ctx, &p.backend, &[b""]);
-    handshake(&publ, &sub);
+    let (publ, sub) = common::proxy::connected_path(&ctx, &p);
     publ.send(vec![0u8; 2048], 0).expect("send oversized");
     let head = format!("{tool}-proxy: a publisher's connection to the frontend ended (disconnected): ");
     let said = wait_line(&p.stderr, Duration::from_secs(20), "the line", |l| l.starts_with(&head));
@@ -318,9 +316,7 @@ fn proxy_bound_frontend_tells_refused_peers_from_a_publisher(tool: &str) {
     use std::io::Write;
     let ctx = zmq::Context::new();
     let mut p = common::proxy::start(tool, &[]);
-    let publ = common::proxy::publisher(&ctx, &p.frontend);
-    let sub = subscriber(&ctx, &p.backend, &[b""]);
-    handshake(&publ, &sub);
+    let (publ, sub) = common::proxy::connected_path(&ctx, &p);
     // The ZMTP 1.0 peer: libzmq ends it in its handshake (the frontend refuses ZMTP 1.0).
     let addr = p.frontend.trim_start_matches("tcp://").to_string();
     let mut raw = std::net::TcpStream::connect(&addr).expect("raw connect");
@@ -475,9 +471,7 @@ fn proxy_bound_backend_refuses_a_raw_connection_and_counts_subscribers(tool: &st
     assert!(said.contains(p.backend.as_str()), "{said}");
     drop(req);
     let ctx = zmq::Context::new();
-    let publ = common::proxy::publisher(&ctx, &p.frontend);
-    let sub = subscriber(&ctx, &p.backend, &[b""]);
-    handshake(&publ, &sub);
+    let (_publ, sub) = common::proxy::connected_path(&ctx, &p);
     let ended = format!("{tool}-proxy: a subscriber's connection to the backend ended (disconnected): ");
     drop(sub);
     let said = wait_line(&p.stderr, Duration::from_secs(20), "the subscriber's end", |l| l.starts_with(&ended));

@@ -713,9 +713,7 @@ fn zmtp1_bytes_at_a_bound_proxy_frontend_are_ended_and_never_forwarded() {
     for tool in ["tap", "lvc"] {
         let mut proxy = start(tool, &[]);
         let ctx = zmq::Context::new();
-        let sub = common::proxy::subscriber(&ctx, &proxy.backend, &[b""]);
-        let publ = common::proxy::publisher(&ctx, &proxy.frontend);
-        common::proxy::handshake(&publ, &sub);
+        let (publ, sub) = common::proxy::connected_path(&ctx, &proxy);
         let port: u16 = proxy.frontend.rsplit(':').next().and_then(|p| p.parse().ok()).expect("frontend port");
         let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         // ZMTP 1.0: an empty identity, then two one-frame messages.

@@ -177,6 +177,15 @@ pub fn handshake(publisher: &zmq::Socket, sub: &zmq::Socket) {
     }
 }
 
+/// A publisher at `p`'s frontend and a subscriber to everything at its backend, once a probe
+/// has passed between them ([`handshake`]): the path through the proxy is up.
+pub fn connected_path(ctx: &zmq::Context, p: &Proxy) -> (zmq::Socket, zmq::Socket) {
+    let publ = publisher(ctx, &p.frontend);
+    let sub = subscriber(ctx, &p.backend, &[b""]);
+    handshake(&publ, &sub);
+    (publ, sub)
+}
+
 /// Whether `m` is a probe frame (with this payload, if given).
 pub fn is_probe(m: &[Vec<u8>], marker: Option<&[u8]>) -> bool {
     match m {
