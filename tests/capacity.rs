@@ -830,31 +830,11 @@ fn a_trials_hlog_marks_its_warm_up() {
         .nth(1)
         .and_then(|s| s.split(' ').next())
         .map_or(0, |n| n.parse::<u64>().unwrap_or_else(|_| panic!("the interval's warm-up part: {end}")));
-    if let Some(why) = python_missing_hdrh() {
-        eprintln!("SKIPPED the independent .hlog read-back: {why}");
-        return;
-    }
-    let (code, out, err) = run_within(
-        "check.py",
-        std::process::Command::new("python3").arg(CHECK).arg("hlog").arg(&hlog),
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let read = json(&out);
+    let Some(read) = common::hlog_read_back(&hlog) else { return };
     let count = |tag: &str| read["tags"][tag]["count"].as_u64().unwrap_or_else(|| panic!("tag {tag}: {read}"));
     let (warm_tagged, hold_tagged) = (count("warmup.shard0.total"), count("shard0.total"));
     assert_eq!(warm_tagged + straddle, warm, "{end}: {read}");
     assert_eq!(hold_tagged - straddle, held, "the hold's tags are the .hgrm's messages: {end}: {read}");
-}
-
-const CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboards/check.py");
-
-fn python_missing_hdrh() -> Option<String> {
-    match std::process::Command::new("python3").args(["-c", "import hdrh"]).output() {
-        Err(e) => Some(format!("python3 not runnable: {e}")),
-        Ok(o) if !o.status.success() => Some("python module `hdrh` missing (tools/ci-setup.sh installs it)".into()),
-        Ok(_) => None,
-    }
 }
 
 /// `--start-rate 0` ran: `from 0 msg/s`, a note about a 10000 s hold, then 100 msg/s offered.

@@ -7,12 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-const CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboards/check.py");
 
 /// A data frame of publisher 9, session 1: topic `topic`, stream and topic sequence `seq`, sent
 /// at `send_time_ns`.
@@ -36,26 +34,6 @@ fn data_frame(topic: &[u8], seq: u64, send_time_ns: u64, payload: &[u8]) -> Vec<
 fn ended_ago(note: &str) -> Option<(u64, &str)> {
     let (age, cause) = note.strip_prefix("ended ")?.split_once("s ago: ")?;
     Some((age.parse().ok()?, cause))
-}
-
-fn python_missing(modules: &[&str]) -> Option<String> {
-    for m in modules {
-        match Command::new("python3").args(["-c", &format!("import {m}")]).output() {
-            Err(e) => return Some(format!("python3 not runnable: {e}")),
-            Ok(o) if !o.status.success() => {
-                return Some(format!("python module `{m}` missing (tools/ci-setup.sh installs it)"))
-            }
-            Ok(_) => {}
-        }
-    }
-    None
-}
-
-fn python_json(args: &[&str]) -> serde_json::Value {
-    let (code, out, err) =
-        run_within("check.py", Command::new("python3").arg(CHECK).args(args), Duration::from_secs(60));
-    assert_eq!(code, Some(0), "check.py {args:?} failed: {err}");
-    json(&out)
 }
 
 /// `mdsub clone-client --server STORE ARGS…` that must succeed within 30 s.
@@ -111,11 +89,7 @@ fn hlog_read_back_by_python_hdrhistogram_matches_the_report_and_hgrm_has_footers
     assert!(hgrm_text.contains(", Total count    =        30000]"), "{hgrm_text}");
     assert!(hgrm_text.contains("#[Buckets = "), "{hgrm_text}");
 
-    if let Some(why) = python_missing(&["hdrh"]) {
-        eprintln!("SKIPPED the independent .hlog read-back: {why}");
-        return;
-    }
-    let read = python_json(&["hlog", hlog.to_str().expect("utf8 path")]);
+    let Some(read) = hlog_read_back(&hlog) else { return };
     let tags = &read["tags"];
     assert!(read["start_time_sec"].as_f64().is_some_and(|t| t > 1.5e9), "StartTime read: {read}");
     let shards = r["shards"].as_array().expect("per-shard report");
@@ -256,21 +230,10 @@ fn promtool_accepts(port: u16) {
     let mut response = String::new();
     conn.read_to_string(&mut response).expect("read /metrics");
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b).expect("an HTTP body");
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    check.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
-    let out = check.wait_with_output().expect("promtool's verdict");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut check = Command::new("promtool");
+    check.args(["check", "metrics"]);
+    let (code, out, err) = run_fed_within("promtool", &mut check, body.as_bytes(), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "promtool check metrics: {out}{err}");
 }
 
 #[test]
@@ -506,11 +469,7 @@ fn latencies_above_60s_are_counted_in_the_report_and_on_metrics() {
     assert_eq!((note("shard0.wire"), note("shard0.total"), note("shard0.queue")), (300, 300, 0), "{log}");
     let spectrum = std::fs::read_to_string(dir.join("e.hgrm")).expect("the spectrum");
     assert!(spectrum.lines().any(|l| l.starts_with("#[Clamped =          300 (latencies above 60 s")), "{spectrum}");
-    if let Some(why) = python_missing(&["hdrh"]) {
-        eprintln!("SKIPPED the independent .hlog read-back: {why}");
-        return;
-    }
-    let read = python_json(&["hlog", hlog.to_str().expect("utf8")]);
+    let Some(read) = hlog_read_back(&hlog) else { return };
     assert_eq!(u(&read["tags"]["shard0.total"], "count"), 300, "every interval read past the notes: {read}");
 }
 
@@ -1433,11 +1392,7 @@ fn an_output_file_another_engine_writes_is_refused_before_the_run() {
     let (status, out) = first.finish(Duration::from_secs(30));
     assert!(status.success(), "the first engine ends as ever: {out}");
     assert!(std::fs::read_to_string(&hgrm).is_ok_and(|t| t.contains("#[Buckets = ")), "its spectrum is written");
-    if let Some(why) = python_missing(&["hdrh"]) {
-        eprintln!("SKIPPED the .hlog read-back: {why}");
-        return;
-    }
-    let read = python_json(&["hlog", hlog_arg]);
+    let Some(read) = hlog_read_back(Path::new(hlog_arg)) else { return };
     assert!(read["start_time_sec"].as_f64().is_some_and(|t| t > 1.5e9), "read by python hdrh: {read}");
 }
 
@@ -1874,11 +1829,7 @@ fn a_rotation_that_fails_is_one_line_counted_and_the_log_goes_on() {
     assert_eq!(rotating.len(), 1, "one line: {said:?}");
     assert!(rotating[0].contains("this run goes on writing"), "{}", rotating[0]);
     assert!(closed_hlogs(&hlog).is_empty(), "no closed file left half-made");
-    if let Some(why) = python_missing(&["hdrh"]) {
-        eprintln!("SKIPPED the .hlog read-back: {why}");
-        return;
-    }
-    let read = python_json(&["hlog", hlog.to_str().expect("utf8")]);
+    let Some(read) = hlog_read_back(&hlog) else { return };
     assert_eq!(u(&read["tags"]["shard0.total"], "count"), 10_000, "FILE holds every interval: {read}");
 }
 

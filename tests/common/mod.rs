@@ -482,8 +482,31 @@ pub fn json(text: &str) -> serde_json::Value {
 /// Run `cmd` to completion within `deadline` (killed by pid otherwise);
 /// returns (exit code, stdout, stderr).
 pub fn run_within(name: &str, cmd: &mut Command, deadline: Duration) -> (Option<i32>, String, String) {
+    outputs_within(Proc::spawn(name, cmd.stdout(Stdio::piped()).stderr(Stdio::piped())), deadline)
+}
+
+/// [`run_within`] with `input` written to the command's stdin (which is then closed): a tool
+/// that reads what it checks or applies from stdin (`promtool check metrics`, `nft -f -`).
+pub fn run_fed_within(
+    name: &str,
+    cmd: &mut Command,
+    input: &[u8],
+    deadline: Duration,
+) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let piped = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = piped.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+    let mut p = Proc { child, name: name.to_string() };
+    let mut stdin = p.child.stdin.take().expect("piped stdin");
+    stdin.write_all(input).unwrap_or_else(|e| panic!("feeding {name} its stdin: {e}"));
+    drop(stdin);
+    outputs_within(p, deadline)
+}
+
+/// Wait for `p` (its stdout and stderr piped) to exit within `deadline`, reading both
+/// meanwhile: (exit code, stdout, stderr).
+fn outputs_within(mut p: Proc, deadline: Duration) -> (Option<i32>, String, String) {
     use std::io::Read;
-    let mut p = Proc::spawn(name, cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
     let mut out = p.child.stdout.take().expect("stdout");
     let mut err = p.child.stderr.take().expect("stderr");
     let o = std::thread::spawn(move || {
@@ -498,6 +521,42 @@ pub fn run_within(name: &str, cmd: &mut Command, deadline: Duration) -> (Option<
     });
     let status = p.wait_exit(deadline);
     (status.code(), o.join().unwrap_or_default(), e.join().unwrap_or_default())
+}
+
+/// tests/dashboards/check.py: the independent reader (in Python) of what mdsub writes for
+/// other tools: an interval log, a /metrics scrape, a PromQL query.
+pub const CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboards/check.py");
+
+/// Why the Python `modules` cannot be imported (python3 or one of them missing), or None.
+pub fn python_missing(modules: &[&str]) -> Option<String> {
+    for m in modules {
+        match Command::new("python3").args(["-c", &format!("import {m}")]).output() {
+            Err(e) => return Some(format!("python3 not runnable: {e}")),
+            Ok(o) if !o.status.success() => {
+                return Some(format!("python module `{m}` missing (tools/ci-setup.sh installs it)"))
+            }
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+/// What [`CHECK`] prints for `args`, as JSON (it must succeed within 60 s).
+pub fn python_json(args: &[&str]) -> serde_json::Value {
+    let (code, out, err) =
+        run_within("check.py", Command::new("python3").arg(CHECK).args(args), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "check.py {args:?} failed: {err}");
+    json(&out)
+}
+
+/// The interval log at `hlog` as Python's `hdrh` reads it ([`CHECK`] `hlog`): the independent
+/// read-back. None, said on stderr as skipped, where `hdrh` is missing.
+pub fn hlog_read_back(hlog: &std::path::Path) -> Option<serde_json::Value> {
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED the independent .hlog read-back: {why}");
+        return None;
+    }
+    Some(python_json(&["hlog", hlog.to_str().expect("a UTF-8 .hlog path")]))
 }
 
 /// CPU time (user + system, in ms) the thread named `name` of process `pid`

@@ -155,16 +155,11 @@ impl Testbed {
     }
 
     fn nft(&self, ns: &str, script: &str) {
-        use std::io::Write;
-        let mut nft = Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running nft");
-        nft.stdin.take().expect("piped stdin").write_all(script.as_bytes()).expect("writing the nft script");
-        let out = nft.wait_with_output().expect("nft");
-        assert!(out.status.success(), "nft in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+        let mut nft = Command::new("ip");
+        nft.args(["netns", "exec", ns, "nft", "-f", "-"]);
+        let (code, _, err) =
+            super::run_fed_within("nft", &mut nft, script.as_bytes(), std::time::Duration::from_secs(20));
+        assert_eq!(code, Some(0), "nft in {ns}: {err}");
     }
 
     /// Run `f` in namespace `ns`, on a thread of its own that entered it (a network namespace is
