@@ -184,10 +184,20 @@ fn an_hlog_failing_while_the_engine_runs_is_counted_on_metrics_and_named() {
 /// An engine on `eps` serving `/metrics` on 127.0.0.1:`port` every
 /// `interval`, running until stopped (no end of stream expected), so the
 /// counters can be read still and compared.
+/// Returned once the engine says it serves `/metrics` (its listener is bound then), so a first
+/// scrape is never refused for having come before the engine (it was, under load).
 fn metrics_engine(eps: &[String], port: u16, interval: &str, id: &str) -> LineProc {
     let listen = format!("127.0.0.1:{port}");
-    let args = ["--expect-eos", "0", "--metrics-listen", &listen, "--metrics-interval", interval, "--engine-id", id];
-    engine_json(eps, &args)
+    let mut cmd = common::mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s"]);
+    for e in eps {
+        cmd.args(["--endpoint", e]);
+    }
+    cmd.args(["--expect-eos", "0", "--metrics-listen", &listen, "--metrics-interval", interval, "--engine-id", id]);
+    let e = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let serving = e.said_after("metrics: ");
+    assert_eq!(serving, format!("http://{listen}/metrics"), "serves where asked");
+    e
 }
 
 fn sample(scrape: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
