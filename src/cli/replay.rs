@@ -199,7 +199,7 @@ fn holes_note(path: &Path, holes: &Holes, restamp: bool, keep_seq: bool) -> Stri
         "--keep-seq: its mdsub frames go out byte for byte, their sequences skipping the missing ones, which a \
          subscriber counts as loss"
     } else if restamp {
-        "its mdsub frames go out renumbered (--restamp), so a subscriber counts no loss for them"
+        "its mdsub frames go out renumbered, so a subscriber counts no loss for them"
     } else {
         "its mdsub frames' sequences skip them, which a subscriber would count as loss; they go out renumbered \
          and timed from now, as with --restamp (--keep-seq sends them byte for byte)"
