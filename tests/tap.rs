@@ -354,11 +354,30 @@ fn a_capture_recorded_through_a_filter_replays_without_false_loss() {
     stop(&mut tap);
     assert_eq!(read_capture(&path).len(), 50, "the ESH6 half is recorded");
 
+    let (r, said, replay_said, _) = replay_into_an_engine(cap);
+    assert_eq!((common::u(&r, "sent"), common::u(&r, "delivered")), (50, 50), "{r}");
+    assert_eq!(
+        (common::u(&r, "lost"), common::u(&r, "gaps")),
+        (0, 0),
+        "no gap where the filter left a message out: {r}"
+    );
+    let loss: Vec<&String> = said.iter().filter(|l| l.contains("loss:")).collect();
+    assert!(loss.is_empty(), "no loss line for what is not loss: {loss:?}");
+    let notes: Vec<&String> = replay_said.iter().filter(|l| l.contains("recorded through a filter")).collect();
+    assert_eq!(notes.len(), 1, "said once: {replay_said:?}");
+    assert!(notes[0].contains("renumbered") && notes[0].contains("--restamp"), "{}", notes[0]);
+    drop(dir);
+}
+
+/// Replay the capture `cap` (`--json`, flat out) into a real engine (`--json`) and wait for
+/// both: the engine's numbers and its stderr, then the replay's stderr (what it said before its
+/// endpoint included) and its numbers. Both must exit 0.
+fn replay_into_an_engine(cap: &str) -> (serde_json::Value, Vec<String>, Vec<String>, serde_json::Value) {
     let mut cmd = common::mdsub();
     cmd.args(["replay", "--json", "--endpoint", "tcp://127.0.0.1:*", "--from", cap, "--rate", "0"]);
     let replay = common::LineProc::spawn_with_stderr("replay", &mut cmd);
     let replay_err = replay.stderr.as_ref().expect("stderr piped");
-    // What it says before its endpoint is kept: the note on the filter comes first.
+    // What it says before its endpoint is kept: its notes on the capture come first.
     let mut replay_said = Vec::new();
     let end = std::time::Instant::now() + Duration::from_secs(20);
     let ep = loop {
@@ -369,29 +388,147 @@ fn a_capture_recorded_through_a_filter_replays_without_false_loss() {
         }
         replay_said.push(line);
     };
-    let eps = [ep];
     let mut cmd = common::mdsub();
-    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &eps[0]]);
+    cmd.args(["engine", "--json", "--max-duration", "60s", "--endpoint", &ep]);
     let mut engine = common::LineProc::spawn_with_stderr("engine", &mut cmd);
     let err = engine.stderr.take().expect("stderr piped");
     let (status, out) = engine.finish(Duration::from_secs(60));
     let said = common::rest_lines(&err, Duration::from_secs(10));
     assert!(status.success(), "{out} {said:?}");
-    let r = common::json(&out);
-    assert_eq!((common::u(&r, "sent"), common::u(&r, "delivered")), (50, 50), "{r}");
-    assert_eq!(
-        (common::u(&r, "lost"), common::u(&r, "gaps")),
-        (0, 0),
-        "no gap where the filter left a message out: {r}"
-    );
-    let loss: Vec<&String> = said.iter().filter(|l| l.contains("loss:")).collect();
-    assert!(loss.is_empty(), "no loss line for what is not loss: {loss:?}");
-
     replay_said.extend(common::rest_lines(replay_err, Duration::from_secs(30)));
-    let (status, _) = replay.finish(Duration::from_secs(20));
+    let (status, replay_out) = replay.finish(Duration::from_secs(20));
     assert!(status.success(), "{replay_said:?}");
-    let notes: Vec<&String> = replay_said.iter().filter(|l| l.contains("recorded through a filter")).collect();
+    (common::json(&out), said, replay_said, common::json(&replay_out))
+}
+
+/// Publish a burst of `n` mdsub frames of one publisher's stream (sequences 1..=n) through a tap
+/// whose recorder's queue holds one copy (`--queue-msgs 1`), so it falls behind and the tap drops
+/// copies: the capture has holes. Everything is forwarded all the same.
+fn burst_through_a_tap_that_drops(n: u64, cap: &str) -> Proxy {
+    let tap = start("tap", &["--quiet", "--subscribe-all", "--queue-msgs", "1", "--record", cap]);
+    let msgs: Vec<Vec<Vec<u8>>> = (1..=n).map(|i| vec![frame("ESH6", i, i, &[7u8; 200])]).collect();
+    let (got, _sockets) = publish_through(&tap, &msgs, Duration::from_secs(20));
+    assert_eq!(got.len() as u64, n, "everything passes the tap: it never waits for its recorder");
+    tap
+}
+
+/// The `note:` lines of a replay that say what a capture misses.
+fn misses_notes(said: &[String]) -> Vec<&String> {
+    said.iter().filter(|l| l.starts_with("note: capture file") && l.contains(" misses ")).collect()
+}
+
+/// A tap whose recorder falls behind drops copies: the messages the publisher sent and the file
+/// lacks. Before, a replay of that capture sent its sequences byte for byte, and the engine said a
+/// `loss:` line and counted `lost` for each hole: loss the replay did not cause. Now the capture
+/// marks each hole with its count and ends with their total; the tap's exit line counts the same
+/// (`record_missed` = `dropped_messages`); the replay says once how many messages the capture
+/// misses and why, carries it in `--json`, and renumbers what it sends: the engine counts no loss.
+#[test]
+fn a_capture_with_holes_replays_without_false_loss_and_says_what_the_tap_missed() {
+    let (dir, path) = temp_file("holes.cap");
+    let cap = path.to_str().expect("utf-8 path");
+    let mut tap = burst_through_a_tap_that_drops(20_000, cap);
+    let (_, err) = stop(&mut tap);
+    let last = stopped_line("tap", &err);
+    let (dropped, dropped_messages, record_lost, record_missed, recorded) = (
+        common::proxy::counter(last, "dropped"),
+        common::proxy::counter(last, "dropped_messages"),
+        common::proxy::counter(last, "record_lost"),
+        common::proxy::counter(last, "record_missed"),
+        common::proxy::counter(last, "recorded_messages"),
+    );
+    assert!(dropped_messages > 0, "the recorder fell behind: {last}");
+    assert_eq!(dropped, dropped_messages, "only messages dropped here (one subscription, taken first): {last}");
+    assert_eq!(record_missed, dropped_messages + record_lost, "the capture counts what the tap dropped: {last}");
+    let said: Vec<&String> = err.iter().filter(|l| l.contains("misses") && l.starts_with("tap: the capture")).collect();
+    assert_eq!(said.len(), 1, "said once at exit: {err:?}");
+    assert!(said[0].contains(&format!("misses {record_missed} message(s)")), "{}", said[0]);
+    let holes = mdsub::wire::capture::Holes::of(&path).expect("holes");
+    assert_eq!(holes, mdsub::wire::capture::Holes { missing: record_missed, closed: Some(true) });
+    assert_eq!(read_capture(&path).len() as u64 + count_probes(&path), recorded);
+
+    let (r, said, replay_said, replay) = replay_into_an_engine(cap);
+    assert_eq!(common::u(&r, "delivered"), recorded, "every recorded message arrives: {r}");
+    assert_eq!(common::u(&replay, "sent_total"), recorded, "{replay}");
+    assert_eq!((common::u(&r, "lost"), common::u(&r, "gaps")), (0, 0), "no loss where the tap dropped: {r}");
+    let loss: Vec<&String> = said.iter().filter(|l| l.contains("loss:")).collect();
+    assert!(loss.is_empty(), "no loss line for what the replay did not lose: {loss:?}");
+    let notes = misses_notes(&replay_said);
     assert_eq!(notes.len(), 1, "said once: {replay_said:?}");
-    assert!(notes[0].contains("renumbered") && notes[0].contains("--restamp"), "{}", notes[0]);
+    assert!(notes[0].contains(&format!("misses {} message(s) that passed its tap", dropped + record_lost)));
+    assert!(notes[0].contains("renumbered") && notes[0].contains("--keep-seq"), "{}", notes[0]);
+    assert_eq!(
+        replay["capture"],
+        serde_json::json!({"missing": dropped + record_lost, "closed": true, "filtered": false, "renumbered": true}),
+        "{replay}"
+    );
+    drop(dir);
+}
+
+/// Probes (the helpers' handshake and end markers) recorded in the capture at `path`.
+fn count_probes(path: &Path) -> u64 {
+    let mut r = CaptureReader::open(path).expect("capture file opens");
+    let mut n = 0;
+    while let Some(rec) = r.next_record().expect("intact capture") {
+        n += u64::from(!rec.more && is_probe(&[rec.frame.to_vec()], None));
+    }
+    n
+}
+
+/// A tap killed (SIGKILL) while it records leaves no end record: its capture reads as not
+/// closed, not as whole, and the holes its marks gave before the kill are known. Replayed, it
+/// says both, and the engine counts no loss; cut inside its last record, it is the damage it
+/// was before (`truncated_tail`, exit 1), its holes still said.
+#[test]
+fn a_killed_taps_capture_replays_with_its_holes_known_and_reads_as_not_closed() {
+    use mdsub::wire::capture::Holes;
+    let (dir, path) = temp_file("killed.cap");
+    let cap = path.to_str().expect("utf-8 path");
+    let mut tap = burst_through_a_tap_that_drops(20_000, cap);
+    // The recording is flushed 5 ms after its oldest record: wait until its marks are on disk
+    // and it stops growing, then kill it.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = (0, Holes::default());
+    loop {
+        let now = (std::fs::metadata(&path).expect("capture").len(), Holes::of(&path).expect("holes"));
+        if now.1.missing > 0 && now == last {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "the capture's marks reached the file: {now:?}");
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tap.proc.signal(9);
+    let _ = tap.proc.wait_exit(Duration::from_secs(10));
+    let holes = Holes::of(&path).expect("holes");
+    assert_eq!(holes.closed, Some(false), "a killed tap's capture does not claim to be whole");
+    assert_eq!(holes.missing, last.1.missing);
+
+    let (r, said, replay_said, replay) = replay_into_an_engine(cap);
+    assert_eq!((common::u(&r, "lost"), common::u(&r, "gaps")), (0, 0), "{r}");
+    assert!(!said.iter().any(|l| l.contains("loss:")), "{said:?}");
+    assert_eq!(common::u(&r, "delivered"), common::u(&replay, "sent_total"), "{r} {replay}");
+    let notes = misses_notes(&replay_said);
+    assert_eq!(notes.len(), 1, "{replay_said:?}");
+    assert!(notes[0].contains(&format!("misses {} message(s)", holes.missing)), "{}", notes[0]);
+    assert!(notes[0].contains("no end record") && notes[0].contains("killed"), "{}", notes[0]);
+    assert_eq!(replay["capture"]["closed"], false, "{replay}");
+
+    // Cut inside its last record: the truncation is said and counted as before, the holes too.
+    let bytes = std::fs::read(&path).expect("read");
+    let cut = dir.join("cut.cap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 3]).expect("write");
+    let (code, out, err) = common::run_within(
+        "replay",
+        common::mdsub()
+            .args(["replay", "--json", "--endpoint", "tcp://127.0.0.1:*", "--rate", "0", "--subscribers", "0"])
+            .args(["--eos-wait", "0s", "--from", cut.to_str().expect("utf-8 path")]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1), "damaged input: {err}");
+    let v = common::json(&out);
+    assert_eq!(v["refused"]["truncated_tail"], 1, "{v}");
+    assert_eq!(v["capture"]["missing"], holes.missing, "{v}");
+    assert!(err.lines().any(|l| l.starts_with("replay: refused (truncated_tail): ")), "{err}");
     drop(dir);
 }

@@ -183,7 +183,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let source = if args.from.is_empty() {
         Source::Generator(args.feed.generator()?)
     } else {
-        file_source(&args.from, true, true)?
+        file_source(&args.from, true, false, true)?.0
     };
     let whole_file = !args.from.is_empty();
     let default_count =

@@ -18,6 +18,7 @@ use crate::agent::StopFlag;
 use crate::feed::dbn_source::{detect, FileKind};
 use crate::replay::faults::FaultPlan;
 use crate::replay::{Pacing, Publisher, PublisherConfig, Source};
+use crate::wire::capture::Holes;
 
 /// `--publisher-id`: a 32-bit unsigned id.
 fn parse_publisher_id(s: &str) -> Result<u32, String> {
@@ -78,10 +79,38 @@ pub fn parse_speed(s: &str) -> Result<Speed, String> {
     }
 }
 
-/// The replay source for `--from` files: one capture, or DBN files to merge.
+/// What a replayed capture says of itself: what it misses, whether it was recorded through a
+/// filter, and whether its mdsub data frames go out renumbered for either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureFacts {
+    pub holes: Holes,
+    pub filtered: bool,
+    pub renumbered: bool,
+}
+
+impl CaptureFacts {
+    /// The summary's `capture` object (`--json`).
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "missing": self.holes.missing,
+            "closed": self.holes.closed,
+            "filtered": self.filtered,
+            "renumbered": self.renumbered,
+        })
+    }
+}
+
+/// The replay source for `--from` files: one capture, or DBN files to merge, and for a capture
+/// what it says of itself. A capture that misses messages (its hole marks) or was recorded
+/// through a filter is renumbered as with `restamp` (said once) unless `keep_seq`.
 /// `needs_data`: a benchmark's, which counts what the engine delivers: a capture needs an
 /// mdsub data frame, not only something to replay.
-pub fn file_source(from: &[PathBuf], restamp: bool, needs_data: bool) -> anyhow::Result<Source> {
+pub fn file_source(
+    from: &[PathBuf],
+    restamp: bool,
+    keep_seq: bool,
+    needs_data: bool,
+) -> anyhow::Result<(Source, Option<CaptureFacts>)> {
     use anyhow::Context as _;
     // The same file twice (`--from day/*.dbn --from day/a.dbn`) was merged with itself: every
     // record sent twice with fresh sequences, so no subscriber could tell (a book saw each order
@@ -129,12 +158,17 @@ pub fn file_source(from: &[PathBuf], restamp: bool, needs_data: bool) -> anyhow:
                 }
             );
         }
-        return Ok(Source::Dbn { paths: from.to_vec() });
+        return Ok((Source::Dbn { paths: from.to_vec() }, None));
     }
     match from {
         [one] => {
             let filtered = check_capture(one, needs_data)?;
-            if filtered && !restamp {
+            let holes = Holes::of(one).map_err(|e| anyhow::anyhow!("capture file {}: {e}", one.display()))?;
+            let renumber = !keep_seq && (filtered || holes.missing > 0);
+            if holes.missing > 0 {
+                crate::diag!("{}", holes_note(one, &holes, restamp, keep_seq));
+            }
+            if filtered && !restamp && !keep_seq {
                 // Byte for byte, the stream sequences would skip what the filter left out, and a
                 // subscriber taking every topic counts each skip as a gap (`loss:` lines for
                 // messages that were never in the file).
@@ -145,10 +179,37 @@ pub fn file_source(from: &[PathBuf], restamp: bool, needs_data: bool) -> anyhow:
                     one.display()
                 );
             }
-            Ok(Source::Capture { path: one.clone(), restamp: restamp || filtered })
+            let facts = CaptureFacts { holes, filtered, renumbered: restamp || renumber };
+            Ok((Source::Capture { path: one.clone(), restamp: restamp || renumber }, Some(facts)))
         }
         _ => anyhow::bail!("only DBN files can be merged: give one capture file at a time"),
     }
+}
+
+/// The note on a capture that misses messages, said once before it is replayed: how many, why,
+/// and what the replay does about their sequences.
+fn holes_note(path: &Path, holes: &Holes, restamp: bool, keep_seq: bool) -> String {
+    let open = if holes.closed == Some(false) {
+        "; it has no end record either (its tap was killed, or its writing failed): messages after its last \
+         record may be missing too"
+    } else {
+        ""
+    };
+    let then = if keep_seq {
+        "--keep-seq: its mdsub frames go out byte for byte, their sequences skipping the missing ones, which a \
+         subscriber counts as loss"
+    } else if restamp {
+        "its mdsub frames go out renumbered, so a subscriber counts no loss for them"
+    } else {
+        "its mdsub frames' sequences skip them, which a subscriber would count as loss; they go out renumbered \
+         and timed from now, as with --restamp (--keep-seq sends them byte for byte)"
+    };
+    format!(
+        "note: capture file {} misses {} message(s) that passed its tap: the tap dropped their copies while its \
+         recorder was behind (or they were too large to record), and the file marks each hole{open}; {then}",
+        path.display(),
+        holes.missing
+    )
 }
 
 /// Check a capture before anything binds or waits for subscribers: its header, and that a
@@ -364,9 +425,16 @@ pub struct ReplayArgs {
     /// frames go out byte for byte, keeping their recorded publisher, session
     /// and send time. A capture recorded through `mdsub tap --filter` is
     /// renumbered all the same (said once): its sequences skip what the filter
-    /// left out, which a subscriber would count as loss.
+    /// left out, which a subscriber would count as loss; so is one that misses
+    /// messages its tap dropped while its recorder was behind (the file marks
+    /// each hole; how many is said once, and in --json's `capture`).
     #[arg(long, requires = "from")]
     pub restamp: bool,
+    /// With --from: send a capture's mdsub frames byte for byte even when it was
+    /// recorded through a filter or misses messages its tap dropped (to study
+    /// the holes: a subscriber then counts them as lost).
+    #[arg(long, requires = "from", conflicts_with = "restamp")]
+    pub keep_seq: bool,
     /// With --from: keep the recorded gaps between frames (same as --speed 1x).
     #[arg(long, requires = "from", conflicts_with = "speed")]
     pub recorded_timing: bool,
@@ -554,10 +622,10 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     if cfg.thread_per_shard {
         ctx.set_io_threads(cfg.endpoints.len() as i32)?;
     }
-    let source = if args.from.is_empty() {
-        Source::Generator(args.feed.generator()?)
+    let (source, capture) = if args.from.is_empty() {
+        (Source::Generator(args.feed.generator()?), None)
     } else {
-        file_source(&args.from, args.restamp, false)?
+        file_source(&args.from, args.restamp, args.keep_seq, false)?
     };
     if let Source::Capture { restamp: false, .. } = source {
         // A subscriber judges lag by the frames' send times: a capture's are as old as it is,
@@ -590,7 +658,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
                     "replay: interrupted while waiting for subscribers ({}): nothing was sent",
                     publisher.short_of_subscribers(args.subscribers).join(", ")
                 );
-                return summarize(args, &publisher.stopped_before_sending());
+                return summarize(args, &publisher.stopped_before_sending(), capture);
             }
             // Subscribers its access rules refused (ZAP, or libzmq's CURVE handshake) are named
             // by what was counted, not guessed at.
@@ -626,7 +694,7 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
             None => return Err(e.into()),
         },
     };
-    summarize(args, &stats)?;
+    summarize(args, &stats, capture)?;
     if !stats.skipped_by_rtype.is_empty() {
         let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
         crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
@@ -698,9 +766,19 @@ fn pacing_of(args: &ReplayArgs) -> Pacing {
 }
 
 /// The replay's summary on stdout: its numbers as JSON (`--json`), or in lines.
-fn summarize(args: &ReplayArgs, stats: &crate::replay::ReplayStats) -> anyhow::Result<()> {
+/// With a capture, `--json` carries what it says of itself (`capture`: missing, closed,
+/// filtered, renumbered).
+fn summarize(
+    args: &ReplayArgs,
+    stats: &crate::replay::ReplayStats,
+    capture: Option<CaptureFacts>,
+) -> anyhow::Result<()> {
     if args.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&stats.to_json(pacing_of(args))?)?);
+        let mut v = stats.to_json(pacing_of(args))?;
+        if let (Some(o), Some(c)) = (v.as_object_mut(), capture) {
+            o.insert("capture".into(), c.json());
+        }
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         crate::outln!("{}", sent_line(stats));
         if let Some(note) = stats.schedule_note(pacing_of(args)) {

@@ -63,7 +63,11 @@ pub struct TapArgs {
     /// Record the (filtered) messages to this capture file, frames verbatim
     /// with the MORE flag; `mdsub replay --from FILE` replays it (byte for byte;
     /// with --filter the file says so, and the replay renumbers its messages, as
-    /// --restamp: their sequences skip what the filter left out). The file is
+    /// --restamp: their sequences skip what the filter left out). Messages the
+    /// tap drops while the recorder is behind (--queue-msgs) are marked in the
+    /// file where they fell, with their count (record_missed= on exit); a
+    /// replay says how many and renumbers likewise. The file ends with an end
+    /// record at a clean exit: a killed tap's reads as not closed. The file is
     /// locked while recording: a second tap given it is refused.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,

@@ -70,15 +70,16 @@ impl std::fmt::Display for TapReport {
         let (p, sh, s) = (&self.proxy, &self.proxy.shell, &self.sink);
         write!(
             f,
-            "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} {} \
+            "forwarded_down={} forwarded_up={} too_long_up={} captured={} dropped={} dropped_messages={} {} \
              matched_messages={} subscriptions={} unsubscriptions={} \
              recorded_frames={} record_errors={} record_skipped_too_large={} unprinted={} printed={} \
-             recorded_messages={} record_lost={} bad_frames={}",
+             recorded_messages={} record_lost={} record_missed={} bad_frames={}",
             sh.forwarded_down,
             sh.forwarded_up,
             sh.too_long_up,
             p.captured,
             p.dropped,
+            p.dropped_messages,
             sh.delivery_fields(),
             s.messages,
             s.subscriptions,
@@ -90,6 +91,7 @@ impl std::fmt::Display for TapReport {
             s.printed,
             s.recorded_messages,
             s.record_lost,
+            s.record_missed,
             s.bad_frames
         )
     }
@@ -121,11 +123,14 @@ pub fn run(
     };
     let ctx = zmq::Context::new();
     let (tx, rx) = crossbeam::channel::bounded(args.queue_msgs);
-    let proxy = ProxyShell::new(&ctx, &args.proxy, args.subscribe_all, TapHooks::new(Filter::new(prefixes), tx))?;
+    let hooks = TapHooks::new(Filter::new(prefixes), tx);
+    let dropped_messages = hooks.dropped_messages();
+    let proxy = ProxyShell::new(&ctx, &args.proxy, args.subscribe_all, hooks)?;
     under_way();
     proxy.print_endpoints("tap", exit);
     let sink_report = Arc::new(Mutex::new(TapSinkReport::default()));
-    let sink = TapSink::new(rx, args.show, exit == ExitCounters::Json, recorder, sink_report.clone());
+    let sink = TapSink::new(rx, args.show, exit == ExitCounters::Json, recorder, sink_report.clone())
+        .missing_after(dropped_messages);
 
     // The sink stops by itself once the proxy is gone and the queue is drained.
     let sink_handle = Runner::start(RunSpec { core: None, idle: args.proxy.idle }, StopFlag::new(), sink)?;
@@ -137,10 +142,38 @@ pub fn run(
     let sink_result = sink_handle.join();
     let report = TapReport { proxy: proxy_report, sink: *sink_report.lock().unwrap_or_else(|p| p.into_inner()) };
     exit.print("tap", &report);
+    if let Some(path) = args.record.as_ref().filter(|_| report.sink.record_missed + report.sink.record_lost > 0) {
+        crate::diag!("tap: {}", missing_line(&path.display().to_string(), &report));
+    }
     if let Some(l) = links.summary() {
         crate::diag!("tap: links: {l}");
     }
     proxy_result?;
     sink_result?;
     Ok(report)
+}
+
+/// What a recording misses, said once at the end: the messages its hole marks count (copies the
+/// tap dropped because the recorder was behind, frames too large to record) and those lost when
+/// writing it failed, which no mark counts (the file then has no end record: it reads as not
+/// closed).
+pub fn missing_line(path: &str, report: &TapReport) -> String {
+    let (p, s) = (&report.proxy, &report.sink);
+    let mut line = format!(
+        "the capture {path} misses {} message(s) that passed the tap: {} dropped before the recorder took them \
+         (dropped_messages=; --queue-msgs is the queue's room) and {} too large to record, marked where each hole \
+         is (record_missed={})",
+        s.record_missed + s.record_lost,
+        p.dropped_messages,
+        s.record_skipped_too_large,
+        s.record_missed
+    );
+    if s.record_lost > 0 {
+        line.push_str(&format!(
+            ", and {} lost after its writing failed (record_lost=): it has no end record, so it reads as not closed",
+            s.record_lost
+        ));
+    }
+    line.push_str("; `mdsub replay --from` renumbers what it holds so a subscriber counts no false loss");
+    line
 }

@@ -3,6 +3,9 @@
 //! Copies go to the sink over a bounded channel with `try_send`; the proxy
 //! never waits for the sink.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crossbeam::channel::{Sender, TrySendError};
 
 use crate::diag::RefusalLog;
@@ -12,8 +15,9 @@ use crate::zmqx::frame::Frame;
 /// What the proxy hands to the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Captured {
-    /// A message from the publishers, every frame, as received.
-    Message { frames: Vec<Vec<u8>>, recv_ns: u64 },
+    /// A message from the publishers, every frame, as received; `missed_before`: copies of
+    /// messages dropped since the one before that reached the sink (a recording marks the hole).
+    Message { frames: Vec<Vec<u8>>, recv_ns: u64, missed_before: u64 },
     /// A subscribe (`true`) or unsubscribe from a subscriber.
     Subscription { subscribe: bool, prefix: Vec<u8>, recv_ns: u64 },
 }
@@ -82,6 +86,8 @@ pub struct TapProxyReport {
     pub captured: u64,
     /// Copies dropped because the sink's queue was full (or the sink had stopped).
     pub dropped: u64,
+    /// Of them, copies of messages (the rest are (un)subscriptions): a recording misses these.
+    pub dropped_messages: u64,
 }
 
 /// The tap on the proxy shell: the filter and the sink's queue.
@@ -90,6 +96,11 @@ pub struct TapHooks {
     tx: Sender<Captured>,
     captured: u64,
     dropped: u64,
+    /// Copies of messages dropped, shared with the sink: at its end, those after the last
+    /// message it took are the recording's last hole.
+    dropped_messages: Arc<AtomicU64>,
+    /// Copies of messages dropped since the last one that reached the sink: the next carries it.
+    missed: u64,
     /// Copies dropped, by reason, said at a bounded rate (the proxy never waits for the sink).
     refusals: RefusalLog,
 }
@@ -97,11 +108,37 @@ pub struct TapHooks {
 impl TapHooks {
     /// Copies of what passes (filtered, for messages) go to `tx`.
     pub fn new(filter: Filter, tx: Sender<Captured>) -> Self {
-        TapHooks { filter, tx, captured: 0, dropped: 0, refusals: RefusalLog::new("tap") }
+        TapHooks {
+            filter,
+            tx,
+            captured: 0,
+            dropped: 0,
+            dropped_messages: Arc::default(),
+            missed: 0,
+            refusals: RefusalLog::new("tap"),
+        }
     }
 
-    fn capture(&mut self, item: Captured, now_ns: u64) {
-        match self.tx.try_send(item) {
+    /// The count of message copies dropped, as it goes (the sink reads it at its end).
+    pub fn dropped_messages(&self) -> Arc<AtomicU64> {
+        self.dropped_messages.clone()
+    }
+
+    fn capture(&mut self, mut item: Captured, now_ns: u64) {
+        let message = matches!(item, Captured::Message { .. });
+        if let Captured::Message { missed_before, .. } = &mut item {
+            *missed_before = self.missed;
+        }
+        let sent = self.tx.try_send(item);
+        match (&sent, message) {
+            (Ok(()), true) => self.missed = 0,
+            (Err(_), true) => {
+                self.missed += 1;
+                self.dropped_messages.fetch_add(1, Ordering::Release);
+            }
+            _ => {}
+        }
+        match sent {
             Ok(()) => self.captured += 1,
             Err(TrySendError::Full(_)) => {
                 self.dropped += 1;
@@ -130,6 +167,7 @@ impl ProxyHooks for TapHooks {
             let item = Captured::Message {
                 frames: frames.iter().map(|f| f.to_vec()).collect(),
                 recv_ns: crate::clock::realtime_ns(),
+                missed_before: 0,
             };
             self.capture(item, now_ns);
         }
@@ -162,7 +200,12 @@ impl ProxyHooks for TapHooks {
     }
 
     fn report(&self, shell: &ShellCounters) -> TapProxyReport {
-        TapProxyReport { shell: *shell, captured: self.captured, dropped: self.dropped }
+        TapProxyReport {
+            shell: *shell,
+            captured: self.captured,
+            dropped: self.dropped,
+            dropped_messages: self.dropped_messages.load(Ordering::Acquire),
+        }
     }
 }
 

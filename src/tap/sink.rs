@@ -77,6 +77,10 @@ pub struct TapSinkReport {
     pub record_lost: u64,
     /// Messages not recorded because a frame exceeds the capture format's limit.
     pub record_skipped_too_large: u64,
+    /// Messages the recording's hole marks say are missing from it: copies the tap dropped
+    /// (`dropped_messages`) and those too large to record, each marked where it fell. The
+    /// file's end record says the same total when the tap closes it.
+    pub record_missed: u64,
     /// Captured items (with `--stats`, stats blocks) whose lines reached stdout.
     pub printed: u64,
     /// Items (stats blocks) not printed because writing stdout failed (`mdsub tap | head`):
@@ -287,6 +291,8 @@ pub struct Recording {
     /// A second handle on the file, to cut a torn tail off.
     file: File,
     ledger: Ledger,
+    /// Messages missing since the last one written: marked before the next, or at the end.
+    missed: u64,
 }
 
 /// What a recording holds after writing it failed.
@@ -320,18 +326,45 @@ impl Recording {
         let (tally, ledger) = Ledger::over(f, FILE_HEADER_LEN as u64);
         let flags = if filtered { HEADER_FILTERED } else { 0 };
         let writer = CaptureWriter::with_flags(BufWriter::with_capacity(1 << 20, tally), flags).map_err(record)?;
-        Ok(Recording { path: path.to_path_buf(), writer, file, ledger })
+        Ok(Recording { path: path.to_path_buf(), writer, file, ledger, missed: 0 })
     }
 
-    /// Write one message's frames (into the buffer).
-    fn write(&mut self, frames: &[Vec<u8>], recv_ns: u64) -> Result<(), CaptureError> {
+    /// `n` messages that passed the tap here are not recorded: the hole is marked before the
+    /// next message written, or at the end.
+    fn miss(&mut self, n: u64) {
+        self.missed += n;
+    }
+
+    /// Mark the hole the messages missed since the last one written leave (into the buffer,
+    /// as part of what follows); returns the messages it marks.
+    fn mark(&mut self, recv_ns: u64) -> Result<u64, CaptureError> {
+        let n = std::mem::take(&mut self.missed);
+        let bytes = self.writer.write_hole(n, recv_ns)?;
+        self.ledger.wrote(bytes);
+        Ok(n)
+    }
+
+    /// Write one message's frames (into the buffer), after the mark of the hole before it;
+    /// returns the messages that mark says are missing.
+    fn write(&mut self, frames: &[Vec<u8>], recv_ns: u64) -> Result<u64, CaptureError> {
+        let marked = self.mark(recv_ns)?;
         let n = frames.len();
         for (i, f) in frames.iter().enumerate() {
             self.writer.write_frame(f, i + 1 < n, recv_ns)?;
             self.ledger.wrote((RECORD_HEADER_LEN + f.len()) as u64);
         }
         self.ledger.close(n as u64);
-        Ok(())
+        Ok(marked)
+    }
+
+    /// Close the capture: mark the last hole and write the end record, flushed (the file then
+    /// reads as closed, with the marks' total). Returns the messages the last mark says are
+    /// missing.
+    fn close(&mut self) -> Result<u64, CaptureError> {
+        let now = clock::realtime_ns();
+        let marked = self.mark(now)?;
+        self.writer.write_end(now)?;
+        Ok(marked)
     }
 
     /// Flush the buffer to the file; returns the messages and frames it completed.
@@ -534,7 +567,7 @@ impl<'a> Seen<'a> {
             Captured::Subscription { subscribe, prefix, .. } => {
                 return Seen::Subscription { subscribe: *subscribe, prefix };
             }
-            Captured::Message { frames, recv_ns } => (frames, *recv_ns),
+            Captured::Message { frames, recv_ns, .. } => (frames, *recv_ns),
         };
         if let [only] = &frames[..] {
             return match OneFrame::of(only) {
@@ -755,6 +788,11 @@ pub struct TapSink {
     /// Bad frames by the wire decoder's reason, said by the same rule.
     bad_frames: RefusalLog,
     shared: Arc<Mutex<TapSinkReport>>,
+    /// The proxy's count of message copies it dropped ([`crate::tap::proxy::TapHooks`]), and
+    /// how many of them the messages taken said came before them: at the end, the rest fell
+    /// after the last one, the recording's last hole.
+    dropped_messages: Option<Arc<AtomicU64>>,
+    missed_said: u64,
 }
 
 impl TapSink {
@@ -785,7 +823,16 @@ impl TapSink {
             refusals: RefusalLog::new("tap"),
             bad_frames: RefusalLog::new("tap").said_as("tap: bad frame"),
             shared,
+            dropped_messages: None,
+            missed_said: 0,
         }
+    }
+
+    /// Read the proxy's count of message copies it dropped at the end: those after the last
+    /// message taken are the recording's last hole.
+    pub fn missing_after(mut self, dropped_messages: Arc<AtomicU64>) -> Self {
+        self.dropped_messages = Some(dropped_messages);
+        self
     }
 
     /// One captured item, at `now_ns` (the monotonic clock, read once per step).
@@ -794,8 +841,9 @@ impl TapSink {
         match &item {
             Captured::Subscription { subscribe: true, .. } => self.report.subscriptions += 1,
             Captured::Subscription { subscribe: false, .. } => self.report.unsubscriptions += 1,
-            Captured::Message { frames, recv_ns } => {
+            Captured::Message { frames, recv_ns, missed_before } => {
                 self.report.messages += 1;
+                self.missed_said += missed_before;
                 if let Seen::Bad { topic, why, .. } = &seen {
                     self.report.bad_frames += 1;
                     let detail = format_args!(
@@ -804,7 +852,7 @@ impl TapSink {
                     );
                     self.bad_frames.refuse(DROP_REASON_NAMES[why.reason()], &detail, now_ns);
                 }
-                self.record(frames, *recv_ns, now_ns);
+                self.record(frames, *recv_ns, *missed_before, now_ns);
                 if self.show == Show::Stats {
                     let key = seen.stats_key();
                     if let Some(c) = self.stats.get_mut(key) {
@@ -851,8 +899,9 @@ impl TapSink {
         self.bad_frames.tick(now_ns);
     }
 
-    /// Record a message that passed the filter (or count why not).
-    fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64, now_ns: u64) {
+    /// Record a message that passed the filter (or count why not), after the hole the
+    /// `missed_before` messages the tap dropped before it leave.
+    fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64, missed_before: u64, now_ns: u64) {
         let Some(r) = self.recording.as_mut() else {
             // No recording: none asked for, or its writing failed and stopped it.
             if self.report.record_errors > 0 {
@@ -860,13 +909,18 @@ impl TapSink {
             }
             return;
         };
+        r.miss(missed_before);
         if !frames.iter().all(|f| f.len() <= MAX_RECORD_LEN as usize) {
+            r.miss(1);
             self.report.record_skipped_too_large += 1;
             let detail =
                 format_args!("a frame over the capture format's {MAX_RECORD_LEN}-byte record limit is not recorded");
             self.refusals.refuse("too_large_to_record", &detail, now_ns);
-        } else if let Err(e) = r.write(frames, recv_ns) {
-            self.stop_recording(&e, 1);
+        } else {
+            match r.write(frames, recv_ns) {
+                Ok(marked) => self.report.record_missed += marked,
+                Err(e) => self.stop_recording(&e, 1),
+            }
         }
     }
 
@@ -894,6 +948,24 @@ impl TapSink {
             self.report.recorded_frames,
             s.whole
         );
+    }
+
+    /// The end: mark the copies the proxy dropped after the last message taken, and close the
+    /// capture with its end record.
+    fn close_recording(&mut self) {
+        let Some(r) = self.recording.as_mut() else { return };
+        let dropped = self.dropped_messages.as_ref().map_or(0, |d| d.load(Ordering::Acquire));
+        r.miss(dropped.saturating_sub(self.missed_said));
+        match r.close() {
+            Ok(marked) => {
+                self.report.record_missed += marked;
+                let (msgs, frames) = r.settle();
+                self.report.recorded_messages += msgs;
+                self.report.recorded_frames += frames;
+            }
+            Err(e) => self.stop_recording(&e, 0),
+        }
+        self.publish();
     }
 
     fn print_stats(&mut self, now_ns: u64) {
@@ -1032,6 +1104,7 @@ impl Agent for TapSink {
         }
         self.dirty = true;
         self.flush();
+        self.close_recording();
     }
 }
 
@@ -1057,22 +1130,23 @@ mod tests {
     fn lines_for_mdsub_foreign_and_subscriptions() {
         let h = cached_header();
         let mut line = String::new();
-        let m = Captured::Message { frames: vec![encode(b"ESH6", &h, b"xy")], recv_ns: 3_000_000 };
+        let m = Captured::Message { frames: vec![encode(b"ESH6", &h, b"xy")], recv_ns: 3_000_000, missed_before: 0 };
         format_line(&mut line, &Seen::of(&m));
         assert_eq!(line, "msg topic=ESH6 kind=data pub=3 session=ab seq=42 topic_seq=7 lag_us=2000 size=55 from_cache");
-        let f = Captured::Message { frames: vec![b"001".to_vec(), b"Save Roger".to_vec()], recv_ns: 0 };
+        let f =
+            Captured::Message { frames: vec![b"001".to_vec(), b"Save Roger".to_vec()], recv_ns: 0, missed_before: 0 };
         format_line(&mut line, &Seen::of(&f));
         assert_eq!(line, "msg foreign topic=\"001\" frames=2 size=13 hex=53 61 76 65 20 52 6f 67 65 72");
         let s = Captured::Subscription { subscribe: true, prefix: b"ESH6\0".to_vec(), recv_ns: 0 };
         format_line(&mut line, &Seen::of(&s));
         assert_eq!(line, "subscribe prefix=\"ESH6\\x00\"");
-        let empty = Captured::Message { frames: vec![], recv_ns: 0 };
+        let empty = Captured::Message { frames: vec![], recv_ns: 0, missed_before: 0 };
         format_line(&mut line, &Seen::of(&empty));
         assert!(line.starts_with("msg foreign"), "{line}");
         // An LVC answer: cached mdsub frames back to back, one line each.
         let two = vec![encode(b"ESH6", &h, b"xy"), encode(b"ESM6", &h, b"xy")];
         assert!(lvc_answer(&two).is_some());
-        format_line(&mut line, &Seen::of(&Captured::Message { frames: two, recv_ns: 3_000_000 }));
+        format_line(&mut line, &Seen::of(&Captured::Message { frames: two, recv_ns: 3_000_000, missed_before: 0 }));
         let lines: Vec<&str> = line.lines().collect();
         assert_eq!(lines.len(), 2, "{line}");
         assert!(lines[0].starts_with("msg topic=ESH6 ") && lines[0].ends_with("from_cache answer=1/2"), "{line}");
@@ -1091,7 +1165,7 @@ mod tests {
         mbo.hd.instrument_id = 101;
         let payload = dbn::RecordRef::from(&mbo).as_ref().to_vec();
         let answer = vec![encode(b"ESH6", &h, &payload), encode(b"ESM6", &h, b"xy")];
-        let r = json_records(&Seen::of(&Captured::Message { frames: answer, recv_ns: 3_000_000 }));
+        let r = json_records(&Seen::of(&Captured::Message { frames: answer, recv_ns: 3_000_000, missed_before: 0 }));
         assert_eq!(r.len(), 2, "an LVC answer: one record per value");
         assert_eq!(
             r[0],
@@ -1109,8 +1183,11 @@ mod tests {
         assert_eq!(r, vec![json!({"type": "unsubscribe", "prefix": "ES\\\\H6\\x00\\xff\""})]);
         let text = r[0]["prefix"].as_str().expect("text");
         assert_eq!(crate::tap::proxy::parse_prefix(text).as_deref(), Ok(&prefix[..]));
-        let f =
-            json_records(&Seen::of(&Captured::Message { frames: vec![b"001".to_vec(), b"Save".to_vec()], recv_ns: 0 }));
+        let f = json_records(&Seen::of(&Captured::Message {
+            frames: vec![b"001".to_vec(), b"Save".to_vec()],
+            recv_ns: 0,
+            missed_before: 0,
+        }));
         assert_eq!(
             f,
             vec![
@@ -1141,7 +1218,7 @@ mod tests {
         mbo.hd.instrument_id = 101;
         let payload = dbn::RecordRef::from(&mbo).as_ref().to_vec();
         let mut line = String::new();
-        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0 };
+        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0, missed_before: 0 };
         format_line(&mut line, &Seen::of(&m));
         assert!(
             line.ends_with(" dbn=mbo instrument=101 action=A side=B price=4500.250000000 size=3 order=17"),
@@ -1157,10 +1234,10 @@ mod tests {
             ask_ct: 1,
         };
         let payload = dbn::RecordRef::from(&top).as_ref().to_vec();
-        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0 };
+        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, &payload)], recv_ns: 0, missed_before: 0 };
         format_line(&mut line, &Seen::of(&m));
         assert!(line.ends_with("price=- size=0 bid=1.000000000 x 4 ask=2.000000000 x 5"), "{line}");
-        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, b"plain bytes")], recv_ns: 0 };
+        let m = Captured::Message { frames: vec![encode(b"ESZ3", &h, b"plain bytes")], recv_ns: 0, missed_before: 0 };
         format_line(&mut line, &Seen::of(&m));
         assert!(!line.contains("dbn="), "{line}");
     }
@@ -1216,7 +1293,7 @@ mod tests {
         let on_disk = || std::fs::metadata(&path).expect("capture file").len();
         let header = on_disk();
         for i in 0..3u8 {
-            tx.send(Captured::Message { frames: vec![vec![i; 10]], recv_ns: 1 }).expect("send");
+            tx.send(Captured::Message { frames: vec![vec![i; 10]], recv_ns: 1, missed_before: 0 }).expect("send");
         }
         assert_eq!(sink.do_work().expect("step"), Step::Worked(3));
         assert_eq!(on_disk(), header, "three records, just taken: still in the buffer");
@@ -1258,13 +1335,13 @@ mod tests {
         let mut f = encode(b"VER9", &cached_header(), b"xy");
         f[5] = 9;
         let mut line = String::new();
-        format_line(&mut line, &Seen::of(&Captured::Message { frames: vec![f.clone()], recv_ns: 0 }));
+        format_line(&mut line, &Seen::of(&Captured::Message { frames: vec![f.clone()], recv_ns: 0, missed_before: 0 }));
         assert!(line.starts_with("msg bad topic=\"VER9\" reason=unknown_version size=55 hex=09 01 01 00 "), "{line}");
         assert!(line.ends_with(" (bad frame: unknown wire version 9)"), "{line}");
-        let r = json_records(&Seen::of(&Captured::Message { frames: vec![f], recv_ns: 0 }));
+        let r = json_records(&Seen::of(&Captured::Message { frames: vec![f], recv_ns: 0, missed_before: 0 }));
         assert_eq!((&r[0]["format"], &r[0]["reason"]), (&json!("bad"), &json!("unknown_version")));
         // No NUL: foreign, not bad.
-        let foreign = Captured::Message { frames: vec![b"10001 23 45".to_vec()], recv_ns: 0 };
+        let foreign = Captured::Message { frames: vec![b"10001 23 45".to_vec()], recv_ns: 0, missed_before: 0 };
         assert!(matches!(Seen::of(&foreign), Seen::Foreign { .. }));
     }
 
@@ -1279,7 +1356,10 @@ mod tests {
         let mut bad = encode(b"VER9", &cached_header(), b"xy");
         bad[5] = 9;
         for _ in 0..2 {
-            sink.handle(Captured::Message { frames: vec![bad.clone()], recv_ns: 0 }, clock.advance_ns(1));
+            sink.handle(
+                Captured::Message { frames: vec![bad.clone()], recv_ns: 0, missed_before: 0 },
+                clock.advance_ns(1),
+            );
         }
         assert_eq!(sink.report.bad_frames, 2);
         assert!(sink.bad_frames.counts().unsaid(), "the first said at once, the second counted");
@@ -1300,7 +1380,9 @@ mod tests {
             topic_seq: 1,
             send_time_ns: 0,
         };
-        let stats_key = |frames: Vec<Vec<u8>>| Seen::of(&Captured::Message { frames, recv_ns: 0 }).stats_key().to_vec();
+        let stats_key = |frames: Vec<Vec<u8>>| {
+            Seen::of(&Captured::Message { frames, recv_ns: 0, missed_before: 0 }).stats_key().to_vec()
+        };
         assert_eq!(stats_key(vec![encode(b"ESH6", &h, b"")]), b"ESH6");
         assert_eq!(stats_key(vec![b"001".to_vec(), b"x".to_vec()]), b"001");
         assert_eq!(stats_key(vec![]), b"");

@@ -5,8 +5,13 @@
 //! (`MDSUBCAP`, version, flags, reserved, created time) then records of
 //! `len u32 · flags u8 · 3 reserved · recv_ns u64 · crc32 u32 · frame bytes`.
 //! Flag bit 0 (`MORE`) says the next record is the next frame of the same
-//! multipart message. A reader yields every intact record and then reports the
-//! first damage (truncation, bad length, bad checksum) with its byte offset.
+//! multipart message. Version 2 adds two records that hold no frame: a hole mark
+//! (bit 1, `HOLE`: this many messages passed the tap here and are not in the file)
+//! and the end record (bit 2, `END`: the tap closed the file, with the marks' total),
+//! so a capture says how much it misses and where, and one whose tap was killed
+//! does not read as whole. A reader yields every intact frame record (taking the
+//! marks in) and then reports the first damage (truncation, bad length, bad
+//! checksum) with its byte offset.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -14,8 +19,12 @@ use std::path::Path;
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"MDSUBCAP";
-/// Capture format version this build writes and reads.
-pub const CAPTURE_VERSION: u16 = 1;
+/// Capture format version this build writes (it reads this one and version 1). Version 2 added
+/// the hole marks and the end record ([`RECORD_HOLE`], [`RECORD_END`]); a version 1 reader
+/// refuses a version 2 file by its version, with a clear error, rather than misreading a mark.
+pub const CAPTURE_VERSION: u16 = 2;
+/// The oldest capture format version this build reads (no marks, no end record).
+pub const OLDEST_READ_VERSION: u16 = 1;
 /// File header length.
 pub const FILE_HEADER_LEN: usize = 24;
 /// Record header length.
@@ -24,6 +33,21 @@ pub const RECORD_HEADER_LEN: usize = 20;
 pub const MAX_RECORD_LEN: u32 = 64 << 20;
 /// Record flag: another frame of the same message follows.
 pub const RECORD_MORE: u8 = 1;
+/// Record flag (version 2): a hole mark, not a frame. Its 8-byte body is a count (u64): the
+/// messages that passed the tap at this point and are not in the file (the recorder fell
+/// behind and the tap dropped their copies, or a frame was too large to record).
+pub const RECORD_HOLE: u8 = 2;
+/// Record flag (version 2): the end record, the last of a capture its tap closed. Its 16-byte
+/// body is the hole marks' total (u64), then the frame records before it (u64). A version 2
+/// file without one was not closed (its tap was killed, or its writing failed): messages
+/// after its last record may be missing too.
+pub const RECORD_END: u8 = 4;
+/// A hole mark's body: the count.
+pub const HOLE_BODY_LEN: usize = 8;
+/// The end record's body: the marks' total and the frame records.
+pub const END_BODY_LEN: usize = 16;
+/// The end record, header and body: the last bytes of a closed capture.
+pub const END_RECORD_LEN: usize = RECORD_HEADER_LEN + END_BODY_LEN;
 /// File header flag: recorded through a filter (`mdsub tap --record --filter`), so the
 /// messages it left out are missing from the file: an mdsub publisher's stream sequences skip
 /// them, which a subscriber taking every topic would count as gaps. Readers that do not know it
@@ -41,7 +65,10 @@ pub enum CaptureError {
     },
     #[error("not a capture file: bad magic at offset 0")]
     BadMagic,
-    #[error("capture format version {0} is not supported (this build reads {CAPTURE_VERSION})")]
+    #[error(
+        "capture format version {0} is not supported (this build reads versions {OLDEST_READ_VERSION} to \
+         {CAPTURE_VERSION}; a newer mdsub wrote it)"
+    )]
     UnsupportedVersion(u16),
     #[error("truncated at byte offset {offset}: {what}")]
     Truncated { offset: u64, what: &'static str },
@@ -51,6 +78,10 @@ pub enum CaptureError {
     Checksum { offset: u64 },
     #[error("damaged record at byte offset {offset}: unknown flags {flags:#x}")]
     BadFlags { offset: u64, flags: u8 },
+    /// A hole mark or end record that is not one (wrong length, flags together, a record after
+    /// the end, an end whose total is not its marks').
+    #[error("damaged record at byte offset {offset}: {what}")]
+    BadMark { offset: u64, what: &'static str },
 }
 
 impl CaptureError {
@@ -60,9 +91,10 @@ impl CaptureError {
     pub fn damage_reason(&self) -> Option<&'static str> {
         match self {
             CaptureError::Truncated { what, .. } if *what != "file header" => Some("truncated_tail"),
-            CaptureError::TooLarge { .. } | CaptureError::Checksum { .. } | CaptureError::BadFlags { .. } => {
-                Some("bad_record")
-            }
+            CaptureError::TooLarge { .. }
+            | CaptureError::Checksum { .. }
+            | CaptureError::BadFlags { .. }
+            | CaptureError::BadMark { .. } => Some("bad_record"),
             _ => None,
         }
     }
@@ -84,6 +116,8 @@ fn checksum(flags: u8, recv_ns: u64, frame: &[u8]) -> u32 {
 pub struct CaptureWriter<W: Write> {
     out: W,
     records: u64,
+    /// The hole marks' total so far.
+    missing: u64,
 }
 
 impl CaptureWriter<BufWriter<File>> {
@@ -108,16 +142,48 @@ impl<W: Write> CaptureWriter<W> {
         h[10..12].copy_from_slice(&flags.to_le_bytes());
         h[16..24].copy_from_slice(&crate::clock::realtime_ns().to_le_bytes());
         out.write_all(&h).map_err(CaptureError::io("writing the file header"))?;
-        Ok(CaptureWriter { out, records: 0 })
+        Ok(CaptureWriter { out, records: 0, missing: 0 })
     }
 
     /// Append one frame. `more` marks that the next frame belongs to the same message.
     pub fn write_frame(&mut self, frame: &[u8], more: bool, recv_ns: u64) -> Result<(), CaptureError> {
+        self.write_record(frame, if more { RECORD_MORE } else { 0 }, recv_ns)?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Mark a hole here: `count` messages passed the tap between the message before and the next
+    /// and are not in the file. Written between messages, never inside one; a count of 0 writes
+    /// nothing. Returns the bytes written ([`RECORD_HEADER_LEN`] + [`HOLE_BODY_LEN`], or 0).
+    pub fn write_hole(&mut self, count: u64, recv_ns: u64) -> Result<u64, CaptureError> {
+        if count == 0 {
+            return Ok(0);
+        }
+        self.write_record(&count.to_le_bytes(), RECORD_HOLE, recv_ns)?;
+        self.missing += count;
+        Ok((RECORD_HEADER_LEN + HOLE_BODY_LEN) as u64)
+    }
+
+    /// Close the capture: write its end record (the hole marks' total and the frame records)
+    /// and flush. Nothing may be written after it; a capture without one reads as not closed.
+    pub fn write_end(&mut self, recv_ns: u64) -> Result<(), CaptureError> {
+        let mut body = [0u8; END_BODY_LEN];
+        body[..8].copy_from_slice(&self.missing.to_le_bytes());
+        body[8..].copy_from_slice(&self.records.to_le_bytes());
+        self.write_record(&body, RECORD_END, recv_ns)?;
+        self.flush()
+    }
+
+    /// The hole marks' total written so far.
+    pub fn missing(&self) -> u64 {
+        self.missing
+    }
+
+    fn write_record(&mut self, frame: &[u8], flags: u8, recv_ns: u64) -> Result<(), CaptureError> {
         let len = u32::try_from(frame.len())
             .ok()
             .filter(|&l| l <= MAX_RECORD_LEN)
             .ok_or(CaptureError::TooLarge { offset: 0, len: u32::MAX })?;
-        let flags = if more { RECORD_MORE } else { 0 };
         let mut h = [0u8; RECORD_HEADER_LEN];
         h[0..4].copy_from_slice(&len.to_le_bytes());
         h[4] = flags;
@@ -125,11 +191,10 @@ impl<W: Write> CaptureWriter<W> {
         h[16..20].copy_from_slice(&checksum(flags, recv_ns, frame).to_le_bytes());
         self.out.write_all(&h).map_err(CaptureError::io("writing a record"))?;
         self.out.write_all(frame).map_err(CaptureError::io("writing a record"))?;
-        self.records += 1;
         Ok(())
     }
 
-    /// Records written so far.
+    /// Frame records written so far (hole marks not counted).
     pub fn records(&self) -> u64 {
         self.records
     }
@@ -139,9 +204,15 @@ impl<W: Write> CaptureWriter<W> {
         self.out.flush().map_err(CaptureError::io("flushing the capture file"))
     }
 
-    /// Flush and return the inner writer.
+    /// Flush and return the inner writer (no end record: [`Self::finish`] closes the capture).
     pub fn into_inner(mut self) -> Result<W, CaptureError> {
         self.flush()?;
+        Ok(self.out)
+    }
+
+    /// Close the capture ([`Self::write_end`]) and return the inner writer.
+    pub fn finish(mut self, recv_ns: u64) -> Result<W, CaptureError> {
+        self.write_end(recv_ns)?;
         Ok(self.out)
     }
 }
@@ -170,6 +241,13 @@ pub struct CaptureReader<R: Read> {
     pub created_ns: u64,
     /// The header's flags ([`HEADER_FILTERED`]); unknown bits are kept, not refused.
     pub header_flags: u16,
+    /// The file's format version (1 or [`CAPTURE_VERSION`]).
+    pub version: u16,
+    /// The hole marks read so far: how many, and the messages they say are missing.
+    marks: u64,
+    missing: u64,
+    /// The end record, once read: the file was closed by its tap.
+    ended: bool,
 }
 
 impl CaptureReader<BufReader<File>> {
@@ -196,7 +274,7 @@ impl<R: Read> CaptureReader<R> {
             return Err(CaptureError::Truncated { offset: got as u64, what: "file header" });
         }
         let version = u16::from_le_bytes([h[8], h[9]]);
-        if version != CAPTURE_VERSION {
+        if !(OLDEST_READ_VERSION..=CAPTURE_VERSION).contains(&version) {
             return Err(CaptureError::UnsupportedVersion(version));
         }
         let mut created = [0u8; 8];
@@ -210,6 +288,10 @@ impl<R: Read> CaptureReader<R> {
             records: 0,
             len: None,
             created_ns: u64::from_le_bytes(created),
+            version,
+            marks: 0,
+            missing: 0,
+            ended: false,
         })
     }
 
@@ -232,14 +314,46 @@ impl<R: Read> CaptureReader<R> {
         self.header_flags & HEADER_FILTERED != 0
     }
 
-    /// Intact records read so far (the damaged one, if any, is record `records() + 1`).
+    /// Intact frame records read so far (the damaged one, if any, is record `records() + 1`;
+    /// hole marks and the end record are not counted).
     pub fn records(&self) -> u64 {
         self.records
     }
 
+    /// Messages the hole marks read so far say are missing ([`RECORD_HOLE`]).
+    pub fn missing(&self) -> u64 {
+        self.missing
+    }
+
+    /// Hole marks read so far.
+    pub fn marks(&self) -> u64 {
+        self.marks
+    }
+
+    /// Whether the end record was read: the tap closed the file ([`RECORD_END`]).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
     /// The next record, `Ok(None)` at a clean end of file, or the damage that
     /// stops reading (after which it keeps returning `Ok(None)`).
+    /// Hole marks are taken in on the way ([`Self::missing`]); the end record ends the file.
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, CaptureError> {
+        loop {
+            match self.next_any()? {
+                None => return Ok(None),
+                Some((flags, recv_ns, at)) if flags & (RECORD_HOLE | RECORD_END) == 0 => {
+                    let more = flags & RECORD_MORE != 0;
+                    return Ok(Some(Record { frame: &self.buf, more, recv_ns, offset: at }));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The next record of any kind: its flags, receive time and offset (the frame in `buf`);
+    /// a hole mark or end record taken in and checked.
+    fn next_any(&mut self) -> Result<Option<(u8, u64, u64)>, CaptureError> {
         if self.failed {
             return Ok(None);
         }
@@ -254,6 +368,9 @@ impl<R: Read> CaptureReader<R> {
             s.failed = true;
             Err(e)
         };
+        if self.ended {
+            return fail(self, CaptureError::BadMark { offset: at, what: "a record after the end record" });
+        }
         if got < RECORD_HEADER_LEN {
             return fail(self, CaptureError::Truncated { offset: at, what: "record header" });
         }
@@ -262,7 +379,8 @@ impl<R: Read> CaptureReader<R> {
         if len > MAX_RECORD_LEN {
             return fail(self, CaptureError::TooLarge { offset: at, len });
         }
-        if flags & !RECORD_MORE != 0 || h[5..8] != [0, 0, 0] {
+        let known = if self.version >= 2 { RECORD_MORE | RECORD_HOLE | RECORD_END } else { RECORD_MORE };
+        if flags & !known != 0 || h[5..8] != [0, 0, 0] {
             return fail(self, CaptureError::BadFlags { offset: at, flags });
         }
         let mut ns = [0u8; 8];
@@ -278,10 +396,85 @@ impl<R: Read> CaptureReader<R> {
         if checksum(flags, recv_ns, &self.buf) != crc {
             return fail(self, CaptureError::Checksum { offset: at });
         }
+        let body = |b: &[u8], i: usize| b.get(i..i + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes);
+        match flags {
+            RECORD_HOLE if len as usize == HOLE_BODY_LEN => {
+                self.marks += 1;
+                self.missing += body(&self.buf, 0).unwrap_or(0);
+            }
+            RECORD_END if len as usize == END_BODY_LEN => {
+                if body(&self.buf, 0) != Some(self.missing) || body(&self.buf, 8) != Some(self.records) {
+                    let what = "an end record whose totals are not those of the records before it";
+                    return fail(self, CaptureError::BadMark { offset: at, what });
+                }
+                self.ended = true;
+            }
+            RECORD_HOLE | RECORD_END => {
+                return fail(
+                    self,
+                    CaptureError::BadMark { offset: at, what: "a hole mark or end record of the wrong length" },
+                )
+            }
+            f if f & (RECORD_HOLE | RECORD_END) != 0 => {
+                return fail(
+                    self,
+                    CaptureError::BadMark { offset: at, what: "a hole mark or end record with other flags" },
+                )
+            }
+            _ => self.records += 1,
+        }
         self.offset = at + RECORD_HEADER_LEN as u64 + len as u64;
-        self.records += 1;
-        Ok(Some(Record { frame: &self.buf, more: flags & RECORD_MORE != 0, recv_ns, offset: at }))
+        Ok(Some((flags, recv_ns, at)))
     }
+}
+
+/// What a capture says it misses, read before it is replayed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holes {
+    /// Messages its hole marks say are missing ([`RECORD_HOLE`]).
+    pub missing: u64,
+    /// Whether its tap closed it ([`RECORD_END`]); `None` for a version 1 file, which has
+    /// neither marks nor an end record (what it misses is not known).
+    pub closed: Option<bool>,
+}
+
+impl Holes {
+    /// Read what the capture at `path` misses: a closed file's end record (its last bytes,
+    /// read alone), else (its tap was killed, or its writing failed) its hole marks, read
+    /// through to its end or its first damage.
+    pub fn of(path: &Path) -> Result<Holes, CaptureError> {
+        let mut r = CaptureReader::open(path)?;
+        if r.version < 2 {
+            return Ok(Holes { missing: 0, closed: None });
+        }
+        if let Some(missing) = end_total(path, r.file_len().unwrap_or(0))? {
+            return Ok(Holes { missing, closed: Some(true) });
+        }
+        while let Ok(Some(_)) = r.next_record() {}
+        Ok(Holes { missing: r.missing(), closed: Some(r.ended()) })
+    }
+}
+
+/// The marks' total of the end record that ends the `len`-byte capture at `path`, if it ends
+/// with one.
+fn end_total(path: &Path, len: u64) -> Result<Option<u64>, CaptureError> {
+    use std::io::{Seek, SeekFrom};
+    if len < (FILE_HEADER_LEN + END_RECORD_LEN) as u64 {
+        return Ok(None);
+    }
+    let mut f = crate::infile::open(path, "a capture is a file `mdsub tap --record` wrote")
+        .map_err(CaptureError::io("opening the capture file"))?;
+    let mut tail = [0u8; END_RECORD_LEN];
+    f.seek(SeekFrom::Start(len - END_RECORD_LEN as u64)).map_err(CaptureError::io("reading the end record"))?;
+    let got = crate::infile::read_full(&mut f, &mut tail).map_err(CaptureError::io("reading the end record"))?;
+    let u64_at = |i: usize| tail.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let (Some(recv_ns), Some(missing)) = (u64_at(8), u64_at(RECORD_HEADER_LEN)) else { return Ok(None) };
+    let crc = u32::from_le_bytes([tail[16], tail[17], tail[18], tail[19]]);
+    let whole = got == END_RECORD_LEN
+        && tail[0..4] == (END_BODY_LEN as u32).to_le_bytes()
+        && tail[4..8] == [RECORD_END, 0, 0, 0]
+        && checksum(RECORD_END, recv_ns, &tail[RECORD_HEADER_LEN..]) == crc;
+    Ok(whole.then_some(missing))
 }
 
 #[cfg(test)]
@@ -411,8 +604,124 @@ mod tests {
         assert!(matches!(CaptureReader::new(&b"NOTACAPTUREFILE........."[..]), Err(CaptureError::BadMagic)));
         assert!(matches!(CaptureReader::new(&b"MDSUB"[..]), Err(CaptureError::Truncated { offset: 5, .. })));
         let mut v = sample();
-        v[8] = 2;
-        assert!(matches!(CaptureReader::new(&v[..]), Err(CaptureError::UnsupportedVersion(2))));
+        v[8] = 3;
+        let e = CaptureReader::new(&v[..]).err();
+        assert!(matches!(e, Some(CaptureError::UnsupportedVersion(3))), "{e:?}");
+        let said = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(said.contains("this build reads versions 1 to 2; a newer mdsub wrote it"), "{said}");
+    }
+
+    /// The file at `name` in a fresh scratch directory, with `bytes`.
+    fn file_of(name: &str, bytes: &[u8]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let d = std::env::temp_dir().join(format!("mdsub-capture-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        let path = d.join("c.cap");
+        std::fs::write(&path, bytes).expect("write");
+        (d, path)
+    }
+
+    /// Frames, a hole of 5, a two-frame message, a hole of 2, a frame, closed.
+    fn with_holes() -> CaptureWriter<Vec<u8>> {
+        let mut w = CaptureWriter::new(Vec::new()).expect("header");
+        w.write_frame(b"first", false, 10).expect("write");
+        assert_eq!(w.write_hole(5, 11).expect("mark"), (RECORD_HEADER_LEN + HOLE_BODY_LEN) as u64);
+        assert_eq!(w.write_hole(0, 11).expect("no mark"), 0, "a count of 0 writes nothing");
+        w.write_frame(b"topic", true, 12).expect("write");
+        w.write_frame(b"body", false, 12).expect("write");
+        w.write_hole(2, 13).expect("mark");
+        w.write_frame(b"last", false, 14).expect("write");
+        w
+    }
+
+    /// Before, a capture could not say it missed anything: the tap's drops left holes nobody
+    /// could tell from the publisher's. A hole mark says how many messages are missing where;
+    /// the end record says the tap closed the file, with the marks' total, and is its last bytes.
+    #[test]
+    fn a_capture_marks_its_holes_where_they_are_and_its_end_says_their_total() {
+        let w = with_holes();
+        assert_eq!(w.missing(), 7);
+        let bytes = w.finish(15).expect("closed");
+        assert_eq!(&bytes[8..10], &[2, 0], "version 2: a version 1 reader refuses it by its version");
+        // The marks and the end are no frames; each mark is taken in where it lies, between
+        // the messages it falls between.
+        let mut r = CaptureReader::new(&bytes[..]).expect("header");
+        let mut missing_at = vec![];
+        while let Some(rec) = r.next_record().expect("intact") {
+            let f = rec.frame.to_vec();
+            missing_at.push((f, r.missing()));
+        }
+        let names: Vec<(&[u8], u64)> = missing_at.iter().map(|(f, m)| (&f[..], *m)).collect();
+        assert_eq!(names, vec![(&b"first"[..], 0), (b"topic", 5), (b"body", 5), (b"last", 7)]);
+        assert_eq!((r.missing(), r.marks(), r.ended(), r.records()), (7, 2, true, 4));
+        assert_eq!(r.offset(), bytes.len() as u64, "read to the end");
+        // Read before a replay: the end record alone (its last bytes) gives the total.
+        let (d, path) = file_of("holes-closed", &bytes);
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 7, closed: Some(true) });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A capture whose tap was killed has no end record: it does not read as whole. What its
+    /// marks say is still known (read through), and a tail cut inside a record is the damage it
+    /// was before.
+    #[test]
+    fn a_capture_without_its_end_record_reads_as_not_closed_with_the_holes_it_marked() {
+        let bytes = with_holes().into_inner().expect("flushed, not closed");
+        let (d, path) = file_of("holes-open", &bytes);
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 7, closed: Some(false) });
+        let closed = with_holes().finish(15).expect("closed");
+        // Cut inside the end record: not closed, the frames and marks before it read.
+        let cut = &closed[..closed.len() - 3];
+        std::fs::write(&path, cut).expect("write");
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 7, closed: Some(false) });
+        let (recs, err) = read_all(cut);
+        assert_eq!(recs.len(), 4);
+        assert!(matches!(err, Some(CaptureError::Truncated { what: "record body", .. })), "{err:?}");
+        assert_eq!(err.and_then(|e| e.damage_reason()), Some("truncated_tail"));
+        // A version 1 file (an older tap's) has neither: what it misses is not known.
+        let mut v1 = sample();
+        v1[8] = 1;
+        std::fs::write(&path, &v1).expect("write");
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 0, closed: None });
+        let (recs, err) = read_all(&v1);
+        assert!(err.is_none() && recs.len() == 3, "a version 1 file reads as before: {err:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A mark or an end that is not one is damage, said with its offset (bad_record): in a
+    /// version 1 file the flags are unknown; an end whose totals are not its records', a record
+    /// after the end, a mark of the wrong length are refused.
+    #[test]
+    fn a_damaged_mark_or_end_is_refused_at_its_offset() {
+        let closed = with_holes().finish(15).expect("closed");
+        // A record after the end.
+        let mut after = closed.clone();
+        after.extend_from_slice(&sample()[FILE_HEADER_LEN..FILE_HEADER_LEN + RECORD_HEADER_LEN + 5]);
+        let (recs, err) = read_all(&after);
+        assert_eq!(recs.len(), 4);
+        assert!(
+            matches!(err, Some(CaptureError::BadMark { offset, what: "a record after the end record" }) if offset == closed.len() as u64),
+            "{err:?}"
+        );
+        // An end whose total is not its marks' (a mark lost from the middle).
+        let mut w = CaptureWriter::new(Vec::new()).expect("header");
+        w.write_frame(b"first", false, 1).expect("write");
+        w.missing = 3;
+        let lying = w.finish(2).expect("closed");
+        let (_, err) = read_all(&lying);
+        assert!(matches!(err, Some(CaptureError::BadMark { .. })), "{err:?}");
+        assert_eq!(err.and_then(|e| e.damage_reason()), Some("bad_record"));
+        // A mark of the wrong length.
+        let mut w = CaptureWriter::new(Vec::new()).expect("header");
+        w.write_record(b"four", RECORD_HOLE, 1).expect("write");
+        let (_, err) = read_all(&w.into_inner().expect("flush"));
+        assert!(matches!(err, Some(CaptureError::BadMark { offset: 24, .. })), "{err:?}");
+        // In a version 1 file a mark's flag is unknown, as it always was.
+        let mut v1 = closed.clone();
+        v1[8] = 1;
+        let (recs, err) = read_all(&v1);
+        assert_eq!(recs.len(), 1);
+        assert!(matches!(err, Some(CaptureError::BadFlags { flags: RECORD_HOLE, .. })), "{err:?}");
     }
 
     proptest! {
