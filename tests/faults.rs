@@ -470,6 +470,110 @@ fn a_publisher_killed_and_never_heard_again_is_forgotten_after_the_bound_and_cou
     assert!(lost >= 50 && lost == u(&r, "gaps"), "{r}");
 }
 
+/// The publisher is killed (SIGKILL) mid-stream, forgotten as vanished after
+/// `--forget-silent-after`, then started again on its endpoint under the same publisher id (a
+/// new session): that is its restart, counted in the report, its shard and on /metrics, and said
+/// as one; the vanished session stays counted once as unended (nothing taken back, nothing
+/// counted twice) and the report adds up. Before, the new session was taken for a new
+/// publisher's: `restarts` 0.
+#[test]
+fn a_publisher_restarted_under_its_id_after_it_vanished_is_counted_as_a_restart() {
+    let (replay, eps) = start_replay("replay (first)", 1, &["--count", "10M", "--rate", "20k", "--drop-every", "100"]);
+    let (mut engine, addr) = watched_engine_with(&eps[0], &["--forget-silent-after", "2s"]);
+    let err = engine.stderr.take().expect("stderr piped");
+    wait_until(Duration::from_secs(60), "the engine to receive 5 000 frames", || {
+        shard0_metric(&addr, "mdsub_shard_received_total").is_some_and(|n| n >= 5_000)
+    });
+    let mut replay = replay.proc;
+    replay.signal(9);
+    replay.wait_exit(Duration::from_secs(10));
+    wait_line(&err, Duration::from_secs(30), "the vanished publisher said", |l| {
+        l.contains("vanished: nothing heard from it (no data, no heartbeat, no end of stream) for 2s")
+    });
+    // The same publisher again (id 0, the replay's default), on the same endpoint: a new session.
+    let n = 30_000u64;
+    let mut cmd = mdsub();
+    cmd.args(["replay", "--endpoint", &eps[0], "--count", "30000", "--rate", "10k", "--drop-every", "100"]);
+    let again = LineProc::spawn("replay (again)", &mut cmd);
+    common::bound_endpoints(&again, 1);
+    wait_until(Duration::from_secs(30), "the restart on /metrics", || {
+        shard0_metric(&addr, "mdsub_shard_restarts_total") == Some(1)
+    });
+    // Its end of stream ends the run: the vanished session is not waited for.
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let (status, rest) = again.finish(Duration::from_secs(30));
+    assert!(status.success(), "{rest}");
+    let said = rest_lines(&err, Duration::from_secs(5));
+    assert!(
+        said.iter().any(|l| l.starts_with("info: shard0: publisher sessions (restart): publisher 0 session ")),
+        "{said:#?}"
+    );
+    assert_eq!((u(&r, "restarts"), u(&r["shards"][0], "restarts")), (1, 1), "{r}");
+    assert_eq!((u(&r, "vanished"), u(&r, "vanished_back"), u(&r, "unended_sessions")), (1, 0, 1), "{r}");
+    let (sent, delivered, lost) = (u(&r, "sent"), u(&r, "delivered"), u(&r, "lost"));
+    assert_eq!(sent, u(&r, "unended_sent") + n, "the vanished session once, the new one by its end of stream: {r}");
+    assert_eq!((delivered + lost, u(&r, "not_handled")), (sent, 0), "the report adds up: {r}");
+    assert!(lost >= 50 + 300 && lost == u(&r, "gaps"), "{r}");
+    assert_eq!(r["bad_frames"]["after_end"], 0, "{r}");
+}
+
+/// A lossless replay held back by another subscriber that stopped reading (a SUB that never
+/// reads, its pipe full) sends nothing to the engine, heartbeats neither (libzmq refuses every
+/// message while a matching pipe is full under XPUB_NODROP), for longer than the engine's
+/// `--forget-silent-after`. Its connection to the engine stays up, so it is not said vanished:
+/// once the other subscriber goes, the run goes on to its end of stream with nothing forgotten,
+/// taken back or lost. Before, it was said vanished after 2 s of the hold and taken back when
+/// it resumed (`vanished` 1, `vanished_back` 1): the counts exact, the line false.
+#[test]
+fn a_lossless_replay_held_back_by_another_subscriber_is_not_said_vanished() {
+    let n = 100_000u64;
+    let feed = ["--count", "100k", "--rate", "20k", "--subscribers", "2", "--sndhwm-msgs", "1000", "--json"];
+    let (replay, eps) = start_replay("replay", 1, &feed);
+    let (mut engine, addr) = watched_engine_with(&eps[0], &["--forget-silent-after", "2s"]);
+    let err = engine.stderr.take().expect("stderr piped");
+    // The other subscriber: takes everything (the control topic too, so the replay counts it)
+    // and never reads; small buffers, so its pipe fills soon.
+    let ctx = zmq::Context::new();
+    let stuck = ctx.socket(zmq::SUB).expect("sub");
+    stuck.set_rcvhwm(100).expect("rcvhwm");
+    stuck.set_rcvbuf(4096).expect("rcvbuf");
+    stuck.connect(&eps[0]).expect("connect");
+    stuck.set_subscribe(b"").expect("subscribe");
+    stuck.set_subscribe(wire::CONTROL_TOPIC).expect("subscribe");
+    let replay_err = replay.stderr.as_ref().expect("replay stderr");
+    wait_line(replay_err, Duration::from_secs(60), "the replay held back", |l| l.contains("held back for"));
+    // The engine hears nothing for twice the bound and more: its count stands still that long.
+    let received = || shard0_metric(&addr, "mdsub_shard_received_total");
+    let mut still = (received(), std::time::Instant::now());
+    wait_until(Duration::from_secs(60), "the engine to hear nothing for 4 s", || {
+        let now = received();
+        if now != still.0 {
+            still = (now, std::time::Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        still.1.elapsed() >= Duration::from_secs(4)
+    });
+    let held = |name| shard0_metric(&addr, name).unwrap_or(u64::MAX);
+    assert_eq!((held("mdsub_shard_vanished_sessions_total"), held("mdsub_shard_publishers_held")), (0, 1));
+    drop(stuck);
+    drop(ctx);
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let (status, rest) = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "{rest}");
+    let s = json(&rest);
+    let blocked = s["blocked_s_per_shard"][0].as_f64().expect("blocked_s");
+    assert!(blocked >= 4.0, "held longer than the bound: {s}");
+    let said: Vec<String> =
+        rest_lines(&err, Duration::from_secs(5)).into_iter().filter(|l| l.contains("vanished")).collect();
+    assert!(said.is_empty(), "a publisher held back is not said vanished: {said:?}");
+    assert_eq!((u(&r, "vanished"), u(&r, "vanished_back")), (0, 0), "{r}");
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (n, n, 0), "lossless, all of it: {r}");
+}
+
 /// One shard connects to a replay and binds an endpoint nobody connects to. The replay runs to
 /// its end of stream; the shard still waits for the bound side, and the engine is stopped with
 /// Ctrl-C. The connected endpoint's session is every one the shard needs (a bound endpoint may

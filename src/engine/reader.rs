@@ -392,6 +392,12 @@ impl Checks {
         self.tracker.sweep(now_ns)
     }
 
+    /// The socket has seen `n` of its connections end so far: a silent publisher is forgotten
+    /// only after one ended ([`SequenceTracker::connections_ended`]).
+    pub fn connections_ended(&mut self, n: u64) {
+        self.tracker.connections_ended(n);
+    }
+
     /// The lines to say of sessions forgotten as vanished, as of `now_ns`: one each, up to
     /// [`VANISHED_LINES_PER_INTERVAL`] per [`SUMMARY_INTERVAL_NS`]; the rest as one line with
     /// their count when the interval is over, or at the end (`end`). Empty (no allocation)
@@ -920,6 +926,9 @@ impl ReaderAgent {
 
     /// Service `links` (the SUB's monitor) from this agent's loop.
     pub fn with_links(mut self, links: Option<crate::link::LinkWatch>) -> Self {
+        if let Some(w) = &links {
+            self.checks.connections_ended(w.connections_ended());
+        }
         self.links = links;
         self
     }
@@ -930,6 +939,7 @@ impl ReaderAgent {
         if let Some(w) = &mut self.links {
             if now || w.due() {
                 w.service(&self.sub);
+                self.checks.connections_ended(w.connections_ended());
                 let a = w.accepted();
                 self.counters.publisher_connects.store(a.connects, Relaxed);
                 self.counters.publisher_disconnects.store(a.disconnects, Relaxed);

@@ -75,6 +75,10 @@ const SWEEP_EVERY_MAX_NS: u64 = 100_000_000;
 /// A reader that did not sweep for this long paused (a stall, or blocked behind its workers):
 /// the snail's self-stall (`snail::SELF_STALL_NS`, the same; a core imports no snail).
 pub const READER_PAUSE_NS: u64 = 1_000_000_000;
+/// A frame judged up to this long after a connection end was noted is taken as from before it
+/// ([`SequenceTracker::connections_ended`]): the last frames of a killed publisher may still be
+/// queued, unread, when its connection's end is seen.
+const CONNECTION_END_SLACK_NS: u64 = 1_000_000_000;
 /// Sessions forgotten as vanished whose lines are waiting for the reader
 /// ([`SequenceTracker::take_vanished`]); past this many only the count grows.
 const VANISHED_NOTES_KEPT: usize = 64;
@@ -319,6 +323,19 @@ struct Resume {
     /// its open sessions was seen from its first message, as at the close): its own end of
     /// stream, once taken up again, counts them ([`PublisherState::pending_unended`]).
     pending: (u64, u64),
+    /// Its publisher id was shared ([`PublisherState::shared`]): a new session of the id later
+    /// is another publisher's, no restart.
+    shared: bool,
+    /// A later session of its publisher came since ([`SequenceTracker::restart_after_vanishing`]):
+    /// it ended, and is not taken up again (its frames and its end of stream are `after_end`).
+    restarted: bool,
+}
+
+impl Resume {
+    /// Held as vanished, to be taken up again: not ended by a later session.
+    fn resumable(r: &Option<Resume>) -> bool {
+        r.is_some_and(|r| !r.restarted)
+    }
 }
 
 /// A session forgotten as vanished: whose, what it held, and what it was counted with.
@@ -334,6 +351,9 @@ pub struct Vanished {
     pub topics: usize,
     /// The bound: nothing of it was heard for at least this long.
     pub silent_ns: u64,
+    /// A connection of the reader's socket ended since it was last heard (false: the tracker
+    /// was told nothing of connections, [`SequenceTracker::connections_ended`]).
+    pub connection_ended: bool,
 }
 
 impl std::fmt::Display for Vanished {
@@ -341,10 +361,15 @@ impl std::fmt::Display for Vanished {
         write!(
             f,
             "publisher {} session {:016x} vanished: nothing heard from it (no data, no heartbeat, no end of \
-             stream) for {}; forgotten, its {} topic(s) released, ",
+             stream) for {}{}; forgotten, its {} topic(s) released, ",
             self.publisher_id,
             self.session_id,
             crate::diag::human_duration(self.silent_ns),
+            if self.connection_ended {
+                ", and a publisher connection of this shard ended since (killed, or its host gone)"
+            } else {
+                ""
+            },
             self.topics
         )?;
         if self.counted {
@@ -639,6 +664,9 @@ pub struct SequenceTracker {
     /// The same as a map: None for one that ended, where a vanished one was
     /// ([`SequenceTracker::sweep`]).
     forgotten_set: HashMap<(u32, u64), Option<Resume>, BuildHasherDefault<WordHasher>>,
+    /// Per publisher id, how many of its sessions `forgotten_set` holds as vanished (with where
+    /// they were): a new session of such an id is its restart ([`SequenceTracker::restart_after_vanishing`]).
+    vanished_ids: IndexMap<u32>,
     /// A publisher nothing was heard of for this long is forgotten as vanished (0: never).
     forget_after_ns: u64,
     /// When [`SequenceTracker::sweep`] looks next; where in `publishers` it goes on.
@@ -653,6 +681,14 @@ pub struct SequenceTracker {
     swept_tick: u64,
     /// The time of the last call of [`SequenceTracker::sweep`].
     swept_ns: u64,
+    /// Connections of the reader's socket that ended so far ([`SequenceTracker::connections_ended`];
+    /// None: not told, silence alone judges); a new end noted since the last sweep; when the
+    /// sweep noted the last one (0: none); and the frame count up to which frames were judged
+    /// before it (or within [`CONNECTION_END_SLACK_NS`] after it).
+    connections_ended: Option<u64>,
+    connection_end_new: bool,
+    connection_end_ns: u64,
+    connection_end_tick: u64,
     /// Sessions forgotten as vanished not yet taken by [`SequenceTracker::take_vanished`], and
     /// how many more there were past [`VANISHED_NOTES_KEPT`].
     vanished_notes: VecDeque<Vanished>,
@@ -692,12 +728,17 @@ impl SequenceTracker {
             ended: VecDeque::new(),
             forgotten: VecDeque::new(),
             forgotten_set: HashMap::default(),
+            vanished_ids: IndexMap::default(),
             forget_after_ns: 0,
             next_sweep_ns: 0,
             sweep_at: 0,
             checkpoints: VecDeque::new(),
             swept_tick: 0,
             swept_ns: 0,
+            connections_ended: None,
+            connection_end_new: false,
+            connection_end_ns: 0,
+            connection_end_tick: 0,
             vanished_notes: VecDeque::new(),
             vanished_unnoted: 0,
             over_limit_cause: OverLimit::None,
@@ -715,6 +756,22 @@ impl SequenceTracker {
     pub fn with_forget_silent_after(mut self, ns: u64) -> Self {
         self.forget_after_ns = if self.full_subscription { ns } else { 0 };
         self
+    }
+
+    /// The reader's socket has seen `n` of its connections end so far (its links', and those
+    /// accepted on its bound endpoints: [`crate::link::LinkWatch::connections_ended`]). Once
+    /// told, [`SequenceTracker::sweep`] forgets a silent publisher only if a connection ended
+    /// after it was last heard: a publisher killed, or whose host went, ends its connection (at
+    /// once, or by the keepalive); one alive and connected but held back (a lossless publisher
+    /// waiting on another subscriber's full pipe sends nothing, heartbeats neither) does not,
+    /// and saying it vanished would be false. Behind a proxy, whose connection outlives the
+    /// publishers behind it, a silent publisher is then forgotten only once some connection
+    /// of the shard ends.
+    pub fn connections_ended(&mut self, n: u64) {
+        let before = self.connections_ended.replace(n);
+        if before.map_or(n > 0, |b| b != n) {
+            self.connection_end_new = true;
+        }
     }
 
     /// `(publisher_id, session_id)` of the session of the last gap counted ((0, 0) before any).
@@ -885,12 +942,71 @@ impl SequenceTracker {
     fn remember_forgotten(&mut self, key: (u32, u64), resume: Option<Resume>) {
         if self.forgotten.len() == FORGOTTEN_KEPT {
             if let Some(old) = self.forgotten.pop_front() {
-                self.forgotten_set.remove(&old);
+                self.forget_key(old);
             }
         }
-        if self.forgotten_set.insert(key, resume).is_none() {
-            self.forgotten.push_back(key);
+        if Resume::resumable(&resume) {
+            *self.vanished_ids.entry(key.0).or_insert(0) += 1;
         }
+        match self.forgotten_set.insert(key, resume) {
+            None => self.forgotten.push_back(key),
+            Some(r) if Resume::resumable(&r) => self.unvanish_id(key.0),
+            Some(_) => {}
+        }
+    }
+
+    /// Take session `key` out of the forgotten ones' map (the queue is the caller's).
+    fn forget_key(&mut self, key: (u32, u64)) {
+        if self.forgotten_set.remove(&key).is_some_and(|r| Resume::resumable(&r)) {
+            self.unvanish_id(key.0);
+        }
+    }
+
+    /// One vanished session of publisher `id` is no longer held as vanished.
+    fn unvanish_id(&mut self, id: u32) {
+        if let Some(n) = self.vanished_ids.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.vanished_ids.remove(&id);
+            }
+        }
+    }
+
+    /// A live data frame of a new session (`session`) of publisher `p`, which replaced no live
+    /// one: if another session of that id vanished ([`SequenceTracker::sweep`]) and was not heard since,
+    /// its publisher restarted, as it would have been counted had it not been forgotten
+    /// ([`SequenceTracker::replace_current`]). The vanished session is ended by it (a frame of
+    /// it is `after_end` from now on), its unended count stays as the forget made it (counted
+    /// once), and the sessions its publisher ended by restarting before, not counted then, are
+    /// the new session's publisher's to count again ([`PublisherState::pending_unended`]). Not
+    /// for an id two publishers shared: a new session of it is no restart. True: restarted.
+    #[cold]
+    fn restart_after_vanishing(&mut self, p: usize, session: u64) -> bool {
+        let id = self.publishers[p].publisher_id;
+        if !self.vanished_ids.contains_key(&id) {
+            return false;
+        }
+        let vanished: Vec<((u32, u64), Resume)> = self
+            .forgotten
+            .iter()
+            .filter(|k| k.0 == id && k.1 != session)
+            .filter_map(|k| self.forgotten_set.get(k).copied().flatten().filter(|r| !r.restarted).map(|r| (*k, r)))
+            .collect();
+        if vanished.is_empty() {
+            return false;
+        }
+        if vanished.iter().any(|(_, r)| r.shared) {
+            self.publishers[p].shared = true;
+            return false;
+        }
+        for (key, r) in vanished {
+            self.forgotten_set.insert(key, Some(Resume { restarted: true, ..r }));
+            self.unvanish_id(id);
+            let pending = &mut self.publishers[p].pending_unended;
+            *pending = (pending.0 + r.pending.0, pending.1.saturating_add(r.pending.1));
+        }
+        self.totals.restarts += 1;
+        true
     }
 
     /// Whether `h`'s session was forgotten: `Some(None)` after it ended, `Some(Some(_))` after
@@ -932,7 +1048,9 @@ impl SequenceTracker {
     /// Returns whether that was a restart (the replaced session had been
     /// live; one known only from cached values did not restart). `live`: a
     /// live data frame takes over, so the replaced session has really ended.
-    fn replace_current(&mut self, p: usize, live: bool) -> bool {
+    /// A live one (`session`, not held as vanished itself) of a publisher id whose last session
+    /// vanished is its restart too ([`SequenceTracker::restart_after_vanishing`]).
+    fn replace_current(&mut self, p: usize, live: bool, session: u64) -> bool {
         let mut restarted = false;
         for i in self.sessions_of(p) {
             let s = &mut self.sessions[i];
@@ -953,6 +1071,9 @@ impl SequenceTracker {
             }
         }
         self.totals.restarts += restarted as u64;
+        if live && !restarted {
+            restarted = self.restart_after_vanishing(p, session);
+        }
         restarted
     }
 
@@ -964,7 +1085,7 @@ impl SequenceTracker {
         if live && self.publishers[p].evicted.contains(&h.session_id) {
             self.mark_shared(p, h.session_id);
         }
-        let restarted = !self.publishers[p].shared && self.replace_current(p, live);
+        let restarted = !self.publishers[p].shared && self.replace_current(p, live, h.session_id);
         Some((self.push_session(p, h, true), restarted))
     }
 
@@ -1021,7 +1142,10 @@ impl SequenceTracker {
                 self.mark_shared(p, self.sessions[i].session_id);
                 false
             }
-            None => !self.publishers[p].shared && self.replace_current(p, live),
+            None => {
+                let session = self.sessions[i].session_id;
+                !self.publishers[p].shared && self.replace_current(p, live, session)
+            }
         };
         self.sessions[i].current = true;
         (i, restarted)
@@ -1222,12 +1346,12 @@ impl SequenceTracker {
     /// one ended it), or a new publisher would be over the limit.
     #[cold]
     fn resume(&mut self, h: &Header, r: Resume) -> Option<(usize, bool)> {
-        if self.has_live_current(h.publisher_id) {
+        if r.restarted || self.has_live_current(h.publisher_id) {
             return None;
         }
         let (i, restarted) = self.admit(h, true)?;
         let key = (h.publisher_id, h.session_id);
-        self.forgotten_set.remove(&key);
+        self.forget_key(key);
         self.forgotten.retain(|&k| k != key);
         if let Some(n) = r.unended_sent {
             self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
@@ -1263,10 +1387,23 @@ impl SequenceTracker {
     /// from the resumption. True: one was forgotten (what the reader publishes changed).
     pub fn sweep(&mut self, now_ns: u64) -> bool {
         let judged = std::mem::replace(&mut self.swept_tick, self.tick);
-        if now_ns.saturating_sub(std::mem::replace(&mut self.swept_ns, now_ns)) >= READER_PAUSE_NS {
+        let swept_ns = std::mem::replace(&mut self.swept_ns, now_ns);
+        let end_recent = |at: u64, now: u64| at != 0 && now.saturating_sub(at) <= CONNECTION_END_SLACK_NS;
+        if std::mem::take(&mut self.connection_end_new) {
+            self.connection_end_ns = now_ns.max(1);
+        }
+        if now_ns.saturating_sub(swept_ns) >= READER_PAUSE_NS {
             // The reader did not run (a stall, or blocked behind its workers): frames may be
-            // waiting in its queue, so silence is judged from its resumption, as the snail's is.
+            // waiting in its queue, so silence is judged from its resumption, as the snail's is,
+            // and so is the slack after a connection end noted just before.
             self.checkpoints.clear();
+            if end_recent(self.connection_end_ns, swept_ns) {
+                self.connection_end_ns = now_ns.max(1);
+            }
+        }
+        if end_recent(self.connection_end_ns, now_ns) {
+            // Frames judged so far came before the end, or were queued behind it.
+            self.connection_end_tick = self.tick;
         }
         if self.forget_after_ns == 0 || now_ns < self.next_sweep_ns {
             return false;
@@ -1287,8 +1424,10 @@ impl SequenceTracker {
                 self.sweep_at = 0;
             }
             let p = self.sweep_at;
+            // Heard before the bound, and (when connections are known) before one ended.
+            let heard_by = if self.connections_ended.is_some() { before.min(self.connection_end_tick) } else { before };
             let silent =
-                self.sessions_of(p).into_iter().all(|i| self.sessions[i].heard.max(self.sessions[i].beat) <= before);
+                self.sessions_of(p).into_iter().all(|i| self.sessions[i].heard.max(self.sessions[i].beat) <= heard_by);
             if silent {
                 // Its place is taken by the last publisher: looked at next.
                 self.vanish(p);
@@ -1327,6 +1466,8 @@ impl SequenceTracker {
                 before_counted: s.before_counted,
                 unended_sent: counted.then_some(s.last_stream_seq),
                 pending: (0, 0),
+                shared: self.publishers[p].shared,
+                restarted: false,
             };
             resumes.push((s.session_id, r));
             self.totals.vanished += 1;
@@ -1337,6 +1478,7 @@ impl SequenceTracker {
                 counted,
                 topics: s.topics.len(),
                 silent_ns: self.forget_after_ns,
+                connection_ended: self.connections_ended.is_some(),
             };
             if self.vanished_notes.len() < VANISHED_NOTES_KEPT {
                 self.vanished_notes.push_back(note);
@@ -2663,6 +2805,13 @@ mod tests {
         if t.publishers.len() > t.max_publishers || t.forgotten.len() != t.forgotten_set.len() {
             return Err("over the bounds".into());
         }
+        let mut vanished: HashMap<u32, usize> = HashMap::new();
+        for (k, _) in t.forgotten_set.iter().filter(|(_, r)| Resume::resumable(r)) {
+            *vanished.entry(k.0).or_insert(0) += 1;
+        }
+        if vanished.len() != t.vanished_ids.len() || vanished.iter().any(|(id, n)| t.vanished_ids.get(id) != Some(n)) {
+            return Err(format!("vanished ids {:?}, held as vanished {vanished:?}", t.vanished_ids));
+        }
         Ok(())
     }
 
@@ -2916,6 +3065,122 @@ mod tests {
         t.close();
         assert_eq!(t.totals(), tot);
         maps_agree(&t).unwrap();
+    }
+
+    /// A publisher killed (session 10 forgotten as vanished) and started again under its id
+    /// (session 11): that is its restart, counted as one held all along counts it (`restarts`,
+    /// the verdict, whose), and the vanished session stays counted once as unended: the new
+    /// session's end of stream or the close counts it no second time, and a late frame of it is
+    /// `after_end`. Before, the new session was a new publisher's: no restart.
+    #[test]
+    fn a_new_session_under_the_id_of_a_vanished_one_is_its_restart_counted_once() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        for seq in 1..=5 {
+            assert!(t.on_data(&h(1, 10, seq, seq), b"A").accept);
+        }
+        sweep_for(&mut t, &clock, FORGET_NS + FORGET_NS / 8, |_, _| {});
+        let tot = t.totals();
+        assert_eq!((t.publishers(), tot.vanished, tot.unended_sessions, tot.unended_sent), (0, 1, 1, 5));
+        let v = t.on_data(&h(1, 11, 1, 1), b"A");
+        assert_eq!(v, Verdict { accept: true, missed: 0, restart: true }, "the new session is its restart");
+        assert_eq!((t.totals().restarts, t.last_restart_at()), (1, (1, 11)));
+        assert!(t.on_data(&h(1, 11, 2, 2), b"B").accept);
+        assert!(t.on_end_of_stream(&h(1, 11, 2, 0), 2));
+        // The old session's frame after that: ended by the restart, too late to judge.
+        assert!(!t.on_data(&h(1, 10, 6, 6), b"A").accept);
+        t.close();
+        let tot = t.totals();
+        assert_eq!(
+            (tot.restarts, tot.vanished, tot.vanished_back, tot.unended_sessions, tot.unended_sent, tot.eos_sent),
+            (1, 1, 0, 1, 5, 2),
+            "{tot:?}"
+        );
+        assert_eq!((tot.sent(), tot.accepted, tot.after_end, tot.gaps), (7, 7, 1, 0), "{tot:?}");
+        // Its vanishing and its restart each said once; the tracker's maps true.
+        assert!(t.take_vanished().is_some() && t.take_vanished().is_none());
+        maps_agree(&t).unwrap();
+    }
+
+    /// The same restart, the vanished session late-joined (not counted as unended when it
+    /// vanished, as at the close) after its publisher had restarted once already (session 9,
+    /// ended by 10 with 3 sent): session 11's end of stream counts session 9 as a publisher held
+    /// all along would have (at its restart's end of stream), so `sent` covers what arrived.
+    /// Before, session 9's count went with the vanished session and was lost: 3 arrived more
+    /// than were sent.
+    #[test]
+    fn a_restart_after_a_vanishing_keeps_the_sessions_its_publisher_restarted_before() {
+        let run = |vanish: bool| {
+            let (mut t, clock) = forgetting(FORGET_NS);
+            for seq in 1..=3 {
+                assert!(t.on_data(&h(1, 9, seq, seq), b"A").accept);
+            }
+            // Session 10 seen from its stream sequence 5 (its first four not arrived).
+            assert!(t.on_data(&h(1, 10, 5, 1), b"A").restart);
+            if vanish {
+                sweep_for(&mut t, &clock, FORGET_NS + FORGET_NS / 8, |_, _| {});
+                assert_eq!((t.publishers(), t.totals().vanished, t.totals().unended_sessions), (0, 1, 0));
+            }
+            assert!(t.on_data(&h(1, 11, 1, 1), b"A").restart);
+            assert!(t.on_data(&h(1, 11, 2, 2), b"A").accept);
+            assert!(t.on_end_of_stream(&h(1, 11, 2, 0), 2));
+            t.close();
+            let tot = t.totals();
+            (tot.restarts, tot.unended_sessions, tot.unended_sent, tot.eos_sent, tot.sent(), tot.accepted)
+        };
+        let held = run(false);
+        assert_eq!(held, (2, 1, 3, 2, 5, 6), "held all along: session 9 counted at 11's end of stream");
+        assert_eq!(run(true), held, "vanished in between: counted alike");
+    }
+
+    /// An id two publishers shared, forgotten as vanished: a new session of it later is
+    /// another publisher's (as while it was held), no restart.
+    #[test]
+    fn a_new_session_of_a_shared_id_that_vanished_is_no_restart() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        assert!(t.on_data(&h(1, 10, 1, 1), b"A").accept);
+        assert!(t.on_data(&h(1, 11, 1, 1), b"A").restart);
+        assert!(t.on_data(&h(1, 10, 2, 2), b"A").accept);
+        assert_eq!((t.totals().id_conflicts, t.totals().restarts), (1, 1));
+        sweep_for(&mut t, &clock, FORGET_NS + FORGET_NS / 8, |_, _| {});
+        assert_eq!((t.publishers(), t.totals().vanished), (0, 2));
+        let v = t.on_data(&h(1, 12, 1, 1), b"A");
+        assert!(v.accept && !v.restart, "{v:?}");
+        assert_eq!(t.totals().restarts, 1);
+        maps_agree(&t).unwrap();
+    }
+
+    /// Where the tracker is told of its socket's connections, silence alone forgets nobody: a
+    /// publisher alive but held back (a lossless replay waiting on another subscriber's full
+    /// pipe) sends nothing, heartbeats neither, and keeps its connection up. One is forgotten
+    /// once a connection ended after it was last heard, its last frames judged just after the
+    /// end was seen (they were queued behind it) included, and the line says so.
+    #[test]
+    fn a_silent_publisher_is_forgotten_only_after_a_connection_ended() {
+        use crate::clock::Clock;
+        let (mut t, clock) = forgetting(FORGET_NS);
+        t.connections_ended(0);
+        assert!(t.on_data(&h(1, 10, 1, 1), b"A").accept);
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.totals().vanished), (1, 0), "silent, its connection up: held");
+        // A frame (the hold ends), then its connection ends and its last frame is read after.
+        assert!(t.on_data(&h(1, 10, 2, 2), b"A").accept);
+        t.connections_ended(1);
+        t.sweep(clock.advance_ms(100));
+        assert!(t.on_data(&h(1, 10, 3, 3), b"A").accept);
+        let last_ns = clock.now_ns();
+        let at = sweep_until_none_held(&mut t, &clock, FORGET_NS + FORGET_NS / 8).expect("forgotten");
+        assert!(at - last_ns >= FORGET_NS, "{} ns after its last frame", at - last_ns);
+        let tot = t.totals();
+        assert_eq!((tot.vanished, tot.unended_sessions, tot.unended_sent), (1, 1, 3));
+        let (said, _) = t.take_vanished().expect("said");
+        assert!(said.connection_ended && said.to_string().contains("a publisher connection of this shard ended since"));
+        // Another publisher heard after that end, silent since: held until another ends.
+        assert!(t.on_data(&h(2, 20, 1, 1), b"A").accept);
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.totals().vanished), (1, 1));
+        t.connections_ended(2);
+        assert!(sweep_until_none_held(&mut t, &clock, FORGET_NS).is_some());
+        assert_eq!(t.totals().vanished, 2);
     }
 
     /// A reader that did not run (a stall, or blocked behind its workers) may have frames of a

@@ -250,6 +250,9 @@ pub struct LinkWatch {
     follow_retries: bool,
     /// Say losses and returns on stderr (the counters are kept either way).
     log: bool,
+    /// Connections of the socket that ended (`DISCONNECTED`: a link's or one accepted on a
+    /// bound endpoint, whatever the cause), as of the last [`LinkWatch::service`].
+    ended: u64,
     /// The socket presents CURVE keys (set before the watch is attached): loss lines hint at
     /// keys only then.
     curve: bool,
@@ -349,6 +352,7 @@ impl LinkWatch {
             follow: false,
             follow_retries: false,
             log: true,
+            ended: 0,
             curve,
             keys: KeyFlags::default(),
             only_given_up: false,
@@ -537,6 +541,9 @@ impl LinkWatch {
             seen += 1;
             let Some(e) = crate::zmqx::MonitorEventV2::parse(&self.frames) else { continue };
             let event = event_of(&e);
+            if event == Event::Disconnected {
+                self.ended += 1;
+            }
             match event {
                 Event::HandshakeSucceeded if self.follow => self.changes.push(LinkChange::Up),
                 Event::Disconnected if self.follow => self.changes.push(LinkChange::Down),
@@ -626,6 +633,13 @@ impl LinkWatch {
             self.held.retain(|&(_, l)| l != link);
         }
         self.board.set(self.links.stats());
+    }
+
+    /// Connections of the socket that ended so far (a link's, or one accepted on a bound
+    /// endpoint), as of the last [`LinkWatch::service`]: a publisher killed or whose host went
+    /// (its connection ended by the keepalive) ends one; one alive but sending nothing does not.
+    pub fn connections_ended(&self) -> u64 {
+        self.ended
     }
 
     /// Every up (`true`: a handshake completed) and down (`false`: a

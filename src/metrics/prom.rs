@@ -378,12 +378,18 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "Messages dropped for arriving after a later one of their topic.",
         |c| c.counts.reordered,
     );
-    counter(&mut s, "mdsub_shard_restarts_total", "Publisher restarts seen (new session).", |c| c.counts.restarts);
+    counter(
+        &mut s,
+        "mdsub_shard_restarts_total",
+        "Publisher restarts seen (a new session; after a vanished one too).",
+        |c| c.counts.restarts,
+    );
     counter(
         &mut s,
         "mdsub_shard_vanished_sessions_total",
         "Publisher sessions forgotten as vanished: nothing (no data, no heartbeat, no end of stream) \
-         heard of their publisher for --forget-silent-after; counted as unended when seen from their first \
+         heard of their publisher for --forget-silent-after, and a publisher connection of the shard ended \
+         since; counted as unended when seen from their first \
          message, topics released.",
         |c| c.counts.vanished,
     );
