@@ -6,7 +6,8 @@
 //! HdrHistogram reader takes that), with both runs exiting 0. A claim opens the file without
 //! truncating it, takes `flock(LOCK_EX | LOCK_NB)` on it (std's [`File::try_lock`]) and only then
 //! empties it, so a second run is refused with [`OutFileError::Busy`] and the first run's file
-//! is left as it was. The lock is the kernel's: it goes with the last handle on the file,
+//! is left as it was ([`lock_all`] locks without emptying, for an output whose earlier content
+//! is kept: `--hlog`). The lock is the kernel's: it goes with the last handle on the file,
 //! however the process ends, so a crashed run leaves no stale lock behind.
 //!
 //! The lock is advisory (a program that does not ask for it is not stopped) and only regular
@@ -134,14 +135,27 @@ impl Claimed {
 
     /// Close this file under a second name and put a new one, claimed and empty, at its path: the
     /// content stays under `closed` (a hard link; a file already there is never replaced: that
-    /// is an error), then a new file is claimed beside it (`.NAME.next`) and renamed over the
-    /// path, so the path names a locked file throughout and another run given it is still
+    /// is an error, unless it is this very file, linked there by a run that ended between the
+    /// link and the rename), then a new file is claimed beside it (`.NAME.next`) and renamed over
+    /// the path, so the path names a locked file throughout and another run given it is still
     /// refused. On an error nothing is left changed (the link and the new file are removed) and
     /// this claim stays as it was; the error names the step and the file.
-    pub fn rotate(&self, closed: &Path) -> Result<Claimed, OutFileError> {
-        std::fs::hard_link(&self.path, closed).map_err(io(&self.flag, closed))?;
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let next = self.path.with_file_name(format!(".{name}.next"));
+    ///
+    /// A file system without hard links (vfat, some FUSE and network mounts: the link fails with
+    /// `EPERM`, `EOPNOTSUPP`, `EMLINK`, `EXDEV` or `ENOSYS`) is rotated by renames instead
+    /// ([`Closing::Renamed`]): the new file is claimed first, then this file is renamed to
+    /// `closed` and the new one to the path. Nothing written is lost (this claim's handle goes on
+    /// naming the same file, now `closed`), but the path names no file between the two renames;
+    /// a file another run made there in that moment is not replaced: this claim then stays as it
+    /// was, its file under `closed`, and the error says so.
+    pub fn rotate(&self, closed: &Path) -> Result<(Claimed, Closing), OutFileError> {
+        let linked = match hard_link(&self.path, closed) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && self.is_named(closed) => false,
+            Err(e) if no_hard_links(&e) => return self.rotate_by_renames(closed).map(|c| (c, Closing::Renamed)),
+            Err(e) => return Err(io(&self.flag, closed)(e)),
+        };
+        let next = self.next_path();
         let fresh = Claimed::claim(&self.flag, &next).and_then(|fresh| {
             std::fs::rename(&next, &self.path).map_err(|e| {
                 let _ = std::fs::remove_file(&next);
@@ -150,12 +164,57 @@ impl Claimed {
             Ok(fresh)
         });
         match fresh {
-            Ok(fresh) => Ok(Claimed { path: self.path.clone(), ..fresh }),
+            Ok(fresh) => Ok((Claimed { path: self.path.clone(), ..fresh }, Closing::Linked)),
             Err(e) => {
-                let _ = std::fs::remove_file(closed);
+                if linked {
+                    let _ = std::fs::remove_file(closed);
+                }
                 Err(e)
             }
         }
+    }
+
+    /// [`rotate`](Self::rotate) where the file system has no hard links: two renames, neither
+    /// replacing a file.
+    fn rotate_by_renames(&self, closed: &Path) -> Result<Claimed, OutFileError> {
+        let next = self.next_path();
+        let fresh = Claimed::claim(&self.flag, &next)?;
+        if let Err(e) = rename_noreplace(&self.path, closed) {
+            let _ = std::fs::remove_file(&next);
+            return Err(io(&self.flag, closed)(e));
+        }
+        // The path names no file from here to the next rename.
+        if let Err(e) = rename_noreplace(&next, &self.path) {
+            let _ = std::fs::remove_file(&next);
+            return Err(match rename_noreplace(closed, &self.path) {
+                Ok(()) => io(&self.flag, &self.path)(e),
+                Err(_) => OutFileError::Io {
+                    flag: self.flag.clone(),
+                    path: self.path.clone(),
+                    source: std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{e}: another process made this file between the two renames of a rotation without hard \
+                             links; what this run wrote is in {}",
+                            closed.display()
+                        ),
+                    ),
+                },
+            });
+        }
+        Ok(Claimed { path: self.path.clone(), ..fresh })
+    }
+
+    /// `.NAME.next` beside the file: where a rotation claims the new file.
+    fn next_path(&self) -> PathBuf {
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.path.with_file_name(format!(".{name}.next"))
+    }
+
+    /// Whether `other` names this very file (a link to it).
+    fn is_named(&self, other: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(other).is_ok_and(|m| Some((m.dev(), m.ino())) == self.identity())
     }
 
     /// `FLAG PATH`, as an error about the file starts.
@@ -172,6 +231,64 @@ impl Claimed {
             f.rewind()?;
         }
         Ok(f)
+    }
+}
+
+/// How [`Claimed::rotate`] closed the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// A hard link to the closed name, then the new file renamed over the path: the path names
+    /// a file throughout.
+    Linked,
+    /// The file system has no hard links: the file renamed to the closed name, then the new one
+    /// to the path, which names no file between the two.
+    Renamed,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to make [`hard_link`] fail as on a file system without hard links (vfat).
+    pub(crate) static NO_HARD_LINKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `std::fs::hard_link`; in tests, failing with `EPERM` (as vfat does) when [`NO_HARD_LINKS`] is set.
+fn hard_link(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    if NO_HARD_LINKS.with(std::cell::Cell::get) {
+        return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+    }
+    std::fs::hard_link(from, to)
+}
+
+/// Whether a failed `link(2)` says the file system has no hard links (or none across these
+/// names), so a rename would do.
+fn no_hard_links(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK | libc::EXDEV | libc::ENOSYS))
+}
+
+/// Rename `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; `EEXIST` if it
+/// does). Where the file system does not take that flag, `to` is looked at first, then renamed.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in the path"))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS) => {
+            if std::fs::symlink_metadata(to).is_ok() {
+                return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            std::fs::rename(from, to)
+        }
+        _ => Err(e),
     }
 }
 
@@ -192,11 +309,17 @@ fn io<'a>(flag: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutFi
     move |source| OutFileError::Io { flag: flag.to_string(), path: path.to_path_buf(), source }
 }
 
-/// Claim every output of one run (`(flag, path)` pairs) or none: refuse two that are one file
-/// ([`distinct`] by name, then by the opened files' identity, which sees a link to another
-/// output, made or not), lock them all, and only then empty them, so a run refused for one
-/// busy file leaves every other file as it was.
+/// Claim every output of one run (`(flag, path)` pairs) or none: [`lock_all`], then empty them
+/// all, so a run refused for one busy file leaves every other file as it was.
 pub fn claim_all(outputs: &[(&str, &Path)]) -> Result<Vec<Claimed>, OutFileError> {
+    lock_all(outputs)?.into_iter().map(Locked::empty).collect()
+}
+
+/// Open and lock every output of one run or none, emptying none: refuse two that are one file
+/// ([`distinct`] by name, then by the opened files' identity, which sees a link to another
+/// output, made or not), then lock them all. What each held is still there, for the caller to
+/// keep ([`Locked::keep_as`]) or drop ([`Locked::empty`]).
+pub fn lock_all(outputs: &[(&str, &Path)]) -> Result<Vec<Locked>, OutFileError> {
     distinct(outputs)?;
     let opened = outputs.iter().map(|&(flag, path)| Claimed::open(flag, path)).collect::<Result<Vec<_>, _>>()?;
     for (i, later) in opened.iter().enumerate() {
@@ -211,10 +334,59 @@ pub fn claim_all(outputs: &[(&str, &Path)]) -> Result<Vec<Claimed>, OutFileError
     for c in &opened {
         c.lock()?;
     }
-    for c in opened.iter().filter(|c| c.regular) {
-        c.file.set_len(0).map_err(io(&c.flag, &c.path))?;
+    Ok(opened.into_iter().map(Locked).collect())
+}
+
+/// An output opened and locked for a run ([`lock_all`]) but not emptied yet: it still holds what
+/// an earlier run left in it.
+#[derive(Debug)]
+pub struct Locked(Claimed);
+
+impl Locked {
+    pub fn path(&self) -> &Path {
+        &self.0.path
     }
-    Ok(opened)
+
+    /// `FLAG PATH`, as an error about the file starts.
+    pub fn named(&self) -> String {
+        self.0.named()
+    }
+
+    /// A regular file (one that holds an earlier run's content and can be renamed).
+    pub fn is_regular(&self) -> bool {
+        self.0.regular
+    }
+
+    /// The file's metadata (its length and time: what an earlier run left).
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.0.file.metadata()
+    }
+
+    /// A handle that reads what the file holds (opened by its path, checked to be this file).
+    pub fn read(&self) -> std::io::Result<File> {
+        use std::os::unix::fs::MetadataExt as _;
+        let f = File::open(&self.0.path)?;
+        let m = f.metadata()?;
+        if Some((m.dev(), m.ino())) != self.0.identity() {
+            return Err(std::io::Error::other("the file was replaced while it was being claimed"));
+        }
+        Ok(f)
+    }
+
+    /// Empty it (a regular file): the run's claim.
+    pub fn empty(self) -> Result<Claimed, OutFileError> {
+        let c = self.0;
+        if c.regular {
+            c.file.set_len(0).map_err(io(&c.flag, &c.path))?;
+        }
+        Ok(c)
+    }
+
+    /// Keep what it holds under `closed` and claim a new, empty file at its path, as
+    /// [`Claimed::rotate`] does (never replacing a file at `closed`).
+    pub fn keep_as(self, closed: &Path) -> Result<(Claimed, Closing), OutFileError> {
+        self.0.rotate(closed)
+    }
 }
 
 /// Refuse two outputs of one run that name the same file: `(flag, path)` pairs, compared

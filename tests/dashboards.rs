@@ -1883,3 +1883,116 @@ fn an_hlog_moved_or_emptied_by_logrotate_is_started_anew() {
     let ours = u(&r["shards"][0]["latency"]["total"], "count");
     assert!(total > 0 && total <= ours, "what copytruncate may lose is only what it loses: {total} of {ours}");
 }
+
+/// One engine run on a short feed with `flags`: its report and its stderr lines.
+fn hlog_run(flags: &[&str]) -> (serde_json::Value, Vec<String>) {
+    let (replay, eps) = start_replay("replay", 1, &["--count", "3000", "--rate", "10k"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--metrics-interval", "100ms"]);
+    for e in &eps {
+        cmd.args(["--endpoint", e]);
+    }
+    let e = LineProc::spawn_with_stderr("engine", cmd.args(flags));
+    let said = rest_lines(e.stderr.as_ref().expect("piped"), Duration::from_secs(90));
+    let (status, out) = e.finish(Duration::from_secs(30));
+    let _ = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}{said:?}");
+    let r = json(&out);
+    assert_eq!(u(&r, "metrics_write_errors"), 0, "{r}");
+    (r, said)
+}
+
+/// A restart used to empty `--hlog FILE`: the earlier run's open file (with rotation, up to a
+/// whole rotation period of latency history) was lost while its closed files survived. Now the
+/// new run closes it first, as a rotation would, under its own start's name (one line says so):
+/// Python's `hdrhistogram` reads every interval of the earlier run in it. Without rotation the
+/// same; with rotation the kept file counts in `--hlog-keep`.
+#[test]
+fn a_restart_keeps_the_earlier_runs_hlog_as_a_closed_file() {
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-restart");
+    let hlog = dir.join("r.hlog");
+    let hlog_arg = hlog.to_str().expect("utf8");
+    // Rotation on, but no bound reached within a run: FILE is the run's open file at its end.
+    let rotating = ["--hlog", hlog_arg, "--hlog-rotate-bytes", "1Gi", "--hlog-keep", "1"];
+    let total = |r: &serde_json::Value| u(&r["shards"][0]["latency"]["total"], "count");
+    let count_in = |f: &Path| {
+        let read = python_json(&["hlog", f.to_str().expect("utf8")]);
+        (u(&read["tags"]["shard0.total"], "count"), read["start_time_sec"].as_f64().expect("a StartTime"))
+    };
+    let (first, said) = hlog_run(&rotating);
+    assert!(closed_hlogs(&hlog).is_empty(), "no rotation in the first run");
+    assert!(!said.iter().any(|l| l.contains("kept")), "nothing earlier to keep: {said:?}");
+    let first_log = std::fs::read(&hlog).expect("the first run's FILE");
+    let (_, first_start) = count_in(&hlog);
+
+    let (second, said) = hlog_run(&rotating);
+    let closed = closed_hlogs(&hlog);
+    assert_eq!(closed.len(), 1, "the first run's FILE, kept: {closed:?}");
+    assert_eq!(std::fs::read(&closed[0]).expect("kept"), first_log, "kept as it was");
+    let (count, start) = count_in(&closed[0]);
+    assert_eq!(count, total(&first), "every interval of the first run");
+    assert!((start - first_start).abs() < 1e-6, "named by its own start");
+    let stamp = closed[0].to_str().expect("utf8").trim_end_matches(".hlog").rsplit('.').take(2).collect::<Vec<_>>();
+    let ms = (first_start * 1e3).round() as u64 % 1000;
+    assert_eq!(stamp[0], format!("{ms:03}Z"), "the stamp's ms are its StartTime's: {closed:?}");
+    let kept: Vec<&String> = said.iter().filter(|l| l.contains("kept an earlier run's")).collect();
+    assert_eq!(kept.len(), 1, "one line: {said:?}");
+    assert!(
+        kept[0].starts_with("metrics: --hlog: ") && kept[0].ends_with(closed[0].to_str().expect("utf8")),
+        "{kept:?}"
+    );
+    assert_eq!(count_in(&hlog).0, total(&second), "FILE is the second run's");
+
+    // Without rotation: kept the same way (nothing removed).
+    let (_, said) = hlog_run(&["--hlog", hlog_arg]);
+    let closed = closed_hlogs(&hlog);
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    assert_eq!(count_in(&closed[1]).0, total(&second), "the second run's intervals");
+    assert_eq!(said.iter().filter(|l| l.contains("kept an earlier run's")).count(), 1, "{said:?}");
+
+    // With rotation again, --hlog-keep 1: the third run's FILE kept, the two older removed.
+    let (_, said) = hlog_run(&rotating);
+    let left = closed_hlogs(&hlog);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0] > closed[1], "the newest kept: {left:?} {closed:?}");
+    let removed: Vec<&String> = said.iter().filter(|l| l.contains("metrics: --hlog: removed ")).collect();
+    assert_eq!(removed.len(), 2, "{said:?}");
+}
+
+/// A `--hlog FILE` that is not an interval log (someone else's file, a path mistyped) used to
+/// be emptied at the start without a word. It is refused in one line, before the run, and left
+/// as it was, with the run's other outputs: kept aside under an interval log's closed name it
+/// would be removed by `--hlog-keep` later.
+#[test]
+fn an_hlog_file_that_is_not_an_interval_log_is_refused_and_left_as_it_was() {
+    let dir = temp_dir("dash-not-hlog");
+    let (hlog, hgrm) = (dir.join("notes.txt"), dir.join("h.hgrm"));
+    let theirs = b"meeting notes\nnot an interval log\n";
+    std::fs::write(&hlog, theirs).expect("write");
+    std::fs::write(&hgrm, b"an earlier run's spectrum").expect("write");
+    for rotate in [&[][..], &["--hlog-rotate-every", "1h"][..]] {
+        let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+        let mut cmd = mdsub();
+        cmd.args(["engine", "--endpoint", &ep, "--max-duration", "2s", "--metrics-interval", "100ms"]);
+        cmd.arg("--hlog").arg(&hlog).arg("--hgrm").arg(&hgrm).args(rotate);
+        let (code, out, err) = run_within("engine", &mut cmd, Duration::from_secs(60));
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert_eq!(
+            err.trim(),
+            format!(
+                "mdsub: error: --hlog {}: holds {} bytes that are not an HdrHistogram interval log (line 1 is neither a \
+                 comment nor an interval: \"meeting notes\"), which this run would write over; move the file away or \
+                 give another path",
+                hlog.display(),
+                theirs.len()
+            )
+        );
+        assert_eq!(std::fs::read(&hlog).expect("read"), theirs, "left as it was");
+        assert_eq!(std::fs::read(&hgrm).expect("read"), b"an earlier run's spectrum", "the other output too");
+        assert_eq!(std::fs::read_dir(&*dir).expect("dir").count(), 2, "nothing made beside them");
+    }
+}

@@ -24,7 +24,7 @@ use crate::engine::defaults::METRICS_INTERVAL_RANGE_MS;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
-use crate::metrics::hlog_file::Rotation;
+use crate::metrics::hlog_file::{claim_keeping_previous, Note, Rotation};
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::RunReport;
 use crate::profile::{Profile, ProfileError};
@@ -415,14 +415,19 @@ pub struct OutputArgs {
     /// per shard; a longer --metrics-interval shrinks it as much, and
     /// --hlog-rotate-every/--hlog-rotate-bytes bound it. Moved away or emptied
     /// by an external logrotate (rename, or copytruncate), it is started anew at
-    /// the next interval, with no signal (SIGHUP ends the engine).
+    /// the next interval, with no signal (SIGHUP ends the engine). An earlier
+    /// run's FILE is never lost: it is closed first, as a rotation would close
+    /// it (named by its own start), and said; a FILE that is not an interval
+    /// log is refused and left as it was.
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
     /// Close the --hlog FILE and start a new one as the first interval ends at
     /// or after each multiple of DURATION in UTC (e.g. 1h: on the hour). The
     /// closed file keeps its intervals under FILE's name stamped with its start
     /// (run.hlog: run.20261206T170000.002Z.hlog), a whole interval log with
-    /// its own header; no interval is split. FILE stays locked throughout.
+    /// its own header; no interval is split. FILE stays locked throughout. On a
+    /// file system without hard links (vfat) FILE is renamed to the closed
+    /// name, then the new file to FILE: missing for a moment (said once).
     #[arg(long, requires = "hlog", value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub hlog_rotate_every: Option<Duration>,
     /// Close the --hlog FILE, as --hlog-rotate-every does, as the first
@@ -431,7 +436,7 @@ pub struct OutputArgs {
     #[arg(long, requires = "hlog", value_parser = parse_bytes, value_name = "BYTES")]
     pub hlog_rotate_bytes: Option<u64>,
     /// Closed --hlog files kept (of FILE's name, earlier runs' too); older ones
-    /// are removed at each rotation, oldest first, each said on stderr
+    /// are removed at the start and at each rotation, oldest first, each said on stderr
     /// [default: 24].
     #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
     pub hlog_keep: Option<usize>,
@@ -480,10 +485,25 @@ impl OutputArgs {
             .into_iter()
             .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
             .collect();
-        let mut claimed = crate::outfile::claim_all(&named).map_err(super::outfile_error)?.into_iter();
-        cfg.outputs.hlog = self.hlog.as_ref().and_then(|_| claimed.next());
-        cfg.outputs.hlog_rotation = self.hlog_rotation(cfg.outputs.hlog.as_ref())?;
-        cfg.outputs.hgrm = self.hgrm.as_ref().and_then(|_| claimed.next());
+        // All locked first, then the --hlog kept or refused, and only then anything emptied: a
+        // refused run leaves every file as it was.
+        let mut locked = crate::outfile::lock_all(&named).map_err(super::outfile_error)?.into_iter();
+        let (hlog, hgrm) =
+            (self.hlog.as_ref().and_then(|_| locked.next()), self.hgrm.as_ref().and_then(|_| locked.next()));
+        cfg.outputs.hlog_rotation = self.hlog_rotation(hlog.as_ref())?;
+        if let Some(hlog) = hlog {
+            let (claimed, notes) = claim_keeping_previous(hlog, &cfg.outputs.hlog_rotation)?;
+            for note in notes {
+                match note {
+                    Note::Said(line) | Note::Removed(line) | Note::Started(line) => {
+                        crate::diag!("metrics: --hlog: {line}")
+                    }
+                    Note::Error(e) => crate::diag!("metrics: --hlog: {e} (the run goes on)"),
+                }
+            }
+            cfg.outputs.hlog = Some(claimed);
+        }
+        cfg.outputs.hgrm = hgrm.map(crate::outfile::Locked::empty).transpose().map_err(super::outfile_error)?;
         cfg.outputs.listen = self.metrics_listen;
         Ok(())
     }
@@ -491,7 +511,7 @@ impl OutputArgs {
 
 impl OutputArgs {
     /// `--hlog-rotate-every`, `--hlog-rotate-bytes` and `--hlog-keep` for the claimed `--hlog`.
-    fn hlog_rotation(&self, hlog: Option<&crate::outfile::Claimed>) -> anyhow::Result<Rotation> {
+    fn hlog_rotation(&self, hlog: Option<&crate::outfile::Locked>) -> anyhow::Result<Rotation> {
         let rotation = Rotation {
             every: self.hlog_rotate_every,
             bytes: self.hlog_rotate_bytes,

@@ -431,7 +431,7 @@ impl Collector {
     fn hlog_note(&mut self, note: Note) {
         let (level, line) = match note {
             Note::Error(e) => return self.write_error(e),
-            Note::Removed(line) => (Level::Info, line),
+            Note::Removed(line) | Note::Said(line) => (Level::Info, line),
             Note::Started(line) => (Level::Debug, line),
         };
         match &self.interval_log {

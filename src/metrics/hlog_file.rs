@@ -9,7 +9,13 @@
 //! named by that start, in UTC: `run.hlog` → `run.20261206T170000.002Z.hlog` (the stamp
 //! before the extension), so `ls` lists a log's closed files oldest first, before FILE, and
 //! the name says which hour a file holds. FILE is always the file being written, and always
-//! locked ([`Claimed::rotate`]): another run given it is refused throughout.
+//! locked ([`Claimed::rotate`]): another run given it is refused throughout. (On a file system
+//! without hard links a rotation renames instead, and FILE is missing for a moment between the
+//! two renames: said once.)
+//!
+//! A run never loses an earlier run's FILE ([`claim_keeping_previous`]): before it writes, an
+//! interval log found there is closed as a rotation closes it, by its own start, rotation on or
+//! not; anything else there is refused, left as it was.
 //!
 //! An external logrotate is followed without a signal: as each interval starts the engine
 //! looks at FILE, and when it was moved or removed (`create`, or the default rename) a new FILE
@@ -22,12 +28,12 @@
 //! the file grew by the size again), not every interval.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::hlog::{HlogError, HlogWriter};
-use crate::outfile::Claimed;
+use crate::outfile::{Claimed, Closing, Locked, OutFileError};
 
 /// How many closed files `--hlog-keep` keeps by default (a day of hourly files).
 pub const DEFAULT_KEEP: usize = 24;
@@ -68,6 +74,9 @@ impl Rotation {
 pub enum Note {
     /// A closed file was removed (`--hlog-keep`), said at level info.
     Removed(String),
+    /// Something a run's operator is told once, at level info: an earlier run's FILE kept, or
+    /// rotations made by renames on a file system without hard links.
+    Said(String),
     /// FILE was closed or started anew, said at level debug.
     Started(String),
     /// A rotation, removal or follow failed: counted as a write error.
@@ -89,6 +98,8 @@ pub struct HlogFile {
     /// Bytes of this file flushed to it (0 until its first flush): a file shorter than that was
     /// emptied by someone else.
     flushed: u64,
+    /// Whether a rotation by renames (no hard links) was said already.
+    said_renames: bool,
 }
 
 impl HlogFile {
@@ -104,6 +115,7 @@ impl HlogFile {
             rotation,
             start_ns,
             flushed: 0,
+            said_renames: false,
         })
     }
 
@@ -166,16 +178,25 @@ impl HlogFile {
             return Vec::new();
         }
         let closed = closed_name(self.path(), self.start_ns);
-        let rotated = self.claimed.rotate(&closed).map_err(|e| e.to_string()).and_then(|fresh| {
+        let rotated = self.claimed.rotate(&closed).map_err(|e| e.to_string()).and_then(|(fresh, how)| {
             // FILE is the new, empty file now: a failed header is said like a failed write, and
             // the next interval's follow sees FILE still empty and starts it again.
-            self.restart(fresh, end_ns).map_err(|e| format!("{}: {e}", self.path().display()))
+            self.restart(fresh, end_ns).map(|()| how).map_err(|e| format!("{}: {e}", self.path().display()))
         });
         let mut notes = Vec::new();
         match rotated {
-            Ok(()) => {
+            Ok(how) => {
                 notes.push(Note::Started(format!("closed {} as {}", self.path().display(), closed.display())));
-                notes.extend(self.prune());
+                if how == Closing::Renamed && !self.said_renames {
+                    self.said_renames = true;
+                    notes.push(Note::Said(format!(
+                        "{}: this file system has no hard links, so each rotation renames the file to its closed \
+                         name and then the new file to {0}: {0} is missing for a moment between the two renames \
+                         (no interval is lost)",
+                        self.path().display()
+                    )));
+                }
+                notes.extend(prune(self.path(), self.rotation.keep));
             }
             Err(e) => {
                 notes.push(Note::Error(format!(
@@ -201,31 +222,172 @@ impl HlogFile {
         self.due_bytes = self.rotation.bytes;
         Ok(())
     }
+}
 
-    /// Remove closed files of FILE beyond `keep`, oldest first: one note per removal.
-    fn prune(&self) -> Vec<Note> {
-        let closed = match closed_files(self.path()) {
-            Ok(c) => c,
-            Err(e) => {
-                return vec![Note::Error(format!(
-                    "listing the closed files of {} (--hlog-keep): {e}",
-                    self.path().display()
-                ))]
-            }
-        };
-        let surplus = closed.len().saturating_sub(self.rotation.keep);
-        closed[..surplus]
-            .iter()
-            .map(|old| match std::fs::remove_file(old) {
-                Ok(()) => Note::Removed(format!(
-                    "removed {}, the oldest closed interval log beyond --hlog-keep {}",
-                    old.display(),
-                    self.rotation.keep
-                )),
-                Err(e) => Note::Error(format!("removing {} (--hlog-keep {}): {e}", old.display(), self.rotation.keep)),
-            })
-            .collect()
+/// How much of an earlier run's FILE is read to judge it: its header and first interval.
+const HEAD_BYTES: u64 = 64 * 1024;
+
+/// Interval timestamps at or above this many seconds are since the epoch, not since a base
+/// time (HdrHistogram's readers take a year as that bound).
+const ABSOLUTE_S: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Why `--hlog FILE` could not be claimed with what an earlier run left in it.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviousError {
+    /// FILE holds something other than an interval log: refused, left as it was.
+    #[error(
+        "{named}: holds {len} bytes that are not an HdrHistogram interval log ({why}), which this run would \
+         write over; move the file away or give another path"
+    )]
+    NotALog { named: String, len: u64, why: String },
+    /// FILE could not be read.
+    #[error("{named}: reading what an earlier run left in it: {source}")]
+    Read { named: String, source: std::io::Error },
+    /// The earlier run's log could not be kept under its closed name (that name is taken).
+    #[error(
+        "{named}: keeping an earlier run's interval log as {}: {why}; move that file or this one away",
+        closed.display()
+    )]
+    Keep { named: String, closed: PathBuf, why: String },
+    /// Emptying FILE failed.
+    #[error(transparent)]
+    File(#[from] OutFileError),
+}
+
+/// Claim `--hlog FILE` for a run without losing what an earlier run left in it. FILE holding an
+/// interval log with intervals (the earlier run's open file, rotated or not) is closed as a
+/// rotation closes it: kept under [`closed_name`] by its own start (its `StartTime`, else its
+/// `BaseTime`, else its first interval's time, else the file's modification time), never over a
+/// file already there, and a new FILE is claimed in its place. An empty FILE, or one holding only
+/// a header (no interval to lose), is emptied. Anything else, not an interval log, is refused
+/// and left as it was: it is someone else's file or a path mistyped, and put under a closed name
+/// it would be removed by `--hlog-keep` later. With rotation on, the closed files beyond `keep`
+/// are removed then (the kept one counts). Its notes: the keep and the removals.
+pub fn claim_keeping_previous(locked: Locked, rotation: &Rotation) -> Result<(Claimed, Vec<Note>), PreviousError> {
+    let named = locked.named();
+    let read = |source| PreviousError::Read { named: named.clone(), source };
+    let meta = if locked.is_regular() { Some(locked.metadata().map_err(read)?) } else { None };
+    let len = meta.as_ref().map_or(0, |m| m.len());
+    let mut notes = Vec::new();
+    let mut previous = None;
+    if len > 0 {
+        let mut head = Vec::new();
+        locked.read().and_then(|f| f.take(HEAD_BYTES).read_to_end(&mut head)).map_err(read)?;
+        match previous_log(&head, len <= HEAD_BYTES) {
+            Err(why) => return Err(PreviousError::NotALog { named, len, why }),
+            Ok(Some(start_s)) => previous = Some(start_s),
+            Ok(None) => {}
+        }
     }
+    let path = locked.path().to_path_buf();
+    let claimed = match previous {
+        None => locked.empty()?,
+        Some(start_s) => {
+            let start_ns = match start_s {
+                Some(s) => (s * 1e3).round() as u64 * 1_000_000,
+                None => meta
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            };
+            let closed = closed_name(&path, start_ns);
+            let (claimed, _) = locked.keep_as(&closed).map_err(|e| PreviousError::Keep {
+                named: named.clone(),
+                closed: closed.clone(),
+                why: match e {
+                    OutFileError::Io { source, .. } => source.to_string(),
+                    e => e.to_string(),
+                },
+            })?;
+            notes.push(Note::Said(format!(
+                "kept an earlier run's {} ({len} bytes, from {}) as {}",
+                path.display(),
+                crate::clock::utc_iso8601(start_ns),
+                closed.display()
+            )));
+            claimed
+        }
+    };
+    if rotation.is_on() {
+        notes.extend(prune(&path, rotation.keep));
+    }
+    Ok((claimed, notes))
+}
+
+/// What an earlier run left in FILE, judged by its first bytes (`whole`: all of them):
+/// `Ok(Some(start))` for an interval log with intervals, with its start in seconds since the epoch
+/// when it says (`StartTime`, else `BaseTime`, else its first interval's time when that is
+/// absolute); `Ok(None)` for a header with no interval after it; `Err(why)` for anything else.
+fn previous_log(head: &[u8], whole: bool) -> Result<Option<Option<f64>>, String> {
+    let text = String::from_utf8_lossy(head);
+    let (mut header, mut start, mut base) = (false, None, None);
+    for (n, raw) in text.split_inclusive('\n').enumerate() {
+        let line = raw.trim_end_matches(['\n', '\r']);
+        if let Some(r) = line.strip_prefix("#[StartTime: ") {
+            (start, header) = (leading_secs(r), true);
+        } else if let Some(r) = line.strip_prefix("#[BaseTime: ") {
+            (base, header) = (leading_secs(r), true);
+        } else if line.starts_with("#[Histogram log format version") || line.starts_with("\"StartTimestamp\"") {
+            header = true;
+        } else if !line.starts_with('#') && !line.is_empty() {
+            return match interval_time(line) {
+                Some(t) => Ok(Some(start.or(base).or((t >= ABSOLUTE_S).then_some(t)))),
+                // A last line cut short: by this read (keep the file), or by the end of the run
+                // that wrote it (no whole interval in it: nothing to keep).
+                None if header && !raw.ends_with('\n') => Ok((!whole).then_some(start.or(base))),
+                None => {
+                    let shown: String = line.chars().take(40).collect();
+                    Err(format!("line {} is neither a comment nor an interval: {shown:?}", n + 1))
+                }
+            };
+        }
+    }
+    if header {
+        Ok(None)
+    } else {
+        Err("no interval log header in it".into())
+    }
+}
+
+/// The seconds a `#[StartTime: …]` or `#[BaseTime: …]` header starts with.
+fn leading_secs(rest: &str) -> Option<f64> {
+    rest.split_whitespace().next()?.parse().ok().filter(|s: &f64| s.is_finite() && *s > 0.0)
+}
+
+/// The start time of an interval line, `[Tag=T,]start,length,max,histogram`.
+fn interval_time(line: &str) -> Option<f64> {
+    let rest = match line.strip_prefix("Tag=") {
+        Some(r) => r.split_once(',')?.1,
+        None => line,
+    };
+    let mut fields = rest.splitn(4, ',');
+    let t: f64 = fields.next()?.parse().ok()?;
+    for _ in 0..2 {
+        fields.next()?.parse::<f64>().ok()?;
+    }
+    fields.next().filter(|h| !h.is_empty())?;
+    (t.is_finite() && t >= 0.0).then_some(t)
+}
+
+/// Remove closed files of `path` beyond `keep`, oldest first: one note per removal.
+fn prune(path: &Path, keep: usize) -> Vec<Note> {
+    let closed = match closed_files(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Note::Error(format!("listing the closed files of {} (--hlog-keep): {e}", path.display()))]
+        }
+    };
+    let surplus = closed.len().saturating_sub(keep);
+    closed[..surplus]
+        .iter()
+        .map(|old| match std::fs::remove_file(old) {
+            Ok(()) => Note::Removed(format!(
+                "removed {}, the oldest closed interval log beyond --hlog-keep {keep}",
+                old.display()
+            )),
+            Err(e) => Note::Error(format!("removing {} (--hlog-keep {keep}): {e}", old.display())),
+        })
+        .collect()
 }
 
 /// A header written (into the buffer) on `claimed`, emptied first.
@@ -355,6 +517,144 @@ mod tests {
         assert_eq!(std::fs::read(&taken).expect("read"), b"not ours");
         assert!(f.rotate_if_due(t + 2_500_000_000).is_empty(), "not tried again before the next bound");
         assert!(Claimed::claim("--hlog", &path).is_err(), "FILE is still locked");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    /// An interval log with one interval, as the engine writes it, started at `start_ns`.
+    fn a_log(start_ns: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = HlogWriter::new(&mut out, start_ns, "an earlier run").expect("header");
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+        h.record(1_000).expect("record");
+        w.write("shard0.total", start_ns, start_ns + 1_000_000_000, &h).expect("interval");
+        w.flush().expect("flush");
+        drop(w);
+        out
+    }
+
+    fn lock(path: &Path) -> Locked {
+        crate::outfile::lock_all(&[("--hlog", path)]).expect("locked").remove(0)
+    }
+
+    /// An earlier run's FILE is kept under its start's closed name and a new FILE claimed, said
+    /// once, and counted in keep-N; one with a header only is emptied (nothing to lose); anything
+    /// else is refused and left as it was; a closed name taken is refused, nothing replaced.
+    #[test]
+    fn an_earlier_runs_log_is_kept_by_its_start_and_anything_else_is_refused() {
+        let d = crate::test_dir("hlog-file-previous");
+        let path = d.join("p.hlog");
+        let t = 1_796_576_400_002_000_000u64;
+        let earlier = a_log(t);
+        std::fs::write(&path, &earlier).expect("write");
+        let older = closed_name(&path, t - 3_600_000_000_000);
+        std::fs::write(&older, a_log(t - 3_600_000_000_000)).expect("write");
+        let rotation = Rotation { every: Some(Duration::from_secs(3600)), bytes: None, keep: 1 };
+        let (claimed, notes) = claim_keeping_previous(lock(&path), &rotation).expect("claimed");
+        let kept = d.join("p.20261206T170000.002Z.hlog");
+        assert!(
+            matches!(&notes[..], [Note::Said(k), Note::Removed(r)]
+                if k.contains(&format!("({} bytes, from 2026-12-06T17:00:00.002Z) as {}", earlier.len(), kept.display()))
+                    && r.contains(&*older.to_string_lossy())),
+            "{notes:?}"
+        );
+        assert_eq!(std::fs::read(&kept).expect("kept"), earlier, "kept as it was");
+        assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0, "a new FILE");
+        assert!(Claimed::claim("--hlog", &path).is_err(), "the new FILE is locked");
+        drop(claimed);
+
+        // A header only: emptied, nothing kept (without rotation: nothing removed either).
+        let mut header_only = Vec::new();
+        HlogWriter::new(&mut header_only, t, "no interval").and_then(|mut w| w.flush()).expect("header");
+        std::fs::write(&path, &header_only).expect("write");
+        let (_c, notes) = claim_keeping_previous(lock(&path), &Rotation::default()).expect("claimed");
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0);
+        assert_eq!(closed_files(&path).expect("listed"), vec![kept.clone()]);
+        drop(_c);
+
+        // Not an interval log: refused, left as it was, nothing closed.
+        for (other, why) in [
+            (&b"#!/bin/sh\necho hello\n"[..], "line 2 is neither a comment nor an interval: \"echo hello\""),
+            (&b"# only comments\n"[..], "no interval log header in it"),
+            (&b"\x00\x01\x02binary"[..], "line 1 is neither"),
+        ] {
+            std::fs::write(&path, other).expect("write");
+            let e = claim_keeping_previous(lock(&path), &rotation).expect_err("refused");
+            assert!(matches!(e, PreviousError::NotALog { .. }), "{e}");
+            let said = e.to_string();
+            assert!(said.contains(why) && said.ends_with("move the file away or give another path"), "{said}");
+            assert_eq!(std::fs::read(&path).expect("read"), other, "left as it was");
+            assert_eq!(closed_files(&path).expect("listed"), vec![kept.clone()]);
+        }
+
+        // Its closed name taken by another file: refused, both left as they were.
+        std::fs::write(&path, &earlier).expect("write");
+        std::fs::write(&kept, b"someone else's").expect("write");
+        let e = claim_keeping_previous(lock(&path), &rotation).expect_err("the name is taken");
+        assert!(matches!(e, PreviousError::Keep { .. }) && e.to_string().contains("File exists"), "{e}");
+        assert_eq!(std::fs::read(&path).expect("read"), earlier);
+        assert_eq!(std::fs::read(&kept).expect("read"), b"someone else's");
+        // A run that ended between a rotation's link and rename left FILE linked as its closed
+        // name already: that is no conflict, and a new FILE is claimed.
+        std::fs::remove_file(&kept).expect("remove");
+        std::fs::hard_link(&path, &kept).expect("link");
+        let (_c, notes) = claim_keeping_previous(lock(&path), &Rotation::default()).expect("claimed");
+        assert!(matches!(&notes[..], [Note::Said(_)]), "{notes:?}");
+        assert_eq!(std::fs::read(&kept).expect("kept"), earlier);
+        assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// On a file system without hard links (here `link` made to fail with `EPERM`, as vfat's
+    /// does) a rotation renames: the closed file holds every interval, FILE is a new locked log,
+    /// the renames are said once; a closed name taken is never replaced and leaves all as it
+    /// was. Keeping an earlier run's FILE works the same way. Before, every rotation failed.
+    #[test]
+    fn without_hard_links_a_rotation_renames_and_loses_nothing() {
+        crate::outfile::NO_HARD_LINKS.with(|n| n.set(true));
+        let d = crate::test_dir("hlog-file-nolinks");
+        let path = d.join("n.hlog");
+        let t = 1_796_576_400_000_000_000u64;
+        std::fs::write(&path, a_log(t - 5_000_000_000)).expect("an earlier run's FILE");
+        let rotation = Rotation { every: Some(Duration::from_secs(1)), bytes: None, keep: 10 };
+        let (claimed, notes) = claim_keeping_previous(lock(&path), &rotation).expect("kept by renames");
+        assert!(matches!(&notes[..], [Note::Said(k)] if k.contains("kept an earlier run's")), "{notes:?}");
+        let mut f = HlogFile::open(claimed, t, "test".into(), rotation).expect("open");
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+        h.record(7).expect("record");
+        f.writer().write("x", t, t + 1_000_000_000, &h).expect("write");
+        f.flush().expect("flush");
+        let written = std::fs::read(&path).expect("FILE");
+        let notes = f.rotate_if_due(t + 1_000_000_000);
+        let said: Vec<&Note> = notes.iter().filter(|n| matches!(n, Note::Said(_))).collect();
+        assert!(matches!(&notes[0], Note::Started(s) if s.contains("closed")), "{notes:?}");
+        assert!(
+            matches!(&said[..], [Note::Said(s)] if s.contains("no hard links") && s.contains("missing for a moment")),
+            "{notes:?}"
+        );
+        assert_eq!(std::fs::read(closed_name(&path, t)).expect("closed"), written, "every interval kept");
+        f.flush().expect("flush");
+        assert!(std::fs::read_to_string(&path).expect("FILE").contains("#[StartTime: "), "a new FILE");
+        assert!(Claimed::claim("--hlog", &path).is_err(), "the new FILE is locked");
+        assert!(!d.join(".n.hlog.next").exists());
+        // The next rotation: said no more.
+        f.writer().write("x", t + 1_000_000_000, t + 2_000_000_000, &h).expect("write");
+        f.flush().expect("flush");
+        let notes = f.rotate_if_due(t + 2_000_000_000);
+        assert!(matches!(&notes[..], [Note::Started(_)]), "said once: {notes:?}");
+        // Its closed name taken: not replaced, one error, FILE as it was and still written.
+        f.writer().write("x", t + 2_000_000_000, t + 3_000_000_000, &h).expect("write");
+        f.flush().expect("flush");
+        let taken = closed_name(&path, t + 2_000_000_000);
+        std::fs::write(&taken, b"not ours").expect("write");
+        let before = std::fs::read(&path).expect("FILE");
+        let notes = f.rotate_if_due(t + 3_000_000_000);
+        assert!(matches!(&notes[..], [Note::Error(e)] if e.contains("File exists")), "{notes:?}");
+        assert_eq!(std::fs::read(&taken).expect("read"), b"not ours");
+        assert_eq!(std::fs::read(&path).expect("FILE"), before);
+        assert!(!d.join(".n.hlog.next").exists(), "nothing left half-made");
+        assert!(Claimed::claim("--hlog", &path).is_err(), "FILE is still locked");
+        assert_eq!(closed_files(&path).expect("listed").len(), 4, "the kept, two closed, the one not ours");
+        crate::outfile::NO_HARD_LINKS.with(|n| n.set(false));
         let _ = std::fs::remove_dir_all(&d);
     }
 }
