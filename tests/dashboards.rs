@@ -1165,10 +1165,18 @@ fn an_unreachable_store_does_not_lengthen_the_stop() {
         assert_eq!(json(&out)["time_limit"], true, "{out}");
         took
     };
-    let without = run(&[]);
-    let with = run(&["--store", &store]);
-    // The 2 s wait made it 2 s longer at least.
-    assert!(with < without + Duration::from_millis(1500), "with the store {with:?}, without {without:?}");
+    // Alternated three times and the quickest of each kept: a load spike on a shared box
+    // lengthens one run (it once made a run 2.2 s longer), while the 2 s wait lengthened every
+    // run with the store by 2 s at least.
+    let (mut without, mut with) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        without = without.min(run(&[]));
+        with = with.min(run(&["--store", &store]));
+    }
+    assert!(
+        with < without + Duration::from_millis(1500),
+        "with the store {with:?}, without {without:?} (quickest of 3)"
+    );
     drop(replay);
 }
 
