@@ -438,7 +438,12 @@ fn a_capture_with_holes_replays_without_false_loss_and_says_what_the_tap_missed(
         common::proxy::counter(last, "recorded_messages"),
     );
     assert!(dropped_messages > 0, "the recorder fell behind: {last}");
-    assert_eq!(dropped, dropped_messages, "only messages dropped here (one subscription, taken first): {last}");
+    // `dropped` also counts (un)subscription copies, which a capture never holds: at most the
+    // subscriber's one subscribe and one unsubscribe here (a loaded box may drop those too).
+    assert!(
+        (dropped_messages..=dropped_messages + 2).contains(&dropped),
+        "dropped counts messages and subscription copies: {last}"
+    );
     assert_eq!(record_missed, dropped_messages + record_lost, "the capture counts what the tap dropped: {last}");
     let said: Vec<&String> = err.iter().filter(|l| l.contains("misses") && l.starts_with("tap: the capture")).collect();
     assert_eq!(said.len(), 1, "said once at exit: {err:?}");
