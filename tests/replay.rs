@@ -168,6 +168,36 @@ fn replay_json(path: &std::path::Path) -> (Option<i32>, serde_json::Value, Strin
     (code, v, err)
 }
 
+/// A capture whose tap was killed before it dropped anything has no hole marks and no end
+/// record. Before, its replay said nothing of it (only `--json`'s `capture.closed` was false):
+/// the note on a capture that misses messages came only with a mark. Now the replay says once
+/// that the file was not closed, so messages after its last record may be missing; a closed
+/// capture gets no such note.
+#[test]
+fn a_capture_without_its_end_record_and_without_marks_is_said_not_to_be_closed() {
+    let dir = temp_dir("replay-not-closed");
+    let open = dir.join("open.mdcap");
+    let mut w = data_capture(&open, b"CAP", (1..=5).map(|i| (i, i)));
+    w.flush().expect("flush");
+    drop(w);
+    let closed = dir.join("closed.mdcap");
+    data_capture(&closed, b"CAP", (1..=5).map(|i| (i, i))).finish(6).expect("closed");
+    let says = |l: &&str| l.starts_with("note: capture file") && l.contains("has no end record");
+    let (code, v, err) = replay_json(&open);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        v["capture"],
+        serde_json::json!({"missing": 0, "closed": false, "filtered": false, "renumbered": false})
+    );
+    let said: Vec<&str> = err.lines().filter(says).collect();
+    assert_eq!(said.len(), 1, "said once: {err}");
+    assert!(said[0].contains("open.mdcap") && said[0].contains("after its last record may be missing"), "{err}");
+    let (code, v, err) = replay_json(&closed);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["capture"]["closed"], true, "{v}");
+    assert!(!err.lines().any(|l| says(&l)), "a closed capture: no note: {err}");
+}
+
 /// Damage after the header ends the file at the damage: what came before is replayed, the
 /// damage is said once with its reason, byte offset and record number, counted under the reason
 /// in the numbers (`--json`: `refused`), and the exit status is 1. A file that is not a capture

@@ -167,6 +167,12 @@ pub fn file_source(
             let renumber = !keep_seq && (filtered || holes.missing > 0);
             if holes.missing > 0 {
                 crate::diag!("{}", holes_note(one, &holes, restamp, keep_seq));
+            } else if holes.closed == Some(false) {
+                crate::diag!(
+                    "note: capture file {} has no end record (its tap was killed, or its writing failed): messages \
+                     after its last record may be missing, and nothing in it says how many",
+                    one.display()
+                );
             }
             if filtered && !restamp && !keep_seq {
                 // Byte for byte, the stream sequences would skip what the filter left out, and a

@@ -160,17 +160,18 @@ pub fn run(
 pub fn missing_line(path: &str, report: &TapReport) -> String {
     let (p, s) = (&report.proxy, &report.sink);
     let mut line = format!(
-        "the capture {path} misses {} message(s) that passed the tap: {} dropped before the recorder took them \
-         (dropped_messages=; --queue-msgs is the queue's room) and {} too large to record, marked where each hole \
-         is (record_missed={})",
+        "the capture {path} misses {} message(s) that passed the tap: {} marked where each hole is \
+         (record_missed=: copies dropped before the recorder took them, dropped_messages={} in all, --queue-msgs \
+         is the queue's room; and messages too large to record, record_skipped_too_large={})",
         s.record_missed + s.record_lost,
+        s.record_missed,
         p.dropped_messages,
-        s.record_skipped_too_large,
-        s.record_missed
+        s.record_skipped_too_large
     );
     if s.record_lost > 0 {
         line.push_str(&format!(
-            ", and {} lost after its writing failed (record_lost=): it has no end record, so it reads as not closed",
+            ", and {} lost after its writing failed (record_lost=, with the copies dropped since): it has no end \
+             record, so it reads as not closed",
             s.record_lost
         ));
     }

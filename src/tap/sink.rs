@@ -73,7 +73,8 @@ pub struct TapSinkReport {
     pub recorded_messages: u64,
     pub record_errors: u64,
     /// Messages not recorded because writing the file failed: those written into the
-    /// buffer that did not reach the file whole, and every one after (recording stops).
+    /// buffer that did not reach the file whole (with the holes marked among them), and every
+    /// one after (recording stops), the copies the tap dropped since among them.
     pub record_lost: u64,
     /// Messages not recorded because a frame exceeds the capture format's limit.
     pub record_skipped_too_large: u64,
@@ -903,9 +904,10 @@ impl TapSink {
     /// `missed_before` messages the tap dropped before it leave.
     fn record(&mut self, frames: &[Vec<u8>], recv_ns: u64, missed_before: u64, now_ns: u64) {
         let Some(r) = self.recording.as_mut() else {
-            // No recording: none asked for, or its writing failed and stopped it.
+            // No recording: none asked for, or its writing failed and stopped it (then this
+            // message and the copies dropped before it are lost with it).
             if self.report.record_errors > 0 {
-                self.report.record_lost += 1;
+                self.report.record_lost += 1 + missed_before;
             }
             return;
         };
@@ -917,9 +919,11 @@ impl TapSink {
                 format_args!("a frame over the capture format's {MAX_RECORD_LEN}-byte record limit is not recorded");
             self.refusals.refuse("too_large_to_record", &detail, now_ns);
         } else {
+            // The hole before it is marked as part of it: a failed write loses both.
+            let hole = r.missed;
             match r.write(frames, recv_ns) {
                 Ok(marked) => self.report.record_missed += marked,
-                Err(e) => self.stop_recording(&e, 1),
+                Err(e) => self.stop_recording(&e, 1 + hole),
             }
         }
     }
@@ -953,9 +957,18 @@ impl TapSink {
     /// The end: mark the copies the proxy dropped after the last message taken, and close the
     /// capture with its end record.
     fn close_recording(&mut self) {
-        let Some(r) = self.recording.as_mut() else { return };
         let dropped = self.dropped_messages.as_ref().map_or(0, |d| d.load(Ordering::Acquire));
-        r.miss(dropped.saturating_sub(self.missed_said));
+        let last_hole = dropped.saturating_sub(self.missed_said);
+        let Some(r) = self.recording.as_mut() else {
+            // Its writing failed and stopped it: the copies dropped since are lost with it.
+            if self.report.record_errors > 0 {
+                self.report.record_lost += last_hole;
+                self.publish();
+            }
+            return;
+        };
+        r.miss(last_hole);
+        let hole = r.missed;
         match r.close() {
             Ok(marked) => {
                 self.report.record_missed += marked;
@@ -963,7 +976,7 @@ impl TapSink {
                 self.report.recorded_messages += msgs;
                 self.report.recorded_frames += frames;
             }
-            Err(e) => self.stop_recording(&e, 0),
+            Err(e) => self.stop_recording(&e, hole),
         }
         self.publish();
     }
@@ -1343,6 +1356,47 @@ mod tests {
         // No NUL: foreign, not bad.
         let foreign = Captured::Message { frames: vec![b"10001 23 45".to_vec()], recv_ns: 0, missed_before: 0 };
         assert!(matches!(Seen::of(&foreign), Seen::Foreign { .. }));
+    }
+
+    /// A sink recording to `/dev/full` (every write to the file fails) that reads `dropped` as
+    /// the proxy's count of message copies it dropped.
+    fn sink_on_a_full_device(dropped: &Arc<AtomicU64>) -> TapSink {
+        let rec = Recording::create(Path::new("/dev/full"), false).expect("recording on /dev/full");
+        let (_tx, rx) = crossbeam::channel::bounded(1);
+        TapSink::new(rx, Show::Nothing, false, Some(rec), Arc::default()).missing_after(dropped.clone())
+    }
+
+    /// Before, once writing the recording failed, copies the tap dropped went uncounted: those a
+    /// message carried after the failure, the last hole at the end, and the hole whose mark was
+    /// being written when it failed; the exit line said the capture missed fewer messages than
+    /// it did. Every message that passed the tap is counted once: recorded, in a hole mark
+    /// (`record_missed`), or lost to the failure (`record_lost`).
+    #[test]
+    fn when_recording_fails_every_copy_the_tap_dropped_is_still_counted_as_missing() {
+        let msg =
+            |len: usize, missed_before| Captured::Message { frames: vec![vec![7; len]], recv_ns: 1, missed_before };
+        let counted = |r: &TapSinkReport| r.recorded_messages + r.record_missed + r.record_lost;
+        // The flush fails: 5 dropped before the first message, 3 before the second (taken after
+        // the failure), 4 after the last.
+        let dropped = Arc::new(AtomicU64::new(5));
+        let mut sink = sink_on_a_full_device(&dropped);
+        sink.handle(msg(10, 5), 1);
+        sink.dirty = true;
+        sink.flush();
+        assert_eq!(sink.report.record_errors, 1, "/dev/full refuses the flush");
+        dropped.store(8, Ordering::Release);
+        sink.handle(msg(10, 3), 2);
+        dropped.store(12, Ordering::Release);
+        sink.close_recording();
+        assert_eq!(counted(&sink.report), sink.report.messages + 12, "{:?}", sink.report);
+        // The write fails (a frame larger than the buffer goes straight to the file) with the
+        // mark of the 6 dropped before it taken.
+        let dropped = Arc::new(AtomicU64::new(6));
+        let mut sink = sink_on_a_full_device(&dropped);
+        sink.handle(msg(2 << 20, 6), 1);
+        assert_eq!(sink.report.record_errors, 1, "/dev/full refuses the write");
+        sink.close_recording();
+        assert_eq!(counted(&sink.report), sink.report.messages + 6, "{:?}", sink.report);
     }
 
     #[test]

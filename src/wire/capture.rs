@@ -160,7 +160,7 @@ impl<W: Write> CaptureWriter<W> {
             return Ok(0);
         }
         self.write_record(&count.to_le_bytes(), RECORD_HOLE, recv_ns)?;
-        self.missing += count;
+        self.missing = self.missing.saturating_add(count);
         Ok((RECORD_HEADER_LEN + HOLE_BODY_LEN) as u64)
     }
 
@@ -399,8 +399,14 @@ impl<R: Read> CaptureReader<R> {
         let body = |b: &[u8], i: usize| b.get(i..i + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes);
         match flags {
             RECORD_HOLE if len as usize == HOLE_BODY_LEN => {
+                // No tap drops 2^64 messages: a total past that is a damaged count, not a
+                // number to wrap (or, in a debug build, to panic on).
+                let Some(missing) = body(&self.buf, 0).and_then(|n| self.missing.checked_add(n)) else {
+                    let what = "a hole mark whose count takes the marks' total past 2^64";
+                    return fail(self, CaptureError::BadMark { offset: at, what });
+                };
                 self.marks += 1;
-                self.missing += body(&self.buf, 0).unwrap_or(0);
+                self.missing = missing;
             }
             RECORD_END if len as usize == END_BODY_LEN => {
                 if body(&self.buf, 0) != Some(self.missing) || body(&self.buf, 8) != Some(self.records) {
@@ -722,6 +728,29 @@ mod tests {
         let (recs, err) = read_all(&v1);
         assert_eq!(recs.len(), 1);
         assert!(matches!(err, Some(CaptureError::BadFlags { flags: RECORD_HOLE, .. })), "{err:?}");
+    }
+
+    /// Before, a reader added the marks' counts unchecked: two marks whose total passes 2^64
+    /// panicked a debug build and wrapped in a release one (a file of damaged counts read as
+    /// missing 1). Such a total is damage, said at the mark that passes it.
+    #[test]
+    fn marks_whose_total_passes_2_64_are_damage_not_a_wrapped_count() {
+        let mut w = CaptureWriter::new(Vec::new()).expect("header");
+        w.write_frame(b"first", false, 1).expect("write");
+        w.write_hole(u64::MAX, 2).expect("mark");
+        let second = (FILE_HEADER_LEN + 2 * RECORD_HEADER_LEN + 5 + HOLE_BODY_LEN) as u64;
+        w.write_hole(2, 3).expect("mark");
+        w.write_frame(b"last", false, 4).expect("write");
+        assert_eq!(w.missing(), u64::MAX, "the writer's total stops at the top");
+        let bytes = w.into_inner().expect("flush");
+        let mut r = CaptureReader::new(&bytes[..]).expect("header");
+        assert!(r.next_record().expect("first").is_some());
+        let e = r.next_record().err();
+        assert!(matches!(e, Some(CaptureError::BadMark { offset, .. }) if offset == second), "{e:?}");
+        assert_eq!((r.missing(), r.marks()), (u64::MAX, 1), "the marks before it stand");
+        let (d, path) = file_of("holes-overflow", &bytes);
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: u64::MAX, closed: Some(false) });
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     proptest! {
