@@ -1595,3 +1595,22 @@ fn a_later_shards_subscriber_that_left_while_an_earlier_end_of_stream_was_held_b
     assert!(s.get("eos_unconfirmed").is_none() && s.get("eos_missed").is_none(), "{s}");
     assert_eq!(s["eos_wait_s"].as_f64(), Some(0.0), "nobody was waited for: {s}");
 }
+
+#[test]
+fn a_restart_in_a_capture_replayed_byte_for_byte_names_the_way_that_works() {
+    // Before: "add --restamp" also with --keep-seq, which --restamp conflicts with, and only
+    // once the subscribers had come (exit 1): now at once, as a usage error.
+    // No subscriber is waited for here: the test would time out if the refusal came after.
+    let dir = temp_dir("restart-keep-seq");
+    let cap = dir.join("in.mdcap");
+    write_capture(&cap);
+    let cap = cap.to_str().expect("utf-8 path");
+    for extra in [&[][..], &["--keep-seq"][..]] {
+        let mut args = vec!["replay", "--endpoint", "tcp://127.0.0.1:*", "--wait-timeout", "20s"];
+        args.extend_from_slice(&["--from", cap, "--restart-at", "50"]);
+        args.extend_from_slice(extra);
+        let (code, err) = run_err(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains("--restart-at: a restart mid-stream needs fresh sequences: replay the capture with --restamp (without --keep-seq"), "{extra:?}: {err}");
+    }
+}

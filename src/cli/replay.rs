@@ -633,6 +633,14 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     } else {
         file_source(&args.from, args.restamp, args.keep_seq, false)?
     };
+    if matches!(source, Source::Capture { restamp: false, .. }) && args.faults.restart_at.is_some() {
+        // Said before the wait for subscribers (before: after it, once they had come).
+        return Err(anyhow::Error::new(super::UsageError(
+            "--restart-at: a restart mid-stream needs fresh sequences: replay the capture with --restamp \
+             (without --keep-seq, which keeps its recorded ones)"
+                .into(),
+        )));
+    }
     if let Source::Capture { restamp: false, .. } = source {
         // A subscriber judges lag by the frames' send times: a capture's are as old as it is,
         // and an engine measuring a replay benchmark from them sees (and croaks on) that age.

@@ -1263,7 +1263,7 @@ impl Publisher {
             }
             Source::Capture { restamp: false, .. } if self.faults.restart_at.is_some() => {
                 return Err(ReplayError::Config(
-                    "a restart mid-stream needs fresh sequences: add --restamp to replay a capture".into(),
+                    "a restart mid-stream needs fresh sequences: replay the capture with --restamp (without --keep-seq, which keeps its recorded ones)".into(),
                 ))
             }
             Source::Generator(_) if matches!(pacing, Pacing::Recorded { .. }) => {
