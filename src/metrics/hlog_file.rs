@@ -266,6 +266,9 @@ pub enum PreviousError {
 pub fn claim_keeping_previous(locked: Locked, rotation: &Rotation) -> Result<(Claimed, Vec<Note>), PreviousError> {
     let named = locked.named();
     let read = |source| PreviousError::Read { named: named.clone(), source };
+    if locked.is_regular() {
+        locked.check_named()?;
+    }
     let meta = if locked.is_regular() { Some(locked.metadata().map_err(read)?) } else { None };
     let len = meta.as_ref().map_or(0, |m| m.len());
     let mut notes = Vec::new();
@@ -683,6 +686,31 @@ mod tests {
         let (_c, notes) = claim_keeping_previous(lock(&path), &rotation).expect("claimed");
         assert!(matches!(&notes[..], [Note::Said(k)] if k.contains("from 2026-12-06T19:00:00.002Z")), "{notes:?}");
         assert!(closed_name(&path, t3).exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A second run that opened FILE as the first run was keeping it, and locked it once the
+    /// first let go (FILE is the first run's new file by then), is refused as busy, nothing
+    /// touched. Before: "the file was replaced while it was being claimed", with nothing to do.
+    #[test]
+    fn a_run_that_locked_the_file_another_run_just_kept_is_refused_as_busy() {
+        let d = crate::test_dir("hlog-file-previous-race");
+        let path = d.join("r.hlog");
+        let t = 1_796_576_400_002_000_000u64;
+        std::fs::write(&path, a_log(t)).expect("write");
+        let late = lock(&path);
+        // What the first run did between the second's open and lock: FILE linked as its closed
+        // name, a new FILE claimed beside it and renamed over it.
+        std::fs::hard_link(&path, closed_name(&path, t)).expect("link");
+        let next = d.join(".r.hlog.next");
+        let first = Claimed::claim("--hlog", &next).expect("the first run's new FILE");
+        std::fs::rename(&next, &path).expect("rename");
+        let e = claim_keeping_previous(late, &Rotation::default()).expect_err("refused");
+        assert!(matches!(e, PreviousError::File(OutFileError::Busy { .. })), "{e}");
+        assert!(e.to_string().ends_with("give another path or let that run end"), "{e}");
+        assert_eq!(std::fs::read(closed_name(&path, t)).expect("kept"), a_log(t), "the kept file as it was");
+        assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0, "the first run's new FILE as it was");
+        drop(first);
         let _ = std::fs::remove_dir_all(&d);
     }
 
