@@ -362,6 +362,17 @@ impl Locked {
         self.0.file.metadata()
     }
 
+    /// Refuse as [`OutFileError::Busy`] when the path names another file now: another run
+    /// locked this file, kept it under a closed name and put its own, locked, at the path, all
+    /// between this run's open and its lock (a second engine started at once on one `--hlog`).
+    pub fn check_named(&self) -> Result<(), OutFileError> {
+        match self.0.still_named() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(OutFileError::Busy { flag: self.0.flag.clone(), path: self.0.path.clone() }),
+            Err(e) => Err(io(&self.0.flag, &self.0.path)(e)),
+        }
+    }
+
     /// A handle that reads what the file holds (opened by its path, checked to be this file).
     pub fn read(&self) -> std::io::Result<File> {
         use std::os::unix::fs::MetadataExt as _;

@@ -65,20 +65,23 @@ pub struct HlogWriter<W: Write> {
 
 impl<W: Write> HlogWriter<W> {
     /// Write the header: a comment saying what the log holds, the format
-    /// version, `StartTime` and `BaseTime` (both `start_ns`; interval
-    /// timestamps are seconds since it), the divisor and the legend.
+    /// version, `StartTime` and `BaseTime` (both `start_ns` cut to the ms, as
+    /// the UTC stamp beside it is; interval timestamps are seconds since it),
+    /// the divisor and the legend.
     pub fn new(mut out: W, start_ns: u64, comment: &str) -> Result<Self, HlogError> {
-        let secs = start_ns as f64 / 1e9;
+        // To the ms, cut as the UTC stamp beside it and a closed file's name are cut (not
+        // rounded): a run that finds this file again names it as its rotation would have.
+        let secs = format!("{}.{:03}", start_ns / 1_000_000_000, start_ns / 1_000_000 % 1000);
         let mut head = String::new();
         for line in comment.lines() {
             head.push_str(&format!("#{line}\n"));
         }
         head.push_str(&format!("#[Histogram log format version {LOG_FORMAT_VERSION}]\n"));
         head.push_str(&format!(
-            "#[StartTime: {secs:.3} (seconds since epoch), {}]\n",
+            "#[StartTime: {secs} (seconds since epoch), {}]\n",
             crate::clock::utc_iso8601(start_ns)
         ));
-        head.push_str(&format!("#[BaseTime: {secs:.3} (seconds since epoch)]\n"));
+        head.push_str(&format!("#[BaseTime: {secs} (seconds since epoch)]\n"));
         head.push_str(&format!("#[MaxValueDivisor: {MAX_VALUE_DIVISOR:.3}]\n"));
         head.push_str("\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n");
         out.write_all(head.as_bytes()).map_err(io_err("the interval log header"))?;
@@ -87,7 +90,8 @@ impl<W: Write> HlogWriter<W> {
             serializer: V2DeflateSerializer::new(),
             buf: Vec::new(),
             text: String::new(),
-            base_ns: start_ns,
+            // The BaseTime as written: a reader adds each line's seconds to it.
+            base_ns: start_ns / 1_000_000 * 1_000_000,
             written: head.len() as u64,
         })
     }

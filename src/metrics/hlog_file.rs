@@ -266,6 +266,9 @@ pub enum PreviousError {
 pub fn claim_keeping_previous(locked: Locked, rotation: &Rotation) -> Result<(Claimed, Vec<Note>), PreviousError> {
     let named = locked.named();
     let read = |source| PreviousError::Read { named: named.clone(), source };
+    if locked.is_regular() {
+        locked.check_named()?;
+    }
     let meta = if locked.is_regular() { Some(locked.metadata().map_err(read)?) } else { None };
     let len = meta.as_ref().map_or(0, |m| m.len());
     let mut notes = Vec::new();
@@ -283,8 +286,8 @@ pub fn claim_keeping_previous(locked: Locked, rotation: &Rotation) -> Result<(Cl
     let claimed = match previous {
         None => locked.empty()?,
         Some(start_s) => {
-            let start_ns = match start_s {
-                Some(s) => (s * 1e3).round() as u64 * 1_000_000,
+            let start_ns = match start_s.and_then(secs_to_ns) {
+                Some(ns) => ns,
                 None => meta
                     .and_then(|m| m.modified().ok())
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -343,10 +346,19 @@ fn previous_log(head: &[u8], whole: bool) -> Result<Option<Option<f64>>, String>
         }
     }
     if header {
-        Ok(None)
+        // Comments to the end of what was read: with more of the file unread, intervals may
+        // follow (a header alone is nothing to lose only when it is all the file holds).
+        Ok((!whole).then_some(start.or(base)))
     } else {
         Err("no interval log header in it".into())
     }
+}
+
+/// Seconds since the epoch as ns, to the ms (as a log's header states them); `None` past what
+/// ns in a `u64` hold (year 2554: not a time, a header in other units).
+fn secs_to_ns(s: f64) -> Option<u64> {
+    let ms = (s * 1e3).round();
+    (ms < (u64::MAX / 1_000_000) as f64).then(|| ms as u64 * 1_000_000)
 }
 
 /// The seconds a `#[StartTime: …]` or `#[BaseTime: …]` header starts with.
@@ -601,6 +613,104 @@ mod tests {
         assert!(matches!(&notes[..], [Note::Said(_)]), "{notes:?}");
         assert_eq!(std::fs::read(&kept).expect("kept"), earlier);
         assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// An earlier run's FILE is kept past what its first read holds: a header, then more comment
+    /// lines than 64 KiB, then intervals. Before, it was judged a header alone and emptied.
+    #[test]
+    fn an_earlier_log_with_a_long_preamble_is_kept() {
+        let d = crate::test_dir("hlog-file-previous-long");
+        let path = d.join("e.hlog");
+        let t = 1_796_576_400_002_000_000u64;
+        let log = a_log(t);
+        let at = log.windows(4).position(|w| w == b"Tag=").expect("an interval line");
+        let mut long = log[..at].to_vec();
+        while long.len() <= HEAD_BYTES as usize {
+            long.extend_from_slice(b"#[a comment line another tool writes before its first interval]\n");
+        }
+        long.extend_from_slice(&log[at..]);
+        std::fs::write(&path, &long).expect("write");
+        let (_c, notes) = claim_keeping_previous(lock(&path), &Rotation::default()).expect("claimed");
+        assert!(matches!(&notes[..], [Note::Said(k)] if k.contains("kept an earlier run's")), "{notes:?}");
+        assert_eq!(std::fs::read(closed_name(&path, t)).expect("kept"), long, "kept as it was");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// An earlier run's FILE is kept under the name its own rotation gives it, so a run that
+    /// ended between a rotation's link and rename leaves one closed file, not two. Before, a
+    /// start 0.5 ms or more past a ms was named a ms later, from its rounded `StartTime`.
+    #[test]
+    fn an_earlier_log_is_kept_under_the_name_its_rotation_gives_it() {
+        let d = crate::test_dir("hlog-file-previous-name");
+        let path = d.join("e.hlog");
+        // A run rotating at a start 0.7 ms past a ms linked its file as its closed name and ended.
+        let t2 = 1_796_580_000_002_700_000u64;
+        let rotation = Rotation { every: Some(Duration::from_secs(3600)), bytes: None, keep: 10 };
+        let mut f =
+            HlogFile::open(Claimed::claim("--hlog", &path).expect("claimed"), t2, "r".into(), rotation).expect("open");
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+        h.record(7).expect("record");
+        f.writer().write("x", t2, t2 + 1_000_000_000, &h).expect("write");
+        f.flush().expect("flush");
+        let linked = closed_name(&path, t2);
+        std::fs::hard_link(&path, &linked).expect("the rotation's link");
+        let written = std::fs::read(&path).expect("FILE");
+        drop(f);
+        let (_c, notes) = claim_keeping_previous(lock(&path), &rotation).expect("claimed");
+        assert!(matches!(&notes[..], [Note::Said(k)] if k.contains(&*linked.to_string_lossy())), "{notes:?}");
+        assert_eq!(closed_files(&path).expect("listed"), vec![linked.clone()], "one name");
+        assert_eq!(std::fs::read(&linked).expect("kept"), written);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A `StartTime` in no time's units (ms, not s) names an earlier run's FILE by the file's
+    /// time. Before, its ns wrapped past `u64` (a panic with overflow checks).
+    #[test]
+    fn an_earlier_log_whose_start_is_no_time_is_named_by_the_files_time() {
+        let d = crate::test_dir("hlog-file-previous-ms");
+        let path = d.join("e.hlog");
+        let rotation = Rotation::default();
+        let t3 = 1_796_583_600_002_000_000u64;
+        std::fs::write(
+            &path,
+            b"#[StartTime: 1796576400002.000 (seconds since epoch)]\n\"StartTimestamp\",\"Interval_Length\",\
+              \"Interval_Max\",\"Interval_Compressed_Histogram\"\n0.000,1.000,0.001,HISTFAAAAB\n",
+        )
+        .expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::UNIX_EPOCH + Duration::from_nanos(t3)))
+            .expect("its time");
+        let (_c, notes) = claim_keeping_previous(lock(&path), &rotation).expect("claimed");
+        assert!(matches!(&notes[..], [Note::Said(k)] if k.contains("from 2026-12-06T19:00:00.002Z")), "{notes:?}");
+        assert!(closed_name(&path, t3).exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A second run that opened FILE as the first run was keeping it, and locked it once the
+    /// first let go (FILE is the first run's new file by then), is refused as busy, nothing
+    /// touched. Before: "the file was replaced while it was being claimed", with nothing to do.
+    #[test]
+    fn a_run_that_locked_the_file_another_run_just_kept_is_refused_as_busy() {
+        let d = crate::test_dir("hlog-file-previous-race");
+        let path = d.join("r.hlog");
+        let t = 1_796_576_400_002_000_000u64;
+        std::fs::write(&path, a_log(t)).expect("write");
+        let late = lock(&path);
+        // What the first run did between the second's open and lock: FILE linked as its closed
+        // name, a new FILE claimed beside it and renamed over it.
+        std::fs::hard_link(&path, closed_name(&path, t)).expect("link");
+        let next = d.join(".r.hlog.next");
+        let first = Claimed::claim("--hlog", &next).expect("the first run's new FILE");
+        std::fs::rename(&next, &path).expect("rename");
+        let e = claim_keeping_previous(late, &Rotation::default()).expect_err("refused");
+        assert!(matches!(e, PreviousError::File(OutFileError::Busy { .. })), "{e}");
+        assert!(e.to_string().ends_with("give another path or let that run end"), "{e}");
+        assert_eq!(std::fs::read(closed_name(&path, t)).expect("kept"), a_log(t), "the kept file as it was");
+        assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0, "the first run's new FILE as it was");
+        drop(first);
         let _ = std::fs::remove_dir_all(&d);
     }
 
