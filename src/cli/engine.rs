@@ -386,8 +386,9 @@ pub struct EngineArgs {
     /// `vanished`), its topics are released, and it is said once. A live publisher heartbeats
     /// after 1s without data, so a quiet one is never forgotten; and only once, besides, a
     /// publisher connection of the shard ended after it was last heard (killed, or its host
-    /// gone), or another publisher was heard after it on the shard's one open connection (a
-    /// proxy's: lvc, tap, a forwarder, whose connection outlives the publishers behind it). One
+    /// gone), or another publisher was heard well inside its silence on the shard's one open
+    /// connection (a proxy's: lvc, tap, a forwarder, whose connection outlives the publishers
+    /// behind it; a proxy held back as a whole silences them all, and forgets none). One
     /// held back (a lossless replay waiting on another subscriber) keeps its own connection up;
     /// behind a proxy it is said vanished if another behind it flows, and taken back when it
     /// resumes. One heard again later (a link down that long) is taken up where it was; a new

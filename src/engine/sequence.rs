@@ -1441,10 +1441,11 @@ impl SequenceTracker {
         while self.checkpoints.get(1).is_some_and(|&(t, _)| t <= cut_ns) {
             self.checkpoints.pop_front();
         }
-        let Some(&(_, before)) = self.checkpoints.front().filter(|&&(t, _)| t <= cut_ns) else { return false };
-        // Frames up to `self.tick` are judged: one later than a publisher's last is another's.
-        let (told, one_connection, now_tick) =
-            (self.connections_ended.is_some(), self.connections_open <= 1, self.tick);
+        let Some(&(before_ns, before)) = self.checkpoints.front().filter(|&&(t, _)| t <= cut_ns) else {
+            return false;
+        };
+        let told = self.connections_ended.is_some();
+        let others_heard = told && self.connections_open <= 1 && self.heard_mid_bound(before_ns, now_ns);
         let mut forgot = false;
         for _ in 0..SWEEP_PUBLISHERS.min(self.publishers.len()) {
             if self.sweep_at >= self.publishers.len() {
@@ -1454,12 +1455,12 @@ impl SequenceTracker {
             let last = self.sessions_of(p).into_iter().map(|i| self.sessions[i].heard.max(self.sessions[i].beat)).max();
             let last = last.unwrap_or(0);
             // Heard before the bound, and (when connections are known) before one ended, or
-            // before another on the one connection open.
+            // others were heard on the one connection open while it was silent.
             let since = match () {
                 _ if last > before => None,
                 _ if !told => Some(VanishedSince::Silence),
                 _ if last <= self.connection_end_tick => Some(VanishedSince::ConnectionEnded),
-                _ if one_connection && last < now_tick => Some(VanishedSince::OtherHeard),
+                _ if others_heard => Some(VanishedSince::OtherHeard),
                 _ => None,
             };
             if let Some(since) = since {
@@ -1471,6 +1472,22 @@ impl SequenceTracker {
             }
         }
         forgot
+    }
+
+    /// Whether frames were judged well inside the bound that a publisher last heard by the
+    /// checkpoint at `before_ns` was silent through: after a quarter of it past `before_ns`,
+    /// and before a quarter of it back from `now_ns` (to a checkpoint's precision). Those were
+    /// other publishers': on a connection they share, it was not held back. Not at its edges:
+    /// a connection held back as a whole (a lossless proxy waiting on another subscriber)
+    /// silences all its publishers at once, their last frames a moment apart, and when it
+    /// resumes one's frames may come a moment before another's.
+    fn heard_mid_bound(&self, before_ns: u64, now_ns: u64) -> bool {
+        let margin = self.forget_after_ns / 4;
+        let from = before_ns.saturating_add(margin);
+        let to = now_ns.saturating_sub(margin);
+        let lo = self.checkpoints.iter().find(|&&(t, _)| t >= from).map(|&(_, k)| k);
+        let hi = self.checkpoints.iter().rev().find(|&&(t, _)| t <= to).map(|&(_, k)| k);
+        matches!((lo, hi), (Some(lo), Some(hi)) if hi > lo)
     }
 
     /// Forget publisher `p`, silent for the bound: its open sessions (as
@@ -3323,6 +3340,35 @@ mod tests {
         assert!(t.take_vanished().is_some_and(|(v, _)| v.publisher_id == 2 && v.since == VanishedSince::OtherHeard));
         assert_eq!((t.publishers(), t.totals().vanished), (1, 2));
         maps_agree(&t).unwrap();
+    }
+
+    /// A proxy held back as a whole (a lossless one waiting on another subscriber that stopped
+    /// reading) silences every publisher behind it at once: none is heard after another for
+    /// long, so none is forgotten, however long the hold; nor when it resumes and one's frames
+    /// come a moment before another's. (Judged by "another heard after it" alone, all but the
+    /// last heard were said vanished.)
+    #[test]
+    fn a_proxy_held_back_as_a_whole_forgets_none_of_its_publishers() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        t.connections(0, 1);
+        let mut seq = 0;
+        sweep_for(&mut t, &clock, FORGET_NS / 2, |t, _| {
+            seq += 1;
+            assert!(t.on_data(&h(1, 10, seq, seq), b"A").accept);
+            assert!(t.on_data(&h(2, 20, seq, seq), b"B").accept);
+        });
+        // The hold: nothing at all for three bounds.
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.totals().vanished), (2, 0), "held as a whole: none forgotten");
+        // It resumes: publisher 2's frames a sweep before publisher 1's.
+        for _ in 0..3 {
+            seq += 1;
+            assert!(t.on_data(&h(2, 20, seq, seq), b"B").accept);
+            sweep_for(&mut t, &clock, 100_000_000, |_, _| {});
+        }
+        assert!(t.on_data(&h(1, 10, seq, seq), b"A").accept);
+        assert_eq!((t.publishers(), t.totals().vanished), (2, 0), "resumed: none forgotten");
+        assert!(t.take_vanished().is_none());
     }
 
     /// The other side: a publisher held back (a lossless replay waiting on another subscriber's
