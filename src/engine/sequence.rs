@@ -782,9 +782,9 @@ impl SequenceTracker {
     /// [`crate::link::LinkWatch::connections_ended`], [`crate::link::LinkWatch::connections_open`]).
     /// Once told, [`SequenceTracker::sweep`] forgets a silent publisher only if, besides, a
     /// connection ended after it was last heard, or, while the socket has one connection open,
-    /// another publisher was heard well inside its silence ([`SequenceTracker::heard_mid_bound`]).
-    /// A publisher killed, or whose host went, ends its
-    /// connection (at once, or by the keepalive); one alive and connected but held back (a
+    /// another publisher was heard well inside its silence (from a quarter of the bound after
+    /// its last frame to a quarter of the bound ago). A publisher killed, or whose host went,
+    /// ends its connection (at once, or by the keepalive); one alive and connected but held back (a
     /// lossless publisher waiting on another subscriber's full pipe sends nothing, heartbeats
     /// neither) does not, and saying it vanished would be false. Behind a proxy, whose
     /// connection outlives the publishers behind it, a dead one's connection never ends; but
