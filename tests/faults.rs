@@ -574,6 +574,65 @@ fn a_lossless_replay_held_back_by_another_subscriber_is_not_said_vanished() {
     assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (n, n, 0), "lossless, all of it: {r}");
 }
 
+/// Two publishers behind one real `mdsub lvc`, the engine connected to the LVC alone: one is
+/// killed (SIGKILL) mid-stream while the other goes on. The engine's one connection, the LVC's,
+/// stays up, so no connection of the shard ends; but the other publisher is heard after the
+/// killed one on that connection, so the killed one is forgotten as vanished after
+/// `--forget-silent-after`, said once with why, counted once, and the other is held. Its end of
+/// stream (Ctrl-C) ends the run, the vanished session not waited for, and the report adds up.
+/// Before, a publisher behind a proxy was never forgotten while the proxy's connection stayed
+/// up: churn behind a proxy grew without bound again.
+#[test]
+fn a_publisher_killed_behind_a_live_proxy_is_said_vanished_while_another_goes_on() {
+    let feed = ["--count", "10M", "--rate", "10k", "--drop-every", "100"];
+    let (killed, killed_eps) = start_replay("replay (killed)", 1, &feed);
+    let mut on = feed.to_vec();
+    on.extend(["--publisher-id", "1"]);
+    let (going, going_eps) = start_replay("replay (going on)", 1, &on);
+    let lvc = common::proxy::start_with(
+        "lvc",
+        &format!("connect:{}", killed_eps[0]),
+        "bind:tcp://127.0.0.1:*",
+        &["--frontend", &format!("connect:{}", going_eps[0])],
+    );
+    let (mut engine, addr) = watched_engine_with(&lvc.backend, &["--forget-silent-after", "2s"]);
+    let err = engine.stderr.take().expect("stderr piped");
+    wait_until(Duration::from_secs(60), "the engine to hold both publishers, 5 000 frames in", || {
+        shard0_metric(&addr, "mdsub_shard_publishers_held") == Some(2)
+            && shard0_metric(&addr, "mdsub_shard_received_total").is_some_and(|n| n >= 5_000)
+    });
+    let mut killed = killed.proc;
+    killed.signal(9);
+    killed.wait_exit(Duration::from_secs(10));
+    let line =
+        wait_line(&err, Duration::from_secs(30), "the killed publisher said vanished", |l| l.contains("vanished:"));
+    assert!(line.contains("shard0-reader: publisher 0 session "), "the killed one, not the other: {line}");
+    assert!(line.contains("for 2s, while another publisher was heard since on this shard's one connection"), "{line}");
+    let held = |name| shard0_metric(&addr, name).unwrap_or(u64::MAX);
+    wait_until(Duration::from_secs(30), "the tracker to give the killed one back", || {
+        (held("mdsub_shard_publishers_held"), held("mdsub_shard_vanished_sessions_total")) == (1, 1)
+    });
+    // The other one's end of stream ends the run.
+    going.proc.signal(2);
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "engine failed: {out}");
+    let r = json(&out);
+    let (status, rest) = going.finish(Duration::from_secs(30));
+    assert!(status.success(), "{rest}");
+    let mut lvc = lvc.proc;
+    lvc.signal(15);
+    lvc.wait_exit(Duration::from_secs(10));
+    let more: Vec<String> =
+        rest_lines(&err, Duration::from_secs(5)).into_iter().filter(|l| l.contains("vanished")).collect();
+    assert!(more.is_empty(), "said once: {more:?}");
+    assert_eq!((u(&r, "vanished"), u(&r, "vanished_back"), u(&r, "unended_sessions")), (1, 0, 1), "{r}");
+    assert_eq!(u(&r, "restarts"), 0, "{r}");
+    let (sent, delivered, lost) = (u(&r, "sent"), u(&r, "delivered"), u(&r, "lost"));
+    assert_eq!((delivered + lost, u(&r, "not_handled")), (sent, 0), "the report adds up: {r}");
+    assert!(sent > u(&r, "unended_sent") && lost == u(&r, "gaps"), "{r}");
+    assert_eq!(r["bad_frames"]["after_end"], 0, "{r}");
+}
+
 /// One shard connects to a replay and binds an endpoint nobody connects to. The replay runs to
 /// its end of stream; the shard still waits for the bound side, and the engine is stopped with
 /// Ctrl-C. The connected endpoint's session is every one the shard needs (a bound endpoint may

@@ -384,11 +384,15 @@ pub struct EngineArgs {
     /// id never heard again is otherwise held with its topics for the rest of the run. Its
     /// open session is counted as unended to its last arrived message (the report's
     /// `vanished`), its topics are released, and it is said once. A live publisher heartbeats
-    /// after 1s without data, so a quiet one is never forgotten; and only once a publisher
-    /// connection of the shard ended after it was last heard (killed, or its host gone): one
-    /// held back (a lossless replay waiting on another subscriber) keeps it up. One heard again
-    /// later (a link down that long) is taken up where it was; a new session under its id is
-    /// its restart. Not on a shard with a --subscribe filter: a live publisher's data on other
+    /// after 1s without data, so a quiet one is never forgotten; and only once, besides, a
+    /// publisher connection of the shard ended after it was last heard (killed, or its host
+    /// gone), or another publisher was heard well inside its silence on the shard's one open
+    /// connection (a proxy's: lvc, tap, a forwarder, whose connection outlives the publishers
+    /// behind it; a proxy held back as a whole silences them all, and forgets none). One
+    /// held back (a lossless replay waiting on another subscriber) keeps its own connection up;
+    /// behind a proxy it is said vanished if another behind it flows, and taken back when it
+    /// resumes. One heard again later (a link down that long) is taken up where it was; a new
+    /// session under its id is its restart. Not on a shard with a --subscribe filter: a live publisher's data on other
     /// topics does not reach it, so its silence says nothing.
     #[arg(long, value_parser = parse_forget_silent_after, value_name = "DURATION")]
     pub forget_silent_after: Option<Duration>,

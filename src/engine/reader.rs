@@ -392,10 +392,11 @@ impl Checks {
         self.tracker.sweep(now_ns)
     }
 
-    /// The socket has seen `n` of its connections end so far: a silent publisher is forgotten
-    /// only after one ended ([`SequenceTracker::connections_ended`]).
-    pub fn connections_ended(&mut self, n: u64) {
-        self.tracker.connections_ended(n);
+    /// The socket has seen `ended` of its connections end so far and has `open` open now: a
+    /// silent publisher is forgotten only after one ended, or another was heard on its one
+    /// connection ([`SequenceTracker::connections`]).
+    pub fn connections(&mut self, ended: u64, open: u64) {
+        self.tracker.connections(ended, open);
     }
 
     /// The lines to say of sessions forgotten as vanished, as of `now_ns`: one each, up to
@@ -927,7 +928,7 @@ impl ReaderAgent {
     /// Service `links` (the SUB's monitor) from this agent's loop.
     pub fn with_links(mut self, links: Option<crate::link::LinkWatch>) -> Self {
         if let Some(w) = &links {
-            self.checks.connections_ended(w.connections_ended());
+            self.checks.connections(w.connections_ended(), w.connections_open());
         }
         self.links = links;
         self
@@ -939,7 +940,7 @@ impl ReaderAgent {
         if let Some(w) = &mut self.links {
             if now || w.due() {
                 w.service(&self.sub);
-                self.checks.connections_ended(w.connections_ended());
+                self.checks.connections(w.connections_ended(), w.connections_open());
                 let a = w.accepted();
                 self.counters.publisher_connects.store(a.connects, Relaxed);
                 self.counters.publisher_disconnects.store(a.disconnects, Relaxed);

@@ -351,9 +351,22 @@ pub struct Vanished {
     pub topics: usize,
     /// The bound: nothing of it was heard for at least this long.
     pub silent_ns: u64,
-    /// A connection of the reader's socket ended since it was last heard (false: the tracker
-    /// was told nothing of connections, [`SequenceTracker::connections_ended`]).
-    pub connection_ended: bool,
+    /// What besides its silence said it was gone ([`SequenceTracker::connections`]).
+    pub since: VanishedSince,
+}
+
+/// What besides its silence said a publisher forgotten as vanished was gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VanishedSince {
+    /// Nothing: the tracker was told nothing of its socket's connections.
+    Silence,
+    /// A publisher connection of the shard ended since it was last heard (killed, or its host
+    /// gone).
+    ConnectionEnded,
+    /// Another publisher was heard well inside its silence on the shard's one open connection:
+    /// the two share it (a proxy's, which outlives the publishers behind it), and that
+    /// connection was not held back.
+    OtherHeard,
 }
 
 impl std::fmt::Display for Vanished {
@@ -365,10 +378,13 @@ impl std::fmt::Display for Vanished {
             self.publisher_id,
             self.session_id,
             crate::diag::human_duration(self.silent_ns),
-            if self.connection_ended {
-                ", and a publisher connection of this shard ended since (killed, or its host gone)"
-            } else {
-                ""
+            match self.since {
+                VanishedSince::Silence => "",
+                VanishedSince::ConnectionEnded =>
+                    ", and a publisher connection of this shard ended since (killed, or its host gone)",
+                VanishedSince::OtherHeard =>
+                    ", while another publisher was heard since on this shard's one connection (a proxy's, \
+                     which outlives the publishers behind it)",
             },
             self.topics
         )?;
@@ -686,6 +702,8 @@ pub struct SequenceTracker {
     /// sweep noted the last one (0: none); and the frame count up to which frames were judged
     /// before it (or within [`CONNECTION_END_SLACK_NS`] after it).
     connections_ended: Option<u64>,
+    /// Connections of the reader's socket open now ([`SequenceTracker::connections`]).
+    connections_open: u64,
     connection_end_new: bool,
     connection_end_ns: u64,
     connection_end_tick: u64,
@@ -736,6 +754,7 @@ impl SequenceTracker {
             swept_tick: 0,
             swept_ns: 0,
             connections_ended: None,
+            connections_open: 0,
             connection_end_new: false,
             connection_end_ns: 0,
             connection_end_tick: 0,
@@ -758,20 +777,27 @@ impl SequenceTracker {
         self
     }
 
-    /// The reader's socket has seen `n` of its connections end so far (its links', and those
-    /// accepted on its bound endpoints: [`crate::link::LinkWatch::connections_ended`]). Once
-    /// told, [`SequenceTracker::sweep`] forgets a silent publisher only if a connection ended
-    /// after it was last heard: a publisher killed, or whose host went, ends its connection (at
-    /// once, or by the keepalive); one alive and connected but held back (a lossless publisher
-    /// waiting on another subscriber's full pipe sends nothing, heartbeats neither) does not,
-    /// and saying it vanished would be false. Behind a proxy, whose connection outlives the
-    /// publishers behind it, a silent publisher is then forgotten only once some connection
-    /// of the shard ends.
-    pub fn connections_ended(&mut self, n: u64) {
-        let before = self.connections_ended.replace(n);
-        if before.map_or(n > 0, |b| b != n) {
+    /// The reader's socket has seen `ended` of its connections end so far, and has `open` of
+    /// them open now (its links', and those accepted on its bound endpoints:
+    /// [`crate::link::LinkWatch::connections_ended`], [`crate::link::LinkWatch::connections_open`]).
+    /// Once told, [`SequenceTracker::sweep`] forgets a silent publisher only if, besides, a
+    /// connection ended after it was last heard, or, while the socket has one connection open,
+    /// another publisher was heard well inside its silence (from a quarter of the bound after
+    /// its last frame to a quarter of the bound ago). A publisher killed, or whose host went,
+    /// ends its connection (at once, or by the keepalive); one alive and connected but held back (a
+    /// lossless publisher waiting on another subscriber's full pipe sends nothing, heartbeats
+    /// neither) does not, and saying it vanished would be false. Behind a proxy, whose
+    /// connection outlives the publishers behind it, a dead one's connection never ends; but
+    /// it shares that one connection with the others behind the proxy, and one of them heard
+    /// while it was silent shows the connection was not held. Several connections open (publishers
+    /// connected directly): another's frames say nothing of this one's, which may be held back
+    /// while that one flows.
+    pub fn connections(&mut self, ended: u64, open: u64) {
+        let before = self.connections_ended.replace(ended);
+        if before.map_or(ended > 0, |b| b != ended) {
             self.connection_end_new = true;
         }
+        self.connections_open = open;
     }
 
     /// `(publisher_id, session_id)` of the session of the last gap counted ((0, 0) before any).
@@ -1417,20 +1443,35 @@ impl SequenceTracker {
         while self.checkpoints.get(1).is_some_and(|&(t, _)| t <= cut_ns) {
             self.checkpoints.pop_front();
         }
-        let Some(&(_, before)) = self.checkpoints.front().filter(|&&(t, _)| t <= cut_ns) else { return false };
+        let Some(&(before_ns, before)) = self.checkpoints.front().filter(|&&(t, _)| t <= cut_ns) else {
+            return false;
+        };
+        let told = self.connections_ended.is_some();
+        let others_heard = told && self.connections_open <= 1 && self.heard_mid_bound(before_ns, now_ns);
         let mut forgot = false;
         for _ in 0..SWEEP_PUBLISHERS.min(self.publishers.len()) {
             if self.sweep_at >= self.publishers.len() {
                 self.sweep_at = 0;
             }
             let p = self.sweep_at;
-            // Heard before the bound, and (when connections are known) before one ended.
-            let heard_by = if self.connections_ended.is_some() { before.min(self.connection_end_tick) } else { before };
-            let silent =
-                self.sessions_of(p).into_iter().all(|i| self.sessions[i].heard.max(self.sessions[i].beat) <= heard_by);
-            if silent {
+            let last = self.sessions_of(p).into_iter().map(|i| self.sessions[i].heard.max(self.sessions[i].beat)).max();
+            let last = last.unwrap_or(0);
+            // Heard before the bound, and (when connections are known) before one ended, or
+            // others were heard on the one connection open while it was silent.
+            let since = if last > before {
+                None
+            } else if !told {
+                Some(VanishedSince::Silence)
+            } else if last <= self.connection_end_tick {
+                Some(VanishedSince::ConnectionEnded)
+            } else if others_heard {
+                Some(VanishedSince::OtherHeard)
+            } else {
+                None
+            };
+            if let Some(since) = since {
                 // Its place is taken by the last publisher: looked at next.
-                self.vanish(p);
+                self.vanish(p, since);
                 forgot = true;
             } else {
                 self.sweep_at += 1;
@@ -1439,10 +1480,26 @@ impl SequenceTracker {
         forgot
     }
 
+    /// Whether frames were judged well inside the bound that a publisher last heard by the
+    /// checkpoint at `before_ns` was silent through: after a quarter of it past `before_ns`,
+    /// and before a quarter of it back from `now_ns` (to a checkpoint's precision). Those were
+    /// other publishers': on a connection they share, it was not held back. Not at its edges:
+    /// a connection held back as a whole (a lossless proxy waiting on another subscriber)
+    /// silences all its publishers at once, their last frames a moment apart, and when it
+    /// resumes one's frames may come a moment before another's.
+    fn heard_mid_bound(&self, before_ns: u64, now_ns: u64) -> bool {
+        let margin = self.forget_after_ns / 4;
+        let from = before_ns.saturating_add(margin);
+        let to = now_ns.saturating_sub(margin);
+        let lo = self.checkpoints.iter().find(|&&(t, _)| t >= from).map(|&(_, k)| k);
+        let hi = self.checkpoints.iter().rev().find(|&&(t, _)| t <= to).map(|&(_, k)| k);
+        matches!((lo, hi), (Some(lo), Some(hi)) if hi > lo)
+    }
+
     /// Forget publisher `p`, silent for the bound: its open sessions (as
     /// [`SequenceTracker::close`] finds them) are vanished, counted as the close counts them.
     #[cold]
-    fn vanish(&mut self, p: usize) {
+    fn vanish(&mut self, p: usize, since: VanishedSince) {
         let id = self.publishers[p].publisher_id;
         let mine = self.sessions_of(p);
         // An end of stream of its id heard after a session's last frame speaks for it, as one
@@ -1478,7 +1535,7 @@ impl SequenceTracker {
                 counted,
                 topics: s.topics.len(),
                 silent_ns: self.forget_after_ns,
-                connection_ended: self.connections_ended.is_some(),
+                since,
             };
             if self.vanished_notes.len() < VANISHED_NOTES_KEPT {
                 self.vanished_notes.push_back(note);
@@ -3132,6 +3189,85 @@ mod tests {
         assert_eq!(run(true), held, "vanished in between: counted alike");
     }
 
+    /// Review of the restart rule: the same frames, with a forget as vanished in between or
+    /// held all along, give the same totals (sent, its parts, what arrived, gaps, restarts),
+    /// whatever comes after the forget: a restart then the stop; a late frame of the vanished
+    /// session, a restart, its end of stream, the stop; a late-joined session restarted away,
+    /// vanished, restarted again, the stop. And with a forget, `sent` is what arrived and was
+    /// missed where every session was seen from its start, an id two publishers shared too (held all along, there the new session's end
+    /// of stream speaks for the other publisher's sessions of its id, as for a capture replay's,
+    /// and `sent` falls short of what arrived: the close's rule, not the restart's).
+    #[test]
+    fn a_forget_in_between_changes_no_total_in_any_order() {
+        type Step = (u32, u64, u64, bool);
+        // (publisher, session, stream sequence, end of stream); the forget comes after `at`.
+        let orders: [(&[Step], usize); 4] = [
+            (&[(1, 10, 1, false), (1, 10, 2, false), (1, 10, 3, false), (1, 11, 1, false), (1, 11, 2, false)], 3),
+            (&[(1, 10, 1, false), (1, 10, 2, false), (1, 10, 4, false), (1, 11, 1, false), (1, 11, 2, true)], 2),
+            (&[(1, 9, 1, false), (1, 9, 2, false), (1, 10, 5, false), (1, 11, 1, false), (1, 11, 3, false)], 3),
+            (&[(1, 10, 1, false), (1, 11, 1, false), (1, 10, 2, false), (1, 12, 1, false), (1, 12, 2, true)], 3),
+        ];
+        for (n, (steps, at)) in orders.iter().enumerate() {
+            let run = |forget: bool| {
+                let (mut t, clock) = forgetting(FORGET_NS);
+                for (k, &(id, session, seq, eos)) in steps.iter().enumerate() {
+                    if k == *at && forget {
+                        sweep_for(&mut t, &clock, FORGET_NS + FORGET_NS / 8, |_, _| {});
+                        assert_eq!(t.publishers(), 0, "order {n}: forgotten");
+                    }
+                    if eos {
+                        t.on_end_of_stream(&h(id, session, seq, 0), seq);
+                    } else {
+                        t.on_data(&h(id, session, seq, seq), b"A");
+                    }
+                }
+                t.close();
+                maps_agree(&t).unwrap();
+                let x = t.totals();
+                (
+                    x.sent(),
+                    x.eos_sent,
+                    x.unended_sessions,
+                    x.unended_sent,
+                    x.accepted,
+                    x.gaps,
+                    x.restarts,
+                    x.before_first,
+                )
+            };
+            let forgot = run(true);
+            // Not where a session was joined late: what it sent is not this subscriber's to count.
+            if n != 2 {
+                assert_eq!(forgot.0, forgot.4 + forgot.5, "order {n}: sent is what arrived and was missed");
+            }
+            if n != 3 {
+                assert_eq!(forgot, run(false), "order {n}: with a forget, and held all along");
+            }
+        }
+    }
+
+    /// Review of the restart rule's memory: a churn of publishers under new ids, each killed
+    /// and forgotten as vanished, never heard again. Where each vanished session is kept (to
+    /// take it up again, or to know its restart) is bounded by [`FORGOTTEN_KEPT`], and so is
+    /// the count per id of those held as vanished: it does not grow with the ids seen.
+    #[test]
+    fn the_vanished_sessions_kept_per_id_stay_bounded_under_a_churn_of_new_ids() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        let mut id = 0u32;
+        for _ in 0..(FORGOTTEN_KEPT / 500 + 2) {
+            for _ in 0..500 {
+                id += 1;
+                assert!(t.on_data(&h(id, u64::from(id), 1, 1), b"A").accept);
+            }
+            sweep_for(&mut t, &clock, 2 * FORGET_NS, |_, _| {});
+            assert_eq!(t.publishers(), 0);
+        }
+        assert_eq!(t.totals().vanished, u64::from(id));
+        assert!(u64::from(id) > FORGOTTEN_KEPT as u64);
+        assert_eq!((t.forgotten.len(), t.vanished_ids.len()), (FORGOTTEN_KEPT, FORGOTTEN_KEPT));
+        maps_agree(&t).unwrap();
+    }
+
     /// An id two publishers shared, forgotten as vanished: a new session of it later is
     /// another publisher's (as while it was held), no restart.
     #[test]
@@ -3158,13 +3294,13 @@ mod tests {
     fn a_silent_publisher_is_forgotten_only_after_a_connection_ended() {
         use crate::clock::Clock;
         let (mut t, clock) = forgetting(FORGET_NS);
-        t.connections_ended(0);
+        t.connections(0, 1);
         assert!(t.on_data(&h(1, 10, 1, 1), b"A").accept);
         sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
         assert_eq!((t.publishers(), t.totals().vanished), (1, 0), "silent, its connection up: held");
         // A frame (the hold ends), then its connection ends and its last frame is read after.
         assert!(t.on_data(&h(1, 10, 2, 2), b"A").accept);
-        t.connections_ended(1);
+        t.connections(1, 0);
         t.sweep(clock.advance_ms(100));
         assert!(t.on_data(&h(1, 10, 3, 3), b"A").accept);
         let last_ns = clock.now_ns();
@@ -3173,14 +3309,124 @@ mod tests {
         let tot = t.totals();
         assert_eq!((tot.vanished, tot.unended_sessions, tot.unended_sent), (1, 1, 3));
         let (said, _) = t.take_vanished().expect("said");
-        assert!(said.connection_ended && said.to_string().contains("a publisher connection of this shard ended since"));
+        assert_eq!(said.since, VanishedSince::ConnectionEnded);
+        assert!(said.to_string().contains("a publisher connection of this shard ended since"), "{said}");
         // Another publisher heard after that end, silent since: held until another ends.
         assert!(t.on_data(&h(2, 20, 1, 1), b"A").accept);
         sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
         assert_eq!((t.publishers(), t.totals().vanished), (1, 1));
-        t.connections_ended(2);
+        t.connections(2, 0);
         assert!(sweep_until_none_held(&mut t, &clock, FORGET_NS).is_some());
         assert_eq!(t.totals().vanished, 2);
+    }
+
+    /// Behind a proxy the engine has one connection, which outlives the publishers behind it:
+    /// none ends when one of them is killed. One silent for the bound while another was heard
+    /// after it on that one connection (its data, or its heartbeats when quiet) is forgotten,
+    /// and the line says why; the last one heard stays until another is heard after it (a churn
+    /// of publishers under new ids keeps one held, not all) or a connection ends. Before, none
+    /// was forgotten while the proxy's connection stayed up.
+    #[test]
+    fn a_silent_publisher_behind_a_proxy_is_forgotten_once_another_is_heard_after_it() {
+        use crate::clock::Clock;
+        let (mut t, clock) = forgetting(FORGET_NS);
+        t.connections(0, 1);
+        assert!(t.on_data(&h(1, 10, 1, 1), b"A").accept);
+        assert!(t.on_data(&h(2, 20, 1, 1), b"B").accept);
+        let last_ns = clock.now_ns();
+        // Publisher 1 killed; publisher 2 goes on, quiet: a heartbeat every second.
+        let mut beats = 0;
+        let mut forgotten_at = None;
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |t, now| {
+            if now % 1_000_000_000 < 100_000_000 {
+                beats += 1;
+                t.on_heartbeat(&hb(2, 20, 1));
+            }
+            if forgotten_at.is_none() && t.publishers() == 1 {
+                forgotten_at = Some(now);
+            }
+        });
+        assert!(beats >= 2);
+        let at = forgotten_at.expect("publisher 1 forgotten");
+        assert!(at - last_ns >= FORGET_NS && at - last_ns <= FORGET_NS + FORGET_NS / 4, "{} ns", at - last_ns);
+        let (said, _) = t.take_vanished().expect("said");
+        assert_eq!((said.publisher_id, said.since), (1, VanishedSince::OtherHeard));
+        assert!(
+            said.to_string().contains("another publisher was heard since on this shard's one connection"),
+            "{said}"
+        );
+        assert_eq!((t.publishers(), t.totals().vanished, t.totals().unended_sessions), (1, 1, 1));
+        // Publisher 2 killed too, the last heard: held, nothing heard after it.
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.totals().vanished), (1, 1), "the last one heard stays");
+        // Publisher 3 (a restart under a new id) heard: publisher 2 goes after the bound.
+        assert!(t.on_data(&h(3, 30, 1, 1), b"C").accept);
+        sweep_for(&mut t, &clock, FORGET_NS / 2, |_, _| {});
+        assert!(t.take_vanished().is_some_and(|(v, _)| v.publisher_id == 2 && v.since == VanishedSince::OtherHeard));
+        assert_eq!((t.publishers(), t.totals().vanished), (1, 2));
+        maps_agree(&t).unwrap();
+    }
+
+    /// A proxy held back as a whole (a lossless one waiting on another subscriber that stopped
+    /// reading) silences every publisher behind it at once: none is heard after another for
+    /// long, so none is forgotten, however long the hold; nor when it resumes and one's frames
+    /// come a moment before another's. (Judged by "another heard after it" alone, all but the
+    /// last heard were said vanished.)
+    #[test]
+    fn a_proxy_held_back_as_a_whole_forgets_none_of_its_publishers() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        t.connections(0, 1);
+        let mut seq = 0;
+        sweep_for(&mut t, &clock, FORGET_NS / 2, |t, _| {
+            seq += 1;
+            assert!(t.on_data(&h(1, 10, seq, seq), b"A").accept);
+            assert!(t.on_data(&h(2, 20, seq, seq), b"B").accept);
+        });
+        // The hold: nothing at all for three bounds.
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.totals().vanished), (2, 0), "held as a whole: none forgotten");
+        // It resumes: publisher 2's frames a sweep before publisher 1's.
+        for _ in 0..3 {
+            seq += 1;
+            assert!(t.on_data(&h(2, 20, seq, seq), b"B").accept);
+            sweep_for(&mut t, &clock, 100_000_000, |_, _| {});
+        }
+        assert!(t.on_data(&h(1, 10, seq, seq), b"A").accept);
+        assert_eq!((t.publishers(), t.totals().vanished), (2, 0), "resumed: none forgotten");
+        assert!(t.take_vanished().is_none());
+    }
+
+    /// The other side: a publisher held back (a lossless replay waiting on another subscriber's
+    /// full pipe) keeps its connection up and is silent as a killed one is. Alone on its
+    /// connection, nothing else is heard after it: held. Beside another publisher connected
+    /// directly (two connections open), that one's frames say nothing of this one's connection,
+    /// which may be held while the other flows: held too. Only once one connection is left open
+    /// does another publisher heard after it show it is gone.
+    #[test]
+    fn a_silent_publisher_is_held_while_its_own_connection_may_be_held_back() {
+        let (mut t, clock) = forgetting(FORGET_NS);
+        t.connections(0, 1);
+        assert!(t.on_data(&h(1, 10, 1, 1), b"A").accept);
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |_, _| {});
+        assert_eq!((t.publishers(), t.totals().vanished), (1, 0), "alone on its connection: held");
+        // A second publisher on its own connection: it flows while publisher 1 stays silent.
+        t.connections(0, 2);
+        let mut seq = 0;
+        sweep_for(&mut t, &clock, 3 * FORGET_NS, |t, _| {
+            seq += 1;
+            assert!(t.on_data(&h(2, 20, seq, seq), b"B").accept);
+        });
+        assert_eq!((t.publishers(), t.totals().vanished), (2, 0), "two connections open: held");
+        assert!(t.take_vanished().is_none());
+        // Its connection... no end seen, but one connection open now (the two share it).
+        t.connections(0, 1);
+        sweep_for(&mut t, &clock, FORGET_NS / 2, |t, _| {
+            seq += 1;
+            assert!(t.on_data(&h(2, 20, seq, seq), b"B").accept);
+        });
+        assert!(t.take_vanished().is_some_and(|(v, _)| v.publisher_id == 1 && v.since == VanishedSince::OtherHeard));
+        assert_eq!((t.publishers(), t.totals().vanished), (1, 1));
+        maps_agree(&t).unwrap();
     }
 
     /// A reader that did not run (a stall, or blocked behind its workers) may have frames of a

@@ -672,6 +672,11 @@ impl Links {
         }
     }
 
+    /// Links connected now (up, or up with every end of stream in: their connection may stay).
+    pub fn connected(&self) -> u64 {
+        self.links.iter().filter(|l| matches!(l.state, State::Up | State::Ended)).count() as u64
+    }
+
     /// Every link's counters now.
     pub fn stats(&self) -> Vec<LinkStats> {
         self.links.iter().map(|l| l.stats.clone()).collect()

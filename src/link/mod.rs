@@ -642,6 +642,15 @@ impl LinkWatch {
         self.ended
     }
 
+    /// Connections of the socket open now, as of the last [`LinkWatch::service`]: its links that
+    /// are up, and connections accepted on its bound endpoints whose handshake completed and
+    /// that have not ended. One alone, with several publishers heard on it, is a proxy's (or
+    /// another forwarder's) whose publishers share it.
+    pub fn connections_open(&self) -> u64 {
+        let a = self.accepts.counts;
+        self.links.connected() + a.connects.saturating_sub(a.disconnects)
+    }
+
     /// Every up (`true`: a handshake completed) and down (`false`: a
     /// connection lost) seen by [`LinkWatch::service`] since the last call, in order.
     pub fn take_updowns(&mut self, out: &mut Vec<bool>) {

@@ -389,7 +389,7 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         "mdsub_shard_vanished_sessions_total",
         "Publisher sessions forgotten as vanished: nothing (no data, no heartbeat, no end of stream) \
          heard of their publisher for --forget-silent-after, and a publisher connection of the shard ended \
-         since; counted as unended when seen from their first \
+         since, or another publisher was heard since on its one connection (a proxy's); counted as unended when seen from their first \
          message, topics released.",
         |c| c.counts.vanished,
     );
