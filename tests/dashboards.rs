@@ -1992,7 +1992,7 @@ fn an_hlog_file_that_is_not_an_interval_log_is_refused_and_left_as_it_was() {
         assert_eq!(
             err.trim(),
             format!(
-                "mdsub: error: --hlog {}: holds {} bytes that are not an HdrHistogram interval log (line 1 is neither a \
+                "mdsub: error: --hlog {}: holds {} byte(s) that are not an HdrHistogram interval log (line 1 is neither a \
                  comment nor an interval: \"meeting notes\"), which this run would write over; move the file away or \
                  give another path",
                 hlog.display(),

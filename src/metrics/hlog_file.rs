@@ -236,7 +236,7 @@ const ABSOLUTE_S: f64 = 365.0 * 24.0 * 3600.0;
 pub enum PreviousError {
     /// FILE holds something other than an interval log: refused, left as it was.
     #[error(
-        "{named}: holds {len} bytes that are not an HdrHistogram interval log ({why}), which this run would \
+        "{named}: holds {len} byte(s) that are not an HdrHistogram interval log ({why}), which this run would \
          write over; move the file away or give another path"
     )]
     NotALog { named: String, len: u64, why: String },
@@ -259,7 +259,7 @@ pub enum PreviousError {
 /// rotation closes it: kept under [`closed_name`] by its own start (its `StartTime`, else its
 /// `BaseTime`, else its first interval's time, else the file's modification time), never over a
 /// file already there, and a new FILE is claimed in its place. An empty FILE, or one holding only
-/// a header (no interval to lose), is emptied. Anything else, not an interval log, is refused
+/// a header or blank lines (no interval to lose), is emptied. Anything else, not an interval log, is refused
 /// and left as it was: it is someone else's file or a path mistyped, and put under a closed name
 /// it would be removed by `--hlog-keep` later. With rotation on, the closed files beyond `keep`
 /// are removed then (the kept one counts). Its notes: the keep and the removals.
@@ -320,9 +320,14 @@ pub fn claim_keeping_previous(locked: Locked, rotation: &Rotation) -> Result<(Cl
 /// What an earlier run left in FILE, judged by its first bytes (`whole`: all of them):
 /// `Ok(Some(start))` for an interval log with intervals, with its start in seconds since the epoch
 /// when it says (`StartTime`, else `BaseTime`, else its first interval's time when that is
-/// absolute); `Ok(None)` for a header with no interval after it; `Err(why)` for anything else.
+/// absolute); `Ok(None)` for a header with no interval after it, or blank lines only; `Err(why)` for
+/// anything else.
 fn previous_log(head: &[u8], whole: bool) -> Result<Option<Option<f64>>, String> {
     let text = String::from_utf8_lossy(head);
+    if whole && text.trim().is_empty() {
+        // Blank lines only (an `echo > FILE`): nothing to lose, emptied as an empty FILE is.
+        return Ok(None);
+    }
     let (mut header, mut start, mut base) = (false, None, None);
     for (n, raw) in text.split_inclusive('\n').enumerate() {
         let line = raw.trim_end_matches(['\n', '\r']);
@@ -581,6 +586,13 @@ mod tests {
         assert!(notes.is_empty(), "{notes:?}");
         assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0);
         assert_eq!(closed_files(&path).expect("listed"), vec![kept.clone()]);
+        drop(_c);
+
+        // Blank lines only: nothing to lose, emptied as a header only is.
+        std::fs::write(&path, b"\n \r\n").expect("write");
+        let (_c, notes) = claim_keeping_previous(lock(&path), &Rotation::default()).expect("claimed");
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0);
         drop(_c);
 
         // Not an interval log: refused, left as it was, nothing closed.
