@@ -112,6 +112,22 @@ fn checksum(flags: u8, recv_ns: u64, frame: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// A record's header: the body's length, the flags (three zero bytes after them), the receive
+/// time and the checksum of flags, time and body.
+fn record_header(len: u32, flags: u8, recv_ns: u64, body: &[u8]) -> [u8; RECORD_HEADER_LEN] {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[0..4].copy_from_slice(&len.to_le_bytes());
+    h[4] = flags;
+    h[8..16].copy_from_slice(&recv_ns.to_le_bytes());
+    h[16..20].copy_from_slice(&checksum(flags, recv_ns, body).to_le_bytes());
+    h
+}
+
+/// The little-endian u64 at `at` in `b`, if `b` holds it.
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes)
+}
+
 /// Appends records to a capture file.
 pub struct CaptureWriter<W: Write> {
     out: W,
@@ -184,11 +200,7 @@ impl<W: Write> CaptureWriter<W> {
             .ok()
             .filter(|&l| l <= MAX_RECORD_LEN)
             .ok_or(CaptureError::TooLarge { offset: 0, len: u32::MAX })?;
-        let mut h = [0u8; RECORD_HEADER_LEN];
-        h[0..4].copy_from_slice(&len.to_le_bytes());
-        h[4] = flags;
-        h[8..16].copy_from_slice(&recv_ns.to_le_bytes());
-        h[16..20].copy_from_slice(&checksum(flags, recv_ns, frame).to_le_bytes());
+        let h = record_header(len, flags, recv_ns, frame);
         self.out.write_all(&h).map_err(CaptureError::io("writing a record"))?;
         self.out.write_all(frame).map_err(CaptureError::io("writing a record"))?;
         Ok(())
@@ -396,12 +408,11 @@ impl<R: Read> CaptureReader<R> {
         if checksum(flags, recv_ns, &self.buf) != crc {
             return fail(self, CaptureError::Checksum { offset: at });
         }
-        let body = |b: &[u8], i: usize| b.get(i..i + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes);
         match flags {
             RECORD_HOLE if len as usize == HOLE_BODY_LEN => {
                 // No tap drops 2^64 messages: a total past that is a damaged count, not a
                 // number to wrap (or, in a debug build, to panic on).
-                let Some(missing) = body(&self.buf, 0).and_then(|n| self.missing.checked_add(n)) else {
+                let Some(missing) = u64_at(&self.buf, 0).and_then(|n| self.missing.checked_add(n)) else {
                     let what = "a hole mark whose count takes the marks' total past 2^64";
                     return fail(self, CaptureError::BadMark { offset: at, what });
                 };
@@ -409,7 +420,7 @@ impl<R: Read> CaptureReader<R> {
                 self.missing = missing;
             }
             RECORD_END if len as usize == END_BODY_LEN => {
-                if body(&self.buf, 0) != Some(self.missing) || body(&self.buf, 8) != Some(self.records) {
+                if u64_at(&self.buf, 0) != Some(self.missing) || u64_at(&self.buf, 8) != Some(self.records) {
                     let what = "an end record whose totals are not those of the records before it";
                     return fail(self, CaptureError::BadMark { offset: at, what });
                 }
@@ -473,13 +484,10 @@ fn end_total(path: &Path, len: u64) -> Result<Option<u64>, CaptureError> {
     let mut tail = [0u8; END_RECORD_LEN];
     f.seek(SeekFrom::Start(len - END_RECORD_LEN as u64)).map_err(CaptureError::io("reading the end record"))?;
     let got = crate::infile::read_full(&mut f, &mut tail).map_err(CaptureError::io("reading the end record"))?;
-    let u64_at = |i: usize| tail.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    let (Some(recv_ns), Some(missing)) = (u64_at(8), u64_at(RECORD_HEADER_LEN)) else { return Ok(None) };
-    let crc = u32::from_le_bytes([tail[16], tail[17], tail[18], tail[19]]);
-    let whole = got == END_RECORD_LEN
-        && tail[0..4] == (END_BODY_LEN as u32).to_le_bytes()
-        && tail[4..8] == [RECORD_END, 0, 0, 0]
-        && checksum(RECORD_END, recv_ns, &tail[RECORD_HEADER_LEN..]) == crc;
+    let (head, body) = tail.split_at(RECORD_HEADER_LEN);
+    let (Some(recv_ns), Some(missing)) = (u64_at(head, 8), u64_at(body, 0)) else { return Ok(None) };
+    // Exactly the header the writer gives an end record with this body.
+    let whole = got == END_RECORD_LEN && head == record_header(END_BODY_LEN as u32, RECORD_END, recv_ns, body);
     Ok(whole.then_some(missing))
 }
 
@@ -617,11 +625,9 @@ mod tests {
         assert!(said.contains("this build reads versions 1 to 2; a newer mdsub wrote it"), "{said}");
     }
 
-    /// The file at `name` in a fresh scratch directory, with `bytes`.
+    /// The file at `name` in a fresh scratch directory ([`crate::test_dir`]), with `bytes`.
     fn file_of(name: &str, bytes: &[u8]) -> (std::path::PathBuf, std::path::PathBuf) {
-        let d = std::env::temp_dir().join(format!("mdsub-capture-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
+        let d = crate::test_dir(&format!("capture-{name}"));
         let path = d.join("c.cap");
         std::fs::write(&path, bytes).expect("write");
         (d, path)
