@@ -101,6 +101,12 @@ impl Claimed {
         Some((m.dev(), m.ino()))
     }
 
+    /// Whether `m` is this claim's file's (the same device and inode).
+    fn is_this(&self, m: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        Some((m.dev(), m.ino())) == self.identity()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -114,9 +120,8 @@ impl Claimed {
     /// logrotate's rename), or another file was put there. A path that cannot be looked at for
     /// another reason (a folder not searchable any more) is said as that error.
     pub fn still_named(&self) -> std::io::Result<bool> {
-        use std::os::unix::fs::MetadataExt as _;
         match std::fs::metadata(&self.path) {
-            Ok(m) => Ok(Some((m.dev(), m.ino())) == self.identity()),
+            Ok(m) => Ok(self.is_this(&m)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
@@ -213,8 +218,7 @@ impl Claimed {
 
     /// Whether `other` names this very file (a link to it).
     fn is_named(&self, other: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
-        std::fs::metadata(other).is_ok_and(|m| Some((m.dev(), m.ino())) == self.identity())
+        std::fs::metadata(other).is_ok_and(|m| self.is_this(&m))
     }
 
     /// `FLAG PATH`, as an error about the file starts.
@@ -375,10 +379,8 @@ impl Locked {
 
     /// A handle that reads what the file holds (opened by its path, checked to be this file).
     pub fn read(&self) -> std::io::Result<File> {
-        use std::os::unix::fs::MetadataExt as _;
         let f = File::open(&self.0.path)?;
-        let m = f.metadata()?;
-        if Some((m.dev(), m.ino())) != self.0.identity() {
+        if !self.0.is_this(&f.metadata()?) {
             return Err(std::io::Error::other("the file was replaced while it was being claimed"));
         }
         Ok(f)
