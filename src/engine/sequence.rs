@@ -1028,8 +1028,7 @@ impl SequenceTracker {
         for (key, r) in vanished {
             self.forgotten_set.insert(key, Some(Resume { restarted: true, ..r }));
             self.unvanish_id(id);
-            let pending = &mut self.publishers[p].pending_unended;
-            *pending = (pending.0 + r.pending.0, pending.1.saturating_add(r.pending.1));
+            self.add_pending(p, r.pending);
         }
         self.totals.restarts += 1;
         true
@@ -1333,6 +1332,13 @@ impl SequenceTracker {
         }
     }
 
+    /// Add `n` sessions that ended by a restart, `sent` messages in all, to publisher `p`'s
+    /// [`PublisherState::pending_unended`].
+    fn add_pending(&mut self, p: usize, (n, sent): (u64, u64)) {
+        let pending = &mut self.publishers[p].pending_unended;
+        *pending = (pending.0 + n, pending.1.saturating_add(sent));
+    }
+
     /// Publisher `id`'s sessions that ended by a restart without an end of stream go into
     /// the totals (its own end of stream, or the subscriber's close, says they are its).
     fn fold_pending(&mut self, id: u32) {
@@ -1385,8 +1391,7 @@ impl SequenceTracker {
         }
         self.totals.vanished_back += 1;
         if let Some(p) = self.publisher_of(h.publisher_id) {
-            let pending = &mut self.publishers[p].pending_unended;
-            *pending = (pending.0 + r.pending.0, pending.1.saturating_add(r.pending.1));
+            self.add_pending(p, r.pending);
         }
         let s = &mut self.sessions[i];
         s.last_stream_seq = r.last_stream_seq;
