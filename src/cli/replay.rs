@@ -635,11 +635,8 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     };
     if matches!(source, Source::Capture { restamp: false, .. }) && args.faults.restart_at.is_some() {
         // Said before the wait for subscribers (before: after it, once they had come).
-        return Err(anyhow::Error::new(super::UsageError(
-            "--restart-at: a restart mid-stream needs fresh sequences: replay the capture with --restamp \
-             (without --keep-seq, which keeps its recorded ones)"
-                .into(),
-        )));
+        let why = crate::replay::RESTART_NEEDS_FRESH_SEQUENCES;
+        return Err(anyhow::Error::new(super::UsageError(format!("--restart-at: {why}"))));
     }
     if let Source::Capture { restamp: false, .. } = source {
         // A subscriber judges lag by the frames' send times: a capture's are as old as it is,

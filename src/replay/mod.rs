@@ -105,6 +105,11 @@ fn zerr(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> ReplayError {
     move |source| ReplayError::Zmq { context, source }
 }
 
+/// Why a capture sent byte for byte cannot take `--restart-at`: said by the command before it
+/// waits for subscribers, and by [`Publisher`] for any other caller.
+pub const RESTART_NEEDS_FRESH_SEQUENCES: &str = "a restart mid-stream needs fresh sequences: replay the capture \
+     with --restamp (without --keep-seq, which keeps its recorded ones)";
+
 /// Publisher settings.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -1262,9 +1267,7 @@ impl Publisher {
                 ))
             }
             Source::Capture { restamp: false, .. } if self.faults.restart_at.is_some() => {
-                return Err(ReplayError::Config(
-                    "a restart mid-stream needs fresh sequences: replay the capture with --restamp (without --keep-seq, which keeps its recorded ones)".into(),
-                ))
+                return Err(ReplayError::Config(RESTART_NEEDS_FRESH_SEQUENCES.into()))
             }
             Source::Generator(_) if matches!(pacing, Pacing::Recorded { .. }) => {
                 return Err(ReplayError::Config("recorded timing needs a capture or DBN file".into()))
