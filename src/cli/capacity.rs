@@ -56,7 +56,8 @@ pub struct CapacityArgs {
     /// symbol, built before sending) within 256 MiB.
     #[arg(long, value_parser = super::feed::parse_symbols, default_value = "100", value_name = "COUNT")]
     pub symbols: usize,
-    /// Each trial first offers its rate this long, unmeasured.
+    /// Each trial first offers its rate this long, unmeasured: the schedule's first rate x
+    /// warm-up messages, counted where the engine handled them (the hold has none of them).
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub warmup: Duration,
     /// Then holds it this long: the measured part of a trial.
