@@ -228,6 +228,7 @@ mod tests {
                         bracket_above: Some(6000),
                         narrowed: true,
                         contradictions: Vec::new(),
+                        failed_confirmations: Vec::new(),
                         trials: 16,
                     },
                     at_knee: None,

@@ -337,6 +337,10 @@ pub struct Outcome {
     /// knee is the maximum rate). A search stopped early may have a knee it had not narrowed.
     pub narrowed: bool,
     pub contradictions: Vec<Contradiction>,
+    /// Each knee the search found whose 0.95x confirmation then failed, in the order tried: the
+    /// knee as `passed_at`, its confirmation as `failed_at`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_confirmations: Vec<Contradiction>,
     pub trials: usize,
 }
 
@@ -363,6 +367,7 @@ pub struct Search {
     history: Vec<(u64, Purpose, Verdict)>,
     reopens: usize,
     contradictions: Vec<Contradiction>,
+    failed_confirmations: Vec<Contradiction>,
     confirmed_at: Option<u64>,
 }
 
@@ -379,6 +384,7 @@ impl Search {
             history: Vec::new(),
             reopens: 0,
             contradictions: Vec::new(),
+            failed_confirmations: Vec::new(),
             confirmed_at: None,
         }
     }
@@ -465,6 +471,9 @@ impl Search {
             (Phase::Confirm, _) => {
                 // The knee's own confirmation failed: the knee is not where the
                 // search put it. Reopen below the failure.
+                if let Some(knee) = self.lo {
+                    self.failed_confirmations.push(Contradiction { passed_at: knee, failed_at: rate });
+                }
                 self.hi = Some(rate);
                 self.lo = self.highest_pass_below(rate);
                 if self.reopens >= self.cfg.max_reopens {
@@ -585,6 +594,7 @@ impl Search {
             bracket_above,
             narrowed,
             contradictions: self.contradictions.clone(),
+            failed_confirmations: self.failed_confirmations.clone(),
             trials: self.history.len(),
         }
     }
