@@ -863,6 +863,35 @@ fn a_trials_hold_counts_none_of_its_warm_up() {
     assert!(held >= 6000 - 1000 - 1, "the hold lost no more than one metrics interval: {held}: {t}");
 }
 
+/// A grid flag that would be overridden is refused before any trial, exit 2, no folder: `--vary
+/// workers=1 --vary workers=2` searched one configuration, `builtin-2core workers=1 workers=2`,
+/// with 2 workers; `--handler verify` beside `--vary handler=…` was replaced by the grid's.
+#[test]
+fn a_grid_setting_given_twice_is_refused() {
+    let dir = common::temp_dir("capacity-vary-twice");
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--vary", "workers=1", "--vary", "idle=block", "--vary", "workers=2"],
+            "error: capacity: --vary workers given twice (workers=1 and workers=2): one --vary per setting, every value in \
+             it: --vary workers=1,2\n",
+        ),
+        (
+            &["--handler", "verify", "--vary", "handler=latency,work:1000"],
+            "error: capacity: --handler verify and --vary handler=latency,work:1000: one gives every configuration's handler, \
+             the other varies it; give one (--vary handler=verify,latency,work:1000 to compare them)\n",
+        ),
+    ];
+    for (flags, said) in cases {
+        let mut cmd = mdsub();
+        cmd.args(["capacity", "--out"]).arg(&dir).args(["--warmup", "200ms", "--hold", "300ms", "--runs", "1"]);
+        cmd.args(["--time-cap", "1s"]).args(flags);
+        let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
+        assert_eq!(code, Some(2), "{flags:?}: refused as a flag: {stdout}{stderr}");
+        assert!(stderr.starts_with(said), "{flags:?}: said once: {stderr}");
+        assert!(!dir.exists() || std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()), "no folder");
+    }
+}
+
 /// `--start-rate 0` ran: `from 0 msg/s`, a note about a 10000 s hold, then 100 msg/s offered.
 #[test]
 fn a_start_rate_below_the_lowest_offered_is_refused() {

@@ -40,7 +40,7 @@ pub struct CapacityArgs {
     #[arg(long = "profile", value_name = "FILE|builtin|auto")]
     pub profiles: Vec<String>,
     /// Cross every profile with these values of a setting, `KEY=V1,V2,…`;
-    /// repeat for a grid. Keys: workers, shards, batch_max, idle, handoff,
+    /// repeat for a grid, each setting once (`--vary handler` beside `--handler` is refused). Keys: workers, shards, batch_max, idle, handoff,
     /// routing, rcvhwm_msgs, handoff_hwm_msgs, handler (e.g. handler=latency,work:20000).
     /// Values are written as the flags write them: counts `100k`, `2M` (rcvhwm_msgs=100k).
     #[arg(long = "vary", value_parser = parse_vary, value_name = "KEY=V1,V2")]
@@ -224,6 +224,15 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             p.handler = h;
         }
         bases.push(p);
+    }
+    // Both were taken, and the grid's handlers silently replaced the one --handler gave.
+    if let (Some(h), Some(v)) = (args.handler, args.vary.iter().find(|v| v.key == "handler")) {
+        let values = v.values.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(",");
+        return Err(super::UsageError(format!(
+            "--handler {h} and --vary handler={values}: one gives every configuration's handler, the other varies \
+             it; give one (--vary handler={h},{values} to compare them)"
+        ))
+        .into());
     }
     let host = crate::host::cores();
     // What the grid refuses is a --vary value (the base profiles were checked as they loaded).

@@ -118,6 +118,19 @@ pub struct Vary {
 /// Every base profile crossed with every combination of the grid's values; each one is named
 /// `BASE key=value …` and validated against `host`.
 pub fn expand_grid(bases: &[Profile], grid: &[Vary], host: &[usize]) -> Result<Vec<Configuration>, String> {
+    // A key given twice made one configuration of the last value, named with both
+    // (`builtin-2core workers=1 workers=2`), where a grid of two was meant.
+    let written = |v: &Vary| v.values.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(",");
+    for (i, v) in grid.iter().enumerate() {
+        if let Some(first) = grid[..i].iter().find(|w| w.key == v.key) {
+            let (a, b) = (written(first), written(v));
+            return Err(format!(
+                "--vary {k} given twice ({k}={a} and {k}={b}): one --vary per setting, every value in it: \
+                 --vary {k}={a},{b}",
+                k = v.key
+            ));
+        }
+    }
     let mut out: Vec<Configuration> =
         bases.iter().map(|p| Configuration { name: p.name.clone(), profile: p.clone() }).collect();
     for Vary { key, values } in grid {
