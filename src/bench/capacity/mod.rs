@@ -1010,7 +1010,17 @@ pub fn winner_toml(c: &Configuration, r: &ConfigResult, sla: &Sla, m: &Machine) 
     s.push_str(&format!("# SLA: {}.\n", describe_sla(sla)));
     s.push_str(&format!("# Machine: {} cores ({}), libzmq {}.\n", m.cores, m.cpu, m.libzmq));
     s.push_str(&format!("# Commit: {}; measured {} UTC.\n", m.mdsub_commit, m.date_utc));
-    s.push_str("# Run it: mdsub engine --profile winner.toml --endpoint connect:tcp://HOST:PORT\n\n");
+    // One `--endpoint` per shard: the line gave one, and a winner of several shards run as it
+    // said ran one (with `--endpoint`, the engine runs a shard per endpoint given).
+    let shards = c.profile.shards.len().max(1);
+    let port = |k: usize| if shards > 1 { format!("PORT{k}") } else { "PORT".to_string() };
+    let endpoints: String = (0..shards).map(|k| format!(" --endpoint connect:tcp://HOST:{}", port(k))).collect();
+    let why = if shards > 1 {
+        format!(" (one --endpoint per shard: with fewer, the engine runs fewer than the {shards} shards measured)")
+    } else {
+        String::new()
+    };
+    s.push_str(&format!("# Run it: mdsub engine --profile winner.toml{endpoints}{why}\n\n"));
     let mut p = c.profile.clone();
     p.name = slug(&format!("capacity-{}", c.name));
     s.push_str(&p.to_toml());
@@ -1252,6 +1262,23 @@ mod tests {
         let toml = winner_toml(&c, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
         assert!(toml.contains("# Knee: 3125 msg/s offered, 3001 achieved (confirmed at 2969 msg/s).\n"), "{toml}");
         assert!(toml.contains("# NON-MONOTONIC: passed 4000 but failed 3500.\n"), "{toml}");
+        assert!(
+            toml.contains("# Run it: mdsub engine --profile winner.toml --endpoint connect:tcp://HOST:PORT\n"),
+            "{toml}"
+        );
+        // A winner of two shards runs as measured with two endpoints; the line gave one, and the
+        // engine ran one shard.
+        let two = Configuration { name: "builtin-2core shards=2".into(), profile: Profile::builtin().with_shards(2) };
+        let toml =
+            winner_toml(&two, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
+        assert!(
+            toml.contains(
+                "# Run it: mdsub engine --profile winner.toml --endpoint connect:tcp://HOST:PORT0 --endpoint \
+                 connect:tcp://HOST:PORT1 (one --endpoint per shard: with fewer, the engine runs fewer than the 2 \
+                 shards measured)\n"
+            ),
+            "{toml}"
+        );
     }
 
     #[test]
