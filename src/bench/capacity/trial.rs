@@ -109,8 +109,9 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     // handled them: a clock started here also ran while the engine subscribed and while the
     // collector had not yet heard of what the workers handled, so the hold took up to a tenth
     // of its messages from the warm-up (66269 in a 1 s hold at 60000 msg/s). Counted, the
-    // warm-up ends at the first worker report that reaches it: the hold may lose up to one
-    // metrics interval of its first messages to the warm-up, never the other way round.
+    // warm-up ends at the first worker report that reaches it: the hold may lose a report
+    // period (a tenth of a metrics interval) of its first messages to the warm-up, more when
+    // this thread looks late on a busy host, never the other way round.
     let rate_sent = match &publisher {
         Pub::Local(_, sent_rate) => *sent_rate,
         Pub::Remote(_) => offered,
