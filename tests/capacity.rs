@@ -505,6 +505,39 @@ fn an_external_publisher_drives_the_trials() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A trial server killed mid-trial ends the run at once, exit 1, saying why: its answer cannot
+/// come once the connection closed (a REQ never sends its request again). It was waited for 30 s
+/// more, then said `no answer from the publisher to publish within 32200ms`.
+#[test]
+fn a_trial_server_killed_mid_trial_ends_the_run_at_once() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-remote-killed");
+    let (server, control) = trial_server();
+    let publisher = format!("connect:{control}");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--out"]).arg(&dir).args(["--warmup", "200ms", "--hold", "2s", "--runs", "1"]);
+    cmd.args(["--time-cap", "90s", "--start-rate", "1k", "--publisher", &publisher]);
+    let mut cap = LineProc::spawn_with_stderr("capacity", &mut cmd);
+    let err = cap.stderr.take().expect("stderr");
+    // Said once the server took the trial's `go`: the capacity run now waits for its answer.
+    server.line_starting("trial 1: waiting for the engine to subscribe", Duration::from_secs(30));
+    server.proc.signal(9);
+    let killed = std::time::Instant::now();
+    let (status, _) = cap.finish(Duration::from_secs(60));
+    let waited = killed.elapsed();
+    let said: Vec<String> = err.try_iter().collect();
+    assert_eq!(status.code(), Some(1), "an error: {said:?}");
+    assert!(waited < Duration::from_secs(15), "ended at once, not 30 s later: {waited:?}: {said:?}");
+    let line = said.iter().find(|l| l.starts_with("mdsub: error: ")).unwrap_or_else(|| panic!("{said:?}"));
+    assert!(
+        line.contains(&format!(
+            "the connection to the publisher at {control} closed before its answer to publish came"
+        )) && line.contains("start `mdsub replay --serve-trials` there again"),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     let _one = serial();

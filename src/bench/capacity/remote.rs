@@ -34,6 +34,9 @@ pub struct RemotePublisher {
     /// The control link's watch: "not up after 5 s" when nothing answers at `control`.
     watch: Option<LinkWatch>,
     stop: StopFlag,
+    /// The control socket's connections that had ended when the request awaited was sent: one
+    /// more ending took the request or its answer with it (a REQ never sends it again).
+    ended_at_send: u64,
 }
 
 /// How long the publisher has to answer `prepare` (binding its endpoints).
@@ -69,7 +72,7 @@ impl RemotePublisher {
         let watch = LinkWatch::attach(ctx, &mut req, "capacity publisher control", &[control.to_string()])
             .context("watching the control socket")?;
         req.connect(control).with_context(|| format!("connecting to the publisher at {control}"))?;
-        Ok(RemotePublisher { req, control: control.to_string(), watch, stop: stop.clone() })
+        Ok(RemotePublisher { req, control: control.to_string(), watch, stop: stop.clone(), ended_at_send: 0 })
     }
 
     /// The publisher's answer to `what` within `timeout`, watching the link (said once when
@@ -79,6 +82,16 @@ impl RemotePublisher {
         loop {
             if let Some(w) = self.watch.as_mut() {
                 w.service(&self.req);
+                // A server killed mid-trial was waited for 30 s more: `no answer from the
+                // publisher to publish within 31200ms`, though its answer could not come.
+                if w.connections_ended() > self.ended_at_send {
+                    anyhow::bail!(
+                        "the connection to the publisher at {} closed before its answer to {what} came (the \
+                         trial server ended or was killed, or the path dropped), and a request is not sent again: \
+                         start `mdsub replay --serve-trials` there again, then carry the search on",
+                        self.control
+                    );
+                }
             }
             if self.stop.is_stopped() {
                 return Err(Interrupted(what.to_string()).into());
@@ -119,6 +132,7 @@ impl RemotePublisher {
             "seed": feed.seed, "shards": shards,
         });
         self.req.send(req.to_string().as_bytes(), 0).context("sending a trial to the publisher")?;
+        self.sent();
         let v = self.recv_json("prepare a trial", PREPARE_TIMEOUT)?;
         let eps: Vec<String> = v
             .get("endpoints")
@@ -133,7 +147,17 @@ impl RemotePublisher {
 
     /// Start the schedule (the answer comes with [`RemotePublisher::finish`]).
     pub fn go(&mut self) -> anyhow::Result<()> {
-        self.req.send(&b"{\"op\":\"go\"}"[..], 0).context("starting the publisher")
+        self.req.send(&b"{\"op\":\"go\"}"[..], 0).context("starting the publisher")?;
+        self.sent();
+        Ok(())
+    }
+
+    /// A request went: the connections ended so far are none of its business.
+    fn sent(&mut self) {
+        if let Some(w) = self.watch.as_mut() {
+            w.service(&self.req);
+            self.ended_at_send = w.connections_ended();
+        }
     }
 
     /// Wait for the schedule's end: (messages sent, seconds it took).
