@@ -395,13 +395,14 @@ fn a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials() {
         let cause = "configuration `builtin-2core`, 2000 msg/s, run 1: ";
         let head = match kept {
             "summary.json" => format!(
-                "mdsub: error: capacity: stopped after 1 finished trial(s), summarised in {} (summary.md could not \
-                 be written either): {cause}",
+                "mdsub: error: capacity: stopped after 1 finished trial(s) (carry on with --start-rate 1000 for \
+                 `builtin-2core`), summarised in {} (summary.md could not be written either): {cause}",
                 folder.join("summary.json").display()
             ),
             _ => format!(
-                "mdsub: error: capacity: stopped after 1 finished trial(s): no summary could be written in {} \
-                 either, so the trials printed above are all that is left: {cause}",
+                "mdsub: error: capacity: stopped after 1 finished trial(s) (carry on with --start-rate 1000 for \
+                 `builtin-2core`): no summary could be written in {} either, so the trials printed above are all \
+                 that is left: {cause}",
                 folder.display()
             ),
         };

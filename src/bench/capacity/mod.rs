@@ -878,7 +878,13 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             .map_err(|j| (j, false))
             .and_then(|()| write_file(&folder.join("summary.md"), &summary_md(&result)).map_err(|m| (m, true)));
         made.keep();
-        return Err(failed_after(e, done, &folder, written.err()));
+        let carry_on: Vec<String> = result
+            .extra
+            .configurations
+            .iter()
+            .filter_map(|r| r.carry_on_from.map(|n| format!("--start-rate {n} for `{}`", r.name)))
+            .collect();
+        return Err(failed_after(e, done, &carry_on, &folder, written.err()));
     }
     if let Some(w) = &winner {
         let (c, r) = cfg
@@ -953,10 +959,12 @@ fn winner_of(results: &[ConfigResult], tolerance: f64) -> Result<&ConfigResult, 
 /// summary is (or that it could not be written, and then that the trials printed are all that is
 /// left: `unwritten` is the write that failed and whether summary.json was written before it),
 /// then the trial's failure. A write that failed for the trial's own cause (a full disk) does
-/// not say it again.
+/// not say it again. `carry_on` is where each stopped search carries on from (`--start-rate N
+/// for `NAME``), which only the summary said.
 fn failed_after(
     e: anyhow::Error,
     done: usize,
+    carry_on: &[String],
     folder: &Path,
     unwritten: Option<(anyhow::Error, bool)>,
 ) -> anyhow::Error {
@@ -969,7 +977,10 @@ fn failed_after(
             format!(": {root}")
         }
     };
-    let trials = format!("stopped after {done} finished trial(s)");
+    let trials = match carry_on {
+        [] => format!("stopped after {done} finished trial(s)"),
+        _ => format!("stopped after {done} finished trial(s) (carry on with {})", carry_on.join(", ")),
+    };
     let kept = match unwritten {
         None => format!("{trials}, summarised in {} (summary.md, summary.json)", folder.display()),
         Some((w, true)) => format!(
