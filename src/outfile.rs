@@ -7,7 +7,8 @@
 //! truncating it, takes `flock(LOCK_EX | LOCK_NB)` on it (std's [`File::try_lock`]) and only then
 //! empties it, so a second run is refused with [`OutFileError::Busy`] and the first run's file
 //! is left as it was ([`lock_all`] locks without emptying, for an output whose earlier content
-//! is kept: `--hlog`). The lock is the kernel's: it goes with the last handle on the file,
+//! is kept: `--hlog`, `--hgrm` and tap `--record` keep an earlier run's file under its start's
+//! name, [`judge_earlier`] and [`Judged::claim`], one implementation for the three). The lock is the kernel's: it goes with the last handle on the file,
 //! however the process ends, so a crashed run leaves no stale lock behind.
 //!
 //! The lock is advisory (a program that does not ask for it is not stopped) and only regular
@@ -400,6 +401,176 @@ impl Locked {
     pub fn keep_as(self, closed: &Path) -> Result<(Claimed, Closing), OutFileError> {
         self.0.rotate(closed)
     }
+}
+
+/// What an earlier run left in an output, as the output's own format judges it
+/// ([`claim_keeping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earlier {
+    /// Nothing to lose (an empty file, a header alone, blank lines): the file is started over.
+    Nothing,
+    /// Something to keep, with its start (wall ns) when it says one; without, the file's
+    /// modification time names it.
+    Keep(Option<u64>),
+}
+
+/// How much of an earlier run's file is read to judge it ([`claim_keeping`]).
+pub const HEAD_BYTES: u64 = 64 * 1024;
+
+/// Why an output could not be claimed with what an earlier run left in it ([`claim_keeping`]).
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    /// The file holds something other than this output's format: refused, left as it was.
+    #[error(
+        "{named}: holds {len} byte(s) that are not {what} ({why}), which this run would write over; move the \
+         file away or give another path"
+    )]
+    NotOurs { named: String, len: u64, what: &'static str, why: String },
+    /// The file could not be read.
+    #[error("{named}: reading what an earlier run left in it: {source}")]
+    Read { named: String, source: std::io::Error },
+    /// The earlier run's file could not be kept under its closed name (that name is taken).
+    #[error("{named}: keeping an earlier run's file as {}: {why}; move that file or this one away", closed.display())]
+    Keep { named: String, closed: PathBuf, why: String },
+    /// Emptying or claiming the file failed.
+    #[error(transparent)]
+    File(#[from] OutFileError),
+}
+
+/// Claim a locked output without losing what an earlier run left in it: the one way `--hlog`,
+/// `--hgrm` and tap `--record` keep an earlier run's file ([`judge_earlier`], then
+/// [`Judged::claim`]).
+pub fn claim_keeping(
+    locked: Locked,
+    what: &'static str,
+    judge: impl FnOnce(&[u8], bool) -> Result<Earlier, String>,
+) -> Result<(Claimed, Option<String>), KeepError> {
+    judge_earlier(locked, what, judge)?.claim()
+}
+
+/// Judge what an earlier run left in a locked output, changing nothing yet (so a run with two
+/// outputs judges both before it keeps or empties either). `judge` reads the file's first
+/// [`HEAD_BYTES`] (and whether that is all of it) as its format: [`Earlier::Keep`] is to be kept
+/// by its start (the one `judge` found, else the file's modification time), [`Earlier::Nothing`]
+/// emptied, and `Err(why)` refuses it ([`KeepError::NotOurs`], saying it is not `what`), left as
+/// it was: it is someone else's file or a path mistyped. A device or FIFO is written as it is.
+pub fn judge_earlier(
+    locked: Locked,
+    what: &'static str,
+    judge: impl FnOnce(&[u8], bool) -> Result<Earlier, String>,
+) -> Result<Judged, KeepError> {
+    use std::io::Read as _;
+    if !locked.is_regular() {
+        return Ok(Judged { locked, keep: None });
+    }
+    let named = locked.named();
+    let read = |source| KeepError::Read { named: named.clone(), source };
+    locked.check_named()?;
+    let meta = locked.metadata().map_err(read)?;
+    let len = meta.len();
+    if len == 0 {
+        return Ok(Judged { locked, keep: None });
+    }
+    let mut head = Vec::new();
+    locked.read().and_then(|f| f.take(HEAD_BYTES).read_to_end(&mut head)).map_err(read)?;
+    let start_ns = match judge(&head, len <= HEAD_BYTES) {
+        Err(why) => return Err(KeepError::NotOurs { named, len, what, why }),
+        Ok(Earlier::Nothing) => return Ok(Judged { locked, keep: None }),
+        Ok(Earlier::Keep(Some(ns))) => ns,
+        Ok(Earlier::Keep(None)) => meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+    };
+    Ok(Judged { locked, keep: Some((start_ns, len)) })
+}
+
+/// A locked output whose earlier content was judged ([`judge_earlier`]): to be kept (its start
+/// and length) or emptied.
+#[derive(Debug)]
+pub struct Judged {
+    locked: Locked,
+    keep: Option<(u64, u64)>,
+}
+
+impl Judged {
+    /// Keep the earlier content under [`closed_name`] by its start, never over a file already
+    /// there (refused, naming both, all left as it was), and claim a new, empty file at its path,
+    /// said in the line returned; or, with nothing to keep, empty the file.
+    pub fn claim(self) -> Result<(Claimed, Option<String>), KeepError> {
+        let Some((start_ns, len)) = self.keep else { return Ok((self.locked.empty()?, None)) };
+        let path = self.locked.path().to_path_buf();
+        let named = self.locked.named();
+        let closed = closed_name(&path, start_ns);
+        let (claimed, _) = self.locked.keep_as(&closed).map_err(|e| KeepError::Keep {
+            named,
+            closed: closed.clone(),
+            why: match e {
+                OutFileError::Io { source, .. } => source.to_string(),
+                e => e.to_string(),
+            },
+        })?;
+        let said = format!(
+            "kept an earlier run's {} ({len} bytes, from {}) as {}",
+            path.display(),
+            crate::clock::utc_iso8601(start_ns),
+            closed.display()
+        );
+        Ok((claimed, Some(said)))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.locked.path()
+    }
+}
+
+/// `NAME.STAMP.EXT` beside `path` (`NAME.STAMP` when it has no extension): STAMP is `start_ns`
+/// in UTC, `20261206T170000.002Z`, so `ls` lists a file's closed ones oldest first, before it.
+pub fn closed_name(path: &Path, start_ns: u64) -> PathBuf {
+    let stamp: String = crate::clock::utc_iso8601(start_ns).chars().filter(|c| !matches!(c, '-' | ':')).collect();
+    let (stem, ext) = split_name(path);
+    path.with_file_name(match ext {
+        Some(ext) => format!("{stem}.{stamp}.{ext}"),
+        None => format!("{stem}.{stamp}"),
+    })
+}
+
+/// A file name's stem and extension, as [`closed_name`] puts the stamp between them.
+fn split_name(path: &Path) -> (String, Option<String>) {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    (stem, path.extension().map(|e| e.to_string_lossy().into_owned()))
+}
+
+/// Whether `s` is a stamp [`closed_name`] writes: `YYYYMMDDTHHMMSS.mmmZ`.
+fn is_stamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    b.len() == 20 && digits(0..8) && b[8] == b'T' && digits(9..15) && b[15] == b'.' && digits(16..19) && b[19] == b'Z'
+}
+
+/// The closed files of `path` in its folder (names [`closed_name`] makes), oldest first.
+pub fn closed_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let (stem, ext) = split_name(path);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let rest = match &ext {
+            Some(ext) => name.strip_suffix(ext.as_str()).and_then(|r| r.strip_suffix('.')),
+            None => Some(name),
+        };
+        let stamp = rest.and_then(|r| r.strip_prefix(stem.as_str())).and_then(|r| r.strip_prefix('.'));
+        if stamp.is_some_and(is_stamp) {
+            found.push(path.with_file_name(name));
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Refuse two outputs of one run that name the same file: `(flag, path)` pairs, compared

@@ -1971,6 +1971,76 @@ fn a_restart_keeps_the_earlier_runs_hlog_as_a_closed_file() {
     assert_eq!(removed.len(), 2, "{said:?}");
 }
 
+/// A restart used to empty `--hgrm FILE` at its start (a run that then failed left nothing) and
+/// write over it at its end: the earlier run's spectrum was lost. Now it is kept under its
+/// time's closed name (`NAME.YYYYMMDDTHHMMSS.mmmZ.hgrm`), byte for byte, one line saying so, and
+/// FILE is the new run's spectrum; a FILE that is no spectrum is refused in one line, left as it
+/// was.
+#[test]
+fn a_restart_keeps_the_earlier_runs_hgrm_as_a_closed_file() {
+    let dir = temp_dir("dash-hgrm-restart");
+    let hgrm = dir.join("r.hgrm");
+    let arg = hgrm.to_str().expect("utf8");
+    let closed = || {
+        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(&*dir)
+            .expect("the folder")
+            .map(|e| e.expect("an entry").path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("r.2") && n.ends_with("Z.hgrm"))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let total_in = |f: &Path| {
+        let text = std::fs::read_to_string(f).expect("a spectrum");
+        assert!(text.trim_start().starts_with("Value"), "{}: {text}", f.display());
+        let line = text.lines().find(|l| l.contains("Total count")).expect("its footer").to_string();
+        line.split('=')
+            .next_back()
+            .and_then(|v| v.trim().trim_end_matches(']').trim().parse::<u64>().ok())
+            .expect("a count")
+    };
+    let total = |r: &serde_json::Value| u(&r["shards"][0]["latency"]["total"], "count");
+    let (first, said) = hlog_run(&["--hgrm", arg]);
+    assert!(!said.iter().any(|l| l.contains("kept")), "nothing earlier to keep: {said:?}");
+    let first_spectrum = std::fs::read(&hgrm).expect("the first run's spectrum");
+    assert_eq!(total_in(&hgrm), total(&first));
+
+    let (second, said) = hlog_run(&["--hgrm", arg]);
+    let kept = closed();
+    assert_eq!(kept.len(), 1, "the first run's spectrum, kept: {kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).expect("kept"), first_spectrum, "kept as it was");
+    let lines: Vec<&String> = said.iter().filter(|l| l.contains("kept an earlier run's")).collect();
+    assert_eq!(lines.len(), 1, "one line: {said:?}");
+    assert!(
+        lines[0].starts_with(&format!("metrics: --hgrm: kept an earlier run's {arg} ({} bytes", first_spectrum.len()))
+            && lines[0].ends_with(kept[0].to_str().expect("utf8")),
+        "{lines:?}"
+    );
+    assert_eq!(total_in(&hgrm), total(&second), "FILE is the second run's");
+
+    // Not a spectrum: refused, left as it was, nothing made beside it.
+    let theirs = b"meeting notes\n";
+    std::fs::write(&hgrm, theirs).expect("write");
+    let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", &ep, "--max-duration", "2s", "--metrics-interval", "100ms", "--hgrm", arg]);
+    let (code, out, err) = run_within("engine", &mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "mdsub: error: --hgrm {arg}: holds {} byte(s) that are not an HdrHistogram percentile spectrum (its \
+             first line is not the column header `Value Percentile TotalCount …`: \"meeting notes\"), which this run \
+             would write over; move the file away or give another path",
+            theirs.len()
+        )
+    );
+    assert_eq!(std::fs::read(&hgrm).expect("read"), theirs, "left as it was");
+    assert_eq!(closed(), kept, "nothing kept or made beside it");
+}
+
 /// A `--hlog FILE` that is not an interval log (someone else's file, a path mistyped) used to
 /// be emptied at the start without a word. It is refused in one line, before the run, and left
 /// as it was, with the run's other outputs: kept aside under an interval log's closed name it

@@ -103,6 +103,18 @@ fn recording_reads_back_byte_identical_and_subscriptions_are_shown() {
     assert!(!CaptureReader::open(&path).expect("opens").filtered(), "no filter: a replay sends it byte for byte");
 }
 
+/// A tap started to record `file`, run until it exits (it is expected to be refused at once):
+/// its exit code, stdout and stderr.
+fn a_tap_recording(file: &str) -> (Option<i32>, String, String) {
+    common::run_within(
+        "tap",
+        common::mdsub()
+            .args(["tap", "--frontend", "bind:tcp://127.0.0.1:*", "--backend", "bind:tcp://127.0.0.1:*"])
+            .args(["--quiet", "--record", file]),
+        Duration::from_secs(20),
+    )
+}
+
 /// Two taps given one `--record` file used to write it together (the second truncated the
 /// first's capture under it), both exiting 0. The second is refused before it starts, naming the
 /// file; the first records on and its capture reads back whole.
@@ -111,13 +123,7 @@ fn a_record_file_another_tap_writes_is_refused() {
     let (_dir, path) = temp_file("same.mdcap");
     let file = path.to_str().expect("utf-8 path");
     let mut first = start("tap", &["--quiet", "--subscribe-all", "--record", file]);
-    let (code, out, err) = common::run_within(
-        "tap",
-        common::mdsub()
-            .args(["tap", "--frontend", "bind:tcp://127.0.0.1:*", "--backend", "bind:tcp://127.0.0.1:*"])
-            .args(["--quiet", "--record", file]),
-        Duration::from_secs(20),
-    );
+    let (code, out, err) = a_tap_recording(file);
     assert_eq!(code, Some(1), "{out}{err}");
     assert_eq!(
         err.trim(),
@@ -536,4 +542,59 @@ fn a_killed_taps_capture_replays_with_its_holes_known_and_reads_as_not_closed() 
     assert_eq!(v["capture"]["missing"], holes.missing, "{v}");
     assert!(err.lines().any(|l| l.starts_with("replay: refused (truncated_tail): ")), "{err}");
     drop(dir);
+}
+
+/// A tap restarted on the same `--record` file used to empty it at its start: the earlier
+/// capture (hours of a feed, maybe its only copy) was gone. Now it is kept under its start's
+/// name (`NAME.YYYYMMDDTHHMMSS.mmmZ.EXT`, from its header's time), byte for byte, every message
+/// reading back, and one line says so; the file is the new tap's capture. A file that is not a
+/// capture is refused in one line, before the tap starts, and left as it was.
+#[test]
+fn a_restarted_tap_keeps_the_earlier_capture_whole() {
+    let (dir, path) = temp_file("day.cap");
+    let file = path.to_str().expect("utf-8 path");
+    let args = ["--quiet", "--subscribe-all", "--record", file];
+    let mut first = start("tap", &args);
+    let (sent, sockets) = traffic_through(&first);
+    let (_, err) = stop(&mut first);
+    drop(sockets);
+    assert!(!err.iter().any(|l| l.contains("kept")), "nothing earlier to keep: {err:?}");
+    let first_bytes = std::fs::read(&path).expect("the first capture");
+    let created_ns = CaptureReader::open(&path).expect("opens").created_ns;
+
+    let mut second = start("tap", &args);
+    let later = vec![vec![b"F009".to_vec(), b"the second run".to_vec()]];
+    let (got, sockets) = publish_through(&second, &later, DEADLINE);
+    assert_eq!(got, later);
+    let (_, err) = stop(&mut second);
+    drop(sockets);
+    let kept = mdsub::outfile::closed_name(&path, created_ns);
+    assert_eq!(std::fs::read(&kept).expect("the first capture, kept"), first_bytes, "kept as it was");
+    assert_eq!(read_capture(&kept), sent, "every message of the first run");
+    assert_eq!(mdsub::wire::capture::Holes::of(&kept).expect("holes").closed, Some(true));
+    assert_eq!(read_capture(&path), later, "the file is the second run's capture");
+    let said: Vec<&String> = err.iter().filter(|l| l.contains("kept an earlier run's")).collect();
+    assert_eq!(said.len(), 1, "one line: {err:?}");
+    assert!(
+        said[0].starts_with(&format!("tap: --record: kept an earlier run's {file} ({} bytes", first_bytes.len()))
+            && said[0].ends_with(&format!(" as {}", kept.display())),
+        "{said:?}"
+    );
+
+    // Not a capture: refused, left as it was, nothing made beside it.
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, b"meeting notes\n").expect("write");
+    let notes_arg = notes.to_str().expect("utf-8 path");
+    let (code, out, err) = a_tap_recording(notes_arg);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "mdsub: error: tap: --record {notes_arg}: holds 14 byte(s) that are not an mdsub capture (bad magic at \
+             offset 0: it does not start with MDSUBCAP), which this run would write over; move the file away or \
+             give another path"
+        )
+    );
+    assert_eq!(std::fs::read(&notes).expect("read"), b"meeting notes\n", "left as it was");
+    assert_eq!(std::fs::read_dir(&*dir).expect("dir").count(), 3, "day.cap, its kept capture, notes.txt");
 }

@@ -24,7 +24,8 @@ use crate::engine::defaults::METRICS_INTERVAL_RANGE_MS;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
 use crate::engine::{Engine, EngineError};
-use crate::metrics::hlog_file::{claim_keeping_previous, Note, Rotation};
+use crate::metrics::hlog::earlier_hgrm;
+use crate::metrics::hlog_file::{claim_judged, judge_previous, Note, Rotation};
 use crate::metrics::settings::{Level, Settings};
 use crate::metrics::RunReport;
 use crate::profile::{Profile, ProfileError};
@@ -445,7 +446,10 @@ pub struct OutputArgs {
     #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
     pub hlog_keep: Option<usize>,
     /// Write the whole run's percentile spectrum of the total stage (.hgrm,
-    /// values in ms) at the end.
+    /// values in ms) at the end. An earlier run's spectrum in FILE is kept,
+    /// not written over: closed under FILE's name stamped with the file's time
+    /// (run.20261206T170000.002Z.hgrm), and said; a FILE that is not a
+    /// spectrum is refused and left as it was.
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT
@@ -489,14 +493,19 @@ impl OutputArgs {
             .into_iter()
             .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
             .collect();
-        // All locked first, then the --hlog kept or refused, and only then anything emptied: a
-        // refused run leaves every file as it was.
+        // All locked first, then both judged (a file that is not an interval log or a spectrum
+        // refused), and only then anything kept or emptied: a refused run leaves every file as
+        // it was, and an earlier run's files are kept under their start's name.
         let mut locked = crate::outfile::lock_all(&named).map_err(super::outfile_error)?.into_iter();
         let (hlog, hgrm) =
             (self.hlog.as_ref().and_then(|_| locked.next()), self.hgrm.as_ref().and_then(|_| locked.next()));
         cfg.outputs.hlog_rotation = self.hlog_rotation(hlog.as_ref())?;
+        let hlog = hlog.map(judge_previous).transpose()?;
+        let hgrm = hgrm
+            .map(|h| crate::outfile::judge_earlier(h, "an HdrHistogram percentile spectrum", earlier_hgrm))
+            .transpose()?;
         if let Some(hlog) = hlog {
-            let (claimed, notes) = claim_keeping_previous(hlog, &cfg.outputs.hlog_rotation)?;
+            let (claimed, notes) = claim_judged(hlog, &cfg.outputs.hlog_rotation)?;
             for note in notes {
                 match note {
                     Note::Said(line) | Note::Removed(line) | Note::Started(line) => {
@@ -507,7 +516,13 @@ impl OutputArgs {
             }
             cfg.outputs.hlog = Some(claimed);
         }
-        cfg.outputs.hgrm = hgrm.map(crate::outfile::Locked::empty).transpose().map_err(super::outfile_error)?;
+        if let Some(hgrm) = hgrm {
+            let (claimed, kept) = hgrm.claim()?;
+            if let Some(line) = kept {
+                crate::diag!("metrics: --hgrm: {line}");
+            }
+            cfg.outputs.hgrm = Some(claimed);
+        }
         cfg.outputs.listen = self.metrics_listen;
         Ok(())
     }

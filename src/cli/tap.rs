@@ -68,7 +68,10 @@ pub struct TapArgs {
     /// file where they fell, with their count (record_missed= on exit); a
     /// replay says how many and renumbers likewise. The file ends with an end
     /// record at a clean exit: a killed tap's reads as not closed. The file is
-    /// locked while recording: a second tap given it is refused.
+    /// locked while recording: a second tap given it is refused. An earlier
+    /// tap's capture in FILE is kept, not emptied: closed under FILE's name
+    /// stamped with its start (day.20261206T170000.002Z.cap), and said; a FILE
+    /// that is not a capture is refused and left as it was.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
     /// Subscribe upstream to everything, so the tap sees traffic even when no

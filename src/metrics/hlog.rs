@@ -194,6 +194,27 @@ pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>, b: OutOfBounds) -> R
     out.flush().map_err(io_err("the percentile spectrum"))
 }
 
+/// What an earlier run left at `--hgrm FILE`, judged by its first bytes
+/// ([`crate::outfile::judge_earlier`]): a percentile spectrum ([`write_hgrm`]'s, or HdrHistogram's
+/// `outputPercentileDistribution`: its first line is the column header) is kept, named by the
+/// file's time (a spectrum says no start); blank lines only are nothing to lose; anything else is
+/// not one.
+pub fn earlier_hgrm(head: &[u8], whole: bool) -> Result<crate::outfile::Earlier, String> {
+    let text = String::from_utf8_lossy(head);
+    let Some(first) = text.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return match whole {
+            true => Ok(crate::outfile::Earlier::Nothing),
+            false => Err("no column header in its first 64 KiB".into()),
+        };
+    };
+    if first.split_whitespace().take(3).eq(["Value", "Percentile", "TotalCount"]) {
+        Ok(crate::outfile::Earlier::Keep(None))
+    } else {
+        let shown: String = first.chars().take(40).collect();
+        Err(format!("its first line is not the column header `Value Percentile TotalCount …`: {shown:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

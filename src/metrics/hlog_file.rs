@@ -28,12 +28,12 @@
 //! the file grew by the size again), not every interval.
 
 use std::fs::File;
-use std::io::{BufWriter, Read as _};
-use std::path::{Path, PathBuf};
+use std::io::BufWriter;
+use std::path::Path;
 use std::time::Duration;
 
 use super::hlog::{HlogError, HlogWriter};
-use crate::outfile::{Claimed, Closing, Locked, OutFileError};
+use crate::outfile::{closed_files, closed_name, judge_earlier, Claimed, Closing, Earlier, Judged, KeepError, Locked};
 
 /// How many closed files `--hlog-keep` keeps by default (a day of hourly files).
 pub const DEFAULT_KEEP: usize = 24;
@@ -224,93 +224,41 @@ impl HlogFile {
     }
 }
 
-/// How much of an earlier run's FILE is read to judge it: its header and first interval.
-const HEAD_BYTES: u64 = 64 * 1024;
-
 /// Interval timestamps at or above this many seconds are since the epoch, not since a base
 /// time (HdrHistogram's readers take a year as that bound).
 const ABSOLUTE_S: f64 = 365.0 * 24.0 * 3600.0;
 
-/// Why `--hlog FILE` could not be claimed with what an earlier run left in it.
-#[derive(Debug, thiserror::Error)]
-pub enum PreviousError {
-    /// FILE holds something other than an interval log: refused, left as it was.
-    #[error(
-        "{named}: holds {len} byte(s) that are not an HdrHistogram interval log ({why}), which this run would \
-         write over; move the file away or give another path"
-    )]
-    NotALog { named: String, len: u64, why: String },
-    /// FILE could not be read.
-    #[error("{named}: reading what an earlier run left in it: {source}")]
-    Read { named: String, source: std::io::Error },
-    /// The earlier run's log could not be kept under its closed name (that name is taken).
-    #[error(
-        "{named}: keeping an earlier run's interval log as {}: {why}; move that file or this one away",
-        closed.display()
-    )]
-    Keep { named: String, closed: PathBuf, why: String },
-    /// Emptying FILE failed.
-    #[error(transparent)]
-    File(#[from] OutFileError),
+/// Claim `--hlog FILE` for a run without losing what an earlier run left in it
+/// ([`crate::outfile::claim_keeping`]). FILE holding an interval log with intervals (the earlier run's open file,
+/// rotated or not) is closed as a rotation closes it: kept under [`closed_name`] by its own start
+/// (its `StartTime`, else its `BaseTime`, else its first interval's time, else the file's
+/// modification time), never over a file already there, and a new FILE is claimed in its place.
+/// An empty FILE, or one holding only a header or blank lines (no interval to lose), is emptied.
+/// Anything else, not an interval log, is refused and left as it was: put under a closed name it
+/// would be removed by `--hlog-keep` later. With rotation on, the closed files beyond `keep` are
+/// removed then (the kept one counts). Its notes: the keep and the removals.
+pub fn claim_keeping_previous(locked: Locked, rotation: &Rotation) -> Result<(Claimed, Vec<Note>), KeepError> {
+    claim_judged(judge_previous(locked)?, rotation)
 }
 
-/// Claim `--hlog FILE` for a run without losing what an earlier run left in it. FILE holding an
-/// interval log with intervals (the earlier run's open file, rotated or not) is closed as a
-/// rotation closes it: kept under [`closed_name`] by its own start (its `StartTime`, else its
-/// `BaseTime`, else its first interval's time, else the file's modification time), never over a
-/// file already there, and a new FILE is claimed in its place. An empty FILE, or one holding only
-/// a header or blank lines (no interval to lose), is emptied. Anything else, not an interval log, is refused
-/// and left as it was: it is someone else's file or a path mistyped, and put under a closed name
-/// it would be removed by `--hlog-keep` later. With rotation on, the closed files beyond `keep`
-/// are removed then (the kept one counts). Its notes: the keep and the removals.
-pub fn claim_keeping_previous(locked: Locked, rotation: &Rotation) -> Result<(Claimed, Vec<Note>), PreviousError> {
-    let named = locked.named();
-    let read = |source| PreviousError::Read { named: named.clone(), source };
-    if locked.is_regular() {
-        locked.check_named()?;
-    }
-    let meta = if locked.is_regular() { Some(locked.metadata().map_err(read)?) } else { None };
-    let len = meta.as_ref().map_or(0, |m| m.len());
-    let mut notes = Vec::new();
-    let mut previous = None;
-    if len > 0 {
-        let mut head = Vec::new();
-        locked.read().and_then(|f| f.take(HEAD_BYTES).read_to_end(&mut head)).map_err(read)?;
-        match previous_log(&head, len <= HEAD_BYTES) {
-            Err(why) => return Err(PreviousError::NotALog { named, len, why }),
-            Ok(Some(start_s)) => previous = Some(start_s),
-            Ok(None) => {}
-        }
-    }
-    let path = locked.path().to_path_buf();
-    let claimed = match previous {
-        None => locked.empty()?,
-        Some(start_s) => {
-            let start_ns = match start_s.and_then(secs_to_ns) {
-                Some(ns) => ns,
-                None => meta
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-            };
-            let closed = closed_name(&path, start_ns);
-            let (claimed, _) = locked.keep_as(&closed).map_err(|e| PreviousError::Keep {
-                named: named.clone(),
-                closed: closed.clone(),
-                why: match e {
-                    OutFileError::Io { source, .. } => source.to_string(),
-                    e => e.to_string(),
-                },
-            })?;
-            notes.push(Note::Said(format!(
-                "kept an earlier run's {} ({len} bytes, from {}) as {}",
-                path.display(),
-                crate::clock::utc_iso8601(start_ns),
-                closed.display()
-            )));
-            claimed
-        }
-    };
+/// Judge what an earlier run left in `--hlog FILE`, changing nothing yet
+/// ([`claim_keeping_previous`] is this, then [`claim_judged`]).
+pub fn judge_previous(locked: Locked) -> Result<Judged, KeepError> {
+    judge_earlier(locked, "an HdrHistogram interval log", |head, whole| {
+        Ok(match previous_log(head, whole)? {
+            Some(start_s) => Earlier::Keep(start_s.and_then(secs_to_ns)),
+            None => Earlier::Nothing,
+        })
+    })
+}
+
+/// Claim a judged `--hlog FILE` ([`judge_previous`]): keep or empty it, then, with rotation on,
+/// remove the closed files beyond `keep` (the kept one counts). Its notes: the keep and the
+/// removals.
+pub fn claim_judged(judged: Judged, rotation: &Rotation) -> Result<(Claimed, Vec<Note>), KeepError> {
+    let path = judged.path().to_path_buf();
+    let (claimed, kept) = judged.claim()?;
+    let mut notes: Vec<Note> = kept.into_iter().map(Note::Said).collect();
     if rotation.is_on() {
         notes.extend(prune(&path, rotation.keep));
     }
@@ -415,57 +363,10 @@ fn start(claimed: &Claimed, start_ns: u64, comment: &str) -> Result<HlogWriter<B
     HlogWriter::new(BufWriter::new(f), start_ns, comment)
 }
 
-/// `NAME.STAMP.EXT` beside `path` (`NAME.STAMP` when it has no extension): STAMP is `start_ns`
-/// in UTC, `20261206T170000.002Z`.
-pub fn closed_name(path: &Path, start_ns: u64) -> PathBuf {
-    let stamp: String = crate::clock::utc_iso8601(start_ns).chars().filter(|c| !matches!(c, '-' | ':')).collect();
-    let (stem, ext) = split_name(path);
-    path.with_file_name(match ext {
-        Some(ext) => format!("{stem}.{stamp}.{ext}"),
-        None => format!("{stem}.{stamp}"),
-    })
-}
-
-/// A file name's stem and extension, as [`closed_name`] puts the stamp between them.
-fn split_name(path: &Path) -> (String, Option<String>) {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    (stem, path.extension().map(|e| e.to_string_lossy().into_owned()))
-}
-
-/// Whether `s` is a stamp [`closed_name`] writes: `YYYYMMDDTHHMMSS.mmmZ`.
-fn is_stamp(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    b.len() == 20 && digits(0..8) && b[8] == b'T' && digits(9..15) && b[15] == b'.' && digits(16..19) && b[19] == b'Z'
-}
-
-/// The closed files of `path` in its folder (names [`closed_name`] makes), oldest first.
-pub fn closed_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let (stem, ext) = split_name(path);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let rest = match &ext {
-            Some(ext) => name.strip_suffix(ext.as_str()).and_then(|r| r.strip_suffix('.')),
-            None => Some(name),
-        };
-        let stamp = rest.and_then(|r| r.strip_prefix(stem.as_str())).and_then(|r| r.strip_prefix('.'));
-        if stamp.is_some_and(is_stamp) {
-            found.push(path.with_file_name(name));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn closed_names_sort_in_time_order_before_the_file_and_only_they_are_found() {
@@ -603,7 +504,7 @@ mod tests {
         ] {
             std::fs::write(&path, other).expect("write");
             let e = claim_keeping_previous(lock(&path), &rotation).expect_err("refused");
-            assert!(matches!(e, PreviousError::NotALog { .. }), "{e}");
+            assert!(matches!(e, KeepError::NotOurs { .. }), "{e}");
             let said = e.to_string();
             assert!(said.contains(why) && said.ends_with("move the file away or give another path"), "{said}");
             assert_eq!(std::fs::read(&path).expect("read"), other, "left as it was");
@@ -614,7 +515,7 @@ mod tests {
         std::fs::write(&path, &earlier).expect("write");
         std::fs::write(&kept, b"someone else's").expect("write");
         let e = claim_keeping_previous(lock(&path), &rotation).expect_err("the name is taken");
-        assert!(matches!(e, PreviousError::Keep { .. }) && e.to_string().contains("File exists"), "{e}");
+        assert!(matches!(e, KeepError::Keep { .. }) && e.to_string().contains("File exists"), "{e}");
         assert_eq!(std::fs::read(&path).expect("read"), earlier);
         assert_eq!(std::fs::read(&kept).expect("read"), b"someone else's");
         // A run that ended between a rotation's link and rename left FILE linked as its closed
@@ -638,7 +539,7 @@ mod tests {
         let log = a_log(t);
         let at = log.windows(4).position(|w| w == b"Tag=").expect("an interval line");
         let mut long = log[..at].to_vec();
-        while long.len() <= HEAD_BYTES as usize {
+        while long.len() <= crate::outfile::HEAD_BYTES as usize {
             long.extend_from_slice(b"#[a comment line another tool writes before its first interval]\n");
         }
         long.extend_from_slice(&log[at..]);
@@ -718,7 +619,7 @@ mod tests {
         let first = Claimed::claim("--hlog", &next).expect("the first run's new FILE");
         std::fs::rename(&next, &path).expect("rename");
         let e = claim_keeping_previous(late, &Rotation::default()).expect_err("refused");
-        assert!(matches!(e, PreviousError::File(OutFileError::Busy { .. })), "{e}");
+        assert!(matches!(e, KeepError::File(crate::outfile::OutFileError::Busy { .. })), "{e}");
         assert!(e.to_string().ends_with("give another path or let that run end"), "{e}");
         assert_eq!(std::fs::read(closed_name(&path, t)).expect("kept"), a_log(t), "the kept file as it was");
         assert_eq!(std::fs::metadata(&path).expect("FILE").len(), 0, "the first run's new FILE as it was");

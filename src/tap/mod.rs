@@ -39,6 +39,10 @@ pub enum TapError {
     /// The `--record` file is another process's (it holds the file's lock).
     #[error(transparent)]
     Claim(crate::outfile::OutFileError),
+    /// The `--record` file holds something other than a capture, or an earlier capture could
+    /// not be kept under its closed name: refused, left as it was.
+    #[error(transparent)]
+    Keep(crate::outfile::KeepError),
 }
 
 /// What `mdsub tap` runs: the proxy shell's settings and the capture side.
@@ -118,7 +122,13 @@ pub fn run(
     // A filter with an empty prefix passes everything: no message is left out of the recording.
     let filtered = !prefixes.is_empty() && prefixes.iter().all(|p| !p.is_empty());
     let recorder = match &args.record {
-        Some(path) => Some(Recording::create(path, filtered)?),
+        Some(path) => {
+            let (recording, kept) = Recording::create(path, filtered)?;
+            if let Some(line) = kept {
+                crate::diag!("tap: --record: {line}");
+            }
+            Some(recording)
+        }
         None => None,
     };
     let ctx = zmq::Context::new();

@@ -24,11 +24,11 @@ use serde_json::{json, Map, Value};
 use crate::agent::{Agent, AgentError, Inbox, Step};
 use crate::clock;
 use crate::diag::RefusalLog;
-use crate::outfile::{Claimed, OutFileError};
+use crate::outfile::{KeepError, OutFileError};
 use crate::tap::proxy::Captured;
 use crate::tap::TapError;
 use crate::wire::capture::{
-    CaptureError, CaptureWriter, FILE_HEADER_LEN, HEADER_FILTERED, MAX_RECORD_LEN, RECORD_HEADER_LEN,
+    earlier_capture, CaptureError, CaptureWriter, FILE_HEADER_LEN, HEADER_FILTERED, MAX_RECORD_LEN, RECORD_HEADER_LEN,
 };
 use crate::wire::dbn::{get, AlignedRecord};
 use crate::wire::{
@@ -311,23 +311,31 @@ struct Stopped {
 }
 
 impl Recording {
-    /// Claim `path` ([`Claimed`]: made or emptied, locked for the run, so a second tap
-    /// recording it is refused) and write the capture file's header, flagged
-    /// [`HEADER_FILTERED`] when `filtered` (`--filter`: the messages it leaves out are missing,
-    /// so a replay must renumber what it sends).
-    pub fn create(path: &Path, filtered: bool) -> Result<Self, TapError> {
+    /// Claim `path` (locked for the run, so a second tap recording it is refused; a capture an
+    /// earlier tap left there kept under its start's name, [`earlier_capture`], said in the line
+    /// returned; a file that is not a capture refused, left as it was) and write the capture
+    /// file's header, flagged [`HEADER_FILTERED`] when `filtered` (`--filter`: the messages it
+    /// leaves out are missing, so a replay must renumber what it sends).
+    pub fn create(path: &Path, filtered: bool) -> Result<(Self, Option<String>), TapError> {
         let record = |error| TapError::Record { path: path.to_path_buf(), error };
         let io = |source| record(CaptureError::Io { context: "creating the capture file", source });
-        let f = match Claimed::claim("--record", path) {
-            Ok(claimed) => claimed.rewrite().map_err(io)?,
-            Err(OutFileError::Io { source, .. }) => return Err(io(source)),
-            Err(e) => return Err(TapError::Claim(e)),
+        let claim = |e| match e {
+            OutFileError::Io { source, .. } => io(source),
+            e => TapError::Claim(e),
         };
+        let locked = crate::outfile::lock_all(&[("--record", path)]).map_err(claim)?.into_iter().next();
+        let locked = locked.ok_or_else(|| io(std::io::Error::other("no file claimed")))?;
+        let (claimed, kept) = match crate::outfile::claim_keeping(locked, "an mdsub capture", earlier_capture) {
+            Ok(c) => c,
+            Err(KeepError::File(e)) => return Err(claim(e)),
+            Err(e) => return Err(TapError::Keep(e)),
+        };
+        let f = claimed.rewrite().map_err(io)?;
         let file = f.try_clone().map_err(io)?;
         let (tally, ledger) = Ledger::over(f, FILE_HEADER_LEN as u64);
         let flags = if filtered { HEADER_FILTERED } else { 0 };
         let writer = CaptureWriter::with_flags(BufWriter::with_capacity(1 << 20, tally), flags).map_err(record)?;
-        Ok(Recording { path: path.to_path_buf(), writer, file, ledger, missed: 0 })
+        Ok((Recording { path: path.to_path_buf(), writer, file, ledger, missed: 0 }, kept))
     }
 
     /// `n` messages that passed the tap here are not recorded: the hole is marked before the
@@ -1299,7 +1307,7 @@ mod tests {
         // FLUSH_AFTER_NS old, and an idle sink wakes for that flush.
         let dir = crate::test_dir("sink-flush");
         let path = dir.join("flush.cap");
-        let rec = Recording::create(&path, false).expect("recording");
+        let (rec, _) = Recording::create(&path, false).expect("recording");
         let (tx, rx) = crossbeam::channel::bounded(16);
         let shared = Arc::new(Mutex::new(TapSinkReport::default()));
         let mut sink = TapSink::new(rx, Show::Nothing, false, Some(rec), shared.clone());
@@ -1361,7 +1369,7 @@ mod tests {
     /// A sink recording to `/dev/full` (every write to the file fails) that reads `dropped` as
     /// the proxy's count of message copies it dropped.
     fn sink_on_a_full_device(dropped: &Arc<AtomicU64>) -> TapSink {
-        let rec = Recording::create(Path::new("/dev/full"), false).expect("recording on /dev/full");
+        let (rec, _) = Recording::create(Path::new("/dev/full"), false).expect("recording on /dev/full");
         let (_tx, rx) = crossbeam::channel::bounded(1);
         TapSink::new(rx, Show::Nothing, false, Some(rec), Arc::default()).missing_after(dropped.clone())
     }

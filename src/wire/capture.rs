@@ -37,15 +37,18 @@ pub const RECORD_MORE: u8 = 1;
 /// messages that passed the tap at this point and are not in the file (the recorder fell
 /// behind and the tap dropped their copies, or a frame was too large to record).
 pub const RECORD_HOLE: u8 = 2;
-/// Record flag (version 2): the end record, the last of a capture its tap closed. Its 16-byte
-/// body is the hole marks' total (u64), then the frame records before it (u64). A version 2
+/// Record flag (version 2): the end record, the last of a capture its tap closed. Its 32-byte
+/// body is the hole marks' total (u64), the frame records before it (u64), its own byte offset
+/// in the file (u64), and the file's id from its header (u32, then 4 zero bytes). A version 2
 /// file without one was not closed (its tap was killed, or its writing failed): messages
-/// after its last record may be missing too.
+/// after its last record may be missing too. The offset and the id make the end record one no
+/// publisher can forge: a frame's payload that ends a killed tap's file with the bytes of an end
+/// record (checksum and all) does not know the file's id, which is not on the wire.
 pub const RECORD_END: u8 = 4;
 /// A hole mark's body: the count.
 pub const HOLE_BODY_LEN: usize = 8;
-/// The end record's body: the marks' total and the frame records.
-pub const END_BODY_LEN: usize = 16;
+/// The end record's body: the marks' total, the frame records, its offset, the file's id.
+pub const END_BODY_LEN: usize = 32;
 /// The end record, header and body: the last bytes of a closed capture.
 pub const END_RECORD_LEN: usize = RECORD_HEADER_LEN + END_BODY_LEN;
 /// File header flag: recorded through a filter (`mdsub tap --record --filter`), so the
@@ -128,12 +131,34 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     b.get(at..at + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes)
 }
 
+/// A new file's id (version 2 header bytes 12..16): random, from the OS's keys for hashing,
+/// mixed with the file's creation time. Its end record repeats it.
+fn new_file_id(created_ns: u64) -> u32 {
+    use std::hash::BuildHasher as _;
+    let h = std::collections::hash_map::RandomState::new().hash_one(created_ns);
+    (h ^ (h >> 32)) as u32
+}
+
+/// The end record's body: the marks' total, the frame records, its own offset, the file's id.
+fn end_body(missing: u64, records: u64, offset: u64, file_id: u32) -> [u8; END_BODY_LEN] {
+    let mut body = [0u8; END_BODY_LEN];
+    body[..8].copy_from_slice(&missing.to_le_bytes());
+    body[8..16].copy_from_slice(&records.to_le_bytes());
+    body[16..24].copy_from_slice(&offset.to_le_bytes());
+    body[24..28].copy_from_slice(&file_id.to_le_bytes());
+    body
+}
+
 /// Appends records to a capture file.
 pub struct CaptureWriter<W: Write> {
     out: W,
     records: u64,
     /// The hole marks' total so far.
     missing: u64,
+    /// Bytes written so far: the next record's offset.
+    offset: u64,
+    /// The file's id, from its header.
+    file_id: u32,
 }
 
 impl CaptureWriter<BufWriter<File>> {
@@ -156,9 +181,12 @@ impl<W: Write> CaptureWriter<W> {
         h[..8].copy_from_slice(MAGIC);
         h[8..10].copy_from_slice(&CAPTURE_VERSION.to_le_bytes());
         h[10..12].copy_from_slice(&flags.to_le_bytes());
-        h[16..24].copy_from_slice(&crate::clock::realtime_ns().to_le_bytes());
+        let created_ns = crate::clock::realtime_ns();
+        let file_id = new_file_id(created_ns);
+        h[12..16].copy_from_slice(&file_id.to_le_bytes());
+        h[16..24].copy_from_slice(&created_ns.to_le_bytes());
         out.write_all(&h).map_err(CaptureError::io("writing the file header"))?;
-        Ok(CaptureWriter { out, records: 0, missing: 0 })
+        Ok(CaptureWriter { out, records: 0, missing: 0, offset: FILE_HEADER_LEN as u64, file_id })
     }
 
     /// Append one frame. `more` marks that the next frame belongs to the same message.
@@ -180,12 +208,11 @@ impl<W: Write> CaptureWriter<W> {
         Ok((RECORD_HEADER_LEN + HOLE_BODY_LEN) as u64)
     }
 
-    /// Close the capture: write its end record (the hole marks' total and the frame records)
-    /// and flush. Nothing may be written after it; a capture without one reads as not closed.
+    /// Close the capture: write its end record (the hole marks' total, the frame records, its
+    /// own offset and the file's id) and flush. Nothing may be written after it; a capture
+    /// without one reads as not closed.
     pub fn write_end(&mut self, recv_ns: u64) -> Result<(), CaptureError> {
-        let mut body = [0u8; END_BODY_LEN];
-        body[..8].copy_from_slice(&self.missing.to_le_bytes());
-        body[8..].copy_from_slice(&self.records.to_le_bytes());
+        let body = end_body(self.missing, self.records, self.offset, self.file_id);
         self.write_record(&body, RECORD_END, recv_ns)?;
         self.flush()
     }
@@ -203,6 +230,7 @@ impl<W: Write> CaptureWriter<W> {
         let h = record_header(len, flags, recv_ns, frame);
         self.out.write_all(&h).map_err(CaptureError::io("writing a record"))?;
         self.out.write_all(frame).map_err(CaptureError::io("writing a record"))?;
+        self.offset += (RECORD_HEADER_LEN + frame.len()) as u64;
         Ok(())
     }
 
@@ -255,6 +283,8 @@ pub struct CaptureReader<R: Read> {
     pub header_flags: u16,
     /// The file's format version (1 or [`CAPTURE_VERSION`]).
     pub version: u16,
+    /// The file's id (version 2 header bytes 12..16; 0 in version 1), which its end record repeats.
+    file_id: u32,
     /// The hole marks read so far: how many, and the messages they say are missing.
     marks: u64,
     missing: u64,
@@ -300,6 +330,7 @@ impl<R: Read> CaptureReader<R> {
             records: 0,
             len: None,
             created_ns: u64::from_le_bytes(created),
+            file_id: u32::from_le_bytes([h[12], h[13], h[14], h[15]]),
             version,
             marks: 0,
             missing: 0,
@@ -420,8 +451,9 @@ impl<R: Read> CaptureReader<R> {
                 self.missing = missing;
             }
             RECORD_END if len as usize == END_BODY_LEN => {
-                if u64_at(&self.buf, 0) != Some(self.missing) || u64_at(&self.buf, 8) != Some(self.records) {
-                    let what = "an end record whose totals are not those of the records before it";
+                if self.buf[..] != end_body(self.missing, self.records, at, self.file_id) {
+                    let what = "an end record whose totals, offset or file id are not those of the records before \
+                                it and this file's header";
                     return fail(self, CaptureError::BadMark { offset: at, what });
                 }
                 self.ended = true;
@@ -445,6 +477,22 @@ impl<R: Read> CaptureReader<R> {
     }
 }
 
+/// What an earlier tap left at a `--record` path, judged by its first bytes
+/// ([`crate::outfile::judge_earlier`]): a capture with anything after its file header (a record,
+/// whole or cut short by a killed tap) is kept, named by its header's creation time (the file's
+/// time when that is 0); a file header alone, or part of one, is nothing to lose; anything else
+/// (not `MDSUBCAP`) is not a capture. A capture of a version this build does not read is kept too.
+pub fn earlier_capture(head: &[u8], _whole: bool) -> Result<crate::outfile::Earlier, String> {
+    let magic = &head[..head.len().min(MAGIC.len())];
+    if magic != &MAGIC[..magic.len()] {
+        return Err("bad magic at offset 0: it does not start with MDSUBCAP".into());
+    }
+    if head.len() <= FILE_HEADER_LEN {
+        return Ok(crate::outfile::Earlier::Nothing);
+    }
+    Ok(crate::outfile::Earlier::Keep(u64_at(head, 16).filter(|&ns| ns > 0)))
+}
+
 /// What a capture says it misses, read before it is replayed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Holes {
@@ -464,7 +512,7 @@ impl Holes {
         if r.version < 2 {
             return Ok(Holes { missing: 0, closed: None });
         }
-        if let Some(missing) = end_total(path, r.file_len().unwrap_or(0))? {
+        if let Some(missing) = end_total(path, r.file_len().unwrap_or(0), r.file_id)? {
             return Ok(Holes { missing, closed: Some(true) });
         }
         while let Ok(Some(_)) = r.next_record() {}
@@ -472,9 +520,12 @@ impl Holes {
     }
 }
 
-/// The marks' total of the end record that ends the `len`-byte capture at `path`, if it ends
-/// with one.
-fn end_total(path: &Path, len: u64) -> Result<Option<u64>, CaptureError> {
+/// The marks' total of the end record that ends the `len`-byte capture at `path` (whose header
+/// gives `file_id`), if it ends with one: one that says it sits where it does and repeats the
+/// file's id, which no frame's payload knows (a frame forged to look like an end record
+/// at the tail of a killed tap's file is not one). The totals are checked when the file is read
+/// through ([`CaptureReader`]).
+fn end_total(path: &Path, len: u64, file_id: u32) -> Result<Option<u64>, CaptureError> {
     use std::io::{Seek, SeekFrom};
     if len < (FILE_HEADER_LEN + END_RECORD_LEN) as u64 {
         return Ok(None);
@@ -485,9 +536,14 @@ fn end_total(path: &Path, len: u64) -> Result<Option<u64>, CaptureError> {
     f.seek(SeekFrom::Start(len - END_RECORD_LEN as u64)).map_err(CaptureError::io("reading the end record"))?;
     let got = crate::infile::read_full(&mut f, &mut tail).map_err(CaptureError::io("reading the end record"))?;
     let (head, body) = tail.split_at(RECORD_HEADER_LEN);
-    let (Some(recv_ns), Some(missing)) = (u64_at(head, 8), u64_at(body, 0)) else { return Ok(None) };
-    // Exactly the header the writer gives an end record with this body.
-    let whole = got == END_RECORD_LEN && head == record_header(END_BODY_LEN as u32, RECORD_END, recv_ns, body);
+    let (Some(recv_ns), Some(missing), Some(records)) = (u64_at(head, 8), u64_at(body, 0), u64_at(body, 8)) else {
+        return Ok(None);
+    };
+    // Exactly the record the writer gives an end with these totals, here, in this file.
+    let at = len - END_RECORD_LEN as u64;
+    let whole = got == END_RECORD_LEN
+        && body == end_body(missing, records, at, file_id)
+        && head == record_header(END_BODY_LEN as u32, RECORD_END, recv_ns, body);
     Ok(whole.then_some(missing))
 }
 
@@ -757,6 +813,80 @@ mod tests {
         let (d, path) = file_of("holes-overflow", &bytes);
         assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: u64::MAX, closed: Some(false) });
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A killed tap's file whose last frame's payload is the bytes of an end record, checksum
+    /// and all (a hostile publisher can send exactly that), with a total of its choosing and the
+    /// offset it lands at. Before, the file's last bytes alone were trusted: it read as closed,
+    /// missing 1000. The end record now repeats the file's id, which no publisher sees, and its
+    /// own offset: the forgery reads as not closed, missing nothing, and every frame reads.
+    #[test]
+    fn a_frame_forged_as_an_end_record_does_not_close_a_killed_taps_capture() {
+        let mut w = CaptureWriter::new(Vec::new()).expect("header");
+        w.write_frame(b"first", false, 10).expect("write");
+        let at = FILE_HEADER_LEN + RECORD_HEADER_LEN + 5 + RECORD_HEADER_LEN;
+        // The forged end: where it lands in the file, a total of the forger's choosing, the
+        // file's id guessed (0, as a header's reserved bytes were).
+        let mut body = vec![0u8; END_BODY_LEN];
+        body[..8].copy_from_slice(&1000u64.to_le_bytes());
+        body[8..16].copy_from_slice(&1u64.to_le_bytes());
+        if END_BODY_LEN >= 24 {
+            body[16..24].copy_from_slice(&(at as u64).to_le_bytes());
+        }
+        let mut forged = record_header(END_BODY_LEN as u32, RECORD_END, 11, &body).to_vec();
+        forged.extend_from_slice(&body);
+        w.write_frame(&forged, false, 11).expect("write");
+        let bytes = w.into_inner().expect("flushed, not closed");
+        assert_eq!(bytes.len(), at + END_RECORD_LEN, "the forgery is the file's last bytes");
+        let (d, path) = file_of("forged-end", &bytes);
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 0, closed: Some(false) });
+        let (recs, err) = read_all(&bytes);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(recs.len(), 2, "the forgery is a frame like any other");
+
+        // A real end record copied from another file (another id): damage at its offset,
+        // said once, and the file not closed.
+        let closed = |id: u32| {
+            let mut w = CaptureWriter::new(Vec::new()).expect("header");
+            w.file_id = id;
+            w.write_frame(b"first", false, 10).expect("write");
+            let mut bytes = w.finish(11).expect("closed");
+            bytes[12..16].copy_from_slice(&id.to_le_bytes());
+            bytes
+        };
+        let (mut one, other) = (closed(1), closed(2));
+        let end = one.len() - END_RECORD_LEN;
+        one[end..].copy_from_slice(&other[end..]);
+        std::fs::write(&path, &one).expect("write");
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 0, closed: Some(false) });
+        let mut r = CaptureReader::new(&one[..]).expect("header");
+        assert!(r.next_record().expect("the frame").is_some());
+        let e = r.next_record().err();
+        assert!(matches!(e, Some(CaptureError::BadMark { offset, .. }) if offset == end as u64), "{e:?}");
+        assert!(matches!(r.next_record(), Ok(None)), "said once");
+        // Its own end: closed.
+        let own = closed(1);
+        std::fs::write(&path, &own).expect("write");
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 0, closed: Some(true) });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// An earlier tap's capture at a `--record` path is kept (by its header's time) when it holds
+    /// anything after its header; a header alone is nothing to lose; anything else is refused.
+    #[test]
+    fn an_earlier_capture_is_kept_by_its_start_and_anything_else_is_refused() {
+        use crate::outfile::Earlier;
+        let bytes = sample();
+        let created = u64_at(&bytes, 16).expect("created");
+        assert_eq!(earlier_capture(&bytes, true), Ok(Earlier::Keep(Some(created))));
+        assert_eq!(earlier_capture(&bytes[..FILE_HEADER_LEN + 3], true), Ok(Earlier::Keep(Some(created))), "torn");
+        assert_eq!(earlier_capture(&bytes[..FILE_HEADER_LEN], true), Ok(Earlier::Nothing));
+        assert_eq!(earlier_capture(&bytes[..5], true), Ok(Earlier::Nothing), "a header cut short");
+        let mut no_time = bytes.clone();
+        no_time[16..24].fill(0);
+        assert_eq!(earlier_capture(&no_time, true), Ok(Earlier::Keep(None)), "named by the file's time");
+        let e = earlier_capture(b"meeting notes\n", true).expect_err("not a capture");
+        assert!(e.contains("bad magic"), "{e}");
     }
 
     proptest! {
