@@ -439,6 +439,37 @@ fn two_publishers_sharing_one_id_are_said_once_and_counted_exactly() {
     b.finish(Duration::from_secs(20));
 }
 
+/// Two publishers misconfigured with one `--publisher-id` behind one proxy (`mdsub lvc`), the
+/// first done well before the second: the first one's end of stream ends its own session only.
+/// The engine (one endpoint, so one end of stream expected, and every session it saw waited for)
+/// waits for the second's, and `sent` is both counts. Before, that end of stream spoke for the
+/// second's frames before it (as a verbatim capture replay's does): the shard ended at once, the
+/// second's session neither open nor counted, and `sent` fell short of what arrived. (Connected
+/// to each replay's own endpoint the engine expects two ends of stream, and was right before.)
+#[test]
+fn one_of_two_publishers_sharing_an_id_ending_first_does_not_end_the_other() {
+    let (a, ea) = start_replay("replay-a", 1, &["--count", "2000", "--rate", "4k", "--publisher-id", "5"]);
+    let (b, eb) = start_replay("replay-b", 1, &["--count", "600", "--rate", "300", "--publisher-id", "5"]);
+    let lvc = common::proxy::start_with(
+        "lvc",
+        &format!("connect:{}", ea[0]),
+        "bind:tcp://127.0.0.1:*",
+        &["--frontend", &format!("connect:{}", eb[0])],
+    );
+    let engine = engine_json(&[&lvc.backend], &["--handler", "verify"]);
+    let (status, out) = engine.finish(Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    let r = json(&out);
+    assert_eq!(u(&r, "id_conflicts"), 1, "the two alternated: {r}");
+    assert_eq!((u(&r, "sent"), u(&r, "delivered"), u(&r, "lost")), (2_600, 2_600, 0), "{r}");
+    assert_eq!((u(&r, "gaps"), u(&r, "before_first"), u(&r, "unended_sessions")), (0, 0, 0), "{r}");
+    assert!(a.finish(Duration::from_secs(20)).0.success());
+    assert!(b.finish(Duration::from_secs(20)).0.success());
+    let mut lvc = lvc.proc;
+    lvc.signal(15);
+    lvc.wait_exit(Duration::from_secs(10));
+}
+
 /// A capture replayed verbatim: the recorded publisher 0 session's frames,
 /// then the replay's own end of stream (publisher 0, a session of its own,
 /// never seen live). That end is no restart of the recorded session.

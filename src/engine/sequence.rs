@@ -553,10 +553,22 @@ impl Session {
         here
     }
 
-    /// Open: current, heard live, no end of stream of its own, and none of its id (or a
-    /// spokesman's) heard after its last frame (`spoken`, when the last such was heard).
+    /// Open: current, heard live, no end of stream of its own, and none that speaks for it
+    /// ([`Session::speaks_for_its_id`], or a spokesman's of any id) heard after its last frame
+    /// (`spoken`, when the last such was heard).
     fn open_unless_spoken_for(&self, spoken: u64) -> bool {
         self.current && self.live_seen && !self.eos_seen && spoken <= self.heard
+    }
+
+    /// Its end of stream came and no live data of it did: it speaks for the other sessions of
+    /// its publisher id heard before it (a verbatim capture replay ends the recorded sessions
+    /// with an end of stream of its own, under the recorded id). The end of a session that sent
+    /// data ends that session only: under an id two publishers share, the other's sessions go
+    /// on, and their frames are in no count of its. For an id one publisher has, nothing else
+    /// changes: its one current session is the one a live end of stream ends (one it replaced
+    /// that ends after all says the id is shared, [`SequenceTracker::revive`]).
+    fn speaks_for_its_id(&self) -> bool {
+        self.eos_seen && !self.live_seen
     }
 
     /// Without an end of stream, and seen live from its first message (what
@@ -605,9 +617,10 @@ pub struct SequenceTotals {
     /// it restarted), once that publisher ended a later session with its own
     /// end of stream; and, when the subscriber closes ([`SequenceTracker::close`]),
     /// the sessions still open then (with the restarted ones of their publishers). Not
-    /// counted: a session an end of stream speaks for (one of its publisher id's heard
-    /// after its last frame, or one of a session that sent no data of its own, as a verbatim
-    /// capture replay's does, of any id).
+    /// counted: a session an end of stream speaks for, heard after its last frame: one of a
+    /// session that sent no data of its own, as a verbatim capture replay's, of its publisher
+    /// id or (every topic taken) of any id. Under an id two publishers share, one's end of
+    /// stream ends its own session only.
     pub unended_sessions: u64,
     /// What those sessions sent, by the highest stream sequence that arrived
     /// from each: a floor, since what one sent after its last arrived message
@@ -1278,11 +1291,11 @@ impl SequenceTracker {
     }
 
     /// Whether a session heard live has not ended: no end of stream of it, nor one that speaks
-    /// for it heard after its last frame: one of its publisher id, or (every topic taken) one
-    /// of a session that sent no data of its own, of any id (a verbatim capture replay ends the recorded sessions
-    /// with an end of stream of its own). Another publisher of the shard may still be sending
-    /// after one's end of stream. A scan of the kept sessions, for an end of stream, not per
-    /// message.
+    /// for it heard after its last frame: one of a session that sent no data of its own, of its
+    /// publisher id or (every topic taken) of any id (a verbatim capture replay ends the
+    /// recorded sessions with an end of stream of its own). Another publisher of the shard may
+    /// still be sending after one's end of stream, under its own id or one it shares. A scan of
+    /// the kept sessions, for an end of stream, not per message.
     pub fn any_open(&self) -> bool {
         self.open_sessions().next().is_some()
     }
@@ -1292,7 +1305,7 @@ impl SequenceTracker {
         // Per id, when its last end of stream was heard: one pass, not one per session (up to
         // MAX_PUBLISHERS x MAX_SESSIONS_PER_ID of them).
         let mut last_end: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
-        for e in self.sessions.iter().filter(|e| e.eos_seen) {
+        for e in self.sessions.iter().filter(|e| e.speaks_for_its_id()) {
             let t = last_end.entry(e.publisher_id).or_insert(0);
             *t = (*t).max(e.heard);
         }
@@ -1375,11 +1388,19 @@ impl SequenceTracker {
     /// close counts it), and it goes on from its last stream position, so the stream gap
     /// across its silence is counted and nothing before it is counted again. None (it stays
     /// forgotten, its frames `after_end`): its publisher started another session since (that
-    /// one ended it), or a new publisher would be over the limit.
+    /// one ended it; not for an id two publishers share, where a live session of it may be the
+    /// other publisher's: it is taken up beside that one, as it was held), or a new publisher
+    /// would be over the limit.
     #[cold]
     fn resume(&mut self, h: &Header, r: Resume) -> Option<(usize, bool)> {
-        if r.restarted || self.has_live_current(h.publisher_id) {
+        // Under an id two publishers share, another live session of it is no restart of this one.
+        if r.restarted || (!r.shared && self.has_live_current(h.publisher_id)) {
             return None;
+        }
+        if r.shared {
+            // Still shared: it replaces none of the id's sessions, nor they it.
+            let p = self.publisher(h.publisher_id)?;
+            self.publishers[p].shared = true;
         }
         let (i, restarted) = self.admit(h, true)?;
         let key = (h.publisher_id, h.session_id);
@@ -1507,9 +1528,10 @@ impl SequenceTracker {
     fn vanish(&mut self, p: usize, since: VanishedSince) {
         let id = self.publishers[p].publisher_id;
         let mine = self.sessions_of(p);
-        // An end of stream of its id heard after a session's last frame speaks for it, as one
-        // of a session with no data of its own does (SequenceTracker::open_sessions).
-        let last_end = mine.iter().filter(|&&i| self.sessions[i].eos_seen).map(|&i| self.sessions[i].heard).max();
+        // An end of stream of its id without data of its own heard after a session's last frame
+        // speaks for it, as one of any id does (SequenceTracker::open_sessions).
+        let last_end =
+            mine.iter().filter(|&&i| self.sessions[i].speaks_for_its_id()).map(|&i| self.sessions[i].heard).max();
         let spoken = self.spokesman_heard.max(last_end.unwrap_or(0));
         let mut resumes: Vec<(u64, Resume)> = Vec::new();
         let mut counted_any = false;
@@ -2702,6 +2724,84 @@ mod tests {
         assert_eq!(said, [1, 2]);
     }
 
+    /// A tracker (`full` subscription or not) that heard sessions 7 and 8 of publisher 0
+    /// alternate frame by frame from their starts, 20 each: the id is seen shared.
+    fn alternating(full: bool) -> SequenceTracker {
+        let mut t = SequenceTracker::new(full);
+        for seq in 1..=20 {
+            t.on_data(&h(0, 7, seq, seq), b"A");
+            t.on_data(&h(0, 8, seq, seq), b"B");
+        }
+        t
+    }
+
+    /// Two publishers under one id, interleaved: the end of stream of one ends its own session
+    /// only. The other goes on (open: a shard without `--expect-eos` waits for it) and ends by
+    /// its own, or, if it never does, counts as unended at the close; whichever ends first, full
+    /// or through a filter. Before, the first one's end of stream spoke for the other's frames
+    /// before it (the rule for a capture replay's end of stream): the other was not open, and
+    /// not counted at the close, so `sent` fell short of what arrived.
+    #[test]
+    fn an_end_of_stream_of_a_shared_id_ends_only_its_own_session() {
+        for full in [true, false] {
+            for first in [7u64, 8] {
+                for other_ends in [true, false] {
+                    let case = format!("full={full} first={first} other_ends={other_ends}");
+                    let other = 15 - first;
+                    let mut t = alternating(full);
+                    assert_eq!(t.totals().id_conflicts, 1, "{case}");
+                    assert!(t.on_end_of_stream(&h(0, first, 20, 0), 20));
+                    assert!(t.any_open(), "{case}: the other publisher goes on");
+                    let mut other_sent = 20;
+                    if other_ends {
+                        feed(&mut t, 0, other, 21..=30, if other == 7 { b"A" } else { b"B" });
+                        assert!(t.any_open(), "{case}");
+                        assert!(t.on_end_of_stream(&h(0, other, 30, 0), 30));
+                        assert!(!t.any_open(), "{case}: both ended");
+                        other_sent = 30;
+                    }
+                    t.close();
+                    let tot = t.totals();
+                    let unended = u64::from(!other_ends);
+                    assert_eq!(
+                        (tot.sent(), tot.accepted, tot.gaps, tot.unended_sessions, tot.eos_sessions),
+                        (20 + other_sent, 20 + other_sent, 0, unended, 2 - unended),
+                        "{case}: {tot:?}"
+                    );
+                }
+            }
+
+            // One of them restarts (session 9) under the shared id: nothing tells that from a
+            // third publisher, so its old session stays open, and counts as unended (to its last
+            // arrived message, a floor) at the close, when the two others ended by their own.
+            let mut t = alternating(full);
+            for seq in 1..=5 {
+                assert!(!t.on_data(&h(0, 9, seq, seq), b"A").restart, "full={full}: a new session of a shared id");
+                t.on_data(&h(0, 8, 20 + seq, 20 + seq), b"B");
+            }
+            assert!(t.on_end_of_stream(&h(0, 8, 25, 0), 25));
+            assert!(t.on_end_of_stream(&h(0, 9, 5, 0), 5));
+            assert!(t.any_open(), "full={full}: session 7 never ended as far as the subscriber knows");
+            t.close();
+            let tot = t.totals();
+            assert_eq!(
+                (tot.sent(), tot.accepted, tot.unended_sessions, tot.unended_sent, tot.eos_sent),
+                (50, 50, 1, 20, 30),
+                "full={full}: {tot:?}"
+            );
+
+            // A capture of that shared id replayed verbatim: its own end of stream (a session
+            // that sent no data of its own, under the recorded id) still ends every recorded
+            // session, through a filter too, and counts them once.
+            let mut t = alternating(full);
+            assert!(t.on_end_of_stream(&h(0, 77, 40, 0), 40));
+            assert!(!t.any_open(), "full={full}: the replay's end of stream speaks for what it replayed");
+            t.close();
+            let tot = t.totals();
+            assert_eq!((tot.sent(), tot.accepted, tot.unended_sessions), (40, 40, 0), "full={full}: {tot:?}");
+        }
+    }
+
     /// A verbatim capture replay ends the recorded frames (publisher 1,
     /// session 9) with its own end of stream under the same publisher id and
     /// a session of its own, never seen live: that is no restart of the
@@ -3198,19 +3298,50 @@ mod tests {
     /// held all along, give the same totals (sent, its parts, what arrived, gaps, restarts),
     /// whatever comes after the forget: a restart then the stop; a late frame of the vanished
     /// session, a restart, its end of stream, the stop; a late-joined session restarted away,
-    /// vanished, restarted again, the stop. And with a forget, `sent` is what arrived and was
-    /// missed where every session was seen from its start, an id two publishers shared too (held all along, there the new session's end
-    /// of stream speaks for the other publisher's sessions of its id, as for a capture replay's,
-    /// and `sent` falls short of what arrived: the close's rule, not the restart's).
+    /// vanished, restarted again, the stop. And `sent` is what arrived and was missed where
+    /// every session was seen from its start, held all along or forgotten in between. An id two
+    /// publishers share too: a new session of it after they alternated; one ends while the
+    /// other goes on, then the other ends; one ends and the other never does; one restarts, the
+    /// other ends, then the restarted one. There an end of stream ends its own session only
+    /// (before, it spoke for the other publisher's sessions of its id, as a capture replay's
+    /// does, and `sent` fell short of what arrived, held all along), and a session of the id
+    /// forgotten as vanished is taken up again by its frame though another of its id is live
+    /// (before, that live one was taken for its restart, and the frame dropped as `after_end`).
     #[test]
     fn a_forget_in_between_changes_no_total_in_any_order() {
         type Step = (u32, u64, u64, bool);
         // (publisher, session, stream sequence, end of stream); the forget comes after `at`.
-        let orders: [(&[Step], usize); 4] = [
+        let orders: [(&[Step], usize); 7] = [
             (&[(1, 10, 1, false), (1, 10, 2, false), (1, 10, 3, false), (1, 11, 1, false), (1, 11, 2, false)], 3),
             (&[(1, 10, 1, false), (1, 10, 2, false), (1, 10, 4, false), (1, 11, 1, false), (1, 11, 2, true)], 2),
             (&[(1, 9, 1, false), (1, 9, 2, false), (1, 10, 5, false), (1, 11, 1, false), (1, 11, 3, false)], 3),
             (&[(1, 10, 1, false), (1, 11, 1, false), (1, 10, 2, false), (1, 12, 1, false), (1, 12, 2, true)], 3),
+            (
+                &[
+                    (1, 10, 1, false),
+                    (1, 11, 1, false),
+                    (1, 10, 2, false),
+                    (1, 11, 2, false),
+                    (1, 10, 3, true),
+                    (1, 11, 3, false),
+                    (1, 11, 5, true),
+                ],
+                5,
+            ),
+            (&[(1, 10, 1, false), (1, 11, 1, false), (1, 11, 2, false), (1, 10, 2, false), (1, 11, 3, true)], 4),
+            (
+                &[
+                    (1, 10, 1, false),
+                    (1, 11, 1, false),
+                    (1, 10, 2, false),
+                    (1, 12, 1, false),
+                    (1, 12, 2, false),
+                    (1, 11, 2, false),
+                    (1, 11, 3, true),
+                    (1, 12, 3, true),
+                ],
+                5,
+            ),
         ];
         for (n, (steps, at)) in orders.iter().enumerate() {
             let run = |forget: bool| {
@@ -3240,14 +3371,13 @@ mod tests {
                     x.before_first,
                 )
             };
-            let forgot = run(true);
+            let (forgot, held) = (run(true), run(false));
             // Not where a session was joined late: what it sent is not this subscriber's to count.
             if n != 2 {
                 assert_eq!(forgot.0, forgot.4 + forgot.5, "order {n}: sent is what arrived and was missed");
+                assert_eq!(held.0, held.4 + held.5, "order {n}: so held all along");
             }
-            if n != 3 {
-                assert_eq!(forgot, run(false), "order {n}: with a forget, and held all along");
-            }
+            assert_eq!(forgot, held, "order {n}: with a forget, and held all along");
         }
     }
 
