@@ -503,13 +503,9 @@ impl Judged {
         let path = self.locked.path().to_path_buf();
         let named = self.locked.named();
         let closed = closed_name(&path, start_ns);
-        let (claimed, _) = self.locked.keep_as(&closed).map_err(|e| KeepError::Keep {
-            named,
-            closed: closed.clone(),
-            why: match e {
-                OutFileError::Io { source, .. } => source.to_string(),
-                e => e.to_string(),
-            },
+        let (claimed, _) = self.locked.keep_as(&closed).map_err(|e| match e {
+            OutFileError::Io { source, .. } => keep_error(named, &closed, &source),
+            e => KeepError::Keep { named, closed: closed.clone(), why: e.to_string() },
         })?;
         let said = format!(
             "kept an earlier run's {} ({len} bytes, from {}) as {}",
@@ -520,9 +516,30 @@ impl Judged {
         Ok((claimed, Some(said)))
     }
 
+    /// Refuse, as [`claim`](Self::claim) would, an earlier content whose closed name is another
+    /// file's, changing nothing: a run with two outputs checks both before it keeps or empties
+    /// either, so a refused run leaves every file as it was (a file made there after the check
+    /// is still never replaced: [`claim`](Self::claim) refuses it then).
+    pub fn check(&self) -> Result<(), KeepError> {
+        let Some((start_ns, _)) = self.keep else { return Ok(()) };
+        let closed = closed_name(self.locked.path(), start_ns);
+        match std::fs::symlink_metadata(&closed) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            // This very file, linked there by a run that ended between a keep's two steps.
+            Ok(_) if self.locked.0.is_named(&closed) => Ok(()),
+            Ok(_) => Err(keep_error(self.locked.named(), &closed, &std::io::Error::from_raw_os_error(libc::EEXIST))),
+            Err(e) => Err(keep_error(self.locked.named(), &closed, &e)),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         self.locked.path()
     }
+}
+
+/// [`KeepError::Keep`]: keeping `named`'s earlier content as `closed` failed with `e`.
+fn keep_error(named: String, closed: &Path, e: &std::io::Error) -> KeepError {
+    KeepError::Keep { named, closed: closed.to_path_buf(), why: e.to_string() }
 }
 
 /// `NAME.STAMP.EXT` beside `path` (`NAME.STAMP` when it has no extension): STAMP is `start_ns`

@@ -2041,6 +2041,43 @@ fn a_restart_keeps_the_earlier_runs_hgrm_as_a_closed_file() {
     assert_eq!(closed(), kept, "nothing kept or made beside it");
 }
 
+/// A run given `--hlog` and `--hgrm` whose spectrum cannot be kept (the closed name its file's
+/// time gives is another file's) is refused before anything is kept or emptied: the earlier
+/// interval log stays at FILE, nothing is made beside it. Before, the interval log was kept aside
+/// (and a new empty FILE made) before the spectrum's keep failed: the refused run had moved it.
+#[test]
+fn a_refused_hgrm_keep_leaves_the_hlog_where_it_was() {
+    let dir = temp_dir("dash-keep-order");
+    let (hlog, hgrm) = (dir.join("k.hlog"), dir.join("k.hgrm"));
+    let (hlog_arg, hgrm_arg) = (hlog.to_str().expect("utf8"), hgrm.to_str().expect("utf8"));
+    hlog_run(&["--hlog", hlog_arg, "--hgrm", hgrm_arg]);
+    let (log, spectrum) = (std::fs::read(&hlog).expect("the log"), std::fs::read(&hgrm).expect("the spectrum"));
+    // The spectrum is named by its file's time: 2026-12-06T17:00:00.002Z, a name taken.
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(1_796_576_400_002);
+    std::fs::File::options().write(true).open(&hgrm).expect("open").set_modified(t).expect("set its time");
+    let taken = dir.join("k.20261206T170000.002Z.hgrm");
+    std::fs::write(&taken, b"someone else's").expect("write");
+    let before = std::fs::read_dir(&*dir).expect("dir").count();
+    let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--endpoint", &ep, "--max-duration", "2s", "--metrics-interval", "100ms"]);
+    cmd.args(["--hlog", hlog_arg, "--hgrm", hgrm_arg, "--hlog-rotate-every", "1h", "--hlog-keep", "1"]);
+    let (code, out, err) = run_within("engine", &mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "mdsub: error: --hgrm {hgrm_arg}: keeping an earlier run's file as {}: File exists (os error 17); move \
+             that file or this one away",
+            taken.display()
+        )
+    );
+    assert_eq!(std::fs::read(&hlog).expect("read"), log, "the interval log left where it was");
+    assert_eq!(std::fs::read(&hgrm).expect("read"), spectrum, "the spectrum too");
+    assert_eq!(std::fs::read(&taken).expect("read"), b"someone else's");
+    assert_eq!(std::fs::read_dir(&*dir).expect("dir").count(), before, "nothing kept, made or removed beside them");
+}
+
 /// A `--hlog FILE` that is not an interval log (someone else's file, a path mistyped) used to
 /// be emptied at the start without a word. It is refused in one line, before the run, and left
 /// as it was, with the run's other outputs: kept aside under an interval log's closed name it

@@ -504,6 +504,14 @@ impl OutputArgs {
         let hgrm = hgrm
             .map(|h| crate::outfile::judge_earlier(h, "an HdrHistogram percentile spectrum", earlier_hgrm))
             .transpose()?;
+        // Both checked before either is kept: a spectrum's closed name taken used to be found
+        // after the interval log was kept aside (and older closed logs removed).
+        for judged in hlog.iter().chain(hgrm.iter()) {
+            judged.check()?;
+        }
+        // The spectrum claimed first: the interval log's claim also removes closed logs beyond
+        // --hlog-keep, the last step, taken once nothing else can refuse the run.
+        let hgrm = hgrm.map(|h| h.claim()).transpose()?;
         if let Some(hlog) = hlog {
             let (claimed, notes) = claim_judged(hlog, &cfg.outputs.hlog_rotation)?;
             for note in notes {
@@ -516,8 +524,7 @@ impl OutputArgs {
             }
             cfg.outputs.hlog = Some(claimed);
         }
-        if let Some(hgrm) = hgrm {
-            let (claimed, kept) = hgrm.claim()?;
+        if let Some((claimed, kept)) = hgrm {
             if let Some(line) = kept {
                 crate::diag!("metrics: --hgrm: {line}");
             }

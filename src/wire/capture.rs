@@ -132,12 +132,19 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 }
 
 /// A new file's id (version 2 header bytes 12..16): random, from the OS's keys for hashing,
-/// mixed with the file's creation time. Its end record repeats it.
+/// mixed with the file's creation time; never 0, which marks a file of the earlier version 2
+/// layout ([`LEGACY_END_BODY_LEN`]). Its end record repeats it.
 fn new_file_id(created_ns: u64) -> u32 {
     use std::hash::BuildHasher as _;
     let h = std::collections::hash_map::RandomState::new().hash_one(created_ns);
-    (h ^ (h >> 32)) as u32
+    ((h ^ (h >> 32)) as u32).max(1)
 }
+
+/// The end record's body in the version 2 layout of builds before this one's release: the marks'
+/// total and the frame records (16 bytes), in a file whose header bytes 12..16 are 0 (no id).
+/// Such a file's end is read, and its totals checked, only when the file is read through: its
+/// last bytes alone could be a frame's payload.
+pub const LEGACY_END_BODY_LEN: usize = 16;
 
 /// The end record's body: the marks' total, the frame records, its own offset, the file's id.
 fn end_body(missing: u64, records: u64, offset: u64, file_id: u32) -> [u8; END_BODY_LEN] {
@@ -450,8 +457,12 @@ impl<R: Read> CaptureReader<R> {
                 self.marks += 1;
                 self.missing = missing;
             }
-            RECORD_END if len as usize == END_BODY_LEN => {
-                if self.buf[..] != end_body(self.missing, self.records, at, self.file_id) {
+            RECORD_END
+                if len as usize == END_BODY_LEN
+                    || (len as usize == LEGACY_END_BODY_LEN && self.version == 2 && self.file_id == 0) =>
+            {
+                let want = end_body(self.missing, self.records, at, self.file_id);
+                if self.buf[..] != want[..self.buf.len()] {
                     let what = "an end record whose totals, offset or file id are not those of the records before \
                                 it and this file's header";
                     return fail(self, CaptureError::BadMark { offset: at, what });
@@ -527,7 +538,9 @@ impl Holes {
 /// through ([`CaptureReader`]).
 fn end_total(path: &Path, len: u64, file_id: u32) -> Result<Option<u64>, CaptureError> {
     use std::io::{Seek, SeekFrom};
-    if len < (FILE_HEADER_LEN + END_RECORD_LEN) as u64 {
+    // A file of the earlier layout (no id) is read through: nothing in its last bytes tells its
+    // end record from a frame's payload.
+    if file_id == 0 || len < (FILE_HEADER_LEN + END_RECORD_LEN) as u64 {
         return Ok(None);
     }
     let mut f = crate::infile::open(path, "a capture is a file `mdsub tap --record` wrote")
@@ -812,6 +825,53 @@ mod tests {
         assert_eq!((r.missing(), r.marks()), (u64::MAX, 1), "the marks before it stand");
         let (d, path) = file_of("holes-overflow", &bytes);
         assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: u64::MAX, closed: Some(false) });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A version 2 capture a build before this one's release closed (session 29's: header bytes
+    /// 12..16 zero, an end record of 16 bytes, its marks' total and its frame records) still
+    /// reads as closed with its total, read through (its end cannot be told from a frame's
+    /// payload by its last bytes alone), where it read as damaged at its end record
+    /// (`bad_record`, "of the wrong length") and as not closed. A 16-byte end record in a file
+    /// with an id is still damage, and a file's id is never 0.
+    #[test]
+    fn a_capture_closed_by_the_earlier_version_2_layout_still_reads_as_closed() {
+        let legacy = |id: u32| {
+            let mut w = CaptureWriter::new(Vec::new()).expect("header");
+            w.file_id = id;
+            w.write_frame(b"first", false, 10).expect("write");
+            w.write_hole(3, 11).expect("mark");
+            w.write_frame(b"second", false, 12).expect("write");
+            let mut body = [0u8; 16];
+            body[..8].copy_from_slice(&3u64.to_le_bytes());
+            body[8..].copy_from_slice(&2u64.to_le_bytes());
+            w.write_record(&body, RECORD_END, 13).expect("end");
+            let mut bytes = w.into_inner().expect("flushed");
+            bytes[12..16].copy_from_slice(&id.to_le_bytes());
+            bytes
+        };
+        let old = legacy(0);
+        let (recs, err) = read_all(&old);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(recs.len(), 2);
+        let (d, path) = file_of("legacy-end", &old);
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 3, closed: Some(true) });
+        // Its totals are still checked.
+        let mut wrong = old.clone();
+        let end = wrong.len() - 16;
+        wrong[end..end + 8].copy_from_slice(&4u64.to_le_bytes());
+        let crc = checksum(RECORD_END, 13, &wrong[end..]);
+        wrong[end - 4..end].copy_from_slice(&crc.to_le_bytes());
+        let (_, err) = read_all(&wrong);
+        assert!(matches!(err, Some(CaptureError::BadMark { .. })), "{err:?}");
+        // In a file with an id: damage at its offset, not closed.
+        let new = legacy(7);
+        let (_, err) = read_all(&new);
+        let at = (new.len() - RECORD_HEADER_LEN - 16) as u64;
+        assert!(matches!(err, Some(CaptureError::BadMark { offset, .. }) if offset == at), "{err:?}");
+        std::fs::write(&path, &new).expect("write");
+        assert_eq!(Holes::of(&path).expect("holes"), Holes { missing: 3, closed: Some(false) });
+        assert!((0..10_000u64).all(|t| new_file_id(t) != 0), "an id is never 0");
         let _ = std::fs::remove_dir_all(&d);
     }
 
