@@ -78,7 +78,11 @@ impl Claimed {
         if !regular {
             blocking(&file).map_err(io(flag, path))?;
         }
-        Ok(Claimed { flag: flag.to_string(), path: path.to_path_buf(), file: Arc::new(file), regular })
+        // A symlink names its target: the claim is the target's, so keeping, rotating and
+        // pruning work on the file in its own folder and the link goes on naming the file this
+        // run writes (renaming over the path would replace the link with a file of its own).
+        let path = if regular { link_target(path) } else { path.to_path_buf() };
+        Ok(Claimed { flag: flag.to_string(), path, file: Arc::new(file), regular })
     }
 
     /// Take the file's lock (regular files only).
@@ -312,6 +316,15 @@ fn blocking(file: &File) -> std::io::Result<()> {
 
 fn io<'a>(flag: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutFileError + 'a {
     move |source| OutFileError::Io { flag: flag.to_string(), path: path.to_path_buf(), source }
+}
+
+/// `path`, or what it names when it is a symlink (followed to the end; `path` itself when that
+/// fails).
+fn link_target(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Claim every output of one run (`(flag, path)` pairs) or none: [`lock_all`], then empty them
@@ -658,6 +671,35 @@ mod tests {
         let both = claim_all(&[("--hlog", &hlog), ("--hgrm", &hgrm)]).expect("claimed");
         assert_eq!(std::fs::metadata(&hlog).expect("meta").len(), 0, "emptied once all are locked");
         drop(both);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A symlinked FILE stays a symlink: the earlier file is kept and rotated beside its target,
+    /// and the link names the new file. Before, the rename put a regular file in the link's place
+    /// and the "closed" file was a second link to the target.
+    #[test]
+    fn a_symlinked_file_is_kept_and_rotated_beside_its_target_and_stays_a_link() {
+        let d = dir("symlink");
+        let sub = d.join("data");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let (target, link) = (sub.join("t.hlog"), d.join("s.hlog"));
+        std::fs::write(&target, b"the earlier run").expect("write");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let locked = lock_all(&[("--hlog", &link)]).expect("locked").remove(0);
+        let target = target.canonicalize().expect("canonical");
+        assert_eq!(locked.path(), target, "the claim is the target's");
+        let closed = closed_name(&target, 1_000_000_000);
+        let (fresh, _) = locked.keep_as(&closed).expect("kept");
+        assert_eq!(std::fs::read(&closed).expect("kept beside the target"), b"the earlier run");
+        assert!(!std::fs::symlink_metadata(&closed).expect("meta").file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink(), "still a link");
+        fresh.rewrite().and_then(|mut f| f.write_all(b"this run")).expect("write");
+        assert_eq!(std::fs::read(&link).expect("through the link"), b"this run");
+        let rotated = closed_name(&target, 2_000_000_000);
+        let (_next, _) = fresh.rotate(&rotated).expect("rotated");
+        assert_eq!(std::fs::read(&rotated).expect("rotated beside the target"), b"this run");
+        assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink(), "still a link");
+        assert_eq!(std::fs::read(&link).expect("through the link"), b"", "the link names the new file");
         let _ = std::fs::remove_dir_all(&d);
     }
 
