@@ -389,8 +389,8 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             c.outcome.trials,
             ending_text(c.outcome.ending)
         );
-        for x in &c.outcome.contradictions {
-            crate::outln!("    NON-MONOTONIC: passed at {} msg/s but failed at {} msg/s", x.passed_at, x.failed_at);
+        if !c.outcome.contradictions.is_empty() {
+            crate::outln!("    NON-MONOTONIC: {}", capacity::contradictions_text(&c.outcome.contradictions));
         }
         if let Some(note) = &c.thin_percentile {
             crate::outln!("    note: {note}");

@@ -76,6 +76,41 @@ pub struct LiveLatency {
     /// Interval-log or spectrum writes that failed so far (a disk that fills while the engine
     /// runs shows on `/metrics` and in the store's status, not only at the end).
     pub write_errors: u64,
+    /// An interval to end on a count rather than the clock (a capacity trial's warm-up end).
+    pub cut: Option<Cut>,
+}
+
+/// An interval ended where the total stage's count reaches a number, not when its time is up:
+/// a capacity trial ends its warm-up there, so its interval log's intervals are each all warm-up
+/// or all hold, and the hold's add up to what the trial judged. Ended at a clock time instead,
+/// the interval the warm-up ended in mixed the two (its p99 7.34 ms read from the log, 305 µs
+/// in the trial's summary).
+#[derive(Debug, Clone)]
+pub enum Cut {
+    /// End the interval at the first worker report that brings the total stage's count, over
+    /// every shard, to `at_msgs` or more (0: at the next report, or at the close).
+    Asked { at_msgs: u64 },
+    /// Ended: the cumulative sets, per shard, up to and including that report.
+    Made(Vec<StageHistograms>),
+}
+
+impl LiveLatency {
+    /// The total stage's count so far over every shard.
+    pub fn total_count(&self) -> u64 {
+        self.cumulative.iter().map(|s| s.total.len()).sum()
+    }
+
+    /// Make the cut asked for if the count has reached it (`closing`: whatever the count);
+    /// true when it was made now.
+    fn cut_if_due(&mut self, closing: bool) -> bool {
+        match self.cut {
+            Some(Cut::Asked { at_msgs }) if closing || self.total_count() >= at_msgs => {
+                self.cut = Some(Cut::Made(self.cumulative.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Shared handle on [`LiveLatency`].
@@ -388,7 +423,8 @@ impl Collector {
         }
     }
 
-    fn take(&mut self, mut r: WorkerReport) {
+    /// Add `r` up; true when it made the [`Cut`] asked for (its interval is to end now).
+    fn take(&mut self, mut r: WorkerReport) -> bool {
         let mut live = self.live.lock().ok();
         for (k, s) in r.stages.iter_mut().enumerate() {
             if let Some(n) = self.total.per_worker.get_mut(r.worker).and_then(|w| w.get_mut(k)) {
@@ -404,6 +440,7 @@ impl Collector {
             }
             s.reset();
         }
+        let cut = live.as_mut().is_some_and(|l| l.cut_if_due(false));
         drop(live);
         self.total.reports += 1;
         for (k, v) in r.handler_counters.drain(..) {
@@ -414,6 +451,7 @@ impl Collector {
             // Full or gone: the worker allocates nothing more, it keeps counting.
             let _ = back.try_send(r.stages);
         }
+        cut
     }
 
     fn write_error(&mut self, e: impl std::fmt::Display) {
@@ -511,7 +549,9 @@ impl Agent for Collector {
     fn do_work(&mut self) -> Result<Step, AgentError> {
         let mut n = 0;
         while let Some(r) = self.inbox.next() {
-            self.take(r);
+            if self.take(r) {
+                self.end_interval(clock::realtime_ns(), clock::monotonic_ns(), false);
+            }
             n += 1;
         }
         let finished = self.inbox.is_closed();
@@ -531,6 +571,10 @@ impl Agent for Collector {
     fn on_close(&mut self) {
         // The last (partial) interval, then the whole run's spectrum.
         self.loss_lines.closing();
+        // A cut still asked for is made here: everything so far is before it.
+        if let Ok(mut l) = self.live.lock() {
+            l.cut_if_due(true);
+        }
         self.end_interval(clock::realtime_ns(), clock::monotonic_ns(), true);
         if let Some(l) = &self.interval_log {
             for (level, line) in self.loss_lines.flush() {

@@ -64,6 +64,7 @@ def hlog(path):
             "count": h.get_total_count(),
             "p99": h.get_value_at_percentile(99.0) if h.get_total_count() else 0,
             "p99_ceil_rank": at_rank(h, math.ceil(0.99 * h.get_total_count())),
+            "ceil_ranks": {str(q): at_rank(h, math.ceil(q * h.get_total_count())) for q in (0.5, 0.99, 0.999)},
             "intervals": intervals[tag],
             "interval_counts": counts[tag],
             "spans": spans[tag],

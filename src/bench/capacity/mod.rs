@@ -1106,8 +1106,25 @@ fn knee_in(r: &ConfigResult, unit: &str) -> Option<String> {
     })
 }
 
-fn contradictions_text(cs: &[Contradiction]) -> String {
-    cs.iter().map(|c| format!("passed {} but failed {}", c.passed_at, c.failed_at)).collect::<Vec<_>>().join("; ")
+/// `passed at 5000 msg/s but failed below it at 3500, 4000 and 4750 msg/s`: the failures below
+/// each pass, said once (the search pairs each failure with the highest pass above it).
+pub fn contradictions_text(cs: &[Contradiction]) -> String {
+    let mut passes: Vec<u64> = cs.iter().map(|c| c.passed_at).collect();
+    passes.sort_unstable();
+    passes.dedup();
+    let said: Vec<String> = passes
+        .iter()
+        .rev()
+        .map(|&p| {
+            let failed: Vec<String> = cs.iter().filter(|c| c.passed_at == p).map(|c| c.failed_at.to_string()).collect();
+            let failed = match failed.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+                _ => failed.join(""),
+            };
+            format!("passed at {p} msg/s but failed below it at {failed} msg/s")
+        })
+        .collect();
+    said.join("; ")
 }
 
 /// `summary.md`: the stamp, the pass rule and a row per configuration, then every trial.
@@ -1272,7 +1289,7 @@ mod tests {
         let c = Configuration { name: "builtin-2core".into(), profile: Profile::builtin() };
         let toml = winner_toml(&c, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
         assert!(toml.contains("# Knee: 3125 msg/s offered, 3001 achieved (confirmed at 2969 msg/s).\n"), "{toml}");
-        assert!(toml.contains("# NON-MONOTONIC: passed 4000 but failed 3500.\n"), "{toml}");
+        assert!(toml.contains("# NON-MONOTONIC: passed at 4000 msg/s but failed below it at 3500 msg/s.\n"), "{toml}");
         assert!(
             toml.contains("# Run it: mdsub engine --profile winner.toml --endpoint connect:tcp://HOST:PORT\n"),
             "{toml}"

@@ -131,7 +131,8 @@ pub fn svg(configs: &[ConfigResult], sla: &Sla, title: &str) -> Result<String, S
         chart
             .configure_mesh()
             .x_desc("offered rate (msg/s)")
-            .y_desc("latency from intended send time (µs, log scale)")
+            // Each tick says its unit (`500µs`, `10ms`): a unit in the title said `µs` over `1ms`.
+            .y_desc("latency from intended send time (log scale)")
             .x_label_formatter(&|x| format!("{:.0}k", x / 1e3))
             .y_label_formatter(&|y| if *y >= 1000.0 { format!("{:.0}ms", y / 1e3) } else { format!("{y:.0}µs") })
             .draw()
@@ -242,6 +243,28 @@ mod tests {
 
     fn attr(n: &roxmltree::Node, name: &str) -> f64 {
         n.attribute(name).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} of {n:?}"))
+    }
+
+    /// The y-axis title said `µs` over ticks reading `1ms, 10ms`: each tick says its unit, the
+    /// title none.
+    #[test]
+    fn the_latency_axis_title_and_ticks_agree_on_units() {
+        let text = svg(&configs(2), &Sla::default(), "mdsub capacity  test").expect("drawn");
+        let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
+        let texts: Vec<String> = doc
+            .descendants()
+            .filter(|t| t.has_tag_name("text"))
+            .filter_map(|t| t.text())
+            .map(|t| t.trim().into())
+            .collect();
+        let title = texts.iter().find(|t| t.starts_with("latency from intended send time")).expect("the y-axis title");
+        let ticks: Vec<&String> = texts
+            .iter()
+            .filter(|t| t.ends_with("µs") || t.ends_with("ms"))
+            .filter(|t| t.trim_end_matches(['µ', 'm', 's']).parse::<f64>().is_ok())
+            .collect();
+        assert!(ticks.iter().any(|t| t.ends_with("ms")) && ticks.iter().any(|t| t.ends_with("µs")), "{texts:?}");
+        assert!(!title.contains("µs") && !title.contains("ms"), "the ticks say their unit, the title {title:?} none");
     }
 
     /// The reviewer's plots: the legend, an 85 %-opaque box in the plot's upper left, hid 6 of

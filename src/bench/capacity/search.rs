@@ -273,7 +273,8 @@ pub enum Next {
     Done,
 }
 
-/// Two results that contradict a monotonic engine: a pass above a failure.
+/// Two results that contradict a monotonic engine: a pass above a failure (per failure, the
+/// highest pass).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Contradiction {
     pub passed_at: u64,
@@ -366,7 +367,6 @@ pub struct Search {
     next_rate: u64,
     history: Vec<(u64, Purpose, Verdict)>,
     reopens: usize,
-    contradictions: Vec<Contradiction>,
     failed_confirmations: Vec<Contradiction>,
     confirmed_at: Option<u64>,
 }
@@ -383,7 +383,6 @@ impl Search {
             next_rate: start,
             history: Vec::new(),
             reopens: 0,
-            contradictions: Vec::new(),
             failed_confirmations: Vec::new(),
             confirmed_at: None,
         }
@@ -432,7 +431,6 @@ impl Search {
             Next::Trial { purpose, .. } => purpose,
             Next::Done => return,
         };
-        self.note_contradictions(rate, &verdict);
         self.history.push((rate, purpose, verdict.clone()));
         match (self.phase, &verdict) {
             (Phase::Up, Verdict::Pass) => {
@@ -525,19 +523,20 @@ impl Search {
         self.history.iter().filter(|(r, _, v)| v.is_pass() && *r < rate).map(|(r, _, _)| *r).max()
     }
 
-    /// A pass above an engine failure, or a failure below a pass, contradicts
-    /// a monotonic engine: record it (rate-not-achieved trials say nothing).
-    fn note_contradictions(&mut self, rate: u64, verdict: &Verdict) {
-        for (r, _, v) in &self.history {
-            let c = match (verdict, v) {
-                (Verdict::Pass, Verdict::Fail { .. }) if *r < rate => Contradiction { passed_at: rate, failed_at: *r },
-                (Verdict::Fail { .. }, Verdict::Pass) if *r > rate => Contradiction { passed_at: *r, failed_at: rate },
-                _ => continue,
-            };
-            if !self.contradictions.contains(&c) {
-                self.contradictions.push(c);
-            }
-        }
+    /// The failures below a pass, which contradict a monotonic engine (rate-not-achieved trials
+    /// say nothing): each failed rate once, ascending, with the highest pass above it. Every
+    /// pass/fail pair was one line: 10 for 3 passes and 4 failures.
+    fn contradictions(&self) -> Vec<Contradiction> {
+        let Some(passed_at) = self.highest_pass_below(u64::MAX) else { return Vec::new() };
+        let mut failed: Vec<u64> = self
+            .history
+            .iter()
+            .filter(|(r, _, v)| matches!(v, Verdict::Fail { .. }) && *r < passed_at)
+            .map(|(r, _, _)| *r)
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
+        failed.into_iter().map(|failed_at| Contradiction { passed_at, failed_at }).collect()
     }
 
     /// The result (meaningful once [`Search::next`] says done; before, it
@@ -593,7 +592,7 @@ impl Search {
             failed_above,
             bracket_above,
             narrowed,
-            contradictions: self.contradictions.clone(),
+            contradictions: self.contradictions(),
             failed_confirmations: self.failed_confirmations.clone(),
             trials: self.history.len(),
         }
@@ -687,6 +686,37 @@ mod tests {
     fn max_rate_caps_the_bracket() {
         let o = drive(SearchConfig { max_rate: Some(25_000), ..Default::default() }, u64::MAX, u64::MAX).outcome();
         assert_eq!((o.ending, o.knee), (Ending::AboveMaxRate, Some(25_000)));
+    }
+
+    /// A noisy engine: failures below passes are each named once, with the highest pass; every
+    /// pass/fail pair was named before (10 lines for 3 passes and 4 failures).
+    #[test]
+    fn a_non_monotonic_search_names_each_failure_below_a_pass_once() {
+        let mut s = Search::new(SearchConfig::default());
+        // A limit of 31250 msg/s, and a band below it that fails: 30000 and 31250 pass above it.
+        for _ in 0..100 {
+            let Next::Trial { rate, .. } = s.next() else { break };
+            let pass = rate <= 31_250 && !(25_000..30_000).contains(&rate);
+            s.on_result(rate, if pass { Verdict::Pass } else { fail() });
+        }
+        let o = s.outcome();
+        let h = s.history();
+        let passes: Vec<u64> = h.iter().filter(|t| t.2.is_pass()).map(|t| t.0).collect();
+        let top = passes.iter().copied().max().expect("a pass");
+        let mut below: Vec<u64> = h.iter().filter(|t| !t.2.is_pass() && t.0 < top).map(|t| t.0).collect::<Vec<_>>();
+        below.sort_unstable();
+        below.dedup();
+        let pairs =
+            h.iter().filter(|f| !f.2.is_pass()).map(|f| passes.iter().filter(|&&p| p > f.0).count()).sum::<usize>();
+        assert!(!below.is_empty() && pairs > below.len(), "a search with more pairs than failures below a pass: {h:?}");
+        let want: Vec<Contradiction> = below.iter().map(|&f| Contradiction { passed_at: top, failed_at: f }).collect();
+        assert_eq!(o.contradictions, want, "{h:?}");
+        // Said once: `passed at 31250 msg/s but failed below it at 29687 and … msg/s`.
+        let said = crate::bench::capacity::contradictions_text(&o.contradictions);
+        let failed: Vec<String> = below.iter().map(u64::to_string).collect();
+        assert!(said.starts_with(&format!("passed at {top} msg/s but failed below it at ")), "{said}");
+        assert_eq!(said.matches("passed").count(), 1, "{said}");
+        assert!(failed.iter().all(|f| said.matches(f.as_str()).count() == 1), "{said}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::search::RunMeasure;
 use crate::agent::StopFlag;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::feed::GeneratorConfig;
-use crate::metrics::collector::SharedLatency;
+use crate::metrics::collector::{Cut, SharedLatency};
 use crate::metrics::OutputsConfig;
 use crate::outfile::Claimed;
 use crate::replay::{Limits, Pacing, Publisher, PublisherConfig, Source};
@@ -95,7 +95,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     // A failed write is said once, by the trial's error, not by the collector as well.
     let hlog = Claimed::claim("the trial's interval log", &spec.hlog)?;
     cfg.outputs = OutputsConfig { hlog: Some(hlog), quiet_write_errors: true, ..Default::default() };
-    // Intervals short enough that the warm-up's end falls near one.
+    // Short intervals: the workers report every tenth of one, and the warm-up ends at a report.
     let interval = (spec.warmup / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     cfg.metrics_interval = cfg.metrics_interval.min(interval);
     let engine_stop = StopFlag::new();
@@ -108,18 +108,21 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     // The warm-up is the schedule's first `rate x warm-up` messages, counted where the engine
     // handled them: a clock started here also ran while the engine subscribed and while the
     // collector had not yet heard of what the workers handled, so the hold took up to a tenth
-    // of its messages from the warm-up (66269 in a 1 s hold at 60000 msg/s). Counted, the
-    // warm-up ends at the first worker report that reaches it: the hold may lose a report
-    // period (a tenth of a metrics interval) of its first messages to the warm-up, more when
-    // this thread looks late on a busy host, never the other way round.
+    // of its messages from the warm-up (66269 in a 1 s hold at 60000 msg/s). The collector
+    // ends the warm-up at the first worker report that reaches its count, and ends the interval
+    // being logged there too ([`Cut`]): the hold may lose a report period (a tenth of a metrics
+    // interval) of its first messages to the warm-up, never the other way round, and each of
+    // the .hlog's intervals is all warm-up or all hold, so the hold's add up to what is judged.
     let rate_sent = match &publisher {
         Pub::Local(_, sent_rate) => *sent_rate,
         Pub::Remote(_) => offered,
     };
     let warm_msgs = (rate_sent as f64 * spec.warmup.as_secs_f64()).round() as u64;
-    // A local publisher sends on its own agent thread (`replay`), and `run` calls back on this
-    // thread about every 5 ms, which takes the warm-up snapshot when it is due.
-    let mut warm = None;
+    if warm_msgs > 0 {
+        set_cut(&live, Cut::Asked { at_msgs: warm_msgs });
+    }
+    // A local publisher sends on its own agent thread (`replay`); `run` calls back on this
+    // thread about every 5 ms.
     let mut local_publisher = None;
     let mut remote = None;
     let local_run = match publisher {
@@ -141,9 +144,6 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
             let r = p.run(&source, pacing, limits, stop, &mut |n| {
                 sent = n;
                 send_ns = t0.elapsed().as_nanos() as u64;
-                if warm.is_none() && count_of(&live) >= warm_msgs {
-                    warm = Some(total_of(&live));
-                }
             });
             // `p` is kept open until the engine is done (see bench::run::run_once: closed now,
             // its disconnect would read as a lost link).
@@ -156,19 +156,18 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
             None
         }
     };
-    // Warm-up (a remote publisher's, or a local run that ended before the engine counted it):
-    // wait for its count, at most until the schedule's time is over (an engine a whole hold
-    // behind, or losing messages, fails the trial whatever is counted as its hold), then take
-    // what the collector has so far.
-    let (warm, warm_bounds) = match warm {
-        Some(w) => w,
-        None => {
-            while count_of(&live) < warm_msgs && start.elapsed() < duration && !stop.is_stopped() {
-                std::thread::sleep(Duration::from_millis(5).min(duration.saturating_sub(start.elapsed())));
-            }
-            total_of(&live)
+    // A warm-up not yet counted (a remote publisher's, or a local run that ended before the
+    // engine counted it): wait for its count, at most until the schedule's time is over (an
+    // engine a whole hold behind, or losing messages, fails the trial whatever is counted as
+    // its hold), then end it at the next report (or at the engine's end).
+    if warm_msgs > 0 {
+        while !cut_made(&live) && start.elapsed() < duration && !stop.is_stopped() {
+            std::thread::sleep(Duration::from_millis(5).min(duration.saturating_sub(start.elapsed())));
         }
-    };
+        if !cut_made(&live) {
+            set_cut(&live, Cut::Asked { at_msgs: 0 });
+        }
+    }
     let (sent, send_s) = match (local_run, remote.as_mut()) {
         (Some((stats, n, ns)), _) => {
             let stats = stats.context("publishing")?;
@@ -195,11 +194,19 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         // `FILE: writing the interval log: CAUSE`.
         anyhow::bail!("{e}");
     }
-    let (mut hold, bounds) = total_of(&live);
+    let (whole, bounds) = live.lock().map(|l| total_of(&l.cumulative)).unwrap_or_else(|_| total_of(&[]));
+    // The warm-up as the collector cut it (it makes a cut still asked for as it closes); none
+    // asked for, or none made, leaves it empty, or all of the run.
+    let (warm, warm_bounds) = match live.lock().ok().and_then(|mut l| l.cut.take()) {
+        Some(Cut::Made(sets)) => total_of(&sets),
+        Some(Cut::Asked { .. }) => (whole.clone(), bounds),
+        None => total_of(&[]),
+    };
     let hold_bounds = bounds.since(&warm_bounds);
     // Both come from one cumulative histogram, so the subtraction cannot underflow.
+    let mut hold = whole.clone();
     if hold.subtract(&warm).is_err() {
-        hold = total_of(&live).0;
+        hold = whole;
     }
     let hgrm = std::fs::File::create(&spec.hgrm).with_context(|| format!("creating {}", spec.hgrm.display()))?;
     crate::metrics::hlog::write_hgrm(std::io::BufWriter::new(hgrm), &hold, hold_bounds)
@@ -232,20 +239,25 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
     })
 }
 
-/// The messages the total stage has counted so far, over every shard.
-fn count_of(live: &SharedLatency) -> u64 {
-    live.lock().map_or(0, |l| l.cumulative.iter().map(|s| s.total.len()).sum())
+/// Ask the collector for `cut`.
+fn set_cut(live: &SharedLatency, cut: Cut) {
+    if let Ok(mut l) = live.lock() {
+        l.cut = Some(cut);
+    }
 }
 
-/// The total stage over every shard so far, and how many of its latencies were out of bounds.
-fn total_of(live: &SharedLatency) -> (Histogram<u64>, crate::metrics::OutOfBounds) {
+/// Whether the collector has made the cut asked for.
+fn cut_made(live: &SharedLatency) -> bool {
+    live.lock().is_ok_and(|l| matches!(l.cut, Some(Cut::Made(_))))
+}
+
+/// The total stage over every shard of `sets`, and how many of its latencies were out of bounds.
+fn total_of(sets: &[crate::metrics::StageHistograms]) -> (Histogram<u64>, crate::metrics::OutOfBounds) {
     let mut h = crate::metrics::StageHistograms::default().total;
     let mut bounds = crate::metrics::OutOfBounds::default();
-    if let Ok(l) = live.lock() {
-        for s in &l.cumulative {
-            let _ = h.add(&s.total);
-            bounds.add(&s.out_of_bounds[2]);
-        }
+    for s in sets {
+        let _ = h.add(&s.total);
+        bounds.add(&s.out_of_bounds[2]);
     }
     (h, bounds)
 }

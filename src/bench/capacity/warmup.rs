@@ -10,11 +10,14 @@
 //! Python's `HistogramLogReader`) keep every line's `Tag=` and skip `#` lines.
 //!
 //! Where the warm-up ended is read from the counts, not from a clock: the run's warm-up is the
-//! total stage's cumulative histogram when the warm-up's time was up, and the collector adds each
-//! worker report to that histogram and to the interval being logged at once, so the warm-up is a
-//! prefix of the reports: its count (the log's total less the hold's) ends inside exactly one
-//! interval, or at the end of one. An interval it ends inside keeps its hold tag (its later part
-//! is the hold's) and the comment says how many of its messages were the warm-up's.
+//! total stage's cumulative histogram at the worker report that reached the warm-up's count, and
+//! the collector ends the interval being logged at that report
+//! ([`Cut`](crate::metrics::collector::Cut)), so the warm-up's count (the log's total less the
+//! hold's) ends at the end of an interval: the intervals after it hold exactly the hold, and add
+//! up to the run's `.hgrm` and the summary's percentiles. (An interval the warm-up ended inside,
+//! in a log not cut so, keeps its hold tag, and the comment says how many of its messages were
+//! the warm-up's: the hold's intervals then disagreed with the summary, p99 7.34 ms against
+//! 305 µs on one trial.)
 
 use std::path::Path;
 
