@@ -329,9 +329,29 @@ struct Resume {
     /// A later session of its publisher came since ([`SequenceTracker::restart_after_vanishing`]):
     /// it ended, and is not taken up again (its frames and its end of stream are `after_end`).
     restarted: bool,
+    /// Not vanished: open, it made room for a later session of its id (one two or more
+    /// publishers share, [`SequenceTracker::push_session`]), and was counted as the close counts
+    /// it. Taken up again, it is not counted in [`SequenceTotals::vanished_back`].
+    evicted: bool,
 }
 
 impl Resume {
+    /// Where open session `s` was as it is forgotten (vanished): `counted`, whether it is in
+    /// `unended_*`; `shared`, whether its publisher id is.
+    fn of(s: &Session, counted: bool, shared: bool) -> Self {
+        Resume {
+            last_stream_seq: s.last_stream_seq,
+            from_start: s.from_start,
+            first_live_seq: s.first_live_seq,
+            before_counted: s.before_counted,
+            unended_sent: counted.then_some(s.last_stream_seq),
+            pending: (0, 0),
+            shared,
+            restarted: false,
+            evicted: false,
+        }
+    }
+
     /// Held as vanished, to be taken up again: not ended by a later session.
     fn resumable(r: &Option<Resume>) -> bool {
         r.is_some_and(|r| !r.restarted)
@@ -1128,16 +1148,29 @@ impl SequenceTracker {
     }
 
     /// Add a session for `h` (of publisher `p`), making room among its
-    /// publisher's ([`MAX_SESSIONS_PER_ID`]); returns its index.
+    /// publisher's ([`MAX_SESSIONS_PER_ID`]); returns its index. One still open that makes room
+    /// (all are current: an id two or more publishers share, one of which restarted, or more
+    /// publishers than sessions kept) is counted as the close counts it, to its last arrived
+    /// message, and kept as a vanished one is ([`SequenceTracker::resume`] takes it up again
+    /// by its next frame, its count taken back): else its messages were in no count.
     fn push_session(&mut self, p: usize, h: &Header, current: bool) -> usize {
         if self.publishers[p].sessions.len() >= MAX_SESSIONS_PER_ID {
             // Room: the least recently heard, a replaced one before a current one.
-            let oldest =
-                self.sessions_of(p).into_iter().min_by_key(|&i| (self.sessions[i].current, self.sessions[i].heard));
+            let mine = self.sessions_of(p);
+            let oldest = mine.iter().copied().min_by_key(|&i| (self.sessions[i].current, self.sessions[i].heard));
             if let Some(i) = oldest {
+                let open = self.sessions[i].open_unless_spoken_for(self.spoken_for(&mine));
+                let counted = open && (self.sessions[i].closed_unended || self.sessions[i].counts_unended());
+                if open {
+                    self.count_unended(i);
+                }
                 // Its topics go with it, and back to the budget. One never heard live (known
                 // from a cache) heard live later is no sign of a second publisher.
                 let gone = self.remove_session(i);
+                if open {
+                    let r = Resume { evicted: true, ..Resume::of(&gone, counted, self.publishers[p].shared) };
+                    self.remember_forgotten((gone.publisher_id, gone.session_id), Some(r));
+                }
                 if gone.live_seen {
                     let evicted = &mut self.publishers[p].evicted;
                     if evicted.len() == EVICTED_KEPT {
@@ -1410,7 +1443,7 @@ impl SequenceTracker {
             self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
             self.totals.unended_sent = self.totals.unended_sent.saturating_sub(n);
         }
-        self.totals.vanished_back += 1;
+        self.totals.vanished_back += u64::from(!r.evicted);
         if let Some(p) = self.publisher_of(h.publisher_id) {
             self.add_pending(p, r.pending);
         }
@@ -1522,17 +1555,22 @@ impl SequenceTracker {
         matches!((lo, hi), (Some(lo), Some(hi)) if hi > lo)
     }
 
+    /// When the last end of stream that speaks for sessions `mine` (of one publisher id) heard
+    /// before it was heard: one without data of its own of their id, or a spokesman's of any id
+    /// ([`SequenceTracker::open_sessions`]).
+    fn spoken_for(&self, mine: &[usize]) -> u64 {
+        let last_end =
+            mine.iter().filter(|&&i| self.sessions[i].speaks_for_its_id()).map(|&i| self.sessions[i].heard).max();
+        self.spokesman_heard.max(last_end.unwrap_or(0))
+    }
+
     /// Forget publisher `p`, silent for the bound: its open sessions (as
     /// [`SequenceTracker::close`] finds them) are vanished, counted as the close counts them.
     #[cold]
     fn vanish(&mut self, p: usize, since: VanishedSince) {
         let id = self.publishers[p].publisher_id;
         let mine = self.sessions_of(p);
-        // An end of stream of its id without data of its own heard after a session's last frame
-        // speaks for it, as one of any id does (SequenceTracker::open_sessions).
-        let last_end =
-            mine.iter().filter(|&&i| self.sessions[i].speaks_for_its_id()).map(|&i| self.sessions[i].heard).max();
-        let spoken = self.spokesman_heard.max(last_end.unwrap_or(0));
+        let spoken = self.spoken_for(&mine);
         let mut resumes: Vec<(u64, Resume)> = Vec::new();
         let mut counted_any = false;
         for i in mine {
@@ -1543,16 +1581,7 @@ impl SequenceTracker {
             let counted = self.sessions[i].closed_unended || self.sessions[i].counts_unended();
             counted_any |= self.count_unended(i);
             let s = &self.sessions[i];
-            let r = Resume {
-                last_stream_seq: s.last_stream_seq,
-                from_start: s.from_start,
-                first_live_seq: s.first_live_seq,
-                before_counted: s.before_counted,
-                unended_sent: counted.then_some(s.last_stream_seq),
-                pending: (0, 0),
-                shared: self.publishers[p].shared,
-                restarted: false,
-            };
+            let r = Resume::of(s, counted, self.publishers[p].shared);
             resumes.push((s.session_id, r));
             self.totals.vanished += 1;
             let note = Vanished {
@@ -3729,6 +3758,40 @@ mod tests {
             let tot = t.totals();
             prop_assert!(tot.accepted <= 200);
             prop_assert_eq!(t.topics(), held(&t));
+        }
+    }
+
+    /// Under an id two publishers share, one restarting (no restart there: its old sessions
+    /// stay open) past the sessions kept per id: the open session that makes room is counted as
+    /// the close counts it (to its last arrived message), not dropped from every count. Before,
+    /// it went uncounted: `sent` 35 where 55 arrived, and loss unknown for a count that was not
+    /// wrong. One that comes back is taken up where it was, its count taken back: its end of
+    /// stream counts it once.
+    #[test]
+    fn an_open_session_making_room_under_a_shared_id_is_still_counted() {
+        for back in [false, true] {
+            let mut t = alternating(true);
+            feed(&mut t, 0, 9, 1..=5, b"A");
+            feed(&mut t, 0, 10, 1..=5, b"A");
+            // The fifth session of the id: session 7 (least recently heard) makes room.
+            feed(&mut t, 0, 11, 1..=5, b"A");
+            let mut arrived = 55;
+            if back {
+                // Session 7 again (session 8 makes room), then the end of stream of each.
+                feed(&mut t, 0, 7, 21..=25, b"A");
+                assert!(t.on_end_of_stream(&h(0, 7, 25, 0), 25));
+                arrived += 5;
+            }
+            assert!(t.on_end_of_stream(&h(0, 8, 20, 0), 20));
+            assert!(t.on_end_of_stream(&h(0, 11, 5, 0), 5));
+            t.close();
+            maps_agree(&t).unwrap();
+            let tot = t.totals();
+            assert_eq!(
+                (tot.sent(), tot.accepted, tot.gaps, tot.unended_sessions, tot.vanished, tot.vanished_back),
+                (arrived, arrived, 0, 2 + u64::from(!back), 0, 0),
+                "back={back}: {tot:?}"
+            );
         }
     }
 }
