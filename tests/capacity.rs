@@ -851,13 +851,7 @@ fn a_trials_hlog_holds_exactly_the_hold_its_summary_judged() {
     let end = text.lines().find(|l| l.starts_with("#[Warm-up end: ")).unwrap_or_else(|| panic!("said: {text}"));
     assert!(text.contains("\nTag=warmup.shard0.total,") && text.contains("\nTag=shard0.total,"), "{text}");
     assert!(!end.contains("inside the next interval"), "the warm-up ends at an interval's end: {end}");
-    let spectrum = std::fs::read_to_string(&hgrm).expect("the .hgrm");
-    let held: u64 = spectrum
-        .split("Total count    =")
-        .nth(1)
-        .and_then(|s| s.split(']').next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("the .hgrm's count: {spectrum}"));
+    let held = hgrm_count(&hgrm);
     // `… its N messages are not in …`.
     let warm = end.split(" messages are not in the run's .hgrm").next().and_then(|s| s.rsplit(' ').next());
     let warm: u64 = warm.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("the warm-up's count: {end}"));
@@ -881,6 +875,17 @@ fn a_trials_hlog_holds_exactly_the_hold_its_summary_judged() {
     }
 }
 
+/// The messages a .hgrm spectrum counts (its `Total count` line).
+fn hgrm_count(path: &std::path::Path) -> u64 {
+    let spectrum = std::fs::read_to_string(path).expect("the .hgrm");
+    spectrum
+        .split("Total count    =")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the .hgrm's count: {spectrum}"))
+}
+
 /// The hold is the hold: the .hgrm (and the summary) count no message the schedule sent in the
 /// warm-up. The warm-up's clock started before the engine had subscribed and was read from a
 /// collector that had not yet heard of the workers' last reports, so the hold took warm-up
@@ -894,13 +899,7 @@ fn a_trials_hold_counts_none_of_its_warm_up() {
     let t = &trials(config(&v, "builtin-2core"))[0];
     assert_eq!(t["lost"], 0, "a trial without loss: {t}");
     let hgrm = t["files"].as_array().expect("files").iter().filter_map(Value::as_str).find(|f| f.ends_with(".hgrm"));
-    let spectrum = std::fs::read_to_string(folder.join(hgrm.expect("the run's .hgrm"))).expect("the .hgrm");
-    let held: u64 = spectrum
-        .split("Total count    =")
-        .nth(1)
-        .and_then(|s| s.split(']').next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("the .hgrm's count: {spectrum}"));
+    let held = hgrm_count(&folder.join(hgrm.expect("the run's .hgrm")));
     // 20000 msg/s for 300 ms, less what the engine handled before the warm-up's count was seen
     // reached; the schedule's one message at its end may fall on either side.
     assert!(held <= 6000 + 1, "the hold counted {held} messages, the schedule sent 6000 in it: {t}");
