@@ -518,7 +518,7 @@ impl Judged {
         let closed = closed_name(&path, start_ns);
         let (claimed, _) = self.locked.keep_as(&closed).map_err(|e| match e {
             OutFileError::Io { source, .. } => keep_error(named, &closed, &source),
-            e => KeepError::Keep { named, closed: closed.clone(), why: e.to_string() },
+            e => keep_error(named, &closed, &e),
         })?;
         let said = format!(
             "kept an earlier run's {} ({len} bytes, from {}) as {}",
@@ -551,7 +551,7 @@ impl Judged {
 }
 
 /// [`KeepError::Keep`]: keeping `named`'s earlier content as `closed` failed with `e`.
-fn keep_error(named: String, closed: &Path, e: &std::io::Error) -> KeepError {
+fn keep_error(named: String, closed: &Path, e: &dyn std::fmt::Display) -> KeepError {
     KeepError::Keep { named, closed: closed.to_path_buf(), why: e.to_string() }
 }
 

@@ -890,9 +890,7 @@ mod tests {
         let mut body = vec![0u8; END_BODY_LEN];
         body[..8].copy_from_slice(&1000u64.to_le_bytes());
         body[8..16].copy_from_slice(&1u64.to_le_bytes());
-        if END_BODY_LEN >= 24 {
-            body[16..24].copy_from_slice(&(at as u64).to_le_bytes());
-        }
+        body[16..24].copy_from_slice(&(at as u64).to_le_bytes());
         let mut forged = record_header(END_BODY_LEN as u32, RECORD_END, 11, &body).to_vec();
         forged.extend_from_slice(&body);
         w.write_frame(&forged, false, 11).expect("write");
