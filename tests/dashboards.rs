@@ -398,6 +398,12 @@ struct VerbatimRun {
 
 impl VerbatimRun {
     fn start(name: &str, sent_ns: u64) -> Option<VerbatimRun> {
+        Self::start_sent(name, sent_ns, |i| sent_ns + i)
+    }
+
+    /// As [`VerbatimRun::start`], message `i` (1 to 300) recorded at `recorded_ns + i` and sent
+    /// (its intended send time) at `sent(i)`.
+    fn start_sent(name: &str, recorded_ns: u64, sent: impl Fn(u64) -> u64) -> Option<VerbatimRun> {
         use mdsub::wire::capture::CaptureWriter;
         if let Some(why) = python_missing(&["prometheus_client"]) {
             eprintln!("SKIPPED: {why}");
@@ -407,7 +413,7 @@ impl VerbatimRun {
         let path = dir.join(format!("{name}.mdcap"));
         let mut w = CaptureWriter::create(&path).expect("create capture");
         for i in 1..=300u64 {
-            w.write_frame(&data_frame(name.as_bytes(), i, sent_ns + i, &i.to_le_bytes()), false, sent_ns + i)
+            w.write_frame(&data_frame(name.as_bytes(), i, sent(i), &i.to_le_bytes()), false, recorded_ns + i)
                 .expect("write");
         }
         w.flush().expect("flush");
@@ -602,24 +608,23 @@ fn promql(base: &str, query: &str) -> Option<Vec<(serde_json::Value, f64)>> {
     v.as_array()?.iter().map(|x| Some((x[0].clone(), x[1].as_f64().unwrap_or(f64::NAN)))).collect()
 }
 
-#[test]
-fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket() {
-    if Command::new("prometheus").arg("--version").output().is_err() {
+/// Whether a real Prometheus can run here; says why not (SKIPPED) when it cannot.
+fn prometheus_at_hand() -> bool {
+    let here = Command::new("prometheus").arg("--version").output().is_ok();
+    if !here {
         eprintln!("SKIPPED: no `prometheus` on PATH (tools/ci-setup.sh installs Debian's package)");
-        return;
     }
-    if let Some(why) = python_missing(&["json"]) {
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
-    let dir = temp_dir("dash-prometheus");
-    let (mport, pport) = (free_port_block(1), free_port_block(1));
-    let (replay, eps) = start_replay("replay", 2, &["--count", "20000", "--rate", "10k", "--symbols", "40"]);
-    let e = metrics_engine(&eps, mport, "250ms", "prom-test");
+    here
+}
+
+/// A real Prometheus (tools/prometheus.sh, its config and data in `dir`) scraping `target`
+/// (`HOST:PORT`) every 250 ms, and its base URL.
+fn prometheus_scraping(dir: &Path, target: &str) -> (Proc, String) {
+    let pport = free_port_block(1);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/prometheus.sh");
-    let _prom = Proc::spawn(
+    let prom = Proc::spawn(
         "prometheus",
-        Command::new("bash").args([script, "--target", &format!("127.0.0.1:{mport}")]).args([
+        Command::new("bash").args([script, "--target", target]).args([
             "--listen",
             &format!("127.0.0.1:{pport}"),
             "--dir",
@@ -628,7 +633,23 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
             "250ms",
         ]),
     );
-    let base = format!("http://127.0.0.1:{pport}");
+    (prom, format!("http://127.0.0.1:{pport}"))
+}
+
+#[test]
+fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket() {
+    if !prometheus_at_hand() {
+        return;
+    }
+    if let Some(why) = python_missing(&["json"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-prometheus");
+    let mport = free_port_block(1);
+    let (replay, eps) = start_replay("replay", 2, &["--count", "20000", "--rate", "10k", "--symbols", "40"]);
+    let e = metrics_engine(&eps, mport, "250ms", "prom-test");
+    let (_prom, base) = prometheus_scraping(&dir, &format!("127.0.0.1:{mport}"));
     let delivered = r#"sum(mdsub_shard_delivered_total{engine="prom-test"})"#;
     wait_until(Duration::from_secs(90), "Prometheus to have scraped every delivered message", || {
         promql(&base, delivered).is_some_and(|r| r.first().is_some_and(|(_, v)| *v >= 20_000.0))
@@ -675,6 +696,58 @@ fn real_prometheus_histogram_quantile_matches_the_engines_p99_within_one_bucket(
         assert!(lo <= est && est <= hi, "shard{k}: Prometheus says {est} s, the engine {p99} ns: not in ({lo}, {hi}]");
     }
     drop(_prom);
+}
+
+#[test]
+fn real_prometheus_reads_latencies_above_10s_as_the_engine_does_and_clamped_ones_as_60s() {
+    // Before: the buckets ended at 10 s, and histogram_quantile answers the highest finite
+    // bound for a quantile in +Inf: a feed 30 s late (a capture replayed verbatim, a clock
+    // off by 30 s) read as p50 10 s in Prometheus and Grafana while the report, the .hlog and
+    // `top` said 30 s; and the clamped ones (≥60s in the report) read as 10 s too.
+    if !prometheus_at_hand() {
+        return;
+    }
+    // Messages 1-200 sent 30 s ago, 201-300 ten minutes ago (clamped at 60 s).
+    let now = mdsub::clock::realtime_ns();
+    let sent = |i: u64| if i <= 200 { now - 30_000_000_000 + i } else { now - 600_000_000_000 + i };
+    let Some(run) = VerbatimRun::start_sent("LATE", now - 600_000_000_000, sent) else { return };
+    let dir = temp_dir("dash-prometheus-late");
+    let target = run.url.trim_start_matches("http://").trim_end_matches("/metrics").to_string();
+    let (_prom, base) = prometheus_scraping(&dir, &target);
+    let counted = r#"mdsub_latency_seconds_count{stage="total",shard="0"}"#;
+    wait_until(Duration::from_secs(90), "Prometheus to have scraped all 300 latencies", || {
+        promql(&base, counted).is_some_and(|r| r.first().is_some_and(|(_, v)| *v >= 300.0))
+    });
+    let quantile = |q: f64| {
+        let expr = format!(r#"histogram_quantile({q}, mdsub_latency_seconds_bucket{{stage="total",shard="0"}})"#);
+        let mut r = Vec::new();
+        wait_until(Duration::from_secs(30), &format!("Prometheus to answer {expr}"), || {
+            r = promql(&base, &expr).unwrap_or_default();
+            r.len() == 1
+        });
+        r[0].1
+    };
+    let (p50, p99) = (quantile(0.5), quantile(0.99));
+    let (r, _dir) = run.finish();
+    let total = &r["shards"][0]["latency"]["total"];
+    let engine_p50 = u(total, "p50_ns");
+    assert!((29_000_000_000..40_000_000_000).contains(&engine_p50), "the engine's p50: {total}");
+    assert_eq!(u(total, "clamped"), 100, "{total}");
+    // Prometheus's estimate is within a 1-2-5 step of the engine's p50 (before: 10 s for 30 s),
+    // in the same bucket, a finite one.
+    let engine_p50_s = engine_p50 as f64 / 1e9;
+    assert!(
+        engine_p50_s / 2.5 <= p50 && p50 <= engine_p50_s * 2.5,
+        "Prometheus's p50 {p50} s, the engine's {engine_p50_s} s"
+    );
+    let bounds = mdsub::metrics::prom::BUCKET_BOUNDS_NS;
+    let i = bounds.partition_point(|&b| b < engine_p50);
+    assert!(i > 0 && i < bounds.len(), "{engine_p50} ns is in a finite bucket above the first");
+    let (lo, hi) = (bounds[i - 1] as f64 / 1e9, bounds[i] as f64 / 1e9);
+    assert!(lo < p50 && p50 <= hi, "Prometheus's p50 {p50} s, the engine's {engine_p50} ns: not in ({lo}, {hi}]");
+    // A quantile among the clamped latencies reads as the clamp, as the report's ≥60s.
+    let clamp = mdsub::metrics::MAX_TRACKABLE_NS as f64 / 1e9;
+    assert_eq!(p99, clamp, "Prometheus's p99 of latencies clamped at 60 s");
 }
 
 /// The Grafana dashboard in tools/ without a Grafana or a Prometheus: JSON, one id per panel,

@@ -16,9 +16,13 @@ use super::collector::LiveLatency;
 use super::{shard_name, OutOfBounds, StageHistograms};
 use crate::agent::AgentStats;
 
-/// Upper bounds of the latency histogram's buckets, in ns (1-2-5 steps from
-/// 1 µs to 10 s; `+Inf` follows).
-pub const BUCKET_BOUNDS_NS: [u64; 22] = [
+/// Upper bounds of the latency histogram's buckets, in ns: 1-2-5 steps from 1 µs to 50 s,
+/// then [`MAX_TRACKABLE_NS`](super::MAX_TRACKABLE_NS) (60 s), where latencies are clamped;
+/// `+Inf` follows. Every latency up to the clamp falls in a finite bucket: Prometheus's
+/// `histogram_quantile` answers the highest finite bound for a quantile in `+Inf`, so with
+/// bounds ending at 10 s a 30 s p99 read as 10 s. A clamped latency (held at 60 s, whose
+/// HdrHistogram bin reaches some 33 ms above it) is in `+Inf` and reads as 60 s.
+pub const BUCKET_BOUNDS_NS: [u64; 25] = [
     1_000,
     2_000,
     5_000,
@@ -41,6 +45,9 @@ pub const BUCKET_BOUNDS_NS: [u64; 22] = [
     2_000_000_000,
     5_000_000_000,
     10_000_000_000,
+    20_000_000_000,
+    50_000_000_000,
+    super::MAX_TRACKABLE_NS,
 ];
 
 /// The summary's quantiles: `(label, quantile)`; `1` is the max. Each is `NaN` for an
@@ -841,15 +848,21 @@ mod tests {
     #[test]
     fn buckets_are_cumulative_and_end_at_the_count() {
         let mut h = Histogram::new_with_bounds(1, crate::metrics::MAX_TRACKABLE_NS, 3).expect("bounds");
-        for v in [500, 1_000, 1_500, 3_000_000, 20_000_000_000] {
+        for v in [500, 1_000, 1_500, 3_000_000, 30_000_000_000, crate::metrics::MAX_TRACKABLE_NS] {
             h.record(v).expect("in range");
         }
         let c = bucket_counts(&h);
+        let at = |bound_ns: u64| BUCKET_BOUNDS_NS.iter().position(|&b| b == bound_ns).expect("a bound");
         assert_eq!(c[0], 2, "500 ns and 1 µs are ≤ 1 µs");
         assert_eq!(c[1], 3);
         assert_eq!(c[11], 4, "3 ms is ≤ 5 ms");
-        assert_eq!(c[BUCKET_BOUNDS_NS.len() - 1], 4, "20 s is above 10 s");
-        assert_eq!(c[BUCKET_BOUNDS_NS.len()], 5);
+        assert_eq!(c[at(20_000_000_000)], 4, "30 s is above 20 s");
+        assert_eq!(c[at(50_000_000_000)], 5, "30 s is ≤ 50 s: before, above every bound (10 s the last)");
+        // A clamped latency, held at the clamp, is the one value in +Inf alone (its bin reaches
+        // past the clamp), so histogram_quantile reads a quantile among them as the clamp.
+        assert_eq!(BUCKET_BOUNDS_NS.last(), Some(&crate::metrics::MAX_TRACKABLE_NS));
+        assert_eq!(c[BUCKET_BOUNDS_NS.len() - 1], 5, "the clamped one is above the last bound");
+        assert_eq!(c[BUCKET_BOUNDS_NS.len()], 6);
     }
 
     #[test]
