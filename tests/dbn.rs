@@ -922,6 +922,36 @@ fn topics_by_record(got: &[Got]) -> Vec<(u32, u64, String)> {
         .collect()
 }
 
+/// Write `refs` (of which `records` are MBO records) to `path` with `meta`, replay it on one
+/// shard and return each record's instrument id, receive time and topic, and what replay said.
+fn replayed_topics(
+    name: &str,
+    path: &Path,
+    meta: &Metadata,
+    refs: &[RecordRef],
+    records: usize,
+) -> (Vec<(u32, u64, String)>, String) {
+    write_refs(path, meta, refs, false);
+    let (got, status, out) = replay(name, 1, &["--from", path.to_str().expect("utf8")]);
+    assert!(status.success(), "replay failed: {out}");
+    let seen = topics_by_record(&got);
+    assert_eq!(seen.len(), records, "{out}");
+    (seen, out)
+}
+
+/// MBO metadata of GLBX.MDP3 from `T0`, raw symbols to instrument ids, ending at `end`.
+fn glbx_mbo_metadata(end: Option<u64>, mappings: Vec<dbn::SymbolMapping>) -> Metadata {
+    Metadata::builder()
+        .dataset("GLBX.MDP3".to_string())
+        .schema(Some(Schema::Mbo))
+        .start(T0)
+        .end(end.and_then(std::num::NonZeroU64::new))
+        .stype_in(Some(dbn::SType::RawSymbol))
+        .stype_out(dbn::SType::InstrumentId)
+        .mappings(mappings)
+        .build()
+}
+
 /// A record goes out under the symbol its instrument had when the record was received. A
 /// two-day historical file whose symbology changes at midnight (instrument 41 is HHH on the
 /// first day and III on the second, an id reused; JJJ is 42, then 43), and a live recording,
@@ -932,7 +962,7 @@ fn topics_by_record(got: &[Got]) -> Vec<(u32, u64, String)> {
 /// were instrument ids).
 #[test]
 fn a_records_topic_is_its_symbol_when_it_was_received() {
-    use dbn::{MappingInterval, SType, SymbolMapping};
+    use dbn::{MappingInterval, SymbolMapping};
     const DAY_NS: u64 = 86_400_000_000_000;
     let dir = tmp_dir("remap");
     // T0 is 2023-11-14T22:13:20Z; the second day begins at the next midnight.
@@ -945,26 +975,14 @@ fn a_records_topic_is_its_symbol_when_it_was_received() {
         SymbolMapping { raw_symbol: "III".into(), intervals: vec![iv(day2, day3, 41)] },
         SymbolMapping { raw_symbol: "JJJ".into(), intervals: vec![iv(day1, day2, 42), iv(day2, day3, 43)] },
     ];
-    let meta = Metadata::builder()
-        .dataset("GLBX.MDP3".to_string())
-        .schema(Some(Schema::Mbo))
-        .start(T0)
-        .end(std::num::NonZeroU64::new(midnight + DAY_NS))
-        .stype_in(Some(SType::RawSymbol))
-        .stype_out(SType::InstrumentId)
-        .mappings(mappings)
-        .build();
+    let meta = glbx_mbo_metadata(Some(midnight + DAY_NS), mappings);
     let mut recs: Vec<MboMsg> =
         (0..20u64).map(|i| mbo(41 + (i % 2) as u32, T0 + i * 1_000, i + 1, b'A', b'B', 1, 1)).collect();
     recs.extend(
         (0..20u64).map(|i| mbo([41, 43][i as usize % 2], midnight + 60_000 + i * 1_000, i + 100, b'A', b'B', 1, 1)),
     );
-    let path = dir.join("two-days.dbn");
-    write_dbn(&path, &meta, &recs, false);
-    let (got, status, out) = replay("replay-dbn-remap", 1, &["--from", path.to_str().expect("utf8")]);
-    assert!(status.success(), "replay failed: {out}");
-    let seen = topics_by_record(&got);
-    assert_eq!(seen.len(), recs.len(), "{out}");
+    let refs: Vec<RecordRef> = recs.iter().map(RecordRef::from).collect();
+    let (seen, out) = replayed_topics("replay-dbn-remap", &dir.join("two-days.dbn"), &meta, &refs, recs.len());
     for (id, ts, topic) in &seen {
         let want = match (*id, *ts < midnight) {
             (41, true) => "HHH",
@@ -977,13 +995,7 @@ fn a_records_topic_is_its_symbol_when_it_was_received() {
 
     // A live recording in DBN version 1: no mappings in its metadata, symbol mapping records
     // in the stream; a later one remaps 51 from T0 + 20 us; 52 is never named.
-    let mut live = Metadata::builder()
-        .dataset("GLBX.MDP3".to_string())
-        .schema(Some(Schema::Mbo))
-        .start(T0)
-        .stype_in(Some(SType::RawSymbol))
-        .stype_out(SType::InstrumentId)
-        .build();
+    let mut live = glbx_mbo_metadata(None, Vec::new());
     live.version = 1;
     live.symbol_cstr_len = dbn::compat::SYMBOL_CSTR_LEN_V1;
     let hour = 3_600_000_000_000;
@@ -995,12 +1007,7 @@ fn a_records_topic_is_its_symbol_when_it_was_received() {
     refs.extend(data[..11].iter().map(RecordRef::from));
     refs.push(RecordRef::from(&lll));
     refs.extend(data[11..].iter().map(RecordRef::from));
-    let path = dir.join("live-v1.dbn");
-    write_refs(&path, &live, &refs, false);
-    let (got, status, out) = replay("replay-dbn-live", 1, &["--from", path.to_str().expect("utf8")]);
-    assert!(status.success(), "replay failed: {out}");
-    let seen = topics_by_record(&got);
-    assert_eq!(seen.len(), data.len(), "{out}");
+    let (seen, out) = replayed_topics("replay-dbn-live", &dir.join("live-v1.dbn"), &live, &refs, data.len());
     for (id, ts, topic) in &seen {
         let want = match (*id, *ts < T0 + 20_000) {
             (51, true) => "KKK",
