@@ -453,6 +453,25 @@ impl Profile {
     }
 
     /// Check everything that can be checked before starting.
+    /// Why this profile's `book` handler would build wrong books, if it would: round-robin routing
+    /// over several workers hands each worker every few records of an instrument, so each builds
+    /// part of every book (an add on one worker, its cancel on another: both books wrong, each
+    /// reported). By-topic routing, or one worker, keeps an instrument on one worker.
+    pub fn split_books(&self) -> Option<String> {
+        let split = self.handler == HandlerSpec::Book
+            && self.routing == Routing::RoundRobin
+            && self.workers.len() > 1
+            && self.handoff != HandOff::Inline;
+        split.then(|| {
+            format!(
+                "the book handler with round-robin routing over {} workers would build wrong books: each worker \
+                 gets every few records of an instrument (an order's add on one, its cancel on another), so \
+                 every book is split between them; use routing by-topic (each instrument on one worker)",
+                self.workers.len()
+            )
+        })
+    }
+
     pub fn validate(&self, host: &[usize]) -> Result<(), ProfileError> {
         self.validate_for(host, true)
     }
@@ -506,6 +525,9 @@ impl Profile {
         }
         if self.handoff == HandOff::Inline && self.workers.len() != self.shards.len() {
             return Err(invalid("handoff", crate::engine::inline_layout_error(self.shards.len(), self.workers.len())));
+        }
+        if let Some(why) = self.split_books() {
+            return Err(invalid("routing", why));
         }
         if !(1..=4096).contains(&self.batch_max) {
             return Err(invalid("batch_max", format!("{} is outside 1..=4096", self.batch_max)));
@@ -669,10 +691,7 @@ impl Profile {
     pub fn summary(&self) -> String {
         let pinned = self.shards.iter().any(|s| s.io_core.is_some() || s.reader_core.is_some())
             || self.workers.iter().any(|w| w.core.is_some());
-        let routing = match self.routing {
-            Routing::ByTopic => "by-topic",
-            Routing::RoundRobin => "round-robin",
-        };
+        let routing = self.routing.name();
         format!(
             "{} shard(s){}, {} worker(s), handoff {}, routing {routing}, idle {}, handler {}",
             self.shards.len(),

@@ -160,7 +160,7 @@ fn every_record_once_in_per_instrument_order_over_two_shards() {
     assert_eq!(got.len(), recs.len(), "every record once: {out}");
     assert!(out.contains("rtype 0x17: 1"), "the system record is counted as skipped: {out}");
     assert!(
-        out.contains("replay: refused (unreplayed_rtype): records of rtype 0x17"),
+        out.contains("replay: refused (unreplayed_rtype): system records (rtype 0x17) are not replayed"),
         "the skipped type is said when first met: {out}"
     );
     let names: HashMap<u32, &str> =
@@ -907,4 +907,142 @@ fn a_bench_over_a_dbn_file_says_each_run_and_how_far_its_replay_is() {
     // In the order measured.
     let order: Vec<(usize, usize)> = seen.iter().map(|s| (s.0, s.1)).collect();
     assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+}
+
+/// Per record of `got` (an MBO payload), its instrument id, receive time and topic.
+fn topics_by_record(got: &[Got]) -> Vec<(u32, u64, String)> {
+    got.iter()
+        .map(|g| {
+            let p = &g.payload;
+            assert_eq!((p.len(), p[1]), (std::mem::size_of::<MboMsg>(), rtype::MBO), "an MBO record");
+            let field = |at: usize, n: usize| p[at..at + n].iter().rev().fold(0u64, |v, b| v << 8 | u64::from(*b));
+            // The header's instrument id (bytes 4-7) and the record's ts_recv (bytes 40-47).
+            (field(4, 4) as u32, field(40, 8), g.topic.clone())
+        })
+        .collect()
+}
+
+/// Write `refs` (of which `records` are MBO records) to `path` with `meta`, replay it on one
+/// shard and return each record's instrument id, receive time and topic, and what replay said.
+fn replayed_topics(
+    name: &str,
+    path: &Path,
+    meta: &Metadata,
+    refs: &[RecordRef],
+    records: usize,
+) -> (Vec<(u32, u64, String)>, String) {
+    write_refs(path, meta, refs, false);
+    let (got, status, out) = replay(name, 1, &["--from", path.to_str().expect("utf8")]);
+    assert!(status.success(), "replay failed: {out}");
+    let seen = topics_by_record(&got);
+    assert_eq!(seen.len(), records, "{out}");
+    (seen, out)
+}
+
+/// MBO metadata of GLBX.MDP3 from `T0`, raw symbols to instrument ids, ending at `end`.
+fn glbx_mbo_metadata(end: Option<u64>, mappings: Vec<dbn::SymbolMapping>) -> Metadata {
+    Metadata::builder()
+        .dataset("GLBX.MDP3".to_string())
+        .schema(Some(Schema::Mbo))
+        .start(T0)
+        .end(end.and_then(std::num::NonZeroU64::new))
+        .stype_in(Some(dbn::SType::RawSymbol))
+        .stype_out(dbn::SType::InstrumentId)
+        .mappings(mappings)
+        .build()
+}
+
+/// A record goes out under the symbol its instrument had when the record was received. A
+/// two-day historical file whose symbology changes at midnight (instrument 41 is HHH on the
+/// first day and III on the second, an id reused; JJJ is 42, then 43), and a live recording,
+/// whose metadata maps nothing and whose symbol mapping records name its instruments as it
+/// goes (51 is KKK, then LLL from a time on, in DBN version 1). Before, the first symbol an
+/// id ever had named it all file long (III's records went out as HHH, subscribers of III got
+/// nothing), and a live recording's symbol mapping records were skipped unread (its topics
+/// were instrument ids).
+#[test]
+fn a_records_topic_is_its_symbol_when_it_was_received() {
+    use dbn::{MappingInterval, SymbolMapping};
+    const DAY_NS: u64 = 86_400_000_000_000;
+    let dir = tmp_dir("remap");
+    // T0 is 2023-11-14T22:13:20Z; the second day begins at the next midnight.
+    let midnight = T0 - T0 % DAY_NS + DAY_NS;
+    let day1 = time::Date::from_calendar_date(2023, time::Month::November, 14).expect("a date");
+    let (day2, day3) = (day1.next_day().expect("day"), day1.next_day().and_then(|d| d.next_day()).expect("day"));
+    let iv = |start_date, end_date, id: u32| MappingInterval { start_date, end_date, symbol: id.to_string() };
+    let mappings = vec![
+        SymbolMapping { raw_symbol: "HHH".into(), intervals: vec![iv(day1, day2, 41)] },
+        SymbolMapping { raw_symbol: "III".into(), intervals: vec![iv(day2, day3, 41)] },
+        SymbolMapping { raw_symbol: "JJJ".into(), intervals: vec![iv(day1, day2, 42), iv(day2, day3, 43)] },
+    ];
+    let meta = glbx_mbo_metadata(Some(midnight + DAY_NS), mappings);
+    let mut recs: Vec<MboMsg> =
+        (0..20u64).map(|i| mbo(41 + (i % 2) as u32, T0 + i * 1_000, i + 1, b'A', b'B', 1, 1)).collect();
+    recs.extend(
+        (0..20u64).map(|i| mbo([41, 43][i as usize % 2], midnight + 60_000 + i * 1_000, i + 100, b'A', b'B', 1, 1)),
+    );
+    let refs: Vec<RecordRef> = recs.iter().map(RecordRef::from).collect();
+    let (seen, out) = replayed_topics("replay-dbn-remap", &dir.join("two-days.dbn"), &meta, &refs, recs.len());
+    for (id, ts, topic) in &seen {
+        let want = match (*id, *ts < midnight) {
+            (41, true) => "HHH",
+            (41, false) => "III",
+            (42 | 43, _) => "JJJ",
+            other => panic!("unexpected record {other:?}"),
+        };
+        assert_eq!(topic, want, "instrument {id} at {ts}: {out}");
+    }
+
+    // A live recording in DBN version 1: no mappings in its metadata, symbol mapping records
+    // in the stream; a later one remaps 51 from T0 + 20 us; 52 is never named.
+    let mut live = glbx_mbo_metadata(None, Vec::new());
+    live.version = 1;
+    live.symbol_cstr_len = dbn::compat::SYMBOL_CSTR_LEN_V1;
+    let hour = 3_600_000_000_000;
+    let kkk = dbn::v1::SymbolMappingMsg::new(51, T0, "KKK", "KKK", T0, T0 + hour).expect("mapping");
+    let lll = dbn::v1::SymbolMappingMsg::new(51, T0 + 10_000, "LLL", "LLL", T0 + 20_000, T0 + hour).expect("mapping");
+    let data: Vec<MboMsg> =
+        (0..40u64).map(|i| mbo(51 + (i % 4 == 3) as u32, T0 + i * 1_000, i + 1, b'A', b'B', 1, 1)).collect();
+    let mut refs: Vec<RecordRef> = vec![RecordRef::from(&kkk)];
+    refs.extend(data[..11].iter().map(RecordRef::from));
+    refs.push(RecordRef::from(&lll));
+    refs.extend(data[11..].iter().map(RecordRef::from));
+    let (seen, out) = replayed_topics("replay-dbn-live", &dir.join("live-v1.dbn"), &live, &refs, data.len());
+    for (id, ts, topic) in &seen {
+        let want = match (*id, *ts < T0 + 20_000) {
+            (51, true) => "KKK",
+            (51, false) => "LLL",
+            (52, _) => "52",
+            other => panic!("unexpected record {other:?}"),
+        };
+        assert_eq!(topic, want, "instrument {id} at {ts}: {out}");
+    }
+    assert!(out.contains("symbol-mapping records (rtype 0x16) are not replayed"), "{out}");
+}
+
+/// The `book` handler over several workers needs each instrument on one worker: round-robin
+/// routing split every book between them (each worker's half-book reported as the
+/// instrument's, anomalies counted, nothing said). Refused now, before anything runs: exit 2
+/// with the flags named; by-topic over two workers runs.
+#[test]
+fn book_handler_with_round_robin_routing_over_workers_is_refused() {
+    let out = mdsub()
+        .args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--handler", "book", "--workers", "2"])
+        .args(["--routing", "round-robin", "--max-duration", "1s"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--handler book with --routing round-robin with --workers 2: the book handler with round-robin")
+            && err.contains("wrong books"),
+        "{err}"
+    );
+    let out = mdsub()
+        .args(["engine", "--endpoint", "tcp://127.0.0.1:1", "--handler", "book", "--workers", "2"])
+        .args(["--routing", "by-topic", "--max-duration", "200ms", "--silence", "0s"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("wrong books") && out.status.code() != Some(2), "{err}");
 }

@@ -357,7 +357,8 @@ pub struct EngineArgs {
     #[arg(long, value_parser = parse_handoff)]
     pub handoff: Option<HandOff>,
     /// Routing to workers: by-topic (each topic's order kept) or round-robin
-    /// (even load, no per-topic order across workers).
+    /// (even load, no per-topic order across workers; refused with `--handler book` over several
+    /// workers, which would each build part of every instrument's book).
     #[arg(long, value_parser = parse_routing)]
     pub routing: Option<Routing>,
     /// Idle strategy of the engine's readers and workers (overrides the profile's).
@@ -796,6 +797,17 @@ fn refused_flag(args: &EngineArgs, profile: &Profile, field: &str, message: &str
             Some(format!("--endpoint: {message}"))
         }
         f if f.starts_with("snail.") => args.snail.refused(profile, f, message),
+        "routing" => {
+            let given: Vec<String> = [
+                args.handler.map(|h| format!("--handler {h}")),
+                args.routing.map(|r| format!("--routing {}", r.name())),
+                args.workers.map(|w| format!("--workers {w}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            (!given.is_empty()).then(|| format!("{}: {message}", given.join(" with ")))
+        }
         _ => None,
     }
 }

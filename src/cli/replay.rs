@@ -483,7 +483,7 @@ pub struct ReplayArgs {
     /// that resend back: a subscriber far behind needs a longer wait); Ctrl-C ends the wait at
     /// once (a run stopped
     /// by Ctrl-C while sending waits 1s at most, as its end of stream does). Subscribers to
-    /// everything alone (a tap, a plain SUB) are not waited for. 0: no wait, nothing sent again.
+    /// everything alone (a tap, a plain SUB) are not waited for. 0s: no wait, nothing sent again.
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     pub eos_wait: Duration,
     /// End a subscriber's connection when data sent on it stays unacknowledged this long (e.g.

@@ -78,6 +78,16 @@ pub enum Routing {
     RoundRobin,
 }
 
+impl Routing {
+    /// Its name in a profile and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Routing::ByTopic => "by-topic",
+            Routing::RoundRobin => "round-robin",
+        }
+    }
+}
+
 /// Live counters of one shard, written by its reader only (single writer,
 /// relaxed stores once per drain round), read by anyone.
 #[derive(Debug, Default)]

@@ -439,9 +439,10 @@ impl DbnFile {
         }
     }
 
-    /// Load the next replayed record; skipped types are counted in `skipped`.
+    /// Load the next replayed record; skipped types are counted in `skipped`, and the symbols
+    /// that symbol mapping records (skipped too) give are added to `symbols`.
     /// At the end `has_next` is false, with an error when the file was damaged.
-    fn advance(&mut self, skipped: &mut BTreeMap<u8, u64>) -> Result<(), DbnSourceError> {
+    fn advance(&mut self, skipped: &mut BTreeMap<u8, u64>, symbols: &mut Symbols) -> Result<(), DbnSourceError> {
         self.has_next = false;
         loop {
             let rec = match self.decoder.decode_ref() {
@@ -467,6 +468,15 @@ impl DbnFile {
                 return Err(self.damaged(why));
             }
             if !is_replayed(rt) {
+                if rt == rtype::SYMBOL_MAPPING {
+                    let named = match self.version {
+                        1 => mapping_of::<dbn::v1::SymbolMappingMsg>(&rec),
+                        _ => mapping_of::<dbn::v2::SymbolMappingMsg>(&rec),
+                    };
+                    if let Some((id, from, to, symbol)) = named {
+                        symbols.add(id, from, to, &symbol);
+                    }
+                }
                 self.consumed += bytes.len() as u64;
                 self.records += 1;
                 *skipped.entry(rt).or_default() += 1;
@@ -496,7 +506,9 @@ impl DbnFile {
 /// A record of the merged stream.
 #[derive(Debug, Clone, Copy)]
 pub struct DbnRecord<'a> {
-    /// The instrument's symbol (from the symbology), or its id in decimal.
+    /// The instrument's symbol when the record was received, from the files' symbology (the
+    /// metadata's mapping intervals, a live recording's symbol mapping records), or its id in
+    /// decimal when they name none.
     pub topic: &'a [u8],
     /// Receive time (`ts_recv`, else `ts_event`), ns since the epoch.
     pub ts_recv_ns: u64,
@@ -512,7 +524,7 @@ pub struct DbnMerge {
     files: Vec<DbnFile>,
     /// The latest `end` of the files' metadata, when every file has one.
     end_ns: Option<u64>,
-    topics: HashMap<u32, Box<[u8]>>,
+    symbols: Symbols,
     refill: Option<usize>,
     damage: Vec<DbnSourceError>,
     skipped: BTreeMap<u8, u64>,
@@ -544,13 +556,106 @@ pub fn symbology_metadata(dataset: &str, schema: dbn::Schema, start_ns: u64, sym
         .build()
 }
 
+/// One symbol of an instrument for a span of receive times, `[from_ns, to_ns)`.
+#[derive(Debug, Clone)]
+struct Named {
+    from_ns: u64,
+    to_ns: u64,
+    topic: Box<[u8]>,
+}
+
+impl Named {
+    #[inline]
+    fn covers(&self, ts: u64) -> bool {
+        self.from_ns <= ts && ts < self.to_ns
+    }
+}
+
+/// Instrument id → topic by receive time, from the files' symbology: the metadata's mapping
+/// intervals (UTC dates: an id may be one symbol on one day and another the next, and a symbol
+/// another id) and a live recording's symbol mapping records, which name the instruments as the
+/// stream goes (its metadata maps none); a later record's interval wins where they overlap. A
+/// record's topic is the symbol whose interval holds its receive time; outside every interval of
+/// its id, the symbol of the nearest one before it (else after it); with none, the id in decimal.
+/// Per id, the answer is kept with the span of times it holds for (no interval begins or ends
+/// inside it), so a record costs a lookup and two comparisons.
+#[derive(Debug, Default)]
+struct Symbols {
+    intervals: HashMap<u32, Vec<Named>>,
+    current: HashMap<u32, Named>,
+}
+
+impl Symbols {
+    /// Name instrument `id` `symbol` for `[from_ns, to_ns)` (a symbol unusable as a topic is
+    /// left out).
+    fn add(&mut self, id: u32, from_ns: u64, to_ns: u64, symbol: &str) {
+        if topic_ok(symbol) && from_ns < to_ns {
+            self.intervals.entry(id).or_default().push(Named { from_ns, to_ns, topic: symbol.as_bytes().into() });
+            self.current.remove(&id);
+        }
+    }
+
+    /// The topic of instrument `id` for a record received at `ts`.
+    #[inline]
+    fn topic(&mut self, id: u32, ts: u64) -> &[u8] {
+        use std::collections::hash_map::Entry;
+        match self.current.entry(id) {
+            Entry::Occupied(o) if o.get().covers(ts) => &o.into_mut().topic,
+            Entry::Occupied(mut o) => {
+                o.insert(Self::resolve(self.intervals.get(&id), id, ts));
+                &o.into_mut().topic
+            }
+            Entry::Vacant(v) => &v.insert(Self::resolve(self.intervals.get(&id), id, ts)).topic,
+        }
+    }
+
+    /// The topic for `ts` from `intervals` (see [`Symbols`]), with the span around `ts` that no
+    /// interval begins or ends inside.
+    #[cold]
+    fn resolve(intervals: Option<&Vec<Named>>, id: u32, ts: u64) -> Named {
+        let all = intervals.map_or(&[][..], Vec::as_slice);
+        let (mut from_ns, mut to_ns) = (0, u64::MAX);
+        for b in all.iter().flat_map(|n| [n.from_ns, n.to_ns]) {
+            if b <= ts {
+                from_ns = from_ns.max(b);
+            } else {
+                to_ns = to_ns.min(b);
+            }
+        }
+        let holds = all.iter().rev().find(|n| n.covers(ts));
+        let before = || all.iter().filter(|n| n.to_ns <= ts).max_by_key(|n| n.to_ns);
+        let after = || all.iter().filter(|n| n.from_ns > ts).min_by_key(|n| n.from_ns);
+        let topic = match holds.or_else(before).or_else(after) {
+            Some(n) => n.topic.clone(),
+            None => id.to_string().into_bytes().into(),
+        };
+        Named { from_ns, to_ns, topic }
+    }
+}
+
+/// Midnight UTC of `date`, ns since the epoch (0 before it).
+fn date_ns(date: time::Date) -> u64 {
+    u64::try_from(date.midnight().assume_utc().unix_timestamp_nanos()).unwrap_or(0)
+}
+
+/// A symbol mapping record's instrument, span (`start_ts` to `end_ts`, either end open when
+/// undefined) and output symbol (the instrument's own, as the `dbn` crate's live symbol map
+/// takes it); `None` for a record that is not one of `T` or whose symbol is not UTF-8.
+fn mapping_of<T: dbn::compat::SymbolMappingRec>(rec: &dbn::RecordRef) -> Option<(u32, u64, u64, String)> {
+    let m = rec.try_get::<T>().ok()?;
+    let ns = |t: Option<time::OffsetDateTime>| t.and_then(|t| u64::try_from(t.unix_timestamp_nanos()).ok());
+    let (from, to) = (ns(m.start_ts()).unwrap_or(0), ns(m.end_ts()).unwrap_or(u64::MAX));
+    Some((rec.header().instrument_id, from, to, m.stype_out_symbol().ok()?.to_string()))
+}
+
 /// Is `s` usable as an mdsub topic (printable ASCII, no spaces)?
 fn topic_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-/// instrument id → symbol from a file's symbology (either direction of mapping).
-fn add_symbols(meta: &Metadata, topics: &mut HashMap<u32, Box<[u8]>>) {
+/// instrument id → symbol from a file's symbology (either direction of mapping), each for the
+/// dates of its interval.
+fn add_symbols(meta: &Metadata, symbols: &mut Symbols) {
     for m in &meta.mappings {
         for iv in &m.intervals {
             let (id, sym) = match (iv.symbol.parse::<u32>(), m.raw_symbol.parse::<u32>()) {
@@ -558,9 +663,7 @@ fn add_symbols(meta: &Metadata, topics: &mut HashMap<u32, Box<[u8]>>) {
                 (_, Ok(id)) => (id, &iv.symbol),
                 _ => continue,
             };
-            if topic_ok(sym) {
-                topics.entry(id).or_insert_with(|| sym.as_bytes().into());
-            }
+            symbols.add(id, date_ns(iv.start_date), date_ns(iv.end_date), sym);
         }
     }
 }
@@ -571,7 +674,7 @@ impl DbnMerge {
         let mut m = DbnMerge {
             files: Vec::with_capacity(paths.len()),
             end_ns: Some(0),
-            topics: HashMap::new(),
+            symbols: Symbols::default(),
             refill: None,
             damage: Vec::new(),
             skipped: BTreeMap::new(),
@@ -588,9 +691,9 @@ impl DbnMerge {
                 }
             };
             let (mut f, meta) = DbnFile::open(p, kind)?;
-            add_symbols(&meta, &mut m.topics);
+            add_symbols(&meta, &mut m.symbols);
             m.end_ns = m.end_ns.zip(DbnFile::end_ns(&meta)).map(|(a, b)| a.max(b));
-            if let Err(e) = f.advance(&mut m.skipped) {
+            if let Err(e) = f.advance(&mut m.skipped, &mut m.symbols) {
                 m.damage.push(e);
             }
             m.files.push(f);
@@ -601,7 +704,7 @@ impl DbnMerge {
     /// The next record in receive-time order, or None when every file is done.
     pub fn next_record(&mut self) -> Option<DbnRecord<'_>> {
         if let Some(i) = self.refill.take() {
-            if let Err(e) = self.files[i].advance(&mut self.skipped) {
+            if let Err(e) = self.files[i].advance(&mut self.skipped, &mut self.symbols) {
                 self.damage.push(e);
             }
         }
@@ -615,7 +718,7 @@ impl DbnMerge {
         self.refill = Some(i);
         let f = &self.files[i];
         let id = u32::from_le_bytes([f.next[4], f.next[5], f.next[6], f.next[7]]);
-        let topic = self.topics.entry(id).or_insert_with(|| id.to_string().into_bytes().into());
+        let topic = self.symbols.topic(id, f.next_ts);
         Some(DbnRecord { topic, ts_recv_ns: f.next_ts, instrument_id: id, bytes: &f.next })
     }
 
@@ -674,9 +777,10 @@ impl DbnMerge {
         &self.skipped
     }
 
-    /// Symbols known from the files' symbology, by instrument id.
-    pub fn symbol(&self, instrument_id: u32) -> Option<&[u8]> {
-        self.topics.get(&instrument_id).map(|b| &b[..])
+    /// The topic of instrument `instrument_id` for a record received at `ts_ns`: its symbol from
+    /// the files' symbology (see [`DbnRecord::topic`]).
+    pub fn topic(&mut self, instrument_id: u32, ts_ns: u64) -> &[u8] {
+        self.symbols.topic(instrument_id, ts_ns)
     }
 }
 
@@ -795,6 +899,30 @@ mod tests {
         let why = outside_span(DAY_NS + 10_001, (start, None), DAY_NS + 10_000);
         assert!(why.is_some_and(|w| w.contains("more than a day after this replay began")));
         assert!(outside_span(UNDEF_TS, (start, None), by).is_some_and(|w| w.contains("undefined")));
+    }
+
+    /// A topic by receive time: the interval holding it (a later one where they overlap), else
+    /// the nearest before, else after, else the id; the answer kept for a span is dropped when
+    /// an interval is added.
+    #[test]
+    fn a_topic_is_the_symbol_of_its_time() {
+        let mut s = Symbols::default();
+        assert_eq!(s.topic(7, 5), b"7", "no symbology: the id");
+        s.add(7, 100, 200, "AAA");
+        assert_eq!(s.topic(7, 5), b"AAA", "before every interval: the first after");
+        s.add(7, 200, 300, "BBB");
+        s.add(7, 250, 260, "CCC");
+        let at = |s: &mut Symbols, ts| String::from_utf8(s.topic(7, ts).to_vec()).expect("utf8");
+        assert_eq!(
+            [at(&mut s, 150), at(&mut s, 200), at(&mut s, 255), at(&mut s, 260), at(&mut s, 999)],
+            ["AAA", "BBB", "CCC", "BBB", "BBB"]
+        );
+        assert_eq!(at(&mut s, 150), "AAA", "back again");
+        s.add(7, 0, 1000, "DDD");
+        assert_eq!(at(&mut s, 150), "DDD", "a later interval wins");
+        s.add(8, 5, 5, "EEE");
+        assert_eq!(at(&mut s, 5), "DDD");
+        assert_eq!(s.topic(8, 5), b"8", "an empty interval names nothing");
     }
 
     #[test]

@@ -1302,7 +1302,14 @@ fn say_dbn_refusals(say: bool, d: &mut DbnCursor) {
             said_rtypes.push(*rt);
             if say {
                 crate::diag!(
-                    "replay: refused (unreplayed_rtype): records of rtype 0x{rt:02x} are not replayed (skipped and counted)"
+                    "replay: refused (unreplayed_rtype): {} records (rtype 0x{rt:02x}) are not replayed (skipped and \
+                     counted){}",
+                    dbn::RType::try_from(*rt).map_or("unknown", |t| t.as_str()),
+                    if *rt == dbn::rtype::SYMBOL_MAPPING {
+                        "; the symbols they give name the topics of the records they map"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

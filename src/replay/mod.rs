@@ -271,7 +271,7 @@ pub struct ReplayStats {
     #[serde(skip_serializing_if = "is_zero")]
     pub eos_resent: u64,
     /// How long the end of stream waited for its confirmation, s (the longest of the sending
-    /// threads'; in `elapsed_s`): 0 with no subscriber that ends at one, or `--eos-wait 0`.
+    /// threads'; in `elapsed_s`): 0 with no subscriber that ends at one, or `--eos-wait 0s`.
     pub eos_wait_s: f64,
     /// CPU time of the sending thread(s) (not libzmq's I/O threads), ns.
     pub cpu_ns: u64,
