@@ -5,6 +5,9 @@
 //! (rustfmt closes a top-level module with a `}` in column 0), so test code may use
 //! whatever it needs. It is a text scan, not a compiler: an import renamed away from the
 //! names below would pass it (a reviewer's job).
+//!
+//! Last, the command docs: every command `mdsub --help` lists has a row in README's command table
+//! and a `## mdsub COMMAND` section in docs/COMMANDS.md, in the same order, and README stays short.
 
 use std::path::{Path, PathBuf};
 
@@ -360,4 +363,94 @@ fn the_scan_sees_code_and_skips_comments_and_test_modules() {
     let text = "use a;\n// thread::spawn in a comment\nfn f() {}\n#[cfg(test)]\nmod tests {\n    fn g() { std::thread::spawn(|| ()); }\n}\nfn after() {}\n";
     let lines: Vec<String> = code_lines(text).into_iter().map(|(_, l)| l).collect();
     assert_eq!(lines, ["use a;", "fn f() {}", "fn after() {}"]);
+}
+
+// ---- The command docs: README's table and docs/COMMANDS.md follow `mdsub --help` ----
+
+/// The commands `mdsub --help` lists (its `Commands:` block, `help` left out), in its order.
+fn commands_in_help() -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdsub")).arg("--help").output().expect("run mdsub --help");
+    assert!(out.status.success(), "mdsub --help exited {}", out.status);
+    commands_in_help_text(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn commands_in_help_text(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// The commands a markdown text gives a `## mdsub COMMAND` section, in its order.
+fn command_sections(md: &str) -> Vec<String> {
+    md.lines().filter_map(|l| l.strip_prefix("## mdsub ")).map(|c| c.trim().to_string()).collect()
+}
+
+/// The commands README's `## Commands` table has a row for (`` `mdsub COMMAND` `` in the row's
+/// first cell), in its order.
+fn readme_table_commands(readme: &str) -> Vec<String> {
+    readme
+        .lines()
+        .skip_while(|l| l.trim() != "## Commands")
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with('|'))
+        .filter_map(|row| row.split('|').nth(1))
+        .filter_map(|cell| cell.split("`mdsub ").nth(1)?.split('`').next())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+fn read_doc(rel: &str) -> String {
+    let path = format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// README stays a way in (quick start, what it is, one line per command, the jobs); the full
+/// reference is docs/COMMANDS.md. README had grown to 11 183 words, its table rows to 6 700
+/// characters.
+const README_MAX_WORDS: usize = 4500;
+
+#[test]
+fn every_command_has_a_readme_row_and_a_commands_md_section_and_readme_stays_short() {
+    let commands = commands_in_help();
+    assert!(commands.len() >= 10, "read too few commands from mdsub --help: {commands:?}");
+    let readme = read_doc("README.md");
+    let reference = read_doc("docs/COMMANDS.md");
+    let rows = readme_table_commands(&readme);
+    let sections = command_sections(&reference);
+    let mut missing = Vec::new();
+    for c in &commands {
+        if !rows.contains(c) {
+            missing.push(format!("`mdsub {c}` has no row in README's `## Commands` table"));
+        }
+        if !sections.contains(c) {
+            missing.push(format!("`mdsub {c}` has no `## mdsub {c}` section in docs/COMMANDS.md"));
+        }
+    }
+    for c in rows.iter().chain(&sections) {
+        if !commands.contains(c) {
+            missing.push(format!("`mdsub {c}` is documented but not in mdsub --help"));
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+    assert_eq!(sections, rows, "docs/COMMANDS.md's sections are in the order of README's table");
+    let words = readme.split_whitespace().count();
+    assert!(
+        words < README_MAX_WORDS,
+        "README.md has {words} words (at most {README_MAX_WORDS}): move detail to docs/COMMANDS.md or the doc it belongs in"
+    );
+}
+
+#[test]
+fn the_command_doc_readers_read_what_they_are_given() {
+    let help = "Usage: mdsub [OPTIONS] <COMMAND>\n\nCommands:\n  demo    Replay\n  top     Dash\n  help    Print\n\nOptions:\n      --log-time\n";
+    assert_eq!(commands_in_help_text(help), ["demo", "top"]);
+    let readme = "## Commands\n\n| command | what |\n|---|---|\n| [`mdsub demo`](x) | a `mdsub top` mention |\n| `mdsub top` | t |\n\n## Exit codes\n| `mdsub info` | not the table |\n";
+    assert_eq!(readme_table_commands(readme), ["demo", "top"]);
+    assert_eq!(command_sections("# x\n## mdsub demo\ntext\n### sub\n## mdsub top\n## Exit codes\n"), ["demo", "top"]);
 }

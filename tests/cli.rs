@@ -242,8 +242,8 @@ fn interrupted_replay(extra: &[&str], wait: impl FnOnce(&LineProc)) -> (Option<i
 
 #[test]
 fn an_interrupted_replay_prints_its_result_and_exits_0_waiting_or_sending() {
-    // One rule for a replay stopped by Ctrl-C (README, "Exit codes"): its result so far, marked
-    // interrupted, exit 0. Before, stopped while waiting for subscribers it said `mdsub:
+    // One rule for a replay stopped by Ctrl-C (docs/COMMANDS.md, "Ctrl-C and SIGTERM"): its result so
+    // far, marked interrupted, exit 0. Before, stopped while waiting for subscribers it said `mdsub:
     // interrupted` and exited 130 with nothing on stdout; a moment later, sending, it printed
     // its result and exited 0.
     let (code, r, said) = interrupted_replay(&["--count", "10", "--wait-timeout", "60s"], |p| {

@@ -722,7 +722,7 @@ impl Shard {
     /// connection that subscribed to nothing (a probe, a SUB that has not subscribed yet)
     /// passes over: after that first counted drop, libzmq skips the proxy's pipe in silence
     /// until it drains, and those messages are missing from `dropped_at_hwm` (the subscribers
-    /// behind the proxy count them as gaps). README (`--lossy`) says so.
+    /// behind the proxy count them as gaps). docs/COMMANDS.md (`--lossy`) says so.
     fn passes_over(&self) -> bool {
         self.subscribers > 1 && self.connections > 1
     }
