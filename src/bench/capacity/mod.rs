@@ -579,11 +579,12 @@ pub fn describe_sla(sla: &Sla) -> String {
 }
 
 /// A note when a run at `rate` msg/s held for `hold` measures too few messages for the highest
-/// percentile the pass rule or the tables use (below max) to mean more than the largest few
-/// values: fewer than 10 values above it. The search's later trials run faster, so this is said
-/// for the start rate and for each knee.
+/// percentile the pass rule names (below max) to mean more than the largest few values: fewer
+/// than 10 values above it. The search's later trials run faster, so this is said for the start
+/// rate and for each knee. None for a pass rule of max alone (it is the largest value by
+/// definition): the tables' other percentiles judge nothing.
 pub fn thin_percentile_note(sla: &Sla, rate: f64, hold: Duration) -> Option<String> {
-    let q = sla.points.iter().map(|p| p.quantile).chain(REPORTED).filter(|&q| q < 1.0).fold(0.0, f64::max);
+    let q = sla.points.iter().map(|p| p.quantile).filter(|&q| q < 1.0).reduce(f64::max)?;
     let samples = rate * hold.as_secs_f64();
     let above = samples * (1.0 - q);
     (above < 10.0).then(|| {
@@ -1709,7 +1710,7 @@ mod tests {
     #[test]
     fn a_percentile_resting_on_the_few_largest_values_is_said() {
         // The audit's capacity run judged p99.9 on ~1 000 messages a run: the largest one.
-        let sla = Sla { points: vec![SlaPoint { quantile: 0.99, budget_ns: 1 }], ..Sla::default() };
+        let sla = Sla { points: vec![SlaPoint { quantile: 0.999, budget_ns: 1 }], ..Sla::default() };
         let note = thin_percentile_note(&sla, 2000.0, Duration::from_millis(500)).expect("thin");
         assert!(note.contains("~1000 messages a run, so p99.9 is the largest of them"), "{note}");
         assert!(note.contains("a hold of 5.0s or more"), "{note}");
@@ -1726,6 +1727,24 @@ mod tests {
         assert_eq!(thin_percentile_note(&sla, 10_000.0, Duration::from_secs(2)), None, "20 above p99.9");
         let deeper = Sla { points: vec![SlaPoint { quantile: 0.9999, budget_ns: 1 }], ..Sla::default() };
         assert!(thin_percentile_note(&deeper, 10_000.0, Duration::from_secs(2)).is_some_and(|n| n.contains("p99.99")));
+    }
+
+    /// The note speaks of the percentiles the pass rule names: before, an SLA of p99 alone was
+    /// told `p99.9 is the largest of them` (the tables' p99.9, which judges nothing), and at a
+    /// rate where its p99 rests on 5 values, nothing of p99.
+    #[test]
+    fn the_thin_percentile_note_names_the_sla_s_percentile() {
+        let p99 = Sla { points: vec![SlaPoint { quantile: 0.99, budget_ns: 1 }], ..Sla::default() };
+        let note = thin_percentile_note(&p99, 1000.0, Duration::from_millis(500)).expect("thin");
+        assert!(note.contains("~500 messages a run, so p99 is the ~5th largest"), "{note}");
+        assert!(!note.contains("p99.9"), "{note}");
+        // 20 above p99: not thin, whatever p99.9 would rest on.
+        assert_eq!(thin_percentile_note(&p99, 2000.0, Duration::from_secs(1)), None);
+        // Max alone is the largest by definition: nothing to say.
+        let max = Sla { points: vec![SlaPoint { quantile: 1.0, budget_ns: 1 }], ..Sla::default() };
+        assert_eq!(thin_percentile_note(&max, 100.0, Duration::from_millis(100)), None);
+        let both = Sla { points: vec![SlaPoint { quantile: 1.0, budget_ns: 1 }, p99.points[0]], ..Sla::default() };
+        assert!(thin_percentile_note(&both, 1000.0, Duration::from_millis(500)).is_some_and(|n| n.contains("p99 is")));
     }
 
     #[test]
