@@ -173,6 +173,20 @@ pub struct CapacityConfig {
     /// The results folder is made inside this directory.
     pub out_dir: PathBuf,
     pub publisher: PublisherSide,
+    /// Configurations searched from their own first rate (`--start-rate NAME=RATE`), not
+    /// `search.start_rate`.
+    pub start_rates: Vec<(String, u64)>,
+    /// The words of the command that started this run (`mdsub capacity …`), for the command a
+    /// stopped run prints to carry on; empty: only the `--start-rate` flags are printed.
+    pub command: Vec<String>,
+}
+
+impl CapacityConfig {
+    /// The search of the configuration `name`: `search`, from its own first rate if it has one.
+    pub fn search_of(&self, name: &str) -> SearchConfig {
+        let start_rate = self.start_rates.iter().find(|(n, _)| n == name).map_or(self.search.start_rate, |s| s.1);
+        SearchConfig { start_rate, ..self.search.clone() }
+    }
 }
 
 /// What the run tells its caller as it goes (for a progress display).
@@ -377,6 +391,11 @@ pub struct CapacityExtra {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_winner_detail: Option<String>,
     pub winner_profile: Option<PathBuf>,
+    /// The command that carries on the searches stopped before their knee was found (the time
+    /// cap, Ctrl-C, a trial that could not run): this run's own, each stopped configuration
+    /// given the rate it carries on from ([`carry_on_command`]). Absent when none was stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carry_on: Option<String>,
     pub elapsed_s: f64,
 }
 
@@ -428,6 +447,53 @@ impl NoWinner {
             NoWinner::Undecided => "no configuration is known to be the best",
         }
     }
+}
+
+/// The command that carries on each stopped search from its rate (`stopped`: name, rate):
+/// `command`'s words, shell-quoted, with `--start-rate` given for each: the plain
+/// `--start-rate RATE` when the run has `only` one configuration (every `--start-rate` of the
+/// command dropped), else `--start-rate 'NAME=RATE'` (a `--start-rate` of the command naming it
+/// dropped, the others kept: the configurations not stopped start where they did). None when
+/// nothing was stopped.
+pub fn carry_on_command(command: &[String], stopped: &[(&str, u64)], only: bool) -> Option<String> {
+    if stopped.is_empty() {
+        return None;
+    }
+    // A `--start-rate` value the carry-on replaces: any when there is one configuration, else one
+    // naming a stopped configuration (the name is all before the last `=`).
+    let replaced = |v: &str| only || v.rsplit_once('=').is_some_and(|(n, _)| stopped.iter().any(|s| s.0 == n));
+    let mut words: Vec<String> = Vec::with_capacity(command.len() + 2 * stopped.len());
+    let mut it = command.iter();
+    while let Some(w) = it.next() {
+        if let Some(v) = w.strip_prefix("--start-rate=") {
+            if !replaced(v) {
+                words.push(w.clone());
+            }
+        } else if w == "--start-rate" {
+            match it.next() {
+                Some(v) if replaced(v) => {}
+                Some(v) => words.extend([w.clone(), v.clone()]),
+                None => words.push(w.clone()),
+            }
+        } else {
+            words.push(w.clone());
+        }
+    }
+    for &(name, rate) in stopped {
+        words.push("--start-rate".into());
+        words.push(if only { rate.to_string() } else { format!("{name}={rate}") });
+    }
+    Some(words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" "))
+}
+
+/// `word` as a POSIX shell reads it back as one word: as it is when it has only characters no
+/// shell treats specially, else in single quotes (a `'` in it as `'\''`).
+fn shell_word(word: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+%@".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.into();
+    }
+    format!("'{}'", word.replace('\'', "'\\''")).into()
 }
 
 /// Why a configuration's search does not count for the winner: None when it found its knee to
@@ -709,7 +775,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     let mut failure: Option<anyhow::Error> = None;
     for (ci, c) in cfg.configurations.iter().enumerate() {
         let hash = c.hash();
-        let mut search = Search::new(cfg.search.clone());
+        let mut search = Search::new(cfg.search_of(&c.name));
         let mut trials: Vec<TrialRecord> = Vec::new();
         while let Next::Trial { rate, purpose } = search.next() {
             let left_here = search.trials_left_estimate();
@@ -838,6 +904,8 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             (None, Some(kind), Some(which.join("; ")))
         }
     };
+    let start_rates: serde_json::Map<String, serde_json::Value> =
+        cfg.start_rates.iter().map(|(n, r)| (n.clone(), (*r).into())).collect();
     let settings = serde_json::json!({
         "sla": describe_sla(&cfg.sla),
         "warmup_s": cfg.warmup.as_secs_f64(),
@@ -846,6 +914,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "payload_bytes": cfg.feed.payload_bytes,
         "symbols": cfg.feed.symbols,
         "start_rate": cfg.search.start_rate,
+        "start_rates": start_rates,
         "tolerance": cfg.search.tolerance,
         "max_rate": cfg.search.max_rate,
         "time_cap_s": cfg.time_cap.as_secs_f64(),
@@ -853,6 +922,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "interrupted": stop.is_stopped(),
     });
     let (runs, medians, ratios) = envelope(&results, winner.as_deref());
+    let stopped: Vec<(&str, u64)> =
+        results.iter().filter_map(|r| r.carry_on_from.map(|n| (r.name.as_str(), n))).collect();
+    let carry_on = carry_on_command(&cfg.command, &stopped, cfg.configurations.len() == 1);
     let mut result = CapacityResult {
         kind: "capacity",
         machine,
@@ -868,6 +940,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             no_winner,
             no_winner_detail,
             winner_profile: None,
+            carry_on,
             elapsed_s: started.elapsed().as_secs_f64(),
         },
         error: failure.as_ref().map(crate::diag::error_line),
@@ -879,13 +952,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             .map_err(|j| (j, false))
             .and_then(|()| write_file(&folder.join("summary.md"), &summary_md(&result)).map_err(|m| (m, true)));
         made.keep();
-        let carry_on: Vec<String> = result
-            .extra
-            .configurations
-            .iter()
-            .filter_map(|r| r.carry_on_from.map(|n| format!("--start-rate {n} for `{}`", r.name)))
-            .collect();
-        return Err(failed_after(e, done, &carry_on, &folder, written.err()));
+        return Err(failed_after(e, done, result.extra.carry_on.as_deref(), &folder, written.err()));
     }
     if let Some(w) = &winner {
         let (c, r) = cfg
@@ -960,12 +1027,12 @@ fn winner_of(results: &[ConfigResult], tolerance: f64) -> Result<&ConfigResult, 
 /// summary is (or that it could not be written, and then that the trials printed are all that is
 /// left: `unwritten` is the write that failed and whether summary.json was written before it),
 /// then the trial's failure. A write that failed for the trial's own cause (a full disk) does
-/// not say it again. `carry_on` is where each stopped search carries on from (`--start-rate N
-/// for `NAME``), which only the summary said.
+/// not say it again. `carry_on` is the command that carries the stopped searches on
+/// ([`carry_on_command`]), which only the summary said.
 fn failed_after(
     e: anyhow::Error,
     done: usize,
-    carry_on: &[String],
+    carry_on: Option<&str>,
     folder: &Path,
     unwritten: Option<(anyhow::Error, bool)>,
 ) -> anyhow::Error {
@@ -979,8 +1046,8 @@ fn failed_after(
         }
     };
     let trials = match carry_on {
-        [] => format!("stopped after {done} finished trial(s)"),
-        _ => format!("stopped after {done} finished trial(s) (carry on with {})", carry_on.join(", ")),
+        None => format!("stopped after {done} finished trial(s)"),
+        Some(c) => format!("stopped after {done} finished trial(s) (carry on: {c})"),
     };
     let kept = match unwritten {
         None => format!("{trials}, summarised in {} (summary.md, summary.json)", folder.display()),
@@ -1141,9 +1208,11 @@ pub fn summary_md(r: &CapacityResult) -> String {
     }
     for c in &r.extra.configurations {
         if let Some(rate) = c.carry_on_from {
-            let _ =
-                writeln!(s, "- `{}` stopped before its knee was found: carry on with `--start-rate {rate}`", c.name);
+            let _ = writeln!(s, "- `{}` stopped before its knee was found: carry on from {rate} msg/s", c.name);
         }
+    }
+    if let Some(command) = &r.extra.carry_on {
+        let _ = writeln!(s, "- carry on: `{command}`");
     }
     if let Some(failed) = &r.error {
         let _ = writeln!(s, "- the run stopped on a trial that could not run: {failed}");
@@ -1633,6 +1702,7 @@ mod tests {
                 no_winner: None,
                 no_winner_detail: None,
                 winner_profile,
+                carry_on: None,
                 elapsed_s: 1.0,
             },
             error: None,
@@ -1705,6 +1775,30 @@ mod tests {
             folder_contents(&result(&c, Some(PathBuf::from("out/winner.toml")))),
             "summary.md, summary.json, capacity.svg, winner.toml, 6 .hlog/.hgrm of 3 trial(s)"
         );
+    }
+
+    #[test]
+    fn the_carry_on_command_gives_each_stopped_configuration_its_rate() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        // Before: one `--start-rate` for every configuration, and the line said
+        // `--start-rate 1000 for `a``, which no command takes.
+        let cmd = words("mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --start-rate=b=700 --json");
+        let stopped = [("builtin handler=work:20000", 2500), ("b", 1000)];
+        assert_eq!(
+            carry_on_command(&cmd, &stopped, false).as_deref(),
+            Some(
+                "mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --json --start-rate \
+                 'builtin handler=work:20000=2500' --start-rate b=1000"
+            )
+        );
+        // One configuration: the plain form, every earlier `--start-rate` dropped.
+        let one = words("mdsub capacity --start-rate 5k --start-rate=a=10 --out it's");
+        assert_eq!(
+            carry_on_command(&one, &[("a", 1000)], true).as_deref(),
+            Some("mdsub capacity --out 'it'\\''s' --start-rate 1000")
+        );
+        assert_eq!(carry_on_command(&cmd, &[], false), None, "nothing stopped");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]
