@@ -586,7 +586,7 @@ impl Session {
     /// data ends that session only: under an id two publishers share, the other's sessions go
     /// on, and their frames are in no count of its. For an id one publisher has, nothing else
     /// changes: its one current session is the one a live end of stream ends (one it replaced
-    /// that ends after all says the id is shared, [`SequenceTracker::revive`]).
+    /// heard live again says the id is shared, [`SequenceTracker::revive`]).
     fn speaks_for_its_id(&self) -> bool {
         self.eos_seen && !self.live_seen
     }
@@ -1187,12 +1187,13 @@ impl SequenceTracker {
         i
     }
 
-    /// A frame (live data or an end of stream) of session `i`, which is not
+    /// A frame (live data; an end of stream of one never replaced) of session `i`, which is not
     /// current: `(i, restarted)`. One that a later session replaced is alive
     /// after all: two publishers share its id. Its replacement's unended count is
     /// taken back, the id is said once, and from now on its sessions are tracked
-    /// side by side. The restart the replacement counted stays counted: `restarts`
-    /// is a counter, live on /metrics, and a counter that went back would read as
+    /// side by side (a replaced session's late end of stream is no such sign:
+    /// [`SequenceTracker::end_session`]). The restart the replacement counted stays counted:
+    /// `restarts` is a counter, live on /metrics, and a counter that went back would read as
     /// a reset there; `id_conflicts` says what it was. One that never was current
     /// (known from a cache's values, or from its end of stream) takes over.
     fn revive(&mut self, i: usize, live: bool) -> (usize, bool) {
@@ -1201,15 +1202,7 @@ impl SequenceTracker {
         };
         let restarted = match self.sessions[i].replaced.take() {
             Some(r) => {
-                if let Some(n) = r.unended_sent {
-                    if r.unended_in_totals {
-                        self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
-                        self.totals.unended_sent = self.totals.unended_sent.saturating_sub(n);
-                    } else {
-                        let pending = &mut self.publishers[p].pending_unended;
-                        *pending = (pending.0.saturating_sub(1), pending.1.saturating_sub(n));
-                    }
-                }
+                self.take_back_unended(p, r);
                 self.mark_shared(p, self.sessions[i].session_id);
                 false
             }
@@ -1220,6 +1213,20 @@ impl SequenceTracker {
         };
         self.sessions[i].current = true;
         (i, restarted)
+    }
+
+    /// What replacing one of publisher `p`'s sessions counted as unended (`r`) is taken back: it
+    /// did not end unended (it came back, or its end of stream came late).
+    fn take_back_unended(&mut self, p: usize, r: Replaced) {
+        if let Some(n) = r.unended_sent {
+            if r.unended_in_totals {
+                self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
+                self.totals.unended_sent = self.totals.unended_sent.saturating_sub(n);
+            } else {
+                let pending = &mut self.publishers[p].pending_unended;
+                *pending = (pending.0.saturating_sub(1), pending.1.saturating_sub(n));
+            }
+        }
     }
 
     /// Publisher `p`'s id is shared (session `back` came back beside its current one):
@@ -1303,16 +1310,28 @@ impl SequenceTracker {
     /// publisher (no restart: a verbatim capture replay ends its stream of
     /// recorded frames with one of its own, under the recorded publisher id);
     /// it is kept beside them, so that a repeat counts once. The end of a
-    /// session that a later one replaced says it was alive after all (as
-    /// [`SequenceTracker::revive`] says).
+    /// session that a later one replaced came late (its publisher restarted, and the old
+    /// session's end of stream arrived behind the new one's data): it ends that session, whose
+    /// unended count is taken back (its end of stream counts it), and says nothing of a second
+    /// publisher under the id (only its live data would, [`SequenceTracker::revive`]).
     fn end_session(&mut self, h: &Header) -> Option<usize> {
         match self.find(h) {
-            Some(i) if self.sessions[i].replaced.is_none() => {
+            Some(i) => {
                 self.tick += 1;
                 self.sessions[i].heard = self.tick;
+                if let Some(r) = self.sessions[i].replaced {
+                    let p = self.publisher_of(h.publisher_id)?;
+                    if !self.sessions[i].eos_seen {
+                        self.take_back_unended(p, r);
+                        // Counted by its end of stream now, not to its last arrived message;
+                        // still replaced, so a live frame of it after all says the id is shared.
+                        self.sessions[i].replaced = Some(Replaced { unended_sent: None, ..r });
+                        // Ended: no frame of it is to come, so its topics are not needed.
+                        self.topics -= std::mem::take(&mut self.sessions[i].topics).len();
+                    }
+                }
                 return Some(i);
             }
-            Some(_) => return self.session(h, false).ok().map(|(i, _)| i),
             None if !self.has_live_current(h.publisher_id) => return self.session(h, false).ok().map(|(i, _)| i),
             None => {}
         }
@@ -2853,6 +2872,52 @@ mod tests {
         assert!(t.on_data(&h(1, 10, 1, 1), b"A").restart);
         assert_eq!(t.totals().restarts, 1);
         assert_eq!(t.take_id_conflict(), None);
+    }
+
+    /// A publisher restarted (session 9, then 10) and its old session's end of stream arrived
+    /// behind the new one's data (it took another path, or a proxy held it): before, that said
+    /// the id was shared (`id_conflicts` 1, the old session taken up again beside the new one).
+    /// It is the old session's end: no conflict, the restart stays one, the totals exact, and the
+    /// id still one publisher's (its next session is a restart too), whenever the sweeps come.
+    #[test]
+    fn a_late_end_of_stream_of_a_restarted_session_is_no_shared_id() {
+        for full in [true, false] {
+            let (mut t, clock) = forgetting(FORGET_NS);
+            feed(&mut t, 1, 9, 1..=5, b"A");
+            t.sweep(clock.advance_ms(100));
+            assert!(t.on_data(&h(1, 10, 1, 1), b"A").restart, "full={full}");
+            feed(&mut t, 1, 10, 2..=3, b"A");
+            t.sweep(clock.advance_ms(100));
+            // Session 9 sent 6: its last message was lost, and its end of stream says so.
+            assert!(t.on_end_of_stream(&h(1, 9, 6, 0), 6), "full={full}");
+            assert!(!t.on_end_of_stream(&h(1, 9, 6, 0), 6), "full={full}: a repeat counts once");
+            t.sweep(clock.advance_ms(100));
+            let tot = t.totals();
+            assert_eq!((tot.id_conflicts, tot.restarts), (0, 1), "full={full}: {tot:?}");
+            assert_eq!(t.take_id_conflict(), None, "full={full}");
+            assert!(t.any_open(), "full={full}: session 10 goes on");
+            assert!(t.on_end_of_stream(&h(1, 10, 3, 0), 3));
+            assert!(!t.any_open(), "full={full}");
+            t.close();
+            let tot = t.totals();
+            assert_eq!(
+                (tot.sent(), tot.accepted, tot.unended_sessions, tot.eos_sessions, tot.eos_sent),
+                (9, 8, 0, 2, 9),
+                "full={full}: each session counted once, by its end of stream: {tot:?}"
+            );
+            if full {
+                assert_eq!(tot.gaps, 1, "session 9's last message: {tot:?}");
+            }
+            // Still one publisher's id: its next session is its restart, not a second publisher.
+            assert!(t.on_data(&h(1, 11, 1, 1), b"A").restart, "full={full}");
+            assert_eq!(t.totals().id_conflicts, 0, "full={full}");
+        }
+        // A live frame of the replaced session still says the id is shared.
+        let mut t = SequenceTracker::new(true);
+        feed(&mut t, 1, 9, 1..=5, b"A");
+        feed(&mut t, 1, 10, 1..=3, b"A");
+        t.on_data(&h(1, 9, 6, 6), b"A");
+        assert_eq!(t.totals().id_conflicts, 1);
     }
 
     #[test]
