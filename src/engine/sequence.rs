@@ -266,6 +266,9 @@ struct Session {
     from_start: bool,
     topics: TopicMap,
     eos_seen: bool,
+    /// Its end of stream came before any data of its own, live or a cache's values of it:
+    /// it speaks for other sessions' frames ([`Session::speaks_for_its_id`]).
+    ended_without_data: bool,
     /// A live frame (not from a cache) of this session arrived.
     live_seen: bool,
     /// Frames of it are judged as they come: it is its publisher's current
@@ -531,6 +534,7 @@ impl Session {
             from_start: h.stream_seq <= 1,
             topics: TopicMap::default(),
             eos_seen: false,
+            ended_without_data: false,
             live_seen: false,
             current: true,
             replaced: None,
@@ -580,15 +584,17 @@ impl Session {
         self.current && self.live_seen && !self.eos_seen && spoken <= self.heard
     }
 
-    /// Its end of stream came and no live data of it did: it speaks for the other sessions of
-    /// its publisher id heard before it (a verbatim capture replay ends the recorded sessions
-    /// with an end of stream of its own, under the recorded id). The end of a session that sent
-    /// data ends that session only: under an id two publishers share, the other's sessions go
-    /// on, and their frames are in no count of its. For an id one publisher has, nothing else
-    /// changes: its one current session is the one a live end of stream ends (one it replaced
-    /// heard live again says the id is shared, [`SequenceTracker::revive`]).
+    /// Its end of stream came before any data of it (live or a cache's values of it), and no
+    /// live data of it came since: it speaks for the other sessions of its publisher id heard
+    /// before it (a verbatim capture replay ends the recorded sessions with an end of stream of
+    /// its own, under the recorded id). The end of a session that sent data (one known here only
+    /// from a cache's values of it too) ends that session only: under an id two publishers
+    /// share, the other's sessions go on, and their frames are in no count of its. For an id one
+    /// publisher has, nothing else changes: its one current session is the one a live end of
+    /// stream ends (one it replaced heard live again says the id is shared,
+    /// [`SequenceTracker::revive`]).
     fn speaks_for_its_id(&self) -> bool {
-        self.eos_seen && !self.live_seen
+        self.ended_without_data && !self.live_seen
     }
 
     /// Without an end of stream, and seen live from its first message (what
@@ -1872,9 +1878,12 @@ impl SequenceTracker {
             return false;
         }
         s.eos_seen = true;
-        if full && s.last_stream_seq == 0 {
-            // No data of its own, where every topic is taken (through a filter a session's data
-            // may all be filtered out): it speaks for other sessions' frames.
+        // No data of its own, live or cached (a session known only from a cache's values sent
+        // those): it speaks for other sessions' frames.
+        s.ended_without_data = s.last_stream_seq == 0 && s.topics.is_empty();
+        if full && s.ended_without_data {
+            // Of any id, where every topic is taken (through a filter a session's data may all
+            // be filtered out).
             self.spokesman_heard = s.heard;
         }
         // This publisher's own end, of a session it sent data in: its earlier
@@ -2918,6 +2927,37 @@ mod tests {
         feed(&mut t, 1, 10, 1..=3, b"A");
         t.on_data(&h(1, 9, 6, 6), b"A");
         assert_eq!(t.totals().id_conflicts, 1);
+    }
+
+    /// A session known here only from a cache's values of it (the subscriber joined through a
+    /// last-value cache as it ended) sent data: its end of stream ends it only. Before, it spoke
+    /// as a capture replay's does, for every session of its id heard before it and, every topic
+    /// taken, of any id: another publisher still sending was taken as ended (`any_open` false: a
+    /// shard ends there) and not counted at the close.
+    #[test]
+    fn an_end_of_stream_of_a_session_known_from_a_cache_speaks_for_no_other() {
+        for full in [true, false] {
+            let mut t = SequenceTracker::new(full);
+            feed(&mut t, 4, 9, 1..=5, b"A");
+            // Publisher 1, session 20: two values from the cache, then its end of stream.
+            assert!(t.on_data(&cached(1, 20, 7, 3), b"B").accept);
+            assert!(t.on_data(&cached(1, 20, 8, 2), b"C").accept);
+            assert!(t.on_end_of_stream(&h(1, 20, 8, 0), 8));
+            assert!(t.any_open(), "full={full}: publisher 4 goes on");
+            t.close();
+            let tot = t.totals();
+            assert_eq!(
+                (tot.unended_sessions, tot.unended_sent, tot.eos_sent, tot.sent()),
+                (1, 5, 8, 13),
+                "full={full}: publisher 4 counted at the close: {tot:?}"
+            );
+            // Its own id's sessions too: one of publisher 1 heard live before stays open.
+            let mut t = SequenceTracker::new(full);
+            feed(&mut t, 1, 9, 1..=5, b"A");
+            t.on_data(&cached(1, 20, 7, 3), b"B");
+            assert!(t.on_end_of_stream(&h(1, 20, 8, 0), 8));
+            assert!(t.any_open(), "full={full}: session 9 never ended");
+        }
     }
 
     #[test]
