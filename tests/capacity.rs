@@ -348,6 +348,59 @@ fn capacity_on_tmpfs(
     Some((fs, code, stdout, stderr))
 }
 
+/// The command a stopped run printed to carry on (`carry on: COMMAND`).
+fn carry_on_line(stdout: &str) -> &str {
+    stdout.lines().find_map(|l| l.strip_prefix("carry on: ")).unwrap_or_else(|| panic!("no carry-on line: {stdout}"))
+}
+
+/// A run of two configurations stopped in the first (by the time cap) said `carry on with
+/// --start-rate N`: one rate for every configuration, where only the stopped one should carry
+/// on from N. It prints a command that, run as printed (by a shell: the name has a space and an
+/// `=`), searches that one from N (`--start-rate NAME=N`, its earlier one replaced), and the
+/// others from the first run's start.
+#[test]
+fn the_carry_on_command_runs_as_printed_each_configuration_from_its_own_rate() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-carry-on");
+    let settings = ["--warmup", "100ms", "--hold", "200ms", "--runs", "1", "--time-cap", "1s"];
+    let name = "builtin-2core handler=latency";
+    // Its own start (1500) above every other's (1000): where it carries on from is its own.
+    let own = format!("{name}=1500");
+    let search =
+        ["--vary", "handler=latency,work:1000", "--start-rate", &own, "--start-rate", "1000", "--sla", "p50=1s"];
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(search);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(5), "capped: {stdout}{stderr}");
+    assert!(stdout.contains(&format!("from 1000 msg/s (`{name}` from 1500), ")), "{stdout}");
+    let first = only_folder(&dir);
+    let saved = summary_json(&first);
+    let from = config(&saved, name)["carry_on_from"].as_u64().unwrap_or_else(|| panic!("stopped: {saved}"));
+    assert!(from >= 1500, "{saved}");
+    let command = carry_on_line(&stdout);
+    assert!(command.ends_with(&format!(" --sla p50=1s --start-rate '{name}={from}'")), "{command}");
+    assert_eq!(command.matches(&format!("'{name}=")).count(), 1, "its earlier start replaced: {command}");
+    assert!(command.contains(" --start-rate 1000 "), "the others' start kept: {command}");
+    assert_eq!(saved["carry_on"].as_str(), Some(command), "{saved}");
+    // As printed, through a shell (exec: the deadline ends mdsub itself).
+    let mut again = std::process::Command::new("sh");
+    again.arg("-c").arg(format!("exec {command}"));
+    let (code, stdout, stderr) = run_within("capacity carried on", &mut again, Duration::from_secs(60));
+    assert_eq!(code, Some(5), "capped again: {stdout}{stderr}");
+    assert!(stdout.contains(&format!("from 1000 msg/s (`{name}` from {from}), ")), "{stdout}");
+    let second = std::fs::read_dir(&dir)
+        .expect("the out dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir() && *p != first)
+        .expect("the second run's folder");
+    let carried = summary_json(&second);
+    assert_eq!(carried["settings"]["start_rates"], serde_json::json!({ name: from }), "{carried}");
+    let offered = trials(config(&carried, name))[0]["offered"].as_u64();
+    assert_eq!(offered, Some(from), "searched from where it stopped: {carried}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The one results folder a capacity run made in `out`.
 fn only_folder(out: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> =
@@ -393,16 +446,22 @@ fn a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials() {
         let error = stderr.lines().last().unwrap_or_default();
         let file = if inodes == 5 { "hgrm" } else { "hlog" };
         let cause = "configuration `builtin-2core`, 2000 msg/s, run 1: ";
+        // The command that carries on: this one, from the rate that passed.
+        let carry_on = format!(
+            "(carry on: {} capacity --out {} {} --sla p50=1s --start-rate 1000)",
+            env!("CARGO_BIN_EXE_mdsub"),
+            fs.dir.display(),
+            SHORT.join(" ")
+        );
         let head = match kept {
             "summary.json" => format!(
-                "mdsub: error: capacity: stopped after 1 finished trial(s) (carry on with --start-rate 1000 for \
-                 `builtin-2core`), summarised in {} (summary.md could not be written either): {cause}",
+                "mdsub: error: capacity: stopped after 1 finished trial(s) {carry_on}, summarised in {} (summary.md \
+                 could not be written either): {cause}",
                 folder.join("summary.json").display()
             ),
             _ => format!(
-                "mdsub: error: capacity: stopped after 1 finished trial(s) (carry on with --start-rate 1000 for \
-                 `builtin-2core`): no summary could be written in {} either, so the trials printed above are all \
-                 that is left: {cause}",
+                "mdsub: error: capacity: stopped after 1 finished trial(s) {carry_on}: no summary could be written in \
+                 {} either, so the trials printed above are all that is left: {cause}",
                 folder.display()
             ),
         };
@@ -824,7 +883,9 @@ fn a_time_cap_before_any_failure_is_a_lower_bound_not_a_winner() {
          least {highest} msg/s, nothing above it failed"
     );
     assert!(stdout.contains(&format!("\nwinner: none ({why})\n")), "{stdout}");
-    assert!(stdout.contains(&format!("carry on with --start-rate {highest}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("carry on from {highest} msg/s\n")), "{stdout}");
+    let command = carry_on_line(&stdout);
+    assert!(command.ends_with(&format!(" --sla p50=1s --start-rate {highest}")), "the start replaced: {command}");
     let (_, md) = assert_no_winner(&folder, "capped", &why);
     assert!(md.contains(&format!("| builtin-2core | {line} |")), "{md}");
 }
@@ -939,13 +1000,13 @@ fn a_grid_setting_given_twice_is_refused() {
 #[test]
 fn a_start_rate_below_the_lowest_offered_is_refused() {
     let dir = common::temp_dir("capacity-rate-0");
-    for flag in ["--start-rate", "--max-rate"] {
+    for (flag, value) in [("--start-rate", "<[NAME=]COUNT>"), ("--max-rate", "<COUNT>")] {
         let mut cmd = mdsub();
         cmd.args(["capacity", flag, "0", "--out"]).arg(&dir).args(SHORT);
         let (code, stdout, err) = run_within("capacity", &mut cmd, Duration::from_secs(20));
         assert_eq!(code, Some(2), "{stdout}{err}");
         assert!(
-            err.contains(&format!("'{flag} <COUNT>': at least 100 msg/s, the lowest rate the search offers")),
+            err.contains(&format!("'{flag} {value}': at least 100 msg/s, the lowest rate the search offers")),
             "{err}"
         );
         assert!(stdout.is_empty(), "nothing run: {stdout}");
@@ -1046,10 +1107,15 @@ fn ctrl_c_while_a_knee_is_narrowed_names_no_winner_and_where_to_carry_on() {
         "{c}"
     );
     assert!(stdout.contains(&format!("\nwinner: none ({none})\n")), "{stdout}{said:?}");
-    assert!(stdout.contains("\n    stopped before its knee was found: carry on with --start-rate 1000\n"), "{stdout}");
+    assert!(stdout.contains("\n    stopped before its knee was found: carry on from 1000 msg/s\n"), "{stdout}");
+    let command = carry_on_line(&stdout);
+    assert!(command.ends_with(" --sla p50=1s --start-rate 1000"), "{command}");
+    assert_eq!(saved["carry_on"].as_str(), Some(command), "{saved}");
     assert_eq!((saved["no_winner_detail"].as_str(), c["carry_on_from"].as_u64()), (Some(why), Some(1000)), "{saved}");
     assert!(
-        md.contains("- `builtin-2core` stopped before its knee was found: carry on with `--start-rate 1000`\n"),
+        md.contains(&format!(
+            "- `builtin-2core` stopped before its knee was found: carry on from 1000 msg/s\n- carry on: `{command}`\n"
+        )),
         "{md}"
     );
     assert!(!stdout.contains("winner.toml"), "{stdout}");

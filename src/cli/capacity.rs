@@ -66,11 +66,12 @@ pub struct CapacityArgs {
     /// Runs per trial, each with a fresh engine; medians are judged, the spread is reported.
     #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "3", value_name = "COUNT")]
     pub runs: usize,
-    /// The first rate offered (msg/s), 100 to 1000M; the search doubles from there until a
-    /// trial fails (and halves while the first ones fail, down to 100 msg/s, the last rate it
-    /// tries). To carry on a search that was stopped, give the rate it said.
-    #[arg(long, value_parser = parse_search_rate, default_value = "10k", value_name = "COUNT")]
-    pub start_rate: u64,
+    /// The first rate offered (msg/s), 100 to 1000M, default 10k; the search doubles from there
+    /// until a trial fails (and halves while the first ones fail, down to 100 msg/s, the last
+    /// rate it tries). `NAME=COUNT` gives the configuration NAME its own (repeat for more); a
+    /// stopped run prints the command that carries it on with them.
+    #[arg(long, value_parser = parse_start_rate, value_name = "[NAME=]COUNT")]
+    pub start_rate: Vec<StartRate>,
     /// Never offer more than this (msg/s), 100 to 1000M.
     #[arg(long, value_parser = parse_search_rate, value_name = "COUNT")]
     pub max_rate: Option<u64>,
@@ -156,6 +157,57 @@ pub fn parse_search_rate(s: &str) -> Result<u64, String> {
     }
 }
 
+/// One `--start-rate`: every configuration's first rate, or one configuration's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRate {
+    /// The configuration it is for (all before the last `=`: a name may hold one, as
+    /// `builtin handler=work:20000`); None for every configuration without its own.
+    pub name: Option<String>,
+    pub rate: u64,
+}
+
+/// `10k` or `NAME=10k` ([`StartRate`]).
+pub fn parse_start_rate(s: &str) -> Result<StartRate, String> {
+    match s.rsplit_once('=') {
+        Some((name, rate)) => {
+            Ok(StartRate { name: Some(name.to_string()), rate: in_part(s, rate, parse_search_rate)? })
+        }
+        None => Ok(StartRate { name: None, rate: parse_search_rate(s)? }),
+    }
+}
+
+/// The first rate of every configuration without its own, and each configuration's own, from
+/// `--start-rate`: the plain form at most once, each name once and one of `names`.
+fn start_rates(given: &[StartRate], names: &[&str]) -> Result<(u64, Vec<(String, u64)>), String> {
+    let mut global = None;
+    let mut own: Vec<(String, u64)> = Vec::new();
+    for g in given {
+        match &g.name {
+            None => {
+                if let Some(first) = global.replace(g.rate) {
+                    return Err(format!(
+                        "--start-rate given twice ({first} and {}): give every configuration's once, \
+                         and NAME=COUNT for one configuration's own",
+                        g.rate
+                    ));
+                }
+            }
+            Some(n) if !names.contains(&n.as_str()) => {
+                return Err(format!(
+                    "--start-rate {n}={}: no configuration is named `{n}`; the configurations: {}",
+                    g.rate,
+                    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                ))
+            }
+            Some(n) if own.iter().any(|o| &o.0 == n) => {
+                return Err(format!("--start-rate {n}=… given twice: give each configuration one first rate"))
+            }
+            Some(n) => own.push((n.clone(), g.rate)),
+        }
+    }
+    Ok((global.unwrap_or(SearchConfig::default().start_rate), own))
+}
+
 /// `--publisher-max-rate`: a rate the publisher can send, 1 msg/s or more.
 pub fn parse_rate_nonzero(s: &str) -> Result<u64, String> {
     match parse_rate(s)? {
@@ -204,16 +256,6 @@ pub fn exit_status(r: &CapacityResult) -> i32 {
 /// Run `mdsub capacity`.
 pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<CapacityResult> {
     capacity::check_time_cap(args.time_cap, args.warmup, args.hold, args.runs).map_err(super::UsageError)?;
-    // A start above the maximum was taken, said as `from START msg/s` (summary.json's
-    // `start_rate` too), while the search offered the maximum first.
-    if let Some(max) = args.max_rate.filter(|&m| m < args.start_rate) {
-        return Err(super::UsageError(format!(
-            "--start-rate {} is above --max-rate {max}: the search never offers more than the maximum; \
-             give a start at or below it",
-            args.start_rate
-        ))
-        .into());
-    }
     check_out_dir(&args.out)?;
     let names = if args.profiles.is_empty() { vec!["builtin".to_string()] } else { args.profiles.clone() };
     let mut bases = Vec::with_capacity(names.len());
@@ -237,6 +279,21 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     let host = crate::host::cores();
     // What the grid refuses is a --vary value (the base profiles were checked as they loaded).
     let configurations = expand_grid(&bases, &args.vary, &host).map_err(super::UsageError)?;
+    let names: Vec<&str> = configurations.iter().map(|c| c.name.as_str()).collect();
+    let (start_rate, own_start_rates) = start_rates(&args.start_rate, &names).map_err(super::UsageError)?;
+    // A start above the maximum was taken, said as `from START msg/s` (summary.json's
+    // `start_rate` too), while the search offered the maximum first.
+    let starts = std::iter::once((None, start_rate)).chain(own_start_rates.iter().map(|(n, r)| (Some(n), *r)));
+    for (name, rate) in starts {
+        if let Some(max) = args.max_rate.filter(|&m| m < rate) {
+            let flag = name.map_or(rate.to_string(), |n| format!("{n}={rate}"));
+            return Err(super::UsageError(format!(
+                "--start-rate {flag} is above --max-rate {max}: the search never offers more than the maximum; \
+                 give a start at or below it"
+            ))
+            .into());
+        }
+    }
     let mut points = args.sla.clone();
     // One percentile given two budgets was taken, both judged (`pass rule: p99 <= 1.00ms, p99 <=
     // 2.00ms`): the larger one never decided anything.
@@ -263,12 +320,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     let cfg = CapacityConfig {
         configurations,
         sla: Sla { points, loss_budget_msgs: args.loss_budget_msgs, ..Default::default() },
-        search: SearchConfig {
-            start_rate: args.start_rate,
-            tolerance: args.tolerance,
-            max_rate: args.max_rate,
-            ..Default::default()
-        },
+        search: SearchConfig { start_rate, tolerance: args.tolerance, max_rate: args.max_rate, ..Default::default() },
         warmup: args.warmup,
         hold: args.hold,
         runs: args.runs.max(1),
@@ -276,6 +328,8 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         time_cap: args.time_cap,
         out_dir: args.out.clone(),
         publisher,
+        start_rates: own_start_rates,
+        command: std::env::args_os().map(|w| w.to_string_lossy().into_owned()).collect(),
     };
     cfg.feed.check().map_err(|e| super::UsageError(format!("--symbols, --payload-bytes: {e}")))?;
     for c in &cfg.configurations {
@@ -299,15 +353,19 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             PublisherSide::Remote { control } => crate::outln!("publisher: another process, driven at {control}"),
         }
         crate::outln!(
-            "trials: {:?} warm-up + {:?} hold, {} run(s) each, from {} msg/s, tolerance {:.0}%, time cap {:?}",
+            "trials: {:?} warm-up + {:?} hold, {} run(s) each, from {} msg/s{}, tolerance {:.0}%, time cap {:?}",
             cfg.warmup,
             cfg.hold,
             cfg.runs,
             cfg.search.start_rate,
+            cfg.start_rates.iter().map(|(n, r)| format!(" (`{n}` from {r})")).collect::<String>(),
             cfg.search.tolerance * 100.0,
             cfg.time_cap
         );
-        if let Some(note) = capacity::thin_percentile_note(&cfg.sla, cfg.search.start_rate as f64, cfg.hold) {
+        // The lowest first rate measures the fewest messages.
+        let lowest = cfg.configurations.iter().map(|c| cfg.search_of(&c.name).start_rate).min();
+        let lowest = lowest.unwrap_or(cfg.search.start_rate);
+        if let Some(note) = capacity::thin_percentile_note(&cfg.sla, lowest as f64, cfg.hold) {
             crate::outln!("note: {note}");
         }
     }
@@ -396,7 +454,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             crate::outln!("    note: {note}");
         }
         if let Some(rate) = c.carry_on_from {
-            crate::outln!("    stopped before its knee was found: carry on with --start-rate {rate}");
+            crate::outln!("    stopped before its knee was found: carry on from {rate} msg/s");
         }
         if let Some(r) = c.outcome.rate_not_achieved_at {
             crate::outln!(
@@ -406,6 +464,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     }
     crate::outln!("publisher: {}", result.extra.publisher);
     crate::outln!("winner: {}", capacity::winner_text(&result));
+    if let Some(command) = &result.extra.carry_on {
+        crate::outln!("carry on: {command}");
+    }
     crate::outln!("results: {} ({})", result.extra.folder.display(), capacity::folder_contents(&result));
     Ok(result)
 }
@@ -477,6 +538,27 @@ mod tests {
         assert!(parse_search_rate("2000M").is_err_and(|e| e.starts_with("at most 1000M msg/s")));
         assert_eq!(parse_rate_nonzero("0"), Err("must be at least 1 msg/s".to_string()));
         assert_eq!(parse_rate_nonzero("1"), Ok(1));
+    }
+
+    #[test]
+    fn a_start_rate_is_every_configuration_s_or_one_s() {
+        // Before: one rate for every configuration, so a run stopped in one could not carry on.
+        let named = |n: &str, rate| StartRate { name: Some(n.to_string()), rate };
+        assert_eq!(parse_start_rate("5k"), Ok(StartRate { name: None, rate: 5000 }));
+        // The name is all before the last `=`: a grid's names hold one.
+        assert_eq!(parse_start_rate("builtin handler=work:20000=2500"), Ok(named("builtin handler=work:20000", 2500)));
+        assert_eq!(parse_start_rate("a=99"), Err("`99`: at least 100 msg/s, the lowest rate the search offers".into()));
+        let names = ["a", "b x=1"];
+        let given = [named("b x=1", 700), StartRate { name: None, rate: 2000 }];
+        assert_eq!(start_rates(&given, &names), Ok((2000, vec![("b x=1".to_string(), 700)])));
+        assert_eq!(start_rates(&[], &names), Ok((10_000, vec![])));
+        let twice = [StartRate { name: None, rate: 2000 }, StartRate { name: None, rate: 3000 }];
+        assert!(start_rates(&twice, &names).is_err_and(|e| e.starts_with("--start-rate given twice (2000 and 3000)")));
+        assert_eq!(
+            start_rates(&[named("c", 700)], &names),
+            Err("--start-rate c=700: no configuration is named `c`; the configurations: `a`, `b x=1`".into())
+        );
+        assert!(start_rates(&[named("a", 700), named("a", 800)], &names).is_err_and(|e| e.contains("given twice")));
     }
 
     #[test]

@@ -266,6 +266,9 @@ struct Session {
     from_start: bool,
     topics: TopicMap,
     eos_seen: bool,
+    /// Its end of stream came before any data of its own, live or a cache's values of it:
+    /// it speaks for other sessions' frames ([`Session::speaks_for_its_id`]).
+    ended_without_data: bool,
     /// A live frame (not from a cache) of this session arrived.
     live_seen: bool,
     /// Frames of it are judged as they come: it is its publisher's current
@@ -531,6 +534,7 @@ impl Session {
             from_start: h.stream_seq <= 1,
             topics: TopicMap::default(),
             eos_seen: false,
+            ended_without_data: false,
             live_seen: false,
             current: true,
             replaced: None,
@@ -580,15 +584,17 @@ impl Session {
         self.current && self.live_seen && !self.eos_seen && spoken <= self.heard
     }
 
-    /// Its end of stream came and no live data of it did: it speaks for the other sessions of
-    /// its publisher id heard before it (a verbatim capture replay ends the recorded sessions
-    /// with an end of stream of its own, under the recorded id). The end of a session that sent
-    /// data ends that session only: under an id two publishers share, the other's sessions go
-    /// on, and their frames are in no count of its. For an id one publisher has, nothing else
-    /// changes: its one current session is the one a live end of stream ends (one it replaced
-    /// that ends after all says the id is shared, [`SequenceTracker::revive`]).
+    /// Its end of stream came before any data of it (live or a cache's values of it), and no
+    /// live data of it came since: it speaks for the other sessions of its publisher id heard
+    /// before it (a verbatim capture replay ends the recorded sessions with an end of stream of
+    /// its own, under the recorded id). The end of a session that sent data (one known here only
+    /// from a cache's values of it too) ends that session only: under an id two publishers
+    /// share, the other's sessions go on, and their frames are in no count of its. For an id one
+    /// publisher has, nothing else changes: its one current session is the one a live end of
+    /// stream ends (one it replaced heard live again says the id is shared,
+    /// [`SequenceTracker::revive`]).
     fn speaks_for_its_id(&self) -> bool {
-        self.eos_seen && !self.live_seen
+        self.ended_without_data && !self.live_seen
     }
 
     /// Without an end of stream, and seen live from its first message (what
@@ -1187,12 +1193,13 @@ impl SequenceTracker {
         i
     }
 
-    /// A frame (live data or an end of stream) of session `i`, which is not
+    /// A frame (live data; an end of stream of one never replaced) of session `i`, which is not
     /// current: `(i, restarted)`. One that a later session replaced is alive
     /// after all: two publishers share its id. Its replacement's unended count is
     /// taken back, the id is said once, and from now on its sessions are tracked
-    /// side by side. The restart the replacement counted stays counted: `restarts`
-    /// is a counter, live on /metrics, and a counter that went back would read as
+    /// side by side (a replaced session's late end of stream is no such sign:
+    /// [`SequenceTracker::end_session`]). The restart the replacement counted stays counted:
+    /// `restarts` is a counter, live on /metrics, and a counter that went back would read as
     /// a reset there; `id_conflicts` says what it was. One that never was current
     /// (known from a cache's values, or from its end of stream) takes over.
     fn revive(&mut self, i: usize, live: bool) -> (usize, bool) {
@@ -1201,15 +1208,7 @@ impl SequenceTracker {
         };
         let restarted = match self.sessions[i].replaced.take() {
             Some(r) => {
-                if let Some(n) = r.unended_sent {
-                    if r.unended_in_totals {
-                        self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
-                        self.totals.unended_sent = self.totals.unended_sent.saturating_sub(n);
-                    } else {
-                        let pending = &mut self.publishers[p].pending_unended;
-                        *pending = (pending.0.saturating_sub(1), pending.1.saturating_sub(n));
-                    }
-                }
+                self.take_back_unended(p, r);
                 self.mark_shared(p, self.sessions[i].session_id);
                 false
             }
@@ -1220,6 +1219,20 @@ impl SequenceTracker {
         };
         self.sessions[i].current = true;
         (i, restarted)
+    }
+
+    /// What replacing one of publisher `p`'s sessions counted as unended (`r`) is taken back: it
+    /// did not end unended (it came back, or its end of stream came late).
+    fn take_back_unended(&mut self, p: usize, r: Replaced) {
+        if let Some(n) = r.unended_sent {
+            if r.unended_in_totals {
+                self.totals.unended_sessions = self.totals.unended_sessions.saturating_sub(1);
+                self.totals.unended_sent = self.totals.unended_sent.saturating_sub(n);
+            } else {
+                let pending = &mut self.publishers[p].pending_unended;
+                *pending = (pending.0.saturating_sub(1), pending.1.saturating_sub(n));
+            }
+        }
     }
 
     /// Publisher `p`'s id is shared (session `back` came back beside its current one):
@@ -1303,16 +1316,28 @@ impl SequenceTracker {
     /// publisher (no restart: a verbatim capture replay ends its stream of
     /// recorded frames with one of its own, under the recorded publisher id);
     /// it is kept beside them, so that a repeat counts once. The end of a
-    /// session that a later one replaced says it was alive after all (as
-    /// [`SequenceTracker::revive`] says).
+    /// session that a later one replaced came late (its publisher restarted, and the old
+    /// session's end of stream arrived behind the new one's data): it ends that session, whose
+    /// unended count is taken back (its end of stream counts it), and says nothing of a second
+    /// publisher under the id (only its live data would, [`SequenceTracker::revive`]).
     fn end_session(&mut self, h: &Header) -> Option<usize> {
         match self.find(h) {
-            Some(i) if self.sessions[i].replaced.is_none() => {
+            Some(i) => {
                 self.tick += 1;
                 self.sessions[i].heard = self.tick;
+                if let Some(r) = self.sessions[i].replaced {
+                    let p = self.publisher_of(h.publisher_id)?;
+                    if !self.sessions[i].eos_seen {
+                        self.take_back_unended(p, r);
+                        // Counted by its end of stream now, not to its last arrived message;
+                        // still replaced, so a live frame of it after all says the id is shared.
+                        self.sessions[i].replaced = Some(Replaced { unended_sent: None, ..r });
+                        // Ended: no frame of it is to come, so its topics are not needed.
+                        self.topics -= std::mem::take(&mut self.sessions[i].topics).len();
+                    }
+                }
                 return Some(i);
             }
-            Some(_) => return self.session(h, false).ok().map(|(i, _)| i),
             None if !self.has_live_current(h.publisher_id) => return self.session(h, false).ok().map(|(i, _)| i),
             None => {}
         }
@@ -1853,9 +1878,12 @@ impl SequenceTracker {
             return false;
         }
         s.eos_seen = true;
-        if full && s.last_stream_seq == 0 {
-            // No data of its own, where every topic is taken (through a filter a session's data
-            // may all be filtered out): it speaks for other sessions' frames.
+        // No data of its own, live or cached (a session known only from a cache's values sent
+        // those): it speaks for other sessions' frames.
+        s.ended_without_data = s.last_stream_seq == 0 && s.topics.is_empty();
+        if full && s.ended_without_data {
+            // Of any id, where every topic is taken (through a filter a session's data may all
+            // be filtered out).
             self.spokesman_heard = s.heard;
         }
         // This publisher's own end, of a session it sent data in: its earlier
@@ -2853,6 +2881,83 @@ mod tests {
         assert!(t.on_data(&h(1, 10, 1, 1), b"A").restart);
         assert_eq!(t.totals().restarts, 1);
         assert_eq!(t.take_id_conflict(), None);
+    }
+
+    /// A publisher restarted (session 9, then 10) and its old session's end of stream arrived
+    /// behind the new one's data (it took another path, or a proxy held it): before, that said
+    /// the id was shared (`id_conflicts` 1, the old session taken up again beside the new one).
+    /// It is the old session's end: no conflict, the restart stays one, the totals exact, and the
+    /// id still one publisher's (its next session is a restart too), whenever the sweeps come.
+    #[test]
+    fn a_late_end_of_stream_of_a_restarted_session_is_no_shared_id() {
+        for full in [true, false] {
+            let (mut t, clock) = forgetting(FORGET_NS);
+            feed(&mut t, 1, 9, 1..=5, b"A");
+            t.sweep(clock.advance_ms(100));
+            assert!(t.on_data(&h(1, 10, 1, 1), b"A").restart, "full={full}");
+            feed(&mut t, 1, 10, 2..=3, b"A");
+            t.sweep(clock.advance_ms(100));
+            // Session 9 sent 6: its last message was lost, and its end of stream says so.
+            assert!(t.on_end_of_stream(&h(1, 9, 6, 0), 6), "full={full}");
+            assert!(!t.on_end_of_stream(&h(1, 9, 6, 0), 6), "full={full}: a repeat counts once");
+            t.sweep(clock.advance_ms(100));
+            let tot = t.totals();
+            assert_eq!((tot.id_conflicts, tot.restarts), (0, 1), "full={full}: {tot:?}");
+            assert_eq!(t.take_id_conflict(), None, "full={full}");
+            assert!(t.any_open(), "full={full}: session 10 goes on");
+            assert!(t.on_end_of_stream(&h(1, 10, 3, 0), 3));
+            assert!(!t.any_open(), "full={full}");
+            t.close();
+            let tot = t.totals();
+            assert_eq!(
+                (tot.sent(), tot.accepted, tot.unended_sessions, tot.eos_sessions, tot.eos_sent),
+                (9, 8, 0, 2, 9),
+                "full={full}: each session counted once, by its end of stream: {tot:?}"
+            );
+            if full {
+                assert_eq!(tot.gaps, 1, "session 9's last message: {tot:?}");
+            }
+            // Still one publisher's id: its next session is its restart, not a second publisher.
+            assert!(t.on_data(&h(1, 11, 1, 1), b"A").restart, "full={full}");
+            assert_eq!(t.totals().id_conflicts, 0, "full={full}");
+        }
+        // A live frame of the replaced session still says the id is shared.
+        let mut t = SequenceTracker::new(true);
+        feed(&mut t, 1, 9, 1..=5, b"A");
+        feed(&mut t, 1, 10, 1..=3, b"A");
+        t.on_data(&h(1, 9, 6, 6), b"A");
+        assert_eq!(t.totals().id_conflicts, 1);
+    }
+
+    /// A session known here only from a cache's values of it (the subscriber joined through a
+    /// last-value cache as it ended) sent data: its end of stream ends it only. Before, it spoke
+    /// as a capture replay's does, for every session of its id heard before it and, every topic
+    /// taken, of any id: another publisher still sending was taken as ended (`any_open` false: a
+    /// shard ends there) and not counted at the close.
+    #[test]
+    fn an_end_of_stream_of_a_session_known_from_a_cache_speaks_for_no_other() {
+        for full in [true, false] {
+            let mut t = SequenceTracker::new(full);
+            feed(&mut t, 4, 9, 1..=5, b"A");
+            // Publisher 1, session 20: two values from the cache, then its end of stream.
+            assert!(t.on_data(&cached(1, 20, 7, 3), b"B").accept);
+            assert!(t.on_data(&cached(1, 20, 8, 2), b"C").accept);
+            assert!(t.on_end_of_stream(&h(1, 20, 8, 0), 8));
+            assert!(t.any_open(), "full={full}: publisher 4 goes on");
+            t.close();
+            let tot = t.totals();
+            assert_eq!(
+                (tot.unended_sessions, tot.unended_sent, tot.eos_sent, tot.sent()),
+                (1, 5, 8, 13),
+                "full={full}: publisher 4 counted at the close: {tot:?}"
+            );
+            // Its own id's sessions too: one of publisher 1 heard live before stays open.
+            let mut t = SequenceTracker::new(full);
+            feed(&mut t, 1, 9, 1..=5, b"A");
+            t.on_data(&cached(1, 20, 7, 3), b"B");
+            assert!(t.on_end_of_stream(&h(1, 20, 8, 0), 8));
+            assert!(t.any_open(), "full={full}: session 9 never ended");
+        }
     }
 
     #[test]

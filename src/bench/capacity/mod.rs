@@ -173,6 +173,20 @@ pub struct CapacityConfig {
     /// The results folder is made inside this directory.
     pub out_dir: PathBuf,
     pub publisher: PublisherSide,
+    /// Configurations searched from their own first rate (`--start-rate NAME=RATE`), not
+    /// `search.start_rate`.
+    pub start_rates: Vec<(String, u64)>,
+    /// The words of the command that started this run (`mdsub capacity …`), for the command a
+    /// stopped run prints to carry on; empty: only the `--start-rate` flags are printed.
+    pub command: Vec<String>,
+}
+
+impl CapacityConfig {
+    /// The search of the configuration `name`: `search`, from its own first rate if it has one.
+    pub fn search_of(&self, name: &str) -> SearchConfig {
+        let start_rate = self.start_rates.iter().find(|(n, _)| n == name).map_or(self.search.start_rate, |s| s.1);
+        SearchConfig { start_rate, ..self.search.clone() }
+    }
 }
 
 /// What the run tells its caller as it goes (for a progress display).
@@ -377,6 +391,11 @@ pub struct CapacityExtra {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_winner_detail: Option<String>,
     pub winner_profile: Option<PathBuf>,
+    /// The command that carries on the searches stopped before their knee was found (the time
+    /// cap, Ctrl-C, a trial that could not run): this run's own, each stopped configuration
+    /// given the rate it carries on from ([`carry_on_command`]). Absent when none was stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carry_on: Option<String>,
     pub elapsed_s: f64,
 }
 
@@ -428,6 +447,53 @@ impl NoWinner {
             NoWinner::Undecided => "no configuration is known to be the best",
         }
     }
+}
+
+/// The command that carries on each stopped search from its rate (`stopped`: name, rate):
+/// `command`'s words, shell-quoted, with `--start-rate` given for each: the plain
+/// `--start-rate RATE` when the run has `only` one configuration (every `--start-rate` of the
+/// command dropped), else `--start-rate 'NAME=RATE'` (a `--start-rate` of the command naming it
+/// dropped, the others kept: the configurations not stopped start where they did). None when
+/// nothing was stopped.
+pub fn carry_on_command(command: &[String], stopped: &[(&str, u64)], only: bool) -> Option<String> {
+    if stopped.is_empty() {
+        return None;
+    }
+    // A `--start-rate` value the carry-on replaces: any when there is one configuration, else one
+    // naming a stopped configuration (the name is all before the last `=`).
+    let replaced = |v: &str| only || v.rsplit_once('=').is_some_and(|(n, _)| stopped.iter().any(|s| s.0 == n));
+    let mut words: Vec<String> = Vec::with_capacity(command.len() + 2 * stopped.len());
+    let mut it = command.iter();
+    while let Some(w) = it.next() {
+        if let Some(v) = w.strip_prefix("--start-rate=") {
+            if !replaced(v) {
+                words.push(w.clone());
+            }
+        } else if w == "--start-rate" {
+            match it.next() {
+                Some(v) if replaced(v) => {}
+                Some(v) => words.extend([w.clone(), v.clone()]),
+                None => words.push(w.clone()),
+            }
+        } else {
+            words.push(w.clone());
+        }
+    }
+    for &(name, rate) in stopped {
+        words.push("--start-rate".into());
+        words.push(if only { rate.to_string() } else { format!("{name}={rate}") });
+    }
+    Some(words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" "))
+}
+
+/// `word` as a POSIX shell reads it back as one word: as it is when it has only characters no
+/// shell treats specially, else in single quotes (a `'` in it as `'\''`).
+fn shell_word(word: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+%@".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.into();
+    }
+    format!("'{}'", word.replace('\'', "'\\''")).into()
 }
 
 /// Why a configuration's search does not count for the winner: None when it found its knee to
@@ -579,11 +645,12 @@ pub fn describe_sla(sla: &Sla) -> String {
 }
 
 /// A note when a run at `rate` msg/s held for `hold` measures too few messages for the highest
-/// percentile the pass rule or the tables use (below max) to mean more than the largest few
-/// values: fewer than 10 values above it. The search's later trials run faster, so this is said
-/// for the start rate and for each knee.
+/// percentile the pass rule names (below max) to mean more than the largest few values: fewer
+/// than 10 values above it. The search's later trials run faster, so this is said for the start
+/// rate and for each knee. None for a pass rule of max alone (it is the largest value by
+/// definition): the tables' other percentiles judge nothing.
 pub fn thin_percentile_note(sla: &Sla, rate: f64, hold: Duration) -> Option<String> {
-    let q = sla.points.iter().map(|p| p.quantile).chain(REPORTED).filter(|&q| q < 1.0).fold(0.0, f64::max);
+    let q = sla.points.iter().map(|p| p.quantile).filter(|&q| q < 1.0).reduce(f64::max)?;
     let samples = rate * hold.as_secs_f64();
     let above = samples * (1.0 - q);
     (above < 10.0).then(|| {
@@ -708,7 +775,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     let mut failure: Option<anyhow::Error> = None;
     for (ci, c) in cfg.configurations.iter().enumerate() {
         let hash = c.hash();
-        let mut search = Search::new(cfg.search.clone());
+        let mut search = Search::new(cfg.search_of(&c.name));
         let mut trials: Vec<TrialRecord> = Vec::new();
         while let Next::Trial { rate, purpose } = search.next() {
             let left_here = search.trials_left_estimate();
@@ -837,6 +904,8 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             (None, Some(kind), Some(which.join("; ")))
         }
     };
+    let start_rates: serde_json::Map<String, serde_json::Value> =
+        cfg.start_rates.iter().map(|(n, r)| (n.clone(), (*r).into())).collect();
     let settings = serde_json::json!({
         "sla": describe_sla(&cfg.sla),
         "warmup_s": cfg.warmup.as_secs_f64(),
@@ -845,6 +914,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "payload_bytes": cfg.feed.payload_bytes,
         "symbols": cfg.feed.symbols,
         "start_rate": cfg.search.start_rate,
+        "start_rates": start_rates,
         "tolerance": cfg.search.tolerance,
         "max_rate": cfg.search.max_rate,
         "time_cap_s": cfg.time_cap.as_secs_f64(),
@@ -852,6 +922,9 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         "interrupted": stop.is_stopped(),
     });
     let (runs, medians, ratios) = envelope(&results, winner.as_deref());
+    let stopped: Vec<(&str, u64)> =
+        results.iter().filter_map(|r| r.carry_on_from.map(|n| (r.name.as_str(), n))).collect();
+    let carry_on = carry_on_command(&cfg.command, &stopped, cfg.configurations.len() == 1);
     let mut result = CapacityResult {
         kind: "capacity",
         machine,
@@ -867,6 +940,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             no_winner,
             no_winner_detail,
             winner_profile: None,
+            carry_on,
             elapsed_s: started.elapsed().as_secs_f64(),
         },
         error: failure.as_ref().map(crate::diag::error_line),
@@ -878,13 +952,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             .map_err(|j| (j, false))
             .and_then(|()| write_file(&folder.join("summary.md"), &summary_md(&result)).map_err(|m| (m, true)));
         made.keep();
-        let carry_on: Vec<String> = result
-            .extra
-            .configurations
-            .iter()
-            .filter_map(|r| r.carry_on_from.map(|n| format!("--start-rate {n} for `{}`", r.name)))
-            .collect();
-        return Err(failed_after(e, done, &carry_on, &folder, written.err()));
+        return Err(failed_after(e, done, result.extra.carry_on.as_deref(), &folder, written.err()));
     }
     if let Some(w) = &winner {
         let (c, r) = cfg
@@ -959,12 +1027,12 @@ fn winner_of(results: &[ConfigResult], tolerance: f64) -> Result<&ConfigResult, 
 /// summary is (or that it could not be written, and then that the trials printed are all that is
 /// left: `unwritten` is the write that failed and whether summary.json was written before it),
 /// then the trial's failure. A write that failed for the trial's own cause (a full disk) does
-/// not say it again. `carry_on` is where each stopped search carries on from (`--start-rate N
-/// for `NAME``), which only the summary said.
+/// not say it again. `carry_on` is the command that carries the stopped searches on
+/// ([`carry_on_command`]), which only the summary said.
 fn failed_after(
     e: anyhow::Error,
     done: usize,
-    carry_on: &[String],
+    carry_on: Option<&str>,
     folder: &Path,
     unwritten: Option<(anyhow::Error, bool)>,
 ) -> anyhow::Error {
@@ -978,8 +1046,8 @@ fn failed_after(
         }
     };
     let trials = match carry_on {
-        [] => format!("stopped after {done} finished trial(s)"),
-        _ => format!("stopped after {done} finished trial(s) (carry on with {})", carry_on.join(", ")),
+        None => format!("stopped after {done} finished trial(s)"),
+        Some(c) => format!("stopped after {done} finished trial(s) (carry on: {c})"),
     };
     let kept = match unwritten {
         None => format!("{trials}, summarised in {} (summary.md, summary.json)", folder.display()),
@@ -1140,9 +1208,11 @@ pub fn summary_md(r: &CapacityResult) -> String {
     }
     for c in &r.extra.configurations {
         if let Some(rate) = c.carry_on_from {
-            let _ =
-                writeln!(s, "- `{}` stopped before its knee was found: carry on with `--start-rate {rate}`", c.name);
+            let _ = writeln!(s, "- `{}` stopped before its knee was found: carry on from {rate} msg/s", c.name);
         }
+    }
+    if let Some(command) = &r.extra.carry_on {
+        let _ = writeln!(s, "- carry on: `{command}`");
     }
     if let Some(failed) = &r.error {
         let _ = writeln!(s, "- the run stopped on a trial that could not run: {failed}");
@@ -1632,6 +1702,7 @@ mod tests {
                 no_winner: None,
                 no_winner_detail: None,
                 winner_profile,
+                carry_on: None,
                 elapsed_s: 1.0,
             },
             error: None,
@@ -1707,9 +1778,33 @@ mod tests {
     }
 
     #[test]
+    fn the_carry_on_command_gives_each_stopped_configuration_its_rate() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        // Before: one `--start-rate` for every configuration, and the line said
+        // `--start-rate 1000 for `a``, which no command takes.
+        let cmd = words("mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --start-rate=b=700 --json");
+        let stopped = [("builtin handler=work:20000", 2500), ("b", 1000)];
+        assert_eq!(
+            carry_on_command(&cmd, &stopped, false).as_deref(),
+            Some(
+                "mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --json --start-rate \
+                 'builtin handler=work:20000=2500' --start-rate b=1000"
+            )
+        );
+        // One configuration: the plain form, every earlier `--start-rate` dropped.
+        let one = words("mdsub capacity --start-rate 5k --start-rate=a=10 --out it's");
+        assert_eq!(
+            carry_on_command(&one, &[("a", 1000)], true).as_deref(),
+            Some("mdsub capacity --out 'it'\\''s' --start-rate 1000")
+        );
+        assert_eq!(carry_on_command(&cmd, &[], false), None, "nothing stopped");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
     fn a_percentile_resting_on_the_few_largest_values_is_said() {
         // The audit's capacity run judged p99.9 on ~1 000 messages a run: the largest one.
-        let sla = Sla { points: vec![SlaPoint { quantile: 0.99, budget_ns: 1 }], ..Sla::default() };
+        let sla = Sla { points: vec![SlaPoint { quantile: 0.999, budget_ns: 1 }], ..Sla::default() };
         let note = thin_percentile_note(&sla, 2000.0, Duration::from_millis(500)).expect("thin");
         assert!(note.contains("~1000 messages a run, so p99.9 is the largest of them"), "{note}");
         assert!(note.contains("a hold of 5.0s or more"), "{note}");
@@ -1726,6 +1821,24 @@ mod tests {
         assert_eq!(thin_percentile_note(&sla, 10_000.0, Duration::from_secs(2)), None, "20 above p99.9");
         let deeper = Sla { points: vec![SlaPoint { quantile: 0.9999, budget_ns: 1 }], ..Sla::default() };
         assert!(thin_percentile_note(&deeper, 10_000.0, Duration::from_secs(2)).is_some_and(|n| n.contains("p99.99")));
+    }
+
+    /// The note speaks of the percentiles the pass rule names: before, an SLA of p99 alone was
+    /// told `p99.9 is the largest of them` (the tables' p99.9, which judges nothing), and at a
+    /// rate where its p99 rests on 5 values, nothing of p99.
+    #[test]
+    fn the_thin_percentile_note_names_the_sla_s_percentile() {
+        let p99 = Sla { points: vec![SlaPoint { quantile: 0.99, budget_ns: 1 }], ..Sla::default() };
+        let note = thin_percentile_note(&p99, 1000.0, Duration::from_millis(500)).expect("thin");
+        assert!(note.contains("~500 messages a run, so p99 is the ~5th largest"), "{note}");
+        assert!(!note.contains("p99.9"), "{note}");
+        // 20 above p99: not thin, whatever p99.9 would rest on.
+        assert_eq!(thin_percentile_note(&p99, 2000.0, Duration::from_secs(1)), None);
+        // Max alone is the largest by definition: nothing to say.
+        let max = Sla { points: vec![SlaPoint { quantile: 1.0, budget_ns: 1 }], ..Sla::default() };
+        assert_eq!(thin_percentile_note(&max, 100.0, Duration::from_millis(100)), None);
+        let both = Sla { points: vec![SlaPoint { quantile: 1.0, budget_ns: 1 }, p99.points[0]], ..Sla::default() };
+        assert!(thin_percentile_note(&both, 1000.0, Duration::from_millis(500)).is_some_and(|n| n.contains("p99 is")));
     }
 
     #[test]
