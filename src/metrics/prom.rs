@@ -159,13 +159,24 @@ impl EngineLive {
 }
 
 /// Cumulative bucket counts of `h` for [`BUCKET_BOUNDS_NS`], then the total
-/// (`+Inf`). A recorded value counts at its HdrHistogram bin's highest
-/// equivalent value (at most 0.1 % above it).
-pub fn bucket_counts(h: &Histogram<u64>) -> [u64; BUCKET_BOUNDS_NS.len() + 1] {
+/// (`+Inf`), `clamped` of `h`'s values having been above [`MAX_TRACKABLE_NS`](super::MAX_TRACKABLE_NS)
+/// and recorded as it. A recorded value counts at its HdrHistogram bin's highest
+/// equivalent value (at most 0.1 % above it), so a bucket never counts a value above its
+/// bound; but the clamp's bin (59.995 s to 60.029 s) is split: its values that were not clamped
+/// were at most 60 s and count in the last finite bucket (`le="60"`), and the clamped ones
+/// alone in `+Inf`.
+pub fn bucket_counts(h: &Histogram<u64>, clamped: u64) -> [u64; BUCKET_BOUNDS_NS.len() + 1] {
+    const LAST: usize = BUCKET_BOUNDS_NS.len() - 1;
     let mut per = [0u64; BUCKET_BOUNDS_NS.len() + 1];
     for v in h.iter_recorded() {
-        let i = BUCKET_BOUNDS_NS.partition_point(|&b| b < v.value_iterated_to());
-        per[i] += v.count_at_value();
+        let (at, n) = (v.value_iterated_to(), v.count_at_value());
+        if h.equivalent(at, BUCKET_BOUNDS_NS[LAST]) {
+            let above = clamped.min(n);
+            per[LAST] += n - above;
+            per[LAST + 1] += above;
+        } else {
+            per[BUCKET_BOUNDS_NS.partition_point(|&b| b < at)] += n;
+        }
     }
     let mut acc = 0;
     for c in &mut per {
@@ -509,9 +520,9 @@ pub fn render(live: &EngineLive, latency: &LiveLatency) -> String {
         |f| {
             for (name, set) in &slots {
                 let shard = shard_label(name);
-                for (stage, h) in set.stages() {
+                for (k, (stage, h)) in set.stages().into_iter().enumerate() {
                     let labels = format!("engine=\"{id}\",shard=\"{shard}\",stage=\"{stage}\"");
-                    let counts = bucket_counts(h);
+                    let counts = bucket_counts(h, set.out_of_bounds[k].clamped);
                     for (b, c) in BUCKET_BOUNDS_NS.iter().zip(&counts) {
                         f.sample("_bucket", &format!("{labels},le=\"{}\"", seconds(*b as f64)), c);
                     }
@@ -851,18 +862,37 @@ mod tests {
         for v in [500, 1_000, 1_500, 3_000_000, 30_000_000_000, crate::metrics::MAX_TRACKABLE_NS] {
             h.record(v).expect("in range");
         }
-        let c = bucket_counts(&h);
+        let c = bucket_counts(&h, 1);
         let at = |bound_ns: u64| BUCKET_BOUNDS_NS.iter().position(|&b| b == bound_ns).expect("a bound");
         assert_eq!(c[0], 2, "500 ns and 1 µs are ≤ 1 µs");
         assert_eq!(c[1], 3);
         assert_eq!(c[11], 4, "3 ms is ≤ 5 ms");
         assert_eq!(c[at(20_000_000_000)], 4, "30 s is above 20 s");
         assert_eq!(c[at(50_000_000_000)], 5, "30 s is ≤ 50 s: before, above every bound (10 s the last)");
-        // A clamped latency, held at the clamp, is the one value in +Inf alone (its bin reaches
-        // past the clamp), so histogram_quantile reads a quantile among them as the clamp.
+        // A clamped latency, held at the clamp and counted as clamped, is the one value in +Inf
+        // alone, so histogram_quantile reads a quantile among them as the clamp.
         assert_eq!(BUCKET_BOUNDS_NS.last(), Some(&crate::metrics::MAX_TRACKABLE_NS));
         assert_eq!(c[BUCKET_BOUNDS_NS.len() - 1], 5, "the clamped one is above the last bound");
         assert_eq!(c[BUCKET_BOUNDS_NS.len()], 6);
+    }
+
+    #[test]
+    fn a_latency_of_60s_is_in_le_60_and_only_the_clamped_ones_are_above_it() {
+        // Before: the clamp's HdrHistogram bin (59.995 s to 60.029 s) counted whole above 60 s,
+        // so a latency of 60 s, or of 59.999 s, was missing from le="60" (Prometheus's `le` is
+        // "at most"), and +Inf past le="60" was more than mdsub_latency_clamped_total.
+        let mut latency = LiveLatency { cumulative: shard_sets(1), last_interval: shard_sets(1), ..Default::default() };
+        let clamp = crate::metrics::MAX_TRACKABLE_NS as i64;
+        for total_ns in [40_000_000_000, clamp - 1_000_000, clamp, clamp + 1, 600_000_000_000] {
+            latency.cumulative[0].record(1_000, 1_000, total_ns);
+        }
+        let t = render(&EngineLive { engine_id: "e".into(), ..Default::default() }, &latency);
+        let labels = "engine=\"e\",shard=\"0\",stage=\"total\"";
+        for (le, n) in [("50", 1), ("60", 3), ("+Inf", 5)] {
+            let line = format!("mdsub_latency_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n");
+            assert!(t.contains(&line), "{line} in\n{t}");
+        }
+        assert!(t.contains(&format!("mdsub_latency_clamped_total{{{labels}}} 2\n")), "{t}");
     }
 
     #[test]
