@@ -1046,3 +1046,35 @@ fn book_handler_with_round_robin_routing_over_workers_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("wrong books") && out.status.code() != Some(2), "{err}");
 }
+
+/// `mdsub bench` refuses the book handler wherever one of its engines would split books between
+/// workers: `--compare routing`'s round-robin case, and a round-robin profile over two workers
+/// given `--handler book` (the profile was checked before the flag changed its handler). Both
+/// ran with main's binary (exit 0, the round-robin books wrong).
+#[test]
+fn bench_refuses_the_book_handler_where_an_engine_would_split_its_books() {
+    let dir = tmp_dir("bench_split_books");
+    let builtin = mdsub().args(["profile", "show", "builtin"]).output().expect("run");
+    let text = String::from_utf8_lossy(&builtin.stdout)
+        .replace("routing = \"by-topic\"", "routing = \"round-robin\"")
+        .replace("[[workers]]\n", "[[workers]]\n\n[[workers]]\n");
+    let rr = dir.join("rr.toml");
+    std::fs::write(&rr, text).expect("write profile");
+    let rr = rr.to_str().expect("utf8 path");
+    let bench = |args: &[&str]| {
+        let out = mdsub()
+            .args(["bench", "--count", "1000", "--runs", "1", "--handoff", "batch"])
+            .args(args)
+            .output()
+            .expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = bench(&["--compare", "routing", "--handler", "book"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--compare routing with --handler book") && err.contains("wrong books"), "{err}");
+    let (code, err) = bench(&["--profile", rr, "--handler", "book"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--handler book with this profile") && err.contains("round-robin routing over 2"), "{err}");
+    let (code, err) = bench(&["--profile", rr, "--compare", "routing"]);
+    assert_eq!(code, Some(0), "the latency handler compares routing: {err}");
+}

@@ -21,9 +21,11 @@ use crate::bench::result::SaveFile;
 use crate::bench::stamp::Machine;
 use crate::diag::human_ns;
 use crate::diag::Lines;
+use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::HandOff;
 use crate::metrics::RunReport;
 use crate::outfile::Claimed;
+use crate::profile::Profile;
 use crate::replay::{Pacing, PublisherConfig, Source};
 
 #[derive(Args, Debug)]
@@ -74,7 +76,8 @@ pub struct BenchArgs {
     pub idle: Option<Idle>,
     /// Also compare engine layouts on the same feed in the same runs:
     /// `shards` (1 vs 2 shards), `routing` (by-topic vs round-robin, at
-    /// least 2 workers), `snail` (the batch engine with the snail's checks
+    /// least 2 workers; refused with `--handler book`, whose books round-robin
+    /// routing would split between the workers), `snail` (the batch engine with the snail's checks
     /// on, policy croak, vs off); and publishers: `publishers` (flat out into
     /// the baseline: the replay vs a reference publisher sending prebuilt
     /// frames on the same socket settings, and the replay with one thread per
@@ -146,6 +149,25 @@ fn claim_outputs(dir: &std::path::Path, save: Option<&std::path::Path>) -> anyho
     Ok([hlog, hgrm])
 }
 
+/// The book handler where some engine of the benchmark would split every book between workers
+/// (round-robin routing over several: wrong books, the engine itself refuses them): refused
+/// (exit 2) before anything runs. The profile was checked before `--handler` changed its handler,
+/// and `--compare routing`'s round-robin case routes round-robin over at least two workers.
+fn refuse_split_books(profile: &Profile, compare: &[String]) -> anyhow::Result<()> {
+    if let Some(why) = profile.split_books() {
+        anyhow::bail!(super::UsageError(format!("--handler {} with this profile: {why}", profile.handler)));
+    }
+    if profile.handler == HandlerSpec::Book && compare.iter().any(|c| c == "routing") {
+        anyhow::bail!(super::UsageError(
+            "--compare routing with --handler book: its round-robin case would hand each worker every few records \
+             of an instrument, splitting every book between them (wrong books, which `mdsub engine` refuses); \
+             compare routing with another handler"
+                .into()
+        ));
+    }
+    Ok(())
+}
+
 pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let pacing = match args.speed {
         Some(s) => s.pacing(),
@@ -165,6 +187,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     let mut profile = load_profile(&args.profile)?;
     super::security::apply_what_a_local_run_can("bench", &args.profile, &profile.security, None)?;
     override_idle_handler(&mut profile, args.idle, args.handler);
+    refuse_split_books(&profile, &args.compare)?;
     if args.from.is_empty() {
         args.feed.check_fits(profile.max_msg_bytes)?;
     }
