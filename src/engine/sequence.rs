@@ -266,8 +266,9 @@ struct Session {
     from_start: bool,
     topics: TopicMap,
     eos_seen: bool,
-    /// Its end of stream came before any data of its own, live or a cache's values of it:
-    /// it speaks for other sessions' frames ([`Session::speaks_for_its_id`]).
+    /// Its end of stream came before any data of its own, live or a cache's values of it, and no
+    /// cache's value of it came since: it speaks for other sessions' frames
+    /// ([`Session::speaks_for_its_id`]).
     ended_without_data: bool,
     /// A live frame (not from a cache) of this session arrived.
     live_seen: bool,
@@ -585,7 +586,7 @@ impl Session {
     }
 
     /// Its end of stream came before any data of it (live or a cache's values of it), and no
-    /// live data of it came since: it speaks for the other sessions of its publisher id heard
+    /// data of it (live or cached) came since: it speaks for the other sessions of its publisher id heard
     /// before it (a verbatim capture replay ends the recorded sessions with an end of stream of
     /// its own, under the recorded id). The end of a session that sent data (one known here only
     /// from a cache's values of it too) ends that session only: under an id two publishers
@@ -1290,10 +1291,13 @@ impl SequenceTracker {
         self.tick += 1;
         let i = match self.find(h) {
             Some(i) => {
-                let s = &self.sessions[i];
+                let s = &mut self.sessions[i];
                 if !s.current && s.eos_seen && s.replaced.is_some() {
                     return Ok(None);
                 }
+                // A value of it says it sent data: ended before its values came, it speaks for no
+                // other session of its id ([`Session::speaks_for_its_id`]), as its live data says.
+                s.ended_without_data = false;
                 i
             }
             None if self.was_forgotten(h).is_some() => return Err(Refused::AfterEnd),
@@ -2960,6 +2964,37 @@ mod tests {
         }
     }
 
+    /// Review of the above: a session whose end of stream came first and a cache's values of it
+    /// after (the subscriber joined through a last-value cache as the session ended: the cache's
+    /// answer behind the live end of stream). At its end it is one of no data, as a capture
+    /// replay's is, and speaks for its id's sessions heard before it; its values then say it sent
+    /// data. Before, it went on speaking, and each value of it, heard later, spoke for the
+    /// sessions of its id heard since: another publisher of the id, still sending, was taken as
+    /// ended (`any_open` false: a shard ends there) and not counted at the close.
+    #[test]
+    fn a_cache_s_values_after_an_end_of_stream_say_its_session_sent_data() {
+        for full in [true, false] {
+            let mut t = SequenceTracker::new(full);
+            // Publisher 1 (session 9) sending; the id's session 20 ends before any data of it.
+            feed(&mut t, 1, 9, 1..=5, b"A");
+            assert!(t.on_end_of_stream(&h(1, 20, 8, 0), 8));
+            assert!(!t.any_open(), "full={full}: a data-less end speaks for its id (a replay's)");
+            feed(&mut t, 1, 9, 6..=7, b"A");
+            assert!(t.any_open(), "full={full}: session 9 heard after it");
+            // The cache's values of session 20 arrive.
+            assert!(t.on_data(&cached(1, 20, 7, 3), b"B").accept);
+            assert!(t.on_data(&cached(1, 20, 8, 2), b"C").accept);
+            assert!(t.any_open(), "full={full}: session 9 goes on");
+            t.close();
+            let tot = t.totals();
+            assert_eq!(
+                (tot.unended_sessions, tot.unended_sent, tot.eos_sent, tot.accepted),
+                (1, 7, 8, 9),
+                "full={full}: session 9 counted at the close: {tot:?}"
+            );
+        }
+    }
+
     #[test]
     fn duplicate_by_topic_is_dropped_even_from_cache() {
         let mut t = SequenceTracker::new(true);
@@ -3477,11 +3512,70 @@ mod tests {
                 5,
             ),
         ];
-        for (n, (steps, at)) in orders.iter().enumerate() {
+        // Review of the late end of stream of a restarted publisher's old session (it ends that
+        // session, no id shared): its orders, the forget tried after every step. The old
+        // session's end after the new one's data; after a repeat of it; a restart whose old
+        // session joined late (its end counts what it sent); and a second restart. Where the
+        // forget comes before the late end (after its session's last data: `too_late`), that end
+        // is dropped as `after_end` (its publisher restarted since it vanished) and the session
+        // counts only as the close counts it, by its last arrived message (a floor: `sent` and
+        // `gaps` fall short of held all along's); a limit left, said in the review's report.
+        type Late = (&'static [Step], &'static [usize]);
+        let late: [Late; 4] = [
+            (
+                &[
+                    (1, 10, 1, false),
+                    (1, 10, 2, false),
+                    (1, 11, 1, false),
+                    (1, 11, 2, false),
+                    (1, 10, 3, true),
+                    (1, 11, 3, true),
+                ],
+                &[2, 3, 4],
+            ),
+            (
+                &[
+                    (1, 10, 1, false),
+                    (1, 11, 1, false),
+                    (1, 10, 2, true),
+                    (1, 10, 2, true),
+                    (1, 11, 2, false),
+                    (1, 11, 3, true),
+                ],
+                &[1, 2],
+            ),
+            (
+                &[
+                    (1, 10, 3, false),
+                    (1, 10, 4, false),
+                    (1, 11, 1, false),
+                    (1, 10, 5, true),
+                    (1, 11, 2, false),
+                    (1, 11, 2, true),
+                ],
+                &[2, 3],
+            ),
+            (
+                &[
+                    (1, 10, 1, false),
+                    (1, 11, 1, false),
+                    (1, 12, 1, false),
+                    (1, 10, 2, true),
+                    (1, 11, 2, true),
+                    (1, 12, 2, true),
+                ],
+                &[1, 2, 3, 4],
+            ),
+        ];
+        let late = late
+            .into_iter()
+            .flat_map(|(steps, too_late)| (1..steps.len()).map(move |at| (steps, at, too_late.contains(&at))));
+        let orders = orders.iter().map(|&(steps, at)| (steps, at, false)).chain(late);
+        for (n, (steps, at, too_late)) in orders.enumerate() {
             let run = |forget: bool| {
                 let (mut t, clock) = forgetting(FORGET_NS);
                 for (k, &(id, session, seq, eos)) in steps.iter().enumerate() {
-                    if k == *at && forget {
+                    if k == at && forget {
                         sweep_for(&mut t, &clock, FORGET_NS + FORGET_NS / 8, |_, _| {});
                         assert_eq!(t.publishers(), 0, "order {n}: forgotten");
                     }
@@ -3507,11 +3601,18 @@ mod tests {
             };
             let (forgot, held) = (run(true), run(false));
             // Not where a session was joined late: what it sent is not this subscriber's to count.
-            if n != 2 {
+            if n != 2 && steps[0].2 == 1 {
                 assert_eq!(forgot.0, forgot.4 + forgot.5, "order {n}: sent is what arrived and was missed");
                 assert_eq!(held.0, held.4 + held.5, "order {n}: so held all along");
             }
-            assert_eq!(forgot, held, "order {n}: with a forget, and held all along");
+            if too_late {
+                assert!(
+                    forgot.0 < held.0 && (forgot.4, forgot.6) == (held.4, held.6),
+                    "order {n} (forget after step {at}): a floor, {forgot:?} against {held:?}"
+                );
+                continue;
+            }
+            assert_eq!(forgot, held, "order {n} (forget after step {at}): with a forget, and held all along");
         }
     }
 
