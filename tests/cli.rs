@@ -1345,8 +1345,8 @@ fn every_help_writes_endpoints_durations_counts_and_sizes_one_way() {
         "ADDR[/BITS]",
     ];
     // Values that are words, forms or pairs of the above.
-    const FORMS: [&str; 5] =
-        ["Nx|max", "pNN=DURATION", "KEY=V1,V2", "croak|warn|rest|off", "synchronised|skew-tolerant"];
+    const FORMS: [&str; 6] =
+        ["Nx|max", "pNN=DURATION", "KEY=V1,V2", "[NAME=]COUNT", "croak|warn|rest|off", "synchronised|skew-tolerant"];
     // Left as they are, each with its reason (none today).
     const EXCEPTIONS: [(&str, &str, &str); 0] = [];
     let top = help_of(&[]);
