@@ -452,7 +452,6 @@ impl Profile {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Check everything that can be checked before starting.
     /// Why this profile's `book` handler would build wrong books, if it would: round-robin routing
     /// over several workers hands each worker every few records of an instrument, so each builds
     /// part of every book (an add on one worker, its cancel on another: both books wrong, each
@@ -472,6 +471,7 @@ impl Profile {
         })
     }
 
+    /// Check everything that can be checked before starting.
     pub fn validate(&self, host: &[usize]) -> Result<(), ProfileError> {
         self.validate_for(host, true)
     }
