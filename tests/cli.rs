@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::help::{commands_in, flags_in};
 use common::{
     lines_of, mdsub, on_a_terminal, run_within, start_replay, thread_cpu_ms, unserved_port_block, wait_until, LineProc,
     Proc, LONE_REPLAY,
@@ -880,6 +881,16 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
         (&["demo", "--duration", "0s"], "must be more than 0"),
         (&["capacity", "--hold", "0s"], "must be more than 0"),
         (&["clone-client", "--server", "tcp://127.0.0.1:1", "--timeout", "0s", "get", "k"], "must be more than 0"),
+        // The in-process publisher's settings with an external one: --sndhwm-msgs was taken and
+        // used by nobody (flags32); the replay behind --publisher has its own.
+        (
+            &["capacity", "--publisher", "tcp://127.0.0.1:1", "--sndhwm-msgs", "5k"],
+            "cannot be used with '--sndhwm-msgs",
+        ),
+        (
+            &["capacity", "--publisher", "tcp://127.0.0.1:1", "--publisher-max-rate", "5k"],
+            "cannot be used with '--publisher-max-rate",
+        ),
         // The value is said once, by clap; a part of it is named when it is not the whole.
         (&["replay", "--rate", "abc"], "'abc' for '--rate <COUNT>': not a count"),
         (&["replay", "--endpoint", "foo://x"], "the transport `foo` is not supported"),
@@ -1280,35 +1291,6 @@ fn help_of(args: &[&str]) -> String {
     let (code, out, err) = run_within(args.first().unwrap_or(&"mdsub"), mdsub().args(args).arg("--help"), DEADLINE);
     assert_eq!(code, Some(0), "{args:?} --help: {err}");
     out
-}
-
-/// The names under `Commands:` in a help text (`help` left out).
-fn commands_in(help: &str) -> Vec<String> {
-    help.lines()
-        .skip_while(|l| l.trim() != "Commands:")
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .map(str::to_string)
-        .collect()
-}
-
-/// Each `--flag <VALUE>` of a help text: (flag, value name); a flag without a value has "".
-/// Option lines are indented 2 (`  -q, --quiet`) or 6 spaces; a description's lines more, and
-/// an after-help's not at all.
-fn flags_in(help: &str) -> Vec<(String, String)> {
-    help.lines()
-        .filter(|l| (2..=6).contains(&(l.len() - l.trim_start().len())))
-        .filter_map(|l| {
-            let l = l.trim_start();
-            let l = if l.starts_with('-') && l.as_bytes().get(2) == Some(&b',') { l[3..].trim_start() } else { l };
-            let rest = l.strip_prefix("--")?;
-            let (name, after) = rest.split_once(' ').unwrap_or((rest, ""));
-            let value = after.strip_prefix('<').and_then(|v| v.split_once('>')).map_or("", |(v, _)| v);
-            Some((format!("--{name}"), value.to_string()))
-        })
-        .collect()
 }
 
 #[test]

@@ -95,10 +95,12 @@ pub struct CapacityArgs {
     pub publisher: Option<Endpoint>,
     /// The in-process publisher never sends faster than this (msg/s): a load
     /// generator that cannot keep up. Trials above it are "rate not achieved". 1 to 1000M.
+    /// Not with --publisher: give that replay --rate.
     #[arg(long, value_parser = parse_rate_nonzero, value_name = "COUNT", conflicts_with = "publisher")]
     pub publisher_max_rate: Option<u64>,
-    /// The in-process publisher's send high-water mark per subscriber, in messages.
-    #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT")]
+    /// The in-process publisher's send high-water mark per subscriber, in messages. Not with
+    /// --publisher: give that replay --sndhwm-msgs.
+    #[arg(long, value_parser = parse_hwm, default_value = "100k", value_name = "COUNT", conflicts_with = "publisher")]
     pub sndhwm_msgs: i32,
     /// Print the summary as JSON instead of tables.
     #[arg(long)]

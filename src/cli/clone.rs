@@ -224,11 +224,11 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
 
 /// `mdsub clone-client`: look into a clone store (a person's tool).
 #[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Exit status: 0 done; 1 `get`: the key is absent (no error line), `status`: one of two servers \
+#[command(after_help = "The options above go before the action, its own after it: \
+mdsub clone-client --server tcp://HOST:P --timeout 2s set KEY VALUE --ttl 10s.\n\
+Exit status: 0 done; 1 `get`: the key is absent (no error line), `status`: one of two servers \
 did not answer, or any other error; 2 a refused flag or value (a key or value longer than the server accepts); \
-4 no server answered within --timeout (none running there, or none accepting this client's keys); 130 interrupted (Ctrl-C)."
-)]
+4 no server answered within --timeout (none running there, or none accepting this client's keys); 130 interrupted (Ctrl-C).")]
 pub struct ClientArgs {
     /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
     #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]

@@ -5,6 +5,8 @@
 
 pub mod alloc;
 
+pub mod help;
+
 pub mod proxy;
 
 pub mod relay;
