@@ -7,9 +7,15 @@
 //! names below would pass it (a reviewer's job).
 //!
 //! Last, the command docs: every command `mdsub --help` lists has a row in README's command table
-//! and a `## mdsub COMMAND` section in docs/COMMANDS.md, in the same order, and README stays short.
+//! and a `## mdsub COMMAND` section in docs/COMMANDS.md, in the same order, README stays short,
+//! and every long flag a command's `--help` lists is described in docs/COMMANDS.md.
 
 use std::path::{Path, PathBuf};
+
+#[path = "common/help.rs"]
+mod help;
+
+use help::{commands_in, flags_in};
 
 /// One source file's code lines: (1-based line number, text).
 struct Source {
@@ -367,22 +373,20 @@ fn the_scan_sees_code_and_skips_comments_and_test_modules() {
 
 // ---- The command docs: README's table and docs/COMMANDS.md follow `mdsub --help` ----
 
-/// The commands `mdsub --help` lists (its `Commands:` block, `help` left out), in its order.
-fn commands_in_help() -> Vec<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdsub")).arg("--help").output().expect("run mdsub --help");
-    assert!(out.status.success(), "mdsub --help exited {}", out.status);
-    commands_in_help_text(&String::from_utf8_lossy(&out.stdout))
+/// What `mdsub ARGS… --help` prints.
+fn help_of(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdsub"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("run mdsub {} --help: {e}", args.join(" ")));
+    assert!(out.status.success(), "mdsub {} --help exited {}", args.join(" "), out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn commands_in_help_text(help: &str) -> Vec<String> {
-    help.lines()
-        .skip_while(|l| l.trim() != "Commands:")
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| *name != "help")
-        .map(str::to_string)
-        .collect()
+/// The commands `mdsub --help` lists (its `Commands:` block, `help` left out), in its order.
+fn commands_in_help() -> Vec<String> {
+    commands_in(&help_of(&[]))
 }
 
 /// The commands a markdown text gives a `## mdsub COMMAND` section, in its order.
@@ -449,8 +453,180 @@ fn every_command_has_a_readme_row_and_a_commands_md_section_and_readme_stays_sho
 #[test]
 fn the_command_doc_readers_read_what_they_are_given() {
     let help = "Usage: mdsub [OPTIONS] <COMMAND>\n\nCommands:\n  demo    Replay\n  top     Dash\n  help    Print\n\nOptions:\n      --log-time\n";
-    assert_eq!(commands_in_help_text(help), ["demo", "top"]);
+    assert_eq!(commands_in(help), ["demo", "top"]);
     let readme = "## Commands\n\n| command | what |\n|---|---|\n| [`mdsub demo`](x) | a `mdsub top` mention |\n| `mdsub top` | t |\n\n## Exit codes\n| `mdsub info` | not the table |\n";
     assert_eq!(readme_table_commands(readme), ["demo", "top"]);
     assert_eq!(command_sections("# x\n## mdsub demo\ntext\n### sub\n## mdsub top\n## Exit codes\n"), ["demo", "top"]);
+}
+
+// ---- Every flag a `--help` lists is described in docs/COMMANDS.md ----
+
+/// The long flags (`--xyz`) a help text lists, in its order (not those its prose mentions).
+fn long_flags_in_help(help: &str) -> Vec<String> {
+    flags_in(help).into_iter().map(|(flag, _)| flag).collect()
+}
+
+/// Every long flag of `mdsub COMMAND --help` and of its subcommands' (`profile check`,
+/// `clone-client set`, …), each once, in order.
+fn long_flags_of_command(command: &str) -> Vec<String> {
+    let help = help_of(&[command]);
+    let mut flags = long_flags_in_help(&help);
+    for sub in commands_in(&help) {
+        flags.extend(long_flags_in_help(&help_of(&[command, &sub])));
+    }
+    let mut seen = std::collections::HashSet::new();
+    flags.retain(|f| seen.insert(f.clone()));
+    flags
+}
+
+/// A heading's anchor as GitHub makes it: lower case, punctuation but `-` and `_` dropped,
+/// spaces to `-` (`## Exit codes, Ctrl-C and refused values` → `exit-codes-ctrl-c-and-refused-values`).
+fn anchor_of(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// A markdown page's sections, each as (its heading's anchor, its text from the heading to the
+/// next heading of its level or above). Lines in ``` fences are no headings.
+fn md_sections(md: &str) -> Vec<(String, String)> {
+    let mut fenced = false;
+    let mut headings = Vec::new(); // (line index, level, anchor)
+    let lines: Vec<&str> = md.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if l.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && l.starts_with('#') {
+            let level = l.len() - l.trim_start_matches('#').len();
+            if let Some(title) = l[level..].strip_prefix(' ') {
+                headings.push((i, level, anchor_of(title)));
+            }
+        }
+    }
+    headings
+        .iter()
+        .map(|(start, level, anchor)| {
+            let end = headings.iter().find(|(j, lv, _)| j > start && lv <= level).map_or(lines.len(), |h| h.0);
+            (anchor.clone(), lines[*start..end].join("\n"))
+        })
+        .collect()
+}
+
+/// The texts a section links to within docs/, one hop: `(#anchor)` is that section of `page`
+/// itself, `(PAGE.md)` the whole page, `(PAGE.md#anchor)` that section of it. `pages` are docs/'s
+/// pages by file name. A link to a missing page or section is an error.
+fn linked_texts(section: &str, page: &str, pages: &[(String, String)]) -> Result<Vec<String>, String> {
+    let mut texts = Vec::new();
+    for target in section.split("](").skip(1).filter_map(|rest| rest.split(')').next()) {
+        let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+        let file = if file.is_empty() { page } else { file };
+        if file.contains('/') || file.contains(':') || !file.ends_with(".md") {
+            continue; // outside docs/ (README, tuning/, a web page)
+        }
+        let Some((_, md)) = pages.iter().find(|(name, _)| name == file) else {
+            return Err(format!("links to docs/{file}, which does not exist"));
+        };
+        if anchor.is_empty() {
+            texts.push(md.clone());
+        } else {
+            match md_sections(md).into_iter().find(|(a, _)| a == anchor) {
+                Some((_, text)) => texts.push(text),
+                None => return Err(format!("links to docs/{file}#{anchor}, a section that does not exist")),
+            }
+        }
+    }
+    Ok(texts)
+}
+
+/// Whether `text` has `` `--flag `` with no letter, digit or `-` after it (`--max` is not
+/// `--max-lag`).
+fn describes_flag(text: &str, flag: &str) -> bool {
+    let needle = format!("`{flag}");
+    text.match_indices(&needle)
+        .any(|(i, _)| !text[i + needle.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-'))
+}
+
+/// The flags of `flags` no text of `texts` describes.
+fn undescribed<'a>(flags: &'a [String], texts: &[String]) -> Vec<&'a str> {
+    flags.iter().filter(|f| !texts.iter().any(|t| describes_flag(t, f))).map(String::as_str).collect()
+}
+
+/// Every long flag a command's `--help` lists (its subcommands' too) is described in
+/// docs/COMMANDS.md. The rule: `` `--flag `` appears in the command's `## mdsub COMMAND` section,
+/// or in a page or section that section links to within docs/ (one hop: `(#anchor)` a section of
+/// COMMANDS.md, `(PAGE.md)` the whole page, as LVC-TAP.md for `lvc`, `(PAGE.md#anchor)` that
+/// section). `--help`, `--version` and the flags `mdsub --help` itself lists (`--log-time`, which
+/// every command takes) are described once, in the page's opening sections, before the first
+/// command's. The flag list comes from the built binary, so a flag added without its line here
+/// fails, naming the command and the flag.
+#[test]
+fn every_flag_a_commands_help_lists_is_described_in_commands_md() {
+    let docs_dir = format!("{}/docs", env!("CARGO_MANIFEST_DIR"));
+    let mut pages = Vec::new();
+    for entry in std::fs::read_dir(&docs_dir).unwrap_or_else(|e| panic!("reading {docs_dir}: {e}")) {
+        let name = entry.expect("a docs/ entry").file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push((name.clone(), read_doc(&format!("docs/{name}"))));
+        }
+    }
+    let reference = read_doc("docs/COMMANDS.md");
+    let sections = md_sections(&reference);
+    let global: Vec<String> =
+        long_flags_in_help(&help_of(&[])).into_iter().filter(|f| f != "--help" && f != "--version").collect();
+    assert!(global.contains(&"--log-time".to_string()), "read no --log-time from mdsub --help: {global:?}");
+    let opening = reference.split("\n## mdsub ").next().unwrap_or_default().to_string();
+    let mut missing = Vec::new();
+    let not_global = undescribed(&global, &[opening]);
+    if !not_global.is_empty() {
+        missing.push(format!("every command: {} (in COMMANDS.md's opening sections)", not_global.join(" ")));
+    }
+    let commands = commands_in_help();
+    for c in &commands {
+        let mut flags = long_flags_of_command(c);
+        flags.retain(|f| f != "--help" && f != "--version" && !global.contains(f));
+        let Some((_, section)) = sections.iter().find(|(a, _)| *a == anchor_of(&format!("mdsub {c}"))) else {
+            missing.push(format!("mdsub {c}: no `## mdsub {c}` section"));
+            continue;
+        };
+        let mut texts = vec![section.clone()];
+        match linked_texts(section, "COMMANDS.md", &pages) {
+            Ok(linked) => texts.extend(linked),
+            Err(e) => missing.push(format!("mdsub {c}: its section {e}")),
+        }
+        let lacking = undescribed(&flags, &texts);
+        if !lacking.is_empty() {
+            missing.push(format!("mdsub {c}: {}", lacking.join(" ")));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags `--help` lists that docs/COMMANDS.md does not describe (as `--flag`, in the command's section or a page or section it links to within docs/):\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn the_flag_doc_readers_read_what_they_are_given() {
+    let help = "Usage: mdsub x\n\nCommands:\n  a  A\n\nOptions:\n      --rate <COUNT>\n          Rate; see --not-a-flag\n\n  -q, --quiet  Q\n  -h, --help\n          Print\n\nAfter:\n--after <X>\n";
+    assert_eq!(long_flags_in_help(help), ["--rate", "--quiet", "--help"]);
+    assert_eq!(anchor_of("Exit codes, Ctrl-C and refused values"), "exit-codes-ctrl-c-and-refused-values");
+    assert_eq!(anchor_of("`mdsub lvc`"), "mdsub-lvc");
+    let md = "# P\nintro\n## A b\na `--x` text\n```\n# not a heading\n```\n### Sub\nsub\n## C\nc\n";
+    let sections = md_sections(md);
+    let names: Vec<&str> = sections.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(names, ["p", "a-b", "sub", "c"]);
+    assert!(
+        sections[1].1.contains("# not a heading") && sections[1].1.contains("sub") && !sections[1].1.contains("\nc")
+    );
+    let pages = vec![("P.md".to_string(), md.to_string()), ("Q.md".to_string(), "`--q`".to_string())];
+    let linked =
+        linked_texts("see [a](#sub), [q](Q.md), [p](P.md#c), [r](../README.md), [w](https://x/y.md)", "P.md", &pages);
+    assert_eq!(linked, Ok(vec!["### Sub\nsub".to_string(), "`--q`".to_string(), "## C\nc".to_string()]));
+    assert!(linked_texts("[gone](#nope)", "P.md", &pages).is_err());
+    assert!(describes_flag("a `--max` b", "--max") && describes_flag("`--max 5`", "--max"));
+    assert!(!describes_flag("`--max-lag`", "--max") && !describes_flag("--max", "--max"));
 }
