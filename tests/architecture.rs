@@ -559,7 +559,8 @@ fn undescribed<'a>(flags: &'a [String], texts: &[String]) -> Vec<&'a str> {
 /// docs/COMMANDS.md. The rule: `` `--flag `` appears in the command's `## mdsub COMMAND` section,
 /// or in a page or section that section links to within docs/ (one hop: `(#anchor)` a section of
 /// COMMANDS.md, `(PAGE.md)` the whole page, as LVC-TAP.md for `lvc`, `(PAGE.md#anchor)` that
-/// section). `--help`, `--version` and the flags `mdsub --help` itself lists (`--log-time`, which
+/// section); a link there to a page or section that does not exist fails too. clap's `--help`
+/// and `--version` are left out; the other flags `mdsub --help` itself lists (`--log-time`, which
 /// every command takes) are described once, in the page's opening sections, before the first
 /// command's. The flag list comes from the built binary, so a flag added without its line here
 /// fails, naming the command and the flag.
