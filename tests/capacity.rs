@@ -388,12 +388,7 @@ fn the_carry_on_command_runs_as_printed_each_configuration_from_its_own_rate() {
     let (code, stdout, stderr) = run_within("capacity carried on", &mut again, Duration::from_secs(60));
     assert_eq!(code, Some(5), "capped again: {stdout}{stderr}");
     assert!(stdout.contains(&format!("from 1000 msg/s (`{name}` from {from}), ")), "{stdout}");
-    let second = std::fs::read_dir(&dir)
-        .expect("the out dir")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.is_dir() && *p != first)
-        .expect("the second run's folder");
+    let second = second_folder(&dir, &first);
     let carried = summary_json(&second);
     assert_eq!(carried["settings"]["start_rates"], serde_json::json!({ name: from }), "{carried}");
     let offered = trials(config(&carried, name))[0]["offered"].as_u64();
@@ -407,6 +402,12 @@ fn only_folder(out: &Path) -> PathBuf {
         std::fs::read_dir(out).expect("the out dir").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
+}
+
+/// The results folder a second capacity run made in `out`, beside `first`.
+fn second_folder(out: &Path, first: &Path) -> PathBuf {
+    let dirs = std::fs::read_dir(out).expect("the out dir").flatten().map(|e| e.path());
+    dirs.filter(|p| p.is_dir() && p != first).next().expect("the second run's folder")
 }
 
 /// A results folder's summary.json.
@@ -1152,12 +1153,7 @@ fn the_carry_on_command_searches_only_what_is_left() {
     let searched: Vec<&str> = stdout.lines().filter(|l| l.contains(" msg/s  achieved ")).collect();
     assert!(searched.len() == 1 && searched[0].contains("idle=backoff"), "only what was left: {stdout}");
     assert!(!stdout.contains("carry on: "), "nothing left: {stdout}");
-    let second = std::fs::read_dir(&dir)
-        .expect("the out dir")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.is_dir() && *p != first)
-        .expect("the second run's folder");
+    let second = second_folder(&dir, &first);
     let saved = summary_json(&second);
     let block = config(&saved, "builtin-2core idle=block");
     assert_eq!(block["taken_from"].as_str(), first.to_str(), "{block}");

@@ -258,6 +258,13 @@ mod tests {
         n.attribute(name).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} of {n:?}"))
     }
 
+    /// Every `<text>` of an SVG, trimmed.
+    fn texts(svg: &str) -> Vec<String> {
+        let doc = roxmltree::Document::parse(svg).expect("well-formed SVG");
+        let texts = doc.descendants().filter(|t| t.has_tag_name("text")).filter_map(|t| t.text());
+        texts.map(|t| t.trim().to_string()).collect()
+    }
+
     /// The reviewer's plot of a search up to 4000 msg/s labelled its rate ticks `0k 0k 1k 2k 2k
     /// 2k 3k 4k 4k`: each tick now says its own rate.
     #[test]
@@ -267,14 +274,8 @@ mod tests {
             t.summary.offered /= 2;
         }
         let text = svg(&cs, &Sla::default(), "mdsub capacity  test").expect("drawn");
-        let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
-        let ticks: Vec<String> = doc
-            .descendants()
-            .filter(|t| t.has_tag_name("text"))
-            .filter_map(|t| t.text())
-            .map(|t| t.trim().to_string())
-            .filter(|t| t.trim_end_matches('k').parse::<f64>().is_ok())
-            .collect();
+        let ticks: Vec<String> =
+            texts(&text).into_iter().filter(|t| t.trim_end_matches('k').parse::<f64>().is_ok()).collect();
         let mut unique = ticks.clone();
         unique.dedup();
         assert!(ticks.len() > 3 && unique == ticks, "{ticks:?}");
@@ -289,13 +290,7 @@ mod tests {
     #[test]
     fn the_latency_axis_title_and_ticks_agree_on_units() {
         let text = svg(&configs(2), &Sla::default(), "mdsub capacity  test").expect("drawn");
-        let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
-        let texts: Vec<String> = doc
-            .descendants()
-            .filter(|t| t.has_tag_name("text"))
-            .filter_map(|t| t.text())
-            .map(|t| t.trim().into())
-            .collect();
+        let texts = texts(&text);
         let title = texts.iter().find(|t| t.starts_with("latency from intended send time")).expect("the y-axis title");
         let ticks: Vec<&String> = texts
             .iter()
