@@ -98,6 +98,10 @@ enum Cmd {
     /// are written, marked interrupted, with the rate to carry each stopped
     /// search on from); 1 when a trial could not run (a full disk: the finished
     /// trials' summary is written if it can be).
+    ///
+    /// A stopped run prints `carry on: COMMAND`: it searches only what is left
+    /// (each stopped search from its rate, those not started), the finished
+    /// searches taken from the stopped run's folder (--take-finished-from).
     Capacity(cli::capacity::CapacityArgs),
     /// Print what this build and host are: mdsub and libzmq versions, libzmq's
     /// capabilities (draft API, CURVE, IPC, TIPC, PGM, GSSAPI), cores.

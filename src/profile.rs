@@ -481,6 +481,18 @@ impl Profile {
     /// endpoints' sources and the files `[security]` names (key files, allow-lists, the token)
     /// are looked up (they can be only on the host that will run the engine).
     pub fn validate_for(&self, host: &[usize], this_host: bool) -> Result<(), ProfileError> {
+        // The name is one line of every report (capacity's summary.md and carry-on command): a
+        // newline in it broke them.
+        if let Some(c) = self.name.chars().find(|c| c.is_control()) {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?} has a control character ({c:?}): the name is one line in every report; give one without \
+                     (the file's name is the name when the profile gives none)",
+                    self.name
+                ),
+            ));
+        }
         if self.shards.is_empty() {
             return Err(invalid("shards", "at least one shard is needed; add a [[shards]] table"));
         }

@@ -388,12 +388,7 @@ fn the_carry_on_command_runs_as_printed_each_configuration_from_its_own_rate() {
     let (code, stdout, stderr) = run_within("capacity carried on", &mut again, Duration::from_secs(60));
     assert_eq!(code, Some(5), "capped again: {stdout}{stderr}");
     assert!(stdout.contains(&format!("from 1000 msg/s (`{name}` from {from}), ")), "{stdout}");
-    let second = std::fs::read_dir(&dir)
-        .expect("the out dir")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.is_dir() && *p != first)
-        .expect("the second run's folder");
+    let second = second_folder(&dir, &first);
     let carried = summary_json(&second);
     assert_eq!(carried["settings"]["start_rates"], serde_json::json!({ name: from }), "{carried}");
     let offered = trials(config(&carried, name))[0]["offered"].as_u64();
@@ -407,6 +402,12 @@ fn only_folder(out: &Path) -> PathBuf {
         std::fs::read_dir(out).expect("the out dir").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
+}
+
+/// The results folder a second capacity run made in `out`, beside `first`.
+fn second_folder(out: &Path, first: &Path) -> PathBuf {
+    let dirs = std::fs::read_dir(out).expect("the out dir").flatten().map(|e| e.path());
+    dirs.filter(|p| p.is_dir() && p != first).next().expect("the second run's folder")
 }
 
 /// A results folder's summary.json.
@@ -1119,4 +1120,89 @@ fn ctrl_c_while_a_knee_is_narrowed_names_no_winner_and_where_to_carry_on() {
         "{md}"
     );
     assert!(!stdout.contains("winner.toml"), "{stdout}");
+}
+
+/// The carry-on command of a run stopped with one configuration's search finished: before, it
+/// re-ran that search too (and, with the other configuration not started, no carry-on was printed
+/// at all). Now it takes the finished search from the stopped run's folder (`--take-finished-from
+/// FOLDER`, its files copied) and searches only what is left.
+#[test]
+fn the_carry_on_command_searches_only_what_is_left() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-left");
+    let settings = ["--warmup", "100ms", "--hold", "300ms", "--runs", "1", "--time-cap", "1s"];
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(ONE_TRIAL).args(["--vary", "idle=block,backoff"]);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(5), "capped: {stdout}{stderr}");
+    let first = only_folder(&dir);
+    let command = carry_on_line(&stdout).to_string();
+    assert!(
+        command.ends_with(&format!(" --vary idle=block,backoff --take-finished-from {}", first.display())),
+        "{command}"
+    );
+    assert_eq!(summary_json(&first)["carry_on"].as_str(), Some(command.as_str()));
+    let mut again = std::process::Command::new("sh");
+    again.arg("-c").arg(format!("exec {command}"));
+    let (_, stdout, stderr) = run_within("capacity carried on", &mut again, Duration::from_secs(60));
+    let taken = format!(
+        "taken from {} (finished there, not searched again): `builtin-2core idle=block` (knee 1000 msg/s)\n",
+        first.display()
+    );
+    assert!(stdout.contains(&taken), "{stdout}{stderr}");
+    let searched: Vec<&str> = stdout.lines().filter(|l| l.contains(" msg/s  achieved ")).collect();
+    assert!(searched.len() == 1 && searched[0].contains("idle=backoff"), "only what was left: {stdout}");
+    assert!(!stdout.contains("carry on: "), "nothing left: {stdout}");
+    let second = second_folder(&dir, &first);
+    let saved = summary_json(&second);
+    let block = config(&saved, "builtin-2core idle=block");
+    assert_eq!(block["taken_from"].as_str(), first.to_str(), "{block}");
+    assert_eq!(knee(block), 1000);
+    for f in trials(block).iter().flat_map(|t| t["files"].as_array().expect("files")) {
+        assert!(second.join(f.as_str().expect("a file")).is_file(), "copied: {f}");
+    }
+    assert_eq!(trials(config(&saved, "builtin-2core idle=backoff")).len(), 1, "{saved}");
+    assert_eq!(saved["runs"].as_array().map(Vec::len), Some(2), "both searches' trials: {saved}");
+    assert_common_shape(&saved);
+    // Results measured otherwise are not taken.
+    let mut other = mdsub();
+    other.args(["capacity", "--out"]).arg(&dir).args(settings).args(["--hold", "400ms"]).args(ONE_TRIAL);
+    other.args(["--vary", "idle=block,backoff", "--take-finished-from"]).arg(&first);
+    let (code, stdout, stderr) = run_within("capacity other hold", &mut other, Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("its trials were measured with hold_s 0.3, this run's with 0.4"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `--out` that is not UTF-8 was rendered lossily into the carry-on command (which then named
+/// another folder) and summary.json: refused before any trial, with no folder made.
+#[test]
+fn an_argument_that_is_not_utf8_is_refused_up_front() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = common::temp_dir("capacity-utf8");
+    let out = dir.join(std::ffi::OsStr::from_bytes(b"res\xffults"));
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--out"]).arg(&out).args(SHORT).args(ONE_TRIAL);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains(&format!("{:?} is not UTF-8", out.as_os_str())), "{stderr}");
+    assert!(!out.exists(), "no folder");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A profile named with a newline broke the lines that name it (the knee table, summary.md's
+/// table, `--start-rate NAME=RATE` in the carry-on command): refused before any trial.
+#[test]
+fn a_profile_name_with_a_newline_is_refused() {
+    let dir = common::temp_dir("capacity-newline");
+    let text = std::fs::read_to_string("tuning/pinned-2core.toml").expect("the profile");
+    let profile = dir.join("two.toml");
+    std::fs::write(&profile, text.replace("name = \"pinned-2core\"", "name = \"two\\nlines\"")).expect("written");
+    let mut cmd = mdsub();
+    cmd.args(["capacity", "--out"]).arg(dir.join("out")).args(SHORT).args(ONE_TRIAL).arg("--profile").arg(&profile);
+    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
+    assert_ne!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains(r#"name: "two\nlines" has a control character ('\n')"#), "{stderr}");
+    assert!(!dir.join("out").exists(), "no trial ran: {stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

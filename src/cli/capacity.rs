@@ -88,6 +88,11 @@ pub struct CapacityArgs {
     /// another run already has that name) is made in this directory.
     #[arg(long, default_value = "capacity-results", value_name = "DIR")]
     pub out: PathBuf,
+    /// The results folder of a stopped run (its carry-on command gives it): the searches it
+    /// finished (same configuration name and profile) are taken from there, their trials' files
+    /// copied, not searched again; refused when its trials were measured with other settings.
+    #[arg(long, value_name = "DIR")]
+    pub take_finished_from: Option<PathBuf>,
     /// An external publisher driving the engine: `connect:EP` or `EP`, the control
     /// endpoint of `mdsub replay --serve-trials bind:EP`, maybe on another host.
     /// Default: a publisher in this process, sharing this host with the engine.
@@ -255,8 +260,37 @@ pub fn exit_status(r: &CapacityResult) -> i32 {
     }
 }
 
+/// The words of the command line, for the command a stopped run prints to carry on (and the
+/// folder's name in summary.json): a word that is not UTF-8 is refused, as that command and the
+/// summary could name it only as another word. Before, it was rendered lossily (`\u{FFFD}`), and
+/// the printed command named another file.
+fn command_words(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Vec<String>, String> {
+    args.map(|w| {
+        w.into_string().map_err(|w| {
+            format!(
+                "{w:?} is not UTF-8: capacity's summary and the command that carries a stopped run on name \
+                 every argument as text; give a name in UTF-8"
+            )
+        })
+    })
+    .collect()
+}
+
+/// What `--take-finished-from DIR` took, said before the first trial.
+fn taken_text(dir: &std::path::Path, taken: &[capacity::ConfigResult]) -> String {
+    match taken {
+        [] => format!("taken from {}: nothing (no search with these names and profiles finished there)", dir.display()),
+        t => format!(
+            "taken from {} (finished there, not searched again): {}",
+            dir.display(),
+            t.iter().map(|c| format!("`{}` (knee {})", c.name, capacity::knee_text(c))).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
 /// Run `mdsub capacity`.
 pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<CapacityResult> {
+    let command = command_words(std::env::args_os()).map_err(super::UsageError)?;
     capacity::check_time_cap(args.time_cap, args.warmup, args.hold, args.runs).map_err(super::UsageError)?;
     check_out_dir(&args.out)?;
     let names = if args.profiles.is_empty() { vec!["builtin".to_string()] } else { args.profiles.clone() };
@@ -319,7 +353,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         Some(ep) => PublisherSide::Remote { control: ep.endpoint.clone() },
         None => PublisherSide::Local { max_rate: args.publisher_max_rate, sndhwm_msgs: args.sndhwm_msgs },
     };
-    let cfg = CapacityConfig {
+    let mut cfg = CapacityConfig {
         configurations,
         sla: Sla { points, loss_budget_msgs: args.loss_budget_msgs, ..Default::default() },
         search: SearchConfig { start_rate, tolerance: args.tolerance, max_rate: args.max_rate, ..Default::default() },
@@ -331,8 +365,12 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         out_dir: args.out.clone(),
         publisher,
         start_rates: own_start_rates,
-        command: std::env::args_os().map(|w| w.to_string_lossy().into_owned()).collect(),
+        command,
+        taken: Vec::new(),
     };
+    if let Some(dir) = &args.take_finished_from {
+        cfg.taken = capacity::finished_in(dir, &cfg)?;
+    }
     cfg.feed.check().map_err(|e| super::UsageError(format!("--symbols, --payload-bytes: {e}")))?;
     for c in &cfg.configurations {
         super::feed::check_frames_fit(&cfg.feed, c.profile.max_msg_bytes)
@@ -364,6 +402,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             cfg.search.tolerance * 100.0,
             cfg.time_cap
         );
+        if let Some(dir) = &args.take_finished_from {
+            crate::outln!("{}", taken_text(dir, &cfg.taken));
+        }
         // The lowest first rate measures the fewest messages.
         let lowest = cfg.configurations.iter().map(|c| cfg.search_of(&c.name).start_rate).min();
         let lowest = lowest.unwrap_or(cfg.search.start_rate);
@@ -457,6 +498,9 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         }
         if let Some(rate) = c.carry_on_from {
             crate::outln!("    stopped before its knee was found: carry on from {rate} msg/s");
+        }
+        if let Some(dir) = &c.taken_from {
+            crate::outln!("    taken from {}, where its search finished (not searched again)", dir.display());
         }
         if let Some(r) = c.outcome.rate_not_achieved_at {
             crate::outln!(

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::search::{judge, quantile_name, Contradiction, Ending, Next, Outcome, Purpose, Search, SearchConfig, Sla};
 use self::search::{TrialSummary, Verdict};
@@ -179,6 +179,9 @@ pub struct CapacityConfig {
     /// The words of the command that started this run (`mdsub capacity …`), for the command a
     /// stopped run prints to carry on; empty: only the `--start-rate` flags are printed.
     pub command: Vec<String>,
+    /// Searches an earlier, stopped run finished ([`finished_in`], `--take-finished-from`):
+    /// taken as they are (their trials' files copied to this run's folder), not searched again.
+    pub taken: Vec<ConfigResult>,
 }
 
 impl CapacityConfig {
@@ -202,7 +205,7 @@ pub enum Event<'a> {
 }
 
 /// One trial, for the summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrialRecord {
     pub purpose: Purpose,
     #[serde(flatten)]
@@ -212,7 +215,7 @@ pub struct TrialRecord {
 }
 
 /// A configuration's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConfigResult {
     pub name: String,
     pub profile_hash: String,
@@ -221,17 +224,21 @@ pub struct ConfigResult {
     pub at_knee: Option<KneeLatency>,
     /// A search the time cap or Ctrl-C stopped before its knee was found: the rate to carry it on
     /// from with `--start-rate`: its highest pass (half its lowest failure when nothing passed).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub carry_on_from: Option<u64>,
     /// Said when the knee's runs measured too few messages for the highest percentile to be
     /// more than the largest few values ([`thin_percentile_note`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub thin_percentile: Option<String>,
+    /// A search a stopped run had finished, taken from that run's results folder
+    /// (`--take-finished-from`), not searched again: the folder (its trials' files are copied here).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub taken_from: Option<PathBuf>,
     pub trials: Vec<TrialRecord>,
 }
 
 /// Latency at the knee.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KneeLatency {
     pub rate: u64,
     /// What the publisher achieved at the knee (median over its runs), msg/s: a pass needs only
@@ -449,42 +456,51 @@ impl NoWinner {
     }
 }
 
-/// The command that carries on each stopped search from its rate (`stopped`: name, rate):
-/// `command`'s words, shell-quoted, with `--start-rate` given for each: the plain
+/// The command that carries on what a stopped run left (`stopped`: name, rate): `command`'s
+/// words, shell-quoted, with `--start-rate` given for each stopped search: the plain
 /// `--start-rate RATE` when the run has `only` one configuration (every `--start-rate` of the
 /// command dropped), else `--start-rate 'NAME=RATE'` (a `--start-rate` of the command naming it
-/// dropped, the others kept: the configurations not stopped start where they did). None when
-/// nothing was stopped.
-pub fn carry_on_command(command: &[String], stopped: &[(&str, u64)], only: bool) -> Option<String> {
-    if stopped.is_empty() {
-        return None;
-    }
+/// dropped, the others kept: the configurations not stopped start where they did); and, when
+/// some searches finished, `--take-finished-from FOLDER` (`take_from`, any earlier one dropped),
+/// so that those are taken from this run's folder, not searched again.
+pub fn carry_on_command(command: &[String], stopped: &[(&str, u64)], only: bool, take_from: Option<&Path>) -> String {
     // A `--start-rate` value the carry-on replaces: any when there is one configuration, else one
     // naming a stopped configuration (the name is all before the last `=`).
-    let replaced = |v: &str| only || v.rsplit_once('=').is_some_and(|(n, _)| stopped.iter().any(|s| s.0 == n));
-    let mut words: Vec<String> = Vec::with_capacity(command.len() + 2 * stopped.len());
+    let replaced = |flag: &str, v: &str| match flag {
+        TAKE_FROM => true,
+        _ => only || v.rsplit_once('=').is_some_and(|(n, _)| stopped.iter().any(|s| s.0 == n)),
+    };
+    let mut words: Vec<String> = Vec::with_capacity(command.len() + 2 * stopped.len() + 2);
     let mut it = command.iter();
     while let Some(w) = it.next() {
-        if let Some(v) = w.strip_prefix("--start-rate=") {
-            if !replaced(v) {
-                words.push(w.clone());
+        let flag = ["--start-rate", TAKE_FROM].into_iter().find(|f| w == f || w.starts_with(&format!("{f}=")));
+        match (flag, flag.and_then(|f| w.strip_prefix(f)).and_then(|rest| rest.strip_prefix('='))) {
+            (Some(f), Some(v)) => {
+                if !replaced(f, v) {
+                    words.push(w.clone());
+                }
             }
-        } else if w == "--start-rate" {
-            match it.next() {
-                Some(v) if replaced(v) => {}
+            (Some(f), None) => match it.next() {
+                Some(v) if replaced(f, v) => {}
                 Some(v) => words.extend([w.clone(), v.clone()]),
                 None => words.push(w.clone()),
-            }
-        } else {
-            words.push(w.clone());
+            },
+            (None, _) => words.push(w.clone()),
         }
+    }
+    if let Some(folder) = take_from {
+        words.push(TAKE_FROM.into());
+        words.push(folder.to_string_lossy().into_owned());
     }
     for &(name, rate) in stopped {
         words.push("--start-rate".into());
         words.push(if only { rate.to_string() } else { format!("{name}={rate}") });
     }
-    Some(words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" "))
+    words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" ")
 }
+
+/// The flag that takes an earlier run's finished searches ([`finished_in`]).
+pub const TAKE_FROM: &str = "--take-finished-from";
 
 /// `word` as a POSIX shell reads it back as one word: as it is when it has only characters no
 /// shell treats specially, else in single quotes (a `'` in it as `'\''`).
@@ -553,8 +569,7 @@ fn unsettled(c: &ConfigResult, tolerance: f64) -> Option<String> {
 /// (its highest pass, from which the new search brackets again; half its lowest failure when
 /// nothing passed yet). None for a search that found its knee, ended, or never ran.
 fn carry_on_from(o: &Outcome) -> Option<u64> {
-    let stopped = matches!(o.ending, Ending::Capped | Ending::Interrupted | Ending::Failed);
-    if !stopped || o.trials == 0 || (o.knee.is_some() && o.narrowed) {
+    if o.trials == 0 || !left_to_search(o) {
         return None;
     }
     o.knee.or(o.at_least).or_else(|| o.bracket_above.map(|f| (f / 2).max(search::MIN_RATE)))
@@ -746,6 +761,110 @@ fn interrupted(e: &anyhow::Error) -> bool {
     crate::replay::ReplayError::is_interrupted(e) || e.downcast_ref::<remote::Interrupted>().is_some()
 }
 
+/// Where the load comes from, and whether it shares the host (`cores`: this host's).
+fn publisher_text(cfg: &CapacityConfig, cores: usize) -> String {
+    match &cfg.publisher {
+        PublisherSide::Local { max_rate, .. } => format!(
+            "in-process, sharing this host ({cores} cores) with the engine: the knee is this box's with its own load \
+             generator on it{}; drive it from another host with --publisher connect:EP",
+            max_rate.map(|m| format!(", which never sends faster than {m} msg/s")).unwrap_or_default()
+        ),
+        PublisherSide::Remote { control } => format!("another process, driven at {control}"),
+    }
+}
+
+/// summary.json's `settings`.
+fn settings_json(cfg: &CapacityConfig, capped: bool, interrupted: bool) -> serde_json::Value {
+    let start_rates: serde_json::Map<String, serde_json::Value> =
+        cfg.start_rates.iter().map(|(n, r)| (n.clone(), (*r).into())).collect();
+    serde_json::json!({
+        "sla": describe_sla(&cfg.sla),
+        "warmup_s": cfg.warmup.as_secs_f64(),
+        "hold_s": cfg.hold.as_secs_f64(),
+        "runs": cfg.runs,
+        "payload_bytes": cfg.feed.payload_bytes,
+        "symbols": cfg.feed.symbols,
+        "start_rate": cfg.search.start_rate,
+        "start_rates": start_rates,
+        "tolerance": cfg.search.tolerance,
+        "max_rate": cfg.search.max_rate,
+        "time_cap_s": cfg.time_cap.as_secs_f64(),
+        "capped": capped,
+        "interrupted": interrupted,
+    })
+}
+
+/// The settings a trial's figures depend on: a search taken from an earlier run
+/// ([`finished_in`]) must have been measured with the same.
+const COMPARED_SETTINGS: [&str; 8] =
+    ["sla", "warmup_s", "hold_s", "runs", "payload_bytes", "symbols", "tolerance", "max_rate"];
+
+/// A search that a stop (the time cap, Ctrl-C, a trial that could not run) ended before its
+/// knee was found, or never started: what a carried-on run still has to search.
+fn left_to_search(o: &Outcome) -> bool {
+    let stopped = matches!(o.ending, Ending::Capped | Ending::Interrupted | Ending::Failed);
+    o.trials == 0 || (stopped && !(o.knee.is_some() && o.narrowed))
+}
+
+/// `--take-finished-from DIR`: the searches the run whose results folder is `dir` finished, for
+/// each of `cfg`'s configurations with the same name and profile (hash), to be taken as they
+/// are instead of searched again. Refused when that run's trials were measured otherwise (its
+/// SLA, warm-up, hold, runs, feed, tolerance, maximum rate or publisher differ), when it is no
+/// capacity summary, or a trial file it lists is missing.
+pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<ConfigResult>> {
+    #[derive(Deserialize)]
+    struct Earlier {
+        settings: serde_json::Value,
+        publisher: String,
+        configurations: Vec<ConfigResult>,
+    }
+    let flag = format!("--take-finished-from {}", dir.display());
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{flag}: reading {}", path.display()))?;
+    let earlier: Earlier = serde_json::from_str(&text)
+        .with_context(|| format!("{flag}: {} is not a capacity run's summary", path.display()))?;
+    let now = settings_json(cfg, false, false);
+    for k in COMPARED_SETTINGS {
+        let (then, here) = (&earlier.settings[k], &now[k]);
+        if then != here {
+            anyhow::bail!(
+                "{flag}: its trials were measured with {k} {then}, this run's with {here}: results measured \
+                 otherwise do not compare; give the settings that run had"
+            );
+        }
+    }
+    let here = publisher_text(cfg, Machine::here().cores);
+    if earlier.publisher != here {
+        anyhow::bail!(
+            "{flag}: its publisher was {:?}, this run's is {here:?}: results measured otherwise do not compare",
+            earlier.publisher
+        );
+    }
+    let mut taken = Vec::new();
+    for mut c in earlier.configurations {
+        let same = cfg.configurations.iter().any(|x| x.name == c.name && x.hash() == c.profile_hash);
+        if !same || left_to_search(&c.outcome) {
+            continue;
+        }
+        if let Some(f) = c.trials.iter().flat_map(|t| &t.files).find(|f| !dir.join(f).is_file()) {
+            anyhow::bail!("{flag}: {} is missing: `{}`'s trials are not all there", dir.join(f).display(), c.name);
+        }
+        c.taken_from = Some(dir.to_path_buf());
+        taken.push(c);
+    }
+    Ok(taken)
+}
+
+/// Copy a taken search's trial files from the folder it was taken from into `folder`.
+fn copy_taken_files(c: &ConfigResult, folder: &Path) -> anyhow::Result<()> {
+    let Some(from) = &c.taken_from else { return Ok(()) };
+    for f in c.trials.iter().flat_map(|t| &t.files) {
+        let (src, dst) = (from.join(f), folder.join(f));
+        std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(())
+}
+
 /// Run the search for every configuration and write the results folder.
 pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>)) -> anyhow::Result<CapacityResult> {
     let machine = Machine::here();
@@ -758,15 +877,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     quantiles.extend(cfg.sla.points.iter().map(|p| p.quantile));
     quantiles.sort_by(|a, b| a.total_cmp(b));
     quantiles.dedup();
-    let publisher = match &cfg.publisher {
-        PublisherSide::Local { max_rate, .. } => format!(
-            "in-process, sharing this host ({} cores) with the engine: the knee is this box's with its own load \
-             generator on it{}; drive it from another host with --publisher connect:EP",
-            machine.cores,
-            max_rate.map(|m| format!(", which never sends faster than {m} msg/s")).unwrap_or_default()
-        ),
-        PublisherSide::Remote { control } => format!("another process, driven at {control}"),
-    };
+    let publisher = publisher_text(cfg, machine.cores);
     let per_trial_s = trial_duration(cfg.warmup, cfg.hold, cfg.runs).as_secs_f64();
     let mut results: Vec<ConfigResult> = Vec::new();
     let mut done = 0usize;
@@ -774,6 +885,16 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     // A trial that could not run (a file, a socket): the run ends there, its finished trials kept.
     let mut failure: Option<anyhow::Error> = None;
     for (ci, c) in cfg.configurations.iter().enumerate() {
+        // A search an earlier run finished: its result as it was, its files copied here.
+        if let Some(t) = cfg.taken.iter().find(|t| t.name == c.name) {
+            if let Err(e) = copy_taken_files(t, &folder) {
+                failure = Some(e.context(format!("configuration `{}`, taken from an earlier run", c.name)));
+                break;
+            }
+            on(Event::ConfigDone { result: t });
+            results.push(t.clone());
+            continue;
+        }
         let hash = c.hash();
         let mut search = Search::new(cfg.search_of(&c.name));
         let mut trials: Vec<TrialRecord> = Vec::new();
@@ -865,6 +986,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             outcome,
             at_knee,
             thin_percentile,
+            taken_from: None,
             trials,
         };
         on(Event::ConfigDone { result: &result });
@@ -882,7 +1004,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     }
     // Nothing finished: nothing to summarise, and the folder goes (as before the first trial).
     let failure = match failure {
-        Some(e) if done == 0 => return Err(e),
+        Some(e) if done == 0 && results.iter().all(|r| r.taken_from.is_none()) => return Err(e),
         f => f,
     };
     // A run that failed part way has no winner: the configurations it did not search may have
@@ -904,27 +1026,17 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
             (None, Some(kind), Some(which.join("; ")))
         }
     };
-    let start_rates: serde_json::Map<String, serde_json::Value> =
-        cfg.start_rates.iter().map(|(n, r)| (n.clone(), (*r).into())).collect();
-    let settings = serde_json::json!({
-        "sla": describe_sla(&cfg.sla),
-        "warmup_s": cfg.warmup.as_secs_f64(),
-        "hold_s": cfg.hold.as_secs_f64(),
-        "runs": cfg.runs,
-        "payload_bytes": cfg.feed.payload_bytes,
-        "symbols": cfg.feed.symbols,
-        "start_rate": cfg.search.start_rate,
-        "start_rates": start_rates,
-        "tolerance": cfg.search.tolerance,
-        "max_rate": cfg.search.max_rate,
-        "time_cap_s": cfg.time_cap.as_secs_f64(),
-        "capped": capped,
-        "interrupted": stop.is_stopped(),
-    });
+    let settings = settings_json(cfg, capped, stop.is_stopped());
     let (runs, medians, ratios) = envelope(&results, winner.as_deref());
+    // What is left: the searches stopped before their knee, and those not started (after a
+    // failure, the configurations not reached). The finished ones are taken from this folder.
+    let left = results.len() < cfg.configurations.len() || results.iter().any(|r| left_to_search(&r.outcome));
+    let finished = results.iter().any(|r| !left_to_search(&r.outcome));
     let stopped: Vec<(&str, u64)> =
         results.iter().filter_map(|r| r.carry_on_from.map(|n| (r.name.as_str(), n))).collect();
-    let carry_on = carry_on_command(&cfg.command, &stopped, cfg.configurations.len() == 1);
+    let carry_on = left.then(|| {
+        carry_on_command(&cfg.command, &stopped, cfg.configurations.len() == 1, finished.then_some(folder.as_path()))
+    });
     let mut result = CapacityResult {
         kind: "capacity",
         machine,
@@ -1211,6 +1323,16 @@ pub fn summary_md(r: &CapacityResult) -> String {
             let _ = writeln!(s, "- `{}` stopped before its knee was found: carry on from {rate} msg/s", c.name);
         }
     }
+    for c in &r.extra.configurations {
+        if let Some(dir) = &c.taken_from {
+            let _ = writeln!(
+                s,
+                "- `{}` taken from {}, where its search finished (not searched again)",
+                c.name,
+                dir.display()
+            );
+        }
+    }
     if let Some(command) = &r.extra.carry_on {
         let _ = writeln!(s, "- carry on: `{command}`");
     }
@@ -1351,6 +1473,7 @@ mod tests {
             at_knee: knee.map(|_| at(achieved)),
             carry_on_from: None,
             thin_percentile: None,
+            taken_from: None,
             trials: Vec::new(),
         };
         assert_eq!(knee_text(&result(Some(3125), 3001.0)), "3125 msg/s offered, 3001 achieved");
@@ -1420,6 +1543,7 @@ mod tests {
             at_knee: knee_latency(knee, &trials),
             carry_on_from: None,
             thin_percentile: None,
+            taken_from: None,
             trials,
         };
         let a = config(
@@ -1507,6 +1631,7 @@ mod tests {
             at_knee: None,
             carry_on_from: None,
             thin_percentile: None,
+            taken_from: None,
             trials: Vec::new(),
         }
     }
@@ -1785,20 +1910,56 @@ mod tests {
         let cmd = words("mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --start-rate=b=700 --json");
         let stopped = [("builtin handler=work:20000", 2500), ("b", 1000)];
         assert_eq!(
-            carry_on_command(&cmd, &stopped, false).as_deref(),
-            Some(
-                "mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --json --start-rate \
-                 'builtin handler=work:20000=2500' --start-rate b=1000"
-            )
+            carry_on_command(&cmd, &stopped, false, None),
+            "mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --json --start-rate \
+             'builtin handler=work:20000=2500' --start-rate b=1000"
         );
         // One configuration: the plain form, every earlier `--start-rate` dropped.
         let one = words("mdsub capacity --start-rate 5k --start-rate=a=10 --out it's");
         assert_eq!(
-            carry_on_command(&one, &[("a", 1000)], true).as_deref(),
-            Some("mdsub capacity --out 'it'\\''s' --start-rate 1000")
+            carry_on_command(&one, &[("a", 1000)], true, None),
+            "mdsub capacity --out 'it'\\''s' --start-rate 1000"
         );
-        assert_eq!(carry_on_command(&cmd, &[], false), None, "nothing stopped");
         assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn the_carry_on_command_takes_the_finished_searches_from_the_folder() {
+        // Before: the command re-ran every configuration, those whose knee was found too.
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let cmd = words("mdsub capacity --profile a --profile b --take-finished-from old --start-rate=b=700");
+        let folder = Path::new("out/2026 run");
+        assert_eq!(
+            carry_on_command(&cmd, &[("b", 1400)], false, Some(folder)),
+            "mdsub capacity --profile a --profile b --take-finished-from 'out/2026 run' --start-rate b=1400"
+        );
+        let eq = words("mdsub capacity --take-finished-from=old --profile a --profile b");
+        assert_eq!(
+            carry_on_command(&eq, &[], false, Some(folder)),
+            "mdsub capacity --profile a --profile b --take-finished-from 'out/2026 run'"
+        );
+        // What is left, and what is not.
+        let mut o = Outcome {
+            knee: Some(1000),
+            at_least: None,
+            ending: Ending::Interrupted,
+            lowest_fail: None,
+            rate_not_achieved_at: None,
+            confirmed_at: None,
+            failed_above: Some(1100),
+            bracket_above: Some(1100),
+            narrowed: false,
+            contradictions: vec![],
+            failed_confirmations: vec![],
+            trials: 3,
+        };
+        assert!(left_to_search(&o), "stopped before its knee was narrowed");
+        o.narrowed = true;
+        assert!(!left_to_search(&o), "its knee found before the stop");
+        o.ending = Ending::Confirmed;
+        assert!(!left_to_search(&o));
+        o.trials = 0;
+        assert!(left_to_search(&o), "not searched");
     }
 
     #[test]

@@ -133,7 +133,7 @@ pub fn svg(configs: &[ConfigResult], sla: &Sla, title: &str) -> Result<String, S
             .x_desc("offered rate (msg/s)")
             // Each tick says its unit (`500µs`, `10ms`): a unit in the title said `µs` over `1ms`.
             .y_desc("latency from intended send time (log scale)")
-            .x_label_formatter(&|x| format!("{:.0}k", x / 1e3))
+            .x_label_formatter(&|x| rate_tick(*x))
             .y_label_formatter(&|y| if *y >= 1000.0 { format!("{:.0}ms", y / 1e3) } else { format!("{y:.0}µs") })
             .draw()
             .map_err(e)?;
@@ -178,6 +178,18 @@ pub fn svg(configs: &[ConfigResult], sla: &Sla, title: &str) -> Result<String, S
         root.present().map_err(e)?;
     }
     Ok(out)
+}
+
+/// An offered rate's tick: `500`, `1k`, `1.5k`, `2.25M`. Before, `{:.0}k` read 500 as `0k` and
+/// 1500 and 2500 both as `2k`: ticks 500 apart were labelled `0k 0k 1k 2k 2k 2k 3k`.
+fn rate_tick(x: f64) -> String {
+    let (v, unit) = match x.abs() {
+        a if a >= 1e6 => (x / 1e6, "M"),
+        a if a >= 1e3 => (x / 1e3, "k"),
+        _ => (x, ""),
+    };
+    let text = format!("{v:.2}");
+    format!("{}{unit}", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 #[cfg(test)]
@@ -235,6 +247,7 @@ mod tests {
                     at_knee: None,
                     carry_on_from: None,
                     thin_percentile: None,
+                    taken_from: None,
                     trials,
                 }
             })
@@ -245,18 +258,39 @@ mod tests {
         n.attribute(name).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} of {n:?}"))
     }
 
+    /// Every `<text>` of an SVG, trimmed.
+    fn texts(svg: &str) -> Vec<String> {
+        let doc = roxmltree::Document::parse(svg).expect("well-formed SVG");
+        let texts = doc.descendants().filter(|t| t.has_tag_name("text")).filter_map(|t| t.text());
+        texts.map(|t| t.trim().to_string()).collect()
+    }
+
+    /// The reviewer's plot of a search up to 4000 msg/s labelled its rate ticks `0k 0k 1k 2k 2k
+    /// 2k 3k 4k 4k`: each tick now says its own rate.
+    #[test]
+    fn each_rate_tick_says_its_own_rate() {
+        let mut cs = configs(1);
+        for t in &mut cs[0].trials {
+            t.summary.offered /= 2;
+        }
+        let text = svg(&cs, &Sla::default(), "mdsub capacity  test").expect("drawn");
+        let ticks: Vec<String> =
+            texts(&text).into_iter().filter(|t| t.trim_end_matches('k').parse::<f64>().is_ok()).collect();
+        let mut unique = ticks.clone();
+        unique.dedup();
+        assert!(ticks.len() > 3 && unique == ticks, "{ticks:?}");
+        assert_eq!(
+            [0.0, 500.0, 1500.0, 2500.0, 1e4, 2_250_000.0].map(rate_tick),
+            ["0", "500", "1.5k", "2.5k", "10k", "2.25M"]
+        );
+    }
+
     /// The y-axis title said `µs` over ticks reading `1ms, 10ms`: each tick says its unit, the
     /// title none.
     #[test]
     fn the_latency_axis_title_and_ticks_agree_on_units() {
         let text = svg(&configs(2), &Sla::default(), "mdsub capacity  test").expect("drawn");
-        let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
-        let texts: Vec<String> = doc
-            .descendants()
-            .filter(|t| t.has_tag_name("text"))
-            .filter_map(|t| t.text())
-            .map(|t| t.trim().into())
-            .collect();
+        let texts = texts(&text);
         let title = texts.iter().find(|t| t.starts_with("latency from intended send time")).expect("the y-axis title");
         let ticks: Vec<&String> = texts
             .iter()

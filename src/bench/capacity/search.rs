@@ -13,7 +13,7 @@
 //! the engine. [`Search`] asks for rates ([`Search::next`]) and takes each
 //! trial's [`Verdict`] ([`Search::on_result`]); the shell runs the trials.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A latency budget: the `quantile` (0.99 = p99; 1.0 = max) must stay at or below `budget_ns`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -102,7 +102,7 @@ impl RunMeasure {
 }
 
 /// A trial's verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Verdict {
     Pass,
@@ -132,7 +132,7 @@ impl Verdict {
 }
 
 /// A trial: its runs summarised (medians) and judged.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrialSummary {
     pub offered: u64,
     /// Median achieved rate over the runs.
@@ -244,7 +244,7 @@ impl Default for SearchConfig {
 }
 
 /// Why a trial is asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Purpose {
     /// Doubling up (or halving down) to bracket the knee.
@@ -275,14 +275,14 @@ pub enum Next {
 
 /// Two results that contradict a monotonic engine: a pass above a failure (per failure, the
 /// highest pass).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contradiction {
     pub passed_at: u64,
     pub failed_at: u64,
 }
 
 /// How a search ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Ending {
     /// Bracketed, bisected to the tolerance and confirmed.
@@ -309,7 +309,7 @@ pub enum Ending {
 }
 
 /// The search's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     /// The highest rate that passed and (with [`Ending::Confirmed`]) whose
     /// 0.95× confirmation passed too. A search stopped early (the time cap, Ctrl-C, a trial
@@ -340,7 +340,7 @@ pub struct Outcome {
     pub contradictions: Vec<Contradiction>,
     /// Each knee the search found whose 0.95x confirmation then failed, in the order tried: the
     /// knee as `passed_at`, its confirmation as `failed_at`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub failed_confirmations: Vec<Contradiction>,
     pub trials: usize,
 }
