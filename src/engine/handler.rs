@@ -10,15 +10,15 @@
 //! check is a length compare where a new key is inserted, never on the path of
 //! a key already held.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::hash::BuildHasherDefault;
 
 use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
+use hashbrown::hash_map::Entry;
 
 use super::book::{Anomalies, BookRefusal, MboEvent, OrderBook, OrderBudget};
-use super::sequence::WordHasher;
+use super::sequence::{tail_word, WordHasher};
 use crate::diag::{quoted, Refusals, SUMMARY_INTERVAL_NS};
 use crate::wire::dbn::{get, not_a_record, AlignedRecord};
 use crate::wire::FrameView;
@@ -392,6 +392,10 @@ struct TopOfBook {
     last_trade: Option<(i64, u32)>,
 }
 
+/// The book handler's instruments by [`book_key`]: hashbrown's map, whose `entry` reserves room
+/// only to insert (std's reserves on every call, a record's lookup of a known instrument).
+type InstrumentMap = hashbrown::HashMap<u64, Instrument, BuildHasherDefault<WordHasher>>;
+
 /// What the book handler keeps per instrument.
 #[derive(Default)]
 struct Instrument {
@@ -400,8 +404,25 @@ struct Instrument {
     topic: Box<[u8]>,
     /// The topic of its first record, when a later one differed (the report says both).
     first_topic: Option<Box<[u8]>>,
+    /// `topic`'s bytes as one word ([`tail_word`]: every byte of a topic of up to 8), so a
+    /// record's topic is checked against it by its length and one word, not a call to `bcmp`.
+    topic_word: u64,
     book: Option<Box<OrderBook>>,
     tob: TopOfBook,
+}
+
+impl Instrument {
+    fn new(topic: &[u8]) -> Self {
+        Instrument { topic: topic.into(), topic_word: tail_word(topic), ..Default::default() }
+    }
+
+    /// Is `topic` its last record's topic? Up to 8 bytes by their length and word, longer ones
+    /// by their bytes.
+    #[inline]
+    fn named(&self, topic: &[u8]) -> bool {
+        topic.len() == self.topic.len()
+            && if topic.len() <= 8 { tail_word(topic) == self.topic_word } else { *topic == *self.topic }
+    }
 }
 
 /// Events by MBO action, in the order of [`ACTIONS`].
@@ -429,7 +450,7 @@ pub const SUMMARY_INSTRUMENTS: usize = 10;
 /// price past them is not added: `levels_full`).
 pub struct BookHandler {
     /// By [`book_key`]: a venue's instrument ids are its own, so two venues' instrument 7 are two books.
-    instruments: HashMap<u64, Instrument, BuildHasherDefault<WordHasher>>,
+    instruments: InstrumentMap,
     max_instruments: usize,
     budget: OrderBudget,
     rec: Box<AlignedRecord>,
@@ -469,7 +490,7 @@ impl BookHandler {
     /// Books within `limits` (`max_instruments`, `max_orders`).
     pub fn new(limits: HandlerLimits) -> Self {
         BookHandler {
-            instruments: HashMap::with_capacity_and_hasher(1024, Default::default()),
+            instruments: InstrumentMap::with_capacity_and_hasher(1024, Default::default()),
             max_instruments: limits.max_instruments,
             budget: OrderBudget::new(limits.max_orders),
             rec: Box::default(),
@@ -568,23 +589,18 @@ fn book_key(publisher_id: u16, instrument_id: u32) -> u64 {
 /// The instrument's state (by [`book_key`]), made on first sight (the only allocation for it;
 /// another when its topic changes); None for a new one when `max` are held.
 #[inline]
-fn instrument<'a>(
-    map: &'a mut HashMap<u64, Instrument, BuildHasherDefault<WordHasher>>,
-    key: u64,
-    topic: &[u8],
-    max: usize,
-) -> Option<&'a mut Instrument> {
+fn instrument<'a>(map: &'a mut InstrumentMap, key: u64, topic: &[u8], max: usize) -> Option<&'a mut Instrument> {
     let held = map.len();
     match map.entry(key) {
         Entry::Occupied(i) => {
             let i = i.into_mut();
-            if *i.topic != *topic {
+            if !i.named(topic) {
                 renamed(i, topic);
             }
             Some(i)
         }
         Entry::Vacant(_) if held >= max => None,
-        Entry::Vacant(v) => Some(v.insert(Instrument { topic: topic.into(), ..Default::default() })),
+        Entry::Vacant(v) => Some(v.insert(Instrument::new(topic))),
     }
 }
 
@@ -593,6 +609,7 @@ fn instrument<'a>(
 #[cold]
 fn renamed(i: &mut Instrument, topic: &[u8]) {
     let old = std::mem::replace(&mut i.topic, topic.into());
+    i.topic_word = tail_word(topic);
     i.first_topic.get_or_insert(old);
 }
 
