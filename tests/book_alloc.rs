@@ -64,14 +64,14 @@ fn second_pass_over_known_instruments_allocates_nothing() {
     let start = ALLOCS.load(Relaxed);
     run(&mut h);
     assert!(ALLOCS.load(Relaxed) > start, "the first pass grows the books (the counter counts)");
-    let levels_first = h.levels(3);
+    let levels_first = h.levels(1, 3);
     for f in &clears {
         h.on_message(&wire::decode(f).expect("frame"));
     }
     let before = ALLOCS.load(Relaxed);
     run(&mut h);
     let allocs = ALLOCS.load(Relaxed) - before;
-    assert_eq!(h.levels(3), levels_first, "the second pass rebuilds the same book");
+    assert_eq!(h.levels(1, 3), levels_first, "the second pass rebuilds the same book");
     assert!(levels_first.is_some_and(|(b, a)| b >= 10 && a >= 10), "real books: {levels_first:?}");
     assert_eq!(h.anomalies().unknown_order + h.anomalies().crossed, 0);
     assert_eq!(allocs, 0, "allocations in the steady state over {} events", frames.len());

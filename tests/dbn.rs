@@ -1078,3 +1078,141 @@ fn bench_refuses_the_book_handler_where_an_engine_would_split_its_books() {
     let (code, err) = bench(&["--profile", rr, "--compare", "routing"]);
     assert_eq!(code, Some(0), "the latency handler compares routing: {err}");
 }
+
+/// A live recording (DBN version 1, no mappings in its metadata) whose stream maps instrument 51
+/// `MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT` + 50 times, alternately `SYMA` and `SYMB` for 10 ns
+/// each from T0 (each of the first 4096 also sent twice more, as a repeat and a part of itself:
+/// those add nothing), then 4 MBO records of 51: received in its first two mappings' times, in its last
+/// kept one's, and in a dropped one's. Returns the path and the mapping records written.
+fn many_mappings_file(dir: &Path) -> (std::path::PathBuf, usize) {
+    use mdsub::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT as CAP;
+    let mut live = glbx_mbo_metadata(None, Vec::new());
+    live.version = 1;
+    live.symbol_cstr_len = dbn::compat::SYMBOL_CSTR_LEN_V1;
+    let maps: Vec<dbn::v1::SymbolMappingMsg> = (0..CAP as u64 + 50)
+        .flat_map(|i| {
+            let (from, sym) = (T0 + i * 10, if i % 2 == 0 { "SYMA" } else { "SYMB" });
+            let spans = if i < CAP as u64 {
+                &[(from, from + 10), (from, from + 10), (from + 5, from + 10)][..]
+            } else {
+                &[(from, from + 10)][..]
+            };
+            spans
+                .iter()
+                .map(|(a, b)| dbn::v1::SymbolMappingMsg::new(51, T0, sym, sym, *a, *b).expect("mapping"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let last_kept = T0 + (CAP as u64 - 1) * 10;
+    let data: Vec<MboMsg> = [T0 + 1, T0 + 11, last_kept + 1, last_kept + 205]
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| mbo(51, *ts, i as u64 + 1, b'A', b'B', 1, 1))
+        .collect();
+    let mut refs: Vec<RecordRef> = maps.iter().map(RecordRef::from).collect();
+    refs.extend(data.iter().map(RecordRef::from));
+    let path = dir.join("many-mappings.dbn");
+    write_refs(&path, &live, &refs, false);
+    (path, maps.len())
+}
+
+/// An instrument's symbol mappings are bounded: past `MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT` (4096)
+/// of one id, the later ones are dropped, counted and said once, and the id's records are named
+/// from the ones kept (a record in a dropped mapping's time by the nearest kept one before it).
+/// Repeats of a mapping count for none. Before, every mapping was kept (a list without bound,
+/// each lookup outside the current span a scan of it) and nothing was said.
+#[test]
+fn symbol_mappings_past_the_cap_are_dropped_counted_and_said_once() {
+    use mdsub::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT as CAP;
+    let dir = tmp_dir("many-mappings");
+    let (path, _) = many_mappings_file(&dir);
+    let (got, status, out) = replay("replay-dbn-many-mappings", 1, &["--from", path.to_str().expect("utf8")]);
+    assert!(status.success(), "{out}");
+    let topics: Vec<&str> = got.iter().map(|g| g.topic.as_str()).collect();
+    // Mapping CAP - 1 (odd) is SYMB; the last record's time is in a dropped (SYMA) one's.
+    assert_eq!(topics, ["SYMA", "SYMB", "SYMB", "SYMB"], "{out}");
+    let said: Vec<&str> = out.lines().filter(|l| l.contains("refused (symbol_mappings_full)")).collect();
+    assert_eq!(said.len(), 1, "said once: {out}");
+    assert!(said[0].contains(&format!("instrument 51 has {CAP} symbol mappings")), "{}", said[0]);
+    assert!(out.contains("replay: 50 DBN symbol mappings were dropped (over 4096 per instrument id"), "counted: {out}");
+}
+
+/// `mdsub bench --from` reports what its replay skipped, per record type, and the symbol mappings
+/// it dropped, in its report (stdout) and its `--json`, not only on stderr. Before, the report
+/// had neither (a user comparing runs could not tell what was not sent).
+#[test]
+fn bench_reports_the_records_its_replay_skipped() {
+    let dir = tmp_dir("bench-skipped");
+    let (path, maps) = many_mappings_file(&dir);
+    let p = path.to_str().expect("utf8");
+    let args = ["bench", "--from", p, "--runs", "1", "--handoff", "batch"];
+    let (code, out, err) = run_within("bench", mdsub().args(args).arg("--json"), Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let v = json(&out);
+    assert_eq!(v["skipped_by_rtype"]["0x16"], maps as u64, "{v}");
+    assert_eq!(v["symbol_mappings_dropped"], 50, "{v}");
+    let (code, out, err) = run_within("bench", mdsub().args(args), Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let want = format!(
+        "input: not replayed (each run), by record type: 0x16 symbol-mapping {maps}; symbol mappings dropped 50 \
+         (over 4096 per instrument id)"
+    );
+    assert!(out.lines().any(|l| l == want), "stdout has `{want}`: {out}");
+}
+
+/// With by-topic routing over two workers, the book handler keeps a renamed instrument's book on
+/// one worker: a live recording renames instrument 41 mid-stream (HHH, then a symbol the other
+/// worker's topic hash takes), five of its bids are added before and cancelled after. The engine
+/// holds one book for 41 (labelled by its last topic and its first), with no unknown orders.
+/// Before, by topic, the rename moved 41 to the other worker: two books (HHH with every bid, the
+/// new name with five cancels of unknown orders).
+#[test]
+fn a_renamed_instrument_keeps_one_book_across_workers() {
+    use mdsub::bench::run::{run_once, RunSpec, Subscriber};
+    use mdsub::engine::handler::HandlerSpec;
+    use mdsub::engine::EngineConfig;
+    use mdsub::replay::{Limits, Pacing, PublisherConfig, Source};
+
+    let dir = tmp_dir("renamed-book");
+    let by_worker = |t: &str| mdsub::wire::topic_hash(t.as_bytes()) % 2;
+    let renamed = (0..64).map(|k| format!("III{k}")).find(|t| by_worker(t) != by_worker("HHH")).expect("a topic");
+    let mut live = glbx_mbo_metadata(None, Vec::new());
+    live.version = 1;
+    live.symbol_cstr_len = dbn::compat::SYMBOL_CSTR_LEN_V1;
+    let hour = 3_600_000_000_000;
+    let hhh = dbn::v1::SymbolMappingMsg::new(41, T0, "HHH", "HHH", T0, T0 + hour).expect("mapping");
+    let iii =
+        dbn::v1::SymbolMappingMsg::new(41, T0 + 15_000, &renamed, &renamed, T0 + 20_000, T0 + hour).expect("mapping");
+    let adds: Vec<MboMsg> = (0..10u64).map(|i| mbo(41, T0 + i * 1_000, i + 1, b'A', b'B', 100 + i as i64, 1)).collect();
+    let mut after: Vec<MboMsg> =
+        (0..5u64).map(|i| mbo(41, T0 + 20_000 + i * 1_000, i + 1, b'C', b'B', 100 + i as i64, 1)).collect();
+    after.push(mbo(41, T0 + 30_000, 11, b'A', b'A', 200, 2));
+    let mut refs: Vec<RecordRef> = vec![RecordRef::from(&hhh)];
+    refs.extend(adds.iter().map(RecordRef::from));
+    refs.push(RecordRef::from(&iii));
+    refs.extend(after.iter().map(RecordRef::from));
+    let path = dir.join("renamed.dbn");
+    write_refs(&path, &live, &refs, false);
+    let spec = RunSpec {
+        publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into()], ..Default::default() },
+        source: Source::Dbn { paths: vec![path] },
+        pacing: Pacing::FlatOut,
+        limits: Limits { max_msgs: None, duration: None },
+        subscriber: Subscriber::Engine(Box::new(EngineConfig {
+            worker_cores: vec![None, None],
+            handler: HandlerSpec::Book,
+            ..Default::default()
+        })),
+        drain_timeout: Duration::from_secs(60),
+        say_refusals: true,
+    };
+    let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_, _| {}).expect("run");
+    let report = out.report;
+    assert_eq!(report.delivered, 16, "{}", report.render());
+    let h = &report.handler;
+    assert_eq!((h["instruments"], h["orders"], h["anomaly_unknown_order"]), (1, 6, 0), "{h:?}");
+    let px = dbn::pretty::fmt_px;
+    let want = format!("book {renamed} (first HHH) id=41 bid={} x 1 ask={} x 2 levels=5/1 orders=6", px(109), px(200));
+    assert_eq!(report.handler_summary.len(), 1, "{:?}", report.handler_summary);
+    assert!(report.handler_summary[0].starts_with(&want), "{:?} vs `{want}`", report.handler_summary);
+}

@@ -139,6 +139,14 @@ pub struct BenchExtra {
     /// so the result is not one (`error`; docs/REFUSALS.md, "Damaged files").
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub refused: std::collections::BTreeMap<String, u64>,
+    /// `--from` DBN files: the records each run's replay skipped (not replayed: control and
+    /// unknown types), by record type (`0x16`), as `mdsub replay` reports them.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub skipped_by_rtype: std::collections::BTreeMap<String, u64>,
+    /// `--from` DBN files: symbol mappings each run's replay dropped over
+    /// [`crate::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] per instrument id.
+    #[serde(skip_serializing_if = "crate::diag::is_zero")]
+    pub symbol_mappings_dropped: u64,
     /// `interrupted`, `runs_completed`: Ctrl-C after a whole run keeps the whole runs.
     #[serde(flatten)]
     pub completed: Completed,
@@ -353,6 +361,8 @@ pub fn run(
     let mut runs: Vec<RunReport> = Vec::new();
     let mut publisher_runs: Vec<PublisherRun> = Vec::new();
     let mut refused = std::collections::BTreeMap::new();
+    // What the replay skipped: the same input every run, so the first run's.
+    let mut skipped: Option<(std::collections::BTreeMap<String, u64>, u64)> = None;
     let mut runs_completed = 0;
     'runs: for rep in 1..=bench.runs.max(1) {
         for (k, (name, sub, publisher, source)) in variants.iter().enumerate() {
@@ -389,6 +399,7 @@ pub fn run(
             if refused.is_empty() {
                 refused = out.replay.refused.clone();
             }
+            skipped.get_or_insert_with(|| (out.replay.skipped_by_rtype.clone(), out.replay.symbol_mappings_dropped));
             let run = PublisherRun::of(name, &out.replay, pacing, out.publisher_io_cpu_ns);
             if let Some(note) = &run.note {
                 crate::diag!("bench: run {rep} {name}: publisher: {note}");
@@ -473,7 +484,18 @@ pub fn run(
                 list.join(" ")
             )
         }),
-        extra: BenchExtra { publisher_runs, comparisons, publisher_comparisons, refused, completed },
+        extra: {
+            let (skipped_by_rtype, symbol_mappings_dropped) = skipped.unwrap_or_default();
+            BenchExtra {
+                publisher_runs,
+                comparisons,
+                publisher_comparisons,
+                refused,
+                skipped_by_rtype,
+                symbol_mappings_dropped,
+                completed,
+            }
+        },
     }))
 }
 

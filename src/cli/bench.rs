@@ -335,6 +335,9 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
     }
     let result = result.finish(args.json, save)?;
     if !args.json {
+        if let Some(line) = input_skipped_line(&result.extra) {
+            crate::outln!("{line}");
+        }
         crate::outln!(
             "medians of {} run(s){} (each column is its own median across the runs, not one run's figures; cpu: \
              every thread of the subscriber incl. libzmq's I/O threads, per delivered message):",
@@ -391,6 +394,31 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
         }
     }
     Ok(result)
+}
+
+/// The report's line of what each run's replay of `--from` DBN files did not send, None when it
+/// sent everything: `input: not replayed (each run), by record type: 0x16 symbol-mapping 3, 0x17
+/// system 1; symbol mappings dropped 10 (over 4096 per instrument id)`.
+fn input_skipped_line(extra: &crate::bench::engine::BenchExtra) -> Option<String> {
+    let types: Vec<String> = (extra.skipped_by_rtype.iter())
+        .map(|(rt, n)| {
+            let name =
+                u8::from_str_radix(rt.trim_start_matches("0x"), 16).ok().and_then(|r| dbn::RType::try_from(r).ok());
+            format!("{rt} {} {n}", name.map_or("unknown", |t| t.as_str()))
+        })
+        .collect();
+    let mut parts = Vec::new();
+    if !types.is_empty() {
+        parts.push(format!("not replayed (each run), by record type: {}", types.join(", ")));
+    }
+    if extra.symbol_mappings_dropped > 0 {
+        parts.push(format!(
+            "symbol mappings dropped {} (over {} per instrument id)",
+            extra.symbol_mappings_dropped,
+            crate::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("input: {}", parts.join("; ")))
 }
 
 /// `mdsub lvc-bench`: the comparison, its lines, and the result printed (`--json`) and saved (`--save`).

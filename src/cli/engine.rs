@@ -356,7 +356,8 @@ pub struct EngineArgs {
     /// with one shard).
     #[arg(long, value_parser = parse_handoff)]
     pub handoff: Option<HandOff>,
-    /// Routing to workers: by-topic (each topic's order kept) or round-robin
+    /// Routing to workers: by-topic (each topic's order kept; with `--handler book` a DBN record
+    /// goes by its publisher id and instrument id, so a renamed instrument keeps its worker) or round-robin
     /// (even load, no per-topic order across workers; refused with `--handler book` over several
     /// workers, which would each build part of every instrument's book).
     #[arg(long, value_parser = parse_routing)]

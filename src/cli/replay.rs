@@ -710,6 +710,14 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
         let list: Vec<String> = stats.skipped_by_rtype.iter().map(|(rt, n)| format!("rtype {rt}: {n}")).collect();
         crate::diag!("replay: skipped records of types not replayed: {}", list.join(", "));
     }
+    if stats.symbol_mappings_dropped > 0 {
+        crate::diag!(
+            "replay: {} DBN symbol mappings were dropped (over {} per instrument id, the first said above); the \
+             records of their ids were named from the mappings kept",
+            stats.symbol_mappings_dropped,
+            crate::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT
+        );
+    }
     if stats.ts_recv_backwards > 0 {
         crate::diag!(
             "replay: {} DBN records were received before the record ahead of them in their file (the first said \

@@ -10,15 +10,15 @@
 //! check is a length compare where a new key is inserted, never on the path of
 //! a key already held.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::hash::BuildHasherDefault;
 
 use dbn::{MboMsg, Mbp10Msg, Mbp1Msg, TradeMsg, UNDEF_PRICE};
+use hashbrown::hash_map::Entry;
 
 use super::book::{Anomalies, BookRefusal, MboEvent, OrderBook, OrderBudget};
-use super::sequence::WordHasher;
+use super::sequence::{tail_word, WordHasher};
 use crate::diag::{quoted, Refusals, SUMMARY_INTERVAL_NS};
 use crate::wire::dbn::{get, not_a_record, AlignedRecord};
 use crate::wire::FrameView;
@@ -392,13 +392,37 @@ struct TopOfBook {
     last_trade: Option<(i64, u32)>,
 }
 
+/// The book handler's instruments by [`book_key`]: hashbrown's map, whose `entry` reserves room
+/// only to insert (std's reserves on every call, a record's lookup of a known instrument).
+type InstrumentMap = hashbrown::HashMap<u64, Instrument, BuildHasherDefault<WordHasher>>;
+
 /// What the book handler keeps per instrument.
 #[derive(Default)]
 struct Instrument {
-    /// The topic (symbol) it arrived on, for the report (set once).
+    /// The topic (symbol) of its last record, for the report: a replay names a record by its
+    /// instrument's symbol when it was received, so an id renamed mid-feed shows its new name.
     topic: Box<[u8]>,
+    /// The topic of its first record, when a later one differed (the report says both).
+    first_topic: Option<Box<[u8]>>,
+    /// `topic`'s bytes as one word ([`tail_word`]: every byte of a topic of up to 8), so a
+    /// record's topic is checked against it by its length and one word, not a call to `bcmp`.
+    topic_word: u64,
     book: Option<Box<OrderBook>>,
     tob: TopOfBook,
+}
+
+impl Instrument {
+    fn new(topic: &[u8]) -> Self {
+        Instrument { topic: topic.into(), topic_word: tail_word(topic), ..Default::default() }
+    }
+
+    /// Is `topic` its last record's topic? Up to 8 bytes by their length and word, longer ones
+    /// by their bytes.
+    #[inline]
+    fn named(&self, topic: &[u8]) -> bool {
+        topic.len() == self.topic.len()
+            && if topic.len() <= 8 { tail_word(topic) == self.topic_word } else { *topic == *self.topic }
+    }
 }
 
 /// Events by MBO action, in the order of [`ACTIONS`].
@@ -425,7 +449,8 @@ pub const SUMMARY_INSTRUMENTS: usize = 10;
 /// [`super::book::MAX_LEVELS_PER_SIDE`] price levels a side of a book (an order at a new
 /// price past them is not added: `levels_full`).
 pub struct BookHandler {
-    instruments: HashMap<u32, Instrument, BuildHasherDefault<WordHasher>>,
+    /// By [`book_key`]: a venue's instrument ids are its own, so two venues' instrument 7 are two books.
+    instruments: InstrumentMap,
     max_instruments: usize,
     budget: OrderBudget,
     rec: Box<AlignedRecord>,
@@ -465,7 +490,7 @@ impl BookHandler {
     /// Books within `limits` (`max_instruments`, `max_orders`).
     pub fn new(limits: HandlerLimits) -> Self {
         BookHandler {
-            instruments: HashMap::with_capacity_and_hasher(1024, Default::default()),
+            instruments: InstrumentMap::with_capacity_and_hasher(1024, Default::default()),
             max_instruments: limits.max_instruments,
             budget: OrderBudget::new(limits.max_orders),
             rec: Box::default(),
@@ -533,19 +558,19 @@ impl BookHandler {
         );
     }
 
-    /// Best bid and ask (price, size) of an instrument: from its MBO book
-    /// when it has one, else from the last MBP record.
-    pub fn bbo(&self, instrument_id: u32) -> Option<(Option<PxSize>, Option<PxSize>)> {
-        let i = self.instruments.get(&instrument_id)?;
+    /// Best bid and ask (price, size) of a venue's (`publisher_id`'s) instrument: from its MBO
+    /// book when it has one, else from the last MBP record.
+    pub fn bbo(&self, publisher_id: u16, instrument_id: u32) -> Option<(Option<PxSize>, Option<PxSize>)> {
+        let i = self.instruments.get(&book_key(publisher_id, instrument_id))?;
         Some(match &i.book {
             Some(b) => (b.bids.best().map(|l| (l.price, l.size)), b.asks.best().map(|l| (l.price, l.size))),
             None => (i.tob.bid.map(|(p, s)| (p, s as u64)), i.tob.ask.map(|(p, s)| (p, s as u64))),
         })
     }
 
-    /// Bid and ask price levels of an instrument's MBO book.
-    pub fn levels(&self, instrument_id: u32) -> Option<(usize, usize)> {
-        let b = self.instruments.get(&instrument_id)?.book.as_ref()?;
+    /// Bid and ask price levels of a venue's (`publisher_id`'s) instrument's MBO book.
+    pub fn levels(&self, publisher_id: u16, instrument_id: u32) -> Option<(usize, usize)> {
+        let b = self.instruments.get(&book_key(publisher_id, instrument_id))?.book.as_ref()?;
         Some((b.bids.len(), b.asks.len()))
     }
 
@@ -555,21 +580,37 @@ impl BookHandler {
     }
 }
 
-/// The instrument's state, made on first sight (the only allocation for it);
-/// None for a new one when `max` are held.
+/// The key of a venue's instrument: its publisher id (DBN's record header) above its id.
 #[inline]
-fn instrument<'a>(
-    map: &'a mut HashMap<u32, Instrument, BuildHasherDefault<WordHasher>>,
-    id: u32,
-    topic: &[u8],
-    max: usize,
-) -> Option<&'a mut Instrument> {
+fn book_key(publisher_id: u16, instrument_id: u32) -> u64 {
+    (u64::from(publisher_id) << 32) | u64::from(instrument_id)
+}
+
+/// The instrument's state (by [`book_key`]), made on first sight (the only allocation for it;
+/// another when its topic changes); None for a new one when `max` are held.
+#[inline]
+fn instrument<'a>(map: &'a mut InstrumentMap, key: u64, topic: &[u8], max: usize) -> Option<&'a mut Instrument> {
     let held = map.len();
-    match map.entry(id) {
-        Entry::Occupied(i) => Some(i.into_mut()),
+    match map.entry(key) {
+        Entry::Occupied(i) => {
+            let i = i.into_mut();
+            if !i.named(topic) {
+                renamed(i, topic);
+            }
+            Some(i)
+        }
         Entry::Vacant(_) if held >= max => None,
-        Entry::Vacant(v) => Some(v.insert(Instrument { topic: topic.into(), ..Default::default() })),
+        Entry::Vacant(v) => Some(v.insert(Instrument::new(topic))),
     }
+}
+
+/// An instrument's record came on another topic than its last: the report shows the new one (and
+/// the first).
+#[cold]
+fn renamed(i: &mut Instrument, topic: &[u8]) {
+    let old = std::mem::replace(&mut i.topic, topic.into());
+    i.topic_word = tail_word(topic);
+    i.first_topic.get_or_insert(old);
 }
 
 /// What one record means to the books.
@@ -598,7 +639,7 @@ impl Handler for BookHandler {
             self.not_dbn(msg.topic, msg.payload);
             return;
         };
-        let id = rec.header().instrument_id;
+        let (id, publisher) = (rec.header().instrument_id, rec.header().publisher_id);
         // Read what is needed out of the record, then update the books.
         let parsed = if let Some(m) = get::<MboMsg>(&rec) {
             Parsed::Mbo(MboEvent {
@@ -631,7 +672,8 @@ impl Handler for BookHandler {
                 self.events[k] += 1;
             }
         }
-        let Some(inst) = instrument(&mut self.instruments, id, msg.topic, self.max_instruments) else {
+        let Some(inst) = instrument(&mut self.instruments, book_key(publisher, id), msg.topic, self.max_instruments)
+        else {
             self.instruments_full(id, msg.topic);
             return;
         };
@@ -697,17 +739,29 @@ impl Handler for BookHandler {
         Some(&self.refused.log)
     }
 
-    /// One line per instrument (the first [`SUMMARY_INSTRUMENTS`] by id):
-    /// `book SYMBOL id=ID bid=PX x SIZE ask=PX x SIZE levels=B/A orders=N last=PX x SIZE`.
+    /// One line per instrument (the first [`SUMMARY_INSTRUMENTS`] by id, then publisher):
+    /// `book SYMBOL id=ID bid=PX x SIZE ask=PX x SIZE levels=B/A orders=N last=PX x SIZE`, the
+    /// SYMBOL its last record's topic (`SYMBOL (first FIRST)` when its first was another), with
+    /// `publisher=P` after the id when the books hold more than one publisher's (venue's).
     fn summary(&self) -> Vec<String> {
         use std::fmt::Write as _;
-        let mut ids: Vec<u32> = self.instruments.keys().copied().collect();
-        ids.sort_unstable();
+        let mut keys: Vec<u64> = self.instruments.keys().copied().collect();
+        keys.sort_unstable_by_key(|k| (*k as u32, *k >> 32));
+        let venues = keys.first().is_some_and(|k0| keys.iter().any(|k| k >> 32 != k0 >> 32));
         let mut lines = Vec::new();
-        for id in ids.into_iter().take(SUMMARY_INSTRUMENTS) {
-            let i = &self.instruments[&id];
-            let (bid, ask) = self.bbo(id).unwrap_or((None, None));
-            let mut s = format!("book {} id={id} bid=", String::from_utf8_lossy(&i.topic));
+        for key in keys.into_iter().take(SUMMARY_INSTRUMENTS) {
+            let i = &self.instruments[&key];
+            let (id, publisher) = (key as u32, (key >> 32) as u16);
+            let (bid, ask) = self.bbo(publisher, id).unwrap_or((None, None));
+            let mut s = format!("book {}", String::from_utf8_lossy(&i.topic));
+            if let Some(first) = &i.first_topic {
+                let _ = write!(s, " (first {})", String::from_utf8_lossy(first));
+            }
+            let _ = write!(s, " id={id}");
+            if venues {
+                let _ = write!(s, " publisher={publisher}");
+            }
+            s.push_str(" bid=");
             fmt_level(&mut s, bid);
             s.push_str(" ask=");
             fmt_level(&mut s, ask);
@@ -882,6 +936,26 @@ mod tests {
         crate::feed::mbo_synth::mbo(id, 0, order_id, action, side, price, size)
     }
 
+    /// Two venues' instrument 7 are two books, shown apart; an id renamed mid-feed shows its
+    /// last topic and its first. Main keyed books by instrument id alone (one merged book, bid
+    /// 100 x 8) and labelled a book by its first topic.
+    #[test]
+    fn books_are_per_venue_and_named_by_their_last_topic() {
+        let mut h = BookHandler::default();
+        let mut other = mbo(7, 2, b'A', b'B', 100, 3);
+        other.hd.publisher_id = 2;
+        let feed: [(&[u8], MboMsg); 3] =
+            [(b"HHH", mbo(7, 1, b'A', b'B', 100, 5)), (b"HHH", other), (b"III", mbo(7, 3, b'A', b'A', 101, 1))];
+        for (i, (topic, m)) in feed.iter().enumerate() {
+            h.on_message(&decode(&frame(topic, i as u64 + 1, &dbn_bytes(m))).expect("frame"));
+        }
+        assert_eq!(h.bbo(1, 7), Some((Some((100, 5)), Some((101, 1)))));
+        assert_eq!(h.bbo(2, 7), Some((Some((100, 3)), None)));
+        let lines = h.summary();
+        assert!(lines[0].starts_with("book III (first HHH) id=7 publisher=1 bid="), "{lines:?}");
+        assert!(lines[1].starts_with("book HHH id=7 publisher=2 bid="), "{lines:?}");
+    }
+
     #[test]
     fn book_handler_builds_books_and_tops_from_dbn_payloads() {
         let mut h = BookHandler::default();
@@ -894,6 +968,7 @@ mod tests {
         ];
         let mut top = Mbp1Msg { action: b'T' as std::ffi::c_char, price: 42, size: 2, ..Default::default() };
         top.hd.instrument_id = 8;
+        top.hd.publisher_id = 1;
         top.levels[0] = dbn::BidAskPair { bid_px: 10, ask_px: 12, bid_sz: 4, ask_sz: 6, bid_ct: 1, ask_ct: 1 };
         feed.push(dbn_bytes(&top));
         feed.push(b"not a record".to_vec());
@@ -901,9 +976,9 @@ mod tests {
             let topic: &[u8] = if i < 5 { b"ESZ3" } else { b"NQZ3" };
             h.on_message(&decode(&frame(topic, i as u64 + 1, p)).expect("frame"));
         }
-        assert_eq!(h.bbo(7), Some((Some((99_000_000_000, 1)), Some((101_000_000_000, 3)))));
-        assert_eq!(h.levels(7), Some((1, 1)));
-        assert_eq!(h.bbo(8), Some((Some((10, 4)), Some((12, 6)))));
+        assert_eq!(h.bbo(1, 7), Some((Some((99_000_000_000, 1)), Some((101_000_000_000, 3)))));
+        assert_eq!(h.levels(1, 7), Some((1, 1)));
+        assert_eq!(h.bbo(1, 8), Some((Some((10, 4)), Some((12, 6)))));
         assert_eq!(h.anomalies().unknown_order, 1);
         let c: HashMap<_, _> = h.counters().into_iter().collect();
         assert_eq!((c["mbo_add"], c["mbo_cancel"], c["mbp1"], c["refused_not_dbn"], c["instruments"]), (3, 2, 1, 1, 2));
@@ -1060,11 +1135,11 @@ mod tests {
         let c: HashMap<_, _> = h.counters().into_iter().collect();
         assert_eq!((c["instruments"], c["orders"], c["mbo_add"]), (2, 2, 4), "{c:?}");
         assert_eq!((c["refused_orders_full"], c["refused_instruments_full"]), (2, 1), "{c:?}");
-        assert_eq!(h.bbo(7), Some((Some((100, 3)), Some((102, 3)))), "the held orders still change");
-        assert_eq!((h.bbo(8), h.bbo(9)), (Some((None, None)), None), "8's order was past the budget, 9 not held");
+        assert_eq!(h.bbo(1, 7), Some((Some((100, 3)), Some((102, 3)))), "the held orders still change");
+        assert_eq!((h.bbo(1, 8), h.bbo(1, 9)), (Some((None, None)), None), "8's order was past the budget, 9 not held");
         feed(&mut h, b"ESZ3", 1, &dbn_bytes(&mbo(7, 2, b'C', b'A', 102, 3)));
         feed(&mut h, b"NQZ3", 1, &dbn_bytes(&mbo(8, 4, b'A', b'B', 200, 1)));
-        assert_eq!(h.bbo(8), Some((Some((200, 1)), None)), "a whole cancel made room");
+        assert_eq!(h.bbo(1, 8), Some((Some((200, 1)), None)), "a whole cancel made room");
         let lines = h.refusal_lines(S, false);
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(

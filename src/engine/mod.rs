@@ -559,6 +559,8 @@ impl Engine {
                 batch_max: cfg.batch_max.max(1),
                 handoff: cfg.handoff,
                 routing: cfg.routing,
+                // Books are per instrument: a renamed one (a new topic) stays on its worker.
+                by_instrument: cfg.handler == HandlerSpec::Book,
                 worker_endpoints: worker_endpoints.clone(),
                 expect_eos,
                 eos_id,

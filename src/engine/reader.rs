@@ -280,6 +280,9 @@ pub struct ReaderConfig {
     pub batch_max: usize,
     pub handoff: HandOff,
     pub routing: Routing,
+    /// [`Routing::ByTopic`] routes a DBN record by its instrument ([`Checks::by_instrument`]):
+    /// the handler keeps books, whose instrument must stay on one worker when its topic changes.
+    pub by_instrument: bool,
     /// Workers' inproc endpoints, in worker order.
     pub worker_endpoints: Vec<String>,
     /// End of stream after this many publishers said so (0: run until stopped).
@@ -298,6 +301,9 @@ pub struct ReaderConfig {
     pub handoff_hwm_msgs: i32,
 }
 
+/// A DBN record header's length in bytes (length, rtype, publisher id, instrument id, ts_event).
+const DBN_HEADER_BYTES: usize = 16;
+
 /// The per-frame checks and routing of a reader (socket-free): decode,
 /// sequence checks, the snail's lag and silence checks (with a [`Guard`]),
 /// routing.
@@ -306,6 +312,8 @@ pub struct Checks {
     croaked: bool,
     tracker: SequenceTracker,
     routing: Routing,
+    /// By-topic routing hashes a DBN record's venue and instrument instead of its topic.
+    by_instrument: bool,
     workers: usize,
     rr: usize,
     received: u64,
@@ -360,6 +368,7 @@ impl Checks {
             croaked: false,
             tracker: SequenceTracker::new(full_subscription),
             routing,
+            by_instrument: false,
             workers: workers.max(1),
             rr: 0,
             received: 0,
@@ -443,6 +452,29 @@ impl Checks {
     }
 
     /// Name the site in refusal lines (the reader's role, e.g. `shard0-reader`).
+    /// By-topic routing of a data frame whose payload is a DBN record goes by the record's
+    /// publisher id and instrument id (its header's bytes 2 to 7), not by its topic: a replay
+    /// names a record by its instrument's symbol when it was received, so an instrument renamed
+    /// mid-file changes topic, and by topic its later records could go to another worker (its
+    /// book split in two). Other frames go by topic. For the `book` handler.
+    pub fn by_instrument(mut self, on: bool) -> Self {
+        self.by_instrument = on;
+        self
+    }
+
+    /// The hash a by-topic route takes: the DBN record's venue and instrument when
+    /// [`Checks::by_instrument`] (and the payload is long enough for a DBN record header), else the
+    /// topic's.
+    #[inline]
+    fn route_hash(&self, view: &FrameView<'_>) -> u64 {
+        match view.payload.get(2..8) {
+            Some(venue_instrument) if self.by_instrument && view.payload.len() >= DBN_HEADER_BYTES => {
+                topic_hash(venue_instrument)
+            }
+            _ => topic_hash(view.topic),
+        }
+    }
+
     pub fn with_site(mut self, site: &str) -> Self {
         self.refusals = Refusals::new(site, SUMMARY_INTERVAL_NS);
         self
@@ -605,7 +637,7 @@ impl Checks {
                 self.note_lag(recv_ns, view.header.send_time_ns);
                 let w = match self.routing {
                     _ if self.workers == 1 => 0,
-                    Routing::ByTopic => (topic_hash(view.topic) % self.workers as u64) as usize,
+                    Routing::ByTopic => (self.route_hash(view) % self.workers as u64) as usize,
                     Routing::RoundRobin => {
                         self.rr = (self.rr + 1) % self.workers;
                         self.rr
@@ -879,6 +911,7 @@ impl ReaderAgent {
         let idle_trim = IdleTrim::new(IDLE_BUFFERS_WINDOW_NS, IDLE_BUFFERS_SPARE_PER_WORKER * pushes.len());
         let unsent = (0..pushes.len()).map(|_| None).collect();
         let checks = Checks::new(cfg.routing, pushes.len(), cfg.full_subscription)
+            .by_instrument(cfg.by_instrument)
             .with_site(&role)
             .with_forget_silent_after(cfg.forget_silent_after_ns);
         let inline = inline.map(|core| core.said_by(&role));
@@ -1521,6 +1554,41 @@ mod tests {
         said
     }
 
+    /// The book handler's by-topic routing goes by a DBN record's venue and instrument: an
+    /// instrument renamed mid-file (another topic) stays on its worker. By topic, the rename
+    /// moved it to the other worker (its book split in two); a payload too short for a DBN
+    /// record still goes by topic.
+    #[test]
+    fn by_instrument_routing_keeps_a_renamed_instrument_on_its_worker() {
+        let by_topic = |t: &[u8]| topic_hash(t) % 2;
+        let old: &[u8] = b"HHH";
+        let renamed = (0..64).map(|k| format!("III{k}").into_bytes()).find(|t| by_topic(t) != by_topic(old));
+        let renamed = renamed.expect("a topic the other worker takes");
+        // A DBN record header (length in 4-byte words, rtype, publisher id 1, instrument 41).
+        let mut rec = vec![0u8; 56];
+        rec[..8].copy_from_slice(&[14, dbn::rtype::MBO, 1, 0, 41, 0, 0, 0]);
+        let f = |seq: u64, topic: &[u8], payload: &[u8]| {
+            let h = Header {
+                kind: Kind::Data,
+                flags: 0,
+                publisher_id: 1,
+                session_id: 7,
+                stream_seq: seq,
+                topic_seq: 1,
+                send_time_ns: 1000,
+            };
+            wire::encode(topic, &h, payload)
+        };
+        let mut books = Checks::new(Routing::ByTopic, 2, true).by_instrument(true);
+        let mut topics = Checks::new(Routing::ByTopic, 2, true);
+        let (a, b) = (f(1, old, &rec), f(2, &renamed, &rec));
+        assert_eq!(books.check(&a, 1), books.check(&b, 2), "one worker for instrument 41");
+        assert_ne!(topics.check(&a, 1), topics.check(&b, 2), "by topic: two");
+        let mut short = Checks::new(Routing::ByTopic, 2, true).by_instrument(true);
+        let (a, b) = (f(1, old, &rec[..8]), f(2, &renamed, &rec[..8]));
+        assert_ne!(short.check(&a, 1), short.check(&b, 2), "not a DBN record: by topic");
+    }
+
     #[test]
     fn silence_begins_after_the_limit_and_ends_with_the_next_frame() {
         let mut c = Checks::new(Routing::ByTopic, 2, true);
@@ -1722,6 +1790,7 @@ mod tests {
             batch_max,
             handoff,
             routing: Routing::ByTopic,
+            by_instrument: false,
             worker_endpoints: vec![worker.to_string()],
             expect_eos: 0,
             eos_id: 0,

@@ -147,7 +147,7 @@ fn word8(b: &[u8]) -> u64 {
 /// A word of the last 0 to 8 bytes of an input, each of them in it (for 4 to 8, two 4-byte
 /// reads that overlap), without a loop or a copy.
 #[inline]
-fn tail_word(b: &[u8]) -> u64 {
+pub(crate) fn tail_word(b: &[u8]) -> u64 {
     let n = b.len();
     match n {
         0 => 0,

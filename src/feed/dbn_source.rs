@@ -579,20 +579,58 @@ impl Named {
 /// its id, the symbol of the nearest one before it (else after it); with none, the id in decimal.
 /// Per id, the answer is kept with the span of times it holds for (no interval begins or ends
 /// inside it), so a record costs a lookup and two comparisons.
+///
+/// An id keeps at most [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] intervals (a mapping that only
+/// repeats or extends its id's last one, same symbol and touching it, extends that one and
+/// counts for none): the later ones are dropped and counted ([`Symbols::dropped`]), so a file
+/// with endless mapping records for one id holds bounded memory and a lookup outside the
+/// current span scans a bounded list. Lookups answer from the intervals kept.
 #[derive(Debug, Default)]
 struct Symbols {
     intervals: HashMap<u32, Vec<Named>>,
     current: HashMap<u32, Named>,
+    /// Mappings dropped over the cap, and the first id that met it.
+    dropped: u64,
+    first_full: Option<u32>,
 }
+
+/// The most symbol mappings (metadata intervals and live symbol mapping records) mdsub keeps
+/// per instrument id of the files replayed: 4096, some eleven years of daily intervals. A
+/// mapping that repeats or extends the id's last one with the same symbol counts for none;
+/// past the cap the later ones are dropped and counted (`symbol_mappings_dropped`, said once),
+/// and the id's records are named from the ones kept.
+pub const MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT: usize = 4096;
 
 impl Symbols {
     /// Name instrument `id` `symbol` for `[from_ns, to_ns)` (a symbol unusable as a topic is
-    /// left out).
+    /// left out; one past [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] is dropped and counted).
     fn add(&mut self, id: u32, from_ns: u64, to_ns: u64, symbol: &str) {
-        if topic_ok(symbol) && from_ns < to_ns {
-            self.intervals.entry(id).or_default().push(Named { from_ns, to_ns, topic: symbol.as_bytes().into() });
-            self.current.remove(&id);
+        if !topic_ok(symbol) || from_ns >= to_ns {
+            return;
         }
+        let all = self.intervals.entry(id).or_default();
+        let held = all.len();
+        match all.last_mut() {
+            // The same symbol again, from within or at the end of the last interval: the union
+            // answers every time as the two would (the later wins where they overlap, and it is
+            // the same symbol).
+            Some(last) if *last.topic == *symbol.as_bytes() && last.from_ns <= from_ns && from_ns <= last.to_ns => {
+                last.to_ns = last.to_ns.max(to_ns);
+            }
+            _ if held >= MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT => {
+                self.dropped += 1;
+                self.first_full.get_or_insert(id);
+                return;
+            }
+            _ => all.push(Named { from_ns, to_ns, topic: symbol.as_bytes().into() }),
+        }
+        self.current.remove(&id);
+    }
+
+    /// Mappings dropped over [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`], and the first id that had
+    /// that many.
+    fn dropped(&self) -> (u64, Option<u32>) {
+        (self.dropped, self.first_full)
     }
 
     /// The topic of instrument `id` for a record received at `ts`.
@@ -777,6 +815,12 @@ impl DbnMerge {
         &self.skipped
     }
 
+    /// Symbol mappings dropped so far because their instrument id had
+    /// [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] already, and the first such id.
+    pub fn symbol_mappings_dropped(&self) -> (u64, Option<u32>) {
+        self.symbols.dropped()
+    }
+
     /// The topic of instrument `instrument_id` for a record received at `ts_ns`: its symbol from
     /// the files' symbology (see [`DbnRecord::topic`]).
     pub fn topic(&mut self, instrument_id: u32, ts_ns: u64) -> &[u8] {
@@ -923,6 +967,29 @@ mod tests {
         s.add(8, 5, 5, "EEE");
         assert_eq!(at(&mut s, 5), "DDD");
         assert_eq!(s.topic(8, 5), b"8", "an empty interval names nothing");
+    }
+
+    /// An id keeps at most [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] intervals: the rest are
+    /// dropped and counted, and the kept ones still name their times. A mapping that repeats or
+    /// extends the last counts for none. Before, every mapping was kept (no bound).
+    #[test]
+    fn an_ids_mappings_are_capped_and_the_rest_counted() {
+        let mut s = Symbols::default();
+        let cap = MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT as u64;
+        for i in 0..cap + 10 {
+            s.add(7, i * 10, i * 10 + 10, if i % 2 == 0 { "AAA" } else { "BBB" });
+            // The same mapping again, and one extending it: no new interval.
+            s.add(7, i * 10, i * 10 + 10, if i % 2 == 0 { "AAA" } else { "BBB" });
+            s.add(7, i * 10 + 5, i * 10 + 10, if i % 2 == 0 { "AAA" } else { "BBB" });
+        }
+        assert_eq!(s.intervals[&7].len(), MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT);
+        assert_eq!(s.dropped(), (10, Some(7)));
+        let at = |s: &mut Symbols, ts| String::from_utf8(s.topic(7, ts).to_vec()).expect("utf8");
+        assert_eq!([at(&mut s, 5), at(&mut s, 15), at(&mut s, cap * 10 - 5)], ["AAA", "BBB", "BBB"]);
+        assert_eq!(at(&mut s, cap * 10 + 15), "BBB", "past the kept ones: the nearest kept before");
+        s.add(8, 0, 10, "CCC");
+        assert_eq!(s.topic(8, 5), b"CCC", "another id has its own room");
+        assert_eq!(s.dropped().0, 10);
     }
 
     #[test]

@@ -94,6 +94,7 @@ struct DbnCursor {
     said_rtypes: Vec<u8>,
     said_damage: usize,
     said_backwards: bool,
+    said_mappings_dropped: bool,
 }
 
 /// Where the frame of the message being sent is.
@@ -250,6 +251,7 @@ fn cursor(p: &Publisher, source: &super::Source) -> Result<Cursor, ReplayError> 
             said_rtypes: Vec::new(),
             said_damage: 0,
             said_backwards: false,
+            said_mappings_dropped: false,
         })),
     })
 }
@@ -655,6 +657,7 @@ impl PublisherAgent {
                 if d.merge.skipped().len() != d.said_rtypes.len()
                     || d.merge.damage().len() != d.said_damage
                     || (!d.said_backwards && d.merge.backwards().0 > 0)
+                    || (!d.said_mappings_dropped && d.merge.symbol_mappings_dropped().0 > 0)
                 {
                     say_dbn_refusals(self.p.say_refusals, d);
                 }
@@ -1014,6 +1017,7 @@ impl PublisherAgent {
         if let Cursor::Dbn(d) = &mut self.cursor {
             say_dbn_refusals(self.p.say_refusals, d);
             self.p.ts_recv_backwards = d.merge.backwards().0;
+            self.p.symbol_mappings_dropped = d.merge.symbol_mappings_dropped().0;
             self.p.skipped_by_rtype = d.merge.skipped().iter().map(|(rt, n)| (format!("0x{rt:02x}"), *n)).collect();
             self.p.market_span_ns = d.span;
             for e in d.merge.take_damage() {
@@ -1281,9 +1285,10 @@ fn held_is_said(held: Held, now_ns: u64) -> bool {
 }
 
 /// Say (stderr) each record type not replayed, each damaged file and the first record received
-/// before the one ahead of it in its file, the first time they are met (unless told not to:
-/// [`Publisher::say_refusals`]); the counts per type are in the run's stats
-/// (`skipped_by_rtype`, `ts_recv_backwards`) and its summary line.
+/// before the one ahead of it in its file, and the first instrument id with more symbol mappings
+/// than are kept, the first time they are met (unless told not to:
+/// [`Publisher::say_refusals`]); the counts are in the run's stats
+/// (`skipped_by_rtype`, `ts_recv_backwards`, `symbol_mappings_dropped`) and its summary line.
 fn say_dbn_refusals(say: bool, d: &mut DbnCursor) {
     let (merge, said_rtypes, said_damage) = (&d.merge, &mut d.said_rtypes, &mut d.said_damage);
     if let (false, (_, Some(first))) = (d.said_backwards, merge.backwards()) {
@@ -1294,6 +1299,17 @@ fn say_dbn_refusals(say: bool, d: &mut DbnCursor) {
                  (a .dbn.zst written without a zstd checksum hands corrupted bytes on), or it was not \
                  written in that order (a live recording mixing schemas may not be); sent as it is, and \
                  every such record counted (ts_recv_backwards); said once"
+            );
+        }
+    }
+    if let (false, (_, Some(id))) = (d.said_mappings_dropped, merge.symbol_mappings_dropped()) {
+        d.said_mappings_dropped = true;
+        if say {
+            crate::diag!(
+                "replay: refused (symbol_mappings_full): instrument {id} has {} symbol mappings (the most kept per \
+                 instrument id); its later ones, and any other id's past that many, are dropped and counted \
+                 (symbol_mappings_dropped), and its records are named from the ones kept; said once",
+                crate::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT
             );
         }
     }

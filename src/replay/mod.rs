@@ -288,6 +288,11 @@ pub struct ReplayStats {
     /// is said on stderr.
     #[serde(skip_serializing_if = "crate::diag::is_zero")]
     pub ts_recv_backwards: u64,
+    /// DBN symbol mappings (metadata intervals, symbol mapping records) dropped because their
+    /// instrument id had [`crate::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] already
+    /// (said once on stderr): its records are named from the mappings kept.
+    #[serde(skip_serializing_if = "crate::diag::is_zero")]
+    pub symbol_mappings_dropped: u64,
     /// Damaged input files, by reason (`truncated_tail`, `bad_record`): a file is replayed up
     /// to its first damage and ends there (the damage was said on stderr when met).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -795,6 +800,7 @@ pub struct Publisher {
     market_span_ns: Option<(u64, u64)>,
     skipped_by_rtype: BTreeMap<String, u64>,
     ts_recv_backwards: u64,
+    symbol_mappings_dropped: u64,
     /// Damaged input files of the last run, by reason.
     refused: BTreeMap<String, u64>,
     /// The context's ZAP handler when `access` needs one (dropped with the
@@ -875,6 +881,7 @@ impl Publisher {
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
             ts_recv_backwards: 0,
+            symbol_mappings_dropped: 0,
             refused: BTreeMap::new(),
             zap,
             faults: FaultPlan::default(),
@@ -1213,6 +1220,7 @@ impl Publisher {
             market_span_ns: self.market_span_ns,
             skipped_by_rtype: self.skipped_by_rtype.clone(),
             ts_recv_backwards: self.ts_recv_backwards,
+            symbol_mappings_dropped: self.symbol_mappings_dropped,
             refused: self.refused.clone(),
             subscribers_refused: (self.access_counters().map(|c| c.by_reason()).unwrap_or_default().into_iter())
                 .map(|(reason, n)| (reason.to_string(), n))
@@ -1251,6 +1259,7 @@ impl Publisher {
         self.position.reset();
         self.skipped_by_rtype.clear();
         self.ts_recv_backwards = 0;
+        self.symbol_mappings_dropped = 0;
         self.refused.clear();
         for sh in &mut self.shards {
             (sh.eos_at, sh.eos_resent, sh.passed_over) = (None, 0, false);
@@ -1380,6 +1389,7 @@ impl Publisher {
                     self.market_span_ns = self.market_span_ns.or(one.market_span_ns);
                     self.skipped_by_rtype.extend(one.skipped_by_rtype);
                     self.ts_recv_backwards += one.ts_recv_backwards;
+                    self.symbol_mappings_dropped += one.symbol_mappings_dropped;
                     for (reason, k) in one.refused {
                         *self.refused.entry(reason).or_default() += k;
                     }
@@ -1426,6 +1436,7 @@ impl Publisher {
             market_span_ns: None,
             skipped_by_rtype: BTreeMap::new(),
             ts_recv_backwards: 0,
+            symbol_mappings_dropped: 0,
             refused: BTreeMap::new(),
             zap: None,
             faults: self.faults,
