@@ -17,6 +17,10 @@
 //! no reader is refused at once ([`OutFileError::NoReader`]) rather than holding start-up, where
 //! the first Ctrl-C and `--max-duration` did not reach it (inputs: [`crate::infile`]). [`distinct`] refuses one path given to two outputs of a run
 //! (`--hlog x --hgrm x`), compared canonicalised, before anything is claimed.
+//!
+//! An output rewritten whole while its run goes on (`--hgrm`) is written by
+//! [`Claimed::replace`]: a new file beside it, locked, filled, renamed over it (a killed run
+//! leaves the old content or the new, never half of one), the claim then holding the new file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Seek as _;
