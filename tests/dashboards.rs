@@ -2165,20 +2165,21 @@ fn an_engine_killed_with_9_leaves_its_spectrum_so_far_in_hgrm() {
     let killed = hgrm_count(&link);
     assert!(killed >= first, "the spectrum so far: {killed} (first rewrite {first})");
     let read = python_json(&["hlog", hlog_arg]);
-    let per_interval = |k: usize| -> Vec<u64> {
-        read["tags"][format!("shard{k}.total")]["interval_counts"]
-            .as_array()
-            .expect("per-interval counts")
-            .iter()
-            .map(|c| c.as_u64().expect("a count"))
-            .collect()
-    };
-    let (s0, s1) = (per_interval(0), per_interval(1));
-    let ends: Vec<u64> = s0
-        .iter()
-        .zip(&s1)
-        .scan(0, |sum, (a, b)| {
-            *sum += a + b;
+    // Each interval's total over both shards, by its start (the two tags' lines share it), in
+    // order; added up to each interval's end.
+    let mut by_start = std::collections::BTreeMap::<i64, u64>::new();
+    for k in 0..2 {
+        let tag = &read["tags"][format!("shard{k}.total")];
+        let (counts, spans) = (tag["interval_counts"].as_array(), tag["spans"].as_array());
+        for (c, span) in counts.expect("per-interval counts").iter().zip(spans.expect("per-interval spans")) {
+            let start = (span[0].as_f64().expect("a start") * 1e3).round() as i64;
+            *by_start.entry(start).or_default() += c.as_u64().expect("a count");
+        }
+    }
+    let ends: Vec<u64> = by_start
+        .values()
+        .scan(0, |sum, n| {
+            *sum += n;
             Some(*sum)
         })
         .collect();

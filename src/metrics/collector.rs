@@ -513,7 +513,8 @@ impl Collector {
             Err(e @ ReplaceError::Temp { .. }) => {
                 self.hgrm_as_it_goes = false;
                 let line = format_args!(
-                    "metrics: --hgrm: {}: {e}: the spectrum is written at the run's end only (a run killed before                      leaves it empty)",
+                    "metrics: --hgrm: {}: {e}: the spectrum is written at the run's end only (a run killed before \
+                     leaves it empty)",
                     hgrm.path().display()
                 );
                 match &self.interval_log {
@@ -692,6 +693,48 @@ mod tests {
         let l = live.lock().expect("lock");
         assert_eq!(l.cumulative[0].count(), 2, "live totals follow");
         assert_eq!(l.last_interval.iter().map(|s| s.count()).sum::<u64>(), 3, "the closing interval is shared");
+    }
+
+    /// `--hgrm` holds the spectrum so far once an interval ended with counts (before, it was
+    /// empty until the collector closed), not rewritten at the next interval within a second;
+    /// where no file can be made beside it, it is written at the close only, in place.
+    #[test]
+    fn hgrm_holds_the_spectrum_so_far_and_falls_back_to_the_close() {
+        let total_in = |f: &std::path::Path| {
+            let text = std::fs::read_to_string(f).expect("read");
+            text.lines()
+                .find_map(|l| l.split("Total count    =").nth(1).map(|v| v.trim_end_matches(']').trim().to_string()))
+        };
+        let report = || {
+            let mut stages = shard_sets(1);
+            stages[0].record(1_000, 10, 2_000);
+            WorkerReport { worker: 0, stages, handler_counters: Vec::new(), handler_summary: Vec::new() }
+        };
+        let d = crate::test_dir("collector-hgrm");
+        for blocked in [false, true] {
+            let path = d.join(format!("{blocked}.hgrm"));
+            if blocked {
+                std::fs::create_dir(d.join(format!(".{blocked}.hgrm.next"))).expect("a folder where the new file goes");
+            }
+            let hgrm = Claimed::claim("--hgrm", &path).expect("claim");
+            let (tx, rx) = crossbeam::channel::bounded(4);
+            // Every step ends an interval.
+            let interval = Arc::new(AtomicU64::new(0));
+            let outputs = CollectorOutputs { hgrm: Some(hgrm), ..Default::default() };
+            let mut c = Collector::new(rx, Vec::new(), 1, interval, SharedLatency::default(), outputs);
+            tx.send(report()).expect("send");
+            c.do_work().expect("a step");
+            let so_far = if blocked { None } else { Some("1".to_string()) };
+            assert_eq!(total_in(&path), so_far, "after the first interval ({blocked})");
+            tx.send(report()).expect("send");
+            c.do_work().expect("a step");
+            assert_eq!(total_in(&path), so_far, "not again within a second");
+            drop(tx);
+            c.on_close();
+            assert_eq!(total_in(&path), Some("2".to_string()), "the whole run at the close");
+            assert_eq!(c.into_collected().write_errors, 0);
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// At a 100 ms metrics interval under steady loss the loss line speaks once a second (it
