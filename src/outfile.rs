@@ -17,11 +17,15 @@
 //! no reader is refused at once ([`OutFileError::NoReader`]) rather than holding start-up, where
 //! the first Ctrl-C and `--max-duration` did not reach it (inputs: [`crate::infile`]). [`distinct`] refuses one path given to two outputs of a run
 //! (`--hlog x --hgrm x`), compared canonicalised, before anything is claimed.
+//!
+//! An output rewritten whole while its run goes on (`--hgrm`) is written by
+//! [`Claimed::replace`]: a new file beside it, locked, filled, renamed over it (a killed run
+//! leaves the old content or the new, never half of one), the claim then holding the new file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Seek as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Why an output file could not be claimed.
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +45,28 @@ pub enum OutFileError {
 }
 
 /// An output file claimed for a run: the lock is held while any clone of this (or a handle
-/// from [`Claimed::rewrite`]) is alive.
+/// from [`Claimed::rewrite`]) is alive. Its clones share one file: once [`Claimed::replace`]
+/// put a new file at the path, every clone holds that one (and its lock).
 #[derive(Debug, Clone)]
 pub struct Claimed {
     /// What the file is to the person who named it: its flag (`--hlog`), or a description.
     flag: String,
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<Mutex<File>>,
     regular: bool,
+}
+
+/// Why [`Claimed::replace`] did not put a new file at the path; the path still names the file
+/// it named, as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// The new file could not be made beside the path (a folder this run may not write in, a
+    /// read-only mount), or is another's: writing in place ([`Claimed::rewrite`]) may still work.
+    #[error("making {}: {source}", temp.display())]
+    Temp { temp: PathBuf, source: std::io::Error },
+    /// Writing the new file, or renaming it over the path, failed.
+    #[error("{0}")]
+    Write(std::io::Error),
 }
 
 impl Claimed {
@@ -82,7 +100,13 @@ impl Claimed {
         // pruning work on the file in its own folder and the link goes on naming the file this
         // run writes (renaming over the path would replace the link with a file of its own).
         let path = if regular { link_target(path) } else { path.to_path_buf() };
-        Ok(Claimed { flag: flag.to_string(), path, file: Arc::new(file), regular })
+        Ok(Claimed { flag: flag.to_string(), path, file: Arc::new(Mutex::new(file)), regular })
+    }
+
+    /// The file this claim holds now (a poisoned lock still holds it: nothing is left half-set
+    /// under it).
+    fn file(&self) -> MutexGuard<'_, File> {
+        self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Take the file's lock (regular files only).
@@ -90,7 +114,7 @@ impl Claimed {
         if !self.regular {
             return Ok(());
         }
-        match self.file.try_lock() {
+        match self.file().try_lock() {
             Ok(()) => Ok(()),
             Err(std::fs::TryLockError::WouldBlock) => {
                 Err(OutFileError::Busy { flag: self.flag.clone(), path: self.path.clone() })
@@ -102,7 +126,7 @@ impl Claimed {
     /// `(device, inode)` of a regular file: two outputs are one file when these agree.
     fn identity(&self) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt as _;
-        let m = self.file.metadata().ok().filter(|_| self.regular)?;
+        let m = self.file().metadata().ok().filter(|_| self.regular)?;
         Some((m.dev(), m.ino()))
     }
 
@@ -134,7 +158,7 @@ impl Claimed {
 
     /// The file's length now (0 once an external `copytruncate` emptied it).
     pub fn file_len(&self) -> std::io::Result<u64> {
-        self.file.metadata().map(|m| m.len())
+        self.file().metadata().map(|m| m.len())
     }
 
     /// Claim this path anew, for this flag: the file now there (made if missing), locked,
@@ -215,7 +239,8 @@ impl Claimed {
         Ok(Claimed { path: self.path.clone(), ..fresh })
     }
 
-    /// `.NAME.next` beside the file: where a rotation claims the new file.
+    /// `.NAME.next` beside the file: where a rotation claims the new file, and where
+    /// [`replace`](Self::replace) writes one.
     fn next_path(&self) -> PathBuf {
         let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         self.path.with_file_name(format!(".{name}.next"))
@@ -234,12 +259,62 @@ impl Claimed {
     /// A handle that writes the file from its start, the file emptied first (each run of a
     /// benchmark writes it anew under the one claim). It holds the lock too.
     pub fn rewrite(&self) -> std::io::Result<File> {
-        let mut f = self.file.try_clone()?;
+        let mut f = self.file().try_clone()?;
         if self.regular {
             f.set_len(0)?;
             f.rewind()?;
         }
         Ok(f)
+    }
+
+    /// Write a whole new content of a regular file, never leaving it half-written at the path
+    /// whenever the process ends (`kill -9` included): `write` fills a new file beside it
+    /// (`.NAME.next`, in the folder of a symlink's target, so a link stays a link), locked before
+    /// it is written, which is then renamed over the path; the claim (and every clone of it) then
+    /// holds the new file and its lock. The path names a locked file throughout: a run given it
+    /// between the rename and the old file's release finds, once it has the old file's lock,
+    /// that the path names another file, and is refused ([`Locked::check_named`]). The new file
+    /// is not synced: a killed process leaves a whole file, a power loss may not.
+    /// On an error nothing is changed (the new file is removed) and the error says which step
+    /// failed. A device or FIFO is written as it is, through [`rewrite`](Self::rewrite).
+    pub fn replace(&self, write: impl FnOnce(File) -> std::io::Result<()>) -> Result<(), ReplaceError> {
+        if !self.regular {
+            return self.rewrite().and_then(write).map_err(ReplaceError::Write);
+        }
+        let temp = self.next_path();
+        let made = |source| ReplaceError::Temp { temp: temp.clone(), source };
+        // Not followed if a link, never waited on if a FIFO: a regular file this run made or
+        // one a killed run left (emptied here).
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let fresh = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&temp)
+            .map_err(made)?;
+        if !fresh.metadata().map_err(made)?.is_file() {
+            return Err(made(std::io::Error::other("it is not a regular file")));
+        }
+        match fresh.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(made(std::io::Error::other("another process holds its lock")))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(made(e)),
+        }
+        let written = fresh
+            .set_len(0)
+            .and_then(|()| fresh.try_clone())
+            .and_then(write)
+            .and_then(|()| std::fs::rename(&temp, &self.path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(ReplaceError::Write(e));
+        }
+        // The old file (unlinked now) and its lock go with its last handle.
+        *self.file() = fresh;
+        Ok(())
     }
 }
 
@@ -377,7 +452,7 @@ impl Locked {
 
     /// The file's metadata (its length and time: what an earlier run left).
     pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
-        self.0.file.metadata()
+        self.0.file().metadata()
     }
 
     /// Refuse as [`OutFileError::Busy`] when the path names another file now: another run
@@ -404,7 +479,7 @@ impl Locked {
     pub fn empty(self) -> Result<Claimed, OutFileError> {
         let c = self.0;
         if c.regular {
-            c.file.set_len(0).map_err(io(&c.flag, &c.path))?;
+            c.file().set_len(0).map_err(io(&c.flag, &c.path))?;
         }
         Ok(c)
     }
@@ -760,6 +835,44 @@ mod tests {
         c.rewrite().and_then(|mut f| f.write_all(b"a long first run\n")).expect("write");
         c.rewrite().and_then(|mut f| f.write_all(b"short\n")).expect("write");
         assert_eq!(std::fs::read(c.path()).expect("read"), b"short\n");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// `replace` puts a whole new file at the path and the run's lock with it: before it locked
+    /// the new file, a second claim of the path after a rename was taken (the lock stayed on the
+    /// old, unlinked file). Every clone holds the new file; a run that opened the old file just
+    /// before the rename gets its lock once it is released, and is refused by the name check; a
+    /// symlink stays a link; a device is written as it is.
+    #[test]
+    fn replace_writes_a_whole_new_file_that_keeps_the_lock_and_the_link() {
+        let d = dir("replace");
+        let (target, link) = (d.join("t.hgrm"), d.join("l.hgrm"));
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        std::fs::write(&target, b"").expect("make it");
+        let c = Claimed::claim("--hgrm", &link).expect("claim");
+        let kept = c.clone();
+        let racing = Claimed::open("--hgrm", &link).expect("the old file, opened by another run");
+        c.replace(|mut f| f.write_all(b"first\n")).expect("replaced");
+        c.replace(|mut f| f.write_all(b"second\n")).expect("replaced again");
+        assert_eq!(std::fs::read(&link).expect("through the link"), b"second\n");
+        assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink(), "still a link");
+        assert!(!d.join(".t.hgrm.next").exists(), "the new file was renamed");
+        drop(c);
+        let e = Claimed::claim("--hgrm", &link).expect_err("the clone holds the new file's lock");
+        assert!(matches!(e, OutFileError::Busy { .. }), "{e}");
+        racing.lock().expect("the old file's lock is free: nothing holds it any more");
+        let e = Locked(racing).check_named().expect_err("the path names another file");
+        assert!(matches!(e, OutFileError::Busy { .. }), "{e}");
+        assert_eq!(kept.file_len().expect("len"), 7, "the clone holds the file at the path");
+        // A failed write changes nothing.
+        let failed = kept.replace(|_| Err(std::io::Error::other("disk full")));
+        assert!(matches!(failed, Err(ReplaceError::Write(_))), "{failed:?}");
+        assert_eq!(std::fs::read(&target).expect("read"), b"second\n");
+        assert!(!d.join(".t.hgrm.next").exists(), "removed");
+        drop(kept);
+        Claimed::claim("--hgrm", &link).expect("claimed once the run is gone");
+        let null = Claimed::claim("--hgrm", Path::new("/dev/null")).expect("a device");
+        null.replace(|mut f| f.write_all(b"x")).expect("written as it is");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -2114,6 +2114,91 @@ fn a_restart_keeps_the_earlier_runs_hgrm_as_a_closed_file() {
     assert_eq!(closed(), kept, "nothing kept or made beside it");
 }
 
+/// The total count of the spectrum at `f` as Python reads it ([`CHECK`] `hgrm`: header, rows in
+/// order, the last at percentile 1 with the footer's total, every footer: a whole file).
+fn hgrm_count(f: &Path) -> u64 {
+    u(&python_json(&["hgrm", f.to_str().expect("utf8")]), "count")
+}
+
+/// An engine killed with `kill -9` (a dashboard user's stuck engine) used to leave `--hgrm FILE`
+/// empty, as made at its start: its spectrum was lost. FILE is now rewritten whole as intervals
+/// end (a new file renamed over it), so the kill leaves the spectrum so far: read by an
+/// independent reader, with a total that is the `.hlog`'s intervals added up to one of their
+/// ends (never more than the log holds, which is flushed per interval). Through it all FILE, a
+/// symlink, stays the link, and stays locked: a second engine given it after the renames is
+/// refused. The next run keeps the killed run's spectrum as an earlier run's.
+#[test]
+fn an_engine_killed_with_9_leaves_its_spectrum_so_far_in_hgrm() {
+    use std::os::unix::process::ExitStatusExt as _;
+    if let Some(why) = python_missing(&["hdrh"]) {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = temp_dir("dash-hgrm-kill");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let (hlog, target, link) = (dir.join("k.hlog"), data.join("k.hgrm"), dir.join("k.hgrm"));
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let (hlog_arg, arg) = (hlog.to_str().expect("utf8"), link.to_str().expect("utf8"));
+    let (replay, eps) = start_replay("replay", 2, &["--count", "1M", "--rate", "5k"]);
+    let e = engine_json(&eps, &["--hlog", hlog_arg, "--hgrm", arg, "--metrics-interval", "100ms"]);
+    // Rewritten at most once a second: the second rewrite holds more than the first.
+    let count_now =
+        || std::fs::read_to_string(&link).ok().filter(|t| t.contains("#[Buckets")).map_or(0, |_| hgrm_count(&link));
+    wait_until(Duration::from_secs(60), "a spectrum in FILE while the engine runs", || count_now() > 0);
+    let first = count_now();
+    wait_until(Duration::from_secs(60), "FILE rewritten with more", || count_now() > first);
+    let ep = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
+    let (code, out, err) = run_within(
+        "engine",
+        mdsub().args(["engine", "--endpoint", &ep, "--max-duration", "2s", "--hgrm", arg]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "a second engine on FILE after its renames: {out}{err}");
+    assert!(err.contains("another process is writing this file"), "{err}");
+
+    e.proc.signal(libc::SIGKILL);
+    let (status, _) = e.finish(Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed: {status}");
+    drop(replay);
+    assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink(), "FILE is still the link");
+    let killed = hgrm_count(&link);
+    assert!(killed >= first, "the spectrum so far: {killed} (first rewrite {first})");
+    let read = python_json(&["hlog", hlog_arg]);
+    // Each interval's total over both shards, by its start (the two tags' lines share it), in
+    // order; added up to each interval's end.
+    let mut by_start = std::collections::BTreeMap::<i64, u64>::new();
+    for k in 0..2 {
+        let tag = &read["tags"][format!("shard{k}.total")];
+        let (counts, spans) = (tag["interval_counts"].as_array(), tag["spans"].as_array());
+        for (c, span) in counts.expect("per-interval counts").iter().zip(spans.expect("per-interval spans")) {
+            let start = (span[0].as_f64().expect("a start") * 1e3).round() as i64;
+            *by_start.entry(start).or_default() += c.as_u64().expect("a count");
+        }
+    }
+    let ends: Vec<u64> = by_start
+        .values()
+        .scan(0, |sum, n| {
+            *sum += n;
+            Some(*sum)
+        })
+        .collect();
+    assert!(
+        ends.contains(&killed),
+        "FILE's total {killed} is the .hlog's intervals added up to one of their ends: {ends:?}"
+    );
+
+    // The next run keeps it as an earlier run's spectrum, beside the link's target.
+    let spectrum = std::fs::read(&target).expect("the killed run's spectrum");
+    let (_, said) = hlog_run(&["--hgrm", arg]);
+    let kept: Vec<&String> = said.iter().filter(|l| l.contains("kept an earlier run's")).collect();
+    assert_eq!(kept.len(), 1, "{said:?}");
+    let closed = kept[0].rsplit(" as ").next().expect("the closed name");
+    assert_eq!(Path::new(closed).parent(), Some(target.canonicalize().expect("canonical").parent().expect("dir")));
+    assert_eq!(std::fs::read(closed).expect("kept"), spectrum, "kept as it was");
+    assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink(), "still the link");
+}
+
 /// A run given `--hlog` and `--hgrm` whose spectrum cannot be kept (the closed name its file's
 /// time gives is another file's) is refused before anything is kept or emptied: the earlier
 /// interval log stays at FILE, nothing is made beside it. Before, the interval log was kept aside

@@ -448,7 +448,9 @@ pub struct OutputArgs {
     #[arg(long, value_parser = parse_count_nonzero_usize, value_name = "COUNT")]
     pub hlog_keep: Option<usize>,
     /// Write the whole run's percentile spectrum of the total stage (.hgrm,
-    /// values in ms) at the end. An earlier run's spectrum in FILE is kept,
+    /// values in ms) at the end, and the spectrum so far at most once a second
+    /// while it runs (whole: a new file renamed over FILE), so a run killed
+    /// with kill -9 leaves FILE whole. An earlier run's spectrum in FILE is kept,
     /// not written over: closed under FILE's name stamped with the file's time
     /// (run.20261206T170000.002Z.hgrm), and said; a FILE that is not a
     /// spectrum is refused and left as it was.

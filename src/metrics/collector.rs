@@ -25,7 +25,7 @@ use super::{human_latency, shard_name, shard_sets, StageHistograms};
 use crate::agent::{Agent, AgentError, Inbox, IntervalMarks, Step};
 use crate::clock;
 use crate::diag::{human_ns, Refusals, SUMMARY_INTERVAL_NS};
-use crate::outfile::Claimed;
+use crate::outfile::{Claimed, ReplaceError};
 
 /// What a worker sends to the collector.
 pub struct WorkerReport {
@@ -121,12 +121,20 @@ pub type SharedLatency = Arc<Mutex<LiveLatency>>;
 pub struct CollectorOutputs {
     /// The interval log (`--hlog`), already opened with its header written, and its rotation.
     pub hlog: Option<HlogFile>,
-    /// The end-of-run spectrum (`--hgrm`), written when the collector ends.
+    /// The run's spectrum (`--hgrm`): a regular file rewritten whole as intervals end
+    /// ([`HGRM_REWRITE_SPACING_NS`]), so a killed run leaves the spectrum so far; written last
+    /// when the collector ends (a device or FIFO only then).
     pub hgrm: Option<Claimed>,
     /// Keep a failed write's cause for the report instead of saying it as it happens: the
     /// caller says it once, in its own words (a capacity trial's error).
     pub quiet_write_errors: bool,
 }
+
+/// `--hgrm FILE` (a regular file) is rewritten with the spectrum so far as an interval ends,
+/// when it has new counts, at most this often (1 s): a run killed with `kill -9` leaves FILE
+/// whole, up to the last rewrite. Off the data path (the collector's), and cheap: one small
+/// file made and renamed per second at most.
+pub const HGRM_REWRITE_SPACING_NS: u64 = 1_000_000_000;
 
 /// What the collector says on stderr through [`LogLevel::log`] as each interval ends: loss and
 /// publisher sessions at the default level ([`LossLines`]), and at `debug` a line per shard
@@ -303,6 +311,11 @@ pub struct Collector {
     ahead_said: bool,
     /// The agents whose busy share is taken per interval (marked as each interval ends).
     marks: Option<Arc<IntervalMarks>>,
+    /// `--hgrm` rewritten as the run goes: the total count it holds, and when (monotonic ns) it
+    /// was written; off once FILE's folder took no new file (then it is written at the end only).
+    hgrm_count: u64,
+    hgrm_at_ns: Option<u64>,
+    hgrm_as_it_goes: bool,
 }
 
 /// The line that says an interval's latencies below 0 (`sets`: per shard), if it had any: their send times were ahead of this host's clock, which the engine
@@ -366,6 +379,9 @@ impl Collector {
             counts: Vec::with_capacity(shards),
             ahead_said: false,
             marks: None,
+            hgrm_count: 0,
+            hgrm_at_ns: None,
+            hgrm_as_it_goes: true,
         }
     }
 
@@ -479,6 +495,46 @@ impl Collector {
         }
     }
 
+    /// Write the run's spectrum so far to `--hgrm` FILE, whole ([`Claimed::replace`]), as an
+    /// interval ends at `mono_ns`: when FILE is a regular file, the spectrum has new counts and
+    /// the last rewrite is [`HGRM_REWRITE_SPACING_NS`] old. A folder that takes no new file
+    /// beside FILE turns this off, said once: FILE is then written at the end only, in place.
+    fn hgrm_so_far(&mut self, mono_ns: u64) {
+        let Some(hgrm) = self.outputs.hgrm.as_ref() else { return };
+        let count = self.total.stages.total.len();
+        let spaced = self.hgrm_at_ns.is_none_or(|at| mono_ns.saturating_sub(at) >= HGRM_REWRITE_SPACING_NS);
+        if !(hgrm.is_regular() && self.hgrm_as_it_goes && count != self.hgrm_count && spaced) {
+            return;
+        }
+        self.hgrm_count = count;
+        self.hgrm_at_ns = Some(mono_ns);
+        match hgrm.replace(|f| self.spectrum(f)) {
+            Ok(()) => {}
+            Err(e @ ReplaceError::Temp { .. }) => {
+                self.hgrm_as_it_goes = false;
+                let line = format_args!(
+                    "metrics: --hgrm: {}: {e}: the spectrum is written at the run's end only (a run killed before \
+                     leaves it empty)",
+                    hgrm.path().display()
+                );
+                match &self.interval_log {
+                    Some(l) => l.log.log(Level::Info, line),
+                    None => crate::diag!("{line}"),
+                }
+            }
+            Err(ReplaceError::Write(e)) => {
+                let path = hgrm.path().display().to_string();
+                self.write_error(format_args!("{path}: {e}"));
+            }
+        }
+    }
+
+    /// The run's spectrum so far (the total stage, every shard), written to `f`.
+    fn spectrum(&self, f: std::fs::File) -> std::io::Result<()> {
+        write_hgrm(BufWriter::new(f), &self.total.stages.total, self.total.stages.out_of_bounds[2])
+            .map_err(std::io::Error::other)
+    }
+
     /// Close the interval ending at `wall_ns` (realtime) and `mono_ns` (monotonic): log it, share
     /// it, start the next.
     fn end_interval(&mut self, wall_ns: u64, mono_ns: u64, closing: bool) {
@@ -518,6 +574,10 @@ impl Collector {
             for note in notes {
                 self.hlog_note(note);
             }
+        }
+        // After the interval log: FILE never holds more than the log's intervals so far.
+        if !closing {
+            self.hgrm_so_far(mono_ns);
         }
         // Before the interval is shared: whoever sees it closed sees the agents' share of it too.
         if let Some(m) = &self.marks {
@@ -582,10 +642,14 @@ impl Agent for Collector {
             }
         }
         if let Some(hgrm) = self.outputs.hgrm.take() {
-            let written = hgrm.rewrite().map_err(|e| format!("opening it: {e}")).and_then(|f| {
-                write_hgrm(BufWriter::new(f), &self.total.stages.total, self.total.stages.out_of_bounds[2])
-                    .map_err(|e| e.to_string())
-            });
+            // Whole, as during the run; where no file can be made beside FILE, in place.
+            let written = match hgrm.replace(|f| self.spectrum(f)) {
+                Err(ReplaceError::Temp { .. }) => hgrm
+                    .rewrite()
+                    .map_err(|e| format!("opening it: {e}"))
+                    .and_then(|f| self.spectrum(f).map_err(|e| e.to_string())),
+                written => written.map_err(|e| e.to_string()),
+            };
             if let Err(e) = written {
                 self.write_error(format_args!("{}: {e}", hgrm.path().display()));
             }
@@ -629,6 +693,48 @@ mod tests {
         let l = live.lock().expect("lock");
         assert_eq!(l.cumulative[0].count(), 2, "live totals follow");
         assert_eq!(l.last_interval.iter().map(|s| s.count()).sum::<u64>(), 3, "the closing interval is shared");
+    }
+
+    /// `--hgrm` holds the spectrum so far once an interval ended with counts (before, it was
+    /// empty until the collector closed), not rewritten at the next interval within a second;
+    /// where no file can be made beside it, it is written at the close only, in place.
+    #[test]
+    fn hgrm_holds_the_spectrum_so_far_and_falls_back_to_the_close() {
+        let total_in = |f: &std::path::Path| {
+            let text = std::fs::read_to_string(f).expect("read");
+            text.lines()
+                .find_map(|l| l.split("Total count    =").nth(1).map(|v| v.trim_end_matches(']').trim().to_string()))
+        };
+        let report = || {
+            let mut stages = shard_sets(1);
+            stages[0].record(1_000, 10, 2_000);
+            WorkerReport { worker: 0, stages, handler_counters: Vec::new(), handler_summary: Vec::new() }
+        };
+        let d = crate::test_dir("collector-hgrm");
+        for blocked in [false, true] {
+            let path = d.join(format!("{blocked}.hgrm"));
+            if blocked {
+                std::fs::create_dir(d.join(format!(".{blocked}.hgrm.next"))).expect("a folder where the new file goes");
+            }
+            let hgrm = Claimed::claim("--hgrm", &path).expect("claim");
+            let (tx, rx) = crossbeam::channel::bounded(4);
+            // Every step ends an interval.
+            let interval = Arc::new(AtomicU64::new(0));
+            let outputs = CollectorOutputs { hgrm: Some(hgrm), ..Default::default() };
+            let mut c = Collector::new(rx, Vec::new(), 1, interval, SharedLatency::default(), outputs);
+            tx.send(report()).expect("send");
+            c.do_work().expect("a step");
+            let so_far = if blocked { None } else { Some("1".to_string()) };
+            assert_eq!(total_in(&path), so_far, "after the first interval ({blocked})");
+            tx.send(report()).expect("send");
+            c.do_work().expect("a step");
+            assert_eq!(total_in(&path), so_far, "not again within a second");
+            drop(tx);
+            c.on_close();
+            assert_eq!(total_in(&path), Some("2".to_string()), "the whole run at the close");
+            assert_eq!(c.into_collected().write_errors, 0);
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// At a 100 ms metrics interval under steady loss the loss line speaks once a second (it

@@ -6,6 +6,12 @@
                        count, p99 (ns), the number of intervals and each
                        interval's count and [start, end] (ms since the epoch,
                        as the reader computes them from the header), as JSON.
+  check.py hgrm FILE   read a percentile spectrum (HdrHistogram's
+                       outputPercentileDistribution: a `Value Percentile
+                       TotalCount 1/(1-Percentile)` header, rows, `#[...]`
+                       footers), refusing one that is not whole: rows in
+                       order, the last at percentile 1 with the footer's
+                       total; print the total count, rows and max, as JSON.
   check.py promql BASE QUERY
                        ask a Prometheus server at BASE (http://HOST:PORT) for
                        the instant QUERY through its HTTP API; print the
@@ -74,6 +80,40 @@ def hlog(path):
     print(json.dumps({"start_time_sec": reader.start_time_sec, "base_time_sec": reader.base_time_sec, "tags": out}))
 
 
+def hgrm(path):
+    with open(path) as f:
+        lines = [l.rstrip("\n") for l in f]
+    if not lines or lines[0].split() != ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]:
+        sys.exit(f"{path}: no column header: {lines[:1]}")
+    rows, footers = [], {}
+    for l in lines[1:]:
+        if not l.strip():
+            continue
+        if l.startswith("#["):
+            for part in l.strip("#[]").split(","):
+                key, _, value = part.partition("=")
+                footers[key.strip()] = value.strip()
+            continue
+        if footers:
+            sys.exit(f"{path}: a row after the footers: {l!r}")
+        cols = l.split()
+        if len(cols) not in (3, 4):
+            sys.exit(f"{path}: not a row: {l!r}")
+        value, q, total = float(cols[0]), float(cols[1]), int(cols[2])
+        if len(cols) == 4 and abs(float(cols[3]) - 1 / (1 - q)) > 0.01 * (1 / (1 - q)) + 0.01:
+            sys.exit(f"{path}: 1/(1-Percentile) disagrees with its percentile: {l!r}")
+        if rows and (value < rows[-1][0] or q < rows[-1][1] or total < rows[-1][2]):
+            sys.exit(f"{path}: a row out of order: {l!r}")
+        rows.append((value, q, total))
+    for key in ("Mean", "Max", "Total count", "Buckets", "SubBuckets"):
+        if key not in footers:
+            sys.exit(f"{path}: no {key} footer (a file cut short?): {footers}")
+    count = int(footers["Total count"])
+    if count and (not rows or rows[-1][1] != 1.0 or rows[-1][2] != count):
+        sys.exit(f"{path}: the last row is not percentile 1 at the total count {count}: {rows[-1:]}")
+    print(json.dumps({"count": count, "rows": len(rows), "max": float(footers["Max"])}))
+
+
 def scrape(url, token=None):
     import urllib.request
     from prometheus_client.parser import text_string_to_metric_families
@@ -125,4 +165,4 @@ def promql(base, query):
 
 
 if __name__ == "__main__":
-    {"hlog": hlog, "scrape": scrape, "status": status, "promql": promql}[sys.argv[1]](*sys.argv[2:])
+    {"hlog": hlog, "hgrm": hgrm, "scrape": scrape, "status": status, "promql": promql}[sys.argv[1]](*sys.argv[2:])
