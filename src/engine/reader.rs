@@ -301,9 +301,6 @@ pub struct ReaderConfig {
     pub handoff_hwm_msgs: i32,
 }
 
-/// A DBN record header's length in bytes (length, rtype, publisher id, instrument id, ts_event).
-const DBN_HEADER_BYTES: usize = 16;
-
 /// The per-frame checks and routing of a reader (socket-free): decode,
 /// sequence checks, the snail's lag and silence checks (with a [`Guard`]),
 /// routing.
@@ -451,30 +448,30 @@ impl Checks {
         lines
     }
 
-    /// Name the site in refusal lines (the reader's role, e.g. `shard0-reader`).
-    /// By-topic routing of a data frame whose payload is a DBN record goes by the record's
-    /// publisher id and instrument id (its header's bytes 2 to 7), not by its topic: a replay
-    /// names a record by its instrument's symbol when it was received, so an instrument renamed
-    /// mid-file changes topic, and by topic its later records could go to another worker (its
-    /// book split in two). Other frames go by topic. For the `book` handler.
+    /// By-topic routing of a data frame whose payload is a DBN record (one the book handler takes
+    /// as one: [`wire::dbn::not_a_record`]) goes by the record's publisher id and instrument id
+    /// (its header's bytes 2 to 7), not by its topic: a replay names a record by its instrument's
+    /// symbol when it was received, so an instrument renamed mid-file changes topic, and by topic
+    /// its later records could go to another worker (its book split in two). Other frames go by
+    /// topic. For the `book` handler.
     pub fn by_instrument(mut self, on: bool) -> Self {
         self.by_instrument = on;
         self
     }
 
     /// The hash a by-topic route takes: the DBN record's venue and instrument when
-    /// [`Checks::by_instrument`] (and the payload is long enough for a DBN record header), else the
-    /// topic's.
+    /// [`Checks::by_instrument`] and the payload is a DBN record, else the topic's.
     #[inline]
     fn route_hash(&self, view: &FrameView<'_>) -> u64 {
-        match view.payload.get(2..8) {
-            Some(venue_instrument) if self.by_instrument && view.payload.len() >= DBN_HEADER_BYTES => {
-                topic_hash(venue_instrument)
-            }
-            _ => topic_hash(view.topic),
+        if self.by_instrument && wire::dbn::not_a_record(view.payload).is_none() {
+            // A record has its whole header (16 bytes): bytes 2 to 7 are there.
+            topic_hash(&view.payload[2..8])
+        } else {
+            topic_hash(view.topic)
         }
     }
 
+    /// Name the site in refusal lines (the reader's role, e.g. `shard0-reader`).
     pub fn with_site(mut self, site: &str) -> Self {
         self.refusals = Refusals::new(site, SUMMARY_INTERVAL_NS);
         self
@@ -1587,6 +1584,33 @@ mod tests {
         let mut short = Checks::new(Routing::ByTopic, 2, true).by_instrument(true);
         let (a, b) = (f(1, old, &rec[..8]), f(2, &renamed, &rec[..8]));
         assert_ne!(short.check(&a, 1), short.check(&b, 2), "not a DBN record: by topic");
+    }
+
+    /// With by-instrument routing on, a frame whose payload is not a DBN record goes by its topic,
+    /// as the docs say, however long it is. Before, any payload of 16 bytes or more went by its
+    /// bytes 2 to 7: every topic of a text feed with one prefix went to one worker.
+    #[test]
+    fn by_instrument_routing_routes_other_payloads_by_topic() {
+        let payload = b"price=101.25 size=7 side=bid".as_slice();
+        let f = |seq: u64, topic: &[u8]| {
+            let h = Header {
+                kind: Kind::Data,
+                flags: 0,
+                publisher_id: 1,
+                session_id: 7,
+                stream_seq: seq,
+                topic_seq: 1,
+                send_time_ns: 1000,
+            };
+            wire::encode(topic, &h, payload)
+        };
+        let mut books = Checks::new(Routing::ByTopic, 4, true).by_instrument(true);
+        let mut topics = Checks::new(Routing::ByTopic, 4, true);
+        let frames: Vec<Vec<u8>> = (0..32u64).map(|k| f(k + 1, format!("T{k}").as_bytes())).collect();
+        let by_books: Vec<_> = frames.iter().enumerate().map(|(k, fr)| books.check(fr, k as u64 + 1)).collect();
+        let by_topics: Vec<_> = frames.iter().enumerate().map(|(k, fr)| topics.check(fr, k as u64 + 1)).collect();
+        assert!(by_topics.iter().any(|w| *w != by_topics[0]), "the topics take several workers: {by_topics:?}");
+        assert_eq!(by_books, by_topics);
     }
 
     #[test]
