@@ -956,6 +956,29 @@ mod tests {
         assert!(lines[1].starts_with("book HHH id=7 publisher=2 bid="), "{lines:?}");
     }
 
+    /// `Instrument::named` (a topic checked by its length and one word up to 8 bytes, by its bytes
+    /// past that) takes a topic for the last one only when they are equal: each topic of 0 to 16
+    /// bytes against itself and against every one-byte change of it, and two of 9 bytes that
+    /// share their first and last 4 (the same `tail_word`). Fails if `named` trusted the word
+    /// past 8 bytes, or `tail_word` left a byte out.
+    #[test]
+    fn a_topic_is_named_only_by_an_equal_one() {
+        for len in 0..=16usize {
+            let topic: Vec<u8> = (0..len).map(|k| b'A' + k as u8).collect();
+            let i = Instrument::new(&topic);
+            assert!(i.named(&topic), "{len}");
+            for k in 0..len {
+                let mut other = topic.clone();
+                other[k] ^= 0x20;
+                assert!(!i.named(&other), "len {len}, byte {k}");
+            }
+            assert!(!i.named(&topic[..len.saturating_sub(1)]) || len == 0, "len {len}: a prefix");
+        }
+        let i = Instrument::new(b"ESZ3xNQZ3");
+        assert_eq!(tail_word(b"ESZ3xNQZ3"), tail_word(b"ESZ3yNQZ3"));
+        assert!(!i.named(b"ESZ3yNQZ3"));
+    }
+
     #[test]
     fn book_handler_builds_books_and_tops_from_dbn_payloads() {
         let mut h = BookHandler::default();
