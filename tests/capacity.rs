@@ -406,8 +406,8 @@ fn only_folder(out: &Path) -> PathBuf {
 
 /// The results folder a second capacity run made in `out`, beside `first`.
 fn second_folder(out: &Path, first: &Path) -> PathBuf {
-    let dirs = std::fs::read_dir(out).expect("the out dir").flatten().map(|e| e.path());
-    dirs.filter(|p| p.is_dir() && p != first).next().expect("the second run's folder")
+    let mut dirs = std::fs::read_dir(out).expect("the out dir").flatten().map(|e| e.path());
+    dirs.find(|p| p.is_dir() && p != first).expect("the second run's folder")
 }
 
 /// A results folder's summary.json.
