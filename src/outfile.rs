@@ -92,7 +92,13 @@ impl Claimed {
                 Some(libc::ENXIO) => OutFileError::NoReader { flag: flag.to_string(), path: path.to_path_buf() },
                 _ => io(flag, path)(e),
             })?;
-        let regular = file.metadata().map_err(io(flag, path))?.is_file();
+        let meta = file.metadata().map_err(io(flag, path))?;
+        if meta.is_file() {
+            if let Some(stream) = standard_stream_of(&meta) {
+                return Ok(Claimed { flag: flag.to_string(), path: path.to_path_buf(), file: stream, regular: false });
+            }
+        }
+        let regular = meta.is_file();
         if !regular {
             blocking(&file).map_err(io(flag, path))?;
         }
@@ -389,6 +395,24 @@ fn blocking(file: &File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// This process's stdout or stderr, shared (its descriptor duplicated, so one offset), when it
+/// is the regular file `meta` is: `--hgrm /dev/stdout > run.txt`, or the file named itself.
+/// Such a file is written as a stream, as when stdout is a pipe: where the descriptor is, once,
+/// never locked, emptied or renamed over. Claimed as a file, a `--hgrm` rewrite renamed a new
+/// file over it, and all the process printed after (the report) went to the unlinked old one;
+/// before that, the spectrum was written at the file's start by a second description, and the
+/// report then printed over it.
+fn standard_stream_of(meta: &std::fs::Metadata) -> Option<Arc<Mutex<File>>> {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let same = |f: &File| f.metadata().is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
+    [std::io::stdout().as_fd().try_clone_to_owned(), std::io::stderr().as_fd().try_clone_to_owned()]
+        .into_iter()
+        .filter_map(|fd| fd.ok().map(File::from))
+        .find(same)
+        .map(|f| Arc::new(Mutex::new(f)))
+}
+
 fn io<'a>(flag: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutFileError + 'a {
     move |source| OutFileError::Io { flag: flag.to_string(), path: path.to_path_buf(), source }
 }
@@ -410,11 +434,20 @@ pub fn claim_all(outputs: &[(&str, &Path)]) -> Result<Vec<Claimed>, OutFileError
 
 /// Open and lock every output of one run or none, emptying none: refuse two that are one file
 /// ([`distinct`] by name, then by the opened files' identity, which sees a link to another
-/// output, made or not), then lock them all. What each held is still there, for the caller to
-/// keep ([`Locked::keep_as`]) or drop ([`Locked::empty`]).
+/// output, made or not), then lock them all ([`lock_opened`]). What each held is still there,
+/// for the caller to keep ([`Locked::keep_as`]) or drop ([`Locked::empty`]).
 pub fn lock_all(outputs: &[(&str, &Path)]) -> Result<Vec<Locked>, OutFileError> {
     distinct(outputs)?;
     let opened = outputs.iter().map(|&(flag, path)| Claimed::open(flag, path)).collect::<Result<Vec<_>, _>>()?;
+    lock_opened(opened)
+}
+
+/// Lock the opened outputs of one run, refusing two that are one file, and a regular file the
+/// path no longer names once it is locked ([`Locked::check_named`]): another run renamed a new,
+/// locked file over it ([`Claimed::replace`], a rotation) between this open and this lock. Every
+/// claim checks this, not only one that keeps an earlier run's content (bench's
+/// `--outputs-dir` files went on to write an unlinked file).
+fn lock_opened(opened: Vec<Claimed>) -> Result<Vec<Locked>, OutFileError> {
     for (i, later) in opened.iter().enumerate() {
         if let Some(first) = opened[..i].iter().find(|c| c.identity().is_some() && c.identity() == later.identity()) {
             return Err(OutFileError::Same {
@@ -427,7 +460,11 @@ pub fn lock_all(outputs: &[(&str, &Path)]) -> Result<Vec<Locked>, OutFileError> 
     for c in &opened {
         c.lock()?;
     }
-    Ok(opened.into_iter().map(Locked).collect())
+    let locked: Vec<Locked> = opened.into_iter().map(Locked).collect();
+    for l in locked.iter().filter(|l| l.is_regular()) {
+        l.check_named()?;
+    }
+    Ok(locked)
 }
 
 /// An output opened and locked for a run ([`lock_all`]) but not emptied yet: it still holds what
@@ -873,6 +910,24 @@ mod tests {
         Claimed::claim("--hgrm", &link).expect("claimed once the run is gone");
         let null = Claimed::claim("--hgrm", Path::new("/dev/null")).expect("a device");
         null.replace(|mut f| f.write_all(b"x")).expect("written as it is");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A claim that opened FILE just before another run renamed its new file over it (a
+    /// `--hgrm` rewrite) and locked the old one once it was released is refused, whatever the
+    /// claim is for: before, only a claim that kept an earlier run's content checked the name,
+    /// so bench's `--outputs-dir` (`claim_all`) went on to write the unlinked old file.
+    #[test]
+    fn a_claim_of_a_file_renamed_over_between_its_open_and_its_lock_is_refused() {
+        let d = dir("renamed-over");
+        let path = d.join("bench.hgrm");
+        let c = Claimed::claim("--outputs-dir", &path).expect("claim");
+        let racing = Claimed::open("--outputs-dir", &path).expect("the old file, opened by another run");
+        c.replace(|mut f| f.write_all(b"new\n")).expect("replaced");
+        let e = lock_opened(vec![racing]).expect_err("the path names the new file, not the one locked");
+        assert!(matches!(e, OutFileError::Busy { .. }), "{e}");
+        drop(c);
+        claim_all(&[("--outputs-dir", &path)]).expect("claimed once the run is gone");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -2199,6 +2199,32 @@ fn an_engine_killed_with_9_leaves_its_spectrum_so_far_in_hgrm() {
     assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink(), "still the link");
 }
 
+/// `--hgrm /dev/stdout` where stdout is a file (`> run.txt`) is written as a pipe would be: the
+/// spectrum where stdout is, once, the report after it. The file was claimed as the regular
+/// file it is: each rewrite as the run went renamed a new file over run.txt, and the report,
+/// printed to stdout after, went to the unlinked old file: run.txt held the spectrum alone.
+#[test]
+fn hgrm_to_a_stdout_that_is_a_file_keeps_the_report_after_it() {
+    let dir = temp_dir("dash-hgrm-stdout");
+    let out = dir.join("run.txt");
+    let (replay, eps) = start_replay("replay", 1, &["--count", "1M", "--rate", "5k"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--max-duration", "3s", "--metrics-interval", "100ms", "--hgrm", "/dev/stdout"]);
+    for e in &eps {
+        cmd.args(["--endpoint", e]);
+    }
+    cmd.stdout(std::fs::File::create(&out).expect("run.txt")).stderr(std::process::Stdio::null());
+    let status = Proc::spawn("engine", &mut cmd).wait_exit(Duration::from_secs(60));
+    drop(replay);
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&out).expect("run.txt");
+    let (spectrum, report) = (text.find("Percentile TotalCount"), text.find("  duration "));
+    assert!(text.contains("#[Buckets"), "the whole spectrum: {text}");
+    assert!(matches!((spectrum, report), (Some(s), Some(r)) if s < r), "the spectrum, then the report: {text}");
+    assert_eq!(text.matches("Percentile TotalCount").count(), 1, "once: {text}");
+    assert!(!dir.join(".run.txt.next").exists());
+}
+
 /// A run given `--hlog` and `--hgrm` whose spectrum cannot be kept (the closed name its file's
 /// time gives is another file's) is refused before anything is kept or emptied: the earlier
 /// interval log stays at FILE, nothing is made beside it. Before, the interval log was kept aside
