@@ -1130,9 +1130,10 @@ fn ctrl_c_while_a_knee_is_narrowed_names_no_winner_and_where_to_carry_on() {
 fn the_carry_on_command_searches_only_what_is_left() {
     let _one = serial();
     let dir = common::temp_dir("capacity-left");
-    let settings = ["--warmup", "100ms", "--hold", "300ms", "--runs", "1", "--time-cap", "1s"];
+    let settings = ["--warmup", "100ms", "--runs", "1", "--time-cap", "1s"];
     let mut cmd = mdsub();
-    cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(ONE_TRIAL).args(["--vary", "idle=block,backoff"]);
+    cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(["--hold", "300ms"]).args(ONE_TRIAL);
+    cmd.args(["--vary", "idle=block,backoff"]);
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
     assert_eq!(code, Some(5), "capped: {stdout}{stderr}");
     let first = only_folder(&dir);
@@ -1202,7 +1203,7 @@ fn a_profile_name_with_a_newline_is_refused() {
     cmd.args(["capacity", "--out"]).arg(dir.join("out")).args(SHORT).args(ONE_TRIAL).arg("--profile").arg(&profile);
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
     assert_ne!(code, Some(0), "{stdout}{stderr}");
-    assert!(stderr.contains(r#"name: "two\nlines" has a control character ('\n')"#), "{stderr}");
+    assert!(stderr.contains(r#"`name`: "two\nlines" has a control character ('\n')"#), "{stderr}");
     assert!(!dir.join("out").exists(), "no trial ran: {stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }

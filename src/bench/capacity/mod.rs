@@ -22,7 +22,7 @@ pub mod search;
 pub mod trial;
 pub mod warmup;
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -788,6 +788,12 @@ fn settings_json(cfg: &CapacityConfig, capped: bool, interrupted: bool) -> serde
         "start_rates": start_rates,
         "tolerance": cfg.search.tolerance,
         "max_rate": cfg.search.max_rate,
+        // The in-process publisher's send high-water mark (what it drops at overload); none
+        // for a publisher in another process (that one's own `replay --sndhwm-msgs`).
+        "sndhwm_msgs": match cfg.publisher {
+            PublisherSide::Local { sndhwm_msgs, .. } => Some(sndhwm_msgs),
+            PublisherSide::Remote { .. } => None,
+        },
         "time_cap_s": cfg.time_cap.as_secs_f64(),
         "capped": capped,
         "interrupted": interrupted,
@@ -796,8 +802,8 @@ fn settings_json(cfg: &CapacityConfig, capped: bool, interrupted: bool) -> serde
 
 /// The settings a trial's figures depend on: a search taken from an earlier run
 /// ([`finished_in`]) must have been measured with the same.
-const COMPARED_SETTINGS: [&str; 8] =
-    ["sla", "warmup_s", "hold_s", "runs", "payload_bytes", "symbols", "tolerance", "max_rate"];
+const COMPARED_SETTINGS: [&str; 9] =
+    ["sla", "warmup_s", "hold_s", "runs", "payload_bytes", "symbols", "tolerance", "max_rate", "sndhwm_msgs"];
 
 /// A search that a stop (the time cap, Ctrl-C, a trial that could not run) ended before its
 /// knee was found, or never started: what a carried-on run still has to search.
@@ -809,8 +815,9 @@ fn left_to_search(o: &Outcome) -> bool {
 /// `--take-finished-from DIR`: the searches the run whose results folder is `dir` finished, for
 /// each of `cfg`'s configurations with the same name and profile (hash), to be taken as they
 /// are instead of searched again. Refused when that run's trials were measured otherwise (its
-/// SLA, warm-up, hold, runs, feed, tolerance, maximum rate or publisher differ), when it is no
-/// capacity summary, or a trial file it lists is missing.
+/// SLA, warm-up, hold, runs, feed, tolerance, maximum rate, publisher or its send high-water
+/// mark differ), when it is no capacity summary, or a trial file it lists is missing or is not
+/// a file of that folder.
 pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<ConfigResult>> {
     #[derive(Deserialize)]
     struct Earlier {
@@ -823,6 +830,14 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
     let text = std::fs::read_to_string(&path).with_context(|| format!("{flag}: reading {}", path.display()))?;
     let earlier: Earlier = serde_json::from_str(&text)
         .with_context(|| format!("{flag}: {} is not a capacity run's summary", path.display()))?;
+    // The publisher first: one in another process has no `sndhwm_msgs` of this run's.
+    let here = publisher_text(cfg, Machine::here().cores);
+    if earlier.publisher != here {
+        anyhow::bail!(
+            "{flag}: its publisher was {:?}, this run's is {here:?}: results measured otherwise do not compare",
+            earlier.publisher
+        );
+    }
     let now = settings_json(cfg, false, false);
     for k in COMPARED_SETTINGS {
         let (then, here) = (&earlier.settings[k], &now[k]);
@@ -833,20 +848,24 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
             );
         }
     }
-    let here = publisher_text(cfg, Machine::here().cores);
-    if earlier.publisher != here {
-        anyhow::bail!(
-            "{flag}: its publisher was {:?}, this run's is {here:?}: results measured otherwise do not compare",
-            earlier.publisher
-        );
-    }
     let mut taken = Vec::new();
     for mut c in earlier.configurations {
         let same = cfg.configurations.iter().any(|x| x.name == c.name && x.hash() == c.profile_hash);
         if !same || left_to_search(&c.outcome) {
             continue;
         }
-        if let Some(f) = c.trials.iter().flat_map(|t| &t.files).find(|f| !dir.join(f).is_file()) {
+        // A file name is one in the folder (as a run writes them): `../x` or `/x` would be
+        // copied from, and to, outside both folders.
+        let files = || c.trials.iter().flat_map(|t| &t.files);
+        let in_folder =
+            |f: &String| matches!(Path::new(f).components().collect::<Vec<_>>()[..], [Component::Normal(_)]);
+        if let Some(f) = files().find(|f| !in_folder(f)) {
+            anyhow::bail!(
+                "{flag}: {} lists `{f}`, not a file in that folder: not a summary a run wrote",
+                path.display()
+            );
+        }
+        if let Some(f) = files().find(|f| !dir.join(f).is_file()) {
             anyhow::bail!("{flag}: {} is missing: `{}`'s trials are not all there", dir.join(f).display(), c.name);
         }
         c.taken_from = Some(dir.to_path_buf());
@@ -1960,6 +1979,151 @@ mod tests {
         assert!(!left_to_search(&o));
         o.trials = 0;
         assert!(left_to_search(&o), "not searched");
+    }
+
+    /// A run's settings, with the builtin profile as configuration `a`, for `--take-finished-from`.
+    fn take_cfg() -> CapacityConfig {
+        CapacityConfig {
+            configurations: vec![Configuration { name: "a".into(), profile: Profile::builtin() }],
+            sla: Sla::default(),
+            search: SearchConfig::default(),
+            warmup: Duration::from_millis(100),
+            hold: Duration::from_millis(300),
+            runs: 1,
+            feed: GeneratorConfig::default(),
+            time_cap: Duration::from_secs(60),
+            out_dir: PathBuf::new(),
+            publisher: PublisherSide::Local { max_rate: None, sndhwm_msgs: 1000 },
+            start_rates: Vec::new(),
+            command: Vec::new(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// A stopped run's folder `name` as `--take-finished-from` reads it: `cfg`'s settings, its
+    /// configuration `a` finished (knee 1000 msg/s) in one trial listing `files` (those without a
+    /// `/` written in the folder).
+    fn earlier_folder(name: &str, cfg: &CapacityConfig, files: &[&str]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mdsub-take-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the folder");
+        for f in files.iter().filter(|f| !f.contains('/')) {
+            std::fs::write(dir.join(f), "x").expect("a trial file");
+        }
+        let summary = TrialSummary {
+            offered: 1000,
+            achieved: 1000.0,
+            lost: Some(0),
+            gaps: 0,
+            latency_ns: vec![(0.99, 5000)],
+            spread_ns: vec![(0.99, 5000, 5000)],
+            runs: 1,
+            verdict: Verdict::Pass,
+        };
+        let outcome = Outcome {
+            knee: Some(1000),
+            at_least: None,
+            ending: Ending::Confirmed,
+            lowest_fail: None,
+            rate_not_achieved_at: None,
+            confirmed_at: Some(950),
+            failed_above: Some(1100),
+            bracket_above: Some(1100),
+            narrowed: true,
+            contradictions: vec![],
+            failed_confirmations: vec![],
+            trials: 1,
+        };
+        let a = ConfigResult {
+            name: "a".into(),
+            profile_hash: cfg.configurations[0].hash(),
+            outcome,
+            at_knee: None,
+            carry_on_from: None,
+            thin_percentile: None,
+            taken_from: None,
+            trials: vec![TrialRecord {
+                purpose: Purpose::Confirm,
+                summary,
+                files: files.iter().map(|f| f.to_string()).collect(),
+            }],
+        };
+        let json = serde_json::json!({
+            "settings": settings_json(cfg, true, false),
+            "publisher": publisher_text(cfg, Machine::here().cores),
+            "configurations": [a],
+        });
+        std::fs::write(dir.join("summary.json"), json.to_string()).expect("summary.json");
+        dir
+    }
+
+    /// Each setting a trial's figures depend on, changed: the folder is refused, the setting named.
+    #[test]
+    fn a_folder_measured_otherwise_is_refused_naming_the_difference() {
+        let cfg = take_cfg();
+        let dir = earlier_folder("settings", &cfg, &["a.hlog"]);
+        let taken = finished_in(&dir, &cfg).expect("the same settings");
+        assert_eq!((taken.len(), taken[0].taken_from.as_deref()), (1, Some(dir.as_path())));
+        let changes: [(&str, fn(&mut CapacityConfig)); 12] = [
+            ("sla", |c| c.sla.points = vec![SlaPoint { quantile: 0.99, budget_ns: 1_000_000 }]),
+            ("sla", |c| c.sla.loss_budget_msgs = 5),
+            ("warmup_s", |c| c.warmup = Duration::from_millis(200)),
+            ("hold_s", |c| c.hold = Duration::from_millis(400)),
+            ("runs", |c| c.runs = 3),
+            ("payload_bytes", |c| c.feed.payload_bytes += 1),
+            ("symbols", |c| c.feed.symbols += 1),
+            ("tolerance", |c| c.search.tolerance /= 2.0),
+            ("max_rate", |c| c.search.max_rate = Some(c.search.max_rate.unwrap_or(1000) + 1)),
+            ("publisher", |c| c.publisher = PublisherSide::Local { max_rate: Some(5000), sndhwm_msgs: 1000 }),
+            ("publisher", |c| c.publisher = PublisherSide::Remote { control: "tcp://h:5555".into() }),
+            ("sndhwm_msgs", |c| c.publisher = PublisherSide::Local { max_rate: None, sndhwm_msgs: 10 }),
+        ];
+        for (k, change) in changes {
+            let mut other = take_cfg();
+            change(&mut other);
+            let e = format!("{:#}", finished_in(&dir, &other).expect_err(k));
+            assert!(e.contains(&format!("measured with {k} ")) || e.contains(&format!("its {k} was ")), "{k}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // Another profile under the same name is another configuration: searched, not taken.
+        let mut other = take_cfg();
+        other.configurations[0].profile.name = "changed".into();
+        assert!(finished_in(&dir, &other).expect("the same settings").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A folder with no summary.json, or a summary that is not a capacity run's, or one whose
+    /// trial files are missing or lie outside the folder: one error each, no panic. Before, a
+    /// trial file named `../x` or `/abs/x` passed (it existed), and the copy wrote outside the
+    /// new folder (the same file as source and destination: truncated to nothing).
+    #[test]
+    fn a_folder_that_is_not_a_finished_run_is_refused_in_one_line() {
+        let cfg = take_cfg();
+        let dir = earlier_folder("bad", &cfg, &["a.hlog"]);
+        let outside = dir.parent().expect("temp").join(format!("mdsub-take-outside-{}", std::process::id()));
+        std::fs::write(&outside, "precious").expect("written");
+        let name = outside.file_name().and_then(|n| n.to_str()).expect("a name").to_string();
+        let cases = [
+            (vec!["missing.hlog".to_string()], "is missing"),
+            (vec![format!("../{name}")], "not a file in that folder"),
+            (vec![outside.display().to_string()], "not a file in that folder"),
+        ];
+        for (files, said) in cases {
+            let files: Vec<&str> = files.iter().map(String::as_str).collect();
+            let dir = earlier_folder("bad", &cfg, &files);
+            let _ = std::fs::remove_file(dir.join("missing.hlog"));
+            let e = format!("{:#}", finished_in(&dir, &cfg).expect_err(said));
+            assert!(e.contains(said) && !e.contains('\n'), "{files:?}: {e}");
+        }
+        std::fs::write(dir.join("summary.json"), "{\"kind\": \"capacity\"").expect("cut short");
+        let e = format!("{:#}", finished_in(&dir, &cfg).expect_err("corrupt"));
+        assert!(e.contains("is not a capacity run's summary") && !e.contains('\n'), "{e}");
+        std::fs::remove_file(dir.join("summary.json")).expect("removed");
+        let e = format!("{:#}", finished_in(&dir, &cfg).expect_err("no summary"));
+        assert!(e.contains("summary.json") && !e.contains('\n'), "{e}");
+        assert_eq!(std::fs::read_to_string(&outside).ok().as_deref(), Some("precious"));
+        let _ = std::fs::remove_file(&outside);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
