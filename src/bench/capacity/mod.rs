@@ -2064,7 +2064,9 @@ mod tests {
         let dir = earlier_folder("settings", &cfg, &["a.hlog"]);
         let taken = finished_in(&dir, &cfg).expect("the same settings");
         assert_eq!((taken.len(), taken[0].taken_from.as_deref()), (1, Some(dir.as_path())));
-        let changes: [(&str, fn(&mut CapacityConfig)); 12] = [
+        // A setting's name in the refusal, and how to change it.
+        type Change = (&'static str, fn(&mut CapacityConfig));
+        let changes: [Change; 12] = [
             ("sla", |c| c.sla.points = vec![SlaPoint { quantile: 0.99, budget_ns: 1_000_000 }]),
             ("sla", |c| c.sla.loss_budget_msgs = 5),
             ("warmup_s", |c| c.warmup = Duration::from_millis(200)),
