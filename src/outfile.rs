@@ -434,7 +434,7 @@ pub fn claim_all(outputs: &[(&str, &Path)]) -> Result<Vec<Claimed>, OutFileError
 
 /// Open and lock every output of one run or none, emptying none: refuse two that are one file
 /// ([`distinct`] by name, then by the opened files' identity, which sees a link to another
-/// output, made or not), then lock them all ([`lock_opened`]). What each held is still there,
+/// output, made or not), then lock them all (`lock_opened`). What each held is still there,
 /// for the caller to keep ([`Locked::keep_as`]) or drop ([`Locked::empty`]).
 pub fn lock_all(outputs: &[(&str, &Path)]) -> Result<Vec<Locked>, OutFileError> {
     distinct(outputs)?;
