@@ -397,13 +397,33 @@ impl ModelBook {
     }
 }
 
-#[test]
-fn book_handler_ends_with_the_books_an_independent_model_computes() {
+/// `path` replayed flat out, in this process, over `shards` endpoints into an engine of as many
+/// shards and two workers with the book handler: its report.
+fn books_of(path: std::path::PathBuf, shards: usize) -> mdsub::metrics::RunReport {
     use mdsub::bench::run::{run_once, RunSpec, Subscriber};
     use mdsub::engine::handler::HandlerSpec;
     use mdsub::engine::{EngineConfig, ShardConfig};
     use mdsub::replay::{Limits, Pacing, PublisherConfig, Source};
 
+    let spec = RunSpec {
+        publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); shards], ..Default::default() },
+        source: Source::Dbn { paths: vec![path] },
+        pacing: Pacing::FlatOut,
+        limits: Limits { max_msgs: None, duration: None },
+        subscriber: Subscriber::Engine(Box::new(EngineConfig {
+            shards: vec![ShardConfig::default(); shards],
+            worker_cores: vec![None, None],
+            handler: HandlerSpec::Book,
+            ..Default::default()
+        })),
+        drain_timeout: Duration::from_secs(60),
+        say_refusals: true,
+    };
+    run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_, _| {}).expect("run").report
+}
+
+#[test]
+fn book_handler_ends_with_the_books_an_independent_model_computes() {
     let dir = tmp_dir("book");
     let path = dir.join("mbo.dbn.zst");
     let recs = mbo_feed(4, 20_000, 0, 1_000);
@@ -413,23 +433,7 @@ fn book_handler_ends_with_the_books_an_independent_model_computes() {
     for r in &recs {
         models.entry(r.hd.instrument_id).or_insert_with(|| ModelBook { orders: HashMap::new() }).apply(r);
     }
-    let shard = ShardConfig::default();
-    let spec = RunSpec {
-        publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into(); 2], ..Default::default() },
-        source: Source::Dbn { paths: vec![path] },
-        pacing: Pacing::FlatOut,
-        limits: Limits { max_msgs: None, duration: None },
-        subscriber: Subscriber::Engine(Box::new(EngineConfig {
-            shards: vec![shard.clone(), shard],
-            worker_cores: vec![None, None],
-            handler: HandlerSpec::Book,
-            ..Default::default()
-        })),
-        drain_timeout: Duration::from_secs(60),
-        say_refusals: true,
-    };
-    let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_, _| {}).expect("run");
-    let report = out.report;
+    let report = books_of(path, 2);
     assert_eq!(report.delivered, recs.len() as u64, "{}", report.render());
     let h = &report.handler;
     assert_eq!(h["instruments"], 4);
@@ -1168,11 +1172,6 @@ fn bench_reports_the_records_its_replay_skipped() {
 /// new name with five cancels of unknown orders).
 #[test]
 fn a_renamed_instrument_keeps_one_book_across_workers() {
-    use mdsub::bench::run::{run_once, RunSpec, Subscriber};
-    use mdsub::engine::handler::HandlerSpec;
-    use mdsub::engine::EngineConfig;
-    use mdsub::replay::{Limits, Pacing, PublisherConfig, Source};
-
     let dir = tmp_dir("renamed-book");
     let by_worker = |t: &str| mdsub::wire::topic_hash(t.as_bytes()) % 2;
     let renamed = (0..64).map(|k| format!("III{k}")).find(|t| by_worker(t) != by_worker("HHH")).expect("a topic");
@@ -1193,21 +1192,7 @@ fn a_renamed_instrument_keeps_one_book_across_workers() {
     refs.extend(after.iter().map(RecordRef::from));
     let path = dir.join("renamed.dbn");
     write_refs(&path, &live, &refs, false);
-    let spec = RunSpec {
-        publisher: PublisherConfig { endpoints: vec!["tcp://127.0.0.1:*".into()], ..Default::default() },
-        source: Source::Dbn { paths: vec![path] },
-        pacing: Pacing::FlatOut,
-        limits: Limits { max_msgs: None, duration: None },
-        subscriber: Subscriber::Engine(Box::new(EngineConfig {
-            worker_cores: vec![None, None],
-            handler: HandlerSpec::Book,
-            ..Default::default()
-        })),
-        drain_timeout: Duration::from_secs(60),
-        say_refusals: true,
-    };
-    let out = run_once(&spec, &mdsub::agent::StopFlag::new(), &mut |_, _| {}).expect("run");
-    let report = out.report;
+    let report = books_of(path, 1);
     assert_eq!(report.delivered, 16, "{}", report.render());
     let h = &report.handler;
     assert_eq!((h["instruments"], h["orders"], h["anomaly_unknown_order"]), (1, 6, 0), "{h:?}");

@@ -1374,6 +1374,20 @@ mod tests {
         wire::encode(b"AAPL", &h, &[0u8; 16])
     }
 
+    /// A data frame of topic `topic` and `payload`: publisher 1, session 7, stream sequence `seq`.
+    fn data_frame(seq: u64, topic: &[u8], payload: &[u8]) -> Vec<u8> {
+        let h = Header {
+            kind: Kind::Data,
+            flags: 0,
+            publisher_id: 1,
+            session_id: 7,
+            stream_seq: seq,
+            topic_seq: 1,
+            send_time_ns: 1000,
+        };
+        wire::encode(topic, &h, payload)
+    }
+
     /// A frame of `kind` from publisher `id`'s session `session` at stream sequence `seq`
     /// (`FROM_CACHE` when `cached`); an end of stream says `seq` were sent.
     fn frame_of(id: u32, session: u64, seq: u64, kind: Kind, cached: bool) -> Vec<u8> {
@@ -1564,18 +1578,7 @@ mod tests {
         // A DBN record header (length in 4-byte words, rtype, publisher id 1, instrument 41).
         let mut rec = vec![0u8; 56];
         rec[..8].copy_from_slice(&[14, dbn::rtype::MBO, 1, 0, 41, 0, 0, 0]);
-        let f = |seq: u64, topic: &[u8], payload: &[u8]| {
-            let h = Header {
-                kind: Kind::Data,
-                flags: 0,
-                publisher_id: 1,
-                session_id: 7,
-                stream_seq: seq,
-                topic_seq: 1,
-                send_time_ns: 1000,
-            };
-            wire::encode(topic, &h, payload)
-        };
+        let f = data_frame;
         let mut books = Checks::new(Routing::ByTopic, 2, true).by_instrument(true);
         let mut topics = Checks::new(Routing::ByTopic, 2, true);
         let (a, b) = (f(1, old, &rec), f(2, &renamed, &rec));
@@ -1592,18 +1595,7 @@ mod tests {
     #[test]
     fn by_instrument_routing_routes_other_payloads_by_topic() {
         let payload = b"price=101.25 size=7 side=bid".as_slice();
-        let f = |seq: u64, topic: &[u8]| {
-            let h = Header {
-                kind: Kind::Data,
-                flags: 0,
-                publisher_id: 1,
-                session_id: 7,
-                stream_seq: seq,
-                topic_seq: 1,
-                send_time_ns: 1000,
-            };
-            wire::encode(topic, &h, payload)
-        };
+        let f = |seq: u64, topic: &[u8]| data_frame(seq, topic, payload);
         let mut books = Checks::new(Routing::ByTopic, 4, true).by_instrument(true);
         let mut topics = Checks::new(Routing::ByTopic, 4, true);
         let frames: Vec<Vec<u8>> = (0..32u64).map(|k| f(k + 1, format!("T{k}").as_bytes())).collect();
