@@ -195,6 +195,14 @@ pub fn out(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Copies of the process's stdout and stderr descriptors, in that order (each an error when it
+/// cannot be copied): for an output file that must know whether it is one of them (`outfile`).
+/// Nothing is written through them here.
+pub fn standard_stream_fds() -> [std::io::Result<std::os::fd::OwnedFd>; 2] {
+    use std::os::fd::AsFd as _;
+    [std::io::stdout().as_fd().try_clone_to_owned(), std::io::stderr().as_fd().try_clone_to_owned()]
+}
+
 /// Where a command's human lines go: stdout, or stderr with `--json` (whose stdout is then the
 /// command's JSON alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -403,10 +403,9 @@ fn blocking(file: &File) -> std::io::Result<()> {
 /// before that, the spectrum was written at the file's start by a second description, and the
 /// report then printed over it.
 fn standard_stream_of(meta: &std::fs::Metadata) -> Option<Arc<Mutex<File>>> {
-    use std::os::fd::AsFd as _;
     use std::os::unix::fs::MetadataExt as _;
     let same = |f: &File| f.metadata().is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
-    [std::io::stdout().as_fd().try_clone_to_owned(), std::io::stderr().as_fd().try_clone_to_owned()]
+    crate::diag::standard_stream_fds()
         .into_iter()
         .filter_map(|fd| fd.ok().map(File::from))
         .find(same)
