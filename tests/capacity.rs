@@ -1147,7 +1147,8 @@ fn the_carry_on_command_searches_only_what_is_left() {
     again.arg("-c").arg(format!("exec {command}"));
     let (_, stdout, stderr) = run_within("capacity carried on", &mut again, Duration::from_secs(60));
     let taken = format!(
-        "taken from {} (finished there, not searched again): `builtin-2core idle=block` (knee 1000 msg/s)\n",
+        // The knee says what was achieved beside it when that fell short of the offered rate (load).
+        "taken from {} (finished there, not searched again): `builtin-2core idle=block` (knee 1000 msg/s",
         first.display()
     );
     assert!(stdout.contains(&taken), "{stdout}{stderr}");
