@@ -589,7 +589,7 @@ pub fn judge_earlier(
     }
     let named = locked.named();
     let read = |source| KeepError::Read { named: named.clone(), source };
-    locked.check_named()?;
+    // That the path still names this file, `lock_all` checked when it locked it.
     let meta = locked.metadata().map_err(read)?;
     let len = meta.len();
     if len == 0 {
