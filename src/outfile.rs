@@ -589,7 +589,7 @@ pub fn judge_earlier(
     }
     let named = locked.named();
     let read = |source| KeepError::Read { named: named.clone(), source };
-    // That the path still names this file, `lock_all` checked when it locked it.
+    locked.check_named()?;
     let meta = locked.metadata().map_err(read)?;
     let len = meta.len();
     if len == 0 {
