@@ -1862,12 +1862,15 @@ mod tests {
             let name = c.name.clone();
             winner_text(&result_of(&[c], Some(&name), Some(PathBuf::from("out/winner.toml"))))
         };
-        let short = standing("short", Ending::PublisherLimited, (Some(6000), None), (None, Some(6100)), true, 6);
-        assert_eq!(won(std::slice::from_ref(&short)).as_deref(), Ok("short"), "alone, it wins");
-        assert_eq!(
-            winner(short),
+        // Alone, it wins, and its line says the knee is a lower bound.
+        let wins_alone_said = |c: ConfigResult, said: &str| {
+            assert_eq!(won(std::slice::from_ref(&c)).as_deref(), Ok(&*c.name), "alone, it wins");
+            assert_eq!(winner(c), said);
+        };
+        wins_alone_said(
+            standing("short", Ending::PublisherLimited, (Some(6000), None), (None, Some(6100)), true, 6),
             "`short` at 6000 msg/s, a lower bound: publisher-limited: the engine's limit is higher than the \
-             publisher could offer; written to out/winner.toml"
+             publisher could offer; written to out/winner.toml",
         );
         let top = standing("top", Ending::AboveMaxRate, (Some(5000), None), (None, None), true, 2);
         assert_eq!(
@@ -1879,12 +1882,10 @@ mod tests {
         assert_eq!(winner(found), "`a` at 8000 msg/s, written to out/winner.toml");
         // The time cap ended its search after the publisher fell short just above its knee (its
         // confirmation not run): nothing above it failed either. Before: said as a knee found.
-        let capped = standing("c", Ending::Capped, (Some(7000), None), (None, Some(7200)), true, 5);
-        assert_eq!(won(std::slice::from_ref(&capped)).as_deref(), Ok("c"), "narrowed, it wins");
-        assert_eq!(
-            winner(capped),
+        wins_alone_said(
+            standing("c", Ending::Capped, (Some(7000), None), (None, Some(7200)), true, 5),
             "`c` at 7000 msg/s, a lower bound: publisher-limited: the engine's limit is higher than the \
-             publisher could offer; written to out/winner.toml"
+             publisher could offer; written to out/winner.toml",
         );
         let none = CapacityResult {
             extra: CapacityExtra { no_winner: Some(NoWinner::NoPass), ..result_of(&[], None, None).extra },
