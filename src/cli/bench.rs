@@ -398,7 +398,7 @@ pub fn bench(args: &BenchArgs, stop: &StopFlag) -> anyhow::Result<BenchResult> {
 
 /// The report's line of what each run's replay of `--from` DBN files did not send, None when it
 /// sent everything: `input: not replayed (each run), by record type: 0x16 symbol-mapping 3, 0x17
-/// system 1; symbol mappings dropped 10 (over 4096 per instrument id)`.
+/// system 1; symbol mappings dropped 10 (over 4096 per instrument id or 16777216 in all)`.
 fn input_skipped_line(extra: &crate::bench::engine::BenchExtra) -> Option<String> {
     let types: Vec<String> = (extra.skipped_by_rtype.iter())
         .map(|(rt, n)| {
@@ -413,9 +413,9 @@ fn input_skipped_line(extra: &crate::bench::engine::BenchExtra) -> Option<String
     }
     if extra.symbol_mappings_dropped > 0 {
         parts.push(format!(
-            "symbol mappings dropped {} (over {} per instrument id)",
+            "symbol mappings dropped {} ({})",
             extra.symbol_mappings_dropped,
-            crate::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT
+            crate::feed::dbn_source::symbol_mapping_caps()
         ));
     }
     (!parts.is_empty()).then(|| format!("input: {}", parts.join("; ")))

@@ -712,10 +712,10 @@ pub fn replay(args: &ReplayArgs, stop: &StopFlag) -> anyhow::Result<()> {
     }
     if stats.symbol_mappings_dropped > 0 {
         crate::diag!(
-            "replay: {} DBN symbol mappings were dropped (over {} per instrument id, the first said above); the \
-             records of their ids were named from the mappings kept",
+            "replay: {} DBN symbol mappings were dropped ({}, the first said above); the records of their ids \
+             were named from the mappings kept",
             stats.symbol_mappings_dropped,
-            crate::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT
+            crate::feed::dbn_source::symbol_mapping_caps()
         );
     }
     if stats.ts_recv_backwards > 0 {

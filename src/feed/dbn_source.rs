@@ -580,18 +580,73 @@ impl Named {
 /// Per id, the answer is kept with the span of times it holds for (no interval begins or ends
 /// inside it), so a record costs a lookup and two comparisons.
 ///
-/// An id keeps at most [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] intervals (a mapping that only
-/// repeats or extends its id's last one, same symbol and touching it, extends that one and
-/// counts for none): the later ones are dropped and counted ([`Symbols::dropped`]), so a file
-/// with endless mapping records for one id holds bounded memory and a lookup outside the
-/// current span scans a bounded list. Lookups answer from the intervals kept.
-#[derive(Debug, Default)]
+/// An id keeps at most [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] intervals, and all ids together
+/// [`MAX_SYMBOL_MAPPINGS`] (a mapping that only repeats or extends its id's last one, same
+/// symbol and touching it, extends that one and counts for none): the later ones are dropped
+/// and counted ([`Symbols::dropped`]), so a file with endless mapping records, for one id or for
+/// ever new ones, holds bounded memory and a lookup outside the current span scans a bounded
+/// list. Lookups answer from the intervals kept. The answers kept per id are a cache of at most
+/// [`NAMED_IDS_CACHED`] ids, emptied when full, so a file of ever new ids is bounded too.
+#[derive(Debug)]
 struct Symbols {
     intervals: HashMap<u32, Vec<Named>>,
     current: HashMap<u32, Named>,
-    /// Mappings dropped over the cap, and the first id that met it.
+    /// Intervals held, over all ids.
+    held: usize,
+    /// Mappings dropped over a cap, and the first cap met.
     dropped: u64,
-    first_full: Option<u32>,
+    first_full: Option<MappingsFull>,
+    limits: SymbolLimits,
+}
+
+/// The caps of [`Symbols`] (the constants; smaller in tests).
+#[derive(Debug, Clone, Copy)]
+struct SymbolLimits {
+    per_instrument: usize,
+    in_all: usize,
+    ids_cached: usize,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        let limits = SymbolLimits {
+            per_instrument: MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT,
+            in_all: MAX_SYMBOL_MAPPINGS,
+            ids_cached: NAMED_IDS_CACHED,
+        };
+        Symbols::with_limits(limits)
+    }
+}
+
+/// The first cap a dropped symbol mapping met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappingsFull {
+    /// This instrument id had [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] mappings.
+    Instrument(u32),
+    /// The files' ids had [`MAX_SYMBOL_MAPPINGS`] mappings in all.
+    InAll,
+}
+
+impl MappingsFull {
+    /// What was full, for the line that says the first drop: `instrument 7 has 4096 symbol
+    /// mappings (the most kept per instrument id)`.
+    pub fn text(self) -> String {
+        match self {
+            MappingsFull::Instrument(id) => format!(
+                "instrument {id} has {MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT} symbol mappings (the most kept per \
+                 instrument id)"
+            ),
+            MappingsFull::InAll => {
+                format!("the files' instrument ids have {MAX_SYMBOL_MAPPINGS} symbol mappings (the most kept in all)")
+            }
+        }
+    }
+}
+
+/// The caps, as the lines counting the drops say them: `over 4096 per instrument id or 16777216
+/// in all`.
+pub fn symbol_mapping_caps() -> String {
+    format!("over {MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT} per instrument id or {MAX_SYMBOL_MAPPINGS} in all")
 }
 
 /// The most symbol mappings (metadata intervals and live symbol mapping records) mdsub keeps
@@ -601,7 +656,20 @@ struct Symbols {
 /// and the id's records are named from the ones kept.
 pub const MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT: usize = 4096;
 
+/// The most symbol mappings mdsub keeps over all instrument ids of the files replayed:
+/// 16 777 216 (some 1 GiB), a week of daily intervals of every OPRA option. Past it, later
+/// mappings are dropped and counted as over the per-id cap are.
+pub const MAX_SYMBOL_MAPPINGS: usize = 1 << 24;
+
+/// The most instrument ids whose current topic (with the span it holds for) is kept for the next
+/// record: 4 194 304; past it the cache is emptied and filled again as records come.
+pub const NAMED_IDS_CACHED: usize = 1 << 22;
+
 impl Symbols {
+    fn with_limits(limits: SymbolLimits) -> Self {
+        Symbols { intervals: HashMap::new(), current: HashMap::new(), held: 0, dropped: 0, first_full: None, limits }
+    }
+
     /// Name instrument `id` `symbol` for `[from_ns, to_ns)` (a symbol unusable as a topic is
     /// left out; one past [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] is dropped and counted).
     fn add(&mut self, id: u32, from_ns: u64, to_ns: u64, symbol: &str) {
@@ -617,19 +685,24 @@ impl Symbols {
             Some(last) if *last.topic == *symbol.as_bytes() && last.from_ns <= from_ns && from_ns <= last.to_ns => {
                 last.to_ns = last.to_ns.max(to_ns);
             }
-            _ if held >= MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT => {
+            _ if held >= self.limits.per_instrument || self.held >= self.limits.in_all => {
                 self.dropped += 1;
-                self.first_full.get_or_insert(id);
+                self.first_full.get_or_insert(match held >= self.limits.per_instrument {
+                    true => MappingsFull::Instrument(id),
+                    false => MappingsFull::InAll,
+                });
                 return;
             }
-            _ => all.push(Named { from_ns, to_ns, topic: symbol.as_bytes().into() }),
+            _ => {
+                all.push(Named { from_ns, to_ns, topic: symbol.as_bytes().into() });
+                self.held += 1;
+            }
         }
         self.current.remove(&id);
     }
 
-    /// Mappings dropped over [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`], and the first id that had
-    /// that many.
-    fn dropped(&self) -> (u64, Option<u32>) {
+    /// Mappings dropped over a cap, and the first cap met.
+    fn dropped(&self) -> (u64, Option<MappingsFull>) {
         (self.dropped, self.first_full)
     }
 
@@ -637,6 +710,9 @@ impl Symbols {
     #[inline]
     fn topic(&mut self, id: u32, ts: u64) -> &[u8] {
         use std::collections::hash_map::Entry;
+        if self.current.len() >= self.limits.ids_cached {
+            self.current.clear();
+        }
         match self.current.entry(id) {
             Entry::Occupied(o) if o.get().covers(ts) => &o.into_mut().topic,
             Entry::Occupied(mut o) => {
@@ -816,8 +892,9 @@ impl DbnMerge {
     }
 
     /// Symbol mappings dropped so far because their instrument id had
-    /// [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] already, and the first such id.
-    pub fn symbol_mappings_dropped(&self) -> (u64, Option<u32>) {
+    /// [`MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT`] already, or all ids [`MAX_SYMBOL_MAPPINGS`], and
+    /// the first cap met.
+    pub fn symbol_mappings_dropped(&self) -> (u64, Option<MappingsFull>) {
         self.symbols.dropped()
     }
 
@@ -985,13 +1062,39 @@ mod tests {
         assert_eq!(s.intervals[&7].len(), MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT);
         // Past the cap each of the 10 later mappings is dropped three times: its repeats repeat
         // no kept interval (the last kept is mapping cap - 1), so each call is a drop, counted.
-        assert_eq!(s.dropped(), (30, Some(7)));
+        assert_eq!(s.dropped(), (30, Some(MappingsFull::Instrument(7))));
         let at = |s: &mut Symbols, ts| String::from_utf8(s.topic(7, ts).to_vec()).expect("utf8");
         assert_eq!([at(&mut s, 5), at(&mut s, 15), at(&mut s, cap * 10 - 5)], ["AAA", "BBB", "BBB"]);
         assert_eq!(at(&mut s, cap * 10 + 15), "BBB", "past the kept ones: the nearest kept before");
         s.add(8, 0, 10, "CCC");
         assert_eq!(s.topic(8, 5), b"CCC", "another id has its own room");
         assert_eq!(s.dropped().0, 30);
+    }
+
+    /// All ids together keep at most `in_all` intervals, and the current answers of at most
+    /// `ids_cached` ids (emptied when full, the answers unchanged). Before, a file naming ever
+    /// new ids grew both without bound.
+    #[test]
+    fn all_ids_mappings_are_capped_and_the_answers_cached_bounded() {
+        let limits = SymbolLimits { per_instrument: 4, in_all: 10, ids_cached: 3 };
+        let mut s = Symbols::with_limits(limits);
+        for id in 0..20 {
+            s.add(id, 0, 10, &format!("S{id}"));
+        }
+        assert_eq!(s.intervals.values().map(Vec::len).sum::<usize>(), 10);
+        assert_eq!(s.dropped(), (10, Some(MappingsFull::InAll)));
+        s.add(3, 10, 20, "S3");
+        assert_eq!(s.dropped().0, 10, "extending a kept one takes no room");
+        let names: Vec<Vec<u8>> = (0..12).map(|id| s.topic(id, 5).to_vec()).collect();
+        assert!(s.current.len() <= 3, "{}", s.current.len());
+        assert_eq!(names[9], b"S9");
+        assert_eq!(names[11], b"11", "dropped: named by its id");
+        assert_eq!(s.topic(9, 15), b"S9", "after the cache was emptied, the same answer");
+        let mut s = Symbols::with_limits(limits);
+        for i in 0..6 {
+            s.add(7, i * 10, i * 10 + 10, if i % 2 == 0 { "A" } else { "B" });
+        }
+        assert_eq!(s.dropped(), (2, Some(MappingsFull::Instrument(7))), "the per-id cap said first");
     }
 
     #[test]

@@ -1302,14 +1302,14 @@ fn say_dbn_refusals(say: bool, d: &mut DbnCursor) {
             );
         }
     }
-    if let (false, (_, Some(id))) = (d.said_mappings_dropped, merge.symbol_mappings_dropped()) {
+    if let (false, (_, Some(full))) = (d.said_mappings_dropped, merge.symbol_mappings_dropped()) {
         d.said_mappings_dropped = true;
         if say {
             crate::diag!(
-                "replay: refused (symbol_mappings_full): instrument {id} has {} symbol mappings (the most kept per \
-                 instrument id); its later ones, and any other id's past that many, are dropped and counted \
-                 (symbol_mappings_dropped), and its records are named from the ones kept; said once",
-                crate::feed::dbn_source::MAX_SYMBOL_MAPPINGS_PER_INSTRUMENT
+                "replay: refused (symbol_mappings_full): {}; later mappings past a cap ({}) are dropped and \
+                 counted (symbol_mappings_dropped), and their ids' records are named from the ones kept; said once",
+                full.text(),
+                crate::feed::dbn_source::symbol_mapping_caps()
             );
         }
     }
