@@ -461,8 +461,8 @@ impl NoWinner {
 }
 
 /// A search a run stopped, as its carry-on command gives it: the configuration's name, the rate
-/// to carry it on from ([`carry_on_from`]) and the rate above it known to fail, if one did
-/// ([`carry_on_failed_at`]).
+/// to carry it on from (its highest pass, `carry_on_from` in `summary.json`) and the rate above
+/// it known to fail, if one did (`--failed-at`).
 pub type Stopped<'a> = (&'a str, u64, Option<u64>);
 
 /// The command that carries on what a stopped run left (`stopped`): `command`'s words,
