@@ -446,10 +446,16 @@ fn a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials() {
         let folder = only_folder(&fs.dir);
         let error = stderr.lines().last().unwrap_or_default();
         let file = if inodes == 5 { "hgrm" } else { "hlog" };
-        let cause = "configuration `builtin-2core`, 2000 msg/s, run 1: ";
-        // The command that carries on: this one, from the rate that passed.
+        // The first trial (1000 msg/s) passes on an idle box; a starved one may fall short of
+        // it (`rate not achieved`), and the search halves: the second trial, and the rate the
+        // carry-on command starts from, follow from what the first said (its line on stdout).
+        let first = stdout.lines().find(|l| l.contains(" msg/s  achieved ")).unwrap_or_default();
+        let (second, carry_from) = if first.ends_with("  pass") { (2000, 1000) } else { (500, 500) };
+        let cause = format!("configuration `builtin-2core`, {second} msg/s, run 1: ");
+        // The command that carries on: this one, from the rate that passed (or half the one
+        // that did not).
         let carry_on = format!(
-            "(carry on: {} capacity --out {} {} --sla p50=1s --start-rate 1000)",
+            "(carry on: {} capacity --out {} {} --sla p50=1s --start-rate {carry_from})",
             env!("CARGO_BIN_EXE_mdsub"),
             fs.dir.display(),
             SHORT.join(" ")
@@ -475,7 +481,8 @@ fn a_full_disk_part_way_keeps_what_it_can_of_the_finished_trials() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().any(|n| n.starts_with("builtin-2core-1000mps-run1-")), "trial 1's files: {names:?}");
-        assert!(!names.iter().any(|n| n.contains("-2000mps-")), "the failed trial's are forgotten: {names:?}");
+        let failed = format!("-{second}mps-");
+        assert!(!names.iter().any(|n| n.contains(&failed)), "the failed trial's are forgotten: {names:?}");
         if kept == "summary.json" {
             let saved = summary_json(&folder);
             assert_eq!(saved["no_winner"], "failed", "{saved}");
@@ -855,40 +862,58 @@ fn a_trial_server_refuses_a_trial_out_of_range_and_stops_at_once_while_sending()
 #[test]
 fn a_time_cap_before_any_failure_is_a_lower_bound_not_a_winner() {
     let _one = serial();
-    let dir = common::temp_dir("capacity-lower-bound");
-    let mut cmd = mdsub();
-    // Each trial (0.6 s as the cap counts it) passes a budget any engine meets at these rates.
-    let settings = ["--warmup", "100ms", "--hold", "200ms", "--runs", "1", "--time-cap", "1s"];
-    cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(["--start-rate", "1000", "--sla", "p50=1s"]);
-    let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
-    assert_eq!(code, Some(5), "{stdout}{stderr}");
-    let folder = only_folder(&dir);
-    let saved = summary_json(&folder);
-    let c = config(&saved, "builtin-2core");
-    let passed: Vec<u64> = trials(c)
-        .iter()
-        .filter(|t| t["verdict"]["result"] == "pass")
-        .map(|t| t["offered"].as_u64().expect("offered"))
-        .collect();
-    assert!(!passed.is_empty() && passed.len() == trials(c).len(), "every trial passed: {c}");
-    let highest = passed.iter().copied().max().unwrap_or_default();
-    let o = &c["outcome"];
-    assert_eq!(
-        (o["ending"].as_str(), o["knee"].as_u64(), o["at_least"].as_u64()),
-        (Some("capped"), None, Some(highest))
-    );
-    let line = format!("at least {highest} msg/s (no failing rate found before the cap)");
-    assert!(stdout.contains(&format!("  builtin-2core                {line}  p50 -")), "{stdout}");
-    let why = format!(
-        "the time cap came before every configuration's knee was found: `builtin-2core` has only a lower bound: at \
-         least {highest} msg/s, nothing above it failed"
-    );
-    assert!(stdout.contains(&format!("\nwinner: none ({why})\n")), "{stdout}");
-    assert!(stdout.contains(&format!("carry on from {highest} msg/s\n")), "{stdout}");
-    let command = carry_on_line(&stdout);
-    assert!(command.ends_with(&format!(" --sla p50=1s --start-rate {highest}")), "the start replaced: {command}");
-    let (_, md) = assert_no_winner(&folder, "capped", &why);
-    assert!(md.contains(&format!("| builtin-2core | {line} |")), "{md}");
+    // Each trial passes a budget any engine meets at these rates and offers its rate for 0.6 s,
+    // 0.9 s as the cap counts it: the first trial sends for 0.6 s, so a second one never fits.
+    let settings = ["--warmup", "100ms", "--hold", "500ms", "--runs", "1", "--time-cap", "1500ms"];
+    // A publisher starved on a loaded 2-core box may still fall short of 1000 msg/s (its last
+    // send 40 ms late: 939 achieved): then a rate did not pass before the cap, and what the run
+    // says follows from that. The run is made again (at most 3 times) for one whose trial passed.
+    for attempt in 1..=3 {
+        let dir = common::temp_dir(&format!("capacity-lower-bound-{attempt}"));
+        let mut cmd = mdsub();
+        cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(["--start-rate", "1000", "--sla", "p50=1s"]);
+        let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
+        assert_eq!(code, Some(5), "{stdout}{stderr}");
+        let folder = only_folder(&dir);
+        let saved = summary_json(&folder);
+        let c = config(&saved, "builtin-2core");
+        assert_eq!(trials(c).len(), 1, "one trial fits in the cap: {c}");
+        let o = &c["outcome"];
+        if trials(c)[0]["verdict"]["result"] != "pass" {
+            // Nothing passed: no knee, no lower bound, and the carry-on starts below the rate.
+            assert_eq!(
+                (o["ending"].as_str(), o["knee"].as_u64(), o["at_least"].as_u64()),
+                (Some("capped"), None, None),
+                "{c}"
+            );
+            let why = "the time cap came before every configuration's knee was found: `builtin-2core` had found no \
+                       passing rate yet (1000 msg/s did not pass)";
+            assert!(stdout.contains(&format!("\nwinner: none ({why})\n")), "{stdout}");
+            let command = carry_on_line(&stdout);
+            assert!(command.ends_with(" --sla p50=1s --start-rate 500"), "half the rate: {command}");
+            assert_no_winner(&folder, "capped", why);
+            eprintln!("attempt {attempt}: the publisher fell short of 1000 msg/s: {}", trials(c)[0]["achieved"]);
+            continue;
+        }
+        let highest = 1000;
+        assert_eq!(
+            (o["ending"].as_str(), o["knee"].as_u64(), o["at_least"].as_u64()),
+            (Some("capped"), None, Some(highest))
+        );
+        let line = format!("at least {highest} msg/s (no failing rate found before the cap)");
+        assert!(stdout.contains(&format!("  builtin-2core                {line}  p50 -")), "{stdout}");
+        let why = format!(
+            "the time cap came before every configuration's knee was found: `builtin-2core` has only a lower bound: \
+             at least {highest} msg/s, nothing above it failed"
+        );
+        assert!(stdout.contains(&format!("\nwinner: none ({why})\n")), "{stdout}");
+        assert!(stdout.contains(&format!("carry on from {highest} msg/s\n")), "{stdout}");
+        let command = carry_on_line(&stdout);
+        assert!(command.ends_with(&format!(" --sla p50=1s --start-rate {highest}")), "the start replaced: {command}");
+        let (_, md) = assert_no_winner(&folder, "capped", &why);
+        assert!(md.contains(&format!("| builtin-2core | {line} |")), "{md}");
+        return;
+    }
 }
 
 /// A trial run's .hlog and its verdict agree. Its warm-up intervals are tagged `warmup.*` and a

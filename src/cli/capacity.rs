@@ -17,7 +17,7 @@ use crate::agent::StopFlag;
 use crate::bench::capacity::search::{parse_quantile, SearchConfig, Sla, SlaPoint, Verdict, MIN_RATE};
 use crate::bench::capacity::trial::PublisherSide;
 use crate::bench::capacity::{
-    self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event, NoWinner, Setting, Vary,
+    self, ending_text, expand_grid, CapacityConfig, CapacityResult, Event, NoWinner, Setting, Vary, FAILED_AT,
 };
 use crate::diag::human_ns;
 use crate::engine::handler::HandlerSpec;
@@ -72,6 +72,11 @@ pub struct CapacityArgs {
     /// stopped run prints the command that carries it on with them.
     #[arg(long, value_parser = parse_start_rate, value_name = "[NAME=]COUNT")]
     pub start_rate: Vec<StartRate>,
+    /// A rate known to fail, above the start (msg/s; `NAME=COUNT` for configuration NAME's):
+    /// the search bisects below it and never offers it. A stopped run's carry-on command gives
+    /// it for each search that had failed a rate above where it carries on from.
+    #[arg(long, value_parser = parse_start_rate, value_name = "[NAME=]COUNT")]
+    pub failed_at: Vec<StartRate>,
     /// Never offer more than this (msg/s), 100 to 1000M.
     #[arg(long, value_parser = parse_search_rate, value_name = "COUNT")]
     pub max_rate: Option<u64>,
@@ -186,6 +191,15 @@ pub fn parse_start_rate(s: &str) -> Result<StartRate, String> {
 /// The first rate of every configuration without its own, and each configuration's own, from
 /// `--start-rate`: the plain form at most once, each name once and one of `names`.
 fn start_rates(given: &[StartRate], names: &[&str]) -> Result<(u64, Vec<(String, u64)>), String> {
+    let (global, own) = rates_by_name("--start-rate", given, names)?;
+    Ok((global.unwrap_or(SearchConfig::default().start_rate), own))
+}
+
+/// The rate `flag` (`--start-rate`, `--failed-at`) gives every configuration without its own,
+/// if given, and each configuration's own: the plain form at most once, each name once and one
+/// of `names`.
+#[allow(clippy::type_complexity)]
+fn rates_by_name(flag: &str, given: &[StartRate], names: &[&str]) -> Result<(Option<u64>, Vec<(String, u64)>), String> {
     let mut global = None;
     let mut own: Vec<(String, u64)> = Vec::new();
     for g in given {
@@ -193,7 +207,7 @@ fn start_rates(given: &[StartRate], names: &[&str]) -> Result<(u64, Vec<(String,
             None => {
                 if let Some(first) = global.replace(g.rate) {
                     return Err(format!(
-                        "--start-rate given twice ({first} and {}): give every configuration's once, \
+                        "{flag} given twice ({first} and {}): give every configuration's once, \
                          and NAME=COUNT for one configuration's own",
                         g.rate
                     ));
@@ -201,18 +215,18 @@ fn start_rates(given: &[StartRate], names: &[&str]) -> Result<(u64, Vec<(String,
             }
             Some(n) if !names.contains(&n.as_str()) => {
                 return Err(format!(
-                    "--start-rate {n}={}: no configuration is named `{n}`; the configurations: {}",
+                    "{flag} {n}={}: no configuration is named `{n}`; the configurations: {}",
                     g.rate,
                     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
                 ))
             }
             Some(n) if own.iter().any(|o| &o.0 == n) => {
-                return Err(format!("--start-rate {n}=… given twice: give each configuration one first rate"))
+                return Err(format!("{flag} {n}=… given twice: give each configuration one rate"))
             }
             Some(n) => own.push((n.clone(), g.rate)),
         }
     }
-    Ok((global.unwrap_or(SearchConfig::default().start_rate), own))
+    Ok((global, own))
 }
 
 /// `--publisher-max-rate`: a rate the publisher can send, 1 msg/s or more.
@@ -330,6 +344,20 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
             .into());
         }
     }
+    let (failed_at, own_failed_ats) = rates_by_name(FAILED_AT, &args.failed_at, &names).map_err(super::UsageError)?;
+    // A rate known to fail at or below the start would be passed or dropped at the first trial.
+    for name in &names {
+        let start = own_start_rates.iter().find(|s| &s.0 == name).map_or(start_rate, |s| s.1);
+        let own = own_failed_ats.iter().find(|f| &f.0 == name);
+        if let Some(f) = own.map(|f| f.1).or(failed_at).filter(|&f| f <= start) {
+            let given = own.map_or(f.to_string(), |_| format!("{name}={f}"));
+            return Err(super::UsageError(format!(
+                "{FAILED_AT} {given} is not above `{name}`'s start rate ({start} msg/s): a rate known to fail is one \
+                 above where the search starts"
+            ))
+            .into());
+        }
+    }
     let mut points = args.sla.clone();
     // One percentile given two budgets was taken, both judged (`pass rule: p99 <= 1.00ms, p99 <=
     // 2.00ms`): the larger one never decided anything.
@@ -356,7 +384,13 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     let mut cfg = CapacityConfig {
         configurations,
         sla: Sla { points, loss_budget_msgs: args.loss_budget_msgs, ..Default::default() },
-        search: SearchConfig { start_rate, tolerance: args.tolerance, max_rate: args.max_rate, ..Default::default() },
+        search: SearchConfig {
+            start_rate,
+            tolerance: args.tolerance,
+            max_rate: args.max_rate,
+            failed_at,
+            ..Default::default()
+        },
         warmup: args.warmup,
         hold: args.hold,
         runs: args.runs.max(1),
@@ -365,6 +399,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         out_dir: args.out.clone(),
         publisher,
         start_rates: own_start_rates,
+        failed_ats: own_failed_ats,
         command,
         taken: Vec::new(),
     };

@@ -176,6 +176,9 @@ pub struct CapacityConfig {
     /// Configurations searched from their own first rate (`--start-rate NAME=RATE`), not
     /// `search.start_rate`.
     pub start_rates: Vec<(String, u64)>,
+    /// Configurations with a rate known to fail (`--failed-at NAME=RATE`, from the run carried
+    /// on), not `search.failed_at`.
+    pub failed_ats: Vec<(String, u64)>,
     /// The words of the command that started this run (`mdsub capacity …`), for the command a
     /// stopped run prints to carry on; empty: only the `--start-rate` flags are printed.
     pub command: Vec<String>,
@@ -188,7 +191,8 @@ impl CapacityConfig {
     /// The search of the configuration `name`: `search`, from its own first rate if it has one.
     pub fn search_of(&self, name: &str) -> SearchConfig {
         let start_rate = self.start_rates.iter().find(|(n, _)| n == name).map_or(self.search.start_rate, |s| s.1);
-        SearchConfig { start_rate, ..self.search.clone() }
+        let failed_at = self.failed_ats.iter().find(|(n, _)| n == name).map(|f| f.1).or(self.search.failed_at);
+        SearchConfig { start_rate, failed_at, ..self.search.clone() }
     }
 }
 
@@ -456,16 +460,22 @@ impl NoWinner {
     }
 }
 
-/// The command that carries on what a stopped run left (`stopped`: name, rate): `command`'s
-/// words, shell-quoted, with `--start-rate` given for each stopped search: the plain
-/// `--start-rate RATE` when the run has `only` one configuration (every `--start-rate` of the
-/// command dropped), else `--start-rate 'NAME=RATE'` (a `--start-rate` of the command naming it
-/// dropped, the others kept: the configurations not stopped start where they did); and, when
-/// some searches finished, `--take-finished-from FOLDER` (`take_from`, any earlier one dropped),
-/// so that those are taken from this run's folder, not searched again.
-pub fn carry_on_command(command: &[String], stopped: &[(&str, u64)], only: bool, take_from: Option<&Path>) -> String {
-    // A `--start-rate` value the carry-on replaces: any when there is one configuration, else one
-    // naming a stopped configuration (the name is all before the last `=`).
+/// A search a run stopped, as its carry-on command gives it: the configuration's name, the rate
+/// to carry it on from (its highest pass, `carry_on_from` in `summary.json`) and the rate above
+/// it known to fail, if one did (`--failed-at`).
+pub type Stopped<'a> = (&'a str, u64, Option<u64>);
+
+/// The command that carries on what a stopped run left (`stopped`): `command`'s words,
+/// shell-quoted, with `--start-rate` given for each stopped search, and `--failed-at` for one
+/// that failed a rate above it (so it never offers that rate again): the plain `--start-rate
+/// RATE` when the run has `only` one configuration (every `--start-rate` and `--failed-at` of
+/// the command dropped), else `--start-rate 'NAME=RATE'` (a `--start-rate` or `--failed-at` of
+/// the command naming it dropped, the others kept: the configurations not stopped start where
+/// they did); and, when some searches finished, `--take-finished-from FOLDER` (`take_from`, any
+/// earlier one dropped), so that those are taken from this run's folder, not searched again.
+pub fn carry_on_command(command: &[String], stopped: &[Stopped<'_>], only: bool, take_from: Option<&Path>) -> String {
+    // A `--start-rate` or `--failed-at` value the carry-on replaces: any when there is one
+    // configuration, else one naming a stopped configuration (the name is all before the last `=`).
     let replaced = |flag: &str, v: &str| match flag {
         TAKE_FROM => true,
         _ => only || v.rsplit_once('=').is_some_and(|(n, _)| stopped.iter().any(|s| s.0 == n)),
@@ -473,7 +483,8 @@ pub fn carry_on_command(command: &[String], stopped: &[(&str, u64)], only: bool,
     let mut words: Vec<String> = Vec::with_capacity(command.len() + 2 * stopped.len() + 2);
     let mut it = command.iter();
     while let Some(w) = it.next() {
-        let flag = ["--start-rate", TAKE_FROM].into_iter().find(|f| w == f || w.starts_with(&format!("{f}=")));
+        let flag =
+            ["--start-rate", FAILED_AT, TAKE_FROM].into_iter().find(|f| w == f || w.starts_with(&format!("{f}=")));
         match (flag, flag.and_then(|f| w.strip_prefix(f)).and_then(|rest| rest.strip_prefix('='))) {
             (Some(f), Some(v)) => {
                 if !replaced(f, v) {
@@ -492,15 +503,23 @@ pub fn carry_on_command(command: &[String], stopped: &[(&str, u64)], only: bool,
         words.push(TAKE_FROM.into());
         words.push(folder.to_string_lossy().into_owned());
     }
-    for &(name, rate) in stopped {
+    let given = |name: &str, rate: u64| if only { rate.to_string() } else { format!("{name}={rate}") };
+    for &(name, rate, failed_at) in stopped {
         words.push("--start-rate".into());
-        words.push(if only { rate.to_string() } else { format!("{name}={rate}") });
+        words.push(given(name, rate));
+        if let Some(f) = failed_at {
+            words.push(FAILED_AT.into());
+            words.push(given(name, f));
+        }
     }
     words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" ")
 }
 
 /// The flag that takes an earlier run's finished searches ([`finished_in`]).
 pub const TAKE_FROM: &str = "--take-finished-from";
+
+/// The flag that gives a carried-on search the rate its run failed ([`SearchConfig::failed_at`]).
+pub const FAILED_AT: &str = "--failed-at";
 
 /// `word` as a POSIX shell reads it back as one word: as it is when it has only characters no
 /// shell treats specially, else in single quotes (a `'` in it as `'\''`).
@@ -573,6 +592,15 @@ fn carry_on_from(o: &Outcome) -> Option<u64> {
         return None;
     }
     o.knee.or(o.at_least).or_else(|| o.bracket_above.map(|f| (f / 2).max(search::MIN_RATE)))
+}
+
+/// A search stopped before its knee was found that had failed a rate above the one to carry it
+/// on from: that rate (the lowest such), for `--failed-at`, so that the carried-on search never
+/// offers it again (before, it doubled from its highest pass into the rate that had failed).
+/// A rate the publisher did not achieve is not carried: it says nothing of the engine.
+fn carry_on_failed_at(o: &Outcome) -> Option<u64> {
+    let from = carry_on_from(o)?;
+    o.failed_above.filter(|&f| f > from)
 }
 
 /// Why no configuration wins, when every search counts ([`unsettled`]).
@@ -775,10 +803,18 @@ fn publisher_text(cfg: &CapacityConfig, cores: usize) -> String {
 
 /// summary.json's `settings`.
 fn settings_json(cfg: &CapacityConfig, capped: bool, interrupted: bool) -> serde_json::Value {
-    let start_rates: serde_json::Map<String, serde_json::Value> =
-        cfg.start_rates.iter().map(|(n, r)| (n.clone(), (*r).into())).collect();
+    let by_name = |rates: &[(String, u64)]| -> serde_json::Map<String, serde_json::Value> {
+        rates.iter().map(|(n, r)| (n.clone(), (*r).into())).collect()
+    };
+    let (start_rates, failed_ats) = (by_name(&cfg.start_rates), by_name(&cfg.failed_ats));
+    // The budgets as values (the text rounds them: 1.5ms and 1.52ms both read `1.5ms`), by
+    // percentile: what a taken search is compared by.
+    let mut budgets: Vec<(f64, u64)> = cfg.sla.points.iter().map(|p| (p.quantile, p.budget_ns)).collect();
+    budgets.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     serde_json::json!({
         "sla": describe_sla(&cfg.sla),
+        "sla_budgets_ns": budgets,
+        "loss_budget_msgs": cfg.sla.loss_budget_msgs,
         "warmup_s": cfg.warmup.as_secs_f64(),
         "hold_s": cfg.hold.as_secs_f64(),
         "runs": cfg.runs,
@@ -786,6 +822,8 @@ fn settings_json(cfg: &CapacityConfig, capped: bool, interrupted: bool) -> serde
         "symbols": cfg.feed.symbols,
         "start_rate": cfg.search.start_rate,
         "start_rates": start_rates,
+        "failed_at": cfg.search.failed_at,
+        "failed_ats": failed_ats,
         "tolerance": cfg.search.tolerance,
         "max_rate": cfg.search.max_rate,
         // The in-process publisher's send high-water mark (what it drops at overload); none
@@ -802,8 +840,19 @@ fn settings_json(cfg: &CapacityConfig, capped: bool, interrupted: bool) -> serde
 
 /// The settings a trial's figures depend on: a search taken from an earlier run
 /// ([`finished_in`]) must have been measured with the same.
-const COMPARED_SETTINGS: [&str; 9] =
-    ["sla", "warmup_s", "hold_s", "runs", "payload_bytes", "symbols", "tolerance", "max_rate", "sndhwm_msgs"];
+const COMPARED_SETTINGS: [&str; 11] = [
+    "sla",
+    "sla_budgets_ns",
+    "loss_budget_msgs",
+    "warmup_s",
+    "hold_s",
+    "runs",
+    "payload_bytes",
+    "symbols",
+    "tolerance",
+    "max_rate",
+    "sndhwm_msgs",
+];
 
 /// A search that a stop (the time cap, Ctrl-C, a trial that could not run) ended before its
 /// knee was found, or never started: what a carried-on run still has to search.
@@ -841,6 +890,12 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
     let now = settings_json(cfg, false, false);
     for k in COMPARED_SETTINGS {
         let (then, here) = (&earlier.settings[k], &now[k]);
+        if earlier.settings.get(k).is_none() {
+            anyhow::bail!(
+                "{flag}: its summary does not say its trials' {k} (a run of an older mdsub): results that cannot be \
+                 compared are not taken; search them again"
+            );
+        }
         if then != here {
             anyhow::bail!(
                 "{flag}: its trials were measured with {k} {then}, this run's with {here}: results measured \
@@ -849,10 +904,23 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
         }
     }
     let mut taken = Vec::new();
+    let from = absolute(dir)?;
     for mut c in earlier.configurations {
-        let same = cfg.configurations.iter().any(|x| x.name == c.name && x.hash() == c.profile_hash);
-        if !same || left_to_search(&c.outcome) {
+        let Some(here) = cfg.configurations.iter().find(|x| x.name == c.name) else { continue };
+        if left_to_search(&c.outcome) {
             continue;
+        }
+        // Its search finished there with another profile: taken, it would stand for a profile
+        // it did not measure; searched again, that run's result under the name would be
+        // dropped unsaid (it was, before).
+        if here.hash() != c.profile_hash {
+            anyhow::bail!(
+                "{flag}: `{}` finished there with another profile (hash {} there, {} here): give it the profile that \
+                 run measured, or another name to search this one",
+                c.name,
+                c.profile_hash,
+                here.hash()
+            );
         }
         // A file name is one in the folder (as a run writes them): `../x` or `/x` would be
         // copied from, and to, outside both folders.
@@ -868,10 +936,26 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
         if let Some(f) = files().find(|f| !dir.join(f).is_file()) {
             anyhow::bail!("{flag}: {} is missing: `{}`'s trials are not all there", dir.join(f).display(), c.name);
         }
-        c.taken_from = Some(dir.to_path_buf());
+        c.taken_from = Some(from.clone());
         taken.push(c);
     }
     Ok(taken)
+}
+
+/// `path` made absolute against the working directory (`.` when empty), not resolving links.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    std::path::absolute(path).with_context(|| format!("making {} an absolute path", path.display()))
+}
+
+/// The trials a run expects still to make when configuration `ci` (of `cfg`'s) has `left_here`
+/// left: those, and about `left_here + 4` for each configuration after it that is searched. One
+/// taken from an earlier run (`--take-finished-from`) makes none: before, it was counted too,
+/// and a carried-on run's estimate of the time left was that much too long.
+fn trials_left_estimate(cfg: &CapacityConfig, ci: usize, left_here: usize) -> usize {
+    let after = cfg.configurations.get(ci + 1..).unwrap_or_default();
+    let searched_after = after.iter().filter(|c| !cfg.taken.iter().any(|t| t.name == c.name)).count();
+    left_here + searched_after * (left_here + 4)
 }
 
 /// Copy a taken search's trial files from the folder it was taken from into `folder`.
@@ -889,8 +973,10 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     let machine = Machine::here();
     let started = Instant::now();
     let date = machine.date_utc.replace(['-', ':'], "").replace(' ', "T");
-    let made =
-        ResultsFolder::create(&cfg.out_dir.join(format!("{date}Z-{}-{}", hostname(), slug(&machine.mdsub_commit))))?;
+    // Absolute: summary.json's paths (`folder`, `winner_profile`, `taken_from`) and the carry-on
+    // command's `--take-finished-from` name it wherever they are read from.
+    let out_dir = absolute(&cfg.out_dir)?;
+    let made = ResultsFolder::create(&out_dir.join(format!("{date}Z-{}-{}", hostname(), slug(&machine.mdsub_commit))))?;
     let folder = made.path.clone();
     let mut quantiles: Vec<f64> = REPORTED.to_vec();
     quantiles.extend(cfg.sla.points.iter().map(|p| p.quantile));
@@ -918,8 +1004,7 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
         let mut search = Search::new(cfg.search_of(&c.name));
         let mut trials: Vec<TrialRecord> = Vec::new();
         while let Next::Trial { rate, purpose } = search.next() {
-            let left_here = search.trials_left_estimate();
-            let left_after = (cfg.configurations.len() - ci - 1) * (left_here + 4);
+            let estimate_left = trials_left_estimate(cfg, ci, search.trials_left_estimate());
             let elapsed = started.elapsed().as_secs_f64();
             if stop.is_stopped() {
                 search.interrupt();
@@ -930,7 +1015,6 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
                 search.cap();
                 break;
             }
-            let estimate_left = left_here + left_after;
             let eta_s = (estimate_left as f64 * per_trial_s).min(cfg.time_cap.as_secs_f64() - elapsed);
             on(Event::TrialStarted { config: &c.name, rate, purpose, done, estimate_left, eta_s });
             let mut runs = Vec::new();
@@ -1051,8 +1135,10 @@ pub fn run(cfg: &CapacityConfig, stop: &StopFlag, on: &mut dyn FnMut(Event<'_>))
     // failure, the configurations not reached). The finished ones are taken from this folder.
     let left = results.len() < cfg.configurations.len() || results.iter().any(|r| left_to_search(&r.outcome));
     let finished = results.iter().any(|r| !left_to_search(&r.outcome));
-    let stopped: Vec<(&str, u64)> =
-        results.iter().filter_map(|r| r.carry_on_from.map(|n| (r.name.as_str(), n))).collect();
+    let stopped: Vec<Stopped<'_>> = results
+        .iter()
+        .filter_map(|r| r.carry_on_from.map(|n| (r.name.as_str(), n, carry_on_failed_at(&r.outcome))))
+        .collect();
     let carry_on = left.then(|| {
         carry_on_command(&cfg.command, &stopped, cfg.configurations.len() == 1, finished.then_some(folder.as_path()))
     });
@@ -1339,7 +1425,12 @@ pub fn summary_md(r: &CapacityResult) -> String {
     }
     for c in &r.extra.configurations {
         if let Some(rate) = c.carry_on_from {
-            let _ = writeln!(s, "- `{}` stopped before its knee was found: carry on from {rate} msg/s", c.name);
+            let _ = writeln!(
+                s,
+                "- `{}` stopped before its knee was found: carry on from {rate} msg/s{}",
+                c.name,
+                carry_on_failed_at(&c.outcome).map(|f| format!(" ({f} failed)")).unwrap_or_default()
+            );
         }
     }
     for c in &r.extra.configurations {
@@ -1398,7 +1489,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
         let _ = writeln!(
             s,
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            c.name,
+            table_cell(&c.name),
             if r.extra.winner.as_deref() == Some(&c.name) { " (winner)" } else { "" },
             knee_in(c, "").or_else(|| at_least_text(c)).unwrap_or_else(|| "-".into()),
             pct("p50"),
@@ -1423,7 +1514,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-                c.name,
+                table_cell(&c.name),
                 v.offered,
                 t.purpose.name(),
                 v.achieved,
@@ -1437,6 +1528,12 @@ pub fn summary_md(r: &CapacityResult) -> String {
         }
     }
     s
+}
+
+/// `text` as one cell of a Markdown table: a `|` in it (a configuration's name may have one)
+/// would end the cell, shifting the row's every later column.
+fn table_cell(text: &str) -> String {
+    text.replace('|', "\\|")
 }
 
 /// The files of run `run` of a trial at `rate` of the configuration with `slug` and `hash`
@@ -1853,6 +1950,33 @@ mod tests {
         }
     }
 
+    /// A `|` in a configuration's name (a profile may be named so) ended its cell of summary.md's
+    /// tables, and the row had a column more than its header: it is escaped, `a\|b`.
+    #[test]
+    fn a_bar_in_a_configuration_name_keeps_summary_md_s_tables_whole() {
+        let mut c = standing("a|b", Ending::Confirmed, (Some(8000), None), (Some(8200), Some(8200)), true, 1);
+        let summary = TrialSummary {
+            offered: 8000,
+            achieved: 8000.0,
+            lost: Some(0),
+            gaps: 0,
+            latency_ns: vec![(0.5, 5000)],
+            spread_ns: vec![(0.5, 5000, 5000)],
+            runs: 1,
+            verdict: Verdict::Pass,
+        };
+        c.trials = vec![TrialRecord { purpose: Purpose::Bracket, summary, files: Vec::new() }];
+        let md = summary_md(&result_of(&[c], None, None));
+        // The cells of a row: split at each `|` not escaped.
+        let cells = |row: &str| row.replace("\\|", "").matches('|').count();
+        let tables: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(tables.len(), 6, "two headers, two rules, two rows: {md}");
+        for pair in tables.chunks(3) {
+            assert!(pair.iter().all(|row| cells(row) == cells(pair[0])), "{pair:?}");
+        }
+        assert!(md.contains("| a\\|b | 8000 |"), "{md}");
+    }
+
     /// The `winner:` line of a winner whose knee nothing above failed says the rate is a lower
     /// bound, as the knees' lines and summary.md say of it. Before: ``winner: `short`, written to
     /// out/winner.toml``, the same as for a knee found between a pass and a failure.
@@ -1928,7 +2052,7 @@ mod tests {
         // Before: one `--start-rate` for every configuration, and the line said
         // `--start-rate 1000 for `a``, which no command takes.
         let cmd = words("mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --start-rate=b=700 --json");
-        let stopped = [("builtin handler=work:20000", 2500), ("b", 1000)];
+        let stopped = [("builtin handler=work:20000", 2500, None), ("b", 1000, None)];
         assert_eq!(
             carry_on_command(&cmd, &stopped, false, None),
             "mdsub capacity --vary handler=latency,work:20000 --start-rate 5k --json --start-rate \
@@ -1937,10 +2061,21 @@ mod tests {
         // One configuration: the plain form, every earlier `--start-rate` dropped.
         let one = words("mdsub capacity --start-rate 5k --start-rate=a=10 --out it's");
         assert_eq!(
-            carry_on_command(&one, &[("a", 1000)], true, None),
+            carry_on_command(&one, &[("a", 1000, None)], true, None),
             "mdsub capacity --out 'it'\\''s' --start-rate 1000"
         );
         assert_eq!(shell_word(""), "''");
+        // A search that failed a rate above where it carries on from gives it (`--failed-at`),
+        // the command's own for it dropped.
+        let known = words("mdsub capacity --profile a --profile b --failed-at a=9000 --failed-at=b=800");
+        assert_eq!(
+            carry_on_command(&known, &[("a", 4000, Some(6000))], false, None),
+            "mdsub capacity --profile a --profile b --failed-at=b=800 --start-rate a=4000 --failed-at a=6000"
+        );
+        assert_eq!(
+            carry_on_command(&known, &[("a", 4000, Some(6000))], true, None),
+            "mdsub capacity --profile a --profile b --start-rate 4000 --failed-at 6000"
+        );
     }
 
     #[test]
@@ -1950,7 +2085,7 @@ mod tests {
         let cmd = words("mdsub capacity --profile a --profile b --take-finished-from old --start-rate=b=700");
         let folder = Path::new("out/2026 run");
         assert_eq!(
-            carry_on_command(&cmd, &[("b", 1400)], false, Some(folder)),
+            carry_on_command(&cmd, &[("b", 1400, None)], false, Some(folder)),
             "mdsub capacity --profile a --profile b --take-finished-from 'out/2026 run' --start-rate b=1400"
         );
         let eq = words("mdsub capacity --take-finished-from=old --profile a --profile b");
@@ -1974,6 +2109,7 @@ mod tests {
             trials: 3,
         };
         assert!(left_to_search(&o), "stopped before its knee was narrowed");
+        assert_eq!((carry_on_from(&o), carry_on_failed_at(&o)), (Some(1000), Some(1100)), "1100 failed");
         o.narrowed = true;
         assert!(!left_to_search(&o), "its knee found before the stop");
         o.ending = Ending::Confirmed;
@@ -1996,6 +2132,7 @@ mod tests {
             out_dir: PathBuf::new(),
             publisher: PublisherSide::Local { max_rate: None, sndhwm_msgs: 1000 },
             start_rates: Vec::new(),
+            failed_ats: Vec::new(),
             command: Vec::new(),
             taken: Vec::new(),
         }
@@ -2088,11 +2225,47 @@ mod tests {
             assert!(e.contains(&format!("measured with {k} ")) || e.contains(&format!("its {k} was ")), "{k}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
-        // Another profile under the same name is another configuration: searched, not taken.
+        // Another profile under a name whose search finished there: refused, saying so (before,
+        // searched again, that run's result dropped unsaid).
         let mut other = take_cfg();
         other.configurations[0].profile.name = "changed".into();
-        assert!(finished_in(&dir, &other).expect("the same settings").is_empty());
+        let e = format!("{:#}", finished_in(&dir, &other).expect_err("another profile"));
+        let hashes =
+            format!("(hash {} there, {} here)", take_cfg().configurations[0].hash(), other.configurations[0].hash());
+        assert!(e.contains(&format!("`a` finished there with another profile {hashes}")), "{e}");
+        // The same values of the SLA that reads the same when rounded: compared as values.
+        let (mut one, mut two) = (take_cfg(), take_cfg());
+        one.sla.points = vec![SlaPoint { quantile: 0.99, budget_ns: 1_500_000 }];
+        two.sla.points = vec![SlaPoint { quantile: 0.99, budget_ns: 1_500_400 }];
+        assert_eq!(describe_sla(&one.sla), describe_sla(&two.sla), "the text rounds them alike");
+        let rounded = earlier_folder("rounded", &one, &["a.hlog"]);
+        let e = format!("{:#}", finished_in(&rounded, &two).expect_err("another budget"));
+        assert!(e.contains("measured with sla_budgets_ns [[0.99,1500000]], this run's with [[0.99,1500400]]"), "{e}");
+        // A summary of an older mdsub, without the budgets as values: not compared, refused.
+        let text = std::fs::read_to_string(rounded.join("summary.json")).expect("summary.json");
+        let mut old: serde_json::Value = serde_json::from_str(&text).expect("json");
+        old["settings"].as_object_mut().expect("settings").remove("sla_budgets_ns");
+        std::fs::write(rounded.join("summary.json"), old.to_string()).expect("written");
+        let e = format!("{:#}", finished_in(&rounded, &one).expect_err("older"));
+        assert!(e.contains("its summary does not say its trials' sla_budgets_ns"), "{e}");
+        // Taken from a relative path, it is said by its absolute one (summary.json's paths are).
+        let cwd = std::env::current_dir().expect("cwd");
+        let relative: PathBuf = std::iter::repeat_n("..", cwd.components().count())
+            .collect::<PathBuf>()
+            .join(dir.strip_prefix("/").expect("an absolute temp dir"));
+        let taken = finished_in(&relative, &cfg).expect("the same folder");
+        let from = taken[0].taken_from.clone().expect("taken from");
+        assert!(from.is_absolute(), "{}", from.display());
+        assert_eq!(from.canonicalize().ok(), dir.canonicalize().ok());
+        // A carried-on run's estimate counts no trial for a configuration it takes.
+        let mut carried = take_cfg();
+        carried.configurations.insert(0, Configuration { name: "x".into(), profile: Profile::builtin() });
+        carried.taken = taken;
+        assert_eq!(trials_left_estimate(&carried, 0, 3), 3, "`a` is taken");
+        carried.taken.clear();
+        assert_eq!(trials_left_estimate(&carried, 0, 3), 3 + 7, "`a` is searched");
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&rounded);
     }
 
     /// A folder with no summary.json, or a summary that is not a capacity run's, or one whose

@@ -6,8 +6,8 @@
 //!    → the server binds its data endpoints and answers `{"endpoints":[…]}`;
 //! 2. the engine connects; `{"op":"go"}` → the server waits for the
 //!    subscription, publishes the schedule, sends end of stream and answers
-//!    `{"sent", "send_s"}` (the send time ends with the schedule, before the
-//!    end of stream);
+//!    `{"sent", "send_s"}` (`sent / send_s` is the rate its pacer achieved, from its first
+//!    send to its last: neither the sending thread's start nor the end of stream counts);
 //! 3. `{"op":"bye"}` ends the server.
 //!
 //! Any failure is answered `{"error": "…"}`, and the server goes on serving. A request the
@@ -367,14 +367,11 @@ fn run(
     stop: &StopFlag,
 ) -> anyhow::Result<(u64, f64)> {
     p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop).context("waiting for the engine to subscribe")?;
-    let t0 = Instant::now();
-    let (mut sent, mut secs) = (0u64, 0f64);
-    // The last progress call comes when the schedule is done, before the end of stream.
-    let stats = p.run(source, pacing, limits, stop, &mut |n| {
-        sent = n;
-        secs = t0.elapsed().as_secs_f64();
-    })?;
-    Ok((sent.max(stats.sent_total), if secs > 0.0 { secs } else { stats.elapsed_s }))
+    let stats = p.run(source, pacing, limits, stop, &mut |_| {})?;
+    // `send_s` is the time the messages sent took at the rate the pacer achieved
+    // ([`trial::achieved_of`](super::trial::achieved_of)): `sent / send_s` is that rate.
+    let sent = stats.sent_total;
+    Ok((sent, sent as f64 / super::trial::achieved_of(&stats).max(1e-9)))
 }
 
 #[cfg(test)]

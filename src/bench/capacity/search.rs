@@ -228,6 +228,11 @@ pub struct SearchConfig {
     pub min_rate: u64,
     /// Reopenings after failed confirmations before giving up on confirming.
     pub max_reopens: usize,
+    /// A rate known to fail above the start (`--failed-at`: the run this one carries on failed
+    /// it): the bracket's upper end from the start, never offered again. Dropped once a rate at
+    /// or above it passes here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<u64>,
 }
 
 impl Default for SearchConfig {
@@ -239,6 +244,7 @@ impl Default for SearchConfig {
             max_rate: None,
             min_rate: MIN_RATE,
             max_reopens: 2,
+            failed_at: None,
         }
     }
 }
@@ -435,10 +441,15 @@ impl Search {
         match (self.phase, &verdict) {
             (Phase::Up, Verdict::Pass) => {
                 self.lo = Some(rate);
-                match self.cfg.max_rate {
-                    Some(m) if rate >= m => self.phase = Phase::Done(Ending::AboveMaxRate),
-                    Some(m) => self.next_rate = rate.saturating_mul(2).min(m),
-                    None => self.next_rate = rate.saturating_mul(2),
+                match (self.cfg.max_rate, self.known_fail()) {
+                    (Some(m), _) if rate >= m => self.phase = Phase::Done(Ending::AboveMaxRate),
+                    // Doubling would reach a rate known to fail: bisect below it instead.
+                    (_, Some(f)) if rate.saturating_mul(2) >= f => {
+                        self.hi = Some(f);
+                        self.bisect_or_confirm();
+                    }
+                    (Some(m), _) => self.next_rate = rate.saturating_mul(2).min(m),
+                    (None, _) => self.next_rate = rate.saturating_mul(2),
                 }
             }
             (Phase::Up, _) => {
@@ -519,6 +530,11 @@ impl Search {
         }
     }
 
+    /// [`SearchConfig::failed_at`], while no rate at or above it passed here.
+    fn known_fail(&self) -> Option<u64> {
+        self.cfg.failed_at.filter(|&f| !self.history.iter().any(|(r, _, v)| v.is_pass() && *r >= f))
+    }
+
     fn highest_pass_below(&self, rate: u64) -> Option<u64> {
         self.history.iter().filter(|(r, _, v)| v.is_pass() && *r < rate).map(|(r, _, _)| *r).max()
     }
@@ -548,8 +564,13 @@ impl Search {
             .filter(|(_, _, v)| matches!(v, Verdict::RateNotAchieved { .. }))
             .map(|(r, _, _)| *r)
             .min();
-        let lowest_fail =
-            self.history.iter().filter(|(_, _, v)| matches!(v, Verdict::Fail { .. })).map(|(r, _, _)| *r).min();
+        // A rate known to fail (`failed_at`) counts as this search's failure.
+        let known = self.known_fail();
+        let fails = || {
+            let tried = self.history.iter().filter(|(_, _, v)| matches!(v, Verdict::Fail { .. })).map(|(r, _, _)| *r);
+            tried.chain(known)
+        };
+        let lowest_fail = fails().min();
         let mut ending = match self.phase {
             Phase::Done(e) => e,
             _ => Ending::Capped,
@@ -561,7 +582,9 @@ impl Search {
             Ending::Unconfirmed if self.lo.is_none() => (None, None),
             // Stopped before any rate above the highest pass failed (or went unachieved): the
             // search had not found where the engine stops passing, only that it passes there.
-            Ending::Capped | Ending::Interrupted | Ending::Failed if self.hi.is_none() => (None, highest_pass),
+            Ending::Capped | Ending::Interrupted | Ending::Failed if self.hi.or(known).is_none() => {
+                (None, highest_pass)
+            }
             // The knee passed and was confirmed; only a pass below every
             // failure counts (a contradicting pass above one is flagged, not taken).
             _ => (highest_pass, None),
@@ -572,11 +595,9 @@ impl Search {
             ending = Ending::PublisherLimited;
         }
         let base = knee.or(at_least).unwrap_or(0);
-        let lowest_above = |keep: fn(&Verdict) -> bool| {
-            self.history.iter().filter(|(r, _, v)| *r > base && keep(v)).map(|(r, _, _)| *r).min()
-        };
-        let failed_above = lowest_above(|v| matches!(v, Verdict::Fail { .. }));
-        let bracket_above = lowest_above(|v| !v.is_pass());
+        let not_passed = self.history.iter().filter(|(_, _, v)| !v.is_pass()).map(|(r, _, _)| *r).chain(known);
+        let failed_above = fails().filter(|&r| r > base).min();
+        let bracket_above = not_passed.filter(|&r| r > base).min();
         let narrowed = match (knee, bracket_above) {
             (Some(_), _) if ending == Ending::AboveMaxRate => true,
             (Some(k), Some(hi)) => hi.saturating_sub(k) as f64 <= self.cfg.tolerance * k as f64 || hi <= k + 1,
@@ -662,6 +683,36 @@ mod tests {
         assert_eq!(s.history().last().map(|h| h.1), Some(Purpose::Confirm));
         assert!(o.contradictions.is_empty());
         assert_eq!(o.lowest_fail, Some(rates.iter().copied().filter(|r| *r > 37_000).min().expect("a fail")));
+    }
+
+    /// A search carried on from its highest pass (2000) that knows the rate above it failed
+    /// (4000, `--failed-at`) bisects below that rate and never offers it: before, it doubled
+    /// from 2000 to 4000 again, a trial spent on a known failure. Stopped early, the known
+    /// failure bounds its knee (not `at least`); a pass at or above it drops it.
+    #[test]
+    fn a_carried_on_search_never_offers_the_rate_known_to_fail() {
+        let known = SearchConfig { start_rate: 2_000, tolerance: 0.1, failed_at: Some(4_000), ..Default::default() };
+        let s = drive(known.clone(), 3_000, u64::MAX);
+        let rates: Vec<u64> = s.history().iter().map(|h| h.0).collect();
+        assert_eq!(&rates[..2], &[2_000, 3_000], "bisected at once: {rates:?}");
+        assert!(rates.iter().all(|&r| r < 4_000), "{rates:?}");
+        let o = s.outcome();
+        assert_eq!((o.ending, o.knee, o.narrowed), (Ending::Confirmed, Some(3_000), true), "{o:?}");
+        // Without it, the search offered 4000 again.
+        let unknown = drive(SearchConfig { failed_at: None, ..known.clone() }, 3_000, u64::MAX);
+        assert_eq!(unknown.history()[1].0, 4_000);
+        // Capped after the start passed (1000, the failure at 4000 known): a knee not narrowed,
+        // bounded by the known failure, not a lower bound.
+        let mut capped = Search::new(SearchConfig { start_rate: 1_000, ..known.clone() });
+        capped.on_result(1_000, Verdict::Pass);
+        assert_eq!(capped.next(), Next::Trial { rate: 2_000, purpose: Purpose::Bracket });
+        capped.cap();
+        let o = capped.outcome();
+        assert_eq!((o.knee, o.at_least, o.failed_above, o.narrowed), (Some(1_000), None, Some(4_000), false));
+        // A pass at the known failure contradicts it: it is dropped, and the search doubles on.
+        let mut passed = Search::new(SearchConfig { start_rate: 4_000, ..known });
+        passed.on_result(4_000, Verdict::Pass);
+        assert_eq!(passed.next(), Next::Trial { rate: 8_000, purpose: Purpose::Bracket });
     }
 
     #[test]
