@@ -32,7 +32,9 @@ struct Cli {
     /// Begin every line on stderr with its UTC wall-clock time, to the millisecond
     /// (`2026-12-05T17:40:01.123Z link …`), for a log kept in a file (journald and the like
     /// stamp lines themselves). Any command, before or after its name.
-    #[arg(long, global = true)]
+    // Listed after every command's own flags (it was listed among them, wherever clap's counting
+    // put it: between demo's --silence and --skew).
+    #[arg(long, global = true, display_order = 10_000)]
     log_time: bool,
 }
 
@@ -186,7 +188,10 @@ fn main() {
     let matches = command().try_get_matches().unwrap_or_else(|e| clap_exit(&e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     mdsub::diag::stamp_lines(cli.log_time);
-    let sub = matches.subcommand_name().unwrap_or_default().to_string();
+    // The subcommands given, outermost first (`["profile", "show"]`).
+    let path: Vec<String> = std::iter::successors(matches.subcommand(), |(_, m)| m.subcommand())
+        .map(|(name, _)| name.to_string())
+        .collect();
     let stop = StopFlag::new();
     let on_signal = stop.clone();
     let watches_stop = cli.cmd.watches_stop();
@@ -215,7 +220,11 @@ fn main() {
     if let Err(e) = ctrlc::set_handler(handler) {
         mdsub::diag!("warning: cannot catch Ctrl-C: {e}");
     }
+    // Before anything runs: an option clap would have dropped (given on both sides of an action).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let kept = cli::global_options_kept(command(), &matches, &argv);
     let result: anyhow::Result<()> = match &cli.cmd {
+        _ if kept.is_err() => kept.map_err(anyhow::Error::from),
         Cmd::Demo(a) => cli::engine::demo(a, &stop).map(|_| ()),
         Cmd::Replay(a) => generator_flags(&matches).and_then(|()| cli::replay::replay(a, &stop)),
         Cmd::Engine(a) => cli::engine::engine(a, &stop).map(|_| ()),
@@ -275,10 +284,15 @@ fn main() {
             let kind = clap::error::ErrorKind::ValueValidation;
             // The whole chain, so a context (capacity's configuration) is kept.
             let line = mdsub::diag::error_line(&e);
-            let err = match cmd.find_subcommand_mut(&sub) {
-                Some(s) => s.error(kind, line),
-                None => cmd.error(kind, line),
-            };
+            // The usage of the subcommand it was refused in (`profile show`'s, not `profile`'s).
+            let mut at = cmd;
+            for name in &path {
+                match at.find_subcommand(name).cloned() {
+                    Some(s) => at = s,
+                    None => break,
+                }
+            }
+            let err = at.error(kind, line);
             let _ = err.print();
             std::process::exit(cli::EXIT_USAGE);
         }

@@ -521,7 +521,7 @@ fn md_sections(md: &str) -> Vec<(String, String)> {
 /// pages by file name. A link to a missing page or section is an error.
 fn linked_texts(section: &str, page: &str, pages: &[(String, String)]) -> Result<Vec<String>, String> {
     let mut texts = Vec::new();
-    for target in section.split("](").skip(1).filter_map(|rest| rest.split(')').next()) {
+    for (target, after) in section.split("](").skip(1).filter_map(|rest| rest.split_once(')')) {
         let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
         let file = if file.is_empty() { page } else { file };
         if file.contains('/') || file.contains(':') || !file.ends_with(".md") {
@@ -530,6 +530,12 @@ fn linked_texts(section: &str, page: &str, pages: &[(String, String)]) -> Result
         let Some((_, md)) = pages.iter().find(|(name, _)| name == file) else {
             return Err(format!("links to docs/{file}, which does not exist"));
         };
+        // `[X.md](X.md), "Settings"` means that section, but would let the whole page describe
+        // the command's flags: it is linked as the section, `(X.md#settings)`.
+        let named = after.strip_prefix(", \"").and_then(|a| a.split_once('"')).map(|(title, _)| anchor_of(title));
+        if let Some(named) = named.filter(|n| anchor.is_empty() && md_sections(md).iter().any(|(a, _)| a == n)) {
+            return Err(format!("names a section of docs/{file} in words: link it, ({file}#{named})"));
+        }
         if anchor.is_empty() {
             texts.push(md.clone());
         } else {
@@ -558,8 +564,10 @@ fn undescribed<'a>(flags: &'a [String], texts: &[String]) -> Vec<&'a str> {
 /// Every long flag a command's `--help` lists (its subcommands' too) is described in
 /// docs/COMMANDS.md. The rule: `` `--flag `` appears in the command's `## mdsub COMMAND` section,
 /// or in a page or section that section links to within docs/ (one hop: `(#anchor)` a section of
-/// COMMANDS.md, `(PAGE.md)` the whole page, as LVC-TAP.md for `lvc`, `(PAGE.md#anchor)` that
-/// section); a link there to a page or section that does not exist fails too. clap's `--help`
+/// COMMANDS.md, `(PAGE.md)` the whole page, as LVC-TAP.md for `lvc`, `(PAGE.md#anchor)` only
+/// that section); a link there to a page or section that does not exist fails too, and so does a
+/// page linked whole with one of its sections named after it (`[X.md](X.md), "Settings"`: link
+/// the section). clap's `--help`
 /// and `--version` are left out; the other flags `mdsub --help` itself lists (`--log-time`, which
 /// every command takes) are described once, in the page's opening sections, before the first
 /// command's. The flag list comes from the built binary, so a flag added without its line here
@@ -628,6 +636,10 @@ fn the_flag_doc_readers_read_what_they_are_given() {
         linked_texts("see [a](#sub), [q](Q.md), [p](P.md#c), [r](../README.md), [w](https://x/y.md)", "P.md", &pages);
     assert_eq!(linked, Ok(vec!["### Sub\nsub".to_string(), "`--q`".to_string(), "## C\nc".to_string()]));
     assert!(linked_texts("[gone](#nope)", "P.md", &pages).is_err());
+    // A page linked whole with one of its sections named after it: only that section counts,
+    // so it is linked as the section.
+    assert!(linked_texts("[p](P.md), \"A b\"", "Q.md", &pages).is_err());
+    assert!(linked_texts("[p](P.md), \"not a heading\"", "Q.md", &pages).is_ok());
     assert!(describes_flag("a `--max` b", "--max") && describes_flag("`--max 5`", "--max"));
     assert!(!describes_flag("`--max-lag`", "--max") && !describes_flag("--max", "--max"));
 }

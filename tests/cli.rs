@@ -1342,6 +1342,8 @@ fn every_help_writes_endpoints_durations_counts_and_sizes_one_way() {
     }
     assert!(helps.len() >= 20, "every command and subcommand: {:?}", helps.iter().map(|h| &h.0).collect::<Vec<_>>());
     let mut wrong = Vec::new();
+    // (command, `-q`, `--quiet`) for every short flag a help lists.
+    let mut shorts: Vec<(String, String, String)> = Vec::new();
     for (cmd, text) in &helps {
         let first = cmd.split(' ').next().unwrap_or(cmd);
         for (flag, value) in flags_in(text) {
@@ -1371,6 +1373,36 @@ fn every_help_writes_endpoints_durations_counts_and_sizes_one_way() {
             }
             if ["size", "repeats", "repeat", "iterations", "ttl-s", "timeout-s", "timeout-ms"].contains(&name) {
                 say("old spelling: --payload-bytes, --runs, a DURATION");
+            }
+            // A count's default as the parser takes it and the other counts say theirs: `64k`,
+            // `1M` (before: tap's `--queue-msgs [default: 65536]` beside `100k`, lvc-bench's
+            // `--symbols [default: 1000]`).
+            if value == "COUNT" || value == "[NAME=]COUNT" {
+                let h = flag_help(text, &flag);
+                let default = h.rsplit_once("[default: ").and_then(|(_, d)| d.split(']').next()).unwrap_or("");
+                if default.len() >= 4 && default.chars().all(|c| c.is_ascii_digit()) {
+                    say("a count's default of 1000 or more is written with k or M (64k, 1M)");
+                }
+            }
+        }
+        // A short flag is the same long flag in every command (`-q` is `--quiet`), and a long
+        // flag that has one somewhere has it everywhere (before: clone-server's `-q, --quiet`,
+        // tap's `--quiet` alone).
+        for l in text.lines().map(str::trim_start) {
+            if let Some((short, rest)) = l.strip_prefix('-').and_then(|r| r.split_once(", --")) {
+                let long = format!("--{}", rest.split_whitespace().next().unwrap_or(""));
+                shorts.push((cmd.clone(), format!("-{short}"), long));
+            }
+        }
+    }
+    for (cmd, short, long) in &shorts {
+        if let Some((other, s, l)) = shorts.iter().find(|(_, s, l)| (s == short) != (l == long)) {
+            wrong.push(format!("{cmd}: {short} is {long}, but {other}: {s} is {l}"));
+        }
+        for (other, text) in &helps {
+            if flags_in(text).iter().any(|(f, _)| f == long) && !shorts.iter().any(|(c, s, _)| c == other && s == short)
+            {
+                wrong.push(format!("{other}: {long} without {short} ({cmd} has {short}, {long})"));
             }
         }
     }
@@ -1483,6 +1515,54 @@ fn dump_and_watch_escape_what_a_writer_put_in_keys_and_values() {
     let live = common::wait_line(&lines, DEADLINE, "the live change", |l| l.starts_with("live "));
     assert!(live.ends_with(" /evil\\r2=\\u{7}"), "{live:?}");
     assert!(watch.wait_exit(DEADLINE).success(), "watch --count 1 ends after the change");
+}
+
+#[test]
+fn clone_client_takes_its_options_before_or_after_the_action() {
+    // Before: `clone-client set --help` did not list --server or --timeout, and `set /k v
+    // --server EP` was refused (`unexpected argument '--server'`): they went before the action only.
+    let set_help = help_of(&["clone-client", "set"]);
+    let listed: Vec<String> = flags_in(&set_help).into_iter().map(|(f, _)| f).collect();
+    for flag in ["--server", "--timeout", "--silence", "--idle", "--curve-key", "--server-key", "--ttl"] {
+        assert!(listed.iter().any(|f| f == flag), "clone-client set --help lists {flag}: {set_help}");
+    }
+    let (_store, store) = store_server("store for options after the action");
+    let run = |args: &[&str]| run_within("clone-client", mdsub().arg("clone-client").args(args), DEADLINE);
+    let (code, _, err) = run(&["set", "/after", "v1", "--server", &store, "--timeout", "10s"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&["--server", &store, "get", "/after"]);
+    assert_eq!((code, out.as_str()), (Some(0), "v1\n"), "{err}");
+    let (code, out, err) = run(&["get", "/after", "--server", &store]);
+    assert_eq!((code, out.as_str()), (Some(0), "v1\n"), "{err}");
+    // Given on both sides, clap would keep only the uses after the action (a pair split across it
+    // would have been one server): refused, naming the flag and the action.
+    assert_refused_with_usage(&[
+        (
+            &["clone-client", "--server", &store, "get", "/after", "--server", "tcp://127.0.0.1:1"],
+            "--server given both before `get` and after it",
+        ),
+        (&["clone-client", "--timeout", "1s", "dump", "--timeout", "2s"], "--timeout given both before `dump`"),
+        (&["clone-client", "get", "/k", "--curve-key", "/no/such.key"], "--curve-key needs --server-key"),
+    ]);
+    // A CURVE pair split across the action is one pair (clap's `requires` refused it): the
+    // files are then read, and a missing one named.
+    let (code, _, err) = run(&["--curve-key", "/no/such.key", "get", "/k", "--server-key", "/no/such.pub"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--curve-key: cannot read key file /no/such.key"), "{err}");
+}
+
+#[test]
+fn every_benchmark_says_when_its_save_file_is_replaced() {
+    // Before, `bench --save` said only "Also write the whole result as JSON to this file", and
+    // the other two a shorter rule than the one they keep (a failed run or one stopped before
+    // its first whole run leaves an earlier file; an interrupted one after it replaces it).
+    let texts: Vec<String> =
+        ["bench", "lvc-bench", "clone-bench"].iter().map(|c| flag_help(&help(c), "--save")).collect();
+    for t in &texts {
+        assert!(t.contains("only by a benchmark that exits 0 with a result"), "{t}");
+        assert!(t.contains("stopped before its first whole run, leaves an earlier FILE as it was"), "{t}");
+        assert_eq!(t, &texts[0], "one text for one flag");
+    }
 }
 
 /// `mdsub top` on a pseudo-terminal of its own (its controlling terminal), the terminal's

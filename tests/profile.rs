@@ -227,7 +227,12 @@ fn profile_show_says_when_this_host_could_not_run_the_profile() {
     assert!(out.contains("interface `nosuchnic0` is not on this host"), "{out}");
     let (code, _out, err) = check(&["show", "builtin", "--shards", "3"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--shards and --workers shape `auto` only"), "{err}");
+    assert!(err.contains("--shards shapes `auto` only (`profile show auto --shards N`)"), "{err}");
+    // The usage is `profile show`'s, where the flag is (it was `profile`'s, which has none).
+    assert!(err.contains("Usage: mdsub profile show "), "{err}");
+    let (code, _out, err) = check(&["show", "builtin", "--workers", "2"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--workers shapes `auto` only") && err.contains("Usage: mdsub profile show "), "{err}");
 }
 
 #[test]

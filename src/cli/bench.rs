@@ -87,8 +87,7 @@ pub struct BenchArgs {
     /// Print the whole result as one JSON object on stdout (the header and run lines go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Also write the whole result as JSON to this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help = SAVE_HELP)]
     pub save: Option<std::path::PathBuf>,
     /// Also measure `engine/batch+outputs`: the batch engine with --hlog and
     /// --hgrm (DIR/bench.hlog, DIR/bench.hgrm) and --metrics-listen (an
@@ -455,7 +454,7 @@ pub struct LvcBenchArgs {
     pub payload_bytes: usize,
     /// Distinct topics, cycled: 1 to 1048576, and their frames (one per topic, built before
     /// sending) within 256 MiB.
-    #[arg(long, value_parser = super::feed::parse_symbols, default_value = "1000", value_name = "COUNT")]
+    #[arg(long, value_parser = super::feed::parse_symbols, default_value = "1k", value_name = "COUNT")]
     pub symbols: usize,
     /// Runs (each measures direct, then a plain proxy, then the LVC); medians are reported.
     /// Ctrl-C after a whole run keeps the whole runs.
@@ -470,8 +469,7 @@ pub struct LvcBenchArgs {
     /// Print the whole result as one JSON object on stdout (the run lines go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Also write the whole result as JSON to this file (replaced only when the run is a result).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help = SAVE_HELP)]
     pub save: Option<std::path::PathBuf>,
 }
 
@@ -488,6 +486,13 @@ impl LvcBenchArgs {
         }
     }
 }
+
+/// `--save FILE` of `bench`, `lvc-bench` and `clone-bench`: when FILE is replaced and when it is
+/// left as it was ([`SaveFile`](crate::bench::result::SaveFile)).
+const SAVE_HELP: &str = "Also write the whole result as JSON to this file (its path is checked before \
+    the first run). FILE is replaced, whole, only by a benchmark that exits 0 with a result: all its runs, \
+    or the whole runs before a Ctrl-C (marked interrupted). One that fails, or is stopped before its first \
+    whole run, leaves an earlier FILE as it was";
 
 /// `mdsub clone-bench`: update throughput, snapshot time and failover time of the clone stack.
 #[derive(Args, Debug, Clone)]
@@ -516,8 +521,7 @@ pub struct CloneBenchArgs {
     /// Print the whole result as one JSON object on stdout (the run lines go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Also write the whole result as JSON to this file (replaced only when the run is a result).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help = SAVE_HELP)]
     pub save: Option<std::path::PathBuf>,
 }
 

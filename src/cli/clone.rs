@@ -76,7 +76,8 @@ pub struct ServerArgs {
     // --curve-key file (each is the other's client): said in the after-help.
     #[command(flatten)]
     pub access: ServerAccessArgs,
-    /// Do not print state changes.
+    /// Print no lines but refusals (counted, the first of each reason at once): no `ready on`
+    /// line, state changes, re-syncs, publish failures or `stopped` line.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -224,29 +225,34 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
 
 /// `mdsub clone-client`: look into a clone store (a person's tool).
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "The options above go before the action, its own after it: \
-mdsub clone-client --server tcp://HOST:P --timeout 2s set KEY VALUE --ttl 10s.\n\
+#[command(
+    next_help_heading = "Options of clone-client (before the action or after it)",
+    mut_arg("curve_key", |a| a.global(true).requires(clap::builder::Resettable::Reset)),
+    mut_arg("server_key", |a| a.global(true).requires(clap::builder::Resettable::Reset)),
+    after_help = "The options of clone-client go before the action or after it, the action's own (set --ttl, \
+watch --count) after it: mdsub clone-client --server tcp://HOST:P set KEY VALUE --ttl 10s, or mdsub clone-client \
+set KEY VALUE --ttl 10s --server tcp://HOST:P. One given on both sides of the action is refused.\n\
 Exit status: 0 done; 1 `get`: the key is absent (no error line), `status`: one of two servers \
 did not answer, or any other error; 2 a refused flag or value (a key or value longer than the server accepts); \
 4 no server answered within --timeout (none running there, or none accepting this client's keys); 130 interrupted (Ctrl-C).")]
 pub struct ClientArgs {
     /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
-    #[arg(long, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
+    #[arg(long, global = true, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
     pub server: Vec<Endpoint>,
     /// Fail over after this long without an update or HUGZ (e.g. 2s; whole milliseconds, more
     /// than 0). A quiet server sends HUGZ once a second by default (its --hugz-interval): a
     /// silence not above that takes a live, quiet server for dead between heartbeats and fails
     /// over again and again, so one up to 1s is warned of; a server that states a longer
     /// interval in its snapshot (mdsub's do) is given twice its interval instead, said once.
-    #[arg(long, value_parser = parse_silence, default_value = "2s", value_name = "DURATION")]
+    #[arg(long, global = true, value_parser = parse_silence, default_value = "2s", value_name = "DURATION")]
     pub silence: Duration,
     /// Give up when no server answers within this (e.g. 10s).
-    #[arg(long, value_parser = parse_duration_nonzero, default_value = "10s", value_name = "DURATION")]
+    #[arg(long, global = true, value_parser = parse_duration_nonzero, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
     #[command(flatten)]
     pub keys: ClientKeyArgs,
     /// Idle strategy of the client's agent thread.
-    #[arg(long, value_enum, default_value_t = Idle::Block)]
+    #[arg(long, global = true, value_enum, default_value_t = Idle::Block)]
     pub idle: Idle,
     /// What to do.
     #[command(subcommand)]

@@ -38,7 +38,7 @@ use crate::snail::{Policy, SkewMode};
 pub struct DemoArgs {
     #[command(flatten)]
     pub feed: FeedArgs,
-    /// Tuning profile: a TOML file, `builtin` (the default) or `auto`.
+    /// Tuning profile: a TOML file, `builtin` or `auto`.
     #[arg(long, default_value = "builtin", value_name = "FILE|builtin|auto")]
     pub profile: String,
     /// Idle strategy of the engine's readers and workers (overrides the profile's).

@@ -80,6 +80,48 @@ pub fn parsed_values_take_a_leading_hyphen(cmd: clap::Command) -> clap::Command 
         .mut_subcommands(parsed_values_take_a_leading_hyphen)
 }
 
+/// Refuses an option of a parent command (`clone-client --server`, taken before or after the
+/// action: clap's `global`) given both before the subcommand and after it: clap keeps only the
+/// uses after it, so `--server A set K V --server B` would have talked to B alone, and `--timeout
+/// 2s get K --timeout 5s` waited 5s without a word. `argv` is the whole command line, as
+/// `matches` was parsed from it; tokens after `--` are values, not flags.
+pub fn global_options_kept(
+    mut cmd: clap::Command,
+    matches: &clap::ArgMatches,
+    argv: &[std::ffi::OsString],
+) -> Result<(), UsageError> {
+    cmd.build();
+    // The innermost subcommand: every global option reaches it, with every use clap kept.
+    let (mut leaf, mut m, mut path) = (&cmd, matches, Vec::new());
+    while let Some((name, sub)) = m.subcommand() {
+        match leaf.find_subcommand(name) {
+            Some(c) => (leaf, m) = (c, sub),
+            None => break,
+        }
+        path.push(name);
+    }
+    let tokens: Vec<String> =
+        argv.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).take_while(|a| a != "--").collect();
+    for a in leaf.get_arguments().filter(|a| a.is_global_set() && a.get_action().takes_values()) {
+        let Some(long) = a.get_long() else { continue };
+        let flag = format!("--{long}");
+        let given = tokens.iter().filter(|t| **t == flag || t.starts_with(&format!("{flag}="))).count();
+        let kept = match m.value_source(a.get_id().as_str()) {
+            Some(clap::parser::ValueSource::CommandLine) => {
+                m.get_raw_occurrences(a.get_id().as_str()).map_or(0, Iterator::count)
+            }
+            _ => 0,
+        };
+        if given > kept {
+            let action = path.last().copied().unwrap_or_default();
+            return Err(UsageError(format!(
+                "{flag} given both before `{action}` and after it: give every {flag} on one side of it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// True for an option (not a positional) that takes one value per use, checked by a parser
 /// into something other than free text.
 pub fn takes_one_parsed_value(a: &clap::Arg) -> bool {

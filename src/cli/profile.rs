@@ -95,8 +95,10 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<String> {
             if profile == "auto" {
                 show_auto(&host::cores(), shards.unwrap_or(1), workers.unwrap_or(1))
             } else if shards.is_some() || workers.is_some() {
+                let given = if shards.is_some() { "--shards" } else { "--workers" };
                 anyhow::bail!(super::UsageError(format!(
-                    "--shards and --workers shape `auto` only; `{profile}` has its own shards and workers"
+                    "{given} shapes `auto` only (`profile show auto {given} N`); `{profile}` has its own shards and \
+                     workers"
                 )));
             } else {
                 let p = Profile::load(profile).map_err(|e| match e {

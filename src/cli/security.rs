@@ -106,7 +106,18 @@ pub struct ClientKeyArgs {
 
 impl ClientKeyArgs {
     /// The keys these flags name (None when neither is given).
+    /// One without the other is refused as a flag (exit 2): `clone-client` takes them on either
+    /// side of its action, where clap's `requires` would refuse a pair split across it.
     pub fn to_keys(&self) -> anyhow::Result<Option<ClientKeys>> {
+        match (&self.curve_key, &self.server_key) {
+            (Some(_), None) => {
+                anyhow::bail!(super::UsageError("--curve-key needs --server-key (the servers' NAME.pub)".into()))
+            }
+            (None, Some(_)) => {
+                anyhow::bail!(super::UsageError("--server-key needs --curve-key (this client's NAME.key)".into()))
+            }
+            _ => {}
+        }
         client_keys(self.curve_key.as_deref(), self.server_key.as_deref())
     }
 }

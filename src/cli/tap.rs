@@ -58,7 +58,7 @@ pub struct TapArgs {
     #[arg(long, conflicts_with = "quiet")]
     pub stats: bool,
     /// Print nothing per message (useful with --record).
-    #[arg(long)]
+    #[arg(long, short)]
     pub quiet: bool,
     /// Record the (filtered) messages to this capture file, frames verbatim
     /// with the MORE flag; `mdsub replay --from FILE` replays it (byte for byte;
@@ -80,7 +80,7 @@ pub struct TapArgs {
     pub subscribe_all: bool,
     /// Capacity of the proxy → sink queue, messages (at least 1); when full, copies are dropped
     /// (counted).
-    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "65536", value_name = "COUNT")]
+    #[arg(long, value_parser = parse_count_nonzero_usize, default_value = "64k", value_name = "COUNT")]
     pub queue_msgs: usize,
     /// Make stdout JSON Lines: one JSON record per message and (un)subscription (per refresh
     /// with --stats, none with --quiet), then the exit counters as the last line (default:
