@@ -64,9 +64,13 @@ pub enum ReplaceError {
     /// read-only mount), or is another's: writing in place ([`Claimed::rewrite`]) may still work.
     #[error("making {}: {source}", temp.display())]
     Temp { temp: PathBuf, source: std::io::Error },
-    /// Writing the new file, or renaming it over the path, failed.
+    /// Writing the new file, syncing it, or renaming it over the path, failed.
     #[error("{0}")]
     Write(std::io::Error),
+    /// The new file is at the path, whole and synced, and the claim holds it, but syncing its
+    /// folder failed: the rename may not outlive a power loss.
+    #[error("syncing its folder after the rename: {0}")]
+    Sync(std::io::Error),
 }
 
 impl Claimed {
@@ -196,7 +200,7 @@ impl Claimed {
             Err(e) => return Err(io(&self.flag, closed)(e)),
         };
         let next = self.next_path();
-        let fresh = Claimed::claim(&self.flag, &next).and_then(|fresh| {
+        let fresh = self.claim_next(&next).and_then(|fresh| {
             std::fs::rename(&next, &self.path).map_err(|e| {
                 let _ = std::fs::remove_file(&next);
                 io(&self.flag, &self.path)(e)
@@ -218,7 +222,7 @@ impl Claimed {
     /// replacing a file.
     fn rotate_by_renames(&self, closed: &Path) -> Result<Claimed, OutFileError> {
         let next = self.next_path();
-        let fresh = Claimed::claim(&self.flag, &next)?;
+        let fresh = self.claim_next(&next)?;
         if let Err(e) = rename_noreplace(&self.path, closed) {
             let _ = std::fs::remove_file(&next);
             return Err(io(&self.flag, closed)(e));
@@ -248,8 +252,58 @@ impl Claimed {
     /// `.NAME.next` beside the file: where a rotation claims the new file, and where
     /// [`replace`](Self::replace) writes one.
     fn next_path(&self) -> PathBuf {
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        self.path.with_file_name(format!(".{name}.next"))
+        next_path_of(&self.path)
+    }
+
+    /// Claim `next`, the new file a rotation puts at the path, with this file's mode (and owner
+    /// and group where permitted), as [`replace`](Self::replace) gives its new file.
+    fn claim_next(&self, next: &Path) -> Result<Claimed, OutFileError> {
+        let fresh = Claimed::claim(&self.flag, next)?;
+        let kept = same_owner_and_mode(&self.file(), &fresh.file());
+        kept.map_err(|e| {
+            let _ = std::fs::remove_file(next);
+            io(&self.flag, next)(e)
+        })?;
+        Ok(fresh)
+    }
+
+    /// Remove the `.NAME.next` a run left beside this file when it ended during a rewrite or a
+    /// rotation (`kill -9`): a regular file whose lock no process holds (a live run locks it
+    /// before it writes it, and holds it to the rename: that one is left alone). Said in one
+    /// line on stderr; one that cannot be removed is said too, and the run goes on (a rewrite
+    /// empties and reuses it).
+    fn remove_stale_next(&self) {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let next = self.next_path();
+        // Not followed if a link, never waited on if a FIFO: only a regular file is a run's.
+        let Ok(f) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&next) else {
+            return;
+        };
+        let is_file = f.metadata().is_ok_and(|m| m.is_file());
+        if !is_file || f.try_lock().is_err() {
+            return;
+        }
+        // Still the file locked (not one another run renamed there meanwhile), then removed
+        // under its lock.
+        let same = |m: std::fs::Metadata| {
+            use std::os::unix::fs::MetadataExt as _;
+            f.metadata().is_ok_and(|o| (o.dev(), o.ino()) == (m.dev(), m.ino()))
+        };
+        if !std::fs::symlink_metadata(&next).is_ok_and(same) {
+            return;
+        }
+        match std::fs::remove_file(&next) {
+            Ok(()) => crate::diag!(
+                "{}: removed {}, left by a run that ended while writing it (killed?)",
+                self.named(),
+                next.display()
+            ),
+            Err(e) => crate::diag!(
+                "{}: could not remove {}, left by a run that ended while writing it: {e}",
+                self.named(),
+                next.display()
+            ),
+        }
     }
 
     /// Whether `other` names this very file (a link to it).
@@ -273,6 +327,19 @@ impl Claimed {
         Ok(f)
     }
 
+    /// Write the file in place from its start ([`rewrite`](Self::rewrite)) with `write`, then sync
+    /// it (a regular file): where no new file can be made beside it for
+    /// [`replace`](Self::replace).
+    pub fn rewrite_synced(&self, write: impl FnOnce(File) -> std::io::Result<()>) -> std::io::Result<()> {
+        let f = self.rewrite()?;
+        let synced = f.try_clone()?;
+        write(f)?;
+        if self.regular {
+            synced.sync_all()?;
+        }
+        Ok(())
+    }
+
     /// Write a whole new content of a regular file, never leaving it half-written at the path
     /// whenever the process ends (`kill -9` included): `write` fills a new file beside it
     /// (`.NAME.next`, in the folder of a symlink's target, so a link stays a link), locked before
@@ -280,7 +347,11 @@ impl Claimed {
     /// holds the new file and its lock. The path names a locked file throughout: a run given it
     /// between the rename and the old file's release finds, once it has the old file's lock,
     /// that the path names another file, and is refused ([`Locked::check_named`]). The new file
-    /// is not synced: a killed process leaves a whole file, a power loss may not.
+    /// takes the replaced file's mode, and its owner and group where this process may give them
+    /// (root: always; another user: a group it is in), so a file an operator opened to a
+    /// dashboard's user stays open to it. It is synced (`fsync`) before the rename and its folder
+    /// after ([`ReplaceError::Sync`] when only that failed), so a power loss leaves the old
+    /// content or the new, as a kill does.
     /// On an error nothing is changed (the new file is removed) and the error says which step
     /// failed. A device or FIFO is written as it is, through [`rewrite`](Self::rewrite).
     pub fn replace(&self, write: impl FnOnce(File) -> std::io::Result<()>) -> Result<(), ReplaceError> {
@@ -311,8 +382,10 @@ impl Claimed {
         }
         let written = fresh
             .set_len(0)
+            .and_then(|()| same_owner_and_mode(&self.file(), &fresh))
             .and_then(|()| fresh.try_clone())
             .and_then(write)
+            .and_then(|()| fresh.sync_all())
             .and_then(|()| std::fs::rename(&temp, &self.path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&temp);
@@ -320,7 +393,7 @@ impl Claimed {
         }
         // The old file (unlinked now) and its lock go with its last handle.
         *self.file() = fresh;
-        Ok(())
+        sync_folder(&self.path).map_err(ReplaceError::Sync)
     }
 }
 
@@ -463,7 +536,42 @@ fn lock_opened(opened: Vec<Claimed>) -> Result<Vec<Locked>, OutFileError> {
     for l in locked.iter().filter(|l| l.is_regular()) {
         l.check_named()?;
     }
+    // The path is this run's now: a new file a killed run left beside it is nobody's.
+    for l in locked.iter().filter(|l| l.is_regular()) {
+        l.0.remove_stale_next();
+    }
     Ok(locked)
+}
+
+/// `.NAME.next` beside `path`.
+fn next_path_of(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.next"))
+}
+
+/// Give `fresh` (a new file that replaces `old` at its path) `old`'s permission bits, and its
+/// owner and group where this process may: root gives any; another user keeps its own uid and
+/// gives the group when it is in it. An owner or group it may not give is left as made (the
+/// run's), not an error: the file is still written, and its mode still kept.
+fn same_owner_and_mode(old: &File, fresh: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let (was, is) = (old.metadata()?, fresh.metadata()?);
+    if (was.uid(), was.gid()) != (is.uid(), is.gid())
+        && std::os::unix::fs::fchown(fresh, Some(was.uid()), Some(was.gid())).is_err()
+    {
+        let _ = std::os::unix::fs::fchown(fresh, None, Some(was.gid()));
+    }
+    // After the owner: a chown may clear bits.
+    fresh.set_permissions(std::fs::Permissions::from_mode(was.mode() & 0o777))
+}
+
+/// `fsync` the folder `path` is in, so a rename in it outlives a power loss.
+fn sync_folder(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 /// An output opened and locked for a run ([`lock_all`]) but not emptied yet: it still holds what
@@ -927,6 +1035,59 @@ mod tests {
         assert!(matches!(e, OutFileError::Busy { .. }), "{e}");
         drop(c);
         claim_all(&[("--outputs-dir", &path)]).expect("claimed once the run is gone");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A rewrite (and a rotation's new file) keeps the mode, owner and group of the file it
+    /// replaces: an operator's `chmod 604` for a dashboard user, or `chown`, survives it. Before,
+    /// the new file was the run's, made under its umask (0644 here, root's).
+    #[test]
+    fn a_replaced_or_rotated_file_keeps_its_mode_owner_and_group() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let d = dir("mode");
+        let path = d.join("m.hgrm");
+        let c = Claimed::claim("--hgrm", &path).expect("claim");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).expect("chmod");
+        // Root may give the file to anyone; another user keeps its own (then only the mode is kept).
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            std::os::unix::fs::chown(&path, Some(4321), Some(8765)).expect("chown");
+        }
+        let owner = |p: &Path| {
+            let m = std::fs::metadata(p).expect("meta");
+            (m.mode() & 0o777, m.uid(), m.gid())
+        };
+        let before = owner(&path);
+        c.replace(|mut f| f.write_all(b"spectrum\n")).expect("replaced");
+        assert_eq!(owner(&path), before, "the rewritten file");
+        assert_eq!(std::fs::read(&path).expect("read"), b"spectrum\n");
+        let closed = closed_name(&path, 1_000_000_000);
+        let (fresh, _) = c.rotate(&closed).expect("rotated");
+        assert_eq!(owner(&path), before, "a rotation's new file");
+        if root {
+            assert_eq!((before.1, before.2), (4321, 8765));
+        }
+        drop(fresh);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A `.NAME.next` a killed run left beside FILE (here: one whose lock nobody holds) is
+    /// removed when the next run claims FILE, said; one a live writer holds locked is left as it
+    /// is. Before, a stale one stayed for ever.
+    #[test]
+    fn a_stale_next_file_is_removed_at_the_claim_and_a_locked_one_is_not() {
+        let d = dir("stale-next");
+        let (path, next) = (d.join("s.hgrm"), d.join(".s.hgrm.next"));
+        std::fs::write(&next, b"half a spectrum").expect("what a killed run left");
+        let c = Claimed::claim("--hgrm", &path).expect("claim");
+        assert!(!next.exists(), "removed at the claim");
+        drop(c);
+        std::fs::write(&next, b"a live writer's").expect("write");
+        let live = File::options().write(true).open(&next).expect("open");
+        live.try_lock().expect("the writer's lock");
+        let c = Claimed::claim("--hgrm", &path).expect("claim");
+        assert_eq!(std::fs::read(&next).expect("left"), b"a live writer's", "a locked one is left");
+        drop((c, live));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -2295,3 +2295,159 @@ fn an_hlog_file_that_is_not_an_interval_log_is_refused_and_left_as_it_was() {
         assert_eq!(std::fs::read_dir(&*dir).expect("dir").count(), 2, "nothing made beside them");
     }
 }
+
+/// A tmpfs mounted for a test (a disk it can fill), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// A tmpfs of `size` on `at`; None, said, where this process may not mount one (not root,
+    /// or a container without the right).
+    fn mount(at: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).expect("the mount point");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs here (root's) to fill a disk for a moment");
+        }
+        mounted.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The total count in a spectrum's footer.
+fn hgrm_footer_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.contains("Total count"))?;
+    line.split('=').next_back()?.trim().trim_end_matches(']').trim().parse().ok()
+}
+
+/// A `--hgrm` rewrite that fails while the engine runs (its disk full for a moment) is said
+/// once and counted (`metrics_write_errors`), FILE keeping its last whole spectrum; once the disk
+/// has room again the final write makes FILE whole, and the run exits 0, its report saying the
+/// failed rewrites were made good. Before, any failed rewrite made the run exit 1 ("they are
+/// incomplete") though its final FILE was whole.
+#[test]
+fn an_hgrm_rewrite_that_failed_mid_run_fails_no_run_whose_final_file_is_whole() {
+    use std::io::Write as _;
+    let test = "an_hgrm_rewrite_that_failed_mid_run_fails_no_run_whose_final_file_is_whole";
+    let dir = temp_dir("dash-hgrm-full");
+    let Some(disk) = Tmpfs::mount(&dir.join("disk"), "1m", test) else { return };
+    let hgrm = disk.0.join("f.hgrm");
+    let arg = hgrm.to_str().expect("utf8");
+    let (replay, eps) = start_replay("replay", 1, &["--count", "1M", "--rate", "5k"]);
+    let mut cmd = mdsub();
+    cmd.args(["engine", "--json", "--max-duration", "120s", "--metrics-interval", "100ms"]);
+    cmd.args(["--endpoint", &eps[0], "--hgrm", arg]);
+    let mut e = LineProc::spawn_with_stderr("engine", &mut cmd);
+    let stderr = e.stderr.take().expect("piped");
+    let whole = || std::fs::read_to_string(&hgrm).is_ok_and(|t| t.contains("#[Buckets"));
+    wait_until(Duration::from_secs(60), "a first spectrum in FILE", whole);
+    // The disk fills up.
+    let filler = disk.0.join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    while f.write_all(&[7u8; 4096]).is_ok() {}
+    let said = wait_line(&stderr, Duration::from_secs(60), "the failed rewrite said", |l| l.contains("rewriting it"));
+    assert!(said.starts_with(&format!("metrics: --hgrm: {arg}: rewriting it: ")), "{said}");
+    assert!(said.contains("No space left on device"), "{said}");
+    assert!(whole(), "FILE keeps its last whole spectrum");
+    drop(f);
+    std::fs::remove_file(&filler).expect("room again");
+    e.proc.signal(libc::SIGINT);
+    let said = rest_lines(&stderr, Duration::from_secs(60));
+    let (status, out) = e.finish(Duration::from_secs(30));
+    drop(replay);
+    assert!(status.success(), "a whole final FILE is no failure: {status}: {out}{said:?}");
+    let r = json(&out);
+    let failed = u(&r, "metrics_write_errors");
+    assert!(failed >= 1, "counted: {r}");
+    assert_eq!(u(&r, "metrics_write_errors_made_good"), failed, "{r}");
+    assert_eq!(said.iter().filter(|l| l.contains("rewriting it")).count(), 0, "said once: {said:?}");
+    let end =
+        format!("metrics: --hgrm: {arg}: written whole at the run's end ({failed} rewrite(s) during the run failed)");
+    assert!(said.contains(&end), "{said:?}");
+    let text = std::fs::read_to_string(&hgrm).expect("FILE");
+    assert_eq!(hgrm_footer_total(&text), Some(u(&r["shards"][0]["latency"]["total"], "count")), "{text}");
+}
+
+/// A `.NAME.next` left beside `--hgrm FILE` by a run killed during a rewrite (here: a process
+/// that locked it, as a rewrite does, then was killed with `kill -9`) is removed by the next run
+/// that claims FILE, in one line; one a live process holds locked is left as it is (that run
+/// writes FILE in place at its end). Before, a killed run's `.NAME.next` stayed for ever.
+#[test]
+fn a_next_file_a_killed_writer_left_is_removed_and_a_live_ones_is_not() {
+    let dir = temp_dir("dash-hgrm-next");
+    let (hgrm, next) = (dir.join("n.hgrm"), dir.join(".n.hgrm.next"));
+    let arg = hgrm.to_str().expect("utf8");
+    // A writer of `next`: it locks it (flock, as a rewrite does), says so, and waits.
+    let writer = || {
+        std::fs::write(&next, b"a writer's half spectrum").expect("write");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exec 9>>\"$1\" && flock -n 9 && echo locked && exec sleep 120", "sh"]).arg(&next);
+        let w = LineProc::spawn("writer", &mut cmd);
+        wait_line(&w.lines, Duration::from_secs(20), "the writer's lock", |l| l == "locked");
+        w
+    };
+    let mut killed = writer();
+    killed.proc.signal(libc::SIGKILL);
+    killed.proc.wait_exit(Duration::from_secs(20));
+    let (_, said) = hlog_run(&["--hgrm", arg]);
+    assert!(!next.exists(), "removed: {said:?}");
+    let removed: Vec<&String> = said.iter().filter(|l| l.contains(" removed ")).collect();
+    assert_eq!(removed.len(), 1, "{said:?}");
+    assert!(removed[0].starts_with(&format!("--hgrm {arg}: removed {}, left by a run", next.display())), "{removed:?}");
+
+    // A live writer's: left. (FILE removed first: keeping an earlier FILE needs `next` too.)
+    std::fs::remove_file(&hgrm).expect("remove");
+    let mut live = writer();
+    let (_, said) = hlog_run(&["--hgrm", arg]);
+    assert_eq!(std::fs::read(&next).expect("left"), b"a writer's half spectrum", "{said:?}");
+    assert!(std::fs::read_to_string(&hgrm).expect("FILE").contains("#[Buckets"), "written in place at the end");
+    live.proc.signal(libc::SIGKILL);
+    live.proc.wait_exit(Duration::from_secs(20));
+}
+
+/// Each `--hgrm` rewrite, and the final write, is synced before it is renamed over FILE, and
+/// FILE's folder after the rename (read off `strace` of the engine): a power loss leaves a
+/// whole spectrum, as a kill does. Before, nothing was synced.
+#[test]
+fn hgrm_rewrites_are_synced_before_the_rename_and_the_folder_after() {
+    let traced = Command::new("strace").args(["-o", "/dev/null", "true"]).status();
+    if !traced.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED hgrm_rewrites_are_synced_before_the_rename_and_the_folder_after: no strace that may trace");
+        return;
+    }
+    let dir = temp_dir("dash-hgrm-sync");
+    let folder = dir.canonicalize().expect("canonical");
+    let (hgrm, trace) = (folder.join("y.hgrm"), folder.join("trace"));
+    let (replay, eps) = start_replay("replay", 1, &["--count", "8000", "--rate", "4k"]);
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"]).arg(&trace);
+    cmd.arg(env!("CARGO_BIN_EXE_mdsub"));
+    cmd.args(["engine", "--json", "--max-duration", "90s", "--metrics-interval", "100ms", "--endpoint", &eps[0]]);
+    cmd.arg("--hgrm").arg(&hgrm);
+    let (status, out) = LineProc::spawn("engine", &mut cmd).finish(Duration::from_secs(120));
+    let _ = replay.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    // S: the new file synced, R: renamed over FILE, D: the folder synced; in the order called.
+    let (new, dir_fd) = (format!("<{}>", folder.join(".y.hgrm.next").display()), format!("<{}>", folder.display()));
+    let calls: String = text
+        .lines()
+        .filter(|l| !l.contains("resumed>"))
+        .filter_map(|l| match () {
+            () if l.contains("sync(") && l.contains(&new) => Some('S'),
+            () if l.contains("rename") && l.contains(".y.hgrm.next") => Some('R'),
+            () if l.contains("sync(") && l.contains(&dir_fd) => Some('D'),
+            () => None,
+        })
+        .collect();
+    assert!(calls.len() >= 6 && calls == "SRD".repeat(calls.len() / 3), "a rewrite and the final write: {calls}");
+}

@@ -209,7 +209,7 @@ fn croak_report(e: &anyhow::Error) -> Option<&RunReport> {
 /// first failure was said when it happened; this ends the command with exit status 1
 /// ([`crate::engine::outputs_failure`], which its last status in the store says too).
 fn outputs_written(report: &RunReport) -> anyhow::Result<()> {
-    match crate::engine::outputs_failure(report.metrics_write_errors) {
+    match crate::engine::outputs_failure(report.metrics_files_incomplete()) {
         Some(why) => bail!(why),
         None => Ok(()),
     }

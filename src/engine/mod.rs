@@ -939,7 +939,8 @@ impl Engine {
                 .collect();
             let shards: Vec<(&str, &[crate::link::LinkStats])> =
                 links.iter().map(|(k, l)| (k.as_str(), l.as_slice())).collect();
-            outputs_failure(collected.write_errors).or_else(|| links_failure(time_limit, self.delivered(), &shards))
+            outputs_failure(collected.files_incomplete())
+                .or_else(|| links_failure(time_limit, self.delivered(), &shards))
         };
         let ended = match (&first_err, &croak) {
             (Some(e), _) => Some(format!("error: {e}")),
@@ -1069,6 +1070,7 @@ impl Engine {
             agents,
             snail: Some(self.snail.report()),
             metrics_write_errors: collected.write_errors,
+            metrics_write_errors_made_good: collected.write_errors_made_good,
             metrics_write_error: collected.first_write_error,
             shards: shard_reports,
             store_links: self.live.store_links.clone(),
@@ -1077,9 +1079,9 @@ impl Engine {
     }
 }
 
-/// Why a run whose `--hlog`/`--hgrm` writes failed (`write_errors` of them) is no success, for
-/// its exit status 1 and its last status in the store: the files are incomplete. None when
-/// none failed.
+/// Why a run whose `--hlog`/`--hgrm` writes failed (`write_errors` of them, leaving a file
+/// incomplete: not an `--hgrm` rewrite the final write made good) is no success, for its exit
+/// status 1 and its last status in the store: the files are incomplete. None when none failed.
 pub fn outputs_failure(write_errors: u64) -> Option<String> {
     (write_errors > 0).then(|| {
         format!(

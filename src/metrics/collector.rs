@@ -56,8 +56,19 @@ pub struct Collected {
     /// Interval-log or spectrum writes that failed (the first said on stderr, unless
     /// [`CollectorOutputs::quiet_write_errors`]).
     pub write_errors: u64,
-    /// The first failed write's cause.
+    /// The first failed write's cause (a failed `--hgrm` rewrite during the run is said on its
+    /// own, not here).
     pub first_write_error: Option<String>,
+    /// Of `write_errors`, the `--hgrm` rewrites during the run that failed and that the final
+    /// write made good: FILE is whole at the end, so the run is no failure for them.
+    pub write_errors_made_good: u64,
+}
+
+impl Collected {
+    /// Failed writes that left a file incomplete ([`Collected::write_errors_made_good`] aside).
+    pub fn files_incomplete(&self) -> u64 {
+        self.write_errors.saturating_sub(self.write_errors_made_good)
+    }
 }
 
 /// Latency the collector shares with the threads that publish it live (the
@@ -133,7 +144,7 @@ pub struct CollectorOutputs {
 /// `--hgrm FILE` (a regular file) is rewritten with the spectrum so far as an interval ends,
 /// when it has new counts, at most this often (1 s): a run killed with `kill -9` leaves FILE
 /// whole, up to the last rewrite. Off the data path (the collector's), and cheap: one small
-/// file made and renamed per second at most.
+/// file made, synced and renamed (and its folder synced) per second at most.
 pub const HGRM_REWRITE_SPACING_NS: u64 = 1_000_000_000;
 
 /// What the collector says on stderr through [`LogLevel::log`] as each interval ends: loss and
@@ -316,6 +327,9 @@ pub struct Collector {
     hgrm_count: u64,
     hgrm_at_ns: Option<u64>,
     hgrm_as_it_goes: bool,
+    /// `--hgrm` rewrites during the run that failed (said once, the first): made good by a
+    /// final write that works.
+    hgrm_rewrites_failed: u64,
 }
 
 /// The line that says an interval's latencies below 0 (`sets`: per shard), if it had any: their send times were ahead of this host's clock, which the engine
@@ -382,6 +396,7 @@ impl Collector {
             hgrm_count: 0,
             hgrm_at_ns: None,
             hgrm_as_it_goes: true,
+            hgrm_rewrites_failed: 0,
         }
     }
 
@@ -522,9 +537,17 @@ impl Collector {
                     None => crate::diag!("{line}"),
                 }
             }
-            Err(ReplaceError::Write(e)) => {
-                let path = hgrm.path().display().to_string();
-                self.write_error(format_args!("{path}: {e}"));
+            Err(e @ (ReplaceError::Write(_) | ReplaceError::Sync(_))) => {
+                // FILE holds the last rewrite that worked, whole: counted, said once, and made
+                // good by the final write if that one works.
+                self.hgrm_rewrites_failed += 1;
+                self.total.write_errors += 1;
+                if self.hgrm_rewrites_failed == 1 && !self.outputs.quiet_write_errors {
+                    crate::diag!(
+                        "metrics: --hgrm: {}: rewriting it: {e}: it holds the last spectrum written, whole; tried                          again as intervals end and at the run's end (further failed rewrites are counted, not                          shown)",
+                        hgrm.path().display()
+                    );
+                }
             }
         }
     }
@@ -644,14 +667,23 @@ impl Agent for Collector {
         if let Some(hgrm) = self.outputs.hgrm.take() {
             // Whole, as during the run; where no file can be made beside FILE, in place.
             let written = match hgrm.replace(|f| self.spectrum(f)) {
-                Err(ReplaceError::Temp { .. }) => hgrm
-                    .rewrite()
-                    .map_err(|e| format!("opening it: {e}"))
-                    .and_then(|f| self.spectrum(f).map_err(|e| e.to_string())),
+                Err(ReplaceError::Temp { .. }) => hgrm.rewrite_synced(|f| self.spectrum(f)).map_err(|e| e.to_string()),
                 written => written.map_err(|e| e.to_string()),
             };
-            if let Err(e) = written {
-                self.write_error(format_args!("{}: {e}", hgrm.path().display()));
+            match written {
+                Err(e) => self.write_error(format_args!("{}: {e}", hgrm.path().display())),
+                Ok(()) if self.hgrm_rewrites_failed > 0 => {
+                    // FILE is whole: the rewrites that failed before cost nothing at the end.
+                    self.total.write_errors_made_good = self.hgrm_rewrites_failed;
+                    if !self.outputs.quiet_write_errors {
+                        crate::diag!(
+                            "metrics: --hgrm: {}: written whole at the run's end ({} rewrite(s) during the run failed)",
+                            hgrm.path().display(),
+                            self.hgrm_rewrites_failed
+                        );
+                    }
+                }
+                Ok(()) => {}
             }
         }
     }

@@ -196,9 +196,11 @@ pub fn write_hgrm<W: Write>(mut out: W, h: &Histogram<u64>, b: OutOfBounds) -> R
 
 /// What an earlier run left at `--hgrm FILE`, judged by its first bytes
 /// ([`crate::outfile::judge_earlier`]): a percentile spectrum ([`write_hgrm`]'s, or HdrHistogram's
-/// `outputPercentileDistribution`: its first line is the column header) is kept, named by the
-/// file's time (a spectrum says no start); blank lines only are nothing to lose; anything else is
-/// not one.
+/// `outputPercentileDistribution`, in its text or its CSV form: its first line is the column
+/// header, `Value Percentile TotalCount …` or `"Value","Percentile","TotalCount",…`) is kept,
+/// named by the file's modification time (a spectrum says no start: that is when it was last
+/// written, the end of its run); blank lines only are nothing to lose; anything else is not one.
+/// The CSV form was refused as not a spectrum, though HdrHistogram's own tools write it.
 pub fn earlier_hgrm(head: &[u8], whole: bool) -> Result<crate::outfile::Earlier, String> {
     let text = String::from_utf8_lossy(head);
     let Some(first) = text.lines().map(str::trim).find(|l| !l.is_empty()) else {
@@ -207,7 +209,9 @@ pub fn earlier_hgrm(head: &[u8], whole: bool) -> Result<crate::outfile::Earlier,
             false => Err("no column header in its first 64 KiB".into()),
         };
     };
-    if first.split_whitespace().take(3).eq(["Value", "Percentile", "TotalCount"]) {
+    let columns = ["Value", "Percentile", "TotalCount"];
+    let csv = first.split(',').map(|c| c.trim().trim_matches('"')).take(3);
+    if first.split_whitespace().take(3).eq(columns) || csv.eq(columns) {
         Ok(crate::outfile::Earlier::Keep(None))
     } else {
         let shown: String = first.chars().take(40).collect();
@@ -226,6 +230,25 @@ mod tests {
             h.record(v).expect("in range");
         }
         h
+    }
+
+    /// An earlier spectrum is kept in either form HdrHistogram writes: text (mdsub's) or CSV
+    /// (`outputPercentileDistribution(…, useCsvFormat = true)`). The CSV form was refused.
+    #[test]
+    fn an_earlier_spectrum_is_kept_as_text_or_csv_and_anything_else_is_not_one() {
+        use crate::outfile::Earlier;
+        let mut text = Vec::new();
+        write_hgrm(&mut text, &hist(1..=100u64), Default::default()).expect("spectrum");
+        let csv = b"\"Value\",\"Percentile\",\"TotalCount\",\"1/(1-Percentile)\"\n1.000,0.000000000000,1,1.00\n";
+        for (head, kept) in [(&text[..], true), (&csv[..], true), (b"Value,Percentile\n", false), (b"notes\n", false)] {
+            assert_eq!(
+                earlier_hgrm(head, true).ok(),
+                kept.then_some(Earlier::Keep(None)),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        assert_eq!(earlier_hgrm(b"\n \n", true).ok(), Some(Earlier::Nothing));
     }
 
     #[test]

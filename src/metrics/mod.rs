@@ -470,6 +470,10 @@ pub struct RunReport {
     pub handoff_malformed: u64,
     /// Interval-log or spectrum writes that failed (see stderr).
     pub metrics_write_errors: u64,
+    /// Of them, `--hgrm` rewrites during the run that failed and that the final write made good
+    /// (FILE whole at the end): they do not make the run fail ([`RunReport::metrics_files_incomplete`]).
+    #[serde(default, skip_serializing_if = "crate::diag::is_zero")]
+    pub metrics_write_errors_made_good: u64,
     /// The first of them: its file and cause.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_write_error: Option<String>,
@@ -667,6 +671,12 @@ pub fn idle_polling(a: &crate::agent::AgentStats) -> bool {
 }
 
 impl RunReport {
+    /// Failed writes that left an `--hlog`/`--hgrm` file incomplete: every failed write but the
+    /// `--hgrm` rewrites the final write made good. Not 0: the run exits 1.
+    pub fn metrics_files_incomplete(&self) -> u64 {
+        self.metrics_write_errors.saturating_sub(self.metrics_write_errors_made_good)
+    }
+
     /// The human table.
     pub fn render(&self) -> String {
         use std::fmt::Write;
