@@ -544,7 +544,9 @@ impl Collector {
                 self.total.write_errors += 1;
                 if self.hgrm_rewrites_failed == 1 && !self.outputs.quiet_write_errors {
                     crate::diag!(
-                        "metrics: --hgrm: {}: rewriting it: {e}: it holds the last spectrum written, whole; tried                          again as intervals end and at the run's end (further failed rewrites are counted, not                          shown)",
+                        "metrics: --hgrm: {}: rewriting it: {e}: it holds the last spectrum written, whole; tried \
+                         again as intervals end and at the run's end (further failed rewrites are counted, not \
+                         shown)",
                         hgrm.path().display()
                     );
                 }
