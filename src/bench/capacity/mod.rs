@@ -1434,6 +1434,11 @@ pub fn summary_md(r: &CapacityResult) -> String {
         }
     }
     for c in &r.extra.configurations {
+        if let Some(line) = known_failure_text(r, c) {
+            let _ = writeln!(s, "- {line}");
+        }
+    }
+    for c in &r.extra.configurations {
         if let Some(dir) = &c.taken_from {
             let _ = writeln!(
                 s,
@@ -1528,6 +1533,28 @@ pub fn summary_md(r: &CapacityResult) -> String {
         }
     }
     s
+}
+
+/// Why a configuration searched here never offered the rate `--failed-at` gave it (summary.json's
+/// `settings.failed_ats`, else `settings.failed_at`): it failed in the run this one carries on,
+/// and it counts as this search's failure though no trial here is at it; or, when a rate at or
+/// above it passed here, that it was dropped. None for a configuration taken from an earlier
+/// folder, or without one. Before, summary.md said nothing of it: its table named a failure
+/// above the knee that no trial row showed.
+fn known_failure_text(r: &CapacityResult, c: &ConfigResult) -> Option<String> {
+    if c.taken_from.is_some() {
+        return None;
+    }
+    let f = r.settings["failed_ats"][c.name.as_str()].as_u64().or_else(|| r.settings["failed_at"].as_u64())?;
+    let passed =
+        c.trials.iter().filter(|t| t.summary.verdict.is_pass() && t.summary.offered >= f).map(|t| t.summary.offered);
+    Some(match passed.min() {
+        Some(p) => format!("`{}`: {FAILED_AT} {f} msg/s dropped: {p} msg/s passed here", c.name),
+        None => format!(
+            "`{}`: {f} msg/s failed in the run carried on ({FAILED_AT}): not offered again, a failure above the knee",
+            c.name
+        ),
+    })
 }
 
 /// `text` as one cell of a Markdown table: a `|` in it (a configuration's name may have one)
@@ -1975,6 +2002,40 @@ mod tests {
             assert!(pair.iter().all(|row| cells(row) == cells(pair[0])), "{pair:?}");
         }
         assert!(md.contains("| a\\|b | 8000 |"), "{md}");
+    }
+
+    /// A carried-on search given `--failed-at` never offers that rate, and its table's knee is
+    /// bounded by a failure no trial row shows: summary.md says why (before, nothing). A pass at
+    /// or above it dropped it: said too. A taken configuration and one without it: nothing.
+    #[test]
+    fn summary_md_says_why_a_carried_on_search_never_offered_its_known_failure() {
+        let pass = |offered: u64| TrialRecord {
+            purpose: Purpose::Bisect,
+            summary: TrialSummary {
+                offered,
+                achieved: offered as f64,
+                lost: Some(0),
+                gaps: 0,
+                latency_ns: vec![(0.5, 5000)],
+                spread_ns: vec![(0.5, 5000, 5000)],
+                runs: 1,
+                verdict: Verdict::Pass,
+            },
+            files: Vec::new(),
+        };
+        let mut a = standing("a", Ending::Confirmed, (Some(3000), None), (Some(4000), Some(4000)), true, 1);
+        a.trials = vec![pass(3000)];
+        let mut b = standing("b", Ending::Confirmed, (Some(9000), None), (Some(9500), Some(9500)), true, 1);
+        b.trials = vec![pass(9000)];
+        let mut t = standing("t", Ending::Confirmed, (Some(3000), None), (Some(4000), Some(4000)), true, 1);
+        t.taken_from = Some(PathBuf::from("/old"));
+        let c = standing("c", Ending::Confirmed, (Some(3000), None), (Some(4000), Some(4000)), true, 1);
+        let mut r = result_of(&[a, b, t, c], None, None);
+        r.settings = serde_json::json!({ "failed_at": null, "failed_ats": { "a": 4000, "b": 8000, "t": 4000 } });
+        let md = summary_md(&r);
+        assert!(md.contains("- `a`: 4000 msg/s failed in the run carried on (--failed-at): not offered again"), "{md}");
+        assert!(md.contains("- `b`: --failed-at 8000 msg/s dropped: 9000 msg/s passed here"), "{md}");
+        assert!(!md.contains("- `t`:") && !md.contains("- `c`:"), "{md}");
     }
 
     /// The `winner:` line of a winner whose knee nothing above failed says the rate is a lower

@@ -368,10 +368,11 @@ fn run(
 ) -> anyhow::Result<(u64, f64)> {
     p.wait_for_subscribers_or_stop(1, Duration::from_secs(10), stop).context("waiting for the engine to subscribe")?;
     let stats = p.run(source, pacing, limits, stop, &mut |_| {})?;
-    // `send_s` is the time the messages sent took at the rate the pacer achieved
-    // ([`trial::achieved_of`](super::trial::achieved_of)): `sent / send_s` is that rate.
+    // `send_s` is the time the messages sent took at the rate the pacer achieved, at most the
+    // messages sent over the schedule's duration ([`trial::achieved_of`](super::trial::achieved_of)):
+    // `sent / send_s` is that rate.
     let sent = stats.sent_total;
-    Ok((sent, sent as f64 / super::trial::achieved_of(&stats).max(1e-9)))
+    Ok((sent, sent as f64 / super::trial::achieved_of(&stats, limits.duration).max(1e-9)))
 }
 
 #[cfg(test)]

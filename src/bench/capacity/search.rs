@@ -443,8 +443,9 @@ impl Search {
                 self.lo = Some(rate);
                 match (self.cfg.max_rate, self.known_fail()) {
                     (Some(m), _) if rate >= m => self.phase = Phase::Done(Ending::AboveMaxRate),
-                    // Doubling would reach a rate known to fail: bisect below it instead.
-                    (_, Some(f)) if rate.saturating_mul(2) >= f => {
+                    // Doubling would reach a rate known to fail: bisect below it instead (one
+                    // above the maximum bounds nothing offered: the search doubles to it).
+                    (m, Some(f)) if rate.saturating_mul(2) >= f && m.is_none_or(|m| f <= m) => {
                         self.hi = Some(f);
                         self.bisect_or_confirm();
                     }
@@ -713,6 +714,19 @@ mod tests {
         let mut passed = Search::new(SearchConfig { start_rate: 4_000, ..known });
         passed.on_result(4_000, Verdict::Pass);
         assert_eq!(passed.next(), Next::Trial { rate: 8_000, purpose: Purpose::Bracket });
+    }
+
+    /// A rate known to fail above `--max-rate` (5000, the failure at 8000) bounds nothing the
+    /// search may offer: before, the pass at 4000 bisected towards 8000 and offered 6000, above
+    /// the maximum; it doubles to the maximum as without it.
+    #[test]
+    fn a_known_failure_above_the_maximum_rate_never_makes_the_search_offer_more() {
+        let cfg =
+            SearchConfig { start_rate: 4_000, max_rate: Some(5_000), failed_at: Some(8_000), ..Default::default() };
+        let s = drive(cfg, u64::MAX, u64::MAX);
+        let rates: Vec<u64> = s.history().iter().map(|h| h.0).collect();
+        assert!(rates.iter().all(|&r| r <= 5_000), "offered above the maximum: {rates:?}");
+        assert_eq!(s.outcome().ending, Ending::AboveMaxRate, "{rates:?}");
     }
 
     #[test]

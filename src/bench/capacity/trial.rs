@@ -162,7 +162,7 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
         }
     }
     let achieved = match (local_run, remote.as_mut()) {
-        (Some(stats), _) => achieved_of(&stats.context("publishing")?),
+        (Some(stats), _) => achieved_of(&stats.context("publishing")?, Some(duration)),
         (None, Some(r)) => {
             let (sent, send_s) = r.finish(duration + Duration::from_secs(30))?;
             sent as f64 / send_s.max(1e-9)
@@ -233,7 +233,10 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
 
 /// The rate a publisher achieved, msg/s: its pacer's, the turns after the first per second from
 /// the first turn to the last ([`ReplayStats::achieved_msgs_per_sec`]); the messages sent over
-/// the run's time when the pacer has none (a run a stop cut short, fewer than two turns).
+/// the run's time when the pacer has none (a run a stop cut short, fewer than two turns). At
+/// most the messages sent over the schedule's `duration`: a publisher that kept its pace for
+/// half the schedule and was then told it was over (descheduled past its end and the catch-up
+/// allowance) sent half what was due, though its first-to-last turns kept the rate.
 ///
 /// Before, it was the messages sent over the time from the call that started the sending thread
 /// to the moment this thread, polling every 5 ms, saw the schedule done: on a loaded 2-core box
@@ -241,10 +244,14 @@ pub fn run_trial(spec: &TrialSpec, side: &PublisherSide, stop: &StopFlag) -> any
 /// publisher that kept 1000 msg/s was said to have achieved 920 ("rate not achieved", a
 /// publisher-limited search). A trial server answers `send_s` by the same rule
 /// ([`remote`](super::remote)).
-pub fn achieved_of(stats: &ReplayStats) -> f64 {
-    match stats.achieved_msgs_per_sec {
+pub fn achieved_of(stats: &ReplayStats, duration: Option<Duration>) -> f64 {
+    let paced = match stats.achieved_msgs_per_sec {
         Some(a) if a > 0.0 => a,
         _ => stats.sent_total as f64 / stats.elapsed_s.max(1e-9),
+    };
+    match duration.map(|d| d.as_secs_f64()).filter(|&d| d > 0.0) {
+        Some(d) => paced.min(stats.sent_total as f64 / d),
+        None => paced,
     }
 }
 
@@ -303,7 +310,7 @@ mod tests {
             elapsed_s: (start + last - T0 + late) as f64 / 1e9,
             ..Default::default()
         };
-        let achieved = achieved_of(&stats);
+        let achieved = achieved_of(&stats, Some(Duration::from_millis(300)));
         let run = RunMeasure {
             offered: 1_000,
             achieved,
@@ -337,6 +344,19 @@ mod tests {
         // Slower than the rate: 1.2 ms a message, stopped at the duration and its tenth.
         let (achieved, _, v) = verdict(|i| i * 6 * MS / 5, 0, 0);
         assert!((achieved - 1_000.0 / 1.2).abs() < 1.0, "achieved {achieved}");
+        assert!(matches!(v, Verdict::RateNotAchieved { .. }), "{v:?}");
+    }
+
+    /// A publisher that kept its schedule for half of it (150 of 300 messages due), was then
+    /// descheduled past the schedule's end and its catch-up allowance (330 ms), and was told
+    /// the schedule was over, sent half its load: its first-to-last turns are 150 in 150 ms,
+    /// 1000 msg/s, and the pacer's rate alone read it "achieved", a pass at a rate whose hold
+    /// was offered 50 ms of messages. The messages sent over the schedule's duration bound it.
+    #[test]
+    fn a_publisher_that_sent_half_its_schedule_and_stopped_fell_short() {
+        let halted = |i: u64| if i <= 150 { i * MS } else { 350 * MS };
+        let (achieved, _, v) = verdict(halted, 0, 0);
+        assert!(achieved < 0.6 * 1_000.0, "151 of 300 sent: achieved {achieved}");
         assert!(matches!(v, Verdict::RateNotAchieved { .. }), "{v:?}");
     }
 }
