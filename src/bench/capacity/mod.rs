@@ -1558,9 +1558,11 @@ fn known_failure_text(r: &CapacityResult, c: &ConfigResult) -> Option<String> {
 }
 
 /// `text` as one cell of a Markdown table: a `|` in it (a configuration's name may have one)
-/// would end the cell, shifting the row's every later column.
+/// would end the cell, shifting the row's every later column. Written as a character reference
+/// (`&#124;`), as are `\` (`&#92;`), `&` and `<`: a backslash-escaped `\|` is split anyway after a `\` in
+/// the name (`a\|b` written `a\\|b`, which GitHub's tables split).
 fn table_cell(text: &str) -> String {
-    text.replace('|', "\\|")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('\\', "&#92;").replace('|', "&#124;")
 }
 
 /// The files of run `run` of a trial at `rate` of the configuration with `slug` and `hash`
@@ -1981,7 +1983,7 @@ mod tests {
     /// tables, and the row had a column more than its header: it is escaped, `a\|b`.
     #[test]
     fn a_bar_in_a_configuration_name_keeps_summary_md_s_tables_whole() {
-        let mut c = standing("a|b", Ending::Confirmed, (Some(8000), None), (Some(8200), Some(8200)), true, 1);
+        let mut c = standing("a|b\\|c&#124;", Ending::Confirmed, (Some(8000), None), (Some(8200), Some(8200)), true, 1);
         let summary = TrialSummary {
             offered: 8000,
             achieved: 8000.0,
@@ -1994,14 +1996,15 @@ mod tests {
         };
         c.trials = vec![TrialRecord { purpose: Purpose::Bracket, summary, files: Vec::new() }];
         let md = summary_md(&result_of(&[c], None, None));
-        // The cells of a row: split at each `|` not escaped.
-        let cells = |row: &str| row.replace("\\|", "").matches('|').count();
+        // The cells of a row: split at each `|`.
+        let cells = |row: &str| row.matches('|').count();
         let tables: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
         assert_eq!(tables.len(), 6, "two headers, two rules, two rows: {md}");
         for pair in tables.chunks(3) {
             assert!(pair.iter().all(|row| cells(row) == cells(pair[0])), "{pair:?}");
         }
-        assert!(md.contains("| a\\|b | 8000 |"), "{md}");
+        // `a|b\|c&#124;`, every character shown as it is.
+        assert!(md.contains("| a&#124;b&#92;&#124;c&amp;#124; | 8000 |"), "{md}");
     }
 
     /// A carried-on search given `--failed-at` never offers that rate, and its table's knee is
