@@ -257,7 +257,13 @@ impl Claimed {
 
     /// Claim `next`, the new file a rotation puts at the path, with this file's mode (and owner
     /// and group where permitted), as [`replace`](Self::replace) gives its new file.
+    /// A link (or anything but a regular file) at `next` is refused: a claim would follow it,
+    /// empty its target and give it this file's mode and owner.
     fn claim_next(&self, next: &Path) -> Result<Claimed, OutFileError> {
+        if std::fs::symlink_metadata(next).is_ok_and(|m| !m.is_file()) {
+            let why = "it is there and not a regular file (a link is never written through)";
+            return Err(io(&self.flag, next)(std::io::Error::other(why)));
+        }
         let fresh = Claimed::claim(&self.flag, next)?;
         let kept = same_owner_and_mode(&self.file(), &fresh.file());
         kept.map_err(|e| {
@@ -1068,6 +1074,29 @@ mod tests {
             assert_eq!((before.1, before.2), (4321, 8765));
         }
         drop(fresh);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A rotation whose `.NAME.next` is a link (another user's, in a shared folder) is refused:
+    /// the link's target is left as it was. Before, the rotation claimed the target through the
+    /// link: emptied it, gave it FILE's mode (and, as root, owner) and went on writing into it.
+    #[test]
+    fn a_rotation_never_writes_through_a_link_at_its_next_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = dir("next-link");
+        let (path, next, target) = (d.join("r.hlog"), d.join(".r.hlog.next"), d.join("precious"));
+        std::fs::write(&target, b"precious").expect("write");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = Claimed::claim("--hlog", &path).expect("claim");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::os::unix::fs::symlink(&target, &next).expect("a link where the new file goes");
+        let err = c.rotate(&closed_name(&path, 1_000_000_000)).expect_err("refused");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(std::fs::read(&target).expect("read"), b"precious");
+        let mode = std::fs::metadata(&target).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "its mode");
+        assert!(std::fs::symlink_metadata(&path).expect("meta").is_file(), "FILE is still the run's file");
+        drop(c);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -486,7 +486,9 @@ impl Collector {
     }
 
     fn write_error(&mut self, e: impl std::fmt::Display) {
-        if self.total.write_errors == 0 {
+        // The first of these, not the first failed write: a failed `--hgrm` rewrite, counted
+        // before, is said on its own and may be made good ([`Collector::hgrm_so_far`]).
+        if self.total.first_write_error.is_none() {
             if !self.outputs.quiet_write_errors {
                 crate::diag!("metrics: {e} (further write errors are counted, not shown)");
             }
@@ -768,6 +770,38 @@ mod tests {
             assert_eq!(total_in(&path), Some("2".to_string()), "the whole run at the close");
             assert_eq!(c.into_collected().write_errors, 0);
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A failed `--hgrm` rewrite (counted first) does not take the place of the first failed write
+    /// of another file: the `--hlog` error that follows is the run's `metrics_write_error` (and
+    /// said on stderr), and only the rewrite is made good by the final write. Before, the
+    /// rewrite's count silenced the `--hlog` error: the run exited 1 with no cause kept.
+    #[test]
+    fn a_failed_hgrm_rewrite_does_not_hide_another_files_first_error() {
+        let d = crate::test_dir("collector-hgrm-hides");
+        let path = d.join("h.hgrm");
+        let hgrm = Claimed::claim("--hgrm", &path).expect("claim");
+        // FILE made a folder mid-run: the rewrite's rename over it fails.
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::create_dir(&path).expect("a folder at FILE");
+        let (tx, rx) = crossbeam::channel::bounded(4);
+        let outputs = CollectorOutputs { hgrm: Some(hgrm), ..Default::default() };
+        let interval = Arc::new(AtomicU64::new(0));
+        let mut c = Collector::new(rx, Vec::new(), 1, interval, SharedLatency::default(), outputs);
+        let mut stages = shard_sets(1);
+        stages[0].record(1_000, 10, 2_000);
+        tx.send(WorkerReport { worker: 0, stages, handler_counters: Vec::new(), handler_summary: Vec::new() })
+            .expect("send");
+        c.do_work().expect("a step");
+        assert_eq!(c.total.write_errors, 1, "the rewrite failed");
+        c.hlog_note(Note::Error("x.hlog: disk full".into()));
+        std::fs::remove_dir(&path).expect("FILE a file's place again");
+        drop(tx);
+        c.on_close();
+        let total = c.into_collected();
+        assert_eq!(total.first_write_error.as_deref(), Some("x.hlog: disk full"));
+        assert_eq!((total.write_errors, total.write_errors_made_good, total.files_incomplete()), (2, 1, 1));
         let _ = std::fs::remove_dir_all(&d);
     }
 
