@@ -1979,22 +1979,28 @@ mod tests {
         }
     }
 
+    /// A trial of one run at `offered` that achieved it, lost nothing and passed, its `q`
+    /// quantile 5 µs.
+    fn passed(offered: u64, q: f64) -> TrialSummary {
+        TrialSummary {
+            offered,
+            achieved: offered as f64,
+            lost: Some(0),
+            gaps: 0,
+            latency_ns: vec![(q, 5000)],
+            spread_ns: vec![(q, 5000, 5000)],
+            runs: 1,
+            verdict: Verdict::Pass,
+        }
+    }
+
     /// A `|` in a configuration's name (a profile may be named so) ended its cell of summary.md's
-    /// tables, and the row had a column more than its header: it is escaped, `a\|b`.
+    /// tables, and the row had a column more than its header: it is written as a character
+    /// reference, `a&#124;b`.
     #[test]
     fn a_bar_in_a_configuration_name_keeps_summary_md_s_tables_whole() {
         let mut c = standing("a|b\\|c&#124;", Ending::Confirmed, (Some(8000), None), (Some(8200), Some(8200)), true, 1);
-        let summary = TrialSummary {
-            offered: 8000,
-            achieved: 8000.0,
-            lost: Some(0),
-            gaps: 0,
-            latency_ns: vec![(0.5, 5000)],
-            spread_ns: vec![(0.5, 5000, 5000)],
-            runs: 1,
-            verdict: Verdict::Pass,
-        };
-        c.trials = vec![TrialRecord { purpose: Purpose::Bracket, summary, files: Vec::new() }];
+        c.trials = vec![TrialRecord { purpose: Purpose::Bracket, summary: passed(8000, 0.5), files: Vec::new() }];
         let md = summary_md(&result_of(&[c], None, None));
         // The cells of a row: split at each `|`.
         let cells = |row: &str| row.matches('|').count();
@@ -2012,20 +2018,8 @@ mod tests {
     /// or above it dropped it: said too. A taken configuration and one without it: nothing.
     #[test]
     fn summary_md_says_why_a_carried_on_search_never_offered_its_known_failure() {
-        let pass = |offered: u64| TrialRecord {
-            purpose: Purpose::Bisect,
-            summary: TrialSummary {
-                offered,
-                achieved: offered as f64,
-                lost: Some(0),
-                gaps: 0,
-                latency_ns: vec![(0.5, 5000)],
-                spread_ns: vec![(0.5, 5000, 5000)],
-                runs: 1,
-                verdict: Verdict::Pass,
-            },
-            files: Vec::new(),
-        };
+        let pass =
+            |offered: u64| TrialRecord { purpose: Purpose::Bisect, summary: passed(offered, 0.5), files: Vec::new() };
         let mut a = standing("a", Ending::Confirmed, (Some(3000), None), (Some(4000), Some(4000)), true, 1);
         a.trials = vec![pass(3000)];
         let mut b = standing("b", Ending::Confirmed, (Some(9000), None), (Some(9500), Some(9500)), true, 1);
@@ -2093,16 +2087,7 @@ mod tests {
             "summary.md, summary.json, capacity.svg; no trial finished, so no .hlog/.hgrm"
         );
         let files = run_files("a", "0123abcd", 1000, 1).to_vec();
-        let summary = TrialSummary {
-            offered: 1000,
-            achieved: 1000.0,
-            lost: Some(0),
-            gaps: 0,
-            latency_ns: Vec::new(),
-            spread_ns: Vec::new(),
-            runs: 2,
-            verdict: Verdict::Pass,
-        };
+        let summary = TrialSummary { latency_ns: Vec::new(), spread_ns: Vec::new(), runs: 2, ..passed(1000, 0.5) };
         c.trials = vec![TrialRecord { purpose: Purpose::Bracket, summary, files }; 3];
         assert_eq!(
             folder_contents(&result(&c, Some(PathBuf::from("out/winner.toml")))),
@@ -2212,16 +2197,7 @@ mod tests {
         for f in files.iter().filter(|f| !f.contains('/')) {
             std::fs::write(dir.join(f), "x").expect("a trial file");
         }
-        let summary = TrialSummary {
-            offered: 1000,
-            achieved: 1000.0,
-            lost: Some(0),
-            gaps: 0,
-            latency_ns: vec![(0.99, 5000)],
-            spread_ns: vec![(0.99, 5000, 5000)],
-            runs: 1,
-            verdict: Verdict::Pass,
-        };
+        let summary = passed(1000, 0.99);
         let outcome = Outcome {
             knee: Some(1000),
             at_least: None,
