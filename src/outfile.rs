@@ -534,7 +534,7 @@ fn names(path: &Path, file: &File) -> bool {
 }
 
 /// The process that holds `file`'s `flock` lock, as `process PID (COMMAND)`, found in
-/// `/proc/locks` (`None` where that cannot be read or has no such lock: another mount
+/// `/proc/locks` (`None` where that cannot be read or has no such lock: another pid
 /// namespace's process, or one that released it meanwhile).
 fn lock_holder(file: &File) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
@@ -552,7 +552,8 @@ fn lock_holder(file: &File) -> Option<String> {
         let hex = |s: Option<&str>| s.and_then(|s| u64::from_str_radix(s, 16).ok());
         let ino: Option<u64> = id.next_back().and_then(|s| s.parse().ok());
         let at = (hex(id.next()), hex(id.next()), ino) == (Some(major), Some(minor), Some(m.ino()));
-        at.then(|| fields[4].parse::<u32>().ok()).flatten()
+        // 0: a process this one's pid namespace does not see.
+        at.then(|| fields[4].parse::<u32>().ok().filter(|&pid| pid > 0)).flatten()
     })?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     Some(match comm.trim() {
