@@ -33,6 +33,17 @@ pub enum OutFileError {
     /// Another process holds the file's lock: it is writing the file now.
     #[error("{flag} {}: another process is writing this file (it holds the file's lock); give another path or let that run end", path.display())]
     Busy { flag: String, path: PathBuf },
+    /// Another process holds the lock of `.NAME.next` beside FILE: it is writing the new file a
+    /// rewrite or rotation of FILE renames over it (another run, mid-rewrite of FILE). This run
+    /// does not take that file from it.
+    #[error(
+        "{flag} {}: {} holds the lock of {}, the new file a rewrite or rotation of this file writes (another run \
+         is replacing this file now); let that run end (or end it), then start this one again, or give another path",
+        path.display(),
+        holder.as_deref().unwrap_or("another process"),
+        next.display()
+    )]
+    NextBusy { flag: String, path: PathBuf, next: PathBuf, holder: Option<String> },
     /// Two outputs of one run name the same file.
     #[error("{first} and {second} both name {}: give each its own file", path.display())]
     Same { first: String, second: String, path: PathBuf },
@@ -190,8 +201,9 @@ impl Claimed {
     /// ([`Closing::Renamed`]): the new file is claimed first, then this file is renamed to
     /// `closed` and the new one to the path. Nothing written is lost (this claim's handle goes on
     /// naming the same file, now `closed`), but the path names no file between the two renames;
-    /// a file another run made there in that moment is not replaced: this claim then stays as it
-    /// was, its file under `closed`, and the error says so.
+    /// a file another run made there in that moment is not replaced (neither rename ever
+    /// replaces: `renameat2(RENAME_NOREPLACE)`, or an `O_EXCL` placeholder renamed over): this
+    /// claim then stays as it was, its file under `closed`, and the error says so.
     pub fn rotate(&self, closed: &Path) -> Result<(Claimed, Closing), OutFileError> {
         let linked = match hard_link(&self.path, closed) {
             Ok(()) => true,
@@ -255,22 +267,35 @@ impl Claimed {
         next_path_of(&self.path)
     }
 
-    /// Claim `next`, the new file a rotation puts at the path, with this file's mode (and owner
-    /// and group where permitted), as [`replace`](Self::replace) gives its new file.
-    /// A link (or anything but a regular file) at `next` is refused: a claim would follow it,
-    /// empty its target and give it this file's mode and owner.
+    /// Claim `next`, the new file a rotation puts at the path, with this file's mode bits (and
+    /// owner and group where permitted), as [`replace`](Self::replace) gives its new file: one
+    /// open that never follows a link ([`open_next`]), the file opened then judged (a regular
+    /// file, locked, still at `next`) and emptied. A link (or anything but a regular file) at
+    /// `next` is refused, its target untouched; one another process holds locked is
+    /// [`OutFileError::NextBusy`], naming that process.
     fn claim_next(&self, next: &Path) -> Result<Claimed, OutFileError> {
-        if std::fs::symlink_metadata(next).is_ok_and(|m| !m.is_file()) {
-            let why = "it is there and not a regular file (a link is never written through)";
-            return Err(io(&self.flag, next)(std::io::Error::other(why)));
-        }
-        let fresh = Claimed::claim(&self.flag, next)?;
-        let kept = same_owner_and_mode(&self.file(), &fresh.file());
+        let file = open_next(next).map_err(|e| match e {
+            NextError::Busy(holder) => OutFileError::NextBusy {
+                flag: self.flag.clone(),
+                path: self.path.clone(),
+                next: next.to_path_buf(),
+                holder,
+            },
+            e => io(&self.flag, next)(e.into()),
+        })?;
+        let kept = file.set_len(0).and_then(|()| same_owner_and_mode(&self.file(), &file));
         kept.map_err(|e| {
-            let _ = std::fs::remove_file(next);
+            if names(next, &file) {
+                let _ = std::fs::remove_file(next);
+            }
             io(&self.flag, next)(e)
         })?;
-        Ok(fresh)
+        Ok(Claimed {
+            flag: self.flag.clone(),
+            path: next.to_path_buf(),
+            file: Arc::new(Mutex::new(file)),
+            regular: true,
+        })
     }
 
     /// Remove the `.NAME.next` a run left beside this file when it ended during a rewrite or a
@@ -291,11 +316,7 @@ impl Claimed {
         }
         // Still the file locked (not one another run renamed there meanwhile), then removed
         // under its lock.
-        let same = |m: std::fs::Metadata| {
-            use std::os::unix::fs::MetadataExt as _;
-            f.metadata().is_ok_and(|o| (o.dev(), o.ino()) == (m.dev(), m.ino()))
-        };
-        if !std::fs::symlink_metadata(&next).is_ok_and(same) {
+        if !names(&next, &f) {
             return;
         }
         match std::fs::remove_file(&next) {
@@ -353,8 +374,9 @@ impl Claimed {
     /// holds the new file and its lock. The path names a locked file throughout: a run given it
     /// between the rename and the old file's release finds, once it has the old file's lock,
     /// that the path names another file, and is refused ([`Locked::check_named`]). The new file
-    /// takes the replaced file's mode, and its owner and group where this process may give them
-    /// (root: always; another user: a group it is in), so a file an operator opened to a
+    /// takes the replaced file's permission bits (`0777`), and its owner and group where this
+    /// process may give them (root: always; another user: a group it is in), so a file an
+    /// operator opened to a
     /// dashboard's user stays open to it. It is synced (`fsync`) before the rename and its folder
     /// after ([`ReplaceError::Sync`] when only that failed), so a power loss leaves the old
     /// content or the new, as a kill does.
@@ -366,26 +388,9 @@ impl Claimed {
         }
         let temp = self.next_path();
         let made = |source| ReplaceError::Temp { temp: temp.clone(), source };
-        // Not followed if a link, never waited on if a FIFO: a regular file this run made or
-        // one a killed run left (emptied here).
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let fresh = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&temp)
-            .map_err(made)?;
-        if !fresh.metadata().map_err(made)?.is_file() {
-            return Err(made(std::io::Error::other("it is not a regular file")));
-        }
-        match fresh.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(made(std::io::Error::other("another process holds its lock")))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(made(e)),
-        }
+        // A regular file this run made or one a killed run left (emptied here); never a link's
+        // target.
+        let fresh = open_next(&temp).map_err(|e| made(e.into()))?;
         let written = fresh
             .set_len(0)
             .and_then(|()| same_owner_and_mode(&self.file(), &fresh))
@@ -435,8 +440,130 @@ fn no_hard_links(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK | libc::EXDEV | libc::ENOSYS))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to make `renameat2(RENAME_NOREPLACE)` fail with `EINVAL`, as on a file
+    /// system that does not take the flag (some FUSE mounts).
+    pub(crate) static NO_RENAME_NOREPLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Tests set this to act as another process would in a window (see [`window`]).
+    pub(crate) static WINDOW: std::cell::RefCell<Option<WindowHook>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What a test does in a [`window`], given the path.
+#[cfg(test)]
+pub(crate) type WindowHook = Box<dyn FnMut(&Path)>;
+
+/// A window another process may act in: just before the one call on `path` that must neither
+/// follow a link nor replace a file made there. Tests run [`WINDOW`] here; nothing otherwise.
+fn window(path: &Path) {
+    #[cfg(test)]
+    {
+        let hook = WINDOW.with(|w| w.borrow_mut().take());
+        if let Some(mut hook) = hook {
+            hook(path);
+            WINDOW.with(|w| *w.borrow_mut() = Some(hook));
+        }
+    }
+    let _ = path;
+}
+
+/// Why [`open_next`] did not open a `.NAME.next`.
+#[derive(Debug, thiserror::Error)]
+enum NextError {
+    /// A link, FIFO, device or folder is there: never written through.
+    #[error("it is there and not a regular file (a link is never written through)")]
+    NotRegular,
+    /// Another process holds its lock (it is writing it): that process, when found.
+    #[error("{} holds its lock", .0.as_deref().unwrap_or("another process"))]
+    Busy(Option<String>),
+    /// The file was put there by another process between this open and this lock.
+    #[error("it was replaced while it was being opened")]
+    Replaced,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<NextError> for std::io::Error {
+    fn from(e: NextError) -> Self {
+        match e {
+            NextError::Io(e) => e,
+            e => std::io::Error::other(e.to_string()),
+        }
+    }
+}
+
+/// Open `next`, the new file beside an output (`.NAME.next`), in one `open(2)` that never
+/// follows a link (`O_NOFOLLOW`: a link there is `ELOOP`) nor waits on a FIFO (`O_NONBLOCK`),
+/// creating it if missing and not truncating it; then judge what was opened, not the name: a
+/// regular file (`fstat`), locked by this process, still named `next`. A check of the name
+/// before an open that follows links would let a link made between the two be written through.
+fn open_next(next: &Path) -> Result<File, NextError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    window(next);
+    let opened = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(next);
+    let file = match opened {
+        Ok(f) => f,
+        // A link (O_NOFOLLOW), or a FIFO with no reader.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => return Err(NextError::NotRegular),
+        Err(e) => return Err(e.into()),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(NextError::NotRegular);
+    }
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(NextError::Busy(lock_holder(&file))),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    if !names(next, &file) {
+        return Err(NextError::Replaced);
+    }
+    Ok(file)
+}
+
+/// Whether `path` names `file` itself (not following a link at `path`).
+fn names(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let same = |m: std::fs::Metadata| file.metadata().is_ok_and(|o| (o.dev(), o.ino()) == (m.dev(), m.ino()));
+    std::fs::symlink_metadata(path).is_ok_and(same)
+}
+
+/// The process that holds `file`'s `flock` lock, as `process PID (COMMAND)`, found in
+/// `/proc/locks` (`None` where that cannot be read or has no such lock: another pid
+/// namespace's process, or one that released it meanwhile).
+fn lock_holder(file: &File) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = file.metadata().ok()?;
+    let (major, minor) = (u64::from(libc::major(m.dev())), u64::from(libc::minor(m.dev())));
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid = locks.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 31251 fe:00:5448651 0 EOF`; a waiter's line has `->`
+        // before FLOCK.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let mut id = fields.get(5)?.split(':');
+        let hex = |s: Option<&str>| s.and_then(|s| u64::from_str_radix(s, 16).ok());
+        let ino: Option<u64> = id.next_back().and_then(|s| s.parse().ok());
+        let at = (hex(id.next()), hex(id.next()), ino) == (Some(major), Some(minor), Some(m.ino()));
+        // 0: a process this one's pid namespace does not see.
+        at.then(|| fields[4].parse::<u32>().ok().filter(|&pid| pid > 0)).flatten()
+    })?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    Some(match comm.trim() {
+        "" => format!("process {pid}"),
+        comm => format!("process {pid} ({comm})"),
+    })
+}
+
 /// Rename `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; `EEXIST` if it
-/// does). Where the file system does not take that flag, `to` is looked at first, then renamed.
+/// does). Where the file system does not take that flag, [`rename_over_placeholder`].
 fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = |p: &Path| {
@@ -444,6 +571,10 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in the path"))
     };
     let (f, t) = (c(from)?, c(to)?);
+    #[cfg(test)]
+    if NO_RENAME_NOREPLACE.with(std::cell::Cell::get) {
+        return rename_over_placeholder(from, to);
+    }
     // SAFETY: two NUL-terminated paths that live across the call.
     let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
     if r == 0 {
@@ -451,14 +582,33 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     let e = std::io::Error::last_os_error();
     match e.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS) => {
-            if std::fs::symlink_metadata(to).is_ok() {
-                return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
-            }
-            std::fs::rename(from, to)
-        }
+        Some(libc::EINVAL | libc::ENOSYS) => rename_over_placeholder(from, to),
         _ => Err(e),
     }
+}
+
+/// Rename `from` to `to` where `renameat2(RENAME_NOREPLACE)` is not taken, never replacing a
+/// file another process puts at `to`: `to` is made first, empty, by `O_CREAT | O_EXCL` (which
+/// never opens a file or link already there: `EEXIST`) and locked, then `from` is renamed over
+/// that placeholder. A run that opened the placeholder and took its lock first keeps it
+/// (`EEXIST`); one that opens it later finds it locked and is refused, so the rename only ever
+/// replaces this empty file. (Looking at `to` and then renaming, as before, replaced a file made
+/// between the look and the rename: between a rotation's two renames, another run's new FILE.)
+fn rename_over_placeholder(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let exists = || std::io::Error::from_raw_os_error(libc::EEXIST);
+    window(to);
+    let placeholder = OpenOptions::new().write(true).create_new(true).mode(0o600).open(to)?;
+    window(to);
+    if placeholder.try_lock().is_err() || !names(to, &placeholder) {
+        // Another process took it between its making and this lock: its file now.
+        return Err(exists());
+    }
+    std::fs::rename(from, to).inspect_err(|_| {
+        if names(to, &placeholder) {
+            let _ = std::fs::remove_file(to);
+        }
+    })
 }
 
 /// Clear `O_NONBLOCK` on `file` (a FIFO or a device opened non-blocking): the run's writes
@@ -555,10 +705,12 @@ fn next_path_of(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.next"))
 }
 
-/// Give `fresh` (a new file that replaces `old` at its path) `old`'s permission bits, and its
-/// owner and group where this process may: root gives any; another user keeps its own uid and
-/// gives the group when it is in it. An owner or group it may not give is left as made (the
-/// run's), not an error: the file is still written, and its mode still kept.
+/// Give `fresh` (a new file that replaces `old` at its path) `old`'s permission bits (`0777`:
+/// not setuid, setgid or sticky, which mean nothing on an output and would only carry a mistake
+/// on; docs/COMMANDS.md and `--help` say so), and its owner and group where this process may:
+/// root gives any; another user keeps its own uid and gives the group when it is in it. An
+/// owner or group it may not give is left as made (the run's), not an error: the file is still
+/// written, and its permission bits still kept.
 fn same_owner_and_mode(old: &File, fresh: &File) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let (was, is) = (old.metadata()?, fresh.metadata()?);
@@ -743,6 +895,8 @@ impl Judged {
         let closed = closed_name(&path, start_ns);
         let (claimed, _) = self.locked.keep_as(&closed).map_err(|e| match e {
             OutFileError::Io { source, .. } => keep_error(named, &closed, &source),
+            // Said as it is: what to do is not to move a file away.
+            e @ OutFileError::NextBusy { .. } => KeepError::File(e),
             e => keep_error(named, &closed, &e),
         })?;
         let said = format!(
@@ -1097,6 +1251,164 @@ mod tests {
         assert_eq!(mode, 0o600, "its mode");
         assert!(std::fs::symlink_metadata(&path).expect("meta").is_file(), "FILE is still the run's file");
         drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Run `hook` as another process would act in each [`window`] of what `f` does, then clear it.
+    fn in_windows<T>(hook: impl FnMut(&Path) + 'static, f: impl FnOnce() -> T) -> T {
+        WINDOW.with(|w| *w.borrow_mut() = Some(Box::new(hook)));
+        let r = f();
+        WINDOW.with(|w| *w.borrow_mut() = None);
+        r
+    }
+
+    /// A link another user makes at `.NAME.next` just before the rotation opens it is not
+    /// followed: the one open refuses it (`O_NOFOLLOW`), its target keeps its content and mode,
+    /// FILE stays the run's and nothing is left at the closed name. Before, the rotation looked
+    /// at `.NAME.next` (nothing there), then opened it following the link made meanwhile: it
+    /// emptied the target, gave it FILE's mode and wrote into it.
+    #[test]
+    fn a_link_made_at_the_next_file_just_before_its_open_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = dir("next-window");
+        let (path, next, target) = (d.join("w.hlog"), d.join(".w.hlog.next"), d.join("precious"));
+        std::fs::write(&target, b"precious").expect("write");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = Claimed::claim("--hlog", &path).expect("claim");
+        c.rewrite().and_then(|mut f| f.write_all(b"this run")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let closed = closed_name(&path, 1_000_000_000);
+        let (n, t) = (next.clone(), target.clone());
+        let link = move |p: &Path| {
+            if p == n && std::fs::symlink_metadata(&n).is_err() {
+                std::os::unix::fs::symlink(&t, &n).expect("a link made in the window");
+            }
+        };
+        let err = in_windows(link, || c.rotate(&closed)).expect_err("refused");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(std::fs::read(&target).expect("read"), b"precious", "the link's target as it was");
+        let mode = std::fs::metadata(&target).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "its mode");
+        assert!(std::fs::symlink_metadata(&next).expect("meta").file_type().is_symlink(), "not ours: left");
+        assert_eq!(std::fs::read(&path).expect("FILE"), b"this run", "FILE still the run's");
+        assert!(!closed.exists(), "the closed name's link removed");
+        // A rewrite (--hgrm) does the same one open.
+        let err = c.replace(|mut f| f.write_all(b"spectrum")).expect_err("refused");
+        assert!(matches!(err, ReplaceError::Temp { .. }) && err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(std::fs::read(&target).expect("read"), b"precious");
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Where the file system has neither hard links nor `RENAME_NOREPLACE`, a FILE another run
+    /// makes between a rotation's two renames is kept, and so is one that takes the placeholder
+    /// the second rename goes over: the rotation is refused, what this run wrote is under the
+    /// closed name, said. Before, the second rename looked for FILE, then renamed over it: a FILE
+    /// made between the look and the rename was replaced (lost; its run wrote an unlinked file).
+    #[test]
+    fn without_links_or_noreplace_a_file_made_between_a_rotations_renames_is_kept() {
+        let d = dir("renames-window");
+        let (path, next) = (d.join("r.hlog"), d.join(".r.hlog.next"));
+        NO_HARD_LINKS.with(|n| n.set(true));
+        NO_RENAME_NOREPLACE.with(|n| n.set(true));
+        let c = Claimed::claim("--hlog", &path).expect("claim");
+        c.rewrite().and_then(|mut f| f.write_all(b"this run")).expect("write");
+        // Unhindered, the placeholder way rotates.
+        let first = closed_name(&path, 1_000_000_000);
+        let (c, how) = c.rotate(&first).expect("rotated");
+        assert_eq!((how, std::fs::read(&first).expect("closed")), (Closing::Renamed, b"this run".to_vec()));
+        assert!(Claimed::claim("--hlog", &path).is_err(), "the new FILE is locked");
+        c.rewrite().and_then(|mut f| f.write_all(b"this run")).expect("write");
+        // Another run makes FILE while it is missing (between the two renames).
+        let p = path.clone();
+        let make = move |at: &Path| {
+            if at == p && !p.exists() {
+                std::fs::write(&p, b"another run's").expect("another run's FILE");
+            }
+        };
+        let closed = closed_name(&path, 2_000_000_000);
+        let err = in_windows(make, || c.rotate(&closed)).expect_err("refused");
+        assert!(err.to_string().contains(&format!("what this run wrote is in {}", closed.display())), "{err}");
+        assert_eq!(std::fs::read(&path).expect("FILE"), b"another run's", "kept, not replaced");
+        assert_eq!(std::fs::read(&closed).expect("closed"), b"this run", "nothing written lost");
+        assert!(!next.exists(), "nothing left half-made");
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::rename(&closed, &path).expect("put back");
+        // Another run opens the placeholder at FILE and takes its lock first: its file now.
+        let (p, theirs) = (path.clone(), std::rc::Rc::new(std::cell::RefCell::new(None)));
+        let held = theirs.clone();
+        let take = move |at: &Path| {
+            if at == p && p.exists() && held.borrow().is_none() {
+                let f = File::options().write(true).open(&p).expect("open the placeholder");
+                f.try_lock().expect("its lock, first");
+                *held.borrow_mut() = Some(f);
+            }
+        };
+        let closed = closed_name(&path, 3_000_000_000);
+        let err = in_windows(take, || c.rotate(&closed)).expect_err("refused");
+        assert!(err.to_string().contains("what this run wrote is in"), "{err}");
+        let theirs = theirs.borrow_mut().take().expect("taken");
+        assert!(names(&path, &theirs), "FILE is the other run's file, not replaced");
+        assert_eq!(std::fs::read(&closed).expect("closed"), b"this run");
+        NO_HARD_LINKS.with(|n| n.set(false));
+        NO_RENAME_NOREPLACE.with(|n| n.set(false));
+        drop((c, theirs));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A live process holding `.NAME.next`'s lock (another run mid-rewrite or mid-rotation of
+    /// FILE) makes keeping an earlier FILE refused, all left as it was, and the refusal names
+    /// the process and what to do. Before, it said `--hlog .NAME.next: another process is
+    /// writing this file`, wrapped in "keeping ... as CLOSED: ...; move that file or this one
+    /// away", which names neither the process nor the way out.
+    #[test]
+    fn a_next_file_a_live_process_holds_refuses_the_keep_and_names_the_process() {
+        let d = dir("next-busy");
+        let (path, next) = (d.join("b.hlog"), d.join(".b.hlog.next"));
+        std::fs::write(&path, b"an earlier run's").expect("write");
+        std::fs::write(&next, b"another run's new file").expect("write");
+        let live = File::options().write(true).open(&next).expect("open");
+        live.try_lock().expect("the other run's lock");
+        let locked = lock_all(&[("--hlog", &path)]).expect("locked").remove(0);
+        let e = claim_keeping(locked, "a log", |_, _| Ok(Earlier::Keep(Some(1_000_000_000)))).expect_err("refused");
+        let me = std::fs::read_to_string("/proc/self/comm").expect("comm");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--hlog {}: process {} ({}) holds the lock of {}, the new file a rewrite or rotation of this file \
+                 writes (another run is replacing this file now); let that run end (or end it), then start this one \
+                 again, or give another path",
+                path.display(),
+                std::process::id(),
+                me.trim(),
+                next.display()
+            )
+        );
+        assert_eq!(std::fs::read(&path).expect("FILE"), b"an earlier run's", "FILE as it was");
+        assert_eq!(std::fs::read(&next).expect("next"), b"another run's new file", "theirs as it was");
+        assert!(!closed_name(&path, 1_000_000_000).exists(), "nothing kept half-way");
+        drop(live);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A rewrite's and a rotation's new file keeps FILE's permission bits (`0777`) and not its
+    /// setuid, setgid or sticky bits, as docs/COMMANDS.md and `--help` say: those mean nothing
+    /// on a metrics file but that an operator's mistake is carried on.
+    #[test]
+    fn a_new_file_keeps_the_permission_bits_and_not_setuid_setgid_or_sticky() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = dir("mode-bits");
+        let path = d.join("b.hgrm");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o7777;
+        let c = Claimed::claim("--hgrm", &path).expect("claim");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o7640)).expect("chmod");
+        assert_eq!(mode(&path), 0o7640, "set (as root, or its owner in its group)");
+        c.replace(|mut f| f.write_all(b"spectrum\n")).expect("replaced");
+        assert_eq!(mode(&path), 0o640, "the rewritten file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o6604)).expect("chmod");
+        let (fresh, _) = c.rotate(&closed_name(&path, 1_000_000_000)).expect("rotated");
+        assert_eq!(mode(&path), 0o604, "a rotation's new file");
+        drop((c, fresh));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -434,7 +434,9 @@ pub struct OutputArgs {
     /// (run.hlog: run.20261206T170000.002Z.hlog), a whole interval log with
     /// its own header; no interval is split. FILE stays locked throughout. On a
     /// file system without hard links (vfat) FILE is renamed to the closed
-    /// name, then the new file to FILE: missing for a moment (said once).
+    /// name, then the new file to FILE: missing for a moment (said once),
+    /// neither rename replacing a file. The new FILE keeps FILE's permission
+    /// bits (0777), and its owner and group where the run may give them.
     #[arg(long, requires = "hlog", value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub hlog_rotate_every: Option<Duration>,
     /// Close the --hlog FILE, as --hlog-rotate-every does, as the first
@@ -453,7 +455,9 @@ pub struct OutputArgs {
     /// with kill -9 leaves FILE whole. An earlier run's spectrum in FILE is kept,
     /// not written over: closed under FILE's name stamped with the file's time
     /// (run.20261206T170000.002Z.hgrm), and said; a FILE that is not a
-    /// spectrum is refused and left as it was.
+    /// spectrum is refused and left as it was. Each new file keeps FILE's
+    /// permission bits (0777: not setuid, setgid or sticky), and its owner and
+    /// group where the run may give them.
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT
