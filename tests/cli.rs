@@ -1545,6 +1545,21 @@ fn clone_client_takes_its_options_before_or_after_the_action() {
         (&["clone-client", "--timeout", "1s", "dump", "--timeout", "2s"], "--timeout given both before `dump`"),
         (&["clone-client", "get", "/k", "--curve-key", "/no/such.key"], "--curve-key needs --server-key"),
     ]);
+    // Both or neither, as every help that lists them says (cli33's global flags lost clap's
+    // `requires`, and with it the help's only word of it).
+    for args in [&["clone-client", "get"][..], &["clone-client"], &["engine"]] {
+        let help = help_of(args);
+        for (flag, other) in [("--curve-key", "--server-key"), ("--server-key", "--curve-key")] {
+            let text = help.split(&format!("      {flag} <FILE>")).nth(1).and_then(|t| t.split("\n\n").next());
+            let said = format!("Both {flag} and {other}, or neither (one alone is refused, exit 2)");
+            assert!(
+                text.is_some_and(|t| t.split_whitespace().collect::<Vec<_>>().join(" ").contains(&said)),
+                "{args:?}: {help}"
+            );
+        }
+    }
+    let (code, _, err) = run(&["--server-key", "/no/such.pub", "get", "/k"]);
+    assert_eq!(code, Some(2), "one alone is refused: {err}");
     // A CURVE pair split across the action is one pair (clap's `requires` refused it): the
     // files are then read, and a missing one named.
     let (code, _, err) = run(&["--curve-key", "/no/such.key", "get", "/k", "--server-key", "/no/such.pub"]);

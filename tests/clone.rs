@@ -373,12 +373,13 @@ fn malformed_input_is_counted_and_answered_with_nothing() {
 
 /// An independent primary written from the guide (Binary Star heartbeats as the state digit,
 /// CHP snapshot on a ROUTER) that answers the backup's snapshot request like clonesrv6 does: a
-/// client's `ttl` stored as an absolute deadline in ms since the epoch. It heartbeats ACTIVE
-/// until `stop` is set, then goes silent (dies).
+/// client's `ttl` stored as an absolute deadline in ms since the epoch (with `entries` None it
+/// takes the request and never answers). It heartbeats ACTIVE until `stop` is set, then goes
+/// silent (dies).
 fn reference_primary(
     pp: u16,
     bp: u16,
-    entries: Vec<Vec<Vec<u8>>>,
+    entries: Option<Vec<Vec<Vec<u8>>>>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
@@ -414,7 +415,9 @@ fn reference_primary(
             if f.len() != 3 || f[1] != b"ICANHAZ?" {
                 continue;
             }
-            for e in &entries {
+            served += 1;
+            let Some(entries) = &entries else { continue };
+            for e in entries {
                 let mut m = vec![f[0].clone()];
                 m.extend(e.iter().cloned());
                 router.send_multipart(m, 0).expect("kvsync");
@@ -422,10 +425,30 @@ fn reference_primary(
             let mut m = vec![f[0].clone()];
             m.extend(chp_frames(b"KTHXBAI", 3, b"", b"", &f[2]));
             router.send_multipart(m, 0).expect("kthxbai");
-            served += 1;
         }
         served
     })
+}
+
+/// `--quiet` silences progress only: a passive backup whose active peer takes its snapshot
+/// request and never answers says so (and asks again), quiet or not. Before, `--quiet` hid it
+/// with the progress lines: the backup stayed out of step without a word.
+#[test]
+fn a_quiet_backup_says_its_active_peer_sent_no_snapshot() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let prim = reference_primary(pp, bp, None, stop.clone());
+    let peer = ep(pp);
+    let (back, said) = server_said("backup", bp, &["--backup", "--peer", &peer, "--heartbeat-interval", "200ms"]);
+    // Its request waits 3 s for an answer.
+    let l = wait_line(&said, Duration::from_secs(20), "the no-snapshot line", |l| l.contains("no snapshot"));
+    let want = "clone-server: passive: the active peer sent no snapshot within 3s, asking again: this server is not \
+                in step with it until one comes";
+    assert_eq!(l, want);
+    drop(back);
+    stop.store(true, Ordering::Relaxed);
+    assert!(prim.join().expect("reference primary") >= 1, "the backup asked for a snapshot");
 }
 
 #[test]
@@ -440,7 +463,7 @@ fn a_peer_snapshot_entry_in_the_reference_absolute_ttl_form_survives_failover() 
         chp_frames(b"/ref/bad", 3, b"", b"ttl=whenever\n", b"lost"),
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let prim = reference_primary(pp, bp, entries, stop.clone());
+    let prim = reference_primary(pp, bp, Some(entries), stop.clone());
     let peer = ep(pp);
     let (_back, said) = server_said("backup", bp, &["--backup", "--peer", &peer, "--heartbeat-interval", "200ms"]);
     wait_until(Duration::from_secs(10), "the backup to sync from the reference primary", || {

@@ -76,8 +76,10 @@ pub struct ServerArgs {
     // --curve-key file (each is the other's client): said in the after-help.
     #[command(flatten)]
     pub access: ServerAccessArgs,
-    /// Print no lines but refusals (counted, the first of each reason at once): no `ready on`
-    /// line, state changes, re-syncs, publish failures or `stopped` line.
+    /// Print no progress: no `ready on` line, state changes, re-syncs, snapshots written or
+    /// `stopped` line. Errors are still said: refusals (counted, the first of each reason at
+    /// once), updates that could not be published, a peer snapshot that did not come, the data
+    /// directory's failures.
     #[arg(long, short)]
     pub quiet: bool,
 }

@@ -97,9 +97,11 @@ impl ServerAccessArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct ClientKeyArgs {
     /// For servers that demand CURVE: this client's secret key file (`mdsub keygen`'s NAME.key).
+    /// Both --curve-key and --server-key, or neither (one alone is refused, exit 2).
     #[arg(long, value_name = "FILE", requires = "server_key")]
     pub curve_key: Option<PathBuf>,
-    /// For servers that demand CURVE: the servers' public key file (NAME.pub).
+    /// For servers that demand CURVE: the servers' public key file (NAME.pub). Both
+    /// --server-key and --curve-key, or neither (one alone is refused, exit 2).
     #[arg(long, value_name = "FILE", requires = "curve_key")]
     pub server_key: Option<PathBuf>,
 }

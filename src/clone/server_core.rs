@@ -1562,9 +1562,13 @@ impl ServerCore {
                 if now_ns > sync.deadline_ns {
                     p.sync = None;
                     out.push(Action::EndPeerSnapshot);
-                    if verbose {
-                        out.push(Action::Log("passive: peer snapshot timed out, retrying".into()));
-                    }
+                    // An error, said whatever --quiet says (before, it hid it): this server is
+                    // not in step with the active one, and will not be until a snapshot comes.
+                    out.push(Action::Log(format!(
+                        "passive: the active peer sent no snapshot within {}, asking again: this server is not in \
+                         step with it until one comes",
+                        crate::diag::human_duration(PEER_SYNC_TIMEOUT_NS)
+                    )));
                 }
             }
             None => {
@@ -2506,6 +2510,10 @@ mod tests {
         r.clock.advance_ms(1);
         r.on(Event::PeerSyncCheck);
         assert_eq!(r.other(), vec![Action::EndPeerSnapshot]);
+        // An error, said by a quiet core too (`--quiet` silences progress only; before, it hid it).
+        assert!(!r.core.verbose, "the rig's core is quiet");
+        let said = "passive: the active peer sent no snapshot within 3s, asking again: this server is not in step";
+        assert!(r.logs.iter().any(|l| l.starts_with(said)), "{:?}", r.logs);
         r.on(Event::PeerSyncCheck);
         assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
     }

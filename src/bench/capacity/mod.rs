@@ -29,7 +29,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use self::search::{judge, quantile_name, Contradiction, Ending, Next, Outcome, Purpose, Search, SearchConfig, Sla};
-use self::search::{TrialSummary, Verdict};
+use self::search::{KnownFailure, TrialSummary, Verdict};
 use self::trial::{run_trial, PublisherSide, TrialSpec};
 use crate::agent::StopFlag;
 use crate::bench::result::Results;
@@ -875,10 +875,16 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
         configurations: Vec<ConfigResult>,
     }
     let flag = format!("--take-finished-from {}", dir.display());
+    // What to do when nothing there can be taken: the searches are made again here.
+    let drop_it = format!(
+        "drop `{flag}` from the command (the carry-on command printed it) to search every configuration again here; \
+         that folder is left as it is"
+    );
     let path = dir.join("summary.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{flag}: reading {}", path.display()))?;
-    let earlier: Earlier = serde_json::from_str(&text)
-        .with_context(|| format!("{flag}: {} is not a capacity run's summary", path.display()))?;
+    let earlier: Earlier = serde_json::from_str(&text).with_context(|| {
+        format!("{flag}: {} is not a capacity run's summary of this mdsub's ({drop_it})", path.display())
+    })?;
     // The publisher first: one in another process has no `sndhwm_msgs` of this run's.
     let here = publisher_text(cfg, Machine::here().cores);
     if earlier.publisher != here {
@@ -893,7 +899,7 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
         if earlier.settings.get(k).is_none() {
             anyhow::bail!(
                 "{flag}: its summary does not say its trials' {k} (a run of an older mdsub): results that cannot be \
-                 compared are not taken; search them again"
+                 compared are not taken: {drop_it}"
             );
         }
         if then != here {
@@ -914,9 +920,20 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
         // it did not measure; searched again, that run's result under the name would be
         // dropped unsaid (it was, before).
         if here.hash() != c.profile_hash {
+            // A `--vary` configuration's name is made of its base profile's and the grid's
+            // values: it cannot be given another name of its own.
+            let rename = if here.name == here.profile.name {
+                "rename this profile (its `name` in its file) to search it beside that result, or ".to_string()
+            } else {
+                format!(
+                    "its name is made of profile `{}`'s name and --vary's values, so rename that profile (its `name` in \
+                     its file) to search it beside that result, or ",
+                    here.profile.name
+                )
+            };
             anyhow::bail!(
                 "{flag}: `{}` finished there with another profile (hash {} there, {} here): give it the profile that \
-                 run measured, or another name to search this one",
+                 run measured, {rename}{drop_it}",
                 c.name,
                 c.profile_hash,
                 here.hash()
@@ -1434,7 +1451,7 @@ pub fn summary_md(r: &CapacityResult) -> String {
         }
     }
     for c in &r.extra.configurations {
-        if let Some(line) = known_failure_text(r, c) {
+        if let Some(line) = known_failure_text(c) {
             let _ = writeln!(s, "- {line}");
         }
     }
@@ -1535,20 +1552,18 @@ pub fn summary_md(r: &CapacityResult) -> String {
     s
 }
 
-/// Why a configuration searched here never offered the rate `--failed-at` gave it (summary.json's
-/// `settings.failed_ats`, else `settings.failed_at`): it failed in the run this one carries on,
+/// Why a configuration searched here never offered the rate `--failed-at` gave it (its outcome's
+/// `known_failure`, summary.json says it there too): it failed in the run this one carries on,
 /// and it counts as this search's failure though no trial here is at it; or, when a rate at or
 /// above it passed here, that it was dropped. None for a configuration taken from an earlier
 /// folder, or without one. Before, summary.md said nothing of it: its table named a failure
 /// above the knee that no trial row showed.
-fn known_failure_text(r: &CapacityResult, c: &ConfigResult) -> Option<String> {
+fn known_failure_text(c: &ConfigResult) -> Option<String> {
     if c.taken_from.is_some() {
         return None;
     }
-    let f = r.settings["failed_ats"][c.name.as_str()].as_u64().or_else(|| r.settings["failed_at"].as_u64())?;
-    let passed =
-        c.trials.iter().filter(|t| t.summary.verdict.is_pass() && t.summary.offered >= f).map(|t| t.summary.offered);
-    Some(match passed.min() {
+    let KnownFailure { rate: f, dropped_by_pass_at } = c.outcome.known_failure?;
+    Some(match dropped_by_pass_at {
         Some(p) => format!("`{}`: {FAILED_AT} {f} msg/s dropped: {p} msg/s passed here", c.name),
         None => format!(
             "`{}`: {f} msg/s failed in the run carried on ({FAILED_AT}): not offered again, a failure above the knee",
@@ -1608,6 +1623,7 @@ mod tests {
             narrowed: true,
             contradictions: vec![Contradiction { passed_at: 4000, failed_at: 3500 }],
             failed_confirmations: Vec::new(),
+            known_failure: None,
             trials: 9,
         };
         let at = |achieved| KneeLatency { rate: 3125, achieved, percentiles: Vec::new(), runs: 1 };
@@ -1683,6 +1699,7 @@ mod tests {
                 narrowed: knee.is_some(),
                 contradictions: Vec::new(),
                 failed_confirmations: Vec::new(),
+                known_failure: None,
                 trials: trials.len(),
             },
             at_knee: knee_latency(knee, &trials),
@@ -1771,6 +1788,7 @@ mod tests {
                 narrowed,
                 contradictions: Vec::new(),
                 failed_confirmations: Vec::new(),
+                known_failure: None,
                 trials,
             },
             at_knee: None,
@@ -2027,9 +2045,10 @@ mod tests {
         let mut t = standing("t", Ending::Confirmed, (Some(3000), None), (Some(4000), Some(4000)), true, 1);
         t.taken_from = Some(PathBuf::from("/old"));
         let c = standing("c", Ending::Confirmed, (Some(3000), None), (Some(4000), Some(4000)), true, 1);
-        let mut r = result_of(&[a, b, t, c], None, None);
-        r.settings = serde_json::json!({ "failed_at": null, "failed_ats": { "a": 4000, "b": 8000, "t": 4000 } });
-        let md = summary_md(&r);
+        a.outcome.known_failure = Some(KnownFailure { rate: 4000, dropped_by_pass_at: None });
+        b.outcome.known_failure = Some(KnownFailure { rate: 8000, dropped_by_pass_at: Some(9000) });
+        t.outcome.known_failure = a.outcome.known_failure;
+        let md = summary_md(&result_of(&[a, b, t, c], None, None));
         assert!(md.contains("- `a`: 4000 msg/s failed in the run carried on (--failed-at): not offered again"), "{md}");
         assert!(md.contains("- `b`: --failed-at 8000 msg/s dropped: 9000 msg/s passed here"), "{md}");
         assert!(!md.contains("- `t`:") && !md.contains("- `c`:"), "{md}");
@@ -2155,6 +2174,7 @@ mod tests {
             narrowed: false,
             contradictions: vec![],
             failed_confirmations: vec![],
+            known_failure: None,
             trials: 3,
         };
         assert!(left_to_search(&o), "stopped before its knee was narrowed");
@@ -2210,10 +2230,11 @@ mod tests {
             narrowed: true,
             contradictions: vec![],
             failed_confirmations: vec![],
+            known_failure: None,
             trials: 1,
         };
         let a = ConfigResult {
-            name: "a".into(),
+            name: cfg.configurations[0].name.clone(),
             profile_hash: cfg.configurations[0].hash(),
             outcome,
             at_knee: None,
@@ -2266,13 +2287,26 @@ mod tests {
             assert!(!e.contains('\n'), "one line: {e}");
         }
         // Another profile under a name whose search finished there: refused, saying so (before,
-        // searched again, that run's result dropped unsaid).
+        // searched again, that run's result dropped unsaid), and what to do: a profile's own name
+        // can be changed, a `--vary` configuration's only through its base profile's (before,
+        // both were told "give it another name"); or the flag dropped, for every search again.
+        let drop_it = format!("drop `--take-finished-from {}` from the command", dir.display());
         let mut other = take_cfg();
         other.configurations[0].profile.name = "changed".into();
         let e = format!("{:#}", finished_in(&dir, &other).expect_err("another profile"));
         let hashes =
             format!("(hash {} there, {} here)", take_cfg().configurations[0].hash(), other.configurations[0].hash());
         assert!(e.contains(&format!("`a` finished there with another profile {hashes}")), "{e}");
+        assert!(e.contains("its name is made of profile `changed`'s name and --vary's values") && e.contains(&drop_it));
+        let mut own = take_cfg();
+        own.configurations[0].profile.name = "a".into();
+        let named = earlier_folder("named", &own, &["a.hlog"]);
+        own.configurations[0].profile.rcvhwm_msgs += 1;
+        let e = format!("{:#}", finished_in(&named, &own).expect_err("another profile"));
+        assert!(e.contains("`a` finished there with another profile (hash "), "{e}");
+        assert!(e.contains("rename this profile (its `name` in its file)") && !e.contains("--vary"), "{e}");
+        assert!(e.contains(&format!("drop `--take-finished-from {}` from the command", named.display())), "{e}");
+        let _ = std::fs::remove_dir_all(&named);
         // The same values of the SLA that reads the same when rounded: compared as values.
         let (mut one, mut two) = (take_cfg(), take_cfg());
         one.sla.points = vec![SlaPoint { quantile: 0.99, budget_ns: 1_500_000 }];
@@ -2288,6 +2322,13 @@ mod tests {
         std::fs::write(rounded.join("summary.json"), old.to_string()).expect("written");
         let e = format!("{:#}", finished_in(&rounded, &one).expect_err("older"));
         assert!(e.contains("its summary does not say its trials' sla_budgets_ns"), "{e}");
+        // It says which flag to drop, and what that does (before: "search them again").
+        let drop_it = format!(
+            "not taken: drop `--take-finished-from {}` from the command (the carry-on command printed it) to search \
+             every configuration again here; that folder is left as it is",
+            rounded.display()
+        );
+        assert!(e.ends_with(&drop_it), "{e}");
         // Taken from a relative path, it is said by its absolute one (summary.json's paths are).
         let cwd = std::env::current_dir().expect("cwd");
         let relative: PathBuf = std::iter::repeat_n("..", cwd.components().count())

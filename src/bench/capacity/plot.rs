@@ -242,6 +242,7 @@ mod tests {
                         narrowed: true,
                         contradictions: Vec::new(),
                         failed_confirmations: Vec::new(),
+                        known_failure: None,
                         trials: 16,
                     },
                     at_knee: None,

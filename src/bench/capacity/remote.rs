@@ -3,12 +3,18 @@
 //! connect:EP` over a REQ/REP control socket; one JSON request per step:
 //!
 //! 1. `{"op":"prepare", "rate", "duration_ms", "payload_bytes", "symbols", "zipf", "seed", "shards"}`
-//!    → the server binds its data endpoints and answers `{"endpoints":[…]}`;
+//!    → the server binds its data endpoints and answers `{"endpoints":[…], "achieved":"pacer"}`;
 //! 2. the engine connects; `{"op":"go"}` → the server waits for the
 //!    subscription, publishes the schedule, sends end of stream and answers
-//!    `{"sent", "send_s"}` (`sent / send_s` is the rate its pacer achieved, from its first
-//!    send to its last: neither the sending thread's start nor the end of stream counts);
+//!    `{"sent", "send_s", "achieved":"pacer"}` (`sent / send_s` is the rate its pacer achieved,
+//!    from its first send to its last, at most the messages sent over the schedule's duration:
+//!    neither the sending thread's start nor the end of stream counts);
 //! 3. `{"op":"bye"}` ends the server.
+//!
+//! `achieved` names that measure ([`ACHIEVED_MEASURE`]). A server of an older mdsub answers
+//! without it: its `send_s` ran from its sending thread's start to the end it saw, which read a
+//! loaded host's publisher short (920 of 1000 msg/s), so its trials are refused at `prepare`,
+//! before any is run: a search never mixes the two measures in its verdicts.
 //!
 //! Any failure is answered `{"error": "…"}`, and the server goes on serving. A request the
 //! server cannot take (more than one frame, not JSON, an unknown op, a `prepare` with a
@@ -38,6 +44,10 @@ pub struct RemotePublisher {
     /// more ending took the request or its answer with it (a REQ never sends it again).
     ended_at_send: u64,
 }
+
+/// The measure of the achieved rate a trial server's `send_s` gives (its answers' `achieved`):
+/// the pacer's, capped by the schedule's duration ([`trial::achieved_of`](super::trial::achieved_of)).
+pub const ACHIEVED_MEASURE: &str = "pacer";
 
 /// How long the publisher has to answer `prepare` (binding its endpoints).
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -134,6 +144,16 @@ impl RemotePublisher {
         self.req.send(req.to_string().as_bytes(), 0).context("sending a trial to the publisher")?;
         self.sent();
         let v = self.recv_json("prepare a trial", PREPARE_TIMEOUT)?;
+        let measure = v.get("achieved").and_then(Value::as_str);
+        if measure != Some(ACHIEVED_MEASURE) {
+            let said = measure.map_or("says no measure (an older mdsub)".to_string(), |m| format!("says `{m}`"));
+            anyhow::bail!(
+                "the trial server at {} {said} for the rate its publisher achieved, where this mdsub's is \
+                 `{ACHIEVED_MEASURE}`: its verdicts would not compare with this run's (an older server reads a \
+                 loaded host's publisher short); run `mdsub replay --serve-trials` of this mdsub's there",
+                self.control
+            );
+        }
         let eps: Vec<String> = v
             .get("endpoints")
             .and_then(Value::as_array)
@@ -234,7 +254,7 @@ pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> a
                     Ok((c, p, pacing, limits, source)) => {
                         let eps = p.endpoints();
                         prepared = Some((c, p, pacing, limits, source));
-                        json!({ "endpoints": eps })
+                        json!({ "endpoints": eps, "achieved": ACHIEVED_MEASURE })
                     }
                     Err(e) => json!({ "error": format!("{e:#}") }),
                 },
@@ -253,7 +273,7 @@ pub fn serve(cfg: &ServeConfig, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> a
                                 "trial {trials}: sent {sent} msgs in {secs:.3} s ({:.0} msg/s)",
                                 sent as f64 / secs.max(1e-9)
                             ));
-                            json!({ "sent": sent, "send_s": secs })
+                            json!({ "sent": sent, "send_s": secs, "achieved": ACHIEVED_MEASURE })
                         }
                         Err(e) => json!({ "error": format!("{e:#}") }),
                     }

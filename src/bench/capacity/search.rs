@@ -287,6 +287,18 @@ pub struct Contradiction {
     pub failed_at: u64,
 }
 
+/// A rate the run a search carries on found failing (`--failed-at`), as summary.json says it
+/// ([`Outcome::known_failure`]): no trial of this run's is at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownFailure {
+    /// The rate, msg/s.
+    pub rate: u64,
+    /// The lowest rate at or above it that passed here, which dropped it: absent while it counts
+    /// as this search's failure (in `lowest_fail`, `failed_above`, `bracket_above`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dropped_by_pass_at: Option<u64>,
+}
+
 /// How a search ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -348,6 +360,11 @@ pub struct Outcome {
     /// knee as `passed_at`, its confirmation as `failed_at`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub failed_confirmations: Vec<Contradiction>,
+    /// The rate `--failed-at` gave this search: it failed in the run carried on, and it is not
+    /// offered again, so no trial row is at it. Before, only summary.md said so: a tool reading
+    /// summary.json saw `lowest_fail` at a rate no trial had failed. Absent without one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub known_failure: Option<KnownFailure>,
     pub trials: usize,
 }
 
@@ -616,6 +633,15 @@ impl Search {
             narrowed,
             contradictions: self.contradictions(),
             failed_confirmations: self.failed_confirmations.clone(),
+            known_failure: self.cfg.failed_at.map(|rate| KnownFailure {
+                rate,
+                dropped_by_pass_at: self
+                    .history
+                    .iter()
+                    .filter(|(r, _, v)| v.is_pass() && *r >= rate)
+                    .map(|h| h.0)
+                    .min(),
+            }),
             trials: self.history.len(),
         }
     }
@@ -710,10 +736,18 @@ mod tests {
         capped.cap();
         let o = capped.outcome();
         assert_eq!((o.knee, o.at_least, o.failed_above, o.narrowed), (Some(1_000), None, Some(4_000), false));
+        // summary.json says the known failure that bounds it, though no trial row is at it
+        // (before, only summary.md did).
+        let json = serde_json::to_value(&o).expect("json");
+        assert_eq!(json["known_failure"], serde_json::json!({ "rate": 4_000 }), "{json}");
         // A pass at the known failure contradicts it: it is dropped, and the search doubles on.
         let mut passed = Search::new(SearchConfig { start_rate: 4_000, ..known });
         passed.on_result(4_000, Verdict::Pass);
         assert_eq!(passed.next(), Next::Trial { rate: 8_000, purpose: Purpose::Bracket });
+        let json = serde_json::to_value(passed.outcome()).expect("json");
+        assert_eq!(json["known_failure"], serde_json::json!({ "rate": 4_000, "dropped_by_pass_at": 4_000 }), "{json}");
+        let unknown = serde_json::to_value(unknown.outcome()).expect("json");
+        assert!(unknown.get("known_failure").is_none(), "{unknown}");
     }
 
     /// A rate known to fail above `--max-rate` (5000, the failure at 8000) bounds nothing the
