@@ -192,7 +192,7 @@ impl Claimed {
     /// content stays under `closed` (a hard link; a file already there is never replaced: that
     /// is an error, unless it is this very file, linked there by a run that ended between the
     /// link and the rename, or an empty file no process holds, a placeholder a killed run left:
-    /// [`empty_unheld`]), then a new file is claimed beside it (`.NAME.next`) and renamed over
+    /// `empty_unheld`), then a new file is claimed beside it (`.NAME.next`) and renamed over
     /// the path, so the path names a locked file throughout and another run given it is still
     /// refused. On an error nothing is left changed (the link and the new file are removed) and
     /// this claim stays as it was; the error names the step and the file.
