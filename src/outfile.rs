@@ -191,7 +191,8 @@ impl Claimed {
     /// Close this file under a second name and put a new one, claimed and empty, at its path: the
     /// content stays under `closed` (a hard link; a file already there is never replaced: that
     /// is an error, unless it is this very file, linked there by a run that ended between the
-    /// link and the rename), then a new file is claimed beside it (`.NAME.next`) and renamed over
+    /// link and the rename, or an empty file no process holds, a placeholder a killed run left:
+    /// `empty_unheld`), then a new file is claimed beside it (`.NAME.next`) and renamed over
     /// the path, so the path names a locked file throughout and another run given it is still
     /// refused. On an error nothing is left changed (the link and the new file are removed) and
     /// this claim stays as it was; the error names the step and the file.
@@ -206,6 +207,15 @@ impl Claimed {
     /// claim then stays as it was, its file under `closed`, and the error says so.
     pub fn rotate(&self, closed: &Path) -> Result<(Claimed, Closing), OutFileError> {
         let linked = match hard_link(&self.path, closed) {
+            // A placeholder a killed run left at the closed name (an empty file nobody holds).
+            // Removed under its lock, then linked again.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match empty_unheld(closed) {
+                Some(_held) => std::fs::remove_file(closed).and_then(|()| hard_link(&self.path, closed)),
+                None => Err(e),
+            },
+            r => r,
+        };
+        let linked = match linked {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && self.is_named(closed) => false,
             Err(e) if no_hard_links(&e) => return self.rotate_by_renames(closed).map(|c| (c, Closing::Renamed)),
@@ -592,13 +602,21 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// never opens a file or link already there: `EEXIST`) and locked, then `from` is renamed over
 /// that placeholder. A run that opened the placeholder and took its lock first keeps it
 /// (`EEXIST`); one that opens it later finds it locked and is refused, so the rename only ever
-/// replaces this empty file. (Looking at `to` and then renaming, as before, replaced a file made
+/// replaces this empty file. An empty file no process holds already at `to` ([`empty_unheld`]:
+/// this placeholder, left by a run killed before its rename) is taken as this one's: left, it
+/// refused every later run keeping an earlier FILE under that closed name. (Looking at `to` and then renaming, as before, replaced a file made
 /// between the look and the rename: between a rotation's two renames, another run's new FILE.)
 fn rename_over_placeholder(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let exists = || std::io::Error::from_raw_os_error(libc::EEXIST);
     window(to);
-    let placeholder = OpenOptions::new().write(true).create_new(true).mode(0o600).open(to)?;
+    let placeholder = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(to) {
+        Ok(f) => f,
+        // An empty file no process holds: a placeholder a run killed here left (nothing in it
+        // to lose), taken as this one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => empty_unheld(to).ok_or(e)?,
+        Err(e) => return Err(e),
+    };
     window(to);
     if placeholder.try_lock().is_err() || !names(to, &placeholder) {
         // Another process took it between its making and this lock: its file now.
@@ -609,6 +627,20 @@ fn rename_over_placeholder(from: &Path, to: &Path) -> std::io::Result<()> {
             let _ = std::fs::remove_file(to);
         }
     })
+}
+
+/// `path`'s file when it is an empty regular file no process holds locked, opened (never
+/// through a link) and locked by this one: a placeholder a run killed during
+/// [`rename_over_placeholder`] left, whose name may be taken (nothing is in it to lose). None
+/// otherwise: anything else there is someone's.
+fn empty_unheld(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
+    if !std::fs::symlink_metadata(path).is_ok_and(empty) {
+        return None;
+    }
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    (f.try_lock().is_ok() && f.metadata().is_ok_and(empty) && names(path, &f)).then_some(f)
 }
 
 /// Clear `O_NONBLOCK` on `file` (a FIFO or a device opened non-blocking): the run's writes
@@ -919,6 +951,8 @@ impl Judged {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             // This very file, linked there by a run that ended between a keep's two steps.
             Ok(_) if self.locked.0.is_named(&closed) => Ok(()),
+            // An empty file nobody holds: a placeholder a killed run left, taken ([`Claimed::rotate`]).
+            Ok(_) if empty_unheld(&closed).is_some() => Ok(()),
             Ok(_) => Err(keep_error(self.locked.named(), &closed, &std::io::Error::from_raw_os_error(libc::EEXIST))),
             Err(e) => Err(keep_error(self.locked.named(), &closed, &e)),
         }
@@ -1429,6 +1463,107 @@ mod tests {
         let c = Claimed::claim("--hgrm", &path).expect("claim");
         assert_eq!(std::fs::read(&next).expect("left"), b"a live writer's", "a locked one is left");
         drop((c, live));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The earlier FILE (`an earlier run's`) kept under `closed`, and a new, empty FILE at `path`.
+    fn assert_kept_as(path: &Path, closed: &Path) {
+        assert_eq!(std::fs::read(closed).expect("closed"), b"an earlier run's", "kept under its closed name");
+        assert_eq!(std::fs::read(path).expect("FILE"), b"", "a new FILE");
+    }
+
+    /// The child of [`a_run_killed_with_its_placeholder_made_blocks_not_the_next_run`]: the
+    /// folder it works in.
+    const KILLED_CHILD: &str = "MDSUB_TEST_OUTFILE_KILLED_CHILD";
+
+    /// A run killed (`kill -9`, a real process) just after it made the `O_EXCL` placeholder a
+    /// rename without `RENAME_NOREPLACE` goes over (a file system without hard links, keeping an
+    /// earlier run's FILE under its closed name) left an empty file at the closed name: the next
+    /// run keeps the earlier FILE there all the same (the empty file is nobody's: it takes it as
+    /// its own placeholder), nothing lost. Before, the next run and every one after was refused
+    /// ("keeping ... as CLOSED: File exists; move that file or this one away").
+    #[test]
+    fn a_run_killed_with_its_placeholder_made_blocks_not_the_next_run() {
+        use std::io::Read as _;
+        let keep = |_: &[u8], _: bool| Ok(Earlier::Keep(Some(1_000_000_000)));
+        if let Some(d) = std::env::var_os(KILLED_CHILD) {
+            let d = PathBuf::from(d);
+            let (path, closed) = (d.join("k.hlog"), closed_name(&d.join("k.hlog"), 1_000_000_000));
+            NO_HARD_LINKS.with(|n| n.set(true));
+            NO_RENAME_NOREPLACE.with(|n| n.set(true));
+            let (ready, c) = (d.join("ready"), closed.clone());
+            let stop = move |at: &Path| {
+                if at == c && c.exists() {
+                    std::fs::write(&ready, b"").expect("say ready");
+                    loop {
+                        std::thread::park(); // killed here
+                    }
+                }
+            };
+            let locked = lock_all(&[("--hlog", &path)]).expect("locked").remove(0);
+            let _ = in_windows(stop, || claim_keeping(locked, "a log", keep));
+            panic!("the window was not reached");
+        }
+        let d = dir("killed-placeholder");
+        let (path, closed) = (d.join("k.hlog"), closed_name(&d.join("k.hlog"), 1_000_000_000));
+        std::fs::write(&path, b"an earlier run's").expect("write");
+        let name = "outfile::tests::a_run_killed_with_its_placeholder_made_blocks_not_the_next_run";
+        let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(KILLED_CHILD, &d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the child");
+        let t0 = std::time::Instant::now();
+        while !d.join("ready").exists() {
+            if t0.elapsed() > std::time::Duration::from_secs(30) || child.try_wait().expect("wait").is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut err = String::new();
+                let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+                panic!("the child did not reach the window in 30 s:\n{err}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10)); // polling for the child's file, bounded above
+        }
+        child.kill().expect("kill -9"); // SIGKILL, by its pid
+        let _ = child.wait();
+        assert_eq!(std::fs::read(&closed).expect("the placeholder"), b"", "the killed run's placeholder");
+        assert_eq!(std::fs::read(&path).expect("FILE"), b"an earlier run's");
+        let locked = lock_all(&[("--hlog", &path)]).expect("locked").remove(0);
+        let (c, said) = claim_keeping(locked, "a log", keep).expect("kept, not refused");
+        assert!(said.is_some_and(|s| s.contains(&closed.display().to_string())));
+        assert_kept_as(&path, &closed);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// An empty file nobody holds at the closed name (what a run killed with its placeholder made
+    /// leaves) is taken where hard links keep the earlier FILE too; one a process holds locked,
+    /// or one with something in it, is refused and left as it was.
+    #[test]
+    fn an_empty_unheld_file_at_the_closed_name_is_taken_and_a_held_or_full_one_is_not() {
+        let d = dir("closed-empty");
+        let path = d.join("e.hlog");
+        let closed = closed_name(&path, 1_000_000_000);
+        let keep = |_: &[u8], _: bool| Ok(Earlier::Keep(Some(1_000_000_000)));
+        let run = || claim_keeping(lock_all(&[("--hlog", &path)]).expect("locked").remove(0), "a log", keep);
+        std::fs::write(&path, b"an earlier run's").expect("write");
+        std::fs::write(&closed, b"").expect("write");
+        let held = File::open(&closed).expect("open");
+        held.try_lock().expect("a live process's lock");
+        let e = run().expect_err("held: refused");
+        assert!(e.to_string().contains("File exists"), "{e}");
+        drop(held);
+        std::fs::write(&closed, b"x").expect("write");
+        let e = run().expect_err("not empty: refused");
+        assert!(e.to_string().contains("File exists"), "{e}");
+        assert_eq!(std::fs::read(&closed).expect("closed"), b"x", "left as it was");
+        assert_eq!(std::fs::read(&path).expect("FILE"), b"an earlier run's", "left as it was");
+        std::fs::write(&closed, b"").expect("write");
+        let (c, _) = run().expect("an empty one nobody holds: taken");
+        assert_kept_as(&path, &closed);
+        drop(c);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -3430,6 +3430,30 @@ mod tests {
         maps_agree(&t).unwrap();
     }
 
+    /// A live frame of the last frame's session when that session is not current (known only
+    /// from a cached value of it, its publisher's next session) takes the revive path past
+    /// [`SequenceTracker::session`]'s inlined common case (perf34): it takes over, a restart
+    /// counted and said, and each session's later frames are judged in their own session.
+    /// Checked failing with the inlined case made to answer any session `find` finds.
+    #[test]
+    fn a_live_frame_of_the_last_frames_session_not_current_revives_it() {
+        let mut t = SequenceTracker::new(true);
+        feed(&mut t, 1, 10, 1..=3, b"A");
+        // Session 11's value, before its first live frame: held beside 10, not current, and
+        // the last frame's session now.
+        assert!(t.on_data(&cached(1, 11, 2, 1), b"B").accept);
+        assert_eq!(t.totals().restarts, 0, "a cached value counts no restart");
+        let v = t.on_data(&h(1, 11, 3, 2), b"B");
+        assert_eq!(v, Verdict { accept: true, missed: 0, restart: true }, "it takes over: a restart");
+        assert_eq!((t.totals().restarts, t.last_restart_at()), (1, (1, 11)));
+        // Current now: its next frame takes the common case, in sequence; and its value again
+        // is a duplicate.
+        assert_eq!(t.on_data(&h(1, 11, 4, 3), b"B"), Verdict { accept: true, missed: 0, restart: false });
+        assert!(!t.on_data(&h(1, 11, 3, 2), b"B").accept, "a duplicate");
+        assert_eq!((t.totals().restarts, t.totals().gaps), (1, 0));
+        maps_agree(&t).unwrap();
+    }
+
     /// A publisher killed (session 10 forgotten as vanished) and started again under its id
     /// (session 11): that is its restart, counted as one held all along counts it (`restarts`,
     /// the verdict, whose), and the vanished session stays counted once as unended: the new
