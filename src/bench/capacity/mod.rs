@@ -922,12 +922,13 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
         if here.hash() != c.profile_hash {
             // A `--vary` configuration's name is made of its base profile's and the grid's
             // values: it cannot be given another name of its own.
+            let in_file = renamed_in_its_file(&here.profile.name);
             let rename = if here.name == here.profile.name {
-                "rename this profile (its `name` in its file) to search it beside that result, or ".to_string()
+                format!("rename this profile ({in_file}) to search it beside that result, or ")
             } else {
                 format!(
-                    "its name is made of profile `{}`'s name and --vary's values, so rename that profile (its `name` in \
-                     its file) to search it beside that result, or ",
+                    "its name is made of profile `{}`'s name and --vary's values, so rename that profile ({in_file}) \
+                     to search it beside that result, or ",
                     here.profile.name
                 )
             };
@@ -1550,6 +1551,25 @@ pub fn summary_md(r: &CapacityResult) -> String {
         }
     }
     s
+}
+
+/// Where profile `name` is renamed: its `name` in its file. `builtin` and `auto` (their
+/// profiles are named `builtin-2core`, `auto-Ncore`) have no file: `mdsub profile show` writes
+/// one. Before, a refusal told a run of `builtin` to rename it "in its file".
+fn renamed_in_its_file(name: &str) -> String {
+    let auto =
+        name.strip_prefix("auto-").and_then(|n| n.strip_suffix("core")).is_some_and(|n| n.parse::<usize>().is_ok());
+    let kind = if name == Profile::builtin().name {
+        "builtin"
+    } else if auto {
+        "auto"
+    } else {
+        return "its `name` in its file".to_string();
+    };
+    format!(
+        "its `name` in its file; `--profile {kind}` has none: `mdsub profile show {kind} > FILE.toml` writes one to \
+         rename and give as `--profile FILE.toml`"
+    )
 }
 
 /// Why a configuration searched here never offered the rate `--failed-at` gave it (its outcome's
@@ -2307,6 +2327,26 @@ mod tests {
         assert!(e.contains("rename this profile (its `name` in its file)") && !e.contains("--vary"), "{e}");
         assert!(e.contains(&format!("drop `--take-finished-from {}` from the command", named.display())), "{e}");
         let _ = std::fs::remove_dir_all(&named);
+        // `--profile builtin` (or `auto`) has no file to rename it in: it is told how to write
+        // one (before: "its `name` in its file"), plain or as a `--vary` configuration's base;
+        // a file's profile named otherwise is not.
+        for (name, kind) in
+            [("builtin-2core", "builtin"), ("builtin-2core idle=block", "builtin"), ("auto-16core", "auto")]
+        {
+            let mut was = take_cfg();
+            was.configurations[0].name = name.into();
+            was.configurations[0].profile.name = name.split(' ').next().unwrap_or(name).into();
+            let folder = earlier_folder(kind, &was, &["a.hlog"]);
+            was.configurations[0].profile.handler = HandlerSpec::Work { ns: 1000 };
+            let e = format!("{:#}", finished_in(&folder, &was).expect_err("another handler"));
+            let said = format!(
+                "(its `name` in its file; `--profile {kind}` has none: `mdsub profile show {kind} > FILE.toml` writes one \
+                 to rename and give as `--profile FILE.toml`) to search it beside that result"
+            );
+            assert!(e.contains(&format!("`{name}` finished there with another profile")) && e.contains(&said), "{e}");
+            let _ = std::fs::remove_dir_all(&folder);
+        }
+        assert_eq!(renamed_in_its_file("auto-two-core"), "its `name` in its file");
         // The same values of the SLA that reads the same when rounded: compared as values.
         let (mut one, mut two) = (take_cfg(), take_cfg());
         one.sla.points = vec![SlaPoint { quantile: 0.99, budget_ns: 1_500_000 }];
