@@ -550,7 +550,12 @@ impl Search {
 
     /// [`SearchConfig::failed_at`], while no rate at or above it passed here.
     fn known_fail(&self) -> Option<u64> {
-        self.cfg.failed_at.filter(|&f| !self.history.iter().any(|(r, _, v)| v.is_pass() && *r >= f))
+        self.cfg.failed_at.filter(|&f| self.lowest_pass_from(f).is_none())
+    }
+
+    /// The lowest rate at or above `rate` that passed here: one that drops a known failure.
+    fn lowest_pass_from(&self, rate: u64) -> Option<u64> {
+        self.history.iter().filter(|(r, _, v)| v.is_pass() && *r >= rate).map(|h| h.0).min()
     }
 
     fn highest_pass_below(&self, rate: u64) -> Option<u64> {
@@ -633,15 +638,10 @@ impl Search {
             narrowed,
             contradictions: self.contradictions(),
             failed_confirmations: self.failed_confirmations.clone(),
-            known_failure: self.cfg.failed_at.map(|rate| KnownFailure {
-                rate,
-                dropped_by_pass_at: self
-                    .history
-                    .iter()
-                    .filter(|(r, _, v)| v.is_pass() && *r >= rate)
-                    .map(|h| h.0)
-                    .min(),
-            }),
+            known_failure: self
+                .cfg
+                .failed_at
+                .map(|rate| KnownFailure { rate, dropped_by_pass_at: self.lowest_pass_from(rate) }),
             trials: self.history.len(),
         }
     }
