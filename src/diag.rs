@@ -382,6 +382,23 @@ impl Refusals {
         Some(self.summary("since the last line"))
     }
 
+    /// The last line of a run: [`Refusals::flush`] (whose totals give every count), or, when
+    /// every one was said already, the totals alone (`HEAD in all: reason=N …`); `None` if
+    /// nothing was counted. For a site whose total a person was promised at the stop.
+    pub fn end(&mut self) -> Option<String> {
+        if let Some(l) = self.flush() {
+            return Some(l);
+        }
+        if self.reasons.is_empty() {
+            return None;
+        }
+        let mut s = format!("{} in all:", self.head);
+        for r in &self.reasons {
+            let _ = write!(s, " {}={}", r.name, r.total);
+        }
+        Some(s)
+    }
+
     fn summary(&mut self, when: &str) -> String {
         let mut s = format!("{} {when}:", self.head);
         for r in &mut self.reasons {
@@ -616,6 +633,20 @@ mod tests {
         assert!(r.refuse("a", &"x", 1).is_none() && r.unsaid());
         assert_eq!(r.flush().as_deref(), Some("s: link EP lost since the last line: a=1 (totals: a=2)"));
         assert!(!r.unsaid());
+    }
+
+    #[test]
+    fn end_says_the_totals_whether_or_not_anything_went_unsaid() {
+        let mut r = Refusals::new("s", 10 * S).said_as("s: update not published");
+        assert_eq!(r.end(), None, "nothing counted, nothing said");
+        assert!(r.refuse("send_failed", &"x", 0).is_some());
+        assert_eq!(r.end().as_deref(), Some("s: update not published in all: send_failed=1"), "the first was said");
+        assert_eq!(r.refuse("send_failed", &"x", 1), None);
+        assert_eq!(
+            r.end().as_deref(),
+            Some("s: update not published since the last line: send_failed=1 (totals: send_failed=2)")
+        );
+        assert_eq!(r.end().as_deref(), Some("s: update not published in all: send_failed=2"));
     }
 
     #[test]

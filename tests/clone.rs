@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -374,12 +374,15 @@ fn malformed_input_is_counted_and_answered_with_nothing() {
 /// An independent primary written from the guide (Binary Star heartbeats as the state digit,
 /// CHP snapshot on a ROUTER) that answers the backup's snapshot request like clonesrv6 does: a
 /// client's `ttl` stored as an absolute deadline in ms since the epoch (with `entries` None it
-/// takes the request and never answers). It heartbeats ACTIVE until `stop` is set, then goes
-/// silent (dies).
+/// takes the request and never answers). Once it has answered one, it publishes `publish` (CHP
+/// frames), if given, every 100 ms. It heartbeats ACTIVE until `stop` is set, then goes silent
+/// (dies). `served` counts the snapshot requests it took.
 fn reference_primary(
     pp: u16,
     bp: u16,
     entries: Option<Vec<Vec<Vec<u8>>>>,
+    publish: Option<Vec<Vec<u8>>>,
+    served: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
@@ -399,12 +402,15 @@ fn reference_primary(
         statepub.bind(&ep(pp + 3)).expect("bind state");
         statesub.set_subscribe(b"").expect("subscribe");
         statesub.connect(&ep(bp + 3)).expect("connect peer state");
-        let mut served = 0u32;
+        let mut answered = false;
         let mut last_beat = Instant::now() - Duration::from_secs(1);
         let end = Instant::now() + Duration::from_secs(60);
         while !stop.load(Ordering::Relaxed) && Instant::now() < end {
             if last_beat.elapsed() >= Duration::from_millis(100) {
                 statepub.send(&b"3"[..], 0).expect("heartbeat ACTIVE"); // STATE_ACTIVE
+                if let (true, Some(m)) = (answered, &publish) {
+                    publisher.send_multipart(m, 0).expect("publish");
+                }
                 last_beat = Instant::now();
             }
             while statesub.recv_bytes(zmq::DONTWAIT).is_ok() {}
@@ -415,8 +421,9 @@ fn reference_primary(
             if f.len() != 3 || f[1] != b"ICANHAZ?" {
                 continue;
             }
-            served += 1;
+            served.fetch_add(1, Ordering::Relaxed);
             let Some(entries) = &entries else { continue };
+            answered = true;
             for e in entries {
                 let mut m = vec![f[0].clone()];
                 m.extend(e.iter().cloned());
@@ -426,7 +433,7 @@ fn reference_primary(
             m.extend(chp_frames(b"KTHXBAI", 3, b"", b"", &f[2]));
             router.send_multipart(m, 0).expect("kthxbai");
         }
-        served
+        served.load(Ordering::Relaxed)
     })
 }
 
@@ -438,7 +445,7 @@ fn a_quiet_backup_says_its_active_peer_sent_no_snapshot() {
     let pp = free_port_block(4);
     let bp = free_port_block(4);
     let stop = Arc::new(AtomicBool::new(false));
-    let prim = reference_primary(pp, bp, None, stop.clone());
+    let prim = reference_primary(pp, bp, None, None, Arc::default(), stop.clone());
     let peer = ep(pp);
     let (back, said) = server_said("backup", bp, &["--backup", "--peer", &peer, "--heartbeat-interval", "200ms"]);
     // Its request waits 3 s for an answer.
@@ -449,6 +456,38 @@ fn a_quiet_backup_says_its_active_peer_sent_no_snapshot() {
     drop(back);
     stop.store(true, Ordering::Relaxed);
     assert!(prim.join().expect("reference primary") >= 1, "the backup asked for a snapshot");
+}
+
+/// `--quiet` silences progress only: a passive backup that finds a gap in its active peer's
+/// sequence (it missed updates) says so at once, and re-syncs; repeated gaps are counted and
+/// summarised (here at the stop, within 10 s of the first). Before, `--quiet` hid every one.
+#[test]
+fn a_quiet_backup_says_it_fell_behind_its_active_peer_and_how_often_at_the_stop() {
+    let pp = free_port_block(4);
+    let bp = free_port_block(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU32::new(0));
+    // Its snapshot ends at sequence 3; then it publishes sequence 5: 4 never comes.
+    let gap = chp_frames(b"/ref/gap", 5, b"", b"", b"v");
+    let prim = reference_primary(pp, bp, Some(Vec::new()), Some(gap), served.clone(), stop.clone());
+    let peer = ep(pp);
+    let (back, said) = server_said("backup", bp, &["--backup", "--peer", &peer, "--heartbeat-interval", "200ms"]);
+    let l = wait_line(&said, Duration::from_secs(20), "the gap line", |l| l.contains("re-syncing"));
+    let want = "clone-server: passive: behind the active, re-syncing (gap): sequence 3 -> 5: the updates between \
+                were missed (the first; more are counted and summarised every 10s)";
+    assert_eq!(l, want);
+    // Each re-sync takes a snapshot and meets the gap again: two more, counted, not said yet.
+    wait_until(Duration::from_secs(10), "two more re-syncs", || served.load(Ordering::Relaxed) >= 3);
+    back.signal(2);
+    let l = wait_line(&said, Duration::from_secs(10), "the summary", |l| l.contains("re-syncing"));
+    assert!(
+        l.starts_with("clone-server: passive: behind the active, re-syncing since the last line: gap=")
+            || l.starts_with("clone-server: passive: behind the active, re-syncing in the last "),
+        "{l}"
+    );
+    drop(back);
+    stop.store(true, Ordering::Relaxed);
+    prim.join().expect("reference primary");
 }
 
 #[test]
@@ -463,7 +502,7 @@ fn a_peer_snapshot_entry_in_the_reference_absolute_ttl_form_survives_failover() 
         chp_frames(b"/ref/bad", 3, b"", b"ttl=whenever\n", b"lost"),
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let prim = reference_primary(pp, bp, Some(entries), stop.clone());
+    let prim = reference_primary(pp, bp, Some(entries), None, Arc::default(), stop.clone());
     let peer = ep(pp);
     let (_back, said) = server_said("backup", bp, &["--backup", "--peer", &peer, "--heartbeat-interval", "200ms"]);
     wait_until(Duration::from_secs(10), "the backup to sync from the reference primary", || {

@@ -76,10 +76,12 @@ pub struct ServerArgs {
     // --curve-key file (each is the other's client): said in the after-help.
     #[command(flatten)]
     pub access: ServerAccessArgs,
-    /// Print no progress: no `ready on` line, state changes, re-syncs, snapshots written or
-    /// `stopped` line. Errors are still said: refusals (counted, the first of each reason at
-    /// once), updates that could not be published, a peer snapshot that did not come, the data
-    /// directory's failures.
+    /// Print no progress: no `ready on` line, state changes, snapshot fetches and re-syncs
+    /// done, snapshots written or `stopped` line. Errors and warnings are still said: refusals,
+    /// updates that could not be published, a passive server that fell behind its active peer
+    /// (a gap in its sequence, a HUGZ ahead) and re-syncs, a peer snapshot that did not come,
+    /// the data directory's failures; those that repeat, the first at once, then a summary
+    /// every 10s and what went unsaid at the stop.
     #[arg(long, short)]
     pub quiet: bool,
 }

@@ -156,41 +156,11 @@ pub struct Server {
     skip_appends_through: u64,
     actions: Vec<Action>,
     frames: Vec<zmq::Message>,
-    publish_failures: PublishFailures,
 }
 
 fn log(verbose: bool, msg: std::fmt::Arguments) {
     if verbose {
         crate::diag!("clone-server: {msg}");
-    }
-}
-
-/// Updates the publisher could not send: an error, said whatever `--quiet` says (it silences
-/// progress only; before, it hid these too). A socket that fails every send would fail every
-/// update: the 1st, 10th, 100th, … are said, with the count, and the total at the stop.
-#[derive(Debug, Default)]
-struct PublishFailures {
-    count: u64,
-}
-
-impl PublishFailures {
-    /// Count one failure of update `sequence`; the line to say for it, if one is due.
-    fn fail(&mut self, sequence: u64, cause: &dyn std::fmt::Display) -> Option<String> {
-        self.count += 1;
-        let n = self.count;
-        // 1, 10, 100, …
-        let due = n == 10u64.pow(n.ilog10());
-        due.then(|| {
-            format!(
-                "publishing update {sequence} failed: {cause} (failed publishes so far: {n}); subscribers miss it \
-                 until their next snapshot"
-            )
-        })
-    }
-
-    /// The line said at the stop when any publish failed.
-    fn total(&self) -> Option<String> {
-        (self.count > 0).then(|| format!("{} update(s) could not be published in all", self.count))
     }
 }
 
@@ -317,7 +287,6 @@ impl Server {
             skip_appends_through: 0,
             actions: Vec::new(),
             frames: Vec::new(),
-            publish_failures: PublishFailures::default(),
             cfg,
         };
         if let Some(dir) = server.cfg.data_dir.clone() {
@@ -412,15 +381,15 @@ impl Server {
         for a in actions.drain(..) {
             let reply = match a {
                 Action::Publish { msg, apply_at_ns } => {
-                    if let Err(e) = msg.send(&self.publisher, None) {
-                        if let Some(line) = self.publish_failures.fail(msg.sequence, &e) {
-                            crate::diag!("clone-server: {line}");
-                        }
-                    }
+                    // A failure is told to the core, which counts it and says what is due.
+                    let failed = msg
+                        .send(&self.publisher, None)
+                        .err()
+                        .map(|e| Event::PublishFailed { sequence: msg.sequence, error: e.to_string() });
                     if let Some(at) = apply_at_ns {
                         self.core.published(msg, at);
                     }
-                    None
+                    failed
                 }
                 Action::Heartbeat(s) => {
                     if let Some(p) = &self.pair {
@@ -1052,8 +1021,9 @@ impl Agent for Server {
             ),
             false => String::new(),
         };
-        if let Some(line) = self.publish_failures.total() {
-            crate::diag!("clone-server: {line}");
+        // What went unsaid (summaries not yet due, the total of failed publishes), quiet or not.
+        if let Err(e) = self.step(Event::Stopping, now) {
+            crate::diag!("clone-server: {e}");
         }
         log(
             self.cfg.verbose,
@@ -1179,24 +1149,5 @@ mod tests {
         );
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// A publish that fails is said whatever --quiet says (before, `--quiet` hid it, and only
-    /// it): the 1st, 10th, 100th, … of a socket failing every send, with the count, and the
-    /// total at the stop; none, nothing.
-    #[test]
-    fn publish_failures_are_said_a_few_times_and_counted() {
-        let mut f = PublishFailures::default();
-        assert_eq!(f.total(), None);
-        let said: Vec<(u64, String)> =
-            (1..=1000).filter_map(|seq| f.fail(seq, &"zmq send: ETERM").map(|l| (seq, l))).collect();
-        let at: Vec<u64> = said.iter().map(|s| s.0).collect();
-        assert_eq!(at, [1, 10, 100, 1000]);
-        assert_eq!(
-            said[1].1,
-            "publishing update 10 failed: zmq send: ETERM (failed publishes so far: 10); subscribers miss it until \
-             their next snapshot"
-        );
-        assert_eq!(f.total().as_deref(), Some("1000 update(s) could not be published in all"));
     }
 }

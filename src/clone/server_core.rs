@@ -73,6 +73,11 @@
 //! does not decode or validate, a peer snapshot entry it cannot apply) is counted by reason in a
 //! [`Refusals`] and said through [`Action::Log`] (the first of each reason at once, then a summary
 //! per interval, whatever `verbose` says); `STATUS?` shows the counts as `refused_REASON=N`.
+//! The same rule, in [`Refusals`] of their own, says what is not input refused but is an error or
+//! a warning all the same, `verbose` or not: a failed snapshot write, a publish the shell could
+//! not send ([`Event::PublishFailed`], `publish_failures`), a passive server that fell behind
+//! its active peer (a gap, a HUGZ ahead) and re-syncs. At the stop ([`Event::Stopping`]) what
+//! went unsaid is said, and the total of failed publishes.
 //! A peer's `ttl` in the guide's reference servers' absolute form is made relative
 //! ([`normalize_peer_ttl`]) using the wall clock the shell gives ([`ServerCore::set_wall_ms`]).
 
@@ -305,6 +310,18 @@ pub enum Event {
         /// What went wrong, for the report.
         error: String,
     },
+    /// The publisher could not send the message of an [`Action::Publish`] (subscribers miss it
+    /// until their next snapshot): counted (`publish_failures`) and said like a refusal, whatever
+    /// `verbose` says.
+    PublishFailed {
+        /// The message's sequence.
+        sequence: u64,
+        /// What went wrong, for the line.
+        error: String,
+    },
+    /// The server stops: what went unsaid is said (the summaries due at the end of a run, and
+    /// the total of failed publishes).
+    Stopping,
 }
 
 /// What the shell must do, in order.
@@ -512,6 +529,9 @@ pub struct Counters {
     pub hugz: u64,
     /// Snapshot writes that failed (retried with back-off).
     pub snapshot_failures: u64,
+    /// Messages the publisher could not send (updates, expiry deletes, HUGZ; each counted in
+    /// `published` or `hugz` too): subscribers miss them until their next snapshot.
+    pub publish_failures: u64,
     /// Keys expired.
     pub expired: u64,
     /// Peer heartbeats that did not parse.
@@ -645,6 +665,11 @@ pub struct ServerCore {
     snapshot_backoff_ns: u64,
     /// Failed snapshot writes, said like refusals.
     snapshot_said: Refusals,
+    /// Failed publishes, said like refusals (the total again at the stop).
+    publish_said: Refusals,
+    /// A passive that fell behind the active (a gap in its sequence, a HUGZ ahead) and
+    /// re-syncs: a warning, said like refusals whatever `verbose` says.
+    resync_said: Refusals,
     /// Waiting for the flush: a failed append or flush loses the whole batch (see `log_failed`).
     outbox: Vec<Outgoing>,
     /// Expired keys whose delete was lost with a failed log write: published again (a new
@@ -707,6 +732,8 @@ impl ServerCore {
             snapshot_retry_at_ns: 0,
             snapshot_backoff_ns: 0,
             snapshot_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: snapshot not written")),
+            publish_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: update not published")),
+            resync_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as("passive: behind the active, re-syncing"),
             outbox: Vec::new(),
             expiries_lost: Vec::new(),
             wall_ms: 0,
@@ -857,6 +884,8 @@ impl ServerCore {
             }
             Event::SnapshotWritten { lost } => self.map_snapshot_written(lost, now_ns, out),
             Event::SnapshotFailed { error } => self.snapshot_failed(&error, now_ns, out),
+            Event::PublishFailed { sequence, error } => self.publish_failed(sequence, &error, now_ns, out),
+            Event::Stopping => self.stopping(out),
         }
         Ok(())
     }
@@ -985,7 +1014,7 @@ impl ServerCore {
             "state={}\nrole={}\nsequence={}\nkeys={}\npending={}\nmalformed_requests={}\n\
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
              published={}\nhugz={}\nexpired={}\npending_dropped={}\nlog_failures={}\n\
-             snapshot_failures={}\ndurable={}\ndurable_why={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
+             snapshot_failures={}\npublish_failures={}\ndurable={}\ndurable_why={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
              snapshots_client_gone={}\nsnapshot_send_errors={}\npauses={}\ndisk_stalls={}\nsyncs={}\nslow_syncs={}\nlongest_sync_ms={}\nsync_failures={}\n\
              compactions={}\ncompaction_failures={}\nlast_compaction_ms={}\nlast_compaction_error={}\n{}",
             self.state_name(),
@@ -1005,6 +1034,7 @@ impl ServerCore {
             c.pending_dropped,
             c.log_failures,
             c.snapshot_failures,
+            c.publish_failures,
             match self.durable() {
                 None => "off",
                 Some(true) => "yes",
@@ -1331,6 +1361,25 @@ impl ServerCore {
         }
     }
 
+    /// The publisher could not send message `sequence`: counted, and said like a refusal (the
+    /// first at once, then a summary per interval, the total at the stop), whatever `verbose`
+    /// says: an error, not progress.
+    #[cold]
+    fn publish_failed(&mut self, sequence: u64, error: &str, now_ns: u64, out: &mut Vec<Action>) {
+        self.counters.publish_failures += 1;
+        let detail = format_args!(
+            "sequence {sequence}: {error}; subscribers miss it until their next snapshot (STATUS publish_failures)"
+        );
+        out.extend(self.publish_said.refuse("send_failed", &detail, now_ns).map(Action::Log));
+    }
+
+    /// The end of the run: what went unsaid of the refusals and failures, and the total of
+    /// failed publishes however recent the last line.
+    fn stopping(&mut self, out: &mut Vec<Action>) {
+        let unsaid = [&mut self.refusals, &mut self.snapshot_said, &mut self.resync_said].map(Refusals::flush);
+        out.extend(unsaid.into_iter().flatten().chain(self.publish_said.end()).map(Action::Log));
+    }
+
     /// Publish `o` (not a client's update); with a data dir it waits in the outbox until its
     /// log record is written.
     fn publish(&mut self, o: Outgoing, now_ns: u64, out: &mut Vec<Action>) {
@@ -1520,16 +1569,15 @@ impl ServerCore {
             return; // held after a pause too: a peer that took over makes us passive first
         }
         let sequence = self.sequence;
-        let verbose = self.verbose;
         let Some(p) = self.pair.as_mut() else { return };
         if msg.key == HUGZ {
             // HUGZ carries the active's sequence: if it is ahead of us while we think we are in
             // step, we lost updates.
             if p.synced && p.sync.is_none() && msg.sequence > sequence {
                 p.synced = false;
-                if verbose {
-                    out.push(Action::Log(format!("passive: behind ({sequence} < {}), re-syncing", msg.sequence)));
-                }
+                let detail =
+                    format_args!("the active's HUGZ is at sequence {}, this server at {sequence}", msg.sequence);
+                out.extend(self.resync_said.refuse("hugz_ahead", &detail, now_ns).map(Action::Log));
             }
             return;
         }
@@ -1540,9 +1588,8 @@ impl ServerCore {
                 // The active server's sequence is contiguous: we missed updates (HWM, a
                 // reconnect). Fetch a fresh snapshot rather than drift.
                 p.synced = false;
-                if verbose {
-                    out.push(Action::Log(format!("passive: gap {sequence} -> {}, re-syncing", msg.sequence)));
-                }
+                let detail = format_args!("sequence {sequence} -> {}: the updates between were missed", msg.sequence);
+                out.extend(self.resync_said.refuse("gap", &detail, now_ns).map(Action::Log));
                 return;
             }
             self.apply_replicated(msg, now_ns, out);
@@ -1804,8 +1851,10 @@ impl ServerCore {
         if let Some(l) = self.refusals.due(now_ns) {
             out.push(Action::Log(l));
         }
-        if let Some(l) = self.snapshot_said.due(now_ns) {
-            out.push(Action::Log(l));
+        for said in [&mut self.snapshot_said, &mut self.publish_said, &mut self.resync_said] {
+            if let Some(l) = said.due(now_ns) {
+                out.push(Action::Log(l));
+            }
         }
         if let Some(p) = self.pair.as_mut() {
             if let Some(s) = p.bstar.heartbeat_due(now_ns) {
@@ -1890,6 +1939,8 @@ mod tests {
         fail_appends: bool,
         fail_flush: bool,
         fail_snapshot: bool,
+        /// Every [`Action::Publish`] fails, answered [`Event::PublishFailed`] (as the shell does).
+        fail_publish: bool,
         /// Appends up to this token are skipped (`Action::SkipAppends`).
         skip_through: u64,
         /// When each snapshot write was tried.
@@ -1922,6 +1973,7 @@ mod tests {
                 fail_appends: false,
                 fail_flush: false,
                 fail_snapshot: false,
+                fail_publish: false,
                 skip_through: 0,
                 snapshot_writes: Vec::new(),
                 hold_compactions: false,
@@ -1957,10 +2009,13 @@ mod tests {
                 let reply = match a {
                     Action::Publish { msg, apply_at_ns } => {
                         self.published.push(msg.clone());
+                        let failed = self
+                            .fail_publish
+                            .then(|| Event::PublishFailed { sequence: msg.sequence, error: "zmq send: ETERM".into() });
                         if let Some(at) = apply_at_ns {
                             self.core.published(msg, at);
                         }
-                        None
+                        failed
                     }
                     Action::SkipAppends { through } => {
                         self.skip_through = through;
@@ -2516,6 +2571,106 @@ mod tests {
         assert!(r.logs.iter().any(|l| l.starts_with(said)), "{:?}", r.logs);
         r.on(Event::PeerSyncCheck);
         assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+    }
+
+    /// A failed publish is said by the core like a refusal, by a quiet core too (`--quiet`
+    /// silences progress only): the first at once, a summary within the interval, the total at
+    /// the stop; counted in STATUS. Before, the shell said the 1st, 10th, 100th, … (a rule of its
+    /// own, with no summary in time: the 11th to 99th of a minute went unsaid until the 100th).
+    #[test]
+    fn a_failed_publish_is_said_at_once_then_summarised_and_totalled_at_the_stop() {
+        let mut r = Rig::new(cfg(None), false);
+        assert!(!r.core.verbose, "the rig's core is quiet");
+        r.fail_publish = true;
+        let said = |r: &mut Rig| -> Vec<String> {
+            std::mem::take(&mut r.logs).into_iter().filter(|l| l.contains("not published")).collect()
+        };
+        r.put("/a", "1", 1);
+        assert_eq!(
+            said(&mut r),
+            vec![
+                "standalone: update not published (send_failed): sequence 1: zmq send: ETERM; subscribers miss it \
+                 until their next snapshot (STATUS publish_failures) (the first; more are counted and summarised \
+                 every 10s)"
+            ]
+        );
+        // 99 more within the interval: counted, not said.
+        for i in 0..99u8 {
+            r.clock.advance_ms(100);
+            r.put(&format!("/b{i}"), "1", 2 + i);
+            r.on(Event::Tick);
+        }
+        assert_eq!(said(&mut r), Vec::<String>::new());
+        // The interval since the first has passed: one summary, at the next tick.
+        r.clock.advance_ms(100);
+        r.on(Event::Tick);
+        assert_eq!(
+            said(&mut r),
+            vec!["standalone: update not published in the last 10s: send_failed=99 (totals: send_failed=100)"]
+        );
+        // One more, just after: said at the stop, with the total.
+        r.put("/c", "1", 200);
+        assert_eq!(said(&mut r), Vec::<String>::new());
+        r.on(Event::Stopping);
+        assert_eq!(
+            said(&mut r),
+            vec!["standalone: update not published since the last line: send_failed=1 (totals: send_failed=101)"]
+        );
+        // Counted: every publish tried, and those that failed; the updates are applied all the same.
+        let c = r.core.counters();
+        assert_eq!((c.published, c.publish_failures, r.core.map().len()), (101, 101, 101));
+        assert!(r.core.status_text().contains("\npublish_failures=101\n"));
+        // A stop with nothing unsaid still says the total; none failed, nothing.
+        r.on(Event::Stopping);
+        assert_eq!(said(&mut r), vec!["standalone: update not published in all: send_failed=101"]);
+        let mut ok = Rig::new(cfg(None), false);
+        ok.put("/a", "1", 1);
+        ok.on(Event::Stopping);
+        assert!(ok.logs.is_empty(), "{:?}", ok.logs);
+    }
+
+    /// A passive that finds itself behind the active (a gap in the sequence, a HUGZ ahead) says
+    /// so whatever `verbose` says, the first of each at once, then a summary per interval.
+    /// Before, a quiet backup (`--quiet`) re-synced without a word.
+    #[test]
+    fn a_passive_behind_the_active_says_so_quiet_or_not_first_at_once_then_summarised() {
+        let mut r = Rig::passive_backup();
+        assert!(!r.core.verbose, "the rig's core is quiet");
+        r.sync_passive(&[("/x", 5, "old", None)], 5);
+        r.logs.clear();
+        let resync = |r: &mut Rig, seq: u64| {
+            r.on(Event::PeerSyncCheck);
+            assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+            r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, seq, ""))));
+            r.other();
+        };
+        let said = |r: &mut Rig| -> Vec<String> {
+            std::mem::take(&mut r.logs).into_iter().filter(|l| l.contains("re-syncing")).collect()
+        };
+        r.on(Event::Replicated(Ok(KvMsg::new("/w", 7, "gap"))));
+        assert_eq!(
+            said(&mut r),
+            vec![
+                "passive: behind the active, re-syncing (gap): sequence 5 -> 7: the updates between were missed \
+                 (the first; more are counted and summarised every 10s)"
+            ]
+        );
+        resync(&mut r, 7);
+        // Again, soon after: counted, not said; a HUGZ ahead is the first of its reason.
+        r.on(Event::Replicated(Ok(KvMsg::new("/w", 9, "gap"))));
+        assert_eq!(said(&mut r), Vec::<String>::new());
+        resync(&mut r, 9);
+        r.on(Event::Replicated(Ok(KvMsg::new(HUGZ, 12, ""))));
+        let l = said(&mut r);
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert!(l[0].starts_with("passive: behind the active, re-syncing (hugz_ahead): the active's HUGZ is at sequence 12, this server at 9"), "{l:?}");
+        resync(&mut r, 12);
+        r.on(Event::Replicated(Ok(KvMsg::new("/w", 14, "gap"))));
+        r.tick_for(10_000);
+        assert_eq!(
+            said(&mut r),
+            vec!["passive: behind the active, re-syncing in the last 10s: gap=2 (totals: gap=3 hugz_ahead=1)"]
+        );
     }
 
     #[test]
