@@ -30,9 +30,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Why an output file could not be claimed.
 #[derive(Debug, thiserror::Error)]
 pub enum OutFileError {
-    /// Another process holds the file's lock: it is writing the file now.
-    #[error("{flag} {}: another process is writing this file (it holds the file's lock); give another path or let that run end", path.display())]
-    Busy { flag: String, path: PathBuf },
+    /// Another process holds the file's lock: it is writing the file now. That process, when
+    /// found (`/proc/locks`: its pid and command, as [`OutFileError::NextBusy`] names it).
+    #[error(
+        "{flag} {}: {} is writing this file (it holds the file's lock); give another path or let that run end",
+        path.display(),
+        holder.as_deref().unwrap_or("another process")
+    )]
+    Busy { flag: String, path: PathBuf, holder: Option<String> },
     /// Another process holds the lock of `.NAME.next` beside FILE: it is writing the new file a
     /// rewrite or rotation of FILE renames over it (another run, mid-rewrite of FILE). This run
     /// does not take that file from it.
@@ -135,13 +140,17 @@ impl Claimed {
         if !self.regular {
             return Ok(());
         }
-        match self.file().try_lock() {
+        let file = self.file();
+        match file.try_lock() {
             Ok(()) => Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(OutFileError::Busy { flag: self.flag.clone(), path: self.path.clone() })
-            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(self.busy(lock_holder(&file))),
             Err(std::fs::TryLockError::Error(e)) => Err(io(&self.flag, &self.path)(e)),
         }
+    }
+
+    /// [`OutFileError::Busy`] for this file, held by `holder` ([`lock_holder`]).
+    fn busy(&self, holder: Option<String>) -> OutFileError {
+        OutFileError::Busy { flag: self.flag.clone(), path: self.path.clone(), holder }
     }
 
     /// `(device, inode)` of a regular file: two outputs are one file when these agree.
@@ -245,14 +254,16 @@ impl Claimed {
     fn rotate_by_renames(&self, closed: &Path) -> Result<Claimed, OutFileError> {
         let next = self.next_path();
         let fresh = self.claim_next(&next)?;
-        if let Err(e) = rename_noreplace(&self.path, closed) {
+        // A placeholder either rename makes takes FILE's owner and mode from it.
+        let like = self.file();
+        if let Err(e) = rename_noreplace(&self.path, closed, &like) {
             let _ = std::fs::remove_file(&next);
             return Err(io(&self.flag, closed)(e));
         }
         // The path names no file from here to the next rename.
-        if let Err(e) = rename_noreplace(&next, &self.path) {
+        if let Err(e) = rename_noreplace(&next, &self.path, &like) {
             let _ = std::fs::remove_file(&next);
-            return Err(match rename_noreplace(closed, &self.path) {
+            return Err(match rename_noreplace(closed, &self.path, &like) {
                 Ok(()) => io(&self.flag, &self.path)(e),
                 Err(_) => OutFileError::Io {
                     flag: self.flag.clone(),
@@ -284,7 +295,7 @@ impl Claimed {
     /// `next` is refused, its target untouched; one another process holds locked is
     /// [`OutFileError::NextBusy`], naming that process.
     fn claim_next(&self, next: &Path) -> Result<Claimed, OutFileError> {
-        let file = open_next(next).map_err(|e| match e {
+        let file = fresh_next(next, &self.file()).map_err(|e| match e {
             NextError::Busy(holder) => OutFileError::NextBusy {
                 flag: self.flag.clone(),
                 path: self.path.clone(),
@@ -292,13 +303,6 @@ impl Claimed {
                 holder,
             },
             e => io(&self.flag, next)(e.into()),
-        })?;
-        let kept = file.set_len(0).and_then(|()| same_owner_and_mode(&self.file(), &file));
-        kept.map_err(|e| {
-            if names(next, &file) {
-                let _ = std::fs::remove_file(next);
-            }
-            io(&self.flag, next)(e)
         })?;
         Ok(Claimed {
             flag: self.flag.clone(),
@@ -314,10 +318,9 @@ impl Claimed {
     /// line on stderr; one that cannot be removed is said too, and the run goes on (a rewrite
     /// empties and reuses it).
     fn remove_stale_next(&self) {
-        use std::os::unix::fs::OpenOptionsExt as _;
         let next = self.next_path();
         // Not followed if a link, never waited on if a FIFO: only a regular file is a run's.
-        let Ok(f) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&next) else {
+        let Ok(f) = open_unfollowed(&next) else {
             return;
         };
         let is_file = f.metadata().is_ok_and(|m| m.is_file());
@@ -384,27 +387,25 @@ impl Claimed {
     /// holds the new file and its lock. The path names a locked file throughout: a run given it
     /// between the rename and the old file's release finds, once it has the old file's lock,
     /// that the path names another file, and is refused ([`Locked::check_named`]). The new file
-    /// takes the replaced file's permission bits (`0777`), and its owner and group where this
-    /// process may give them (root: always; another user: a group it is in), so a file an
-    /// operator opened to a
-    /// dashboard's user stays open to it. It is synced (`fsync`) before the rename and its folder
-    /// after ([`ReplaceError::Sync`] when only that failed), so a power loss leaves the old
-    /// content or the new, as a kill does.
-    /// On an error nothing is changed (the new file is removed) and the error says which step
-    /// failed. A device or FIFO is written as it is, through [`rewrite`](Self::rewrite).
+    /// (`fresh_next`) takes the replaced file's permission bits (`0777`), and its owner and
+    /// group where this process may give them (root: always; another user: a group it is in),
+    /// so a file an operator opened to a dashboard's user stays open to it. It is synced
+    /// (`fsync`) before the rename and its folder after ([`ReplaceError::Sync`] when only that
+    /// failed), so a power loss leaves the old content or the new, as a kill does. On an error
+    /// nothing is changed (the new file is removed) and the error says which step failed. A
+    /// device or FIFO is written as it is, through [`rewrite`](Self::rewrite).
     pub fn replace(&self, write: impl FnOnce(File) -> std::io::Result<()>) -> Result<(), ReplaceError> {
         if !self.regular {
             return self.rewrite().and_then(write).map_err(ReplaceError::Write);
         }
         let temp = self.next_path();
-        let made = |source| ReplaceError::Temp { temp: temp.clone(), source };
-        // A regular file this run made or one a killed run left (emptied here); never a link's
-        // target.
-        let fresh = open_next(&temp).map_err(|e| made(e.into()))?;
+        // A regular file this run made or one a killed run left (emptied); never a link's target.
+        let fresh = fresh_next(&temp, &self.file()).map_err(|e| match e {
+            NextError::Prepare(e) => ReplaceError::Write(e),
+            e => ReplaceError::Temp { temp: temp.clone(), source: e.into() },
+        })?;
         let written = fresh
-            .set_len(0)
-            .and_then(|()| same_owner_and_mode(&self.file(), &fresh))
-            .and_then(|()| fresh.try_clone())
+            .try_clone()
             .and_then(write)
             .and_then(|()| fresh.sync_all())
             .and_then(|()| std::fs::rename(&temp, &self.path));
@@ -491,12 +492,15 @@ enum NextError {
     Replaced,
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// Opened, but emptying it or giving it FILE's owner and mode failed ([`fresh_next`]).
+    #[error(transparent)]
+    Prepare(std::io::Error),
 }
 
 impl From<NextError> for std::io::Error {
     fn from(e: NextError) -> Self {
         match e {
-            NextError::Io(e) => e,
+            NextError::Io(e) | NextError::Prepare(e) => e,
             e => std::io::Error::other(e.to_string()),
         }
     }
@@ -536,6 +540,20 @@ fn open_next(next: &Path) -> Result<File, NextError> {
     Ok(file)
 }
 
+/// `next`, the new file that goes over FILE (a rotation's, a rewrite's), opened ([`open_next`]),
+/// emptied and given `like`'s (FILE's) owner and mode ([`same_owner_and_mode`]); when the last
+/// two fail, [`NextError::Prepare`], the file removed (if `next` still names it).
+fn fresh_next(next: &Path, like: &File) -> Result<File, NextError> {
+    let file = open_next(next)?;
+    file.set_len(0).and_then(|()| same_owner_and_mode(like, &file)).map_err(|e| {
+        if names(next, &file) {
+            let _ = std::fs::remove_file(next);
+        }
+        NextError::Prepare(e)
+    })?;
+    Ok(file)
+}
+
 /// Whether `path` names `file` itself (not following a link at `path`).
 fn names(path: &Path, file: &File) -> bool {
     use std::os::unix::fs::MetadataExt as _;
@@ -572,9 +590,23 @@ fn lock_holder(file: &File) -> Option<String> {
     })
 }
 
+/// The process holding the lock of the regular file at `path` now ([`lock_holder`]), the file
+/// opened without following a link or waiting on a FIFO.
+fn held_at(path: &Path) -> Option<String> {
+    lock_holder(&open_unfollowed(path).ok()?)
+}
+
+/// `path` opened to read, never through a link (`O_NOFOLLOW`) nor waiting on a FIFO
+/// (`O_NONBLOCK`): to look at a file another run may have put there.
+fn open_unfollowed(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+}
+
 /// Rename `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; `EEXIST` if it
-/// does). Where the file system does not take that flag, [`rename_over_placeholder`].
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+/// does). Where the file system does not take that flag, [`rename_over_placeholder`], its
+/// placeholder given `like`'s (FILE's) owner and mode.
+fn rename_noreplace(from: &Path, to: &Path, like: &File) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())
@@ -583,7 +615,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     let (f, t) = (c(from)?, c(to)?);
     #[cfg(test)]
     if NO_RENAME_NOREPLACE.with(std::cell::Cell::get) {
-        return rename_over_placeholder(from, to);
+        return rename_over_placeholder(from, to, like);
     }
     // SAFETY: two NUL-terminated paths that live across the call.
     let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
@@ -592,7 +624,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     let e = std::io::Error::last_os_error();
     match e.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS) => rename_over_placeholder(from, to),
+        Some(libc::EINVAL | libc::ENOSYS) => rename_over_placeholder(from, to, like),
         _ => Err(e),
     }
 }
@@ -602,25 +634,49 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// never opens a file or link already there: `EEXIST`) and locked, then `from` is renamed over
 /// that placeholder. A run that opened the placeholder and took its lock first keeps it
 /// (`EEXIST`); one that opens it later finds it locked and is refused, so the rename only ever
-/// replaces this empty file. An empty file no process holds already at `to` ([`empty_unheld`]:
-/// this placeholder, left by a run killed before its rename) is taken as this one's: left, it
-/// refused every later run keeping an earlier FILE under that closed name. (Looking at `to` and then renaming, as before, replaced a file made
+/// replaces this empty file. (Looking at `to` and then renaming, as before, replaced a file made
 /// between the look and the rename: between a rotation's two renames, another run's new FILE.)
-fn rename_over_placeholder(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+///
+/// The placeholder is made with `like`'s (FILE's) permission bits (`0777`) and owner and group
+/// where permitted ([`same_owner_and_mode`]), as `.NAME.next` is: a run killed before the
+/// rename leaves an empty FILE with FILE's mode, not `0600`. An empty file no process holds
+/// already at `to` ([`empty_unheld`]: a placeholder a run killed before its rename left) is
+/// taken as this one's, as it is: left, it refused every later run keeping an earlier FILE
+/// under that closed name. Locking a placeholder this run made failing (not another's lock:
+/// `ENOLCK` on a mount without locks) is said as that error, and the placeholder removed.
+fn rename_over_placeholder(from: &Path, to: &Path, like: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let exists = || std::io::Error::from_raw_os_error(libc::EEXIST);
+    // Made with FILE's bits (less the umask; all of them set below), so that even a kill just
+    // after the open leaves it with no more than FILE's.
+    let bits = like.metadata()?.permissions().mode() & 0o777;
     window(to);
-    let placeholder = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(to) {
-        Ok(f) => f,
+    let (placeholder, made) = match OpenOptions::new().write(true).create_new(true).mode(bits).open(to) {
+        Ok(f) => (f, true),
         // An empty file no process holds: a placeholder a run killed here left (nothing in it
         // to lose), taken as this one.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => empty_unheld(to).ok_or(e)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (empty_unheld(to).ok_or(e)?, false),
         Err(e) => return Err(e),
     };
+    // Removing what this run made, on an error before the rename.
+    let undo = |e: std::io::Error| {
+        if made && names(to, &placeholder) {
+            let _ = std::fs::remove_file(to);
+        }
+        e
+    };
+    if made {
+        same_owner_and_mode(like, &placeholder).map_err(undo)?;
+    }
     window(to);
-    if placeholder.try_lock().is_err() || !names(to, &placeholder) {
+    match lock_placeholder(&placeholder) {
+        Ok(()) if names(to, &placeholder) => {}
         // Another process took it between its making and this lock: its file now.
-        return Err(exists());
+        Ok(()) | Err(std::fs::TryLockError::WouldBlock) => return Err(exists()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            let said = format!("locking the empty file made there first, for a rename that never replaces: {e}");
+            return Err(undo(std::io::Error::new(e.kind(), said)));
+        }
     }
     std::fs::rename(from, to).inspect_err(|_| {
         if names(to, &placeholder) {
@@ -629,17 +685,32 @@ fn rename_over_placeholder(from: &Path, to: &Path) -> std::io::Result<()> {
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to make locking a placeholder at this path fail once with `ENOLCK` (a
+    /// mount that takes no locks), not as another's lock would.
+    pub(crate) static PLACEHOLDER_LOCK_FAILS: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `try_lock` on a placeholder; in tests, failing as [`PLACEHOLDER_LOCK_FAILS`] says.
+fn lock_placeholder(placeholder: &File) -> Result<(), std::fs::TryLockError> {
+    #[cfg(test)]
+    if PLACEHOLDER_LOCK_FAILS.with(|p| p.borrow_mut().take_if(|p| names(p, placeholder)).is_some()) {
+        return Err(std::fs::TryLockError::Error(std::io::Error::from_raw_os_error(libc::ENOLCK)));
+    }
+    placeholder.try_lock()
+}
+
 /// `path`'s file when it is an empty regular file no process holds locked, opened (never
 /// through a link) and locked by this one: a placeholder a run killed during
 /// [`rename_over_placeholder`] left, whose name may be taken (nothing is in it to lose). None
 /// otherwise: anything else there is someone's.
 fn empty_unheld(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
     if !std::fs::symlink_metadata(path).is_ok_and(empty) {
         return None;
     }
-    let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let f = open_unfollowed(path).ok()?;
     (f.try_lock().is_ok() && f.metadata().is_ok_and(empty) && names(path, &f)).then_some(f)
 }
 
@@ -795,7 +866,8 @@ impl Locked {
     pub fn check_named(&self) -> Result<(), OutFileError> {
         match self.0.still_named() {
             Ok(true) => Ok(()),
-            Ok(false) => Err(OutFileError::Busy { flag: self.0.flag.clone(), path: self.0.path.clone() }),
+            // The file now at the path is the other run's, locked: that run is named.
+            Ok(false) => Err(self.0.busy(held_at(&self.0.path))),
             Err(e) => Err(io(&self.0.flag, &self.0.path)(e)),
         }
     }
@@ -1064,6 +1136,13 @@ mod tests {
         crate::test_dir(&format!("outfile-{name}"))
     }
 
+    /// On this thread, act (or stop acting) as a file system with neither hard links nor
+    /// `RENAME_NOREPLACE`: a rotation by renames over placeholders.
+    fn renames_only(on: bool) {
+        NO_HARD_LINKS.with(|n| n.set(on));
+        NO_RENAME_NOREPLACE.with(|n| n.set(on));
+    }
+
     /// A run refused for one busy output leaves its other outputs as they were (the first was
     /// emptied before the second's lock was tried), and a link to another output is that output.
     #[test]
@@ -1126,12 +1205,16 @@ mod tests {
         // open file description, so this is the same test within one process).
         let second = Claimed::claim("--hlog", &path).expect_err("the second claim");
         assert!(matches!(second, OutFileError::Busy { .. }), "{second}");
+        // The holder is this process (its first claim).
+        let me = std::fs::read_to_string("/proc/self/comm").expect("comm");
         assert_eq!(
             second.to_string(),
             format!(
-                "--hlog {}: another process is writing this file (it holds the file's lock); give another path or \
+                "--hlog {}: process {} ({}) is writing this file (it holds the file's lock); give another path or \
                  let that run end",
-                path.display()
+                path.display(),
+                std::process::id(),
+                me.trim()
             )
         );
         assert_eq!(std::fs::read(&path).expect("read"), b"the first run's header\n", "not truncated");
@@ -1227,6 +1310,8 @@ mod tests {
         c.replace(|mut f| f.write_all(b"new\n")).expect("replaced");
         let e = lock_opened(vec![racing]).expect_err("the path names the new file, not the one locked");
         assert!(matches!(e, OutFileError::Busy { .. }), "{e}");
+        // The new file's holder (this process's claim), named.
+        assert!(e.to_string().contains(&format!(": process {} (", std::process::id())), "{e}");
         drop(c);
         claim_all(&[("--outputs-dir", &path)]).expect("claimed once the run is gone");
         let _ = std::fs::remove_dir_all(&d);
@@ -1288,6 +1373,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// `--hlog` claimed on `r.hlog` in a new folder `name`, `this run` written in it, rotated
+    /// (on this thread) by renames only ([`renames_only`]): the folder, FILE, `.r.hlog.next`
+    /// and the claim.
+    fn renaming_claim(name: &str) -> (PathBuf, PathBuf, PathBuf, Claimed) {
+        let d = dir(name);
+        let (path, next) = (d.join("r.hlog"), d.join(".r.hlog.next"));
+        renames_only(true);
+        let c = Claimed::claim("--hlog", &path).expect("claim");
+        c.rewrite().and_then(|mut f| f.write_all(b"this run")).expect("write");
+        (d, path, next, c)
+    }
+
     /// Run `hook` as another process would act in each [`window`] of what `f` does, then clear it.
     fn in_windows<T>(hook: impl FnMut(&Path) + 'static, f: impl FnOnce() -> T) -> T {
         WINDOW.with(|w| *w.borrow_mut() = Some(Box::new(hook)));
@@ -1341,12 +1438,7 @@ mod tests {
     /// made between the look and the rename was replaced (lost; its run wrote an unlinked file).
     #[test]
     fn without_links_or_noreplace_a_file_made_between_a_rotations_renames_is_kept() {
-        let d = dir("renames-window");
-        let (path, next) = (d.join("r.hlog"), d.join(".r.hlog.next"));
-        NO_HARD_LINKS.with(|n| n.set(true));
-        NO_RENAME_NOREPLACE.with(|n| n.set(true));
-        let c = Claimed::claim("--hlog", &path).expect("claim");
-        c.rewrite().and_then(|mut f| f.write_all(b"this run")).expect("write");
+        let (d, path, next, c) = renaming_claim("renames-window");
         // Unhindered, the placeholder way rotates.
         let first = closed_name(&path, 1_000_000_000);
         let (c, how) = c.rotate(&first).expect("rotated");
@@ -1384,8 +1476,7 @@ mod tests {
         let theirs = theirs.borrow_mut().take().expect("taken");
         assert!(names(&path, &theirs), "FILE is the other run's file, not replaced");
         assert_eq!(std::fs::read(&closed).expect("closed"), b"this run");
-        NO_HARD_LINKS.with(|n| n.set(false));
-        NO_RENAME_NOREPLACE.with(|n| n.set(false));
+        renames_only(false);
         drop((c, theirs));
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -1484,13 +1575,11 @@ mod tests {
     /// ("keeping ... as CLOSED: File exists; move that file or this one away").
     #[test]
     fn a_run_killed_with_its_placeholder_made_blocks_not_the_next_run() {
-        use std::io::Read as _;
         let keep = |_: &[u8], _: bool| Ok(Earlier::Keep(Some(1_000_000_000)));
         if let Some(d) = std::env::var_os(KILLED_CHILD) {
             let d = PathBuf::from(d);
             let (path, closed) = (d.join("k.hlog"), closed_name(&d.join("k.hlog"), 1_000_000_000));
-            NO_HARD_LINKS.with(|n| n.set(true));
-            NO_RENAME_NOREPLACE.with(|n| n.set(true));
+            renames_only(true);
             let (ready, c) = (d.join("ready"), closed.clone());
             let stop = move |at: &Path| {
                 if at == c && c.exists() {
@@ -1508,9 +1597,27 @@ mod tests {
         let (path, closed) = (d.join("k.hlog"), closed_name(&d.join("k.hlog"), 1_000_000_000));
         std::fs::write(&path, b"an earlier run's").expect("write");
         let name = "outfile::tests::a_run_killed_with_its_placeholder_made_blocks_not_the_next_run";
+        let mut child = child_ready(name, KILLED_CHILD, &d);
+        child.kill().expect("kill -9"); // SIGKILL, by its pid
+        let _ = child.wait();
+        assert_eq!(std::fs::read(&closed).expect("the placeholder"), b"", "the killed run's placeholder");
+        assert_eq!(std::fs::read(&path).expect("FILE"), b"an earlier run's");
+        let locked = lock_all(&[("--hlog", &path)]).expect("locked").remove(0);
+        let (c, said) = claim_keeping(locked, "a log", keep).expect("kept, not refused");
+        assert!(said.is_some_and(|s| s.contains(&closed.display().to_string())));
+        assert_kept_as(&path, &closed);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Run the lib test `name` again in a child process, with `env` set to `d` (the test's child
+    /// part), and wait until the child made `d/ready` (30 s at most, else killed and its stderr
+    /// said): it is then where the test wants it, to be ended by its pid.
+    fn child_ready(name: &str, env: &str, d: &Path) -> std::process::Child {
+        use std::io::Read as _;
         let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
             .args([name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(KILLED_CHILD, &d)
+            .env(env, d)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -1522,18 +1629,115 @@ mod tests {
                 let _ = child.wait();
                 let mut err = String::new();
                 let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
-                panic!("the child did not reach the window in 30 s:\n{err}");
+                panic!("the child did not say ready in 30 s:\n{err}");
             }
             std::thread::sleep(std::time::Duration::from_millis(10)); // polling for the child's file, bounded above
         }
-        child.kill().expect("kill -9"); // SIGKILL, by its pid
+        child
+    }
+
+    /// The child of [`a_file_another_process_holds_is_refused_naming_that_process`]: the folder
+    /// it works in.
+    const HOLDER_CHILD: &str = "MDSUB_TEST_OUTFILE_HOLDER_CHILD";
+
+    /// A FILE another live run holds (a real process: its claim's lock) is refused naming that
+    /// process, its pid and command from `/proc/locks`, as a busy `.NAME.next` is. Before, it
+    /// said `another process is writing this file`, whichever process it was.
+    #[test]
+    fn a_file_another_process_holds_is_refused_naming_that_process() {
+        if let Some(d) = std::env::var_os(HOLDER_CHILD) {
+            let d = PathBuf::from(d);
+            let _held = Claimed::claim("--hlog", &d.join("h.hlog")).expect("the child's claim");
+            std::fs::write(d.join("ready"), b"").expect("say ready");
+            loop {
+                std::thread::park(); // ended by its pid
+            }
+        }
+        let d = dir("busy-named");
+        let path = d.join("h.hlog");
+        let name = "outfile::tests::a_file_another_process_holds_is_refused_naming_that_process";
+        let mut child = child_ready(name, HOLDER_CHILD, &d);
+        let pid = child.id();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("its comm");
+        let refused = Claimed::claim("--hlog", &path);
+        child.kill().expect("kill"); // by its pid
         let _ = child.wait();
-        assert_eq!(std::fs::read(&closed).expect("the placeholder"), b"", "the killed run's placeholder");
-        assert_eq!(std::fs::read(&path).expect("FILE"), b"an earlier run's");
-        let locked = lock_all(&[("--hlog", &path)]).expect("locked").remove(0);
-        let (c, said) = claim_keeping(locked, "a log", keep).expect("kept, not refused");
-        assert!(said.is_some_and(|s| s.contains(&closed.display().to_string())));
-        assert_kept_as(&path, &closed);
+        let e = refused.expect_err("the child holds it");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--hlog {}: process {pid} ({}) is writing this file (it holds the file's lock); give another path \
+                 or let that run end",
+                path.display(),
+                comm.trim()
+            )
+        );
+        Claimed::claim("--hlog", &path).expect("claimed once the holder is gone");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Where a rotation renames without hard links or `RENAME_NOREPLACE`, the empty placeholder
+    /// each rename goes over has FILE's permission bits (not setuid, setgid, sticky) and owner
+    /// and group: a kill in the second rename's window leaves that placeholder as FILE, and FILE
+    /// keeps its mode. Before, it was made `0600` (and the run's): a killed run left FILE
+    /// closed to a dashboard's user.
+    #[test]
+    fn a_rotations_placeholder_has_files_mode_and_owner() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let d = dir("placeholder-mode");
+        let path = d.join("m.hlog");
+        renames_only(true);
+        let c = Claimed::claim("--hlog", &path).expect("claim");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2644)).expect("chmod");
+        // Root may give the file to anyone; another user keeps its own.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&path, Some(4321), Some(8765)).expect("chown");
+        }
+        let owner = |m: std::fs::Metadata| (m.mode() & 0o7777, m.uid(), m.gid());
+        let file = std::fs::metadata(&path).map(owner).expect("meta");
+        // What a kill would leave at each placeholder: looked at in the window before its lock.
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let saw = seen.clone();
+        let look = move |at: &Path| {
+            if let Some(m) = std::fs::symlink_metadata(at).ok().filter(|m| m.len() == 0) {
+                saw.borrow_mut().push((at.to_path_buf(), owner(m)));
+            }
+        };
+        let closed = closed_name(&path, 1_000_000_000);
+        let (fresh, how) = in_windows(look, || c.rotate(&closed)).expect("rotated");
+        renames_only(false);
+        assert_eq!(how, Closing::Renamed);
+        let want = (file.0 & 0o777, file.1, file.2);
+        assert_eq!(*seen.borrow(), [(closed.clone(), want), (path.clone(), want)], "each placeholder");
+        drop((c, fresh));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Locking a placeholder this run made failing with an error (`ENOLCK`: a mount without
+    /// locks), not another's lock, is said as that error and the placeholder removed, at the
+    /// closed name (the first rename) and at FILE (the second: the first undone, FILE the run's
+    /// as it was). Before, it said `File exists` and left the placeholder: at FILE, an empty
+    /// file, and the run's file under the closed name.
+    #[test]
+    fn a_placeholder_lock_error_is_said_and_the_placeholder_removed() {
+        let (d, path, next, c) = renaming_claim("placeholder-lock");
+        let closed = closed_name(&path, 1_000_000_000);
+        for at in [&closed, &path] {
+            PLACEHOLDER_LOCK_FAILS.with(|p| *p.borrow_mut() = Some(at.clone()));
+            let e = c.rotate(&closed).expect_err("refused");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "--hlog {}: locking the empty file made there first, for a rename that never replaces: No locks \
+                     available (os error 37)",
+                    at.display()
+                )
+            );
+            assert!(!closed.exists() && !next.exists(), "no placeholder left, nor a new file ({at:?})");
+            assert_eq!(std::fs::read(&path).expect("FILE"), b"this run", "FILE the run's, as it was");
+            assert!(c.still_named().expect("named"), "the claim holds FILE");
+        }
+        renames_only(false);
         drop(c);
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -1469,10 +1469,11 @@ fn an_output_file_another_engine_writes_is_refused_before_the_run() {
         assert_eq!(
             err.trim(),
             format!(
-                "mdsub: error: {flag} {mine}: another process is writing this file (it holds the file's lock); \
-                 give another path or let that run end"
+                "mdsub: error: {flag} {mine}: process {} (mdsub) is writing this file (it holds the file's lock); \
+                 give another path or let that run end",
+                first.proc.pid()
             ),
-            "one line naming the file, before the run"
+            "one line naming the file and the first engine, before the run"
         );
         assert!(out.is_empty(), "no run, no report: {out}");
     }
@@ -1826,7 +1827,8 @@ fn a_rotated_hlog_is_whole_files_that_together_hold_every_interval_of_the_run() 
     let (code, out, err) =
         run_within("engine", mdsub().args(["engine", "--endpoint", &ep, "--hlog", hlog_arg]), Duration::from_secs(30));
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(err.contains("another process is writing this file"), "FILE still locked after a rotation: {err}");
+    let holder = format!("process {} (mdsub) is writing this file", e.proc.pid());
+    assert!(err.contains(&holder), "FILE still locked after a rotation, by the engine: {err}");
     let (status, out) = e.finish(Duration::from_secs(90));
     assert!(status.success(), "engine failed: {out}");
     let _ = replay.finish(Duration::from_secs(30));
@@ -2155,7 +2157,7 @@ fn an_engine_killed_with_9_leaves_its_spectrum_so_far_in_hgrm() {
         Duration::from_secs(30),
     );
     assert_eq!(code, Some(1), "a second engine on FILE after its renames: {out}{err}");
-    assert!(err.contains("another process is writing this file"), "{err}");
+    assert!(err.contains(&format!("process {} (mdsub) is writing this file", e.proc.pid())), "{err}");
 
     e.proc.signal(libc::SIGKILL);
     let (status, _) = e.finish(Duration::from_secs(30));

@@ -128,7 +128,8 @@ fn bench_makes_its_outputs_dir_and_refuses_one_it_cannot_write_before_any_run() 
     assert_eq!(code, Some(1), "{stdout}{err}");
     assert!(stdout.is_empty(), "no run: {stdout}");
     let hgrm = out.join("bench.hgrm");
-    assert!(err.contains(&format!("--outputs-dir {}: another process is writing this file", hgrm.display())), "{err}");
+    let holder = format!("--outputs-dir {}: process {} (", hgrm.display(), std::process::id());
+    assert!(err.contains(&holder) && err.contains("is writing this file"), "this test named: {err}");
     drop(held);
     std::fs::remove_dir_all(dir.join("new")).expect("clean");
     // Not there yet: made, and written.

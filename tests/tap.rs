@@ -128,10 +128,11 @@ fn a_record_file_another_tap_writes_is_refused() {
     assert_eq!(
         err.trim(),
         format!(
-            "mdsub: error: tap: --record {file}: another process is writing this file (it holds the file's lock); \
-             give another path or let that run end"
+            "mdsub: error: tap: --record {file}: process {} (mdsub) is writing this file (it holds the file's lock); \
+             give another path or let that run end",
+            first.proc.pid()
         ),
-        "one line, and no endpoint bound: the tap did not start"
+        "one line naming the first tap, and no endpoint bound: the tap did not start"
     );
     let (sent, _sockets) = traffic_through(&first);
     stop_and_read_back(&mut first, "record_errors", &path, &sent);
