@@ -733,9 +733,12 @@ fn a_trial_server_of_another_measure_is_refused_before_any_trial() {
     let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"));
     child.args([name, "--exact", "--nocapture", "--test-threads=1"]).env(OLDER_SERVER, "1");
     let old = LineProc::spawn("older trial server", &mut child);
-    let control = old.line_starting("older server: control ", Duration::from_secs(30))
-        ["older server: control ".len()..]
-        .to_string();
+    // Its first line follows libtest's `test NAME ... ` on the same line.
+    let older_said = |what: &str, deadline| {
+        let line = common::wait_line(&old.lines, deadline, what, |l| l.contains(what));
+        line.split(what).nth(1).unwrap_or_default().to_string()
+    };
+    let control = older_said("older server: control ", Duration::from_secs(30));
     let dir = common::temp_dir("capacity-old-server");
     let publisher = format!("connect:{control}");
     let mut cmd = mdsub();
@@ -753,8 +756,7 @@ fn a_trial_server_of_another_measure_is_refused_before_any_trial() {
     assert!(!stdout.contains(" msg/s  achieved "), "no trial was judged: {stdout}");
     // It had bound its data endpoint for the refused trial; told `bye`, it ends by itself (not
     // at its 60 s deadline, exit 3), and the port is free again.
-    let bound =
-        old.line_starting("older server: bound ", Duration::from_secs(5))["older server: bound ".len()..].to_string();
+    let bound = older_said("older server: bound ", Duration::from_secs(5));
     let (status, rest) = old.finish(Duration::from_secs(30));
     assert!(status.success(), "the older server was never told to end ({status}): {rest}");
     assert!(rest.contains("older server: asked bye") && !rest.contains("asked go"), "{rest}");
