@@ -186,6 +186,36 @@ impl SnailProfile {
     }
 }
 
+/// Where a profile [`Profile::load`] gave came from: `builtin` or `auto`, made here (no file to
+/// edit or rename it in), or a TOML file. Decided by the `--profile` word, not by the profile's
+/// name: a file's profile may be named `auto-4core` or `builtin-2core`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Builtin,
+    Auto,
+    File,
+}
+
+impl Origin {
+    /// Where `--profile SPEC` comes from: the words `builtin` and `auto`, else a file.
+    pub fn of(spec: &str) -> Origin {
+        match spec {
+            "builtin" => Origin::Builtin,
+            "auto" => Origin::Auto,
+            _ => Origin::File,
+        }
+    }
+
+    /// The `--profile` word of a profile made here (`builtin`, `auto`); None for a file's.
+    pub fn made_by(self) -> Option<&'static str> {
+        match self {
+            Origin::Builtin => Some("builtin"),
+            Origin::Auto => Some("auto"),
+            Origin::File => None,
+        }
+    }
+}
+
 /// A tuning profile.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -429,13 +459,13 @@ impl Profile {
         Ok(p)
     }
 
-    /// Load `path`, or `builtin` / `auto` by name; a file's relative `[security]` paths are taken
-    /// from its directory.
+    /// Load `path`, or `builtin` / `auto` by name ([`Origin::of`]); a file's relative
+    /// `[security]` paths are taken from its directory.
     pub fn load(path: &str) -> Result<Profile, ProfileError> {
-        match path {
-            "builtin" => return Ok(Profile::builtin()),
-            "auto" => return Ok(Profile::auto(&crate::host::cores(), 1, 1)),
-            _ => {}
+        match Origin::of(path) {
+            Origin::Builtin => return Ok(Profile::builtin()),
+            Origin::Auto => return Ok(Profile::auto(&crate::host::cores(), 1, 1)),
+            Origin::File => {}
         }
         // A regular file only: a FIFO's open would wait for a writer (crate::infile).
         let read = |source| ProfileError::Read { path: path.into(), source };

@@ -396,6 +396,35 @@ fn the_carry_on_command_runs_as_printed_each_configuration_from_its_own_rate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--failed-at 4000 --max-rate 1000`: a failure above the maximum bounds nothing the search
+/// may offer (it ends with the maximum passed, or below it). Before, summary.json's
+/// `lowest_fail`, `failed_above` and `bracket_above` were 4000, a rate no trial was at, and
+/// summary.md called it "a failure above the knee". Now no field takes it; `known_failure` keeps
+/// it, saying it is above the maximum, and so does summary.md.
+#[test]
+fn a_known_failure_above_the_maximum_rate_is_no_failure_of_the_run() {
+    let _one = serial();
+    let dir = common::temp_dir("capacity-failed-above-max");
+    let v = capacity(&dir, &[&ONE_TRIAL[..], &["--failed-at", "4000"]].concat());
+    let c = config(&v, "builtin-2core");
+    let o = &c["outcome"];
+    for field in ["lowest_fail", "failed_above", "bracket_above"] {
+        assert_ne!(o[field].as_u64(), Some(4000), "{field}: {o}");
+    }
+    assert_eq!(o["known_failure"], serde_json::json!({ "rate": 4000, "above_max_rate": 1000 }), "{o}");
+    let folder = PathBuf::from(v["folder"].as_str().expect("folder"));
+    let md = std::fs::read_to_string(folder.join("summary.md")).expect("summary.md");
+    assert!(
+        md.contains(
+            "`builtin-2core`: 4000 msg/s failed in the run carried on (--failed-at): above --max-rate 1000, it bounds \
+             nothing here"
+        ),
+        "{md}"
+    );
+    assert!(!md.contains("a failure above the knee"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The one results folder a capacity run made in `out`.
 fn only_folder(out: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> =
@@ -691,44 +720,30 @@ fn stops_at_once_mid_trial(server: LineProc, signal: i32, why: &str) {
 /// publisher achieved (from its thread's start to the end it saw, which read a loaded host's
 /// publisher short): its `prepare` answer names no measure, and the run refuses it before any
 /// trial, exit 1, saying what to do. Before, its trials were judged beside this mdsub's as if
-/// measured alike. The server here answers as the older one did, on a real socket.
+/// measured alike. The server here is a process of its own (this test's binary, run as
+/// [`older_trial_server`]) that answers as the older one did, on real sockets: by the refusal it
+/// has bound a data endpoint, and the run's `bye` must reach it so that it ends and frees the
+/// port (it waits 60 s for it, then exits 3).
 #[test]
 fn a_trial_server_of_another_measure_is_refused_before_any_trial() {
-    let ctx = zmq::Context::new();
-    let rep = ctx.socket(zmq::REP).expect("rep");
-    rep.set_linger(0).expect("linger");
-    rep.bind("tcp://127.0.0.1:*").expect("bind");
-    let control = rep.get_last_endpoint().expect("endpoint").expect("utf-8");
-    // Its answers: `prepare` as an older server's (endpoints alone), then `{}` to anything else,
-    // until the run has ended (or 90 s).
-    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let run_ended = ended.clone();
-    let old = std::thread::spawn(move || {
-        let mut asked = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while !run_ended.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
-            if rep.poll(zmq::POLLIN, 100).expect("poll") == 0 {
-                continue;
-            }
-            let req = json(&rep.recv_string(0).expect("a request").expect("utf-8"));
-            let answer = match req["op"].as_str() {
-                Some("prepare") => serde_json::json!({ "endpoints": ["tcp://127.0.0.1:9"] }),
-                _ => serde_json::json!({}),
-            };
-            rep.send(answer.to_string().as_bytes(), 0).expect("answer");
-            asked.push(req["op"].as_str().unwrap_or_default().to_string());
-            if req["op"] == "bye" || req["op"] == "go" {
-                break;
-            }
-        }
-        asked
-    });
+    if std::env::var_os(OLDER_SERVER).is_some() {
+        older_trial_server();
+    }
+    let name = "a_trial_server_of_another_measure_is_refused_before_any_trial";
+    let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"));
+    child.args([name, "--exact", "--nocapture", "--test-threads=1"]).env(OLDER_SERVER, "1");
+    let old = LineProc::spawn("older trial server", &mut child);
+    // Its first line follows libtest's `test NAME ... ` on the same line.
+    let older_said = |what: &str, deadline| {
+        let line = common::wait_line(&old.lines, deadline, what, |l| l.contains(what));
+        line.split(what).nth(1).unwrap_or_default().to_string()
+    };
+    let control = older_said("older server: control ", Duration::from_secs(30));
     let dir = common::temp_dir("capacity-old-server");
     let publisher = format!("connect:{control}");
     let mut cmd = mdsub();
     cmd.args(["capacity", "--out"]).arg(&dir).args(SHORT).args(ONE_TRIAL).args(["--publisher", &publisher]);
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
-    ended.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     let said = format!(
         "the trial server at {control} says no measure (an older mdsub) for the rate its publisher achieved, where \
@@ -739,9 +754,59 @@ fn a_trial_server_of_another_measure_is_refused_before_any_trial() {
         "{stderr}"
     );
     assert!(!stdout.contains(" msg/s  achieved "), "no trial was judged: {stdout}");
-    let asked = old.join().expect("the older server");
-    assert!(!asked.iter().any(|op| op == "go"), "no trial was started: {asked:?}");
+    // It had bound its data endpoint for the refused trial; told `bye`, it ends by itself (not
+    // at its 60 s deadline, exit 3), and the port is free again.
+    let bound = older_said("older server: bound ", Duration::from_secs(5));
+    let (status, rest) = old.finish(Duration::from_secs(30));
+    assert!(status.success(), "the older server was never told to end ({status}): {rest}");
+    assert!(rest.contains("older server: asked bye") && !rest.contains("asked go"), "{rest}");
+    let port: u16 = bound.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{bound}"));
+    wait_until(Duration::from_secs(10), "the data port free again", || {
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Set in the environment of the process [`older_trial_server`] runs in.
+const OLDER_SERVER: &str = "MDSUB_TEST_OLDER_TRIAL_SERVER";
+
+/// A trial server as an older mdsub's answered (no `achieved` measure), in a process of its own:
+/// says its control endpoint, binds a data endpoint at `prepare` (said), answers `{}` to anything
+/// else (each op said), and ends at `bye`, exit 0; after 60 s without one, exit 3.
+fn older_trial_server() -> ! {
+    let ctx = zmq::Context::new();
+    let rep = ctx.socket(zmq::REP).expect("rep");
+    rep.set_linger(0).expect("linger");
+    rep.bind("tcp://127.0.0.1:*").expect("bind");
+    println!("older server: control {}", rep.get_last_endpoint().expect("endpoint").expect("utf-8"));
+    let mut data = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if rep.poll(zmq::POLLIN, 100).expect("poll") == 0 {
+            continue;
+        }
+        let req = json(&rep.recv_string(0).expect("a request").expect("utf-8"));
+        let op = req["op"].as_str().unwrap_or_default().to_string();
+        println!("older server: asked {op}");
+        let answer = match op.as_str() {
+            "prepare" => {
+                let pub_ = ctx.socket(zmq::PUB).expect("pub");
+                pub_.set_linger(0).expect("linger");
+                pub_.bind("tcp://127.0.0.1:*").expect("bind the data endpoint");
+                let ep = pub_.get_last_endpoint().expect("endpoint").expect("utf-8");
+                println!("older server: bound {ep}");
+                data = Some(pub_);
+                serde_json::json!({ "endpoints": [ep] })
+            }
+            _ => serde_json::json!({}),
+        };
+        rep.send(answer.to_string().as_bytes(), 0).expect("answer");
+        if op == "bye" {
+            drop(data);
+            std::process::exit(0);
+        }
+    }
+    std::process::exit(3)
 }
 
 #[test]

@@ -73,8 +73,9 @@ pub struct CapacityArgs {
     #[arg(long, value_parser = parse_start_rate, value_name = "[NAME=]COUNT")]
     pub start_rate: Vec<StartRate>,
     /// A rate known to fail, above the start (msg/s; `NAME=COUNT` for configuration NAME's):
-    /// the search bisects below it and never offers it. A stopped run's carry-on command gives
-    /// it for each search that had failed a rate above where it carries on from.
+    /// the search bisects below it and never offers it (one above --max-rate bounds nothing: it
+    /// is no failure of this run). A stopped run's carry-on command gives it for each search
+    /// that had failed a rate above where it carries on from.
     #[arg(long, value_parser = parse_start_rate, value_name = "[NAME=]COUNT")]
     pub failed_at: Vec<StartRate>,
     /// Never offer more than this (msg/s), 100 to 1000M.
@@ -315,7 +316,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         if let Some(h) = args.handler {
             p.handler = h;
         }
-        bases.push(p);
+        bases.push((p, crate::profile::Origin::of(n)));
     }
     // Both were taken, and the grid's handlers silently replaced the one --handler gave.
     if let (Some(h), Some(v)) = (args.handler, args.vary.iter().find(|v| v.key == "handler")) {

@@ -37,7 +37,7 @@ use crate::bench::stamp::Machine;
 use crate::engine::handler::HandlerSpec;
 use crate::engine::reader::{HandOff, Routing};
 use crate::feed::GeneratorConfig;
-use crate::profile::Profile;
+use crate::profile::{Origin, Profile};
 
 /// The percentiles every trial reports and the plot draws (1.0 = max).
 pub const REPORTED: [f64; 4] = [0.5, 0.99, 0.999, 1.0];
@@ -47,6 +47,8 @@ pub const REPORTED: [f64; 4] = [0.5, 0.99, 0.999, 1.0];
 pub struct Configuration {
     pub name: String,
     pub profile: Profile,
+    /// Where its (base) profile came from: a file, or `builtin`/`auto` (none to rename it in).
+    pub origin: Origin,
 }
 
 impl Configuration {
@@ -117,7 +119,7 @@ pub struct Vary {
 
 /// Every base profile crossed with every combination of the grid's values; each one is named
 /// `BASE key=value …` and validated against `host`.
-pub fn expand_grid(bases: &[Profile], grid: &[Vary], host: &[usize]) -> Result<Vec<Configuration>, String> {
+pub fn expand_grid(bases: &[(Profile, Origin)], grid: &[Vary], host: &[usize]) -> Result<Vec<Configuration>, String> {
     // A key given twice made one configuration of the last value, named with both
     // (`builtin-2core workers=1 workers=2`), where a grid of two was meant.
     let written = |v: &Vary| v.values.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(",");
@@ -132,7 +134,7 @@ pub fn expand_grid(bases: &[Profile], grid: &[Vary], host: &[usize]) -> Result<V
         }
     }
     let mut out: Vec<Configuration> =
-        bases.iter().map(|p| Configuration { name: p.name.clone(), profile: p.clone() }).collect();
+        bases.iter().map(|(p, o)| Configuration { name: p.name.clone(), profile: p.clone(), origin: *o }).collect();
     for Vary { key, values } in grid {
         if values.is_empty() {
             return Err(format!("--vary {key}= needs at least one value"));
@@ -142,7 +144,7 @@ pub fn expand_grid(bases: &[Profile], grid: &[Vary], host: &[usize]) -> Result<V
             for (v, setting) in values {
                 let mut p = c.profile.clone();
                 setting.apply(&mut p);
-                next.push(Configuration { name: format!("{} {key}={v}", c.name), profile: p });
+                next.push(Configuration { name: format!("{} {key}={v}", c.name), profile: p, origin: c.origin });
             }
         }
         out = next;
@@ -922,7 +924,7 @@ pub fn finished_in(dir: &Path, cfg: &CapacityConfig) -> anyhow::Result<Vec<Confi
         if here.hash() != c.profile_hash {
             // A `--vary` configuration's name is made of its base profile's and the grid's
             // values: it cannot be given another name of its own.
-            let in_file = renamed_in_its_file(&here.profile.name);
+            let in_file = renamed_in_its_file(here.origin);
             let rename = if here.name == here.profile.name {
                 format!("rename this profile ({in_file}) to search it beside that result, or ")
             } else {
@@ -1553,17 +1555,12 @@ pub fn summary_md(r: &CapacityResult) -> String {
     s
 }
 
-/// Where profile `name` is renamed: its `name` in its file. `builtin` and `auto` (their
-/// profiles are named `builtin-2core`, `auto-Ncore`) have no file: `mdsub profile show` writes
-/// one. Before, a refusal told a run of `builtin` to rename it "in its file".
-fn renamed_in_its_file(name: &str) -> String {
-    let auto =
-        name.strip_prefix("auto-").and_then(|n| n.strip_suffix("core")).is_some_and(|n| n.parse::<usize>().is_ok());
-    let kind = if name == Profile::builtin().name {
-        "builtin"
-    } else if auto {
-        "auto"
-    } else {
+/// Where a profile from `origin` is renamed: its `name` in its file. `builtin` and `auto` have
+/// no file: `mdsub profile show` writes one. Before, a refusal told a run of `builtin` to rename
+/// it "in its file"; then it was decided by the profile's name, and a file's profile named
+/// `auto-4core` was told it had no file.
+fn renamed_in_its_file(origin: Origin) -> String {
+    let Some(kind) = origin.made_by() else {
         return "its `name` in its file".to_string();
     };
     format!(
@@ -1582,10 +1579,14 @@ fn known_failure_text(c: &ConfigResult) -> Option<String> {
     if c.taken_from.is_some() {
         return None;
     }
-    let KnownFailure { rate: f, dropped_by_pass_at } = c.outcome.known_failure?;
-    Some(match dropped_by_pass_at {
-        Some(p) => format!("`{}`: {FAILED_AT} {f} msg/s dropped: {p} msg/s passed here", c.name),
-        None => format!(
+    let KnownFailure { rate: f, dropped_by_pass_at, above_max_rate } = c.outcome.known_failure?;
+    Some(match (dropped_by_pass_at, above_max_rate) {
+        (_, Some(m)) => format!(
+            "`{}`: {f} msg/s failed in the run carried on ({FAILED_AT}): above --max-rate {m}, it bounds nothing here",
+            c.name
+        ),
+        (Some(p), None) => format!("`{}`: {FAILED_AT} {f} msg/s dropped: {p} msg/s passed here", c.name),
+        (None, None) => format!(
             "`{}`: {f} msg/s failed in the run carried on ({FAILED_AT}): not offered again, a failure above the knee",
             c.name
         ),
@@ -1660,7 +1661,7 @@ mod tests {
         assert_eq!(knee_text(&result(Some(3125), 3001.0)), "3125 msg/s offered, 3001 achieved");
         assert_eq!(knee_text(&result(Some(3125), 3120.0)), "3125 msg/s");
         assert_eq!(knee_text(&result(None, 0.0)), "none");
-        let c = Configuration { name: "builtin-2core".into(), profile: Profile::builtin() };
+        let c = Configuration { name: "builtin-2core".into(), profile: Profile::builtin(), origin: Origin::Builtin };
         let toml = winner_toml(&c, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
         assert!(toml.contains("# Knee: 3125 msg/s offered, 3001 achieved (confirmed at 2969 msg/s).\n"), "{toml}");
         assert!(toml.contains("# NON-MONOTONIC: passed at 4000 msg/s but failed below it at 3500 msg/s.\n"), "{toml}");
@@ -1670,7 +1671,11 @@ mod tests {
         );
         // A winner of two shards runs as measured with two endpoints; the line gave one, and the
         // engine ran one shard.
-        let two = Configuration { name: "builtin-2core shards=2".into(), profile: Profile::builtin().with_shards(2) };
+        let two = Configuration {
+            name: "builtin-2core shards=2".into(),
+            profile: Profile::builtin().with_shards(2),
+            origin: Origin::Builtin,
+        };
         let toml =
             winner_toml(&two, &result(Some(3125), 3001.0), &Sla::default(), &crate::bench::stamp::Machine::here());
         assert!(
@@ -2065,12 +2070,23 @@ mod tests {
         let mut t = standing("t", Ending::Confirmed, (Some(3000), None), (Some(4000), Some(4000)), true, 1);
         t.taken_from = Some(PathBuf::from("/old"));
         let c = standing("c", Ending::Confirmed, (Some(3000), None), (Some(4000), Some(4000)), true, 1);
-        a.outcome.known_failure = Some(KnownFailure { rate: 4000, dropped_by_pass_at: None });
-        b.outcome.known_failure = Some(KnownFailure { rate: 8000, dropped_by_pass_at: Some(9000) });
+        let mut m = standing("m", Ending::AboveMaxRate, (Some(1000), None), (None, None), true, 1);
+        m.trials = vec![pass(1000)];
+        a.outcome.known_failure = Some(KnownFailure { rate: 4000, dropped_by_pass_at: None, above_max_rate: None });
+        b.outcome.known_failure =
+            Some(KnownFailure { rate: 8000, dropped_by_pass_at: Some(9000), above_max_rate: None });
+        m.outcome.known_failure =
+            Some(KnownFailure { rate: 4000, dropped_by_pass_at: None, above_max_rate: Some(1000) });
         t.outcome.known_failure = a.outcome.known_failure;
-        let md = summary_md(&result_of(&[a, b, t, c], None, None));
+        let md = summary_md(&result_of(&[a, b, m, t, c], None, None));
         assert!(md.contains("- `a`: 4000 msg/s failed in the run carried on (--failed-at): not offered again"), "{md}");
         assert!(md.contains("- `b`: --failed-at 8000 msg/s dropped: 9000 msg/s passed here"), "{md}");
+        // Above --max-rate 1000, it is no failure above the knee (before, it was said to be one).
+        assert!(
+            md.contains("- `m`: 4000 msg/s failed in the run carried on (--failed-at): above --max-rate 1000, it bounds nothing here"),
+            "{md}"
+        );
+        assert!(!md.contains("- `m`: 4000 msg/s failed in the run carried on (--failed-at): not offered"), "{md}");
         assert!(!md.contains("- `t`:") && !md.contains("- `c`:"), "{md}");
     }
 
@@ -2210,7 +2226,7 @@ mod tests {
     /// A run's settings, with the builtin profile as configuration `a`, for `--take-finished-from`.
     fn take_cfg() -> CapacityConfig {
         CapacityConfig {
-            configurations: vec![Configuration { name: "a".into(), profile: Profile::builtin() }],
+            configurations: vec![Configuration { name: "a".into(), profile: Profile::builtin(), origin: Origin::File }],
             sla: Sla::default(),
             search: SearchConfig::default(),
             warmup: Duration::from_millis(100),
@@ -2329,13 +2345,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&named);
         // `--profile builtin` (or `auto`) has no file to rename it in: it is told how to write
         // one (before: "its `name` in its file"), plain or as a `--vary` configuration's base;
-        // a file's profile named otherwise is not.
-        for (name, kind) in
-            [("builtin-2core", "builtin"), ("builtin-2core idle=block", "builtin"), ("auto-16core", "auto")]
-        {
+        // a file's profile is not, whatever its name.
+        for (name, kind, origin) in [
+            ("builtin-2core", "builtin", Origin::Builtin),
+            ("builtin-2core idle=block", "builtin", Origin::Builtin),
+            ("auto-16core", "auto", Origin::Auto),
+        ] {
             let mut was = take_cfg();
             was.configurations[0].name = name.into();
             was.configurations[0].profile.name = name.split(' ').next().unwrap_or(name).into();
+            was.configurations[0].origin = origin;
             let folder = earlier_folder(kind, &was, &["a.hlog"]);
             was.configurations[0].profile.handler = HandlerSpec::Work { ns: 1000 };
             let e = format!("{:#}", finished_in(&folder, &was).expect_err("another handler"));
@@ -2346,7 +2365,18 @@ mod tests {
             assert!(e.contains(&format!("`{name}` finished there with another profile")) && e.contains(&said), "{e}");
             let _ = std::fs::remove_dir_all(&folder);
         }
-        assert_eq!(renamed_in_its_file("auto-two-core"), "its `name` in its file");
+        // A file's profile named like a builtin or an auto one has a file to rename it in (before,
+        // decided by the name, it was told it had none).
+        for name in ["auto-4core", "builtin-2core"] {
+            let mut was = take_cfg();
+            (was.configurations[0].name, was.configurations[0].profile.name) = (name.into(), name.into());
+            let folder = earlier_folder(&format!("file-{name}"), &was, &["a.hlog"]);
+            was.configurations[0].profile.handler = HandlerSpec::Work { ns: 1000 };
+            let e = format!("{:#}", finished_in(&folder, &was).expect_err("another handler"));
+            assert!(e.contains("rename this profile (its `name` in its file) to search it beside that result"), "{e}");
+            assert!(!e.contains("has none") && !e.contains("mdsub profile show"), "{e}");
+            let _ = std::fs::remove_dir_all(&folder);
+        }
         // The same values of the SLA that reads the same when rounded: compared as values.
         let (mut one, mut two) = (take_cfg(), take_cfg());
         one.sla.points = vec![SlaPoint { quantile: 0.99, budget_ns: 1_500_000 }];
@@ -2380,7 +2410,9 @@ mod tests {
         assert_eq!(from.canonicalize().ok(), dir.canonicalize().ok());
         // A carried-on run's estimate counts no trial for a configuration it takes.
         let mut carried = take_cfg();
-        carried.configurations.insert(0, Configuration { name: "x".into(), profile: Profile::builtin() });
+        carried
+            .configurations
+            .insert(0, Configuration { name: "x".into(), profile: Profile::builtin(), origin: Origin::File });
         carried.taken = taken;
         assert_eq!(trials_left_estimate(&carried, 0, 3), 3, "`a` is taken");
         carried.taken.clear();
@@ -2475,7 +2507,7 @@ mod tests {
                 values: vec![("block".into(), Setting::Idle("block")), ("backoff".into(), Setting::Idle("backoff"))],
             },
         ];
-        let cs = expand_grid(&[Profile::builtin()], &grid, &[0, 1]).expect("valid");
+        let cs = expand_grid(&[(Profile::builtin(), Origin::Builtin)], &grid, &[0, 1]).expect("valid");
         let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
@@ -2491,15 +2523,20 @@ mod tests {
         assert_eq!(cs[0].slug(), "builtin-2core-workers-1-idle-block");
         // A count as the flags write it: named as written, applied as read.
         let hwm = vec![Vary { key: "rcvhwm_msgs".into(), values: vec![("100k".into(), Setting::RcvhwmMsgs(100_000))] }];
-        let cs = expand_grid(&[Profile::builtin()], &hwm, &[0, 1]).expect("valid");
+        let cs = expand_grid(&[(Profile::builtin(), Origin::Builtin)], &hwm, &[0, 1]).expect("valid");
         assert_eq!((cs[0].name.as_str(), cs[0].profile.rcvhwm_msgs), ("builtin-2core rcvhwm_msgs=100k", 100_000));
         // What the host cannot take is refused by the profile check, naming the configuration.
         let big = vec![Vary { key: "batch_max".into(), values: vec![("1M".into(), Setting::BatchMax(1_000_000))] }];
-        let e = expand_grid(&[Profile::builtin()], &big, &[0, 1]).expect_err("batch_max above 4096");
+        let e = expand_grid(&[(Profile::builtin(), Origin::Builtin)], &big, &[0, 1]).expect_err("batch_max above 4096");
         assert!(e.starts_with("configuration `builtin-2core batch_max=1M`: ") && e.contains("batch_max"), "{e}");
-        let empty = expand_grid(&[Profile::builtin()], &[Vary { key: "idle".into(), values: vec![] }], &[0, 1]);
+        let empty = expand_grid(
+            &[(Profile::builtin(), Origin::Builtin)],
+            &[Vary { key: "idle".into(), values: vec![] }],
+            &[0, 1],
+        );
         assert!(empty.is_err_and(|e| e.contains("needs at least one value")));
-        let twice = expand_grid(&[Profile::builtin(), Profile::builtin()], &[], &[0, 1]);
+        let twice =
+            expand_grid(&[(Profile::builtin(), Origin::Builtin), (Profile::builtin(), Origin::Builtin)], &[], &[0, 1]);
         assert!(twice.is_err_and(|e| e.contains("both named")));
     }
 }

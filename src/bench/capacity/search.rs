@@ -297,6 +297,12 @@ pub struct KnownFailure {
     /// as this search's failure (in `lowest_fail`, `failed_above`, `bracket_above`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dropped_by_pass_at: Option<u64>,
+    /// The maximum rate (`--max-rate`) it is above: the search offers nothing there, so it bounds
+    /// nothing and never counts as this search's failure (not in `lowest_fail`, `failed_above`,
+    /// `bracket_above`; before, it was in all three, and summary.md called it a failure above the
+    /// knee of a search that ended with the maximum rate passed). Absent at or below the maximum.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub above_max_rate: Option<u64>,
 }
 
 /// How a search ended.
@@ -461,8 +467,8 @@ impl Search {
                 match (self.cfg.max_rate, self.known_fail()) {
                     (Some(m), _) if rate >= m => self.phase = Phase::Done(Ending::AboveMaxRate),
                     // Doubling would reach a rate known to fail: bisect below it instead (one
-                    // above the maximum bounds nothing offered: the search doubles to it).
-                    (m, Some(f)) if rate.saturating_mul(2) >= f && m.is_none_or(|m| f <= m) => {
+                    // above the maximum is none: the search doubles to the maximum).
+                    (_, Some(f)) if rate.saturating_mul(2) >= f => {
                         self.hi = Some(f);
                         self.bisect_or_confirm();
                     }
@@ -548,9 +554,11 @@ impl Search {
         }
     }
 
-    /// [`SearchConfig::failed_at`], while no rate at or above it passed here.
+    /// [`SearchConfig::failed_at`], while no rate at or above it passed here; none above the
+    /// maximum rate, which bounds nothing the search may offer ([`KnownFailure::above_max_rate`]).
     fn known_fail(&self) -> Option<u64> {
-        self.cfg.failed_at.filter(|&f| self.lowest_pass_from(f).is_none())
+        let offered = |f: &u64| self.cfg.max_rate.is_none_or(|m| *f <= m);
+        self.cfg.failed_at.filter(offered).filter(|&f| self.lowest_pass_from(f).is_none())
     }
 
     /// The lowest rate at or above `rate` that passed here: one that drops a known failure.
@@ -638,10 +646,11 @@ impl Search {
             narrowed,
             contradictions: self.contradictions(),
             failed_confirmations: self.failed_confirmations.clone(),
-            known_failure: self
-                .cfg
-                .failed_at
-                .map(|rate| KnownFailure { rate, dropped_by_pass_at: self.lowest_pass_from(rate) }),
+            known_failure: self.cfg.failed_at.map(|rate| KnownFailure {
+                rate,
+                dropped_by_pass_at: self.lowest_pass_from(rate),
+                above_max_rate: self.cfg.max_rate.filter(|&m| rate > m),
+            }),
             trials: self.history.len(),
         }
     }
@@ -757,10 +766,32 @@ mod tests {
     fn a_known_failure_above_the_maximum_rate_never_makes_the_search_offer_more() {
         let cfg =
             SearchConfig { start_rate: 4_000, max_rate: Some(5_000), failed_at: Some(8_000), ..Default::default() };
-        let s = drive(cfg, u64::MAX, u64::MAX);
+        let s = drive(cfg.clone(), u64::MAX, u64::MAX);
         let rates: Vec<u64> = s.history().iter().map(|h| h.0).collect();
         assert!(rates.iter().all(|&r| r <= 5_000), "offered above the maximum: {rates:?}");
-        assert_eq!(s.outcome().ending, Ending::AboveMaxRate, "{rates:?}");
+        let o = s.outcome();
+        assert_eq!(o.ending, Ending::AboveMaxRate, "{rates:?}");
+        // Nor is it this search's failure: nothing failed, nothing bounds the knee from above
+        // (before, 8000 was `lowest_fail`, `failed_above` and `bracket_above`). summary.json
+        // keeps it, saying it is above the maximum.
+        assert_eq!((o.lowest_fail, o.failed_above, o.bracket_above), (None, None, None), "{o:?}");
+        let json = serde_json::to_value(&o).expect("json");
+        assert_eq!(json["known_failure"], serde_json::json!({ "rate": 8_000, "above_max_rate": 5_000 }), "{json}");
+        // Capped after its start passed: a lower bound, not a knee bounded by 8000.
+        let mut capped = Search::new(cfg.clone());
+        capped.on_result(4_000, Verdict::Pass);
+        capped.cap();
+        let o = capped.outcome();
+        assert_eq!((o.knee, o.at_least, o.failed_above), (None, Some(4_000), None), "{o:?}");
+        // The maximum failing: the bracket is below the maximum, not 8000.
+        let o = drive(cfg.clone(), 4_500, u64::MAX).outcome();
+        let at_most_max = |r: Option<u64>| r.is_some_and(|r| r <= 5_000);
+        assert!(at_most_max(o.lowest_fail) && at_most_max(o.failed_above) && at_most_max(o.bracket_above), "{o:?}");
+        // At the maximum, it bounds the search as below it: 5000 is never offered.
+        let at_max = drive(SearchConfig { failed_at: Some(5_000), ..cfg }, u64::MAX, u64::MAX);
+        assert!(at_max.history().iter().all(|h| h.0 < 5_000), "{:?}", at_max.history());
+        let o = at_max.outcome();
+        assert_eq!((o.failed_above, o.known_failure.and_then(|k| k.above_max_rate)), (Some(5_000), None), "{o:?}");
     }
 
     #[test]
